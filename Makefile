@@ -1,0 +1,39 @@
+# Targets match the README. `make serve` and `make test` install what they need first.
+VENV := .venv/bin
+PYTEST_ARGS ?=
+
+.PHONY: setup setup-dev serve test test-fast lint typecheck format bench eval clean
+
+setup:
+	scripts/setup.sh
+
+setup-dev:
+	scripts/setup.sh dev
+
+serve: setup
+	$(VENV)/vmcp serve
+
+test: setup-dev
+	$(VENV)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: setup-dev
+	$(VENV)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: setup-dev
+	$(VENV)/ruff check .
+	$(VENV)/ruff format --check .
+	$(VENV)/mypy
+
+format: setup-dev
+	$(VENV)/ruff format .
+	$(VENV)/ruff check --fix .
+
+bench: setup
+	$(VENV)/python bench/proxy_overhead.py
+	$(VENV)/python bench/optimizer.py
+
+eval: setup
+	$(VENV)/vmcp eval run --dataset all
+
+clean:
+	rm -rf indexes/*/ eval/results bench/results .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs everything vmcp-opt needs on a fresh machine: .venv with torch first (the local CPU wheel;
+# any other resolution pulls gigabytes of CUDA), then the project, then the pinned npm backends.
+# Usage: scripts/setup.sh [dev]   (dev adds the test and lint tools)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+extras="demo"
+[ "${1:-}" = "dev" ] && extras="demo,dev"
+
+PYTHON="${PYTHON:-python3.11}"
+command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
+
+if [ ! -x .venv/bin/python ]; then
+  echo "==> creating .venv with $($PYTHON --version)"
+  "$PYTHON" -m venv .venv
+fi
+pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@"; }
+
+if ! .venv/bin/python -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '2.13.0')" 2>/dev/null; then
+  echo "==> installing torch 2.13.0 (CPU)"
+  pip install torch==2.13.0
+fi
+stamp=".venv/.vmcp-installed-$extras"
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  echo "==> installing vmcp-opt[$extras]"
+  pip install -c constraints.txt -e ".[$extras]"
+  touch "$stamp"
+fi
+if [ ! -d node_modules/@modelcontextprotocol/server-everything ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  echo "==> installing npm backends (package-lock.json)"
+  npm ci --no-audit --no-fund --loglevel=error
+fi
+echo "==> set-up done"

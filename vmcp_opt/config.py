@@ -1,0 +1,333 @@
+"""The one typed configuration document, with every default in one place.
+
+Precedence, highest first: CLI flags, `VMCP_`-prefixed environment variables (nested with `__`),
+the YAML/JSON config file, the defaults below. Validation happens at load: every bad field is
+reported by its path (`backends[2].url: ...`) and unknown keys are errors.
+
+This module is a leaf: it imports nothing from the rest of the package.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+PACKAGE_ROOT = Path(__file__).resolve().parent
+PROJECT_ROOT = PACKAGE_ROOT.parent
+DEFAULT_CONFIG_PATH = PROJECT_ROOT / "examples" / "demo.yaml"
+
+BACKEND_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,47}$"
+_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class ConfigError(Exception):
+    """A configuration that cannot be used; `problems` lists `path: reason` lines."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class ServerConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    transport: Literal["streamable-http", "stdio"] = "streamable-http"
+    path: str = "/mcp"
+    max_body_bytes: int = Field(4 * 1024 * 1024, gt=0)
+    # Extra Host header values accepted besides loopback (DNS-rebinding protection).
+    allowed_hosts: list[str] = Field(default_factory=list)
+    allowed_origins: list[str] = Field(default_factory=list)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class BackendConfig(_Strict):
+    name: str = Field(pattern=BACKEND_NAME_PATTERN)
+    transport: Literal["stdio", "streamable-http", "sse"] = "stdio"
+    description: str = ""
+    # stdio
+    command: str | None = None
+    args: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+    cwd: str | None = None
+    # streamable-http and sse
+    url: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    # Per-backend overrides of `timeouts`.
+    connect_timeout: float | None = Field(None, gt=0)
+    call_timeout: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _transport_fields(self) -> BackendConfig:
+        if self.transport == "stdio":
+            if not self.command:
+                raise ValueError("a stdio backend needs `command`")
+            if self.url:
+                raise ValueError("`url` is for streamable-http and sse backends, not stdio")
+        else:
+            if not self.url:
+                raise ValueError(f"a {self.transport} backend needs `url`")
+            if not re.match(r"^https?://", self.url):
+                raise ValueError(f"`url` must start with http:// or https://, got {self.url!r}")
+            if self.command:
+                raise ValueError(f"`command` is for stdio backends, not {self.transport}")
+        return self
+
+
+class DiscoveryConfig(_Strict):
+    mode: Literal["inline", "discovered"] = "inline"
+    # A Claude Desktop (`mcpServers`) or VS Code / Cursor (`servers`) client config file.
+    path: str | None = None
+
+    @model_validator(mode="after")
+    def _path_for_discovered(self) -> DiscoveryConfig:
+        if self.mode == "discovered" and not self.path:
+            raise ValueError("discovered mode needs `path` (a claude_desktop_config.json or mcp.json)")
+        return self
+
+
+class ToolOverride(_Strict):
+    name: str | None = None
+    description: str | None = None
+
+
+class BackendToolsConfig(_Strict):
+    include: list[str] = Field(default_factory=lambda: ["*"])
+    exclude: list[str] = Field(default_factory=list)
+    # Keyed by the backend's own tool name.
+    overrides: dict[str, ToolOverride] = Field(default_factory=dict)
+
+
+class AggregationConfig(_Strict):
+    conflict_resolution: Literal["prefix", "priority", "manual"] = "prefix"
+    prefix_format: str = "{backend}_{name}"
+    priority: list[str] = Field(default_factory=list)
+    tools: dict[str, BackendToolsConfig] = Field(default_factory=dict)
+
+    @field_validator("prefix_format")
+    @classmethod
+    def _prefix_has_name(cls, value: str) -> str:
+        if "{name}" not in value:
+            raise ValueError("must contain {name}")
+        try:
+            value.format(backend="b", name="n")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"only {{backend}} and {{name}} may appear: {exc}") from exc
+        return value
+
+
+class OptimizerConfig(_Strict):
+    enabled: bool = False
+    # A registry id from models/registry.yaml or a local sentence-transformers directory.
+    model: str = "all-MiniLM-L6-v2"
+    # Persisted indexes; relative paths resolve against the project root.
+    index_dir: str = "indexes"
+    # Tools always listed next to the meta-tools (routable names).
+    pinned: list[str] = Field(default_factory=list)
+    default_limit: int = Field(8, ge=1, le=50)
+    # Exact inner product by default; "hnsw" for very large catalogues.
+    index_type: Literal["flat", "hnsw"] = "flat"
+    # bfloat16 bulk encoding where the CPU supports it (~3x faster, same quality).
+    bulk_bfloat16: bool = True
+    batch_size: int = Field(64, ge=1)
+    # Ranking: how the keyword and vector arms are fused. Defaults chosen by `vmcp eval` (eval/README.md).
+    fusion: Literal["weighted", "rrf"] = "weighted"
+    dense_weight: float = Field(0.5, ge=0.0, le=1.0)
+    rrf_k: int = Field(60, ge=1)
+    # Split multi-intent requests into sub-queries and merge their rankings.
+    split_intents: bool = True
+    # Arm depth: candidates taken from each arm before fusion.
+    candidates: int = Field(100, ge=1)
+
+
+class TimeoutsConfig(_Strict):
+    connect: float = Field(30.0, gt=0)
+    call: float = Field(60.0, gt=0)
+    shutdown: float = Field(5.0, gt=0)
+
+
+_file_data: ContextVar[dict[str, Any]] = ContextVar("vmcp_config_file_data", default={})
+
+
+class _FileSource(PydanticBaseSettingsSource):
+    """The already-parsed config file, below environment variables in precedence."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return _file_data.get().get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(_file_data.get())
+
+
+class VmcpConfig(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="VMCP_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    backends: list[BackendConfig] = Field(default_factory=list)
+    discovery: DiscoveryConfig = Field(default_factory=DiscoveryConfig)
+    aggregation: AggregationConfig = Field(default_factory=AggregationConfig)
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    timeouts: TimeoutsConfig = Field(default_factory=TimeoutsConfig)
+    # Directory that relative paths in the file resolve against; set by `load_config`.
+    base_dir: str = "."
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _FileSource(settings_cls))
+
+    @model_validator(mode="after")
+    def _cross_references(self) -> VmcpConfig:
+        names = [backend.name for backend in self.backends]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"backends: names must be unique, repeated: {', '.join(duplicates)}")
+        known = set(names)
+        unknown_priority = [name for name in self.aggregation.priority if name not in known]
+        if unknown_priority and self.discovery.mode == "inline":
+            raise ValueError(f"aggregation.priority: unknown backends {unknown_priority}")
+        unknown_tools = [name for name in self.aggregation.tools if name not in known]
+        if unknown_tools and self.discovery.mode == "inline":
+            raise ValueError(f"aggregation.tools: unknown backends {unknown_tools}")
+        return self
+
+    def backend(self, name: str) -> BackendConfig:
+        return next(backend for backend in self.backends if backend.name == name)
+
+    def call_timeout(self, backend: BackendConfig) -> float:
+        return backend.call_timeout or self.timeouts.call
+
+    def connect_timeout(self, backend: BackendConfig) -> float:
+        return backend.connect_timeout or self.timeouts.connect
+
+    def resolve_path(self, value: str) -> Path:
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else (Path(self.base_dir) / path).resolve()
+
+    def index_dir(self) -> Path:
+        path = Path(self.optimizer.index_dir).expanduser()
+        return path if path.is_absolute() else PROJECT_ROOT / path
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> VmcpConfig:
+    """Read, merge and validate the configuration; raise `ConfigError` listing every bad field."""
+    config_path = Path(path) if path is not None else DEFAULT_CONFIG_PATH
+    data = _read_file(config_path)
+    data.setdefault("base_dir", str(config_path.resolve().parent))
+    token = _file_data.set(data)
+    try:
+        config = VmcpConfig(**(overrides or {}))
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+    finally:
+        _file_data.reset(token)
+    if config.discovery.mode == "discovered":
+        config = _with_discovered_backends(config)
+    return _with_env_references_resolved(config)
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        raise ConfigError([f"{path}: no such config file"])
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError([f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}"]) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"{path}: the top level must be a mapping, got {type(data).__name__}"])
+    return data
+
+
+def _describe(exc: ValidationError) -> list[str]:
+    problems = []
+    for error in exc.errors():
+        location = _format_location(error["loc"])
+        message = error["msg"]
+        if error["type"] == "extra_forbidden":
+            message = "unknown key (check the spelling; unknown keys are not allowed)"
+        problems.append(f"{location}: {message}" if location else message)
+    return problems
+
+
+def _format_location(loc: tuple[int | str, ...]) -> str:
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif part in ("function-after[_transport_fields()]",) or part.startswith(("function-", "tagged-union")):
+            continue
+        else:
+            text += f".{part}" if text else str(part)
+    return text
+
+
+def _with_discovered_backends(config: VmcpConfig) -> VmcpConfig:
+    # Imported lazily: discovery reads client config formats, which config.py need not know about.
+    from vmcp_opt.backends.discovery import read_client_config
+
+    assert config.discovery.path is not None
+    client_file = config.resolve_path(config.discovery.path)
+    try:
+        discovered = read_client_config(client_file)
+    except (OSError, ValueError) as exc:
+        raise ConfigError([f"discovery.path: {exc}"]) from None
+    inline = {backend.name for backend in config.backends}
+    merged = list(config.backends) + [backend for backend in discovered if backend.name not in inline]
+    data = config.model_dump()
+    data["backends"] = [backend.model_dump() for backend in merged]
+    try:
+        return VmcpConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError([f"{p} (from {client_file})" for p in _describe(exc)]) from None
+
+
+def _with_env_references_resolved(config: VmcpConfig) -> VmcpConfig:
+    """Expand `${VAR}` in backend env, headers, args and url, so secrets stay out of config files."""
+    problems: list[str] = []
+
+    def expand(value: str, where: str) -> str:
+        def replace(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name not in os.environ:
+                problems.append(f"{where}: references ${{{name}}}, which is not set in the environment")
+                return ""
+            return os.environ[name]
+
+        return _ENV_REFERENCE.sub(replace, value)
+
+    for index, backend in enumerate(config.backends):
+        where = f"backends[{index}]"
+        backend.env = {k: expand(v, f"{where}.env.{k}") for k, v in backend.env.items()}
+        backend.headers = {k: expand(v, f"{where}.headers.{k}") for k, v in backend.headers.items()}
+        backend.args = [expand(arg, f"{where}.args[{i}]") for i, arg in enumerate(backend.args)]
+        if backend.url:
+            backend.url = expand(backend.url, f"{where}.url")
+    if problems:
+        raise ConfigError(problems)
+    return config
