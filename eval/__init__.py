@@ -1,0 +1,1 @@
+"""Retrieval benchmarks for the optimizer (vmcp eval)."""
