@@ -150,6 +150,8 @@ class OptimizerConfig(_Strict):
     split_intents: bool = True
     # Arm depth: candidates taken from each arm before fusion.
     candidates: int = Field(100, ge=1)
+    # Most sub-queries one multi-intent request is split into (each costs one query embedding).
+    max_intents: int = Field(4, ge=1, le=16)
 
 
 class TimeoutsConfig(_Strict):

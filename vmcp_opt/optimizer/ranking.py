@@ -1,0 +1,119 @@
+"""Query preprocessing and score fusion: pure functions, no I/O, no model.
+
+The index gives each arm's candidates as a `Ranking` (document position -> raw score); these functions turn
+a request into the queries to run and the arms' candidates into one ordered list. Every knob comes from
+`OptimizerConfig`, so `vmcp eval` can tune them and the gateway serves exactly what was measured.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+
+from vmcp_opt.config import OptimizerConfig
+from vmcp_opt.optimizer.documents import split_identifier
+
+# Document position in the index -> score (higher is better).
+Ranking = dict[int, float]
+
+# Where one request holds several needs: sentence ends, semicolons, new lines, "and then", "then", "also".
+_INTENT_BOUNDARY = re.compile(
+    r"\s*(?:[;\n]+|[.?!]+(?:\s+|$)|,?\s+and\s+then\s+|,?\s+and\s+also\s+|,\s*then\s+|,?\s+after\s+that,?\s+"
+    r"|,\s*also\s+)\s*",
+    re.IGNORECASE,
+)
+_IDENTIFIER = re.compile(r"\b\w*(?:[a-z][A-Z]|_|-)\w*(?:-\w+)*\b")
+
+
+def split_intents(query: str, *, min_words: int = 2, max_intents: int = 4) -> list[str]:
+    """The separate needs in a request, or `[query]` when it holds one.
+
+    >>> split_intents("find the weather in Paris, then email it to Bob")
+    ['find the weather in Paris', 'email it to Bob']
+    """
+    parts = [part.strip(" ,.") for part in _INTENT_BOUNDARY.split(query)]
+    parts = [part for part in parts if len(part.split()) >= min_words]
+    if len(parts) < 2:
+        return [query.strip()]
+    return parts[:max_intents]
+
+
+def query_variants(query: str, config: OptimizerConfig) -> list[str]:
+    """The queries to run for one request: the request itself, then each intent when it holds several."""
+    query = query.strip()
+    if not config.split_intents:
+        return [query]
+    intents = split_intents(query, max_intents=config.max_intents)
+    return [query] if intents == [query] else [query, *intents]
+
+
+def keyword_query(query: str) -> str:
+    """The query for the keyword arm: identifiers in it also appear split into words, like documents."""
+    extra = [" ".join(split_identifier(match)) for match in _IDENTIFIER.findall(query)]
+    return " ".join([query, *extra]) if extra else query
+
+
+def minmax(ranking: Ranking) -> Ranking:
+    """Scale scores to [0, 1]; a single or all-equal set maps to 1.0 (0.0 when every score is <= 0)."""
+    if not ranking:
+        return {}
+    low, high = min(ranking.values()), max(ranking.values())
+    if high - low <= 1e-12:
+        value = 1.0 if high > 0 else 0.0
+        return dict.fromkeys(ranking, value)
+    span = high - low
+    return {doc: (score - low) / span for doc, score in ranking.items()}
+
+
+def fuse_weighted(dense: Ranking, sparse: Ranking, dense_weight: float) -> Ranking:
+    """Weighted sum of min-max normalised scores; a document missing from an arm scores 0 there."""
+    dense_n, sparse_n = minmax(dense), minmax(sparse)
+    keyword_weight = 1.0 - dense_weight
+    return {
+        doc: dense_weight * dense_n.get(doc, 0.0) + keyword_weight * sparse_n.get(doc, 0.0)
+        for doc in dense_n.keys() | sparse_n.keys()
+    }
+
+
+def fuse_rrf(dense: Ranking, sparse: Ranking, k: int, dense_weight: float = 0.5) -> Ranking:
+    """Reciprocal rank fusion; weights are scaled so dense_weight 0.5 is plain RRF."""
+    fused: Ranking = {}
+    for ranking, weight in ((dense, 2.0 * dense_weight), (sparse, 2.0 * (1.0 - dense_weight))):
+        for rank, doc in enumerate(order(ranking), start=1):
+            fused[doc] = fused.get(doc, 0.0) + weight / (k + rank)
+    return fused
+
+
+def fuse(dense: Ranking, sparse: Ranking, config: OptimizerConfig) -> Ranking:
+    """The configured fusion of the vector arm and the keyword arm."""
+    if config.fusion == "rrf":
+        return fuse_rrf(dense, sparse, config.rrf_k, config.dense_weight)
+    return fuse_weighted(dense, sparse, config.dense_weight)
+
+
+def keyword_only(sparse: Ranking) -> Ranking:
+    """Scores while vectors are not ready: the keyword arm alone, normalised to [0, 1]."""
+    return minmax(sparse)
+
+
+def merge_variants(rankings: Iterable[Ranking]) -> Ranking:
+    """One ranking from those of several query variants: each document keeps its best score."""
+    merged: Ranking = {}
+    for ranking in rankings:
+        for doc, score in ranking.items():
+            if score > merged.get(doc, float("-inf")):
+                merged[doc] = score
+    return merged
+
+
+def order(ranking: Ranking) -> list[int]:
+    """Documents best first; ties broken by position so results are deterministic."""
+    return sorted(ranking, key=lambda doc: (-ranking[doc], doc))
+
+
+def top(ranking: Ranking, limit: int, allowed: Sequence[bool] | None = None) -> list[tuple[int, float]]:
+    """The best `limit` (document, score) pairs, keeping only documents whose `allowed[doc]` is true."""
+    docs = order(ranking)
+    if allowed is not None:
+        docs = [doc for doc in docs if allowed[doc]]
+    return [(doc, ranking[doc]) for doc in docs[:limit]]
