@@ -1,0 +1,123 @@
+"""The merged view: every backend's tools, prompts, resources and templates, with where each routes."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import mcp_types as types
+from mcp.shared.uri_template import InvalidUriTemplate, UriTemplate
+
+from vmcp_opt.aggregation.conflicts import Candidate, ConflictError, ConflictResolver
+from vmcp_opt.aggregation.filters import select_tools
+from vmcp_opt.backends.connection import BackendListing
+from vmcp_opt.config import AggregationConfig
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["BackendSource", "Catalog", "ConflictError", "build_catalog"]
+
+
+@dataclass(frozen=True)
+class BackendSource:
+    name: str
+    listing: BackendListing
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class RoutedTool:
+    name: str
+    backend: str
+    original_name: str
+    tool: types.Tool  # as exposed: our name, the override's description
+
+
+@dataclass(frozen=True)
+class RoutedPrompt:
+    name: str
+    backend: str
+    original_name: str
+    prompt: types.Prompt
+
+
+@dataclass(frozen=True)
+class RoutedResource:
+    uri: str
+    backend: str
+    resource: types.Resource
+
+
+@dataclass(frozen=True)
+class RoutedTemplate:
+    backend: str
+    template: types.ResourceTemplate
+    matcher: UriTemplate | None
+
+
+@dataclass
+class Catalog:
+    tools: dict[str, RoutedTool] = field(default_factory=dict)
+    prompts: dict[str, RoutedPrompt] = field(default_factory=dict)
+    resources: dict[str, RoutedResource] = field(default_factory=dict)
+    templates: list[RoutedTemplate] = field(default_factory=list)
+    backend_descriptions: dict[str, str] = field(default_factory=dict)
+
+    def route_resource(self, uri: str) -> str | None:
+        """The backend that serves `uri`: a listed resource first, then the first matching template."""
+        if uri in self.resources:
+            return self.resources[uri].backend
+        for routed in self.templates:
+            if routed.matcher is not None and routed.matcher.match(uri) is not None:
+                return routed.backend
+        return None
+
+    def route_template(self, uri_template: str) -> str | None:
+        return next((t.backend for t in self.templates if t.template.uri_template == uri_template), None)
+
+
+def build_catalog(sources: Sequence[BackendSource], config: AggregationConfig) -> Catalog:
+    """Merge the backends' listings; raise `ConflictError` when the strategy cannot resolve a name."""
+    resolver = ConflictResolver(config, [source.name for source in sources])
+    catalog = Catalog(backend_descriptions={s.name: s.description for s in sources})
+
+    tool_candidates = [
+        Candidate(source.name, original_name, tool.name, renamed, (original_name, tool))
+        for source in sources
+        for original_name, tool, renamed in select_tools(source.listing.tools, config.tools.get(source.name))
+    ]
+    for name, candidate in resolver.resolve(tool_candidates, "tool").items():
+        original_name, tool = candidate.item
+        exposed = tool if tool.name == name else tool.model_copy(update={"name": name})
+        catalog.tools[name] = RoutedTool(name, candidate.backend, original_name, exposed)
+
+    prompt_candidates = [
+        Candidate(source.name, prompt.name, prompt.name, False, prompt)
+        for source in sources
+        for prompt in source.listing.prompts
+    ]
+    for name, prompt_candidate in resolver.resolve(prompt_candidates, "prompt").items():
+        prompt = prompt_candidate.item
+        exposed_prompt = prompt if prompt.name == name else prompt.model_copy(update={"name": name})
+        catalog.prompts[name] = RoutedPrompt(name, prompt_candidate.backend, prompt.name, exposed_prompt)
+
+    ordered = sorted(sources, key=lambda s: resolver.rank.get(s.name, len(resolver.rank)))
+    for source in ordered:
+        for resource in source.listing.resources:
+            holder = catalog.resources.get(resource.uri)
+            if holder is not None:
+                logger.info("resource %s: served by %s, %s's copy dropped", resource.uri, holder.backend, source.name)
+                continue
+            catalog.resources[resource.uri] = RoutedResource(resource.uri, source.name, resource)
+        for template in source.listing.resource_templates:
+            catalog.templates.append(RoutedTemplate(source.name, template, _matcher(template.uri_template)))
+    return catalog
+
+
+def _matcher(uri_template: str) -> UriTemplate | None:
+    try:
+        return UriTemplate.parse(uri_template)
+    except InvalidUriTemplate:
+        logger.warning("resource template %r cannot be parsed; reads through it cannot be routed", uri_template)
+        return None

@@ -1,0 +1,183 @@
+"""The `vmcp` command: serve, validate, backends, index, eval."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import anyio
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from vmcp_opt import __version__
+from vmcp_opt.config import DEFAULT_CONFIG_PATH, ConfigError, VmcpConfig, load_config
+
+app = typer.Typer(
+    name="vmcp",
+    help="vmcp-opt: one MCP endpoint in front of many MCP servers, with semantic tool discovery.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err = Console(stderr=True)
+out = Console()
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config", "-c", help=f"Config file (YAML or JSON). Default: the bundled demo ({DEFAULT_CONFIG_PATH.name})."
+    ),
+]
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"vmcp-opt {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """vmcp-opt: one MCP endpoint in front of many MCP servers."""
+
+
+def setup_logging(level: str = "info") -> None:
+    handler = RichHandler(console=err, show_path=False, rich_tracebacks=False, markup=False)
+    logging.basicConfig(level=level.upper(), format="%(message)s", handlers=[handler], force=True)
+    for noisy in ("httpx", "httpx2", "httpcore", "mcp", "uvicorn.access", "sentence_transformers", "faiss"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def load_or_exit(path: Path | None, overrides: dict[str, Any] | None = None) -> VmcpConfig:
+    """Load the config; on a bad one, print every problem as `field.path: reason` and exit 2."""
+    try:
+        return load_config(path, overrides)
+    except ConfigError as exc:
+        err.print(f"[bold red]invalid configuration[/] ({path or DEFAULT_CONFIG_PATH}):")
+        for problem in exc.problems:
+            err.print(f"  {problem}", markup=False, highlight=False)
+        raise typer.Exit(2) from None
+
+
+def _overrides(**values: Any) -> dict[str, Any]:
+    """CLI flags as a nested override dict (`server.port` → {"server": {"port": ...}}); None means unset."""
+    nested: dict[str, Any] = {}
+    for dotted, value in values.items():
+        if value is None:
+            continue
+        section, key = dotted.split("__")
+        nested.setdefault(section, {})[key] = value
+    return nested
+
+
+@app.command()
+def serve(
+    config: ConfigOption = None,
+    host: Annotated[str | None, typer.Option(help="Listen address (server.host).")] = None,
+    port: Annotated[int | None, typer.Option(help="Listen port (server.port).")] = None,
+    stdio: Annotated[bool, typer.Option("--stdio", help="Serve over stdin/stdout instead of HTTP.")] = False,
+    optimizer: Annotated[
+        bool | None,
+        typer.Option("--optimizer/--no-optimizer", help="Expose find_tool/call_tool instead of every tool."),
+    ] = None,
+) -> None:
+    """Start the gateway."""
+    overrides = _overrides(server__host=host, server__port=port, optimizer__enabled=optimizer)
+    if stdio:
+        overrides.setdefault("server", {})["transport"] = "stdio"
+    cfg = load_or_exit(config, overrides)
+    setup_logging(cfg.server.log_level)
+    from vmcp_opt.server.runner import run_gateway
+
+    sys.exit(run_gateway(cfg, announce=_announce))
+
+
+def _announce(cfg: VmcpConfig) -> None:
+    url = f"http://{cfg.server.host}:{cfg.server.port}{cfg.server.path}"
+    mode = "optimizer on: tools/list shows find_tool and call_tool" if cfg.optimizer.enabled else "optimizer off"
+    out.print(f"\n[bold green]vmcp-opt[/] serving MCP at [bold]{url}[/] ({mode})")
+    out.print(
+        "  health: "
+        + url.replace(cfg.server.path, "/healthz")
+        + "   readiness: "
+        + url.replace(cfg.server.path, "/readyz")
+    )
+    out.print(
+        "  try it:  npx @modelcontextprotocol/inspector@0.15.0 --cli " + url + " --transport http --method tools/list"
+    )
+    snippet = {
+        "mcpServers": {"vmcp": {"command": str(Path(sys.executable).parent / "vmcp"), "args": ["serve", "--stdio"]}}
+    }
+    out.print("  Claude Desktop (claude_desktop_config.json):")
+    out.print("  " + json.dumps(snippet), markup=False, highlight=False)
+    out.print("  Ctrl-C stops the gateway and its backends.\n")
+
+
+@app.command()
+def validate(config: ConfigOption = None) -> None:
+    """Check a config file; print every bad field by its path and exit non-zero."""
+    cfg = load_or_exit(config)
+    out.print(f"[green]valid[/]: {len(cfg.backends)} backends ({', '.join(b.name for b in cfg.backends)})")
+
+
+@app.command()
+def backends(
+    config: ConfigOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Connect to each backend and print its state and tool/resource/prompt counts."""
+    cfg = load_or_exit(config)
+    setup_logging("warning")
+    from vmcp_opt.server.runner import probe_backends
+
+    summaries = anyio.run(probe_backends, cfg)
+    if as_json:
+        out.print_json(data=summaries)
+    else:
+        table = Table(title="backends")
+        for column in ("name", "transport", "state", "protocol", "tools", "resources", "templates", "prompts", "error"):
+            table.add_column(column)
+        for s in summaries:
+            colour = "green" if s["state"] == "ready" else "red"
+            table.add_row(
+                s["name"],
+                s["transport"],
+                f"[{colour}]{s['state']}[/]",
+                s["protocol_version"] or "-",
+                str(s["tools"]),
+                str(s["resources"]),
+                str(s["resource_templates"]),
+                str(s["prompts"]),
+                s["last_error"] or "",
+            )
+        out.print(table)
+    if any(s["state"] != "ready" for s in summaries):
+        raise typer.Exit(1)
+
+
+def _mount_optional() -> None:
+    """Sub-apps whose dependencies load lazily (`vmcp index`, `vmcp eval`)."""
+    try:
+        from vmcp_opt.optimizer.index_cli import index_app
+
+        app.add_typer(index_app, name="index", help="Build, inspect and query the optimizer's tool index.")
+    except ImportError:
+        pass
+    try:
+        from eval.cli import eval_app
+
+        app.add_typer(eval_app, name="eval", help="Retrieval benchmarks: the optimizer against its rivals.")
+    except ImportError:
+        pass
+
+
+_mount_optional()

@@ -1,0 +1,270 @@
+"""The gateway: one MCP server whose handlers route every request to the backend that owns it."""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+import anyio
+import mcp_types as types
+from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
+from mcp.server.lowlevel import NotificationOptions, Server
+from mcp.server.models import InitializationOptions
+from mcp.server.session import ServerSession
+from mcp.shared.exceptions import MCPError
+
+from vmcp_opt import __version__
+from vmcp_opt.aggregation import BackendSource, Catalog, ConflictError, RoutedTool, build_catalog
+from vmcp_opt.backends import BackendConnection, BackendManager
+from vmcp_opt.backends.connection import BackendUnavailable
+from vmcp_opt.config import VmcpConfig
+from vmcp_opt.server.validation import ArgumentError, ArgumentValidator
+
+logger = logging.getLogger(__name__)
+
+RESOURCE_NOT_FOUND = -32002
+Ctx = ServerRequestContext[Any, Any]
+
+
+class ToolFront(Protocol):
+    """What clients see in place of the catalogue's tools (the optimizer's meta-tools)."""
+
+    def visible_tools(self, catalog: Catalog) -> list[types.Tool]: ...
+
+    def handles(self, name: str) -> bool: ...
+
+    async def call(self, ctx: Ctx, params: types.CallToolRequestParams) -> types.CallToolResult: ...
+
+    async def catalog_changed(self, catalog: Catalog) -> None: ...
+
+
+class _GatewayServer(Server[Any]):
+    def create_initialization_options(
+        self,
+        notification_options: NotificationOptions | None = None,
+        experimental_capabilities: dict[str, dict[str, Any]] | None = None,
+        extensions: dict[str, dict[str, Any]] | None = None,
+    ) -> InitializationOptions:
+        # The catalogue changes when backends do: advertise list_changed for all three lists.
+        return super().create_initialization_options(
+            notification_options
+            or NotificationOptions(prompts_changed=True, resources_changed=True, tools_changed=True),
+            experimental_capabilities,
+            extensions,
+        )
+
+
+class Gateway:
+    def __init__(self, config: VmcpConfig) -> None:
+        self.config = config
+        self.backends = BackendManager(config)
+        self.catalog = Catalog()
+        self.front: ToolFront | None = None
+        self.started = False
+        self._validator = ArgumentValidator()
+        self._sessions: weakref.WeakSet[ServerSession] = weakref.WeakSet()
+        self.backends.add_listener(self._on_backend_change)
+        self.server = self._build_server()
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self, task_group: anyio.abc.TaskGroup) -> None:
+        """Connect every backend and build the catalogue; raises `ConflictError` on an unresolvable name."""
+        await self.backends.start(task_group)
+        self.catalog = self._build_catalog()
+        if self.front is not None:
+            await self.front.catalog_changed(self.catalog)
+        self.started = True
+        logger.info(
+            "catalogue: %d tools, %d prompts, %d resources, %d resource templates",
+            len(self.catalog.tools),
+            len(self.catalog.prompts),
+            len(self.catalog.resources),
+            len(self.catalog.templates),
+        )
+
+    def stop(self) -> None:
+        self.backends.stop()
+
+    def _build_catalog(self) -> Catalog:
+        sources = [
+            BackendSource(c.name, c.listing, c.config.description or _server_description(c))
+            for c in self.backends.ready()
+        ]
+        return build_catalog(sources, self.config.aggregation)
+
+    async def _on_backend_change(self, connection: BackendConnection) -> None:
+        try:
+            catalog = self._build_catalog()
+        except ConflictError as exc:
+            logger.error("backend %s changed into a conflict; keeping the previous catalogue: %s", connection.name, exc)
+            return
+        self.catalog = catalog
+        if self.front is not None:
+            await self.front.catalog_changed(catalog)
+        await self.notify_list_changed()
+
+    async def notify_list_changed(self) -> None:
+        """Tell every connected client that tools, prompts and resources may have changed."""
+        for session in list(self._sessions):
+            for send in (
+                session.send_tool_list_changed,
+                session.send_prompt_list_changed,
+                session.send_resource_list_changed,
+            ):
+                try:
+                    await send()
+                except Exception as exc:  # a client gone away must not stop the others being told
+                    logger.debug("list_changed not delivered to a client: %s", exc)
+                    break
+
+    # --- the MCP server --------------------------------------------------------------------------
+
+    def _build_server(self) -> Server[Any]:
+        server = _GatewayServer(
+            "vmcp-opt",
+            version=__version__,
+            instructions="A virtual MCP server: the tools, prompts and resources of several MCP servers behind one endpoint.",
+            on_list_tools=self._list_tools,
+            on_call_tool=self._call_tool,
+            on_list_prompts=self._list_prompts,
+            on_get_prompt=self._get_prompt,
+            on_list_resources=self._list_resources,
+            on_list_resource_templates=self._list_resource_templates,
+            on_read_resource=self._read_resource,
+            on_completion=self._complete,
+        )
+        server.middleware.append(self._track_session)
+        return server
+
+    async def _track_session(self, ctx: Ctx, call_next: CallNext) -> HandlerResult:
+        self._sessions.add(ctx.session)
+        return await call_next(ctx)
+
+    async def _list_tools(self, ctx: Ctx, params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
+        if self.front is not None:
+            return types.ListToolsResult(tools=self.front.visible_tools(self.catalog))
+        return types.ListToolsResult(tools=[routed.tool for routed in self.catalog.tools.values()])
+
+    async def _call_tool(self, ctx: Ctx, params: types.CallToolRequestParams) -> types.CallToolResult:
+        if self.front is not None and self.front.handles(params.name):
+            return await self.front.call(ctx, params)
+        return await self.call_routed(ctx, params.name, params.arguments, params.meta)
+
+    def lookup_tool(self, name: str) -> RoutedTool:
+        routed = self.catalog.tools.get(name)
+        if routed is None:
+            raise MCPError(types.INVALID_PARAMS, f"Unknown tool: '{name}'")
+        return routed
+
+    async def call_routed(
+        self, ctx: Ctx | None, name: str, arguments: dict[str, Any] | None, meta: types.RequestParamsMeta | None = None
+    ) -> types.CallToolResult:
+        """Validate and send a call to the backend that owns `name`, under its original name."""
+        routed = self.lookup_tool(name)
+        try:
+            self._validator.check(name, routed.tool.input_schema, arguments)
+        except ArgumentError as exc:
+            return _error_result(str(exc))
+        connection = self._connection(routed.backend)
+        try:
+            return await connection.call_tool(
+                routed.original_name,
+                arguments,
+                meta=_forwarded_meta(meta),
+                progress_callback=_progress_relay(ctx, meta),
+            )
+        except BackendUnavailable as exc:
+            return _error_result(str(exc))
+        except MCPError as exc:
+            if exc.code in (types.CONNECTION_CLOSED, types.REQUEST_TIMEOUT):
+                return _error_result(f"backend '{routed.backend}': {exc.error.message}")
+            raise
+
+    def _connection(self, backend: str) -> BackendConnection:
+        connection = self.backends.get(backend)
+        if connection is None:
+            raise MCPError(types.INTERNAL_ERROR, f"backend '{backend}' is not configured")
+        return connection
+
+    async def _list_prompts(self, ctx: Ctx, params: types.PaginatedRequestParams | None) -> types.ListPromptsResult:
+        return types.ListPromptsResult(prompts=[routed.prompt for routed in self.catalog.prompts.values()])
+
+    async def _get_prompt(self, ctx: Ctx, params: types.GetPromptRequestParams) -> types.GetPromptResult:
+        routed = self.catalog.prompts.get(params.name)
+        if routed is None:
+            raise MCPError(types.INVALID_PARAMS, f"Unknown prompt: '{params.name}'")
+        forwarded = params.model_copy(update={"name": routed.original_name})
+        return await self._forward(routed.backend, types.GetPromptRequest(params=forwarded), types.GetPromptResult)
+
+    async def _list_resources(self, ctx: Ctx, params: types.PaginatedRequestParams | None) -> types.ListResourcesResult:
+        return types.ListResourcesResult(resources=[routed.resource for routed in self.catalog.resources.values()])
+
+    async def _list_resource_templates(
+        self, ctx: Ctx, params: types.PaginatedRequestParams | None
+    ) -> types.ListResourceTemplatesResult:
+        return types.ListResourceTemplatesResult(
+            resource_templates=[routed.template for routed in self.catalog.templates]
+        )
+
+    async def _read_resource(self, ctx: Ctx, params: types.ReadResourceRequestParams) -> types.ReadResourceResult:
+        backend = self.catalog.route_resource(str(params.uri))
+        if backend is None:
+            raise MCPError(RESOURCE_NOT_FOUND, f"Resource not found: '{params.uri}'", {"uri": str(params.uri)})
+        return await self._forward(backend, types.ReadResourceRequest(params=params), types.ReadResourceResult)
+
+    async def _complete(self, ctx: Ctx, params: types.CompleteRequestParams) -> types.CompleteResult:
+        ref = params.ref
+        if isinstance(ref, types.PromptReference):
+            routed = self.catalog.prompts.get(ref.name)
+            if routed is None:
+                raise MCPError(types.INVALID_PARAMS, f"Unknown prompt: '{ref.name}'")
+            forwarded = params.model_copy(update={"ref": ref.model_copy(update={"name": routed.original_name})})
+            return await self._forward(routed.backend, types.CompleteRequest(params=forwarded), types.CompleteResult)
+        backend = self.catalog.route_template(ref.uri) or self.catalog.route_resource(ref.uri)
+        if backend is None:
+            raise MCPError(types.INVALID_PARAMS, f"Unknown resource template: '{ref.uri}'")
+        return await self._forward(backend, types.CompleteRequest(params=params), types.CompleteResult)
+
+    async def _forward(self, backend: str, request: types.Request[Any, Any], result_type: type[Any]) -> Any:
+        try:
+            return await self._connection(backend).request(request, result_type)
+        except BackendUnavailable as exc:
+            raise MCPError(types.INTERNAL_ERROR, str(exc)) from None
+
+
+def _server_description(connection: BackendConnection) -> str:
+    info = connection.server_info
+    if info is None:
+        return ""
+    return info.description or info.title or ""
+
+
+def _error_result(message: str) -> types.CallToolResult:
+    return types.CallToolResult(content=[types.TextContent(type="text", text=message)], is_error=True)
+
+
+def _forwarded_meta(meta: types.RequestParamsMeta | None) -> types.RequestParamsMeta | None:
+    """The client's `_meta` minus its progress token: the backend call gets a token of its own."""
+    if not meta:
+        return None
+    kept = {key: value for key, value in dict(meta).items() if key not in ("progressToken", "progress_token")}
+    return kept or None  # type: ignore[return-value]
+
+
+def _progress_relay(
+    ctx: Ctx | None, meta: types.RequestParamsMeta | None
+) -> Callable[[float, float | None, str | None], Awaitable[None]] | None:
+    token = (meta or {}).get("progress_token") or (meta or {}).get("progressToken")  # type: ignore[union-attr]
+    if ctx is None or token is None:
+        return None
+    session, request_id = ctx.session, ctx.request_id
+
+    async def relay(progress: float, total: float | None, message: str | None) -> None:
+        await session.send_progress_notification(
+            token, progress, total, message, related_request_id=str(request_id) if request_id is not None else None
+        )
+
+    return relay

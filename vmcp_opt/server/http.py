@@ -1,0 +1,75 @@
+"""The streamable-HTTP endpoint (`/mcp`) with `/healthz` and `/readyz`, on Starlette and uvicorn."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import anyio
+from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
+from mcp.server.transport_security import TransportSecuritySettings
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from vmcp_opt.backends import BackendState
+from vmcp_opt.config import ServerConfig
+from vmcp_opt.server.gateway import Gateway
+
+logger = logging.getLogger(__name__)
+
+LOOPBACK_HOSTS = ["127.0.0.1:*", "localhost:*", "[::1]:*"]
+LOOPBACK_ORIGINS = ["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"]
+
+
+def transport_security(server: ServerConfig) -> TransportSecuritySettings:
+    """DNS-rebinding protection: only our own Host and Origin values are accepted."""
+    hosts = list(LOOPBACK_HOSTS)
+    if server.host not in ("127.0.0.1", "localhost", "::1", "0.0.0.0", "::"):
+        hosts.append(f"{server.host}:*")
+    return TransportSecuritySettings(
+        enable_dns_rebinding_protection=True,
+        allowed_hosts=hosts + server.allowed_hosts,
+        allowed_origins=LOOPBACK_ORIGINS + server.allowed_origins,
+    )
+
+
+def create_app(gateway: Gateway) -> Starlette:
+    server_config = gateway.config.server
+    manager = StreamableHTTPSessionManager(
+        app=gateway.server,
+        security_settings=transport_security(server_config),
+        max_request_body_size=server_config.max_body_bytes,
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with anyio.create_task_group() as task_group:
+            await gateway.start(task_group)
+            async with manager.run():
+                yield
+            gateway.stop()
+
+    async def healthz(request: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> JSONResponse:
+        backends = [c.summary() for c in gateway.backends.connections.values()]
+        ready = gateway.started and all(b["state"] == BackendState.READY.value for b in backends)
+        body = {
+            "status": "ready" if ready else "degraded" if gateway.started else "starting",
+            "tools": len(gateway.catalog.tools),
+            "backends": backends,
+        }
+        return JSONResponse(body, status_code=200 if ready else 503)
+
+    return Starlette(
+        routes=[
+            Route(server_config.path, endpoint=StreamableHTTPASGIApp(manager)),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
+        ],
+        lifespan=lifespan,
+    )

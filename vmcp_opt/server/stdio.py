@@ -1,0 +1,16 @@
+"""The gateway over stdio, so a desktop client can launch it as a subprocess."""
+
+from __future__ import annotations
+
+import anyio
+from mcp.server.stdio import stdio_server
+
+from vmcp_opt.server.gateway import Gateway
+
+
+async def serve_stdio(gateway: Gateway) -> None:
+    async with anyio.create_task_group() as task_group:
+        await gateway.start(task_group)
+        async with stdio_server() as (read, write):
+            await gateway.server.run(read, write, gateway.server.create_initialization_options())
+        gateway.stop()
