@@ -160,17 +160,17 @@ class TimeoutsConfig(_Strict):
     shutdown: float = Field(5.0, gt=0)
 
 
-_file_data: ContextVar[dict[str, Any]] = ContextVar("vmcp_config_file_data", default={})
+_file_data: ContextVar[dict[str, Any] | None] = ContextVar("vmcp_config_file_data", default=None)
 
 
 class _FileSource(PydanticBaseSettingsSource):
     """The already-parsed config file, below environment variables in precedence."""
 
     def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
-        return _file_data.get().get(field_name), field_name, False
+        return (_file_data.get() or {}).get(field_name), field_name, False
 
     def __call__(self) -> dict[str, Any]:
-        return dict(_file_data.get())
+        return dict(_file_data.get() or {})
 
 
 class VmcpConfig(BaseSettings):

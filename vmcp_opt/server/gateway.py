@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import logging
 import weakref
-from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import anyio
 import mcp_types as types
@@ -13,7 +12,9 @@ from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.lowlevel import NotificationOptions, Server
 from mcp.server.models import InitializationOptions
 from mcp.server.session import ServerSession
+from mcp.shared.dispatcher import ProgressFnT
 from mcp.shared.exceptions import MCPError
+from pydantic import BaseModel
 
 from vmcp_opt import __version__
 from vmcp_opt.aggregation import BackendSource, Catalog, ConflictError, RoutedTool, build_catalog
@@ -25,6 +26,7 @@ from vmcp_opt.server.validation import ArgumentError, ArgumentValidator
 logger = logging.getLogger(__name__)
 
 RESOURCE_NOT_FOUND = -32002
+ResultT = TypeVar("ResultT", bound=BaseModel)
 Ctx = ServerRequestContext[Any, Any]
 
 
@@ -228,7 +230,7 @@ class Gateway:
             raise MCPError(types.INVALID_PARAMS, f"Unknown resource template: '{ref.uri}'")
         return await self._forward(backend, types.CompleteRequest(params=params), types.CompleteResult)
 
-    async def _forward(self, backend: str, request: types.Request[Any, Any], result_type: type[Any]) -> Any:
+    async def _forward(self, backend: str, request: types.Request[Any, Any], result_type: type[ResultT]) -> ResultT:
         try:
             return await self._connection(backend).request(request, result_type)
         except BackendUnavailable as exc:
@@ -254,11 +256,11 @@ def _forwarded_meta(meta: types.RequestParamsMeta | None) -> types.RequestParams
     return kept or None  # type: ignore[return-value]
 
 
-def _progress_relay(
-    ctx: Ctx | None, meta: types.RequestParamsMeta | None
-) -> Callable[[float, float | None, str | None], Awaitable[None]] | None:
-    token = (meta or {}).get("progress_token") or (meta or {}).get("progressToken")  # type: ignore[union-attr]
-    if ctx is None or token is None:
+def _progress_relay(ctx: Ctx | None, meta: types.RequestParamsMeta | None) -> ProgressFnT | None:
+    """Relay a backend's progress to the client under the client's own progress token."""
+    raw: dict[str, Any] = dict(meta or {})
+    token = raw.get("progress_token", raw.get("progressToken"))
+    if ctx is None or not isinstance(token, str | int):
         return None
     session, request_id = ctx.session, ctx.request_id
 

@@ -35,8 +35,8 @@ class ArgumentValidator:
         validator: Validator | None
         try:
             cls = validators.validator_for(schema, default=validators.Draft202012Validator)
-            cls.check_schema(schema)
-            validator = cls(schema)
+            cls.check_schema(dict(schema))
+            validator = cls(dict(schema))
         except SchemaError:
             validator = None  # a backend's broken schema is the backend's to enforce
         self._cache[id(schema)] = (schema, validator)
@@ -49,12 +49,14 @@ def describe(error: ValidationError) -> str:
     for part in error.absolute_path:
         path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
     if error.validator == "required" and isinstance(error.validator_value, list):
-        missing = next((name for name in error.validator_value if name not in (error.instance or {})), None)
+        present = error.instance if isinstance(error.instance, dict) else {}
+        missing = next((name for name in error.validator_value if name not in present), None)
         if missing is not None:
             field = f"{path}.{missing}" if path else missing
             return f"field '{field}': required but missing"
     if error.validator == "additionalProperties" and isinstance(error.instance, dict):
-        allowed = set((error.schema or {}).get("properties", {}))  # type: ignore[union-attr]
+        schema = error.schema if isinstance(error.schema, dict) else {}
+        allowed = set(schema.get("properties", {}))
         extra = sorted(set(error.instance) - allowed)
         if extra:
             field = f"{path}.{extra[0]}" if path else extra[0]
