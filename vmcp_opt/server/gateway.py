@@ -8,12 +8,15 @@ from typing import Any, Protocol, TypeVar
 
 import anyio
 import mcp_types as types
+from mcp.server.connection import Connection
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.lowlevel import NotificationOptions, Server
 from mcp.server.models import InitializationOptions
-from mcp.server.session import ServerSession
+from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler
 from mcp.shared.dispatcher import ProgressFnT
 from mcp.shared.exceptions import MCPError
+from mcp.shared.subscriptions import PromptsListChanged, ResourcesListChanged, ToolsListChanged
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import BaseModel
 
 from vmcp_opt import __version__
@@ -66,7 +69,10 @@ class Gateway:
         self.front: ToolFront | None = None
         self.started = False
         self._validator = ArgumentValidator()
-        self._sessions: weakref.WeakSet[ServerSession] = weakref.WeakSet()
+        # One Connection per client (a ServerSession lives only as long as one request).
+        self._clients: weakref.WeakSet[Connection] = weakref.WeakSet()
+        # 2026-07-28 clients hear about changes on `subscriptions/listen` streams fed by this bus.
+        self._subscriptions = InMemorySubscriptionBus()
         self.backends.add_listener(self._on_backend_change)
         self.server = self._build_server()
 
@@ -110,16 +116,20 @@ class Gateway:
 
     async def notify_list_changed(self) -> None:
         """Tell every connected client that tools, prompts and resources may have changed."""
-        for session in list(self._sessions):
+        for event in (ToolsListChanged(), PromptsListChanged(), ResourcesListChanged()):
+            await self._subscriptions.publish(event)
+        for client in list(self._clients):
+            if client.protocol_version in MODERN_PROTOCOL_VERSIONS or not client.has_standalone_channel:
+                continue  # modern clients are told through the bus above
             for send in (
-                session.send_tool_list_changed,
-                session.send_prompt_list_changed,
-                session.send_resource_list_changed,
+                client.send_tool_list_changed,
+                client.send_prompt_list_changed,
+                client.send_resource_list_changed,
             ):
                 try:
                     await send()
                 except Exception as exc:  # a client gone away must not stop the others being told
-                    logger.debug("list_changed not delivered to a client: %s", exc)
+                    logger.debug("list_changed not delivered to a client: %r", exc)
                     break
 
     # --- the MCP server --------------------------------------------------------------------------
@@ -137,12 +147,13 @@ class Gateway:
             on_list_resource_templates=self._list_resource_templates,
             on_read_resource=self._read_resource,
             on_completion=self._complete,
+            on_subscriptions_listen=ListenHandler(self._subscriptions),
         )
         server.middleware.append(self._track_session)
         return server
 
     async def _track_session(self, ctx: Ctx, call_next: CallNext) -> HandlerResult:
-        self._sessions.add(ctx.session)
+        self._clients.add(ctx.session._connection)
         return await call_next(ctx)
 
     async def _list_tools(self, ctx: Ctx, params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
