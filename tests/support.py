@@ -1,0 +1,122 @@
+"""Real processes for end-to-end tests: the gateway as `vmcp serve`, backends as their own servers."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import psutil
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+DEMO_SERVER = EXAMPLES / "backends" / "demo_server.py"
+NODE_BIN = ROOT / "node_modules" / ".bin"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def demo_backend(name: str, **extra: Any) -> dict[str, Any]:
+    """A stdio demo backend entry for a config."""
+    return {"name": name, "command": sys.executable, "args": [str(DEMO_SERVER)], **extra}
+
+
+def write_config(directory: Path, config: dict[str, Any], name: str = "vmcp.yaml") -> Path:
+    path = directory / name
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return path
+
+
+def wait_http(url: str, timeout: float = 30.0, expect: tuple[int, ...] = (200,), proc: subprocess.Popen[bytes] | None = None) -> httpx2.Response:
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before {url} answered")
+        try:
+            response = httpx2.get(url, timeout=2.0)
+            if response.status_code in expect:
+                return response
+        except httpx2.HTTPError as exc:
+            last = exc
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} did not answer {expect} within {timeout}s (last error: {last})")
+
+
+@contextlib.contextmanager
+def http_demo_backend(port: int | None = None) -> Iterator[str]:
+    """The demo backend over streamable HTTP; yields its /mcp URL."""
+    port = port or free_port()
+    proc = subprocess.Popen([sys.executable, str(DEMO_SERVER), "--http", "--port", str(port)], stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}/mcp"
+        wait_http(url, expect=(200, 400, 405, 406), proc=proc)
+        yield url
+    finally:
+        stop_process(proc)
+
+
+class Gateway:
+    """A running `vmcp serve` process."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], port: int, log: Path) -> None:
+        self.proc = proc
+        self.port = port
+        self.log = log
+        self.url = f"http://127.0.0.1:{port}/mcp"
+        self.base = f"http://127.0.0.1:{port}"
+
+    def output(self) -> str:
+        return self.log.read_text(encoding="utf-8", errors="replace")
+
+    def children(self) -> list[psutil.Process]:
+        return psutil.Process(self.proc.pid).children(recursive=True)
+
+
+@contextlib.contextmanager
+def running_gateway(
+    config_path: Path, *args: str, env: dict[str, str] | None = None, ready_timeout: float = 60.0, wait_ready: bool = True
+) -> Iterator[Gateway]:
+    port = free_port()
+    log = config_path.parent / f"gateway-{port}.log"
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "vmcp_opt", "serve", "-c", str(config_path), "--port", str(port), *args],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
+        )
+    gateway = Gateway(proc, port, log)
+    try:
+        try:
+            wait_http(f"{gateway.base}/healthz", timeout=ready_timeout, proc=proc)
+            if wait_ready:
+                wait_http(f"{gateway.base}/readyz", timeout=ready_timeout, expect=(200, 503), proc=proc)
+        except Exception as exc:
+            raise RuntimeError(f"gateway did not start: {exc}\n--- gateway log ---\n{gateway.output()}") from exc
+        yield gateway
+    finally:
+        stop_process(proc)
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

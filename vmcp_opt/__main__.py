@@ -1,0 +1,3 @@
+from vmcp_opt.cli import app
+
+app()
