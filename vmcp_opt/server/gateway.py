@@ -24,7 +24,7 @@ from vmcp_opt.aggregation import BackendSource, Catalog, ConflictError, RoutedTo
 from vmcp_opt.backends import BackendConnection, BackendManager
 from vmcp_opt.backends.connection import BackendUnavailable
 from vmcp_opt.config import VmcpConfig
-from vmcp_opt.server.validation import ArgumentError, ArgumentValidator
+from vmcp_opt.arguments import ArgumentError, ArgumentValidator
 
 logger = logging.getLogger(__name__)
 

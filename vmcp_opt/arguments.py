@@ -1,4 +1,4 @@
-"""Tool arguments checked against the tool's input schema before a call leaves the gateway."""
+"""Tool arguments checked against an input schema before a call leaves the gateway (routed tools and meta-tools)."""
 
 from __future__ import annotations
 
