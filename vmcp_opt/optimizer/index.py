@@ -1,0 +1,408 @@
+"""The hybrid tool index: bm25s keywords plus FAISS vectors, persisted per model and content hash.
+
+Reads are lock-free: `search` takes the current `_Snapshot` (an immutable bundle of records, keyword index
+and vectors) and works on it alone, while `update` builds the next snapshot in another thread and swaps
+it in at the end. Vectors are cached on disk under `index_dir/<model-slug>/vectors.npz`, keyed by each
+tool's content hash, so a restart with unchanged tools embeds nothing and a changed tool re-embeds alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import bm25s
+import faiss
+import numpy as np
+import Stemmer
+
+from vmcp_opt.config import OptimizerConfig
+from vmcp_opt.optimizer import ranking
+from vmcp_opt.optimizer.documents import ToolRecord, content_hash, tool_document
+from vmcp_opt.optimizer.embedding import Embedder, ModelSpec, load_embedder, resolve_model
+
+log = logging.getLogger(__name__)
+
+# FAISS (OpenMP), numpy and torch share 2 cores; a one-query FAISS search is fastest single-threaded.
+faiss.omp_set_num_threads(1)
+
+VECTORS_FILE = "vectors.npz"
+_HNSW_M = 32
+_HNSW_EF_CONSTRUCTION = 80
+_HNSW_EF_SEARCH = 128
+_STOPWORDS = "en"
+_stemmers = threading.local()
+
+
+def _stem(words: list[str]) -> list[str]:
+    # PyStemmer objects are not thread-safe: one per thread.
+    stemmer = getattr(_stemmers, "english", None)
+    if stemmer is None:
+        stemmer = _stemmers.english = Stemmer.Stemmer("english")
+    result: list[str] = stemmer.stemWords(words)
+    return result
+
+
+def _tokenize(texts: list[str], *, return_ids: bool = True) -> Any:
+    return bm25s.tokenize(texts, stopwords=_STOPWORDS, stemmer=_stem, return_ids=return_ids, show_progress=False)
+
+
+@dataclass(frozen=True)
+class _VectorCache:
+    """Vectors by content hash: `matrix[rows[hash]]`."""
+
+    rows: dict[str, int] = field(default_factory=dict)
+    matrix: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.float32))
+
+    def stack(self, hashes: Sequence[str], dims: int) -> tuple[np.ndarray, np.ndarray]:
+        """(vectors aligned with `hashes`, which rows were found); missing rows are zero."""
+        where = np.fromiter((self.rows.get(h, -1) for h in hashes), dtype=np.int64, count=len(hashes))
+        found = where >= 0
+        out = np.zeros((len(hashes), dims), dtype=np.float32)
+        if found.any():
+            out[found] = self.matrix[where[found]]
+        return out, found
+
+
+@dataclass
+class SearchHit:
+    record: ToolRecord
+    score: float
+
+
+@dataclass
+class SearchResult:
+    hits: list[SearchHit]
+    # "keyword" while vectors (or the model for queries) are not ready yet.
+    mode: Literal["hybrid", "keyword"]
+
+
+@dataclass
+class UpdateStats:
+    embedded: int
+    reused: int
+    removed: int
+    total: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    """Everything one search reads; never mutated after it is built."""
+
+    records: tuple[ToolRecord, ...] = ()
+    hashes: tuple[str, ...] = ()
+    backend_codes: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int32))
+    backend_ids: dict[str, int] = field(default_factory=dict)
+    bm25: Any = None
+    # float32 (n, d), L2-normalised, aligned with records; rows without a vector are zero.
+    vectors: np.ndarray | None = None
+    has_vector: np.ndarray | None = None
+    faiss_index: Any = None
+
+
+class ToolIndex:
+    """Search over the gateway's tools; `update` replaces the indexed set, `search` never waits for it."""
+
+    def __init__(self, config: OptimizerConfig, index_dir: Path, embedder: Embedder | None = None) -> None:
+        self.config = config
+        self.embedder = embedder
+        self.model: ModelSpec = embedder.spec if embedder is not None else resolve_model(config.model)
+        self.directory = Path(index_dir) / self.model.slug
+        self._snapshot = _Snapshot()
+        self._swap_lock = threading.Lock()
+        self._update_lock = threading.Lock()
+        # Vectors by content hash, from the last update or the persisted cache (loaded once, lazily).
+        self._cache: _VectorCache | None = None
+
+    # -- reading -----------------------------------------------------------------------------------------
+
+    @property
+    def dense_ready(self) -> bool:
+        snap = self._snapshot
+        return snap.vectors is not None and self.embedder is not None
+
+    def __len__(self) -> int:
+        return len(self._snapshot.records)
+
+    def search(self, query: str, limit: int = 8, backends: Collection[str] | None = None) -> SearchResult:
+        snap = self._snapshot
+        embedder = self.embedder
+        dense = snap.vectors is not None and embedder is not None
+        mode: Literal["hybrid", "keyword"] = "hybrid" if dense else "keyword"
+        if not snap.records or not query.strip() or limit < 1:
+            return SearchResult([], mode)
+        allowed = _backend_mask(snap, backends)
+        if allowed is not None and not allowed.any():
+            return SearchResult([], mode)
+        variants = ranking.query_variants(query, self.config)
+        depth = min(self.config.candidates, len(snap.records))
+        sparse = [self._keyword_candidates(snap, variant, depth, allowed) for variant in variants]
+        if dense and embedder is not None:
+            vectors = self._dense_candidates(snap, embedder.encode_queries(variants), depth, allowed)
+            fused = [ranking.fuse(d, s, self.config) for d, s in zip(vectors, sparse, strict=True)]
+        else:
+            fused = [ranking.keyword_only(s) for s in sparse]
+        best = ranking.top(ranking.merge_variants(fused), limit)
+        return SearchResult([SearchHit(snap.records[doc], float(score)) for doc, score in best], mode)
+
+    def _keyword_candidates(
+        self, snap: _Snapshot, query: str, depth: int, allowed: np.ndarray | None
+    ) -> ranking.Ranking:
+        tokens = _tokenize([ranking.keyword_query(query)], return_ids=False)[0]
+        ids = snap.bm25.get_tokens_ids(tokens)
+        if not ids:
+            return {}
+        scores = snap.bm25.get_scores_from_ids(ids)
+        if allowed is not None:
+            scores = np.where(allowed, scores, 0.0)
+        return _top_positive(scores, depth)
+
+    def _dense_candidates(
+        self, snap: _Snapshot, queries: np.ndarray, depth: int, allowed: np.ndarray | None
+    ) -> list[ranking.Ranking]:
+        assert snap.vectors is not None and snap.has_vector is not None
+        if allowed is None:
+            scores, ids = snap.faiss_index.search(queries, depth)
+            has = snap.has_vector
+            return [
+                {int(i): float(s) for s, i in zip(row_s, row_i, strict=True) if i >= 0 and has[i]}
+                for row_s, row_i in zip(scores, ids, strict=True)
+            ]
+        usable = snap.has_vector & allowed
+        if self.config.index_type == "hnsw":
+            selector = faiss.IDSelectorBatch(np.flatnonzero(usable).astype(np.int64))
+            params = faiss.SearchParametersHNSW(  # type: ignore[attr-defined]
+                sel=selector, efSearch=max(_HNSW_EF_SEARCH, depth)
+            )
+            scores, ids = snap.faiss_index.search(queries, depth, params=params)
+            return [
+                {int(i): float(s) for s, i in zip(row_s, row_i, strict=True) if i >= 0}
+                for row_s, row_i in zip(scores, ids, strict=True)
+            ]
+        # Exact: one matrix product over every row, the other backends masked out.
+        sims = queries @ snap.vectors.T
+        sims[:, ~usable] = -np.inf
+        return [_top_finite(row, depth) for row in sims]
+
+    # -- writing -----------------------------------------------------------------------------------------
+
+    def update(self, records: Sequence[ToolRecord], *, progress: bool = False) -> UpdateStats:
+        """Index exactly `records`: keywords rebuilt, vectors reused by content hash, new ones embedded."""
+        started = time.perf_counter()
+        with self._update_lock:
+            if self.embedder is None:
+                self.embedder = load_embedder(
+                    self.config.model, bulk_bfloat16=self.config.bulk_bfloat16, batch_size=self.config.batch_size
+                )
+            records, documents, hashes = _prepare(records)
+            cache = self._vector_cache()
+            vectors, found = cache.stack(hashes, self.model.dimensions)
+            # Each new document once, even when two tools share it.
+            first: dict[str, int] = {}
+            for i in np.flatnonzero(~found):
+                first.setdefault(hashes[i], int(i))
+            if first:
+                fresh = self.embedder.encode_documents([documents[i] for i in first.values()], progress=progress)
+                by_hash = dict(zip(first, range(len(first)), strict=True))
+                missing = np.flatnonzero(~found)
+                vectors[missing] = fresh[[by_hash[hashes[i]] for i in missing]]
+            removed = len(cache.rows.keys() - set(hashes))
+            snapshot = self._build(records, documents, hashes, vectors, np.ones(len(records), dtype=bool))
+            del vectors  # the snapshot holds FAISS's copy; drop ours before saving
+            self._swap(snapshot)
+            self._cache = _VectorCache({h: i for i, h in enumerate(hashes)}, _or_empty(snapshot.vectors))
+            self._save(hashes, _or_empty(snapshot.vectors))
+        stats = UpdateStats(
+            embedded=len(first),
+            reused=len(set(hashes)) - len(first),
+            removed=removed,
+            total=len(records),
+            seconds=time.perf_counter() - started,
+        )
+        log.info(
+            "index updated: embedded %d, reused %d, removed %d (%d tools, %.2f s)",
+            stats.embedded,
+            stats.reused,
+            stats.removed,
+            stats.total,
+            stats.seconds,
+        )
+        return stats
+
+    def update_keywords(self, records: Sequence[ToolRecord]) -> None:
+        """Replace the indexed set without the model: keywords at once, plus any vectors already cached."""
+        with self._update_lock:
+            records, documents, hashes = _prepare(records)
+            vectors, found = self._vector_cache().stack(hashes, self.model.dimensions)
+            self._swap(self._build(records, documents, hashes, vectors if found.any() else None, found))
+        log.info("keyword index updated: %d tools, %d with cached vectors", len(records), int(found.sum()))
+
+    def _build(
+        self,
+        records: list[ToolRecord],
+        documents: list[str],
+        hashes: list[str],
+        vectors: np.ndarray | None,
+        has_vector: np.ndarray,
+    ) -> _Snapshot:
+        backend_ids: dict[str, int] = {}
+        codes = np.fromiter(
+            (backend_ids.setdefault(r.backend, len(backend_ids)) for r in records), dtype=np.int32, count=len(records)
+        )
+        bm25 = None
+        if records:
+            bm25 = bm25s.BM25()
+            bm25.index(_tokenize(documents), show_progress=False)
+        faiss_index = None
+        if vectors is not None and len(records):
+            faiss_index = self._faiss(vectors)
+            # Keep one copy of the vectors: a view of FAISS's own storage (the flat codes).
+            vectors = _faiss_vectors(faiss_index, len(records), self.model.dimensions)
+        return _Snapshot(
+            records=tuple(records),
+            hashes=tuple(hashes),
+            backend_codes=codes,
+            backend_ids=backend_ids,
+            bm25=bm25,
+            vectors=vectors,
+            has_vector=has_vector,
+            faiss_index=faiss_index,
+        )
+
+    def _faiss(self, vectors: np.ndarray) -> Any:
+        dims = vectors.shape[1]
+        index: Any
+        if self.config.index_type == "hnsw":
+            index = faiss.IndexHNSWFlat(dims, _HNSW_M, faiss.METRIC_INNER_PRODUCT)
+            index.hnsw.efConstruction = _HNSW_EF_CONSTRUCTION
+            index.hnsw.efSearch = max(_HNSW_EF_SEARCH, self.config.candidates)
+            faiss.omp_set_num_threads(os.cpu_count() or 1)  # building a graph uses every core
+            try:
+                index.add(vectors)
+            finally:
+                faiss.omp_set_num_threads(1)
+        else:
+            index = faiss.IndexFlatIP(dims)
+            index.add(vectors)
+        return index
+
+    def _swap(self, snapshot: _Snapshot) -> None:
+        with self._swap_lock:
+            self._snapshot = snapshot
+
+    # -- persistence -------------------------------------------------------------------------------------
+
+    def _vector_cache(self) -> _VectorCache:
+        if self._cache is None:
+            self._cache = self._load()
+        return self._cache
+
+    def _load(self) -> _VectorCache:
+        path = self.directory / VECTORS_FILE
+        if not path.exists():
+            return _VectorCache()
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                model = str(data["model"])
+                hashes = [h.decode("ascii") for h in data["hashes"]]
+                vectors = np.ascontiguousarray(data["vectors"], dtype=np.float32)
+            if model != self.model.id:
+                raise ValueError(f"built by model {model!r}, not {self.model.id!r}")
+            if vectors.shape != (len(hashes), self.model.dimensions):
+                raise ValueError(f"vectors {vectors.shape} do not match {len(hashes)} hashes x {self.model.dimensions}")
+        except Exception as exc:  # any unreadable cache is rebuilt, never fatal
+            log.warning("index cache %s unusable, rebuilding: %s", path, exc)
+            return _VectorCache()
+        return _VectorCache({h: i for i, h in enumerate(hashes)}, vectors)
+
+    def _save(self, hashes: list[str], vectors: np.ndarray) -> None:
+        unique = {digest: i for i, digest in enumerate(hashes)}
+        rows = np.fromiter(unique.values(), dtype=np.int64, count=len(unique))
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".vectors-", suffix=".tmp")
+            try:
+                with os.fdopen(fd, "wb") as file:
+                    np.savez(
+                        file,
+                        model=np.array(self.model.id),
+                        hashes=np.array(list(unique), dtype="S64"),
+                        vectors=vectors[rows],
+                    )
+                    file.flush()
+                    os.fsync(file.fileno())
+                os.replace(tmp, self.directory / VECTORS_FILE)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+        except OSError as exc:
+            log.warning("could not save the index cache to %s: %s", self.directory, exc)
+
+    def stats(self) -> dict[str, Any]:
+        snap = self._snapshot
+        size = sum(f.stat().st_size for f in self.directory.glob("*") if f.is_file()) if self.directory.exists() else 0
+        return {
+            "tools": len(snap.records),
+            "backends": len(snap.backend_ids),
+            "backend_names": sorted(snap.backend_ids),
+            "model": self.model.id,
+            "dimensions": self.model.dimensions,
+            "index_type": self.config.index_type,
+            "fusion": self.config.fusion,
+            "dense_ready": self.dense_ready,
+            "with_vectors": int(snap.has_vector.sum()) if snap.has_vector is not None else 0,
+            "path": str(self.directory),
+            "size_on_disk_bytes": size,
+        }
+
+
+def _prepare(records: Sequence[ToolRecord]) -> tuple[list[ToolRecord], list[str], list[str]]:
+    """Unique by name (the last one wins, as a later list_changed would), with documents and hashes."""
+    by_name: dict[str, ToolRecord] = {}
+    for record in records:
+        if record.name in by_name:
+            log.warning("tool %r listed twice; indexing the last one", record.name)
+        by_name[record.name] = record
+    unique = list(by_name.values())
+    documents = [tool_document(r) for r in unique]
+    hashes = [content_hash(r) for r in unique]
+    return unique, documents, hashes
+
+
+def _or_empty(vectors: np.ndarray | None) -> np.ndarray:
+    return vectors if vectors is not None else np.zeros((0, 0), dtype=np.float32)
+
+
+def _faiss_vectors(index: Any, count: int, dims: int) -> np.ndarray:
+    """A read-only numpy view of the vectors FAISS stores (flat storage of either index type)."""
+    flat: Any = faiss.downcast_index(index.storage) if hasattr(index, "storage") else index
+    view = faiss.rev_swig_ptr(flat.get_xb(), count * dims).reshape(count, dims)
+    view.flags.writeable = False
+    return view
+
+
+def _backend_mask(snap: _Snapshot, backends: Collection[str] | None) -> np.ndarray | None:
+    if backends is None:
+        return None
+    codes = [snap.backend_ids[b] for b in backends if b in snap.backend_ids]
+    return np.isin(snap.backend_codes, np.array(codes, dtype=np.int32))
+
+
+def _top_positive(scores: np.ndarray, depth: int) -> ranking.Ranking:
+    depth = min(depth, len(scores))
+    part = np.argpartition(-scores, depth - 1)[:depth]
+    return {int(i): float(scores[i]) for i in part if scores[i] > 0}
+
+
+def _top_finite(sims: np.ndarray, depth: int) -> ranking.Ranking:
+    depth = min(depth, len(sims))
+    part = np.argpartition(-sims, depth - 1)[:depth]
+    return {int(i): float(sims[i]) for i in part if np.isfinite(sims[i])}
