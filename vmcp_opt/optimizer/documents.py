@@ -22,6 +22,9 @@ _MAX_PARAM_DESCRIPTION = 300
 _CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
 _SEPARATORS = re.compile(r"[\s_\-./:]+")
 _LETTER_DIGIT = re.compile(r"(?<=[A-Za-z])(?=[0-9])|(?<=[0-9])(?=[A-Za-z])")
+# "(e.g., 'Asia/Tokyo', ...)" in a parameter description names sample values, not what the tool does: left
+# in, mcp-server-time's convert_time outranks get_current_time for "what time is it in Tokyo".
+_EXAMPLE_VALUES = re.compile(r"\s*\((?:e\.\s?g\.?|eg\.|for example|for instance|such as)[^)]*\)", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -91,7 +94,7 @@ def _parameters(schema: Mapping[str, Any], depth: int = 0) -> Iterator[tuple[str
         if not isinstance(spec, Mapping):
             yield str(name), ""
             continue
-        description = str(spec.get("description") or spec.get("title") or "").strip()
+        description = _EXAMPLE_VALUES.sub("", str(spec.get("description") or spec.get("title") or "")).strip()
         yield str(name), description[:_MAX_PARAM_DESCRIPTION]
         yield from _parameters(spec, depth + 1)
         items = spec.get("items")
