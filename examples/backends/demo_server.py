@@ -10,6 +10,7 @@ resolution tests need; `add_tool` makes the tool list change, which the list_cha
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import anyio
@@ -42,8 +43,8 @@ async def slow_echo(message: str, seconds: float = 1.0) -> str:
 
 @server.tool()
 def whoami() -> dict[str, object]:
-    """Report this server's process id and start time (tests use it to see restarts)."""
-    return {"pid": __import__("os").getpid(), "started": STARTED}
+    """Report this server's name (DEMO_NAME), process id and start time (tests use it to see routing and restarts)."""
+    return {"name": os.environ.get("DEMO_NAME", "demo"), "pid": os.getpid(), "started": STARTED}
 
 
 @server.tool()
