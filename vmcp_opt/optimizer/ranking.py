@@ -92,8 +92,14 @@ def fuse(dense: Ranking, sparse: Ranking, config: OptimizerConfig) -> Ranking:
 
 
 def keyword_only(sparse: Ranking) -> Ranking:
-    """Scores while vectors are not ready: the keyword arm alone, normalised to [0, 1]."""
-    return minmax(sparse)
+    """Scores while vectors are not ready: the keyword arm alone, relative to the best (top = 1.0).
+
+    Divided by the maximum rather than min-max scaled, so a weaker match keeps a non-zero score.
+    """
+    if not sparse:
+        return {}
+    high = max(sparse.values())
+    return {doc: (score / high if high > 0 else 0.0) for doc, score in sparse.items()}
 
 
 def merge_variants(rankings: Iterable[Ranking]) -> Ranking:

@@ -1,0 +1,61 @@
+"""`vmcp index build | stats | search` over tool records from a JSON-lines file."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from vmcp_opt.optimizer.index_cli import hooks, index_app, read_jsonl, tools_list_json
+from vmcp_opt.optimizer.tokens import count_tokens
+
+from .test_optimizer_index import CATALOGUE
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> tuple[Path, Path]:
+    config = tmp_path / "vmcp.yaml"
+    config.write_text(f"optimizer:\n  index_dir: {tmp_path / 'indexes'}\n", encoding="utf-8")
+    tools = tmp_path / "tools.jsonl"
+    tools.write_text("\n".join(json.dumps(asdict(record)) for record in CATALOGUE) + "\n", encoding="utf-8")
+    return config, tools
+
+
+def test_jsonl_round_trips_tool_records(setup: tuple[Path, Path]) -> None:
+    assert read_jsonl(setup[1]) == CATALOGUE
+
+
+def test_build_then_stats_then_search(setup: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    config, tools = setup
+    built = runner.invoke(index_app, ["build", "-c", str(config), "--from-jsonl", str(tools)])
+    assert built.exit_code == 0, built.output
+    assert f"embedded {len(CATALOGUE)}, reused 0" in built.output
+
+    monkeypatch.setattr(hooks, "meta_tool_tokens", lambda settings: 100)
+    stats = runner.invoke(index_app, ["stats", "-c", str(config), "--from-jsonl", str(tools)])
+    assert stats.exit_code == 0, stats.output
+    full = count_tokens(tools_list_json(CATALOGUE))
+    assert f"{full:,} tokens" in stats.output
+    assert "100 tokens" in stats.output
+    assert f"{len(CATALOGUE)}/{len(CATALOGUE)} tools with vectors" in stats.output
+
+    found = runner.invoke(
+        index_app, ["search", "show the git commit logs", "-c", str(config), "--from-jsonl", str(tools), "--keyword"]
+    )
+    assert found.exit_code == 0, found.output
+    first_row = next(line for line in found.output.splitlines() if re.search(r"│\s+1\s+│", line))
+    assert "git_git_log" in first_row
+
+
+def test_missing_tool_source_is_a_clear_error(setup: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "vmcp_opt.server.catalog_source", None)
+    result = runner.invoke(index_app, ["stats", "-c", str(setup[0])])
+    assert result.exit_code == 2

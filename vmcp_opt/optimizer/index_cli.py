@@ -1,0 +1,203 @@
+"""`vmcp index build | stats | search`: the persisted tool index, for operators and for tuning descriptions.
+
+The tool list comes from the live backends (through `hooks.collect_records`, which defaults to
+`vmcp_opt.server.catalog_source.collect_tool_records`) or from `--from-jsonl`, one tool record per line
+(`name`, `backend`, `description`, `input_schema`, optional `title`, `backend_description`, `original_name`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from vmcp_opt.config import ConfigError, VmcpConfig, load_config
+from vmcp_opt.optimizer.documents import ToolRecord
+
+index_app = typer.Typer(help="Build, inspect and query the optimizer's persisted tool index.", no_args_is_help=True)
+console = Console()
+errors = Console(stderr=True)
+
+
+@dataclass
+class Hooks:
+    """What the gateway plugs in: where live tool records come from, and what the meta-tools cost."""
+
+    collect_records: Callable[[VmcpConfig], Coroutine[Any, Any, list[ToolRecord]]] | None = None
+    # Tokens of the tools/list answer with the optimizer on (meta-tools and pinned tools), for a model id.
+    meta_tool_tokens: Callable[[VmcpConfig], int] | None = None
+
+
+hooks = Hooks()
+
+ConfigOption = Annotated[Path | None, typer.Option("--config", "-c", help="Config file (default: examples/demo.yaml).")]
+JsonlOption = Annotated[
+    Path | None, typer.Option("--from-jsonl", help="Read tool records from a JSON-lines file instead of the backends.")
+]
+IndexDirOption = Annotated[Path | None, typer.Option("--index-dir", help="Override optimizer.index_dir.")]
+
+
+@index_app.command()
+def build(config: ConfigOption = None, from_jsonl: JsonlOption = None, index_dir: IndexDirOption = None) -> None:
+    """Embed every tool not already in the persisted index (a progress bar while it works)."""
+    from vmcp_opt.optimizer.index import ToolIndex
+
+    settings = _config(config)
+    records = _records(settings, from_jsonl)
+    index = ToolIndex(settings.optimizer, _index_dir(settings, index_dir))
+    stats = index.update(records, progress=True)
+    console.print(
+        f"[bold]{stats.total}[/] tools indexed in {stats.seconds:.1f} s: embedded {stats.embedded}, "
+        f"reused {stats.reused}, removed {stats.removed} → {index.directory}"
+    )
+
+
+@index_app.command()
+def stats(config: ConfigOption = None, from_jsonl: JsonlOption = None, index_dir: IndexDirOption = None) -> None:
+    """Tools, backends, model, size on disk, and the tokens of the full tool list against the meta-tools."""
+    from vmcp_opt.optimizer.index import ToolIndex
+    from vmcp_opt.optimizer.tokens import count_tokens
+
+    settings = _config(config)
+    records = _records(settings, from_jsonl)
+    index = ToolIndex(settings.optimizer, _index_dir(settings, index_dir))
+    index.update_keywords(records)  # no model needed: reads the persisted vectors only
+    info = index.stats()
+    full = count_tokens(tools_list_json(records), settings.optimizer.model)
+    meta = _meta_tool_tokens(settings)
+    table = Table(show_header=False, box=None)
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("tools", str(info["tools"]))
+    table.add_row("backends", f"{info['backends']} ({', '.join(info['backend_names'])})")
+    table.add_row("model", f"{info['model']} ({info['dimensions']} dimensions)")
+    table.add_row("index", f"{info['index_type']}, {info['with_vectors']}/{info['tools']} tools with vectors")
+    table.add_row("size on disk", f"{_human(info['size_on_disk_bytes'])} ({info['path']})")
+    table.add_row("tools/list, full", f"{full:,} tokens")
+    if meta is not None:
+        saving = f" ({100 * (1 - meta / full):.1f}% fewer)" if full else ""
+        table.add_row("tools/list, optimizer on", f"{meta:,} tokens{saving}")
+    console.print(table)
+
+
+@index_app.command()
+def search(
+    query: Annotated[str, typer.Argument(help="A natural-language need, as an agent would ask.")],
+    config: ConfigOption = None,
+    from_jsonl: JsonlOption = None,
+    index_dir: IndexDirOption = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=50)] = 8,
+    backend: Annotated[list[str] | None, typer.Option("--backend", "-b", help="Only these backends.")] = None,
+    keyword: Annotated[bool, typer.Option("--keyword", help="Keywords only, without loading the model.")] = False,
+) -> None:
+    """Rank the tools for QUERY the way find_tool does, with scores."""
+    from vmcp_opt.optimizer.index import ToolIndex
+
+    settings = _config(config)
+    records = _records(settings, from_jsonl)
+    index = ToolIndex(settings.optimizer, _index_dir(settings, index_dir))
+    if keyword:
+        index.update_keywords(records)
+    else:
+        index.update(records, progress=True)
+    result = index.search(query, limit=limit, backends=backend or None)
+    table = Table(title=f"{query!r} ({result.mode})")
+    table.add_column("rank", justify="right")
+    table.add_column("name", style="bold")
+    table.add_column("backend")
+    table.add_column("score", justify="right")
+    table.add_column("description", overflow="ellipsis", no_wrap=True, max_width=60)
+    for rank, hit in enumerate(result.hits, start=1):
+        table.add_row(str(rank), hit.record.name, hit.record.backend, f"{hit.score:.3f}", hit.record.description)
+    console.print(table)
+
+
+def tools_list_json(records: Sequence[ToolRecord]) -> str:
+    """The tools as a `tools/list` answer would carry them (what an agent reads without the optimizer)."""
+    tools: list[dict[str, Any]] = []
+    for record in records:
+        tool: dict[str, Any] = {"name": record.name}
+        if record.title:
+            tool["title"] = record.title
+        tool["description"] = record.description
+        tool["inputSchema"] = dict(record.input_schema) or {"type": "object"}
+        tools.append(tool)
+    return json.dumps({"tools": tools}, separators=(",", ":"), ensure_ascii=False)
+
+
+def read_jsonl(path: Path) -> list[ToolRecord]:
+    """Tool records from JSON lines; `inputSchema` is accepted for `input_schema`."""
+    records: list[ToolRecord] = []
+    with path.open(encoding="utf-8") as file:
+        for number, line in enumerate(file, start=1):
+            if not line.strip():
+                continue
+            try:
+                data = json.loads(line)
+                records.append(
+                    ToolRecord(
+                        name=str(data["name"]),
+                        backend=str(data["backend"]),
+                        description=str(data.get("description") or ""),
+                        input_schema=data.get("input_schema") or data.get("inputSchema") or {},
+                        title=data.get("title"),
+                        backend_description=str(data.get("backend_description") or ""),
+                        original_name=data.get("original_name"),
+                    )
+                )
+            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                raise typer.BadParameter(
+                    f"{path}:{number}: not a tool record ({exc})", param_hint="--from-jsonl"
+                ) from None
+    return records
+
+
+def _config(path: Path | None) -> VmcpConfig:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            errors.print(f"[red]config:[/] {problem}")
+        raise typer.Exit(2) from None
+
+
+def _index_dir(settings: VmcpConfig, override: Path | None) -> Path:
+    return override if override is not None else settings.index_dir()
+
+
+def _records(settings: VmcpConfig, from_jsonl: Path | None) -> list[ToolRecord]:
+    if from_jsonl is not None:
+        return read_jsonl(from_jsonl)
+    collect = hooks.collect_records
+    if collect is None:
+        try:
+            # Imported by name: the optimizer does not depend on server/ (the gateway sets the hook instead).
+            collect = importlib.import_module("vmcp_opt.server.catalog_source").collect_tool_records
+        except (ImportError, AttributeError):
+            errors.print("[red]no tool source:[/] pass --from-jsonl PATH (live backends are not wired in yet)")
+            raise typer.Exit(2) from None
+    with errors.status("listing tools from the backends"):
+        return asyncio.run(collect(settings))
+
+
+def _meta_tool_tokens(settings: VmcpConfig) -> int | None:
+    if hooks.meta_tool_tokens is not None:
+        return hooks.meta_tool_tokens(settings)
+    return None
+
+
+def _human(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1024 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"
