@@ -1,0 +1,306 @@
+"""The real `vmcp serve` process over real backends (stdio and streamable HTTP), driven by real clients."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx2
+import mcp_types as types
+import psutil
+import pytest
+from mcp import Client, StdioServerParameters
+from mcp.shared.exceptions import MCPError
+
+from tests.support import (
+    NODE_BIN,
+    Gateway,
+    demo_backend,
+    http_demo_backend,
+    running_gateway,
+    write_config,
+)
+
+pytestmark = [pytest.mark.slow, pytest.mark.anyio]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """Four backends of three kinds: a PyPI server and an npm server over stdio, the demo over stdio and HTTP."""
+    directory = tmp_path_factory.mktemp("gateway")
+    with http_demo_backend() as web_url:
+        config = {
+            "backends": [
+                {"name": "time", "command": "python", "args": ["-m", "mcp_server_time", "--local-timezone", "UTC"]},
+                {"name": "everything", "command": str(NODE_BIN / "mcp-server-everything")},
+                demo_backend("notes", env={"DEMO_NAME": "notes"}),
+                {"name": "web", "transport": "streamable-http", "url": web_url},
+            ],
+        }
+        with running_gateway(write_config(directory, config)) as running:
+            yield running
+
+
+async def test_tools_from_every_backend_are_listed_and_callable(gateway: Gateway) -> None:
+    async with Client(gateway.url) as client:
+        names = {tool.name for tool in (await client.list_tools()).tools}
+        assert {"time_get_current_time", "everything_echo", "notes_save_note", "web_save_note"} <= names
+        result = await client.call_tool("time_get_current_time", {"timezone": "Asia/Tokyo"})
+        assert not result.is_error
+        assert json.loads(result.content[0].text)["timezone"] == "Asia/Tokyo"  # type: ignore[union-attr]
+        echoed = await client.call_tool("everything_echo", {"message": "through the gateway"})
+        assert "through the gateway" in echoed.content[0].text  # type: ignore[union-attr]
+        saved = await client.call_tool("web_save_note", {"title": "t", "text": "over http"})
+        assert "saved note 't'" in saved.content[0].text  # type: ignore[union-attr]
+
+
+async def test_calls_route_to_the_owning_backend_under_its_original_name(gateway: Gateway) -> None:
+    async with Client(gateway.url) as client:
+        who = await client.call_tool("notes_whoami", {})
+        assert who.structured_content is not None and who.structured_content["name"] == "notes"
+
+
+async def test_both_protocol_revisions_are_served(gateway: Gateway) -> None:
+    async with Client(gateway.url, mode="legacy") as legacy, Client(gateway.url) as modern:
+        assert legacy.protocol_version == "2025-11-25"
+        assert modern.protocol_version == "2026-07-28"
+        for client in (legacy, modern):
+            result = await client.call_tool("everything_get-sum", {"a": 2, "b": 3})
+            assert "5" in result.content[0].text  # type: ignore[union-attr]
+
+
+async def test_wrong_arguments_get_an_error_naming_the_field(gateway: Gateway) -> None:
+    async with Client(gateway.url) as client:
+        missing = await client.call_tool("time_get_current_time", {})
+        assert missing.is_error
+        assert "field 'timezone'" in missing.content[0].text  # type: ignore[union-attr]
+        wrong_type = await client.call_tool("everything_get-sum", {"a": "two", "b": 3})
+        assert wrong_type.is_error
+        assert "field 'a'" in wrong_type.content[0].text  # type: ignore[union-attr]
+
+
+async def test_unknown_tool_prompt_and_resource_are_clear_errors(gateway: Gateway) -> None:
+    async with Client(gateway.url) as client:
+        with pytest.raises(MCPError, match="Unknown tool: 'no_such_tool'"):
+            await client.call_tool("no_such_tool", {})
+        with pytest.raises(MCPError, match="Unknown prompt"):
+            await client.get_prompt("no_such_prompt")
+        with pytest.raises(MCPError, match="Resource not found"):
+            await client.read_resource("nowhere://at/all")
+        # ...and the gateway keeps serving.
+        assert (await client.call_tool("notes_search_notes", {"query": "x"})).is_error is False
+
+
+async def test_resources_templates_and_prompts_are_routed(gateway: Gateway) -> None:
+    async with Client(gateway.url) as client:
+        await client.call_tool("notes_save_note", {"title": "groceries", "text": "milk"})
+        resources = {str(r.uri): r for r in (await client.list_resources()).resources}
+        assert "notes://all" in resources
+        assert any(uri.startswith("demo://resource") for uri in resources)
+        templates = {t.uri_template for t in (await client.list_resource_templates()).resource_templates}
+        assert "notes://note/{title}" in templates
+        note = await client.read_resource("notes://note/groceries")
+        assert note.contents[0].text == "milk"  # type: ignore[union-attr]
+        prompts = {p.name for p in (await client.list_prompts()).prompts}
+        assert {"notes_summarize_notes", "everything_simple-prompt"} <= prompts
+        prompt = await client.get_prompt("notes_summarize_notes", {"style": "bullet"})
+        assert "bullet" in prompt.messages[0].content.text  # type: ignore[union-attr]
+
+
+async def test_list_changed_from_a_backend_reaches_clients_of_both_eras(gateway: Gateway) -> None:
+    seen: list[str] = []
+
+    async def on_message(message: Any) -> None:
+        seen.append(type(message).__name__)
+
+    async with Client(gateway.url, mode="legacy", message_handler=on_message) as legacy, Client(gateway.url) as modern:
+        async with modern.listen(tools_list_changed=True) as subscription:
+            await legacy.call_tool("notes_add_tool", {"name": "shout", "description": "Say it loudly"})
+            with anyio.fail_after(10):
+                event = await subscription.__anext__()
+            assert type(event).__name__ == "ToolsListChanged"
+        with anyio.fail_after(10):
+            while "ToolListChangedNotification" not in seen:
+                await anyio.sleep(0.05)
+        assert "notes_shout" in {tool.name for tool in (await legacy.list_tools()).tools}
+        assert (await legacy.call_tool("notes_shout", {"text": "hi"})).content[0].text == "shout: hi"  # type: ignore[union-attr]
+
+
+def test_malformed_json_rpc_gets_spec_errors_and_the_gateway_keeps_serving(gateway: Gateway) -> None:
+    headers = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+    garbage = httpx2.post(gateway.url, content=b"{not json", headers=headers, timeout=10)
+    assert garbage.status_code == 400
+    assert garbage.json()["error"]["code"] == types.PARSE_ERROR
+    wrong_shape = httpx2.post(
+        gateway.url, json={"jsonrpc": "2.0", "id": 1, "nomethod": True}, headers=headers, timeout=10
+    )
+    assert wrong_shape.status_code == 400
+    assert wrong_shape.json()["error"]["code"] in (types.INVALID_REQUEST, types.PARSE_ERROR)
+
+    async def still_serving() -> None:
+        async with Client(gateway.url) as client:
+            assert (await client.call_tool("everything_echo", {"message": "ok"})).is_error is False
+
+    anyio.run(still_serving)
+
+
+def test_readyz_reports_every_backend(gateway: Gateway) -> None:
+    body = httpx2.get(f"{gateway.base}/readyz", timeout=10).json()
+    states = {backend["name"]: backend["state"] for backend in body["backends"]}
+    assert set(states) == {"time", "everything", "notes", "web"}
+    assert httpx2.get(f"{gateway.base}/healthz", timeout=10).json() == {"status": "ok"}
+
+
+def test_inspector_cli_lists_and_calls_tools_through_the_gateway(gateway: Gateway) -> None:
+    inspector = NODE_BIN / "mcp-inspector"
+    if not inspector.exists():
+        pytest.skip("the inspector is not installed (run scripts/setup.sh)")
+    base = [str(inspector), "--cli", gateway.url, "--transport", "http"]
+    listed = subprocess.run([*base, "--method", "tools/list"], capture_output=True, text=True, timeout=120)
+    assert listed.returncode == 0, listed.stderr
+    assert "time_get_current_time" in {tool["name"] for tool in json.loads(listed.stdout)["tools"]}
+    called = subprocess.run(
+        [*base, "--method", "tools/call", "--tool-name", "everything_echo", "--tool-arg", "message=inspected"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert called.returncode == 0, called.stderr
+    assert "inspected" in called.stdout
+
+
+# --- conflict strategies, with two instances of the same server that really collide ------------------
+
+
+def twin_config(strategy: str, **aggregation: Any) -> dict[str, Any]:
+    return {
+        "backends": [
+            demo_backend("alpha", env={"DEMO_NAME": "alpha"}),
+            demo_backend("beta", env={"DEMO_NAME": "beta"}),
+        ],
+        "aggregation": {"conflict_resolution": strategy, **aggregation},
+    }
+
+
+async def whoami(client: Client, tool: str) -> str:
+    result = await client.call_tool(tool, {})
+    assert result.structured_content is not None
+    return str(result.structured_content["name"])
+
+
+async def test_priority_strategy_routes_to_the_first_backend_in_priority(tmp_path: Path) -> None:
+    with running_gateway(write_config(tmp_path, twin_config("priority", priority=["beta", "alpha"]))) as gw:
+        async with Client(gw.url) as client:
+            names = [tool.name for tool in (await client.list_tools()).tools]
+            assert names.count("whoami") == 1 and "alpha_whoami" not in names
+            assert await whoami(client, "whoami") == "beta"
+
+
+async def test_manual_strategy_with_overrides_exposes_both(tmp_path: Path) -> None:
+    overrides = {
+        "beta": {
+            "overrides": {
+                name: {"name": f"b_{name}"} for name in ("save_note", "search_notes", "slow_echo", "whoami", "add_tool")
+            }
+        }
+    }
+    with running_gateway(write_config(tmp_path, twin_config("manual", tools=overrides))) as gw:
+        async with Client(gw.url) as client:
+            assert await whoami(client, "whoami") == "alpha"
+            assert await whoami(client, "b_whoami") == "beta"
+            prompts = {p.name for p in (await client.list_prompts()).prompts}
+            assert {"summarize_notes", "beta_summarize_notes"} <= prompts  # prompts fall back to the prefix
+
+
+def test_manual_strategy_unresolved_conflict_fails_start_naming_both_backends(tmp_path: Path) -> None:
+    config = write_config(tmp_path, twin_config("manual"))
+    result = subprocess.run(
+        [sys.executable, "-m", "vmcp_opt", "serve", "-c", str(config), "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0
+    assert "'alpha' and 'beta'" in result.stdout + result.stderr
+
+
+async def test_filters_and_overrides_shape_the_catalogue(tmp_path: Path) -> None:
+    tools = {
+        "alpha": {
+            "include": ["*note*", "whoami"],
+            "exclude": ["search_*"],
+            "overrides": {"whoami": {"name": "which_server", "description": "Which demo server answers."}},
+        }
+    }
+    config = {"backends": [demo_backend("alpha", env={"DEMO_NAME": "alpha"})], "aggregation": {"tools": tools}}
+    with running_gateway(write_config(tmp_path, config)) as gw:
+        async with Client(gw.url) as client:
+            listed = {tool.name: tool for tool in (await client.list_tools()).tools}
+            assert set(listed) == {"alpha_save_note", "which_server"}
+            assert listed["which_server"].description == "Which demo server answers."
+            assert await whoami(client, "which_server") == "alpha"
+
+
+async def test_discovered_mode_serves_a_claude_desktop_config(tmp_path: Path) -> None:
+    desktop = tmp_path / "claude_desktop_config.json"
+    desktop.write_text(json.dumps({"mcpServers": {"time": {"command": "python", "args": ["-m", "mcp_server_time"]}}}))
+    config = write_config(tmp_path, {"discovery": {"mode": "discovered", "path": str(desktop)}})
+    with running_gateway(config) as gw:
+        async with Client(gw.url) as client:
+            assert "time_get_current_time" in {tool.name for tool in (await client.list_tools()).tools}
+
+
+# --- the gateway over stdio, and clean shutdown ---------------------------------------------------------
+
+
+async def test_stdio_gateway_serves_a_desktop_client_and_leaves_no_orphans(tmp_path: Path) -> None:
+    config = write_config(tmp_path, {"backends": [demo_backend("notes")]})
+    params = StdioServerParameters(
+        command=sys.executable, args=["-m", "vmcp_opt", "serve", "--stdio", "-c", str(config)]
+    )
+    before = {p.pid for p in psutil.process_iter()}
+    async with Client(params) as client:
+        assert "notes_save_note" in {tool.name for tool in (await client.list_tools()).tools}
+        result = await client.call_tool("notes_save_note", {"title": "a", "text": "b"})
+        assert not result.is_error
+    await anyio.sleep(1.0)
+    leftovers = [
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if p.pid not in before and "demo_server.py" in " ".join(p.info["cmdline"] or [])
+    ]
+    assert leftovers == []
+
+
+def test_sigterm_stops_the_gateway_and_its_backend_processes(tmp_path: Path) -> None:
+    config = write_config(
+        tmp_path,
+        {
+            "backends": [
+                demo_backend("one"),
+                {
+                    "name": "mem",
+                    "command": str(NODE_BIN / "mcp-server-memory"),
+                    "env": {"MEMORY_FILE_PATH": str(tmp_path / "m.jsonl")},
+                },
+            ]
+        },
+    )
+    with running_gateway(config) as gw:
+        children = gw.children()
+        assert len(children) >= 2
+    gone, alive = psutil.wait_procs(children, timeout=10)
+    assert alive == []
+    # uvicorn re-raises SIGTERM once it has shut down cleanly, so the exit status is the signal's.
+    assert gw.proc.returncode in (0, -15)
+    assert "Traceback" not in gw.output()
