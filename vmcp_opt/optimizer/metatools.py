@@ -1,0 +1,263 @@
+"""The optimizer as clients see it: `find_tool` and `call_tool` in place of every backend tool.
+
+`OptimizerFront` plugs into the gateway (its `front`): `tools/list` shows the meta-tools and any pinned
+tools; `find_tool` ranks the catalogue with the hybrid index; `call_tool` goes through the gateway's own
+routed-call path, so validation, routing and results are exactly those of a direct call.
+
+The index follows the catalogue: on every change the keyword index is rebuilt at once (no model needed,
+so the gateway answers within a second of start), and a background thread loads the embedding model
+and embeds only new or changed tools. Until the vectors are ready `find_tool` ranks by keywords and
+says so in its answer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from typing import Any, Protocol
+
+import anyio
+import mcp_types as types
+from mcp.server.context import ServerRequestContext
+from mcp.shared.exceptions import MCPError
+
+from vmcp_opt.aggregation import Catalog, RoutedTool
+from vmcp_opt.arguments import ArgumentError, ArgumentValidator
+from vmcp_opt.config import VmcpConfig
+from vmcp_opt.optimizer.documents import ToolRecord
+from vmcp_opt.optimizer.embedding import load_embedder
+from vmcp_opt.optimizer.index import SearchResult, ToolIndex
+from vmcp_opt.optimizer.tokens import count_tokens
+
+logger = logging.getLogger(__name__)
+
+Ctx = ServerRequestContext[Any, Any]
+
+FIND_TOOL = types.Tool(
+    name="find_tool",
+    title="Find tools",
+    description=(
+        "Search every tool behind this gateway by what you need done, in plain words. Returns the best "
+        "matches with their names, descriptions and input schemas; run one with call_tool. Search again "
+        "with other words if nothing fits."
+    ),
+    input_schema={
+        "type": "object",
+        "properties": {
+            "query": {
+                "type": "string",
+                "minLength": 1,
+                "description": "What you need done, e.g. 'current time in Tokyo'.",
+            },
+            "limit": {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": 50,
+                "default": 8,
+                "description": "How many tools to return.",
+            },
+            "backends": {
+                "type": ["array", "null"],
+                "items": {"type": "string"},
+                "description": "Only search these backends (servers); all when omitted.",
+            },
+        },
+        "required": ["query"],
+        "additionalProperties": False,
+    },
+    annotations=types.ToolAnnotations(read_only_hint=True, open_world_hint=False),
+)
+
+CALL_TOOL = types.Tool(
+    name="call_tool",
+    title="Call a tool",
+    description=(
+        "Run a tool found with find_tool: give its exact name and its arguments as an object matching the "
+        "tool's input schema. Returns the tool's own result."
+    ),
+    input_schema={
+        "type": "object",
+        "properties": {
+            "tool_name": {"type": "string", "minLength": 1, "description": "The tool's name as find_tool returned it."},
+            "arguments": {"type": "object", "description": "The tool's arguments.", "default": {}},
+        },
+        "required": ["tool_name"],
+        "additionalProperties": False,
+    },
+)
+
+META_TOOLS = (FIND_TOOL, CALL_TOOL)
+META_TOOL_NAMES = frozenset(tool.name for tool in META_TOOLS)
+
+
+class RoutedCaller(Protocol):
+    """The gateway, as far as the meta-tools need it."""
+
+    def lookup_tool(self, name: str) -> RoutedTool: ...
+
+    async def call_routed(
+        self, ctx: Ctx | None, name: str, arguments: dict[str, Any] | None, meta: types.RequestParamsMeta | None = None
+    ) -> types.CallToolResult: ...
+
+
+def tool_json(tools: list[types.Tool]) -> str:
+    """The tools as `tools/list` puts them on the wire."""
+    return json.dumps(
+        [t.model_dump(by_alias=True, mode="json", exclude_none=True) for t in tools], separators=(",", ":")
+    )
+
+
+def tool_record(routed: RoutedTool, backend_description: str) -> ToolRecord:
+    tool = routed.tool
+    return ToolRecord(
+        name=routed.name,
+        backend=routed.backend,
+        description=tool.description or "",
+        input_schema=tool.input_schema,
+        title=tool.title,
+        backend_description=backend_description,
+        original_name=routed.original_name,
+    )
+
+
+def catalog_records(catalog: Catalog) -> list[ToolRecord]:
+    return [tool_record(r, catalog.backend_descriptions.get(r.backend, "")) for r in catalog.tools.values()]
+
+
+class OptimizerFront:
+    def __init__(self, gateway: RoutedCaller, config: VmcpConfig) -> None:
+        self.gateway = gateway
+        self.settings = config.optimizer
+        self.index = ToolIndex(config.optimizer, config.index_dir())
+        self.catalog = Catalog()
+        self.full_list_tokens = 0
+        self.meta_tools_tokens = 0
+        self._validator = ArgumentValidator()
+        # The newest catalogue waiting to be embedded; the worker always takes the latest one.
+        self._pending: list[ToolRecord] | None = None
+        self._wake = threading.Condition()
+        self._worker: threading.Thread | None = None
+
+    # --- ToolFront ------------------------------------------------------------------------------------
+
+    def visible_tools(self, catalog: Catalog) -> list[types.Tool]:
+        pinned = [catalog.tools[name].tool for name in self.settings.pinned if name in catalog.tools]
+        return [*META_TOOLS, *pinned]
+
+    def handles(self, name: str) -> bool:
+        return name in META_TOOL_NAMES
+
+    async def catalog_changed(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+        missing = [name for name in self.settings.pinned if name not in catalog.tools]
+        if missing:
+            logger.warning("optimizer.pinned: no such tools in the catalogue: %s", ", ".join(missing))
+        records = catalog_records(catalog)
+        # Keywords at once (the model loads outside the index's lock, so this waits for no more than an embed).
+        await anyio.to_thread.run_sync(self.index.update_keywords, records)
+        await anyio.to_thread.run_sync(self._count_tokens, catalog)
+        self._embed_in_background(records)
+
+    async def call(self, ctx: Ctx, params: types.CallToolRequestParams) -> types.CallToolResult:
+        arguments = dict(params.arguments or {})
+        tool = FIND_TOOL if params.name == FIND_TOOL.name else CALL_TOOL
+        try:
+            self._validator.check(tool.name, tool.input_schema, arguments)
+        except ArgumentError as exc:
+            return _error(str(exc))
+        if tool is FIND_TOOL:
+            return await self.find_tool(arguments["query"], arguments.get("limit"), arguments.get("backends"))
+        target = arguments["tool_name"]
+        if target in META_TOOL_NAMES:
+            return _error(f"field 'tool_name': '{target}' is a meta-tool; call it directly")
+        try:
+            self.gateway.lookup_tool(target)
+        except MCPError:
+            return _error(f"field 'tool_name': unknown tool '{target}'; use find_tool to look tools up")
+        return await self.gateway.call_routed(ctx, target, arguments.get("arguments") or {}, params.meta)
+
+    # --- find_tool ------------------------------------------------------------------------------------
+
+    async def find_tool(self, query: str, limit: int | None, backends: list[str] | None) -> types.CallToolResult:
+        if backends:
+            known = set(self.catalog.backend_descriptions)
+            unknown = [b for b in backends if b not in known]
+            if unknown:
+                return _error(f"field 'backends': unknown backend(s) {unknown}; known: {sorted(known)}")
+        result: SearchResult = await anyio.to_thread.run_sync(
+            self.index.search, query, limit or self.settings.default_limit, backends
+        )
+        tools = [
+            {
+                "name": hit.record.name,
+                "backend": hit.record.backend,
+                "description": hit.record.description,
+                "input_schema": dict(hit.record.input_schema),
+                "score": round(hit.score, 4),
+            }
+            for hit in result.hits
+        ]
+        answer: dict[str, Any] = {"query": query, "ranking": result.mode, "tools": tools}
+        if result.mode == "keyword":
+            answer["note"] = "ranked by keywords only: the embedding model is still loading"
+        answer_tokens = count_tokens(json.dumps(tools), self.settings.model)
+        answer["tokens"] = {
+            "full_tool_list": self.full_list_tokens,
+            "this_answer": answer_tokens,
+            "saved": max(0, self.full_list_tokens - answer_tokens),
+        }
+        return types.CallToolResult(
+            content=[types.TextContent(type="text", text=json.dumps(answer, indent=1))],
+            structured_content=answer,
+        )
+
+    # --- index upkeep ---------------------------------------------------------------------------------
+
+    def _count_tokens(self, catalog: Catalog) -> None:
+        self.full_list_tokens = count_tokens(tool_json([r.tool for r in catalog.tools.values()]), self.settings.model)
+        self.meta_tools_tokens = count_tokens(tool_json(self.visible_tools(catalog)), self.settings.model)
+        logger.info(
+            "optimizer: %d tools; tools/list is %d tokens with the optimizer, %d without",
+            len(catalog.tools),
+            self.meta_tools_tokens,
+            self.full_list_tokens,
+        )
+
+    def _embed_in_background(self, records: list[ToolRecord]) -> None:
+        with self._wake:
+            self._pending = records
+            self._wake.notify()
+        if self._worker is None:
+            self._worker = threading.Thread(target=self._embed_forever, name="optimizer-embedder", daemon=True)
+            self._worker.start()
+
+    def _embed_forever(self) -> None:
+        while True:
+            with self._wake:
+                while self._pending is None:
+                    self._wake.wait()
+                records, self._pending = self._pending, None
+            try:
+                if self.index.embedder is None:
+                    # Loaded outside the index's update lock, so keyword refreshes never wait for it.
+                    self.index.embedder = load_embedder(
+                        self.settings.model,
+                        bulk_bfloat16=self.settings.bulk_bfloat16,
+                        batch_size=self.settings.batch_size,
+                    )
+                self.index.update(records)
+            except Exception:  # the keyword ranking keeps serving; say why vectors are missing
+                logger.exception("optimizer: embedding the catalogue failed; find_tool ranks by keywords")
+            finally:
+        
+
+def _error(message: str) -> types.CallToolResult:
+    return types.CallToolResult(content=[types.TextContent(type="text", text=message)], is_error=True)
+
+
+def token_report(catalog: Catalog, model: str = "all-MiniLM-L6-v2") -> dict[str, int]:
+    """Tokens an agent receives from `tools/list`: every tool, versus the meta-tools."""
+    full = count_tokens(tool_json([r.tool for r in catalog.tools.values()]), model)
+    meta = count_tokens(tool_json(list(META_TOOLS)), model)
+    return {"full_tool_list": full, "meta_tools": meta, "saved": max(0, full - meta)}
