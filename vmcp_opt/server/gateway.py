@@ -21,10 +21,11 @@ from pydantic import BaseModel
 
 from vmcp_opt import __version__
 from vmcp_opt.aggregation import BackendSource, Catalog, ConflictError, RoutedTool, build_catalog
+from vmcp_opt.arguments import ArgumentError, ArgumentValidator
 from vmcp_opt.backends import BackendConnection, BackendManager
 from vmcp_opt.backends.connection import BackendUnavailable
 from vmcp_opt.config import VmcpConfig
-from vmcp_opt.arguments import ArgumentError, ArgumentValidator
+from vmcp_opt.health import CircuitOpen, HealthMonitor
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +44,10 @@ class ToolFront(Protocol):
     async def call(self, ctx: Ctx, params: types.CallToolRequestParams) -> types.CallToolResult: ...
 
     async def catalog_changed(self, catalog: Catalog) -> None: ...
+
+
+class StartupError(Exception):
+    """`failure.mode: fail` and some backends did not connect; the message names them."""
 
 
 class _GatewayServer(Server[Any]):
@@ -65,6 +70,8 @@ class Gateway:
     def __init__(self, config: VmcpConfig) -> None:
         self.config = config
         self.backends = BackendManager(config)
+        # Health checks and circuit breakers; every routed call goes through `health.request`.
+        self.health = HealthMonitor(self.backends, config)
         self.catalog = Catalog()
         self.front: ToolFront | None = None
         self.started = False
@@ -79,8 +86,20 @@ class Gateway:
     # --- lifecycle -------------------------------------------------------------------------------
 
     async def start(self, task_group: anyio.abc.TaskGroup) -> None:
-        """Connect every backend and build the catalogue; raises `ConflictError` on an unresolvable name."""
+        """Connect every backend and build the catalogue.
+
+        Raises `ConflictError` on an unresolvable name, and `StartupError` under `failure.mode: fail`
+        when a backend could not connect.
+        """
         await self.backends.start(task_group)
+        down = self.backends.not_ready()
+        if down and self.config.failure.mode == "fail":
+            self.backends.stop()
+            names = "; ".join(f"{c.name} ({c.last_error or c.state.value})" for c in down)
+            message = f"failure.mode is fail and these backends could not connect: {names}"
+            logger.error("cannot start: %s", message)
+            raise StartupError(message)
+        task_group.start_soon(self.health.run, name="health")
         self.catalog = self._build_catalog()
         if self.front is not None:
             await self.front.catalog_changed(self.catalog)
@@ -94,6 +113,7 @@ class Gateway:
         )
 
     def stop(self) -> None:
+        self.health.stop()
         self.backends.stop()
 
     def _build_catalog(self) -> Catalog:
@@ -104,6 +124,8 @@ class Gateway:
         return build_catalog(sources, self.config.aggregation)
 
     async def _on_backend_change(self, connection: BackendConnection) -> None:
+        if not self.started:
+            return  # `start` builds the catalogue once every backend has answered
         try:
             catalog = self._build_catalog()
         except ConflictError as exc:
@@ -181,15 +203,18 @@ class Gateway:
             self._validator.check(name, routed.tool.input_schema, arguments)
         except ArgumentError as exc:
             return _error_result(str(exc))
-        connection = self._connection(routed.backend)
+        self._connection(routed.backend)
+        params = types.CallToolRequestParams(
+            name=routed.original_name, arguments=arguments, _meta=_forwarded_meta(meta)
+        )
         try:
-            return await connection.call_tool(
-                routed.original_name,
-                arguments,
-                meta=_forwarded_meta(meta),
+            return await self.health.request(
+                routed.backend,
+                types.CallToolRequest(params=params),
+                types.CallToolResult,
                 progress_callback=_progress_relay(ctx, meta),
             )
-        except BackendUnavailable as exc:
+        except (BackendUnavailable, CircuitOpen) as exc:
             return _error_result(str(exc))
         except MCPError as exc:
             if exc.code in (types.CONNECTION_CLOSED, types.REQUEST_TIMEOUT):
@@ -242,9 +267,10 @@ class Gateway:
         return await self._forward(backend, types.CompleteRequest(params=params), types.CompleteResult)
 
     async def _forward(self, backend: str, request: types.Request[Any, Any], result_type: type[ResultT]) -> ResultT:
+        self._connection(backend)
         try:
-            return await self._connection(backend).request(request, result_type)
-        except BackendUnavailable as exc:
+            return await self.health.request(backend, request, result_type)
+        except (BackendUnavailable, CircuitOpen) as exc:
             raise MCPError(types.INTERNAL_ERROR, str(exc)) from None
 
 
