@@ -76,7 +76,10 @@ def test_override_name_is_kept_verbatim_under_prefix() -> None:
 
 def test_resources_and_templates_route_to_their_backend() -> None:
     catalog = build_catalog(
-        [source("a", resources=("notes://all",), templates=("notes://note/{title}",)), source("b", resources=("file:///x",))],
+        [
+            source("a", resources=("notes://all",), templates=("notes://note/{title}",)),
+            source("b", resources=("file:///x",)),
+        ],
         AggregationConfig(),
     )
     assert catalog.route_resource("notes://all") == "a"

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from vmcp_opt.config import ConfigError, load_config
 from tests.support import write_config
+from vmcp_opt.config import ConfigError, load_config
 
 
 def problems_of(path: Path) -> list[str]:
@@ -47,17 +47,23 @@ def test_bad_fields_are_reported_by_path(tmp_path: Path) -> None:
 
 
 def test_unknown_keys_are_errors(tmp_path: Path) -> None:
-    problems = problems_of(write_config(tmp_path, {"servr": {}, "backends": [{"name": "a", "command": "x", "comand": "y"}]}))
+    problems = problems_of(
+        write_config(tmp_path, {"servr": {}, "backends": [{"name": "a", "command": "x", "comand": "y"}]})
+    )
     assert any(p.startswith("servr:") and "unknown key" in p for p in problems), problems
     assert any(p.startswith("backends[0].comand:") for p in problems), problems
 
 
 def test_duplicate_backend_names_rejected(tmp_path: Path) -> None:
-    problems = problems_of(write_config(tmp_path, {"backends": [{"name": "a", "command": "x"}, {"name": "a", "command": "y"}]}))
+    problems = problems_of(
+        write_config(tmp_path, {"backends": [{"name": "a", "command": "x"}, {"name": "a", "command": "y"}]})
+    )
     assert any("repeated: a" in p for p in problems), problems
 
 
-def test_environment_overrides_file_and_cli_overrides_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_environment_overrides_file_and_cli_overrides_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = write_config(tmp_path, {"server": {"port": 9000}, "optimizer": {"enabled": False}})
     monkeypatch.setenv("VMCP_SERVER__PORT", "9100")
     monkeypatch.setenv("VMCP_OPTIMIZER__ENABLED", "true")
@@ -72,9 +78,13 @@ def test_env_references_expand_and_missing_ones_are_named(tmp_path: Path, monkey
     backend = {"name": "gh", "transport": "streamable-http", "url": "http://127.0.0.1:1/mcp"}
     path = write_config(tmp_path, {"backends": [{**backend, "headers": {"Authorization": "Bearer ${DEMO_TOKEN}"}}]})
     assert load_config(path).backends[0].headers["Authorization"] == "Bearer s3cret"
-    path = write_config(tmp_path, {"backends": [{**backend, "headers": {"Authorization": "Bearer ${NOT_SET_ANYWHERE}"}}]})
+    path = write_config(
+        tmp_path, {"backends": [{**backend, "headers": {"Authorization": "Bearer ${NOT_SET_ANYWHERE}"}}]}
+    )
     problems = problems_of(path)
-    assert problems == ["backends[0].headers.Authorization: references ${NOT_SET_ANYWHERE}, which is not set in the environment"]
+    assert problems == [
+        "backends[0].headers.Authorization: references ${NOT_SET_ANYWHERE}, which is not set in the environment"
+    ]
 
 
 @pytest.mark.parametrize("key", ["mcpServers", "servers"])
@@ -102,7 +112,9 @@ def test_discovered_mode_reads_client_config_files(tmp_path: Path, key: str) -> 
 
 def test_cli_validate_exits_non_zero_naming_the_field(tmp_path: Path) -> None:
     path = write_config(tmp_path, {"backends": [{"name": "web", "transport": "sse"}]})
-    result = subprocess.run([sys.executable, "-m", "vmcp_opt", "validate", "-c", str(path)], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "vmcp_opt", "validate", "-c", str(path)], capture_output=True, text=True
+    )
     assert result.returncode == 2
     assert "backends[0]" in result.stderr and "needs `url`" in result.stderr
 

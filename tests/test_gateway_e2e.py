@@ -118,10 +118,11 @@ async def test_resources_templates_and_prompts_are_routed(gateway: Gateway) -> N
 
 
 async def test_list_changed_from_a_backend_reaches_clients_of_both_eras(gateway: Gateway) -> None:
-    seen: list[str] = []
+    told = anyio.Event()
 
     async def on_message(message: Any) -> None:
-        seen.append(type(message).__name__)
+        if isinstance(message, types.ToolListChangedNotification):
+            told.set()
 
     async with Client(gateway.url, mode="legacy", message_handler=on_message) as legacy, Client(gateway.url) as modern:
         async with modern.listen(tools_list_changed=True) as subscription:
@@ -130,8 +131,7 @@ async def test_list_changed_from_a_backend_reaches_clients_of_both_eras(gateway:
                 event = await subscription.__anext__()
             assert type(event).__name__ == "ToolsListChanged"
         with anyio.fail_after(10):
-            while "ToolListChangedNotification" not in seen:
-                await anyio.sleep(0.05)
+            await told.wait()
         assert "notes_shout" in {tool.name for tool in (await legacy.list_tools()).tools}
         assert (await legacy.call_tool("notes_shout", {"text": "hi"})).content[0].text == "shout: hi"  # type: ignore[union-attr]
 
@@ -299,7 +299,7 @@ def test_sigterm_stops_the_gateway_and_its_backend_processes(tmp_path: Path) -> 
     with running_gateway(config) as gw:
         children = gw.children()
         assert len(children) >= 2
-    gone, alive = psutil.wait_procs(children, timeout=10)
+    _gone, alive = psutil.wait_procs(children, timeout=10)
     assert alive == []
     # uvicorn re-raises SIGTERM once it has shut down cleanly, so the exit status is the signal's.
     assert gw.proc.returncode in (0, -15)
