@@ -144,31 +144,50 @@ def backends(
         out.print_json(data=summaries)
     else:
         table = Table(title="backends")
-        for column in ("name", "transport", "state", "protocol", "tools", "resources", "templates", "prompts", "error"):
+        columns = ("name", "transport", "state", "health", "ping", "protocol", "tools", "resources", "templates")
+        for column in (*columns, "prompts", "error"):
             table.add_column(column)
+        health_colours = {"healthy": "green", "degraded": "yellow", "unhealthy": "red", "unknown": "dim"}
         for s in summaries:
             colour = "green" if s["state"] == "ready" else "red"
+            health = s["health"]
             table.add_row(
                 s["name"],
                 s["transport"],
                 f"[{colour}]{s['state']}[/]",
+                f"[{health_colours.get(health['state'], 'dim')}]{health['state']}[/]",
+                f"{health['latency_ms']:.1f} ms" if health["latency_ms"] is not None else "-",
                 s["protocol_version"] or "-",
                 str(s["tools"]),
                 str(s["resources"]),
                 str(s["resource_templates"]),
                 str(s["prompts"]),
-                s["last_error"] or "",
+                s["last_error"] or health["last_error"] or "",
             )
         out.print(table)
     if any(s["state"] != "ready" for s in summaries):
         raise typer.Exit(1)
 
 
+async def _collect_tool_records(config: VmcpConfig) -> list[Any]:
+    from vmcp_opt.server.runner import collect_tool_records  # the gateway's import cost, only when used
+
+    return await collect_tool_records(config)
+
+
+def _meta_tool_tokens(config: VmcpConfig) -> int:
+    from vmcp_opt.server.runner import meta_tool_tokens
+
+    return meta_tool_tokens(config)
+
+
 def _mount_optional() -> None:
     """Sub-apps whose dependencies load lazily (`vmcp index`, `vmcp eval`)."""
     try:
-        from vmcp_opt.optimizer.index_cli import index_app
+        from vmcp_opt.optimizer.index_cli import hooks, index_app
 
+        hooks.collect_records = _collect_tool_records
+        hooks.meta_tool_tokens = _meta_tool_tokens
         app.add_typer(index_app, name="index", help="Build, inspect and query the optimizer's tool index.")
     except ImportError:
         pass

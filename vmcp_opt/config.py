@@ -160,6 +160,57 @@ class TimeoutsConfig(_Strict):
     shutdown: float = Field(5.0, gt=0)
 
 
+class HealthConfig(_Strict):
+    """Periodic MCP pings per backend (vmcp_opt/health/checker.py)."""
+
+    enabled: bool = True
+    # Seconds between pings, and how long one ping may take.
+    interval: float = Field(10.0, gt=0)
+    timeout: float = Field(5.0, gt=0)
+    # Consecutive failed pings before a backend is unhealthy (it then leaves the catalogue and is
+    # reconnected); consecutive good pings before a recovering backend is healthy again.
+    unhealthy_threshold: int = Field(3, ge=1)
+    healthy_threshold: int = Field(2, ge=1)
+    # A ping slower than this marks the backend degraded (still served).
+    degraded_latency: float = Field(1.0, gt=0)
+
+
+class CircuitBreakerConfig(_Strict):
+    """Per-backend circuit breaker, fed by health checks and by real calls (vmcp_opt/health/breaker.py)."""
+
+    enabled: bool = True
+    # Open after this many consecutive failures...
+    failure_threshold: int = Field(5, ge=1)
+    # ...or when at least `minimum_calls` outcomes in the last `window` seconds fail at this rate.
+    failure_rate: float = Field(0.5, gt=0, le=1)
+    window: float = Field(30.0, gt=0)
+    minimum_calls: int = Field(10, ge=1)
+    # A call slower than this counts as a failure even when it succeeds.
+    slow_call: float = Field(30.0, gt=0)
+    # Seconds an open circuit fails calls at once before letting trial calls through (half-open).
+    cooldown: float = Field(10.0, gt=0)
+    # Trial calls admitted while half-open; this many successes close the circuit, one failure reopens it.
+    trial_calls: int = Field(3, ge=1)
+
+
+class RestartConfig(_Strict):
+    """Reconnecting a lost backend (a stdio process is started again): exponential backoff with jitter."""
+
+    enabled: bool = True
+    initial_delay: float = Field(0.5, gt=0)
+    max_delay: float = Field(30.0, gt=0)
+    multiplier: float = Field(2.0, ge=1)
+    # Each delay is scaled by a random factor in [1 - jitter, 1 + jitter].
+    jitter: float = Field(0.2, ge=0, le=1)
+
+
+class FailureConfig(_Strict):
+    # fail: start-up fails, naming the backends that could not connect; best_effort: serve what is healthy.
+    mode: Literal["fail", "best_effort"] = "best_effort"
+    circuit_breaker: CircuitBreakerConfig = Field(default_factory=CircuitBreakerConfig)
+    restart: RestartConfig = Field(default_factory=RestartConfig)
+
+
 _file_data: ContextVar[dict[str, Any] | None] = ContextVar("vmcp_config_file_data", default=None)
 
 
@@ -187,6 +238,8 @@ class VmcpConfig(BaseSettings):
     aggregation: AggregationConfig = Field(default_factory=AggregationConfig)
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     timeouts: TimeoutsConfig = Field(default_factory=TimeoutsConfig)
+    health: HealthConfig = Field(default_factory=HealthConfig)
+    failure: FailureConfig = Field(default_factory=FailureConfig)
     # Directory that relative paths in the file resolve against; set by `load_config`.
     base_dir: str = "."
 

@@ -18,6 +18,7 @@ from mcp.server.mcpserver import Context, MCPServer
 
 server = MCPServer("demo-notes", instructions="Keeps short notes in memory; for demos and tests.")
 notes: dict[str, str] = {}
+counters = {"slow_echo_cancelled": 0}
 
 
 @server.tool()
@@ -37,14 +38,18 @@ def search_notes(query: str) -> list[str]:
 @server.tool()
 async def slow_echo(message: str, seconds: float = 1.0) -> str:
     """Echo a message after waiting the given number of seconds (for timeout and failure tests)."""
-    await anyio.sleep(seconds)
+    try:
+        await anyio.sleep(seconds)
+    except anyio.get_cancelled_exc_class():
+        counters["slow_echo_cancelled"] += 1  # the client's cancellation reached this backend
+        raise
     return message
 
 
 @server.tool()
 def whoami() -> dict[str, object]:
     """Report this server's name (DEMO_NAME), process id and start time (tests use it to see routing and restarts)."""
-    return {"name": os.environ.get("DEMO_NAME", "demo"), "pid": os.getpid(), "started": STARTED}
+    return {"name": os.environ.get("DEMO_NAME", "demo"), "pid": os.getpid(), "started": STARTED, **counters}
 
 
 @server.tool()

@@ -5,11 +5,17 @@ A `BackendConnection` runs as a task: it opens the transport, negotiates the pro
 resource templates and prompts, and then serves calls until it is stopped. Change notifications
 (`list_changed`, or a `subscriptions/listen` stream on modern backends) re-fetch the backend and
 tell the owner through `on_change`.
+
+A lost session (the stdio process died, the stream closed, or the health checker asked for it
+through `reconnect`) is re-established with exponential backoff and jitter (`failure.restart`);
+a stdio backend's process is started again. `on_change` also runs when the backend leaves or
+rejoins service, so the catalogue follows it.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -28,8 +34,9 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import BaseModel
 
 from vmcp_opt import __version__
+from vmcp_opt.backends.secrets import redact, secret_values
 from vmcp_opt.backends.transports import open_transport
-from vmcp_opt.config import BackendConfig
+from vmcp_opt.config import BackendConfig, RestartConfig
 
 logger = logging.getLogger(__name__)
 
@@ -67,8 +74,11 @@ class BackendConnection:
         connect_timeout: float,
         call_timeout: float,
         on_change: ChangeCallback | None = None,
+        restart: RestartConfig | None = None,
     ) -> None:
         self.config = config
+        self.restart = restart
+        self.secrets = secret_values(config)
         self.name = config.name
         self.base_dir = base_dir
         self.connect_timeout = connect_timeout
@@ -83,14 +93,53 @@ class BackendConnection:
         self.capabilities: types.ServerCapabilities | None = None
         self._session: ClientSession | None = None
         self._stop = anyio.Event()
-        self._ready = anyio.Event()
+        self._ready = anyio.Event()  # set once the first attempt has connected or failed
+        self._wake = anyio.Event()  # ends the current session: stop, or the session was lost
+        self._connected = anyio.Event()  # this session reached READY
+        self._lost_reason: str | None = None
+        # Sessions established so far (the health monitor sees a reconnect as a new number).
+        self.sessions = 0
+        self.restarts = 0
+        self.next_attempt_at: float | None = None
         self._refresh_lock = anyio.Lock()
         self._task_group: anyio.abc.TaskGroup | None = None
 
     # --- lifecycle -------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Connect and serve until `stop()`; on failure, record the error and return."""
+        """Connect and serve until `stop()`; a lost session is re-established with backoff."""
+        attempt = 0
+        while not self._stop.is_set():
+            served = await self._run_session()
+            if served:
+                attempt = 0  # a session that served starts the backoff afresh
+                if self.on_change is not None:
+                    await self.on_change(self)  # out of service: its tools leave the catalogue
+            if self._stop.is_set() or self.restart is None or not self.restart.enabled:
+                break
+            delay = backoff_delay(self.restart, attempt)
+            attempt += 1
+            self.next_attempt_at = time.time() + delay
+            logger.info("backend %s: reconnecting in %.2fs (attempt %d)", self.name, delay, attempt)
+            with anyio.move_on_after(delay):
+                await self._stop.wait()
+            self.next_attempt_at = None
+            self.restarts += 1
+        self._ready.set()
+        if self.state is not BackendState.FAILED:
+            self._set_state(BackendState.CLOSED)
+
+    async def _run_session(self) -> bool:
+        """One session from connect to loss or stop; True if it reached READY."""
+        self._wake = anyio.Event()
+        self._connected = anyio.Event()
+        self._lost_reason = None
+        if self._stop.is_set():
+            return False
+        self._wake_on_stop()
+        if self.state is not BackendState.CONNECTING:
+            self._set_state(BackendState.CONNECTING)
+        sessions_before = self.sessions
         try:
             async with anyio.create_task_group() as task_group:
                 self._task_group = task_group
@@ -101,19 +150,44 @@ class BackendConnection:
             self._set_state(BackendState.FAILED, _describe_error(exc))
         finally:
             self._session = None
+            self._task_group = None
             self._ready.set()
-            if self.state is not BackendState.FAILED:
+        if self.state in (BackendState.READY, BackendState.CONNECTING):
+            if self._stop.is_set():
                 self._set_state(BackendState.CLOSED)
+            else:
+                self._set_state(BackendState.FAILED, self._lost_reason or "the session ended")
+        return self.sessions > sessions_before
+
+    def _wake_on_stop(self) -> None:
+        if self._stop.is_set():
+            self._wake.set()
 
     async def wait_ready(self) -> None:
         await self._ready.wait()
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
+
+    def reconnect(self, reason: str) -> None:
+        """End the current session (the stdio process is stopped) and connect again with backoff."""
+        if self._session is not None and not self._wake.is_set():
+            self._lost_reason = reason
+            self._wake.set()
 
     async def _connect_deadline(self, scope: anyio.CancelScope) -> None:
         with anyio.move_on_after(self.connect_timeout):
-            await self._ready.wait()
+            async with anyio.create_task_group() as first:
+
+                async def wait_for(event: anyio.Event) -> None:
+                    await event.wait()
+                    first.cancel_scope.cancel()
+
+                first.start_soon(wait_for, self._connected)
+                first.start_soon(wait_for, self._wake)
+            if self._wake.is_set() and not self._connected.is_set():
+                scope.cancel()  # stopped while connecting
             return
         if self.state is BackendState.CONNECTING:
             self._set_state(BackendState.FAILED, f"did not connect within {self.connect_timeout:g}s")
@@ -121,8 +195,13 @@ class BackendConnection:
 
     async def _serve(self) -> None:
         async with (
-            open_transport(self.config, self.base_dir, self.connect_timeout) as (read, write),
-            ClientSession(read, write, message_handler=self._on_message, client_info=CLIENT_INFO) as session,
+            open_transport(self.config, self.base_dir, self.connect_timeout) as (raw_read, write),
+            ClientSession(
+                _WatchedReadStream(raw_read, self._on_stream_end),
+                write,
+                message_handler=self._on_message,
+                client_info=CLIENT_INFO,
+            ) as session,
         ):
             await negotiate_auto(session)
             self._session = session
@@ -130,7 +209,11 @@ class BackendConnection:
             self.server_info = session.server_info
             self.capabilities = session.server_capabilities
             self.listing = await self._fetch_listing(session)
+            if self._wake.is_set():
+                return
+            self.sessions += 1
             self._set_state(BackendState.READY)
+            self._connected.set()
             self._ready.set()
             logger.info(
                 "backend %s ready (%s, protocol %s): %d tools, %d resources, %d templates, %d prompts",
@@ -144,9 +227,17 @@ class BackendConnection:
             )
             if self.protocol_version in MODERN_PROTOCOL_VERSIONS and self._task_group is not None:
                 self._task_group.start_soon(self._listen_for_changes, session)
-            await self._stop.wait()
+            if self.sessions > 1 and self.on_change is not None:
+                await self.on_change(self)  # back in service: its tools rejoin the catalogue
+            await self._wake.wait()
+
+    def _on_stream_end(self) -> None:
+        if not self._stop.is_set() and not self._wake.is_set():
+            self._lost_reason = "the connection closed (process exited or stream ended)"
+            self._wake.set()
 
     def _set_state(self, state: BackendState, error: str | None = None) -> None:
+        error = redact(error, self.secrets) if error else error
         if state is not self.state:
             if error:
                 logger.warning("backend %s %s: %s", self.name, state.value, error)
@@ -233,6 +324,19 @@ class BackendConnection:
             types.CallToolRequest(params=params), types.CallToolResult, progress_callback=progress_callback
         )
 
+    async def ping(self, seconds: float) -> None:
+        """A liveness check that must be answered within `seconds`.
+
+        `ping` on the 2025-11-25 handshake; the 2026-07-28 revision has no ping, so `server/discover`.
+        """
+        session = self._require_session()
+        if self.protocol_version in MODERN_PROTOCOL_VERSIONS:
+            await session.send_request(
+                types.DiscoverRequest(), types.DiscoverResult, request_read_timeout_seconds=seconds
+            )
+        else:
+            await session.send_request(types.PingRequest(), types.EmptyResult, request_read_timeout_seconds=seconds)
+
     async def request(
         self,
         request: types.Request[Any, Any],
@@ -252,6 +356,10 @@ class BackendConnection:
         except (anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
             raise BackendUnavailable(f"backend '{self.name}' connection lost: {_describe_error(exc)}") from exc
 
+    def describe(self, exc: BaseException) -> str:
+        """A one-line reason with this backend's secrets (env and header values) masked."""
+        return redact(_describe_error(exc), self.secrets)
+
     def summary(self) -> dict[str, Any]:
         return {
             "name": self.name,
@@ -259,6 +367,8 @@ class BackendConnection:
             "state": self.state.value,
             "since": self.state_since,
             "last_error": self.last_error,
+            "restarts": self.restarts,
+            "next_attempt_at": self.next_attempt_at,
             "protocol_version": self.protocol_version,
             "server": self.server_info.name if self.server_info else None,
             "tools": len(self.listing.tools),
@@ -287,3 +397,46 @@ def _describe_error(exc: BaseException) -> str:
         exc = exc.exceptions[0]
     text = str(exc) or type(exc).__name__
     return f"{type(exc).__name__}: {text}" if not isinstance(exc, MCPError | BackendUnavailable) else text
+
+
+def backoff_delay(config: RestartConfig, attempt: int) -> float:
+    """Exponential backoff capped at `max_delay`, scaled by a random factor within ±`jitter`."""
+    base = min(config.max_delay, config.initial_delay * config.multiplier**attempt)
+    return base * random.uniform(1 - config.jitter, 1 + config.jitter)
+
+
+class _WatchedReadStream:
+    """The transport's read stream, telling us when it ends (the SDK session has no closed signal)."""
+
+    def __init__(self, inner: Any, on_end: Callable[[], None]) -> None:
+        self._inner = inner
+        self._on_end = on_end
+
+    @property
+    def last_context(self) -> Any:
+        return getattr(self._inner, "last_context", None)
+
+    async def receive(self) -> Any:
+        try:
+            return await self._inner.receive()
+        except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
+            self._on_end()
+            raise
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    def __aiter__(self) -> _WatchedReadStream:
+        return self
+
+    async def __anext__(self) -> Any:
+        try:
+            return await self.receive()
+        except (anyio.EndOfStream, anyio.ClosedResourceError):
+            raise StopAsyncIteration from None
+
+    async def __aenter__(self) -> _WatchedReadStream:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()

@@ -27,6 +27,7 @@ class BackendManager:
                 connect_timeout=config.connect_timeout(backend),
                 call_timeout=config.call_timeout(backend),
                 on_change=self._notify,
+                restart=config.failure.restart,
             )
             for backend in config.backends
         }
@@ -55,6 +56,9 @@ class BackendManager:
     def stop(self) -> None:
         for connection in self.connections.values():
             connection.stop()
+
+    def not_ready(self) -> list[BackendConnection]:
+        return [c for c in self.connections.values() if c.state is not BackendState.READY]
 
     def ready(self) -> list[BackendConnection]:
         return [c for c in self.connections.values() if c.state is BackendState.READY]

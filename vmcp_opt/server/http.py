@@ -56,10 +56,13 @@ def create_app(gateway: Gateway) -> Starlette:
         return JSONResponse({"status": "ok"})
 
     async def readyz(request: Request) -> JSONResponse:
-        backends = [c.summary() for c in gateway.backends.connections.values()]
-        ready = gateway.started and all(b["state"] == BackendState.READY.value for b in backends)
+        backends = [{**c.summary(), **gateway.health.summary(c.name)} for c in gateway.backends.connections.values()]
+        ready = gateway.started and all(
+            b["state"] == BackendState.READY.value and b["health"]["state"] != "unhealthy" for b in backends
+        )
         body = {
             "status": "ready" if ready else "degraded" if gateway.started else "starting",
+            "failure_mode": gateway.config.failure.mode,
             "tools": len(gateway.catalog.tools),
             "backends": backends,
         }

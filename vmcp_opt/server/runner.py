@@ -12,8 +12,13 @@ import uvicorn
 
 from vmcp_opt.aggregation import ConflictError
 from vmcp_opt.backends import BackendManager
+from vmcp_opt.backends.secrets import SecretFilter, secret_values
 from vmcp_opt.config import VmcpConfig
-from vmcp_opt.server.gateway import Gateway
+from vmcp_opt.health import HealthMonitor
+from vmcp_opt.optimizer.documents import ToolRecord
+from vmcp_opt.optimizer.metatools import META_TOOLS, OptimizerFront, catalog_records, tool_json
+from vmcp_opt.optimizer.tokens import count_tokens
+from vmcp_opt.server.gateway import Gateway, StartupError
 from vmcp_opt.server.http import create_app
 from vmcp_opt.server.stdio import serve_stdio
 
@@ -23,14 +28,13 @@ logger = logging.getLogger(__name__)
 def build_gateway(config: VmcpConfig) -> Gateway:
     gateway = Gateway(config)
     if config.optimizer.enabled:
-        from vmcp_opt.optimizer.metatools import OptimizerFront
-
         gateway.front = OptimizerFront(gateway, config)
     return gateway
 
 
 def run_gateway(config: VmcpConfig, announce: Callable[[VmcpConfig], None] | None = None) -> int:
     """Serve until SIGINT/SIGTERM; backends are stopped on the way out. Returns the exit code."""
+    mask_secrets(config)
     gateway = build_gateway(config)
     if config.server.transport == "stdio":
         return anyio.run(_serve_stdio_until_signal, gateway)
@@ -75,14 +79,48 @@ async def _serve_stdio_until_signal(gateway: Gateway) -> int:
         except ConflictError as exc:
             logger.error("cannot start: %s", exc)
             return 2
+        except StartupError:
+            return 1  # already logged, naming the backends
         task_group.cancel_scope.cancel()
     return 0
 
 
+def mask_secrets(config: VmcpConfig) -> None:
+    """Every log handler masks backend env and header values, whoever logs them (us, the SDK, httpx)."""
+    secrets = [value for backend in config.backends for value in secret_values(backend)]
+    if not secrets:
+        return
+    log_filter = SecretFilter(secrets)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(log_filter)
+
+
+async def collect_tool_records(config: VmcpConfig) -> list[ToolRecord]:
+    """The live catalogue's tools as index records (`vmcp index build|stats|search`)."""
+    gateway = Gateway(config)
+    async with anyio.create_task_group() as task_group:
+        await gateway.start(task_group)
+        records = catalog_records(gateway.catalog)
+        gateway.stop()
+    return records
+
+
+def meta_tool_tokens(config: VmcpConfig) -> int:
+    """Tokens of `tools/list` with the optimizer on: the meta-tools (pinned tools are not known offline)."""
+    return count_tokens(tool_json(list(META_TOOLS)), config.optimizer.model)
+
+
 async def probe_backends(config: VmcpConfig) -> list[dict[str, Any]]:
+    """Connect each backend once, ping it, and report its state, health and counts."""
     manager = BackendManager(config)
+    for connection in manager.connections.values():
+        connection.restart = None  # one attempt each: this is a probe, not a server
+    monitor = HealthMonitor(manager, config)
     async with anyio.create_task_group() as task_group:
         await manager.start(task_group)
-        summaries = [connection.summary() for connection in manager.connections.values()]
+        await monitor.check_all()
+        summaries = [
+            {**connection.summary(), **monitor.summary(connection.name)} for connection in manager.connections.values()
+        ]
         manager.stop()
     return summaries

@@ -1,0 +1,7 @@
+"""Failure handling: health checks, circuit breakers, and the guarded path of every routed call."""
+
+from vmcp_opt.health.breaker import CircuitBreaker, CircuitOpen, CircuitState
+from vmcp_opt.health.checker import BackendHealth, HealthState
+from vmcp_opt.health.monitor import HealthMonitor
+
+__all__ = ["BackendHealth", "CircuitBreaker", "CircuitOpen", "CircuitState", "HealthMonitor", "HealthState"]

@@ -1,0 +1,166 @@
+"""Health checks and circuit breakers for every backend, and the guarded path every routed call takes.
+
+The monitor pings each backend every `health.interval`; a ping's outcome feeds both the backend's
+health and its circuit breaker, and a backend that turns unhealthy while its session looks alive
+(an HTTP server gone, a stdio process hung) is asked to reconnect. Real calls go through `request`,
+which refuses at once while the circuit is open and feeds each call's outcome and latency back.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, TypeVar
+
+import anyio
+import mcp_types as types
+from mcp.shared.dispatcher import ProgressFnT
+from mcp.shared.exceptions import MCPError
+from pydantic import BaseModel
+
+from vmcp_opt.backends import BackendConnection, BackendManager, BackendState
+from vmcp_opt.backends.connection import BackendUnavailable
+from vmcp_opt.config import VmcpConfig
+from vmcp_opt.health.breaker import CircuitBreaker
+from vmcp_opt.health.checker import BackendHealth, HealthState
+
+logger = logging.getLogger(__name__)
+
+ResultT = TypeVar("ResultT", bound=BaseModel)
+
+# Errors that say the backend is gone or stuck, not that it answered "no".
+_TRANSPORT_ERRORS = (types.CONNECTION_CLOSED, types.REQUEST_TIMEOUT)
+# Past the SDK's own read timeout, a last guard so no call can hang.
+_DEADLINE_GRACE = 1.0
+
+
+class HealthMonitor:
+    def __init__(self, manager: BackendManager, config: VmcpConfig) -> None:
+        self.manager = manager
+        self.config = config
+        self.health = {name: BackendHealth(name, config.health) for name in manager.connections}
+        self.breakers = {name: CircuitBreaker(name, config.failure.circuit_breaker) for name in manager.connections}
+        self._sessions_seen = {name: 0 for name in manager.connections}
+        self._scope: anyio.CancelScope | None = None
+        manager.add_listener(self._on_backend_change)
+
+    # --- health checks ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Check every backend every `health.interval` until `stop()`."""
+        if not self.config.health.enabled:
+            return
+        with anyio.CancelScope() as self._scope:
+            async with anyio.create_task_group() as task_group:
+                for connection in self.manager.connections.values():
+                    task_group.start_soon(self._watch, connection, name=f"health:{connection.name}")
+
+    def stop(self) -> None:
+        if self._scope is not None:
+            self._scope.cancel()
+
+    async def _watch(self, connection: BackendConnection) -> None:
+        while True:
+            await self.check(connection)
+            await anyio.sleep(self.config.health.interval)
+
+    async def check_all(self) -> None:
+        async with anyio.create_task_group() as task_group:
+            for connection in self.manager.connections.values():
+                task_group.start_soon(self.check, connection)
+
+    async def check(self, connection: BackendConnection) -> None:
+        """One ping; its outcome feeds the backend's health and its circuit breaker."""
+        health, breaker = self.health[connection.name], self.breakers[connection.name]
+        self._note_reconnect(connection)
+        if connection.state is not BackendState.READY:
+            reason = f"not connected ({connection.state.value}" + (
+                f": {connection.last_error})" if connection.last_error else ")"
+            )
+            health.mark_down(reason)
+            breaker.record_failure(reason, admitted=False)
+            return
+        timeout = self.config.health.timeout
+        started = time.monotonic()
+        try:
+            with anyio.fail_after(timeout + _DEADLINE_GRACE):
+                await connection.ping(timeout)
+        except (
+            TimeoutError,
+            MCPError,
+            BackendUnavailable,
+            anyio.BrokenResourceError,
+            anyio.ClosedResourceError,
+        ) as exc:
+            reason = (
+                f"ping timed out after {timeout:g}s"
+                if isinstance(exc, TimeoutError) or (isinstance(exc, MCPError) and exc.code == types.REQUEST_TIMEOUT)
+                else f"ping failed: {connection.describe(exc)}"
+            )
+            health.record_failure(reason)
+            breaker.record_failure(reason, admitted=False)
+            if health.state is HealthState.UNHEALTHY and connection.state is BackendState.READY:
+                connection.reconnect(f"unhealthy after {health.consecutive_failures} failed pings: {reason}")
+            return
+        latency = time.monotonic() - started
+        health.record_success(latency)
+        breaker.record_success(latency, admitted=False)
+
+    async def _on_backend_change(self, connection: BackendConnection) -> None:
+        self._note_reconnect(connection)
+
+    def _note_reconnect(self, connection: BackendConnection) -> None:
+        """A new session after a lost one: let trial calls test it instead of waiting out the cool-down."""
+        seen = self._sessions_seen.get(connection.name, 0)
+        if connection.state is BackendState.READY and connection.sessions != seen:
+            self._sessions_seen[connection.name] = connection.sessions
+            if seen:
+                self.breakers[connection.name].trial()
+
+    # --- guarded calls ---------------------------------------------------------------------------
+
+    async def request(
+        self,
+        backend: str,
+        request: types.Request[Any, Any],
+        result_type: type[ResultT],
+        *,
+        progress_callback: ProgressFnT | None = None,
+    ) -> ResultT:
+        """Forward through the circuit breaker; `CircuitOpen` or `BackendUnavailable` when it cannot go."""
+        connection = self.manager.get(backend)
+        if connection is None:
+            raise BackendUnavailable(f"backend '{backend}' is not configured")
+        breaker = self.breakers[backend]
+        breaker.before_call()
+        started = time.monotonic()
+        try:
+            with anyio.fail_after(connection.call_timeout + _DEADLINE_GRACE):
+                result = await connection.request(request, result_type, progress_callback=progress_callback)
+        except anyio.get_cancelled_exc_class():
+            breaker.release()  # cancelled by the caller: no verdict on the backend
+            raise
+        except MCPError as exc:
+            if exc.code in _TRANSPORT_ERRORS:
+                breaker.record_failure(connection.describe(exc))
+            else:
+                breaker.record_success(time.monotonic() - started)  # it answered: the backend is alive
+            raise
+        except TimeoutError:
+            breaker.record_failure("no answer in time")
+            raise BackendUnavailable(
+                f"backend '{backend}' did not answer within {connection.call_timeout:g}s"
+            ) from None
+        except Exception as exc:
+            breaker.record_failure(connection.describe(exc))
+            raise
+        breaker.record_success(time.monotonic() - started)
+        return result
+
+    # --- views -----------------------------------------------------------------------------------
+
+    def summary(self, backend: str) -> dict[str, Any]:
+        return {"health": self.health[backend].summary(), "circuit": self.breakers[backend].summary()}
+
+    def available(self, backend: str) -> bool:
+        return self.health[backend].state is not HealthState.UNHEALTHY
