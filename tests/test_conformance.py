@@ -162,8 +162,6 @@ def _gateway_config(backend: dict[str, Any]) -> dict[str, Any]:
     return {"backends": [backend], "aggregation": {"conflict_resolution": "priority"}}
 
 
-# Phase 1 of issue 7: the relays (sampling, elicitation, logging, subscribe) are not in the gateway yet.
-@pytest.mark.xfail(reason="server-to-client relays land with issue 7 phase 2", strict=False)
 @pytest.mark.parametrize("backend_transport", ["stdio", "streamable-http"])
 def test_gateway_passes_the_same_scenarios_as_the_backend(
     backend_transport: str, node: str, direct: SuiteRun, tmp_path: Path

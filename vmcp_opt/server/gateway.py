@@ -26,6 +26,7 @@ from vmcp_opt.backends import BackendConnection, BackendManager
 from vmcp_opt.backends.connection import BackendUnavailable
 from vmcp_opt.config import VmcpConfig
 from vmcp_opt.health import CircuitOpen, HealthMonitor
+from vmcp_opt.server.relay import Relay
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +73,8 @@ class Gateway:
         self.backends = BackendManager(config)
         # Health checks and circuit breakers; every routed call goes through `health.request`.
         self.health = HealthMonitor(self.backends, config)
+        # Backend sessions of clients that need their own (sampling, elicitation, roots, logs, subscriptions).
+        self.relay = Relay(self.backends.ready)
         self.catalog = Catalog()
         self.front: ToolFront | None = None
         self.started = False
@@ -91,6 +94,7 @@ class Gateway:
         Raises `ConflictError` on an unresolvable name, and `StartupError` under `failure.mode: fail`
         when a backend could not connect.
         """
+        self.relay.attach(task_group)
         await self.backends.start(task_group)
         down = self.backends.not_ready()
         if down and self.config.failure.mode == "fail":
@@ -113,6 +117,7 @@ class Gateway:
         )
 
     def stop(self) -> None:
+        self.relay.stop()
         self.health.stop()
         self.backends.stop()
 
@@ -169,7 +174,14 @@ class Gateway:
             on_list_resource_templates=self._list_resource_templates,
             on_read_resource=self._read_resource,
             on_completion=self._complete,
+            on_subscribe_resource=self._subscribe,
+            on_unsubscribe_resource=self._unsubscribe,
             on_subscriptions_listen=ListenHandler(self._subscriptions),
+        )
+        # Registered here rather than as constructor arguments, which warn that both are deprecated in 2026-07-28.
+        server.add_request_handler("logging/setLevel", types.SetLevelRequestParams, self.relay.set_level)
+        server.add_notification_handler(
+            "notifications/roots/list_changed", types.NotificationParams, self.relay.roots_changed
         )
         server.middleware.append(self._track_session)
         return server
@@ -208,7 +220,8 @@ class Gateway:
             name=routed.original_name, arguments=arguments, _meta=_forwarded_meta(meta)
         )
         try:
-            return await self.health.request(
+            return await self._send(
+                ctx,
                 routed.backend,
                 types.CallToolRequest(params=params),
                 types.CallToolResult,
@@ -235,7 +248,7 @@ class Gateway:
         if routed is None:
             raise MCPError(types.INVALID_PARAMS, f"Unknown prompt: '{params.name}'")
         forwarded = params.model_copy(update={"name": routed.original_name})
-        return await self._forward(routed.backend, types.GetPromptRequest(params=forwarded), types.GetPromptResult)
+        return await self._forward(ctx, routed.backend, types.GetPromptRequest(params=forwarded), types.GetPromptResult)
 
     async def _list_resources(self, ctx: Ctx, params: types.PaginatedRequestParams | None) -> types.ListResourcesResult:
         return types.ListResourcesResult(resources=[routed.resource for routed in self.catalog.resources.values()])
@@ -251,7 +264,7 @@ class Gateway:
         backend = self.catalog.route_resource(str(params.uri))
         if backend is None:
             raise MCPError(RESOURCE_NOT_FOUND, f"Resource not found: '{params.uri}'", {"uri": str(params.uri)})
-        return await self._forward(backend, types.ReadResourceRequest(params=params), types.ReadResourceResult)
+        return await self._forward(ctx, backend, types.ReadResourceRequest(params=params), types.ReadResourceResult)
 
     async def _complete(self, ctx: Ctx, params: types.CompleteRequestParams) -> types.CompleteResult:
         ref = params.ref
@@ -260,18 +273,49 @@ class Gateway:
             if routed is None:
                 raise MCPError(types.INVALID_PARAMS, f"Unknown prompt: '{ref.name}'")
             forwarded = params.model_copy(update={"ref": ref.model_copy(update={"name": routed.original_name})})
-            return await self._forward(routed.backend, types.CompleteRequest(params=forwarded), types.CompleteResult)
+            return await self._forward(
+                ctx, routed.backend, types.CompleteRequest(params=forwarded), types.CompleteResult
+            )
         backend = self.catalog.route_template(ref.uri) or self.catalog.route_resource(ref.uri)
         if backend is None:
             raise MCPError(types.INVALID_PARAMS, f"Unknown resource template: '{ref.uri}'")
-        return await self._forward(backend, types.CompleteRequest(params=params), types.CompleteResult)
+        return await self._forward(ctx, backend, types.CompleteRequest(params=params), types.CompleteResult)
 
-    async def _forward(self, backend: str, request: types.Request[Any, Any], result_type: type[ResultT]) -> ResultT:
-        self._connection(backend)
+    async def _forward(
+        self, ctx: Ctx | None, backend: str, request: types.Request[Any, Any], result_type: type[ResultT]
+    ) -> ResultT:
         try:
-            return await self.health.request(backend, request, result_type)
+            return await self._send(ctx, backend, request, result_type)
         except (BackendUnavailable, CircuitOpen) as exc:
             raise MCPError(types.INTERNAL_ERROR, str(exc)) from None
+
+    async def _send(
+        self,
+        ctx: Ctx | None,
+        backend: str,
+        request: types.Request[Any, Any],
+        result_type: type[ResultT],
+        *,
+        progress_callback: ProgressFnT | None = None,
+    ) -> ResultT:
+        """Through the shared session and its circuit breaker, or this client's own session when it needs one."""
+        connection = self._connection(backend)
+        via = await self.relay.route(ctx, connection)
+        if via is connection:
+            return await self.health.request(backend, request, result_type, progress_callback=progress_callback)
+        return await via.request(request, result_type, progress_callback=progress_callback)
+
+    async def _subscribe(self, ctx: Ctx, params: types.SubscribeRequestParams) -> types.EmptyResult:
+        return await self.relay.subscribe(ctx, self._resource_backend(str(params.uri)), str(params.uri), True)
+
+    async def _unsubscribe(self, ctx: Ctx, params: types.UnsubscribeRequestParams) -> types.EmptyResult:
+        return await self.relay.subscribe(ctx, self._resource_backend(str(params.uri)), str(params.uri), False)
+
+    def _resource_backend(self, uri: str) -> BackendConnection:
+        backend = self.catalog.route_resource(uri) or self.catalog.route_template(uri)
+        if backend is None:
+            raise MCPError(RESOURCE_NOT_FOUND, f"Resource not found: '{uri}'", {"uri": uri})
+        return self._connection(backend)
 
 
 def _server_description(connection: BackendConnection) -> str:

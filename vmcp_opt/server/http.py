@@ -16,10 +16,13 @@ from starlette.routing import Route
 
 from vmcp_opt.backends import BackendState
 from vmcp_opt.config import ServerConfig
+from vmcp_opt.server.event_store import BoundedEventStore
 from vmcp_opt.server.gateway import Gateway
 
 logger = logging.getLogger(__name__)
 
+# How long a client waits before reconnecting to a stream the gateway closed (milliseconds).
+SSE_RETRY_MS = 1000
 LOOPBACK_HOSTS = ["127.0.0.1:*", "localhost:*", "[::1]:*"]
 LOOPBACK_ORIGINS = ["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"]
 
@@ -42,6 +45,9 @@ def create_app(gateway: Gateway) -> Starlette:
         app=gateway.server,
         security_settings=transport_security(server_config),
         max_request_body_size=server_config.max_body_bytes,
+        # SSE streams can be resumed with Last-Event-ID (polling, dropped connections); bounded, in memory.
+        event_store=BoundedEventStore(),
+        retry_interval=SSE_RETRY_MS,
     )
 
     @contextlib.asynccontextmanager

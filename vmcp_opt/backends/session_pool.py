@@ -1,0 +1,198 @@
+"""Backend sessions dedicated to one front client, for what one shared session cannot route.
+
+A backend's `sampling/createMessage`, `elicitation/create`, `roots/list`, log messages and
+`resources/updated` carry nothing that says which client caused them, so a session shared by all
+clients cannot deliver them. A `DedicatedSession` is a backend session opened for one front client:
+it speaks the 2025-11-25 handshake (the era with server-to-client requests), advertises exactly the
+capabilities the front client has, and hands everything the backend sends to that client's callbacks.
+The `SessionPool` runs them in the gateway's task group and closes them when their client goes away.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import anyio
+import anyio.abc
+import mcp_types as types
+from mcp.client.session import (
+    ClientSession,
+    ElicitationFnT,
+    IncomingMessage,
+    ListRootsFnT,
+    LoggingFnT,
+    SamplingFnT,
+)
+from mcp.shared.dispatcher import ProgressFnT
+from pydantic import BaseModel
+
+from vmcp_opt.backends.connection import CLIENT_INFO, BackendConnection, BackendUnavailable
+from vmcp_opt.backends.transports import open_transport
+
+logger = logging.getLogger(__name__)
+
+ResultT = TypeVar("ResultT", bound=BaseModel)
+CLOSE_TIMEOUT = 5.0  # seconds a closing session may take to shut its transport
+
+
+@dataclass
+class SessionCallbacks:
+    """What a dedicated session does with what its backend sends; `None` means not supported."""
+
+    capabilities: types.ClientCapabilities
+    sampling: SamplingFnT | None = None
+    elicitation: ElicitationFnT | None = None
+    list_roots: ListRootsFnT | None = None
+    logging: LoggingFnT | None = None
+    notification: Callable[[types.ServerNotification], Awaitable[None]] | None = None
+
+
+class _MirroringClientSession(ClientSession):
+    """Advertises the front client's own sampling, elicitation and roots capabilities, never more.
+
+    `ClientSession` derives its capabilities from which callbacks are set (and always claims both
+    elicitation modes); a relay must claim what the client behind it claimed.
+    """
+
+    def __init__(self, *args: Any, mirrored: types.ClientCapabilities, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._mirrored = mirrored
+
+    def _build_capabilities(self, version: str) -> types.ClientCapabilities:
+        return types.ClientCapabilities(
+            sampling=self._mirrored.sampling, elicitation=self._mirrored.elicitation, roots=self._mirrored.roots
+        )
+
+
+class DedicatedSession:
+    def __init__(self, connection: BackendConnection, callbacks: SessionCallbacks) -> None:
+        self.connection = connection
+        self.name = connection.name
+        self.callbacks = callbacks
+        self.closed = False
+        self.served = False
+        self._session: ClientSession | None = None
+        self._stop = anyio.Event()
+        self._done = anyio.Event()
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Open, handshake, report started, and serve until `close()` or the backend goes away."""
+        callbacks = self.callbacks
+        try:
+            async with (
+                open_transport(self.connection.config, self.connection.base_dir, self.connection.connect_timeout) as (
+                    read,
+                    write,
+                ),
+                _MirroringClientSession(
+                    read,
+                    write,
+                    sampling_callback=callbacks.sampling,
+                    elicitation_callback=callbacks.elicitation,
+                    list_roots_callback=callbacks.list_roots,
+                    logging_callback=callbacks.logging,
+                    message_handler=self._on_message,
+                    client_info=CLIENT_INFO,
+                    mirrored=callbacks.capabilities,
+                ) as session,
+            ):
+                with anyio.fail_after(self.connection.connect_timeout):
+                    await session.initialize()
+                self._session = session
+                self.served = True
+                task_status.started()
+                await self._stop.wait()
+        finally:
+            self.closed = True
+            self._session = None
+            self._done.set()
+
+    async def _on_message(self, message: IncomingMessage) -> None:
+        if isinstance(message, Exception):
+            logger.debug("backend %s (dedicated session) transport error: %s", self.name, message)
+            return
+        if self.callbacks.notification is not None:
+            await self.callbacks.notification(message)
+
+    def close(self) -> None:
+        self._stop.set()
+
+    async def aclose(self) -> None:
+        self.close()
+        with anyio.move_on_after(CLOSE_TIMEOUT):
+            await self._done.wait()
+
+    async def request(
+        self,
+        request: types.Request[Any, Any],
+        result_type: type[ResultT],
+        *,
+        progress_callback: ProgressFnT | None = None,
+    ) -> ResultT:
+        session = self._session
+        if session is None:
+            raise BackendUnavailable(f"backend '{self.name}': this client's session is closed")
+        try:
+            return await session.send_request(
+                request,  # type: ignore[arg-type]
+                result_type,
+                request_read_timeout_seconds=self.connection.call_timeout,
+                progress_callback=progress_callback,
+            )
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream) as exc:
+            raise BackendUnavailable(f"backend '{self.name}' connection lost: {type(exc).__name__}") from exc
+
+    async def notify(self, notification: types.ClientNotification) -> None:
+        if self._session is not None:
+            await self._session.send_notification(notification)
+
+
+class SessionPool:
+    """Runs dedicated sessions in the gateway's task group; `stop()` closes them all."""
+
+    def __init__(self) -> None:
+        self._task_group: anyio.abc.TaskGroup | None = None
+        self._sessions: set[DedicatedSession] = set()
+
+    def attach(self, task_group: anyio.abc.TaskGroup) -> None:
+        self._task_group = task_group
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    async def open(self, connection: BackendConnection, callbacks: SessionCallbacks) -> DedicatedSession:
+        if self._task_group is None:
+            raise BackendUnavailable(f"backend '{connection.name}': the gateway is not started")
+        session = DedicatedSession(connection, callbacks)
+        self._sessions.add(session)
+        try:
+            await self._task_group.start(self._run, session)
+        except Exception as exc:
+            self._sessions.discard(session)
+            raise BackendUnavailable(
+                f"backend '{connection.name}': could not open a session for this client: {_reason(exc)}"
+            ) from exc
+        return session
+
+    async def _run(self, session: DedicatedSession, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        try:
+            await session.run(task_status=task_status)
+        except Exception as exc:
+            if not session.served:
+                raise  # `task_group.start` hands it to the opener
+            logger.info("backend %s: a client's dedicated session ended: %s", session.name, _reason(exc))
+        finally:
+            self._sessions.discard(session)
+
+    def stop(self) -> None:
+        for session in list(self._sessions):
+            session.close()
+
+
+def _reason(exc: BaseException) -> str:
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
