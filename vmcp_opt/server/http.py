@@ -16,6 +16,7 @@ from starlette.routing import Route
 
 from vmcp_opt.backends import BackendState
 from vmcp_opt.config import ServerConfig
+from vmcp_opt.server.bad_input import JsonRpcErrorCodes
 from vmcp_opt.server.event_store import BoundedEventStore
 from vmcp_opt.server.gateway import Gateway
 
@@ -76,7 +77,7 @@ def create_app(gateway: Gateway) -> Starlette:
 
     return Starlette(
         routes=[
-            Route(server_config.path, endpoint=StreamableHTTPASGIApp(manager)),
+            Route(server_config.path, endpoint=JsonRpcErrorCodes(StreamableHTTPASGIApp(manager))),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
         ],

@@ -1,0 +1,181 @@
+"""Bad input never hurts: the real gateway gets garbage and malformed JSON-RPC, answers each with the
+error the spec names, and keeps serving a normal client afterwards."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import httpx2
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from mcp import Client
+
+from tests.support import Gateway, demo_backend, running_gateway, write_config
+
+pytestmark = pytest.mark.slow
+
+SECRET = "sekrit-bad-input-9876"
+ACCEPT = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+SPEC_CODES = {-32700, -32600, -32601, -32602, -32603}
+MAX_BODY = 64 * 1024
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    directory: Path = tmp_path_factory.mktemp("bad-input")
+    config = {
+        "backends": [demo_backend("notes", env={"API_TOKEN": SECRET})],
+        "server": {"max_body_bytes": MAX_BODY, "log_level": "debug"},
+    }
+    with running_gateway(write_config(directory, config)) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def session(gateway: Gateway) -> dict[str, str]:
+    """Headers of one legacy (2025-11-25) session opened by hand, as a raw client would."""
+    initialize = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}},
+    }
+    response = httpx2.post(gateway.url, headers=ACCEPT, json=initialize, timeout=10)
+    assert response.status_code == 200
+    headers = {**ACCEPT, "mcp-session-id": response.headers["mcp-session-id"], "mcp-protocol-version": "2025-11-25"}
+    httpx2.post(gateway.url, headers=headers, json={"jsonrpc": "2.0", "method": "notifications/initialized"})
+    return headers
+
+
+def post(gateway: Gateway, headers: dict[str, str], body: bytes) -> httpx2.Response:
+    return httpx2.post(gateway.url, headers=headers, content=body, timeout=10)
+
+
+def error_of(response: httpx2.Response) -> dict[str, Any]:
+    """The JSON-RPC error in a JSON or single-event SSE answer."""
+    text = response.text
+    if response.headers.get("content-type", "").startswith("text/event-stream"):
+        text = next(line[5:] for line in text.splitlines() if line.startswith("data:"))
+    error: dict[str, Any] = json.loads(text)["error"]
+    return error
+
+
+def test_malformed_json_is_a_parse_error(gateway: Gateway, session: dict[str, str]) -> None:
+    response = post(gateway, session, b'{"jsonrpc": "2.0", "id": 1, "method": ')
+    assert response.status_code == 400 and error_of(response)["code"] == -32700
+
+
+@pytest.mark.parametrize("body", [b"[1, 2]", b"42", b'"x"', b'{"id": 2, "method": "tools/list"}', b"{}"])
+def test_json_that_is_not_json_rpc_is_an_invalid_request(
+    gateway: Gateway, session: dict[str, str], body: bytes
+) -> None:
+    response = post(gateway, session, body)
+    assert response.status_code == 400 and error_of(response)["code"] == -32600
+
+
+def test_unknown_method_is_method_not_found(gateway: Gateway, session: dict[str, str]) -> None:
+    response = post(gateway, session, json.dumps({"jsonrpc": "2.0", "id": 3, "method": "no/such"}).encode())
+    assert error_of(response)["code"] == -32601
+
+
+def test_wrong_params_shape_is_invalid_params(gateway: Gateway, session: dict[str, str]) -> None:
+    body = {"jsonrpc": "2.0", "id": 4, "method": "tools/call", "params": {"name": 5}}
+    assert error_of(post(gateway, session, json.dumps(body).encode()))["code"] == -32602
+
+
+def test_oversized_body_is_refused_with_413(gateway: Gateway, session: dict[str, str]) -> None:
+    body = json.dumps({"jsonrpc": "2.0", "id": 5, "method": "tools/list", "params": {"x": "a" * MAX_BODY}})
+    assert post(gateway, session, body.encode()).status_code == 413
+
+
+def test_unknown_session_id_is_404_with_a_json_rpc_error(gateway: Gateway, session: dict[str, str]) -> None:
+    headers = {**session, "mcp-session-id": "0" * 32}
+    response = post(gateway, headers, b'{"jsonrpc": "2.0", "id": 6, "method": "tools/list"}')
+    assert response.status_code == 404 and error_of(response)["code"] in SPEC_CODES
+    assert httpx2.delete(gateway.url, headers=headers, timeout=10).status_code == 404
+
+
+def test_invalid_tool_arguments_name_the_field(gateway: Gateway, session: dict[str, str]) -> None:
+    body = {
+        "jsonrpc": "2.0",
+        "id": 7,
+        "method": "tools/call",
+        "params": {"name": "notes_slow_echo", "arguments": {"message": 5}},
+    }
+    response = post(gateway, session, json.dumps(body).encode())
+    result = json.loads(next(line[5:] for line in response.text.splitlines() if line.startswith("data:")))["result"]
+    assert result["isError"] and "field 'message'" in result["content"][0]["text"]
+
+
+METHODS = [
+    "initialize",
+    "ping",
+    "tools/list",
+    "tools/call",
+    "prompts/get",
+    "resources/read",
+    "completion/complete",
+    "notifications/cancelled",
+    "notifications/initialized",
+    "logging/setLevel",
+    "server/discover",
+]
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+rpc_like = st.fixed_dictionaries(
+    {},
+    optional={
+        "jsonrpc": st.sampled_from(["2.0", "1.0", 2, None]),
+        "id": st.none() | st.integers() | st.text(max_size=8) | st.floats(allow_nan=False) | st.lists(st.integers()),
+        "method": st.sampled_from(METHODS) | st.text(max_size=20),
+        "params": json_values,
+        "result": json_values,
+        "error": json_values,
+    },
+)
+frames = st.one_of(
+    st.binary(max_size=200),
+    json_values.map(lambda v: json.dumps(v).encode()),
+    rpc_like.map(lambda v: json.dumps(v).encode()),
+    st.lists(rpc_like, max_size=3).map(lambda v: json.dumps(v).encode()),
+    rpc_like.map(lambda v: json.dumps(v).encode()[: max(1, len(json.dumps(v)) // 2)]),  # cut short
+)
+session_choice = st.sampled_from(["valid", "unknown", "none"])
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=frames, which=session_choice)
+def test_random_frames_get_spec_errors_and_never_a_500(
+    gateway: Gateway, session: dict[str, str], body: bytes, which: str
+) -> None:
+    headers = dict(session)
+    if which == "unknown":
+        headers["mcp-session-id"] = "f" * 32
+    elif which == "none":
+        headers = dict(ACCEPT)
+    response = post(gateway, headers, body)
+    assert response.status_code < 500, response.text
+    if response.status_code >= 400 and response.headers.get("content-type", "").startswith("application/json"):
+        assert error_of(response)["code"] in SPEC_CODES | {-32000, -32001, -32002, -32022}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_gateway_still_serves_a_real_client_after_the_garbage(gateway: Gateway, anyio_backend: str) -> None:
+    async with Client(gateway.url) as client:
+        names = {tool.name for tool in (await client.list_tools()).tools}
+        assert "notes_slow_echo" in names
+        result = await client.call_tool("notes_slow_echo", {"message": "still here", "seconds": 0})
+        assert not result.is_error
+    await anyio.lowlevel.checkpoint()
+    assert gateway.proc.poll() is None
+    assert SECRET not in gateway.output()
