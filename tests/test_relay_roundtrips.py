@@ -139,6 +139,24 @@ def test_progress_notifications_arrive_before_the_result(gateway: Gateway) -> No
     assert events == [("progress", 0), ("progress", 50), ("progress", 100), ("result", -1)]
 
 
+def test_a_cancelled_call_is_cancelled_at_the_backend(gateway: Gateway) -> None:
+    async def main() -> tuple[str, str]:
+        async with Client(gateway.url, mode="legacy") as client:
+            before = _text(await client.call_tool("test_cancelled_calls", {}))
+            with anyio.move_on_after(0.5):
+                await client.call_tool("test_slow", {"seconds": 30})
+            after = before
+            for _ in range(200):  # the backend learns of the cancellation asynchronously
+                after = _text(await client.call_tool("test_cancelled_calls", {}))
+                if after != before:
+                    break
+                await anyio.sleep(0.05)
+            return before, after
+
+    before, after = anyio.run(main)
+    assert int(after) == int(before) + 1  # notifications/cancelled went client -> gateway -> backend
+
+
 def test_log_messages_follow_the_clients_level(gateway: Gateway) -> None:
     received: list[tuple[str, str]] = []
 

@@ -100,6 +100,7 @@ TOOLS = [
         "Sleeps for the given seconds (cancellation tests); reports whether it was cancelled.",
         {"type": "object", "properties": {"seconds": {"type": "number"}}},
     ),
+    _tool("test_cancelled_calls", "How many test_slow calls were cancelled by their caller so far."),
     _tool("test_add_tool", "Adds a tool, so the tool list changes (list_changed tests)."),
 ]
 
@@ -151,6 +152,7 @@ class ConformanceBackend:
     def __init__(self) -> None:
         self.watched_text = "Watched resource content"
         self.extra_tools: list[types.Tool] = []
+        self.cancelled_calls = 0
         # Per connection: the minimum log level, and the subscribed URIs.
         self.levels: weakref.WeakKeyDictionary[Connection, str] = weakref.WeakKeyDictionary()
         self.subscribers: dict[str, weakref.WeakSet[Connection]] = {}
@@ -269,8 +271,14 @@ class ConformanceBackend:
         if name == "test_update_resource":
             return await self._update_resource(str(args.get("uri", "")))
         if name == "test_slow":
-            await anyio.sleep(float(args.get("seconds", 5.0)))
+            try:
+                await anyio.sleep(float(args.get("seconds", 5.0)))
+            except anyio.get_cancelled_exc_class():
+                self.cancelled_calls += 1
+                raise
             return _text("finished")
+        if name == "test_cancelled_calls":
+            return _text(str(self.cancelled_calls))
         if name == "test_add_tool":
             self.extra_tools.append(_tool(f"added_tool_{len(self.extra_tools) + 1}", "Added at run time."))
             await ctx.session.send_tool_list_changed()
