@@ -122,11 +122,7 @@ class Gateway:
         self.backends.stop()
 
     def _build_catalog(self) -> Catalog:
-        sources = [
-            BackendSource(c.name, c.listing, c.config.description or _server_description(c))
-            for c in self.backends.ready()
-        ]
-        return build_catalog(sources, self.config.aggregation)
+        return catalog_of(self.backends, self.config)
 
     async def _on_backend_change(self, connection: BackendConnection) -> None:
         if not self.started:
@@ -316,6 +312,14 @@ class Gateway:
         if backend is None:
             raise MCPError(RESOURCE_NOT_FOUND, f"Resource not found: '{uri}'", {"uri": uri})
         return self._connection(backend)
+
+
+def catalog_of(backends: BackendManager, config: VmcpConfig) -> Catalog:
+    """The catalogue of the backends that are ready now."""
+    sources = [
+        BackendSource(c.name, c.listing, c.config.description or _server_description(c)) for c in backends.ready()
+    ]
+    return build_catalog(sources, config.aggregation)
 
 
 def _server_description(connection: BackendConnection) -> str:

@@ -18,7 +18,7 @@ from vmcp_opt.health import HealthMonitor
 from vmcp_opt.optimizer.documents import ToolRecord
 from vmcp_opt.optimizer.metatools import META_TOOLS, OptimizerFront, catalog_records, tool_json
 from vmcp_opt.optimizer.tokens import count_tokens
-from vmcp_opt.server.gateway import Gateway, StartupError
+from vmcp_opt.server.gateway import Gateway, StartupError, catalog_of
 from vmcp_opt.server.http import create_app
 from vmcp_opt.server.stdio import serve_stdio
 
@@ -96,12 +96,12 @@ def mask_secrets(config: VmcpConfig) -> None:
 
 
 async def collect_tool_records(config: VmcpConfig) -> list[ToolRecord]:
-    """The live catalogue's tools as index records (`vmcp index build|stats|search`)."""
-    gateway = Gateway(config)
+    """The live catalogue's tools as index records (`vmcp index build|stats|search`): one look, no serving."""
+    manager = _one_shot_backends(config)
     async with anyio.create_task_group() as task_group:
-        await gateway.start(task_group)
-        records = catalog_records(gateway.catalog)
-        gateway.stop()
+        await manager.start(task_group)
+        records = catalog_records(catalog_of(manager, config))
+        manager.stop()
     return records
 
 
@@ -110,11 +110,16 @@ def meta_tool_tokens(config: VmcpConfig) -> int:
     return count_tokens(tool_json(list(META_TOOLS)), config.optimizer.model)
 
 
-async def probe_backends(config: VmcpConfig) -> list[dict[str, Any]]:
-    """Connect each backend once, ping it, and report its state, health and counts."""
+def _one_shot_backends(config: VmcpConfig) -> BackendManager:
     manager = BackendManager(config)
     for connection in manager.connections.values():
-        connection.restart = None  # one attempt each: this is a probe, not a server
+        connection.restart = None  # one attempt each: this is a look, not a server
+    return manager
+
+
+async def probe_backends(config: VmcpConfig) -> list[dict[str, Any]]:
+    """Connect each backend once, ping it, and report its state, health and counts."""
+    manager = _one_shot_backends(config)
     monitor = HealthMonitor(manager, config)
     async with anyio.create_task_group() as task_group:
         await manager.start(task_group)
