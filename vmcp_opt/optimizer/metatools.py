@@ -249,8 +249,7 @@ class OptimizerFront:
                 self.index.update(records)
             except Exception:  # the keyword ranking keeps serving; say why vectors are missing
                 logger.exception("optimizer: embedding the catalogue failed; find_tool ranks by keywords")
-            finally:
-        
+
 
 def _error(message: str) -> types.CallToolResult:
     return types.CallToolResult(content=[types.TextContent(type="text", text=message)], is_error=True)
