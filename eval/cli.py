@@ -1,0 +1,106 @@
+"""`vmcp eval run`: the retrieval benchmark (mounted by `vmcp_opt.cli` as `vmcp eval`).
+
+Also runnable alone: `python -m eval.cli run --dataset all`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from eval.datasets import BUNDLED, expand_names
+from eval.methods import BASE_METHODS, KNOWN_METHODS
+
+eval_app = typer.Typer(help="Retrieval benchmarks: the optimizer against its rivals on public tool-retrieval data.")
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+
+
+@eval_app.callback()
+def _main() -> None:
+    """Retrieval benchmarks."""
+
+
+@eval_app.command()
+def run(
+    dataset: Annotated[
+        list[str],
+        typer.Option(
+            "--dataset",
+            "-d",
+            help=f"A bundled set ({', '.join(BUNDLED)}), 'all', or a BEIR directory. Repeatable.",
+        ),
+    ],
+    methods: Annotated[str, typer.Option(help=f"Comma-separated; known: {', '.join(KNOWN_METHODS)}.")] = ",".join(
+        BASE_METHODS
+    ),
+    k: Annotated[str, typer.Option("--k", help="Cut-offs for Recall@k, nDCG@k and COMP@k.")] = "1,3,5,10",
+    out: Annotated[Path, typer.Option(help="Where results.json, latencies.json and the plots go.")] = DEFAULT_OUT,
+    limit_queries: Annotated[
+        int | None, typer.Option(help="Score at most N queries per dataset (a reproducible sample).")
+    ] = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(help="Where the bundled sets live (default ../shared/eval-data, or $VMCP_EVAL_DATA)."),
+    ] = None,
+    split: Annotated[str, typer.Option(help="BEIR qrels split to score (ToolLens 'train' is the dev split).")] = "test",
+    plots: Annotated[bool, typer.Option(help="Write PNG plots next to results.json.")] = True,
+    threads: Annotated[
+        int,
+        typer.Option(help="torch threads per query (bulk encoding uses 2); 1 is steadiest on a busy 2-core machine."),
+    ] = 1,
+) -> None:
+    """Run every method on every dataset with one embedding model and print the table."""
+    from eval.datasets import default_data_dir
+    from eval.embed import load_shared_embedder
+    from eval.harness import RunOptions, markdown_table, methods_list
+    from vmcp_opt.config import OptimizerConfig
+
+    console = Console(stderr=True)
+    try:
+        method_names = methods_list(methods, KNOWN_METHODS)
+        ks = sorted({int(part) for part in k.split(",") if part.strip()})
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    if not ks or min(ks) < 1:
+        raise typer.BadParameter("--k needs positive integers, e.g. 1,3,5,10")
+    names = expand_names(dataset)
+    data_root = data_dir or default_data_dir()
+    bundled_wanted = [name for name in names if name in BUNDLED]
+    if bundled_wanted and not data_root.exists():
+        console.print(
+            f"[yellow]bundled datasets not found: {data_root} does not exist. Point --data-dir (or "
+            f"$VMCP_EVAL_DATA) at the eval-data directory; skipping {', '.join(bundled_wanted)}.[/yellow]"
+        )
+        names = [name for name in names if name not in BUNDLED]
+        if not names:
+            raise typer.Exit(code=2)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    config = OptimizerConfig()
+    embedder = load_shared_embedder(config.model, config.bulk_bfloat16, out / "cache", query_threads=max(1, threads))
+    options = RunOptions(
+        datasets=names,
+        methods=method_names,
+        ks=ks,
+        out=out,
+        data_dir=data_root,
+        limit_queries=limit_queries,
+        split=split,
+        plots=plots,
+    )
+    from eval.harness import run as run_eval
+
+    results = run_eval(options, embedder, console)
+    if not results["datasets"]:
+        console.print("[red]no dataset could be loaded[/red]")
+        raise typer.Exit(code=2)
+    typer.echo(markdown_table(results))
+    console.print(f"results: {out / 'results.json'} ({results['total_seconds']} s)")
+
+
+if __name__ == "__main__":
+    eval_app()

@@ -1,0 +1,407 @@
+"""Benchmark datasets: the bundled sets in `../shared/eval-data/` and any directory in the BEIR layout.
+
+Every loader returns a `Dataset`: the tool catalogue, the queries and their relevance labels. Each tool
+carries two views of itself:
+
+- `text`, the document a plain retriever would index (BEIR: title and text; ToolRet: the JSON of its
+  documentation, as in the reference numbers of the data's SOURCE.md). The `bm25` and `dense` baselines
+  index this.
+- `fields`, the MCP tool a gateway would receive if a backend served this tool (name, backend, description,
+  input schema...). The optimizer builds its document from these exactly as it does for a live backend
+  (`documents.tool_document`), and the ToolHive baseline reads `name` and `description` from them.
+
+When a BEIR corpus row's `metadata` carries MCP fields (`name`, and optionally `backend`,
+`backend_description`, `input_schema`, `description`, `title`), both views come from the gateway's
+document; otherwise the fields are derived from `title` and `text`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from vmcp_opt.optimizer.documents import ToolRecord
+
+TOOLRET_TASKS = ("apigen", "apibank", "gorilla-huggingface", "toolink")
+BUNDLED = ("toollens", *TOOLRET_TASKS)
+
+
+class DatasetError(Exception):
+    """A dataset that cannot be found or read; the message says what was expected."""
+
+
+@dataclass(frozen=True)
+class ToolFields:
+    """The MCP view of one catalogue entry (mirrors `documents.ToolRecord`)."""
+
+    name: str
+    backend: str
+    description: str = ""
+    input_schema: dict[str, Any] = field(default_factory=dict)
+    title: str | None = None
+    backend_description: str = ""
+    original_name: str | None = None
+
+    def to_record(self) -> ToolRecord:
+        from vmcp_opt.optimizer.documents import ToolRecord
+
+        return ToolRecord(
+            name=self.name,
+            backend=self.backend,
+            description=self.description,
+            input_schema=self.input_schema,
+            title=self.title,
+            backend_description=self.backend_description,
+            original_name=self.original_name,
+        )
+
+
+@dataclass(frozen=True)
+class EvalTool:
+    id: str
+    text: str
+    fields: ToolFields
+    # True when the corpus row carried MCP metadata: the baselines then index the gateway's document too.
+    mcp: bool = False
+
+
+@dataclass
+class Dataset:
+    name: str
+    tools: list[EvalTool]
+    queries: dict[str, str]
+    qrels: dict[str, dict[str, int]]
+    split: str = "test"
+    source: str = ""
+
+    def judged_queries(self) -> list[tuple[str, str]]:
+        """(query id, text) of every query with at least one relevant tool, in a stable order."""
+        return [(qid, self.queries[qid]) for qid in sorted(self.qrels, key=_natural) if qid in self.queries]
+
+    def limited(self, limit: int | None, seed: int = 13) -> Dataset:
+        """The same catalogue with at most `limit` judged queries, sampled reproducibly."""
+        judged = [qid for qid, _ in self.judged_queries()]
+        if limit is None or limit >= len(judged):
+            return self
+        keep = sorted(random.Random(seed).sample(judged, limit), key=_natural)
+        return Dataset(
+            name=self.name,
+            tools=self.tools,
+            queries={qid: self.queries[qid] for qid in keep},
+            qrels={qid: self.qrels[qid] for qid in keep},
+            split=self.split,
+            source=self.source,
+        )
+
+
+def _natural(value: str) -> tuple[int, str]:
+    return (int(value), "") if value.isdigit() else (1 << 62, value)
+
+
+def default_data_dir() -> Path:
+    """`../shared/eval-data` next to the project root (override with `--data-dir` or `VMCP_EVAL_DATA`)."""
+    import os
+
+    from vmcp_opt.config import PROJECT_ROOT
+
+    env = os.environ.get("VMCP_EVAL_DATA")
+    return Path(env) if env else (PROJECT_ROOT.parent / "shared" / "eval-data").resolve()
+
+
+def expand_names(names: Iterable[str]) -> list[str]:
+    """`all` stands for every bundled set; other names and paths are kept in order, once."""
+    out: list[str] = []
+    for name in names:
+        for item in BUNDLED if name == "all" else (name,):
+            if item not in out:
+                out.append(item)
+    return out
+
+
+def load_dataset(name_or_path: str, data_dir: Path | None = None, split: str = "test") -> Dataset:
+    """A bundled set by name (`toollens`, `apigen`, ...) or a BEIR directory by path."""
+    data_dir = data_dir or default_data_dir()
+    if name_or_path == "toollens":
+        root = data_dir / "toollens"
+        _require(root / "corpus.jsonl", f"the ToolLens set (expected {root}/corpus.jsonl; see --data-dir)")
+        dataset = load_beir(root, split=split, fields_from_row=toollens_fields, name="toollens")
+        dataset.source = str(root)
+        return dataset
+    if name_or_path in TOOLRET_TASKS:
+        if split != "test":
+            raise DatasetError(f"{name_or_path}: ToolRet tasks have only one split (test), not {split!r}")
+        root = data_dir / "toolret_subsets" / name_or_path
+        _require(root / "tools.json", f"the ToolRet task {name_or_path} (expected {root}/tools.json; see --data-dir)")
+        return load_toolret(root, name_or_path)
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return load_beir(path, split=split)
+    raise DatasetError(
+        f"{name_or_path!r} is neither a bundled dataset ({', '.join(BUNDLED)}, or 'all') nor a BEIR directory"
+    )
+
+
+def _require(path: Path, what: str) -> None:
+    if not path.exists():
+        raise DatasetError(f"missing {what}")
+
+
+# --- BEIR ---------------------------------------------------------------------------------------------
+
+
+def load_beir(
+    root: Path,
+    split: str = "test",
+    fields_from_row: Callable[[dict[str, Any]], ToolFields] | None = None,
+    name: str | None = None,
+) -> Dataset:
+    """A BEIR directory: corpus.jsonl (_id, title, text, metadata), queries.jsonl, qrels/<split>.tsv."""
+    for required in ("corpus.jsonl", "queries.jsonl", f"qrels/{split}.tsv"):
+        _require(root / required, f"{required} in the BEIR directory {root}")
+    tools: list[EvalTool] = []
+    used_names: set[str] = set()
+    for lineno, row in _read_jsonl(root / "corpus.jsonl"):
+        if "_id" not in row:
+            raise DatasetError(f"{root}/corpus.jsonl:{lineno}: a corpus row needs `_id`")
+        tool = _beir_tool(row, fields_from_row)
+        tools.append(_unique_name(tool, used_names))
+    queries = {str(row["_id"]): str(row.get("text", "")) for _, row in _read_jsonl(root / "queries.jsonl")}
+    qrels = read_qrels(root / "qrels" / f"{split}.tsv")
+    known = {tool.id for tool in tools}
+    qrels = {
+        qid: {doc: rel for doc, rel in docs.items() if doc in known and rel > 0}
+        for qid, docs in qrels.items()
+        if qid in queries
+    }
+    qrels = {qid: docs for qid, docs in qrels.items() if docs}
+    return Dataset(name=name or root.name, tools=tools, queries=queries, qrels=qrels, split=split, source=str(root))
+
+
+def _read_jsonl(path: Path) -> Iterable[tuple[int, dict[str, Any]]]:
+    with path.open(encoding="utf-8") as handle:
+        for lineno, line in enumerate(handle, 1):
+            if line.strip():
+                try:
+                    yield lineno, json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise DatasetError(f"{path}:{lineno}: not valid JSON: {exc}") from None
+
+
+def read_qrels(path: Path) -> dict[str, dict[str, int]]:
+    """`query-id corpus-id score` rows (tab-separated, first row a header)."""
+    qrels: dict[str, dict[str, int]] = {}
+    with path.open(encoding="utf-8", newline="") as handle:
+        rows = csv.reader(handle, delimiter="\t")
+        header = next(rows, None)
+        if header is None or len(header) < 3:
+            raise DatasetError(f"{path}: expected a header row `query-id<TAB>corpus-id<TAB>score`")
+        for lineno, row in enumerate(rows, 2):
+            if not row:
+                continue
+            if len(row) < 3:
+                raise DatasetError(f"{path}:{lineno}: expected 3 tab-separated columns, got {row!r}")
+            qrels.setdefault(row[0], {})[row[1]] = int(float(row[2]))
+    return qrels
+
+
+def _beir_tool(row: dict[str, Any], fields_from_row: Callable[[dict[str, Any]], ToolFields] | None) -> EvalTool:
+    doc_id = str(row["_id"])
+    title = str(row.get("title") or "")
+    text = str(row.get("text") or "")
+    metadata = row.get("metadata") or {}
+    if isinstance(metadata, dict) and metadata.get("name"):
+        fields = ToolFields(
+            name=str(metadata["name"]),
+            backend=str(metadata.get("backend") or "default"),
+            description=str(metadata.get("description") or text),
+            input_schema=dict(metadata.get("input_schema") or {}),
+            title=str(metadata.get("title") or title) or None,
+            backend_description=str(metadata.get("backend_description") or ""),
+            original_name=metadata.get("original_name"),
+        )
+        return EvalTool(id=doc_id, text="", fields=fields, mcp=True)
+    if fields_from_row is not None:
+        fields = fields_from_row(row)
+    else:
+        fields = ToolFields(name=title or doc_id, backend="default", description=text)
+    return EvalTool(id=doc_id, text=f"{title}\n{text}".strip(), fields=fields)
+
+
+def _unique_name(tool: EvalTool, used: set[str]) -> EvalTool:
+    """The optimizer maps hits back by routable name, so names must be unique within a catalogue."""
+    name = tool.fields.name
+    suffix = 2
+    while name in used:
+        name = f"{tool.fields.name}_{suffix}"
+        suffix += 1
+    used.add(name)
+    if name == tool.fields.name:
+        return tool
+    fields = ToolFields(**{**tool.fields.__dict__, "name": name})
+    return EvalTool(id=tool.id, text=tool.text, fields=fields, mcp=tool.mcp)
+
+
+# --- ToolLens -----------------------------------------------------------------------------------------
+
+_TOOLLENS = re.compile(
+    r"^category_name:(?P<category>.*?), tool_name:(?P<tool>.*?), api_name:(?P<api>.*?), "
+    r"api_description:(?P<description>.*?), required_params: (?P<required>\[.*?\]), "
+    r"optional_params: (?P<optional>\[.*?\]), return_schema: ",
+    re.S,
+)
+
+
+def slug(text: str) -> str:
+    """A routable identifier: lower-case words joined by underscores."""
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_") or "tool"
+
+
+def toollens_fields(row: dict[str, Any]) -> ToolFields:
+    """ToolLens rows flatten a RapidAPI endpoint into one string; split it into the MCP fields.
+
+    A RapidAPI *tool* (e.g. "Worldwide Recipes") is a backend; its *API* (e.g. "Suggestions") is one MCP
+    tool, exposed under the gateway's prefixed name `{backend}_{api}`. The return schema is not part of an
+    MCP tool definition and is dropped.
+    """
+    text = str(row.get("text") or "")
+    match = _TOOLLENS.match(text)
+    if match is None:
+        return ToolFields(name=slug(str(row.get("_id"))), backend="default", description=text)
+    backend = slug(match["tool"])
+    api = match["api"].strip()
+    properties: dict[str, Any] = {}
+    required: list[str] = []
+    for group in ("required", "optional"):
+        try:
+            params = json.loads(match[group])
+        except json.JSONDecodeError:
+            params = []
+        for param in params if isinstance(params, list) else []:
+            if not isinstance(param, dict) or not param.get("name"):
+                continue
+            pname = str(param["name"])
+            properties[pname] = {
+                "type": _json_type(str(param.get("type", "string"))),
+                "description": str(param.get("description") or ""),
+            }
+            if group == "required":
+                required.append(pname)
+    schema: dict[str, Any] = {"type": "object", "properties": properties}
+    if required:
+        schema["required"] = required
+    return ToolFields(
+        name=f"{backend}_{slug(api)}",
+        backend=backend,
+        description=match["description"].strip(),
+        input_schema=schema,
+        backend_description=f"{match['tool'].strip()} ({match['category'].strip()})",
+        original_name=api,
+    )
+
+
+def _json_type(value: str) -> str:
+    value = value.lower()
+    if value in ("number", "float", "double"):
+        return "number"
+    if value in ("int", "integer"):
+        return "integer"
+    if value in ("bool", "boolean"):
+        return "boolean"
+    if value in ("array", "list"):
+        return "array"
+    if value in ("object", "dict"):
+        return "object"
+    return "string"
+
+
+# --- ToolRet ------------------------------------------------------------------------------------------
+
+
+def load_toolret(root: Path, task: str) -> Dataset:
+    """queries.json (id, query, labels) and tools.json (id, documentation) of one ToolRet task."""
+    tools_raw = json.loads((root / "tools.json").read_text(encoding="utf-8"))
+    queries_raw = json.loads((root / "queries.json").read_text(encoding="utf-8"))
+    tools: list[EvalTool] = []
+    used: set[str] = set()
+    for item in tools_raw:
+        doc = item["documentation"]
+        tool = EvalTool(
+            id=str(item["id"]),
+            text=json.dumps(doc, ensure_ascii=False),
+            fields=toolret_fields(task, doc),
+        )
+        tools.append(_unique_name(tool, used))
+    known = {tool.id for tool in tools}
+    queries = {str(q["id"]): str(q["query"]) for q in queries_raw}
+    qrels: dict[str, dict[str, int]] = {}
+    for q in queries_raw:
+        labels = {str(label["id"]): int(label.get("relevance", 1)) for label in q.get("labels", []) if "id" in label}
+        labels = {doc: rel for doc, rel in labels.items() if doc in known and rel > 0}
+        if labels:
+            qrels[str(q["id"])] = labels
+    return Dataset(name=task, tools=tools, queries=queries, qrels=qrels, source=str(root))
+
+
+def toolret_fields(task: str, doc: dict[str, Any]) -> ToolFields:
+    """The MCP view of a ToolRet tool, per task (the documentation keys differ; see eval/README.md).
+
+    - apigen: `name`, `description`, `parameters` {param: {description, type, default}} -> input schema.
+    - apibank: `name`, `description` (quotes stripped), `parameters` [{name, description, schema}]; the
+      `category` is Chinese and left out.
+    - gorilla-huggingface: `name` (the model id), `description`; `functionality` (e.g. "Language
+      Identification") is the tool's title and `domain` is its backend (one server per task domain).
+      `api_call`, `example_code` and `performance` are code, not description, and are left out.
+    - toolink: `name`, `description`; parameter names come from the `def` line of `func_description`.
+    """
+    name = str(doc.get("name") or "tool")
+    description = str(doc.get("description") or "").strip()
+    backend = slug(task)
+    properties: dict[str, Any] = {}
+    title: str | None = None
+    backend_description = ""
+    if task == "apigen" and isinstance(doc.get("parameters"), dict):
+        for pname, spec in doc["parameters"].items():
+            spec = spec if isinstance(spec, dict) else {}
+            properties[str(pname)] = {
+                "type": _json_type(str(spec.get("type", "string")).split(",")[0].strip()),
+                "description": str(spec.get("description") or ""),
+            }
+    elif task == "apibank":
+        description = description.strip('"').strip()
+        for param in doc.get("parameters") or []:
+            if isinstance(param, dict) and param.get("name"):
+                param_schema = param.get("schema")
+                param_type = param_schema.get("type", "string") if isinstance(param_schema, dict) else "string"
+                properties[str(param["name"])] = {
+                    "type": _json_type(str(param_type)),
+                    "description": str(param.get("description") or ""),
+                }
+    elif task == "gorilla-huggingface":
+        title = str(doc.get("functionality") or "") or None
+        domain = str(doc.get("domain") or "")
+        if domain:
+            backend = slug(domain)
+            backend_description = domain
+    elif task == "toolink":
+        signature = re.search(r"def\s+\w+\s*\(([^)]*)\)", str(doc.get("func_description") or ""))
+        if signature:
+            for part in signature.group(1).split(","):
+                pname = part.split(":")[0].split("=")[0].strip().lstrip("*")
+                if pname and pname != "self":
+                    properties[pname] = {"type": "string"}
+    schema: dict[str, Any] = {"type": "object", "properties": properties} if properties else {}
+    return ToolFields(
+        name=name,
+        backend=backend,
+        description=description,
+        input_schema=schema,
+        title=title,
+        backend_description=backend_description,
+    )

@@ -1,0 +1,175 @@
+"""Run methods over datasets, score them, and write `results.json`, a markdown table and plots."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from eval.datasets import Dataset, DatasetError, load_dataset
+from eval.embed import SharedEmbedder
+from eval.methods import Context, make_method
+from eval.metrics import evaluate, percentile
+
+HEADLINE = ("ndcg@10", "recall@5", "comp@5", "mrr@10", "latency_ms_p50")
+
+
+@dataclass
+class RunOptions:
+    datasets: list[str]
+    methods: list[str]
+    ks: list[int]
+    out: Path
+    data_dir: Path | None = None
+    limit_queries: int | None = None
+    split: str = "test"
+    optimizer_overrides: dict[str, Any] = field(default_factory=dict)
+    plots: bool = True
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("model name"):
+                cpu = line.partition(":")[2].strip()
+                break
+    except OSError:
+        pass
+    return (
+        f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, Python {platform.python_version()}"
+    )
+
+
+def run(options: RunOptions, embedder: SharedEmbedder, console: Console | None = None) -> dict[str, Any]:
+    console = console or Console(stderr=True)
+    started = time.perf_counter()
+    results: dict[str, Any] = {
+        "model": embedder.model_id,
+        "machine": machine(),
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "ks": options.ks,
+        "split": options.split,
+        "datasets": {},
+        "skipped": {},
+    }
+    latencies: dict[str, dict[str, list[float]]] = {}
+    depth = max([*options.ks, 10])
+    for name in options.datasets:
+        try:
+            dataset = load_dataset(name, options.data_dir, split=options.split).limited(options.limit_queries)
+        except DatasetError as exc:
+            console.print(f"[yellow]skipping {name}: {exc}[/yellow]")
+            results["skipped"][name] = str(exc)
+            continue
+        entry, lat = run_dataset(dataset, options, embedder, depth, console)
+        results["datasets"][dataset.name] = entry
+        latencies[dataset.name] = lat
+    results["total_seconds"] = round(time.perf_counter() - started, 1)
+    options.out.mkdir(parents=True, exist_ok=True)
+    (options.out / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    (options.out / "latencies.json").write_text(json.dumps(latencies) + "\n", encoding="utf-8")
+    if options.plots and results["datasets"]:
+        from eval.plots import write_plots
+
+        write_plots(results, latencies, options.out)
+    return results
+
+
+def run_dataset(
+    dataset: Dataset, options: RunOptions, embedder: SharedEmbedder, depth: int, console: Console
+) -> tuple[dict[str, Any], dict[str, list[float]]]:
+    queries = dataset.judged_queries()
+    ctx = Context(dataset, embedder, options.out, dict(options.optimizer_overrides))
+    entry: dict[str, Any] = {
+        "queries": len(queries),
+        "tools": len(dataset.tools),
+        "split": dataset.split,
+        "methods": {},
+    }
+    latencies: dict[str, list[float]] = {}
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    cutoffs = sorted(set(options.ks) | {5, 10})
+    for method_name in options.methods:
+        method = make_method(method_name)
+        with Progress(*columns, console=console, transient=False) as bar:
+            task = bar.add_task(f"{dataset.name:<20} {method_name:<22}", total=len(queries))
+            build_started = time.perf_counter()
+            method.build(ctx)
+            build_seconds = time.perf_counter() - build_started
+            rankings: dict[str, list[str]] = {}
+            at: dict[int, dict[str, list[str]]] = {}
+            times: list[float] = []
+            for qid, text in queries:
+                query_started = time.perf_counter()
+                rankings[qid] = method.search(text, depth)
+                times.append((time.perf_counter() - query_started) * 1000.0)
+                per_cutoff = method.search_cutoffs(text, cutoffs)
+                if per_cutoff is not None:
+                    for k, ranked in per_cutoff.items():
+                        at.setdefault(k, {})[qid] = ranked
+                bar.advance(task)
+        scores = evaluate(rankings, dataset.qrels, options.ks, at or None)
+        metrics: dict[str, Any] = {key: round(value, 4) for key, value in sorted(scores.items())}
+        metrics["latency_ms_p50"] = round(percentile(times, 50), 3)
+        metrics["latency_ms_p95"] = round(percentile(times, 95), 3)
+        metrics["build_seconds"] = round(build_seconds, 3)
+        entry["methods"][method_name] = metrics
+        latencies[method_name] = [round(value, 3) for value in times]
+    return entry, latencies
+
+
+def markdown_table(results: dict[str, Any]) -> str:
+    """One row per dataset and method; metrics in points (x100), latency in ms."""
+    lines = [
+        "| dataset | method | nDCG@10 | Recall@5 | COMP@5 | MRR@10 | p50 ms | p95 ms | build s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, entry in results["datasets"].items():
+        for method, m in entry["methods"].items():
+            lines.append(
+                f"| {name} | {method} | {100 * m['ndcg@10']:.1f} | {100 * m['recall@5']:.1f} | "
+                f"{100 * m['comp@5']:.1f} | {100 * m['mrr@10']:.1f} | {m['latency_ms_p50']:.2f} | "
+                f"{m['latency_ms_p95']:.2f} | {m['build_seconds']:.2f} |"
+            )
+    summary = gains_summary(results)
+    if summary:
+        lines += ["", summary]
+    return "\n".join(lines)
+
+
+def gains_summary(results: dict[str, Any], method: str = "optimizer") -> str:
+    """nDCG@10 gain of `method` over the better of bm25 and dense, per dataset and on average."""
+    gains: list[tuple[str, float]] = []
+    for name, entry in results["datasets"].items():
+        methods = entry["methods"]
+        baselines = [methods[b]["ndcg@10"] for b in ("bm25", "dense") if b in methods]
+        if method in methods and baselines:
+            gains.append((name, 100 * (methods[method]["ndcg@10"] - max(baselines))))
+    if not gains:
+        return ""
+    parts = ", ".join(f"{name} {gain:+.1f}" for name, gain in gains)
+    mean = sum(gain for _, gain in gains) / len(gains)
+    return f"{method} nDCG@10 over max(bm25, dense): {parts}; mean {mean:+.1f}"
+
+
+def methods_list(text: str, known: Sequence[str]) -> list[str]:
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise ValueError(f"unknown methods {unknown}; known: {', '.join(known)}")
+    return names

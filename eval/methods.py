@@ -1,0 +1,200 @@
+"""The retrieval methods compared by `vmcp eval`, behind one small interface.
+
+- `bm25`: bm25s (Lucene BM25, English stopwords, Snowball stemming) over each tool's plain document.
+- `dense`: the configured embedding model, exact cosine over the same documents.
+- `toolhive`, `toolhive-phrase`: ToolHive vMCP's optimizer ranking (see `eval/toolhive.py`).
+- `optimizer`: our production ranking, `vmcp_opt.optimizer.index.ToolIndex.search`, with the configured
+  defaults. Ablation variants are `optimizer-<name>` (see `OPTIMIZER_VARIANTS`): the same code path with
+  one `OptimizerConfig` field changed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from eval.datasets import Dataset, EvalTool
+from eval.embed import SharedEmbedder
+from eval.toolhive import KeywordMode, ToolHiveRanker, embedding_text
+
+# Ablations: each is the production default with these OptimizerConfig fields overridden.
+OPTIMIZER_VARIANTS: dict[str, dict[str, Any]] = {
+    "optimizer-no-split": {"split_intents": False},
+    "optimizer-rrf": {"fusion": "rrf"},
+    "optimizer-dense-only": {"dense_weight": 1.0},
+    "optimizer-keyword-only": {"dense_weight": 0.0},
+}
+
+
+@dataclass
+class Context:
+    """What every method of one dataset shares: the data, the model and a work directory."""
+
+    dataset: Dataset
+    embedder: SharedEmbedder
+    work_dir: Path
+    optimizer_overrides: dict[str, Any] = field(default_factory=dict)
+
+
+class Method(Protocol):
+    name: str
+
+    def build(self, ctx: Context) -> None: ...
+
+    def search(self, query: str, depth: int) -> list[str]:
+        """Tool ids, best first, at most `depth`."""
+        ...
+
+    def search_cutoffs(self, query: str, cutoffs: Sequence[int]) -> dict[int, list[str]] | None:
+        """Rankings to score at each cut-off when a shorter list is not a prefix of a longer one."""
+        ...
+
+
+def plain_text(tool: EvalTool) -> str:
+    """The document the baselines index: the gateway's document for MCP rows, else the dataset's text."""
+    if tool.mcp:
+        from vmcp_opt.optimizer.documents import tool_document
+
+        return tool_document(tool.fields.to_record())
+    return tool.text
+
+
+class BM25Method:
+    name = "bm25"
+
+    def __init__(self) -> None:
+        self.ids: list[str] = []
+        self.retriever: Any = None
+        self.stemmer: Any = None
+
+    def build(self, ctx: Context) -> None:
+        import bm25s
+        import Stemmer
+
+        self.ids = [tool.id for tool in ctx.dataset.tools]
+        self.stemmer = Stemmer.Stemmer("english")
+        corpus = [plain_text(tool) for tool in ctx.dataset.tools]
+        tokens = bm25s.tokenize(corpus, stopwords="en", stemmer=self.stemmer, show_progress=False)
+        self.retriever = bm25s.BM25()
+        self.retriever.index(tokens, show_progress=False)
+
+    def search(self, query: str, depth: int) -> list[str]:
+        import bm25s
+
+        tokens = bm25s.tokenize([query], stopwords="en", stemmer=self.stemmer, show_progress=False)
+        if not tokens.vocab:
+            return []
+        depth = min(depth, len(self.ids))
+        docs, scores = self.retriever.retrieve(tokens, k=depth, show_progress=False, n_threads=1)
+        return [self.ids[int(doc)] for doc, score in zip(docs[0], scores[0], strict=True) if score > 0]
+
+    def search_cutoffs(self, query: str, cutoffs: Sequence[int]) -> dict[int, list[str]] | None:
+        return None
+
+
+class DenseMethod:
+    name = "dense"
+
+    def __init__(self) -> None:
+        self.ids: list[str] = []
+        self.embedder: SharedEmbedder | None = None
+        self.vectors = np.empty((0, 0), dtype=np.float32)
+
+    def build(self, ctx: Context) -> None:
+        self.ids = [tool.id for tool in ctx.dataset.tools]
+        self.embedder = ctx.embedder
+        self.vectors = ctx.embedder.encode_documents([plain_text(tool) for tool in ctx.dataset.tools])
+
+    def search(self, query: str, depth: int) -> list[str]:
+        assert self.embedder is not None
+        scores = self.vectors @ self.embedder.encode_queries([query])[0]
+        depth = min(depth, len(self.ids))
+        top = np.argpartition(-scores, depth - 1)[:depth]
+        return [self.ids[int(row)] for row in top[np.argsort(-scores[top], kind="stable")]]
+
+    def search_cutoffs(self, query: str, cutoffs: Sequence[int]) -> dict[int, list[str]] | None:
+        return None
+
+
+class ToolHiveMethod:
+    def __init__(self, mode: KeywordMode = "issue") -> None:
+        self.name = "toolhive" if mode == "issue" else "toolhive-phrase"
+        self.mode: KeywordMode = mode
+        self.ids: list[str] = []
+        self.embedder: SharedEmbedder | None = None
+        self.ranker: ToolHiveRanker | None = None
+
+    def build(self, ctx: Context) -> None:
+        tools = ctx.dataset.tools
+        self.ids = [tool.id for tool in tools]
+        self.embedder = ctx.embedder
+        names = [tool.fields.name for tool in tools]
+        descriptions = [tool.fields.description for tool in tools]
+        vectors = ctx.embedder.encode_documents(
+            [embedding_text(n, d) for n, d in zip(names, descriptions, strict=True)]
+        )
+        self.ranker = ToolHiveRanker(names, descriptions, vectors, self.mode)
+
+    def search(self, query: str, depth: int) -> list[str]:
+        assert self.embedder is not None and self.ranker is not None
+        vector = self.embedder.encode_queries([query])[0]
+        return [self.ids[row] for row in self.ranker.search(query, vector, depth)]
+
+    def search_cutoffs(self, query: str, cutoffs: Sequence[int]) -> dict[int, list[str]] | None:
+        # ToolHive's list of size N splits its slots by N, so each cut-off is its own search (N = k).
+        assert self.embedder is not None and self.ranker is not None
+        vector = self.embedder.encode_queries([query])[0]
+        return {k: [self.ids[row] for row in self.ranker.search(query, vector, k)] for k in cutoffs}
+
+
+class OptimizerMethod:
+    """The gateway's own index and ranking (`ToolIndex.search`), built from the tools' MCP fields."""
+
+    def __init__(self, name: str = "optimizer", overrides: dict[str, Any] | None = None) -> None:
+        self.name = name
+        self.overrides = dict(overrides or {})
+        self.index: Any = None
+        self.id_by_name: dict[str, str] = {}
+
+    def build(self, ctx: Context) -> None:
+        from vmcp_opt.config import OptimizerConfig
+        from vmcp_opt.optimizer.index import ToolIndex
+
+        config = OptimizerConfig(**{**ctx.optimizer_overrides, **self.overrides})
+        records = [tool.fields.to_record() for tool in ctx.dataset.tools]
+        self.id_by_name = {record.name: tool.id for record, tool in zip(records, ctx.dataset.tools, strict=True)}
+        index_dir = ctx.work_dir / "indexes" / ctx.dataset.name / self.name
+        # SharedEmbedder has the Embedder interface (it delegates to one); typed apart to keep the cache.
+        self.index = ToolIndex(config, index_dir, embedder=ctx.embedder)  # type: ignore[arg-type]
+        self.index.update(records)
+
+    def search(self, query: str, depth: int) -> list[str]:
+        result = self.index.search(query, limit=depth)
+        return [self.id_by_name[hit.record.name] for hit in result.hits]
+
+    def search_cutoffs(self, query: str, cutoffs: Sequence[int]) -> dict[int, list[str]] | None:
+        return None
+
+
+BASE_METHODS = ("bm25", "dense", "toolhive", "optimizer")
+KNOWN_METHODS = (*BASE_METHODS, "toolhive-phrase", *OPTIMIZER_VARIANTS)
+
+
+def make_method(name: str) -> Method:
+    if name == "bm25":
+        return BM25Method()
+    if name == "dense":
+        return DenseMethod()
+    if name == "toolhive":
+        return ToolHiveMethod("issue")
+    if name == "toolhive-phrase":
+        return ToolHiveMethod("source")
+    if name == "optimizer":
+        return OptimizerMethod()
+    if name in OPTIMIZER_VARIANTS:
+        return OptimizerMethod(name, OPTIMIZER_VARIANTS[name])
+    raise ValueError(f"unknown method {name!r}; known: {', '.join(KNOWN_METHODS)}")
