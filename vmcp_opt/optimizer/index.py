@@ -60,6 +60,8 @@ class _VectorCache:
 
     rows: dict[str, int] = field(default_factory=dict)
     matrix: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.float32))
+    # What owns `matrix`'s memory when it is a view of FAISS storage: kept alive as long as the cache is.
+    owner: Any = None
 
     def stack(self, hashes: Sequence[str], dims: int) -> tuple[np.ndarray, np.ndarray]:
         """(vectors aligned with `hashes`, which rows were found); missing rows are zero."""
@@ -218,7 +220,9 @@ class ToolIndex:
             snapshot = self._build(records, documents, hashes, vectors, np.ones(len(records), dtype=bool))
             del vectors  # the snapshot holds FAISS's copy; drop ours before saving
             self._swap(snapshot)
-            self._cache = _VectorCache({h: i for i, h in enumerate(hashes)}, _or_empty(snapshot.vectors))
+            self._cache = _VectorCache(
+                {h: i for i, h in enumerate(hashes)}, _or_empty(snapshot.vectors), owner=snapshot.faiss_index
+            )
             self._save(hashes, _or_empty(snapshot.vectors))
         stats = UpdateStats(
             embedded=len(first),

@@ -1,0 +1,147 @@
+"""The optimizer through the real gateway process over real backends: meta-tools, ranking, persistence."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from mcp import Client
+
+from tests.support import Gateway, demo_backend, running_gateway, write_config
+
+pytestmark = [pytest.mark.slow, pytest.mark.anyio]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def optimizer_config(index_dir: Path, **optimizer: Any) -> dict[str, Any]:
+    return {
+        "backends": [
+            {"name": "time", "command": "python", "args": ["-m", "mcp_server_time", "--local-timezone", "UTC"]},
+            demo_backend("notes"),
+        ],
+        "optimizer": {"enabled": True, "index_dir": str(index_dir), **optimizer},
+    }
+
+
+@pytest.fixture(scope="module")
+def index_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("indexes")
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory, index_dir: Path) -> Iterator[Gateway]:
+    config = write_config(tmp_path_factory.mktemp("optimizer"), optimizer_config(index_dir, pinned=["notes_whoami"]))
+    with running_gateway(config) as running:
+        yield running
+
+
+async def find(client: Client, query: str, **arguments: Any) -> dict[str, Any]:
+    result = await client.call_tool("find_tool", {"query": query, **arguments})
+    assert not result.is_error, result.content
+    assert result.structured_content is not None
+    # Clients that ignore structured content get the same answer as JSON text.
+    assert json.loads(result.content[0].text) == result.structured_content  # type: ignore[union-attr]
+    return result.structured_content
+
+
+async def wait_for_vectors(client: Client) -> None:
+    """Poll find_tool until it ranks with vectors (the model loads in the background)."""
+    with anyio.fail_after(120):
+        while (await find(client, "anything"))["ranking"] != "hybrid":  # noqa: ASYNC110 - polling the server
+            await anyio.sleep(0.5)
+
+
+async def test_tools_list_holds_the_meta_tools_and_pinned_tools(gateway: Gateway) -> None:
+    async with Client(gateway.url) as client:
+        names = [tool.name for tool in (await client.list_tools()).tools]
+        assert names == ["find_tool", "call_tool", "notes_whoami"]
+
+
+async def test_find_tool_ranks_the_current_time_tool_first(gateway: Gateway) -> None:
+    async with Client(gateway.url) as client:
+        await wait_for_vectors(client)
+        answer = await find(client, "what time is it in Tokyo right now")
+        first = answer["tools"][0]
+        assert first["name"] == "time_get_current_time"
+        assert first["backend"] == "time"
+        assert "timezone" in first["input_schema"]["properties"]
+        assert answer["tokens"]["this_answer"] < answer["tokens"]["full_tool_list"]
+
+
+async def test_find_tool_filters_by_backend_and_limits(gateway: Gateway) -> None:
+    async with Client(gateway.url) as client:
+        answer = await find(client, "save a note", limit=2, backends=["notes"])
+        assert 1 <= len(answer["tools"]) <= 2
+        assert {tool["backend"] for tool in answer["tools"]} == {"notes"}
+        bad = await client.call_tool("find_tool", {"query": "x", "backends": ["nope"]})
+        assert bad.is_error and "field 'backends'" in bad.content[0].text  # type: ignore[union-attr]
+        bad = await client.call_tool("find_tool", {"query": "x", "limit": 500})
+        assert bad.is_error and "field 'limit'" in bad.content[0].text  # type: ignore[union-attr]
+
+
+async def test_call_tool_runs_the_tool_and_names_wrong_fields(gateway: Gateway) -> None:
+    async with Client(gateway.url) as client:
+        result = await client.call_tool(
+            "call_tool", {"tool_name": "time_get_current_time", "arguments": {"timezone": "Asia/Tokyo"}}
+        )
+        assert not result.is_error
+        assert json.loads(result.content[0].text)["timezone"] == "Asia/Tokyo"  # type: ignore[union-attr]
+        wrong = await client.call_tool(
+            "call_tool", {"tool_name": "time_get_current_time", "arguments": {"timezone": 9}}
+        )
+        assert wrong.is_error and "field 'timezone'" in wrong.content[0].text  # type: ignore[union-attr]
+        unknown = await client.call_tool("call_tool", {"tool_name": "no_such_tool", "arguments": {}})
+        assert unknown.is_error and "unknown tool 'no_such_tool'" in unknown.content[0].text  # type: ignore[union-attr]
+
+
+async def test_hidden_tools_can_still_be_called_by_name(gateway: Gateway) -> None:
+    async with Client(gateway.url) as client:
+        result = await client.call_tool("notes_save_note", {"title": "hidden", "text": "still callable"})
+        assert not result.is_error
+
+
+async def test_a_backend_whose_tools_change_is_reindexed_without_restart(gateway: Gateway) -> None:
+    async with Client(gateway.url) as client:
+        await wait_for_vectors(client)
+        await client.call_tool(
+            "call_tool",
+            {
+                "tool_name": "notes_add_tool",
+                "arguments": {"name": "forecast_weather", "description": "Weather forecast for a city"},
+            },
+        )
+        with anyio.fail_after(60):
+            while True:
+                answer = await find(client, "will it rain in Paris tomorrow", limit=3)
+                if answer["ranking"] == "hybrid" and answer["tools"][0]["name"] == "notes_forecast_weather":
+                    break
+                await anyio.sleep(0.3)  # noqa: ASYNC110 - polling the server
+    assert re.search(r"index updated: embedded 1, reused \d+", gateway.output())
+
+
+async def test_a_restart_reuses_the_persisted_index(tmp_path: Path, gateway: Gateway, index_dir: Path) -> None:
+    async with Client(gateway.url) as client:
+        await wait_for_vectors(client)
+    config = write_config(tmp_path, optimizer_config(index_dir))
+    with running_gateway(config) as restarted:
+        async with Client(restarted.url) as client:
+            await wait_for_vectors(client)
+        assert re.search(r"index updated: embedded 0, reused \d+", restarted.output()), restarted.output()
+
+
+async def test_no_optimizer_flag_gives_the_full_list_back(tmp_path: Path, index_dir: Path) -> None:
+    config = write_config(tmp_path, optimizer_config(index_dir))
+    with running_gateway(config, "--no-optimizer") as plain:
+        async with Client(plain.url) as client:
+            names = {tool.name for tool in (await client.list_tools()).tools}
+    assert "find_tool" not in names
+    assert {"time_get_current_time", "notes_save_note"} <= names
