@@ -124,7 +124,7 @@ async def test_a_backend_whose_tools_change_is_reindexed_without_restart(gateway
                 answer = await find(client, "will it rain in Paris tomorrow", limit=3)
                 if answer["ranking"] == "hybrid" and answer["tools"][0]["name"] == "notes_forecast_weather":
                     break
-                await anyio.sleep(0.3)  # noqa: ASYNC110 - polling the server
+                await anyio.sleep(0.3)
     assert re.search(r"index updated: embedded 1, reused \d+", gateway.output())
 
 
