@@ -160,9 +160,9 @@ class OptimizerFront:
         self._embed_in_background(records)
 
     async def call(self, ctx: Ctx, params: types.CallToolRequestParams) -> types.CallToolResult:
-        arguments = dict(params.arguments or {})
         tool = FIND_TOOL if params.name == FIND_TOOL.name else CALL_TOOL
         try:
+            arguments = _coerce_strings(dict(params.arguments or {}))
             self._validator.check(tool.name, tool.input_schema, arguments)
         except ArgumentError as exc:
             return _error(str(exc))
@@ -249,6 +249,38 @@ class OptimizerFront:
                 self.index.update(records)
             except Exception:  # the keyword ranking keeps serving; say why vectors are missing
                 logger.exception("optimizer: embedding the catalogue failed; find_tool ranks by keywords")
+
+
+def _coerce_strings(arguments: dict[str, Any]) -> dict[str, Any]:
+    """Accept the string forms that string-only clients send (the inspector CLI's `--tool-arg k=v`).
+
+    `arguments` as a JSON object in a string, `limit` as digits, `backends` as a JSON list or a
+    comma-separated string. Anything else is left for the schema check to name.
+    """
+    coerced = dict(arguments)
+    raw = coerced.get("arguments")
+    if isinstance(raw, str):
+        try:
+            coerced["arguments"] = json.loads(raw) if raw.strip() else {}
+        except json.JSONDecodeError as exc:
+            raise ArgumentError(
+                f"invalid arguments for tool 'call_tool': field 'arguments': not a JSON object ({exc})"
+            ) from None
+    limit = coerced.get("limit")
+    if isinstance(limit, str) and limit.strip().isdigit():
+        coerced["limit"] = int(limit)
+    backends = coerced.get("backends")
+    if isinstance(backends, str):
+        text = backends.strip()
+        try:
+            coerced["backends"] = (
+                json.loads(text) if text.startswith("[") else [b.strip() for b in text.split(",") if b.strip()]
+            )
+        except json.JSONDecodeError as exc:
+            raise ArgumentError(
+                f"invalid arguments for tool 'find_tool': field 'backends': not a JSON list ({exc})"
+            ) from None
+    return coerced
 
 
 def _error(message: str) -> types.CallToolResult:
