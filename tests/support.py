@@ -40,7 +40,9 @@ def write_config(directory: Path, config: dict[str, Any], name: str = "vmcp.yaml
     return path
 
 
-def wait_http(url: str, timeout: float = 30.0, expect: tuple[int, ...] = (200,), proc: subprocess.Popen[bytes] | None = None) -> httpx2.Response:
+def wait_http(
+    url: str, timeout: float = 30.0, expect: tuple[int, ...] = (200,), proc: subprocess.Popen[bytes] | None = None
+) -> httpx2.Response:
     deadline = time.monotonic() + timeout
     last: Exception | None = None
     while time.monotonic() < deadline:
@@ -57,13 +59,18 @@ def wait_http(url: str, timeout: float = 30.0, expect: tuple[int, ...] = (200,),
 
 
 @contextlib.contextmanager
-def http_demo_backend(port: int | None = None) -> Iterator[str]:
-    """The demo backend over streamable HTTP; yields its /mcp URL."""
+def http_demo_backend(port: int | None = None, *, sse: bool = False) -> Iterator[str]:
+    """The demo backend over streamable HTTP (its /mcp URL) or the legacy SSE transport (its /sse URL)."""
     port = port or free_port()
-    proc = subprocess.Popen([sys.executable, str(DEMO_SERVER), "--http", "--port", str(port)], stderr=subprocess.DEVNULL)
+    flag, path = ("--sse", "/sse") if sse else ("--http", "/mcp")
+    proc = subprocess.Popen([sys.executable, str(DEMO_SERVER), flag, "--port", str(port)], stderr=subprocess.DEVNULL)
     try:
-        url = f"http://127.0.0.1:{port}/mcp"
-        wait_http(url, expect=(200, 400, 405, 406), proc=proc)
+        url = f"http://127.0.0.1:{port}{path}"
+        wait_http(
+            f"http://127.0.0.1:{port}/mcp" if not sse else f"http://127.0.0.1:{port}/messages/",
+            expect=(200, 400, 404, 405, 406),
+            proc=proc,
+        )
         yield url
     finally:
         stop_process(proc)
@@ -88,7 +95,11 @@ class Gateway:
 
 @contextlib.contextmanager
 def running_gateway(
-    config_path: Path, *args: str, env: dict[str, str] | None = None, ready_timeout: float = 60.0, wait_ready: bool = True
+    config_path: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    ready_timeout: float = 60.0,
+    wait_ready: bool = True,
 ) -> Iterator[Gateway]:
     port = free_port()
     log = config_path.parent / f"gateway-{port}.log"

@@ -251,6 +251,18 @@ async def test_filters_and_overrides_shape_the_catalogue(tmp_path: Path) -> None
             assert await whoami(client, "which_server") == "alpha"
 
 
+async def test_a_legacy_sse_backend_is_aggregated_and_routed(tmp_path: Path) -> None:
+    with http_demo_backend(sse=True) as sse_url:
+        config = {"backends": [{"name": "old", "transport": "sse", "url": sse_url}]}
+        with running_gateway(write_config(tmp_path, config)) as gw:
+            async with Client(gw.url) as client:
+                assert "old_save_note" in {tool.name for tool in (await client.list_tools()).tools}
+                result = await client.call_tool("old_save_note", {"title": "sse", "text": "over the old transport"})
+                assert not result.is_error
+                note = await client.read_resource("notes://note/sse")
+                assert note.contents[0].text == "over the old transport"  # type: ignore[union-attr]
+
+
 async def test_discovered_mode_serves_a_claude_desktop_config(tmp_path: Path) -> None:
     desktop = tmp_path / "claude_desktop_config.json"
     desktop.write_text(json.dumps({"mcpServers": {"time": {"command": "python", "args": ["-m", "mcp_server_time"]}}}))

@@ -3,6 +3,7 @@
 Runs over stdio (default) or streamable HTTP:
     python examples/backends/demo_server.py                       # stdio
     python examples/backends/demo_server.py --http --port 9001    # http://127.0.0.1:9001/mcp
+    python examples/backends/demo_server.py --sse --port 9002     # http://127.0.0.1:9002/sse (legacy transport)
 Two instances under different backend names collide on every name, which is what the conflict
 resolution tests need; `add_tool` makes the tool list change, which the list_changed tests need.
 """
@@ -88,10 +89,13 @@ STARTED = time.time()
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--http", action="store_true", help="serve streamable HTTP instead of stdio")
+    parser.add_argument("--sse", action="store_true", help="serve the legacy HTTP+SSE transport (/sse)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=9001)
     args = parser.parse_args()
-    if args.http:
+    if args.sse:
+        server.run("sse", host=args.host, port=args.port)
+    elif args.http:
         server.run("streamable-http", host=args.host, port=args.port)
     else:
         server.run()
