@@ -56,10 +56,17 @@ def report(direct: list[float], proxied: list[float], mode: str) -> None:
     for column in ("path", "p50", "p95", "mean"):
         table.add_column(column, justify="right")
     for name, samples in (("direct", direct), ("through vmcp", proxied)):
-        table.add_row(name, f"{percentile(samples, 0.5):.2f}", f"{percentile(samples, 0.95):.2f}", f"{statistics.mean(samples):.2f}")
+        table.add_row(
+            name,
+            f"{percentile(samples, 0.5):.2f}",
+            f"{percentile(samples, 0.95):.2f}",
+            f"{statistics.mean(samples):.2f}",
+        )
     console.print(table)
     added = percentile(proxied, 0.5) - percentile(direct, 0.5)
-    console.print(f"added by the gateway: p50 {added:+.2f} ms, ratio {percentile(proxied, 0.5) / percentile(direct, 0.5):.2f}x")
+    console.print(
+        f"added by the gateway: p50 {added:+.2f} ms, ratio {percentile(proxied, 0.5) / percentile(direct, 0.5):.2f}x"
+    )
 
 
 def plot(direct: list[float], proxied: list[float], mode: str) -> Path:
@@ -91,7 +98,9 @@ def main() -> None:
     with http_demo_backend() as backend_url:
         directory = RESULTS / "proxy_overhead"
         directory.mkdir(parents=True, exist_ok=True)
-        config = write_config(directory, {"backends": [{"name": "web", "transport": "streamable-http", "url": backend_url}]})
+        config = write_config(
+            directory, {"backends": [{"name": "web", "transport": "streamable-http", "url": backend_url}]}
+        )
         with running_gateway(config, "--no-optimizer") as gateway:
             direct, proxied = anyio.run(measure, backend_url, gateway.url, args.calls, args.mode)
     report(direct, proxied, args.mode)
