@@ -290,25 +290,31 @@ def main(
     sizes: str = typer.Option("1000,10000,100000", help="Comma-separated catalogue sizes."),
     quick: bool = typer.Option(False, help="1k and 10k, 100 queries, a smaller throughput sample."),
     query_count: int = typer.Option(300, "--queries", help="Queries timed per size."),
+    query_threads: int = typer.Option(OptimizerConfig().query_threads, help="torch threads per query embedding."),
 ) -> None:
     size_list = [1000, 10000] if quick else [int(s) for s in sizes.split(",") if s.strip()]
     query_count = 100 if quick else query_count
     base = base_tools()
     query_texts = queries(query_count)
     console.print(f"{len(base):,} distinct tools in the eval data; {len(query_texts)} queries; sizes {size_list}")
+    load_before = os.getloadavg()[0]
     started = time.perf_counter()
-    embedder = load_embedder("all-MiniLM-L6-v2")
+    embedder = load_embedder("all-MiniLM-L6-v2", query_threads=query_threads)
     model_load_s = time.perf_counter() - started
     sample = [tool_document(r) for r in random.Random(3).sample(base, 256 if quick else 512)]
     with console.status("bulk encoding throughput, fp32 vs bf16"):
         encode = throughput(embedder, sample)
     results = [bench_size(size, base, embedder, query_texts) for size in size_list]
     report(results, encode, model_load_s)
+    load = (load_before, os.getloadavg()[0])
+    console.print(f"load average (1 min) before/after: {load[0]:.1f} / {load[1]:.1f} on {os.cpu_count()} cores")
     RESULTS.mkdir(parents=True, exist_ok=True)
     summary = {
         "model_load_s": model_load_s,
         "encoding": encode,
         "cpu_count": os.cpu_count(),
+        "query_threads": query_threads,
+        "load_average": load,
         "results": [{k: v for k, v in r.items() if k != "samples"} for r in results],
     }
     (RESULTS / "optimizer.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")

@@ -271,3 +271,22 @@ def test_searches_keep_answering_while_an_update_runs(tmp_path: Path, embedder: 
     updater.join()
     assert answers > 0
     assert len(index) == len(bigger)
+
+
+def test_concurrent_searches_share_one_model_safely(index: ToolIndex) -> None:
+    index.update(CATALOGUE)
+    failures: list[BaseException] = []
+
+    def ask() -> None:
+        try:
+            for _ in range(20):
+                assert names(index, "what time is it in Tokyo right now")[0] == "time_get_current_time"
+        except BaseException as exc:  # reported below: a thread's exception is otherwise lost
+            failures.append(exc)
+
+    threads = [threading.Thread(target=ask) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []

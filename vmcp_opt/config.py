@@ -152,6 +152,11 @@ class OptimizerConfig(_Strict):
     candidates: int = Field(100, ge=1)
     # Most sub-queries one multi-intent request is split into (each costs one query embedding).
     max_intents: int = Field(4, ge=1, le=16)
+    # torch threads for one query embedding: 1 holds up when cores are contended (2 threads measured
+    # 7x slower at p50 on a busy 2-core host), 2 saves ~2 ms on an idle one.
+    query_threads: int = Field(1, ge=1, le=64)
+    # torch threads for bulk embedding (index builds); 0 = every core.
+    bulk_threads: int = Field(0, ge=0, le=256)
 
 
 class TimeoutsConfig(_Strict):

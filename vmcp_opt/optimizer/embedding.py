@@ -43,9 +43,6 @@ _BUILTIN_REGISTRY: dict[str, dict[str, Any]] = {
 }
 # Below this many documents, bulk encoding stays in float32.
 BFLOAT16_MIN_DOCUMENTS = 128
-# torch's intra-op threads, set once at load (changing them per call races between threads). A query
-# is ~30% faster on 2 threads than on 1; past 4, bulk gains little and queries lose to contention.
-TORCH_THREADS = max(1, min(4, os.cpu_count() or 1))
 
 
 class ModelError(Exception):
@@ -171,35 +168,36 @@ def cpu_supports_bfloat16() -> bool:
 class Embedder:
     """A sentence-transformers model: fp32 for queries, optionally a bfloat16 copy for bulk documents."""
 
-    def __init__(self, spec: ModelSpec, model: Any, *, bulk_bfloat16: bool = True, batch_size: int = 64) -> None:
+    def __init__(
+        self,
+        spec: ModelSpec,
+        model: Any,
+        *,
+        bulk_bfloat16: bool = True,
+        batch_size: int = 64,
+        query_threads: int = 1,
+        bulk_threads: int = 0,
+    ) -> None:
         self.spec = spec
         self.model_id = spec.id
         self.dimensions = spec.dimensions
         self.batch_size = batch_size
+        self.query_threads = query_threads
+        self.bulk_threads = bulk_threads or os.cpu_count() or 1
         self.bulk_bfloat16 = bulk_bfloat16 and cpu_supports_bfloat16()
         self._model = model
         self._bulk_model: Any = None
         self._bulk_lock = threading.Lock()
+        self._tokenizer_lock = threading.Lock()
 
     def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
         """float32, L2-normalised, one row per text, with the model's query prefix."""
-        import torch
-
-        inputs = [self.spec.query_prefix + text for text in texts]
-        with torch.inference_mode():
-            vectors = self._model.encode(
-                inputs,
-                batch_size=max(1, len(inputs)),
-                normalize_embeddings=True,
-                convert_to_numpy=True,
-                show_progress_bar=False,
-            )
-        return np.ascontiguousarray(vectors, dtype=np.float32)
+        _set_torch_threads(self.query_threads)
+        vectors = self._encode(self._model, [self.spec.query_prefix + text for text in texts])
+        return np.ascontiguousarray(vectors.numpy(), dtype=np.float32)
 
     def encode_documents(self, texts: Sequence[str], *, progress: bool = False) -> np.ndarray:
         """Bulk encoding (bfloat16 where enabled and supported), float32 normalised rows, in input order."""
-        import torch
-
         out = np.empty((len(texts), self.dimensions), dtype=np.float32)
         if not texts:
             return out
@@ -210,27 +208,33 @@ class Embedder:
         lengths = np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts))
         order = np.argsort(-lengths, kind="stable")
         step = self.batch_size
+        previous = _set_torch_threads(self.bulk_threads)
         with _maybe_progress(progress, f"embedding {len(texts)} tools", len(texts)) as advance:
             for start in range(0, len(texts), step):
                 rows = order[start : start + step]
                 batch = [self.spec.document_prefix + texts[i] for i in rows]
-                with torch.inference_mode():
-                    vectors = model.encode(
-                        batch,
-                        batch_size=len(batch),
-                        normalize_embeddings=True,
-                        convert_to_tensor=True,
-                        show_progress_bar=False,
-                    )
-                out[rows] = vectors.float().cpu().numpy()
+                vectors = self._encode(model, batch)
+                out[rows] = vectors.numpy()
                 advance(len(rows))
-        # bfloat16 output is normalised before rounding; renormalise in float32 so inner products are cosines.
-        out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        _set_torch_threads(previous)
         if bf16:
             with self._bulk_lock:
                 self._bulk_model = None
         _release_memory()  # activations of long batches otherwise stay in the process (~100 MB)
         return out
+
+    def _encode(self, model: Any, texts: list[str]) -> Any:
+        """One batch through the model: a normalised float32 tensor, one row per text."""
+        import torch
+
+        # A Rust tokenizer raises "Already borrowed" when two threads use it at once (a search during an
+        # update); tokenizing is ~0.1 ms, so it is serialised while the forward passes run in parallel.
+        with self._tokenizer_lock:
+            features = model.preprocess(texts)
+        with torch.inference_mode():
+            embeddings = model(features)["sentence_embedding"]
+            # Normalised in float32 (after a bfloat16 forward too), so inner products are cosines.
+            return torch.nn.functional.normalize(embeddings.float(), p=2, dim=1)
 
     def _bulk(self) -> Any:
         with self._bulk_lock:
@@ -239,6 +243,19 @@ class Embedder:
 
                 self._bulk_model = copy.deepcopy(self._model).to(torch.bfloat16)
             return self._bulk_model
+
+
+def _set_torch_threads(count: int) -> int:
+    """Set torch's intra-op threads for the calling thread (OpenMP keeps them per thread); returns the old count.
+
+    New threads start from the last value set anywhere, so bulk encoding restores it when done.
+    """
+    import torch
+
+    previous = int(torch.get_num_threads())
+    if previous != count:
+        torch.set_num_threads(count)
+    return previous
 
 
 def _release_memory() -> None:
@@ -261,7 +278,15 @@ def _maybe_progress(enabled: bool, label: str, total: int) -> Iterator[Any]:
         yield lambda n: bar.advance(task, n)
 
 
-def load_embedder(spec: str, *, bulk_bfloat16: bool = True, batch_size: int = 64, progress: bool = True) -> Embedder:
+def load_embedder(
+    spec: str,
+    *,
+    bulk_bfloat16: bool = True,
+    batch_size: int = 64,
+    progress: bool = True,
+    query_threads: int = 1,
+    bulk_threads: int = 0,
+) -> Embedder:
     """Load a registry model or a local directory, offline; a spinner on stderr while torch loads."""
     _offline()
     model_spec = resolve_model(spec)
@@ -272,7 +297,7 @@ def load_embedder(spec: str, *, bulk_bfloat16: bool = True, batch_size: int = 64
             import torch
             from sentence_transformers import SentenceTransformer
 
-            torch.set_num_threads(TORCH_THREADS)
+            torch.set_num_threads(query_threads)
 
             model = SentenceTransformer(str(model_spec.path), device="cpu", local_files_only=True)
         except (OSError, ValueError) as exc:
@@ -285,7 +310,14 @@ def load_embedder(spec: str, *, bulk_bfloat16: bool = True, batch_size: int = 64
             f"model {model_spec.id!r}: registry says {model_spec.dimensions} dimensions, model has {loaded_dims}"
         )
     log.info("embedding model %s loaded in %.1f s", model_spec.id, time.perf_counter() - started)
-    return Embedder(model_spec, model, bulk_bfloat16=bulk_bfloat16, batch_size=batch_size)
+    return Embedder(
+        model_spec,
+        model,
+        bulk_bfloat16=bulk_bfloat16,
+        batch_size=batch_size,
+        query_threads=query_threads,
+        bulk_threads=bulk_threads,
+    )
 
 
 def _status(message: str) -> Any:

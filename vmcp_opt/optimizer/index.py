@@ -202,7 +202,11 @@ class ToolIndex:
         with self._update_lock:
             if self.embedder is None:
                 self.embedder = load_embedder(
-                    self.config.model, bulk_bfloat16=self.config.bulk_bfloat16, batch_size=self.config.batch_size
+                    self.config.model,
+                    bulk_bfloat16=self.config.bulk_bfloat16,
+                    batch_size=self.config.batch_size,
+                    query_threads=self.config.query_threads,
+                    bulk_threads=self.config.bulk_threads,
                 )
             records, documents, hashes = _prepare(records)
             cache = self._vector_cache()
