@@ -44,7 +44,14 @@ def _text(result: types.CallToolResult) -> str:
 
 
 def _backend_processes(gateway: Gateway) -> list[psutil.Process]:
-    return [p for p in gateway.children() if any(str(CONFORMANCE_SERVER) in part for part in p.cmdline())]
+    found = []
+    for process in gateway.children():
+        try:
+            if any(str(CONFORMANCE_SERVER) in part for part in process.cmdline()):
+                found.append(process)
+        except psutil.NoSuchProcess:
+            continue  # reaped between the listing and the look: it is not running
+    return found
 
 
 def _settled_backend_processes(gateway: Gateway, timeout: float = 10.0) -> int:
