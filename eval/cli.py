@@ -51,7 +51,7 @@ def run(
     plots: Annotated[bool, typer.Option(help="Write PNG plots next to results.json.")] = True,
     threads: Annotated[
         int,
-        typer.Option(help="torch threads per query (bulk encoding uses 2); 1 is steadiest on a busy 2-core machine."),
+        typer.Option(help="torch threads; on a busy 2-core machine 1 was 4-8x faster than 2."),
     ] = 1,
 ) -> None:
     """Run every method on every dataset with one embedding model and print the table."""

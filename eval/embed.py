@@ -31,11 +31,11 @@ class EmbedderLike(Protocol):
 
 class SharedEmbedder:
     def __init__(
-        self, inner: Any, cache_dir: Path | None = None, query_threads: int = 1, bulk_threads: int = 2
+        self, inner: Any, cache_dir: Path | None = None, query_threads: int = 1, bulk_threads: int = 1
     ) -> None:
         self.inner = inner
-        # Deliberate thread counts: one query is fastest on 1 torch thread while anything else runs on the
-        # other core (2 threads contend with numpy/FAISS and neighbours); bulk encoding uses both.
+        # Deliberate thread counts: with anything else on the other core, 2 torch threads were 4-8x slower
+        # than 1 here (spinning workers contend), for one query and for bulk encoding alike.
         self.query_threads = query_threads
         self.bulk_threads = bulk_threads
         self.model_id: str = str(inner.model_id)
@@ -43,12 +43,22 @@ class SharedEmbedder:
         self.cache_dir = cache_dir
         self._vectors: dict[str, Vectors] = {}
         self.embedded = 0
+        # Tuning only (`eval/tune.py`): reuse query vectors across configurations. Off for timed runs.
+        self.query_cache: dict[str, Vectors] | None = None
 
     def __getattr__(self, name: str) -> Any:
         # Anything else the optimizer's index asks of an embedder (spec, batch_size...) comes from the model.
         return getattr(self.inner, name)
 
     def encode_queries(self, texts: Sequence[str]) -> Vectors:
+        if self.query_cache is not None:
+            cache = self.query_cache
+            missing = [text for text in dict.fromkeys(texts) if text not in cache]
+            if missing:
+                with torch_threads(self.query_threads):
+                    vectors = np.asarray(self.inner.encode_queries(missing), dtype=np.float32)
+                cache.update(zip(missing, vectors, strict=True))
+            return np.stack([cache[text] for text in texts]) if texts else np.empty((0, self.dimensions), np.float32)
         with torch_threads(self.query_threads):
             return np.asarray(self.inner.encode_queries(list(texts)), dtype=np.float32)
 
@@ -122,4 +132,4 @@ def load_shared_embedder(
     from vmcp_opt.optimizer.embedding import load_embedder
 
     inner = load_embedder(model, bulk_bfloat16=bulk_bfloat16, progress=False)
-    return SharedEmbedder(inner, cache_dir, query_threads=query_threads)
+    return SharedEmbedder(inner, cache_dir, query_threads=query_threads, bulk_threads=query_threads)

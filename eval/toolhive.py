@@ -29,7 +29,31 @@ import numpy.typing as npt
 
 # ToolHive's `problematicWords` (aligned there with the Python mcp_optimizer's list).
 SCHEMA_WORDS = frozenset(
-    ["name", "description", "schema", "input", "output", "type", "properties", "required", "title", "id", "tool", "server", "meta", "data", "content", "text", "value", "field", "column", "table", "index", "key", "primary"]
+    [
+        "name",
+        "description",
+        "schema",
+        "input",
+        "output",
+        "type",
+        "properties",
+        "required",
+        "title",
+        "id",
+        "tool",
+        "server",
+        "meta",
+        "data",
+        "content",
+        "text",
+        "value",
+        "field",
+        "column",
+        "table",
+        "index",
+        "key",
+        "primary",
+    ]
 )
 SEMANTIC_RATIO = 0.5
 DISTANCE_THRESHOLD = 1.0

@@ -1,0 +1,78 @@
+"""End to end: `vmcp eval run` on a tiny BEIR directory written by the test."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from eval.cli import eval_app
+
+TOOLS = [
+    ("time", "get_current_time", "Get the current time in a given IANA timezone", {"timezone": "IANA zone name"}),
+    ("time", "convert_time", "Convert a time between two timezones", {"source_timezone": "", "target_timezone": ""}),
+    ("weather", "get_forecast", "Weather forecast for a city for the next days", {"city": "City name"}),
+    ("mail", "send_email", "Send an email message to a recipient", {"to": "Address", "body": "Message text"}),
+    ("git", "git_commit", "Record changes to the repository with a message", {"message": "Commit message"}),
+]
+QUERIES = {
+    "q1": ("what time is it in Tokyo right now", ["0"]),
+    "q2": ("will it rain in Paris tomorrow", ["2"]),
+    "q3": ("email Bob the weather forecast for Paris", ["2", "3"]),
+    "q4": ("commit my changes to the repository", ["4"]),
+}
+
+
+def write_tiny_beir(root: Path) -> Path:
+    (root / "qrels").mkdir(parents=True)
+    rows = []
+    for i, (backend, name, description, params) in enumerate(TOOLS):
+        schema = {"type": "object", "properties": {p: {"type": "string", "description": d} for p, d in params.items()}}
+        metadata = {"name": f"{backend}_{name}", "backend": backend, "input_schema": schema, "original_name": name}
+        rows.append({"_id": str(i), "title": "", "text": description, "metadata": metadata})
+    (root / "corpus.jsonl").write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+    queries = [json.dumps({"_id": qid, "text": text}) for qid, (text, _) in QUERIES.items()]
+    (root / "queries.jsonl").write_text("\n".join(queries) + "\n")
+    qrels = [f"{qid}\t{doc}\t1" for qid, (_, docs) in QUERIES.items() for doc in docs]
+    (root / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "\n".join(qrels) + "\n")
+    return root
+
+
+def test_eval_run_scores_every_method_and_writes_results_table_and_plots(tmp_path: Path) -> None:
+    data = write_tiny_beir(tmp_path / "tiny")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        eval_app,
+        [
+            "run",
+            "--dataset",
+            str(data),
+            "--methods",
+            "bm25,dense,toolhive,optimizer",
+            "--k",
+            "1,3,5",
+            "--out",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    results = json.loads((out / "results.json").read_text())
+    entry = results["datasets"]["tiny"]
+    assert (entry["queries"], entry["tools"]) == (4, 5)
+    assert set(entry["methods"]) == {"bm25", "dense", "toolhive", "optimizer"}
+    for metrics in entry["methods"].values():
+        for key in ("recall@5", "ndcg@10", "comp@5", "mrr@10", "latency_ms_p50"):
+            assert key in metrics
+        assert 0.0 <= metrics["ndcg@10"] <= 1.0
+    # The optimizer finds the obvious tools of this catalogue.
+    assert entry["methods"]["optimizer"]["recall@5"] >= 0.75
+    assert "| tiny | optimizer |" in result.stdout
+    for plot in ("recall_at_k.png", "ndcg_at_10.png", "latency.png"):
+        assert (out / plot).stat().st_size > 0
+
+
+def test_eval_run_explains_a_missing_dataset(tmp_path: Path) -> None:
+    result = CliRunner().invoke(eval_app, ["run", "--dataset", "all", "--data-dir", str(tmp_path / "none")])
+    assert result.exit_code == 2
+    assert "does not exist" in " ".join(result.output.split())
