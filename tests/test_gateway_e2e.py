@@ -222,10 +222,11 @@ async def test_manual_strategy_with_overrides_exposes_both(tmp_path: Path) -> No
             assert {"summarize_notes", "beta_summarize_notes"} <= prompts  # prompts fall back to the prefix
 
 
-def test_manual_strategy_unresolved_conflict_fails_start_naming_both_backends(tmp_path: Path) -> None:
-    config = write_config(tmp_path, twin_config("manual"))
+@pytest.mark.parametrize("optimizer", ["--no-optimizer", "--optimizer"])
+def test_manual_strategy_unresolved_conflict_fails_start_naming_both_backends(tmp_path: Path, optimizer: str) -> None:
+    config = write_config(tmp_path, {**twin_config("manual"), "optimizer": {"index_dir": str(tmp_path / "idx")}})
     result = subprocess.run(
-        [sys.executable, "-m", "vmcp_opt", "serve", "-c", str(config), "--port", "0"],
+        [sys.executable, "-m", "vmcp_opt", "serve", "-c", str(config), "--port", "0", optimizer],
         capture_output=True,
         text=True,
         timeout=120,

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -68,6 +68,11 @@ class BackendConfig(_Strict):
     # Per-backend overrides of `timeouts`.
     connect_timeout: float | None = Field(None, gt=0)
     call_timeout: float | None = Field(None, gt=0)
+    # Values expanded from `${VAR}` references: secrets by assumption, masked wherever they could show.
+    _referenced: set[str] = PrivateAttr(default_factory=set)
+
+    def referenced_values(self) -> set[str]:
+        return set(self._referenced)
 
     @model_validator(mode="after")
     def _transport_fields(self) -> BackendConfig:
@@ -371,23 +376,24 @@ def _with_env_references_resolved(config: VmcpConfig) -> VmcpConfig:
     """Expand `${VAR}` in backend env, headers, args and url, so secrets stay out of config files."""
     problems: list[str] = []
 
-    def expand(value: str, where: str) -> str:
+    def expand(value: str, where: str, referenced: set[str]) -> str:
         def replace(match: re.Match[str]) -> str:
             name = match.group(1)
             if name not in os.environ:
                 problems.append(f"{where}: references ${{{name}}}, which is not set in the environment")
                 return ""
+            referenced.add(os.environ[name])
             return os.environ[name]
 
         return _ENV_REFERENCE.sub(replace, value)
 
     for index, backend in enumerate(config.backends):
-        where = f"backends[{index}]"
-        backend.env = {k: expand(v, f"{where}.env.{k}") for k, v in backend.env.items()}
-        backend.headers = {k: expand(v, f"{where}.headers.{k}") for k, v in backend.headers.items()}
-        backend.args = [expand(arg, f"{where}.args[{i}]") for i, arg in enumerate(backend.args)]
+        where, seen = f"backends[{index}]", backend._referenced
+        backend.env = {k: expand(v, f"{where}.env.{k}", seen) for k, v in backend.env.items()}
+        backend.headers = {k: expand(v, f"{where}.headers.{k}", seen) for k, v in backend.headers.items()}
+        backend.args = [expand(arg, f"{where}.args[{i}]", seen) for i, arg in enumerate(backend.args)]
         if backend.url:
-            backend.url = expand(backend.url, f"{where}.url")
+            backend.url = expand(backend.url, f"{where}.url", seen)
     if problems:
         raise ConfigError(problems)
     return config

@@ -12,9 +12,19 @@ MASK = "***"
 _MIN_SECRET_LENGTH = 4  # shorter values ("1", "on") would mask ordinary words
 
 
+# Env keys whose values are secrets whatever they look like.
+_SECRET_KEY = re.compile(
+    r"TOKEN|SECRET|PASSW|PASSPHRASE|API_?KEY|ACCESS_?KEY|PRIVATE|CREDENTIAL|AUTH|COOKIE|SESSION", re.I
+)
+
+
 def secret_values(backend: BackendConfig) -> list[str]:
-    """Values that must never be shown: every env value and header value, longest first."""
-    values = {v for v in [*backend.env.values(), *backend.headers.values()] if len(v) >= _MIN_SECRET_LENGTH}
+    """Values that must never be shown, longest first: every header value, env values under secret-looking
+    keys, and every value that came from a `${VAR}` reference. Other env values (a timezone, a file path,
+    a name) stay readable in logs."""
+    env = [value for key, value in backend.env.items() if _SECRET_KEY.search(key)]
+    candidates = [*env, *backend.headers.values(), *backend.referenced_values()]
+    values = {v for v in candidates if len(v) >= _MIN_SECRET_LENGTH}
     # `Bearer <token>`: the token alone must not leak either.
     values |= {part for v in backend.headers.values() for part in v.split() if len(part) >= 8}
     return sorted(values, key=len, reverse=True)

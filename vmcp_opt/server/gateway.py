@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import weakref
+from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
 import anyio
@@ -78,6 +79,9 @@ class Gateway:
         self.catalog = Catalog()
         self.front: ToolFront | None = None
         self.started = False
+        # A failure found after serving began (a name conflict while connecting in the background).
+        self.fatal: BaseException | None = None
+        self.on_fatal: Callable[[BaseException], None] | None = None
         self._validator = ArgumentValidator()
         # One Connection per client (a ServerSession lives only as long as one request).
         self._clients: weakref.WeakSet[Connection] = weakref.WeakSet()
@@ -95,6 +99,23 @@ class Gateway:
         when a backend could not connect.
         """
         self.relay.attach(task_group)
+        if self.front is not None and self.config.failure.mode == "best_effort":
+            # With the optimizer on, tools/list is the meta-tools, which need no backend: serve at once
+            # and let the catalogue (and find_tool's index) fill in as the backends connect.
+            task_group.start_soon(self._connect_in_background, task_group, name="connect-backends")
+            return
+        await self._connect_and_build(task_group)
+
+    async def _connect_in_background(self, task_group: anyio.abc.TaskGroup) -> None:
+        try:
+            await self._connect_and_build(task_group)
+        except (ConflictError, StartupError) as exc:
+            self.fatal = exc
+            logger.error("cannot serve: %s", exc)
+            if self.on_fatal is not None:
+                self.on_fatal(exc)
+
+    async def _connect_and_build(self, task_group: anyio.abc.TaskGroup) -> None:
         await self.backends.start(task_group)
         down = self.backends.not_ready()
         if down and self.config.failure.mode == "fail":
@@ -108,6 +129,7 @@ class Gateway:
         if self.front is not None:
             await self.front.catalog_changed(self.catalog)
         self.started = True
+        await self.notify_list_changed()  # clients that connected while the backends were connecting
         logger.info(
             "catalogue: %d tools, %d prompts, %d resources, %d resource templates",
             len(self.catalog.tools),

@@ -56,10 +56,17 @@ def run_gateway(config: VmcpConfig, announce: Callable[[VmcpConfig], None] | Non
             announce(config)
 
     server.startup = startup  # type: ignore[method-assign]
+
+    def stop_serving(exc: BaseException) -> None:
+        server.should_exit = True
+
+    gateway.on_fatal = stop_serving
     try:
         server.run()
     except ConflictError as exc:
         logger.error("cannot start: %s", exc)
+        return 2
+    if gateway.fatal is not None:
         return 2
     return 0 if server.started else 1
 
@@ -74,6 +81,7 @@ async def _serve_stdio_until_signal(gateway: Gateway) -> int:
                     return
 
         task_group.start_soon(watch_signals)
+        gateway.on_fatal = lambda exc: task_group.cancel_scope.cancel()
         try:
             await serve_stdio(gateway)
         except ConflictError as exc:
@@ -82,7 +90,7 @@ async def _serve_stdio_until_signal(gateway: Gateway) -> int:
         except StartupError:
             return 1  # already logged, naming the backends
         task_group.cancel_scope.cancel()
-    return 0
+    return 2 if gateway.fatal is not None else 0
 
 
 def mask_secrets(config: VmcpConfig) -> None:
