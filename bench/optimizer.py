@@ -13,6 +13,7 @@ Prints a table, writes bench/results/optimizer.json and bench/results/optimizer-
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import os
@@ -192,10 +193,11 @@ def bench_size(size: int, base: list[ToolRecord], embedder: Embedder, query_text
         snap = warm._snapshot
         assert snap.vectors is not None
         vectors = np.array(snap.vectors)  # the baseline gets its own plain copy
-        numpy_ms = timed(numpy_search(embedder, vectors, 8), query_texts)
         qv = embedder.encode_queries(query_texts)
         faiss_only = _per_row(lambda i: snap.faiss_index.search(qv[i : i + 1], config.candidates), len(qv))
-        matmul_only = _per_row(lambda i: np.argpartition(-(vectors @ qv[i]), config.candidates)[:100], len(qv))
+        with _one_blas_thread():  # as FAISS: one thread, or OpenBLAS spins against torch on 2 cores
+            numpy_ms = timed(numpy_search(embedder, vectors, 8), query_texts)
+            matmul_only = _per_row(lambda i: np.argpartition(-(vectors @ qv[i]), config.candidates)[:100], len(qv))
         keyword_only = timed(lambda q: warm._keyword_candidates(snap, q, config.candidates, None), query_texts)
         result = {
             "tools": size,
@@ -217,6 +219,14 @@ def bench_size(size: int, base: list[ToolRecord], embedder: Embedder, query_text
             "samples": {"find_tool": index_ms, "numpy": numpy_ms},
         }
     return result
+
+
+def _one_blas_thread() -> Any:
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 def _per_row(fn: Callable[[int], Any], count: int) -> list[float]:

@@ -178,21 +178,19 @@ class ToolIndex:
                 {int(i): float(s) for s, i in zip(row_s, row_i, strict=True) if i >= 0 and has[i]}
                 for row_s, row_i in zip(scores, ids, strict=True)
             ]
-        usable = snap.has_vector & allowed
-        if self.config.index_type == "hnsw":
-            selector = faiss.IDSelectorBatch(np.flatnonzero(usable).astype(np.int64))
-            params = faiss.SearchParametersHNSW(  # type: ignore[attr-defined]
-                sel=selector, efSearch=max(_HNSW_EF_SEARCH, depth)
-            )
-            scores, ids = snap.faiss_index.search(queries, depth, params=params)
-            return [
-                {int(i): float(s) for s, i in zip(row_s, row_i, strict=True) if i >= 0}
-                for row_s, row_i in zip(scores, ids, strict=True)
-            ]
-        # Exact: one matrix product over every row, the other backends masked out.
-        sims = queries @ snap.vectors.T
-        sims[:, ~usable] = -np.inf
-        return [_top_finite(row, depth) for row in sims]
+        # FAISS with an ID selector (single-threaded, like the unfiltered path): a numpy matrix product
+        # here would start OpenBLAS threads that fight torch and FAISS for the cores.
+        selector = faiss.IDSelectorBatch(np.flatnonzero(snap.has_vector & allowed).astype(np.int64))
+        params: Any = (
+            faiss.SearchParametersHNSW(sel=selector, efSearch=max(_HNSW_EF_SEARCH, depth))  # type: ignore[attr-defined]
+            if self.config.index_type == "hnsw"
+            else faiss.SearchParameters(sel=selector)  # type: ignore[call-arg]
+        )
+        scores, ids = snap.faiss_index.search(queries, depth, params=params)
+        return [
+            {int(i): float(s) for s, i in zip(row_s, row_i, strict=True) if i >= 0}
+            for row_s, row_i in zip(scores, ids, strict=True)
+        ]
 
     # -- writing -----------------------------------------------------------------------------------------
 
@@ -408,9 +406,3 @@ def _top_positive(scores: np.ndarray, depth: int) -> ranking.Ranking:
     depth = min(depth, len(scores))
     part = np.argpartition(-scores, depth - 1)[:depth]
     return {int(i): float(scores[i]) for i in part if scores[i] > 0}
-
-
-def _top_finite(sims: np.ndarray, depth: int) -> ranking.Ranking:
-    depth = min(depth, len(sims))
-    part = np.argpartition(-sims, depth - 1)[:depth]
-    return {int(i): float(sims[i]) for i in part if np.isfinite(sims[i])}
