@@ -110,13 +110,17 @@ def search(
         index.update(records, progress=True)
     result = index.search(query, limit=limit, backends=backend or None)
     table = Table(title=f"{query!r} ({result.mode})")
-    table.add_column("rank", justify="right")
-    table.add_column("name", style="bold")
-    table.add_column("backend")
-    table.add_column("score", justify="right")
-    table.add_column("description", overflow="ellipsis", no_wrap=True, max_width=60)
+    table.add_column("rank", justify="right", no_wrap=True, min_width=4)
+    # Names and backends are what people copy: never cut them; the description gives way.
+    table.add_column(
+        "name", style="bold", no_wrap=True, min_width=max((len(h.record.name) for h in result.hits), default=4)
+    )
+    table.add_column("backend", no_wrap=True, min_width=max([7, *(len(h.record.backend) for h in result.hits)]))
+    table.add_column("score", justify="right", no_wrap=True, min_width=5)
+    table.add_column("description", overflow="fold")
     for rank, hit in enumerate(result.hits, start=1):
-        table.add_row(str(rank), hit.record.name, hit.record.backend, f"{hit.score:.3f}", hit.record.description)
+        summary = hit.record.description.strip().split("\n")[0][:200]
+        table.add_row(str(rank), hit.record.name, hit.record.backend, f"{hit.score:.3f}", summary)
     console.print(table)
 
 
