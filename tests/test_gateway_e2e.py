@@ -18,6 +18,7 @@ from mcp import Client, StdioServerParameters
 from mcp.shared.exceptions import MCPError
 
 from tests.support import (
+    DEMO_SERVER,
     NODE_BIN,
     Gateway,
     demo_backend,
@@ -317,3 +318,18 @@ def test_sigterm_stops_the_gateway_and_its_backend_processes(tmp_path: Path) -> 
     # uvicorn re-raises SIGTERM once it has shut down cleanly, so the exit status is the signal's.
     assert gw.proc.returncode in (0, -15)
     assert "Traceback" not in gw.output()
+
+
+def test_sigterm_while_backends_are_still_connecting_stops_cleanly(tmp_path: Path) -> None:
+    """With the optimizer on the gateway serves at once; a stop before the backends arrive must not hang."""
+    slow = {"name": "slow", "command": "sh", "args": ["-c", f"sleep 3; exec {sys.executable} {DEMO_SERVER}"]}
+    config = write_config(
+        tmp_path, {"backends": [slow], "optimizer": {"enabled": True, "index_dir": str(tmp_path / "idx")}}
+    )
+    with running_gateway(config, wait_ready=False) as gw:
+        body = httpx2.get(f"{gw.base}/readyz", timeout=10).json()
+        assert body["status"] == "starting"
+        children = gw.children()
+    assert gw.proc.wait(timeout=20) in (0, -15)
+    _gone, alive = psutil.wait_procs(children, timeout=10)
+    assert alive == []

@@ -82,6 +82,9 @@ class Gateway:
         # A failure found after serving began (a name conflict while connecting in the background).
         self.fatal: BaseException | None = None
         self.on_fatal: Callable[[BaseException], None] | None = None
+        # Cancelled by `stop`, so a shutdown during start-up never goes on to start health checks.
+        self._background_connect: anyio.CancelScope | None = None
+        self._stopping = False
         self._validator = ArgumentValidator()
         # One Connection per client (a ServerSession lives only as long as one request).
         self._clients: weakref.WeakSet[Connection] = weakref.WeakSet()
@@ -108,7 +111,10 @@ class Gateway:
 
     async def _connect_in_background(self, task_group: anyio.abc.TaskGroup) -> None:
         try:
-            await self._connect_and_build(task_group)
+            with anyio.CancelScope() as self._background_connect:
+                if self._stopping:
+                    return
+                await self._connect_and_build(task_group)
         except (ConflictError, StartupError) as exc:
             self.fatal = exc
             logger.error("cannot serve: %s", exc)
@@ -139,6 +145,9 @@ class Gateway:
         )
 
     def stop(self) -> None:
+        self._stopping = True
+        if self._background_connect is not None:
+            self._background_connect.cancel()
         self.relay.stop()
         self.health.stop()
         self.backends.stop()
