@@ -49,6 +49,9 @@ def run(
     ] = None,
     split: Annotated[str, typer.Option(help="BEIR qrels split to score (ToolLens 'train' is the dev split).")] = "test",
     plots: Annotated[bool, typer.Option(help="Write PNG plots next to results.json.")] = True,
+    latency_sample: Annotated[
+        int, typer.Option(help="Queries per dataset and method timed with their own embedding; 0 = all.")
+    ] = 300,
     threads: Annotated[
         int,
         typer.Option(help="torch threads; on a busy 2-core machine 1 was 4-8x faster than 2."),
@@ -91,6 +94,7 @@ def run(
         limit_queries=limit_queries,
         split=split,
         plots=plots,
+        latency_sample=latency_sample or None,
     )
     from eval.harness import run as run_eval
 

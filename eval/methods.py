@@ -127,6 +127,8 @@ class ToolHiveMethod:
         self.ids: list[str] = []
         self.embedder: SharedEmbedder | None = None
         self.ranker: ToolHiveRanker | None = None
+        # The vector of the query just searched: the untimed per-cut-off searches reuse it.
+        self._last: tuple[str, Any] = ("", None)
 
     def build(self, ctx: Context) -> None:
         tools = ctx.dataset.tools
@@ -142,12 +144,15 @@ class ToolHiveMethod:
     def search(self, query: str, depth: int) -> list[str]:
         assert self.embedder is not None and self.ranker is not None
         vector = self.embedder.encode_queries([query])[0]
+        self._last = (query, vector)
         return [self.ids[row] for row in self.ranker.search(query, vector, depth)]
 
     def search_cutoffs(self, query: str, cutoffs: Sequence[int]) -> dict[int, list[str]] | None:
         # ToolHive's list of size N splits its slots by N, so each cut-off is its own search (N = k).
         assert self.embedder is not None and self.ranker is not None
-        vector = self.embedder.encode_queries([query])[0]
+        last_query, vector = self._last
+        if last_query != query:
+            vector = self.embedder.encode_queries([query])[0]
         return {k: [self.ids[row] for row in self.ranker.search(query, vector, k)] for k in cutoffs}
 
 
