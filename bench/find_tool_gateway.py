@@ -1,0 +1,171 @@
+"""find_tool through the real gateway with a real MCP client, over a catalogue of N real tool descriptions.
+
+    .venv/bin/python bench/find_tool_gateway.py [--tools 10000] [--queries 200]
+
+Starts `vmcp serve` (optimizer on, a fresh index directory) in front of examples/backends/catalog_server.py,
+waits until find_tool ranks with vectors, then prints: time to the first tools/list answer, time until the
+vectors were ready (cold build), find_tool latency p50/p95 through the gateway, the same queries run
+in-process on the same index as a baseline ratio, and the tokens of tools/list with and without the
+optimizer. Queries are ToolRet apigen queries. Writes bench/results/find_tool_gateway.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import anyio
+from mcp import Client
+from rich.console import Console
+from rich.progress import track
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.support import running_gateway, write_config  # noqa: E402
+
+DATA = ROOT.parent / "shared" / "eval-data"
+RESULTS = ROOT / "bench" / "results"
+console = Console()
+
+
+def percentile(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def queries(count: int) -> list[str]:
+    path = DATA / "toolret_subsets" / "apigen" / "queries.json"
+    return [entry["query"] for entry in json.loads(path.read_text(encoding="utf-8"))[:count]]
+
+
+async def through_gateway(
+    url: str, texts: list[str], started: float
+) -> tuple[float, float, list[float], dict[str, int]]:
+    first_list = 0.0
+    with anyio.fail_after(900):
+        while True:
+            try:
+                async with Client(url) as client:
+                    await client.list_tools()
+                    first_list = time.perf_counter() - started
+                    break
+            except Exception:
+                await anyio.sleep(0.05)
+    async with Client(url) as client:
+        with anyio.fail_after(1800), console.status("waiting for the vectors (cold index build)"):
+            while True:
+                answer = (await client.call_tool("find_tool", {"query": "warm up"})).structured_content or {}
+                if answer.get("ranking") == "hybrid":
+                    break
+                await anyio.sleep(0.5)
+        vectors_ready = time.perf_counter() - started
+        latencies: list[float] = []
+        for text in track(texts, description="find_tool through the gateway", console=console):
+            begun = time.perf_counter()
+            result = await client.call_tool("find_tool", {"query": text, "limit": 8})
+            latencies.append((time.perf_counter() - begun) * 1000)
+            assert not result.is_error
+        tokens = dict((result.structured_content or {}).get("tokens", {}))
+    return first_list, vectors_ready, latencies, tokens
+
+
+def in_process(index_dir: Path, tools: int, texts: list[str]) -> list[float]:
+    """The same ranking code on the same persisted vectors, without the gateway and the MCP round trip."""
+    sys.argv = ["catalog"]
+    from examples.backends.catalog_server import load_tools
+    from vmcp_opt.config import OptimizerConfig
+    from vmcp_opt.optimizer.documents import ToolRecord
+    from vmcp_opt.optimizer.index import ToolIndex
+
+    records = [
+        ToolRecord(
+            name=f"catalog_{t.name}",
+            backend="catalog",
+            description=t.description or "",
+            input_schema=t.input_schema,
+            original_name=t.name,
+        )
+        for t in load_tools(DATA, tools)
+    ]
+    index = ToolIndex(OptimizerConfig(), index_dir)
+    index.update(records)
+    latencies = []
+    for text in texts:
+        begun = time.perf_counter()
+        index.search(text, 8)
+        latencies.append((time.perf_counter() - begun) * 1000)
+    return latencies
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tools", type=int, default=10000)
+    parser.add_argument("--queries", type=int, default=200)
+    args = parser.parse_args()
+    if not DATA.exists():
+        raise SystemExit(f"benchmark data not found at {DATA}")
+    texts = queries(args.queries)
+    with tempfile.TemporaryDirectory() as scratch:
+        directory = Path(scratch)
+        backend = {
+            "name": "catalog",
+            "command": sys.executable,
+            "args": [
+                str(ROOT / "examples" / "backends" / "catalog_server.py"),
+                "--tools",
+                str(args.tools),
+                "--data",
+                str(DATA),
+            ],
+        }
+        config = {
+            "backends": [backend],
+            "optimizer": {"enabled": True, "index_dir": str(directory / "idx")},
+            "timeouts": {"connect": 120},
+        }
+        started = time.perf_counter()
+        with running_gateway(write_config(directory, config), wait_ready=False, ready_timeout=120) as gateway:
+            first_list, ready, gateway_ms, tokens = anyio.run(through_gateway, gateway.url, texts, started)
+        local_ms = in_process(directory / "idx", args.tools, texts)
+    p50_gw, p50_local = percentile(gateway_ms, 0.5), percentile(local_ms, 0.5)
+    console.print(f"[bold]{args.tools} tools[/], {len(texts)} queries")
+    console.print(f"  first tools/list answer      {first_list:.2f} s after launch")
+    console.print(f"  vectors ready (cold build)   {ready:.1f} s after launch")
+    console.print(
+        f"  find_tool via gateway        p50 {p50_gw:.2f} ms  p95 {percentile(gateway_ms, 0.95):.2f} ms  mean {statistics.mean(gateway_ms):.2f}"
+    )
+    console.print(f"  same search in process       p50 {p50_local:.2f} ms  p95 {percentile(local_ms, 0.95):.2f} ms")
+    console.print(
+        f"  gateway / in-process (p50)   {p50_gw / p50_local:.2f}x (+{p50_gw - p50_local:.2f} ms for MCP over HTTP)"
+    )
+    console.print(
+        f"  tokens: full tools/list {tokens.get('full_tool_list')}, one find_tool answer {tokens.get('this_answer')}"
+    )
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    top = percentile(gateway_ms, 0.99)
+    ax.hist([x for x in local_ms if x <= top], bins=50, alpha=0.6, label="in process (ToolIndex.search)")
+    ax.hist([x for x in gateway_ms if x <= top], bins=50, alpha=0.6, label="through vmcp (MCP client)")
+    ax.set_xlabel("find_tool latency (ms)")
+    ax.set_ylabel("queries")
+    ax.set_title(f"find_tool at {args.tools} tools")
+    ax.legend()
+    fig.tight_layout()
+    path = RESULTS / "find_tool_gateway.png"
+    fig.savefig(path, dpi=120)
+    console.print(f"plot: {path}")
+
+
+if __name__ == "__main__":
+    main()
