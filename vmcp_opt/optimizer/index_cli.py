@@ -1,14 +1,13 @@
 """`vmcp index build | stats | search`: the persisted tool index, for operators and for tuning descriptions.
 
-The tool list comes from the live backends (through `hooks.collect_records`, which defaults to
-`vmcp_opt.server.catalog_source.collect_tool_records`) or from `--from-jsonl`, one tool record per line
+The tool list comes from the live backends (through `hooks.collect_records`, which the `vmcp` command
+plugs in) or from `--from-jsonl`, one tool record per line
 (`name`, `backend`, `description`, `input_schema`, optional `title`, `backend_description`, `original_name`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib
 import json
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
@@ -182,12 +181,9 @@ def _records(settings: VmcpConfig, from_jsonl: Path | None) -> list[ToolRecord]:
         return read_jsonl(from_jsonl)
     collect = hooks.collect_records
     if collect is None:
-        try:
-            # Imported by name: the optimizer does not depend on server/ (the gateway sets the hook instead).
-            collect = importlib.import_module("vmcp_opt.server.catalog_source").collect_tool_records
-        except (ImportError, AttributeError):
-            errors.print("[red]no tool source:[/] pass --from-jsonl PATH (live backends are not wired in yet)")
-            raise typer.Exit(2) from None
+        # The gateway (vmcp_opt/cli.py) plugs the live source in; the optimizer does not import server/.
+        errors.print("[red]no tool source:[/] pass --from-jsonl PATH, or run through the `vmcp` command")
+        raise typer.Exit(2)
     with errors.status("listing tools from the backends"):
         return asyncio.run(collect(settings))
 
