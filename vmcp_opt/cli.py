@@ -15,7 +15,7 @@ from rich.logging import RichHandler
 from rich.table import Table
 
 from vmcp_opt import __version__
-from vmcp_opt.config import DEFAULT_CONFIG_PATH, ConfigError, VmcpConfig, load_config
+from vmcp_opt.config import DEFAULT_CONFIG_PATH, PROJECT_ROOT, ConfigError, VmcpConfig, load_config
 
 app = typer.Typer(
     name="vmcp",
@@ -111,9 +111,9 @@ def _announce(cfg: VmcpConfig) -> None:
         + "   readiness: "
         + url.replace(cfg.server.path, "/readyz")
     )
-    out.print(
-        "  try it:  npx @modelcontextprotocol/inspector@0.15.0 --cli " + url + " --transport http --method tools/list"
-    )
+    local = PROJECT_ROOT / "node_modules" / ".bin" / "mcp-inspector"
+    inspector = str(local) if local.exists() else "npx @modelcontextprotocol/inspector@0.15.0"
+    out.print(f"  try it:  {inspector} --cli {url} --transport http --method tools/list", markup=False, highlight=False)
     snippet = {
         "mcpServers": {"vmcp": {"command": str(Path(sys.executable).parent / "vmcp"), "args": ["serve", "--stdio"]}}
     }
