@@ -27,16 +27,12 @@ from rich.progress import track
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from eval.metrics import percentile  # noqa: E402
 from tests.support import running_gateway, write_config  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "eval-data"
 RESULTS = ROOT / "bench" / "results"
 console = Console()
-
-
-def percentile(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def queries(count: int) -> list[str]:
@@ -133,14 +129,14 @@ def main() -> None:
         with running_gateway(write_config(directory, config), wait_ready=False, ready_timeout=120) as gateway:
             first_list, ready, gateway_ms, tokens = anyio.run(through_gateway, gateway.url, texts, started)
         local_ms = in_process(directory / "idx", args.tools, texts)
-    p50_gw, p50_local = percentile(gateway_ms, 0.5), percentile(local_ms, 0.5)
+    p50_gw, p50_local = percentile(gateway_ms, 50), percentile(local_ms, 50)
     console.print(f"[bold]{args.tools} tools[/], {len(texts)} queries")
     console.print(f"  first tools/list answer      {first_list:.2f} s after launch")
     console.print(f"  vectors ready (cold build)   {ready:.1f} s after launch")
     console.print(
-        f"  find_tool via gateway        p50 {p50_gw:.2f} ms  p95 {percentile(gateway_ms, 0.95):.2f} ms  mean {statistics.mean(gateway_ms):.2f}"
+        f"  find_tool via gateway        p50 {p50_gw:.2f} ms  p95 {percentile(gateway_ms, 95):.2f} ms  mean {statistics.mean(gateway_ms):.2f}"
     )
-    console.print(f"  same search in process       p50 {p50_local:.2f} ms  p95 {percentile(local_ms, 0.95):.2f} ms")
+    console.print(f"  same search in process       p50 {p50_local:.2f} ms  p95 {percentile(local_ms, 95):.2f} ms")
     console.print(
         f"  gateway / in-process (p50)   {p50_gw / p50_local:.2f}x (+{p50_gw - p50_local:.2f} ms for MCP over HTTP)"
     )
@@ -154,7 +150,7 @@ def main() -> None:
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(7, 4))
-    top = percentile(gateway_ms, 0.99)
+    top = percentile(gateway_ms, 99)
     ax.hist([x for x in local_ms if x <= top], bins=50, alpha=0.6, label="in process (ToolIndex.search)")
     ax.hist([x for x in gateway_ms if x <= top], bins=50, alpha=0.6, label="through vmcp (MCP client)")
     ax.set_xlabel("find_tool latency (ms)")

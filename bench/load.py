@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import signal
-import statistics
 import sys
 import tempfile
 import time
@@ -30,6 +29,7 @@ from mcp.shared.exceptions import MCPError
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from eval.metrics import percentile  # noqa: E402
 from tests.support import demo_backend, http_demo_backend, running_gateway, write_config  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
@@ -90,10 +90,6 @@ def stdio_backend_pid(gateway_pid: int) -> int:
         if "demo_server.py" in cmdline and "--http" not in cmdline:
             return child.pid
     raise RuntimeError("the stdio demo backend is not running under the gateway")
-
-
-def percentile(values: list[float], q: float) -> float:
-    return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else float("nan")
 
 
 async def run(url: str, gateway_pid: int, clients: int, seconds: float) -> dict[str, Any]:

@@ -23,15 +23,11 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from eval.metrics import percentile  # noqa: E402
 from tests.support import http_demo_backend, running_gateway, write_config  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 console = Console()
-
-
-def percentile(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 async def measure(direct_url: str, gateway_url: str, calls: int, mode: str) -> tuple[list[float], list[float]]:
@@ -58,14 +54,14 @@ def report(direct: list[float], proxied: list[float], mode: str) -> None:
     for name, samples in (("direct", direct), ("through vmcp", proxied)):
         table.add_row(
             name,
-            f"{percentile(samples, 0.5):.2f}",
-            f"{percentile(samples, 0.95):.2f}",
+            f"{percentile(samples, 50):.2f}",
+            f"{percentile(samples, 95):.2f}",
             f"{statistics.mean(samples):.2f}",
         )
     console.print(table)
-    added = percentile(proxied, 0.5) - percentile(direct, 0.5)
+    added = percentile(proxied, 50) - percentile(direct, 50)
     console.print(
-        f"added by the gateway: p50 {added:+.2f} ms, ratio {percentile(proxied, 0.5) / percentile(direct, 0.5):.2f}x"
+        f"added by the gateway: p50 {added:+.2f} ms, ratio {percentile(proxied, 50) / percentile(direct, 50):.2f}x"
     )
 
 
@@ -78,7 +74,7 @@ def plot(direct: list[float], proxied: list[float], mode: str) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"proxy_overhead_{mode}.png"
     fig, ax = plt.subplots(figsize=(7, 4))
-    top = percentile(proxied, 0.99)
+    top = percentile(proxied, 99)
     ax.hist([d for d in direct if d <= top], bins=60, alpha=0.6, label="direct")
     ax.hist([p for p in proxied if p <= top], bins=60, alpha=0.6, label="through vmcp")
     ax.set_xlabel("tools/call latency (ms)")

@@ -311,19 +311,6 @@ class BackendConnection:
             raise BackendUnavailable(f"backend '{self.name}' is {self.state.value}{reason}")
         return self._session
 
-    async def call_tool(
-        self,
-        name: str,
-        arguments: dict[str, Any] | None,
-        *,
-        meta: types.RequestParamsMeta | None = None,
-        progress_callback: ProgressFnT | None = None,
-    ) -> types.CallToolResult:
-        params = types.CallToolRequestParams(name=name, arguments=arguments, _meta=meta)
-        return await self.request(
-            types.CallToolRequest(params=params), types.CallToolResult, progress_callback=progress_callback
-        )
-
     async def ping(self, seconds: float) -> None:
         """A liveness check that must be answered within `seconds`.
 

@@ -188,19 +188,6 @@ class _BoundSession:
         finally:
             self.front.in_flight.remove(call)
 
-    async def call_tool(
-        self,
-        name: str,
-        arguments: dict[str, Any] | None,
-        *,
-        meta: types.RequestParamsMeta | None = None,
-        progress_callback: ProgressFnT | None = None,
-    ) -> types.CallToolResult:
-        params = types.CallToolRequestParams(name=name, arguments=arguments, _meta=meta)
-        return await self.request(
-            types.CallToolRequest(params=params), types.CallToolResult, progress_callback=progress_callback
-        )
-
 
 Requester = BackendConnection | _BoundSession
 
