@@ -64,16 +64,19 @@ def create_app(gateway: Gateway) -> Starlette:
 
     async def readyz(request: Request) -> JSONResponse:
         backends = [{**c.summary(), **gateway.health.summary(c.name)} for c in gateway.backends.connections.values()]
-        ready = gateway.started and all(
-            b["state"] == BackendState.READY.value and b["health"]["state"] != "unhealthy" for b in backends
-        )
+        up = [b["state"] == BackendState.READY.value and b["health"]["state"] != "unhealthy" for b in backends]
+        ready = gateway.started and all(up)
+        status = "ready" if ready else "degraded" if gateway.started else "starting"
+        # best_effort serves what is healthy, so a load balancer should keep sending traffic while any
+        # backend is up; under fail, or with nothing up, the gateway is not ready.
+        serving = ready or (status == "degraded" and gateway.config.failure.mode == "best_effort" and any(up))
         body = {
-            "status": "ready" if ready else "degraded" if gateway.started else "starting",
+            "status": status,
             "failure_mode": gateway.config.failure.mode,
             "tools": len(gateway.catalog.tools),
             "backends": backends,
         }
-        return JSONResponse(body, status_code=200 if ready else 503)
+        return JSONResponse(body, status_code=200 if serving else 503)
 
     return Starlette(
         routes=[
