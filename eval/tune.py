@@ -23,6 +23,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "base": {},
     "no-split": {"split_intents": False},
     "rrf": {"fusion": "rrf"},
+    "bm25-flat": {"bm25_k1": 0.9, "bm25_b": 0.3},
     "w0.3": {"dense_weight": 0.3},
     "w0.4": {"dense_weight": 0.4},
     "w0.6": {"dense_weight": 0.6},

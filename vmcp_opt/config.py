@@ -157,6 +157,10 @@ class OptimizerConfig(_Strict):
     candidates: int = Field(100, ge=1)
     # Most sub-queries one multi-intent request is split into (each costs one query embedding).
     max_intents: int = Field(4, ge=1, le=16)
+    # BM25 term saturation and length normalisation of the keyword arm (Lucene's defaults; lower values
+    # won on the ToolLens dev split but lost on three held-out sets, see eval/README.md).
+    bm25_k1: float = Field(1.5, gt=0)
+    bm25_b: float = Field(0.75, ge=0, le=1)
     # torch threads for one query embedding: 1 holds up when cores are contended (2 threads measured
     # 7x slower at p50 on a busy 2-core host), 2 saves ~2 ms on an idle one.
     query_threads: int = Field(1, ge=1, le=64)

@@ -265,7 +265,7 @@ class ToolIndex:
         )
         bm25 = None
         if records:
-            bm25 = bm25s.BM25()
+            bm25 = bm25s.BM25(k1=self.config.bm25_k1, b=self.config.bm25_b)
             bm25.index(_tokenize(documents), show_progress=False)
         faiss_index = None
         if vectors is not None and len(records):
