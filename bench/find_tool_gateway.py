@@ -27,6 +27,7 @@ from rich.progress import track
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.plots import latency_histogram  # noqa: E402
 from eval.metrics import percentile  # noqa: E402
 from tests.support import running_gateway, write_config  # noqa: E402
 
@@ -143,23 +144,13 @@ def main() -> None:
     console.print(
         f"  tokens: full tools/list {tokens.get('full_tool_list')}, one find_tool answer {tokens.get('this_answer')}"
     )
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(7, 4))
-    top = percentile(gateway_ms, 99)
-    ax.hist([x for x in local_ms if x <= top], bins=50, alpha=0.6, label="in process (ToolIndex.search)")
-    ax.hist([x for x in gateway_ms if x <= top], bins=50, alpha=0.6, label="through vmcp (MCP client)")
-    ax.set_xlabel("find_tool latency (ms)")
-    ax.set_ylabel("queries")
-    ax.set_title(f"find_tool at {args.tools} tools")
-    ax.legend()
-    fig.tight_layout()
-    path = RESULTS / "find_tool_gateway.png"
-    fig.savefig(path, dpi=120)
+    path = latency_histogram(
+        {"in process (ToolIndex.search)": local_ms, "through vmcp (MCP client)": gateway_ms},
+        RESULTS / "find_tool_gateway.png",
+        xlabel="find_tool latency (ms)",
+        ylabel="queries",
+        title=f"find_tool at {args.tools} tools",
+    )
     console.print(f"plot: {path}")
 
 

@@ -23,6 +23,7 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.plots import latency_histogram  # noqa: E402
 from eval.metrics import percentile  # noqa: E402
 from tests.support import http_demo_backend, running_gateway, write_config  # noqa: E402
 
@@ -66,24 +67,13 @@ def report(direct: list[float], proxied: list[float], mode: str) -> None:
 
 
 def plot(direct: list[float], proxied: list[float], mode: str) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"proxy_overhead_{mode}.png"
-    fig, ax = plt.subplots(figsize=(7, 4))
-    top = percentile(proxied, 99)
-    ax.hist([d for d in direct if d <= top], bins=60, alpha=0.6, label="direct")
-    ax.hist([p for p in proxied if p <= top], bins=60, alpha=0.6, label="through vmcp")
-    ax.set_xlabel("tools/call latency (ms)")
-    ax.set_ylabel("calls")
-    ax.set_title(f"Gateway overhead ({mode} handshake)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    return path
+    return latency_histogram(
+        {"direct": direct, "through vmcp": proxied},
+        RESULTS / f"proxy_overhead_{mode}.png",
+        xlabel="tools/call latency (ms)",
+        ylabel="calls",
+        title=f"Gateway overhead ({mode} handshake)",
+    )
 
 
 def main() -> None:

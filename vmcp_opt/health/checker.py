@@ -58,13 +58,16 @@ class BackendHealth:
         else:
             self._move(HealthState.HEALTHY, f"ping answered in {latency * 1000:.1f} ms")
 
-    def record_failure(self, reason: str) -> None:
+    def _note_failure(self, reason: str) -> None:
         self.last_check_at = time.time()
         self.latency = None
         self.last_error = reason
         self.last_error_at = self.last_check_at
         self.consecutive_successes = 0
         self.consecutive_failures += 1
+
+    def record_failure(self, reason: str) -> None:
+        self._note_failure(reason)
         if self.consecutive_failures >= self.config.unhealthy_threshold or self.state is HealthState.UNHEALTHY:
             self._recovering = True
             self._move(HealthState.UNHEALTHY, reason)
@@ -73,12 +76,7 @@ class BackendHealth:
 
     def mark_down(self, reason: str) -> None:
         """The backend is not connected at all: unhealthy at once."""
-        self.last_check_at = time.time()
-        self.latency = None
-        self.last_error = reason
-        self.last_error_at = self.last_check_at
-        self.consecutive_successes = 0
-        self.consecutive_failures += 1
+        self._note_failure(reason)
         self._recovering = True
         self._move(HealthState.UNHEALTHY, reason)
 
