@@ -2,6 +2,15 @@
 
 from vmcp_opt.health.breaker import CircuitBreaker, CircuitOpen, CircuitState
 from vmcp_opt.health.checker import BackendHealth, HealthState
+from vmcp_opt.health.clock import CallClock
 from vmcp_opt.health.monitor import HealthMonitor
 
-__all__ = ["BackendHealth", "CircuitBreaker", "CircuitOpen", "CircuitState", "HealthMonitor", "HealthState"]
+__all__ = [
+    "BackendHealth",
+    "CallClock",
+    "CircuitBreaker",
+    "CircuitOpen",
+    "CircuitState",
+    "HealthMonitor",
+    "HealthState",
+]

@@ -10,19 +10,22 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import anyio
 import mcp_types as types
 from mcp.shared.dispatcher import ProgressFnT
 from mcp.shared.exceptions import MCPError
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter
 
 from vmcp_opt.backends import BackendConnection, BackendManager, BackendState
 from vmcp_opt.backends.connection import BackendUnavailable
 from vmcp_opt.config import VmcpConfig
 from vmcp_opt.health.breaker import CircuitBreaker
 from vmcp_opt.health.checker import BackendHealth, HealthState
+from vmcp_opt.health.clock import CallClock
 
 logger = logging.getLogger(__name__)
 
@@ -123,20 +126,29 @@ class HealthMonitor:
         self,
         backend: str,
         request: types.Request[Any, Any],
-        result_type: type[ResultT],
+        result_type: type[ResultT] | TypeAdapter[ResultT],
         *,
         progress_callback: ProgressFnT | None = None,
     ) -> ResultT:
         """Forward through the circuit breaker; `CircuitOpen` or `BackendUnavailable` when it cannot go."""
-        connection = self.manager.get(backend)
-        if connection is None:
-            raise BackendUnavailable(f"backend '{backend}' is not configured")
+        connection = self._connection(backend)
+        async with self.guarded(backend):
+            return await connection.request(request, result_type, progress_callback=progress_callback)
+
+    @asynccontextmanager
+    async def guarded(self, backend: str, clock: CallClock | None = None) -> AsyncIterator[None]:
+        """The breaker's bookkeeping and the call deadline around one call, whichever session carries it.
+
+        Refuses at once (`CircuitOpen`) while the circuit is open. A `clock` given by the caller excludes
+        the time its call spends waiting for the client from the latency and the deadline.
+        """
+        connection = self._connection(backend)
         breaker = self.breakers[backend]
         breaker.before_call()
-        started = time.monotonic()
+        clock = clock or CallClock()
         try:
-            with anyio.fail_after(connection.call_timeout + _DEADLINE_GRACE):
-                result = await connection.request(request, result_type, progress_callback=progress_callback)
+            with clock.deadline(connection.call_timeout + _DEADLINE_GRACE):
+                yield
         except anyio.get_cancelled_exc_class():
             breaker.release()  # cancelled by the caller: no verdict on the backend
             raise
@@ -144,7 +156,7 @@ class HealthMonitor:
             if exc.code in _TRANSPORT_ERRORS:
                 breaker.record_failure(connection.describe(exc))
             else:
-                breaker.record_success(time.monotonic() - started)  # it answered: the backend is alive
+                breaker.record_success(clock.backend_time())  # it answered: the backend is alive
             raise
         except TimeoutError:
             breaker.record_failure("no answer in time")
@@ -154,8 +166,13 @@ class HealthMonitor:
         except Exception as exc:
             breaker.record_failure(connection.describe(exc))
             raise
-        breaker.record_success(time.monotonic() - started)
-        return result
+        breaker.record_success(clock.backend_time())
+
+    def _connection(self, backend: str) -> BackendConnection:
+        connection = self.manager.get(backend)
+        if connection is None:
+            raise BackendUnavailable(f"backend '{backend}' is not configured")
+        return connection
 
     # --- views -----------------------------------------------------------------------------------
 
