@@ -31,7 +31,7 @@ from mcp.client.subscriptions import listen
 from mcp.shared.dispatcher import ProgressFnT
 from mcp.shared.exceptions import MCPError
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter
 
 from vmcp_opt import __version__
 from vmcp_opt.backends.secrets import redact, secret_values
@@ -281,15 +281,12 @@ class BackendConnection:
         if isinstance(message, Exception):
             logger.warning("backend %s transport error: %s", self.name, message)
             return
-        if (
-            isinstance(
-                message,
-                types.ToolListChangedNotification
-                | types.ResourceListChangedNotification
-                | types.PromptListChangedNotification,
-            )
-            and self._task_group is not None
-        ):
+        if is_list_changed(message):
+            self.refresh_soon()
+
+    def refresh_soon(self) -> None:
+        """Re-fetch in the background: a change was announced, on this session or a client's own one."""
+        if self._task_group is not None:
             self._task_group.start_soon(self.refresh)
 
     async def _listen_for_changes(self, session: ClientSession) -> None:
@@ -327,7 +324,7 @@ class BackendConnection:
     async def request(
         self,
         request: types.Request[Any, Any],
-        result_type: type[ResultT],
+        result_type: type[ResultT] | TypeAdapter[ResultT],
         *,
         progress_callback: ProgressFnT | None = None,
     ) -> ResultT:
@@ -376,6 +373,13 @@ async def _paginate(list_method: Callable[..., Awaitable[Any]], attribute: str) 
         if not cursor:
             break
     return items
+
+
+def is_list_changed(message: object) -> bool:
+    return isinstance(
+        message,
+        types.ToolListChangedNotification | types.ResourceListChangedNotification | types.PromptListChangedNotification,
+    )
 
 
 def _describe_error(exc: BaseException) -> str:

@@ -29,7 +29,7 @@ from mcp.client.session import (
 from mcp.shared.dispatcher import ProgressFnT
 from pydantic import BaseModel
 
-from vmcp_opt.backends.connection import CLIENT_INFO, BackendConnection, BackendUnavailable
+from vmcp_opt.backends.connection import CLIENT_INFO, BackendConnection, BackendUnavailable, is_list_changed
 from vmcp_opt.backends.transports import open_transport
 
 logger = logging.getLogger(__name__)
@@ -114,6 +114,13 @@ class DedicatedSession:
         if isinstance(message, Exception):
             logger.debug("backend %s (dedicated session) transport error: %s", self.name, message)
             return
+        if is_list_changed(message):
+            # A backend announces a change on the session whose request caused it (the SDK's
+            # `ctx.session.send_tool_list_changed()`), so the shared session may never hear of it: the
+            # catalogue, built from the shared session, is re-fetched as if it had. (A stdio backend runs
+            # one process per session; a change local to this client's process cannot show there.)
+            self.connection.refresh_soon()
+            return
         if self.callbacks.notification is not None:
             await self.callbacks.notification(message)
 
@@ -131,7 +138,12 @@ class DedicatedSession:
         result_type: type[ResultT],
         *,
         progress_callback: ProgressFnT | None = None,
+        timed: bool = True,
     ) -> ResultT:
+        """Forward a request; `timed=False` leaves the deadline to the caller (`HealthMonitor.guarded`).
+
+        The SDK's read timeout cannot pause while the backend waits for the client, the caller's can.
+        """
         session = self._session
         if session is None:
             raise BackendUnavailable(f"backend '{self.name}': this client's session is closed")
@@ -139,7 +151,7 @@ class DedicatedSession:
             return await session.send_request(
                 request,  # type: ignore[arg-type]
                 result_type,
-                request_read_timeout_seconds=self.connection.call_timeout,
+                request_read_timeout_seconds=self.connection.call_timeout if timed else None,
                 progress_callback=progress_callback,
             )
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream) as exc:
