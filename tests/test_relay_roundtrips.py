@@ -1,17 +1,21 @@
 """Real clients through the real gateway: what a backend sends reaches the client that caused it.
 
 One `vmcp serve` process fronts the conformance backend over stdio; the SDK's `mcp.Client` connects on
-the 2025-11-25 handshake (`mode="legacy"`), the era with server-to-client requests.
+the 2025-11-25 handshake (`mode="legacy"`), the era with server-to-client requests. At the end, clients
+on the 2026-07-28 revision (`Client`'s default), which have no back-channel, get the same requests as
+`InputRequiredResult` rounds that the SDK client drives.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import anyio
+import httpx2
 import mcp_types as types
 import psutil
 import pytest
@@ -261,3 +265,279 @@ def test_clients_without_back_channel_needs_share_the_backend_session(gateway: G
     text, during = anyio.run(main)
     assert text == "This is a simple text response for testing."
     assert during == before
+
+
+def test_a_list_change_on_a_clients_own_session_reaches_the_catalogue(http_gateway: Gateway) -> None:
+    """A backend announces a change on the session that caused it: here the client's own, not the shared one."""
+    gateway = http_gateway
+    changed = anyio.Event()
+
+    async def on_message(message: IncomingMessage) -> None:
+        if isinstance(message, types.ToolListChangedNotification):
+            changed.set()
+
+    async def sampling(context: ClientRequestContext, params: types.CreateMessageRequestParams) -> types.ErrorData:
+        return types.ErrorData(code=types.INVALID_REQUEST, message="unused")
+
+    async def main() -> tuple[str, set[str], set[str]]:
+        async with Client(gateway.url, mode="legacy", sampling_callback=sampling, message_handler=on_message) as client:
+            before = {tool.name for tool in (await client.list_tools()).tools}
+            text = _text(await client.call_tool("test_add_tool", {}))
+            with anyio.fail_after(10):
+                await changed.wait()
+            after = {tool.name for tool in (await client.list_tools()).tools}
+            return text, before, after
+
+    text, before, after = anyio.run(main)
+    added = after - before
+    assert text == f"now {len(before) + 1} tools" and len(added) == 1
+    assert next(iter(added)).startswith("added_tool_")
+
+
+# --- 2026-07-28 clients: what a backend asks reaches them as InputRequiredResult ------------------
+
+INPUT_TIMEOUT = 3.5  # seconds a 2026-07-28 client has to come back with its answers
+CALL_TIMEOUT = 1.5
+DEADLINE = CALL_TIMEOUT + 1.0  # the gateway's last guard: the call timeout plus a second of grace
+
+
+@pytest.fixture(scope="module")
+def modern_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    config = {
+        "backends": [{"name": "conformance", "command": sys.executable, "args": [str(CONFORMANCE_SERVER)]}],
+        "aggregation": {"conflict_resolution": "priority"},
+        "timeouts": {"input": INPUT_TIMEOUT, "call": CALL_TIMEOUT},
+        "health": {"interval": 600},  # one ping at start: none resets the breaker's counts during a test
+    }
+    with running_gateway(write_config(tmp_path_factory.mktemp("relay-modern"), config)) as running:
+        yield running
+
+
+async def _answer_sampling(
+    context: ClientRequestContext, params: types.CreateMessageRequestParams
+) -> types.CreateMessageResult:
+    return types.CreateMessageResult(
+        role="assistant", content=types.TextContent(type="text", text="forty-two"), model="test-model"
+    )
+
+
+def _modern(client: Client) -> None:
+    assert client.protocol_version == "2026-07-28"  # the round trips below are InputRequiredResult ones
+
+
+def test_a_2026_client_answers_a_backends_sampling_request(modern_gateway: Gateway) -> None:
+    seen: list[types.CreateMessageRequestParams] = []
+
+    async def sampling(
+        context: ClientRequestContext, params: types.CreateMessageRequestParams
+    ) -> types.CreateMessageResult:
+        seen.append(params)
+        return await _answer_sampling(context, params)
+
+    async def main() -> str:
+        async with Client(modern_gateway.url, sampling_callback=sampling) as client:
+            _modern(client)
+            return _text(await client.call_tool("test_sampling", {"prompt": "the answer?"}))
+
+    assert anyio.run(main) == "LLM response: forty-two"
+    assert len(seen) == 1 and seen[0].max_tokens == 100
+    content = seen[0].messages[0].content
+    assert isinstance(content, types.TextContent) and content.text == "the answer?"
+
+
+def test_a_2026_client_answers_form_elicitations_with_their_defaults_and_enums(modern_gateway: Gateway) -> None:
+    schemas: list[dict[str, Any]] = []
+
+    async def elicitation(context: ClientRequestContext, params: types.ElicitRequestParams) -> types.ElicitResult:
+        assert isinstance(params, types.ElicitRequestFormParams)
+        schemas.append(params.requested_schema)
+        properties = params.requested_schema["properties"]
+        if "untitledSingle" in properties:
+            return types.ElicitResult(action="accept", content={"untitledSingle": "option2"})
+        defaults = {name: field["default"] for name, field in properties.items()}
+        return types.ElicitResult(action="accept", content={**defaults, "name": "Jane Roe"})
+
+    async def main() -> tuple[str, str]:
+        async with Client(modern_gateway.url, elicitation_callback=elicitation) as client:
+            _modern(client)
+            defaults = _text(await client.call_tool("test_elicitation_sep1034_defaults", {}))
+            enums = _text(await client.call_tool("test_elicitation_sep1330_enums", {}))
+            return defaults, enums
+
+    defaults, enums = anyio.run(main)
+    answered = {"name": "Jane Roe", "age": 30, "score": 95.5, "status": "active", "verified": True}
+    assert defaults == f"Elicitation completed: action=accept, content={json.dumps(answered)}"
+    assert enums == 'Elicitation completed: action=accept, content={"untitledSingle": "option2"}'
+    assert schemas[0]["properties"]["age"] == {"type": "integer", "description": "User age", "default": 30}
+    assert schemas[1]["properties"]["legacyEnum"]["enumNames"] == ["Option One", "Option Two", "Option Three"]
+
+
+def test_a_2026_client_answers_a_url_elicitation(modern_gateway: Gateway) -> None:
+    asked: list[types.ElicitRequestURLParams] = []
+
+    async def elicitation(context: ClientRequestContext, params: types.ElicitRequestParams) -> types.ElicitResult:
+        assert isinstance(params, types.ElicitRequestURLParams)
+        asked.append(params)
+        return types.ElicitResult(action="decline")
+
+    async def main() -> str:
+        async with Client(modern_gateway.url, elicitation_callback=elicitation) as client:
+            return _text(await client.call_tool("test_elicitation_url", {}))
+
+    assert anyio.run(main) == "URL elicitation completed: action=decline"
+    assert asked[0].url == "https://example.com/authorize" and asked[0].message == "Please sign in"
+
+
+def test_a_2026_client_answers_a_roots_request(modern_gateway: Gateway) -> None:
+    async def list_roots(context: ClientRequestContext) -> types.ListRootsResult:
+        return types.ListRootsResult(roots=[types.Root(uri="file:///work/project", name="project")])
+
+    async def main() -> str:
+        async with Client(modern_gateway.url, list_roots_callback=list_roots) as client:
+            _modern(client)
+            return _text(await client.call_tool("test_roots", {}))
+
+    assert anyio.run(main) == 'Roots: ["file:///work/project"]'
+
+
+def test_a_2026_client_without_sampling_gets_a_clear_error_and_the_backend_no_sampling_capability(
+    modern_gateway: Gateway,
+) -> None:
+    async def elicitation(context: ClientRequestContext, params: types.ElicitRequestParams) -> types.ElicitResult:
+        return types.ElicitResult(action="cancel")
+
+    async def main(**callbacks: Any) -> types.CallToolResult:
+        async with Client(modern_gateway.url, **callbacks) as client:
+            _modern(client)
+            return await client.call_tool("test_sampling", {"prompt": "the answer?"})
+
+    # Its own backend session (it declared elicitation) claims elicitation only; the shared one claims nothing.
+    for result in (anyio.run(lambda: main(elicitation_callback=elicitation)), anyio.run(main)):
+        assert result.is_error and _text(result) == "The client does not support sampling"
+
+
+def test_the_backends_own_input_required_rounds_pass_through(modern_gateway: Gateway) -> None:
+    async def main() -> tuple[str, str]:
+        async with Client(modern_gateway.url) as client:
+            _modern(client)
+            first = await client.session.call_tool("test_input_required", {}, allow_input_required=True)
+            assert isinstance(first, types.InputRequiredResult) and first.request_state is not None
+            final = _text(await client.call_tool("test_input_required", {}))  # the SDK drives the rounds
+            return first.request_state, final
+
+    state, final = anyio.run(main)
+    assert "backend-step-1" not in state  # wrapped and sealed by the gateway, not the backend's own
+    assert final == "resumed with request_state=backend-step-1"  # the retry reached the backend with its state
+
+
+async def _first_round(client: Client) -> types.InputRequiredResult:
+    result = await client.session.call_tool("test_sampling", {"prompt": "q"}, allow_input_required=True)
+    assert isinstance(result, types.InputRequiredResult) and result.input_requests and result.request_state
+    return result
+
+
+def _answers(first: types.InputRequiredResult) -> types.InputResponses:
+    assert first.input_requests is not None
+    answer = types.CreateMessageResult(role="assistant", content=types.TextContent(type="text", text="x"), model="m")
+    return {key: answer for key in first.input_requests}
+
+
+def test_a_forged_or_finished_request_state_gets_a_clear_error(modern_gateway: Gateway) -> None:
+    async def retry(client: Client, state: str, answers: types.InputResponses) -> str:
+        try:
+            await client.session.call_tool(
+                "test_sampling",
+                {"prompt": "q"},
+                input_responses=answers,
+                request_state=state,
+                allow_input_required=True,
+            )
+        except MCPError as exc:
+            return f"{exc.error.code}: {exc.error.message}"
+        return "accepted"
+
+    async def main() -> tuple[str, str, str, str]:
+        async with Client(modern_gateway.url, sampling_callback=_answer_sampling) as client:
+            first = await _first_round(client)
+            assert first.request_state is not None
+            answers = _answers(first)
+            forged = await retry(client, first.request_state[:-4] + "AAAA", answers)
+            other_call = await retry(client, "v1.bm90IGEgc3RhdGU", answers)
+            done = await client.session.call_tool(
+                "test_sampling",
+                {"prompt": "q"},
+                input_responses=answers,
+                request_state=first.request_state,
+                allow_input_required=True,
+            )
+            assert isinstance(done, types.CallToolResult) and _text(done) == "LLM response: x"
+            finished = await retry(client, first.request_state, answers)
+            return forged, other_call, finished, _text(done)
+
+    forged, other_call, finished, _ = anyio.run(main)
+    assert forged == other_call == f"{types.INVALID_PARAMS}: Invalid or expired requestState"
+    assert finished.startswith(f"{types.INVALID_PARAMS}: requestState names no pending call")
+
+
+def test_a_client_that_does_not_come_back_loses_its_call_and_the_backend_session_goes(
+    modern_gateway: Gateway,
+) -> None:
+    baseline = _settled_backend_processes(modern_gateway)
+
+    async def main() -> tuple[int, str]:
+        async with Client(modern_gateway.url, sampling_callback=_answer_sampling) as client:
+            first = await _first_round(client)
+            waiting = len(_backend_processes(modern_gateway))  # the call's own backend session is alive
+            await anyio.sleep(INPUT_TIMEOUT + 0.5)
+            assert first.request_state is not None
+            try:
+                await client.session.call_tool(
+                    "test_sampling",
+                    {"prompt": "q"},
+                    input_responses=_answers(first),
+                    request_state=first.request_state,
+                    allow_input_required=True,
+                )
+            except MCPError as exc:
+                return waiting, exc.error.message
+            return waiting, "accepted"
+
+    waiting, error = anyio.run(main)
+    assert waiting == baseline + 1
+    assert error == "Invalid or expired requestState"
+    assert _settled_backend_processes(modern_gateway) == baseline  # cancelled at the backend and closed
+
+
+def _circuit(gateway: Gateway) -> dict[str, Any]:
+    body = httpx2.get(f"{gateway.base}/readyz", timeout=5).json()
+    circuit: dict[str, Any] = body["backends"][0]["circuit"]
+    return circuit
+
+
+def test_calls_on_a_clients_own_backend_session_feed_the_circuit_breaker(modern_gateway: Gateway) -> None:
+    failures_before = _circuit(modern_gateway)["consecutive_failures"]
+
+    async def main(mode: str) -> types.CallToolResult:
+        async with Client(modern_gateway.url, mode=mode, sampling_callback=_answer_sampling) as client:
+            return await client.call_tool("test_slow", {"seconds": 30})
+
+    legacy = anyio.run(main, "legacy")  # the client's own session (2025-11-25 back-channel)
+    modern = anyio.run(main, "auto")  # the call's own session (2026-07-28 round trips)
+    for result in (legacy, modern):
+        assert result.is_error and _text(result) == f"backend 'conformance' did not answer within {CALL_TIMEOUT:g}s"
+    assert _circuit(modern_gateway)["consecutive_failures"] == failures_before + 2
+
+
+def test_a_client_answering_slower_than_the_call_timeout_is_not_a_slow_backend(modern_gateway: Gateway) -> None:
+    async def thoughtful(
+        context: ClientRequestContext, params: types.CreateMessageRequestParams
+    ) -> types.CreateMessageResult:
+        await anyio.sleep(DEADLINE + 0.5)  # a person thinking: the call's deadline waits
+        return await _answer_sampling(context, params)
+
+    async def main() -> str:
+        async with Client(modern_gateway.url, sampling_callback=thoughtful) as client:
+            return _text(await client.call_tool("test_sampling", {"prompt": "take your time"}))
+
+    assert anyio.run(main) == "LLM response: forty-two"
+    assert _circuit(modern_gateway)["consecutive_failures"] == 0  # the breaker saw a success

@@ -51,6 +51,9 @@ class ServerConfig(_Strict):
     allowed_hosts: list[str] = Field(default_factory=list)
     allowed_origins: list[str] = Field(default_factory=list)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # Calls of 2026-07-28 clients that may ask the client for input (`InputRequiredResult`) at once, each
+    # holding a backend session of its own; past it such a call is refused with an error.
+    max_pending_calls: int = Field(64, ge=1)
 
 
 class BackendConfig(_Strict):
@@ -155,6 +158,12 @@ class OptimizerConfig(_Strict):
     split_intents: bool = True
     # Arm depth: candidates taken from each arm before fusion.
     candidates: int = Field(100, ge=1)
+    # Second stage: the best `rerank_depth` fused candidates are re-scored by token-level MaxSim with the
+    # same model (optimizer/late_interaction.py), blended with the keyword arm at `rerank_weight`. "none"
+    # keeps the fused order and saves the token store's memory (~37 KB per tool).
+    rerank: Literal["late-interaction", "none"] = "late-interaction"
+    rerank_weight: float = Field(0.6, ge=0.0, le=1.0)
+    rerank_depth: int = Field(100, ge=1)
     # Most sub-queries one multi-intent request is split into (each costs one query embedding).
     max_intents: int = Field(4, ge=1, le=16)
     # BM25 term saturation and length normalisation of the keyword arm (Lucene's defaults; lower values
@@ -172,6 +181,9 @@ class TimeoutsConfig(_Strict):
     connect: float = Field(30.0, gt=0)
     call: float = Field(60.0, gt=0)
     shutdown: float = Field(5.0, gt=0)
+    # How long a client may take to answer a backend's sampling/elicitation/roots request (a person may be
+    # answering), or to retry a 2026-07-28 call that asked for input; not counted against `call`.
+    input: float = Field(300.0, gt=0)
 
 
 class HealthConfig(_Strict):

@@ -25,6 +25,7 @@ from mcp.server.lowlevel import NotificationOptions, Server
 from mcp.server.stdio import stdio_server
 from mcp.shared.exceptions import MCPError
 from mcp.shared.message import ServerMessageMetadata
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from vmcp_opt.server.event_store import BoundedEventStore
 
@@ -75,6 +76,7 @@ TOOLS = [
     ),
     _tool("test_elicitation_sep1034_defaults", "Elicitation whose fields all have defaults (SEP-1034)."),
     _tool("test_elicitation_sep1330_enums", "Elicitation with every enum schema form (SEP-1330)."),
+    _tool("test_elicitation_url", "URL-mode elicitation: sends the user to a URL, returns the action taken."),
     _tool("test_roots", "Asks the client for its roots (roots/list)."),
     _tool(
         "json_schema_2020_12_tool",
@@ -102,6 +104,10 @@ TOOLS = [
     ),
     _tool("test_cancelled_calls", "How many test_slow calls were cancelled by their caller so far."),
     _tool("test_add_tool", "Adds a tool, so the tool list changes (list_changed tests)."),
+    _tool(
+        "test_input_required",
+        "2026-07-28 only: answers InputRequiredResult (request_state only) first, then the state it got back.",
+    ),
 ]
 
 RESOURCES = [
@@ -187,9 +193,13 @@ class ConformanceBackend:
     async def list_tools(self, ctx: Ctx, params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
         return types.ListToolsResult(tools=TOOLS + self.extra_tools)
 
-    async def call_tool(self, ctx: Ctx, params: types.CallToolRequestParams) -> types.CallToolResult:
+    async def call_tool(
+        self, ctx: Ctx, params: types.CallToolRequestParams
+    ) -> types.CallToolResult | types.InputRequiredResult:
         args = params.arguments or {}
         name = params.name
+        if name == "test_input_required":
+            return _input_required_round(ctx, params)
         if name == "test_simple_text":
             return _text("This is a simple text response for testing.")
         if name == "test_image_content":
@@ -253,6 +263,14 @@ class ConformanceBackend:
             return await self._elicit(ctx, "Please provide user information", SEP1034_SCHEMA, "Elicitation completed")
         if name == "test_elicitation_sep1330_enums":
             return await self._elicit(ctx, "Please pick values", SEP1330_SCHEMA, "Elicitation completed")
+        if name == "test_elicitation_url":
+            capabilities = ctx.session.client_capabilities
+            if capabilities is None or capabilities.elicitation is None or capabilities.elicitation.url is None:
+                return _error("The client does not support URL elicitation")
+            url_result = await ctx.session.elicit_url(
+                "Please sign in", "https://example.com/authorize", "elicitation-1", related_request_id=ctx.request_id
+            )
+            return _text(f"URL elicitation completed: action={url_result.action}")
         if name == "test_roots":
             roots = await ctx.session.send_request(
                 types.ListRootsRequest(),
@@ -462,6 +480,17 @@ SEP1330_SCHEMA: dict[str, Any] = {
     },
     "required": [],
 }
+
+
+def _input_required_round(
+    ctx: Ctx, params: types.CallToolRequestParams
+) -> types.CallToolResult | types.InputRequiredResult:
+    """A multi-round-trip of the server's own making: call again with this state, then get it echoed."""
+    if ctx.protocol_version not in MODERN_PROTOCOL_VERSIONS:
+        return _error("test_input_required needs the 2026-07-28 revision")
+    if params.request_state is None:
+        return types.InputRequiredResult(request_state="backend-step-1")
+    return _text(f"resumed with request_state={params.request_state}")
 
 
 def _text(text: str) -> types.CallToolResult:

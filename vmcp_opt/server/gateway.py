@@ -17,6 +17,7 @@ from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler
 from mcp.shared.dispatcher import ProgressFnT
 from mcp.shared.exceptions import MCPError
 from mcp.shared.subscriptions import PromptsListChanged, ResourcesListChanged, ToolsListChanged
+from mcp_types.methods import INPUT_REQUIRED_METHODS
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import BaseModel
 
@@ -28,6 +29,17 @@ from vmcp_opt.backends.connection import BackendUnavailable
 from vmcp_opt.config import VmcpConfig
 from vmcp_opt.health import CircuitOpen, HealthMonitor
 from vmcp_opt.server.relay import Relay
+from vmcp_opt.server.round_trips import (
+    BackendRound,
+    InputRequired,
+    PendingRound,
+    input_responses,
+    or_input_required,
+    passed_through,
+    round_of,
+    state_boundary,
+    with_round,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +87,12 @@ class Gateway:
         # Health checks and circuit breakers; every routed call goes through `health.request`.
         self.health = HealthMonitor(self.backends, config)
         # Backend sessions of clients that need their own (sampling, elicitation, roots, logs, subscriptions).
-        self.relay = Relay(self.backends.ready)
+        self.relay = Relay(
+            self.backends.ready,
+            self.health.guarded,
+            input_timeout=config.timeouts.input,
+            max_pending=config.server.max_pending_calls,
+        )
         self.catalog = Catalog()
         self.front: ToolFront | None = None
         self.started = False
@@ -211,6 +228,8 @@ class Gateway:
             "notifications/roots/list_changed", types.NotificationParams, self.relay.roots_changed
         )
         server.middleware.append(self._track_session)
+        # Seals the request_state of every InputRequiredResult handed out, verifies it on the retry.
+        server.middleware.append(state_boundary(self.config.timeouts.input))
         return server
 
     async def _track_session(self, ctx: Ctx, call_next: CallNext) -> HandlerResult:
@@ -222,10 +241,15 @@ class Gateway:
             return types.ListToolsResult(tools=self.front.visible_tools(self.catalog))
         return types.ListToolsResult(tools=[routed.tool for routed in self.catalog.tools.values()])
 
-    async def _call_tool(self, ctx: Ctx, params: types.CallToolRequestParams) -> types.CallToolResult:
-        if self.front is not None and self.front.handles(params.name):
-            return await self.front.call(ctx, params)
-        return await self.call_routed(ctx, params.name, params.arguments, params.meta)
+    async def _call_tool(
+        self, ctx: Ctx, params: types.CallToolRequestParams
+    ) -> types.CallToolResult | types.InputRequiredResult:
+        try:
+            if self.front is not None and self.front.handles(params.name):
+                return await self.front.call(ctx, params)
+            return await self.call_routed(ctx, params.name, params.arguments, params.meta)
+        except InputRequired as asked:
+            return asked.result
 
     def lookup_tool(self, name: str) -> RoutedTool:
         routed = self.catalog.tools.get(name)
@@ -270,12 +294,19 @@ class Gateway:
     async def _list_prompts(self, ctx: Ctx, params: types.PaginatedRequestParams | None) -> types.ListPromptsResult:
         return types.ListPromptsResult(prompts=[routed.prompt for routed in self.catalog.prompts.values()])
 
-    async def _get_prompt(self, ctx: Ctx, params: types.GetPromptRequestParams) -> types.GetPromptResult:
+    async def _get_prompt(
+        self, ctx: Ctx, params: types.GetPromptRequestParams
+    ) -> types.GetPromptResult | types.InputRequiredResult:
         routed = self.catalog.prompts.get(params.name)
         if routed is None:
             raise MCPError(types.INVALID_PARAMS, f"Unknown prompt: '{params.name}'")
-        forwarded = params.model_copy(update={"name": routed.original_name})
-        return await self._forward(ctx, routed.backend, types.GetPromptRequest(params=forwarded), types.GetPromptResult)
+        forwarded = params.model_copy(update={"name": routed.original_name, "request_state": None})
+        try:
+            return await self._forward(
+                ctx, routed.backend, types.GetPromptRequest(params=forwarded), types.GetPromptResult
+            )
+        except InputRequired as asked:
+            return asked.result
 
     async def _list_resources(self, ctx: Ctx, params: types.PaginatedRequestParams | None) -> types.ListResourcesResult:
         return types.ListResourcesResult(resources=[routed.resource for routed in self.catalog.resources.values()])
@@ -287,11 +318,19 @@ class Gateway:
             resource_templates=[routed.template for routed in self.catalog.templates]
         )
 
-    async def _read_resource(self, ctx: Ctx, params: types.ReadResourceRequestParams) -> types.ReadResourceResult:
+    async def _read_resource(
+        self, ctx: Ctx, params: types.ReadResourceRequestParams
+    ) -> types.ReadResourceResult | types.InputRequiredResult:
         backend = self.catalog.route_resource(str(params.uri))
         if backend is None:
             raise MCPError(RESOURCE_NOT_FOUND, f"Resource not found: '{params.uri}'", {"uri": str(params.uri)})
-        return await self._forward(ctx, backend, types.ReadResourceRequest(params=params), types.ReadResourceResult)
+        forwarded = params.model_copy(update={"request_state": None})
+        try:
+            return await self._forward(
+                ctx, backend, types.ReadResourceRequest(params=forwarded), types.ReadResourceResult
+            )
+        except InputRequired as asked:
+            return asked.result
 
     async def _complete(self, ctx: Ctx, params: types.CompleteRequestParams) -> types.CompleteResult:
         ref = params.ref
@@ -325,12 +364,43 @@ class Gateway:
         *,
         progress_callback: ProgressFnT | None = None,
     ) -> ResultT:
-        """Through the shared session and its circuit breaker, or this client's own session when it needs one."""
+        """Through the shared session, or this client's own session when it needs one; every way goes
+        through the backend's circuit breaker. A retry of a 2026-07-28 call continues its round instead.
+
+        Raises `InputRequired` when a 2026-07-28 client must answer something first.
+        """
+        round_ = round_of(ctx)
+        if isinstance(round_, PendingRound):
+            assert ctx is not None
+            return await self.relay.round_trips.resume(ctx, round_, result_type, progress_callback)
+        if isinstance(round_, BackendRound):
+            assert ctx is not None
+            retry = with_round(request, round_.state, input_responses(ctx))
+            return await self._shared(ctx, round_.backend, retry, result_type, progress_callback)
         connection = self._connection(backend)
         via = await self.relay.route(ctx, connection)
         if via is connection:
-            return await self.health.request(backend, request, result_type, progress_callback=progress_callback)
+            return await self._shared(ctx, backend, request, result_type, progress_callback)
         return await via.request(request, result_type, progress_callback=progress_callback)
+
+    async def _shared(
+        self,
+        ctx: Ctx | None,
+        backend: str,
+        request: types.Request[Any, Any],
+        result_type: type[ResultT],
+        progress_callback: ProgressFnT | None,
+    ) -> ResultT:
+        """The shared session; a 2026-07-28 backend's own `InputRequiredResult` is passed through."""
+        connection = self._connection(backend)
+        if connection.protocol_version not in MODERN_PROTOCOL_VERSIONS or request.method not in INPUT_REQUIRED_METHODS:
+            return await self.health.request(backend, request, result_type, progress_callback=progress_callback)
+        result = await self.health.request(
+            backend, request, or_input_required(result_type), progress_callback=progress_callback
+        )
+        if isinstance(result, types.InputRequiredResult):
+            raise passed_through(ctx, backend, result)
+        return result
 
     async def _subscribe(self, ctx: Ctx, params: types.SubscribeRequestParams) -> types.EmptyResult:
         return await self.relay.subscribe(ctx, self._resource_backend(str(params.uri)), str(params.uri), True)
@@ -364,11 +434,25 @@ def _error_result(message: str) -> types.CallToolResult:
     return types.CallToolResult(content=[types.TextContent(type="text", text=message)], is_error=True)
 
 
+# Not forwarded: the backend call gets a progress token of its own, and the gateway's session speaks its own
+# envelope (a 2025-11-25 session refuses a request carrying a 2026-07-28 client's).
+_NOT_FORWARDED_META = frozenset(
+    {
+        "progressToken",
+        "progress_token",
+        types.PROTOCOL_VERSION_META_KEY,
+        types.CLIENT_INFO_META_KEY,
+        types.CLIENT_CAPABILITIES_META_KEY,
+        types.LOG_LEVEL_META_KEY,
+    }
+)
+
+
 def _forwarded_meta(meta: types.RequestParamsMeta | None) -> types.RequestParamsMeta | None:
-    """The client's `_meta` minus its progress token: the backend call gets a token of its own."""
+    """The client's `_meta` minus its progress token and protocol envelope."""
     if not meta:
         return None
-    kept = {key: value for key, value in dict(meta).items() if key not in ("progressToken", "progress_token")}
+    kept = {key: value for key, value in dict(meta).items() if key not in _NOT_FORWARDED_META}
     return kept or None  # type: ignore[return-value]
 
 

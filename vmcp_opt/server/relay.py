@@ -10,12 +10,17 @@ for that client alone:
   back to the same backend session. Cancellation travels both ways through the SDK's dispatchers.
 - log messages likewise; `resources/updated` on the client's standalone stream.
 
-Every other client (and every 2026-07-28 client, which has no back-channel) stays on the shared,
-faster path. A client's dedicated sessions are closed when its connection closes.
+Every other client stays on the shared, faster path. A client's dedicated sessions are closed when its
+connection closes. Calls on them go through the backend's circuit breaker like shared ones; the time a
+backend spends waiting for the client's answer counts against `timeouts.input`, not the call.
+
+A 2026-07-28 client has no back-channel: its calls ask it through `InputRequiredResult` instead
+(`vmcp_opt/server/round_trips.py`); `route` sends them there.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -35,6 +40,8 @@ from pydantic import BaseModel
 
 from vmcp_opt.backends.connection import BackendConnection, BackendState
 from vmcp_opt.backends.session_pool import DedicatedSession, SessionCallbacks, SessionPool
+from vmcp_opt.health import CallClock
+from vmcp_opt.server.round_trips import Guard, RoundTrips, asks_by_round_trip
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +54,7 @@ STATE_KEY = "vmcp.relay"
 class _InFlight:
     session: ServerSession
     request_id: types.RequestId | None
+    clock: CallClock = field(default_factory=CallClock)
 
 
 @dataclass(eq=False)
@@ -55,6 +63,8 @@ class FrontClient:
 
     connection: Connection
     pool: SessionPool
+    guard: Guard
+    input_timeout: float
     always: bool  # the client can answer server-to-client requests: every call needs its own session
     sessions: dict[str, DedicatedSession] = field(default_factory=dict)
     in_flight: list[_InFlight] = field(default_factory=list)
@@ -126,10 +136,19 @@ class FrontClient:
         session, metadata = self._target()
         if session is None:
             return types.ErrorData(code=types.INTERNAL_ERROR, message="the client is not connected")
-        try:
-            return await session.send_request(request, result_type, metadata=metadata)
-        except MCPError as exc:
-            return exc.error
+        # While the client answers, the calls in flight are not the backend's time.
+        with contextlib.ExitStack() as waits:
+            for call in list(self.in_flight):
+                waits.enter_context(call.clock.paused())
+            try:
+                with anyio.fail_after(self.input_timeout):
+                    return await session.send_request(request, result_type, metadata=metadata)
+            except MCPError as exc:
+                return exc.error
+            except TimeoutError:
+                return types.ErrorData(
+                    code=types.REQUEST_TIMEOUT, message=f"the client did not answer within {self.input_timeout:g}s"
+                )
 
     async def _sampling(
         self, context: ClientRequestContext, params: types.CreateMessageRequestParams
@@ -184,25 +203,58 @@ class _BoundSession:
         call = _InFlight(self.ctx.session, self.ctx.request_id)
         self.front.in_flight.append(call)
         try:
-            return await self.session.request(request, result_type, progress_callback=progress_callback)
+            async with self.front.guard(self.session.name, call.clock):
+                return await self.session.request(
+                    request, result_type, progress_callback=progress_callback, timed=False
+                )
         finally:
             self.front.in_flight.remove(call)
 
 
-Requester = BackendConnection | _BoundSession
+class _RoundTrip:
+    """A 2026-07-28 client's call that may ask it for input: run as a pending call, round by round."""
+
+    def __init__(self, trips: RoundTrips, ctx: Ctx, backend: BackendConnection) -> None:
+        self.trips = trips
+        self.ctx = ctx
+        self.backend = backend
+
+    async def request(
+        self,
+        request: types.Request[Any, Any],
+        result_type: type[ResultT],
+        *,
+        progress_callback: ProgressFnT | None = None,
+    ) -> ResultT:
+        return await self.trips.start(self.ctx, self.backend, request, result_type, progress_callback)
+
+
+Requester = BackendConnection | _BoundSession | _RoundTrip
 
 
 class Relay:
     """Decides per request whether the shared session will do, and owns the dedicated ones."""
 
-    def __init__(self, backends: Callable[[], list[BackendConnection]]) -> None:
+    def __init__(
+        self,
+        backends: Callable[[], list[BackendConnection]],
+        guard: Guard,
+        *,
+        input_timeout: float,
+        max_pending: int,
+    ) -> None:
         self.pool = SessionPool()
+        self.guard = guard
+        self.input_timeout = input_timeout
+        self.round_trips = RoundTrips(self.pool, guard, max_pending=max_pending, input_timeout=input_timeout)
         self._backends = backends
 
     def attach(self, task_group: anyio.abc.TaskGroup) -> None:
         self.pool.attach(task_group)
+        self.round_trips.attach(task_group)
 
     def stop(self) -> None:
+        self.round_trips.stop()
         self.pool.stop()
 
     # --- routing ---------------------------------------------------------------------------------
@@ -228,13 +280,18 @@ class Relay:
         if not always and not create:
             connection.state[STATE_KEY] = False  # cached: the shared path serves this client
             return None
-        front = FrontClient(connection, self.pool, always=always, last_session=ctx.session)
+        front = FrontClient(
+            connection, self.pool, self.guard, self.input_timeout, always=always, last_session=ctx.session
+        )
         connection.state[STATE_KEY] = front
         connection.exit_stack.push_async_callback(front.close)
         return front
 
     async def route(self, ctx: Ctx | None, backend: BackendConnection) -> Requester:
-        """The shared connection, or this client's own session to `backend` when it needs one."""
+        """The shared connection, this client's own session to `backend` when it needs one, or a session
+        of the call's own for a 2026-07-28 client the backend may have to ask something."""
+        if ctx is not None and backend.state is BackendState.READY and asks_by_round_trip(ctx):
+            return _RoundTrip(self.round_trips, ctx, backend)
         front = self._front(ctx)
         if front is None or ctx is None or backend.state is not BackendState.READY:
             return backend
