@@ -307,6 +307,7 @@ def modern_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway
         "backends": [{"name": "conformance", "command": sys.executable, "args": [str(CONFORMANCE_SERVER)]}],
         "aggregation": {"conflict_resolution": "priority"},
         "timeouts": {"input": INPUT_TIMEOUT, "call": CALL_TIMEOUT},
+        "server": {"max_pending_calls": 1},  # the tests run one call at a time
         "health": {"interval": 600},  # one ping at start: none resets the breaker's counts during a test
     }
     with running_gateway(write_config(tmp_path_factory.mktemp("relay-modern"), config)) as running:
@@ -462,7 +463,7 @@ def test_a_forged_or_finished_request_state_gets_a_clear_error(modern_gateway: G
             assert first.request_state is not None
             answers = _answers(first)
             forged = await retry(client, first.request_state[:-4] + "AAAA", answers)
-            other_call = await retry(client, "v1.bm90IGEgc3RhdGU", answers)
+            garbage = await retry(client, "v1.bm90IGEgc3RhdGU", answers)
             done = await client.session.call_tool(
                 "test_sampling",
                 {"prompt": "q"},
@@ -472,11 +473,35 @@ def test_a_forged_or_finished_request_state_gets_a_clear_error(modern_gateway: G
             )
             assert isinstance(done, types.CallToolResult) and _text(done) == "LLM response: x"
             finished = await retry(client, first.request_state, answers)
-            return forged, other_call, finished, _text(done)
+            return forged, garbage, finished, _text(done)
 
-    forged, other_call, finished, _ = anyio.run(main)
-    assert forged == other_call == f"{types.INVALID_PARAMS}: Invalid or expired requestState"
+    forged, garbage, finished, _ = anyio.run(main)
+    assert forged == garbage == f"{types.INVALID_PARAMS}: Invalid or expired requestState"
     assert finished.startswith(f"{types.INVALID_PARAMS}: requestState names no pending call")
+
+
+def test_calls_waiting_for_their_client_are_bounded(modern_gateway: Gateway) -> None:
+    async def main() -> tuple[str, str]:
+        async with Client(modern_gateway.url, sampling_callback=_answer_sampling) as client:
+            first = await _first_round(client)  # waits for this client: the one pending call allowed
+            try:
+                await client.call_tool("test_sampling", {"prompt": "another"})
+                refused = "accepted"
+            except MCPError as exc:
+                refused = exc.error.message
+            done = await client.session.call_tool(
+                "test_sampling",
+                {"prompt": "q"},
+                input_responses=_answers(first),
+                request_state=first.request_state,
+                allow_input_required=True,
+            )
+            assert isinstance(done, types.CallToolResult)
+            return refused, _text(done)
+
+    refused, done = anyio.run(main)
+    assert refused.startswith("the gateway already holds 1 calls that may ask their client for input")
+    assert done == "LLM response: x"  # the waiting call was not disturbed
 
 
 def test_a_client_that_does_not_come_back_loses_its_call_and_the_backend_session_goes(

@@ -84,7 +84,7 @@ class Gateway:
     def __init__(self, config: VmcpConfig) -> None:
         self.config = config
         self.backends = BackendManager(config)
-        # Health checks and circuit breakers; every routed call goes through `health.request`.
+        # Health checks and circuit breakers; every routed call goes through `health.guarded`, whichever session.
         self.health = HealthMonitor(self.backends, config)
         # Backend sessions of clients that need their own (sampling, elicitation, roots, logs, subscriptions).
         self.relay = Relay(

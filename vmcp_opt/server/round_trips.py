@@ -6,10 +6,10 @@ with `input_responses` and that state. Most backends ask the older way: a standa
 `sampling/createMessage`, `elicitation/create` or `roots/list` request in the middle of a call, and
 they wait for the answer. The gateway bridges the two:
 
-- a call (`tools/call`, `prompts/get`, `resources/read`) of a 2026-07-28 client that declared sampling,
-  elicitation or roots runs as a `PendingCall` on a backend session of its own (the 2025-11-25
-  handshake, advertising exactly the capabilities that client declared), in the gateway's task group,
-  under a random id; the session serves that one call and is closed with it;
+- a tool call of a 2026-07-28 client that declared sampling, elicitation or roots runs as a
+  `PendingCall` on a backend session of its own (the 2025-11-25 handshake, advertising exactly the
+  capabilities that client declared), in the gateway's task group, under a random id; the session
+  serves that one call and is closed with it;
 - a request the backend sends meanwhile is held, and the client's call is answered with an
   `InputRequiredResult` carrying it and a `request_state` that names the pending call;
 - the retry hands the answers to the waiting backend requests and waits again, for the result or for
@@ -136,12 +136,21 @@ def input_responses(ctx: Ctx) -> types.InputResponses | None:
     raw = (ctx.params or {}).get("inputResponses")
     if raw is None:
         return None
-    return types.InputResponseRequestParams.model_validate({"inputResponses": raw}, by_name=False).input_responses
+    try:
+        params = types.InputResponseRequestParams.model_validate({"inputResponses": raw}, by_name=False)
+    except ValidationError:
+        raise MCPError(types.INVALID_PARAMS, "inputResponses is not a map of input responses") from None
+    return params.input_responses
 
 
 def asks_by_round_trip(ctx: Ctx | None) -> bool:
-    """A 2026-07-28 client's call that a backend may need to ask it something during."""
-    if ctx is None or ctx.protocol_version not in MODERN_PROTOCOL_VERSIONS or ctx.method not in INPUT_REQUIRED_METHODS:
+    """A 2026-07-28 client's tool call that a backend may need to ask it something during.
+
+    `prompts/get` and `resources/read` may carry rounds too, but backends hardly ever ask during them,
+    and a session per read (a process, for a stdio backend) is too dear for that: they stay on the
+    shared session, where a backend's own `InputRequiredResult` still passes through.
+    """
+    if ctx is None or ctx.protocol_version not in MODERN_PROTOCOL_VERSIONS or ctx.method != "tools/call":
         return False
     capabilities = ctx.session.client_capabilities
     return capabilities is not None and any(
@@ -419,7 +428,8 @@ class RoundTrips:
             )
         if call.driver is not None:
             raise MCPError(types.INVALID_REQUEST, "this call is already being continued by another request")
-        call.answer(input_responses(ctx))
+        if call.outcome is None:  # a call that ended meanwhile (its backend gave up) has nothing to answer
+            call.answer(input_responses(ctx))
         return _expect(await call.next_round(ctx.session, progress), result_type)
 
 
