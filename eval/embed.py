@@ -17,7 +17,10 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from vmcp_opt.optimizer.late_interaction import TokenStore
+
 Vectors = npt.NDArray[np.float32]
+TokenMatrix = npt.NDArray[np.float16]
 
 
 class EmbedderLike(Protocol):
@@ -42,9 +45,12 @@ class SharedEmbedder:
         self.dimensions: int = int(inner.dimensions)
         self.cache_dir = cache_dir
         self._vectors: dict[str, Vectors] = {}
+        # Token embeddings (late-interaction re-ranking) by the same keys, for texts embedded with tokens.
+        self._tokens: dict[str, TokenMatrix] = {}
         self.embedded = 0
         # Tuning only (`eval/tune.py`): reuse query vectors across configurations. Off for timed runs.
         self.query_cache: dict[str, Vectors] | None = None
+        self._query_tokens: dict[str, TokenMatrix] = {}
         # True while a query is being timed: it then pays for its own embedding.
         self.bypass_cache = False
 
@@ -53,44 +59,63 @@ class SharedEmbedder:
         return getattr(self.inner, name)
 
     def encode_queries(self, texts: Sequence[str]) -> Vectors:
+        return self.encode_queries_with_tokens(texts, tokens=False)[0]
+
+    def encode_queries_with_tokens(
+        self, texts: Sequence[str], *, tokens: bool = True
+    ) -> tuple[Vectors, list[TokenMatrix]]:
         if self.query_cache is not None and not self.bypass_cache:
             cache = self.query_cache
-            missing = [text for text in dict.fromkeys(texts) if text not in cache]
+            missing = [t for t in dict.fromkeys(texts) if t not in cache or (tokens and t not in self._query_tokens)]
             if missing:
-                with torch_threads(self.query_threads):
-                    vectors = np.asarray(self.inner.encode_queries(missing), dtype=np.float32)
-                cache.update(zip(missing, vectors, strict=True))
-            return np.stack([cache[text] for text in texts]) if texts else np.empty((0, self.dimensions), np.float32)
+                self._embed_queries(missing)
+            vectors = np.stack([cache[t] for t in texts]) if texts else np.empty((0, self.dimensions), np.float32)
+            return vectors, [self._query_tokens[t] for t in texts] if tokens else []
         with torch_threads(self.query_threads):
-            return np.asarray(self.inner.encode_queries(list(texts)), dtype=np.float32)
+            vectors, matrices = self.inner.encode_queries_with_tokens(list(texts), tokens=tokens)
+        return np.asarray(vectors, dtype=np.float32), matrices
+
+    def _embed_queries(self, texts: list[str]) -> None:
+        assert self.query_cache is not None
+        with torch_threads(self.query_threads):
+            vectors, matrices = self.inner.encode_queries_with_tokens(texts, tokens=True)
+        self.query_cache.update(zip(texts, np.asarray(vectors, dtype=np.float32), strict=True))
+        self._query_tokens.update(zip(texts, matrices, strict=True))
 
     def prime_queries(self, texts: Sequence[str], batch_size: int = 64) -> None:
         """Embed many queries in batches (several times faster than one by one) into the query cache."""
         if self.query_cache is None:
             self.query_cache = {}
         missing = [text for text in dict.fromkeys(texts) if text not in self.query_cache]
-        with torch_threads(self.query_threads):
-            for start in range(0, len(missing), batch_size):
-                batch = missing[start : start + batch_size]
-                vectors = np.asarray(self.inner.encode_queries(batch), dtype=np.float32)
-                self.query_cache.update(zip(batch, vectors, strict=True))
+        for start in range(0, len(missing), batch_size):
+            self._embed_queries(missing[start : start + batch_size])
 
     def encode_documents(self, texts: Sequence[str], progress: bool = False) -> Vectors:
+        return self.encode_documents_with_tokens(texts, progress=progress, tokens=False)[0]
+
+    def encode_documents_with_tokens(
+        self, texts: Sequence[str], *, progress: bool = False, tokens: bool = True
+    ) -> tuple[Vectors, list[TokenMatrix]]:
         texts = list(texts)
-        missing = [text for text in dict.fromkeys(texts) if _key(text) not in self._vectors]
-        if missing:
-            self._load_from_disk(missing)
-            missing = [text for text in missing if _key(text) not in self._vectors]
+        self._load_from_disk()
+        missing = [
+            text
+            for text in dict.fromkeys(texts)
+            if _key(text) not in self._vectors or (tokens and _key(text) not in self._tokens)
+        ]
         if missing:
             with torch_threads(self.bulk_threads):
-                vectors = np.asarray(self.inner.encode_documents(missing, progress=progress), dtype=np.float32)
+                vectors, matrices = self.inner.encode_documents_with_tokens(missing, progress=progress, tokens=tokens)
             self.embedded += len(missing)
-            for text, vector in zip(missing, vectors, strict=True):
+            for text, vector in zip(missing, np.asarray(vectors, dtype=np.float32), strict=True):
                 self._vectors[_key(text)] = vector
-            self._save_to_disk(missing, vectors)
+            if tokens:
+                self._tokens.update(zip(map(_key, missing), matrices, strict=True))
+            self._save_to_disk()
         if not texts:
-            return np.empty((0, self.dimensions), dtype=np.float32)
-        return np.stack([self._vectors[_key(text)] for text in texts]).astype(np.float32)
+            return np.empty((0, self.dimensions), dtype=np.float32), []
+        vectors = np.stack([self._vectors[_key(text)] for text in texts]).astype(np.float32)
+        return vectors, [self._tokens[_key(text)] for text in texts] if tokens else []
 
     def _cache_file(self) -> Path | None:
         if self.cache_dir is None:
@@ -98,7 +123,7 @@ class SharedEmbedder:
         safe = "".join(ch if ch.isalnum() or ch in "-._" else "-" for ch in self.model_id)
         return self.cache_dir / f"{safe}.npz"
 
-    def _load_from_disk(self, texts: list[str]) -> None:
+    def _load_from_disk(self) -> None:
         path = self._cache_file()
         if path is None or not path.exists() or getattr(self, "_disk_loaded", False):
             return
@@ -106,16 +131,28 @@ class SharedEmbedder:
         with np.load(path) as data:
             for key, vector in zip(data["keys"], data["vectors"], strict=True):
                 self._vectors.setdefault(str(key), vector.astype(np.float32))
+            if "token_keys" in data:
+                store = TokenStore(data["tokens"], data["token_offsets"])
+                for i, key in enumerate(data["token_keys"]):
+                    self._tokens.setdefault(str(key), store.matrix(i))
 
-    def _save_to_disk(self, texts: list[str], vectors: Vectors) -> None:
+    def _save_to_disk(self) -> None:
         path = self._cache_file()
         if path is None:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
         keys = np.array(list(self._vectors), dtype="U64")
         stacked = np.stack(list(self._vectors.values())).astype(np.float32)
+        store = TokenStore.from_matrices(list(self._tokens.values()), self.dimensions)
         tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, keys=keys, vectors=stacked)
+        np.savez(
+            tmp,
+            keys=keys,
+            vectors=stacked,
+            token_keys=np.array(list(self._tokens), dtype="U64"),
+            tokens=store.tokens,
+            token_offsets=store.offsets,
+        )
         tmp.replace(path)
 
 

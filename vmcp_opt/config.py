@@ -158,12 +158,11 @@ class OptimizerConfig(_Strict):
     split_intents: bool = True
     # Arm depth: candidates taken from each arm before fusion.
     candidates: int = Field(100, ge=1)
-    # Second stage: the best `rerank_depth` fused candidates are re-scored by token-level MaxSim with the
-    # same model (optimizer/late_interaction.py), blended with the keyword arm at `rerank_weight`. "none"
-    # keeps the fused order and saves the token store's memory (~37 KB per tool).
+    # Second stage: every fused candidate is re-scored by token-level MaxSim with the same model
+    # (optimizer/late_interaction.py), blended with the keyword arm at `rerank_weight`. "none" keeps the
+    # fused order and saves the token store's memory (~37 KB per tool of 50 word pieces).
     rerank: Literal["late-interaction", "none"] = "late-interaction"
-    rerank_weight: float = Field(0.6, ge=0.0, le=1.0)
-    rerank_depth: int = Field(100, ge=1)
+    rerank_weight: float = Field(0.7, ge=0.0, le=1.0)
     # Most sub-queries one multi-intent request is split into (each costs one query embedding).
     max_intents: int = Field(4, ge=1, le=16)
     # BM25 term saturation and length normalisation of the keyword arm (Lucene's defaults; lower values

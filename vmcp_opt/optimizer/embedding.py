@@ -192,15 +192,28 @@ class Embedder:
 
     def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
         """float32, L2-normalised, one row per text, with the model's query prefix."""
+        return self.encode_queries_with_tokens(texts, tokens=False)[0]
+
+    def encode_queries_with_tokens(
+        self, texts: Sequence[str], *, tokens: bool = True
+    ) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Sentence vectors plus, from the same forward pass, each query's normalised token embeddings."""
         _set_torch_threads(self.query_threads)
-        vectors = self._encode(self._model, [self.spec.query_prefix + text for text in texts])
-        return np.ascontiguousarray(vectors.numpy(), dtype=np.float32)
+        vectors, matrices = self._encode(self._model, [self.spec.query_prefix + text for text in texts], tokens)
+        return np.ascontiguousarray(vectors.numpy(), dtype=np.float32), matrices
 
     def encode_documents(self, texts: Sequence[str], *, progress: bool = False) -> np.ndarray:
         """Bulk encoding (bfloat16 where enabled and supported), float32 normalised rows, in input order."""
+        return self.encode_documents_with_tokens(texts, progress=progress, tokens=False)[0]
+
+    def encode_documents_with_tokens(
+        self, texts: Sequence[str], *, progress: bool = False, tokens: bool = True
+    ) -> tuple[np.ndarray, list[np.ndarray]]:
+        """`encode_documents` plus each document's token embeddings (float16, normalised), in input order."""
         out = np.empty((len(texts), self.dimensions), dtype=np.float32)
+        matrices: list[np.ndarray] = [np.zeros((0, self.dimensions), dtype=np.float16)] * len(texts)
         if not texts:
-            return out
+            return out, matrices
         # A few changed tools are not worth a bfloat16 copy of the model (~0.1 s and ~45 MB).
         bf16 = self.bulk_bfloat16 and len(texts) >= BFLOAT16_MIN_DOCUMENTS
         model = self._bulk() if bf16 else self._model
@@ -213,18 +226,21 @@ class Embedder:
             for start in range(0, len(texts), step):
                 rows = order[start : start + step]
                 batch = [self.spec.document_prefix + texts[i] for i in rows]
-                vectors = self._encode(model, batch)
+                vectors, batch_tokens = self._encode(model, batch, tokens)
                 out[rows] = vectors.numpy()
+                for row, matrix in zip(rows, batch_tokens, strict=False):
+                    matrices[row] = matrix
                 advance(len(rows))
         _set_torch_threads(previous)
         if bf16:
             with self._bulk_lock:
                 self._bulk_model = None
         _release_memory()  # activations of long batches otherwise stay in the process (~100 MB)
-        return out
+        return out, matrices
 
-    def _encode(self, model: Any, texts: list[str]) -> Any:
-        """One batch through the model: a normalised float32 tensor, one row per text."""
+    def _encode(self, model: Any, texts: list[str], tokens: bool = False) -> tuple[Any, list[np.ndarray]]:
+        """One batch through the model: a normalised float32 tensor, one row per text, and (when asked)
+        each text's token embeddings without padding, [CLS] and [SEP]: normalised float16 matrices."""
         import torch
 
         # A Rust tokenizer raises "Already borrowed" when two threads use it at once (a search during an
@@ -232,9 +248,17 @@ class Embedder:
         with self._tokenizer_lock:
             features = model.preprocess(texts)
         with torch.inference_mode():
-            embeddings = model(features)["sentence_embedding"]
+            output = model(features)
             # Normalised in float32 (after a bfloat16 forward too), so inner products are cosines.
-            return torch.nn.functional.normalize(embeddings.float(), p=2, dim=1)
+            vectors = torch.nn.functional.normalize(output["sentence_embedding"].float(), p=2, dim=1)
+            if not tokens:
+                return vectors, []
+            token_vectors = torch.nn.functional.normalize(output["token_embeddings"].float(), p=2, dim=2)
+            lengths = output["attention_mask"].sum(dim=1).tolist()
+            matrices = [
+                token_vectors[i, 1 : max(int(n) - 1, 1)].to(torch.float16).numpy().copy() for i, n in enumerate(lengths)
+            ]
+            return vectors, matrices
 
     def _bulk(self) -> Any:
         with self._bulk_lock:

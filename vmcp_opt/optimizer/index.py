@@ -27,6 +27,7 @@ from vmcp_opt.config import OptimizerConfig
 from vmcp_opt.optimizer import ranking
 from vmcp_opt.optimizer.documents import ToolRecord, content_hash, tool_document
 from vmcp_opt.optimizer.embedding import Embedder, ModelSpec, load_embedder, resolve_model
+from vmcp_opt.optimizer.late_interaction import TokenStore
 
 log = logging.getLogger(__name__)
 
@@ -56,21 +57,26 @@ def _tokenize(texts: list[str], *, return_ids: bool = True) -> Any:
 
 @dataclass(frozen=True)
 class _VectorCache:
-    """Vectors by content hash: `matrix[rows[hash]]`."""
+    """Vectors (and token matrices, when re-ranking) by content hash: `matrix[rows[hash]]`."""
 
     rows: dict[str, int] = field(default_factory=dict)
     matrix: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.float32))
     # What owns `matrix`'s memory when it is a view of FAISS storage: kept alive as long as the cache is.
     owner: Any = None
+    # Row i's token matrix is `tokens.matrix(i)`; None when built without late interaction.
+    tokens: TokenStore | None = None
 
-    def stack(self, hashes: Sequence[str], dims: int) -> tuple[np.ndarray, np.ndarray]:
-        """(vectors aligned with `hashes`, which rows were found); missing rows are zero."""
+    def stack(self, hashes: Sequence[str], dims: int) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+        """(vectors aligned with `hashes`, which rows were found, token matrices); missing rows are zero/empty."""
         where = np.fromiter((self.rows.get(h, -1) for h in hashes), dtype=np.int64, count=len(hashes))
         found = where >= 0
         out = np.zeros((len(hashes), dims), dtype=np.float32)
         if found.any():
             out[found] = self.matrix[where[found]]
-        return out, found
+        empty = np.zeros((0, dims), dtype=np.float16)
+        tokens = self.tokens
+        matrices = [tokens.matrix(int(row)) if tokens is not None and row >= 0 else empty for row in where]
+        return out, found, matrices
 
 
 @dataclass
@@ -108,6 +114,8 @@ class _Snapshot:
     vectors: np.ndarray | None = None
     has_vector: np.ndarray | None = None
     faiss_index: Any = None
+    # Token embeddings for late-interaction re-ranking, aligned with records (None when it is off).
+    tokens: TokenStore | None = None
 
 
 class ToolIndex:
@@ -148,12 +156,31 @@ class ToolIndex:
         depth = min(self.config.candidates, len(snap.records))
         sparse = [self._keyword_candidates(snap, variant, depth, allowed) for variant in variants]
         if dense and embedder is not None:
-            vectors = self._dense_candidates(snap, embedder.encode_queries(variants), depth, allowed)
+            rerank = snap.tokens is not None
+            # One forward pass gives the sentence vectors and, for re-ranking, the token embeddings.
+            query_vectors, query_tokens = embedder.encode_queries_with_tokens(variants, tokens=rerank)
+            vectors = self._dense_candidates(snap, query_vectors, depth, allowed)
             fused = [ranking.fuse(d, s, self.config) for d, s in zip(vectors, sparse, strict=True)]
+            if rerank and snap.tokens is not None:
+                fused = [
+                    self._rerank(snap.tokens, f, s, q) for f, s, q in zip(fused, sparse, query_tokens, strict=True)
+                ]
         else:
             fused = [ranking.keyword_only(s) for s in sparse]
         best = ranking.top(ranking.merge_variants(fused), limit)
         return SearchResult([SearchHit(snap.records[doc], float(score)) for doc, score in best], mode)
+
+    def _rerank(
+        self, tokens: TokenStore, fused: ranking.Ranking, sparse: ranking.Ranking, query_tokens: np.ndarray
+    ) -> ranking.Ranking:
+        """Every fused candidate re-scored: token-level MaxSim blended with the keyword arm.
+
+        All of them rather than a head: a re-ranked head over an unranked tail would need two score
+        scales, and ~150 candidates cost a few milliseconds."""
+        late = tokens.maxsim(query_tokens, list(fused))
+        if not late:
+            return fused
+        return ranking.blend(late, sparse, self.config.rerank_weight, list(fused))
 
     def _keyword_candidates(
         self, snap: _Snapshot, query: str, depth: int, allowed: np.ndarray | None
@@ -208,24 +235,34 @@ class ToolIndex:
                 )
             records, documents, hashes = _prepare(records)
             cache = self._vector_cache()
-            vectors, found = cache.stack(hashes, self.model.dimensions)
+            vectors, found, matrices = cache.stack(hashes, self.model.dimensions)
             # Each new document once, even when two tools share it.
             first: dict[str, int] = {}
             for i in np.flatnonzero(~found):
                 first.setdefault(hashes[i], int(i))
             if first:
-                fresh = self.embedder.encode_documents([documents[i] for i in first.values()], progress=progress)
+                fresh, fresh_tokens = self.embedder.encode_documents_with_tokens(
+                    [documents[i] for i in first.values()], progress=progress, tokens=self._late_interaction
+                )
                 by_hash = dict(zip(first, range(len(first)), strict=True))
                 missing = np.flatnonzero(~found)
                 vectors[missing] = fresh[[by_hash[hashes[i]] for i in missing]]
+                if self._late_interaction:
+                    for i in missing:
+                        matrices[i] = fresh_tokens[by_hash[hashes[i]]]
             removed = len(cache.rows.keys() - set(hashes))
-            snapshot = self._build(records, documents, hashes, vectors, np.ones(len(records), dtype=bool))
+            token_store = self._token_store(matrices)
+            del matrices
+            snapshot = self._build(records, documents, hashes, vectors, np.ones(len(records), dtype=bool), token_store)
             del vectors  # the snapshot holds FAISS's copy; drop ours before saving
             self._swap(snapshot)
             self._cache = _VectorCache(
-                {h: i for i, h in enumerate(hashes)}, _or_empty(snapshot.vectors), owner=snapshot.faiss_index
+                {h: i for i, h in enumerate(hashes)},
+                _or_empty(snapshot.vectors),
+                owner=snapshot.faiss_index,
+                tokens=token_store,
             )
-            self._save(hashes, _or_empty(snapshot.vectors))
+            self._save(hashes, _or_empty(snapshot.vectors), token_store)
         stats = UpdateStats(
             embedded=len(first),
             reused=len(set(hashes)) - len(first),
@@ -247,8 +284,9 @@ class ToolIndex:
         """Replace the indexed set without the model: keywords at once, plus any vectors already cached."""
         with self._update_lock:
             records, documents, hashes = _prepare(records)
-            vectors, found = self._vector_cache().stack(hashes, self.model.dimensions)
-            self._swap(self._build(records, documents, hashes, vectors if found.any() else None, found))
+            vectors, found, matrices = self._vector_cache().stack(hashes, self.model.dimensions)
+            tokens = self._token_store(matrices) if found.any() else None
+            self._swap(self._build(records, documents, hashes, vectors if found.any() else None, found, tokens))
         log.info("keyword index updated: %d tools, %d with cached vectors", len(records), int(found.sum()))
 
     def _build(
@@ -258,6 +296,7 @@ class ToolIndex:
         hashes: list[str],
         vectors: np.ndarray | None,
         has_vector: np.ndarray,
+        tokens: TokenStore | None = None,
     ) -> _Snapshot:
         backend_ids: dict[str, int] = {}
         codes = np.fromiter(
@@ -281,7 +320,15 @@ class ToolIndex:
             vectors=vectors,
             has_vector=has_vector,
             faiss_index=faiss_index,
+            tokens=tokens,
         )
+
+    @property
+    def _late_interaction(self) -> bool:
+        return self.config.rerank == "late-interaction"
+
+    def _token_store(self, matrices: Sequence[np.ndarray]) -> TokenStore | None:
+        return TokenStore.from_matrices(matrices, self.model.dimensions) if self._late_interaction else None
 
     def _faiss(self, vectors: np.ndarray) -> Any:
         dims = vectors.shape[1]
@@ -320,6 +367,13 @@ class ToolIndex:
                 model = str(data["model"])
                 hashes = [h.decode("ascii") for h in data["hashes"]]
                 vectors = np.ascontiguousarray(data["vectors"], dtype=np.float32)
+                tokens = None
+                if self._late_interaction:
+                    if "token_offsets" not in data:
+                        raise ValueError("no token embeddings for re-ranking (built before late interaction)")
+                    tokens = TokenStore(np.asarray(data["tokens"], dtype=np.float16), np.asarray(data["token_offsets"]))
+                    if len(tokens) != len(hashes):
+                        raise ValueError(f"token offsets for {len(tokens)} tools, not {len(hashes)}")
             if model != self.model.id:
                 raise ValueError(f"built by model {model!r}, not {self.model.id!r}")
             if vectors.shape != (len(hashes), self.model.dimensions):
@@ -327,11 +381,15 @@ class ToolIndex:
         except Exception as exc:  # any unreadable cache is rebuilt, never fatal
             log.warning("index cache %s unusable, rebuilding: %s", path, exc)
             return _VectorCache()
-        return _VectorCache({h: i for i, h in enumerate(hashes)}, vectors)
+        return _VectorCache({h: i for i, h in enumerate(hashes)}, vectors, tokens=tokens)
 
-    def _save(self, hashes: list[str], vectors: np.ndarray) -> None:
+    def _save(self, hashes: list[str], vectors: np.ndarray, tokens: TokenStore | None) -> None:
         unique = {digest: i for i, digest in enumerate(hashes)}
         rows = np.fromiter(unique.values(), dtype=np.int64, count=len(unique))
+        extra: dict[str, Any] = {}
+        if tokens is not None:
+            kept = TokenStore.from_matrices([tokens.matrix(int(row)) for row in rows], self.model.dimensions)
+            extra = {"tokens": kept.tokens, "token_offsets": kept.offsets}
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".vectors-", suffix=".tmp")
@@ -342,6 +400,7 @@ class ToolIndex:
                         model=np.array(self.model.id),
                         hashes=np.array(list(unique), dtype="S64"),
                         vectors=vectors[rows],
+                        **extra,
                     )
                     file.flush()
                     os.fsync(file.fileno())
@@ -365,6 +424,8 @@ class ToolIndex:
             "fusion": self.config.fusion,
             "dense_ready": self.dense_ready,
             "with_vectors": int(snap.has_vector.sum()) if snap.has_vector is not None else 0,
+            "rerank": self.config.rerank,
+            "token_store_bytes": snap.tokens.nbytes if snap.tokens is not None else 0,
             "path": str(self.directory),
             "size_on_disk_bytes": size,
         }

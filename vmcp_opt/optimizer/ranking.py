@@ -75,6 +75,14 @@ def fuse_weighted(dense: Ranking, sparse: Ranking, dense_weight: float) -> Ranki
     }
 
 
+def blend(late: Ranking, sparse: Ranking, late_weight: float, candidates: Sequence[int]) -> Ranking:
+    """Re-ranking scores of `candidates`: min-max scaled late-interaction scores blended with the keyword
+    arm's (scaled over the arm's whole candidate list, so a document it ranked low stays low)."""
+    late_n, sparse_n = minmax(late), minmax(sparse)
+    keyword_weight = 1.0 - late_weight
+    return {doc: late_weight * late_n.get(doc, 0.0) + keyword_weight * sparse_n.get(doc, 0.0) for doc in candidates}
+
+
 def fuse_rrf(dense: Ranking, sparse: Ranking, k: int, dense_weight: float = 0.5) -> Ranking:
     """Reciprocal rank fusion; weights are scaled so dense_weight 0.5 is plain RRF."""
     fused: Ranking = {}
