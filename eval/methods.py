@@ -23,7 +23,7 @@ from eval.toolhive import KeywordMode, ToolHiveRanker, embedding_text
 
 # Ablations: each is the production default with these OptimizerConfig fields overridden.
 OPTIMIZER_VARIANTS: dict[str, dict[str, Any]] = {
-    "optimizer-no-rerank": {"rerank": "none"},
+    "optimizer-late-interaction": {"rerank": "late-interaction"},
     "optimizer-no-split": {"split_intents": False},
     "optimizer-bm25-flat": {"bm25_k1": 0.9, "bm25_b": 0.3},
     "optimizer-rrf": {"fusion": "rrf"},

@@ -28,9 +28,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "w0.4": {"dense_weight": 0.4},
     "w0.6": {"dense_weight": 0.6},
     "w0.7": {"dense_weight": 0.7},
-    "no-rerank": {"rerank": "none"},
-    "rerank-w0.5": {"rerank_weight": 0.5},
-    "rerank-w0.6": {"rerank_weight": 0.6},
+    "late-interaction": {"rerank": "late-interaction"},
+    "late-interaction-w0.5": {"rerank": "late-interaction", "rerank_weight": 0.5},
+    "late-interaction-w0.6": {"rerank": "late-interaction", "rerank_weight": 0.6},
+    "late-interaction-w0.8": {"rerank": "late-interaction", "rerank_weight": 0.8},
     "dense-only": {"dense_weight": 1.0},
     "keyword-only": {"dense_weight": 0.0},
 }

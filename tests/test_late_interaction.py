@@ -17,6 +17,8 @@ from vmcp_opt.optimizer.ranking import blend
 
 from .test_optimizer_index import CATALOGUE
 
+LATE = OptimizerConfig(rerank="late-interaction")
+
 
 def _unit(*rows: list[float]) -> np.ndarray:
     matrix = np.array(rows, dtype=np.float32)
@@ -70,10 +72,10 @@ def test_token_embeddings_come_from_the_same_pass_without_special_tokens(embedde
 
 
 def test_index_persists_tokens_and_a_restart_reranks_without_embedding(tmp_path: Path, embedder: Embedder) -> None:
-    first = ToolIndex(OptimizerConfig(), tmp_path, embedder)
+    first = ToolIndex(LATE, tmp_path, embedder)
     first.update(CATALOGUE)
     assert first.stats()["token_store_bytes"] > 0
-    restarted = ToolIndex(OptimizerConfig(), tmp_path, embedder)
+    restarted = ToolIndex(LATE, tmp_path, embedder)
     stats = restarted.update(CATALOGUE)
     assert (stats.embedded, stats.reused) == (0, len(CATALOGUE))
     assert restarted.stats()["token_store_bytes"] == first.stats()["token_store_bytes"]
@@ -81,22 +83,22 @@ def test_index_persists_tokens_and_a_restart_reranks_without_embedding(tmp_path:
     assert top.record.name == "time_get_current_time"
 
 
-def test_rerank_off_stores_no_tokens_and_its_cache_is_rebuilt_when_turned_on(
+def test_default_stores_no_tokens_and_its_cache_is_rebuilt_when_reranking_is_turned_on(
     tmp_path: Path, embedder: Embedder, caplog: pytest.LogCaptureFixture
 ) -> None:
-    plain = ToolIndex(OptimizerConfig(rerank="none"), tmp_path, embedder)
+    plain = ToolIndex(OptimizerConfig(), tmp_path, embedder)
     plain.update(CATALOGUE)
     assert plain.stats()["token_store_bytes"] == 0
     with np.load(plain.directory / VECTORS_FILE) as data:
         assert "tokens" not in data
     with caplog.at_level(logging.WARNING):
-        stats = ToolIndex(OptimizerConfig(), tmp_path, embedder).update(CATALOGUE)
+        stats = ToolIndex(LATE, tmp_path, embedder).update(CATALOGUE)
     assert stats.embedded == len(CATALOGUE)
     assert "no token embeddings" in caplog.text
 
 
 def test_rerank_reorders_the_fused_candidates_without_dropping_any(tmp_path: Path, embedder: Embedder) -> None:
-    on = ToolIndex(OptimizerConfig(), tmp_path / "on", embedder)
+    on = ToolIndex(LATE, tmp_path / "on", embedder)
     off = ToolIndex(OptimizerConfig(rerank="none"), tmp_path / "off", embedder)
     on.update(CATALOGUE)
     off.update(CATALOGUE)

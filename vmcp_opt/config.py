@@ -158,10 +158,11 @@ class OptimizerConfig(_Strict):
     split_intents: bool = True
     # Arm depth: candidates taken from each arm before fusion.
     candidates: int = Field(100, ge=1)
-    # Second stage: every fused candidate is re-scored by token-level MaxSim with the same model
-    # (optimizer/late_interaction.py), blended with the keyword arm at `rerank_weight`. "none" keeps the
-    # fused order and saves the token store's memory (~37 KB per tool of 50 word pieces).
-    rerank: Literal["late-interaction", "none"] = "late-interaction"
+    # Optional second stage: every fused candidate re-scored by token-level MaxSim with the same model
+    # (optimizer/late_interaction.py), blended with the keyword arm at `rerank_weight`. Off by default: it
+    # won +1.6 nDCG@10 on the ToolLens dev split but lost 1.2-2.3 on three of four held-out sets and costs
+    # ~10-30 ms per query and ~37 KB per tool (eval/README.md).
+    rerank: Literal["late-interaction", "none"] = "none"
     rerank_weight: float = Field(0.7, ge=0.0, le=1.0)
     # Most sub-queries one multi-intent request is split into (each costs one query embedding).
     max_intents: int = Field(4, ge=1, le=16)
