@@ -4,7 +4,7 @@ A pooled sentence vector averages a whole tool document into one point, so a req
 parameter or one capability among many matches it only weakly. Comparing token by token (ColBERT's
 MaxSim, here over the same model's contextual token embeddings, no extra model) keeps those matches. It
 re-ranks the fused candidates of the two first-stage arms (`optimizer.rerank: late-interaction`). On the
-ToolLens dev split it added +1.6 nDCG@10 over the fused ranking, but on the held-out ToolRet sets it lost
+ToolLens dev split it added +1.9 nDCG@10 over the fused ranking, but on the held-out ToolRet sets it lost
 1.2-2.3 points on three of four, so it is opt-in (eval/README.md).
 
 Token matrices come out of the same forward pass as the sentence vectors, so indexing costs no extra
