@@ -161,7 +161,7 @@ class OptimizerConfig(_Strict):
     # Optional second stage: every fused candidate re-scored by token-level MaxSim with the same model
     # (optimizer/late_interaction.py), blended with the keyword arm at `rerank_weight`. Off by default: it
     # won +1.9 nDCG@10 on the ToolLens dev split but lost 1.2-2.3 on three of four held-out sets and costs
-    # ~10-30 ms per query and ~37 KB per tool (eval/README.md).
+    # ~10-30 ms per query and ~50 KB per tool (eval/README.md, bench/optimizer.py).
     rerank: Literal["late-interaction", "none"] = "none"
     rerank_weight: float = Field(0.7, ge=0.0, le=1.0)
     # Most sub-queries one multi-intent request is split into (each costs one query embedding).
