@@ -20,6 +20,7 @@ import httpx2
 import mcp_types as types
 import pytest
 from mcp import Client
+from mcp.shared.exceptions import MCPError
 
 from tests.support import (
     Gateway,
@@ -157,6 +158,29 @@ async def test_hung_backend_times_out_then_its_open_circuit_refuses_at_once(tmp_
                 assert not (await client.call_tool("bystander_slow_echo", {"message": "x", "seconds": 0})).is_error
             finally:
                 os.kill(pid, signal.SIGCONT)
+
+
+async def test_a_tool_whose_backend_is_down_is_reported_as_unavailable_not_unknown(tmp_path: Path) -> None:
+    # A slow restart leaves a window in which the backend's tools are out of the catalogue.
+    settings = {**FAST, "failure": {**FAST["failure"], "restart": {"initial_delay": 4.0, "max_delay": 4.0}}}
+    config = write_config(tmp_path, {"backends": [demo_backend("victim"), demo_backend("bystander")], **settings})
+    with running_gateway(config) as gateway:
+        async with Client(gateway.url) as client:
+            pid = (await whoami(client, "victim_whoami"))["pid"]
+            os.kill(pid, signal.SIGKILL)
+            await eventually(lambda: backend(gateway, "victim")["state"] != "ready", what="the backend seen down")
+            listed = {tool.name for tool in (await client.list_tools()).tools}
+            assert "victim_whoami" not in listed and "bystander_whoami" in listed
+            down = await client.call_tool("victim_whoami", {})
+            assert down.is_error
+            message = text(down)
+            assert "tool 'victim_whoami' is served by backend 'victim'" in message
+            assert "Unknown tool" not in message
+            with pytest.raises(MCPError, match="Unknown tool: 'victim_no_such_tool'"):
+                await client.call_tool("victim_no_such_tool", {})
+            # Back after the restart, under the same name.
+            await eventually(lambda: backend(gateway, "victim")["state"] == "ready", what="the restart")
+            assert (await whoami(client, "victim_whoami"))["pid"] != pid
 
 
 async def test_http_backend_stopped_and_started_again_is_reconnected(tmp_path: Path) -> None:

@@ -24,6 +24,7 @@ from mcp.shared.exceptions import MCPError
 
 from vmcp_opt.aggregation import Catalog, RoutedTool
 from vmcp_opt.arguments import ArgumentError, ArgumentValidator
+from vmcp_opt.backends.connection import BackendUnavailable
 from vmcp_opt.config import VmcpConfig
 from vmcp_opt.optimizer.documents import ToolRecord
 from vmcp_opt.optimizer.embedding import load_embedder
@@ -173,6 +174,8 @@ class OptimizerFront:
             return _error(f"field 'tool_name': '{target}' is a meta-tool; call it directly")
         try:
             self.gateway.lookup_tool(target)
+        except BackendUnavailable as exc:
+            return _error(str(exc))
         except MCPError:
             return _error(f"field 'tool_name': unknown tool '{target}'; use find_tool to look tools up")
         return await self.gateway.call_routed(ctx, target, arguments.get("arguments") or {}, params.meta)

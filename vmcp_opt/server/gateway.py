@@ -25,7 +25,7 @@ from vmcp_opt import __version__
 from vmcp_opt.aggregation import BackendSource, Catalog, ConflictError, RoutedTool, build_catalog
 from vmcp_opt.arguments import ArgumentError, ArgumentValidator
 from vmcp_opt.backends import BackendConnection, BackendManager
-from vmcp_opt.backends.connection import BackendUnavailable
+from vmcp_opt.backends.connection import BackendState, BackendUnavailable
 from vmcp_opt.config import VmcpConfig
 from vmcp_opt.health import CircuitOpen, HealthMonitor
 from vmcp_opt.server.relay import Relay
@@ -94,6 +94,9 @@ class Gateway:
             max_pending=config.server.max_pending_calls,
         )
         self.catalog = Catalog()
+        # Every tool name any catalogue has held, with its backend: a call to a tool whose backend is down
+        # (restarting, unhealthy) is told so, rather than that the tool does not exist.
+        self._known_tools: dict[str, str] = {}
         self.front: ToolFront | None = None
         self.started = False
         # A failure found after serving began (a name conflict while connecting in the background).
@@ -148,7 +151,7 @@ class Gateway:
             logger.error("cannot start: %s", message)
             raise StartupError(message)
         task_group.start_soon(self.health.run, name="health")
-        self.catalog = self._build_catalog()
+        self._set_catalog(self._build_catalog())
         if self.front is not None:
             await self.front.catalog_changed(self.catalog)
         self.started = True
@@ -172,6 +175,10 @@ class Gateway:
     def _build_catalog(self) -> Catalog:
         return catalog_of(self.backends, self.config)
 
+    def _set_catalog(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+        self._known_tools.update((name, routed.backend) for name, routed in catalog.tools.items())
+
     async def _on_backend_change(self, connection: BackendConnection) -> None:
         if not self.started:
             return  # `start` builds the catalogue once every backend has answered
@@ -180,7 +187,7 @@ class Gateway:
         except ConflictError as exc:
             logger.error("backend %s changed into a conflict; keeping the previous catalogue: %s", connection.name, exc)
             return
-        self.catalog = catalog
+        self._set_catalog(catalog)
         if self.front is not None:
             await self.front.catalog_changed(catalog)
         await self.notify_list_changed()
@@ -252,16 +259,28 @@ class Gateway:
             return asked.result
 
     def lookup_tool(self, name: str) -> RoutedTool:
+        """The routed tool; `BackendUnavailable` when its backend is down, MCPError when there is no such tool."""
         routed = self.catalog.tools.get(name)
-        if routed is None:
-            raise MCPError(types.INVALID_PARAMS, f"Unknown tool: '{name}'")
-        return routed
+        if routed is not None:
+            return routed
+        backend = self._known_tools.get(name)
+        connection = self.backends.get(backend) if backend is not None else None
+        if connection is not None and connection.state is not BackendState.READY:
+            reason = f" ({connection.last_error})" if connection.last_error else ""
+            raise BackendUnavailable(
+                f"tool '{name}' is served by backend '{backend}', which is {connection.state.value}{reason}; "
+                "it is listed again once the backend is back"
+            )
+        raise MCPError(types.INVALID_PARAMS, f"Unknown tool: '{name}'")
 
     async def call_routed(
         self, ctx: Ctx | None, name: str, arguments: dict[str, Any] | None, meta: types.RequestParamsMeta | None = None
     ) -> types.CallToolResult:
         """Validate and send a call to the backend that owns `name`, under its original name."""
-        routed = self.lookup_tool(name)
+        try:
+            routed = self.lookup_tool(name)
+        except BackendUnavailable as exc:
+            return _error_result(str(exc))
         try:
             self._validator.check(name, routed.tool.input_schema, arguments)
         except ArgumentError as exc:
