@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import weakref
 from collections.abc import Callable
-from typing import Any, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 import anyio
 import mcp_types as types
@@ -46,6 +46,8 @@ logger = logging.getLogger(__name__)
 RESOURCE_NOT_FOUND = -32002
 ResultT = TypeVar("ResultT", bound=BaseModel)
 Ctx = ServerRequestContext[Any, Any]
+ListKind = Literal["tools", "prompts", "resources"]
+ALL_LISTS: frozenset[ListKind] = frozenset(("tools", "prompts", "resources"))
 
 
 class ToolFront(Protocol):
@@ -187,25 +189,52 @@ class Gateway:
         except ConflictError as exc:
             logger.error("backend %s changed into a conflict; keeping the previous catalogue: %s", connection.name, exc)
             return
+        previous = self.catalog
         self._set_catalog(catalog)
         if self.front is not None:
             await self.front.catalog_changed(catalog)
-        await self.notify_list_changed()
+        await self.notify_list_changed(self._changed_lists(previous, catalog))
 
-    async def notify_list_changed(self) -> None:
-        """Tell every connected client that tools, prompts and resources may have changed."""
-        for event in (ToolsListChanged(), PromptsListChanged(), ResourcesListChanged()):
-            await self._subscriptions.publish(event)
+    def _changed_lists(self, old: Catalog, new: Catalog) -> frozenset[ListKind]:
+        """Which lists a client would see differently: with the optimizer on, tools/list shows the
+        meta-tools and pinned tools only, so a backend's tool change alone changes nothing there."""
+        changed: set[ListKind] = set()
+        if self._visible_tools(old) != self._visible_tools(new):
+            changed.add("tools")
+        if [r.prompt for r in old.prompts.values()] != [r.prompt for r in new.prompts.values()]:
+            changed.add("prompts")
+        old_resources = ([r.resource for r in old.resources.values()], [t.template for t in old.templates])
+        if old_resources != ([r.resource for r in new.resources.values()], [t.template for t in new.templates]):
+            changed.add("resources")
+        return frozenset(changed)
+
+    def _visible_tools(self, catalog: Catalog) -> list[types.Tool]:
+        if self.front is not None:
+            return self.front.visible_tools(catalog)
+        return [routed.tool for routed in catalog.tools.values()]
+
+    async def notify_list_changed(self, kinds: frozenset[ListKind] = ALL_LISTS) -> None:
+        """Tell every connected client which of tools, prompts and resources changed."""
+        if not kinds:
+            return
+        events: dict[ListKind, ToolsListChanged | PromptsListChanged | ResourcesListChanged] = {
+            "tools": ToolsListChanged(),
+            "prompts": PromptsListChanged(),
+            "resources": ResourcesListChanged(),
+        }
+        for kind in sorted(kinds):
+            await self._subscriptions.publish(events[kind])
         for client in list(self._clients):
             if client.protocol_version in MODERN_PROTOCOL_VERSIONS or not client.has_standalone_channel:
                 continue  # modern clients are told through the bus above
-            for send in (
-                client.send_tool_list_changed,
-                client.send_prompt_list_changed,
-                client.send_resource_list_changed,
-            ):
+            sends = {
+                "tools": client.send_tool_list_changed,
+                "prompts": client.send_prompt_list_changed,
+                "resources": client.send_resource_list_changed,
+            }
+            for kind in sorted(kinds):
                 try:
-                    await send()
+                    await sends[kind]()
                 except Exception as exc:  # a client gone away must not stop the others being told
                     logger.debug("list_changed not delivered to a client: %r", exc)
                     break
@@ -244,9 +273,7 @@ class Gateway:
         return await call_next(ctx)
 
     async def _list_tools(self, ctx: Ctx, params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
-        if self.front is not None:
-            return types.ListToolsResult(tools=self.front.visible_tools(self.catalog))
-        return types.ListToolsResult(tools=[routed.tool for routed in self.catalog.tools.values()])
+        return types.ListToolsResult(tools=self._visible_tools(self.catalog))
 
     async def _call_tool(
         self, ctx: Ctx, params: types.CallToolRequestParams
