@@ -191,6 +191,7 @@ def bench_size(
         disk = warm.stats()["size_on_disk_bytes"]
         assert warm_stats.embedded == 0, warm_stats
         index_ms = timed(lambda q: warm.search(q, limit=8), query_texts)
+        repeat_ms = timed(lambda q: warm.search(q, limit=8), query_texts)  # the query embeddings now cached
         single = ToolIndex(config.model_copy(update={"split_intents": False}), Path(tmp), embedder)
         single.update(records)
         single_ms = timed(lambda q: single.search(q, limit=8), query_texts)
@@ -221,6 +222,7 @@ def bench_size(
             "find_tool_p50_ms": p(index_ms, 50),
             "find_tool_p95_ms": p(index_ms, 95),
             "find_tool_one_query_p50_ms": p(single_ms, 50),
+            "find_tool_repeated_p50_ms": p(repeat_ms, 50),
             "find_tool_late_interaction_p50_ms": p(late_ms, 50),
             "late_interaction_build_s": late_build,
             "token_store_mb": token_store / 2**20,
@@ -269,6 +271,7 @@ def report(results: list[dict[str, Any]], encode: dict[str, float], model_load_s
         ("find_tool p50, ms", "find_tool_p50_ms", "{:.2f}"),
         ("find_tool p95, ms", "find_tool_p95_ms", "{:.2f}"),
         ("find_tool p50, intent splitting off, ms", "find_tool_one_query_p50_ms", "{:.2f}"),
+        ("find_tool p50, repeated query (embedding cached), ms", "find_tool_repeated_p50_ms", "{:.2f}"),
         ("find_tool p50, late interaction on, ms", "find_tool_late_interaction_p50_ms", "{:.2f}"),
         ("  cold build with token embeddings, s", "late_interaction_build_s", "{:.1f}"),
         ("numpy brute force p50, ms", "numpy_p50_ms", "{:.2f}"),

@@ -290,3 +290,37 @@ def test_concurrent_searches_share_one_model_safely(index: ToolIndex) -> None:
     for thread in threads:
         thread.join()
     assert failures == []
+
+
+class _CountingEmbedder:
+    """The real model, counting the texts it is asked to embed as queries."""
+
+    def __init__(self, inner: Embedder) -> None:
+        self.inner = inner
+        self.queries: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def encode_queries_with_tokens(self, texts: Any, *, tokens: bool = True) -> Any:
+        self.queries.extend(texts)
+        return self.inner.encode_queries_with_tokens(texts, tokens=tokens)
+
+
+def test_a_repeated_query_is_not_embedded_again_and_the_cache_is_bounded(tmp_path: Path, embedder: Embedder) -> None:
+    counting = _CountingEmbedder(embedder)
+    index = ToolIndex(OptimizerConfig(query_cache_size=2), tmp_path, counting)  # type: ignore[arg-type]
+    index.update(CATALOGUE)
+    first = names(index, "what time is it in Tokyo right now")
+    assert names(index, "what time is it in Tokyo right now") == first
+    assert counting.queries == ["what time is it in Tokyo right now"]
+    names(index, "read a file")
+    names(index, "show the git commit logs")  # the Tokyo query is now the least recent: dropped
+    names(index, "what time is it in Tokyo right now")
+    assert counting.queries.count("what time is it in Tokyo right now") == 2
+    uncached = ToolIndex(OptimizerConfig(query_cache_size=0), tmp_path, counting)  # type: ignore[arg-type]
+    uncached.update(CATALOGUE)
+    counting.queries.clear()
+    names(uncached, "read a file")
+    names(uncached, "read a file")
+    assert counting.queries == ["read a file", "read a file"]

@@ -170,6 +170,8 @@ class OptimizerConfig(_Strict):
     # won on the ToolLens dev split but lost on three held-out sets, see eval/README.md).
     bm25_k1: float = Field(1.5, gt=0)
     bm25_b: float = Field(0.75, ge=0, le=1)
+    # Recent query embeddings kept per index (find_tool queries repeat; an embedding is most of a search).
+    query_cache_size: int = Field(1024, ge=0)
     # torch threads for one query embedding: 1 holds up when cores are contended (2 threads measured
     # 7x slower at p50 on a busy 2-core host), 2 saves ~2 ms on an idle one.
     query_threads: int = Field(1, ge=1, le=64)

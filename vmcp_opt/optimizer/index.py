@@ -13,6 +13,7 @@ import os
 import tempfile
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -131,6 +132,10 @@ class ToolIndex:
         self._update_lock = threading.Lock()
         # Vectors by content hash, from the last update or the persisted cache (loaded once, lazily).
         self._cache: _VectorCache | None = None
+        # Query text -> (vector, token matrix or None): agents repeat find_tool queries, and the query
+        # embedding is most of a search's time. Least recently used first; bounded by `query_cache_size`.
+        self._queries: OrderedDict[str, tuple[np.ndarray, np.ndarray | None]] = OrderedDict()
+        self._queries_lock = threading.Lock()
 
     # -- reading -----------------------------------------------------------------------------------------
 
@@ -158,7 +163,7 @@ class ToolIndex:
         if dense and embedder is not None:
             rerank = snap.tokens is not None
             # One forward pass gives the sentence vectors and, for re-ranking, the token embeddings.
-            query_vectors, query_tokens = embedder.encode_queries_with_tokens(variants, tokens=rerank)
+            query_vectors, query_tokens = self._encode_queries(embedder, variants, rerank)
             vectors = self._dense_candidates(snap, query_vectors, depth, allowed)
             fused = [ranking.fuse(d, s, self.config) for d, s in zip(vectors, sparse, strict=True)]
             if rerank and snap.tokens is not None:
@@ -169,6 +174,30 @@ class ToolIndex:
             fused = [ranking.keyword_only(s) for s in sparse]
         best = ranking.top(ranking.merge_variants(fused), limit)
         return SearchResult([SearchHit(snap.records[doc], float(score)) for doc, score in best], mode)
+
+    def _encode_queries(
+        self, embedder: Embedder, texts: list[str], tokens: bool
+    ) -> tuple[np.ndarray, list[np.ndarray]]:
+        size = self.config.query_cache_size
+        with self._queries_lock:
+            cached = [self._queries.get(text) for text in texts]
+            for text, hit in zip(texts, cached, strict=True):
+                if hit is not None:
+                    self._queries.move_to_end(text)
+        missing = [text for text, hit in zip(texts, cached, strict=True) if hit is None or (tokens and hit[1] is None)]
+        if missing:
+            vectors, matrices = embedder.encode_queries_with_tokens(missing, tokens=tokens)
+            fresh = {text: (vectors[i], matrices[i] if tokens else None) for i, text in enumerate(missing)}
+            with self._queries_lock:
+                for text, entry in fresh.items():
+                    self._queries[text] = entry
+                while len(self._queries) > size:
+                    self._queries.popitem(last=False)
+            cached = [fresh.get(text, hit) for text, hit in zip(texts, cached, strict=True)]
+        entries = [hit for hit in cached if hit is not None]
+        query_vectors = np.stack([vector for vector, _ in entries])
+        query_tokens = [matrix for _, matrix in entries if matrix is not None] if tokens else []
+        return query_vectors, query_tokens
 
     def _rerank(
         self, tokens: TokenStore, fused: ranking.Ranking, sparse: ranking.Ranking, query_tokens: np.ndarray
