@@ -9,6 +9,8 @@ on the 2026-07-28 revision (`Client`'s default), which have no back-channel, get
 from __future__ import annotations
 
 import json
+import os
+import statistics
 import sys
 import time
 from collections.abc import Iterator
@@ -307,10 +309,25 @@ def modern_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway
         "backends": [{"name": "conformance", "command": sys.executable, "args": [str(CONFORMANCE_SERVER)]}],
         "aggregation": {"conflict_resolution": "priority"},
         "timeouts": {"input": INPUT_TIMEOUT, "call": CALL_TIMEOUT},
-        "server": {"max_pending_calls": 1},  # the tests run one call at a time
+        # The tests run one call at a time; no spare sessions: a call's backend process comes and goes with it.
+        "server": {"max_pending_calls": 1, "round_trip_spares": False},
         "health": {"interval": 600},  # one ping at start: none resets the breaker's counts during a test
     }
     with running_gateway(write_config(tmp_path_factory.mktemp("relay-modern"), config)) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def spare_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """Spare backend sessions on (the default), for calls of 2026-07-28 clients."""
+    config = {
+        "backends": [{"name": "conformance", "command": sys.executable, "args": [str(CONFORMANCE_SERVER)]}],
+        "aggregation": {"conflict_resolution": "priority"},
+        "timeouts": {"input": INPUT_TIMEOUT},
+        "server": {"max_pending_calls": 4},
+        "health": {"interval": 600},
+    }
+    with running_gateway(write_config(tmp_path_factory.mktemp("relay-spares"), config)) as running:
         yield running
 
 
@@ -566,3 +583,176 @@ def test_a_client_answering_slower_than_the_call_timeout_is_not_a_slow_backend(m
 
     assert anyio.run(main) == "LLM response: forty-two"
     assert _circuit(modern_gateway)["consecutive_failures"] == 0  # the breaker saw a success
+
+
+# --- spare backend sessions: the next call's session is opened ahead -------------------------------
+
+TAKEN = "a 2026-07-28 call took a spare session"
+READY = "a spare session for 2026-07-28 calls is ready"
+DROPPED = "a spare session was closed unused"
+
+
+async def _echo_sampling(
+    context: ClientRequestContext, params: types.CreateMessageRequestParams
+) -> types.CreateMessageResult:
+    content = params.messages[0].content
+    assert isinstance(content, types.TextContent)
+    return types.CreateMessageResult(
+        role="assistant", content=types.TextContent(type="text", text=f"re: {content.text}"), model="test-model"
+    )
+
+
+def _logged(gateway: Gateway, line: str) -> int:
+    """How many times the gateway logged `line` (its log lines wrap: whitespace is normalised)."""
+    return " ".join(gateway.output().split()).count(line)
+
+
+def _pids(gateway: Gateway) -> set[int]:
+    return {process.pid for process in _backend_processes(gateway)}
+
+
+def _wait_for(gateway: Gateway, line: str, count: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while _logged(gateway, line) < count:
+        assert time.monotonic() < deadline, f"{line!r} not logged {count} times:\n{gateway.output()}"
+        time.sleep(0.05)
+
+
+def _settle(gateway: Gateway, count: int, timeout: float = 10.0) -> set[int]:
+    """The backend processes once there are `count` of them."""
+    deadline = time.monotonic() + timeout
+    while len(pids := _pids(gateway)) != count and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return pids
+
+
+async def _echo_call(gateway: Gateway, prompt: str) -> str:
+    async with Client(gateway.url, sampling_callback=_echo_sampling) as client:
+        _modern(client)
+        return _text(await client.call_tool("test_sampling", {"prompt": prompt}))
+
+
+def test_the_next_call_with_the_same_capabilities_takes_a_spare_session(spare_gateway: Gateway) -> None:
+    gateway = spare_gateway
+    shared = _settle(gateway, 1)  # the shared session's process: nothing extra before a round-trip call
+    ready = _logged(gateway, READY)
+    assert anyio.run(_echo_call, gateway, "one") == "LLM response: re: one"
+    _wait_for(gateway, READY, ready + 1)  # opened after the first call with these capabilities
+    spare = _settle(gateway, 2) - shared
+    assert len(spare) == 1
+    taken = _logged(gateway, TAKEN)
+
+    assert anyio.run(_echo_call, gateway, "two") == "LLM response: re: two"  # relayed through the spare
+    assert _logged(gateway, TAKEN) == taken + 1
+    _wait_for(gateway, READY, ready + 2)  # its replacement
+    after = _settle(gateway, 2)
+    assert not spare & after  # the spare served the call and was closed with it, as any used session
+    assert len(after - shared) == 1
+
+
+def test_a_spare_session_serves_one_call_only(spare_gateway: Gateway) -> None:
+    gateway = spare_gateway
+    anyio.run(_echo_call, gateway, "warm up")  # a spare for these capabilities, if none yet
+    _wait_for(gateway, READY, _logged(gateway, TAKEN) + 1)  # every spare taken so far, and one more
+    taken = _logged(gateway, TAKEN)
+
+    async def first_round(client: Client, prompt: str, rounds: dict[str, types.InputRequiredResult]) -> None:
+        result = await client.session.call_tool("test_sampling", {"prompt": prompt}, allow_input_required=True)
+        assert isinstance(result, types.InputRequiredResult)
+        rounds[prompt] = result
+
+    async def main() -> tuple[dict[str, str], dict[str, str], int]:
+        async with (
+            Client(gateway.url, sampling_callback=_echo_sampling) as a,
+            Client(gateway.url, sampling_callback=_echo_sampling) as b,
+        ):
+            clients = {"A": a, "B": b}
+            rounds: dict[str, types.InputRequiredResult] = {}
+            async with anyio.create_task_group() as group:  # two calls at once, both waiting for their client
+                for prompt, client in clients.items():
+                    group.start_soon(first_round, client, prompt, rounds)
+            return await answer(clients, rounds)
+
+    async def answer(
+        clients: dict[str, Client], rounds: dict[str, types.InputRequiredResult]
+    ) -> tuple[dict[str, str], dict[str, str], int]:
+        asked: dict[str, str] = {}
+        for prompt, result in rounds.items():
+            assert result.input_requests is not None and len(result.input_requests) == 1
+            request = next(iter(result.input_requests.values()))
+            assert isinstance(request, types.CreateMessageRequest)
+            content = request.params.messages[0].content
+            assert isinstance(content, types.TextContent)
+            asked[prompt] = content.text
+        serving = len(_pids(gateway))
+        answered: dict[str, str] = {}
+        for prompt, result in rounds.items():
+            assert result.input_requests is not None
+            reply = types.CreateMessageResult(
+                role="assistant", content=types.TextContent(type="text", text=f"answer {prompt}"), model="m"
+            )
+            done = await clients[prompt].session.call_tool(
+                "test_sampling",
+                {"prompt": prompt},
+                input_responses={key: reply for key in result.input_requests},
+                request_state=result.request_state,
+                allow_input_required=True,
+            )
+            assert isinstance(done, types.CallToolResult)
+            answered[prompt] = _text(done)
+        return asked, answered, serving
+
+    asked, answered, serving = anyio.run(main)
+    assert asked == {"A": "A", "B": "B"}  # each call's question came from its own backend session
+    assert answered == {"A": "LLM response: answer A", "B": "LLM response: answer B"}
+    assert _logged(gateway, TAKEN) == taken + 1  # one call took the spare, the other opened its own
+    assert serving >= 3  # the shared session and one per call
+
+
+def test_a_spare_whose_process_died_is_not_handed_out(spare_gateway: Gateway) -> None:
+    gateway = spare_gateway
+    anyio.run(_echo_call, gateway, "warm up")
+    _wait_for(gateway, READY, _logged(gateway, TAKEN) + 1)
+    shared = min(_backend_processes(gateway), key=lambda process: process.create_time()).pid  # started first
+    spare = _settle(gateway, 2) - {shared}
+    assert len(spare) == 1
+    for process in _backend_processes(gateway):
+        if process.pid in spare:
+            process.kill()
+    _settle(gateway, 1)
+    taken, dropped = _logged(gateway, TAKEN), _logged(gateway, DROPPED)
+
+    assert anyio.run(_echo_call, gateway, "still there?") == "LLM response: re: still there?"  # a new session
+    assert _logged(gateway, TAKEN) == taken
+    assert _logged(gateway, DROPPED) == dropped + 1
+
+
+def test_without_spares_nothing_is_opened_ahead(modern_gateway: Gateway) -> None:
+    baseline = _settled_backend_processes(modern_gateway)
+    for prompt in ("one", "two"):
+        assert anyio.run(_echo_call, modern_gateway, prompt) == f"LLM response: re: {prompt}"
+    assert _settled_backend_processes(modern_gateway) == baseline == 1
+    assert "spare" not in modern_gateway.output()
+
+
+@pytest.mark.skipif(not os.environ.get("VMCP_MEASURE_SPARES"), reason="a measurement: VMCP_MEASURE_SPARES=1")
+def test_measure_round_trip_calls_with_and_without_spares(spare_gateway: Gateway, modern_gateway: Gateway) -> None:
+    """Prints the median of 10 consecutive round-trip calls each way (1.5 s apart, and back to back)."""
+
+    async def timed(gateway: Gateway, pause: float) -> list[float]:
+        times = []
+        async with Client(gateway.url, sampling_callback=_echo_sampling) as client:
+            for n in range(10):
+                await anyio.sleep(pause)
+                start = time.perf_counter()
+                assert _text(await client.call_tool("test_sampling", {"prompt": str(n)})) == f"LLM response: re: {n}"
+                times.append(time.perf_counter() - start)
+        return times
+
+    for pause in (1.5, 0.0):
+        for label, gateway in (("spares on", spare_gateway), ("spares off", modern_gateway)):
+            times = anyio.run(timed, gateway, pause)
+            print(
+                f"\n{label}, {pause:g}s apart: p50 {statistics.median(times) * 1000:.0f} ms "
+                f"(min {min(times) * 1000:.0f}, max {max(times) * 1000:.0f})"
+            )

@@ -54,6 +54,9 @@ class ServerConfig(_Strict):
     # Calls of 2026-07-28 clients that may ask the client for input (`InputRequiredResult`) at once, each
     # holding a backend session of its own; past it such a call is refused with an error.
     max_pending_calls: int = Field(64, ge=1)
+    # Keep one spare backend session per (backend, capability set) seen in such calls, opened ahead, so
+    # the next such call does not wait for a backend process to start.
+    round_trip_spares: bool = True
 
 
 class BackendConfig(_Strict):

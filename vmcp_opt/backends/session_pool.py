@@ -29,7 +29,13 @@ from mcp.client.session import (
 from mcp.shared.dispatcher import ProgressFnT
 from pydantic import BaseModel
 
-from vmcp_opt.backends.connection import CLIENT_INFO, BackendConnection, BackendUnavailable, is_list_changed
+from vmcp_opt.backends.connection import (
+    CLIENT_INFO,
+    BackendConnection,
+    BackendUnavailable,
+    _WatchedReadStream,
+    is_list_changed,
+)
 from vmcp_opt.backends.transports import open_transport
 
 logger = logging.getLogger(__name__)
@@ -74,6 +80,7 @@ class DedicatedSession:
         self.callbacks = callbacks
         self.closed = False
         self.served = False
+        self.ended = False  # its transport's read stream ended: the backend process exited or the stream broke
         self._session: ClientSession | None = None
         self._stop = anyio.Event()
         self._done = anyio.Event()
@@ -88,7 +95,7 @@ class DedicatedSession:
                     write,
                 ),
                 _MirroringClientSession(
-                    read,
+                    _WatchedReadStream(read, self._on_stream_end),
                     write,
                     sampling_callback=callbacks.sampling,
                     elicitation_callback=callbacks.elicitation,
@@ -109,6 +116,9 @@ class DedicatedSession:
             self.closed = True
             self._session = None
             self._done.set()
+
+    def _on_stream_end(self) -> None:
+        self.ended = True
 
     async def _on_message(self, message: IncomingMessage) -> None:
         if isinstance(message, Exception):

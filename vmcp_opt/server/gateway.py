@@ -94,6 +94,7 @@ class Gateway:
             self.health.guarded,
             input_timeout=config.timeouts.input,
             max_pending=config.server.max_pending_calls,
+            spares=config.server.round_trip_spares,
         )
         self.catalog = Catalog()
         # Every tool name any catalogue has held, with its backend: a call to a tool whose backend is down
@@ -182,6 +183,7 @@ class Gateway:
         self._known_tools.update((name, routed.backend) for name, routed in catalog.tools.items())
 
     async def _on_backend_change(self, connection: BackendConnection) -> None:
+        self.relay.backend_changed(connection)  # its spare sessions from before a reconnect are stale
         if not self.started:
             return  # `start` builds the catalogue once every backend has answered
         try:

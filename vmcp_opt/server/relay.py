@@ -242,11 +242,14 @@ class Relay:
         *,
         input_timeout: float,
         max_pending: int,
+        spares: bool = True,
     ) -> None:
         self.pool = SessionPool()
         self.guard = guard
         self.input_timeout = input_timeout
-        self.round_trips = RoundTrips(self.pool, guard, max_pending=max_pending, input_timeout=input_timeout)
+        self.round_trips = RoundTrips(
+            self.pool, guard, max_pending=max_pending, input_timeout=input_timeout, spares=spares
+        )
         self._backends = backends
 
     def attach(self, task_group: anyio.abc.TaskGroup) -> None:
@@ -256,6 +259,9 @@ class Relay:
     def stop(self) -> None:
         self.round_trips.stop()
         self.pool.stop()
+
+    def backend_changed(self, backend: BackendConnection) -> None:
+        self.round_trips.backend_changed(backend)
 
     # --- routing ---------------------------------------------------------------------------------
 

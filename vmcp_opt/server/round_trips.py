@@ -23,7 +23,13 @@ itself is passed through, its state wrapped with its name (`BackendRound`), so t
 
 Why not one session per client, as for 2025-11-25 clients: nothing in a 2026-07-28 request says which
 client sent it, and a session reused across clients would carry one client's roots and answers into
-another's calls. The price is a session opened per such call (a process, for a stdio backend).
+another's calls. The price is a session opened per such call (a process, for a stdio backend). To hide
+its start-up, `RoundTrips` keeps one spare session per (backend, capability set) once a call with that
+set has been seen (`server.round_trip_spares`): opened and initialised, owned by no call, taken whole by
+the next call with exactly those capabilities, which starts a replacement in the background. A session's
+callbacks go through a `SessionOwner`, so they reach whichever call holds it. A spare whose session ended
+or whose backend reconnected since it was opened is closed, never handed out; a used session is still
+closed with its call.
 """
 
 from __future__ import annotations
@@ -52,7 +58,7 @@ from mcp_types.methods import INPUT_REQUIRED_METHODS
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from vmcp_opt.backends.connection import BackendConnection
+from vmcp_opt.backends.connection import BackendConnection, BackendState, BackendUnavailable
 from vmcp_opt.backends.session_pool import DedicatedSession, SessionCallbacks, SessionPool
 from vmcp_opt.health import CallClock
 
@@ -64,6 +70,9 @@ Ctx = ServerRequestContext[Any, Any]
 Guard = Callable[[str, CallClock | None], AbstractAsyncContextManager[None]]
 
 STATE_AUDIENCE = "vmcp-opt"
+# Spare sessions per backend at most: one per capability set, and there are 7 combinations of the three
+# flags; capability sets differing in their details beyond that get no spare.
+MAX_SPARES_PER_BACKEND = 7
 
 
 class InputRequired(Exception):
@@ -242,7 +251,7 @@ class PendingCall:
         try:
             async with self.trips.guard(self.backend.name, self.clock):
                 with self.clock.paused():  # a process start is not the call's latency
-                    self.session = await self.trips.pool.open(self.backend, self._callbacks())
+                    self.session = await self.trips.session_for(self)
                 result = await self.session.request(
                     request, result_type, progress_callback=self._on_progress, timed=False
                 )
@@ -258,17 +267,7 @@ class PendingCall:
         self.outcome = outcome
         self._notify()
 
-    def _callbacks(self) -> SessionCallbacks:
-        capabilities = self.capabilities
-        return SessionCallbacks(
-            capabilities=capabilities,
-            sampling=self._sampling if capabilities.sampling is not None else None,
-            elicitation=self._elicitation if capabilities.elicitation is not None else None,
-            list_roots=self._list_roots if capabilities.roots is not None else None,
-            logging=self._log,
-        )
-
-    async def _sampling(
+    async def sampling(
         self, context: ClientRequestContext, params: types.CreateMessageRequestParams
     ) -> types.CreateMessageResult | types.CreateMessageResultWithTools:
         request = types.CreateMessageRequest(params=params)
@@ -276,12 +275,10 @@ class PendingCall:
             return await self._ask("sampling", request, types.CreateMessageResultWithTools)
         return await self._ask("sampling", request, types.CreateMessageResult)
 
-    async def _elicitation(
-        self, context: ClientRequestContext, params: types.ElicitRequestParams
-    ) -> types.ElicitResult:
+    async def elicitation(self, context: ClientRequestContext, params: types.ElicitRequestParams) -> types.ElicitResult:
         return await self._ask("elicitation", types.ElicitRequest(params=params), types.ElicitResult)
 
-    async def _list_roots(self, context: ClientRequestContext) -> types.ListRootsResult:
+    async def list_roots(self, context: ClientRequestContext) -> types.ListRootsResult:
         return await self._ask("roots", types.ListRootsRequest(), types.ListRootsResult)
 
     async def _ask(self, kind: str, request: types.InputRequest, answer_type: type[AnswerT]) -> AnswerT:
@@ -303,7 +300,7 @@ class PendingCall:
         if self.progress is not None:
             await _quietly(self.progress(progress, total, message))
 
-    async def _log(self, params: types.LoggingMessageNotificationParams) -> None:
+    async def log(self, params: types.LoggingMessageNotificationParams) -> None:
         if self.driver is None:
             return
         with warnings.catch_warnings():  # deprecated in 2026-07-28, yet the per-request opt-in is honoured
@@ -370,15 +367,101 @@ class PendingCall:
         self._changed = anyio.Event()
 
 
-class RoundTrips:
-    """The pending calls of 2026-07-28 clients, by id; at most `max_pending` at once."""
+class SessionOwner:
+    """A round-trip session's callbacks: what its backend sends goes to the call that holds it now.
 
-    def __init__(self, pool: SessionPool, guard: Guard, *, max_pending: int, input_timeout: float) -> None:
+    A spare is opened before any call owns it; the call that takes it becomes its owner.
+    """
+
+    def __init__(self, call: PendingCall | None = None) -> None:
+        self.call = call
+
+    def callbacks(self, capabilities: types.ClientCapabilities) -> SessionCallbacks:
+        return SessionCallbacks(
+            capabilities=capabilities,
+            sampling=self._sampling if capabilities.sampling is not None else None,
+            elicitation=self._elicitation if capabilities.elicitation is not None else None,
+            list_roots=self._list_roots if capabilities.roots is not None else None,
+            logging=self._log,
+        )
+
+    async def _sampling(
+        self, context: ClientRequestContext, params: types.CreateMessageRequestParams
+    ) -> types.CreateMessageResult | types.CreateMessageResultWithTools | types.ErrorData:
+        if self.call is None:
+            return _unowned()
+        return await self.call.sampling(context, params)
+
+    async def _elicitation(
+        self, context: ClientRequestContext, params: types.ElicitRequestParams
+    ) -> types.ElicitResult | types.ErrorData:
+        if self.call is None:
+            return _unowned()
+        return await self.call.elicitation(context, params)
+
+    async def _list_roots(self, context: ClientRequestContext) -> types.ListRootsResult | types.ErrorData:
+        if self.call is None:
+            return _unowned()
+        return await self.call.list_roots(context)
+
+    async def _log(self, params: types.LoggingMessageNotificationParams) -> None:
+        if self.call is not None:
+            await self.call.log(params)
+
+
+def _unowned() -> types.ErrorData:
+    return types.ErrorData(code=types.INVALID_REQUEST, message="no call is in progress on this session")
+
+
+SpareKey = tuple[str, str]  # backend name, the mirrored capabilities as canonical JSON
+
+
+def spare_key(backend: BackendConnection, capabilities: types.ClientCapabilities) -> SpareKey:
+    """Sessions are interchangeable when they advertise exactly the same capabilities to the same backend."""
+    mirrored = {
+        name: value.model_dump(mode="json", by_alias=True, exclude_none=True) if value is not None else None
+        for name, value in (
+            ("sampling", capabilities.sampling),
+            ("elicitation", capabilities.elicitation),
+            ("roots", capabilities.roots),
+        )
+    }
+    return backend.name, json.dumps(mirrored, sort_keys=True)
+
+
+@dataclass(eq=False)
+class _Spare:
+    session: DedicatedSession
+    owner: SessionOwner
+    backend: BackendConnection
+    generation: int  # `backend.sessions` when it was opened: a reconnect since makes it stale
+    opened_at: float
+
+    def usable(self) -> bool:
+        return (
+            not self.session.closed
+            and not self.session.ended
+            and self.backend.state is BackendState.READY
+            and self.backend.sessions == self.generation
+        )
+
+
+class RoundTrips:
+    """The pending calls of 2026-07-28 clients, by id; at most `max_pending` at once. Also their spare
+    backend sessions (at most one per backend and capability set) when `spares` is on."""
+
+    def __init__(
+        self, pool: SessionPool, guard: Guard, *, max_pending: int, input_timeout: float, spares: bool = True
+    ) -> None:
         self.pool = pool
         self.guard = guard
         self.max_pending = max_pending
         self.input_timeout = input_timeout
+        self.spares_enabled = spares
         self._calls: dict[str, PendingCall] = {}
+        self._spares: dict[SpareKey, _Spare] = {}
+        self._filling: set[SpareKey] = set()
+        self._stopped = False
         self._task_group: anyio.abc.TaskGroup | None = None
 
     def attach(self, task_group: anyio.abc.TaskGroup) -> None:
@@ -391,9 +474,73 @@ class RoundTrips:
         self._calls.pop(call.id, None)
 
     def stop(self) -> None:
-        """Cancel every pending call (the gateway is stopping; its task group waits for them)."""
+        """Cancel every pending call and close the spares (the gateway is stopping; its task group waits)."""
+        self._stopped = True
         for call in list(self._calls.values()):
             call.lifetime.cancel()
+        spares, self._spares = list(self._spares.values()), {}
+        for spare in spares:
+            spare.session.close()
+
+    # --- sessions: a spare when one is ready, else a new one; either way the call's alone ----------
+
+    async def session_for(self, call: PendingCall) -> DedicatedSession:
+        key = spare_key(call.backend, call.capabilities)
+        spare = self._spares.pop(key, None)
+        if spare is not None and spare.backend is call.backend and spare.usable():
+            spare.owner.call = call
+            logger.info(
+                "backend %s: a 2026-07-28 call took a spare session (opened %.1fs before)",
+                call.backend.name,
+                anyio.current_time() - spare.opened_at,
+            )
+            self._replenish(key, call.backend, call.capabilities)
+            return spare.session
+        if spare is not None:
+            self._drop(spare, "it ended or its backend reconnected")
+        session = await self.pool.open(call.backend, SessionOwner(call).callbacks(call.capabilities))
+        self._replenish(key, call.backend, call.capabilities)
+        return session
+
+    def backend_changed(self, backend: BackendConnection) -> None:
+        """A backend left service or came back: its spares from before are stale."""
+        for key, spare in list(self._spares.items()):
+            if spare.backend.name == backend.name and not (spare.backend is backend and spare.usable()):
+                del self._spares[key]
+                self._drop(spare, "its backend left or reconnected")
+
+    def _drop(self, spare: _Spare, why: str) -> None:
+        logger.info("backend %s: a spare session was closed unused: %s", spare.backend.name, why)
+        spare.session.close()
+
+    def _replenish(self, key: SpareKey, backend: BackendConnection, capabilities: types.ClientCapabilities) -> None:
+        if not self.spares_enabled or self._stopped or self._task_group is None:
+            return
+        if key in self._spares or key in self._filling:
+            return
+        held = sum(1 for name, _ in (*self._spares, *self._filling) if name == key[0])
+        if held >= MAX_SPARES_PER_BACKEND:
+            return
+        self._filling.add(key)
+        self._task_group.start_soon(self._fill, key, backend, capabilities, name=f"round-trip-spare:{backend.name}")
+
+    async def _fill(self, key: SpareKey, backend: BackendConnection, capabilities: types.ClientCapabilities) -> None:
+        try:
+            owner = SessionOwner()
+            generation = backend.sessions
+            try:
+                session = await self.pool.open(backend, owner.callbacks(capabilities))
+            except BackendUnavailable as exc:
+                logger.info("backend %s: no spare session for 2026-07-28 calls: %s", backend.name, exc)
+                return
+            spare = _Spare(session, owner, backend, generation, anyio.current_time())
+            if self._stopped or not self.spares_enabled or not spare.usable():
+                session.close()
+                return
+            self._spares[key] = spare
+            logger.info("backend %s: a spare session for 2026-07-28 calls is ready", backend.name)
+        finally:
+            self._filling.discard(key)
 
     async def start(
         self,
