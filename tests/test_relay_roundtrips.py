@@ -618,6 +618,17 @@ def _wait_for(gateway: Gateway, line: str, count: int, timeout: float = 10.0) ->
         time.sleep(0.05)
 
 
+def _quiet(gateway: Gateway, line: str, still: float = 1.0, timeout: float = 15.0) -> int:
+    """How many times `line` is logged once its count has not changed for `still` seconds."""
+    deadline = time.monotonic() + timeout
+    count, since = _logged(gateway, line), time.monotonic()
+    while time.monotonic() - since < still and time.monotonic() < deadline:
+        time.sleep(0.1)
+        if (now := _logged(gateway, line)) != count:
+            count, since = now, time.monotonic()
+    return count
+
+
 def _settle(gateway: Gateway, count: int, timeout: float = 10.0) -> set[int]:
     """The backend processes once there are `count` of them."""
     deadline = time.monotonic() + timeout
@@ -725,6 +736,23 @@ def test_a_spare_whose_process_died_is_not_handed_out(spare_gateway: Gateway) ->
     assert anyio.run(_echo_call, gateway, "still there?") == "LLM response: re: still there?"  # a new session
     assert _logged(gateway, TAKEN) == taken
     assert _logged(gateway, DROPPED) == dropped + 1
+
+
+def test_a_client_with_roots_gets_no_spare(spare_gateway: Gateway) -> None:
+    # A spare would be asked for roots at initialisation (server-filesystem does) before any call owns it.
+    async def list_roots(context: ClientRequestContext) -> types.ListRootsResult:
+        return types.ListRootsResult(roots=[types.Root(uri="file:///work/project", name="project")])
+
+    async def roots_call() -> str:
+        async with Client(spare_gateway.url, list_roots_callback=list_roots) as client:
+            _modern(client)
+            return _text(await client.call_tool("test_roots", {}))
+
+    ready = _quiet(spare_gateway, READY)  # replacements started by earlier tests are in by now
+    for _ in range(2):
+        assert "file:///work/project" in anyio.run(roots_call)
+    time.sleep(1.0)  # a spare, were one started, is ready well within this
+    assert _logged(spare_gateway, READY) == ready
 
 
 def test_without_spares_nothing_is_opened_ahead(modern_gateway: Gateway) -> None:

@@ -516,6 +516,11 @@ class RoundTrips:
     def _replenish(self, key: SpareKey, backend: BackendConnection, capabilities: types.ClientCapabilities) -> None:
         if not self.spares_enabled or self._stopped or self._task_group is None:
             return
+        # No spare for a client that has roots: servers such as server-filesystem ask for roots right after
+        # initialisation, which a spare, owned by no call yet, cannot answer; they would then never see the
+        # client's roots.
+        if capabilities.roots is not None:
+            return
         if key in self._spares or key in self._filling:
             return
         held = sum(1 for name, _ in (*self._spares, *self._filling) if name == key[0])
