@@ -406,16 +406,19 @@ def test_a_2026_client_answers_a_url_elicitation(modern_gateway: Gateway) -> Non
     assert asked[0].url == "https://example.com/authorize" and asked[0].message == "Please sign in"
 
 
-def test_a_2026_client_answers_a_roots_request(modern_gateway: Gateway) -> None:
+async def _modern_roots_call(gateway: Gateway) -> str:
+    """A 2026-07-28 client with one root calls the backend tool that lists the client's roots."""
+
     async def list_roots(context: ClientRequestContext) -> types.ListRootsResult:
         return types.ListRootsResult(roots=[types.Root(uri="file:///work/project", name="project")])
 
-    async def main() -> str:
-        async with Client(modern_gateway.url, list_roots_callback=list_roots) as client:
-            _modern(client)
-            return _text(await client.call_tool("test_roots", {}))
+    async with Client(gateway.url, list_roots_callback=list_roots) as client:
+        _modern(client)
+        return _text(await client.call_tool("test_roots", {}))
 
-    assert anyio.run(main) == 'Roots: ["file:///work/project"]'
+
+def test_a_2026_client_answers_a_roots_request(modern_gateway: Gateway) -> None:
+    assert anyio.run(_modern_roots_call, modern_gateway) == 'Roots: ["file:///work/project"]'
 
 
 def test_a_2026_client_without_sampling_gets_a_clear_error_and_the_backend_no_sampling_capability(
@@ -740,17 +743,9 @@ def test_a_spare_whose_process_died_is_not_handed_out(spare_gateway: Gateway) ->
 
 def test_a_client_with_roots_gets_no_spare(spare_gateway: Gateway) -> None:
     # A spare would be asked for roots at initialisation (server-filesystem does) before any call owns it.
-    async def list_roots(context: ClientRequestContext) -> types.ListRootsResult:
-        return types.ListRootsResult(roots=[types.Root(uri="file:///work/project", name="project")])
-
-    async def roots_call() -> str:
-        async with Client(spare_gateway.url, list_roots_callback=list_roots) as client:
-            _modern(client)
-            return _text(await client.call_tool("test_roots", {}))
-
     ready = _quiet(spare_gateway, READY)  # replacements started by earlier tests are in by now
     for _ in range(2):
-        assert "file:///work/project" in anyio.run(roots_call)
+        assert "file:///work/project" in anyio.run(_modern_roots_call, spare_gateway)
     time.sleep(1.0)  # a spare, were one started, is ready well within this
     assert _logged(spare_gateway, READY) == ready
 
