@@ -779,3 +779,24 @@ def test_measure_round_trip_calls_with_and_without_spares(spare_gateway: Gateway
                 f"\n{label}, {pause:g}s apart: p50 {statistics.median(times) * 1000:.0f} ms "
                 f"(min {min(times) * 1000:.0f}, max {max(times) * 1000:.0f})"
             )
+
+
+def test_a_2026_clients_round_trip_call_gets_the_backends_log_messages_at_its_level(modern_gateway: Gateway) -> None:
+    # The call runs on a per-call backend session (the client can answer sampling); its log messages go to
+    # the request that waits on the call, filtered by the level the client put on the request.
+    async def main(level: types.LoggingLevel) -> list[str]:
+        received: list[str] = []
+
+        async def log(params: types.LoggingMessageNotificationParams) -> None:
+            received.append(str(params.data))
+
+        async with Client(
+            modern_gateway.url, sampling_callback=_echo_sampling, logging_callback=log, log_level=level
+        ) as client:
+            _modern(client)
+            await client.call_tool("test_tool_with_logging", {})
+            await anyio.sleep(0.2)
+        return received
+
+    assert anyio.run(main, "info") == ["Tool execution started", "Tool processing data", "Tool execution completed"]
+    assert anyio.run(main, "warning") == []
