@@ -55,6 +55,27 @@ class SessionCallbacks:
     logging: LoggingFnT | None = None
     notification: Callable[[types.ServerNotification], Awaitable[None]] | None = None
 
+    @classmethod
+    def mirroring(
+        cls,
+        capabilities: types.ClientCapabilities,
+        *,
+        sampling: SamplingFnT,
+        elicitation: ElicitationFnT,
+        list_roots: ListRootsFnT,
+        logging: LoggingFnT | None = None,
+        notification: Callable[[types.ServerNotification], Awaitable[None]] | None = None,
+    ) -> SessionCallbacks:
+        """Callbacks for exactly the server-to-client requests the client behind the session can answer."""
+        return cls(
+            capabilities=capabilities,
+            sampling=sampling if capabilities.sampling is not None else None,
+            elicitation=elicitation if capabilities.elicitation is not None else None,
+            list_roots=list_roots if capabilities.roots is not None else None,
+            logging=logging,
+            notification=notification,
+        )
+
 
 class _MirroringClientSession(ClientSession):
     """Advertises the front client's own sampling, elicitation and roots capabilities, never more.

@@ -114,11 +114,11 @@ class FrontClient:
 
     def _callbacks(self, backend: str) -> SessionCallbacks:
         capabilities = self.connection.client_capabilities or types.ClientCapabilities()
-        return SessionCallbacks(
-            capabilities=capabilities,
-            sampling=self._sampling if capabilities.sampling is not None else None,
-            elicitation=self._elicitation if capabilities.elicitation is not None else None,
-            list_roots=self._list_roots if capabilities.roots is not None else None,
+        return SessionCallbacks.mirroring(
+            capabilities,
+            sampling=self._sampling,
+            elicitation=self._elicitation,
+            list_roots=self._list_roots,
             logging=self._log,
             notification=self._notification,
         )

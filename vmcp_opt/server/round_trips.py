@@ -377,11 +377,11 @@ class SessionOwner:
         self.call = call
 
     def callbacks(self, capabilities: types.ClientCapabilities) -> SessionCallbacks:
-        return SessionCallbacks(
-            capabilities=capabilities,
-            sampling=self._sampling if capabilities.sampling is not None else None,
-            elicitation=self._elicitation if capabilities.elicitation is not None else None,
-            list_roots=self._list_roots if capabilities.roots is not None else None,
+        return SessionCallbacks.mirroring(
+            capabilities,
+            sampling=self._sampling,
+            elicitation=self._elicitation,
+            list_roots=self._list_roots,
             logging=self._log,
         )
 
