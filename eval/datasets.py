@@ -80,6 +80,13 @@ class Dataset:
     qrels: dict[str, dict[str, int]]
     split: str = "test"
     source: str = ""
+    # Tools used together in past tasks (query id -> relevant tool ids of the training split): the history
+    # a gateway would have learned from its own traffic, fed to the optimizer's co-usage graph.
+    usage: dict[str, list[str]] = field(default_factory=dict)
+
+    def past_tasks(self) -> list[list[str]]:
+        """The usage history, never including a query that is scored (each would see its own answer)."""
+        return [tools for qid, tools in self.usage.items() if qid not in self.qrels]
 
     def judged_queries(self) -> list[tuple[str, str]]:
         """(query id, text) of every query with at least one relevant tool, in a stable order."""
@@ -98,6 +105,7 @@ class Dataset:
             qrels={qid: self.qrels[qid] for qid in keep},
             split=self.split,
             source=self.source,
+            usage=self.usage,
         )
 
 
@@ -162,7 +170,11 @@ def load_beir(
     fields_from_row: Callable[[dict[str, Any]], ToolFields] | None = None,
     name: str | None = None,
 ) -> Dataset:
-    """A BEIR directory: corpus.jsonl (_id, title, text, metadata), queries.jsonl, qrels/<split>.tsv."""
+    """A BEIR directory: corpus.jsonl (_id, title, text, metadata), queries.jsonl, qrels/<split>.tsv.
+
+    `qrels/train.tsv`, when present, is also the usage history: each training query's relevant tools are
+    one past task (`Dataset.past_tasks` leaves out the queries being scored).
+    """
     for required in ("corpus.jsonl", "queries.jsonl", f"qrels/{split}.tsv"):
         _require(root / required, f"{required} in the BEIR directory {root}")
     tools: list[EvalTool] = []
@@ -181,7 +193,20 @@ def load_beir(
         if qid in queries
     }
     qrels = {qid: docs for qid, docs in qrels.items() if docs}
-    return Dataset(name=name or root.name, tools=tools, queries=queries, qrels=qrels, split=split, source=str(root))
+    train = root / "qrels" / "train.tsv"
+    usage = {
+        qid: [doc for doc, rel in docs.items() if doc in known and rel > 0]
+        for qid, docs in (read_qrels(train) if train.exists() else {}).items()
+    }
+    return Dataset(
+        name=name or root.name,
+        tools=tools,
+        queries=queries,
+        qrels=qrels,
+        split=split,
+        source=str(root),
+        usage={qid: tools for qid, tools in usage.items() if tools},
+    )
 
 
 def _read_jsonl(path: Path) -> Iterable[tuple[int, dict[str, Any]]]:

@@ -156,10 +156,22 @@ def markdown_table(results: dict[str, Any]) -> str:
                 f"{100 * m['comp@5']:.1f} | {100 * m['mrr@10']:.1f} | {m['latency_ms_p50']:.2f} | "
                 f"{m['latency_ms_p95']:.2f} | {m['build_seconds']:.2f} |"
             )
-    summary = gains_summary(results)
-    if summary:
-        lines += ["", summary]
+    summaries = [gains_summary(results, method) for method in ("optimizer", "optimizer-cold")]
+    summaries.append(comp_summary(results))
+    lines += ["", *(summary for summary in summaries if summary)] if any(summaries) else []
     return "\n".join(lines)
+
+
+def comp_summary(results: dict[str, Any], method: str = "optimizer", dataset: str = "toollens") -> str:
+    """COMP@5 of `method` as a multiple of dense's on `dataset` (the issue's completeness goal)."""
+    methods = results["datasets"].get(dataset, {}).get("methods", {})
+    if method not in methods or "dense" not in methods or methods["dense"]["comp@5"] <= 0:
+        return ""
+    ratio = methods[method]["comp@5"] / methods["dense"]["comp@5"]
+    return (
+        f"{dataset} COMP@5: {method} {100 * methods[method]['comp@5']:.1f} vs dense "
+        f"{100 * methods['dense']['comp@5']:.1f} ({ratio:.1f}x)"
+    )
 
 
 def gains_summary(results: dict[str, Any], method: str = "optimizer") -> str:

@@ -4,7 +4,8 @@
 - `dense`: the configured embedding model, exact cosine over the same documents.
 - `toolhive`, `toolhive-phrase`: ToolHive vMCP's optimizer ranking (see `eval/toolhive.py`).
 - `optimizer`: our production ranking, `vmcp_opt.optimizer.index.ToolIndex.search`, with the configured
-  defaults. Ablation variants are `optimizer-<name>` (see `OPTIMIZER_VARIANTS`): the same code path with
+  defaults, including the co-usage graph learned from the dataset's usage history when it has one
+  (`qrels/train.tsv`; `optimizer-cold` is the same without history). Ablation variants are `optimizer-<name>` (see `OPTIMIZER_VARIANTS`): the same code path with
   one `OptimizerConfig` field changed.
 """
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -21,8 +22,14 @@ from eval.datasets import Dataset, EvalTool
 from eval.embed import SharedEmbedder
 from eval.toolhive import KeywordMode, ToolHiveRanker, embedding_text
 
+if TYPE_CHECKING:
+    from vmcp_opt.optimizer.documents import ToolRecord
+    from vmcp_opt.optimizer.usage import UsageGraph
+
 # Ablations: each is the production default with these OptimizerConfig fields overridden.
 OPTIMIZER_VARIANTS: dict[str, dict[str, Any]] = {
+    # The optimizer on day one: no usage history to learn tools used together from.
+    "optimizer-cold": {"usage": False},
     "optimizer-late-interaction": {"rerank": "late-interaction"},
     "optimizer-no-split": {"split_intents": False},
     "optimizer-bm25-flat": {"bm25_k1": 0.9, "bm25_b": 0.3},
@@ -176,7 +183,8 @@ class OptimizerMethod:
         self.id_by_name = {record.name: tool.id for record, tool in zip(records, ctx.dataset.tools, strict=True)}
         index_dir = ctx.work_dir / "indexes" / ctx.dataset.name / self.name
         # SharedEmbedder has the Embedder interface (it delegates to one); typed apart to keep the cache.
-        self.index = ToolIndex(config, index_dir, embedder=ctx.embedder)  # type: ignore[arg-type]
+        usage = past_usage(ctx.dataset, records) if config.usage else None
+        self.index = ToolIndex(config, index_dir, embedder=ctx.embedder, usage=usage)  # type: ignore[arg-type]
         self.index.update(records)
 
     def search(self, query: str, depth: int) -> list[str]:
@@ -187,8 +195,21 @@ class OptimizerMethod:
         return None
 
 
-BASE_METHODS = ("bm25", "dense", "toolhive", "optimizer")
-KNOWN_METHODS = (*BASE_METHODS, "toolhive-phrase", *OPTIMIZER_VARIANTS)
+def past_usage(dataset: Dataset, records: Sequence[ToolRecord]) -> UsageGraph:
+    """The co-usage graph a gateway would have learned from the dataset's past tasks (through the same
+    `UsageGraph.record_task` the gateway's recorder feeds)."""
+    from vmcp_opt.optimizer.usage import UsageGraph
+
+    name_by_id = {tool.id: record.name for tool, record in zip(dataset.tools, records, strict=True)}
+    graph = UsageGraph()
+    for task in dataset.past_tasks():
+        graph.record_task(name_by_id[tool] for tool in task if tool in name_by_id)
+    return graph
+
+
+# `optimizer-cold` is in the default run so the table always shows what the optimizer does without history.
+BASE_METHODS = ("bm25", "dense", "toolhive", "optimizer", "optimizer-cold")
+KNOWN_METHODS = (*BASE_METHODS, "toolhive-phrase", *(v for v in OPTIMIZER_VARIANTS if v not in BASE_METHODS))
 
 
 def make_method(name: str) -> Method:

@@ -10,17 +10,23 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from eval.datasets import load_dataset
-from eval.embed import load_shared_embedder
+from eval.datasets import Dataset, load_dataset
+from eval.embed import SharedEmbedder, load_shared_embedder
 from eval.methods import BM25Method, Context, DenseMethod, Method, OptimizerMethod
 from eval.metrics import evaluate
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "base": {},
+    "cold": {"usage": False},
+    "usage-w0.7": {"usage_weight": 0.7},
+    "usage-w1.3": {"usage_weight": 1.3},
+    "usage-seeds5": {"usage_seeds": 5},
     "no-split": {"split_intents": False},
     "rrf": {"fusion": "rrf"},
     "bm25-flat": {"bm25_k1": 0.9, "bm25_b": 0.3},
@@ -44,12 +50,21 @@ def main() -> None:
     parser.add_argument("--baselines", action="store_true", help="also score bm25 and dense")
     parser.add_argument("--set", action="append", default=[], help="extra override key=value for every variant")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "tune")
+    parser.add_argument(
+        "--usage-curve",
+        action="store_true",
+        help="score the default optimizer with 0, 100, 300, 1,000, 3,000 and all past tasks as its usage "
+        "history, and plot the curve to eval/plots/usage_curve.png",
+    )
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     dataset = load_dataset("toollens", split="train").limited(args.queries)
     embedder = load_shared_embedder("all-MiniLM-L6-v2", True, args.out / "cache")
     embedder.query_cache = {}
     extra = dict(_parse(item) for item in args.set)
+    if args.usage_curve:
+        usage_curve(dataset, embedder, args.out, extra)
+        return
     methods: list[Method] = [BM25Method(), DenseMethod()] if args.baselines else []
     methods += [OptimizerMethod(name, {**VARIANTS.get(name, {}), **extra}) for name in args.variants]
     queries = dataset.judged_queries()
@@ -64,6 +79,50 @@ def main() -> None:
             f"COMP@5 {100 * s['comp@5']:5.1f}  MRR@10 {100 * s['mrr@10']:5.1f}  ({time.perf_counter() - started:.0f} s)",
             flush=True,
         )
+
+
+USAGE_CURVE_SIZES = (0, 100, 300, 1000, 3000)
+USAGE_CURVE_PLOT = Path(__file__).resolve().parent / "plots" / "usage_curve.png"
+
+
+def usage_curve(dataset: Dataset, embedder: SharedEmbedder, out: Path, extra: dict[str, Any]) -> None:
+    """How much history the co-usage graph needs: the default optimizer over growing usage histories."""
+    past = [(qid, tools) for qid, tools in dataset.usage.items() if qid not in dataset.qrels]
+    sizes = [size for size in USAGE_CURVE_SIZES if size < len(past)] + [len(past)]
+    points: list[tuple[int, dict[str, float]]] = []
+    queries = dataset.judged_queries()
+    for size in sizes:
+        sample = dict(random.Random(1).sample(past, size))
+        method = OptimizerMethod("optimizer", extra)
+        method.build(Context(replace(dataset, usage=sample), embedder, out))
+        s = evaluate({qid: method.search(text, 10) for qid, text in queries}, dataset.qrels, [5, 10])
+        points.append((size, s))
+        print(f"{size:>6} past tasks  nDCG@10 {100 * s['ndcg@10']:5.1f}  COMP@5 {100 * s['comp@5']:5.1f}", flush=True)
+    _plot_usage_curve(points, len(queries))
+
+
+def _plot_usage_curve(points: list[tuple[int, dict[str, float]]], queries: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    xs = [max(size, 10) for size, _ in points]  # 0 drawn at 10 on the log axis, labelled "none"
+    for metric, label in (("ndcg@10", "nDCG@10"), ("recall@5", "Recall@5"), ("comp@5", "COMP@5")):
+        ax.plot(xs, [100 * s[metric] for _, s in points], marker="o", label=label)
+    ax.set_xscale("log")
+    ax.set_xticks(xs, ["none" if size == 0 else f"{size:,}" for size, _ in points], fontsize=7)
+    ax.set_xlabel("past tasks in the usage history")
+    ax.set_ylabel("points")
+    ax.set_title(f"optimizer on the ToolLens dev split ({queries:,} queries)", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    USAGE_CURVE_PLOT.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(USAGE_CURVE_PLOT, dpi=120)
+    plt.close(fig)
+    print(f"wrote {USAGE_CURVE_PLOT}")
 
 
 def _parse(item: str) -> tuple[str, Any]:

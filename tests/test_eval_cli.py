@@ -76,3 +76,33 @@ def test_eval_run_explains_a_missing_dataset(tmp_path: Path) -> None:
     result = CliRunner().invoke(eval_app, ["run", "--dataset", "all", "--data-dir", str(tmp_path / "none")])
     assert result.exit_code == 2
     assert "does not exist" in " ".join(result.output.split())
+
+
+def test_optimizer_learns_tools_used_together_from_the_training_split(tmp_path: Path) -> None:
+    """`qrels/train.tsv` is a usage history: a tool the request never mentions but that past tasks always
+    used with the best match is completed into the top 2 by `optimizer`, not by `optimizer-cold`."""
+    root = tmp_path / "co-usage"
+    (root / "qrels").mkdir(parents=True)
+    tools = [
+        ("weather", "get_forecast", "Weather forecast for a city for the next days"),
+        ("city", "city_guide", "Guide to a city: sights, transport, neighbourhoods in Paris and elsewhere"),
+        ("calendar", "tomorrow_agenda", "Events in your calendar for tomorrow"),
+        ("mail", "send_email", "Send an email message to a recipient"),
+    ]
+    rows = [
+        {"_id": str(i), "title": "", "text": d, "metadata": {"name": f"{b}_{n}", "backend": b}}
+        for i, (b, n, d) in enumerate(tools)
+    ]
+    (root / "corpus.jsonl").write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+    queries = {"q1": "weather forecast for Paris", **{f"t{i}": "past task" for i in range(5)}}
+    (root / "queries.jsonl").write_text("\n".join(json.dumps({"_id": k, "text": v}) for k, v in queries.items()))
+    (root / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\t0\t1\nq1\t3\t1\n")
+    train = "".join(f"t{i}\t0\t1\nt{i}\t3\t1\n" for i in range(5))
+    (root / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\n" + train)
+    out = tmp_path / "out"
+    args = ["run", "-d", str(root), "--methods", "optimizer,optimizer-cold", "--k", "1,2", "--out", str(out)]
+    result = CliRunner().invoke(eval_app, [*args, "--no-plots"])
+    assert result.exit_code == 0, result.output
+    methods = json.loads((out / "results.json").read_text())["datasets"]["co-usage"]["methods"]
+    assert methods["optimizer-cold"]["comp@2"] == 0.0
+    assert methods["optimizer"]["comp@2"] == 1.0

@@ -103,3 +103,21 @@ def test_toolret_fields_per_task() -> None:
     apibank = toolret_fields("apibank", {"name": "X", "description": '"quoted"', "parameters": [{"name": "date"}]})
     assert apibank.description == "quoted"
     assert "date" in apibank.input_schema["properties"]
+
+
+def test_train_qrels_are_the_usage_history_and_never_hold_a_scored_query(tmp_path: Path) -> None:
+    root = write_beir(
+        tmp_path / "with-train",
+        [{"_id": "t1", "title": "Weather", "text": "forecast"}, {"_id": "t2", "title": "Mail", "text": "send"}],
+        {"q1": "weather", "a": "x", "b": "y", "c": "z"},
+        ["q1\tt1\t1"],
+    )
+    (root / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\na\tt1\t1\na\tt2\t1\nb\tt2\t1\nc\tgone\t1\n")
+    test = load_dataset(str(root))
+    assert test.usage == {"a": ["t1", "t2"], "b": ["t2"]}  # unknown tools dropped, empty tasks too
+    assert sorted(test.past_tasks()) == [["t1", "t2"], ["t2"]]
+    # Scoring the training split: a scored query is never part of the history it is scored with.
+    train = load_dataset(str(root), split="train").limited(1, seed=3)
+    (scored,) = train.qrels
+    assert len(train.past_tasks()) == 1 and train.usage[scored] not in train.past_tasks()
+    assert load_dataset(str(root), split="train").past_tasks() == []

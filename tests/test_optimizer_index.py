@@ -19,6 +19,7 @@ from vmcp_opt.optimizer.documents import ToolRecord, content_hash, split_identif
 from vmcp_opt.optimizer.embedding import Embedder, load_embedder
 from vmcp_opt.optimizer.index import VECTORS_FILE, ToolIndex
 from vmcp_opt.optimizer.tokens import count_tokens
+from vmcp_opt.optimizer.usage import UsageGraph
 
 LOCAL_TZ = "Europe/London"
 
@@ -324,3 +325,38 @@ def test_a_repeated_query_is_not_embedded_again_and_the_cache_is_bounded(tmp_pat
     names(uncached, "read a file")
     names(uncached, "read a file")
     assert counting.queries == ["read a file", "read a file"]
+
+
+def _with_history(tmp_path: Path, embedder: Embedder, tasks: list[list[str]], **config: Any) -> ToolIndex:
+    graph = UsageGraph()
+    for task in tasks:
+        graph.record_task(task)
+    index = ToolIndex(OptimizerConfig(**config), tmp_path, embedder, usage=graph)
+    index.update(CATALOGUE)
+    return index
+
+
+def test_a_tool_used_with_the_best_match_joins_the_results(tmp_path: Path, embedder: Embedder) -> None:
+    query = "download a web page as markdown"
+    plain = ToolIndex(OptimizerConfig(), tmp_path / "plain", embedder)
+    plain.update(CATALOGUE)
+    cold = names(plain, query, limit=3)
+    assert "git_git_commit" not in cold  # nothing in the request points at it
+    index = _with_history(tmp_path / "warm", embedder, [["fetch_fetch", "git_git_commit"]] * 4)
+    warm = names(index, query, limit=3)
+    assert warm[0] == "fetch_fetch"  # the match itself stays first
+    assert warm[1] == "git_git_commit"
+
+
+def test_companions_respect_the_backend_filter_and_off_switches(tmp_path: Path, embedder: Embedder) -> None:
+    tasks = [["fetch_fetch", "git_git_commit"]] * 4
+    query = "download a web page as markdown"
+    index = _with_history(tmp_path / "a", embedder, tasks)
+    assert "git_git_commit" not in names(index, query, backends=["fetch", "fs"])
+    no_weight = _with_history(tmp_path / "b", embedder, tasks, usage_weight=0.0)
+    assert "git_git_commit" not in names(no_weight, query, limit=3)
+    # A history naming tools the catalogue no longer has changes nothing.
+    stale = _with_history(tmp_path / "c", embedder, [["fetch_fetch", "gone_tool"]] * 4)
+    plain = ToolIndex(OptimizerConfig(), tmp_path / "d", embedder)
+    plain.update(CATALOGUE)
+    assert names(stale, query) == names(plain, query)

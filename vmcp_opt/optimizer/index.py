@@ -29,6 +29,7 @@ from vmcp_opt.optimizer import ranking
 from vmcp_opt.optimizer.documents import ToolRecord, content_hash, tool_document
 from vmcp_opt.optimizer.embedding import Embedder, ModelSpec, load_embedder, resolve_model
 from vmcp_opt.optimizer.late_interaction import TokenStore
+from vmcp_opt.optimizer.usage import UsageGraph, companion_scores
 
 log = logging.getLogger(__name__)
 
@@ -117,14 +118,24 @@ class _Snapshot:
     faiss_index: Any = None
     # Token embeddings for late-interaction re-ranking, aligned with records (None when it is off).
     tokens: TokenStore | None = None
+    # Routable name -> position, for the co-usage graph (which knows tools by name).
+    positions: dict[str, int] = field(default_factory=dict)
 
 
 class ToolIndex:
     """Search over the gateway's tools; `update` replaces the indexed set, `search` never waits for it."""
 
-    def __init__(self, config: OptimizerConfig, index_dir: Path, embedder: Embedder | None = None) -> None:
+    def __init__(
+        self,
+        config: OptimizerConfig,
+        index_dir: Path,
+        embedder: Embedder | None = None,
+        usage: UsageGraph | None = None,
+    ) -> None:
         self.config = config
         self.embedder = embedder
+        # Tools used together (optimizer/usage.py); None or empty leaves the ranking as the arms give it.
+        self.usage = usage
         self.model: ModelSpec = embedder.spec if embedder is not None else resolve_model(config.model)
         self.directory = Path(index_dir) / self.model.slug
         self._snapshot = _Snapshot()
@@ -172,7 +183,10 @@ class ToolIndex:
                 ]
         else:
             fused = [ranking.keyword_only(s) for s in sparse]
-        best = ranking.top(ranking.merge_variants(fused), limit)
+        merged = ranking.merge_variants(fused)
+        if self.config.usage and self.usage is not None and self.config.usage_weight > 0 and len(self.usage):
+            merged = self._with_companions(snap, merged, allowed)
+        best = ranking.top(merged, limit)
         return SearchResult([SearchHit(snap.records[doc], float(score)) for doc, score in best], mode)
 
     def _encode_queries(
@@ -210,6 +224,19 @@ class ToolIndex:
         if not late:
             return fused
         return ranking.blend(late, sparse, self.config.rerank_weight, list(fused))
+
+    def _with_companions(self, snap: _Snapshot, merged: ranking.Ranking, allowed: np.ndarray | None) -> ranking.Ranking:
+        """`merged` plus what co-usage with its best results adds (tools outside it may enter)."""
+        assert self.usage is not None
+        head = [(snap.records[doc].name, merged[doc]) for doc in ranking.order(merged)[: self.config.usage_seeds]]
+        boosted = dict(merged)
+        for name, extra in companion_scores(
+            head, self.usage, self.config.usage_seeds, self.config.usage_weight
+        ).items():
+            doc = snap.positions.get(name)
+            if doc is not None and (allowed is None or allowed[doc]):
+                boosted[doc] = boosted.get(doc, 0.0) + extra
+        return boosted
 
     def _keyword_candidates(
         self, snap: _Snapshot, query: str, depth: int, allowed: np.ndarray | None
@@ -350,6 +377,7 @@ class ToolIndex:
             has_vector=has_vector,
             faiss_index=faiss_index,
             tokens=tokens,
+            positions={record.name: position for position, record in enumerate(records)},
         )
 
     @property

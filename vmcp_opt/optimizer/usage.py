@@ -1,0 +1,186 @@
+"""Tools used together: a co-usage graph learned from the calls the gateway routes, and what it adds to
+`find_tool`'s ranking.
+
+An agent needs every tool of a multi-step task, and its request rarely names them all ("I am attending
+summit meetings" needs a news filter, a flight search and a currency converter). Which tools serve one
+task together is something only the gateway sees: the calls one client makes within `usage_window`
+seconds of each other form a task. For each tool the graph keeps the number of tasks it was used in and,
+per other tool, how many of those used both; P(b | a) = together(a, b) / (tasks(a) + 2), the 2 keeping a
+single sighting from reading as certainty.
+
+`find_tool` then adds to each tool b: `usage_weight` * (sum over its top `usage_seeds` results a of
+score(a) * P(b | a) / rank(a)); a companion the request never mentions can so enter the list. This is the
+collaborative signal COLT (Qu et al., CIKM 2024) learns on ToolLens; `eval/README.md` measures it.
+
+Only tool names and counts are kept: no arguments, no request text, no client identity.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+import weakref
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+# Added to a tool's task count in P(b | a): one task seen with a and b is evidence, not certainty.
+_SMOOTHING = 2.0
+# Distinct tools one task holds before a new task starts: a client that runs for hours and touches
+# everything would otherwise tie every tool to every other.
+MAX_TASK_TOOLS = 16
+
+
+class UsageGraph:
+    """Tasks per tool and co-usage per pair of tools; thread-safe, cheap to read."""
+
+    def __init__(self) -> None:
+        self._tasks: Counter[str] = Counter()
+        self._together: dict[str, Counter[str]] = {}
+        self._lock = threading.Lock()
+        # Bumped on every change, so a saver knows whether there is anything to write.
+        self.version = 0
+
+    def __len__(self) -> int:
+        """Tools seen in at least one task."""
+        return len(self._tasks)
+
+    def record_task(self, tools: Iterable[str]) -> None:
+        """A finished task: the distinct tools it used (a history imported in one go)."""
+        distinct = list(dict.fromkeys(tools))[:MAX_TASK_TOOLS]
+        for position, tool in enumerate(distinct):
+            self.add_to_task(tool, distinct[:position])
+
+    def add_to_task(self, tool: str, already_used: Iterable[str]) -> None:
+        """`tool` joins a live task in which `already_used` (distinct, without `tool`) were called."""
+        others = [other for other in already_used if other != tool]
+        with self._lock:
+            self._tasks[tool] += 1
+            for other in others:
+                self._together.setdefault(tool, Counter())[other] += 1
+                self._together.setdefault(other, Counter())[tool] += 1
+            self.version += 1
+
+    def companions(self, tool: str) -> dict[str, float]:
+        """P(other | tool) for every tool seen in a task with `tool`."""
+        with self._lock:
+            together = self._together.get(tool)
+            if not together:
+                return {}
+            base = self._tasks[tool] + _SMOOTHING
+            return {other: count / base for other, count in together.items()}
+
+    def stats(self) -> dict[str, int]:
+        with self._lock:
+            pairs = sum(len(c) for c in self._together.values()) // 2
+            return {"tools": len(self._tasks), "pairs": pairs, "tool_uses": sum(self._tasks.values())}
+
+    # -- persistence -------------------------------------------------------------------------------
+
+    def to_json(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "version": FORMAT_VERSION,
+                "tasks": dict(self._tasks),
+                "together": {tool: dict(counts) for tool, counts in self._together.items()},
+            }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> UsageGraph:
+        """The graph `to_json` wrote; ValueError naming the field when the data is not that."""
+        if data.get("version") != FORMAT_VERSION:
+            raise ValueError(f"field 'version': expected {FORMAT_VERSION}, got {data.get('version')!r}")
+        graph = cls()
+        graph._tasks = Counter(_counts(data.get("tasks"), "tasks"))
+        together = data.get("together")
+        if not isinstance(together, Mapping):
+            raise ValueError("field 'together': expected an object")
+        graph._together = {str(tool): Counter(_counts(c, f"together.{tool}")) for tool, c in together.items()}
+        return graph
+
+    def save(self, path: Path) -> None:
+        """Write atomically: a crash mid-write leaves the previous file, never half of one."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(self.to_json(), separators=(",", ":")), encoding="utf-8")
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path) -> UsageGraph:
+        """The graph saved at `path`; empty when there is none. An unreadable file is kept aside as
+        `<name>.corrupt` (never overwritten by the next save) and the gateway starts with no history."""
+        if not path.exists():
+            return cls()
+        try:
+            return cls.from_json(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError) as exc:
+            aside = path.with_name(path.name + ".corrupt")
+            os.replace(path, aside)
+            logger.warning(
+                "optimizer usage history %s is unreadable (%s); moved to %s, starting empty", path, exc, aside
+            )
+            return cls()
+
+
+def _counts(value: Any, where: str) -> dict[str, int]:
+    if not isinstance(value, Mapping):
+        raise ValueError(f"field '{where}': expected an object of counts")
+    counts: dict[str, int] = {}
+    for key, count in value.items():
+        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+            raise ValueError(f"field '{where}.{key}': expected a non-negative integer, got {count!r}")
+        counts[str(key)] = count
+    return counts
+
+
+def companion_scores(ranked: list[tuple[str, float]], graph: UsageGraph, seeds: int, weight: float) -> dict[str, float]:
+    """What co-usage adds per tool name, given the ranking so far (best first, with scores)."""
+    boost: dict[str, float] = {}
+    for rank, (name, score) in enumerate(ranked[:seeds], start=1):
+        if score <= 0:
+            continue
+        for other, probability in graph.companions(name).items():
+            boost[other] = boost.get(other, 0.0) + weight * score * probability / rank
+    return boost
+
+
+@dataclass
+class _LiveTask:
+    tools: list[str] = field(default_factory=list)
+    last_call: float = 0.0
+
+
+class UsageRecorder:
+    """Turns each client's successful calls into tasks of the graph.
+
+    Keyed by the client's connection object, held weakly: a client that goes away takes its live task
+    with it. A call more than `window` seconds after the client's previous one starts a new task.
+    """
+
+    def __init__(self, graph: UsageGraph, window: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.graph = graph
+        self.window = window
+        self._clock = clock
+        self._live: weakref.WeakKeyDictionary[object, _LiveTask] = weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
+
+    def tool_used(self, client: object, tool: str) -> None:
+        now = self._clock()
+        with self._lock:
+            task = self._live.get(client)
+            if task is None or now - task.last_call > self.window or len(task.tools) >= MAX_TASK_TOOLS:
+                task = self._live[client] = _LiveTask()
+            task.last_call = now
+            if tool in task.tools:
+                return
+            already_used = list(task.tools)
+            task.tools.append(tool)
+        self.graph.add_to_task(tool, already_used)
