@@ -1,4 +1,5 @@
-"""`vmcp index build | stats | search`: the persisted tool index, for operators and for tuning descriptions.
+"""`vmcp index build | stats | search | usage`: the persisted tool index, for operators and for tuning
+descriptions, and the history of tools used together that the gateway learns (`usage`).
 
 The tool list comes from the live backends (through `hooks.collect_records`, which the `vmcp` command
 plugs in) or from `--from-jsonl`, one tool record per line
@@ -121,6 +122,66 @@ def search(
         summary = hit.record.description.strip().split("\n")[0][:200]
         table.add_row(str(rank), hit.record.name, hit.record.backend, f"{hit.score:.3f}", summary)
     console.print(table)
+
+
+@index_app.command()
+def usage(
+    config: ConfigOption = None,
+    index_dir: IndexDirOption = None,
+    top: Annotated[int, typer.Option("--top", "-n", min=1, help="How many pairs to show.")] = 10,
+    clear: Annotated[bool, typer.Option("--clear", help="Delete the history (index_dir/usage.json).")] = False,
+) -> None:
+    """The tools clients used together (what find_tool learns from): counts and the most frequent pairs."""
+    from vmcp_opt.optimizer.metatools import USAGE_FILE
+    from vmcp_opt.optimizer.usage import UsageGraph
+
+    settings = _config(config)
+    path = _index_dir(settings, index_dir) / USAGE_FILE
+    if clear:
+        if not path.exists():
+            console.print(f"no usage history at {path}: nothing to clear")
+            return
+        path.unlink()
+        console.print(
+            f"deleted the usage history {path}; a running gateway still holds its own in memory and writes it "
+            "back, so stop it first to start afresh"
+        )
+        return
+    if not path.exists():
+        console.print(f"no usage history yet at {path} (the gateway writes it once clients have called tools)")
+        return
+    try:
+        # Read only: unlike the gateway's load, an unreadable file is reported and left where it is.
+        graph = UsageGraph.from_json(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError, AttributeError) as exc:
+        errors.print(f"[red]unreadable usage history[/] {path}: {exc}")
+        raise typer.Exit(1) from None
+    info = graph.stats()
+    console.print(
+        f"[bold]{info['tools']}[/] tools used, {info['tool_uses']} uses in tasks, {info['pairs']} pairs used "
+        f"together ({path})"
+    )
+    pairs = _top_pairs(graph.to_json()["together"], top)
+    if not pairs:
+        return
+    table = Table(title="tools used together")
+    table.add_column("tool", style="bold", no_wrap=True)
+    table.add_column("with", style="bold", no_wrap=True)
+    table.add_column("tasks", justify="right")
+    for first, second, count in pairs:
+        table.add_row(first, second, str(count))
+    console.print(table)
+
+
+def _top_pairs(together: dict[str, dict[str, int]], top: int) -> list[tuple[str, str, int]]:
+    """Each unordered pair once, most tasks together first (ties by name)."""
+    pairs = {
+        (min(tool, other), max(tool, other)): count
+        for tool, counts in together.items()
+        for other, count in counts.items()
+    }
+    ranked = sorted(pairs.items(), key=lambda item: (-item[1], item[0]))
+    return [(first, second, count) for (first, second), count in ranked[:top]]
 
 
 def tools_list_json(records: Sequence[ToolRecord]) -> str:

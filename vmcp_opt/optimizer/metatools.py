@@ -8,6 +8,11 @@ The index follows the catalogue: on every change the keyword index is rebuilt at
 so the gateway answers within a second of start), and a background thread loads the embedding model
 and embeds only new or changed tools. Until the vectors are ready `find_tool` ranks by keywords and
 says so in its answer.
+
+With `optimizer.usage` on, the gateway reports every successful routed call (`tool_used`); the tools a
+client uses together form tasks of a co-usage graph (optimizer/usage.py) that raises companions in
+`find_tool`. The graph lives in `index_dir/usage.json`: loaded at start, written every
+`USAGE_SAVE_INTERVAL` seconds when it changed and once more by `close` on shutdown.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from pathlib import Path
 from typing import Any, Protocol
 
 import anyio
@@ -30,8 +36,13 @@ from vmcp_opt.optimizer.documents import ToolRecord
 from vmcp_opt.optimizer.embedding import load_embedder
 from vmcp_opt.optimizer.index import SearchResult, ToolIndex
 from vmcp_opt.optimizer.tokens import count_tokens
+from vmcp_opt.optimizer.usage import UsageGraph, UsageRecorder
 
 logger = logging.getLogger(__name__)
+
+USAGE_FILE = "usage.json"
+# Seconds between writes of a changed co-usage graph (shutdown writes it too).
+USAGE_SAVE_INTERVAL = 30.0
 
 Ctx = ServerRequestContext[Any, Any]
 
@@ -130,7 +141,15 @@ class OptimizerFront:
     def __init__(self, gateway: RoutedCaller, config: VmcpConfig) -> None:
         self.gateway = gateway
         self.settings = config.optimizer
-        self.index = ToolIndex(config.optimizer, config.index_dir())
+        # Tools used together: None when `optimizer.usage` is off (nothing recorded, nothing written).
+        self.usage_path = Path(config.index_dir()) / USAGE_FILE
+        self.usage: UsageGraph | None = _load_usage(self.usage_path) if self.settings.usage else None
+        self._recorder = UsageRecorder(self.usage, self.settings.usage_window) if self.usage is not None else None
+        self._saved_version = self.usage.version if self.usage is not None else 0
+        self._save_lock = threading.Lock()
+        self._closed = threading.Event()
+        self._saver: threading.Thread | None = None
+        self.index = ToolIndex(config.optimizer, config.index_dir(), usage=self.usage)
         self.catalog = Catalog()
         self.full_list_tokens = 0
         self.meta_tools_tokens = 0
@@ -180,6 +199,20 @@ class OptimizerFront:
             return _error(f"field 'tool_name': unknown tool '{target}'; use find_tool to look tools up")
         return await self.gateway.call_routed(ctx, target, arguments.get("arguments") or {}, params.meta)
 
+    def tool_used(self, client: object, name: str) -> None:
+        """`client` (any object that lives as long as the client) called `name` and it succeeded."""
+        if self._recorder is None or self._closed.is_set():
+            return
+        self._recorder.tool_used(client, name)
+        if self._saver is None:
+            self._saver = threading.Thread(target=self._save_periodically, name="optimizer-usage-saver", daemon=True)
+            self._saver.start()
+
+    def close(self) -> None:
+        """On shutdown: stop the periodic saver and write what it has not written yet. Idempotent."""
+        self._closed.set()
+        self.save_usage()
+
     # --- find_tool ------------------------------------------------------------------------------------
 
     async def find_tool(self, query: str, limit: int | None, backends: list[str] | None) -> types.CallToolResult:
@@ -227,6 +260,26 @@ class OptimizerFront:
             self.full_list_tokens,
         )
 
+    def save_usage(self) -> None:
+        """Write the co-usage graph if it changed since the last write; a failure is a warning, not a crash."""
+        if self.usage is None:
+            return
+        with self._save_lock:
+            version = self.usage.version
+            if version == self._saved_version:
+                return
+            try:
+                self.usage.save(self.usage_path)
+            except Exception as exc:  # full disk, read-only index_dir: the gateway keeps serving
+                logger.warning("optimizer: could not save the usage history to %s: %s", self.usage_path, exc)
+                return
+            self._saved_version = version
+        logger.debug("optimizer: usage history saved to %s", self.usage_path)
+
+    def _save_periodically(self) -> None:
+        while not self._closed.wait(USAGE_SAVE_INTERVAL):
+            self.save_usage()
+
     def _embed_in_background(self, records: list[ToolRecord]) -> None:
         with self._wake:
             self._pending = records
@@ -252,6 +305,15 @@ class OptimizerFront:
                 self.index.update(records)
             except Exception:  # the keyword ranking keeps serving; say why vectors are missing
                 logger.exception("optimizer: embedding the catalogue failed; find_tool ranks by keywords")
+
+
+def _load_usage(path: Path) -> UsageGraph:
+    """The saved co-usage graph; an empty one when there is none or it cannot be read."""
+    try:
+        return UsageGraph.load(path)  # an unreadable file is moved aside to usage.json.corrupt
+    except Exception as exc:  # e.g. the corrupt file could not be moved aside: start empty all the same
+        logger.warning("optimizer: usage history %s not loaded (%s); starting with none", path, exc)
+        return UsageGraph()
 
 
 def _coerce_strings(arguments: dict[str, Any]) -> dict[str, Any]:

@@ -61,6 +61,14 @@ class ToolFront(Protocol):
 
     async def catalog_changed(self, catalog: Catalog) -> None: ...
 
+    def tool_used(self, client: object, name: str) -> None:
+        """A routed call of `name` succeeded for `client` (an object that lives as long as the client)."""
+        ...
+
+    def close(self) -> None:
+        """The gateway is stopping: write what must outlive it."""
+        ...
+
 
 class StartupError(Exception):
     """`failure.mode: fail` and some backends did not connect; the message names them."""
@@ -174,6 +182,8 @@ class Gateway:
         self.relay.stop()
         self.health.stop()
         self.backends.stop()
+        if self.front is not None:
+            self.front.close()
 
     def _build_catalog(self) -> Catalog:
         return catalog_of(self.backends, self.config)
@@ -319,7 +329,8 @@ class Gateway:
             name=routed.original_name, arguments=arguments, _meta=_forwarded_meta(meta)
         )
         try:
-            return await self._send(
+            # An InputRequired round raises through here: only its final result is a use of the tool.
+            result = await self._send(
                 ctx,
                 routed.backend,
                 types.CallToolRequest(params=params),
@@ -332,6 +343,11 @@ class Gateway:
             if exc.code in (types.CONNECTION_CLOSED, types.REQUEST_TIMEOUT):
                 return _error_result(f"backend '{routed.backend}': {exc.error.message}")
             raise
+        if self.front is not None and ctx is not None and not result.is_error:
+            client = client_identity(ctx)
+            if client is not None:
+                self.front.tool_used(client, name)
+        return result
 
     def _connection(self, backend: str) -> BackendConnection:
         connection = self.backends.get(backend)
@@ -461,6 +477,21 @@ class Gateway:
         if backend is None:
             raise MCPError(RESOURCE_NOT_FOUND, f"Resource not found: '{uri}'", {"uri": uri})
         return self._connection(backend)
+
+
+def client_identity(ctx: Ctx) -> object | None:
+    """An object that lives as long as the calling client does, or None when the transport has none.
+
+    A handshake-era session has one `Connection` for all its requests. A 2026-07-28 client gets a fresh
+    `Connection` per request: over stdio they share the pipe's outbound channel (one per client process);
+    over HTTP, as a stateless request, nothing ties its calls together, so it has no identity here.
+    """
+    connection = ctx.session._connection
+    if not connection.has_standalone_channel:
+        return None  # a single HTTP exchange (2026-07-28, or a stateless handshake-era request)
+    if connection.protocol_version in MODERN_PROTOCOL_VERSIONS:
+        return connection.outbound
+    return connection
 
 
 def catalog_of(backends: BackendManager, config: VmcpConfig) -> Catalog:

@@ -37,7 +37,12 @@ def run_gateway(config: VmcpConfig, announce: Callable[[VmcpConfig], None] | Non
     mask_secrets(config)
     gateway = build_gateway(config)
     if config.server.transport == "stdio":
-        return anyio.run(_serve_stdio_until_signal, gateway)
+        try:
+            return anyio.run(_serve_stdio_until_signal, gateway)
+        finally:
+            # A signal cancels the stdio server before `Gateway.stop` runs: write what must outlive us here.
+            if gateway.front is not None:
+                gateway.front.close()
     server = uvicorn.Server(
         uvicorn.Config(
             create_app(gateway),

@@ -1,0 +1,278 @@
+"""Tools used together (optimizer/usage.py): tasks, counts, companions, persistence; and how the optimizer
+front records and saves them."""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import weakref
+from pathlib import Path
+
+import pytest
+
+from vmcp_opt.config import VmcpConfig
+from vmcp_opt.optimizer.metatools import OptimizerFront
+from vmcp_opt.optimizer.usage import MAX_TASK_TOOLS, UsageGraph, UsageRecorder, companion_scores
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Client:
+    """A stand-in for a client's connection: any object that can be weakly referenced."""
+
+
+def recorder(window: float = 60.0) -> tuple[UsageRecorder, Clock]:
+    clock = Clock()
+    return UsageRecorder(UsageGraph(), window, clock=clock), clock
+
+
+def test_calls_within_the_window_form_one_task() -> None:
+    rec, clock = recorder(window=60)
+    client = Client()
+    rec.tool_used(client, "search_flights")
+    clock.now += 59
+    rec.tool_used(client, "convert_currency")
+    assert rec.graph.to_json()["tasks"] == {"search_flights": 1, "convert_currency": 1}
+    assert rec.graph.companions("search_flights") == {"convert_currency": pytest.approx(1 / 3)}
+
+
+def test_a_call_after_the_window_starts_a_new_task() -> None:
+    rec, clock = recorder(window=60)
+    client = Client()
+    rec.tool_used(client, "search_flights")
+    clock.now += 61
+    rec.tool_used(client, "convert_currency")
+    assert rec.graph.companions("search_flights") == {}
+    assert rec.graph.stats() == {"tools": 2, "pairs": 0, "tool_uses": 2}
+
+
+def test_the_window_runs_from_the_previous_call_not_the_first() -> None:
+    rec, clock = recorder(window=60)
+    client = Client()
+    for tool in ("a", "b", "c"):
+        rec.tool_used(client, tool)
+        clock.now += 50  # 100 s from a to c, never more than 60 between two calls
+    assert set(rec.graph.companions("a")) == {"b", "c"}
+
+
+def test_a_tool_repeated_in_one_task_counts_once() -> None:
+    rec, _clock = recorder()
+    client = Client()
+    for tool in ("read_file", "write_file", "read_file", "read_file"):
+        rec.tool_used(client, tool)
+    assert rec.graph.to_json() == {
+        "version": 1,
+        "tasks": {"read_file": 1, "write_file": 1},
+        "together": {"read_file": {"write_file": 1}, "write_file": {"read_file": 1}},
+    }
+
+
+def test_two_clients_calling_at_once_are_two_tasks() -> None:
+    rec, _clock = recorder()
+    one, two = Client(), Client()
+    rec.tool_used(one, "a")
+    rec.tool_used(two, "b")
+    rec.tool_used(one, "c")
+    assert set(rec.graph.companions("a")) == {"c"}
+    assert rec.graph.companions("b") == {}
+
+
+def test_a_task_holds_at_most_max_task_tools_then_a_new_one_starts() -> None:
+    rec, _clock = recorder()
+    client = Client()
+    for number in range(MAX_TASK_TOOLS + 1):
+        rec.tool_used(client, f"t{number}")
+    assert len(rec.graph.companions("t0")) == MAX_TASK_TOOLS - 1
+    assert rec.graph.companions(f"t{MAX_TASK_TOOLS}") == {}
+
+
+def test_the_recorder_does_not_keep_a_client_alive() -> None:
+    rec, _clock = recorder()
+    client = Client()
+    alive = weakref.ref(client)
+    rec.tool_used(client, "a")
+    del client
+    gc.collect()
+    assert alive() is None
+    rec.tool_used(Client(), "b")  # a new client: a new task
+    assert rec.graph.companions("a") == {}
+
+
+def test_record_task_counts_each_distinct_tool_and_each_pair_once() -> None:
+    graph = UsageGraph()
+    graph.record_task(["a", "b", "a", "c"])
+    graph.record_task(["a", "b"])
+    assert graph.to_json()["tasks"] == {"a": 2, "b": 2, "c": 1}
+    assert graph.to_json()["together"]["a"] == {"b": 2, "c": 1}
+    assert graph.stats() == {"tools": 3, "pairs": 3, "tool_uses": 5}
+    assert len(graph) == 3
+
+
+def test_companion_probability_is_together_over_tasks_plus_two() -> None:
+    graph = UsageGraph()
+    for _ in range(3):
+        graph.record_task(["a", "b"])
+    graph.record_task(["a"])
+    # a was in 4 tasks, 3 of them with b: 3 / (4 + 2); b was in 3, all with a: 3 / (3 + 2).
+    assert graph.companions("a") == {"b": pytest.approx(0.5)}
+    assert graph.companions("b") == {"a": pytest.approx(0.6)}
+    assert graph.companions("never_seen") == {}
+
+
+def test_companion_scores_weigh_by_score_and_rank() -> None:
+    graph = UsageGraph()
+    graph.record_task(["a", "x"])  # P(x | a) = 1/3
+    graph.record_task(["b", "x"])  # P(x | b) = 1/3
+    boost = companion_scores([("a", 0.9), ("b", 0.6), ("c", 0.0)], graph, seeds=8, weight=2.0)
+    assert boost["x"] == pytest.approx(2.0 * 0.9 / 3 / 1 + 2.0 * 0.6 / 3 / 2)
+    assert companion_scores([("a", 0.9), ("b", 0.6)], graph, seeds=1, weight=1.0)["x"] == pytest.approx(0.3)
+
+
+def test_the_version_moves_on_every_change_only() -> None:
+    graph = UsageGraph()
+    start = graph.version
+    graph.companions("a")
+    graph.stats()
+    assert graph.version == start
+    graph.record_task(["a", "b"])
+    assert graph.version > start
+
+
+def test_save_and_load_round_trip(tmp_path: Path) -> None:
+    graph = UsageGraph()
+    graph.record_task(["a", "b", "c"])
+    graph.record_task(["b", "c"])
+    path = tmp_path / "deeper" / "usage.json"
+    graph.save(path)
+    assert UsageGraph.load(path).to_json() == graph.to_json()
+    assert [p.name for p in path.parent.iterdir()] == ["usage.json"]  # no temporary file left behind
+
+
+def test_load_of_a_missing_file_is_an_empty_graph(tmp_path: Path) -> None:
+    assert len(UsageGraph.load(tmp_path / "usage.json")) == 0
+
+
+@pytest.mark.parametrize(
+    ("data", "field"),
+    [
+        ({"version": 2, "tasks": {}, "together": {}}, "'version'"),
+        ({"version": 1, "tasks": [], "together": {}}, "'tasks'"),
+        ({"version": 1, "tasks": {"a": -1}, "together": {}}, "'tasks.a'"),
+        ({"version": 1, "tasks": {"a": "3"}, "together": {}}, "'tasks.a'"),
+        ({"version": 1, "tasks": {"a": True}, "together": {}}, "'tasks.a'"),
+        ({"version": 1, "tasks": {}, "together": []}, "'together'"),
+        ({"version": 1, "tasks": {}, "together": {"a": {"b": 1.5}}}, "'together.a.b'"),
+    ],
+)
+def test_from_json_rejects_bad_data_naming_the_field(data: dict[str, object], field: str) -> None:
+    with pytest.raises(ValueError, match=f"field {field}"):
+        UsageGraph.from_json(data)
+
+
+def test_an_unreadable_file_is_kept_aside_and_the_graph_starts_empty(tmp_path: Path) -> None:
+    path = tmp_path / "usage.json"
+    path.write_text("{not json", encoding="utf-8")
+    assert len(UsageGraph.load(path)) == 0
+    assert not path.exists()
+    assert (tmp_path / "usage.json.corrupt").read_text(encoding="utf-8") == "{not json"
+
+
+# --- the optimizer front: records through the recorder, saves when changed ---------------------------
+
+
+class NoGateway:
+    def lookup_tool(self, name: str) -> object:
+        raise AssertionError("not called")
+
+    async def call_routed(self, *args: object) -> object:
+        raise AssertionError("not called")
+
+
+def front(index_dir: Path, **optimizer: object) -> OptimizerFront:
+    config = VmcpConfig.model_validate({"optimizer": {"enabled": True, "index_dir": str(index_dir), **optimizer}})
+    return OptimizerFront(NoGateway(), config)  # type: ignore[arg-type]
+
+
+def test_the_front_writes_its_history_on_close_and_only_when_it_changed(tmp_path: Path) -> None:
+    optimizer = front(tmp_path)
+    assert optimizer.usage is not None and optimizer.index.usage is optimizer.usage
+    optimizer.close()
+    assert not (tmp_path / "usage.json").exists()  # nothing learned, nothing written
+
+    optimizer = front(tmp_path)
+    client = Client()
+    optimizer.tool_used(client, "a")
+    optimizer.tool_used(client, "b")
+    optimizer.close()
+    saved = json.loads((tmp_path / "usage.json").read_text(encoding="utf-8"))
+    assert saved["together"] == {"a": {"b": 1}, "b": {"a": 1}}
+    optimizer.tool_used(client, "c")  # after close: not recorded, nothing left unsaved
+    optimizer.close()
+    assert json.loads((tmp_path / "usage.json").read_text(encoding="utf-8")) == saved
+
+    again = front(tmp_path)
+    assert again.usage is not None and again.usage.companions("a") == {"b": pytest.approx(1 / 3)}
+
+
+def test_the_front_with_usage_off_records_and_writes_nothing(tmp_path: Path) -> None:
+    optimizer = front(tmp_path, usage=False)
+    assert optimizer.usage is None and optimizer.index.usage is None
+    optimizer.tool_used(Client(), "a")
+    optimizer.close()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_save_is_a_warning_and_the_next_one_retries(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("", encoding="utf-8")
+    optimizer = front(blocker)
+    optimizer.tool_used(Client(), "a")
+    with caplog.at_level(logging.WARNING):
+        optimizer.save_usage()
+    assert "could not save the usage history" in caplog.text
+    optimizer.usage_path = tmp_path / "usage.json"
+    optimizer.close()
+    assert json.loads(optimizer.usage_path.read_text(encoding="utf-8"))["tasks"] == {"a": 1}
+
+
+# --- `vmcp index usage` -------------------------------------------------------------------------------
+
+
+def test_index_usage_prints_the_history_and_clear_deletes_it(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from vmcp_opt.optimizer.index_cli import index_app
+
+    runner = CliRunner()
+    config = tmp_path / "vmcp.yaml"
+    config.write_text(f"optimizer:\n  index_dir: {tmp_path}\n", encoding="utf-8")
+    empty = runner.invoke(index_app, ["usage", "-c", str(config)])
+    assert empty.exit_code == 0 and "no usage history yet" in empty.output
+
+    graph = UsageGraph()
+    graph.record_task(["search_flights", "convert_currency", "get_weather"])
+    graph.record_task(["search_flights", "convert_currency"])
+    graph.save(tmp_path / "usage.json")
+    shown = runner.invoke(index_app, ["usage", "-c", str(config), "--top", "1"], env={"COLUMNS": "200"})
+    assert shown.exit_code == 0, shown.output
+    assert "3 tools used, 5 uses in tasks, 3 pairs used together" in shown.output
+    assert "convert_currency │ search_flights │     2" in shown.output
+    assert "get_weather │" not in shown.output  # --top 1
+
+    (tmp_path / "usage.json").write_text("[]", encoding="utf-8")
+    bad = runner.invoke(index_app, ["usage", "-c", str(config)])
+    assert bad.exit_code == 1 and "unreadable usage history" in bad.output
+    assert (tmp_path / "usage.json").exists()  # reported, left where it is
+
+    cleared = runner.invoke(index_app, ["usage", "-c", str(config), "--clear"])
+    assert cleared.exit_code == 0 and "deleted the usage history" in cleared.output
+    assert not (tmp_path / "usage.json").exists()
+    again = runner.invoke(index_app, ["usage", "-c", str(config), "--clear"])
+    assert again.exit_code == 0 and "nothing to clear" in again.output
