@@ -144,6 +144,19 @@ async def test_a_restart_reuses_the_persisted_index(tmp_path: Path, gateway: Gat
         assert re.search(r"index updated: embedded 0, reused \d+", restarted.output()), restarted.output()
 
 
+async def test_a_graceful_stop_keeps_every_backends_vectors(tmp_path: Path) -> None:
+    """Backends stop one by one on shutdown; the persisted index must not shrink with them."""
+    index_dir = tmp_path / "own-index"
+    config = write_config(tmp_path, optimizer_config(index_dir))
+    with running_gateway(config) as first:
+        async with Client(first.url) as client:
+            await wait_for_vectors(client)
+    with running_gateway(config) as second:
+        async with Client(second.url) as client:
+            await wait_for_vectors(client)
+        assert re.search(r"index updated: embedded 0, reused \d+", second.output()), second.output()
+
+
 async def test_no_optimizer_flag_gives_the_full_list_back(tmp_path: Path, index_dir: Path) -> None:
     config = write_config(tmp_path, optimizer_config(index_dir))
     with running_gateway(config, "--no-optimizer") as plain:

@@ -176,12 +176,16 @@ def test_from_json_rejects_bad_data_naming_the_field(data: dict[str, object], fi
         UsageGraph.from_json(data)
 
 
-def test_an_unreadable_file_is_kept_aside_and_the_graph_starts_empty(tmp_path: Path) -> None:
+@pytest.mark.parametrize("content", ["{not json", "[]", '{"version": 1, "tasks": [], "together": {}}'])
+def test_an_unreadable_file_is_kept_aside_and_the_graph_starts_empty(tmp_path: Path, content: str) -> None:
     path = tmp_path / "usage.json"
-    path.write_text("{not json", encoding="utf-8")
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(ValueError):
+        UsageGraph.read(path)
+    assert path.exists()  # reading touches nothing
     assert len(UsageGraph.load(path)) == 0
     assert not path.exists()
-    assert (tmp_path / "usage.json.corrupt").read_text(encoding="utf-8") == "{not json"
+    assert (tmp_path / "usage.json.corrupt").read_text(encoding="utf-8") == content
 
 
 # --- the optimizer front: records through the recorder, saves when changed ---------------------------
@@ -276,3 +280,32 @@ def test_index_usage_prints_the_history_and_clear_deletes_it(tmp_path: Path) -> 
     assert not (tmp_path / "usage.json").exists()
     again = runner.invoke(index_app, ["usage", "-c", str(config), "--clear"])
     assert again.exit_code == 0 and "nothing to clear" in again.output
+
+
+def test_index_search_ranks_with_the_saved_history_like_find_tool(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from vmcp_opt.optimizer.index_cli import index_app
+
+    tools = [
+        {"name": "flights_search", "backend": "flights", "description": "Search flights between two airports"},
+        {"name": "money_convert", "backend": "money", "description": "Convert an amount between currencies"},
+        {"name": "notes_save", "backend": "notes", "description": "Save a note"},
+    ]
+    catalogue = tmp_path / "tools.jsonl"
+    catalogue.write_text("\n".join(json.dumps(tool) for tool in tools), encoding="utf-8")
+    config = tmp_path / "vmcp.yaml"
+    config.write_text(f"optimizer:\n  index_dir: {tmp_path}\n", encoding="utf-8")
+    args = ["search", "flights to Lisbon", "-c", str(config), "--from-jsonl", str(catalogue), "--keyword"]
+    runner = CliRunner()
+    before = runner.invoke(index_app, args, env={"COLUMNS": "200"})
+    assert before.exit_code == 0, before.output
+    assert "money_convert" not in before.output  # nothing in the request matches it
+    graph = UsageGraph()
+    for _ in range(3):
+        graph.record_task(["flights_search", "money_convert"])
+    graph.save(tmp_path / "usage.json")
+    after = runner.invoke(index_app, args, env={"COLUMNS": "200"})
+    assert after.exit_code == 0, after.output
+    assert after.output.index("flights_search") < after.output.index("money_convert")
+    assert "notes_save" not in after.output

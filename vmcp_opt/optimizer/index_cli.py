@@ -21,6 +21,7 @@ from rich.table import Table
 
 from vmcp_opt.config import ConfigError, VmcpConfig, load_config
 from vmcp_opt.optimizer.documents import ToolRecord
+from vmcp_opt.optimizer.usage import UsageGraph
 
 index_app = typer.Typer(help="Build, inspect and query the optimizer's persisted tool index.", no_args_is_help=True)
 console = Console()
@@ -103,7 +104,8 @@ def search(
 
     settings = _config(config)
     records = _records(settings, from_jsonl)
-    index = ToolIndex(settings.optimizer, _index_dir(settings, index_dir))
+    directory = _index_dir(settings, index_dir)
+    index = ToolIndex(settings.optimizer, directory, usage=_usage_history(settings, directory))
     if keyword:
         index.update_keywords(records)
     else:
@@ -133,7 +135,6 @@ def usage(
 ) -> None:
     """The tools clients used together (what find_tool learns from): counts and the most frequent pairs."""
     from vmcp_opt.optimizer.metatools import USAGE_FILE
-    from vmcp_opt.optimizer.usage import UsageGraph
 
     settings = _config(config)
     path = _index_dir(settings, index_dir) / USAGE_FILE
@@ -152,8 +153,8 @@ def usage(
         return
     try:
         # Read only: unlike the gateway's load, an unreadable file is reported and left where it is.
-        graph = UsageGraph.from_json(json.loads(path.read_text(encoding="utf-8")))
-    except (OSError, ValueError, AttributeError) as exc:
+        graph = UsageGraph.read(path)
+    except (OSError, ValueError) as exc:
         errors.print(f"[red]unreadable usage history[/] {path}: {exc}")
         raise typer.Exit(1) from None
     info = graph.stats()
@@ -171,6 +172,20 @@ def usage(
     for first, second, count in pairs:
         table.add_row(first, second, str(count))
     console.print(table)
+
+
+def _usage_history(settings: VmcpConfig, directory: Path) -> UsageGraph | None:
+    """The gateway's co-usage history, read only, so `search` ranks as find_tool does; None without one."""
+    from vmcp_opt.optimizer.metatools import USAGE_FILE
+
+    path = directory / USAGE_FILE
+    if not settings.optimizer.usage or not path.exists():
+        return None
+    try:
+        return UsageGraph.read(path)
+    except (OSError, ValueError) as exc:
+        errors.print(f"[yellow]usage history {path} not read ({exc}); ranking without it[/]")
+        return None
 
 
 def _top_pairs(together: dict[str, dict[str, int]], top: int) -> list[tuple[str, str, int]]:

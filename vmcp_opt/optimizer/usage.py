@@ -96,6 +96,8 @@ class UsageGraph:
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> UsageGraph:
         """The graph `to_json` wrote; ValueError naming the field when the data is not that."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"expected a JSON object, got {type(data).__name__}")
         if data.get("version") != FORMAT_VERSION:
             raise ValueError(f"field 'version': expected {FORMAT_VERSION}, got {data.get('version')!r}")
         graph = cls()
@@ -114,13 +116,22 @@ class UsageGraph:
         os.replace(tmp, path)
 
     @classmethod
+    def read(cls, path: Path) -> UsageGraph:
+        """The graph saved at `path`, touching nothing: OSError or ValueError when it cannot be read."""
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"not JSON: {exc}") from None
+        return cls.from_json(data)
+
+    @classmethod
     def load(cls, path: Path) -> UsageGraph:
         """The graph saved at `path`; empty when there is none. An unreadable file is kept aside as
         `<name>.corrupt` (never overwritten by the next save) and the gateway starts with no history."""
         if not path.exists():
             return cls()
         try:
-            return cls.from_json(json.loads(path.read_text(encoding="utf-8")))
+            return cls.read(path)
         except (OSError, ValueError) as exc:
             aside = path.with_name(path.name + ".corrupt")
             os.replace(path, aside)

@@ -196,6 +196,10 @@ class Gateway:
         self.relay.backend_changed(connection)  # its spare sessions from before a reconnect are stale
         if not self.started:
             return  # `start` builds the catalogue once every backend has answered
+        if self._stopping:
+            # Backends stop one by one: shrinking the catalogue would drop their vectors from the
+            # persisted index, and the next start would embed them all again.
+            return
         try:
             catalog = self._build_catalog()
         except ConflictError as exc:
