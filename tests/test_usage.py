@@ -152,7 +152,52 @@ def test_save_and_load_round_trip(tmp_path: Path) -> None:
     path = tmp_path / "deeper" / "usage.json"
     graph.save(path)
     assert UsageGraph.load(path).to_json() == graph.to_json()
-    assert [p.name for p in path.parent.iterdir()] == ["usage.json"]  # no temporary file left behind
+    # No temporary file left behind (the lock file stays: removing it would race with another saver).
+    assert sorted(p.name for p in path.parent.iterdir()) == [".usage.json.lock", "usage.json"]
+
+
+def test_gateways_sharing_a_history_add_to_it_instead_of_overwriting(tmp_path: Path) -> None:
+    path = tmp_path / "usage.json"
+    first, second = UsageGraph.load(path), UsageGraph.load(path)
+    first.record_task(["flights", "currency"])
+    second.record_task(["flights", "weather"])
+    first.save(path)
+    second.save(path)
+    assert UsageGraph.read(path).to_json()["together"] == {
+        "flights": {"currency": 1, "weather": 1},
+        "currency": {"flights": 1},
+        "weather": {"flights": 1},
+    }
+    assert second.companions("flights").keys() == {"currency", "weather"}  # it ranks with both now
+    second.save(path)  # nothing new: saving again adds nothing
+    assert UsageGraph.read(path).stats() == {"tools": 3, "pairs": 2, "tool_uses": 4}
+    first.record_task(["flights", "currency"])
+    first.save(path)
+    assert UsageGraph.read(path).to_json()["tasks"] == {"flights": 3, "currency": 2, "weather": 1}
+    assert first.to_json() == UsageGraph.read(path).to_json()
+
+
+def test_a_history_cleared_under_a_running_gateway_keeps_only_newer_counts(tmp_path: Path) -> None:
+    path = tmp_path / "usage.json"
+    graph = UsageGraph()
+    graph.record_task(["old", "pair"])
+    graph.save(path)
+    path.unlink()  # vmcp index usage --clear
+    graph.record_task(["new", "pair"])
+    graph.save(path)
+    assert UsageGraph.read(path).to_json()["tasks"] == {"new": 1, "pair": 1}
+    assert graph.companions("old") == {}
+
+
+def test_a_failed_save_keeps_the_new_counts_for_the_next_one(tmp_path: Path) -> None:
+    graph = UsageGraph()
+    graph.record_task(["a", "b"])
+    blocked = tmp_path / "file-not-dir"
+    blocked.write_text("", encoding="utf-8")
+    with pytest.raises(OSError):
+        graph.save(blocked / "usage.json")
+    graph.save(tmp_path / "usage.json")
+    assert UsageGraph.read(tmp_path / "usage.json").to_json()["tasks"] == {"a": 1, "b": 1}
 
 
 def test_load_of_a_missing_file_is_an_empty_graph(tmp_path: Path) -> None:

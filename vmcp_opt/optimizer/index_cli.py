@@ -144,8 +144,8 @@ def usage(
             return
         path.unlink()
         console.print(
-            f"deleted the usage history {path}; a running gateway still holds its own in memory and writes it "
-            "back, so stop it first to start afresh"
+            f"deleted the usage history {path}; a running gateway adopts it at its next save, keeping only "
+            "what it learned since its last one"
         )
         return
     if not path.exists():

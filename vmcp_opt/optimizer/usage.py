@@ -17,6 +17,7 @@ Only tool names and counts are kept: no arguments, no request text, no client id
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -24,7 +25,8 @@ import threading
 import time
 import weakref
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +47,10 @@ class UsageGraph:
     def __init__(self) -> None:
         self._tasks: Counter[str] = Counter()
         self._together: dict[str, Counter[str]] = {}
+        # What was learned since the last save: `save` merges only this into the file, so gateways
+        # sharing an index_dir add to each other's history instead of overwriting it.
+        self._new_tasks: Counter[str] = Counter()
+        self._new_together: dict[str, Counter[str]] = {}
         self._lock = threading.Lock()
         # Bumped on every change, so a saver knows whether there is anything to write.
         self.version = 0
@@ -63,10 +69,11 @@ class UsageGraph:
         """`tool` joins a live task in which `already_used` (distinct, without `tool`) were called."""
         others = [other for other in already_used if other != tool]
         with self._lock:
-            self._tasks[tool] += 1
-            for other in others:
-                self._together.setdefault(tool, Counter())[other] += 1
-                self._together.setdefault(other, Counter())[tool] += 1
+            for tasks, together in ((self._tasks, self._together), (self._new_tasks, self._new_together)):
+                tasks[tool] += 1
+                for other in others:
+                    together.setdefault(tool, Counter())[other] += 1
+                    together.setdefault(other, Counter())[tool] += 1
             self.version += 1
 
     def companions(self, tool: str) -> dict[str, float]:
@@ -87,11 +94,14 @@ class UsageGraph:
 
     def to_json(self) -> dict[str, Any]:
         with self._lock:
-            return {
-                "version": FORMAT_VERSION,
-                "tasks": dict(self._tasks),
-                "together": {tool: dict(counts) for tool, counts in self._together.items()},
-            }
+            return self.to_json_unlocked()
+
+    def to_json_unlocked(self) -> dict[str, Any]:
+        return {
+            "version": FORMAT_VERSION,
+            "tasks": dict(self._tasks),
+            "together": {tool: dict(counts) for tool, counts in self._together.items()},
+        }
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> UsageGraph:
@@ -109,11 +119,40 @@ class UsageGraph:
         return graph
 
     def save(self, path: Path) -> None:
-        """Write atomically: a crash mid-write leaves the previous file, never half of one."""
+        """Add what was learned since the last save to the history at `path`, then rank with the result.
+
+        Under an exclusive file lock, so gateways sharing an index_dir each add their own counts and
+        none overwrites another's; a history deleted meanwhile (`vmcp index usage --clear`) is adopted
+        with only the newer counts. Written atomically: a crash mid-write leaves the previous file.
+        """
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(self.to_json(), separators=(",", ":")), encoding="utf-8")
-        os.replace(tmp, path)
+        with _exclusive(path.with_name(f".{path.name}.lock")):
+            with self._lock:
+                new_tasks = Counter(self._new_tasks)
+                new_together = {tool: Counter(counts) for tool, counts in self._new_together.items()}
+                everything = self.to_json_unlocked()
+            try:
+                merged = UsageGraph.read(path) if path.exists() else UsageGraph()
+                _add(merged._tasks, merged._together, new_tasks, new_together)
+                data = merged.to_json()
+            except (OSError, ValueError) as exc:
+                aside = path.with_name(path.name + ".corrupt")
+                os.replace(path, aside)
+                logger.warning("optimizer usage history %s is unreadable (%s); moved to %s", path, exc, aside)
+                data = everything
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(data, separators=(",", ":")), encoding="utf-8")
+            os.replace(tmp, path)
+            saved = UsageGraph.from_json(data)
+            with self._lock:
+                # Keep what arrived during the write as new; rank with the file plus that.
+                self._new_tasks.subtract(new_tasks)
+                self._new_tasks = +self._new_tasks
+                for tool, counts in new_together.items():
+                    self._new_together[tool].subtract(counts)
+                self._new_together = {tool: +c for tool, c in self._new_together.items() if +c}
+                self._tasks, self._together = saved._tasks, saved._together
+                _add(self._tasks, self._together, self._new_tasks, self._new_together)
 
     @classmethod
     def read(cls, path: Path) -> UsageGraph:
@@ -139,6 +178,24 @@ class UsageGraph:
                 "optimizer usage history %s is unreadable (%s); moved to %s, starting empty", path, exc, aside
             )
             return cls()
+
+
+@contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    with lock_path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _add(
+    tasks: Counter[str], together: dict[str, Counter[str]], more_tasks: Counter[str], more: dict[str, Counter[str]]
+) -> None:
+    tasks.update(more_tasks)
+    for tool, counts in more.items():
+        together.setdefault(tool, Counter()).update(counts)
 
 
 def _counts(value: Any, where: str) -> dict[str, int]:
