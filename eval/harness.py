@@ -97,6 +97,8 @@ def run_dataset(
         "queries": len(queries),
         "tools": len(dataset.tools),
         "split": dataset.split,
+        # Past tasks the optimizer's co-usage graph learned from (qrels/train.tsv; 0 = none).
+        "usage_tasks": len(dataset.past_tasks()),
         "methods": {},
     }
     latencies: dict[str, list[float]] = {}

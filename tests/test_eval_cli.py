@@ -103,6 +103,8 @@ def test_optimizer_learns_tools_used_together_from_the_training_split(tmp_path: 
     args = ["run", "-d", str(root), "--methods", "optimizer,optimizer-cold", "--k", "1,2", "--out", str(out)]
     result = CliRunner().invoke(eval_app, [*args, "--no-plots"])
     assert result.exit_code == 0, result.output
-    methods = json.loads((out / "results.json").read_text())["datasets"]["co-usage"]["methods"]
+    entry = json.loads((out / "results.json").read_text())["datasets"]["co-usage"]
+    assert entry["usage_tasks"] == 5
+    methods = entry["methods"]
     assert methods["optimizer-cold"]["comp@2"] == 0.0
     assert methods["optimizer"]["comp@2"] == 1.0
