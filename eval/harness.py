@@ -18,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from eval.datasets import Dataset, DatasetError, load_dataset
 from eval.embed import SharedEmbedder
 from eval.methods import Context, make_method
-from eval.metrics import evaluate, percentile
+from eval.metrics import evaluate, paired_bootstrap, per_query_ndcg, percentile
 
 HEADLINE = ("ndcg@10", "recall@5", "comp@5", "mrr@10", "latency_ms_p50")
 
@@ -102,6 +102,7 @@ def run_dataset(
         "methods": {},
     }
     latencies: dict[str, list[float]] = {}
+    per_query: dict[str, dict[str, float]] = {}
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -135,6 +136,7 @@ def run_dataset(
                 bar.advance(task)
         embedder.bypass_cache = False
         scores = evaluate(rankings, dataset.qrels, options.ks, at or None)
+        per_query[method_name] = per_query_ndcg(rankings, dataset.qrels, 10, at or None)
         metrics: dict[str, Any] = {key: round(value, 4) for key, value in sorted(scores.items())}
         metrics["latency_ms_p50"] = round(percentile(times, 50), 3)
         metrics["latency_ms_p95"] = round(percentile(times, 95), 3)
@@ -142,7 +144,27 @@ def run_dataset(
         metrics["latency_queries"] = len(times)
         entry["methods"][method_name] = metrics
         latencies[method_name] = [round(value, 3) for value in times]
+    entry["gains"] = gains_over_best_baseline(entry["methods"], per_query)
     return entry, latencies
+
+
+def gains_over_best_baseline(
+    methods: dict[str, dict[str, Any]], per_query: dict[str, dict[str, float]]
+) -> dict[str, dict[str, Any]]:
+    """nDCG@10 of each optimizer method minus the better of bm25 and dense, with a paired bootstrap 95 %
+    interval over queries (a gain whose interval holds 0 is not one this set can show)."""
+    baselines = [name for name in ("bm25", "dense") if name in methods]
+    if not baselines:
+        return {}
+    best = max(baselines, key=lambda name: methods[name]["ndcg@10"])
+    gains: dict[str, dict[str, Any]] = {}
+    for name in methods:
+        if not name.startswith("optimizer"):
+            continue
+        qids = sorted(per_query[name].keys() & per_query[best].keys())
+        mean, low, high = paired_bootstrap([per_query[name][q] for q in qids], [per_query[best][q] for q in qids])
+        gains[name] = {"baseline": best, "ndcg@10": round(mean, 4), "ci95": [round(low, 4), round(high, 4)]}
+    return gains
 
 
 def markdown_table(results: dict[str, Any]) -> str:
@@ -177,18 +199,24 @@ def comp_summary(results: dict[str, Any], method: str = "optimizer", dataset: st
 
 
 def gains_summary(results: dict[str, Any], method: str = "optimizer") -> str:
-    """nDCG@10 gain of `method` over the better of bm25 and dense, per dataset and on average."""
+    """nDCG@10 gain of `method` over the better of bm25 and dense, per dataset (with its 95 % interval
+    when the run has one) and on average."""
     gains: list[tuple[str, float]] = []
+    intervals: dict[str, str] = {}
     for name, entry in results["datasets"].items():
         methods = entry["methods"]
         baselines = [methods[b]["ndcg@10"] for b in ("bm25", "dense") if b in methods]
         if method in methods and baselines:
             gains.append((name, 100 * (methods[method]["ndcg@10"] - max(baselines))))
+            interval = entry.get("gains", {}).get(method, {}).get("ci95")
+            if interval:
+                intervals[name] = f" [{100 * interval[0]:+.1f}, {100 * interval[1]:+.1f}]"
     if not gains:
         return ""
-    parts = ", ".join(f"{name} {gain:+.1f}" for name, gain in gains)
+    parts = ", ".join(f"{name} {gain:+.1f}{intervals.get(name, '')}" for name, gain in gains)
     mean = sum(gain for _, gain in gains) / len(gains)
-    return f"{method} nDCG@10 over max(bm25, dense): {parts}; mean {mean:+.1f}"
+    label = "max(bm25, dense) [paired bootstrap 95 % interval]" if intervals else "max(bm25, dense)"
+    return f"{method} nDCG@10 over {label}: {parts}; mean {mean:+.1f}"
 
 
 def methods_list(text: str, known: Sequence[str]) -> list[str]:

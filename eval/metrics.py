@@ -75,3 +75,33 @@ def evaluate(
         sums["mrr@10"] = sums.get("mrr@10", 0.0) + mrr_at_k(ranked10, relevant, 10)
     n = max(len(queries), 1)
     return {key: value / n for key, value in sums.items()}
+
+
+def per_query_ndcg(
+    rankings: Mapping[str, Sequence[str]],
+    qrels: Mapping[str, Mapping[str, int]],
+    k: int = 10,
+    rankings_at: Mapping[int, Mapping[str, Sequence[str]]] | None = None,
+) -> dict[str, float]:
+    """nDCG@k of each judged query (what `evaluate` averages), for paired comparisons between methods."""
+    at_k = (rankings_at or {}).get(k, rankings)
+    return {qid: ndcg_at_k(at_k.get(qid, rankings[qid]), qrels[qid], k) for qid in qrels if qid in rankings}
+
+
+def paired_bootstrap(
+    ours: Sequence[float], theirs: Sequence[float], samples: int = 2000, seed: int = 0
+) -> tuple[float, float, float]:
+    """Mean of `ours - theirs` over the same queries and its 95 % percentile-bootstrap interval.
+
+    Queries are resampled with replacement, the pairs kept together: the interval says how much of a
+    gain on a set of this size could be the luck of which queries it holds.
+    """
+    import numpy as np
+
+    diffs = np.asarray(ours, dtype=float) - np.asarray(theirs, dtype=float)
+    if diffs.size == 0:
+        return 0.0, 0.0, 0.0
+    rng = np.random.default_rng(seed)
+    means = diffs[rng.integers(0, diffs.size, size=(samples, diffs.size))].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return float(diffs.mean()), float(low), float(high)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from eval.cli import eval_app
@@ -65,6 +66,14 @@ def test_eval_run_scores_every_method_and_writes_results_table_and_plots(tmp_pat
         for key in ("recall@5", "ndcg@10", "comp@5", "mrr@10", "latency_ms_p50"):
             assert key in metrics
         assert 0.0 <= metrics["ndcg@10"] <= 1.0
+    # The optimizer's gain over the better of bm25 and dense, inside its own bootstrap interval.
+    gain = entry["gains"]["optimizer"]
+    better = max(("bm25", "dense"), key=lambda name: entry["methods"][name]["ndcg@10"])
+    assert gain["baseline"] == better
+    expected = entry["methods"]["optimizer"]["ndcg@10"] - entry["methods"][better]["ndcg@10"]
+    assert gain["ndcg@10"] == pytest.approx(expected, abs=2e-4)
+    assert gain["ci95"][0] <= gain["ndcg@10"] <= gain["ci95"][1]
+    assert "[paired bootstrap 95 % interval]" in result.stdout
     # The optimizer finds the obvious tools of this catalogue.
     assert entry["methods"]["optimizer"]["recall@5"] >= 0.75
     assert "| tiny | optimizer |" in result.stdout
@@ -108,3 +117,4 @@ def test_optimizer_learns_tools_used_together_from_the_training_split(tmp_path: 
     methods = entry["methods"]
     assert methods["optimizer-cold"]["comp@2"] == 0.0
     assert methods["optimizer"]["comp@2"] == 1.0
+    assert entry["gains"] == {}  # no bm25 or dense in this run: nothing to measure a gain against

@@ -6,7 +6,16 @@ import math
 
 import pytest
 
-from eval.metrics import comp_at_k, evaluate, mrr_at_k, ndcg_at_k, percentile, recall_at_k
+from eval.metrics import (
+    comp_at_k,
+    evaluate,
+    mrr_at_k,
+    ndcg_at_k,
+    paired_bootstrap,
+    per_query_ndcg,
+    percentile,
+    recall_at_k,
+)
 
 RANKED = ["a", "b", "c", "d", "e"]
 RELEVANT = {"b": 1, "d": 1, "z": 1}  # z is never retrieved
@@ -65,3 +74,22 @@ def test_evaluate_averages_over_queries_and_scores_cutoff_rankings() -> None:
     # A method whose one-item list differs from the head of its longer list is scored on that list.
     at = {1: {"q1": ["b"], "q2": ["d"]}}
     assert evaluate(rankings, qrels, [1, 2], at)["recall@1"] == pytest.approx(0.5)
+
+
+def test_per_query_ndcg_is_what_evaluate_averages() -> None:
+    rankings = {"q1": ["a", "b"], "q2": ["x", "c"]}
+    qrels = {"q1": {"a": 1}, "q2": {"c": 1}}
+    per_query = per_query_ndcg(rankings, qrels, 10)
+    assert per_query == {"q1": 1.0, "q2": pytest.approx(1 / math.log2(3))}
+    assert sum(per_query.values()) / 2 == pytest.approx(evaluate(rankings, qrels, [10])["ndcg@10"])
+
+
+def test_paired_bootstrap_interval_holds_the_gain_and_shrinks_with_agreement() -> None:
+    assert paired_bootstrap([0.5, 0.7], [0.5, 0.7]) == (0.0, 0.0, 0.0)
+    assert paired_bootstrap([0.6, 0.8, 1.0], [0.5, 0.7, 0.9]) == pytest.approx((0.1, 0.1, 0.1))
+    # Half the queries gain 1, half lose nothing: the mean is 0.5 and the interval is wide but excludes 0.
+    mean, low, high = paired_bootstrap([1.0] * 20 + [0.0] * 20, [0.0] * 40, seed=1)
+    assert mean == 0.5 and 0.3 < low < 0.5 < high < 0.7
+    # A gain of one query in a hundred is within the luck of the draw.
+    mean, low, high = paired_bootstrap([1.0] + [0.0] * 99, [0.0] * 100)
+    assert mean == pytest.approx(0.01) and low == 0.0
