@@ -343,9 +343,10 @@ def test_a_tool_used_with_the_best_match_joins_the_results(tmp_path: Path, embed
     cold = names(plain, query, limit=3)
     assert "git_git_commit" not in cold  # nothing in the request points at it
     index = _with_history(tmp_path / "warm", embedder, [["fetch_fetch", "git_git_commit"]] * 4)
-    warm = names(index, query, limit=3)
-    assert warm[0] == "fetch_fetch"  # the match itself stays first
-    assert warm[1] == "git_git_commit"
+    warm = index.search(query, limit=3).hits
+    assert warm[0].record.name == "fetch_fetch"  # the match itself stays first
+    assert warm[0].used_with is None
+    assert (warm[1].record.name, warm[1].used_with) == ("git_git_commit", "fetch_fetch")
 
 
 def test_companions_respect_the_backend_filter_and_off_switches(tmp_path: Path, embedder: Embedder) -> None:

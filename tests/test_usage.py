@@ -131,8 +131,15 @@ def test_companion_scores_weigh_by_score_and_rank() -> None:
     graph.record_task(["a", "x"])  # P(x | a) = 1/3
     graph.record_task(["b", "x"])  # P(x | b) = 1/3
     boost = companion_scores([("a", 0.9), ("b", 0.6), ("c", 0.0)], graph, seeds=8, weight=2.0)
-    assert boost["x"] == pytest.approx(2.0 * 0.9 / 3 / 1 + 2.0 * 0.6 / 3 / 2)
-    assert companion_scores([("a", 0.9), ("b", 0.6)], graph, seeds=1, weight=1.0)["x"] == pytest.approx(0.3)
+    assert boost["x"] == (pytest.approx(2.0 * 0.9 / 3 / 1 + 2.0 * 0.6 / 3 / 2), "a")  # a added the most
+    assert "a" not in boost and "c" not in boost  # only companions of the seeds are raised
+    assert companion_scores([("a", 0.9), ("b", 0.6)], graph, seeds=1, weight=1.0)["x"] == (pytest.approx(0.3), "a")
+    # "Used with" names the seed that added the most, not necessarily the best-ranked one.
+    for _ in range(6):
+        graph.record_task(["b", "y"])  # P(y | b) = 6/9 (b is in 7 tasks)
+    graph.record_task(["a", "y"])  # P(y | a) = 1/4 (a is in 2 tasks now)
+    boost = companion_scores([("a", 1.0), ("b", 0.9)], graph, seeds=8, weight=1.0)
+    assert boost["y"] == (pytest.approx(1.0 * 1 / 4 + 0.9 * 6 / 9 / 2), "b")
 
 
 def test_the_version_moves_on_every_change_only() -> None:
@@ -353,4 +360,5 @@ def test_index_search_ranks_with_the_saved_history_like_find_tool(tmp_path: Path
     after = runner.invoke(index_app, args, env={"COLUMNS": "200"})
     assert after.exit_code == 0, after.output
     assert after.output.index("flights_search") < after.output.index("money_convert")
+    assert "(used with flights_search)" in after.output
     assert "notes_save" not in after.output

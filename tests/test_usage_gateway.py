@@ -44,11 +44,16 @@ def usage_config(index_dir: Path, **optimizer: Any) -> dict[str, Any]:
     }
 
 
-async def find(client: Client, query: str = QUERY, limit: int = 3) -> list[str]:
+async def find_answer(client: Client, query: str = QUERY, limit: int = 3) -> list[dict[str, Any]]:
     result = await client.call_tool("find_tool", {"query": query, "limit": limit})
     assert not result.is_error, result.content
     assert result.structured_content is not None
-    return [tool["name"] for tool in result.structured_content["tools"]]
+    tools: list[dict[str, Any]] = result.structured_content["tools"]
+    return tools
+
+
+async def find(client: Client, query: str = QUERY, limit: int = 3) -> list[str]:
+    return [tool["name"] for tool in await find_answer(client, query, limit)]
 
 
 async def wait_for_vectors(client: Client) -> None:
@@ -91,6 +96,8 @@ class FirstRun:
     config: Path
     before: list[str]
     after: list[str]
+    # `used_with` of each tool in the later session's answer (None when the request alone ranked it).
+    used_with: dict[str, str | None]
     raw_file: str
     usage: dict[str, Any]
     log: str
@@ -121,7 +128,9 @@ async def first_run(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[F
             )
             await call_ok(client, COMPANION, {"timezone": "Asia/Tokyo"})
         async with Client(gateway.url, mode="legacy") as client:  # a later session
-            after = await find(client)
+            answer = await find_answer(client)
+            after = [tool["name"] for tool in answer]
+            used_with = {tool["name"]: tool.get("used_with") for tool in answer}
         async with Client(gateway.url) as client:  # 2026-07-28 over HTTP: each call a stateless exchange
             await call_ok(client, "notes_whoami", {})
             await call_ok(client, "notes_slow_echo", {"message": "hi", "seconds": 0})
@@ -129,7 +138,7 @@ async def first_run(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[F
         stop_process(gateway.proc)
         raw = (index_dir / "usage.json").read_text(encoding="utf-8")
         yield FirstRun(
-            index_dir, config, before, after, raw, json.loads(raw), gateway.output(), gateway.proc.returncode
+            index_dir, config, before, after, used_with, raw, json.loads(raw), gateway.output(), gateway.proc.returncode
         )
 
 
@@ -138,6 +147,9 @@ async def test_a_tool_used_with_the_best_match_joins_find_tools_answer(first_run
     assert COMPANION not in first_run.before
     assert first_run.after[0] == "notes_save_note"
     assert COMPANION in first_run.after  # raised by co-usage alone: the query says nothing of time
+    # The answer says why it is there, and only for it.
+    assert first_run.used_with[COMPANION] == "notes_save_note"
+    assert first_run.used_with["notes_save_note"] is None
 
 
 async def test_a_graceful_stop_writes_only_tool_names_and_counts(first_run: FirstRun) -> None:

@@ -85,6 +85,9 @@ class _VectorCache:
 class SearchHit:
     record: ToolRecord
     score: float
+    # The result this tool is mostly here for, when past tasks used them together (optimizer/usage.py)
+    # gave it more of its score than the request did.
+    used_with: str | None = None
 
 
 @dataclass
@@ -184,10 +187,13 @@ class ToolIndex:
         else:
             fused = [ranking.keyword_only(s) for s in sparse]
         merged = ranking.merge_variants(fused)
+        used_with: dict[int, str] = {}
         if self.config.usage and self.usage is not None and self.config.usage_weight > 0 and len(self.usage):
-            merged = self._with_companions(snap, merged, allowed)
+            merged, used_with = self._with_companions(snap, merged, allowed)
         best = ranking.top(merged, limit)
-        return SearchResult([SearchHit(snap.records[doc], float(score)) for doc, score in best], mode)
+        return SearchResult(
+            [SearchHit(snap.records[doc], float(score), used_with.get(doc)) for doc, score in best], mode
+        )
 
     def _encode_queries(
         self, embedder: Embedder, texts: list[str], tokens: bool
@@ -225,18 +231,24 @@ class ToolIndex:
             return fused
         return ranking.blend(late, sparse, self.config.rerank_weight, list(fused))
 
-    def _with_companions(self, snap: _Snapshot, merged: ranking.Ranking, allowed: np.ndarray | None) -> ranking.Ranking:
-        """`merged` plus what co-usage with its best results adds (tools outside it may enter)."""
+    def _with_companions(
+        self, snap: _Snapshot, merged: ranking.Ranking, allowed: np.ndarray | None
+    ) -> tuple[ranking.Ranking, dict[int, str]]:
+        """`merged` plus what co-usage with its best results adds (tools outside it may enter), and, for
+        each tool that owes more of its score to co-usage than to the request, the result it came with."""
         assert self.usage is not None
-        head = [(snap.records[doc].name, merged[doc]) for doc in ranking.order(merged)[: self.config.usage_seeds]]
+        seeds = self.config.usage_seeds
+        head = [(snap.records[doc].name, merged[doc]) for doc in ranking.order(merged)[:seeds]]
         boosted = dict(merged)
-        for name, extra in companion_scores(
-            head, self.usage, self.config.usage_seeds, self.config.usage_weight
-        ).items():
+        used_with: dict[int, str] = {}
+        for name, (extra, seed) in companion_scores(head, self.usage, seeds, self.config.usage_weight).items():
             doc = snap.positions.get(name)
-            if doc is not None and (allowed is None or allowed[doc]):
-                boosted[doc] = boosted.get(doc, 0.0) + extra
-        return boosted
+            if doc is None or (allowed is not None and not allowed[doc]):
+                continue
+            if extra > merged.get(doc, 0.0):
+                used_with[doc] = seed
+            boosted[doc] = boosted.get(doc, 0.0) + extra
+        return boosted, used_with
 
     def _keyword_candidates(
         self, snap: _Snapshot, query: str, depth: int, allowed: np.ndarray | None

@@ -122,6 +122,8 @@ def search(
     table.add_column("description", overflow="fold")
     for rank, hit in enumerate(result.hits, start=1):
         summary = hit.record.description.strip().split("\n")[0][:200]
+        if hit.used_with:
+            summary += f" (used with {hit.used_with})"
         table.add_row(str(rank), hit.record.name, hit.record.backend, f"{hit.score:.3f}", summary)
     console.print(table)
 

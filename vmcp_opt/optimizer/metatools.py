@@ -34,7 +34,7 @@ from vmcp_opt.backends.connection import BackendUnavailable
 from vmcp_opt.config import VmcpConfig
 from vmcp_opt.optimizer.documents import ToolRecord
 from vmcp_opt.optimizer.embedding import load_embedder
-from vmcp_opt.optimizer.index import SearchResult, ToolIndex
+from vmcp_opt.optimizer.index import SearchHit, SearchResult, ToolIndex
 from vmcp_opt.optimizer.tokens import count_tokens
 from vmcp_opt.optimizer.usage import UsageGraph, UsageRecorder
 
@@ -224,16 +224,7 @@ class OptimizerFront:
         result: SearchResult = await anyio.to_thread.run_sync(
             self.index.search, query, limit or self.settings.default_limit, backends
         )
-        tools = [
-            {
-                "name": hit.record.name,
-                "backend": hit.record.backend,
-                "description": hit.record.description,
-                "input_schema": dict(hit.record.input_schema),
-                "score": round(hit.score, 4),
-            }
-            for hit in result.hits
-        ]
+        tools = [_hit_json(hit) for hit in result.hits]
         answer: dict[str, Any] = {"query": query, "ranking": result.mode, "tools": tools}
         if result.mode == "keyword":
             answer["note"] = "ranked by keywords only: the embedding model is still loading"
@@ -314,6 +305,20 @@ def _load_usage(path: Path) -> UsageGraph:
     except Exception as exc:  # e.g. the corrupt file could not be moved aside: start empty all the same
         logger.warning("optimizer: usage history %s not loaded (%s); starting with none", path, exc)
         return UsageGraph()
+
+
+def _hit_json(hit: SearchHit) -> dict[str, Any]:
+    found: dict[str, Any] = {
+        "name": hit.record.name,
+        "backend": hit.record.backend,
+        "description": hit.record.description,
+        "input_schema": dict(hit.record.input_schema),
+        "score": round(hit.score, 4),
+    }
+    if hit.used_with:
+        # Here mostly because past tasks used it with that result: the agent may need both.
+        found["used_with"] = hit.used_with
+    return found
 
 
 def _coerce_strings(arguments: dict[str, Any]) -> dict[str, Any]:

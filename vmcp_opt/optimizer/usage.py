@@ -209,15 +209,22 @@ def _counts(value: Any, where: str) -> dict[str, int]:
     return counts
 
 
-def companion_scores(ranked: list[tuple[str, float]], graph: UsageGraph, seeds: int, weight: float) -> dict[str, float]:
-    """What co-usage adds per tool name, given the ranking so far (best first, with scores)."""
+def companion_scores(
+    ranked: list[tuple[str, float]], graph: UsageGraph, seeds: int, weight: float
+) -> dict[str, tuple[float, str]]:
+    """What co-usage adds per tool name, given the ranking so far (best first, with scores), and the
+    result that added the most (what the tool is "used with")."""
     boost: dict[str, float] = {}
+    strongest: dict[str, tuple[float, str]] = {}
     for rank, (name, score) in enumerate(ranked[:seeds], start=1):
         if score <= 0:
             continue
         for other, probability in graph.companions(name).items():
-            boost[other] = boost.get(other, 0.0) + weight * score * probability / rank
-    return boost
+            extra = weight * score * probability / rank
+            boost[other] = boost.get(other, 0.0) + extra
+            if extra > strongest.get(other, (0.0, ""))[0]:
+                strongest[other] = (extra, name)
+    return {other: (total, strongest[other][1]) for other, total in boost.items()}
 
 
 @dataclass
