@@ -94,9 +94,9 @@ class UsageGraph:
 
     def to_json(self) -> dict[str, Any]:
         with self._lock:
-            return self.to_json_unlocked()
+            return self._to_json_unlocked()
 
-    def to_json_unlocked(self) -> dict[str, Any]:
+    def _to_json_unlocked(self) -> dict[str, Any]:
         return {
             "version": FORMAT_VERSION,
             "tasks": dict(self._tasks),
@@ -130,7 +130,7 @@ class UsageGraph:
             with self._lock:
                 new_tasks = Counter(self._new_tasks)
                 new_together = {tool: Counter(counts) for tool, counts in self._new_together.items()}
-                everything = self.to_json_unlocked()
+                everything = self._to_json_unlocked()
             try:
                 merged = UsageGraph.read(path) if path.exists() else UsageGraph()
                 _add(merged._tasks, merged._together, new_tasks, new_together)
