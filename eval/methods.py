@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 OPTIMIZER_VARIANTS: dict[str, dict[str, Any]] = {
     # The optimizer on day one: no usage history to learn tools used together from.
     "optimizer-cold": {"usage": False},
+    # Without raising the tools that issue a value a result requires (a token, an id).
+    "optimizer-no-prerequisites": {"prerequisite_weight": 0.0},
     "optimizer-late-interaction": {"rerank": "late-interaction"},
     "optimizer-no-split": {"split_intents": False},
     "optimizer-bm25-flat": {"bm25_k1": 0.9, "bm25_b": 0.3},

@@ -361,3 +361,55 @@ def test_companions_respect_the_backend_filter_and_off_switches(tmp_path: Path, 
     plain = ToolIndex(OptimizerConfig(), tmp_path / "d", embedder)
     plain.update(CATALOGUE)
     assert names(stale, query) == names(plain, query)
+
+
+# The alarms demo backend (examples/backends/alarms_server.py): every alarm tool requires a token.
+ALARMS = [
+    ToolRecord(
+        "alarms_get_user_token",
+        "alarms",
+        "Sign a user in with their username and password; returns the authentication token.",
+        _schema(username="", password=""),
+        original_name="get_user_token",
+    ),
+    ToolRecord(
+        "alarms_delete_alarm",
+        "alarms",
+        "Cancel one of the signed-in user's alarms by its id.",
+        _schema(token="", alarm_id=""),
+        original_name="delete_alarm",
+    ),
+    ToolRecord(
+        "alarms_add_alarm",
+        "alarms",
+        "Set an alarm clock for the signed-in user at a time; returns its alarm id.",
+        _schema(token="", time=""),
+        original_name="add_alarm",
+    ),
+]
+
+
+def test_the_tool_issuing_a_required_token_follows_the_result_that_needs_it(
+    tmp_path: Path, embedder: Embedder
+) -> None:
+    query = "cancel my 7am alarm"
+    index = ToolIndex(OptimizerConfig(), tmp_path / "on", embedder)
+    index.update([*CATALOGUE, *ALARMS])
+    hits = index.search(query, limit=2).hits
+    # What was asked for stays first; what it needs comes next, saying what it supplies to which result.
+    assert [hit.record.name for hit in hits] == ["alarms_delete_alarm", "alarms_get_user_token"]
+    assert hits[0].supplies is None
+    assert hits[1].supplies == ("alarms_delete_alarm", "token")
+    assert hits[1].score < hits[0].score
+
+    off = ToolIndex(OptimizerConfig(prerequisite_weight=0.0), tmp_path / "off", embedder)
+    off.update([*CATALOGUE, *ALARMS])
+    assert "alarms_get_user_token" not in names(off, query, limit=2)
+    assert all(hit.supplies is None for hit in off.search(query).hits)
+
+
+def test_a_result_that_needs_no_issued_value_raises_nothing(tmp_path: Path, embedder: Embedder) -> None:
+    index = ToolIndex(OptimizerConfig(), tmp_path, embedder)
+    index.update([*CATALOGUE, *ALARMS])
+    hits = index.search("what time is it in Tokyo", limit=2).hits
+    assert [hit.record.name for hit in hits] == ["time_get_current_time", "time_convert_time"]

@@ -173,10 +173,13 @@ class OptimizerConfig(_Strict):
     # the ranking is unchanged. Kept in `index_dir/usage.json`.
     usage: bool = True
     usage_weight: float = Field(1.0, ge=0.0)
-    # The results whose companions are raised (the k-th result's weight is divided by k).
+    # The results whose companions and prerequisites are raised (the k-th result's weight is divided by k).
     usage_seeds: int = Field(8, ge=1, le=50)
     # Calls from one client this many seconds apart or less belong to one task.
     usage_window: float = Field(300.0, gt=0)
+    # A tool issuing a value a result requires (GetUserToken for a `token`, list_channels for a `channel_id`;
+    # optimizer/prerequisites.py) is raised as a companion with P = 1, times this; 0 turns it off.
+    prerequisite_weight: float = Field(1.0, ge=0.0)
     # Most sub-queries one multi-intent request is split into (each costs one query embedding).
     max_intents: int = Field(4, ge=1, le=16)
     # BM25 term saturation and length normalisation of the keyword arm (Lucene's defaults; lower values

@@ -29,6 +29,7 @@ from vmcp_opt.optimizer import ranking
 from vmcp_opt.optimizer.documents import ToolRecord, content_hash, tool_document
 from vmcp_opt.optimizer.embedding import Embedder, ModelSpec, load_embedder, resolve_model
 from vmcp_opt.optimizer.late_interaction import TokenStore
+from vmcp_opt.optimizer.prerequisites import Prerequisite, find_prerequisites
 from vmcp_opt.optimizer.usage import UsageGraph, companion_scores
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,8 @@ VECTORS_FILE = "vectors.npz"
 _HNSW_M = 32
 _HNSW_EF_CONSTRUCTION = 80
 _HNSW_EF_SEARCH = 128
+# A tool raised for what a result needs scores this fraction of that result: just below it.
+_BELOW = 0.999
 _STOPWORDS = "en"
 _stemmers = threading.local()
 
@@ -88,6 +91,8 @@ class SearchHit:
     # The result this tool is mostly here for, when past tasks used them together (optimizer/usage.py)
     # gave it more of its score than the request did.
     used_with: str | None = None
+    # (result, argument) when this tool issues a value a result requires (optimizer/prerequisites.py).
+    supplies: tuple[str, str] | None = None
 
 
 @dataclass
@@ -123,6 +128,8 @@ class _Snapshot:
     tokens: TokenStore | None = None
     # Routable name -> position, for the co-usage graph (which knows tools by name).
     positions: dict[str, int] = field(default_factory=dict)
+    # Position -> the tools issuing values it requires (optimizer/prerequisites.py).
+    prerequisites: dict[int, tuple[Prerequisite, ...]] = field(default_factory=dict)
 
 
 class ToolIndex:
@@ -187,12 +194,21 @@ class ToolIndex:
         else:
             fused = [ranking.keyword_only(s) for s in sparse]
         merged = ranking.merge_variants(fused)
+        # Both raise tools next to what the request ranked (`merged`), so neither feeds the other.
+        scored = merged
         used_with: dict[int, str] = {}
         if self.config.usage and self.usage is not None and self.config.usage_weight > 0 and len(self.usage):
-            merged, used_with = self._with_companions(snap, merged, allowed)
-        best = ranking.top(merged, limit)
+            scored, used_with = self._with_companions(snap, merged, allowed)
+        supplies: dict[int, tuple[str, str]] = {}
+        if self.config.prerequisite_weight > 0 and snap.prerequisites:
+            scored, supplies = self._with_prerequisites(snap, merged, scored, allowed)
+        best = ranking.top(scored, limit)
         return SearchResult(
-            [SearchHit(snap.records[doc], float(score), used_with.get(doc)) for doc, score in best], mode
+            [
+                SearchHit(snap.records[doc], float(score), used_with.get(doc), supplies.get(doc))
+                for doc, score in best
+            ],
+            mode,
         )
 
     def _encode_queries(
@@ -249,6 +265,30 @@ class ToolIndex:
                 used_with[doc] = seed
             boosted[doc] = boosted.get(doc, 0.0) + extra
         return boosted, used_with
+
+    def _with_prerequisites(
+        self, snap: _Snapshot, merged: ranking.Ranking, scored: ranking.Ranking, allowed: np.ndarray | None
+    ) -> tuple[ranking.Ranking, dict[int, tuple[str, str]]]:
+        """`scored` plus, for each tool issuing a value one of the best results requires, what co-usage with
+        P = 1 would add, and what it supplies to which result.
+
+        Only the strongest such result counts (a value is issued once), and the tool stays below it: the
+        result the request asked for is never pushed out by what it needs."""
+        weight = self.config.prerequisite_weight
+        best: dict[int, tuple[float, float, int, str]] = {}  # issuer -> (extra, ceiling, result, argument)
+        for rank, doc in enumerate(ranking.order(merged)[: self.config.usage_seeds], start=1):
+            score = merged[doc]
+            for needed in snap.prerequisites.get(doc, ()) if score > 0 else ():
+                extra = weight * score / rank
+                if (allowed is None or allowed[needed.issuer]) and extra > best.get(needed.issuer, (0.0,))[0]:
+                    best[needed.issuer] = (extra, score * _BELOW, doc, needed.argument)
+        boosted = dict(scored)
+        supplies: dict[int, tuple[str, str]] = {}
+        for issuer, (extra, ceiling, doc, argument) in best.items():
+            own = scored.get(issuer, 0.0)
+            boosted[issuer] = max(own, min(own + extra, ceiling))
+            supplies[issuer] = (snap.records[doc].name, argument)
+        return boosted, supplies
 
     def _keyword_candidates(
         self, snap: _Snapshot, query: str, depth: int, allowed: np.ndarray | None
@@ -390,6 +430,7 @@ class ToolIndex:
             faiss_index=faiss_index,
             tokens=tokens,
             positions={record.name: position for position, record in enumerate(records)},
+            prerequisites=find_prerequisites(records),
         )
 
     @property

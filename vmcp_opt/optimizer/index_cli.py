@@ -124,6 +124,8 @@ def search(
         summary = hit.record.description.strip().split("\n")[0][:200]
         if hit.used_with:
             summary += f" (used with {hit.used_with})"
+        if hit.supplies:
+            summary += f" (supplies {hit.supplies[1]} for {hit.supplies[0]})"
         table.add_row(str(rank), hit.record.name, hit.record.backend, f"{hit.score:.3f}", summary)
     console.print(table)
 

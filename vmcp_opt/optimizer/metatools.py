@@ -318,6 +318,9 @@ def _hit_json(hit: SearchHit) -> dict[str, Any]:
     if hit.used_with:
         # Here mostly because past tasks used it with that result: the agent may need both.
         found["used_with"] = hit.used_with
+    if hit.supplies:
+        # Issues a value a result requires (its token, its channel id): call this one first.
+        found["supplies"] = {"tool": hit.supplies[0], "argument": hit.supplies[1]}
     return found
 
 
