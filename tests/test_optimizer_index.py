@@ -389,9 +389,7 @@ ALARMS = [
 ]
 
 
-def test_the_tool_issuing_a_required_token_follows_the_result_that_needs_it(
-    tmp_path: Path, embedder: Embedder
-) -> None:
+def test_the_tool_issuing_a_required_token_follows_the_result_that_needs_it(tmp_path: Path, embedder: Embedder) -> None:
     query = "cancel my 7am alarm"
     index = ToolIndex(OptimizerConfig(), tmp_path / "on", embedder)
     index.update([*CATALOGUE, *ALARMS])

@@ -25,7 +25,9 @@ def _schema(*names: str, required: list[str] | None = None) -> dict[str, Any]:
 
 
 def _tool(name: str, *arguments: str, backend: str = "b", required: list[str] | None = None) -> ToolRecord:
-    return ToolRecord(f"{backend}_{name}", backend, input_schema=_schema(*arguments, required=required), original_name=name)
+    return ToolRecord(
+        f"{backend}_{name}", backend, input_schema=_schema(*arguments, required=required), original_name=name
+    )
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ import secrets
 from dataclasses import dataclass, field
 
 from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
 
 server = MCPServer("demo-alarms", instructions="Alarm clocks per user; sign in with get_user_token first.")
 
@@ -29,12 +30,13 @@ class _User:
 
 _users: dict[str, _User] = {}
 _tokens: dict[str, str] = {}  # token -> username
+# Errors are ToolError: the SDK shows an agent only those messages, and these say what to do.
 
 
 def _user(token: str) -> _User:
     username = _tokens.get(token)
     if username is None:
-        raise ValueError("invalid or expired token: sign in with get_user_token")
+        raise ToolError("invalid or expired token: sign in with get_user_token")
     return _users.setdefault(username, _User())
 
 
@@ -42,7 +44,7 @@ def _user(token: str) -> _User:
 def get_user_token(username: str, password: str) -> str:
     """Sign a user in with their username and password; returns the authentication token."""
     if ACCOUNTS.get(username) != password:
-        raise ValueError("unknown username or wrong password")
+        raise ToolError("unknown username or wrong password")
     token = secrets.token_urlsafe(16)
     _tokens[token] = username
     return token
@@ -69,7 +71,7 @@ def delete_alarm(token: str, alarm_id: int) -> str:
     """Cancel one of the signed-in user's alarms by its id."""
     user = _user(token)
     if user.alarms.pop(alarm_id, None) is None:
-        raise ValueError(f"no alarm with id {alarm_id}")
+        raise ToolError(f"no alarm with id {alarm_id}")
     return f"alarm {alarm_id} deleted"
 
 

@@ -204,10 +204,7 @@ class ToolIndex:
             scored, supplies = self._with_prerequisites(snap, merged, scored, allowed)
         best = ranking.top(scored, limit)
         return SearchResult(
-            [
-                SearchHit(snap.records[doc], float(score), used_with.get(doc), supplies.get(doc))
-                for doc, score in best
-            ],
+            [SearchHit(snap.records[doc], float(score), used_with.get(doc), supplies.get(doc)) for doc, score in best],
             mode,
         )
 
