@@ -122,4 +122,4 @@ def test_cli_validate_exits_non_zero_naming_the_field(tmp_path: Path) -> None:
 def test_cli_validate_accepts_the_bundled_demo() -> None:
     result = subprocess.run([sys.executable, "-m", "vmcp_opt", "validate"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    assert "6 backends" in result.stdout
+    assert "7 backends" in result.stdout
