@@ -110,6 +110,8 @@ class Gateway:
         self._known_tools: dict[str, str] = {}
         self.front: ToolFront | None = None
         self.started = False
+        # A backend changed after the first catalogue was built but before `started`: rebuild once started.
+        self._changed_while_starting = False
         # A failure found after serving began (a name conflict while connecting in the background).
         self.fatal: BaseException | None = None
         self.on_fatal: Callable[[BaseException], None] | None = None
@@ -162,10 +164,15 @@ class Gateway:
             logger.error("cannot start: %s", message)
             raise StartupError(message)
         task_group.start_soon(self.health.run, name="health")
+        self._changed_while_starting = False
         self._set_catalog(self._build_catalog())
         if self.front is not None:
             await self.front.catalog_changed(self.catalog)
         self.started = True
+        if self._changed_while_starting:
+            # e.g. a backend lost while the index took the first catalogue: its tools must leave now,
+            # not at its next change.
+            await self._rebuild_catalog()
         await self.notify_list_changed()  # clients that connected while the backends were connecting
         logger.info(
             "catalogue: %d tools, %d prompts, %d resources, %d resource templates",
@@ -195,15 +202,21 @@ class Gateway:
     async def _on_backend_change(self, connection: BackendConnection) -> None:
         self.relay.backend_changed(connection)  # its spare sessions from before a reconnect are stale
         if not self.started:
+            self._changed_while_starting = True
             return  # `start` builds the catalogue once every backend has answered
         if self._stopping:
             # Backends stop one by one: shrinking the catalogue would drop their vectors from the
             # persisted index, and the next start would embed them all again.
             return
+        await self._rebuild_catalog(connection.name)
+
+    async def _rebuild_catalog(self, changed: str | None = None) -> None:
         try:
             catalog = self._build_catalog()
         except ConflictError as exc:
-            logger.error("backend %s changed into a conflict; keeping the previous catalogue: %s", connection.name, exc)
+            logger.error(
+                "backend %s changed into a conflict; keeping the previous catalogue: %s", changed or "a backend", exc
+            )
             return
         previous = self.catalog
         self._set_catalog(catalog)
