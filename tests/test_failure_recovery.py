@@ -219,6 +219,56 @@ async def test_http_backend_stopped_and_started_again_is_reconnected(tmp_path: P
             first.__exit__(None, None, None)
 
 
+async def found_backends(client: Client, query: str) -> set[str]:
+    result = await client.call_tool("find_tool", {"query": query, "limit": 20})
+    assert result.structured_content is not None, text(result)
+    return {tool["backend"] for tool in result.structured_content["tools"]}
+
+
+async def test_an_optimized_backend_that_comes_back_is_not_embedded_again(tmp_path: Path) -> None:
+    """Its tools leave find_tool while it is down and return with the vectors kept for them."""
+    port = free_port()
+    with http_demo_backend(port) as url:
+        config = {
+            "backends": [{"name": "web", "transport": "streamable-http", "url": url}, demo_backend("local")],
+            "optimizer": {"enabled": True, "index_dir": str(tmp_path / "indexes")},
+            **FAST,
+        }
+        with running_gateway(write_config(tmp_path, config)) as gateway:
+            async with Client(gateway.url) as client:
+                with anyio.fail_after(120):
+                    while (await client.call_tool("find_tool", {"query": "note"})).structured_content[  # type: ignore[index]  # noqa: ASYNC110
+                        "ranking"
+                    ] != "hybrid":
+                        await anyio.sleep(0.3)
+                assert await found_backends(client, "save a note") == {"web", "local"}
+    # The backend went away with its context; the gateway above is gone too. A new gateway, same index
+    # (wide log lines: one record per line):
+    first = http_demo_backend(port)
+    url = first.__enter__()
+    stopped = False
+    try:
+        with running_gateway(write_config(tmp_path, config), env={"COLUMNS": "400"}) as gateway:
+            async with Client(gateway.url) as client:
+                await eventually(lambda: backend(gateway, "web")["state"] == "ready", what="web ready")
+                first.__exit__(None, None, None)
+                stopped = True
+                await eventually(lambda: backend(gateway, "web")["state"] != "ready", what="web out of service")
+                await eventually(lambda: "removed 5" in gateway.output(), what="web's tools removed from the index")
+                assert await found_backends(client, "save a note") == {"local"}
+                with http_demo_backend(port):
+                    await eventually(lambda: backend(gateway, "web")["state"] == "ready", within=30, what="back")
+                    await eventually(
+                        lambda: gateway.output().count("index updated") >= 3, what="index updated with web back"
+                    )
+                    assert await found_backends(client, "save a note") == {"web", "local"}
+        updates = [line for line in gateway.output().splitlines() if "index updated: embedded" in line]
+        assert len(updates) >= 3 and all("embedded 0," in line for line in updates), gateway.output()
+    finally:
+        if not stopped:
+            first.__exit__(None, None, None)
+
+
 def dead_backends(secret: str) -> list[dict[str, Any]]:
     return [
         {

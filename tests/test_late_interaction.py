@@ -83,6 +83,18 @@ def test_index_persists_tokens_and_a_restart_reranks_without_embedding(tmp_path:
     assert top.record.name == "time_get_current_time"
 
 
+def test_a_backend_that_comes_back_gets_its_kept_tokens_too(tmp_path: Path, embedder: Embedder) -> None:
+    first = ToolIndex(LATE, tmp_path, embedder)
+    first.update(CATALOGUE)
+    full = first.stats()["token_store_bytes"]
+    first.update([record for record in CATALOGUE if record.backend != "time"])
+    restarted = ToolIndex(LATE, tmp_path, embedder)  # the kept tokens come back from disk
+    stats = restarted.update(CATALOGUE)
+    assert (stats.embedded, stats.reused) == (0, len(CATALOGUE))
+    assert restarted.stats()["token_store_bytes"] == full
+    assert restarted.search("what time is it in Tokyo right now").hits[0].record.name == "time_get_current_time"
+
+
 def test_default_stores_no_tokens_and_its_cache_is_rebuilt_when_reranking_is_turned_on(
     tmp_path: Path, embedder: Embedder, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -187,6 +187,47 @@ def test_restart_reuses_persisted_vectors(tmp_path: Path, embedder: Embedder) ->
     assert names(restarted, "what time is it in Tokyo right now")[0] == "time_get_current_time"
 
 
+def _backend(name: str) -> list[ToolRecord]:
+    return [record for record in CATALOGUE if record.backend == name]
+
+
+def _without(*names: str) -> list[ToolRecord]:
+    return [record for record in CATALOGUE if record.backend not in names]
+
+
+def test_a_backend_that_leaves_and_comes_back_is_not_embedded_again(tmp_path: Path, embedder: Embedder) -> None:
+    index = ToolIndex(OptimizerConfig(), tmp_path, embedder)
+    index.update(CATALOGUE)
+    gone = index.update(_without("git"))
+    assert gone.removed == len(_backend("git"))
+    assert "git_git_log" not in names(index, "show the git commit logs")  # its tools leave the results
+    back = index.update(CATALOGUE)
+    assert (back.embedded, back.reused) == (0, len(CATALOGUE))
+    assert names(index, "show the git commit logs")[0] == "git_git_log"
+
+
+def test_kept_vectors_survive_a_restart_and_a_gateway_with_no_tools(tmp_path: Path, embedder: Embedder) -> None:
+    ToolIndex(OptimizerConfig(), tmp_path, embedder).update(CATALOGUE)
+    outage = ToolIndex(OptimizerConfig(), tmp_path, embedder)
+    outage.update([])  # every backend down
+    restarted = ToolIndex(OptimizerConfig(), tmp_path, embedder)
+    assert restarted.update(_without("git")).embedded == 0
+    assert ToolIndex(OptimizerConfig(), tmp_path, embedder).update(CATALOGUE).embedded == 0
+
+
+def test_only_the_newest_removed_vectors_are_kept(tmp_path: Path, embedder: Embedder) -> None:
+    index = ToolIndex(OptimizerConfig(keep_removed=1), tmp_path, embedder)
+    index.update(CATALOGUE)
+    index.update(_without("git"))
+    index.update(_without("git", "fs"))  # fs leaves later: the one kept is the last of fs
+    stats = index.update(CATALOGUE)
+    assert stats.embedded == len(_backend("git")) + len(_backend("fs")) - 1
+    none = ToolIndex(OptimizerConfig(keep_removed=0), tmp_path / "none", embedder)
+    none.update(CATALOGUE)
+    none.update(_without("git"))
+    assert none.update(CATALOGUE).embedded == len(_backend("git"))
+
+
 def test_corrupt_cache_is_rebuilt_with_a_warning(
     tmp_path: Path, embedder: Embedder, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -180,6 +180,9 @@ class OptimizerConfig(_Strict):
     # A tool issuing a value a result requires (GetUserToken for a `token`, list_channels for a `channel_id`;
     # optimizer/prerequisites.py) is raised as a companion with P = 1, times this; 0 turns it off.
     prerequisite_weight: float = Field(1.0, ge=0.0)
+    # Vectors of tools that left the catalogue, kept (in memory and in the persisted index, newest first) so
+    # a backend that restarts or recovers is not embedded again: ~1.5 KB each (~50 KB with late interaction).
+    keep_removed: int = Field(10_000, ge=0)
     # Most sub-queries one multi-intent request is split into (each costs one query embedding).
     max_intents: int = Field(4, ge=1, le=16)
     # BM25 term saturation and length normalisation of the keyword arm (Lucene's defaults; lower values

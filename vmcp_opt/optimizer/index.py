@@ -60,9 +60,14 @@ def _tokenize(texts: list[str], *, return_ids: bool = True) -> Any:
     return bm25s.tokenize(texts, stopwords=_STOPWORDS, stemmer=_stem, return_ids=return_ids, show_progress=False)
 
 
+# A removed tool's vector and, with late interaction, its token matrix.
+_Retired = tuple[np.ndarray, np.ndarray | None]
+
+
 @dataclass(frozen=True)
 class _VectorCache:
-    """Vectors (and token matrices, when re-ranking) by content hash: `matrix[rows[hash]]`."""
+    """Vectors (and token matrices, when re-ranking) by content hash: `matrix[rows[hash]]`, plus those of
+    tools that left the catalogue (`retired`, oldest first), so a backend that comes back is not re-embedded."""
 
     rows: dict[str, int] = field(default_factory=dict)
     matrix: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.float32))
@@ -70,6 +75,7 @@ class _VectorCache:
     owner: Any = None
     # Row i's token matrix is `tokens.matrix(i)`; None when built without late interaction.
     tokens: TokenStore | None = None
+    retired: OrderedDict[str, _Retired] = field(default_factory=OrderedDict)
 
     def stack(self, hashes: Sequence[str], dims: int) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
         """(vectors aligned with `hashes`, which rows were found, token matrices); missing rows are zero/empty."""
@@ -81,7 +87,26 @@ class _VectorCache:
         empty = np.zeros((0, dims), dtype=np.float16)
         tokens = self.tokens
         matrices = [tokens.matrix(int(row)) if tokens is not None and row >= 0 else empty for row in where]
+        for i in np.flatnonzero(~found) if self.retired else ():
+            entry = self.retired.get(hashes[int(i)])
+            if entry is not None:
+                out[i], found[i] = entry[0], True
+                if entry[1] is not None:
+                    matrices[i] = entry[1]
         return out, found, matrices
+
+    def retire(self, keep: set[str], limit: int) -> OrderedDict[str, _Retired]:
+        """The retired entries after the catalogue becomes `keep`: rows not in it join (newest last), entries
+        back in it leave, and only the newest `limit` stay."""
+        retired = OrderedDict((h, entry) for h, entry in self.retired.items() if h not in keep)
+        for digest, row in self.rows.items():
+            if digest not in keep:
+                retired.pop(digest, None)
+                matrix = self.tokens.matrix(row).copy() if self.tokens is not None else None
+                retired[digest] = (self.matrix[row].copy(), matrix)
+        while len(retired) > limit:
+            retired.popitem(last=False)
+        return retired
 
 
 @dataclass
@@ -356,6 +381,7 @@ class ToolIndex:
                     for i in missing:
                         matrices[i] = fresh_tokens[by_hash[hashes[i]]]
             removed = len(cache.rows.keys() - set(hashes))
+            retired = cache.retire(set(hashes), self.config.keep_removed)
             token_store = self._token_store(matrices)
             del matrices
             snapshot = self._build(records, documents, hashes, vectors, np.ones(len(records), dtype=bool), token_store)
@@ -366,8 +392,9 @@ class ToolIndex:
                 _or_empty(snapshot.vectors),
                 owner=snapshot.faiss_index,
                 tokens=token_store,
+                retired=retired,
             )
-            self._save(hashes, _or_empty(snapshot.vectors), token_store)
+            self._save(hashes, _or_empty(snapshot.vectors), token_store, retired)
         stats = UpdateStats(
             embedded=len(first),
             reused=len(set(hashes)) - len(first),
@@ -474,6 +501,8 @@ class ToolIndex:
                 model = str(data["model"])
                 hashes = [h.decode("ascii") for h in data["hashes"]]
                 vectors = np.ascontiguousarray(data["vectors"], dtype=np.float32)
+                # Written since removed tools' vectors are kept; older files hold the catalogue only.
+                retired_count = int(data["retired"]) if "retired" in data else 0
                 tokens = None
                 if self._late_interaction:
                     if "token_offsets" not in data:
@@ -483,19 +512,41 @@ class ToolIndex:
                         raise ValueError(f"token offsets for {len(tokens)} tools, not {len(hashes)}")
             if model != self.model.id:
                 raise ValueError(f"built by model {model!r}, not {self.model.id!r}")
+            if not 0 <= retired_count <= len(hashes):
+                raise ValueError(f"{retired_count} retired vectors of {len(hashes)}")
             if vectors.shape != (len(hashes), self.model.dimensions):
                 raise ValueError(f"vectors {vectors.shape} do not match {len(hashes)} hashes x {self.model.dimensions}")
         except Exception as exc:  # any unreadable cache is rebuilt, never fatal
             log.warning("index cache %s unusable, rebuilding: %s", path, exc)
             return _VectorCache()
-        return _VectorCache({h: i for i, h in enumerate(hashes)}, vectors, tokens=tokens)
+        current = len(hashes) - retired_count
+        retired: OrderedDict[str, _Retired] = OrderedDict(
+            (h, (vectors[i], tokens.matrix(i) if tokens is not None else None))
+            for i, h in enumerate(hashes[current:], start=current)
+        )
+        return _VectorCache({h: i for i, h in enumerate(hashes[:current])}, vectors, tokens=tokens, retired=retired)
 
-    def _save(self, hashes: list[str], vectors: np.ndarray, tokens: TokenStore | None) -> None:
+    def _save(
+        self,
+        hashes: list[str],
+        vectors: np.ndarray,
+        tokens: TokenStore | None,
+        retired: OrderedDict[str, _Retired] | None = None,
+    ) -> None:
+        """The catalogue's vectors, then the retired ones (oldest first; `retired` says how many)."""
         unique = {digest: i for i, digest in enumerate(hashes)}
         rows = np.fromiter(unique.values(), dtype=np.int64, count=len(unique))
+        retired = retired or OrderedDict()
+        all_hashes = [*unique, *retired]
+        dims = self.model.dimensions
+        current = vectors[rows] if len(rows) else np.zeros((0, dims), dtype=np.float32)
+        all_vectors = np.concatenate([current, *(entry[0][None, :] for entry in retired.values())])
         extra: dict[str, Any] = {}
         if tokens is not None:
-            kept = TokenStore.from_matrices([tokens.matrix(int(row)) for row in rows], self.model.dimensions)
+            matrices = [tokens.matrix(int(row)) for row in rows]
+            empty = np.zeros((0, dims), dtype=np.float16)
+            matrices += [entry[1] if entry[1] is not None else empty for entry in retired.values()]
+            kept = TokenStore.from_matrices(matrices, dims)
             extra = {"tokens": kept.tokens, "token_offsets": kept.offsets}
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
@@ -505,8 +556,9 @@ class ToolIndex:
                     np.savez(
                         file,
                         model=np.array(self.model.id),
-                        hashes=np.array(list(unique), dtype="S64"),
-                        vectors=vectors[rows],
+                        hashes=np.array(all_hashes, dtype="S64"),
+                        vectors=all_vectors,
+                        retired=np.array(len(retired)),
                         **extra,
                     )
                     file.flush()
