@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx2
 import pytest
 from mcp import Client, StdioServerParameters
+from mcp.client.streamable_http import streamable_http_client
 
 from tests.support import demo_backend, running_gateway, stop_process, write_config
 
@@ -170,8 +172,8 @@ async def test_failed_calls_are_not_recorded(first_run: FirstRun) -> None:
 
 
 async def test_stateless_http_calls_are_not_taken_for_one_task(first_run: FirstRun) -> None:
-    # Nothing ties a 2026-07-28 HTTP client's calls together: none of them is recorded (as one-tool tasks
-    # they would only dilute what sessions teach).
+    # Nothing ties the calls of a 2026-07-28 HTTP client without credentials together: none of them is
+    # recorded (as one-tool tasks they would only dilute what sessions teach).
     assert "notes_whoami" not in first_run.raw_file
     assert "notes_slow_echo" not in first_run.raw_file
 
@@ -227,3 +229,32 @@ async def test_a_corrupt_history_is_kept_aside_and_the_gateway_serves(tmp_path: 
     assert (index_dir / "usage.json.corrupt").read_text(encoding="utf-8") == '{"version": 1, "tasks": {"a": "many"}'
     assert read_usage(index_dir)["together"] == {"notes_save_note": {COMPANION: 1}, COMPANION: {"notes_save_note": 1}}
     assert "usage.json.corrupt" in gateway.output()
+
+
+async def test_stateless_http_clients_with_credentials_are_learned_from_one_by_one(tmp_path: Path) -> None:
+    """A 2026-07-28 HTTP client's Authorization header ties its calls into tasks (by digest, never kept)."""
+    index_dir = tmp_path / "indexes"
+    alice, bob = f"Bearer alice-{SECRET}", f"Bearer bob-{SECRET}"
+    with running_gateway(write_config(tmp_path, usage_config(index_dir))) as gateway:
+        async with Client(gateway.url) as anonymous:
+            await wait_for_catalogue(anonymous)
+
+        def as_client(header: str) -> Client:
+            http = httpx2.AsyncClient(headers={"Authorization": header})
+            return Client(streamable_http_client(gateway.url, http_client=http))
+
+        async with as_client(alice) as first, as_client(bob) as second:
+            assert first.protocol_version == "2026-07-28"
+            await call_ok(first, "notes_whoami", {})
+            await call_ok(second, COMPANION, {"timezone": "UTC"})  # another client, between alice's calls
+            await call_ok(
+                first, "call_tool", {"tool_name": "notes_slow_echo", "arguments": {"message": "hi", "seconds": 0}}
+            )
+        stop_process(gateway.proc)
+        log = gateway.output()
+    raw = (index_dir / "usage.json").read_text(encoding="utf-8")
+    usage = json.loads(raw)
+    assert usage["together"] == {"notes_whoami": {"notes_slow_echo": 1}, "notes_slow_echo": {"notes_whoami": 1}}
+    assert usage["tasks"] == {"notes_whoami": 1, "notes_slow_echo": 1, COMPANION: 1}
+    for text in (raw, log):
+        assert SECRET not in text

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Literal, Protocol, TypeVar
 
@@ -112,6 +114,8 @@ class Gateway:
         self.started = False
         # A backend changed after the first catalogue was built but before `started`: rebuild once started.
         self._changed_while_starting = False
+        # Identities of 2026-07-28 HTTP clients, by credential, for learning which tools go together.
+        self._credentials = Credentials()
         # A failure found after serving began (a name conflict while connecting in the background).
         self.fatal: BaseException | None = None
         self.on_fatal: Callable[[BaseException], None] | None = None
@@ -361,7 +365,7 @@ class Gateway:
                 return _error_result(f"backend '{routed.backend}': {exc.error.message}")
             raise
         if self.front is not None and ctx is not None and not result.is_error:
-            client = client_identity(ctx)
+            client = client_identity(ctx, self._credentials)
             if client is not None:
                 self.front.tool_used(client, name)
         return result
@@ -496,19 +500,52 @@ class Gateway:
         return self._connection(backend)
 
 
-def client_identity(ctx: Ctx) -> object | None:
+class _Credential:
+    """Stands for one Authorization header (known only by its digest) as a client identity."""
+
+    __slots__ = ("__weakref__",)
+
+
+class Credentials:
+    """One identity object per Authorization header, the most recent `limit` kept alive.
+
+    The header is hashed at once and never stored: only its SHA-256 keys the table."""
+
+    def __init__(self, limit: int = 10_000) -> None:
+        self.limit = limit
+        self._by_digest: OrderedDict[bytes, _Credential] = OrderedDict()
+
+    def identity(self, header: str) -> object:
+        digest = hashlib.sha256(header.encode("utf-8", "surrogatepass")).digest()
+        credential = self._by_digest.pop(digest, None) or _Credential()
+        self._by_digest[digest] = credential
+        while len(self._by_digest) > self.limit:
+            self._by_digest.popitem(last=False)
+        return credential
+
+
+def client_identity(ctx: Ctx, credentials: Credentials | None = None) -> object | None:
     """An object that lives as long as the calling client does, or None when the transport has none.
 
     A handshake-era session has one `Connection` for all its requests. A 2026-07-28 client gets a fresh
     `Connection` per request: over stdio they share the pipe's outbound channel (one per client process);
-    over HTTP, as a stateless request, nothing ties its calls together, so it has no identity here.
+    over HTTP each request stands alone, and only the credential it carries (its Authorization header,
+    given `credentials`) ties a client's calls together; without one it has no identity here.
     """
     connection = ctx.session._connection
     if not connection.has_standalone_channel:
-        return None  # a single HTTP exchange (2026-07-28, or a stateless handshake-era request)
+        # A single HTTP exchange (2026-07-28, or a stateless handshake-era request).
+        header = _authorization(ctx.request)
+        return credentials.identity(header) if credentials is not None and header else None
     if connection.protocol_version in MODERN_PROTOCOL_VERSIONS:
         return connection.outbound
     return connection
+
+
+def _authorization(request: Any) -> str | None:
+    headers = getattr(request, "headers", None)
+    value = headers.get("authorization") if headers is not None else None
+    return value if isinstance(value, str) and value.strip() else None
 
 
 def catalog_of(backends: BackendManager, config: VmcpConfig) -> Catalog:
