@@ -10,12 +10,12 @@ from typing import Annotated, Any
 
 import anyio
 import typer
-from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
 from vmcp_opt import __version__
 from vmcp_opt.config import DEFAULT_CONFIG_PATH, PROJECT_ROOT, ConfigError, VmcpConfig, load_config
+from vmcp_opt.console import OutputConsole
 
 app = typer.Typer(
     name="vmcp",
@@ -24,8 +24,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-err = Console(stderr=True)
-out = Console()
+err = OutputConsole(stderr=True)
+out = OutputConsole()
 
 ConfigOption = Annotated[
     Path | None,

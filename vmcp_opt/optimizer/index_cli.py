@@ -16,16 +16,16 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from vmcp_opt.config import ConfigError, VmcpConfig, load_config
+from vmcp_opt.console import OutputConsole
 from vmcp_opt.optimizer.documents import ToolRecord
 from vmcp_opt.optimizer.usage import UsageGraph
 
 index_app = typer.Typer(help="Build, inspect and query the optimizer's persisted tool index.", no_args_is_help=True)
-console = Console()
-errors = Console(stderr=True)
+console = OutputConsole()
+errors = OutputConsole(stderr=True)
 
 
 @dataclass
