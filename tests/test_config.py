@@ -133,6 +133,38 @@ def test_cli_validate_accepts_the_bundled_demo() -> None:
     assert "7 backends" in result.stdout
 
 
+def test_a_secret_reference_in_args_is_refused_with_a_hint_to_use_env(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("API_TOKEN", "s3cret-for-args")
+    monkeypatch.setenv("DATA_ROOT", "/srv/data")
+    backend = {"name": "svc", "command": "python", "args": ["--token", "${API_TOKEN}", "--root", "${DATA_ROOT}"]}
+    path = write_config(tmp_path, {"backends": [backend]})
+    [problem] = problems_of(path)
+    assert problem.startswith("backends[0].args[1]: ${API_TOKEN} would put a secret on the backend's command line")
+    assert "env: {API_TOKEN: '${API_TOKEN}'}" in problem and "s3cret-for-args" not in problem
+    result = subprocess.run(
+        [sys.executable, "-m", "vmcp_opt", "validate", "-c", str(path)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "400"},
+    )
+    assert result.returncode == 2 and "args[1]" in result.stderr and "env" in result.stderr
+    backend["args"] = ["--root", "${DATA_ROOT}"]  # a reference that does not look secret expands as before
+    assert load_config(write_config(tmp_path, {"backends": [backend]})).backends[0].args == ["--root", "/srv/data"]
+
+
+def test_limits_have_defaults_and_follow_the_usual_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write_config(tmp_path, {"limits": {"list_changed_interval": 0.5}})
+    monkeypatch.setenv("VMCP_LIMITS__MAX_RESULT_BYTES", "1000")
+    limits = load_config(path).limits
+    assert (limits.max_result_bytes, limits.list_changed_interval, limits.argument_check_timeout) == (1000, 0.5, 1.0)
+    monkeypatch.delenv("VMCP_LIMITS__MAX_RESULT_BYTES")
+    assert problems_of(write_config(tmp_path, {"limits": {"max_result_bytes": 0}})) == [
+        "limits.max_result_bytes: Input should be greater than 0"
+    ]
+
+
 def test_discovered_mode_skips_entries_that_launch_this_gateway(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

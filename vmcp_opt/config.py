@@ -40,6 +40,11 @@ APP_NAME = "vmcp-opt"
 
 BACKEND_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,47}$"
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# Names (env keys, `${VAR}` references, URL query parameters) whose values are secrets whatever they look like.
+SECRET_NAME = re.compile(
+    r"TOKEN|SECRET|PASSW|PASSPHRASE|API_?KEY|ACCESS_?KEY|PRIVATE|CREDENTIAL|AUTH|COOKIE|SESSION|(^|_)(KEY|PAT|PWD)$",
+    re.I,
+)
 
 
 class ConfigError(Exception):
@@ -277,6 +282,32 @@ class FailureConfig(_Strict):
     restart: RestartConfig = Field(default_factory=RestartConfig)
 
 
+class LimitsConfig(_Strict):
+    """Bounds on what one backend can make the gateway do (issue 22)."""
+
+    max_result_bytes: int = Field(
+        10 * 1024 * 1024,
+        gt=0,
+        description="Largest backend result passed on, counted as the characters of its text, data and "
+        "structured content (about its JSON size); a larger one becomes an error naming the backend and the cap.",
+    )
+    list_changed_interval: float = Field(
+        1.0,
+        ge=0,
+        description="Least seconds between two re-fetches of a backend's lists: a burst of list_changed "
+        "notifications costs one re-fetch, and a flood one every this many seconds.",
+    )
+    argument_check_timeout: float = Field(
+        1.0,
+        gt=0,
+        description="Deadline of one check of a call's arguments against the tool's schema; past it the call "
+        "is refused, not sent.",
+    )
+    schema_cache_size: int = Field(
+        1024, ge=1, description="Compiled tool schemas kept for argument checks (least recently used first out)."
+    )
+
+
 _file_data: ContextVar[dict[str, Any] | None] = ContextVar("vmcp_config_file_data", default=None)
 
 
@@ -306,6 +337,7 @@ class VmcpConfig(BaseSettings):
     timeouts: TimeoutsConfig = Field(default_factory=TimeoutsConfig)
     health: HealthConfig = Field(default_factory=HealthConfig)
     failure: FailureConfig = Field(default_factory=FailureConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
     # Where the gateway keeps its state (indexes, usage history) unless a setting names a place; unset: the
     # per-user data directory (platformdirs: ~/.local/share/vmcp-opt on Linux, ~/Library/Application
     # Support/vmcp-opt on macOS, %LOCALAPPDATA%\vmcp-opt on Windows).
@@ -518,9 +550,21 @@ def _with_env_references_resolved(config: VmcpConfig) -> VmcpConfig:
         where, seen = f"backends[{index}]", backend._referenced
         backend.env = {k: expand(v, f"{where}.env.{k}", seen) for k, v in backend.env.items()}
         backend.headers = {k: expand(v, f"{where}.headers.{k}", seen) for k, v in backend.headers.items()}
+        problems.extend(_secrets_in_args(backend.args, f"{where}.args"))
         backend.args = [expand(arg, f"{where}.args[{i}]", seen) for i, arg in enumerate(backend.args)]
         if backend.url:
             backend.url = expand(backend.url, f"{where}.url", seen)
     if problems:
         raise ConfigError(problems)
     return config
+
+
+def _secrets_in_args(args: list[str], where: str) -> list[str]:
+    """A secret-looking `${VAR}` in `args` would sit on the command line, readable by every local user."""
+    return [
+        f"{where}[{i}]: ${{{name}}} would put a secret on the backend's command line, where any local user "
+        f"can read it (ps); pass it in `env` instead (env: {{{name}: '${{{name}}}'}}) for the backend to read"
+        for i, arg in enumerate(args)
+        for name in _ENV_REFERENCE.findall(arg)
+        if SECRET_NAME.search(name)
+    ]
