@@ -17,9 +17,10 @@ import pytest
 from vmcp_opt.config import OptimizerConfig
 from vmcp_opt.optimizer.documents import ToolRecord, content_hash, split_identifier, tool_document
 from vmcp_opt.optimizer.embedding import Embedder, load_embedder
-from vmcp_opt.optimizer.index import VECTORS_FILE, ToolIndex
+from vmcp_opt.optimizer.index import ToolIndex
 from vmcp_opt.optimizer.tokens import count_tokens
 from vmcp_opt.optimizer.usage import UsageGraph
+from vmcp_opt.optimizer.vector_store import VECTORS_FILE
 
 LOCAL_TZ = "Europe/London"
 
@@ -344,9 +345,9 @@ class _CountingEmbedder:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
-    def encode_queries_with_tokens(self, texts: Any, *, tokens: bool = True) -> Any:
+    def encode_queries(self, texts: Any) -> Any:
         self.queries.extend(texts)
-        return self.inner.encode_queries_with_tokens(texts, tokens=tokens)
+        return self.inner.encode_queries(texts)
 
 
 def test_a_repeated_query_is_not_embedded_again_and_the_cache_is_bounded(tmp_path: Path, embedder: Embedder) -> None:

@@ -185,12 +185,6 @@ class OptimizerConfig(_Strict):
     split_intents: bool = True
     # Arm depth: candidates taken from each arm before fusion.
     candidates: int = Field(100, ge=1)
-    # Optional second stage: every fused candidate re-scored by token-level MaxSim with the same model
-    # (optimizer/late_interaction.py), blended with the keyword arm at `rerank_weight`. Off by default: it
-    # won +1.9 nDCG@10 on the ToolLens dev split but lost 1.2-2.3 on three of four held-out sets and costs
-    # ~10-30 ms per query and ~50 KB per tool (eval/README.md, bench/optimizer.py).
-    rerank: Literal["late-interaction", "none"] = "none"
-    rerank_weight: float = Field(0.7, ge=0.0, le=1.0)
     # Tools used together (optimizer/usage.py): learned from the calls clients make through the gateway
     # (names and counts only), they raise each other in find_tool. On the ToolLens dev split, 13.9k past
     # tasks took nDCG@10 from 39.4 to 54.4 and COMP@5 from 10.9 to 29.4 (eval/README.md); with no history
@@ -205,7 +199,7 @@ class OptimizerConfig(_Strict):
     # optimizer/prerequisites.py) is raised as a companion with P = 1, times this; 0 turns it off.
     prerequisite_weight: float = Field(1.0, ge=0.0)
     # Vectors of tools that left the catalogue, kept (in memory and in the persisted index, newest first) so
-    # a backend that restarts or recovers is not embedded again: ~1.5 KB each (~50 KB with late interaction).
+    # a backend that restarts or recovers is not embedded again: ~1.5 KB each.
     keep_removed: int = Field(10_000, ge=0)
     # Most sub-queries one multi-intent request is split into (each costs one query embedding).
     max_intents: int = Field(4, ge=1, le=16)
@@ -220,6 +214,24 @@ class OptimizerConfig(_Strict):
     query_threads: int = Field(1, ge=1, le=64)
     # torch threads for bulk embedding (index builds); 0 = every core.
     bulk_threads: int = Field(0, ge=0, le=256)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _rerank_removed(cls, data: Any) -> Any:
+        # `rerank` and `rerank_weight` turned on late-interaction re-ranking, which lost on held-out data and
+        # left the gateway for eval/late_interaction.py. A file that sets them to what the gateway does loads.
+        if not isinstance(data, dict) or not {"rerank", "rerank_weight"} & data.keys():
+            return data
+        data = dict(data)
+        rerank = data.pop("rerank", "none")
+        data.pop("rerank_weight", None)
+        if rerank != "none":
+            raise ValueError(
+                f"rerank: {rerank!r} is no longer available: late-interaction re-ranking lost on held-out data "
+                "and left the gateway (eval/README.md; `vmcp eval run --methods optimizer-late-interaction` "
+                "still measures it). Remove `rerank` and `rerank_weight`."
+            )
+        return data
 
 
 class TimeoutsConfig(_Strict):
