@@ -17,10 +17,9 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from eval.late_interaction import TokenStore
+from eval.late_interaction import TokenMatrix, TokenStore
 
 Vectors = npt.NDArray[np.float32]
-TokenMatrix = npt.NDArray[np.float16]
 
 
 class EmbedderLike(Protocol):

@@ -50,9 +50,6 @@ class TokenStore:
         )
         return cls(tokens, offsets)
 
-    def __len__(self) -> int:
-        return len(self.offsets) - 1
-
     def matrix(self, doc: int) -> TokenMatrix:
         return self.tokens[self.offsets[doc] : self.offsets[doc + 1]]
 

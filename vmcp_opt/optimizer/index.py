@@ -70,7 +70,6 @@ class _Snapshot:
     """Everything one search reads; never mutated after it is built."""
 
     records: tuple[ToolRecord, ...] = ()
-    hashes: tuple[str, ...] = ()
     backend_codes: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int32))
     backend_ids: dict[str, int] = field(default_factory=dict)
     bm25: Any = None
@@ -189,7 +188,7 @@ class ToolIndex:
             removed = len(cache.rows.keys() - set(hashes))
             retired = cache.retire(set(hashes), self.config.keep_removed)
             rerank = self.reranker.prepare(documents) if self.reranker is not None else None
-            snapshot = self._build(records, documents, hashes, vectors, np.ones(len(records), dtype=bool), rerank)
+            snapshot = self._build(records, documents, vectors, np.ones(len(records), dtype=bool), rerank)
             del vectors  # the snapshot holds FAISS's copy; drop ours before saving
             self._swap(snapshot)
             matrix = snapshot.vectors if snapshot.vectors is not None else np.zeros((0, 0), dtype=np.float32)
@@ -217,14 +216,13 @@ class ToolIndex:
         with self._update_lock:
             records, documents, hashes = _prepare(records)
             vectors, found = self._vectors.cache().stack(hashes, self.model.dimensions)
-            self._swap(self._build(records, documents, hashes, vectors if found.any() else None, found))
+            self._swap(self._build(records, documents, vectors if found.any() else None, found))
         log.info("keyword index updated: %d tools, %d with cached vectors", len(records), int(found.sum()))
 
     def _build(
         self,
         records: list[ToolRecord],
         documents: list[str],
-        hashes: list[str],
         vectors: np.ndarray | None,
         has_vector: np.ndarray,
         rerank: RerankStage | None = None,
@@ -240,7 +238,6 @@ class ToolIndex:
             vectors = vector_arm.stored_vectors(faiss_index, len(records), self.model.dimensions)
         return _Snapshot(
             records=tuple(records),
-            hashes=tuple(hashes),
             backend_codes=codes,
             backend_ids=backend_ids,
             bm25=keyword_arm.build(documents, self.config),
