@@ -14,7 +14,6 @@ from vmcp_opt.config import ConfigError, OptimizerConfig, load_config
 from vmcp_opt.optimizer.documents import tool_document
 from vmcp_opt.optimizer.embedding import Embedder, load_embedder
 from vmcp_opt.optimizer.index import ToolIndex
-from vmcp_opt.optimizer.vector_store import VECTORS_FILE
 
 from .test_optimizer_index import CATALOGUE
 
@@ -102,19 +101,6 @@ def test_each_update_prepares_a_stage_for_its_documents_in_index_order(tmp_path:
     index.update_keywords(CATALOGUE)  # no model: no second stage until the next update
     assert len(reranker.prepared) == 1
     assert index.search("list the files in a directory").hits[0].record.name == "fs_list_directory"
-
-
-def test_the_index_stores_no_tokens_and_reads_a_file_that_holds_them(tmp_path: Path, embedder: Embedder) -> None:
-    first = ToolIndex(OptimizerConfig(), tmp_path, embedder, reranker=LateInteraction(embedder))
-    first.update(CATALOGUE)
-    path = first.directory / VECTORS_FILE
-    with np.load(path) as data:
-        assert "tokens" not in data
-        arrays = dict(data)
-    # As the index wrote it while it kept token embeddings itself: extra arrays it now leaves alone.
-    np.savez(path, **arrays, tokens=np.zeros((3, 384), np.float16), token_offsets=np.zeros(1, np.int64))
-    stats = ToolIndex(OptimizerConfig(), tmp_path, embedder).update(CATALOGUE)
-    assert (stats.embedded, stats.reused) == (0, len(CATALOGUE))
 
 
 def test_a_config_that_turned_reranking_on_fails_and_names_the_way_to_measure_it(tmp_path: Path) -> None:
