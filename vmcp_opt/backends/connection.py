@@ -241,7 +241,7 @@ class BackendConnection:
                 len(self.listing.prompts),
             )
             if self._task_group is not None:
-                self._refresh_wanted = anyio.Event()  # this session's listing is fresh
+                # A change announced while this session was connecting is re-fetched now: no announcement is lost.
                 self._task_group.start_soon(self._refresh_when_asked)
                 if self.protocol_version in MODERN_PROTOCOL_VERSIONS:
                     self._task_group.start_soon(self._listen_for_changes, session)
