@@ -239,9 +239,10 @@ async def test_manual_strategy_unresolved_conflict_keeps_serving_naming_both_bac
     config = write_config(tmp_path, {**twin_config("manual"), "optimizer": {"index_dir": str(tmp_path / "idx")}})
     with running_gateway(config, optimizer) as gw:
         async with Client(gw.url) as client:
-            with anyio.fail_after(60):  # with the optimizer on, the catalogue fills in after start
-                while "backend beta: tool 'whoami' dropped" not in gw.output():
-                    await anyio.sleep(0.1)
+            for _ in range(600):  # with the optimizer on, the catalogue fills in after start (60 s at most)
+                if "backend beta: tool 'whoami' dropped" in gw.output():
+                    break
+                await anyio.sleep(0.1)
             assert await whoami(client, "whoami") == "alpha"  # callable by name, listed or behind the optimizer
     log = gw.output()
     assert "backend beta: tool 'whoami' dropped: backend 'alpha' already exposes 'whoami'" in log
