@@ -147,7 +147,6 @@ def test_a_secret_reference_in_args_is_refused_with_a_hint_to_use_env(
         [sys.executable, "-m", "vmcp_opt", "validate", "-c", str(path)],
         capture_output=True,
         text=True,
-        env={**os.environ, "COLUMNS": "400"},
     )
     assert result.returncode == 2 and "args[1]" in result.stderr and "env" in result.stderr
     backend["args"] = ["--root", "${DATA_ROOT}"]  # a reference that does not look secret expands as before

@@ -248,7 +248,7 @@ async def test_an_optimized_backend_that_comes_back_is_not_embedded_again(tmp_pa
     url = first.__enter__()
     stopped = False
     try:
-        with running_gateway(write_config(tmp_path, config), env={"COLUMNS": "400"}) as gateway:
+        with running_gateway(write_config(tmp_path, config)) as gateway:
             async with Client(gateway.url) as client:
                 await eventually(lambda: backend(gateway, "web")["state"] == "ready", what="web ready")
                 first.__exit__(None, None, None)
@@ -298,7 +298,6 @@ def test_fail_mode_refuses_to_start_naming_the_backends_that_could_not_connect(t
         capture_output=True,
         text=True,
         timeout=60,
-        env={**os.environ, "COLUMNS": "400"},
     )
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0
