@@ -10,14 +10,17 @@ from vmcp_opt.aggregation.catalog import (
     RoutedTool,
     build_catalog,
 )
+from vmcp_opt.aggregation.live import LiveCatalog, catalog_of
 
 __all__ = [
     "BackendSource",
     "Catalog",
     "ConflictError",
+    "LiveCatalog",
     "RoutedPrompt",
     "RoutedResource",
     "RoutedTemplate",
     "RoutedTool",
     "build_catalog",
+    "catalog_of",
 ]

@@ -10,39 +10,32 @@ from typing import Any
 import anyio
 import uvicorn
 
-from vmcp_opt.aggregation import ConflictError
+from vmcp_opt.aggregation import ConflictError, catalog_of
 from vmcp_opt.backends import BackendManager
 from vmcp_opt.backends.secrets import SecretFilter, secret_values
 from vmcp_opt.config import VmcpConfig
+from vmcp_opt.gateway import Gateway, StartupError
 from vmcp_opt.health import HealthMonitor
 from vmcp_opt.optimizer.documents import ToolRecord
-from vmcp_opt.optimizer.metatools import META_TOOLS, OptimizerFront, catalog_records, tool_json
+from vmcp_opt.optimizer.metatools import META_TOOLS, catalog_records, tool_json
 from vmcp_opt.optimizer.tokens import count_tokens
-from vmcp_opt.server.gateway import Gateway, StartupError, catalog_of
 from vmcp_opt.server.http import create_app
 from vmcp_opt.server.stdio import serve_stdio
 
 logger = logging.getLogger(__name__)
 
 
-def build_gateway(config: VmcpConfig) -> Gateway:
-    gateway = Gateway(config)
-    if config.optimizer.enabled:
-        gateway.front = OptimizerFront(gateway, config)
-    return gateway
-
-
 def run_gateway(config: VmcpConfig, announce: Callable[[VmcpConfig], None] | None = None) -> int:
     """Serve until SIGINT/SIGTERM; backends are stopped on the way out. Returns the exit code."""
     mask_secrets(config)
-    gateway = build_gateway(config)
+    gateway = Gateway(config)
     if config.server.transport == "stdio":
         try:
             return anyio.run(_serve_stdio_until_signal, gateway)
         finally:
             # A signal cancels the stdio server before `Gateway.stop` runs: write what must outlive us here.
-            if gateway.front is not None:
-                gateway.front.close()
+            if gateway.optimizer is not None:
+                gateway.optimizer.close()
     server = uvicorn.Server(
         uvicorn.Config(
             create_app(gateway),
@@ -113,7 +106,7 @@ async def collect_tool_records(config: VmcpConfig) -> list[ToolRecord]:
     manager = _one_shot_backends(config)
     async with anyio.create_task_group() as task_group:
         await manager.start(task_group)
-        records = catalog_records(catalog_of(manager, config))
+        records = catalog_records(catalog_of(manager, config.aggregation))
         manager.stop()
     return records
 
