@@ -13,6 +13,7 @@ policy, item by item, so a caller sees exactly what it may use.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any, Protocol, TypeVar
 
@@ -161,6 +162,7 @@ class Router:
             raise UnknownTool(name)
         provider, provided = found
         self._authorize(caller, _tool_target(provided))
+        started = time.perf_counter()
         try:
             result = await provider.call(ToolCall(caller, provided, arguments, exchange, self))
         except (BackendUnavailable, CircuitOpen) as exc:
@@ -169,6 +171,14 @@ class Router:
             if exc.code not in _GONE:
                 raise
             result = error_result(f"backend '{provided.source}': {exc.error.message}")
+        logger.info(
+            "tool call %s by %s: %s in %.1f ms",
+            provided.name,
+            caller.id,
+            "error" if result.is_error else "ok",
+            (time.perf_counter() - started) * 1000,
+            extra={"caller": caller.id, "tool": provided.name, "source": provided.source},
+        )
         for observer in self.observers:
             observer.tool_called(caller, provided, result)
         return result
