@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import anyio
 import anyio.abc
 
 from vmcp_opt.aggregation import Catalog, ConflictError, LiveCatalog
-from vmcp_opt.backends import BackendConnection, BackendManager
+from vmcp_opt.backends import BackendConnection, BackendManager, BackendState
 from vmcp_opt.config import VmcpConfig
 from vmcp_opt.health import HealthMonitor
 from vmcp_opt.optimizer.metatools import OptimizerFront
@@ -183,3 +184,26 @@ class Gateway:
 
     def backend_summaries(self) -> list[dict[str, Any]]:
         return [{**c.summary(), **self.health.summary(c.name)} for c in self.backends.connections.values()]
+
+    def readiness(self) -> Readiness:
+        """`/readyz`: ready when every backend is up and healthy; `serving` says whether to send traffic."""
+        backends = self.backend_summaries()
+        up = [b["state"] == BackendState.READY.value and b["health"]["state"] != "unhealthy" for b in backends]
+        ready = self.started and all(up)
+        status = "ready" if ready else "degraded" if self.started else "starting"
+        # best_effort serves what is healthy, so a load balancer should keep sending traffic while any
+        # backend is up; under fail, or with nothing up, the gateway is not ready.
+        serving = ready or (status == "degraded" and self.config.failure.mode == "best_effort" and any(up))
+        body = {
+            "status": status,
+            "failure_mode": self.config.failure.mode,
+            "tools": len(self.catalog.current.tools),
+            "backends": backends,
+        }
+        return Readiness(serving, body)
+
+
+@dataclass(frozen=True)
+class Readiness:
+    serving: bool
+    body: dict[str, Any]

@@ -14,7 +14,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from vmcp_opt.backends import BackendState
 from vmcp_opt.config import ServerConfig
 from vmcp_opt.gateway import Gateway
 from vmcp_opt.server.bad_input import JsonRpcErrorCodes
@@ -64,20 +63,8 @@ def create_app(gateway: Gateway) -> Starlette:
         return JSONResponse({"status": "ok"})
 
     async def readyz(request: Request) -> JSONResponse:
-        backends = gateway.backend_summaries()
-        up = [b["state"] == BackendState.READY.value and b["health"]["state"] != "unhealthy" for b in backends]
-        ready = gateway.started and all(up)
-        status = "ready" if ready else "degraded" if gateway.started else "starting"
-        # best_effort serves what is healthy, so a load balancer should keep sending traffic while any
-        # backend is up; under fail, or with nothing up, the gateway is not ready.
-        serving = ready or (status == "degraded" and gateway.config.failure.mode == "best_effort" and any(up))
-        body = {
-            "status": status,
-            "failure_mode": gateway.config.failure.mode,
-            "tools": len(gateway.catalog.current.tools),
-            "backends": backends,
-        }
-        return JSONResponse(body, status_code=200 if serving else 503)
+        readiness = gateway.readiness()
+        return JSONResponse(readiness.body, status_code=200 if readiness.serving else 503)
 
     return Starlette(
         routes=[
