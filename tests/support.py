@@ -35,6 +35,9 @@ def demo_backend(name: str, **extra: Any) -> dict[str, Any]:
 
 
 def write_config(directory: Path, config: dict[str, Any], name: str = "vmcp.yaml") -> Path:
+    """A config file. The optimizer is off unless `config` turns it on: it is on by default, and most tests
+    list and call backend tools directly."""
+    config = {**config, "optimizer": {"enabled": False, **config.get("optimizer", {})}}
     path = directory / name
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
     return path

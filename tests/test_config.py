@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import platformdirs
 import pytest
 
-from tests.support import write_config
-from vmcp_opt.config import ConfigError, load_config
+from tests.support import ROOT, write_config
+from vmcp_opt.backends.discovery import read_client_config
+from vmcp_opt.config import ConfigError, VmcpConfig, load_config
 
 
 def problems_of(path: Path) -> list[str]:
@@ -24,8 +29,8 @@ def test_defaults_fill_every_section(tmp_path: Path) -> None:
     assert config.server.port == 8000
     assert config.server.transport == "streamable-http"
     assert config.aggregation.conflict_resolution == "prefix"
-    assert config.optimizer.enabled is False
     assert config.backends[0].transport == "stdio"
+    assert VmcpConfig.model_validate({}).optimizer.enabled is True  # tests' write_config turns it off
 
 
 def test_bad_fields_are_reported_by_path(tmp_path: Path) -> None:
@@ -102,7 +107,10 @@ def test_discovered_mode_reads_client_config_files(tmp_path: Path, key: str) -> 
             }
         )
     )
-    config = load_config(write_config(tmp_path, {"discovery": {"mode": "discovered", "path": "client.json"}}))
+    config = load_config(
+        write_config(tmp_path, {"discovery": {"mode": "discovered", "path": "client.json"}}),
+        discover=read_client_config,
+    )
     by_name = {b.name: b for b in config.backends}
     assert set(by_name) == {"time-server", "docs", "old"}
     assert by_name["time-server"].args == ["-m", "mcp_server_time"]
@@ -123,3 +131,140 @@ def test_cli_validate_accepts_the_bundled_demo() -> None:
     result = subprocess.run([sys.executable, "-m", "vmcp_opt", "validate"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "7 backends" in result.stdout
+
+
+def test_a_secret_reference_in_args_is_refused_with_a_hint_to_use_env(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("API_TOKEN", "s3cret-for-args")
+    monkeypatch.setenv("DATA_ROOT", "/srv/data")
+    backend = {"name": "svc", "command": "python", "args": ["--token", "${API_TOKEN}", "--root", "${DATA_ROOT}"]}
+    path = write_config(tmp_path, {"backends": [backend]})
+    [problem] = problems_of(path)
+    assert problem.startswith("backends[0].args[1]: ${API_TOKEN} would put a secret on the backend's command line")
+    assert "env: {API_TOKEN: '${API_TOKEN}'}" in problem and "s3cret-for-args" not in problem
+    result = subprocess.run(
+        [sys.executable, "-m", "vmcp_opt", "validate", "-c", str(path)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "400"},
+    )
+    assert result.returncode == 2 and "args[1]" in result.stderr and "env" in result.stderr
+    backend["args"] = ["--root", "${DATA_ROOT}"]  # a reference that does not look secret expands as before
+    assert load_config(write_config(tmp_path, {"backends": [backend]})).backends[0].args == ["--root", "/srv/data"]
+
+
+def test_limits_have_defaults_and_follow_the_usual_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write_config(tmp_path, {"limits": {"list_changed_interval": 0.5}})
+    monkeypatch.setenv("VMCP_LIMITS__MAX_RESULT_BYTES", "1000")
+    limits = load_config(path).limits
+    assert (limits.max_result_bytes, limits.list_changed_interval, limits.argument_check_timeout) == (1000, 0.5, 1.0)
+    monkeypatch.delenv("VMCP_LIMITS__MAX_RESULT_BYTES")
+    assert problems_of(write_config(tmp_path, {"limits": {"max_result_bytes": 0}})) == [
+        "limits.max_result_bytes: Input should be greater than 0"
+    ]
+
+
+def test_discovered_mode_skips_entries_that_launch_this_gateway(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = tmp_path / "claude_desktop_config.json"
+    servers = {
+        "vmcp": {"command": "/somewhere/else/bin/vmcp", "args": ["serve", "--stdio"]},  # the banner's snippet
+        "gateway": {"command": "/opt/venv/bin/vmcp", "args": ["serve", "--stdio", "-c", "/etc/vmcp.yaml"]},
+        "as-module": {"command": "python3.11", "args": ["-m", "vmcp_opt", "serve", "--stdio"]},
+        "time": {"command": "python", "args": ["-m", "mcp_server_time"]},
+    }
+    client.write_text(json.dumps({"mcpServers": servers}), encoding="utf-8")
+    with caplog.at_level(logging.WARNING, logger="vmcp_opt.backends.discovery"):
+        backends = read_client_config(client)
+    assert [backend.name for backend in backends] == ["time"]
+    skipped = [record.getMessage() for record in caplog.records]
+    assert len(skipped) == 3 and all("launches this gateway" in line for line in skipped), skipped
+
+
+def test_a_discovered_config_needs_a_client_config_reader(tmp_path: Path) -> None:
+    (tmp_path / "client.json").write_text('{"mcpServers": {}}', encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_config(write_config(tmp_path, {"discovery": {"mode": "discovered", "path": "client.json"}}))
+    assert caught.value.problems[0].startswith("discovery.mode:")
+
+
+def test_config_module_imports_nothing_else_of_the_package() -> None:
+    modules = subprocess.run(
+        [sys.executable, "-c", "import sys, vmcp_opt.config; print(sorted(m for m in sys.modules if 'vmcp' in m))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert modules.strip() == "['vmcp_opt', 'vmcp_opt.config']"
+
+
+def test_each_config_file_gets_an_index_directory_of_its_own_under_the_data_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data_dir = Path(os.environ["VMCP_DATA_DIR"])  # tests/conftest.py: never the user's own
+    (tmp_path / "one").mkdir()
+    first, second = write_config(tmp_path / "one", {}), write_config(tmp_path, {})
+    assert load_config(first).index_dir() == load_config(first).index_dir()
+    assert load_config(first).index_dir() != load_config(second).index_dir()
+    for path in (first, second):
+        index_dir = load_config(path).index_dir()
+        assert index_dir.parent == data_dir / "indexes" and index_dir.name.startswith("vmcp-")
+    relative = write_config(tmp_path, {"optimizer": {"index_dir": "idx"}, "data_dir": "state"})
+    assert load_config(relative).index_dir() == tmp_path / "idx"
+    monkeypatch.delenv("VMCP_DATA_DIR")  # it takes precedence over the file
+    assert load_config(relative).data_dir_path() == tmp_path / "state"
+
+
+def test_the_data_dir_defaults_to_the_per_user_data_directory(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("VMCP_DATA_DIR")
+    config = VmcpConfig.model_validate({})
+    assert config.data_dir_path() == Path(platformdirs.user_data_dir("vmcp-opt", appauthor=False))
+    assert config.index_dir() == config.data_dir_path() / "indexes" / "default"  # computed, never created here
+
+
+def test_an_installed_package_finds_its_bundled_demo(tmp_path: Path) -> None:
+    # The wheel's layout (pyproject.toml: examples/ is force-included as vmcp_opt/examples), away from the
+    # source tree: the demo is found inside the package.
+    site = tmp_path / "site-packages"
+    ignore = shutil.ignore_patterns("__pycache__")
+    shutil.copytree(ROOT / "vmcp_opt", site / "vmcp_opt", ignore=ignore)
+    shutil.copytree(ROOT / "examples", site / "vmcp_opt" / "examples", ignore=ignore)
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    run = {"capture_output": True, "text": True, "cwd": tmp_path, "env": env, "check": True}
+    found = subprocess.run([sys.executable, "-c", "import vmcp_opt.config as c; print(c.DEFAULT_CONFIG_PATH)"], **run)
+    assert found.stdout.strip() == str(site / "vmcp_opt" / "examples" / "demo.yaml")
+    validated = subprocess.run([sys.executable, "-m", "vmcp_opt", "validate"], **run)
+    assert "7 backends" in validated.stdout
+
+
+def test_validate_reports_field_errors_duplicate_names_and_unset_variables_in_one_pass(tmp_path: Path) -> None:
+    backends = [
+        {"name": "web", "transport": "sse"},  # a field error: no url
+        {"name": "docs", "command": "x", "env": {"TOKEN": "${VMCP_TEST_UNSET_ONE}"}},
+        {"name": "docs", "transport": "streamable-http", "url": "http://127.0.0.1:1/${VMCP_TEST_UNSET_TWO}"},
+    ]
+    result = subprocess.run(
+        [sys.executable, "-m", "vmcp_opt", "validate", "-c", str(write_config(tmp_path, {"backends": backends}))],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    problems = [line.strip() for line in result.stderr.splitlines()[1:]]
+    assert problems == [
+        "backends[0]: Value error, a sse backend needs `url`",
+        "backends: names must be unique, repeated: docs",
+        "backends[1].env.TOKEN: references ${VMCP_TEST_UNSET_ONE}, which is not set in the environment",
+        "backends[2].url: references ${VMCP_TEST_UNSET_TWO}, which is not set in the environment",
+    ]
+
+
+def test_cross_checks_and_unset_variables_are_reported_together_when_every_field_is_valid(tmp_path: Path) -> None:
+    backends = [{"name": "a", "command": "x", "args": ["${VMCP_TEST_UNSET_ONE}"]}, {"name": "a", "command": "y"}]
+    problems = problems_of(write_config(tmp_path, {"backends": backends, "aggregation": {"priority": ["zz"]}}))
+    assert problems == [
+        "backends: names must be unique, repeated: a",
+        "aggregation.priority: unknown backends ['zz']",
+        "backends[0].args[0]: references ${VMCP_TEST_UNSET_ONE}, which is not set in the environment",
+    ]

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -271,13 +273,50 @@ async def test_a_legacy_sse_backend_is_aggregated_and_routed(tmp_path: Path) -> 
                 assert note.contents[0].text == "over the old transport"  # type: ignore[union-attr]
 
 
-async def test_discovered_mode_serves_a_claude_desktop_config(tmp_path: Path) -> None:
+async def test_discovered_mode_serves_a_claude_desktop_config_but_not_the_gateway_itself(tmp_path: Path) -> None:
     desktop = tmp_path / "claude_desktop_config.json"
-    desktop.write_text(json.dumps({"mcpServers": {"time": {"command": "python", "args": ["-m", "mcp_server_time"]}}}))
+    servers = {
+        "time": {"command": "python", "args": ["-m", "mcp_server_time"]},
+        # What the banner tells users to add: the gateway itself, which discovery must not start again.
+        "vmcp": {"command": sys.executable, "args": ["-m", "vmcp_opt", "serve", "--stdio", "-c", str(desktop)]},
+    }
+    desktop.write_text(json.dumps({"mcpServers": servers}))
     config = write_config(tmp_path, {"discovery": {"mode": "discovered", "path": str(desktop)}})
     with running_gateway(config) as gw:
         async with Client(gw.url) as client:
-            assert "time_get_current_time" in {tool.name for tool in (await client.list_tools()).tools}
+            names = {tool.name for tool in (await client.list_tools()).tools}
+        assert "time_get_current_time" in names
+        assert not any(name.startswith("vmcp_") for name in names), names
+        assert "skipping 'vmcp'" in gw.output() and "launches this gateway" in gw.output()
+
+
+def test_the_banner_snippet_for_claude_desktop_runs_the_config_in_use(tmp_path: Path) -> None:
+    config = write_config(tmp_path, {"backends": [demo_backend("notes")]})
+    with running_gateway(config) as gw:
+        deadline = time.monotonic() + 30
+        while "mcpServers" not in gw.output() and time.monotonic() < deadline:
+            time.sleep(0.1)
+    snippet = next(line for line in gw.output().splitlines() if "mcpServers" in line)
+    assert json.loads(snippet)["mcpServers"]["vmcp"]["args"] == ["serve", "--stdio", "-c", str(config.resolve())]
+
+
+def test_a_port_in_use_is_reported_before_any_backend_starts(tmp_path: Path) -> None:
+    started = tmp_path / "backend-started"
+    backend = {"name": "marker", "command": sys.executable, "args": ["-c", f"open({str(started)!r}, 'w')"]}
+    config = write_config(tmp_path, {"backends": [backend]})
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "vmcp_opt", "serve", "-c", str(config), "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}: the port is already in use" in result.stderr
+    assert not started.exists()
 
 
 # --- the gateway over stdio, and clean shutdown ---------------------------------------------------------

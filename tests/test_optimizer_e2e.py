@@ -12,7 +12,7 @@ import anyio
 import pytest
 from mcp import Client
 
-from tests.support import Gateway, demo_backend, running_gateway, write_config
+from tests.support import DEMO_SERVER, Gateway, demo_backend, running_gateway, write_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.anyio]
 
@@ -164,3 +164,15 @@ async def test_no_optimizer_flag_gives_the_full_list_back(tmp_path: Path, index_
             names = {tool.name for tool in (await client.list_tools()).tools}
     assert "find_tool" not in names
     assert {"time_get_current_time", "notes_save_note"} <= names
+
+
+async def test_a_users_own_config_has_the_optimizer_on_and_the_environment_turns_it_off(tmp_path: Path) -> None:
+    # Written by hand, as a user would: no optimizer section at all (tests.support.write_config turns it off).
+    config = tmp_path / "mine.yaml"
+    config.write_text(f"backends:\n  - {{name: notes, command: python, args: ['{DEMO_SERVER}']}}\n", encoding="utf-8")
+    with running_gateway(config) as default:
+        async with Client(default.url) as client:
+            assert {tool.name for tool in (await client.list_tools()).tools} == {"find_tool", "call_tool"}
+    with running_gateway(config, env={"VMCP_OPTIMIZER__ENABLED": "false"}) as plain:
+        async with Client(plain.url) as client:
+            assert "notes_save_note" in {tool.name for tool in (await client.list_tools()).tools}

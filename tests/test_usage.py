@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -309,7 +312,7 @@ def test_index_usage_prints_the_history_and_clear_deletes_it(tmp_path: Path) -> 
     graph.record_task(["search_flights", "convert_currency", "get_weather"])
     graph.record_task(["search_flights", "convert_currency"])
     graph.save(tmp_path / "usage.json")
-    shown = runner.invoke(index_app, ["usage", "-c", str(config), "--top", "1"], env={"COLUMNS": "200"})
+    shown = runner.invoke(index_app, ["usage", "-c", str(config), "--top", "1"])
     assert shown.exit_code == 0, shown.output
     assert "3 tools used, 5 uses in tasks, 3 pairs used together" in shown.output
     assert "convert_currency │ search_flights │     2" in shown.output
@@ -325,6 +328,21 @@ def test_index_usage_prints_the_history_and_clear_deletes_it(tmp_path: Path) -> 
     assert not (tmp_path / "usage.json").exists()
     again = runner.invoke(index_app, ["usage", "-c", str(config), "--clear"])
     assert again.exit_code == 0 and "nothing to clear" in again.output
+
+
+def test_index_usage_prints_a_long_path_on_one_line_whatever_the_terminal_width(tmp_path: Path) -> None:
+    index_dir = tmp_path / ("a-directory-with-a-long-name-" * 6) / "indexes"
+    config = tmp_path / "vmcp.yaml"
+    config.write_text(f"optimizer:\n  index_dir: {index_dir}\n", encoding="utf-8")
+    for columns in ("20", "80"):
+        result = subprocess.run(
+            [sys.executable, "-m", "vmcp_opt", "index", "usage", "--clear", "-c", str(config)],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "COLUMNS": columns},
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == f"no usage history at {index_dir / 'usage.json'}: nothing to clear"
 
 
 def test_index_search_ranks_with_the_saved_history_like_find_tool(tmp_path: Path) -> None:
@@ -343,14 +361,14 @@ def test_index_search_ranks_with_the_saved_history_like_find_tool(tmp_path: Path
     config.write_text(f"optimizer:\n  index_dir: {tmp_path}\n", encoding="utf-8")
     args = ["search", "flights to Lisbon", "-c", str(config), "--from-jsonl", str(catalogue), "--keyword"]
     runner = CliRunner()
-    before = runner.invoke(index_app, args, env={"COLUMNS": "200"})
+    before = runner.invoke(index_app, args)
     assert before.exit_code == 0, before.output
     assert "money_convert" not in before.output  # nothing in the request matches it
     graph = UsageGraph()
     for _ in range(3):
         graph.record_task(["flights_search", "money_convert"])
     graph.save(tmp_path / "usage.json")
-    after = runner.invoke(index_app, args, env={"COLUMNS": "200"})
+    after = runner.invoke(index_app, args)
     assert after.exit_code == 0, after.output
     assert after.output.index("flights_search") < after.output.index("money_convert")
     assert "(used with flights_search)" in after.output

@@ -1,46 +1,144 @@
-"""Tool arguments checked against an input schema before a call leaves the gateway (routed tools and meta-tools)."""
+"""Tool arguments checked against an input schema before a call leaves the gateway (routed tools and meta-tools).
+
+Schemas come from backends and arguments from clients; neither is trusted, so a check is bounded:
+
+- `$ref` resolves inside the schema (and the bundled JSON Schema meta-schemas) only. A remote or `file://`
+  reference is never fetched: that part of the schema accepts anything, and the backend enforces it.
+- `pattern` and `patternProperties` run on RE2 (linear time, no backtracking) when RE2 takes the pattern,
+  otherwise on `regex` with the time left as its timeout. `uniqueItems` is linear, not quadratic.
+- The whole check has a deadline (`limits.argument_check_timeout`): past it the call is refused, never
+  sent, and the check stops at the next keyword.
+- Compiled validators are cached per schema content (SHA-256 of its canonical JSON) in a bounded LRU.
+
+For the gateway, both raise `ArgumentError` with a message that names the field:
+    await validator.check_async(tool_name, schema, arguments)   # in a worker thread: the event loop is free
+    validator.check(tool_name, schema, arguments)               # inline: stalls the loop up to the deadline
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import hashlib
+import itertools
+import json
+import logging
+import math
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping
+from functools import lru_cache
 from typing import Any
 
+import anyio
+import re2
+import regex
 from jsonschema import validators
-from jsonschema.exceptions import SchemaError, ValidationError, best_match
+from jsonschema.exceptions import ValidationError, best_match
 from jsonschema.protocols import Validator
+from jsonschema_specifications import REGISTRY as SPECIFICATIONS
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
+
+from vmcp_opt.display import shorten
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT = 1.0
+DEFAULT_CACHE_SIZE = 1024
+_MAX_ERRORS = 32  # errors gathered before picking the most relevant one
 
 
 class ArgumentError(Exception):
     """Arguments that do not fit the schema; the message names the field and the reason."""
 
 
-class ArgumentValidator:
-    """Compiled validators, cached per tool schema (schemas are re-used on every call)."""
+class _OutOfTime(Exception):
+    """The check's deadline passed; raised from inside a keyword to stop the whole check."""
 
-    def __init__(self) -> None:
-        self._cache: dict[int, tuple[Mapping[str, Any], Validator | None]] = {}
+
+class ArgumentValidator:
+    """Bounded argument checks, with compiled validators cached per schema content."""
+
+    def __init__(self, timeout: float = DEFAULT_TIMEOUT, cache_size: int = DEFAULT_CACHE_SIZE) -> None:
+        self.timeout = timeout
+        self.cache_size = max(1, cache_size)
+        self._by_digest: OrderedDict[str, Validator | None] = OrderedDict()
+        # The digest of a schema object seen recently (hashing a large schema on every call costs).
+        self._by_identity: OrderedDict[int, tuple[Mapping[str, Any], str]] = OrderedDict()
+        self._lock = threading.Lock()
+        # Checks run in worker threads a few at a time: more would only contend for the GIL.
+        self._threads = anyio.CapacityLimiter(4)
 
     def check(self, tool_name: str, schema: Mapping[str, Any], arguments: Mapping[str, Any] | None) -> None:
-        validator = self._validator(schema)
-        if validator is None:
+        deadline = time.monotonic() + self.timeout
+        previous = getattr(_local, "deadline", None)
+        _local.deadline = deadline
+        try:
+            validator = self._validator(schema)
+            if validator is None:
+                return
+            errors = list(itertools.islice(validator.iter_errors(dict(arguments or {})), _MAX_ERRORS))
+        except _OutOfTime:
+            raise ArgumentError(
+                f"arguments for tool '{shorten(tool_name)}' could not be checked within {self.timeout:g}s "
+                "(the tool's schema is too costly for them); the call was not sent"
+            ) from None
+        except Exception:
+            # A schema jsonschema cannot apply (a $ref loop, a pointer to nowhere, a keyword of the wrong
+            # type): the backend enforces its own schema.
+            logger.debug("tool %s: schema not applied", shorten(tool_name), exc_info=True)
             return
-        errors = list(validator.iter_errors(dict(arguments or {})))
+        finally:
+            _local.deadline = previous
         if errors:
-            raise ArgumentError(f"invalid arguments for tool '{tool_name}': {describe(best_match(errors))}")
+            reason = describe(best_match(errors))
+            raise ArgumentError(f"invalid arguments for tool '{shorten(tool_name)}': {reason}")
+
+    async def check_async(self, tool_name: str, schema: Mapping[str, Any], arguments: Mapping[str, Any] | None) -> None:
+        """`check` in a worker thread, so a costly schema never holds up the event loop."""
+        await anyio.to_thread.run_sync(
+            self.check, tool_name, schema, arguments, limiter=self._threads, abandon_on_cancel=True
+        )
 
     def _validator(self, schema: Mapping[str, Any]) -> Validator | None:
-        cached = self._cache.get(id(schema))
-        if cached is not None and cached[0] is schema:
-            return cached[1]
-        validator: Validator | None
-        try:
-            cls = validators.validator_for(schema, default=validators.Draft202012Validator)
-            cls.check_schema(dict(schema))
-            validator = cls(dict(schema))
-        except SchemaError:
-            validator = None  # a backend's broken schema is the backend's to enforce
-        self._cache[id(schema)] = (schema, validator)
+        digest = self._digest(schema)
+        with self._lock:
+            if digest in self._by_digest:
+                self._by_digest.move_to_end(digest)
+                return self._by_digest[digest]
+        validator = compile_schema(schema)
+        with self._lock:
+            self._by_digest[digest] = validator
+            while len(self._by_digest) > self.cache_size:
+                self._by_digest.popitem(last=False)
         return validator
+
+    def _digest(self, schema: Mapping[str, Any]) -> str:
+        with self._lock:
+            seen = self._by_identity.get(id(schema))
+            if seen is not None and seen[0] is schema:
+                self._by_identity.move_to_end(id(schema))
+                return seen[1]
+        canonical = json.dumps(schema, sort_keys=True, separators=(",", ":"), default=repr)
+        digest = hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
+        with self._lock:
+            self._by_identity[id(schema)] = (schema, digest)  # held, so its id cannot be reused meanwhile
+            while len(self._by_identity) > self.cache_size:
+                self._by_identity.popitem(last=False)
+        return digest
+
+
+def compile_schema(schema: Mapping[str, Any]) -> Validator | None:
+    """A bounded validator for `schema`, or None when the schema is not valid JSON Schema (left to the backend).
+
+    Runs under the caller's deadline (`check` sets it): the meta-schema check is bounded too.
+    """
+    base = validators.validator_for(schema, default=validators.Draft202012Validator)
+    cls = _bounded(base)
+    meta = _bounded(validators.validator_for(base.META_SCHEMA))(base.META_SCHEMA, registry=_REGISTRY)
+    if next(meta.iter_errors(dict(schema)), None) is not None:
+        return None
+    return cls(dict(schema), registry=_REGISTRY)
 
 
 def describe(error: ValidationError) -> str:
@@ -48,17 +146,161 @@ def describe(error: ValidationError) -> str:
     path = ""
     for part in error.absolute_path:
         path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    path = shorten(path, 200)
     if error.validator == "required" and isinstance(error.validator_value, list):
         present = error.instance if isinstance(error.instance, dict) else {}
         missing = next((name for name in error.validator_value if name not in present), None)
         if missing is not None:
-            field = f"{path}.{missing}" if path else missing
-            return f"field '{field}': required but missing"
+            field = f"{path}.{missing}" if path else str(missing)
+            return f"field '{shorten(field, 200)}': required but missing"
     if error.validator == "additionalProperties" and isinstance(error.instance, dict):
         schema = error.schema if isinstance(error.schema, dict) else {}
         allowed = set(schema.get("properties", {}))
         extra = sorted(set(error.instance) - allowed)
         if extra:
             field = f"{path}.{extra[0]}" if path else extra[0]
-            return f"field '{field}': not accepted by this tool"
-    return f"field '{path or '(arguments)'}': {error.message}"
+            return f"field '{shorten(field, 200)}': not accepted by this tool"
+    return f"field '{path or '(arguments)'}': {shorten(error.message, 300)}"
+
+
+# --- references: inside the schema only ------------------------------------------------------------------
+
+_unfetched: OrderedDict[str, None] = OrderedDict()  # references already warned about
+_unfetched_lock = threading.Lock()
+
+
+def _not_fetched(uri: str) -> Resource[Any]:
+    """A reference outside the schema: never retrieved; it stands for a schema that accepts anything."""
+    with _unfetched_lock:
+        new = uri not in _unfetched
+        _unfetched[uri] = None
+        while len(_unfetched) > 256:
+            _unfetched.popitem(last=False)
+    if new:
+        logger.warning(
+            "a tool schema refers to %s, which is not fetched (only references inside the schema are "
+            "followed); that part of its arguments is left to the backend to check",
+            shorten(uri, 200),
+        )
+    return Resource.from_contents({}, default_specification=DRAFT202012)
+
+
+_REGISTRY: Registry[Any] = SPECIFICATIONS.combine(Registry(retrieve=_not_fetched))  # type: ignore[call-arg]
+
+
+# --- the deadline and the bounded keywords ----------------------------------------------------------------
+
+_local = threading.local()  # `deadline`: the monotonic time the running check must end by
+
+
+def _time_left() -> float:
+    deadline: float | None = getattr(_local, "deadline", None)
+    if deadline is None:
+        return math.inf
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise _OutOfTime
+    return left
+
+
+Keyword = Callable[[Any, Any, Any, Any], Any]
+
+
+def _timed(keyword: Keyword) -> Keyword:
+    def checked(validator: Any, value: Any, instance: Any, schema: Any) -> Any:
+        _time_left()
+        return keyword(validator, value, instance, schema)
+
+    return checked
+
+
+@lru_cache(maxsize=16)
+def _bounded(base: type[Validator]) -> type[Validator]:
+    """`base` with every keyword under the deadline, patterns on a bounded engine, uniqueItems linear."""
+    keywords: dict[str, Keyword] = {name: _timed(fn) for name, fn in base.VALIDATORS.items()}
+    if "pattern" in keywords:
+        keywords["pattern"] = _timed(_pattern)
+    if "patternProperties" in keywords:
+        keywords["patternProperties"] = _timed(_pattern_properties)
+    if "uniqueItems" in keywords:
+        keywords["uniqueItems"] = _timed(_unique_items)
+    extended: type[Validator] = validators.extend(base, keywords)  # type: ignore[no-untyped-call]
+    return extended
+
+
+def _pattern(validator: Any, pattern: Any, instance: Any, schema: Any) -> Iterator[ValidationError]:
+    if validator.is_type(instance, "string") and isinstance(pattern, str) and not _search(pattern, instance):
+        yield ValidationError(f"{shorten(instance, 60)!r} does not match {shorten(pattern, 100)!r}")
+
+
+def _pattern_properties(validator: Any, properties: Any, instance: Any, schema: Any) -> Iterator[ValidationError]:
+    if not validator.is_type(instance, "object") or not isinstance(properties, dict):
+        return
+    for pattern, subschema in properties.items():
+        for key, value in instance.items():
+            if _search(pattern, key):
+                yield from validator.descend(value, subschema, path=key, schema_path=pattern)
+
+
+def _unique_items(validator: Any, unique: Any, instance: Any, schema: Any) -> Iterator[ValidationError]:
+    if unique is not True or not validator.is_type(instance, "array"):
+        return
+    seen: set[Any] = set()
+    for index, item in enumerate(instance):
+        if index % 1024 == 0:
+            _time_left()
+        key = _equality_key(item)
+        if key in seen:
+            yield ValidationError(f"has non-unique elements (item {index} repeats an earlier one)")
+            return
+        seen.add(key)
+
+
+def _equality_key(value: Any) -> Any:
+    """Equal keys for values JSON Schema calls equal: 1 and 1.0 alike, true and 1 not, key order ignored."""
+    if isinstance(value, bool):
+        return ("b", value)
+    if isinstance(value, int | float):
+        return ("n", value)
+    if isinstance(value, str):
+        return ("s", value)
+    if isinstance(value, list):
+        return ("l", tuple(_equality_key(item) for item in value))
+    if isinstance(value, dict):
+        return ("d", frozenset((key, _equality_key(item)) for key, item in value.items()))
+    return ("o", repr(value))
+
+
+def _search(pattern: str, text: str) -> bool:
+    compiled = _compile(pattern)
+    if compiled is None:
+        return True  # a pattern neither engine takes is the backend's to enforce
+    if isinstance(compiled, _Backtracking):
+        try:
+            return compiled.pattern.search(text, timeout=_time_left(), concurrent=True) is not None
+        except TimeoutError:
+            raise _OutOfTime from None
+    return compiled.search(text) is not None
+
+
+class _Backtracking:
+    """A pattern RE2 does not take (lookaround, backreferences): run by `regex`, with a timeout."""
+
+    def __init__(self, pattern: Any) -> None:
+        self.pattern = pattern
+
+
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False  # a backend's odd pattern must not write to our stderr
+
+
+@lru_cache(maxsize=2048)
+def _compile(pattern: str) -> Any:
+    try:
+        return re2.compile(pattern, _RE2_OPTIONS)
+    except re2.error:
+        pass
+    try:
+        return _Backtracking(regex.compile(pattern))
+    except (regex.error, ValueError, OverflowError, RecursionError):
+        return None

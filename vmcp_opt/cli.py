@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
+import errno
+import functools
 import json
-import logging
+import socket
 import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import anyio
 import typer
-from rich.console import Console
-from rich.logging import RichHandler
 from rich.table import Table
 
-from vmcp_opt import __version__
+from vmcp_opt import __version__, logs
 from vmcp_opt.config import DEFAULT_CONFIG_PATH, PROJECT_ROOT, ConfigError, VmcpConfig, load_config
+from vmcp_opt.console import OutputConsole
 
 app = typer.Typer(
     name="vmcp",
@@ -24,8 +25,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-err = Console(stderr=True)
-out = Console()
+err = OutputConsole(stderr=True)
+out = OutputConsole()
 
 ConfigOption = Annotated[
     Path | None,
@@ -50,17 +51,16 @@ def main(
     """vmcp-opt: one MCP endpoint in front of many MCP servers."""
 
 
-def setup_logging(level: str = "info") -> None:
-    handler = RichHandler(console=err, show_path=False, rich_tracebacks=False, markup=False)
-    logging.basicConfig(level=level.upper(), format="%(message)s", handlers=[handler], force=True)
-    for noisy in ("httpx", "httpx2", "httpcore", "mcp", "uvicorn.access", "sentence_transformers", "faiss"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+def setup_logging(level: str = "info", log_format: logs.LogFormat = "auto") -> None:
+    logs.configure(level, log_format)
 
 
 def load_or_exit(path: Path | None, overrides: dict[str, Any] | None = None) -> VmcpConfig:
     """Load the config; on a bad one, print every problem as `field.path: reason` and exit 2."""
+    from vmcp_opt.backends.discovery import read_client_config
+
     try:
-        return load_config(path, overrides)
+        return load_config(path, overrides, discover=read_client_config)
     except ConfigError as exc:
         err.print(f"[bold red]invalid configuration[/] ({path or DEFAULT_CONFIG_PATH}):")
         for problem in exc.problems:
@@ -87,21 +87,66 @@ def serve(
     stdio: Annotated[bool, typer.Option("--stdio", help="Serve over stdin/stdout instead of HTTP.")] = False,
     optimizer: Annotated[
         bool | None,
-        typer.Option("--optimizer/--no-optimizer", help="Expose find_tool/call_tool instead of every tool."),
+        typer.Option(
+            "--optimizer/--no-optimizer",
+            help="Expose find_tool/call_tool instead of every tool (optimizer.enabled; on by default).",
+        ),
+    ] = None,
+    log_level: Annotated[
+        str | None, typer.Option(help="debug, info, warning or error (server.log_level).", show_default=False)
+    ] = None,
+    log_format: Annotated[
+        str | None,
+        typer.Option(
+            help="auto (rich on a terminal, plain otherwise), plain, or json: one object per line (server.log_format).",
+            show_default=False,
+        ),
     ] = None,
 ) -> None:
     """Start the gateway."""
-    overrides = _overrides(server__host=host, server__port=port, optimizer__enabled=optimizer)
+    overrides = _overrides(
+        server__host=host,
+        server__port=port,
+        optimizer__enabled=optimizer,
+        server__log_level=log_level,
+        server__log_format=log_format,
+    )
     if stdio:
         overrides.setdefault("server", {})["transport"] = "stdio"
     cfg = load_or_exit(config, overrides)
-    setup_logging(cfg.server.log_level)
+    setup_logging(cfg.server.log_level, cfg.server.log_format)
+    if cfg.server.transport == "streamable-http":
+        _exit_if_port_taken(cfg.server.host, cfg.server.port)
     from vmcp_opt.server.runner import run_gateway
 
-    sys.exit(run_gateway(cfg, announce=_announce))
+    sys.exit(run_gateway(cfg, announce=functools.partial(_announce, config_path=config)))
 
 
-def _announce(cfg: VmcpConfig) -> None:
+def _exit_if_port_taken(host: str, port: int) -> None:
+    """Fail in a second, before any backend starts, when the listen address cannot be bound."""
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        err.print(f"[bold red]cannot listen[/] on {host}:{port}: {exc.strerror} (server.host)", highlight=False)
+        raise typer.Exit(1) from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is no clash
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            reason = "the port is already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+            err.print(
+                f"[bold red]cannot listen[/] on {host}:{port}: {reason}; "
+                "stop what holds it or choose another with --port (server.port)",
+                highlight=False,
+            )
+            raise typer.Exit(1) from None
+
+
+def _announce(cfg: VmcpConfig, config_path: Path | None = None) -> None:
     url = f"http://{cfg.server.host}:{cfg.server.port}{cfg.server.path}"
     mode = "optimizer on: tools/list shows find_tool and call_tool" if cfg.optimizer.enabled else "optimizer off"
     out.print(f"\n[bold green]vmcp-opt[/] serving MCP at [bold]{url}[/] ({mode})")
@@ -114,9 +159,9 @@ def _announce(cfg: VmcpConfig) -> None:
     local = PROJECT_ROOT / "node_modules" / ".bin" / "mcp-inspector"
     inspector = str(local) if local.exists() else "npx @modelcontextprotocol/inspector@0.15.0"
     out.print(f"  try it:  {inspector} --cli {url} --transport http --method tools/list", markup=False, highlight=False)
-    snippet = {
-        "mcpServers": {"vmcp": {"command": str(Path(sys.executable).parent / "vmcp"), "args": ["serve", "--stdio"]}}
-    }
+    # The config in use, so that the client runs this setup rather than the bundled demo.
+    args = ["serve", "--stdio", *(["-c", str(config_path.resolve())] if config_path is not None else [])]
+    snippet = {"mcpServers": {"vmcp": {"command": str(Path(sys.executable).parent / "vmcp"), "args": args}}}
     out.print("  Claude Desktop (claude_desktop_config.json):")
     out.print("  " + json.dumps(snippet), markup=False, highlight=False)
     out.print("  Ctrl-C stops the gateway and its backends.\n")

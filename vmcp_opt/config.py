@@ -4,18 +4,27 @@ Precedence, highest first: CLI flags, `VMCP_`-prefixed environment variables (ne
 the YAML/JSON config file, the defaults below. Validation happens at load: every bad field is
 reported by its path (`backends[2].url: ...`) and unknown keys are errors.
 
-This module is a leaf: it imports nothing from the rest of the package.
+This module is a leaf: it imports nothing from the rest of the package. Discovered mode's client config
+files are read by `backends/discovery.py`, which the `vmcp` command hands to `load_config`.
+
+Where state lives: the optimizer's index and usage history go to `optimizer.index_dir` when it is set, else
+to a directory of their own per config file under `data_dir` (default: the per-user data directory, e.g.
+`~/.local/share/vmcp-opt` on Linux), so an installed package never writes beside its code and two configs
+never share (and prune) one index.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
+from collections.abc import Callable, Sequence
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
+import platformdirs
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
@@ -23,7 +32,11 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
 PROJECT_ROOT = PACKAGE_ROOT.parent
-DEFAULT_CONFIG_PATH = PROJECT_ROOT / "examples" / "demo.yaml"
+# The bundled demo: a wheel carries examples/ inside the package (pyproject.toml's force-include); a source
+# checkout has it beside the package.
+_PACKAGED_DEMO = PACKAGE_ROOT / "examples" / "demo.yaml"
+DEFAULT_CONFIG_PATH = _PACKAGED_DEMO if _PACKAGED_DEMO.exists() else PROJECT_ROOT / "examples" / "demo.yaml"
+APP_NAME = "vmcp-opt"
 
 BACKEND_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,47}$"
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -51,6 +64,9 @@ class ServerConfig(_Strict):
     allowed_hosts: list[str] = Field(default_factory=list)
     allowed_origins: list[str] = Field(default_factory=list)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # auto: rich on a terminal, plain lines elsewhere; plain: `time level logger: message`; json: one object
+    # per line (vmcp_opt/logs.py).
+    log_format: Literal["auto", "plain", "json"] = "auto"
     # Calls of 2026-07-28 clients that may ask the client for input (`InputRequiredResult`) at once, each
     # holding a backend session of its own; past it such a call is refused with an error.
     max_pending_calls: int = Field(64, ge=1)
@@ -140,11 +156,14 @@ class AggregationConfig(_Strict):
 
 
 class OptimizerConfig(_Strict):
-    enabled: bool = False
+    # find_tool and call_tool in tools/list instead of every backend tool (`vmcp serve --no-optimizer`,
+    # VMCP_OPTIMIZER__ENABLED=false or `enabled: false` lists every tool instead).
+    enabled: bool = True
     # A registry id from models/registry.yaml or a local sentence-transformers directory.
     model: str = "all-MiniLM-L6-v2"
-    # Persisted indexes; relative paths resolve against the project root.
-    index_dir: str = "indexes"
+    # Persisted index and usage history; relative paths resolve against the config file's directory.
+    # Unset: `<data_dir>/indexes/<config file name>-<hash of its absolute path>`, one per config.
+    index_dir: str | None = None
     # Tools always listed next to the meta-tools (routable names).
     pinned: list[str] = Field(default_factory=list)
     default_limit: int = Field(8, ge=1, le=50)
@@ -287,8 +306,14 @@ class VmcpConfig(BaseSettings):
     timeouts: TimeoutsConfig = Field(default_factory=TimeoutsConfig)
     health: HealthConfig = Field(default_factory=HealthConfig)
     failure: FailureConfig = Field(default_factory=FailureConfig)
+    # Where the gateway keeps its state (indexes, usage history) unless a setting names a place; unset: the
+    # per-user data directory (platformdirs: ~/.local/share/vmcp-opt on Linux, ~/Library/Application
+    # Support/vmcp-opt on macOS, %LOCALAPPDATA%\vmcp-opt on Windows).
+    data_dir: str | None = None
     # Directory that relative paths in the file resolve against; set by `load_config`.
     base_dir: str = "."
+    # The config file this was read from (`load_config`); names the default index directory.
+    _source: Path | None = PrivateAttr(default=None)
 
     @classmethod
     def settings_customise_sources(
@@ -304,16 +329,16 @@ class VmcpConfig(BaseSettings):
     @model_validator(mode="after")
     def _cross_references(self) -> VmcpConfig:
         names = [backend.name for backend in self.backends]
-        duplicates = sorted({name for name in names if names.count(name) > 1})
-        if duplicates:
-            raise ValueError(f"backends: names must be unique, repeated: {', '.join(duplicates)}")
+        problems = _duplicate_names(names)
         known = set(names)
         unknown_priority = [name for name in self.aggregation.priority if name not in known]
         if unknown_priority and self.discovery.mode == "inline":
-            raise ValueError(f"aggregation.priority: unknown backends {unknown_priority}")
+            problems.append(f"aggregation.priority: unknown backends {unknown_priority}")
         unknown_tools = [name for name in self.aggregation.tools if name not in known]
         if unknown_tools and self.discovery.mode == "inline":
-            raise ValueError(f"aggregation.tools: unknown backends {unknown_tools}")
+            problems.append(f"aggregation.tools: unknown backends {unknown_tools}")
+        if problems:
+            raise ValueError("\n".join(problems))  # one line per problem (`_describe`)
         return self
 
     def backend(self, name: str) -> BackendConfig:
@@ -329,13 +354,36 @@ class VmcpConfig(BaseSettings):
         path = Path(value).expanduser()
         return path if path.is_absolute() else (Path(self.base_dir) / path).resolve()
 
+    def data_dir_path(self) -> Path:
+        if self.data_dir is not None:
+            return self.resolve_path(self.data_dir)
+        return Path(platformdirs.user_data_dir(APP_NAME, appauthor=False))
+
     def index_dir(self) -> Path:
-        path = Path(self.optimizer.index_dir).expanduser()
-        return path if path.is_absolute() else PROJECT_ROOT / path
+        if self.optimizer.index_dir is not None:
+            return self.resolve_path(self.optimizer.index_dir)
+        if self._source is None:
+            return self.data_dir_path() / "indexes" / "default"
+        digest = hashlib.sha256(str(self._source).encode()).hexdigest()[:12]
+        return self.data_dir_path() / "indexes" / f"{self._source.stem}-{digest}"
 
 
-def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> VmcpConfig:
-    """Read, merge and validate the configuration; raise `ConfigError` listing every bad field."""
+# Reads discovered mode's client config file (Claude Desktop, VS Code, Cursor) into backends.
+ClientConfigReader = Callable[[Path], Sequence[BackendConfig]]
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    *,
+    discover: ClientConfigReader | None = None,
+) -> VmcpConfig:
+    """Read, merge and validate the configuration; raise `ConfigError` listing every bad field.
+
+    `discover` reads the client config file of discovered mode (`backends.discovery.read_client_config`,
+    passed by the `vmcp` command: this module knows no client format); a discovered-mode config without it
+    is an error rather than a gateway with no backends.
+    """
     config_path = Path(path) if path is not None else DEFAULT_CONFIG_PATH
     data = _read_file(config_path)
     data.setdefault("base_dir", str(config_path.resolve().parent))
@@ -343,11 +391,15 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     try:
         config = VmcpConfig(**(overrides or {}))
     except ValidationError as exc:
-        raise ConfigError(_describe(exc)) from None
+        raw_backends = (overrides or {}).get("backends", data.get("backends"))
+        raise ConfigError(_every_problem(exc, raw_backends)) from None
     finally:
         _file_data.reset(token)
     if config.discovery.mode == "discovered":
-        config = _with_discovered_backends(config)
+        if discover is None:
+            raise ConfigError(["discovery.mode: discovered, but this command reads no client config files"])
+        config = _with_discovered_backends(config, discover)
+    config._source = config_path.resolve()
     return _with_env_references_resolved(config)
 
 
@@ -373,8 +425,49 @@ def _describe(exc: ValidationError) -> list[str]:
         message = error["msg"]
         if error["type"] == "extra_forbidden":
             message = "unknown key (check the spelling; unknown keys are not allowed)"
-        problems.append(f"{location}: {message}" if location else message)
+        if not location:  # the document's own cross-checks: already `path: reason`, one per line
+            problems.extend(message.removeprefix("Value error, ").splitlines())
+            continue
+        problems.append(f"{location}: {message}")
     return problems
+
+
+def _every_problem(exc: ValidationError, raw_backends: Any) -> list[str]:
+    """The fields' errors and, in the same pass, what pydantic checks only once every field is valid (names
+    used twice) and what is checked after validation (unset `${VAR}`s), read from the raw backends."""
+    problems = _describe(exc)
+    backends = dict(enumerate(_list(raw_backends)))
+    if all(error["loc"] for error in exc.errors()):  # the model's cross-checks did not run
+        names = [b.get("name") for b in backends.values() if isinstance(b, dict)]
+        problems += _duplicate_names([name for name in names if isinstance(name, str)])
+    for index, backend in backends.items():
+        if not isinstance(backend, dict):
+            continue
+        where = f"backends[{index}]"
+        fields = [(f"{where}.{kind}.{k}", v) for kind in ("env", "headers") for k, v in _items(backend.get(kind))]
+        fields += [(f"{where}.args[{i}]", arg) for i, arg in enumerate(_list(backend.get("args")))]
+        fields.append((f"{where}.url", backend.get("url")))
+        for place, value in fields:
+            if isinstance(value, str):
+                problems += [_unset(place, name) for name in _ENV_REFERENCE.findall(value) if name not in os.environ]
+    return list(dict.fromkeys(problems))
+
+
+def _duplicate_names(names: list[str]) -> list[str]:
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    return [f"backends: names must be unique, repeated: {', '.join(duplicates)}"] if duplicates else []
+
+
+def _unset(where: str, name: str) -> str:
+    return f"{where}: references ${{{name}}}, which is not set in the environment"
+
+
+def _items(value: Any) -> list[tuple[str, Any]]:
+    return [(str(key), item) for key, item in value.items()] if isinstance(value, dict) else []
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
 
 
 def _format_location(loc: tuple[int | str, ...]) -> str:
@@ -389,14 +482,11 @@ def _format_location(loc: tuple[int | str, ...]) -> str:
     return text
 
 
-def _with_discovered_backends(config: VmcpConfig) -> VmcpConfig:
-    # Imported lazily: discovery reads client config formats, which config.py need not know about.
-    from vmcp_opt.backends.discovery import read_client_config
-
+def _with_discovered_backends(config: VmcpConfig, discover: ClientConfigReader) -> VmcpConfig:
     assert config.discovery.path is not None
     client_file = config.resolve_path(config.discovery.path)
     try:
-        discovered = read_client_config(client_file)
+        discovered = discover(client_file)
     except (OSError, ValueError) as exc:
         raise ConfigError([f"discovery.path: {exc}"]) from None
     inline = {backend.name for backend in config.backends}
@@ -417,7 +507,7 @@ def _with_env_references_resolved(config: VmcpConfig) -> VmcpConfig:
         def replace(match: re.Match[str]) -> str:
             name = match.group(1)
             if name not in os.environ:
-                problems.append(f"{where}: references ${{{name}}}, which is not set in the environment")
+                problems.append(_unset(where, name))
                 return ""
             referenced.add(os.environ[name])
             return os.environ[name]

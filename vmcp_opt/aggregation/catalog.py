@@ -11,8 +11,10 @@ from mcp.shared.uri_template import InvalidUriTemplate, UriTemplate
 
 from vmcp_opt.aggregation.conflicts import Candidate, ConflictError, ConflictResolver
 from vmcp_opt.aggregation.filters import select_tools
+from vmcp_opt.aggregation.screening import Drops, screen_tools
 from vmcp_opt.backends.connection import BackendListing
 from vmcp_opt.config import AggregationConfig
+from vmcp_opt.display import shorten
 
 logger = logging.getLogger(__name__)
 
@@ -78,16 +80,20 @@ class Catalog:
 
 
 def build_catalog(sources: Sequence[BackendSource], config: AggregationConfig) -> Catalog:
-    """Merge the backends' listings; raise `ConflictError` when the strategy cannot resolve a name."""
+    """Merge the backends' listings. Never raises on what a backend lists: a tool that cannot be served
+    (screening.py) or whose name another backend holds is dropped with a warning, the rest is served."""
     resolver = ConflictResolver(config, [source.name for source in sources])
     catalog = Catalog(backend_descriptions={s.name: s.description for s in sources})
+    drops = Drops()
 
     tool_candidates = [
         Candidate(source.name, original_name, tool.name, renamed, (original_name, tool))
         for source in sources
-        for original_name, tool, renamed in select_tools(source.listing.tools, config.tools.get(source.name))
+        for original_name, tool, renamed in select_tools(
+            screen_tools(source.name, source.listing.tools, drops), config.tools.get(source.name)
+        )
     ]
-    for name, candidate in resolver.resolve(tool_candidates, "tool").items():
+    for name, candidate in resolver.resolve(tool_candidates, "tool", drops).items():
         original_name, tool = candidate.item
         exposed = tool if tool.name == name else tool.model_copy(update={"name": name})
         catalog.tools[name] = RoutedTool(name, candidate.backend, original_name, exposed)
@@ -97,7 +103,7 @@ def build_catalog(sources: Sequence[BackendSource], config: AggregationConfig) -
         for source in sources
         for prompt in source.listing.prompts
     ]
-    for name, prompt_candidate in resolver.resolve(prompt_candidates, "prompt").items():
+    for name, prompt_candidate in resolver.resolve(prompt_candidates, "prompt", drops).items():
         prompt = prompt_candidate.item
         exposed_prompt = prompt if prompt.name == name else prompt.model_copy(update={"name": name})
         catalog.prompts[name] = RoutedPrompt(name, prompt_candidate.backend, prompt.name, exposed_prompt)
@@ -107,11 +113,14 @@ def build_catalog(sources: Sequence[BackendSource], config: AggregationConfig) -
         for resource in source.listing.resources:
             holder = catalog.resources.get(resource.uri)
             if holder is not None:
-                logger.info("resource %s: served by %s, %s's copy dropped", resource.uri, holder.backend, source.name)
+                logger.info(
+                    "resource %s: served by %s, %s's copy dropped", shorten(resource.uri), holder.backend, source.name
+                )
                 continue
             catalog.resources[resource.uri] = RoutedResource(resource.uri, source.name, resource)
         for template in source.listing.resource_templates:
             catalog.templates.append(RoutedTemplate(source.name, template, _matcher(template.uri_template)))
+    drops.log()
     return catalog
 
 
@@ -119,5 +128,7 @@ def _matcher(uri_template: str) -> UriTemplate | None:
     try:
         return UriTemplate.parse(uri_template)
     except InvalidUriTemplate:
-        logger.warning("resource template %r cannot be parsed; reads through it cannot be routed", uri_template)
+        logger.warning(
+            "resource template %r cannot be parsed; reads through it cannot be routed", shorten(uri_template, 200)
+        )
         return None

@@ -3,7 +3,9 @@
 - `prefix`: every name becomes `prefix_format` (`{backend}_{name}`); a name set by an override is kept.
 - `priority`: names stay; on a collision the backend earlier in `priority` (then config order) wins and
   the other's item is dropped and logged.
-- `manual`: names stay; overrides must rename every conflicting tool, or loading fails naming both backends.
+- `manual`: names stay; a conflicting tool that no override renames is dropped, naming both backends and
+  the override that would serve both (the backend earlier in `priority`, then config order, keeps the name).
+In every strategy a tool whose exposed name is taken or breaks the name rules is dropped (screening.py).
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ import logging
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from vmcp_opt.aggregation.screening import Drops, name_problem
 from vmcp_opt.config import AggregationConfig
+from vmcp_opt.display import shorten
 
 logger = logging.getLogger(__name__)
 
@@ -20,7 +24,11 @@ ItemT = TypeVar("ItemT")
 
 
 class ConflictError(Exception):
-    """Two backends expose the same name and the strategy cannot resolve it."""
+    """Kept for callers that still catch it; building a catalogue no longer raises it.
+
+    A name a strategy cannot resolve costs the later tool only (it is dropped with a warning, see
+    screening.py): a backend's listing must never stop the gateway.
+    """
 
 
 @dataclass(frozen=True)
@@ -38,14 +46,20 @@ class ConflictResolver:
         ranked = [name for name in config.priority if name in backend_order]
         self.rank = {name: i for i, name in enumerate(ranked + [b for b in backend_order if b not in ranked])}
 
-    def resolve(self, candidates: list[Candidate[ItemT]], kind: str) -> dict[str, Candidate[ItemT]]:
-        """Exposed name → the candidate that owns it."""
+    def resolve(self, candidates: list[Candidate[ItemT]], kind: str, drops: Drops) -> dict[str, Candidate[ItemT]]:
+        """Exposed name → the candidate that owns it; a candidate that cannot have its name goes to `drops`."""
         strategy = self.config.conflict_resolution
         named = [self._exposed(c) if strategy == "prefix" else c for c in candidates]
         # Priority order also decides which of two equal names is seen first by the other strategies.
         named.sort(key=lambda c: self.rank.get(c.backend, len(self.rank)))
         owners: dict[str, Candidate[ItemT]] = {}
         for candidate in named:
+            if kind == "tool" and (problem := name_problem(candidate.name)) is not None:
+                rename = f"aggregation.tools.{candidate.backend}.overrides.{shorten(candidate.original_name)}.name"
+                drops.add(
+                    candidate.backend, candidate.original_name, f"exposed as it would be, {problem}; set {rename}"
+                )
+                continue
             holder = owners.get(candidate.name)
             if holder is None:
                 owners[candidate.name] = candidate
@@ -53,7 +67,7 @@ class ConflictResolver:
                 logger.info(
                     "%s %r: backend %s wins over %s (priority); %s's is dropped",
                     kind,
-                    candidate.name,
+                    shorten(candidate.name),
                     holder.backend,
                     candidate.backend,
                     candidate.backend,
@@ -63,17 +77,19 @@ class ConflictResolver:
                 exposed = self._exposed(candidate)
                 owners.setdefault(exposed.name, exposed)
             else:
-                raise ConflictError(
-                    f"{kind} name {candidate.name!r} is exposed by both backends "
-                    f"'{holder.backend}' and '{candidate.backend}'"
-                    + (
-                        f": add aggregation.tools.{candidate.backend}.overrides.{candidate.original_name}.name "
-                        "(or use the prefix or priority strategy)"
-                        if strategy == "manual"
-                        else ""
-                    )
-                )
+                drops.add(candidate.backend, candidate.original_name, self._taken(kind, candidate, holder), kind)
         return owners
+
+    def _taken(self, kind: str, candidate: Candidate[ItemT], holder: Candidate[ItemT]) -> str:
+        """Why `candidate` lost its exposed name to `holder`, and how to serve both."""
+        name = shorten(candidate.name)
+        if holder.backend == candidate.backend:
+            return f"another of its {kind}s is also exposed as '{name}' (the first is kept)"
+        reason = f"backend '{holder.backend}' already exposes '{name}'"
+        if kind == "tool":
+            rename = f"aggregation.tools.{candidate.backend}.overrides.{shorten(candidate.original_name)}.name"
+            return f"{reason}; to serve both, set {rename}"
+        return reason
 
     def _exposed(self, candidate: Candidate[ItemT]) -> Candidate[ItemT]:
         if candidate.fixed:

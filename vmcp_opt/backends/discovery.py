@@ -3,16 +3,27 @@
 Reads Claude Desktop's `claude_desktop_config.json` (`mcpServers`) and VS Code / Cursor `mcp.json`
 (`servers`, or `mcpServers` in Cursor). Entries with `command` are stdio; entries with `url` are
 streamable HTTP unless their `type` says `sse`.
+
+An entry that launches this gateway (the `vmcp` command, `python -m vmcp_opt`, or an entry named `vmcp`,
+as the `vmcp serve` banner suggests adding) is skipped with a warning: the gateway would start itself, list
+its own meta-tools as a backend's, and could recurse.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
+import logging
 import re
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 from vmcp_opt.config import BackendConfig
+
+logger = logging.getLogger(__name__)
+
+# Names under which a client config lists this gateway (the banner's snippet says "vmcp").
+GATEWAY_NAMES = frozenset({"vmcp", "vmcp-opt", "vmcp_opt"})
 
 
 def read_client_config(path: Path) -> list[BackendConfig]:
@@ -27,7 +38,32 @@ def read_client_config(path: Path) -> list[BackendConfig]:
     servers = data.get("mcpServers", data.get("servers"))
     if not isinstance(servers, dict):
         raise ValueError(f"{path}: no `mcpServers` or `servers` object")
-    return [_backend(name, entry, path) for name, entry in servers.items() if not _disabled(entry)]
+    backends = []
+    for name, entry in servers.items():
+        if _disabled(entry):
+            continue
+        if launches_this_gateway(name, entry):
+            logger.warning(
+                "discovery: skipping %r in %s: it launches this gateway, which would then start itself", name, path
+            )
+            continue
+        backends.append(_backend(name, entry, path))
+    return backends
+
+
+def launches_this_gateway(name: str, entry: Any) -> bool:
+    """Whether a client config entry runs vmcp-opt itself: by its name, its command, or `python -m vmcp_opt`."""
+    if name.strip().lower() in GATEWAY_NAMES:
+        return True
+    if not isinstance(entry, dict) or not isinstance(entry.get("command"), str):
+        return False
+    program = PurePath(entry["command"].replace("\\", "/")).name.lower().removesuffix(".exe")
+    if program in GATEWAY_NAMES:
+        return True
+    args = [str(arg) for arg in entry.get("args") or []]
+    return program.startswith("python") and any(
+        flag == "-m" and module.split(".")[0] == "vmcp_opt" for flag, module in itertools.pairwise(args)
+    )
 
 
 def _disabled(entry: Any) -> bool:

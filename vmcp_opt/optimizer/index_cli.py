@@ -16,16 +16,16 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from vmcp_opt.config import ConfigError, VmcpConfig, load_config
+from vmcp_opt.console import OutputConsole
 from vmcp_opt.optimizer.documents import ToolRecord
 from vmcp_opt.optimizer.usage import UsageGraph
 
 index_app = typer.Typer(help="Build, inspect and query the optimizer's persisted tool index.", no_args_is_help=True)
-console = Console()
-errors = Console(stderr=True)
+console = OutputConsole()
+errors = OutputConsole(stderr=True)
 
 
 @dataclass
@@ -39,7 +39,7 @@ class Hooks:
 
 hooks = Hooks()
 
-ConfigOption = Annotated[Path | None, typer.Option("--config", "-c", help="Config file (default: examples/demo.yaml).")]
+ConfigOption = Annotated[Path | None, typer.Option("--config", "-c", help="Config file (default: the bundled demo).")]
 JsonlOption = Annotated[
     Path | None, typer.Option("--from-jsonl", help="Read tool records from a JSON-lines file instead of the backends.")
 ]
@@ -244,8 +244,10 @@ def read_jsonl(path: Path) -> list[ToolRecord]:
 
 
 def _config(path: Path | None) -> VmcpConfig:
+    from vmcp_opt.backends.discovery import read_client_config
+
     try:
-        return load_config(path)
+        return load_config(path, discover=read_client_config)
     except ConfigError as exc:
         for problem in exc.problems:
             errors.print(f"[red]config:[/] {problem}")

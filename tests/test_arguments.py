@@ -1,0 +1,181 @@
+"""Argument checks against hostile schemas: no $ref leaves the schema, patterns and costly checks are bounded."""
+
+from __future__ import annotations
+
+import http.server
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from vmcp_opt import arguments
+from vmcp_opt.arguments import ArgumentError, ArgumentValidator
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def schema_of(**properties: Any) -> dict[str, Any]:
+    return {"type": "object", "properties": properties}
+
+
+def check_in_thread(validator: ArgumentValidator, schema: dict[str, Any], args: dict[str, Any]) -> str:
+    """The check's outcome ('ok' or the error); fails the test if it does not end within a generous bound."""
+    outcome: list[str] = []
+
+    def run() -> None:
+        try:
+            validator.check("tool", schema, args)
+            outcome.append("ok")
+        except ArgumentError as exc:
+            outcome.append(str(exc))
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(timeout=30)
+    assert outcome, "the check did not end"  # a backtracking engine takes minutes on these
+    return outcome[0]
+
+
+@pytest.fixture
+def counting_server() -> Iterator[tuple[str, list[str]]]:
+    hits: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            hits.append(self.path)
+            body = b'{"type": "integer"}'
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", hits
+    finally:
+        server.shutdown()
+
+
+def test_a_remote_ref_is_never_fetched(counting_server: tuple[str, list[str]]) -> None:
+    base, hits = counting_server
+    schema = schema_of(a={"$ref": f"{base}/integer.json"})
+    assert check_in_thread(ArgumentValidator(), schema, {"a": "not an integer"}) == "ok"
+    assert hits == []
+
+
+def test_a_file_ref_is_never_read_and_its_contents_never_shown(tmp_path: Path) -> None:
+    secret = tmp_path / "secret.json"
+    secret.write_text('{"type": "integer", "description": "TOP-SECRET-VALUE"}', encoding="utf-8")
+    schema = schema_of(a={"$ref": secret.as_uri()}, b={"type": "integer"})
+    outcome = check_in_thread(ArgumentValidator(), schema, {"a": "x", "b": "y"})
+    assert "field 'b'" in outcome and "TOP-SECRET-VALUE" not in outcome
+    # An `$id` that puts the schema in a file:// directory does not make a relative $ref readable either.
+    relative = {"$id": tmp_path.as_uri() + "/", **schema_of(a={"$ref": "secret.json"})}
+    assert check_in_thread(ArgumentValidator(), relative, {"a": "x"}) == "ok"
+
+
+def test_refs_inside_the_schema_and_to_the_meta_schemas_still_resolve() -> None:
+    schema = {**schema_of(a={"$ref": "#/$defs/count"}), "$defs": {"count": {"type": "integer"}}}
+    assert "field 'a'" in check_in_thread(ArgumentValidator(), schema, {"a": "x"})
+    meta = schema_of(s={"$ref": "https://json-schema.org/draft/2020-12/schema"})
+    assert "field 's.type'" in check_in_thread(ArgumentValidator(), meta, {"s": {"type": 5}})
+
+
+def test_nested_quantifier_pattern_ends_at_once_and_names_the_field() -> None:
+    schema = schema_of(a={"type": "string", "pattern": "^(a+)+$"})
+    outcome = check_in_thread(ArgumentValidator(), schema, {"a": "a" * 30 + "!"})
+    assert "field 'a'" in outcome and "does not match" in outcome
+
+
+def test_a_pattern_only_a_backtracking_engine_takes_is_cut_at_the_deadline() -> None:
+    schema = schema_of(a={"type": "string", "pattern": "^(?=a)(a|aa)+$"})  # lookahead: not RE2
+    outcome = check_in_thread(ArgumentValidator(timeout=0.2), schema, {"a": "a" * 60 + "!"})
+    assert "could not be checked within 0.2s" in outcome and "not sent" in outcome
+    assert check_in_thread(ArgumentValidator(), schema, {"a": "aaaa"}) == "ok"
+
+
+def test_pattern_properties_are_bounded_too() -> None:
+    schema = {"type": "object", "patternProperties": {"^(a+)+$": {"type": "integer"}}}
+    outcome = check_in_thread(ArgumentValidator(), schema, {"a" * 30 + "!": "x", "aaa": "y"})
+    assert "field 'aaa'" in outcome
+
+
+def test_unique_items_over_many_objects_is_linear() -> None:
+    schema = schema_of(a={"type": "array", "uniqueItems": True})
+    items: list[Any] = [{"k": i, "v": [i, {"x": 1}]} for i in range(20_000)]  # brute force: 2e8 comparisons
+    patient = ArgumentValidator(timeout=25)  # the deadline is not what is tested here
+    assert check_in_thread(patient, schema, {"a": items}) == "ok"
+    assert "non-unique" in check_in_thread(patient, schema, {"a": [*items, {"v": [5, {"x": 1.0}], "k": 5}]})
+    assert check_in_thread(patient, schema, {"a": [1, True]}) == "ok"  # true is not 1
+
+
+def test_a_schema_that_cannot_be_applied_is_left_to_the_backend() -> None:
+    assert check_in_thread(ArgumentValidator(), {"$ref": "#"}, {"a": 1}) == "ok"  # a $ref loop
+    assert check_in_thread(ArgumentValidator(), schema_of(a={"$ref": "#/nowhere"}), {"a": 1}) == "ok"
+    assert check_in_thread(ArgumentValidator(), schema_of(a={"type": 5}), {"a": 1}) == "ok"
+
+
+def test_errors_never_echo_unbounded_input() -> None:
+    huge = "x" * 1_000_000
+    schema = schema_of(a={"type": "integer"})
+    outcome = check_in_thread(ArgumentValidator(), schema, {"a": huge})
+    assert len(outcome) < 600
+    validator = ArgumentValidator()
+    with pytest.raises(ArgumentError) as raised:
+        validator.check("t" * 1_000_000, {"type": "object", "additionalProperties": False}, {huge: 1})
+    assert len(str(raised.value)) < 600
+
+
+def test_validators_are_compiled_once_per_schema_content_and_the_cache_is_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    compiled: list[object] = []
+    original = arguments.compile_schema
+
+    def counting(schema: Any) -> Any:
+        compiled.append(schema)
+        return original(schema)
+
+    monkeypatch.setattr(arguments, "compile_schema", counting)
+    validator = ArgumentValidator(cache_size=2)
+    for _ in range(3):
+        validator.check("t", schema_of(a={"type": "integer"}), {"a": 1})  # a new but equal object each time
+    assert len(compiled) == 1
+    for kind in ("string", "number", "boolean"):
+        validator.check("t", schema_of(a={"type": kind}), {})
+    assert len(validator._by_digest) == 2 and len(validator._by_identity) == 2
+
+
+@pytest.mark.anyio
+async def test_check_async_leaves_the_event_loop_free_while_a_costly_check_runs() -> None:
+    schema = schema_of(a={"type": "string", "pattern": "^(?=a)(a|aa)+$"})
+    validator = ArgumentValidator(timeout=1.0)
+    ticks = 0
+    outcome: list[str] = []
+
+    async def costly() -> None:
+        try:
+            await validator.check_async("tool", schema, {"a": "a" * 60 + "!"})
+        except ArgumentError as exc:
+            outcome.append(str(exc))
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(costly)
+        with anyio.fail_after(30):
+            while not outcome:
+                await anyio.sleep(0.01)
+                ticks += 1
+    assert "could not be checked" in outcome[0]
+    assert ticks > 1, "the event loop answered while the check ran"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"

@@ -1,0 +1,81 @@
+"""Log lines of a real `vmcp serve` whose stderr is a file: plain lines, or JSON objects, never wrapped, and
+libraries' debug chatter left out even at debug level."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support import demo_backend, free_port, stop_process, wait_http, write_config
+from vmcp_opt.logs import JsonFormatter
+
+pytestmark = pytest.mark.slow
+
+PLAIN_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL) [\w.]+: ")
+QUIET = ("bm25s", "httpx", "httpcore", "mcp", "sentence_transformers", "transformers", "faiss")
+
+
+def gateway_log(tmp_path: Path, *args: str, until: str) -> str:
+    """stderr of a gateway over the demo notes backend and a backend that cannot start, once `until` is logged."""
+    config = write_config(
+        tmp_path,
+        {
+            "backends": [demo_backend("notes"), {"name": "missing", "command": str(tmp_path / "no-such-program")}],
+            "optimizer": {"enabled": True, "index_dir": str(tmp_path / "indexes")},
+        },
+    )
+    log = tmp_path / "stderr.log"
+    port = free_port()
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "vmcp_opt", "serve", "-c", str(config), "--port", str(port), *args],
+            stdout=subprocess.DEVNULL,
+            stderr=sink,
+        )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/readyz", expect=(200, 503), proc=proc)
+        deadline = time.monotonic() + 60
+        while until not in log.read_text(encoding="utf-8") and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        stop_process(proc)
+    return log.read_text(encoding="utf-8")
+
+
+def test_plain_lines_when_stderr_is_not_a_terminal(tmp_path: Path) -> None:
+    text = gateway_log(tmp_path, until="keyword index updated")
+    lines = text.splitlines()
+    assert any("backend missing failed" in line and str(tmp_path) in line for line in lines), text
+    assert all(PLAIN_LINE.match(line) for line in lines), text  # one line per record: nothing wrapped
+
+
+def test_json_lines_at_debug_level_leave_out_libraries_chatter(tmp_path: Path) -> None:
+    text = gateway_log(tmp_path, "--log-format", "json", "--log-level", "debug", until="keyword index updated")
+    records = [json.loads(line) for line in text.splitlines()]
+    assert all({"time", "level", "logger", "message"} <= record.keys() for record in records)
+    assert any(record["message"].startswith("keyword index updated") for record in records), text
+    assert any(record["level"] == "warning" and record["logger"].startswith("vmcp_opt") for record in records)
+    chatter = [
+        record for record in records if record["level"] in ("debug", "info") and record["logger"].split(".")[0] in QUIET
+    ]
+    assert chatter == []
+
+
+def test_json_lines_carry_the_extra_fields_of_a_call() -> None:
+    record = logging.LogRecord("vmcp_opt.routing", logging.INFO, __file__, 1, "called %s", ("notes_save",), None)
+    record.__dict__.update({"tool": "notes_save", "duration_ms": 4.2})
+    entry = json.loads(JsonFormatter().format(record))
+    assert entry["message"] == "called notes_save"
+    assert (entry["level"], entry["logger"], entry["tool"], entry["duration_ms"]) == (
+        "info",
+        "vmcp_opt.routing",
+        "notes_save",
+        4.2,
+    )

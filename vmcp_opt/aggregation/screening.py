@@ -1,0 +1,112 @@
+"""Which of a backend's tools can be served; a tool that cannot is dropped, never its backend or the gateway.
+
+A backend decides its own tool names and schemas, so nothing it lists may stop the catalogue from being
+built. A tool is dropped, with one warning naming the backend and the tool, when
+- its name breaks the MCP name rules (1 to 128 of `A-Z a-z 0-9 _ - .`), or its exposed name would after
+  the prefix or an override;
+- the backend already listed a tool of that name (the first one is kept);
+- its `inputSchema` is not an object schema (`type`, when given, must be "object"; `properties` a mapping
+  of schemas; `required` a list of names), which clients refuse;
+- its exposed name is already taken by another backend's tool (conflicts.py decides which one stays).
+
+Warnings are given once per problem (the catalogue is rebuilt on every backend change), at most
+`MAX_WARNINGS_PER_BACKEND` a backend at a time, the rest counted in one line.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import OrderedDict
+from collections.abc import Mapping
+from typing import Any
+
+import mcp_types as types
+
+from vmcp_opt.display import shorten
+
+logger = logging.getLogger(__name__)
+
+NAME_RULE = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
+MAX_WARNINGS_PER_BACKEND = 20
+_REMEMBERED_WARNINGS = 4096
+
+
+def name_problem(name: str) -> str | None:
+    """Why `name` cannot be a tool name, or None."""
+    if NAME_RULE.fullmatch(name):
+        return None
+    if len(name) > 128:
+        return f"its name is {len(name):,} characters long (at most 128)"
+    if not name:
+        return "its name is empty"
+    return "its name has characters outside A-Z a-z 0-9 _ - ."
+
+
+def schema_problem(schema: Any) -> str | None:
+    """Why `schema` cannot be a tool's inputSchema, or None. Cheap: shape only, not the whole meta-schema."""
+    if not isinstance(schema, Mapping):
+        return f"its inputSchema is a {type(schema).__name__}, not an object"
+    kind = schema.get("type", "object")
+    if kind != "object":
+        return f"its inputSchema has type {shorten(repr(kind), 40)}, not 'object'"
+    properties = schema.get("properties", {})
+    if not isinstance(properties, Mapping) or not all(isinstance(s, Mapping | bool) for s in properties.values()):
+        return "its inputSchema's properties are not a mapping of schemas"
+    required = schema.get("required", [])
+    if not isinstance(required, list) or not all(isinstance(name, str) for name in required):
+        return "its inputSchema's required is not a list of names"
+    return None
+
+
+def screen_tools(backend: str, tools: list[types.Tool], drops: Drops) -> list[types.Tool]:
+    """The tools of `backend` that can be served, in the backend's order; the others go to `drops`."""
+    kept: list[types.Tool] = []
+    names: set[str] = set()
+    for tool in tools:
+        problem = name_problem(tool.name) or schema_problem(tool.input_schema)
+        if problem is None and tool.name in names:
+            problem = "the backend lists this name more than once (the first is kept)"
+        if problem is not None:
+            drops.add(backend, tool.name, problem)
+            continue
+        names.add(tool.name)
+        kept.append(tool)
+    return kept
+
+
+class Drops:
+    """The tools one catalogue build dropped; `log()` warns once per problem, a bounded number at a time."""
+
+    _warned: OrderedDict[str, None] = OrderedDict()  # across builds: the same problem is not warned again
+
+    def __init__(self) -> None:
+        self.by_backend: dict[str, list[tuple[str, str, str]]] = {}
+
+    def add(self, backend: str, name: str, problem: str, kind: str = "tool") -> None:
+        self.by_backend.setdefault(backend, []).append((kind, name, problem))
+
+    def __len__(self) -> int:
+        return sum(len(dropped) for dropped in self.by_backend.values())
+
+    def log(self) -> None:
+        for backend, dropped in self.by_backend.items():
+            new = [entry for entry in dropped if self._first_time(backend, *entry)]
+            for kind, name, problem in new[:MAX_WARNINGS_PER_BACKEND]:
+                logger.warning("backend %s: %s '%s' dropped: %s", backend, kind, shorten(name), problem)
+            if len(new) > MAX_WARNINGS_PER_BACKEND:
+                logger.warning(
+                    "backend %s: %d more dropped (names or schemas it cannot serve); the rest of it is served",
+                    backend,
+                    len(new) - MAX_WARNINGS_PER_BACKEND,
+                )
+
+    @classmethod
+    def _first_time(cls, backend: str, kind: str, name: str, problem: str) -> bool:
+        key = f"{backend}\0{kind}\0{name[:200]}\0{problem}"
+        seen = key in cls._warned
+        cls._warned[key] = None
+        cls._warned.move_to_end(key)
+        while len(cls._warned) > _REMEMBERED_WARNINGS:
+            cls._warned.popitem(last=False)
+        return not seen

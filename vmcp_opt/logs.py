@@ -1,0 +1,101 @@
+"""Log lines of the gateway and the `vmcp` command, on stderr (stdout is the MCP stream under `--stdio`).
+
+- `auto` (the default): rich's handler on a terminal (colours, columns, wrapped to the window); anywhere
+  else (a file, journald, a pipe, a test's captured output) the `plain` format.
+- `plain`: `time level logger: message`, one line per record, never wrapped whatever the width.
+- `json`: one JSON object per line: `time`, `level`, `logger`, `message`, the fields a call passes as
+  `extra={...}`, and `exception` when there is one.
+
+Libraries that chat at info or debug (httpx, the MCP SDK, uvicorn's access log, the model loaders, bm25s,
+which sets its own logger to DEBUG when imported) are kept at WARNING whatever level is asked for: their
+lines are about their internals, not about the gateway. The handler filters them, so a library imported
+later cannot lower its own level past it. Download-style progress bars of the model loaders are turned off
+when stderr is not a terminal.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from datetime import UTC, datetime
+from typing import Any, Literal, TextIO
+
+LogFormat = Literal["auto", "plain", "json"]
+
+NOISY_LIBRARIES = (
+    "httpx",
+    "httpx2",
+    "httpcore",
+    "mcp",
+    "uvicorn.access",
+    "sentence_transformers",
+    "transformers",
+    "huggingface_hub",
+    "filelock",
+    "urllib3",
+    "faiss",
+    "bm25s",
+)
+PLAIN_FORMAT = "%(asctime)s.%(msecs)03d %(levelname)s %(name)s: %(message)s"
+PLAIN_DATE_FORMAT = "%Y-%m-%dT%H:%M:%S"
+# Attributes every LogRecord has: what is left on a record besides them came from `extra={...}`.
+_RECORD_FIELDS = frozenset(
+    {*logging.LogRecord("", 0, "", 0, "", None, None).__dict__, "message", "asctime", "taskName"}
+)
+
+
+class QuietLibraries(logging.Filter):
+    """Drops records below WARNING from the libraries in NOISY_LIBRARIES (and their child loggers)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING:
+            return True
+        return not any(record.name == name or record.name.startswith(f"{name}.") for name in NOISY_LIBRARIES)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record, on one line, with the record's `extra` fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key, value in record.__dict__.items():
+            if key not in _RECORD_FIELDS and not key.startswith("_"):
+                entry[key] = value
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str, ensure_ascii=False)
+
+
+def handler_for(log_format: LogFormat, stream: TextIO | None = None) -> logging.Handler:
+    """The handler for a format; `auto` picks rich only when `stream` (default stderr) is a terminal."""
+    stream = stream or sys.stderr
+    if log_format == "json":
+        handler: logging.Handler = logging.StreamHandler(stream)
+        handler.setFormatter(JsonFormatter())
+        return handler
+    if log_format == "auto" and stream.isatty():
+        from rich.console import Console
+        from rich.logging import RichHandler
+
+        return RichHandler(console=Console(file=stream), show_path=False, rich_tracebacks=False, markup=False)
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter(PLAIN_FORMAT, PLAIN_DATE_FORMAT))
+    return handler
+
+
+def configure(level: str = "info", log_format: LogFormat = "auto", stream: TextIO | None = None) -> None:
+    """Route every log record through one handler on the root logger, at `level`."""
+    handler = handler_for(log_format, stream)
+    handler.addFilter(QuietLibraries())
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+    for noisy in NOISY_LIBRARIES:
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    if not (stream or sys.stderr).isatty():
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # read when huggingface_hub is imported
