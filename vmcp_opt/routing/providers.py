@@ -120,7 +120,8 @@ class BackendTools:
     async def call(self, call: ToolCall) -> types.CallToolResult:
         tool = call.tool
         try:
-            self._validator.check(tool.name, tool.tool.input_schema, call.arguments)
+            # Off the event loop, under a deadline: a backend's schema is untrusted (patterns, $refs).
+            await self._validator.check_async(tool.name, tool.tool.input_schema, call.arguments)
         except ArgumentError as exc:
             return error_result(str(exc))
         params = types.CallToolRequestParams(
