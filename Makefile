@@ -36,4 +36,4 @@ eval: setup
 	$(VENV)/vmcp eval run --dataset all
 
 clean:
-	rm -rf indexes/*/ eval/results bench/results .pytest_cache .mypy_cache .ruff_cache
+	rm -rf eval/results bench/results .pytest_cache .mypy_cache .ruff_cache

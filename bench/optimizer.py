@@ -34,7 +34,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from eval.late_interaction import LateInteraction, LateInteractionStage
 from vmcp_opt.config import OptimizerConfig
+from vmcp_opt.optimizer import keyword_arm
 from vmcp_opt.optimizer.documents import ToolRecord, tool_document
 from vmcp_opt.optimizer.embedding import Embedder, cpu_supports_bfloat16, load_embedder
 from vmcp_opt.optimizer.index import ToolIndex
@@ -214,11 +216,12 @@ def bench_size(
         single_ms = timed(lambda q: single.search(q, limit=8), query_texts)
         late_ms, token_store, late_build = [float("nan")], 0, float("nan")
         if late_interaction:
-            # Its own directory: the default cache holds no token embeddings, so this embeds everything again.
-            late = ToolIndex(config.model_copy(update={"rerank": "late-interaction"}), Path(tmp) / "late", embedder)
+            # The vectors are reused from the warm cache; the token embeddings are computed again for every tool.
+            late = ToolIndex(config, Path(tmp), embedder, reranker=LateInteraction(embedder))
             late_build = late.update(records).seconds
             late_ms = timed(lambda q: late.search(q, limit=8), query_texts)
-            token_store = late.stats()["token_store_bytes"]
+            assert isinstance(late._snapshot.rerank, LateInteractionStage)
+            token_store = late._snapshot.rerank.tokens.nbytes
             del late
         embed_ms = timed(lambda q: embedder.encode_queries([q]), query_texts)
         snap = warm._snapshot
@@ -229,7 +232,7 @@ def bench_size(
         with _one_blas_thread():  # as FAISS: one thread, or OpenBLAS spins against torch on 2 cores
             numpy_ms = timed(numpy_search(embedder, vectors, 8), query_texts)
             matmul_only = _per_row(lambda i: np.argpartition(-(vectors @ qv[i]), config.candidates)[:100], len(qv))
-        keyword_only = timed(lambda q: warm._keyword_candidates(snap, q, config.candidates, None), query_texts)
+        keyword_only = timed(lambda q: keyword_arm.candidates(snap.bm25, q, config.candidates, None), query_texts)
         result = {
             "tools": size,
             "cold_build_s": cold_stats.seconds,
@@ -345,7 +348,7 @@ def main(
     query_count: int = typer.Option(300, "--queries", help="Queries timed per size."),
     query_threads: int = typer.Option(OptimizerConfig().query_threads, help="torch threads per query embedding."),
     late_interaction_up_to: int = typer.Option(
-        10000, help="Also time optimizer.rerank=late-interaction (a second cold build) up to this many tools."
+        10000, help="Also time eval/late_interaction.py's re-ranking (token embeddings for all) up to this many tools."
     ),
 ) -> None:
     size_list = [1000, 10000] if quick else [int(s) for s in sizes.split(",") if s.strip()]

@@ -17,10 +17,9 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from vmcp_opt.optimizer.late_interaction import TokenStore
+from eval.late_interaction import TokenMatrix, TokenStore
 
 Vectors = npt.NDArray[np.float32]
-TokenMatrix = npt.NDArray[np.float16]
 
 
 class EmbedderLike(Protocol):
@@ -45,7 +44,7 @@ class SharedEmbedder:
         self.dimensions: int = int(inner.dimensions)
         self.cache_dir = cache_dir
         self._vectors: dict[str, Vectors] = {}
-        # Token embeddings (late-interaction re-ranking) by the same keys, for texts embedded with tokens.
+        # Token embeddings (eval/late_interaction.py) by the same keys, for texts embedded with tokens.
         self._tokens: dict[str, TokenMatrix] = {}
         self.embedded = 0
         # Tuning only (`eval/tune.py`): reuse query vectors across configurations. Off for timed runs.

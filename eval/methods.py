@@ -6,7 +6,8 @@
 - `optimizer`: our production ranking, `vmcp_opt.optimizer.index.ToolIndex.search`, with the configured
   defaults, including the co-usage graph learned from the dataset's usage history when it has one
   (`qrels/train.tsv`; `optimizer-cold` is the same without history). Ablation variants are `optimizer-<name>` (see `OPTIMIZER_VARIANTS`): the same code path with
-  one `OptimizerConfig` field changed.
+  one `OptimizerConfig` field changed, or, for `optimizer-late-interaction`, with the re-ranking stage of
+  `eval/late_interaction.py`, which is not part of the gateway.
 """
 
 from __future__ import annotations
@@ -26,13 +27,17 @@ if TYPE_CHECKING:
     from vmcp_opt.optimizer.documents import ToolRecord
     from vmcp_opt.optimizer.usage import UsageGraph
 
+# Not an OptimizerConfig field: `{LATE_INTERACTION: weight}` hands `ToolIndex` eval/late_interaction.py's
+# re-ranking stage, blended with the keyword arm at that weight (0.7 was the best on the dev split).
+LATE_INTERACTION = "late_interaction"
+
 # Ablations: each is the production default with these OptimizerConfig fields overridden.
 OPTIMIZER_VARIANTS: dict[str, dict[str, Any]] = {
     # The optimizer on day one: no usage history to learn tools used together from.
     "optimizer-cold": {"usage": False},
     # Without raising the tools that issue a value a result requires (a token, an id).
     "optimizer-no-prerequisites": {"prerequisite_weight": 0.0},
-    "optimizer-late-interaction": {"rerank": "late-interaction"},
+    "optimizer-late-interaction": {LATE_INTERACTION: 0.7},
     "optimizer-no-split": {"split_intents": False},
     "optimizer-bm25-flat": {"bm25_k1": 0.9, "bm25_b": 0.3},
     "optimizer-rrf": {"fusion": "rrf"},
@@ -177,16 +182,20 @@ class OptimizerMethod:
         self.id_by_name: dict[str, str] = {}
 
     def build(self, ctx: Context) -> None:
+        from eval.late_interaction import LateInteraction
         from vmcp_opt.config import OptimizerConfig
         from vmcp_opt.optimizer.index import ToolIndex
 
-        config = OptimizerConfig(**{**ctx.optimizer_overrides, **self.overrides})
+        overrides = {**ctx.optimizer_overrides, **self.overrides}
+        late_weight = overrides.pop(LATE_INTERACTION, None)
+        config = OptimizerConfig(**overrides)
         records = [tool.fields.to_record() for tool in ctx.dataset.tools]
         self.id_by_name = {record.name: tool.id for record, tool in zip(records, ctx.dataset.tools, strict=True)}
         index_dir = ctx.work_dir / "indexes" / ctx.dataset.name / self.name
         # SharedEmbedder has the Embedder interface (it delegates to one); typed apart to keep the cache.
         usage = past_usage(ctx.dataset, records) if config.usage else None
-        self.index = ToolIndex(config, index_dir, embedder=ctx.embedder, usage=usage)  # type: ignore[arg-type]
+        reranker = LateInteraction(ctx.embedder, float(late_weight)) if late_weight is not None else None
+        self.index = ToolIndex(config, index_dir, embedder=ctx.embedder, usage=usage, reranker=reranker)  # type: ignore[arg-type]
         self.index.update(records)
 
     def search(self, query: str, depth: int) -> list[str]:

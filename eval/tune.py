@@ -1,9 +1,10 @@
 """Tuning on the dev split only: ToolLens *train* qrels, a reproducible sample of queries.
 
 `python -m eval.tune --queries 2000 base no-split rrf ...` scores the named optimizer configurations (the
-production `ToolIndex.search` with `OptimizerConfig` overrides, see `VARIANTS`) next to bm25 and dense,
-and prints nDCG@10, Recall@5, COMP@5 and MRR@10 in points. Query vectors are cached across
-configurations (latency is not measured here). Test splits are never read.
+production `ToolIndex.search` with `OptimizerConfig` overrides, see `VARIANTS`; `late_interaction: <weight>`
+adds eval/late_interaction.py's re-ranking stage) next to bm25 and dense, and prints nDCG@10, Recall@5,
+COMP@5 and MRR@10 in points. Query vectors are cached across configurations (latency is not measured
+here). Test splits are never read.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 
 from eval.datasets import Dataset, load_dataset
 from eval.embed import SharedEmbedder, load_shared_embedder
-from eval.methods import BM25Method, Context, DenseMethod, Method, OptimizerMethod
+from eval.methods import LATE_INTERACTION, BM25Method, Context, DenseMethod, Method, OptimizerMethod
 from eval.metrics import evaluate
 
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -34,10 +35,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "w0.4": {"dense_weight": 0.4},
     "w0.6": {"dense_weight": 0.6},
     "w0.7": {"dense_weight": 0.7},
-    "late-interaction": {"rerank": "late-interaction"},
-    "late-interaction-w0.5": {"rerank": "late-interaction", "rerank_weight": 0.5},
-    "late-interaction-w0.6": {"rerank": "late-interaction", "rerank_weight": 0.6},
-    "late-interaction-w0.8": {"rerank": "late-interaction", "rerank_weight": 0.8},
+    "late-interaction": {LATE_INTERACTION: 0.7},
+    "late-interaction-w0.5": {LATE_INTERACTION: 0.5},
+    "late-interaction-w0.6": {LATE_INTERACTION: 0.6},
+    "late-interaction-w0.8": {LATE_INTERACTION: 0.8},
     "dense-only": {"dense_weight": 1.0},
     "keyword-only": {"dense_weight": 0.0},
 }

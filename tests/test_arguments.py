@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import http.server
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Any
 import anyio
 import pytest
 
+from tests.support import counting_http_server
 from vmcp_opt import arguments
 from vmcp_opt.arguments import ArgumentError, ArgumentValidator
 
@@ -41,26 +41,8 @@ def check_in_thread(validator: ArgumentValidator, schema: dict[str, Any], args: 
 
 @pytest.fixture
 def counting_server() -> Iterator[tuple[str, list[str]]]:
-    hits: list[str] = []
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            hits.append(self.path)
-            body = b'{"type": "integer"}'
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", hits
-    finally:
-        server.shutdown()
+    with counting_http_server() as (base, hits):
+        yield f"{base}", hits
 
 
 def test_a_remote_ref_is_never_fetched(counting_server: tuple[str, list[str]]) -> None:

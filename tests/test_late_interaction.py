@@ -1,23 +1,21 @@
-"""Late-interaction re-ranking: MaxSim on hand-computed cases, the blend, and the token store's life in
-the index (built in the same pass as the vectors, persisted, reloaded, rebuilt when missing)."""
+"""Late-interaction re-ranking, now an eval-only `Reranker` (eval/late_interaction.py): MaxSim on
+hand-computed cases, the blend, the stage in `ToolIndex`, and an old config that turned it on."""
 
 from __future__ import annotations
 
-import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from vmcp_opt.config import OptimizerConfig
+from eval.late_interaction import LateInteraction, LateInteractionStage, TokenStore, blend
+from vmcp_opt.config import ConfigError, OptimizerConfig, load_config
+from vmcp_opt.optimizer.documents import tool_document
 from vmcp_opt.optimizer.embedding import Embedder, load_embedder
-from vmcp_opt.optimizer.index import VECTORS_FILE, ToolIndex
-from vmcp_opt.optimizer.late_interaction import TokenStore
-from vmcp_opt.optimizer.ranking import blend
+from vmcp_opt.optimizer.index import ToolIndex
 
 from .test_optimizer_index import CATALOGUE
-
-LATE = OptimizerConfig(rerank="late-interaction")
 
 
 def _unit(*rows: list[float]) -> np.ndarray:
@@ -71,47 +69,21 @@ def test_token_embeddings_come_from_the_same_pass_without_special_tokens(embedde
     assert np.allclose(only_vectors[0], vectors[0], atol=1e-5)
 
 
-def test_index_persists_tokens_and_a_restart_reranks_without_embedding(tmp_path: Path, embedder: Embedder) -> None:
-    first = ToolIndex(LATE, tmp_path, embedder)
-    first.update(CATALOGUE)
-    assert first.stats()["token_store_bytes"] > 0
-    restarted = ToolIndex(LATE, tmp_path, embedder)
-    stats = restarted.update(CATALOGUE)
-    assert (stats.embedded, stats.reused) == (0, len(CATALOGUE))
-    assert restarted.stats()["token_store_bytes"] == first.stats()["token_store_bytes"]
-    top = restarted.search("what time is it in Tokyo right now").hits[0]
-    assert top.record.name == "time_get_current_time"
+class _Counting(LateInteraction):
+    """Late interaction that remembers the documents each stage was prepared for."""
 
+    def __init__(self, embedder: Embedder) -> None:
+        super().__init__(embedder)
+        self.prepared: list[list[str]] = []
 
-def test_a_backend_that_comes_back_gets_its_kept_tokens_too(tmp_path: Path, embedder: Embedder) -> None:
-    first = ToolIndex(LATE, tmp_path, embedder)
-    first.update(CATALOGUE)
-    full = first.stats()["token_store_bytes"]
-    first.update([record for record in CATALOGUE if record.backend != "time"])
-    restarted = ToolIndex(LATE, tmp_path, embedder)  # the kept tokens come back from disk
-    stats = restarted.update(CATALOGUE)
-    assert (stats.embedded, stats.reused) == (0, len(CATALOGUE))
-    assert restarted.stats()["token_store_bytes"] == full
-    assert restarted.search("what time is it in Tokyo right now").hits[0].record.name == "time_get_current_time"
-
-
-def test_default_stores_no_tokens_and_its_cache_is_rebuilt_when_reranking_is_turned_on(
-    tmp_path: Path, embedder: Embedder, caplog: pytest.LogCaptureFixture
-) -> None:
-    plain = ToolIndex(OptimizerConfig(), tmp_path, embedder)
-    plain.update(CATALOGUE)
-    assert plain.stats()["token_store_bytes"] == 0
-    with np.load(plain.directory / VECTORS_FILE) as data:
-        assert "tokens" not in data
-    with caplog.at_level(logging.WARNING):
-        stats = ToolIndex(LATE, tmp_path, embedder).update(CATALOGUE)
-    assert stats.embedded == len(CATALOGUE)
-    assert "no token embeddings" in caplog.text
+    def prepare(self, documents: Sequence[str]) -> LateInteractionStage:
+        self.prepared.append(list(documents))
+        return super().prepare(documents)
 
 
 def test_rerank_reorders_the_fused_candidates_without_dropping_any(tmp_path: Path, embedder: Embedder) -> None:
-    on = ToolIndex(LATE, tmp_path / "on", embedder)
-    off = ToolIndex(OptimizerConfig(rerank="none"), tmp_path / "off", embedder)
+    on = ToolIndex(OptimizerConfig(), tmp_path / "on", embedder, reranker=LateInteraction(embedder))
+    off = ToolIndex(OptimizerConfig(), tmp_path / "off", embedder)
     on.update(CATALOGUE)
     off.update(CATALOGUE)
     query = "list the files in a directory"
@@ -119,3 +91,29 @@ def test_rerank_reorders_the_fused_candidates_without_dropping_any(tmp_path: Pat
     fused = [h.record.name for h in off.search(query, limit=len(CATALOGUE)).hits]
     assert reranked[0] == "fs_list_directory"
     assert sorted(reranked) == sorted(fused)
+
+
+def test_each_update_prepares_a_stage_for_its_documents_in_index_order(tmp_path: Path, embedder: Embedder) -> None:
+    reranker = _Counting(embedder)
+    index = ToolIndex(OptimizerConfig(), tmp_path, embedder, reranker=reranker)
+    index.update(CATALOGUE)
+    assert reranker.prepared == [[tool_document(record) for record in CATALOGUE]]
+    index.update_keywords(CATALOGUE)  # no model: no second stage until the next update
+    assert len(reranker.prepared) == 1
+    assert index.search("list the files in a directory").hits[0].record.name == "fs_list_directory"
+
+
+def test_a_config_that_turned_reranking_on_fails_and_names_the_way_to_measure_it(tmp_path: Path) -> None:
+    config = tmp_path / "vmcp.yaml"
+    config.write_text("optimizer:\n  rerank: late-interaction\n  rerank_weight: 0.6\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as raised:
+        load_config(config)
+    [problem] = raised.value.problems
+    assert problem.startswith("optimizer: ") and "rerank: 'late-interaction' is no longer available" in problem
+    assert "--methods optimizer-late-interaction" in problem
+
+
+def test_a_config_that_set_reranking_off_still_loads(tmp_path: Path) -> None:
+    config = tmp_path / "vmcp.yaml"
+    config.write_text("optimizer:\n  rerank: none\n  rerank_weight: 0.7\n  candidates: 50\n", encoding="utf-8")
+    assert load_config(config).optimizer.candidates == 50

@@ -1,4 +1,6 @@
-"""The optimizer's index library: documents, hashes, incremental updates, persistence and ranking.
+"""The optimizer's index library: documents, hashes, search, updates beside searches, the query cache.
+
+Persistence is in test_vector_store.py, the boosts after fusion in test_boosts.py, both on this CATALOGUE.
 
 Uses the real embedding model (local, ~3 s to load), shared by every test in this module.
 """
@@ -17,9 +19,8 @@ import pytest
 from vmcp_opt.config import OptimizerConfig
 from vmcp_opt.optimizer.documents import ToolRecord, content_hash, split_identifier, tool_document
 from vmcp_opt.optimizer.embedding import Embedder, load_embedder
-from vmcp_opt.optimizer.index import VECTORS_FILE, ToolIndex
+from vmcp_opt.optimizer.index import ToolIndex
 from vmcp_opt.optimizer.tokens import count_tokens
-from vmcp_opt.optimizer.usage import UsageGraph
 
 LOCAL_TZ = "Europe/London"
 
@@ -159,85 +160,10 @@ def test_content_hash_is_stable_and_tracks_the_document() -> None:
     assert hash(record) == hash(same)  # records are usable as dict keys despite the schema dict
 
 
-def test_second_update_with_same_records_embeds_nothing(index: ToolIndex) -> None:
-    first = index.update(CATALOGUE)
-    assert (first.embedded, first.reused, first.total) == (len(CATALOGUE), 0, len(CATALOGUE))
-    second = index.update(CATALOGUE)
-    assert (second.embedded, second.reused, second.removed) == (0, len(CATALOGUE), 0)
-
-
-def test_changed_tool_alone_is_reembedded_and_dropped_tool_counted(index: ToolIndex) -> None:
-    index.update(CATALOGUE)
-    changed = [replace(CATALOGUE[0], description="Tell the time now"), *CATALOGUE[1:-1]]
-    stats = index.update(changed)
-    assert (stats.embedded, stats.reused, stats.removed, stats.total) == (1, len(CATALOGUE) - 2, 2, len(CATALOGUE) - 1)
-
-
 def test_update_logs_embedded_and_reused(index: ToolIndex, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO, logger="vmcp_opt.optimizer.index"):
         index.update(CATALOGUE)
     assert f"index updated: embedded {len(CATALOGUE)}, reused 0, removed 0" in caplog.text
-
-
-def test_restart_reuses_persisted_vectors(tmp_path: Path, embedder: Embedder) -> None:
-    ToolIndex(OptimizerConfig(), tmp_path, embedder).update(CATALOGUE)
-    restarted = ToolIndex(OptimizerConfig(), tmp_path, embedder)
-    stats = restarted.update(CATALOGUE)
-    assert (stats.embedded, stats.reused) == (0, len(CATALOGUE))
-    assert names(restarted, "what time is it in Tokyo right now")[0] == "time_get_current_time"
-
-
-def _backend(name: str) -> list[ToolRecord]:
-    return [record for record in CATALOGUE if record.backend == name]
-
-
-def _without(*names: str) -> list[ToolRecord]:
-    return [record for record in CATALOGUE if record.backend not in names]
-
-
-def test_a_backend_that_leaves_and_comes_back_is_not_embedded_again(tmp_path: Path, embedder: Embedder) -> None:
-    index = ToolIndex(OptimizerConfig(), tmp_path, embedder)
-    index.update(CATALOGUE)
-    gone = index.update(_without("git"))
-    assert gone.removed == len(_backend("git"))
-    assert "git_git_log" not in names(index, "show the git commit logs")  # its tools leave the results
-    back = index.update(CATALOGUE)
-    assert (back.embedded, back.reused) == (0, len(CATALOGUE))
-    assert names(index, "show the git commit logs")[0] == "git_git_log"
-
-
-def test_kept_vectors_survive_a_restart_and_a_gateway_with_no_tools(tmp_path: Path, embedder: Embedder) -> None:
-    ToolIndex(OptimizerConfig(), tmp_path, embedder).update(CATALOGUE)
-    outage = ToolIndex(OptimizerConfig(), tmp_path, embedder)
-    outage.update([])  # every backend down
-    restarted = ToolIndex(OptimizerConfig(), tmp_path, embedder)
-    assert restarted.update(_without("git")).embedded == 0
-    assert ToolIndex(OptimizerConfig(), tmp_path, embedder).update(CATALOGUE).embedded == 0
-
-
-def test_only_the_newest_removed_vectors_are_kept(tmp_path: Path, embedder: Embedder) -> None:
-    index = ToolIndex(OptimizerConfig(keep_removed=1), tmp_path, embedder)
-    index.update(CATALOGUE)
-    index.update(_without("git"))
-    index.update(_without("git", "fs"))  # fs leaves later: the one kept is the last of fs
-    stats = index.update(CATALOGUE)
-    assert stats.embedded == len(_backend("git")) + len(_backend("fs")) - 1
-    none = ToolIndex(OptimizerConfig(keep_removed=0), tmp_path / "none", embedder)
-    none.update(CATALOGUE)
-    none.update(_without("git"))
-    assert none.update(CATALOGUE).embedded == len(_backend("git"))
-
-
-def test_corrupt_cache_is_rebuilt_with_a_warning(
-    tmp_path: Path, embedder: Embedder, caplog: pytest.LogCaptureFixture
-) -> None:
-    first = ToolIndex(OptimizerConfig(), tmp_path, embedder)
-    first.update(CATALOGUE)
-    (first.directory / VECTORS_FILE).write_bytes(b"not a numpy file")
-    with caplog.at_level(logging.WARNING):
-        stats = ToolIndex(OptimizerConfig(), tmp_path, embedder).update(CATALOGUE)
-    assert stats.embedded == len(CATALOGUE)
-    assert "unusable, rebuilding" in caplog.text
 
 
 def test_keyword_search_works_before_vectors(tmp_path: Path) -> None:
@@ -344,9 +270,9 @@ class _CountingEmbedder:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
-    def encode_queries_with_tokens(self, texts: Any, *, tokens: bool = True) -> Any:
+    def encode_queries(self, texts: Any) -> Any:
         self.queries.extend(texts)
-        return self.inner.encode_queries_with_tokens(texts, tokens=tokens)
+        return self.inner.encode_queries(texts)
 
 
 def test_a_repeated_query_is_not_embedded_again_and_the_cache_is_bounded(tmp_path: Path, embedder: Embedder) -> None:
@@ -366,89 +292,3 @@ def test_a_repeated_query_is_not_embedded_again_and_the_cache_is_bounded(tmp_pat
     names(uncached, "read a file")
     names(uncached, "read a file")
     assert counting.queries == ["read a file", "read a file"]
-
-
-def _with_history(tmp_path: Path, embedder: Embedder, tasks: list[list[str]], **config: Any) -> ToolIndex:
-    graph = UsageGraph()
-    for task in tasks:
-        graph.record_task(task)
-    index = ToolIndex(OptimizerConfig(**config), tmp_path, embedder, usage=graph)
-    index.update(CATALOGUE)
-    return index
-
-
-def test_a_tool_used_with_the_best_match_joins_the_results(tmp_path: Path, embedder: Embedder) -> None:
-    query = "download a web page as markdown"
-    plain = ToolIndex(OptimizerConfig(), tmp_path / "plain", embedder)
-    plain.update(CATALOGUE)
-    cold = names(plain, query, limit=3)
-    assert "git_git_commit" not in cold  # nothing in the request points at it
-    index = _with_history(tmp_path / "warm", embedder, [["fetch_fetch", "git_git_commit"]] * 4)
-    warm = index.search(query, limit=3).hits
-    assert warm[0].record.name == "fetch_fetch"  # the match itself stays first
-    assert warm[0].used_with is None
-    assert (warm[1].record.name, warm[1].used_with) == ("git_git_commit", "fetch_fetch")
-
-
-def test_companions_respect_the_backend_filter_and_off_switches(tmp_path: Path, embedder: Embedder) -> None:
-    tasks = [["fetch_fetch", "git_git_commit"]] * 4
-    query = "download a web page as markdown"
-    index = _with_history(tmp_path / "a", embedder, tasks)
-    assert "git_git_commit" not in names(index, query, backends=["fetch", "fs"])
-    no_weight = _with_history(tmp_path / "b", embedder, tasks, usage_weight=0.0)
-    assert "git_git_commit" not in names(no_weight, query, limit=3)
-    # A history naming tools the catalogue no longer has changes nothing.
-    stale = _with_history(tmp_path / "c", embedder, [["fetch_fetch", "gone_tool"]] * 4)
-    plain = ToolIndex(OptimizerConfig(), tmp_path / "d", embedder)
-    plain.update(CATALOGUE)
-    assert names(stale, query) == names(plain, query)
-
-
-# The alarms demo backend (examples/backends/alarms_server.py): every alarm tool requires a token.
-ALARMS = [
-    ToolRecord(
-        "alarms_get_user_token",
-        "alarms",
-        "Sign a user in with their username and password; returns the authentication token.",
-        _schema(username="", password=""),
-        original_name="get_user_token",
-    ),
-    ToolRecord(
-        "alarms_delete_alarm",
-        "alarms",
-        "Cancel one of the signed-in user's alarms by its id.",
-        _schema(token="", alarm_id=""),
-        original_name="delete_alarm",
-    ),
-    ToolRecord(
-        "alarms_add_alarm",
-        "alarms",
-        "Set an alarm clock for the signed-in user at a time; returns its alarm id.",
-        _schema(token="", time=""),
-        original_name="add_alarm",
-    ),
-]
-
-
-def test_the_tool_issuing_a_required_token_follows_the_result_that_needs_it(tmp_path: Path, embedder: Embedder) -> None:
-    query = "cancel my 7am alarm"
-    index = ToolIndex(OptimizerConfig(), tmp_path / "on", embedder)
-    index.update([*CATALOGUE, *ALARMS])
-    hits = index.search(query, limit=2).hits
-    # What was asked for stays first; what it needs comes next, saying what it supplies to which result.
-    assert [hit.record.name for hit in hits] == ["alarms_delete_alarm", "alarms_get_user_token"]
-    assert hits[0].supplies is None
-    assert hits[1].supplies == ("alarms_delete_alarm", "token")
-    assert hits[1].score < hits[0].score
-
-    off = ToolIndex(OptimizerConfig(prerequisite_weight=0.0), tmp_path / "off", embedder)
-    off.update([*CATALOGUE, *ALARMS])
-    assert "alarms_get_user_token" not in names(off, query, limit=2)
-    assert all(hit.supplies is None for hit in off.search(query).hits)
-
-
-def test_a_result_that_needs_no_issued_value_raises_nothing(tmp_path: Path, embedder: Embedder) -> None:
-    index = ToolIndex(OptimizerConfig(), tmp_path, embedder)
-    index.update([*CATALOGUE, *ALARMS])
-    hits = index.search("what time is it in Tokyo", limit=2).hits
-    assert [hit.record.name for hit in hits] == ["time_get_current_time", "time_convert_time"]

@@ -17,6 +17,7 @@ import pytest
 
 from tests.support import DEMO_SERVER
 from vmcp_opt.aggregation import LiveCatalog
+from vmcp_opt.arguments import ArgumentValidator
 from vmcp_opt.auth import Caller, CallerLifetime, Identification
 from vmcp_opt.backends import BackendManager
 from vmcp_opt.config import VmcpConfig
@@ -193,7 +194,7 @@ async def demo_gateway_parts() -> AsyncIterator[tuple[Router, BackendManager, He
     catalog = LiveCatalog(backends, config.aggregation)
     sessions = SessionChooser(backends.ready, input_timeout=5, max_pending=4, spares=False)
     router = Router(catalog, backends, sessions, health.guarded)
-    router.add_provider(BackendTools(catalog))
+    router.add_provider(BackendTools(catalog, ArgumentValidator()))
     async with anyio.create_task_group() as task_group:
         sessions.attach(task_group)
         await backends.start(task_group)

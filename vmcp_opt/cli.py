@@ -214,6 +214,32 @@ def backends(
         raise typer.Exit(1)
 
 
+@app.command("config-docs")
+def config_docs(
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to this file instead of stdout.")] = None,
+    check: Annotated[
+        bool, typer.Option("--check", help="Write nothing; exit 1 when --output is not what would be written.")
+    ] = False,
+) -> None:
+    """The configuration reference: every setting, its type, default, environment variable and description."""
+    from vmcp_opt.config_docs import render
+
+    text = render()
+    if output is None:
+        if check:
+            err.print("--check needs --output (the file to compare)")
+            raise typer.Exit(2)
+        sys.stdout.write(text)
+    elif check:
+        if not output.exists() or output.read_text(encoding="utf-8") != text:
+            err.print(f"{output} is stale: run `vmcp config-docs --output {output}`", highlight=False)
+            raise typer.Exit(1)
+    else:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(text, encoding="utf-8")
+        out.print(f"wrote {output}", highlight=False)
+
+
 async def _collect_tool_records(config: VmcpConfig) -> list[Any]:
     from vmcp_opt.probe import collect_tool_records  # the gateway's import cost, only when used
 

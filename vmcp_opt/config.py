@@ -40,6 +40,11 @@ APP_NAME = "vmcp-opt"
 
 BACKEND_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,47}$"
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# Names (env keys, `${VAR}` references, URL query parameters) whose values are secrets whatever they look like.
+SECRET_NAME = re.compile(
+    r"TOKEN|SECRET|PASSW|PASSPHRASE|API_?KEY|ACCESS_?KEY|PRIVATE|CREDENTIAL|AUTH|COOKIE|SESSION|(^|_)(KEY|PAT|PWD)$",
+    re.I,
+)
 
 
 class ConfigError(Exception):
@@ -55,14 +60,21 @@ class _Strict(BaseModel):
 
 
 class ServerConfig(_Strict):
+    # Listen address (`vmcp serve --host`); loopback unless set.
     host: str = "127.0.0.1"
+    # Listen port (`--port`); 0 picks a free one.
     port: int = Field(8000, ge=0, le=65535)
+    # How clients reach the gateway: streamable HTTP, or stdin/stdout (`--stdio`, for desktop clients).
     transport: Literal["streamable-http", "stdio"] = "streamable-http"
+    # URL path of the MCP endpoint.
     path: str = "/mcp"
+    # Largest HTTP request body accepted; a larger one is refused.
     max_body_bytes: int = Field(4 * 1024 * 1024, gt=0)
     # Extra Host header values accepted besides loopback (DNS-rebinding protection).
     allowed_hosts: list[str] = Field(default_factory=list)
+    # Extra browser Origin values accepted besides loopback.
     allowed_origins: list[str] = Field(default_factory=list)
+    # Least severity logged (`--log-level`); libraries' own chatter stays at warning.
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # auto: rich on a terminal, plain lines elsewhere; plain: `time level logger: message`; json: one object
     # per line (vmcp_opt/logs.py).
@@ -76,19 +88,27 @@ class ServerConfig(_Strict):
 
 
 class BackendConfig(_Strict):
+    # Unique; prefixes the backend's tool and prompt names (`aggregation.prefix_format`).
     name: str = Field(pattern=BACKEND_NAME_PATTERN)
+    # stdio: a process the gateway starts; streamable-http or sse: a server at `url`.
     transport: Literal["stdio", "streamable-http", "sse"] = "stdio"
+    # What the backend is for; indexed with its tools, so find_tool matches it too.
     description: str = ""
-    # stdio
+    # stdio: the program to run (`python` is the gateway's own interpreter).
     command: str | None = None
+    # stdio: the program's arguments (`${VAR}`s expand; secret-looking ones are refused: use `env`).
     args: list[str] = Field(default_factory=list)
+    # stdio: environment variables added for the program (`${VAR}`s expand).
     env: dict[str, str] = Field(default_factory=dict)
+    # stdio: working directory, relative to the config file's directory.
     cwd: str | None = None
-    # streamable-http and sse
+    # streamable-http and sse: the server's URL (`${VAR}`s expand).
     url: str | None = None
+    # streamable-http and sse: headers sent with every request, e.g. Authorization (`${VAR}`s expand).
     headers: dict[str, str] = Field(default_factory=dict)
-    # Per-backend overrides of `timeouts`.
+    # Seconds to connect to this backend, instead of `timeouts.connect`.
     connect_timeout: float | None = Field(None, gt=0)
+    # Seconds one call to this backend may take, instead of `timeouts.call`.
     call_timeout: float | None = Field(None, gt=0)
     # Values expanded from `${VAR}` references: secrets by assumption, masked wherever they could show.
     _referenced: set[str] = PrivateAttr(default_factory=set)
@@ -114,6 +134,7 @@ class BackendConfig(_Strict):
 
 
 class DiscoveryConfig(_Strict):
+    # inline: the backends of this file; discovered: those of a desktop client's config file (`path`) too.
     mode: Literal["inline", "discovered"] = "inline"
     # A Claude Desktop (`mcpServers`) or VS Code / Cursor (`servers`) client config file.
     path: str | None = None
@@ -126,21 +147,31 @@ class DiscoveryConfig(_Strict):
 
 
 class ToolOverride(_Strict):
+    # The name the tool is served under (kept as is, never prefixed).
     name: str | None = None
+    # The description served instead of the backend's.
     description: str | None = None
 
 
 class BackendToolsConfig(_Strict):
+    # Glob patterns of the backend's tool names to serve.
     include: list[str] = Field(default_factory=lambda: ["*"])
+    # Glob patterns of tool names left out, even when included.
     exclude: list[str] = Field(default_factory=list)
-    # Keyed by the backend's own tool name.
+    # Per tool, keyed by the backend's own tool name: the name and description to serve it under.
     overrides: dict[str, ToolOverride] = Field(default_factory=dict)
 
 
 class AggregationConfig(_Strict):
+    # prefix: every tool and prompt named `prefix_format`; priority: names kept, the backend first in
+    # `priority` wins a clash; manual: names kept, a clash keeps the first backend's tool unless an
+    # override renames one.
     conflict_resolution: Literal["prefix", "priority", "manual"] = "prefix"
+    # How prefixed names are made, from {backend} and {name}.
     prefix_format: str = "{backend}_{name}"
+    # Backend names, most preferred first (the priority strategy).
     priority: list[str] = Field(default_factory=list)
+    # Per backend (by name): which tools to serve and how to rename or re-describe them.
     tools: dict[str, BackendToolsConfig] = Field(default_factory=dict)
 
     @field_validator("prefix_format")
@@ -166,31 +197,30 @@ class OptimizerConfig(_Strict):
     index_dir: str | None = None
     # Tools always listed next to the meta-tools (routable names).
     pinned: list[str] = Field(default_factory=list)
+    # Results find_tool returns when the request gives no `limit`.
     default_limit: int = Field(8, ge=1, le=50)
     # Exact inner product by default; "hnsw" for very large catalogues.
     index_type: Literal["flat", "hnsw"] = "flat"
     # bfloat16 bulk encoding where the CPU supports it (~3x faster, same quality).
     bulk_bfloat16: bool = True
+    # Tools embedded per batch when indexing.
     batch_size: int = Field(64, ge=1)
     # Ranking: how the keyword and vector arms are fused. Defaults chosen by `vmcp eval` (eval/README.md).
     fusion: Literal["weighted", "rrf"] = "weighted"
+    # Weighted fusion: the vector arm's share of the score (the keyword arm has the rest).
     dense_weight: float = Field(0.5, ge=0.0, le=1.0)
+    # Reciprocal-rank fusion's k: larger values flatten the head of each arm's ranking.
     rrf_k: int = Field(60, ge=1)
     # Split multi-intent requests into sub-queries and merge their rankings.
     split_intents: bool = True
     # Arm depth: candidates taken from each arm before fusion.
     candidates: int = Field(100, ge=1)
-    # Optional second stage: every fused candidate re-scored by token-level MaxSim with the same model
-    # (optimizer/late_interaction.py), blended with the keyword arm at `rerank_weight`. Off by default: it
-    # won +1.9 nDCG@10 on the ToolLens dev split but lost 1.2-2.3 on three of four held-out sets and costs
-    # ~10-30 ms per query and ~50 KB per tool (eval/README.md, bench/optimizer.py).
-    rerank: Literal["late-interaction", "none"] = "none"
-    rerank_weight: float = Field(0.7, ge=0.0, le=1.0)
     # Tools used together (optimizer/usage.py): learned from the calls clients make through the gateway
     # (names and counts only), they raise each other in find_tool. On the ToolLens dev split, 13.9k past
     # tasks took nDCG@10 from 39.4 to 54.4 and COMP@5 from 10.9 to 29.4 (eval/README.md); with no history
     # the ranking is unchanged. Kept in `index_dir/usage.json`.
     usage: bool = True
+    # How much the companions of the best results are raised; 0 turns it off in ranking.
     usage_weight: float = Field(1.0, ge=0.0)
     # The results whose companions and prerequisites are raised (the k-th result's weight is divided by k).
     usage_seeds: int = Field(8, ge=1, le=50)
@@ -200,13 +230,14 @@ class OptimizerConfig(_Strict):
     # optimizer/prerequisites.py) is raised as a companion with P = 1, times this; 0 turns it off.
     prerequisite_weight: float = Field(1.0, ge=0.0)
     # Vectors of tools that left the catalogue, kept (in memory and in the persisted index, newest first) so
-    # a backend that restarts or recovers is not embedded again: ~1.5 KB each (~50 KB with late interaction).
+    # a backend that restarts or recovers is not embedded again: ~1.5 KB each.
     keep_removed: int = Field(10_000, ge=0)
     # Most sub-queries one multi-intent request is split into (each costs one query embedding).
     max_intents: int = Field(4, ge=1, le=16)
-    # BM25 term saturation and length normalisation of the keyword arm (Lucene's defaults; lower values
-    # won on the ToolLens dev split but lost on three held-out sets, see eval/README.md).
+    # BM25 term saturation of the keyword arm (Lucene's default, like bm25_b's; lower values won on the
+    # ToolLens dev split but lost on three held-out sets, see eval/README.md).
     bm25_k1: float = Field(1.5, gt=0)
+    # BM25 length normalisation of the keyword arm (Lucene's default).
     bm25_b: float = Field(0.75, ge=0, le=1)
     # Recent query embeddings kept per index (find_tool queries repeat; an embedding is most of a search).
     query_cache_size: int = Field(1024, ge=0)
@@ -216,10 +247,31 @@ class OptimizerConfig(_Strict):
     # torch threads for bulk embedding (index builds); 0 = every core.
     bulk_threads: int = Field(0, ge=0, le=256)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _rerank_removed(cls, data: Any) -> Any:
+        # `rerank` and `rerank_weight` turned on late-interaction re-ranking, which lost on held-out data and
+        # left the gateway for eval/late_interaction.py. A file that sets them to what the gateway does loads.
+        if not isinstance(data, dict) or not {"rerank", "rerank_weight"} & data.keys():
+            return data
+        data = dict(data)
+        rerank = data.pop("rerank", "none")
+        data.pop("rerank_weight", None)
+        if rerank != "none":
+            raise ValueError(
+                f"rerank: {rerank!r} is no longer available: late-interaction re-ranking lost on held-out data "
+                "and left the gateway (eval/README.md; `vmcp eval run --methods optimizer-late-interaction` "
+                "still measures it). Remove `rerank` and `rerank_weight`."
+            )
+        return data
+
 
 class TimeoutsConfig(_Strict):
+    # Seconds to connect to a backend and list what it serves.
     connect: float = Field(30.0, gt=0)
+    # Seconds one call to a backend may take.
     call: float = Field(60.0, gt=0)
+    # Seconds open requests get to finish when the gateway stops.
     shutdown: float = Field(5.0, gt=0)
     # How long a client may take to answer a backend's sampling/elicitation/roots request (a person may be
     # answering), or to retry a 2026-07-28 call that asked for input; not counted against `call`.
@@ -229,13 +281,16 @@ class TimeoutsConfig(_Strict):
 class HealthConfig(_Strict):
     """Periodic MCP pings per backend (vmcp_opt/health/checker.py)."""
 
+    # Ping every backend periodically.
     enabled: bool = True
-    # Seconds between pings, and how long one ping may take.
+    # Seconds between pings.
     interval: float = Field(10.0, gt=0)
+    # Seconds one ping may take.
     timeout: float = Field(5.0, gt=0)
     # Consecutive failed pings before a backend is unhealthy (it then leaves the catalogue and is
-    # reconnected); consecutive good pings before a recovering backend is healthy again.
+    # reconnected).
     unhealthy_threshold: int = Field(3, ge=1)
+    # Consecutive good pings before a recovering backend is healthy again.
     healthy_threshold: int = Field(2, ge=1)
     # A ping slower than this marks the backend degraded (still served).
     degraded_latency: float = Field(1.0, gt=0)
@@ -244,12 +299,15 @@ class HealthConfig(_Strict):
 class CircuitBreakerConfig(_Strict):
     """Per-backend circuit breaker, fed by health checks and by real calls (vmcp_opt/health/breaker.py)."""
 
+    # Fail calls to a failing backend at once instead of waiting on it.
     enabled: bool = True
     # Open after this many consecutive failures...
     failure_threshold: int = Field(5, ge=1)
     # ...or when at least `minimum_calls` outcomes in the last `window` seconds fail at this rate.
     failure_rate: float = Field(0.5, gt=0, le=1)
+    # Seconds of outcomes the failure rate is computed over.
     window: float = Field(30.0, gt=0)
+    # Outcomes in the window needed before the failure rate counts.
     minimum_calls: int = Field(10, ge=1)
     # A call slower than this counts as a failure even when it succeeds.
     slow_call: float = Field(30.0, gt=0)
@@ -262,9 +320,13 @@ class CircuitBreakerConfig(_Strict):
 class RestartConfig(_Strict):
     """Reconnecting a lost backend (a stdio process is started again): exponential backoff with jitter."""
 
+    # Reconnect (restart) a lost backend; off, it stays down.
     enabled: bool = True
+    # Seconds before the first attempt.
     initial_delay: float = Field(0.5, gt=0)
+    # Longest wait between two attempts.
     max_delay: float = Field(30.0, gt=0)
+    # Each wait is the previous one times this.
     multiplier: float = Field(2.0, ge=1)
     # Each delay is scaled by a random factor in [1 - jitter, 1 + jitter].
     jitter: float = Field(0.2, ge=0, le=1)
@@ -275,6 +337,32 @@ class FailureConfig(_Strict):
     mode: Literal["fail", "best_effort"] = "best_effort"
     circuit_breaker: CircuitBreakerConfig = Field(default_factory=CircuitBreakerConfig)
     restart: RestartConfig = Field(default_factory=RestartConfig)
+
+
+class LimitsConfig(_Strict):
+    """Bounds on what one backend can make the gateway do (issue 22)."""
+
+    max_result_bytes: int = Field(
+        10 * 1024 * 1024,
+        gt=0,
+        description="Largest backend result passed on, counted as the characters of its text, data and "
+        "structured content (about its JSON size); a larger one becomes an error naming the backend and the cap.",
+    )
+    list_changed_interval: float = Field(
+        1.0,
+        ge=0,
+        description="Least seconds between two re-fetches of a backend's lists: a burst of list_changed "
+        "notifications costs one re-fetch, and a flood one every this many seconds.",
+    )
+    argument_check_timeout: float = Field(
+        1.0,
+        gt=0,
+        description="Deadline of one check of a call's arguments against the tool's schema; past it the call "
+        "is refused, not sent.",
+    )
+    schema_cache_size: int = Field(
+        1024, ge=1, description="Compiled tool schemas kept for argument checks (least recently used first out)."
+    )
 
 
 _file_data: ContextVar[dict[str, Any] | None] = ContextVar("vmcp_config_file_data", default=None)
@@ -299,6 +387,7 @@ class VmcpConfig(BaseSettings):
     )
 
     server: ServerConfig = Field(default_factory=ServerConfig)
+    # The MCP servers behind the gateway (each below, as `backends[]`).
     backends: list[BackendConfig] = Field(default_factory=list)
     discovery: DiscoveryConfig = Field(default_factory=DiscoveryConfig)
     aggregation: AggregationConfig = Field(default_factory=AggregationConfig)
@@ -306,6 +395,7 @@ class VmcpConfig(BaseSettings):
     timeouts: TimeoutsConfig = Field(default_factory=TimeoutsConfig)
     health: HealthConfig = Field(default_factory=HealthConfig)
     failure: FailureConfig = Field(default_factory=FailureConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
     # Where the gateway keeps its state (indexes, usage history) unless a setting names a place; unset: the
     # per-user data directory (platformdirs: ~/.local/share/vmcp-opt on Linux, ~/Library/Application
     # Support/vmcp-opt on macOS, %LOCALAPPDATA%\vmcp-opt on Windows).
@@ -518,9 +608,21 @@ def _with_env_references_resolved(config: VmcpConfig) -> VmcpConfig:
         where, seen = f"backends[{index}]", backend._referenced
         backend.env = {k: expand(v, f"{where}.env.{k}", seen) for k, v in backend.env.items()}
         backend.headers = {k: expand(v, f"{where}.headers.{k}", seen) for k, v in backend.headers.items()}
+        problems.extend(_secrets_in_args(backend.args, f"{where}.args"))
         backend.args = [expand(arg, f"{where}.args[{i}]", seen) for i, arg in enumerate(backend.args)]
         if backend.url:
             backend.url = expand(backend.url, f"{where}.url", seen)
     if problems:
         raise ConfigError(problems)
     return config
+
+
+def _secrets_in_args(args: list[str], where: str) -> list[str]:
+    """A secret-looking `${VAR}` in `args` would sit on the command line, readable by every local user."""
+    return [
+        f"{where}[{i}]: ${{{name}}} would put a secret on the backend's command line, where any local user "
+        f"can read it (ps); pass it in `env` instead (env: {{{name}: '${{{name}}}'}}) for the backend to read"
+        for i, arg in enumerate(args)
+        for name in _ENV_REFERENCE.findall(arg)
+        if SECRET_NAME.search(name)
+    ]

@@ -16,7 +16,8 @@ from typing import Any, Literal
 import anyio
 import anyio.abc
 
-from vmcp_opt.aggregation import Catalog, ConflictError, LiveCatalog
+from vmcp_opt.aggregation import Catalog, LiveCatalog
+from vmcp_opt.arguments import ArgumentValidator
 from vmcp_opt.backends import BackendConnection, BackendManager, BackendState
 from vmcp_opt.config import VmcpConfig
 from vmcp_opt.health import HealthMonitor
@@ -56,7 +57,8 @@ class Gateway:
             self.router.observers.append(self.optimizer)
             pinned = frozenset(config.optimizer.pinned)
             listed = pinned.__contains__  # with the optimizer on, tools/list is the meta-tools and pinned tools
-        self.router.add_provider(BackendTools(self.catalog, listed))
+        validator = ArgumentValidator(config.limits.argument_check_timeout, config.limits.schema_cache_size)
+        self.router.add_provider(BackendTools(self.catalog, validator, listed))
         self.started = False
         # A backend changed after the first catalogue was built but before `started`: rebuild once started.
         self._changed_while_starting = False
@@ -75,8 +77,7 @@ class Gateway:
     async def start(self, task_group: anyio.abc.TaskGroup) -> None:
         """Connect every backend and build the catalogue.
 
-        Raises `ConflictError` on an unresolvable name, and `StartupError` under `failure.mode: fail`
-        when a backend could not connect.
+        Raises `StartupError` under `failure.mode: fail` when a backend could not connect.
         """
         self.sessions.attach(task_group)
         if self.optimizer is not None and self.config.failure.mode == "best_effort":
@@ -92,7 +93,7 @@ class Gateway:
                 if self._stopping:
                     return
                 await self._connect_and_build(task_group)
-        except (ConflictError, StartupError) as exc:
+        except StartupError as exc:
             self.fatal = exc
             logger.error("cannot serve: %s", exc)
             if self.on_fatal is not None:
@@ -145,12 +146,11 @@ class Gateway:
             # Backends stop one by one: shrinking the catalogue would drop their vectors from the
             # persisted index, and the next start would embed them all again.
             return
-        await self._rebuild_catalog(connection.name)
+        await self._rebuild_catalog()
 
-    async def _rebuild_catalog(self, changed: str | None = None) -> None:
+    async def _rebuild_catalog(self) -> None:
         before = self._listing()
-        if self.catalog.rebuild(changed) is None:
-            return
+        self.catalog.rebuild()
         await self._tools_changed()
         after = self._listing()
         await self._lists_changed(frozenset(kind for kind in ALL_LISTS if before[kind] != after[kind]))

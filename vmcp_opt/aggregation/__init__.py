@@ -3,7 +3,6 @@
 from vmcp_opt.aggregation.catalog import (
     BackendSource,
     Catalog,
-    ConflictError,
     RoutedPrompt,
     RoutedResource,
     RoutedTemplate,
@@ -15,7 +14,6 @@ from vmcp_opt.aggregation.live import LiveCatalog, catalog_of
 __all__ = [
     "BackendSource",
     "Catalog",
-    "ConflictError",
     "LiveCatalog",
     "RoutedPrompt",
     "RoutedResource",

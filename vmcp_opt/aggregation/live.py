@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 
-from vmcp_opt.aggregation.catalog import BackendSource, Catalog, ConflictError, build_catalog
+from vmcp_opt.aggregation.catalog import BackendSource, Catalog, build_catalog
 from vmcp_opt.backends import BackendConnection, BackendManager, BackendState
 from vmcp_opt.config import AggregationConfig
+from vmcp_opt.display import shorten
 
 logger = logging.getLogger(__name__)
 
@@ -21,20 +22,13 @@ class LiveCatalog:
         self._known_tools: dict[str, str] = {}
 
     def build(self) -> Catalog:
-        """The catalogue of the ready backends; `ConflictError` on an unresolvable name."""
+        """The catalogue of the ready backends (a tool that cannot be served is dropped with a warning)."""
         return catalog_of(self.backends, self.config)
 
-    def rebuild(self, changed: str | None = None) -> Catalog | None:
-        """Swap in a new catalogue and return the previous one; None (and keep the old) on a conflict."""
-        try:
-            catalog = self.build()
-        except ConflictError as exc:
-            logger.error(
-                "backend %s changed into a conflict; keeping the previous catalogue: %s", changed or "a backend", exc
-            )
-            return None
+    def rebuild(self) -> Catalog:
+        """Swap in a new catalogue; returns the previous one."""
         previous = self.current
-        self.set(catalog)
+        self.set(self.build())
         return previous
 
     def set(self, catalog: Catalog) -> None:
@@ -49,7 +43,7 @@ class LiveCatalog:
             return None
         reason = f" ({connection.last_error})" if connection.last_error else ""
         return (
-            f"tool '{tool}' is served by backend '{backend}', which is {connection.state.value}{reason}; "
+            f"tool '{shorten(tool)}' is served by backend '{backend}', which is {connection.state.value}{reason}; "
             "it is listed again once the backend is back"
         )
 

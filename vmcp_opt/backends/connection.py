@@ -4,7 +4,11 @@ A `BackendConnection` runs as a task: it opens the transport, negotiates the pro
 2026-07-28 discover probe, falling back to the 2025-11-25 handshake), fetches tools, resources,
 resource templates and prompts, and then serves calls until it is stopped. Change notifications
 (`list_changed`, or a `subscriptions/listen` stream on modern backends) re-fetch the backend and
-tell the owner through `on_change`.
+tell the owner through `on_change`; a burst of them costs one re-fetch, and re-fetches are at least
+`limits.list_changed_interval` apart. A listing page that fails validation because of some of its items
+(a tool whose `inputSchema` is not an object, say) is fetched again with those items dropped, each with a
+warning, so one bad tool never fails its backend. Results larger than `limits.max_result_bytes` become
+errors (results.py).
 
 A lost session (the stdio process died, the stream closed, or the health checker asked for it
 through `reconnect`) is re-established with exponential backoff and jitter (`failure.restart`);
@@ -30,13 +34,17 @@ from mcp.client.session import ClientSession, IncomingMessage
 from mcp.client.subscriptions import listen
 from mcp.shared.dispatcher import ProgressFnT
 from mcp.shared.exceptions import MCPError
+from mcp.shared.message import SessionMessage
+from mcp_types.methods import validate_server_result
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
-from pydantic import BaseModel, TypeAdapter
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from vmcp_opt import __version__
+from vmcp_opt.backends.results import bounded_result
 from vmcp_opt.backends.secrets import redact, secret_values
 from vmcp_opt.backends.transports import open_transport
-from vmcp_opt.config import BackendConfig, RestartConfig
+from vmcp_opt.config import BackendConfig, LimitsConfig, RestartConfig
+from vmcp_opt.display import shorten
 
 logger = logging.getLogger(__name__)
 
@@ -75,9 +83,11 @@ class BackendConnection:
         call_timeout: float,
         on_change: ChangeCallback | None = None,
         restart: RestartConfig | None = None,
+        limits: LimitsConfig | None = None,
     ) -> None:
         self.config = config
         self.restart = restart
+        self.limits = limits or LimitsConfig()
         self.secrets = secret_values(config)
         self.name = config.name
         self.base_dir = base_dir
@@ -100,9 +110,13 @@ class BackendConnection:
         # Sessions established so far (the health monitor sees a reconnect as a new number).
         self.sessions = 0
         self.restarts = 0
+        self.refreshes = 0  # re-fetches after announced changes
         self.next_attempt_at: float | None = None
         self._refresh_lock = anyio.Lock()
+        self._refresh_wanted = anyio.Event()  # a change was announced and not yet re-fetched
+        self._last_refresh = -float("inf")
         self._task_group: anyio.abc.TaskGroup | None = None
+        self._stream: _WatchedReadStream | None = None
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -194,10 +208,11 @@ class BackendConnection:
             scope.cancel()
 
     async def _serve(self) -> None:
+        self._stream = _WatchedReadStream(None, self._on_stream_end)
         async with (
             open_transport(self.config, self.base_dir, self.connect_timeout) as (raw_read, write),
             ClientSession(
-                _WatchedReadStream(raw_read, self._on_stream_end),
+                self._stream.wrapping(raw_read),
                 write,
                 message_handler=self._on_message,
                 client_info=CLIENT_INFO,
@@ -225,8 +240,11 @@ class BackendConnection:
                 len(self.listing.resource_templates),
                 len(self.listing.prompts),
             )
-            if self.protocol_version in MODERN_PROTOCOL_VERSIONS and self._task_group is not None:
-                self._task_group.start_soon(self._listen_for_changes, session)
+            if self._task_group is not None:
+                # A change announced while this session was connecting is re-fetched now: no announcement is lost.
+                self._task_group.start_soon(self._refresh_when_asked)
+                if self.protocol_version in MODERN_PROTOCOL_VERSIONS:
+                    self._task_group.start_soon(self._listen_for_changes, session)
             if self.sessions > 1 and self.on_change is not None:
                 await self.on_change(self)  # back in service: its tools rejoin the catalogue
             await self._wake.wait()
@@ -254,13 +272,42 @@ class BackendConnection:
         capabilities = session.server_capabilities
         listing = BackendListing()
         if capabilities is None or capabilities.tools is not None:
-            listing.tools = await _paginate(session.list_tools, "tools")
+            listing.tools = await self._paginate(session.list_tools, "tools")
         if capabilities is not None and capabilities.resources is not None:
-            listing.resources = await _paginate(session.list_resources, "resources")
-            listing.resource_templates = await _paginate(session.list_resource_templates, "resource_templates")
+            listing.resources = await self._paginate(session.list_resources, "resources")
+            listing.resource_templates = await self._paginate(session.list_resource_templates, "resource_templates")
         if capabilities is not None and capabilities.prompts is not None:
-            listing.prompts = await _paginate(session.list_prompts, "prompts")
+            listing.prompts = await self._paginate(session.list_prompts, "prompts")
         return listing
+
+    async def _paginate(self, list_method: Callable[..., Awaitable[Any]], attribute: str) -> list[Any]:
+        items: list[Any] = []
+        cursor: str | None = None
+        for _ in range(1000):  # a backend that never stops paginating must not hang discovery
+            params = types.PaginatedRequestParams(cursor=cursor) if cursor else None
+            try:
+                page = await list_method(params=params)
+            except ValidationError:
+                page = await self._screened_page(list_method, params, attribute)
+            items.extend(getattr(page, attribute))
+            cursor = page.next_cursor
+            if not cursor:
+                break
+        return items
+
+    async def _screened_page(
+        self, list_method: Callable[..., Awaitable[Any]], params: types.PaginatedRequestParams | None, attribute: str
+    ) -> Any:
+        """The page again, without the items that failed validation (each dropped with a warning)."""
+        method, key = _LISTS[attribute]
+        stream = self._stream
+        if stream is None:
+            raise BackendUnavailable(f"backend '{self.name}' is not connected")
+        stream.screening = _ItemScreen(self.name, method, key, self.protocol_version or "2025-11-25")
+        try:
+            return await list_method(params=params)
+        finally:
+            stream.screening = None
 
     async def refresh(self) -> None:
         """Re-fetch everything the backend offers and tell the owner."""
@@ -268,10 +315,11 @@ class BackendConnection:
         if session is None:
             return
         async with self._refresh_lock:
+            self.refreshes += 1
             try:
                 self.listing = await self._fetch_listing(session)
-            except (MCPError, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
-                logger.warning("backend %s: re-fetch after a change failed: %s", self.name, exc)
+            except (MCPError, ValidationError, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
+                logger.warning("backend %s: re-fetch after a change failed: %s", self.name, shorten(str(exc), 500))
                 return
         logger.info("backend %s changed: now %d tools", self.name, len(self.listing.tools))
         if self.on_change is not None:
@@ -285,9 +333,22 @@ class BackendConnection:
             self.refresh_soon()
 
     def refresh_soon(self) -> None:
-        """Re-fetch in the background: a change was announced, on this session or a client's own one."""
-        if self._task_group is not None:
-            self._task_group.start_soon(self.refresh)
+        """Re-fetch in the background: a change was announced, on this session or a client's own one.
+
+        Coalesced: announcements while a re-fetch is waiting or running add up to one more re-fetch.
+        """
+        self._refresh_wanted.set()
+
+    async def _refresh_when_asked(self) -> None:
+        """One re-fetch per burst of announcements, at least `limits.list_changed_interval` apart."""
+        while True:
+            await self._refresh_wanted.wait()
+            wait = self._last_refresh + self.limits.list_changed_interval - time.monotonic()
+            if wait > 0:
+                await anyio.sleep(wait)  # the rest of the burst joins this re-fetch
+            self._refresh_wanted = anyio.Event()
+            self._last_refresh = time.monotonic()
+            await self.refresh()
 
     async def _listen_for_changes(self, session: ClientSession) -> None:
         """Modern (2026-07-28) backends deliver list changes only on a `subscriptions/listen` stream."""
@@ -296,7 +357,7 @@ class BackendConnection:
                 session, tools_list_changed=True, prompts_list_changed=True, resources_list_changed=True
             ) as subscription:
                 async for _event in subscription:
-                    await self.refresh()
+                    self.refresh_soon()
         except Exception as exc:  # a backend without listen support still serves calls
             logger.debug("backend %s: no change subscription: %s", self.name, exc)
 
@@ -331,7 +392,7 @@ class BackendConnection:
         """Forward any request; the backend's result model comes back unchanged."""
         session = self._require_session()
         try:
-            return await session.send_request(
+            result = await session.send_request(
                 request,  # type: ignore[arg-type]
                 result_type,
                 request_read_timeout_seconds=self.call_timeout,
@@ -339,6 +400,7 @@ class BackendConnection:
             )
         except (anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
             raise BackendUnavailable(f"backend '{self.name}' connection lost: {_describe_error(exc)}") from exc
+        return bounded_result(self.name, result, self.limits.max_result_bytes)
 
     def describe(self, exc: BaseException) -> str:
         """A one-line reason with this backend's secrets (env and header values) masked."""
@@ -362,17 +424,52 @@ class BackendConnection:
         }
 
 
-async def _paginate(list_method: Callable[..., Awaitable[Any]], attribute: str) -> list[Any]:
-    items: list[Any] = []
-    cursor: str | None = None
-    for _ in range(1000):  # a backend that never stops paginating must not hang discovery
-        params = types.PaginatedRequestParams(cursor=cursor) if cursor else None
-        page = await list_method(params=params)
-        items.extend(getattr(page, attribute))
-        cursor = page.next_cursor
-        if not cursor:
-            break
-    return items
+# A listing's attribute → its method and the key of its items in the result.
+_LISTS = {
+    "tools": ("tools/list", "tools"),
+    "resources": ("resources/list", "resources"),
+    "resource_templates": ("resources/templates/list", "resourceTemplates"),
+    "prompts": ("prompts/list", "prompts"),
+}
+
+
+@dataclass
+class _ItemScreen:
+    """Drops the items of one listing result that fail the protocol's validation, each with a warning."""
+
+    backend: str
+    method: str
+    key: str
+    version: str
+
+    def applies(self, result: dict[str, Any]) -> bool:
+        return isinstance(result.get(self.key), list)
+
+    def screen(self, result: dict[str, Any]) -> dict[str, Any]:
+        kept = []
+        for item in result[self.key]:
+            try:
+                validate_server_result(self.method, self.version, {self.key: [item]})
+            except (ValidationError, ValueError, KeyError) as exc:
+                name = item.get("name", item.get("uri", "?")) if isinstance(item, dict) else "?"
+                logger.warning(
+                    "backend %s: %s '%s' dropped: its definition is invalid (%s)",
+                    self.backend,
+                    self.key.rstrip("s"),
+                    shorten(str(name)),
+                    _first_error(exc),
+                )
+                continue
+            kept.append(item)
+        return {**result, self.key: kept}
+
+
+def _first_error(exc: Exception) -> str:
+    if isinstance(exc, ValidationError) and exc.errors():
+        error = exc.errors()[0]
+        where = ".".join(str(part) for part in error["loc"][2:])  # past the listing key and the index
+        return shorten(f"{where}: {error['msg']}" if where else error["msg"], 200)
+    return shorten(str(exc), 200)
 
 
 def is_list_changed(message: object) -> bool:
@@ -397,11 +494,19 @@ def backoff_delay(config: RestartConfig, attempt: int) -> float:
 
 
 class _WatchedReadStream:
-    """The transport's read stream, telling us when it ends (the SDK session has no closed signal)."""
+    """The transport's read stream, telling us when it ends (the SDK session has no closed signal).
+
+    While `screening` is set, listing results pass through it (`BackendConnection._screened_page`).
+    """
 
     def __init__(self, inner: Any, on_end: Callable[[], None]) -> None:
         self._inner = inner
         self._on_end = on_end
+        self.screening: _ItemScreen | None = None
+
+    def wrapping(self, inner: Any) -> _WatchedReadStream:
+        self._inner = inner
+        return self
 
     @property
     def last_context(self) -> Any:
@@ -409,10 +514,17 @@ class _WatchedReadStream:
 
     async def receive(self) -> Any:
         try:
-            return await self._inner.receive()
+            message = await self._inner.receive()
         except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
             self._on_end()
             raise
+        screening = self.screening
+        if screening is not None and isinstance(message, SessionMessage):
+            response = message.message
+            if isinstance(response, types.JSONRPCResponse) and screening.applies(response.result):
+                screened = response.model_copy(update={"result": screening.screen(response.result)})
+                return SessionMessage(screened, metadata=message.metadata)
+        return message
 
     async def aclose(self) -> None:
         await self._inner.aclose()

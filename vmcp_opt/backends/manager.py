@@ -28,6 +28,7 @@ class BackendManager:
                 call_timeout=config.call_timeout(backend),
                 on_change=self._notify,
                 restart=config.failure.restart,
+                limits=config.limits,
             )
             for backend in config.backends
         }

@@ -1,33 +1,64 @@
-"""Keep backend secrets (env and header values) out of every log line and error message."""
+"""Keep backend secrets (env and header values, credentials in URLs) out of every log line and error message."""
 
 from __future__ import annotations
 
 import logging
 import re
 from collections.abc import Iterable
+from urllib.parse import parse_qsl, quote, unquote, urlsplit, urlunsplit
 
-from vmcp_opt.config import BackendConfig
+from vmcp_opt.config import SECRET_NAME, BackendConfig
 
 MASK = "***"
 _MIN_SECRET_LENGTH = 4  # shorter values ("1", "on") would mask ordinary words
 
-
-# Env keys whose values are secrets whatever they look like.
-_SECRET_KEY = re.compile(
-    r"TOKEN|SECRET|PASSW|PASSPHRASE|API_?KEY|ACCESS_?KEY|PRIVATE|CREDENTIAL|AUTH|COOKIE|SESSION", re.I
-)
+# URL query parameters whose values are credentials (`?token=`, `&api_key=`, a signed URL's `sig=`).
+_SECRET_PARAMETER = re.compile(r"token|key|secret|passw|pwd|sig|auth|credential|session", re.I)
 
 
 def secret_values(backend: BackendConfig) -> list[str]:
     """Values that must never be shown, longest first: every header value, env values under secret-looking
-    keys, and every value that came from a `${VAR}` reference. Other env values (a timezone, a file path,
-    a name) stay readable in logs."""
-    env = [value for key, value in backend.env.items() if _SECRET_KEY.search(key)]
-    candidates = [*env, *backend.headers.values(), *backend.referenced_values()]
+    keys, every value that came from a `${VAR}` reference, and the credentials written in the URL. Other env
+    values (a timezone, a file path, a name) stay readable in logs."""
+    env = [value for key, value in backend.env.items() if SECRET_NAME.search(key)]
+    candidates = [*env, *backend.headers.values(), *backend.referenced_values(), *url_credentials(backend.url)]
     values = {v for v in candidates if len(v) >= _MIN_SECRET_LENGTH}
     # `Bearer <token>`: the token alone must not leak either.
     values |= {part for v in backend.headers.values() for part in v.split() if len(part) >= 8}
     return sorted(values, key=len, reverse=True)
+
+
+def url_credentials(url: str | None) -> list[str]:
+    """The user, password and secret-named query values written in `url`, as written and decoded."""
+    if not url:
+        return []
+    try:
+        parts = urlsplit(url)
+        query = parse_qsl(parts.query, keep_blank_values=True)
+    except ValueError:
+        return []
+    found = [parts.username or "", parts.password or ""]
+    found += [value for name, value in query if _SECRET_PARAMETER.search(name)]
+    raw_query = [pair.partition("=") for pair in parts.query.split("&")]
+    found += [value for name, _, value in raw_query if _SECRET_PARAMETER.search(unquote(name))]
+    return sorted({form for value in found if value for form in (value, unquote(value), quote(value, safe=""))})
+
+
+def mask_url(url: str) -> str:
+    """`url` as it may be shown: `***@host`, and `***` for the values of secret-named query parameters."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return MASK
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = f"{MASK}@{netloc.rpartition('@')[2]}"
+    query = "&".join(
+        f"{name}={MASK}" if sep and _SECRET_PARAMETER.search(unquote(name)) else f"{name}{sep}{value}"
+        for name, sep, value in (pair.partition("=") for pair in parts.query.split("&"))
+        if name or sep
+    )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 def redact(text: str, secrets: Iterable[str]) -> str:

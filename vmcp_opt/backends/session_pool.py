@@ -36,6 +36,7 @@ from vmcp_opt.backends.connection import (
     _WatchedReadStream,
     is_list_changed,
 )
+from vmcp_opt.backends.results import bounded_result
 from vmcp_opt.backends.transports import open_transport
 
 logger = logging.getLogger(__name__)
@@ -179,7 +180,7 @@ class DedicatedSession:
         if session is None:
             raise BackendUnavailable(f"backend '{self.name}': this client's session is closed")
         try:
-            return await session.send_request(
+            result = await session.send_request(
                 request,  # type: ignore[arg-type]
                 result_type,
                 request_read_timeout_seconds=self.connection.call_timeout if timed else None,
@@ -187,6 +188,7 @@ class DedicatedSession:
             )
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream) as exc:
             raise BackendUnavailable(f"backend '{self.name}' connection lost: {type(exc).__name__}") from exc
+        return bounded_result(self.name, result, self.connection.limits.max_result_bytes)
 
     async def notify(self, notification: types.ClientNotification) -> None:
         if self._session is not None:

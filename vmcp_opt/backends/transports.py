@@ -1,21 +1,37 @@
-"""Open a backend's transport (stdio, streamable HTTP, SSE) through the official SDK's clients."""
+"""Open a backend's transport (stdio, streamable HTTP, SSE) through the official SDK's clients.
+
+A stdio backend's stderr comes back through a pipe and is logged line by line (logger
+`vmcp_opt.backends.stderr`) with the backend's secrets masked, control characters escaped, lines cut at
+`STDERR_LINE_LIMIT` and at most `STDERR_LINES_PER_SECOND` lines a second (the rest counted), rather than
+written straight to the gateway's own stderr.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import sys
+import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 
+import anyio
 import httpx2
 from mcp.client._transport import TransportStreams
 from mcp.client.sse import sse_client
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 
+from vmcp_opt.backends.secrets import redact, secret_values
 from vmcp_opt.config import BackendConfig
+from vmcp_opt.display import shorten
+
+stderr_logger = logging.getLogger("vmcp_opt.backends.stderr")
+STDERR_LINE_LIMIT = 2000
+STDERR_LINES_PER_SECOND = 50
+STDERR_DRAIN_SECONDS = 1.0  # after the process is stopped, for its last lines (a crash's traceback)
 
 
 def stdio_parameters(backend: BackendConfig, base_dir: Path) -> StdioServerParameters:
@@ -42,7 +58,7 @@ async def open_transport(
     backend: BackendConfig, base_dir: Path, connect_timeout: float
 ) -> AsyncIterator[TransportStreams]:
     if backend.transport == "stdio":
-        async with stdio_client(stdio_parameters(backend, base_dir)) as streams:
+        async with _stdio_with_masked_stderr(backend, base_dir) as streams:
             yield streams
     elif backend.transport == "streamable-http":
         assert backend.url is not None
@@ -56,3 +72,90 @@ async def open_transport(
         assert backend.url is not None
         async with sse_client(backend.url, headers=backend.headers, timeout=connect_timeout) as streams:
             yield streams
+
+
+@asynccontextmanager
+async def _stdio_with_masked_stderr(backend: BackendConfig, base_dir: Path) -> AsyncIterator[TransportStreams]:
+    read_fd, write_fd = os.pipe()
+    errlog = os.fdopen(write_fd, "w")
+    try:
+        async with anyio.create_task_group() as relay:
+            relay.start_soon(_relay_stderr, read_fd, backend.name, secret_values(backend))
+            try:
+                async with stdio_client(stdio_parameters(backend, base_dir), errlog=errlog) as streams:
+                    errlog.close()  # the backend has its own copy: the pipe ends when the backend's does
+                    yield streams
+            finally:
+                errlog.close()
+                relay.cancel_scope.deadline = anyio.current_time() + STDERR_DRAIN_SECONDS
+    finally:
+        errlog.close()
+
+
+async def _relay_stderr(fd: int, backend: str, secrets: list[str]) -> None:
+    os.set_blocking(fd, False)
+    lines = _StderrLines(backend, secrets)
+    try:
+        while True:
+            await anyio.wait_readable(fd)
+            try:
+                chunk = os.read(fd, 65536)
+            except BlockingIOError:
+                continue
+            if not chunk:
+                break
+            lines.feed(chunk)
+    finally:
+        lines.flush()
+        with suppress(OSError):
+            os.close(fd)
+
+
+class _StderrLines:
+    """Bytes from a backend's stderr as log lines: masked, escaped, cut, and rate-limited."""
+
+    def __init__(self, backend: str, secrets: list[str]) -> None:
+        self.backend = backend
+        self.secrets = secrets
+        self.pending = b""
+        self.skipping = False
+        self.window = 0
+        self.in_window = 0
+        self.suppressed = 0
+
+    def feed(self, chunk: bytes) -> None:
+        if self.skipping:  # the rest of a line too long to show (a piece of it could be a secret's tail)
+            _, newline, chunk = chunk.partition(b"\n")
+            if not newline:
+                return
+            self.skipping = False
+        *complete, self.pending = (self.pending + chunk).split(b"\n")
+        for line in complete:
+            self.emit(line)
+        if len(self.pending) > STDERR_LINE_LIMIT * 4:  # a line without end: show its start, skip the rest
+            self.emit(self.pending)
+            self.pending = b""
+            self.skipping = True
+
+    def flush(self) -> None:
+        if self.pending:
+            self.emit(self.pending)
+            self.pending = b""
+        self.report_suppressed()
+
+    def emit(self, raw: bytes) -> None:
+        second = int(time.monotonic())
+        if second != self.window:
+            self.report_suppressed()
+            self.window, self.in_window = second, 0
+        self.in_window += 1
+        if self.in_window > STDERR_LINES_PER_SECOND:
+            self.suppressed += 1
+            return
+        text = redact(raw.decode("utf-8", "replace").rstrip("\r"), self.secrets)
+        stderr_logger.info("backend %s stderr: %s", self.backend, shorten(text, STDERR_LINE_LIMIT))
+
+    def report_suppressed(self) -> None:
+        if self.suppressed:
+            stderr_logger.warning("backend %s: %d more stderr lines not logged", self.backend, self.suppressed)
+            self.suppressed = 0

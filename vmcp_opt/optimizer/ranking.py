@@ -8,7 +8,7 @@ a request into the queries to run and the arms' candidates into one ordered list
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 from vmcp_opt.config import OptimizerConfig
 from vmcp_opt.optimizer.documents import split_identifier
@@ -75,14 +75,6 @@ def fuse_weighted(dense: Ranking, sparse: Ranking, dense_weight: float) -> Ranki
     }
 
 
-def blend(late: Ranking, sparse: Ranking, late_weight: float, candidates: Sequence[int]) -> Ranking:
-    """Re-ranking scores of `candidates`: min-max scaled late-interaction scores blended with the keyword
-    arm's (scaled over the arm's whole candidate list, so a document it ranked low stays low)."""
-    late_n, sparse_n = minmax(late), minmax(sparse)
-    keyword_weight = 1.0 - late_weight
-    return {doc: late_weight * late_n.get(doc, 0.0) + keyword_weight * sparse_n.get(doc, 0.0) for doc in candidates}
-
-
 def fuse_rrf(dense: Ranking, sparse: Ranking, k: int, dense_weight: float = 0.5) -> Ranking:
     """Reciprocal rank fusion; weights are scaled so dense_weight 0.5 is plain RRF."""
     fused: Ranking = {}
@@ -125,9 +117,6 @@ def order(ranking: Ranking) -> list[int]:
     return sorted(ranking, key=lambda doc: (-ranking[doc], doc))
 
 
-def top(ranking: Ranking, limit: int, allowed: Sequence[bool] | None = None) -> list[tuple[int, float]]:
-    """The best `limit` (document, score) pairs, keeping only documents whose `allowed[doc]` is true."""
-    docs = order(ranking)
-    if allowed is not None:
-        docs = [doc for doc in docs if allowed[doc]]
-    return [(doc, ranking[doc]) for doc in docs[:limit]]
+def top(ranking: Ranking, limit: int) -> list[tuple[int, float]]:
+    """The best `limit` (document, score) pairs."""
+    return [(doc, ranking[doc]) for doc in order(ranking)[:limit]]

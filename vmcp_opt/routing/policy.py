@@ -14,6 +14,7 @@ import mcp_types as types
 from mcp.shared.exceptions import MCPError
 
 from vmcp_opt.auth import Caller
+from vmcp_opt.display import shorten
 
 TargetKind = Literal["tool", "prompt", "resource", "template"]
 
@@ -56,7 +57,7 @@ class Denied(MCPError):
         because = f": {reason}" if reason else ""
         super().__init__(
             types.INVALID_REQUEST,
-            f"not permitted: caller '{caller.id}' may not use {target.kind} '{target.name}'{because}",
+            f"not permitted: caller '{caller.id}' may not use {target.kind} '{shorten(target.name)}'{because}",
         )
         self.caller = caller
         self.target = target

@@ -92,10 +92,12 @@ class BackendTools:
 
     searchable = True
 
-    def __init__(self, catalog: LiveCatalog, listed: Callable[[str], bool] = lambda name: True) -> None:
+    def __init__(
+        self, catalog: LiveCatalog, validator: ArgumentValidator, listed: Callable[[str], bool] = lambda name: True
+    ) -> None:
         self._catalog = catalog
         self._listed = listed  # with the optimizer on, only pinned tools are listed
-        self._validator = ArgumentValidator()
+        self._validator = validator
         self._view: tuple[object, dict[str, ProvidedTool]] | None = None
 
     def tools(self) -> Mapping[str, ProvidedTool]:

@@ -26,6 +26,7 @@ from vmcp_opt.aggregation import Catalog, LiveCatalog
 from vmcp_opt.auth import Caller
 from vmcp_opt.backends import BackendConnection, BackendManager
 from vmcp_opt.backends.connection import BackendUnavailable
+from vmcp_opt.display import shorten
 from vmcp_opt.health import CircuitOpen, Guard
 from vmcp_opt.routing.exchange import Exchange
 from vmcp_opt.routing.policy import AllowAll, Denied, Policy, Target
@@ -42,7 +43,7 @@ _GONE = (types.CONNECTION_CLOSED, types.REQUEST_TIMEOUT)
 
 class UnknownTool(MCPError):
     def __init__(self, name: str) -> None:
-        super().__init__(types.INVALID_PARAMS, f"Unknown tool: '{name}'")
+        super().__init__(types.INVALID_PARAMS, f"Unknown tool: '{shorten(name)}'")
         self.name = name
 
 
@@ -190,7 +191,7 @@ class Router:
     ) -> types.GetPromptResult:
         routed = self.catalog.current.prompts.get(params.name)
         if routed is None:
-            raise MCPError(types.INVALID_PARAMS, f"Unknown prompt: '{params.name}'")
+            raise MCPError(types.INVALID_PARAMS, f"Unknown prompt: '{shorten(params.name)}'")
         self._authorize(caller, Target("prompt", routed.name, routed.backend))
         forwarded = params.model_copy(update={"name": routed.original_name, "request_state": None})
         return await self._forward(
@@ -215,7 +216,7 @@ class Router:
         if isinstance(ref, types.PromptReference):
             routed = catalog.prompts.get(ref.name)
             if routed is None:
-                raise MCPError(types.INVALID_PARAMS, f"Unknown prompt: '{ref.name}'")
+                raise MCPError(types.INVALID_PARAMS, f"Unknown prompt: '{shorten(ref.name)}'")
             self._authorize(caller, Target("prompt", routed.name, routed.backend))
             forwarded = params.model_copy(update={"ref": ref.model_copy(update={"name": routed.original_name})})
             return await self._forward(
@@ -223,7 +224,7 @@ class Router:
             )
         backend = catalog.route_template(ref.uri) or catalog.route_resource(ref.uri)
         if backend is None:
-            raise MCPError(types.INVALID_PARAMS, f"Unknown resource template: '{ref.uri}'")
+            raise MCPError(types.INVALID_PARAMS, f"Unknown resource template: '{shorten(ref.uri)}'")
         self._authorize(caller, Target("template", ref.uri, backend))
         return await self._forward(
             caller, exchange, backend, types.CompleteRequest(params=params), types.CompleteResult
@@ -243,7 +244,7 @@ class Router:
         catalog: Catalog = self.catalog.current
         backend = catalog.route_resource(uri) or catalog.route_template(uri)
         if backend is None:
-            raise MCPError(RESOURCE_NOT_FOUND, f"Resource not found: '{uri[:512]}'", {"uri": uri[:512]})
+            raise MCPError(RESOURCE_NOT_FOUND, f"Resource not found: '{shorten(uri)}'", {"uri": shorten(uri, 512)})
         self._authorize(caller, Target("resource", uri, backend))
         return backend
 

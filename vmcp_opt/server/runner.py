@@ -10,7 +10,6 @@ from typing import Any
 import anyio
 import uvicorn
 
-from vmcp_opt.aggregation import ConflictError
 from vmcp_opt.backends.secrets import SecretFilter, secret_values
 from vmcp_opt.config import VmcpConfig
 from vmcp_opt.gateway import Gateway, StartupError
@@ -54,11 +53,7 @@ def run_gateway(config: VmcpConfig, announce: Callable[[VmcpConfig], None] | Non
         server.should_exit = True
 
     gateway.on_fatal = stop_serving
-    try:
-        server.run()
-    except ConflictError as exc:
-        logger.error("cannot start: %s", exc)
-        return 2
+    server.run()
     if gateway.fatal is not None:
         return 2
     return 0 if server.started else 1
@@ -77,9 +72,6 @@ async def _serve_stdio_until_signal(gateway: Gateway) -> int:
         gateway.on_fatal = lambda exc: task_group.cancel_scope.cancel()
         try:
             await serve_stdio(gateway)
-        except ConflictError as exc:
-            logger.error("cannot start: %s", exc)
-            return 2
         except StartupError:
             return 1  # already logged, naming the backends
         task_group.cancel_scope.cancel()

@@ -1,0 +1,109 @@
+"""A misbehaving MCP backend over stdio, for tests and bench/abuse.py: what a hostile or broken server sends.
+
+Hand-written JSON-RPC (the SDK's server would refuse to send most of this). It lists
+- `echo` (well-behaved) and `stats` (how many tools/list requests it has answered);
+- `dup` twice, a tool whose `inputSchema` is a string, one whose schema has type "string", and one whose
+  name is 100,000 characters long: tools a gateway cannot serve;
+- `redos` (`pattern: ^(a+)+$`), `remote_ref` (a `$ref` to HOSTILE_REF_URL) and `file_ref` (a `$ref` to the
+  file HOSTILE_REF_FILE): schemas that would make a naive gateway freeze, fetch or read;
+- `big` (a text result of `bytes` characters) and `flood` (`count` tools/list_changed notifications first).
+At start it writes HOSTILE_TOKEN's value to stderr, as a careless server logging its config would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+OBJECT = {"type": "object"}
+fetches = {"tools/list": 0}
+
+
+def tools() -> list[dict[str, Any]]:
+    ref_url = os.environ.get("HOSTILE_REF_URL", "http://127.0.0.1:9/schema.json")
+    ref_file = Path(os.environ.get("HOSTILE_REF_FILE", "/nonexistent.json")).resolve().as_uri()
+    return [
+        {"name": "echo", "description": "Echo a message", "inputSchema": _props(message={"type": "string"})},
+        {"name": "stats", "description": "How often this server was listed", "inputSchema": OBJECT},
+        {"name": "dup", "description": "first dup", "inputSchema": OBJECT},
+        {"name": "dup", "description": "second dup", "inputSchema": OBJECT},
+        {"name": "string_schema", "description": "schema is a string", "inputSchema": "nope"},
+        {"name": "not_object", "description": "schema of a string", "inputSchema": {"type": "string"}},
+        {"name": "n" * 100_000, "description": "an absurd name", "inputSchema": OBJECT},
+        {
+            "name": "redos",
+            "description": "nested quantifier",
+            "inputSchema": _props(a={"type": "string", "pattern": "^(a+)+$"}),
+        },
+        {"name": "remote_ref", "description": "remote $ref", "inputSchema": _props(a={"$ref": ref_url})},
+        {"name": "file_ref", "description": "file $ref", "inputSchema": _props(a={"$ref": ref_file})},
+        {"name": "big", "description": "a large result", "inputSchema": _props(bytes={"type": "integer"})},
+        {"name": "flood", "description": "list_changed flood", "inputSchema": _props(count={"type": "integer"})},
+    ]
+
+
+def _props(**properties: Any) -> dict[str, Any]:
+    return {"type": "object", "properties": properties}
+
+
+def send(message: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(message) + "\n")
+    sys.stdout.flush()
+
+
+def text(value: str) -> dict[str, Any]:
+    return {"content": [{"type": "text", "text": value}], "isError": False}
+
+
+def call(name: str, arguments: dict[str, Any]) -> dict[str, Any]:
+    if name == "big":
+        return text("x" * int(arguments.get("bytes", 1_000_000)))
+    if name == "flood":
+        for _ in range(int(arguments.get("count", 100))):
+            send({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"})
+        return text("flooded")
+    if name == "stats":
+        return text(json.dumps(fetches))
+    return text(json.dumps({"tool": name[:100], "arguments": arguments})[:10_000])
+
+
+def answer(request: dict[str, Any]) -> dict[str, Any] | None:
+    method, params = request.get("method"), request.get("params") or {}
+    if method == "initialize":
+        return {
+            "protocolVersion": params.get("protocolVersion", "2025-11-25"),
+            "capabilities": {"tools": {"listChanged": True}},
+            "serverInfo": {"name": "hostile", "version": "1.0"},
+        }
+    if method == "ping":
+        return {}
+    if method == "tools/list":
+        fetches["tools/list"] += 1
+        return {"tools": tools()}
+    if method == "tools/call":
+        return call(params.get("name", ""), params.get("arguments") or {})
+    return None
+
+
+def main() -> None:
+    if os.environ.get("HOSTILE_TOKEN"):
+        print(f"hostile starting with token {os.environ['HOSTILE_TOKEN']}", file=sys.stderr, flush=True)
+    for line in sys.stdin:
+        try:
+            request = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if "id" not in request or "method" not in request:
+            continue  # notifications and responses
+        result = answer(request)
+        if result is None:
+            send({"jsonrpc": "2.0", "id": request["id"], "error": {"code": -32601, "message": "Method not found"}})
+        else:
+            send({"jsonrpc": "2.0", "id": request["id"], "result": result})
+
+
+if __name__ == "__main__":
+    main()

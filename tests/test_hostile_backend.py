@@ -1,0 +1,160 @@
+"""A hostile backend (examples/backends/hostile_server.py) against a real gateway process (issue 22).
+
+Each test checks that the gateway keeps serving (`/healthz`, another backend's calls) and leaks nothing,
+with generous time bounds only: the figures belong to bench/abuse.py.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx2
+import mcp_types as types
+import pytest
+from mcp import Client
+
+from tests.support import (
+    EXAMPLES,
+    Gateway,
+    counting_http_server,
+    demo_backend,
+    free_port,
+    running_gateway,
+    write_config,
+)
+
+pytestmark = [pytest.mark.slow, pytest.mark.anyio]
+
+HOSTILE_SERVER = EXAMPLES / "backends" / "hostile_server.py"
+SECRET = "sekrit-hostile-4242"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def hostile_backend(**env: str) -> dict[str, Any]:
+    return {"name": "hostile", "command": sys.executable, "args": [str(HOSTILE_SERVER)], "env": env}
+
+
+def text(result: types.CallToolResult) -> str:
+    return " ".join(c.text for c in result.content if isinstance(c, types.TextContent))
+
+
+async def healthz_answers(gateway: Gateway) -> None:
+    async with httpx2.AsyncClient() as http:
+        assert (await http.get(f"{gateway.base}/healthz", timeout=10.0)).status_code == 200
+
+
+@pytest.fixture
+def counting_server() -> Iterator[tuple[str, list[str]]]:
+    with counting_http_server() as (base, hits):
+        yield f"{base}/schema.json", hits
+
+
+@pytest.mark.parametrize("mode", ["fail", "best_effort"])
+async def test_tools_that_cannot_be_served_are_dropped_and_the_rest_served(tmp_path: Path, mode: str) -> None:
+    config = {"backends": [hostile_backend(), demo_backend("notes")], "failure": {"mode": mode}}
+    with running_gateway(write_config(tmp_path, config)) as gateway:
+        async with Client(gateway.url) as client:
+            names = {tool.name for tool in (await client.list_tools()).tools}
+            assert {"hostile_echo", "hostile_dup", "hostile_redos", "notes_save_note"} <= names
+            assert not {"hostile_string_schema", "hostile_not_object"} & names
+            assert not any(len(name) > 128 for name in names)
+            result = await client.call_tool("hostile_echo", {"message": "still here"})
+            assert not result.is_error and "still here" in text(result)
+            assert not (await client.call_tool("notes_save_note", {"title": "t", "text": "x"})).is_error
+        await healthz_answers(gateway)
+    log = gateway.output()
+    for tool in ("string_schema", "not_object", "dup"):
+        assert sum(f"tool '{tool}' dropped" in line for line in log.splitlines()) == 1, log
+    assert "n" * 1000 not in log, "an absurd name is shortened in the warning"
+
+
+async def test_hostile_schemas_neither_fetch_nor_read_nor_freeze(
+    tmp_path: Path, counting_server: tuple[str, list[str]]
+) -> None:
+    url, hits = counting_server
+    secret_file = tmp_path / "secret.json"
+    secret_file.write_text(json.dumps({"type": "integer", "description": SECRET}), encoding="utf-8")
+    backend = hostile_backend(HOSTILE_REF_URL=url, HOSTILE_REF_FILE=str(secret_file))
+    with running_gateway(write_config(tmp_path, {"backends": [backend, demo_backend("notes")]})) as gateway:
+        async with Client(gateway.url) as client, anyio.create_task_group() as group:
+            outcomes: dict[str, types.CallToolResult] = {}
+
+            async def call(tool: str, arguments: dict[str, Any]) -> None:
+                outcomes[tool] = await client.call_tool(tool, arguments)
+
+            group.start_soon(call, "hostile_redos", {"a": "a" * 30 + "!"})
+            group.start_soon(call, "hostile_remote_ref", {"a": "not an integer"})
+            group.start_soon(call, "hostile_file_ref", {"a": "not an integer"})
+            await healthz_answers(gateway)
+            assert not (await client.call_tool("notes_search_notes", {"query": "x"})).is_error
+        assert outcomes["hostile_redos"].is_error and "field 'a'" in text(outcomes["hostile_redos"])
+        assert not outcomes["hostile_remote_ref"].is_error  # not fetched: left to the backend
+        assert not outcomes["hostile_file_ref"].is_error  # not read: left to the backend
+        assert SECRET not in json.dumps([r.model_dump() for r in outcomes.values()])
+    assert hits == []
+    assert SECRET not in gateway.output()
+
+
+async def test_a_list_changed_flood_costs_one_re_fetch(tmp_path: Path) -> None:
+    # A long interval makes the count exact: the first announcement re-fetches at once, the rest of the
+    # flood waits for one re-fetch an hour later.
+    config = {"backends": [hostile_backend(), demo_backend("notes")], "limits": {"list_changed_interval": 3600}}
+    with running_gateway(write_config(tmp_path, config)) as gateway:
+        async with Client(gateway.url) as client:
+            assert text(await client.call_tool("hostile_flood", {"count": 2000})) == "flooded"
+            fetches: dict[str, int] = {}
+            # Each listing of this backend is two tools/list requests: the page fails validation (its bad
+            # tools), then comes again screened.
+            with anyio.fail_after(30):
+                while fetches.get("tools/list", 0) < 4:
+                    fetches = json.loads(text(await client.call_tool("hostile_stats", {})))
+                    await anyio.sleep(0.1)
+            await healthz_answers(gateway)
+            assert not (await client.call_tool("notes_search_notes", {"query": "x"})).is_error
+            fetches = json.loads(text(await client.call_tool("hostile_stats", {})))
+            assert fetches["tools/list"] == 4  # the first listing and one re-fetch for 2,000 announcements
+
+
+async def test_an_oversize_result_is_an_error_naming_the_backend_and_the_cap(tmp_path: Path) -> None:
+    config = {"backends": [hostile_backend(), demo_backend("notes")], "limits": {"max_result_bytes": 100_000}}
+    with running_gateway(write_config(tmp_path, config)) as gateway:
+        async with Client(gateway.url) as client:
+            small = await client.call_tool("hostile_big", {"bytes": 50_000})
+            assert not small.is_error and len(text(small)) == 50_000
+            big = await client.call_tool("hostile_big", {"bytes": 2_000_000})
+            assert big.is_error and "backend 'hostile'" in text(big) and "100,000 bytes" in text(big)
+            assert len(text(big)) < 1000
+            assert not (await client.call_tool("hostile_echo", {"message": "after"})).is_error
+        await healthz_answers(gateway)
+        body = httpx2.get(f"{gateway.base}/readyz", timeout=10.0).json()
+        hostile = next(b for b in body["backends"] if b["name"] == "hostile")
+        assert hostile["state"] == "ready" and hostile["circuit"]["state"] == "closed"
+
+
+async def test_backend_stderr_and_url_credentials_are_masked_everywhere(tmp_path: Path) -> None:
+    nowhere = f"http://admin:{SECRET}-pass@127.0.0.1:{free_port()}/mcp?token={SECRET}-query&x=1"
+    config = {
+        "backends": [
+            hostile_backend(HOSTILE_TOKEN=SECRET),
+            {"name": "nowhere", "transport": "streamable-http", "url": nowhere},
+        ],
+        "timeouts": {"connect": 5.0},
+        "failure": {"restart": {"initial_delay": 0.2, "max_delay": 0.5}},
+    }
+    with running_gateway(write_config(tmp_path, config)) as gateway:
+        async with Client(gateway.url) as client:
+            assert not (await client.call_tool("hostile_echo", {"message": "x"})).is_error
+        readyz = httpx2.get(f"{gateway.base}/readyz", timeout=10.0).text
+        await anyio.sleep(1.0)  # reconnect attempts to `nowhere` get logged
+    log = gateway.output()
+    assert "backend hostile stderr: hostile starting with token ***" in log
+    assert SECRET not in log and SECRET not in readyz

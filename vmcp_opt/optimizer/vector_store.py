@@ -1,0 +1,134 @@
+"""The tool index's vectors on disk: `index_dir/<model-slug>/vectors.npz`, keyed by each tool's content hash.
+
+A restart with unchanged tools embeds nothing and a changed tool re-embeds alone. The vectors of tools that
+left the catalogue are kept too (the newest `optimizer.keep_removed`, in memory and in the file), so a
+backend that restarts or recovers is not embedded again. An unreadable or foreign file is rebuilt, never
+fatal.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vmcp_opt.optimizer.embedding import ModelSpec
+
+log = logging.getLogger(__name__)
+
+VECTORS_FILE = "vectors.npz"
+
+
+@dataclass(frozen=True)
+class VectorCache:
+    """Vectors by content hash, `matrix[rows[hash]]`, plus those of tools that left the catalogue
+    (`retired`, oldest first), so a backend that comes back is not re-embedded."""
+
+    rows: dict[str, int] = field(default_factory=dict)
+    matrix: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.float32))
+    # What owns `matrix`'s memory when it is a view of FAISS storage: kept alive as long as the cache is.
+    owner: Any = None
+    retired: OrderedDict[str, np.ndarray] = field(default_factory=OrderedDict)
+
+    def stack(self, hashes: Sequence[str], dims: int) -> tuple[np.ndarray, np.ndarray]:
+        """(vectors aligned with `hashes`, which rows were found); missing rows are zero."""
+        where = np.fromiter((self.rows.get(h, -1) for h in hashes), dtype=np.int64, count=len(hashes))
+        found = where >= 0
+        out = np.zeros((len(hashes), dims), dtype=np.float32)
+        if found.any():
+            out[found] = self.matrix[where[found]]
+        for i in np.flatnonzero(~found) if self.retired else ():
+            vector = self.retired.get(hashes[int(i)])
+            if vector is not None:
+                out[i], found[i] = vector, True
+        return out, found
+
+    def retire(self, keep: set[str], limit: int) -> OrderedDict[str, np.ndarray]:
+        """The retired entries after the catalogue becomes `keep`: rows not in it join (newest last), entries
+        back in it leave, and only the newest `limit` stay."""
+        retired = OrderedDict((h, vector) for h, vector in self.retired.items() if h not in keep)
+        for digest, row in self.rows.items():
+            if digest not in keep:
+                retired.pop(digest, None)
+                retired[digest] = self.matrix[row].copy()
+        while len(retired) > limit:
+            retired.popitem(last=False)
+        return retired
+
+
+class VectorStore:
+    """One model's `vectors.npz`, and the cache read from it (once, lazily) or last saved to it."""
+
+    def __init__(self, directory: Path, model: ModelSpec) -> None:
+        self.directory = directory
+        self.model = model
+        self._cache: VectorCache | None = None
+
+    @property
+    def path(self) -> Path:
+        return self.directory / VECTORS_FILE
+
+    def cache(self) -> VectorCache:
+        if self._cache is None:
+            self._cache = self._load()
+        return self._cache
+
+    def save(self, cache: VectorCache) -> None:
+        """Keep `cache` and write it: the catalogue's vectors, then the retired ones (oldest first; the
+        file's `retired` says how many). A failed write is logged; the next update writes again."""
+        self._cache = cache
+        dims = self.model.dimensions
+        rows = np.fromiter(cache.rows.values(), dtype=np.int64, count=len(cache.rows))
+        current = cache.matrix[rows] if len(rows) else np.zeros((0, dims), dtype=np.float32)
+        vectors = np.concatenate([current, *(vector[None, :] for vector in cache.retired.values())])
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".vectors-", suffix=".tmp")
+            try:
+                with os.fdopen(fd, "wb") as file:
+                    np.savez(
+                        file,
+                        model=np.array(self.model.id),
+                        hashes=np.array([*cache.rows, *cache.retired], dtype="S64"),
+                        vectors=vectors,
+                        retired=np.array(len(cache.retired)),
+                    )
+                    file.flush()
+                    os.fsync(file.fileno())
+                os.replace(tmp, self.path)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+        except OSError as exc:
+            log.warning("could not save the index cache to %s: %s", self.directory, exc)
+
+    def _load(self) -> VectorCache:
+        path = self.path
+        if not path.exists():
+            return VectorCache()
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                model = str(data["model"])
+                hashes = [h.decode("ascii") for h in data["hashes"]]
+                vectors = np.ascontiguousarray(data["vectors"], dtype=np.float32)
+                # Written since removed tools' vectors are kept; older files hold the catalogue only.
+                retired_count = int(data["retired"]) if "retired" in data else 0
+            if model != self.model.id:
+                raise ValueError(f"built by model {model!r}, not {self.model.id!r}")
+            if not 0 <= retired_count <= len(hashes):
+                raise ValueError(f"{retired_count} retired vectors of {len(hashes)}")
+            if vectors.shape != (len(hashes), self.model.dimensions):
+                raise ValueError(f"vectors {vectors.shape} do not match {len(hashes)} hashes x {self.model.dimensions}")
+        except Exception as exc:  # any unreadable cache is rebuilt, never fatal
+            log.warning("index cache %s unusable, rebuilding: %s", path, exc)
+            return VectorCache()
+        current = len(hashes) - retired_count
+        retired = OrderedDict((h, vectors[i]) for i, h in enumerate(hashes[current:], start=current))
+        return VectorCache({h: i for i, h in enumerate(hashes[:current])}, vectors, retired=retired)
