@@ -3,18 +3,17 @@ front records and saves them."""
 
 from __future__ import annotations
 
-import gc
 import json
 import logging
 import os
 import subprocess
 import sys
-import weakref
 from pathlib import Path
 
 import pytest
 
 from vmcp_opt.config import VmcpConfig
+from vmcp_opt.optimizer import usage
 from vmcp_opt.optimizer.metatools import OptimizerFront
 from vmcp_opt.optimizer.usage import MAX_TASK_TOOLS, UsageGraph, UsageRecorder, companion_scores
 
@@ -28,7 +27,7 @@ class Clock:
 
 
 class Client:
-    """A stand-in for a client's connection: any object that can be weakly referenced."""
+    """A stand-in for a caller's id: anything hashable."""
 
 
 def recorder(window: float = 60.0) -> tuple[UsageRecorder, Clock]:
@@ -96,16 +95,18 @@ def test_a_task_holds_at_most_max_task_tools_then_a_new_one_starts() -> None:
     assert rec.graph.companions(f"t{MAX_TASK_TOOLS}") == {}
 
 
-def test_the_recorder_does_not_keep_a_client_alive() -> None:
+def test_the_recorder_forgets_the_least_recently_active_client_past_its_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(usage, "MAX_LIVE_CLIENTS", 2)
     rec, _clock = recorder()
-    client = Client()
-    alive = weakref.ref(client)
-    rec.tool_used(client, "a")
-    del client
-    gc.collect()
-    assert alive() is None
-    rec.tool_used(Client(), "b")  # a new client: a new task
+    rec.tool_used("caller-1", "a")
+    rec.tool_used("caller-2", "x")
+    rec.tool_used("caller-3", "y")  # caller-1's open task is forgotten
+    rec.tool_used("caller-1", "b")
     assert rec.graph.companions("a") == {}
+    rec.tool_used("caller-3", "z")  # caller-3 is still open
+    assert set(rec.graph.companions("y")) == {"z"}
 
 
 def test_record_task_counts_each_distinct_tool_and_each_pair_once() -> None:
@@ -246,17 +247,9 @@ def test_an_unreadable_file_is_kept_aside_and_the_graph_starts_empty(tmp_path: P
 # --- the optimizer front: records through the recorder, saves when changed ---------------------------
 
 
-class NoGateway:
-    def lookup_tool(self, name: str) -> object:
-        raise AssertionError("not called")
-
-    async def call_routed(self, *args: object) -> object:
-        raise AssertionError("not called")
-
-
 def front(index_dir: Path, **optimizer: object) -> OptimizerFront:
     config = VmcpConfig.model_validate({"optimizer": {"enabled": True, "index_dir": str(index_dir), **optimizer}})
-    return OptimizerFront(NoGateway(), config)  # type: ignore[arg-type]
+    return OptimizerFront(config)
 
 
 def test_the_front_writes_its_history_on_close_and_only_when_it_changed(tmp_path: Path) -> None:

@@ -182,7 +182,7 @@ def backends(
     """Connect to each backend and print its state and tool/resource/prompt counts."""
     cfg = load_or_exit(config)
     setup_logging("warning")
-    from vmcp_opt.server.runner import probe_backends
+    from vmcp_opt.probe import probe_backends
 
     summaries = anyio.run(probe_backends, cfg)
     if as_json:
@@ -241,13 +241,13 @@ def config_docs(
 
 
 async def _collect_tool_records(config: VmcpConfig) -> list[Any]:
-    from vmcp_opt.server.runner import collect_tool_records  # the gateway's import cost, only when used
+    from vmcp_opt.probe import collect_tool_records  # the gateway's import cost, only when used
 
     return await collect_tool_records(config)
 
 
 def _meta_tool_tokens(config: VmcpConfig) -> int:
-    from vmcp_opt.server.runner import meta_tool_tokens
+    from vmcp_opt.probe import meta_tool_tokens
 
     return meta_tool_tokens(config)
 

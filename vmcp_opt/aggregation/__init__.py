@@ -3,21 +3,22 @@
 from vmcp_opt.aggregation.catalog import (
     BackendSource,
     Catalog,
-    ConflictError,
     RoutedPrompt,
     RoutedResource,
     RoutedTemplate,
     RoutedTool,
     build_catalog,
 )
+from vmcp_opt.aggregation.live import LiveCatalog, catalog_of
 
 __all__ = [
     "BackendSource",
     "Catalog",
-    "ConflictError",
+    "LiveCatalog",
     "RoutedPrompt",
     "RoutedResource",
     "RoutedTemplate",
     "RoutedTool",
     "build_catalog",
+    "catalog_of",
 ]

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import mcp_types as types
 from mcp.shared.uri_template import InvalidUriTemplate, UriTemplate
 
-from vmcp_opt.aggregation.conflicts import Candidate, ConflictError, ConflictResolver
+from vmcp_opt.aggregation.conflicts import Candidate, ConflictResolver
 from vmcp_opt.aggregation.filters import select_tools
 from vmcp_opt.aggregation.screening import Drops, screen_tools
 from vmcp_opt.backends.connection import BackendListing
@@ -18,7 +18,7 @@ from vmcp_opt.display import shorten
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BackendSource", "Catalog", "ConflictError", "build_catalog"]
+__all__ = ["BackendSource", "Catalog", "build_catalog"]
 
 
 @dataclass(frozen=True)

@@ -23,14 +23,6 @@ logger = logging.getLogger(__name__)
 ItemT = TypeVar("ItemT")
 
 
-class ConflictError(Exception):
-    """Kept for callers that still catch it; building a catalogue no longer raises it.
-
-    A name a strategy cannot resolve costs the later tool only (it is dropped with a warning, see
-    screening.py): a backend's listing must never stop the gateway.
-    """
-
-
 @dataclass(frozen=True)
 class Candidate(Generic[ItemT]):
     backend: str

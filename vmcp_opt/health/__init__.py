@@ -3,7 +3,7 @@
 from vmcp_opt.health.breaker import CircuitBreaker, CircuitOpen, CircuitState
 from vmcp_opt.health.checker import BackendHealth, HealthState
 from vmcp_opt.health.clock import CallClock
-from vmcp_opt.health.monitor import HealthMonitor
+from vmcp_opt.health.monitor import Guard, HealthMonitor
 
 __all__ = [
     "BackendHealth",
@@ -11,6 +11,7 @@ __all__ = [
     "CircuitBreaker",
     "CircuitOpen",
     "CircuitState",
+    "Guard",
     "HealthMonitor",
     "HealthState",
 ]

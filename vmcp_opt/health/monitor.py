@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, TypeVar
 
 import anyio
@@ -30,6 +30,8 @@ from vmcp_opt.health.clock import CallClock
 logger = logging.getLogger(__name__)
 
 ResultT = TypeVar("ResultT", bound=BaseModel)
+# `HealthMonitor.guarded`: the breaker and deadline around one call to the named backend, on any session.
+Guard = Callable[[str, CallClock | None], AbstractAsyncContextManager[None]]
 
 # Errors that say the backend is gone or stuck, not that it answered "no".
 _TRANSPORT_ERRORS = (types.CONNECTION_CLOSED, types.REQUEST_TIMEOUT)

@@ -1,17 +1,19 @@
 """The optimizer as clients see it: `find_tool` and `call_tool` in place of every backend tool.
 
-`OptimizerFront` plugs into the gateway (its `front`): `tools/list` shows the meta-tools and any pinned
-tools; `find_tool` ranks the catalogue with the hybrid index; `call_tool` goes through the gateway's own
-routed-call path, so validation, routing and results are exactly those of a direct call.
+`OptimizerFront` is a tool provider of the router (`vmcp_opt/routing/providers.py`): `tools/list` shows
+the meta-tools (and the pinned backend tools the backend provider lists); `find_tool` ranks every
+searchable provider's tools with the hybrid index, keeping only those the router says the caller may use;
+`call_tool` goes back through the router, so policy, validation, routing and results are exactly those
+of a direct call.
 
-The index follows the catalogue: on every change the keyword index is rebuilt at once (no model needed,
-so the gateway answers within a second of start), and a background thread loads the embedding model
-and embeds only new or changed tools. Until the vectors are ready `find_tool` ranks by keywords and
+The index follows the providers' tools: on every change the keyword index is rebuilt at once (no model
+needed, so the gateway answers within a second of start), and a background thread loads the embedding
+model and embeds only new or changed tools. Until the vectors are ready `find_tool` ranks by keywords and
 says so in its answer.
 
-With `optimizer.usage` on, the gateway reports every successful routed call (`tool_used`); the tools a
-client uses together form tasks of a co-usage graph (optimizer/usage.py) that raises companions in
-`find_tool`. The graph lives in `index_dir/usage.json`: loaded at start, written every
+With `optimizer.usage` on, the router reports every finished tool call (`tool_called`, as a call
+observer); a known caller's successful calls form tasks of a co-usage graph (optimizer/usage.py) that
+raises companions in `find_tool`. The graph lives in `index_dir/usage.json`: loaded at start, written every
 `USAGE_SAVE_INTERVAL` seconds when it changed and once more by `close` on shutdown.
 """
 
@@ -20,31 +22,29 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import anyio
 import mcp_types as types
-from mcp.server.context import ServerRequestContext
-from mcp.shared.exceptions import MCPError
 
 from vmcp_opt.aggregation import Catalog, RoutedTool
 from vmcp_opt.arguments import ArgumentError, ArgumentValidator
-from vmcp_opt.backends.connection import BackendUnavailable
+from vmcp_opt.auth import Caller
 from vmcp_opt.config import VmcpConfig
 from vmcp_opt.optimizer.documents import ToolRecord
 from vmcp_opt.optimizer.embedding import load_embedder
 from vmcp_opt.optimizer.index import SearchHit, SearchResult, ToolIndex
 from vmcp_opt.optimizer.tokens import count_tokens
 from vmcp_opt.optimizer.usage import UsageGraph, UsageRecorder
+from vmcp_opt.routing import GATEWAY_SOURCE, ProvidedTool, ToolCall, UnknownTool
 
 logger = logging.getLogger(__name__)
 
 USAGE_FILE = "usage.json"
 # Seconds between writes of a changed co-usage graph (shutdown writes it too).
 USAGE_SAVE_INTERVAL = 30.0
-
-Ctx = ServerRequestContext[Any, Any]
 
 FIND_TOOL = types.Tool(
     name="find_tool",
@@ -101,16 +101,8 @@ CALL_TOOL = types.Tool(
 
 META_TOOLS = (FIND_TOOL, CALL_TOOL)
 META_TOOL_NAMES = frozenset(tool.name for tool in META_TOOLS)
-
-
-class RoutedCaller(Protocol):
-    """The gateway, as far as the meta-tools need it."""
-
-    def lookup_tool(self, name: str) -> RoutedTool: ...
-
-    async def call_routed(
-        self, ctx: Ctx | None, name: str, arguments: dict[str, Any] | None, meta: types.RequestParamsMeta | None = None
-    ) -> types.CallToolResult: ...
+# A policy that hides tools from some callers: find_tool looks this much deeper for enough allowed ones.
+POLICY_DEPTH = 4
 
 
 def tool_json(tools: list[types.Tool]) -> str:
@@ -137,9 +129,24 @@ def catalog_records(catalog: Catalog) -> list[ToolRecord]:
     return [tool_record(r, catalog.backend_descriptions.get(r.backend, "")) for r in catalog.tools.values()]
 
 
+def provided_record(tool: ProvidedTool) -> ToolRecord:
+    return ToolRecord(
+        name=tool.name,
+        backend=tool.source,
+        description=tool.tool.description or "",
+        input_schema=tool.tool.input_schema,
+        title=tool.tool.title,
+        backend_description=tool.source_description,
+        original_name=tool.original_name,
+    )
+
+
 class OptimizerFront:
-    def __init__(self, gateway: RoutedCaller, config: VmcpConfig) -> None:
-        self.gateway = gateway
+    """The meta-tools' provider, and the call observer that learns which tools are used together."""
+
+    searchable = False  # find_tool does not find itself
+
+    def __init__(self, config: VmcpConfig) -> None:
         self.settings = config.optimizer
         # Tools used together: None when `optimizer.usage` is off (nothing recorded, nothing written).
         self.usage_path = Path(config.index_dir()) / USAGE_FILE
@@ -150,7 +157,11 @@ class OptimizerFront:
         self._closed = threading.Event()
         self._saver: threading.Thread | None = None
         self.index = ToolIndex(config.optimizer, config.index_dir(), usage=self.usage)
-        self.catalog = Catalog()
+        self.sources: set[str] = set()
+        self._provided = {
+            tool.name: ProvidedTool(tool.name, tool, GATEWAY_SOURCE, tool.name, "the gateway's own tools")
+            for tool in META_TOOLS
+        }
         self.full_list_tokens = 0
         self.meta_tools_tokens = 0
         self._validator = ArgumentValidator()
@@ -159,48 +170,54 @@ class OptimizerFront:
         self._wake = threading.Condition()
         self._worker: threading.Thread | None = None
 
-    # --- ToolFront ------------------------------------------------------------------------------------
+    # --- ToolProvider ----------------------------------------------------------------------------
 
-    def visible_tools(self, catalog: Catalog) -> list[types.Tool]:
-        pinned = [catalog.tools[name].tool for name in self.settings.pinned if name in catalog.tools]
-        return [*META_TOOLS, *pinned]
+    def tools(self) -> Mapping[str, ProvidedTool]:
+        return self._provided
 
-    def handles(self, name: str) -> bool:
-        return name in META_TOOL_NAMES
+    def listed(self) -> Sequence[ProvidedTool]:
+        return list(self._provided.values())
 
-    async def catalog_changed(self, catalog: Catalog) -> None:
-        self.catalog = catalog
-        missing = [name for name in self.settings.pinned if name not in catalog.tools]
-        if missing:
-            logger.warning("optimizer.pinned: no such tools in the catalogue: %s", ", ".join(missing))
-        records = catalog_records(catalog)
-        # Keywords at once (the model loads outside the index's lock, so this waits for no more than an embed).
-        await anyio.to_thread.run_sync(self.index.update_keywords, records)
-        await anyio.to_thread.run_sync(self._count_tokens, catalog)
-        self._embed_in_background(records)
+    def why_unavailable(self, name: str) -> str | None:
+        return None
 
-    async def call(self, ctx: Ctx, params: types.CallToolRequestParams) -> types.CallToolResult:
-        tool = FIND_TOOL if params.name == FIND_TOOL.name else CALL_TOOL
+    async def call(self, call: ToolCall) -> types.CallToolResult:
+        tool = FIND_TOOL if call.tool.name == FIND_TOOL.name else CALL_TOOL
         try:
-            arguments = _coerce_strings(dict(params.arguments or {}))
+            arguments = _coerce_strings(dict(call.arguments or {}))
             self._validator.check(tool.name, tool.input_schema, arguments)
         except ArgumentError as exc:
             return _error(str(exc))
         if tool is FIND_TOOL:
-            return await self.find_tool(arguments["query"], arguments.get("limit"), arguments.get("backends"))
+            return await self.find_tool(
+                arguments["query"], arguments.get("limit"), arguments.get("backends"), allowed=call
+            )
         target = arguments["tool_name"]
         if target in META_TOOL_NAMES:
             return _error(f"field 'tool_name': '{target}' is a meta-tool; call it directly")
         try:
-            self.gateway.lookup_tool(target)
-        except BackendUnavailable as exc:
-            return _error(str(exc))
-        except MCPError:
+            return await call.router.call_tool(call.caller, target, arguments.get("arguments") or {}, call.exchange)
+        except UnknownTool:
             return _error(f"field 'tool_name': unknown tool '{target}'; use find_tool to look tools up")
-        return await self.gateway.call_routed(ctx, target, arguments.get("arguments") or {}, params.meta)
 
-    def tool_used(self, client: object, name: str) -> None:
-        """`client` (any object that lives as long as the client) called `name` and it succeeded."""
+    async def tools_changed(self, tools: Sequence[ProvidedTool]) -> None:
+        """The searchable providers' tools changed: re-index them (keywords now, vectors in the background)."""
+        self.sources = {tool.source for tool in tools}
+        records = [provided_record(tool) for tool in tools]
+        # Keywords at once (the model loads outside the index's lock, so this waits for no more than an embed).
+        await anyio.to_thread.run_sync(self.index.update_keywords, records)
+        await anyio.to_thread.run_sync(self._count_tokens, tools)
+        self._embed_in_background(records)
+
+    # --- CallObserver ----------------------------------------------------------------------------
+
+    def tool_called(self, caller: Caller, tool: ProvidedTool, result: types.CallToolResult) -> None:
+        """A known caller's successful call of a backend's tool is a use (meta-tool calls are not)."""
+        if caller.known and not result.is_error and tool.source != GATEWAY_SOURCE:
+            self.tool_used(caller.id, tool.name)
+
+    def tool_used(self, client: Hashable, name: str) -> None:
+        """`client` (a caller's id) called `name` and it succeeded."""
         if self._recorder is None or self._closed.is_set():
             return
         self._recorder.tool_used(client, name)
@@ -215,15 +232,23 @@ class OptimizerFront:
 
     # --- find_tool ------------------------------------------------------------------------------------
 
-    async def find_tool(self, query: str, limit: int | None, backends: list[str] | None) -> types.CallToolResult:
+    async def find_tool(
+        self, query: str, limit: int | None, backends: list[str] | None, allowed: ToolCall | None = None
+    ) -> types.CallToolResult:
+        """The best matches for `query`; with `allowed`, only the tools its caller may use."""
         if backends:
-            known = set(self.catalog.backend_descriptions)
-            unknown = [b for b in backends if b not in known]
+            unknown = [b for b in backends if b not in self.sources]
             if unknown:
-                return _error(f"field 'backends': unknown backend(s) {unknown}; known: {sorted(known)}")
-        result: SearchResult = await anyio.to_thread.run_sync(
-            self.index.search, query, limit or self.settings.default_limit, backends
-        )
+                return _error(f"field 'backends': unknown backend(s) {unknown}; known: {sorted(self.sources)}")
+        wanted = limit or self.settings.default_limit
+        filtered = allowed is not None and not getattr(allowed.router.policy, "allows_everything", False)
+        depth = wanted * POLICY_DEPTH if filtered else wanted
+        result: SearchResult = await anyio.to_thread.run_sync(self.index.search, query, depth, backends)
+        if allowed is not None and filtered:
+            permitted = set(allowed.router.may_use(allowed.caller, [hit.record.name for hit in result.hits]))
+            result = SearchResult(
+                hits=[h for h in result.hits if h.record.name in permitted][:wanted], mode=result.mode
+            )
         tools = [_hit_json(hit) for hit in result.hits]
         answer: dict[str, Any] = {"query": query, "ranking": result.mode, "tools": tools}
         if result.mode == "keyword":
@@ -241,12 +266,12 @@ class OptimizerFront:
 
     # --- index upkeep ---------------------------------------------------------------------------------
 
-    def _count_tokens(self, catalog: Catalog) -> None:
-        self.full_list_tokens = count_tokens(tool_json([r.tool for r in catalog.tools.values()]), self.settings.model)
-        self.meta_tools_tokens = count_tokens(tool_json(self.visible_tools(catalog)), self.settings.model)
+    def _count_tokens(self, tools: Sequence[ProvidedTool]) -> None:
+        self.full_list_tokens = count_tokens(tool_json([t.tool for t in tools]), self.settings.model)
+        self.meta_tools_tokens = count_tokens(tool_json(list(META_TOOLS)), self.settings.model)
         logger.info(
             "optimizer: %d tools; tools/list is %d tokens with the optimizer, %d without",
-            len(catalog.tools),
+            len(tools),
             self.meta_tools_tokens,
             self.full_list_tokens,
         )

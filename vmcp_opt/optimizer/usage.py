@@ -23,9 +23,8 @@ import logging
 import os
 import threading
 import time
-import weakref
-from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +38,8 @@ _SMOOTHING = 2.0
 # Distinct tools one task holds before a new task starts: a client that runs for hours and touches
 # everything would otherwise tie every tool to every other.
 MAX_TASK_TOOLS = 16
+# Clients whose task is still open, at most (the least recently active is forgotten first).
+MAX_LIVE_CLIENTS = 10_000
 
 
 class UsageGraph:
@@ -236,23 +237,26 @@ class _LiveTask:
 class UsageRecorder:
     """Turns each client's successful calls into tasks of the graph.
 
-    Keyed by the client's connection object, held weakly: a client that goes away takes its live task
-    with it. A call more than `window` seconds after the client's previous one starts a new task.
+    Keyed by the caller's id: at most `MAX_LIVE_CLIENTS` open tasks, the least recently active client's
+    forgotten first. A call more than `window` seconds after the client's previous one starts a new task.
     """
 
     def __init__(self, graph: UsageGraph, window: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.graph = graph
         self.window = window
         self._clock = clock
-        self._live: weakref.WeakKeyDictionary[object, _LiveTask] = weakref.WeakKeyDictionary()
+        self._live: OrderedDict[Hashable, _LiveTask] = OrderedDict()
         self._lock = threading.Lock()
 
-    def tool_used(self, client: object, tool: str) -> None:
+    def tool_used(self, client: Hashable, tool: str) -> None:
         now = self._clock()
         with self._lock:
-            task = self._live.get(client)
+            task = self._live.pop(client, None)
             if task is None or now - task.last_call > self.window or len(task.tools) >= MAX_TASK_TOOLS:
-                task = self._live[client] = _LiveTask()
+                task = _LiveTask()
+            self._live[client] = task
+            while len(self._live) > MAX_LIVE_CLIENTS:
+                self._live.popitem(last=False)
             task.last_call = now
             if tool in task.tools:
                 return

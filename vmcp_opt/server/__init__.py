@@ -1,5 +1,1 @@
-"""The MCP endpoint: streamable HTTP (`/mcp`, `/healthz`, `/readyz`) and stdio."""
-
-from vmcp_opt.server.gateway import Gateway
-
-__all__ = ["Gateway"]
+"""The MCP endpoint: transports (streamable HTTP with /healthz and /readyz, stdio), admission, handlers."""

@@ -14,11 +14,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from vmcp_opt.backends import BackendState
 from vmcp_opt.config import ServerConfig
+from vmcp_opt.gateway import Gateway
 from vmcp_opt.server.bad_input import JsonRpcErrorCodes
 from vmcp_opt.server.event_store import BoundedEventStore
-from vmcp_opt.server.gateway import Gateway
+from vmcp_opt.server.handlers import build_mcp_server
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def transport_security(server: ServerConfig) -> TransportSecuritySettings:
 def create_app(gateway: Gateway) -> Starlette:
     server_config = gateway.config.server
     manager = StreamableHTTPSessionManager(
-        app=gateway.server,
+        app=build_mcp_server(gateway, "http"),
         security_settings=transport_security(server_config),
         max_request_body_size=server_config.max_body_bytes,
         # SSE streams can be resumed with Last-Event-ID (polling, dropped connections); bounded, in memory.
@@ -63,20 +63,8 @@ def create_app(gateway: Gateway) -> Starlette:
         return JSONResponse({"status": "ok"})
 
     async def readyz(request: Request) -> JSONResponse:
-        backends = [{**c.summary(), **gateway.health.summary(c.name)} for c in gateway.backends.connections.values()]
-        up = [b["state"] == BackendState.READY.value and b["health"]["state"] != "unhealthy" for b in backends]
-        ready = gateway.started and all(up)
-        status = "ready" if ready else "degraded" if gateway.started else "starting"
-        # best_effort serves what is healthy, so a load balancer should keep sending traffic while any
-        # backend is up; under fail, or with nothing up, the gateway is not ready.
-        serving = ready or (status == "degraded" and gateway.config.failure.mode == "best_effort" and any(up))
-        body = {
-            "status": status,
-            "failure_mode": gateway.config.failure.mode,
-            "tools": len(gateway.catalog.tools),
-            "backends": backends,
-        }
-        return JSONResponse(body, status_code=200 if serving else 503)
+        readiness = gateway.readiness()
+        return JSONResponse(readiness.body, status_code=200 if readiness.serving else 503)
 
     return Starlette(
         routes=[

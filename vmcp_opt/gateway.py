@@ -1,0 +1,209 @@
+"""The gateway assembled: backends, health, catalogue, sessions, router and providers, and their lifecycle.
+
+This is the composition root. It builds each part, registers the tool providers on the router (the
+optimizer's meta-tools first when it is on, then the backends' tools), and keeps the catalogue and
+find_tool's index in step with the backends. Transports (`server/`) serve its router; nothing below
+imports this module.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import anyio
+import anyio.abc
+
+from vmcp_opt.aggregation import Catalog, LiveCatalog
+from vmcp_opt.arguments import ArgumentValidator
+from vmcp_opt.backends import BackendConnection, BackendManager, BackendState
+from vmcp_opt.config import VmcpConfig
+from vmcp_opt.health import HealthMonitor
+from vmcp_opt.optimizer.metatools import OptimizerFront
+from vmcp_opt.routing import BackendTools, Router, SessionChooser
+
+logger = logging.getLogger(__name__)
+
+ListKind = Literal["tools", "prompts", "resources"]
+ALL_LISTS: frozenset[ListKind] = frozenset(("tools", "prompts", "resources"))
+ListsChanged = Callable[[frozenset[ListKind]], Awaitable[None]]
+
+
+class StartupError(Exception):
+    """`failure.mode: fail` and some backends did not connect; the message names them."""
+
+
+class Gateway:
+    def __init__(self, config: VmcpConfig) -> None:
+        self.config = config
+        self.backends = BackendManager(config)
+        # Health checks and circuit breakers; every routed call goes through `health.guarded`, whichever session.
+        self.health = HealthMonitor(self.backends, config)
+        self.catalog = LiveCatalog(self.backends, config.aggregation)
+        self.sessions = SessionChooser(
+            self.backends.ready,
+            input_timeout=config.timeouts.input,
+            max_pending=config.server.max_pending_calls,
+            spares=config.server.round_trip_spares,
+        )
+        self.router = Router(self.catalog, self.backends, self.sessions, self.health.guarded)
+        self.optimizer: OptimizerFront | None = None
+        listed: Callable[[str], bool] = lambda name: True  # noqa: E731
+        if config.optimizer.enabled:
+            self.optimizer = OptimizerFront(config)
+            self.router.add_provider(self.optimizer)
+            self.router.observers.append(self.optimizer)
+            pinned = frozenset(config.optimizer.pinned)
+            listed = pinned.__contains__  # with the optimizer on, tools/list is the meta-tools and pinned tools
+        validator = ArgumentValidator(config.limits.argument_check_timeout, config.limits.schema_cache_size)
+        self.router.add_provider(BackendTools(self.catalog, validator, listed))
+        self.started = False
+        # A backend changed after the first catalogue was built but before `started`: rebuild once started.
+        self._changed_while_starting = False
+        # A failure found after serving began (a name conflict while connecting in the background).
+        self.fatal: BaseException | None = None
+        self.on_fatal: Callable[[BaseException], None] | None = None
+        # Told which lists changed, so the transports can tell their clients.
+        self.on_lists_changed: list[ListsChanged] = []
+        # Cancelled by `stop`, so a shutdown during start-up never goes on to start health checks.
+        self._background_connect: anyio.CancelScope | None = None
+        self._stopping = False
+        self.backends.add_listener(self._on_backend_change)
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self, task_group: anyio.abc.TaskGroup) -> None:
+        """Connect every backend and build the catalogue.
+
+        Raises `StartupError` under `failure.mode: fail` when a backend could not connect.
+        """
+        self.sessions.attach(task_group)
+        if self.optimizer is not None and self.config.failure.mode == "best_effort":
+            # With the optimizer on, tools/list is the meta-tools, which need no backend: serve at once
+            # and let the catalogue (and find_tool's index) fill in as the backends connect.
+            task_group.start_soon(self._connect_in_background, task_group, name="connect-backends")
+            return
+        await self._connect_and_build(task_group)
+
+    async def _connect_in_background(self, task_group: anyio.abc.TaskGroup) -> None:
+        try:
+            with anyio.CancelScope() as self._background_connect:
+                if self._stopping:
+                    return
+                await self._connect_and_build(task_group)
+        except StartupError as exc:
+            self.fatal = exc
+            logger.error("cannot serve: %s", exc)
+            if self.on_fatal is not None:
+                self.on_fatal(exc)
+
+    async def _connect_and_build(self, task_group: anyio.abc.TaskGroup) -> None:
+        await self.backends.start(task_group)
+        down = self.backends.not_ready()
+        if down and self.config.failure.mode == "fail":
+            self.backends.stop()
+            names = "; ".join(f"{c.name} ({c.last_error or c.state.value})" for c in down)
+            message = f"failure.mode is fail and these backends could not connect: {names}"
+            logger.error("cannot start: %s", message)
+            raise StartupError(message)
+        task_group.start_soon(self.health.run, name="health")
+        self._changed_while_starting = False
+        self.catalog.set(self.catalog.build())
+        await self._tools_changed()
+        self.started = True
+        if self._changed_while_starting:
+            # e.g. a backend lost while the index took the first catalogue: its tools must leave now,
+            # not at its next change.
+            await self._rebuild_catalog()
+        await self._lists_changed(ALL_LISTS)  # clients that connected while the backends were connecting
+        catalog = self.catalog.current
+        logger.info(
+            "catalogue: %d tools, %d prompts, %d resources, %d resource templates",
+            len(catalog.tools),
+            len(catalog.prompts),
+            len(catalog.resources),
+            len(catalog.templates),
+        )
+
+    def stop(self) -> None:
+        self._stopping = True
+        if self._background_connect is not None:
+            self._background_connect.cancel()
+        self.sessions.stop()
+        self.health.stop()
+        self.backends.stop()
+        if self.optimizer is not None:
+            self.optimizer.close()
+
+    async def _on_backend_change(self, connection: BackendConnection) -> None:
+        self.sessions.backend_changed(connection)
+        if not self.started:
+            self._changed_while_starting = True
+            return  # `start` builds the catalogue once every backend has answered
+        if self._stopping:
+            # Backends stop one by one: shrinking the catalogue would drop their vectors from the
+            # persisted index, and the next start would embed them all again.
+            return
+        await self._rebuild_catalog()
+
+    async def _rebuild_catalog(self) -> None:
+        before = self._listing()
+        self.catalog.rebuild()
+        await self._tools_changed()
+        after = self._listing()
+        await self._lists_changed(frozenset(kind for kind in ALL_LISTS if before[kind] != after[kind]))
+
+    async def _tools_changed(self) -> None:
+        """find_tool's index follows every searchable provider's tools."""
+        if self.optimizer is None:
+            return
+        missing = [name for name in self.config.optimizer.pinned if name not in self.catalog.current.tools]
+        if missing:
+            logger.warning("optimizer.pinned: no such tools in the catalogue: %s", ", ".join(missing))
+        await self.optimizer.tools_changed(self.router.searchable_tools())
+
+    def _listing(self) -> dict[ListKind, list[object]]:
+        """What a client would be shown (before any policy): a change here is worth a list_changed."""
+        catalog: Catalog = self.catalog.current
+        resources: list[object] = [r.resource for r in catalog.resources.values()]
+        return {
+            "tools": list(self.router.listed_tools()),
+            "prompts": [r.prompt for r in catalog.prompts.values()],
+            "resources": resources + [t.template for t in catalog.templates],
+        }
+
+    async def _lists_changed(self, kinds: frozenset[ListKind]) -> None:
+        if not kinds:
+            return
+        for listener in self.on_lists_changed:
+            await listener(kinds)
+
+    # --- views -----------------------------------------------------------------------------------
+
+    def backend_summaries(self) -> list[dict[str, Any]]:
+        return [{**c.summary(), **self.health.summary(c.name)} for c in self.backends.connections.values()]
+
+    def readiness(self) -> Readiness:
+        """`/readyz`: ready when every backend is up and healthy; `serving` says whether to send traffic."""
+        backends = self.backend_summaries()
+        up = [b["state"] == BackendState.READY.value and b["health"]["state"] != "unhealthy" for b in backends]
+        ready = self.started and all(up)
+        status = "ready" if ready else "degraded" if self.started else "starting"
+        # best_effort serves what is healthy, so a load balancer should keep sending traffic while any
+        # backend is up; under fail, or with nothing up, the gateway is not ready.
+        serving = ready or (status == "degraded" and self.config.failure.mode == "best_effort" and any(up))
+        body = {
+            "status": status,
+            "failure_mode": self.config.failure.mode,
+            "tools": len(self.catalog.current.tools),
+            "backends": backends,
+        }
+        return Readiness(serving, body)
+
+
+@dataclass(frozen=True)
+class Readiness:
+    serving: bool
+    body: dict[str, Any]

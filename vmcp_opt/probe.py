@@ -1,0 +1,51 @@
+"""One-shot looks at the configured backends, for the CLI (`vmcp backends`, `vmcp index ...`): no serving."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+
+from vmcp_opt.aggregation import catalog_of
+from vmcp_opt.backends import BackendManager
+from vmcp_opt.config import VmcpConfig
+from vmcp_opt.health import HealthMonitor
+from vmcp_opt.optimizer.documents import ToolRecord
+from vmcp_opt.optimizer.metatools import META_TOOLS, catalog_records, tool_json
+from vmcp_opt.optimizer.tokens import count_tokens
+
+
+async def collect_tool_records(config: VmcpConfig) -> list[ToolRecord]:
+    """The live catalogue's tools as index records (`vmcp index build|stats|search`): one look, no serving."""
+    manager = _one_shot_backends(config)
+    async with anyio.create_task_group() as task_group:
+        await manager.start(task_group)
+        records = catalog_records(catalog_of(manager, config.aggregation))
+        manager.stop()
+    return records
+
+
+def meta_tool_tokens(config: VmcpConfig) -> int:
+    """Tokens of `tools/list` with the optimizer on: the meta-tools (pinned tools are not known offline)."""
+    return count_tokens(tool_json(list(META_TOOLS)), config.optimizer.model)
+
+
+def _one_shot_backends(config: VmcpConfig) -> BackendManager:
+    manager = BackendManager(config)
+    for connection in manager.connections.values():
+        connection.restart = None  # one attempt each: this is a look, not a server
+    return manager
+
+
+async def probe_backends(config: VmcpConfig) -> list[dict[str, Any]]:
+    """Connect each backend once, ping it, and report its state, health and counts."""
+    manager = _one_shot_backends(config)
+    monitor = HealthMonitor(manager, config)
+    async with anyio.create_task_group() as task_group:
+        await manager.start(task_group)
+        await monitor.check_all()
+        summaries = [
+            {**connection.summary(), **monitor.summary(connection.name)} for connection in manager.connections.values()
+        ]
+        manager.stop()
+    return summaries

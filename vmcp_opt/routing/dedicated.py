@@ -1,0 +1,195 @@
+"""A caller's own backend sessions, for what one shared session cannot route.
+
+A caller that can answer server-to-client requests (it declared sampling, elicitation or roots), or
+that asked for log messages (`logging/setLevel`) or resource updates (`resources/subscribe`), gets its
+own session to each backend it uses (`DedicatedSession`). Everything those sessions receive is for that
+caller alone:
+
+- `sampling/createMessage`, `elicitation/create`, `roots/list` go to the client on the stream of the
+  call that caused them (the one call in flight; the standalone stream otherwise), and the answer goes
+  back to the same backend session. Cancellation travels both ways through the SDK's dispatchers.
+- log messages likewise; `resources/updated` on the client's standalone stream.
+
+Every other caller stays on the shared, faster path. A caller's dedicated sessions are closed when its
+connection closes (`Caller.lifetime`). The time a backend spends waiting for the client's answer counts
+against `timeouts.input`, not the call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import anyio
+import mcp_types as types
+from mcp.client.session import ClientRequestContext
+from mcp.server.session import ServerSession
+from mcp.shared.dispatcher import ProgressFnT
+from mcp.shared.exceptions import MCPError
+from mcp.shared.message import ServerMessageMetadata
+from pydantic import BaseModel
+
+from vmcp_opt.auth import Caller
+from vmcp_opt.backends.connection import BackendConnection
+from vmcp_opt.backends.session_pool import DedicatedSession, SessionCallbacks, SessionPool
+from vmcp_opt.health import CallClock, Guard
+
+logger = logging.getLogger(__name__)
+
+ResultT = TypeVar("ResultT", bound=BaseModel)
+
+
+@dataclass(eq=False)
+class InFlight:
+    session: ServerSession
+    request_id: types.RequestId | None
+    clock: CallClock = field(default_factory=CallClock)
+
+
+@dataclass(eq=False)
+class CallerBackends:
+    """One caller's dedicated backend sessions and its calls in flight on them."""
+
+    caller: Caller
+    pool: SessionPool
+    input_timeout: float
+    always: bool  # the client can answer server-to-client requests: every call needs its own session
+    sessions: dict[str, DedicatedSession] = field(default_factory=dict)
+    in_flight: list[InFlight] = field(default_factory=list)
+    last_session: ServerSession | None = None
+    log_level: types.LoggingLevel | None = None
+    subscriptions: dict[str, set[str]] = field(default_factory=dict)  # backend -> URIs
+    closed: bool = False
+    _locks: dict[str, anyio.Lock] = field(default_factory=dict)
+
+    # --- sessions --------------------------------------------------------------------------------
+
+    async def session_for(self, backend: BackendConnection) -> DedicatedSession:
+        current = self.sessions.get(backend.name)
+        if current is not None and not current.closed:
+            return current
+        lock = self._locks.setdefault(backend.name, anyio.Lock())
+        async with lock:
+            current = self.sessions.get(backend.name)
+            if current is not None and not current.closed:
+                return current
+            if self.closed:
+                raise MCPError(types.CONNECTION_CLOSED, "the client session has ended")
+            session = await self.pool.open(backend, self._callbacks())
+            self.sessions[backend.name] = session
+            await self._restore(session)
+            return session
+
+    async def _restore(self, session: DedicatedSession) -> None:
+        """A reopened session gets the client's log level and subscriptions back."""
+        capabilities = session.connection.capabilities
+        if self.log_level is not None and capabilities is not None and capabilities.logging is not None:
+            await session.request(
+                types.SetLevelRequest(params=types.SetLevelRequestParams(level=self.log_level)), types.EmptyResult
+            )
+        for uri in self.subscriptions.get(session.name, ()):
+            await session.request(
+                types.SubscribeRequest(params=types.SubscribeRequestParams(uri=uri)), types.EmptyResult
+            )
+
+    async def close(self) -> None:
+        self.closed = True
+        sessions, self.sessions = list(self.sessions.values()), {}
+        for session in sessions:
+            await session.aclose()
+
+    async def send(
+        self,
+        session: DedicatedSession,
+        front: ServerSession,
+        request_id: types.RequestId | None,
+        request: types.Request[Any, Any],
+        result_type: type[ResultT],
+        guard: Guard,
+        progress: ProgressFnT | None,
+    ) -> ResultT:
+        """A call on `session`, in flight for this caller's front request while it runs."""
+        call = InFlight(front, request_id)
+        self.in_flight.append(call)
+        try:
+            async with guard(session.name, call.clock):
+                return await session.request(request, result_type, progress_callback=progress, timed=False)
+        finally:
+            self.in_flight.remove(call)
+
+    # --- what the backend sends ------------------------------------------------------------------
+
+    def _callbacks(self) -> SessionCallbacks:
+        return SessionCallbacks.mirroring(
+            self.caller.capabilities or types.ClientCapabilities(),
+            sampling=self._sampling,
+            elicitation=self._elicitation,
+            list_roots=self._list_roots,
+            logging=self._log,
+            notification=self._notification,
+        )
+
+    def _target(self) -> tuple[ServerSession | None, ServerMessageMetadata | None]:
+        """The call that caused a backend's message: the one in flight, else the standalone stream."""
+        if len(self.in_flight) == 1:
+            call = self.in_flight[0]
+            return call.session, ServerMessageMetadata(related_request_id=call.request_id)
+        if self.in_flight:
+            return self.in_flight[-1].session, None
+        return self.last_session, None
+
+    async def _ask(self, request: types.ServerRequest, result_type: type[ResultT]) -> ResultT | types.ErrorData:
+        session, metadata = self._target()
+        if session is None:
+            return types.ErrorData(code=types.INTERNAL_ERROR, message="the client is not connected")
+        # While the client answers, the calls in flight are not the backend's time.
+        with contextlib.ExitStack() as waits:
+            for call in list(self.in_flight):
+                waits.enter_context(call.clock.paused())
+            try:
+                with anyio.fail_after(self.input_timeout):
+                    return await session.send_request(request, result_type, metadata=metadata)
+            except MCPError as exc:
+                return exc.error
+            except TimeoutError:
+                return types.ErrorData(
+                    code=types.REQUEST_TIMEOUT, message=f"the client did not answer within {self.input_timeout:g}s"
+                )
+
+    async def _sampling(
+        self, context: ClientRequestContext, params: types.CreateMessageRequestParams
+    ) -> types.CreateMessageResult | types.CreateMessageResultWithTools | types.ErrorData:
+        request = types.CreateMessageRequest(params=params)
+        if params.tools:
+            return await self._ask(request, types.CreateMessageResultWithTools)
+        return await self._ask(request, types.CreateMessageResult)
+
+    async def _elicitation(
+        self, context: ClientRequestContext, params: types.ElicitRequestParams
+    ) -> types.ElicitResult | types.ErrorData:
+        return await self._ask(types.ElicitRequest(params=params), types.ElicitResult)
+
+    async def _list_roots(self, context: ClientRequestContext) -> types.ListRootsResult | types.ErrorData:
+        return await self._ask(types.ListRootsRequest(), types.ListRootsResult)
+
+    async def _log(self, params: types.LoggingMessageNotificationParams) -> None:
+        session, metadata = self._target()
+        if session is None:
+            return
+        related = metadata.related_request_id if metadata is not None else None
+        await deliver(session.send_notification(types.LoggingMessageNotification(params=params), related))
+
+    async def _notification(self, message: types.ServerNotification) -> None:
+        if isinstance(message, types.ResourceUpdatedNotification) and self.last_session is not None:
+            # Not tied to a request: a 2025-11-25 session sends it on the standalone stream.
+            await deliver(self.last_session.send_resource_updated(str(message.params.uri)))
+
+
+async def deliver(send: Awaitable[None]) -> None:
+    try:
+        await send
+    except Exception as exc:  # a client gone away must not break the backend session
+        logger.debug("relay: message not delivered to the client: %r", exc)

@@ -1,0 +1,68 @@
+"""The front request a routed call answers: how to reach its client while the call runs.
+
+Made by admission next to the `Caller`. A call that no client request drives (a workflow step started
+by the gateway itself) uses `Exchange.internal()`: no progress, no questions to a client.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import mcp_types as types
+from mcp.server.session import ServerSession
+from mcp.shared.dispatcher import ProgressFnT
+
+from vmcp_opt.routing.round_trips.state import Round
+
+
+@dataclass(frozen=True)
+class Exchange:
+    method: str
+    # The front session of this request: server-to-client messages of the call go out on it.
+    session: ServerSession | None = None
+    request_id: types.RequestId | None = None
+    # A 2026-07-28 retry: the round it continues (its unsealed requestState) and the client's answers.
+    round: Round | None = None
+    input_responses: types.InputResponses | None = None
+    meta: types.RequestParamsMeta | None = None
+
+    @classmethod
+    def internal(cls, method: str = "tools/call") -> Exchange:
+        return cls(method=method)
+
+    def progress_relay(self) -> ProgressFnT | None:
+        """Relays a backend's progress to the client under the client's own progress token."""
+        raw: dict[str, Any] = dict(self.meta or {})
+        token = raw.get("progress_token", raw.get("progressToken"))
+        session, request_id = self.session, self.request_id
+        if session is None or not isinstance(token, str | int):
+            return None
+
+        async def relay(progress: float, total: float | None, message: str | None) -> None:
+            related = str(request_id) if request_id is not None else None
+            await session.send_progress_notification(token, progress, total, message, related_request_id=related)
+
+        return relay
+
+
+# Not forwarded: the backend call gets a progress token of its own, and the gateway's session speaks its own
+# envelope (a 2025-11-25 session refuses a request carrying a 2026-07-28 client's).
+_NOT_FORWARDED_META = frozenset(
+    {
+        "progressToken",
+        "progress_token",
+        types.PROTOCOL_VERSION_META_KEY,
+        types.CLIENT_INFO_META_KEY,
+        types.CLIENT_CAPABILITIES_META_KEY,
+        types.LOG_LEVEL_META_KEY,
+    }
+)
+
+
+def forwarded_meta(meta: types.RequestParamsMeta | None) -> types.RequestParamsMeta | None:
+    """The client's `_meta` minus its progress token and protocol envelope."""
+    if not meta:
+        return None
+    kept = {key: value for key, value in dict(meta).items() if key not in _NOT_FORWARDED_META}
+    return kept or None  # type: ignore[return-value]

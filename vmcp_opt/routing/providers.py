@@ -1,0 +1,143 @@
+"""Tool providers: what a caller can call is the union of every provider's tools.
+
+Backend tools (the aggregated catalogue), the optimizer's meta-tools, and later composite workflows are
+registered on the router the same way. Each says which tools it serves, which of them `tools/list`
+shows, and runs a call it owns; a call that must reach a backend goes back through the router
+(`Dispatch`), so policy, session choice and the health guard apply to every step the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+import mcp_types as types
+from mcp.shared.dispatcher import ProgressFnT
+from pydantic import BaseModel
+
+from vmcp_opt.aggregation import LiveCatalog
+from vmcp_opt.arguments import ArgumentError, ArgumentValidator
+from vmcp_opt.auth import Caller
+from vmcp_opt.routing.exchange import Exchange, forwarded_meta
+from vmcp_opt.routing.policy import Policy
+
+ResultT = TypeVar("ResultT", bound=BaseModel)
+
+GATEWAY_SOURCE = "vmcp"  # the source of the gateway's own tools (meta-tools)
+
+
+@dataclass(frozen=True)
+class ProvidedTool:
+    name: str  # as callers see it
+    tool: types.Tool
+    source: str  # the backend that serves it, or GATEWAY_SOURCE
+    original_name: str  # the name at its source
+    source_description: str = ""
+
+
+class Dispatch(Protocol):
+    """The router, as providers reach it: another tool by name, a request to a backend, the policy."""
+
+    policy: Policy
+
+    def may_use(self, caller: Caller, names: Sequence[str]) -> list[str]: ...
+
+    async def call_tool(
+        self, caller: Caller, name: str, arguments: dict[str, Any] | None, exchange: Exchange
+    ) -> types.CallToolResult: ...
+
+    async def send(
+        self,
+        caller: Caller,
+        exchange: Exchange,
+        backend: str,
+        request: types.Request[Any, Any],
+        result_type: type[ResultT],
+        progress: ProgressFnT | None = None,
+    ) -> ResultT: ...
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    caller: Caller
+    tool: ProvidedTool
+    arguments: dict[str, Any] | None
+    exchange: Exchange
+    router: Dispatch
+
+
+class ToolProvider(Protocol):
+    # Whether find_tool indexes these tools (the meta-tools themselves are not searched for).
+    searchable: bool
+
+    def tools(self) -> Mapping[str, ProvidedTool]:
+        """Every tool it serves now, by the name callers use."""
+        ...
+
+    def listed(self) -> Sequence[ProvidedTool]:
+        """The ones `tools/list` shows."""
+        ...
+
+    def why_unavailable(self, name: str) -> str | None:
+        """Why a tool it served before cannot be called now, or None when it does not know the name."""
+        ...
+
+    async def call(self, call: ToolCall) -> types.CallToolResult: ...
+
+
+class BackendTools:
+    """The catalogue's tools: each call is checked against the tool's schema and sent to its backend
+    under its original name."""
+
+    searchable = True
+
+    def __init__(
+        self, catalog: LiveCatalog, validator: ArgumentValidator, listed: Callable[[str], bool] = lambda name: True
+    ) -> None:
+        self._catalog = catalog
+        self._listed = listed  # with the optimizer on, only pinned tools are listed
+        self._validator = validator
+        self._view: tuple[object, dict[str, ProvidedTool]] | None = None
+
+    def tools(self) -> Mapping[str, ProvidedTool]:
+        catalog = self._catalog.current
+        if self._view is None or self._view[0] is not catalog:
+            descriptions = catalog.backend_descriptions
+            self._view = (
+                catalog,
+                {
+                    name: ProvidedTool(name, r.tool, r.backend, r.original_name, descriptions.get(r.backend, ""))
+                    for name, r in catalog.tools.items()
+                },
+            )
+        return self._view[1]
+
+    def listed(self) -> Sequence[ProvidedTool]:
+        return [tool for name, tool in self.tools().items() if self._listed(name)]
+
+    def why_unavailable(self, name: str) -> str | None:
+        return self._catalog.why_unavailable(name)
+
+    async def call(self, call: ToolCall) -> types.CallToolResult:
+        tool = call.tool
+        try:
+            # Off the event loop, under a deadline: a backend's schema is untrusted (patterns, $refs).
+            await self._validator.check_async(tool.name, tool.tool.input_schema, call.arguments)
+        except ArgumentError as exc:
+            return error_result(str(exc))
+        params = types.CallToolRequestParams(
+            name=tool.original_name, arguments=call.arguments, _meta=forwarded_meta(call.exchange.meta)
+        )
+        return await call.router.send(
+            call.caller,
+            call.exchange,
+            tool.source,
+            types.CallToolRequest(params=params),
+            types.CallToolResult,
+            progress=call.exchange.progress_relay(),
+        )
+
+
+def error_result(message: str) -> types.CallToolResult:
+    return types.CallToolResult(content=[types.TextContent(type="text", text=message)], is_error=True)

@@ -1,0 +1,129 @@
+"""What a 2026-07-28 `request_state` names, and a backend's own `InputRequiredResult` passed through.
+
+`request_state` is sealed by the SDK's `RequestStateBoundary` (AES-GCM under a key of this process,
+bound to the method, name and arguments of the call, expiring after `timeouts.input`): a client can
+neither read nor forge it. Inside the seal it names either a call pending here (`PendingRound`) or a
+2026-07-28 backend's own round (`BackendRound`), whose retry goes back to that backend with its state.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar, cast
+
+import mcp_types as types
+from mcp.server.request_state import RequestStateBoundary, RequestStateSecurity
+from mcp.shared.exceptions import MCPError
+from mcp_types.methods import INPUT_REQUIRED_METHODS
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+ResultT = TypeVar("ResultT", bound=BaseModel)
+
+STATE_AUDIENCE = "vmcp-opt"
+
+
+class InputRequired(Exception):
+    """Carries an `InputRequiredResult` up the call path (the optimizer's `call_tool` included) to the
+    front handler, which returns it in place of the result."""
+
+    def __init__(self, result: types.InputRequiredResult) -> None:
+        super().__init__("input required")
+        self.result = result
+
+
+@dataclass(frozen=True)
+class PendingRound:
+    """A call running here, waiting for the client's answers."""
+
+    call: str
+
+
+@dataclass(frozen=True)
+class BackendRound:
+    """A 2026-07-28 backend's own round: the retry goes to `backend` with its `state`."""
+
+    backend: str
+    state: str | None
+
+
+Round = PendingRound | BackendRound
+
+
+def encode_round(round_: Round) -> str:
+    if isinstance(round_, PendingRound):
+        return json.dumps({"call": round_.call})
+    return json.dumps({"backend": round_.backend, "state": round_.state})
+
+
+def decode_round(text: str) -> Round:
+    """The plaintext the boundary unsealed; it was minted here, so anything else is our own bug."""
+    try:
+        data = json.loads(text)
+        if isinstance(data.get("call"), str):
+            return PendingRound(data["call"])
+        if isinstance(data.get("backend"), str) and isinstance(data.get("state"), str | None):
+            return BackendRound(data["backend"], data["state"])
+    except (ValueError, AttributeError):
+        pass
+    raise MCPError(types.INVALID_PARAMS, "Invalid or expired requestState")
+
+
+def state_boundary(ttl: float) -> RequestStateBoundary:
+    """Seals every `request_state` the gateway hands out and verifies every one that comes back."""
+    return RequestStateBoundary(RequestStateSecurity.ephemeral(ttl=ttl), default_audience=STATE_AUDIENCE)
+
+
+def round_of(method: str, params: Mapping[str, Any] | None, protocol_version: str) -> Round | None:
+    """The round a retry continues (its unsealed `requestState`), or None for a first call."""
+    if method not in INPUT_REQUIRED_METHODS or not params:
+        return None
+    state = params.get("requestState")
+    if state is None:
+        return None
+    if protocol_version not in MODERN_PROTOCOL_VERSIONS:
+        raise MCPError(types.INVALID_PARAMS, "requestState belongs to the 2026-07-28 revision; this session is older")
+    return decode_round(str(state))
+
+
+def input_responses(params: Mapping[str, Any] | None) -> types.InputResponses | None:
+    raw = (params or {}).get("inputResponses")
+    if raw is None:
+        return None
+    try:
+        parsed = types.InputResponseRequestParams.model_validate({"inputResponses": raw}, by_name=False)
+    except ValidationError:
+        raise MCPError(types.INVALID_PARAMS, "inputResponses is not a map of input responses") from None
+    return parsed.input_responses
+
+
+_ADAPTERS: dict[type[BaseModel], TypeAdapter[Any]] = {}
+
+
+def or_input_required(result_type: type[ResultT]) -> TypeAdapter[ResultT | types.InputRequiredResult]:
+    """Parses `result_type` or an `InputRequiredResult`; built once per result type (it is not cheap)."""
+    adapter = _ADAPTERS.get(result_type)
+    if adapter is None:
+        union: Any = result_type | types.InputRequiredResult
+        adapter = _ADAPTERS[result_type] = TypeAdapter(union)
+    return cast("TypeAdapter[ResultT | types.InputRequiredResult]", adapter)
+
+
+def with_round(request: types.Request[Any, Any], state: str | None, responses: types.InputResponses | None) -> Any:
+    """`request` as the retry of a backend's round: its own state and the client's answers."""
+    params = request.params.model_copy(update={"request_state": state, "input_responses": responses})
+    return request.model_copy(update={"params": params})
+
+
+def passed_through(protocol_version: str, backend: str, result: types.InputRequiredResult) -> InputRequired:
+    """A backend's own `InputRequiredResult`, its state wrapped so the client's retry comes back to it."""
+    if protocol_version not in MODERN_PROTOCOL_VERSIONS:
+        raise MCPError(
+            types.INTERNAL_ERROR,
+            f"backend '{backend}' asked for input with InputRequiredResult (2026-07-28), "
+            "which this client's 2025-11-25 session cannot carry",
+        )
+    wrapped = result.model_copy(update={"request_state": encode_round(BackendRound(backend, result.request_state))})
+    return InputRequired(wrapped)

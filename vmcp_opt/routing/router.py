@@ -1,0 +1,288 @@
+"""The router: the one path every MCP request takes from the handlers to a backend.
+
+    lookup (which provider or backend serves the target)
+      → policy (may this caller use it)
+      → session (which backend session carries it for this caller)
+      → guarded send (the backend's circuit breaker and deadline)
+      → result (and, for a tool call, the observers: usage learning today, audit and metrics later)
+
+Handlers, the optimizer's meta-tools and (later) workflow steps all enter here. Lists go through the same
+policy, item by item, so a caller sees exactly what it may use.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any, Protocol, TypeVar
+
+import mcp_types as types
+from mcp.shared.dispatcher import ProgressFnT
+from mcp.shared.exceptions import MCPError
+from pydantic import BaseModel
+
+from vmcp_opt.aggregation import Catalog, LiveCatalog
+from vmcp_opt.auth import Caller
+from vmcp_opt.backends import BackendConnection, BackendManager
+from vmcp_opt.backends.connection import BackendUnavailable
+from vmcp_opt.display import shorten
+from vmcp_opt.health import CircuitOpen, Guard
+from vmcp_opt.routing.exchange import Exchange
+from vmcp_opt.routing.policy import AllowAll, Denied, Policy, Target
+from vmcp_opt.routing.providers import ProvidedTool, ToolCall, ToolProvider, error_result
+from vmcp_opt.routing.sessions import SessionChooser
+
+logger = logging.getLogger(__name__)
+
+ResultT = TypeVar("ResultT", bound=BaseModel)
+RESOURCE_NOT_FOUND = -32002
+# A backend that went away mid-call: for a tool call, an error result the agent can read, not a protocol error.
+_GONE = (types.CONNECTION_CLOSED, types.REQUEST_TIMEOUT)
+
+
+class UnknownTool(MCPError):
+    def __init__(self, name: str) -> None:
+        super().__init__(types.INVALID_PARAMS, f"Unknown tool: '{shorten(name)}'")
+        self.name = name
+
+
+class CallObserver(Protocol):
+    def tool_called(self, caller: Caller, tool: ProvidedTool, result: types.CallToolResult) -> None:
+        """A tool call finished with `result` (a backend's tool, or a provider's own)."""
+        ...
+
+
+class Router:
+    def __init__(
+        self,
+        catalog: LiveCatalog,
+        backends: BackendManager,
+        sessions: SessionChooser,
+        guard: Guard,
+        policy: Policy | None = None,
+    ) -> None:
+        self.catalog = catalog
+        self.backends = backends
+        self.sessions = sessions
+        self.guard = guard
+        self.policy: Policy = policy or AllowAll()
+        self.providers: list[ToolProvider] = []
+        self.observers: list[CallObserver] = []
+
+    def add_provider(self, provider: ToolProvider) -> None:
+        """Providers earlier in the list win a name and come first in `tools/list`."""
+        self.providers.append(provider)
+
+    # --- what a caller may see -------------------------------------------------------------------
+
+    def permits(self, caller: Caller, target: Target) -> bool:
+        return self.policy.decide(caller, target).allowed
+
+    def _authorize(self, caller: Caller, target: Target) -> None:
+        decision = self.policy.decide(caller, target)
+        if not decision.allowed:
+            logger.info("denied: %s may not use %s %r", caller.id, target.kind, target.name)
+            raise Denied(caller, target, decision.reason)
+
+    def visible_tools(self, caller: Caller) -> list[types.Tool]:
+        seen: set[str] = set()
+        tools: list[types.Tool] = []
+        for provider in self.providers:
+            for provided in provider.listed():
+                if provided.name not in seen and self.permits(caller, _tool_target(provided)):
+                    seen.add(provided.name)
+                    tools.append(provided.tool)
+        return tools
+
+    def listed_tools(self) -> list[types.Tool]:
+        """What `tools/list` shows before any policy (the gateway compares it to know when to notify)."""
+        seen: set[str] = set()
+        tools: list[types.Tool] = []
+        for provider in self.providers:
+            for provided in provider.listed():
+                if provided.name not in seen:
+                    seen.add(provided.name)
+                    tools.append(provided.tool)
+        return tools
+
+    def searchable_tools(self) -> list[ProvidedTool]:
+        """Every provider's tools that find_tool indexes (for all callers; `may_use` filters per caller)."""
+        found: dict[str, ProvidedTool] = {}
+        for provider in self.providers:
+            if provider.searchable:
+                for name, provided in provider.tools().items():
+                    found.setdefault(name, provided)
+        return list(found.values())
+
+    def may_use(self, caller: Caller, names: Sequence[str]) -> list[str]:
+        """Which of these tool names the caller may see and call (find_tool's results pass through here)."""
+        kept = []
+        for name in names:
+            provided = self._lookup(name)
+            if provided is not None and self.permits(caller, _tool_target(provided[1])):
+                kept.append(name)
+        return kept
+
+    def visible_prompts(self, caller: Caller) -> list[types.Prompt]:
+        prompts = self.catalog.current.prompts.values()
+        return [r.prompt for r in prompts if self.permits(caller, Target("prompt", r.name, r.backend))]
+
+    def visible_resources(self, caller: Caller) -> list[types.Resource]:
+        resources = self.catalog.current.resources.values()
+        return [r.resource for r in resources if self.permits(caller, Target("resource", r.uri, r.backend))]
+
+    def visible_templates(self, caller: Caller) -> list[types.ResourceTemplate]:
+        templates = self.catalog.current.templates
+        return [
+            t.template
+            for t in templates
+            if self.permits(caller, Target("template", t.template.uri_template, t.backend))
+        ]
+
+    # --- tools -----------------------------------------------------------------------------------
+
+    def _lookup(self, name: str) -> tuple[ToolProvider, ProvidedTool] | None:
+        for provider in self.providers:
+            provided = provider.tools().get(name)
+            if provided is not None:
+                return provider, provided
+        return None
+
+    async def call_tool(
+        self, caller: Caller, name: str, arguments: dict[str, Any] | None, exchange: Exchange
+    ) -> types.CallToolResult:
+        """Any provider's tool. `UnknownTool` for a name no provider serves; `Denied` when the policy refuses;
+        an error result when the tool's backend is down or went away."""
+        found = self._lookup(name)
+        if found is None:
+            for provider in self.providers:
+                why = provider.why_unavailable(name)
+                if why is not None:
+                    return error_result(why)
+            raise UnknownTool(name)
+        provider, provided = found
+        self._authorize(caller, _tool_target(provided))
+        started = time.perf_counter()
+        try:
+            result = await provider.call(ToolCall(caller, provided, arguments, exchange, self))
+        except (BackendUnavailable, CircuitOpen) as exc:
+            result = error_result(str(exc))
+        except MCPError as exc:
+            if exc.code not in _GONE:
+                raise
+            result = error_result(f"backend '{provided.source}': {exc.error.message}")
+        logger.info(
+            "tool call %s by %s: %s in %.1f ms",
+            provided.name,
+            caller.id,
+            "error" if result.is_error else "ok",
+            (time.perf_counter() - started) * 1000,
+            extra={"caller": caller.id, "tool": provided.name, "source": provided.source},
+        )
+        for observer in self.observers:
+            observer.tool_called(caller, provided, result)
+        return result
+
+    # --- prompts, resources, completions ---------------------------------------------------------
+
+    async def get_prompt(
+        self, caller: Caller, params: types.GetPromptRequestParams, exchange: Exchange
+    ) -> types.GetPromptResult:
+        routed = self.catalog.current.prompts.get(params.name)
+        if routed is None:
+            raise MCPError(types.INVALID_PARAMS, f"Unknown prompt: '{shorten(params.name)}'")
+        self._authorize(caller, Target("prompt", routed.name, routed.backend))
+        forwarded = params.model_copy(update={"name": routed.original_name, "request_state": None})
+        return await self._forward(
+            caller, exchange, routed.backend, types.GetPromptRequest(params=forwarded), types.GetPromptResult
+        )
+
+    async def read_resource(
+        self, caller: Caller, params: types.ReadResourceRequestParams, exchange: Exchange
+    ) -> types.ReadResourceResult:
+        uri = str(params.uri)
+        backend = self._resource_backend(caller, uri)
+        forwarded = params.model_copy(update={"request_state": None})
+        return await self._forward(
+            caller, exchange, backend, types.ReadResourceRequest(params=forwarded), types.ReadResourceResult
+        )
+
+    async def complete(
+        self, caller: Caller, params: types.CompleteRequestParams, exchange: Exchange
+    ) -> types.CompleteResult:
+        ref = params.ref
+        catalog = self.catalog.current
+        if isinstance(ref, types.PromptReference):
+            routed = catalog.prompts.get(ref.name)
+            if routed is None:
+                raise MCPError(types.INVALID_PARAMS, f"Unknown prompt: '{shorten(ref.name)}'")
+            self._authorize(caller, Target("prompt", routed.name, routed.backend))
+            forwarded = params.model_copy(update={"ref": ref.model_copy(update={"name": routed.original_name})})
+            return await self._forward(
+                caller, exchange, routed.backend, types.CompleteRequest(params=forwarded), types.CompleteResult
+            )
+        backend = catalog.route_template(ref.uri) or catalog.route_resource(ref.uri)
+        if backend is None:
+            raise MCPError(types.INVALID_PARAMS, f"Unknown resource template: '{shorten(ref.uri)}'")
+        self._authorize(caller, Target("template", ref.uri, backend))
+        return await self._forward(
+            caller, exchange, backend, types.CompleteRequest(params=params), types.CompleteResult
+        )
+
+    async def subscribe(self, caller: Caller, uri: str, exchange: Exchange, *, subscribe: bool) -> None:
+        backend = self._connection(self._resource_backend(caller, uri))
+        await self.sessions.subscribe(caller, exchange, backend, uri, subscribe)
+
+    async def set_log_level(self, caller: Caller, level: types.LoggingLevel, exchange: Exchange) -> None:
+        await self.sessions.set_level(caller, exchange, level)
+
+    async def roots_changed(self, caller: Caller) -> None:
+        await self.sessions.roots_changed(caller)
+
+    def _resource_backend(self, caller: Caller, uri: str) -> str:
+        catalog: Catalog = self.catalog.current
+        backend = catalog.route_resource(uri) or catalog.route_template(uri)
+        if backend is None:
+            raise MCPError(RESOURCE_NOT_FOUND, f"Resource not found: '{shorten(uri)}'", {"uri": shorten(uri, 512)})
+        self._authorize(caller, Target("resource", uri, backend))
+        return backend
+
+    async def _forward(
+        self, caller: Caller, exchange: Exchange, backend: str, request: Any, result_type: type[ResultT]
+    ) -> ResultT:
+        """A prompt, resource or completion request: a backend that cannot be reached is a protocol error."""
+        try:
+            return await self.send(caller, exchange, backend, request, result_type)
+        except (BackendUnavailable, CircuitOpen) as exc:
+            raise MCPError(types.INTERNAL_ERROR, str(exc)) from None
+
+    # --- the guarded send ------------------------------------------------------------------------
+
+    async def send(
+        self,
+        caller: Caller,
+        exchange: Exchange,
+        backend: str,
+        request: types.Request[Any, Any],
+        result_type: type[ResultT],
+        progress: ProgressFnT | None = None,
+    ) -> ResultT:
+        """To `backend` on the session chosen for this caller, through the backend's guard.
+
+        A 2026-07-28 retry goes where its round says, whatever `backend` is. Raises `InputRequired` when
+        the client must answer something first.
+        """
+        connection = None if exchange.round is not None else self._connection(backend)
+        session = await self.sessions.choose(caller, exchange, connection)
+        return await session.send(request, result_type, self.guard, progress)
+
+    def _connection(self, backend: str) -> BackendConnection:
+        connection = self.backends.get(backend)
+        if connection is None:
+            raise BackendUnavailable(f"backend '{backend}' is not configured")
+        return connection
+
+
+def _tool_target(provided: ProvidedTool) -> Target:
+    return Target("tool", provided.name, provided.source)

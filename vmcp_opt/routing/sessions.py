@@ -1,0 +1,249 @@
+"""Which backend session carries a caller's request: every kind behind one `BackendSession.send`.
+
+- the backend's shared session: every caller that needs nothing of its own;
+- the caller's dedicated session (`dedicated.py`): a 2025-11-25 client a backend may ask something,
+  or that asked for log messages or resource updates;
+- a pending call of its own (`round_trips/`): a 2026-07-28 client's tool call a backend may need to ask
+  something during, or the retry that continues one;
+- a 2026-07-28 backend's own round, continued on the shared session.
+
+The router hands every kind the same guard (the backend's circuit breaker and deadline); each applies
+it around the backend exchange it makes, which for a pending call outlives the front request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+import anyio.abc
+import mcp_types as types
+from mcp.shared.dispatcher import ProgressFnT
+from mcp.shared.exceptions import MCPError
+from mcp_types.methods import INPUT_REQUIRED_METHODS
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+from pydantic import BaseModel
+
+from vmcp_opt.auth import Caller
+from vmcp_opt.backends.connection import BackendConnection, BackendState, BackendUnavailable
+from vmcp_opt.backends.session_pool import DedicatedSession, SessionPool
+from vmcp_opt.health import Guard
+from vmcp_opt.routing.dedicated import CallerBackends, deliver
+from vmcp_opt.routing.exchange import Exchange
+from vmcp_opt.routing.round_trips import (
+    BackendRound,
+    PendingRound,
+    RoundTrips,
+    or_input_required,
+    passed_through,
+    with_round,
+)
+
+ResultT = TypeVar("ResultT", bound=BaseModel)
+
+
+class BackendSession(Protocol):
+    async def send(
+        self, request: types.Request[Any, Any], result_type: type[ResultT], guard: Guard, progress: ProgressFnT | None
+    ) -> ResultT: ...
+
+
+@dataclass(frozen=True)
+class SharedSession:
+    """The backend's one long-lived session; a 2026-07-28 backend's `InputRequiredResult` passes through."""
+
+    backend: BackendConnection
+    protocol_version: str  # the caller's: a backend's round can only go back to a 2026-07-28 client
+    round_state: BackendRound | None = None
+    responses: types.InputResponses | None = None
+
+    async def send(
+        self, request: types.Request[Any, Any], result_type: type[ResultT], guard: Guard, progress: ProgressFnT | None
+    ) -> ResultT:
+        if self.round_state is not None:
+            request = with_round(request, self.round_state.state, self.responses)
+        async with guard(self.backend.name, None):
+            if (
+                self.backend.protocol_version not in MODERN_PROTOCOL_VERSIONS
+                or request.method not in INPUT_REQUIRED_METHODS
+            ):
+                return await self.backend.request(request, result_type, progress_callback=progress)
+            result = await self.backend.request(request, or_input_required(result_type), progress_callback=progress)
+        if isinstance(result, types.InputRequiredResult):
+            raise passed_through(self.protocol_version, self.backend.name, result)
+        return result
+
+
+@dataclass(frozen=True)
+class CallerSession:
+    """The caller's dedicated session to one backend, seen from one front request."""
+
+    owner: CallerBackends
+    session: DedicatedSession
+    exchange: Exchange
+
+    async def send(
+        self, request: types.Request[Any, Any], result_type: type[ResultT], guard: Guard, progress: ProgressFnT | None
+    ) -> ResultT:
+        assert self.exchange.session is not None  # chosen only for requests with a front session
+        return await self.owner.send(
+            self.session, self.exchange.session, self.exchange.request_id, request, result_type, guard, progress
+        )
+
+
+@dataclass(frozen=True)
+class RoundTripSession:
+    """A pending call of its own: started by a first call, continued by each retry."""
+
+    trips: RoundTrips
+    caller: Caller
+    exchange: Exchange
+    backend: BackendConnection | None  # None for a retry: the pending call knows its backend
+
+    async def send(
+        self, request: types.Request[Any, Any], result_type: type[ResultT], guard: Guard, progress: ProgressFnT | None
+    ) -> ResultT:
+        front = self.exchange.session
+        assert front is not None
+        if isinstance(self.exchange.round, PendingRound):
+            return await self.trips.resume(
+                front, self.exchange.round, self.exchange.input_responses, result_type, progress
+            )
+        assert self.backend is not None
+        capabilities = self.caller.capabilities or types.ClientCapabilities()
+        return await self.trips.start(front, capabilities, self.backend, request, result_type, guard, progress)
+
+
+class SessionChooser:
+    """Chooses the session per (caller, request) and owns the dedicated and round-trip ones."""
+
+    def __init__(
+        self,
+        backends: Callable[[], list[BackendConnection]],
+        *,
+        input_timeout: float,
+        max_pending: int,
+        spares: bool = True,
+    ) -> None:
+        self.pool = SessionPool()
+        self.input_timeout = input_timeout
+        self.round_trips = RoundTrips(self.pool, max_pending=max_pending, input_timeout=input_timeout, spares=spares)
+        self._backends = backends
+        self._callers: dict[str, CallerBackends] = {}
+
+    def attach(self, task_group: anyio.abc.TaskGroup) -> None:
+        self.pool.attach(task_group)
+        self.round_trips.attach(task_group)
+
+    def stop(self) -> None:
+        self.round_trips.stop()
+        self.pool.stop()
+
+    def backend_changed(self, backend: BackendConnection) -> None:
+        self.round_trips.backend_changed(backend)  # its spare sessions from before a reconnect are stale
+
+    async def choose(self, caller: Caller, exchange: Exchange, backend: BackendConnection | None) -> BackendSession:
+        """The session for this request; `backend` is None only for a retry, whose round names its target."""
+        round_ = exchange.round
+        if isinstance(round_, PendingRound):
+            return RoundTripSession(self.round_trips, caller, exchange, None)
+        if isinstance(round_, BackendRound):
+            return SharedSession(self._named(round_.backend), caller.protocol_version, round_, exchange.input_responses)
+        if backend is None:
+            raise MCPError(types.INTERNAL_ERROR, "a request without a round must name its backend")
+        if backend.state is not BackendState.READY or exchange.session is None:
+            return SharedSession(backend, caller.protocol_version)
+        if _asks_by_round_trip(caller, exchange):
+            return RoundTripSession(self.round_trips, caller, exchange, backend)
+        owner = self._owner(caller, exchange)
+        if owner is None or (not owner.always and backend.name not in owner.sessions):
+            return SharedSession(backend, caller.protocol_version)
+        return CallerSession(owner, await owner.session_for(backend), exchange)
+
+    def _named(self, name: str) -> BackendConnection:
+        for backend in self._backends():
+            if backend.name == name:
+                return backend
+        raise BackendUnavailable(f"backend '{name}' is not available")
+
+    def _owner(self, caller: Caller, exchange: Exchange, *, create: bool = False) -> CallerBackends | None:
+        """The caller's dedicated sessions: made for a client a backend may ask, or on `create`."""
+        owner = self._callers.get(caller.id)
+        if owner is not None:
+            owner.last_session = exchange.session
+            return owner
+        # Only handshake-era clients with a back-channel, whose connection ends some day, can be relayed to.
+        if not caller.back_channel or caller.lifetime is None or caller.lifetime.ended:
+            return None
+        always = caller.can_answer_requests
+        if not always and not create:
+            return None
+        owner = CallerBackends(caller, self.pool, self.input_timeout, always=always, last_session=exchange.session)
+        self._callers[caller.id] = owner
+
+        async def release() -> None:
+            self._callers.pop(caller.id, None)
+            await owner.close()
+
+        caller.lifetime.on_end(release)
+        return owner
+
+    # --- requests the front forwards to every backend or a chosen one ----------------------------
+
+    async def set_level(self, caller: Caller, exchange: Exchange, level: types.LoggingLevel) -> None:
+        owner = self._owner(caller, exchange, create=True)
+        if owner is None:
+            return
+        owner.log_level = level
+        request = types.SetLevelRequest(params=types.SetLevelRequestParams(level=level))
+        for backend in self._backends():
+            if backend.capabilities is None or backend.capabilities.logging is None:
+                continue
+            session = await owner.session_for(backend)
+            await session.request(request, types.EmptyResult)
+
+    async def subscribe(
+        self, caller: Caller, exchange: Exchange, backend: BackendConnection, uri: str, subscribe: bool
+    ) -> None:
+        owner = self._owner(caller, exchange, create=True)
+        if owner is None:
+            raise MCPError(types.INVALID_REQUEST, "resource subscriptions need a session with a back-channel")
+        uris = owner.subscriptions.setdefault(backend.name, set())
+        if not subscribe and uri not in uris:
+            return
+        session = await owner.session_for(backend)
+        if subscribe:
+            await session.request(
+                types.SubscribeRequest(params=types.SubscribeRequestParams(uri=uri)), types.EmptyResult
+            )
+            uris.add(uri)
+        else:
+            await session.request(
+                types.UnsubscribeRequest(params=types.UnsubscribeRequestParams(uri=uri)), types.EmptyResult
+            )
+            uris.discard(uri)
+
+    async def roots_changed(self, caller: Caller) -> None:
+        owner = self._callers.get(caller.id)
+        if owner is None:
+            return
+        for session in list(owner.sessions.values()):
+            await deliver(session.notify(types.RootsListChangedNotification()))
+
+    def dedicated_sessions(self) -> int:
+        return sum(len(owner.sessions) for owner in self._callers.values())
+
+
+def _asks_by_round_trip(caller: Caller, exchange: Exchange) -> bool:
+    """A 2026-07-28 client's tool call that a backend may need to ask it something during.
+
+    `prompts/get` and `resources/read` may carry rounds too, but backends hardly ever ask during them,
+    and a session per read (a process, for a stdio backend) is too dear for that: they stay on the
+    shared session, where a backend's own `InputRequiredResult` still passes through.
+    """
+    return (
+        caller.protocol_version in MODERN_PROTOCOL_VERSIONS
+        and exchange.method == "tools/call"
+        and caller.can_answer_requests
+    )

@@ -1,0 +1,124 @@
+"""Admission: every request that reaches a handler becomes a (`Caller`, `Exchange`) here, once.
+
+This is the one place that reads the transport to learn who called: the SDK's connection object (which
+the SDK exposes to handlers only through a private field of its session), the HTTP headers, the
+handshake's client info. Everything below gets the `Caller`.
+
+How a caller is identified:
+- a transport session (a 2025-11-25 session over HTTP or stdio; a 2026-07-28 client over stdio, whose
+  requests share the pipe): `session:<random id>` for that session's life;
+- a 2026-07-28 HTTP request carrying an `Authorization` header: `credential:<keyed digest>`, the same
+  for every request with that credential (the header itself is never kept);
+- anything else is anonymous: `anonymous:<random id>`, never the same twice.
+"""
+
+from __future__ import annotations
+
+import secrets
+import weakref
+from typing import Any, Literal
+
+import mcp_types as types
+from mcp.server.connection import Connection
+from mcp.server.context import ServerRequestContext
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+
+from vmcp_opt.auth import Caller, CallerLifetime, CredentialIds, Identification
+from vmcp_opt.routing import Exchange
+from vmcp_opt.routing.round_trips import input_responses, round_of
+
+Ctx = ServerRequestContext[Any, Any]
+Transport = Literal["http", "stdio"]
+_STATE_KEY = "vmcp.caller"
+
+
+class Admission:
+    def __init__(self, transport: Transport, credentials: CredentialIds | None = None) -> None:
+        self.transport = transport
+        self.credentials = credentials or CredentialIds()
+        # 2026-07-28 stdio: a fresh Connection per request, all on the pipe's one outbound channel.
+        self._by_channel: weakref.WeakKeyDictionary[object, Caller] = weakref.WeakKeyDictionary()
+
+    def admit(self, ctx: Ctx) -> tuple[Caller, Exchange]:
+        caller = self.caller(ctx)
+        exchange = Exchange(
+            method=ctx.method,
+            session=ctx.session,
+            request_id=ctx.request_id,
+            round=round_of(ctx.method, ctx.params, ctx.protocol_version),
+            input_responses=input_responses(ctx.params),
+            meta=ctx.meta,
+        )
+        return caller, exchange
+
+    def caller(self, ctx: Ctx) -> Caller:
+        connection = connection_of(ctx)
+        if connection.has_standalone_channel and connection.protocol_version not in MODERN_PROTOCOL_VERSIONS:
+            return self._session_caller(connection)  # a handshake-era session: one Caller for its life
+        if connection.has_standalone_channel:
+            return self._channel_caller(connection)  # 2026-07-28 over stdio
+        header = _authorization(ctx.request)
+        if header is not None:
+            return _caller(connection, self.credentials.id_of(header), Identification.CREDENTIAL)
+        return _caller(connection, f"anonymous:{secrets.token_hex(8)}", Identification.ANONYMOUS)
+
+    def _session_caller(self, connection: Connection) -> Caller:
+        cached = connection.state.get(_STATE_KEY)
+        if isinstance(cached, Caller) and cached.capabilities is connection.client_capabilities:
+            return cached
+        previous = cached.lifetime if isinstance(cached, Caller) else None
+        lifetime = previous or CallerLifetime()
+        caller = _caller(
+            connection,
+            cached.id if isinstance(cached, Caller) else f"session:{secrets.token_hex(8)}",
+            Identification.SESSION,
+            back_channel=True,
+            lifetime=lifetime,
+        )
+        if previous is None:
+            connection.exit_stack.push_async_callback(lifetime.end)
+        connection.state[_STATE_KEY] = caller
+        return caller
+
+    def _channel_caller(self, connection: Connection) -> Caller:
+        channel = connection.outbound
+        cached = self._by_channel.get(channel)
+        if cached is not None and cached.capabilities == connection.client_capabilities:
+            return cached
+        caller = _caller(connection, cached.id if cached else f"session:{secrets.token_hex(8)}", Identification.SESSION)
+        self._by_channel[channel] = caller
+        return caller
+
+
+def connection_of(ctx: Ctx) -> Connection:
+    """The SDK's per-client connection behind a request. The SDK gives handlers no public way to it."""
+    connection: Connection = ctx.session._connection
+    return connection
+
+
+def _caller(
+    connection: Connection,
+    caller_id: str,
+    how: Identification,
+    *,
+    back_channel: bool = False,
+    lifetime: CallerLifetime | None = None,
+) -> Caller:
+    params = connection.client_params
+    info: types.Implementation | None = params.client_info if params is not None else None
+    return Caller(
+        id=caller_id,
+        identified_by=how,
+        protocol_version=connection.protocol_version,
+        client_name=info.name if info is not None else None,
+        client_version=info.version if info is not None else None,
+        capabilities=connection.client_capabilities,
+        back_channel=back_channel,
+        lifetime=lifetime,
+    )
+
+
+def _authorization(request: Any) -> str | None:
+    headers = getattr(request, "headers", None)
+    value = headers.get("authorization") if headers is not None else None
+    return value if isinstance(value, str) and value.strip() else None

@@ -1,0 +1,188 @@
+"""The MCP server the transports run: each handler admits its request and hands it to the router.
+
+A handler is three lines: admission makes the (`Caller`, `Exchange`), the router does the work, and an
+`InputRequired` raised on the way becomes the 2026-07-28 `InputRequiredResult`. Handlers never look up a
+backend, a session or a policy themselves.
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from typing import Any
+
+import mcp_types as types
+from mcp.server.connection import Connection
+from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
+from mcp.server.lowlevel import NotificationOptions, Server
+from mcp.server.models import InitializationOptions
+from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler
+from mcp.shared.subscriptions import PromptsListChanged, ResourcesListChanged, ToolsListChanged
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+
+from vmcp_opt import __version__
+from vmcp_opt.gateway import Gateway, ListKind
+from vmcp_opt.routing import Router
+from vmcp_opt.routing.round_trips import InputRequired, state_boundary
+from vmcp_opt.server.admission import Admission, Transport, connection_of
+
+logger = logging.getLogger(__name__)
+
+Ctx = ServerRequestContext[Any, Any]
+
+
+class _GatewayServer(Server[Any]):
+    def create_initialization_options(
+        self,
+        notification_options: NotificationOptions | None = None,
+        experimental_capabilities: dict[str, dict[str, Any]] | None = None,
+        extensions: dict[str, dict[str, Any]] | None = None,
+    ) -> InitializationOptions:
+        # The catalogue changes when backends do: advertise list_changed for all three lists.
+        return super().create_initialization_options(
+            notification_options
+            or NotificationOptions(prompts_changed=True, resources_changed=True, tools_changed=True),
+            experimental_capabilities,
+            extensions,
+        )
+
+
+class Handlers:
+    """MCP methods → router calls, for one transport's admission."""
+
+    def __init__(self, router: Router, admission: Admission) -> None:
+        self.router = router
+        self.admission = admission
+
+    async def list_tools(self, ctx: Ctx, params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
+        return types.ListToolsResult(tools=self.router.visible_tools(self.admission.caller(ctx)))
+
+    async def call_tool(
+        self, ctx: Ctx, params: types.CallToolRequestParams
+    ) -> types.CallToolResult | types.InputRequiredResult:
+        caller, exchange = self.admission.admit(ctx)
+        try:
+            return await self.router.call_tool(caller, params.name, params.arguments, exchange)
+        except InputRequired as asked:
+            return asked.result
+
+    async def list_prompts(self, ctx: Ctx, params: types.PaginatedRequestParams | None) -> types.ListPromptsResult:
+        return types.ListPromptsResult(prompts=self.router.visible_prompts(self.admission.caller(ctx)))
+
+    async def get_prompt(
+        self, ctx: Ctx, params: types.GetPromptRequestParams
+    ) -> types.GetPromptResult | types.InputRequiredResult:
+        caller, exchange = self.admission.admit(ctx)
+        try:
+            return await self.router.get_prompt(caller, params, exchange)
+        except InputRequired as asked:
+            return asked.result
+
+    async def list_resources(self, ctx: Ctx, params: types.PaginatedRequestParams | None) -> types.ListResourcesResult:
+        return types.ListResourcesResult(resources=self.router.visible_resources(self.admission.caller(ctx)))
+
+    async def list_resource_templates(
+        self, ctx: Ctx, params: types.PaginatedRequestParams | None
+    ) -> types.ListResourceTemplatesResult:
+        templates = self.router.visible_templates(self.admission.caller(ctx))
+        return types.ListResourceTemplatesResult(resource_templates=templates)
+
+    async def read_resource(
+        self, ctx: Ctx, params: types.ReadResourceRequestParams
+    ) -> types.ReadResourceResult | types.InputRequiredResult:
+        caller, exchange = self.admission.admit(ctx)
+        try:
+            return await self.router.read_resource(caller, params, exchange)
+        except InputRequired as asked:
+            return asked.result
+
+    async def complete(self, ctx: Ctx, params: types.CompleteRequestParams) -> types.CompleteResult:
+        caller, exchange = self.admission.admit(ctx)
+        return await self.router.complete(caller, params, exchange)
+
+    async def subscribe(self, ctx: Ctx, params: types.SubscribeRequestParams) -> types.EmptyResult:
+        caller, exchange = self.admission.admit(ctx)
+        await self.router.subscribe(caller, str(params.uri), exchange, subscribe=True)
+        return types.EmptyResult()
+
+    async def unsubscribe(self, ctx: Ctx, params: types.UnsubscribeRequestParams) -> types.EmptyResult:
+        caller, exchange = self.admission.admit(ctx)
+        await self.router.subscribe(caller, str(params.uri), exchange, subscribe=False)
+        return types.EmptyResult()
+
+    async def set_level(self, ctx: Ctx, params: types.SetLevelRequestParams) -> types.EmptyResult:
+        caller, exchange = self.admission.admit(ctx)
+        await self.router.set_log_level(caller, params.level, exchange)
+        return types.EmptyResult()
+
+    async def roots_changed(self, ctx: Ctx, params: types.NotificationParams | None) -> None:
+        await self.router.roots_changed(self.admission.caller(ctx))
+
+
+class ListChangedNotifier:
+    """Tells every connected client which of tools, prompts and resources changed."""
+
+    def __init__(self) -> None:
+        # One Connection per client (a ServerSession lives only as long as one request).
+        self._clients: weakref.WeakSet[Connection] = weakref.WeakSet()
+        # 2026-07-28 clients hear about changes on `subscriptions/listen` streams fed by this bus.
+        self.bus = InMemorySubscriptionBus()
+
+    async def track(self, ctx: Ctx, call_next: CallNext) -> HandlerResult:
+        self._clients.add(connection_of(ctx))
+        return await call_next(ctx)
+
+    async def notify(self, kinds: frozenset[ListKind]) -> None:
+        events: dict[ListKind, ToolsListChanged | PromptsListChanged | ResourcesListChanged] = {
+            "tools": ToolsListChanged(),
+            "prompts": PromptsListChanged(),
+            "resources": ResourcesListChanged(),
+        }
+        for kind in sorted(kinds):
+            await self.bus.publish(events[kind])
+        for client in list(self._clients):
+            if client.protocol_version in MODERN_PROTOCOL_VERSIONS or not client.has_standalone_channel:
+                continue  # modern clients are told through the bus above
+            sends = {
+                "tools": client.send_tool_list_changed,
+                "prompts": client.send_prompt_list_changed,
+                "resources": client.send_resource_list_changed,
+            }
+            for kind in sorted(kinds):
+                try:
+                    await sends[kind]()
+                except Exception as exc:  # a client gone away must not stop the others being told
+                    logger.debug("list_changed not delivered to a client: %r", exc)
+                    break
+
+
+def build_mcp_server(gateway: Gateway, transport: Transport) -> Server[Any]:
+    """The low-level MCP server of one transport, its handlers wired to the gateway's router."""
+    handlers = Handlers(gateway.router, Admission(transport))
+    notifier = ListChangedNotifier()
+    gateway.on_lists_changed.append(notifier.notify)
+    server = _GatewayServer(
+        "vmcp-opt",
+        version=__version__,
+        instructions="A virtual MCP server: the tools, prompts and resources of several MCP servers behind one endpoint.",
+        on_list_tools=handlers.list_tools,
+        on_call_tool=handlers.call_tool,
+        on_list_prompts=handlers.list_prompts,
+        on_get_prompt=handlers.get_prompt,
+        on_list_resources=handlers.list_resources,
+        on_list_resource_templates=handlers.list_resource_templates,
+        on_read_resource=handlers.read_resource,
+        on_completion=handlers.complete,
+        on_subscribe_resource=handlers.subscribe,
+        on_unsubscribe_resource=handlers.unsubscribe,
+        on_subscriptions_listen=ListenHandler(notifier.bus),
+    )
+    # Registered here rather than as constructor arguments, which warn that both are deprecated in 2026-07-28.
+    server.add_request_handler("logging/setLevel", types.SetLevelRequestParams, handlers.set_level)
+    server.add_notification_handler(
+        "notifications/roots/list_changed", types.NotificationParams, handlers.roots_changed
+    )
+    server.middleware.append(notifier.track)
+    # Seals the request_state of every InputRequiredResult handed out, verifies it on the retry.
+    server.middleware.append(state_boundary(gateway.config.timeouts.input))
+    return server
