@@ -520,7 +520,9 @@ def test_calls_waiting_for_their_client_are_bounded(modern_gateway: Gateway) -> 
             return refused, _text(done)
 
     refused, done = anyio.run(main)
-    assert refused.startswith("the gateway already holds 1 calls that may ask their client for input")
+    assert refused.startswith(
+        "the gateway already holds 1 calls waiting for their client's input (server.max_pending_calls)"
+    )
     assert done == "LLM response: x"  # the waiting call was not disturbed
 
 

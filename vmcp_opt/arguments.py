@@ -65,6 +65,7 @@ class ArgumentValidator:
         self._by_digest: OrderedDict[str, Validator | None] = OrderedDict()
         # The digest of a schema object seen recently (hashing a large schema on every call costs).
         self._by_identity: OrderedDict[int, tuple[Mapping[str, Any], str]] = OrderedDict()
+        self._cheap_by_identity: OrderedDict[int, tuple[Mapping[str, Any], bool]] = OrderedDict()
         self._lock = threading.Lock()
         # Checks run in worker threads a few at a time: more would only contend for the GIL.
         self._threads = anyio.CapacityLimiter(4)
@@ -95,10 +96,29 @@ class ArgumentValidator:
             raise ArgumentError(f"invalid arguments for tool '{shorten(tool_name)}': {reason}")
 
     async def check_async(self, tool_name: str, schema: Mapping[str, Any], arguments: Mapping[str, Any] | None) -> None:
-        """`check` in a worker thread, so a costly schema never holds up the event loop."""
+        """`check` in a worker thread, so a costly schema never holds up the event loop.
+
+        Inline when it cannot be costly: a schema with no regular expressions and no references, and small
+        arguments, is a few microseconds of work, less than the hop to a thread (about 0.1 ms).
+        """
+        if self._cheap(schema) and _small(arguments):
+            self.check(tool_name, schema, arguments)
+            return
         await anyio.to_thread.run_sync(
             self.check, tool_name, schema, arguments, limiter=self._threads, abandon_on_cancel=True
         )
+
+    def _cheap(self, schema: Mapping[str, Any]) -> bool:
+        with self._lock:
+            seen = self._cheap_by_identity.get(id(schema))
+            if seen is not None and seen[0] is schema:
+                return seen[1]
+        cheap = not _has_costly_keyword(schema)
+        with self._lock:
+            self._cheap_by_identity[id(schema)] = (schema, cheap)  # held, so its id cannot be reused meanwhile
+            while len(self._cheap_by_identity) > self.cache_size:
+                self._cheap_by_identity.popitem(last=False)
+        return cheap
 
     def _validator(self, schema: Mapping[str, Any]) -> Validator | None:
         digest = self._digest(schema)
@@ -126,6 +146,42 @@ class ArgumentValidator:
             while len(self._by_identity) > self.cache_size:
                 self._by_identity.popitem(last=False)
         return digest
+
+
+# Keywords whose cost is not linear in the arguments (regular expressions) or not bounded by the schema
+# in view (references); a schema with none of them is checked inline.
+_COSTLY_KEYWORDS = frozenset({"pattern", "patternProperties", "$ref", "$dynamicRef", "$recursiveRef", "format"})
+_INLINE_NODES = 256
+_INLINE_TEXT = 16_384
+
+
+def _has_costly_keyword(schema: Any, depth: int = 0) -> bool:
+    if depth > 32:
+        return True
+    if isinstance(schema, Mapping):
+        return any(key in _COSTLY_KEYWORDS or _has_costly_keyword(value, depth + 1) for key, value in schema.items())
+    if isinstance(schema, list):
+        return any(_has_costly_keyword(item, depth + 1) for item in schema)
+    return False
+
+
+def _small(arguments: Mapping[str, Any] | None) -> bool:
+    """Few values and little text, found by a walk that stops as soon as either bound is passed."""
+    budget = [_INLINE_NODES, _INLINE_TEXT]
+    stack: list[Any] = [arguments or {}]
+    while stack:
+        value = stack.pop()
+        budget[0] -= 1
+        if isinstance(value, str):
+            budget[1] -= len(value)
+        elif isinstance(value, Mapping):
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        elif isinstance(value, list | tuple):
+            stack.extend(value)
+        if budget[0] < 0 or budget[1] < 0:
+            return False
+    return True
 
 
 def compile_schema(schema: Mapping[str, Any]) -> Validator | None:

@@ -363,6 +363,28 @@ class LimitsConfig(_Strict):
     schema_cache_size: int = Field(
         1024, ge=1, description="Compiled tool schemas kept for argument checks (least recently used first out)."
     )
+    max_dedicated_sessions: int = Field(
+        64,
+        ge=1,
+        description="Backend sessions opened for single callers (clients with sampling, elicitation or roots, "
+        "log levels, subscriptions), in total; each is a process for a stdio backend. Past it a call goes on the "
+        "shared session and a subscription is refused.",
+    )
+    max_dedicated_sessions_per_caller: int = Field(
+        8, ge=1, description="Dedicated backend sessions one caller may hold at once (one per backend it uses)."
+    )
+    dedicated_idle_timeout: float = Field(
+        120.0,
+        gt=0,
+        description="Seconds a dedicated backend session may go unused (no call, no subscription) before it is "
+        "closed; it reopens, with the caller's log level, at its next use.",
+    )
+    max_pending_calls_per_caller: int = Field(
+        4,
+        ge=1,
+        description="Calls of one caller that may wait for its input (2026-07-28 InputRequiredResult) at once; "
+        "server.max_pending_calls bounds all callers together.",
+    )
 
 
 _file_data: ContextVar[dict[str, Any] | None] = ContextVar("vmcp_config_file_data", default=None)

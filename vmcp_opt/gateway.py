@@ -47,6 +47,7 @@ class Gateway:
             input_timeout=config.timeouts.input,
             max_pending=config.server.max_pending_calls,
             spares=config.server.round_trip_spares,
+            limits=config.limits,
         )
         self.router = Router(self.catalog, self.backends, self.sessions, self.health.guarded)
         self.optimizer: OptimizerFront | None = None

@@ -11,7 +11,9 @@ caller alone:
 - log messages likewise; `resources/updated` on the client's standalone stream.
 
 Every other caller stays on the shared, faster path. A caller's dedicated sessions are closed when its
-connection closes (`Caller.lifetime`). The time a backend spends waiting for the client's answer counts
+connection closes (`Caller.lifetime`), or when one has been idle for `limits.dedicated_idle_timeout`
+(reopened, with the caller's log level and subscriptions, at its next use); how many there are, per
+caller and in total, is bounded by a `Budget` (each may be a process, for a stdio backend). The time a backend spends waiting for the client's answer counts
 against `timeouts.input`, not the call.
 """
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections import Counter
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -36,6 +39,7 @@ from vmcp_opt.auth import Caller
 from vmcp_opt.backends.connection import BackendConnection
 from vmcp_opt.backends.session_pool import DedicatedSession, SessionCallbacks, SessionPool
 from vmcp_opt.health import CallClock, Guard
+from vmcp_opt.routing.budget import Budget
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +59,7 @@ class CallerBackends:
 
     caller: Caller
     pool: SessionPool
+    budget: Budget
     input_timeout: float
     always: bool  # the client can answer server-to-client requests: every call needs its own session
     sessions: dict[str, DedicatedSession] = field(default_factory=dict)
@@ -63,6 +68,9 @@ class CallerBackends:
     log_level: types.LoggingLevel | None = None
     subscriptions: dict[str, set[str]] = field(default_factory=dict)  # backend -> URIs
     closed: bool = False
+    # Per backend: calls on its session now, and when it was last used (anyio's clock).
+    in_use: Counter[str] = field(default_factory=Counter)
+    last_used: dict[str, float] = field(default_factory=dict)
     _locks: dict[str, anyio.Lock] = field(default_factory=dict)
 
     # --- sessions --------------------------------------------------------------------------------
@@ -78,8 +86,16 @@ class CallerBackends:
                 return current
             if self.closed:
                 raise MCPError(types.CONNECTION_CLOSED, "the client session has ended")
-            session = await self.pool.open(backend, self._callbacks())
+            if self.sessions.pop(backend.name, None) is not None:
+                self.budget.release(self.caller.id)  # it ended by itself: its slot is free again
+            self.budget.acquire(self.caller.id)
+            try:
+                session = await self.pool.open(backend, self._callbacks())
+            except BaseException:
+                self.budget.release(self.caller.id)
+                raise
             self.sessions[backend.name] = session
+            self.last_used[backend.name] = anyio.current_time()
             await self._restore(session)
             return session
 
@@ -99,7 +115,21 @@ class CallerBackends:
         self.closed = True
         sessions, self.sessions = list(self.sessions.values()), {}
         for session in sessions:
+            self.budget.release(self.caller.id)
             await session.aclose()
+
+    def reap_idle(self, idle: float) -> int:
+        """Close the sessions unused for `idle` seconds that carry no call and no subscription."""
+        now = anyio.current_time()
+        reaped = 0
+        for name, session in list(self.sessions.items()):
+            if self.in_use[name] or self.subscriptions.get(name) or now - self.last_used.get(name, now) < idle:
+                continue
+            del self.sessions[name]
+            self.budget.release(self.caller.id)
+            session.close()
+            reaped += 1
+        return reaped
 
     async def send(
         self,
@@ -114,11 +144,14 @@ class CallerBackends:
         """A call on `session`, in flight for this caller's front request while it runs."""
         call = InFlight(front, request_id)
         self.in_flight.append(call)
+        self.in_use[session.name] += 1
         try:
             async with guard(session.name, call.clock):
                 return await session.request(request, result_type, progress_callback=progress, timed=False)
         finally:
             self.in_flight.remove(call)
+            self.in_use[session.name] -= 1
+            self.last_used[session.name] = anyio.current_time()
 
     # --- what the backend sends ------------------------------------------------------------------
 

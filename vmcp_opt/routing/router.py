@@ -106,6 +106,11 @@ class Router:
                     tools.append(provided.tool)
         return tools
 
+    def input_schema(self, name: str) -> dict[str, Any] | None:
+        """A tool's input schema by name, for the transport's `Mcp-Param` header check: one lookup, no listing."""
+        found = self._lookup(name)
+        return dict(found[1].tool.input_schema) if found is not None else None
+
     def searchable_tools(self) -> list[ProvidedTool]:
         """Every provider's tools that find_tool indexes (for all callers; `may_use` filters per caller)."""
         found: dict[str, ProvidedTool] = {}

@@ -13,6 +13,7 @@ it around the backend exchange it makes, which for a pending call outlives the f
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -28,7 +29,9 @@ from pydantic import BaseModel
 from vmcp_opt.auth import Caller
 from vmcp_opt.backends.connection import BackendConnection, BackendState, BackendUnavailable
 from vmcp_opt.backends.session_pool import DedicatedSession, SessionPool
+from vmcp_opt.config import LimitsConfig
 from vmcp_opt.health import Guard
+from vmcp_opt.routing.budget import Budget, LimitReached, ThrottledLog
 from vmcp_opt.routing.dedicated import CallerBackends, deliver
 from vmcp_opt.routing.exchange import Exchange
 from vmcp_opt.routing.round_trips import (
@@ -39,6 +42,8 @@ from vmcp_opt.routing.round_trips import (
     passed_through,
     with_round,
 )
+
+logger = logging.getLogger(__name__)
 
 ResultT = TypeVar("ResultT", bound=BaseModel)
 
@@ -112,11 +117,19 @@ class RoundTripSession:
             )
         assert self.backend is not None
         capabilities = self.caller.capabilities or types.ClientCapabilities()
-        return await self.trips.start(front, capabilities, self.backend, request, result_type, guard, progress)
+        return await self.trips.start(
+            front, self.caller.id, capabilities, self.backend, request, result_type, guard, progress
+        )
 
 
 class SessionChooser:
-    """Chooses the session per (caller, request) and owns the dedicated and round-trip ones."""
+    """Chooses the session per (caller, request) and owns the dedicated and round-trip ones.
+
+    Dedicated sessions are bounded per caller and in total (`limits.max_dedicated_sessions*`) and closed
+    after `limits.dedicated_idle_timeout` unused. A call that would need one past the bound goes on the
+    shared session instead (its backend cannot ask the client anything then, which the log says once a
+    minute); a log level or subscription past it is refused with when to retry.
+    """
 
     def __init__(
         self,
@@ -125,18 +138,47 @@ class SessionChooser:
         input_timeout: float,
         max_pending: int,
         spares: bool = True,
+        limits: LimitsConfig | None = None,
     ) -> None:
+        self.limits = limits = limits or LimitsConfig()
         self.pool = SessionPool()
         self.input_timeout = input_timeout
-        self.round_trips = RoundTrips(self.pool, max_pending=max_pending, input_timeout=input_timeout, spares=spares)
+        self.round_trips = RoundTrips(
+            self.pool,
+            max_pending=max_pending,
+            max_pending_per_caller=limits.max_pending_calls_per_caller,
+            input_timeout=input_timeout,
+            spares=spares,
+        )
+        self.dedicated = Budget(
+            "dedicated backend sessions",
+            total=limits.max_dedicated_sessions,
+            per_caller=limits.max_dedicated_sessions_per_caller,
+            retry_after=limits.dedicated_idle_timeout,
+            total_setting="limits.max_dedicated_sessions",
+            caller_setting="limits.max_dedicated_sessions_per_caller",
+        )
         self._backends = backends
         self._callers: dict[str, CallerBackends] = {}
+        self._degraded = ThrottledLog(logger)
+        self._reaper = anyio.CancelScope()
 
     def attach(self, task_group: anyio.abc.TaskGroup) -> None:
         self.pool.attach(task_group)
         self.round_trips.attach(task_group)
+        task_group.start_soon(self._reap_idle_sessions, name="reap-idle-dedicated-sessions")
+
+    async def _reap_idle_sessions(self) -> None:
+        idle = self.limits.dedicated_idle_timeout
+        with self._reaper:
+            while True:
+                await anyio.sleep(max(0.5, idle / 4))
+                reaped = sum(owner.reap_idle(idle) for owner in list(self._callers.values()))
+                if reaped:
+                    logger.info("closed %d dedicated backend session(s) idle for %gs", reaped, idle)
 
     def stop(self) -> None:
+        self._reaper.cancel()
         self.round_trips.stop()
         self.pool.stop()
 
@@ -159,7 +201,17 @@ class SessionChooser:
         owner = self._owner(caller, exchange)
         if owner is None or (not owner.always and backend.name not in owner.sessions):
             return SharedSession(backend, caller.protocol_version)
-        return CallerSession(owner, await owner.session_for(backend), exchange)
+        try:
+            return CallerSession(owner, await owner.session_for(backend), exchange)
+        except LimitReached as exc:
+            self._degraded.warning(
+                exc.setting,
+                "caller %s: no dedicated session (%s); its calls go on the shared session, where the backend "
+                "cannot ask the client anything",
+                caller.id,
+                exc.message,
+            )
+            return SharedSession(backend, caller.protocol_version)
 
     def _named(self, name: str) -> BackendConnection:
         for backend in self._backends():
@@ -179,7 +231,9 @@ class SessionChooser:
         always = caller.can_answer_requests
         if not always and not create:
             return None
-        owner = CallerBackends(caller, self.pool, self.input_timeout, always=always, last_session=exchange.session)
+        owner = CallerBackends(
+            caller, self.pool, self.dedicated, self.input_timeout, always=always, last_session=exchange.session
+        )
         self._callers[caller.id] = owner
 
         async def release() -> None:

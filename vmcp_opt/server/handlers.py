@@ -176,6 +176,9 @@ def build_mcp_server(gateway: Gateway, transport: Transport) -> Server[Any]:
         on_subscribe_resource=handlers.subscribe,
         on_unsubscribe_resource=handlers.unsubscribe,
         on_subscriptions_listen=ListenHandler(notifier.bus),
+        # The 2026-07-28 `Mcp-Param` header check asks for one tool's schema; without this the SDK lists
+        # every tool on every call (1.5 s of CPU per call at 50,000 tools).
+        get_tool_input_schema=gateway.router.input_schema,
     )
     # Registered here rather than as constructor arguments, which warn that both are deprecated in 2026-07-28.
     server.add_request_handler("logging/setLevel", types.SetLevelRequestParams, handlers.set_level)

@@ -43,6 +43,7 @@ from pydantic import BaseModel, ValidationError
 from vmcp_opt.backends.connection import BackendConnection
 from vmcp_opt.backends.session_pool import DedicatedSession, SessionPool
 from vmcp_opt.health import CallClock, Guard
+from vmcp_opt.routing.budget import Budget
 from vmcp_opt.routing.round_trips.spares import SpareSessions
 from vmcp_opt.routing.round_trips.state import InputRequired, PendingRound, encode_round
 
@@ -64,10 +65,16 @@ class PendingCall:
     """One backend call of a 2026-07-28 client, driven round by round by the client's retries."""
 
     def __init__(
-        self, trips: RoundTrips, backend: BackendConnection, capabilities: types.ClientCapabilities, guard: Guard
+        self,
+        trips: RoundTrips,
+        caller: str,
+        backend: BackendConnection,
+        capabilities: types.ClientCapabilities,
+        guard: Guard,
     ) -> None:
         self.id = secrets.token_urlsafe(32)
         self.trips = trips
+        self.caller = caller
         self.guard = guard
         self.backend = backend
         self.capabilities = capabilities
@@ -223,10 +230,26 @@ class PendingCall:
 class RoundTrips:
     """The pending calls of 2026-07-28 clients, by id; at most `max_pending` at once."""
 
-    def __init__(self, pool: SessionPool, *, max_pending: int, input_timeout: float, spares: bool = True) -> None:
-        self.max_pending = max_pending
+    def __init__(
+        self,
+        pool: SessionPool,
+        *,
+        max_pending: int,
+        max_pending_per_caller: int,
+        input_timeout: float,
+        spares: bool = True,
+    ) -> None:
         self.input_timeout = input_timeout
         self.spares = SpareSessions(pool, enabled=spares)
+        # A pending call holds a backend session until its client answers or `timeouts.input` passes.
+        self.budget = Budget(
+            "calls waiting for their client's input",
+            total=max_pending,
+            per_caller=max_pending_per_caller,
+            retry_after=input_timeout,
+            total_setting="server.max_pending_calls",
+            caller_setting="limits.max_pending_calls_per_caller",
+        )
         self._calls: dict[str, PendingCall] = {}
         self._task_group: anyio.abc.TaskGroup | None = None
 
@@ -238,7 +261,8 @@ class RoundTrips:
         return len(self._calls)
 
     def discard(self, call: PendingCall) -> None:
-        self._calls.pop(call.id, None)
+        if self._calls.pop(call.id, None) is not None:
+            self.budget.release(call.caller)
 
     def stop(self) -> None:
         """Cancel every pending call and close the spares (the gateway is stopping; its task group waits)."""
@@ -252,6 +276,7 @@ class RoundTrips:
     async def start(
         self,
         session: ServerSession,
+        caller: str,
         capabilities: types.ClientCapabilities,
         backend: BackendConnection,
         request: types.Request[Any, Any],
@@ -262,13 +287,8 @@ class RoundTrips:
         """Run `request` as a pending call; its result, or `InputRequired` with the backend's questions."""
         if self._task_group is None:
             raise MCPError(types.INTERNAL_ERROR, "the gateway is not started")
-        if len(self._calls) >= self.max_pending:
-            raise MCPError(
-                types.INTERNAL_ERROR,
-                f"the gateway already holds {self.max_pending} calls that may ask their client for input "
-                "(server.max_pending_calls); try again later",
-            )
-        call = PendingCall(self, backend, capabilities, guard)
+        self.budget.acquire(caller)
+        call = PendingCall(self, caller, backend, capabilities, guard)
         self._calls[call.id] = call
         self._task_group.start_soon(call.live, request, result_type, name=f"round-trip:{backend.name}")
         return _expect(await call.next_round(session, progress), result_type)

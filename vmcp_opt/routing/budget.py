@@ -1,0 +1,90 @@
+"""Bounds on what callers can make the gateway hold for them: slots per caller and in total.
+
+A refusal is `LimitReached`, an MCP error that says which bound, and when to try again; it is logged
+once per interval per bound, not once per request (a flood must not become a flood of log lines).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+
+import mcp_types as types
+from mcp.shared.exceptions import MCPError
+
+logger = logging.getLogger(__name__)
+
+
+class LimitReached(MCPError):
+    def __init__(self, what: str, setting: str, retry_after: float) -> None:
+        super().__init__(
+            types.INTERNAL_ERROR,
+            f"{what} ({setting}); try again in {retry_after:g}s",
+            {"limit": setting, "retry_after": retry_after},
+        )
+        self.setting = setting
+
+
+class Budget:
+    """Counted slots: at most `per_caller` for one caller and `total` for all."""
+
+    def __init__(
+        self, name: str, *, total: int, per_caller: int, retry_after: float, total_setting: str, caller_setting: str
+    ) -> None:
+        self.name = name
+        self.total = total
+        self.per_caller = per_caller
+        self.retry_after = retry_after
+        self._settings = (total_setting, caller_setting)
+        self._held: Counter[str] = Counter()
+        self._log = ThrottledLog(logger)
+
+    def __len__(self) -> int:
+        return sum(self._held.values())
+
+    def held_by(self, caller: str) -> int:
+        return self._held[caller]
+
+    def acquire(self, caller: str) -> None:
+        """Take a slot for `caller`, or raise `LimitReached` naming the bound it would pass."""
+        if self._held[caller] >= self.per_caller:
+            self._refuse(f"this caller already holds {self.per_caller} {self.name}", self._settings[1], caller)
+        if len(self) >= self.total:
+            self._refuse(f"the gateway already holds {self.total} {self.name}", self._settings[0], caller)
+        self._held[caller] += 1
+
+    def release(self, caller: str) -> None:
+        if self._held[caller] <= 1:
+            self._held.pop(caller, None)
+        else:
+            self._held[caller] -= 1
+
+    def _refuse(self, what: str, setting: str, caller: str) -> None:
+        self._log.warning(setting, "refused: %s (%s), caller %s", what, setting, caller)
+        raise LimitReached(what, setting, self.retry_after)
+
+
+class ThrottledLog:
+    """At most one line per key and interval; the next line says how many were held back."""
+
+    def __init__(
+        self, target: logging.Logger, interval: float = 60.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.target = target
+        self.interval = interval
+        self.clock = clock
+        self._last: dict[str, float] = {}
+        self._held_back: Counter[str] = Counter()
+
+    def warning(self, key: str, message: str, *args: object) -> None:
+        now = self.clock()
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval:
+            self._held_back[key] += 1
+            return
+        self._last[key] = now
+        held = self._held_back.pop(key, 0)
+        suffix = f" (and {held} more like it in the last {self.interval:g}s)" if held else ""
+        self.target.warning(message + suffix, *args)
