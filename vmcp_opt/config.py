@@ -66,6 +66,9 @@ class ServerConfig(_Strict):
     port: int = Field(8000, ge=0, le=65535)
     # How clients reach the gateway: streamable HTTP, or stdin/stdout (`--stdio`, for desktop clients).
     transport: Literal["streamable-http", "stdio"] = "streamable-http"
+    # Seconds a request made during start-up (tools/list, find_tool, a call) waits for the backends' first
+    # listing; after it the gateway serves the backends that are ready and adds the rest as they connect.
+    startup_wait: float = Field(5.0, ge=0)
     # URL path of the MCP endpoint.
     path: str = "/mcp"
     # Largest HTTP request body accepted; a larger one is refused.

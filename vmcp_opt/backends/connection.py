@@ -180,6 +180,11 @@ class BackendConnection:
     async def wait_ready(self) -> None:
         await self._ready.wait()
 
+    @property
+    def first_attempt_pending(self) -> bool:
+        """Still on its first connection attempt: neither ready nor failed yet."""
+        return not self._ready.is_set()
+
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()

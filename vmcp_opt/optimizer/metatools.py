@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -169,6 +169,8 @@ class OptimizerFront:
         self._pending: list[ToolRecord] | None = None
         self._wake = threading.Condition()
         self._worker: threading.Thread | None = None
+        # Set by the gateway: waits (bounded) for the backends' first listing, returns those still starting.
+        self.wait_for_backends: Callable[[], Awaitable[list[str]]] = _none_starting
 
     # --- ToolProvider ----------------------------------------------------------------------------
 
@@ -240,6 +242,7 @@ class OptimizerFront:
             unknown = [b for b in backends if b not in self.sources]
             if unknown:
                 return _error(f"field 'backends': unknown backend(s) {unknown}; known: {sorted(self.sources)}")
+        starting = await self.wait_for_backends()
         wanted = limit or self.settings.default_limit
         filtered = allowed is not None and not getattr(allowed.router.policy, "allows_everything", False)
         depth = wanted * POLICY_DEPTH if filtered else wanted
@@ -251,8 +254,15 @@ class OptimizerFront:
             )
         tools = [_hit_json(hit) for hit in result.hits]
         answer: dict[str, Any] = {"query": query, "ranking": result.mode, "tools": tools}
+        notes = []
+        if starting:
+            # Plainly, so an agent does not conclude that a tool it needs does not exist.
+            answer["backends_starting"] = starting
+            notes.append(f"backends still starting: {', '.join(starting)}; their tools are not searched yet")
         if result.mode == "keyword":
-            answer["note"] = "ranked by keywords only: the embedding model is still loading"
+            notes.append("ranked by keywords only: the embedding model is still loading")
+        if notes:
+            answer["note"] = "; ".join(notes)
         answer_tokens = count_tokens(json.dumps(tools), self.settings.model)
         answer["tokens"] = {
             "full_tool_list": self.full_list_tokens,
@@ -321,6 +331,10 @@ class OptimizerFront:
                 self.index.update(records)
             except Exception:  # the keyword ranking keeps serving; say why vectors are missing
                 logger.exception("optimizer: embedding the catalogue failed; find_tool ranks by keywords")
+
+
+async def _none_starting() -> list[str]:
+    return []
 
 
 def _load_usage(path: Path) -> UsageGraph:
