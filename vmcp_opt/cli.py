@@ -243,10 +243,10 @@ def config_docs(
         out.print(f"wrote {output}", highlight=False)
 
 
-async def _collect_tool_records(config: VmcpConfig) -> list[Any]:
-    from vmcp_opt.probe import collect_tool_records  # the gateway's import cost, only when used
+async def _collect_listing(config: VmcpConfig) -> Any:
+    from vmcp_opt.probe import collect_listing  # the gateway's import cost, only when used
 
-    return await collect_tool_records(config)
+    return await collect_listing(config)
 
 
 def _meta_tool_tokens(config: VmcpConfig) -> int:
@@ -260,7 +260,7 @@ def _mount_optional() -> None:
     try:
         from vmcp_opt.optimizer.index_cli import hooks, index_app
 
-        hooks.collect_records = _collect_tool_records
+        hooks.collect_listing = _collect_listing
         hooks.meta_tool_tokens = _meta_tool_tokens
         app.add_typer(index_app, name="index", help="Build, inspect and query the optimizer's tool index.")
     except ImportError:

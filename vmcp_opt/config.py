@@ -232,6 +232,9 @@ class OptimizerConfig(_Strict):
     # A tool issuing a value a result requires (GetUserToken for a `token`, list_channels for a `channel_id`;
     # optimizer/prerequisites.py) is raised as a companion with P = 1, times this; 0 turns it off.
     prerequisite_weight: float = Field(1.0, ge=0.0)
+    # find_tool marks a result whose match score (0..1, optimizer/calibration.py) is below this as a weak match,
+    # and says nothing fits when all are; unset: the threshold learned on the dev split for the model.
+    match_threshold: float | None = Field(None, ge=0.0, le=1.0)
     # Vectors of tools that left the catalogue, kept (in memory and in the persisted index, newest first) so
     # a backend that restarts or recovers is not embedded again: ~1.5 KB each.
     keep_removed: int = Field(10_000, ge=0)
