@@ -82,7 +82,19 @@ def _overrides(**values: Any) -> dict[str, Any]:
 @app.command()
 def serve(
     config: ConfigOption = None,
-    host: Annotated[str | None, typer.Option(help="Listen address (server.host).")] = None,
+    host: Annotated[
+        str | None,
+        typer.Option(help="Listen address (server.host); its Host header is accepted too. 0.0.0.0: every interface."),
+    ] = None,
+    allow_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow-host",
+            help="Also accept this Host header (a name or address, any port), e.g. the name clients use; "
+            "repeatable, added to server.allowed_hosts.",
+            show_default=False,
+        ),
+    ] = None,
     port: Annotated[int | None, typer.Option(help="Listen port (server.port).")] = None,
     stdio: Annotated[bool, typer.Option("--stdio", help="Serve over stdin/stdout instead of HTTP.")] = False,
     optimizer: Annotated[
@@ -114,6 +126,7 @@ def serve(
     if stdio:
         overrides.setdefault("server", {})["transport"] = "stdio"
     cfg = load_or_exit(config, overrides)
+    cfg.server.allowed_hosts = [*cfg.server.allowed_hosts, *(allow_host or [])]
     setup_logging(cfg.server.log_level, cfg.server.log_format)
     if cfg.server.transport == "streamable-http":
         _exit_if_port_taken(cfg.server.host, cfg.server.port)

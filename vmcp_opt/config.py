@@ -73,7 +73,8 @@ class ServerConfig(_Strict):
     path: str = "/mcp"
     # Largest HTTP request body accepted; a larger one is refused.
     max_body_bytes: int = Field(4 * 1024 * 1024, gt=0)
-    # Extra Host header values accepted besides loopback (DNS-rebinding protection).
+    # Extra Host header values accepted besides loopback and `host` (DNS-rebinding protection): a name or address
+    # (any port) or a `name:port` pattern; `--allow-host` adds to it.
     allowed_hosts: list[str] = Field(default_factory=list)
     # Extra browser Origin values accepted besides loopback.
     allowed_origins: list[str] = Field(default_factory=list)
