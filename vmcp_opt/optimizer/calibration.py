@@ -30,7 +30,9 @@ class MatchScale:
 
 
 # Per model id; from `python -m eval.calibrate` on the ToolLens train split.
-SCALES: dict[str, MatchScale] = {}
+SCALES: dict[str, MatchScale] = {
+    "all-MiniLM-L6-v2": MatchScale(slope=6.17, intercept=-4.2172, threshold=0.0791),
+}
 
 
 def scale_for(model_id: str) -> MatchScale | None:
