@@ -38,8 +38,13 @@ def demo_backend(name: str, **extra: Any) -> dict[str, Any]:
 
 def write_config(directory: Path, config: dict[str, Any], name: str = "vmcp.yaml") -> Path:
     """A config file. The optimizer is off unless `config` turns it on: it is on by default, and most tests
-    list and call backend tools directly."""
-    config = {**config, "optimizer": {"enabled": False, **config.get("optimizer", {})}}
+    list and call backend tools directly. Requests made during start-up wait for every backend's first
+    answer (`server.startup_wait` 60 s, not 5), so a loaded machine cannot make a test see half a catalogue."""
+    config = {
+        **config,
+        "optimizer": {"enabled": False, **config.get("optimizer", {})},
+        "server": {"startup_wait": 60, **config.get("server", {})},
+    }
     path = directory / name
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
     return path
@@ -120,12 +125,24 @@ def running_gateway(
         try:
             wait_http(f"{gateway.base}/healthz", timeout=ready_timeout, proc=proc)
             if wait_ready:
-                wait_http(f"{gateway.base}/readyz", timeout=ready_timeout, expect=(200, 503), proc=proc)
+                wait_started(gateway, ready_timeout)
         except Exception as exc:
             raise RuntimeError(f"gateway did not start: {exc}\n--- gateway log ---\n{gateway.output()}") from exc
         yield gateway
     finally:
         stop_process(proc)
+
+
+def wait_started(gateway: Gateway, timeout: float) -> None:
+    """Until `/readyz` is past "starting": the first catalogue is built (the backends connect in the background)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        body = wait_http(f"{gateway.base}/readyz", timeout=timeout, expect=(200, 503), proc=gateway.proc).json()
+        if body["status"] != "starting":
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"/readyz still says starting after {timeout}s")
+        time.sleep(0.1)
 
 
 def stop_process(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from vmcp_opt.optimizer.index_cli import hooks, index_app, read_jsonl, tools_list_json
-from vmcp_opt.optimizer.tokens import count_tokens
+from vmcp_opt.optimizer.index_cli import hooks, index_app, read_jsonl, record_tool
+from vmcp_opt.optimizer.listing import Listing, save_listing
+from vmcp_opt.optimizer.tokens import tools_list_tokens
 
 from .test_optimizer_index import CATALOGUE
 
@@ -40,7 +41,7 @@ def test_build_then_stats_then_search(setup: tuple[Path, Path], monkeypatch: pyt
     monkeypatch.setattr(hooks, "meta_tool_tokens", lambda settings: 100)
     stats = runner.invoke(index_app, ["stats", "-c", str(config), "--from-jsonl", str(tools)])
     assert stats.exit_code == 0, stats.output
-    full = count_tokens(tools_list_json(CATALOGUE))
+    full = tools_list_tokens([record_tool(record) for record in CATALOGUE])
     assert f"{full:,} tokens" in stats.output
     assert "100 tokens" in stats.output
     assert f"{len(CATALOGUE)}/{len(CATALOGUE)} tools with vectors" in stats.output
@@ -59,3 +60,42 @@ def test_missing_tool_source_is_a_clear_error(setup: tuple[Path, Path], monkeypa
     monkeypatch.setitem(sys.modules, "vmcp_opt.server.catalog_source", None)
     result = runner.invoke(index_app, ["stats", "-c", str(setup[0])])
     assert result.exit_code == 2
+
+
+def test_stats_and_search_read_the_saved_catalogue_without_asking_the_backends(
+    setup: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config, _ = setup
+    save_listing(config.parent / "indexes", Listing(list(CATALOGUE), 12345, "all-MiniLM-L6-v2"))
+    asked: list[str] = []
+
+    async def backends(settings: object) -> Listing:
+        asked.append("backends")
+        return Listing(list(CATALOGUE[:2]), 77, "all-MiniLM-L6-v2")
+
+    monkeypatch.setattr(hooks, "collect_listing", backends)
+    stats = runner.invoke(index_app, ["stats", "-c", str(config)])
+    assert stats.exit_code == 0, stats.output
+    assert "12,345 tokens" in stats.output  # the figure the gateway saved, not a recount of fewer fields
+    assert "--refresh asks the backends" in stats.output
+    found = runner.invoke(index_app, ["search", "show the git commit logs", "-c", str(config), "--keyword"])
+    assert found.exit_code == 0, found.output
+    assert asked == []
+
+    refreshed = runner.invoke(index_app, ["stats", "-c", str(config), "--refresh"])
+    assert refreshed.exit_code == 0, refreshed.output
+    assert asked == ["backends"]
+    assert "77 tokens" in refreshed.output
+    assert re.search(r"^\s*tools\s+2\s*$", refreshed.output, re.MULTILINE)
+
+
+def test_a_catalogue_smaller_than_the_meta_tools_says_more_not_negative_fewer(
+    setup: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config, _ = setup
+    save_listing(config.parent / "indexes", Listing(list(CATALOGUE[:1]), 50, "all-MiniLM-L6-v2"))
+    monkeypatch.setattr(hooks, "meta_tool_tokens", lambda settings: 100)
+    stats = runner.invoke(index_app, ["stats", "-c", str(config)])
+    assert stats.exit_code == 0, stats.output
+    assert "(100.0% more" in stats.output
+    assert "fewer" not in stats.output

@@ -98,3 +98,24 @@ async def test_the_agent_can_follow_the_chain_find_told_it(client: Client) -> No
     failed, text = await call(client, "alarms_delete_alarm", {"token": "forged", "alarm_id": 1})
     assert failed
     assert "invalid or expired token" in text
+
+
+async def test_a_nonsense_request_is_told_nothing_fits(client: Client) -> None:
+    result = await client.call_tool("find_tool", {"query": "zqxj vlorp gnarf"})
+    answer = result.structured_content
+    assert answer is not None
+    assert answer["nothing_fits"] is True
+    assert answer["tools"] and all(tool["weak_match"] for tool in answer["tools"])
+    assert "nothing fits this request well" in answer["note"]
+
+
+async def test_a_good_match_has_a_high_score_on_the_same_scale(client: Client) -> None:
+    result = await client.call_tool("find_tool", {"query": "cancel my 7am alarm", "limit": 3})
+    answer = result.structured_content
+    assert answer is not None
+    assert "nothing_fits" not in answer
+    best = answer["tools"][0]
+    assert best["name"] == "alarms_delete_alarm" and "weak_match" not in best
+    assert all(0.0 <= tool["score"] <= 1.0 for tool in answer["tools"])
+    names = {tool["name"] for tool in answer["tools"]}
+    assert all(tool["supplies"]["tool"] in names for tool in answer["tools"] if "supplies" in tool)

@@ -82,7 +82,19 @@ def _overrides(**values: Any) -> dict[str, Any]:
 @app.command()
 def serve(
     config: ConfigOption = None,
-    host: Annotated[str | None, typer.Option(help="Listen address (server.host).")] = None,
+    host: Annotated[
+        str | None,
+        typer.Option(help="Listen address (server.host); its Host header is accepted too. 0.0.0.0: every interface."),
+    ] = None,
+    allow_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow-host",
+            help="Also accept this Host header (a name or address, any port), e.g. the name clients use; "
+            "repeatable, added to server.allowed_hosts.",
+            show_default=False,
+        ),
+    ] = None,
     port: Annotated[int | None, typer.Option(help="Listen port (server.port).")] = None,
     stdio: Annotated[bool, typer.Option("--stdio", help="Serve over stdin/stdout instead of HTTP.")] = False,
     optimizer: Annotated[
@@ -114,6 +126,7 @@ def serve(
     if stdio:
         overrides.setdefault("server", {})["transport"] = "stdio"
     cfg = load_or_exit(config, overrides)
+    cfg.server.allowed_hosts = [*cfg.server.allowed_hosts, *(allow_host or [])]
     setup_logging(cfg.server.log_level, cfg.server.log_format)
     if cfg.server.transport == "streamable-http":
         _exit_if_port_taken(cfg.server.host, cfg.server.port)
@@ -243,10 +256,10 @@ def config_docs(
         out.print(f"wrote {output}", highlight=False)
 
 
-async def _collect_tool_records(config: VmcpConfig) -> list[Any]:
-    from vmcp_opt.probe import collect_tool_records  # the gateway's import cost, only when used
+async def _collect_listing(config: VmcpConfig) -> Any:
+    from vmcp_opt.probe import collect_listing  # the gateway's import cost, only when used
 
-    return await collect_tool_records(config)
+    return await collect_listing(config)
 
 
 def _meta_tool_tokens(config: VmcpConfig) -> int:
@@ -260,7 +273,7 @@ def _mount_optional() -> None:
     try:
         from vmcp_opt.optimizer.index_cli import hooks, index_app
 
-        hooks.collect_records = _collect_tool_records
+        hooks.collect_listing = _collect_listing
         hooks.meta_tool_tokens = _meta_tool_tokens
         app.add_typer(index_app, name="index", help="Build, inspect and query the optimizer's tool index.")
     except ImportError:

@@ -66,11 +66,15 @@ class ServerConfig(_Strict):
     port: int = Field(8000, ge=0, le=65535)
     # How clients reach the gateway: streamable HTTP, or stdin/stdout (`--stdio`, for desktop clients).
     transport: Literal["streamable-http", "stdio"] = "streamable-http"
+    # Seconds a request made during start-up (tools/list, find_tool, a call) waits for the backends' first
+    # listing; after it the gateway serves the backends that are ready and adds the rest as they connect.
+    startup_wait: float = Field(5.0, ge=0)
     # URL path of the MCP endpoint.
     path: str = "/mcp"
     # Largest HTTP request body accepted; a larger one is refused.
     max_body_bytes: int = Field(4 * 1024 * 1024, gt=0)
-    # Extra Host header values accepted besides loopback (DNS-rebinding protection).
+    # Extra Host header values accepted besides loopback and `host` (DNS-rebinding protection): a name or address
+    # (any port) or a `name:port` pattern; `--allow-host` adds to it.
     allowed_hosts: list[str] = Field(default_factory=list)
     # Extra browser Origin values accepted besides loopback.
     allowed_origins: list[str] = Field(default_factory=list)
@@ -229,6 +233,9 @@ class OptimizerConfig(_Strict):
     # A tool issuing a value a result requires (GetUserToken for a `token`, list_channels for a `channel_id`;
     # optimizer/prerequisites.py) is raised as a companion with P = 1, times this; 0 turns it off.
     prerequisite_weight: float = Field(1.0, ge=0.0)
+    # find_tool marks a result whose match score (0..1, optimizer/calibration.py) is below this as a weak match,
+    # and says nothing fits when all are; unset: the threshold learned on the dev split for the model.
+    match_threshold: float | None = Field(None, ge=0.0, le=1.0)
     # Vectors of tools that left the catalogue, kept (in memory and in the persisted index, newest first) so
     # a backend that restarts or recovers is not embedded again: ~1.5 KB each.
     keep_removed: int = Field(10_000, ge=0)

@@ -9,6 +9,7 @@ imports this module.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -54,6 +55,7 @@ class Gateway:
         listed: Callable[[str], bool] = lambda name: True  # noqa: E731
         if config.optimizer.enabled:
             self.optimizer = OptimizerFront(config)
+            self.optimizer.wait_for_backends = self.wait_for_backends
             self.router.add_provider(self.optimizer)
             self.router.observers.append(self.optimizer)
             pinned = frozenset(config.optimizer.pinned)
@@ -70,6 +72,8 @@ class Gateway:
         self.on_lists_changed: list[ListsChanged] = []
         # Cancelled by `stop`, so a shutdown during start-up never goes on to start health checks.
         self._background_connect: anyio.CancelScope | None = None
+        # Set once the first catalogue is built (or start-up gave up); made in `start`, inside the event loop.
+        self._first_listing: anyio.Event | None = None
         self._stopping = False
         self.backends.add_listener(self._on_backend_change)
 
@@ -78,15 +82,29 @@ class Gateway:
     async def start(self, task_group: anyio.abc.TaskGroup) -> None:
         """Connect every backend and build the catalogue.
 
-        Raises `StartupError` under `failure.mode: fail` when a backend could not connect.
+        Under `failure.mode: best_effort` this returns at once: the backends connect in the background and
+        requests wait for their first listing (`wait_for_backends`), at most `server.startup_wait` seconds,
+        after which the catalogue is built from the backends that are ready and the others join as they
+        connect. Under `fail` it returns once every backend answered, and raises `StartupError` naming
+        those that could not connect.
         """
         self.sessions.attach(task_group)
-        if self.optimizer is not None and self.config.failure.mode == "best_effort":
-            # With the optimizer on, tools/list is the meta-tools, which need no backend: serve at once
-            # and let the catalogue (and find_tool's index) fill in as the backends connect.
+        self._first_listing = anyio.Event()
+        if self.config.failure.mode == "best_effort":
             task_group.start_soon(self._connect_in_background, task_group, name="connect-backends")
             return
         await self._connect_and_build(task_group)
+
+    async def wait_for_backends(self) -> list[str]:
+        """Wait (at most `server.startup_wait`) for the first catalogue; the backends still starting after it."""
+        if self._first_listing is not None:
+            with anyio.move_on_after(self.config.server.startup_wait):
+                await self._first_listing.wait()
+        return self.starting()
+
+    def starting(self) -> list[str]:
+        """Backends whose first connection attempt has not ended yet."""
+        return [c.name for c in self.backends.connections.values() if c.first_attempt_pending]
 
     async def _connect_in_background(self, task_group: anyio.abc.TaskGroup) -> None:
         try:
@@ -99,9 +117,15 @@ class Gateway:
             logger.error("cannot serve: %s", exc)
             if self.on_fatal is not None:
                 self.on_fatal(exc)
+        finally:
+            if self._first_listing is not None:
+                self._first_listing.set()  # nothing more to wait for
 
     async def _connect_and_build(self, task_group: anyio.abc.TaskGroup) -> None:
-        await self.backends.start(task_group)
+        # best_effort serves what is ready after `startup_wait`; fail waits for every backend.
+        wait = self.config.server.startup_wait if self.config.failure.mode == "best_effort" else math.inf
+        with anyio.move_on_after(wait):
+            await self.backends.start(task_group)
         down = self.backends.not_ready()
         if down and self.config.failure.mode == "fail":
             self.backends.stop()
@@ -109,11 +133,22 @@ class Gateway:
             message = f"failure.mode is fail and these backends could not connect: {names}"
             logger.error("cannot start: %s", message)
             raise StartupError(message)
+        late = self.starting()
+        if late:
+            logger.info(
+                "backends still starting after %gs: %s; serving the others, they join when ready",
+                wait,
+                ", ".join(late),
+            )
+            for name in late:
+                task_group.start_soon(self._join_when_ready, self.backends.connections[name], name=f"join:{name}")
         task_group.start_soon(self.health.run, name="health")
         self._changed_while_starting = False
         self.catalog.set(self.catalog.build())
         await self._tools_changed()
         self.started = True
+        if self._first_listing is not None:
+            self._first_listing.set()
         if self._changed_while_starting:
             # e.g. a backend lost while the index took the first catalogue: its tools must leave now,
             # not at its next change.
@@ -128,6 +163,13 @@ class Gateway:
             len(catalog.templates),
         )
 
+    async def _join_when_ready(self, connection: BackendConnection) -> None:
+        """A backend slower than `startup_wait`: its first session does not announce itself, so rebuild here."""
+        await connection.wait_ready()
+        if connection.state is BackendState.READY and not self._stopping:
+            logger.info("backend %s joined after start-up", connection.name)
+            await self._rebuild_catalog()
+
     def stop(self) -> None:
         self._stopping = True
         if self._background_connect is not None:
@@ -135,6 +177,8 @@ class Gateway:
         self.sessions.stop()
         self.health.stop()
         self.backends.stop()
+        if self._first_listing is not None:
+            self._first_listing.set()
         if self.optimizer is not None:
             self.optimizer.close()
 

@@ -10,24 +10,26 @@ from vmcp_opt.aggregation import catalog_of
 from vmcp_opt.backends import BackendManager
 from vmcp_opt.config import VmcpConfig
 from vmcp_opt.health import HealthMonitor
-from vmcp_opt.optimizer.documents import ToolRecord
-from vmcp_opt.optimizer.metatools import META_TOOLS, catalog_records, tool_json
-from vmcp_opt.optimizer.tokens import count_tokens
+from vmcp_opt.optimizer.listing import Listing
+from vmcp_opt.optimizer.metatools import catalog_records, meta_tools_tokens
+from vmcp_opt.optimizer.tokens import tools_list_tokens
 
 
-async def collect_tool_records(config: VmcpConfig) -> list[ToolRecord]:
-    """The live catalogue's tools as index records (`vmcp index build|stats|search`): one look, no serving."""
+async def collect_listing(config: VmcpConfig) -> Listing:
+    """The live catalogue's tools as index records, and what their `tools/list` costs: one look, no serving."""
     manager = _one_shot_backends(config)
     async with anyio.create_task_group() as task_group:
         await manager.start(task_group)
-        records = catalog_records(catalog_of(manager, config.aggregation))
+        catalog = catalog_of(manager, config.aggregation)
         manager.stop()
-    return records
+    model = config.optimizer.model
+    tokens = tools_list_tokens([routed.tool for routed in catalog.tools.values()], model)
+    return Listing(catalog_records(catalog), tokens, model)
 
 
 def meta_tool_tokens(config: VmcpConfig) -> int:
     """Tokens of `tools/list` with the optimizer on: the meta-tools (pinned tools are not known offline)."""
-    return count_tokens(tool_json(list(META_TOOLS)), config.optimizer.model)
+    return meta_tools_tokens(config.optimizer.model)
 
 
 def _one_shot_backends(config: VmcpConfig) -> BackendManager:

@@ -41,7 +41,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from vmcp_opt import __version__
 from vmcp_opt.backends.results import bounded_result
-from vmcp_opt.backends.secrets import redact, secret_values
+from vmcp_opt.backends.secrets import mask_url, redact, secret_values
 from vmcp_opt.backends.transports import open_transport
 from vmcp_opt.config import BackendConfig, LimitsConfig, RestartConfig
 from vmcp_opt.display import shorten
@@ -161,7 +161,7 @@ class BackendConnection:
                 await self._serve()
                 task_group.cancel_scope.cancel()
         except Exception as exc:  # any failure of one backend must not take the gateway down
-            self._set_state(BackendState.FAILED, _describe_error(exc))
+            self._set_state(BackendState.FAILED, self._at_url(_describe_error(exc)))
         finally:
             self._session = None
             self._task_group = None
@@ -179,6 +179,11 @@ class BackendConnection:
 
     async def wait_ready(self) -> None:
         await self._ready.wait()
+
+    @property
+    def first_attempt_pending(self) -> bool:
+        """Still on its first connection attempt: neither ready nor failed yet."""
+        return not self._ready.is_set()
 
     def stop(self) -> None:
         self._stop.set()
@@ -204,7 +209,7 @@ class BackendConnection:
                 scope.cancel()  # stopped while connecting
             return
         if self.state is BackendState.CONNECTING:
-            self._set_state(BackendState.FAILED, f"did not connect within {self.connect_timeout:g}s")
+            self._set_state(BackendState.FAILED, self._at_url(f"did not connect within {self.connect_timeout:g}s"))
             scope.cancel()
 
     async def _serve(self) -> None:
@@ -248,6 +253,12 @@ class BackendConnection:
             if self.sessions > 1 and self.on_change is not None:
                 await self.on_change(self)  # back in service: its tools rejoin the catalogue
             await self._wake.wait()
+
+    def _at_url(self, reason: str) -> str:
+        """A connection error of an HTTP or SSE backend names the URL it tried (credentials masked)."""
+        if self.config.url is None:
+            return reason
+        return f"{mask_url(self.config.url)}: {reason}"
 
     def _on_stream_end(self) -> None:
         if not self._stop.is_set() and not self._wake.is_set():

@@ -47,6 +47,9 @@ class SearchHit:
     used_with: str | None = None
     # (result, argument) when this tool issues a value a result requires (optimizer/prerequisites.py).
     supplies: tuple[str, str] | None = None
+    # Cosine similarity of the request (its best query variant) and the tool's document: absolute, unlike
+    # `score`; find_tool maps it to a match score (optimizer/calibration.py). None while ranking by keywords.
+    similarity: float | None = None
 
 
 @dataclass
@@ -133,6 +136,7 @@ class ToolIndex:
             return SearchResult([], mode)
         config = self.config
         variants = ranking.query_variants(query, config)
+        query_vectors: np.ndarray | None = None
         depth = min(config.candidates, len(snap.records))
         sparse = [keyword_arm.candidates(snap.bm25, variant, depth, allowed) for variant in variants]
         if dense and embedder is not None:
@@ -154,8 +158,12 @@ class ToolIndex:
         if config.prerequisite_weight > 0 and snap.prerequisites:
             scored, supplies = with_prerequisites(merged, scored, snap.records, snap.prerequisites, config, allowed)
         best = ranking.top(scored, limit)
+        similarity = _similarities(snap, query_vectors, [doc for doc, _ in best])
         return SearchResult(
-            [SearchHit(snap.records[doc], float(score), used_with.get(doc), supplies.get(doc)) for doc, score in best],
+            [
+                SearchHit(snap.records[doc], float(score), used_with.get(doc), supplies.get(doc), similarity.get(doc))
+                for doc, score in best
+            ],
             mode,
         )
 
@@ -289,3 +297,11 @@ def _backend_mask(snap: _Snapshot, backends: Collection[str] | None) -> np.ndarr
         return None
     codes = [snap.backend_ids[b] for b in backends if b in snap.backend_ids]
     return np.isin(snap.backend_codes, np.array(codes, dtype=np.int32))
+
+
+def _similarities(snap: _Snapshot, query_vectors: np.ndarray | None, docs: list[int]) -> dict[int, float]:
+    """Each result's best cosine over the query variants (the results only: `limit` dot products each)."""
+    if query_vectors is None or snap.vectors is None or snap.has_vector is None or not docs:
+        return {}
+    best = (snap.vectors[docs] @ query_vectors.T).max(axis=1)
+    return {doc: float(sim) for doc, sim, has in zip(docs, best, snap.has_vector[docs], strict=True) if has}

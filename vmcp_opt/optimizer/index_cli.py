@@ -1,8 +1,10 @@
 """`vmcp index build | stats | search | usage`: the persisted tool index, for operators and for tuning
 descriptions, and the history of tools used together that the gateway learns (`usage`).
 
-The tool list comes from the live backends (through `hooks.collect_records`, which the `vmcp` command
-plugs in) or from `--from-jsonl`, one tool record per line
+The tool list comes from the catalogue the gateway last saved beside the index (optimizer/listing.py), so
+`stats` and `search` start no backend when there is one; from the live backends when there is none, with
+`--refresh`, and always for `build` (through `hooks.collect_listing`, which the `vmcp` command plugs in);
+or from `--from-jsonl`, one tool record per line
 (`name`, `backend`, `description`, `input_schema`, optional `title`, `backend_description`, `original_name`).
 """
 
@@ -10,17 +12,21 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Coroutine, Sequence
+import time
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
+import mcp_types as types
 import typer
 from rich.table import Table
 
 from vmcp_opt.config import ConfigError, VmcpConfig, load_config
 from vmcp_opt.console import OutputConsole
 from vmcp_opt.optimizer.documents import ToolRecord
+from vmcp_opt.optimizer.listing import Listing, load_listing, save_listing
+from vmcp_opt.optimizer.tokens import saving, tools_list_tokens
 from vmcp_opt.optimizer.usage import UsageGraph
 
 index_app = typer.Typer(help="Build, inspect and query the optimizer's persisted tool index.", no_args_is_help=True)
@@ -32,7 +38,7 @@ errors = OutputConsole(stderr=True)
 class Hooks:
     """What the gateway plugs in: where live tool records come from, and what the meta-tools cost."""
 
-    collect_records: Callable[[VmcpConfig], Coroutine[Any, Any, list[ToolRecord]]] | None = None
+    collect_listing: Callable[[VmcpConfig], Coroutine[Any, Any, Listing]] | None = None
     # Tokens of the tools/list answer with the optimizer on (meta-tools and pinned tools), for a model id.
     meta_tool_tokens: Callable[[VmcpConfig], int] | None = None
 
@@ -44,6 +50,9 @@ JsonlOption = Annotated[
     Path | None, typer.Option("--from-jsonl", help="Read tool records from a JSON-lines file instead of the backends.")
 ]
 IndexDirOption = Annotated[Path | None, typer.Option("--index-dir", help="Override optimizer.index_dir.")]
+RefreshOption = Annotated[
+    bool, typer.Option("--refresh", help="Ask the backends for their tools instead of reading the saved catalogue.")
+]
 
 
 @index_app.command()
@@ -52,9 +61,10 @@ def build(config: ConfigOption = None, from_jsonl: JsonlOption = None, index_dir
     from vmcp_opt.optimizer.index import ToolIndex
 
     settings = _config(config)
-    records = _records(settings, from_jsonl)
-    index = ToolIndex(settings.optimizer, _index_dir(settings, index_dir))
-    stats = index.update(records, progress=True)
+    directory = _index_dir(settings, index_dir)
+    listing = _listing(settings, from_jsonl, directory, refresh=True)
+    index = ToolIndex(settings.optimizer, directory)
+    stats = index.update(listing.records, progress=True)
     console.print(
         f"[bold]{stats.total}[/] tools indexed in {stats.seconds:.1f} s: embedded {stats.embedded}, "
         f"reused {stats.reused}, removed {stats.removed} → {index.directory}"
@@ -62,17 +72,22 @@ def build(config: ConfigOption = None, from_jsonl: JsonlOption = None, index_dir
 
 
 @index_app.command()
-def stats(config: ConfigOption = None, from_jsonl: JsonlOption = None, index_dir: IndexDirOption = None) -> None:
+def stats(
+    config: ConfigOption = None,
+    from_jsonl: JsonlOption = None,
+    index_dir: IndexDirOption = None,
+    refresh: RefreshOption = False,
+) -> None:
     """Tools, backends, model, size on disk, and the tokens of the full tool list against the meta-tools."""
     from vmcp_opt.optimizer.index import ToolIndex
-    from vmcp_opt.optimizer.tokens import count_tokens
 
     settings = _config(config)
-    records = _records(settings, from_jsonl)
-    index = ToolIndex(settings.optimizer, _index_dir(settings, index_dir))
-    index.update_keywords(records)  # no model needed: reads the persisted vectors only
+    directory = _index_dir(settings, index_dir)
+    listing = _listing(settings, from_jsonl, directory, refresh=refresh)
+    index = ToolIndex(settings.optimizer, directory)
+    index.update_keywords(listing.records)  # no model needed: reads the persisted vectors only
     info = index.stats()
-    full = count_tokens(tools_list_json(records), settings.optimizer.model)
+    full = listing.tools_list_tokens
     meta = _meta_tool_tokens(settings)
     table = Table(show_header=False, box=None)
     table.add_column(style="bold")
@@ -84,8 +99,7 @@ def stats(config: ConfigOption = None, from_jsonl: JsonlOption = None, index_dir
     table.add_row("size on disk", f"{_human(info['size_on_disk_bytes'])} ({info['path']})")
     table.add_row("tools/list, full", f"{full:,} tokens")
     if meta is not None:
-        saving = f" ({100 * (1 - meta / full):.1f}% fewer)" if full else ""
-        table.add_row("tools/list, optimizer on", f"{meta:,} tokens{saving}")
+        table.add_row("tools/list, optimizer on", f"{meta:,} tokens {saving(full, meta)}".rstrip())
     console.print(table)
 
 
@@ -98,19 +112,22 @@ def search(
     limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=50)] = 8,
     backend: Annotated[list[str] | None, typer.Option("--backend", "-b", help="Only these backends.")] = None,
     keyword: Annotated[bool, typer.Option("--keyword", help="Keywords only, without loading the model.")] = False,
+    refresh: RefreshOption = False,
 ) -> None:
     """Rank the tools for QUERY the way find_tool does, with scores."""
+    from vmcp_opt.optimizer.calibration import scale_for
     from vmcp_opt.optimizer.index import ToolIndex
 
     settings = _config(config)
-    records = _records(settings, from_jsonl)
     directory = _index_dir(settings, index_dir)
+    records = _listing(settings, from_jsonl, directory, refresh=refresh).records
     index = ToolIndex(settings.optimizer, directory, usage=_usage_history(settings, directory))
     if keyword:
         index.update_keywords(records)
     else:
         index.update(records, progress=True)
     result = index.search(query, limit=limit, backends=backend or None)
+    scale = scale_for(index.model.id)
     table = Table(title=f"{query!r} ({result.mode})")
     table.add_column("rank", justify="right", no_wrap=True, min_width=4)
     # Names and backends are what people copy: never cut them; the description gives way.
@@ -119,6 +136,7 @@ def search(
     )
     table.add_column("backend", no_wrap=True, min_width=max([7, *(len(h.record.backend) for h in result.hits)]))
     table.add_column("score", justify="right", no_wrap=True, min_width=5)
+    table.add_column("match", justify="right", no_wrap=True, min_width=5)
     table.add_column("description", overflow="fold")
     for rank, hit in enumerate(result.hits, start=1):
         summary = hit.record.description.strip().split("\n")[0][:200]
@@ -126,7 +144,8 @@ def search(
             summary += f" (used with {hit.used_with})"
         if hit.supplies:
             summary += f" (supplies {hit.supplies[1]} for {hit.supplies[0]})"
-        table.add_row(str(rank), hit.record.name, hit.record.backend, f"{hit.score:.3f}", summary)
+        match = "-" if scale is None or hit.similarity is None else f"{scale(hit.similarity):.2f}"
+        table.add_row(str(rank), hit.record.name, hit.record.backend, f"{hit.score:.3f}", match, summary)
     console.print(table)
 
 
@@ -203,17 +222,14 @@ def _top_pairs(together: dict[str, dict[str, int]], top: int) -> list[tuple[str,
     return [(first, second, count) for (first, second), count in ranked[:top]]
 
 
-def tools_list_json(records: Sequence[ToolRecord]) -> str:
-    """The tools as a `tools/list` answer would carry them (what an agent reads without the optimizer)."""
-    tools: list[dict[str, Any]] = []
-    for record in records:
-        tool: dict[str, Any] = {"name": record.name}
-        if record.title:
-            tool["title"] = record.title
-        tool["description"] = record.description
-        tool["inputSchema"] = dict(record.input_schema) or {"type": "object"}
-        tools.append(tool)
-    return json.dumps({"tools": tools}, separators=(",", ":"), ensure_ascii=False)
+def record_tool(record: ToolRecord) -> types.Tool:
+    """The MCP tool a record stands for, as far as the record knows it (for `--from-jsonl`)."""
+    return types.Tool(
+        name=record.name,
+        title=record.title,
+        description=record.description,
+        input_schema=dict(record.input_schema) or {"type": "object"},
+    )
 
 
 def read_jsonl(path: Path) -> list[ToolRecord]:
@@ -258,16 +274,29 @@ def _index_dir(settings: VmcpConfig, override: Path | None) -> Path:
     return override if override is not None else settings.index_dir()
 
 
-def _records(settings: VmcpConfig, from_jsonl: Path | None) -> list[ToolRecord]:
+def _listing(settings: VmcpConfig, from_jsonl: Path | None, directory: Path, *, refresh: bool) -> Listing:
+    """The tools to index: the JSON-lines file, else the saved catalogue (unless `refresh`), else the backends."""
+    model = settings.optimizer.model
     if from_jsonl is not None:
-        return read_jsonl(from_jsonl)
-    collect = hooks.collect_records
+        records = read_jsonl(from_jsonl)
+        return Listing(records, tools_list_tokens([record_tool(r) for r in records], model), model)
+    if not refresh:
+        saved = load_listing(directory, model)
+        if saved is not None and saved.saved_at is not None:
+            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(saved.saved_at))
+            errors.print(
+                f"tools as the gateway last listed them ({when}); --refresh asks the backends", highlight=False
+            )
+            return saved
+    collect = hooks.collect_listing
     if collect is None:
         # The gateway (vmcp_opt/cli.py) plugs the live source in; the optimizer does not import server/.
         errors.print("[red]no tool source:[/] pass --from-jsonl PATH, or run through the `vmcp` command")
         raise typer.Exit(2)
     with errors.status("listing tools from the backends"):
-        return asyncio.run(collect(settings))
+        listing = asyncio.run(collect(settings))
+    save_listing(directory, listing)
+    return listing
 
 
 def _meta_tool_tokens(settings: VmcpConfig) -> int | None:

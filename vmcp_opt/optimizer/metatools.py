@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +33,12 @@ from vmcp_opt.aggregation import Catalog, RoutedTool
 from vmcp_opt.arguments import ArgumentError, ArgumentValidator
 from vmcp_opt.auth import Caller
 from vmcp_opt.config import VmcpConfig
+from vmcp_opt.optimizer.calibration import scale_for
 from vmcp_opt.optimizer.documents import ToolRecord
 from vmcp_opt.optimizer.embedding import load_embedder
 from vmcp_opt.optimizer.index import SearchHit, SearchResult, ToolIndex
-from vmcp_opt.optimizer.tokens import count_tokens
+from vmcp_opt.optimizer.listing import Listing, save_listing
+from vmcp_opt.optimizer.tokens import count_tokens, tools_list_tokens
 from vmcp_opt.optimizer.usage import UsageGraph, UsageRecorder
 from vmcp_opt.routing import GATEWAY_SOURCE, ProvidedTool, ToolCall, UnknownTool
 
@@ -51,8 +53,9 @@ FIND_TOOL = types.Tool(
     title="Find tools",
     description=(
         "Search every tool behind this gateway by what you need done, in plain words. Returns the best "
-        "matches with their names, descriptions and input schemas; run one with call_tool. Search again "
-        "with other words if nothing fits."
+        "matches with their names, descriptions, input schemas and a score from 0 to 1 (how well each "
+        "matches: weak matches are marked, and nothing_fits says none fits); run one with call_tool. "
+        "Search again with other words if nothing fits."
     ),
     input_schema={
         "type": "object",
@@ -105,11 +108,9 @@ META_TOOL_NAMES = frozenset(tool.name for tool in META_TOOLS)
 POLICY_DEPTH = 4
 
 
-def tool_json(tools: list[types.Tool]) -> str:
-    """The tools as `tools/list` puts them on the wire."""
-    return json.dumps(
-        [t.model_dump(by_alias=True, mode="json", exclude_none=True) for t in tools], separators=(",", ":")
-    )
+def meta_tools_tokens(model: str) -> int:
+    """What `tools/list` costs with the optimizer on: the meta-tools (pinned tools come on top)."""
+    return tools_list_tokens(META_TOOLS, model)
 
 
 def tool_record(routed: RoutedTool, backend_description: str) -> ToolRecord:
@@ -157,6 +158,10 @@ class OptimizerFront:
         self._closed = threading.Event()
         self._saver: threading.Thread | None = None
         self.index = ToolIndex(config.optimizer, config.index_dir(), usage=self.usage)
+        # Match scores on an absolute scale (optimizer/calibration.py); None for a model without one.
+        self.match_scale = scale_for(self.index.model.id)
+        learned = self.match_scale.threshold if self.match_scale is not None else 0.0
+        self.match_threshold = self.settings.match_threshold if self.settings.match_threshold is not None else learned
         self.sources: set[str] = set()
         self._provided = {
             tool.name: ProvidedTool(tool.name, tool, GATEWAY_SOURCE, tool.name, "the gateway's own tools")
@@ -169,6 +174,8 @@ class OptimizerFront:
         self._pending: list[ToolRecord] | None = None
         self._wake = threading.Condition()
         self._worker: threading.Thread | None = None
+        # Set by the gateway: waits (bounded) for the backends' first listing, returns those still starting.
+        self.wait_for_backends: Callable[[], Awaitable[list[str]]] = _none_starting
 
     # --- ToolProvider ----------------------------------------------------------------------------
 
@@ -207,6 +214,9 @@ class OptimizerFront:
         # Keywords at once (the model loads outside the index's lock, so this waits for no more than an embed).
         await anyio.to_thread.run_sync(self.index.update_keywords, records)
         await anyio.to_thread.run_sync(self._count_tokens, tools)
+        # For `vmcp index stats|search`, which then need not start the backends.
+        listing = Listing(records, self.full_list_tokens, self.settings.model)
+        await anyio.to_thread.run_sync(save_listing, self.usage_path.parent, listing)
         self._embed_in_background(records)
 
     # --- CallObserver ----------------------------------------------------------------------------
@@ -240,6 +250,7 @@ class OptimizerFront:
             unknown = [b for b in backends if b not in self.sources]
             if unknown:
                 return _error(f"field 'backends': unknown backend(s) {unknown}; known: {sorted(self.sources)}")
+        starting = await self.wait_for_backends()
         wanted = limit or self.settings.default_limit
         filtered = allowed is not None and not getattr(allowed.router.policy, "allows_everything", False)
         depth = wanted * POLICY_DEPTH if filtered else wanted
@@ -249,10 +260,25 @@ class OptimizerFront:
             result = SearchResult(
                 hits=[h for h in result.hits if h.record.name in permitted][:wanted], mode=result.mode
             )
-        tools = [_hit_json(hit) for hit in result.hits]
+        tools = self._shown(result.hits)
         answer: dict[str, Any] = {"query": query, "ranking": result.mode, "tools": tools}
+        notes = []
+        if starting:
+            # Plainly, so an agent does not conclude that a tool it needs does not exist.
+            answer["backends_starting"] = starting
+            notes.append(f"backends still starting: {', '.join(starting)}; their tools are not searched yet")
         if result.mode == "keyword":
-            answer["note"] = "ranked by keywords only: the embedding model is still loading"
+            notes.append(
+                "ranked by keywords only: the embedding model is still loading (scores are relative until then)"
+            )
+        elif tools and all(tool.get("weak_match") for tool in tools):
+            answer["nothing_fits"] = True
+            notes.append(
+                f"nothing fits this request well: the best match is {tools[0]['score']:.2f} (of 1), under "
+                f"{self.match_threshold:.2f}; the closest tools are listed as weak matches; try other words"
+            )
+        if notes:
+            answer["note"] = "; ".join(notes)
         answer_tokens = count_tokens(json.dumps(tools), self.settings.model)
         answer["tokens"] = {
             "full_tool_list": self.full_list_tokens,
@@ -264,11 +290,24 @@ class OptimizerFront:
             structured_content=answer,
         )
 
+    def _shown(self, hits: Sequence[SearchHit]) -> list[dict[str, Any]]:
+        """The results as find_tool shows them: a match score when there is one, links only within the answer."""
+        names = {hit.record.name for hit in hits}
+        shown = []
+        for hit in hits:
+            found = _hit_json(hit, names)
+            if hit.similarity is not None and self.match_scale is not None:
+                found["score"] = round(self.match_scale(hit.similarity), 4)
+                if found["score"] < self.match_threshold:
+                    found["weak_match"] = True
+            shown.append(found)
+        return shown
+
     # --- index upkeep ---------------------------------------------------------------------------------
 
     def _count_tokens(self, tools: Sequence[ProvidedTool]) -> None:
-        self.full_list_tokens = count_tokens(tool_json([t.tool for t in tools]), self.settings.model)
-        self.meta_tools_tokens = count_tokens(tool_json(list(META_TOOLS)), self.settings.model)
+        self.full_list_tokens = tools_list_tokens([t.tool for t in tools], self.settings.model)
+        self.meta_tools_tokens = meta_tools_tokens(self.settings.model)
         logger.info(
             "optimizer: %d tools; tools/list is %d tokens with the optimizer, %d without",
             len(tools),
@@ -323,6 +362,10 @@ class OptimizerFront:
                 logger.exception("optimizer: embedding the catalogue failed; find_tool ranks by keywords")
 
 
+async def _none_starting() -> list[str]:
+    return []
+
+
 def _load_usage(path: Path) -> UsageGraph:
     """The saved co-usage graph; an empty one when there is none or it cannot be read."""
     try:
@@ -332,7 +375,8 @@ def _load_usage(path: Path) -> UsageGraph:
         return UsageGraph()
 
 
-def _hit_json(hit: SearchHit) -> dict[str, Any]:
+def _hit_json(hit: SearchHit, answer: Collection[str]) -> dict[str, Any]:
+    """One result; `used_with` and `supplies` only when the tool they name is in the `answer` too."""
     found: dict[str, Any] = {
         "name": hit.record.name,
         "backend": hit.record.backend,
@@ -340,10 +384,10 @@ def _hit_json(hit: SearchHit) -> dict[str, Any]:
         "input_schema": dict(hit.record.input_schema),
         "score": round(hit.score, 4),
     }
-    if hit.used_with:
+    if hit.used_with and hit.used_with in answer:
         # Here mostly because past tasks used it with that result: the agent may need both.
         found["used_with"] = hit.used_with
-    if hit.supplies:
+    if hit.supplies and hit.supplies[0] in answer:
         # Issues a value a result requires (its token, its channel id): call this one first.
         found["supplies"] = {"tool": hit.supplies[0], "argument": hit.supplies[1]}
     return found
@@ -383,10 +427,3 @@ def _coerce_strings(arguments: dict[str, Any]) -> dict[str, Any]:
 
 def _error(message: str) -> types.CallToolResult:
     return types.CallToolResult(content=[types.TextContent(type="text", text=message)], is_error=True)
-
-
-def token_report(catalog: Catalog, model: str = "all-MiniLM-L6-v2") -> dict[str, int]:
-    """Tokens an agent receives from `tools/list`: every tool, versus the meta-tools."""
-    full = count_tokens(tool_json([r.tool for r in catalog.tools.values()]), model)
-    meta = count_tokens(tool_json(list(META_TOOLS)), model)
-    return {"full_tool_list": full, "meta_tools": meta, "saved": max(0, full - meta)}

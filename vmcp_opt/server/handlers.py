@@ -25,6 +25,7 @@ from vmcp_opt.gateway import Gateway, ListKind
 from vmcp_opt.routing import Router
 from vmcp_opt.routing.round_trips import InputRequired, state_boundary
 from vmcp_opt.server.admission import Admission, Transport, connection_of
+from vmcp_opt.server.startup import startup_gate
 
 logger = logging.getLogger(__name__)
 
@@ -186,6 +187,8 @@ def build_mcp_server(gateway: Gateway, transport: Transport) -> Server[Any]:
         "notifications/roots/list_changed", types.NotificationParams, handlers.roots_changed
     )
     server.middleware.append(notifier.track)
+    # During start-up, catalogue requests wait (bounded) for the backends' first listing.
+    server.middleware.append(startup_gate(gateway))
     # Seals the request_state of every InputRequiredResult handed out, verifies it on the retry.
     server.middleware.append(state_boundary(gateway.config.timeouts.input))
     return server

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
+import socket
 from collections.abc import AsyncIterator
 
 import anyio
+import psutil
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.applications import Starlette
@@ -25,23 +28,60 @@ logger = logging.getLogger(__name__)
 # How long a client waits before reconnecting to a stream the gateway closed (milliseconds).
 SSE_RETRY_MS = 1000
 LOOPBACK_HOSTS = ["127.0.0.1:*", "localhost:*", "[::1]:*"]
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
+WILDCARDS = ("0.0.0.0", "::", "")
 LOOPBACK_ORIGINS = ["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"]
 
 
 def transport_security(server: ServerConfig) -> TransportSecuritySettings:
-    """DNS-rebinding protection: only our own Host and Origin values are accepted."""
+    """DNS-rebinding protection: only Host values that name this gateway, and our own Origins, are accepted.
+
+    The names are loopback, the address bound (`--host`; for 0.0.0.0 or :: every address and name of this
+    machine) and `server.allowed_hosts` (`--allow-host`), each with any port; an entry may be a bare name or
+    address (`example.org`, `10.0.0.5`, `fe80::1`) or already a pattern (`example.org:8000`, `10.0.0.5:*`).
+    """
+    bound = [] if server.host in LOOPBACK_NAMES else _machine_names() if server.host in WILDCARDS else [server.host]
     hosts = list(LOOPBACK_HOSTS)
-    if server.host not in ("127.0.0.1", "localhost", "::1", "0.0.0.0", "::"):
-        hosts.append(f"{server.host}:*")
+    for name in [*bound, *server.allowed_hosts]:
+        hosts += [pattern for pattern in _host_patterns(name) if pattern not in hosts]
     return TransportSecuritySettings(
         enable_dns_rebinding_protection=True,
-        allowed_hosts=hosts + server.allowed_hosts,
+        allowed_hosts=hosts,
         allowed_origins=LOOPBACK_ORIGINS + server.allowed_origins,
     )
 
 
+def warn_if_exposed(server: ServerConfig) -> None:
+    """A listener beyond loopback has no authentication yet: say so (issue 14 turns this into a refusal)."""
+    if server.host not in LOOPBACK_NAMES:
+        logger.warning(
+            "listening on %s, reachable from other machines, without authentication: anyone who can connect "
+            "can call every backend's tools. Bind 127.0.0.1 (the default) unless the network is trusted or a "
+            "proxy authenticates clients.",
+            server.host,
+        )
+
+
+def _host_patterns(name: str) -> list[str]:
+    """Host header values for `name` with any port (or as given, when it already names a port)."""
+    if name.endswith(":*") or re.fullmatch(r"(\[[^\]]+\]|[^:\[\]]+):\d+", name):
+        return [name]
+    if ":" in name and not name.startswith("["):
+        name = f"[{name.split('%')[0]}]"  # a bare IPv6 address (its zone id is never in a Host header)
+    return [name, f"{name}:*"]
+
+
+def _machine_names() -> list[str]:
+    """Every name and address this machine answers to, for a wildcard bind."""
+    names = {socket.gethostname(), socket.getfqdn()}
+    for addresses in psutil.net_if_addrs().values():
+        names.update(a.address for a in addresses if a.family in (socket.AF_INET, socket.AF_INET6))
+    return sorted(name for name in names if name)
+
+
 def create_app(gateway: Gateway) -> Starlette:
     server_config = gateway.config.server
+    warn_if_exposed(server_config)
     manager = StreamableHTTPSessionManager(
         app=build_mcp_server(gateway, "http"),
         security_settings=transport_security(server_config),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -63,6 +64,8 @@ async def _serve_stdio_until_signal(gateway: Gateway) -> int:
     async with anyio.create_task_group() as task_group:
 
         async def watch_signals() -> None:
+            if sys.platform == "win32":
+                return  # asyncio has no signal handlers on Windows; Ctrl+C arrives as KeyboardInterrupt
             with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 async for _ in signals:
                     task_group.cancel_scope.cancel()

@@ -1,12 +1,28 @@
-"""The gateway over stdio, so a desktop client can launch it as a subprocess."""
+"""The gateway over stdio, so a desktop client can launch it as a subprocess.
+
+The SDK's `stdio_server` turns a line it cannot read into an exception on the read stream, which the
+server only logs at debug level: the client waits for an answer that never comes. `AnswerMalformed`
+answers such a line the way the HTTP endpoint does (`server/bad_input.py`): -32700 Parse error for text
+that is not JSON, -32600 Invalid Request for JSON that is not a JSON-RPC message.
+"""
 
 from __future__ import annotations
 
+from types import TracebackType
+from typing import Any, Self
+
 import anyio
+import mcp_types as types
 from mcp.server.stdio import stdio_server
+from mcp.shared._stream_protocols import ReadStream, WriteStream
+from mcp.shared.message import SessionMessage
+from pydantic import ValidationError
 
 from vmcp_opt.gateway import Gateway
 from vmcp_opt.server.handlers import build_mcp_server
+
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
 
 
 async def serve_stdio(gateway: Gateway) -> None:
@@ -14,5 +30,58 @@ async def serve_stdio(gateway: Gateway) -> None:
         await gateway.start(task_group)
         server = build_mcp_server(gateway, "stdio")
         async with stdio_server() as (read, write):
-            await server.run(read, write, server.create_initialization_options())
+            await server.run(AnswerMalformed(read, write), write, server.create_initialization_options())
         gateway.stop()
+
+
+def malformed_line_error(exc: Exception) -> types.JSONRPCError:
+    """The JSON-RPC error for a line the transport could not read as a message."""
+    not_json = isinstance(exc, ValidationError) and any(e["type"] == "json_invalid" for e in exc.errors())
+    if not_json or not isinstance(exc, ValidationError):
+        error = types.ErrorData(code=PARSE_ERROR, message="Parse error: the line is not JSON")
+    else:
+        error = types.ErrorData(
+            code=INVALID_REQUEST, message="Invalid Request: not a JSON-RPC 2.0 request, notification or response"
+        )
+    return types.JSONRPCError(jsonrpc="2.0", id=None, error=error)
+
+
+class AnswerMalformed:
+    """A read stream that answers the transport's read errors on `write` and passes messages on."""
+
+    def __init__(self, inner: ReadStream[SessionMessage | Exception], write: WriteStream[SessionMessage]) -> None:
+        self._inner = inner
+        self._write = write
+
+    @property
+    def last_context(self) -> Any:
+        # The SDK restores the sender's context from here (`getattr(stream, "last_context", None)`).
+        return getattr(self._inner, "last_context", None)
+
+    async def receive(self) -> SessionMessage | Exception:
+        while True:
+            item = await self._inner.receive()
+            if not isinstance(item, Exception):
+                return item
+            await self._write.send(SessionMessage(malformed_line_error(item)))
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> SessionMessage | Exception:
+        try:
+            return await self.receive()
+        except anyio.EndOfStream:
+            raise StopAsyncIteration from None
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc_val: BaseException | None, exc_tb: TracebackType | None
+    ) -> bool | None:
+        await self.aclose()
+        return None

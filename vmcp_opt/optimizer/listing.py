@@ -1,0 +1,67 @@
+"""The catalogue as last listed, saved beside the index, so `vmcp index stats|search` need not start backends.
+
+The gateway writes `<index directory>/catalogue.json` whenever find_tool's tools change, and so does
+`vmcp index build` when it asks the backends: the tool records and what their `tools/list` costs
+(`tokens.tools_list_tokens`, the one definition the server logs and find_tool reports). A missing,
+unreadable or other-model file is as good as none: the CLI then asks the backends.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from vmcp_opt.optimizer.documents import ToolRecord
+
+logger = logging.getLogger(__name__)
+
+LISTING_FILE = "catalogue.json"
+
+
+@dataclass(frozen=True)
+class Listing:
+    records: list[ToolRecord]
+    # Tokens of these tools' `tools/list` answer (full MCP tool JSON), with `model`'s tokenizer.
+    tools_list_tokens: int
+    model: str
+    # When it was saved (seconds since the epoch); None for a listing just taken from the backends.
+    saved_at: float | None = None
+
+
+def save_listing(directory: Path, listing: Listing) -> None:
+    """Write atomically (a reader never sees half a file); a failure is a warning, the gateway keeps serving."""
+    path = directory / LISTING_FILE
+    data: dict[str, Any] = {
+        "model": listing.model,
+        "tools_list_tokens": listing.tools_list_tokens,
+        "saved_at": time.time(),
+        "tools": [{**asdict(record), "input_schema": dict(record.input_schema)} for record in listing.records],
+    }
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".json.partial")
+        partial.write_text(json.dumps(data, separators=(",", ":"), ensure_ascii=False), encoding="utf-8")
+        os.replace(partial, path)
+    except OSError as exc:
+        logger.warning("optimizer: could not save the catalogue to %s: %s", path, exc)
+
+
+def load_listing(directory: Path, model: str) -> Listing | None:
+    """The saved listing, or None when there is none usable for `model`."""
+    path = directory / LISTING_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if data.get("model") != model:
+            return None
+        records = [ToolRecord(**tool) for tool in data["tools"]]
+        return Listing(records, int(data["tools_list_tokens"]), model, float(data["saved_at"]))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        logger.warning("saved catalogue %s not read (%s); asking the backends", path, exc)
+        return None
