@@ -1,7 +1,7 @@
 """The gateway assembled: backends, health, catalogue, sessions, router and providers, and their lifecycle.
 
 This is the composition root. It builds each part, registers the tool providers on the router (the
-optimizer's meta-tools first when it is on, then the backends' tools), and keeps the catalogue and
+optimizer's meta-tools first when it is on, then the configured workflows, then the backends' tools), and keeps the catalogue and
 find_tool's index in step with the backends. Transports (`server/`) serve its router; nothing below
 imports this module.
 """
@@ -23,6 +23,7 @@ from vmcp_opt.config import VmcpConfig
 from vmcp_opt.health import HealthMonitor
 from vmcp_opt.optimizer.metatools import OptimizerFront
 from vmcp_opt.routing import BackendTools, Router, SessionChooser
+from vmcp_opt.workflows import WorkflowTools, unknown_tools
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +59,10 @@ class Gateway:
             pinned = frozenset(config.optimizer.pinned)
             listed = pinned.__contains__  # with the optimizer on, tools/list is the meta-tools and pinned tools
         validator = ArgumentValidator(config.limits.argument_check_timeout, config.limits.schema_cache_size)
+        # Workflows before the backends' tools: a name the config gave keeps its meaning when a backend
+        # later serves a tool of the same name (that tool is then reachable only under another name).
+        self.workflows = WorkflowTools(config.workflows, self.catalog, validator, listed)
+        self.router.add_provider(self.workflows)
         self.router.add_provider(BackendTools(self.catalog, validator, listed))
         self.started = False
         # A backend changed after the first catalogue was built but before `started`: rebuild once started.
@@ -157,12 +162,25 @@ class Gateway:
 
     async def _tools_changed(self) -> None:
         """find_tool's index follows every searchable provider's tools."""
+        self._check_workflows()
         if self.optimizer is None:
             return
         missing = [name for name in self.config.optimizer.pinned if name not in self.catalog.current.tools]
         if missing:
             logger.warning("optimizer.pinned: no such tools in the catalogue: %s", ", ".join(missing))
         await self.optimizer.tools_changed(self.router.searchable_tools())
+
+    def _check_workflows(self) -> None:
+        """Steps naming tools the catalogue lacks: a warning (the backend may connect later); such a step
+        fails at run time with the router's `Unknown tool`."""
+        if not self.config.workflows:
+            return
+        known = {t.name for t in self.router.searchable_tools()} | {t.name for t in self.router.listed_tools()}
+        for problem in unknown_tools(self.config.workflows, known):
+            logger.warning("%s", problem)
+        shadowed = sorted(set(self.workflows.workflows) & set(self.catalog.current.tools))
+        if shadowed:
+            logger.warning("workflows named like backend tools (the workflow is served): %s", ", ".join(shadowed))
 
     def _listing(self) -> dict[ListKind, list[object]]:
         """What a client would be shown (before any policy): a change here is worth a list_changed."""

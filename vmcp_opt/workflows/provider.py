@@ -1,0 +1,129 @@
+"""Workflows as tools: a tool provider of the router, like the backends' tools and the meta-tools.
+
+Each step is a call of `router.call_tool` with the caller of the workflow, so the policy is asked for the
+workflow and again for every step, and each step takes the same path as a direct call (provider, schema
+check, session, health guard, observers). Steps run with the caller's exchange minus its progress token:
+the workflow reports progress itself, one notification per finished step, and a backend's own progress
+would interleave with it and break the rule that progress only grows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import mcp_types as types
+
+from vmcp_opt.aggregation import LiveCatalog
+from vmcp_opt.arguments import ArgumentError, ArgumentValidator
+from vmcp_opt.config_workflows import WorkflowConfig
+from vmcp_opt.routing import Exchange, ProvidedTool, ToolCall, error_result
+from vmcp_opt.workflows.executor import RunReport, StepReport, WorkflowRun
+from vmcp_opt.workflows.validation import derived_annotations
+
+logger = logging.getLogger(__name__)
+
+WORKFLOW_SOURCE = "workflows"  # the source of composite tools, as policies and find_tool see it
+SOURCE_DESCRIPTION = "Composite tools of this gateway: several calls across servers as one tool."
+
+
+class WorkflowTools:
+    """The configured workflows, served as tools."""
+
+    searchable = True  # find_tool indexes them from their description and parameters
+
+    def __init__(
+        self,
+        workflows: Sequence[WorkflowConfig],
+        catalog: LiveCatalog,
+        validator: ArgumentValidator,
+        listed: Callable[[str], bool] = lambda name: True,
+    ) -> None:
+        self.workflows = {w.name: w for w in workflows}
+        self._catalog = catalog
+        self._validator = validator
+        self._listed = listed  # with the optimizer on, only pinned ones are listed
+        self._view: tuple[object, dict[str, ProvidedTool]] | None = None
+
+    def tools(self) -> Mapping[str, ProvidedTool]:
+        catalog = self._catalog.current
+        if self._view is None or self._view[0] is not catalog:  # annotations follow the steps' tools
+            annotations = derived_annotations(list(self.workflows.values()), catalog.tools)
+            self._view = (
+                catalog,
+                {
+                    name: ProvidedTool(name, tool_of(w, annotations[name]), WORKFLOW_SOURCE, name, SOURCE_DESCRIPTION)
+                    for name, w in self.workflows.items()
+                },
+            )
+        return self._view[1]
+
+    def listed(self) -> Sequence[ProvidedTool]:
+        return [tool for name, tool in self.tools().items() if self._listed(name)]
+
+    def why_unavailable(self, name: str) -> str | None:
+        return None
+
+    async def call(self, call: ToolCall) -> types.CallToolResult:
+        workflow = self.workflows[call.tool.name]
+        try:
+            await self._validator.check_async(workflow.name, workflow.parameters, call.arguments)
+        except ArgumentError as exc:
+            return error_result(str(exc))
+        steps = step_exchange(call.exchange)
+        progress = call.exchange.progress_relay()
+        total = float(len(workflow.steps))
+        finished = 0
+
+        async def step_call(tool: str, arguments: dict[str, Any]) -> types.CallToolResult:
+            return await call.router.call_tool(call.caller, tool, arguments, steps)
+
+        async def step_done(step: StepReport) -> None:
+            nonlocal finished
+            finished += 1
+            if progress is not None:
+                await progress(float(finished), total, f"step {step.id}: {step.status}")
+
+        params = with_defaults(workflow.parameters, call.arguments or {})
+        report = await WorkflowRun(workflow, params, step_call, step_done).run()
+        if not report.ok:
+            logger.info("workflow %s failed: %s", workflow.name, report.error)
+        return run_result(report)
+
+
+def tool_of(workflow: WorkflowConfig, annotations: types.ToolAnnotations) -> types.Tool:
+    return types.Tool(
+        name=workflow.name,
+        description=workflow.description,
+        input_schema=workflow.parameters,
+        annotations=annotations,
+    )
+
+
+def step_exchange(exchange: Exchange) -> Exchange:
+    """The exchange a step's call carries: the caller's session, without its progress token or a retry's
+    round (a 2026-07-28 retry answers the workflow's own question, not a step's)."""
+    meta = {k: v for k, v in dict(exchange.meta or {}).items() if k not in ("progressToken", "progress_token")}
+    return dataclasses.replace(exchange, meta=meta or None, round=None, input_responses=None)  # type: ignore[arg-type]
+
+
+def with_defaults(schema: dict[str, Any], arguments: dict[str, Any]) -> dict[str, Any]:
+    """The arguments, with each missing top-level property's `default`."""
+    properties = schema.get("properties") or {}
+    defaults = {k: p["default"] for k, p in properties.items() if isinstance(p, dict) and "default" in p}
+    return {**defaults, **arguments}
+
+
+def run_result(report: RunReport) -> types.CallToolResult:
+    """Success: the output as JSON text, and as structured content when it is an object. Failure: an error
+    result naming the failed step and the reason, with every step's status."""
+    if report.ok:
+        text = report.output if isinstance(report.output, str) else json.dumps(report.output, default=str)
+        structured = report.output if isinstance(report.output, dict) else None
+        return types.CallToolResult(content=[types.TextContent(type="text", text=text)], structured_content=structured)
+    statuses = ", ".join(f"{s.id}: {s.status}" for s in report.steps.values())
+    message = f"workflow '{report.workflow}' failed: {report.error}\nsteps: {statuses}"
+    return error_result(message)
