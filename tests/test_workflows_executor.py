@@ -14,7 +14,7 @@ import mcp_types as types
 import pytest
 
 from vmcp_opt.config_workflows import WorkflowConfig
-from vmcp_opt.workflows import RunReport, StepReport, WorkflowRun
+from vmcp_opt.workflows.executor import RunReport, StepReport, WorkflowRun
 
 pytestmark = pytest.mark.anyio
 

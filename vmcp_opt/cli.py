@@ -1,4 +1,4 @@
-"""The `vmcp` command: serve, validate, backends, index, eval."""
+"""The `vmcp` command: serve, validate, backends, workflow, index, eval."""
 
 from __future__ import annotations
 
@@ -253,6 +253,15 @@ def _meta_tool_tokens(config: VmcpConfig) -> int:
     from vmcp_opt.probe import meta_tool_tokens
 
     return meta_tool_tokens(config)
+
+
+def _mount_workflows() -> None:
+    from vmcp_opt.workflows.cli import workflow_app
+
+    app.add_typer(workflow_app, name="workflow", help="List the configured workflows, or run one and see each step.")
+
+
+_mount_workflows()
 
 
 def _mount_optional() -> None:

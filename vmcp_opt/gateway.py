@@ -23,7 +23,8 @@ from vmcp_opt.config import VmcpConfig
 from vmcp_opt.health import HealthMonitor
 from vmcp_opt.optimizer.metatools import OptimizerFront
 from vmcp_opt.routing import BackendTools, Router, SessionChooser
-from vmcp_opt.workflows import WorkflowTools, unknown_tools
+from vmcp_opt.workflows.provider import WorkflowTools
+from vmcp_opt.workflows.validation import unknown_tools
 
 logger = logging.getLogger(__name__)
 

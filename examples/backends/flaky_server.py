@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 
 from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
 
 server = MCPServer("flaky", instructions="Fails the first calls of each key; for retry demos and tests.")
 FAILURES = int(os.environ.get("FLAKY_FAILURES", "2"))
@@ -20,7 +21,7 @@ def unreliable_fetch(key: str) -> dict[str, object]:
     """Fetch a value by key; fails the first FLAKY_FAILURES calls of each key, then succeeds."""
     calls[key] = calls.get(key, 0) + 1
     if calls[key] <= FAILURES:
-        raise RuntimeError(f"temporary failure {calls[key]} of {FAILURES} for '{key}'")
+        raise ToolError(f"temporary failure {calls[key]} of {FAILURES} for '{key}'")
     return {"key": key, "value": f"value of {key}", "attempt": calls[key]}
 
 

@@ -8,16 +8,4 @@ provider.py    WorkflowTools, the router's provider: each step a call through th
 cli.py         `vmcp workflow run NAME --arg k=v`
 """
 
-from vmcp_opt.workflows.executor import RunReport, StepReport, WorkflowRun
-from vmcp_opt.workflows.provider import WORKFLOW_SOURCE, WorkflowTools
-from vmcp_opt.workflows.validation import derived_annotations, unknown_tools
-
-__all__ = [
-    "WORKFLOW_SOURCE",
-    "RunReport",
-    "StepReport",
-    "WorkflowRun",
-    "WorkflowTools",
-    "derived_annotations",
-    "unknown_tools",
-]
+# Nothing imported here: `vmcp workflow` loads its CLI without the gateway's import cost.

@@ -19,9 +19,10 @@ import mcp_types as types
 
 from vmcp_opt.aggregation import LiveCatalog
 from vmcp_opt.arguments import ArgumentError, ArgumentValidator
+from vmcp_opt.auth import Caller
 from vmcp_opt.config_workflows import WorkflowConfig
-from vmcp_opt.routing import Exchange, ProvidedTool, ToolCall, error_result
-from vmcp_opt.workflows.executor import RunReport, StepReport, WorkflowRun
+from vmcp_opt.routing import Dispatch, Exchange, ProvidedTool, ToolCall, error_result
+from vmcp_opt.workflows.executor import RunReport, StepDone, StepReport, WorkflowRun
 from vmcp_opt.workflows.validation import derived_annotations
 
 logger = logging.getLogger(__name__)
@@ -68,18 +69,9 @@ class WorkflowTools:
         return None
 
     async def call(self, call: ToolCall) -> types.CallToolResult:
-        workflow = self.workflows[call.tool.name]
-        try:
-            await self._validator.check_async(workflow.name, workflow.parameters, call.arguments)
-        except ArgumentError as exc:
-            return error_result(str(exc))
-        steps = step_exchange(call.exchange)
         progress = call.exchange.progress_relay()
-        total = float(len(workflow.steps))
+        total = float(len(self.workflows[call.tool.name].steps))
         finished = 0
-
-        async def step_call(tool: str, arguments: dict[str, Any]) -> types.CallToolResult:
-            return await call.router.call_tool(call.caller, tool, arguments, steps)
 
         async def step_done(step: StepReport) -> None:
             nonlocal finished
@@ -87,11 +79,33 @@ class WorkflowTools:
             if progress is not None:
                 await progress(float(finished), total, f"step {step.id}: {step.status}")
 
-        params = with_defaults(workflow.parameters, call.arguments or {})
-        report = await WorkflowRun(workflow, params, step_call, step_done).run()
+        try:
+            report = await self.run(call.tool.name, call.arguments, call.caller, call.exchange, call.router, step_done)
+        except ArgumentError as exc:
+            return error_result(str(exc))
         if not report.ok:
-            logger.info("workflow %s failed: %s", workflow.name, report.error)
+            logger.info("workflow %s failed: %s", report.workflow, report.error)
         return run_result(report)
+
+    async def run(
+        self,
+        name: str,
+        arguments: dict[str, Any] | None,
+        caller: Caller,
+        exchange: Exchange,
+        router: Dispatch,
+        on_step: StepDone | None = None,
+    ) -> RunReport:
+        """One run, each step a call of `router.call_tool` as `caller`; `ArgumentError` for bad arguments."""
+        workflow = self.workflows[name]
+        await self._validator.check_async(workflow.name, workflow.parameters, arguments)
+        steps = step_exchange(exchange)
+
+        async def step_call(tool: str, step_arguments: dict[str, Any]) -> types.CallToolResult:
+            return await router.call_tool(caller, tool, step_arguments, steps)
+
+        params = with_defaults(workflow.parameters, arguments or {})
+        return await WorkflowRun(workflow, params, step_call, on_step).run()
 
 
 def tool_of(workflow: WorkflowConfig, annotations: types.ToolAnnotations) -> types.Tool:
