@@ -59,6 +59,7 @@ class StepConfig(_Strict):
 
     # Unique in the workflow; other steps read its result as `steps.<id>`.
     id: str = Field(pattern=STEP_ID_PATTERN)
+    # tool: one call; for_each: one call per item of `over`; elicitation: refused at load (not served yet).
     type: Literal["tool", "for_each", "elicitation"] = "tool"
     # The gateway's name of the tool to call (a backend tool, or another workflow).
     tool: str | None = None
@@ -113,6 +114,7 @@ class WorkflowConfig(_Strict):
     description: str = Field(min_length=1)
     # The tool's input schema (JSON Schema, an object); `default`s of its properties fill missing arguments.
     parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
+    # What it does, as a graph (each below, as `steps[]`).
     steps: list[StepConfig] = Field(min_length=1, max_length=200)
     # The result: each key a template over the steps' results; unset, the last step's output.
     output: dict[str, Any] | None = None
