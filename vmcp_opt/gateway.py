@@ -166,7 +166,8 @@ class Gateway:
         self._check_workflows()
         if self.optimizer is None:
             return
-        missing = [name for name in self.config.optimizer.pinned if name not in self.catalog.current.tools]
+        served = self.catalog.current.tools.keys() | self.workflows.workflows.keys()
+        missing = [name for name in self.config.optimizer.pinned if name not in served]
         if missing:
             logger.warning("optimizer.pinned: no such tools in the catalogue: %s", ", ".join(missing))
         await self.optimizer.tools_changed(self.router.searchable_tools())
