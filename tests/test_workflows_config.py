@@ -156,3 +156,22 @@ def test_workflow_run_prints_each_step_and_the_output(tmp_path: Path) -> None:
     assert '"value": "value of k"' in done.stdout and '"calls": 3' in done.stdout
     missing = subprocess.run([*command[:-2]], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert missing.returncode == 1 and "field 'key': required but missing" in missing.stderr
+
+
+@pytest.mark.slow
+def test_validate_connect_names_steps_whose_tools_no_backend_serves(tmp_path: Path) -> None:
+    config = {
+        "backends": [{"name": "time", "command": sys.executable, "args": ["-m", "mcp_server_time"]}],
+        "workflows": [wf([{"id": "a", "tool": "time_get_current_time"}, {"id": "b", "tool": "time_nope"}])],
+    }
+    path = tmp_path / "vmcp.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    command = [sys.executable, "-m", "vmcp_opt", "validate", "-c", str(path)]
+    offline = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert offline.returncode == 0 and "1 workflows (wf)" in offline.stdout
+    connected = subprocess.run([*command, "--connect"], capture_output=True, text=True, timeout=120)
+    assert connected.returncode == 2
+    assert (
+        "  workflows[0].steps[1].tool: unknown tool 'time_nope' (no backend or workflow serves it now)"
+        in connected.stderr
+    )

@@ -254,3 +254,36 @@ async def test_cancelling_the_run_reaches_running_calls() -> None:
     with anyio.move_on_after(0.05):
         await WorkflowRun(wf, {}, tools).run()
     assert tools.cancelled == 1
+
+
+# --- through the router: WorkflowTools as a provider ---------------------------------------------------
+
+
+async def test_every_step_goes_through_the_router_and_its_policy() -> None:
+    from tests.test_router import EchoProvider, RecordingPolicy, bare_router, caller, text
+    from vmcp_opt.arguments import ArgumentValidator
+    from vmcp_opt.routing import Exchange
+    from vmcp_opt.workflows.provider import WorkflowTools
+
+    router = bare_router()
+    definitions = [
+        workflow([{"id": "a", "tool": "alpha"}, {"id": "b", "tool": "beta", "depends_on": ["a"]}]),
+        WorkflowConfig.model_validate(
+            {"name": "denied_step", "description": "d", "steps": [{"id": "x", "tool": "secret"}]}
+        ),
+    ]
+    router.add_provider(WorkflowTools(definitions, router.catalog, ArgumentValidator()))
+    echo = EchoProvider("echo", ["alpha", "beta", "secret"])
+    router.add_provider(echo)
+    router.policy = policy = RecordingPolicy({"secret"}, reason="not for workflows")
+    result = await router.call_tool(caller("c1"), "wf", {}, Exchange.internal())
+    assert not result.is_error, text(result)
+    assert [t.name for _, t in policy.asked] == ["wf", "alpha", "beta"]
+    assert echo.calls == [("c1", "alpha"), ("c1", "beta")]  # as the workflow's caller
+    assert text(result) == "echo:c1"
+    refused = await router.call_tool(caller("c1"), "denied_step", {}, Exchange.internal())
+    assert refused.is_error
+    assert "step 'x' failed: Denied: not permitted: caller 'c1' may not use tool 'secret': not for workflows" in text(
+        refused
+    )
+    assert [t.name for t in router.visible_tools(caller("c1"))][:2] == ["wf", "denied_step"]
