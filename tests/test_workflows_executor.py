@@ -237,6 +237,15 @@ async def test_the_sandbox_refuses_internals() -> None:
     assert not report.ok and "step 'a' failed: arguments.x" in (report.error or "")
 
 
+async def test_templates_cannot_build_huge_values() -> None:
+    for source in ("{{ 'x' * 10**8 }}", "{{ 2 ** 100000 }}", "{{ [0] * 2000000 }}"):
+        wf = workflow([{"id": "a", "tool": "echo", "arguments": {"x": source}}])
+        report = await run(wf, Tools())
+        assert report.error is not None and "SecurityError" in report.error, source
+    fine = workflow([{"id": "a", "tool": "echo", "arguments": {"x": "{{ 'ab' * 3 }}", "n": "{{ 2 ** 10 }}"}}])
+    assert (await run(fine, Tools())).output == {"x": "ababab", "n": 1024}
+
+
 async def test_each_finished_step_is_reported_once() -> None:
     seen: list[tuple[str, str]] = []
 

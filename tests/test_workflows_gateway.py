@@ -253,13 +253,14 @@ async def test_bad_arguments_are_refused_before_any_step(gateway: Gateway) -> No
     assert result.is_error and "field 'lead': required but missing" in text(result)
 
 
-async def test_progress_reports_each_finished_step(gateway: Gateway) -> None:
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
+async def test_progress_reports_each_finished_step(gateway: Gateway, mode: str) -> None:
     seen: list[tuple[float, float | None, str | None]] = []
 
     async def on_progress(progress: float, total: float | None, message: str | None) -> None:
         seen.append((progress, total, message))
 
-    async with Client(gateway.url, mode="legacy") as client:
+    async with Client(gateway.url, mode=mode) as client:  # type: ignore[arg-type]
         result = await client.call_tool("slow_pair", {"seconds": 0.1}, progress_callback=on_progress)
     assert not result.is_error, text(result)
     assert [p for p, _, _ in seen] == [1.0, 2.0, 3.0] and {t for _, t, _ in seen} == {3.0}

@@ -159,8 +159,7 @@ class WorkflowRun:
     def _blocks(self, dependency: str) -> bool:
         """A dependency that failed with no default result, or was skipped for such a failure."""
         dep = self.report.steps[dependency]
-        has_default = self._steps[dependency].default_result is not None
-        return (dep.status == "failed" and not has_default) or (dep.blocked and not has_default)
+        return (dep.status == "failed" or dep.blocked) and self._steps[dependency].default_result is None
 
     def _failed(self, step: StepConfig, report: StepReport, exc: StepError, group: anyio.CancelScope) -> None:
         report.status, report.error = "failed", exc.reason

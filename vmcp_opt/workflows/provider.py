@@ -76,8 +76,12 @@ class WorkflowTools:
         async def step_done(step: StepReport) -> None:
             nonlocal finished
             finished += 1
-            if progress is not None:
+            if progress is None:
+                return
+            try:
                 await progress(float(finished), total, f"step {step.id}: {step.status}")
+            except Exception as exc:  # best effort: a client that went away must not fail the run
+                logger.debug("workflow %s: progress not sent: %s", call.tool.name, exc)
 
         try:
             report = await self.run(call.tool.name, call.arguments, call.caller, call.exchange, call.router, step_done)

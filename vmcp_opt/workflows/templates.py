@@ -17,6 +17,7 @@ from functools import lru_cache
 from typing import Any
 
 import jinja2
+import jinja2.exceptions
 from jinja2.sandbox import SandboxedEnvironment
 
 _ONE_EXPRESSION = re.compile(r"^\s*\{\{(?P<expression>(?:(?!\}\}|\{\{).)*)\}\}\s*$", re.S)
@@ -35,7 +36,24 @@ def _fromjson(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str | bytes) else value
 
 
-_ENVIRONMENT = SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False)
+# Templates render on the event loop: `'x' * 10**9` or `10 ** 10**8` must fail, not stall the gateway.
+MAX_REPEATED = 1_000_000
+
+
+class _Sandbox(SandboxedEnvironment):
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "**" and isinstance(right, int | float) and abs(right) > 1000:
+            raise jinja2.exceptions.SecurityError(f"exponent {right} is too large")
+        if operator == "*":
+            for seq, times in ((left, right), (right, left)):
+                if isinstance(seq, str | list | tuple) and isinstance(times, int) and len(seq) * times > MAX_REPEATED:
+                    raise jinja2.exceptions.SecurityError(f"repeating gives more than {MAX_REPEATED:,} items")
+        return super().call_binop(context, operator, left, right)
+
+
+_ENVIRONMENT = _Sandbox(undefined=jinja2.StrictUndefined, autoescape=False)
 _ENVIRONMENT.filters["fromjson"] = _fromjson
 
 
