@@ -86,9 +86,14 @@ def test_each_kind_of_bad_definition_is_refused_with_its_path(
     assert expected in problems(tmp_path, [definition])
 
 
-def test_elicitation_steps_are_refused_until_they_are_served(tmp_path: Path) -> None:
-    found = problems(tmp_path, [wf([{"id": "ask", "type": "elicitation"}])])
-    assert found[0].startswith("workflows[0].steps[0].type: elicitation steps are not served yet")
+def test_elicitation_steps_need_a_message_and_a_flat_form(tmp_path: Path) -> None:
+    nested = {"type": "object", "properties": {"who": {"type": "object"}}}
+    found = problems(tmp_path, [wf([{"id": "ask", "type": "elicitation", "tool": "t", "requested_schema": nested}])])
+    assert found == [
+        "workflows[0].steps[0].tool: an elicitation step takes no `tool`",
+        "workflows[0].steps[0].message: an elicitation step needs `message` (what the user is asked)",
+        "workflows[0].steps[0].requested_schema.properties.who: a form field must be a string, number, integer or boolean",
+    ]
 
 
 def test_workflows_calling_each_other_in_a_cycle_and_repeated_names(tmp_path: Path) -> None:
@@ -175,3 +180,34 @@ def test_validate_connect_names_steps_whose_tools_no_backend_serves(tmp_path: Pa
         "  workflows[0].steps[1].tool: unknown tool 'time_nope' (no backend or workflow serves it now)"
         in connected.stderr
     )
+
+
+@pytest.mark.slow
+def test_workflow_run_asks_an_elicitation_step_on_the_terminal(tmp_path: Path) -> None:
+    form = {"type": "object", "properties": {"title": {"type": "string"}}, "required": ["title"]}
+    config = {
+        "backends": [
+            {"name": "notes", "command": sys.executable, "args": [str(EXAMPLES / "backends" / "demo_server.py")]}
+        ],
+        "workflows": [
+            wf(
+                [
+                    {"id": "ask", "type": "elicitation", "message": "Title?", "requested_schema": form},
+                    {
+                        "id": "save",
+                        "tool": "notes_save_note",
+                        "depends_on": ["ask"],
+                        "arguments": {"title": "{{ steps.ask.output.content.title }}", "text": "x"},
+                    },
+                ]
+            )
+        ],
+    }
+    path = tmp_path / "vmcp.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    command = [sys.executable, "-m", "vmcp_opt", "workflow", "run", "wf", "-c", str(path)]
+    answered = subprocess.run(command, input="Dr\n", capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert answered.returncode == 0, answered.stderr
+    assert "? Title?" in answered.stdout and "saved note 'Dr'" in answered.stdout
+    declined = subprocess.run(command, input="\n", capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert declined.returncode == 1 and "step 'ask' failed: the user chose 'decline'" in declined.stderr

@@ -296,3 +296,63 @@ async def test_every_step_goes_through_the_router_and_its_policy() -> None:
         refused
     )
     assert [t.name for t in router.visible_tools(caller("c1"))][:2] == ["wf", "denied_step"]
+
+
+# --- elicitation steps ---------------------------------------------------------------------------------
+
+FORM = {"type": "object", "properties": {"title": {"type": "string"}}, "required": ["title"]}
+
+
+def asking(action: str, content: dict[str, Any] | None = None) -> Any:
+    asked: list[tuple[str, dict[str, Any]]] = []
+
+    async def ask(message: str, schema: dict[str, Any]) -> dict[str, Any]:
+        asked.append((message, schema))
+        return {"action": action, **({"content": content} if content is not None else {})}
+
+    ask.asked = asked  # type: ignore[attr-defined]
+    return ask
+
+
+def elicit_then_save(**step: Any) -> WorkflowConfig:
+    return workflow(
+        [
+            {
+                "id": "ask",
+                "type": "elicitation",
+                "message": "Title for {{ params.who }}?",
+                "requested_schema": FORM,
+                **step,
+            },
+            {"id": "save", "tool": "echo", "depends_on": ["ask"], "arguments": {"answer": "{{ steps.ask.output }}"}},
+        ]
+    )
+
+
+async def test_an_accepted_question_feeds_the_next_step() -> None:
+    ask = asking("accept", {"title": "Dr"})
+    report = await WorkflowRun(elicit_then_save(), {"who": "Ada"}, Tools(), ask=ask).run()
+    assert report.ok, report.error
+    assert ask.asked == [("Title for Ada?", FORM)]
+    assert report.output == {"answer": {"action": "accept", "content": {"title": "Dr"}}}
+
+
+async def test_decline_and_cancel_abort_or_continue_as_the_step_says() -> None:
+    declined = await WorkflowRun(elicit_then_save(), {"who": "A"}, Tools(), ask=asking("decline")).run()
+    assert declined.error == "step 'ask' failed: the user chose 'decline'"
+    cancelled = await WorkflowRun(
+        elicit_then_save(on_cancel="continue"), {"who": "A"}, Tools(), ask=asking("cancel")
+    ).run()
+    assert cancelled.ok and cancelled.output == {"answer": {"action": "cancel"}}
+
+
+async def test_a_question_nobody_can_answer_or_nobody_answers_fails_the_step() -> None:
+    nobody = await WorkflowRun(elicit_then_save(), {"who": "A"}, Tools()).run()
+    assert nobody.error == "step 'ask' failed: this run cannot ask its client anything"
+
+    async def never(message: str, schema: dict[str, Any]) -> dict[str, Any]:
+        await anyio.sleep(10)
+        raise AssertionError
+
+    late = await WorkflowRun(elicit_then_save(timeout=0.05), {"who": "A"}, Tools(), ask=never).run()
+    assert late.error == "step 'ask' failed: the user did not answer within 0.05s"

@@ -163,6 +163,38 @@ WORKFLOWS: list[dict[str, Any]] = [
 ]
 
 
+WORKFLOWS.append(
+    {
+        "name": "titled_note",
+        "description": "Ask the user for a title, then save a note under it.",
+        "parameters": {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]},
+        "steps": [
+            {"id": "who", "tool": "notes_whoami"},
+            {
+                "id": "ask",
+                "type": "elicitation",
+                "message": "Title for the note '{{ params.text }}'?",
+                "requested_schema": {
+                    "type": "object",
+                    "properties": {"title": {"type": "string"}},
+                    "required": ["title"],
+                },
+                "on_cancel": "continue",
+            },
+            {
+                "id": "save",
+                "tool": "notes_save_note",
+                "depends_on": ["ask", "who"],
+                "condition": "{{ steps.ask.output.action == 'accept' }}",
+                "arguments": {"title": "{{ steps.ask.output.content.title }}", "text": "{{ params.text }}"},
+                "default_result": "not saved",
+            },
+        ],
+        "output": {"action": "{{ steps.ask.output.action }}", "saved": "{{ steps.save.output }}"},
+    }
+)
+
+
 def backends(tmp: Path) -> list[dict[str, Any]]:
     (tmp / "files").mkdir(exist_ok=True)
     return [
@@ -321,3 +353,40 @@ async def test_with_the_optimizer_on_find_tool_finds_a_workflow_that_tools_list_
                 "call_tool", {"tool_name": "world_clock", "arguments": {"targets": ["Asia/Tokyo"]}}
             )
             assert not result.is_error, text(result)
+
+
+@pytest.mark.parametrize("mode", ["legacy", "auto"])  # 2025-11-25: elicitation/create; 2026-07-28: InputRequiredResult
+async def test_an_elicitation_step_accepted_declined_and_cancelled(gateway: Gateway, mode: str) -> None:
+    asked: list[str] = []
+    replies = iter(
+        [
+            types.ElicitResult(action="accept", content={"title": f"from {mode}"}),
+            types.ElicitResult(action="decline"),
+            types.ElicitResult(action="cancel"),
+        ]
+    )
+
+    async def elicitation(context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+        assert isinstance(params, types.ElicitRequestFormParams)
+        asked.append(params.message)
+        return next(replies)
+
+    async with Client(gateway.url, mode=mode, elicitation_callback=elicitation) as client:  # type: ignore[arg-type]
+        assert client.protocol_version == ("2025-11-25" if mode == "legacy" else "2026-07-28")
+        accepted = await client.call_tool("titled_note", {"text": "hello"})
+        assert not accepted.is_error, text(accepted)
+        assert accepted.structured_content == {
+            "action": "accept",
+            "saved": {"result": f"saved note 'from {mode}' (5 characters)"},
+        }
+        declined = await client.call_tool("titled_note", {"text": "hello"})
+        assert declined.is_error and "step 'ask' failed: the user chose 'decline'" in text(declined)
+        cancelled = await client.call_tool("titled_note", {"text": "hello"})
+        assert cancelled.structured_content == {"action": "cancel", "saved": "not saved"}
+    assert asked == ["Title for the note 'hello'?"] * 3
+
+
+async def test_a_client_that_cannot_be_asked_gets_an_error_naming_the_step(gateway: Gateway) -> None:
+    async with Client(gateway.url) as client:
+        result = await client.call_tool("titled_note", {"text": "hello"})
+    assert result.is_error and "step 'ask' failed: this run cannot ask its client anything" in text(result)

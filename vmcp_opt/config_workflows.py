@@ -6,7 +6,7 @@ rather than inside it so that file stays readable; `vmcp config-docs` walks it a
 What is refused here, each by its path (`workflows[0].steps[2].depends_on: unknown step 'fetch'`): unknown
 keys, duplicate names and step ids, unknown or cyclic `depends_on`, a template that does not parse or that
 reads a step which is not among the step's dependencies, a parameter schema that is not JSON Schema,
-workflows that call each other in a cycle, and elicitation steps (not served yet). What needs the live
+workflows that call each other in a cycle, and elicitation steps without a message or a flat form. What needs the live
 catalogue (a step naming a tool no backend serves) is checked when the gateway starts
 (`vmcp_opt/workflows/validation.py`).
 """
@@ -53,13 +53,14 @@ class OnErrorConfig(_Strict):
 
 class StepConfig(_Strict):
     """One step. `tool` calls a tool once; `for_each` calls it once per item of `over` (the item is the
-    template variable `item` names, its position `index`); `elicitation` would ask the calling client and is
-    refused at load until it is served. Templates are Jinja2 over `params`, `steps.<id>.output|status|error`
+    template variable `item` names, its position `index`); `elicitation` asks the calling client's user
+    (`message`, `requested_schema`; its output is `{action, content}`), waiting up to `timeout` (default
+    `timeouts.input`). Templates are Jinja2 over `params`, `steps.<id>.output|status|error`
     and, in a `for_each`, the item; a string that is one `{{ expression }}` keeps the expression's type."""
 
     # Unique in the workflow; other steps read its result as `steps.<id>`.
     id: str = Field(pattern=STEP_ID_PATTERN)
-    # tool: one call; for_each: one call per item of `over`; elicitation: refused at load (not served yet).
+    # tool: one call; for_each: one call per item of `over`; elicitation: asks the calling client's user.
     type: Literal["tool", "for_each", "elicitation"] = "tool"
     # The gateway's name of the tool to call (a backend tool, or another workflow).
     tool: str | None = None
@@ -82,6 +83,14 @@ class StepConfig(_Strict):
     max_parallel: int = Field(4, ge=1, le=64)
     # for_each: the most items it accepts; a longer list fails the step.
     max_iterations: int = Field(100, ge=1, le=10_000)
+    # elicitation: what the user is asked (a template).
+    message: str | None = None
+    # elicitation: the form's JSON Schema (an object of flat string, number, integer, boolean or enum fields).
+    requested_schema: dict[str, Any] | None = None
+    # elicitation: the user declined: abort the run, or continue (the step's output says `"action": "decline"`).
+    on_decline: Literal["abort", "continue"] = "abort"
+    # elicitation: the user dismissed the question: abort the run, or continue.
+    on_cancel: Literal["abort", "continue"] = "abort"
 
     @field_validator("on_error", mode="before")
     @classmethod
@@ -91,15 +100,37 @@ class StepConfig(_Strict):
     def problems(self) -> list[str]:
         """What its type needs (checked by the workflow, so its graph problems are reported in the same pass)."""
         if self.type == "elicitation":
-            return [
-                "type: elicitation steps are not served yet (asking the calling client from inside a workflow "
-                "needs both protocol eras' round trips); use a tool step, or ask before calling the workflow"
-            ]
+            return self._elicitation_problems()
         problems = [] if self.tool else [f"tool: a {self.type} step needs `tool`"]
         if self.type == "for_each" and not self.over:
             problems.append("over: a for_each step needs `over` (a template giving the list to go over)")
         if self.type == "tool" and self.over:
             problems.append("over: `over` is for for_each steps")
+        problems += [
+            f"{name}: `{name}` is for elicitation steps"
+            for name in ("message", "requested_schema")
+            if getattr(self, name) is not None
+        ]
+        return problems
+
+    def _elicitation_problems(self) -> list[str]:
+        problems = [
+            f"{name}: an elicitation step takes no `{name}`" for name in ("tool", "over") if getattr(self, name)
+        ]
+        problems += ["arguments: an elicitation step takes no `arguments`"] if self.arguments else []
+        problems += [] if self.message else ["message: an elicitation step needs `message` (what the user is asked)"]
+        schema = self.requested_schema
+        if schema is None:
+            problems.append("requested_schema: an elicitation step needs `requested_schema` (the form)")
+        elif schema.get("type") != "object" or not isinstance(schema.get("properties"), dict):
+            problems.append("requested_schema: must be an object schema with `properties`")
+        else:
+            flat = ("string", "number", "integer", "boolean")
+            problems += [
+                f"requested_schema.properties.{name}: a form field must be a string, number, integer or boolean"
+                for name, field in schema["properties"].items()
+                if not isinstance(field, dict) or field.get("type") not in flat
+            ]
         return problems
 
 
@@ -188,6 +219,8 @@ def _parameter_problems(schema: dict[str, Any]) -> list[str]:
 
 def _templates(step: StepConfig) -> Iterator[tuple[str, str]]:
     yield from _walk_strings(step.arguments, "arguments")
+    if step.message is not None:
+        yield "message", step.message
     if step.condition is not None:
         yield "condition", step.condition
     if step.over is not None:

@@ -62,7 +62,14 @@ class Gateway:
         validator = ArgumentValidator(config.limits.argument_check_timeout, config.limits.schema_cache_size)
         # Workflows before the backends' tools: a name the config gave keeps its meaning when a backend
         # later serves a tool of the same name (that tool is then reachable only under another name).
-        self.workflows = WorkflowTools(config.workflows, self.catalog, validator, listed)
+        self.workflows = WorkflowTools(
+            config.workflows,
+            self.catalog,
+            validator,
+            listed,
+            input_timeout=config.timeouts.input,
+            max_pending=config.server.max_pending_calls,
+        )
         self.router.add_provider(self.workflows)
         self.router.add_provider(BackendTools(self.catalog, validator, listed))
         self.started = False
@@ -86,6 +93,7 @@ class Gateway:
         Raises `StartupError` under `failure.mode: fail` when a backend could not connect.
         """
         self.sessions.attach(task_group)
+        self.workflows.rounds.attach(task_group)
         if self.optimizer is not None and self.config.failure.mode == "best_effort":
             # With the optimizer on, tools/list is the meta-tools, which need no backend: serve at once
             # and let the catalogue (and find_tool's index) fill in as the backends connect.
@@ -138,6 +146,7 @@ class Gateway:
         if self._background_connect is not None:
             self._background_connect.cancel()
         self.sessions.stop()
+        self.workflows.rounds.stop()
         self.health.stop()
         self.backends.stop()
         if self.optimizer is not None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import anyio
+import anyio.to_thread
 import typer
 
 from vmcp_opt.console import OutputConsole
@@ -83,6 +84,32 @@ def parse_arguments(pairs: list[str]) -> dict[str, Any]:
     return arguments
 
 
+def _prompt(field: str) -> str:
+    return str(typer.prompt(f"  {field}", default="", show_default=False))
+
+
+async def terminal_ask(message: str, schema: dict[str, Any]) -> dict[str, Any]:
+    """An elicitation step's question, asked on the terminal: one prompt per form field; an empty answer to
+    a required field declines."""
+    out.print(f"[bold]?[/] {printable(message)}", highlight=False)
+    content: dict[str, Any] = {}
+    required = set(schema.get("required", []))
+    for field, spec in schema.get("properties", {}).items():
+        answer = await anyio.to_thread.run_sync(_prompt, field)
+        if answer == "":
+            if field in required:
+                return {"action": "decline"}
+            continue
+        kind = spec.get("type")
+        try:
+            content[field] = {"integer": int, "number": float}.get(kind, str)(answer)
+        except ValueError:
+            return {"action": "decline"}
+        if kind == "boolean":
+            content[field] = answer.strip().lower() in ("y", "yes", "true", "1")
+    return {"action": "accept", "content": content}
+
+
 async def _run(cfg: Any, name: str, arguments: dict[str, Any], live: bool) -> dict[str, Any]:
     from vmcp_opt.arguments import ArgumentError
     from vmcp_opt.auth import Caller, Identification
@@ -106,7 +133,7 @@ async def _run(cfg: Any, name: str, arguments: dict[str, Any], live: bool) -> di
         await gateway.start(group)
         try:
             report = await gateway.workflows.run(
-                name, arguments, caller, Exchange.internal(), gateway.router, step_done
+                name, arguments, caller, Exchange.internal(), gateway.router, step_done, ask=terminal_ask
             )
         except ArgumentError as exc:
             return {"workflow": name, "ok": False, "error": f"arguments: {exc}", "steps": [], "output": None}

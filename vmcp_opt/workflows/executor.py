@@ -29,6 +29,8 @@ from vmcp_opt.workflows.templates import TemplateError, render_string, render_va
 StepStatus = Literal["pending", "running", "ok", "failed", "skipped"]
 CallTool = Callable[[str, dict[str, Any]], Awaitable[types.CallToolResult]]
 StepDone = Callable[["StepReport"], Awaitable[None]]
+# Asks the calling client's user: (message, requested schema) → the answer's `{"action", "content"}`.
+Ask = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
 Sleep = Callable[[float], Awaitable[None]]
 
 
@@ -79,8 +81,12 @@ class WorkflowRun:
         call: CallTool,
         on_step: StepDone | None = None,
         sleep: Sleep = anyio.sleep,
+        ask: Ask | None = None,
+        ask_timeout: float = 300.0,
     ) -> None:
         self.workflow = workflow
+        self._ask = ask
+        self._ask_timeout = ask_timeout
         self.params = params
         self._call = call
         self._on_step = on_step
@@ -172,6 +178,8 @@ class WorkflowRun:
         group.cancel()
 
     async def _step(self, step: StepConfig, report: StepReport, context: dict[str, Any]) -> Any:
+        if step.type == "elicitation":
+            return await self._elicit(step, report, context)
         if step.type != "for_each":
             return await self._with_retries(step, report, context)
         items = self._items(step, context)
@@ -194,6 +202,31 @@ class WorkflowRun:
         if failures:
             raise StepError(failures[0], retryable=False)
         return outputs
+
+    async def _elicit(self, step: StepConfig, report: StepReport, context: dict[str, Any]) -> Any:
+        """Ask the user; no call slot is held while a person answers, and no retry (a person said it)."""
+        assert step.message is not None and step.requested_schema is not None
+        if self._ask is None:
+            raise StepError("this run cannot ask its client anything", retryable=False)
+        try:
+            message = str(render_string(step.message, context, "message"))
+        except TemplateError as exc:
+            raise StepError(str(exc), retryable=False) from None
+        report.attempts += 1
+        timeout = step.timeout or self._ask_timeout
+        try:
+            with anyio.fail_after(timeout):
+                answer = await self._ask(message, step.requested_schema)
+        except TimeoutError:
+            raise StepError(f"the user did not answer within {timeout:g}s", retryable=False) from None
+        except StepError:
+            raise
+        except Exception as exc:
+            raise StepError(f"{type(exc).__name__}: {exc}", retryable=False) from None
+        action = answer.get("action")
+        if (action == "decline" and step.on_decline == "abort") or (action == "cancel" and step.on_cancel == "abort"):
+            raise StepError(f"the user chose '{action}'", retryable=False)
+        return answer
 
     def _items(self, step: StepConfig, context: dict[str, Any]) -> list[Any]:
         assert step.over is not None

@@ -16,13 +16,17 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import mcp_types as types
+from mcp.shared.dispatcher import ProgressFnT
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from vmcp_opt.aggregation import LiveCatalog
 from vmcp_opt.arguments import ArgumentError, ArgumentValidator
 from vmcp_opt.auth import Caller
 from vmcp_opt.config_workflows import WorkflowConfig
 from vmcp_opt.routing import Dispatch, Exchange, ProvidedTool, ToolCall, error_result
-from vmcp_opt.workflows.executor import RunReport, StepDone, StepReport, WorkflowRun
+from vmcp_opt.routing.round_trips import WorkflowRound
+from vmcp_opt.workflows.executor import Ask, RunReport, StepDone, StepReport, WorkflowRun
+from vmcp_opt.workflows.rounds import PendingRun, WorkflowRounds
 from vmcp_opt.workflows.validation import derived_annotations
 
 logger = logging.getLogger(__name__)
@@ -42,8 +46,13 @@ class WorkflowTools:
         catalog: LiveCatalog,
         validator: ArgumentValidator,
         listed: Callable[[str], bool] = lambda name: True,
+        *,
+        input_timeout: float = 300.0,
+        max_pending: int = 64,
     ) -> None:
         self.workflows = {w.name: w for w in workflows}
+        # Runs of 2026-07-28 clients waiting for their answers (attached to the gateway's task group).
+        self.rounds = WorkflowRounds(max_pending=max_pending, input_timeout=input_timeout)
         self._catalog = catalog
         self._validator = validator
         self._listed = listed  # with the optimizer on, only pinned ones are listed
@@ -69,26 +78,44 @@ class WorkflowTools:
         return None
 
     async def call(self, call: ToolCall) -> types.CallToolResult:
-        progress = call.exchange.progress_relay()
-        total = float(len(self.workflows[call.tool.name].steps))
-        finished = 0
-
-        async def step_done(step: StepReport) -> None:
-            nonlocal finished
-            finished += 1
-            if progress is None:
-                return
-            try:
-                await progress(float(finished), total, f"step {step.id}: {step.status}")
-            except Exception as exc:  # best effort: a client that went away must not fail the run
-                logger.debug("workflow %s: progress not sent: %s", call.tool.name, exc)
-
+        exchange = call.exchange
+        if isinstance(exchange.round, WorkflowRound):  # a 2026-07-28 client's answer to a step's question
+            return await self.rounds.resume(exchange.round, exchange.input_responses, exchange.progress_relay())
+        workflow = self.workflows[call.tool.name]
         try:
-            report = await self.run(call.tool.name, call.arguments, call.caller, call.exchange, call.router, step_done)
+            await self._validator.check_async(workflow.name, workflow.parameters, call.arguments)
         except ArgumentError as exc:
             return error_result(str(exc))
-        if not report.ok:
-            logger.info("workflow %s failed: %s", report.workflow, report.error)
+        if asks_its_client(workflow) and call.caller.protocol_version in MODERN_PROTOCOL_VERSIONS:
+            # Its questions go back as InputRequiredResult: the run lives in the background between rounds,
+            # and its steps' calls are not tied to the request that started it.
+            background = dataclasses.replace(exchange, session=None, request_id=None)
+
+            async def pending_run(pending: PendingRun) -> types.CallToolResult:
+                report = await self.run(
+                    workflow.name,
+                    call.arguments,
+                    call.caller,
+                    background,
+                    call.router,
+                    progress_reporter(len(workflow.steps), lambda: pending.progress),
+                    ask=pending.ask if client_elicits(call.caller) else None,
+                    checked=True,
+                )
+                return run_result(report)
+
+            return await self.rounds.start(pending_run, exchange.progress_relay())
+        relay = exchange.progress_relay()
+        report = await self.run(
+            workflow.name,
+            call.arguments,
+            call.caller,
+            exchange,
+            call.router,
+            progress_reporter(len(workflow.steps), lambda: relay),
+            ask=front_ask(call.caller, exchange),
+            checked=True,
+        )
         return run_result(report)
 
     async def run(
@@ -99,17 +126,64 @@ class WorkflowTools:
         exchange: Exchange,
         router: Dispatch,
         on_step: StepDone | None = None,
+        ask: Ask | None = None,
+        checked: bool = False,
     ) -> RunReport:
         """One run, each step a call of `router.call_tool` as `caller`; `ArgumentError` for bad arguments."""
         workflow = self.workflows[name]
-        await self._validator.check_async(workflow.name, workflow.parameters, arguments)
+        if not checked:
+            await self._validator.check_async(workflow.name, workflow.parameters, arguments)
         steps = step_exchange(exchange)
 
         async def step_call(tool: str, step_arguments: dict[str, Any]) -> types.CallToolResult:
             return await router.call_tool(caller, tool, step_arguments, steps)
 
         params = with_defaults(workflow.parameters, arguments or {})
-        return await WorkflowRun(workflow, params, step_call, on_step).run()
+        report = await WorkflowRun(
+            workflow, params, step_call, on_step, ask=ask, ask_timeout=self.rounds.input_timeout
+        ).run()
+        if not report.ok:
+            logger.info("workflow %s failed: %s", report.workflow, report.error)
+        return report
+
+
+def asks_its_client(workflow: WorkflowConfig) -> bool:
+    return any(step.type == "elicitation" for step in workflow.steps)
+
+
+def client_elicits(caller: Caller) -> bool:
+    return caller.capabilities is not None and caller.capabilities.elicitation is not None
+
+
+def front_ask(caller: Caller, exchange: Exchange) -> Ask | None:
+    """A 2025-11-25 client's way to be asked: `elicitation/create` on its session, tied to its request."""
+    session = exchange.session
+    if session is None or not client_elicits(caller):
+        return None
+
+    async def ask(message: str, schema: dict[str, Any]) -> dict[str, Any]:
+        result = await session.elicit_form(message, schema, related_request_id=exchange.request_id)  # type: ignore[arg-type]
+        return result.model_dump(mode="json", exclude_none=True, include={"action", "content"})
+
+    return ask
+
+
+def progress_reporter(total: int, relay: Callable[[], ProgressFnT | None]) -> StepDone:
+    """One progress notification per finished step, to whichever request drives the run now; best effort."""
+    finished = 0
+
+    async def step_done(step: StepReport) -> None:
+        nonlocal finished
+        finished += 1
+        progress = relay()
+        if progress is None:
+            return
+        try:
+            await progress(float(finished), float(total), f"step {step.id}: {step.status}")
+        except Exception as exc:  # a client that went away must not fail the run
+            logger.debug("workflow progress not sent: %s", exc)
+
+    return step_done
 
 
 def tool_of(workflow: WorkflowConfig, annotations: types.ToolAnnotations) -> types.Tool:
