@@ -24,7 +24,7 @@ from vmcp_opt.arguments import ArgumentError, ArgumentValidator
 from vmcp_opt.auth import Caller
 from vmcp_opt.config_workflows import WorkflowConfig
 from vmcp_opt.routing import Dispatch, Exchange, ProvidedTool, ToolCall, error_result
-from vmcp_opt.routing.round_trips import WorkflowRound
+from vmcp_opt.routing.round_trips import InputRequired, WorkflowRound
 from vmcp_opt.workflows.executor import Ask, RunReport, StepDone, StepReport, WorkflowRun
 from vmcp_opt.workflows.rounds import PendingRun, WorkflowRounds
 from vmcp_opt.workflows.validation import derived_annotations
@@ -133,10 +133,13 @@ class WorkflowTools:
         workflow = self.workflows[name]
         if not checked:
             await self._validator.check_async(workflow.name, workflow.parameters, arguments)
-        steps = step_exchange(exchange)
+        steps = step_exchange(exchange, caller)
 
         async def step_call(tool: str, step_arguments: dict[str, Any]) -> types.CallToolResult:
-            return await router.call_tool(caller, tool, step_arguments, steps)
+            try:
+                return await router.call_tool(caller, tool, step_arguments, steps)
+            except InputRequired:  # a 2026-07-28 backend's own question
+                return error_result(f"'{tool}' asked the client for input, which a workflow step cannot relay")
 
         params = with_defaults(workflow.parameters, arguments or {})
         report = await WorkflowRun(
@@ -195,11 +198,15 @@ def tool_of(workflow: WorkflowConfig, annotations: types.ToolAnnotations) -> typ
     )
 
 
-def step_exchange(exchange: Exchange) -> Exchange:
-    """The exchange a step's call carries: the caller's session, without its progress token or a retry's
-    round (a 2026-07-28 retry answers the workflow's own question, not a step's)."""
+def step_exchange(exchange: Exchange, caller: Caller) -> Exchange:
+    """The exchange a step's call carries: without the caller's progress token or a retry's round (a
+    2026-07-28 retry answers the workflow's own question, not a step's). A 2025-11-25 caller's session stays,
+    so a backend's question during a step reaches the client as in any call; a 2026-07-28 caller's goes, so
+    its steps take the backends' shared sessions instead of a round-trip session each: a step cannot hand
+    a backend's question back to the client mid-workflow."""
     meta = {k: v for k, v in dict(exchange.meta or {}).items() if k not in ("progressToken", "progress_token")}
-    return dataclasses.replace(exchange, meta=meta or None, round=None, input_responses=None)  # type: ignore[arg-type]
+    session = None if caller.protocol_version in MODERN_PROTOCOL_VERSIONS else exchange.session
+    return dataclasses.replace(exchange, session=session, meta=meta or None, round=None, input_responses=None)  # type: ignore[arg-type]
 
 
 def with_defaults(schema: dict[str, Any], arguments: dict[str, Any]) -> dict[str, Any]:
