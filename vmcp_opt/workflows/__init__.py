@@ -5,6 +5,7 @@ templates.py   sandboxed Jinja2 over params, steps.<id> and a for_each's item
 executor.py    one run: the steps as a graph, bounded parallelism, retries, timeouts
 validation.py  checks against the live catalogue; annotations derived from the steps
 provider.py    WorkflowTools, the router's provider: each step a call through the router
+rounds.py      runs of 2026-07-28 clients waiting for answers to elicitation steps (InputRequiredResult)
 cli.py         `vmcp workflow run NAME --arg k=v`
 """
 
