@@ -195,6 +195,11 @@ WORKFLOWS.append(
 )
 
 
+WORKFLOWS.append(
+    {"name": "ghost", "description": "Calls a tool nobody serves.", "steps": [{"id": "boo", "tool": "nowhere_tool"}]}
+)
+
+
 def backends(tmp: Path) -> list[dict[str, Any]]:
     (tmp / "files").mkdir(exist_ok=True)
     return [
@@ -390,3 +395,13 @@ async def test_a_client_that_cannot_be_asked_gets_an_error_naming_the_step(gatew
     async with Client(gateway.url) as client:
         result = await client.call_tool("titled_note", {"text": "hello"})
     assert result.is_error and "step 'ask' failed: this run cannot ask its client anything" in text(result)
+
+
+async def test_a_step_naming_a_tool_nothing_serves_is_logged_at_start_and_fails_at_run_time(gateway: Gateway) -> None:
+    assert (
+        "workflows[8].steps[0].tool: unknown tool 'nowhere_tool' (no backend or workflow serves it now)"
+        in gateway.output()
+    )
+    async with Client(gateway.url) as client:
+        result = await client.call_tool("ghost", {})
+    assert result.is_error and "step 'boo' failed: UnknownTool: Unknown tool: 'nowhere_tool'" in text(result)
