@@ -31,6 +31,7 @@ format: setup-dev
 bench: setup
 	$(VENV)/python bench/proxy_overhead.py
 	$(VENV)/python bench/optimizer.py
+	$(VENV)/python bench/workflows.py
 
 eval: setup
 	$(VENV)/vmcp eval run --dataset all

@@ -1,4 +1,4 @@
-"""The `vmcp` command: serve, validate, backends, index, eval."""
+"""The `vmcp` command: serve, validate, backends, workflow, index, eval."""
 
 from __future__ import annotations
 
@@ -184,10 +184,33 @@ def _announce(cfg: VmcpConfig, config_path: Path | None = None) -> None:
 
 
 @app.command()
-def validate(config: ConfigOption = None) -> None:
+def validate(
+    config: ConfigOption = None,
+    connect: Annotated[
+        bool,
+        typer.Option("--connect", help="Also connect to the backends and check that workflow steps name served tools."),
+    ] = False,
+) -> None:
     """Check a config file; print every bad field by its path and exit non-zero."""
     cfg = load_or_exit(config)
+    if connect and cfg.workflows:
+        _check_workflow_tools(cfg)
     out.print(f"[green]valid[/]: {len(cfg.backends)} backends ({', '.join(b.name for b in cfg.backends)})")
+    if cfg.workflows:
+        out.print(f"  {len(cfg.workflows)} workflows ({', '.join(w.name for w in cfg.workflows)})")
+
+
+def _check_workflow_tools(cfg: VmcpConfig) -> None:
+    from vmcp_opt.probe import catalogue_tool_names
+    from vmcp_opt.workflows.validation import unknown_tools
+
+    setup_logging("error")
+    problems = unknown_tools(cfg.workflows, anyio.run(catalogue_tool_names, cfg))
+    if problems:
+        err.print("[bold red]workflows name tools the backends do not serve[/]:")
+        for problem in problems:
+            err.print(f"  {problem}", markup=False, highlight=False)
+        raise typer.Exit(2)
 
 
 @app.command()
@@ -266,6 +289,15 @@ def _meta_tool_tokens(config: VmcpConfig) -> int:
     from vmcp_opt.probe import meta_tool_tokens
 
     return meta_tool_tokens(config)
+
+
+def _mount_workflows() -> None:
+    from vmcp_opt.workflows.cli import workflow_app
+
+    app.add_typer(workflow_app, name="workflow", help="List the configured workflows, or run one and see each step.")
+
+
+_mount_workflows()
 
 
 def _mount_optional() -> None:

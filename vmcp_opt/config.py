@@ -30,6 +30,8 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from vmcp_opt.config_workflows import WorkflowConfig, check_workflows
+
 PACKAGE_ROOT = Path(__file__).resolve().parent
 PROJECT_ROOT = PACKAGE_ROOT.parent
 # The bundled demo: a wheel carries examples/ inside the package (pyproject.toml's force-include); a source
@@ -425,6 +427,8 @@ class VmcpConfig(BaseSettings):
     health: HealthConfig = Field(default_factory=HealthConfig)
     failure: FailureConfig = Field(default_factory=FailureConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    # Composite tools: steps across backends served as one tool (each below, as `workflows[]`).
+    workflows: list[WorkflowConfig] = Field(default_factory=list)
     # Where the gateway keeps its state (indexes, usage history) unless a setting names a place; unset: the
     # per-user data directory (platformdirs: ~/.local/share/vmcp-opt on Linux, ~/Library/Application
     # Support/vmcp-opt on macOS, %LOCALAPPDATA%\vmcp-opt on Windows).
@@ -456,6 +460,7 @@ class VmcpConfig(BaseSettings):
         unknown_tools = [name for name in self.aggregation.tools if name not in known]
         if unknown_tools and self.discovery.mode == "inline":
             problems.append(f"aggregation.tools: unknown backends {unknown_tools}")
+        problems += check_workflows(self.workflows)
         if problems:
             raise ValueError("\n".join(problems))  # one line per problem (`_describe`)
         return self
@@ -547,8 +552,15 @@ def _describe(exc: ValidationError) -> list[str]:
         if not location:  # the document's own cross-checks: already `path: reason`, one per line
             problems.extend(message.removeprefix("Value error, ").splitlines())
             continue
+        if error["type"] == "value_error" and _RELATIVE_PROBLEM.match(message.removeprefix("Value error, ")):
+            # A section's own cross-checks (workflows): `relative.path: reason` lines under its location.
+            problems.extend(f"{location}.{line}" for line in message.removeprefix("Value error, ").splitlines())
+            continue
         problems.append(f"{location}: {message}")
     return problems
+
+
+_RELATIVE_PROBLEM = re.compile(r"^(steps|parameters|output)[\w.\[\]]*: ")
 
 
 def _every_problem(exc: ValidationError, raw_backends: Any) -> list[str]:

@@ -1,7 +1,7 @@
 """The gateway assembled: backends, health, catalogue, sessions, router and providers, and their lifecycle.
 
 This is the composition root. It builds each part, registers the tool providers on the router (the
-optimizer's meta-tools first when it is on, then the backends' tools), and keeps the catalogue and
+optimizer's meta-tools first when it is on, then the configured workflows, then the backends' tools), and keeps the catalogue and
 find_tool's index in step with the backends. Transports (`server/`) serve its router; nothing below
 imports this module.
 """
@@ -24,6 +24,8 @@ from vmcp_opt.config import VmcpConfig
 from vmcp_opt.health import HealthMonitor
 from vmcp_opt.optimizer.metatools import OptimizerFront
 from vmcp_opt.routing import BackendTools, Router, SessionChooser
+from vmcp_opt.workflows.provider import WorkflowTools
+from vmcp_opt.workflows.validation import unknown_tools
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +63,17 @@ class Gateway:
             pinned = frozenset(config.optimizer.pinned)
             listed = pinned.__contains__  # with the optimizer on, tools/list is the meta-tools and pinned tools
         validator = ArgumentValidator(config.limits.argument_check_timeout, config.limits.schema_cache_size)
+        # Workflows before the backends' tools: a name the config gave keeps its meaning when a backend
+        # later serves a tool of the same name (that tool is then reachable only under another name).
+        self.workflows = WorkflowTools(
+            config.workflows,
+            self.catalog,
+            validator,
+            listed,
+            input_timeout=config.timeouts.input,
+            max_pending=config.server.max_pending_calls,
+        )
+        self.router.add_provider(self.workflows)
         self.router.add_provider(BackendTools(self.catalog, validator, listed))
         self.started = False
         # A backend changed after the first catalogue was built but before `started`: rebuild once started.
@@ -89,6 +102,7 @@ class Gateway:
         those that could not connect.
         """
         self.sessions.attach(task_group)
+        self.workflows.rounds.attach(task_group)
         self._first_listing = anyio.Event()
         if self.config.failure.mode == "best_effort":
             task_group.start_soon(self._connect_in_background, task_group, name="connect-backends")
@@ -175,6 +189,7 @@ class Gateway:
         if self._background_connect is not None:
             self._background_connect.cancel()
         self.sessions.stop()
+        self.workflows.rounds.stop()
         self.health.stop()
         self.backends.stop()
         if self._first_listing is not None:
@@ -202,12 +217,26 @@ class Gateway:
 
     async def _tools_changed(self) -> None:
         """find_tool's index follows every searchable provider's tools."""
+        self._check_workflows()
         if self.optimizer is None:
             return
-        missing = [name for name in self.config.optimizer.pinned if name not in self.catalog.current.tools]
+        served = self.catalog.current.tools.keys() | self.workflows.workflows.keys()
+        missing = [name for name in self.config.optimizer.pinned if name not in served]
         if missing:
             logger.warning("optimizer.pinned: no such tools in the catalogue: %s", ", ".join(missing))
         await self.optimizer.tools_changed(self.router.searchable_tools())
+
+    def _check_workflows(self) -> None:
+        """Steps naming tools the catalogue lacks: a warning (the backend may connect later); such a step
+        fails at run time with the router's `Unknown tool`."""
+        if not self.config.workflows:
+            return
+        known = {t.name for t in self.router.searchable_tools()} | {t.name for t in self.router.listed_tools()}
+        for problem in unknown_tools(self.config.workflows, known):
+            logger.warning("%s", problem)
+        shadowed = sorted(set(self.workflows.workflows) & set(self.catalog.current.tools))
+        if shadowed:
+            logger.warning("workflows named like backend tools (the workflow is served): %s", ", ".join(shadowed))
 
     def _listing(self) -> dict[ListKind, list[object]]:
         """What a client would be shown (before any policy): a change here is worth a list_changed."""

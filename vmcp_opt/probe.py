@@ -27,6 +27,16 @@ async def collect_listing(config: VmcpConfig) -> Listing:
     return Listing(catalog_records(catalog), tokens, model)
 
 
+async def catalogue_tool_names(config: VmcpConfig) -> set[str]:
+    """The names the live catalogue serves (`vmcp validate --connect` checks workflow steps against them)."""
+    manager = _one_shot_backends(config)
+    async with anyio.create_task_group() as task_group:
+        await manager.start(task_group)
+        names = set(catalog_of(manager, config.aggregation).tools)
+        manager.stop()
+    return names
+
+
 def meta_tool_tokens(config: VmcpConfig) -> int:
     """Tokens of `tools/list` with the optimizer on: the meta-tools (pinned tools are not known offline)."""
     return meta_tools_tokens(config.optimizer.model)

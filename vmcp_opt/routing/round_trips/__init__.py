@@ -1,7 +1,8 @@
 """Server-to-client requests for 2026-07-28 clients: multi-round-trip calls (`InputRequiredResult`).
 
-`state.py` says what a sealed `request_state` names; `pending.py` runs the calls that ask their client
-round by round; `spares.py` keeps their backend sessions ready.
+`state.py` says what a sealed `request_state` names; `held.py` holds the questions of work that runs while
+its client answers (a backend call here, a workflow run in `workflows/rounds.py`); `pending.py` runs the
+backend calls that ask their client round by round; `spares.py` keeps their backend sessions ready.
 """
 
 from vmcp_opt.routing.round_trips.pending import PendingCall, RoundTrips
@@ -10,6 +11,8 @@ from vmcp_opt.routing.round_trips.state import (
     InputRequired,
     PendingRound,
     Round,
+    WorkflowRound,
+    encode_round,
     input_responses,
     or_input_required,
     passed_through,
@@ -25,6 +28,8 @@ __all__ = [
     "PendingRound",
     "Round",
     "RoundTrips",
+    "WorkflowRound",
+    "encode_round",
     "input_responses",
     "or_input_required",
     "passed_through",

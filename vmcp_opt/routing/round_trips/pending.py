@@ -23,12 +23,8 @@ answers into another's calls.
 
 from __future__ import annotations
 
-import itertools
 import logging
-import math
-import secrets
 import warnings
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import anyio
@@ -38,30 +34,22 @@ from mcp.client.session import ClientRequestContext
 from mcp.server.session import ServerSession
 from mcp.shared.dispatcher import ProgressFnT
 from mcp.shared.exceptions import MCPError
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from vmcp_opt.backends.connection import BackendConnection
 from vmcp_opt.backends.session_pool import DedicatedSession, SessionPool
 from vmcp_opt.health import CallClock, Guard
 from vmcp_opt.routing.budget import Budget
+from vmcp_opt.routing.round_trips.held import AnswerT, HeldQuestions
 from vmcp_opt.routing.round_trips.spares import SpareSessions
-from vmcp_opt.routing.round_trips.state import InputRequired, PendingRound, encode_round
+from vmcp_opt.routing.round_trips.state import PendingRound
 
 logger = logging.getLogger(__name__)
 
 ResultT = TypeVar("ResultT", bound=BaseModel)
-AnswerT = TypeVar("AnswerT", bound=BaseModel)
 
 
-@dataclass(eq=False)
-class _Ask:
-    request: types.InputRequest
-    answer_type: type[BaseModel]
-    answered: anyio.Event = field(default_factory=anyio.Event)
-    answer: BaseModel | None = None
-
-
-class PendingCall:
+class PendingCall(HeldQuestions):
     """One backend call of a 2026-07-28 client, driven round by round by the client's retries."""
 
     def __init__(
@@ -72,23 +60,23 @@ class PendingCall:
         capabilities: types.ClientCapabilities,
         guard: Guard,
     ) -> None:
-        self.id = secrets.token_urlsafe(32)
+        super().__init__(trips.input_timeout)
         self.trips = trips
         self.caller = caller
         self.guard = guard
         self.backend = backend
         self.capabilities = capabilities
         self.clock = CallClock()
-        self.asks: dict[str, _Ask] = {}
-        self.outcome: BaseModel | Exception | None = None
         self.session: DedicatedSession | None = None
         # The front request now waiting on this call (its progress and log messages go there).
         self.driver: ServerSession | None = None
         self.progress: ProgressFnT | None = None
-        # Cancelled when the result is collected or the call abandoned; the deadline is the client's.
-        self.lifetime = anyio.CancelScope()
-        self._changed = anyio.Event()
-        self._keys = itertools.count(1)
+
+    def round(self) -> PendingRound:
+        return PendingRound(self.id)
+
+    def discard(self) -> None:
+        self.trips.discard(self)
 
     # --- the backend side ------------------------------------------------------------------------
 
@@ -98,7 +86,7 @@ class PendingCall:
             with self.lifetime:
                 await self._call(request, result_type)
                 await anyio.sleep_forever()
-            if self.lifetime.cancelled_caught and self.lifetime.deadline <= anyio.current_time():
+            if self.client_gone():
                 logger.info(
                     "backend %s: a 2026-07-28 client did not come back within %gs for its call; cancelled",
                     self.backend.name,
@@ -115,17 +103,13 @@ class PendingCall:
                 result = await self.session.request(
                     request, result_type, progress_callback=self._on_progress, timed=False
                 )
-            self._settle(result)
+            self.settle(result)
         except Exception as exc:  # handed to the client's waiting request
-            self._settle(exc)
+            self.settle(exc)
         finally:
             if self.session is not None:
                 with anyio.CancelScope(shield=True):
                     await self.session.aclose()
-
-    def _settle(self, outcome: BaseModel | Exception) -> None:
-        self.outcome = outcome
-        self._notify()
 
     async def sampling(
         self, context: ClientRequestContext, params: types.CreateMessageRequestParams
@@ -143,18 +127,8 @@ class PendingCall:
 
     async def _ask(self, kind: str, request: types.InputRequest, answer_type: type[AnswerT]) -> AnswerT:
         """Hold the backend's request until a retry of the client's call brings the answer."""
-        key = f"{kind}-{next(self._keys)}"
-        ask = _Ask(request, answer_type)
-        self.asks[key] = ask
-        self._notify()
-        try:
-            with self.clock.paused():
-                await ask.answered.wait()
-        finally:
-            del self.asks[key]
-        answer = ask.answer
-        assert isinstance(answer, answer_type)
-        return answer
+        with self.clock.paused():
+            return await self.hold(kind, request, answer_type)
 
     async def _on_progress(self, progress: float, total: float | None, message: str | None) -> None:
         if self.progress is not None:
@@ -169,62 +143,13 @@ class PendingCall:
 
     # --- the client side -------------------------------------------------------------------------
 
-    def answer(self, responses: types.InputResponses | None) -> None:
-        """Hand a retry's answers to the backend requests they answer; all or none of them."""
-        given = responses or {}
-        unknown = sorted(key for key in given if key not in self.asks or self.asks[key].answer is not None)
-        if unknown:
-            open_keys = sorted(key for key, ask in self.asks.items() if ask.answer is None)
-            raise MCPError(
-                types.INVALID_PARAMS,
-                f"inputResponses {unknown} answer no open request of this call (open: {open_keys})",
-            )
-        answers: dict[str, BaseModel] = {}
-        for key, response in given.items():
-            answer_type = self.asks[key].answer_type
-            try:
-                answers[key] = answer_type.model_validate(
-                    response.model_dump(by_alias=True, mode="json", exclude_none=True), by_name=False
-                )
-            except ValidationError:
-                raise MCPError(
-                    types.INVALID_PARAMS, f"inputResponses[{key!r}] is not a {answer_type.__name__}"
-                ) from None
-        for key, answer in answers.items():
-            self.asks[key].answer = answer
-            self.asks[key].answered.set()
-
-    async def next_round(self, session: ServerSession, progress: ProgressFnT | None) -> BaseModel:
+    async def drive(self, session: ServerSession, progress: ProgressFnT | None) -> BaseModel:
         """The call's result, or `InputRequired` with the questions the backend is waiting on."""
         self.driver, self.progress = session, progress
-        self.lifetime.deadline = math.inf
         try:
-            while True:
-                if self.outcome is not None:
-                    self._collected()
-                    if isinstance(self.outcome, Exception):
-                        raise self.outcome
-                    return self.outcome
-                questions: types.InputRequests = {k: a.request for k, a in self.asks.items() if a.answer is None}
-                if questions:
-                    self.lifetime.deadline = anyio.current_time() + self.trips.input_timeout
-                    state = encode_round(PendingRound(self.id))
-                    raise InputRequired(types.InputRequiredResult(input_requests=questions, request_state=state))
-                changed = self._changed
-                await changed.wait()
-        except anyio.get_cancelled_exc_class():
-            self._collected()  # the client gave up on the call: so does the backend
-            raise
+            return await self.next_round()
         finally:
             self.driver, self.progress = None, None
-
-    def _collected(self) -> None:
-        self.trips.discard(self)
-        self.lifetime.cancel()
-
-    def _notify(self) -> None:
-        self._changed.set()
-        self._changed = anyio.Event()
 
 
 class RoundTrips:
@@ -291,7 +216,7 @@ class RoundTrips:
         call = PendingCall(self, caller, backend, capabilities, guard)
         self._calls[call.id] = call
         self._task_group.start_soon(call.live, request, result_type, name=f"round-trip:{backend.name}")
-        return _expect(await call.next_round(session, progress), result_type)
+        return _expect(await call.drive(session, progress), result_type)
 
     async def resume(
         self,
@@ -313,7 +238,7 @@ class RoundTrips:
             raise MCPError(types.INVALID_REQUEST, "this call is already being continued by another request")
         if call.outcome is None:  # a call that ended meanwhile (its backend gave up) has nothing to answer
             call.answer(responses)
-        return _expect(await call.next_round(session, progress), result_type)
+        return _expect(await call.drive(session, progress), result_type)
 
 
 def _expect(result: BaseModel, result_type: type[ResultT]) -> ResultT:

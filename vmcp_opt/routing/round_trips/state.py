@@ -2,8 +2,9 @@
 
 `request_state` is sealed by the SDK's `RequestStateBoundary` (AES-GCM under a key of this process,
 bound to the method, name and arguments of the call, expiring after `timeouts.input`): a client can
-neither read nor forge it. Inside the seal it names either a call pending here (`PendingRound`) or a
-2026-07-28 backend's own round (`BackendRound`), whose retry goes back to that backend with its state.
+neither read nor forge it. Inside the seal it names a call pending here (`PendingRound`), a
+2026-07-28 backend's own round (`BackendRound`), whose retry goes back to that backend with its state, or a
+workflow run waiting for an answer to its own question (`WorkflowRound`).
 """
 
 from __future__ import annotations
@@ -49,12 +50,21 @@ class BackendRound:
     state: str | None
 
 
-Round = PendingRound | BackendRound
+@dataclass(frozen=True)
+class WorkflowRound:
+    """A workflow run waiting here for its client's answer to one of its own questions (workflows/rounds.py)."""
+
+    run: str
+
+
+Round = PendingRound | BackendRound | WorkflowRound
 
 
 def encode_round(round_: Round) -> str:
     if isinstance(round_, PendingRound):
         return json.dumps({"call": round_.call})
+    if isinstance(round_, WorkflowRound):
+        return json.dumps({"workflow": round_.run})
     return json.dumps({"backend": round_.backend, "state": round_.state})
 
 
@@ -64,6 +74,8 @@ def decode_round(text: str) -> Round:
         data = json.loads(text)
         if isinstance(data.get("call"), str):
             return PendingRound(data["call"])
+        if isinstance(data.get("workflow"), str):
+            return WorkflowRound(data["workflow"])
         if isinstance(data.get("backend"), str) and isinstance(data.get("state"), str | None):
             return BackendRound(data["backend"], data["state"])
     except (ValueError, AttributeError):

@@ -1,0 +1,297 @@
+"""The `workflows:` section of the config: composite tools, checked at load as far as the file alone allows.
+
+A leaf like `config.py` (which imports it): it imports nothing of the package. It lives beside `config.py`
+rather than inside it so that file stays readable; `vmcp config-docs` walks it as part of the same model.
+
+What is refused here, each by its path (`workflows[0].steps[2].depends_on: unknown step 'fetch'`): unknown
+keys, duplicate names and step ids, unknown or cyclic `depends_on`, a template that does not parse or that
+reads a step which is not among the step's dependencies, a parameter schema that is not JSON Schema,
+workflows that call each other in a cycle, and elicitation steps without a message or a flat form. What needs the live
+catalogue (a step naming a tool no backend serves) is checked when the gateway starts
+(`vmcp_opt/workflows/validation.py`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any, Literal
+
+import jinja2
+import jsonschema
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+WORKFLOW_NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
+STEP_ID_PATTERN = r"^[A-Za-z][A-Za-z0-9_]{0,63}$"
+# The meta-tools' names: a workflow may not take them.
+RESERVED_NAMES = frozenset({"find_tool", "call_tool"})
+# `steps.<id>` or `steps['<id>']` inside a template: which steps it reads.
+_STEP_REFERENCE = re.compile(r"\bsteps\s*(?:\.\s*([A-Za-z_]\w*)|\[\s*['\"]([^'\"]+)['\"]\s*\])")
+_SYNTAX = jinja2.Environment()  # parsing only; templates run in the sandbox (vmcp_opt/workflows/templates.py)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class OnErrorConfig(_Strict):
+    """What a failed step does: `abort` the run, `continue` without it (its dependants are skipped unless it
+    has a `default_result`), or `retry` it with exponential backoff and then abort. A bare string
+    (`on_error: continue`) is accepted for the action alone."""
+
+    # abort: the run fails with this step's error; continue: the run goes on; retry: try again, then abort.
+    action: Literal["abort", "continue", "retry"] = "abort"
+    # retry: attempts after the first.
+    retries: int = Field(3, ge=1, le=20)
+    # retry: seconds before the first retry.
+    delay: float = Field(0.5, ge=0)
+    # retry: each wait is the previous one times this.
+    multiplier: float = Field(2.0, ge=1)
+    # retry: longest wait between two attempts.
+    max_delay: float = Field(10.0, gt=0)
+
+
+class StepConfig(_Strict):
+    """One step. `tool` calls a tool once; `for_each` calls it once per item of `over` (the item is the
+    template variable `item` names, its position `index`); `elicitation` asks the calling client's user
+    (`message`, `requested_schema`; its output is `{action, content}`), waiting up to `timeout` (default
+    `timeouts.input`). Templates are Jinja2 over `params`, `steps.<id>.output|status|error`
+    and, in a `for_each`, the item; a string that is one `{{ expression }}` keeps the expression's type."""
+
+    # Unique in the workflow; other steps read its result as `steps.<id>`.
+    id: str = Field(pattern=STEP_ID_PATTERN)
+    # tool: one call; for_each: one call per item of `over`; elicitation: asks the calling client's user.
+    type: Literal["tool", "for_each", "elicitation"] = "tool"
+    # The gateway's name of the tool to call (a backend tool, or another workflow).
+    tool: str | None = None
+    # The tool's arguments; strings are templates, at any depth.
+    arguments: dict[str, Any] = Field(default_factory=dict)
+    # A template: the step runs only when it is true; otherwise it is `skipped` with its `default_result`.
+    condition: str | None = None
+    # Steps that must finish first; steps without a path between them run in parallel.
+    depends_on: list[str] = Field(default_factory=list)
+    on_error: OnErrorConfig = Field(default_factory=OnErrorConfig)
+    # Seconds one attempt (each item's, in a for_each) may take.
+    timeout: float | None = Field(None, gt=0)
+    # The step's output when it is skipped, or failed under `on_error: continue`.
+    default_result: Any = None
+    # for_each: a template giving the list to go over (a list, or a JSON array as a string).
+    over: str | None = None
+    # for_each: the template variable holding the current item.
+    item: str = Field("item", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    # for_each: items called at once.
+    max_parallel: int = Field(4, ge=1, le=64)
+    # for_each: the most items it accepts; a longer list fails the step.
+    max_iterations: int = Field(100, ge=1, le=10_000)
+    # elicitation: what the user is asked (a template).
+    message: str | None = None
+    # elicitation: the form's JSON Schema (an object of flat string, number, integer, boolean or enum fields).
+    requested_schema: dict[str, Any] | None = None
+    # elicitation: the user declined: abort the run, or continue (the step's output says `"action": "decline"`).
+    on_decline: Literal["abort", "continue"] = "abort"
+    # elicitation: the user dismissed the question: abort the run, or continue.
+    on_cancel: Literal["abort", "continue"] = "abort"
+
+    @field_validator("on_error", mode="before")
+    @classmethod
+    def _action_alone(cls, value: Any) -> Any:
+        return {"action": value} if isinstance(value, str) else value
+
+    def problems(self) -> list[str]:
+        """What its type needs (checked by the workflow, so its graph problems are reported in the same pass)."""
+        if self.type == "elicitation":
+            return self._elicitation_problems()
+        problems = [] if self.tool else [f"tool: a {self.type} step needs `tool`"]
+        if self.type == "for_each" and not self.over:
+            problems.append("over: a for_each step needs `over` (a template giving the list to go over)")
+        if self.type == "tool" and self.over:
+            problems.append("over: `over` is for for_each steps")
+        problems += [
+            f"{name}: `{name}` is for elicitation steps"
+            for name in ("message", "requested_schema")
+            if getattr(self, name) is not None
+        ]
+        return problems
+
+    def _elicitation_problems(self) -> list[str]:
+        problems = [
+            f"{name}: an elicitation step takes no `{name}`" for name in ("tool", "over") if getattr(self, name)
+        ]
+        problems += ["arguments: an elicitation step takes no `arguments`"] if self.arguments else []
+        problems += [] if self.message else ["message: an elicitation step needs `message` (what the user is asked)"]
+        schema = self.requested_schema
+        if schema is None:
+            problems.append("requested_schema: an elicitation step needs `requested_schema` (the form)")
+        elif schema.get("type") != "object" or not isinstance(schema.get("properties"), dict):
+            problems.append("requested_schema: must be an object schema with `properties`")
+        else:
+            flat = ("string", "number", "integer", "boolean")
+            problems += [
+                f"requested_schema.properties.{name}: a form field must be a string, number, integer or boolean"
+                for name, field in schema["properties"].items()
+                if not isinstance(field, dict) or field.get("type") not in flat
+            ]
+        return problems
+
+
+class WorkflowConfig(_Strict):
+    """A composite tool: steps run as a graph (independent ones in parallel), each a call through the
+    router, so policy, health checks and circuit breakers apply to every step. Served under `name` like
+    any other tool: listed (optimizer off) or found by find_tool (optimizer on)."""
+
+    # The tool's name; must not be a meta-tool's (find_tool, call_tool).
+    name: str = Field(pattern=WORKFLOW_NAME_PATTERN)
+    # What the workflow does: the tool's description, and what find_tool matches.
+    description: str = Field(min_length=1)
+    # The tool's input schema (JSON Schema, an object); `default`s of its properties fill missing arguments.
+    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
+    # What it does, as a graph (each below, as `steps[]`).
+    steps: list[StepConfig] = Field(min_length=1, max_length=200)
+    # The result: each key a template over the steps' results; unset, the last step's output.
+    output: dict[str, Any] | None = None
+    # Seconds the whole run may take.
+    timeout: float = Field(300.0, gt=0)
+    # Steps (for_each items included) running at once.
+    max_parallel: int = Field(8, ge=1, le=64)
+    # MCP tool annotations, over those derived from the steps (read-only only if every step is, destructive
+    # if any step is).
+    annotations: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, value: str) -> str:
+        if value in RESERVED_NAMES:
+            raise ValueError(f"'{value}' is a meta-tool's name")
+        return value
+
+    @model_validator(mode="after")
+    def _graph_and_templates(self) -> WorkflowConfig:
+        """One `path: reason` line per problem, relative to this workflow (config.py prefixes its place)."""
+        problems = _parameter_problems(self.parameters)
+        ids = [step.id for step in self.steps]
+        problems += [
+            f"steps: step ids must be unique, repeated: {i}" for i in sorted({i for i in ids if ids.count(i) > 1})
+        ]
+        known = set(ids)
+        edges = {step.id: step.depends_on for step in self.steps}
+        for index, step in enumerate(self.steps):
+            where = f"steps[{index}]"
+            problems += [f"{where}.{problem}" for problem in step.problems()]
+            problems += [f"{where}.depends_on: unknown step '{d}'" for d in step.depends_on if d not in known]
+        cycle = _cycle(edges)
+        if cycle:
+            problems.append(f"steps: depends_on forms a cycle: {' -> '.join(cycle)}")
+        ancestors = _ancestors(edges)
+        for index, step in enumerate(self.steps):
+            for place, source in _templates(step):
+                problems += _template_problems(f"steps[{index}].{place}", source, ancestors[step.id], known)
+        for place, source in _walk_strings(self.output or {}, "output"):
+            problems += _template_problems(place, source, known, known)
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+
+def check_workflows(workflows: list[WorkflowConfig]) -> list[str]:
+    """Across workflows: unique names, and no workflow reaching itself through its steps' tools."""
+    names = [w.name for w in workflows]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        return [f"workflows: names must be unique, repeated: {', '.join(repeated)}"]
+    calls = {w.name: sorted({s.tool for s in w.steps if s.tool in names}) for w in workflows}
+    cycle = _cycle({name: [t for t in tools if t is not None] for name, tools in calls.items()})
+    if cycle:
+        index = names.index(cycle[0])
+        return [f"workflows[{index}]: workflows call each other in a cycle: {' -> '.join(cycle)}"]
+    return []
+
+
+def _parameter_problems(schema: dict[str, Any]) -> list[str]:
+    if schema.get("type", "object") != "object":
+        return ["parameters.type: a tool's input schema must be of type 'object'"]
+    try:
+        jsonschema.validators.validator_for(schema, jsonschema.Draft202012Validator).check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in exc.absolute_path)
+        return [f"parameters{where}: not a valid JSON Schema: {exc.message}"]
+    return []
+
+
+def _templates(step: StepConfig) -> Iterator[tuple[str, str]]:
+    yield from _walk_strings(step.arguments, "arguments")
+    if step.message is not None:
+        yield "message", step.message
+    if step.condition is not None:
+        yield "condition", step.condition
+    if step.over is not None:
+        yield "over", step.over
+
+
+def _walk_strings(value: Any, place: str) -> Iterator[tuple[str, str]]:
+    if isinstance(value, str):
+        yield place, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _walk_strings(item, f"{place}.{key}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _walk_strings(item, f"{place}[{index}]")
+
+
+def _template_problems(place: str, source: str, readable: set[str], known: set[str]) -> list[str]:
+    try:
+        _SYNTAX.parse(source)
+    except jinja2.TemplateSyntaxError as exc:
+        return [f"{place}: template syntax error: {exc.message}"]
+    problems = []
+    for match in _STEP_REFERENCE.finditer(source):
+        step = match.group(1) or match.group(2)
+        if step not in known:
+            problems.append(f"{place}: unknown step '{step}'")
+        elif step not in readable:
+            problems.append(
+                f"{place}: reads step '{step}', which is not in depends_on (directly or through another step)"
+            )
+    return problems
+
+
+def _cycle(edges: dict[str, list[str]]) -> list[str]:
+    """One cycle of the graph as a path that ends where it starts, or [] (iterative depth-first search)."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    for root in edges:
+        if state.get(root):
+            continue
+        path: list[str] = []
+        stack: list[tuple[str, Iterator[str]]] = [(root, iter(edges.get(root, [])))]
+        state[root] = 1
+        path.append(root)
+        while stack:
+            node, children = stack[-1]
+            child = next(children, None)
+            if child is None:
+                stack.pop()
+                path.pop()
+                state[node] = 2
+            elif state.get(child) == 1:
+                return [*path[path.index(child) :], child]
+            elif not state.get(child):
+                state[child] = 1
+                path.append(child)
+                stack.append((child, iter(edges.get(child, []))))
+    return []
+
+
+def _ancestors(edges: dict[str, list[str]]) -> dict[str, set[str]]:
+    """Every step each step waits for, directly or through others (the graph is acyclic here)."""
+    found: dict[str, set[str]] = {}
+
+    def visit(node: str) -> set[str]:
+        if node not in found:
+            found[node] = set()
+            for parent in edges.get(node, []):
+                found[node] |= {parent, *visit(parent)}
+        return found[node]
+
+    for node in edges:
+        visit(node)
+    return found

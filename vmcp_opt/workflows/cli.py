@@ -1,0 +1,157 @@
+"""`vmcp workflow`: list the configured workflows, or run one against the configured backends and print
+each step's status, duration and output as it finishes: the author's way to try a workflow before an
+agent does. The run takes the gateway's own path (router, policy, health guard), without a transport."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import anyio
+import anyio.to_thread
+import typer
+
+from vmcp_opt.console import OutputConsole
+from vmcp_opt.display import printable, shorten
+
+workflow_app = typer.Typer(no_args_is_help=True)
+out = OutputConsole()
+err = OutputConsole(stderr=True)
+_STATUS = {"ok": "green", "failed": "red", "skipped": "yellow"}
+CLI_CALLER = "local:vmcp-workflow-run"
+
+
+def _load(config: Path | None) -> Any:
+    from vmcp_opt.cli import load_or_exit  # the CLI's loader: problems printed by path, exit 2
+
+    return load_or_exit(config, {"optimizer": {"enabled": False}})  # no embedding model for one run
+
+
+@workflow_app.command("list")
+def list_workflows(
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="Config file (YAML or JSON).")] = None,
+) -> None:
+    """The configured workflows: name, steps and description."""
+    cfg = _load(config)
+    if not cfg.workflows:
+        out.print("no workflows in this config (`workflows:`)")
+    for workflow in cfg.workflows:
+        steps = ", ".join(f"{s.id}→{s.tool}" for s in workflow.steps)
+        out.print(f"[bold]{workflow.name}[/]: {workflow.description}\n  steps: {steps}", highlight=False)
+
+
+@workflow_app.command("run")
+def run(
+    name: Annotated[str, typer.Argument(help="The workflow's name.")],
+    arg: Annotated[
+        list[str] | None,
+        typer.Option("--arg", "-a", help="An argument as key=value; the value is read as JSON when it parses."),
+    ] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="Config file (YAML or JSON).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the whole run report as JSON.")] = False,
+) -> None:
+    """Run one workflow against the configured backends; exit 1 when it fails."""
+    from vmcp_opt.cli import setup_logging
+
+    cfg = _load(config)
+    setup_logging("warning")
+    names = [w.name for w in cfg.workflows]
+    if name not in names:
+        err.print(f"no workflow '{printable(name)}' in this config (there are: {', '.join(names) or 'none'})")
+        raise typer.Exit(2)
+    arguments = parse_arguments(arg or [])
+    report = anyio.run(_run, cfg, name, arguments, not as_json)
+    if as_json:
+        out.print_json(data=report)
+    if report["error"] is not None:
+        if not as_json:
+            err.print(f"[bold red]failed[/]: {printable(report['error'])}", highlight=False)
+        raise typer.Exit(1)
+
+
+def parse_arguments(pairs: list[str]) -> dict[str, Any]:
+    arguments: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            err.print(f"--arg {printable(pair)}: expected key=value")
+            raise typer.Exit(2)
+        try:
+            arguments[key] = json.loads(value)
+        except ValueError:
+            arguments[key] = value
+    return arguments
+
+
+def _prompt(field: str) -> str:
+    return str(typer.prompt(f"  {field}", default="", show_default=False))
+
+
+async def terminal_ask(message: str, schema: dict[str, Any]) -> dict[str, Any]:
+    """An elicitation step's question, asked on the terminal: one prompt per form field; an empty answer to
+    a required field declines."""
+    out.print(f"[bold]?[/] {printable(message)}", highlight=False)
+    content: dict[str, Any] = {}
+    required = set(schema.get("required", []))
+    for field, spec in schema.get("properties", {}).items():
+        answer = await anyio.to_thread.run_sync(_prompt, field)
+        if answer == "":
+            if field in required:
+                return {"action": "decline"}
+            continue
+        kind = spec.get("type")
+        try:
+            content[field] = {"integer": int, "number": float}.get(kind, str)(answer)
+        except ValueError:
+            return {"action": "decline"}
+        if kind == "boolean":
+            content[field] = answer.strip().lower() in ("y", "yes", "true", "1")
+    return {"action": "accept", "content": content}
+
+
+async def _run(cfg: Any, name: str, arguments: dict[str, Any], live: bool) -> dict[str, Any]:
+    from vmcp_opt.arguments import ArgumentError
+    from vmcp_opt.auth import Caller, Identification
+    from vmcp_opt.gateway import Gateway
+    from vmcp_opt.routing import Exchange
+    from vmcp_opt.workflows.executor import StepReport
+
+    gateway = Gateway(cfg)
+    caller = Caller(id=CLI_CALLER, identified_by=Identification.SESSION, protocol_version="2025-11-25")
+
+    async def step_done(step: StepReport) -> None:
+        if live:
+            colour = _STATUS.get(step.status, "white")
+            line = f"[{colour}]{step.status:>7}[/] [bold]{step.id}[/]  {step.duration * 1000:.0f} ms"
+            line += f"  ({step.attempts} calls)" if step.attempts > 1 else ""
+            out.print(line, highlight=False)
+            shown = step.error if step.error is not None else json.dumps(step.output, default=str)
+            out.print(f"          {shorten(shown, 400)}", markup=False, highlight=False)
+
+    async with anyio.create_task_group() as group:
+        await gateway.start(group)
+        try:
+            report = await gateway.workflows.run(
+                name, arguments, caller, Exchange.internal(), gateway.router, step_done, ask=terminal_ask
+            )
+        except ArgumentError as exc:
+            return {"workflow": name, "ok": False, "error": f"arguments: {exc}", "steps": [], "output": None}
+        finally:
+            gateway.stop()
+            group.cancel_scope.cancel()
+    if live and report.ok:
+        out.print(f"[bold green]ok[/] in {report.duration * 1000:.0f} ms; output:", highlight=False)
+        out.print(json.dumps(report.output, indent=2, default=str), markup=False, highlight=False)
+    return {
+        "workflow": report.workflow,
+        "ok": report.ok,
+        "error": report.error,
+        "failed_step": report.failed_step,
+        "duration_ms": round(report.duration * 1000, 1),
+        "steps": [
+            {**s.view(), "id": s.id, "attempts": s.attempts, "duration_ms": round(s.duration * 1000, 1)}
+            for s in report.steps.values()
+        ],
+        "output": report.output,
+    }

@@ -1,0 +1,302 @@
+"""One run of a workflow: its steps as a graph, independent ones at once, each call made by `call`.
+
+Every step starts as a task that waits for the steps it depends on, so the graph needs no scheduler of
+its own: a step runs as soon as its last dependency finishes. Calls (for_each items included) hold a slot
+of the run's `CapacityLimiter` only while they call, never while they wait, so nesting cannot deadlock.
+The run's `timeout` is one `fail_after` around the task group; a client's cancellation reaches running
+calls the same way (anyio cancels the group). A step that fails under `on_error: abort` (or after its
+retries) cancels the group, and the run reports that step's id and reason.
+
+The executor knows nothing of the router: `call(tool, arguments)` is how a step calls a tool (the
+provider passes the router's `call_tool`, tests pass their own), and `on_step` hears each finished step
+(the provider turns it into a progress notification).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import anyio
+import mcp_types as types
+
+from vmcp_opt.config_workflows import StepConfig, WorkflowConfig
+from vmcp_opt.workflows.templates import TemplateError, render_string, render_value, truthy
+
+StepStatus = Literal["pending", "running", "ok", "failed", "skipped"]
+CallTool = Callable[[str, dict[str, Any]], Awaitable[types.CallToolResult]]
+StepDone = Callable[["StepReport"], Awaitable[None]]
+# Asks the calling client's user: (message, requested schema) → the answer's `{"action", "content"}`.
+Ask = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
+Sleep = Callable[[float], Awaitable[None]]
+
+
+@dataclass
+class StepReport:
+    id: str
+    status: StepStatus = "pending"
+    output: Any = None
+    error: str | None = None
+    attempts: int = 0
+    duration: float = 0.0  # seconds, from its first attempt to its end
+    # Skipped because a step it depends on failed (its own dependants are then skipped too).
+    blocked: bool = False
+
+    def view(self) -> dict[str, Any]:
+        """What templates read as `steps.<id>`."""
+        return {"output": self.output, "status": self.status, "error": self.error}
+
+
+@dataclass
+class RunReport:
+    workflow: str
+    steps: dict[str, StepReport]
+    output: Any = None
+    error: str | None = None  # None: the run succeeded
+    failed_step: str | None = None
+    duration: float = 0.0
+    timed_out: bool = False
+    order: list[str] = field(default_factory=list)  # the steps in the order they finished
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class StepError(Exception):
+    def __init__(self, reason: str, *, retryable: bool = True) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retryable = retryable
+
+
+class WorkflowRun:
+    def __init__(
+        self,
+        workflow: WorkflowConfig,
+        params: dict[str, Any],
+        call: CallTool,
+        on_step: StepDone | None = None,
+        sleep: Sleep = anyio.sleep,
+        ask: Ask | None = None,
+        ask_timeout: float = 300.0,
+    ) -> None:
+        self.workflow = workflow
+        self._ask = ask
+        self._ask_timeout = ask_timeout
+        self.params = params
+        self._call = call
+        self._on_step = on_step
+        self._sleep = sleep
+        self._limiter = anyio.CapacityLimiter(workflow.max_parallel)
+        self._steps = {step.id: step for step in workflow.steps}
+        self.report = RunReport(workflow.name, {step.id: StepReport(step.id) for step in workflow.steps})
+        self._done = {step.id: anyio.Event() for step in workflow.steps}
+
+    async def run(self) -> RunReport:
+        report = self.report
+        started = time.perf_counter()
+        try:
+            with anyio.fail_after(self.workflow.timeout):
+                async with anyio.create_task_group() as group:
+                    for step in self.workflow.steps:
+                        group.start_soon(self._run_step, step, group.cancel_scope, name=f"step {step.id}")
+        except TimeoutError:
+            running = [s.id for s in report.steps.values() if s.status == "running"]
+            report.timed_out = True
+            report.error = f"timed out after {self.workflow.timeout:g}s" + (
+                f" (still running: {', '.join(running)})" if running else ""
+            )
+        report.duration = time.perf_counter() - started
+        if report.error is None:
+            try:
+                report.output = self._output()
+            except TemplateError as exc:
+                report.error = f"output.{exc.place.removeprefix('output.')}: {exc.reason}"
+        return report
+
+    def context(self) -> dict[str, Any]:
+        return {"params": self.params, "steps": {i: s.view() for i, s in self.report.steps.items()}}
+
+    def _output(self) -> Any:
+        if self.workflow.output is None:
+            return self.report.steps[self.workflow.steps[-1].id].output
+        return render_value(self.workflow.output, self.context(), "output")
+
+    async def _run_step(self, step: StepConfig, group: anyio.CancelScope) -> None:
+        for dependency in step.depends_on:
+            await self._done[dependency].wait()
+        report = self.report.steps[step.id]
+        try:
+            blocking = [d for d in step.depends_on if self._blocks(d)]
+            if blocking:
+                report.status, report.blocked, report.output = "skipped", True, step.default_result
+                report.error = f"not run: step '{blocking[0]}' failed"
+                return
+            context = self.context()
+            if step.condition is not None:
+                try:
+                    run = truthy(render_string(step.condition, context, "condition"))
+                except TemplateError as exc:
+                    self._failed(step, report, StepError(str(exc), retryable=False), group)
+                    return
+                if not run:
+                    report.status, report.output = "skipped", step.default_result
+                    return
+            report.status = "running"
+            started = time.perf_counter()
+            try:
+                report.output = await self._step(step, report, context)
+                report.status = "ok"
+            except StepError as exc:
+                self._failed(step, report, exc, group)
+            finally:
+                report.duration = time.perf_counter() - started
+        finally:
+            self._done[step.id].set()
+            if report.status != "running":  # a cancelled step is not reported as finished
+                self.report.order.append(step.id)
+                if self._on_step is not None:
+                    await self._on_step(report)
+
+    def _blocks(self, dependency: str) -> bool:
+        """A dependency that failed with no default result, or was skipped for such a failure."""
+        dep = self.report.steps[dependency]
+        return (dep.status == "failed" or dep.blocked) and self._steps[dependency].default_result is None
+
+    def _failed(self, step: StepConfig, report: StepReport, exc: StepError, group: anyio.CancelScope) -> None:
+        report.status, report.error = "failed", exc.reason
+        if step.on_error.action == "continue":
+            report.output = step.default_result
+            return
+        if self.report.error is None:
+            self.report.failed_step = step.id
+            self.report.error = f"step '{step.id}' failed: {exc.reason}"
+        group.cancel()
+
+    async def _step(self, step: StepConfig, report: StepReport, context: dict[str, Any]) -> Any:
+        if step.type == "elicitation":
+            return await self._elicit(step, report, context)
+        if step.type != "for_each":
+            return await self._with_retries(step, report, context)
+        items = self._items(step, context)
+        outputs: list[Any] = [None] * len(items)
+        failures: list[str] = []
+        per_step = anyio.CapacityLimiter(step.max_parallel)
+
+        async def one(index: int, item: Any, group: anyio.CancelScope) -> None:
+            async with per_step:
+                try:
+                    scope = {**context, step.item: item, "index": index}
+                    outputs[index] = await self._with_retries(step, report, scope)
+                except StepError as exc:
+                    failures.append(f"item {index}: {exc.reason}")
+                    group.cancel()  # the other items stop: the step has failed
+
+        async with anyio.create_task_group() as group:
+            for index, item in enumerate(items):
+                group.start_soon(one, index, item, group.cancel_scope)
+        if failures:
+            raise StepError(failures[0], retryable=False)
+        return outputs
+
+    async def _elicit(self, step: StepConfig, report: StepReport, context: dict[str, Any]) -> Any:
+        """Ask the user; no call slot is held while a person answers, and no retry (a person said it)."""
+        assert step.message is not None and step.requested_schema is not None
+        if self._ask is None:
+            raise StepError("this run cannot ask its client anything", retryable=False)
+        try:
+            message = str(render_string(step.message, context, "message"))
+        except TemplateError as exc:
+            raise StepError(str(exc), retryable=False) from None
+        report.attempts += 1
+        timeout = step.timeout or self._ask_timeout
+        try:
+            with anyio.fail_after(timeout):
+                answer = await self._ask(message, step.requested_schema)
+        except TimeoutError:
+            raise StepError(f"the user did not answer within {timeout:g}s", retryable=False) from None
+        except StepError:
+            raise
+        except Exception as exc:
+            raise StepError(f"{type(exc).__name__}: {exc}", retryable=False) from None
+        action = answer.get("action")
+        if (action == "decline" and step.on_decline == "abort") or (action == "cancel" and step.on_cancel == "abort"):
+            raise StepError(f"the user chose '{action}'", retryable=False)
+        return answer
+
+    def _items(self, step: StepConfig, context: dict[str, Any]) -> list[Any]:
+        assert step.over is not None
+        try:
+            items = render_string(step.over, context, "over")
+            if isinstance(items, str):
+                items = json.loads(items)
+        except TemplateError as exc:
+            raise StepError(str(exc), retryable=False) from None
+        except json.JSONDecodeError:
+            raise StepError("over: neither a list nor a JSON array", retryable=False) from None
+        if isinstance(items, dict | str) or not hasattr(items, "__iter__"):
+            raise StepError(f"over: a list is needed, got {type(items).__name__}", retryable=False)
+        items = list(items)
+        if len(items) > step.max_iterations:
+            raise StepError(
+                f"over: {len(items)} items, more than max_iterations ({step.max_iterations})", retryable=False
+            )
+        return items
+
+    async def _with_retries(self, step: StepConfig, report: StepReport, context: dict[str, Any]) -> Any:
+        policy = step.on_error
+        attempts = 1 + (policy.retries if policy.action == "retry" else 0)
+        delay = policy.delay
+        for attempt in range(1, attempts + 1):
+            try:
+                return await self._attempt(step, report, context)
+            except StepError as exc:
+                if not exc.retryable or attempt == attempts:
+                    if attempt > 1:
+                        exc.reason += f" (after {attempt} attempts)"
+                    raise
+            await self._sleep(min(delay, policy.max_delay))
+            delay *= policy.multiplier
+        raise AssertionError("unreachable")
+
+    async def _attempt(self, step: StepConfig, report: StepReport, context: dict[str, Any]) -> Any:
+        assert step.tool is not None
+        try:
+            arguments = render_value(step.arguments, context, "arguments")
+        except TemplateError as exc:
+            raise StepError(str(exc), retryable=False) from None
+        report.attempts += 1
+        async with self._limiter:
+            try:
+                with anyio.fail_after(step.timeout):
+                    result = await self._call(step.tool, arguments)
+            except TimeoutError:
+                raise StepError(f"timed out after {step.timeout:g}s") from None
+            except StepError:
+                raise
+            except Exception as exc:  # the router's refusals (unknown tool, denied) and protocol errors
+                raise StepError(f"{type(exc).__name__}: {exc}") from None
+        if result.is_error:
+            raise StepError(result_text(result) or "the tool returned an error")
+        return result_output(result)
+
+
+def result_text(result: types.CallToolResult) -> str:
+    return "\n".join(c.text for c in result.content if isinstance(c, types.TextContent))
+
+
+def result_output(result: types.CallToolResult) -> Any:
+    """A step's output: the structured content, else the text (parsed when it is JSON), else None."""
+    if result.structured_content is not None:
+        return result.structured_content
+    texts = [c.text for c in result.content if isinstance(c, types.TextContent)]
+    if len(texts) != 1:
+        return texts or None
+    try:
+        return json.loads(texts[0])
+    except ValueError:
+        return texts[0]

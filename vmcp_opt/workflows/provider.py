@@ -1,0 +1,228 @@
+"""Workflows as tools: a tool provider of the router, like the backends' tools and the meta-tools.
+
+Each step is a call of `router.call_tool` with the caller of the workflow, so the policy is asked for the
+workflow and again for every step, and each step takes the same path as a direct call (provider, schema
+check, session, health guard, observers). Steps run with the caller's exchange minus its progress token:
+the workflow reports progress itself, one notification per finished step, and a backend's own progress
+would interleave with it and break the rule that progress only grows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import mcp_types as types
+from mcp.shared.dispatcher import ProgressFnT
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+
+from vmcp_opt.aggregation import LiveCatalog
+from vmcp_opt.arguments import ArgumentError, ArgumentValidator
+from vmcp_opt.auth import Caller
+from vmcp_opt.config_workflows import WorkflowConfig
+from vmcp_opt.routing import Dispatch, Exchange, ProvidedTool, ToolCall, error_result
+from vmcp_opt.routing.round_trips import InputRequired, WorkflowRound
+from vmcp_opt.workflows.executor import Ask, RunReport, StepDone, StepReport, WorkflowRun
+from vmcp_opt.workflows.rounds import PendingRun, WorkflowRounds
+from vmcp_opt.workflows.validation import derived_annotations
+
+logger = logging.getLogger(__name__)
+
+WORKFLOW_SOURCE = "workflows"  # the source of composite tools, as policies and find_tool see it
+SOURCE_DESCRIPTION = "Composite tools of this gateway: several calls across servers as one tool."
+
+
+class WorkflowTools:
+    """The configured workflows, served as tools."""
+
+    searchable = True  # find_tool indexes them from their description and parameters
+
+    def __init__(
+        self,
+        workflows: Sequence[WorkflowConfig],
+        catalog: LiveCatalog,
+        validator: ArgumentValidator,
+        listed: Callable[[str], bool] = lambda name: True,
+        *,
+        input_timeout: float = 300.0,
+        max_pending: int = 64,
+    ) -> None:
+        self.workflows = {w.name: w for w in workflows}
+        # Runs of 2026-07-28 clients waiting for their answers (attached to the gateway's task group).
+        self.rounds = WorkflowRounds(max_pending=max_pending, input_timeout=input_timeout)
+        self._catalog = catalog
+        self._validator = validator
+        self._listed = listed  # with the optimizer on, only pinned ones are listed
+        self._view: tuple[object, dict[str, ProvidedTool]] | None = None
+
+    def tools(self) -> Mapping[str, ProvidedTool]:
+        catalog = self._catalog.current
+        if self._view is None or self._view[0] is not catalog:  # annotations follow the steps' tools
+            annotations = derived_annotations(list(self.workflows.values()), catalog.tools)
+            self._view = (
+                catalog,
+                {
+                    name: ProvidedTool(name, tool_of(w, annotations[name]), WORKFLOW_SOURCE, name, SOURCE_DESCRIPTION)
+                    for name, w in self.workflows.items()
+                },
+            )
+        return self._view[1]
+
+    def listed(self) -> Sequence[ProvidedTool]:
+        return [tool for name, tool in self.tools().items() if self._listed(name)]
+
+    def why_unavailable(self, name: str) -> str | None:
+        return None
+
+    async def call(self, call: ToolCall) -> types.CallToolResult:
+        exchange = call.exchange
+        if isinstance(exchange.round, WorkflowRound):  # a 2026-07-28 client's answer to a step's question
+            return await self.rounds.resume(exchange.round, exchange.input_responses, exchange.progress_relay())
+        workflow = self.workflows[call.tool.name]
+        try:
+            await self._validator.check_async(workflow.name, workflow.parameters, call.arguments)
+        except ArgumentError as exc:
+            return error_result(str(exc))
+        if asks_its_client(workflow) and call.caller.protocol_version in MODERN_PROTOCOL_VERSIONS:
+            # Its questions go back as InputRequiredResult: the run lives in the background between rounds,
+            # and its steps' calls are not tied to the request that started it.
+            background = dataclasses.replace(exchange, session=None, request_id=None)
+
+            async def pending_run(pending: PendingRun) -> types.CallToolResult:
+                report = await self.run(
+                    workflow.name,
+                    call.arguments,
+                    call.caller,
+                    background,
+                    call.router,
+                    progress_reporter(len(workflow.steps), lambda: pending.progress),
+                    ask=pending.ask if client_elicits(call.caller) else None,
+                    checked=True,
+                )
+                return run_result(report)
+
+            return await self.rounds.start(pending_run, exchange.progress_relay())
+        relay = exchange.progress_relay()
+        report = await self.run(
+            workflow.name,
+            call.arguments,
+            call.caller,
+            exchange,
+            call.router,
+            progress_reporter(len(workflow.steps), lambda: relay),
+            ask=front_ask(call.caller, exchange),
+            checked=True,
+        )
+        return run_result(report)
+
+    async def run(
+        self,
+        name: str,
+        arguments: dict[str, Any] | None,
+        caller: Caller,
+        exchange: Exchange,
+        router: Dispatch,
+        on_step: StepDone | None = None,
+        ask: Ask | None = None,
+        checked: bool = False,
+    ) -> RunReport:
+        """One run, each step a call of `router.call_tool` as `caller`; `ArgumentError` for bad arguments."""
+        workflow = self.workflows[name]
+        if not checked:
+            await self._validator.check_async(workflow.name, workflow.parameters, arguments)
+        steps = step_exchange(exchange, caller)
+
+        async def step_call(tool: str, step_arguments: dict[str, Any]) -> types.CallToolResult:
+            try:
+                return await router.call_tool(caller, tool, step_arguments, steps)
+            except InputRequired:  # a 2026-07-28 backend's own question
+                return error_result(f"'{tool}' asked the client for input, which a workflow step cannot relay")
+
+        params = with_defaults(workflow.parameters, arguments or {})
+        report = await WorkflowRun(
+            workflow, params, step_call, on_step, ask=ask, ask_timeout=self.rounds.input_timeout
+        ).run()
+        if not report.ok:
+            logger.info("workflow %s failed: %s", report.workflow, report.error)
+        return report
+
+
+def asks_its_client(workflow: WorkflowConfig) -> bool:
+    return any(step.type == "elicitation" for step in workflow.steps)
+
+
+def client_elicits(caller: Caller) -> bool:
+    return caller.capabilities is not None and caller.capabilities.elicitation is not None
+
+
+def front_ask(caller: Caller, exchange: Exchange) -> Ask | None:
+    """A 2025-11-25 client's way to be asked: `elicitation/create` on its session, tied to its request."""
+    session = exchange.session
+    if session is None or not client_elicits(caller):
+        return None
+
+    async def ask(message: str, schema: dict[str, Any]) -> dict[str, Any]:
+        result = await session.elicit_form(message, schema, related_request_id=exchange.request_id)  # type: ignore[arg-type]
+        return result.model_dump(mode="json", exclude_none=True, include={"action", "content"})
+
+    return ask
+
+
+def progress_reporter(total: int, relay: Callable[[], ProgressFnT | None]) -> StepDone:
+    """One progress notification per finished step, to whichever request drives the run now; best effort."""
+    finished = 0
+
+    async def step_done(step: StepReport) -> None:
+        nonlocal finished
+        finished += 1
+        progress = relay()
+        if progress is None:
+            return
+        try:
+            await progress(float(finished), float(total), f"step {step.id}: {step.status}")
+        except Exception as exc:  # a client that went away must not fail the run
+            logger.debug("workflow progress not sent: %s", exc)
+
+    return step_done
+
+
+def tool_of(workflow: WorkflowConfig, annotations: types.ToolAnnotations) -> types.Tool:
+    return types.Tool(
+        name=workflow.name,
+        description=workflow.description,
+        input_schema=workflow.parameters,
+        annotations=annotations,
+    )
+
+
+def step_exchange(exchange: Exchange, caller: Caller) -> Exchange:
+    """The exchange a step's call carries: without the caller's progress token or a retry's round (a
+    2026-07-28 retry answers the workflow's own question, not a step's). A 2025-11-25 caller's session stays,
+    so a backend's question during a step reaches the client as in any call; a 2026-07-28 caller's goes, so
+    its steps take the backends' shared sessions instead of a round-trip session each: a step cannot hand
+    a backend's question back to the client mid-workflow."""
+    meta = {k: v for k, v in dict(exchange.meta or {}).items() if k not in ("progressToken", "progress_token")}
+    session = None if caller.protocol_version in MODERN_PROTOCOL_VERSIONS else exchange.session
+    return dataclasses.replace(exchange, session=session, meta=meta or None, round=None, input_responses=None)  # type: ignore[arg-type]
+
+
+def with_defaults(schema: dict[str, Any], arguments: dict[str, Any]) -> dict[str, Any]:
+    """The arguments, with each missing top-level property's `default`."""
+    properties = schema.get("properties") or {}
+    defaults = {k: p["default"] for k, p in properties.items() if isinstance(p, dict) and "default" in p}
+    return {**defaults, **arguments}
+
+
+def run_result(report: RunReport) -> types.CallToolResult:
+    """Success: the output as JSON text, and as structured content when it is an object. Failure: an error
+    result naming the failed step and the reason, with every step's status."""
+    if report.ok:
+        text = report.output if isinstance(report.output, str) else json.dumps(report.output, default=str)
+        structured = report.output if isinstance(report.output, dict) else None
+        return types.CallToolResult(content=[types.TextContent(type="text", text=text)], structured_content=structured)
+    statuses = ", ".join(f"{s.id}: {s.status}" for s in report.steps.values())
+    message = f"workflow '{report.workflow}' failed: {report.error}\nsteps: {statuses}"
+    return error_result(message)

@@ -1,0 +1,131 @@
+"""Workflow runs that ask a 2026-07-28 client something: `InputRequiredResult` rounds.
+
+A 2026-07-28 client has no back-channel: a workflow that asks its user (an elicitation step) cannot
+send `elicitation/create` mid-call. Such a run starts as a `PendingRun` in the gateway's task group under a
+random id. When a step asks, the client's call is answered with an `InputRequiredResult` carrying the
+question and a sealed `request_state` naming the run (`WorkflowRound`); the client's retry of the same
+call hands the answer over and waits again, for the result or for the next question. The run goes on in
+the background between rounds, so steps that do not wait for the answer keep running. A run whose client
+does not come back within `timeouts.input` is cancelled, and so is one whose client gives up on a round.
+
+The questions are held as for the backend calls of `routing/round_trips/pending.py` (both are
+`HeldQuestions`), but the gateway asks them itself: there is no backend session to hold, and the answer
+goes to a step, not to a backend.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+import anyio.abc
+import mcp_types as types
+from mcp.shared.dispatcher import ProgressFnT
+from mcp.shared.exceptions import MCPError
+
+from vmcp_opt.routing.round_trips import WorkflowRound
+from vmcp_opt.routing.round_trips.held import HeldQuestions
+
+logger = logging.getLogger(__name__)
+
+
+class PendingRun(HeldQuestions):
+    """One workflow run of a 2026-07-28 client, driven round by round by the client's retries."""
+
+    def __init__(self, rounds: WorkflowRounds) -> None:
+        super().__init__(rounds.input_timeout)
+        self.rounds = rounds
+        # The front request now waiting on this run: its progress token, if any.
+        self.progress: ProgressFnT | None = None
+        self.driven = False
+
+    def round(self) -> WorkflowRound:
+        return WorkflowRound(self.id)
+
+    def discard(self) -> None:
+        self.rounds.discard(self)
+
+    async def live(self, run: Callable[[PendingRun], Awaitable[types.CallToolResult]]) -> None:
+        try:
+            with self.lifetime:
+                self.settle(await run(self))
+                await anyio.sleep_forever()  # until collected, or the client's deadline passes
+            if self.client_gone():
+                logger.info(
+                    "a workflow's 2026-07-28 client did not come back within %gs; run cancelled", self.input_timeout
+                )
+        finally:
+            self.rounds.discard(self)
+
+    async def ask(self, message: str, schema: dict[str, Any]) -> dict[str, Any]:
+        """An elicitation step's question: held until a retry of the client's call brings the answer."""
+        params = types.ElicitRequestFormParams(message=message, requested_schema=schema)  # type: ignore[arg-type]
+        answer = await self.hold("elicitation", types.ElicitRequest(params=params), types.ElicitResult)
+        return answer.model_dump(mode="json", exclude_none=True, include={"action", "content"})
+
+    async def drive(self, progress: ProgressFnT | None) -> types.CallToolResult:
+        """The run's result, or `InputRequired` with the questions it is waiting on."""
+        self.driven, self.progress = True, progress
+        try:
+            result = await self.next_round()
+        finally:
+            self.driven, self.progress = False, None
+        assert isinstance(result, types.CallToolResult)
+        return result
+
+
+class WorkflowRounds:
+    """The pending workflow runs, by id; at most `max_pending` at once."""
+
+    def __init__(self, *, max_pending: int, input_timeout: float) -> None:
+        self.max_pending = max_pending
+        self.input_timeout = input_timeout
+        self._runs: dict[str, PendingRun] = {}
+        self._task_group: anyio.abc.TaskGroup | None = None
+
+    def attach(self, task_group: anyio.abc.TaskGroup) -> None:
+        self._task_group = task_group
+
+    def stop(self) -> None:
+        for run in list(self._runs.values()):
+            run.lifetime.cancel()
+
+    def discard(self, run: PendingRun) -> None:
+        self._runs.pop(run.id, None)
+
+    def __len__(self) -> int:
+        return len(self._runs)
+
+    async def start(
+        self, run: Callable[[PendingRun], Awaitable[types.CallToolResult]], progress: ProgressFnT | None
+    ) -> types.CallToolResult:
+        if self._task_group is None:
+            raise MCPError(types.INTERNAL_ERROR, "the gateway is not started")
+        if len(self._runs) >= self.max_pending:
+            raise MCPError(
+                types.INTERNAL_ERROR,
+                f"the gateway already holds {self.max_pending} calls that may ask their client for input "
+                "(server.max_pending_calls); try again later",
+            )
+        pending = PendingRun(self)
+        self._runs[pending.id] = pending
+        self._task_group.start_soon(pending.live, run, name="workflow-round-trip")
+        return await pending.drive(progress)
+
+    async def resume(
+        self, round_: WorkflowRound, responses: types.InputResponses | None, progress: ProgressFnT | None
+    ) -> types.CallToolResult:
+        pending = self._runs.get(round_.run)
+        if pending is None:
+            raise MCPError(
+                types.INVALID_PARAMS,
+                "requestState names no pending workflow run: it has finished, was cancelled, or its client did "
+                f"not come back within {self.input_timeout:g}s; call again without requestState",
+            )
+        if pending.driven:
+            raise MCPError(types.INVALID_REQUEST, "this workflow run is already being continued by another request")
+        if pending.outcome is None:
+            pending.answer(responses)
+        return await pending.drive(progress)
