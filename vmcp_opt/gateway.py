@@ -18,11 +18,12 @@ import anyio.abc
 
 from vmcp_opt.aggregation import Catalog, LiveCatalog
 from vmcp_opt.arguments import ArgumentValidator
+from vmcp_opt.auth.cedar import CedarPolicy
 from vmcp_opt.backends import BackendConnection, BackendManager, BackendState
 from vmcp_opt.config import VmcpConfig
 from vmcp_opt.health import HealthMonitor
 from vmcp_opt.optimizer.metatools import OptimizerFront
-from vmcp_opt.routing import BackendTools, Router, SessionChooser
+from vmcp_opt.routing import BackendTools, Policy, Router, SessionChooser
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +49,9 @@ class Gateway:
             max_pending=config.server.max_pending_calls,
             spares=config.server.round_trip_spares,
         )
-        self.router = Router(self.catalog, self.backends, self.sessions, self.health.guarded)
+        self.router = Router(
+            self.catalog, self.backends, self.sessions, self.health.guarded, policy=load_policy(config)
+        )
         self.optimizer: OptimizerFront | None = None
         listed: Callable[[str], bool] = lambda name: True  # noqa: E731
         if config.optimizer.enabled:
@@ -157,6 +160,7 @@ class Gateway:
 
     async def _tools_changed(self) -> None:
         """find_tool's index follows every searchable provider's tools."""
+        self.router.forget_views()
         if self.optimizer is None:
             return
         missing = [name for name in self.config.optimizer.pinned if name not in self.catalog.current.tools]
@@ -201,6 +205,19 @@ class Gateway:
             "backends": backends,
         }
         return Readiness(serving, body)
+
+
+def load_policy(config: VmcpConfig) -> Policy | None:
+    """The Cedar policy of `auth.authorization.policies`, or None (everything allowed).
+
+    Raises `PolicyLoadError` naming the file, line and reason: a policy that does not load stops the start.
+    """
+    settings = config.auth.authorization
+    if settings.policies is None:
+        return None
+    policy = CedarPolicy.from_file(config.resolve_path(settings.policies), settings.cache_size)
+    logger.info("authorization: %d Cedar policies from %s", len(policy.policies), policy.source)
+    return policy
 
 
 @dataclass(frozen=True)

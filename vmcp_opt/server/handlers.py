@@ -55,7 +55,7 @@ class Handlers:
         self.admission = admission
 
     async def list_tools(self, ctx: Ctx, params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
-        return types.ListToolsResult(tools=self.router.visible_tools(self.admission.caller(ctx)))
+        return types.ListToolsResult(tools=await self.router.list_tools(self.admission.caller(ctx)))
 
     async def call_tool(
         self, ctx: Ctx, params: types.CallToolRequestParams

@@ -7,15 +7,20 @@ import logging
 from collections.abc import AsyncIterator
 
 import anyio
+from mcp.server.auth.routes import build_resource_metadata_url, create_protected_resource_routes
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
+from pydantic import AnyHttpUrl
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp
 
-from vmcp_opt.config import ServerConfig
+from vmcp_opt.auth.authenticators import build_authenticator
+from vmcp_opt.config import LOOPBACK_ADDRESSES, ServerConfig, VmcpConfig
 from vmcp_opt.gateway import Gateway
+from vmcp_opt.server.authentication import RequireAuthentication
 from vmcp_opt.server.bad_input import JsonRpcErrorCodes
 from vmcp_opt.server.event_store import BoundedEventStore
 from vmcp_opt.server.handlers import build_mcp_server
@@ -66,11 +71,45 @@ def create_app(gateway: Gateway) -> Starlette:
         readiness = gateway.readiness()
         return JSONResponse(readiness.body, status_code=200 if readiness.serving else 503)
 
+    endpoint, auth_routes = authenticated(JsonRpcErrorCodes(StreamableHTTPASGIApp(manager)), gateway.config)
     return Starlette(
         routes=[
-            Route(server_config.path, endpoint=JsonRpcErrorCodes(StreamableHTTPASGIApp(manager))),
+            Route(server_config.path, endpoint=endpoint),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
+            *auth_routes,
         ],
         lifespan=lifespan,
     )
+
+
+def authenticated(endpoint: ASGIApp, config: VmcpConfig) -> tuple[ASGIApp, list[BaseRoute]]:
+    """The MCP endpoint behind the configured authentication, and the routes that describe it (RFC 9728)."""
+    incoming = config.auth.incoming
+    authenticator = build_authenticator(config)  # AuthSetupError stops the start
+    if authenticator is None:
+        if config.server.host not in LOOPBACK_ADDRESSES:
+            logger.warning(
+                "auth: serving WITHOUT authentication on %s (auth.incoming.allow_anonymous_remote): anyone who can "
+                "reach this port can list and call every tool",
+                config.server.host,
+            )
+        return endpoint, []
+    metadata_url: str | None = None
+    routes: list[BaseRoute] = []
+    if incoming.mode == "oauth":
+        oauth = incoming.oauth
+        assert oauth.issuer is not None
+        resource = config.resource_uri()
+        metadata = create_protected_resource_routes(
+            resource_url=AnyHttpUrl(resource),
+            authorization_servers=[AnyHttpUrl(oauth.issuer)],
+            scopes_supported=oauth.scopes_supported or oauth.required_scopes or None,
+            resource_name="vmcp-opt",
+        )
+        # RFC 9728 puts the document under the resource's path; clients of older drafts look at the root too.
+        routes = [*metadata, Route("/.well-known/oauth-protected-resource", metadata[0].endpoint, methods=["GET"])]
+        metadata_url = str(build_resource_metadata_url(AnyHttpUrl(resource)))
+        logger.info("auth: OAuth resource %s, tokens from %s", resource, oauth.issuer)
+    required = incoming.oauth.required_scopes if incoming.mode == "oauth" else []
+    return RequireAuthentication(endpoint, authenticator, metadata_url, required), routes

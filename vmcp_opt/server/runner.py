@@ -10,6 +10,8 @@ from typing import Any
 import anyio
 import uvicorn
 
+from vmcp_opt.auth.authenticators import AuthSetupError
+from vmcp_opt.auth.cedar import PolicyLoadError
 from vmcp_opt.backends.secrets import SecretFilter, secret_values
 from vmcp_opt.config import VmcpConfig
 from vmcp_opt.gateway import Gateway, StartupError
@@ -22,7 +24,11 @@ logger = logging.getLogger(__name__)
 def run_gateway(config: VmcpConfig, announce: Callable[[VmcpConfig], None] | None = None) -> int:
     """Serve until SIGINT/SIGTERM; backends are stopped on the way out. Returns the exit code."""
     mask_secrets(config)
-    gateway = Gateway(config)
+    try:
+        gateway = Gateway(config)
+    except PolicyLoadError as exc:
+        logger.error("cannot start: auth.authorization.policies: %s", exc)
+        return 2
     if config.server.transport == "stdio":
         try:
             return anyio.run(_serve_stdio_until_signal, gateway)
@@ -30,9 +36,14 @@ def run_gateway(config: VmcpConfig, announce: Callable[[VmcpConfig], None] | Non
             # A signal cancels the stdio server before `Gateway.stop` runs: write what must outlive us here.
             if gateway.optimizer is not None:
                 gateway.optimizer.close()
+    try:
+        app = create_app(gateway)
+    except AuthSetupError as exc:
+        logger.error("cannot start: %s", exc)
+        return 2
     server = uvicorn.Server(
         uvicorn.Config(
-            create_app(gateway),
+            app,
             host=config.server.host,
             port=config.server.port,
             log_level="warning",
