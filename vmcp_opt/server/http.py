@@ -5,9 +5,11 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import urlsplit
 
 import anyio
-from mcp.server.auth.routes import build_resource_metadata_url, create_protected_resource_routes
+from mcp.server.auth.routes import build_resource_metadata_url
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
 from pydantic import AnyHttpUrl
@@ -101,15 +103,24 @@ def authenticated(endpoint: ASGIApp, config: VmcpConfig) -> tuple[ASGIApp, list[
         oauth = incoming.oauth
         assert oauth.issuer is not None
         resource = config.resource_uri()
-        metadata = create_protected_resource_routes(
-            resource_url=AnyHttpUrl(resource),
-            authorization_servers=[AnyHttpUrl(oauth.issuer)],
-            scopes_supported=oauth.scopes_supported or oauth.required_scopes or None,
-            resource_name="vmcp-opt",
-        )
+        metadata: dict[str, Any] = {
+            "resource": resource,
+            # Exactly the issuer identifier (a URL type would add a trailing slash clients then reject).
+            "authorization_servers": [oauth.issuer],
+            "bearer_methods_supported": ["header"],
+            "resource_name": "vmcp-opt",
+        }
+        scopes = oauth.scopes_supported or oauth.required_scopes
+        if scopes:
+            metadata["scopes_supported"] = scopes
+
+        async def protected_resource(request: Request) -> JSONResponse:
+            return JSONResponse(metadata, headers={"Cache-Control": "public, max-age=3600"})
+
         # RFC 9728 puts the document under the resource's path; clients of older drafts look at the root too.
-        routes = [*metadata, Route("/.well-known/oauth-protected-resource", metadata[0].endpoint, methods=["GET"])]
         metadata_url = str(build_resource_metadata_url(AnyHttpUrl(resource)))
+        well_known = {urlsplit(metadata_url).path, "/.well-known/oauth-protected-resource"}
+        routes = [Route(path, protected_resource, methods=["GET"]) for path in sorted(well_known)]
         logger.info("auth: OAuth resource %s, tokens from %s", resource, oauth.issuer)
     required = incoming.oauth.required_scopes if incoming.mode == "oauth" else []
     return RequireAuthentication(endpoint, authenticator, metadata_url, required), routes
