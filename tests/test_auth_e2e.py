@@ -12,7 +12,9 @@ import base64
 import hashlib
 import hmac
 import json
+import os
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -338,3 +340,26 @@ def test_api_keys_work_and_a_revoked_key_is_refused_without_a_restart(tmp_path: 
         assert revoked.status_code == 401 and "revoked" in revoked.json()["error_description"]
         assert post(gateway, bob_key).status_code == 200
         assert alice_key not in gateway.output() and bob_key not in gateway.output()
+
+
+def test_vmcp_auth_check_says_who_a_key_is_and_which_tools_it_may_list_and_call(tmp_path: Path) -> None:
+    from vmcp_opt.auth.api_keys import new_key
+
+    key, digest = new_key()
+    write_keys(tmp_path / "keys.json", [{"sha256": digest, "subject": "bob", "groups": ["ops"]}])
+    (tmp_path / "policy.cedar").write_text(POLICY)
+    auth = {
+        "incoming": {"mode": "api_keys", "api_keys": {"file": "keys.json"}},
+        "authorization": {"policies": "policy.cedar"},
+    }
+    path = write_config(tmp_path, {"backends": [demo_backend("notes")], "auth": auth})
+    command = [sys.executable, "-m", "vmcp_opt", "auth", "check", "-c", str(path)]
+    env = {**os.environ, "VMCP_CREDENTIAL": key, "COLUMNS": "200"}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "subject='bob' via api_key; groups=['ops']" in done.stdout
+    assert "1 of 5 tools listed, 1 callable" in done.stdout
+    assert key not in done.stdout + done.stderr
+    env["VMCP_CREDENTIAL"] = "vmcp_revoked"
+    refused = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 1 and "401 invalid_token" in refused.stderr

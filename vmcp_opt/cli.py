@@ -252,6 +252,27 @@ def _meta_tool_tokens(config: VmcpConfig) -> int:
     return meta_tool_tokens(config)
 
 
+def _mount_auth() -> None:
+    from vmcp_opt.auth_cli import auth_app, check
+
+    @auth_app.command("check")
+    def auth_check(
+        config: ConfigOption = None,
+        credential_env: Annotated[
+            str, typer.Option(help="The environment variable holding the token or API key (kept out of shell history).")
+        ] = "VMCP_CREDENTIAL",
+        local_user: Annotated[bool, typer.Option("--local-user", help="Check the local OS user (stdio).")] = False,
+    ) -> None:
+        """Who a token or API key is, and which tools it may list and call (connects to the backends once)."""
+        setup_logging("warning")
+        check(lambda: load_or_exit(config), credential_env, local_user)
+
+    app.add_typer(auth_app, name="auth", help="API keys, and who a credential is and what it may do.")
+
+
+_mount_auth()
+
+
 def _mount_optional() -> None:
     """Sub-apps whose dependencies load lazily (`vmcp index`, `vmcp eval`)."""
     try:

@@ -6,7 +6,7 @@ from typing import Any
 
 import anyio
 
-from vmcp_opt.aggregation import catalog_of
+from vmcp_opt.aggregation import Catalog, catalog_of
 from vmcp_opt.backends import BackendManager
 from vmcp_opt.config import VmcpConfig
 from vmcp_opt.health import HealthMonitor
@@ -23,6 +23,16 @@ async def collect_tool_records(config: VmcpConfig) -> list[ToolRecord]:
         records = catalog_records(catalog_of(manager, config.aggregation))
         manager.stop()
     return records
+
+
+async def collect_catalog(config: VmcpConfig) -> Catalog:
+    """The live catalogue, one look (`vmcp auth check`)."""
+    manager = _one_shot_backends(config)
+    async with anyio.create_task_group() as task_group:
+        await manager.start(task_group)
+        catalog = catalog_of(manager, config.aggregation)
+        manager.stop()
+    return catalog
 
 
 def meta_tool_tokens(config: VmcpConfig) -> int:

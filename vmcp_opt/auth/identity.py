@@ -33,6 +33,17 @@ class Identity:
     # Unix time the credential stops being valid (a token's `exp`), when it has one.
     expires_at: float | None = None
 
+    def caller_fields(self) -> dict[str, Any]:
+        """The `Caller` fields this identity fills."""
+        return {
+            "subject": self.subject,
+            "groups": self.groups,
+            "roles": self.roles,
+            "client_id": self.client_id,
+            "scopes": self.scopes,
+            "claims": self.claims,
+        }
+
 
 def from_claims(
     claims: Mapping[str, Any],

@@ -121,16 +121,7 @@ def _caller(
 ) -> Caller:
     params = connection.client_params
     info: types.Implementation | None = params.client_info if params is not None else None
-    who: dict[str, Any] = {}
-    if identity is not None:
-        who = {
-            "subject": identity.subject,
-            "groups": identity.groups,
-            "roles": identity.roles,
-            "client_id": identity.client_id,
-            "scopes": identity.scopes,
-            "claims": identity.claims,
-        }
+    who = identity.caller_fields() if identity is not None else {}
     return Caller(
         id=caller_id,
         identified_by=how,
