@@ -133,7 +133,10 @@ def _exit_if_port_taken(host: str, port: int) -> None:
         raise typer.Exit(1) from None
     family, kind, proto, _, address = infos[0]
     with socket.socket(family, kind, proto) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is no clash
+        # As uvicorn binds: a socket in TIME_WAIT is no clash. Not on Windows, where the flag would let this
+        # probe bind over a live listener and miss the clash.
+        if sys.platform != "win32":
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(address)
         except OSError as exc:
