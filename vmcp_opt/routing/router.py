@@ -151,6 +151,8 @@ class Router:
             raise Denied(caller, target, decision.reason)
 
     def visible_tools(self, caller: Caller) -> list[types.Tool]:
+        if getattr(self.policy, "allows_everything", False):
+            return self.listed_tools()
         usable = self.usable_tools(caller)
         seen: set[str] = set()
         tools: list[types.Tool] = []
