@@ -4,7 +4,10 @@ find_tool filtering before ranking so a restricted caller still gets `limit` res
 
 from __future__ import annotations
 
+import getpass
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import anyio
@@ -137,3 +140,24 @@ async def test_find_tool_filters_before_ranking_so_a_restricted_caller_still_get
     finally:
         optimizer.close()
     await anyio.lowlevel.checkpoint()
+
+
+def test_vmcp_validate_names_the_policy_file_and_line_that_would_stop_the_start(tmp_path: Path) -> None:
+    (tmp_path / "policy.cedar").write_text(
+        "permit(principal, action, resource);\nforbid(principal, action resource);\n"
+    )
+    config = tmp_path / "vmcp.yaml"
+    config.write_text("auth: {authorization: {policies: policy.cedar}}\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "vmcp_opt", "validate", "-c", str(config)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 2
+    assert f"auth.authorization.policies: {tmp_path / 'policy.cedar'}:2: " in " ".join(done.stderr.split())
+
+
+def test_over_stdio_the_local_os_user_is_the_caller() -> None:
+    from vmcp_opt.server.admission import Admission
+
+    identity = Admission("stdio")._local_user
+    assert identity is not None and identity.subject == getpass.getuser()
+    assert Admission("http")._local_user is None

@@ -122,5 +122,22 @@ def _policy(config: VmcpConfig) -> Policy:
         raise typer.Exit(2) from None
 
 
+def auth_problems(config: VmcpConfig) -> list[str]:
+    """What would stop the start in `auth`: an unreadable keys file, a policy that does not load (`vmcp validate`)."""
+    from vmcp_opt.auth.cedar import PolicyLoadError
+    from vmcp_opt.gateway import load_policy
+
+    problems = []
+    try:
+        build_authenticator(config)
+    except AuthSetupError as exc:
+        problems.append(str(exc))
+    try:
+        load_policy(config)
+    except PolicyLoadError as exc:
+        problems.append(f"auth.authorization.policies: {exc}")
+    return problems
+
+
 def _yes(allowed: bool) -> str:
     return "[green]yes[/]" if allowed else "[red]no[/]"

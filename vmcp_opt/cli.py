@@ -174,6 +174,14 @@ def _announce(cfg: VmcpConfig, config_path: Path | None = None) -> None:
 def validate(config: ConfigOption = None) -> None:
     """Check a config file; print every bad field by its path and exit non-zero."""
     cfg = load_or_exit(config)
+    from vmcp_opt.auth_cli import auth_problems
+
+    problems = auth_problems(cfg)
+    if problems:
+        err.print(f"[bold red]invalid configuration[/] ({config or DEFAULT_CONFIG_PATH}):")
+        for problem in problems:
+            err.print(f"  {problem}", markup=False, highlight=False)
+        raise typer.Exit(2)
     out.print(f"[green]valid[/]: {len(cfg.backends)} backends ({', '.join(b.name for b in cfg.backends)})")
 
 
