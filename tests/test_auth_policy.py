@@ -161,3 +161,35 @@ def test_over_stdio_the_local_os_user_is_the_caller() -> None:
     identity = Admission("stdio")._local_user
     assert identity is not None and identity.subject == getpass.getuser()
     assert Admission("http")._local_user is None
+
+
+async def test_an_approval_ticket_is_for_one_tool_and_one_use() -> None:
+    from mcp.shared.exceptions import MCPError
+
+    from vmcp_opt.routing.approval import ANSWER_KEY, Approvals
+    from vmcp_opt.routing.round_trips import InputRequired, round_of
+
+    approvals = Approvals()
+    who = caller(
+        "c",
+        subject="carol",
+        protocol_version="2026-07-28",
+        capabilities=types.ClientCapabilities(elicitation=types.ElicitationCapability()),
+    )
+    with pytest.raises(InputRequired) as asked:
+        await approvals.confirm(who, Exchange.internal(), "drop_table", "It deletes data.")
+    state = asked.value.result.request_state
+    assert state is not None
+    accept = {ANSWER_KEY: types.ElicitResult(action="accept", content={"approve": True})}
+
+    def retry() -> Exchange:
+        round_ = round_of("tools/call", {"requestState": state}, "2026-07-28")
+        return Exchange("tools/call", round=round_, input_responses=accept)  # type: ignore[arg-type]
+
+    with pytest.raises(MCPError, match="another call"):
+        await approvals.confirm(who, retry(), "other_tool", "")
+    # Naming another tool did not spend the ticket; using it does:
+    approved = await approvals.confirm(who, retry(), "drop_table", "")
+    assert approved.round is None and approved.input_responses is None
+    with pytest.raises(MCPError, match="already used"):
+        await approvals.confirm(who, retry(), "drop_table", "")

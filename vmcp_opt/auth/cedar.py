@@ -8,6 +8,9 @@ The entities a policy sees:
   `Prompt::"<name>"` and `Resource::"<uri or template>"` with `name`/`uri` and `backend`;
 - actions `list_tools`, `call_tool`, `list_prompts`, `get_prompt`, `list_resources`, `read_resource`, `complete`.
 
+A call allowed by a policy annotated `@approval("<message>")` runs only once the user approves it through
+their client (routing/approval.py); with several such policies, any one of them asks.
+
 A tool is listed (and found by find_tool) only when the caller may both list and call it. The gateway's own
 meta-tools (find_tool, call_tool) are always allowed: they reveal and reach only what the policy allows.
 
@@ -54,6 +57,8 @@ class CedarPolicy:
     def __init__(self, text: str, source: str = "<policies>", cache_size: int = 100_000) -> None:
         self.source = source
         self.policies = load_policies(text, source)
+        # Policy id -> the message of its `@approval("…")` annotation: a call it allows needs the user's approval.
+        self.approvals = _approvals(text)
         self.cache_size = cache_size
         self._cache: dict[tuple[Hashable, ...], Decision] = {}
 
@@ -110,14 +115,17 @@ class CedarPolicy:
                 decisions[i] = Decision(False, f"policy evaluation failed: {exc}")
             return decisions
         for i, result in zip(asked, results, strict=True):
-            decisions[i] = _decision(result, ACTIONS[(targets[i].kind, targets[i].operation)])
+            decisions[i] = _decision(result, ACTIONS[(targets[i].kind, targets[i].operation)], self.approvals)
         return decisions
 
 
-def _decision(result: cedarpy.AuthzResult, action: str) -> Decision:
+def _decision(result: cedarpy.AuthzResult, action: str, approvals: dict[str, str]) -> Decision:
     if result.diagnostics.errors:
         return Decision(False, f"{action}: policy evaluation error")
     if result.allowed:
+        asks = [approvals[reason] for reason in result.diagnostics.reasons if reason in approvals]
+        if asks and action == "call_tool":
+            return Decision(True, approval=" ".join(dict.fromkeys(asks)))
         return ALLOW
     if result.diagnostics.reasons:
         ids = result.diagnostics.id_annotations_by_reason
@@ -200,6 +208,16 @@ def load_policies(text: str, source: str) -> cedarpy.PolicySet:
     if len(policies) == 0:
         raise PolicyLoadError(f"{source}:1: no policies: every request would be denied")
     return policies
+
+
+def _approvals(text: str) -> dict[str, str]:
+    parsed = json.loads(cedarpy.policies_to_json_str(text))
+    found = {}
+    for policy_id, policy in parsed.get("staticPolicies", {}).items():
+        message = (policy.get("annotations") or {}).get("approval")
+        if message is not None:
+            found[policy_id] = str(message)
+    return found
 
 
 def _error_line(text: str, message: str) -> int:

@@ -39,6 +39,8 @@ class Target:
 class Decision:
     allowed: bool
     reason: str = ""
+    # An allowed call the user must approve first (routing/approval.py): what to tell them.
+    approval: str | None = None
 
 
 ALLOW = Decision(True)

@@ -29,8 +29,9 @@ from vmcp_opt.backends import BackendConnection, BackendManager
 from vmcp_opt.backends.connection import BackendUnavailable
 from vmcp_opt.display import shorten
 from vmcp_opt.health import CircuitOpen, Guard
+from vmcp_opt.routing.approval import Approvals, NotApproved
 from vmcp_opt.routing.exchange import Exchange
-from vmcp_opt.routing.policy import AllowAll, BatchPolicy, Denied, Operation, Policy, Target
+from vmcp_opt.routing.policy import AllowAll, BatchPolicy, Decision, Denied, Operation, Policy, Target
 from vmcp_opt.routing.providers import ProvidedTool, ToolCall, ToolProvider, error_result
 from vmcp_opt.routing.sessions import SessionChooser
 
@@ -72,6 +73,8 @@ class Router:
         self.policy: Policy = policy or AllowAll()
         self.providers: list[ToolProvider] = []
         self.observers: list[CallObserver] = []
+        # Calls the policy lets run only once the user approves them (routing/approval.py).
+        self.approvals = Approvals()
         # Per principal (`BatchPolicy.principal_key`): the catalogue it was computed for and the tool names
         # the principal may both see and call in it.
         self._views: dict[Hashable, tuple[object, frozenset[str]]] = {}
@@ -136,7 +139,7 @@ class Router:
                 found.setdefault(name, provided)
         return found
 
-    def _authorize(self, caller: Caller, target: Target) -> None:
+    def _authorize(self, caller: Caller, target: Target) -> Decision:
         decision = self.policy.decide(caller, target)
         if not decision.allowed:
             logger.info(
@@ -149,6 +152,7 @@ class Router:
                 extra={"caller": caller.id, "subject": caller.subject, "target": target.name},
             )
             raise Denied(caller, target, decision.reason)
+        return decision
 
     def visible_tools(self, caller: Caller) -> list[types.Tool]:
         if getattr(self.policy, "allows_everything", False):
@@ -240,7 +244,12 @@ class Router:
                     return error_result(why)
             raise UnknownTool(name)
         provider, provided = found
-        self._authorize(caller, _tool_target(provided))
+        decision = self._authorize(caller, _tool_target(provided))
+        if decision.approval is not None:
+            try:
+                exchange = await self.approvals.confirm(caller, exchange, provided.name, decision.approval)
+            except NotApproved as refused:
+                return error_result(str(refused))
         started = time.perf_counter()
         try:
             result = await provider.call(ToolCall(caller, provided, arguments, exchange, self))

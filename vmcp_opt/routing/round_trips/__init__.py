@@ -6,6 +6,7 @@ round by round; `spares.py` keeps their backend sessions ready.
 
 from vmcp_opt.routing.round_trips.pending import PendingCall, RoundTrips
 from vmcp_opt.routing.round_trips.state import (
+    ApprovalRound,
     BackendRound,
     InputRequired,
     PendingRound,
@@ -19,6 +20,7 @@ from vmcp_opt.routing.round_trips.state import (
 )
 
 __all__ = [
+    "ApprovalRound",
     "BackendRound",
     "InputRequired",
     "PendingCall",

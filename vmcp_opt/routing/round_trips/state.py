@@ -49,12 +49,22 @@ class BackendRound:
     state: str | None
 
 
-Round = PendingRound | BackendRound
+@dataclass(frozen=True)
+class ApprovalRound:
+    """The gateway asked the user to approve a call of `tool` (routing/approval.py); `ticket` is single-use."""
+
+    tool: str
+    ticket: str
+
+
+Round = PendingRound | BackendRound | ApprovalRound
 
 
 def encode_round(round_: Round) -> str:
     if isinstance(round_, PendingRound):
         return json.dumps({"call": round_.call})
+    if isinstance(round_, ApprovalRound):
+        return json.dumps({"approve": round_.tool, "ticket": round_.ticket})
     return json.dumps({"backend": round_.backend, "state": round_.state})
 
 
@@ -64,6 +74,8 @@ def decode_round(text: str) -> Round:
         data = json.loads(text)
         if isinstance(data.get("call"), str):
             return PendingRound(data["call"])
+        if isinstance(data.get("approve"), str) and isinstance(data.get("ticket"), str):
+            return ApprovalRound(data["approve"], data["ticket"])
         if isinstance(data.get("backend"), str) and isinstance(data.get("state"), str | None):
             return BackendRound(data["backend"], data["state"])
     except (ValueError, AttributeError):
