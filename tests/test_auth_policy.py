@@ -19,11 +19,12 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tests.support import counting_http_server
 from tests.test_router import EchoProvider, bare_router, caller
+from vmcp_opt.auth import Identification
 from vmcp_opt.auth.cedar import CedarPolicy, PolicyLoadError
 from vmcp_opt.auth.jwks import JwksCache
 from vmcp_opt.config import VmcpConfig
 from vmcp_opt.optimizer.metatools import OptimizerFront
-from vmcp_opt.routing import Exchange, Target
+from vmcp_opt.routing import Exchange, ProvidedTool, Target
 
 pytestmark = pytest.mark.anyio
 
@@ -193,3 +194,62 @@ async def test_an_approval_ticket_is_for_one_tool_and_one_use() -> None:
     assert approved.round is None and approved.input_responses is None
     with pytest.raises(MCPError, match="already used"):
         await approvals.confirm(who, retry(), "drop_table", "")
+
+
+# --- the HTTP middleware -----------------------------------------------------------------------------
+
+
+async def test_a_token_without_the_required_scopes_gets_403_insufficient_scope_naming_them() -> None:
+    import httpx2
+    from starlette.responses import PlainTextResponse
+
+    from vmcp_opt.auth.identity import Identity
+    from vmcp_opt.server.authentication import RequireAuthentication
+
+    class OneToken:
+        async def authenticate(self, credential: str) -> Identity:
+            from vmcp_opt.auth import errors
+
+            if credential != "good":
+                raise errors.invalid_token("unknown token")
+            return Identity("alice", Identification.TOKEN, scopes=frozenset({"mcp"}))
+
+    app = RequireAuthentication(PlainTextResponse("ok"), OneToken(), "http://gw/.well-known/x", ["mcp", "admin"])
+    async with httpx2.AsyncClient(transport=httpx2.ASGITransport(app=app), base_url="http://gw") as client:
+        short = await client.post("/mcp", headers={"Authorization": "Bearer good"})
+        assert short.status_code == 403
+        challenge = short.headers["www-authenticate"]
+        assert 'error="insufficient_scope"' in challenge and 'scope="mcp admin"' in challenge
+        assert (await client.post("/mcp", headers={"Authorization": "Basic Zm9vOmJhcg=="})).status_code == 401
+        two = [("authorization", "Bearer good"), ("authorization", "Bearer other")]
+        assert (await client.post("/mcp", headers=two)).status_code == 400
+
+
+async def test_list_changed_reaches_a_session_only_when_what_it_is_shown_changed() -> None:
+    from vmcp_opt.server.handlers import ListChangedNotifier
+
+    router = bare_router()
+    router.policy = CedarPolicy(
+        'permit(principal in Group::"dev", action in [Action::"list_tools", Action::"call_tool"], resource);\n'
+        'permit(principal, action in [Action::"list_tools", Action::"call_tool"], resource == Tool::"search");'
+    )
+    provider = EchoProvider("notes", ["search", "save"])
+    router.add_provider(provider)
+
+    class Session:  # what the notifier reads of an SDK Connection: its state, where admission keeps the caller
+        def __init__(self, who: object) -> None:
+            self.state = {"vmcp.caller": who}
+
+    dev = Session(caller("s1", subject="dana", groups=frozenset({"dev"})))
+    ops = Session(caller("s2", subject="otto", groups=frozenset({"ops"})))
+    notifier = ListChangedNotifier(router)
+    for session in (dev, ops):
+        names = [t.name for t in await router.list_tools(session.state["vmcp.caller"])]  # type: ignore[arg-type]
+        notifier.shown(session, "tools", names)  # type: ignore[arg-type]
+    provider._tools["purge"] = ProvidedTool(
+        "purge", types.Tool(name="purge", input_schema={"type": "object"}), "notes", "purge"
+    )
+    router.forget_views()  # as the gateway does when the tools change
+    assert await notifier._changed_for(dev, "tools")  # type: ignore[arg-type]
+    assert not await notifier._changed_for(ops, "tools")  # type: ignore[arg-type]  # nothing it can see changed
+    assert not await notifier._changed_for(dev, "tools")  # type: ignore[arg-type]  # told once

@@ -104,6 +104,12 @@ class Admission:
         return caller
 
 
+def session_caller(connection: Connection) -> Caller | None:
+    """The caller a handshake-era session was last admitted as (None before its first request)."""
+    cached = connection.state.get(_STATE_KEY)
+    return cached if isinstance(cached, Caller) else None
+
+
 def connection_of(ctx: Ctx) -> Connection:
     """The SDK's per-client connection behind a request. The SDK gives handlers no public way to it."""
     connection: Connection = ctx.session._connection
