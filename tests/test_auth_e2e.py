@@ -37,7 +37,13 @@ from tests.test_conformance import find_node
 pytestmark = [pytest.mark.slow, pytest.mark.anyio]
 
 ISSUER_SCRIPT = ROOT / "tests" / "oidc" / "issuer.mjs"
-CLIENTS = {"alice": ("alice-secret-0123456789abcdef", ["dev"]), "bob": ("bob-secret-0123456789abcdef", ["ops"])}
+CLIENTS = {
+    "alice": ("alice-secret-0123456789abcdef", ["dev"]),
+    "bob": ("bob-secret-0123456789abcdef", ["ops"]),
+    "carol": ("carol-secret-0123456789abcdef", ["dev"]),  # gets opaque tokens: the gateway introspects them
+    "gateway": ("gateway-secret-0123456789abcdef", []),  # the gateway's own client, for introspection
+}
+OPAQUE = {"carol"}
 POLICY = """\
 // dev: every notes tool; ops: searching only; nobody adds tools at run time.
 permit(principal in Group::"dev", action in [Action::"list_tools", Action::"call_tool"], resource in Backend::"notes");
@@ -108,7 +114,7 @@ def issuer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Issuer]:
                 "port": port,
                 "jwks": {"keys": [private_jwk(key, "k1")]},
                 "clients": [
-                    {"client_id": name, "client_secret": secret, "groups": groups}
+                    {"client_id": name, "client_secret": secret, "groups": groups, "opaque": name in OPAQUE}
                     for name, (secret, groups) in CLIENTS.items()
                 ],
             }
@@ -131,11 +137,21 @@ def gateway(issuer: Issuer, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         "backends": [demo_backend("notes")],
         "optimizer": {"enabled": True, "pinned": sorted(DEV_TOOLS | {"notes_add_tool"}), "usage": False},
         "auth": {
-            "incoming": {"mode": "oauth", "oauth": {"issuer": issuer.url, "scopes_supported": ["mcp"]}},
+            "incoming": {
+                "mode": "oauth",
+                "oauth": {
+                    "issuer": issuer.url,
+                    "scopes_supported": ["mcp"],
+                    "introspection_url": f"{issuer.url}/token/introspection",
+                    "client_id": "gateway",
+                    "client_secret_env": "VMCP_TEST_GATEWAY_SECRET",
+                },
+            },
             "authorization": {"policies": "policy.cedar"},
         },
     }
-    with running_gateway(write_config(directory, config)) as running:
+    secret = {"VMCP_TEST_GATEWAY_SECRET": CLIENTS["gateway"][0]}
+    with running_gateway(write_config(directory, config), env=secret) as running:
         yield running
 
 
@@ -206,7 +222,8 @@ def forged_tokens(issuer: Issuer, gateway: Gateway) -> dict[str, tuple[str, str]
         "alg none": (unsigned({"alg": "none", "typ": "JWT"}, claims(issuer, gateway)) + ".", "algorithm"),
         "HS256 with the RSA public key": (f"{hs_input}.{hs_signature}", "algorithm"),
         "unknown kid": (issuer.sign(claims(issuer, gateway), key=other_key, kid="k-unknown"), "signing key"),
-        "not a JWT": ("opaque-garbage-token", "not a JWT"),
+        "opaque, unknown to the issuer": ("opaque-garbage-token", "not active"),
+        "opaque, for another resource": (issuer.token("carol", "http://127.0.0.1:1/other/mcp"), "not issued for"),
     }
 
 
@@ -273,6 +290,17 @@ async def test_two_groups_see_and_call_different_tools(issuer: Issuer, gateway: 
             await alice.call_tool("notes_add_tool", {"name": "x", "description": "y"})
         assert "no-runtime-tools" in forbidden.value.error.message
     assert "denied: " in gateway.output() and "may not use tool 'notes_save_note'" in gateway.output()
+
+
+async def test_an_opaque_token_is_introspected_and_its_caller_gets_its_groups_tools(
+    issuer: Issuer, gateway: Gateway
+) -> None:
+    token = issuer.token("carol", gateway.url)
+    assert token.count(".") != 2  # opaque, not a JWT
+    async with bearer_client(gateway, token) as carol:
+        assert {t.name for t in (await carol.list_tools()).tools} == DEV_TOOLS | {"find_tool", "call_tool"}
+        assert not (await carol.call_tool("notes_whoami", {})).is_error
+    assert token not in gateway.output() and CLIENTS["gateway"][0] not in gateway.output()
 
 
 class MemoryTokens:

@@ -411,6 +411,14 @@ class OAuthConfig(_Strict):
     required_scopes: list[str] = Field(default_factory=list)
     # Scopes advertised in the protected-resource metadata (default: `required_scopes`).
     scopes_supported: list[str] = Field(default_factory=list)
+    # RFC 7662 token introspection endpoint: tokens that are not JWTs (opaque) are checked there.
+    introspection_url: str | None = None
+    # The gateway's own client id at the authorization server, for introspection.
+    client_id: str | None = None
+    # The environment variable holding that client's secret (never the secret itself in a file).
+    client_secret_env: str | None = None
+    # Seconds an introspected token's answer is reused (never past its `exp`).
+    introspection_cache: float = Field(60.0, ge=0)
 
     @field_validator("algorithms")
     @classmethod
@@ -421,6 +429,12 @@ class OAuthConfig(_Strict):
         if not value:
             raise ValueError("at least one algorithm is needed")
         return value
+
+    @model_validator(mode="after")
+    def _introspection_client(self) -> OAuthConfig:
+        if self.introspection_url and not (self.client_id and self.client_secret_env):
+            raise ValueError("introspection_url needs `client_id` and `client_secret_env` (the gateway's credentials)")
+        return self
 
 
 class ApiKeysConfig(_Strict):

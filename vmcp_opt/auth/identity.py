@@ -51,12 +51,14 @@ def from_claims(
     method: Identification,
 ) -> Identity:
     """The identity a token's (or an API key entry's) claims describe. `ValueError` without a subject."""
-    subject = claim(claims, names.subject)
-    if not isinstance(subject, str) or not subject:
-        raise ValueError(f"no `{names.subject}` claim")
     client_id = claim(claims, names.client_id)
     if not isinstance(client_id, str):
         client_id = claims.get("azp") if isinstance(claims.get("azp"), str) else None
+    subject = claim(claims, names.subject)
+    if not isinstance(subject, str) or not subject:
+        subject = client_id  # a client acting for itself (client credentials; RFC 9068 §2.2)
+    if not subject:
+        raise ValueError(f"no `{names.subject}` claim")
     expires = claims.get("exp")
     return Identity(
         subject=subject,

@@ -20,6 +20,7 @@ import jwt
 from vmcp_opt.auth import errors
 from vmcp_opt.auth.caller import Identification
 from vmcp_opt.auth.identity import Identity, from_claims
+from vmcp_opt.auth.introspection import Introspection
 from vmcp_opt.auth.jwks import JwksCache, JwksUnavailable
 from vmcp_opt.config import ClaimNames, OAuthConfig
 
@@ -51,8 +52,14 @@ class TokenVerifier:
         )
         self.clock = clock
         self._verified: OrderedDict[bytes, Identity] = OrderedDict()
+        # Opaque tokens (not JWTs) go to the authorization server when an introspection endpoint is set.
+        self.introspection = (
+            Introspection(settings, self.audiences, claims, clock) if settings.introspection_url else None
+        )
 
     async def authenticate(self, token: str) -> Identity:
+        if self.introspection is not None and token.count(".") != 2:
+            return await self.introspection.authenticate(token)  # opaque: asked (and cached) there
         digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
         known = self._verified.get(digest)
         if known is not None:
@@ -70,6 +77,8 @@ class TokenVerifier:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
+            if self.introspection is not None:
+                return await self.introspection.authenticate(token)
             raise errors.invalid_token("not a JWT access token") from None
         alg = header.get("alg")
         if not isinstance(alg, str) or alg not in self.settings.algorithms:
