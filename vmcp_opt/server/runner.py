@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 from collections.abc import Callable
 from typing import Any
@@ -90,8 +91,12 @@ async def _serve_stdio_until_signal(gateway: Gateway) -> int:
 
 
 def mask_secrets(config: VmcpConfig) -> None:
-    """Every log handler masks backend env and header values, whoever logs them (us, the SDK, httpx)."""
+    """Every log handler masks backend env and header values and the gateway's own client secret, whoever
+    logs them (us, the SDK, httpx)."""
     secrets = [value for backend in config.backends for value in secret_values(backend)]
+    introspection_secret = config.auth.incoming.oauth.client_secret_env
+    if introspection_secret and os.environ.get(introspection_secret):
+        secrets.append(os.environ[introspection_secret])  # the gateway's own client secret
     if not secrets:
         return
     log_filter = SecretFilter(secrets)
