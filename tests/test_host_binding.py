@@ -37,7 +37,9 @@ def status_with_host(url: str, host: str) -> int:
 
 def test_a_wildcard_bind_accepts_this_machines_addresses_and_allowed_names_only(tmp_path: Path) -> None:
     address = a_non_loopback_address()
-    config = write_config(tmp_path, {"backends": [demo_backend("notes")]})
+    # Anonymous on every address is refused unless explicitly allowed (issue 14); this test is about Host checks.
+    anonymous_remote = {"incoming": {"allow_anonymous_remote": True}}
+    config = write_config(tmp_path, {"backends": [demo_backend("notes")], "auth": anonymous_remote})
     with running_gateway(config, "--host", "0.0.0.0", "--allow-host", "gw.example") as gateway:
         assert status_with_host(gateway.url, f"{address}:{gateway.port}") == 200
         assert status_with_host(gateway.url, f"gw.example:{gateway.port}") == 200

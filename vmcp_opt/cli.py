@@ -193,6 +193,14 @@ def validate(
 ) -> None:
     """Check a config file; print every bad field by its path and exit non-zero."""
     cfg = load_or_exit(config)
+    from vmcp_opt.auth_cli import auth_problems
+
+    problems = auth_problems(cfg)
+    if problems:
+        err.print(f"[bold red]invalid configuration[/] ({config or DEFAULT_CONFIG_PATH}):")
+        for problem in problems:
+            err.print(f"  {problem}", markup=False, highlight=False)
+        raise typer.Exit(2)
     if connect and cfg.workflows:
         _check_workflow_tools(cfg)
     out.print(f"[green]valid[/]: {len(cfg.backends)} backends ({', '.join(b.name for b in cfg.backends)})")
@@ -298,6 +306,27 @@ def _mount_workflows() -> None:
 
 
 _mount_workflows()
+
+
+def _mount_auth() -> None:
+    from vmcp_opt.auth_cli import auth_app, check
+
+    @auth_app.command("check")
+    def auth_check(
+        config: ConfigOption = None,
+        credential_env: Annotated[
+            str, typer.Option(help="The environment variable holding the token or API key (kept out of shell history).")
+        ] = "VMCP_CREDENTIAL",
+        local_user: Annotated[bool, typer.Option("--local-user", help="Check the local OS user (stdio).")] = False,
+    ) -> None:
+        """Who a token or API key is, and which tools it may list and call (connects to the backends once)."""
+        setup_logging("warning")
+        check(lambda: load_or_exit(config), credential_env, local_user)
+
+    app.add_typer(auth_app, name="auth", help="API keys, and who a credential is and what it may do.")
+
+
+_mount_auth()
 
 
 def _mount_optional() -> None:

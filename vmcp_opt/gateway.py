@@ -19,11 +19,12 @@ import anyio.abc
 
 from vmcp_opt.aggregation import Catalog, LiveCatalog
 from vmcp_opt.arguments import ArgumentValidator
+from vmcp_opt.auth.cedar import CedarPolicy
 from vmcp_opt.backends import BackendConnection, BackendManager, BackendState
 from vmcp_opt.config import VmcpConfig
 from vmcp_opt.health import HealthMonitor
 from vmcp_opt.optimizer.metatools import OptimizerFront
-from vmcp_opt.routing import BackendTools, Router, SessionChooser
+from vmcp_opt.routing import BackendTools, Policy, Router, SessionChooser
 from vmcp_opt.workflows.provider import WorkflowTools
 from vmcp_opt.workflows.validation import unknown_tools
 
@@ -52,7 +53,9 @@ class Gateway:
             spares=config.server.round_trip_spares,
             limits=config.limits,
         )
-        self.router = Router(self.catalog, self.backends, self.sessions, self.health.guarded)
+        self.router = Router(
+            self.catalog, self.backends, self.sessions, self.health.guarded, policy=load_policy(config)
+        )
         self.optimizer: OptimizerFront | None = None
         listed: Callable[[str], bool] = lambda name: True  # noqa: E731
         if config.optimizer.enabled:
@@ -217,6 +220,7 @@ class Gateway:
 
     async def _tools_changed(self) -> None:
         """find_tool's index follows every searchable provider's tools."""
+        self.router.forget_views()
         self._check_workflows()
         if self.optimizer is None:
             return
@@ -275,6 +279,19 @@ class Gateway:
             "backends": backends,
         }
         return Readiness(serving, body)
+
+
+def load_policy(config: VmcpConfig) -> Policy | None:
+    """The Cedar policy of `auth.authorization.policies`, or None (everything allowed).
+
+    Raises `PolicyLoadError` naming the file, line and reason: a policy that does not load stops the start.
+    """
+    settings = config.auth.authorization
+    if settings.policies is None:
+        return None
+    policy = CedarPolicy.from_file(config.resolve_path(settings.policies), settings.cache_size)
+    logger.info("authorization: %d Cedar policies from %s", len(policy.policies), policy.source)
+    return policy
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ from typing import Any
 
 import anyio
 
-from vmcp_opt.aggregation import catalog_of
+from vmcp_opt.aggregation import Catalog, catalog_of
 from vmcp_opt.backends import BackendManager
 from vmcp_opt.config import VmcpConfig
 from vmcp_opt.health import HealthMonitor
@@ -35,6 +35,16 @@ async def catalogue_tool_names(config: VmcpConfig) -> set[str]:
         names = set(catalog_of(manager, config.aggregation).tools)
         manager.stop()
     return names
+
+
+async def collect_catalog(config: VmcpConfig) -> Catalog:
+    """The live catalogue, one look (`vmcp auth check`)."""
+    manager = _one_shot_backends(config)
+    async with anyio.create_task_group() as task_group:
+        await manager.start(task_group)
+        catalog = catalog_of(manager, config.aggregation)
+        manager.stop()
+    return catalog
 
 
 def meta_tool_tokens(config: VmcpConfig) -> int:

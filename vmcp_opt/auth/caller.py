@@ -2,8 +2,9 @@
 
 Nothing downstream of admission looks at transport objects (the SDK's connection, HTTP headers) to learn
 who called: the router, its policy hook, per-caller backend sessions and usage learning all key on a
-`Caller`. Authentication (tokens, API keys) will fill `subject` and `claims`; today a caller is known by
-its session, by a digest of the credential it carries, or not at all.
+`Caller`. Authentication (vmcp_opt/auth/authenticators.py, run by the HTTP transport) fills `subject`,
+`groups`, `roles`, `client_id`, `scopes` and `claims` from a verified token or API key; over stdio the local
+OS user is the subject. A caller's `id` still says which party it is for sessions and usage learning.
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ class Identification(StrEnum):
 
     ANONYMOUS = "anonymous"  # a single request with nothing that ties it to others
     SESSION = "session"  # a transport session: an MCP session id over HTTP, or the stdio pipe
-    CREDENTIAL = "credential"  # the SHA-256 digest of the credential it presented (no verification yet)
+    CREDENTIAL = "credential"  # the SHA-256 digest of the credential it presented (no verification)
+    TOKEN = "token"  # a verified OAuth access token (JWT)
+    API_KEY = "api_key"  # a known API key
 
 
 class CallerLifetime:
@@ -68,8 +71,12 @@ class Caller:
     capabilities: types.ClientCapabilities | None = None
     # The client can be sent requests outside a call of its own (a 2025-11-25 session with a stream).
     back_channel: bool = False
-    # Filled by authentication: the token's subject and its claims.
+    # Filled by authentication: who the verified credential (or the local OS user) says the caller is.
     subject: str | None = None
+    groups: frozenset[str] = frozenset()
+    roles: frozenset[str] = frozenset()
+    client_id: str | None = None
+    scopes: frozenset[str] = frozenset()
     claims: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     lifetime: CallerLifetime | None = None
 
@@ -84,5 +91,10 @@ class Caller:
         c = self.capabilities
         return c is not None and any(x is not None for x in (c.sampling, c.elicitation, c.roots))
 
+    @property
+    def principal(self) -> tuple[Any, ...]:
+        """What a policy may decide on: equal principals get equal decisions (the router caches by it)."""
+        return (self.subject, self.groups, self.roles, self.client_id, self.scopes, self.subject is None)
+
     def __repr__(self) -> str:
-        return f"Caller({self.id!r}, {self.identified_by.value}, client={self.client_name!r})"
+        return f"Caller({self.id!r}, {self.identified_by.value}, subject={self.subject!r}, client={self.client_name!r})"

@@ -37,6 +37,9 @@ from vmcp_opt.optimizer.vector_store import VectorCache, VectorStore
 
 log = logging.getLogger(__name__)
 
+# Per-caller masks of the records a policy lets them use, kept for the latest snapshots.
+NAME_MASKS_KEPT = 256
+
 
 @dataclass
 class SearchHit:
@@ -113,6 +116,7 @@ class ToolIndex:
         # Vectors by content hash, from the last update or the persisted file (read once, lazily).
         self._vectors = VectorStore(self.directory, self.model)
         self._queries = QueryCache(config.query_cache_size)
+        self._name_masks: dict[tuple[int, int], tuple[_Snapshot, frozenset[str], np.ndarray]] = {}
 
     # -- reading -----------------------------------------------------------------------------------------
 
@@ -124,7 +128,15 @@ class ToolIndex:
     def __len__(self) -> int:
         return len(self._snapshot.records)
 
-    def search(self, query: str, limit: int = 8, backends: Collection[str] | None = None) -> SearchResult:
+    def search(
+        self,
+        query: str,
+        limit: int = 8,
+        backends: Collection[str] | None = None,
+        names: frozenset[str] | None = None,
+    ) -> SearchResult:
+        """The best `limit` tools for `query`, among those of `backends` and named in `names` (all when None):
+        both filters apply before ranking, so a filtered search still returns `limit` results when it can."""
         snap = self._snapshot
         embedder = self.embedder
         dense = snap.vectors is not None and embedder is not None
@@ -132,6 +144,9 @@ class ToolIndex:
         if not snap.records or not query.strip() or limit < 1:
             return SearchResult([], mode)
         allowed = _backend_mask(snap, backends)
+        if names is not None:
+            named = self._name_mask(snap, names)
+            allowed = named if allowed is None else allowed & named
         if allowed is not None and not allowed.any():
             return SearchResult([], mode)
         config = self.config
@@ -166,6 +181,19 @@ class ToolIndex:
             ],
             mode,
         )
+
+    def _name_mask(self, snap: _Snapshot, names: frozenset[str]) -> np.ndarray:
+        """Which records `names` holds; kept per (snapshot, set), since a caller's set is reused until the
+        catalogue changes."""
+        key = (id(snap), id(names))
+        cached = self._name_masks.get(key)
+        if cached is not None and cached[0] is snap and cached[1] is names:
+            return cached[2]
+        mask = np.fromiter((r.name in names for r in snap.records), dtype=bool, count=len(snap.records))
+        if len(self._name_masks) >= NAME_MASKS_KEPT:
+            self._name_masks.pop(next(iter(self._name_masks)))
+        self._name_masks[key] = (snap, names, mask)
+        return mask
 
     # -- writing -----------------------------------------------------------------------------------------
 

@@ -104,7 +104,7 @@ CALL_TOOL = types.Tool(
 
 META_TOOLS = (FIND_TOOL, CALL_TOOL)
 META_TOOL_NAMES = frozenset(tool.name for tool in META_TOOLS)
-# A policy that hides tools from some callers: find_tool looks this much deeper for enough allowed ones.
+# A policy asked tool by tool (not a BatchPolicy): find_tool looks this much deeper for enough allowed ones.
 POLICY_DEPTH = 4
 
 
@@ -252,9 +252,14 @@ class OptimizerFront:
                 return _error(f"field 'backends': unknown backend(s) {unknown}; known: {sorted(self.sources)}")
         starting = await self.wait_for_backends()
         wanted = limit or self.settings.default_limit
-        filtered = allowed is not None and not getattr(allowed.router.policy, "allows_everything", False)
+        usable = await allowed.router.usable_tools_async(allowed.caller) if allowed is not None else None
+        # A policy that can say at once which tools a caller may use filters before ranking (`usable`);
+        # one asked tool by tool filters a deeper ranking after it.
+        filtered = (
+            allowed is not None and usable is None and not getattr(allowed.router.policy, "allows_everything", False)
+        )
         depth = wanted * POLICY_DEPTH if filtered else wanted
-        result: SearchResult = await anyio.to_thread.run_sync(self.index.search, query, depth, backends)
+        result: SearchResult = await anyio.to_thread.run_sync(self.index.search, query, depth, backends, usable)
         if allowed is not None and filtered:
             permitted = set(allowed.router.may_use(allowed.caller, [hit.record.name for hit in result.hits]))
             result = SearchResult(

@@ -7,8 +7,9 @@ caller cannot call it does not see either (`find_tool` included).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal, Protocol
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, runtime_checkable
 
 import mcp_types as types
 from mcp.shared.exceptions import MCPError
@@ -17,21 +18,29 @@ from vmcp_opt.auth import Caller
 from vmcp_opt.display import shorten
 
 TargetKind = Literal["tool", "prompt", "resource", "template"]
+# list: shown in a list (or by find_tool); use: called, read, fetched, subscribed; complete: completions for it.
+Operation = Literal["list", "use", "complete"]
 
 
 @dataclass(frozen=True)
 class Target:
-    """What a request is about: a tool, prompt, resource or template, and the source that serves it."""
+    """What a request is about: a tool, prompt, resource or template, the source that serves it, and what the
+    caller wants to do with it."""
 
     kind: TargetKind
     name: str  # the name (or URI) the caller uses
     source: str  # the backend, or the gateway's own provider ("vmcp" for meta-tools)
+    operation: Operation = "use"
+    # A tool's annotations (readOnlyHint, destructiveHint...), for policies that decide on them.
+    annotations: types.ToolAnnotations | None = field(default=None, compare=False, hash=False)
 
 
 @dataclass(frozen=True)
 class Decision:
     allowed: bool
     reason: str = ""
+    # An allowed call the user must approve first (routing/approval.py): what to tell them.
+    approval: str | None = None
 
 
 ALLOW = Decision(True)
@@ -39,6 +48,18 @@ ALLOW = Decision(True)
 
 class Policy(Protocol):
     def decide(self, caller: Caller, target: Target) -> Decision: ...
+
+
+@runtime_checkable
+class BatchPolicy(Protocol):
+    """A policy whose decisions depend only on `Caller.principal` and the target: the router then asks it
+    once per principal for a whole catalogue (`decide_all`) and keeps the answer until the catalogue changes."""
+
+    def decide(self, caller: Caller, target: Target) -> Decision: ...
+
+    def decide_all(self, caller: Caller, targets: Sequence[Target]) -> list[Decision]: ...
+
+    def principal_key(self, caller: Caller) -> Hashable: ...
 
 
 class AllowAll:
@@ -55,9 +76,10 @@ class Denied(MCPError):
 
     def __init__(self, caller: Caller, target: Target, reason: str) -> None:
         because = f": {reason}" if reason else ""
+        verb = {"use": "use", "list": "list", "complete": "complete"}[target.operation]
         super().__init__(
             types.INVALID_REQUEST,
-            f"not permitted: caller '{caller.id}' may not use {target.kind} '{shorten(target.name)}'{because}",
+            f"not permitted: caller '{caller.id}' may not {verb} {target.kind} '{shorten(target.name)}'{because}",
         )
         self.caller = caller
         self.target = target

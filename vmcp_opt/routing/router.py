@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from typing import Any, Protocol, TypeVar
 
+import anyio
 import mcp_types as types
 from mcp.shared.dispatcher import ProgressFnT
 from mcp.shared.exceptions import MCPError
@@ -28,8 +29,9 @@ from vmcp_opt.backends import BackendConnection, BackendManager
 from vmcp_opt.backends.connection import BackendUnavailable
 from vmcp_opt.display import shorten
 from vmcp_opt.health import CircuitOpen, Guard
+from vmcp_opt.routing.approval import Approvals, NotApproved
 from vmcp_opt.routing.exchange import Exchange
-from vmcp_opt.routing.policy import AllowAll, Denied, Policy, Target
+from vmcp_opt.routing.policy import AllowAll, BatchPolicy, Decision, Denied, Operation, Policy, Target
 from vmcp_opt.routing.providers import ProvidedTool, ToolCall, ToolProvider, error_result
 from vmcp_opt.routing.sessions import SessionChooser
 
@@ -37,6 +39,8 @@ logger = logging.getLogger(__name__)
 
 ResultT = TypeVar("ResultT", bound=BaseModel)
 RESOURCE_NOT_FOUND = -32002
+# Principals whose usable tool set is kept (per catalogue); past it the oldest is dropped.
+VIEWS_KEPT = 512
 # A backend that went away mid-call: for a tool call, an error result the agent can read, not a protocol error.
 _GONE = (types.CONNECTION_CLOSED, types.REQUEST_TIMEOUT)
 
@@ -69,6 +73,11 @@ class Router:
         self.policy: Policy = policy or AllowAll()
         self.providers: list[ToolProvider] = []
         self.observers: list[CallObserver] = []
+        # Calls the policy lets run only once the user approves them (routing/approval.py).
+        self.approvals = Approvals()
+        # Per principal (`BatchPolicy.principal_key`): the catalogue it was computed for and the tool names
+        # the principal may both see and call in it.
+        self._views: dict[Hashable, tuple[object, frozenset[str]]] = {}
 
     def add_provider(self, provider: ToolProvider) -> None:
         """Providers earlier in the list win a name and come first in `tools/list`."""
@@ -79,21 +88,93 @@ class Router:
     def permits(self, caller: Caller, target: Target) -> bool:
         return self.policy.decide(caller, target).allowed
 
-    def _authorize(self, caller: Caller, target: Target) -> None:
+    def shows(self, caller: Caller, target: Target) -> bool:
+        """A list item is shown when the caller may both list it and use it: a caller never sees what it
+        cannot call, nor is told of what it may call but not list."""
+        listed = Target(target.kind, target.name, target.source, "list", target.annotations)
+        return self.permits(caller, listed) and self.permits(caller, target)
+
+    # --- per-principal views of the tools (a BatchPolicy's decisions for a whole catalogue at once) ------
+
+    def usable_tools(self, caller: Caller) -> frozenset[str] | None:
+        """The names of every tool the caller may see and call; None when the policy allows everything or
+        cannot be asked for a whole catalogue (then each item is asked on its own)."""
+        policy = self.policy
+        if getattr(policy, "allows_everything", False) or not isinstance(policy, BatchPolicy):
+            return None
+        key = policy.principal_key(caller)
+        catalog = self.catalog.current
+        cached = self._views.get(key)
+        if cached is not None and cached[0] is catalog:
+            return cached[1]
+        tools = self._all_tools()
+        targets = [t for p in tools.values() for t in (_tool_target(p, "list"), _tool_target(p, "use"))]
+        decisions = policy.decide_all(caller, targets)
+        names = frozenset(
+            name for i, name in enumerate(tools) if decisions[2 * i].allowed and decisions[2 * i + 1].allowed
+        )
+        if len(self._views) >= VIEWS_KEPT:
+            self._views.pop(next(iter(self._views)))
+        self._views[key] = (catalog, names)
+        return names
+
+    async def usable_tools_async(self, caller: Caller) -> frozenset[str] | None:
+        """`usable_tools`, computed off the event loop when it is not known yet (a large catalogue costs
+        one batch of policy evaluations per principal)."""
+        policy = self.policy
+        if isinstance(policy, BatchPolicy) and not getattr(policy, "allows_everything", False):
+            cached = self._views.get(policy.principal_key(caller))
+            if cached is None or cached[0] is not self.catalog.current:
+                return await anyio.to_thread.run_sync(self.usable_tools, caller)
+        return self.usable_tools(caller)
+
+    def forget_views(self) -> None:
+        """The tools or the policy changed: every principal's view is computed again when next asked."""
+        self._views = {}
+
+    def _all_tools(self) -> dict[str, ProvidedTool]:
+        found: dict[str, ProvidedTool] = {}
+        for provider in self.providers:
+            for name, provided in provider.tools().items():
+                found.setdefault(name, provided)
+        return found
+
+    def _authorize(self, caller: Caller, target: Target) -> Decision:
         decision = self.policy.decide(caller, target)
         if not decision.allowed:
-            logger.info("denied: %s may not use %s %r", caller.id, target.kind, target.name)
+            logger.info(
+                "denied: %s (%s) may not %s %s %r",
+                caller.id,
+                caller.subject or "no subject",
+                target.operation,
+                target.kind,
+                target.name,
+                extra={"caller": caller.id, "subject": caller.subject, "target": target.name},
+            )
             raise Denied(caller, target, decision.reason)
+        return decision
 
     def visible_tools(self, caller: Caller) -> list[types.Tool]:
+        if getattr(self.policy, "allows_everything", False):
+            return self.listed_tools()
+        usable = self.usable_tools(caller)
         seen: set[str] = set()
         tools: list[types.Tool] = []
         for provider in self.providers:
             for provided in provider.listed():
-                if provided.name not in seen and self.permits(caller, _tool_target(provided)):
-                    seen.add(provided.name)
-                    tools.append(provided.tool)
+                if provided.name in seen:
+                    continue
+                if usable is not None and provided.name not in usable:
+                    continue
+                if usable is None and not self.shows(caller, _tool_target(provided)):
+                    continue
+                seen.add(provided.name)
+                tools.append(provided.tool)
         return tools
+
+    async def list_tools(self, caller: Caller) -> list[types.Tool]:
+        await self.usable_tools_async(caller)
+        return self.visible_tools(caller)
 
     def listed_tools(self) -> list[types.Tool]:
         """What `tools/list` shows before any policy (the gateway compares it to know when to notify)."""
@@ -122,27 +203,28 @@ class Router:
 
     def may_use(self, caller: Caller, names: Sequence[str]) -> list[str]:
         """Which of these tool names the caller may see and call (find_tool's results pass through here)."""
+        usable = self.usable_tools(caller)
+        if usable is not None:
+            return [name for name in names if name in usable]
         kept = []
         for name in names:
             provided = self._lookup(name)
-            if provided is not None and self.permits(caller, _tool_target(provided[1])):
+            if provided is not None and self.shows(caller, _tool_target(provided[1])):
                 kept.append(name)
         return kept
 
     def visible_prompts(self, caller: Caller) -> list[types.Prompt]:
         prompts = self.catalog.current.prompts.values()
-        return [r.prompt for r in prompts if self.permits(caller, Target("prompt", r.name, r.backend))]
+        return [r.prompt for r in prompts if self.shows(caller, Target("prompt", r.name, r.backend))]
 
     def visible_resources(self, caller: Caller) -> list[types.Resource]:
         resources = self.catalog.current.resources.values()
-        return [r.resource for r in resources if self.permits(caller, Target("resource", r.uri, r.backend))]
+        return [r.resource for r in resources if self.shows(caller, Target("resource", r.uri, r.backend))]
 
     def visible_templates(self, caller: Caller) -> list[types.ResourceTemplate]:
         templates = self.catalog.current.templates
         return [
-            t.template
-            for t in templates
-            if self.permits(caller, Target("template", t.template.uri_template, t.backend))
+            t.template for t in templates if self.shows(caller, Target("template", t.template.uri_template, t.backend))
         ]
 
     # --- tools -----------------------------------------------------------------------------------
@@ -167,7 +249,12 @@ class Router:
                     return error_result(why)
             raise UnknownTool(name)
         provider, provided = found
-        self._authorize(caller, _tool_target(provided))
+        decision = self._authorize(caller, _tool_target(provided))
+        if decision.approval is not None:
+            try:
+                exchange = await self.approvals.confirm(caller, exchange, provided.name, decision.approval)
+            except NotApproved as refused:
+                return error_result(str(refused))
         started = time.perf_counter()
         try:
             result = await provider.call(ToolCall(caller, provided, arguments, exchange, self))
@@ -222,7 +309,7 @@ class Router:
             routed = catalog.prompts.get(ref.name)
             if routed is None:
                 raise MCPError(types.INVALID_PARAMS, f"Unknown prompt: '{shorten(ref.name)}'")
-            self._authorize(caller, Target("prompt", routed.name, routed.backend))
+            self._authorize(caller, Target("prompt", routed.name, routed.backend, "complete"))
             forwarded = params.model_copy(update={"ref": ref.model_copy(update={"name": routed.original_name})})
             return await self._forward(
                 caller, exchange, routed.backend, types.CompleteRequest(params=forwarded), types.CompleteResult
@@ -230,7 +317,7 @@ class Router:
         backend = catalog.route_template(ref.uri) or catalog.route_resource(ref.uri)
         if backend is None:
             raise MCPError(types.INVALID_PARAMS, f"Unknown resource template: '{shorten(ref.uri)}'")
-        self._authorize(caller, Target("template", ref.uri, backend))
+        self._authorize(caller, Target("template", ref.uri, backend, "complete"))
         return await self._forward(
             caller, exchange, backend, types.CompleteRequest(params=params), types.CompleteResult
         )
@@ -289,5 +376,5 @@ class Router:
         return connection
 
 
-def _tool_target(provided: ProvidedTool) -> Target:
-    return Target("tool", provided.name, provided.source)
+def _tool_target(provided: ProvidedTool, operation: Operation = "use") -> Target:
+    return Target("tool", provided.name, provided.source, operation, provided.tool.annotations)

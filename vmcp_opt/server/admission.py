@@ -10,6 +10,10 @@ How a caller is identified:
 - a 2026-07-28 HTTP request carrying an `Authorization` header: `credential:<keyed digest>`, the same
   for every request with that credential (the header itself is never kept);
 - anything else is anonymous: `anonymous:<random id>`, never the same twice.
+
+Who the caller *is* comes from authentication: over HTTP the verified `Identity` the transport's
+middleware (server/authentication.py) left in the request's scope, fresh on every request (a session's
+token may be refreshed, or its holder change); over stdio the local OS user.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from mcp.server.context import ServerRequestContext
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from vmcp_opt.auth import Caller, CallerLifetime, CredentialIds, Identification
+from vmcp_opt.auth.identity import SCOPE_KEY, Identity, local_user
 from vmcp_opt.routing import Exchange
 from vmcp_opt.routing.round_trips import input_responses, round_of
 
@@ -36,6 +41,7 @@ class Admission:
     def __init__(self, transport: Transport, credentials: CredentialIds | None = None) -> None:
         self.transport = transport
         self.credentials = credentials or CredentialIds()
+        self._local_user = local_user() if transport == "stdio" else None
         # 2026-07-28 stdio: a fresh Connection per request, all on the pipe's one outbound channel.
         self._by_channel: weakref.WeakKeyDictionary[object, Caller] = weakref.WeakKeyDictionary()
 
@@ -53,41 +59,55 @@ class Admission:
 
     def caller(self, ctx: Ctx) -> Caller:
         connection = connection_of(ctx)
+        identity = self._local_user or _identity(ctx.request)
         if connection.has_standalone_channel and connection.protocol_version not in MODERN_PROTOCOL_VERSIONS:
-            return self._session_caller(connection)  # a handshake-era session: one Caller for its life
+            return self._session_caller(connection, identity)  # a handshake-era session: one Caller id for its life
         if connection.has_standalone_channel:
-            return self._channel_caller(connection)  # 2026-07-28 over stdio
+            return self._channel_caller(connection, identity)  # 2026-07-28 over stdio
         header = _authorization(ctx.request)
         if header is not None:
-            return _caller(connection, self.credentials.id_of(header), Identification.CREDENTIAL)
+            how = identity.method if identity is not None else Identification.CREDENTIAL
+            return _caller(connection, self.credentials.id_of(header), how, identity=identity)
         return _caller(connection, f"anonymous:{secrets.token_hex(8)}", Identification.ANONYMOUS)
 
-    def _session_caller(self, connection: Connection) -> Caller:
+    def _session_caller(self, connection: Connection, identity: Identity | None) -> Caller:
         cached = connection.state.get(_STATE_KEY)
-        if isinstance(cached, Caller) and cached.capabilities is connection.client_capabilities:
+        if (
+            isinstance(cached, Caller)
+            and cached.capabilities is connection.client_capabilities
+            and _same_identity(cached, identity)
+        ):
             return cached
         previous = cached.lifetime if isinstance(cached, Caller) else None
         lifetime = previous or CallerLifetime()
         caller = _caller(
             connection,
             cached.id if isinstance(cached, Caller) else f"session:{secrets.token_hex(8)}",
-            Identification.SESSION,
+            _how(identity),
             back_channel=True,
             lifetime=lifetime,
+            identity=identity,
         )
         if previous is None:
             connection.exit_stack.push_async_callback(lifetime.end)
         connection.state[_STATE_KEY] = caller
         return caller
 
-    def _channel_caller(self, connection: Connection) -> Caller:
+    def _channel_caller(self, connection: Connection, identity: Identity | None) -> Caller:
         channel = connection.outbound
         cached = self._by_channel.get(channel)
         if cached is not None and cached.capabilities == connection.client_capabilities:
             return cached
-        caller = _caller(connection, cached.id if cached else f"session:{secrets.token_hex(8)}", Identification.SESSION)
+        caller_id = cached.id if cached else f"session:{secrets.token_hex(8)}"
+        caller = _caller(connection, caller_id, _how(identity), identity=identity)
         self._by_channel[channel] = caller
         return caller
+
+
+def session_caller(connection: Connection) -> Caller | None:
+    """The caller a handshake-era session was last admitted as (None before its first request)."""
+    cached = connection.state.get(_STATE_KEY)
+    return cached if isinstance(cached, Caller) else None
 
 
 def connection_of(ctx: Ctx) -> Connection:
@@ -103,9 +123,11 @@ def _caller(
     *,
     back_channel: bool = False,
     lifetime: CallerLifetime | None = None,
+    identity: Identity | None = None,
 ) -> Caller:
     params = connection.client_params
     info: types.Implementation | None = params.client_info if params is not None else None
+    who = identity.caller_fields() if identity is not None else {}
     return Caller(
         id=caller_id,
         identified_by=how,
@@ -115,7 +137,33 @@ def _caller(
         capabilities=connection.client_capabilities,
         back_channel=back_channel,
         lifetime=lifetime,
+        **who,
     )
+
+
+def _how(identity: Identity | None) -> Identification:
+    """A session caller with a verified credential is known by it; the local OS user by its session."""
+    if identity is None or identity.method is Identification.SESSION:
+        return Identification.SESSION
+    return identity.method
+
+
+def _same_identity(caller: Caller, identity: Identity | None) -> bool:
+    if identity is None:
+        return caller.subject is None
+    return (caller.subject, caller.groups, caller.roles, caller.client_id, caller.scopes) == (
+        identity.subject,
+        identity.groups,
+        identity.roles,
+        identity.client_id,
+        identity.scopes,
+    )
+
+
+def _identity(request: Any) -> Identity | None:
+    scope = getattr(request, "scope", None)
+    identity = scope.get(SCOPE_KEY) if isinstance(scope, dict) else None
+    return identity if isinstance(identity, Identity) else None
 
 
 def _authorization(request: Any) -> str | None:

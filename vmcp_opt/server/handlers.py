@@ -24,7 +24,7 @@ from vmcp_opt import __version__
 from vmcp_opt.gateway import Gateway, ListKind
 from vmcp_opt.routing import Router
 from vmcp_opt.routing.round_trips import InputRequired, state_boundary
-from vmcp_opt.server.admission import Admission, Transport, connection_of
+from vmcp_opt.server.admission import Admission, Transport, connection_of, session_caller
 from vmcp_opt.server.startup import startup_gate
 
 logger = logging.getLogger(__name__)
@@ -51,12 +51,16 @@ class _GatewayServer(Server[Any]):
 class Handlers:
     """MCP methods → router calls, for one transport's admission."""
 
-    def __init__(self, router: Router, admission: Admission) -> None:
+    def __init__(self, router: Router, admission: Admission, notifier: ListChangedNotifier | None = None) -> None:
         self.router = router
         self.admission = admission
+        self.notifier = notifier
 
     async def list_tools(self, ctx: Ctx, params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
-        return types.ListToolsResult(tools=self.router.visible_tools(self.admission.caller(ctx)))
+        tools = await self.router.list_tools(self.admission.caller(ctx))
+        if self.notifier is not None:
+            self.notifier.shown(connection_of(ctx), "tools", [tool.name for tool in tools])
+        return types.ListToolsResult(tools=tools)
 
     async def call_tool(
         self, ctx: Ctx, params: types.CallToolRequestParams
@@ -68,7 +72,10 @@ class Handlers:
             return asked.result
 
     async def list_prompts(self, ctx: Ctx, params: types.PaginatedRequestParams | None) -> types.ListPromptsResult:
-        return types.ListPromptsResult(prompts=self.router.visible_prompts(self.admission.caller(ctx)))
+        prompts = self.router.visible_prompts(self.admission.caller(ctx))
+        if self.notifier is not None:
+            self.notifier.shown(connection_of(ctx), "prompts", [prompt.name for prompt in prompts])
+        return types.ListPromptsResult(prompts=prompts)
 
     async def get_prompt(
         self, ctx: Ctx, params: types.GetPromptRequestParams
@@ -121,13 +128,42 @@ class Handlers:
 
 
 class ListChangedNotifier:
-    """Tells every connected client which of tools, prompts and resources changed."""
+    """Tells every connected client which of tools, prompts and resources changed.
 
-    def __init__(self) -> None:
+    Under a policy, a 2025-11-25 session is told that tools or prompts changed only when what *it* is
+    shown changed (compared with what it was last shown), so a change it cannot see is not hinted at.
+    """
+
+    def __init__(self, router: Router | None = None) -> None:
+        self._router = router
         # One Connection per client (a ServerSession lives only as long as one request).
         self._clients: weakref.WeakSet[Connection] = weakref.WeakSet()
+        self._shown: weakref.WeakKeyDictionary[Connection, dict[ListKind, tuple[str, ...]]] = (
+            weakref.WeakKeyDictionary()
+        )
         # 2026-07-28 clients hear about changes on `subscriptions/listen` streams fed by this bus.
         self.bus = InMemorySubscriptionBus()
+
+    def shown(self, connection: Connection, kind: ListKind, names: list[str]) -> None:
+        """What a list request answered this client: the base of its next list_changed decision."""
+        self._shown.setdefault(connection, {})[kind] = tuple(names)
+
+    async def _changed_for(self, client: Connection, kind: ListKind) -> bool:
+        router = self._router
+        if router is None or getattr(router.policy, "allows_everything", False) or kind == "resources":
+            return True
+        caller = session_caller(client)
+        previous = self._shown.get(client, {}).get(kind)
+        if caller is None or previous is None:
+            return True
+        if kind == "tools":
+            now = tuple(tool.name for tool in await router.list_tools(caller))
+        else:
+            now = tuple(prompt.name for prompt in router.visible_prompts(caller))
+        if now == previous:
+            return False
+        self._shown.setdefault(client, {})[kind] = now
+        return True
 
     async def track(self, ctx: Ctx, call_next: CallNext) -> HandlerResult:
         self._clients.add(connection_of(ctx))
@@ -150,6 +186,8 @@ class ListChangedNotifier:
                 "resources": client.send_resource_list_changed,
             }
             for kind in sorted(kinds):
+                if not await self._changed_for(client, kind):
+                    continue
                 try:
                     await sends[kind]()
                 except Exception as exc:  # a client gone away must not stop the others being told
@@ -159,8 +197,8 @@ class ListChangedNotifier:
 
 def build_mcp_server(gateway: Gateway, transport: Transport) -> Server[Any]:
     """The low-level MCP server of one transport, its handlers wired to the gateway's router."""
-    handlers = Handlers(gateway.router, Admission(transport))
-    notifier = ListChangedNotifier()
+    notifier = ListChangedNotifier(gateway.router)
+    handlers = Handlers(gateway.router, Admission(transport), notifier)
     gateway.on_lists_changed.append(notifier.notify)
     server = _GatewayServer(
         "vmcp-opt",

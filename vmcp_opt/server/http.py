@@ -7,18 +7,25 @@ import logging
 import re
 import socket
 from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import urlsplit
 
 import anyio
 import psutil
+from mcp.server.auth.routes import build_resource_metadata_url
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
+from pydantic import AnyHttpUrl
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp
 
-from vmcp_opt.config import ServerConfig
+from vmcp_opt.auth.authenticators import build_authenticator
+from vmcp_opt.config import LOOPBACK_ADDRESSES, ServerConfig, VmcpConfig
 from vmcp_opt.gateway import Gateway
+from vmcp_opt.server.authentication import RequireAuthentication
 from vmcp_opt.server.bad_input import JsonRpcErrorCodes
 from vmcp_opt.server.event_store import BoundedEventStore
 from vmcp_opt.server.handlers import build_mcp_server
@@ -51,17 +58,6 @@ def transport_security(server: ServerConfig) -> TransportSecuritySettings:
     )
 
 
-def warn_if_exposed(server: ServerConfig) -> None:
-    """A listener beyond loopback has no authentication yet: say so (issue 14 turns this into a refusal)."""
-    if server.host not in LOOPBACK_NAMES:
-        logger.warning(
-            "listening on %s, reachable from other machines, without authentication: anyone who can connect "
-            "can call every backend's tools. Bind 127.0.0.1 (the default) unless the network is trusted or a "
-            "proxy authenticates clients.",
-            server.host,
-        )
-
-
 def _host_patterns(name: str) -> list[str]:
     """Host header values for `name` with any port (or as given, when it already names a port)."""
     if name.endswith(":*") or re.fullmatch(r"(\[[^\]]+\]|[^:\[\]]+):\d+", name):
@@ -81,7 +77,6 @@ def _machine_names() -> list[str]:
 
 def create_app(gateway: Gateway) -> Starlette:
     server_config = gateway.config.server
-    warn_if_exposed(server_config)
     manager = StreamableHTTPSessionManager(
         app=build_mcp_server(gateway, "http"),
         security_settings=transport_security(server_config),
@@ -106,11 +101,54 @@ def create_app(gateway: Gateway) -> Starlette:
         readiness = gateway.readiness()
         return JSONResponse(readiness.body, status_code=200 if readiness.serving else 503)
 
+    endpoint, auth_routes = authenticated(JsonRpcErrorCodes(StreamableHTTPASGIApp(manager)), gateway.config)
     return Starlette(
         routes=[
-            Route(server_config.path, endpoint=JsonRpcErrorCodes(StreamableHTTPASGIApp(manager))),
+            Route(server_config.path, endpoint=endpoint),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
+            *auth_routes,
         ],
         lifespan=lifespan,
     )
+
+
+def authenticated(endpoint: ASGIApp, config: VmcpConfig) -> tuple[ASGIApp, list[BaseRoute]]:
+    """The MCP endpoint behind the configured authentication, and the routes that describe it (RFC 9728)."""
+    incoming = config.auth.incoming
+    authenticator = build_authenticator(config)  # AuthSetupError stops the start
+    if authenticator is None:
+        if config.server.host not in LOOPBACK_ADDRESSES:
+            logger.warning(
+                "auth: serving WITHOUT authentication on %s (auth.incoming.allow_anonymous_remote): anyone who can "
+                "reach this port can list and call every tool",
+                config.server.host,
+            )
+        return endpoint, []
+    metadata_url: str | None = None
+    routes: list[BaseRoute] = []
+    if incoming.mode == "oauth":
+        oauth = incoming.oauth
+        assert oauth.issuer is not None
+        resource = config.resource_uri()
+        metadata: dict[str, Any] = {
+            "resource": resource,
+            # Exactly the issuer identifier (a URL type would add a trailing slash clients then reject).
+            "authorization_servers": [oauth.issuer],
+            "bearer_methods_supported": ["header"],
+            "resource_name": "vmcp-opt",
+        }
+        scopes = oauth.scopes_supported or oauth.required_scopes
+        if scopes:
+            metadata["scopes_supported"] = scopes
+
+        async def protected_resource(request: Request) -> JSONResponse:
+            return JSONResponse(metadata, headers={"Cache-Control": "public, max-age=3600"})
+
+        # RFC 9728 puts the document under the resource's path; clients of older drafts look at the root too.
+        metadata_url = str(build_resource_metadata_url(AnyHttpUrl(resource)))
+        well_known = {urlsplit(metadata_url).path, "/.well-known/oauth-protected-resource"}
+        routes = [Route(path, protected_resource, methods=["GET"]) for path in sorted(well_known)]
+        logger.info("auth: OAuth resource %s, tokens from %s", resource, oauth.issuer)
+    required = incoming.oauth.required_scopes if incoming.mode == "oauth" else []
+    return RequireAuthentication(endpoint, authenticator, metadata_url, required), routes

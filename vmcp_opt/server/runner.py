@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -11,6 +12,8 @@ from typing import Any
 import anyio
 import uvicorn
 
+from vmcp_opt.auth.authenticators import AuthSetupError
+from vmcp_opt.auth.cedar import PolicyLoadError
 from vmcp_opt.backends.secrets import SecretFilter, secret_values
 from vmcp_opt.config import VmcpConfig
 from vmcp_opt.gateway import Gateway, StartupError
@@ -23,7 +26,11 @@ logger = logging.getLogger(__name__)
 def run_gateway(config: VmcpConfig, announce: Callable[[VmcpConfig], None] | None = None) -> int:
     """Serve until SIGINT/SIGTERM; backends are stopped on the way out. Returns the exit code."""
     mask_secrets(config)
-    gateway = Gateway(config)
+    try:
+        gateway = Gateway(config)
+    except PolicyLoadError as exc:
+        logger.error("cannot start: auth.authorization.policies: %s", exc)
+        return 2
     if config.server.transport == "stdio":
         try:
             return anyio.run(_serve_stdio_until_signal, gateway)
@@ -31,9 +38,14 @@ def run_gateway(config: VmcpConfig, announce: Callable[[VmcpConfig], None] | Non
             # A signal cancels the stdio server before `Gateway.stop` runs: write what must outlive us here.
             if gateway.optimizer is not None:
                 gateway.optimizer.close()
+    try:
+        app = create_app(gateway)
+    except AuthSetupError as exc:
+        logger.error("cannot start: %s", exc)
+        return 2
     server = uvicorn.Server(
         uvicorn.Config(
-            create_app(gateway),
+            app,
             host=config.server.host,
             port=config.server.port,
             log_level="warning",
@@ -82,8 +94,12 @@ async def _serve_stdio_until_signal(gateway: Gateway) -> int:
 
 
 def mask_secrets(config: VmcpConfig) -> None:
-    """Every log handler masks backend env and header values, whoever logs them (us, the SDK, httpx)."""
+    """Every log handler masks backend env and header values and the gateway's own client secret, whoever
+    logs them (us, the SDK, httpx)."""
     secrets = [value for backend in config.backends for value in secret_values(backend)]
+    introspection_secret = config.auth.incoming.oauth.client_secret_env
+    if introspection_secret and os.environ.get(introspection_secret):
+        secrets.append(os.environ[introspection_secret])  # the gateway's own client secret
     if not secrets:
         return
     log_filter = SecretFilter(secrets)

@@ -7,6 +7,7 @@ backend calls that ask their client round by round; `spares.py` keeps their back
 
 from vmcp_opt.routing.round_trips.pending import PendingCall, RoundTrips
 from vmcp_opt.routing.round_trips.state import (
+    ApprovalRound,
     BackendRound,
     InputRequired,
     PendingRound,
@@ -22,6 +23,7 @@ from vmcp_opt.routing.round_trips.state import (
 )
 
 __all__ = [
+    "ApprovalRound",
     "BackendRound",
     "InputRequired",
     "PendingCall",

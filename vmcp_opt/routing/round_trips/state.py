@@ -57,7 +57,15 @@ class WorkflowRound:
     run: str
 
 
-Round = PendingRound | BackendRound | WorkflowRound
+@dataclass(frozen=True)
+class ApprovalRound:
+    """The gateway asked the user to approve a call of `tool` (routing/approval.py); `ticket` is single-use."""
+
+    tool: str
+    ticket: str
+
+
+Round = PendingRound | BackendRound | WorkflowRound | ApprovalRound
 
 
 def encode_round(round_: Round) -> str:
@@ -65,6 +73,8 @@ def encode_round(round_: Round) -> str:
         return json.dumps({"call": round_.call})
     if isinstance(round_, WorkflowRound):
         return json.dumps({"workflow": round_.run})
+    if isinstance(round_, ApprovalRound):
+        return json.dumps({"approve": round_.tool, "ticket": round_.ticket})
     return json.dumps({"backend": round_.backend, "state": round_.state})
 
 
@@ -76,6 +86,8 @@ def decode_round(text: str) -> Round:
             return PendingRound(data["call"])
         if isinstance(data.get("workflow"), str):
             return WorkflowRound(data["workflow"])
+        if isinstance(data.get("approve"), str) and isinstance(data.get("ticket"), str):
+            return ApprovalRound(data["approve"], data["ticket"])
         if isinstance(data.get("backend"), str) and isinstance(data.get("state"), str | None):
             return BackendRound(data["backend"], data["state"])
     except (ValueError, AttributeError):

@@ -1,0 +1,292 @@
+"""Authorization with Cedar (`cedarpy`, the Cedar engine's Python binding): the router's `Policy`.
+
+The entities a policy sees:
+- principal `User::"<subject>"` (`User::"anonymous"` without one) in `Group::"<group>"` for each of its groups,
+  with attributes `subject`, `authenticated`, `groups`, `roles`, `scopes` (sets of strings) and `client_id`;
+- resource `Tool::"<name>"` in `Backend::"<backend>"`, with `name`, `backend` and the tool's annotation hints
+  `read_only`, `destructive`, `idempotent`, `open_world` (the MCP defaults when a tool gives none);
+  `Prompt::"<name>"` and `Resource::"<uri or template>"` with `name`/`uri` and `backend`;
+- actions `list_tools`, `call_tool`, `list_prompts`, `get_prompt`, `list_resources`, `read_resource`, `complete`.
+
+A call allowed by a policy annotated `@approval("<message>")` runs only once the user approves it through
+their client (routing/approval.py); with several such policies, any one of them asks.
+
+A tool is listed (and found by find_tool) only when the caller may both list and call it. The gateway's own
+meta-tools (find_tool, call_tool) are always allowed: they reveal and reach only what the policy allows.
+
+Fail closed: a file that does not parse, or names an action that does not exist, stops the start with the
+file, line and reason; a decision with an evaluation error is a denial (Cedar itself would skip an erroring
+`forbid`). Decisions depend only on the caller's principal and the target, so they are cached.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Hashable, Sequence
+from pathlib import Path
+from typing import Any
+
+import cedarpy
+
+from vmcp_opt.auth.caller import Caller
+from vmcp_opt.routing.policy import ALLOW, Decision, Target
+
+GATEWAY_SOURCE = "vmcp"  # routing.providers.GATEWAY_SOURCE: the meta-tools' source
+ACTIONS: dict[tuple[str, str], str] = {
+    ("tool", "list"): "list_tools",
+    ("tool", "use"): "call_tool",
+    ("prompt", "list"): "list_prompts",
+    ("prompt", "use"): "get_prompt",
+    ("prompt", "complete"): "complete",
+    ("resource", "list"): "list_resources",
+    ("resource", "use"): "read_resource",
+    ("template", "list"): "list_resources",
+    ("template", "use"): "read_resource",
+    ("template", "complete"): "complete",
+}
+KNOWN_ACTIONS = frozenset(ACTIONS.values())
+_ACTION_REFERENCE = re.compile(r'Action::"((?:[^"\\]|\\.)*)"')
+
+
+class PolicyLoadError(Exception):
+    """`<file>:<line>: <reason>`: the policy cannot be used, and the gateway does not start."""
+
+
+class CedarPolicy:
+    def __init__(self, text: str, source: str = "<policies>", cache_size: int = 100_000) -> None:
+        self.source = source
+        self.policies = load_policies(text, source)
+        # Policy id -> the message of its `@approval("…")` annotation: a call it allows needs the user's approval.
+        self.approvals = _approvals(text)
+        self.cache_size = cache_size
+        self._cache: dict[tuple[Hashable, ...], Decision] = {}
+
+    @classmethod
+    def from_file(cls, path: Path, cache_size: int = 100_000) -> CedarPolicy:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise PolicyLoadError(f"{path}: cannot be read: {exc.strerror}") from None
+        return cls(text, str(path), cache_size)
+
+    # --- Policy and BatchPolicy -----------------------------------------------------------------------
+
+    def principal_key(self, caller: Caller) -> Hashable:
+        return caller.principal
+
+    def decide(self, caller: Caller, target: Target) -> Decision:
+        if target.kind == "tool" and target.source == GATEWAY_SOURCE:
+            return ALLOW
+        key = (caller.principal, target.kind, target.name, target.source, target.operation, _hints(target))
+        cached = self._cache.get(key)
+        if cached is not None:
+            return cached
+        decision = self.decide_all(caller, [target])[0]
+        if len(self._cache) >= self.cache_size:
+            self._cache.clear()
+        if self.cache_size:
+            self._cache[key] = decision
+        return decision
+
+    def decide_all(self, caller: Caller, targets: Sequence[Target]) -> list[Decision]:
+        """One Cedar batch for many targets of one caller (the router's per-principal views)."""
+        asked = [i for i, t in enumerate(targets) if not (t.kind == "tool" and t.source == GATEWAY_SOURCE)]
+        decisions = [ALLOW] * len(targets)
+        if not asked:
+            return decisions
+        entities: dict[tuple[str, str], dict[str, Any]] = {}
+        principal = _principal(caller, entities)
+        requests = []
+        for i in asked:
+            target = targets[i]
+            requests.append(
+                {
+                    "principal": principal,
+                    "action": {"type": "Action", "id": ACTIONS[(target.kind, target.operation)]},
+                    "resource": _resource(target, entities),
+                    "context": {},
+                }
+            )
+        try:
+            results = cedarpy.is_authorized_batch(requests, self.policies, json.dumps(list(entities.values())))
+        except Exception as exc:  # fail closed: nothing is allowed when the engine cannot answer
+            for i in asked:
+                decisions[i] = Decision(False, f"policy evaluation failed: {exc}")
+            return decisions
+        for i, result in zip(asked, results, strict=True):
+            decisions[i] = _decision(result, ACTIONS[(targets[i].kind, targets[i].operation)], self.approvals)
+        return decisions
+
+
+def _decision(result: cedarpy.AuthzResult, action: str, approvals: dict[str, str]) -> Decision:
+    if result.diagnostics.errors:
+        return Decision(False, f"{action}: policy evaluation error")
+    if result.allowed:
+        asks = [approvals[reason] for reason in result.diagnostics.reasons if reason in approvals]
+        if asks and action == "call_tool":
+            return Decision(True, approval=" ".join(dict.fromkeys(asks)))
+        return ALLOW
+    if result.diagnostics.reasons:
+        ids = result.diagnostics.id_annotations_by_reason
+        names = [ids.get(reason) or reason for reason in result.diagnostics.reasons]
+        return Decision(False, f"{action} forbidden by policy {', '.join(names)}")
+    return Decision(False, f"no policy permits {action}")
+
+
+def _principal(caller: Caller, entities: dict[tuple[str, str], dict[str, Any]]) -> dict[str, str]:
+    uid = {"type": "User", "id": caller.subject or "anonymous"}
+    for group in caller.groups:
+        entities[("Group", group)] = {"uid": {"type": "Group", "id": group}, "attrs": {}, "parents": []}
+    entities[("User", uid["id"])] = {
+        "uid": uid,
+        "attrs": {
+            "subject": caller.subject or "",
+            "authenticated": caller.subject is not None,
+            "groups": sorted(caller.groups),
+            "roles": sorted(caller.roles),
+            "scopes": sorted(caller.scopes),
+            "client_id": caller.client_id or "",
+        },
+        "parents": [{"type": "Group", "id": group} for group in sorted(caller.groups)],
+    }
+    return uid
+
+
+def _resource(target: Target, entities: dict[tuple[str, str], dict[str, Any]]) -> dict[str, str]:
+    entities[("Backend", target.source)] = {"uid": {"type": "Backend", "id": target.source}, "attrs": {}, "parents": []}
+    parents = [{"type": "Backend", "id": target.source}]
+    if target.kind == "tool":
+        read_only, destructive, idempotent, open_world = _hints(target)
+        uid = {"type": "Tool", "id": target.name}
+        attrs: dict[str, Any] = {
+            "name": target.name,
+            "backend": target.source,
+            "read_only": read_only,
+            "destructive": destructive,
+            "idempotent": idempotent,
+            "open_world": open_world,
+        }
+    elif target.kind == "prompt":
+        uid = {"type": "Prompt", "id": target.name}
+        attrs = {"name": target.name, "backend": target.source}
+    else:
+        uid = {"type": "Resource", "id": target.name}
+        attrs = {"uri": target.name, "backend": target.source, "template": target.kind == "template"}
+    entities[(uid["type"], uid["id"])] = {"uid": uid, "attrs": attrs, "parents": parents}
+    return uid
+
+
+def _hints(target: Target) -> tuple[bool, bool, bool, bool]:
+    """readOnlyHint, destructiveHint, idempotentHint, openWorldHint, with the MCP specification's defaults."""
+    a = target.annotations
+    if a is None:
+        return (False, True, False, True)
+    return (
+        bool(a.read_only_hint) if a.read_only_hint is not None else False,
+        bool(a.destructive_hint) if a.destructive_hint is not None else True,
+        bool(a.idempotent_hint) if a.idempotent_hint is not None else False,
+        bool(a.open_world_hint) if a.open_world_hint is not None else True,
+    )
+
+
+# --- loading, with the line of what is wrong -----------------------------------------------------------
+
+
+def load_policies(text: str, source: str) -> cedarpy.PolicySet:
+    try:
+        policies = cedarpy.PolicySet.from_str(text)
+    except ValueError as exc:
+        line = _error_line(text, str(exc))
+        raise PolicyLoadError(f"{source}:{line}: {exc}") from None
+    for number, content in enumerate(_without_comments(text).splitlines(), start=1):
+        for action in _ACTION_REFERENCE.findall(content):
+            if action not in KNOWN_ACTIONS:
+                raise PolicyLoadError(
+                    f'{source}:{number}: unknown action Action::"{action}"; the actions are {sorted(KNOWN_ACTIONS)}'
+                )
+    if len(policies) == 0:
+        raise PolicyLoadError(f"{source}:1: no policies: every request would be denied")
+    return policies
+
+
+def _approvals(text: str) -> dict[str, str]:
+    parsed = json.loads(cedarpy.policies_to_json_str(text))
+    found = {}
+    for policy_id, policy in parsed.get("staticPolicies", {}).items():
+        message = (policy.get("annotations") or {}).get("approval")
+        if message is not None:
+            found[policy_id] = str(message)
+    return found
+
+
+def _error_line(text: str, message: str) -> int:
+    """The line Cedar's parse error is on: the first statement that fails alone, then the first of its
+    lines at which a prefix of it fails with the same message (earlier prefixes only end too soon)."""
+    for start, statement in _statements(text):
+        try:
+            cedarpy.PolicySet.from_str(statement)
+            continue
+        except ValueError as exc:
+            alone = str(exc)
+        lines = statement.splitlines(keepends=True)
+        first_line = text.count("\n", 0, start) + 1
+        for count in range(1, len(lines) + 1):
+            try:
+                cedarpy.PolicySet.from_str("".join(lines[:count]))
+            except ValueError as exc:
+                if str(exc) == alone:
+                    return first_line + count - 1
+        return first_line
+    return 1
+
+
+def _statements(text: str) -> list[tuple[int, str]]:
+    """Each `;`-terminated statement (outside strings and comments) with its start offset."""
+    found: list[tuple[int, str]] = []
+    start, i, quoted = 0, 0, False
+    while i < len(text):
+        char = text[i]
+        if quoted:
+            if char == "\\":
+                i += 1
+            elif char == '"':
+                quoted = False
+        elif char == '"':
+            quoted = True
+        elif text.startswith("//", i):
+            end = text.find("\n", i)
+            i = len(text) if end < 0 else end
+            continue
+        elif char == ";":
+            found.append((start, text[start : i + 1]))
+            start = i + 1
+        i += 1
+    if text[start:].strip():
+        found.append((start, text[start:]))
+    return found
+
+
+def _without_comments(text: str) -> str:
+    """The text with `//` comments blanked (strings kept), so line numbers stay."""
+    out, i, quoted = [], 0, False
+    while i < len(text):
+        char = text[i]
+        if quoted:
+            out.append(char)
+            if char == "\\" and i + 1 < len(text):
+                out.append(text[i + 1])
+                i += 1
+            elif char == '"':
+                quoted = False
+        elif char == '"':
+            quoted = True
+            out.append(char)
+        elif text.startswith("//", i):
+            end = text.find("\n", i)
+            i = len(text) if end < 0 else end
+            continue
+        else:
+            out.append(char)
+        i += 1
+    return "".join(out)

@@ -1,0 +1,110 @@
+"""A verified identity: what authentication learned about a caller, before admission makes the `Caller`.
+
+Authenticators (tokens, API keys, the local OS user) each produce an `Identity`; the HTTP transport puts it
+in the request's ASGI scope and admission copies it into the `Caller`. The claim names that hold groups,
+roles, scopes and the client id are configurable (`auth.incoming.claims`).
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from vmcp_opt.auth.caller import Identification
+from vmcp_opt.config import ClaimNames
+
+# Where the HTTP transport leaves the verified identity for admission (the request's ASGI scope).
+SCOPE_KEY = "vmcp.identity"
+
+
+@dataclass(frozen=True)
+class Identity:
+    subject: str
+    method: Identification
+    groups: frozenset[str] = frozenset()
+    roles: frozenset[str] = frozenset()
+    client_id: str | None = None
+    scopes: frozenset[str] = frozenset()
+    claims: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    # Unix time the credential stops being valid (a token's `exp`), when it has one.
+    expires_at: float | None = None
+
+    def caller_fields(self) -> dict[str, Any]:
+        """The `Caller` fields this identity fills."""
+        return {
+            "subject": self.subject,
+            "groups": self.groups,
+            "roles": self.roles,
+            "client_id": self.client_id,
+            "scopes": self.scopes,
+            "claims": self.claims,
+        }
+
+
+def from_claims(
+    claims: Mapping[str, Any],
+    names: ClaimNames,
+    method: Identification,
+) -> Identity:
+    """The identity a token's (or an API key entry's) claims describe. `ValueError` without a subject."""
+    client_id = claim(claims, names.client_id)
+    if not isinstance(client_id, str):
+        client_id = claims.get("azp") if isinstance(claims.get("azp"), str) else None
+    subject = claim(claims, names.subject)
+    if not isinstance(subject, str) or not subject:
+        subject = client_id  # a client acting for itself (client credentials; RFC 9068 §2.2)
+    if not subject:
+        raise ValueError(f"no `{names.subject}` claim")
+    expires = claims.get("exp")
+    return Identity(
+        subject=subject,
+        method=method,
+        groups=string_set(claim(claims, names.groups)),
+        roles=string_set(claim(claims, names.roles)),
+        client_id=client_id,
+        scopes=string_set(claim(claims, names.scopes)),
+        claims=MappingProxyType(dict(claims)),
+        expires_at=float(expires) if isinstance(expires, int | float) else None,
+    )
+
+
+def claim(claims: Mapping[str, Any], path: str) -> Any:
+    """A claim by dotted path (`realm_access.roles`); None when any step is missing."""
+    value: Any = claims
+    for part in path.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+def string_set(value: Any) -> frozenset[str]:
+    """A list of strings, or one space- or comma-separated string, as a set; anything else is empty."""
+    if isinstance(value, str):
+        return frozenset(part for part in value.replace(",", " ").split() if part)
+    if isinstance(value, list | tuple | set | frozenset):
+        return frozenset(item for item in value if isinstance(item, str) and item)
+    return frozenset()
+
+
+def local_user() -> Identity:
+    """The OS user running this process, with the names of its groups: the caller of a stdio gateway."""
+    try:
+        name = getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (some containers)
+        name = f"uid:{os.getuid()}"
+    groups: set[str] = set()
+    try:
+        import grp  # not on Windows
+    except ImportError:
+        return Identity(subject=name, method=Identification.SESSION)
+    for gid in {os.getgid(), *os.getgroups()}:
+        try:
+            groups.add(grp.getgrgid(gid).gr_name)
+        except KeyError:
+            groups.add(str(gid))
+    return Identity(subject=name, method=Identification.SESSION, groups=frozenset(groups))

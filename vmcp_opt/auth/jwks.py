@@ -1,0 +1,153 @@
+"""The issuer's signing keys (JWKS): discovered from its metadata, cached, refreshed on an unknown key id.
+
+A token signed with a key id the cache lacks triggers one refresh, at most once per `refresh_interval`
+seconds: an attacker sending made-up key ids cannot make the gateway hammer the authorization server, and
+a key the issuer just rotated in is picked up at the first token that uses it. Concurrent requests share a
+refresh. Symmetric keys (`kty: oct`) are never taken from a JWKS.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+import anyio
+import httpx2
+import jwt
+
+logger = logging.getLogger(__name__)
+
+# The key families each signing algorithm needs (RFC 7518): never an HMAC key for an RSA algorithm, etc.
+KEY_TYPES = {"RS": "RSA", "PS": "RSA", "ES": "EC", "Ed": "OKP"}
+
+
+class JwksUnavailable(Exception):
+    """The authorization server's metadata or keys could not be fetched."""
+
+
+class JwksCache:
+    def __init__(
+        self,
+        issuer: str,
+        jwks_url: str | None = None,
+        *,
+        refresh_interval: float = 60.0,
+        max_age: float = 3600.0,
+        timeout: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.issuer = issuer
+        self.jwks_url = jwks_url
+        self.refresh_interval = refresh_interval
+        self.max_age = max_age
+        self.timeout = timeout
+        self.clock = clock
+        self._keys: dict[str | None, dict[str, Any]] = {}
+        self._built: dict[tuple[str | None, str], jwt.PyJWK] = {}
+        self._fetched_at: float | None = None
+        self._lock = anyio.Lock()
+        self.fetches = 0  # how many times the JWKS was fetched (tests and `vmcp auth check` read it)
+
+    async def key(self, kid: str | None, alg: str) -> jwt.PyJWK | None:
+        """The verification key for a token header's `kid` and `alg`; None when no key fits."""
+        now = self.clock()
+        if self._fetched_at is None or now - self._fetched_at >= self.max_age:
+            await self._refresh_keeping_old(stale_before=now)
+        jwk = self._find(kid)
+        if jwk is None and self._fetched_at is not None and self.clock() - self._fetched_at >= self.refresh_interval:
+            await self._refresh_keeping_old(stale_before=self.clock() - self.refresh_interval)
+            jwk = self._find(kid)
+        if jwk is None:
+            return None
+        return self._build(jwk, kid, alg)
+
+    async def warm(self) -> None:
+        """Fetch the keys ahead of the first request; a failure is logged, the first request retries."""
+        try:
+            await self._refresh(stale_before=self.clock())
+        except JwksUnavailable as exc:
+            logger.warning("auth: the issuer's keys are not available yet: %s", exc)
+
+    async def _refresh_keeping_old(self, stale_before: float) -> None:
+        """Refresh; with keys already known a failure keeps them (logged), with none it raises."""
+        try:
+            await self._refresh(stale_before)
+        except JwksUnavailable as exc:
+            if not self._keys:
+                raise
+            logger.warning("auth: refreshing the issuer's keys failed, keeping the %d known: %s", len(self._keys), exc)
+
+    def _find(self, kid: str | None) -> dict[str, Any] | None:
+        if kid is not None:
+            return self._keys.get(kid)
+        signing = [k for k in self._keys.values() if k.get("use", "sig") == "sig"]
+        return signing[0] if len(signing) == 1 else None  # no kid: only unambiguous with one key
+
+    def _build(self, jwk: dict[str, Any], kid: str | None, alg: str) -> jwt.PyJWK | None:
+        if KEY_TYPES.get(alg[:2]) != jwk.get("kty") or jwk.get("alg", alg) != alg or jwk.get("use", "sig") != "sig":
+            return None  # e.g. an HS256 or ES256 token naming an RSA key
+        built = self._built.get((kid, alg))
+        if built is None:
+            try:
+                built = self._built[(kid, alg)] = jwt.PyJWK(jwk, algorithm=alg)
+            except jwt.PyJWTError:
+                return None
+        return built
+
+    async def _refresh(self, stale_before: float) -> None:
+        async with self._lock:
+            if self._fetched_at is not None and self._fetched_at > stale_before:
+                return  # another request refreshed while this one waited
+            try:
+                keys = await self._fetch()
+            finally:
+                # Failures count too: an unreachable issuer is asked again only after the interval.
+                self._fetched_at = self.clock()
+            self._keys = keys
+            self._built = {}
+
+    async def _fetch(self) -> dict[str | None, dict[str, Any]]:
+        self.fetches += 1
+        try:
+            async with httpx2.AsyncClient(timeout=self.timeout, follow_redirects=False) as client:
+                url = self.jwks_url or await self._discover(client)
+                response = await client.get(url)
+                response.raise_for_status()
+                document = response.json()
+        except (httpx2.HTTPError, ValueError) as exc:
+            raise JwksUnavailable(f"fetching the issuer's keys failed: {exc}") from None
+        keys = document.get("keys") if isinstance(document, dict) else None
+        if not isinstance(keys, list):
+            raise JwksUnavailable(f"{url}: not a JWKS (no `keys` list)")
+        usable = {k.get("kid"): k for k in keys if isinstance(k, dict) and k.get("kty") in KEY_TYPES.values()}
+        logger.info("auth: %d signing keys from %s", len(usable), url)
+        return usable
+
+    async def _discover(self, client: httpx2.AsyncClient) -> str:
+        """`jwks_uri` from the issuer's metadata: RFC 8414 first, then OpenID Connect discovery."""
+        for url in metadata_urls(self.issuer):
+            response = await client.get(url)
+            if response.status_code != 200:
+                continue
+            metadata = response.json()
+            if not isinstance(metadata, dict) or metadata.get("issuer") != self.issuer:
+                raise JwksUnavailable(f"{url}: its `issuer` is not {self.issuer}")
+            jwks_uri = metadata.get("jwks_uri")
+            if isinstance(jwks_uri, str):
+                self.jwks_url = jwks_uri
+                return jwks_uri
+        raise JwksUnavailable(f"no metadata with a jwks_uri for issuer {self.issuer}")
+
+
+def metadata_urls(issuer: str) -> list[str]:
+    parts = urlsplit(issuer)
+    path = parts.path.rstrip("/")
+    origin = f"{parts.scheme}://{parts.netloc}"
+    return [
+        f"{origin}/.well-known/oauth-authorization-server{path}",
+        f"{origin}{path}/.well-known/openid-configuration",
+        f"{origin}/.well-known/openid-configuration{path}",
+    ]

@@ -1,0 +1,120 @@
+"""OAuth access tokens (JWT) checked as the MCP authorization specification asks of a resource server.
+
+With PyJWT (already a dependency of the MCP SDK, which uses it for its own client authentication, so no new
+library): signature against the issuer's JWKS (`auth/jwks.py`), `iss` exactly the configured issuer, `aud`
+this gateway's resource URI (RFC 8707, so a token minted for another server is refused), `exp` and `nbf`
+with a small skew, and the algorithm from an allow-list of asymmetric ones matched to the key's type (no
+`none`, no HS256 made with an RSA public key). Verified tokens are remembered by digest until they expire,
+so a client sending the same token on every request pays for one signature check.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+
+import jwt
+
+from vmcp_opt.auth import errors
+from vmcp_opt.auth.caller import Identification
+from vmcp_opt.auth.identity import Identity, from_claims
+from vmcp_opt.auth.introspection import Introspection
+from vmcp_opt.auth.jwks import JwksCache, JwksUnavailable
+from vmcp_opt.config import ClaimNames, OAuthConfig
+
+VERIFIED_CACHE_SIZE = 10_000
+
+
+class TokenVerifier:
+    def __init__(
+        self,
+        settings: OAuthConfig,
+        resource: str,
+        claims: ClaimNames,
+        jwks: JwksCache | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        assert settings.issuer is not None
+        self.settings = settings
+        self.issuer = settings.issuer
+        self.resource = resource
+        # The audience as a URL: with or without a trailing slash.
+        self.audiences = sorted({resource, resource.rstrip("/"), resource.rstrip("/") + "/"})
+        self.claims = claims
+        self.jwks = jwks or JwksCache(
+            self.issuer,
+            settings.jwks_url,
+            refresh_interval=settings.jwks_refresh_interval,
+            max_age=settings.jwks_max_age,
+            timeout=settings.timeout,
+        )
+        self.clock = clock
+        self._verified: OrderedDict[bytes, Identity] = OrderedDict()
+        # Opaque tokens (not JWTs) go to the authorization server when an introspection endpoint is set.
+        self.introspection = (
+            Introspection(settings, self.audiences, claims, clock) if settings.introspection_url else None
+        )
+
+    async def authenticate(self, token: str) -> Identity:
+        if self.introspection is not None and token.count(".") != 2:
+            return await self.introspection.authenticate(token)  # opaque: asked (and cached) there
+        digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+        known = self._verified.get(digest)
+        if known is not None:
+            if known.expires_at is not None and self.clock() > known.expires_at + self.settings.clock_skew:
+                del self._verified[digest]
+                raise errors.invalid_token("the token has expired")
+            return known
+        identity = await self._verify(token)
+        self._verified[digest] = identity
+        if len(self._verified) > VERIFIED_CACHE_SIZE:
+            self._verified.popitem(last=False)
+        return identity
+
+    async def _verify(self, token: str) -> Identity:
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            if self.introspection is not None:
+                return await self.introspection.authenticate(token)
+            raise errors.invalid_token("not a JWT access token") from None
+        alg = header.get("alg")
+        if not isinstance(alg, str) or alg not in self.settings.algorithms:
+            raise errors.invalid_token(f"signing algorithm {str(alg)[:16]!r} is not accepted")
+        kid = header.get("kid")
+        try:
+            key = await self.jwks.key(kid if isinstance(kid, str) else None, alg)
+        except JwksUnavailable as exc:
+            raise errors.unavailable(f"cannot verify tokens now: {exc}") from None
+        if key is None:
+            raise errors.invalid_token("the token's signing key is not one of the issuer's")
+        try:
+            claims = jwt.decode(
+                token,
+                key.key,
+                algorithms=[alg],
+                audience=self.audiences,
+                issuer=self.issuer,
+                leeway=self.settings.clock_skew,
+                options={"require": ["exp", "iss", "aud"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise errors.invalid_token("the token has expired") from None
+        except jwt.ImmatureSignatureError:
+            raise errors.invalid_token("the token is not valid yet") from None
+        except jwt.InvalidAudienceError:
+            raise errors.invalid_token("the token was not issued for this resource") from None
+        except jwt.InvalidIssuerError:
+            raise errors.invalid_token("the token was issued by another issuer") from None
+        except jwt.InvalidSignatureError:
+            raise errors.invalid_token("the token's signature does not verify") from None
+        except jwt.MissingRequiredClaimError as exc:
+            raise errors.invalid_token(f"the token has no `{exc.claim}` claim") from None
+        except jwt.PyJWTError:
+            raise errors.invalid_token("the token is not valid") from None
+        try:
+            return from_claims(claims, self.claims, Identification.TOKEN)
+        except ValueError as exc:
+            raise errors.invalid_token(f"the token has {exc}") from None

@@ -1,0 +1,143 @@
+"""`vmcp auth`: the operator's tools for authentication and authorization.
+
+- `vmcp auth new-key --subject alice --group dev`: a fresh API key, printed once, and the entry (its hash)
+  to add to `auth.incoming.api_keys.file`.
+- `vmcp auth check -c vmcp.yaml` with a token or key (from `--credential-env`, default `VMCP_CREDENTIAL`, so
+  it stays out of the shell history) or `--local-user`: authenticates it exactly as the gateway would, then
+  connects to the backends once and says which tools the caller may list and call under the Cedar policy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Annotated, Any
+
+import anyio
+import typer
+from rich.table import Table
+
+from vmcp_opt.auth import Caller
+from vmcp_opt.auth.api_keys import new_key
+from vmcp_opt.auth.authenticators import AuthSetupError, build_authenticator
+from vmcp_opt.auth.errors import AuthError
+from vmcp_opt.auth.identity import Identity, local_user
+from vmcp_opt.config import VmcpConfig
+from vmcp_opt.console import OutputConsole
+from vmcp_opt.routing.policy import AllowAll, Policy, Target
+
+auth_app = typer.Typer(no_args_is_help=True, help="API keys, and who a credential is and what it may do.")
+out = OutputConsole()
+err = OutputConsole(stderr=True)
+
+
+@auth_app.command("new-key")
+def new_key_command(
+    subject: Annotated[str, typer.Option(help="Who the key belongs to (the caller's subject).")],
+    group: Annotated[list[str] | None, typer.Option("--group", "-g", help="A group of the caller (repeat).")] = None,
+    name: Annotated[str | None, typer.Option(help="A label for the key (shown as the client id).")] = None,
+) -> None:
+    """A new API key: the key is printed once; the gateway stores only the entry's hash."""
+    key, digest = new_key()
+    entry: dict[str, Any] = {"sha256": digest, "subject": subject, "groups": group or []}
+    if name:
+        entry["name"] = name
+    out.print(f"key (shown once, give it to {subject}): {key}", markup=False, highlight=False)
+    out.print("entry for auth.incoming.api_keys.file (under `keys:`):", highlight=False)
+    out.print(f"  - {json.dumps(entry)}", markup=False, highlight=False)
+
+
+def check(
+    load: Any,
+    credential_env: str,
+    local: bool,
+) -> None:
+    """Body of `vmcp auth check` (registered by cli.py, which owns config loading)."""
+    config: VmcpConfig = load()
+    if local:
+        identity: Identity | None = local_user()
+    else:
+        credential = os.environ.get(credential_env)
+        if not credential:
+            err.print(f"set ${credential_env} to the token or API key to check (or pass --local-user)")
+            raise typer.Exit(2)
+        identity = _authenticate(config, credential.removeprefix("Bearer ").strip())
+    assert identity is not None
+    caller = Caller("check", identity.method, "2025-11-25", **identity.caller_fields())
+    out.print(
+        f"caller: subject={identity.subject!r} via {identity.method.value}; groups={sorted(identity.groups)} "
+        f"roles={sorted(identity.roles)} scopes={sorted(identity.scopes)} client_id={identity.client_id!r}",
+        markup=False,
+        highlight=False,
+    )
+    policy = _policy(config)
+    from vmcp_opt.probe import collect_catalog
+
+    catalog = anyio.run(collect_catalog, config)
+    table = Table(title=f"tools for {identity.subject}")
+    for column in ("tool", "backend", "listed", "callable", "why not"):
+        table.add_column(column)
+    listed = callable_ = 0
+    for routed in catalog.tools.values():
+        annotations = routed.tool.annotations
+        can_list = policy.decide(caller, Target("tool", routed.name, routed.backend, "list", annotations))
+        can_call = policy.decide(caller, Target("tool", routed.name, routed.backend, "use", annotations))
+        shown = can_list.allowed and can_call.allowed
+        listed += shown
+        callable_ += can_call.allowed
+        reason = "" if shown else (can_call.reason if not can_call.allowed else can_list.reason)
+        table.add_row(routed.name, routed.backend, _yes(shown), _yes(can_call.allowed), reason)
+    out.print(table)
+    out.print(f"{listed} of {len(catalog.tools)} tools listed, {callable_} callable", highlight=False)
+
+
+def _authenticate(config: VmcpConfig, credential: str) -> Identity:
+    try:
+        authenticator = build_authenticator(config)
+    except AuthSetupError as exc:
+        err.print(f"cannot authenticate: {exc}", markup=False)
+        raise typer.Exit(2) from None
+    if authenticator is None:
+        err.print("auth.incoming.mode is anonymous: every HTTP caller is anonymous (nothing to check)")
+        raise typer.Exit(2)
+
+    async def verify() -> Identity:
+        return await authenticator.authenticate(credential)
+
+    try:
+        return anyio.run(verify)
+    except AuthError as refused:
+        err.print(f"refused ({refused.status} {refused.error or 'unauthorized'}): {refused.description}", markup=False)
+        raise typer.Exit(1) from None
+
+
+def _policy(config: VmcpConfig) -> Policy:
+    from vmcp_opt.auth.cedar import PolicyLoadError
+    from vmcp_opt.gateway import load_policy
+
+    try:
+        return load_policy(config) or AllowAll()
+    except PolicyLoadError as exc:
+        err.print(f"auth.authorization.policies: {exc}", markup=False)
+        raise typer.Exit(2) from None
+
+
+def auth_problems(config: VmcpConfig) -> list[str]:
+    """What would stop the start in `auth`: an unreadable keys file, a policy that does not load (`vmcp validate`)."""
+    from vmcp_opt.auth.cedar import PolicyLoadError
+    from vmcp_opt.gateway import load_policy
+
+    problems = []
+    try:
+        build_authenticator(config)
+    except AuthSetupError as exc:
+        problems.append(str(exc))
+    try:
+        load_policy(config)
+    except PolicyLoadError as exc:
+        problems.append(f"auth.authorization.policies: {exc}")
+    return problems
+
+
+def _yes(allowed: bool) -> str:
+    return "[green]yes[/]" if allowed else "[red]no[/]"

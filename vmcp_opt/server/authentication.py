@@ -1,0 +1,105 @@
+"""Authentication in front of `/mcp`: a bearer credential in, a verified `Identity` in the ASGI scope out.
+
+An ASGI middleware around the MCP endpoint only (health, readiness and the metadata stay open). It refuses,
+before the MCP machinery sees the request:
+- no credential: 401 with `WWW-Authenticate: Bearer resource_metadata="…"` (RFC 9728), so a client can
+  discover the authorization server;
+- a credential the authenticator does not accept: 401 `invalid_token`;
+- a valid token without the required scopes: 403 `insufficient_scope` naming them;
+- a token in the query string (`access_token=`): 400 `invalid_request`, whatever else the request carries.
+Admission (server/admission.py) reads the identity from the scope; nothing below reads headers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from urllib.parse import parse_qsl
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from vmcp_opt.auth import errors
+from vmcp_opt.auth.authenticators import Authenticator
+from vmcp_opt.auth.errors import AuthError
+from vmcp_opt.auth.identity import SCOPE_KEY
+
+logger = logging.getLogger(__name__)
+
+QUERY_TOKEN_NAMES = frozenset({"access_token", "token", "api_key", "apikey", "key"})
+
+
+class RequireAuthentication:
+    def __init__(
+        self,
+        app: ASGIApp,
+        authenticator: Authenticator,
+        resource_metadata_url: str | None = None,
+        required_scopes: list[str] | None = None,
+    ) -> None:
+        self.app = app
+        self.authenticator = authenticator
+        self.resource_metadata_url = resource_metadata_url
+        self.required_scopes = required_scopes or []
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        try:
+            scope[SCOPE_KEY] = await self._identify(scope)
+        except AuthError as refused:
+            client = scope.get("client")
+            logger.info(
+                "auth: refused %s from %s: %s",
+                scope.get("path"),
+                client[0] if client else "?",
+                refused.description,
+            )
+            await self._refuse(send, refused)
+            return
+        await self.app(scope, receive, send)
+
+    async def _identify(self, scope: Scope) -> object:
+        query = scope.get("query_string", b"").decode("latin-1")
+        if query and any(name.lower() in QUERY_TOKEN_NAMES for name, _ in parse_qsl(query, keep_blank_values=True)):
+            raise errors.invalid_request(
+                "credentials in the URL query string are refused; send an Authorization header"
+            )
+        values = [value for name, value in scope["headers"] if name == b"authorization"]
+        if not values:
+            raise errors.missing()
+        if len(values) > 1:
+            raise errors.invalid_request("more than one Authorization header")
+        scheme, _, credential = values[0].decode("latin-1").strip().partition(" ")
+        if scheme.lower() != "bearer" or not credential.strip():
+            raise errors.invalid_token("expected `Authorization: Bearer <token>`")
+        identity = await self.authenticator.authenticate(credential.strip())
+        missing_scopes = [s for s in self.required_scopes if s not in identity.scopes]
+        if missing_scopes:
+            raise errors.insufficient_scope(self.required_scopes)
+        return identity
+
+    async def _refuse(self, send: Send, refused: AuthError) -> None:
+        parts = []
+        if refused.error is not None:
+            parts.append(f'error="{refused.error}"')
+            parts.append(f'error_description="{_quoted(refused.description)}"')
+        if refused.scope:
+            parts.append(f'scope="{_quoted(refused.scope)}"')
+        if self.resource_metadata_url:
+            parts.append(f'resource_metadata="{self.resource_metadata_url}"')
+        challenge = "Bearer " + ", ".join(parts) if parts else "Bearer"
+        body = json.dumps({"error": refused.error or "unauthorized", "error_description": refused.description})
+        payload = body.encode()
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(payload)).encode()),
+        ]
+        if refused.status in (401, 403, 400):
+            headers.append((b"www-authenticate", challenge.encode()))
+        await send({"type": "http.response.start", "status": refused.status, "headers": headers})
+        await send({"type": "http.response.body", "body": payload})
+
+
+def _quoted(text: str) -> str:
+    return text.replace("\\", "\\\\").replace('"', "'")
