@@ -112,6 +112,11 @@ class Gateway:
             return
         await self._connect_and_build(task_group)
 
+    async def first_catalogue(self) -> None:
+        """Wait, however long the backends' connect timeouts allow, for the first catalogue (one-shot commands)."""
+        if self._first_listing is not None:
+            await self._first_listing.wait()
+
     async def wait_for_backends(self) -> list[str]:
         """Wait (at most `server.startup_wait`) for the first catalogue; the backends still starting after it."""
         if self._first_listing is not None:

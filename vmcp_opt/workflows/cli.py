@@ -131,6 +131,7 @@ async def _run(cfg: Any, name: str, arguments: dict[str, Any], live: bool) -> di
 
     async with anyio.create_task_group() as group:
         await gateway.start(group)
+        await gateway.first_catalogue()  # under best_effort, start returns before the backends have connected
         try:
             report = await gateway.workflows.run(
                 name, arguments, caller, Exchange.internal(), gateway.router, step_done, ask=terminal_ask
