@@ -68,7 +68,10 @@ async def test_a_real_session_is_audited_event_by_event_with_outcomes_and_no_sec
         },
         "optimizer": {"enabled": True},
         "timeouts": {"call": 3},
-        "telemetry": {"audit": {"enabled": True, "output": "audit/audit.log", "exclude": ["mcp_resources_list"]}},
+        "telemetry": {
+            "audit": {"enabled": True, "output": "audit/audit.log", "exclude": ["mcp_resources_list"]},
+            "metrics": {"enabled": True},
+        },
     }
     audit = tmp_path / "audit" / "audit.log"
     with running_gateway(write_config(tmp_path, config)) as gateway:
@@ -89,6 +92,7 @@ async def test_a_real_session_is_audited_event_by_event_with_outcomes_and_no_sec
         await http.aclose()
         assert found.structured_content and not saved.is_error and slow.is_error and read.contents and prompt.messages
         events = wait_events(audit, "mcp_prompt_get")
+        metrics = httpx2.get(f"{gateway.base}/metrics", timeout=30).text
         output = gateway.output()
 
     types_seen = [e["type"] for e in events]
@@ -131,7 +135,14 @@ async def test_a_real_session_is_audited_event_by_event_with_outcomes_and_no_sec
     assert one(events, "mcp_prompt_get", name="notes_summarize_notes")["outcome"] == "success"
     assert len({e["metadata"]["auditId"] for e in events}) == len(events)
 
-    everything = audit.read_text() + output
+    assert 'mcp_server_operation_duration_seconds_count{method="tools/call",outcome="denied"} 1.0' in metrics
+    assert (
+        'mcp_client_operation_duration_seconds_count{backend="notes",method="tools/call",outcome="success"}' in metrics
+    )
+    assert 'vmcp_meta_tool_duration_seconds_count{outcome="success",tool="find_tool"} 1.0' in metrics
+    assert "notes_save_note" not in metrics  # no tool names as labels
+
+    everything = audit.read_text() + output + metrics
     assert key not in everything and digest not in everything
 
 

@@ -550,31 +550,15 @@ class MetricsConfig(_Strict):
 
     # Count and time requests, backend calls, find_tool; serve them for Prometheus.
     enabled: bool = False
-    # Unset: `/metrics` on the main listener; a port: a separate listener on `server.host`.
-    port: int | None = Field(default=None, ge=1, le=65535)
-
-
-class TracingConfig(_Strict):
-    """OpenTelemetry traces (vmcp_opt/telemetry/tracing.py), exported by OTLP as the standard `OTEL_*`
-    environment variables say (`OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_EXPORTER_OTLP_PROTOCOL` http/protobuf)."""
-
-    # Record spans and export them by OTLP.
-    enabled: bool = False
-    # The share of traces started here that are kept; a client's sampled traceparent is always followed.
-    sample_ratio: float = Field(default=1.0, ge=0, le=1)
-    # `service.name` of the spans (`OTEL_SERVICE_NAME` wins when set).
-    service_name: str = "vmcp-opt"
 
 
 class TelemetryConfig(_Strict):
-    """What the gateway did, for operators: audit log, metrics, traces. All off by default."""
+    """What the gateway did, for operators: audit log and metrics. All off by default."""
 
     # One JSON line per MCP operation.
     audit: AuditConfig = Field(default_factory=AuditConfig)
-    # Prometheus metrics at `/metrics`.
+    # Prometheus metrics at `/metrics` on the main listener.
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
-    # OpenTelemetry traces (not built yet: see CHANGELOG).
-    tracing: TracingConfig = Field(default_factory=TracingConfig)
 
 
 class _FileSource(PydanticBaseSettingsSource):
