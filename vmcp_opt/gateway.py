@@ -25,6 +25,7 @@ from vmcp_opt.config import VmcpConfig
 from vmcp_opt.health import HealthMonitor
 from vmcp_opt.optimizer.metatools import OptimizerFront
 from vmcp_opt.routing import BackendTools, Policy, Router, SessionChooser
+from vmcp_opt.telemetry import Telemetry
 from vmcp_opt.workflows.provider import WorkflowTools
 from vmcp_opt.workflows.validation import unknown_tools
 
@@ -78,6 +79,9 @@ class Gateway:
         )
         self.router.add_provider(self.workflows)
         self.router.add_provider(BackendTools(self.catalog, validator, listed))
+        # Audit, metrics, traces: watchers of the router's operations (off unless `telemetry:` turns them on).
+        self.telemetry = Telemetry(config)
+        self.router.watchers.extend(self.telemetry.watchers)
         self.started = False
         # A backend changed after the first catalogue was built but before `started`: rebuild once started.
         self._changed_while_starting = False
@@ -204,6 +208,7 @@ class Gateway:
             self._first_listing.set()
         if self.optimizer is not None:
             self.optimizer.close()
+        self.telemetry.close()
 
     async def _on_backend_change(self, connection: BackendConnection) -> None:
         self.sessions.backend_changed(connection)

@@ -79,6 +79,8 @@ class Caller:
     scopes: frozenset[str] = frozenset()
     claims: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     lifetime: CallerLifetime | None = None
+    # The network address the caller's (first) request came from; None over stdio.
+    address: str | None = None
 
     @property
     def known(self) -> bool:

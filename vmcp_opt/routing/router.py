@@ -4,7 +4,13 @@
       → policy (may this caller use it)
       → session (which backend session carries it for this caller)
       → guarded send (the backend's circuit breaker and deadline)
-      → result (and, for a tool call, the observers: usage learning today, audit and metrics later)
+      → result (and, for a tool call, the observers: usage learning)
+
+Every request, and every request sent on to a backend, is also an `Operation` its `watchers` hear start and
+finish (routing/operations.py): audit, metrics and traces attach there (vmcp_opt/telemetry/).
+
+Past ~400 lines: lookup, policy, lists and the guarded send are one path read top to bottom; the per-item
+helpers already live beside it (policy.py, operations.py, providers.py, sessions.py).
 
 Handlers, the optimizer's meta-tools and (later) workflow steps all enter here. Lists go through the same
 policy, item by item, so a caller sees exactly what it may use.
@@ -14,7 +20,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Protocol, TypeVar
 
 import anyio
@@ -31,6 +38,15 @@ from vmcp_opt.display import shorten
 from vmcp_opt.health import CircuitOpen, Guard
 from vmcp_opt.routing.approval import Approvals, NotApproved
 from vmcp_opt.routing.exchange import Exchange
+from vmcp_opt.routing.operations import (
+    Op,
+    OperationWatcher,
+    completion_target,
+    current,
+    request_target,
+    watched,
+    with_meta,
+)
 from vmcp_opt.routing.policy import AllowAll, BatchPolicy, Decision, Denied, Operation, Policy, Target
 from vmcp_opt.routing.providers import ProvidedTool, ToolCall, ToolProvider, error_result
 from vmcp_opt.routing.sessions import SessionChooser
@@ -38,6 +54,7 @@ from vmcp_opt.routing.sessions import SessionChooser
 logger = logging.getLogger(__name__)
 
 ResultT = TypeVar("ResultT", bound=BaseModel)
+ItemT = TypeVar("ItemT")
 RESOURCE_NOT_FOUND = -32002
 # Principals whose usable tool set is kept (per catalogue); past it the oldest is dropped.
 VIEWS_KEPT = 512
@@ -73,6 +90,8 @@ class Router:
         self.policy: Policy = policy or AllowAll()
         self.providers: list[ToolProvider] = []
         self.observers: list[CallObserver] = []
+        # Told of every operation's start and end (vmcp_opt/telemetry/); none: nothing is measured.
+        self.watchers: list[OperationWatcher] = []
         # Calls the policy lets run only once the user approves them (routing/approval.py).
         self.approvals = Approvals()
         # Per principal (`BatchPolicy.principal_key`): the catalogue it was computed for and the tool names
@@ -82,6 +101,9 @@ class Router:
     def add_provider(self, provider: ToolProvider) -> None:
         """Providers earlier in the list win a name and come first in `tools/list`."""
         self.providers.append(provider)
+
+    def _watch(self, op: Op) -> AbstractContextManager[Op | None]:
+        return watched(self.watchers, op) if self.watchers else nullcontext()
 
     # --- what a caller may see -------------------------------------------------------------------
 
@@ -173,8 +195,28 @@ class Router:
         return tools
 
     async def list_tools(self, caller: Caller) -> list[types.Tool]:
-        await self.usable_tools_async(caller)
-        return self.visible_tools(caller)
+        with self._watch(Op("tools/list", caller)) as op:
+            await self.usable_tools_async(caller)
+            tools = self.visible_tools(caller)
+            if op is not None:
+                op.result = tools
+            return tools
+
+    def list_prompts(self, caller: Caller) -> list[types.Prompt]:
+        return self._listed(Op("prompts/list", caller), self.visible_prompts)
+
+    def list_resources(self, caller: Caller) -> list[types.Resource]:
+        return self._listed(Op("resources/list", caller), self.visible_resources)
+
+    def list_templates(self, caller: Caller) -> list[types.ResourceTemplate]:
+        return self._listed(Op("resources/templates/list", caller), self.visible_templates)
+
+    def _listed(self, op: Op, visible: Callable[[Caller], list[ItemT]]) -> list[ItemT]:
+        with self._watch(op) as watched_op:
+            items = visible(op.caller)
+            if watched_op is not None:
+                watched_op.result = items
+            return items
 
     def listed_tools(self) -> list[types.Tool]:
         """What `tools/list` shows before any policy (the gateway compares it to know when to notify)."""
@@ -241,29 +283,51 @@ class Router:
     ) -> types.CallToolResult:
         """Any provider's tool. `UnknownTool` for a name no provider serves; `Denied` when the policy refuses;
         an error result when the tool's backend is down or went away."""
+        if not self.watchers:
+            return await self._call_tool(caller, name, arguments, exchange, None)
+        with watched(self.watchers, Op("tools/call", caller, target=name, exchange=exchange)) as op:
+            op.arguments = arguments
+            op.result = await self._call_tool(caller, name, arguments, exchange, op)
+            if op.result.is_error and op.outcome == "success":
+                op.outcome = "application_error"
+            return op.result  # type: ignore[no-any-return]
+
+    async def _call_tool(
+        self, caller: Caller, name: str, arguments: dict[str, Any] | None, exchange: Exchange, op: Op | None
+    ) -> types.CallToolResult:
         found = self._lookup(name)
         if found is None:
             for provider in self.providers:
                 why = provider.why_unavailable(name)
                 if why is not None:
+                    if op is not None:
+                        op.outcome, op.error = "failure", "unavailable"
                     return error_result(why)
             raise UnknownTool(name)
         provider, provided = found
+        if op is not None:
+            op.backend = provided.source
         decision = self._authorize(caller, _tool_target(provided))
         if decision.approval is not None:
             try:
                 exchange = await self.approvals.confirm(caller, exchange, provided.name, decision.approval)
             except NotApproved as refused:
+                if op is not None:
+                    op.outcome, op.error = "denied", "not_approved"
                 return error_result(str(refused))
         started = time.perf_counter()
         try:
             result = await provider.call(ToolCall(caller, provided, arguments, exchange, self))
         except (BackendUnavailable, CircuitOpen) as exc:
             result = error_result(str(exc))
+            if op is not None:
+                op.outcome, op.error = "failure", type(exc).__name__
         except MCPError as exc:
             if exc.code not in _GONE:
                 raise
             result = error_result(f"backend '{provided.source}': {exc.error.message}")
+            if op is not None:
+                op.outcome, op.error = "failure", str(exc.code)
         logger.info(
             "tool call %s by %s: %s in %.1f ms",
             provided.name,
@@ -281,46 +345,49 @@ class Router:
     async def get_prompt(
         self, caller: Caller, params: types.GetPromptRequestParams, exchange: Exchange
     ) -> types.GetPromptResult:
-        routed = self.catalog.current.prompts.get(params.name)
-        if routed is None:
-            raise MCPError(types.INVALID_PARAMS, f"Unknown prompt: '{shorten(params.name)}'")
-        self._authorize(caller, Target("prompt", routed.name, routed.backend))
-        forwarded = params.model_copy(update={"name": routed.original_name, "request_state": None})
-        return await self._forward(
-            caller, exchange, routed.backend, types.GetPromptRequest(params=forwarded), types.GetPromptResult
-        )
+        with self._watch(Op("prompts/get", caller, target=params.name, exchange=exchange)):
+            routed = self.catalog.current.prompts.get(params.name)
+            if routed is None:
+                raise MCPError(types.INVALID_PARAMS, f"Unknown prompt: '{shorten(params.name)}'")
+            self._authorize(caller, Target("prompt", routed.name, routed.backend))
+            forwarded = params.model_copy(update={"name": routed.original_name, "request_state": None})
+            return await self._forward(
+                caller, exchange, routed.backend, types.GetPromptRequest(params=forwarded), types.GetPromptResult
+            )
 
     async def read_resource(
         self, caller: Caller, params: types.ReadResourceRequestParams, exchange: Exchange
     ) -> types.ReadResourceResult:
-        uri = str(params.uri)
-        backend = self._resource_backend(caller, uri)
-        forwarded = params.model_copy(update={"request_state": None})
-        return await self._forward(
-            caller, exchange, backend, types.ReadResourceRequest(params=forwarded), types.ReadResourceResult
-        )
+        with self._watch(Op("resources/read", caller, target=str(params.uri), exchange=exchange)):
+            uri = str(params.uri)
+            backend = self._resource_backend(caller, uri)
+            forwarded = params.model_copy(update={"request_state": None})
+            return await self._forward(
+                caller, exchange, backend, types.ReadResourceRequest(params=forwarded), types.ReadResourceResult
+            )
 
     async def complete(
         self, caller: Caller, params: types.CompleteRequestParams, exchange: Exchange
     ) -> types.CompleteResult:
-        ref = params.ref
-        catalog = self.catalog.current
-        if isinstance(ref, types.PromptReference):
-            routed = catalog.prompts.get(ref.name)
-            if routed is None:
-                raise MCPError(types.INVALID_PARAMS, f"Unknown prompt: '{shorten(ref.name)}'")
-            self._authorize(caller, Target("prompt", routed.name, routed.backend, "complete"))
-            forwarded = params.model_copy(update={"ref": ref.model_copy(update={"name": routed.original_name})})
+        with self._watch(Op("completion/complete", caller, target=completion_target(params.ref), exchange=exchange)):
+            ref = params.ref
+            catalog = self.catalog.current
+            if isinstance(ref, types.PromptReference):
+                routed = catalog.prompts.get(ref.name)
+                if routed is None:
+                    raise MCPError(types.INVALID_PARAMS, f"Unknown prompt: '{shorten(ref.name)}'")
+                self._authorize(caller, Target("prompt", routed.name, routed.backend, "complete"))
+                forwarded = params.model_copy(update={"ref": ref.model_copy(update={"name": routed.original_name})})
+                return await self._forward(
+                    caller, exchange, routed.backend, types.CompleteRequest(params=forwarded), types.CompleteResult
+                )
+            backend = catalog.route_template(ref.uri) or catalog.route_resource(ref.uri)
+            if backend is None:
+                raise MCPError(types.INVALID_PARAMS, f"Unknown resource template: '{shorten(ref.uri)}'")
+            self._authorize(caller, Target("template", ref.uri, backend, "complete"))
             return await self._forward(
-                caller, exchange, routed.backend, types.CompleteRequest(params=forwarded), types.CompleteResult
+                caller, exchange, backend, types.CompleteRequest(params=params), types.CompleteResult
             )
-        backend = catalog.route_template(ref.uri) or catalog.route_resource(ref.uri)
-        if backend is None:
-            raise MCPError(types.INVALID_PARAMS, f"Unknown resource template: '{shorten(ref.uri)}'")
-        self._authorize(caller, Target("template", ref.uri, backend, "complete"))
-        return await self._forward(
-            caller, exchange, backend, types.CompleteRequest(params=params), types.CompleteResult
-        )
 
     async def subscribe(self, caller: Caller, uri: str, exchange: Exchange, *, subscribe: bool) -> None:
         backend = self._connection(self._resource_backend(caller, uri))
@@ -344,8 +411,14 @@ class Router:
         self, caller: Caller, exchange: Exchange, backend: str, request: Any, result_type: type[ResultT]
     ) -> ResultT:
         """A prompt, resource or completion request: a backend that cannot be reached is a protocol error."""
+        op = current() if self.watchers else None
+        if op is not None:
+            op.backend = backend
         try:
-            return await self.send(caller, exchange, backend, request, result_type)
+            result = await self.send(caller, exchange, backend, request, result_type)
+            if op is not None:
+                op.result = result
+            return result
         except (BackendUnavailable, CircuitOpen) as exc:
             raise MCPError(types.INTERNAL_ERROR, str(exc)) from None
 
@@ -365,9 +438,21 @@ class Router:
         A 2026-07-28 retry goes where its round says, whatever `backend` is. Raises `InputRequired` when
         the client must answer something first.
         """
-        connection = None if exchange.round is not None else self._connection(backend)
-        session = await self.sessions.choose(caller, exchange, connection)
-        return await session.send(request, result_type, self.guard, progress)
+        if not self.watchers:
+            connection = None if exchange.round is not None else self._connection(backend)
+            session = await self.sessions.choose(caller, exchange, connection)
+            return await session.send(request, result_type, self.guard, progress)
+        op = Op(request.method, caller, "backend", request_target(request), backend, exchange)
+        with watched(self.watchers, op):
+            if op.meta:  # the watchers' `_meta` (trace context) replaces what the client's request carried
+                request = with_meta(request, op.meta)
+            connection = None if exchange.round is not None else self._connection(backend)
+            session = await self.sessions.choose(caller, exchange, connection)
+            result = await session.send(request, result_type, self.guard, progress)
+            op.result = result
+            if isinstance(result, types.CallToolResult) and result.is_error:
+                op.outcome = "application_error"
+            return result
 
     def _connection(self, backend: str) -> BackendConnection:
         connection = self.backends.get(backend)

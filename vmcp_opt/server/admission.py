@@ -60,17 +60,19 @@ class Admission:
     def caller(self, ctx: Ctx) -> Caller:
         connection = connection_of(ctx)
         identity = self._local_user or _identity(ctx.request)
+        address = _address(ctx.request)
         if connection.has_standalone_channel and connection.protocol_version not in MODERN_PROTOCOL_VERSIONS:
-            return self._session_caller(connection, identity)  # a handshake-era session: one Caller id for its life
+            # a handshake-era session: one Caller id for its life
+            return self._session_caller(connection, identity, address)
         if connection.has_standalone_channel:
             return self._channel_caller(connection, identity)  # 2026-07-28 over stdio
         header = _authorization(ctx.request)
         if header is not None:
             how = identity.method if identity is not None else Identification.CREDENTIAL
-            return _caller(connection, self.credentials.id_of(header), how, identity=identity)
-        return _caller(connection, f"anonymous:{secrets.token_hex(8)}", Identification.ANONYMOUS)
+            return _caller(connection, self.credentials.id_of(header), how, identity=identity, address=address)
+        return _caller(connection, f"anonymous:{secrets.token_hex(8)}", Identification.ANONYMOUS, address=address)
 
-    def _session_caller(self, connection: Connection, identity: Identity | None) -> Caller:
+    def _session_caller(self, connection: Connection, identity: Identity | None, address: str | None) -> Caller:
         cached = connection.state.get(_STATE_KEY)
         if (
             isinstance(cached, Caller)
@@ -87,6 +89,7 @@ class Admission:
             back_channel=True,
             lifetime=lifetime,
             identity=identity,
+            address=cached.address if isinstance(cached, Caller) else address,
         )
         if previous is None:
             connection.exit_stack.push_async_callback(lifetime.end)
@@ -124,6 +127,7 @@ def _caller(
     back_channel: bool = False,
     lifetime: CallerLifetime | None = None,
     identity: Identity | None = None,
+    address: str | None = None,
 ) -> Caller:
     params = connection.client_params
     info: types.Implementation | None = params.client_info if params is not None else None
@@ -137,6 +141,7 @@ def _caller(
         capabilities=connection.client_capabilities,
         back_channel=back_channel,
         lifetime=lifetime,
+        address=address,
         **who,
     )
 
@@ -170,3 +175,10 @@ def _authorization(request: Any) -> str | None:
     headers = getattr(request, "headers", None)
     value = headers.get("authorization") if headers is not None else None
     return value if isinstance(value, str) and value.strip() else None
+
+
+def _address(request: Any) -> str | None:
+    """The peer's address of an HTTP request (Starlette's `request.client`); None over stdio."""
+    client = getattr(request, "client", None)
+    host = getattr(client, "host", None)
+    return host if isinstance(host, str) else None

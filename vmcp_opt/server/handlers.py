@@ -72,7 +72,7 @@ class Handlers:
             return asked.result
 
     async def list_prompts(self, ctx: Ctx, params: types.PaginatedRequestParams | None) -> types.ListPromptsResult:
-        prompts = self.router.visible_prompts(self.admission.caller(ctx))
+        prompts = self.router.list_prompts(self.admission.caller(ctx))
         if self.notifier is not None:
             self.notifier.shown(connection_of(ctx), "prompts", [prompt.name for prompt in prompts])
         return types.ListPromptsResult(prompts=prompts)
@@ -87,12 +87,12 @@ class Handlers:
             return asked.result
 
     async def list_resources(self, ctx: Ctx, params: types.PaginatedRequestParams | None) -> types.ListResourcesResult:
-        return types.ListResourcesResult(resources=self.router.visible_resources(self.admission.caller(ctx)))
+        return types.ListResourcesResult(resources=self.router.list_resources(self.admission.caller(ctx)))
 
     async def list_resource_templates(
         self, ctx: Ctx, params: types.PaginatedRequestParams | None
     ) -> types.ListResourceTemplatesResult:
-        templates = self.router.visible_templates(self.admission.caller(ctx))
+        templates = self.router.list_templates(self.admission.caller(ctx))
         return types.ListResourceTemplatesResult(resource_templates=templates)
 
     async def read_resource(
@@ -157,7 +157,8 @@ class ListChangedNotifier:
         if caller is None or previous is None:
             return True
         if kind == "tools":
-            now = tuple(tool.name for tool in await router.list_tools(caller))
+            await router.usable_tools_async(caller)  # not `list_tools`: the caller did not ask (no audit event)
+            now = tuple(tool.name for tool in router.visible_tools(caller))
         else:
             now = tuple(prompt.name for prompt in router.visible_prompts(caller))
         if now == previous:

@@ -18,7 +18,7 @@ from mcp.server.transport_security import TransportSecuritySettings
 from pydantic import AnyHttpUrl
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp
 
@@ -29,6 +29,7 @@ from vmcp_opt.server.authentication import RequireAuthentication
 from vmcp_opt.server.bad_input import JsonRpcErrorCodes
 from vmcp_opt.server.event_store import BoundedEventStore
 from vmcp_opt.server.handlers import build_mcp_server
+from vmcp_opt.telemetry.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 
 logger = logging.getLogger(__name__)
 
@@ -101,12 +102,18 @@ def create_app(gateway: Gateway) -> Starlette:
         readiness = gateway.readiness()
         return JSONResponse(readiness.body, status_code=200 if readiness.serving else 503)
 
+    async def metrics(request: Request) -> Response:
+        assert gateway.telemetry.metrics is not None
+        return Response(gateway.telemetry.metrics.exposition(), media_type=METRICS_CONTENT_TYPE)
+
+    metrics_routes = [Route("/metrics", metrics, methods=["GET"])] if gateway.telemetry.metrics is not None else []
     endpoint, auth_routes = authenticated(JsonRpcErrorCodes(StreamableHTTPASGIApp(manager)), gateway.config)
     return Starlette(
         routes=[
             Route(server_config.path, endpoint=endpoint),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
+            *metrics_routes,
             *auth_routes,
         ],
         lifespan=lifespan,

@@ -1,0 +1,180 @@
+"""The audit log end to end: a real gateway process, a real MCP client with an API key, a Cedar policy, a
+backend call that fails; every event checked field by field, and no configured secret anywhere in it."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
+
+from tests.support import demo_backend, running_gateway, write_config
+
+pytestmark = [pytest.mark.slow, pytest.mark.anyio]
+
+POLICY = """\
+permit(principal, action, resource);
+@id("no-runtime-tools")
+forbid(principal, action == Action::"call_tool", resource == Tool::"notes_add_tool");
+"""
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def read_events(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def wait_events(path: Path, last: str) -> list[dict[str, Any]]:
+    """The events once `last` (the session's last operation) is written by the audit thread."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        events = read_events(path) if path.exists() else []
+        if any(e["type"] == last for e in events):
+            return events
+        time.sleep(0.05)
+    raise AssertionError(f"no {last} event in {path}")
+
+
+def one(events: list[dict[str, Any]], kind: str, **target: str) -> dict[str, Any]:
+    found = [e for e in events if e["type"] == kind and all(e["target"].get(k) == v for k, v in target.items())]
+    assert len(found) == 1, (kind, target, [(e["type"], e["target"]) for e in events])
+    return found[0]
+
+
+async def test_a_real_session_is_audited_event_by_event_with_outcomes_and_no_secrets(tmp_path: Path) -> None:
+    from vmcp_opt.auth.api_keys import new_key
+
+    key, digest = new_key()
+    (tmp_path / "keys.json").write_text(
+        json.dumps({"keys": [{"sha256": digest, "subject": "alice", "groups": ["dev"]}]})
+    )
+    (tmp_path / "policy.cedar").write_text(POLICY)
+    config = {
+        "backends": [demo_backend("notes")],
+        "auth": {
+            "incoming": {"mode": "api_keys", "api_keys": {"file": "keys.json"}},
+            "authorization": {"policies": "policy.cedar"},
+        },
+        "optimizer": {"enabled": True},
+        "timeouts": {"call": 3},
+        "telemetry": {
+            "audit": {"enabled": True, "output": "audit/audit.log", "exclude": ["mcp_resources_list"]},
+            "metrics": {"enabled": True},
+        },
+    }
+    audit = tmp_path / "audit" / "audit.log"
+    with running_gateway(write_config(tmp_path, config)) as gateway:
+        http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=60)
+        client = Client(streamable_http_client(gateway.url, http_client=http))  # type: ignore[arg-type]
+        async with client:
+            listed = await client.list_tools()
+            found = await client.call_tool("find_tool", {"query": "save a note", "limit": 3})
+            saved = await client.call_tool(
+                "call_tool", {"tool_name": "notes_save_note", "arguments": {"title": "t", "text": "hello"}}
+            )
+            with pytest.raises(MCPError, match="not permitted"):
+                await client.call_tool("notes_add_tool", {"name": "x", "description": "y"})
+            slow = await client.call_tool("notes_slow_echo", {"message": "m", "seconds": 30})
+            await client.list_resources()
+            read = await client.read_resource("notes://all")
+            prompt = await client.get_prompt("notes_summarize_notes", {"style": "short"})
+        await http.aclose()
+        assert found.structured_content and not saved.is_error and slow.is_error and read.contents and prompt.messages
+        events = wait_events(audit, "mcp_prompt_get")
+        metrics = httpx2.get(f"{gateway.base}/metrics", timeout=30).text
+        output = gateway.output()
+
+    types_seen = [e["type"] for e in events]
+    assert "mcp_resources_list" not in types_seen  # excluded by type
+    listed_event = one(events, "mcp_tools_list")
+    assert listed_event["outcome"] == "success"
+    assert listed_event["metadata"]["extra"]["response_size_bytes"] > 0 and len(listed.tools) == 2
+
+    find = one(events, "vmcp_find_tool")
+    assert find["outcome"] == "success" and find["target"] == {
+        "method": "tools/call",
+        "type": "tool",
+        "name": "find_tool",
+    }
+
+    meta = one(events, "vmcp_call_tool")
+    proxied = one(events, "mcp_tool_call", name="notes_save_note")
+    assert meta["outcome"] == proxied["outcome"] == "success"
+    assert proxied["target"] == {"method": "tools/call", "type": "tool", "name": "notes_save_note", "backend": "notes"}
+    assert proxied["component"] == "vmcp-opt"
+    assert proxied["subjects"]["user_id"] == "alice" and proxied["subjects"]["user"] == "alice"
+    assert proxied["subjects"]["identified_by"] in {"api_key", "session"}
+    assert proxied["subjects"]["client_name"] and proxied["subjects"]["caller_id"].startswith(
+        ("session:", "credential:")
+    )
+    assert proxied["source"] == {"type": "network", "value": "127.0.0.1"}
+    extra = proxied["metadata"]["extra"]
+    assert extra["duration_ms"] >= 0 and extra["response_size_bytes"] > 0 and "error_type" not in extra
+    assert len(proxied["metadata"]["auditId"]) == 36 and proxied["loggedAt"].endswith("Z")
+    assert "data" not in proxied  # request and response data are off by default
+
+    denied = one(events, "mcp_tool_call", name="notes_add_tool")
+    assert denied["outcome"] == "denied" and denied["metadata"]["extra"]["error_type"] == "denied"
+    assert denied["target"]["backend"] == "notes"
+
+    failed = one(events, "mcp_tool_call", name="notes_slow_echo")
+    assert failed["outcome"] == "failure" and failed["metadata"]["extra"]["error_type"]
+
+    assert one(events, "mcp_resource_read", name="notes://all")["target"]["backend"] == "notes"
+    assert one(events, "mcp_prompt_get", name="notes_summarize_notes")["outcome"] == "success"
+    assert len({e["metadata"]["auditId"] for e in events}) == len(events)
+
+    assert 'mcp_server_operation_duration_seconds_count{method="tools/call",outcome="denied"} 1.0' in metrics
+    assert (
+        'mcp_client_operation_duration_seconds_count{backend="notes",method="tools/call",outcome="success"}' in metrics
+    )
+    assert 'vmcp_meta_tool_duration_seconds_count{outcome="success",tool="find_tool"} 1.0' in metrics
+    assert "notes_save_note" not in metrics  # no tool names as labels
+
+    everything = audit.read_text() + output + metrics
+    assert key not in everything and digest not in everything
+
+
+def test_full_queue_drops_are_counted_and_data_is_redacted_and_capped(tmp_path: Path) -> None:
+    from vmcp_opt.auth import Caller, Identification
+    from vmcp_opt.config import AuditConfig
+    from vmcp_opt.routing.operations import Operation
+    from vmcp_opt.telemetry.audit import AuditLog
+
+    log = AuditLog(AuditConfig(enabled=True, output=str(tmp_path / "a.log"), include_data=True, max_data_bytes=64))
+    caller = Caller("session:x", Identification.SESSION, "2025-11-25")
+    op = Operation("tools/call", caller, target="t", backend="b", arguments={"api_key": "s3cret", "q": "x" * 10})
+    event = log.event("mcp_tool_call", 0.0, op)
+    assert event["data"]["request"] == {"api_key": "[REDACTED]", "q": "x" * 10}
+    big = Operation("tools/call", caller, arguments={"q": "y" * 500})
+    assert log.event("mcp_tool_call", 0.0, big)["data"]["request"]["truncated"] is True
+    log.close()
+
+    full = AuditLog(AuditConfig(enabled=True, output=str(tmp_path / "b.log"), queue_size=1))
+    release = threading.Event()
+    failing = {"on": False}
+
+    def stuck_write(text: str) -> None:
+        release.wait(30)
+        if failing["on"]:
+            raise OSError("disk full")
+
+    full._sink.write = stuck_write  # type: ignore[method-assign]
+    for _ in range(3):  # the writer holds at most one, the queue one more: the third is dropped
+        full._offer("mcp_tool_call", op, 0.0)
+    assert full.dropped >= 1
+    failing["on"] = True
+    release.set()
+    full.close()
+    assert full.write_failures >= 1 and full.written == 0

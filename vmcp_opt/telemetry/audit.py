@@ -1,0 +1,259 @@
+"""The audit log: one JSON object per line per MCP operation, written off the request path.
+
+Field names follow ToolHive's audit event (pkg/audit/event.go) where they mean the same, so a pipeline
+that parses ToolHive's parses ours:
+
+    {"metadata": {"auditId": "<uuid4>", "extra": {"duration_ms": 1.2, "response_size_bytes": 345,
+                  "error_type": "...", "protocol_version": "...", "request_id": "..."}},
+     "type": "mcp_tool_call", "loggedAt": "2026-…Z", "outcome": "success|failure|denied|application_error",
+     "source": {"type": "network|local", "value": "<address>"},
+     "subjects": {"user_id": "<sub>", "user": "<name>", "client_name": …, "client_version": …,
+                  "caller_id": "<caller id>", "identified_by": "token|api_key|session|…"},
+     "delegation": [{"sub": …}, …],            # the token's `act` chain, when it was exchanged
+     "component": "vmcp-opt",
+     "target": {"method": "tools/call", "type": "tool", "name": "<tool>", "backend": "<backend>"},
+     "data": {"request": …, "response": …}}   # only with `include_data`
+
+The request path only copies a few references into a queue (bounded, `queue_size`); a writer thread formats,
+sizes and writes. When the queue is full the event is dropped (`when_full: drop`) or the request waits at
+most `block_timeout` before it is dropped (`block`); drops and write failures are counted (`dropped`,
+`write_failures`, exported as metrics) and logged, at most once per `REPORT_EVERY` seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import sys
+import threading
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any, cast
+
+from pydantic_core import to_jsonable_python
+
+from vmcp_opt.config import AuditConfig
+from vmcp_opt.routing.operations import Operation
+from vmcp_opt.routing.providers import GATEWAY_SOURCE
+from vmcp_opt.telemetry.names import event_type, target_type
+from vmcp_opt.telemetry.redact import redacted
+
+logger = logging.getLogger(__name__)
+REPORT_EVERY = 10.0  # seconds between two reports of dropped events or failed writes
+_STOP = object()
+
+
+class AuditLog:
+    """An `OperationWatcher` that writes audit events; `close()` drains the queue."""
+
+    def __init__(self, config: AuditConfig, base_dir: str = ".") -> None:
+        self.config = config
+        self.include = frozenset(config.include)
+        self.exclude = frozenset(config.exclude)
+        self.written = 0
+        self.dropped = 0
+        self.write_failures = 0
+        self._queue: queue.Queue[object] = queue.Queue(maxsize=config.queue_size)
+        self._sink = _Sink(config, base_dir)
+        self._last_report = 0.0
+        self._thread = threading.Thread(target=self._run, name="vmcp-audit", daemon=True)
+        self._thread.start()
+
+    # --- the request path --------------------------------------------------------------------------
+
+    def operation_started(self, op: Operation) -> None:
+        """Nothing: a workflow's source is known only after lookup; its `workflow_started` event is written
+        when it ends, with the time it started."""
+
+    def operation_finished(self, op: Operation) -> None:
+        if op.kind != "request":
+            return  # backend requests are the `target.backend` of their front operation
+        kind = event_type(op)
+        if kind in ("workflow_completed", "workflow_failed"):
+            self._offer("workflow_started", op, time.time() - op.duration)
+        self._offer(kind, op, time.time())
+
+    def _offer(self, kind: str, op: Operation, at: float) -> None:
+        if (self.include and kind not in self.include) or kind in self.exclude:
+            return
+        item = (kind, at, op)
+        try:
+            if self.config.when_full == "block":
+                self._queue.put(item, timeout=self.config.block_timeout)
+            else:
+                self._queue.put_nowait(item)
+        except queue.Full:
+            self.dropped += 1
+            self._report(f"audit queue full ({self.config.queue_size}): {self.dropped} events dropped so far")
+
+    # --- the writer thread ---------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            batch = [item]
+            while len(batch) < 512:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            lines = []
+            stop = False
+            for entry in batch:
+                if entry is _STOP:
+                    stop = True
+                    continue
+                kind, at, op = cast(tuple[str, float, Operation], entry)
+                try:
+                    lines.append(json.dumps(self.event(kind, at, op), separators=(",", ":"), default=str))
+                except Exception as exc:  # an unserialisable result must not stop the log
+                    self.write_failures += 1
+                    self._report(f"audit event not formatted: {exc!r}")
+            if lines:
+                try:
+                    self._sink.write("\n".join(lines) + "\n")
+                    self.written += len(lines)
+                except OSError as exc:
+                    self.write_failures += len(lines)
+                    self._report(f"audit log not written ({exc}): {self.write_failures} events lost so far")
+            if stop:
+                return
+
+    def event(self, kind: str, at: float, op: Operation) -> dict[str, Any]:
+        caller = op.caller
+        subjects = {"user_id": caller.subject, "user": _user(caller.claims) or caller.subject or "anonymous"}
+        subjects |= {"client_name": caller.client_name, "client_version": caller.client_version}
+        subjects |= {"caller_id": caller.id, "identified_by": caller.identified_by.value}
+        extra: dict[str, Any] = {
+            "duration_ms": round(op.duration * 1000, 3),
+            "protocol_version": caller.protocol_version,
+        }
+        if kind != "workflow_started":
+            extra["response_size_bytes"] = _size(op.result)
+        if op.error is not None:
+            extra["error_type"] = op.error
+        if op.exchange is not None and op.exchange.request_id is not None:
+            extra["request_id"] = str(op.exchange.request_id)
+        address = caller.address
+        event: dict[str, Any] = {
+            "metadata": {"auditId": str(uuid.uuid4()), "extra": extra},
+            "type": kind,
+            "loggedAt": datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "source": {"type": "network" if address else "local", "value": address or ""},
+            "outcome": "success" if kind == "workflow_started" else op.outcome,
+            "subjects": {k: v for k, v in subjects.items() if v is not None},
+            "component": "vmcp-opt",
+            "target": _target(op),
+        }
+        act = caller.claims.get("act")
+        if isinstance(act, dict):
+            event["delegation"] = _chain(act)
+        if self.config.include_data:
+            cap = self.config.max_data_bytes
+            data: dict[str, Any] = {"request": _capped(redacted(op.arguments), cap)}
+            if kind != "workflow_started":
+                data["response"] = _capped(redacted(to_jsonable_python(op.result, by_alias=True)), cap)
+            event["data"] = data
+        return event
+
+    def _report(self, message: str) -> None:
+        now = time.monotonic()
+        if now - self._last_report >= REPORT_EVERY:
+            self._last_report = now
+            logger.error(message)
+
+    def close(self, timeout: float = 5.0) -> None:
+        try:
+            self._queue.put(_STOP, timeout=timeout)
+        except queue.Full:
+            self._report("audit queue still full at shutdown: events lost")
+        self._thread.join(timeout)
+        self._sink.close()
+
+
+class _Sink:
+    """stdout, or a file rotated by size: `audit.log` → `audit.log.1` → … → `audit.log.<backups>`."""
+
+    def __init__(self, config: AuditConfig, base_dir: str) -> None:
+        self.max_bytes = config.max_file_bytes
+        self.backups = config.backups
+        self.path: Path | None = None
+        self._file: IO[str] | None = None
+        if config.output != "stdout":
+            path = Path(config.output)
+            self.path = path if path.is_absolute() else Path(base_dir) / path
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, text: str) -> None:
+        if self.path is None:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+            return
+        if self._file is None:
+            self._file = self.path.open("a", encoding="utf-8")
+        if self._file.tell() and self._file.tell() + len(text) > self.max_bytes:
+            self._rotate()
+        assert self._file is not None
+        self._file.write(text)
+        self._file.flush()
+
+    def _rotate(self) -> None:
+        assert self.path is not None and self._file is not None
+        self._file.close()
+        self._file = None
+        for n in range(self.backups - 1, 0, -1):
+            older = self.path.with_name(f"{self.path.name}.{n}")
+            if older.exists():
+                os.replace(older, self.path.with_name(f"{self.path.name}.{n + 1}"))
+        if self.backups:
+            os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+        else:
+            self.path.unlink(missing_ok=True)
+        self._file = self.path.open("a", encoding="utf-8")
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def _target(op: Operation) -> dict[str, str]:
+    target = {"method": op.method, "type": target_type(op.method)}
+    if op.target is not None:
+        target["name"] = op.target
+    if op.backend is not None and op.backend != GATEWAY_SOURCE:
+        target["backend"] = op.backend
+    return target
+
+
+def _user(claims: Any) -> str | None:
+    for key in ("name", "preferred_username", "email"):
+        value = claims.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+def _chain(act: dict[str, Any]) -> list[dict[str, str]]:
+    chain: list[dict[str, str]] = []
+    while isinstance(act, dict) and len(chain) < 10:
+        chain.append({k: str(v) for k, v in act.items() if k in ("sub", "client_id", "iss")})
+        act = act.get("act")  # type: ignore[assignment]
+    return chain
+
+
+def _size(result: Any) -> int:
+    if result is None:
+        return 0
+    return len(json.dumps(to_jsonable_python(result, by_alias=True, exclude_none=True), separators=(",", ":")))
+
+
+def _capped(value: Any, cap: int) -> Any:
+    text = json.dumps(value, default=str)
+    if len(text) <= cap:
+        return value
+    return {"truncated": True, "bytes": len(text), "prefix": text[:cap]}
