@@ -29,6 +29,7 @@ from vmcp_opt.server.authentication import RequireAuthentication
 from vmcp_opt.server.bad_input import JsonRpcErrorCodes
 from vmcp_opt.server.event_store import BoundedEventStore
 from vmcp_opt.server.handlers import build_mcp_server
+from vmcp_opt.server.sessions import SessionGate, SessionSlots, hold_session_slot, throttle_sdk_refusals
 
 logger = logging.getLogger(__name__)
 
@@ -76,15 +77,22 @@ def _machine_names() -> list[str]:
 
 
 def create_app(gateway: Gateway) -> Starlette:
-    server_config = gateway.config.server
+    server_config, limits = gateway.config.server, gateway.config.limits
+    mcp_server = build_mcp_server(gateway, "http")
+    mcp_server.middleware.append(hold_session_slot)
+    throttle_sdk_refusals()
     manager = StreamableHTTPSessionManager(
-        app=build_mcp_server(gateway, "http"),
+        app=mcp_server,
         security_settings=transport_security(server_config),
         max_request_body_size=server_config.max_body_bytes,
         # SSE streams can be resumed with Last-Event-ID (polling, dropped connections); bounded, in memory.
         event_store=BoundedEventStore(),
         retry_interval=SSE_RETRY_MS,
+        max_sessions=limits.max_sessions,
+        session_idle_timeout=limits.session_idle_timeout,
     )
+    slots = SessionSlots(limits.max_sessions, limits.max_sessions_per_address)
+    sessions = SessionGate(StreamableHTTPASGIApp(manager), slots, retry_after=min(limits.session_idle_timeout, 60))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -101,7 +109,7 @@ def create_app(gateway: Gateway) -> Starlette:
         readiness = gateway.readiness()
         return JSONResponse(readiness.body, status_code=200 if readiness.serving else 503)
 
-    endpoint, auth_routes = authenticated(JsonRpcErrorCodes(StreamableHTTPASGIApp(manager)), gateway.config)
+    endpoint, auth_routes = authenticated(JsonRpcErrorCodes(sessions, server_config.max_body_bytes), gateway.config)
     return Starlette(
         routes=[
             Route(server_config.path, endpoint=endpoint),
