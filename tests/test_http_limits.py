@@ -11,11 +11,13 @@ import json
 import socket
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx2
 import pytest
 
 from tests.support import Gateway, demo_backend, running_gateway, write_config
+from tests.test_host_binding import a_non_loopback_address
 
 pytestmark = [pytest.mark.slow]
 
@@ -162,9 +164,18 @@ def test_health_and_readiness_check_host_and_origin_strictly(plain_gateway: Gate
     assert SECRET not in output
 
 
-def test_readiness_detail_is_shown_to_loopback_clients(plain_gateway: Gateway) -> None:
-    body = httpx2.get(f"{plain_gateway.base}/readyz", timeout=20).json()
-    assert body["backends"][0]["name"] == "notes"
+def test_readiness_detail_is_shown_to_loopback_clients_only(tmp_path: Path) -> None:
+    address = a_non_loopback_address()
+    config = {
+        "backends": [demo_backend("notes", env={"API_TOKEN": SECRET})],
+        "auth": {"incoming": {"allow_anonymous_remote": True}},
+    }
+    with running_gateway(write_config(tmp_path, config), "--host", "0.0.0.0") as gateway:
+        local = httpx2.get(f"{gateway.base}/readyz", timeout=20).json()
+        assert local["backends"][0]["name"] == "notes"
+        remote = httpx2.get(f"http://{address}:{gateway.port}/readyz", timeout=20)
+        assert remote.json() == {"status": local["status"]}
+        assert "notes" not in remote.text
 
 
 def test_slow_header_and_idle_connections_are_closed_and_capped(plain_gateway: Gateway) -> None:
@@ -184,6 +195,13 @@ def test_slow_header_and_idle_connections_are_closed_and_capped(plain_gateway: G
                 data = b""
             closed += data == b"" or data.startswith(b"HTTP/1.1 503")
         assert closed == len(slow)
+        # A body that never finishes is cut off too.
+        stalled = raw_request(
+            gateway,
+            f"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:{gateway.port}\r\n".encode() + b"Content-Type: application/json\r\n"
+            b'Accept: application/json, text/event-stream\r\nContent-Length: 1000\r\n\r\n{"jsonrpc"',
+        )
+        assert b"HTTP/1.1 200" not in stalled
         assert healthz(gateway) == 200
         opened = httpx2.post(gateway.url, json=INITIALIZE, headers=HEADERS, timeout=20)
         assert "tools" in list_tools(httpx2.Client(timeout=20), gateway, session_headers(opened)).text
@@ -191,5 +209,7 @@ def test_slow_header_and_idle_connections_are_closed_and_capped(plain_gateway: G
         for sock in slow:
             sock.close()
     output = gateway.output()
-    assert output.count("slow to send") <= 2
+    assert output.count("slow to send its request headers") == 1  # once per interval, not per connection
+    assert output.count("refused a connection") == 1
+    assert "slow to send its request body" in output
     assert "Traceback" not in output

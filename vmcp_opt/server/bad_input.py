@@ -35,6 +35,8 @@ class JsonRpcErrorCodes:
             return
         if scope["method"] == "POST":
             receive, bad_id = await self._read_ahead(receive)
+            if bad_id == "":
+                return  # the client left before its body was in (or was cut off by the body timeout): no one to answer
             if bad_id is not None:
                 await json_rpc_error(
                     send, 400, INVALID_REQUEST, f"Invalid Request: id must be a string or an integer, not {bad_id}"
@@ -64,7 +66,8 @@ class JsonRpcErrorCodes:
         await self.app(scope, receive, relay)
 
     async def _read_ahead(self, receive: Receive) -> tuple[Receive, str | None]:
-        """The body read (at most the cap), a `receive` that hands it on, and what is wrong with its id."""
+        """The body read (at most the cap), a `receive` that hands it on, and what is wrong with its id
+        ("" when the client disconnected first)."""
         messages: list[Message] = []
         size = 0
         while True:
@@ -75,6 +78,8 @@ class JsonRpcErrorCodes:
             size += len(message.get("body", b""))
             if not message.get("more_body") or size > self.max_body_bytes:
                 break
+        if messages[-1]["type"] == "http.disconnect":
+            return receive, ""
         complete = messages[-1]["type"] == "http.request" and not messages[-1].get("more_body")
         bad_id = _bad_id(b"".join(m.get("body", b"") for m in messages)) if complete else None
 

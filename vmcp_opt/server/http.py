@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import re
 import socket
@@ -17,10 +18,11 @@ from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, Streamable
 from mcp.server.transport_security import TransportSecuritySettings
 from pydantic import AnyHttpUrl
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Scope
 
 from vmcp_opt.auth.authenticators import build_authenticator
 from vmcp_opt.config import LOOPBACK_ADDRESSES, ServerConfig, VmcpConfig
@@ -29,6 +31,7 @@ from vmcp_opt.server.authentication import RequireAuthentication
 from vmcp_opt.server.bad_input import JsonRpcErrorCodes
 from vmcp_opt.server.event_store import BoundedEventStore
 from vmcp_opt.server.handlers import build_mcp_server
+from vmcp_opt.server.host_check import HostCheck
 from vmcp_opt.server.sessions import SessionGate, SessionSlots, hold_session_slot, throttle_sdk_refusals
 
 logger = logging.getLogger(__name__)
@@ -81,9 +84,10 @@ def create_app(gateway: Gateway) -> Starlette:
     mcp_server = build_mcp_server(gateway, "http")
     mcp_server.middleware.append(hold_session_slot)
     throttle_sdk_refusals()
+    security = transport_security(server_config)
     manager = StreamableHTTPSessionManager(
         app=mcp_server,
-        security_settings=transport_security(server_config),
+        security_settings=security,
         max_request_body_size=server_config.max_body_bytes,
         # SSE streams can be resumed with Last-Event-ID (polling, dropped connections); bounded, in memory.
         event_store=BoundedEventStore(),
@@ -107,7 +111,10 @@ def create_app(gateway: Gateway) -> Starlette:
 
     async def readyz(request: Request) -> JSONResponse:
         readiness = gateway.readiness()
-        return JSONResponse(readiness.body, status_code=200 if readiness.serving else 503)
+        body = readiness.body
+        if not await may_see_detail(request.scope, endpoint):
+            body = {"status": body["status"]}  # backend names, errors and URLs only to loopback or authenticated
+        return JSONResponse(body, status_code=200 if readiness.serving else 503)
 
     endpoint, auth_routes = authenticated(JsonRpcErrorCodes(sessions, server_config.max_body_bytes), gateway.config)
     return Starlette(
@@ -118,7 +125,22 @@ def create_app(gateway: Gateway) -> Starlette:
             *auth_routes,
         ],
         lifespan=lifespan,
+        # Every route, /healthz and /readyz too, answers only requests that name this gateway.
+        middleware=[
+            Middleware(HostCheck, allowed_hosts=security.allowed_hosts, allowed_origins=security.allowed_origins)
+        ],
     )
+
+
+async def may_see_detail(scope: Scope, endpoint: ASGIApp) -> bool:
+    """A loopback client, or (with authentication on) one whose credential verifies."""
+    client = scope.get("client")
+    with contextlib.suppress(ValueError):
+        if client and ipaddress.ip_address(client[0]).is_loopback:
+            return True
+    if isinstance(endpoint, RequireAuthentication):
+        return await endpoint.verifies(scope)
+    return False
 
 
 def authenticated(endpoint: ASGIApp, config: VmcpConfig) -> tuple[ASGIApp, list[BaseRoute]]:
