@@ -1,17 +1,19 @@
-"""A misbehaving backend against a real gateway process (issue 22, rows 2-4, 9, 10, 12), with figures.
+"""A misbehaving backend, and a hostile HTTP client, against a real gateway process (issue 22), with figures.
 
 One gateway over examples/backends/hostile_server.py and a well-behaved demo backend, on loopback. Each
 attack runs while another task polls `/healthz` every 10 ms; per attack it prints what happened, the
 slowest `/healthz` answer during it (the event-loop stall a client would see), the gateway's CPU time and
 its RSS before and after, and whether a distinctive secret showed anywhere. Bounded in count and time.
+The client's attacks (rows 5, 7, 11, 12) run against a second gateway with a demo backend only.
 
-    .venv/bin/python bench/abuse.py [--big-mb 50] [--flood 2000]
+    .venv/bin/python bench/abuse.py [--big-mb 50] [--flood 2000] [--sessions 2000] [--slow 300]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import socket
 import sys
 import tempfile
 import time
@@ -132,18 +134,125 @@ async def run(big_mb: int, flood: int) -> None:
                 readyz = httpx2.get(f"{gateway.base}/readyz", timeout=10.0).text
         log = gateway.output()
     stderr_leak = SECRET in log or SECRET in readyz
+    print_rows(rows)
+    print(f"secret in the gateway's log or /readyz (backend stderr, env): {stderr_leak}")
+
+
+INITIALIZE = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "b", "version": "0"}},
+}
+ACCEPT = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+
+
+async def run_client_attacks(sessions: int, slow: int) -> None:
+    """Rows 5, 7, 11, 12: what one HTTP client can make the gateway hold."""
+    limits = {"http_header_timeout": 2, "max_connections": max(50, slow // 2)}
+    with tempfile.TemporaryDirectory() as tmp:
+        config = {"backends": [demo_backend("notes", env={"API_TOKEN": SECRET})], "limits": limits}
+        with running_gateway(write_config(Path(tmp), config)) as gateway:
+            proc = psutil.Process(gateway.proc.pid)
+            host = {"Host": f"127.0.0.1:{gateway.port}"}
+
+            async def initialize_flood() -> str:
+                statuses: dict[int, int] = {}
+                transport = httpx2.AsyncHTTPTransport(local_address="127.0.0.1")
+                async with httpx2.AsyncClient(transport=transport, timeout=60) as http:
+                    limiter = anyio.CapacityLimiter(20)
+
+                    async def one() -> None:
+                        async with limiter:
+                            status = (await http.post(gateway.url, json=INITIALIZE, headers=ACCEPT)).status_code
+                            statuses[status] = statuses.get(status, 0) + 1
+
+                    async with anyio.create_task_group() as group:
+                        for _ in range(sessions):
+                            group.start_soon(one)
+                other = httpx2.Client(transport=httpx2.HTTPTransport(local_address="127.0.0.2"), timeout=60)
+                with other:
+                    others = other.post(gateway.url, json=INITIALIZE, headers={**ACCEPT, **host}).status_code
+                return f"{dict(sorted(statuses.items()))}; another address: {others}"
+
+            def hold_slow(count: int, partial: bytes) -> tuple[int, int]:
+                socks = []
+                for _ in range(count):
+                    sock = socket.create_connection(("127.0.0.1", gateway.port), timeout=30)
+                    sock.sendall(partial)
+                    socks.append(sock)
+                closed = refused = 0
+                for sock in socks:
+                    try:
+                        data = sock.recv(4096)
+                    except OSError:
+                        data = b""
+                    refused += data.startswith(b"HTTP/1.1 503")
+                    closed += data == b""
+                    sock.close()
+                return closed, refused
+
+            async def slow_headers() -> str:
+                started = time.perf_counter()
+                closed, refused = await anyio.to_thread.run_sync(
+                    hold_slow, slow, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                )
+                took = time.perf_counter() - started
+                return f"{closed} closed by timeout, {refused} refused at cap, all in {took:.1f} s"
+
+            async def idle_connections() -> str:
+                closed, refused = await anyio.to_thread.run_sync(hold_slow, slow, b"")
+                return f"{closed} idle closed, {refused} refused at cap {limits['max_connections']}"
+
+            async def bad_ids() -> str:
+                async with httpx2.AsyncClient(timeout=60) as http:
+                    codes, largest = [], 0
+                    for request_id in [None, True, {"x": "y" * 10_000}, [1]] * 50:
+                        body = {**INITIALIZE, "id": request_id}
+                        response = await http.post(gateway.url, headers=ACCEPT, content=json.dumps(body))
+                        codes.append(response.json()["error"]["code"] if response.status_code == 400 else 0)
+                        largest = max(largest, len(response.content))
+                return f"{codes.count(-32600)} of {len(codes)} answered -32600, answers <= {largest} B"
+
+            async def rebinding() -> str:
+                async with httpx2.AsyncClient(timeout=60) as http:
+                    evil = await http.get(f"{gateway.base}/readyz", headers={"Host": "evil.example"})
+                    port = await http.get(f"{gateway.base}/readyz", headers={"Host": "127.0.0.1:evil.example.com"})
+                return f"/readyz for evil.example: {evil.status_code}, 127.0.0.1:evil.example.com: {port.status_code}"
+
+            rows = [
+                (name, *await measured(gateway.base, proc, attack))
+                for name, attack in (
+                    (f"initialize flood x{sessions} (row 5)", initialize_flood),
+                    (f"slow-header connections x{slow} (row 7)", slow_headers),
+                    (f"idle connections x{slow} (row 7)", idle_connections),
+                    ("ids null/bool/object/array x200 (row 12)", bad_ids),
+                    ("DNS-rebinding Host on /readyz (row 11)", rebinding),
+                )
+            ]
+        log = gateway.output()
+    print_rows(rows)
+    print(f"secret in the gateway's log: {SECRET in log}; tracebacks in it: {log.count('Traceback')}")
+
+
+def print_rows(rows: list[tuple[str, str, float, float, float, float]]) -> None:
     print(f"{'attack':48} {'outcome':52} {'/healthz max ms':>15} {'CPU s':>6} {'RSS MB':>13}")
     for name, outcome, stall, cpu, before, after in rows:
         print(f"{name:48} {outcome:52} {stall:15.1f} {cpu:6.2f} {before:6.0f}->{after:<6.0f}")
-    print(f"secret in the gateway's log or /readyz (backend stderr, env): {stderr_leak}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--big-mb", type=int, default=50)
     parser.add_argument("--flood", type=int, default=2000)
+    parser.add_argument("--sessions", type=int, default=2000, help="initialize requests of the session flood")
+    parser.add_argument("--slow", type=int, default=300, help="slow-header and idle connections")
+    parser.add_argument("--only", choices=["backend", "client"], help="run one half")
     args = parser.parse_args()
-    anyio.run(run, args.big_mb, args.flood)
+    if args.only != "client":
+        anyio.run(run, args.big_mb, args.flood)
+    if args.only != "backend":
+        anyio.run(run_client_attacks, args.sessions, args.slow)
 
 
 if __name__ == "__main__":

@@ -394,6 +394,41 @@ class LimitsConfig(_Strict):
         description="Calls of one caller that may wait for its input (2026-07-28 InputRequiredResult) at once; "
         "server.max_pending_calls bounds all callers together.",
     )
+    max_sessions: int = Field(
+        1000,
+        ge=1,
+        description="MCP sessions (2025-11-25 HTTP clients) open at once, in total; past it opening one is refused "
+        "with 503 and Retry-After, and sessions already open keep working.",
+    )
+    max_sessions_per_address: int = Field(
+        100,
+        ge=1,
+        description="MCP sessions open at once from one client address; past it opening one is refused with 429 "
+        "and Retry-After. Every local client shares the loopback address.",
+    )
+    session_idle_timeout: float = Field(
+        600.0,
+        gt=0,
+        description="Seconds an MCP session may go without a request in flight (no call, no open stream) before "
+        "it is closed; the client then opens a new one.",
+    )
+    max_connections: int = Field(
+        1000,
+        ge=1,
+        description="HTTP connections open at once; a connection past it is answered 503 and closed at once. "
+        "Lowered at start to fit the process's open-file limit (raised to its hard limit first).",
+    )
+    http_header_timeout: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds a client has to send a request's line and headers, from connecting or from its first byte.",
+    )
+    http_body_timeout: float = Field(
+        30.0, gt=0, description="Seconds a client has to send a request's whole body once its headers are in."
+    )
+    http_keep_alive_timeout: float = Field(
+        5.0, gt=0, description="Seconds an idle kept-alive HTTP connection stays open waiting for the next request."
+    )
 
 
 LOOPBACK_ADDRESSES = ("127.0.0.1", "localhost", "::1")

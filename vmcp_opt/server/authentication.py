@@ -59,6 +59,14 @@ class RequireAuthentication:
             return
         await self.app(scope, receive, send)
 
+    async def verifies(self, scope: Scope) -> bool:
+        """Whether the request's credential would be accepted here (for routes that show more to callers)."""
+        try:
+            await self._identify(scope)
+        except AuthError:
+            return False
+        return True
+
     async def _identify(self, scope: Scope) -> object:
         query = scope.get("query_string", b"").decode("latin-1")
         if query and any(name.lower() in QUERY_TOKEN_NAMES for name, _ in parse_qsl(query, keep_blank_values=True)):

@@ -4,6 +4,11 @@ The SDK answers a body that parses as JSON but is not a JSON-RPC message (`[1, 2
 request without `"jsonrpc": "2.0"`) with -32602 Invalid params; the spec's answer is -32600
 Invalid Request. This ASGI wrapper rewrites only those 400 answers; every other response passes
 through untouched (one integer comparison on the start message).
+
+It also answers a request whose `id` is not a string or an integer (`null`, `true`, an object, an array)
+with -32600 itself: the SDK would take it for a notification and answer 202, leaving the client waiting.
+That needs the body before the SDK reads it: it is read here (up to the body cap, beyond which the SDK's
+own 413 answers) and handed on unchanged. The error never repeats the client's input.
 """
 
 from __future__ import annotations
@@ -13,18 +18,30 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from vmcp_opt.server.sessions import json_rpc_error
+
 INVALID_REQUEST = -32600
 INVALID_PARAMS = -32602
 
 
 class JsonRpcErrorCodes:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, max_body_bytes: int = 4 * 1024 * 1024) -> None:
         self.app = app
+        self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if scope["method"] == "POST":
+            receive, bad_id = await self._read_ahead(receive)
+            if bad_id == "":
+                return  # the client left before its body was in (or was cut off by the body timeout): no one to answer
+            if bad_id is not None:
+                await json_rpc_error(
+                    send, 400, INVALID_REQUEST, f"Invalid Request: id must be a string or an integer, not {bad_id}"
+                )
+                return
         held: list[Message] = []
 
         async def relay(message: Message) -> None:
@@ -48,6 +65,29 @@ class JsonRpcErrorCodes:
 
         await self.app(scope, receive, relay)
 
+    async def _read_ahead(self, receive: Receive) -> tuple[Receive, str | None]:
+        """The body read (at most the cap), a `receive` that hands it on, and what is wrong with its id
+        ("" when the client disconnected first)."""
+        messages: list[Message] = []
+        size = 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":
+                break
+            size += len(message.get("body", b""))
+            if not message.get("more_body") or size > self.max_body_bytes:
+                break
+        if messages[-1]["type"] == "http.disconnect":
+            return receive, ""
+        complete = messages[-1]["type"] == "http.request" and not messages[-1].get("more_body")
+        bad_id = _bad_id(b"".join(m.get("body", b"") for m in messages)) if complete else None
+
+        async def replay() -> Message:
+            return messages.pop(0) if messages else await receive()
+
+        return replay, bad_id
+
 
 def _invalid_request(body: bytes) -> bytes:
     try:
@@ -65,3 +105,23 @@ def _invalid_request(body: bytes) -> bytes:
         error["message"] = "Invalid Request: not a JSON-RPC 2.0 request, notification or response"
         return json.dumps(data, separators=(",", ":")).encode()
     return body
+
+
+def _bad_id(body: bytes) -> str | None:
+    """The kind of a request's unusable id (`null`, `a boolean`, `an object`, …), or None."""
+    if b'"id"' not in body:
+        return None
+    try:
+        data: Any = json.loads(body)
+    except ValueError:
+        return None  # the SDK answers -32700
+    if not isinstance(data, dict) or "method" not in data or "id" not in data:
+        return None
+    request_id = data["id"]
+    if isinstance(request_id, bool):
+        return "a boolean"
+    if isinstance(request_id, str | int):
+        return None
+    if request_id is None:
+        return "null"
+    return {dict: "an object", list: "an array", float: "a fraction"}.get(type(request_id), "that")

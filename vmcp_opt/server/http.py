@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import re
 import socket
@@ -17,10 +18,11 @@ from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, Streamable
 from mcp.server.transport_security import TransportSecuritySettings
 from pydantic import AnyHttpUrl
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Scope
 
 from vmcp_opt.auth.authenticators import build_authenticator
 from vmcp_opt.config import LOOPBACK_ADDRESSES, ServerConfig, VmcpConfig
@@ -29,6 +31,8 @@ from vmcp_opt.server.authentication import RequireAuthentication
 from vmcp_opt.server.bad_input import JsonRpcErrorCodes
 from vmcp_opt.server.event_store import BoundedEventStore
 from vmcp_opt.server.handlers import build_mcp_server
+from vmcp_opt.server.host_check import HostCheck
+from vmcp_opt.server.sessions import SessionGate, SessionSlots, hold_session_slot, throttle_sdk_refusals
 from vmcp_opt.telemetry.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 
 logger = logging.getLogger(__name__)
@@ -77,15 +81,23 @@ def _machine_names() -> list[str]:
 
 
 def create_app(gateway: Gateway) -> Starlette:
-    server_config = gateway.config.server
+    server_config, limits = gateway.config.server, gateway.config.limits
+    mcp_server = build_mcp_server(gateway, "http")
+    mcp_server.middleware.append(hold_session_slot)
+    throttle_sdk_refusals()
+    security = transport_security(server_config)
     manager = StreamableHTTPSessionManager(
-        app=build_mcp_server(gateway, "http"),
-        security_settings=transport_security(server_config),
+        app=mcp_server,
+        security_settings=security,
         max_request_body_size=server_config.max_body_bytes,
         # SSE streams can be resumed with Last-Event-ID (polling, dropped connections); bounded, in memory.
         event_store=BoundedEventStore(),
         retry_interval=SSE_RETRY_MS,
+        max_sessions=limits.max_sessions,
+        session_idle_timeout=limits.session_idle_timeout,
     )
+    slots = SessionSlots(limits.max_sessions, limits.max_sessions_per_address)
+    sessions = SessionGate(StreamableHTTPASGIApp(manager), slots, retry_after=min(limits.session_idle_timeout, 60))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -100,14 +112,17 @@ def create_app(gateway: Gateway) -> Starlette:
 
     async def readyz(request: Request) -> JSONResponse:
         readiness = gateway.readiness()
-        return JSONResponse(readiness.body, status_code=200 if readiness.serving else 503)
+        body = readiness.body
+        if not await may_see_detail(request.scope, endpoint):
+            body = {"status": body["status"]}  # backend names, errors and URLs only to loopback or authenticated
+        return JSONResponse(body, status_code=200 if readiness.serving else 503)
 
     async def metrics(request: Request) -> Response:
         assert gateway.telemetry.metrics is not None
         return Response(gateway.telemetry.metrics.exposition(), media_type=METRICS_CONTENT_TYPE)
 
     metrics_routes = [Route("/metrics", metrics, methods=["GET"])] if gateway.telemetry.metrics is not None else []
-    endpoint, auth_routes = authenticated(JsonRpcErrorCodes(StreamableHTTPASGIApp(manager)), gateway.config)
+    endpoint, auth_routes = authenticated(JsonRpcErrorCodes(sessions, server_config.max_body_bytes), gateway.config)
     return Starlette(
         routes=[
             Route(server_config.path, endpoint=endpoint),
@@ -117,7 +132,22 @@ def create_app(gateway: Gateway) -> Starlette:
             *auth_routes,
         ],
         lifespan=lifespan,
+        # Every route, /healthz and /readyz too, answers only requests that name this gateway.
+        middleware=[
+            Middleware(HostCheck, allowed_hosts=security.allowed_hosts, allowed_origins=security.allowed_origins)
+        ],
     )
+
+
+async def may_see_detail(scope: Scope, endpoint: ASGIApp) -> bool:
+    """A loopback client, or (with authentication on) one whose credential verifies."""
+    client = scope.get("client")
+    with contextlib.suppress(ValueError):
+        if client and ipaddress.ip_address(client[0]).is_loopback:
+            return True
+    if isinstance(endpoint, RequireAuthentication):
+        return await endpoint.verifies(scope)
+    return False
 
 
 def authenticated(endpoint: ASGIApp, config: VmcpConfig) -> tuple[ASGIApp, list[BaseRoute]]:

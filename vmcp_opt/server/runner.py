@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
 import os
 import signal
 import sys
@@ -17,6 +19,7 @@ from vmcp_opt.auth.cedar import PolicyLoadError
 from vmcp_opt.backends.secrets import SecretFilter, secret_values
 from vmcp_opt.config import VmcpConfig
 from vmcp_opt.gateway import Gateway, StartupError
+from vmcp_opt.server.connections import fit_connections, limited_protocol, throttle_accept_errors
 from vmcp_opt.server.http import create_app
 from vmcp_opt.server.stdio import serve_stdio
 
@@ -43,6 +46,7 @@ def run_gateway(config: VmcpConfig, announce: Callable[[VmcpConfig], None] | Non
     except AuthSetupError as exc:
         logger.error("cannot start: %s", exc)
         return 2
+    limits = config.limits
     server = uvicorn.Server(
         uvicorn.Config(
             app,
@@ -51,11 +55,16 @@ def run_gateway(config: VmcpConfig, announce: Callable[[VmcpConfig], None] | Non
             log_level="warning",
             lifespan="on",
             timeout_graceful_shutdown=int(config.timeouts.shutdown),
+            http=limited_protocol(
+                limits.http_header_timeout, limits.http_body_timeout, fit_connections(limits.max_connections)
+            ),
+            timeout_keep_alive=math.ceil(limits.http_keep_alive_timeout),
         )
     )
     original_startup = server.startup
 
     async def startup(sockets: Any = None) -> None:
+        throttle_accept_errors(asyncio.get_running_loop())
         await original_startup(sockets)
         if server.started and announce is not None:
             announce(config)

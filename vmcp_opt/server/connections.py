@@ -1,0 +1,152 @@
+"""HTTP connection limits under uvicorn (issue 22, row 7): read timeouts, a connection cap, file descriptors.
+
+uvicorn closes idle kept-alive connections (`timeout_keep_alive`) but has no deadline for a client that
+connects and sends its headers slowly, or never, nor for a slow body; each such client holds a socket
+(a file descriptor) forever. `LimitedH11Protocol` adds both deadlines: `limits.http_header_timeout` from
+connecting, or from the first byte of a later request on the connection, to the end of the headers;
+`limits.http_body_timeout` from there to the end of the body. A late connection is closed.
+
+A connection past `limits.max_connections` is answered 503 and closed at once, so descriptors stay free
+for the backends, the log and the clients already connected. At start the open-file limit is raised to
+its hard limit and the cap lowered to fit under it.
+
+`asyncio` reports a failing `accept()` (EMFILE: out of descriptors) through the loop's exception handler,
+with a traceback each time; `throttle_accept_errors` makes that one line a minute.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import h11
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from vmcp_opt.routing.budget import ThrottledLog
+
+logger = logging.getLogger(__name__)
+_log = ThrottledLog(logger)
+# Descriptors kept for what is not a client connection: backends' pipes and sockets, logs, the index.
+RESERVED_DESCRIPTORS = 128
+_BUSY = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: 26\r\nconnection: close\r\n\r\nToo many open connections\n"
+
+
+class LimitedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with header and body deadlines and a connection cap (set by `limited_protocol`)."""
+
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    max_connections: int = 1000
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._deadline: asyncio.TimerHandle | None = None
+        self._phase: object = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if len(self.connections) > self.max_connections:
+            _log.warning(
+                "connections", "refused a connection: %d are open (limits.max_connections)", self.max_connections
+            )
+            transport.write(_BUSY)
+            transport.close()
+            return
+        self._watch()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        self._watch()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._watch()  # between requests the keep-alive timeout holds; nothing of ours
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _watch(self) -> None:
+        """Arm the deadline of the phase the client is in (reading headers, or a body), or none."""
+        state = self.conn.their_state
+        phase: object
+        if self.transport.is_closing():
+            phase = None
+        elif state is h11.IDLE and (self.cycle is None or self.conn.trailing_data[0]):
+            phase = h11.IDLE  # a new connection, or a later request begun: its headers are due
+        elif state is h11.SEND_BODY:
+            phase = h11.SEND_BODY
+        else:
+            phase = None
+        if phase is self._phase:
+            return
+        self._disarm()
+        self._phase = phase
+        if phase is not None:
+            timeout = self.header_timeout if phase is h11.IDLE else self.body_timeout
+            self._deadline = self.loop.call_later(timeout, self._too_slow)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        self._phase = None
+
+    def _too_slow(self) -> None:
+        what = "headers" if self._phase is h11.IDLE else "body"
+        self._deadline = None
+        _log.warning(
+            f"slow:{what}",
+            "closed a connection slow to send its request %s (limits.http_%s_timeout)",
+            what,
+            "header" if what == "headers" else "body",
+        )
+        self.transport.close()
+
+
+def limited_protocol(header_timeout: float, body_timeout: float, max_connections: int) -> type[LimitedH11Protocol]:
+    return type(
+        "LimitedH11Protocol",
+        (LimitedH11Protocol,),
+        {"header_timeout": header_timeout, "body_timeout": body_timeout, "max_connections": max_connections},
+    )
+
+
+def fit_connections(max_connections: int) -> int:
+    """Raise the open-file limit to its hard limit; the connection cap that fits under it."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return max_connections
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:
+            logger.warning("could not raise the open-file limit from %d to %d: %s", soft, target, exc)
+    if soft == resource.RLIM_INFINITY:
+        return max_connections
+    fits = max(1, soft - RESERVED_DESCRIPTORS)
+    if fits < max_connections:
+        logger.warning(
+            "limits.max_connections lowered from %d to %d to fit the open-file limit (%d)", max_connections, fits, soft
+        )
+        return fits
+    return max_connections
+
+
+def throttle_accept_errors(loop: asyncio.AbstractEventLoop) -> None:
+    """A failing accept() (out of descriptors) logged once a minute, without its traceback."""
+
+    def handle(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        message = str(context.get("message", ""))
+        if message.startswith("socket.accept() out of system resource"):
+            exc = context.get("exception")
+            _log.warning("accept", "cannot accept connections: %s (out of file descriptors?)", exc)
+            return
+        loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handle)

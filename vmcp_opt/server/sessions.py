@@ -1,0 +1,204 @@
+"""MCP sessions bounded per client address and in total (issue 22, row 5).
+
+A POST without `mcp-session-id` (of the handshake era) may open a session. `SessionGate` takes a slot for
+the client's address before the SDK sees the request, or refuses it: 429 when that address holds
+`limits.max_sessions_per_address`, 503 when `limits.max_sessions` are open, both a JSON-RPC error with
+`Retry-After`. The slot travels in the request's ASGI scope; `hold_session_slot`, a server middleware,
+sees the request's first message reach the session's connection and ties the slot to that connection's
+exit stack, so it is freed however the session ends (DELETE, idle timeout, crash, shutdown). A request
+that opened no connection (refused, malformed) frees its slot when it is answered.
+
+The SDK's own `max_sessions` stays as a backstop; its per-refusal warning is throttled like ours.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections import Counter
+from typing import Any
+
+from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from vmcp_opt.display import printable
+from vmcp_opt.routing.budget import ThrottledLog
+from vmcp_opt.server.admission import connection_of
+
+logger = logging.getLogger(__name__)
+_SLOT_KEY = "vmcp.session_slot"
+_SESSION_HEADER = b"mcp-session-id"
+_VERSION_HEADER = b"mcp-protocol-version"
+SERVER_BUSY = -32000
+
+
+class Slot:
+    """One session's place in the counts; `release` is idempotent."""
+
+    def __init__(self, sessions: SessionSlots, address: str) -> None:
+        self._sessions = sessions
+        self.address = address
+        self.held = False  # a connection holds it: freed with the connection, not with the request
+        self._released = False
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._sessions._release(self.address)
+
+    async def aclose(self) -> None:
+        self.release()
+
+
+class SessionSlots:
+    """Counts of open (or opening) sessions, per address and in total."""
+
+    def __init__(self, max_total: int, max_per_address: int) -> None:
+        self.max_total = max_total
+        self.max_per_address = max_per_address
+        self.total = 0
+        self._per_address: Counter[str] = Counter()
+
+    def take(self, address: str) -> Slot | str:
+        """A slot, or why not: "address" or "total"."""
+        if self._per_address[address] >= self.max_per_address:
+            return "address"
+        if self.total >= self.max_total:
+            return "total"
+        self._per_address[address] += 1
+        self.total += 1
+        return Slot(self, address)
+
+    def of(self, address: str) -> int:
+        return self._per_address.get(address, 0)
+
+    def _release(self, address: str) -> None:
+        self.total -= 1
+        self._per_address[address] -= 1
+        if self._per_address[address] <= 0:
+            del self._per_address[address]
+
+
+class SessionGate:
+    """ASGI: a slot per session-opening request, or a 429/503 JSON-RPC error with Retry-After."""
+
+    def __init__(self, app: ASGIApp, slots: SessionSlots, retry_after: float, log_interval: float = 60.0) -> None:
+        self.app = app
+        self.slots = slots
+        self.retry_after = max(1, math.ceil(retry_after))
+        self._log = ThrottledLog(logger, log_interval)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or not _may_open_session(scope):
+            await self.app(scope, receive, send)
+            return
+        client = scope.get("client")
+        address = str(client[0]) if client else "?"
+        slot = self.slots.take(address)
+        if isinstance(slot, str):
+            await self._refuse(slot, address, send)
+            return
+        scope[_SLOT_KEY] = slot
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            if not slot.held:
+                slot.release()
+
+    async def _refuse(self, why: str, address: str, send: Send) -> None:
+        if why == "address":
+            status, limit = 429, self.slots.max_per_address
+            message = f"Too many open sessions from this address ({limit}); retry after {self.retry_after} s"
+            self._log.warning(
+                "sessions:address",
+                "sessions: refused a new session from %s: it holds %d (limits.max_sessions_per_address)",
+                printable(address),
+                limit,
+            )
+        else:
+            status, limit = 503, self.slots.max_total
+            message = f"Too many open sessions ({limit}); retry after {self.retry_after} s"
+            self._log.warning(
+                "sessions:total", "sessions: refused a new session: %d are open (limits.max_sessions)", limit
+            )
+        await json_rpc_error(
+            send,
+            status,
+            SERVER_BUSY,
+            message,
+            {"retry_after": self.retry_after},
+            [(b"retry-after", str(self.retry_after).encode())],
+        )
+
+
+async def hold_session_slot(ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
+    """Server middleware: the opening request reached a session's connection; its slot now lives as long."""
+    scope = getattr(ctx.request, "scope", None)
+    slot = scope.get(_SLOT_KEY) if isinstance(scope, dict) else None
+    if isinstance(slot, Slot) and not slot.held:
+        slot.held = True
+        connection_of(ctx).exit_stack.push_async_callback(slot.aclose)
+    return await call_next(ctx)
+
+
+async def json_rpc_error(
+    send: Send,
+    status: int,
+    code: int,
+    message: str,
+    data: dict[str, Any] | None = None,
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    """An HTTP answer carrying a JSON-RPC error without a request id."""
+    error: dict[str, Any] = {"code": code, "message": message}
+    if data is not None:
+        error["data"] = data
+    body = json.dumps({"jsonrpc": "2.0", "id": None, "error": error}).encode()
+    start = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *(headers or [])]
+    await send({"type": "http.response.start", "status": status, "headers": start})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _may_open_session(scope: Scope) -> bool:
+    """The SDK's own test: no session id, and a handshake-era (or absent) protocol version header."""
+    version: bytes | None = None
+    for name, value in scope["headers"]:
+        if name == _SESSION_HEADER:
+            return False
+        if name == _VERSION_HEADER:
+            version = value
+    return version is None or version.decode("latin-1") in HANDSHAKE_PROTOCOL_VERSIONS
+
+
+class ThrottleRecords(logging.Filter):
+    """Lets through one record per interval of those whose message starts with `prefix`; counts the rest."""
+
+    def __init__(self, prefix: str, interval: float = 60.0) -> None:
+        super().__init__()
+        self.prefix = prefix
+        self.interval = interval
+        self._last: float | None = None
+        self._held_back = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith(self.prefix):
+            return True
+        now = time.monotonic()
+        if self._last is not None and now - self._last < self.interval:
+            self._held_back += 1
+            return False
+        self._last = now
+        if self._held_back:
+            record.msg = f"{record.msg} (and {self._held_back} more like it in the last {self.interval:g}s)"
+            self._held_back = 0
+        return True
+
+
+def throttle_sdk_refusals() -> None:
+    """The SDK logs a warning per refused session; one per minute is enough."""
+    sdk = logging.getLogger("mcp.server.streamable_http_manager")
+    if not any(isinstance(f, ThrottleRecords) for f in sdk.filters):
+        sdk.addFilter(ThrottleRecords("Refusing to open a new session"))
