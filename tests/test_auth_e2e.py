@@ -31,7 +31,17 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.auth import OAuthClientInformationFull, OAuthToken
 from mcp.shared.exceptions import MCPError
 
-from tests.support import ROOT, Gateway, demo_backend, free_port, running_gateway, stop_process, wait_http, write_config
+from tests.support import (
+    ROOT,
+    Gateway,
+    demo_backend,
+    free_port,
+    running_gateway,
+    stop_process,
+    unavailable,
+    wait_http,
+    write_config,
+)
 from tests.test_conformance import find_node
 
 pytestmark = [pytest.mark.slow, pytest.mark.anyio]
@@ -104,7 +114,7 @@ class Issuer:
 def issuer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Issuer]:
     node = find_node()
     if node is None or not (ROOT / "node_modules" / "oidc-provider").exists():
-        pytest.skip("needs Node >= 22 and oidc-provider (npm ci)")
+        unavailable("needs Node >= 22 and oidc-provider (npm ci)")
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     port = free_port()
     settings = tmp_path_factory.mktemp("issuer") / "settings.json"

