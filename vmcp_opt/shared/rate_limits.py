@@ -29,7 +29,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from vmcp_opt.auth.caller import Caller, Identification
-from vmcp_opt.config import BucketConfig, RateLimitsConfig, VmcpConfig
+from vmcp_opt.config import BucketConfig, RateLimitsConfig, ToolBucketConfig, VmcpConfig
 from vmcp_opt.routing.budget import LimitReached, ThrottledLog
 from vmcp_opt.shared.redis_client import redis_client
 
@@ -47,7 +47,7 @@ class Bucket:
     setting: str  # the config path that set it, for the refusal
 
     @classmethod
-    def of(cls, key: str, config: BucketConfig, setting: str) -> Bucket:
+    def of(cls, key: str, config: BucketConfig | ToolBucketConfig, setting: str) -> Bucket:
         return cls(key, config.rate, config.burst, setting)
 
 
