@@ -98,7 +98,9 @@ def test_a_tools_refusal_does_not_spend_the_callers_budget(replicas: tuple[Gatew
     tools = ["test_image_content"] * 4 + ["test_simple_text"] * BURST
     outcomes = alternate(replicas, "bob", tools)
     assert outcomes == (
-        ["ok"] + ["refused by rate_limits.per_tool.test_image_content"] * 3 + ["ok"] * (BURST - 1)
+        ["ok"]
+        + ["refused by rate_limits.per_tool.test_image_content"] * 3
+        + ["ok"] * (BURST - 1)
         # one image call and BURST - 1 text calls spent the budget; the refusals spent nothing
         + ["refused by rate_limits.per_caller"]
     )

@@ -43,10 +43,10 @@ def test_rotation_seals_with_the_new_key_and_still_opens_the_old(
 
 def test_a_missing_or_short_key_names_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("NOT_SET_KEY", raising=False)
-    with pytest.raises(SecretMissing, match="request_state.key_env: the environment variable NOT_SET_KEY"):
+    with pytest.raises(SecretMissing, match=r"request_state\.key_env: the environment variable NOT_SET_KEY"):
         state_keys(VmcpConfig(request_state={"key_env": "NOT_SET_KEY"}))
     monkeypatch.setenv("SHORT_KEY", "short")
-    with pytest.raises(SecretMissing, match="request_state.key: 5 bytes"):
+    with pytest.raises(SecretMissing, match=r"request_state\.key: 5 bytes"):
         state_keys(VmcpConfig(request_state={"key_env": "SHORT_KEY"}))
 
 
