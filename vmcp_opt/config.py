@@ -596,6 +596,93 @@ class TelemetryConfig(_Strict):
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
 
 
+class RedisConfig(_Strict):
+    """The Redis server that replicas share (rate limits today; sessions and learning as issue 18 lands)."""
+
+    # `redis://host:port/db`, or `rediss://…` for TLS. No password here: `password_env` or `password_file`.
+    url: str = "redis://127.0.0.1:6379/0"
+    # Environment variable holding the password.
+    password_env: str | None = None
+    # File holding the password (a mounted Secret), relative to the config file's directory.
+    password_file: str | None = None
+    # Prefix of every key the gateway writes, so several gateways can share one Redis.
+    key_prefix: str = "vmcp:"
+    # Seconds to connect and to run one command; past it Redis counts as unreachable for that request.
+    timeout: float = Field(0.25, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://")):
+            raise ValueError("must start with redis:// or rediss:// (TLS)")
+        if "@" in value.split("//", 1)[1].split("/", 1)[0]:
+            raise ValueError("no credentials in the URL: use password_env or password_file")
+        return value
+
+
+class BucketConfig(_Strict):
+    """A token bucket: `burst` calls at once, then `rate` calls per second."""
+
+    # Tokens added per second: the sustained calls per second.
+    rate: float = Field(gt=0)
+    # Most tokens the bucket holds: the calls allowed in a burst.
+    burst: int = Field(ge=1)
+
+
+class ToolBucketConfig(_Strict):
+    """A tool's token bucket: `burst` calls at once, then `rate` calls per second."""
+
+    # Tokens added per second: the sustained calls per second.
+    rate: float = Field(gt=0)
+    # Most tokens the bucket holds: the calls allowed in a burst.
+    burst: int = Field(ge=1)
+    # One bucket per caller for this tool, instead of one bucket for every caller together.
+    per_caller: bool = False
+
+
+class RateLimitsConfig(_Strict):
+    """Token buckets on tool calls (vmcp_opt/shared/rate_limits.py). A call takes a token from each bucket
+    that applies, or from none: a refusal by one bucket drains no other. A call through `call_tool` or a
+    workflow step takes only its own tool's bucket (the caller already paid for the request)."""
+
+    # `memory`: buckets of this process. `redis`: buckets in `redis`, shared by every replica.
+    store: Literal["memory", "redis"] = "memory"
+    # One bucket per caller: a verified subject (the same on every replica), else `Caller.id`; unset: none.
+    per_caller: BucketConfig | None = None
+    # One bucket for every caller together; unset: none.
+    shared: BucketConfig | None = None
+    # Buckets per tool name (as clients call it: `call_tool`, `find_tool`, a backend's exposed name).
+    per_tool: dict[str, ToolBucketConfig] = Field(default_factory=dict)
+    # Redis unreachable: calls pass (fail open); one warning per this many seconds, every miss counted.
+    log_interval: float = Field(60.0, gt=0)
+
+
+class RequestStateConfig(_Strict):
+    """The key sealing 2026-07-28 `request_state`. Replicas behind one load balancer must share it, so a
+    client's retry can land on any of them. Unset: a key of this process (one replica only).
+    Rotation: put the old key in `previous_key_*` and the new one in `key_*`; drop the old after
+    `timeouts.input`. Keys are secrets of at least 32 bytes, from the environment or a file, never here."""
+
+    # Environment variable holding the key that seals (and unseals).
+    key_env: str | None = None
+    # File holding that key (a mounted Secret), relative to the config file's directory.
+    key_file: str | None = None
+    # Environment variable holding the previous key: still unseals, never seals.
+    previous_key_env: str | None = None
+    # File holding the previous key.
+    previous_key_file: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source_each(self) -> RequestStateConfig:
+        if self.key_env and self.key_file:
+            raise ValueError("key_env and key_file: set one")
+        if self.previous_key_env and self.previous_key_file:
+            raise ValueError("previous_key_env and previous_key_file: set one")
+        if (self.previous_key_env or self.previous_key_file) and not (self.key_env or self.key_file):
+            raise ValueError("a previous key needs a current one (key_env or key_file)")
+        return self
+
+
 class _FileSource(PydanticBaseSettingsSource):
     """The already-parsed config file, below environment variables in precedence."""
 
@@ -630,6 +717,12 @@ class VmcpConfig(BaseSettings):
     auth: AuthConfig = Field(default_factory=AuthConfig)
     # Audit log, Prometheus metrics, OpenTelemetry traces.
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
+    # The Redis server replicas share (used by `rate_limits.store: redis`).
+    redis: RedisConfig = Field(default_factory=RedisConfig)
+    # Token buckets per caller, per tool and shared, on tool calls.
+    rate_limits: RateLimitsConfig = Field(default_factory=RateLimitsConfig)
+    # The key sealing 2026-07-28 `request_state`, shared by replicas.
+    request_state: RequestStateConfig = Field(default_factory=RequestStateConfig)
     # Where the gateway keeps its state (indexes, usage history) unless a setting names a place; unset: the
     # per-user data directory (platformdirs: ~/.local/share/vmcp-opt on Linux, ~/Library/Application
     # Support/vmcp-opt on macOS, %LOCALAPPDATA%\vmcp-opt on Windows).

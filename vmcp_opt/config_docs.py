@@ -25,7 +25,7 @@ from vmcp_opt import config
 
 ENV_PREFIX = "VMCP_"
 # What the keys of a mapping of sections name, in the settings' paths.
-KEY_NAMES = {"tools": "<backend>", "overrides": "<tool>"}
+KEY_NAMES = {"tools": "<backend>", "overrides": "<tool>", "per_tool": "<tool>"}
 INTRO = """\
 # Configuration reference
 

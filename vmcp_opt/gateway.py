@@ -25,6 +25,8 @@ from vmcp_opt.config import VmcpConfig
 from vmcp_opt.health import HealthMonitor
 from vmcp_opt.optimizer.metatools import OptimizerFront
 from vmcp_opt.routing import BackendTools, Policy, Router, SessionChooser
+from vmcp_opt.shared.rate_limits import rate_limiter
+from vmcp_opt.shared.state_keys import state_keys
 from vmcp_opt.telemetry import Telemetry
 from vmcp_opt.workflows.provider import WorkflowTools
 from vmcp_opt.workflows.validation import unknown_tools
@@ -57,6 +59,10 @@ class Gateway:
         self.router = Router(
             self.catalog, self.backends, self.sessions, self.health.guarded, policy=load_policy(config)
         )
+        # Rate limits on tool calls (memory, or Redis shared by replicas); raises `SecretMissing`.
+        self.router.limiter = self.limiter = rate_limiter(config)
+        # The keys sealing 2026-07-28 request_state; None: a key of this process.
+        self.state_keys = state_keys(config)
         self.optimizer: OptimizerFront | None = None
         listed: Callable[[str], bool] = lambda name: True  # noqa: E731
         if config.optimizer.enabled:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Hashable, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractAsyncContextManager, AbstractContextManager, nullcontext
 from typing import Any, Protocol, TypeVar
 
 import anyio
@@ -74,6 +74,12 @@ class CallObserver(Protocol):
         ...
 
 
+class CallLimiter(Protocol):
+    def admitted(self, caller: Caller, tool: str) -> AbstractAsyncContextManager[None]:
+        """Around a tool call: raises `LimitReached` (routing/budget.py) when a rate limit refuses it."""
+        ...
+
+
 class Router:
     def __init__(
         self,
@@ -94,6 +100,8 @@ class Router:
         self.watchers: list[OperationWatcher] = []
         # Calls the policy lets run only once the user approves them (routing/approval.py).
         self.approvals = Approvals()
+        # Rate limits on tool calls (vmcp_opt/shared/rate_limits.py); None: none configured.
+        self.limiter: CallLimiter | None = None
         # Per principal (`BatchPolicy.principal_key`): the catalogue it was computed for and the tool names
         # the principal may both see and call in it.
         self._views: dict[Hashable, tuple[object, frozenset[str]]] = {}
@@ -317,7 +325,7 @@ class Router:
                 return error_result(str(refused))
         started = time.perf_counter()
         try:
-            result = await provider.call(ToolCall(caller, provided, arguments, exchange, self))
+            result = await self._provide(provider, ToolCall(caller, provided, arguments, exchange, self))
         except (BackendUnavailable, CircuitOpen) as exc:
             result = error_result(str(exc))
             if op is not None:
@@ -339,6 +347,12 @@ class Router:
         for observer in self.observers:
             observer.tool_called(caller, provided, result)
         return result
+
+    async def _provide(self, provider: ToolProvider, call: ToolCall) -> types.CallToolResult:
+        if self.limiter is None:
+            return await provider.call(call)
+        async with self.limiter.admitted(call.caller, call.tool.name):
+            return await provider.call(call)
 
     # --- prompts, resources, completions ---------------------------------------------------------
 

@@ -229,5 +229,5 @@ def build_mcp_server(gateway: Gateway, transport: Transport) -> Server[Any]:
     # During start-up, catalogue requests wait (bounded) for the backends' first listing.
     server.middleware.append(startup_gate(gateway))
     # Seals the request_state of every InputRequiredResult handed out, verifies it on the retry.
-    server.middleware.append(state_boundary(gateway.config.timeouts.input))
+    server.middleware.append(state_boundary(gateway.config.timeouts.input, gateway.state_keys))
     return server

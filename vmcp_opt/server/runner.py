@@ -22,6 +22,7 @@ from vmcp_opt.gateway import Gateway, StartupError
 from vmcp_opt.server.connections import fit_connections, limited_protocol, throttle_accept_errors
 from vmcp_opt.server.http import create_app
 from vmcp_opt.server.stdio import serve_stdio
+from vmcp_opt.shared.secrets import SecretMissing
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +34,9 @@ def run_gateway(config: VmcpConfig, announce: Callable[[VmcpConfig], None] | Non
         gateway = Gateway(config)
     except PolicyLoadError as exc:
         logger.error("cannot start: auth.authorization.policies: %s", exc)
+        return 2
+    except SecretMissing as exc:
+        logger.error("cannot start: %s", exc)
         return 2
     if config.server.transport == "stdio":
         try:

@@ -1,7 +1,8 @@
 """What a 2026-07-28 `request_state` names, and a backend's own `InputRequiredResult` passed through.
 
 `request_state` is sealed by the SDK's `RequestStateBoundary` (AES-GCM under a key of this process,
-bound to the method, name and arguments of the call, expiring after `timeouts.input`): a client can
+bound to the method, name and arguments of the call, expiring after `timeouts.input`, under the key
+replicas share when `request_state:` names one): a client can
 neither read nor forge it. Inside the seal it names a call pending here (`PendingRound`), a
 2026-07-28 backend's own round (`BackendRound`), whose retry goes back to that backend with its state, or a
 workflow run waiting for an answer to its own question (`WorkflowRound`).
@@ -10,7 +11,7 @@ workflow run waiting for an answer to its own question (`WorkflowRound`).
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
@@ -95,9 +96,12 @@ def decode_round(text: str) -> Round:
     raise MCPError(types.INVALID_PARAMS, "Invalid or expired requestState")
 
 
-def state_boundary(ttl: float) -> RequestStateBoundary:
-    """Seals every `request_state` the gateway hands out and verifies every one that comes back."""
-    return RequestStateBoundary(RequestStateSecurity.ephemeral(ttl=ttl), default_audience=STATE_AUDIENCE)
+def state_boundary(ttl: float, keys: Sequence[bytes] | None = None) -> RequestStateBoundary:
+    """Seals every `request_state` the gateway hands out and verifies every one that comes back: under
+    `keys` (the first seals, all unseal; shared by replicas, vmcp_opt/shared/state_keys.py), else under a
+    key of this process."""
+    security = RequestStateSecurity(keys=keys, ttl=ttl) if keys else RequestStateSecurity.ephemeral(ttl=ttl)
+    return RequestStateBoundary(security, default_audience=STATE_AUDIENCE)
 
 
 def round_of(method: str, params: Mapping[str, Any] | None, protocol_version: str) -> Round | None:

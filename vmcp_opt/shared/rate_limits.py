@@ -1,0 +1,232 @@
+"""Token buckets on tool calls: per caller, per tool and shared; in memory or in Redis.
+
+A call names the buckets that apply (`RateLimiter.buckets`) and the store takes one token from each, or
+from none: checked all first, then taken, atomically (one Lua script in Redis, one synchronous step in
+memory). So a refusal by a tool's bucket never drains the caller's budget.
+
+Only the request a client sent pays the caller's and the shared bucket; the calls it makes inside the
+gateway (`call_tool`'s target, a workflow's steps) pay only their own tool's bucket. A context variable
+set around the outer call says which is which.
+
+Redis unreachable (or too slow, past `redis.timeout`): the call passes. Failing open keeps the gateway
+serving when its shared store is gone; each miss is counted (`RateLimiter.unchecked`) and logged at most
+once per `rate_limits.log_interval`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Protocol
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from vmcp_opt.auth.caller import Caller, Identification
+from vmcp_opt.config import BucketConfig, RateLimitsConfig, ToolBucketConfig, VmcpConfig
+from vmcp_opt.routing.budget import LimitReached, ThrottledLog
+from vmcp_opt.shared.redis_client import redis_client
+
+logger = logging.getLogger(__name__)
+
+# Set while a client's tool call runs: calls made inside it pay only their tool's bucket.
+_paid: ContextVar[bool] = ContextVar("vmcp_rate_limit_paid", default=False)
+
+
+@dataclass(frozen=True)
+class Bucket:
+    key: str
+    rate: float
+    burst: int
+    setting: str  # the config path that set it, for the refusal
+
+    @classmethod
+    def of(cls, key: str, config: BucketConfig | ToolBucketConfig, setting: str) -> Bucket:
+        return cls(key, config.rate, config.burst, setting)
+
+
+class BucketStore(Protocol):
+    async def take(self, buckets: Sequence[Bucket]) -> tuple[int, float] | None:
+        """One token from each bucket, or none: None when taken, else (index of a refusing bucket,
+        seconds until it holds a token)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class MemoryBuckets:
+    """Buckets of this process. Synchronous inside, so atomic on the event loop."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic, max_buckets: int = 100_000) -> None:
+        self.clock = clock
+        self.max_buckets = max_buckets
+        self._state: dict[str, tuple[float, float]] = {}  # key -> (tokens, at)
+
+    async def take(self, buckets: Sequence[Bucket]) -> tuple[int, float] | None:
+        return self.take_now(buckets)
+
+    def take_now(self, buckets: Sequence[Bucket]) -> tuple[int, float] | None:
+        now = self.clock()
+        levels = []
+        refused: tuple[int, float] | None = None
+        for i, bucket in enumerate(buckets):
+            tokens, at = self._state.get(bucket.key, (float(bucket.burst), now))
+            tokens = min(float(bucket.burst), tokens + max(0.0, now - at) * bucket.rate)
+            levels.append(tokens)
+            if tokens < 1 and (refused is None or (1 - tokens) / bucket.rate > refused[1]):
+                refused = (i, (1 - tokens) / bucket.rate)
+        if refused is not None:
+            return refused
+        if len(self._state) >= self.max_buckets:
+            # Drop the oldest bucket: one left alone refills, so forgetting it costs at most a burst.
+            self._state.pop(next(iter(self._state)))
+        for bucket, tokens in zip(buckets, levels, strict=True):
+            self._state[bucket.key] = (tokens - 1, now)
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
+# KEYS: the buckets' keys. ARGV: rate and burst of each, in KEYS order. Redis's own clock, so replicas'
+# clocks need not agree. Returns {1} when taken, else {0, wait seconds as a string, 1-based index}.
+TAKE_SCRIPT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local levels = {}
+local wait, refused = 0, 0
+for i = 1, #KEYS do
+  local rate, burst = tonumber(ARGV[2 * i - 1]), tonumber(ARGV[2 * i])
+  local held = redis.call('HMGET', KEYS[i], 't', 'at')
+  local tokens = tonumber(held[1])
+  if tokens == nil then
+    tokens = burst
+  else
+    tokens = math.min(burst, tokens + math.max(0, now - tonumber(held[2])) * rate)
+  end
+  levels[i] = tokens
+  if tokens < 1 and (1 - tokens) / rate > wait then
+    wait, refused = (1 - tokens) / rate, i
+  end
+end
+if refused > 0 then
+  return {0, tostring(wait), refused}
+end
+for i = 1, #KEYS do
+  local rate, burst = tonumber(ARGV[2 * i - 1]), tonumber(ARGV[2 * i])
+  redis.call('HSET', KEYS[i], 't', tostring(levels[i] - 1), 'at', tostring(now))
+  redis.call('PEXPIRE', KEYS[i], math.ceil(burst / rate * 1000) + 1000)
+end
+return {1}
+"""
+
+
+class RedisBuckets:
+    """Buckets in Redis, shared by every replica: one script call per tool call. A key expires once its
+    bucket would be full again, so idle callers cost Redis nothing."""
+
+    def __init__(self, client: Redis, prefix: str) -> None:
+        self.client = client
+        self.prefix = prefix + "rl:"
+        self._script = client.register_script(TAKE_SCRIPT)
+
+    async def take(self, buckets: Sequence[Bucket]) -> tuple[int, float] | None:
+        args: list[float] = []
+        for bucket in buckets:
+            args += [bucket.rate, bucket.burst]
+        answer = await self._script(keys=[self.prefix + b.key for b in buckets], args=args)
+        if int(answer[0]) == 1:
+            return None
+        return int(answer[2]) - 1, float(answer[1])
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+def caller_key(caller: Caller) -> str:
+    """Whose budget a call spends. A verified subject is the same party on every replica (its `Caller.id`
+    is not: a session's id, or a digest under a key of that process), so it is keyed by a digest of how
+    it was verified and its subject; anyone else by `Caller.id`."""
+    if caller.subject is not None and caller.identified_by in (Identification.TOKEN, Identification.API_KEY):
+        digest = hashlib.sha256(f"{caller.identified_by.value}\0{caller.subject}".encode()).hexdigest()[:32]
+        return f"subject:{digest}"
+    return caller.id
+
+
+class RateLimiter:
+    def __init__(self, config: RateLimitsConfig, store: BucketStore) -> None:
+        self.config = config
+        self.store = store
+        # Calls let through unchecked because the store could not be asked (Redis unreachable).
+        self.unchecked = 0
+        self.refused = 0
+        self._log = ThrottledLog(logger, config.log_interval)
+
+    def buckets(self, caller: str, tool: str, *, outer: bool) -> list[Bucket]:
+        """The buckets a call of `tool` by `caller` pays; the caller's and the shared one only for `outer`."""
+        found: list[Bucket] = []
+        limits = self.config
+        if outer and limits.per_caller is not None:
+            found.append(Bucket.of(f"caller:{caller}", limits.per_caller, "rate_limits.per_caller"))
+        per_tool = limits.per_tool.get(tool)
+        if per_tool is not None:
+            key = f"tool:{tool}:{caller}" if per_tool.per_caller else f"tool:{tool}"
+            found.append(Bucket.of(key, per_tool, f"rate_limits.per_tool.{tool}"))
+        if outer and limits.shared is not None:
+            found.append(Bucket.of("shared", limits.shared, "rate_limits.shared"))
+        return found
+
+    async def admit(self, caller: str, tool: str) -> None:
+        """Take this call's tokens or raise `LimitReached` (with `retry_after`); passes when the store fails."""
+        buckets = self.buckets(caller, tool, outer=not _paid.get())
+        if not buckets:
+            return
+        try:
+            refused = await self.store.take(buckets)
+        except (RedisError, OSError, TimeoutError) as exc:
+            self.unchecked += 1
+            self._log.warning(
+                "store",
+                "rate limits not checked, calls pass (%d so far): %s: %s",
+                self.unchecked,
+                type(exc).__name__,
+                exc,
+            )
+            return
+        if refused is None:
+            return
+        self.refused += 1
+        bucket = buckets[refused[0]]
+        retry_after = math.ceil(refused[1] * 1000) / 1000
+        self._log.warning(bucket.setting, "rate limited: %s for %s (%s)", caller, tool, bucket.setting)
+        kind = bucket.key.split(":")[0]
+        raise LimitReached(f"rate limit reached: the {kind} bucket is empty", bucket.setting, retry_after)
+
+    @asynccontextmanager
+    async def admitted(self, caller: Caller, tool: str) -> AsyncIterator[None]:
+        """Around a tool call: its tokens taken first; calls made inside it are inner calls."""
+        await self.admit(caller_key(caller), tool)
+        token = _paid.set(True)
+        try:
+            yield
+        finally:
+            _paid.reset(token)
+
+    async def close(self) -> None:
+        await self.store.close()
+
+
+def rate_limiter(config: VmcpConfig) -> RateLimiter | None:
+    """The limiter `rate_limits` describes; None when it sets no bucket (the router then skips the hook)."""
+    limits = config.rate_limits
+    if limits.per_caller is None and limits.shared is None and not limits.per_tool:
+        return None
+    if limits.store == "redis":
+        return RateLimiter(limits, RedisBuckets(redis_client(config), config.redis.key_prefix))
+    return RateLimiter(limits, MemoryBuckets())
