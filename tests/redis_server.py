@@ -9,9 +9,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 
-import pytest
-
-from tests.support import free_port
+from tests.support import free_port, unavailable
 
 
 class RedisServer:
@@ -43,7 +41,7 @@ class RedisServer:
 @contextlib.contextmanager
 def running_redis() -> Iterator[RedisServer]:
     if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed (scripts/setup.sh installs it when run as root)")
+        unavailable("redis-server is not installed (scripts/setup.sh dev installs it when run as root)")
     server = RedisServer(free_port())
     server.start()
     try:
