@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -329,22 +330,32 @@ def test_a_port_in_use_is_reported_before_any_backend_starts(tmp_path: Path) -> 
 
 
 async def test_stdio_gateway_serves_a_desktop_client_and_leaves_no_orphans(tmp_path: Path) -> None:
-    config = write_config(tmp_path, {"backends": [demo_backend("notes")]})
+    # This gateway's backends carry a marker of their own, so other tests' backends on the machine never count.
+    marker = f"orphan-check-{uuid.uuid4().hex}"
+    config = write_config(tmp_path, {"backends": [demo_backend("notes", env={"VMCP_TEST_MARKER": marker})]})
     params = StdioServerParameters(
         command=sys.executable, args=["-m", "vmcp_opt", "serve", "--stdio", "-c", str(config)]
     )
-    before = {p.pid for p in psutil.process_iter()}
     async with Client(params) as client:
         assert "notes_save_note" in {tool.name for tool in (await client.list_tools()).tools}
+        backends = _marked(marker)
+        assert backends, "the backend process carries the marker"
         result = await client.call_tool("notes_save_note", {"title": "a", "text": "b"})
         assert not result.is_error
-    await anyio.sleep(1.0)
-    leftovers = [
-        p
-        for p in psutil.process_iter(["cmdline"])
-        if p.pid not in before and "demo_server.py" in " ".join(p.info["cmdline"] or [])
-    ]
-    assert leftovers == []
+    _gone, alive = await anyio.to_thread.run_sync(lambda: psutil.wait_procs(backends, timeout=15))
+    assert alive == []  # the gateway stopped its backends as it exited
+    assert _marked(marker) == []
+
+
+def _marked(marker: str) -> list[psutil.Process]:
+    found = []
+    for process in psutil.process_iter():
+        try:
+            if process.environ().get("VMCP_TEST_MARKER") == marker:
+                found.append(process)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
 
 
 def test_sigterm_stops_the_gateway_and_its_backend_processes(tmp_path: Path) -> None:

@@ -79,6 +79,10 @@ def _unowned() -> types.ErrorData:
     return types.ErrorData(code=types.INVALID_REQUEST, message="no call is in progress on this session")
 
 
+def _declared(capabilities: types.ClientCapabilities) -> list[str]:
+    return [n for n in ("elicitation", "roots", "sampling") if getattr(capabilities, n) is not None]
+
+
 SpareKey = tuple[str, str]  # backend name, the mirrored capabilities as canonical JSON
 
 
@@ -192,6 +196,10 @@ class SpareSessions:
                 session.close()
                 return
             self._spares[key] = spare
-            logger.info("backend %s: a spare session for 2026-07-28 calls is ready", backend.name)
+            logger.info(
+                "backend %s: a spare session for 2026-07-28 calls is ready (capabilities: %s)",
+                backend.name,
+                ",".join(_declared(capabilities)) or "none",
+            )
         finally:
             self._filling.discard(key)
