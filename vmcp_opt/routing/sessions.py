@@ -161,7 +161,8 @@ class SessionChooser:
         self._backends = backends
         self._callers: dict[str, CallerBackends] = {}
         self._degraded = ThrottledLog(logger)
-        self._reaper = anyio.CancelScope()
+        self._reaper: anyio.CancelScope | None = None  # made in the event loop, by the reaper itself
+        self._stopped = False
 
     def attach(self, task_group: anyio.abc.TaskGroup) -> None:
         self.pool.attach(task_group)
@@ -170,7 +171,9 @@ class SessionChooser:
 
     async def _reap_idle_sessions(self) -> None:
         idle = self.limits.dedicated_idle_timeout
-        with self._reaper:
+        if self._stopped:
+            return
+        with anyio.CancelScope() as self._reaper:
             while True:
                 await anyio.sleep(max(0.5, idle / 4))
                 reaped = sum(owner.reap_idle(idle) for owner in list(self._callers.values()))
@@ -178,7 +181,9 @@ class SessionChooser:
                     logger.info("closed %d dedicated backend session(s) idle for %gs", reaped, idle)
 
     def stop(self) -> None:
-        self._reaper.cancel()
+        self._stopped = True
+        if self._reaper is not None:
+            self._reaper.cancel()
         self.round_trips.stop()
         self.pool.stop()
 
