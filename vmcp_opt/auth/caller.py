@@ -79,6 +79,9 @@ class Caller:
     scopes: frozenset[str] = frozenset()
     claims: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     lifetime: CallerLifetime | None = None
+    # The caller's verified bearer token (auth/identity.py `BearerToken`, masked in any repr): exchanged for
+    # a backend's own token when that backend's `auth.type` is token_exchange; never forwarded as it is.
+    token: Any = None
 
     @property
     def known(self) -> bool:

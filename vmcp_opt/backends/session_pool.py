@@ -27,6 +27,7 @@ from mcp.client.session import (
     SamplingFnT,
 )
 from mcp.shared.dispatcher import ProgressFnT
+from mcp.shared.exceptions import MCPError
 from pydantic import BaseModel
 
 from vmcp_opt.backends.connection import (
@@ -36,6 +37,8 @@ from vmcp_opt.backends.connection import (
     _WatchedReadStream,
     is_list_changed,
 )
+from vmcp_opt.backends.credentials import BackendAuth
+from vmcp_opt.backends.errors import CredentialError
 from vmcp_opt.backends.results import bounded_result
 from vmcp_opt.backends.transports import open_transport
 
@@ -96,8 +99,12 @@ class _MirroringClientSession(ClientSession):
 
 
 class DedicatedSession:
-    def __init__(self, connection: BackendConnection, callbacks: SessionCallbacks) -> None:
+    def __init__(
+        self, connection: BackendConnection, callbacks: SessionCallbacks, auth: BackendAuth | None = None
+    ) -> None:
         self.connection = connection
+        # What its HTTP requests carry: the caller's exchanged token (token_exchange), else the backend's own.
+        self.auth = auth
         self.name = connection.name
         self.callbacks = callbacks
         self.closed = False
@@ -110,9 +117,13 @@ class DedicatedSession:
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Open, handshake, report started, and serve until `close()` or the backend goes away."""
         callbacks = self.callbacks
+        auth = self.auth = self.auth or self.connection.credentials.service()
         try:
+            await auth.prepare()
             async with (
-                open_transport(self.connection.config, self.connection.base_dir, self.connection.connect_timeout) as (
+                open_transport(
+                    self.connection.config, self.connection.base_dir, self.connection.connect_timeout, auth
+                ) as (
                     read,
                     write,
                 ),
@@ -179,6 +190,8 @@ class DedicatedSession:
         session = self._session
         if session is None:
             raise BackendUnavailable(f"backend '{self.name}': this client's session is closed")
+        if self.auth is not None:
+            await self.auth.prepare()
         try:
             result = await session.send_request(
                 request,  # type: ignore[arg-type]
@@ -188,6 +201,11 @@ class DedicatedSession:
             )
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream) as exc:
             raise BackendUnavailable(f"backend '{self.name}' connection lost: {type(exc).__name__}") from exc
+        except MCPError as exc:
+            refused = self.auth.refusal() if self.auth is not None else None
+            if refused is not None:
+                raise refused from exc
+            raise
         return bounded_result(self.name, result, self.connection.limits.max_result_bytes)
 
     async def notify(self, notification: types.ClientNotification) -> None:
@@ -208,15 +226,23 @@ class SessionPool:
     def __len__(self) -> int:
         return len(self._sessions)
 
-    async def open(self, connection: BackendConnection, callbacks: SessionCallbacks) -> DedicatedSession:
+    async def open(
+        self, connection: BackendConnection, callbacks: SessionCallbacks, auth: BackendAuth | None = None
+    ) -> DedicatedSession:
         if self._task_group is None:
             raise BackendUnavailable(f"backend '{connection.name}': the gateway is not started")
-        session = DedicatedSession(connection, callbacks)
+        session = DedicatedSession(connection, callbacks, auth)
         self._sessions.add(session)
         try:
             await self._task_group.start(self._run, session)
+        except CredentialError:
+            self._sessions.discard(session)
+            raise
         except Exception as exc:
             self._sessions.discard(session)
+            refused = session.auth.refusal() if session.auth is not None else None
+            if refused is not None:
+                raise refused from exc
             raise BackendUnavailable(
                 f"backend '{connection.name}': could not open a session for this client: {_reason(exc)}"
             ) from exc
