@@ -54,7 +54,7 @@ def oidc_provider_installed() -> bool:
 
 
 @contextmanager
-def issuer_process(directory: Path) -> Iterator[str]:
+def issuer_process(directory: Path, exchange_ttl: int = EXCHANGE_TTL) -> Iterator[str]:
     node = find_node()
     if node is None or not oidc_provider_installed():
         pytest.skip("needs Node >= 22 and oidc-provider (npm ci)")
@@ -72,7 +72,7 @@ def issuer_process(directory: Path) -> Iterator[str]:
                 "port": port,
                 "jwks": {"keys": [private_jwk(key, "k1")]},
                 "clients": clients,
-                "exchange_ttl": EXCHANGE_TTL,
+                "exchange_ttl": exchange_ttl,
                 "issued": str(issued),
             }
         )
@@ -131,8 +131,9 @@ class World:
         self.tokens.append(token)
         return token
 
-    def client(self, client: str, mode: str = "auto") -> Client:
-        http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {self.token(client)}"}, timeout=60)
+    def client(self, client: str, mode: str = "auto", headers: dict[str, str] | None = None) -> Client:
+        headers = {"Authorization": f"Bearer {self.token(client)}", **(headers or {})}
+        http = httpx2.AsyncClient(headers=headers, timeout=60)
         return Client(streamable_http_client(self.gateway.url, http_client=http), mode=mode)  # type: ignore[arg-type]
 
 
@@ -160,7 +161,14 @@ def gateway_config(issuer: str, backends: dict[str, tuple[str, Path]], wrong_key
     return {
         "health": {"interval": 1},
         "backends": [
-            backend("keyed", {"type": "header", "headers": {"X-Api-Key": {"env": "VMCP_TEST_API_KEY"}}}),
+            backend(
+                "keyed",
+                {
+                    "type": "header",
+                    "headers": {"X-Api-Key": {"env": "VMCP_TEST_API_KEY"}},
+                    "passthrough_headers": ["X-Request-Id"],
+                },
+            ),
             backend("service", oauth("oauth_client_credentials", backends["service"][0], issuer=issuer)),
             backend(
                 "alpha",
@@ -268,6 +276,22 @@ async def test_a_backend_never_receives_another_backends_credentials(world: Worl
                 assert "api_key_sha256" not in record, (name, record)
         others = {r.get("token_sha256") for n, rs in by_backend.items() if n != name for r in rs}
         assert not ({r.get("token_sha256") for r in records} - {None}) & others, name
+
+
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_only_allow_listed_client_headers_reach_only_their_backend(world: World, mode: str) -> None:
+    marker = f"req-{mode}-42"
+    extra = {"X-Request-Id": marker, "X-Other": "not-forwarded", "Cookie": "session=abc"}
+    async with world.client("alice", mode, headers=extra) as alice:
+        await whoami(alice, "keyed")
+        await whoami(alice, "beta")
+    keyed = [r["headers"] for r in seen(world.backends["keyed"][1])]
+    assert any(h.get("x-request-id") == marker for h in keyed)
+    for name, (_, path) in world.backends.items():
+        for record in seen(path):
+            assert "x-other" not in record["headers"] and "cookie" not in record["headers"], name
+            if name != "keyed":
+                assert "x-request-id" not in record["headers"], name
 
 
 async def test_an_expired_exchanged_token_is_replaced(world: World) -> None:

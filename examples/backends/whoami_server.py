@@ -33,7 +33,7 @@ CLAIMS_KEY = "whoami.claims"
 def whoami(ctx: Context) -> dict[str, Any]:
     """The subject, audience and client id of the token this call came with."""
     request = ctx.request_context.request
-    claims = request.scope.get(CLAIMS_KEY, {}) if request is not None else {}
+    claims = request.scope.get(CLAIMS_KEY, {}) if request is not None else {}  # none with --open
     return {"sub": claims.get("sub"), "aud": claims.get("aud"), "client_id": claims.get("client_id")}
 
 
@@ -99,11 +99,15 @@ class BearerCheck:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--issuer", required=True)
-    parser.add_argument("--audience", required=True)
-    parser.add_argument("--seen", required=True, help="a JSON-lines file each request is recorded in")
+    parser.add_argument("--issuer")
+    parser.add_argument("--audience")
+    parser.add_argument("--seen", help="a JSON-lines file each request is recorded in")
     parser.add_argument("--api-key-env", help="also accept X-Api-Key equal to this variable's value")
+    parser.add_argument("--open", action="store_true", help="check nothing (a baseline for bench/credentials.py)")
     args = parser.parse_args()
+    if args.open:
+        uvicorn.run(server.streamable_http_app(), host="127.0.0.1", port=args.port, log_level="warning")
+        return
     api_key = os.environ[args.api_key_env] if args.api_key_env else None
     app = BearerCheck(server.streamable_http_app(), args.issuer, args.audience, args.seen, api_key)
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")

@@ -42,6 +42,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from vmcp_opt import __version__
 from vmcp_opt.backends.credentials import BackendAuth, BackendCredentials
 from vmcp_opt.backends.errors import BackendUnavailable as BackendUnavailable  # re-exported
+from vmcp_opt.backends.forwarding import HeaderWriteStream, forwarding
 from vmcp_opt.backends.results import bounded_result
 from vmcp_opt.backends.secrets import mask_url, redact, secret_values
 from vmcp_opt.backends.transports import open_transport
@@ -221,7 +222,7 @@ class BackendConnection:
             open_transport(self.config, self.base_dir, self.connect_timeout, auth) as (raw_read, write),
             ClientSession(
                 self._stream.wrapping(raw_read),
-                write,
+                HeaderWriteStream(write),
                 message_handler=self._on_message,
                 client_info=CLIENT_INFO,
             ) as session,
@@ -402,19 +403,22 @@ class BackendConnection:
         result_type: type[ResultT] | TypeAdapter[ResultT],
         *,
         progress_callback: ProgressFnT | None = None,
+        headers: dict[str, str] | None = None,
     ) -> ResultT:
-        """Forward any request; the backend's result model comes back unchanged."""
+        """Forward any request; the backend's result model comes back unchanged. `headers`: the client's
+        allow-listed ones, on this request's HTTP POST (streamable HTTP only)."""
         session = self._require_session()
         auth = self._auth
         if auth is not None:
             await auth.prepare()
         try:
-            result = await session.send_request(
-                request,  # type: ignore[arg-type]
-                result_type,
-                request_read_timeout_seconds=self.call_timeout,
-                progress_callback=progress_callback,
-            )
+            with forwarding(headers):
+                result = await session.send_request(
+                    request,  # type: ignore[arg-type]
+                    result_type,
+                    request_read_timeout_seconds=self.call_timeout,
+                    progress_callback=progress_callback,
+                )
         except (anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
             raise BackendUnavailable(f"backend '{self.name}' connection lost: {_describe_error(exc)}") from exc
         except MCPError as exc:

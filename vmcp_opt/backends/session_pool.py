@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import anyio
 import anyio.abc
 import mcp_types as types
+from mcp.client._probe import negotiate_auto
 from mcp.client.session import (
     ClientSession,
     ElicitationFnT,
@@ -39,6 +40,7 @@ from vmcp_opt.backends.connection import (
 )
 from vmcp_opt.backends.credentials import BackendAuth
 from vmcp_opt.backends.errors import CredentialError
+from vmcp_opt.backends.forwarding import HeaderWriteStream, forwarding
 from vmcp_opt.backends.results import bounded_result
 from vmcp_opt.backends.transports import open_transport
 
@@ -107,6 +109,10 @@ class DedicatedSession:
         self.auth = auth
         self.name = connection.name
         self.callbacks = callbacks
+        # Whether the backend may send this client anything (requests, logs, updates): the 2025-11-25 era then.
+        self._relays = auth is None or any(
+            c is not None for c in (callbacks.sampling, callbacks.elicitation, callbacks.list_roots, callbacks.logging)
+        )
         self.closed = False
         self.served = False
         self.ended = False  # its transport's read stream ended: the backend process exited or the stream broke
@@ -129,7 +135,7 @@ class DedicatedSession:
                 ),
                 _MirroringClientSession(
                     _WatchedReadStream(read, self._on_stream_end),
-                    write,
+                    HeaderWriteStream(write),
                     sampling_callback=callbacks.sampling,
                     elicitation_callback=callbacks.elicitation,
                     list_roots_callback=callbacks.list_roots,
@@ -140,7 +146,10 @@ class DedicatedSession:
                 ) as session,
             ):
                 with anyio.fail_after(self.connection.connect_timeout):
-                    await session.initialize()
+                    if self._relays:
+                        await session.initialize()
+                    else:  # only the caller's credentials: whichever era the backend speaks best, as the shared one
+                        await negotiate_auto(session)
                 self._session = session
                 self.served = True
                 task_status.started()
@@ -182,6 +191,7 @@ class DedicatedSession:
         *,
         progress_callback: ProgressFnT | None = None,
         timed: bool = True,
+        headers: dict[str, str] | None = None,
     ) -> ResultT:
         """Forward a request; `timed=False` leaves the deadline to the caller (`HealthMonitor.guarded`).
 
@@ -193,12 +203,13 @@ class DedicatedSession:
         if self.auth is not None:
             await self.auth.prepare()
         try:
-            result = await session.send_request(
-                request,  # type: ignore[arg-type]
-                result_type,
-                request_read_timeout_seconds=self.connection.call_timeout if timed else None,
-                progress_callback=progress_callback,
-            )
+            with forwarding(headers):
+                result = await session.send_request(
+                    request,  # type: ignore[arg-type]
+                    result_type,
+                    request_read_timeout_seconds=self.connection.call_timeout if timed else None,
+                    progress_callback=progress_callback,
+                )
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream) as exc:
             raise BackendUnavailable(f"backend '{self.name}' connection lost: {type(exc).__name__}") from exc
         except MCPError as exc:

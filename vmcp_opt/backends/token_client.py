@@ -2,7 +2,7 @@
 
 `TokenEndpoint` speaks to the token endpoint (found in the issuer's metadata when only `issuer` is configured,
 RFC 8414 then OpenID discovery). `TokenCache` keeps tokens per key until `refresh_before` seconds before they
-expire; when one is due, one request fetches it for every waiter (single-flight, an `anyio.Lock` per key), so a
+expire (a token that lives shorter than twice that: until half its life); when one is due, one request fetches it for every waiter (single-flight, an `anyio.Lock` per key), so a
 burst of calls costs one token request. Failures are `CredentialError`s naming the backend and the step, with
 the endpoint's `error` code but never a token, secret or response body beyond that code.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import anyio
@@ -30,6 +30,7 @@ MAX_CACHED = 10_000  # tokens per backend; past it the ones expiring first are d
 class Token:
     value: str
     expires_at: float  # time.monotonic() when it must no longer be used
+    refresh_at: float = float("inf")  # when the cache replaces it (set by `TokenCache`)
 
     def __repr__(self) -> str:  # never the value
         return f"Token(expires_in={self.expires_at - time.monotonic():.0f}s)"
@@ -139,7 +140,7 @@ class TokenCache:
     def fresh(self, key: str) -> str | None:
         """The cached token if it is not due for refresh: the hot path, no await."""
         token = self._tokens.get(key)
-        if token is not None and time.monotonic() < token.expires_at - self.refresh_before:
+        if token is not None and time.monotonic() < token.refresh_at:
             return token.value
         return None
 
@@ -153,6 +154,9 @@ class TokenCache:
             if value is not None:
                 return value
             token = await fetch()
+            # `refresh_before` ahead of expiry; a token that lives shorter than twice that, at half its life.
+            lifetime = token.expires_at - time.monotonic()
+            token = replace(token, refresh_at=token.expires_at - min(self.refresh_before, lifetime / 2))
             if len(self._tokens) >= MAX_CACHED:
                 self._evict()
             self._tokens[key] = token

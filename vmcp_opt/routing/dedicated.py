@@ -95,7 +95,8 @@ class CallerBackends:
                 self.budget.release(self.caller.id)  # it ended by itself: its slot is free again
             self.budget.acquire(self.caller.id)
             try:
-                session = await self.pool.open(backend, self._callbacks(), auth)
+                relay = auth is None or self.always  # a credentials-only session takes the backend's best era
+                session = await self.pool.open(backend, self._callbacks(relay), auth)
             except BaseException:
                 self.budget.release(self.caller.id)
                 raise
@@ -145,6 +146,7 @@ class CallerBackends:
         result_type: type[ResultT],
         guard: Guard,
         progress: ProgressFnT | None,
+        headers: dict[str, str] | None = None,
     ) -> ResultT:
         """A call on `session`, in flight for this caller's front request while it runs."""
         call = InFlight(front, request_id)
@@ -152,7 +154,9 @@ class CallerBackends:
         self.in_use[session.name] += 1
         try:
             async with guard(session.name, call.clock):
-                return await session.request(request, result_type, progress_callback=progress, timed=False)
+                return await session.request(
+                    request, result_type, progress_callback=progress, timed=False, headers=headers
+                )
         finally:
             self.in_flight.remove(call)
             self.in_use[session.name] -= 1
@@ -160,7 +164,9 @@ class CallerBackends:
 
     # --- what the backend sends ------------------------------------------------------------------
 
-    def _callbacks(self) -> SessionCallbacks:
+    def _callbacks(self, relay: bool = True) -> SessionCallbacks:
+        if not relay:  # a session only for the caller's own credentials: the backend asks the client nothing
+            return SessionCallbacks(capabilities=types.ClientCapabilities())
         return SessionCallbacks.mirroring(
             self.caller.capabilities or types.ClientCapabilities(),
             sampling=self._sampling,

@@ -64,6 +64,7 @@ class SharedSession:
     protocol_version: str  # the caller's: a backend's round can only go back to a 2026-07-28 client
     round_state: BackendRound | None = None
     responses: types.InputResponses | None = None
+    headers: dict[str, str] | None = None  # the client's, allow-listed for this backend
 
     async def send(
         self, request: types.Request[Any, Any], result_type: type[ResultT], guard: Guard, progress: ProgressFnT | None
@@ -75,8 +76,12 @@ class SharedSession:
                 self.backend.protocol_version not in MODERN_PROTOCOL_VERSIONS
                 or request.method not in INPUT_REQUIRED_METHODS
             ):
-                return await self.backend.request(request, result_type, progress_callback=progress)
-            result = await self.backend.request(request, or_input_required(result_type), progress_callback=progress)
+                return await self.backend.request(
+                    request, result_type, progress_callback=progress, headers=self.headers
+                )
+            result = await self.backend.request(
+                request, or_input_required(result_type), progress_callback=progress, headers=self.headers
+            )
         if isinstance(result, types.InputRequiredResult):
             raise passed_through(self.protocol_version, self.backend.name, result)
         return result
@@ -93,8 +98,16 @@ class CallerSession:
     async def send(
         self, request: types.Request[Any, Any], result_type: type[ResultT], guard: Guard, progress: ProgressFnT | None
     ) -> ResultT:
+        headers = forwarded_headers(self.exchange, self.session.connection)
         return await self.owner.send(
-            self.session, self.exchange.session, self.exchange.request_id, request, result_type, guard, progress
+            self.session,
+            self.exchange.session,
+            self.exchange.request_id,
+            request,
+            result_type,
+            guard,
+            progress,
+            headers,
         )
 
 
@@ -205,13 +218,14 @@ class SessionChooser:
             raise MCPError(types.INTERNAL_ERROR, "a request without a round must name its backend")
         if backend.credentials.per_caller:
             return await self._own_credentials(caller, exchange, backend)  # never the shared session
+        headers = forwarded_headers(exchange, backend)
         if backend.state is not BackendState.READY or exchange.session is None:
-            return SharedSession(backend, caller.protocol_version)
+            return SharedSession(backend, caller.protocol_version, headers=headers)
         if _asks_by_round_trip(caller, exchange):
             return RoundTripSession(self.round_trips, caller, exchange, backend)
         owner = self._owner(caller, exchange)
         if owner is None or (not owner.always and backend.name not in owner.sessions):
-            return SharedSession(backend, caller.protocol_version)
+            return SharedSession(backend, caller.protocol_version, headers=headers)
         try:
             return CallerSession(owner, await owner.session_for(backend), exchange)
         except LimitReached as exc:
@@ -222,7 +236,7 @@ class SessionChooser:
                 caller.id,
                 exc.message,
             )
-            return SharedSession(backend, caller.protocol_version)
+            return SharedSession(backend, caller.protocol_version, headers=headers)
 
     async def _own_credentials(self, caller: Caller, exchange: Exchange, backend: BackendConnection) -> CallerSession:
         """A token_exchange backend: the caller's own session, carrying the caller's exchanged token."""
@@ -336,3 +350,13 @@ def _asks_by_round_trip(caller: Caller, exchange: Exchange) -> bool:
         and exchange.method == "tools/call"
         and caller.can_answer_requests
     )
+
+
+def forwarded_headers(exchange: Exchange, backend: BackendConnection) -> dict[str, str] | None:
+    """The client's headers on `backend.config.auth.passthrough_headers` (validated: never credentials or
+    hop-by-hop ones), for this request to that backend."""
+    names = backend.config.auth.passthrough_headers
+    if not names or exchange.headers is None:
+        return None
+    found = {name: value for name in names if (value := exchange.headers.get(name)) is not None}
+    return found or None

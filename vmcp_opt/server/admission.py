@@ -54,6 +54,7 @@ class Admission:
             round=round_of(ctx.method, ctx.params, ctx.protocol_version),
             input_responses=input_responses(ctx.params),
             meta=ctx.meta,
+            headers=getattr(ctx.request, "headers", None),
         )
         return caller, exchange
 
