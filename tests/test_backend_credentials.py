@@ -185,6 +185,16 @@ def gateway_config(issuer: str, backends: dict[str, tuple[str, Path]], wrong_key
                 oauth("token_exchange", backends["beta"][0], token_url=f"{issuer}/token", audience=backends["beta"][0]),
             ),
             backend("wrongkey", {"type": "header", "headers": {"X-Api-Key": {"file": str(wrong_key)}}}),
+            # Exchanges for beta's audience: the backend refuses every caller's token (its own listing is fine).
+            backend(
+                "misaimed",
+                oauth(
+                    "token_exchange",
+                    backends["misaimed"][0],
+                    token_url=f"{issuer}/token",
+                    audience=backends["beta"][0],
+                ),
+            ),
         ],
         "auth": {
             "incoming": {
@@ -198,7 +208,7 @@ def gateway_config(issuer: str, backends: dict[str, tuple[str, Path]], wrong_key
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     directory = tmp_path_factory.mktemp("credentials")
-    names = ("keyed", "service", "alpha", "beta", "wrongkey")
+    names = ("keyed", "service", "alpha", "beta", "wrongkey", "misaimed")
     with issuer_process(directory) as issuer:
         backends: dict[str, tuple[str, Path]] = {}
         managers = [whoami_backend(directory, name, issuer) for name in names]
@@ -268,6 +278,8 @@ async def test_a_backend_never_receives_another_backends_credentials(world: Worl
             await whoami(alice, name)
     by_backend = {name: seen(path) for name, (_, path) in world.backends.items()}
     for name, records in by_backend.items():
+        if name == "misaimed":
+            continue  # configured to ask for beta's audience: it sees tokens for beta, and refuses them
         url = world.backends[name][0]
         assert records, name
         for record in records:
@@ -312,6 +324,18 @@ async def test_a_backend_refusing_the_credentials_is_unauthenticated_not_unhealt
     assert good["state"] == "ready"
 
 
+async def test_a_backend_refusing_a_callers_exchanged_token_is_a_clear_error(world: World) -> None:
+    async with world.client("alice") as alice:
+        refused = await alice.call_tool("misaimed_whoami", {})
+        assert refused.is_error
+        message = " ".join(getattr(part, "text", "") for part in refused.content)
+        assert "backend 'misaimed': backend refused the token: HTTP 401" in message, message
+        assert (await whoami(alice, "alpha"))["sub"] == "alice"
+    ready = httpx2.get(f"{world.gateway.base}/readyz").json()
+    misaimed = next(b for b in ready["backends"] if b["name"] == "misaimed")
+    assert misaimed["state"] == "ready" and misaimed["health"]["state"] != "unauthenticated"  # one caller's
+
+
 def test_vmcp_backends_shows_unauthenticated_and_no_secret(world: World) -> None:
     command = [sys.executable, "-m", "vmcp_opt", "backends", "-c", str(world.directory / "vmcp.yaml"), "--json"]
     env = {**os.environ, "VMCP_TEST_GATEWAY_SECRET": SECRETS["gateway"], "VMCP_TEST_API_KEY": API_KEY}
@@ -335,7 +359,8 @@ async def test_the_token_endpoint_down_is_a_clear_error_and_other_backends_keep_
     issuer = issuer_cm.__enter__()
     try:
         with whoami_backend(tmp_path, "alpha", issuer) as alpha, whoami_backend(tmp_path, "keyed", issuer) as keyed:
-            backends = {"alpha": alpha, "keyed": keyed, "service": keyed, "beta": alpha, "wrongkey": keyed}
+            backends = {name: keyed for name in ("keyed", "service", "wrongkey", "misaimed")}
+            backends |= {"alpha": alpha, "beta": alpha}
             (tmp_path / "wrong.key").write_text(WRONG_KEY)
             config = gateway_config(issuer, backends, tmp_path / "wrong.key")
             config["backends"] = [b for b in config["backends"] if b["name"] in ("alpha", "keyed")]
