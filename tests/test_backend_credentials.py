@@ -155,6 +155,10 @@ def gateway_config(issuer: str, backends: dict[str, tuple[str, Path]], wrong_key
             **extra,
         }
 
+    def exchange(name: str, audience_of: str, **extra: Any) -> dict[str, Any]:
+        audience = backends[audience_of][0]
+        return oauth("token_exchange", backends[name][0], token_url=f"{issuer}/token", audience=audience, **extra)
+
     def backend(name: str, auth: dict[str, Any]) -> dict[str, Any]:
         return {"name": name, "transport": "streamable-http", "url": backends[name][0], "auth": auth}
 
@@ -170,31 +174,11 @@ def gateway_config(issuer: str, backends: dict[str, tuple[str, Path]], wrong_key
                 },
             ),
             backend("service", oauth("oauth_client_credentials", backends["service"][0], issuer=issuer)),
-            backend(
-                "alpha",
-                oauth(
-                    "token_exchange",
-                    backends["alpha"][0],
-                    token_url=f"{issuer}/token",
-                    audience=backends["alpha"][0],
-                    refresh_before=2,
-                ),
-            ),
-            backend(
-                "beta",
-                oauth("token_exchange", backends["beta"][0], token_url=f"{issuer}/token", audience=backends["beta"][0]),
-            ),
+            backend("alpha", exchange("alpha", "alpha", refresh_before=2)),
+            backend("beta", exchange("beta", "beta")),
             backend("wrongkey", {"type": "header", "headers": {"X-Api-Key": {"file": str(wrong_key)}}}),
             # Exchanges for beta's audience: the backend refuses every caller's token (its own listing is fine).
-            backend(
-                "misaimed",
-                oauth(
-                    "token_exchange",
-                    backends["misaimed"][0],
-                    token_url=f"{issuer}/token",
-                    audience=backends["beta"][0],
-                ),
-            ),
+            backend("misaimed", exchange("misaimed", "beta")),
         ],
         "auth": {
             "incoming": {
