@@ -196,8 +196,9 @@ def test_config_module_imports_nothing_else_of_the_package() -> None:
         text=True,
         check=True,
     ).stdout
-    # config_workflows.py: the `workflows:` section, a leaf of its own that config.py imports.
-    assert modules.strip() == "['vmcp_opt', 'vmcp_opt.config', 'vmcp_opt.config_workflows']"
+    # config_workflows.py and config_backend_auth.py: sections that are leaves of their own config.py imports.
+    expected = "['vmcp_opt', 'vmcp_opt.config', 'vmcp_opt.config_backend_auth', 'vmcp_opt.config_workflows']"
+    assert modules.strip() == expected
 
 
 def test_each_config_file_gets_an_index_directory_of_its_own_under_the_data_dir(

@@ -239,7 +239,13 @@ def backends(
         columns = ("name", "transport", "state", "health", "ping", "protocol", "tools", "resources", "templates")
         for column in (*columns, "prompts", "error"):
             table.add_column(column)
-        health_colours = {"healthy": "green", "degraded": "yellow", "unhealthy": "red", "unknown": "dim"}
+        health_colours = {
+            "healthy": "green",
+            "degraded": "yellow",
+            "unhealthy": "red",
+            "unauthenticated": "magenta",
+            "unknown": "dim",
+        }
         for s in summaries:
             colour = "green" if s["state"] == "ready" else "red"
             health = s["health"]

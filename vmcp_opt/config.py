@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from vmcp_opt.config_backend_auth import BackendAuthConfig
 from vmcp_opt.config_workflows import WorkflowConfig, check_workflows
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
@@ -116,6 +117,8 @@ class BackendConfig(_Strict):
     connect_timeout: float | None = Field(None, gt=0)
     # Seconds one call to this backend may take, instead of `timeouts.call`.
     call_timeout: float | None = Field(None, gt=0)
+    # How the gateway authenticates to this backend (config_backend_auth.py); secrets only from env or files.
+    auth: BackendAuthConfig = Field(default_factory=BackendAuthConfig)
     # Values expanded from `${VAR}` references: secrets by assumption, masked wherever they could show.
     _referenced: set[str] = PrivateAttr(default_factory=set)
 
@@ -968,6 +971,7 @@ def _with_env_references_resolved(config: VmcpConfig) -> VmcpConfig:
         backend.args = [expand(arg, f"{where}.args[{i}]", seen) for i, arg in enumerate(backend.args)]
         if backend.url:
             backend.url = expand(backend.url, f"{where}.url", seen)
+        problems.extend(backend.auth.check(f"{where}.auth", backend.transport, Path(config.base_dir)))
     if problems:
         raise ConfigError(problems)
     return config

@@ -21,6 +21,7 @@ from vmcp_opt.aggregation import Catalog, LiveCatalog
 from vmcp_opt.arguments import ArgumentValidator
 from vmcp_opt.auth.cedar import CedarPolicy
 from vmcp_opt.backends import BackendConnection, BackendManager, BackendState
+from vmcp_opt.backends.credentials import with_auth_health
 from vmcp_opt.config import VmcpConfig
 from vmcp_opt.health import HealthMonitor
 from vmcp_opt.optimizer.metatools import OptimizerFront
@@ -277,7 +278,8 @@ class Gateway:
     # --- views -----------------------------------------------------------------------------------
 
     def backend_summaries(self) -> list[dict[str, Any]]:
-        return [{**c.summary(), **self.health.summary(c.name)} for c in self.backends.connections.values()]
+        connections = self.backends.connections.values()
+        return [with_auth_health({**c.summary(), **self.health.summary(c.name)}) for c in connections]
 
     def readiness(self) -> Readiness:
         """`/readyz`: ready when every backend is up and healthy; `serving` says whether to send traffic."""

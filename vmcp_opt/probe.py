@@ -8,6 +8,7 @@ import anyio
 
 from vmcp_opt.aggregation import Catalog, catalog_of
 from vmcp_opt.backends import BackendManager
+from vmcp_opt.backends.credentials import with_auth_health
 from vmcp_opt.config import VmcpConfig
 from vmcp_opt.health import HealthMonitor
 from vmcp_opt.optimizer.listing import Listing
@@ -67,7 +68,8 @@ async def probe_backends(config: VmcpConfig) -> list[dict[str, Any]]:
         await manager.start(task_group)
         await monitor.check_all()
         summaries = [
-            {**connection.summary(), **monitor.summary(connection.name)} for connection in manager.connections.values()
+            with_auth_health({**connection.summary(), **monitor.summary(connection.name)})
+            for connection in manager.connections.values()
         ]
         manager.stop()
     return summaries

@@ -1,12 +1,20 @@
 // A test OpenID provider: oidc-provider (pinned in package.json) on a loopback port, issuing RS256 JWT access
 // tokens for the client credentials grant, bound to the resource the client asks for (RFC 8707).
 // Usage: node issuer.mjs <settings.json>; prints "ready <issuer>" once it listens.
-// settings: {port, jwks: {keys: [private JWK with kid]}, clients: [{client_id, client_secret, groups, opaque}]}
+// settings: {port, jwks: {keys: [private JWK with kid]}, clients: [{client_id, client_secret, groups, opaque,
+// exchange}], ttl (seconds, access tokens), exchange_ttl (seconds, exchanged tokens), issued (a file every
+// exchanged token is appended to, for tests that grep output for tokens)}
+// A client with `exchange: true` may also use the RFC 8693 token-exchange grant, registered below with
+// `provider.registerGrantType`: it trades a subject token this issuer signed (an access token, unexpired) for a
+// JWT with the same `sub` (the subject token's `sub`, else its `client_id`), the requested `audience` (or
+// `resource`) as `aud`, and `act: {sub: <the exchanging client>}`.
 // A client with `opaque: true` gets opaque access tokens, which resource servers check by introspection
 // (RFC 7662, at /token/introspection, open to every authenticated client here).
-import { readFileSync } from 'node:fs';
-import Provider from 'oidc-provider';
+import { appendFileSync, readFileSync } from 'node:fs';
+import Provider, { errors } from 'oidc-provider';
+import * as jose from 'jose';
 
+const TOKEN_EXCHANGE = 'urn:ietf:params:oauth:grant-type:token-exchange';
 const settings = JSON.parse(readFileSync(process.argv[2], 'utf8'));
 const issuer = `http://127.0.0.1:${settings.port}`;
 const groups = Object.fromEntries(settings.clients.map((c) => [c.client_id, c.groups || []]));
@@ -32,7 +40,7 @@ const provider = new Provider(issuer, {
   clients: settings.clients.map((c) => ({
     client_id: c.client_id,
     client_secret: c.client_secret,
-    grant_types: ['client_credentials'],
+    grant_types: c.exchange ? ['client_credentials', TOKEN_EXCHANGE] : ['client_credentials'],
     redirect_uris: [],
     response_types: [],
     token_endpoint_auth_method: c.auth_method || 'client_secret_basic',
@@ -50,7 +58,7 @@ const provider = new Provider(issuer, {
       getResourceServerInfo: (ctx, resource, client) => ({
         scope: 'mcp',
         audience: resource,
-        accessTokenTTL: 600,
+        accessTokenTTL: settings.ttl || 600,
         ...(opaque.has(client.clientId)
           ? { accessTokenFormat: 'opaque' }
           : { accessTokenFormat: 'jwt', jwt: { sign: { alg: 'RS256' } } }),
@@ -59,6 +67,55 @@ const provider = new Provider(issuer, {
   },
   extraTokenClaims: (ctx, token) => ({ groups: groups[token.clientId] || [] }),
 });
+const privateJwk = settings.jwks.keys[0];
+const signingKey = await jose.importJWK(privateJwk, 'RS256');
+const { d, p, q, dp, dq, qi, key_ops, ...publicJwk } = privateJwk;
+const verifyingKey = await jose.importJWK(publicJwk, 'RS256');
+let exchanged = 0;
+
+async function tokenExchange(ctx) {
+  const { params, client } = ctx.oidc;
+  if (params.subject_token_type !== 'urn:ietf:params:oauth:token-type:access_token') {
+    throw new errors.InvalidRequest('unsupported subject_token_type');
+  }
+  let subject;
+  try {
+    ({ payload: subject } = await jose.jwtVerify(params.subject_token, verifyingKey, { issuer }));
+  } catch (err) {
+    console.error(`token exchange: subject_token refused: ${err.code || err.message}`);
+    throw new errors.InvalidGrant(`subject_token: ${err.code || 'invalid'}`);
+  }
+  const audience = params.audience || params.resource;
+  if (!audience) throw new errors.InvalidTarget('audience or resource is required');
+  const ttl = settings.exchange_ttl || 600;
+  const now = Math.floor(Date.now() / 1000);
+  const token = await new jose.SignJWT({
+    sub: subject.sub || subject.client_id,
+    client_id: client.clientId,
+    act: { sub: client.clientId },
+    scope: params.scope || 'mcp',
+    groups: subject.groups || [],
+  })
+    .setProtectedHeader({ alg: 'RS256', kid: privateJwk.kid, typ: 'at+jwt' })
+    .setIssuer(issuer)
+    .setAudience(audience)
+    .setIssuedAt(now)
+    .setExpirationTime(now + ttl)
+    .setJti(`x-${++exchanged}`)
+    .sign(signingKey);
+  if (settings.issued) appendFileSync(settings.issued, `${token}\n`); // for the tests' grep of all output
+  ctx.body = {
+    access_token: token,
+    issued_token_type: 'urn:ietf:params:oauth:token-type:access_token',
+    token_type: 'Bearer',
+    expires_in: ttl,
+  };
+}
+provider.registerGrantType(
+  TOKEN_EXCHANGE,
+  tokenExchange,
+  ['subject_token', 'subject_token_type', 'requested_token_type', 'audience', 'resource', 'scope'],
+);
 provider.proxy = false;
 provider.listen(settings.port, '127.0.0.1', () => {
   console.log(`ready ${issuer}`);

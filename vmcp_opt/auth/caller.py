@@ -81,6 +81,9 @@ class Caller:
     lifetime: CallerLifetime | None = None
     # The network address the caller's (first) request came from; None over stdio.
     address: str | None = None
+    # The caller's verified bearer token (auth/identity.py `BearerToken`, masked in any repr): exchanged for
+    # a backend's own token when that backend's `auth.type` is token_exchange; never forwarded as it is.
+    token: Any = None
 
     @property
     def known(self) -> bool:

@@ -21,6 +21,21 @@ from vmcp_opt.config import ClaimNames
 SCOPE_KEY = "vmcp.identity"
 
 
+class BearerToken:
+    """The caller's own verified token, for RFC 8693 exchange towards a backend (`backends[].auth`); never
+    shown: its repr and str are a mask, and it is not part of an identity's equality."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: str) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return "BearerToken(***)"
+
+    __str__ = __repr__
+
+
 @dataclass(frozen=True)
 class Identity:
     subject: str
@@ -32,6 +47,8 @@ class Identity:
     claims: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     # Unix time the credential stops being valid (a token's `exp`), when it has one.
     expires_at: float | None = None
+    # The credential itself, set by the HTTP transport for token exchange.
+    token: BearerToken | None = field(default=None, repr=False, compare=False)
 
     def caller_fields(self) -> dict[str, Any]:
         """The `Caller` fields this identity fills."""
@@ -42,6 +59,7 @@ class Identity:
             "client_id": self.client_id,
             "scopes": self.scopes,
             "claims": self.claims,
+            "token": self.token,
         }
 
 

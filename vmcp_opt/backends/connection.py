@@ -40,6 +40,9 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from vmcp_opt import __version__
+from vmcp_opt.backends.credentials import BackendAuth, BackendCredentials
+from vmcp_opt.backends.errors import BackendUnavailable as BackendUnavailable  # re-exported
+from vmcp_opt.backends.forwarding import HeaderWriteStream, forwarding
 from vmcp_opt.backends.results import bounded_result
 from vmcp_opt.backends.secrets import mask_url, redact, secret_values
 from vmcp_opt.backends.transports import open_transport
@@ -59,10 +62,6 @@ class BackendState(StrEnum):
     READY = "ready"
     FAILED = "failed"
     CLOSED = "closed"
-
-
-class BackendUnavailable(Exception):
-    """The backend cannot take requests now; the message names it and says why."""
 
 
 @dataclass
@@ -89,6 +88,8 @@ class BackendConnection:
         self.restart = restart
         self.limits = limits or LimitsConfig()
         self.secrets = secret_values(config)
+        self.credentials = BackendCredentials(config, base_dir)
+        self._auth: BackendAuth | None = None  # the shared session's
         self.name = config.name
         self.base_dir = base_dir
         self.connect_timeout = connect_timeout
@@ -161,7 +162,8 @@ class BackendConnection:
                 await self._serve()
                 task_group.cancel_scope.cancel()
         except Exception as exc:  # any failure of one backend must not take the gateway down
-            self._set_state(BackendState.FAILED, self._at_url(_describe_error(exc)))
+            refused = self._auth.refusal() if self._auth is not None else None
+            self._set_state(BackendState.FAILED, self._at_url(_describe_error(refused or exc)))
         finally:
             self._session = None
             self._task_group = None
@@ -214,11 +216,13 @@ class BackendConnection:
 
     async def _serve(self) -> None:
         self._stream = _WatchedReadStream(None, self._on_stream_end)
+        self._auth = auth = self.credentials.service()
+        await auth.prepare()  # a token endpoint that refuses fails the connection with its own reason
         async with (
-            open_transport(self.config, self.base_dir, self.connect_timeout) as (raw_read, write),
+            open_transport(self.config, self.base_dir, self.connect_timeout, auth) as (raw_read, write),
             ClientSession(
                 self._stream.wrapping(raw_read),
-                write,
+                HeaderWriteStream(write),
                 message_handler=self._on_message,
                 client_info=CLIENT_INFO,
             ) as session,
@@ -399,18 +403,29 @@ class BackendConnection:
         result_type: type[ResultT] | TypeAdapter[ResultT],
         *,
         progress_callback: ProgressFnT | None = None,
+        headers: dict[str, str] | None = None,
     ) -> ResultT:
-        """Forward any request; the backend's result model comes back unchanged."""
+        """Forward any request; the backend's result model comes back unchanged. `headers`: the client's
+        allow-listed ones, on this request's HTTP POST (streamable HTTP only)."""
         session = self._require_session()
+        auth = self._auth
+        if auth is not None:
+            await auth.prepare()
         try:
-            result = await session.send_request(
-                request,  # type: ignore[arg-type]
-                result_type,
-                request_read_timeout_seconds=self.call_timeout,
-                progress_callback=progress_callback,
-            )
+            with forwarding(headers):
+                result = await session.send_request(
+                    request,  # type: ignore[arg-type]
+                    result_type,
+                    request_read_timeout_seconds=self.call_timeout,
+                    progress_callback=progress_callback,
+                )
         except (anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
             raise BackendUnavailable(f"backend '{self.name}' connection lost: {_describe_error(exc)}") from exc
+        except MCPError as exc:
+            refused = auth.refusal() if auth is not None else None
+            if refused is not None:
+                raise refused from exc
+            raise
         return bounded_result(self.name, result, self.limits.max_result_bytes)
 
     def describe(self, exc: BaseException) -> str:
@@ -422,6 +437,9 @@ class BackendConnection:
             "name": self.name,
             "transport": self.config.transport,
             "state": self.state.value,
+            "auth": self.config.auth.type,
+            # The backend refused the gateway's credentials (401/403): health says `unauthenticated`.
+            "refused": self.credentials.refused,
             "since": self.state_since,
             "last_error": self.last_error,
             "restarts": self.restarts,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterable
+from pathlib import Path
 from urllib.parse import parse_qsl, quote, unquote, urlsplit, urlunsplit
 
 from vmcp_opt.config import SECRET_NAME, BackendConfig
@@ -22,6 +23,7 @@ def secret_values(backend: BackendConfig) -> list[str]:
     values (a timezone, a file path, a name) stay readable in logs."""
     env = [value for key, value in backend.env.items() if SECRET_NAME.search(key)]
     candidates = [*env, *backend.headers.values(), *backend.referenced_values(), *url_credentials(backend.url)]
+    candidates += backend.auth.secret_values(Path.cwd())  # files: made absolute at load
     values = {v for v in candidates if len(v) >= _MIN_SECRET_LENGTH}
     # `Bearer <token>`: the token alone must not leak either.
     values |= {part for v in backend.headers.values() for part in v.split() if len(part) >= 8}

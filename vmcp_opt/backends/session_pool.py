@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import anyio
 import anyio.abc
 import mcp_types as types
+from mcp.client._probe import negotiate_auto
 from mcp.client.session import (
     ClientSession,
     ElicitationFnT,
@@ -27,6 +28,7 @@ from mcp.client.session import (
     SamplingFnT,
 )
 from mcp.shared.dispatcher import ProgressFnT
+from mcp.shared.exceptions import MCPError
 from pydantic import BaseModel
 
 from vmcp_opt.backends.connection import (
@@ -36,6 +38,9 @@ from vmcp_opt.backends.connection import (
     _WatchedReadStream,
     is_list_changed,
 )
+from vmcp_opt.backends.credentials import BackendAuth
+from vmcp_opt.backends.errors import CredentialError
+from vmcp_opt.backends.forwarding import HeaderWriteStream, forwarding
 from vmcp_opt.backends.results import bounded_result
 from vmcp_opt.backends.transports import open_transport
 
@@ -96,10 +101,18 @@ class _MirroringClientSession(ClientSession):
 
 
 class DedicatedSession:
-    def __init__(self, connection: BackendConnection, callbacks: SessionCallbacks) -> None:
+    def __init__(
+        self, connection: BackendConnection, callbacks: SessionCallbacks, auth: BackendAuth | None = None
+    ) -> None:
         self.connection = connection
+        # What its HTTP requests carry: the caller's exchanged token (token_exchange), else the backend's own.
+        self.auth = auth
         self.name = connection.name
         self.callbacks = callbacks
+        # Whether the backend may send this client anything (requests, logs, updates): the 2025-11-25 era then.
+        self._relays = auth is None or any(
+            c is not None for c in (callbacks.sampling, callbacks.elicitation, callbacks.list_roots, callbacks.logging)
+        )
         self.closed = False
         self.served = False
         self.ended = False  # its transport's read stream ended: the backend process exited or the stream broke
@@ -110,15 +123,19 @@ class DedicatedSession:
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Open, handshake, report started, and serve until `close()` or the backend goes away."""
         callbacks = self.callbacks
+        auth = self.auth = self.auth or self.connection.credentials.service()
         try:
+            await auth.prepare()
             async with (
-                open_transport(self.connection.config, self.connection.base_dir, self.connection.connect_timeout) as (
+                open_transport(
+                    self.connection.config, self.connection.base_dir, self.connection.connect_timeout, auth
+                ) as (
                     read,
                     write,
                 ),
                 _MirroringClientSession(
                     _WatchedReadStream(read, self._on_stream_end),
-                    write,
+                    HeaderWriteStream(write),
                     sampling_callback=callbacks.sampling,
                     elicitation_callback=callbacks.elicitation,
                     list_roots_callback=callbacks.list_roots,
@@ -129,7 +146,10 @@ class DedicatedSession:
                 ) as session,
             ):
                 with anyio.fail_after(self.connection.connect_timeout):
-                    await session.initialize()
+                    if self._relays:
+                        await session.initialize()
+                    else:  # only the caller's credentials: whichever era the backend speaks best, as the shared one
+                        await negotiate_auto(session)
                 self._session = session
                 self.served = True
                 task_status.started()
@@ -171,6 +191,7 @@ class DedicatedSession:
         *,
         progress_callback: ProgressFnT | None = None,
         timed: bool = True,
+        headers: dict[str, str] | None = None,
     ) -> ResultT:
         """Forward a request; `timed=False` leaves the deadline to the caller (`HealthMonitor.guarded`).
 
@@ -179,15 +200,23 @@ class DedicatedSession:
         session = self._session
         if session is None:
             raise BackendUnavailable(f"backend '{self.name}': this client's session is closed")
+        if self.auth is not None:
+            await self.auth.prepare()
         try:
-            result = await session.send_request(
-                request,  # type: ignore[arg-type]
-                result_type,
-                request_read_timeout_seconds=self.connection.call_timeout if timed else None,
-                progress_callback=progress_callback,
-            )
+            with forwarding(headers):
+                result = await session.send_request(
+                    request,  # type: ignore[arg-type]
+                    result_type,
+                    request_read_timeout_seconds=self.connection.call_timeout if timed else None,
+                    progress_callback=progress_callback,
+                )
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream) as exc:
             raise BackendUnavailable(f"backend '{self.name}' connection lost: {type(exc).__name__}") from exc
+        except MCPError as exc:
+            refused = self.auth.refusal() if self.auth is not None else None
+            if refused is not None:
+                raise refused from exc
+            raise
         return bounded_result(self.name, result, self.connection.limits.max_result_bytes)
 
     async def notify(self, notification: types.ClientNotification) -> None:
@@ -208,15 +237,23 @@ class SessionPool:
     def __len__(self) -> int:
         return len(self._sessions)
 
-    async def open(self, connection: BackendConnection, callbacks: SessionCallbacks) -> DedicatedSession:
+    async def open(
+        self, connection: BackendConnection, callbacks: SessionCallbacks, auth: BackendAuth | None = None
+    ) -> DedicatedSession:
         if self._task_group is None:
             raise BackendUnavailable(f"backend '{connection.name}': the gateway is not started")
-        session = DedicatedSession(connection, callbacks)
+        session = DedicatedSession(connection, callbacks, auth)
         self._sessions.add(session)
         try:
             await self._task_group.start(self._run, session)
+        except CredentialError:
+            self._sessions.discard(session)
+            raise
         except Exception as exc:
             self._sessions.discard(session)
+            refused = session.auth.refusal() if session.auth is not None else None
+            if refused is not None:
+                raise refused from exc
             raise BackendUnavailable(
                 f"backend '{connection.name}': could not open a session for this client: {_reason(exc)}"
             ) from exc

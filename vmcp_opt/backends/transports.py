@@ -24,6 +24,7 @@ from mcp.client.sse import sse_client
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 
+from vmcp_opt.backends.credentials import BackendAuth
 from vmcp_opt.backends.secrets import redact, secret_values
 from vmcp_opt.config import BackendConfig
 from vmcp_opt.display import shorten
@@ -34,7 +35,9 @@ STDERR_LINES_PER_SECOND = 50
 STDERR_DRAIN_SECONDS = 1.0  # after the process is stopped, for its last lines (a crash's traceback)
 
 
-def stdio_parameters(backend: BackendConfig, base_dir: Path) -> StdioServerParameters:
+def stdio_parameters(
+    backend: BackendConfig, base_dir: Path, secret_env: dict[str, str] | None = None
+) -> StdioServerParameters:
     """Resolve command and cwd against the config file's directory; put our interpreter's bin first on PATH.
 
     A config that says `command: python` then runs the interpreter the gateway itself runs on, with the
@@ -50,39 +53,48 @@ def stdio_parameters(backend: BackendConfig, base_dir: Path) -> StdioServerParam
         command = shutil.which(command, path=path) or command
     # Backends run in the config file's directory unless told otherwise, so relative args resolve there too.
     cwd = str((base_dir / (backend.cwd or ".")).resolve())
-    return StdioServerParameters(command=command, args=backend.args, env={**backend.env, "PATH": path}, cwd=cwd)
+    return StdioServerParameters(
+        command=command, args=backend.args, env={**backend.env, **(secret_env or {}), "PATH": path}, cwd=cwd
+    )
 
 
 @asynccontextmanager
 async def open_transport(
-    backend: BackendConfig, base_dir: Path, connect_timeout: float
+    backend: BackendConfig, base_dir: Path, connect_timeout: float, credentials: BackendAuth | None = None
 ) -> AsyncIterator[TransportStreams]:
+    """`credentials`: a stdio process's secret environment, or what an HTTP session adds to each request."""
     if backend.transport == "stdio":
-        async with _stdio_with_masked_stderr(backend, base_dir) as streams:
+        secret_env = credentials.credentials.child_env() if credentials is not None else None
+        async with _stdio_with_masked_stderr(backend, base_dir, secret_env) as streams:
             yield streams
     elif backend.transport == "streamable-http":
         assert backend.url is not None
         timeout = httpx2.Timeout(connect_timeout, read=None)
         async with (
-            httpx2.AsyncClient(headers=backend.headers, timeout=timeout) as http_client,
+            httpx2.AsyncClient(headers=backend.headers, timeout=timeout, auth=credentials) as http_client,
             streamable_http_client(backend.url, http_client=http_client) as streams,
         ):
             yield streams
     else:
         assert backend.url is not None
-        async with sse_client(backend.url, headers=backend.headers, timeout=connect_timeout) as streams:
+        async with sse_client(
+            backend.url, headers=backend.headers, timeout=connect_timeout, auth=credentials
+        ) as streams:
             yield streams
 
 
 @asynccontextmanager
-async def _stdio_with_masked_stderr(backend: BackendConfig, base_dir: Path) -> AsyncIterator[TransportStreams]:
+async def _stdio_with_masked_stderr(
+    backend: BackendConfig, base_dir: Path, secret_env: dict[str, str] | None
+) -> AsyncIterator[TransportStreams]:
     read_fd, write_fd = os.pipe()
     errlog = os.fdopen(write_fd, "w")
     try:
         async with anyio.create_task_group() as relay:
-            relay.start_soon(_relay_stderr, read_fd, backend.name, secret_values(backend))
+            secrets = sorted({*secret_values(backend), *(secret_env or {}).values()}, key=len, reverse=True)
+            relay.start_soon(_relay_stderr, read_fd, backend.name, secrets)
             try:
-                async with stdio_client(stdio_parameters(backend, base_dir), errlog=errlog) as streams:
+                async with stdio_client(stdio_parameters(backend, base_dir, secret_env), errlog=errlog) as streams:
                     errlog.close()  # the backend has its own copy: the pipe ends when the backend's does
                     yield streams
             finally:

@@ -37,6 +37,7 @@ from pydantic import BaseModel
 
 from vmcp_opt.auth import Caller
 from vmcp_opt.backends.connection import BackendConnection
+from vmcp_opt.backends.credentials import BackendAuth, SubjectToken
 from vmcp_opt.backends.session_pool import DedicatedSession, SessionCallbacks, SessionPool
 from vmcp_opt.health import CallClock, Guard
 from vmcp_opt.routing.budget import Budget
@@ -48,7 +49,7 @@ ResultT = TypeVar("ResultT", bound=BaseModel)
 
 @dataclass(eq=False)
 class InFlight:
-    session: ServerSession
+    session: ServerSession | None
     request_id: types.RequestId | None
     clock: CallClock = field(default_factory=CallClock)
 
@@ -71,11 +72,13 @@ class CallerBackends:
     # Per backend: calls on its session now, and when it was last used (anyio's clock).
     in_use: Counter[str] = field(default_factory=Counter)
     last_used: dict[str, float] = field(default_factory=dict)
+    # Per token_exchange backend: the caller's token its session's requests are exchanged from.
+    subjects: dict[str, SubjectToken] = field(default_factory=dict)
     _locks: dict[str, anyio.Lock] = field(default_factory=dict)
 
     # --- sessions --------------------------------------------------------------------------------
 
-    async def session_for(self, backend: BackendConnection) -> DedicatedSession:
+    async def session_for(self, backend: BackendConnection, auth: BackendAuth | None = None) -> DedicatedSession:
         current = self.sessions.get(backend.name)
         if current is not None and not current.closed:
             return current
@@ -86,11 +89,14 @@ class CallerBackends:
                 return current
             if self.closed:
                 raise MCPError(types.CONNECTION_CLOSED, "the client session has ended")
+            if auth is None and backend.credentials.per_caller:
+                raise MCPError(types.INVALID_REQUEST, f"backend '{backend.name}' is reached only with a call's token")
             if self.sessions.pop(backend.name, None) is not None:
                 self.budget.release(self.caller.id)  # it ended by itself: its slot is free again
             self.budget.acquire(self.caller.id)
             try:
-                session = await self.pool.open(backend, self._callbacks())
+                relay = auth is None or self.always  # a credentials-only session takes the backend's best era
+                session = await self.pool.open(backend, self._callbacks(relay), auth)
             except BaseException:
                 self.budget.release(self.caller.id)
                 raise
@@ -134,12 +140,13 @@ class CallerBackends:
     async def send(
         self,
         session: DedicatedSession,
-        front: ServerSession,
+        front: ServerSession | None,
         request_id: types.RequestId | None,
         request: types.Request[Any, Any],
         result_type: type[ResultT],
         guard: Guard,
         progress: ProgressFnT | None,
+        headers: dict[str, str] | None = None,
     ) -> ResultT:
         """A call on `session`, in flight for this caller's front request while it runs."""
         call = InFlight(front, request_id)
@@ -147,7 +154,9 @@ class CallerBackends:
         self.in_use[session.name] += 1
         try:
             async with guard(session.name, call.clock):
-                return await session.request(request, result_type, progress_callback=progress, timed=False)
+                return await session.request(
+                    request, result_type, progress_callback=progress, timed=False, headers=headers
+                )
         finally:
             self.in_flight.remove(call)
             self.in_use[session.name] -= 1
@@ -155,7 +164,9 @@ class CallerBackends:
 
     # --- what the backend sends ------------------------------------------------------------------
 
-    def _callbacks(self) -> SessionCallbacks:
+    def _callbacks(self, relay: bool = True) -> SessionCallbacks:
+        if not relay:  # a session only for the caller's own credentials: the backend asks the client nothing
+            return SessionCallbacks(capabilities=types.ClientCapabilities())
         return SessionCallbacks.mirroring(
             self.caller.capabilities or types.ClientCapabilities(),
             sampling=self._sampling,

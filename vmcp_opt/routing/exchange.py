@@ -6,6 +6,7 @@ by the gateway itself) uses `Exchange.internal()`: no progress, no questions to 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,8 @@ class Exchange:
     round: Round | None = None
     input_responses: types.InputResponses | None = None
     meta: types.RequestParamsMeta | None = None
+    # The client's HTTP request headers (read-only; None over stdio), for `backends[].auth.passthrough_headers`.
+    headers: Mapping[str, str] | None = None
 
     @classmethod
     def internal(cls, method: str = "tools/call") -> Exchange:

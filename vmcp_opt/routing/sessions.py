@@ -28,6 +28,8 @@ from pydantic import BaseModel
 
 from vmcp_opt.auth import Caller
 from vmcp_opt.backends.connection import BackendConnection, BackendState, BackendUnavailable
+from vmcp_opt.backends.credentials import SubjectToken
+from vmcp_opt.backends.errors import CredentialError
 from vmcp_opt.backends.session_pool import DedicatedSession, SessionPool
 from vmcp_opt.config import LimitsConfig
 from vmcp_opt.health import Guard
@@ -62,6 +64,7 @@ class SharedSession:
     protocol_version: str  # the caller's: a backend's round can only go back to a 2026-07-28 client
     round_state: BackendRound | None = None
     responses: types.InputResponses | None = None
+    headers: dict[str, str] | None = None  # the client's, allow-listed for this backend
 
     async def send(
         self, request: types.Request[Any, Any], result_type: type[ResultT], guard: Guard, progress: ProgressFnT | None
@@ -73,8 +76,12 @@ class SharedSession:
                 self.backend.protocol_version not in MODERN_PROTOCOL_VERSIONS
                 or request.method not in INPUT_REQUIRED_METHODS
             ):
-                return await self.backend.request(request, result_type, progress_callback=progress)
-            result = await self.backend.request(request, or_input_required(result_type), progress_callback=progress)
+                return await self.backend.request(
+                    request, result_type, progress_callback=progress, headers=self.headers
+                )
+            result = await self.backend.request(
+                request, or_input_required(result_type), progress_callback=progress, headers=self.headers
+            )
         if isinstance(result, types.InputRequiredResult):
             raise passed_through(self.protocol_version, self.backend.name, result)
         return result
@@ -91,9 +98,16 @@ class CallerSession:
     async def send(
         self, request: types.Request[Any, Any], result_type: type[ResultT], guard: Guard, progress: ProgressFnT | None
     ) -> ResultT:
-        assert self.exchange.session is not None  # chosen only for requests with a front session
+        headers = forwarded_headers(self.exchange, self.session.connection)
         return await self.owner.send(
-            self.session, self.exchange.session, self.exchange.request_id, request, result_type, guard, progress
+            self.session,
+            self.exchange.session,
+            self.exchange.request_id,
+            request,
+            result_type,
+            guard,
+            progress,
+            headers,
         )
 
 
@@ -177,6 +191,9 @@ class SessionChooser:
             while True:
                 await anyio.sleep(max(0.5, idle / 4))
                 reaped = sum(owner.reap_idle(idle) for owner in list(self._callers.values()))
+                for caller_id, owner in list(self._callers.items()):  # callers without a connection to end
+                    if owner.caller.lifetime is None and not owner.sessions:
+                        del self._callers[caller_id]
                 if reaped:
                     logger.info("closed %d dedicated backend session(s) idle for %gs", reaped, idle)
 
@@ -199,13 +216,16 @@ class SessionChooser:
             return SharedSession(self._named(round_.backend), caller.protocol_version, round_, exchange.input_responses)
         if backend is None:
             raise MCPError(types.INTERNAL_ERROR, "a request without a round must name its backend")
+        if backend.credentials.per_caller:
+            return await self._own_credentials(caller, exchange, backend)  # never the shared session
+        headers = forwarded_headers(exchange, backend)
         if backend.state is not BackendState.READY or exchange.session is None:
-            return SharedSession(backend, caller.protocol_version)
+            return SharedSession(backend, caller.protocol_version, headers=headers)
         if _asks_by_round_trip(caller, exchange):
             return RoundTripSession(self.round_trips, caller, exchange, backend)
         owner = self._owner(caller, exchange)
         if owner is None or (not owner.always and backend.name not in owner.sessions):
-            return SharedSession(backend, caller.protocol_version)
+            return SharedSession(backend, caller.protocol_version, headers=headers)
         try:
             return CallerSession(owner, await owner.session_for(backend), exchange)
         except LimitReached as exc:
@@ -216,7 +236,26 @@ class SessionChooser:
                 caller.id,
                 exc.message,
             )
-            return SharedSession(backend, caller.protocol_version)
+            return SharedSession(backend, caller.protocol_version, headers=headers)
+
+    async def _own_credentials(self, caller: Caller, exchange: Exchange, backend: BackendConnection) -> CallerSession:
+        """A token_exchange backend: the caller's own session, carrying the caller's exchanged token."""
+        token = caller.token
+        if token is None:
+            raise CredentialError(backend.name, "token exchange", "this caller presented no token to exchange")
+        owner = self._owner(caller, exchange, own_credentials=True)
+        assert owner is not None
+        subject = owner.subjects.get(backend.name)
+        if subject is None:
+            subject = owner.subjects[backend.name] = SubjectToken(caller.id, token.value)
+        subject.update(caller.id, token.value)  # a session's caller may have refreshed its token
+        try:
+            session = await owner.session_for(backend, backend.credentials.for_caller(subject))
+        except LimitReached as exc:
+            raise MCPError(
+                types.INTERNAL_ERROR, f"backend '{backend.name}' needs a session of this caller's own: {exc.message}"
+            ) from None
+        return CallerSession(owner, session, exchange)
 
     def _named(self, name: str) -> BackendConnection:
         for backend in self._backends():
@@ -224,17 +263,21 @@ class SessionChooser:
                 return backend
         raise BackendUnavailable(f"backend '{name}' is not available")
 
-    def _owner(self, caller: Caller, exchange: Exchange, *, create: bool = False) -> CallerBackends | None:
-        """The caller's dedicated sessions: made for a client a backend may ask, or on `create`."""
+    def _owner(
+        self, caller: Caller, exchange: Exchange, *, create: bool = False, own_credentials: bool = False
+    ) -> CallerBackends | None:
+        """The caller's dedicated sessions: made for a client a backend may ask, on `create`, or for a backend
+        that must see the caller's own credentials (any caller; reaped when idle)."""
         owner = self._callers.get(caller.id)
         if owner is not None:
             owner.last_session = exchange.session
             return owner
         # Only handshake-era clients with a back-channel, whose connection ends some day, can be relayed to.
-        if not caller.back_channel or caller.lifetime is None or caller.lifetime.ended:
+        relayable = caller.back_channel and caller.lifetime is not None and not caller.lifetime.ended
+        if not relayable and not own_credentials:
             return None
-        always = caller.can_answer_requests
-        if not always and not create:
+        always = relayable and caller.can_answer_requests
+        if not always and not create and not own_credentials:
             return None
         owner = CallerBackends(
             caller, self.pool, self.dedicated, self.input_timeout, always=always, last_session=exchange.session
@@ -245,7 +288,8 @@ class SessionChooser:
             self._callers.pop(caller.id, None)
             await owner.close()
 
-        caller.lifetime.on_end(release)
+        if relayable and caller.lifetime is not None:
+            caller.lifetime.on_end(release)
         return owner
 
     # --- requests the front forwards to every backend or a chosen one ----------------------------
@@ -257,8 +301,8 @@ class SessionChooser:
         owner.log_level = level
         request = types.SetLevelRequest(params=types.SetLevelRequestParams(level=level))
         for backend in self._backends():
-            if backend.capabilities is None or backend.capabilities.logging is None:
-                continue
+            if backend.capabilities is None or backend.capabilities.logging is None or backend.credentials.per_caller:
+                continue  # a token_exchange backend's session is opened by a call, with the caller's token
             session = await owner.session_for(backend)
             await session.request(request, types.EmptyResult)
 
@@ -306,3 +350,13 @@ def _asks_by_round_trip(caller: Caller, exchange: Exchange) -> bool:
         and exchange.method == "tools/call"
         and caller.can_answer_requests
     )
+
+
+def forwarded_headers(exchange: Exchange, backend: BackendConnection) -> dict[str, str] | None:
+    """The client's headers on `backend.config.auth.passthrough_headers` (validated: never credentials or
+    hop-by-hop ones), for this request to that backend."""
+    names = backend.config.auth.passthrough_headers
+    if not names or exchange.headers is None:
+        return None
+    found = {name: value for name in names if (value := exchange.headers.get(name)) is not None}
+    return found or None

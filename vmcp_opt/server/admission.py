@@ -54,6 +54,7 @@ class Admission:
             round=round_of(ctx.method, ctx.params, ctx.protocol_version),
             input_responses=input_responses(ctx.params),
             meta=ctx.meta,
+            headers=getattr(ctx.request, "headers", None),
         )
         return caller, exchange
 
@@ -156,6 +157,10 @@ def _how(identity: Identity | None) -> Identification:
 def _same_identity(caller: Caller, identity: Identity | None) -> bool:
     if identity is None:
         return caller.subject is None
+    if caller.token is not identity.token and (
+        caller.token is None or identity.token is None or caller.token.value != identity.token.value
+    ):
+        return False  # a refreshed token: exchanges for backends must use the new one
     return (caller.subject, caller.groups, caller.roles, caller.client_id, caller.scopes) == (
         identity.subject,
         identity.groups,

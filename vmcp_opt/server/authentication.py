@@ -12,6 +12,7 @@ Admission (server/admission.py) reads the identity from the scope; nothing below
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from urllib.parse import parse_qsl
@@ -21,7 +22,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from vmcp_opt.auth import errors
 from vmcp_opt.auth.authenticators import Authenticator
 from vmcp_opt.auth.errors import AuthError
-from vmcp_opt.auth.identity import SCOPE_KEY
+from vmcp_opt.auth.identity import SCOPE_KEY, BearerToken
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ class RequireAuthentication:
         missing_scopes = [s for s in self.required_scopes if s not in identity.scopes]
         if missing_scopes:
             raise errors.insufficient_scope(self.required_scopes)
-        return identity
+        return dataclasses.replace(identity, token=BearerToken(credential.strip()))  # for token exchange
 
     async def _refuse(self, send: Send, refused: AuthError) -> None:
         parts = []

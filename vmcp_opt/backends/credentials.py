@@ -1,0 +1,180 @@
+"""A backend's credentials (`backends[].auth`) as the transport applies them, and what the backend said of them.
+
+`BackendCredentials` is made once per backend and shared by all its sessions, so a client-credentials token is
+fetched once per expiry for all of them. Each HTTP session gets a `BackendAuth` (an `httpx2.Auth`):
+
+- `service()` for the backend's shared session: the configured headers, or the gateway's own
+  client-credentials token. A `token_exchange` backend's shared session (listing, health checks; never a
+  caller's call) also carries the gateway's client-credentials token for the backend's audience.
+- `for_caller(holder)` for a caller's dedicated session of a `token_exchange` backend: that caller's token
+  exchanged (RFC 8693) for one with the backend's audience, cached per (caller, backend, caller's token).
+
+A backend answering 401 to a cached token gets one new token and the request again (the token may have been
+revoked or expired early); a 401 or 403 after that is remembered (`refused`): health shows the backend
+`unauthenticated` and the call's error says the backend refused the token. Nothing here logs a token.
+`prepare()` fetches a due token before a request is handed to the SDK's transport, so a token endpoint that
+is down or refuses is the call's own clear error rather than a failure inside the transport.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import AsyncGenerator
+from pathlib import Path
+from typing import Any
+
+import httpx2
+
+from vmcp_opt.backends.errors import CredentialError
+from vmcp_opt.backends.token_client import TokenCache, TokenEndpoint
+from vmcp_opt.config import BackendConfig
+from vmcp_opt.config_backend_auth import SecretRef
+
+SERVICE_KEY = "service"
+REFUSED = (401, 403)
+
+
+class SubjectToken:
+    """A caller's incoming token, as the caller's dedicated sessions read it; updated when the caller's is.
+
+    Its repr never shows the token."""
+
+    __slots__ = ("_value", "key")
+
+    def __init__(self, caller_id: str, value: str) -> None:
+        self.key = ""
+        self._value = ""
+        self.update(caller_id, value)
+
+    def update(self, caller_id: str, value: str) -> None:
+        if value != self._value:
+            self._value = value
+            self.key = f"{caller_id}:{hashlib.sha256(value.encode()).hexdigest()[:32]}"
+
+    @property
+    def value(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "SubjectToken(***)"
+
+
+class BackendCredentials:
+    def __init__(self, config: BackendConfig, base_dir: Path) -> None:
+        self.name = config.name
+        self.auth = config.auth
+        self.base_dir = base_dir
+        oauth = self.auth.type in ("oauth_client_credentials", "token_exchange")
+        self.endpoint = TokenEndpoint(config.name, self.auth, base_dir) if oauth else None
+        self.cache = TokenCache(self.auth.refresh_before)
+        self.refused: int | None = None  # the status of the backend's last refusal of the service credentials
+        self.refused_at: float | None = None
+
+    @property
+    def per_caller(self) -> bool:
+        """Every caller's request needs a session of its own, carrying that caller's exchanged token."""
+        return self.auth.type == "token_exchange"
+
+    def headers(self) -> dict[str, str]:
+        """The static headers (type header), read now."""
+        return {name: self._read(f"headers.{name}", ref) for name, ref in self.auth.headers.items()}
+
+    def child_env(self) -> dict[str, str]:
+        """The stdio process's environment variables from secrets (type header), read now."""
+        return {name: self._read(f"env.{name}", ref) for name, ref in self.auth.env.items()}
+
+    def _read(self, field: str, ref: SecretRef) -> str:
+        try:
+            return ref.prefix + ref.read(self.base_dir)
+        except ValueError as exc:
+            raise CredentialError(self.name, f"auth.{field}", str(exc)) from None
+
+    def service(self) -> BackendAuth:
+        return BackendAuth(self, None)
+
+    def for_caller(self, subject: SubjectToken) -> BackendAuth:
+        return BackendAuth(self, subject)
+
+    # --- tokens ----------------------------------------------------------------------------------
+
+    def fresh(self, subject: SubjectToken | None) -> str | None:
+        return self.cache.fresh(subject.key if subject is not None else SERVICE_KEY)
+
+    async def token(self, subject: SubjectToken | None) -> str | None:
+        """The bearer token for a request, from the cache or fetched once for all waiters."""
+        endpoint = self.endpoint
+        if endpoint is None:
+            return None
+        if subject is None:
+            return await self.cache.get(SERVICE_KEY, endpoint.client_credentials)
+        value = subject.value
+        return await self.cache.get(subject.key, lambda: endpoint.exchange(value))
+
+    def invalidate(self, subject: SubjectToken | None, value: str) -> None:
+        self.cache.invalidate(subject.key if subject is not None else SERVICE_KEY, value)
+
+    def observe(self, subject: SubjectToken | None, status: int) -> None:
+        if subject is not None:
+            return  # one caller's token refused says nothing of the backend's own credentials
+        if status in REFUSED:
+            self.refused, self.refused_at = status, time.time()
+        elif status < 400:
+            self.refused = None
+
+
+class BackendAuth(httpx2.Auth):
+    """Adds the backend's credentials to every HTTP request of one session and watches for refusals."""
+
+    def __init__(self, credentials: BackendCredentials, subject: SubjectToken | None) -> None:
+        self.credentials = credentials
+        self.subject = subject
+        self.last_status: int | None = None
+        self._headers = credentials.headers() if credentials.auth.type == "header" else {}
+
+    async def prepare(self) -> None:
+        """Fetch a due token now, raising `CredentialError` (the transport must not be the one to fail)."""
+        if self.credentials.endpoint is not None and self.credentials.fresh(self.subject) is None:
+            await self.credentials.token(self.subject)
+
+    async def async_auth_flow(self, request: httpx2.Request) -> AsyncGenerator[httpx2.Request, httpx2.Response]:
+        for name, value in self._headers.items():
+            request.headers[name] = value
+        token = await self._token()
+        if token is not None:
+            request.headers["Authorization"] = f"Bearer {token}"
+        response = yield request
+        if response.status_code == 401 and token is not None:
+            self.credentials.invalidate(self.subject, token)
+            renewed = await self._token()
+            if renewed is not None and renewed != token:
+                request.headers["Authorization"] = f"Bearer {renewed}"
+                response = yield request
+        self.last_status = response.status_code
+        self.credentials.observe(self.subject, response.status_code)
+
+    async def _token(self) -> str | None:
+        cached = self.credentials.fresh(self.subject)
+        if cached is not None or self.credentials.endpoint is None:
+            return cached
+        try:
+            return await self.credentials.token(self.subject)
+        except CredentialError:
+            return None  # sent without: `prepare()` reports the failure to the call; the transport must go on
+
+    def refusal(self) -> CredentialError | None:
+        """The error for a request the backend just refused (401/403), if it did."""
+        if self.last_status in REFUSED:
+            return CredentialError(self.credentials.name, "backend refused the token", f"HTTP {self.last_status}")
+        return None
+
+    def __repr__(self) -> str:
+        return f"BackendAuth({self.credentials.name!r}, per_caller={self.subject is not None})"
+
+
+def with_auth_health(summary: dict[str, Any]) -> dict[str, Any]:
+    """A backend summary whose health says `unauthenticated` when the backend refused the gateway's credentials
+    (not `unhealthy`: restarting it will not help; its credentials need fixing)."""
+    if summary.get("refused") and isinstance(summary.get("health"), dict):
+        summary["health"] = {**summary["health"], "state": "unauthenticated"}
+    return summary

@@ -1,0 +1,177 @@
+"""Tokens the gateway gets from an authorization server for a backend: client credentials and RFC 8693 exchange.
+
+`TokenEndpoint` speaks to the token endpoint (found in the issuer's metadata when only `issuer` is configured,
+RFC 8414 then OpenID discovery). `TokenCache` keeps tokens per key until `refresh_before` seconds before they
+expire (a token that lives shorter than twice that: until half its life); when one is due, one request fetches it for every waiter (single-flight, an `anyio.Lock` per key), so a
+burst of calls costs one token request. Failures are `CredentialError`s naming the backend and the step, with
+the endpoint's `error` code but never a token, secret or response body beyond that code.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import anyio
+import httpx2
+
+from vmcp_opt.backends.errors import CredentialError
+from vmcp_opt.config_backend_auth import BackendAuthConfig
+
+TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
+ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
+DEFAULT_LIFETIME = 300.0  # seconds a token without `expires_in` is kept (less `refresh_before`)
+MAX_CACHED = 10_000  # tokens per backend; past it the ones expiring first are dropped
+
+
+@dataclass(frozen=True)
+class Token:
+    value: str
+    expires_at: float  # time.monotonic() when it must no longer be used
+    refresh_at: float = float("inf")  # when the cache replaces it (set by `TokenCache`)
+
+    def __repr__(self) -> str:  # never the value
+        return f"Token(expires_in={self.expires_at - time.monotonic():.0f}s)"
+
+
+class TokenEndpoint:
+    """The authorization server's token endpoint, with the gateway's client credentials for one backend."""
+
+    def __init__(self, backend: str, config: BackendAuthConfig, base_dir: Path) -> None:
+        self.backend = backend
+        self.config = config
+        self.base_dir = base_dir
+        self._url = config.token_url
+        self._discovery = anyio.Lock()
+        self.requests = 0  # token requests made (tests and the bench count them)
+
+    async def client_credentials(self) -> Token:
+        form = {"grant_type": "client_credentials", **self._target()}
+        return await self._post(form, "token endpoint refused the client credentials")
+
+    async def exchange(self, subject_token: str) -> Token:
+        form = {
+            "grant_type": TOKEN_EXCHANGE,
+            "subject_token": subject_token,
+            "subject_token_type": ACCESS_TOKEN_TYPE,
+            "requested_token_type": ACCESS_TOKEN_TYPE,
+            **self._target(),
+        }
+        return await self._post(form, "token exchange refused")
+
+    def _target(self) -> dict[str, str]:
+        form = {}
+        if self.config.scopes:
+            form["scope"] = " ".join(self.config.scopes)
+        if self.config.audience:
+            form["audience"] = self.config.audience
+        if self.config.resource:
+            form["resource"] = self.config.resource
+        return form
+
+    async def _post(self, form: dict[str, str], refused: str) -> Token:
+        url = await self._token_url()
+        assert self.config.client_id is not None and self.config.client_secret is not None
+        try:
+            secret = self.config.client_secret.read(self.base_dir)
+        except ValueError as exc:
+            raise CredentialError(self.backend, "client secret", str(exc)) from None
+        self.requests += 1
+        try:
+            async with httpx2.AsyncClient(timeout=self.config.timeout) as http:
+                response = await http.post(url, data=form, auth=(self.config.client_id, secret))
+        except httpx2.HTTPError as exc:
+            raise CredentialError(self.backend, "token endpoint unreachable", type(exc).__name__) from None
+        if response.status_code != 200:
+            raise CredentialError(self.backend, refused, f"HTTP {response.status_code} {_error_code(response)}")
+        try:
+            body = response.json()
+            value = body["access_token"]
+            lifetime = float(body.get("expires_in") or DEFAULT_LIFETIME)
+        except (ValueError, KeyError, TypeError):
+            raise CredentialError(self.backend, refused, "the answer carries no access_token") from None
+        if not isinstance(value, str) or not value:
+            raise CredentialError(self.backend, refused, "the answer carries no access_token")
+        return Token(value, time.monotonic() + lifetime)
+
+    async def _token_url(self) -> str:
+        if self._url is not None:
+            return self._url
+        async with self._discovery:
+            if self._url is None:
+                self._url = await self._discover()
+        return self._url
+
+    async def _discover(self) -> str:
+        assert self.config.issuer is not None
+        issuer = self.config.issuer.rstrip("/")
+        urls = [f"{issuer}/.well-known/oauth-authorization-server", f"{issuer}/.well-known/openid-configuration"]
+        async with httpx2.AsyncClient(timeout=self.config.timeout) as http:
+            for url in urls:
+                try:
+                    response = await http.get(url)
+                    endpoint = response.json().get("token_endpoint") if response.status_code == 200 else None
+                except (httpx2.HTTPError, ValueError, AttributeError):
+                    continue
+                if isinstance(endpoint, str) and endpoint:
+                    return endpoint
+        raise CredentialError(self.backend, "token endpoint discovery", f"no token_endpoint in {issuer}'s metadata")
+
+
+def _error_code(response: httpx2.Response) -> str:
+    """The OAuth `error` code of a refusal (`invalid_client`, `invalid_grant`), never the rest of the body."""
+    try:
+        code = response.json().get("error")
+    except (ValueError, AttributeError):
+        return ""
+    return str(code)[:64] if isinstance(code, str) and code.replace("_", "").isalnum() else ""
+
+
+class TokenCache:
+    """Tokens by key, each fetched once per expiry for all waiters."""
+
+    def __init__(self, refresh_before: float) -> None:
+        self.refresh_before = refresh_before
+        self._tokens: dict[str, Token] = {}
+        self._locks: dict[str, anyio.Lock] = {}
+
+    def fresh(self, key: str) -> str | None:
+        """The cached token if it is not due for refresh: the hot path, no await."""
+        token = self._tokens.get(key)
+        if token is not None and time.monotonic() < token.refresh_at:
+            return token.value
+        return None
+
+    async def get(self, key: str, fetch: Callable[[], Awaitable[Token]]) -> str:
+        value = self.fresh(key)
+        if value is not None:
+            return value
+        lock = self._locks.setdefault(key, anyio.Lock())
+        async with lock:
+            value = self.fresh(key)  # another waiter fetched it meanwhile
+            if value is not None:
+                return value
+            token = await fetch()
+            # `refresh_before` ahead of expiry; a token that lives shorter than twice that, at half its life.
+            lifetime = token.expires_at - time.monotonic()
+            token = replace(token, refresh_at=token.expires_at - min(self.refresh_before, lifetime / 2))
+            if len(self._tokens) >= MAX_CACHED:
+                self._evict()
+            self._tokens[key] = token
+            return token.value
+
+    def invalidate(self, key: str, value: str | None = None) -> None:
+        """Drop the cached token (only if it is still `value`: a newer one stays)."""
+        token = self._tokens.get(key)
+        if token is not None and (value is None or token.value == value):
+            del self._tokens[key]
+
+    def _evict(self) -> None:
+        now = time.monotonic()
+        for key in [k for k, t in self._tokens.items() if t.expires_at <= now]:
+            del self._tokens[key]
+        for key in sorted(self._tokens, key=lambda k: self._tokens[k].expires_at)[: len(self._tokens) // 10]:
+            del self._tokens[key]
+        self._locks = {k: v for k, v in self._locks.items() if k in self._tokens or v.locked()}
