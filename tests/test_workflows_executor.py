@@ -13,7 +13,7 @@ import anyio
 import mcp_types as types
 import pytest
 
-from vmcp_opt.config_workflows import WorkflowConfig
+from vmcp_opt.config.workflows import WorkflowConfig
 from vmcp_opt.workflows.executor import RunReport, StepReport, WorkflowRun
 
 pytestmark = pytest.mark.anyio

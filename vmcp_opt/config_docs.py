@@ -3,7 +3,7 @@
 Every setting with its type, default, environment variable and description: `vmcp config-docs` prints it,
 `--output docs/configuration.md` writes it, `--check` fails when the file is stale (tests run it). A
 setting's description is its `Field(description=...)`, else the comment lines right above it in
-`vmcp_opt/config.py`; a section's is its class docstring.
+`vmcp_opt/config/`; a section's is its class docstring.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ KEY_NAMES = {"tools": "<backend>", "overrides": "<tool>", "per_tool": "<tool>"}
 INTRO = """\
 # Configuration reference
 
-Generated from `vmcp_opt/config.py` by `vmcp config-docs --output docs/configuration.md`; do not edit by
+Generated from `vmcp_opt/config/` by `vmcp config-docs --output docs/configuration.md`; do not edit by
 hand (`tests/test_config_docs.py` fails when this file is stale).
 
 A config file is YAML or JSON (`vmcp serve -c vmcp.yaml`; without `-c`, the bundled demo). Precedence,

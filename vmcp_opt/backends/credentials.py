@@ -29,7 +29,7 @@ import httpx2
 from vmcp_opt.backends.errors import CredentialError
 from vmcp_opt.backends.token_client import TokenCache, TokenEndpoint
 from vmcp_opt.config import BackendConfig
-from vmcp_opt.config_backend_auth import SecretRef
+from vmcp_opt.config.backend_auth import SecretRef
 
 SERVICE_KEY = "service"
 REFUSED = (401, 403)

@@ -18,7 +18,7 @@ import anyio
 import httpx2
 
 from vmcp_opt.backends.errors import CredentialError
-from vmcp_opt.config_backend_auth import BackendAuthConfig
+from vmcp_opt.config.backend_auth import BackendAuthConfig
 
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"

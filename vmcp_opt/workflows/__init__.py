@@ -1,6 +1,6 @@
 """Composite tools: workflows of tool calls across backends, served as tools (issue 17).
 
-config_workflows.py (outside, a leaf)  definitions, checked at load
+config/workflows.py (outside, a leaf)  definitions, checked at load
 templates.py   sandboxed Jinja2 over params, steps.<id> and a for_each's item
 executor.py    one run: the steps as a graph, bounded parallelism, retries, timeouts
 validation.py  checks against the live catalogue; annotations derived from the steps

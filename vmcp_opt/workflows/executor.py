@@ -23,7 +23,7 @@ from typing import Any, Literal
 import anyio
 import mcp_types as types
 
-from vmcp_opt.config_workflows import StepConfig, WorkflowConfig
+from vmcp_opt.config.workflows import StepConfig, WorkflowConfig
 from vmcp_opt.workflows.templates import TemplateError, render_string, render_value, truthy
 
 StepStatus = Literal["pending", "running", "ok", "failed", "skipped"]

@@ -22,7 +22,7 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from vmcp_opt.aggregation import LiveCatalog
 from vmcp_opt.arguments import ArgumentError, ArgumentValidator
 from vmcp_opt.auth import Caller
-from vmcp_opt.config_workflows import WorkflowConfig
+from vmcp_opt.config.workflows import WorkflowConfig
 from vmcp_opt.routing import Dispatch, Exchange, ProvidedTool, ToolCall, error_result
 from vmcp_opt.routing.round_trips import InputRequired, WorkflowRound
 from vmcp_opt.workflows.executor import Ask, RunReport, StepDone, StepReport, WorkflowRun

@@ -1,5 +1,5 @@
 """What is checked of workflows against the live catalogue (the file alone is checked by
-`vmcp_opt/config_workflows.py` at load): tools their steps name, and the annotations their steps imply."""
+`vmcp_opt/config/workflows.py` at load): tools their steps name, and the annotations their steps imply."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 import mcp_types as types
 
-from vmcp_opt.config_workflows import WorkflowConfig
+from vmcp_opt.config.workflows import WorkflowConfig
 
 
 def unknown_tools(workflows: Sequence[WorkflowConfig], known: Collection[str]) -> list[str]:

@@ -1,6 +1,6 @@
 """`backends[].auth`: how the gateway authenticates to one backend, on its own or on a caller's behalf.
 
-A leaf beside `config.py` (which imports it), like `config_workflows.py`: the section's models and checks.
+A leaf beside `config.py` (which imports it), like `config/workflows.py`: the section's models and checks.
 Secrets are never written in the config: each is a `SecretRef` naming an environment variable or a file, read
 when used (a file may be rotated without a restart). A plain string where a secret belongs is refused at load
 with the field's path. Runtime: `vmcp_opt/backends/credentials.py` and `vmcp_opt/backends/token_client.py`.

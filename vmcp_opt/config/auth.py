@@ -1,0 +1,125 @@
+"""Who may connect (incoming authentication) and what each caller may do (authorization)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from vmcp_opt.config.base import _Strict
+
+LOOPBACK_ADDRESSES = ("127.0.0.1", "localhost", "::1")
+# Signing algorithms a JWT access token may use: asymmetric only, so a public key can never verify an
+# HMAC token made with it (no `none`, no HS*).
+JWT_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
+
+
+class ClaimNames(_Strict):
+    """Where a token's claims (or an API key's entry) put who the caller is (dotted paths reach nested claims)."""
+
+    # The caller's subject.
+    subject: str = "sub"
+    # Groups: a list of strings, or one space- or comma-separated string.
+    groups: str = "groups"
+    # Roles: as groups (e.g. `realm_access.roles` for Keycloak).
+    roles: str = "roles"
+    # The OAuth client the token was issued to (`azp` is used when this claim is absent).
+    client_id: str = "client_id"
+    # Granted scopes: a space-separated string or a list.
+    scopes: str = "scope"
+
+
+class OAuthConfig(_Strict):
+    """The gateway as an OAuth 2.1 resource server (the MCP authorization specification)."""
+
+    # The authorization server's issuer URL; tokens must carry exactly this `iss`. Its JWKS is found from its
+    # metadata (`/.well-known/oauth-authorization-server`, then `/.well-known/openid-configuration`).
+    issuer: str | None = None
+    # This gateway's resource URI (RFC 8707/9728): the `aud` tokens must carry. Unset: `http://<host>:<port><path>`
+    # of `server` (set it when clients reach the gateway through another name, a proxy or https).
+    resource: str | None = None
+    # The issuer's JWKS, instead of discovering it from the issuer's metadata.
+    jwks_url: str | None = None
+    # Signing algorithms accepted (asymmetric only).
+    algorithms: list[str] = Field(default_factory=lambda: ["RS256", "ES256", "PS256", "EdDSA"])
+    # Seconds of clock difference tolerated on `exp`, `nbf` and `iat`.
+    clock_skew: float = Field(30.0, ge=0, le=300)
+    # A token signed with a key id the cached JWKS lacks refreshes it, at most once per this many seconds.
+    jwks_refresh_interval: float = Field(60.0, ge=0)
+    # Seconds a fetched JWKS is used before it is fetched again.
+    jwks_max_age: float = Field(3600.0, gt=0)
+    # Seconds one request to the authorization server may take.
+    timeout: float = Field(5.0, gt=0)
+    # Scopes every request must carry (a token without them gets 403 insufficient_scope).
+    required_scopes: list[str] = Field(default_factory=list)
+    # Scopes advertised in the protected-resource metadata (default: `required_scopes`).
+    scopes_supported: list[str] = Field(default_factory=list)
+    # RFC 7662 token introspection endpoint: tokens that are not JWTs (opaque) are checked there.
+    introspection_url: str | None = None
+    # The gateway's own client id at the authorization server, for introspection.
+    client_id: str | None = None
+    # The environment variable holding that client's secret (never the secret itself in a file).
+    client_secret_env: str | None = None
+    # Seconds an introspected token's answer is reused (never past its `exp`).
+    introspection_cache: float = Field(60.0, ge=0)
+
+    @field_validator("algorithms")
+    @classmethod
+    def _asymmetric_only(cls, value: list[str]) -> list[str]:
+        bad = [alg for alg in value if alg not in JWT_ALGORITHMS]
+        if bad:
+            raise ValueError(f"not allowed: {bad}; choose from {list(JWT_ALGORITHMS)} (no `none`, no HS*)")
+        if not value:
+            raise ValueError("at least one algorithm is needed")
+        return value
+
+    @model_validator(mode="after")
+    def _introspection_client(self) -> OAuthConfig:
+        if self.introspection_url and not (self.client_id and self.client_secret_env):
+            raise ValueError("introspection_url needs `client_id` and `client_secret_env` (the gateway's credentials)")
+        return self
+
+
+class ApiKeysConfig(_Strict):
+    """API keys sent as bearer tokens, stored only as SHA-256 hashes (`vmcp auth new-key` makes one)."""
+
+    # A YAML or JSON file `{keys: [{sha256: <hex>, subject: ..., groups: [...], roles: [...]}]}`, re-read when
+    # it changes (rotation and revocation without a restart); relative to the config file's directory.
+    file: str | None = None
+    # An environment variable holding the same entries as a JSON list (read at start).
+    env: str | None = None
+
+
+class IncomingAuthConfig(_Strict):
+    """Who may connect (vmcp_opt/auth/): over HTTP one of `mode`; over stdio the local OS user is the caller."""
+
+    # anonymous: anyone who reaches the port (loopback only unless `allow_anonymous_remote`); oauth: JWT access
+    # tokens from `oauth.issuer`; api_keys: keys from `api_keys`.
+    mode: Literal["anonymous", "oauth", "api_keys"] = "anonymous"
+    # Serve anonymously on a non-loopback address (logged as a warning at every start).
+    allow_anonymous_remote: bool = False
+    oauth: OAuthConfig = Field(default_factory=OAuthConfig)
+    api_keys: ApiKeysConfig = Field(default_factory=ApiKeysConfig)
+    claims: ClaimNames = Field(default_factory=ClaimNames)
+
+    @model_validator(mode="after")
+    def _mode_settings(self) -> IncomingAuthConfig:
+        if self.mode == "oauth" and not self.oauth.issuer:
+            raise ValueError("mode oauth needs `oauth.issuer`")
+        if self.mode == "api_keys" and not (self.api_keys.file or self.api_keys.env):
+            raise ValueError("mode api_keys needs `api_keys.file` or `api_keys.env`")
+        return self
+
+
+class AuthorizationConfig(_Strict):
+    """What each caller may see and call: Cedar policies (vmcp_opt/auth/cedar.py); unset, everything."""
+
+    # A Cedar policy file; relative to the config file's directory. A file that does not parse stops the start.
+    policies: str | None = None
+    # Decisions kept per (caller, action, target); a caller's visible tool set is kept per catalogue.
+    cache_size: int = Field(100_000, ge=0)
+
+
+class AuthConfig(_Strict):
+    incoming: IncomingAuthConfig = Field(default_factory=IncomingAuthConfig)
+    authorization: AuthorizationConfig = Field(default_factory=AuthorizationConfig)

@@ -1,0 +1,36 @@
+"""What every section shares: strict models, the error that lists problems, paths and name rules."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # vmcp_opt/
+PROJECT_ROOT = PACKAGE_ROOT.parent
+# The bundled demo: a wheel carries examples/ inside the package (pyproject.toml's force-include); a source
+# checkout has it beside the package.
+_PACKAGED_DEMO = PACKAGE_ROOT / "examples" / "demo.yaml"
+DEFAULT_CONFIG_PATH = _PACKAGED_DEMO if _PACKAGED_DEMO.exists() else PROJECT_ROOT / "examples" / "demo.yaml"
+APP_NAME = "vmcp-opt"
+
+BACKEND_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,47}$"
+_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# Names (env keys, `${VAR}` references, URL query parameters) whose values are secrets whatever they look like.
+SECRET_NAME = re.compile(
+    r"TOKEN|SECRET|PASSW|PASSPHRASE|API_?KEY|ACCESS_?KEY|PRIVATE|CREDENTIAL|AUTH|COOKIE|SESSION|(^|_)(KEY|PAT|PWD)$",
+    re.I,
+)
+
+
+class ConfigError(Exception):
+    """A configuration that cannot be used; `problems` lists `path: reason` lines."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)

@@ -1,0 +1,179 @@
+"""Bounds on what callers and backends can make the gateway hold, rate limits, and state shared by replicas."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from vmcp_opt.config.base import _Strict
+
+
+class LimitsConfig(_Strict):
+    """Bounds on what one backend can make the gateway do (issue 22)."""
+
+    max_result_bytes: int = Field(
+        10 * 1024 * 1024,
+        gt=0,
+        description="Largest backend result passed on, counted as the characters of its text, data and "
+        "structured content (about its JSON size); a larger one becomes an error naming the backend and the cap.",
+    )
+    list_changed_interval: float = Field(
+        1.0,
+        ge=0,
+        description="Least seconds between two re-fetches of a backend's lists: a burst of list_changed "
+        "notifications costs one re-fetch, and a flood one every this many seconds.",
+    )
+    argument_check_timeout: float = Field(
+        1.0,
+        gt=0,
+        description="Deadline of one check of a call's arguments against the tool's schema; past it the call "
+        "is refused, not sent.",
+    )
+    schema_cache_size: int = Field(
+        1024, ge=1, description="Compiled tool schemas kept for argument checks (least recently used first out)."
+    )
+    max_dedicated_sessions: int = Field(
+        64,
+        ge=1,
+        description="Backend sessions opened for single callers (clients with sampling, elicitation or roots, "
+        "log levels, subscriptions), in total; each is a process for a stdio backend. Past it a call goes on the "
+        "shared session and a subscription is refused.",
+    )
+    max_dedicated_sessions_per_caller: int = Field(
+        8, ge=1, description="Dedicated backend sessions one caller may hold at once (one per backend it uses)."
+    )
+    dedicated_idle_timeout: float = Field(
+        120.0,
+        gt=0,
+        description="Seconds a dedicated backend session may go unused (no call, no subscription) before it is "
+        "closed; it reopens, with the caller's log level, at its next use.",
+    )
+    max_pending_calls_per_caller: int = Field(
+        4,
+        ge=1,
+        description="Calls of one caller that may wait for its input (2026-07-28 InputRequiredResult) at once; "
+        "server.max_pending_calls bounds all callers together.",
+    )
+    max_sessions: int = Field(
+        1000,
+        ge=1,
+        description="MCP sessions (2025-11-25 HTTP clients) open at once, in total; past it opening one is refused "
+        "with 503 and Retry-After, and sessions already open keep working.",
+    )
+    max_sessions_per_address: int = Field(
+        100,
+        ge=1,
+        description="MCP sessions open at once from one client address; past it opening one is refused with 429 "
+        "and Retry-After. Every local client shares the loopback address.",
+    )
+    session_idle_timeout: float = Field(
+        600.0,
+        gt=0,
+        description="Seconds an MCP session may go without a request in flight (no call, no open stream) before "
+        "it is closed; the client then opens a new one.",
+    )
+    max_connections: int = Field(
+        1000,
+        ge=1,
+        description="HTTP connections open at once; a connection past it is answered 503 and closed at once. "
+        "Lowered at start to fit the process's open-file limit (raised to its hard limit first).",
+    )
+    http_header_timeout: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds a client has to send a request's line and headers, from connecting or from its first byte.",
+    )
+    http_body_timeout: float = Field(
+        30.0, gt=0, description="Seconds a client has to send a request's whole body once its headers are in."
+    )
+    http_keep_alive_timeout: float = Field(
+        5.0, gt=0, description="Seconds an idle kept-alive HTTP connection stays open waiting for the next request."
+    )
+
+
+class RedisConfig(_Strict):
+    """The Redis server that replicas share (rate limits today; sessions and learning as issue 18 lands)."""
+
+    # `redis://host:port/db`, or `rediss://…` for TLS. No password here: `password_env` or `password_file`.
+    url: str = "redis://127.0.0.1:6379/0"
+    # Environment variable holding the password.
+    password_env: str | None = None
+    # File holding the password (a mounted Secret), relative to the config file's directory.
+    password_file: str | None = None
+    # Prefix of every key the gateway writes, so several gateways can share one Redis.
+    key_prefix: str = "vmcp:"
+    # Seconds to connect and to run one command; past it Redis counts as unreachable for that request.
+    timeout: float = Field(0.25, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://")):
+            raise ValueError("must start with redis:// or rediss:// (TLS)")
+        if "@" in value.split("//", 1)[1].split("/", 1)[0]:
+            raise ValueError("no credentials in the URL: use password_env or password_file")
+        return value
+
+
+class BucketConfig(_Strict):
+    """A token bucket: `burst` calls at once, then `rate` calls per second."""
+
+    # Tokens added per second: the sustained calls per second.
+    rate: float = Field(gt=0)
+    # Most tokens the bucket holds: the calls allowed in a burst.
+    burst: int = Field(ge=1)
+
+
+class ToolBucketConfig(_Strict):
+    """A tool's token bucket: `burst` calls at once, then `rate` calls per second."""
+
+    # Tokens added per second: the sustained calls per second.
+    rate: float = Field(gt=0)
+    # Most tokens the bucket holds: the calls allowed in a burst.
+    burst: int = Field(ge=1)
+    # One bucket per caller for this tool, instead of one bucket for every caller together.
+    per_caller: bool = False
+
+
+class RateLimitsConfig(_Strict):
+    """Token buckets on tool calls (vmcp_opt/shared/rate_limits.py). A call takes a token from each bucket
+    that applies, or from none: a refusal by one bucket drains no other. A call through `call_tool` or a
+    workflow step takes only its own tool's bucket (the caller already paid for the request)."""
+
+    # `memory`: buckets of this process. `redis`: buckets in `redis`, shared by every replica.
+    store: Literal["memory", "redis"] = "memory"
+    # One bucket per caller: a verified subject (the same on every replica), else `Caller.id`; unset: none.
+    per_caller: BucketConfig | None = None
+    # One bucket for every caller together; unset: none.
+    shared: BucketConfig | None = None
+    # Buckets per tool name (as clients call it: `call_tool`, `find_tool`, a backend's exposed name).
+    per_tool: dict[str, ToolBucketConfig] = Field(default_factory=dict)
+    # Redis unreachable: calls pass (fail open); one warning per this many seconds, every miss counted.
+    log_interval: float = Field(60.0, gt=0)
+
+
+class RequestStateConfig(_Strict):
+    """The key sealing 2026-07-28 `request_state`. Replicas behind one load balancer must share it, so a
+    client's retry can land on any of them. Unset: a key of this process (one replica only).
+    Rotation: put the old key in `previous_key_*` and the new one in `key_*`; drop the old after
+    `timeouts.input`. Keys are secrets of at least 32 bytes, from the environment or a file, never here."""
+
+    # Environment variable holding the key that seals (and unseals).
+    key_env: str | None = None
+    # File holding that key (a mounted Secret), relative to the config file's directory.
+    key_file: str | None = None
+    # Environment variable holding the previous key: still unseals, never seals.
+    previous_key_env: str | None = None
+    # File holding the previous key.
+    previous_key_file: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source_each(self) -> RequestStateConfig:
+        if self.key_env and self.key_file:
+            raise ValueError("key_env and key_file: set one")
+        if self.previous_key_env and self.previous_key_file:
+            raise ValueError("previous_key_env and previous_key_file: set one")
+        if (self.previous_key_env or self.previous_key_file) and not (self.key_env or self.key_file):
+            raise ValueError("a previous key needs a current one (key_env or key_file)")
+        return self

@@ -1,0 +1,300 @@
+"""The serving sections: server, backends, discovery, aggregation, optimizer, timeouts, health, failure."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import Field, PrivateAttr, field_validator, model_validator
+
+from vmcp_opt.config.backend_auth import BackendAuthConfig
+from vmcp_opt.config.base import BACKEND_NAME_PATTERN, _Strict
+
+
+class ServerConfig(_Strict):
+    # Listen address (`vmcp serve --host`); loopback unless set.
+    host: str = "127.0.0.1"
+    # Listen port (`--port`); 0 picks a free one.
+    port: int = Field(8000, ge=0, le=65535)
+    # How clients reach the gateway: streamable HTTP, or stdin/stdout (`--stdio`, for desktop clients).
+    transport: Literal["streamable-http", "stdio"] = "streamable-http"
+    # Seconds a request made during start-up (tools/list, find_tool, a call) waits for the backends' first
+    # listing; after it the gateway serves the backends that are ready and adds the rest as they connect.
+    startup_wait: float = Field(5.0, ge=0)
+    # URL path of the MCP endpoint.
+    path: str = "/mcp"
+    # Largest HTTP request body accepted; a larger one is refused.
+    max_body_bytes: int = Field(4 * 1024 * 1024, gt=0)
+    # Extra Host header values accepted besides loopback and `host` (DNS-rebinding protection): a name or address
+    # (any port) or a `name:port` pattern; `--allow-host` adds to it.
+    allowed_hosts: list[str] = Field(default_factory=list)
+    # Extra browser Origin values accepted besides loopback.
+    allowed_origins: list[str] = Field(default_factory=list)
+    # Least severity logged (`--log-level`); libraries' own chatter stays at warning.
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # auto: rich on a terminal, plain lines elsewhere; plain: `time level logger: message`; json: one object
+    # per line (vmcp_opt/logs.py).
+    log_format: Literal["auto", "plain", "json"] = "auto"
+    # Calls of 2026-07-28 clients that may ask the client for input (`InputRequiredResult`) at once, each
+    # holding a backend session of its own; past it such a call is refused with an error.
+    max_pending_calls: int = Field(64, ge=1)
+    # Keep one spare backend session per (backend, capability set) seen in such calls, opened ahead, so
+    # the next such call does not wait for a backend process to start.
+    round_trip_spares: bool = True
+
+
+class BackendConfig(_Strict):
+    # Unique; prefixes the backend's tool and prompt names (`aggregation.prefix_format`).
+    name: str = Field(pattern=BACKEND_NAME_PATTERN)
+    # stdio: a process the gateway starts; streamable-http or sse: a server at `url`.
+    transport: Literal["stdio", "streamable-http", "sse"] = "stdio"
+    # What the backend is for; indexed with its tools, so find_tool matches it too.
+    description: str = ""
+    # stdio: the program to run (`python` is the gateway's own interpreter).
+    command: str | None = None
+    # stdio: the program's arguments (`${VAR}`s expand; secret-looking ones are refused: use `env`).
+    args: list[str] = Field(default_factory=list)
+    # stdio: environment variables added for the program (`${VAR}`s expand).
+    env: dict[str, str] = Field(default_factory=dict)
+    # stdio: working directory, relative to the config file's directory.
+    cwd: str | None = None
+    # streamable-http and sse: the server's URL (`${VAR}`s expand).
+    url: str | None = None
+    # streamable-http and sse: headers sent with every request, e.g. Authorization (`${VAR}`s expand).
+    headers: dict[str, str] = Field(default_factory=dict)
+    # Seconds to connect to this backend, instead of `timeouts.connect`.
+    connect_timeout: float | None = Field(None, gt=0)
+    # Seconds one call to this backend may take, instead of `timeouts.call`.
+    call_timeout: float | None = Field(None, gt=0)
+    # How the gateway authenticates to this backend (config/backend_auth.py); secrets only from env or files.
+    auth: BackendAuthConfig = Field(default_factory=BackendAuthConfig)
+    # Values expanded from `${VAR}` references: secrets by assumption, masked wherever they could show.
+    _referenced: set[str] = PrivateAttr(default_factory=set)
+
+    def referenced_values(self) -> set[str]:
+        return set(self._referenced)
+
+    @model_validator(mode="after")
+    def _transport_fields(self) -> BackendConfig:
+        if self.transport == "stdio":
+            if not self.command:
+                raise ValueError("a stdio backend needs `command`")
+            if self.url:
+                raise ValueError("`url` is for streamable-http and sse backends, not stdio")
+        else:
+            if not self.url:
+                raise ValueError(f"a {self.transport} backend needs `url`")
+            if not re.match(r"^https?://", self.url):
+                raise ValueError(f"`url` must start with http:// or https://, got {self.url!r}")
+            if self.command:
+                raise ValueError(f"`command` is for stdio backends, not {self.transport}")
+        return self
+
+
+class DiscoveryConfig(_Strict):
+    # inline: the backends of this file; discovered: those of a desktop client's config file (`path`) too.
+    mode: Literal["inline", "discovered"] = "inline"
+    # A Claude Desktop (`mcpServers`) or VS Code / Cursor (`servers`) client config file.
+    path: str | None = None
+
+    @model_validator(mode="after")
+    def _path_for_discovered(self) -> DiscoveryConfig:
+        if self.mode == "discovered" and not self.path:
+            raise ValueError("discovered mode needs `path` (a claude_desktop_config.json or mcp.json)")
+        return self
+
+
+class ToolOverride(_Strict):
+    # The name the tool is served under (kept as is, never prefixed).
+    name: str | None = None
+    # The description served instead of the backend's.
+    description: str | None = None
+
+
+class BackendToolsConfig(_Strict):
+    # Glob patterns of the backend's tool names to serve.
+    include: list[str] = Field(default_factory=lambda: ["*"])
+    # Glob patterns of tool names left out, even when included.
+    exclude: list[str] = Field(default_factory=list)
+    # Per tool, keyed by the backend's own tool name: the name and description to serve it under.
+    overrides: dict[str, ToolOverride] = Field(default_factory=dict)
+
+
+class AggregationConfig(_Strict):
+    # prefix: every tool and prompt named `prefix_format`; priority: names kept, the backend first in
+    # `priority` wins a clash; manual: names kept, a clash keeps the first backend's tool unless an
+    # override renames one.
+    conflict_resolution: Literal["prefix", "priority", "manual"] = "prefix"
+    # How prefixed names are made, from {backend} and {name}.
+    prefix_format: str = "{backend}_{name}"
+    # Backend names, most preferred first (the priority strategy).
+    priority: list[str] = Field(default_factory=list)
+    # Per backend (by name): which tools to serve and how to rename or re-describe them.
+    tools: dict[str, BackendToolsConfig] = Field(default_factory=dict)
+
+    @field_validator("prefix_format")
+    @classmethod
+    def _prefix_has_name(cls, value: str) -> str:
+        if "{name}" not in value:
+            raise ValueError("must contain {name}")
+        try:
+            value.format(backend="b", name="n")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"only {{backend}} and {{name}} may appear: {exc}") from exc
+        return value
+
+
+class OptimizerConfig(_Strict):
+    # find_tool and call_tool in tools/list instead of every backend tool (`vmcp serve --no-optimizer`,
+    # VMCP_OPTIMIZER__ENABLED=false or `enabled: false` lists every tool instead).
+    enabled: bool = True
+    # A registry id from models/registry.yaml or a local sentence-transformers directory.
+    model: str = "all-MiniLM-L6-v2"
+    # Persisted index and usage history; relative paths resolve against the config file's directory.
+    # Unset: `<data_dir>/indexes/<config file name>-<hash of its absolute path>`, one per config.
+    index_dir: str | None = None
+    # Tools always listed next to the meta-tools (routable names).
+    pinned: list[str] = Field(default_factory=list)
+    # Results find_tool returns when the request gives no `limit`.
+    default_limit: int = Field(8, ge=1, le=50)
+    # Exact inner product by default; "hnsw" for very large catalogues.
+    index_type: Literal["flat", "hnsw"] = "flat"
+    # bfloat16 bulk encoding where the CPU supports it (~3x faster, same quality).
+    bulk_bfloat16: bool = True
+    # Tools embedded per batch when indexing.
+    batch_size: int = Field(64, ge=1)
+    # Ranking: how the keyword and vector arms are fused. Defaults chosen by `vmcp eval` (eval/README.md).
+    fusion: Literal["weighted", "rrf"] = "weighted"
+    # Weighted fusion: the vector arm's share of the score (the keyword arm has the rest).
+    dense_weight: float = Field(0.5, ge=0.0, le=1.0)
+    # Reciprocal-rank fusion's k: larger values flatten the head of each arm's ranking.
+    rrf_k: int = Field(60, ge=1)
+    # Split multi-intent requests into sub-queries and merge their rankings.
+    split_intents: bool = True
+    # Arm depth: candidates taken from each arm before fusion.
+    candidates: int = Field(100, ge=1)
+    # Tools used together (optimizer/usage.py): learned from the calls clients make through the gateway
+    # (names and counts only), they raise each other in find_tool. On the ToolLens dev split, 13.9k past
+    # tasks took nDCG@10 from 39.4 to 54.4 and COMP@5 from 10.9 to 29.4 (eval/README.md); with no history
+    # the ranking is unchanged. Kept in `index_dir/usage.json`.
+    usage: bool = True
+    # How much the companions of the best results are raised; 0 turns it off in ranking.
+    usage_weight: float = Field(1.0, ge=0.0)
+    # The results whose companions and prerequisites are raised (the k-th result's weight is divided by k).
+    usage_seeds: int = Field(8, ge=1, le=50)
+    # Calls from one client this many seconds apart or less belong to one task.
+    usage_window: float = Field(300.0, gt=0)
+    # A tool issuing a value a result requires (GetUserToken for a `token`, list_channels for a `channel_id`;
+    # optimizer/prerequisites.py) is raised as a companion with P = 1, times this; 0 turns it off.
+    prerequisite_weight: float = Field(1.0, ge=0.0)
+    # find_tool marks a result whose match score (0..1, optimizer/calibration.py) is below this as a weak match,
+    # and says nothing fits when all are; unset: the threshold learned on the dev split for the model.
+    match_threshold: float | None = Field(None, ge=0.0, le=1.0)
+    # Vectors of tools that left the catalogue, kept (in memory and in the persisted index, newest first) so
+    # a backend that restarts or recovers is not embedded again: ~1.5 KB each.
+    keep_removed: int = Field(10_000, ge=0)
+    # Most sub-queries one multi-intent request is split into (each costs one query embedding).
+    max_intents: int = Field(4, ge=1, le=16)
+    # BM25 term saturation of the keyword arm (Lucene's default, like bm25_b's; lower values won on the
+    # ToolLens dev split but lost on three held-out sets, see eval/README.md).
+    bm25_k1: float = Field(1.5, gt=0)
+    # BM25 length normalisation of the keyword arm (Lucene's default).
+    bm25_b: float = Field(0.75, ge=0, le=1)
+    # Recent query embeddings kept per index (find_tool queries repeat; an embedding is most of a search).
+    query_cache_size: int = Field(1024, ge=0)
+    # torch threads for one query embedding: 1 holds up when cores are contended (2 threads measured
+    # 7x slower at p50 on a busy 2-core host), 2 saves ~2 ms on an idle one.
+    query_threads: int = Field(1, ge=1, le=64)
+    # torch threads for bulk embedding (index builds); 0 = every core.
+    bulk_threads: int = Field(0, ge=0, le=256)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _rerank_removed(cls, data: Any) -> Any:
+        # `rerank` and `rerank_weight` turned on late-interaction re-ranking, which lost on held-out data and
+        # left the gateway for eval/late_interaction.py. A file that sets them to what the gateway does loads.
+        if not isinstance(data, dict) or not {"rerank", "rerank_weight"} & data.keys():
+            return data
+        data = dict(data)
+        rerank = data.pop("rerank", "none")
+        data.pop("rerank_weight", None)
+        if rerank != "none":
+            raise ValueError(
+                f"rerank: {rerank!r} is no longer available: late-interaction re-ranking lost on held-out data "
+                "and left the gateway (eval/README.md; `vmcp eval run --methods optimizer-late-interaction` "
+                "still measures it). Remove `rerank` and `rerank_weight`."
+            )
+        return data
+
+
+class TimeoutsConfig(_Strict):
+    # Seconds to connect to a backend and list what it serves.
+    connect: float = Field(30.0, gt=0)
+    # Seconds one call to a backend may take.
+    call: float = Field(60.0, gt=0)
+    # Seconds open requests get to finish when the gateway stops.
+    shutdown: float = Field(5.0, gt=0)
+    # How long a client may take to answer a backend's sampling/elicitation/roots request (a person may be
+    # answering), or to retry a 2026-07-28 call that asked for input; not counted against `call`.
+    input: float = Field(300.0, gt=0)
+
+
+class HealthConfig(_Strict):
+    """Periodic MCP pings per backend (vmcp_opt/health/checker.py)."""
+
+    # Ping every backend periodically.
+    enabled: bool = True
+    # Seconds between pings.
+    interval: float = Field(10.0, gt=0)
+    # Seconds one ping may take.
+    timeout: float = Field(5.0, gt=0)
+    # Consecutive failed pings before a backend is unhealthy (it then leaves the catalogue and is
+    # reconnected).
+    unhealthy_threshold: int = Field(3, ge=1)
+    # Consecutive good pings before a recovering backend is healthy again.
+    healthy_threshold: int = Field(2, ge=1)
+    # A ping slower than this marks the backend degraded (still served).
+    degraded_latency: float = Field(1.0, gt=0)
+
+
+class CircuitBreakerConfig(_Strict):
+    """Per-backend circuit breaker, fed by health checks and by real calls (vmcp_opt/health/breaker.py)."""
+
+    # Fail calls to a failing backend at once instead of waiting on it.
+    enabled: bool = True
+    # Open after this many consecutive failures...
+    failure_threshold: int = Field(5, ge=1)
+    # ...or when at least `minimum_calls` outcomes in the last `window` seconds fail at this rate.
+    failure_rate: float = Field(0.5, gt=0, le=1)
+    # Seconds of outcomes the failure rate is computed over.
+    window: float = Field(30.0, gt=0)
+    # Outcomes in the window needed before the failure rate counts.
+    minimum_calls: int = Field(10, ge=1)
+    # A call slower than this counts as a failure even when it succeeds.
+    slow_call: float = Field(30.0, gt=0)
+    # Seconds an open circuit fails calls at once before letting trial calls through (half-open).
+    cooldown: float = Field(10.0, gt=0)
+    # Trial calls admitted while half-open; this many successes close the circuit, one failure reopens it.
+    trial_calls: int = Field(3, ge=1)
+
+
+class RestartConfig(_Strict):
+    """Reconnecting a lost backend (a stdio process is started again): exponential backoff with jitter."""
+
+    # Reconnect (restart) a lost backend; off, it stays down.
+    enabled: bool = True
+    # Seconds before the first attempt.
+    initial_delay: float = Field(0.5, gt=0)
+    # Longest wait between two attempts.
+    max_delay: float = Field(30.0, gt=0)
+    # Each wait is the previous one times this.
+    multiplier: float = Field(2.0, ge=1)
+    # Each delay is scaled by a random factor in [1 - jitter, 1 + jitter].
+    jitter: float = Field(0.2, ge=0, le=1)
+
+
+class FailureConfig(_Strict):
+    # fail: start-up fails, naming the backends that could not connect; best_effort: serve what is healthy.
+    mode: Literal["fail", "best_effort"] = "best_effort"
+    circuit_breaker: CircuitBreakerConfig = Field(default_factory=CircuitBreakerConfig)
+    restart: RestartConfig = Field(default_factory=RestartConfig)

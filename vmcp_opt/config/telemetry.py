@@ -1,0 +1,54 @@
+"""What the gateway records: the audit log and metrics."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from vmcp_opt.config.base import _Strict
+
+
+class AuditConfig(_Strict):
+    """One JSON object per line per MCP operation (vmcp_opt/telemetry/audit.py); field names as ToolHive's."""
+
+    # Write audit events.
+    enabled: bool = False
+    # `stdout`, or a file (relative to the config file's directory) rotated at `max_file_bytes`.
+    output: str = "stdout"
+    # Size at which the file is rotated.
+    max_file_bytes: int = Field(default=50_000_000, ge=1024)
+    # Rotated files kept beside the current one (`audit.log.1` … `audit.log.N`).
+    backups: int = Field(default=5, ge=0)
+    # Event types to write (`mcp_tool_call`, `mcp_tools_list`, `vmcp_find_tool`, `workflow_started`, …); empty: all.
+    include: list[str] = Field(default_factory=list)
+    # Event types never written (applied after `include`).
+    exclude: list[str] = Field(default_factory=list)
+    # Request arguments and results in `data`: off, as they may hold personal data; when on, keys that look
+    # secret are redacted and each part is cut to `max_data_bytes`.
+    include_data: bool = False
+    # Bytes of JSON kept of each of the request and the response; longer is cut and marked `truncated`.
+    max_data_bytes: int = Field(default=4096, ge=64)
+    # Events waiting for the writer thread. Full: `drop` (counted and reported) or `block` the request for
+    # at most `block_timeout` seconds, then drop.
+    queue_size: int = Field(default=10_000, ge=1)
+    # What a request does when the queue is full: `drop` the event at once, or `block` first.
+    when_full: Literal["drop", "block"] = "drop"
+    # Seconds a request waits for room under `when_full: block` before the event is dropped.
+    block_timeout: float = Field(default=0.05, ge=0)
+
+
+class MetricsConfig(_Strict):
+    """Prometheus metrics (vmcp_opt/telemetry/metrics.py)."""
+
+    # Count and time requests, backend calls, find_tool; serve them for Prometheus.
+    enabled: bool = False
+
+
+class TelemetryConfig(_Strict):
+    """What the gateway did, for operators: audit log and metrics. All off by default."""
+
+    # One JSON line per MCP operation.
+    audit: AuditConfig = Field(default_factory=AuditConfig)
+    # Prometheus metrics at `/metrics` on the main listener.
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
