@@ -31,4 +31,11 @@ if [ ! -d node_modules/@modelcontextprotocol/server-everything ] || [ package-lo
   echo "==> installing npm backends (package-lock.json)"
   npm ci --no-audit --no-fund --loglevel=error
 fi
+# Prometheus, for the test that scrapes a real gateway (tests/test_telemetry_export.py): installed when
+# missing and we may (CI runs as root on a fresh machine); elsewhere that test is skipped.
+if ! command -v prometheus >/dev/null 2>&1 && [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+  echo "==> installing prometheus (Debian package)"
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends prometheus
+fi
 echo "==> set-up done"
