@@ -7,6 +7,7 @@ import types as pytypes
 
 import mcp_types as types
 import pytest
+from opentelemetry.propagate import inject
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
@@ -39,6 +40,8 @@ def test_call_spans_chain_from_the_clients_traceparent_to_the_backend_request() 
         backend = Operation("tools/call", CALLER, "backend", "save_note", "notes", exchange)
         with watched([tracing], backend):
             sent = dict(backend.meta)
+            ambient: dict[str, str] = {}
+            inject(ambient)  # what the MCP SDK's client puts in the backend request's `_meta`
             backend.result = types.CallToolResult(content=[], is_error=True)
             backend.outcome = "application_error"
     tracing.provider.force_flush()
@@ -52,6 +55,7 @@ def test_call_spans_chain_from_the_clients_traceparent_to_the_backend_request() 
     # the backend hears of the CLIENT span, and the client's tracestate goes on with it
     assert sent["traceparent"] == f"00-{CLIENT_TRACE}-{format(client.context.span_id, '016x')}-01"
     assert sent["tracestate"] == "vendor=1"
+    assert ambient == sent
 
     attributes = dict(server.attributes or {})
     assert attributes["mcp.method.name"] == "tools/call" and attributes["gen_ai.tool.name"] == "notes_save_note"

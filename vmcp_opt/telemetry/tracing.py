@@ -8,7 +8,9 @@ One span per operation (routing/operations.py):
 
 A client's W3C trace context (`traceparent`, `tracestate` in the request's `_meta`) is the parent of the
 SERVER span, and the CLIENT span's context goes to the backend in the backend request's `_meta` (the router
-merges `Operation.meta` into it), so one trace runs client → gateway → backend.
+merges `Operation.meta` into it), so one trace runs client → gateway → backend. Each span is also the current
+OpenTelemetry context while its operation runs: the MCP SDK's client injects that context into every
+outbound `_meta` itself, and would otherwise send the client's own.
 
 Attributes are the MCP and GenAI conventions' (`mcp.method.name`, `mcp.session.id`, `mcp.protocol.version`,
 `jsonrpc.request.id`, `gen_ai.tool.name`, `error.type`) and ours under `vmcp.` (backend, outcome, find_tool's
@@ -26,7 +28,7 @@ import importlib
 import os
 from typing import Any, cast
 
-from opentelemetry.context import Context
+from opentelemetry.context import Context, attach, detach
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Span, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
@@ -40,7 +42,8 @@ from vmcp_opt.routing.providers import GATEWAY_SOURCE
 from vmcp_opt.telemetry.names import find_tool_summary
 from vmcp_opt.workflows.provider import WORKFLOW_SOURCE
 
-_KEY = "span"  # this watcher's entry in `Operation.notes`
+_KEY = "span"  # this watcher's entries in `Operation.notes`
+_TOKEN = "otel_context"
 _MAX_NAME = 200  # a client names the target: span names and attributes keep this much of it
 _PROPAGATOR = TraceContextTextMapPropagator()
 
@@ -65,8 +68,12 @@ class Tracing:
         context = set_span_in_context(parent) if parent is not None else _client_context(op)
         span = self.tracer.start_span(name, context=context, kind=kind)
         op.notes[_KEY] = span
+        current = set_span_in_context(span)
+        # The span is also OpenTelemetry's current one while the operation runs: the MCP SDK's client injects
+        # the current context into every request's `_meta` (over ours), and instrumented libraries nest here.
+        op.notes[_TOKEN] = attach(current)
         if op.kind == "backend":
-            _PROPAGATOR.inject(op.meta, context=set_span_in_context(span))
+            _PROPAGATOR.inject(op.meta, context=current)
         if span.is_recording():
             span.set_attributes(_start_attributes(op))
 
@@ -74,6 +81,7 @@ class Tracing:
         span: Span | None = op.notes.get(_KEY)
         if span is None:
             return
+        detach(op.notes.pop(_TOKEN))
         if span.is_recording():
             span.set_attributes(_finish_attributes(op))
             if op.outcome != "success":
