@@ -1,10 +1,10 @@
-"""What telemetry adds to a proxied call: the same tools/call through two `vmcp serve` processes in front of
-one streamable-HTTP backend, one with telemetry off and one with the audit log (to a file), metrics and
-traces (exported over OTLP/HTTP to a local receiver) on, interleaved in one run so machine noise hits both.
+"""What telemetry adds to a proxied call: the same tools/call through three `vmcp serve` processes in front of
+one streamable-HTTP backend: telemetry off; the audit log (to a file) and metrics; those and traces
+(exported over OTLP/HTTP to a local receiver). Interleaved in one run so machine noise hits all alike.
 
     .venv/bin/python bench/telemetry.py [--calls 400]
 
-Prints p50/p95 of both and the added p50; then the watchers' own cost per proxied call measured in process
+Prints p50/p95 of each and the added p50; then the watchers' own cost per proxied call measured in process
 (a front operation and its backend request through audit, metrics and tracing), which the end-to-end
 difference cannot resolve below the noise of two HTTP hops.
 """
@@ -12,12 +12,14 @@ difference cannot resolve below the noise of two HTTP hops.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import anyio
 from mcp import Client
@@ -33,28 +35,30 @@ from tests.support import http_demo_backend, running_gateway, write_config  # no
 from tests.test_telemetry_export import otlp_receiver  # noqa: E402
 
 console = Console()
-TELEMETRY_ON = {
-    "audit": {"enabled": True, "output": "audit.log"},
-    "metrics": {"enabled": True},
-    "tracing": {"enabled": True},
+_AUDIT = {"enabled": True, "output": "audit.log"}
+VARIANTS: dict[str, dict[str, Any]] = {
+    "off": {},
+    "audit + metrics": {"audit": _AUDIT, "metrics": {"enabled": True}},
+    "audit + metrics + traces": {"audit": _AUDIT, "metrics": {"enabled": True}, "tracing": {"enabled": True}},
 }
 
 
-async def measure(off_url: str, on_url: str, calls: int) -> tuple[list[float], list[float]]:
-    off: list[float] = []
-    on: list[float] = []
-    async with Client(off_url, mode="legacy") as plain, Client(on_url, mode="legacy") as watched:
-        paths = ((plain, off), (watched, on))
-        for client, _ in paths:  # warm both (connections, validators, caches)
+async def measure(urls: dict[str, str], calls: int) -> dict[str, list[float]]:
+    """Latencies per gateway; each round calls every gateway once, in a rotating order."""
+    samples: dict[str, list[float]] = {name: [] for name in urls}
+    async with contextlib.AsyncExitStack() as stack:
+        clients = [(name, await stack.enter_async_context(Client(url, mode="legacy"))) for name, url in urls.items()]
+        for _, client in clients:  # warm each (connections, validators, caches)
             for _ in range(30):
                 await client.call_tool("web_slow_echo", {"message": "warm", "seconds": 0})
         for i in track(range(calls), description=f"{calls} interleaved calls per gateway", console=console):
-            for client, sink in paths if i % 2 == 0 else reversed(paths):
+            shift = i % len(clients)
+            for name, client in clients[shift:] + clients[:shift]:
                 started = time.perf_counter()
                 result = await client.call_tool("web_slow_echo", {"message": "ping", "seconds": 0})
-                sink.append((time.perf_counter() - started) * 1000)
+                samples[name].append((time.perf_counter() - started) * 1000)
                 assert not result.is_error
-    return off, on
+    return samples
 
 
 def watcher_cost(directory: Path, endpoint: str, calls: int = 5_000) -> dict[str, float]:
@@ -70,7 +74,9 @@ def watcher_cost(directory: Path, endpoint: str, calls: int = 5_000) -> dict[str
     from vmcp_opt.telemetry.tracing import Tracing
 
     os.environ["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] = endpoint
-    audit = AuditLog(AuditConfig(enabled=True, output=str(directory / "micro-audit.log")))
+    # Queues that hold the whole run: dropping would skip the exporting and writing this should include.
+    os.environ["OTEL_BSP_MAX_QUEUE_SIZE"] = str(4 * calls * 3)
+    audit = AuditLog(AuditConfig(enabled=True, output=str(directory / "micro-audit.log"), queue_size=4 * calls * 3))
     metrics = Metrics(["web"])
     tracing = Tracing(TracingConfig(enabled=True))
     caller = Caller("session:bench", Identification.SESSION, "2025-11-25", address="127.0.0.1")
@@ -105,16 +111,18 @@ def watcher_cost(directory: Path, endpoint: str, calls: int = 5_000) -> dict[str
     return {name: cost - costs["none"] for name, cost in costs.items() if name != "none"}
 
 
-def report(off: list[float], on: list[float], costs: dict[str, float]) -> None:
-    table = Table(title=f"tools/call through the gateway, ms ({len(off)} interleaved calls each)")
-    for column in ("telemetry", "p50", "p95", "mean"):
+def report(samples: dict[str, list[float]], costs: dict[str, float]) -> None:
+    calls = len(samples["off"])
+    table = Table(title=f"tools/call through the gateway, ms ({calls} interleaved calls each)")
+    for column in ("telemetry", "p50", "p95", "mean", "added p50"):
         table.add_column(column, justify="right")
-    for name, samples in (("off", off), ("audit + metrics + traces", on)):
+    base = percentile(samples["off"], 50)
+    for name, values in samples.items():
+        p50 = percentile(values, 50)
         table.add_row(
-            name, f"{percentile(samples, 50):.3f}", f"{percentile(samples, 95):.3f}", f"{statistics.mean(samples):.3f}"
+            name, f"{p50:.3f}", f"{percentile(values, 95):.3f}", f"{statistics.mean(values):.3f}", f"{p50 - base:+.3f}"
         )
     console.print(table)
-    console.print(f"added p50 end to end: {percentile(on, 50) - percentile(off, 50):+.3f} ms")
     console.print(
         "watchers in process, per proxied call (front + backend operation): "
         + ", ".join(f"{name} {cost:.1f} µs" for name, cost in costs.items())
@@ -130,17 +138,15 @@ def main() -> None:
         env = {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": endpoint}
         with http_demo_backend() as backend_url:
             backends = [{"name": "web", "transport": "streamable-http", "url": backend_url}]
-            (directory / "off").mkdir()
-            (directory / "on").mkdir()
-            off_config = write_config(directory / "off", {"backends": backends})
-            on_config = write_config(directory / "on", {"backends": backends, "telemetry": TELEMETRY_ON})
-            with (
-                running_gateway(off_config, "--no-optimizer") as off_gateway,
-                running_gateway(on_config, "--no-optimizer", env=env) as on_gateway,
-            ):
-                off, on = anyio.run(measure, off_gateway.url, on_gateway.url, args.calls)
+            urls: dict[str, str] = {}
+            with contextlib.ExitStack() as stack:
+                for name, telemetry in VARIANTS.items():
+                    (directory / name).mkdir()
+                    config = write_config(directory / name, {"backends": backends, "telemetry": telemetry})
+                    urls[name] = stack.enter_context(running_gateway(config, "--no-optimizer", env=env)).url
+                samples = anyio.run(measure, urls, args.calls)
         costs = watcher_cost(directory, endpoint)
-    report(off, on, costs)
+    report(samples, costs)
 
 
 if __name__ == "__main__":
