@@ -80,7 +80,9 @@ class Tracing:
             return
         detach(op.notes.pop(_TOKEN))
         if span.is_recording():
-            span.set_attributes(_finish_attributes(op))
+            attributes = _finish_attributes(op)
+            if attributes:
+                span.set_attributes(attributes)
             if op.outcome != "success":
                 span.set_status(Status(StatusCode.ERROR, op.outcome))
         span.end()
@@ -156,9 +158,12 @@ def _start_attributes(op: Operation) -> dict[str, Any]:
 
 
 def _finish_attributes(op: Operation) -> dict[str, Any]:
-    attributes: dict[str, Any] = {"vmcp.outcome": op.outcome}
-    if op.backend is not None:
-        attributes["vmcp.backend"] = op.backend
+    """What became known while the operation ran (each attribute set costs the SDK a cleaning pass)."""
+    attributes: dict[str, Any] = {}
+    if op.kind == "request" or op.outcome != "success":
+        attributes["vmcp.outcome"] = op.outcome
+    if op.kind == "request" and op.backend is not None:
+        attributes["vmcp.backend"] = op.backend  # known once the target is looked up
     if op.error is not None:
         attributes["error.type"] = op.error
     elif op.outcome == "application_error":
