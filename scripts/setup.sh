@@ -31,11 +31,17 @@ if [ ! -d node_modules/@modelcontextprotocol/server-everything ] || [ package-lo
   echo "==> installing npm backends (package-lock.json)"
   npm ci --no-audit --no-fund --loglevel=error
 fi
-# The tests of state shared by replicas start a real redis-server on loopback; CI runs as root on a fresh
-# Debian machine, so the test set-up installs it there when missing (elsewhere those tests are skipped,
-# and under CI=true they fail).
-if [ "${1:-}" = "dev" ] && ! command -v redis-server >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-  echo "==> installing redis-server (apt)"
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+# Real servers the tests start on loopback: redis-server (state shared by replicas) and prometheus (it
+# scrapes a real gateway). CI runs as root on a fresh Debian machine, so the test set-up installs what is
+# missing there; elsewhere those tests are skipped, and under CI=true they fail.
+if [ "${1:-}" = "dev" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  missing=""
+  command -v redis-server >/dev/null 2>&1 || missing="$missing redis-server"
+  command -v prometheus >/dev/null 2>&1 || missing="$missing prometheus"
+  if [ -n "$missing" ]; then
+    echo "==> installing$missing (apt)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
+  fi
 fi
 echo "==> set-up done"

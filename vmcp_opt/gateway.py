@@ -89,6 +89,10 @@ class Gateway:
         # Audit, metrics, traces: watchers of the router's operations (off unless `telemetry:` turns them on).
         self.telemetry = Telemetry(config)
         self.router.watchers.extend(self.telemetry.watchers)
+        if self.telemetry.metrics is not None:  # read at each scrape
+            self.telemetry.metrics.state.backends = self._backend_states
+            if self.optimizer is not None:
+                self.telemetry.metrics.state.index_size = self.optimizer.index.__len__
         self.started = False
         # A backend changed after the first catalogue was built but before `started`: rebuild once started.
         self._changed_while_starting = False
@@ -202,6 +206,11 @@ class Gateway:
         if connection.state is BackendState.READY and not self._stopping:
             logger.info("backend %s joined after start-up", connection.name)
             await self._rebuild_catalog()
+
+    def _backend_states(self) -> list[tuple[str, str, str]]:
+        """Each backend's health and circuit state, for the metrics."""
+        health = self.health
+        return [(name, health.health[name].state.value, health.breakers[name].state.value) for name in health.health]
 
     def stop(self) -> None:
         self._stopping = True

@@ -84,6 +84,7 @@ from vmcp_opt.config.telemetry import (
     AuditConfig,
     MetricsConfig,
     TelemetryConfig,
+    TracingConfig,
 )
 from vmcp_opt.config.workflows import (
     RESERVED_NAMES,
@@ -446,6 +447,7 @@ __all__ = [
     "TimeoutsConfig",
     "ToolBucketConfig",
     "ToolOverride",
+    "TracingConfig",
     "VmcpConfig",
     "WorkflowConfig",
     "check_workflows",

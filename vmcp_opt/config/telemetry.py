@@ -45,10 +45,24 @@ class MetricsConfig(_Strict):
     enabled: bool = False
 
 
+class TracingConfig(_Strict):
+    """OpenTelemetry traces (vmcp_opt/telemetry/tracing.py), exported over OTLP as the standard `OTEL_*`
+    environment variables say (`OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`,
+    `OTEL_EXPORTER_OTLP_HEADERS`, `OTEL_SERVICE_NAME`, …)."""
+
+    # A span per request and per backend call; W3C trace context from the client's `_meta` to the backends'.
+    enabled: bool = False
+    # Share of new traces recorded (0 to 1; a client's sampled flag is followed). None: `OTEL_TRACES_SAMPLER`
+    # and `OTEL_TRACES_SAMPLER_ARG` decide, and without them every trace is recorded.
+    sample_ratio: float | None = Field(default=None, ge=0, le=1)
+
+
 class TelemetryConfig(_Strict):
-    """What the gateway did, for operators: audit log and metrics. All off by default."""
+    """What the gateway did, for operators: audit log, metrics and traces. All off by default."""
 
     # One JSON line per MCP operation.
     audit: AuditConfig = Field(default_factory=AuditConfig)
     # Prometheus metrics at `/metrics` on the main listener.
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    # OpenTelemetry spans, exported over OTLP.
+    tracing: TracingConfig = Field(default_factory=TracingConfig)

@@ -98,6 +98,8 @@ def create_app(gateway: Gateway) -> Starlette:
     )
     slots = SessionSlots(limits.max_sessions, limits.max_sessions_per_address)
     sessions = SessionGate(StreamableHTTPASGIApp(manager), slots, retry_after=min(limits.session_idle_timeout, 60))
+    if gateway.telemetry.metrics is not None:
+        gateway.telemetry.metrics.state.sessions = lambda: slots.total
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

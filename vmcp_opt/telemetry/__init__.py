@@ -1,7 +1,9 @@
-"""What the gateway did, for operators: the audit log (audit.py), Prometheus metrics (metrics.py).
+"""What the gateway did, for operators: the audit log (audit.py), Prometheus metrics (metrics.py), OpenTelemetry
+traces (tracing.py).
 
 Everything here watches the router's operations (routing/operations.py) and calls nothing of the router,
-the transports or the backends; `Telemetry` is made by the gateway from the `telemetry:` config section.
+the transports or the backends; `Telemetry` is made by the gateway from the `telemetry:` config section, and
+the gateway tells the metrics where to read its state (`Metrics.state`).
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 from vmcp_opt.config import VmcpConfig
 from vmcp_opt.routing.operations import OperationWatcher
 from vmcp_opt.telemetry.audit import AuditLog
-from vmcp_opt.telemetry.metrics import Metrics
+from vmcp_opt.telemetry.metrics import GatewayState, Metrics
 
 
 class Telemetry:
@@ -18,11 +20,21 @@ class Telemetry:
         self.audit = AuditLog(settings.audit, config.base_dir) if settings.audit.enabled else None
         backends = [b.name for b in config.backends]
         self.metrics = Metrics(backends) if settings.metrics.enabled else None
-        self.watchers: list[OperationWatcher] = [w for w in (self.audit, self.metrics) if w is not None]
+        if self.metrics is not None:
+            self.metrics.state.audit = self.audit
+        self.tracing = None
+        if settings.tracing.enabled:
+            # Imported only when on: the OpenTelemetry SDK costs start-up time a gateway without traces skips.
+            from vmcp_opt.telemetry.tracing import Tracing
+
+            self.tracing = Tracing(settings.tracing)
+        self.watchers: list[OperationWatcher] = [w for w in (self.audit, self.metrics, self.tracing) if w is not None]
 
     def close(self) -> None:
         if self.audit is not None:
             self.audit.close()
+        if self.tracing is not None:
+            self.tracing.close()
 
 
-__all__ = ["AuditLog", "Metrics", "Telemetry"]
+__all__ = ["AuditLog", "GatewayState", "Metrics", "Telemetry"]

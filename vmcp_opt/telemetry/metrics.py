@@ -1,20 +1,48 @@
 """Prometheus metrics from the router's operations, in a registry of the gateway's own.
 
 Labels are a fixed vocabulary or come from the config: `method` (the MCP methods, else "other"),
-`outcome` (four values), `backend` (configured backend names); never a tool name, argument or anything else
-a client controls, so the number of series cannot grow with traffic.
+`outcome` (four values), `backend` (configured backend names), `state` (the health and circuit states),
+`ranking` (the index's two modes); never a tool name, argument or anything else a client controls, so the
+number of series cannot grow with traffic.
+
+Counted as operations finish: requests, backend requests, meta-tool calls, unknown tools, find_tool's
+result counts and token savings. Read at each scrape from the gateway (`Metrics.state`, a `GatewayState`
+the gateway fills): each backend's health and circuit state, active sessions, the index size, and the
+audit log's written, dropped and failed events.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
 
 from vmcp_opt.routing.operations import Operation
-from vmcp_opt.telemetry.names import META_TOOLS, method_label
+from vmcp_opt.telemetry.audit import AuditLog
+from vmcp_opt.telemetry.names import META_TOOLS, find_tool_summary, method_label
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_RESULT_BUCKETS = (0, 1, 2, 3, 5, 10, 20, 50)
+_PERCENT_BUCKETS = (0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 99, 100)
+HEALTH_STATES = ("unknown", "healthy", "degraded", "unhealthy")
+CIRCUIT_STATES = ("closed", "open", "half_open")
+RANKINGS = frozenset({"hybrid", "keyword"})
+
+
+@dataclass
+class GatewayState:
+    """What a scrape reads from the gateway; each part optional (a transport without sessions, no optimizer)."""
+
+    # (backend, health state, circuit state) for each configured backend.
+    backends: Callable[[], Iterable[tuple[str, str, str]]] = lambda: ()
+    sessions: Callable[[], int] | None = None
+    index_size: Callable[[], int] | None = None
+    audit: AuditLog | None = None
 
 
 class Metrics:
@@ -47,6 +75,26 @@ class Metrics:
         self.not_found = Counter(
             "vmcp_unknown_tool_total", "Calls of a tool nothing serves (call_tool not-found).", registry=self.registry
         )
+        self.find_results = Histogram(
+            "vmcp_find_tool_results",
+            "Tools find_tool returned per call, by ranking mode (hybrid, or keyword while vectors load).",
+            ["ranking"],
+            buckets=_RESULT_BUCKETS,
+            registry=self.registry,
+        )
+        self.token_savings = Histogram(
+            "vmcp_find_tool_token_savings_percent",
+            "Tokens a find_tool answer saved against the full tools/list, in percent (0-100).",
+            buckets=_PERCENT_BUCKETS,
+            registry=self.registry,
+        )
+        self.tokens_saved = Counter(
+            "vmcp_find_tool_tokens_saved_total",
+            "Tokens find_tool answers saved against the full tools/list, summed.",
+            registry=self.registry,
+        )
+        self.state = GatewayState()
+        self.registry.register(_StateCollector(self))
 
     def operation_started(self, op: Operation) -> None:
         return None
@@ -59,8 +107,57 @@ class Metrics:
         self.server.labels(method_label(op.method), op.outcome).observe(op.duration)
         if op.method == "tools/call" and op.target in META_TOOLS and op.backend == "vmcp":
             self.meta.labels(op.target, op.outcome).observe(op.duration)
+            if op.target == "find_tool":
+                self._found(op)
         if op.error == str(-32602) and op.backend is None:
             self.not_found.inc()
 
+    def _found(self, op: Operation) -> None:
+        summary = find_tool_summary(op.result)
+        if summary is None:
+            return
+        self.find_results.labels(summary.ranking if summary.ranking in RANKINGS else "other").observe(summary.results)
+        if summary.saved_percent is not None:
+            self.token_savings.observe(summary.saved_percent)
+        self.tokens_saved.inc(summary.tokens_saved)
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _StateCollector(Collector):
+    """Gauges read from the gateway at scrape time, so nothing on the request path keeps them up to date."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        state = self.metrics.state
+        health = GaugeMetricFamily(
+            "vmcp_backend_health", "1 for each backend's current health state.", labels=["backend", "state"]
+        )
+        circuit = GaugeMetricFamily(
+            "vmcp_backend_circuit", "1 for each backend's current circuit breaker state.", labels=["backend", "state"]
+        )
+        for backend, health_state, circuit_state in state.backends():
+            for value in HEALTH_STATES:
+                health.add_metric([backend, value], 1.0 if value == health_state else 0.0)
+            for value in CIRCUIT_STATES:
+                circuit.add_metric([backend, value], 1.0 if value == circuit_state else 0.0)
+        yield health
+        yield circuit
+        if state.sessions is not None:
+            yield GaugeMetricFamily("vmcp_active_sessions", "Client sessions open now.", value=state.sessions())
+        if state.index_size is not None:
+            yield GaugeMetricFamily("vmcp_index_tools", "Tools in find_tool's index.", value=state.index_size())
+        audit = state.audit
+        if audit is not None:
+            yield CounterMetricFamily("vmcp_audit_events_written", "Audit events written.", value=audit.written)
+            yield CounterMetricFamily(
+                "vmcp_audit_events_dropped", "Audit events dropped: the queue was full.", value=audit.dropped
+            )
+            yield CounterMetricFamily(
+                "vmcp_audit_write_failures",
+                "Audit events lost to a failed write or an unserialisable result.",
+                value=audit.write_failures,
+            )

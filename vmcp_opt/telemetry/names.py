@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 from vmcp_opt.routing.operations import Operation
 from vmcp_opt.routing.providers import GATEWAY_SOURCE
 from vmcp_opt.workflows.provider import WORKFLOW_SOURCE
@@ -47,3 +49,26 @@ def target_type(method: str) -> str:
 
 def method_label(method: str) -> str:
     return method if method in METHODS else "other"
+
+
+class FindToolSummary(NamedTuple):
+    results: int
+    ranking: str  # "hybrid" or "keyword" (optimizer/index.py)
+    top_score: float | None
+    tokens_saved: int  # tokens find_tool's answer saved against the full tools/list
+    saved_percent: float | None  # the same in percent of the full list, 0 to 100
+
+
+def find_tool_summary(result: Any) -> FindToolSummary | None:
+    """What a find_tool result says of itself (optimizer/metatools.py puts it in `structured_content`)."""
+    answer = getattr(result, "structured_content", None)
+    if not isinstance(answer, dict) or not isinstance(answer.get("tools"), list):
+        return None
+    tools = answer["tools"]
+    scores = [t["score"] for t in tools if isinstance(t, dict) and isinstance(t.get("score"), int | float)]
+    tokens = answer.get("tokens") or {}
+    full, saved = tokens.get("full_tool_list"), tokens.get("saved")
+    saved = saved if isinstance(saved, int) else 0
+    percent = min(100.0, max(0.0, 100.0 * saved / full)) if isinstance(full, int) and full > 0 else None
+    top = max(scores, default=None)
+    return FindToolSummary(len(tools), str(answer.get("ranking", "unknown")), top, saved, percent)

@@ -1,0 +1,153 @@
+"""What telemetry adds to a proxied call: the same tools/call through three `vmcp serve` processes in front of
+one streamable-HTTP backend: telemetry off; the audit log (to a file) and metrics; those and traces
+(exported over OTLP/HTTP to a local receiver). Interleaved in one run so machine noise hits all alike.
+
+    .venv/bin/python bench/telemetry.py [--calls 400]
+
+Prints p50/p95 of each and the added p50; then the watchers' own cost per proxied call measured in process
+(a front operation and its backend request through audit, metrics and tracing), which the end-to-end
+difference cannot resolve below the noise of two HTTP hops.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+from mcp import Client
+from rich.console import Console
+from rich.progress import track
+from rich.table import Table
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from eval.metrics import percentile  # noqa: E402
+from tests.support import http_demo_backend, running_gateway, write_config  # noqa: E402
+from tests.test_telemetry_export import otlp_receiver  # noqa: E402
+
+console = Console()
+_AUDIT = {"enabled": True, "output": "audit.log"}
+VARIANTS: dict[str, dict[str, Any]] = {
+    "off": {},
+    "audit + metrics": {"audit": _AUDIT, "metrics": {"enabled": True}},
+    "audit + metrics + traces": {"audit": _AUDIT, "metrics": {"enabled": True}, "tracing": {"enabled": True}},
+}
+
+
+async def measure(urls: dict[str, str], calls: int) -> dict[str, list[float]]:
+    """Latencies per gateway; each round calls every gateway once, in a rotating order."""
+    samples: dict[str, list[float]] = {name: [] for name in urls}
+    async with contextlib.AsyncExitStack() as stack:
+        clients = [(name, await stack.enter_async_context(Client(url, mode="legacy"))) for name, url in urls.items()]
+        for _, client in clients:  # warm each (connections, validators, caches)
+            for _ in range(30):
+                await client.call_tool("web_slow_echo", {"message": "warm", "seconds": 0})
+        for i in track(range(calls), description=f"{calls} interleaved calls per gateway", console=console):
+            shift = i % len(clients)
+            for name, client in clients[shift:] + clients[:shift]:
+                started = time.perf_counter()
+                result = await client.call_tool("web_slow_echo", {"message": "ping", "seconds": 0})
+                samples[name].append((time.perf_counter() - started) * 1000)
+                assert not result.is_error
+    return samples
+
+
+def watcher_cost(directory: Path, endpoint: str, calls: int = 5_000) -> dict[str, float]:
+    """Microseconds per proxied call (a front tools/call and its backend request) each watcher set adds."""
+    import mcp_types as types
+
+    from vmcp_opt.auth import Caller, Identification
+    from vmcp_opt.config import AuditConfig, TracingConfig
+    from vmcp_opt.routing.exchange import Exchange
+    from vmcp_opt.routing.operations import Operation, OperationWatcher, watched
+    from vmcp_opt.telemetry.audit import AuditLog
+    from vmcp_opt.telemetry.metrics import Metrics
+    from vmcp_opt.telemetry.tracing import Tracing
+
+    os.environ["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] = endpoint
+    # Queues that hold the whole run: dropping would skip the exporting and writing this should include.
+    os.environ["OTEL_BSP_MAX_QUEUE_SIZE"] = str(4 * calls * 3)
+    audit = AuditLog(AuditConfig(enabled=True, output=str(directory / "micro-audit.log"), queue_size=4 * calls * 3))
+    metrics = Metrics(["web"])
+    tracing = Tracing(TracingConfig(enabled=True))
+    caller = Caller("session:bench", Identification.SESSION, "2025-11-25", address="127.0.0.1")
+    exchange = Exchange("tools/call", request_id=1)
+    result = types.CallToolResult(content=[types.TextContent(type="text", text="ping")])
+    sets: dict[str, list[OperationWatcher]] = {
+        "none": [],
+        "metrics": [metrics],
+        "audit": [audit],
+        "tracing": [tracing],
+        "all": [audit, metrics, tracing],
+    }
+    costs: dict[str, float] = {}
+    for name, watchers in sets.items():
+        best = float("inf")
+        for _ in range(3):
+            started = time.perf_counter()
+            for _ in range(calls):
+                if not watchers:  # the router with no watchers makes no Operation at all
+                    continue
+                front = Operation("tools/call", caller, target="web_slow_echo", exchange=exchange)
+                with watched(watchers, front):
+                    front.backend = "web"
+                    backend = Operation("tools/call", caller, "backend", "slow_echo", "web", exchange)
+                    with watched(watchers, backend):
+                        backend.result = result
+                    front.result = result
+            best = min(best, (time.perf_counter() - started) / calls * 1e6)
+        costs[name] = best
+    audit.close()
+    tracing.close()
+    return {name: cost - costs["none"] for name, cost in costs.items() if name != "none"}
+
+
+def report(samples: dict[str, list[float]], costs: dict[str, float]) -> None:
+    calls = len(samples["off"])
+    table = Table(title=f"tools/call through the gateway, ms ({calls} interleaved calls each)")
+    for column in ("telemetry", "p50", "p95", "mean", "added p50"):
+        table.add_column(column, justify="right")
+    base = percentile(samples["off"], 50)
+    for name, values in samples.items():
+        p50 = percentile(values, 50)
+        table.add_row(
+            name, f"{p50:.3f}", f"{percentile(values, 95):.3f}", f"{statistics.mean(values):.3f}", f"{p50 - base:+.3f}"
+        )
+    console.print(table)
+    console.print(
+        "watchers in process, per proxied call (front + backend operation): "
+        + ", ".join(f"{name} {cost:.1f} µs" for name, cost in costs.items())
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=400)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp, otlp_receiver() as (endpoint, _, _):
+        directory = Path(tmp)
+        env = {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": endpoint}
+        with http_demo_backend() as backend_url:
+            backends = [{"name": "web", "transport": "streamable-http", "url": backend_url}]
+            urls: dict[str, str] = {}
+            with contextlib.ExitStack() as stack:
+                for name, telemetry in VARIANTS.items():
+                    (directory / name).mkdir()
+                    config = write_config(directory / name, {"backends": backends, "telemetry": telemetry})
+                    urls[name] = stack.enter_context(running_gateway(config, "--no-optimizer", env=env)).url
+                samples = anyio.run(measure, urls, args.calls)
+        costs = watcher_cost(directory, endpoint)
+    report(samples, costs)
+
+
+if __name__ == "__main__":
+    main()

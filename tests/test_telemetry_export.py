@@ -1,0 +1,223 @@
+"""Traces and metrics leave the gateway for real receivers: an OTLP/HTTP endpoint started here decodes the
+protobuf the gateway exports, and a real Prometheus server (the Debian package) scrapes `/metrics`.
+
+One gateway process with an API key, the optimizer, audit, metrics and traces on; a real MCP client sends
+a W3C `traceparent` in its request `_meta`; the backend (examples/backends/trace_echo_server.py) returns the
+`_meta` it received. The trace is followed client → gateway SERVER span → CLIENT span → backend, the series
+are found through Prometheus's HTTP API with their labels, and no configured secret appears anywhere.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+
+from tests.support import EXAMPLES, demo_backend, free_port, running_gateway, stop_process, unavailable, write_config
+
+pytestmark = [pytest.mark.slow, pytest.mark.anyio]
+CLIENT_TRACE = "0af7651916cd43dd8448eb211c80319c"
+CLIENT_SPAN = "b7ad6b7169203331"
+PROMETHEUS = shutil.which("prometheus")
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@contextmanager
+def otlp_receiver() -> Iterator[tuple[str, list[ExportTraceServiceRequest], list[bytes]]]:
+    """A loopback OTLP/HTTP traces endpoint: its URL, the decoded requests and their raw bodies."""
+    received: list[ExportTraceServiceRequest] = []
+    raw: list[bytes] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            ok = self.path == "/v1/traces" and self.headers["Content-Type"] == "application/x-protobuf"
+            if ok:
+                request = ExportTraceServiceRequest()
+                request.ParseFromString(body)
+                received.append(request)
+                raw.append(body)
+            answer = ExportTraceServiceResponse().SerializeToString()
+            self.send_response(200 if ok else 400)
+            self.send_header("Content-Type", "application/x-protobuf")
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1/traces", received, raw
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@contextmanager
+def prometheus(directory: Path, target: str) -> Iterator[str]:
+    """A real Prometheus on loopback scraping `target` every second; its base URL."""
+    assert PROMETHEUS is not None
+    port = free_port()
+    config = directory / "prometheus.yml"
+    config.write_text(
+        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+        "scrape_configs:\n"
+        f"  - job_name: vmcp\n    metrics_path: /metrics\n    static_configs: [{{targets: ['{target}']}}]\n"
+    )
+    log = (directory / "prometheus.log").open("wb")
+    proc = subprocess.Popen(
+        [
+            PROMETHEUS,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={directory / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop_process(proc)
+        log.close()
+
+
+def query(base: str, promql: str, want: int, timeout: float = 60) -> list[dict[str, Any]]:
+    """Series `promql` returns once there are at least `want` (Prometheus needs a scrape or two)."""
+    deadline = time.monotonic() + timeout
+    result: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        try:
+            body = httpx2.get(f"{base}/api/v1/query", params={"query": promql}, timeout=5).json()
+            result = body["data"]["result"]
+            if len(result) >= want:
+                return result
+        except (httpx2.HTTPError, KeyError, ValueError):
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"{promql}: {result}")
+
+
+def spans_of(received: list[ExportTraceServiceRequest]) -> list[Any]:
+    return [s for r in received for rs in r.resource_spans for ss in rs.scope_spans for s in ss.spans]
+
+
+def attributes(span: Any) -> dict[str, Any]:
+    return {a.key: getattr(a.value, a.value.WhichOneof("value")) for a in span.attributes}
+
+
+async def test_one_trace_runs_from_the_client_through_the_gateway_to_the_backend_and_prometheus_scrapes_it(
+    tmp_path: Path,
+) -> None:
+    if PROMETHEUS is None:
+        unavailable("prometheus is not installed (scripts/setup.sh dev installs it when run as root)")
+    from vmcp_opt.auth.api_keys import new_key
+
+    key, digest = new_key()
+    (tmp_path / "keys.json").write_text(json.dumps({"keys": [{"sha256": digest, "subject": "bob"}]}))
+    config = {
+        "backends": [
+            demo_backend("notes"),
+            {"name": "echo", "command": sys.executable, "args": [str(EXAMPLES / "backends" / "trace_echo_server.py")]},
+        ],
+        "auth": {"incoming": {"mode": "api_keys", "api_keys": {"file": "keys.json"}}},
+        "optimizer": {"enabled": True},
+        "telemetry": {
+            "audit": {"enabled": True, "output": "audit.log"},
+            "metrics": {"enabled": True},
+            "tracing": {"enabled": True},
+        },
+    }
+    traceparent = f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"
+    with otlp_receiver() as (endpoint, received, raw):
+        env = {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": endpoint, "OTEL_BSP_SCHEDULE_DELAY": "200"}
+        with running_gateway(write_config(tmp_path, config), env=env) as gateway:
+            http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=60)
+            client = Client(streamable_http_client(gateway.url, http_client=http))  # type: ignore[arg-type]
+            async with client:
+                await client.list_tools()
+                found = await client.call_tool("find_tool", {"query": "save a note", "limit": 3})
+                echoed = await client.call_tool(
+                    "call_tool",
+                    {"tool_name": "echo_request_meta", "arguments": {}},
+                    meta={"traceparent": traceparent, "tracestate": "client=1"},  # type: ignore[typeddict-unknown-key]
+                )
+                await client.call_tool("call_tool", {"tool_name": "notes_save_note", "arguments": {"title": "t"}})
+            await http.aclose()
+            with prometheus(tmp_path, f"127.0.0.1:{gateway.port}") as prom:
+                served = query(prom, 'mcp_server_operation_duration_seconds_count{job="vmcp",method="tools/call"}', 2)
+                backend_calls = query(prom, 'mcp_client_operation_duration_seconds_count{backend="echo"}', 1)
+                health = query(prom, 'vmcp_backend_health{job="vmcp"}', 8)
+                circuit = query(prom, 'vmcp_backend_circuit{state="closed"} == 1', 2)
+                results = query(prom, 'vmcp_find_tool_results_count{ranking=~"hybrid|keyword"}', 1)
+                savings = query(prom, "vmcp_find_tool_token_savings_percent_count", 1)
+                gauges = query(
+                    prom, '{__name__=~"vmcp_index_tools|vmcp_active_sessions|vmcp_audit_events_dropped_total"}', 3
+                )
+            metrics = httpx2.get(f"{gateway.base}/metrics", timeout=30).text
+            output = gateway.output()
+        spans = spans_of(received)  # the gateway's shutdown flushed its last batch
+
+    # the backend received the trace context of the gateway's CLIENT span, in the client's trace
+    structured = echoed.structured_content
+    assert structured is not None and not echoed.is_error and found.structured_content
+    sent = structured["result"]["meta"] if "result" in structured else structured["meta"]
+    version, trace_id, parent_id, flags = sent["traceparent"].split("-")
+    assert (version, trace_id, flags) == ("00", CLIENT_TRACE, "01") and sent["tracestate"] == "client=1"
+
+    by_id = {s.span_id.hex(): s for s in spans}
+    client_span = by_id[parent_id]
+    assert client_span.kind == 3 and client_span.name == "tools/call request_meta"  # SPAN_KIND_CLIENT
+    assert attributes(client_span)["vmcp.backend"] == "echo"
+    target = by_id[client_span.parent_span_id.hex()]  # call_tool's target: INTERNAL
+    assert target.name == "tools/call echo_request_meta" and target.kind == 1
+    assert attributes(target)["gen_ai.tool.name"] == "echo_request_meta"
+    meta_call = by_id[target.parent_span_id.hex()]
+    assert meta_call.name == "tools/call call_tool" and meta_call.kind == 2  # SPAN_KIND_SERVER
+    assert meta_call.parent_span_id.hex() == CLIENT_SPAN and meta_call.trace_id.hex() == CLIENT_TRACE
+    server_attributes = attributes(meta_call)
+    assert server_attributes["mcp.method.name"] == "tools/call" and server_attributes["vmcp.outcome"] == "success"
+    assert server_attributes["mcp.session.id"].startswith(("session:", "credential:"))
+    assert server_attributes["jsonrpc.request.id"] and server_attributes["mcp.protocol.version"]
+    find = next(s for s in spans if s.name == "tools/call find_tool")
+    assert attributes(find)["vmcp.find_tool.result_count"] >= 1
+    assert attributes(find)["vmcp.find_tool.ranking"] in {"hybrid", "keyword"}
+    failed = next(s for s in spans if s.name == "tools/call notes_save_note")
+    assert attributes(failed)["vmcp.outcome"] != "success" and attributes(failed)["error.type"]
+
+    assert {s["metric"]["outcome"] for s in served} >= {"success"}
+    assert backend_calls[0]["metric"]["method"] == "tools/call"
+    assert {(s["metric"]["backend"], s["metric"]["state"]) for s in health} == {
+        (backend, state) for backend in ("notes", "echo") for state in ("unknown", "healthy", "degraded", "unhealthy")
+    }
+    assert sum(float(s["value"][1]) for s in health) == 2  # one state each
+    assert {s["metric"]["backend"] for s in circuit} == {"notes", "echo"}
+    assert results and savings and {s["metric"]["__name__"] for s in gauges} >= {"vmcp_index_tools"}
+
+    everything = b"".join(raw).decode("latin-1") + metrics + output + (tmp_path / "audit.log").read_text()
+    assert key not in everything and digest not in everything
