@@ -6,7 +6,7 @@ import mcp_types as types
 import pytest
 
 from vmcp_opt.aggregation import BackendSource, build_catalog
-from vmcp_opt.backends.connection import BackendListing
+from vmcp_opt.backends.listing import BackendListing
 from vmcp_opt.config import AggregationConfig
 
 

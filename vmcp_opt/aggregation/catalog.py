@@ -12,7 +12,7 @@ from mcp.shared.uri_template import InvalidUriTemplate, UriTemplate
 from vmcp_opt.aggregation.conflicts import Candidate, ConflictResolver
 from vmcp_opt.aggregation.filters import select_tools
 from vmcp_opt.aggregation.screening import Drops, screen_tools
-from vmcp_opt.backends.connection import BackendListing
+from vmcp_opt.backends.listing import BackendListing
 from vmcp_opt.config import AggregationConfig
 from vmcp_opt.display import shorten
 

@@ -22,7 +22,6 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
@@ -34,8 +33,6 @@ from mcp.client.session import ClientSession, IncomingMessage
 from mcp.client.subscriptions import listen
 from mcp.shared.dispatcher import ProgressFnT
 from mcp.shared.exceptions import MCPError
-from mcp.shared.message import SessionMessage
-from mcp_types.methods import validate_server_result
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
@@ -43,6 +40,7 @@ from vmcp_opt import __version__
 from vmcp_opt.backends.credentials import BackendAuth, BackendCredentials
 from vmcp_opt.backends.errors import BackendUnavailable as BackendUnavailable  # re-exported
 from vmcp_opt.backends.forwarding import HeaderWriteStream, forwarding
+from vmcp_opt.backends.listing import BackendListing, WatchedReadStream, fetch_listing
 from vmcp_opt.backends.results import bounded_result
 from vmcp_opt.backends.secrets import mask_url, redact, secret_values
 from vmcp_opt.backends.transports import open_transport
@@ -62,14 +60,6 @@ class BackendState(StrEnum):
     READY = "ready"
     FAILED = "failed"
     CLOSED = "closed"
-
-
-@dataclass
-class BackendListing:
-    tools: list[types.Tool] = field(default_factory=list)
-    resources: list[types.Resource] = field(default_factory=list)
-    resource_templates: list[types.ResourceTemplate] = field(default_factory=list)
-    prompts: list[types.Prompt] = field(default_factory=list)
 
 
 class BackendConnection:
@@ -117,7 +107,7 @@ class BackendConnection:
         self._refresh_wanted = anyio.Event()  # a change was announced and not yet re-fetched
         self._last_refresh = -float("inf")
         self._task_group: anyio.abc.TaskGroup | None = None
-        self._stream: _WatchedReadStream | None = None
+        self._stream: WatchedReadStream | None = None
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -215,7 +205,7 @@ class BackendConnection:
             scope.cancel()
 
     async def _serve(self) -> None:
-        self._stream = _WatchedReadStream(None, self._on_stream_end)
+        self._stream = WatchedReadStream(None, self._on_stream_end)
         self._auth = auth = self.credentials.service()
         await auth.prepare()  # a token endpoint that refuses fails the connection with its own reason
         async with (
@@ -284,45 +274,10 @@ class BackendConnection:
     # --- discovery and change notifications ------------------------------------------------------
 
     async def _fetch_listing(self, session: ClientSession) -> BackendListing:
-        capabilities = session.server_capabilities
-        listing = BackendListing()
-        if capabilities is None or capabilities.tools is not None:
-            listing.tools = await self._paginate(session.list_tools, "tools")
-        if capabilities is not None and capabilities.resources is not None:
-            listing.resources = await self._paginate(session.list_resources, "resources")
-            listing.resource_templates = await self._paginate(session.list_resource_templates, "resource_templates")
-        if capabilities is not None and capabilities.prompts is not None:
-            listing.prompts = await self._paginate(session.list_prompts, "prompts")
-        return listing
-
-    async def _paginate(self, list_method: Callable[..., Awaitable[Any]], attribute: str) -> list[Any]:
-        items: list[Any] = []
-        cursor: str | None = None
-        for _ in range(1000):  # a backend that never stops paginating must not hang discovery
-            params = types.PaginatedRequestParams(cursor=cursor) if cursor else None
-            try:
-                page = await list_method(params=params)
-            except ValidationError:
-                page = await self._screened_page(list_method, params, attribute)
-            items.extend(getattr(page, attribute))
-            cursor = page.next_cursor
-            if not cursor:
-                break
-        return items
-
-    async def _screened_page(
-        self, list_method: Callable[..., Awaitable[Any]], params: types.PaginatedRequestParams | None, attribute: str
-    ) -> Any:
-        """The page again, without the items that failed validation (each dropped with a warning)."""
-        method, key = _LISTS[attribute]
         stream = self._stream
         if stream is None:
             raise BackendUnavailable(f"backend '{self.name}' is not connected")
-        stream.screening = _ItemScreen(self.name, method, key, self.protocol_version or "2025-11-25")
-        try:
-            return await list_method(params=params)
-        finally:
-            stream.screening = None
+        return await fetch_listing(session, stream, self.name, self.protocol_version or "2025-11-25")
 
     async def refresh(self) -> None:
         """Re-fetch everything the backend offers and tell the owner."""
@@ -453,54 +408,6 @@ class BackendConnection:
         }
 
 
-# A listing's attribute → its method and the key of its items in the result.
-_LISTS = {
-    "tools": ("tools/list", "tools"),
-    "resources": ("resources/list", "resources"),
-    "resource_templates": ("resources/templates/list", "resourceTemplates"),
-    "prompts": ("prompts/list", "prompts"),
-}
-
-
-@dataclass
-class _ItemScreen:
-    """Drops the items of one listing result that fail the protocol's validation, each with a warning."""
-
-    backend: str
-    method: str
-    key: str
-    version: str
-
-    def applies(self, result: dict[str, Any]) -> bool:
-        return isinstance(result.get(self.key), list)
-
-    def screen(self, result: dict[str, Any]) -> dict[str, Any]:
-        kept = []
-        for item in result[self.key]:
-            try:
-                validate_server_result(self.method, self.version, {self.key: [item]})
-            except (ValidationError, ValueError, KeyError) as exc:
-                name = item.get("name", item.get("uri", "?")) if isinstance(item, dict) else "?"
-                logger.warning(
-                    "backend %s: %s '%s' dropped: its definition is invalid (%s)",
-                    self.backend,
-                    self.key.rstrip("s"),
-                    shorten(str(name)),
-                    _first_error(exc),
-                )
-                continue
-            kept.append(item)
-        return {**result, self.key: kept}
-
-
-def _first_error(exc: Exception) -> str:
-    if isinstance(exc, ValidationError) and exc.errors():
-        error = exc.errors()[0]
-        where = ".".join(str(part) for part in error["loc"][2:])  # past the listing key and the index
-        return shorten(f"{where}: {error['msg']}" if where else error["msg"], 200)
-    return shorten(str(exc), 200)
-
-
 def is_list_changed(message: object) -> bool:
     return isinstance(
         message,
@@ -520,55 +427,3 @@ def backoff_delay(config: RestartConfig, attempt: int) -> float:
     """Exponential backoff capped at `max_delay`, scaled by a random factor within ±`jitter`."""
     base = min(config.max_delay, config.initial_delay * config.multiplier**attempt)
     return base * random.uniform(1 - config.jitter, 1 + config.jitter)
-
-
-class _WatchedReadStream:
-    """The transport's read stream, telling us when it ends (the SDK session has no closed signal).
-
-    While `screening` is set, listing results pass through it (`BackendConnection._screened_page`).
-    """
-
-    def __init__(self, inner: Any, on_end: Callable[[], None]) -> None:
-        self._inner = inner
-        self._on_end = on_end
-        self.screening: _ItemScreen | None = None
-
-    def wrapping(self, inner: Any) -> _WatchedReadStream:
-        self._inner = inner
-        return self
-
-    @property
-    def last_context(self) -> Any:
-        return getattr(self._inner, "last_context", None)
-
-    async def receive(self) -> Any:
-        try:
-            message = await self._inner.receive()
-        except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
-            self._on_end()
-            raise
-        screening = self.screening
-        if screening is not None and isinstance(message, SessionMessage):
-            response = message.message
-            if isinstance(response, types.JSONRPCResponse) and screening.applies(response.result):
-                screened = response.model_copy(update={"result": screening.screen(response.result)})
-                return SessionMessage(screened, metadata=message.metadata)
-        return message
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-    def __aiter__(self) -> _WatchedReadStream:
-        return self
-
-    async def __anext__(self) -> Any:
-        try:
-            return await self.receive()
-        except (anyio.EndOfStream, anyio.ClosedResourceError):
-            raise StopAsyncIteration from None
-
-    async def __aenter__(self) -> _WatchedReadStream:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()

@@ -35,12 +35,12 @@ from vmcp_opt.backends.connection import (
     CLIENT_INFO,
     BackendConnection,
     BackendUnavailable,
-    _WatchedReadStream,
     is_list_changed,
 )
 from vmcp_opt.backends.credentials import BackendAuth
 from vmcp_opt.backends.errors import CredentialError
 from vmcp_opt.backends.forwarding import HeaderWriteStream, forwarding
+from vmcp_opt.backends.listing import WatchedReadStream
 from vmcp_opt.backends.results import bounded_result
 from vmcp_opt.backends.transports import open_transport
 
@@ -134,7 +134,7 @@ class DedicatedSession:
                     write,
                 ),
                 _MirroringClientSession(
-                    _WatchedReadStream(read, self._on_stream_end),
+                    WatchedReadStream(read, self._on_stream_end),
                     HeaderWriteStream(write),
                     sampling_callback=callbacks.sampling,
                     elicitation_callback=callbacks.elicitation,

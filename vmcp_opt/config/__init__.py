@@ -6,7 +6,9 @@ reported by its path (`backends[2].url: ...`) and unknown keys are errors.
 
 This package is a leaf: it imports nothing from the rest of the package. The document is here; its
 sections live in the modules beside it (`sections`, `limits`, `auth`, `telemetry`, `workflows`,
-`backend_auth`), so each reads in one sitting; everything is importable from `vmcp_opt.config`. Discovered mode's client config
+`backend_auth`), so each reads in one sitting; everything is importable from `vmcp_opt.config`.
+This module passes ~400 lines because the document (`VmcpConfig`) and its loading (`load_config`: the file,
+`${VAR}` resolution, problems by path) are one flow, read top to bottom. Discovered mode's client config
 files are read by `backends/discovery.py`, which the `vmcp` command hands to `load_config`.
 
 Where state lives: the optimizer's index and usage history go to `optimizer.index_dir` when it is set, else

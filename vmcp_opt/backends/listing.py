@@ -1,0 +1,170 @@
+"""What a backend offers (`BackendListing`), and listing pages with their invalid items screened out.
+
+A listing page the SDK refuses because some of its items fail the protocol's validation (a tool whose
+`inputSchema` is not an object, say) is fetched again through a `WatchedReadStream` with an `ItemScreen`,
+which drops those items, each with a warning: one bad tool never fails its backend.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import mcp_types as types
+from mcp.client.session import ClientSession
+from mcp.shared.message import SessionMessage
+from mcp_types.methods import validate_server_result
+from pydantic import ValidationError
+
+from vmcp_opt.display import shorten
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class BackendListing:
+    tools: list[types.Tool] = field(default_factory=list)
+    resources: list[types.Resource] = field(default_factory=list)
+    resource_templates: list[types.ResourceTemplate] = field(default_factory=list)
+    prompts: list[types.Prompt] = field(default_factory=list)
+
+
+# A listing's attribute → its method and the key of its items in the result.
+LISTS = {
+    "tools": ("tools/list", "tools"),
+    "resources": ("resources/list", "resources"),
+    "resource_templates": ("resources/templates/list", "resourceTemplates"),
+    "prompts": ("prompts/list", "prompts"),
+}
+
+
+@dataclass
+class ItemScreen:
+    """Drops the items of one listing result that fail the protocol's validation, each with a warning."""
+
+    backend: str
+    method: str
+    key: str
+    version: str
+
+    def applies(self, result: dict[str, Any]) -> bool:
+        return isinstance(result.get(self.key), list)
+
+    def screen(self, result: dict[str, Any]) -> dict[str, Any]:
+        kept = []
+        for item in result[self.key]:
+            try:
+                validate_server_result(self.method, self.version, {self.key: [item]})
+            except (ValidationError, ValueError, KeyError) as exc:
+                name = item.get("name", item.get("uri", "?")) if isinstance(item, dict) else "?"
+                logger.warning(
+                    "backend %s: %s '%s' dropped: its definition is invalid (%s)",
+                    self.backend,
+                    self.key.rstrip("s"),
+                    shorten(str(name)),
+                    first_error(exc),
+                )
+                continue
+            kept.append(item)
+        return {**result, self.key: kept}
+
+
+def first_error(exc: Exception) -> str:
+    if isinstance(exc, ValidationError) and exc.errors():
+        error = exc.errors()[0]
+        where = ".".join(str(part) for part in error["loc"][2:])  # past the listing key and the index
+        return shorten(f"{where}: {error['msg']}" if where else error["msg"], 200)
+    return shorten(str(exc), 200)
+
+
+class WatchedReadStream:
+    """The transport's read stream, telling us when it ends (the SDK session has no closed signal).
+
+    While `screening` is set, listing results pass through it (`BackendConnection._screened_page`).
+    """
+
+    def __init__(self, inner: Any, on_end: Callable[[], None]) -> None:
+        self._inner = inner
+        self._on_end = on_end
+        self.screening: ItemScreen | None = None
+
+    def wrapping(self, inner: Any) -> WatchedReadStream:
+        self._inner = inner
+        return self
+
+    @property
+    def last_context(self) -> Any:
+        return getattr(self._inner, "last_context", None)
+
+    async def receive(self) -> Any:
+        try:
+            message = await self._inner.receive()
+        except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
+            self._on_end()
+            raise
+        screening = self.screening
+        if screening is not None and isinstance(message, SessionMessage):
+            response = message.message
+            if isinstance(response, types.JSONRPCResponse) and screening.applies(response.result):
+                screened = response.model_copy(update={"result": screening.screen(response.result)})
+                return SessionMessage(screened, metadata=message.metadata)
+        return message
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    def __aiter__(self) -> WatchedReadStream:
+        return self
+
+    async def __anext__(self) -> Any:
+        try:
+            return await self.receive()
+        except (anyio.EndOfStream, anyio.ClosedResourceError):
+            raise StopAsyncIteration from None
+
+    async def __aenter__(self) -> WatchedReadStream:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+
+async def fetch_listing(
+    session: ClientSession, stream: WatchedReadStream, backend: str, version: str
+) -> BackendListing:
+    """Everything the backend offers, page by page; a page refused for some of its items comes again
+    without them (`stream` screens the repeat)."""
+    capabilities = session.server_capabilities
+
+    async def paginate(list_method: Callable[..., Awaitable[Any]], attribute: str) -> list[Any]:
+        items: list[Any] = []
+        cursor: str | None = None
+        for _ in range(1000):  # a backend that never stops paginating must not hang discovery
+            params = types.PaginatedRequestParams(cursor=cursor) if cursor else None
+            try:
+                page = await list_method(params=params)
+            except ValidationError:
+                method, key = LISTS[attribute]
+                stream.screening = ItemScreen(backend, method, key, version)
+                try:
+                    page = await list_method(params=params)
+                finally:
+                    stream.screening = None
+            items.extend(getattr(page, attribute))
+            cursor = page.next_cursor
+            if not cursor:
+                break
+        return items
+
+    listing = BackendListing()
+    if capabilities is None or capabilities.tools is not None:
+        listing.tools = await paginate(session.list_tools, "tools")
+    if capabilities is not None and capabilities.resources is not None:
+        listing.resources = await paginate(session.list_resources, "resources")
+        listing.resource_templates = await paginate(session.list_resource_templates, "resource_templates")
+    if capabilities is not None and capabilities.prompts is not None:
+        listing.prompts = await paginate(session.list_prompts, "prompts")
+    return listing

@@ -1,0 +1,121 @@
+"""The meta-tools as clients see them: their definitions, how their arguments are read (the string forms
+string-only clients send), and how one search hit is written into find_tool's answer."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection
+from typing import Any
+
+import mcp_types as types
+
+from vmcp_opt.arguments import ArgumentError
+from vmcp_opt.optimizer.index import SearchHit
+
+FIND_TOOL = types.Tool(
+    name="find_tool",
+    title="Find tools",
+    description=(
+        "Search every tool behind this gateway by what you need done, in plain words. Returns the best "
+        "matches with their names, descriptions, input schemas and a score from 0 to 1 (how well each "
+        "matches: weak matches are marked, and nothing_fits says none fits); run one with call_tool. "
+        "Search again with other words if nothing fits."
+    ),
+    input_schema={
+        "type": "object",
+        "properties": {
+            "query": {
+                "type": "string",
+                "minLength": 1,
+                "description": "What you need done, e.g. 'current time in Tokyo'.",
+            },
+            "limit": {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": 50,
+                "default": 8,
+                "description": "How many tools to return.",
+            },
+            "backends": {
+                "type": ["array", "null"],
+                "items": {"type": "string"},
+                "description": "Only search these backends (servers); all when omitted.",
+            },
+        },
+        "required": ["query"],
+        "additionalProperties": False,
+    },
+    annotations=types.ToolAnnotations(read_only_hint=True, open_world_hint=False),
+)
+
+CALL_TOOL = types.Tool(
+    name="call_tool",
+    title="Call a tool",
+    description=(
+        "Run a tool found with find_tool: give its exact name and its arguments as an object matching the "
+        "tool's input schema. Returns the tool's own result."
+    ),
+    input_schema={
+        "type": "object",
+        "properties": {
+            "tool_name": {"type": "string", "minLength": 1, "description": "The tool's name as find_tool returned it."},
+            "arguments": {"type": "object", "description": "The tool's arguments.", "default": {}},
+        },
+        "required": ["tool_name"],
+        "additionalProperties": False,
+    },
+)
+
+META_TOOLS = (FIND_TOOL, CALL_TOOL)
+META_TOOL_NAMES = frozenset(tool.name for tool in META_TOOLS)
+# A policy asked tool by tool (not a BatchPolicy): find_tool looks this much deeper for enough allowed ones.
+
+
+def hit_json(hit: SearchHit, answer: Collection[str]) -> dict[str, Any]:
+    """One result; `used_with` and `supplies` only when the tool they name is in the `answer` too."""
+    found: dict[str, Any] = {
+        "name": hit.record.name,
+        "backend": hit.record.backend,
+        "description": hit.record.description,
+        "input_schema": dict(hit.record.input_schema),
+        "score": round(hit.score, 4),
+    }
+    if hit.used_with and hit.used_with in answer:
+        # Here mostly because past tasks used it with that result: the agent may need both.
+        found["used_with"] = hit.used_with
+    if hit.supplies and hit.supplies[0] in answer:
+        # Issues a value a result requires (its token, its channel id): call this one first.
+        found["supplies"] = {"tool": hit.supplies[0], "argument": hit.supplies[1]}
+    return found
+
+
+def coerce_strings(arguments: dict[str, Any]) -> dict[str, Any]:
+    """Accept the string forms that string-only clients send (the inspector CLI's `--tool-arg k=v`).
+
+    `arguments` as a JSON object in a string, `limit` as digits, `backends` as a JSON list or a
+    comma-separated string. Anything else is left for the schema check to name.
+    """
+    coerced = dict(arguments)
+    raw = coerced.get("arguments")
+    if isinstance(raw, str):
+        try:
+            coerced["arguments"] = json.loads(raw) if raw.strip() else {}
+        except json.JSONDecodeError as exc:
+            raise ArgumentError(
+                f"invalid arguments for tool 'call_tool': field 'arguments': not a JSON object ({exc})"
+            ) from None
+    limit = coerced.get("limit")
+    if isinstance(limit, str) and limit.strip().isdigit():
+        coerced["limit"] = int(limit)
+    backends = coerced.get("backends")
+    if isinstance(backends, str):
+        text = backends.strip()
+        try:
+            coerced["backends"] = (
+                json.loads(text) if text.startswith("[") else [b.strip() for b in text.split(",") if b.strip()]
+            )
+        except json.JSONDecodeError as exc:
+            raise ArgumentError(
+                f"invalid arguments for tool 'find_tool': field 'backends': not a JSON list ({exc})"
+            ) from None
+    return coerced
