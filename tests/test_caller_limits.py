@@ -7,10 +7,12 @@ A real gateway fronts the conformance backend over stdio; real SDK clients decla
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import AsyncExitStack
+from pathlib import Path
 
 import anyio
 import httpx2
@@ -19,6 +21,8 @@ import psutil
 import pytest
 from mcp import Client
 from mcp.client.session import ClientRequestContext
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
 
 from tests.support import EXAMPLES, Gateway, running_gateway, write_config
 
@@ -106,3 +110,84 @@ def test_an_idle_dedicated_session_is_closed_and_reopened_at_the_next_call(gatew
     opened, reaped, again = anyio.run(main)
     assert opened == 2 and reaped == 1
     assert again == "LLM response: fine"  # reopened: sampling reaches the client again
+
+
+# --- calls waiting for input, per caller (2026-07-28 clients, told apart by their credential) ----------
+
+
+@pytest.fixture(scope="module")
+def pending_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    config = {
+        "backends": [{"name": "conformance", "command": sys.executable, "args": [str(CONFORMANCE_SERVER)]}],
+        "aggregation": {"conflict_resolution": "priority"},
+        "server": {"max_pending_calls": 8, "round_trip_spares": False},
+        "limits": {"max_pending_calls_per_caller": 1},
+        # Every call's events, so the test can see which operations the gateway ran for it.
+        "telemetry": {"audit": {"enabled": True, "output": "audit.jsonl"}},
+    }
+    with running_gateway(write_config(tmp_path_factory.mktemp("pending"), config)) as running:
+        yield running
+
+
+def as_caller(gateway: Gateway, credential: str, **options: object) -> Client:
+    http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {credential}"})
+    return Client(streamable_http_client(gateway.url, http_client=http), **options)  # type: ignore[arg-type]
+
+
+async def first_round(client: Client) -> types.InputRequiredResult:
+    result = await client.session.call_tool("test_sampling", {"prompt": "q"}, allow_input_required=True)
+    assert isinstance(result, types.InputRequiredResult) and result.request_state
+    return result
+
+
+def test_one_caller_waiting_for_its_own_input_cannot_lock_out_another(pending_gateway: Gateway) -> None:
+    async def main() -> tuple[str, str]:
+        async with (
+            as_caller(pending_gateway, "alice-key", sampling_callback=sampling) as alice,
+            as_caller(pending_gateway, "bob-key", sampling_callback=sampling) as bob,
+        ):
+            await first_round(alice)  # alice's call now waits for her answer: her one allowed
+            try:
+                await alice.session.call_tool("test_sampling", {"prompt": "again"}, allow_input_required=True)
+                refused = "accepted"
+            except MCPError as exc:
+                refused = exc.error.message
+            waiting = await first_round(bob)  # bob's budget is his own
+            return refused, str(waiting.request_state)
+
+    refused, bobs_state = anyio.run(main)
+    assert "limits.max_pending_calls_per_caller" in refused and "try again in" in refused
+    assert bobs_state
+
+
+def test_a_2026_call_with_arguments_looks_up_one_schema_not_the_whole_list(pending_gateway: Gateway) -> None:
+    """The transport's Mcp-Param header check asks the router for the one tool's schema: no tools/list runs."""
+    audit = pending_gateway.log.parent / "audit.jsonl"  # relative to the config file's directory
+
+    async def main() -> None:
+        async with as_caller(pending_gateway, "carol-key") as carol:
+            for _ in range(4):
+                assert not (await carol.call_tool("test_slow", {"seconds": 0})).is_error
+
+    before = len(audit_types(audit))
+    anyio.run(main)
+    new = audit_settles(audit, before, 4)
+    # The client may list the tools itself, once (the SDK caches their output schemas); a listing per call
+    # by the transport's header check would be one per call.
+    assert new.count("mcp_tool_call") == 4 and new.count("mcp_tools_list") <= 1, new
+
+
+def audit_types(path: Path) -> list[str]:
+    if not path.exists():
+        return []
+    return [json.loads(line)["type"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def audit_settles(path: Path, before: int, tool_calls: int, timeout: float = 15.0) -> list[str]:
+    """The events after the first `before`, once `tool_calls` calls are among them (a writer thread logs them)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        new = audit_types(path)[before:]
+        if new.count("mcp_tool_call") >= tool_calls or time.monotonic() > deadline:
+            return new
+        time.sleep(0.1)
