@@ -32,7 +32,7 @@ def stdio_gateway(config: Path) -> StdioServerParameters:
 
 
 def optimizer_on(tmp_path: Path) -> dict[str, Any]:
-    return {"enabled": True, "index_dir": str(tmp_path / "idx")}
+    return {"enabled": True, "index_dir": str(tmp_path / "idx"), "vector_wait": 60}
 
 
 async def test_find_tool_right_after_a_stdio_launch_answers_with_the_backends_tools(tmp_path: Path) -> None:
@@ -46,6 +46,9 @@ async def test_find_tool_right_after_a_stdio_launch_answers_with_the_backends_to
     assert "notes_save_note" in [tool["name"] for tool in answer["tools"]]
     assert "backends_starting" not in answer
     assert answer["tokens"]["full_tool_list"] > 0
+    # A cold index: the first find_tool waited for the model and the vectors (optimizer.vector_wait, 60 s
+    # here) instead of ranking by keywords only.
+    assert answer["ranking"] == "hybrid" and answer["tools"][0]["name"] == "notes_save_note"
 
 
 async def test_find_tool_names_the_backends_still_starting_after_the_wait(tmp_path: Path) -> None:

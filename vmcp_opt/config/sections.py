@@ -157,6 +157,9 @@ class OptimizerConfig(_Strict):
     pinned: list[str] = Field(default_factory=list)
     # Results find_tool returns when the request gives no `limit`.
     default_limit: int = Field(8, ge=1, le=50)
+    # Seconds a find_tool made while the embedding model is still loading (the first seconds after start)
+    # waits for the vectors before it ranks by keywords only; 0 answers at once.
+    vector_wait: float = Field(10.0, ge=0, le=120)
     # Exact inner product by default; "hnsw" for very large catalogues.
     index_type: Literal["flat", "hnsw"] = "flat"
     # bfloat16 bulk encoding where the CPU supports it (~3x faster, same quality).

@@ -125,6 +125,9 @@ class OptimizerFront:
         self._pending: list[ToolRecord] | None = None
         self._wake = threading.Condition()
         self._worker: threading.Thread | None = None
+        # Set once the first catalogue is embedded (or embedding failed): a find_tool meanwhile waits for it.
+        self._vectors_ready = threading.Event()
+        self._embedding_failed = False
         # Set by the gateway: waits (bounded) for the backends' first listing, returns those still starting.
         self.wait_for_backends: Callable[[], Awaitable[list[str]]] = _none_starting
 
@@ -202,6 +205,10 @@ class OptimizerFront:
             if unknown:
                 return _error(f"field 'backends': unknown backend(s) {unknown}; known: {sorted(self.sources)}")
         starting = await self.wait_for_backends()
+        if not self.index.dense_ready and self.settings.vector_wait > 0 and not self._embedding_failed:
+            # The model loads in the first seconds after start; a keyword-only ranking (and scores that
+            # mean nothing yet) would be the agent's first impression. Bounded: then keywords it is.
+            await anyio.to_thread.run_sync(self._vectors_ready.wait, self.settings.vector_wait)
         wanted = limit or self.settings.default_limit
         usable = await allowed.router.usable_tools_async(allowed.caller) if allowed is not None else None
         # A policy that can say at once which tools a caller may use filters before ranking (`usable`);
@@ -314,7 +321,10 @@ class OptimizerFront:
                         batch_size=self.settings.batch_size,
                     )
                 self.index.update(records)
+                self._vectors_ready.set()
             except Exception:  # the keyword ranking keeps serving; say why vectors are missing
+                self._embedding_failed = True
+                self._vectors_ready.set()  # nobody waits for vectors that will not come
                 logger.exception("optimizer: embedding the catalogue failed; find_tool ranks by keywords")
 
 
