@@ -2,6 +2,10 @@
 
 Resolving a model (`resolve_model`) reads only small config files and never imports torch, so the token
 counter and `vmcp index stats` stay fast; `load_embedder` is where torch and sentence-transformers load.
+
+Queries and bulk documents go through the lean encoder (`optimizer/encoder.py`: bfloat16 where the CPU has
+native bfloat16, which eval/README.md's "Encoders" table shows costs no retrieval quality) when it can
+reproduce the model; sentence-transformers' own forward serves other models and token embeddings.
 """
 
 from __future__ import annotations
@@ -269,28 +273,14 @@ class Embedder:
         return out, matrices
 
     def _encode_lean(self, lean: LeanEncoder, texts: Sequence[str], progress: bool) -> np.ndarray:
-        """Bulk through the lean encoder: tokenized once, batched by token count (longest first, so a
-        batch pads little), results back in input order."""
-        out = np.empty((len(texts), self.dimensions), dtype=np.float32)
-        token_ids = lean.tokenize([self.spec.document_prefix + text for text in texts])
-        lengths = np.fromiter((len(ids) for ids in token_ids), dtype=np.int64, count=len(token_ids))
-        order = np.argsort(-lengths, kind="stable")
-        # About `batch_size` texts of 64 tokens per batch: more short texts, fewer long ones.
-        budget = self.batch_size * 64
         previous = _set_torch_threads(self.bulk_threads)
         try:
             with _maybe_progress(progress, f"embedding {len(texts)} tools", len(texts)) as advance:
-                start = 0
-                while start < len(order):
-                    count = max(1, min(self.batch_size * 4, budget // int(lengths[order[start]])))
-                    rows = order[start : start + count]
-                    out[rows] = lean.encode_ids([token_ids[i] for i in rows])
-                    advance(len(rows))
-                    start += count
+                prefixed = [self.spec.document_prefix + text for text in texts]
+                return lean.encode_bulk(prefixed, self.batch_size, advance)
         finally:
             _set_torch_threads(previous)
-        _release_memory()
-        return out
+            _release_memory()
 
     def _encode(self, model: Any, texts: list[str], tokens: bool = False) -> tuple[Any, list[np.ndarray]]:
         """One batch through the model: a normalised float32 tensor, one row per text, and (when asked)

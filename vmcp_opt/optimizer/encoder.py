@@ -16,7 +16,7 @@ embedding tables stay shared, and the hidden states turn bfloat16 after the embe
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -123,6 +123,25 @@ class LeanEncoder:
         with torch.inference_mode():
             vectors = self.forward(ids, mask)
         return vectors.numpy()
+
+    def encode_bulk(
+        self, texts: Sequence[str], batch_size: int, advance: Callable[[int], object] = lambda n: None
+    ) -> np.ndarray:
+        """Many texts: tokenized once, batched by token count (longest first, so a batch pads little:
+        about `batch_size` texts of 64 tokens each, more short ones, fewer long ones), in input order."""
+        out = np.empty((len(texts), self.position.shape[1]), dtype=np.float32)
+        token_ids = self.tokenize(texts)
+        lengths = np.fromiter((len(ids) for ids in token_ids), dtype=np.int64, count=len(token_ids))
+        order = np.argsort(-lengths, kind="stable")
+        budget = batch_size * 64
+        start = 0
+        while start < len(order):
+            count = max(1, min(batch_size * 4, budget // int(lengths[order[start]])))
+            rows = order[start : start + count]
+            out[rows] = self.encode_ids([token_ids[i] for i in rows])
+            advance(len(rows))
+            start += count
+        return out
 
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids per text, with [CLS] and [SEP], truncated to the model's maximum sequence length."""
