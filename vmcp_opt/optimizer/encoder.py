@@ -24,6 +24,9 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+# Texts per tokenizer call in bulk encoding.
+_TOKENIZE_CHUNK = 2048
+
 
 @dataclass(frozen=True)
 class _Layer:
@@ -130,7 +133,12 @@ class LeanEncoder:
         """Many texts: tokenized once, batched by token count (longest first, so a batch pads little:
         about `batch_size` texts of 64 tokens each, more short ones, fewer long ones), in input order."""
         out = np.empty((len(texts), self.position.shape[1]), dtype=np.float32)
-        token_ids = self.tokenize(texts)
+        # Tokenized in chunks and kept as int32 arrays: a tokenizer Encoding per text, or a list of Python
+        # ints, would hold gigabytes for 100k documents.
+        token_ids: list[np.ndarray] = []
+        for first in range(0, len(texts), _TOKENIZE_CHUNK):
+            chunk = self.tokenize(texts[first : first + _TOKENIZE_CHUNK])
+            token_ids += [np.asarray(ids, dtype=np.int32) for ids in chunk]
         lengths = np.fromiter((len(ids) for ids in token_ids), dtype=np.int64, count=len(token_ids))
         order = np.argsort(-lengths, kind="stable")
         budget = batch_size * 64
@@ -185,7 +193,7 @@ def _padded(token_ids: Sequence[Sequence[int]], multiple: int = 1) -> tuple[torc
     lengths = [len(ids) for ids in token_ids]
     longest = -(-max(lengths) // multiple) * multiple
     if min(lengths) == longest:
-        return torch.tensor(token_ids, dtype=torch.long), None
+        return torch.from_numpy(np.array(token_ids, dtype=np.int64)), None
     ids = np.zeros((len(token_ids), longest), dtype=np.int64)
     mask = np.zeros((len(token_ids), longest), dtype=np.int64)
     for row, (values, length) in enumerate(zip(token_ids, lengths, strict=True)):
