@@ -18,6 +18,12 @@ from eval.methods import BASE_METHODS, KNOWN_METHODS
 eval_app = typer.Typer(help="Retrieval benchmarks: the optimizer against its rivals on public tool-retrieval data.")
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+# `--encoder`: load_embedder's settings for each way of embedding (optimizer/encoder.py for the lean one).
+ENCODERS: dict[str, dict[str, bool]] = {
+    "lean": {"lean": True, "query_bfloat16": True},
+    "lean-fp32": {"lean": True, "query_bfloat16": False},
+    "general": {"lean": False, "query_bfloat16": False},
+}
 
 
 @eval_app.callback()
@@ -56,6 +62,13 @@ def run(
         int,
         typer.Option(help="torch threads; on a busy 2-core machine 1 was 4-8x faster than 2."),
     ] = 1,
+    encoder: Annotated[
+        str,
+        typer.Option(
+            help="How texts are embedded: 'lean' (served: optimizer/encoder.py, bfloat16 queries where the "
+            "CPU has it), 'lean-fp32' (float32 queries) or 'general' (sentence-transformers' encode)."
+        ),
+    ] = "lean",
 ) -> None:
     """Run every method on every dataset with one embedding model and print the table."""
     from eval.datasets import default_data_dir
@@ -84,7 +97,16 @@ def run(
             raise typer.Exit(code=2)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     config = OptimizerConfig()
-    embedder = load_shared_embedder(config.model, config.bulk_bfloat16, out / "cache", query_threads=max(1, threads))
+    if encoder not in ENCODERS:
+        raise typer.BadParameter(f"--encoder must be one of {', '.join(ENCODERS)}, got {encoder!r}")
+    embedder = load_shared_embedder(
+        # Document vectors are cached per encoder, so a comparison never reads another encoder's vectors.
+        config.model,
+        config.bulk_bfloat16,
+        out / "cache" / encoder,
+        query_threads=max(1, threads),
+        **ENCODERS[encoder],
+    )
     options = RunOptions(
         datasets=names,
         methods=method_names,

@@ -175,10 +175,17 @@ def _key(text: str) -> str:
 
 
 def load_shared_embedder(
-    model: str, bulk_bfloat16: bool, cache_dir: Path | None, query_threads: int = 1
+    model: str,
+    bulk_bfloat16: bool,
+    cache_dir: Path | None,
+    query_threads: int = 1,
+    *,
+    lean: bool = True,
+    query_bfloat16: bool = True,
 ) -> SharedEmbedder:
-    """The optimizer's configured model, loaded offline the way the gateway loads it."""
+    """The optimizer's configured model, loaded offline the way the gateway loads it (the defaults of
+    `lean` and `query_bfloat16` are the gateway's; the others exist to compare against it)."""
     from vmcp_opt.optimizer.embedding import load_embedder
 
-    inner = load_embedder(model, bulk_bfloat16=bulk_bfloat16, progress=False)
+    inner = load_embedder(model, bulk_bfloat16=bulk_bfloat16, progress=False, lean=lean, query_bfloat16=query_bfloat16)
     return SharedEmbedder(inner, cache_dir, query_threads=query_threads, bulk_threads=query_threads)

@@ -2,6 +2,10 @@
 
 Resolving a model (`resolve_model`) reads only small config files and never imports torch, so the token
 counter and `vmcp index stats` stay fast; `load_embedder` is where torch and sentence-transformers load.
+
+Queries and bulk documents go through the lean encoder (`optimizer/encoder.py`: bfloat16 where the CPU has
+native bfloat16, which eval/README.md's "Encoders" table shows costs no retrieval quality) when it can
+reproduce the model; sentence-transformers' own forward serves other models and token embeddings.
 """
 
 from __future__ import annotations
@@ -20,12 +24,15 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import yaml
 
 from vmcp_opt.config import PROJECT_ROOT
+
+if TYPE_CHECKING:
+    from vmcp_opt.optimizer.encoder import LeanEncoder
 
 log = logging.getLogger(__name__)
 
@@ -177,6 +184,8 @@ class Embedder:
         batch_size: int = 64,
         query_threads: int = 1,
         bulk_threads: int = 0,
+        lean: bool = True,
+        query_bfloat16: bool = True,
     ) -> None:
         self.spec = spec
         self.model_id = spec.id
@@ -189,6 +198,23 @@ class Embedder:
         self._bulk_model: Any = None
         self._bulk_lock = threading.Lock()
         self._tokenizer_lock = threading.Lock()
+        # The lean path (optimizer/encoder.py) where it reproduces the model, else sentence-transformers'.
+        self._lean: LeanEncoder | None = None
+        self._lean_bf16: LeanEncoder | None = None
+        if lean:
+            import torch
+
+            from vmcp_opt.optimizer.encoder import LeanEncoder
+
+            self._lean = LeanEncoder.from_sentence_transformer(model)
+            if self._lean is not None and cpu_supports_bfloat16() and (query_bfloat16 or self.bulk_bfloat16):
+                self._lean_bf16 = LeanEncoder.from_sentence_transformer(model, torch.bfloat16)
+        self.query_bfloat16 = query_bfloat16 and self._lean_bf16 is not None
+
+    @property
+    def lean(self) -> bool:
+        """True when queries and documents take the lean encoder rather than sentence-transformers."""
+        return self._lean is not None
 
     def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
         """float32, L2-normalised, one row per text, with the model's query prefix."""
@@ -199,7 +225,12 @@ class Embedder:
     ) -> tuple[np.ndarray, list[np.ndarray]]:
         """Sentence vectors plus, from the same forward pass, each query's normalised token embeddings."""
         _set_torch_threads(self.query_threads)
-        vectors, matrices = self._encode(self._model, [self.spec.query_prefix + text for text in texts], tokens)
+        prefixed = [self.spec.query_prefix + text for text in texts]
+        lean = self._lean_bf16 if self.query_bfloat16 else self._lean
+        if lean is not None and not tokens:
+            # Every text of a request (its intents) in one forward pass.
+            return (lean.encode(prefixed) if prefixed else np.empty((0, self.dimensions), np.float32)), []
+        vectors, matrices = self._encode(self._model, prefixed, tokens)
         return np.ascontiguousarray(vectors.numpy(), dtype=np.float32), matrices
 
     def encode_documents(self, texts: Sequence[str], *, progress: bool = False) -> np.ndarray:
@@ -216,6 +247,9 @@ class Embedder:
             return out, matrices
         # A few changed tools are not worth a bfloat16 copy of the model (~0.1 s and ~45 MB).
         bf16 = self.bulk_bfloat16 and len(texts) >= BFLOAT16_MIN_DOCUMENTS
+        lean = self._lean_bf16 if bf16 and self._lean_bf16 is not None else self._lean
+        if lean is not None and not tokens:
+            return self._encode_lean(lean, texts, progress), matrices
         model = self._bulk() if bf16 else self._model
         # Longest first: batches of similar length waste less padding; results go back in input order.
         lengths = np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts))
@@ -237,6 +271,16 @@ class Embedder:
                 self._bulk_model = None
         _release_memory()  # activations of long batches otherwise stay in the process (~100 MB)
         return out, matrices
+
+    def _encode_lean(self, lean: LeanEncoder, texts: Sequence[str], progress: bool) -> np.ndarray:
+        previous = _set_torch_threads(self.bulk_threads)
+        try:
+            with _maybe_progress(progress, f"embedding {len(texts)} tools", len(texts)) as advance:
+                prefixed = [self.spec.document_prefix + text for text in texts]
+                return lean.encode_bulk(prefixed, self.batch_size, advance)
+        finally:
+            _set_torch_threads(previous)
+            _release_memory()
 
     def _encode(self, model: Any, texts: list[str], tokens: bool = False) -> tuple[Any, list[np.ndarray]]:
         """One batch through the model: a normalised float32 tensor, one row per text, and (when asked)
@@ -310,6 +354,8 @@ def load_embedder(
     progress: bool = True,
     query_threads: int = 1,
     bulk_threads: int = 0,
+    lean: bool = True,
+    query_bfloat16: bool = True,
 ) -> Embedder:
     """Load a registry model or a local directory, offline; a spinner on stderr while torch loads."""
     _offline()
@@ -341,6 +387,8 @@ def load_embedder(
         batch_size=batch_size,
         query_threads=query_threads,
         bulk_threads=bulk_threads,
+        lean=lean,
+        query_bfloat16=query_bfloat16,
     )
 
 

@@ -1,0 +1,202 @@
+"""A lean sentence encoder for BERT models with mean pooling (all-MiniLM-L6-v2 and its kind).
+
+What sentence-transformers' `encode` does for one query, without its general machinery: the Rust
+tokenizer straight into int64 tensors, a plain-torch BERT forward over weights taken from the loaded
+model (one fused QKV product per layer, `scaled_dot_product_attention`, no attention-mask objects, no
+output dataclasses), mean pooling over the attention mask and L2 normalisation. A search spends most of
+its time here, and the general path costs several milliseconds of Python per call on this model.
+
+`LeanEncoder.from_sentence_transformer` accepts only what it reproduces exactly — a `Transformer` (BERT,
+absolute positions, GELU), `Pooling` in mean mode, optionally `Normalize` — and returns None for anything
+else, so the caller keeps the general path for other models. Weights are shared with the loaded model,
+not copied; with `dtype` bfloat16 the encoder layers are a converted copy (~21 MB for MiniLM) while the
+embedding tables stay shared, and the hidden states turn bfloat16 after the embedding layer norm.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+# Texts per tokenizer call in bulk encoding.
+_TOKENIZE_CHUNK = 2048
+
+
+@dataclass(frozen=True)
+class _Layer:
+    qkv_weight: torch.Tensor
+    qkv_bias: torch.Tensor
+    out_weight: torch.Tensor
+    out_bias: torch.Tensor
+    norm1: tuple[torch.Tensor, torch.Tensor]
+    up_weight: torch.Tensor
+    up_bias: torch.Tensor
+    down_weight: torch.Tensor
+    down_bias: torch.Tensor
+    norm2: tuple[torch.Tensor, torch.Tensor]
+
+
+class LeanEncoder:
+    """Texts -> L2-normalised float32 sentence vectors, as the source model's `encode` gives them."""
+
+    def __init__(self, model: Any, tokenizer: Any, max_length: int, dtype: torch.dtype = torch.float32) -> None:
+        config = model.config
+        self.heads = int(config.num_attention_heads)
+        self.eps = float(config.layer_norm_eps)
+        self.dtype = dtype
+        # oneDNN compiles and caches a kernel per bfloat16 matrix shape (+230 MB over 300 queries of assorted
+        # lengths, measured); padding lengths to a multiple of 16 bounds the shapes it sees.
+        self.pad_to = 16 if dtype == torch.bfloat16 else 1
+
+        def cast(tensor: torch.Tensor) -> torch.Tensor:
+            return tensor.detach().to(dtype) if tensor.dtype != dtype else tensor.detach()
+
+        emb = model.embeddings
+        # The embedding tables stay in the model's precision and shared with it (the word table is half
+        # the model); everything after the embedding layer norm runs in `dtype`.
+        self.word = emb.word_embeddings.weight.detach()
+        # Token type 0 everywhere (single sentences): its row is folded into the position table.
+        self.position = (emb.position_embeddings.weight + emb.token_type_embeddings.weight[0]).detach()
+        self.norm0 = (emb.LayerNorm.weight.detach(), emb.LayerNorm.bias.detach())
+        self.layers: list[_Layer] = []
+        for layer in model.encoder.layer:
+            attn = layer.attention
+            self.layers.append(
+                _Layer(
+                    qkv_weight=cast(torch.cat([attn.self.query.weight, attn.self.key.weight, attn.self.value.weight])),
+                    qkv_bias=cast(torch.cat([attn.self.query.bias, attn.self.key.bias, attn.self.value.bias])),
+                    out_weight=cast(attn.output.dense.weight),
+                    out_bias=cast(attn.output.dense.bias),
+                    norm1=(cast(attn.output.LayerNorm.weight), cast(attn.output.LayerNorm.bias)),
+                    up_weight=cast(layer.intermediate.dense.weight),
+                    up_bias=cast(layer.intermediate.dense.bias),
+                    down_weight=cast(layer.output.dense.weight),
+                    down_bias=cast(layer.output.dense.bias),
+                    norm2=(cast(layer.output.LayerNorm.weight), cast(layer.output.LayerNorm.bias)),
+                )
+            )
+        # A private copy: truncation and padding are set on it, and the caller's tokenizer stays as it was.
+        self._tokenizer = tokenizer.__class__.from_str(tokenizer.to_str())
+        self._tokenizer.enable_truncation(max_length)
+        self._tokenizer.no_padding()
+        # A Rust tokenizer raises "Already borrowed" when two threads use it at once; it takes ~20 µs.
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_sentence_transformer(cls, model: Any, dtype: torch.dtype = torch.float32) -> LeanEncoder | None:
+        """The lean path for a loaded SentenceTransformer it reproduces exactly, else None."""
+        modules = list(model)
+        names = [type(module).__name__ for module in modules]
+        if names not in (["Transformer", "Pooling", "Normalize"], ["Transformer", "Pooling"]):
+            return None
+        transformer, pooling = modules[0], modules[1]
+        auto = getattr(transformer, "auto_model", None)
+        config = getattr(auto, "config", None)
+        tokenizer = getattr(getattr(model, "tokenizer", None), "backend_tokenizer", None)
+        # sentence-transformers 6 names the mode ("mean", or a tuple of modes); older releases had flags.
+        mode = getattr(pooling, "pooling_mode", None)
+        mean_only = mode in ("mean", ("mean",), ["mean"]) or (
+            mode is None and getattr(pooling, "pooling_mode_mean_tokens", False) is True
+        )
+        if (
+            auto is None
+            or tokenizer is None
+            or getattr(config, "model_type", None) != "bert"
+            or getattr(config, "hidden_act", None) != "gelu"
+            or getattr(config, "position_embedding_type", "absolute") != "absolute"
+            or not mean_only
+            or getattr(pooling, "include_prompt", True) is not True
+        ):
+            return None
+        return cls(auto, tokenizer, int(model.max_seq_length), dtype)
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """One batch: float32 (len(texts), d), each row L2-normalised. Texts are padded to the longest."""
+        return self.encode_ids(self.tokenize(texts))
+
+    def encode_ids(self, token_ids: Sequence[Sequence[int]]) -> np.ndarray:
+        """`encode` of already tokenized texts (`tokenize`), one batch."""
+        ids, mask = _padded(token_ids, self.pad_to)
+        with torch.inference_mode():
+            vectors = self.forward(ids, mask)
+        return vectors.numpy()
+
+    def encode_bulk(
+        self, texts: Sequence[str], batch_size: int, advance: Callable[[int], object] = lambda n: None
+    ) -> np.ndarray:
+        """Many texts: tokenized once, batched by token count (longest first, so a batch pads little:
+        about `batch_size` texts of 64 tokens each, more short ones, fewer long ones), in input order."""
+        out = np.empty((len(texts), self.position.shape[1]), dtype=np.float32)
+        # Tokenized in chunks and kept as int32 arrays: a tokenizer Encoding per text, or a list of Python
+        # ints, would hold gigabytes for 100k documents.
+        token_ids: list[np.ndarray] = []
+        for first in range(0, len(texts), _TOKENIZE_CHUNK):
+            chunk = self.tokenize(texts[first : first + _TOKENIZE_CHUNK])
+            token_ids += [np.asarray(ids, dtype=np.int32) for ids in chunk]
+        lengths = np.fromiter((len(ids) for ids in token_ids), dtype=np.int64, count=len(token_ids))
+        order = np.argsort(-lengths, kind="stable")
+        budget = batch_size * 64
+        start = 0
+        while start < len(order):
+            count = max(1, min(batch_size * 4, budget // int(lengths[order[start]])))
+            rows = order[start : start + count]
+            out[rows] = self.encode_ids([token_ids[i] for i in rows])
+            advance(len(rows))
+            start += count
+        return out
+
+    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids per text, with [CLS] and [SEP], truncated to the model's maximum sequence length."""
+        with self._lock:
+            encodings = self._tokenizer.encode_batch(list(texts))
+        return [encoding.ids for encoding in encodings]
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """BERT encoder, mean pooling over real tokens, L2 normalisation (in float32)."""
+        batch, length = ids.shape
+        hidden = F.embedding(ids, self.word) + self.position[:length]
+        width = hidden.shape[-1]
+        hidden = F.layer_norm(hidden, (width,), *self.norm0, self.eps).to(self.dtype)
+        # Padding keys get -inf before the softmax, as BERT's extended attention mask does.
+        attn_mask = None if mask is None else mask[:, None, None, :].bool()
+        head_dim = width // self.heads
+        for layer in self.layers:
+            qkv = F.linear(hidden, layer.qkv_weight, layer.qkv_bias)
+            q, k, v = qkv.view(batch, length, 3, self.heads, head_dim).permute(2, 0, 3, 1, 4)
+            context = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+            context = context.transpose(1, 2).reshape(batch, length, width)
+            hidden = F.layer_norm(
+                F.linear(context, layer.out_weight, layer.out_bias) + hidden, (width,), *layer.norm1, self.eps
+            )
+            up = F.gelu(F.linear(hidden, layer.up_weight, layer.up_bias))
+            hidden = F.layer_norm(
+                F.linear(up, layer.down_weight, layer.down_bias) + hidden, (width,), *layer.norm2, self.eps
+            )
+        hidden = hidden.float()
+        if mask is None:
+            pooled = hidden.mean(dim=1)
+        else:
+            weights = mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
+        return F.normalize(pooled, p=2, dim=1)
+
+
+def _padded(token_ids: Sequence[Sequence[int]], multiple: int = 1) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Ids (batch, longest rounded up to `multiple`) and, when there is padding, the attention mask
+    (1 = token, 0 = padding)."""
+    lengths = [len(ids) for ids in token_ids]
+    longest = -(-max(lengths) // multiple) * multiple
+    if min(lengths) == longest:
+        return torch.from_numpy(np.array(token_ids, dtype=np.int64)), None
+    ids = np.zeros((len(token_ids), longest), dtype=np.int64)
+    mask = np.zeros((len(token_ids), longest), dtype=np.int64)
+    for row, (values, length) in enumerate(zip(token_ids, lengths, strict=True)):
+        ids[row, :length] = values
+        mask[row, :length] = 1
+    return torch.from_numpy(ids), torch.from_numpy(mask)
