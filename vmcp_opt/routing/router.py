@@ -20,11 +20,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AbstractContextManager, nullcontext
 from typing import Any, Protocol, TypeVar
 
-import anyio
 import mcp_types as types
 from mcp.shared.dispatcher import ProgressFnT
 from mcp.shared.exceptions import MCPError
@@ -47,17 +46,16 @@ from vmcp_opt.routing.operations import (
     watched,
     with_meta,
 )
-from vmcp_opt.routing.policy import AllowAll, BatchPolicy, Decision, Denied, Operation, Policy, Target
+from vmcp_opt.routing.policy import AllowAll, Decision, Denied, Operation, Policy, Target
 from vmcp_opt.routing.providers import ProvidedTool, ToolCall, ToolProvider, error_result
 from vmcp_opt.routing.sessions import SessionChooser
+from vmcp_opt.routing.views import ToolViews
 
 logger = logging.getLogger(__name__)
 
 ResultT = TypeVar("ResultT", bound=BaseModel)
 ItemT = TypeVar("ItemT")
 RESOURCE_NOT_FOUND = -32002
-# Principals whose usable tool set is kept (per catalogue); past it the oldest is dropped.
-VIEWS_KEPT = 512
 # A backend that went away mid-call: for a tool call, an error result the agent can read, not a protocol error.
 _GONE = (types.CONNECTION_CLOSED, types.REQUEST_TIMEOUT)
 
@@ -102,9 +100,7 @@ class Router:
         self.approvals = Approvals()
         # Rate limits on tool calls (vmcp_opt/shared/rate_limits.py); None: none configured.
         self.limiter: CallLimiter | None = None
-        # Per principal (`BatchPolicy.principal_key`): the catalogue it was computed for and the tool names
-        # the principal may both see and call in it.
-        self._views: dict[Hashable, tuple[object, frozenset[str]]] = {}
+        self.views = ToolViews(lambda: self.catalog.current, self._all_tools, _tool_target)
 
     def add_provider(self, provider: ToolProvider) -> None:
         """Providers earlier in the list win a name and come first in `tools/list`."""
@@ -124,50 +120,33 @@ class Router:
         listed = Target(target.kind, target.name, target.source, "list", target.annotations)
         return self.permits(caller, listed) and self.permits(caller, target)
 
-    # --- per-principal views of the tools (a BatchPolicy's decisions for a whole catalogue at once) ------
+    # --- per-principal views of the tools (routing/views.py) -------------------------------------
 
     def usable_tools(self, caller: Caller) -> frozenset[str] | None:
-        """The names of every tool the caller may see and call; None when the policy allows everything or
-        cannot be asked for a whole catalogue (then each item is asked on its own)."""
-        policy = self.policy
-        if getattr(policy, "allows_everything", False) or not isinstance(policy, BatchPolicy):
-            return None
-        key = policy.principal_key(caller)
-        catalog = self.catalog.current
-        cached = self._views.get(key)
-        if cached is not None and cached[0] is catalog:
-            return cached[1]
-        tools = self._all_tools()
-        targets = [t for p in tools.values() for t in (_tool_target(p, "list"), _tool_target(p, "use"))]
-        decisions = policy.decide_all(caller, targets)
-        names = frozenset(
-            name for i, name in enumerate(tools) if decisions[2 * i].allowed and decisions[2 * i + 1].allowed
-        )
-        if len(self._views) >= VIEWS_KEPT:
-            self._views.pop(next(iter(self._views)))
-        self._views[key] = (catalog, names)
-        return names
+        return self.views.usable(self.policy, caller)
 
     async def usable_tools_async(self, caller: Caller) -> frozenset[str] | None:
-        """`usable_tools`, computed off the event loop when it is not known yet (a large catalogue costs
-        one batch of policy evaluations per principal)."""
-        policy = self.policy
-        if isinstance(policy, BatchPolicy) and not getattr(policy, "allows_everything", False):
-            cached = self._views.get(policy.principal_key(caller))
-            if cached is None or cached[0] is not self.catalog.current:
-                return await anyio.to_thread.run_sync(self.usable_tools, caller)
-        return self.usable_tools(caller)
+        return await self.views.usable_async(self.policy, caller)
 
     def forget_views(self) -> None:
-        """The tools or the policy changed: every principal's view is computed again when next asked."""
-        self._views = {}
+        self.views.forget()
 
-    def _all_tools(self) -> dict[str, ProvidedTool]:
+    def _all_tools(self, *, searchable_only: bool = False) -> dict[str, ProvidedTool]:
+        """Every provider's tools by name, the first provider winning a name."""
         found: dict[str, ProvidedTool] = {}
         for provider in self.providers:
-            for name, provided in provider.tools().items():
-                found.setdefault(name, provided)
+            if provider.searchable or not searchable_only:
+                for name, provided in provider.tools().items():
+                    found.setdefault(name, provided)
         return found
+
+    def _unfiltered_list(self) -> list[ProvidedTool]:
+        """What `tools/list` shows before any policy, the first provider winning a name."""
+        seen: dict[str, ProvidedTool] = {}
+        for provider in self.providers:
+            for provided in provider.listed():
+                seen.setdefault(provided.name, provided)
+        return list(seen.values())
 
     def _authorize(self, caller: Caller, target: Target) -> Decision:
         decision = self.policy.decide(caller, target)
@@ -188,19 +167,11 @@ class Router:
         if getattr(self.policy, "allows_everything", False):
             return self.listed_tools()
         usable = self.usable_tools(caller)
-        seen: set[str] = set()
-        tools: list[types.Tool] = []
-        for provider in self.providers:
-            for provided in provider.listed():
-                if provided.name in seen:
-                    continue
-                if usable is not None and provided.name not in usable:
-                    continue
-                if usable is None and not self.shows(caller, _tool_target(provided)):
-                    continue
-                seen.add(provided.name)
-                tools.append(provided.tool)
-        return tools
+        return [
+            p.tool
+            for p in self._unfiltered_list()
+            if (p.name in usable if usable is not None else self.shows(caller, _tool_target(p)))
+        ]
 
     async def list_tools(self, caller: Caller) -> list[types.Tool]:
         with self._watch(Op("tools/list", caller)) as op:
@@ -228,14 +199,7 @@ class Router:
 
     def listed_tools(self) -> list[types.Tool]:
         """What `tools/list` shows before any policy (the gateway compares it to know when to notify)."""
-        seen: set[str] = set()
-        tools: list[types.Tool] = []
-        for provider in self.providers:
-            for provided in provider.listed():
-                if provided.name not in seen:
-                    seen.add(provided.name)
-                    tools.append(provided.tool)
-        return tools
+        return [provided.tool for provided in self._unfiltered_list()]
 
     def input_schema(self, name: str) -> dict[str, Any] | None:
         """A tool's input schema by name, for the transport's `Mcp-Param` header check: one lookup, no listing."""
@@ -244,12 +208,7 @@ class Router:
 
     def searchable_tools(self) -> list[ProvidedTool]:
         """Every provider's tools that find_tool indexes (for all callers; `may_use` filters per caller)."""
-        found: dict[str, ProvidedTool] = {}
-        for provider in self.providers:
-            if provider.searchable:
-                for name, provided in provider.tools().items():
-                    found.setdefault(name, provided)
-        return list(found.values())
+        return list(self._all_tools(searchable_only=True).values())
 
     def may_use(self, caller: Caller, names: Sequence[str]) -> list[str]:
         """Which of these tool names the caller may see and call (find_tool's results pass through here)."""

@@ -1,0 +1,69 @@
+"""Per-principal views of the tools: which names a caller may both see and call, asked of a `BatchPolicy`
+once per principal and catalogue rather than tool by tool on every list and search."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+from typing import TYPE_CHECKING
+
+import anyio
+
+from vmcp_opt.auth import Caller
+from vmcp_opt.routing.policy import BatchPolicy, Operation, Policy, Target
+
+if TYPE_CHECKING:
+    from vmcp_opt.routing.providers import ProvidedTool
+
+# Principals whose usable tool set is kept (per catalogue); past it the oldest is dropped.
+VIEWS_KEPT = 512
+
+ToolTarget = Callable[["ProvidedTool", Operation], Target]
+
+
+class ToolViews:
+    def __init__(self, current: Callable[[], object], tools: Callable[[], dict[str, ProvidedTool]], target: ToolTarget):
+        self._current = current  # the catalogue now: a view is valid for the one it was computed for
+        self._tools = tools
+        self._target = target
+        # Per principal (`BatchPolicy.principal_key`): the catalogue and the tool names usable in it.
+        self._views: dict[Hashable, tuple[object, frozenset[str]]] = {}
+
+    def usable(self, policy: Policy, caller: Caller) -> frozenset[str] | None:
+        """The names of every tool the caller may see and call; None when the policy allows everything or
+        cannot be asked for a whole catalogue (then each item is asked on its own)."""
+        if not _batched(policy):
+            return None
+        assert isinstance(policy, BatchPolicy)
+        key = policy.principal_key(caller)
+        catalog = self._current()
+        cached = self._views.get(key)
+        if cached is not None and cached[0] is catalog:
+            return cached[1]
+        tools = self._tools()
+        targets = [t for p in tools.values() for t in (self._target(p, "list"), self._target(p, "use"))]
+        decisions = policy.decide_all(caller, targets)
+        names = frozenset(
+            name for i, name in enumerate(tools) if decisions[2 * i].allowed and decisions[2 * i + 1].allowed
+        )
+        if len(self._views) >= VIEWS_KEPT:
+            self._views.pop(next(iter(self._views)))
+        self._views[key] = (catalog, names)
+        return names
+
+    async def usable_async(self, policy: Policy, caller: Caller) -> frozenset[str] | None:
+        """`usable`, computed off the event loop when it is not known yet (a large catalogue costs one batch
+        of policy evaluations per principal)."""
+        if _batched(policy):
+            assert isinstance(policy, BatchPolicy)
+            cached = self._views.get(policy.principal_key(caller))
+            if cached is None or cached[0] is not self._current():
+                return await anyio.to_thread.run_sync(self.usable, policy, caller)
+        return self.usable(policy, caller)
+
+    def forget(self) -> None:
+        """The tools or the policy changed: every principal's view is computed again when next asked."""
+        self._views = {}
+
+
+def _batched(policy: Policy) -> bool:
+    return isinstance(policy, BatchPolicy) and not getattr(policy, "allows_everything", False)
