@@ -25,11 +25,9 @@ class LiveCatalog:
         """The catalogue of the ready backends (a tool that cannot be served is dropped with a warning)."""
         return catalog_of(self.backends, self.config)
 
-    def rebuild(self) -> Catalog:
-        """Swap in a new catalogue; returns the previous one."""
-        previous = self.current
+    def rebuild(self) -> None:
+        """Swap in the catalogue of the backends ready now."""
         self.set(self.build())
-        return previous
 
     def set(self, catalog: Catalog) -> None:
         self.current = catalog

@@ -49,7 +49,6 @@ class JwksCache:
         self._built: dict[tuple[str | None, str], jwt.PyJWK] = {}
         self._fetched_at: float | None = None
         self._lock = anyio.Lock()
-        self.fetches = 0  # how many times the JWKS was fetched (tests and `vmcp auth check` read it)
 
     async def key(self, kid: str | None, alg: str) -> jwt.PyJWK | None:
         """The verification key for a token header's `kid` and `alg`; None when no key fits."""
@@ -63,13 +62,6 @@ class JwksCache:
         if jwk is None:
             return None
         return self._build(jwk, kid, alg)
-
-    async def warm(self) -> None:
-        """Fetch the keys ahead of the first request; a failure is logged, the first request retries."""
-        try:
-            await self._refresh(stale_before=self.clock())
-        except JwksUnavailable as exc:
-            logger.warning("auth: the issuer's keys are not available yet: %s", exc)
 
     async def _refresh_keeping_old(self, stale_before: float) -> None:
         """Refresh; with keys already known a failure keeps them (logged), with none it raises."""
@@ -110,7 +102,6 @@ class JwksCache:
             self._built = {}
 
     async def _fetch(self) -> dict[str | None, dict[str, Any]]:
-        self.fetches += 1
         try:
             async with httpx2.AsyncClient(timeout=self.timeout, follow_redirects=False) as client:
                 url = self.jwks_url or await self._discover(client)

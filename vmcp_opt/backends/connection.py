@@ -101,7 +101,6 @@ class BackendConnection:
         # Sessions established so far (the health monitor sees a reconnect as a new number).
         self.sessions = 0
         self.restarts = 0
-        self.refreshes = 0  # re-fetches after announced changes
         self.next_attempt_at: float | None = None
         self._refresh_lock = anyio.Lock()
         self._refresh_wanted = anyio.Event()  # a change was announced and not yet re-fetched
@@ -285,7 +284,6 @@ class BackendConnection:
         if session is None:
             return
         async with self._refresh_lock:
-            self.refreshes += 1
             try:
                 self.listing = await self._fetch_listing(session)
             except (MCPError, ValidationError, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:

@@ -19,7 +19,6 @@ is down or refuses is the call's own clear error rather than a failure inside th
 from __future__ import annotations
 
 import hashlib
-import time
 from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any
@@ -69,7 +68,6 @@ class BackendCredentials:
         self.endpoint = TokenEndpoint(config.name, self.auth, base_dir) if oauth else None
         self.cache = TokenCache(self.auth.refresh_before)
         self.refused: int | None = None  # the status of the backend's last refusal of the service credentials
-        self.refused_at: float | None = None
 
     @property
     def per_caller(self) -> bool:
@@ -118,7 +116,7 @@ class BackendCredentials:
         if subject is not None:
             return  # one caller's token refused says nothing of the backend's own credentials
         if status in REFUSED:
-            self.refused, self.refused_at = status, time.time()
+            self.refused = status
         elif status < 400:
             self.refused = None
 

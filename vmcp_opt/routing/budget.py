@@ -44,9 +44,6 @@ class Budget:
     def __len__(self) -> int:
         return sum(self._held.values())
 
-    def held_by(self, caller: str) -> int:
-        return self._held[caller]
-
     def acquire(self, caller: str) -> None:
         """Take a slot for `caller`, or raise `LimitReached` naming the bound it would pass."""
         if self._held[caller] >= self.per_caller:
