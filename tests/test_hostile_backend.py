@@ -17,6 +17,7 @@ import httpx2
 import mcp_types as types
 import pytest
 from mcp import Client
+from mcp.shared.exceptions import MCPError
 
 from tests.support import (
     EXAMPLES,
@@ -130,14 +131,46 @@ async def test_an_oversize_result_is_an_error_naming_the_backend_and_the_cap(tmp
         async with Client(gateway.url) as client:
             small = await client.call_tool("hostile_big", {"bytes": 50_000})
             assert not small.is_error and len(text(small)) == 50_000
-            big = await client.call_tool("hostile_big", {"bytes": 2_000_000})
+            # Within the stdio line cap (100,000 + 1 MiB): read, then refused by its measured size.
+            big = await client.call_tool("hostile_big", {"bytes": 500_000})
             assert big.is_error and "backend 'hostile'" in text(big) and "100,000 bytes" in text(big)
             assert len(text(big)) < 1000
+            # Past it: dropped while read, and the waiting call answered at once, whichever end its id is at.
+            for id_last in (False, True):
+                with pytest.raises(MCPError) as dropped:
+                    await client.call_tool("hostile_big", {"bytes": 2_000_000, "id_last": id_last})
+                assert "backend 'hostile'" in str(dropped.value) and "100,000 bytes" in str(dropped.value)
+                assert len(str(dropped.value)) < 1000
             assert not (await client.call_tool("hostile_echo", {"message": "after"})).is_error
         await healthz_answers(gateway)
         body = httpx2.get(f"{gateway.base}/readyz", timeout=10.0).json()
         hostile = next(b for b in body["backends"] if b["name"] == "hostile")
         assert hostile["state"] == "ready" and hostile["circuit"]["state"] == "closed"
+
+
+async def test_a_huge_stdio_line_is_dropped_while_other_clients_are_served(tmp_path: Path) -> None:
+    huge, allowed = 50 * 2**20, 8 * 2**20  # the default cap is 10 MiB
+    with running_gateway(write_config(tmp_path, {"backends": [hostile_backend(), demo_backend("notes")]})) as gateway:
+        async with Client(gateway.url) as attacker, Client(gateway.url) as other:
+            refusals: list[str] = []
+
+            async def ask_for_too_much() -> None:
+                with pytest.raises(MCPError) as dropped:
+                    await attacker.call_tool("hostile_big", {"bytes": huge})
+                refusals.append(str(dropped.value))
+
+            async with anyio.create_task_group() as group:
+                group.start_soon(ask_for_too_much)
+                await healthz_answers(gateway)
+                assert not (await other.call_tool("notes_search_notes", {"query": "x"})).is_error
+            assert "backend 'hostile'" in refusals[0] and "10,485,760 bytes" in refusals[0]
+            intact = await other.call_tool("hostile_big", {"bytes": allowed})
+            assert not intact.is_error and text(intact) == "x" * allowed
+            # A huge notification has no one waiting for it: dropped, and the call it came with still answered.
+            assert text(await attacker.call_tool("hostile_big", {"bytes": huge, "notify": True})) == "sent"
+    warnings = [line for line in gateway.output().splitlines() if "backend hostile wrote a message of" in line]
+    assert len(warnings) == 2, warnings
+    assert "no response id at either end" in warnings[1]
 
 
 async def test_backend_stderr_and_url_credentials_are_masked_everywhere(tmp_path: Path) -> None:

@@ -6,7 +6,9 @@ Hand-written JSON-RPC (the SDK's server would refuse to send most of this). It l
   name is 100,000 characters long: tools a gateway cannot serve;
 - `redos` (`pattern: ^(a+)+$`), `remote_ref` (a `$ref` to HOSTILE_REF_URL) and `file_ref` (a `$ref` to the
   file HOSTILE_REF_FILE): schemas that would make a naive gateway freeze, fetch or read;
-- `big` (a text result of `bytes` characters) and `flood` (`count` tools/list_changed notifications first).
+- `big` (a text result of `bytes` characters; `id_last` writes the response's `id` last, as TypeScript servers
+  do; `notify` sends the text as a log notification first and answers "sent") and `flood` (`count`
+  tools/list_changed notifications first).
 At start it writes HOSTILE_TOKEN's value to stderr, as a careless server logging its config would.
 """
 
@@ -40,7 +42,11 @@ def tools() -> list[dict[str, Any]]:
         },
         {"name": "remote_ref", "description": "remote $ref", "inputSchema": _props(a={"$ref": ref_url})},
         {"name": "file_ref", "description": "file $ref", "inputSchema": _props(a={"$ref": ref_file})},
-        {"name": "big", "description": "a large result", "inputSchema": _props(bytes={"type": "integer"})},
+        {
+            "name": "big",
+            "description": "a large result",
+            "inputSchema": _props(bytes={"type": "integer"}, id_last={"type": "boolean"}, notify={"type": "boolean"}),
+        },
         {"name": "flood", "description": "list_changed flood", "inputSchema": _props(count={"type": "integer"})},
     ]
 
@@ -60,7 +66,11 @@ def text(value: str) -> dict[str, Any]:
 
 def call(name: str, arguments: dict[str, Any]) -> dict[str, Any]:
     if name == "big":
-        return text("x" * int(arguments.get("bytes", 1_000_000)))
+        big = "x" * int(arguments.get("bytes", 1_000_000))
+        if not arguments.get("notify"):
+            return text(big)
+        send({"jsonrpc": "2.0", "method": "notifications/message", "params": {"level": "info", "data": big}})
+        return text("sent")
     if name == "flood":
         for _ in range(int(arguments.get("count", 100))):
             send({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"})
@@ -101,6 +111,8 @@ def main() -> None:
         result = answer(request)
         if result is None:
             send({"jsonrpc": "2.0", "id": request["id"], "error": {"code": -32601, "message": "Method not found"}})
+        elif ((request.get("params") or {}).get("arguments") or {}).get("id_last"):
+            send({"result": result, "jsonrpc": "2.0", "id": request["id"]})
         else:
             send({"jsonrpc": "2.0", "id": request["id"], "result": result})
 

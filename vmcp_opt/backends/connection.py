@@ -208,7 +208,13 @@ class BackendConnection:
         self._auth = auth = self.credentials.service()
         await auth.prepare()  # a token endpoint that refuses fails the connection with its own reason
         async with (
-            open_transport(self.config, self.base_dir, self.connect_timeout, auth) as (raw_read, write),
+            open_transport(
+                self.config,
+                self.base_dir,
+                self.connect_timeout,
+                auth,
+                max_result_bytes=self.limits.max_result_bytes,
+            ) as (raw_read, write),
             ClientSession(
                 self._stream.wrapping(raw_read),
                 HeaderWriteStream(write),

@@ -128,7 +128,11 @@ class DedicatedSession:
             await auth.prepare()
             async with (
                 open_transport(
-                    self.connection.config, self.connection.base_dir, self.connection.connect_timeout, auth
+                    self.connection.config,
+                    self.connection.base_dir,
+                    self.connection.connect_timeout,
+                    auth,
+                    max_result_bytes=self.connection.limits.max_result_bytes,
                 ) as (
                     read,
                     write,

@@ -1,4 +1,5 @@
-"""Open a backend's transport (stdio, streamable HTTP, SSE) through the official SDK's clients.
+"""Open a backend's transport: stdio through our own client (backends/stdio.py, a bounded reader), streamable
+HTTP and SSE through the official SDK's clients.
 
 A stdio backend's stderr comes back through a pipe and is logged line by line (logger
 `vmcp_opt.backends.stderr`) with the backend's secrets masked, control characters escaped, lines cut at
@@ -21,11 +22,12 @@ import anyio
 import httpx2
 from mcp.client._transport import TransportStreams
 from mcp.client.sse import sse_client
-from mcp.client.stdio import StdioServerParameters, stdio_client
+from mcp.client.stdio import StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 
 from vmcp_opt.backends.credentials import BackendAuth
 from vmcp_opt.backends.secrets import redact, secret_values
+from vmcp_opt.backends.stdio import bounded_stdio_client
 from vmcp_opt.config import BackendConfig
 from vmcp_opt.display import shorten
 
@@ -60,12 +62,18 @@ def stdio_parameters(
 
 @asynccontextmanager
 async def open_transport(
-    backend: BackendConfig, base_dir: Path, connect_timeout: float, credentials: BackendAuth | None = None
+    backend: BackendConfig,
+    base_dir: Path,
+    connect_timeout: float,
+    credentials: BackendAuth | None = None,
+    *,
+    max_result_bytes: int,
 ) -> AsyncIterator[TransportStreams]:
-    """`credentials`: a stdio process's secret environment, or what an HTTP session adds to each request."""
+    """`credentials`: a stdio process's secret environment, or what an HTTP session adds to each request.
+    `max_result_bytes` bounds a stdio backend's lines (backends/stdio.py)."""
     if backend.transport == "stdio":
         secret_env = credentials.credentials.child_env() if credentials is not None else None
-        async with _stdio_with_masked_stderr(backend, base_dir, secret_env) as streams:
+        async with _stdio_with_masked_stderr(backend, base_dir, secret_env, max_result_bytes) as streams:
             yield streams
     elif backend.transport == "streamable-http":
         assert backend.url is not None
@@ -85,7 +93,7 @@ async def open_transport(
 
 @asynccontextmanager
 async def _stdio_with_masked_stderr(
-    backend: BackendConfig, base_dir: Path, secret_env: dict[str, str] | None
+    backend: BackendConfig, base_dir: Path, secret_env: dict[str, str] | None, max_result_bytes: int
 ) -> AsyncIterator[TransportStreams]:
     read_fd, write_fd = os.pipe()
     errlog = os.fdopen(write_fd, "w")
@@ -94,7 +102,10 @@ async def _stdio_with_masked_stderr(
             secrets = sorted({*secret_values(backend), *(secret_env or {}).values()}, key=len, reverse=True)
             relay.start_soon(_relay_stderr, read_fd, backend.name, secrets)
             try:
-                async with stdio_client(stdio_parameters(backend, base_dir, secret_env), errlog=errlog) as streams:
+                parameters = stdio_parameters(backend, base_dir, secret_env)
+                async with bounded_stdio_client(
+                    parameters, errlog, backend=backend.name, max_result_bytes=max_result_bytes
+                ) as streams:
                     errlog.close()  # the backend has its own copy: the pipe ends when the backend's does
                     yield streams
             finally:

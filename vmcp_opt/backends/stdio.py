@@ -1,0 +1,306 @@
+"""A stdio backend's transport: the SDK's `stdio_client` contract, with a reader that a backend cannot stall.
+
+Why not the SDK's reader: it joins each chunk onto the pending text and splits the whole again (quadratic
+in a long line: a 50 MB result cost ~17 s of CPU on the event loop), keeps a line of any length, and
+parses every line on the event loop. Here
+- lines are assembled from byte chunks joined once, at their newline (`LineAssembler`);
+- a line longer than `line_cap` is read through and dropped, keeping only its first and last `EDGE`
+  bytes; if those show it is a response (the SDK's servers write `id` first, the TypeScript SDK's last),
+  the waiting request gets a JSON-RPC error naming the backend and the cap at once, otherwise that
+  request ends by its timeout; either way one warning;
+- a line over `PARSE_INLINE_BYTES` is parsed in a worker thread.
+Kept from the SDK: the `(read_stream, write_stream)` pair of `SessionMessage | Exception` the SDK's
+`ClientSession` consumes, the inherited environment (`get_default_environment`), the process in a session
+of its own, and the shutdown of its whole process group (close stdin, wait, SIGTERM, SIGKILL), every
+wait bounded and shielded. On Windows the SDK's client runs instead (its Job Objects); there only the
+result check (`backends/results.py`) bounds a result.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
+from typing import TextIO
+
+import anyio
+import anyio.lowlevel
+import anyio.to_thread
+import mcp_types as types
+from anyio.abc import AsyncResource, ByteReceiveStream, Process
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from mcp.client._transport import TransportStreams
+from mcp.client.stdio import StdioServerParameters, get_default_environment, stdio_client
+from mcp.os.posix.utilities import terminate_posix_process_tree
+from mcp.shared.message import SessionMessage
+
+logger = logging.getLogger(__name__)
+
+CHUNK_BYTES = 65536
+EDGE = 4096  # what is kept of each end of a dropped line, to find its id
+PARSE_INLINE_BYTES = 256 * 1024  # longer lines are parsed off the event loop
+EXIT_GRACE_SECONDS = 2.0  # for the backend to exit by itself once its stdin is closed
+KILL_GRACE_SECONDS = 2.0  # between SIGTERM and SIGKILL to its process group
+REAP_SECONDS = 2.0  # for the event loop to see a killed process gone
+FLUSH_SECONDS = 0.5  # for messages already accepted to reach stdin at shutdown
+
+
+def line_cap(max_result_bytes: int) -> int:
+    """The longest line read from a stdio backend: the result cap plus room for the JSON-RPC envelope,
+    escapes and multi-byte characters (the result cap counts characters; the line is bytes)."""
+    return max_result_bytes + max(max_result_bytes // 4, 1024 * 1024)
+
+
+@dataclass(frozen=True)
+class DroppedLine:
+    """A line past the cap: its length and its two ends."""
+
+    size: int
+    head: bytes
+    tail: bytes
+
+
+class LineAssembler:
+    """Bytes in, complete lines out, in time linear in the bytes; a line past `cap` as a `DroppedLine`."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self._pieces: list[bytes] = []
+        self._size = 0
+        self._dropping = False
+        self._head = self._tail = b""
+
+    def feed(self, chunk: bytes) -> list[bytes | DroppedLine]:
+        lines: list[bytes | DroppedLine] = []
+        start = 0
+        while (end := chunk.find(b"\n", start)) != -1:
+            self._add(chunk[start:end])
+            lines.append(self._finish())
+            start = end + 1
+        self._add(chunk[start:])
+        return lines
+
+    def _add(self, piece: bytes) -> None:
+        if not piece:
+            return
+        self._size += len(piece)
+        if self._dropping:
+            self._tail = (self._tail + piece[-EDGE:])[-EDGE:]
+            return
+        self._pieces.append(piece)
+        if self._size > self.cap:  # once per dropped line: at most cap + one chunk is held
+            whole = b"".join(self._pieces)
+            self._head, self._tail = whole[:EDGE], whole[-EDGE:]
+            self._pieces = []
+            self._dropping = True
+
+    def _finish(self) -> bytes | DroppedLine:
+        line = DroppedLine(self._size, self._head, self._tail) if self._dropping else b"".join(self._pieces)
+        self._pieces, self._size, self._dropping = [], 0, False
+        self._head = self._tail = b""
+        return line
+
+
+_ID = rb'(-?\d{1,19}|"(?:[^"\\]|\\.){0,256}")'
+_ID_FIRST = re.compile(
+    rb'\A\s*\{\s*(?:"jsonrpc"\s*:\s*"2\.0"\s*,\s*)?"id"\s*:\s*' + _ID + rb'\s*,\s*"(?:result|error)"'
+)
+_RESULT_FIRST = re.compile(rb'\A\s*\{\s*"(?:result|error)"\s*:')
+_ID_LAST = re.compile(rb'"id"\s*:\s*' + _ID + rb"\s*\}\s*\Z")
+
+
+def response_id(line: DroppedLine) -> types.RequestId | None:
+    """The id of the response a dropped line was, when one of its ends shows it; else None (a request or
+    notification from the backend, or an id somewhere in the middle)."""
+    found = _ID_FIRST.match(line.head)
+    if found is None and _RESULT_FIRST.match(line.head):
+        found = _ID_LAST.search(line.tail)
+    if found is None:
+        return None
+    try:
+        value = json.loads(found.group(1))
+    except ValueError:
+        return None
+    return value if isinstance(value, int | str) else None
+
+
+@dataclass(frozen=True)
+class _Reading:
+    backend: str
+    cap: int
+    result_cap: int
+
+
+@asynccontextmanager
+async def bounded_stdio_client(
+    server: StdioServerParameters, errlog: TextIO, *, backend: str, max_result_bytes: int
+) -> AsyncIterator[TransportStreams]:
+    """Start the backend and yield its `(read_stream, write_stream)`, as `mcp.client.stdio.stdio_client`."""
+    if sys.platform == "win32":  # pragma: no cover
+        async with stdio_client(server, errlog=errlog) as streams:
+            yield streams
+        return
+    process = await anyio.open_process(
+        [server.command, *server.args],
+        env=get_default_environment() | (server.env or {}),
+        stderr=errlog,
+        cwd=server.cwd,
+        start_new_session=True,  # its own process group, which the shutdown kills as a whole
+    )
+    # No await between the spawn and the task group: a cancellation there would leak the process.
+    read_sink, read_stream = anyio.create_memory_object_stream[SessionMessage | Exception](0)
+    write_stream, write_source = anyio.create_memory_object_stream[SessionMessage](0)
+    reading = _Reading(backend, line_cap(max_result_bytes), max_result_bytes)
+    writer_done = anyio.Event()
+    async with anyio.create_task_group() as pipes:
+        pipes.start_soon(_read_stdout, process, read_sink, reading)
+        pipes.start_soon(_write_stdin, process, write_source, read_sink, writer_done)
+        try:
+            yield read_stream, write_stream
+        finally:
+            with anyio.CancelScope(shield=True):  # the process must not outlive us, even when cancelled
+                read_stream.close()  # the reader drains stdout from now on, so a blocked backend can exit
+                write_stream.close()
+                with anyio.move_on_after(FLUSH_SECONDS):
+                    await writer_done.wait()
+                await _stop(process)
+                for stream in (read_stream, write_stream, read_sink, write_source):
+                    await stream.aclose()
+                await anyio.lowlevel.checkpoint()
+            pipes.cancel_scope.cancel()
+
+
+async def _read_stdout(
+    process: Process, sink: MemoryObjectSendStream[SessionMessage | Exception], reading: _Reading
+) -> None:
+    assert process.stdout is not None
+    try:
+        async with sink:
+            try:
+                await _relay_lines(process.stdout, sink, reading)
+            finally:
+                await _drain(process.stdout)
+    except (anyio.ClosedResourceError, anyio.BrokenResourceError, ConnectionError, OSError):
+        logger.debug("backend %s: stdout closed", reading.backend)
+
+
+async def _relay_lines(
+    stdout: ByteReceiveStream, sink: MemoryObjectSendStream[SessionMessage | Exception], reading: _Reading
+) -> None:
+    lines = LineAssembler(reading.cap)
+    while True:
+        try:
+            chunk = await stdout.receive(CHUNK_BYTES)
+        except anyio.EndOfStream:
+            return
+        for line in lines.feed(chunk):
+            message = await _message(line, reading)
+            if message is None:
+                continue
+            try:
+                await sink.send(message)  # one line at a time: no read-ahead while the session is busy
+            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                return  # the session is gone
+
+
+async def _message(line: bytes | DroppedLine, reading: _Reading) -> SessionMessage | Exception | None:
+    if isinstance(line, DroppedLine):
+        return _refusal(line, reading)
+    if not line.strip():
+        return None
+    if len(line) > PARSE_INLINE_BYTES:
+        return await anyio.to_thread.run_sync(_parse, line, reading.backend)
+    return _parse(line, reading.backend)
+
+
+def _parse(line: bytes, backend: str) -> SessionMessage | Exception:
+    try:
+        return SessionMessage(types.jsonrpc_message_adapter.validate_json(line, by_name=False))
+    except ValueError as exc:  # given to the session, as the SDK's reader does; the line is not logged
+        logger.warning("backend %s wrote a line of %d bytes that is not a JSON-RPC message", backend, len(line))
+        return exc
+
+
+def _refusal(line: DroppedLine, reading: _Reading) -> SessionMessage | None:
+    request_id = response_id(line)
+    logger.warning(
+        "backend %s wrote a message of %d bytes, over its cap of %d bytes: dropped%s",
+        reading.backend,
+        line.size,
+        reading.cap,
+        f" (the answer to request {request_id!r})"
+        if request_id is not None
+        else " (no response id at either end: a notification, or an answer whose request will time out)",
+    )
+    if request_id is None:
+        return None
+    message = (
+        f"backend '{reading.backend}' answered with {line.size:,} bytes, more than limits.max_result_bytes "
+        f"({reading.result_cap:,} bytes) allows over stdio ({reading.cap:,} with the envelope); the answer was dropped"
+    )
+    error = types.ErrorData(code=types.INTERNAL_ERROR, message=message)
+    return SessionMessage(types.JSONRPCError(jsonrpc="2.0", id=request_id, error=error))
+
+
+async def _write_stdin(
+    process: Process,
+    source: MemoryObjectReceiveStream[SessionMessage],
+    read_sink: MemoryObjectSendStream[SessionMessage | Exception],
+    done: anyio.Event,
+) -> None:
+    assert process.stdin is not None
+    try:
+        async with source:
+            async for session_message in source:
+                line = session_message.message.model_dump_json(by_alias=True, exclude_unset=True) + "\n"
+                await process.stdin.send(line.encode())
+    except (anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
+        await read_sink.aclose()  # the backend stopped reading: the session sees the end, not a hang
+    finally:
+        done.set()
+
+
+async def _drain(stdout: ByteReceiveStream) -> None:
+    """Read and discard the rest of stdout, so a backend blocked writing it can still exit."""
+    with (
+        anyio.CancelScope(shield=True),
+        suppress(anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError, OSError),
+    ):
+        while True:
+            await stdout.receive(CHUNK_BYTES)
+
+
+async def _stop(process: Process) -> None:
+    """Close stdin, give the backend time to exit, then end its process group (MCP's shutdown order)."""
+    assert process.stdin is not None and process.stdout is not None
+    await _close_quietly(process.stdin)
+    with anyio.move_on_after(EXIT_GRACE_SECONDS):
+        await _exit_of(process)
+    if process.returncode is None:
+        await terminate_posix_process_tree(process, KILL_GRACE_SECONDS)
+        with anyio.move_on_after(REAP_SECONDS):
+            await _exit_of(process)
+        if process.returncode is None:
+            logger.warning("backend process %d is still alive after SIGKILL; leaving it", process.pid)
+    await _close_quietly(process.stdout)  # a survivor may hold the pipe open: end the reader's drain
+    # anyio's Process has no close that does not wait for the pipes (which a surviving child may hold), and
+    # an unclosed asyncio transport warns when collected: close it as the SDK does, by duck typing.
+    close = getattr(getattr(getattr(process, "_process", None), "_transport", None), "close", None)
+    if callable(close):
+        with suppress(PermissionError):
+            close()
+
+
+async def _exit_of(process: Process) -> None:
+    """Poll `returncode`: `process.wait()` also waits for the pipes' end, which a child may hold."""
+    while process.returncode is None:  # noqa: ASYNC110 (nothing to wait on but the exit itself)
+        await anyio.sleep(0.01)
+
+
+async def _close_quietly(stream: AsyncResource) -> None:
+    with suppress(OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
+        await stream.aclose()
