@@ -6,18 +6,25 @@ slowest `/healthz` answer during it (the event-loop stall a client would see), t
 its RSS before and after, and whether a distinctive secret showed anywhere. Bounded in count and time.
 The client's attacks (rows 5, 7, 11, 12) run against a second gateway with a demo backend only.
 
-    .venv/bin/python bench/abuse.py [--big-mb 50] [--flood 2000] [--sessions 2000] [--slow 300]
+`--before REV` also starts a gateway running the package as it was at git revision REV (e.g. `main`, before
+our own stdio transport) over the same backends, and alternates the large-result attacks between the two.
+
+    .venv/bin/python bench/abuse.py [--big-mb 50] [--flood 2000] [--sessions 2000] [--slow 300] [--before REV]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import socket
+import subprocess
 import sys
+import tarfile
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import anyio
@@ -25,11 +32,13 @@ import httpx2
 import mcp_types as types
 import psutil
 from mcp import Client
+from mcp.shared.exceptions import MCPError
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from tests.support import (  # noqa: E402
     EXAMPLES,
+    Gateway,
     counting_http_server,
     demo_backend,
     running_gateway,
@@ -74,7 +83,40 @@ async def measured(
     return outcome, slowest * 1000, cpu, rss_before, proc.memory_info().rss / 2**20
 
 
-async def run(big_mb: int, flood: int) -> None:
+def big_results(client: Client, size: int, count: int) -> Callable[[], Awaitable[str]]:
+    """`count` calls at once for a result of `size` characters: how they ended and the slowest's time."""
+
+    async def attack() -> str:
+        outcomes: list[str] = []
+
+        async def one() -> None:
+            try:
+                result = await client.call_tool("hostile_big", {"bytes": size})
+                outcomes.append(f"error result ({len(text(result))} chars)" if result.is_error else "passed on")
+            except MCPError as exc:
+                outcomes.append(f"JSON-RPC error ({len(str(exc))} chars)")
+
+        started = time.perf_counter()
+        async with anyio.create_task_group() as group:
+            for _ in range(count):
+                group.start_soon(one)
+        return f"{', '.join(sorted(set(outcomes)))} in {time.perf_counter() - started:.1f} s"
+
+    return attack
+
+
+@contextlib.contextmanager
+def gateway_at(revision: str, directory: Path, config: dict[str, object]) -> Iterator[Gateway]:
+    """A gateway running the package as it was at `revision` (git archive of vmcp_opt/), same config."""
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", revision, "vmcp_opt"], capture_output=True, check=True)
+    directory.mkdir()
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(directory, filter="data")
+    with running_gateway(write_config(directory, config), env={"PYTHONPATH": str(directory)}, cwd=directory) as gateway:
+        yield gateway
+
+
+async def run(big_mb: int, flood: int, before: str | None) -> None:
     with tempfile.TemporaryDirectory() as tmp, counting_http_server() as (ref_base, hits):
         secret_file = Path(tmp) / "secret.json"
         secret_file.write_text(json.dumps({"type": "integer", "description": SECRET}), encoding="utf-8")
@@ -111,26 +153,29 @@ async def run(big_mb: int, flood: int) -> None:
                     return f"URL fetches={len(hits)}, file contents shown={leaked}"
 
                 async def list_changed_flood() -> str:
-                    before = json.loads(text(await client.call_tool("hostile_stats", {})))["tools/list"]
+                    listed = json.loads(text(await client.call_tool("hostile_stats", {})))["tools/list"]
                     await client.call_tool("hostile_flood", {"count": flood})
                     await anyio.sleep(2.5)  # the interval (1 s) passes: the trailing re-fetch runs
                     after = json.loads(text(await client.call_tool("hostile_stats", {})))["tools/list"]
-                    return f"{flood} notifications -> {(after - before) // 2} re-fetches"
-
-                async def big_result() -> str:
-                    started = time.perf_counter()
-                    result = await client.call_tool("hostile_big", {"bytes": big_mb * 2**20})
-                    took = time.perf_counter() - started
-                    return f"error={result.is_error} ({len(text(result))} chars) in {took:.1f} s"
+                    return f"{flood} notifications -> {(after - listed) // 2} re-fetches"
 
                 for name, attack in (
                     ("unservable tools (dup, bad schema, 100k name)", served),
                     ("ReDoS pattern ^(a+)+$ vs 30 a's + '!'", redos),
                     ("remote and file:// $ref", refs),
                     (f"list_changed flood x{flood}", list_changed_flood),
-                    (f"{big_mb} MB result (cap 10 MB)", big_result),
                 ):
                     rows.append((name, *await measured(gateway.base, proc, attack)))
+                sides = [("", gateway, client)]
+                async with contextlib.AsyncExitStack() as stack:
+                    if before is not None:
+                        old = stack.enter_context(gateway_at(before, Path(tmp) / "before", config))
+                        sides.insert(0, (f" [{before}]", old, await stack.enter_async_context(Client(old.url))))
+                    for count in (1, 3):  # the sides alternate, so the machine's load hits both alike
+                        for label, side, side_client in sides:
+                            name = f"{count} x {big_mb} MB result at once (cap 10 MB){label}"
+                            attack = big_results(side_client, big_mb * 2**20, count)
+                            rows.append((name, *await measured(side.base, psutil.Process(side.proc.pid), attack)))
                 readyz = httpx2.get(f"{gateway.base}/readyz", timeout=10.0).text
         log = gateway.output()
     stderr_leak = SECRET in log or SECRET in readyz
@@ -248,9 +293,10 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=2000, help="initialize requests of the session flood")
     parser.add_argument("--slow", type=int, default=300, help="slow-header and idle connections")
     parser.add_argument("--only", choices=["backend", "client"], help="run one half")
+    parser.add_argument("--before", metavar="REV", help="also run the large-result rows on the code at this revision")
     args = parser.parse_args()
     if args.only != "client":
-        anyio.run(run, args.big_mb, args.flood)
+        anyio.run(run, args.big_mb, args.flood, args.before)
     if args.only != "backend":
         anyio.run(run_client_attacks, args.sessions, args.slow)
 

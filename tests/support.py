@@ -119,7 +119,9 @@ def running_gateway(
     env: dict[str, str] | None = None,
     ready_timeout: float = 60.0,
     wait_ready: bool = True,
+    cwd: Path | None = None,
 ) -> Iterator[Gateway]:
+    """`cwd` comes first on `python -m`'s path: a directory holding another copy of `vmcp_opt` runs that copy."""
     port = free_port()
     log = config_path.parent / f"gateway-{port}.log"
     with log.open("wb") as sink:
@@ -128,6 +130,7 @@ def running_gateway(
             stdout=sink,
             stderr=subprocess.STDOUT,
             env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
+            cwd=cwd,
         )
     gateway = Gateway(proc, port, log)
     try:
