@@ -65,7 +65,8 @@ class LimitsConfig(_Strict):
         100,
         ge=1,
         description="MCP sessions open at once from one client address; past it opening one is refused with 429 "
-        "and Retry-After. Every local client shares the loopback address.",
+        "and Retry-After. Every local client shares the loopback address, and every client behind a reverse proxy "
+        "the proxy's, unless the proxy is in server.trusted_proxies: raise this for many local clients.",
     )
     session_idle_timeout: float = Field(
         600.0,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import Field, PrivateAttr, field_validator, model_validator
+from pydantic import Field, IPvAnyNetwork, PrivateAttr, field_validator, model_validator
 
 from vmcp_opt.config.backend_auth import BackendAuthConfig
 from vmcp_opt.config.base import BACKEND_NAME_PATTERN, _Strict
@@ -30,6 +30,12 @@ class ServerConfig(_Strict):
     allowed_hosts: list[str] = Field(default_factory=list)
     # Extra browser Origin values accepted besides loopback.
     allowed_origins: list[str] = Field(default_factory=list)
+    # Reverse proxies (addresses or networks: `127.0.0.1`, `10.0.0.0/8`) whose `X-Forwarded-For` names the
+    # client: the rightmost address in it that is not one of them is the client's, for the per-address session
+    # quota, the audit `source` and the logs. Empty: the header is ignored, and every client behind a proxy
+    # counts as the proxy's address (as every local client counts as loopback). The proxy must append the
+    # address it saw (nginx: `proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for`).
+    trusted_proxies: list[IPvAnyNetwork] = Field(default_factory=list)
     # Least severity logged (`--log-level`); libraries' own chatter stays at warning.
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # auto: rich on a terminal, plain lines elsewhere; plain: `time level logger: message`; json: one object

@@ -63,6 +63,10 @@ def run_gateway(config: VmcpConfig, announce: Callable[[VmcpConfig], None] | Non
                 limits.http_header_timeout, limits.http_body_timeout, fit_connections(limits.max_connections)
             ),
             timeout_keep_alive=math.ceil(limits.http_keep_alive_timeout),
+            # The client's address from X-Forwarded-For only behind a trusted proxy (uvicorn's own default
+            # trusts any loopback peer, which would let a local client name itself anything).
+            proxy_headers=bool(config.server.trusted_proxies),
+            forwarded_allow_ips=[str(network) for network in config.server.trusted_proxies],
         )
     )
     original_startup = server.startup
