@@ -4,7 +4,9 @@ One gateway over examples/backends/hostile_server.py and a well-behaved demo bac
 attack runs while another task polls `/healthz` every 10 ms; per attack it prints what happened, the
 slowest `/healthz` answer during it (the event-loop stall a client would see), the gateway's CPU time and
 its RSS before and after, and whether a distinctive secret showed anywhere. Bounded in count and time.
-The client's attacks (rows 5, 7, 11, 12) run against a second gateway with a demo backend only.
+The client's attacks (rows 5, 7, 11, 12) run against a second gateway with a demo backend only; the
+callers' (rows 1, 6: sampling clients, calls left waiting for input) against one fronting the conformance
+backend, and row 8 (2026-07-28 calls against a 50,000-tool catalogue) against one with the optimizer off.
 
 `--before REV` also starts a gateway running the package as it was at git revision REV (e.g. `main`, before
 our own stdio transport) over the same backends, and alternates the large-result attacks between the two.
@@ -32,6 +34,7 @@ import httpx2
 import mcp_types as types
 import psutil
 from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -280,6 +283,97 @@ async def run_client_attacks(sessions: int, slow: int) -> None:
     print(f"secret in the gateway's log: {SECRET in log}; tracebacks in it: {log.count('Traceback')}")
 
 
+CONFORMANCE = EXAMPLES / "backends" / "conformance_server.py"
+
+
+async def answer_sampling(context: object, params: types.CreateMessageRequestParams) -> types.CreateMessageResult:
+    return types.CreateMessageResult(role="assistant", content=types.TextContent(type="text", text="ok"), model="m")
+
+
+def backend_processes(gateway: Gateway, script: Path) -> int:
+    count = 0
+    for child in gateway.children():
+        with contextlib.suppress(psutil.NoSuchProcess):
+            count += any(str(script) in part for part in child.cmdline())
+    return count
+
+
+def as_caller(gateway: Gateway, credential: str, **options: object) -> Client:
+    http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {credential}"}, timeout=60)
+    return Client(streamable_http_client(gateway.url, http_client=http), **options)  # type: ignore[arg-type]
+
+
+async def run_caller_attacks(clients: int, tools: int) -> None:
+    """Rows 1, 6 and 8: what callers can make the gateway hold, and a 2026-07-28 call's cost in a big catalogue."""
+    conformance = {"name": "conformance", "command": sys.executable, "args": [str(CONFORMANCE)]}
+    limits = {"max_dedicated_sessions": 8, "dedicated_idle_timeout": 60}
+    config = {"backends": [conformance], "aggregation": {"conflict_resolution": "priority"}, "limits": limits}
+    with tempfile.TemporaryDirectory() as tmp, running_gateway(write_config(Path(tmp), config)) as gateway:
+        proc = psutil.Process(gateway.proc.pid)
+
+        async def sampling_clients() -> str:
+            async with contextlib.AsyncExitStack() as stack:
+                connected = [
+                    await stack.enter_async_context(
+                        Client(gateway.url, mode="legacy", sampling_callback=answer_sampling)
+                    )
+                    for _ in range(clients)
+                ]
+                async with anyio.create_task_group() as group:
+                    for client in connected:
+                        group.start_soon(client.call_tool, "test_simple_text", {})
+                during = backend_processes(gateway, CONFORMANCE)
+            await anyio.sleep(2)
+            after = backend_processes(gateway, CONFORMANCE)
+            return f"{clients} clients: {during} backend processes (cap 8 + shared), {after} after they left"
+
+        async def waiting_calls() -> str:
+            async with (
+                as_caller(gateway, "alice", sampling_callback=answer_sampling) as alice,
+                as_caller(gateway, "bob", sampling_callback=answer_sampling) as bob,
+            ):
+                held = refused = 0
+                for _ in range(5):  # never answered
+                    try:
+                        await alice.session.call_tool("test_sampling", {"prompt": "q"}, allow_input_required=True)
+                        held += 1
+                    except MCPError:
+                        refused += 1
+                other = await bob.session.call_tool("test_sampling", {"prompt": "q"}, allow_input_required=True)
+                served = isinstance(other, types.InputRequiredResult)
+            return f"one caller: {held} waiting, {refused} refused; another caller served: {served}"
+
+        rows = [
+            (f"{clients} sampling clients (row 1)", *await measured(gateway.base, proc, sampling_clients)),
+            ("5 never-answered input rounds (row 6)", *await measured(gateway.base, proc, waiting_calls)),
+        ]
+    hostile = {
+        "name": "hostile",
+        "command": sys.executable,
+        "args": [str(HOSTILE)],
+        "env": {"HOSTILE_TOOLS": str(tools)},
+    }
+    config = {"backends": [hostile], "optimizer": {"enabled": False}}
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        running_gateway(write_config(Path(tmp), config), ready_timeout=300) as gateway,
+    ):
+        proc = psutil.Process(gateway.proc.pid)
+        calls = 20
+
+        async def modern_calls() -> str:
+            async with as_caller(gateway, "carol") as carol:
+                await carol.call_tool("hostile_echo", {"message": "warm"})
+                cpu = sum(proc.cpu_times()[:2])
+                for _ in range(calls):
+                    await carol.call_tool("hostile_echo", {"message": "hi"})
+                per_call = (sum(proc.cpu_times()[:2]) - cpu) / calls * 1000
+            return f"{calls} calls with arguments: {per_call:.1f} ms CPU each"
+
+        rows.append((f"2026-07-28 calls, {tools:,} tools (row 8)", *await measured(gateway.base, proc, modern_calls)))
+    print_rows(rows)
+
+
 def print_rows(rows: list[tuple[str, str, float, float, float, float]]) -> None:
     print(f"{'attack':48} {'outcome':52} {'/healthz max ms':>15} {'CPU s':>6} {'RSS MB':>13}")
     for name, outcome, stall, cpu, before, after in rows:
@@ -292,13 +386,17 @@ def main() -> None:
     parser.add_argument("--flood", type=int, default=2000)
     parser.add_argument("--sessions", type=int, default=2000, help="initialize requests of the session flood")
     parser.add_argument("--slow", type=int, default=300, help="slow-header and idle connections")
-    parser.add_argument("--only", choices=["backend", "client"], help="run one half")
+    parser.add_argument("--only", choices=["backend", "client", "caller"], help="run one part")
+    parser.add_argument("--clients", type=int, default=15, help="sampling clients of row 1")
+    parser.add_argument("--tools", type=int, default=50_000, help="catalogue size of row 8")
     parser.add_argument("--before", metavar="REV", help="also run the large-result rows on the code at this revision")
     args = parser.parse_args()
-    if args.only != "client":
+    if args.only in (None, "backend"):
         anyio.run(run, args.big_mb, args.flood, args.before)
-    if args.only != "backend":
+    if args.only in (None, "client"):
         anyio.run(run_client_attacks, args.sessions, args.slow)
+    if args.only in (None, "caller"):
+        anyio.run(run_caller_attacks, args.clients, args.tools)
 
 
 if __name__ == "__main__":

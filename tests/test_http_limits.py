@@ -136,6 +136,19 @@ def test_requests_with_an_unusable_id_are_refused_with_invalid_request(plain_gat
     )
 
 
+def test_a_huge_tool_name_or_argument_is_not_echoed_in_the_error(plain_gateway: Gateway) -> None:
+    gateway = plain_gateway
+    headers = session_headers(httpx2.post(gateway.url, json=INITIALIZE, headers=HEADERS, timeout=20))
+    huge = "n" * 1_000_000
+    calls = [("no_such_" + huge, {}), ("notes_search_notes", {"query": 5, huge: huge})]
+    for name, arguments in calls:
+        body = {"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": name, "arguments": arguments}}
+        response = httpx2.post(gateway.url, headers=headers, json=body, timeout=20)
+        assert response.status_code == 200 and len(response.content) < 2000, len(response.content)
+        assert "error" in response.text or '"isError":true' in response.text.replace(" ", "")
+    assert huge[:10_000] not in gateway.output()
+
+
 def raw_request(gateway: Gateway, head: bytes) -> bytes:
     with socket.create_connection(("127.0.0.1", gateway.port), timeout=20) as sock:
         sock.sendall(head)

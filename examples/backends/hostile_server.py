@@ -9,6 +9,7 @@ Hand-written JSON-RPC (the SDK's server would refuse to send most of this). It l
 - `big` (a text result of `bytes` characters; `id_last` writes the response's `id` last, as TypeScript servers
   do; `notify` sends the text as a log notification first and answers "sent") and `flood` (`count`
   tools/list_changed notifications first).
+HOSTILE_TOOLS=N lists N more plain tools (`tool_0`, ...), a catalogue as large as a careless server's.
 At start it writes HOSTILE_TOKEN's value to stderr, as a careless server logging its config would.
 """
 
@@ -22,6 +23,7 @@ from typing import Any
 
 OBJECT = {"type": "object"}
 fetches = {"tools/list": 0}
+EXTRA = int(os.environ.get("HOSTILE_TOOLS", "0"))
 
 
 def tools() -> list[dict[str, Any]]:
@@ -48,6 +50,7 @@ def tools() -> list[dict[str, Any]]:
             "inputSchema": _props(bytes={"type": "integer"}, id_last={"type": "boolean"}, notify={"type": "boolean"}),
         },
         {"name": "flood", "description": "list_changed flood", "inputSchema": _props(count={"type": "integer"})},
+        *({"name": f"tool_{n}", "description": f"tool number {n}", "inputSchema": OBJECT} for n in range(EXTRA)),
     ]
 
 
