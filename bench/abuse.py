@@ -95,9 +95,9 @@ def big_results(client: Client, size: int, count: int) -> Callable[[], Awaitable
         async def one() -> None:
             try:
                 result = await client.call_tool("hostile_big", {"bytes": size})
-                outcomes.append(f"error result ({len(text(result))} chars)" if result.is_error else "passed on")
+                outcomes.append(f"error result '{text(result)[:40]}'" if result.is_error else "passed on")
             except MCPError as exc:
-                outcomes.append(f"JSON-RPC error ({len(str(exc))} chars)")
+                outcomes.append(f"JSON-RPC error '{str(exc)[:40]}'")
 
         started = time.perf_counter()
         async with anyio.create_task_group() as group:
@@ -361,16 +361,25 @@ async def run_caller_attacks(clients: int, tools: int) -> None:
         proc = psutil.Process(gateway.proc.pid)
         calls = 20
 
-        async def modern_calls() -> str:
-            async with as_caller(gateway, "carol") as carol:
-                await carol.call_tool("hostile_echo", {"message": "warm"})
+        async with as_caller(gateway, "carol") as carol:
+
+            async def first_call() -> str:
+                started = time.perf_counter()
+                await carol.call_tool("hostile_echo", {"message": "first"})
+                return f"first call (the SDK client lists the tools once): {time.perf_counter() - started:.1f} s"
+
+            async def modern_calls() -> str:
                 cpu = sum(proc.cpu_times()[:2])
                 for _ in range(calls):
                     await carol.call_tool("hostile_echo", {"message": "hi"})
                 per_call = (sum(proc.cpu_times()[:2]) - cpu) / calls * 1000
-            return f"{calls} calls with arguments: {per_call:.1f} ms CPU each"
+                return f"{calls} calls with arguments: {per_call:.1f} ms CPU each"
 
-        rows.append((f"2026-07-28 calls, {tools:,} tools (row 8)", *await measured(gateway.base, proc, modern_calls)))
+            for name, attack in (
+                (f"2026-07-28 first call, {tools:,} tools (row 8)", first_call),
+                (f"2026-07-28 calls, {tools:,} tools (row 8)", modern_calls),
+            ):
+                rows.append((name, *await measured(gateway.base, proc, attack)))
     print_rows(rows)
 
 
