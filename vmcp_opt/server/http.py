@@ -32,6 +32,7 @@ from vmcp_opt.server.bad_input import JsonRpcErrorCodes
 from vmcp_opt.server.event_store import BoundedEventStore
 from vmcp_opt.server.handlers import build_mcp_server
 from vmcp_opt.server.host_check import HostCheck
+from vmcp_opt.server.rate_limit_gate import RateLimitGate
 from vmcp_opt.server.sessions import SessionGate, SessionSlots, hold_session_slot, throttle_sdk_refusals
 from vmcp_opt.telemetry.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 
@@ -97,7 +98,11 @@ def create_app(gateway: Gateway) -> Starlette:
         session_idle_timeout=limits.session_idle_timeout,
     )
     slots = SessionSlots(limits.max_sessions, limits.max_sessions_per_address)
-    sessions = SessionGate(StreamableHTTPASGIApp(manager), slots, retry_after=min(limits.session_idle_timeout, 60))
+    sessions: ASGIApp = SessionGate(
+        StreamableHTTPASGIApp(manager), slots, retry_after=min(limits.session_idle_timeout, 60)
+    )
+    if gateway.limiter is not None:
+        sessions = RateLimitGate(sessions, gateway.limiter, server_config.max_body_bytes)
     if gateway.telemetry.metrics is not None:
         gateway.telemetry.metrics.state.sessions = lambda: slots.total
 

@@ -151,12 +151,14 @@ async def json_rpc_error(
     message: str,
     data: dict[str, Any] | None = None,
     headers: list[tuple[bytes, bytes]] | None = None,
+    *,
+    request_id: str | int | None = None,
 ) -> None:
-    """An HTTP answer carrying a JSON-RPC error without a request id."""
+    """An HTTP answer carrying a JSON-RPC error (to `request_id`, when the request's id is known)."""
     error: dict[str, Any] = {"code": code, "message": message}
     if data is not None:
         error["data"] = data
-    body = json.dumps({"jsonrpc": "2.0", "id": None, "error": error}).encode()
+    body = json.dumps({"jsonrpc": "2.0", "id": request_id, "error": error}).encode()
     start = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *(headers or [])]
     await send({"type": "http.response.start", "status": status, "headers": start})
     await send({"type": "http.response.body", "body": body})
