@@ -41,6 +41,10 @@ class ServerConfig(_Strict):
     # Keep one spare backend session per (backend, capability set) seen in such calls, opened ahead, so
     # the next such call does not wait for a backend process to start.
     round_trip_spares: bool = True
+    # On SIGTERM (HTTP): seconds in-flight requests get to finish while `/readyz` fails and new sessions are
+    # refused, before the server stops. A pod's terminationGracePeriodSeconds must exceed this plus
+    # `timeouts.shutdown` and any preStop delay. 0: stop at once.
+    drain_timeout: float = Field(25.0, ge=0, le=3600)
 
 
 class BackendConfig(_Strict):
@@ -235,7 +239,7 @@ class TimeoutsConfig(_Strict):
     connect: float = Field(30.0, gt=0)
     # Seconds one call to a backend may take.
     call: float = Field(60.0, gt=0)
-    # Seconds open requests get to finish when the gateway stops.
+    # Seconds open requests and streams get to finish when the gateway stops (after `server.drain_timeout`).
     shutdown: float = Field(5.0, gt=0)
     # How long a client may take to answer a backend's sampling/elicitation/roots request (a person may be
     # answering), or to retry a 2026-07-28 call that asked for input; not counted against `call`.

@@ -29,6 +29,7 @@ from vmcp_opt.config import LOOPBACK_ADDRESSES, ServerConfig, VmcpConfig
 from vmcp_opt.gateway import Gateway
 from vmcp_opt.server.authentication import RequireAuthentication
 from vmcp_opt.server.bad_input import JsonRpcErrorCodes
+from vmcp_opt.server.drain import Drain
 from vmcp_opt.server.event_store import BoundedEventStore
 from vmcp_opt.server.handlers import build_mcp_server
 from vmcp_opt.server.host_check import HostCheck
@@ -103,6 +104,7 @@ def create_app(gateway: Gateway) -> Starlette:
     )
     if gateway.limiter is not None:
         sessions = RateLimitGate(sessions, gateway.limiter, server_config.max_body_bytes)
+    drain = Drain(sessions, server_config.max_body_bytes)
     if gateway.telemetry.metrics is not None:
         gateway.telemetry.metrics.state.sessions = lambda: slots.total
 
@@ -118,6 +120,8 @@ def create_app(gateway: Gateway) -> Starlette:
         return JSONResponse({"status": "ok"})
 
     async def readyz(request: Request) -> JSONResponse:
+        if drain.draining:
+            return JSONResponse({"status": "draining"}, status_code=503)
         readiness = gateway.readiness()
         body = readiness.body
         if not await may_see_detail(request.scope, endpoint):
@@ -129,8 +133,8 @@ def create_app(gateway: Gateway) -> Starlette:
         return Response(gateway.telemetry.metrics.exposition(), media_type=METRICS_CONTENT_TYPE)
 
     metrics_routes = [Route("/metrics", metrics, methods=["GET"])] if gateway.telemetry.metrics is not None else []
-    endpoint, auth_routes = authenticated(JsonRpcErrorCodes(sessions, server_config.max_body_bytes), gateway.config)
-    return Starlette(
+    endpoint, auth_routes = authenticated(JsonRpcErrorCodes(drain, server_config.max_body_bytes), gateway.config)
+    app = Starlette(
         routes=[
             Route(server_config.path, endpoint=endpoint),
             Route("/healthz", healthz, methods=["GET"]),
@@ -144,6 +148,8 @@ def create_app(gateway: Gateway) -> Starlette:
             Middleware(HostCheck, allowed_hosts=security.allowed_hosts, allowed_origins=security.allowed_origins)
         ],
     )
+    app.state.drain = drain  # the runner begins it on SIGTERM (server/runner.py)
+    return app
 
 
 async def may_see_detail(scope: Scope, endpoint: ASGIApp) -> bool:

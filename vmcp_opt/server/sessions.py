@@ -92,7 +92,7 @@ class SessionGate:
         self._log = ThrottledLog(logger, log_interval)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or not _may_open_session(scope):
+        if scope["type"] != "http" or scope["method"] != "POST" or not may_open_session(scope):
             await self.app(scope, receive, send)
             return
         client = scope.get("client")
@@ -164,7 +164,7 @@ async def json_rpc_error(
     await send({"type": "http.response.body", "body": body})
 
 
-def _may_open_session(scope: Scope) -> bool:
+def may_open_session(scope: Scope) -> bool:
     """The SDK's own test: no session id, and a handshake-era (or absent) protocol version header."""
     version: bytes | None = None
     for name, value in scope["headers"]:
