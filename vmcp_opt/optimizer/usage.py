@@ -17,18 +17,18 @@ Only tool names and counts are kept: no arguments, no request text, no client id
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
 import threading
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from vmcp_opt.optimizer.file_lock import exclusive
 
 logger = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ class UsageGraph:
         with only the newer counts. Written atomically: a crash mid-write leaves the previous file.
         """
         path.parent.mkdir(parents=True, exist_ok=True)
-        with _exclusive(path.with_name(f".{path.name}.lock")):
+        with exclusive(path.with_name(f".{path.name}.lock")):
             with self._lock:
                 new_tasks = Counter(self._new_tasks)
                 new_together = {tool: Counter(counts) for tool, counts in self._new_together.items()}
@@ -179,16 +179,6 @@ class UsageGraph:
                 "optimizer usage history %s is unreadable (%s); moved to %s, starting empty", path, exc, aside
             )
             return cls()
-
-
-@contextmanager
-def _exclusive(lock_path: Path) -> Iterator[None]:
-    with lock_path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _add(
