@@ -17,15 +17,9 @@ import mcp_types as types
 from mcp import Client
 
 from tests.support import EXAMPLES, Gateway, running_gateway, write_config
+from tests.test_host_binding import HEADERS, INITIALIZE
 
 HELD_SERVER = EXAMPLES / "backends" / "held_server.py"
-INITIALIZE = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "late", "version": "1"}},
-}
-HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 DRAIN_TIMEOUT = 60.0
 
 

@@ -95,6 +95,18 @@ async def read_ahead(receive: Receive, max_body_bytes: int) -> tuple[Receive, by
     return replay, body
 
 
+def request_of(body: bytes, method: str) -> dict[str, Any] | None:
+    """The JSON-RPC message in `body` when it is a `method` request or notification; None for anything
+    else (malformed input is left to the SDK). Parses only bodies that mention `method`."""
+    if method.encode() not in body:
+        return None
+    try:
+        message: Any = json.loads(body)
+    except ValueError:
+        return None
+    return message if isinstance(message, dict) and message.get("method") == method else None
+
+
 def _invalid_request(body: bytes) -> bytes:
     try:
         data: Any = json.loads(body)

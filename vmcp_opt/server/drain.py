@@ -16,15 +16,13 @@ not hold the drain, and end when it does (`end_streams`).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
-from typing import Any
 
 from sse_starlette.sse import AppStatus
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from vmcp_opt.server.bad_input import GONE, read_ahead
+from vmcp_opt.server.bad_input import GONE, read_ahead, request_of
 from vmcp_opt.server.sessions import SERVER_BUSY, json_rpc_error, may_open_session
 
 logger = logging.getLogger(__name__)
@@ -106,10 +104,4 @@ def end_streams() -> None:
 
 def _is_listen(body: bytes) -> bool:
     """A 2026-07-28 `subscriptions/listen`: a stream that lasts as long as the client wants, not a call."""
-    if b"subscriptions/listen" not in body:
-        return False
-    try:
-        message: Any = json.loads(body)
-    except ValueError:
-        return False
-    return isinstance(message, dict) and message.get("method") == "subscriptions/listen"
+    return request_of(body, "subscriptions/listen") is not None

@@ -19,10 +19,8 @@ the shared bucket bind).
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import secrets
-from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -30,7 +28,7 @@ from vmcp_opt.auth import CredentialIds, Identification
 from vmcp_opt.auth.identity import SCOPE_KEY, Identity
 from vmcp_opt.routing.budget import LimitReached
 from vmcp_opt.server.admission import LIMITS_TAKEN_KEY
-from vmcp_opt.server.bad_input import GONE, read_ahead
+from vmcp_opt.server.bad_input import GONE, read_ahead, request_of
 from vmcp_opt.server.sessions import json_rpc_error
 from vmcp_opt.shared.rate_limits import RateLimiter, subject_key
 
@@ -83,13 +81,8 @@ class RateLimitGate:
 def tool_call_of(body: bytes) -> tuple[str | int, str] | None:
     """The request id and tool name of a `tools/call` request; None for anything else (or malformed input,
     which the SDK answers)."""
-    if b"tools/call" not in body:
-        return None
-    try:
-        message: Any = json.loads(body)
-    except ValueError:
-        return None
-    if not isinstance(message, dict) or message.get("method") != "tools/call":
+    message = request_of(body, "tools/call")
+    if message is None:
         return None
     request_id, params = message.get("id"), message.get("params")
     if isinstance(request_id, bool) or not isinstance(request_id, str | int) or not isinstance(params, dict):
