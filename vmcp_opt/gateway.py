@@ -28,6 +28,7 @@ from vmcp_opt.optimizer.metatools import OptimizerFront
 from vmcp_opt.routing import BackendTools, Policy, Router, SessionChooser
 from vmcp_opt.shared.rate_limits import rate_limiter
 from vmcp_opt.shared.state_keys import state_keys
+from vmcp_opt.shared.usage_history import usage_history
 from vmcp_opt.telemetry import Telemetry
 from vmcp_opt.workflows.provider import WorkflowTools
 from vmcp_opt.workflows.validation import unknown_tools
@@ -67,7 +68,7 @@ class Gateway:
         self.optimizer: OptimizerFront | None = None
         listed: Callable[[str], bool] = lambda name: True  # noqa: E731
         if config.optimizer.enabled:
-            self.optimizer = OptimizerFront(config)
+            self.optimizer = OptimizerFront(config, usage_history(config))
             self.optimizer.wait_for_backends = self.wait_for_backends
             self.router.add_provider(self.optimizer)
             self.router.observers.append(self.optimizer)

@@ -185,6 +185,12 @@ class OptimizerConfig(_Strict):
     # tasks took nDCG@10 from 39.4 to 54.4 and COMP@5 from 10.9 to 29.4 (eval/README.md); with no history
     # the ranking is unchanged. Kept in `index_dir/usage.json`.
     usage: bool = True
+    # Where that history is kept: `file` (`index_dir/usage.json`, merged under a lock by gateways sharing the
+    # directory) or `redis` (the `redis` section: every replica adds its counts and reads the others').
+    usage_store: Literal["file", "redis"] = "file"
+    # Seconds between merges of the history with its store: a file is written when this gateway learned
+    # something (and on shutdown); Redis is also re-read, so replicas learn from each other this often.
+    usage_sync_interval: float = Field(30.0, gt=0, le=3600)
     # How much the companions of the best results are raised; 0 turns it off in ranking.
     usage_weight: float = Field(1.0, ge=0.0)
     # The results whose companions and prerequisites are raised (the k-th result's weight is divided by k).
