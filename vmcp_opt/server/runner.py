@@ -85,7 +85,9 @@ def run_gateway(config: VmcpConfig, announce: Callable[[VmcpConfig], None] | Non
         # SIGTERM (a load balancer's orchestrator): drain first. SIGINT, or a second signal: stop now. The
         # signal is not re-raised after the server stops (uvicorn would), so a drained exit is code 0.
         if sig != signal.SIGTERM or drain.draining or loop is None:
+            server.force_exit = server.should_exit and sig == signal.SIGINT  # Ctrl-C twice: no waiting at all
             server.should_exit = True
+            end_streams()
             return
         loop.call_soon_threadsafe(begin_drain)
 
