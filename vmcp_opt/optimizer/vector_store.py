@@ -13,7 +13,7 @@ import os
 import tempfile
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,12 +91,12 @@ class VectorStore:
         """The cache as the file holds it now, under a lock every process using this directory takes
         (replicas on a shared index_dir) until the block ends, after its `save`: the first to come embeds
         what is new and saves it; the others wait, then read what it saved and embed nothing again."""
-        try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-        except OSError:
-            yield self.cache()  # nowhere to lock or save: `save` says so
-            return
-        with exclusive(self.directory / LOCK_FILE, on_wait=self._log_wait):
+        with ExitStack() as held:
+            try:
+                self.directory.mkdir(parents=True, exist_ok=True)
+                held.enter_context(exclusive(self.directory / LOCK_FILE, on_wait=self._log_wait))
+            except OSError as exc:  # a read-only index_dir: update alone, as before (`save` warns too)
+                log.warning("index: cannot lock %s (%s); updating without the lock", self.directory, exc)
             if self._cache is not None and self._file_stamp() != self._stamp:
                 self._cache = None  # another process saved since we read: read its vectors
             yield self.cache()
