@@ -122,6 +122,39 @@ def running_gateway(
     cwd: Path | None = None,
 ) -> Iterator[Gateway]:
     """`cwd` comes first on `python -m`'s path: a directory holding another copy of `vmcp_opt` runs that copy."""
+    with running_gateways(
+        config_path, 1, *args, env=env, ready_timeout=ready_timeout, wait_ready=wait_ready, cwd=cwd
+    ) as [one]:
+        yield one
+
+
+@contextlib.contextmanager
+def running_gateways(
+    config_path: Path,
+    count: int,
+    *args: str,
+    env: dict[str, str] | None = None,
+    ready_timeout: float = 60.0,
+    wait_ready: bool = True,
+    cwd: Path | None = None,
+) -> Iterator[list[Gateway]]:
+    """`count` gateways on one config, all started before any is waited for (replicas starting together)."""
+    gateways = [_start_gateway(config_path, args, env, cwd) for _ in range(count)]
+    try:
+        for gateway in gateways:
+            try:
+                wait_http(f"{gateway.base}/healthz", timeout=ready_timeout, proc=gateway.proc)
+                if wait_ready:
+                    wait_started(gateway, ready_timeout)
+            except Exception as exc:
+                raise RuntimeError(f"gateway did not start: {exc}\n--- gateway log ---\n{gateway.output()}") from exc
+        yield gateways
+    finally:
+        for gateway in gateways:
+            stop_process(gateway.proc)
+
+
+def _start_gateway(config_path: Path, args: tuple[str, ...], env: dict[str, str] | None, cwd: Path | None) -> Gateway:
     port = free_port()
     log = config_path.parent / f"gateway-{port}.log"
     with log.open("wb") as sink:
@@ -132,17 +165,7 @@ def running_gateway(
             env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
             cwd=cwd,
         )
-    gateway = Gateway(proc, port, log)
-    try:
-        try:
-            wait_http(f"{gateway.base}/healthz", timeout=ready_timeout, proc=proc)
-            if wait_ready:
-                wait_started(gateway, ready_timeout)
-        except Exception as exc:
-            raise RuntimeError(f"gateway did not start: {exc}\n--- gateway log ---\n{gateway.output()}") from exc
-        yield gateway
-    finally:
-        stop_process(proc)
+    return Gateway(proc, port, log)
 
 
 def wait_started(gateway: Gateway, timeout: float) -> None:

@@ -66,10 +66,12 @@ def test_probes_ports_and_names_agree() -> None:
     assert secret == docs[("Secret", "vmcp-secrets")]["metadata"]["name"]
     redis_volume = docs[("Deployment", "vmcp-redis")]["spec"]["template"]["spec"]["volumes"][0]
     assert redis_volume["secret"]["secretName"] == secret
-    # The config listens on the container's port; shutdown fits in the grace period.
+    # The config listens on the container's port; preStop, the drain and the shutdown fit in the grace period.
     config = yaml.safe_load(docs[("ConfigMap", "vmcp-config")]["data"]["vmcp.yaml"])
     assert config["server"]["port"] == ports["http"]
-    assert config["timeouts"]["shutdown"] < pod["terminationGracePeriodSeconds"]
+    pre_stop = int(container["lifecycle"]["preStop"]["exec"]["command"][-1])
+    stopping = pre_stop + config["server"]["drain_timeout"] + config["timeouts"]["shutdown"]
+    assert stopping < pod["terminationGracePeriodSeconds"]
 
 
 def test_the_config_is_valid_and_reads_its_secrets_from_the_mounted_secret(tmp_path: Path) -> None:

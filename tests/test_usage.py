@@ -15,7 +15,7 @@ import pytest
 from vmcp_opt.config import VmcpConfig
 from vmcp_opt.optimizer import usage
 from vmcp_opt.optimizer.metatools import OptimizerFront
-from vmcp_opt.optimizer.usage import MAX_TASK_TOOLS, UsageGraph, UsageRecorder, companion_scores
+from vmcp_opt.optimizer.usage import MAX_TASK_TOOLS, FileUsageHistory, UsageGraph, UsageRecorder, companion_scores
 
 
 class Clock:
@@ -289,9 +289,9 @@ def test_a_failed_save_is_a_warning_and_the_next_one_retries(tmp_path: Path, cap
     with caplog.at_level(logging.WARNING):
         optimizer.save_usage()
     assert "could not save the usage history" in caplog.text
-    optimizer.usage_path = tmp_path / "usage.json"
+    optimizer.history = FileUsageHistory(tmp_path / "usage.json")
     optimizer.close()
-    assert json.loads(optimizer.usage_path.read_text(encoding="utf-8"))["tasks"] == {"a": 1}
+    assert json.loads((tmp_path / "usage.json").read_text(encoding="utf-8"))["tasks"] == {"a": 1}
 
 
 # --- `vmcp index usage` -------------------------------------------------------------------------------

@@ -26,8 +26,10 @@ from vmcp_opt.config import VmcpConfig
 from vmcp_opt.health import HealthMonitor
 from vmcp_opt.optimizer.metatools import OptimizerFront
 from vmcp_opt.routing import BackendTools, Policy, Router, SessionChooser
+from vmcp_opt.shared.freshness import change_broadcast
 from vmcp_opt.shared.rate_limits import rate_limiter
 from vmcp_opt.shared.state_keys import state_keys
+from vmcp_opt.shared.usage_history import usage_history
 from vmcp_opt.telemetry import Telemetry
 from vmcp_opt.workflows.provider import WorkflowTools
 from vmcp_opt.workflows.validation import unknown_tools
@@ -64,10 +66,12 @@ class Gateway:
         self.router.limiter = self.limiter = rate_limiter(config)
         # The keys sealing 2026-07-28 request_state; None: a key of this process.
         self.state_keys = state_keys(config)
+        # Backend changes told to and heard from the other replicas (Redis pub/sub); None: not shared.
+        self.changes = change_broadcast(config, self.backends.get, self.health.check)
         self.optimizer: OptimizerFront | None = None
         listed: Callable[[str], bool] = lambda name: True  # noqa: E731
         if config.optimizer.enabled:
-            self.optimizer = OptimizerFront(config)
+            self.optimizer = OptimizerFront(config, usage_history(config))
             self.optimizer.wait_for_backends = self.wait_for_backends
             self.router.add_provider(self.optimizer)
             self.router.observers.append(self.optimizer)
@@ -121,6 +125,8 @@ class Gateway:
         """
         self.sessions.attach(task_group)
         self.workflows.rounds.attach(task_group)
+        if self.changes is not None:
+            task_group.start_soon(self.changes.run, name="replica-changes")
         self._first_listing = anyio.Event()
         if self.config.failure.mode == "best_effort":
             task_group.start_soon(self._connect_in_background, task_group, name="connect-backends")
@@ -236,6 +242,8 @@ class Gateway:
             # persisted index, and the next start would embed them all again.
             return
         await self._rebuild_catalog()
+        if self.changes is not None:
+            await self.changes.backend_changed(connection)
 
     async def _rebuild_catalog(self) -> None:
         before = self._listing()

@@ -94,7 +94,8 @@ class LimitsConfig(_Strict):
 
 
 class RedisConfig(_Strict):
-    """The Redis server that replicas share (rate limits today; sessions and learning as issue 18 lands)."""
+    """The Redis server that replicas share: rate limits (`rate_limits.store`), the optimizer's learning
+    (`optimizer.usage_store`), backend changes (`share_changes`)."""
 
     # `redis://host:port/db`, or `rediss://…` for TLS. No password here: `password_env` or `password_file`.
     url: str = "redis://127.0.0.1:6379/0"
@@ -106,6 +107,10 @@ class RedisConfig(_Strict):
     key_prefix: str = "vmcp:"
     # Seconds to connect and to run one command; past it Redis counts as unreachable for that request.
     timeout: float = Field(0.25, gt=0)
+    # Tell every replica of the backend changes this one notices (tools, prompts, resources, connection
+    # state), by pub/sub on `<key_prefix>changes`: the others re-list that backend, and their clients get
+    # `list_changed`. For replicas whose backends are the same servers (HTTP) or equivalent processes.
+    share_changes: bool = False
 
     @field_validator("url")
     @classmethod

@@ -47,6 +47,10 @@ class ServerConfig(_Strict):
     # Keep one spare backend session per (backend, capability set) seen in such calls, opened ahead, so
     # the next such call does not wait for a backend process to start.
     round_trip_spares: bool = True
+    # On SIGTERM (HTTP): seconds in-flight requests get to finish while `/readyz` fails and new sessions are
+    # refused, before the server stops. A pod's terminationGracePeriodSeconds must exceed this plus
+    # `timeouts.shutdown` and any preStop delay. 0: stop at once.
+    drain_timeout: float = Field(25.0, ge=0, le=3600)
 
 
 class BackendConfig(_Strict):
@@ -187,6 +191,12 @@ class OptimizerConfig(_Strict):
     # tasks took nDCG@10 from 39.4 to 54.4 and COMP@5 from 10.9 to 29.4 (eval/README.md); with no history
     # the ranking is unchanged. Kept in `index_dir/usage.json`.
     usage: bool = True
+    # Where that history is kept: `file` (`index_dir/usage.json`, merged under a lock by gateways sharing the
+    # directory) or `redis` (the `redis` section: every replica adds its counts and reads the others').
+    usage_store: Literal["file", "redis"] = "file"
+    # Seconds between merges of the history with its store: a file is written when this gateway learned
+    # something (and on shutdown); Redis is also re-read, so replicas learn from each other this often.
+    usage_sync_interval: float = Field(30.0, gt=0, le=3600)
     # How much the companions of the best results are raised; 0 turns it off in ranking.
     usage_weight: float = Field(1.0, ge=0.0)
     # The results whose companions and prerequisites are raised (the k-th result's weight is divided by k).
@@ -241,7 +251,7 @@ class TimeoutsConfig(_Strict):
     connect: float = Field(30.0, gt=0)
     # Seconds one call to a backend may take.
     call: float = Field(60.0, gt=0)
-    # Seconds open requests get to finish when the gateway stops.
+    # Seconds open requests and streams get to finish when the gateway stops (after `server.drain_timeout`).
     shutdown: float = Field(5.0, gt=0)
     # How long a client may take to answer a backend's sampling/elicitation/roots request (a person may be
     # answering), or to retry a 2026-07-28 call that asked for input; not counted against `call`.

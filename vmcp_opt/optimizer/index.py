@@ -200,7 +200,8 @@ class ToolIndex:
     def update(self, records: Sequence[ToolRecord], *, progress: bool = False) -> UpdateStats:
         """Index exactly `records`: keywords rebuilt, vectors reused by content hash, new ones embedded."""
         started = time.perf_counter()
-        with self._update_lock:
+        # The vectors' file lock first: while another replica embeds, keyword refreshes need not wait.
+        with self._vectors.updating() as cache, self._update_lock:
             if self.embedder is None:
                 self.embedder = load_embedder(
                     self.config.model,
@@ -210,7 +211,6 @@ class ToolIndex:
                     bulk_threads=self.config.bulk_threads,
                 )
             records, documents, hashes = _prepare(records)
-            cache = self._vectors.cache()
             vectors, found = cache.stack(hashes, self.model.dimensions)
             # Each new document once, even when two tools share it.
             first: dict[str, int] = {}

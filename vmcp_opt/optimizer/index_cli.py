@@ -160,6 +160,9 @@ def usage(
     from vmcp_opt.optimizer.metatools import USAGE_FILE
 
     settings = _config(config)
+    if settings.optimizer.usage_store == "redis":
+        _shared_usage(settings, top, clear)
+        return
     path = _index_dir(settings, index_dir) / USAGE_FILE
     if clear:
         if not path.exists():
@@ -180,10 +183,36 @@ def usage(
     except (OSError, ValueError) as exc:
         errors.print(f"[red]unreadable usage history[/] {path}: {exc}")
         raise typer.Exit(1) from None
+    _print_usage(graph, str(path), top)
+
+
+def _shared_usage(settings: VmcpConfig, top: int, clear: bool) -> None:
+    """`vmcp index usage` with `optimizer.usage_store: redis`: the replicas' one history in Redis."""
+    from redis import RedisError
+
+    from vmcp_opt.shared.usage_history import usage_history
+
+    history = usage_history(settings)
+    if history is None:
+        console.print("optimizer.usage is off: the gateway keeps no usage history")
+        return
+    try:
+        if clear:
+            history.clear()
+            console.print(f"deleted the usage history in {history.where}")
+            return
+        graph = history.read()
+    except (RedisError, OSError, ValueError) as exc:
+        errors.print(f"[red]usage history not read[/] from {history.where}: {exc}")
+        raise typer.Exit(1) from None
+    _print_usage(graph, history.where, top)
+
+
+def _print_usage(graph: UsageGraph, where: str, top: int) -> None:
     info = graph.stats()
     console.print(
         f"[bold]{info['tools']}[/] tools used, {info['tool_uses']} uses in tasks, {info['pairs']} pairs used "
-        f"together ({path})"
+        f"together ({where})"
     )
     pairs = _top_pairs(graph.to_json()["together"], top)
     if not pairs:
@@ -202,12 +231,27 @@ def _usage_history(settings: VmcpConfig, directory: Path) -> UsageGraph | None:
     from vmcp_opt.optimizer.metatools import USAGE_FILE
 
     path = directory / USAGE_FILE
+    if settings.optimizer.usage_store == "redis" and settings.optimizer.usage:
+        return _shared_usage_graph(settings)
     if not settings.optimizer.usage or not path.exists():
         return None
     try:
         return UsageGraph.read(path)
     except (OSError, ValueError) as exc:
         errors.print(f"[yellow]usage history {path} not read ({exc}); ranking without it[/]")
+        return None
+
+
+def _shared_usage_graph(settings: VmcpConfig) -> UsageGraph | None:
+    from redis import RedisError
+
+    from vmcp_opt.shared.usage_history import usage_history
+
+    history = usage_history(settings)
+    try:
+        return history.read() if history is not None else None
+    except (RedisError, OSError, ValueError) as exc:
+        errors.print(f"[yellow]usage history not read from Redis ({exc}); ranking without it[/]")
         return None
 
 

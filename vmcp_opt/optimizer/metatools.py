@@ -14,7 +14,7 @@ says so in its answer.
 With `optimizer.usage` on, the router reports every finished tool call (`tool_called`, as a call
 observer); a known caller's successful calls form tasks of a co-usage graph (optimizer/usage.py) that
 raises companions in `find_tool`. The graph lives in `index_dir/usage.json`: loaded at start, written every
-`USAGE_SAVE_INTERVAL` seconds when it changed and once more by `close` on shutdown.
+`optimizer.usage_sync_interval` seconds when it changed and once more by `close` on shutdown.
 """
 
 from __future__ import annotations
@@ -47,14 +47,12 @@ from vmcp_opt.optimizer.meta_tool_forms import (
     hit_json,
 )
 from vmcp_opt.optimizer.tokens import count_tokens, tools_list_tokens
-from vmcp_opt.optimizer.usage import UsageGraph, UsageRecorder
+from vmcp_opt.optimizer.usage import FileUsageHistory, UsageGraph, UsageHistory, UsageRecorder
 from vmcp_opt.routing import GATEWAY_SOURCE, ProvidedTool, ToolCall, UnknownTool
 
 logger = logging.getLogger(__name__)
 
 USAGE_FILE = "usage.json"
-# Seconds between writes of a changed co-usage graph (shutdown writes it too).
-USAGE_SAVE_INTERVAL = 30.0
 
 POLICY_DEPTH = 4
 
@@ -98,11 +96,13 @@ class OptimizerFront:
 
     searchable = False  # find_tool does not find itself
 
-    def __init__(self, config: VmcpConfig) -> None:
+    def __init__(self, config: VmcpConfig, history: UsageHistory | None = None) -> None:
         self.settings = config.optimizer
         # Tools used together: None when `optimizer.usage` is off (nothing recorded, nothing written).
         self.usage_path = Path(config.index_dir()) / USAGE_FILE
-        self.usage: UsageGraph | None = _load_usage(self.usage_path) if self.settings.usage else None
+        # Where the graph is kept: `index_dir/usage.json` unless the gateway gives another (Redis).
+        self.history: UsageHistory = history or FileUsageHistory(self.usage_path)
+        self.usage: UsageGraph | None = self.history.load() if self.settings.usage else None
         self._recorder = UsageRecorder(self.usage, self.settings.usage_window) if self.usage is not None else None
         self._saved_version = self.usage.version if self.usage is not None else 0
         self._save_lock = threading.Lock()
@@ -172,6 +172,8 @@ class OptimizerFront:
         listing = Listing(records, self.full_list_tokens, self.settings.model)
         await anyio.to_thread.run_sync(save_listing, self.usage_path.parent, listing)
         self._embed_in_background(records)
+        if self.history.shared:
+            self._start_saver()  # other replicas' learning arrives even before this one learns anything
 
     # --- CallObserver ----------------------------------------------------------------------------
 
@@ -185,7 +187,10 @@ class OptimizerFront:
         if self._recorder is None or self._closed.is_set():
             return
         self._recorder.tool_used(client, name)
-        if self._saver is None:
+        self._start_saver()
+
+    def _start_saver(self) -> None:
+        if self._saver is None and self.usage is not None and not self._closed.is_set():
             self._saver = threading.Thread(target=self._save_periodically, name="optimizer-usage-saver", daemon=True)
             self._saver.start()
 
@@ -279,23 +284,24 @@ class OptimizerFront:
         )
 
     def save_usage(self) -> None:
-        """Write the co-usage graph if it changed since the last write; a failure is a warning, not a crash."""
+        """Merge the co-usage graph with its history if it changed since the last merge (a shared history:
+        always, to read what the other replicas learned); a failure is a warning, not a crash."""
         if self.usage is None:
             return
         with self._save_lock:
             version = self.usage.version
-            if version == self._saved_version:
+            if version == self._saved_version and not self.history.shared:
                 return
             try:
-                self.usage.save(self.usage_path)
-            except Exception as exc:  # full disk, read-only index_dir: the gateway keeps serving
-                logger.warning("optimizer: could not save the usage history to %s: %s", self.usage_path, exc)
+                self.history.save(self.usage)
+            except Exception as exc:  # full disk, read-only index_dir, Redis gone: the gateway keeps serving
+                logger.warning("optimizer: could not save the usage history to %s: %s", self.history.where, exc)
                 return
             self._saved_version = version
-        logger.debug("optimizer: usage history saved to %s", self.usage_path)
+        logger.debug("optimizer: usage history merged with %s", self.history.where)
 
     def _save_periodically(self) -> None:
-        while not self._closed.wait(USAGE_SAVE_INTERVAL):
+        while not self._closed.wait(self.settings.usage_sync_interval):
             self.save_usage()
 
     def _embed_in_background(self, records: list[ToolRecord]) -> None:
@@ -330,15 +336,6 @@ class OptimizerFront:
 
 async def _none_starting() -> list[str]:
     return []
-
-
-def _load_usage(path: Path) -> UsageGraph:
-    """The saved co-usage graph; an empty one when there is none or it cannot be read."""
-    try:
-        return UsageGraph.load(path)  # an unreadable file is moved aside to usage.json.corrupt
-    except Exception as exc:  # e.g. the corrupt file could not be moved aside: start empty all the same
-        logger.warning("optimizer: usage history %s not loaded (%s); starting with none", path, exc)
-        return UsageGraph()
 
 
 def _error(message: str) -> types.CallToolResult:

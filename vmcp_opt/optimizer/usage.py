@@ -17,18 +17,18 @@ Only tool names and counts are kept: no arguments, no request text, no client id
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
 import threading
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
+
+from vmcp_opt.optimizer.file_lock import exclusive
 
 logger = logging.getLogger(__name__)
 
@@ -127,33 +127,33 @@ class UsageGraph:
         with only the newer counts. Written atomically: a crash mid-write leaves the previous file.
         """
         path.parent.mkdir(parents=True, exist_ok=True)
-        with _exclusive(path.with_name(f".{path.name}.lock")):
-            with self._lock:
-                new_tasks = Counter(self._new_tasks)
-                new_together = {tool: Counter(counts) for tool, counts in self._new_together.items()}
-                everything = self._to_json_unlocked()
-            try:
-                merged = UsageGraph.read(path) if path.exists() else UsageGraph()
-                _add(merged._tasks, merged._together, new_tasks, new_together)
-                data = merged.to_json()
-            except (OSError, ValueError) as exc:
-                aside = path.with_name(path.name + ".corrupt")
-                os.replace(path, aside)
-                logger.warning("optimizer usage history %s is unreadable (%s); moved to %s", path, exc, aside)
-                data = everything
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(data, separators=(",", ":")), encoding="utf-8")
-            os.replace(tmp, path)
-            saved = UsageGraph.from_json(data)
-            with self._lock:
-                # Keep what arrived during the write as new; rank with the file plus that.
-                self._new_tasks.subtract(new_tasks)
-                self._new_tasks = +self._new_tasks
-                for tool, counts in new_together.items():
-                    self._new_together[tool].subtract(counts)
-                self._new_together = {tool: +c for tool, c in self._new_together.items() if +c}
-                self._tasks, self._together = saved._tasks, saved._together
-                _add(self._tasks, self._together, self._new_tasks, self._new_together)
+        with exclusive(path.with_name(f".{path.name}.lock")):
+            self.merge(lambda tasks, together: _merged_file(path, tasks, together, self.to_json()))
+
+    def merge(self, add: Callable[[Counter[str], dict[str, Counter[str]]], UsageGraph]) -> None:
+        """Hand what was learned since the last merge to `add`, which adds it to the kept history (a file,
+        Redis) and returns the whole of it; then rank with that plus what arrived meanwhile. When `add`
+        raises, nothing is lost: the counts stay new for the next merge."""
+        with self._lock:
+            new_tasks = Counter(self._new_tasks)
+            new_together = {tool: Counter(counts) for tool, counts in self._new_together.items()}
+        saved = add(new_tasks, new_together)
+        with self._lock:
+            # Keep what arrived during the write as new; rank with the kept history plus that.
+            self._new_tasks.subtract(new_tasks)
+            self._new_tasks = +self._new_tasks
+            for tool, counts in new_together.items():
+                self._new_together[tool].subtract(counts)
+            self._new_together = {tool: +c for tool, c in self._new_together.items() if +c}
+            self._tasks, self._together = saved._tasks, saved._together
+            _add(self._tasks, self._together, self._new_tasks, self._new_together)
+
+    @classmethod
+    def of_counts(cls, tasks: Mapping[str, int], together: Mapping[str, Mapping[str, int]]) -> UsageGraph:
+        graph = cls()
+        graph._tasks = Counter(tasks)
+        graph._together = {tool: Counter(counts) for tool, counts in together.items()}
+        return graph
 
     @classmethod
     def read(cls, path: Path) -> UsageGraph:
@@ -181,14 +181,24 @@ class UsageGraph:
             return cls()
 
 
-@contextmanager
-def _exclusive(lock_path: Path) -> Iterator[None]:
-    with lock_path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+def _merged_file(
+    path: Path, tasks: Counter[str], together: dict[str, Counter[str]], everything: dict[str, Any]
+) -> UsageGraph:
+    """The history at `path` plus these counts, written back (the caller holds the file's lock). An unreadable
+    file is moved aside and replaced by `everything` this gateway knows."""
+    try:
+        merged = UsageGraph.read(path) if path.exists() else UsageGraph()
+        _add(merged._tasks, merged._together, tasks, together)
+        data = merged.to_json()
+    except (OSError, ValueError) as exc:
+        aside = path.with_name(path.name + ".corrupt")
+        os.replace(path, aside)
+        logger.warning("optimizer usage history %s is unreadable (%s); moved to %s", path, exc, aside)
+        data = everything
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, separators=(",", ":")), encoding="utf-8")
+    os.replace(tmp, path)
+    return UsageGraph.from_json(data)
 
 
 def _add(
@@ -263,3 +273,40 @@ class UsageRecorder:
             already_used = list(task.tools)
             task.tools.append(tool)
         self.graph.add_to_task(tool, already_used)
+
+
+class UsageHistory(Protocol):
+    """Where the co-usage graph is kept between runs and shared: a file (`FileUsageHistory`), or Redis for
+    replicas (vmcp_opt/shared/usage_history.py)."""
+
+    # Others add to it while this gateway runs (replicas): merge every interval, not only after a change.
+    shared: bool
+    where: str
+
+    def load(self) -> UsageGraph:
+        """The kept graph; an empty one when there is none (or, said in a warning, it cannot be read)."""
+        ...
+
+    def save(self, graph: UsageGraph) -> None:
+        """Add `graph`'s new counts to the kept history and rank with the whole (`UsageGraph.merge`)."""
+        ...
+
+
+class FileUsageHistory:
+    """`index_dir/usage.json`, merged under a file lock by every gateway sharing the directory."""
+
+    shared = False
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.where = str(path)
+
+    def load(self) -> UsageGraph:
+        try:
+            return UsageGraph.load(self.path)  # an unreadable file is moved aside to usage.json.corrupt
+        except Exception as exc:  # e.g. the corrupt file could not be moved aside: start empty all the same
+            logger.warning("optimizer: usage history %s not loaded (%s); starting with none", self.path, exc)
+            return UsageGraph()
+
+    def save(self, graph: UsageGraph) -> None:
+        graph.save(self.path)

@@ -12,7 +12,8 @@ import logging
 import os
 import tempfile
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,10 +21,12 @@ from typing import Any
 import numpy as np
 
 from vmcp_opt.optimizer.embedding import ModelSpec
+from vmcp_opt.optimizer.file_lock import exclusive
 
 log = logging.getLogger(__name__)
 
 VECTORS_FILE = "vectors.npz"
+LOCK_FILE = ".vectors.lock"
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,9 @@ class VectorStore:
         self.directory = directory
         self.model = model
         self._cache: VectorCache | None = None
+        # The file as it was when `_cache` was read from it or written to it: another process's save since
+        # then changes it.
+        self._stamp: tuple[int, int, int] | None = None
 
     @property
     def path(self) -> Path:
@@ -77,8 +83,33 @@ class VectorStore:
 
     def cache(self) -> VectorCache:
         if self._cache is None:
-            self._cache = self._load()
+            self._cache, self._stamp = self._load(), self._file_stamp()
         return self._cache
+
+    @contextmanager
+    def updating(self) -> Iterator[VectorCache]:
+        """The cache as the file holds it now, under a lock every process using this directory takes
+        (replicas on a shared index_dir) until the block ends, after its `save`: the first to come embeds
+        what is new and saves it; the others wait, then read what it saved and embed nothing again."""
+        with ExitStack() as held:
+            try:
+                self.directory.mkdir(parents=True, exist_ok=True)
+                held.enter_context(exclusive(self.directory / LOCK_FILE, on_wait=self._log_wait))
+            except OSError as exc:  # a read-only index_dir: update alone, as before (`save` warns too)
+                log.warning("index: cannot lock %s (%s); updating without the lock", self.directory, exc)
+            if self._cache is not None and self._file_stamp() != self._stamp:
+                self._cache = None  # another process saved since we read: read its vectors
+            yield self.cache()
+
+    def _log_wait(self) -> None:
+        log.info("index: another process is updating %s; waiting for its vectors", self.directory)
+
+    def _file_stamp(self) -> tuple[int, int, int] | None:
+        try:
+            stat = self.path.stat()
+        except OSError:
+            return None
+        return stat.st_ino, stat.st_mtime_ns, stat.st_size
 
     def save(self, cache: VectorCache) -> None:
         """Keep `cache` and write it: the catalogue's vectors, then the retired ones (oldest first; the
@@ -103,6 +134,7 @@ class VectorStore:
                     file.flush()
                     os.fsync(file.fileno())
                 os.replace(tmp, self.path)
+                self._stamp = self._file_stamp()
             except BaseException:
                 Path(tmp).unlink(missing_ok=True)
                 raise

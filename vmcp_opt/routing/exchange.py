@@ -29,6 +29,8 @@ class Exchange:
     meta: types.RequestParamsMeta | None = None
     # The client's HTTP request headers (read-only; None over stdio), for `backends[].auth.passthrough_headers`.
     headers: Mapping[str, str] | None = None
+    # The request's rate-limit tokens were taken before the SDK saw it (HTTP: server/rate_limit_gate.py).
+    limits_taken: bool = False
 
     @classmethod
     def internal(cls, method: str = "tools/call") -> Exchange:

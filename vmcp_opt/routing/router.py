@@ -73,8 +73,9 @@ class CallObserver(Protocol):
 
 
 class CallLimiter(Protocol):
-    def admitted(self, caller: Caller, tool: str) -> AbstractAsyncContextManager[None]:
-        """Around a tool call: raises `LimitReached` (routing/budget.py) when a rate limit refuses it."""
+    def admitted(self, caller: Caller, tool: str, *, taken: bool = False) -> AbstractAsyncContextManager[None]:
+        """Around a tool call: raises `LimitReached` (routing/budget.py) when a rate limit refuses it;
+        `taken`: the client's request paid before it reached the router (HTTP, server/rate_limit_gate.py)."""
         ...
 
 
@@ -310,7 +311,7 @@ class Router:
     async def _provide(self, provider: ToolProvider, call: ToolCall) -> types.CallToolResult:
         if self.limiter is None:
             return await provider.call(call)
-        async with self.limiter.admitted(call.caller, call.tool.name):
+        async with self.limiter.admitted(call.caller, call.tool.name, taken=call.exchange.limits_taken):
             return await provider.call(call)
 
     # --- prompts, resources, completions ---------------------------------------------------------

@@ -35,6 +35,8 @@ from vmcp_opt.routing.round_trips import input_responses, round_of
 Ctx = ServerRequestContext[Any, Any]
 Transport = Literal["http", "stdio"]
 _STATE_KEY = "vmcp.caller"
+# Set in an HTTP request's scope once its rate-limit tokens are taken (server/rate_limit_gate.py).
+LIMITS_TAKEN_KEY = "vmcp.rate_limits_taken"
 
 
 class Admission:
@@ -55,6 +57,7 @@ class Admission:
             input_responses=input_responses(ctx.params),
             meta=ctx.meta,
             headers=getattr(ctx.request, "headers", None),
+            limits_taken=_limits_taken(ctx.request),
         )
         return caller, exchange
 
@@ -174,6 +177,12 @@ def _identity(request: Any) -> Identity | None:
     scope = getattr(request, "scope", None)
     identity = scope.get(SCOPE_KEY) if isinstance(scope, dict) else None
     return identity if isinstance(identity, Identity) else None
+
+
+def _limits_taken(request: Any) -> bool:
+    """The HTTP gate took this request's rate-limit tokens (server/rate_limit_gate.py)."""
+    scope = getattr(request, "scope", None)
+    return isinstance(scope, dict) and scope.get(LIMITS_TAKEN_KEY) is True
 
 
 def _authorization(request: Any) -> str | None:

@@ -34,9 +34,10 @@ class JsonRpcErrorCodes:
             await self.app(scope, receive, send)
             return
         if scope["method"] == "POST":
-            receive, bad_id = await self._read_ahead(receive)
-            if bad_id == "":
+            receive, body = await read_ahead(receive, self.max_body_bytes)
+            if body is GONE:
                 return  # the client left before its body was in (or was cut off by the body timeout): no one to answer
+            bad_id = _bad_id(body) if body is not None else None
             if bad_id is not None:
                 await json_rpc_error(
                     send, 400, INVALID_REQUEST, f"Invalid Request: id must be a string or an integer, not {bad_id}"
@@ -65,28 +66,45 @@ class JsonRpcErrorCodes:
 
         await self.app(scope, receive, relay)
 
-    async def _read_ahead(self, receive: Receive) -> tuple[Receive, str | None]:
-        """The body read (at most the cap), a `receive` that hands it on, and what is wrong with its id
-        ("" when the client disconnected first)."""
-        messages: list[Message] = []
-        size = 0
-        while True:
-            message = await receive()
-            messages.append(message)
-            if message["type"] != "http.request":
-                break
-            size += len(message.get("body", b""))
-            if not message.get("more_body") or size > self.max_body_bytes:
-                break
-        if messages[-1]["type"] == "http.disconnect":
-            return receive, ""
-        complete = messages[-1]["type"] == "http.request" and not messages[-1].get("more_body")
-        bad_id = _bad_id(b"".join(m.get("body", b"") for m in messages)) if complete else None
 
-        async def replay() -> Message:
-            return messages.pop(0) if messages else await receive()
+# `read_ahead`'s answer when the client disconnected before its body was in.
+GONE = b"\0gone"
 
-        return replay, bad_id
+
+async def read_ahead(receive: Receive, max_body_bytes: int) -> tuple[Receive, bytes | None]:
+    """A request's body read (at most the cap), and a `receive` that hands it on unchanged. The body is None
+    past the cap (the SDK's own 413 answers), `GONE` when the client disconnected first."""
+    messages: list[Message] = []
+    size = 0
+    while True:
+        message = await receive()
+        messages.append(message)
+        if message["type"] != "http.request":
+            break
+        size += len(message.get("body", b""))
+        if not message.get("more_body") or size > max_body_bytes:
+            break
+    if messages[-1]["type"] == "http.disconnect":
+        return receive, GONE
+    complete = messages[-1]["type"] == "http.request" and not messages[-1].get("more_body")
+    body = b"".join(m.get("body", b"") for m in messages) if complete else None
+
+    async def replay() -> Message:
+        return messages.pop(0) if messages else await receive()
+
+    return replay, body
+
+
+def request_of(body: bytes, method: str) -> dict[str, Any] | None:
+    """The JSON-RPC message in `body` when it is a `method` request or notification; None for anything
+    else (malformed input is left to the SDK). Parses only bodies that mention `method`."""
+    if method.encode() not in body:
+        return None
+    try:
+        message: Any = json.loads(body)
+    except ValueError:
+        return None
+    return message if isinstance(message, dict) and message.get("method") == method else None
 
 
 def _invalid_request(body: bytes) -> bytes:

@@ -29,9 +29,11 @@ from vmcp_opt.config import LOOPBACK_ADDRESSES, ServerConfig, VmcpConfig
 from vmcp_opt.gateway import Gateway
 from vmcp_opt.server.authentication import RequireAuthentication
 from vmcp_opt.server.bad_input import JsonRpcErrorCodes
+from vmcp_opt.server.drain import Drain
 from vmcp_opt.server.event_store import BoundedEventStore
 from vmcp_opt.server.handlers import build_mcp_server
 from vmcp_opt.server.host_check import HostCheck
+from vmcp_opt.server.rate_limit_gate import RateLimitGate
 from vmcp_opt.server.sessions import SessionGate, SessionSlots, hold_session_slot, throttle_sdk_refusals
 from vmcp_opt.telemetry.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 
@@ -97,7 +99,12 @@ def create_app(gateway: Gateway) -> Starlette:
         session_idle_timeout=limits.session_idle_timeout,
     )
     slots = SessionSlots(limits.max_sessions, limits.max_sessions_per_address)
-    sessions = SessionGate(StreamableHTTPASGIApp(manager), slots, retry_after=min(limits.session_idle_timeout, 60))
+    sessions: ASGIApp = SessionGate(
+        StreamableHTTPASGIApp(manager), slots, retry_after=min(limits.session_idle_timeout, 60)
+    )
+    if gateway.limiter is not None:
+        sessions = RateLimitGate(sessions, gateway.limiter, server_config.max_body_bytes)
+    drain = Drain(sessions, server_config.max_body_bytes)
     if gateway.telemetry.metrics is not None:
         gateway.telemetry.metrics.state.sessions = lambda: slots.total
 
@@ -113,6 +120,8 @@ def create_app(gateway: Gateway) -> Starlette:
         return JSONResponse({"status": "ok"})
 
     async def readyz(request: Request) -> JSONResponse:
+        if drain.draining:
+            return JSONResponse({"status": "draining"}, status_code=503)
         readiness = gateway.readiness()
         body = readiness.body
         if not await may_see_detail(request.scope, endpoint):
@@ -124,8 +133,8 @@ def create_app(gateway: Gateway) -> Starlette:
         return Response(gateway.telemetry.metrics.exposition(), media_type=METRICS_CONTENT_TYPE)
 
     metrics_routes = [Route("/metrics", metrics, methods=["GET"])] if gateway.telemetry.metrics is not None else []
-    endpoint, auth_routes = authenticated(JsonRpcErrorCodes(sessions, server_config.max_body_bytes), gateway.config)
-    return Starlette(
+    endpoint, auth_routes = authenticated(JsonRpcErrorCodes(drain, server_config.max_body_bytes), gateway.config)
+    app = Starlette(
         routes=[
             Route(server_config.path, endpoint=endpoint),
             Route("/healthz", healthz, methods=["GET"]),
@@ -139,6 +148,8 @@ def create_app(gateway: Gateway) -> Starlette:
             Middleware(HostCheck, allowed_hosts=security.allowed_hosts, allowed_origins=security.allowed_origins)
         ],
     )
+    app.state.drain = drain  # the runner begins it on SIGTERM (server/runner.py)
+    return app
 
 
 async def may_see_detail(scope: Scope, endpoint: ASGIApp) -> bool:

@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable
+from types import FrameType
 from typing import Any
 
 import anyio
@@ -20,6 +21,7 @@ from vmcp_opt.backends.secrets import SecretFilter, secret_values
 from vmcp_opt.config import VmcpConfig
 from vmcp_opt.gateway import Gateway, StartupError
 from vmcp_opt.server.connections import fit_connections, limited_protocol, throttle_accept_errors
+from vmcp_opt.server.drain import Drain, end_streams
 from vmcp_opt.server.http import create_app
 from vmcp_opt.server.stdio import serve_stdio
 from vmcp_opt.shared.secrets import SecretMissing
@@ -70,14 +72,41 @@ def run_gateway(config: VmcpConfig, announce: Callable[[VmcpConfig], None] | Non
         )
     )
     original_startup = server.startup
+    loop: asyncio.AbstractEventLoop | None = None
 
     async def startup(sockets: Any = None) -> None:
-        throttle_accept_errors(asyncio.get_running_loop())
+        nonlocal loop
+        loop = asyncio.get_running_loop()
+        throttle_accept_errors(loop)
         await original_startup(sockets)
         if server.started and announce is not None:
             announce(config)
 
     server.startup = startup  # type: ignore[method-assign]
+    drain: Drain = app.state.drain
+
+    def handle_exit(sig: int, frame: FrameType | None) -> None:
+        # SIGTERM (a load balancer's orchestrator): drain first. SIGINT, or a second signal: stop now. The
+        # signal is not re-raised after the server stops (uvicorn would), so a drained exit is code 0.
+        if sig != signal.SIGTERM or drain.draining or loop is None:
+            server.force_exit = server.should_exit and sig == signal.SIGINT  # Ctrl-C twice: no waiting at all
+            server.should_exit = True
+            end_streams()
+            return
+        loop.call_soon_threadsafe(begin_drain)
+
+    stopping: list[asyncio.Task[None]] = []  # referenced until it ends
+
+    def begin_drain() -> None:
+        drain.begin()
+        stopping.append(asyncio.get_running_loop().create_task(drain_then_stop()))
+
+    async def drain_then_stop() -> None:
+        await drain.drained(config.server.drain_timeout)
+        end_streams()
+        server.should_exit = True
+
+    server.handle_exit = handle_exit  # type: ignore[method-assign]
 
     def stop_serving(exc: BaseException) -> None:
         server.should_exit = True

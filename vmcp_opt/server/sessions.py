@@ -92,7 +92,7 @@ class SessionGate:
         self._log = ThrottledLog(logger, log_interval)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or not _may_open_session(scope):
+        if scope["type"] != "http" or scope["method"] != "POST" or not may_open_session(scope):
             await self.app(scope, receive, send)
             return
         client = scope.get("client")
@@ -151,18 +151,20 @@ async def json_rpc_error(
     message: str,
     data: dict[str, Any] | None = None,
     headers: list[tuple[bytes, bytes]] | None = None,
+    *,
+    request_id: str | int | None = None,
 ) -> None:
-    """An HTTP answer carrying a JSON-RPC error without a request id."""
+    """An HTTP answer carrying a JSON-RPC error (to `request_id`, when the request's id is known)."""
     error: dict[str, Any] = {"code": code, "message": message}
     if data is not None:
         error["data"] = data
-    body = json.dumps({"jsonrpc": "2.0", "id": None, "error": error}).encode()
+    body = json.dumps({"jsonrpc": "2.0", "id": request_id, "error": error}).encode()
     start = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *(headers or [])]
     await send({"type": "http.response.start", "status": status, "headers": start})
     await send({"type": "http.response.body", "body": body})
 
 
-def _may_open_session(scope: Scope) -> bool:
+def may_open_session(scope: Scope) -> bool:
     """The SDK's own test: no session id, and a handshake-era (or absent) protocol version header."""
     version: bytes | None = None
     for name, value in scope["headers"]:

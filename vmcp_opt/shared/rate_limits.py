@@ -154,9 +154,14 @@ def caller_key(caller: Caller) -> str:
     is not: a session's id, or a digest under a key of that process), so it is keyed by a digest of how
     it was verified and its subject; anyone else by `Caller.id`."""
     if caller.subject is not None and caller.identified_by in (Identification.TOKEN, Identification.API_KEY):
-        digest = hashlib.sha256(f"{caller.identified_by.value}\0{caller.subject}".encode()).hexdigest()[:32]
-        return f"subject:{digest}"
+        return subject_key(caller.identified_by, caller.subject)
     return caller.id
+
+
+def subject_key(how: Identification, subject: str) -> str:
+    """A verified subject's budget key: a digest of how it was verified and who it is."""
+    digest = hashlib.sha256(f"{how.value}\0{subject}".encode()).hexdigest()[:32]
+    return f"subject:{digest}"
 
 
 class RateLimiter:
@@ -209,9 +214,12 @@ class RateLimiter:
         raise LimitReached(f"rate limit reached: the {kind} bucket is empty", bucket.setting, retry_after)
 
     @asynccontextmanager
-    async def admitted(self, caller: Caller, tool: str) -> AsyncIterator[None]:
-        """Around a tool call: its tokens taken first; calls made inside it are inner calls."""
-        await self.admit(caller_key(caller), tool)
+    async def admitted(self, caller: Caller, tool: str, *, taken: bool = False) -> AsyncIterator[None]:
+        """Around a tool call: its tokens taken first; calls made inside it are inner calls. `taken`: the
+        client's request already paid at the HTTP gate (server/rate_limit_gate.py); an inner call pays
+        its tool's bucket whatever the request did."""
+        if _paid.get() or not taken:
+            await self.admit(caller_key(caller), tool)
         token = _paid.set(True)
         try:
             yield

@@ -1,0 +1,107 @@
+"""Graceful shutdown under a load balancer: on SIGTERM a replica drains before it stops.
+
+Draining (`Drain.begin`, from the runner's SIGTERM handler):
+- `/readyz` answers 503 `{"status": "draining"}` at once, so the load balancer stops sending traffic;
+- a request that would open a new session is refused with 503, `Retry-After: 1` and a JSON-RPC error
+  telling the client to retry (through the load balancer, another replica answers);
+- requests already in flight on the MCP endpoint (tool calls and every other POST) run to their end,
+  up to `server.drain_timeout`; answers carry `Connection: close`, so a client's next request opens a
+  new connection, which the load balancer sends elsewhere;
+- then the HTTP server stops as on any exit (open streams get `timeouts.shutdown`).
+
+Open streams (a session's standalone GET stream, a 2026-07-28 `subscriptions/listen`) are not calls: they do
+not hold the drain, and end when it does (`end_streams`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from sse_starlette.sse import AppStatus
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from vmcp_opt.server.bad_input import GONE, read_ahead, request_of
+from vmcp_opt.server.sessions import SERVER_BUSY, json_rpc_error, may_open_session
+
+logger = logging.getLogger(__name__)
+
+
+class Drain:
+    """ASGI around the MCP endpoint: counts the POSTs in flight; once draining, refuses new sessions."""
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.draining = False
+        self.in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        receive, body = await read_ahead(receive, self.max_body_bytes)
+        if body is GONE or (body is not None and _is_listen(body)):
+            await self.app(scope, receive, send)
+            return
+        if self.draining and may_open_session(scope):
+            await json_rpc_error(
+                send,
+                503,
+                SERVER_BUSY,
+                "This gateway replica is shutting down and takes no new sessions; retry (another replica answers)",
+                {"retry_after": 1},
+                [(b"retry-after", b"1"), (b"connection", b"close")],
+            )
+            return
+        self.in_flight += 1
+        self._idle.clear()
+        try:
+            await self.app(scope, receive, self._closing(send))
+        finally:
+            self.in_flight -= 1
+            if self.in_flight == 0:
+                self._idle.set()
+
+    def _closing(self, send: Send) -> Send:
+        """`send`, adding `Connection: close` to a response that starts while draining."""
+
+        async def closing(message: Message) -> None:
+            if self.draining and message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
+            await send(message)
+
+        return closing
+
+    def begin(self) -> None:
+        if not self.draining:
+            self.draining = True
+            logger.info("draining: /readyz fails, no new sessions; %d requests in flight", self.in_flight)
+
+    async def drained(self, within: float) -> bool:
+        """Until no request is in flight, at most `within` seconds: True when none is left."""
+        started = time.monotonic()
+        try:
+            await asyncio.wait_for(self._idle.wait(), within)
+        except TimeoutError:
+            logger.warning(
+                "drain: %d requests still running after %gs (server.drain_timeout); stopping", self.in_flight, within
+            )
+            return False
+        logger.info("drained in %.1fs: stopping", time.monotonic() - started)
+        return True
+
+
+def end_streams() -> None:
+    """End every open SSE stream now. sse-starlette (the SDK's SSE responses) ends them when uvicorn's own
+    signal handler runs, which the drain replaces (server/runner.py); without this they would hold the
+    stop for `timeouts.shutdown`."""
+    AppStatus.should_exit = True
+
+
+def _is_listen(body: bytes) -> bool:
+    """A 2026-07-28 `subscriptions/listen`: a stream that lasts as long as the client wants, not a call."""
+    return request_of(body, "subscriptions/listen") is not None

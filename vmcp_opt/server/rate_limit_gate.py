@@ -1,0 +1,105 @@
+"""Rate limits answered as HTTP 429 with `Retry-After`, before the SDK starts the response.
+
+The SDK's streamable HTTP transport sends its 200 and the SSE headers before a handler runs, so a refusal
+raised by the router could only be a JSON-RPC error inside a 200 stream. This ASGI gate sits in front of
+the SDK: for a `tools/call` POST it reads the method and tool name from the body, takes the call's tokens
+(the caller's, the tool's and the shared bucket, `RateLimiter.admit`) and either refuses with 429, the
+JSON-RPC error in the body (`data: {limit, retry_after}`), or marks the request's scope as paid. Admission
+copies the mark to the `Exchange` (`limits_taken`), and the router then does not take the outer call's
+tokens a second time; the calls made inside it (`call_tool`'s target, workflow steps) still pay their
+own tool's bucket there. Over stdio nothing changes: the router takes the tokens and refuses with the
+JSON-RPC error.
+
+Whose budget: a verified subject (the same on every replica, `subject_key`), else the session
+(`Mcp-Session-Id`, the same on every replica that serves it), else the credential the request carries
+(a digest under a key of this process), else nobody's in particular (a fresh key: only the tool's and
+the shared bucket bind).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import secrets
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from vmcp_opt.auth import CredentialIds, Identification
+from vmcp_opt.auth.identity import SCOPE_KEY, Identity
+from vmcp_opt.routing.budget import LimitReached
+from vmcp_opt.server.admission import LIMITS_TAKEN_KEY
+from vmcp_opt.server.bad_input import GONE, read_ahead, request_of
+from vmcp_opt.server.sessions import json_rpc_error
+from vmcp_opt.shared.rate_limits import RateLimiter, subject_key
+
+TOO_MANY_REQUESTS = 429
+
+
+class RateLimitGate:
+    def __init__(self, app: ASGIApp, limiter: RateLimiter, max_body_bytes: int) -> None:
+        self.app = app
+        self.limiter = limiter
+        self.max_body_bytes = max_body_bytes
+        self.credentials = CredentialIds()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        receive, body = await read_ahead(receive, self.max_body_bytes)
+        if body is GONE:
+            return
+        call = tool_call_of(body) if body is not None else None
+        if call is not None:
+            request_id, tool = call
+            try:
+                await self.limiter.admit(self.caller_key(scope), tool)
+            except LimitReached as refused:
+                await refuse(send, request_id, refused)
+                return
+            scope[LIMITS_TAKEN_KEY] = True
+        await self.app(scope, receive, send)
+
+    def caller_key(self, scope: Scope) -> str:
+        identity = scope.get(SCOPE_KEY)
+        if (
+            isinstance(identity, Identity)
+            and identity.subject
+            and identity.method in (Identification.TOKEN, Identification.API_KEY)
+        ):
+            return subject_key(identity.method, identity.subject)
+        headers = dict(scope["headers"])
+        session = headers.get(b"mcp-session-id")
+        if session:
+            return f"session:{hashlib.sha256(session).hexdigest()[:32]}"
+        authorization = headers.get(b"authorization", b"").strip()
+        if authorization:
+            return self.credentials.id_of(authorization.decode("latin-1"))
+        return f"anonymous:{secrets.token_hex(8)}"
+
+
+def tool_call_of(body: bytes) -> tuple[str | int, str] | None:
+    """The request id and tool name of a `tools/call` request; None for anything else (or malformed input,
+    which the SDK answers)."""
+    message = request_of(body, "tools/call")
+    if message is None:
+        return None
+    request_id, params = message.get("id"), message.get("params")
+    if isinstance(request_id, bool) or not isinstance(request_id, str | int) or not isinstance(params, dict):
+        return None
+    name = params.get("name")
+    return (request_id, name) if isinstance(name, str) else None
+
+
+async def refuse(send: Send, request_id: str | int, refused: LimitReached) -> None:
+    data = refused.error.data if isinstance(refused.error.data, dict) else {}
+    retry_after = max(1, math.ceil(float(data.get("retry_after", 1))))
+    await json_rpc_error(
+        send,
+        TOO_MANY_REQUESTS,
+        refused.error.code,
+        refused.error.message,
+        data,
+        [(b"retry-after", str(retry_after).encode())],
+        request_id=request_id,
+    )
