@@ -31,13 +31,14 @@ if [ ! -d node_modules/@modelcontextprotocol/server-everything ] || [ package-lo
   echo "==> installing npm backends (package-lock.json)"
   npm ci --no-audit --no-fund --loglevel=error
 fi
-# Real servers the tests start on loopback: redis-server (state shared by replicas) and prometheus (it
-# scrapes a real gateway). CI runs as root on a fresh Debian machine, so the test set-up installs what is
+# Real servers the tests start on loopback: redis-server (state shared by replicas), nginx (round-robin in
+# front of replicas) and prometheus (it scrapes a real gateway). CI runs as root on a fresh Debian machine, so the test set-up installs what is
 # missing there; elsewhere those tests are skipped, and under CI=true they fail.
 if [ "${1:-}" = "dev" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   missing=""
   command -v redis-server >/dev/null 2>&1 || missing="$missing redis-server"
   command -v prometheus >/dev/null 2>&1 || missing="$missing prometheus"
+  command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing="$missing nginx"
   if [ -n "$missing" ]; then
     echo "==> installing$missing (apt)"
     apt-get update -qq

@@ -153,6 +153,18 @@ class RateLimitsConfig(_Strict):
     log_interval: float = Field(60.0, gt=0)
 
 
+class SessionsConfig(_Strict):
+    """Where 2025-11-25 MCP sessions live (vmcp_opt/server/shared_sessions.py)."""
+
+    # `memory`: sessions of this process (a load balancer needs affinity). `redis`: each session's state
+    # (negotiated version, client capabilities and info, log level, resource subscriptions) and its SSE
+    # events are in `redis`, so any replica serves any session; a key lives `limits.session_idle_timeout`
+    # past the session's last use, on whichever replica.
+    store: Literal["memory", "redis"] = "memory"
+    # Events kept per SSE stream for resumption with Last-Event-ID (oldest dropped first), in redis mode.
+    max_events_per_stream: int = Field(1000, ge=1)
+
+
 class RequestStateConfig(_Strict):
     """The key sealing 2026-07-28 `request_state`. Replicas behind one load balancer must share it, so a
     client's retry can land on any of them. Unset: a key of this process (one replica only).

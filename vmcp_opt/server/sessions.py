@@ -92,14 +92,14 @@ class SessionGate:
         self._log = ThrottledLog(logger, log_interval)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or not _may_open_session(scope):
+        if scope["type"] != "http" or scope["method"] != "POST" or not may_open_session(scope):
             await self.app(scope, receive, send)
             return
         client = scope.get("client")
         address = str(client[0]) if client else "?"
         slot = self.slots.take(address)
         if isinstance(slot, str):
-            await self._refuse(slot, address, send)
+            await self.refuse(slot, address, send)
             return
         scope[_SLOT_KEY] = slot
         try:
@@ -108,7 +108,8 @@ class SessionGate:
             if not slot.held:
                 slot.release()
 
-    async def _refuse(self, why: str, address: str, send: Send) -> None:
+    async def refuse(self, why: str, address: str, send: Send) -> None:
+        """Answers 429 (`why` "address") or 503 ("total") with Retry-After."""
         if why == "address":
             status, limit = 429, self.slots.max_per_address
             message = f"Too many open sessions from this address ({limit}); retry after {self.retry_after} s"
@@ -162,7 +163,7 @@ async def json_rpc_error(
     await send({"type": "http.response.body", "body": body})
 
 
-def _may_open_session(scope: Scope) -> bool:
+def may_open_session(scope: Scope) -> bool:
     """The SDK's own test: no session id, and a handshake-era (or absent) protocol version header."""
     version: bytes | None = None
     for name, value in scope["headers"]:
