@@ -58,6 +58,7 @@ class Held:
 
     events: str
     transport: StreamableHTTPServerTransport | None = None
+    recorded: bool = True  # False: Redis could not be written when it opened; this replica serves it alone
 
 
 class SharedSessions:
@@ -110,6 +111,9 @@ class SharedSessions:
 
     async def _serve(self, session_id: str, scope: Scope, receive: Receive, send: Send) -> None:
         held = self._held.get(session_id)
+        if held is not None and not held.recorded:
+            await self._forward(session_id, held, scope, receive, send)
+            return
         try:
             if held is not None:
                 found = await self.store.touch(session_id)
@@ -163,33 +167,42 @@ class SharedSessions:
 
     async def _restore(self, session_id: str, record: SessionRecord, scope: Scope, send: Send) -> Held | None:
         """This replica's copy of a session opened elsewhere, started; None when no slot is free (answered)."""
+        client = scope.get("client")
+        address = str(client[0]) if client else "?"
         async with self._lock:
             held = self._held.get(session_id)
             if held is not None:
                 return held  # restored by a request that came first
-            client = scope.get("client")
-            address = str(client[0]) if client else "?"
             slot = self.gate.slots.take(address)
-            if isinstance(slot, str):
-                await self.gate.refuse(slot, address, send)
-                return None
-            manager = self.manager
-            transport = StreamableHTTPServerTransport(
-                mcp_session_id=session_id,
-                is_json_response_enabled=manager.json_response,
-                event_store=manager.event_store,
-                security_settings=manager.security_settings,
-                retry_interval=manager.retry_interval,
-                idle_timeout=manager.session_idle_timeout,
-            )
-            held = self._held[session_id] = Held(record.events, transport)
-            assert self._task_group is not None
-            token = EVENTS.set(record.events)  # the session's tasks store their events under its namespace
-            try:
-                await self._task_group.start(self._run_restored, session_id, held, record, Request(scope), slot)
-            finally:
-                EVENTS.reset(token)
+            if not isinstance(slot, str):
+                held = await self._start_restored(session_id, record, scope, slot)
+        if isinstance(slot, str):
+            await self.gate.refuse(slot, address, send)
+            return None
         logger.info("sessions: restored a session opened on another replica")
+        return held
+
+    async def _start_restored(self, session_id: str, record: SessionRecord, scope: Scope, slot: Slot) -> Held:
+        manager = self.manager
+        transport = StreamableHTTPServerTransport(
+            mcp_session_id=session_id,
+            is_json_response_enabled=manager.json_response,
+            event_store=manager.event_store,
+            security_settings=manager.security_settings,
+            retry_interval=manager.retry_interval,
+            idle_timeout=manager.session_idle_timeout,
+        )
+        held = self._held[session_id] = Held(record.events, transport)
+        assert self._task_group is not None
+        token = EVENTS.set(record.events)  # the session's tasks store their events under its namespace
+        try:
+            await self._task_group.start(self._run_restored, session_id, held, record, Request(scope), slot)
+        except BaseException:
+            del self._held[session_id]
+            slot.release()
+            raise
+        finally:
+            EVENTS.reset(token)
         return held
 
     async def _run_restored(
@@ -278,11 +291,12 @@ class SharedSessions:
 
     async def _opened(self, session_id: str, params: Any, result: HandlerResult) -> None:
         events = EVENTS.get() or secrets.token_hex(16)
-        self._held[session_id] = Held(events)
+        held = self._held[session_id] = Held(events, recorded=False)
         client_params = InitializeRequestParams.model_validate(params, by_name=False)
         version = result.get("protocolVersion") if isinstance(result, dict) else None
         negotiated = version if isinstance(version, str) else client_params.protocol_version
         await self.store.save(session_id, SessionRecord(client_params, negotiated, events))
+        held.recorded = True
 
     async def _forget(self, session_id: str) -> None:
         held = self._held.get(session_id)
