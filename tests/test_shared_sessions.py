@@ -27,17 +27,11 @@ from mcp.shared.exceptions import MCPError
 from tests.nginx_server import Nginx, running_nginx
 from tests.redis_server import RedisServer, running_redis
 from tests.support import EXAMPLES, Gateway, running_gateway, write_config
+from tests.test_http_limits import HEADERS, INITIALIZE
 
 pytestmark = [pytest.mark.slow]
 
 CONFORMANCE_SERVER = EXAMPLES / "backends" / "conformance_server.py"
-HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
-INITIALIZE = {
-    "jsonrpc": "2.0",
-    "id": 0,
-    "method": "initialize",
-    "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}},
-}
 
 
 def replica_of(gateway: Gateway) -> str:

@@ -93,7 +93,7 @@ class LimitsConfig(_Strict):
 
 
 class RedisConfig(_Strict):
-    """The Redis server that replicas share (rate limits today; sessions and learning as issue 18 lands)."""
+    """The Redis server that replicas share: rate limits, sessions and their SSE events (issue 18)."""
 
     # `redis://host:port/db`, or `rediss://…` for TLS. No password here: `password_env` or `password_file`.
     url: str = "redis://127.0.0.1:6379/0"

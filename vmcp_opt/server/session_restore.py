@@ -7,38 +7,29 @@ messages that made it: the stored `initialize` (with the version negotiated then
 gateway's handlers open this replica's dedicated backend session with the same log level and subscriptions.
 They carry the Starlette request that caused the restore (its caller's identity, for the policy) and ids no
 client uses; their answers are dropped before the transport. Only public SDK parts are used: the transport,
-`serve_loop`, `SessionMessage`.
+`serve_loop`, `SessionMessage` (and, for types, the stream protocols).
 """
 
 from __future__ import annotations
 
 import logging
-from types import TracebackType
-from typing import Any, Protocol
+from typing import Any
 
 import anyio
 from anyio.abc import TaskStatus
 from mcp.server.lowlevel.server import Server
 from mcp.server.runner import serve_loop
 from mcp.server.streamable_http import StreamableHTTPServerTransport
+from mcp.shared._stream_protocols import ReadStream
 from mcp.shared.message import ServerMessageMetadata, SessionMessage
 from mcp_types import JSONRPCError, JSONRPCNotification, JSONRPCRequest, JSONRPCResponse, RequestId
 from starlette.requests import Request
 
+from vmcp_opt.server.streams import ReadStreamWrapper, WriteStreamWrapper
 from vmcp_opt.shared.session_store import SessionRecord
 
 logger = logging.getLogger(__name__)
 _RESTORE_ID = "vmcp-restore-"
-
-
-class _Receiving(Protocol):
-    async def receive(self) -> SessionMessage | Exception: ...
-    async def aclose(self) -> None: ...
-
-
-class _Sending(Protocol):
-    async def send(self, item: SessionMessage, /) -> None: ...
-    async def aclose(self) -> None: ...
 
 
 def is_restoring(request_id: RequestId | None) -> bool:
@@ -88,51 +79,28 @@ async def serve_restored(
             )
 
 
-class Replaying:
+class Replaying(ReadStreamWrapper):
     """A read stream that yields `first`, then what the client sends."""
 
-    def __init__(self, first: list[SessionMessage], rest: _Receiving) -> None:
+    def __init__(self, first: list[SessionMessage], rest: ReadStream[SessionMessage | Exception]) -> None:
+        super().__init__(rest)
         self._first = list(first)
-        self._rest = rest
         self._replaying = True
 
     @property
     def last_context(self) -> Any:
         # The SDK runs each client message in its sender's context; the replayed ones run in the loop's.
-        return None if self._replaying else getattr(self._rest, "last_context", None)
+        return None if self._replaying else super().last_context
 
     async def receive(self) -> SessionMessage | Exception:
         if self._first:
             return self._first.pop(0)
         self._replaying = False
-        return await self._rest.receive()
-
-    async def aclose(self) -> None:
-        await self._rest.aclose()
-
-    def __aiter__(self) -> Replaying:
-        return self
-
-    async def __anext__(self) -> SessionMessage | Exception:
-        try:
-            return await self.receive()
-        except anyio.EndOfStream:
-            raise StopAsyncIteration from None
-
-    async def __aenter__(self) -> Replaying:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
+        return await self._inner.receive()
 
 
-class DroppingReplies:
+class DroppingReplies(WriteStreamWrapper):
     """A write stream that drops the answers to the replayed requests (a refusal is logged)."""
-
-    def __init__(self, inner: _Sending) -> None:
-        self._inner = inner
 
     async def send(self, item: SessionMessage, /) -> None:
         message = item.message
@@ -141,14 +109,3 @@ class DroppingReplies:
                 logger.warning("sessions: restoring a session: %s was refused: %s", message.id, message.error.message)
             return
         await self._inner.send(item)
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-    async def __aenter__(self) -> DroppingReplies:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
