@@ -54,10 +54,24 @@ async def test_a_session_record_round_trips_with_its_level_and_subscriptions(cli
 async def test_a_deleted_or_expired_session_is_gone(client: aioredis.Redis) -> None:
     sessions = RedisSessions(client, "t:", ttl=60)
     await sessions.save(SESSION, SessionRecord(PARAMS, "2025-06-18", "ns1"))
-    assert await sessions.touch(SESSION)
+    assert await sessions.touch(SESSION) == "live"
     await sessions.delete(SESSION)
-    assert not await sessions.touch(SESSION)
+    assert await sessions.touch(SESSION) == "ended"
     assert await sessions.load(SESSION) is None
+    # Written again by a replica that still holds it, a deleted session stays ended.
+    await sessions.save(SESSION, SessionRecord(PARAMS, "2025-06-18", "ns1"))
+    assert await sessions.load(SESSION) is None
+
+
+@pytest.mark.anyio
+async def test_a_record_lost_without_a_delete_is_missing_not_ended(client: aioredis.Redis) -> None:
+    sessions = RedisSessions(client, "t:", ttl=60)
+    await sessions.save(SESSION, SessionRecord(PARAMS, "2025-06-18", "ns1", "info", ("test://a",)))
+    await client.flushdb()  # Redis restarted without its data
+    assert await sessions.touch(SESSION) == "missing"
+    await sessions.save(SESSION, SessionRecord(PARAMS, "2025-06-18", "ns1", "info", ("test://a",)))
+    record = await sessions.load(SESSION)
+    assert record is not None and record.subscriptions == ("test://a",)
 
 
 @pytest.mark.anyio

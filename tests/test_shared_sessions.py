@@ -305,3 +305,31 @@ def test_a_killed_replica_costs_only_the_calls_it_was_running(tmp_path: Path, re
         assert "stopped before answering" in errors[LONG] or "SSE stream" in errors[LONG]
         assert failed <= at_risk  # no call failed that was not running on the killed replica
         assert started == set(outcomes)  # every call ended
+
+
+def test_with_redis_gone_each_replica_serves_the_sessions_it_holds_and_shares_them_again_after(tmp_path: Path) -> None:
+    with running_redis() as redis:
+        path = shared_config(tmp_path, redis)
+        with running_gateway(path) as first, running_gateway(path) as second:
+            listing = {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}
+            both = raw_session(first.url)
+            assert httpx2.post(second.url, json=listing, headers=both).status_code == 200  # held by both now
+            redis.stop()
+            try:
+                assert [httpx2.post(g.url, json=listing, headers=both).status_code for g in (first, second)] == [
+                    200,
+                    200,
+                ]
+                alone = raw_session(first.url)  # opened while Redis is gone: this replica's only
+                assert httpx2.post(first.url, json=listing, headers=alone).status_code == 200
+                assert httpx2.post(second.url, json=listing, headers=alone).status_code == 404
+            finally:
+                redis.start()
+            # Redis is back, empty: a replica holding a session writes its record again at its next use (it
+            # was not deleted), so both sessions are served by both replicas again.
+            for headers in (both, alone):
+                assert [httpx2.post(g.url, json=listing, headers=headers).status_code for g in (first, second)] == [
+                    200,
+                    200,
+                ]
+            assert [g.output().count("sessions: Redis unreachable") for g in (first, second)] == [1, 1]

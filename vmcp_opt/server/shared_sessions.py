@@ -21,6 +21,7 @@ session), one warning per minute.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import secrets
 from collections import Counter
@@ -56,9 +57,9 @@ _RECORDED = frozenset({"initialize", "logging/setLevel", "resources/subscribe", 
 class Held:
     """A session this replica holds: opened by the manager (`transport` None) or restored here."""
 
-    events: str
+    record: SessionRecord
     transport: StreamableHTTPServerTransport | None = None
-    recorded: bool = True  # False: Redis could not be written when it opened; this replica serves it alone
+    recorded: bool = True  # False: not in Redis yet (unreachable when it opened); written at its next use
 
 
 class SharedSessions:
@@ -111,19 +112,16 @@ class SharedSessions:
 
     async def _serve(self, session_id: str, scope: Scope, receive: Receive, send: Send) -> None:
         held = self._held.get(session_id)
-        if held is not None and not held.recorded:
-            await self._forward(session_id, held, scope, receive, send)
-            return
+        record = None
         try:
             if held is not None:
-                found = await self.store.touch(session_id)
-                record = None
+                found = await self._still_open(session_id, held)
             else:
                 record = await self.store.load(session_id)
                 found = record is not None
         except STORE_ERRORS as exc:
             self._log.warning("store", "sessions: Redis unreachable (%s): only this replica's sessions are served", exc)
-            found, record = held is not None, None
+            found = held is not None
         if not found:
             if held is not None:
                 await self._end_here(session_id, held, scope)  # deleted on another replica
@@ -141,6 +139,14 @@ class SharedSessions:
                 return  # refused: no slot
         await self._forward(session_id, held, scope, receive, send)
 
+    async def _still_open(self, session_id: str, held: Held) -> bool:
+        """Whether a session this replica holds is still open, its record (re)written when Redis lacks it."""
+        state = await self.store.touch(session_id) if held.recorded else "missing"
+        if state == "missing":
+            await self.store.save(session_id, held.record)
+            held.recorded = True
+        return state != "ended"
+
     async def _forward(self, session_id: str, held: Held, scope: Scope, receive: Receive, send: Send) -> None:
         status = 0
 
@@ -150,7 +156,7 @@ class SharedSessions:
                 status = message["status"]
             await send(message)
 
-        token = EVENTS.set(held.events)
+        token = EVENTS.set(held.record.events)
         self._in_flight[session_id] += 1
         try:
             if held.transport is None:
@@ -192,7 +198,7 @@ class SharedSessions:
             retry_interval=manager.retry_interval,
             idle_timeout=manager.session_idle_timeout,
         )
-        held = self._held[session_id] = Held(record.events, transport)
+        held = self._held[session_id] = Held(record, transport)
         assert self._task_group is not None
         token = EVENTS.set(record.events)  # the session's tasks store their events under its namespace
         try:
@@ -281,22 +287,37 @@ class SharedSessions:
                 await self._opened(session_id, params, result)
                 connection.exit_stack.push_async_callback(self._forget, session_id)
             elif ctx.method == "logging/setLevel":
-                await self.store.set_level(session_id, str(params.get("level", "")))
+                level = str(params.get("level", ""))
+                self._remember(session_id, log_level=level)
+                await self.store.set_level(session_id, level)
             else:
-                subscribed = ctx.method == "resources/subscribe"
-                await self.store.subscription(session_id, str(params.get("uri", "")), subscribed=subscribed)
+                uri, subscribed = str(params.get("uri", "")), ctx.method == "resources/subscribe"
+                self._remember_subscription(session_id, uri, subscribed)
+                await self.store.subscription(session_id, uri, subscribed=subscribed)
         except STORE_ERRORS as exc:
             self._log.warning("record", "sessions: not recorded in Redis, served by this replica only: %s", exc)
         return result
 
     async def _opened(self, session_id: str, params: Any, result: HandlerResult) -> None:
-        events = EVENTS.get() or secrets.token_hex(16)
-        held = self._held[session_id] = Held(events, recorded=False)
         client_params = InitializeRequestParams.model_validate(params, by_name=False)
         version = result.get("protocolVersion") if isinstance(result, dict) else None
         negotiated = version if isinstance(version, str) else client_params.protocol_version
-        await self.store.save(session_id, SessionRecord(client_params, negotiated, events))
+        record = SessionRecord(client_params, negotiated, EVENTS.get() or secrets.token_hex(16))
+        held = self._held[session_id] = Held(record, recorded=False)
+        await self.store.save(session_id, record)
         held.recorded = True
+
+    def _remember(self, session_id: str, **changes: Any) -> None:
+        """The held copy of a record follows the session's changes, to write it again if Redis loses it."""
+        held = self._held.get(session_id)
+        if held is not None:
+            held.record = dataclasses.replace(held.record, **changes)
+
+    def _remember_subscription(self, session_id: str, uri: str, subscribed: bool) -> None:
+        held = self._held.get(session_id)
+        if held is not None:
+            uris = set(held.record.subscriptions) - {uri} | ({uri} if subscribed else set())
+            self._remember(session_id, subscriptions=tuple(sorted(uris)))
 
     async def _forget(self, session_id: str) -> None:
         held = self._held.get(session_id)

@@ -5,6 +5,10 @@ written): the client's `initialize` params as the SDK validated them, the negoti
 namespace of its SSE events, its log level and one `sub:<uri>` field per resource subscription. Every use,
 on any replica, pushes its expiry to `limits.session_idle_timeout` ahead, so the key outlives the session's
 last use by exactly the idle timeout, wherever that use was.
+
+A deleted session leaves a tombstone, `<prefix>session-ended:<digest>`, for as long: a replica still holding
+a copy learns from it that the session ended, while a record that is merely missing (Redis restarted empty)
+is written again by the replica that holds it.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
+from typing import Literal
 
 from mcp_types import InitializeRequestParams
 from pydantic import ValidationError
@@ -43,11 +48,15 @@ class RedisSessions:
     def __init__(self, client: Redis, prefix: str, ttl: float, max_subscriptions: int = 256) -> None:
         self.client = client
         self.prefix = prefix + "session:"
+        self.ended_prefix = prefix + "session-ended:"
         self.ttl_ms = max(1, int(ttl * 1000))
         self.max_subscriptions = max_subscriptions
 
     def _key(self, session_id: str) -> str:
         return self.prefix + session_key_digest(session_id)
+
+    def _ended(self, session_id: str) -> str:
+        return self.ended_prefix + session_key_digest(session_id)
 
     async def save(self, session_id: str, record: SessionRecord) -> None:
         key = self._key(session_id)
@@ -61,6 +70,7 @@ class RedisSessions:
                     "version": record.protocol_version,
                     "events": record.events,
                     "level": record.log_level or "",
+                    **{_SUBSCRIPTION + uri: "1" for uri in record.subscriptions[: self.max_subscriptions]},
                 },
             )
             pipe.pexpire(key, self.ttl_ms)
@@ -72,14 +82,20 @@ class RedisSessions:
         async with self.client.pipeline(transaction=True) as pipe:
             pipe.hgetall(key)
             pipe.pexpire(key, self.ttl_ms)
-            fields, _ = await pipe.execute()
-        if not fields:
+            pipe.exists(self._ended(session_id))
+            fields, _, ended = await pipe.execute()
+        if not fields or ended:
             return None
         return _record(fields)
 
-    async def touch(self, session_id: str) -> bool:
-        """Pushes the expiry ahead; False when the session is gone (deleted, or idle past the timeout)."""
-        return bool(await self.client.pexpire(self._key(session_id), self.ttl_ms))
+    async def touch(self, session_id: str) -> Literal["live", "ended", "missing"]:
+        """Pushes the expiry ahead: "live"; "ended" when it was deleted; "missing" when its record is not
+        there (expired, or Redis lost it) though it was not deleted."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.pexpire(self._key(session_id), self.ttl_ms)
+            pipe.exists(self._ended(session_id))
+            found, ended = await pipe.execute()
+        return "ended" if ended else "live" if found else "missing"
 
     async def touch_many(self, session_ids: list[str]) -> None:
         async with self.client.pipeline(transaction=False) as pipe:
@@ -88,7 +104,10 @@ class RedisSessions:
             await pipe.execute()
 
     async def delete(self, session_id: str) -> None:
-        await self.client.delete(self._key(session_id))
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.delete(self._key(session_id))
+            pipe.set(self._ended(session_id), "1", px=self.ttl_ms)
+            await pipe.execute()
 
     async def set_level(self, session_id: str, level: str) -> None:
         await self.client.hset(self._key(session_id), "level", level)
