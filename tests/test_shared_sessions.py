@@ -333,3 +333,69 @@ def test_with_redis_gone_each_replica_serves_the_sessions_it_holds_and_shares_th
                     200,
                 ]
             assert [g.output().count("sessions: Redis unreachable") for g in (first, second)] == [1, 1]
+
+
+async def _sampling(context: Any, params: types.CreateMessageRequestParams) -> types.CreateMessageResult:
+    raise AssertionError("a 2026-07-28 client is asked through InputRequiredResult, not a request")
+
+
+def modern_client(gateway: Gateway) -> Client:
+    """A 2026-07-28 client that can answer sampling: a backend's sampling request reaches it as a round."""
+    return Client(gateway.url, sampling_callback=_sampling)
+
+
+async def first_round(gateway: Gateway) -> types.InputRequiredResult:
+    async with modern_client(gateway) as client:
+        assert client.protocol_version == "2026-07-28"
+        opened = await client.session.call_tool("test_sampling", {"prompt": "q"}, allow_input_required=True)
+    assert isinstance(opened, types.InputRequiredResult) and opened.input_requests and opened.request_state
+    return opened
+
+
+async def retry(gateway: Gateway, opened: types.InputRequiredResult) -> str:
+    assert opened.input_requests is not None
+    answer = types.CreateMessageResult(role="assistant", content=types.TextContent(type="text", text="x"), model="m")
+    async with modern_client(gateway) as client:
+        try:
+            done = await client.session.call_tool(
+                "test_sampling",
+                {"prompt": "q"},
+                input_responses={key: answer for key in opened.input_requests},
+                request_state=opened.request_state,
+                allow_input_required=True,
+            )
+        except MCPError as exc:
+            return f"{exc.error.code}: {exc.error.message}"
+    assert isinstance(done, types.CallToolResult)
+    return "".join(c.text for c in done.content if isinstance(c, types.TextContent))
+
+
+@pytest.fixture
+def keyed_pair(tmp_path: Path, redis: RedisServer) -> Iterator[tuple[Gateway, Gateway]]:
+    """Two replicas sealing request_state with one key."""
+    path = shared_config(tmp_path, redis, request_state={"key_env": "VMCP_TEST_STATE_KEY"})
+    env = {"VMCP_TEST_STATE_KEY": os.urandom(32).hex()}
+    with running_gateway(path, env=env) as first, running_gateway(path, env=env) as second:
+        yield first, second
+
+
+def test_an_input_required_call_answered_on_another_replica_is_continued_by_its_own(
+    keyed_pair: tuple[Gateway, Gateway],
+) -> None:
+    first, second = keyed_pair
+
+    async def main() -> str:
+        # The backend's sampling request waits in the first replica's memory; the answer lands on the second.
+        return await retry(second, await first_round(first))
+
+    assert anyio.run(main) == "LLM response: x"
+
+
+def test_a_retry_whose_replica_was_killed_gets_a_clear_error(keyed_pair: tuple[Gateway, Gateway]) -> None:
+    first, second = keyed_pair
+    opened = anyio.run(first_round, first)
+    first.proc.send_signal(signal.SIGKILL)
+    first.proc.wait()
+    outcome = anyio.run(retry, second, opened)
+    assert outcome.startswith(f"{types.INVALID_PARAMS}: requestState names a call on replica {replica_of(first)}")
+    assert "which has stopped; call again without requestState" in outcome

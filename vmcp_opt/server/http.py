@@ -34,7 +34,7 @@ from vmcp_opt.server.handlers import build_mcp_server
 from vmcp_opt.server.host_check import HostCheck
 from vmcp_opt.server.replica import ReplicaHeader, replica_id
 from vmcp_opt.server.sessions import SessionGate, SessionSlots, hold_session_slot, throttle_sdk_refusals
-from vmcp_opt.server.shared_sessions import SharedSessions, shared_session_parts
+from vmcp_opt.server.shared_sessions import SharedSessions, share_round_trips, shared_session_parts
 from vmcp_opt.telemetry.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 
 logger = logging.getLogger(__name__)
@@ -105,6 +105,7 @@ def create_app(gateway: Gateway) -> Starlette:
     sessions = SessionGate(StreamableHTTPASGIApp(manager), slots, retry_after=min(limits.session_idle_timeout, 60))
     shared_sessions = None
     if shared is not None:
+        share_round_trips(shared, gateway.sessions.round_trips)
         shared_sessions = sessions.app = SharedSessions(sessions.app, manager, shared, sessions)
         mcp_server.middleware.append(shared_sessions.record)
     if gateway.telemetry.metrics is not None:

@@ -41,11 +41,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from vmcp_opt.config import VmcpConfig
 from vmcp_opt.routing.budget import ThrottledLog
+from vmcp_opt.routing.round_trips import RoundTrips
 from vmcp_opt.server.admission import connection_of
 from vmcp_opt.server.session_restore import is_restoring, serve_restored
 from vmcp_opt.server.sessions import SessionGate, Slot, json_rpc_error, may_open_session
 from vmcp_opt.shared.events import EVENTS, STORE_ERRORS, RedisEventStore, ReplicaPresence
 from vmcp_opt.shared.redis_client import redis_client
+from vmcp_opt.shared.round_relay import RedisRoundRelay
 from vmcp_opt.shared.session_store import RedisSessions, SessionRecord
 
 logger = logging.getLogger(__name__)
@@ -70,6 +72,8 @@ class SharedSessions:
         self.manager = manager
         self.store = parts.store
         self.presence = parts.presence
+        self.relay = parts.relay
+        self.round_trips = parts.round_trips
         self.gate = gate
         self._held: dict[str, Held] = {}
         self._in_flight: Counter[str] = Counter()
@@ -90,6 +94,8 @@ class SharedSessions:
             self._lifespan_state, self._task_group = state, task_group
             task_group.start_soon(self._keep_alive)
             task_group.start_soon(self.presence.run)
+            if self.round_trips is not None:
+                task_group.start_soon(self.relay.serve, self.round_trips.continue_relayed)
             try:
                 yield
             finally:
@@ -339,6 +345,8 @@ class SharedSessionParts:
     store: RedisSessions
     events: RedisEventStore
     presence: ReplicaPresence
+    relay: RedisRoundRelay
+    round_trips: RoundTrips | None = None  # set by `share_round_trips`: this replica's pending calls
 
 
 def shared_session_parts(config: VmcpConfig, replica: str) -> SharedSessionParts | None:
@@ -353,4 +361,12 @@ def shared_session_parts(config: VmcpConfig, replica: str) -> SharedSessionParts
         RedisSessions(client, prefix, ttl),
         RedisEventStore(client, prefix, presence, settings.max_events_per_stream, ttl),
         presence,
+        RedisRoundRelay(client, prefix, presence, deadline=config.timeouts.input, slice_=config.redis.timeout / 2),
     )
+
+
+def share_round_trips(parts: SharedSessionParts, round_trips: RoundTrips) -> None:
+    """2026-07-28 rounds name this replica; a retry of another replica's round is relayed to it."""
+    round_trips.replica = parts.presence.replica
+    round_trips.relay = parts.relay
+    parts.round_trips = round_trips
