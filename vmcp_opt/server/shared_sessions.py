@@ -73,6 +73,7 @@ class SharedSessions:
         self.store = parts.store
         self.presence = parts.presence
         self.relay = parts.relay
+        self.events = parts.events
         self.round_trips = parts.round_trips
         self.gate = gate
         self._held: dict[str, Held] = {}
@@ -94,6 +95,7 @@ class SharedSessions:
             self._lifespan_state, self._task_group = state, task_group
             task_group.start_soon(self._keep_alive)
             task_group.start_soon(self.presence.run)
+            task_group.start_soon(self.events.run_writer)
             if self.round_trips is not None:
                 task_group.start_soon(self.relay.serve, self.round_trips.continue_relayed)
             try:

@@ -9,15 +9,17 @@ reads only the current session's namespace: an event id of another session repla
 
 One Redis stream per (session, SDK stream): XADD with an exact MAXLEN (`sessions.max_events_per_stream`, oldest
 dropped first) and an expiry of the session idle timeout, pushed ahead on each event. An event id is
-`<stream digest>.<Redis entry id>`.
+`<stream digest>.<process tag>-<counter>`, chosen here, so sending a message never waits for Redis: events
+queue (bounded) for one writer task that sends whatever is waiting in one pipeline, in order. A replay that
+does not find its event yet looks again for a moment (it may still be on its way).
 
 A request's stream cut before its answer is tailed after the replay until the answer is stored, so a client
 resuming on replica B gets the answer replica A computes. Every entry names the replica that stored it; when
 the replica running the request stops heartbeating (`ReplicaPresence`: killed, or shut down) before answering,
 the replay ends with a JSON-RPC error for the request rather than leaving the client to wait for ever.
 
-Redis unreachable while storing: the message still reaches a connected client; its event id is one no replay
-finds (counted in the log, at most one line per interval).
+Redis unreachable while storing (or the queue full): the message still reaches a connected client; its
+event is lost for replays (counted, at most one log line per interval).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import secrets
 from contextvars import ContextVar
 from typing import Any
 
@@ -51,6 +54,8 @@ logger = logging.getLogger(__name__)
 EVENTS: ContextVar[str | None] = ContextVar("vmcp_sse_events", default=None)
 STORE_ERRORS = (RedisError, OSError, TimeoutError)
 _TAIL_BATCH = 100
+_WRITE_BATCH = 500
+_FIND_WAIT = 2.0
 Entry = tuple[str, dict[str, bytes]]  # a Redis stream entry: its id, its fields
 
 
@@ -95,6 +100,7 @@ class RedisEventStore(EventStore):
         max_events: int,
         ttl: float,
         poll_interval: float = 0.1,
+        queue_size: int = 10_000,
     ) -> None:
         self.client = client
         self.prefix = prefix + "events:"
@@ -102,8 +108,12 @@ class RedisEventStore(EventStore):
         self.max_events = max_events
         self.ttl_ms = max(1, int(ttl * 1000))
         self.poll_interval = poll_interval
-        self.lost = 0  # events not stored (Redis unreachable)
+        self.lost = 0  # events not stored (Redis unreachable, or the queue full)
         self._log = ThrottledLog(logger, 60.0)
+        self._tag = secrets.token_hex(4)  # event ids of this process
+        self._counter = 0
+        # Events wait here for `write` (`run_writer`), so sending a message never waits for Redis.
+        self._queue, self._queued = anyio.create_memory_object_stream[tuple[str, dict[Any, Any]]](queue_size)
 
     async def store_event(self, stream_id: StreamId, message: JSONRPCMessage | None) -> EventId:
         digest = _digest(stream_id)
@@ -111,35 +121,56 @@ class RedisEventStore(EventStore):
         if namespace is None:
             return f"{digest}.unscoped"
         data = b"" if message is None else jsonrpc_message_adapter.dump_json(message, by_alias=True, exclude_unset=True)
-        key = f"{self.prefix}{namespace}:{digest}"
-        fields: dict[Any, Any] = {"s": stream_id, "r": self.presence.replica, "m": data}
+        self._counter += 1
+        event = f"{self._tag}-{self._counter}"
+        fields = {"e": event, "s": stream_id, "r": self.presence.replica, "m": data}
+        try:
+            self._queue.send_nowait((f"{self.prefix}{namespace}:{digest}", fields))
+        except anyio.WouldBlock:
+            self._lose(1, "the queue is full")
+        return f"{digest}.{event}"
+
+    async def run_writer(self) -> None:
+        """Until cancelled: the queued events to Redis, in order, as many per round trip as are waiting."""
+        while True:
+            first = await self._queued.receive()
+            await self.write([first])
+
+    async def write(self, batch: list[tuple[str, dict[Any, Any]]]) -> None:
+        """`batch` and whatever else is queued, in one pipeline."""
+        while len(batch) < _WRITE_BATCH:
+            try:
+                batch.append(self._queued.receive_nowait())
+            except anyio.WouldBlock:
+                break
         try:
             async with self.client.pipeline(transaction=False) as pipe:
-                pipe.xadd(key, fields, maxlen=self.max_events, approximate=False)
-                pipe.pexpire(key, self.ttl_ms)
-                entry, _ = await pipe.execute()
+                for key, fields in batch:
+                    pipe.xadd(key, fields, maxlen=self.max_events, approximate=False)
+                    pipe.pexpire(key, self.ttl_ms)
+                await pipe.execute()
         except STORE_ERRORS as exc:
-            self.lost += 1
-            self._log.warning("store", "sessions: SSE event not stored (%d so far): %s", self.lost, type(exc).__name__)
-            return f"{digest}.lost"
-        return f"{digest}.{_text(entry)}"
+            self._lose(len(batch), type(exc).__name__)
+
+    def _lose(self, count: int, why: str) -> None:
+        self.lost += count
+        self._log.warning("store", "sessions: SSE events not stored (%d so far): %s", self.lost, why)
 
     async def replay_events_after(self, last_event_id: EventId, send_callback: EventCallback) -> StreamId | None:
         namespace = EVENTS.get()
-        digest, _, entry = last_event_id.partition(".")
-        if namespace is None or not entry or digest != _digest_shape(digest):
+        digest, _, event = last_event_id.partition(".")
+        if namespace is None or not event or digest != _digest_shape(digest):
             return None
         key = f"{self.prefix}{namespace}:{digest}"
         try:
-            entries = await self._range(key, entry, self.max_events + 1)
-            if not entries or entries[0][0] != entry:
-                return None  # unknown, of another session, or dropped since
-            first = await self._range(key, "-", 1)
+            entries = await self._find(key, event)
         except STORE_ERRORS as exc:
             self._log.warning("replay", "sessions: SSE replay failed: %s", type(exc).__name__)
             return None
+        if not entries:
+            return None  # unknown, of another session, or dropped since
         stream_id = entries[0][1].get("s", b"").decode()
-        tail = _Tail(stream_id, owner=first[0][1].get("r", b"").decode(), after=entry)
+        tail = _Tail(stream_id, owner=entries[0][1].get("r", b"").decode(), after=entries[0][0])
         if await tail.send(entries[1:], send_callback) or stream_id == GET_STREAM_KEY:
             return stream_id
         await self._follow(key, tail, send_callback)
@@ -161,6 +192,18 @@ class RedisEventStore(EventStore):
             error = ErrorData(code=INTERNAL_ERROR, message=f"Request lost: {reason}; it may be retried")
             await send_callback(EventMessage(JSONRPCError(jsonrpc="2.0", id=_request_id(tail.stream_id), error=error)))
             return
+
+    async def _find(self, key: str, event: str) -> list[Entry]:
+        """The stream's entries from the one with id `event` on; [] when it is not there. An event just sent
+        may still be on its way from its replica's queue: looked for again for up to `_FIND_WAIT` seconds."""
+        with anyio.move_on_after(_FIND_WAIT):
+            while True:
+                entries = await self._range(key, "-", self.max_events + 1)
+                ids = [fields.get("e", b"").decode() for _, fields in entries]
+                if event in ids:
+                    return entries[ids.index(event) :]
+                await anyio.sleep(self.poll_interval)
+        return []
 
     async def _range(self, key: str, start: str, count: int) -> list[Entry]:
         """Entries from `start` on, as (id, fields)."""
@@ -192,7 +235,8 @@ class _Tail:
             except ValidationError:
                 logger.warning("sessions: an unreadable SSE event was skipped")
                 continue
-            await send_callback(EventMessage(message, f"{_digest(self.stream_id)}.{self.after}"))
+            event_id = f"{_digest(self.stream_id)}.{fields.get('e', b'').decode()}"
+            await send_callback(EventMessage(message, event_id))
             if isinstance(message, JSONRPCResponse | JSONRPCError) and self.stream_id != GET_STREAM_KEY:
                 return True
         return False
