@@ -191,6 +191,21 @@ def test_an_sse_stream_cut_on_one_replica_is_resumed_on_another(pool: Pool) -> N
     assert got[-1]["result"]["content"][0]["type"] == "text"
 
 
+def test_a_restored_session_keeps_its_log_level(pool: Pool) -> None:
+    """The level set on the first replica is set again on the second's backend session when it restores the
+    session: the backend's log messages during a call there reach the client."""
+    first, second = pool.replicas
+    headers = raw_session(first.url)
+    level = {"jsonrpc": "2.0", "id": 1, "method": "logging/setLevel", "params": {"level": "info"}}
+    assert httpx2.post(first.url, json=level, headers=headers).status_code == 200
+    call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "test_tool_with_logging"}}
+    answer = httpx2.post(second.url, json={**call, "params": {**call["params"], "arguments": {}}}, headers=headers)
+    messages = [m for _, m in sse_messages(iter([*answer.text.splitlines(), ""])) if m is not None]
+    logs = [m["params"]["data"] for m in messages if m.get("method") == "notifications/message"]
+    assert len(logs) == 3
+    assert messages[-1]["result"]["content"][0]["text"] == "Tool with logging executed successfully"
+
+
 def test_an_event_id_of_another_session_replays_nothing(pool: Pool) -> None:
     first, second = pool.replicas
     mine, theirs = raw_session(first.url), raw_session(first.url)

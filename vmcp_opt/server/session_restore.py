@@ -20,7 +20,7 @@ from anyio.abc import TaskStatus
 from mcp.server.lowlevel.server import Server
 from mcp.server.runner import serve_loop
 from mcp.server.streamable_http import StreamableHTTPServerTransport
-from mcp.shared._stream_protocols import ReadStream
+from mcp.shared._stream_protocols import ReadStream, WriteStream
 from mcp.shared.message import ServerMessageMetadata, SessionMessage
 from mcp_types import JSONRPCError, JSONRPCNotification, JSONRPCRequest, JSONRPCResponse, RequestId
 from starlette.requests import Request
@@ -62,18 +62,22 @@ async def serve_restored(
     record: SessionRecord,
     request: Request,
     lifespan_state: Any,
+    restored: anyio.Event,
     *,
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    """The restored session's server loop, as the SDK's manager runs its own, until it ends (idle, DELETE)."""
+    """The restored session's server loop, as the SDK's manager runs its own, until it ends (idle, DELETE).
+    `restored` is set once every replayed request is answered."""
+    messages = opening_messages(record, request)
+    replayed = {m.message.id for m in messages if isinstance(m.message, JSONRPCRequest)}
     async with transport.connect() as (read_stream, write_stream):
         task_status.started()
         idle_scope = transport.idle_scope or anyio.CancelScope()
         with idle_scope:
             await serve_loop(
                 server,
-                Replaying(opening_messages(record, request), read_stream),
-                DroppingReplies(write_stream),
+                Replaying(messages, read_stream),
+                DroppingReplies(write_stream, {str(i) for i in replayed}, restored),
                 lifespan_state=lifespan_state,
                 session_id=transport.mcp_session_id,
             )
@@ -100,12 +104,21 @@ class Replaying(ReadStreamWrapper):
 
 
 class DroppingReplies(WriteStreamWrapper):
-    """A write stream that drops the answers to the replayed requests (a refusal is logged)."""
+    """A write stream that drops the answers to the replayed requests (a refusal is logged), and sets
+    `answered` once each has its answer."""
+
+    def __init__(self, inner: WriteStream[SessionMessage], waiting: set[str], answered: anyio.Event) -> None:
+        super().__init__(inner)
+        self._waiting = waiting
+        self._answered = answered
 
     async def send(self, item: SessionMessage, /) -> None:
         message = item.message
         if isinstance(message, JSONRPCResponse | JSONRPCError) and is_restoring(message.id):
             if isinstance(message, JSONRPCError):
                 logger.warning("sessions: restoring a session: %s was refused: %s", message.id, message.error.message)
+            self._waiting.discard(str(message.id))
+            if not self._waiting:
+                self._answered.set()
             return
         await self._inner.send(item)

@@ -52,6 +52,8 @@ from vmcp_opt.shared.session_store import RedisSessions, SessionRecord
 
 logger = logging.getLogger(__name__)
 _SESSION_HEADER = b"mcp-session-id"
+# Longest a request waits for its session's restore (a backend session may have to start for its log level).
+RESTORE_WAIT = 30.0
 _RECORDED = frozenset({"initialize", "logging/setLevel", "resources/subscribe", "resources/unsubscribe"})
 
 
@@ -62,6 +64,9 @@ class Held:
     record: SessionRecord
     transport: StreamableHTTPServerTransport | None = None
     recorded: bool = True  # False: not in Redis yet (unreachable when it opened); written at its next use
+    # Set once a restored session's replayed requests are answered (its log level and subscriptions are in
+    # place on this replica's backend sessions); the client's requests wait for it.
+    restored: anyio.Event = dataclasses.field(default_factory=anyio.Event)
 
 
 class SharedSessions:
@@ -156,6 +161,9 @@ class SharedSessions:
         return state != "ended"
 
     async def _forward(self, session_id: str, held: Held, scope: Scope, receive: Receive, send: Send) -> None:
+        if held.transport is not None and not held.restored.is_set():
+            with anyio.move_on_after(RESTORE_WAIT):  # past it, served as it is (it logs what was refused)
+                await held.restored.wait()
         status = 0
 
         async def watch(message: Message) -> None:
@@ -233,7 +241,13 @@ class SharedSessions:
         assert transport is not None
         try:
             await serve_restored(
-                self.manager.app, transport, record, request, self._lifespan_state, task_status=task_status
+                self.manager.app,
+                transport,
+                record,
+                request,
+                self._lifespan_state,
+                held.restored,
+                task_status=task_status,
             )
         except Exception:
             logger.exception("sessions: a restored session crashed")
