@@ -31,8 +31,9 @@ if [ ! -d node_modules/@modelcontextprotocol/server-everything ] || [ package-lo
   echo "==> installing npm backends (package-lock.json)"
   npm ci --no-audit --no-fund --loglevel=error
 fi
-# Real servers the tests start on loopback: redis-server (state shared by replicas), prometheus (it
-# scrapes a real gateway) and nginx (a reverse proxy in front of one). CI runs as root on a fresh Debian machine, so the test set-up installs what is
+# Real servers the tests start on loopback: redis-server (state shared by replicas), nginx (a reverse proxy
+# in front of one gateway or round-robin in front of replicas) and prometheus (it scrapes a real gateway).
+# CI runs as root on a fresh Debian machine, so the test set-up installs what is
 # missing there; elsewhere those tests are skipped, and under CI=true they fail.
 if [ "${1:-}" = "dev" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   missing=""

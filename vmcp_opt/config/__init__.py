@@ -50,6 +50,7 @@ from vmcp_opt.config.limits import (
     RateLimitsConfig,
     RedisConfig,
     RequestStateConfig,
+    SessionsConfig,
     ToolBucketConfig,
 )
 from vmcp_opt.config.loading import load_config
@@ -124,6 +125,7 @@ __all__ = [
     "RestartConfig",
     "SecretRef",
     "ServerConfig",
+    "SessionsConfig",
     "StepConfig",
     "TelemetryConfig",
     "TimeoutsConfig",

@@ -24,6 +24,7 @@ from vmcp_opt.config.limits import (
     RateLimitsConfig,
     RedisConfig,
     RequestStateConfig,
+    SessionsConfig,
 )
 from vmcp_opt.config.sections import (
     AggregationConfig,
@@ -80,10 +81,12 @@ class VmcpConfig(BaseSettings):
     auth: AuthConfig = Field(default_factory=AuthConfig)
     # Audit log, Prometheus metrics, OpenTelemetry traces.
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
-    # The Redis server replicas share (used by `rate_limits.store: redis`).
+    # The Redis server replicas share (used by `rate_limits.store: redis` and `sessions.store: redis`).
     redis: RedisConfig = Field(default_factory=RedisConfig)
     # Token buckets per caller, per tool and shared, on tool calls.
     rate_limits: RateLimitsConfig = Field(default_factory=RateLimitsConfig)
+    # Where MCP sessions and their SSE events live: this process, or Redis (any replica serves any session).
+    sessions: SessionsConfig = Field(default_factory=SessionsConfig)
     # The key sealing 2026-07-28 `request_state`, shared by replicas.
     request_state: RequestStateConfig = Field(default_factory=RequestStateConfig)
     # Where the gateway keeps its state (indexes, usage history) unless a setting names a place; unset: the

@@ -94,8 +94,8 @@ class LimitsConfig(_Strict):
 
 
 class RedisConfig(_Strict):
-    """The Redis server that replicas share: rate limits (`rate_limits.store`), the optimizer's learning
-    (`optimizer.usage_store`), backend changes (`share_changes`)."""
+    """The Redis server that replicas share: rate limits (`rate_limits.store`), sessions and their SSE events
+    (`sessions.store`), the optimizer's learning (`optimizer.usage_store`), backend changes (`share_changes`)."""
 
     # `redis://host:port/db`, or `rediss://…` for TLS. No password here: `password_env` or `password_file`.
     url: str = "redis://127.0.0.1:6379/0"
@@ -157,6 +157,18 @@ class RateLimitsConfig(_Strict):
     per_tool: dict[str, ToolBucketConfig] = Field(default_factory=dict)
     # Redis unreachable: calls pass (fail open); one warning per this many seconds, every miss counted.
     log_interval: float = Field(60.0, gt=0)
+
+
+class SessionsConfig(_Strict):
+    """Where 2025-11-25 MCP sessions live (vmcp_opt/server/shared_sessions.py)."""
+
+    # `memory`: sessions of this process (a load balancer needs affinity). `redis`: each session's state
+    # (negotiated version, client capabilities and info, log level, resource subscriptions) and its SSE
+    # events are in `redis`, so any replica serves any session; a key lives `limits.session_idle_timeout`
+    # past the session's last use, on whichever replica.
+    store: Literal["memory", "redis"] = "memory"
+    # Events kept per SSE stream for resumption with Last-Event-ID (oldest dropped first), in redis mode.
+    max_events_per_stream: int = Field(1000, ge=1)
 
 
 class RequestStateConfig(_Strict):

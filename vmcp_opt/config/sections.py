@@ -16,6 +16,8 @@ class ServerConfig(_Strict):
     host: str = "127.0.0.1"
     # Listen port (`--port`); 0 picks a free one.
     port: int = Field(8000, ge=0, le=65535)
+    # This process's name among replicas, sent on every HTTP answer as `Vmcp-Replica`; unset: hostname:pid.
+    replica_id: str | None = Field(None, min_length=1, max_length=128, pattern=r"^[\x21-\x7e]+$")
     # How clients reach the gateway: streamable HTTP, or stdin/stdout (`--stdio`, for desktop clients).
     transport: Literal["streamable-http", "stdio"] = "streamable-http"
     # Seconds a request made during start-up (tools/list, find_tool, a call) waits for the backends' first

@@ -125,6 +125,9 @@ class RoundTripSession:
     ) -> ResultT:
         front = self.exchange.session
         assert front is not None
+        round_ = self.exchange.round
+        if isinstance(round_, PendingRound) and round_.owner is not None and round_.owner != self.trips.replica:
+            return await self.trips.relayed(round_, self.exchange.input_responses, result_type)
         if isinstance(self.exchange.round, PendingRound):
             return await self.trips.resume(
                 front, self.exchange.round, self.exchange.input_responses, result_type, progress

@@ -6,7 +6,8 @@ handshake's client info. Everything below gets the `Caller`.
 
 How a caller is identified:
 - a transport session (a 2025-11-25 session over HTTP or stdio; a 2026-07-28 client over stdio, whose
-  requests share the pipe): `session:<random id>` for that session's life;
+  requests share the pipe): `session:<id>` for that session's life, a digest of the HTTP session id (the
+  same on every replica serving it) or, over stdio, random;
 - a 2026-07-28 HTTP request carrying an `Authorization` header: `credential:<keyed digest>`, the same
   for every request with that credential (the header itself is never kept);
 - anything else is anonymous: `anonymous:<random id>`, never the same twice.
@@ -18,6 +19,7 @@ token may be refreshed, or its holder change); over stdio the local OS user.
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import weakref
 from typing import Any, Literal
@@ -88,7 +90,7 @@ class Admission:
         lifetime = previous or CallerLifetime()
         caller = _caller(
             connection,
-            cached.id if isinstance(cached, Caller) else f"session:{secrets.token_hex(8)}",
+            cached.id if isinstance(cached, Caller) else _session_id(connection),
             _how(identity),
             back_channel=True,
             lifetime=lifetime,
@@ -148,6 +150,14 @@ def _caller(
         address=address,
         **who,
     )
+
+
+def _session_id(connection: Connection) -> str:
+    """A digest of the transport's session id where there is one, so every replica serving the session knows
+    its caller by the same id (one rate-limit budget); the id itself is a secret and is never logged."""
+    if connection.session_id is None:
+        return f"session:{secrets.token_hex(8)}"
+    return f"session:{hashlib.sha256(connection.session_id.encode()).hexdigest()[:16]}"
 
 
 def _how(identity: Identity | None) -> Identification:

@@ -34,7 +34,9 @@ from vmcp_opt.server.event_store import BoundedEventStore
 from vmcp_opt.server.handlers import build_mcp_server
 from vmcp_opt.server.host_check import HostCheck
 from vmcp_opt.server.rate_limit_gate import RateLimitGate
+from vmcp_opt.server.replica import ReplicaHeader, replica_id
 from vmcp_opt.server.sessions import SessionGate, SessionSlots, hold_session_slot, throttle_sdk_refusals
+from vmcp_opt.server.shared_sessions import SharedSessions, share_round_trips, shared_session_parts
 from vmcp_opt.telemetry.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 
 logger = logging.getLogger(__name__)
@@ -88,20 +90,27 @@ def create_app(gateway: Gateway) -> Starlette:
     mcp_server.middleware.append(hold_session_slot)
     throttle_sdk_refusals()
     security = transport_security(server_config)
+    replica = replica_id(server_config)
+    shared = shared_session_parts(gateway.config, replica)  # None unless sessions.store is redis
     manager = StreamableHTTPSessionManager(
         app=mcp_server,
         security_settings=security,
         max_request_body_size=server_config.max_body_bytes,
-        # SSE streams can be resumed with Last-Event-ID (polling, dropped connections); bounded, in memory.
-        event_store=BoundedEventStore(),
+        # SSE streams can be resumed with Last-Event-ID (polling, dropped connections); bounded, in memory or
+        # (sessions.store: redis) in Redis, on any replica.
+        event_store=shared.events if shared is not None else BoundedEventStore(),
         retry_interval=SSE_RETRY_MS,
         max_sessions=limits.max_sessions,
         session_idle_timeout=limits.session_idle_timeout,
     )
     slots = SessionSlots(limits.max_sessions, limits.max_sessions_per_address)
-    sessions: ASGIApp = SessionGate(
-        StreamableHTTPASGIApp(manager), slots, retry_after=min(limits.session_idle_timeout, 60)
-    )
+    session_gate = SessionGate(StreamableHTTPASGIApp(manager), slots, retry_after=min(limits.session_idle_timeout, 60))
+    shared_sessions = None
+    if shared is not None:
+        share_round_trips(shared, gateway.sessions.round_trips)
+        shared_sessions = session_gate.app = SharedSessions(session_gate.app, manager, shared, session_gate)
+        mcp_server.middleware.append(shared_sessions.record)
+    sessions: ASGIApp = session_gate
     if gateway.limiter is not None:
         sessions = RateLimitGate(sessions, gateway.limiter, server_config.max_body_bytes)
     drain = Drain(sessions, server_config.max_body_bytes)
@@ -112,7 +121,7 @@ def create_app(gateway: Gateway) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with anyio.create_task_group() as task_group:
             await gateway.start(task_group)
-            async with manager.run():
+            async with manager.run(), shared_sessions.run() if shared_sessions else contextlib.nullcontext():
                 yield
             gateway.stop()
 
@@ -145,7 +154,8 @@ def create_app(gateway: Gateway) -> Starlette:
         lifespan=lifespan,
         # Every route, /healthz and /readyz too, answers only requests that name this gateway.
         middleware=[
-            Middleware(HostCheck, allowed_hosts=security.allowed_hosts, allowed_origins=security.allowed_origins)
+            Middleware(ReplicaHeader, replica=replica),
+            Middleware(HostCheck, allowed_hosts=security.allowed_hosts, allowed_origins=security.allowed_origins),
         ],
     )
     app.state.drain = drain  # the runner begins it on SIGTERM (server/runner.py)

@@ -99,7 +99,7 @@ class SessionGate:
         address = str(client[0]) if client else "?"
         slot = self.slots.take(address)
         if isinstance(slot, str):
-            await self._refuse(slot, address, send)
+            await self.refuse(slot, address, send)
             return
         scope[_SLOT_KEY] = slot
         try:
@@ -108,7 +108,8 @@ class SessionGate:
             if not slot.held:
                 slot.release()
 
-    async def _refuse(self, why: str, address: str, send: Send) -> None:
+    async def refuse(self, why: str, address: str, send: Send) -> None:
+        """Answers 429 (`why` "address") or 503 ("total") with Retry-After."""
         if why == "address":
             status, limit = 429, self.slots.max_per_address
             message = f"Too many open sessions from this address ({limit}); retry after {self.retry_after} s"

@@ -8,9 +8,6 @@ that is not JSON, -32600 Invalid Request for JSON that is not a JSON-RPC message
 
 from __future__ import annotations
 
-from types import TracebackType
-from typing import Any, Self
-
 import anyio
 import mcp_types as types
 from mcp.server.stdio import stdio_server
@@ -20,6 +17,7 @@ from pydantic import ValidationError
 
 from vmcp_opt.gateway import Gateway
 from vmcp_opt.server.handlers import build_mcp_server
+from vmcp_opt.server.streams import ReadStreamWrapper
 
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
@@ -46,17 +44,12 @@ def malformed_line_error(exc: Exception) -> types.JSONRPCError:
     return types.JSONRPCError(jsonrpc="2.0", id=None, error=error)
 
 
-class AnswerMalformed:
+class AnswerMalformed(ReadStreamWrapper):
     """A read stream that answers the transport's read errors on `write` and passes messages on."""
 
     def __init__(self, inner: ReadStream[SessionMessage | Exception], write: WriteStream[SessionMessage]) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self._write = write
-
-    @property
-    def last_context(self) -> Any:
-        # The SDK restores the sender's context from here (`getattr(stream, "last_context", None)`).
-        return getattr(self._inner, "last_context", None)
 
     async def receive(self) -> SessionMessage | Exception:
         while True:
@@ -64,24 +57,3 @@ class AnswerMalformed:
             if not isinstance(item, Exception):
                 return item
             await self._write.send(SessionMessage(malformed_line_error(item)))
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-    def __aiter__(self) -> Self:
-        return self
-
-    async def __anext__(self) -> SessionMessage | Exception:
-        try:
-            return await self.receive()
-        except anyio.EndOfStream:
-            raise StopAsyncIteration from None
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc_val: BaseException | None, exc_tb: TracebackType | None
-    ) -> bool | None:
-        await self.aclose()
-        return None

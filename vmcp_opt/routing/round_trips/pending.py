@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import anyio
 import anyio.abc
@@ -42,7 +42,7 @@ from vmcp_opt.health import CallClock, Guard
 from vmcp_opt.routing.budget import Budget
 from vmcp_opt.routing.round_trips.held import AnswerT, HeldQuestions
 from vmcp_opt.routing.round_trips.spares import SpareSessions
-from vmcp_opt.routing.round_trips.state import PendingRound
+from vmcp_opt.routing.round_trips.state import InputRequired, PendingRound
 
 logger = logging.getLogger(__name__)
 
@@ -68,12 +68,14 @@ class PendingCall(HeldQuestions):
         self.capabilities = capabilities
         self.clock = CallClock()
         self.session: DedicatedSession | None = None
-        # The front request now waiting on this call (its progress and log messages go there).
+        # The front request now waiting on this call (its progress and log messages go there; none when
+        # another replica relays the retry here).
         self.driver: ServerSession | None = None
+        self.driving = False
         self.progress: ProgressFnT | None = None
 
     def round(self) -> PendingRound:
-        return PendingRound(self.id)
+        return PendingRound(self.id, self.trips.replica)
 
     def discard(self) -> None:
         self.trips.discard(self)
@@ -143,13 +145,13 @@ class PendingCall(HeldQuestions):
 
     # --- the client side -------------------------------------------------------------------------
 
-    async def drive(self, session: ServerSession, progress: ProgressFnT | None) -> BaseModel:
+    async def drive(self, session: ServerSession | None, progress: ProgressFnT | None) -> BaseModel:
         """The call's result, or `InputRequired` with the questions the backend is waiting on."""
-        self.driver, self.progress = session, progress
+        self.driver, self.progress, self.driving = session, progress, True
         try:
             return await self.next_round()
         finally:
-            self.driver, self.progress = None, None
+            self.driver, self.progress, self.driving = None, None, False
 
 
 class RoundTrips:
@@ -177,6 +179,10 @@ class RoundTrips:
         )
         self._calls: dict[str, PendingCall] = {}
         self._task_group: anyio.abc.TaskGroup | None = None
+        # Replicas (sessions.store: redis): the rounds handed out name this replica, and a retry naming
+        # another is relayed to it.
+        self.replica: str | None = None
+        self.relay: RoundRelay | None = None
 
     def attach(self, task_group: anyio.abc.TaskGroup) -> None:
         self._task_group = task_group
@@ -220,7 +226,7 @@ class RoundTrips:
 
     async def resume(
         self,
-        session: ServerSession,
+        session: ServerSession | None,
         round_: PendingRound,
         responses: types.InputResponses | None,
         result_type: type[ResultT],
@@ -234,11 +240,41 @@ class RoundTrips:
                 "requestState names no pending call: it has finished, was cancelled, or its client did not "
                 f"come back within {self.input_timeout:g}s; call again without requestState",
             )
-        if call.driver is not None:
+        if call.driving:
             raise MCPError(types.INVALID_REQUEST, "this call is already being continued by another request")
         if call.outcome is None:  # a call that ended meanwhile (its backend gave up) has nothing to answer
             call.answer(responses)
         return _expect(await call.drive(session, progress), result_type)
+
+    async def relayed(
+        self, round_: PendingRound, responses: types.InputResponses | None, result_type: type[ResultT]
+    ) -> ResultT:
+        """A retry of a call pending on another replica: continued there, its answer passed on."""
+        assert round_.owner is not None
+        if self.relay is None:
+            raise MCPError(types.INVALID_PARAMS, "requestState names a call pending on another gateway")
+        answer = await self.relay.ask(round_.owner, round_.call, responses)
+        if isinstance(answer, types.InputRequiredResult):
+            raise InputRequired(answer)
+        return result_type.model_validate(answer, by_name=False)
+
+    async def continue_relayed(self, call: str, responses: types.InputResponses | None) -> BaseModel:
+        """The owner's side of `relayed`: the retry of one of this replica's calls (no front session here)."""
+        try:
+            return await self.resume(None, PendingRound(call, self.replica), responses, BaseModel, None)
+        except InputRequired as exc:
+            return exc.result
+
+
+class RoundRelay(Protocol):
+    """Hands a retry to the replica holding its call and waits for the answer (vmcp_opt/shared/round_relay.py)."""
+
+    async def ask(
+        self, owner: str, call: str, responses: types.InputResponses | None
+    ) -> types.InputRequiredResult | dict[str, Any]:
+        """The call's next `InputRequiredResult`, or its result as sent on the wire; `MCPError` when the owner
+        refused the retry or is gone."""
+        ...
 
 
 def _expect(result: BaseModel, result_type: type[ResultT]) -> ResultT:

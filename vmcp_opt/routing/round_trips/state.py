@@ -38,9 +38,10 @@ class InputRequired(Exception):
 
 @dataclass(frozen=True)
 class PendingRound:
-    """A call running here, waiting for the client's answers."""
+    """A call running on replica `owner` (None: a single gateway), waiting for the client's answers."""
 
     call: str
+    owner: str | None = None
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,7 @@ Round = PendingRound | BackendRound | WorkflowRound | ApprovalRound
 
 def encode_round(round_: Round) -> str:
     if isinstance(round_, PendingRound):
-        return json.dumps({"call": round_.call})
+        return json.dumps({"call": round_.call, "owner": round_.owner})
     if isinstance(round_, WorkflowRound):
         return json.dumps({"workflow": round_.run})
     if isinstance(round_, ApprovalRound):
@@ -83,8 +84,8 @@ def decode_round(text: str) -> Round:
     """The plaintext the boundary unsealed; it was minted here, so anything else is our own bug."""
     try:
         data = json.loads(text)
-        if isinstance(data.get("call"), str):
-            return PendingRound(data["call"])
+        if isinstance(data.get("call"), str) and isinstance(data.get("owner"), str | None):
+            return PendingRound(data["call"], data.get("owner"))
         if isinstance(data.get("workflow"), str):
             return WorkflowRound(data["workflow"])
         if isinstance(data.get("approve"), str) and isinstance(data.get("ticket"), str):

@@ -1,0 +1,206 @@
+"""The Redis forms of a session's record and of its SSE events, against a real redis-server."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+import anyio
+import pytest
+import redis.asyncio as aioredis
+from mcp.server.streamable_http import GET_STREAM_KEY, EventMessage
+from mcp_types import InitializeRequestParams, JSONRPCError, JSONRPCNotification, JSONRPCResponse
+
+from tests.redis_server import RedisServer, running_redis
+from vmcp_opt.shared.events import EVENTS, RedisEventStore, ReplicaPresence
+from vmcp_opt.shared.session_store import RedisSessions, SessionRecord
+
+SESSION = "0123456789abcdef0123456789abcdef"
+PARAMS = InitializeRequestParams.model_validate(
+    {"protocolVersion": "2025-06-18", "capabilities": {"sampling": {}}, "clientInfo": {"name": "c", "version": "2"}},
+    by_name=False,
+)
+
+
+@pytest.fixture(scope="module")
+def redis() -> Iterator[RedisServer]:
+    with running_redis() as server:
+        yield server
+
+
+@pytest.fixture
+async def client(redis: RedisServer) -> AsyncIterator[aioredis.Redis]:
+    connection = aioredis.Redis.from_url(redis.url)
+    await connection.flushdb()
+    yield connection
+    await connection.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_session_record_round_trips_with_its_level_and_subscriptions(client: aioredis.Redis) -> None:
+    sessions = RedisSessions(client, "t:", ttl=60)
+    await sessions.save(SESSION, SessionRecord(PARAMS, "2025-06-18", "ns1"))
+    await sessions.set_level(SESSION, "debug")
+    for uri in ("test://a", "test://b", "test://c"):
+        await sessions.subscription(SESSION, uri, subscribed=True)
+    await sessions.subscription(SESSION, "test://b", subscribed=False)
+    record = await sessions.load(SESSION)
+    assert record == SessionRecord(PARAMS, "2025-06-18", "ns1", "debug", ("test://a", "test://c"))
+    keys = [key.decode() for key in await client.keys("*")]
+    assert len(keys) == 1 and SESSION not in keys[0]  # the id, a key to the session, is not written
+    assert 0 < await client.pttl(keys[0]) <= 60_000
+
+
+@pytest.mark.anyio
+async def test_a_deleted_or_expired_session_is_gone(client: aioredis.Redis) -> None:
+    sessions = RedisSessions(client, "t:", ttl=60)
+    await sessions.save(SESSION, SessionRecord(PARAMS, "2025-06-18", "ns1"))
+    assert await sessions.touch(SESSION) == "live"
+    await sessions.delete(SESSION)
+    assert await sessions.touch(SESSION) == "ended"
+    assert await sessions.load(SESSION) is None
+    # Written again by a replica that still holds it, a deleted session stays ended.
+    await sessions.save(SESSION, SessionRecord(PARAMS, "2025-06-18", "ns1"))
+    assert await sessions.load(SESSION) is None
+
+
+@pytest.mark.anyio
+async def test_a_record_lost_without_a_delete_is_missing_not_ended(client: aioredis.Redis) -> None:
+    sessions = RedisSessions(client, "t:", ttl=60)
+    await sessions.save(SESSION, SessionRecord(PARAMS, "2025-06-18", "ns1", "info", ("test://a",)))
+    await client.flushdb()  # Redis restarted without its data
+    assert await sessions.touch(SESSION) == "missing"
+    await sessions.save(SESSION, SessionRecord(PARAMS, "2025-06-18", "ns1", "info", ("test://a",)))
+    record = await sessions.load(SESSION)
+    assert record is not None and record.subscriptions == ("test://a",)
+
+
+@pytest.mark.anyio
+async def test_an_unreadable_record_counts_as_no_session(client: aioredis.Redis) -> None:
+    sessions = RedisSessions(client, "t:", ttl=60)
+    await sessions.save(SESSION, SessionRecord(PARAMS, "2025-06-18", "ns1"))
+    key = (await client.keys("*"))[0]
+    await client.hset(key, "params", "{not json")
+    assert await sessions.load(SESSION) is None
+
+
+@pytest.mark.anyio
+async def test_subscriptions_kept_per_session_are_bounded(client: aioredis.Redis) -> None:
+    sessions = RedisSessions(client, "t:", ttl=60, max_subscriptions=2)
+    await sessions.save(SESSION, SessionRecord(PARAMS, "2025-06-18", "ns1"))
+    for n in range(5):
+        await sessions.subscription(SESSION, f"test://{n}", subscribed=True)
+    record = await sessions.load(SESSION)
+    assert record is not None and record.subscriptions == ("test://0", "test://1")
+
+
+def notification(n: int) -> JSONRPCNotification:
+    return JSONRPCNotification(jsonrpc="2.0", method="notifications/message", params={"level": "info", "data": n})
+
+
+def event_store(client: aioredis.Redis, max_events: int = 10) -> RedisEventStore:
+    presence = ReplicaPresence(client, "t:", "replica-a")
+    return RedisEventStore(client, "t:", presence, max_events=max_events, ttl=60, poll_interval=0.01)
+
+
+async def replay(store: RedisEventStore, event_id: str) -> tuple[str | None, list[EventMessage]]:
+    got: list[EventMessage] = []
+
+    async def collect(message: EventMessage) -> None:
+        got.append(message)
+
+    stream = await store.replay_events_after(event_id, collect)
+    return stream, got
+
+
+@pytest.mark.anyio
+async def test_events_are_bounded_per_stream_and_expire(client: aioredis.Redis) -> None:
+    store = event_store(client, max_events=10)
+    token = EVENTS.set("ns1")
+    try:
+        ids = [await store.store_event(GET_STREAM_KEY, notification(n)) for n in range(35)]
+        await store.write([])  # what the writer task does with the queue
+        stream, got = await replay(store, ids[-4])
+        assert stream == GET_STREAM_KEY
+        assert [m.message.params["data"] for m in got] == [32, 33, 34]  # type: ignore[union-attr]
+        assert [m.event_id for m in got] == ids[-3:]
+        assert await replay(store, ids[0]) == (None, [])  # dropped: the oldest go first
+    finally:
+        EVENTS.reset(token)
+    (key,) = await client.keys("t:events:*")
+    assert await client.xlen(key) == 10
+    assert 0 < await client.pttl(key) <= 60_000
+
+
+@pytest.mark.anyio
+async def test_a_replay_reads_only_its_own_sessions_events(client: aioredis.Redis) -> None:
+    store = event_store(client)
+    token = EVENTS.set("ns1")
+    first = await store.store_event("1", None)
+    await store.store_event("1", notification(1))
+    await store.write([])
+    EVENTS.reset(token)
+    token = EVENTS.set("ns2")
+    try:
+        assert await replay(store, first) == (None, [])
+        assert await replay(store, "not an event id") == (None, [])
+    finally:
+        EVENTS.reset(token)
+
+
+@pytest.mark.anyio
+async def test_a_request_stream_is_followed_until_its_answer(client: aioredis.Redis) -> None:
+    store = event_store(client)
+    presence = store.presence
+    token = EVENTS.set("ns1")
+    try:
+        priming = await store.store_event("4", None)
+        await store.write([])
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(presence.run)
+            while not await presence.alive("replica-a"):  # noqa: ASYNC110 - its first heartbeat
+                await anyio.sleep(0.01)
+
+            async def answer_later() -> None:
+                await store.store_event("4", notification(1))
+                await store.store_event("4", JSONRPCResponse(jsonrpc="2.0", id=4, result={}))
+                await store.write([])
+
+            tasks.start_soon(answer_later)
+            stream, got = await replay(store, priming)
+            tasks.cancel_scope.cancel()
+    finally:
+        EVENTS.reset(token)
+    assert stream == "4"
+    assert [type(m.message) for m in got] == [JSONRPCNotification, JSONRPCResponse]
+
+
+@pytest.mark.anyio
+async def test_a_request_whose_replica_is_gone_ends_with_an_error(client: aioredis.Redis) -> None:
+    store = event_store(client)  # its replica never heartbeats: it counts as gone
+    token = EVENTS.set("ns1")
+    try:
+        priming = await store.store_event("5", None)
+        await store.store_event("5", notification(1))
+        await store.write([])
+        stream, got = await replay(store, priming)
+    finally:
+        EVENTS.reset(token)
+    assert stream == "5"
+    error = got[-1].message
+    assert isinstance(error, JSONRPCError) and error.id == 5
+    assert "replica-a" in error.error.message and "stopped before answering" in error.error.message
+
+
+@pytest.mark.anyio
+async def test_events_without_redis_still_get_an_id_and_are_counted_lost(redis: RedisServer) -> None:
+    connection = aioredis.Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.2)
+    store = event_store(connection)
+    token = EVENTS.set("ns1")
+    try:
+        event_id = await store.store_event("1", notification(1))
+        assert store.lost == 0  # queued: sending the message did not wait for Redis
+        await store.write([])
+    finally:
+        EVENTS.reset(token)
+    assert event_id and store.lost == 1
+    await connection.aclose()

@@ -1,0 +1,416 @@
+"""Any replica serves any 2025-11-25 session (`sessions.store: redis`): real replicas on one real Redis, a real
+nginx round-robin in front of them without affinity, the real SDK client.
+
+Which replica answered is read from the `Vmcp-Replica` header each answer carries (hostname:pid by default).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx2
+import mcp_types as types
+import pytest
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
+
+from tests.nginx_server import Nginx, running_nginx
+from tests.redis_server import RedisServer, running_redis
+from tests.support import EXAMPLES, Gateway, running_gateway, write_config
+from tests.test_http_limits import HEADERS, INITIALIZE
+
+pytestmark = [pytest.mark.slow]
+
+CONFORMANCE_SERVER = EXAMPLES / "backends" / "conformance_server.py"
+
+
+def replica_of(gateway: Gateway) -> str:
+    return f"{socket.gethostname()}:{gateway.proc.pid}"
+
+
+def shared_config(directory: Path, redis: RedisServer, **extra: Any) -> Path:
+    config = {
+        "backends": [{"name": "conformance", "command": sys.executable, "args": [str(CONFORMANCE_SERVER)]}],
+        "aggregation": {"conflict_resolution": "priority"},
+        "redis": {"url": redis.url, "timeout": 1.0},
+        "sessions": {"store": "redis"},
+        **extra,
+    }
+    return write_config(directory, config)
+
+
+@pytest.fixture(scope="module")
+def redis() -> Iterator[RedisServer]:
+    with running_redis() as server:
+        yield server
+
+
+@dataclass
+class Pool:
+    replicas: list[Gateway]
+    nginx: Nginx
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory: pytest.TempPathFactory, redis: RedisServer) -> Iterator[Pool]:
+    """Two replicas with the optimizer (find_tool), behind nginx."""
+    directory = tmp_path_factory.mktemp("pool")
+    path = shared_config(directory, redis, optimizer={"enabled": True})
+    with (
+        running_gateway(path) as first,
+        running_gateway(path) as second,
+        running_nginx(directory / "nginx", [first.port, second.port]) as nginx,
+    ):
+        yield Pool([first, second], nginx)
+
+
+@dataclass
+class Served:
+    """Which replica answered each tools/call and list of the session (by JSON-RPC id)."""
+
+    replicas: dict[Any, str] = field(default_factory=dict)
+    requests: dict[Any, dict[str, Any]] = field(default_factory=dict)
+
+    async def hook(self, response: httpx2.Response) -> None:
+        request = response.request
+        if request.method != "POST" or not request.content:
+            return
+        body = json.loads(request.content)
+        if isinstance(body, dict) and "id" in body and "method" in body:
+            self.replicas[body["id"]] = response.headers.get("vmcp-replica", "?")
+            self.requests[body["id"]] = body
+
+    def by(self, method: str, tool: str | None = None) -> list[str]:
+        return [
+            self.replicas[i]
+            for i, body in self.requests.items()
+            if body["method"] == method and (tool is None or body.get("params", {}).get("name") == tool)
+        ]
+
+
+def session_client(url: str, served: Served) -> Client:
+    http = httpx2.AsyncClient(timeout=60, event_hooks={"response": [served.hook]})
+    return Client(streamable_http_client(url, http_client=http), mode="legacy")
+
+
+def test_a_session_alternates_replicas_for_list_find_and_call(pool: Pool) -> None:
+    served = Served()
+
+    async def main() -> list[str]:
+        outcomes = []
+        async with session_client(pool.nginx.url, served) as client:
+            assert client.protocol_version == "2025-11-25"
+            for _ in range(4):
+                tools = await client.list_tools()
+                outcomes.append(",".join(sorted(t.name for t in tools.tools)))
+                found = await client.call_tool("find_tool", {"query": "simple text content", "limit": 3})
+                assert found.structured_content is not None
+                names = [tool["name"] for tool in found.structured_content["tools"]]
+                outcomes.append("found" if "test_simple_text" in names else ",".join(names))
+                called = await client.call_tool("call_tool", {"tool_name": "test_simple_text", "arguments": {}})
+                outcomes.append("".join(c.text for c in called.content if isinstance(c, types.TextContent)))
+        return outcomes
+
+    outcomes = anyio.run(main)
+    # Every answer is the same whichever replica gave it.
+    assert outcomes[0::3] == [outcomes[0]] * 4 and "find_tool" in outcomes[0]
+    assert outcomes[1::3] == ["found"] * 4
+    assert outcomes[2::3] == ["This is a simple text response for testing."] * 4
+    both = {replica_of(g) for g in pool.replicas}
+    # Round-robin over two replicas with three kinds of request: each kind reached both replicas.
+    assert set(served.by("tools/list")) == both
+    assert set(served.by("tools/call", "find_tool")) == both
+    assert set(served.by("tools/call", "call_tool")) == both
+    assert any("restored a session opened on another replica" in g.output() for g in pool.replicas)
+
+
+def raw_session(url: str) -> dict[str, str]:
+    """A session opened with plain HTTP: the headers its later requests carry."""
+    opened = httpx2.post(url, json=INITIALIZE, headers=HEADERS, timeout=30)
+    assert opened.status_code == 200, opened.text
+    headers = {**HEADERS, "mcp-session-id": opened.headers["mcp-session-id"], "mcp-protocol-version": "2025-11-25"}
+    initialized = httpx2.post(url, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=headers)
+    assert initialized.status_code == 202
+    return headers
+
+
+def sse_messages(lines: Iterator[str]) -> Iterator[tuple[str | None, dict[str, Any] | None]]:
+    """(event id, message) per SSE event; a priming event has no message."""
+    event_id: str | None = None
+    data = ""
+    for line in lines:
+        if line.startswith("id:"):
+            event_id = line[3:].strip()
+        elif line.startswith("data:"):
+            data += line[5:].strip()
+        elif not line:
+            if event_id is not None or data:
+                yield event_id, json.loads(data) if data else None
+            event_id, data = None, ""
+
+
+def test_an_sse_stream_cut_on_one_replica_is_resumed_on_another(pool: Pool) -> None:
+    first, second = pool.replicas
+    headers = raw_session(first.url)
+    level = {"jsonrpc": "2.0", "id": 1, "method": "logging/setLevel", "params": {"level": "debug"}}
+    assert httpx2.post(first.url, json=level, headers=headers).status_code == 200
+    call = {
+        "jsonrpc": "2.0",
+        "id": 7,
+        "method": "tools/call",
+        "params": {"name": "test_tool_with_logging", "arguments": {}},
+    }
+    # The call's stream on the first replica is cut after its priming event: nothing else was read.
+    with httpx2.stream("POST", first.url, json=call, headers=headers, timeout=30) as response:
+        assert response.headers["vmcp-replica"] == replica_of(first)
+        event_id, message = next(sse_messages(response.iter_lines()))
+    assert event_id is not None and message is None
+
+    resumed = {**headers, "last-event-id": event_id}
+    got: list[dict[str, Any]] = []
+    with httpx2.stream("GET", second.url, headers=resumed, timeout=30) as response:
+        assert response.status_code == 200
+        assert response.headers["vmcp-replica"] == replica_of(second)
+        for _, message in sse_messages(response.iter_lines()):
+            if message is not None:
+                got.append(message)
+            if message is not None and message.get("id") == 7:
+                break
+    logs = [m["params"]["data"] for m in got if m.get("method") == "notifications/message"]
+    assert len(logs) == 3  # the three log messages the backend sent while the call ran
+    assert got[-1]["result"]["content"][0]["type"] == "text"
+
+
+def test_a_restored_session_keeps_its_log_level(pool: Pool) -> None:
+    """The level set on the first replica is set again on the second's backend session when it restores the
+    session: the backend's log messages during a call there reach the client."""
+    first, second = pool.replicas
+    headers = raw_session(first.url)
+    level = {"jsonrpc": "2.0", "id": 1, "method": "logging/setLevel", "params": {"level": "info"}}
+    assert httpx2.post(first.url, json=level, headers=headers).status_code == 200
+    call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "test_tool_with_logging"}}
+    answer = httpx2.post(second.url, json={**call, "params": {**call["params"], "arguments": {}}}, headers=headers)
+    messages = [m for _, m in sse_messages(iter([*answer.text.splitlines(), ""])) if m is not None]
+    logs = [m["params"]["data"] for m in messages if m.get("method") == "notifications/message"]
+    assert len(logs) == 3
+    assert messages[-1]["result"]["content"][0]["text"] == "Tool with logging executed successfully"
+
+
+def test_an_event_id_of_another_session_replays_nothing(pool: Pool) -> None:
+    first, second = pool.replicas
+    mine, theirs = raw_session(first.url), raw_session(first.url)
+    call = {"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "test_simple_text", "arguments": {}}}
+    with httpx2.stream("POST", first.url, json=call, headers=theirs, timeout=30) as response:
+        event_id, _ = next(sse_messages(response.iter_lines()))
+    assert event_id is not None
+    with httpx2.stream("GET", second.url, headers={**mine, "last-event-id": event_id}, timeout=30) as response:
+        messages = [m for _, m in sse_messages(response.iter_lines()) if m is not None]
+    assert messages == []
+
+
+def test_a_session_deleted_on_one_replica_is_gone_on_every_replica(pool: Pool) -> None:
+    first, second = pool.replicas
+    headers = raw_session(first.url)
+    listing = {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}
+    assert httpx2.post(second.url, json=listing, headers=headers).status_code == 200  # restored on the second
+    assert httpx2.delete(second.url, headers=headers).status_code == 200
+    for replica in (first, second):
+        gone = httpx2.post(replica.url, json=listing, headers=headers)
+        assert gone.status_code == 404
+        assert gone.json()["error"]["message"] == "Session not found"
+
+
+def test_an_unknown_session_id_is_not_found_anywhere(pool: Pool) -> None:
+    headers = {**HEADERS, "mcp-session-id": os.urandom(16).hex(), "mcp-protocol-version": "2025-11-25"}
+    for replica in pool.replicas:
+        response = httpx2.post(replica.url, json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"}, headers=headers)
+        assert response.status_code == 404
+
+
+def test_restored_sessions_count_against_the_session_caps(tmp_path: Path, redis: RedisServer) -> None:
+    path = shared_config(tmp_path, redis, limits={"max_sessions_per_address": 1})
+    with running_gateway(path) as first, running_gateway(path) as second:
+        on_first, on_second = raw_session(first.url), raw_session(second.url)
+        listing = {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}
+        # The second replica already holds this address's one session: restoring the first's is refused.
+        refused = httpx2.post(second.url, json=listing, headers=on_first)
+        assert refused.status_code == 429 and "retry-after" in refused.headers
+        assert httpx2.delete(second.url, headers=on_second).status_code == 200
+        # Its slot is free again: now the first replica's session is restored there.
+        assert httpx2.post(second.url, json=listing, headers=on_first).status_code == 200
+
+
+def test_a_killed_replica_costs_only_the_calls_it_was_running(tmp_path: Path, redis: RedisServer) -> None:
+    """Three replicas without the optimizer behind nginx; one SIGKILLed while it runs a long call and maybe
+    some of a light load's short ones. Those calls end with an error; every other call succeeds, and the
+    session carries on through the two replicas left."""
+    path = shared_config(tmp_path, redis)
+    with (
+        running_gateway(path) as one,
+        running_gateway(path) as two,
+        running_gateway(path) as three,
+        running_nginx(tmp_path / "nginx", [one.port, two.port, three.port]) as nginx,
+    ):
+        replicas = {replica_of(g): g for g in (one, two, three)}
+        served = Served()
+        started: set[float] = set()
+        outcomes: dict[float, str] = {}  # by the call's unique `seconds`
+        errors: dict[float, str] = {}
+        at_risk: set[float] = set()  # unfinished at the kill, on the killed replica (or not yet answered)
+        LONG = 600.0
+
+        async def slow(client: Client, seconds: float) -> None:
+            started.add(seconds)
+            try:
+                result = await client.call_tool("test_slow", {"seconds": seconds})
+                outcomes[seconds] = "error" if result.is_error else "ok"
+            except MCPError as exc:
+                outcomes[seconds] = "error"
+                errors[seconds] = exc.error.message
+
+        def answered_by(seconds: float) -> str | None:
+            for i, body in served.requests.items():
+                if body.get("params", {}).get("arguments", {}).get("seconds") == seconds:
+                    return served.replicas[i]
+            return None
+
+        async def worker(client: Client, n: int, stop: anyio.Event) -> None:
+            i = 0
+            while not stop.is_set():
+                i += 1
+                await slow(client, 0.2 + n / 100 + i / 100_000)
+
+        async def main() -> bool:
+            with anyio.fail_after(180):  # a guard against hanging, not a measure
+                async with session_client(nginx.url, served) as client:
+                    stop = anyio.Event()
+                    async with anyio.create_task_group() as tasks:
+                        tasks.start_soon(slow, client, LONG)  # it cannot finish by itself
+                        for n in range(3):
+                            tasks.start_soon(worker, client, n, stop)
+                        while answered_by(LONG) is None or len(outcomes) < 6:  # noqa: ASYNC110 - watching the load
+                            await anyio.sleep(0.05)
+                        victim = answered_by(LONG)
+                        at_risk.update(s for s in started - outcomes.keys() if answered_by(s) in (victim, None))
+                        assert victim is not None
+                        replicas[victim].proc.send_signal(signal.SIGKILL)
+                        replicas[victim].proc.wait()
+                        seen = len(outcomes)
+                        while len(outcomes) < seen + 12:  # noqa: ASYNC110 - the load carries on after the kill
+                            await anyio.sleep(0.05)
+                        stop.set()
+                    # The session itself carries on through the replicas left.
+                    return (await client.call_tool("test_simple_text", {})).is_error is False
+
+        assert anyio.run(main)
+        failed = {s for s, outcome in outcomes.items() if outcome == "error"}
+        assert outcomes[LONG] == "error"  # the long call ran on the killed replica: it failed, it did not hang
+        # Resumed on a live replica, which saw the killed one's heartbeat end (or, killed before its first
+        # event, the client's own end of the stream).
+        assert "stopped before answering" in errors[LONG] or "SSE stream" in errors[LONG]
+        assert failed <= at_risk  # no call failed that was not running on the killed replica
+        assert started == set(outcomes)  # every call ended
+
+
+def test_with_redis_gone_each_replica_serves_the_sessions_it_holds_and_shares_them_again_after(tmp_path: Path) -> None:
+    with running_redis() as redis:
+        path = shared_config(tmp_path, redis)
+        with running_gateway(path) as first, running_gateway(path) as second:
+            listing = {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}
+            both = raw_session(first.url)
+            assert httpx2.post(second.url, json=listing, headers=both).status_code == 200  # held by both now
+            redis.stop()
+            try:
+                assert [httpx2.post(g.url, json=listing, headers=both).status_code for g in (first, second)] == [
+                    200,
+                    200,
+                ]
+                alone = raw_session(first.url)  # opened while Redis is gone: this replica's only
+                assert httpx2.post(first.url, json=listing, headers=alone).status_code == 200
+                assert httpx2.post(second.url, json=listing, headers=alone).status_code == 404
+            finally:
+                redis.start()
+            # Redis is back, empty: a replica holding a session writes its record again at its next use (it
+            # was not deleted), so both sessions are served by both replicas again.
+            for headers in (both, alone):
+                assert [httpx2.post(g.url, json=listing, headers=headers).status_code for g in (first, second)] == [
+                    200,
+                    200,
+                ]
+            assert [g.output().count("sessions: Redis unreachable") for g in (first, second)] == [1, 1]
+
+
+async def _sampling(context: Any, params: types.CreateMessageRequestParams) -> types.CreateMessageResult:
+    raise AssertionError("a 2026-07-28 client is asked through InputRequiredResult, not a request")
+
+
+def modern_client(gateway: Gateway) -> Client:
+    """A 2026-07-28 client that can answer sampling: a backend's sampling request reaches it as a round."""
+    return Client(gateway.url, sampling_callback=_sampling)
+
+
+async def first_round(gateway: Gateway) -> types.InputRequiredResult:
+    async with modern_client(gateway) as client:
+        assert client.protocol_version == "2026-07-28"
+        opened = await client.session.call_tool("test_sampling", {"prompt": "q"}, allow_input_required=True)
+    assert isinstance(opened, types.InputRequiredResult) and opened.input_requests and opened.request_state
+    return opened
+
+
+async def retry(gateway: Gateway, opened: types.InputRequiredResult) -> str:
+    assert opened.input_requests is not None
+    answer = types.CreateMessageResult(role="assistant", content=types.TextContent(type="text", text="x"), model="m")
+    async with modern_client(gateway) as client:
+        try:
+            done = await client.session.call_tool(
+                "test_sampling",
+                {"prompt": "q"},
+                input_responses={key: answer for key in opened.input_requests},
+                request_state=opened.request_state,
+                allow_input_required=True,
+            )
+        except MCPError as exc:
+            return f"{exc.error.code}: {exc.error.message}"
+    assert isinstance(done, types.CallToolResult)
+    return "".join(c.text for c in done.content if isinstance(c, types.TextContent))
+
+
+@pytest.fixture
+def keyed_pair(tmp_path: Path, redis: RedisServer) -> Iterator[tuple[Gateway, Gateway]]:
+    """Two replicas sealing request_state with one key."""
+    path = shared_config(tmp_path, redis, request_state={"key_env": "VMCP_TEST_STATE_KEY"})
+    env = {"VMCP_TEST_STATE_KEY": os.urandom(32).hex()}
+    with running_gateway(path, env=env) as first, running_gateway(path, env=env) as second:
+        yield first, second
+
+
+def test_an_input_required_call_answered_on_another_replica_is_continued_by_its_own(
+    keyed_pair: tuple[Gateway, Gateway],
+) -> None:
+    first, second = keyed_pair
+
+    async def main() -> str:
+        # The backend's sampling request waits in the first replica's memory; the answer lands on the second.
+        return await retry(second, await first_round(first))
+
+    assert anyio.run(main) == "LLM response: x"
+
+
+def test_a_retry_whose_replica_was_killed_gets_a_clear_error(keyed_pair: tuple[Gateway, Gateway]) -> None:
+    first, second = keyed_pair
+    opened = anyio.run(first_round, first)
+    first.proc.send_signal(signal.SIGKILL)
+    first.proc.wait()
+    outcome = anyio.run(retry, second, opened)
+    assert outcome.startswith(f"{types.INVALID_PARAMS}: requestState names a call on replica {replica_of(first)}")
+    assert "which has stopped; call again without requestState" in outcome

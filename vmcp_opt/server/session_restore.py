@@ -1,0 +1,124 @@
+"""A session opened on another replica, restored here through the SDK's own handshake.
+
+The SDK keeps a session's negotiated state in its `Connection`, which its server loop creates and only the
+handshake fills. Rather than write that state in from outside, the restored session's loop is first fed the
+messages that made it: the stored `initialize` (with the version negotiated then) and
+`notifications/initialized`, then `logging/setLevel` and one `resources/subscribe` per subscription, so the
+gateway's handlers open this replica's dedicated backend session with the same log level and subscriptions.
+They carry the Starlette request that caused the restore (its caller's identity, for the policy) and ids no
+client uses; their answers are dropped before the transport. Only public SDK parts are used: the transport,
+`serve_loop`, `SessionMessage` (and, for types, the stream protocols).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import anyio
+from anyio.abc import TaskStatus
+from mcp.server.lowlevel.server import Server
+from mcp.server.runner import serve_loop
+from mcp.server.streamable_http import StreamableHTTPServerTransport
+from mcp.shared._stream_protocols import ReadStream, WriteStream
+from mcp.shared.message import ServerMessageMetadata, SessionMessage
+from mcp_types import JSONRPCError, JSONRPCNotification, JSONRPCRequest, JSONRPCResponse, RequestId
+from starlette.requests import Request
+
+from vmcp_opt.server.streams import ReadStreamWrapper, WriteStreamWrapper
+from vmcp_opt.shared.session_store import SessionRecord
+
+logger = logging.getLogger(__name__)
+_RESTORE_ID = "vmcp-restore-"
+
+
+def is_restoring(request_id: RequestId | None) -> bool:
+    """A request replayed to restore a session (its state is already recorded)."""
+    return isinstance(request_id, str) and request_id.startswith(_RESTORE_ID)
+
+
+def opening_messages(record: SessionRecord, request: Request) -> list[SessionMessage]:
+    """What the client's own requests did to the session, as messages to replay, in order."""
+    metadata = ServerMessageMetadata(request_context=request, can_send_request=False)
+    params = record.client_params.model_copy(update={"protocol_version": record.protocol_version})
+    calls: list[tuple[str, dict[str, Any]]] = [
+        ("initialize", params.model_dump(by_alias=True, mode="json", exclude_none=True))
+    ]
+    if record.log_level is not None:
+        calls.append(("logging/setLevel", {"level": record.log_level}))
+    calls += [("resources/subscribe", {"uri": uri}) for uri in record.subscriptions]
+    messages = [
+        SessionMessage(JSONRPCRequest(jsonrpc="2.0", id=f"{_RESTORE_ID}{i}", method=method, params=params))
+        for i, (method, params) in enumerate(calls)
+    ]
+    initialized = SessionMessage(JSONRPCNotification(jsonrpc="2.0", method="notifications/initialized"))
+    messages.insert(1, initialized)
+    return [SessionMessage(m.message, metadata=metadata) for m in messages]
+
+
+async def serve_restored(
+    server: Server[Any],
+    transport: StreamableHTTPServerTransport,
+    record: SessionRecord,
+    request: Request,
+    lifespan_state: Any,
+    restored: anyio.Event,
+    *,
+    task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """The restored session's server loop, as the SDK's manager runs its own, until it ends (idle, DELETE).
+    `restored` is set once every replayed request is answered."""
+    messages = opening_messages(record, request)
+    replayed = {m.message.id for m in messages if isinstance(m.message, JSONRPCRequest)}
+    async with transport.connect() as (read_stream, write_stream):
+        task_status.started()
+        idle_scope = transport.idle_scope or anyio.CancelScope()
+        with idle_scope:
+            await serve_loop(
+                server,
+                Replaying(messages, read_stream),
+                DroppingReplies(write_stream, {str(i) for i in replayed}, restored),
+                lifespan_state=lifespan_state,
+                session_id=transport.mcp_session_id,
+            )
+
+
+class Replaying(ReadStreamWrapper):
+    """A read stream that yields `first`, then what the client sends."""
+
+    def __init__(self, first: list[SessionMessage], rest: ReadStream[SessionMessage | Exception]) -> None:
+        super().__init__(rest)
+        self._first = list(first)
+        self._replaying = True
+
+    @property
+    def last_context(self) -> Any:
+        # The SDK runs each client message in its sender's context; the replayed ones run in the loop's.
+        return None if self._replaying else super().last_context
+
+    async def receive(self) -> SessionMessage | Exception:
+        if self._first:
+            return self._first.pop(0)
+        self._replaying = False
+        return await self._inner.receive()
+
+
+class DroppingReplies(WriteStreamWrapper):
+    """A write stream that drops the answers to the replayed requests (a refusal is logged), and sets
+    `answered` once each has its answer."""
+
+    def __init__(self, inner: WriteStream[SessionMessage], waiting: set[str], answered: anyio.Event) -> None:
+        super().__init__(inner)
+        self._waiting = waiting
+        self._answered = answered
+
+    async def send(self, item: SessionMessage, /) -> None:
+        message = item.message
+        if isinstance(message, JSONRPCResponse | JSONRPCError) and is_restoring(message.id):
+            if isinstance(message, JSONRPCError):
+                logger.warning("sessions: restoring a session: %s was refused: %s", message.id, message.error.message)
+            self._waiting.discard(str(message.id))
+            if not self._waiting:
+                self._answered.set()
+            return
+        await self._inner.send(item)

@@ -1,0 +1,388 @@
+"""Any replica serves any 2025-11-25 session (`sessions.store: redis`): no load-balancer affinity needed.
+
+`SharedSessions` is an ASGI layer in front of the SDK's session manager. A session the manager opens here is
+recorded in Redis by `SharedSessions.record` (a server middleware) before the client sees its id: the
+client's `initialize` params, the negotiated version, the namespace of its SSE events; later its log level
+and resource subscriptions. A request naming a session this replica does not hold is looked up there and,
+when found, the session is restored (vmcp_opt/server/session_restore.py): a transport with that id whose
+server loop has been through the stored handshake, served by this layer instead of the manager.
+
+Every request naming a session pushes its Redis expiry ahead (open streams too, from a keep-alive task), and
+finds out whether it still exists: a session deleted on another replica answers 404 here as well, and its
+local copy is ended. DELETE deletes it in Redis. A replica reaping its own idle copy, or stopping, leaves the
+record: the session may be in use elsewhere, and its key expires once it has been idle everywhere for
+`limits.session_idle_timeout`. A restored session takes a slot like an opened one (limits.max_sessions,
+max_sessions_per_address), freed when its copy ends.
+
+Redis unreachable: the sessions this replica holds keep working, others answer 404 (the client opens a new
+session), one warning per minute.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import secrets
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup, TaskStatus
+from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
+from mcp.server.lowlevel.server import Server
+from mcp.server.streamable_http import StreamableHTTPServerTransport
+from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+from mcp_types import INVALID_REQUEST, InitializeRequestParams
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from vmcp_opt.config import VmcpConfig
+from vmcp_opt.routing.budget import ThrottledLog
+from vmcp_opt.routing.round_trips import RoundTrips
+from vmcp_opt.server.admission import connection_of
+from vmcp_opt.server.session_restore import is_restoring, serve_restored
+from vmcp_opt.server.sessions import SessionGate, Slot, json_rpc_error, may_open_session
+from vmcp_opt.shared.events import EVENTS, STORE_ERRORS, RedisEventStore, ReplicaPresence
+from vmcp_opt.shared.redis_client import redis_client
+from vmcp_opt.shared.round_relay import RedisRoundRelay
+from vmcp_opt.shared.session_store import RedisSessions, SessionRecord
+
+logger = logging.getLogger(__name__)
+_SESSION_HEADER = b"mcp-session-id"
+# Longest a request waits for its session's restore (a backend session may have to start for its log level).
+RESTORE_WAIT = 30.0
+_RECORDED = frozenset({"initialize", "logging/setLevel", "resources/subscribe", "resources/unsubscribe"})
+
+
+@dataclass
+class Held:
+    """A session this replica holds: opened by the manager (`transport` None) or restored here."""
+
+    record: SessionRecord
+    transport: StreamableHTTPServerTransport | None = None
+    recorded: bool = True  # False: not in Redis yet (unreachable when it opened); written at its next use
+    # Set once a restored session's replayed requests are answered (its log level and subscriptions are in
+    # place on this replica's backend sessions); the client's requests wait for it.
+    restored: anyio.Event = dataclasses.field(default_factory=anyio.Event)
+
+
+class SharedSessions:
+    def __init__(
+        self, app: ASGIApp, manager: StreamableHTTPSessionManager, parts: SharedSessionParts, gate: SessionGate
+    ) -> None:
+        self.app = app
+        self.manager = manager
+        self.store = parts.store
+        self.presence = parts.presence
+        self.relay = parts.relay
+        self.events = parts.events
+        self.round_trips = parts.round_trips
+        self.gate = gate
+        self._held: dict[str, Held] = {}
+        self._in_flight: Counter[str] = Counter()
+        self._lock = anyio.Lock()
+        self._task_group: TaskGroup | None = None
+        self._lifespan_state: Any = None
+        self._log = ThrottledLog(logger, 60.0)
+
+    @property
+    def held(self) -> int:
+        return len(self._held)
+
+    @contextlib.asynccontextmanager
+    async def run(self) -> AsyncIterator[None]:
+        """The task group restored sessions run in, the keep-alive of sessions with open streams, the heartbeat."""
+        server: Server[Any] = self.manager.app
+        async with server.lifespan(server) as state, anyio.create_task_group() as task_group:
+            self._lifespan_state, self._task_group = state, task_group
+            task_group.start_soon(self._keep_alive)
+            task_group.start_soon(self.presence.run)
+            task_group.start_soon(self.events.run_writer)
+            if self.round_trips is not None:
+                task_group.start_soon(self.relay.serve, self.round_trips.continue_relayed)
+            try:
+                yield
+            finally:
+                task_group.cancel_scope.cancel()
+                self._task_group = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        session_id = _header(scope, _SESSION_HEADER)
+        if session_id is not None:
+            await self._serve(session_id, scope, receive, send)
+            return
+        token = EVENTS.set(secrets.token_hex(16) if may_open_session(scope) else None)  # a new session's events
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            EVENTS.reset(token)
+
+    async def _serve(self, session_id: str, scope: Scope, receive: Receive, send: Send) -> None:
+        held = self._held.get(session_id)
+        record = None
+        try:
+            if held is not None:
+                found = await self._still_open(session_id, held)
+            else:
+                record = await self.store.load(session_id)
+                found = record is not None
+        except STORE_ERRORS as exc:
+            self._log.warning("store", "sessions: Redis unreachable (%s): only this replica's sessions are served", exc)
+            found = held is not None
+        if not found:
+            if held is not None:
+                await self._end_here(session_id, held, scope)  # deleted on another replica
+            await json_rpc_error(send, 404, INVALID_REQUEST, "Session not found")
+            return
+        if held is None and scope["method"] == "DELETE":
+            await self._delete(session_id)  # no need to restore a session to end it
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"0")]})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        if held is None:
+            assert record is not None
+            held = await self._restore(session_id, record, scope, send)
+            if held is None:
+                return  # refused: no slot
+        await self._forward(session_id, held, scope, receive, send)
+
+    async def _still_open(self, session_id: str, held: Held) -> bool:
+        """Whether a session this replica holds is still open, its record (re)written when Redis lacks it."""
+        state = await self.store.touch(session_id) if held.recorded else "missing"
+        if state == "missing":
+            await self.store.save(session_id, held.record)
+            held.recorded = True
+        return state != "ended"
+
+    async def _forward(self, session_id: str, held: Held, scope: Scope, receive: Receive, send: Send) -> None:
+        if held.transport is not None and not held.restored.is_set():
+            with anyio.move_on_after(RESTORE_WAIT):  # past it, served as it is (it logs what was refused)
+                await held.restored.wait()
+        status = 0
+
+        async def watch(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        token = EVENTS.set(held.record.events)
+        self._in_flight[session_id] += 1
+        try:
+            if held.transport is None:
+                await self.app(scope, receive, watch)
+            else:
+                await held.transport.handle_request(scope, receive, watch)
+        finally:
+            EVENTS.reset(token)
+            self._in_flight[session_id] -= 1
+            if self._in_flight[session_id] <= 0:
+                del self._in_flight[session_id]
+        if scope["method"] == "DELETE" and status == 200:
+            await self._delete(session_id)
+
+    async def _restore(self, session_id: str, record: SessionRecord, scope: Scope, send: Send) -> Held | None:
+        """This replica's copy of a session opened elsewhere, started; None when no slot is free (answered)."""
+        client = scope.get("client")
+        address = str(client[0]) if client else "?"
+        async with self._lock:
+            held = self._held.get(session_id)
+            if held is not None:
+                return held  # restored by a request that came first
+            slot = self.gate.slots.take(address)
+            if not isinstance(slot, str):
+                held = await self._start_restored(session_id, record, scope, slot)
+        if isinstance(slot, str):
+            await self.gate.refuse(slot, address, send)
+            return None
+        logger.info("sessions: restored a session opened on another replica")
+        return held
+
+    async def _start_restored(self, session_id: str, record: SessionRecord, scope: Scope, slot: Slot) -> Held:
+        manager = self.manager
+        transport = StreamableHTTPServerTransport(
+            mcp_session_id=session_id,
+            is_json_response_enabled=manager.json_response,
+            event_store=manager.event_store,
+            security_settings=manager.security_settings,
+            retry_interval=manager.retry_interval,
+            idle_timeout=manager.session_idle_timeout,
+        )
+        held = self._held[session_id] = Held(record, transport)
+        assert self._task_group is not None
+        token = EVENTS.set(record.events)  # the session's tasks store their events under its namespace
+        try:
+            await self._task_group.start(self._run_restored, session_id, held, record, Request(scope), slot)
+        except BaseException:
+            del self._held[session_id]
+            slot.release()
+            raise
+        finally:
+            EVENTS.reset(token)
+        return held
+
+    async def _run_restored(
+        self,
+        session_id: str,
+        held: Held,
+        record: SessionRecord,
+        request: Request,
+        slot: Slot,
+        *,
+        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        transport = held.transport
+        assert transport is not None
+        try:
+            await serve_restored(
+                self.manager.app,
+                transport,
+                record,
+                request,
+                self._lifespan_state,
+                held.restored,
+                task_status=task_status,
+            )
+        except Exception:
+            logger.exception("sessions: a restored session crashed")
+        finally:
+            if self._held.get(session_id) is held:
+                del self._held[session_id]
+            slot.release()
+            if not transport.is_terminated:
+                with anyio.CancelScope(shield=True):
+                    await transport.terminate()
+
+    async def _end_here(self, session_id: str, held: Held, scope: Scope) -> None:
+        """The session was deleted on another replica: end this replica's copy too."""
+        if self._held.get(session_id) is held:
+            del self._held[session_id]
+        if held.transport is not None:
+            await held.transport.terminate()
+            return
+
+        async def no_body() -> Message:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def discard(message: Message) -> None:
+            return None
+
+        # The manager's own copy: the SDK's way to end a session is the client's DELETE.
+        await self.app({**scope, "method": "DELETE"}, no_body, discard)
+
+    async def _delete(self, session_id: str) -> None:
+        try:
+            await self.store.delete(session_id)
+        except STORE_ERRORS as exc:
+            self._log.warning("delete", "sessions: a deleted session stays in Redis until it expires: %s", exc)
+
+    async def _keep_alive(self) -> None:
+        """A session with a request in flight (an open stream) is in use: its key must not expire meanwhile."""
+        interval = max(0.05, self.store.ttl_ms / 3000)
+        while True:
+            await anyio.sleep(interval)
+            busy = list(self._in_flight)
+            if busy:
+                try:
+                    await self.store.touch_many(busy)
+                except STORE_ERRORS as exc:
+                    self._log.warning("keep-alive", "sessions: expiry not pushed ahead: %s", exc)
+
+    async def record(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
+        """Server middleware: what a request changed in its session's state, written before it is answered."""
+        result = await call_next(ctx)
+        if ctx.method not in _RECORDED or is_restoring(ctx.request_id):
+            return result
+        connection = connection_of(ctx)
+        session_id = connection.session_id
+        if session_id is None:
+            return result  # a 2026-07-28 request: no session
+        params = ctx.params or {}
+        try:
+            if ctx.method == "initialize":
+                await self._opened(session_id, params, result)
+                connection.exit_stack.push_async_callback(self._forget, session_id)
+            elif ctx.method == "logging/setLevel":
+                level = str(params.get("level", ""))
+                self._remember(session_id, log_level=level)
+                await self.store.set_level(session_id, level)
+            else:
+                uri, subscribed = str(params.get("uri", "")), ctx.method == "resources/subscribe"
+                self._remember_subscription(session_id, uri, subscribed)
+                await self.store.subscription(session_id, uri, subscribed=subscribed)
+        except STORE_ERRORS as exc:
+            self._log.warning("record", "sessions: not recorded in Redis, served by this replica only: %s", exc)
+        return result
+
+    async def _opened(self, session_id: str, params: Any, result: HandlerResult) -> None:
+        client_params = InitializeRequestParams.model_validate(params, by_name=False)
+        version = result.get("protocolVersion") if isinstance(result, dict) else None
+        negotiated = version if isinstance(version, str) else client_params.protocol_version
+        record = SessionRecord(client_params, negotiated, EVENTS.get() or secrets.token_hex(16))
+        held = self._held[session_id] = Held(record, recorded=False)
+        await self.store.save(session_id, record)
+        held.recorded = True
+
+    def _remember(self, session_id: str, **changes: Any) -> None:
+        """The held copy of a record follows the session's changes, to write it again if Redis loses it."""
+        held = self._held.get(session_id)
+        if held is not None:
+            held.record = dataclasses.replace(held.record, **changes)
+
+    def _remember_subscription(self, session_id: str, uri: str, subscribed: bool) -> None:
+        held = self._held.get(session_id)
+        if held is not None:
+            uris = set(held.record.subscriptions) - {uri} | ({uri} if subscribed else set())
+            self._remember(session_id, subscriptions=tuple(sorted(uris)))
+
+    async def _forget(self, session_id: str) -> None:
+        held = self._held.get(session_id)
+        if held is not None and held.transport is None:
+            del self._held[session_id]
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+@dataclass
+class SharedSessionParts:
+    """What `sessions.store: redis` adds to the HTTP transport."""
+
+    store: RedisSessions
+    events: RedisEventStore
+    presence: ReplicaPresence
+    relay: RedisRoundRelay
+    round_trips: RoundTrips | None = None  # set by `share_round_trips`: this replica's pending calls
+
+
+def shared_session_parts(config: VmcpConfig, replica: str) -> SharedSessionParts | None:
+    """None in `memory` mode."""
+    settings = config.sessions
+    if settings.store != "redis":
+        return None
+    client = redis_client(config)
+    prefix, ttl = config.redis.key_prefix, config.limits.session_idle_timeout
+    presence = ReplicaPresence(client, prefix, replica)
+    return SharedSessionParts(
+        RedisSessions(client, prefix, ttl),
+        RedisEventStore(client, prefix, presence, settings.max_events_per_stream, ttl),
+        presence,
+        RedisRoundRelay(client, prefix, presence, deadline=config.timeouts.input, slice_=config.redis.timeout / 2),
+    )
+
+
+def share_round_trips(parts: SharedSessionParts, round_trips: RoundTrips) -> None:
+    """2026-07-28 rounds name this replica; a retry of another replica's round is relayed to it."""
+    round_trips.replica = parts.presence.replica
+    round_trips.relay = parts.relay
+    parts.round_trips = round_trips

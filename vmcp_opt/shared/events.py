@@ -1,0 +1,264 @@
+"""SSE events in Redis, so a stream cut on one replica is resumed on another (`sessions.store: redis`).
+
+The SDK's transport stores every message it sends (and a priming event per stream) through its `EventStore`
+and, on a GET with `Last-Event-ID`, asks it to replay what followed. That interface knows streams, not
+sessions, and the transport names a request's stream by the request's id (the same "1" in every session), so
+events are kept under their session's namespace: `EVENTS`, a context variable the shared sessions' ASGI layer
+sets around each request (the session's own tasks inherit it from the request that started them). A replay
+reads only the current session's namespace: an event id of another session replays nothing.
+
+One Redis stream per (session, SDK stream): XADD with an exact MAXLEN (`sessions.max_events_per_stream`, oldest
+dropped first) and an expiry of the session idle timeout, pushed ahead on each event. An event id is
+`<stream digest>.<process tag>-<counter>`, chosen here, so sending a message never waits for Redis: events
+queue (bounded) for one writer task that sends whatever is waiting in one pipeline, in order. A replay that
+does not find its event yet looks again for a moment (it may still be on its way).
+
+A request's stream cut before its answer is tailed after the replay until the answer is stored, so a client
+resuming on replica B gets the answer replica A computes. Every entry names the replica that stored it; when
+the replica running the request stops heartbeating (`ReplicaPresence`: killed, or shut down) before answering,
+the replay ends with a JSON-RPC error for the request rather than leaving the client to wait for ever.
+
+Redis unreachable while storing (or the queue full): the message still reaches a connected client; its
+event is lost for replays (counted, at most one log line per interval).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import secrets
+from contextvars import ContextVar
+from typing import Any
+
+import anyio
+from mcp.server.streamable_http import GET_STREAM_KEY, EventCallback, EventId, EventMessage, EventStore, StreamId
+from mcp_types import (
+    INTERNAL_ERROR,
+    ErrorData,
+    JSONRPCError,
+    JSONRPCMessage,
+    JSONRPCResponse,
+    RequestId,
+    jsonrpc_message_adapter,
+)
+from pydantic import ValidationError
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from vmcp_opt.routing.budget import ThrottledLog
+
+logger = logging.getLogger(__name__)
+
+# The namespace of the session whose request is being served (None: not a shared session's).
+EVENTS: ContextVar[str | None] = ContextVar("vmcp_sse_events", default=None)
+STORE_ERRORS = (RedisError, OSError, TimeoutError)
+_TAIL_BATCH = 100
+_WRITE_BATCH = 500
+_FIND_WAIT = 2.0
+Entry = tuple[str, dict[str, bytes]]  # a Redis stream entry: its id, its fields
+
+
+class ReplicaPresence:
+    """Each replica's heartbeat key, `<prefix>replica:<id>`, refreshed every `interval` and expiring after
+    three: another replica can tell that the one running a request is gone."""
+
+    def __init__(self, client: Redis, prefix: str, replica: str, interval: float = 1.0) -> None:
+        self.client = client
+        self.prefix = prefix + "replica:"
+        self.replica = replica
+        self.interval = interval
+        self._log = ThrottledLog(logger, 60.0)
+
+    async def run(self) -> None:
+        """Until cancelled; the key is deleted on the way out, so a stopped replica counts as gone at once."""
+        try:
+            while True:
+                try:
+                    await self.client.set(self.prefix + self.replica, "1", px=int(self.interval * 3000))
+                except STORE_ERRORS as exc:
+                    self._log.warning("presence", "sessions: heartbeat not written: %s", type(exc).__name__)
+                await anyio.sleep(self.interval)
+        finally:
+            with (
+                anyio.CancelScope(shield=True),
+                anyio.move_on_after(self.interval),
+                contextlib.suppress(*STORE_ERRORS),
+            ):
+                await self.client.delete(self.prefix + self.replica)
+
+    async def alive(self, replica: str) -> bool:
+        return bool(await self.client.exists(self.prefix + replica))
+
+
+class RedisEventStore(EventStore):
+    def __init__(
+        self,
+        client: Redis,
+        prefix: str,
+        presence: ReplicaPresence,
+        max_events: int,
+        ttl: float,
+        poll_interval: float = 0.1,
+        queue_size: int = 10_000,
+    ) -> None:
+        self.client = client
+        self.prefix = prefix + "events:"
+        self.presence = presence
+        self.max_events = max_events
+        self.ttl_ms = max(1, int(ttl * 1000))
+        self.poll_interval = poll_interval
+        self.lost = 0  # events not stored (Redis unreachable, or the queue full)
+        self._log = ThrottledLog(logger, 60.0)
+        self._tag = secrets.token_hex(4)  # event ids of this process
+        self._counter = 0
+        # Events wait here for `write` (`run_writer`), so sending a message never waits for Redis.
+        self._queue, self._queued = anyio.create_memory_object_stream[tuple[str, dict[Any, Any]]](queue_size)
+
+    async def store_event(self, stream_id: StreamId, message: JSONRPCMessage | None) -> EventId:
+        digest = _digest(stream_id)
+        namespace = EVENTS.get()
+        if namespace is None:
+            return f"{digest}.unscoped"
+        data = b"" if message is None else jsonrpc_message_adapter.dump_json(message, by_alias=True, exclude_unset=True)
+        self._counter += 1
+        event = f"{self._tag}-{self._counter}"
+        fields = {"e": event, "s": stream_id, "r": self.presence.replica, "m": data}
+        try:
+            self._queue.send_nowait((f"{self.prefix}{namespace}:{digest}", fields))
+        except anyio.WouldBlock:
+            self._lose(1, "the queue is full")
+        return f"{digest}.{event}"
+
+    async def run_writer(self) -> None:
+        """Until cancelled: the queued events to Redis, in order, as many per round trip as are waiting."""
+        while True:
+            first = await self._queued.receive()
+            await self.write([first])
+
+    async def write(self, batch: list[tuple[str, dict[Any, Any]]]) -> None:
+        """`batch` and whatever else is queued, in one pipeline."""
+        while len(batch) < _WRITE_BATCH:
+            try:
+                batch.append(self._queued.receive_nowait())
+            except anyio.WouldBlock:
+                break
+        try:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for key, fields in batch:
+                    pipe.xadd(key, fields, maxlen=self.max_events, approximate=False)
+                    pipe.pexpire(key, self.ttl_ms)
+                await pipe.execute()
+        except STORE_ERRORS as exc:
+            self._lose(len(batch), type(exc).__name__)
+
+    def _lose(self, count: int, why: str) -> None:
+        self.lost += count
+        self._log.warning("store", "sessions: SSE events not stored (%d so far): %s", self.lost, why)
+
+    async def replay_events_after(self, last_event_id: EventId, send_callback: EventCallback) -> StreamId | None:
+        namespace = EVENTS.get()
+        digest, _, event = last_event_id.partition(".")
+        if namespace is None or not event or digest != _digest_shape(digest):
+            return None
+        key = f"{self.prefix}{namespace}:{digest}"
+        try:
+            entries = await self._find(key, event)
+        except STORE_ERRORS as exc:
+            self._log.warning("replay", "sessions: SSE replay failed: %s", type(exc).__name__)
+            return None
+        if not entries:
+            return None  # unknown, of another session, or dropped since
+        stream_id = entries[0][1].get("s", b"").decode()
+        tail = _Tail(stream_id, owner=entries[0][1].get("r", b"").decode(), after=entries[0][0])
+        if await tail.send(entries[1:], send_callback) or stream_id == GET_STREAM_KEY:
+            return stream_id
+        await self._follow(key, tail, send_callback)
+        return stream_id
+
+    async def _follow(self, key: str, tail: _Tail, send_callback: EventCallback) -> None:
+        """A request's stream without its answer yet: what is stored next, until the answer or its replica's end."""
+        while True:
+            await anyio.sleep(self.poll_interval)
+            try:
+                entries = await self._range(key, "(" + tail.after, _TAIL_BATCH)
+                if await tail.send(entries, send_callback):
+                    return
+                if entries or await self.presence.alive(tail.owner):
+                    continue
+                reason = f"the replica running this request ({tail.owner}) stopped before answering"
+            except STORE_ERRORS as exc:
+                reason = f"the session store is unreachable ({type(exc).__name__})"
+            error = ErrorData(code=INTERNAL_ERROR, message=f"Request lost: {reason}; it may be retried")
+            await send_callback(EventMessage(JSONRPCError(jsonrpc="2.0", id=_request_id(tail.stream_id), error=error)))
+            return
+
+    async def _find(self, key: str, event: str) -> list[Entry]:
+        """The stream's entries from the one with id `event` on; [] when it is not there. An event just sent
+        may still be on its way from its replica's queue: looked for again for up to `_FIND_WAIT` seconds."""
+        with anyio.move_on_after(_FIND_WAIT):
+            while True:
+                entries = await self._range(key, "-", self.max_events + 1)
+                ids = [fields.get("e", b"").decode() for _, fields in entries]
+                if event in ids:
+                    return entries[ids.index(event) :]
+                await anyio.sleep(self.poll_interval)
+        return []
+
+    async def _range(self, key: str, start: str, count: int) -> list[Entry]:
+        """Entries from `start` on, as (id, fields)."""
+        raw: Any = await self.client.xrange(key, min=start, max="+", count=count)
+        return [
+            (_text(entry_id), {_text(name): _bytes(value) for name, value in fields.items()})
+            for entry_id, fields in raw
+        ]
+
+
+class _Tail:
+    """Where a replay of one stream stands: the last entry sent, and the replica running its request."""
+
+    def __init__(self, stream_id: str, owner: str, after: str) -> None:
+        self.stream_id = stream_id
+        self.owner = owner
+        self.after = after
+
+    async def send(self, entries: list[Entry], send_callback: EventCallback) -> bool:
+        """Sends the entries' messages; True once the request's answer was among them."""
+        for entry_id, fields in entries:
+            self.after = entry_id
+            data = fields.get("m", b"")
+            if not data:
+                continue  # a priming event: an id to resume from, nothing to send
+            self.owner = fields.get("r", b"").decode()
+            try:
+                message = jsonrpc_message_adapter.validate_json(data, by_name=False)
+            except ValidationError:
+                logger.warning("sessions: an unreadable SSE event was skipped")
+                continue
+            event_id = f"{_digest(self.stream_id)}.{fields.get('e', b'').decode()}"
+            await send_callback(EventMessage(message, event_id))
+            if isinstance(message, JSONRPCResponse | JSONRPCError) and self.stream_id != GET_STREAM_KEY:
+                return True
+        return False
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _bytes(value: Any) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode()
+
+
+def _digest(stream_id: str) -> str:
+    return hashlib.sha256(stream_id.encode()).hexdigest()[:16]
+
+
+def _digest_shape(value: str) -> str:
+    """`value` when it could be a stream digest, else "" (never a key of ours)."""
+    return value if len(value) == 16 and all(c in "0123456789abcdef" for c in value) else ""
+
+
+def _request_id(stream_id: str) -> RequestId:
+    """The SDK names a request's stream `str(request id)`; clients number their requests."""
+    return int(stream_id) if stream_id.isdigit() else stream_id

@@ -1,0 +1,130 @@
+"""A 2026-07-28 retry relayed to the replica running its call (`sessions.store: redis`).
+
+A call that asks its client for input (a backend's sampling, elicitation or roots request) keeps running
+in one replica's memory, and its sealed `request_state` names that replica. A retry landing on another
+replica is pushed to the owner's inbox, a Redis list (`<prefix>relay:<replica>`), as a random request id,
+the call's id and the client's answers; the owner continues the call and pushes the answer to
+`<prefix>relay-reply:<request id>`. Both sides poll with BLPOP in short slices (each under `redis.timeout`),
+so the asker notices an owner that stops heartbeating and fails the retry with a clear error instead of
+waiting out `timeouts.input`. Every key expires.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+import mcp_types as types
+from mcp.shared.exceptions import MCPError
+from pydantic import BaseModel, ValidationError
+from redis.asyncio import Redis
+
+from vmcp_opt.routing.budget import ThrottledLog
+from vmcp_opt.shared.events import STORE_ERRORS, ReplicaPresence
+
+logger = logging.getLogger(__name__)
+
+Continue = Callable[[str, types.InputResponses | None], Awaitable[BaseModel]]
+_KEY_TTL_MS = 60_000
+
+
+class RedisRoundRelay:
+    def __init__(self, client: Redis, prefix: str, presence: ReplicaPresence, deadline: float, slice_: float) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.presence = presence
+        self.deadline = deadline  # longest wait for the owner's answer (the call's own timeouts bound it)
+        self.slice = slice_
+        self._log = ThrottledLog(logger, 60.0)
+
+    async def ask(
+        self, owner: str, call: str, responses: types.InputResponses | None
+    ) -> types.InputRequiredResult | dict[str, Any]:
+        gone = MCPError(
+            types.INVALID_PARAMS,
+            f"requestState names a call on replica {owner}, which has stopped; call again without requestState",
+        )
+        try:
+            if not await self.presence.alive(owner):
+                raise gone
+            rid = secrets.token_hex(16)
+            answers = {key: value.model_dump(by_alias=True, mode="json") for key, value in (responses or {}).items()}
+            inbox = f"{self.prefix}relay:{owner}"
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.rpush(inbox, json.dumps({"id": rid, "call": call, "responses": answers}))
+                pipe.pexpire(inbox, _KEY_TTL_MS)
+                await pipe.execute()
+            reply = await self._wait(f"{self.prefix}relay-reply:{rid}", owner)
+        except STORE_ERRORS as exc:
+            raise MCPError(types.INTERNAL_ERROR, f"the session store is unreachable ({type(exc).__name__})") from None
+        if reply is None:
+            raise gone
+        return _answer(reply)
+
+    async def _wait(self, key: str, owner: str) -> bytes | None:
+        with anyio.move_on_after(self.deadline):
+            while True:
+                popped = await self.client.blpop([key], timeout=self.slice)
+                if popped is not None:
+                    return _raw(popped[1])
+                if not await self.presence.alive(owner):
+                    return None
+        raise MCPError(types.INTERNAL_ERROR, f"replica {owner} did not answer within {self.deadline:g}s")
+
+    async def serve(self, continue_call: Continue) -> None:
+        """The owner's side, until cancelled: each relayed retry continued in a task of its own."""
+        inbox = f"{self.prefix}relay:{self.presence.replica}"
+        async with anyio.create_task_group() as tasks:
+            while True:
+                try:
+                    popped = await self.client.blpop([inbox], timeout=self.slice)
+                except STORE_ERRORS as exc:
+                    self._log.warning("inbox", "sessions: relayed retries not read: %s", type(exc).__name__)
+                    await anyio.sleep(self.slice)
+                    continue
+                if popped is not None:
+                    tasks.start_soon(self._continue, continue_call, _raw(popped[1]))
+
+    async def _continue(self, continue_call: Continue, raw: bytes) -> None:
+        try:
+            request = json.loads(raw)
+            rid, call = str(request["id"]), str(request["call"])
+            responses = types.InputResponseRequestParams.model_validate(
+                {"inputResponses": request["responses"]}, by_name=False
+            ).input_responses
+        except (ValueError, KeyError, TypeError, ValidationError):
+            logger.warning("sessions: an unreadable relayed retry was dropped")
+            return
+        try:
+            result = await continue_call(call, responses or None)
+            reply: dict[str, Any] = {"result": result.model_dump(by_alias=True, mode="json", exclude_none=True)}
+            if isinstance(result, types.InputRequiredResult):
+                reply = {"input_required": reply["result"]}
+        except MCPError as exc:
+            reply = {"error": exc.error.model_dump(mode="json", exclude_none=True)}
+        key = f"{self.prefix}relay-reply:{rid}"
+        try:
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.rpush(key, json.dumps(reply))
+                pipe.pexpire(key, _KEY_TTL_MS)
+                await pipe.execute()
+        except STORE_ERRORS as exc:
+            self._log.warning("reply", "sessions: a relayed retry's answer was not sent: %s", type(exc).__name__)
+
+
+def _raw(value: bytes | str) -> bytes:
+    return value if isinstance(value, bytes) else value.encode()
+
+
+def _answer(reply: bytes) -> types.InputRequiredResult | dict[str, Any]:
+    data = json.loads(reply)
+    if "error" in data:
+        raise MCPError.from_error_data(types.ErrorData.model_validate(data["error"]))
+    if "input_required" in data:
+        return types.InputRequiredResult.model_validate(data["input_required"], by_name=False)
+    result: dict[str, Any] = data["result"]
+    return result
