@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 import anyio
 import psutil
 from mcp.server.auth.routes import build_resource_metadata_url
-from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
+from mcp.server.streamable_http_manager import StreamableHTTPASGIApp
 from mcp.server.transport_security import TransportSecuritySettings
 from pydantic import AnyHttpUrl
 from starlette.applications import Starlette
@@ -32,6 +32,7 @@ from vmcp_opt.server.bad_input import JsonRpcErrorCodes
 from vmcp_opt.server.event_store import BoundedEventStore
 from vmcp_opt.server.handlers import build_mcp_server
 from vmcp_opt.server.host_check import HostCheck
+from vmcp_opt.server.lazy_stream import LazyStreamSessionManager
 from vmcp_opt.server.sessions import SessionGate, SessionSlots, hold_session_slot, throttle_sdk_refusals
 from vmcp_opt.telemetry.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 
@@ -86,7 +87,8 @@ def create_app(gateway: Gateway) -> Starlette:
     mcp_server.middleware.append(hold_session_slot)
     throttle_sdk_refusals()
     security = transport_security(server_config)
-    manager = StreamableHTTPSessionManager(
+    # JSON answers unless a call streams something first (server/lazy_stream.py).
+    manager = LazyStreamSessionManager(
         app=mcp_server,
         security_settings=security,
         max_request_body_size=server_config.max_body_bytes,
