@@ -9,9 +9,8 @@ path, the added latency and the ratio; writes bench/results/proxy_overhead_<mode
 
 `--peer`: direct vs mcp-proxy vs `vmcp serve`, both gateways in front of the same demo backend over stdio,
 the three paths interleaved, once on the 2025-11-25 handshake for every leg and once on the client's default
-era (2026-07-28 where the server offers it; mcp-proxy offers only 2025-11-25). mcp-proxy (`PEER_PACKAGE`,
-a bench-only dependency: it pins an older `mcp`) is installed on first use into its own virtual environment,
-bench/.peer-venv (gitignored; `--peer-venv` to put it elsewhere).
+era (2026-07-28 where the server offers it; mcp-proxy offers only 2025-11-25). mcp-proxy is installed on
+first use into its own virtual environment (bench/peer.py; `--peer-venv` to put it elsewhere).
 """
 
 from __future__ import annotations
@@ -19,10 +18,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import statistics
-import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
@@ -34,21 +31,17 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.peer import PEER_VENV, running_peer  # noqa: E402
 from bench.plots import latency_histogram  # noqa: E402
 from eval.metrics import percentile  # noqa: E402
 from tests.support import (  # noqa: E402
-    DEMO_SERVER,
     demo_backend,
-    free_port,
     http_demo_backend,
     running_gateway,
-    serving_mcp,
     write_config,
 )
 
 RESULTS = ROOT / "bench" / "results"
-PEER_PACKAGE = "mcp-proxy==0.13.0"
-PEER_VENV = ROOT / "bench" / ".peer-venv"
 MODES = {"legacy": "2025-11-25 on both legs", "auto": "client's default era"}
 console = Console()
 
@@ -117,32 +110,13 @@ def plot(samples: dict[str, list[float]], mode: str, name: str) -> Path:
     )
 
 
-def peer_executable(venv: Path) -> Path:
-    """mcp-proxy's entry point, installed into its own virtual environment on first use."""
-    executable = venv / "bin" / "mcp-proxy"
-    if not executable.exists():
-        console.print(f"installing {PEER_PACKAGE} into {venv} (once)")
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        subprocess.run([str(venv / "bin" / "pip"), "install", "--quiet", PEER_PACKAGE], check=True)
-    return executable
-
-
-@contextlib.contextmanager
-def running_peer(venv: Path) -> Iterator[str]:
-    """mcp-proxy serving streamable HTTP in front of the demo backend over stdio; yields its /mcp URL."""
-    port = free_port()
-    command = [str(peer_executable(venv)), "--port", str(port), "--pass-environment", "--log-level", "WARNING"]
-    with serving_mcp([*command, sys.executable, str(DEMO_SERVER)], port) as url:
-        yield url
-
-
 def run_peer(calls: int, venv: Path) -> None:
     directory = RESULTS / "proxy_overhead"
     directory.mkdir(parents=True, exist_ok=True)
     config = write_config(directory, {"backends": [demo_backend("web")]})
     with (
         http_demo_backend() as direct_url,
-        running_peer(venv) as peer_url,
+        running_peer(venv, console) as peer_url,
         running_gateway(config, "--no-optimizer") as gateway,
     ):
         paths = [("direct", direct_url, "slow_echo"), ("mcp-proxy", peer_url, "slow_echo")]
