@@ -12,6 +12,7 @@ be the bottleneck: its share of one core is printed). Needs `hey` (Debian: `apt-
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -83,7 +84,8 @@ def drive(target: Target, clients: int, seconds: float) -> None:
     """`hey` for `seconds` at `clients` connections; its per-request CSV is added to `target`."""
     hey = shutil.which("hey")
     assert hey is not None
-    with tempfile.NamedTemporaryFile("w", suffix=".json") as body:
+    # hey's CSV goes to a file: through a pipe nobody reads until it exits, a long run would fill it and stall.
+    with tempfile.NamedTemporaryFile("w", suffix=".json") as body, tempfile.TemporaryFile("w+") as rows:
         json.dump(target.body, body)
         body.flush()
         command = [hey, "-z", f"{seconds}s", "-c", str(clients), "-m", "POST", "-D", body.name, "-o", "csv"]
@@ -91,13 +93,15 @@ def drive(target: Target, clients: int, seconds: float) -> None:
         for name, value in target.headers.items():
             command += ["-H", f"{name}: {value}"]
         began = time.monotonic()
-        proc = subprocess.Popen([*command, target.url], stdout=subprocess.PIPE, text=True)
+        proc = subprocess.Popen([*command, target.url], stdout=rows)
         driver = psutil.Process(proc.pid)
         cpu = driver.cpu_times()
         while proc.poll() is None:
-            cpu = driver.cpu_times()  # the last reading before it exits
+            with contextlib.suppress(psutil.NoSuchProcess):
+                cpu = driver.cpu_times()  # the last reading before it exits
             time.sleep(0.5)
-        out, _ = proc.communicate()
+        rows.seek(0)
+        out = rows.read()
     wall = time.monotonic() - began
     target.seconds += wall
     target.driver_busy.append((cpu.user + cpu.system) / wall)
