@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,7 +32,7 @@ from mcp.client.streamable_http import streamable_http_client
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from tests.support import free_port, running_gateway, stop_process, wait_http, write_config  # noqa: E402
+from tests.support import free_port, running_gateway, serving_mcp, write_config  # noqa: E402
 from tests.test_backend_credentials import SECRETS, issuer_process, token_for  # noqa: E402
 
 WHOAMI = ROOT / "examples" / "backends" / "whoami_server.py"
@@ -42,13 +41,8 @@ WHOAMI = ROOT / "examples" / "backends" / "whoami_server.py"
 @contextmanager
 def open_backend() -> Iterator[str]:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, str(WHOAMI), "--open", "--port", str(port)], stderr=subprocess.DEVNULL)
-    try:
-        url = f"http://127.0.0.1:{port}/mcp"
-        wait_http(url, expect=(200, 400, 404, 405, 406), proc=proc)
+    with serving_mcp([sys.executable, str(WHOAMI), "--open", "--port", str(port)], port) as url:
         yield url
-    finally:
-        stop_process(proc)
 
 
 def client(url: str, token: str) -> Client:

@@ -17,6 +17,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
@@ -42,7 +43,7 @@ def queries(count: int) -> list[str]:
 
 
 async def through_gateway(
-    url: str, texts: list[str], started: float
+    url: str, texts: list[str], started: float, log: Callable[[], str]
 ) -> tuple[float, float, list[float], dict[str, int]]:
     first_list = 0.0
     with anyio.fail_after(900):
@@ -62,6 +63,11 @@ async def through_gateway(
                     break
                 await anyio.sleep(0.5)
         vectors_ready = time.perf_counter() - started
+        with anyio.fail_after(300), console.status("waiting for the answer token counts (after the vectors)"):
+            while True:
+                if "answer tokens counted" in log():
+                    break
+                await anyio.sleep(0.5)
         latencies: list[float] = []
         for text in track(texts, description="find_tool through the gateway", console=console):
             begun = time.perf_counter()
@@ -128,7 +134,9 @@ def main() -> None:
         }
         started = time.perf_counter()
         with running_gateway(write_config(directory, config), wait_ready=False, ready_timeout=120) as gateway:
-            first_list, ready, gateway_ms, tokens = anyio.run(through_gateway, gateway.url, texts, started)
+            first_list, ready, gateway_ms, tokens = anyio.run(
+                through_gateway, gateway.url, texts, started, gateway.output
+            )
         local_ms = in_process(directory / "idx", args.tools, texts)
     p50_gw, p50_local = percentile(gateway_ms, 50), percentile(local_ms, 50)
     console.print(f"[bold]{args.tools} tools[/], {len(texts)} queries")

@@ -6,6 +6,9 @@ Prints throughput, p50/p95/p99 latency, errors by kind, calls lost (a call that 
 nor an error: must be 0) and the gateway's RSS at start and end; writes bench/results/load.json.
 
     .venv/bin/python bench/load.py [--clients 32] [--seconds 20]
+    .venv/bin/python bench/load.py --peer [--clients 32] [--seconds 20]
+
+`--peer`: no failure; throughput of the gateway against mcp-proxy with `hey` (bench/throughput.py).
 """
 
 from __future__ import annotations
@@ -148,7 +151,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--peer", action="store_true", help="throughput against mcp-proxy, driven by hey")
     args = parser.parse_args()
+    if args.peer:
+        from bench.throughput import compare
+
+        with tempfile.TemporaryDirectory() as tmp:
+            compare(args.clients, args.seconds, Path(tmp))
+        return
     with tempfile.TemporaryDirectory() as tmp, http_demo_backend() as web_url:
         config = {
             "backends": [demo_backend("local"), {"name": "web", "transport": "streamable-http", "url": web_url}],

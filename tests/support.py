@@ -95,6 +95,18 @@ def http_demo_backend(port: int | None = None, *, sse: bool = False) -> Iterator
         stop_process(proc)
 
 
+@contextlib.contextmanager
+def serving_mcp(command: list[str], port: int) -> Iterator[str]:
+    """A process (`command`) serving streamable HTTP on `port`; yields its /mcp URL once it answers."""
+    proc = subprocess.Popen(command, stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}/mcp"
+        wait_http(url, expect=(200, 400, 404, 405, 406), proc=proc)
+        yield url
+    finally:
+        stop_process(proc)
+
+
 class Gateway:
     """A running `vmcp serve` process."""
 

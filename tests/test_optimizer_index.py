@@ -7,6 +7,7 @@ Uses the real embedding model (local, ~3 s to load), shared by every test in thi
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Iterator
@@ -20,7 +21,8 @@ from vmcp_opt.config import OptimizerConfig
 from vmcp_opt.optimizer.documents import ToolRecord, content_hash, split_identifier, tool_document
 from vmcp_opt.optimizer.embedding import Embedder, load_embedder
 from vmcp_opt.optimizer.index import ToolIndex
-from vmcp_opt.optimizer.tokens import count_tokens
+from vmcp_opt.optimizer.meta_tool_forms import tool_json
+from vmcp_opt.optimizer.tokens import AnswerTokens, count_tokens
 
 LOCAL_TZ = "Europe/London"
 
@@ -222,6 +224,33 @@ def test_count_tokens_uses_the_model_tokenizer_without_truncation() -> None:
     assert count_tokens("") == 0
     assert count_tokens("what time is it") == 4
     assert count_tokens("word " * 1000) == 1000
+
+
+def test_answer_tokens_add_up_to_the_whole_answers_count() -> None:
+    """find_tool's token figure, from counts kept per tool, equals tokenizing the whole result list."""
+    odd = ToolRecord(
+        name="odd_tool",
+        backend="b",
+        description='Quotes "like this", a tab\there, ünïcødé, 東京, emoji 🚀 and a \\ backslash.',
+        input_schema={"type": "object", "properties": {"q": {"type": "string", "pattern": "^[a-z]+$"}}},
+    )
+    counter = AnswerTokens()
+    for records in ([], CATALOGUE[:1], CATALOGUE[:8], [odd, *CATALOGUE[:3]]):
+        parts = [tool_json(record) for record in records]
+        results = [{**part, "score": 0.1234 * (i + 1), "used_with": "x_y"} for i, part in enumerate(parts)]
+        expected = count_tokens(json.dumps(results))
+        assert counter.count(results, parts) == expected  # counted, kept
+        assert counter.all_known(parts)
+        assert counter.count(results, parts) == expected  # from what was kept
+
+
+def test_answer_tokens_keep_at_most_max_tools() -> None:
+    counter = AnswerTokens(max_tools=2)
+    assert counter.warm((tool_json(record) for record in CATALOGUE), stop=lambda: False) == 2
+    assert not counter.all_known([tool_json(record) for record in CATALOGUE[:3]])
+    parts = [tool_json(record) for record in CATALOGUE[:3]]
+    counter.count([{**part, "score": 1.0} for part in parts], parts)
+    assert counter.all_known(parts[1:]) and not counter.all_known(parts[:1])  # the oldest made room
 
 
 def test_searches_keep_answering_while_an_update_runs(tmp_path: Path, embedder: Embedder) -> None:

@@ -23,6 +23,7 @@ import psutil
 import pytest
 from mcp import Client
 from mcp.client.session import ClientRequestContext, IncomingMessage
+from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
 from tests.support import EXAMPLES, Gateway, running_gateway, write_config
@@ -150,6 +151,45 @@ def test_progress_notifications_arrive_before_the_result(gateway: Gateway) -> No
 
     anyio.run(main)
     assert events == [("progress", 0), ("progress", 50), ("progress", 100), ("result", -1)]
+
+
+def test_a_call_that_streams_nothing_is_answered_json_and_one_that_streams_as_sse(gateway: Gateway) -> None:
+    """2025-11-25 POSTs: a plain JSON body unless the call sends something before its result."""
+    answered: dict[str, str] = {}
+
+    async def record(response: httpx2.Response) -> None:
+        body = json.loads(response.request.content or b"{}")
+        if body.get("method") == "tools/call":
+            answered[body["params"]["name"]] = response.headers.get("content-type", "").split(";")[0]
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        progressed.append(progress)
+
+    async def sampling(
+        context: ClientRequestContext, params: types.CreateMessageRequestParams
+    ) -> types.CreateMessageResult:
+        return types.CreateMessageResult(role="assistant", content=types.TextContent(type="text", text="ok"), model="m")
+
+    progressed: list[float] = []
+
+    async def main() -> list[str]:
+        http = httpx2.AsyncClient(event_hooks={"response": [record]}, timeout=60)
+        transport = streamable_http_client(gateway.url, http_client=http)
+        async with Client(transport, mode="legacy", sampling_callback=sampling) as client:  # type: ignore[arg-type]
+            return [
+                _text(await client.call_tool("test_simple_text", {})),
+                _text(await client.call_tool("test_tool_with_progress", {}, progress_callback=on_progress)),
+                _text(await client.call_tool("test_sampling", {"prompt": "?"})),
+            ]
+
+    texts = anyio.run(main)
+    assert texts[0] and texts[2] == "LLM response: ok"
+    assert progressed == [0, 50, 100]
+    assert answered == {
+        "test_simple_text": "application/json",
+        "test_tool_with_progress": "text/event-stream",
+        "test_sampling": "text/event-stream",
+    }
 
 
 def test_a_cancelled_call_is_cancelled_at_the_backend(gateway: Gateway) -> None:

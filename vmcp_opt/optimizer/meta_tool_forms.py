@@ -10,6 +10,7 @@ from typing import Any
 import mcp_types as types
 
 from vmcp_opt.arguments import ArgumentError
+from vmcp_opt.optimizer.documents import ToolRecord
 from vmcp_opt.optimizer.index import SearchHit
 
 FIND_TOOL = types.Tool(
@@ -71,15 +72,20 @@ META_TOOL_NAMES = frozenset(tool.name for tool in META_TOOLS)
 # A policy asked tool by tool (not a BatchPolicy): find_tool looks this much deeper for enough allowed ones.
 
 
+def tool_json(record: ToolRecord) -> dict[str, Any]:
+    """What a find_tool result says of its tool, whatever the query: the start of every result for it."""
+    return {
+        "name": record.name,
+        "backend": record.backend,
+        "description": record.description,
+        "input_schema": dict(record.input_schema),
+    }
+
+
 def hit_json(hit: SearchHit, answer: Collection[str]) -> dict[str, Any]:
     """One result; `used_with` and `supplies` only when the tool they name is in the `answer` too."""
-    found: dict[str, Any] = {
-        "name": hit.record.name,
-        "backend": hit.record.backend,
-        "description": hit.record.description,
-        "input_schema": dict(hit.record.input_schema),
-        "score": round(hit.score, 4),
-    }
+    found = tool_json(hit.record)
+    found["score"] = round(hit.score, 4)
     if hit.used_with and hit.used_with in answer:
         # Here mostly because past tasks used it with that result: the agent may need both.
         found["used_with"] = hit.used_with

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -45,8 +46,9 @@ from vmcp_opt.optimizer.meta_tool_forms import (
     META_TOOLS,
     coerce_strings,
     hit_json,
+    tool_json,
 )
-from vmcp_opt.optimizer.tokens import count_tokens, tools_list_tokens
+from vmcp_opt.optimizer.tokens import AnswerTokens, tools_list_tokens
 from vmcp_opt.optimizer.usage import FileUsageHistory, UsageGraph, UsageHistory, UsageRecorder
 from vmcp_opt.routing import GATEWAY_SOURCE, ProvidedTool, ToolCall, UnknownTool
 
@@ -120,6 +122,7 @@ class OptimizerFront:
         }
         self.full_list_tokens = 0
         self.meta_tools_tokens = 0
+        self.answer_tokens = AnswerTokens(self.settings.model)
         self._validator = ArgumentValidator()
         # The newest catalogue waiting to be embedded; the worker always takes the latest one.
         self._pending: list[ToolRecord] | None = None
@@ -247,7 +250,7 @@ class OptimizerFront:
             )
         if notes:
             answer["note"] = "; ".join(notes)
-        answer_tokens = count_tokens(json.dumps(tools), self.settings.model)
+        answer_tokens = await self._answer_tokens(tools, [tool_json(hit.record) for hit in result.hits])
         answer["tokens"] = {
             "full_tool_list": self.full_list_tokens,
             "this_answer": answer_tokens,
@@ -257,6 +260,12 @@ class OptimizerFront:
             content=[types.TextContent(type="text", text=json.dumps(answer, indent=1))],
             structured_content=answer,
         )
+
+    async def _answer_tokens(self, tools: list[dict[str, Any]], parts: list[dict[str, Any]]) -> int:
+        """The answer's tokens; off the event loop when a tool's text must be tokenized (~1 ms each)."""
+        if self.answer_tokens.all_known(parts):
+            return self.answer_tokens.count(tools, parts)
+        return await anyio.to_thread.run_sync(self.answer_tokens.count, tools, parts)
 
     def _shown(self, hits: Sequence[SearchHit]) -> list[dict[str, Any]]:
         """The results as find_tool shows them: a match score when there is one, links only within the answer."""
@@ -304,6 +313,14 @@ class OptimizerFront:
         while not self._closed.wait(self.settings.usage_sync_interval):
             self.save_usage()
 
+    def _warm_answer_tokens(self, records: list[ToolRecord]) -> None:
+        """Count each tool's part of a find_tool answer now, so queries tokenize only their scores."""
+        started = time.perf_counter()
+        counted = self.answer_tokens.warm(
+            (tool_json(record) for record in records), stop=lambda: self._pending is not None or self._closed.is_set()
+        )
+        logger.info("optimizer: answer tokens counted for %d tools in %.1f s", counted, time.perf_counter() - started)
+
     def _embed_in_background(self, records: list[ToolRecord]) -> None:
         with self._wake:
             self._pending = records
@@ -328,6 +345,7 @@ class OptimizerFront:
                     )
                 self.index.update(records)
                 self._vectors_ready.set()
+                self._warm_answer_tokens(records)
             except Exception:  # the keyword ranking keeps serving; say why vectors are missing
                 self._embedding_failed = True
                 self._vectors_ready.set()  # nobody waits for vectors that will not come

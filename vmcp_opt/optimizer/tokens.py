@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import cache
 from typing import Any
 
@@ -65,3 +65,74 @@ def saving(full: int, optimized: int) -> str:
         if change <= 0
         else f"({change:.1f}% more: the catalogue is smaller than the meta-tools)"
     )
+
+
+class AnswerTokens:
+    """Tokens of find_tool's result list, without tokenizing each tool's description and schema per query.
+
+    Counting a whole answer took ~6 ms per find_tool (8 results of ~800 characters each) on this machine,
+    more than the search. The tokenizer's pre-tokenizer splits at JSON punctuation (WordPiece, as the
+    default model's; a byte-level BPE may differ by a token at a seam), so the count of
+    `[r1, r2, …]` is the sum of its parts: the brackets and commas, and each result's JSON, which is the
+    part that depends only on its tool (`tool_part`, counted once and kept) followed by what depends on the
+    query (score, links: a few tokens). A part whose result does not start with it is counted whole.
+
+    Kept for at most `max_tools` tool texts (oldest dropped first); `warm` counts a catalogue's ahead of
+    the first queries, off the event loop. Thread-safe: the embedder thread warms while find_tool reads.
+    """
+
+    def __init__(self, model_spec: str = DEFAULT_MODEL, max_tools: int = 20_000) -> None:
+        self.model_spec = model_spec
+        self.max_tools = max_tools
+        # hash of the tool part's text (its JSON without the closing brace) -> its tokens
+        self._parts: dict[int, int] = {}
+        self._parts_lock = threading.Lock()
+
+    def count(self, results: Sequence[dict[str, Any]], tool_parts: Sequence[dict[str, Any]]) -> int:
+        """Tokens of `json.dumps(results)`; `tool_parts[i]` is the query-independent start of `results[i]`."""
+        if not results:
+            return count_tokens("[]", self.model_spec)
+        total = self._punctuation(len(results))
+        for result, part in zip(results, tool_parts, strict=True):
+            text, prefix = json.dumps(result), json.dumps(part)[:-1]
+            if not text.startswith(prefix):
+                total += count_tokens(text, self.model_spec)
+                continue
+            total += self._part_tokens(prefix) + count_tokens(text[len(prefix) :], self.model_spec)
+        return total
+
+    def all_known(self, tool_parts: Sequence[dict[str, Any]]) -> bool:
+        """Whether `count` needs the tokenizer only for the short query-dependent rests."""
+        with self._parts_lock:
+            return all(hash(json.dumps(part)[:-1]) in self._parts for part in tool_parts)
+
+    def warm(self, tool_parts: Iterable[dict[str, Any]], stop: Callable[[], bool]) -> int:
+        """Count tool parts ahead of the queries that show them, up to `max_tools` or until `stop()`."""
+        counted = 0
+        for part in tool_parts:
+            if counted >= self.max_tools or stop():
+                break
+            self._part_tokens(json.dumps(part)[:-1])
+            counted += 1
+        return counted
+
+    def _part_tokens(self, prefix: str) -> int:
+        key = hash(prefix)
+        with self._parts_lock:
+            known = self._parts.get(key)
+        if known is not None:
+            return known
+        tokens = count_tokens(prefix, self.model_spec)
+        with self._parts_lock:
+            if len(self._parts) >= self.max_tools:
+                del self._parts[next(iter(self._parts))]
+            self._parts[key] = tokens
+        return tokens
+
+    def _punctuation(self, results: int) -> int:
+        """`[`, `]` and the `, ` between results."""
+        return (
+            count_tokens("[", self.model_spec)
+            + count_tokens("]", self.model_spec)
+            + (results - 1) * count_tokens(", ", self.model_spec)
+        )

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 import anyio
 import psutil
 from mcp.server.auth.routes import build_resource_metadata_url
-from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
+from mcp.server.streamable_http_manager import StreamableHTTPASGIApp
 from mcp.server.transport_security import TransportSecuritySettings
 from pydantic import AnyHttpUrl
 from starlette.applications import Starlette
@@ -33,6 +33,7 @@ from vmcp_opt.server.drain import Drain
 from vmcp_opt.server.event_store import BoundedEventStore
 from vmcp_opt.server.handlers import build_mcp_server
 from vmcp_opt.server.host_check import HostCheck
+from vmcp_opt.server.lazy_stream import LazyStreamSessionManager
 from vmcp_opt.server.rate_limit_gate import RateLimitGate
 from vmcp_opt.server.replica import ReplicaHeader, replica_id
 from vmcp_opt.server.sessions import SessionGate, SessionSlots, hold_session_slot, throttle_sdk_refusals
@@ -92,7 +93,8 @@ def create_app(gateway: Gateway) -> Starlette:
     security = transport_security(server_config)
     replica = replica_id(server_config)
     shared = shared_session_parts(gateway.config, replica)  # None unless sessions.store is redis
-    manager = StreamableHTTPSessionManager(
+    # JSON answers unless a call streams something first (server/lazy_stream.py).
+    manager = LazyStreamSessionManager(
         app=mcp_server,
         security_settings=security,
         max_request_body_size=server_config.max_body_bytes,

@@ -43,6 +43,7 @@ from vmcp_opt.config import VmcpConfig
 from vmcp_opt.routing.budget import ThrottledLog
 from vmcp_opt.routing.round_trips import RoundTrips
 from vmcp_opt.server.admission import connection_of
+from vmcp_opt.server.lazy_stream import LazyStreamTransport
 from vmcp_opt.server.session_restore import is_restoring, serve_restored
 from vmcp_opt.server.sessions import SessionGate, Slot, json_rpc_error, may_open_session
 from vmcp_opt.shared.events import EVENTS, STORE_ERRORS, RedisEventStore, ReplicaPresence
@@ -206,7 +207,7 @@ class SharedSessions:
 
     async def _start_restored(self, session_id: str, record: SessionRecord, scope: Scope, slot: Slot) -> Held:
         manager = self.manager
-        transport = StreamableHTTPServerTransport(
+        transport = LazyStreamTransport(  # answers JSON unless a call streams, as the manager's own sessions
             mcp_session_id=session_id,
             is_json_response_enabled=manager.json_response,
             event_store=manager.event_store,

@@ -1,0 +1,194 @@
+"""Answer a 2025-11-25 POST with plain JSON unless the call streams something before its result.
+
+The SDK's streamable HTTP transport picks one answer form per session manager: every request POST an SSE
+stream (`json_response=False`, ~0.85 ms a call here: a stream, its writer and ping tasks, the client's
+SSE parser), or every one a JSON body (~0.25 ms) with no way to send progress, logs or server→client
+requests. `LazyStreamTransport` decides per request instead, once it sees what the call produces:
+
+- the request is dispatched with the SSE mode's metadata (so handlers may still stream, ask the client,
+  poll-close the stream), and the priming event is stored first, as the SDK does, so storage order stays
+  wire order for a resuming client;
+- the first message for the request decides: its own response → one `application/json` answer; anything
+  else (a progress notification, a log message, a server→client request) → the SSE stream starts with the
+  priming event and that message, and carries the rest as the SDK's would;
+- nothing within `COMMIT_SSE_AFTER` seconds → the SSE stream starts anyway, so its keep-alive pings hold a
+  long silent call open behind proxies with idle-read timeouts (the SDK's 2026-07-28 entry does the same);
+- the stream closed before anything came (the handler asked the client to poll) → the priming event alone,
+  which the client resumes from with `Last-Event-ID`.
+
+Everything else (initialize, notifications, responses, malformed or refused requests, GET, DELETE) is the
+SDK's own path. A client MUST accept both forms for a POST (streamable HTTP, "Sending Messages" 5); the
+2026-07-28 entry already answers this way.
+
+This subclasses the SDK transport and uses its private helpers (`_mint_priming_event`,
+`_create_session_message`, `_request_streams`, ...): the SDK offers no hook between dispatching a request
+and choosing its answer's form. `mcp` is pinned; `tests/test_relay_roundtrips.py` and the conformance
+suite exercise both forms through the gateway.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+from http import HTTPStatus
+
+import anyio
+import pydantic_core
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from mcp.server.auth.middleware.bearer_auth import AuthorizationContext
+from mcp.server.streamable_http import (
+    MCP_SESSION_ID_HEADER,
+    REQUEST_STREAM_BUFFER_SIZE,
+    EventMessage,
+    SSEEvent,
+    StreamableHTTPServerTransport,
+    check_accept_headers,
+)
+from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+from mcp.shared.inbound import MCP_PROTOCOL_VERSION_HEADER
+from mcp_types import (
+    DEFAULT_NEGOTIATED_VERSION,
+    INTERNAL_ERROR,
+    JSONRPCError,
+    JSONRPCRequest,
+    JSONRPCResponse,
+    jsonrpc_message_adapter,
+)
+from pydantic import ValidationError
+from sse_starlette import EventSourceResponse
+from starlette.requests import Request
+from starlette.types import Receive, Scope, Send
+
+logger = logging.getLogger(__name__)
+
+# Seconds a call may stay silent before its answer becomes an SSE stream (kept open by pings).
+COMMIT_SSE_AFTER = 15.0
+_SSE_CONTENT_TYPE = "text/event-stream"
+
+
+class LazyStreamSessionManager(StreamableHTTPSessionManager):
+    """The SDK's session manager, whose sessions answer with `LazyStreamTransport`."""
+
+    def _admit_session(self, requestor: AuthorizationContext | None) -> StreamableHTTPServerTransport | None:
+        # The SDK's own admission (limit, registration), with our transport class in place of its own.
+        transport = super()._admit_session(requestor)
+        if transport is not None:
+            # The subclass adds behaviour and no state, so the instance can take its class; copying the SDK's
+            # admission instead would fork it.
+            transport.__class__ = LazyStreamTransport
+        return transport
+
+
+class LazyStreamTransport(StreamableHTTPServerTransport):
+    async def _handle_post_request(self, scope: Scope, request: Request, receive: Receive, send: Send) -> None:
+        message = await self._plain_request(request)
+        if message is None:
+            await super()._handle_post_request(scope, request, receive, send)  # the body stays cached
+            return
+        try:
+            await self._answer(message, request, send)
+        except Exception as err:
+            logger.exception("Error handling POST request")
+            response = self._create_error_response(
+                "Error handling POST request", HTTPStatus.INTERNAL_SERVER_ERROR, INTERNAL_ERROR
+            )
+            await response(scope, receive, send)
+            assert self._read_stream_writer is not None
+            await self._read_stream_writer.send(Exception(err))
+
+    async def _plain_request(self, request: Request) -> JSONRPCRequest | None:
+        """The request to answer lazily, or None for anything the SDK's path must answer (or refuse)."""
+        has_json, has_sse = check_accept_headers(request)
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        session = request.headers.get(MCP_SESSION_ID_HEADER)
+        if not (has_json and has_sse and content_type == "application/json" and session == self.mcp_session_id):
+            return None
+        if self._read_stream_writer is None or session is None:
+            return None
+        try:
+            message = jsonrpc_message_adapter.validate_python(pydantic_core.from_json(await request.body()))
+        except (ValueError, ValidationError):
+            return None
+        if not isinstance(message, JSONRPCRequest) or message.method == "initialize":
+            return None
+        return message
+
+    async def _answer(self, message: JSONRPCRequest, request: Request, send: Send) -> None:
+        assert self._read_stream_writer is not None
+        request_id = str(message.id)
+        version = request.headers.get(MCP_PROTOCOL_VERSION_HEADER, DEFAULT_NEGOTIATED_VERSION)
+        priming = await self._mint_priming_event(request_id, version)
+        self._request_streams[request_id] = streams = anyio.create_memory_object_stream[EventMessage](
+            REQUEST_STREAM_BUFFER_SIZE
+        )
+        reader = streams[1]
+        await self._read_stream_writer.send(self._create_session_message(message, request, request_id, version))
+        first: EventMessage | None = None
+        closed = False
+        with anyio.move_on_after(COMMIT_SSE_AFTER):
+            try:
+                first = await reader.receive()
+            except (anyio.EndOfStream, anyio.ClosedResourceError):
+                closed = True
+        if first is not None and isinstance(first.message, JSONRPCResponse | JSONRPCError):
+            await self._clean_up_memory_streams(request_id)
+            await self._create_json_response(first.message)(request.scope, request.receive, send)
+            return
+        if closed and (priming is None or self._terminated):
+            logger.debug("Session terminated with request %s in flight; no response to send", request_id)
+            response = self._create_error_response(
+                "Session terminated before the request completed", HTTPStatus.INTERNAL_SERVER_ERROR, INTERNAL_ERROR
+            )
+            await response(request.scope, request.receive, send)
+            return
+        opening = [event for event in (priming, first and self._create_event_data(first)) if event]
+        await self._stream(request_id, opening, None if closed else reader, request, send)
+
+    async def _stream(
+        self,
+        request_id: str,
+        opening: list[SSEEvent],
+        rest: MemoryObjectReceiveStream[EventMessage] | None,
+        request: Request,
+        send: Send,
+    ) -> None:
+        """Answer with an SSE stream: the `opening` events, then the request's messages up to its response."""
+        sse_writer, sse_reader = anyio.create_memory_object_stream[SSEEvent](0)
+        self._sse_stream_writers[request_id] = sse_writer  # so `close_sse_stream` can end it
+        headers = {
+            "Cache-Control": "no-cache, no-transform",
+            "Connection": "keep-alive",
+            "Content-Type": _SSE_CONTENT_TYPE,
+            MCP_SESSION_ID_HEADER: self.mcp_session_id or "",
+        }
+        sender = partial(self._forward, request_id, sse_writer, opening, rest)
+        response = EventSourceResponse(content=sse_reader, data_sender_callable=sender, headers=headers)
+        try:
+            await response(request.scope, request.receive, send)
+        finally:
+            await sse_writer.aclose()
+            await sse_reader.aclose()
+            await self._clean_up_memory_streams(request_id)
+
+    async def _forward(
+        self,
+        request_id: str,
+        sse_writer: MemoryObjectSendStream[SSEEvent],
+        opening: list[SSEEvent],
+        rest: MemoryObjectReceiveStream[EventMessage] | None,
+    ) -> None:
+        try:
+            async with sse_writer:
+                for event in opening:
+                    await sse_writer.send(event)
+                if rest is None:
+                    return  # closed for polling: the client resumes from the priming event
+                async for event_message in rest:
+                    await sse_writer.send(self._create_event_data(event_message))
+                    if isinstance(event_message.message, JSONRPCResponse | JSONRPCError):
+                        break
+        except anyio.ClosedResourceError:
+            logger.debug("SSE stream for request %s closed", request_id)
+        finally:
+            self._sse_stream_writers.pop(request_id, None)
+            await self._clean_up_memory_streams(request_id)
