@@ -5,8 +5,9 @@ one streamable-HTTP backend: telemetry off; the audit log (to a file) and metric
     .venv/bin/python bench/telemetry.py [--calls 400]
 
 Prints p50/p95 of each and the added p50; then the watchers' own cost per proxied call measured in process
-(a front operation and its backend request through audit, metrics and tracing), which the end-to-end
-difference cannot resolve below the noise of two HTTP hops.
+(a front operation and its backend request through audit, metrics and tracing, with the audit writer and
+span exporter threads working meanwhile), which the end-to-end difference cannot resolve below the noise of
+two HTTP hops; and, for scale, one span made through the OpenTelemetry SDK's own Tracer.
 """
 
 from __future__ import annotations
@@ -111,6 +112,31 @@ def watcher_cost(directory: Path, endpoint: str, calls: int = 5_000) -> dict[str
     return {name: cost - costs["none"] for name, cost in costs.items() if name != "none"}
 
 
+def sdk_span_cost(calls: int = 5_000) -> float:
+    """Microseconds of one span made the SDK's usual way (`Tracer.start_span` with five attributes, `end`, a
+    batch processor whose exporter drops): the floor `telemetry/tracing.py` avoids, two per proxied call."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+    class Dropping(SpanExporter):
+        def export(self, spans: Any) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(Dropping()))
+    tracer = provider.get_tracer("bench")
+    attributes = {"mcp.method.name": "tools/call", "mcp.session.id": "session:bench", "vmcp.backend": "web"}
+    attributes |= {"mcp.protocol.version": "2025-11-25", "gen_ai.tool.name": "web_slow_echo"}
+    best = float("inf")
+    for _ in range(3):
+        started = time.perf_counter()
+        for _ in range(calls):
+            tracer.start_span("tools/call web_slow_echo", attributes=attributes).end()
+        best = min(best, (time.perf_counter() - started) / calls * 1e6)
+    provider.shutdown()
+    return best
+
+
 def report(samples: dict[str, list[float]], costs: dict[str, float]) -> None:
     calls = len(samples["off"])
     table = Table(title=f"tools/call through the gateway, ms ({calls} interleaved calls each)")
@@ -125,8 +151,9 @@ def report(samples: dict[str, list[float]], costs: dict[str, float]) -> None:
     console.print(table)
     console.print(
         "watchers in process, per proxied call (front + backend operation): "
-        + ", ".join(f"{name} {cost:.1f} µs" for name, cost in costs.items())
+        + ", ".join(f"{name} {cost:.1f} µs" for name, cost in costs.items() if name != "sdk span")
     )
+    console.print(f"for scale, one span through the OpenTelemetry SDK's Tracer: {costs['sdk span']:.1f} µs")
 
 
 def main() -> None:
@@ -146,6 +173,7 @@ def main() -> None:
                     urls[name] = stack.enter_context(running_gateway(config, "--no-optimizer", env=env)).url
                 samples = anyio.run(measure, urls, args.calls)
         costs = watcher_cost(directory, endpoint)
+        costs["sdk span"] = sdk_span_cost()
     report(samples, costs)
 
 

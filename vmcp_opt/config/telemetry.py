@@ -36,6 +36,9 @@ class AuditConfig(_Strict):
     when_full: Literal["drop", "block"] = "drop"
     # Seconds a request waits for room under `when_full: block` before the event is dropped.
     block_timeout: float = Field(default=0.05, ge=0)
+    # Seconds the writer gathers events before it formats and writes them: one wake-up per batch keeps its
+    # work from interleaving with requests; 0 writes each event at once.
+    flush_interval: float = Field(default=0.1, ge=0, le=10)
 
 
 class MetricsConfig(_Strict):

@@ -44,7 +44,6 @@ from vmcp_opt.routing.operations import (
     current,
     request_target,
     watched,
-    with_meta,
 )
 from vmcp_opt.routing.policy import AllowAll, Decision, Denied, Operation, Policy, Target
 from vmcp_opt.routing.providers import ProvidedTool, ToolCall, ToolProvider, error_result
@@ -417,8 +416,6 @@ class Router:
             return await session.send(request, result_type, self.guard, progress)
         op = Op(request.method, caller, "backend", request_target(request), backend, exchange)
         with watched(self.watchers, op):
-            if op.meta:  # the watchers' `_meta` (trace context) replaces what the client's request carried
-                request = with_meta(request, op.meta)
             connection = None if exchange.round is not None else self._connection(backend)
             session = await self.sessions.choose(caller, exchange, connection)
             result = await session.send(request, result_type, self.guard, progress)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -95,6 +96,15 @@ class Metrics:
         )
         self.state = GatewayState()
         self.registry.register(_StateCollector(self))
+        # Each label set's child, looked up once: `labels()` takes a lock and formats every value each time.
+        self._children: dict[tuple[Histogram, tuple[str, ...]], Any] = {}
+
+    def _child(self, histogram: Histogram, *labels: str) -> Any:
+        key = (histogram, labels)
+        child = self._children.get(key)
+        if child is None:  # label values are bounded (module docstring), so this dictionary is too
+            child = self._children[key] = histogram.labels(*labels)
+        return child
 
     def operation_started(self, op: Operation) -> None:
         return None
@@ -102,11 +112,11 @@ class Metrics:
     def operation_finished(self, op: Operation) -> None:
         if op.kind == "backend":
             backend = op.backend if op.backend in self._backends else "other"
-            self.client.labels(backend, method_label(op.method), op.outcome).observe(op.duration)
+            self._child(self.client, backend, method_label(op.method), op.outcome).observe(op.duration)
             return
-        self.server.labels(method_label(op.method), op.outcome).observe(op.duration)
+        self._child(self.server, method_label(op.method), op.outcome).observe(op.duration)
         if op.method == "tools/call" and op.target in META_TOOLS and op.backend == "vmcp":
-            self.meta.labels(op.target, op.outcome).observe(op.duration)
+            self._child(self.meta, op.target, op.outcome).observe(op.duration)
             if op.target == "find_tool":
                 self._found(op)
         if op.error == str(-32602) and op.backend is None:
