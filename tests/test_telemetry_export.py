@@ -168,7 +168,12 @@ async def test_one_trace_runs_from_the_client_through_the_gateway_to_the_backend
                     meta={"traceparent": traceparent, "tracestate": "client=1"},  # type: ignore[typeddict-unknown-key]
                 )
                 await client.call_tool("call_tool", {"tool_name": "notes_save_note", "arguments": {"title": "t"}})
+                unknown = await client.call_tool("call_tool", {"tool_name": "no_such_tool", "arguments": {}})
             await http.aclose()
+            refused = [
+                httpx2.post(gateway.url, json={}, headers=headers, timeout=30).status_code
+                for headers in ({}, {"Authorization": "Bearer not-a-key"}, {"Authorization": "Basic abc"})
+            ]
             with prometheus(tmp_path, f"127.0.0.1:{gateway.port}") as prom:
                 served = query(prom, 'mcp_server_operation_duration_seconds_count{job="vmcp",method="tools/call"}', 2)
                 backend_calls = query(prom, 'mcp_client_operation_duration_seconds_count{backend="echo"}', 1)
@@ -179,6 +184,10 @@ async def test_one_trace_runs_from_the_client_through_the_gateway_to_the_backend
                 gauges = query(
                     prom, '{__name__=~"vmcp_index_tools|vmcp_active_sessions|vmcp_audit_events_dropped_total"}', 3
                 )
+                auth = query(prom, 'vmcp_auth_total{job="vmcp",method="api_keys"}', 3)
+                not_found = query(prom, "vmcp_unknown_tool_total >= 1", 1)
+                rebuilds = query(prom, "vmcp_index_rebuild_seconds_count", 2)
+                indexed = query(prom, 'sum by (stage) (vmcp_index_update_tools_total{stage="vectors"}) > 0', 1)
             metrics = httpx2.get(f"{gateway.base}/metrics", timeout=30).text
             output = gateway.output()
         spans = spans_of(received)  # the gateway's shutdown flushed its last batch
@@ -218,6 +227,11 @@ async def test_one_trace_runs_from_the_client_through_the_gateway_to_the_backend
     assert sum(float(s["value"][1]) for s in health) == 2  # one state each
     assert {s["metric"]["backend"] for s in circuit} == {"notes", "echo"}
     assert results and savings and {s["metric"]["__name__"] for s in gauges} >= {"vmcp_index_tools"}
+    # authentication outcomes: the session's requests accepted, each refusal by its reason
+    assert refused == [401, 401, 401] and unknown.is_error
+    counts = {s["metric"]["outcome"]: float(s["value"][1]) for s in auth}
+    assert counts["accepted"] >= 4 and counts["missing"] == 1 and counts["invalid_token"] == 2
+    assert not_found and {s["metric"]["stage"] for s in rebuilds} == {"keywords", "vectors"} and indexed
 
     everything = b"".join(raw).decode("latin-1") + metrics + output + (tmp_path / "audit.log").read_text()
     assert key not in everything and digest not in everything

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+from collections.abc import Callable
 from urllib.parse import parse_qsl
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -36,11 +37,14 @@ class RequireAuthentication:
         authenticator: Authenticator,
         resource_metadata_url: str | None = None,
         required_scopes: list[str] | None = None,
+        counted: Callable[[str], None] | None = None,
     ) -> None:
         self.app = app
         self.authenticator = authenticator
         self.resource_metadata_url = resource_metadata_url
         self.required_scopes = required_scopes or []
+        # Told each request's outcome: "accepted", or the refusal's RFC 6750 error ("missing" when none).
+        self.counted = counted
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -49,6 +53,8 @@ class RequireAuthentication:
         try:
             scope[SCOPE_KEY] = await self._identify(scope)
         except AuthError as refused:
+            if self.counted is not None:
+                self.counted(refused.error or "missing")
             client = scope.get("client")
             logger.info(
                 "auth: refused %s from %s: %s",
@@ -58,6 +64,8 @@ class RequireAuthentication:
             )
             await self._refuse(send, refused)
             return
+        if self.counted is not None:
+            self.counted("accepted")
         await self.app(scope, receive, send)
 
     async def verifies(self, scope: Scope) -> bool:

@@ -8,6 +8,7 @@ import logging
 import re
 import socket
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -34,6 +35,7 @@ from vmcp_opt.server.handlers import build_mcp_server
 from vmcp_opt.server.host_check import HostCheck
 from vmcp_opt.server.sessions import SessionGate, SessionSlots, hold_session_slot, throttle_sdk_refusals
 from vmcp_opt.telemetry.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from vmcp_opt.telemetry.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +126,9 @@ def create_app(gateway: Gateway) -> Starlette:
         return Response(gateway.telemetry.metrics.exposition(), media_type=METRICS_CONTENT_TYPE)
 
     metrics_routes = [Route("/metrics", metrics, methods=["GET"])] if gateway.telemetry.metrics is not None else []
-    endpoint, auth_routes = authenticated(JsonRpcErrorCodes(sessions, server_config.max_body_bytes), gateway.config)
+    endpoint, auth_routes = authenticated(
+        JsonRpcErrorCodes(sessions, server_config.max_body_bytes), gateway.config, gateway.telemetry.metrics
+    )
     return Starlette(
         routes=[
             Route(server_config.path, endpoint=endpoint),
@@ -152,9 +156,12 @@ async def may_see_detail(scope: Scope, endpoint: ASGIApp) -> bool:
     return False
 
 
-def authenticated(endpoint: ASGIApp, config: VmcpConfig) -> tuple[ASGIApp, list[BaseRoute]]:
+def authenticated(
+    endpoint: ASGIApp, config: VmcpConfig, metrics: Metrics | None = None
+) -> tuple[ASGIApp, list[BaseRoute]]:
     """The MCP endpoint behind the configured authentication, and the routes that describe it (RFC 9728)."""
     incoming = config.auth.incoming
+    counted = partial(metrics.authenticated, incoming.mode) if metrics is not None else None
     authenticator = build_authenticator(config)  # AuthSetupError stops the start
     if authenticator is None:
         if config.server.host not in LOOPBACK_ADDRESSES:
@@ -190,4 +197,4 @@ def authenticated(endpoint: ASGIApp, config: VmcpConfig) -> tuple[ASGIApp, list[
         routes = [Route(path, protected_resource, methods=["GET"]) for path in sorted(well_known)]
         logger.info("auth: OAuth resource %s, tokens from %s", resource, oauth.issuer)
     required = incoming.oauth.required_scopes if incoming.mode == "oauth" else []
-    return RequireAuthentication(endpoint, authenticator, metadata_url, required), routes
+    return RequireAuthentication(endpoint, authenticator, metadata_url, required, counted), routes
