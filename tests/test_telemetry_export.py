@@ -235,3 +235,32 @@ async def test_one_trace_runs_from_the_client_through_the_gateway_to_the_backend
 
     everything = b"".join(raw).decode("latin-1") + metrics + output + (tmp_path / "audit.log").read_text()
     assert key not in everything and digest not in everything
+
+
+async def test_a_diagnostics_listener_serves_metrics_health_and_readiness_apart_from_the_mcp_port(
+    tmp_path: Path,
+) -> None:
+    if PROMETHEUS is None:
+        unavailable("prometheus is not installed (scripts/setup.sh dev installs it when run as root)")
+    diagnostics = free_port()
+    config = {
+        "backends": [demo_backend("notes")],
+        "telemetry": {"metrics": {"enabled": True, "listen": f"127.0.0.1:{diagnostics}"}},
+    }
+    with running_gateway(write_config(tmp_path, config)) as gateway:
+        async with Client(gateway.url, mode="legacy") as client:
+            listed = await client.list_tools()
+            called = await client.call_tool("notes_save_note", {"title": "t", "text": "b"})
+        base = f"http://127.0.0.1:{diagnostics}"
+        with prometheus(tmp_path, f"127.0.0.1:{diagnostics}") as prom:
+            served = query(prom, 'mcp_server_operation_duration_seconds_count{job="vmcp",method="tools/call"}', 1)
+            up = query(prom, 'up{job="vmcp"} == 1', 1)
+        health = httpx2.get(f"{base}/healthz", timeout=30)
+        ready = httpx2.get(f"{base}/readyz", timeout=30)
+        main_metrics = httpx2.get(f"{gateway.base}/metrics", timeout=30)
+        main_health = httpx2.get(f"{gateway.base}/healthz", timeout=30)
+
+    assert listed.tools and not called.is_error
+    assert served[0]["metric"]["outcome"] == "success" and up
+    assert health.json() == {"status": "ok"} and ready.status_code == 200 and "backends" in str(ready.json())
+    assert main_metrics.status_code == 404 and main_health.status_code == 200  # the MCP port keeps its probes

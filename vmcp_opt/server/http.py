@@ -1,9 +1,9 @@
-"""The streamable-HTTP endpoint (`/mcp`) with `/healthz` and `/readyz`, on Starlette and uvicorn."""
+"""The streamable-HTTP endpoint (`/mcp`) with `/healthz`, `/readyz` and `/metrics` (server/diagnostics.py), on
+Starlette and uvicorn."""
 
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import logging
 import re
 import socket
@@ -21,20 +21,20 @@ from pydantic import AnyHttpUrl
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
-from starlette.types import ASGIApp, Scope
+from starlette.types import ASGIApp
 
 from vmcp_opt.auth.authenticators import build_authenticator
 from vmcp_opt.config import LOOPBACK_ADDRESSES, ServerConfig, VmcpConfig
 from vmcp_opt.gateway import Gateway
 from vmcp_opt.server.authentication import RequireAuthentication
 from vmcp_opt.server.bad_input import JsonRpcErrorCodes
+from vmcp_opt.server.diagnostics import diagnostics_server, health_routes, metrics_routes
 from vmcp_opt.server.event_store import BoundedEventStore
 from vmcp_opt.server.handlers import build_mcp_server
 from vmcp_opt.server.host_check import HostCheck
 from vmcp_opt.server.sessions import SessionGate, SessionSlots, hold_session_slot, throttle_sdk_refusals
-from vmcp_opt.telemetry.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from vmcp_opt.telemetry.metrics import Metrics
 
 logger = logging.getLogger(__name__)
@@ -103,38 +103,32 @@ def create_app(gateway: Gateway) -> Starlette:
     if gateway.telemetry.metrics is not None:
         gateway.telemetry.metrics.state.sessions = lambda: slots.total
 
+    endpoint, auth_routes = authenticated(
+        JsonRpcErrorCodes(sessions, server_config.max_body_bytes), gateway.config, gateway.telemetry.metrics
+    )
+    diagnostics_address = gateway.config.telemetry.metrics.address()
+    diagnostics = None
+    if diagnostics_address is not None:  # its own Host check: it may be bound to another address than /mcp
+        diagnostics_security = transport_security(server_config.model_copy(update={"host": diagnostics_address[0]}))
+        diagnostics = diagnostics_server(gateway, endpoint, diagnostics_security)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with anyio.create_task_group() as task_group:
             await gateway.start(task_group)
+            if diagnostics is not None:
+                task_group.start_soon(diagnostics.serve, name="diagnostics")
             async with manager.run():
                 yield
+            if diagnostics is not None:
+                diagnostics.should_exit = True
             gateway.stop()
 
-    async def healthz(request: Request) -> JSONResponse:
-        return JSONResponse({"status": "ok"})
-
-    async def readyz(request: Request) -> JSONResponse:
-        readiness = gateway.readiness()
-        body = readiness.body
-        if not await may_see_detail(request.scope, endpoint):
-            body = {"status": body["status"]}  # backend names, errors and URLs only to loopback or authenticated
-        return JSONResponse(body, status_code=200 if readiness.serving else 503)
-
-    async def metrics(request: Request) -> Response:
-        assert gateway.telemetry.metrics is not None
-        return Response(gateway.telemetry.metrics.exposition(), media_type=METRICS_CONTENT_TYPE)
-
-    metrics_routes = [Route("/metrics", metrics, methods=["GET"])] if gateway.telemetry.metrics is not None else []
-    endpoint, auth_routes = authenticated(
-        JsonRpcErrorCodes(sessions, server_config.max_body_bytes), gateway.config, gateway.telemetry.metrics
-    )
     return Starlette(
         routes=[
             Route(server_config.path, endpoint=endpoint),
-            Route("/healthz", healthz, methods=["GET"]),
-            Route("/readyz", readyz, methods=["GET"]),
-            *metrics_routes,
+            *health_routes(gateway, endpoint),
+            *(metrics_routes(gateway) if diagnostics is None else []),
             *auth_routes,
         ],
         lifespan=lifespan,
@@ -143,17 +137,6 @@ def create_app(gateway: Gateway) -> Starlette:
             Middleware(HostCheck, allowed_hosts=security.allowed_hosts, allowed_origins=security.allowed_origins)
         ],
     )
-
-
-async def may_see_detail(scope: Scope, endpoint: ASGIApp) -> bool:
-    """A loopback client, or (with authentication on) one whose credential verifies."""
-    client = scope.get("client")
-    with contextlib.suppress(ValueError):
-        if client and ipaddress.ip_address(client[0]).is_loopback:
-            return True
-    if isinstance(endpoint, RequireAuthentication):
-        return await endpoint.verifies(scope)
-    return False
 
 
 def authenticated(
