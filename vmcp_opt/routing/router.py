@@ -172,6 +172,12 @@ class Router:
             if (p.name in usable if usable is not None else self.shows(caller, _tool_target(p)))
         ]
 
+    def initialized(self, caller: Caller) -> None:
+        """A client finished the handshake (the SDK answered its `initialize`): an operation for the watchers."""
+        if self.watchers:
+            with watched(self.watchers, Op("initialize", caller)):
+                pass
+
     async def list_tools(self, caller: Caller) -> list[types.Tool]:
         with self._watch(Op("tools/list", caller)) as op:
             await self.usable_tools_async(caller)
