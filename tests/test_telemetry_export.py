@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -131,6 +132,50 @@ def attributes(span: Any) -> dict[str, Any]:
     return {a.key: getattr(a.value, a.value.WhichOneof("value")) for a in span.attributes}
 
 
+def chain_to_backend(echoed: Any, spans: list[Any]) -> list[Any]:
+    """The spans from the backend request's up to the one under the client's span, checked to be one trace:
+    the backend received the gateway's CLIENT span context (and the client's tracestate) in its `_meta`."""
+    structured = echoed.structured_content
+    assert structured is not None and not echoed.is_error
+    sent = structured["result"]["meta"] if "result" in structured else structured["meta"]
+    version, trace_id, span_id, flags = sent["traceparent"].split("-")
+    assert (version, trace_id, flags) == ("00", CLIENT_TRACE, "01") and sent["tracestate"] == "client=1"
+    by_id = {s.span_id.hex(): s for s in spans}
+    chain = [by_id[span_id]]
+    while chain[-1].parent_span_id.hex() != CLIENT_SPAN:
+        chain.append(by_id[chain[-1].parent_span_id.hex()])
+    assert {s.trace_id.hex() for s in chain} == {CLIENT_TRACE}
+    return chain
+
+
+@contextmanager
+def otlp_grpc_receiver() -> Iterator[tuple[str, list[ExportTraceServiceRequest], list[dict[str, str]]]]:
+    """A loopback OTLP/gRPC traces endpoint (grpcio serving opentelemetry-proto's TraceService): its URL, the
+    requests it received and their metadata."""
+    try:
+        import grpc
+        from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
+    except ImportError:
+        unavailable("grpcio and opentelemetry-exporter-otlp-proto-grpc are not installed (pip install -e '.[dev]')")
+    received: list[ExportTraceServiceRequest] = []
+    metadata: list[dict[str, str]] = []
+
+    class Receiver(trace_service_pb2_grpc.TraceServiceServicer):  # type: ignore[misc]
+        def Export(self, request: ExportTraceServiceRequest, context: Any) -> ExportTraceServiceResponse:
+            received.append(request)
+            metadata.append(dict(context.invocation_metadata()))
+            return ExportTraceServiceResponse()
+
+    server = grpc.server(ThreadPoolExecutor(max_workers=2))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Receiver(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}", received, metadata
+    finally:
+        server.stop(grace=None)
+
+
 async def test_one_trace_runs_from_the_client_through_the_gateway_to_the_backend_and_prometheus_scrapes_it(
     tmp_path: Path,
 ) -> None:
@@ -192,23 +237,13 @@ async def test_one_trace_runs_from_the_client_through_the_gateway_to_the_backend
             output = gateway.output()
         spans = spans_of(received)  # the gateway's shutdown flushed its last batch
 
-    # the backend received the trace context of the gateway's CLIENT span, in the client's trace
-    structured = echoed.structured_content
-    assert structured is not None and not echoed.is_error and found.structured_content
-    sent = structured["result"]["meta"] if "result" in structured else structured["meta"]
-    version, trace_id, parent_id, flags = sent["traceparent"].split("-")
-    assert (version, trace_id, flags) == ("00", CLIENT_TRACE, "01") and sent["tracestate"] == "client=1"
-
-    by_id = {s.span_id.hex(): s for s in spans}
-    client_span = by_id[parent_id]
+    assert found.structured_content
+    client_span, target, meta_call = chain_to_backend(echoed, spans)
     assert client_span.kind == 3 and client_span.name == "tools/call request_meta"  # SPAN_KIND_CLIENT
     assert attributes(client_span)["vmcp.backend"] == "echo"
-    target = by_id[client_span.parent_span_id.hex()]  # call_tool's target: INTERNAL
-    assert target.name == "tools/call echo_request_meta" and target.kind == 1
+    assert target.name == "tools/call echo_request_meta" and target.kind == 1  # call_tool's target: INTERNAL
     assert attributes(target)["gen_ai.tool.name"] == "echo_request_meta"
-    meta_call = by_id[target.parent_span_id.hex()]
     assert meta_call.name == "tools/call call_tool" and meta_call.kind == 2  # SPAN_KIND_SERVER
-    assert meta_call.parent_span_id.hex() == CLIENT_SPAN and meta_call.trace_id.hex() == CLIENT_TRACE
     server_attributes = attributes(meta_call)
     assert server_attributes["mcp.method.name"] == "tools/call" and server_attributes["vmcp.outcome"] == "success"
     assert server_attributes["mcp.session.id"].startswith(("session:", "credential:"))
@@ -264,3 +299,36 @@ async def test_a_diagnostics_listener_serves_metrics_health_and_readiness_apart_
     assert served[0]["metric"]["outcome"] == "success" and up
     assert health.json() == {"status": "ok"} and ready.status_code == 200 and "backends" in str(ready.json())
     assert main_metrics.status_code == 404 and main_health.status_code == 200  # the MCP port keeps its probes
+
+
+async def test_traces_leave_over_otlp_grpc_to_a_real_grpc_receiver(tmp_path: Path) -> None:
+    echo = {"name": "echo", "command": sys.executable, "args": [str(EXAMPLES / "backends" / "trace_echo_server.py")]}
+    config = {"backends": [echo], "telemetry": {"tracing": {"enabled": True}}}
+    secret = "otlp-collector-token-5f0c2e9a"
+    with otlp_grpc_receiver() as (endpoint, received, metadata):
+        env = {
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": endpoint,
+            "OTEL_EXPORTER_OTLP_INSECURE": "true",
+            "OTEL_EXPORTER_OTLP_HEADERS": f"authorization=Bearer {secret}",
+            "OTEL_BSP_SCHEDULE_DELAY": "200",
+        }
+        with running_gateway(write_config(tmp_path, config), env=env) as gateway:
+            async with Client(gateway.url, mode="legacy") as client:
+                echoed = await client.call_tool(
+                    "echo_request_meta",
+                    {},
+                    meta={"traceparent": f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-01", "tracestate": "client=1"},  # type: ignore[typeddict-unknown-key]
+                )
+            output = gateway.output()
+        spans = spans_of(received)  # the gateway's shutdown flushed its last batch
+
+    client_span, served = chain_to_backend(echoed, spans)
+    assert client_span.kind == 3 and attributes(client_span)["vmcp.backend"] == "echo"
+    assert served.name == "tools/call echo_request_meta" and served.kind == 2
+    assert attributes(served)["vmcp.outcome"] == "success" and attributes(served)["mcp.session.id"].startswith(
+        "session:"
+    )
+    # the collector's credential reached the collector, and nothing else
+    assert metadata and all(m["authorization"] == f"Bearer {secret}" for m in metadata)
+    assert secret not in output + "".join(str(r) for r in received)

@@ -23,7 +23,7 @@ exporters read) built when it ends from attributes we make clean (a fixed vocabu
 float), handed to the SDK's `BatchSpanProcessor`. Kept from the SDK: the id generator, the sampler (asked
 once per trace root, as `ParentBased` would; children follow their parent), the batching, its bounded queue
 and `OTEL_BSP_*` settings, and the OTLP exporters, which read the standard `OTEL_EXPORTER_OTLP_*` variables
-(`OTEL_EXPORTER_OTLP_PROTOCOL=grpc` needs `opentelemetry-exporter-otlp-proto-grpc`).
+(`OTEL_EXPORTER_OTLP_PROTOCOL=grpc` needs the `grpc` extra, opentelemetry-exporter-otlp-proto-grpc).
 """
 
 from __future__ import annotations
@@ -163,8 +163,8 @@ def otlp_exporter() -> SpanExporter:
             grpc = importlib.import_module("opentelemetry.exporter.otlp.proto.grpc.trace_exporter")
         except ImportError as exc:
             raise RuntimeError(
-                "OTEL_EXPORTER_OTLP_PROTOCOL=grpc needs `pip install opentelemetry-exporter-otlp-proto-grpc`; "
-                "or use http/protobuf"
+                "OTEL_EXPORTER_OTLP_PROTOCOL=grpc needs `pip install 'vmcp-opt[grpc]'` "
+                "(opentelemetry-exporter-otlp-proto-grpc); or use http/protobuf"
             ) from exc
         return cast(SpanExporter, grpc.OTLPSpanExporter())
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
