@@ -5,9 +5,10 @@ one streamable-HTTP backend: telemetry off; the audit log (to a file) and metric
     .venv/bin/python bench/telemetry.py [--calls 400]
 
 Prints p50/p95 of each and the added p50; then the watchers' own cost per proxied call measured in process
-(a front operation and its backend request through audit, metrics and tracing, with the audit writer and
-span exporter threads working meanwhile), which the end-to-end difference cannot resolve below the noise of
-two HTTP hops; and, for scale, one span made through the OpenTelemetry SDK's own Tracer.
+(a front operation and its backend request through audit, metrics and tracing): on the request's thread,
+and in CPU time including the audit writer's and the span exporter's work (to a real OTLP receiver), which
+the end-to-end difference cannot resolve below the noise of two HTTP hops; and, for scale, one span made
+through the OpenTelemetry SDK's own Tracer.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import anyio
 from mcp import Client
@@ -62,8 +63,23 @@ async def measure(urls: dict[str, str], calls: int) -> dict[str, list[float]]:
     return samples
 
 
-def watcher_cost(directory: Path, endpoint: str, calls: int = 5_000) -> dict[str, float]:
-    """Microseconds per proxied call (a front tools/call and its backend request) each watcher set adds."""
+class Cost(NamedTuple):
+    request_path: float  # µs per proxied call on the request's thread, writing and exporting held back
+    total_cpu: float  # µs of process CPU per proxied call, the audit writer's and the exporter's work included
+
+
+def watcher_cost(directory: Path, endpoint: str, calls: int = 5_000) -> dict[str, Cost]:
+    """What each watcher set adds per proxied call (a front tools/call and its backend request), over a
+    router with no watchers (which makes no Operation at all)."""
+    costs = {name: _cost(name, directory, endpoint, calls) for name in ("none", "metrics", "audit", "tracing", "all")}
+    base = costs.pop("none")
+    return {
+        name: Cost(cost.request_path - base.request_path, cost.total_cpu - base.total_cpu)
+        for name, cost in costs.items()
+    }
+
+
+def _cost(name: str, directory: Path, endpoint: str, calls: int) -> Cost:
     import mcp_types as types
 
     from vmcp_opt.auth import Caller, Identification
@@ -74,42 +90,43 @@ def watcher_cost(directory: Path, endpoint: str, calls: int = 5_000) -> dict[str
     from vmcp_opt.telemetry.metrics import Metrics
     from vmcp_opt.telemetry.tracing import Tracing
 
+    rounds = 3
     os.environ["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] = endpoint
-    # Queues that hold the whole run: dropping would skip the exporting and writing this should include.
-    os.environ["OTEL_BSP_MAX_QUEUE_SIZE"] = str(4 * calls * 3)
-    audit = AuditLog(AuditConfig(enabled=True, output=str(directory / "micro-audit.log"), queue_size=4 * calls * 3))
-    metrics = Metrics(["web"])
-    tracing = Tracing(TracingConfig(enabled=True))
+    # Queues that hold the whole run and no export or write until close(): the loop times the request path
+    # alone, and the CPU time to after close() includes all the exporting and writing.
+    os.environ["OTEL_BSP_MAX_QUEUE_SIZE"] = str(2 * calls * rounds)
+    os.environ["OTEL_BSP_SCHEDULE_DELAY"] = "600000"
+    os.environ["OTEL_BSP_MAX_EXPORT_BATCH_SIZE"] = "512"
+    cpu_started = time.process_time()
+    audit_config = AuditConfig(
+        enabled=True, output=str(directory / f"micro-{name}.log"), queue_size=calls * rounds, flush_interval=10
+    )
+    audit = AuditLog(audit_config) if name in ("audit", "all") else None
+    metrics = Metrics(["web"]) if name in ("metrics", "all") else None
+    tracing = Tracing(TracingConfig(enabled=True)) if name in ("tracing", "all") else None
+    watchers: list[OperationWatcher] = [w for w in (audit, metrics, tracing) if w is not None]
     caller = Caller("session:bench", Identification.SESSION, "2025-11-25", address="127.0.0.1")
     exchange = Exchange("tools/call", request_id=1)
     result = types.CallToolResult(content=[types.TextContent(type="text", text="ping")])
-    sets: dict[str, list[OperationWatcher]] = {
-        "none": [],
-        "metrics": [metrics],
-        "audit": [audit],
-        "tracing": [tracing],
-        "all": [audit, metrics, tracing],
-    }
-    costs: dict[str, float] = {}
-    for name, watchers in sets.items():
-        best = float("inf")
-        for _ in range(3):
-            started = time.perf_counter()
-            for _ in range(calls):
-                if not watchers:  # the router with no watchers makes no Operation at all
-                    continue
-                front = Operation("tools/call", caller, target="web_slow_echo", exchange=exchange)
-                with watched(watchers, front):
-                    front.backend = "web"
-                    backend = Operation("tools/call", caller, "backend", "slow_echo", "web", exchange)
-                    with watched(watchers, backend):
-                        backend.result = result
-                    front.result = result
-            best = min(best, (time.perf_counter() - started) / calls * 1e6)
-        costs[name] = best
-    audit.close()
-    tracing.close()
-    return {name: cost - costs["none"] for name, cost in costs.items() if name != "none"}
+    best = float("inf")
+    for _ in range(rounds):
+        started = time.perf_counter()
+        for _ in range(calls):
+            if not watchers:
+                continue
+            front = Operation("tools/call", caller, target="web_slow_echo", exchange=exchange)
+            with watched(watchers, front):
+                front.backend = "web"
+                backend = Operation("tools/call", caller, "backend", "slow_echo", "web", exchange)
+                with watched(watchers, backend):
+                    backend.result = result
+                front.result = result
+        best = min(best, (time.perf_counter() - started) / calls * 1e6)
+    if audit is not None:
+        audit.close(timeout=120)
+    if tracing is not None:
+        tracing.close()
+    return Cost(best, (time.process_time() - cpu_started) / (calls * rounds) * 1e6)
 
 
 def sdk_span_cost(calls: int = 5_000) -> float:
@@ -137,7 +154,7 @@ def sdk_span_cost(calls: int = 5_000) -> float:
     return best
 
 
-def report(samples: dict[str, list[float]], costs: dict[str, float]) -> None:
+def report(samples: dict[str, list[float]], costs: dict[str, Cost], sdk_span: float) -> None:
     calls = len(samples["off"])
     table = Table(title=f"tools/call through the gateway, ms ({calls} interleaved calls each)")
     for column in ("telemetry", "p50", "p95", "mean", "added p50"):
@@ -149,11 +166,13 @@ def report(samples: dict[str, list[float]], costs: dict[str, float]) -> None:
             name, f"{p50:.3f}", f"{percentile(values, 95):.3f}", f"{statistics.mean(values):.3f}", f"{p50 - base:+.3f}"
         )
     console.print(table)
-    console.print(
-        "watchers in process, per proxied call (front + backend operation): "
-        + ", ".join(f"{name} {cost:.1f} µs" for name, cost in costs.items() if name != "sdk span")
-    )
-    console.print(f"for scale, one span through the OpenTelemetry SDK's Tracer: {costs['sdk span']:.1f} µs")
+    watchers = Table(title="watchers in process, µs per proxied call (a front operation and its backend request)")
+    for column in ("watchers", "request path", "CPU incl. writing/exporting"):
+        watchers.add_column(column, justify="right")
+    for name, cost in costs.items():
+        watchers.add_row(name, f"{cost.request_path:.1f}", f"{cost.total_cpu:.1f}")
+    console.print(watchers)
+    console.print(f"for scale, one span through the OpenTelemetry SDK's Tracer: {sdk_span:.1f} µs")
 
 
 def main() -> None:
@@ -173,8 +192,8 @@ def main() -> None:
                     urls[name] = stack.enter_context(running_gateway(config, "--no-optimizer", env=env)).url
                 samples = anyio.run(measure, urls, args.calls)
         costs = watcher_cost(directory, endpoint)
-        costs["sdk span"] = sdk_span_cost()
-    report(samples, costs)
+        sdk_span = sdk_span_cost()
+    report(samples, costs, sdk_span)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from __future__ import annotations
 import http.server
 import json
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -332,3 +333,23 @@ async def test_traces_leave_over_otlp_grpc_to_a_real_grpc_receiver(tmp_path: Pat
     # the collector's credential reached the collector, and nothing else
     assert metadata and all(m["authorization"] == f"Bearer {secret}" for m in metadata)
     assert secret not in output + "".join(str(r) for r in received)
+
+
+def test_a_diagnostics_port_in_use_stops_the_start_with_its_reason(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        config = write_config(
+            tmp_path, {"backends": [], "telemetry": {"metrics": {"enabled": True, "listen": str(busy)}}}
+        )
+        done = subprocess.run(
+            [sys.executable, "-m", "vmcp_opt", "serve", "-c", str(config), "--port", str(free_port())],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert done.returncode == 2
+    assert f"cannot start: telemetry.metrics.listen 127.0.0.1:{busy}: Address already in use" in " ".join(
+        (done.stdout + done.stderr).split()
+    )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
+import socket
 from collections.abc import Iterator
 
 import uvicorn
@@ -71,9 +72,21 @@ async def may_see_detail(scope: Scope, endpoint: ASGIApp) -> bool:
     return False
 
 
+class ListenError(Exception):
+    """The diagnostics listener's address cannot be bound (in use, not an address of this machine)."""
+
+
 class DiagnosticsServer(uvicorn.Server):
-    """The diagnostics listener: a uvicorn server run as a task beside the main one. Signals stay the main
-    server's (which stops this one through `should_exit`)."""
+    """The diagnostics listener: a uvicorn server run as a task beside the main one, on a socket bound before
+    either starts (so a bad address stops the start with its reason). Signals stay the main server's, which
+    stops this one through `should_exit`."""
+
+    def __init__(self, config: uvicorn.Config, sock: socket.socket) -> None:
+        super().__init__(config)
+        self.socket = sock
+
+    async def run_beside(self) -> None:
+        await self.serve(sockets=[self.socket])
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -92,10 +105,26 @@ def diagnostics_server(gateway: Gateway, endpoint: ASGIApp, security: TransportS
             host,
             port,
         )
+    sock = _bound(host, port)
     app = Starlette(
         routes=[*health_routes(gateway, endpoint), *metrics_routes(gateway)],
         middleware=[
             Middleware(HostCheck, allowed_hosts=security.allowed_hosts, allowed_origins=security.allowed_origins)
         ],
     )
-    return DiagnosticsServer(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off"))
+    return DiagnosticsServer(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off"), sock)
+
+
+def _bound(host: str, port: int) -> socket.socket:
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise ListenError(f"telemetry.metrics.listen {host}:{port}: {exc}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds its own
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise ListenError(f"telemetry.metrics.listen {host}:{port}: {exc.strerror or exc}") from None
+    return sock

@@ -117,7 +117,7 @@ def create_app(gateway: Gateway) -> Starlette:
         async with anyio.create_task_group() as task_group:
             await gateway.start(task_group)
             if diagnostics is not None:
-                task_group.start_soon(diagnostics.serve, name="diagnostics")
+                task_group.start_soon(diagnostics.run_beside, name="diagnostics")
             async with manager.run():
                 yield
             if diagnostics is not None:

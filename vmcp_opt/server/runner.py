@@ -20,6 +20,7 @@ from vmcp_opt.backends.secrets import SecretFilter, secret_values
 from vmcp_opt.config import VmcpConfig
 from vmcp_opt.gateway import Gateway, StartupError
 from vmcp_opt.server.connections import fit_connections, limited_protocol, throttle_accept_errors
+from vmcp_opt.server.diagnostics import ListenError
 from vmcp_opt.server.http import create_app
 from vmcp_opt.server.stdio import serve_stdio
 from vmcp_opt.shared.secrets import SecretMissing
@@ -47,7 +48,7 @@ def run_gateway(config: VmcpConfig, announce: Callable[[VmcpConfig], None] | Non
                 gateway.optimizer.close()
     try:
         app = create_app(gateway)
-    except AuthSetupError as exc:
+    except (AuthSetupError, ListenError) as exc:
         logger.error("cannot start: %s", exc)
         return 2
     limits = config.limits
