@@ -25,7 +25,7 @@ from typing import Any
 
 import httpx2
 import pytest
-from mcp import Client
+from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
@@ -353,3 +353,24 @@ def test_a_diagnostics_port_in_use_stops_the_start_with_its_reason(tmp_path: Pat
     assert f"cannot start: telemetry.metrics.listen 127.0.0.1:{busy}: Address already in use" in " ".join(
         (done.stdout + done.stderr).split()
     )
+
+
+async def test_a_stdio_gateway_serves_its_metrics_on_the_diagnostics_listener(tmp_path: Path) -> None:
+    diagnostics = free_port()
+    config = write_config(
+        tmp_path,
+        {
+            "backends": [demo_backend("notes")],
+            "telemetry": {"metrics": {"enabled": True, "listen": f"127.0.0.1:{diagnostics}"}},
+        },
+    )
+    params = StdioServerParameters(
+        command=sys.executable, args=["-m", "vmcp_opt", "serve", "--stdio", "-c", str(config)]
+    )
+    async with Client(params) as client:
+        called = await client.call_tool("notes_save_note", {"title": "t", "text": "b"})
+        async with httpx2.AsyncClient(base_url=f"http://127.0.0.1:{diagnostics}", timeout=30) as http:
+            metrics = (await http.get("/metrics")).text
+            ready = await http.get("/readyz")
+    assert not called.is_error and ready.status_code == 200
+    assert 'mcp_server_operation_duration_seconds_count{method="tools/call",outcome="success"} 1.0' in metrics

@@ -46,9 +46,9 @@ class MetricsConfig(_Strict):
 
     # Count and time requests, backend calls, find_tool; serve them for Prometheus.
     enabled: bool = False
-    # A separate diagnostics listener serving `/metrics`, `/healthz` and `/readyz` (HTTP transport):
+    # A separate diagnostics listener serving `/metrics`, `/healthz` and `/readyz` (over stdio too):
     # `port` or `host:port` (`[::1]:port` for IPv6), loopback unless a host is named. Unset: `/metrics` is
-    # served on the main listener.
+    # served on the main HTTP listener.
     listen: str | None = None
 
     @field_validator("listen")

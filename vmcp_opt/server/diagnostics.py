@@ -3,7 +3,8 @@
 With `telemetry.metrics.listen`, a second uvicorn server in the gateway's event loop serves the three routes
 on that address (loopback unless a host is named), and the main listener serves no `/metrics`: scrapers
 need not reach the MCP port, and the MCP port need not expose metrics. The main listener keeps `/healthz`
-and `/readyz` either way (load balancers probe it there).
+and `/readyz` either way (load balancers probe it there). A stdio gateway has no other listener: this is
+how its metrics are read.
 """
 
 from __future__ import annotations
@@ -32,9 +33,9 @@ from vmcp_opt.telemetry.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 logger = logging.getLogger(__name__)
 
 
-def health_routes(gateway: Gateway, endpoint: ASGIApp) -> list[Route]:
+def health_routes(gateway: Gateway, endpoint: ASGIApp | None) -> list[Route]:
     """`/healthz` (the process answers) and `/readyz` (the backends are up; detail only to those who may
-    see it). `endpoint` is the MCP endpoint, whose authentication decides who may."""
+    see it). `endpoint` is the MCP endpoint over HTTP, whose authentication decides who may."""
 
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
@@ -61,7 +62,7 @@ def metrics_routes(gateway: Gateway) -> list[Route]:
     return [Route("/metrics", exposition, methods=["GET"])]
 
 
-async def may_see_detail(scope: Scope, endpoint: ASGIApp) -> bool:
+async def may_see_detail(scope: Scope, endpoint: ASGIApp | None) -> bool:
     """A loopback client, or (with authentication on) one whose credential verifies."""
     client = scope.get("client")
     with contextlib.suppress(ValueError):
@@ -93,7 +94,9 @@ class DiagnosticsServer(uvicorn.Server):
         yield
 
 
-def diagnostics_server(gateway: Gateway, endpoint: ASGIApp, security: TransportSecuritySettings) -> DiagnosticsServer:
+def diagnostics_server(
+    gateway: Gateway, endpoint: ASGIApp | None, security: TransportSecuritySettings
+) -> DiagnosticsServer:
     """The server for `telemetry.metrics.listen` (the caller checked it is set), behind the Host/Origin check
     `security` (as the main listener's, for the address it binds)."""
     address = gateway.config.telemetry.metrics.address()
@@ -124,6 +127,7 @@ def _bound(host: str, port: int) -> socket.socket:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds its own
         sock.bind(address)
+        sock.listen(128)  # connections wait in the backlog until the server's loop takes them, none refused
     except OSError as exc:
         sock.close()
         raise ListenError(f"telemetry.metrics.listen {host}:{port}: {exc.strerror or exc}") from None

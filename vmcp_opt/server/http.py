@@ -30,7 +30,7 @@ from vmcp_opt.config import LOOPBACK_ADDRESSES, ServerConfig, VmcpConfig
 from vmcp_opt.gateway import Gateway
 from vmcp_opt.server.authentication import RequireAuthentication
 from vmcp_opt.server.bad_input import JsonRpcErrorCodes
-from vmcp_opt.server.diagnostics import diagnostics_server, health_routes, metrics_routes
+from vmcp_opt.server.diagnostics import DiagnosticsServer, diagnostics_server, health_routes, metrics_routes
 from vmcp_opt.server.event_store import BoundedEventStore
 from vmcp_opt.server.handlers import build_mcp_server
 from vmcp_opt.server.host_check import HostCheck
@@ -106,11 +106,7 @@ def create_app(gateway: Gateway) -> Starlette:
     endpoint, auth_routes = authenticated(
         JsonRpcErrorCodes(sessions, server_config.max_body_bytes), gateway.config, gateway.telemetry.metrics
     )
-    diagnostics_address = gateway.config.telemetry.metrics.address()
-    diagnostics = None
-    if diagnostics_address is not None:  # its own Host check: it may be bound to another address than /mcp
-        diagnostics_security = transport_security(server_config.model_copy(update={"host": diagnostics_address[0]}))
-        diagnostics = diagnostics_server(gateway, endpoint, diagnostics_security)
+    diagnostics = diagnostics_listener(gateway, endpoint)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -137,6 +133,16 @@ def create_app(gateway: Gateway) -> Starlette:
             Middleware(HostCheck, allowed_hosts=security.allowed_hosts, allowed_origins=security.allowed_origins)
         ],
     )
+
+
+def diagnostics_listener(gateway: Gateway, endpoint: ASGIApp | None) -> DiagnosticsServer | None:
+    """The `telemetry.metrics.listen` server, if configured, with a Host check of its own (it may be bound to
+    another address than `/mcp`). Raises `ListenError` when its address cannot be bound."""
+    address = gateway.config.telemetry.metrics.address()
+    if address is None:
+        return None
+    security = transport_security(gateway.config.server.model_copy(update={"host": address[0]}))
+    return diagnostics_server(gateway, endpoint, security)
 
 
 def authenticated(
