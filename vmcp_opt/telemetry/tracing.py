@@ -188,14 +188,13 @@ def _name(method: str, target: str | None) -> str:
 def _attributes(op: Operation) -> dict[str, Any]:
     """The span's attributes, built once when the operation ends (everything is known then)."""
     caller = op.caller
-    attributes: dict[str, Any] = {
-        "mcp.method.name": op.method,
-        "mcp.session.id": caller.id,
-        "mcp.protocol.version": caller.protocol_version,
-    }
+    attributes: dict[str, Any] = {"mcp.method.name": op.method}
     request = op.kind == "request"
-    if request and op.exchange is not None and op.exchange.request_id is not None:
-        attributes["jsonrpc.request.id"] = str(op.exchange.request_id)
+    if request:  # the client's session; a backend request's session and version are the backend's, not these
+        attributes["mcp.session.id"] = caller.id
+        attributes["mcp.protocol.version"] = caller.protocol_version
+        if op.exchange is not None and op.exchange.request_id is not None:
+            attributes["jsonrpc.request.id"] = str(op.exchange.request_id)
     if caller.address and op.parent is None:
         attributes["client.address"] = caller.address
     target = op.target[:_MAX_NAME] if op.target else None
