@@ -102,8 +102,9 @@ def _cost(name: str, audit_file: Path, endpoint: str, calls: int) -> Cost:
     from vmcp_opt.telemetry.tracing import Tracing
 
     os.environ["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] = endpoint
-    os.environ["OTEL_BSP_MAX_QUEUE_SIZE"] = str(2 * calls)
+    os.environ["OTEL_BSP_MAX_QUEUE_SIZE"] = str(4 * calls)
     os.environ["OTEL_BSP_SCHEDULE_DELAY"] = "600000"
+    os.environ["OTEL_BSP_MAX_EXPORT_BATCH_SIZE"] = str(4 * calls)  # a full batch would start an export mid-pass
     audit_config = AuditConfig(enabled=True, output=str(audit_file), queue_size=calls, flush_interval=10)
     audit = AuditLog(audit_config) if name in ("audit", "all") else None
     metrics = Metrics(["web"]) if name in ("metrics", "all") else None
