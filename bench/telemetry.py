@@ -42,6 +42,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "off": {},
     "audit + metrics": {"audit": _AUDIT, "metrics": {"enabled": True}},
     "audit + metrics + traces": {"audit": _AUDIT, "metrics": {"enabled": True}, "tracing": {"enabled": True}},
+    # Trace context propagated, nothing recorded or exported: what the spans' export costs, by difference.
+    "… traces, sample_ratio 0": {
+        "audit": _AUDIT,
+        "metrics": {"enabled": True},
+        "tracing": {"enabled": True, "sample_ratio": 0},
+    },
 }
 
 
