@@ -4,7 +4,8 @@ one streamable-HTTP backend: telemetry off; the audit log (to a file) and metric
 
     .venv/bin/python bench/telemetry.py [--calls 400]
 
-Prints p50/p95 of each and the added p50; then the watchers' own cost per proxied call measured in process
+Prints p50/p95 of each, the added p50 and the median of the paired differences (each call against the
+same round's call without telemetry, which cancels load bursts that hit both); then the watchers' own cost per proxied call measured in process
 (a front operation and its backend request through audit, metrics and tracing): on the request's thread,
 and in CPU time including the audit writer's and the span exporter's work (to a real OTLP receiver), which
 the end-to-end difference cannot resolve below the noise of two HTTP hops; and, for scale, one span made
@@ -169,13 +170,22 @@ def sdk_span_cost(calls: int = 5_000) -> float:
 def report(samples: dict[str, list[float]], costs: dict[str, Cost], sdk_span: float) -> None:
     calls = len(samples["off"])
     table = Table(title=f"tools/call through the gateway, ms ({calls} interleaved calls each)")
-    for column in ("telemetry", "p50", "p95", "mean", "added p50"):
+    for column in ("telemetry", "p50", "p95", "mean", "added p50", "median paired difference"):
         table.add_column(column, justify="right")
-    base = percentile(samples["off"], 50)
+    off = samples["off"]
+    base = percentile(off, 50)
     for name, values in samples.items():
         p50 = percentile(values, 50)
+        # Each round calls every gateway once, back to back: a call's difference to the same round's call
+        # without telemetry cancels the load both met.
+        paired = statistics.median(value - without for value, without in zip(values, off, strict=True))
         table.add_row(
-            name, f"{p50:.3f}", f"{percentile(values, 95):.3f}", f"{statistics.mean(values):.3f}", f"{p50 - base:+.3f}"
+            name,
+            f"{p50:.3f}",
+            f"{percentile(values, 95):.3f}",
+            f"{statistics.mean(values):.3f}",
+            f"{p50 - base:+.3f}",
+            f"{paired:+.3f}",
         )
     console.print(table)
     watchers = Table(title="watchers in process, µs per proxied call (a front operation and its backend request)")
