@@ -35,7 +35,7 @@ from vmcp_opt.server.event_store import BoundedEventStore
 from vmcp_opt.server.handlers import build_mcp_server
 from vmcp_opt.server.host_check import HostCheck
 from vmcp_opt.server.sessions import SessionGate, SessionSlots, hold_session_slot, throttle_sdk_refusals
-from vmcp_opt.telemetry.metrics import Metrics
+from vmcp_opt.telemetry import Telemetry
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def create_app(gateway: Gateway) -> Starlette:
         gateway.telemetry.metrics.state.sessions = lambda: slots.total
 
     endpoint, auth_routes = authenticated(
-        JsonRpcErrorCodes(sessions, server_config.max_body_bytes), gateway.config, gateway.telemetry.metrics
+        JsonRpcErrorCodes(sessions, server_config.max_body_bytes), gateway.config, gateway.telemetry
     )
     diagnostics = diagnostics_listener(gateway, endpoint)
 
@@ -146,11 +146,11 @@ def diagnostics_listener(gateway: Gateway, endpoint: ASGIApp | None) -> Diagnost
 
 
 def authenticated(
-    endpoint: ASGIApp, config: VmcpConfig, metrics: Metrics | None = None
+    endpoint: ASGIApp, config: VmcpConfig, telemetry: Telemetry | None = None
 ) -> tuple[ASGIApp, list[BaseRoute]]:
     """The MCP endpoint behind the configured authentication, and the routes that describe it (RFC 9728)."""
     incoming = config.auth.incoming
-    counted = partial(metrics.authenticated, incoming.mode) if metrics is not None else None
+    counted = partial(telemetry.authenticated, incoming.mode) if telemetry is not None else None
     authenticator = build_authenticator(config)  # AuthSetupError stops the start
     if authenticator is None:
         if config.server.host not in LOOPBACK_ADDRESSES:

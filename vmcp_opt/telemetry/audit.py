@@ -36,6 +36,7 @@ from typing import IO, Any, cast
 
 from pydantic_core import to_json, to_jsonable_python
 
+from vmcp_opt.auth import Caller, Identification
 from vmcp_opt.config import AuditConfig
 from vmcp_opt.routing.operations import Operation
 from vmcp_opt.routing.providers import GATEWAY_SOURCE
@@ -77,6 +78,13 @@ class AuditLog:
         if kind in ("workflow_completed", "workflow_failed"):
             self._offer("workflow_started", op, time.time() - op.duration)
         self._offer(kind, op, time.time())
+
+    def auth_denied(self, reason: str, address: str | None) -> None:
+        """An HTTP request refused by authentication, before any MCP operation: `vmcp_auth_denied`, outcome
+        `denied`, the RFC 6750 error as `error_type` (`missing` when no credential came), never the credential."""
+        caller = Caller("unauthenticated", Identification.ANONYMOUS, "", address=address)
+        op = Operation("authenticate", caller, outcome="denied", error=reason)
+        self._offer("vmcp_auth_denied", op, time.time())
 
     def _offer(self, kind: str, op: Operation, at: float) -> None:
         if (self.include and kind not in self.include) or kind in self.exclude:
