@@ -271,3 +271,16 @@ def test_cross_checks_and_unset_variables_are_reported_together_when_every_field
         "aggregation.priority: unknown backends ['zz']",
         "backends[0].args[0]: references ${VMCP_TEST_UNSET_ONE}, which is not set in the environment",
     ]
+
+
+def test_the_diagnostics_listener_takes_a_port_or_host_and_port_and_needs_metrics_on(tmp_path: Path) -> None:
+    def metrics(**settings: object) -> Path:
+        return write_config(tmp_path, {"backends": [], "telemetry": {"metrics": settings}})
+
+    assert load_config(metrics(enabled=True, listen="9464")).telemetry.metrics.address() == ("127.0.0.1", 9464)
+    assert load_config(metrics(enabled=True, listen="[::1]:9464")).telemetry.metrics.address() == ("::1", 9464)
+    assert load_config(metrics(enabled=True)).telemetry.metrics.address() is None
+    (bad_port,) = problems_of(metrics(enabled=True, listen="127.0.0.1:http"))
+    assert bad_port.startswith("telemetry.metrics.listen:") and "1 to 65535" in bad_port
+    (off,) = problems_of(metrics(listen="9464"))
+    assert off.startswith("telemetry.metrics") and "needs `enabled: true`" in off

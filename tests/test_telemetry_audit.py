@@ -76,6 +76,10 @@ async def test_a_real_session_is_audited_event_by_event_with_outcomes_and_no_sec
     audit = tmp_path / "audit" / "audit.log"
     with running_gateway(write_config(tmp_path, config)) as gateway:
         http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=60)
+        handshake = Client(streamable_http_client(gateway.url, http_client=http), mode="legacy")  # type: ignore[arg-type]
+        async with handshake:  # a 2025-11-25 session: initialize, then one request
+            await handshake.list_prompts()
+        refused = httpx2.post(gateway.url, json={}, headers={"Authorization": "Bearer vmcp_not-a-known-key-1234"})
         client = Client(streamable_http_client(gateway.url, http_client=http))  # type: ignore[arg-type]
         async with client:
             listed = await client.list_tools()
@@ -94,6 +98,21 @@ async def test_a_real_session_is_audited_event_by_event_with_outcomes_and_no_sec
         events = wait_events(audit, "mcp_prompt_get")
         metrics = httpx2.get(f"{gateway.base}/metrics", timeout=30).text
         output = gateway.output()
+
+    initialize = one(events, "mcp_initialize")
+    assert initialize["outcome"] == "success" and initialize["target"] == {"method": "initialize", "type": "other"}
+    assert initialize["source"] == {"type": "network", "value": "127.0.0.1"}
+    who = initialize["subjects"]
+    assert who["client_name"] == "mcp" and who["client_version"] and who["user_id"] == "alice"
+    assert who["identified_by"] == "api_key" and who["caller_id"].startswith("session:")
+    assert initialize["metadata"]["extra"]["protocol_version"] == "2025-11-25"
+    assert one(events, "mcp_prompts_list")["subjects"]["caller_id"] == who["caller_id"]  # the same session
+
+    assert refused.status_code == 401
+    denied_auth = one(events, "vmcp_auth_denied")
+    assert denied_auth["outcome"] == "denied" and denied_auth["metadata"]["extra"]["error_type"] == "invalid_token"
+    assert denied_auth["source"] == {"type": "network", "value": "127.0.0.1"}
+    assert denied_auth["subjects"]["identified_by"] == "anonymous" and "not-a-known-key" not in audit.read_text()
 
     types_seen = [e["type"] for e in events]
     assert "mcp_resources_list" not in types_seen  # excluded by type

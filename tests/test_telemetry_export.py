@@ -12,18 +12,20 @@ from __future__ import annotations
 import http.server
 import json
 import shutil
+import socket
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx2
 import pytest
-from mcp import Client
+from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
@@ -131,6 +133,50 @@ def attributes(span: Any) -> dict[str, Any]:
     return {a.key: getattr(a.value, a.value.WhichOneof("value")) for a in span.attributes}
 
 
+def chain_to_backend(echoed: Any, spans: list[Any]) -> list[Any]:
+    """The spans from the backend request's up to the one under the client's span, checked to be one trace:
+    the backend received the gateway's CLIENT span context (and the client's tracestate) in its `_meta`."""
+    structured = echoed.structured_content
+    assert structured is not None and not echoed.is_error
+    sent = structured["result"]["meta"] if "result" in structured else structured["meta"]
+    version, trace_id, span_id, flags = sent["traceparent"].split("-")
+    assert (version, trace_id, flags) == ("00", CLIENT_TRACE, "01") and sent["tracestate"] == "client=1"
+    by_id = {s.span_id.hex(): s for s in spans}
+    chain = [by_id[span_id]]
+    while chain[-1].parent_span_id.hex() != CLIENT_SPAN:
+        chain.append(by_id[chain[-1].parent_span_id.hex()])
+    assert {s.trace_id.hex() for s in chain} == {CLIENT_TRACE}
+    return chain
+
+
+@contextmanager
+def otlp_grpc_receiver() -> Iterator[tuple[str, list[ExportTraceServiceRequest], list[dict[str, str]]]]:
+    """A loopback OTLP/gRPC traces endpoint (grpcio serving opentelemetry-proto's TraceService): its URL, the
+    requests it received and their metadata."""
+    try:
+        import grpc
+        from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
+    except ImportError:
+        unavailable("grpcio and opentelemetry-exporter-otlp-proto-grpc are not installed (pip install -e '.[dev]')")
+    received: list[ExportTraceServiceRequest] = []
+    metadata: list[dict[str, str]] = []
+
+    class Receiver(trace_service_pb2_grpc.TraceServiceServicer):  # type: ignore[misc]
+        def Export(self, request: ExportTraceServiceRequest, context: Any) -> ExportTraceServiceResponse:
+            received.append(request)
+            metadata.append(dict(context.invocation_metadata()))
+            return ExportTraceServiceResponse()
+
+    server = grpc.server(ThreadPoolExecutor(max_workers=2))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Receiver(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}", received, metadata
+    finally:
+        server.stop(grace=None)
+
+
 async def test_one_trace_runs_from_the_client_through_the_gateway_to_the_backend_and_prometheus_scrapes_it(
     tmp_path: Path,
 ) -> None:
@@ -168,7 +214,12 @@ async def test_one_trace_runs_from_the_client_through_the_gateway_to_the_backend
                     meta={"traceparent": traceparent, "tracestate": "client=1"},  # type: ignore[typeddict-unknown-key]
                 )
                 await client.call_tool("call_tool", {"tool_name": "notes_save_note", "arguments": {"title": "t"}})
+                unknown = await client.call_tool("call_tool", {"tool_name": "no_such_tool", "arguments": {}})
             await http.aclose()
+            refused = [
+                httpx2.post(gateway.url, json={}, headers=headers, timeout=30).status_code
+                for headers in ({}, {"Authorization": "Bearer not-a-key"}, {"Authorization": "Basic abc"})
+            ]
             with prometheus(tmp_path, f"127.0.0.1:{gateway.port}") as prom:
                 served = query(prom, 'mcp_server_operation_duration_seconds_count{job="vmcp",method="tools/call"}', 2)
                 backend_calls = query(prom, 'mcp_client_operation_duration_seconds_count{backend="echo"}', 1)
@@ -179,27 +230,21 @@ async def test_one_trace_runs_from_the_client_through_the_gateway_to_the_backend
                 gauges = query(
                     prom, '{__name__=~"vmcp_index_tools|vmcp_active_sessions|vmcp_audit_events_dropped_total"}', 3
                 )
+                auth = query(prom, 'vmcp_auth_total{job="vmcp",method="api_keys"}', 3)
+                not_found = query(prom, "vmcp_unknown_tool_total >= 1", 1)
+                rebuilds = query(prom, "vmcp_index_rebuild_seconds_count", 2)
+                indexed = query(prom, 'sum by (stage) (vmcp_index_update_tools_total{stage="vectors"}) > 0', 1)
             metrics = httpx2.get(f"{gateway.base}/metrics", timeout=30).text
             output = gateway.output()
         spans = spans_of(received)  # the gateway's shutdown flushed its last batch
 
-    # the backend received the trace context of the gateway's CLIENT span, in the client's trace
-    structured = echoed.structured_content
-    assert structured is not None and not echoed.is_error and found.structured_content
-    sent = structured["result"]["meta"] if "result" in structured else structured["meta"]
-    version, trace_id, parent_id, flags = sent["traceparent"].split("-")
-    assert (version, trace_id, flags) == ("00", CLIENT_TRACE, "01") and sent["tracestate"] == "client=1"
-
-    by_id = {s.span_id.hex(): s for s in spans}
-    client_span = by_id[parent_id]
+    assert found.structured_content
+    client_span, target, meta_call = chain_to_backend(echoed, spans)
     assert client_span.kind == 3 and client_span.name == "tools/call request_meta"  # SPAN_KIND_CLIENT
     assert attributes(client_span)["vmcp.backend"] == "echo"
-    target = by_id[client_span.parent_span_id.hex()]  # call_tool's target: INTERNAL
-    assert target.name == "tools/call echo_request_meta" and target.kind == 1
+    assert target.name == "tools/call echo_request_meta" and target.kind == 1  # call_tool's target: INTERNAL
     assert attributes(target)["gen_ai.tool.name"] == "echo_request_meta"
-    meta_call = by_id[target.parent_span_id.hex()]
     assert meta_call.name == "tools/call call_tool" and meta_call.kind == 2  # SPAN_KIND_SERVER
-    assert meta_call.parent_span_id.hex() == CLIENT_SPAN and meta_call.trace_id.hex() == CLIENT_TRACE
     server_attributes = attributes(meta_call)
     assert server_attributes["mcp.method.name"] == "tools/call" and server_attributes["vmcp.outcome"] == "success"
     assert server_attributes["mcp.session.id"].startswith(("session:", "credential:"))
@@ -218,6 +263,114 @@ async def test_one_trace_runs_from_the_client_through_the_gateway_to_the_backend
     assert sum(float(s["value"][1]) for s in health) == 2  # one state each
     assert {s["metric"]["backend"] for s in circuit} == {"notes", "echo"}
     assert results and savings and {s["metric"]["__name__"] for s in gauges} >= {"vmcp_index_tools"}
+    # authentication outcomes: the session's requests accepted, each refusal by its reason
+    assert refused == [401, 401, 401] and unknown.is_error
+    counts = {s["metric"]["outcome"]: float(s["value"][1]) for s in auth}
+    assert counts["accepted"] >= 4 and counts["missing"] == 1 and counts["invalid_token"] == 2
+    assert not_found and {s["metric"]["stage"] for s in rebuilds} == {"keywords", "vectors"} and indexed
 
     everything = b"".join(raw).decode("latin-1") + metrics + output + (tmp_path / "audit.log").read_text()
     assert key not in everything and digest not in everything
+
+
+async def test_a_diagnostics_listener_serves_metrics_health_and_readiness_apart_from_the_mcp_port(
+    tmp_path: Path,
+) -> None:
+    if PROMETHEUS is None:
+        unavailable("prometheus is not installed (scripts/setup.sh dev installs it when run as root)")
+    diagnostics = free_port()
+    config = {
+        "backends": [demo_backend("notes")],
+        "telemetry": {"metrics": {"enabled": True, "listen": f"127.0.0.1:{diagnostics}"}},
+    }
+    with running_gateway(write_config(tmp_path, config)) as gateway:
+        async with Client(gateway.url, mode="legacy") as client:
+            listed = await client.list_tools()
+            called = await client.call_tool("notes_save_note", {"title": "t", "text": "b"})
+        base = f"http://127.0.0.1:{diagnostics}"
+        with prometheus(tmp_path, f"127.0.0.1:{diagnostics}") as prom:
+            served = query(prom, 'mcp_server_operation_duration_seconds_count{job="vmcp",method="tools/call"}', 1)
+            up = query(prom, 'up{job="vmcp"} == 1', 1)
+        health = httpx2.get(f"{base}/healthz", timeout=30)
+        ready = httpx2.get(f"{base}/readyz", timeout=30)
+        main_metrics = httpx2.get(f"{gateway.base}/metrics", timeout=30)
+        main_health = httpx2.get(f"{gateway.base}/healthz", timeout=30)
+
+    assert listed.tools and not called.is_error
+    assert served[0]["metric"]["outcome"] == "success" and up
+    assert health.json() == {"status": "ok"} and ready.status_code == 200 and "backends" in str(ready.json())
+    assert main_metrics.status_code == 404 and main_health.status_code == 200  # the MCP port keeps its probes
+
+
+async def test_traces_leave_over_otlp_grpc_to_a_real_grpc_receiver(tmp_path: Path) -> None:
+    echo = {"name": "echo", "command": sys.executable, "args": [str(EXAMPLES / "backends" / "trace_echo_server.py")]}
+    config = {"backends": [echo], "telemetry": {"tracing": {"enabled": True}}}
+    secret = "otlp-collector-token-5f0c2e9a"
+    with otlp_grpc_receiver() as (endpoint, received, metadata):
+        env = {
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": endpoint,
+            "OTEL_EXPORTER_OTLP_INSECURE": "true",
+            "OTEL_EXPORTER_OTLP_HEADERS": f"authorization=Bearer {secret}",
+            "OTEL_BSP_SCHEDULE_DELAY": "200",
+        }
+        with running_gateway(write_config(tmp_path, config), env=env) as gateway:
+            async with Client(gateway.url, mode="legacy") as client:
+                echoed = await client.call_tool(
+                    "echo_request_meta",
+                    {},
+                    meta={"traceparent": f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-01", "tracestate": "client=1"},  # type: ignore[typeddict-unknown-key]
+                )
+            output = gateway.output()
+        spans = spans_of(received)  # the gateway's shutdown flushed its last batch
+
+    client_span, served = chain_to_backend(echoed, spans)
+    assert client_span.kind == 3 and attributes(client_span)["vmcp.backend"] == "echo"
+    assert served.name == "tools/call echo_request_meta" and served.kind == 2
+    assert attributes(served)["vmcp.outcome"] == "success" and attributes(served)["mcp.session.id"].startswith(
+        "session:"
+    )
+    # the collector's credential reached the collector, and nothing else
+    assert metadata and all(m["authorization"] == f"Bearer {secret}" for m in metadata)
+    assert secret not in output + "".join(str(r) for r in received)
+
+
+def test_a_diagnostics_port_in_use_stops_the_start_with_its_reason(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        config = write_config(
+            tmp_path, {"backends": [], "telemetry": {"metrics": {"enabled": True, "listen": str(busy)}}}
+        )
+        done = subprocess.run(
+            [sys.executable, "-m", "vmcp_opt", "serve", "-c", str(config), "--port", str(free_port())],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert done.returncode == 2
+    assert f"cannot start: telemetry.metrics.listen 127.0.0.1:{busy}: Address already in use" in " ".join(
+        (done.stdout + done.stderr).split()
+    )
+
+
+async def test_a_stdio_gateway_serves_its_metrics_on_the_diagnostics_listener(tmp_path: Path) -> None:
+    diagnostics = free_port()
+    config = write_config(
+        tmp_path,
+        {
+            "backends": [demo_backend("notes")],
+            "telemetry": {"metrics": {"enabled": True, "listen": f"127.0.0.1:{diagnostics}"}},
+        },
+    )
+    params = StdioServerParameters(
+        command=sys.executable, args=["-m", "vmcp_opt", "serve", "--stdio", "-c", str(config)]
+    )
+    async with Client(params) as client:
+        called = await client.call_tool("notes_save_note", {"title": "t", "text": "b"})
+        async with httpx2.AsyncClient(base_url=f"http://127.0.0.1:{diagnostics}", timeout=30) as http:
+            metrics = (await http.get("/metrics")).text
+            ready = await http.get("/readyz")
+    assert not called.is_error and ready.status_code == 200
+    assert 'mcp_server_operation_duration_seconds_count{method="tools/call",outcome="success"} 1.0' in metrics

@@ -39,9 +39,8 @@ def test_call_spans_chain_from_the_clients_traceparent_to_the_backend_request() 
         front.backend = "notes"
         backend = Operation("tools/call", CALLER, "backend", "save_note", "notes", exchange)
         with watched([tracing], backend):
-            sent = dict(backend.meta)
-            ambient: dict[str, str] = {}
-            inject(ambient)  # what the MCP SDK's client puts in the backend request's `_meta`
+            sent: dict[str, str] = {}
+            inject(sent)  # what the MCP SDK's client puts in the backend request's `_meta`
             backend.result = types.CallToolResult(content=[], is_error=True)
             backend.outcome = "application_error"
     tracing.provider.force_flush()
@@ -55,7 +54,9 @@ def test_call_spans_chain_from_the_clients_traceparent_to_the_backend_request() 
     # the backend hears of the CLIENT span, and the client's tracestate goes on with it
     assert sent["traceparent"] == f"00-{CLIENT_TRACE}-{format(client.context.span_id, '016x')}-01"
     assert sent["tracestate"] == "vendor=1"
-    assert ambient == sent
+    after: dict[str, str] = {}
+    inject(after)
+    assert after == {}  # the backend request's context is current only while it runs
 
     attributes = dict(server.attributes or {})
     assert attributes["mcp.method.name"] == "tools/call" and attributes["gen_ai.tool.name"] == "notes_save_note"
@@ -105,11 +106,12 @@ def test_find_tool_and_workflow_steps_have_their_own_attributes() -> None:
 def test_sample_ratio_zero_records_nothing_but_still_passes_the_context_on() -> None:
     tracing, exporter = traced(0.0)
     op = Operation("tools/call", CALLER, "backend", "save_note", "notes")
+    sent: dict[str, str] = {}
     with watched([tracing], op):
-        pass
+        inject(sent)
     tracing.close()
     assert exporter.get_finished_spans() == ()
-    assert int(op.meta["traceparent"][-2:], 16) & 1 == 0  # not sampled, said so to the backend
+    assert int(sent["traceparent"][-2:], 16) & 1 == 0  # not sampled, said so to the backend
 
 
 def test_state_metrics_are_read_at_scrape_time() -> None:

@@ -24,6 +24,7 @@ from vmcp_opt.backends import BackendConnection, BackendManager, BackendState
 from vmcp_opt.backends.credentials import with_auth_health
 from vmcp_opt.config import VmcpConfig
 from vmcp_opt.health import HealthMonitor
+from vmcp_opt.optimizer.index import UpdateStats
 from vmcp_opt.optimizer.metatools import OptimizerFront
 from vmcp_opt.routing import BackendTools, Policy, Router, SessionChooser
 from vmcp_opt.shared.freshness import change_broadcast
@@ -97,6 +98,7 @@ class Gateway:
             self.telemetry.metrics.state.backends = self._backend_states
             if self.optimizer is not None:
                 self.telemetry.metrics.state.index_size = self.optimizer.index.__len__
+                self.optimizer.index.updated = self._index_updated
         self.started = False
         # A backend changed after the first catalogue was built but before `started`: rebuild once started.
         self._changed_while_starting = False
@@ -212,6 +214,10 @@ class Gateway:
         if connection.state is BackendState.READY and not self._stopping:
             logger.info("backend %s joined after start-up", connection.name)
             await self._rebuild_catalog()
+
+    def _index_updated(self, stats: UpdateStats) -> None:
+        if self.telemetry.metrics is not None:
+            self.telemetry.metrics.index_updated(stats.stage, stats.seconds, stats.embedded, stats.reused)
 
     def _backend_states(self) -> list[tuple[str, str, str]]:
         """Each backend's health and circuit state, for the metrics."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
 from vmcp_opt.config.base import _Strict
 
@@ -36,6 +36,9 @@ class AuditConfig(_Strict):
     when_full: Literal["drop", "block"] = "drop"
     # Seconds a request waits for room under `when_full: block` before the event is dropped.
     block_timeout: float = Field(default=0.05, ge=0)
+    # Seconds the writer gathers events before it formats and writes them: one wake-up per batch keeps its
+    # work from interleaving with requests; 0 writes each event at once.
+    flush_interval: float = Field(default=0.1, ge=0, le=10)
 
 
 class MetricsConfig(_Strict):
@@ -43,6 +46,36 @@ class MetricsConfig(_Strict):
 
     # Count and time requests, backend calls, find_tool; serve them for Prometheus.
     enabled: bool = False
+    # A separate diagnostics listener serving `/metrics`, `/healthz` and `/readyz` (over stdio too):
+    # `port` or `host:port` (`[::1]:port` for IPv6), loopback unless a host is named. Unset: `/metrics` is
+    # served on the main HTTP listener.
+    listen: str | None = None
+
+    @field_validator("listen")
+    @classmethod
+    def _host_and_port(cls, value: str | None) -> str | None:
+        if value is not None:
+            listen_address(value)  # raises with the reason
+        return value
+
+    @model_validator(mode="after")
+    def _listen_needs_metrics(self) -> MetricsConfig:
+        if self.listen is not None and not self.enabled:
+            raise ValueError("`listen` needs `enabled: true`")
+        return self
+
+    def address(self) -> tuple[str, int] | None:
+        """The diagnostics listener's host and port, if one is configured."""
+        return listen_address(self.listen) if self.listen is not None else None
+
+
+def listen_address(value: str) -> tuple[str, int]:
+    """`9464`, `:9464`, `0.0.0.0:9464`, `[::1]:9464` → (host, port); a bare port is on loopback."""
+    host, _, port = value.strip().rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected `port` or `host:port` with a port from 1 to 65535, got {value!r}")
+    return host, int(port)
 
 
 class TracingConfig(_Strict):
@@ -62,7 +95,7 @@ class TelemetryConfig(_Strict):
 
     # One JSON line per MCP operation.
     audit: AuditConfig = Field(default_factory=AuditConfig)
-    # Prometheus metrics at `/metrics` on the main listener.
+    # Prometheus metrics at `/metrics`, on the main listener or a diagnostics listener of their own.
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     # OpenTelemetry spans, exported over OTLP.
     tracing: TracingConfig = Field(default_factory=TracingConfig)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -69,6 +69,7 @@ class UpdateStats:
     removed: int
     total: int
     seconds: float
+    stage: Literal["keywords", "vectors"] = "vectors"  # update_keywords, or update (the model's pass)
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,8 @@ class ToolIndex:
         self._vectors = VectorStore(self.directory, self.model)
         self._queries = QueryCache(config.query_cache_size)
         self._name_masks: dict[tuple[int, int], tuple[_Snapshot, frozenset[str], np.ndarray]] = {}
+        # Told of every update when it is done, on the updating thread (the gateway's metrics).
+        self.updated: Callable[[UpdateStats], None] | None = None
 
     # -- reading -----------------------------------------------------------------------------------------
 
@@ -245,15 +248,22 @@ class ToolIndex:
             stats.total,
             stats.seconds,
         )
+        if self.updated is not None:
+            self.updated(stats)
         return stats
 
     def update_keywords(self, records: Sequence[ToolRecord]) -> None:
         """Replace the indexed set without the model: keywords at once, plus any vectors already cached."""
+        started = time.perf_counter()
         with self._update_lock:
             records, documents, hashes = _prepare(records)
             vectors, found = self._vectors.cache().stack(hashes, self.model.dimensions)
             self._swap(self._build(records, documents, vectors if found.any() else None, found))
-        log.info("keyword index updated: %d tools, %d with cached vectors", len(records), int(found.sum()))
+        cached = int(found.sum())
+        log.info("keyword index updated: %d tools, %d with cached vectors", len(records), cached)
+        if self.updated is not None:
+            seconds = time.perf_counter() - started
+            self.updated(UpdateStats(0, cached, 0, len(records), seconds, "keywords"))
 
     def _build(
         self,

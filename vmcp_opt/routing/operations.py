@@ -3,10 +3,10 @@ attaches to.
 
 Every routed request (a tool call, each list, a prompt, a resource read, a completion) and every request the
 router sends to a backend is an `Operation`. Watchers hear `operation_started` before it runs (a tracer opens
-its span there and may add `_meta` for the backend request, the W3C trace context) and `operation_finished`
-after, with its outcome, duration and result. Nested operations (call_tool's target, a workflow's steps, the
-backend requests of a call) know their `parent` through a context variable, so they also work across the
-tasks a workflow starts. With no watcher registered the router skips all of it.
+its span there and makes it OpenTelemetry's current context, which the MCP SDK's client sends to the backend)
+and `operation_finished` after, with its outcome, duration and result. Nested operations (call_tool's target,
+a workflow's steps, the backend requests of a call) know their `parent` through a context variable, so they
+also work across the tasks a workflow starts. With no watcher registered the router skips all of it.
 """
 
 from __future__ import annotations
@@ -50,8 +50,6 @@ class Operation:
     outcome: Outcome = "success"
     error: str | None = None  # error.type: an exception's name or a JSON-RPC error code
     result: Any = None  # what the router returned
-    # `_meta` entries the watchers want on the backend request (kind "backend"): the trace context.
-    meta: dict[str, Any] = field(default_factory=dict)
     # Each watcher's own state for this operation (a span), by the watcher's key.
     notes: dict[str, Any] = field(default_factory=dict)
 
@@ -116,15 +114,6 @@ def request_target(request: types.Request[Any, Any]) -> str | None:
         if value is not None:
             return str(value)
     return None
-
-
-def with_meta(request: Any, meta: dict[str, Any]) -> Any:
-    """The request with `meta` merged over its params' `_meta` (the watchers' entries win)."""
-    params = request.params
-    if params is None:
-        return request
-    merged = {**dict(params.meta or {}), **meta}
-    return request.model_copy(update={"params": params.model_copy(update={"meta": merged})})
 
 
 Op = Operation  # the router's short name: `Operation` there is the policy's list/use/complete

@@ -44,7 +44,6 @@ from vmcp_opt.routing.operations import (
     current,
     request_target,
     watched,
-    with_meta,
 )
 from vmcp_opt.routing.policy import AllowAll, Decision, Denied, Operation, Policy, Target
 from vmcp_opt.routing.providers import ProvidedTool, ToolCall, ToolProvider, error_result
@@ -173,6 +172,12 @@ class Router:
             for p in self._unfiltered_list()
             if (p.name in usable if usable is not None else self.shows(caller, _tool_target(p)))
         ]
+
+    def initialized(self, caller: Caller) -> None:
+        """A client finished the handshake (the SDK answered its `initialize`): an operation for the watchers."""
+        if self.watchers:
+            with watched(self.watchers, Op("initialize", caller)):
+                pass
 
     async def list_tools(self, caller: Caller) -> list[types.Tool]:
         with self._watch(Op("tools/list", caller)) as op:
@@ -418,8 +423,6 @@ class Router:
             return await session.send(request, result_type, self.guard, progress)
         op = Op(request.method, caller, "backend", request_target(request), backend, exchange)
         with watched(self.watchers, op):
-            if op.meta:  # the watchers' `_meta` (trace context) replaces what the client's request carried
-                request = with_meta(request, op.meta)
             connection = None if exchange.round is not None else self._connection(backend)
             session = await self.sessions.choose(caller, exchange, connection)
             result = await session.send(request, result_type, self.guard, progress)

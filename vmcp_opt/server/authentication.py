@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+from collections.abc import Callable
 from urllib.parse import parse_qsl
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -36,11 +37,15 @@ class RequireAuthentication:
         authenticator: Authenticator,
         resource_metadata_url: str | None = None,
         required_scopes: list[str] | None = None,
+        counted: Callable[[str, str | None], None] | None = None,
     ) -> None:
         self.app = app
         self.authenticator = authenticator
         self.resource_metadata_url = resource_metadata_url
         self.required_scopes = required_scopes or []
+        # Told each request's outcome ("accepted", or the refusal's RFC 6750 error, "missing" when none) and
+        # the client's address: the metrics count them, the audit log records refusals.
+        self.counted = counted
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -50,6 +55,8 @@ class RequireAuthentication:
             scope[SCOPE_KEY] = await self._identify(scope)
         except AuthError as refused:
             client = scope.get("client")
+            if self.counted is not None:
+                self.counted(refused.error or "missing", client[0] if client else None)
             logger.info(
                 "auth: refused %s from %s: %s",
                 scope.get("path"),
@@ -58,6 +65,9 @@ class RequireAuthentication:
             )
             await self._refuse(send, refused)
             return
+        if self.counted is not None:
+            client = scope.get("client")
+            self.counted("accepted", client[0] if client else None)
         await self.app(scope, receive, send)
 
     async def verifies(self, scope: Scope) -> bool:

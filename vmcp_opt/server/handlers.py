@@ -30,6 +30,7 @@ from vmcp_opt.server.startup import startup_gate
 logger = logging.getLogger(__name__)
 
 Ctx = ServerRequestContext[Any, Any]
+_INITIALIZED = "vmcp.initialized"  # the connection's handshake was told to the watchers
 
 
 class _GatewayServer(Server[Any]):
@@ -55,6 +56,15 @@ class Handlers:
         self.router = router
         self.admission = admission
         self.notifier = notifier
+
+    async def initialized(self, ctx: Ctx, params: types.NotificationParams) -> None:
+        """The handshake is done: the SDK answers `initialize` before any handler, so the watchers (audit) hear
+        of it here, with the session's caller, once per connection however often a client repeats this."""
+        state = connection_of(ctx).state
+        if state.get(_INITIALIZED):
+            return
+        state[_INITIALIZED] = True
+        self.router.initialized(self.admission.caller(ctx))
 
     async def list_tools(self, ctx: Ctx, params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
         tools = await self.router.list_tools(self.admission.caller(ctx))
@@ -225,6 +235,7 @@ def build_mcp_server(gateway: Gateway, transport: Transport) -> Server[Any]:
     server.add_notification_handler(
         "notifications/roots/list_changed", types.NotificationParams, handlers.roots_changed
     )
+    server.add_notification_handler("notifications/initialized", types.NotificationParams, handlers.initialized)
     server.middleware.append(notifier.track)
     # During start-up, catalogue requests wait (bounded) for the backends' first listing.
     server.middleware.append(startup_gate(gateway))

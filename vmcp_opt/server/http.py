@@ -1,13 +1,14 @@
-"""The streamable-HTTP endpoint (`/mcp`) with `/healthz` and `/readyz`, on Starlette and uvicorn."""
+"""The streamable-HTTP endpoint (`/mcp`) with `/healthz`, `/readyz` and `/metrics` (server/diagnostics.py), on
+Starlette and uvicorn."""
 
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import logging
 import re
 import socket
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -20,15 +21,16 @@ from pydantic import AnyHttpUrl
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
-from starlette.types import ASGIApp, Scope
+from starlette.types import ASGIApp
 
 from vmcp_opt.auth.authenticators import build_authenticator
 from vmcp_opt.config import LOOPBACK_ADDRESSES, ServerConfig, VmcpConfig
 from vmcp_opt.gateway import Gateway
 from vmcp_opt.server.authentication import RequireAuthentication
 from vmcp_opt.server.bad_input import JsonRpcErrorCodes
+from vmcp_opt.server.diagnostics import DiagnosticsServer, diagnostics_server, health_routes, metrics_routes
 from vmcp_opt.server.drain import Drain
 from vmcp_opt.server.event_store import BoundedEventStore
 from vmcp_opt.server.handlers import build_mcp_server
@@ -38,7 +40,7 @@ from vmcp_opt.server.rate_limit_gate import RateLimitGate
 from vmcp_opt.server.replica import ReplicaHeader, replica_id
 from vmcp_opt.server.sessions import SessionGate, SessionSlots, hold_session_slot, throttle_sdk_refusals
 from vmcp_opt.server.shared_sessions import SharedSessions, share_round_trips, shared_session_parts
-from vmcp_opt.telemetry.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from vmcp_opt.telemetry import Telemetry
 
 logger = logging.getLogger(__name__)
 
@@ -119,38 +121,28 @@ def create_app(gateway: Gateway) -> Starlette:
     if gateway.telemetry.metrics is not None:
         gateway.telemetry.metrics.state.sessions = lambda: slots.total
 
+    endpoint, auth_routes = authenticated(
+        JsonRpcErrorCodes(drain, server_config.max_body_bytes), gateway.config, gateway.telemetry
+    )
+    diagnostics = diagnostics_listener(gateway, endpoint, drain)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with anyio.create_task_group() as task_group:
             await gateway.start(task_group)
+            if diagnostics is not None:
+                task_group.start_soon(diagnostics.run_beside, name="diagnostics")
             async with manager.run(), shared_sessions.run() if shared_sessions else contextlib.nullcontext():
                 yield
+            if diagnostics is not None:
+                diagnostics.should_exit = True
             gateway.stop()
 
-    async def healthz(request: Request) -> JSONResponse:
-        return JSONResponse({"status": "ok"})
-
-    async def readyz(request: Request) -> JSONResponse:
-        if drain.draining:
-            return JSONResponse({"status": "draining"}, status_code=503)
-        readiness = gateway.readiness()
-        body = readiness.body
-        if not await may_see_detail(request.scope, endpoint):
-            body = {"status": body["status"]}  # backend names, errors and URLs only to loopback or authenticated
-        return JSONResponse(body, status_code=200 if readiness.serving else 503)
-
-    async def metrics(request: Request) -> Response:
-        assert gateway.telemetry.metrics is not None
-        return Response(gateway.telemetry.metrics.exposition(), media_type=METRICS_CONTENT_TYPE)
-
-    metrics_routes = [Route("/metrics", metrics, methods=["GET"])] if gateway.telemetry.metrics is not None else []
-    endpoint, auth_routes = authenticated(JsonRpcErrorCodes(drain, server_config.max_body_bytes), gateway.config)
     app = Starlette(
         routes=[
             Route(server_config.path, endpoint=endpoint),
-            Route("/healthz", healthz, methods=["GET"]),
-            Route("/readyz", readyz, methods=["GET"]),
-            *metrics_routes,
+            *health_routes(gateway, endpoint, drain),
+            *(metrics_routes(gateway) if diagnostics is None else []),
             *auth_routes,
         ],
         lifespan=lifespan,
@@ -164,20 +156,24 @@ def create_app(gateway: Gateway) -> Starlette:
     return app
 
 
-async def may_see_detail(scope: Scope, endpoint: ASGIApp) -> bool:
-    """A loopback client, or (with authentication on) one whose credential verifies."""
-    client = scope.get("client")
-    with contextlib.suppress(ValueError):
-        if client and ipaddress.ip_address(client[0]).is_loopback:
-            return True
-    if isinstance(endpoint, RequireAuthentication):
-        return await endpoint.verifies(scope)
-    return False
+def diagnostics_listener(
+    gateway: Gateway, endpoint: ASGIApp | None, drain: Drain | None = None
+) -> DiagnosticsServer | None:
+    """The `telemetry.metrics.listen` server, if configured, with a Host check of its own (it may be bound to
+    another address than `/mcp`). Raises `ListenError` when its address cannot be bound."""
+    address = gateway.config.telemetry.metrics.address()
+    if address is None:
+        return None
+    security = transport_security(gateway.config.server.model_copy(update={"host": address[0]}))
+    return diagnostics_server(gateway, endpoint, security, drain)
 
 
-def authenticated(endpoint: ASGIApp, config: VmcpConfig) -> tuple[ASGIApp, list[BaseRoute]]:
+def authenticated(
+    endpoint: ASGIApp, config: VmcpConfig, telemetry: Telemetry | None = None
+) -> tuple[ASGIApp, list[BaseRoute]]:
     """The MCP endpoint behind the configured authentication, and the routes that describe it (RFC 9728)."""
     incoming = config.auth.incoming
+    counted = partial(telemetry.authenticated, incoming.mode) if telemetry is not None else None
     authenticator = build_authenticator(config)  # AuthSetupError stops the start
     if authenticator is None:
         if config.server.host not in LOOPBACK_ADDRESSES:
@@ -213,4 +209,4 @@ def authenticated(endpoint: ASGIApp, config: VmcpConfig) -> tuple[ASGIApp, list[
         routes = [Route(path, protected_resource, methods=["GET"]) for path in sorted(well_known)]
         logger.info("auth: OAuth resource %s, tokens from %s", resource, oauth.issuer)
     required = incoming.oauth.required_scopes if incoming.mode == "oauth" else []
-    return RequireAuthentication(endpoint, authenticator, metadata_url, required), routes
+    return RequireAuthentication(endpoint, authenticator, metadata_url, required, counted), routes

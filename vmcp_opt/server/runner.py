@@ -21,8 +21,9 @@ from vmcp_opt.backends.secrets import SecretFilter, secret_values
 from vmcp_opt.config import VmcpConfig
 from vmcp_opt.gateway import Gateway, StartupError
 from vmcp_opt.server.connections import fit_connections, limited_protocol, throttle_accept_errors
+from vmcp_opt.server.diagnostics import DiagnosticsServer, ListenError
 from vmcp_opt.server.drain import Drain, end_streams
-from vmcp_opt.server.http import create_app
+from vmcp_opt.server.http import create_app, diagnostics_listener
 from vmcp_opt.server.stdio import serve_stdio
 from vmcp_opt.shared.secrets import SecretMissing
 
@@ -42,14 +43,19 @@ def run_gateway(config: VmcpConfig, announce: Callable[[VmcpConfig], None] | Non
         return 2
     if config.server.transport == "stdio":
         try:
-            return anyio.run(_serve_stdio_until_signal, gateway)
+            diagnostics = diagnostics_listener(gateway, None)  # no MCP endpoint: /readyz detail to loopback only
+        except ListenError as exc:
+            logger.error("cannot start: %s", exc)
+            return 2
+        try:
+            return anyio.run(_serve_stdio_until_signal, gateway, diagnostics)
         finally:
             # A signal cancels the stdio server before `Gateway.stop` runs: write what must outlive us here.
             if gateway.optimizer is not None:
                 gateway.optimizer.close()
     try:
         app = create_app(gateway)
-    except AuthSetupError as exc:
+    except (AuthSetupError, ListenError) as exc:
         logger.error("cannot start: %s", exc)
         return 2
     limits = config.limits
@@ -118,7 +124,7 @@ def run_gateway(config: VmcpConfig, announce: Callable[[VmcpConfig], None] | Non
     return 0 if server.started else 1
 
 
-async def _serve_stdio_until_signal(gateway: Gateway) -> int:
+async def _serve_stdio_until_signal(gateway: Gateway, diagnostics: DiagnosticsServer | None) -> int:
     async with anyio.create_task_group() as task_group:
 
         async def watch_signals() -> None:
@@ -132,7 +138,7 @@ async def _serve_stdio_until_signal(gateway: Gateway) -> int:
         task_group.start_soon(watch_signals)
         gateway.on_fatal = lambda exc: task_group.cancel_scope.cancel()
         try:
-            await serve_stdio(gateway)
+            await serve_stdio(gateway, diagnostics)
         except StartupError:
             return 1  # already logged, naming the backends
         task_group.cancel_scope.cancel()

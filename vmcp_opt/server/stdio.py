@@ -16,6 +16,7 @@ from mcp.shared.message import SessionMessage
 from pydantic import ValidationError
 
 from vmcp_opt.gateway import Gateway
+from vmcp_opt.server.diagnostics import DiagnosticsServer
 from vmcp_opt.server.handlers import build_mcp_server
 from vmcp_opt.server.streams import ReadStreamWrapper
 
@@ -23,12 +24,18 @@ PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
 
 
-async def serve_stdio(gateway: Gateway) -> None:
+async def serve_stdio(gateway: Gateway, diagnostics: DiagnosticsServer | None = None) -> None:
+    """Serve the client on stdin/stdout; `diagnostics` (telemetry.metrics.listen) beside it, the only way to
+    reach this gateway's metrics."""
     async with anyio.create_task_group() as task_group:
         await gateway.start(task_group)
+        if diagnostics is not None:
+            task_group.start_soon(diagnostics.run_beside, name="diagnostics")
         server = build_mcp_server(gateway, "stdio")
         async with stdio_server() as (read, write):
             await server.run(AnswerMalformed(read, write), write, server.create_initialization_options())
+        if diagnostics is not None:
+            diagnostics.should_exit = True
         gateway.stop()
 
 

@@ -30,6 +30,13 @@ class Telemetry:
             self.tracing = Tracing(settings.tracing)
         self.watchers: list[OperationWatcher] = [w for w in (self.audit, self.metrics, self.tracing) if w is not None]
 
+    def authenticated(self, method: str, outcome: str, address: str | None) -> None:
+        """One HTTP request's authentication (server/authentication.py): counted, and audited when refused."""
+        if self.metrics is not None:
+            self.metrics.authenticated(method, outcome)
+        if self.audit is not None and outcome != "accepted":
+            self.audit.auth_denied(outcome, address)
+
     def close(self) -> None:
         if self.audit is not None:
             self.audit.close()

@@ -2,11 +2,12 @@
 
 Labels are a fixed vocabulary or come from the config: `method` (the MCP methods, else "other"),
 `outcome` (four values), `backend` (configured backend names), `state` (the health and circuit states),
-`ranking` (the index's two modes); never a tool name, argument or anything else a client controls, so the
+`ranking` (the index's two modes), `stage` and `vectors` (index updates), auth `method` and `outcome`; never a tool name, argument or anything else a client controls, so the
 number of series cannot grow with traffic.
 
 Counted as operations finish: requests, backend requests, meta-tool calls, unknown tools, find_tool's
-result counts and token savings. Read at each scrape from the gateway (`Metrics.state`, a `GatewayState`
+result counts and token savings. Counted when told: HTTP authentication outcomes (the transport) and index
+updates with their duration and embedded and reused tools (the optimizer's index, through the gateway). Read at each scrape from the gateway (`Metrics.state`, a `GatewayState`
 the gateway fills): each backend's health and circuit state, active sessions, the index size, and the
 audit log's written, dropped and failed events.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -29,6 +31,12 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _RESULT_BUCKETS = (0, 1, 2, 3, 5, 10, 20, 50)
 _PERCENT_BUCKETS = (0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 99, 100)
+_REBUILD_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+# Authentication outcomes: accepted, or the RFC 6750 error a refusal was answered with.
+AUTH_OUTCOMES = frozenset(
+    {"accepted", "missing", "invalid_token", "invalid_request", "insufficient_scope", "temporarily_unavailable"}
+)
+AUTH_METHODS = frozenset({"oauth", "api_keys"})
 HEALTH_STATES = ("unknown", "healthy", "degraded", "unhealthy")
 CIRCUIT_STATES = ("closed", "open", "half_open")
 RANKINGS = frozenset({"hybrid", "keyword"})
@@ -93,8 +101,37 @@ class Metrics:
             "Tokens find_tool answers saved against the full tools/list, summed.",
             registry=self.registry,
         )
+        self.auth = Counter(
+            "vmcp_auth",
+            "HTTP requests authenticated, by configured method (oauth, api_keys) and outcome: accepted, or the "
+            "reason refused (missing, invalid_token, invalid_request, insufficient_scope, temporarily_unavailable).",
+            ["method", "outcome"],
+            registry=self.registry,
+        )
+        self.index_rebuild = Histogram(
+            "vmcp_index_rebuild_seconds",
+            "find_tool index updates, by stage: keywords (at once on a catalogue change) or vectors (the model).",
+            ["stage"],
+            buckets=_REBUILD_BUCKETS,
+            registry=self.registry,
+        )
+        self.index_tools = Counter(
+            "vmcp_index_update_tools",
+            "Tools per index update, by stage and how their vector was had: embedded by the model, or reused.",
+            ["stage", "vectors"],
+            registry=self.registry,
+        )
         self.state = GatewayState()
         self.registry.register(_StateCollector(self))
+        # Each label set's child, looked up once: `labels()` takes a lock and formats every value each time.
+        self._children: dict[tuple[Histogram | Counter, tuple[str, ...]], Any] = {}
+
+    def _child(self, metric: Histogram | Counter, *labels: str) -> Any:
+        key = (metric, labels)
+        child = self._children.get(key)
+        if child is None:  # label values are bounded (module docstring), so this dictionary is too
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def operation_started(self, op: Operation) -> None:
         return None
@@ -102,15 +139,26 @@ class Metrics:
     def operation_finished(self, op: Operation) -> None:
         if op.kind == "backend":
             backend = op.backend if op.backend in self._backends else "other"
-            self.client.labels(backend, method_label(op.method), op.outcome).observe(op.duration)
+            self._child(self.client, backend, method_label(op.method), op.outcome).observe(op.duration)
             return
-        self.server.labels(method_label(op.method), op.outcome).observe(op.duration)
+        self._child(self.server, method_label(op.method), op.outcome).observe(op.duration)
         if op.method == "tools/call" and op.target in META_TOOLS and op.backend == "vmcp":
-            self.meta.labels(op.target, op.outcome).observe(op.duration)
+            self._child(self.meta, op.target, op.outcome).observe(op.duration)
             if op.target == "find_tool":
                 self._found(op)
         if op.error == str(-32602) and op.backend is None:
             self.not_found.inc()
+
+    def authenticated(self, method: str, outcome: str) -> None:
+        """One HTTP request's authentication (server/authentication.py)."""
+        method = method if method in AUTH_METHODS else "other"
+        self._child(self.auth, method, outcome if outcome in AUTH_OUTCOMES else "other").inc()
+
+    def index_updated(self, stage: str, seconds: float, embedded: int, reused: int) -> None:
+        """find_tool's index finished an update (optimizer/index.py; called on the updating thread)."""
+        self.index_rebuild.labels(stage).observe(seconds)
+        self.index_tools.labels(stage, "embedded").inc(embedded)
+        self.index_tools.labels(stage, "reused").inc(reused)
 
     def _found(self, op: Operation) -> None:
         summary = find_tool_summary(op.result)

@@ -10,6 +10,7 @@ from vmcp_opt.workflows.provider import WORKFLOW_SOURCE
 
 # ToolHive's audit event types where they exist (pkg/audit/mcp_events.go), ours (vmcp_*) for the meta-tools.
 _LIST_EVENTS = {
+    "initialize": "mcp_initialize",
     "tools/list": "mcp_tools_list",
     "prompts/list": "mcp_prompts_list",
     "resources/list": "mcp_resources_list",

@@ -1,0 +1,138 @@
+"""`/healthz`, `/readyz` and `/metrics`: on the main listener, or on a diagnostics listener of their own.
+
+With `telemetry.metrics.listen`, a second uvicorn server in the gateway's event loop serves the three routes
+on that address (loopback unless a host is named), and the main listener serves no `/metrics`: scrapers
+need not reach the MCP port, and the MCP port need not expose metrics. The main listener keeps `/healthz`
+and `/readyz` either way (load balancers probe it there). A stdio gateway has no other listener: this is
+how its metrics are read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+import socket
+from collections.abc import Iterator
+
+import uvicorn
+from mcp.server.transport_security import TransportSecuritySettings
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Scope
+
+from vmcp_opt.config import LOOPBACK_ADDRESSES
+from vmcp_opt.gateway import Gateway
+from vmcp_opt.server.authentication import RequireAuthentication
+from vmcp_opt.server.drain import Drain
+from vmcp_opt.server.host_check import HostCheck
+from vmcp_opt.telemetry.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+
+logger = logging.getLogger(__name__)
+
+
+def health_routes(gateway: Gateway, endpoint: ASGIApp | None, drain: Drain | None = None) -> list[Route]:
+    """`/healthz` (the process answers) and `/readyz` (the backends are up and the gateway is not draining;
+    detail only to those who may see it). `endpoint` is the MCP endpoint over HTTP, whose authentication
+    decides who may."""
+
+    async def healthz(request: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> JSONResponse:
+        if drain is not None and drain.draining:
+            return JSONResponse({"status": "draining"}, status_code=503)
+        readiness = gateway.readiness()
+        body = readiness.body
+        if not await may_see_detail(request.scope, endpoint):
+            body = {"status": body["status"]}  # backend names, errors and URLs only to loopback or authenticated
+        return JSONResponse(body, status_code=200 if readiness.serving else 503)
+
+    return [Route("/healthz", healthz, methods=["GET"]), Route("/readyz", readyz, methods=["GET"])]
+
+
+def metrics_routes(gateway: Gateway) -> list[Route]:
+    """`/metrics` when metrics are on."""
+    metrics = gateway.telemetry.metrics
+    if metrics is None:
+        return []
+
+    async def exposition(request: Request) -> Response:
+        return Response(metrics.exposition(), media_type=METRICS_CONTENT_TYPE)
+
+    return [Route("/metrics", exposition, methods=["GET"])]
+
+
+async def may_see_detail(scope: Scope, endpoint: ASGIApp | None) -> bool:
+    """A loopback client, or (with authentication on) one whose credential verifies."""
+    client = scope.get("client")
+    with contextlib.suppress(ValueError):
+        if client and ipaddress.ip_address(client[0]).is_loopback:
+            return True
+    if isinstance(endpoint, RequireAuthentication):
+        return await endpoint.verifies(scope)
+    return False
+
+
+class ListenError(Exception):
+    """The diagnostics listener's address cannot be bound (in use, not an address of this machine)."""
+
+
+class DiagnosticsServer(uvicorn.Server):
+    """The diagnostics listener: a uvicorn server run as a task beside the main one, on a socket bound before
+    either starts (so a bad address stops the start with its reason). Signals stay the main server's, which
+    stops this one through `should_exit`."""
+
+    def __init__(self, config: uvicorn.Config, sock: socket.socket) -> None:
+        super().__init__(config)
+        self.socket = sock
+
+    async def run_beside(self) -> None:
+        await self.serve(sockets=[self.socket])
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def diagnostics_server(
+    gateway: Gateway, endpoint: ASGIApp | None, security: TransportSecuritySettings, drain: Drain | None = None
+) -> DiagnosticsServer:
+    """The server for `telemetry.metrics.listen` (the caller checked it is set), behind the Host/Origin check
+    `security` (as the main listener's, for the address it binds)."""
+    address = gateway.config.telemetry.metrics.address()
+    assert address is not None
+    host, port = address
+    if host not in LOOPBACK_ADDRESSES:
+        logger.warning(
+            "telemetry.metrics.listen: /metrics and /readyz on %s:%d are readable by anyone who can reach it",
+            host,
+            port,
+        )
+    sock = _bound(host, port)
+    app = Starlette(
+        routes=[*health_routes(gateway, endpoint, drain), *metrics_routes(gateway)],
+        middleware=[
+            Middleware(HostCheck, allowed_hosts=security.allowed_hosts, allowed_origins=security.allowed_origins)
+        ],
+    )
+    return DiagnosticsServer(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off"), sock)
+
+
+def _bound(host: str, port: int) -> socket.socket:
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise ListenError(f"telemetry.metrics.listen {host}:{port}: {exc}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds its own
+        sock.bind(address)
+        sock.listen(128)  # connections wait in the backlog until the server's loop takes them, none refused
+    except OSError as exc:
+        sock.close()
+        raise ListenError(f"telemetry.metrics.listen {host}:{port}: {exc.strerror or exc}") from None
+    return sock
