@@ -8,6 +8,7 @@ on the 2026-07-28 revision (`Client`'s default), which have no back-channel, get
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import statistics
@@ -190,6 +191,70 @@ def test_a_call_that_streams_nothing_is_answered_json_and_one_that_streams_as_ss
         "test_tool_with_progress": "text/event-stream",
         "test_sampling": "text/event-stream",
     }
+
+
+_SSE_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+
+
+def _raw_session(gateway: Gateway) -> dict[str, str]:
+    """A 2025-11-25 session opened over plain HTTP: the headers its later requests carry."""
+    params = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}
+    opened = httpx2.post(
+        gateway.url,
+        json={"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": params},
+        headers=_SSE_HEADERS,
+        timeout=30,
+    )
+    assert opened.status_code == 200, opened.text
+    headers = {**_SSE_HEADERS, "Mcp-Session-Id": opened.headers["mcp-session-id"], "Mcp-Protocol-Version": "2025-11-25"}
+    initialized = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+    assert httpx2.post(gateway.url, json=initialized, headers=headers, timeout=30).status_code == 202
+    return headers
+
+
+def _events(body: str) -> list[tuple[str, str]]:
+    """(id, data) of each SSE event in a body."""
+    found = []
+    for block in body.replace("\r\n", "\n").split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
+        if "id" in fields:
+            found.append((fields["id"], fields.get("data", "")))
+    return found
+
+
+def test_a_resumed_stream_replays_only_its_own_sessions_events(gateway: Gateway) -> None:
+    """The SDK names a request's stream by its request id, the same in every session: resuming from an event of
+    one's own must never replay another session's messages on the same id, nor may another session's event
+    id be named."""
+    call = {
+        "jsonrpc": "2.0",
+        "id": 7,
+        "method": "tools/call",
+        "params": {"name": "test_tool_with_progress", "arguments": {}, "_meta": {"progressToken": "p"}},
+    }
+    mine, theirs = _raw_session(gateway), _raw_session(gateway)
+    own = _events(httpx2.post(gateway.url, json=call, headers=mine, timeout=60).text)
+    other = _events(httpx2.post(gateway.url, json=call, headers=theirs, timeout=60).text)
+    assert len(own) >= 4 and len(other) >= 4  # priming, three progress notifications, the result
+
+    def resumed(headers: dict[str, str], last_event_id: str) -> list[tuple[str, str]]:
+        """What a GET resuming from `last_event_id` replays before the stream goes quiet (its status if not 200)."""
+        lines: list[str] = []
+        with httpx2.stream(
+            "GET", gateway.url, headers={**headers, "Last-Event-ID": last_event_id}, timeout=httpx2.Timeout(10, read=3)
+        ) as response:
+            if response.status_code != 200:
+                return [("status", str(response.status_code))]
+            with contextlib.suppress(httpx2.ReadTimeout):
+                lines.extend(response.iter_lines())
+        return _events("\n".join(lines))
+
+    other_ids = {event_id for event_id, _ in other}
+    replayed = resumed(mine, own[0][0])  # from its own priming event: its own progress and result
+    replayed_ids = {event_id for event_id, _ in replayed}
+    assert {event_id for event_id, _ in own[1:]} <= replayed_ids
+    assert not other_ids & replayed_ids
+    assert not [e for e in resumed(mine, other[0][0]) if e[1]]  # another session's event id: nothing
 
 
 def test_a_cancelled_call_is_cancelled_at_the_backend(gateway: Gateway) -> None:

@@ -1,68 +1,114 @@
 """A bounded in-memory event store, so SSE streams can be resumed with `Last-Event-ID`.
 
 The SDK defines the `EventStore` interface but ships no implementation. This one keeps the last
-`max_events` events of all streams in one ring (oldest dropped first) and, per stream, the ids of its
+`max_events` events of all sessions in one ring (oldest dropped first) and, per stream, the ids of its
 events still held, so a replay walks only the resumed stream. Event ids are a process-wide counter
 prefixed by a random run tag, so an id from an earlier gateway process never matches.
+
+The SDK hands one store to every session and names a request's stream by the request's id, which is the
+same in every session ("1", "2", ...). So each session gets its own view (`session_view`): its streams are
+keyed by (session, stream), and a replay only follows an event its own session stored. Without that, a
+client could resume from an event id of its own and be sent another session's messages on the same
+request id, or name another session's event id (the counter is guessable).
+
+The SDK asks `if self._event_store:`, so the store is always true: with only `__len__`, an empty store
+was false, nothing was ever stored, and no stream could be resumed.
 """
 
 from __future__ import annotations
 
 import secrets
 from collections import OrderedDict, deque
+from itertools import count
 
 from mcp.server.streamable_http import EventCallback, EventId, EventMessage, EventStore, StreamId
 from mcp_types import JSONRPCMessage
 
 DEFAULT_MAX_EVENTS = 10_000
 
+# (session view number, the SDK's stream id)
+_StreamKey = tuple[int, StreamId]
+
 
 class BoundedEventStore(EventStore):
+    """The ring shared by all sessions. Used directly (a single-session server, as in the examples) it is
+    one view; `session_view()` gives each session of the gateway its own."""
+
     def __init__(self, max_events: int = DEFAULT_MAX_EVENTS) -> None:
         if max_events < 1:
             raise ValueError("max_events must be at least 1")
         self.max_events = max_events
         self._tag = secrets.token_hex(4)
         self._counter = 0
-        # event number -> (stream, message); insertion order is event order.
-        self._events: OrderedDict[int, tuple[StreamId, JSONRPCMessage | None]] = OrderedDict()
-        self._streams: dict[StreamId, deque[int]] = {}
+        self._views = count(1)
+        # event number -> (stream key, message); insertion order is event order.
+        self._events: OrderedDict[int, tuple[_StreamKey, JSONRPCMessage | None]] = OrderedDict()
+        self._streams: dict[_StreamKey, deque[int]] = {}
+
+    def __bool__(self) -> bool:
+        # The SDK tests `if self._event_store:`; a store must count as present even while it is empty.
+        return True
 
     def __len__(self) -> int:
         return len(self._events)
 
+    def session_view(self) -> SessionEvents:
+        """A store for one session over this ring: same bound, replays confined to the session."""
+        return SessionEvents(self, next(self._views))
+
     async def store_event(self, stream_id: StreamId, message: JSONRPCMessage | None) -> EventId:
+        return self.store(0, stream_id, message)
+
+    async def replay_events_after(self, last_event_id: EventId, send_callback: EventCallback) -> StreamId | None:
+        return await self.replay(0, last_event_id, send_callback)
+
+    def store(self, view: int, stream_id: StreamId, message: JSONRPCMessage | None) -> EventId:
         self._counter += 1
         number = self._counter
-        self._events[number] = (stream_id, message)
-        self._streams.setdefault(stream_id, deque()).append(number)
+        key = (view, stream_id)
+        self._events[number] = (key, message)
+        self._streams.setdefault(key, deque()).append(number)
         while len(self._events) > self.max_events:
-            _, (old_stream, _) = self._events.popitem(last=False)
-            numbers = self._streams.get(old_stream)
+            _, (old_key, _) = self._events.popitem(last=False)
+            numbers = self._streams.get(old_key)
             if numbers:
                 numbers.popleft()
                 if not numbers:
-                    del self._streams[old_stream]
+                    del self._streams[old_key]
         return f"{self._tag}-{number}"
 
-    async def replay_events_after(self, last_event_id: EventId, send_callback: EventCallback) -> StreamId | None:
+    async def replay(self, view: int, last_event_id: EventId, send_callback: EventCallback) -> StreamId | None:
         number = self._parse(last_event_id)
-        if number is None or number not in self._events:
+        if number is None:
             return None
-        stream_id = self._events[number][0]
-        for later in list(self._streams.get(stream_id, ())):
+        entry = self._events.get(number)
+        if entry is None or entry[0][0] != view:
+            return None  # unknown, dropped, or another session's event
+        key = entry[0]
+        for later in list(self._streams.get(key, ())):
             if later <= number:
                 continue
-            entry = self._events.get(later)
-            if entry is None:
-                continue
-            message = entry[1]
-            if message is not None:  # priming events carry no message
-                await send_callback(EventMessage(message, f"{self._tag}-{later}"))
-        return stream_id
+            held = self._events.get(later)
+            if held is not None and held[1] is not None:  # priming events carry no message
+                await send_callback(EventMessage(held[1], f"{self._tag}-{later}"))
+        return key[1]
 
     def _parse(self, event_id: EventId) -> int | None:
         tag, _, number = event_id.rpartition("-")
         if tag != self._tag or not number.isdigit():
             return None
         return int(number)
+
+
+class SessionEvents(EventStore):
+    """One session's events in the shared ring."""
+
+    def __init__(self, ring: BoundedEventStore, view: int) -> None:
+        self._ring = ring
+        self._view = view
+
+    async def store_event(self, stream_id: StreamId, message: JSONRPCMessage | None) -> EventId:
+        return self._ring.store(self._view, stream_id, message)
+
+    async def replay_events_after(self, last_event_id: EventId, send_callback: EventCallback) -> StreamId | None:
+        return await self._ring.replay(self._view, last_event_id, send_callback)

@@ -59,6 +59,8 @@ from sse_starlette import EventSourceResponse
 from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
+from vmcp_opt.server.event_store import BoundedEventStore
+
 logger = logging.getLogger(__name__)
 
 # Seconds a call may stay silent before its answer becomes an SSE stream (kept open by pings).
@@ -76,6 +78,10 @@ class LazyStreamSessionManager(StreamableHTTPSessionManager):
             # The subclass adds behaviour and no state, so the instance can take its class; copying the SDK's
             # admission instead would fork it.
             transport.__class__ = LazyStreamTransport
+            if isinstance(self.event_store, BoundedEventStore):
+                # The SDK gives every session the one store it was handed, and names a request's stream by
+                # the request's id (the same in every session): each session replays only its own events.
+                transport._event_store = self.event_store.session_view()
         return transport
 
 
