@@ -37,6 +37,8 @@ class RunOptions:
     # Queries per dataset and method timed end to end with their own query embedding (None = all). The
     # rest reuse query vectors embedded once in batches, which keeps the full run inside its time budget.
     latency_sample: int | None = 300
+    # What the run's model costs (eval/models.py: ModelProfile.as_dict()), written into results.json.
+    model_profile: dict[str, Any] | None = None
 
 
 def machine() -> str:
@@ -65,6 +67,8 @@ def run(options: RunOptions, embedder: SharedEmbedder, console: Console | None =
         "datasets": {},
         "skipped": {},
     }
+    if options.model_profile is not None:
+        results["model_profile"] = options.model_profile
     latencies: dict[str, dict[str, list[float]]] = {}
     depth = max([*options.ks, 10])
     for name in options.datasets:
