@@ -3,7 +3,9 @@
 A tool document joins what an agent's request is likely to mention: the backend's name and description,
 the tool's name split into words (`get_current_time`, `getCurrentTime` and `get-current-time` all become
 "get current time"), its title and description, and the names and descriptions of its parameters.
-Both arms of the index (keywords and vectors) read the same document.
+Both arms of the index (keywords and vectors) read the same document. A description written as a docstring
+gives its summary only; its `Args:` block describes parameters the schema leaves undescribed
+(`optimizer/docstrings.py`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from vmcp_opt.optimizer.docstrings import read_description
 
 # How deep nested object parameters are walked for names and descriptions.
 _MAX_SCHEMA_DEPTH = 3
@@ -60,15 +64,16 @@ def split_identifier(name: str) -> list[str]:
 def tool_document(record: ToolRecord) -> str:
     """The text indexed for `record` (one field per line, empty fields left out)."""
     own_name = record.original_name or record.name
+    described = read_description(record.description)
     lines = [
         f"{' '.join(split_identifier(record.backend))}: {record.backend_description}".strip().rstrip(":"),
         f"{' '.join(split_identifier(own_name))} ({own_name})",
     ]
     if record.title:
         lines.append(record.title)
-    if record.description:
-        lines.append(record.description.strip())
-    for name, description in _parameters(record.input_schema):
+    if described.summary:
+        lines.append(described.summary)
+    for name, description in _parameters(record.input_schema, described.arguments):
         words = " ".join(split_identifier(name))
         lines.append(f"{words}: {description}" if description else words)
     return "\n".join(line for line in lines if line)
@@ -83,20 +88,28 @@ def content_hash(record: ToolRecord) -> str:
     return hashlib.sha256(tool_document(record).encode("utf-8")).hexdigest()
 
 
-def _parameters(schema: Mapping[str, Any], depth: int = 0) -> Iterator[tuple[str, str]]:
-    """(name, description) of each property, walking nested objects and arrays of objects."""
+def _parameters(schema: Mapping[str, Any], documented: Mapping[str, str], depth: int = 0) -> Iterator[tuple[str, str]]:
+    """(name, description) of each property, walking nested objects and arrays of objects; a property the
+    schema leaves undescribed takes the docstring's words for it (`documented`), and with no properties at
+    all the docstring's arguments stand for them."""
     if depth >= _MAX_SCHEMA_DEPTH or not isinstance(schema, Mapping):
         return
     properties = schema.get("properties")
-    if not isinstance(properties, Mapping):
+    if not isinstance(properties, Mapping) or not properties:
+        if depth == 0:
+            yield from ((name, _parameter_text(text)) for name, text in documented.items())
         return
     for name, spec in properties.items():
         if not isinstance(spec, Mapping):
-            yield str(name), ""
+            yield str(name), _parameter_text(documented.get(str(name), ""))
             continue
-        description = _EXAMPLE_VALUES.sub("", str(spec.get("description") or spec.get("title") or "")).strip()
-        yield str(name), description[:_MAX_PARAM_DESCRIPTION]
-        yield from _parameters(spec, depth + 1)
+        own = str(spec.get("description") or spec.get("title") or "")
+        yield str(name), _parameter_text(own or documented.get(str(name), ""))
+        yield from _parameters(spec, {}, depth + 1)
         items = spec.get("items")
         if isinstance(items, Mapping):
-            yield from _parameters(items, depth + 1)
+            yield from _parameters(items, {}, depth + 1)
+
+
+def _parameter_text(text: str) -> str:
+    return _EXAMPLE_VALUES.sub("", text).strip()[:_MAX_PARAM_DESCRIPTION]

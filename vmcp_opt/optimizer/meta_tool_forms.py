@@ -10,6 +10,7 @@ from typing import Any
 import mcp_types as types
 
 from vmcp_opt.arguments import ArgumentError
+from vmcp_opt.optimizer.answers import answer_description, compact_schema
 from vmcp_opt.optimizer.index import SearchHit
 
 FIND_TOOL = types.Tool(
@@ -73,11 +74,14 @@ META_TOOL_NAMES = frozenset(tool.name for tool in META_TOOLS)
 
 def hit_json(hit: SearchHit, answer: Collection[str]) -> dict[str, Any]:
     """One result; `used_with` and `supplies` only when the tool they name is in the `answer` too."""
+    description, documented = answer_description(hit.record.description)
     found: dict[str, Any] = {
         "name": hit.record.name,
         "backend": hit.record.backend,
-        "description": hit.record.description,
-        "input_schema": dict(hit.record.input_schema),
+        "description": description,
+        "input_schema": compact_schema(
+            hit.record.input_schema, hit.record.original_name or hit.record.name, documented
+        ),
         "score": round(hit.score, 4),
     }
     if hit.used_with and hit.used_with in answer:
