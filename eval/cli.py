@@ -169,8 +169,8 @@ def _run_model(embedder: SharedEmbedder, options: RunOptions, *, several: bool, 
 
 
 # Texts timed per model: single queries as find_tool embeds them, and one bulk job of documents.
-PROFILE_QUERIES = 200
-PROFILE_DOCUMENTS = 256
+PROFILE_QUERIES = 100
+PROFILE_DOCUMENTS = 128
 
 
 def _profile(embedder: SharedEmbedder, options: RunOptions, console: Console) -> dict[str, Any] | None:
@@ -187,7 +187,9 @@ def _profile(embedder: SharedEmbedder, options: RunOptions, console: Console) ->
         console.print(f"timing {embedder.model_id} on {dataset.name}")
         queries = [text for _, text in dataset.judged_queries()[:PROFILE_QUERIES]]
         documents = [plain_text(tool) for tool in dataset.tools[:PROFILE_DOCUMENTS]]
-        return profile_model(embedder, dataset.name, queries, documents).as_dict()
+        profile = profile_model(embedder, dataset.name, queries, documents).as_dict()
+        console.print(f"{embedder.model_id}: {profile}")
+        return profile
     return None
 
 

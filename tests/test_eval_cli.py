@@ -76,6 +76,10 @@ def test_eval_run_scores_every_method_and_writes_results_table_and_plots(tmp_pat
     assert "[paired bootstrap 95 % interval]" in result.stdout
     # The optimizer finds the obvious tools of this catalogue.
     assert entry["methods"]["optimizer"]["recall@5"] >= 0.75
+    # find_tool's answer size per result; the baselines have no answer to measure.
+    tokens = entry["methods"]["optimizer"]
+    assert 0 < tokens["answer_tokens_per_result_mean"] <= tokens["answer_tokens_per_result_p95"]
+    assert "answer_tokens_per_result_mean" not in entry["methods"]["bm25"]
     assert "| tiny | optimizer |" in result.stdout
     for plot in ("recall_at_k.png", "ndcg_at_10.png", "latency.png"):
         assert (out / plot).stat().st_size > 0
