@@ -5,15 +5,21 @@ Also runnable alone: `python -m eval.cli run --dataset all`.
 
 from __future__ import annotations
 
+import json
 import os
+from dataclasses import replace
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 
 from eval.datasets import BUNDLED, expand_names
+from eval.harness import RunOptions
 from eval.methods import BASE_METHODS, KNOWN_METHODS
+
+if TYPE_CHECKING:
+    from eval.embed import SharedEmbedder
 
 eval_app = typer.Typer(help="Retrieval benchmarks: the optimizer against its rivals on public tool-retrieval data.")
 
@@ -69,12 +75,22 @@ def run(
             "CPU has it), 'lean-fp32' (float32 queries) or 'general' (sentence-transformers' encode)."
         ),
     ] = "lean",
+    model: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--model",
+            "-m",
+            help="An embedding model: a registry id (models/registry.yaml) or a local sentence-transformers "
+            "directory. Repeatable: every method runs with each, side by side. Default: the configured model.",
+        ),
+    ] = None,
 ) -> None:
-    """Run every method on every dataset with one embedding model and print the table."""
+    """Run every method on every dataset with each embedding model and print the tables."""
     from eval.datasets import default_data_dir
     from eval.embed import load_shared_embedder
-    from eval.harness import RunOptions, markdown_table, methods_list
+    from eval.harness import methods_list
     from vmcp_opt.config import OptimizerConfig
+    from vmcp_opt.optimizer.embedding import ModelError
 
     console = Console(stderr=True)
     try:
@@ -99,14 +115,6 @@ def run(
     config = OptimizerConfig()
     if encoder not in ENCODERS:
         raise typer.BadParameter(f"--encoder must be one of {', '.join(ENCODERS)}, got {encoder!r}")
-    embedder = load_shared_embedder(
-        # Document vectors are cached per encoder, so a comparison never reads another encoder's vectors.
-        config.model,
-        config.bulk_bfloat16,
-        out / "cache" / encoder,
-        query_threads=max(1, threads),
-        **ENCODERS[encoder],
-    )
     options = RunOptions(
         datasets=names,
         methods=method_names,
@@ -118,14 +126,71 @@ def run(
         plots=plots,
         latency_sample=latency_sample or None,
     )
-    from eval.harness import run as run_eval
+    models = list(dict.fromkeys(model or [config.model]))
+    runs = []
+    for spec in models:
+        try:
+            embedder = load_shared_embedder(
+                # Document vectors are cached per encoder and model: a comparison never reads another's vectors.
+                spec,
+                config.bulk_bfloat16,
+                out / "cache" / encoder,
+                query_threads=max(1, threads),
+                **ENCODERS[encoder],
+            )
+        except ModelError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--model") from None
+        runs.append(_run_model(embedder, options, several=len(models) > 1, console=console))
+    if len(runs) > 1:
+        from eval.models import models_table
 
-    results = run_eval(options, embedder, console)
+        (out / "models.json").write_text(json.dumps(runs, indent=2) + "\n", encoding="utf-8")
+        typer.echo(models_table(runs))
+        console.print(f"models side by side: {out / 'models.json'}")
+
+
+def _run_model(embedder: SharedEmbedder, options: RunOptions, *, several: bool, console: Console) -> dict[str, Any]:
+    """One model's whole run: its profile, every method on every dataset, its table. With several models each
+    writes under `<out>/<model>/`; the vector cache stays shared under `<out>/cache/`."""
+    from eval.harness import markdown_table
+    from eval.harness import run as run_eval
+    from eval.models import model_slug
+
+    out = options.out / model_slug(embedder.model_id) if several else options.out
+    profile = _profile(embedder, options, console)
+    results = run_eval(replace(options, out=out, model_profile=profile), embedder, console)
     if not results["datasets"]:
         console.print("[red]no dataset could be loaded[/red]")
         raise typer.Exit(code=2)
+    typer.echo(f"\nmodel {embedder.model_id}\n" if several else "", nl=False)
     typer.echo(markdown_table(results))
     console.print(f"results: {out / 'results.json'} ({results['total_seconds']} s)")
+    return results
+
+
+# Texts timed per model: single queries as find_tool embeds them, and one bulk job of documents.
+PROFILE_QUERIES = 100
+PROFILE_DOCUMENTS = 128
+
+
+def _profile(embedder: SharedEmbedder, options: RunOptions, console: Console) -> dict[str, Any] | None:
+    """The model's ModelProfile, timed on texts of the run's first dataset that loads."""
+    from eval.datasets import DatasetError, load_dataset
+    from eval.methods import plain_text
+    from eval.models import profile_model
+
+    for name in options.datasets:
+        try:
+            dataset = load_dataset(name, options.data_dir, split=options.split)
+        except DatasetError:
+            continue
+        console.print(f"timing {embedder.model_id} on {dataset.name}")
+        queries = [text for _, text in dataset.judged_queries()[:PROFILE_QUERIES]]
+        documents = [plain_text(tool) for tool in dataset.tools[:PROFILE_DOCUMENTS]]
+        profile = profile_model(embedder, dataset.name, queries, documents).as_dict()
+        console.print(f"{embedder.model_id}: {profile}")
+        return profile
+    return None
 
 
 if __name__ == "__main__":

@@ -21,6 +21,8 @@ from eval.methods import Context, make_method
 from eval.metrics import evaluate, paired_bootstrap, per_query_ndcg, percentile
 
 HEADLINE = ("ndcg@10", "recall@5", "comp@5", "mrr@10", "latency_ms_p50")
+# Queries per dataset and method whose find_tool answers are measured in tokens (outside the timing).
+ANSWER_SAMPLE = 100
 
 
 @dataclass
@@ -37,6 +39,8 @@ class RunOptions:
     # Queries per dataset and method timed end to end with their own query embedding (None = all). The
     # rest reuse query vectors embedded once in batches, which keeps the full run inside its time budget.
     latency_sample: int | None = 300
+    # What the run's model costs (eval/models.py: ModelProfile.as_dict()), written into results.json.
+    model_profile: dict[str, Any] | None = None
 
 
 def machine() -> str:
@@ -65,6 +69,8 @@ def run(options: RunOptions, embedder: SharedEmbedder, console: Console | None =
         "datasets": {},
         "skipped": {},
     }
+    if options.model_profile is not None:
+        results["model_profile"] = options.model_profile
     latencies: dict[str, dict[str, list[float]]] = {}
     depth = max([*options.ks, 10])
     for name in options.datasets:
@@ -123,12 +129,15 @@ def run_dataset(
             rankings: dict[str, list[str]] = {}
             at: dict[int, dict[str, list[str]]] = {}
             times: list[float] = []
+            answer_tokens: list[int] = []
             for position, (qid, text) in enumerate(queries):
                 embedder.bypass_cache = position < timed
                 query_started = time.perf_counter()
                 rankings[qid] = method.search(text, depth)
                 if position < timed:
                     times.append((time.perf_counter() - query_started) * 1000.0)
+                if position < ANSWER_SAMPLE:
+                    answer_tokens += method.answer_tokens()
                 per_cutoff = method.search_cutoffs(text, cutoffs)
                 if per_cutoff is not None:
                     for k, ranked in per_cutoff.items():
@@ -142,6 +151,9 @@ def run_dataset(
         metrics["latency_ms_p95"] = round(percentile(times, 95), 3)
         metrics["build_seconds"] = round(build_seconds, 3)
         metrics["latency_queries"] = len(times)
+        if answer_tokens:
+            metrics["answer_tokens_per_result_mean"] = round(sum(answer_tokens) / len(answer_tokens), 1)
+            metrics["answer_tokens_per_result_p95"] = round(percentile([float(n) for n in answer_tokens], 95), 1)
         entry["methods"][method_name] = metrics
         latencies[method_name] = [round(value, 3) for value in times]
     entry["gains"] = gains_over_best_baseline(entry["methods"], per_query)
@@ -170,20 +182,27 @@ def gains_over_best_baseline(
 def markdown_table(results: dict[str, Any]) -> str:
     """One row per dataset and method; metrics in points (x100), latency in ms."""
     lines = [
-        "| dataset | method | nDCG@10 | Recall@5 | COMP@5 | MRR@10 | p50 ms | p95 ms | build s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| dataset | method | nDCG@10 | Recall@5 | COMP@5 | MRR@10 | p50 ms | p95 ms | build s | tokens/result |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, entry in results["datasets"].items():
         for method, m in entry["methods"].items():
             lines.append(
                 f"| {name} | {method} | {100 * m['ndcg@10']:.1f} | {100 * m['recall@5']:.1f} | "
                 f"{100 * m['comp@5']:.1f} | {100 * m['mrr@10']:.1f} | {m['latency_ms_p50']:.2f} | "
-                f"{m['latency_ms_p95']:.2f} | {m['build_seconds']:.2f} |"
+                f"{m['latency_ms_p95']:.2f} | {m['build_seconds']:.2f} | {_answer_size(m)} |"
             )
     summaries = [gains_summary(results, method) for method in ("optimizer", "optimizer-cold")]
     summaries.append(comp_summary(results))
     lines += ["", *(summary for summary in summaries if summary)] if any(summaries) else []
     return "\n".join(lines)
+
+
+def _answer_size(metrics: dict[str, Any]) -> str:
+    """find_tool's tokens per result, mean and p95 ("—" for a method that is not find_tool)."""
+    if "answer_tokens_per_result_mean" not in metrics:
+        return "—"
+    return f"{metrics['answer_tokens_per_result_mean']:.0f} (p95 {metrics['answer_tokens_per_result_p95']:.0f})"
 
 
 def comp_summary(results: dict[str, Any], method: str = "optimizer", dataset: str = "toollens") -> str:

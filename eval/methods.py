@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,6 +70,11 @@ class Method(Protocol):
         """Rankings to score at each cut-off when a shorter list is not a prefix of a longer one."""
         ...
 
+    def answer_tokens(self) -> list[int]:
+        """Tokens of each result of the last search as find_tool's answer shows it (none for a method
+        that is not find_tool)."""
+        ...
+
 
 def plain_text(tool: EvalTool) -> str:
     """The document the baselines index: the gateway's document for MCP rows, else the dataset's text."""
@@ -111,6 +117,9 @@ class BM25Method:
     def search_cutoffs(self, query: str, cutoffs: Sequence[int]) -> dict[int, list[str]] | None:
         return None
 
+    def answer_tokens(self) -> list[int]:
+        return []
+
 
 class DenseMethod:
     name = "dense"
@@ -134,6 +143,9 @@ class DenseMethod:
 
     def search_cutoffs(self, query: str, cutoffs: Sequence[int]) -> dict[int, list[str]] | None:
         return None
+
+    def answer_tokens(self) -> list[int]:
+        return []
 
 
 class ToolHiveMethod:
@@ -171,6 +183,9 @@ class ToolHiveMethod:
             vector = self.embedder.encode_queries([query])[0]
         return {k: [self.ids[row] for row in self.ranker.search(query, vector, k)] for k in cutoffs}
 
+    def answer_tokens(self) -> list[int]:
+        return []
+
 
 class OptimizerMethod:
     """The gateway's own index and ranking (`ToolIndex.search`), built from the tools' MCP fields."""
@@ -180,6 +195,7 @@ class OptimizerMethod:
         self.overrides = dict(overrides or {})
         self.index: Any = None
         self.id_by_name: dict[str, str] = {}
+        self._last: Any = None
 
     def build(self, ctx: Context) -> None:
         from eval.late_interaction import LateInteraction
@@ -200,10 +216,21 @@ class OptimizerMethod:
 
     def search(self, query: str, depth: int) -> list[str]:
         result = self.index.search(query, limit=depth)
+        self._last = result
         return [self.id_by_name[hit.record.name] for hit in result.hits]
 
     def search_cutoffs(self, query: str, cutoffs: Sequence[int]) -> dict[int, list[str]] | None:
         return None
+
+    def answer_tokens(self) -> list[int]:
+        """Per result of the last search, as find_tool shows its first `default_limit`, counted with the
+        tokenizer find_tool's savings figure uses (`optimizer/tokens.py`)."""
+        from vmcp_opt.optimizer.meta_tool_forms import hit_json
+        from vmcp_opt.optimizer.tokens import count_tokens
+
+        hits = self._last.hits[: self.index.config.default_limit] if self._last is not None else []
+        names = {hit.record.name for hit in hits}
+        return [count_tokens(json.dumps(hit_json(hit, names)), self.index.config.model) for hit in hits]
 
 
 def past_usage(dataset: Dataset, records: Sequence[ToolRecord]) -> UsageGraph:

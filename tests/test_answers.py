@@ -1,0 +1,70 @@
+"""find_tool's results keep what a call needs and drop the boilerplate generators stamp on every tool."""
+
+from __future__ import annotations
+
+import json
+
+from vmcp_opt.optimizer.answers import answer_description, compact_schema
+from vmcp_opt.optimizer.documents import ToolRecord
+from vmcp_opt.optimizer.index import SearchHit
+from vmcp_opt.optimizer.meta_tool_forms import hit_json
+from vmcp_opt.optimizer.tokens import count_tokens
+
+# As mcp-server-git (pydantic) and server-memory (zod-to-json-schema) send them.
+GIT_STATUS = {
+    "type": "object",
+    "properties": {"repo_path": {"title": "Repo Path", "type": "string"}},
+    "required": ["repo_path"],
+    "title": "statusArguments",
+}
+MEMORY = {
+    "type": "object",
+    "properties": {"query": {"type": "string", "description": "Text to match", "title": "Search words"}},
+    "required": ["query"],
+    "additionalProperties": False,
+    "$schema": "http://json-schema.org/draft-07/schema#",
+}
+DOCSTRING = """Search the web.
+
+Args:
+    query: The search terms.
+    count: How many results.
+
+Returns:
+    dict: the results
+
+Example:
+    >>> search(query="x")
+"""
+
+
+def test_generated_titles_and_the_schema_dialect_go_and_what_validates_a_call_stays() -> None:
+    assert compact_schema(GIT_STATUS, "git_status", {}) == {
+        "type": "object",
+        "properties": {"repo_path": {"type": "string"}},
+        "required": ["repo_path"],
+    }
+    compact = compact_schema(MEMORY, "search_nodes", {})
+    assert "$schema" not in compact
+    assert compact["additionalProperties"] is False and compact["required"] == ["query"]
+    # A title that says more than the name is the author's: kept.
+    assert compact["properties"]["query"]["title"] == "Search words"
+
+
+def test_a_docstring_answer_keeps_its_summary_and_moves_argument_words_into_the_schema() -> None:
+    description, documented = answer_description(DOCSTRING)
+    assert description == "Search the web."
+    schema = {"type": "object", "properties": {"query": {"type": "string"}, "count": {"description": "Max hits"}}}
+    compact = compact_schema(schema, "search", documented)
+    assert compact["properties"]["query"]["description"] == "The search terms."
+    assert compact["properties"]["count"]["description"] == "Max hits"  # the schema's own words win
+
+
+def test_find_tool_result_is_smaller_for_a_docstring_tool_and_unchanged_for_a_plain_one() -> None:
+    noisy = ToolRecord(name="web_search", backend="web", description=DOCSTRING, input_schema=GIT_STATUS)
+    plain_schema = {"type": "object", "properties": {"city": {"type": "string", "description": "City"}}}
+    plain = ToolRecord(name="forecast", backend="weather", description="Weather forecast", input_schema=plain_schema)
+    shown = hit_json(SearchHit(noisy, 0.5), {"web_search"})
+    assert count_tokens(json.dumps(shown)) < count_tokens(json.dumps({**shown, "description": DOCSTRING}))
+    assert hit_json(SearchHit(plain, 0.5), {"forecast"})["input_schema"] == plain_schema
+    assert hit_json(SearchHit(plain, 0.5), {"forecast"})["description"] == "Weather forecast"
