@@ -57,12 +57,17 @@ def post(gateway: Gateway, headers: dict[str, str], body: bytes) -> httpx2.Respo
     return httpx2.post(gateway.url, headers=headers, content=body, timeout=10)
 
 
-def error_of(response: httpx2.Response) -> dict[str, Any]:
-    """The JSON-RPC error in a JSON or single-event SSE answer."""
+def message_of(response: httpx2.Response) -> dict[str, Any]:
+    """The JSON-RPC message in a JSON or single-event SSE answer."""
     text = response.text
     if response.headers.get("content-type", "").startswith("text/event-stream"):
         text = next(line[5:] for line in text.splitlines() if line.startswith("data:"))
-    error: dict[str, Any] = json.loads(text)["error"]
+    message: dict[str, Any] = json.loads(text)
+    return message
+
+
+def error_of(response: httpx2.Response) -> dict[str, Any]:
+    error: dict[str, Any] = message_of(response)["error"]
     return error
 
 
@@ -109,7 +114,7 @@ def test_invalid_tool_arguments_name_the_field(gateway: Gateway, session: dict[s
         "params": {"name": "notes_slow_echo", "arguments": {"message": 5}},
     }
     response = post(gateway, session, json.dumps(body).encode())
-    result = json.loads(next(line[5:] for line in response.text.splitlines() if line.startswith("data:")))["result"]
+    result = message_of(response)["result"]
     assert result["isError"] and "field 'message'" in result["content"][0]["text"]
 
 
@@ -150,6 +155,29 @@ frames = st.one_of(
     rpc_like.map(lambda v: json.dumps(v).encode()[: max(1, len(json.dumps(v)) // 2)]),  # cut short
 )
 session_choice = st.sampled_from(["valid", "unknown", "none"])
+
+
+def test_concurrent_requests_under_one_id_are_each_answered(gateway: Gateway, session: dict[str, str]) -> None:
+    """The SDK routes answers by request id: before the check, a second request under an id still in flight
+    took the first one's stream and one of them was never answered."""
+    call = {"jsonrpc": "2.0", "id": 42, "method": "tools/call", "params": {"name": "notes_slow_echo"}}
+    call["params"]["arguments"] = {"message": "x", "seconds": 1}  # type: ignore[index]
+    answers: list[httpx2.Response] = []
+
+    async def one(client: httpx2.AsyncClient) -> None:
+        answers.append(await client.post(gateway.url, headers=session, json=call))
+
+    async def main() -> None:
+        async with httpx2.AsyncClient(timeout=30) as client, anyio.create_task_group() as group:
+            for _ in range(6):
+                group.start_soon(one, client)
+
+    anyio.run(main)
+    assert len(answers) == 6  # none hung (a hang is a ReadTimeout)
+    results = [a for a in answers if a.status_code == 200]
+    assert results and all('"result"' in a.text for a in results)
+    for refused in (a for a in answers if a.status_code != 200):
+        assert refused.status_code == 409 and error_of(refused)["code"] == -32600 and refused.json()["id"] == 42
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -49,6 +49,7 @@ from mcp.shared.inbound import MCP_PROTOCOL_VERSION_HEADER
 from mcp_types import (
     DEFAULT_NEGOTIATED_VERSION,
     INTERNAL_ERROR,
+    INVALID_REQUEST,
     JSONRPCError,
     JSONRPCRequest,
     JSONRPCResponse,
@@ -57,6 +58,7 @@ from mcp_types import (
 from pydantic import ValidationError
 from sse_starlette import EventSourceResponse
 from starlette.requests import Request
+from starlette.responses import JSONResponse
 from starlette.types import Receive, Scope, Send
 
 from vmcp_opt.server.event_store import BoundedEventStore
@@ -85,11 +87,24 @@ class LazyStreamSessionManager(StreamableHTTPSessionManager):
         return transport
 
 
+def _id_in_use(message: JSONRPCRequest) -> JSONResponse:
+    error = {
+        "code": INVALID_REQUEST,
+        "message": "Invalid request: this request id is already in flight in this session",
+    }
+    return JSONResponse({"jsonrpc": "2.0", "id": message.id, "error": error}, status_code=HTTPStatus.CONFLICT)
+
+
 class LazyStreamTransport(StreamableHTTPServerTransport):
     async def _handle_post_request(self, scope: Scope, request: Request, receive: Receive, send: Send) -> None:
         message = await self._plain_request(request)
         if message is None:
             await super()._handle_post_request(scope, request, receive, send)  # the body stays cached
+            return
+        if str(message.id) in self._request_streams:
+            # The SDK routes answers by request id: a second request under an id still in flight would take
+            # the first one's stream and leave one of them unanswered for good. Ids are unique per session.
+            await _id_in_use(message)(scope, receive, send)
             return
         try:
             await self._answer(message, request, send)

@@ -1,0 +1,117 @@
+"""Replicas behind a load balancer (issue 18): calls/s and p50/p99 through a real nginx round-robin over one,
+two and three `vmcp serve` replicas sharing one Redis (`sessions.store: redis`), against one replica direct
+and one memory-mode gateway direct, in one run.
+
+One 2025-11-25 session per target (opened through that target, so through nginx its requests land on every
+replica, which restore it from Redis); `hey` drives `--clients` connections of tools/call POSTs carrying the
+session's headers. Targets alternate in halves (A B C … … C B A) so the machine's drift hits each alike.
+Each replica has its own stdio demo backend; the optimizer is off (this measures the request path).
+On a 2-core machine replicas share the same two cores: more replicas cannot add throughput here, and the
+ratio shows what the load balancer and the shared sessions cost. Also prints Redis's own round trip.
+
+    PYTHONPATH=. .venv/bin/python bench/scale.py [--clients 16] [--seconds 20]
+
+Needs `hey`, `nginx` and `redis-server` (Debian; `scripts/setup.sh dev` installs the last two as root).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx2
+import redis
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.throughput import Target, answered, drive, legacy_call, report, rss_mb  # noqa: E402
+from tests.nginx_server import running_nginx  # noqa: E402
+from tests.redis_server import running_redis  # noqa: E402
+from tests.support import Gateway, demo_backend, running_gateway, running_gateways, write_config  # noqa: E402
+from tests.test_http_limits import HEADERS, INITIALIZE  # noqa: E402
+
+TOOL = "web_slow_echo"
+
+
+def session_headers(url: str) -> dict[str, str]:
+    """A 2025-11-25 session opened at `url`: the headers each of its requests carries."""
+    with httpx2.Client(timeout=30) as client:
+        opened = client.post(url, json=INITIALIZE, headers=HEADERS)
+        opened.raise_for_status()
+        headers = {"Mcp-Session-Id": opened.headers["mcp-session-id"], "Mcp-Protocol-Version": "2025-11-25"}
+        initialized = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+        client.post(url, json=initialized, headers={**HEADERS, **headers}).raise_for_status()
+    return headers
+
+
+def target(label: str, url: str, pid: int) -> Target:
+    body, _ = legacy_call(TOOL)
+    return Target(label, url, body, session_headers(url), pid=pid)
+
+
+@contextlib.contextmanager
+def balanced(directory: Path, replicas: list[Gateway]) -> Iterator[str]:
+    with running_nginx(directory, [gateway.port for gateway in replicas]) as nginx:
+        yield nginx.url
+
+
+def redis_round_trip_ms(url: str, count: int = 300) -> float:
+    client = redis.Redis.from_url(url)
+    times = []
+    for _ in range(count):
+        start = time.perf_counter()
+        client.ping()
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    args = parser.parse_args()
+    if shutil.which("hey") is None:
+        raise SystemExit("hey not found: apt-get install hey")
+    directory = Path(tempfile.mkdtemp(prefix="vmcp-scale-"))
+    quiet = {"backends": [demo_backend("web")], "server": {"log_level": "warning"}}
+    with running_redis() as server:
+        shared = write_config(
+            directory, {**quiet, "redis": {"url": server.url}, "sessions": {"store": "redis"}}, "redis.yaml"
+        )
+        memory = write_config(directory, quiet, "memory.yaml")
+        with (
+            running_gateway(memory, "--no-optimizer") as alone,
+            running_gateways(shared, 3, "--no-optimizer") as replicas,
+            balanced(directory / "n1", replicas[:1]) as one,
+            balanced(directory / "n2", replicas[:2]) as two,
+            balanced(directory / "n3", replicas) as three,
+        ):
+            first = replicas[0].proc.pid
+            targets = [
+                target("memory mode, direct", alone.url, alone.proc.pid),
+                target("redis mode, one replica direct", replicas[0].url, first),
+                target("nginx → 1 replica", one, first),
+                target("nginx → 2 replicas", two, first),
+                target("nginx → 3 replicas", three, first),
+            ]
+            for each in targets:
+                answered(each)
+                each.rss_mb.append(rss_mb(each.pid))
+            for each in [*targets, *reversed(targets)]:
+                drive(each, args.clients, args.seconds / 2)
+                each.rss_mb.append(rss_mb(each.pid))
+        ping = redis_round_trip_ms(server.url)
+    report(targets, args.clients)
+    print(f"Redis PING round trip p50: {ping:.3f} ms (RSS columns: the first replica's, or the memory gateway's)")
+
+
+if __name__ == "__main__":
+    main()
