@@ -117,9 +117,9 @@ def rss_mb(pid: int) -> float:
     return round(psutil.Process(pid).memory_info().rss / 2**20, 1)
 
 
-def report(targets: list[Target], clients: int) -> None:
+def report(targets: list[Target], clients: int, driver: str = "hey") -> None:
     table = Table(title=f"{clients} concurrent connections, tools/call of a trivial tool (demo backend, stdio)")
-    for column in ("server", "calls/s", "p50 ms", "p99 ms", "errors", "RSS before → after MB", "hey's CPU"):
+    for column in ("server", "calls/s", "p50 ms", "p99 ms", "errors", "RSS before → after MB", f"{driver}'s CPU"):
         table.add_column(column, justify="right")
     for t in targets:
         table.add_row(
