@@ -596,3 +596,41 @@ def test_retries_of_every_kind_whose_replica_was_killed_get_a_clear_error(tmp_pa
             "call again without requestState"
         )
         assert anyio.run(retry_both) == [gone, gone]
+
+
+def test_the_sdk_client_answers_workflow_and_approval_rounds_on_the_other_replica_through_round_robin(
+    tmp_path: Path, rounds_pair: tuple[Gateway, Gateway]
+) -> None:
+    served = Served()
+
+    async def elicitation(context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+        if params.message == "Title for 'hello'?":
+            return types.ElicitResult(action="accept", content={"title": "rr"})
+        return types.ElicitResult(action="accept", content={"approve": True})  # the approval's question
+
+    async def main() -> list[str]:
+        outcomes = []
+        http = httpx2.AsyncClient(
+            headers={"Authorization": f"Bearer {ROUNDS_KEY}"}, timeout=60, event_hooks={"response": [served.hook]}
+        )
+        transport = streamable_http_client(nginx.url, http_client=http)
+        async with Client(transport, elicitation_callback=elicitation) as client:
+            assert client.protocol_version == "2026-07-28"
+            for n in range(3):
+                echoed = await client.call_tool("titled_echo", {"text": "hello"})
+                assert echoed.structured_content is not None, echoed
+                outcomes.append(echoed.structured_content["echoed"])
+                saved = await client.call_tool("notes_save_note", {"title": f"rr-{n}", "text": "x"})
+                outcomes.append("".join(c.text for c in saved.content if isinstance(c, types.TextContent)))
+        return outcomes
+
+    with running_nginx(tmp_path / "nginx", [g.port for g in rounds_pair]) as nginx:
+        outcomes = anyio.run(main)
+    assert outcomes == [line for n in range(3) for line in ("rr: hello", f"saved note 'rr-{n}' (1 characters)")]
+    # nginx alternates, and each retry comes right after the call that opened its round: every round was
+    # opened on one replica and answered on the other.
+    retries = [i for i, body in served.requests.items() if "requestState" in body["params"]]
+    assert len(retries) == 6
+    for i in retries:
+        assert served.requests[i - 1]["params"]["name"] == served.requests[i]["params"]["name"]
+        assert served.replicas[i - 1] != served.replicas[i]
