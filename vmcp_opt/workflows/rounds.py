@@ -5,10 +5,10 @@ send `elicitation/create` mid-call. Such a run starts as a `PendingRun` in the g
 random id. When a step asks, the client's call is answered with an `InputRequiredResult` carrying the
 question and a sealed `request_state` naming the run (`WorkflowRound`); the client's retry of the same
 call hands the answer over and waits again, for the result or for the next question. The run goes on in
-the background between rounds, so steps that do not wait for the answer keep running. Its round names the
-replica holding it, and a retry landing on another replica is relayed there
-(vmcp_opt/routing/round_trips/owners.py). A run whose client
+the background between rounds, so steps that do not wait for the answer keep running. A run whose client
 does not come back within `timeouts.input` is cancelled, and so is one whose client gives up on a round.
+Its round names the replica holding it; a retry landing on another replica is relayed there
+(vmcp_opt/routing/round_trips/owners.py), so the run goes on where it lives.
 
 The questions are held as for the backend calls of `routing/round_trips/pending.py` (both are
 `HeldQuestions`), but the gateway asks them itself: there is no backend session to hold, and the answer
