@@ -59,6 +59,8 @@ def test_probes_ports_and_names_agree() -> None:
         selector = doc["spec"]["selector"]
         assert selector.get("matchLabels", selector).items() <= labels.items(), kind
     assert docs[("Service", "vmcp")]["spec"]["ports"][0]["targetPort"] in ports
+    # Any replica serves any session and relays any round (sessions.store: redis): no affinity.
+    assert docs[("Service", "vmcp")]["spec"].get("sessionAffinity", "None") == "None"
     assert docs[("HorizontalPodAutoscaler", "vmcp")]["spec"]["scaleTargetRef"]["name"] == "vmcp"
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert volumes["config"]["configMap"]["name"] == "vmcp-config"

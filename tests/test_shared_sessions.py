@@ -6,6 +6,7 @@ Which replica answered is read from the `Vmcp-Replica` header each answer carrie
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -19,6 +20,7 @@ from typing import Any
 import anyio
 import httpx2
 import mcp_types as types
+import psutil
 import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
@@ -26,8 +28,9 @@ from mcp.shared.exceptions import MCPError
 
 from tests.nginx_server import Nginx, running_nginx
 from tests.redis_server import RedisServer, running_redis
-from tests.support import EXAMPLES, Gateway, running_gateway, write_config
+from tests.support import EXAMPLES, Gateway, demo_backend, running_gateway, write_config
 from tests.test_http_limits import HEADERS, INITIALIZE
+from vmcp_opt.auth.api_keys import new_key
 
 pytestmark = [pytest.mark.slow]
 
@@ -359,30 +362,47 @@ def modern_client(gateway: Gateway) -> Client:
     return Client(gateway.url, sampling_callback=_sampling)
 
 
-async def first_round(gateway: Gateway) -> types.InputRequiredResult:
-    async with modern_client(gateway) as client:
+async def open_round(client: Client, tool: str, arguments: dict[str, Any]) -> types.InputRequiredResult:
+    """A 2026-07-28 client's first call of `tool`, answered with a round."""
+    async with client:
         assert client.protocol_version == "2026-07-28"
-        opened = await client.session.call_tool("test_sampling", {"prompt": "q"}, allow_input_required=True)
+        opened = await client.session.call_tool(tool, arguments, allow_input_required=True)
     assert isinstance(opened, types.InputRequiredResult) and opened.input_requests and opened.request_state
     return opened
 
 
-async def retry(gateway: Gateway, opened: types.InputRequiredResult) -> str:
+async def answer_round(
+    client: Client,
+    tool: str,
+    arguments: dict[str, Any],
+    opened: types.InputRequiredResult,
+    reply: types.CreateMessageResult | types.ElicitResult,
+) -> types.CallToolResult | str:
+    """The retry answering every question of `opened` with `reply`: the result, or the error as text."""
     assert opened.input_requests is not None
-    answer = types.CreateMessageResult(role="assistant", content=types.TextContent(type="text", text="x"), model="m")
-    async with modern_client(gateway) as client:
+    async with client:
         try:
             done = await client.session.call_tool(
-                "test_sampling",
-                {"prompt": "q"},
-                input_responses={key: answer for key in opened.input_requests},
+                tool,
+                arguments,
+                input_responses={key: reply for key in opened.input_requests},
                 request_state=opened.request_state,
                 allow_input_required=True,
             )
         except MCPError as exc:
             return f"{exc.error.code}: {exc.error.message}"
     assert isinstance(done, types.CallToolResult)
-    return "".join(c.text for c in done.content if isinstance(c, types.TextContent))
+    return done
+
+
+async def first_round(gateway: Gateway) -> types.InputRequiredResult:
+    return await open_round(modern_client(gateway), "test_sampling", {"prompt": "q"})
+
+
+async def retry(gateway: Gateway, opened: types.InputRequiredResult) -> str:
+    answer = types.CreateMessageResult(role="assistant", content=types.TextContent(type="text", text="x"), model="m")
+    done = await answer_round(modern_client(gateway), "test_sampling", {"prompt": "q"}, opened, answer)
+    return done if isinstance(done, str) else "".join(c.text for c in done.content if isinstance(c, types.TextContent))
 
 
 @pytest.fixture
@@ -414,3 +434,203 @@ def test_a_retry_whose_replica_was_killed_gets_a_clear_error(keyed_pair: tuple[G
     outcome = anyio.run(retry, second, opened)
     assert outcome.startswith(f"{types.INVALID_PARAMS}: requestState names a call on replica {replica_of(first)}")
     assert "which has stopped; call again without requestState" in outcome
+
+
+# --- every kind of round, relayed: a workflow's question and an approval answered on the other replica ---
+
+ROUNDS_KEY, ROUNDS_KEY_HASH = new_key()
+ROUNDS_POLICY = """\
+permit(principal in Group::"dev", action in [Action::"list_tools", Action::"call_tool"], resource);
+@approval("Saving writes to the team's shared notes.")
+permit(principal, action == Action::"call_tool", resource == Tool::"notes_save_note");
+"""
+TITLED_ECHO = {
+    "name": "titled_echo",
+    "description": "Ask the user for a title, then echo it and tell which backend process did.",
+    "parameters": {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]},
+    "steps": [
+        {
+            "id": "ask",
+            "type": "elicitation",
+            "message": "Title for '{{ params.text }}'?",
+            "requested_schema": {"type": "object", "properties": {"title": {"type": "string"}}, "required": ["title"]},
+        },
+        {
+            "id": "echo",
+            "tool": "notes_slow_echo",
+            "depends_on": ["ask"],
+            "arguments": {"message": "{{ steps.ask.output.content.title }}: {{ params.text }}", "seconds": 0},
+        },
+        {"id": "who", "tool": "notes_whoami", "depends_on": ["echo"]},
+    ],
+    "output": {"echoed": "{{ steps.echo.output.result }}", "pid": "{{ steps.who.output.pid }}"},
+}
+
+
+def rounds_pair_config(directory: Path, redis: RedisServer) -> Path:
+    """Replicas sealing request_state with one key, with an elicitation workflow and an `@approval` policy."""
+    (directory / "keys.json").write_text(
+        json.dumps([{"sha256": ROUNDS_KEY_HASH, "subject": "alice", "groups": ["dev"]}])
+    )
+    (directory / "policy.cedar").write_text(ROUNDS_POLICY)
+    config = {
+        "backends": [demo_backend("notes")],
+        "redis": {"url": redis.url, "timeout": 1.0},
+        "sessions": {"store": "redis"},
+        "request_state": {"key_env": "VMCP_TEST_STATE_KEY"},
+        "auth": {
+            "incoming": {"mode": "api_keys", "api_keys": {"file": "keys.json"}},
+            "authorization": {"policies": "policy.cedar"},
+        },
+        "workflows": [TITLED_ECHO],
+    }
+    return write_config(directory, config)
+
+
+@contextlib.contextmanager
+def running_rounds_pair(directory: Path, redis: RedisServer) -> Iterator[tuple[Gateway, Gateway]]:
+    path = rounds_pair_config(directory, redis)
+    env = {"VMCP_TEST_STATE_KEY": os.urandom(32).hex()}
+    with running_gateway(path, env=env) as first, running_gateway(path, env=env) as second:
+        yield first, second
+
+
+@pytest.fixture(scope="module")
+def rounds_pair(tmp_path_factory: pytest.TempPathFactory, redis: RedisServer) -> Iterator[tuple[Gateway, Gateway]]:
+    with running_rounds_pair(tmp_path_factory.mktemp("rounds"), redis) as pair:
+        yield pair
+
+
+def alice(gateway: Gateway) -> Client:
+    """A 2026-07-28 client that declares elicitation: the gateway's questions reach it as rounds."""
+
+    async def elicitation(context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+        raise AssertionError("a 2026-07-28 client is asked through InputRequiredResult, not a request")
+
+    http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {ROUNDS_KEY}"}, timeout=60)
+    return Client(streamable_http_client(gateway.url, http_client=http), elicitation_callback=elicitation)
+
+
+async def ask_round(gateway: Gateway, tool: str, arguments: dict[str, Any]) -> types.InputRequiredResult:
+    return await open_round(alice(gateway), tool, arguments)
+
+
+async def accept_round(
+    gateway: Gateway, tool: str, arguments: dict[str, Any], opened: types.InputRequiredResult, answer: dict[str, Any]
+) -> types.CallToolResult | str:
+    reply = types.ElicitResult(action="accept", content=answer)
+    return await answer_round(alice(gateway), tool, arguments, opened, reply)
+
+
+def test_a_workflow_question_answered_on_another_replica_is_continued_by_the_run_on_its_own(
+    rounds_pair: tuple[Gateway, Gateway],
+) -> None:
+    first, second = rounds_pair
+    arguments = {"text": "hello"}
+
+    async def main() -> types.CallToolResult | str:
+        # The run waits in the first replica's memory for its step's answer; the answer lands on the second.
+        opened = await ask_round(first, "titled_echo", arguments)
+        assert opened.input_requests is not None
+        [question] = opened.input_requests.values()
+        assert isinstance(question, types.ElicitRequest) and question.params.message == "Title for 'hello'?"
+        return await accept_round(second, "titled_echo", arguments, opened, {"title": "greeting"})
+
+    done = anyio.run(main)
+    assert isinstance(done, types.CallToolResult) and not done.is_error, done
+    assert done.structured_content is not None and done.structured_content["echoed"] == "greeting: hello"
+    # The steps after the answer ran where the run lives: a backend process the first replica started.
+    backend = psutil.Process(int(done.structured_content["pid"]))
+    assert first.proc.pid in [parent.pid for parent in backend.parents()]
+
+
+def test_an_approval_answered_on_another_replica_runs_the_call_there_once(
+    rounds_pair: tuple[Gateway, Gateway],
+) -> None:
+    first, second = rounds_pair
+    arguments = {"title": "relayed-approval", "text": "x"}
+
+    async def main() -> tuple[types.CallToolResult | str, types.CallToolResult | str, types.CallToolResult | str]:
+        opened = await ask_round(first, "notes_save_note", arguments)
+        assert opened.input_requests is not None
+        [question] = opened.input_requests.values()
+        assert isinstance(question, types.ElicitRequest) and "shared notes" in question.params.message
+        approved = await accept_round(second, "notes_save_note", arguments, opened, {"approve": True})
+        # The ticket was used up on the replica that handed it out: neither replica takes it again.
+        again_there = await accept_round(first, "notes_save_note", arguments, opened, {"approve": True})
+        again_here = await accept_round(second, "notes_save_note", arguments, opened, {"approve": True})
+        return approved, again_there, again_here
+
+    approved, again_there, again_here = anyio.run(main)
+    assert isinstance(approved, types.CallToolResult) and not approved.is_error, approved
+    assert "saved note 'relayed-approval' (1 characters)" in "".join(
+        c.text for c in approved.content if isinstance(c, types.TextContent)
+    )
+    used = f"{types.INVALID_PARAMS}: this approval is for another call, or was already used"
+    assert again_there == again_here == used
+    # The replica that ran the call recorded the decision.
+    assert "approval of notes_save_note for" in second.output() and "(alice): approved" in second.output()
+
+
+def test_retries_of_every_kind_whose_replica_was_killed_get_a_clear_error(tmp_path: Path, redis: RedisServer) -> None:
+    with running_rounds_pair(tmp_path, redis) as (first, second):
+
+        async def ask_both() -> tuple[types.InputRequiredResult, types.InputRequiredResult]:
+            return (
+                await ask_round(first, "titled_echo", {"text": "t"}),
+                await ask_round(first, "notes_save_note", {"title": "t", "text": "x"}),
+            )
+
+        workflow, approval = anyio.run(ask_both)
+        first.proc.send_signal(signal.SIGKILL)
+        first.proc.wait()
+
+        async def retry_both() -> list[types.CallToolResult | str]:
+            return [
+                await accept_round(second, "titled_echo", {"text": "t"}, workflow, {"title": "x"}),
+                await accept_round(second, "notes_save_note", {"title": "t", "text": "x"}, approval, {"approve": True}),
+            ]
+
+        gone = (
+            f"{types.INVALID_PARAMS}: requestState names a call on replica {replica_of(first)}, which has stopped; "
+            "call again without requestState"
+        )
+        assert anyio.run(retry_both) == [gone, gone]
+
+
+def test_the_sdk_client_answers_workflow_and_approval_rounds_on_the_other_replica_through_round_robin(
+    tmp_path: Path, rounds_pair: tuple[Gateway, Gateway]
+) -> None:
+    served = Served()
+
+    async def elicitation(context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+        if params.message == "Title for 'hello'?":
+            return types.ElicitResult(action="accept", content={"title": "rr"})
+        return types.ElicitResult(action="accept", content={"approve": True})  # the approval's question
+
+    async def main() -> list[str]:
+        outcomes = []
+        http = httpx2.AsyncClient(
+            headers={"Authorization": f"Bearer {ROUNDS_KEY}"}, timeout=60, event_hooks={"response": [served.hook]}
+        )
+        transport = streamable_http_client(nginx.url, http_client=http)
+        async with Client(transport, elicitation_callback=elicitation) as client:
+            assert client.protocol_version == "2026-07-28"
+            for n in range(3):
+                echoed = await client.call_tool("titled_echo", {"text": "hello"})
+                assert echoed.structured_content is not None, echoed
+                outcomes.append(echoed.structured_content["echoed"])
+                saved = await client.call_tool("notes_save_note", {"title": f"rr-{n}", "text": "x"})
+                outcomes.append("".join(c.text for c in saved.content if isinstance(c, types.TextContent)))
+        return outcomes
+
+    with running_nginx(tmp_path / "nginx", [g.port for g in rounds_pair]) as nginx:
+        outcomes = anyio.run(main)
+    assert outcomes == [line for n in range(3) for line in ("rr: hello", f"saved note 'rr-{n}' (1 characters)")]
+    # nginx alternates, and each retry comes right after the call that opened its round: every round was
+    # opened on one replica and answered on the other.
+    retries = [i for i, body in served.requests.items() if "requestState" in body["params"]]
+    assert len(retries) == 6
+    for i in retries:
+        assert served.requests[i - 1]["params"]["name"] == served.requests[i]["params"]["name"]
+        assert served.replicas[i - 1] != served.replicas[i]

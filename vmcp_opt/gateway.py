@@ -88,6 +88,7 @@ class Gateway:
             listed,
             input_timeout=config.timeouts.input,
             max_pending=config.server.max_pending_calls,
+            owners=self.sessions.owners,
         )
         self.router.add_provider(self.workflows)
         self.router.add_provider(BackendTools(self.catalog, validator, listed))

@@ -5,7 +5,9 @@ A `Decision` with `approval` (e.g. a Cedar `@approval("…")` policy that matche
 - a 2025-11-25 session with a back channel is sent `elicitation/create` (a form with one boolean) on the
   call's own stream, and the call waits for the answer;
 - a 2026-07-28 client gets an `InputRequiredResult` holding the same form and a sealed, single-use ticket
-  for this tool; its retry carries the answer;
+  for this tool; its retry carries the answer. The ticket is kept by the replica that asked; a retry
+  landing on another replica redeems it there through the round relay
+  (vmcp_opt/routing/round_trips/owners.py) and runs the call itself;
 - a client that did not declare elicitation gets a clear refusal: nobody can approve.
 The call runs only on an explicit accept with `approve: true`; a decline, a cancel or `false` is an error
 result saying so. Every decision is logged with the caller and its subject.
@@ -25,7 +27,7 @@ from pydantic import ValidationError
 from vmcp_opt.auth import Caller
 from vmcp_opt.display import shorten
 from vmcp_opt.routing.exchange import Exchange
-from vmcp_opt.routing.round_trips import ApprovalRound, InputRequired
+from vmcp_opt.routing.round_trips import ApprovalRound, InputRequired, RoundOwners
 from vmcp_opt.routing.round_trips.state import encode_round
 
 logger = logging.getLogger(__name__)
@@ -45,13 +47,17 @@ class NotApproved(Exception):
 
 
 class Approvals:
-    def __init__(self) -> None:
+    def __init__(self, owners: RoundOwners | None = None) -> None:
         self._tickets: OrderedDict[str, str] = OrderedDict()  # ticket -> tool
+        # Replicas: a ticket names the replica holding it; an answer landing elsewhere redeems it there.
+        self.owners = owners or RoundOwners()
+        self.owners.continues(ApprovalRound, self._redeem_relayed)
 
     async def confirm(self, caller: Caller, exchange: Exchange, tool: str, message: str) -> Exchange:
         """The exchange to run the approved call with; `NotApproved`, `InputRequired` or an `MCPError`."""
         prompt = f"Approve the call of tool '{shorten(tool)}'? {message}".strip()
         if isinstance(exchange.round, ApprovalRound):
+            await self._redeem(exchange.round, tool)
             return self._answered(caller, exchange, tool)
         capabilities = caller.capabilities
         if capabilities is None or capabilities.elicitation is None:
@@ -69,13 +75,24 @@ class Approvals:
         if len(self._tickets) > TICKETS_KEPT:
             self._tickets.popitem(last=False)
         question = types.ElicitRequest(params=types.ElicitRequestFormParams(message=prompt, requested_schema=SCHEMA))
-        state = encode_round(ApprovalRound(tool, ticket))
+        state = encode_round(ApprovalRound(tool, ticket, self.owners.replica))
         raise InputRequired(types.InputRequiredResult(input_requests={ANSWER_KEY: question}, request_state=state))
 
+    async def _redeem(self, round_: ApprovalRound, tool: str) -> None:
+        """Use up the ticket, here or on the replica that handed it out; the call then runs here."""
+        if round_.tool != tool:
+            raise _used()
+        if self.owners.elsewhere(round_):
+            await self.owners.relayed(round_, None, types.EmptyResult)
+        else:
+            await self._redeem_relayed(round_, None)
+
+    async def _redeem_relayed(self, round_: ApprovalRound, responses: types.InputResponses | None) -> types.EmptyResult:
+        if self._tickets.pop(round_.ticket, None) != round_.tool:
+            raise _used()
+        return types.EmptyResult()
+
     def _answered(self, caller: Caller, exchange: Exchange, tool: str) -> Exchange:
-        assert isinstance(exchange.round, ApprovalRound)
-        if exchange.round.tool != tool or self._tickets.pop(exchange.round.ticket, None) != tool:
-            raise MCPError(types.INVALID_PARAMS, "this approval is for another call, or was already used")
         raw = (exchange.input_responses or {}).get(ANSWER_KEY)
         try:
             answer = types.ElicitResult.model_validate(
@@ -109,3 +126,7 @@ def _record(caller: Caller, tool: str, outcome: str) -> None:
         outcome,
         extra={"caller": caller.id, "subject": caller.subject, "tool": tool, "approval": outcome},
     )
+
+
+def _used() -> MCPError:
+    return MCPError(types.INVALID_PARAMS, "this approval is for another call, or was already used")

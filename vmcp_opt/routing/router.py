@@ -97,7 +97,7 @@ class Router:
         # Told of every operation's start and end (vmcp_opt/telemetry/); none: nothing is measured.
         self.watchers: list[OperationWatcher] = []
         # Calls the policy lets run only once the user approves them (routing/approval.py).
-        self.approvals = Approvals()
+        self.approvals = Approvals(sessions.owners)
         # Rate limits on tool calls (vmcp_opt/shared/rate_limits.py); None: none configured.
         self.limiter: CallLimiter | None = None
         self.views = ToolViews(lambda: self.catalog.current, self._all_tools, _tool_target)

@@ -39,6 +39,7 @@ from vmcp_opt.routing.exchange import Exchange
 from vmcp_opt.routing.round_trips import (
     BackendRound,
     PendingRound,
+    RoundOwners,
     RoundTrips,
     or_input_required,
     passed_through,
@@ -126,12 +127,10 @@ class RoundTripSession:
         front = self.exchange.session
         assert front is not None
         round_ = self.exchange.round
-        if isinstance(round_, PendingRound) and round_.owner is not None and round_.owner != self.trips.replica:
-            return await self.trips.relayed(round_, self.exchange.input_responses, result_type)
-        if isinstance(self.exchange.round, PendingRound):
-            return await self.trips.resume(
-                front, self.exchange.round, self.exchange.input_responses, result_type, progress
-            )
+        if isinstance(round_, PendingRound) and self.trips.owners.elsewhere(round_):
+            return await self.trips.owners.relayed(round_, self.exchange.input_responses, result_type)
+        if isinstance(round_, PendingRound):
+            return await self.trips.resume(front, round_, self.exchange.input_responses, result_type, progress)
         assert self.backend is not None
         capabilities = self.caller.capabilities or types.ClientCapabilities()
         return await self.trips.start(
@@ -156,8 +155,11 @@ class SessionChooser:
         max_pending: int,
         spares: bool = True,
         limits: LimitsConfig | None = None,
+        owners: RoundOwners | None = None,
     ) -> None:
         self.limits = limits = limits or LimitsConfig()
+        # Every kind of round held in memory, and the relay of retries between replicas.
+        self.owners = owners or RoundOwners()
         self.pool = SessionPool()
         self.input_timeout = input_timeout
         self.round_trips = RoundTrips(
@@ -166,6 +168,7 @@ class SessionChooser:
             max_pending_per_caller=limits.max_pending_calls_per_caller,
             input_timeout=input_timeout,
             spares=spares,
+            owners=self.owners,
         )
         self.dedicated = Budget(
             "dedicated backend sessions",

@@ -39,7 +39,7 @@ from vmcp_opt.server.lazy_stream import LazyStreamSessionManager
 from vmcp_opt.server.rate_limit_gate import RateLimitGate
 from vmcp_opt.server.replica import ReplicaHeader, replica_id
 from vmcp_opt.server.sessions import SessionGate, SessionSlots, hold_session_slot, throttle_sdk_refusals
-from vmcp_opt.server.shared_sessions import SharedSessions, share_round_trips, shared_session_parts
+from vmcp_opt.server.shared_sessions import SharedSessions, share_rounds, shared_session_parts
 from vmcp_opt.telemetry import Telemetry
 
 logger = logging.getLogger(__name__)
@@ -111,7 +111,7 @@ def create_app(gateway: Gateway) -> Starlette:
     session_gate = SessionGate(StreamableHTTPASGIApp(manager), slots, retry_after=min(limits.session_idle_timeout, 60))
     shared_sessions = None
     if shared is not None:
-        share_round_trips(shared, gateway.sessions.round_trips)
+        share_rounds(shared, gateway.sessions.owners)
         shared_sessions = session_gate.app = SharedSessions(session_gate.app, manager, shared, session_gate)
         mcp_server.middleware.append(shared_sessions.record)
     sessions: ASGIApp = session_gate

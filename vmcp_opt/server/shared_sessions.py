@@ -41,7 +41,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from vmcp_opt.config import VmcpConfig
 from vmcp_opt.routing.budget import ThrottledLog
-from vmcp_opt.routing.round_trips import RoundTrips
+from vmcp_opt.routing.round_trips import RoundOwners
 from vmcp_opt.server.admission import connection_of
 from vmcp_opt.server.lazy_stream import LazyStreamTransport
 from vmcp_opt.server.session_restore import is_restoring, serve_restored
@@ -80,7 +80,7 @@ class SharedSessions:
         self.presence = parts.presence
         self.relay = parts.relay
         self.events = parts.events
-        self.round_trips = parts.round_trips
+        self.rounds = parts.rounds
         self.gate = gate
         self._held: dict[str, Held] = {}
         self._in_flight: Counter[str] = Counter()
@@ -102,8 +102,8 @@ class SharedSessions:
             task_group.start_soon(self._keep_alive)
             task_group.start_soon(self.presence.run)
             task_group.start_soon(self.events.run_writer)
-            if self.round_trips is not None:
-                task_group.start_soon(self.relay.serve, self.round_trips.continue_relayed)
+            if self.rounds is not None:
+                task_group.start_soon(self.relay.serve, self.rounds.continue_relayed)
             try:
                 yield
             finally:
@@ -363,7 +363,7 @@ class SharedSessionParts:
     events: RedisEventStore
     presence: ReplicaPresence
     relay: RedisRoundRelay
-    round_trips: RoundTrips | None = None  # set by `share_round_trips`: this replica's pending calls
+    rounds: RoundOwners | None = None  # set by `share_rounds`: this replica's rounds, of every kind
 
 
 def shared_session_parts(config: VmcpConfig, replica: str) -> SharedSessionParts | None:
@@ -382,8 +382,9 @@ def shared_session_parts(config: VmcpConfig, replica: str) -> SharedSessionParts
     )
 
 
-def share_round_trips(parts: SharedSessionParts, round_trips: RoundTrips) -> None:
-    """2026-07-28 rounds name this replica; a retry of another replica's round is relayed to it."""
-    round_trips.replica = parts.presence.replica
-    round_trips.relay = parts.relay
-    parts.round_trips = round_trips
+def share_rounds(parts: SharedSessionParts, rounds: RoundOwners) -> None:
+    """2026-07-28 rounds (pending calls, workflow runs, approvals) name this replica; a retry of another
+    replica's round is relayed to it."""
+    rounds.replica = parts.presence.replica
+    rounds.relay = parts.relay
+    parts.rounds = rounds

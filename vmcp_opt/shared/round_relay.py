@@ -1,9 +1,10 @@
-"""A 2026-07-28 retry relayed to the replica running its call (`sessions.store: redis`).
+"""A 2026-07-28 retry relayed to the replica holding its round (`sessions.store: redis`).
 
-A call that asks its client for input (a backend's sampling, elicitation or roots request) keeps running
-in one replica's memory, and its sealed `request_state` names that replica. A retry landing on another
-replica is pushed to the owner's inbox, a Redis list (`<prefix>relay:<replica>`), as a random request id,
-the call's id and the client's answers; the owner continues the call and pushes the answer to
+A round waits in one replica's memory — a backend call asking its client (sampling, elicitation, roots), a
+workflow run asking its user, an approval ticket — and its sealed `request_state` names that replica
+(vmcp_opt/routing/round_trips/owners.py). A retry landing on another replica is pushed to the owner's
+inbox, a Redis list (`<prefix>relay:<replica>`), as a random request id, the round (the plaintext of its
+state) and the client's answers; the owner continues the round and pushes the answer to
 `<prefix>relay-reply:<request id>`. Both sides poll with BLPOP in short slices (each under `redis.timeout`),
 so the asker notices an owner that stops heartbeating and fails the retry with a clear error instead of
 waiting out `timeouts.input`. Every key expires.
@@ -24,11 +25,13 @@ from pydantic import BaseModel, ValidationError
 from redis.asyncio import Redis
 
 from vmcp_opt.routing.budget import ThrottledLog
+from vmcp_opt.routing.round_trips.owners import HeldRound
+from vmcp_opt.routing.round_trips.state import Round, decode_round, encode_round
 from vmcp_opt.shared.events import STORE_ERRORS, ReplicaPresence
 
 logger = logging.getLogger(__name__)
 
-Continue = Callable[[str, types.InputResponses | None], Awaitable[BaseModel]]
+Continue = Callable[[Round, types.InputResponses | None], Awaitable[BaseModel]]
 _KEY_TTL_MS = 60_000
 
 
@@ -42,8 +45,10 @@ class RedisRoundRelay:
         self._log = ThrottledLog(logger, 60.0)
 
     async def ask(
-        self, owner: str, call: str, responses: types.InputResponses | None
+        self, round_: HeldRound, responses: types.InputResponses | None
     ) -> types.InputRequiredResult | dict[str, Any]:
+        owner = round_.owner
+        assert owner is not None
         gone = MCPError(
             types.INVALID_PARAMS,
             f"requestState names a call on replica {owner}, which has stopped; call again without requestState",
@@ -55,7 +60,7 @@ class RedisRoundRelay:
             answers = {key: value.model_dump(by_alias=True, mode="json") for key, value in (responses or {}).items()}
             inbox = f"{self.prefix}relay:{owner}"
             async with self.client.pipeline(transaction=True) as pipe:
-                pipe.rpush(inbox, json.dumps({"id": rid, "call": call, "responses": answers}))
+                pipe.rpush(inbox, json.dumps({"id": rid, "round": encode_round(round_), "responses": answers}))
                 pipe.pexpire(inbox, _KEY_TTL_MS)
                 await pipe.execute()
             reply = await self._wait(f"{self.prefix}relay-reply:{rid}", owner)
@@ -92,7 +97,7 @@ class RedisRoundRelay:
     async def _continue(self, continue_call: Continue, raw: bytes) -> None:
         try:
             request = json.loads(raw)
-            rid, call = str(request["id"]), str(request["call"])
+            rid, round_ = str(request["id"]), str(request["round"])
             responses = types.InputResponseRequestParams.model_validate(
                 {"inputResponses": request["responses"]}, by_name=False
             ).input_responses
@@ -100,12 +105,16 @@ class RedisRoundRelay:
             logger.warning("sessions: an unreadable relayed retry was dropped")
             return
         try:
-            result = await continue_call(call, responses or None)
+            result = await continue_call(decode_round(round_), responses or None)
             reply: dict[str, Any] = {"result": result.model_dump(by_alias=True, mode="json", exclude_none=True)}
             if isinstance(result, types.InputRequiredResult):
                 reply = {"input_required": reply["result"]}
         except MCPError as exc:
             reply = {"error": exc.error.model_dump(mode="json", exclude_none=True)}
+        except Exception as exc:  # the asker is told, and this replica keeps serving the others
+            logger.warning("sessions: a relayed retry failed: %s", type(exc).__name__)
+            error = types.ErrorData(code=types.INTERNAL_ERROR, message=f"the retry failed ({type(exc).__name__})")
+            reply = {"error": error.model_dump(mode="json", exclude_none=True)}
         key = f"{self.prefix}relay-reply:{rid}"
         try:
             async with self.client.pipeline(transaction=True) as pipe:

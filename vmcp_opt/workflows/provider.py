@@ -24,7 +24,7 @@ from vmcp_opt.arguments import ArgumentError, ArgumentValidator
 from vmcp_opt.auth import Caller
 from vmcp_opt.config.workflows import WorkflowConfig
 from vmcp_opt.routing import Dispatch, Exchange, ProvidedTool, ToolCall, error_result
-from vmcp_opt.routing.round_trips import InputRequired, WorkflowRound
+from vmcp_opt.routing.round_trips import InputRequired, RoundOwners, WorkflowRound
 from vmcp_opt.workflows.executor import Ask, RunReport, StepDone, StepReport, WorkflowRun
 from vmcp_opt.workflows.rounds import PendingRun, WorkflowRounds
 from vmcp_opt.workflows.validation import derived_annotations
@@ -49,10 +49,11 @@ class WorkflowTools:
         *,
         input_timeout: float = 300.0,
         max_pending: int = 64,
+        owners: RoundOwners | None = None,
     ) -> None:
         self.workflows = {w.name: w for w in workflows}
         # Runs of 2026-07-28 clients waiting for their answers (attached to the gateway's task group).
-        self.rounds = WorkflowRounds(max_pending=max_pending, input_timeout=input_timeout)
+        self.rounds = WorkflowRounds(max_pending=max_pending, input_timeout=input_timeout, owners=owners)
         self._catalog = catalog
         self._validator = validator
         self._listed = listed  # with the optimizer on, only pinned ones are listed

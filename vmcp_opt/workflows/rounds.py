@@ -7,6 +7,8 @@ question and a sealed `request_state` naming the run (`WorkflowRound`); the clie
 call hands the answer over and waits again, for the result or for the next question. The run goes on in
 the background between rounds, so steps that do not wait for the answer keep running. A run whose client
 does not come back within `timeouts.input` is cancelled, and so is one whose client gives up on a round.
+Its round names the replica holding it; a retry landing on another replica is relayed there
+(vmcp_opt/routing/round_trips/owners.py), so the run goes on where it lives.
 
 The questions are held as for the backend calls of `routing/round_trips/pending.py` (both are
 `HeldQuestions`), but the gateway asks them itself: there is no backend session to hold, and the answer
@@ -24,8 +26,9 @@ import anyio.abc
 import mcp_types as types
 from mcp.shared.dispatcher import ProgressFnT
 from mcp.shared.exceptions import MCPError
+from pydantic import BaseModel
 
-from vmcp_opt.routing.round_trips import WorkflowRound
+from vmcp_opt.routing.round_trips import RoundOwners, WorkflowRound
 from vmcp_opt.routing.round_trips.held import HeldQuestions
 
 logger = logging.getLogger(__name__)
@@ -42,7 +45,7 @@ class PendingRun(HeldQuestions):
         self.driven = False
 
     def round(self) -> WorkflowRound:
-        return WorkflowRound(self.id)
+        return WorkflowRound(self.id, self.rounds.owners.replica)
 
     def discard(self) -> None:
         self.rounds.discard(self)
@@ -79,11 +82,14 @@ class PendingRun(HeldQuestions):
 class WorkflowRounds:
     """The pending workflow runs, by id; at most `max_pending` at once."""
 
-    def __init__(self, *, max_pending: int, input_timeout: float) -> None:
+    def __init__(self, *, max_pending: int, input_timeout: float, owners: RoundOwners | None = None) -> None:
         self.max_pending = max_pending
         self.input_timeout = input_timeout
         self._runs: dict[str, PendingRun] = {}
         self._task_group: anyio.abc.TaskGroup | None = None
+        # Replicas: a retry of a run held by another replica is relayed there, one held here relayed back.
+        self.owners = owners or RoundOwners()
+        self.owners.continues(WorkflowRound, self._continue_relayed)
 
     def attach(self, task_group: anyio.abc.TaskGroup) -> None:
         self._task_group = task_group
@@ -117,6 +123,8 @@ class WorkflowRounds:
     async def resume(
         self, round_: WorkflowRound, responses: types.InputResponses | None, progress: ProgressFnT | None
     ) -> types.CallToolResult:
+        if self.owners.elsewhere(round_):
+            return await self.owners.relayed(round_, responses, types.CallToolResult)
         pending = self._runs.get(round_.run)
         if pending is None:
             raise MCPError(
@@ -129,3 +137,7 @@ class WorkflowRounds:
         if pending.outcome is None:
             pending.answer(responses)
         return await pending.drive(progress)
+
+    async def _continue_relayed(self, round_: WorkflowRound, responses: types.InputResponses | None) -> BaseModel:
+        """A retry relayed by another replica (no front request here: the run's progress is dropped)."""
+        return await self.resume(round_, responses, None)

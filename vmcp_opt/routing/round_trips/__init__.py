@@ -2,9 +2,11 @@
 
 `state.py` says what a sealed `request_state` names; `held.py` holds the questions of work that runs while
 its client answers (a backend call here, a workflow run in `workflows/rounds.py`); `pending.py` runs the
-backend calls that ask their client round by round; `spares.py` keeps their backend sessions ready.
+backend calls that ask their client round by round; `spares.py` keeps their backend sessions ready;
+`owners.py` relays a retry to the replica holding its round, whatever its kind.
 """
 
+from vmcp_opt.routing.round_trips.owners import HeldRound, RoundOwners, RoundRelay
 from vmcp_opt.routing.round_trips.pending import PendingCall, RoundTrips
 from vmcp_opt.routing.round_trips.state import (
     ApprovalRound,
@@ -25,10 +27,13 @@ from vmcp_opt.routing.round_trips.state import (
 __all__ = [
     "ApprovalRound",
     "BackendRound",
+    "HeldRound",
     "InputRequired",
     "PendingCall",
     "PendingRound",
     "Round",
+    "RoundOwners",
+    "RoundRelay",
     "RoundTrips",
     "WorkflowRound",
     "encode_round",

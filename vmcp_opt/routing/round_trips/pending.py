@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import anyio
 import anyio.abc
@@ -41,8 +41,9 @@ from vmcp_opt.backends.session_pool import DedicatedSession, SessionPool
 from vmcp_opt.health import CallClock, Guard
 from vmcp_opt.routing.budget import Budget
 from vmcp_opt.routing.round_trips.held import AnswerT, HeldQuestions
+from vmcp_opt.routing.round_trips.owners import RoundOwners
 from vmcp_opt.routing.round_trips.spares import SpareSessions
-from vmcp_opt.routing.round_trips.state import InputRequired, PendingRound
+from vmcp_opt.routing.round_trips.state import PendingRound
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ class PendingCall(HeldQuestions):
         self.progress: ProgressFnT | None = None
 
     def round(self) -> PendingRound:
-        return PendingRound(self.id, self.trips.replica)
+        return PendingRound(self.id, self.trips.owners.replica)
 
     def discard(self) -> None:
         self.trips.discard(self)
@@ -165,6 +166,7 @@ class RoundTrips:
         max_pending_per_caller: int,
         input_timeout: float,
         spares: bool = True,
+        owners: RoundOwners | None = None,
     ) -> None:
         self.input_timeout = input_timeout
         self.spares = SpareSessions(pool, enabled=spares)
@@ -180,9 +182,9 @@ class RoundTrips:
         self._calls: dict[str, PendingCall] = {}
         self._task_group: anyio.abc.TaskGroup | None = None
         # Replicas (sessions.store: redis): the rounds handed out name this replica, and a retry naming
-        # another is relayed to it.
-        self.replica: str | None = None
-        self.relay: RoundRelay | None = None
+        # another is relayed to it (owners.py).
+        self.owners = owners or RoundOwners()
+        self.owners.continues(PendingRound, self._continue_relayed)
 
     def attach(self, task_group: anyio.abc.TaskGroup) -> None:
         self._task_group = task_group
@@ -246,35 +248,9 @@ class RoundTrips:
             call.answer(responses)
         return _expect(await call.drive(session, progress), result_type)
 
-    async def relayed(
-        self, round_: PendingRound, responses: types.InputResponses | None, result_type: type[ResultT]
-    ) -> ResultT:
-        """A retry of a call pending on another replica: continued there, its answer passed on."""
-        assert round_.owner is not None
-        if self.relay is None:
-            raise MCPError(types.INVALID_PARAMS, "requestState names a call pending on another gateway")
-        answer = await self.relay.ask(round_.owner, round_.call, responses)
-        if isinstance(answer, types.InputRequiredResult):
-            raise InputRequired(answer)
-        return result_type.model_validate(answer, by_name=False)
-
-    async def continue_relayed(self, call: str, responses: types.InputResponses | None) -> BaseModel:
-        """The owner's side of `relayed`: the retry of one of this replica's calls (no front session here)."""
-        try:
-            return await self.resume(None, PendingRound(call, self.replica), responses, BaseModel, None)
-        except InputRequired as exc:
-            return exc.result
-
-
-class RoundRelay(Protocol):
-    """Hands a retry to the replica holding its call and waits for the answer (vmcp_opt/shared/round_relay.py)."""
-
-    async def ask(
-        self, owner: str, call: str, responses: types.InputResponses | None
-    ) -> types.InputRequiredResult | dict[str, Any]:
-        """The call's next `InputRequiredResult`, or its result as sent on the wire; `MCPError` when the owner
-        refused the retry or is gone."""
-        ...
+    async def _continue_relayed(self, round_: PendingRound, responses: types.InputResponses | None) -> BaseModel:
+        """A retry relayed by another replica (no front session here)."""
+        return await self.resume(None, round_, responses, BaseModel, None)
 
 
 def _expect(result: BaseModel, result_type: type[ResultT]) -> ResultT:

@@ -4,8 +4,10 @@
 bound to the method, name and arguments of the call, expiring after `timeouts.input`, under the key
 replicas share when `request_state:` names one): a client can
 neither read nor forge it. Inside the seal it names a call pending here (`PendingRound`), a
-2026-07-28 backend's own round (`BackendRound`), whose retry goes back to that backend with its state, or a
-workflow run waiting for an answer to its own question (`WorkflowRound`).
+2026-07-28 backend's own round (`BackendRound`), whose retry goes back to that backend with its state, a
+workflow run waiting for an answer to its own question (`WorkflowRound`), or an approval question
+(`ApprovalRound`). All but `BackendRound` are held in one replica's memory and name it (`owner`): a retry
+landing on another replica is relayed there (owners.py).
 """
 
 from __future__ import annotations
@@ -54,17 +56,20 @@ class BackendRound:
 
 @dataclass(frozen=True)
 class WorkflowRound:
-    """A workflow run waiting here for its client's answer to one of its own questions (workflows/rounds.py)."""
+    """A workflow run waiting on replica `owner` for its client's answer to one of its own questions
+    (workflows/rounds.py)."""
 
     run: str
+    owner: str | None = None
 
 
 @dataclass(frozen=True)
 class ApprovalRound:
-    """The gateway asked the user to approve a call of `tool` (routing/approval.py); `ticket` is single-use."""
+    """Replica `owner` asked the user to approve a call of `tool` (routing/approval.py); `ticket` is single-use."""
 
     tool: str
     ticket: str
+    owner: str | None = None
 
 
 Round = PendingRound | BackendRound | WorkflowRound | ApprovalRound
@@ -74,9 +79,9 @@ def encode_round(round_: Round) -> str:
     if isinstance(round_, PendingRound):
         return json.dumps({"call": round_.call, "owner": round_.owner})
     if isinstance(round_, WorkflowRound):
-        return json.dumps({"workflow": round_.run})
+        return json.dumps({"workflow": round_.run, "owner": round_.owner})
     if isinstance(round_, ApprovalRound):
-        return json.dumps({"approve": round_.tool, "ticket": round_.ticket})
+        return json.dumps({"approve": round_.tool, "ticket": round_.ticket, "owner": round_.owner})
     return json.dumps({"backend": round_.backend, "state": round_.state})
 
 
@@ -84,12 +89,17 @@ def decode_round(text: str) -> Round:
     """The plaintext the boundary unsealed; it was minted here, so anything else is our own bug."""
     try:
         data = json.loads(text)
-        if isinstance(data.get("call"), str) and isinstance(data.get("owner"), str | None):
-            return PendingRound(data["call"], data.get("owner"))
-        if isinstance(data.get("workflow"), str):
-            return WorkflowRound(data["workflow"])
-        if isinstance(data.get("approve"), str) and isinstance(data.get("ticket"), str):
-            return ApprovalRound(data["approve"], data["ticket"])
+        owner = data.get("owner")  # the replica holding the round (PendingRound, WorkflowRound, ApprovalRound)
+        if isinstance(data.get("call"), str) and isinstance(owner, str | None):
+            return PendingRound(data["call"], owner)
+        if isinstance(data.get("workflow"), str) and isinstance(owner, str | None):
+            return WorkflowRound(data["workflow"], owner)
+        if (
+            isinstance(data.get("approve"), str)
+            and isinstance(data.get("ticket"), str)
+            and isinstance(owner, str | None)
+        ):
+            return ApprovalRound(data["approve"], data["ticket"], owner)
         if isinstance(data.get("backend"), str) and isinstance(data.get("state"), str | None):
             return BackendRound(data["backend"], data["state"])
     except (ValueError, AttributeError):
