@@ -52,20 +52,29 @@ QUERIES = [
 console = Console()
 
 
+async def vectors_ready(url: str) -> None:
+    """Until find_tool ranks with vectors; a loaded machine may drop a slow connection, so each try reconnects."""
+    with anyio.fail_after(900):
+        while True:
+            try:
+                async with Client(url) as client:
+                    answer = (await client.call_tool("find_tool", {"query": "warm up"})).structured_content or {}
+                if answer.get("ranking") == "hybrid":
+                    return
+            except Exception as exc:  # the gateway is still starting or dropped the connection: try again
+                console.print(f"[dim]waiting for vectors: {type(exc).__name__}[/]")
+            await anyio.sleep(0.5)
+
+
 async def measure(url: str, pid: int, calls: int, started: float) -> dict[str, float]:
     process = psutil.Process(pid)
+    await vectors_ready(url)
+    ready = time.perf_counter() - started
+    rss_ready = process.memory_info().rss
     async with Client(url) as client:
-        with anyio.fail_after(600):
-            while True:
-                answer = (await client.call_tool("find_tool", {"query": "warm up"})).structured_content or {}
-                if answer.get("ranking") == "hybrid":
-                    break
-                await anyio.sleep(0.2)
-        ready = time.perf_counter() - started
-        rss_ready = process.memory_info().rss
         for i in range(calls):
             await client.call_tool("find_tool", {"query": QUERIES[i % len(QUERIES)] + f" #{i}"})
-        rss_after = process.memory_info().rss
+    rss_after = process.memory_info().rss
     return {"ready_s": ready, "rss_ready_mb": rss_ready / 2**20, "rss_after_mb": rss_after / 2**20}
 
 
@@ -74,9 +83,11 @@ def run_once(encoder: str, calls: int) -> dict[str, float]:
         env = {"VMCP_OPTIMIZER__ENCODER": encoder, "VMCP_OPTIMIZER__INDEX_DIR": index_dir}
         started = time.perf_counter()
         with running_gateway(DEMO, env=env, ready_timeout=300) as gateway:
-            figures = anyio.run(measure, gateway.url, gateway.proc.pid, calls, started)
-            figures["torch_loaded"] = float(bool(torch_mapped(gateway.proc.pid)))
-        gateway.log.unlink(missing_ok=True)  # written beside the config, i.e. into examples/
+            try:
+                figures = anyio.run(measure, gateway.url, gateway.proc.pid, calls, started)
+                figures["torch_loaded"] = float(bool(torch_mapped(gateway.proc.pid)))
+            finally:
+                gateway.log.unlink(missing_ok=True)  # written beside the config, i.e. into examples/
     return figures
 
 
