@@ -38,7 +38,7 @@ from eval.late_interaction import LateInteraction, LateInteractionStage
 from vmcp_opt.config import OptimizerConfig
 from vmcp_opt.optimizer import keyword_arm
 from vmcp_opt.optimizer.documents import ToolRecord, tool_document
-from vmcp_opt.optimizer.embedding import Embedder, cpu_supports_bfloat16, load_embedder
+from vmcp_opt.optimizer.embedding import Embedder, cpu_supports_bfloat16, load_torch_embedder
 from vmcp_opt.optimizer.index import ToolIndex
 from vmcp_opt.optimizer.usage import UsageGraph
 
@@ -358,7 +358,7 @@ def main(
     console.print(f"{len(base):,} distinct tools in the eval data; {len(query_texts)} queries; sizes {size_list}")
     load_before = os.getloadavg()[0]
     started = time.perf_counter()
-    embedder = load_embedder("all-MiniLM-L6-v2", query_threads=query_threads)
+    embedder = load_torch_embedder("all-MiniLM-L6-v2", query_threads=query_threads)
     model_load_s = time.perf_counter() - started
     sample = [tool_document(r) for r in random.Random(3).sample(base, 256 if quick else 512)]
     with console.status("bulk encoding throughput, fp32 vs bf16"):

@@ -25,10 +25,13 @@ eval_app = typer.Typer(help="Retrieval benchmarks: the optimizer against its riv
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 # `--encoder`: load_embedder's settings for each way of embedding (optimizer/encoder.py for the lean one).
-ENCODERS: dict[str, dict[str, bool]] = {
-    "lean": {"lean": True, "query_bfloat16": True},
-    "lean-fp32": {"lean": True, "query_bfloat16": False},
-    "general": {"lean": False, "query_bfloat16": False},
+# `onnx` and `onnx-int8`: ONNX Runtime over the model's export (optimizer/onnx_encoder.py), no torch.
+ENCODERS: dict[str, dict[str, Any]] = {
+    "lean": {"encoder": "torch", "lean": True, "query_bfloat16": True},
+    "lean-fp32": {"encoder": "torch", "lean": True, "query_bfloat16": False},
+    "general": {"encoder": "torch", "lean": False, "query_bfloat16": False},
+    "onnx": {"encoder": "onnx"},
+    "onnx-int8": {"encoder": "onnx-int8"},
 }
 
 
@@ -71,8 +74,9 @@ def run(
     encoder: Annotated[
         str,
         typer.Option(
-            help="How texts are embedded: 'lean' (served: optimizer/encoder.py, bfloat16 queries where the "
-            "CPU has it), 'lean-fp32' (float32 queries) or 'general' (sentence-transformers' encode)."
+            help="How texts are embedded: 'lean' (torch: optimizer/encoder.py, bfloat16 queries where the "
+            "CPU has it), 'lean-fp32' (float32 queries), 'general' (sentence-transformers' encode), 'onnx' "
+            "(served: ONNX Runtime, fp32) or 'onnx-int8' (int8 dynamic quantisation)."
         ),
     ] = "lean",
     model: Annotated[

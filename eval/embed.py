@@ -9,15 +9,19 @@ Queries are never cached: each method pays for its query embedding, so latencies
 from __future__ import annotations
 
 import hashlib
+import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
 from eval.late_interaction import TokenMatrix, TokenStore
+
+if TYPE_CHECKING:
+    from vmcp_opt.optimizer.embedding import EncoderKind
 
 Vectors = npt.NDArray[np.float32]
 
@@ -67,19 +71,24 @@ class SharedEmbedder:
             cache = self.query_cache
             missing = [t for t in dict.fromkeys(texts) if t not in cache or (tokens and t not in self._query_tokens)]
             if missing:
-                self._embed_queries(missing)
+                self._embed_queries(missing, tokens=tokens or self._keeps_tokens)
             vectors = np.stack([cache[t] for t in texts]) if texts else np.empty((0, self.dimensions), np.float32)
             return vectors, [self._query_tokens[t] for t in texts] if tokens else []
         with torch_threads(self.query_threads):
             vectors, matrices = self.inner.encode_queries_with_tokens(list(texts), tokens=tokens)
         return np.asarray(vectors, dtype=np.float32), matrices
 
-    def _embed_queries(self, texts: list[str]) -> None:
+    @property
+    def _keeps_tokens(self) -> bool:
+        """Cached queries keep their token embeddings too (late interaction) where the encoder has them."""
+        return bool(self.inner.kind == "torch")
+
+    def _embed_queries(self, texts: list[str], tokens: bool = True) -> None:
         assert self.query_cache is not None
         with torch_threads(self.query_threads):
-            vectors, matrices = self.inner.encode_queries_with_tokens(texts, tokens=True)
+            vectors, matrices = self.inner.encode_queries_with_tokens(texts, tokens=tokens)
         self.query_cache.update(zip(texts, np.asarray(vectors, dtype=np.float32), strict=True))
-        self._query_tokens.update(zip(texts, matrices, strict=True))
+        self._query_tokens.update(zip(texts, matrices, strict=False))
 
     def prime_queries(self, texts: Sequence[str], batch_size: int = 64) -> None:
         """Embed many queries in batches (several times faster than one by one) into the query cache."""
@@ -87,7 +96,7 @@ class SharedEmbedder:
             self.query_cache = {}
         missing = [text for text in dict.fromkeys(texts) if text not in self.query_cache]
         for start in range(0, len(missing), batch_size):
-            self._embed_queries(missing[start : start + batch_size])
+            self._embed_queries(missing[start : start + batch_size], tokens=self._keeps_tokens)
 
     def encode_documents(self, texts: Sequence[str], progress: bool = False) -> Vectors:
         return self.encode_documents_with_tokens(texts, progress=progress, tokens=False)[0]
@@ -157,8 +166,10 @@ class SharedEmbedder:
 
 @contextmanager
 def torch_threads(count: int) -> Iterator[None]:
-    import torch
-
+    torch = sys.modules.get("torch")
+    if torch is None:  # the ONNX encoder: torch is not loaded, and its threads are set per session
+        yield
+        return
     previous = torch.get_num_threads()
     if previous == count:
         yield
@@ -180,12 +191,26 @@ def load_shared_embedder(
     cache_dir: Path | None,
     query_threads: int = 1,
     *,
+    encoder: EncoderKind = "onnx",
     lean: bool = True,
     query_bfloat16: bool = True,
 ) -> SharedEmbedder:
     """The optimizer's configured model, loaded offline the way the gateway loads it (the defaults of
-    `lean` and `query_bfloat16` are the gateway's; the others exist to compare against it)."""
-    from vmcp_opt.optimizer.embedding import load_embedder
+    `encoder`, `lean` and `query_bfloat16` are the gateway's; the others exist to compare against it).
+    An ONNX encoder that cannot load is an error here, not the gateway's fallback: a comparison must
+    measure what it names."""
+    from vmcp_opt.optimizer.embedding import ModelError, load_embedder
 
-    inner = load_embedder(model, bulk_bfloat16=bulk_bfloat16, progress=False, lean=lean, query_bfloat16=query_bfloat16)
+    inner = load_embedder(
+        model,
+        encoder=encoder,
+        bulk_bfloat16=bulk_bfloat16,
+        progress=False,
+        query_threads=query_threads,
+        bulk_threads=query_threads,
+        lean=lean,
+        query_bfloat16=query_bfloat16,
+    )
+    if inner.kind != encoder:
+        raise ModelError(f"the {encoder} encoder did not load (see the warning above)")
     return SharedEmbedder(inner, cache_dir, query_threads=query_threads, bulk_threads=query_threads)

@@ -31,6 +31,11 @@ if [ ! -d node_modules/@modelcontextprotocol/server-everything ] || [ package-lo
   echo "==> installing npm backends (package-lock.json)"
   npm ci --no-audit --no-fund --loglevel=error
 fi
+# The optimizer's default encoder runs the model's ONNX export (optimizer/onnx_export.py): made here once per
+# model content (torch runs in a child process; ~10 s idle), so `make serve` and the tests start without it.
+# A failure is not fatal: the gateway then serves with the torch encoder.
+echo "==> exporting the embedding model to ONNX (kept if already cached)"
+.venv/bin/vmcp models export || echo "   ONNX export failed; the gateway will use the torch encoder"
 # Real servers the tests start on loopback: redis-server (state shared by replicas), nginx (a reverse proxy
 # in front of one gateway or round-robin in front of replicas) and prometheus (it scrapes a real gateway).
 # CI runs as root on a fresh Debian machine, so the test set-up installs what is

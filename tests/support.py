@@ -192,6 +192,14 @@ def wait_started(gateway: Gateway, timeout: float) -> None:
         time.sleep(0.1)
 
 
+def torch_mapped(pid: int) -> bool | None:
+    """Whether libtorch is mapped into the process (it is once `import torch` ran); None where /proc has no maps."""
+    try:
+        return "libtorch" in Path(f"/proc/{pid}/maps").read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return None
+
+
 def stop_process(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)

@@ -11,7 +11,7 @@ import pytest
 
 from vmcp_opt.config import OptimizerConfig
 from vmcp_opt.optimizer.documents import ToolRecord
-from vmcp_opt.optimizer.embedding import Embedder, load_embedder
+from vmcp_opt.optimizer.embedding import TextEmbedder, load_embedder
 from vmcp_opt.optimizer.index import ToolIndex
 from vmcp_opt.optimizer.usage import UsageGraph
 
@@ -19,11 +19,11 @@ from .test_optimizer_index import CATALOGUE, _schema, names
 
 
 @pytest.fixture(scope="module")
-def embedder() -> Iterator[Embedder]:
+def embedder() -> Iterator[TextEmbedder]:
     yield load_embedder("all-MiniLM-L6-v2", progress=False)
 
 
-def _with_history(tmp_path: Path, embedder: Embedder, tasks: list[list[str]], **config: Any) -> ToolIndex:
+def _with_history(tmp_path: Path, embedder: TextEmbedder, tasks: list[list[str]], **config: Any) -> ToolIndex:
     graph = UsageGraph()
     for task in tasks:
         graph.record_task(task)
@@ -32,7 +32,7 @@ def _with_history(tmp_path: Path, embedder: Embedder, tasks: list[list[str]], **
     return index
 
 
-def test_a_tool_used_with_the_best_match_joins_the_results(tmp_path: Path, embedder: Embedder) -> None:
+def test_a_tool_used_with_the_best_match_joins_the_results(tmp_path: Path, embedder: TextEmbedder) -> None:
     query = "download a web page as markdown"
     plain = ToolIndex(OptimizerConfig(), tmp_path / "plain", embedder)
     plain.update(CATALOGUE)
@@ -45,7 +45,7 @@ def test_a_tool_used_with_the_best_match_joins_the_results(tmp_path: Path, embed
     assert (warm[1].record.name, warm[1].used_with) == ("git_git_commit", "fetch_fetch")
 
 
-def test_companions_respect_the_backend_filter_and_off_switches(tmp_path: Path, embedder: Embedder) -> None:
+def test_companions_respect_the_backend_filter_and_off_switches(tmp_path: Path, embedder: TextEmbedder) -> None:
     tasks = [["fetch_fetch", "git_git_commit"]] * 4
     query = "download a web page as markdown"
     index = _with_history(tmp_path / "a", embedder, tasks)
@@ -85,7 +85,9 @@ ALARMS = [
 ]
 
 
-def test_the_tool_issuing_a_required_token_follows_the_result_that_needs_it(tmp_path: Path, embedder: Embedder) -> None:
+def test_the_tool_issuing_a_required_token_follows_the_result_that_needs_it(
+    tmp_path: Path, embedder: TextEmbedder
+) -> None:
     query = "cancel my 7am alarm"
     index = ToolIndex(OptimizerConfig(), tmp_path / "on", embedder)
     index.update([*CATALOGUE, *ALARMS])
@@ -102,7 +104,7 @@ def test_the_tool_issuing_a_required_token_follows_the_result_that_needs_it(tmp_
     assert all(hit.supplies is None for hit in off.search(query).hits)
 
 
-def test_a_result_that_needs_no_issued_value_raises_nothing(tmp_path: Path, embedder: Embedder) -> None:
+def test_a_result_that_needs_no_issued_value_raises_nothing(tmp_path: Path, embedder: TextEmbedder) -> None:
     index = ToolIndex(OptimizerConfig(), tmp_path, embedder)
     index.update([*CATALOGUE, *ALARMS])
     hits = index.search("what time is it in Tokyo", limit=2).hits

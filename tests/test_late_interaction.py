@@ -12,7 +12,7 @@ import pytest
 from eval.late_interaction import LateInteraction, LateInteractionStage, TokenStore, blend
 from vmcp_opt.config import ConfigError, OptimizerConfig, load_config
 from vmcp_opt.optimizer.documents import tool_document
-from vmcp_opt.optimizer.embedding import Embedder, load_embedder
+from vmcp_opt.optimizer.embedding import Embedder, load_torch_embedder
 from vmcp_opt.optimizer.index import ToolIndex
 
 from .test_optimizer_index import CATALOGUE
@@ -56,7 +56,7 @@ def test_blend_scales_each_signal_and_scores_only_candidates() -> None:
 
 @pytest.fixture(scope="module")
 def embedder() -> Embedder:
-    return load_embedder("all-MiniLM-L6-v2", progress=False)
+    return load_torch_embedder("all-MiniLM-L6-v2", progress=False)
 
 
 def test_token_embeddings_come_from_the_same_pass_without_special_tokens(embedder: Embedder) -> None:

@@ -14,7 +14,7 @@ import pytest
 
 from tests.test_optimizer_index import CATALOGUE
 from vmcp_opt.config import OptimizerConfig
-from vmcp_opt.optimizer.embedding import Embedder, load_embedder, resolve_model
+from vmcp_opt.optimizer.embedding import Embedder, load_torch_embedder, resolve_model
 from vmcp_opt.optimizer.encoder import LeanEncoder
 from vmcp_opt.optimizer.index import ToolIndex
 
@@ -42,7 +42,7 @@ def reference() -> Any:
 
 @pytest.fixture(scope="module")
 def embedder() -> Embedder:
-    return load_embedder("all-MiniLM-L6-v2", progress=False)
+    return load_torch_embedder("all-MiniLM-L6-v2", progress=False)
 
 
 def _expected(reference: Any, texts: Sequence[str]) -> np.ndarray:

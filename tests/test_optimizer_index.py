@@ -19,7 +19,7 @@ import pytest
 
 from vmcp_opt.config import OptimizerConfig
 from vmcp_opt.optimizer.documents import ToolRecord, content_hash, split_identifier, tool_document
-from vmcp_opt.optimizer.embedding import Embedder, load_embedder
+from vmcp_opt.optimizer.embedding import TextEmbedder, load_embedder
 from vmcp_opt.optimizer.index import ToolIndex
 from vmcp_opt.optimizer.meta_tool_forms import tool_json
 from vmcp_opt.optimizer.tokens import AnswerTokens, count_tokens
@@ -121,12 +121,12 @@ CATALOGUE = [
 
 
 @pytest.fixture(scope="module")
-def embedder() -> Iterator[Embedder]:
+def embedder() -> Iterator[TextEmbedder]:
     yield load_embedder("all-MiniLM-L6-v2", progress=False)
 
 
 @pytest.fixture
-def index(tmp_path: Path, embedder: Embedder) -> ToolIndex:
+def index(tmp_path: Path, embedder: TextEmbedder) -> ToolIndex:
     return ToolIndex(OptimizerConfig(), tmp_path, embedder)
 
 
@@ -177,7 +177,7 @@ def test_keyword_search_works_before_vectors(tmp_path: Path) -> None:
     assert result.hits[0].record.name == "git_git_log"
 
 
-def test_keyword_refresh_reuses_cached_vectors(tmp_path: Path, embedder: Embedder) -> None:
+def test_keyword_refresh_reuses_cached_vectors(tmp_path: Path, embedder: TextEmbedder) -> None:
     ToolIndex(OptimizerConfig(), tmp_path, embedder).update(CATALOGUE)
     index = ToolIndex(OptimizerConfig(), tmp_path, embedder)
     index.update_keywords(CATALOGUE)
@@ -194,7 +194,7 @@ def test_backend_filter_keeps_only_named_backends(index: ToolIndex) -> None:
 
 
 @pytest.mark.parametrize("index_type", ["flat", "hnsw"])
-def test_semantic_query_ranks_current_time_first(tmp_path: Path, embedder: Embedder, index_type: str) -> None:
+def test_semantic_query_ranks_current_time_first(tmp_path: Path, embedder: TextEmbedder, index_type: str) -> None:
     index = ToolIndex(OptimizerConfig(index_type=index_type), tmp_path, embedder)  # type: ignore[arg-type]
     index.update(CATALOGUE)
     result = index.search("what time is it in Tokyo right now", limit=3)
@@ -253,7 +253,7 @@ def test_answer_tokens_keep_at_most_max_tools() -> None:
     assert counter.all_known(parts[1:]) and not counter.all_known(parts[:1])  # the oldest made room
 
 
-def test_searches_keep_answering_while_an_update_runs(tmp_path: Path, embedder: Embedder) -> None:
+def test_searches_keep_answering_while_an_update_runs(tmp_path: Path, embedder: TextEmbedder) -> None:
     index = ToolIndex(OptimizerConfig(), tmp_path, embedder)
     index.update(CATALOGUE)
     bigger = CATALOGUE + [
@@ -292,7 +292,7 @@ def test_concurrent_searches_share_one_model_safely(index: ToolIndex) -> None:
 class _CountingEmbedder:
     """The real model, counting the texts it is asked to embed as queries."""
 
-    def __init__(self, inner: Embedder) -> None:
+    def __init__(self, inner: TextEmbedder) -> None:
         self.inner = inner
         self.queries: list[str] = []
 
@@ -304,7 +304,9 @@ class _CountingEmbedder:
         return self.inner.encode_queries(texts)
 
 
-def test_a_repeated_query_is_not_embedded_again_and_the_cache_is_bounded(tmp_path: Path, embedder: Embedder) -> None:
+def test_a_repeated_query_is_not_embedded_again_and_the_cache_is_bounded(
+    tmp_path: Path, embedder: TextEmbedder
+) -> None:
     counting = _CountingEmbedder(embedder)
     index = ToolIndex(OptimizerConfig(query_cache_size=2), tmp_path, counting)  # type: ignore[arg-type]
     index.update(CATALOGUE)

@@ -13,7 +13,7 @@ import pytest
 
 from vmcp_opt.config import OptimizerConfig
 from vmcp_opt.optimizer.documents import ToolRecord
-from vmcp_opt.optimizer.embedding import Embedder, load_embedder
+from vmcp_opt.optimizer.embedding import TextEmbedder, load_embedder
 from vmcp_opt.optimizer.index import ToolIndex
 from vmcp_opt.optimizer.vector_store import VECTORS_FILE
 
@@ -21,11 +21,11 @@ from .test_optimizer_index import CATALOGUE, names
 
 
 @pytest.fixture(scope="module")
-def embedder() -> Iterator[Embedder]:
+def embedder() -> Iterator[TextEmbedder]:
     yield load_embedder("all-MiniLM-L6-v2", progress=False)
 
 
-def test_second_update_with_same_records_embeds_nothing(tmp_path: Path, embedder: Embedder) -> None:
+def test_second_update_with_same_records_embeds_nothing(tmp_path: Path, embedder: TextEmbedder) -> None:
     index = ToolIndex(OptimizerConfig(), tmp_path, embedder)
     first = index.update(CATALOGUE)
     assert (first.embedded, first.reused, first.total) == (len(CATALOGUE), 0, len(CATALOGUE))
@@ -33,7 +33,7 @@ def test_second_update_with_same_records_embeds_nothing(tmp_path: Path, embedder
     assert (second.embedded, second.reused, second.removed) == (0, len(CATALOGUE), 0)
 
 
-def test_changed_tool_alone_is_reembedded_and_dropped_tool_counted(tmp_path: Path, embedder: Embedder) -> None:
+def test_changed_tool_alone_is_reembedded_and_dropped_tool_counted(tmp_path: Path, embedder: TextEmbedder) -> None:
     index = ToolIndex(OptimizerConfig(), tmp_path, embedder)
     index.update(CATALOGUE)
     changed = [replace(CATALOGUE[0], description="Tell the time now"), *CATALOGUE[1:-1]]
@@ -41,7 +41,7 @@ def test_changed_tool_alone_is_reembedded_and_dropped_tool_counted(tmp_path: Pat
     assert (stats.embedded, stats.reused, stats.removed, stats.total) == (1, len(CATALOGUE) - 2, 2, len(CATALOGUE) - 1)
 
 
-def test_restart_reuses_persisted_vectors(tmp_path: Path, embedder: Embedder) -> None:
+def test_restart_reuses_persisted_vectors(tmp_path: Path, embedder: TextEmbedder) -> None:
     ToolIndex(OptimizerConfig(), tmp_path, embedder).update(CATALOGUE)
     restarted = ToolIndex(OptimizerConfig(), tmp_path, embedder)
     stats = restarted.update(CATALOGUE)
@@ -57,7 +57,7 @@ def _without(*names: str) -> list[ToolRecord]:
     return [record for record in CATALOGUE if record.backend not in names]
 
 
-def test_a_backend_that_leaves_and_comes_back_is_not_embedded_again(tmp_path: Path, embedder: Embedder) -> None:
+def test_a_backend_that_leaves_and_comes_back_is_not_embedded_again(tmp_path: Path, embedder: TextEmbedder) -> None:
     index = ToolIndex(OptimizerConfig(), tmp_path, embedder)
     index.update(CATALOGUE)
     gone = index.update(_without("git"))
@@ -68,7 +68,7 @@ def test_a_backend_that_leaves_and_comes_back_is_not_embedded_again(tmp_path: Pa
     assert names(index, "show the git commit logs")[0] == "git_git_log"
 
 
-def test_kept_vectors_survive_a_restart_and_a_gateway_with_no_tools(tmp_path: Path, embedder: Embedder) -> None:
+def test_kept_vectors_survive_a_restart_and_a_gateway_with_no_tools(tmp_path: Path, embedder: TextEmbedder) -> None:
     ToolIndex(OptimizerConfig(), tmp_path, embedder).update(CATALOGUE)
     outage = ToolIndex(OptimizerConfig(), tmp_path, embedder)
     outage.update([])  # every backend down
@@ -77,7 +77,7 @@ def test_kept_vectors_survive_a_restart_and_a_gateway_with_no_tools(tmp_path: Pa
     assert ToolIndex(OptimizerConfig(), tmp_path, embedder).update(CATALOGUE).embedded == 0
 
 
-def test_only_the_newest_removed_vectors_are_kept(tmp_path: Path, embedder: Embedder) -> None:
+def test_only_the_newest_removed_vectors_are_kept(tmp_path: Path, embedder: TextEmbedder) -> None:
     index = ToolIndex(OptimizerConfig(keep_removed=1), tmp_path, embedder)
     index.update(CATALOGUE)
     index.update(_without("git"))
@@ -91,7 +91,7 @@ def test_only_the_newest_removed_vectors_are_kept(tmp_path: Path, embedder: Embe
 
 
 def test_corrupt_cache_is_rebuilt_with_a_warning(
-    tmp_path: Path, embedder: Embedder, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, embedder: TextEmbedder, caplog: pytest.LogCaptureFixture
 ) -> None:
     first = ToolIndex(OptimizerConfig(), tmp_path, embedder)
     first.update(CATALOGUE)
@@ -102,7 +102,7 @@ def test_corrupt_cache_is_rebuilt_with_a_warning(
     assert "unusable, rebuilding" in caplog.text
 
 
-def test_a_file_written_with_token_embeddings_still_loads(tmp_path: Path, embedder: Embedder) -> None:
+def test_a_file_written_with_token_embeddings_still_loads(tmp_path: Path, embedder: TextEmbedder) -> None:
     first = ToolIndex(OptimizerConfig(), tmp_path, embedder)
     first.update(CATALOGUE)
     path = first.directory / VECTORS_FILE

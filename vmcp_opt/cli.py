@@ -293,6 +293,36 @@ def config_docs(
         out.print(f"wrote {output}", highlight=False)
 
 
+models_app = typer.Typer(help="Embedding models: the ONNX export the optimizer's encoder runs.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("export")
+def models_export(
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="Config file (default: the bundled demo).")
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option(help="A registry id or model directory (default: optimizer.model).")
+    ] = None,
+) -> None:
+    """Export the optimizer's model to ONNX (torch runs in a child process) into optimizer.model_cache, once:
+    an export already cached for the model's content is kept. `vmcp serve` does this itself when needed."""
+    from vmcp_opt.optimizer.embedding import ModelError
+    from vmcp_opt.optimizer.onnx_export import export_for
+
+    settings = load_or_exit(config)
+    try:
+        path, metadata = export_for(model or settings.optimizer.model, settings.model_cache_dir())
+    except (ModelError, OSError) as exc:
+        err.print(f"[red]export failed:[/] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    cosines = metadata.get("min_cosine_to_torch", {})
+    out.print(
+        f"{path} (cosine to torch: fp32 {cosines.get('fp32', '?')}, int8 {cosines.get('int8', '?')})", highlight=False
+    )
+
+
 async def _collect_listing(config: VmcpConfig) -> Any:
     from vmcp_opt.probe import collect_listing  # the gateway's import cost, only when used
 

@@ -164,6 +164,11 @@ class VmcpConfig(BaseSettings):
             return self.resolve_path(self.data_dir)
         return Path(platformdirs.user_data_dir(APP_NAME, appauthor=False))
 
+    def model_cache_dir(self) -> Path:
+        if self.optimizer.model_cache is not None:
+            return self.resolve_path(self.optimizer.model_cache)
+        return self.data_dir_path() / "models"
+
     def index_dir(self) -> Path:
         if self.optimizer.index_dir is not None:
             return self.resolve_path(self.optimizer.index_dir)

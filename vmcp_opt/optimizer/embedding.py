@@ -1,11 +1,18 @@
 """Embedding models: the registry in `models/registry.yaml`, offline loading, query and bulk encoding.
 
 Resolving a model (`resolve_model`) reads only small config files and never imports torch, so the token
-counter and `vmcp index stats` stay fast; `load_embedder` is where torch and sentence-transformers load.
+counter and `vmcp index stats` stay fast. `load_embedder` picks the encoder (`optimizer.encoder`):
 
-Queries and bulk documents go through the lean encoder (`optimizer/encoder.py`: bfloat16 where the CPU has
-native bfloat16, which eval/README.md's "Encoders" table shows costs no retrieval quality) when it can
-reproduce the model; sentence-transformers' own forward serves other models and token embeddings.
+- `onnx` (the default): ONNX Runtime over the model's cached ONNX export (optimizer/onnx_encoder.py,
+  optimizer/onnx_export.py); torch never loads in this process. Should onnxruntime or the export fail,
+  one warning says why and the torch encoder serves instead.
+- `torch`: the lean encoder (optimizer/encoder.py: bfloat16 where the CPU has native bfloat16, which
+  eval/README.md's "Encoders" table shows costs no retrieval quality) when it can reproduce the model;
+  sentence-transformers' own forward serves other models and token embeddings.
+
+Both give the same vectors for a model (cosine >= 0.9999 between ONNX fp32 and torch fp32, closer than the
+torch encoder's own bfloat16 bulk path), so the persisted index keeps one set of vectors per model and a
+change of encoder re-embeds nothing.
 """
 
 from __future__ import annotations
@@ -24,12 +31,12 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 import yaml
 
-from vmcp_opt.config import PROJECT_ROOT
+from vmcp_opt.config import APP_NAME, PROJECT_ROOT, OptimizerConfig
 
 if TYPE_CHECKING:
     from vmcp_opt.optimizer.encoder import LeanEncoder
@@ -50,6 +57,10 @@ _BUILTIN_REGISTRY: dict[str, dict[str, Any]] = {
 }
 # Below this many documents, bulk encoding stays in float32.
 BFLOAT16_MIN_DOCUMENTS = 128
+
+
+# `optimizer.encoder`'s values, plus the int8 ONNX graph that eval and bench measure.
+EncoderKind = Literal["onnx", "torch", "onnx-int8"]
 
 
 class ModelError(Exception):
@@ -172,6 +183,29 @@ def cpu_supports_bfloat16() -> bool:
     return bool(flags & {"amx_bf16", "avx512_bf16"})
 
 
+class TextEmbedder(Protocol):
+    """What the index, the query cache and eval ask of an embedder (`Embedder`, `OnnxEmbedder`)."""
+
+    spec: ModelSpec
+    model_id: str
+    dimensions: int
+    batch_size: int
+    # What runs the model: "torch", "onnx" or "onnx-int8".
+    kind: str
+
+    def encode_queries(self, texts: Sequence[str]) -> np.ndarray: ...
+
+    def encode_queries_with_tokens(
+        self, texts: Sequence[str], *, tokens: bool = True
+    ) -> tuple[np.ndarray, list[np.ndarray]]: ...
+
+    def encode_documents(self, texts: Sequence[str], *, progress: bool = False) -> np.ndarray: ...
+
+    def encode_documents_with_tokens(
+        self, texts: Sequence[str], *, progress: bool = False, tokens: bool = True
+    ) -> tuple[np.ndarray, list[np.ndarray]]: ...
+
+
 class Embedder:
     """A sentence-transformers model: fp32 for queries, optionally a bfloat16 copy for bulk documents."""
 
@@ -191,6 +225,7 @@ class Embedder:
         self.model_id = spec.id
         self.dimensions = spec.dimensions
         self.batch_size = batch_size
+        self.kind = "torch"
         self.query_threads = query_threads
         self.bulk_threads = bulk_threads or os.cpu_count() or 1
         self.bulk_bfloat16 = bulk_bfloat16 and cpu_supports_bfloat16()
@@ -256,7 +291,7 @@ class Embedder:
         order = np.argsort(-lengths, kind="stable")
         step = self.batch_size
         previous = _set_torch_threads(self.bulk_threads)
-        with _maybe_progress(progress, f"embedding {len(texts)} tools", len(texts)) as advance:
+        with maybe_progress(progress, f"embedding {len(texts)} tools", len(texts)) as advance:
             for start in range(0, len(texts), step):
                 rows = order[start : start + step]
                 batch = [self.spec.document_prefix + texts[i] for i in rows]
@@ -269,18 +304,18 @@ class Embedder:
         if bf16:
             with self._bulk_lock:
                 self._bulk_model = None
-        _release_memory()  # activations of long batches otherwise stay in the process (~100 MB)
+        release_memory()  # activations of long batches otherwise stay in the process (~100 MB)
         return out, matrices
 
     def _encode_lean(self, lean: LeanEncoder, texts: Sequence[str], progress: bool) -> np.ndarray:
         previous = _set_torch_threads(self.bulk_threads)
         try:
-            with _maybe_progress(progress, f"embedding {len(texts)} tools", len(texts)) as advance:
+            with maybe_progress(progress, f"embedding {len(texts)} tools", len(texts)) as advance:
                 prefixed = [self.spec.document_prefix + text for text in texts]
                 return lean.encode_bulk(prefixed, self.batch_size, advance)
         finally:
             _set_torch_threads(previous)
-            _release_memory()
+            release_memory()
 
     def _encode(self, model: Any, texts: list[str], tokens: bool = False) -> tuple[Any, list[np.ndarray]]:
         """One batch through the model: a normalised float32 tensor, one row per text, and (when asked)
@@ -326,14 +361,14 @@ def _set_torch_threads(count: int) -> int:
     return previous
 
 
-def _release_memory() -> None:
+def release_memory() -> None:
     """Hand freed heap back to the OS (glibc keeps it otherwise); a no-op elsewhere."""
     with suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 @contextmanager
-def _maybe_progress(enabled: bool, label: str, total: int) -> Iterator[Any]:
+def maybe_progress(enabled: bool, label: str, total: int) -> Iterator[Any]:
     if not enabled:
         yield lambda n: None
         return
@@ -346,7 +381,60 @@ def _maybe_progress(enabled: bool, label: str, total: int) -> Iterator[Any]:
         yield lambda n: bar.advance(task, n)
 
 
+def default_model_cache() -> Path:
+    """Where exported ONNX models are kept when no config names a place: `<per-user data dir>/models`."""
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir(APP_NAME, appauthor=False)) / "models"
+
+
+def load_configured_embedder(config: OptimizerConfig, model_cache: Path | None = None) -> TextEmbedder:
+    """The embedder `config` asks for (the gateway's and `vmcp index`'s path)."""
+    return load_embedder(
+        config.model,
+        encoder=config.encoder,
+        model_cache=model_cache,
+        bulk_bfloat16=config.bulk_bfloat16,
+        batch_size=config.batch_size,
+        query_threads=config.query_threads,
+        bulk_threads=config.bulk_threads,
+    )
+
+
 def load_embedder(
+    spec: str,
+    *,
+    encoder: EncoderKind = "onnx",
+    model_cache: Path | None = None,
+    batch_size: int = 64,
+    query_threads: int = 1,
+    bulk_threads: int = 0,
+    **torch_options: bool,
+) -> TextEmbedder:
+    """`encoder` over a registry model or a local directory, offline; the torch encoder when the ONNX one
+    cannot load (one warning says why). `torch_options` are `load_torch_embedder`'s own (bulk_bfloat16,
+    progress, lean, query_bfloat16)."""
+    _offline()
+    if encoder != "torch":
+        from vmcp_opt.optimizer.onnx_encoder import load_onnx_embedder
+
+        try:
+            return load_onnx_embedder(
+                resolve_model(spec),
+                model_cache or default_model_cache(),
+                precision="int8" if encoder == "onnx-int8" else "fp32",
+                batch_size=batch_size,
+                query_threads=query_threads,
+                bulk_threads=bulk_threads,
+            )
+        except Exception as exc:  # onnxruntime missing or failing, export refused: torch still serves
+            log.warning("ONNX encoder unavailable for %s (%s); using the torch encoder", spec, exc)
+    return load_torch_embedder(
+        spec, batch_size=batch_size, query_threads=query_threads, bulk_threads=bulk_threads, **torch_options
+    )
+
+
+def load_torch_embedder(
     spec: str,
     *,
     bulk_bfloat16: bool = True,
@@ -357,7 +445,7 @@ def load_embedder(
     lean: bool = True,
     query_bfloat16: bool = True,
 ) -> Embedder:
-    """Load a registry model or a local directory, offline; a spinner on stderr while torch loads."""
+    """Load a registry model or a local directory on torch, offline; a spinner on stderr while torch loads."""
     _offline()
     model_spec = resolve_model(spec)
     started = time.perf_counter()

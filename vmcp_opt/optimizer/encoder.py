@@ -24,8 +24,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-# Texts per tokenizer call in bulk encoding.
-_TOKENIZE_CHUNK = 2048
+from vmcp_opt.optimizer.batching import batches_by_tokens, padded, tokenize_chunked
 
 
 @dataclass(frozen=True)
@@ -122,33 +121,20 @@ class LeanEncoder:
 
     def encode_ids(self, token_ids: Sequence[Sequence[int]]) -> np.ndarray:
         """`encode` of already tokenized texts (`tokenize`), one batch."""
-        ids, mask = _padded(token_ids, self.pad_to)
+        ids, mask = padded(token_ids, self.pad_to)
         with torch.inference_mode():
-            vectors = self.forward(ids, mask)
+            vectors = self.forward(torch.from_numpy(ids), None if mask is None else torch.from_numpy(mask))
         return vectors.numpy()
 
     def encode_bulk(
         self, texts: Sequence[str], batch_size: int, advance: Callable[[int], object] = lambda n: None
     ) -> np.ndarray:
-        """Many texts: tokenized once, batched by token count (longest first, so a batch pads little:
-        about `batch_size` texts of 64 tokens each, more short ones, fewer long ones), in input order."""
+        """Many texts: tokenized once, batched by token count (optimizer/batching.py), in input order."""
         out = np.empty((len(texts), self.position.shape[1]), dtype=np.float32)
-        # Tokenized in chunks and kept as int32 arrays: a tokenizer Encoding per text, or a list of Python
-        # ints, would hold gigabytes for 100k documents.
-        token_ids: list[np.ndarray] = []
-        for first in range(0, len(texts), _TOKENIZE_CHUNK):
-            chunk = self.tokenize(texts[first : first + _TOKENIZE_CHUNK])
-            token_ids += [np.asarray(ids, dtype=np.int32) for ids in chunk]
-        lengths = np.fromiter((len(ids) for ids in token_ids), dtype=np.int64, count=len(token_ids))
-        order = np.argsort(-lengths, kind="stable")
-        budget = batch_size * 64
-        start = 0
-        while start < len(order):
-            count = max(1, min(batch_size * 4, budget // int(lengths[order[start]])))
-            rows = order[start : start + count]
+        token_ids = tokenize_chunked(self.tokenize, texts)
+        for rows in batches_by_tokens(token_ids, batch_size):
             out[rows] = self.encode_ids([token_ids[i] for i in rows])
             advance(len(rows))
-            start += count
         return out
 
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
@@ -185,18 +171,3 @@ class LeanEncoder:
             weights = mask.unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
         return F.normalize(pooled, p=2, dim=1)
-
-
-def _padded(token_ids: Sequence[Sequence[int]], multiple: int = 1) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Ids (batch, longest rounded up to `multiple`) and, when there is padding, the attention mask
-    (1 = token, 0 = padding)."""
-    lengths = [len(ids) for ids in token_ids]
-    longest = -(-max(lengths) // multiple) * multiple
-    if min(lengths) == longest:
-        return torch.from_numpy(np.array(token_ids, dtype=np.int64)), None
-    ids = np.zeros((len(token_ids), longest), dtype=np.int64)
-    mask = np.zeros((len(token_ids), longest), dtype=np.int64)
-    for row, (values, length) in enumerate(zip(token_ids, lengths, strict=True)):
-        ids[row, :length] = values
-        mask[row, :length] = 1
-    return torch.from_numpy(ids), torch.from_numpy(mask)

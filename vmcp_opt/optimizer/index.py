@@ -28,7 +28,7 @@ from vmcp_opt.config import OptimizerConfig
 from vmcp_opt.optimizer import keyword_arm, ranking, vector_arm
 from vmcp_opt.optimizer.boosts import with_companions, with_prerequisites
 from vmcp_opt.optimizer.documents import ToolRecord, content_hash, tool_document
-from vmcp_opt.optimizer.embedding import Embedder, ModelSpec, load_embedder, resolve_model
+from vmcp_opt.optimizer.embedding import ModelSpec, TextEmbedder, load_configured_embedder, resolve_model
 from vmcp_opt.optimizer.prerequisites import Prerequisite, find_prerequisites
 from vmcp_opt.optimizer.query_cache import QueryCache
 from vmcp_opt.optimizer.rerank import Reranker, RerankStage
@@ -99,12 +99,15 @@ class ToolIndex:
         self,
         config: OptimizerConfig,
         index_dir: Path,
-        embedder: Embedder | None = None,
+        embedder: TextEmbedder | None = None,
         usage: UsageGraph | None = None,
         reranker: Reranker | None = None,
+        model_cache: Path | None = None,
     ) -> None:
         self.config = config
         self.embedder = embedder
+        # Where the ONNX encoder's export is kept (None: the per-user default, optimizer/embedding.py).
+        self.model_cache = model_cache
         # Tools used together (optimizer/usage.py); None or empty leaves the ranking as the arms give it.
         self.usage = usage
         # An optional second stage over the fused candidates (optimizer/rerank.py); the gateway has none.
@@ -206,13 +209,7 @@ class ToolIndex:
         # The vectors' file lock first: while another replica embeds, keyword refreshes need not wait.
         with self._vectors.updating() as cache, self._update_lock:
             if self.embedder is None:
-                self.embedder = load_embedder(
-                    self.config.model,
-                    bulk_bfloat16=self.config.bulk_bfloat16,
-                    batch_size=self.config.batch_size,
-                    query_threads=self.config.query_threads,
-                    bulk_threads=self.config.bulk_threads,
-                )
+                self.embedder = load_configured_embedder(self.config, self.model_cache)
             records, documents, hashes = _prepare(records)
             vectors, found = cache.stack(hashes, self.model.dimensions)
             # Each new document once, even when two tools share it.

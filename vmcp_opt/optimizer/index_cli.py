@@ -63,7 +63,7 @@ def build(config: ConfigOption = None, from_jsonl: JsonlOption = None, index_dir
     settings = _config(config)
     directory = _index_dir(settings, index_dir)
     listing = _listing(settings, from_jsonl, directory, refresh=True)
-    index = ToolIndex(settings.optimizer, directory)
+    index = ToolIndex(settings.optimizer, directory, model_cache=settings.model_cache_dir())
     stats = index.update(listing.records, progress=True)
     console.print(
         f"[bold]{stats.total}[/] tools indexed in {stats.seconds:.1f} s: embedded {stats.embedded}, "
@@ -84,7 +84,7 @@ def stats(
     settings = _config(config)
     directory = _index_dir(settings, index_dir)
     listing = _listing(settings, from_jsonl, directory, refresh=refresh)
-    index = ToolIndex(settings.optimizer, directory)
+    index = ToolIndex(settings.optimizer, directory, model_cache=settings.model_cache_dir())
     index.update_keywords(listing.records)  # no model needed: reads the persisted vectors only
     info = index.stats()
     full = listing.tools_list_tokens
@@ -121,7 +121,9 @@ def search(
     settings = _config(config)
     directory = _index_dir(settings, index_dir)
     records = _listing(settings, from_jsonl, directory, refresh=refresh).records
-    index = ToolIndex(settings.optimizer, directory, usage=_usage_history(settings, directory))
+    index = ToolIndex(
+        settings.optimizer, directory, usage=_usage_history(settings, directory), model_cache=settings.model_cache_dir()
+    )
     if keyword:
         index.update_keywords(records)
     else:

@@ -36,7 +36,7 @@ from vmcp_opt.auth import Caller
 from vmcp_opt.config import VmcpConfig
 from vmcp_opt.optimizer.calibration import scale_for
 from vmcp_opt.optimizer.documents import ToolRecord
-from vmcp_opt.optimizer.embedding import load_embedder
+from vmcp_opt.optimizer.embedding import load_configured_embedder
 from vmcp_opt.optimizer.index import SearchHit, SearchResult, ToolIndex
 from vmcp_opt.optimizer.listing import Listing, save_listing
 from vmcp_opt.optimizer.meta_tool_forms import (
@@ -110,7 +110,9 @@ class OptimizerFront:
         self._save_lock = threading.Lock()
         self._closed = threading.Event()
         self._saver: threading.Thread | None = None
-        self.index = ToolIndex(config.optimizer, config.index_dir(), usage=self.usage)
+        self.index = ToolIndex(
+            config.optimizer, config.index_dir(), usage=self.usage, model_cache=config.model_cache_dir()
+        )
         # Match scores on an absolute scale (optimizer/calibration.py); None for a model without one.
         self.match_scale = scale_for(self.index.model.id)
         learned = self.match_scale.threshold if self.match_scale is not None else 0.0
@@ -338,11 +340,7 @@ class OptimizerFront:
             try:
                 if self.index.embedder is None:
                     # Loaded outside the index's update lock, so keyword refreshes never wait for it.
-                    self.index.embedder = load_embedder(
-                        self.settings.model,
-                        bulk_bfloat16=self.settings.bulk_bfloat16,
-                        batch_size=self.settings.batch_size,
-                    )
+                    self.index.embedder = load_configured_embedder(self.settings, self.index.model_cache)
                 self.index.update(records)
                 self._vectors_ready.set()
                 self._warm_answer_tokens(records)

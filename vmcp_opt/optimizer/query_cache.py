@@ -7,7 +7,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from vmcp_opt.optimizer.embedding import Embedder
+from vmcp_opt.optimizer.embedding import TextEmbedder
 
 
 class QueryCache:
@@ -20,7 +20,7 @@ class QueryCache:
         self._vectors: OrderedDict[str, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
 
-    def encode(self, embedder: Embedder, texts: list[str]) -> np.ndarray:
+    def encode(self, embedder: TextEmbedder, texts: list[str]) -> np.ndarray:
         """One row per text: cached ones as they are, the others embedded in one batch and kept."""
         with self._lock:
             cached = [self._vectors.get(text) for text in texts]

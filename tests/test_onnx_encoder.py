@@ -1,0 +1,140 @@
+"""The ONNX Runtime encoder (optimizer/onnx_encoder.py): the same vectors as the torch encoder, a real gateway
+that serves find_tool with it and never loads torch, and the fallback to torch when ONNX cannot load.
+
+The model is exported once per machine (`ensure_onnx_model` into the default cache, which `scripts/setup.sh`
+fills with `vmcp models export`); the fixture below makes it when it is missing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import anyio
+import numpy as np
+import pytest
+from mcp import Client
+
+from tests.support import demo_backend, running_gateway, torch_mapped, write_config
+from tests.test_lean_encoder import TEXTS
+from vmcp_opt.optimizer.embedding import DEFAULT_MODEL, load_embedder, resolve_model
+from vmcp_opt.optimizer.onnx_encoder import OnnxEmbedder, OnnxEncoder
+from vmcp_opt.optimizer.onnx_export import ensure_onnx_model
+
+
+def model_cache() -> Path:
+    """The cache every gateway of the test run uses (tests/conftest.py)."""
+    return Path(os.environ["VMCP_OPTIMIZER__MODEL_CACHE"])
+
+
+@pytest.fixture(scope="session")
+def onnx_model() -> Path:
+    return ensure_onnx_model(resolve_model(DEFAULT_MODEL), model_cache())
+
+
+@pytest.fixture(scope="module")
+def lean() -> Any:
+    from sentence_transformers import SentenceTransformer
+
+    from vmcp_opt.optimizer.encoder import LeanEncoder
+
+    spec = resolve_model(DEFAULT_MODEL)
+    model = SentenceTransformer(str(spec.path), device="cpu", local_files_only=True)
+    model.max_seq_length = spec.max_seq_length
+    return LeanEncoder.from_sentence_transformer(model)
+
+
+@pytest.fixture(scope="module")
+def encoder(onnx_model: Path) -> OnnxEncoder:
+    spec = resolve_model(DEFAULT_MODEL)
+    return OnnxEncoder(onnx_model, spec.path / "tokenizer.json", spec.max_seq_length)
+
+
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.asarray((a * b).sum(axis=1))
+
+
+def test_onnx_vectors_match_the_torch_encoder_one_text_at_a_time(encoder: OnnxEncoder, lean: Any) -> None:
+    expected = lean.encode(TEXTS)
+    alone = np.vstack([encoder.encode([text]) for text in TEXTS])
+    assert alone.dtype == np.float32
+    assert np.allclose(np.linalg.norm(alone, axis=1), 1.0, atol=1e-5)
+    assert _cosines(alone, expected).min() >= 0.9999
+
+
+def test_onnx_vectors_match_the_torch_encoder_in_padded_batches_and_bulk(encoder: OnnxEncoder, lean: Any) -> None:
+    expected = lean.encode(TEXTS)
+    assert _cosines(encoder.encode(TEXTS), expected).min() >= 0.9999
+    many = TEXTS * 100  # past PARALLEL_MIN_TEXTS: batches run on two threads
+    bulk = encoder.encode_bulk(many, batch_size=8, threads=2)
+    assert _cosines(bulk, np.tile(expected, (100, 1))).min() >= 0.9999
+
+
+def test_an_export_already_cached_is_reused(onnx_model: Path) -> None:
+    before = onnx_model.stat().st_mtime_ns
+    assert ensure_onnx_model(resolve_model(DEFAULT_MODEL), model_cache()) == onnx_model
+    assert onnx_model.stat().st_mtime_ns == before
+
+
+def test_onnx_is_the_default_encoder_and_keeps_the_query_prefix_path(onnx_model: Path) -> None:
+    embedder = load_embedder(DEFAULT_MODEL, progress=False, model_cache=model_cache())
+    assert isinstance(embedder, OnnxEmbedder) and embedder.kind == "onnx"
+    assert embedder.encode_queries([]).shape == (0, 384)
+    assert embedder.encode_documents(["a", "b"]).shape == (2, 384)
+
+
+def test_an_unusable_model_cache_falls_back_to_torch_with_one_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    not_a_directory = tmp_path / "cache"
+    not_a_directory.write_text("a file where the cache directory should be", encoding="utf-8")
+    with caplog.at_level(logging.WARNING, logger="vmcp_opt.optimizer.embedding"):
+        embedder = load_embedder(DEFAULT_MODEL, progress=False, model_cache=not_a_directory / "models")
+    assert embedder.kind == "torch"
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "using the torch encoder" in warnings[0]
+
+
+def test_models_export_command_names_the_cached_file(onnx_model: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "vmcp_opt", "models", "export"], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert str(onnx_model) in done.stdout.replace("\n", "")
+
+
+@pytest.fixture
+def gateway_config(tmp_path: Path, onnx_model: Path) -> Path:
+    config = {
+        "backends": [
+            {"name": "time", "command": sys.executable, "args": ["-m", "mcp_server_time", "--local-timezone", "UTC"]},
+            demo_backend("notes"),
+        ],
+        "optimizer": {"enabled": True, "encoder": "onnx", "index_dir": str(tmp_path / "index")},
+    }
+    return write_config(tmp_path, config)
+
+
+async def best_tool_once_vectors_are_ready(url: str, query: str) -> str:
+    async with Client(url) as client:
+        with anyio.fail_after(120):
+            while True:
+                answer = (await client.call_tool("find_tool", {"query": query})).structured_content
+                assert answer is not None
+                if answer["ranking"] == "hybrid":
+                    return str(answer["tools"][0]["name"])
+                await anyio.sleep(0.3)
+
+
+@pytest.mark.slow
+def test_the_gateway_serves_find_tool_on_onnx_without_loading_torch(gateway_config: Path) -> None:
+    with running_gateway(gateway_config) as gateway:
+        best = anyio.run(best_tool_once_vectors_are_ready, gateway.url, "what time is it in Tokyo")
+        assert best == "time_get_current_time"
+        assert torch_mapped(gateway.proc.pid) is not True  # None off Linux, where /proc has no maps
+        assert "loaded on ONNX Runtime (fp32)" in gateway.output()
+        assert "using the torch encoder" not in gateway.output()

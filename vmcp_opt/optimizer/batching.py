@@ -1,0 +1,51 @@
+"""Token batches for bulk encoding, shared by the torch and ONNX encoders (no torch here).
+
+Texts are tokenized in chunks into int32 arrays (a tokenizer `Encoding` per text, or a list of Python ints,
+would hold gigabytes for 100k documents), then grouped longest first by token count, so a batch pads little:
+about `batch_size` texts of 64 tokens each, more short ones, fewer long ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+
+import numpy as np
+
+# Texts per tokenizer call in bulk encoding.
+TOKENIZE_CHUNK = 2048
+
+
+def tokenize_chunked(tokenize: Callable[[Sequence[str]], list[list[int]]], texts: Sequence[str]) -> list[np.ndarray]:
+    """Token ids per text as int32 arrays, tokenized `TOKENIZE_CHUNK` texts at a time."""
+    token_ids: list[np.ndarray] = []
+    for first in range(0, len(texts), TOKENIZE_CHUNK):
+        token_ids += [np.asarray(ids, dtype=np.int32) for ids in tokenize(texts[first : first + TOKENIZE_CHUNK])]
+    return token_ids
+
+
+def batches_by_tokens(token_ids: Sequence[np.ndarray], batch_size: int) -> Iterator[np.ndarray]:
+    """Row numbers of each batch: longest texts first, about `batch_size * 64` tokens per batch (at most
+    `batch_size * 4` texts)."""
+    lengths = np.fromiter((len(ids) for ids in token_ids), dtype=np.int64, count=len(token_ids))
+    order = np.argsort(-lengths, kind="stable")
+    budget = batch_size * 64
+    start = 0
+    while start < len(order):
+        count = max(1, min(batch_size * 4, budget // max(1, int(lengths[order[start]]))))
+        yield order[start : start + count]
+        start += count
+
+
+def padded(token_ids: Sequence[Sequence[int]], multiple: int = 1) -> tuple[np.ndarray, np.ndarray | None]:
+    """int64 ids (batch, longest rounded up to `multiple`) and, when there is padding, the attention mask
+    (1 = token, 0 = padding)."""
+    lengths = [len(ids) for ids in token_ids]
+    longest = -(-max(lengths) // multiple) * multiple
+    if min(lengths) == longest:
+        return np.array(token_ids, dtype=np.int64), None
+    ids = np.zeros((len(token_ids), longest), dtype=np.int64)
+    mask = np.zeros((len(token_ids), longest), dtype=np.int64)
+    for row, (values, length) in enumerate(zip(token_ids, lengths, strict=True)):
+        ids[row, :length] = values
+        mask[row, :length] = 1
+    return ids, mask

@@ -1,0 +1,169 @@
+"""The sentence encoder on ONNX Runtime: the Rust tokenizer, one session, no torch in the process.
+
+The graph (optimizer/onnx_export.py) holds the whole model: BERT with ONNX Runtime's fused operators, mean
+pooling and L2 normalisation, so a query is tokenize -> `session.run` -> a normalised float32 row. A query
+runs on `query_threads` intra-op threads (1: on a shared 2-core machine a second thread mostly waits for a
+busy core); bulk encoding runs batches on `bulk_threads` Python threads, each a single-threaded `run` of
+the same session (ONNX Runtime releases the GIL and its `run` is thread-safe), so the weights are held once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+
+from vmcp_opt.optimizer.batching import batches_by_tokens, padded, tokenize_chunked
+from vmcp_opt.optimizer.embedding import ModelError, ModelSpec, maybe_progress, release_memory
+from vmcp_opt.optimizer.onnx_export import Precision, ensure_onnx_model
+
+log = logging.getLogger(__name__)
+
+# Below this many texts bulk encoding stays on the calling thread: worker threads leave their malloc arenas
+# and ONNX Runtime's per-thread buffers behind (+58 MB RSS in the demo gateway for 55 tools, measured),
+# which only pays off on large builds.
+PARALLEL_MIN_TEXTS = 512
+
+
+class OnnxEncoder:
+    """Texts -> L2-normalised float32 sentence vectors from an exported graph (optimizer/onnx_export.py)."""
+
+    def __init__(self, model: Path, tokenizer_file: Path, max_length: int, threads: int = 1) -> None:
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # The arena keeps the largest batch's activations for good (+600 MB after bulk batches of 256 tokens,
+        # measured); without it a query costs the same and memory returns after each batch.
+        options.enable_cpu_mem_arena = False
+        # Spinning intra-op workers burn a core other processes need on a shared machine.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self._session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+        try:
+            self._tokenizer = Tokenizer.from_file(str(tokenizer_file))
+        except Exception as exc:  # the tokenizers library raises its own Exception for a bad file
+            raise ModelError(f"{tokenizer_file}: not a tokenizer file ({exc})") from None
+        self._tokenizer.enable_truncation(max_length)
+        self._tokenizer.no_padding()
+        # A Rust tokenizer raises "Already borrowed" when two threads use it at once; it takes ~20 µs.
+        self._lock = threading.Lock()
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """One batch: float32 (len(texts), d), each row L2-normalised. Texts are padded to the longest."""
+        return self.encode_ids(self.tokenize(texts))
+
+    def encode_ids(self, token_ids: Sequence[Sequence[int]]) -> np.ndarray:
+        ids, mask = padded(token_ids)
+        feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids) if mask is None else mask}
+        return np.asarray(self._session.run(None, feeds)[0], dtype=np.float32)
+
+    def encode_bulk(
+        self,
+        texts: Sequence[str],
+        batch_size: int,
+        advance: Callable[[int], object] = lambda n: None,
+        threads: int = 1,
+    ) -> np.ndarray:
+        """Many texts: tokenized once, batched by token count (optimizer/batching.py), batches spread over
+        `threads` threads when there are `PARALLEL_MIN_TEXTS` or more; rows in input order."""
+        token_ids = tokenize_chunked(self.tokenize, texts)
+        batches = list(batches_by_tokens(token_ids, batch_size))
+        out: np.ndarray | None = None
+
+        def run(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            return rows, self.encode_ids([token_ids[i] for i in rows])
+
+        workers = threads if len(texts) >= PARALLEL_MIN_TEXTS else 1
+        with ThreadPoolExecutor(workers, thread_name_prefix="onnx-bulk") if workers > 1 else nullcontext() as pool:
+            for rows, vectors in pool.map(run, batches) if pool is not None else map(run, batches):
+                if out is None:
+                    out = np.empty((len(texts), vectors.shape[1]), dtype=np.float32)
+                out[rows] = vectors
+                advance(len(rows))
+        return out if out is not None else np.empty((0, 0), dtype=np.float32)
+
+    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids per text, with [CLS] and [SEP], truncated to the model's maximum sequence length."""
+        with self._lock:
+            encodings = self._tokenizer.encode_batch(list(texts))
+        return [encoding.ids for encoding in encodings]
+
+
+class OnnxEmbedder:
+    """The optimizer's embedder (optimizer/embedding.py's `TextEmbedder`) on an `OnnxEncoder`."""
+
+    def __init__(
+        self, spec: ModelSpec, encoder: OnnxEncoder, *, precision: Precision, batch_size: int, bulk_threads: int
+    ) -> None:
+        self.spec = spec
+        self.model_id = spec.id
+        self.dimensions = spec.dimensions
+        self.batch_size = batch_size
+        self.bulk_threads = bulk_threads or os.cpu_count() or 1
+        self.encoder = encoder
+        self.kind = "onnx" if precision == "fp32" else f"onnx-{precision}"
+
+    def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
+        """float32, L2-normalised, one row per text (every text of a request in one run), with the query prefix."""
+        if not texts:
+            return np.empty((0, self.dimensions), np.float32)
+        return self.encoder.encode([self.spec.query_prefix + text for text in texts])
+
+    def encode_queries_with_tokens(
+        self, texts: Sequence[str], *, tokens: bool = True
+    ) -> tuple[np.ndarray, list[np.ndarray]]:
+        if tokens:
+            raise ModelError("token embeddings (late interaction) need the torch encoder")
+        return self.encode_queries(texts), []
+
+    def encode_documents(self, texts: Sequence[str], *, progress: bool = False) -> np.ndarray:
+        """float32 normalised rows, in input order."""
+        if not texts:
+            return np.empty((0, self.dimensions), np.float32)
+        try:
+            with maybe_progress(progress, f"embedding {len(texts)} tools", len(texts)) as advance:
+                prefixed = [self.spec.document_prefix + text for text in texts]
+                return self.encoder.encode_bulk(prefixed, self.batch_size, advance, self.bulk_threads)
+        finally:
+            release_memory()
+
+    def encode_documents_with_tokens(
+        self, texts: Sequence[str], *, progress: bool = False, tokens: bool = True
+    ) -> tuple[np.ndarray, list[np.ndarray]]:
+        if tokens:
+            raise ModelError("token embeddings (late interaction) need the torch encoder")
+        return self.encode_documents(texts, progress=progress), []
+
+
+def load_onnx_embedder(
+    spec: ModelSpec,
+    cache: Path,
+    *,
+    precision: Precision = "fp32",
+    batch_size: int = 64,
+    query_threads: int = 1,
+    bulk_threads: int = 0,
+) -> OnnxEmbedder:
+    """The model's cached ONNX export (made first, in a child process, when missing) in a session."""
+    started = time.perf_counter()
+    tokenizer = spec.path / "tokenizer.json"
+    if not tokenizer.is_file():
+        raise ModelError(f"model {spec.id!r}: no tokenizer.json in {spec.path}")
+    path = ensure_onnx_model(spec, cache, precision)
+    encoder = OnnxEncoder(path, tokenizer, spec.max_seq_length, threads=query_threads)
+    embedder = OnnxEmbedder(spec, encoder, precision=precision, batch_size=batch_size, bulk_threads=bulk_threads)
+    log.info(
+        "embedding model %s loaded on ONNX Runtime (%s) in %.1f s", spec.id, precision, time.perf_counter() - started
+    )
+    return embedder
