@@ -169,7 +169,7 @@ def test_a_2026_call_with_arguments_looks_up_one_schema_not_the_whole_list(pendi
             for _ in range(4):
                 assert not (await carol.call_tool("test_slow", {"seconds": 0})).is_error
 
-    before = len(audit_types(audit))
+    before = len(audit_quiet(audit))  # earlier tests' events are written in batches: all of them first
     anyio.run(main)
     new = audit_settles(audit, before, 4)
     # The client may list the tools itself, once (the SDK caches their output schemas); a listing per call
@@ -181,6 +181,20 @@ def audit_types(path: Path) -> list[str]:
     if not path.exists():
         return []
     return [json.loads(line)["type"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def audit_quiet(path: Path, timeout: float = 15.0) -> list[str]:
+    """The events once the writer has written everything it was given (no new line for half a second; it
+    writes in batches every `telemetry.audit.flush_interval`, 0.1 s)."""
+    deadline = time.monotonic() + timeout
+    seen = audit_types(path)
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = audit_types(path)
+        if len(now) == len(seen):
+            return now
+        seen = now
+    return seen
 
 
 def audit_settles(path: Path, before: int, tool_calls: int, timeout: float = 15.0) -> list[str]:

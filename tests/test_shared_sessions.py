@@ -212,7 +212,9 @@ def test_a_restored_session_keeps_its_log_level(pool: Pool) -> None:
 def test_an_event_id_of_another_session_replays_nothing(pool: Pool) -> None:
     first, second = pool.replicas
     mine, theirs = raw_session(first.url), raw_session(first.url)
-    call = {"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "test_simple_text", "arguments": {}}}
+    # A call that sends progress is answered as an SSE stream, whose events have ids (a plain one is JSON).
+    params = {"name": "test_tool_with_progress", "arguments": {}, "_meta": {"progressToken": "p"}}
+    call = {"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": params}
     with httpx2.stream("POST", first.url, json=call, headers=theirs, timeout=30) as response:
         event_id, _ = next(sse_messages(response.iter_lines()))
     assert event_id is not None
