@@ -1,4 +1,4 @@
-"""A real nginx on a free loopback port, round-robin without affinity in front of gateway replicas.
+"""A real nginx on a free loopback port, round-robin without affinity in front of gateway replicas (or one).
 
 Its own config, pid, temp and log paths in a temporary directory; in the foreground (`daemon off;`), so the
 test owns the process.
@@ -38,6 +38,8 @@ http {{
             proxy_http_version 1.1;
             proxy_set_header Connection "";
             proxy_set_header Host $http_host;
+            # Trusted (server.trusted_proxies) or not, a proxy appends the address it saw.
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
             # SSE: pass each event on as it comes.
             proxy_buffering off;
             proxy_read_timeout 300s;

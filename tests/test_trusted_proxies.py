@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,66 +16,18 @@ from pathlib import Path
 import httpx2
 import pytest
 
-from tests.support import (
-    Gateway,
-    demo_backend,
-    free_port,
-    running_gateway,
-    stop_process,
-    unavailable,
-    wait_http,
-    write_config,
-)
+from tests.nginx_server import running_nginx
+from tests.support import Gateway, demo_backend, running_gateway, write_config
 from tests.test_http_limits import HEADERS, INITIALIZE, client_from, session_headers
 
 pytestmark = [pytest.mark.slow]
-
-NGINX_CONFIG = """
-daemon off;
-master_process off;
-pid {directory}/nginx.pid;
-error_log {directory}/error.log;
-events {{ worker_connections 64; }}
-http {{
-    access_log off;
-    client_body_temp_path {directory}/body;
-    proxy_temp_path {directory}/proxy;
-    fastcgi_temp_path {directory}/fastcgi;
-    uwsgi_temp_path {directory}/uwsgi;
-    scgi_temp_path {directory}/scgi;
-    server {{
-        listen 127.0.0.1:{port};
-        location / {{
-            proxy_pass http://127.0.0.1:{upstream};
-            proxy_http_version 1.1;
-            proxy_buffering off;
-            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-        }}
-    }}
-}}
-"""
 
 
 @contextlib.contextmanager
 def nginx_in_front_of(gateway: Gateway, directory: Path) -> Iterator[str]:
     """A real nginx on loopback proxying to the gateway, appending the peer to X-Forwarded-For; its /mcp URL."""
-    nginx = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin")
-    if nginx is None:
-        unavailable("nginx is not installed (scripts/setup.sh dev installs it)")
-    directory.mkdir()
-    port = free_port()
-    config = directory / "nginx.conf"
-    config.write_text(NGINX_CONFIG.format(directory=directory, port=port, upstream=gateway.port), encoding="utf-8")
-    proc = subprocess.Popen(
-        [nginx, "-c", str(config), "-p", str(directory), "-e", str(directory / "error.log")],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        wait_http(f"http://127.0.0.1:{port}/healthz", timeout=20, proc=proc)
-        yield f"http://127.0.0.1:{port}/mcp"
-    finally:
-        stop_process(proc)
+    with running_nginx(directory, [gateway.port]) as nginx:
+        yield nginx.url
 
 
 def initialize(client: httpx2.Client, url: str, forwarded_for: str | None = None) -> httpx2.Response:
