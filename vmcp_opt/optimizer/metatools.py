@@ -54,6 +54,10 @@ from vmcp_opt.routing import GATEWAY_SOURCE, ProvidedTool, ToolCall, UnknownTool
 
 logger = logging.getLogger(__name__)
 
+# How long shutdown waits for the embedder thread to finish what it is doing (loading the model takes ~1 s;
+# a large catalogue's embedding longer: then the process leaves without its interpreter's exit, see runner).
+EMBEDDER_STOP_WAIT = 5.0
+
 USAGE_FILE = "usage.json"
 
 POLICY_DEPTH = 4
@@ -129,6 +133,8 @@ class OptimizerFront:
         # The newest catalogue waiting to be embedded; the worker always takes the latest one.
         self._pending: list[ToolRecord] | None = None
         self._wake = threading.Condition()
+        self._idle = threading.Event()  # clear while the embedder thread loads the model or embeds
+        self._idle.set()
         self._worker: threading.Thread | None = None
         # Set once the first catalogue is embedded (or embedding failed): a find_tool meanwhile waits for it.
         self._vectors_ready = threading.Event()
@@ -200,9 +206,20 @@ class OptimizerFront:
             self._saver.start()
 
     def close(self) -> None:
-        """On shutdown: stop the periodic saver and write what it has not written yet. Idempotent."""
+        """On shutdown: stop the periodic saver and the embedder (after what it is doing, waited for up to
+        `EMBEDDER_STOP_WAIT`), and write what the saver has not written yet. Idempotent."""
         self._closed.set()
+        with self._wake:
+            self._wake.notify_all()
+        self._idle.wait(EMBEDDER_STOP_WAIT)
         self.save_usage()
+
+    @property
+    def embedding(self) -> bool:
+        """The embedder thread is inside the model (loading it, or embedding): the process must not run its
+        interpreter's exit then (ONNX Runtime's threads abort it: "terminate called without an active
+        exception")."""
+        return not self._idle.is_set()
 
     # --- find_tool ------------------------------------------------------------------------------------
 
@@ -334,9 +351,12 @@ class OptimizerFront:
     def _embed_forever(self) -> None:
         while True:
             with self._wake:
-                while self._pending is None:
+                while self._pending is None and not self._closed.is_set():
                     self._wake.wait()
                 records, self._pending = self._pending, None
+                if records is None or self._closed.is_set():
+                    return
+                self._idle.clear()
             try:
                 if self.index.embedder is None:
                     # Loaded outside the index's update lock, so keyword refreshes never wait for it.
@@ -348,6 +368,8 @@ class OptimizerFront:
                 self._embedding_failed = True
                 self._vectors_ready.set()  # nobody waits for vectors that will not come
                 logger.exception("optimizer: embedding the catalogue failed; find_tool ranks by keywords")
+            finally:
+                self._idle.set()
 
 
 async def _none_starting() -> list[str]:

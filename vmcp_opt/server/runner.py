@@ -48,11 +48,12 @@ def run_gateway(config: VmcpConfig, announce: Callable[[VmcpConfig], None] | Non
             logger.error("cannot start: %s", exc)
             return 2
         try:
-            return anyio.run(_serve_stdio_until_signal, gateway, diagnostics)
+            code = anyio.run(_serve_stdio_until_signal, gateway, diagnostics)
         finally:
             # A signal cancels the stdio server before `Gateway.stop` runs: write what must outlive us here.
             if gateway.optimizer is not None:
                 gateway.optimizer.close()
+        return _leaving(gateway, code)
     try:
         app = create_app(gateway)
     except (AuthSetupError, ListenError) as exc:
@@ -120,8 +121,21 @@ def run_gateway(config: VmcpConfig, announce: Callable[[VmcpConfig], None] | Non
     gateway.on_fatal = stop_serving
     server.run()
     if gateway.fatal is not None:
-        return 2
-    return 0 if server.started else 1
+        return _leaving(gateway, 2)
+    return _leaving(gateway, 0 if server.started else 1)
+
+
+def _leaving(gateway: Gateway, code: int) -> int:
+    """`code`, or, while the embedder thread is still inside the model (a large catalogue's embedding outlasted
+    the shutdown's wait), the process's end without the interpreter's exit: ONNX Runtime's threads torn down
+    under a running call abort it ("terminate called without an active exception"). Everything that must
+    outlive the process (usage history, telemetry, backends) was closed by then."""
+    if gateway.optimizer is not None and gateway.optimizer.embedding:
+        logger.warning("optimizer: leaving while the catalogue is still being embedded (it resumes at the next start)")
+        logging.shutdown()
+        sys.stdout.flush()
+        os._exit(code)
+    return code
 
 
 async def _serve_stdio_until_signal(gateway: Gateway, diagnostics: DiagnosticsServer | None) -> int:
