@@ -41,8 +41,9 @@ from bench.optimizer import base_tools, catalogue, queries, rss_mb  # noqa: E402
 from bench.plots import latency_histogram  # noqa: E402
 from vmcp_opt.config import OptimizerConfig  # noqa: E402
 from vmcp_opt.optimizer.documents import tool_document  # noqa: E402
-from vmcp_opt.optimizer.embedding import TextEmbedder, default_model_cache, load_embedder, resolve_model  # noqa: E402
+from vmcp_opt.optimizer.embedding import TextEmbedder, default_model_cache, load_embedder  # noqa: E402
 from vmcp_opt.optimizer.index import ToolIndex  # noqa: E402
+from vmcp_opt.optimizer.model_registry import resolve_model  # noqa: E402
 from vmcp_opt.optimizer.onnx_encoder import load_onnx_embedder  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"

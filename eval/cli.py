@@ -94,7 +94,7 @@ def run(
     from eval.embed import load_shared_embedder
     from eval.harness import methods_list
     from vmcp_opt.config import OptimizerConfig
-    from vmcp_opt.optimizer.embedding import ModelError
+    from vmcp_opt.optimizer.model_registry import ModelError
 
     console = Console(stderr=True)
     try:

@@ -199,7 +199,8 @@ def load_shared_embedder(
     `encoder`, `lean` and `query_bfloat16` are the gateway's; the others exist to compare against it).
     An ONNX encoder that cannot load is an error here, not the gateway's fallback: a comparison must
     measure what it names."""
-    from vmcp_opt.optimizer.embedding import ModelError, load_embedder
+    from vmcp_opt.optimizer.embedding import load_embedder
+    from vmcp_opt.optimizer.model_registry import ModelError
 
     inner = load_embedder(
         model,

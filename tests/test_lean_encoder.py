@@ -14,9 +14,10 @@ import pytest
 
 from tests.test_optimizer_index import CATALOGUE
 from vmcp_opt.config import OptimizerConfig
-from vmcp_opt.optimizer.embedding import Embedder, load_torch_embedder, resolve_model
+from vmcp_opt.optimizer.embedding import Embedder, load_torch_embedder
 from vmcp_opt.optimizer.encoder import LeanEncoder
 from vmcp_opt.optimizer.index import ToolIndex
+from vmcp_opt.optimizer.model_registry import resolve_model
 
 TEXTS = [
     "",

@@ -21,7 +21,8 @@ from mcp import Client
 
 from tests.support import demo_backend, running_gateway, torch_mapped, write_config
 from tests.test_lean_encoder import TEXTS
-from vmcp_opt.optimizer.embedding import DEFAULT_MODEL, load_embedder, resolve_model
+from vmcp_opt.optimizer.embedding import load_embedder
+from vmcp_opt.optimizer.model_registry import DEFAULT_MODEL, resolve_model
 from vmcp_opt.optimizer.onnx_encoder import OnnxEmbedder, OnnxEncoder
 from vmcp_opt.optimizer.onnx_export import ensure_onnx_model
 

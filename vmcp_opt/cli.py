@@ -308,7 +308,7 @@ def models_export(
 ) -> None:
     """Export the optimizer's model to ONNX (torch runs in a child process) into optimizer.model_cache, once:
     an export already cached for the model's content is kept. `vmcp serve` does this itself when needed."""
-    from vmcp_opt.optimizer.embedding import ModelError
+    from vmcp_opt.optimizer.model_registry import ModelError
     from vmcp_opt.optimizer.onnx_export import export_for
 
     settings = load_or_exit(config)

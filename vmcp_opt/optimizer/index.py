@@ -28,7 +28,8 @@ from vmcp_opt.config import OptimizerConfig
 from vmcp_opt.optimizer import keyword_arm, ranking, vector_arm
 from vmcp_opt.optimizer.boosts import with_companions, with_prerequisites
 from vmcp_opt.optimizer.documents import ToolRecord, content_hash, tool_document
-from vmcp_opt.optimizer.embedding import ModelSpec, TextEmbedder, load_configured_embedder, resolve_model
+from vmcp_opt.optimizer.embedding import TextEmbedder, load_configured_embedder
+from vmcp_opt.optimizer.model_registry import ModelSpec, resolve_model
 from vmcp_opt.optimizer.prerequisites import Prerequisite, find_prerequisites
 from vmcp_opt.optimizer.query_cache import QueryCache
 from vmcp_opt.optimizer.rerank import Reranker, RerankStage

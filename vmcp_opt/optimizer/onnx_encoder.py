@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from vmcp_opt.optimizer.batching import batches_by_tokens, padded, tokenize_chunked
-from vmcp_opt.optimizer.embedding import ModelError, ModelSpec, maybe_progress, release_memory
+from vmcp_opt.optimizer.embedding import maybe_progress, release_memory
+from vmcp_opt.optimizer.model_registry import ModelError, ModelSpec
 from vmcp_opt.optimizer.onnx_export import Precision, ensure_onnx_model
 
 log = logging.getLogger(__name__)

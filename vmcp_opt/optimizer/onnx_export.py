@@ -31,7 +31,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
-from vmcp_opt.optimizer.embedding import ModelError, ModelSpec, resolve_model
+from vmcp_opt.optimizer.model_registry import ModelError, ModelSpec, resolve_model
 
 log = logging.getLogger(__name__)
 

