@@ -38,26 +38,21 @@ sys.path.insert(0, str(ROOT))
 from bench.throughput import Target, answered, legacy_call, report, rss_mb  # noqa: E402
 from tests.nginx_server import running_nginx  # noqa: E402
 from tests.redis_server import running_redis  # noqa: E402
-from tests.support import Gateway, demo_backend, running_gateway, running_gateways, write_config  # noqa: E402
-from tests.test_http_limits import HEADERS, INITIALIZE  # noqa: E402
+from tests.support import (  # noqa: E402
+    Gateway,
+    demo_backend,
+    raw_session,
+    running_gateway,
+    running_gateways,
+    write_config,
+)
 
 TOOL = "web_slow_echo"
 
 
-def session_headers(url: str) -> dict[str, str]:
-    """A 2025-11-25 session opened at `url`: the headers each of its requests carries."""
-    with httpx2.Client(timeout=30) as client:
-        opened = client.post(url, json=INITIALIZE, headers=HEADERS)
-        opened.raise_for_status()
-        headers = {"Mcp-Session-Id": opened.headers["mcp-session-id"], "Mcp-Protocol-Version": "2025-11-25"}
-        initialized = {"jsonrpc": "2.0", "method": "notifications/initialized"}
-        client.post(url, json=initialized, headers={**HEADERS, **headers}).raise_for_status()
-    return headers
-
-
 def target(label: str, url: str, pid: int) -> Target:
     body, _ = legacy_call(TOOL)
-    return Target(label, url, body, session_headers(url), pid=pid)
+    return Target(label, url, body, raw_session(url), pid=pid)
 
 
 @contextlib.contextmanager

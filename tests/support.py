@@ -232,3 +232,23 @@ def counting_http_server(body: bytes = b'{"type": "integer"}') -> Iterator[tuple
         yield f"http://127.0.0.1:{server.server_address[1]}", hits
     finally:
         server.shutdown()
+
+
+RAW_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+RAW_INITIALIZE = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}},
+}
+
+
+def raw_session(url: str) -> dict[str, str]:
+    """A 2025-11-25 session opened with plain HTTP: the headers its later requests carry."""
+    opened = httpx2.post(url, json=RAW_INITIALIZE, headers=RAW_HEADERS, timeout=30)
+    assert opened.status_code == 200, opened.text
+    session = {"mcp-session-id": opened.headers["mcp-session-id"], "mcp-protocol-version": "2025-11-25"}
+    headers = {**RAW_HEADERS, **session}
+    initialized = httpx2.post(url, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=headers)
+    assert initialized.status_code == 202
+    return headers

@@ -27,7 +27,7 @@ from mcp.client.session import ClientRequestContext, IncomingMessage
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
-from tests.support import EXAMPLES, Gateway, running_gateway, write_config
+from tests.support import EXAMPLES, Gateway, raw_session, running_gateway, write_config
 from tests.test_conformance import http_conformance_backend
 
 # Logging and resources/subscribe are what a 2025-11-25 client uses, though deprecated for 2026-07-28 ones.
@@ -193,25 +193,6 @@ def test_a_call_that_streams_nothing_is_answered_json_and_one_that_streams_as_ss
     }
 
 
-_SSE_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
-
-
-def _raw_session(gateway: Gateway) -> dict[str, str]:
-    """A 2025-11-25 session opened over plain HTTP: the headers its later requests carry."""
-    params = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}
-    opened = httpx2.post(
-        gateway.url,
-        json={"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": params},
-        headers=_SSE_HEADERS,
-        timeout=30,
-    )
-    assert opened.status_code == 200, opened.text
-    headers = {**_SSE_HEADERS, "Mcp-Session-Id": opened.headers["mcp-session-id"], "Mcp-Protocol-Version": "2025-11-25"}
-    initialized = {"jsonrpc": "2.0", "method": "notifications/initialized"}
-    assert httpx2.post(gateway.url, json=initialized, headers=headers, timeout=30).status_code == 202
-    return headers
-
-
 def _events(body: str) -> list[tuple[str, str]]:
     """(id, data) of each SSE event in a body."""
     found = []
@@ -232,7 +213,7 @@ def test_a_resumed_stream_replays_only_its_own_sessions_events(gateway: Gateway)
         "method": "tools/call",
         "params": {"name": "test_tool_with_progress", "arguments": {}, "_meta": {"progressToken": "p"}},
     }
-    mine, theirs = _raw_session(gateway), _raw_session(gateway)
+    mine, theirs = raw_session(gateway.url), raw_session(gateway.url)
     own = _events(httpx2.post(gateway.url, json=call, headers=mine, timeout=60).text)
     other = _events(httpx2.post(gateway.url, json=call, headers=theirs, timeout=60).text)
     assert len(own) >= 4 and len(other) >= 4  # priming, three progress notifications, the result

@@ -28,8 +28,8 @@ from mcp.shared.exceptions import MCPError
 
 from tests.nginx_server import Nginx, running_nginx
 from tests.redis_server import RedisServer, running_redis
-from tests.support import EXAMPLES, Gateway, demo_backend, running_gateway, write_config
-from tests.test_http_limits import HEADERS, INITIALIZE
+from tests.support import EXAMPLES, Gateway, demo_backend, raw_session, running_gateway, write_config
+from tests.test_http_limits import HEADERS
 from vmcp_opt.auth.api_keys import new_key
 
 pytestmark = [pytest.mark.slow]
@@ -135,16 +135,6 @@ def test_a_session_alternates_replicas_for_list_find_and_call(pool: Pool) -> Non
     assert set(served.by("tools/call", "find_tool")) == both
     assert set(served.by("tools/call", "call_tool")) == both
     assert any("restored a session opened on another replica" in g.output() for g in pool.replicas)
-
-
-def raw_session(url: str) -> dict[str, str]:
-    """A session opened with plain HTTP: the headers its later requests carry."""
-    opened = httpx2.post(url, json=INITIALIZE, headers=HEADERS, timeout=30)
-    assert opened.status_code == 200, opened.text
-    headers = {**HEADERS, "mcp-session-id": opened.headers["mcp-session-id"], "mcp-protocol-version": "2025-11-25"}
-    initialized = httpx2.post(url, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=headers)
-    assert initialized.status_code == 202
-    return headers
 
 
 def sse_messages(lines: Iterator[str]) -> Iterator[tuple[str | None, dict[str, Any] | None]]:
