@@ -17,6 +17,7 @@ CITY = ToolRecord(
         "type": "object",
         "properties": {
             "city": {"type": "string", "description": "City name (e.g. 'Lyon', 'Osaka')"},
+            "units": {"type": "string", "description": "Temperature units, celsius or fahrenheit"},
             "notes": {"type": "string", "description": LONG},
         },
     },
@@ -25,16 +26,16 @@ CITY = ToolRecord(
 
 def test_keyword_document_repeats_each_parameter_line() -> None:
     document = keyword_document(CITY, parameter_weight=2)
-    assert document.count("city: City name (e.g. 'Lyon', 'Osaka')") == 2
+    assert document.count("city: City name") == 2
     assert document.count("Forecast for the next days") == 1
     assert keyword_document(CITY, parameter_weight=1).count("city: City name") == 1
 
 
-def test_keyword_document_keeps_what_the_vector_document_cuts() -> None:
+def test_keyword_document_keeps_long_descriptions_whole_and_drops_sample_values() -> None:
     vector = tool_document(CITY)
     keyword = keyword_document(CITY)
-    assert "Lyon" not in vector and "Lyon" in keyword
     assert LONG.strip() in keyword and LONG.strip() not in vector
+    assert "Osaka" not in keyword and "Osaka" not in vector
 
 
 def test_generated_title_is_not_a_parameter_description() -> None:
@@ -55,9 +56,9 @@ def test_generated_title_is_not_a_parameter_description() -> None:
     assert "depth: How many commits back" in document
 
 
-def test_a_value_named_only_in_a_parameter_ranks_its_tool_by_keywords(tmp_path: Path) -> None:
-    other = ToolRecord(name="stock_quote", backend="finance", description="Quote of a stock in a city exchange")
+def test_a_word_only_in_a_parameter_ranks_its_tool_by_keywords(tmp_path: Path) -> None:
+    other = ToolRecord(name="stock_quote", backend="finance", description="Forecast of a stock price for the next days")
     index = ToolIndex(OptimizerConfig(), tmp_path)
     index.update_keywords([other, CITY])
-    hits = index.search("forecast for Osaka").hits
+    hits = index.search("forecast in celsius").hits
     assert hits[0].record.name == "weather_forecast"

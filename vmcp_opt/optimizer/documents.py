@@ -4,7 +4,7 @@ A tool document joins what an agent's request is likely to mention: the backend'
 the tool's name split into words (`get_current_time`, `getCurrentTime` and `get-current-time` all become
 "get current time"), its title and description, and the names and descriptions of its parameters.
 The vector arm reads `tool_document`; the keyword arm reads `keyword_document`, the same fields with the
-parameters written in full (no length cut, sample values kept) and repeated `parameter_weight` times: a
+parameters written in full (no length cut) and repeated `parameter_weight` times: a
 request names what it passes ("... for the city of Lyon, in French"), and on the ToolLens dev split the
 keyword arm ranked better the more its parameters weighed (eval/README.md, fifth round).
 """
@@ -70,8 +70,8 @@ def keyword_document(record: ToolRecord, parameter_weight: int = 2) -> str:
     """The text the keyword arm indexes: `tool_document`'s fields, the parameters in full and repeated.
 
     A repeated line counts its words again in BM25, the way a field weight would; the description is not
-    repeated (that lost on dev). The model's document keeps the cut: long prose and sample values there pull
-    its one vector away from what the tool does.
+    repeated (that lost on dev). The model's document keeps the length cut: long prose pulls its one vector
+    away from what the tool does. Sample values stay out of both (see `_EXAMPLE_VALUES`).
     """
     parameters = _parameter_lines(record.input_schema, full=True) * parameter_weight
     return "\n".join(line for line in (*_head(record), *parameters) if line)
@@ -92,7 +92,7 @@ def _head(record: ToolRecord) -> list[str]:
 
 
 def _parameter_lines(schema: Mapping[str, Any], *, full: bool) -> list[str]:
-    """One `words: description` line per parameter; `full` keeps long descriptions and sample values."""
+    """One `words: description` line per parameter; `full` keeps long descriptions whole."""
     lines = []
     for name, description in _parameters(schema, full=full):
         words = " ".join(split_identifier(name))
@@ -121,8 +121,9 @@ def _parameters(schema: Mapping[str, Any], depth: int = 0, *, full: bool = False
             yield str(name), ""
             continue
         description = str(spec.get("description") or "").strip() or _own_title(str(name), spec)
+        description = _EXAMPLE_VALUES.sub("", description).strip()
         if not full:
-            description = _EXAMPLE_VALUES.sub("", description).strip()[:_MAX_PARAM_DESCRIPTION]
+            description = description[:_MAX_PARAM_DESCRIPTION]
         yield str(name), description
         yield from _parameters(spec, depth + 1, full=full)
         items = spec.get("items")
