@@ -41,6 +41,8 @@ OPTIMIZER_VARIANTS: dict[str, dict[str, Any]] = {
     "optimizer-late-interaction": {LATE_INTERACTION: 0.7},
     # The keyword arm's parameters once, as before the fifth round (eval/README.md).
     "optimizer-params-once": {"parameter_weight": 1},
+    # Min-max scaling of each arm before fusion, as before the fifth round.
+    "optimizer-minmax": {"fusion_scaling": "minmax"},
     "optimizer-no-split": {"split_intents": False},
     "optimizer-bm25-flat": {"bm25_k1": 0.9, "bm25_b": 0.3},
     "optimizer-rrf": {"fusion": "rrf"},
