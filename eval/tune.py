@@ -40,6 +40,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "late-interaction-w0.5": {LATE_INTERACTION: 0.5},
     "late-interaction-w0.6": {LATE_INTERACTION: 0.6},
     "late-interaction-w0.8": {LATE_INTERACTION: 0.8},
+    "params1": {"usage": False, "parameter_weight": 1},
+    "params3": {"usage": False, "parameter_weight": 3},
+    "minmax": {"usage": False, "fusion_scaling": "minmax"},
+    "minmax-params1": {"usage": False, "fusion_scaling": "minmax", "parameter_weight": 1},
     "dense-only": {"dense_weight": 1.0},
     "keyword-only": {"dense_weight": 0.0},
 }

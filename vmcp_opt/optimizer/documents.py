@@ -3,7 +3,10 @@
 A tool document joins what an agent's request is likely to mention: the backend's name and description,
 the tool's name split into words (`get_current_time`, `getCurrentTime` and `get-current-time` all become
 "get current time"), its title and description, and the names and descriptions of its parameters.
-Both arms of the index (keywords and vectors) read the same document.
+The vector arm reads `tool_document`; the keyword arm reads `keyword_document`, the same fields with the
+parameters written in full (no length cut) and repeated `parameter_weight` times: a
+request names what it passes ("... for the city of Lyon, in French"), and on the ToolLens dev split the
+keyword arm ranked better the more its parameters weighed (eval/README.md, fifth round).
 """
 
 from __future__ import annotations
@@ -58,7 +61,24 @@ def split_identifier(name: str) -> list[str]:
 
 
 def tool_document(record: ToolRecord) -> str:
-    """The text indexed for `record` (one field per line, empty fields left out)."""
+    """The text the vector arm indexes for `record` (one field per line, empty fields left out)."""
+    lines = [*_head(record), *_parameter_lines(record.input_schema, full=False)]
+    return "\n".join(line for line in lines if line)
+
+
+def keyword_document(record: ToolRecord, parameter_weight: int = 2) -> str:
+    """The text the keyword arm indexes: `tool_document`'s fields, the parameters in full and repeated.
+
+    A repeated line counts its words again in BM25, the way a field weight would; the description is not
+    repeated (that lost on dev). The model's document keeps the length cut: long prose pulls its one vector
+    away from what the tool does. Sample values stay out of both (see `_EXAMPLE_VALUES`).
+    """
+    parameters = _parameter_lines(record.input_schema, full=True) * parameter_weight
+    return "\n".join(line for line in (*_head(record), *parameters) if line)
+
+
+def _head(record: ToolRecord) -> list[str]:
+    """Backend line, name line, title and description."""
     own_name = record.original_name or record.name
     lines = [
         f"{' '.join(split_identifier(record.backend))}: {record.backend_description}".strip().rstrip(":"),
@@ -68,10 +88,16 @@ def tool_document(record: ToolRecord) -> str:
         lines.append(record.title)
     if record.description:
         lines.append(record.description.strip())
-    for name, description in _parameters(record.input_schema):
+    return lines
+
+
+def _parameter_lines(schema: Mapping[str, Any], *, full: bool) -> list[str]:
+    """One `words: description` line per parameter; `full` keeps long descriptions whole."""
+    lines = []
+    for name, description in _parameters(schema, full=full):
         words = " ".join(split_identifier(name))
         lines.append(f"{words}: {description}" if description else words)
-    return "\n".join(line for line in lines if line)
+    return lines
 
 
 def content_hash(record: ToolRecord) -> str:
@@ -83,7 +109,7 @@ def content_hash(record: ToolRecord) -> str:
     return hashlib.sha256(tool_document(record).encode("utf-8")).hexdigest()
 
 
-def _parameters(schema: Mapping[str, Any], depth: int = 0) -> Iterator[tuple[str, str]]:
+def _parameters(schema: Mapping[str, Any], depth: int = 0, *, full: bool = False) -> Iterator[tuple[str, str]]:
     """(name, description) of each property, walking nested objects and arrays of objects."""
     if depth >= _MAX_SCHEMA_DEPTH or not isinstance(schema, Mapping):
         return
@@ -94,9 +120,19 @@ def _parameters(schema: Mapping[str, Any], depth: int = 0) -> Iterator[tuple[str
         if not isinstance(spec, Mapping):
             yield str(name), ""
             continue
-        description = _EXAMPLE_VALUES.sub("", str(spec.get("description") or spec.get("title") or "")).strip()
-        yield str(name), description[:_MAX_PARAM_DESCRIPTION]
-        yield from _parameters(spec, depth + 1)
+        description = str(spec.get("description") or "").strip() or _own_title(str(name), spec)
+        description = _EXAMPLE_VALUES.sub("", description).strip()
+        if not full:
+            description = description[:_MAX_PARAM_DESCRIPTION]
+        yield str(name), description
+        yield from _parameters(spec, depth + 1, full=full)
         items = spec.get("items")
         if isinstance(items, Mapping):
-            yield from _parameters(items, depth + 1)
+            yield from _parameters(items, depth + 1, full=full)
+
+
+def _own_title(name: str, spec: Mapping[str, Any]) -> str:
+    """A parameter's `title` when it says more than its name: pydantic generates `"Repo Path"` for
+    `repo_path`, which would put the name in the document twice."""
+    title = str(spec.get("title") or "").strip()
+    return "" if split_identifier(title) == split_identifier(name) else title

@@ -27,7 +27,7 @@ import numpy as np
 from vmcp_opt.config import OptimizerConfig
 from vmcp_opt.optimizer import keyword_arm, ranking, vector_arm
 from vmcp_opt.optimizer.boosts import with_companions, with_prerequisites
-from vmcp_opt.optimizer.documents import ToolRecord, content_hash, tool_document
+from vmcp_opt.optimizer.documents import ToolRecord, content_hash, keyword_document, tool_document
 from vmcp_opt.optimizer.embedding import TextEmbedder, load_configured_embedder
 from vmcp_opt.optimizer.model_registry import ModelSpec, resolve_model
 from vmcp_opt.optimizer.prerequisites import Prerequisite, find_prerequisites
@@ -284,7 +284,7 @@ class ToolIndex:
             records=tuple(records),
             backend_codes=codes,
             backend_ids=backend_ids,
-            bm25=keyword_arm.build(documents, self.config),
+            bm25=keyword_arm.build([keyword_document(r, self.config.parameter_weight) for r in records], self.config),
             vectors=vectors,
             has_vector=has_vector,
             faiss_index=faiss_index,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from typing import Literal
 
 from vmcp_opt.config import OptimizerConfig
 from vmcp_opt.optimizer.documents import split_identifier
@@ -65,9 +66,25 @@ def minmax(ranking: Ranking) -> Ranking:
     return {doc: (score - low) / span for doc, score in ranking.items()}
 
 
-def fuse_weighted(dense: Ranking, sparse: Ranking, dense_weight: float) -> Ranking:
-    """Weighted sum of min-max normalised scores; a document missing from an arm scores 0 there."""
-    dense_n, sparse_n = minmax(dense), minmax(sparse)
+def scale_to_best(ranking: Ranking) -> Ranking:
+    """Scores divided by the best one (top = 1.0; 0.0 for all when the best is <= 0).
+
+    Unlike min-max, a candidate at 80 % of the best keeps 0.8 even when it is an arm's last: in a small
+    catalogue min-max put the second of two keyword matches at 0 however close it came.
+    """
+    if not ranking:
+        return {}
+    high = max(ranking.values())
+    return {doc: (score / high if high > 0 else 0.0) for doc, score in ranking.items()}
+
+
+def fuse_weighted(
+    dense: Ranking, sparse: Ranking, dense_weight: float, scaling: Literal["max", "minmax"] = "max"
+) -> Ranking:
+    """Weighted sum of each arm's scores scaled to [0, 1] (`scaling`: "max" or "minmax"); a document missing
+    from an arm scores 0 there."""
+    scale = scale_to_best if scaling == "max" else minmax
+    dense_n, sparse_n = scale(dense), scale(sparse)
     keyword_weight = 1.0 - dense_weight
     return {
         doc: dense_weight * dense_n.get(doc, 0.0) + keyword_weight * sparse_n.get(doc, 0.0)
@@ -88,18 +105,12 @@ def fuse(dense: Ranking, sparse: Ranking, config: OptimizerConfig) -> Ranking:
     """The configured fusion of the vector arm and the keyword arm."""
     if config.fusion == "rrf":
         return fuse_rrf(dense, sparse, config.rrf_k, config.dense_weight)
-    return fuse_weighted(dense, sparse, config.dense_weight)
+    return fuse_weighted(dense, sparse, config.dense_weight, config.fusion_scaling)
 
 
 def keyword_only(sparse: Ranking) -> Ranking:
-    """Scores while vectors are not ready: the keyword arm alone, relative to the best (top = 1.0).
-
-    Divided by the maximum rather than min-max scaled, so a weaker match keeps a non-zero score.
-    """
-    if not sparse:
-        return {}
-    high = max(sparse.values())
-    return {doc: (score / high if high > 0 else 0.0) for doc, score in sparse.items()}
+    """Scores while vectors are not ready: the keyword arm alone, relative to the best (top = 1.0)."""
+    return scale_to_best(sparse)
 
 
 def merge_variants(rankings: Iterable[Ranking]) -> Ranking:
