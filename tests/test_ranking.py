@@ -15,6 +15,6 @@ def test_near_tie_in_the_keyword_arm_leaves_the_vector_arm_the_decision() -> Non
     # Keyword arm: tool 1 just ahead of tool 0; vector arm: tool 0 clearly ahead.
     dense = {0: 0.62, 1: 0.50, 2: 0.20}
     sparse = {1: 6.0, 0: 5.7}
-    assert order(fuse(dense, sparse, OptimizerConfig()))[0] == 0
-    # Min-max sends the keyword arm's last candidate to 0, and the near-tie becomes 1 against 0.
-    assert order(fuse(dense, sparse, OptimizerConfig(fusion_scaling="minmax")))[0] == 1
+    assert order(fuse(dense, sparse, OptimizerConfig(fusion_scaling="max")))[0] == 0
+    # Min-max (the default) sends the keyword arm's last candidate to 0: the near-tie becomes 1 against 0.
+    assert order(fuse(dense, sparse, OptimizerConfig()))[0] == 1

@@ -190,10 +190,10 @@ class OptimizerConfig(_Strict):
     fusion: Literal["weighted", "rrf"] = "weighted"
     # Weighted fusion: the vector arm's share of the score (the keyword arm has the rest).
     dense_weight: float = Field(0.5, ge=0.0, le=1.0)
-    # Weighted fusion: how each arm's scores are put on 0..1 before they are added: "max" divides by the
-    # arm's best, "minmax" also sends its worst candidate to 0 (the default before; 41.7 against 41.4
-    # nDCG@10 on the ToolLens dev split, and no longer a near-tie turned into 1 against 0: eval/README.md).
-    fusion_scaling: Literal["max", "minmax"] = "max"
+    # Weighted fusion: how each arm's scores are put on 0..1 before they are added: "minmax" sends an arm's
+    # worst candidate to 0, "max" divides by its best (+0.3 nDCG@10 on the ToolLens dev split, but part of a
+    # change that lost on four of the five held-out sets: eval/README.md, fifth round).
+    fusion_scaling: Literal["max", "minmax"] = "minmax"
     # Reciprocal-rank fusion's k: larger values flatten the head of each arm's ranking.
     rrf_k: int = Field(60, ge=1)
     # Split multi-intent requests into sub-queries and merge their rankings.
@@ -234,9 +234,10 @@ class OptimizerConfig(_Strict):
     # BM25 length normalisation of the keyword arm (Lucene's default).
     bm25_b: float = Field(0.75, ge=0, le=1)
     # Times the keyword arm's document repeats each parameter line (name and full description): a field
-    # weight for what a request passes. 1 / 2 / 3: 40.9 / 41.7 / 42.2 nDCG@10 on the ToolLens dev split
-    # (eval/README.md, fifth round); the vector arm's document lists them once.
-    parameter_weight: int = Field(2, ge=1, le=5)
+    # weight for what a request passes. 1 (the vector arm's document) / 2 / 3: 40.9 / 41.7 / 42.2 nDCG@10 on
+    # the ToolLens dev split, but 2 (with "max" scaling) lost 0.2-1.9 on each held-out ToolRet set
+    # (eval/README.md, fifth round), so the default stays 1.
+    parameter_weight: int = Field(1, ge=1, le=5)
     # Recent query embeddings kept per index (find_tool queries repeat; an embedding is most of a search).
     query_cache_size: int = Field(1024, ge=0)
     # torch threads for one query embedding: 1 holds up when cores are contended (2 threads measured

@@ -3,10 +3,11 @@
 A tool document joins what an agent's request is likely to mention: the backend's name and description,
 the tool's name split into words (`get_current_time`, `getCurrentTime` and `get-current-time` all become
 "get current time"), its title and description, and the names and descriptions of its parameters.
-The vector arm reads `tool_document`; the keyword arm reads `keyword_document`, the same fields with the
-parameters written in full (no length cut) and repeated `parameter_weight` times: a
-request names what it passes ("... for the city of Lyon, in French"), and on the ToolLens dev split the
-keyword arm ranked better the more its parameters weighed (eval/README.md, fifth round).
+The vector arm reads `tool_document`; the keyword arm reads `keyword_document`: the same document by
+default, or with `optimizer.parameter_weight` above 1 the parameters written in full (no length cut) and
+repeated that many times. A request names what it passes ("... for the city of Lyon, in French"), and on
+the ToolLens dev split the keyword arm ranked better the more its parameters weighed, but not on the
+held-out ToolRet sets (eval/README.md, fifth round), hence the default.
 """
 
 from __future__ import annotations
@@ -66,13 +67,16 @@ def tool_document(record: ToolRecord) -> str:
     return "\n".join(line for line in lines if line)
 
 
-def keyword_document(record: ToolRecord, parameter_weight: int = 2) -> str:
-    """The text the keyword arm indexes: `tool_document`'s fields, the parameters in full and repeated.
+def keyword_document(record: ToolRecord, parameter_weight: int = 1) -> str:
+    """The text the keyword arm indexes: `tool_document` at weight 1 (the default); above, its fields with
+    the parameters in full and repeated `parameter_weight` times.
 
     A repeated line counts its words again in BM25, the way a field weight would; the description is not
     repeated (that lost on dev). The model's document keeps the length cut: long prose pulls its one vector
     away from what the tool does. Sample values stay out of both (see `_EXAMPLE_VALUES`).
     """
+    if parameter_weight <= 1:
+        return tool_document(record)
     parameters = _parameter_lines(record.input_schema, full=True) * parameter_weight
     return "\n".join(line for line in (*_head(record), *parameters) if line)
 

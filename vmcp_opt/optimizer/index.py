@@ -284,7 +284,7 @@ class ToolIndex:
             records=tuple(records),
             backend_codes=codes,
             backend_ids=backend_ids,
-            bm25=keyword_arm.build([keyword_document(r, self.config.parameter_weight) for r in records], self.config),
+            bm25=keyword_arm.build(_keyword_documents(records, documents, self.config), self.config),
             vectors=vectors,
             has_vector=has_vector,
             faiss_index=faiss_index,
@@ -326,6 +326,15 @@ def _prepare(records: Sequence[ToolRecord]) -> tuple[list[ToolRecord], list[str]
     documents = [tool_document(r) for r in unique]
     hashes = [content_hash(r) for r in unique]
     return unique, documents, hashes
+
+
+def _keyword_documents(
+    records: Sequence[ToolRecord], documents: Sequence[str], config: OptimizerConfig
+) -> Sequence[str]:
+    """What the keyword arm indexes: the vector arm's documents unless parameters weigh more there."""
+    if config.parameter_weight <= 1:
+        return documents
+    return [keyword_document(record, config.parameter_weight) for record in records]
 
 
 def _backend_mask(snap: _Snapshot, backends: Collection[str] | None) -> np.ndarray | None:
