@@ -5,6 +5,7 @@
 
 Both read the request's own ranking (`merged`, the fused query variants), so neither feeds the other, and
 both return, next to the boosted scores, why a tool was raised (`SearchHit.used_with`, `.supplies`).
+`head` is `ranking.order(...)[:count]` without sorting every candidate (a search needs the first few).
 """
 
 from __future__ import annotations
@@ -23,6 +24,20 @@ from vmcp_opt.optimizer.usage import UsageGraph, companion_scores
 _BELOW = 0.999
 
 
+def head(ranking_: ranking.Ranking, count: int) -> list[int]:
+    """The first `count` of `ranking.order(ranking_)`: best score first, ties by position."""
+    if len(ranking_) <= count:
+        return ranking.order(ranking_)
+    docs = np.fromiter(ranking_.keys(), dtype=np.int64, count=len(ranking_))
+    scores = np.fromiter(ranking_.values(), dtype=np.float64, count=len(ranking_))
+    # The `count`-th best score; every document at or above it, then the exact order among those few.
+    cut = -np.partition(-scores, count - 1)[count - 1]
+    few = np.flatnonzero(scores >= cut)
+    ordered = few[np.lexsort((docs[few], -scores[few]))][:count]
+    best: list[int] = docs[ordered].tolist()
+    return best
+
+
 def with_companions(
     merged: ranking.Ranking,
     records: Sequence[ToolRecord],
@@ -36,10 +51,10 @@ def with_companions(
 
     `positions` maps routable names to positions in `records` (the graph knows tools by name)."""
     seeds = config.usage_seeds
-    head = [(records[doc].name, merged[doc]) for doc in ranking.order(merged)[:seeds]]
+    seeded = [(records[doc].name, merged[doc]) for doc in head(merged, seeds)]
     boosted = dict(merged)
     used_with: dict[int, str] = {}
-    for name, (extra, seed) in companion_scores(head, usage, seeds, config.usage_weight).items():
+    for name, (extra, seed) in companion_scores(seeded, usage, seeds, config.usage_weight).items():
         doc = positions.get(name)
         if doc is None or (allowed is not None and not allowed[doc]):
             continue
@@ -64,7 +79,7 @@ def with_prerequisites(
     result the request asked for is never pushed out by what it needs."""
     weight = config.prerequisite_weight
     best: dict[int, tuple[float, float, int, str]] = {}  # issuer -> (extra, ceiling, result, argument)
-    for rank, doc in enumerate(ranking.order(merged)[: config.usage_seeds], start=1):
+    for rank, doc in enumerate(head(merged, config.usage_seeds), start=1):
         score = merged[doc]
         for needed in prerequisites.get(doc, ()) if score > 0 else ():
             extra = weight * score / rank
