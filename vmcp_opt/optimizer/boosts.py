@@ -28,14 +28,11 @@ def head(ranking_: ranking.Ranking, count: int) -> list[int]:
     """The first `count` of `ranking.order(ranking_)`: best score first, ties by position."""
     if len(ranking_) <= count:
         return ranking.order(ranking_)
-    docs = np.fromiter(ranking_.keys(), dtype=np.int64, count=len(ranking_))
-    scores = np.fromiter(ranking_.values(), dtype=np.float64, count=len(ranking_))
-    # The `count`-th best score; every document at or above it, then the exact order among those few.
-    cut = -np.partition(-scores, count - 1)[count - 1]
-    few = np.flatnonzero(scores >= cut)
-    ordered = few[np.lexsort((docs[few], -scores[few]))][:count]
-    best: list[int] = docs[ordered].tolist()
-    return best
+    # Every document scoring at least the `count`-th best score (a sort of plain floats), then their order.
+    cut = sorted(ranking_.values(), reverse=True)[count - 1]
+    few = [doc for doc, score in ranking_.items() if score >= cut]
+    few.sort(key=lambda doc: (-ranking_[doc], doc))
+    return few[:count]
 
 
 def with_companions(

@@ -85,10 +85,17 @@ def _tokenize(texts: list[str], *, return_ids: bool = True) -> Any:
 
 
 def _top_positive(scores: np.ndarray, depth: int) -> ranking.Ranking:
-    """The best `depth` positive scores. When no more than `depth` are positive, they are all of them, found
-    without partitioning every document; otherwise the partition picks, ties included, as it always did."""
+    """The best `depth` positive scores. Found among the positive ones alone (a query's words are in few
+    documents) when that set is unique; when scores tie across the cut, the partition of every document
+    picks, as it always did."""
     positive = np.flatnonzero(scores > 0)
     if len(positive) > depth:
-        part = np.argpartition(-scores, depth - 1)[:depth]
-        positive = part[scores[part] > 0]
+        values = scores[positive]
+        cut = -np.partition(-values, depth - 1)[depth - 1]
+        kept = values >= cut
+        if np.count_nonzero(kept) == depth:
+            positive = positive[kept]
+        else:
+            part = np.argpartition(-scores, depth - 1)[:depth]
+            positive = part[scores[part] > 0]
     return dict(zip(positive.tolist(), scores[positive].tolist(), strict=True))
