@@ -7,7 +7,8 @@ Catalogue and queries are those of bench/optimizer.py (multi-intent requests run
 Each query's variants are embedded once before timing (the query cache holds them all), so what is timed
 is everything else: query variants, both arms, fusion, merge, boosts, similarities. The search as it was
 before this bench (`legacy_search`, kept here beside the new one) and `ToolIndex.search` alternate query by
-query; CPU time of the calling thread (`time.thread_time`) is the figure, wall time is printed beside it.
+query, with and without a caller's `names` filter (every other tool); CPU time of the calling thread
+(`time.thread_time`) is the figure, wall time is printed beside it.
 
 A second pass times each stage of `ToolIndex.search` (by wrapping the functions it calls) and names the
 queries in the tail. The index (vectors by content hash) is kept in `--index-dir`, so only the first run
@@ -291,7 +292,14 @@ def main() -> None:
     for text in texts:  # every variant's vector into the query cache: embedding is not timed
         index.search(text)
     assert len(index._queries._vectors) >= sum(variants.values()) - len(texts), "query cache too small"
-    paths: dict[str, Search] = {"before": lambda q: legacy_search(index, q), "after": index.search}
+    # A caller whose policy allows every other tool: its `names` filter before ranking.
+    names = frozenset(record.name for record in index._snapshot.records[::2])
+    paths: dict[str, Search] = {
+        "before": lambda q: legacy_search(index, q),
+        "after": index.search,
+        "before, names": lambda q: legacy_search(index, q, names=names),
+        "after, names": lambda q: index.search(q, names=names),
+    }
     pauses, stop = gc_pauses()
     runs: dict[str, dict[str, list[float]]] = {name: {"cpu": [], "wall": []} for name in paths}
     for _ in range(args.rounds):
