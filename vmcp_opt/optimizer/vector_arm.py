@@ -101,6 +101,7 @@ def inner_products(vectors: np.ndarray, queries: np.ndarray) -> np.ndarray:
     """(queries, rows) inner products, on the calling thread: FAISS's kernel for one query, else a matrix
     product block by block (each block's product stays under OpenBLAS's threading threshold)."""
     count, dims = vectors.shape
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)  # FAISS's view already is: no copy
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     out = np.empty((len(queries), count), dtype=np.float32)
     if len(queries) == 1:
