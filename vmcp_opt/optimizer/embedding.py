@@ -34,6 +34,7 @@ from vmcp_opt.optimizer.model_registry import ModelError, ModelSpec, resolve_mod
 
 if TYPE_CHECKING:
     from vmcp_opt.optimizer.encoder import LeanEncoder
+    from vmcp_opt.optimizer.onnx_export import Precision
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +42,8 @@ log = logging.getLogger(__name__)
 BFLOAT16_MIN_DOCUMENTS = 128
 
 
-# `optimizer.encoder`'s values, plus the int8 ONNX graph that eval and bench measure.
-EncoderKind = Literal["onnx", "torch", "onnx-int8"]
+# `optimizer.encoder`'s values; ONNX Runtime's graph is chosen by `precision` (optimizer/onnx_export.py).
+EncoderKind = Literal["onnx", "torch"]
 
 
 def _offline() -> None:
@@ -72,7 +73,7 @@ class TextEmbedder(Protocol):
     model_id: str
     dimensions: int
     batch_size: int
-    # What runs the model: "torch", "onnx" or "onnx-int8".
+    # What runs the model: "torch", "onnx" (fp32), "onnx-int8" or "onnx-int8-dynamic".
     kind: str
 
     def encode_queries(self, texts: Sequence[str]) -> np.ndarray: ...
@@ -275,6 +276,7 @@ def load_configured_embedder(config: OptimizerConfig, model_cache: Path | None =
     return load_embedder(
         config.model,
         encoder=config.encoder,
+        precision=config.precision,
         model_cache=model_cache,
         bulk_bfloat16=config.bulk_bfloat16,
         batch_size=config.batch_size,
@@ -287,14 +289,15 @@ def load_embedder(
     spec: str,
     *,
     encoder: EncoderKind = "onnx",
+    precision: Precision = "fp32",
     model_cache: Path | None = None,
     batch_size: int = 64,
     query_threads: int = 1,
     bulk_threads: int = 0,
     **torch_options: bool,
 ) -> TextEmbedder:
-    """`encoder` over a registry model or a local directory, offline; the torch encoder when the ONNX one
-    cannot load (one warning says why). `torch_options` are `load_torch_embedder`'s own (bulk_bfloat16,
+    """`encoder` over a registry model or a local directory, offline (ONNX Runtime's graph at `precision`);
+    the torch encoder when the ONNX one cannot load (one warning says why). `torch_options` are `load_torch_embedder`'s own (bulk_bfloat16,
     progress, lean, query_bfloat16)."""
     _offline()
     if encoder != "torch":
@@ -304,7 +307,7 @@ def load_embedder(
             return load_onnx_embedder(
                 resolve_model(spec),
                 model_cache or default_model_cache(),
-                precision="int8" if encoder == "onnx-int8" else "fp32",
+                precision=precision,
                 batch_size=batch_size,
                 query_threads=query_threads,
                 bulk_threads=bulk_threads,
