@@ -193,7 +193,7 @@ def load_shared_embedder(
     query_threads: int = 1,
     *,
     encoder: EncoderKind = "onnx",
-    precision: Precision = "fp32",
+    precision: Precision = "int8",
     lean: bool = True,
     query_bfloat16: bool = True,
 ) -> SharedEmbedder:

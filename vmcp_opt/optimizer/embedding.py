@@ -3,15 +3,17 @@
 `load_embedder` picks the encoder (`optimizer.encoder`):
 
 - `onnx` (the default): ONNX Runtime over the model's cached ONNX export (optimizer/onnx_encoder.py,
-  optimizer/onnx_export.py); torch never loads in this process. Should onnxruntime or the export fail,
-  one warning says why and the torch encoder serves instead.
+  optimizer/onnx_export.py), the graph `optimizer.precision` names (default `int8`: 8-bit block-wise
+  MatMul weights, optimizer/onnx_quantise.py; or `fp32`); torch never loads in this process. Should
+  onnxruntime or the export fail, one warning says why and the torch encoder serves instead.
 - `torch`: the lean encoder (optimizer/encoder.py: bfloat16 where the CPU has native bfloat16, which
   eval/README.md's "Encoders" table shows costs no retrieval quality) when it can reproduce the model;
   sentence-transformers' own forward serves other models and token embeddings.
 
-Both give the same vectors for a model (cosine >= 0.9999 between ONNX fp32 and torch fp32, closer than the
-torch encoder's own bfloat16 bulk path), so the persisted index keeps one set of vectors per model and a
-change of encoder re-embeds nothing.
+All give the same vectors for a model within eval's noise (cosine >= 0.9999 between ONNX fp32 and torch
+fp32, closer than the torch encoder's own bfloat16 bulk path; >= 0.999 for the int8 graph, whose queries
+against fp32 document vectors score as its own, eval/README.md), so the persisted index keeps one set of
+vectors per model and a change of encoder or precision re-embeds nothing.
 """
 
 from __future__ import annotations
@@ -289,7 +291,7 @@ def load_embedder(
     spec: str,
     *,
     encoder: EncoderKind = "onnx",
-    precision: Precision = "fp32",
+    precision: Precision = "int8",
     model_cache: Path | None = None,
     batch_size: int = 64,
     query_threads: int = 1,
