@@ -1,7 +1,7 @@
 """Memory of the serving process on the demo config, per encoder: `vmcp serve` with torch against ONNX Runtime
 (fp32 and int8 graphs).
 
-    .venv/bin/python bench/footprint.py [--rounds 2] [--calls 50]
+    .venv/bin/python bench/footprint.py [--rounds 2] [--calls 50] [--encoders "onnx fp32,onnx int8"]
 
 For each round and encoder (alternating, so load on a shared machine hits both), starts the bundled demo
 (`examples/demo.yaml`, what `make serve` runs: seven backends, the optimizer on) with
@@ -101,10 +101,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--calls", type=int, default=50)
+    parser.add_argument("--encoders", default=",".join(ENCODERS), help=f"Some of: {', '.join(ENCODERS)}.")
     args = parser.parse_args()
-    runs: dict[str, list[dict[str, float]]] = {name: [] for name in ENCODERS}
+    names = [name.strip() for name in args.encoders.split(",")]
+    if unknown := set(names) - set(ENCODERS):
+        parser.error(f"unknown encoders {sorted(unknown)}; known: {', '.join(ENCODERS)}")
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in names}
     for round_number in range(args.rounds):
-        for encoder in list(ENCODERS) if round_number % 2 == 0 else reversed(ENCODERS):
+        for encoder in names if round_number % 2 == 0 else reversed(names):
             figures = run_once(encoder, args.calls)
             console.print(f"round {round_number + 1} {encoder}: {figures}")
             runs[encoder].append(figures)
