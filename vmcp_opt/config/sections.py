@@ -168,7 +168,7 @@ class OptimizerConfig(_Strict):
     # failed export, fall back to torch with a warning.
     encoder: Literal["onnx", "torch"] = "onnx"
     # The ONNX graph: "int8" (8-bit block-wise weights in the attention-output and feed-forward MatMuls,
-    # the attention's QKV in fp32: a query ~1.6x less CPU than "fp32", a session ~40 MB smaller, nDCG@10
+    # the attention's QKV in fp32: a query ~25 % less CPU than "fp32", a session ~40 MB smaller, nDCG@10
     # within 0.15 of fp32 on every eval set, eval/README.md) or "fp32". Both share the persisted vectors.
     precision: Literal["fp32", "int8"] = "int8"
     # Where ONNX exports are kept, one directory per model and content hash; relative paths resolve against
