@@ -3,11 +3,12 @@
     PYTHONPATH=. .venv/bin/python bench/find_tool.py                  # 10k tools, 300 queries
     PYTHONPATH=. .venv/bin/python bench/find_tool.py --tools 100000 --build onnx
 
-Encoders (`optimizer.encoder`, and the int8 graph eval measures):
+Encoders (`optimizer.encoder` and `optimizer.precision`, and the int8 graph eval keeps to compare):
 - torch: the lean encoder (optimizer/encoder.py), bfloat16 queries and bulk where the CPU has AMX /
   AVX-512 BF16, batches by token count;
 - onnx: ONNX Runtime over the fp32 export with ORT's transformer fusions (optimizer/onnx_encoder.py);
-- onnx-int8: the same graph with int8 dynamic quantisation (per-channel weights).
+- onnx-int8 (served): the same graph with 8-bit block-wise MatMul weights (optimizer/onnx_quantise.py);
+- onnx-int8-dynamic: the same graph with int8 dynamic quantisation of every op (per-channel weights).
 
 Searches run on one index with the query cache off, the encoders alternating query by query (so load on a
 shared machine hits all alike); the query embedding alone is timed the same way, plus onnx at 2 intra-op
@@ -45,18 +46,24 @@ from vmcp_opt.optimizer.embedding import TextEmbedder, default_model_cache, load
 from vmcp_opt.optimizer.index import ToolIndex  # noqa: E402
 from vmcp_opt.optimizer.model_registry import resolve_model  # noqa: E402
 from vmcp_opt.optimizer.onnx_encoder import load_onnx_embedder  # noqa: E402
+from vmcp_opt.optimizer.onnx_export import Precision  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 console = Console()
 
 
-ENCODERS = ("torch", "onnx", "onnx-int8")
+ENCODERS: dict[str, Precision | None] = {
+    "torch": None,
+    "onnx": "fp32",
+    "onnx-int8": "int8",
+    "onnx-int8-dynamic": "int8-dynamic",
+}
 
 
 def load(encoder: str, query_threads: int, bulk_threads: int) -> TextEmbedder:
-    if encoder == "torch":
+    precision = ENCODERS[encoder]
+    if precision is None:
         return load_embedder("all-MiniLM-L6-v2", encoder="torch", progress=False, query_threads=query_threads)
-    precision = "int8" if encoder == "onnx-int8" else "fp32"
     spec = resolve_model("all-MiniLM-L6-v2")
     return load_onnx_embedder(
         spec, default_model_cache(), precision=precision, query_threads=query_threads, bulk_threads=bulk_threads

@@ -1,10 +1,11 @@
-"""Memory of the serving process on the demo config, per encoder: `vmcp serve` with torch against ONNX Runtime.
+"""Memory of the serving process on the demo config, per encoder: `vmcp serve` with torch against ONNX Runtime
+(fp32 and int8 graphs).
 
-    .venv/bin/python bench/footprint.py [--rounds 2] [--calls 50]
+    .venv/bin/python bench/footprint.py [--rounds 2] [--calls 50] [--encoders "onnx fp32,onnx int8"]
 
 For each round and encoder (alternating, so load on a shared machine hits both), starts the bundled demo
 (`examples/demo.yaml`, what `make serve` runs: seven backends, the optimizer on) with
-`VMCP_OPTIMIZER__ENCODER` set and a fresh index directory, waits until find_tool ranks with vectors, then
+`VMCP_OPTIMIZER__ENCODER` and `VMCP_OPTIMIZER__PRECISION` set and a fresh index directory, waits until find_tool ranks with vectors, then
 prints the gateway process's RSS (psutil; its backends are separate processes and not counted), the RSS
 after `--calls` distinct find_tool requests through a real MCP client, the seconds from start until vectors
 were ready, and whether libtorch is mapped into the process (/proc/<pid>/maps). The ONNX export must
@@ -32,7 +33,12 @@ sys.path.insert(0, str(ROOT))
 from tests.support import running_gateway, torch_mapped  # noqa: E402
 
 DEMO = ROOT / "examples" / "demo.yaml"
-ENCODERS = ("torch", "onnx")
+# Each variant's settings (`optimizer.encoder`, `optimizer.precision`).
+ENCODERS: dict[str, dict[str, str]] = {
+    "torch": {"VMCP_OPTIMIZER__ENCODER": "torch"},
+    "onnx fp32": {"VMCP_OPTIMIZER__ENCODER": "onnx", "VMCP_OPTIMIZER__PRECISION": "fp32"},
+    "onnx int8": {"VMCP_OPTIMIZER__ENCODER": "onnx", "VMCP_OPTIMIZER__PRECISION": "int8"},
+}
 QUERIES = [
     f"{verb} {thing}"
     for verb in ("find", "show me", "I need to", "how do I", "tool to")
@@ -80,7 +86,7 @@ async def measure(url: str, pid: int, calls: int, started: float) -> dict[str, f
 
 def run_once(encoder: str, calls: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as index_dir:
-        env = {"VMCP_OPTIMIZER__ENCODER": encoder, "VMCP_OPTIMIZER__INDEX_DIR": index_dir}
+        env = {**ENCODERS[encoder], "VMCP_OPTIMIZER__INDEX_DIR": index_dir}
         started = time.perf_counter()
         with running_gateway(DEMO, env=env, ready_timeout=300) as gateway:
             try:
@@ -95,10 +101,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--calls", type=int, default=50)
+    parser.add_argument("--encoders", default=",".join(ENCODERS), help=f"Some of: {', '.join(ENCODERS)}.")
     args = parser.parse_args()
-    runs: dict[str, list[dict[str, float]]] = {name: [] for name in ENCODERS}
+    names = [name.strip() for name in args.encoders.split(",")]
+    if unknown := set(names) - set(ENCODERS):
+        parser.error(f"unknown encoders {sorted(unknown)}; known: {', '.join(ENCODERS)}")
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in names}
     for round_number in range(args.rounds):
-        for encoder in ENCODERS if round_number % 2 == 0 else reversed(ENCODERS):
+        for encoder in names if round_number % 2 == 0 else reversed(names):
             figures = run_once(encoder, args.calls)
             console.print(f"round {round_number + 1} {encoder}: {figures}")
             runs[encoder].append(figures)

@@ -25,13 +25,14 @@ eval_app = typer.Typer(help="Retrieval benchmarks: the optimizer against its riv
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 # `--encoder`: load_embedder's settings for each way of embedding (optimizer/encoder.py for the lean one).
-# `onnx` and `onnx-int8`: ONNX Runtime over the model's export (optimizer/onnx_encoder.py), no torch.
+# `onnx*`: ONNX Runtime over the model's export at a precision (optimizer/onnx_export.py), no torch.
 ENCODERS: dict[str, dict[str, Any]] = {
     "lean": {"encoder": "torch", "lean": True, "query_bfloat16": True},
     "lean-fp32": {"encoder": "torch", "lean": True, "query_bfloat16": False},
     "general": {"encoder": "torch", "lean": False, "query_bfloat16": False},
-    "onnx": {"encoder": "onnx"},
-    "onnx-int8": {"encoder": "onnx-int8"},
+    "onnx": {"encoder": "onnx", "precision": "fp32"},
+    "onnx-int8": {"encoder": "onnx", "precision": "int8"},
+    "onnx-int8-dynamic": {"encoder": "onnx", "precision": "int8-dynamic"},
 }
 
 
@@ -76,7 +77,8 @@ def run(
         typer.Option(
             help="How texts are embedded: 'lean' (torch: optimizer/encoder.py, bfloat16 queries where the "
             "CPU has it), 'lean-fp32' (float32 queries), 'general' (sentence-transformers' encode), 'onnx' "
-            "(served: ONNX Runtime, fp32) or 'onnx-int8' (int8 dynamic quantisation)."
+            "(ONNX Runtime, fp32), 'onnx-int8' (served: block-wise int8 weights) or 'onnx-int8-dynamic' "
+            "(int8 dynamic quantisation of every op)."
         ),
     ] = "lean",
     model: Annotated[

@@ -22,6 +22,7 @@ from eval.late_interaction import TokenMatrix, TokenStore
 
 if TYPE_CHECKING:
     from vmcp_opt.optimizer.embedding import EncoderKind
+    from vmcp_opt.optimizer.onnx_export import Precision
 
 Vectors = npt.NDArray[np.float32]
 
@@ -192,11 +193,12 @@ def load_shared_embedder(
     query_threads: int = 1,
     *,
     encoder: EncoderKind = "onnx",
+    precision: Precision = "int8",
     lean: bool = True,
     query_bfloat16: bool = True,
 ) -> SharedEmbedder:
     """The optimizer's configured model, loaded offline the way the gateway loads it (the defaults of
-    `encoder`, `lean` and `query_bfloat16` are the gateway's; the others exist to compare against it).
+    `encoder`, `precision`, `lean` and `query_bfloat16` are the gateway's; the others exist to compare against it).
     An ONNX encoder that cannot load is an error here, not the gateway's fallback: a comparison must
     measure what it names."""
     from vmcp_opt.optimizer.embedding import load_embedder
@@ -205,6 +207,7 @@ def load_shared_embedder(
     inner = load_embedder(
         model,
         encoder=encoder,
+        precision=precision,
         bulk_bfloat16=bulk_bfloat16,
         progress=False,
         query_threads=query_threads,
@@ -212,6 +215,7 @@ def load_shared_embedder(
         lean=lean,
         query_bfloat16=query_bfloat16,
     )
-    if inner.kind != encoder:
-        raise ModelError(f"the {encoder} encoder did not load (see the warning above)")
+    wanted = encoder if encoder == "torch" or precision == "fp32" else f"{encoder}-{precision}"
+    if inner.kind != wanted:
+        raise ModelError(f"the {wanted} encoder did not load (see the warning above)")
     return SharedEmbedder(inner, cache_dir, query_threads=query_threads, bulk_threads=query_threads)

@@ -24,7 +24,7 @@ from tests.test_lean_encoder import TEXTS
 from vmcp_opt.optimizer.embedding import load_embedder
 from vmcp_opt.optimizer.model_registry import DEFAULT_MODEL, resolve_model
 from vmcp_opt.optimizer.onnx_encoder import OnnxEmbedder, OnnxEncoder
-from vmcp_opt.optimizer.onnx_export import ensure_onnx_model
+from vmcp_opt.optimizer.onnx_export import MIN_COSINE_INT8, ensure_onnx_model
 
 
 def model_cache() -> Path:
@@ -75,17 +75,36 @@ def test_onnx_vectors_match_the_torch_encoder_in_padded_batches_and_bulk(encoder
     assert _cosines(bulk, np.tile(expected, (100, 1))).min() >= 0.9999
 
 
+def test_the_int8_graph_stays_within_its_cosine_floor_of_the_torch_fp32_encoder(onnx_model: Path, lean: Any) -> None:
+    spec = resolve_model(DEFAULT_MODEL)
+    int8 = ensure_onnx_model(spec, model_cache(), "int8")
+    assert int8.parent == onnx_model.parent and int8.stat().st_size < onnx_model.stat().st_size
+    encoder = OnnxEncoder(int8, spec.path / "tokenizer.json", spec.max_seq_length)
+    expected = lean.encode(TEXTS)
+    alone = np.vstack([encoder.encode([text]) for text in TEXTS])
+    assert np.allclose(np.linalg.norm(alone, axis=1), 1.0, atol=1e-5)
+    assert _cosines(alone, expected).min() >= MIN_COSINE_INT8
+    assert _cosines(encoder.encode(TEXTS), expected).min() >= MIN_COSINE_INT8
+
+
 def test_an_export_already_cached_is_reused(onnx_model: Path) -> None:
     before = onnx_model.stat().st_mtime_ns
     assert ensure_onnx_model(resolve_model(DEFAULT_MODEL), model_cache()) == onnx_model
     assert onnx_model.stat().st_mtime_ns == before
 
 
-def test_onnx_is_the_default_encoder_and_keeps_the_query_prefix_path(onnx_model: Path) -> None:
+def test_onnx_int8_is_the_default_encoder_and_keeps_the_query_prefix_path(onnx_model: Path) -> None:
     embedder = load_embedder(DEFAULT_MODEL, progress=False, model_cache=model_cache())
-    assert isinstance(embedder, OnnxEmbedder) and embedder.kind == "onnx"
+    assert isinstance(embedder, OnnxEmbedder) and embedder.kind == "onnx-int8"
     assert embedder.encode_queries([]).shape == (0, 384)
     assert embedder.encode_documents(["a", "b"]).shape == (2, 384)
+
+
+def test_fp32_stays_selectable(onnx_model: Path) -> None:
+    embedder = load_embedder(DEFAULT_MODEL, precision="fp32", progress=False, model_cache=model_cache())
+    assert isinstance(embedder, OnnxEmbedder) and embedder.kind == "onnx"
+    fp32 = OnnxEncoder(onnx_model, embedder.spec.path / "tokenizer.json", embedder.spec.max_seq_length)
+    assert np.array_equal(embedder.encode_queries(["add two numbers"]), fp32.encode(["add two numbers"]))
 
 
 def test_an_unusable_model_cache_falls_back_to_torch_with_one_warning(
@@ -137,5 +156,5 @@ def test_the_gateway_serves_find_tool_on_onnx_without_loading_torch(gateway_conf
         best = anyio.run(best_tool_once_vectors_are_ready, gateway.url, "what time is it in Tokyo")
         assert best == "time_get_current_time"
         assert torch_mapped(gateway.proc.pid) is not True  # None off Linux, where /proc has no maps
-        assert "loaded on ONNX Runtime (fp32)" in gateway.output()
+        assert "loaded on ONNX Runtime (int8)" in gateway.output()
         assert "using the torch encoder" not in gateway.output()

@@ -3,15 +3,17 @@
 `load_embedder` picks the encoder (`optimizer.encoder`):
 
 - `onnx` (the default): ONNX Runtime over the model's cached ONNX export (optimizer/onnx_encoder.py,
-  optimizer/onnx_export.py); torch never loads in this process. Should onnxruntime or the export fail,
-  one warning says why and the torch encoder serves instead.
+  optimizer/onnx_export.py), the graph `optimizer.precision` names (default `int8`: 8-bit block-wise
+  MatMul weights, optimizer/onnx_quantise.py; or `fp32`); torch never loads in this process. Should
+  onnxruntime or the export fail, one warning says why and the torch encoder serves instead.
 - `torch`: the lean encoder (optimizer/encoder.py: bfloat16 where the CPU has native bfloat16, which
   eval/README.md's "Encoders" table shows costs no retrieval quality) when it can reproduce the model;
   sentence-transformers' own forward serves other models and token embeddings.
 
-Both give the same vectors for a model (cosine >= 0.9999 between ONNX fp32 and torch fp32, closer than the
-torch encoder's own bfloat16 bulk path), so the persisted index keeps one set of vectors per model and a
-change of encoder re-embeds nothing.
+All give the same vectors for a model within eval's noise (cosine >= 0.9999 between ONNX fp32 and torch
+fp32, closer than the torch encoder's own bfloat16 bulk path; >= 0.999 for the int8 graph, whose queries
+against fp32 document vectors score as its own, eval/README.md), so the persisted index keeps one set of
+vectors per model and a change of encoder or precision re-embeds nothing.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from vmcp_opt.optimizer.model_registry import ModelError, ModelSpec, resolve_mod
 
 if TYPE_CHECKING:
     from vmcp_opt.optimizer.encoder import LeanEncoder
+    from vmcp_opt.optimizer.onnx_export import Precision
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +44,8 @@ log = logging.getLogger(__name__)
 BFLOAT16_MIN_DOCUMENTS = 128
 
 
-# `optimizer.encoder`'s values, plus the int8 ONNX graph that eval and bench measure.
-EncoderKind = Literal["onnx", "torch", "onnx-int8"]
+# `optimizer.encoder`'s values; ONNX Runtime's graph is chosen by `precision` (optimizer/onnx_export.py).
+EncoderKind = Literal["onnx", "torch"]
 
 
 def _offline() -> None:
@@ -72,7 +75,7 @@ class TextEmbedder(Protocol):
     model_id: str
     dimensions: int
     batch_size: int
-    # What runs the model: "torch", "onnx" or "onnx-int8".
+    # What runs the model: "torch", "onnx" (fp32), "onnx-int8" or "onnx-int8-dynamic".
     kind: str
 
     def encode_queries(self, texts: Sequence[str]) -> np.ndarray: ...
@@ -275,6 +278,7 @@ def load_configured_embedder(config: OptimizerConfig, model_cache: Path | None =
     return load_embedder(
         config.model,
         encoder=config.encoder,
+        precision=config.precision,
         model_cache=model_cache,
         bulk_bfloat16=config.bulk_bfloat16,
         batch_size=config.batch_size,
@@ -287,14 +291,15 @@ def load_embedder(
     spec: str,
     *,
     encoder: EncoderKind = "onnx",
+    precision: Precision = "int8",
     model_cache: Path | None = None,
     batch_size: int = 64,
     query_threads: int = 1,
     bulk_threads: int = 0,
     **torch_options: bool,
 ) -> TextEmbedder:
-    """`encoder` over a registry model or a local directory, offline; the torch encoder when the ONNX one
-    cannot load (one warning says why). `torch_options` are `load_torch_embedder`'s own (bulk_bfloat16,
+    """`encoder` over a registry model or a local directory, offline (ONNX Runtime's graph at `precision`);
+    the torch encoder when the ONNX one cannot load (one warning says why). `torch_options` are `load_torch_embedder`'s own (bulk_bfloat16,
     progress, lean, query_bfloat16)."""
     _offline()
     if encoder != "torch":
@@ -304,7 +309,7 @@ def load_embedder(
             return load_onnx_embedder(
                 resolve_model(spec),
                 model_cache or default_model_cache(),
-                precision="int8" if encoder == "onnx-int8" else "fp32",
+                precision=precision,
                 batch_size=batch_size,
                 query_threads=query_threads,
                 bulk_threads=bulk_threads,

@@ -151,7 +151,7 @@ def load_onnx_embedder(
     spec: ModelSpec,
     cache: Path,
     *,
-    precision: Precision = "fp32",
+    precision: Precision = "int8",
     batch_size: int = 64,
     query_threads: int = 1,
     bulk_threads: int = 0,
