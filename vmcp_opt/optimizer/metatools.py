@@ -45,6 +45,7 @@ from vmcp_opt.optimizer.meta_tool_forms import (
     FIND_TOOL,
     META_TOOL_NAMES,
     META_TOOLS,
+    ToolParts,
     coerce_strings,
     hit_json,
     tool_json,
@@ -130,6 +131,7 @@ class OptimizerFront:
         self.full_list_tokens = 0
         self.meta_tools_tokens = 0
         self.answer_tokens = AnswerTokens(self.settings.model)
+        self._parts = ToolParts()
         self._validator = ArgumentValidator()
         # The newest catalogue waiting to be embedded; the worker always takes the latest one.
         self._pending: list[ToolRecord] | None = None
@@ -251,7 +253,8 @@ class OptimizerFront:
             result = SearchResult(
                 hits=[h for h in result.hits if h.record.name in permitted][:wanted], mode=result.mode
             )
-        tools = self._shown(result.hits)
+        parts = [self._parts.of(hit.record) for hit in result.hits]
+        tools = self._shown(result.hits, parts)
         answer: dict[str, Any] = {"query": query, "ranking": result.mode, "tools": tools}
         notes = []
         if starting:
@@ -270,7 +273,7 @@ class OptimizerFront:
             )
         if notes:
             answer["note"] = "; ".join(notes)
-        answer_tokens = await self._answer_tokens(tools, [tool_json(hit.record) for hit in result.hits])
+        answer_tokens = await self._answer_tokens(tools, parts)
         answer["tokens"] = {
             "full_tool_list": self.full_list_tokens,
             "this_answer": answer_tokens,
@@ -283,16 +286,18 @@ class OptimizerFront:
 
     async def _answer_tokens(self, tools: list[dict[str, Any]], parts: list[dict[str, Any]]) -> int:
         """The answer's tokens; off the event loop when a tool's text must be tokenized (~1 ms each)."""
-        if self.answer_tokens.all_known(parts):
-            return self.answer_tokens.count(tools, parts)
+        known = self.answer_tokens.count_known(tools, parts)
+        if known is not None:
+            return known
         return await anyio.to_thread.run_sync(self.answer_tokens.count, tools, parts)
 
-    def _shown(self, hits: Sequence[SearchHit]) -> list[dict[str, Any]]:
-        """The results as find_tool shows them: a match score when there is one, links only within the answer."""
+    def _shown(self, hits: Sequence[SearchHit], parts: Sequence[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+        """The results as find_tool shows them: a match score when there is one, links only within the answer.
+        `parts[i]`: `hits[i]`'s kept `tool_json`."""
         names = {hit.record.name for hit in hits}
         shown = []
-        for hit in hits:
-            found = hit_json(hit, names)
+        for i, hit in enumerate(hits):
+            found = hit_json(hit, names, parts[i] if parts is not None else None)
             if hit.similarity is not None and self.match_scale is not None:
                 found["score"] = round(self.match_scale(hit.similarity), 4)
                 if found["score"] < self.match_threshold:
