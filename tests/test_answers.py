@@ -7,8 +7,8 @@ import json
 from vmcp_opt.optimizer.answers import answer_description, compact_schema
 from vmcp_opt.optimizer.documents import ToolRecord
 from vmcp_opt.optimizer.index import SearchHit
-from vmcp_opt.optimizer.meta_tool_forms import hit_json
-from vmcp_opt.optimizer.tokens import count_tokens
+from vmcp_opt.optimizer.meta_tool_forms import hit_json, tool_json
+from vmcp_opt.optimizer.tokens import AnswerTokens, count_tokens
 
 # As mcp-server-git (pydantic) and server-memory (zod-to-json-schema) send them.
 GIT_STATUS = {
@@ -68,3 +68,18 @@ def test_find_tool_result_is_smaller_for_a_docstring_tool_and_unchanged_for_a_pl
     assert count_tokens(json.dumps(shown)) < count_tokens(json.dumps({**shown, "description": DOCSTRING}))
     assert hit_json(SearchHit(plain, 0.5), {"forecast"})["input_schema"] == plain_schema
     assert hit_json(SearchHit(plain, 0.5), {"forecast"})["description"] == "Weather forecast"
+
+
+def test_answer_tokens_are_counted_in_one_pass_only_when_every_tool_part_is_known() -> None:
+    """find_tool counts inline only from kept tool parts (else in a worker thread, which tokenizes them)."""
+    records = [
+        ToolRecord(name=name, backend="b", description=text) for name, text in (("f", "Forecast"), ("r", "Radar"))
+    ]
+    parts = [tool_json(record) for record in records]
+    results = [{**part, "score": 0.25} for part in parts]
+    counter = AnswerTokens()
+    assert counter.count_known(results, parts) is None  # nothing kept yet: not tokenized on the event loop
+    expected = count_tokens(json.dumps(results))
+    assert counter.count(results, parts) == expected
+    assert counter.count_known(results, parts) == expected
+    assert counter.count_known([], []) == count_tokens("[]")

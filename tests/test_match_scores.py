@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from vmcp_opt.config import VmcpConfig
 from vmcp_opt.optimizer.calibration import SCALES, MatchScale, scale_for
 from vmcp_opt.optimizer.documents import ToolRecord
@@ -63,3 +65,23 @@ def test_another_model_without_a_scale_keeps_the_ranking_scores(tmp_path: Path) 
     optimizer.match_scale = None
     shown = optimizer._shown([hit("a", 0.75, 0.9)])
     assert shown[0]["score"] == 0.75 and "weak_match" not in shown[0]
+
+
+@pytest.mark.anyio
+async def test_a_tool_changed_or_removed_shows_in_the_next_find_tool(tmp_path: Path) -> None:
+    """Each tool's part of an answer is kept per record: a changed tool is a new record, a removed one is
+    not searched, whatever the answers before showed."""
+    optimizer = front(tmp_path, vector_wait=0)
+
+    def tool(name: str, description: str) -> ToolRecord:
+        return ToolRecord(name=name, backend="b", description=description, input_schema={"type": "object"})
+
+    optimizer.index.update_keywords([tool("forecast", "Weather forecast for a city"), tool("radar", "Weather radar")])
+    before = (await optimizer.find_tool("weather forecast", 5, None)).structured_content or {}
+    assert {found["name"] for found in before["tools"]} == {"forecast", "radar"}
+
+    optimizer.index.update_keywords([tool("forecast", "Hourly weather forecast for a city")])
+    after = (await optimizer.find_tool("weather forecast", 5, None)).structured_content or {}
+    assert [(found["name"], found["description"]) for found in after["tools"]] == [
+        ("forecast", "Hourly weather forecast for a city")
+    ]

@@ -86,9 +86,32 @@ def tool_json(record: ToolRecord) -> dict[str, Any]:
     }
 
 
-def hit_json(hit: SearchHit, answer: Collection[str]) -> dict[str, Any]:
-    """One result; `used_with` and `supplies` only when the tool they name is in the `answer` too."""
-    found = tool_json(hit.record)
+class ToolParts:
+    """`tool_json` per record, kept: find_tool shows the same tools again and again, and reading a docstring
+    and compacting a schema for each of 8 hits was half of the answer's cost. Keyed by the record object
+    (an index snapshot's records live until the catalogue changes; a changed tool comes as a new record),
+    holding it so its id is not reused; at most `max_tools`, the oldest dropped first. The parts are shared:
+    callers copy before adding to one (`hit_json`)."""
+
+    def __init__(self, max_tools: int = 4096) -> None:
+        self.max_tools = max_tools
+        self._parts: dict[int, tuple[ToolRecord, dict[str, Any]]] = {}
+
+    def of(self, record: ToolRecord) -> dict[str, Any]:
+        kept = self._parts.get(id(record))
+        if kept is not None and kept[0] is record:
+            return kept[1]
+        part = tool_json(record)
+        if len(self._parts) >= self.max_tools:
+            self._parts.pop(next(iter(self._parts)), None)
+        self._parts[id(record)] = (record, part)
+        return part
+
+
+def hit_json(hit: SearchHit, answer: Collection[str], part: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One result; `used_with` and `supplies` only when the tool they name is in the `answer` too. `part`:
+    the record's `tool_json` when the caller has it (not changed here)."""
+    found = dict(part) if part is not None else tool_json(hit.record)
     found["score"] = round(hit.score, 4)
     if hit.used_with and hit.used_with in answer:
         # Here mostly because past tasks used it with that result: the agent may need both.

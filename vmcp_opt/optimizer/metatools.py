@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import faiss
 import mcp_types as types
 
 from vmcp_opt.aggregation import Catalog, RoutedTool
@@ -44,6 +45,7 @@ from vmcp_opt.optimizer.meta_tool_forms import (
     FIND_TOOL,
     META_TOOL_NAMES,
     META_TOOLS,
+    ToolParts,
     coerce_strings,
     hit_json,
     tool_json,
@@ -129,6 +131,7 @@ class OptimizerFront:
         self.full_list_tokens = 0
         self.meta_tools_tokens = 0
         self.answer_tokens = AnswerTokens(self.settings.model)
+        self._parts = ToolParts()
         self._validator = ArgumentValidator()
         # The newest catalogue waiting to be embedded; the worker always takes the latest one.
         self._pending: list[ToolRecord] | None = None
@@ -244,13 +247,14 @@ class OptimizerFront:
             allowed is not None and usable is None and not getattr(allowed.router.policy, "allows_everything", False)
         )
         depth = wanted * POLICY_DEPTH if filtered else wanted
-        result: SearchResult = await anyio.to_thread.run_sync(self.index.search, query, depth, backends, usable)
+        result: SearchResult = await anyio.to_thread.run_sync(_search, self.index, query, depth, backends, usable)
         if allowed is not None and filtered:
             permitted = set(allowed.router.may_use(allowed.caller, [hit.record.name for hit in result.hits]))
             result = SearchResult(
                 hits=[h for h in result.hits if h.record.name in permitted][:wanted], mode=result.mode
             )
-        tools = self._shown(result.hits)
+        parts = [self._parts.of(hit.record) for hit in result.hits]
+        tools = self._shown(result.hits, parts)
         answer: dict[str, Any] = {"query": query, "ranking": result.mode, "tools": tools}
         notes = []
         if starting:
@@ -269,7 +273,7 @@ class OptimizerFront:
             )
         if notes:
             answer["note"] = "; ".join(notes)
-        answer_tokens = await self._answer_tokens(tools, [tool_json(hit.record) for hit in result.hits])
+        answer_tokens = await self._answer_tokens(tools, parts)
         answer["tokens"] = {
             "full_tool_list": self.full_list_tokens,
             "this_answer": answer_tokens,
@@ -282,16 +286,18 @@ class OptimizerFront:
 
     async def _answer_tokens(self, tools: list[dict[str, Any]], parts: list[dict[str, Any]]) -> int:
         """The answer's tokens; off the event loop when a tool's text must be tokenized (~1 ms each)."""
-        if self.answer_tokens.all_known(parts):
-            return self.answer_tokens.count(tools, parts)
+        known = self.answer_tokens.count_known(tools, parts)
+        if known is not None:
+            return known
         return await anyio.to_thread.run_sync(self.answer_tokens.count, tools, parts)
 
-    def _shown(self, hits: Sequence[SearchHit]) -> list[dict[str, Any]]:
-        """The results as find_tool shows them: a match score when there is one, links only within the answer."""
+    def _shown(self, hits: Sequence[SearchHit], parts: Sequence[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+        """The results as find_tool shows them: a match score when there is one, links only within the answer.
+        `parts[i]`: `hits[i]`'s kept `tool_json`."""
         names = {hit.record.name for hit in hits}
         shown = []
-        for hit in hits:
-            found = hit_json(hit, names)
+        for i, hit in enumerate(hits):
+            found = hit_json(hit, names, parts[i] if parts is not None else None)
             if hit.similarity is not None and self.match_scale is not None:
                 found["score"] = round(self.match_scale(hit.similarity), 4)
                 if found["score"] < self.match_threshold:
@@ -370,6 +376,17 @@ class OptimizerFront:
                 logger.exception("optimizer: embedding the catalogue failed; find_tool ranks by keywords")
             finally:
                 self._idle.set()
+
+
+def _search(
+    index: ToolIndex, query: str, depth: int, backends: list[str] | None, usable: frozenset[str] | None
+) -> SearchResult:
+    """`index.search` on a worker thread with FAISS single-threaded. OpenMP keeps the thread count per thread:
+    vector_arm sets 1 only on the thread that imports it, so anyio's workers searched on every core, two
+    spinning OpenMP threads per query (a 10k-tool search 15x slower under load, and a core taken from the
+    event loop). Setting it costs ~1 µs."""
+    faiss.omp_set_num_threads(1)
+    return index.search(query, depth, backends, usable)
 
 
 async def _none_starting() -> list[str]:

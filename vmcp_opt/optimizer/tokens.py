@@ -87,18 +87,38 @@ class AnswerTokens:
         # hash of the tool part's text (its JSON without the closing brace) -> its tokens
         self._parts: dict[int, int] = {}
         self._parts_lock = threading.Lock()
+        # Tokens of `[`, `]` and `, `: counted once, not three tokenizer calls per answer.
+        self._marks: tuple[int, int, int] | None = None
 
     def count(self, results: Sequence[dict[str, Any]], tool_parts: Sequence[dict[str, Any]]) -> int:
         """Tokens of `json.dumps(results)`; `tool_parts[i]` is the query-independent start of `results[i]`."""
+        total = self._count(results, tool_parts, known_only=False)
+        assert total is not None
+        return total
+
+    def count_known(self, results: Sequence[dict[str, Any]], tool_parts: Sequence[dict[str, Any]]) -> int | None:
+        """`count` when every tool part's tokens are known (only the short rests are tokenized), else None:
+        one pass, where `all_known` then `count` serialised each part twice."""
+        return self._count(results, tool_parts, known_only=True)
+
+    def _count(
+        self, results: Sequence[dict[str, Any]], tool_parts: Sequence[dict[str, Any]], *, known_only: bool
+    ) -> int | None:
         if not results:
             return count_tokens("[]", self.model_spec)
         total = self._punctuation(len(results))
         for result, part in zip(results, tool_parts, strict=True):
-            text, prefix = json.dumps(result), json.dumps(part)[:-1]
+            prefix = json.dumps(part)[:-1]
+            with self._parts_lock:
+                known = self._parts.get(hash(prefix))
+            if known is None and known_only:
+                return None
+            text = json.dumps(result)
             if not text.startswith(prefix):
                 total += count_tokens(text, self.model_spec)
                 continue
-            total += self._part_tokens(prefix) + count_tokens(text[len(prefix) :], self.model_spec)
+            part_tokens = known if known is not None else self._part_tokens(prefix)
+            total += part_tokens + count_tokens(text[len(prefix) :], self.model_spec)
         return total
 
     def all_known(self, tool_parts: Sequence[dict[str, Any]]) -> bool:
@@ -131,8 +151,12 @@ class AnswerTokens:
 
     def _punctuation(self, results: int) -> int:
         """`[`, `]` and the `, ` between results."""
-        return (
-            count_tokens("[", self.model_spec)
-            + count_tokens("]", self.model_spec)
-            + (results - 1) * count_tokens(", ", self.model_spec)
-        )
+        marks = self._marks
+        if marks is None:
+            marks = self._marks = (
+                count_tokens("[", self.model_spec),
+                count_tokens("]", self.model_spec),
+                count_tokens(", ", self.model_spec),
+            )
+        opening, closing, comma = marks
+        return opening + closing + (results - 1) * comma
