@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import faiss
 import mcp_types as types
 
 from vmcp_opt.aggregation import Catalog, RoutedTool
@@ -247,7 +246,7 @@ class OptimizerFront:
             allowed is not None and usable is None and not getattr(allowed.router.policy, "allows_everything", False)
         )
         depth = wanted * POLICY_DEPTH if filtered else wanted
-        result: SearchResult = await anyio.to_thread.run_sync(_search, self.index, query, depth, backends, usable)
+        result: SearchResult = await anyio.to_thread.run_sync(self.index.search, query, depth, backends, usable)
         if allowed is not None and filtered:
             permitted = set(allowed.router.may_use(allowed.caller, [hit.record.name for hit in result.hits]))
             result = SearchResult(
@@ -376,17 +375,6 @@ class OptimizerFront:
                 logger.exception("optimizer: embedding the catalogue failed; find_tool ranks by keywords")
             finally:
                 self._idle.set()
-
-
-def _search(
-    index: ToolIndex, query: str, depth: int, backends: list[str] | None, usable: frozenset[str] | None
-) -> SearchResult:
-    """`index.search` on a worker thread with FAISS single-threaded. OpenMP keeps the thread count per thread:
-    vector_arm sets 1 only on the thread that imports it, so anyio's workers searched on every core, two
-    spinning OpenMP threads per query (a 10k-tool search 15x slower under load, and a core taken from the
-    event loop). Setting it costs ~1 µs."""
-    faiss.omp_set_num_threads(1)
-    return index.search(query, depth, backends, usable)
 
 
 async def _none_starting() -> list[str]:

@@ -23,6 +23,7 @@ from vmcp_opt.config import OptimizerConfig
 from vmcp_opt.optimizer import ranking
 
 # FAISS (OpenMP), numpy and torch share 2 cores; a one-query FAISS search is fastest single-threaded.
+# OpenMP keeps the setting per thread, so `candidates` sets it again on whichever thread searches.
 faiss.omp_set_num_threads(1)
 
 _HNSW_M = 32
@@ -73,6 +74,9 @@ def candidates(
 
     `vectors` (the `stored_vectors` view) makes an exact search score them directly (see the module's
     docstring); without it, or for HNSW, FAISS searches."""
+    # anyio's worker threads start with every core: two spinning OpenMP threads per search made a 10k-tool
+    # search 15x slower under load in the gateway (bench/README.md). Setting it costs ~1 µs.
+    faiss.omp_set_num_threads(1)
     if vectors is not None and config.index_type == "flat":
         scores = inner_products(vectors, queries)
         return [_best(row, depth, has_vector, allowed) for row in scores]
