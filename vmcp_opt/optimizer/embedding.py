@@ -293,7 +293,6 @@ def load_configured_embedder(config: OptimizerConfig, model_cache: Path | None =
                 min_documents=config.bulk_process_min,
                 timeout=config.bulk_process_timeout,
                 threads=config.bulk_threads,
-                batch_size=config.batch_size,
                 bfloat16=config.bulk_bfloat16,
             )
     return embedder
