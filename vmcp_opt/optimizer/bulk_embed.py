@@ -40,7 +40,7 @@ from vmcp_opt.optimizer.model_registry import ModelSpec
 log = logging.getLogger(__name__)
 
 # Rows of the child's output checked against the parent's own encoder: bfloat16 documents measured cosine
-# >= 0.998 to fp32 (docs/…/platform facts); below this the child's numerics are wrong, not merely rounded.
+# >= 0.998 to fp32 (eval/README.md, "Encoders"); below this the child's numerics are wrong, not merely rounded.
 MIN_COSINE = 0.99
 CHECK_ROWS = 8
 # Texts of 64 tokens per batch (batches hold ~`BATCH_SIZE * 64` tokens, optimizer/batching.py): twice the
