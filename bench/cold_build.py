@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import resource
 import subprocess
@@ -95,6 +96,7 @@ def main() -> None:
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
         print(json.dumps(one(int(args.tools), args.paths, args.queries)))
         return
     results = []
@@ -102,9 +104,9 @@ def main() -> None:
         for path in args.paths.split(","):
             console.print(f"[bold]{tools:,} tools[/], {path}: cold build in a fresh process")
             command = [sys.executable, __file__, "--one", "--tools", str(tools), "--paths", path]
-            done = subprocess.run([*command, "--queries", str(args.queries)], capture_output=True, text=True)
+            # The build's log (the bulk child's progress) goes to this process's stderr as it comes.
+            done = subprocess.run([*command, "--queries", str(args.queries)], stdout=subprocess.PIPE, text=True)
             if done.returncode != 0:
-                console.print(done.stderr[-2000:])
                 raise SystemExit(f"{tools} tools, {path}: exit status {done.returncode}")
             results.append(json.loads(done.stdout.strip().splitlines()[-1]))
             report(results[-1:])

@@ -104,7 +104,7 @@ class BulkEncoder:
             command += [str(target), "--max-length", str(self.spec.max_seq_length), "--threads", str(self.threads)]
             command += ["--batch-size", str(self.batch_size)] + ([] if self.bfloat16 else ["--float32"])
             with errors.open("w", encoding="utf-8") as stderr:
-                code, timed_out = self._wait(command, stderr, advance)
+                code, timed_out = self._wait(command, stderr, advance, len(texts))
             if timed_out:
                 raise BulkEncodeError(f"no result within {self.timeout:.0f} s (optimizer.bulk_process_timeout)")
             if code != 0:
@@ -118,7 +118,9 @@ class BulkEncoder:
             raise BulkEncodeError(f"output of shape {vectors.shape} {vectors.dtype}, expected {len(texts)} rows")
         return vectors
 
-    def _wait(self, command: list[str], stderr: IO[str], advance: Callable[[int], object]) -> tuple[int, bool]:
+    def _wait(
+        self, command: list[str], stderr: IO[str], advance: Callable[[int], object], total: int
+    ) -> tuple[int, bool]:
         """Run `command`, relaying its `done <n>` lines to `advance`; (exit status, killed at the deadline)."""
         # The child forks nothing, so its tokenizer may use both cores (3 s for 10k documents on one, loaded).
         # OpenMP threads that sleep rather than spin between operations: on a shared 2-core machine (load 6-10)
@@ -135,10 +137,15 @@ class BulkEncoder:
         timer.start()
         try:
             assert child.stdout is not None
+            done, step = 0, max(1, total // 10)
             for line in child.stdout:
                 kind, _, count = line.partition(" ")
                 if kind == "done" and count.strip().isdigit():
                     advance(int(count))
+                    # A log line per tenth, so a long build shows progress in the gateway's log too.
+                    if (done + int(count)) // step > done // step:
+                        log.info("bulk child: %d of %d documents embedded", done + int(count), total)
+                    done += int(count)
             code = child.wait()
         finally:
             timer.cancel()
