@@ -124,7 +124,7 @@ class BulkEncoder:
         """Run `command`, relaying its `done <n>` lines to `advance`; (exit status, killed at the deadline)."""
         # The child forks nothing, so its tokenizer may use both cores (3 s for 10k documents on one, loaded).
         # OpenMP threads that sleep rather than spin between operations: on a shared 2-core machine (load 6-10)
-        # 1,000 documents took 38% less CPU and 27% less time (bench/README.md, "Cold build of 10k tools").
+        # 1,000 documents took ~35% less CPU and 27-31% less time (bench/README.md, "Cold build of 10k tools").
         env = {"OMP_WAIT_POLICY": "PASSIVE", **os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "true"}
         child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env)
         expired = threading.Event()
