@@ -187,7 +187,7 @@ class OptimizerConfig(_Strict):
     # Tools embedded per batch when indexing.
     batch_size: int = Field(64, ge=1)
     # With the onnx encoder, an update with this many new documents or more embeds them in a child process on
-    # the torch encoder (bfloat16 where the CPU has it; optimizer/bulk_embed.py), ~4x faster than ONNX Runtime
+    # the torch encoder (bfloat16 where the CPU has it; optimizer/bulk_embed.py), ~2x faster than ONNX Runtime
     # in process, when torch is installed; the gateway itself stays torch-free. 0 turns it off.
     bulk_process_min: int = Field(1000, ge=0)
     # Seconds that child may take before it is killed and the update embeds in process instead.
