@@ -190,6 +190,12 @@ class OptimizerConfig(_Strict):
     bulk_bfloat16: bool = True
     # Tools embedded per batch when indexing.
     batch_size: int = Field(64, ge=1)
+    # With the onnx encoder, an update with this many new documents or more embeds them in a child process on
+    # the torch encoder (bfloat16 where the CPU has it; optimizer/bulk_embed.py), ~2x faster than ONNX Runtime
+    # in process, when torch is installed; the gateway itself stays torch-free. 0 turns it off.
+    bulk_process_min: int = Field(1000, ge=0)
+    # Seconds that child may take before it is killed and the update embeds in process instead.
+    bulk_process_timeout: float = Field(3600.0, gt=0)
     # Ranking: how the keyword and vector arms are fused. Defaults chosen by `vmcp eval` (eval/README.md).
     fusion: Literal["weighted", "rrf"] = "weighted"
     # Weighted fusion: the vector arm's share of the score (the keyword arm has the rest).

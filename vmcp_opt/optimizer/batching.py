@@ -23,15 +23,18 @@ def tokenize_chunked(tokenize: Callable[[Sequence[str]], list[list[int]]], texts
     return token_ids
 
 
-def batches_by_tokens(token_ids: Sequence[np.ndarray], batch_size: int) -> Iterator[np.ndarray]:
+def batches_by_tokens(token_ids: Sequence[np.ndarray], batch_size: int, multiple: int = 1) -> Iterator[np.ndarray]:
     """Row numbers of each batch: longest texts first, about `batch_size * 64` tokens per batch (at most
-    `batch_size * 4` texts)."""
+    `batch_size * 4` texts). With `multiple` > 1 a batch's row count follows its longest text rounded up to
+    `multiple` (as `padded` pads it), so every full batch of a length bucket has the same shape: oneDNN
+    builds a kernel per bfloat16 shape, and irregular shapes cost time and memory."""
     lengths = np.fromiter((len(ids) for ids in token_ids), dtype=np.int64, count=len(token_ids))
     order = np.argsort(-lengths, kind="stable")
     budget = batch_size * 64
     start = 0
     while start < len(order):
-        count = max(1, min(batch_size * 4, budget // max(1, int(lengths[order[start]]))))
+        longest = -(-max(1, int(lengths[order[start]])) // multiple) * multiple
+        count = max(1, min(batch_size * 4, budget // longest))
         yield order[start : start + count]
         start += count
 

@@ -274,8 +274,9 @@ def default_model_cache() -> Path:
 
 
 def load_configured_embedder(config: OptimizerConfig, model_cache: Path | None = None) -> TextEmbedder:
-    """The embedder `config` asks for (the gateway's and `vmcp index`'s path)."""
-    return load_embedder(
+    """The embedder `config` asks for (the gateway's and `vmcp index`'s path); on ONNX, with a child process
+    for large bulk encodings (`optimizer.bulk_process_min`, optimizer/bulk_embed.py) when torch is installed."""
+    embedder = load_embedder(
         config.model,
         encoder=config.encoder,
         precision=config.precision,
@@ -285,6 +286,20 @@ def load_configured_embedder(config: OptimizerConfig, model_cache: Path | None =
         query_threads=config.query_threads,
         bulk_threads=config.bulk_threads,
     )
+    if embedder.kind == "onnx" and config.bulk_process_min > 0:
+        from vmcp_opt.optimizer.bulk_embed import BulkEncoder, torch_available
+        from vmcp_opt.optimizer.onnx_encoder import OnnxEmbedder
+
+        if isinstance(embedder, OnnxEmbedder) and torch_available():
+            embedder.bulk = BulkEncoder(
+                embedder.spec,
+                embedder.encoder.encode,
+                min_documents=config.bulk_process_min,
+                timeout=config.bulk_process_timeout,
+                threads=config.bulk_threads,
+                bfloat16=config.bulk_bfloat16,
+            )
+    return embedder
 
 
 def load_embedder(

@@ -15,9 +15,11 @@ embedding tables stay shared, and the hidden states turn bfloat16 after the embe
 
 from __future__ import annotations
 
+import json
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -44,40 +46,52 @@ class _Layer:
 class LeanEncoder:
     """Texts -> L2-normalised float32 sentence vectors, as the source model's `encode` gives them."""
 
-    def __init__(self, model: Any, tokenizer: Any, max_length: int, dtype: torch.dtype = torch.float32) -> None:
-        config = model.config
-        self.heads = int(config.num_attention_heads)
-        self.eps = float(config.layer_norm_eps)
+    def __init__(
+        self,
+        weights: Mapping[str, torch.Tensor],
+        heads: int,
+        eps: float,
+        tokenizer: Any,
+        max_length: int,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        """`weights` are a BertModel's state dict (`embeddings.…`, `encoder.layer.<i>.…`)."""
+        self.heads = heads
+        self.eps = eps
         self.dtype = dtype
         # oneDNN compiles and caches a kernel per bfloat16 matrix shape (+230 MB over 300 queries of assorted
         # lengths, measured); padding lengths to a multiple of 16 bounds the shapes it sees.
         self.pad_to = 16 if dtype == torch.bfloat16 else 1
 
-        def cast(tensor: torch.Tensor) -> torch.Tensor:
-            return tensor.detach().to(dtype) if tensor.dtype != dtype else tensor.detach()
+        def w(name: str) -> torch.Tensor:
+            tensor = weights[name].detach()
+            return tensor.to(dtype) if tensor.dtype != dtype else tensor
 
-        emb = model.embeddings
         # The embedding tables stay in the model's precision and shared with it (the word table is half
         # the model); everything after the embedding layer norm runs in `dtype`.
-        self.word = emb.word_embeddings.weight.detach()
+        self.word = weights["embeddings.word_embeddings.weight"].detach()
         # Token type 0 everywhere (single sentences): its row is folded into the position table.
-        self.position = (emb.position_embeddings.weight + emb.token_type_embeddings.weight[0]).detach()
-        self.norm0 = (emb.LayerNorm.weight.detach(), emb.LayerNorm.bias.detach())
+        self.position = (
+            weights["embeddings.position_embeddings.weight"] + weights["embeddings.token_type_embeddings.weight"][0]
+        ).detach()
+        self.norm0 = (weights["embeddings.LayerNorm.weight"].detach(), weights["embeddings.LayerNorm.bias"].detach())
         self.layers: list[_Layer] = []
-        for layer in model.encoder.layer:
-            attn = layer.attention
+        count = 1 + max(int(k.split(".")[2]) for k in weights if k.startswith("encoder.layer."))
+        for i in range(count):
+            p = f"encoder.layer.{i}."
+            qkv = [f"{p}attention.self.{part}" for part in ("query", "key", "value")]
             self.layers.append(
                 _Layer(
-                    qkv_weight=cast(torch.cat([attn.self.query.weight, attn.self.key.weight, attn.self.value.weight])),
-                    qkv_bias=cast(torch.cat([attn.self.query.bias, attn.self.key.bias, attn.self.value.bias])),
-                    out_weight=cast(attn.output.dense.weight),
-                    out_bias=cast(attn.output.dense.bias),
-                    norm1=(cast(attn.output.LayerNorm.weight), cast(attn.output.LayerNorm.bias)),
-                    up_weight=cast(layer.intermediate.dense.weight),
-                    up_bias=cast(layer.intermediate.dense.bias),
-                    down_weight=cast(layer.output.dense.weight),
-                    down_bias=cast(layer.output.dense.bias),
-                    norm2=(cast(layer.output.LayerNorm.weight), cast(layer.output.LayerNorm.bias)),
+                    qkv_weight=torch.cat([w(f"{name}.weight") for name in qkv]),
+                    qkv_bias=torch.cat([w(f"{name}.bias") for name in qkv]),
+                    out_weight=w(f"{p}attention.output.dense.weight"),
+                    out_bias=w(f"{p}attention.output.dense.bias"),
+                    norm1=(w(f"{p}attention.output.LayerNorm.weight"), w(f"{p}attention.output.LayerNorm.bias")),
+                    up_weight=w(f"{p}intermediate.dense.weight"),
+                    up_bias=w(f"{p}intermediate.dense.bias"),
+                    down_weight=w(f"{p}output.dense.weight"),
+                    down_bias=w(f"{p}output.dense.bias"),
+                    norm2=(w(f"{p}output.LayerNorm.weight"), w(f"{p}output.LayerNorm.bias")),
                 )
             )
         # A private copy: truncation and padding are set on it, and the caller's tokenizer stays as it was.
@@ -113,7 +127,45 @@ class LeanEncoder:
             or getattr(pooling, "include_prompt", True) is not True
         ):
             return None
-        return cls(auto, tokenizer, int(model.max_seq_length), dtype)
+        weights = auto.state_dict()  # shares the model's tensors
+        heads, eps = int(getattr(config, "num_attention_heads", 0)), float(getattr(config, "layer_norm_eps", 1e-12))
+        return cls(weights, heads, eps, tokenizer, int(model.max_seq_length), dtype)
+
+    @classmethod
+    def from_directory(cls, path: Path, max_length: int, dtype: torch.dtype = torch.float32) -> LeanEncoder | None:
+        """The lean path straight from a sentence-transformers directory (safetensors weights, tokenizer.json),
+        without importing transformers or sentence-transformers (~3-5 s of a bulk child's start); None when
+        the directory holds anything it does not reproduce exactly."""
+
+        def read(name: str) -> Any:
+            file = path / name
+            return json.loads(file.read_text(encoding="utf-8")) if file.is_file() else None
+
+        listed = read("modules.json") or []
+        modules = [str(m.get("type", "")).rsplit(".", 1)[-1] for m in listed]
+        if modules not in (["Transformer", "Pooling", "Normalize"], ["Transformer", "Pooling"]):
+            return None
+        pooling = read(f"{listed[1].get('path') or '1_Pooling'}/config.json") or {}
+        modes = [key for key, on in pooling.items() if key.startswith("pooling_mode") and on is True]
+        mode = pooling.get("pooling_mode")
+        config = read("config.json") or {}
+        if (
+            not (mode == "mean" or (mode is None and modes == ["pooling_mode_mean_tokens"]))
+            or pooling.get("include_prompt", True) is not True
+            or config.get("model_type") != "bert"
+            or config.get("hidden_act") != "gelu"
+            or config.get("position_embedding_type", "absolute") != "absolute"
+            or not (path / "model.safetensors").is_file()
+            or not (path / "tokenizer.json").is_file()
+        ):
+            return None
+        from safetensors.torch import load_file
+        from tokenizers import Tokenizer
+
+        weights = {k.removeprefix("bert."): v for k, v in load_file(str(path / "model.safetensors")).items()}
+        tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
+        heads, eps = int(config["num_attention_heads"]), float(config.get("layer_norm_eps", 1e-12))
+        return cls(weights, heads, eps, tokenizer, max_length, dtype)
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """One batch: float32 (len(texts), d), each row L2-normalised. Texts are padded to the longest."""
@@ -132,7 +184,7 @@ class LeanEncoder:
         """Many texts: tokenized once, batched by token count (optimizer/batching.py), in input order."""
         out = np.empty((len(texts), self.position.shape[1]), dtype=np.float32)
         token_ids = tokenize_chunked(self.tokenize, texts)
-        for rows in batches_by_tokens(token_ids, batch_size):
+        for rows in batches_by_tokens(token_ids, batch_size, self.pad_to):
             out[rows] = self.encode_ids([token_ids[i] for i in rows])
             advance(len(rows))
         return out

@@ -114,6 +114,8 @@ class OnnxEmbedder:
         self.bulk_threads = bulk_threads or os.cpu_count() or 1
         self.encoder = encoder
         self.kind = "onnx" if precision == "fp32" else f"onnx-{precision}"
+        # Encodes many documents elsewhere (optimizer/bulk_embed.py's child), or None to stay in process.
+        self.bulk: Callable[[Sequence[str], bool], np.ndarray | None] | None = None
 
     def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
         """float32, L2-normalised, one row per text (every text of a request in one run), with the query prefix."""
@@ -132,9 +134,11 @@ class OnnxEmbedder:
         """float32 normalised rows, in input order."""
         if not texts:
             return np.empty((0, self.dimensions), np.float32)
+        prefixed = [self.spec.document_prefix + text for text in texts]
+        if self.bulk is not None and (vectors := self.bulk(prefixed, progress)) is not None:
+            return vectors
         try:
             with maybe_progress(progress, f"embedding {len(texts)} tools", len(texts)) as advance:
-                prefixed = [self.spec.document_prefix + text for text in texts]
                 return self.encoder.encode_bulk(prefixed, self.batch_size, advance, self.bulk_threads)
         finally:
             release_memory()

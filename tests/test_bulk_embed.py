@@ -1,0 +1,108 @@
+"""Bulk encoding in a child process (optimizer/bulk_embed.py): a real child on the real model gives the vectors
+the served ONNX fp32 encoder gives, reports its progress, and a failing or late child leaves the update to the
+in-process path with the reason logged. Small updates never start a child."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.test_lean_encoder import TEXTS
+from tests.test_optimizer_index import CATALOGUE
+from vmcp_opt.config import OptimizerConfig
+from vmcp_opt.optimizer.bulk_embed import BulkEncoder
+from vmcp_opt.optimizer.documents import tool_document
+from vmcp_opt.optimizer.embedding import load_configured_embedder
+from vmcp_opt.optimizer.model_registry import DEFAULT_MODEL, resolve_model
+from vmcp_opt.optimizer.onnx_encoder import OnnxEmbedder
+
+# Real documents of mixed lengths (tool documents, short and over-long texts), enough for several batches.
+DOCUMENTS = [tool_document(r) for r in CATALOGUE] + [f"{text} ({i})" for i in range(12) for text in TEXTS]
+
+
+def _embedder(**config: object) -> OnnxEmbedder:
+    cache = Path(os.environ["VMCP_OPTIMIZER__MODEL_CACHE"])
+    embedder = load_configured_embedder(OptimizerConfig.model_validate(config), cache)
+    assert isinstance(embedder, OnnxEmbedder)
+    return embedder
+
+
+@pytest.fixture(scope="module")
+def served() -> OnnxEmbedder:
+    """The gateway's default embedder: ONNX Runtime fp32, with the child for 1,000 new documents or more."""
+    return _embedder()
+
+
+def _in_process(served: OnnxEmbedder, texts: list[str]) -> np.ndarray:
+    return served.encoder.encode_bulk(texts, served.batch_size)
+
+
+def test_gateway_embedder_attaches_the_child_above_the_configured_threshold(served: OnnxEmbedder) -> None:
+    assert isinstance(served.bulk, BulkEncoder)
+    assert served.bulk.min_documents == OptimizerConfig().bulk_process_min
+    # The demo and the tests (57 tools) stay in process: no child, no torch import.
+    assert served.bulk(DOCUMENTS[:57]) is None
+    assert _embedder(bulk_process_min=0).bulk is None
+
+
+def test_child_vectors_match_the_served_onnx_encoder_and_progress_is_relayed(served: OnnxEmbedder) -> None:
+    assert isinstance(served.bulk, BulkEncoder)
+    done: list[int] = []
+    vectors = served.bulk.run(DOCUMENTS, done.append)
+    assert sum(done) == len(DOCUMENTS) and len(done) > 1
+    cosines = (vectors * _in_process(served, DOCUMENTS)).sum(axis=1)
+    assert cosines.min() >= 0.999, cosines.min()
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
+
+
+def test_update_above_the_threshold_takes_the_child() -> None:
+    embedder = _embedder(bulk_process_min=len(DOCUMENTS))
+    assert isinstance(embedder.bulk, BulkEncoder)
+    vectors = embedder.encode_documents(DOCUMENTS)
+    assert embedder.bulk.failed is None
+    assert (vectors * _in_process(embedder, DOCUMENTS)).sum(axis=1).min() >= 0.999
+
+
+def test_failing_child_falls_back_to_in_process_encoding_with_the_reason_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    embedder = _embedder(bulk_process_min=2)
+    assert isinstance(embedder.bulk, BulkEncoder)
+    # A model directory the child cannot load: it exits with an error line.
+    embedder.bulk.spec = dataclasses.replace(resolve_model(DEFAULT_MODEL), path=tmp_path)
+    with caplog.at_level(logging.WARNING, logger="vmcp_opt.optimizer.bulk_embed"):
+        vectors = embedder.encode_documents(DOCUMENTS[:10])
+    assert embedder.bulk.failed is not None and "not a BERT model" in embedder.bulk.failed
+    assert "encoding in process instead" in caplog.text and "not a BERT model" in caplog.text
+    np.testing.assert_allclose(vectors, _in_process(embedder, DOCUMENTS[:10]), atol=1e-5)
+    # Not tried again in this process.
+    assert embedder.bulk(DOCUMENTS[:10]) is None
+
+
+def test_child_past_its_deadline_is_killed_and_the_update_falls_back(caplog: pytest.LogCaptureFixture) -> None:
+    embedder = _embedder(bulk_process_min=2, bulk_process_timeout=0.05)
+    assert isinstance(embedder.bulk, BulkEncoder)
+    with caplog.at_level(logging.WARNING, logger="vmcp_opt.optimizer.bulk_embed"):
+        vectors = embedder.encode_documents(DOCUMENTS[:4])
+    assert "optimizer.bulk_process_timeout" in caplog.text
+    assert vectors.shape == (4, embedder.dimensions)
+
+
+def test_lean_encoder_from_the_model_directory_matches_the_loaded_model() -> None:
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from vmcp_opt.optimizer.encoder import LeanEncoder
+
+    spec = resolve_model(DEFAULT_MODEL)
+    model = SentenceTransformer(str(spec.path), device="cpu", local_files_only=True)
+    model.max_seq_length = spec.max_seq_length
+    loaded = LeanEncoder.from_sentence_transformer(model)
+    direct = LeanEncoder.from_directory(spec.path, spec.max_seq_length, torch.float32)
+    assert loaded is not None and direct is not None
+    assert (loaded.encode(DOCUMENTS) * direct.encode(DOCUMENTS)).sum(axis=1).min() >= 0.99999

@@ -1,0 +1,211 @@
+"""Bulk document encoding in a child process on the lean torch encoder, so a cold build of many tools is fast
+while the serving process stays torch-free.
+
+The gateway serves queries with ONNX Runtime fp32 (optimizer/onnx_encoder.py), whose CPU kernels cannot use
+AMX: a cold build of 10k tools took 88 s there, against 23 s for the lean encoder (optimizer/encoder.py) in
+bfloat16 (bench/README.md, "Cold build of 10k tools"). So when an update has `bulk_process_min` or more new
+documents and torch is installed, `BulkEncoder` runs `python -m vmcp_opt.optimizer.bulk_embed`:
+
+- the parent writes the texts to a JSON file in a temporary directory; the child loads the weights and
+  tokenizer straight from the model directory (`LeanEncoder.from_directory`: torch, safetensors and
+  tokenizers only, no transformers), encodes in bfloat16 where the CPU has AMX / AVX-512 BF16 (else
+  float32), prints `done <n>` lines as batches finish and writes float32 vectors to an `.npy` file;
+- the parent relays that progress, kills the child at `bulk_process_timeout`, and checks a few rows against
+  its own ONNX fp32 encoder (cosine >= `MIN_COSINE`) before it takes the vectors;
+- on any failure it logs why, returns None (the caller encodes in process on ONNX Runtime) and does not try
+  the child again in this process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+
+from vmcp_opt.optimizer.embedding import cpu_supports_bfloat16, maybe_progress
+from vmcp_opt.optimizer.model_registry import ModelSpec
+
+log = logging.getLogger(__name__)
+
+# Rows of the child's output checked against the parent's own encoder: bfloat16 documents measured cosine
+# >= 0.998 to fp32 (eval/README.md, "Encoders"); below this the child's numerics are wrong, not merely rounded.
+MIN_COSINE = 0.99
+CHECK_ROWS = 8
+# Texts of 64 tokens per batch (batches hold ~`BATCH_SIZE * 64` tokens, optimizer/batching.py): twice the
+# in-process default, since larger bfloat16 matrices keep AMX busier (+30% documents per CPU second over
+# 4,096 tokens on a 2,000-document sample, measured; +~200 MB peak in the child, which exits after).
+BATCH_SIZE = 128
+
+
+class BulkEncodeError(Exception):
+    """The child failed, timed out or gave vectors that do not match; the message says which."""
+
+
+class BulkEncoder:
+    """`OnnxEmbedder.bulk`: many documents through the child, None when there are few or the child fails."""
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        reference: Callable[[Sequence[str]], np.ndarray],
+        *,
+        min_documents: int,
+        timeout: float,
+        threads: int = 0,
+        batch_size: int = BATCH_SIZE,
+        bfloat16: bool = True,
+    ) -> None:
+        self.spec = spec
+        # The serving encoder's own `encode`: the child's rows must agree with it.
+        self.reference = reference
+        self.min_documents = min_documents
+        self.timeout = timeout
+        self.threads = threads or os.cpu_count() or 1
+        self.batch_size = batch_size
+        self.bfloat16 = bfloat16 and cpu_supports_bfloat16()
+        # Set after a failure: the in-process path serves from then on.
+        self.failed: str | None = None
+
+    def __call__(self, texts: Sequence[str], progress: bool = False) -> np.ndarray | None:
+        if len(texts) < self.min_documents or self.failed is not None:
+            return None
+        started = time.perf_counter()
+        label = f"embedding {len(texts)} tools (torch {'bfloat16' if self.bfloat16 else 'float32'}, child process)"
+        try:
+            with maybe_progress(progress, label, len(texts)) as advance:
+                vectors = self.run(texts, advance)
+            self.check(texts, vectors)
+        except BulkEncodeError as exc:
+            self.failed = str(exc)
+            log.warning("bulk encoding in a child process failed (%s); encoding in process instead", exc)
+            return None
+        seconds = time.perf_counter() - started
+        log.info("embedded %d documents in a child process in %.1f s", len(texts), seconds)
+        return vectors
+
+    def run(self, texts: Sequence[str], advance: Callable[[int], object]) -> np.ndarray:
+        """The child's vectors for `texts`, in order; raises `BulkEncodeError`."""
+        with tempfile.TemporaryDirectory(prefix="vmcp-bulk-") as tmp:
+            source, target, errors = Path(tmp) / "texts.json", Path(tmp) / "vectors.npy", Path(tmp) / "stderr"
+            source.write_text(json.dumps(list(texts)), encoding="utf-8")
+            command = [sys.executable, "-m", "vmcp_opt.optimizer.bulk_embed", str(self.spec.path), str(source)]
+            command += [str(target), "--max-length", str(self.spec.max_seq_length), "--threads", str(self.threads)]
+            command += ["--batch-size", str(self.batch_size)] + ([] if self.bfloat16 else ["--float32"])
+            with errors.open("w", encoding="utf-8") as stderr:
+                code, timed_out = self._wait(command, stderr, advance, len(texts))
+            if timed_out:
+                raise BulkEncodeError(f"no result within {self.timeout:.0f} s (optimizer.bulk_process_timeout)")
+            if code != 0:
+                lines = [line for line in errors.read_text(encoding="utf-8").splitlines() if line.strip()]
+                raise BulkEncodeError(lines[-1] if lines else f"exit status {code}")
+            try:
+                vectors: np.ndarray = np.load(target)
+            except (OSError, ValueError) as exc:
+                raise BulkEncodeError(f"unreadable output ({exc})") from None
+        if vectors.shape != (len(texts), self.spec.dimensions) or vectors.dtype != np.float32:
+            raise BulkEncodeError(f"output of shape {vectors.shape} {vectors.dtype}, expected {len(texts)} rows")
+        return vectors
+
+    def _wait(
+        self, command: list[str], stderr: IO[str], advance: Callable[[int], object], total: int
+    ) -> tuple[int, bool]:
+        """Run `command`, relaying its `done <n>` lines to `advance`; (exit status, killed at the deadline)."""
+        # The child forks nothing, so its tokenizer may use both cores (3 s for 10k documents on one, loaded).
+        # OpenMP threads that sleep rather than spin between operations: on a shared 2-core machine (load 6-10)
+        # 1,000 documents took ~35% less CPU and 27-31% less time (bench/README.md, "Cold build of 10k tools").
+        env = {"OMP_WAIT_POLICY": "PASSIVE", **os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "true"}
+        child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env)
+        expired = threading.Event()
+
+        def kill() -> None:
+            expired.set()
+            child.kill()
+
+        timer = threading.Timer(self.timeout, kill)
+        timer.start()
+        try:
+            assert child.stdout is not None
+            done, step = 0, max(1, total // 10)
+            for line in child.stdout:
+                kind, _, count = line.partition(" ")
+                if kind == "done" and count.strip().isdigit():
+                    advance(int(count))
+                    # A log line per tenth, so a long build shows progress in the gateway's log too.
+                    if (done + int(count)) // step > done // step:
+                        log.info("bulk child: %d of %d documents embedded", done + int(count), total)
+                    done += int(count)
+            code = child.wait()
+        finally:
+            timer.cancel()
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+        return code, expired.is_set()
+
+    def check(self, texts: Sequence[str], vectors: np.ndarray) -> None:
+        """A few rows, spread over the batch, against the serving encoder (cosine >= `MIN_COSINE`)."""
+        rows = np.unique(np.linspace(0, len(texts) - 1, num=min(CHECK_ROWS, len(texts))).astype(int))
+        expected = self.reference([texts[i] for i in rows])
+        cosine = float((expected * vectors[rows]).sum(axis=1).min())
+        if cosine < MIN_COSINE:
+            raise BulkEncodeError(f"vectors differ from the serving encoder's (cosine {cosine:.4f} < {MIN_COSINE})")
+
+
+def torch_available() -> bool:
+    """True when torch is installed (found, not imported: this process stays torch-free)."""
+    return importlib.util.find_spec("torch") is not None
+
+
+def _encode(args: argparse.Namespace) -> np.ndarray:
+    """The child's work (torch imported here)."""
+    import torch
+
+    from vmcp_opt.optimizer.encoder import LeanEncoder
+
+    torch.set_num_threads(args.threads)
+    dtype = torch.float32 if args.float32 else torch.bfloat16
+    encoder = LeanEncoder.from_directory(args.model_dir, args.max_length, dtype)
+    if encoder is None:
+        raise BulkEncodeError(f"{args.model_dir}: not a BERT model with mean pooling and safetensors weights")
+    texts: list[str] = json.loads(args.texts.read_text(encoding="utf-8"))
+
+    def done(count: int) -> None:
+        print(f"done {count}", flush=True)
+
+    return encoder.encode_bulk(texts, args.batch_size, done)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The child: `python -m vmcp_opt.optimizer.bulk_embed MODEL_DIR TEXTS.json OUT.npy [options]`."""
+    parser = argparse.ArgumentParser(description="Encode documents with the lean torch encoder.")
+    parser.add_argument("model_dir", type=Path)
+    parser.add_argument("texts", type=Path, help="a JSON list of texts")
+    parser.add_argument("out", type=Path, help="float32 vectors, one row per text (.npy)")
+    parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--batch-size", type=int, default=BATCH_SIZE)
+    parser.add_argument("--float32", action="store_true", help="float32 instead of bfloat16")
+    args = parser.parse_args(argv)
+    try:
+        vectors = _encode(args)
+    except (BulkEncodeError, OSError, ValueError) as exc:
+        print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    np.save(args.out, np.ascontiguousarray(vectors, dtype=np.float32))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
