@@ -286,7 +286,7 @@ def load_configured_embedder(config: OptimizerConfig, model_cache: Path | None =
         query_threads=config.query_threads,
         bulk_threads=config.bulk_threads,
     )
-    if embedder.kind == "onnx" and config.bulk_process_min > 0:
+    if embedder.kind.startswith("onnx") and config.bulk_process_min > 0:
         from vmcp_opt.optimizer.bulk_embed import BulkEncoder, torch_available
         from vmcp_opt.optimizer.onnx_encoder import OnnxEmbedder
 
