@@ -16,19 +16,12 @@ from pathlib import Path
 import httpx2
 import pytest
 
-from tests.support import Gateway, demo_backend, running_gateway, write_config
+from tests.support import RAW_HEADERS, RAW_INITIALIZE, Gateway, demo_backend, running_gateway, write_config
 from tests.test_host_binding import a_non_loopback_address
 
 pytestmark = [pytest.mark.slow]
 
 SECRET = "sekrit-http-limits-4321"
-HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
-INITIALIZE = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}},
-}
 
 
 def client_from(address: str) -> httpx2.Client:
@@ -37,11 +30,11 @@ def client_from(address: str) -> httpx2.Client:
 
 
 def open_session(client: httpx2.Client, gateway: Gateway) -> httpx2.Response:
-    return client.post(gateway.url, json=INITIALIZE, headers={**HEADERS, "Host": f"127.0.0.1:{gateway.port}"})
+    return client.post(gateway.url, json=RAW_INITIALIZE, headers={**RAW_HEADERS, "Host": f"127.0.0.1:{gateway.port}"})
 
 
 def session_headers(response: httpx2.Response) -> dict[str, str]:
-    return {**HEADERS, "mcp-session-id": response.headers["mcp-session-id"], "mcp-protocol-version": "2025-11-25"}
+    return {**RAW_HEADERS, "mcp-session-id": response.headers["mcp-session-id"], "mcp-protocol-version": "2025-11-25"}
 
 
 def list_tools(client: httpx2.Client, gateway: Gateway, headers: dict[str, str]) -> httpx2.Response:
@@ -115,7 +108,7 @@ def plain_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]
 
 def test_requests_with_an_unusable_id_are_refused_with_invalid_request(plain_gateway: Gateway) -> None:
     gateway = plain_gateway
-    opened = httpx2.post(gateway.url, json=INITIALIZE, headers=HEADERS, timeout=20)
+    opened = httpx2.post(gateway.url, json=RAW_INITIALIZE, headers=RAW_HEADERS, timeout=20)
     headers = session_headers(opened)
     huge = "x" * 100_000
     for request_id in (None, True, False, {"a": huge}, [1, 2]):
@@ -126,7 +119,7 @@ def test_requests_with_an_unusable_id_are_refused_with_invalid_request(plain_gat
         assert error["code"] == -32600 and "id must be a string or an integer" in error["message"]
         assert len(response.content) < 500  # the client's input is never echoed
     # No session needed to be refused either, and a good request still works.
-    no_session = httpx2.post(gateway.url, headers=HEADERS, json={**INITIALIZE, "id": None}, timeout=20)
+    no_session = httpx2.post(gateway.url, headers=RAW_HEADERS, json={**RAW_INITIALIZE, "id": None}, timeout=20)
     assert no_session.status_code == 400 and no_session.json()["error"]["code"] == -32600
     assert (
         "tools"
@@ -138,7 +131,7 @@ def test_requests_with_an_unusable_id_are_refused_with_invalid_request(plain_gat
 
 def test_a_huge_tool_name_or_argument_is_not_echoed_in_the_error(plain_gateway: Gateway) -> None:
     gateway = plain_gateway
-    headers = session_headers(httpx2.post(gateway.url, json=INITIALIZE, headers=HEADERS, timeout=20))
+    headers = session_headers(httpx2.post(gateway.url, json=RAW_INITIALIZE, headers=RAW_HEADERS, timeout=20))
     huge = "n" * 1_000_000
     calls = [("no_such_" + huge, {}), ("notes_search_notes", {"query": 5, huge: huge})]
     for name, arguments in calls:
@@ -216,7 +209,7 @@ def test_slow_header_and_idle_connections_are_closed_and_capped(plain_gateway: G
         )
         assert b"HTTP/1.1 200" not in stalled
         assert healthz(gateway) == 200
-        opened = httpx2.post(gateway.url, json=INITIALIZE, headers=HEADERS, timeout=20)
+        opened = httpx2.post(gateway.url, json=RAW_INITIALIZE, headers=RAW_HEADERS, timeout=20)
         assert "tools" in list_tools(httpx2.Client(timeout=20), gateway, session_headers(opened)).text
     finally:
         for sock in slow:
