@@ -65,11 +65,11 @@ def legacy_search(
     """`ToolIndex.search` before the search path was reworked: bm25s tokenization and scoring per variant,
     FAISS for every vector search, full sorts for the boosts' seeds and the results. Fusion, merge and the
     boosts' arithmetic are shared with the new path."""
-    saved, boosts.head = boosts.head, _legacy_head
+    saved, ranking.head = ranking.head, _legacy_head
     try:
         return _legacy_search(index, query, limit, backends, names)
     finally:
-        boosts.head = saved
+        ranking.head = saved
 
 
 def _legacy_head(ranking_: ranking.Ranking, count: int) -> list[int]:
@@ -115,7 +115,7 @@ def _legacy_search(
     supplies: dict[int, tuple[str, str]] = {}
     if config.prerequisite_weight > 0 and snap.prerequisites:
         scored, supplies = boosts.with_prerequisites(merged, scored, snap.records, snap.prerequisites, config, allowed)
-    best = ranking.top(scored, limit)
+    best = [(doc, scored[doc]) for doc in ranking.order(scored)[:limit]]
     similarity = index_module._similarities(snap, query_vectors, [doc for doc, _ in best])
     return SearchResult(
         [
@@ -222,7 +222,7 @@ STAGES: tuple[tuple[Any, str, str], ...] = (
     (ranking, "merge_variants", "merge variants"),
     (index_module, "with_companions", "boost: companions"),
     (index_module, "with_prerequisites", "boost: prerequisites"),
-    (index_module, "head", "top"),
+    (ranking, "top", "top"),
     (index_module, "_similarities", "similarities"),
 )
 

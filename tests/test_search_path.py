@@ -15,7 +15,6 @@ import pytest
 from tests.test_optimizer_index import CATALOGUE
 from vmcp_opt.config import OptimizerConfig
 from vmcp_opt.optimizer import keyword_arm, ranking, vector_arm
-from vmcp_opt.optimizer.boosts import head
 from vmcp_opt.optimizer.documents import tool_document
 
 QUERIES = [
@@ -95,4 +94,4 @@ def test_head_is_the_start_of_the_full_order() -> None:
         scores = [0.0, 0.5, 1.0, rng.random(), rng.random() * 1e-9]
         ranking_ = {rng.randrange(500): rng.choice(scores) for _ in range(rng.randrange(60))}
         count = rng.randrange(1, 12)
-        assert head(ranking_, count) == ranking.order(ranking_)[:count]
+        assert ranking.head(ranking_, count) == ranking.order(ranking_)[:count]

@@ -5,7 +5,6 @@
 
 Both read the request's own ranking (`merged`, the fused query variants), so neither feeds the other, and
 both return, next to the boosted scores, why a tool was raised (`SearchHit.used_with`, `.supplies`).
-`head` is `ranking.order(...)[:count]` without sorting every candidate (a search needs the first few).
 """
 
 from __future__ import annotations
@@ -24,17 +23,6 @@ from vmcp_opt.optimizer.usage import UsageGraph, companion_scores
 _BELOW = 0.999
 
 
-def head(ranking_: ranking.Ranking, count: int) -> list[int]:
-    """The first `count` of `ranking.order(ranking_)`: best score first, ties by position."""
-    if len(ranking_) <= count:
-        return ranking.order(ranking_)
-    # Every document scoring at least the `count`-th best score (a sort of plain floats), then their order.
-    cut = sorted(ranking_.values(), reverse=True)[count - 1]
-    few = [doc for doc, score in ranking_.items() if score >= cut]
-    few.sort(key=lambda doc: (-ranking_[doc], doc))
-    return few[:count]
-
-
 def with_companions(
     merged: ranking.Ranking,
     records: Sequence[ToolRecord],
@@ -48,7 +36,7 @@ def with_companions(
 
     `positions` maps routable names to positions in `records` (the graph knows tools by name)."""
     seeds = config.usage_seeds
-    seeded = [(records[doc].name, merged[doc]) for doc in head(merged, seeds)]
+    seeded = [(records[doc].name, merged[doc]) for doc in ranking.head(merged, seeds)]
     boosted = dict(merged)
     used_with: dict[int, str] = {}
     for name, (extra, seed) in companion_scores(seeded, usage, seeds, config.usage_weight).items():
@@ -76,7 +64,7 @@ def with_prerequisites(
     result the request asked for is never pushed out by what it needs."""
     weight = config.prerequisite_weight
     best: dict[int, tuple[float, float, int, str]] = {}  # issuer -> (extra, ceiling, result, argument)
-    for rank, doc in enumerate(head(merged, config.usage_seeds), start=1):
+    for rank, doc in enumerate(ranking.head(merged, config.usage_seeds), start=1):
         score = merged[doc]
         for needed in prerequisites.get(doc, ()) if score > 0 else ():
             extra = weight * score / rank

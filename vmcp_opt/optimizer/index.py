@@ -26,7 +26,7 @@ import numpy as np
 
 from vmcp_opt.config import OptimizerConfig
 from vmcp_opt.optimizer import keyword_arm, ranking, vector_arm
-from vmcp_opt.optimizer.boosts import head, with_companions, with_prerequisites
+from vmcp_opt.optimizer.boosts import with_companions, with_prerequisites
 from vmcp_opt.optimizer.documents import ToolRecord, content_hash, keyword_document, tool_document
 from vmcp_opt.optimizer.embedding import TextEmbedder, load_configured_embedder
 from vmcp_opt.optimizer.model_registry import ModelSpec, resolve_model
@@ -181,7 +181,7 @@ class ToolIndex:
         supplies: dict[int, tuple[str, str]] = {}
         if config.prerequisite_weight > 0 and snap.prerequisites:
             scored, supplies = with_prerequisites(merged, scored, snap.records, snap.prerequisites, config, allowed)
-        best = [(doc, scored[doc]) for doc in head(scored, limit)]
+        best = ranking.top(scored, limit)
         similarity = _similarities(snap, query_vectors, [doc for doc, _ in best])
         return SearchResult(
             [

@@ -128,6 +128,17 @@ def order(ranking: Ranking) -> list[int]:
     return sorted(ranking, key=lambda doc: (-ranking[doc], doc))
 
 
+def head(ranking: Ranking, count: int) -> list[int]:
+    """`order(ranking)[:count]` without sorting every candidate (a search needs the first few)."""
+    if len(ranking) <= count:
+        return order(ranking)
+    # Every document scoring at least the `count`-th best score (a sort of plain floats), then their order.
+    cut = sorted(ranking.values(), reverse=True)[count - 1]
+    few = [doc for doc, score in ranking.items() if score >= cut]
+    few.sort(key=lambda doc: (-ranking[doc], doc))
+    return few[:count]
+
+
 def top(ranking: Ranking, limit: int) -> list[tuple[int, float]]:
     """The best `limit` (document, score) pairs."""
-    return [(doc, ranking[doc]) for doc in order(ranking)[:limit]]
+    return [(doc, ranking[doc]) for doc in head(ranking, limit)]
