@@ -28,8 +28,7 @@ from mcp.shared.exceptions import MCPError
 
 from tests.nginx_server import Nginx, running_nginx
 from tests.redis_server import RedisServer, running_redis
-from tests.support import EXAMPLES, Gateway, demo_backend, raw_session, running_gateway, write_config
-from tests.test_http_limits import HEADERS
+from tests.support import EXAMPLES, RAW_HEADERS, Gateway, demo_backend, raw_session, running_gateway, write_config
 from vmcp_opt.auth.api_keys import new_key
 
 pytestmark = [pytest.mark.slow]
@@ -226,7 +225,7 @@ def test_a_session_deleted_on_one_replica_is_gone_on_every_replica(pool: Pool) -
 
 
 def test_an_unknown_session_id_is_not_found_anywhere(pool: Pool) -> None:
-    headers = {**HEADERS, "mcp-session-id": os.urandom(16).hex(), "mcp-protocol-version": "2025-11-25"}
+    headers = {**RAW_HEADERS, "mcp-session-id": os.urandom(16).hex(), "mcp-protocol-version": "2025-11-25"}
     for replica in pool.replicas:
         response = httpx2.post(replica.url, json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"}, headers=headers)
         assert response.status_code == 404

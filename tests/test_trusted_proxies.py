@@ -17,8 +17,8 @@ import httpx2
 import pytest
 
 from tests.nginx_server import running_nginx
-from tests.support import Gateway, demo_backend, running_gateway, write_config
-from tests.test_http_limits import HEADERS, INITIALIZE, client_from, session_headers
+from tests.support import RAW_HEADERS, RAW_INITIALIZE, Gateway, demo_backend, running_gateway, write_config
+from tests.test_http_limits import client_from, session_headers
 
 pytestmark = [pytest.mark.slow]
 
@@ -32,7 +32,7 @@ def nginx_in_front_of(gateway: Gateway, directory: Path) -> Iterator[str]:
 
 def initialize(client: httpx2.Client, url: str, forwarded_for: str | None = None) -> httpx2.Response:
     extra = {"X-Forwarded-For": forwarded_for} if forwarded_for else {}
-    return client.post(url, json=INITIALIZE, headers={**HEADERS, **extra})
+    return client.post(url, json=RAW_INITIALIZE, headers={**RAW_HEADERS, **extra})
 
 
 def gateway_config(directory: Path, **server: object) -> Path:
