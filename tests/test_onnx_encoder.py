@@ -21,6 +21,7 @@ from mcp import Client
 
 from tests.support import demo_backend, running_gateway, torch_mapped, write_config
 from tests.test_lean_encoder import TEXTS
+from vmcp_opt.optimizer.batching import low_padding_groups
 from vmcp_opt.optimizer.embedding import load_embedder
 from vmcp_opt.optimizer.model_registry import DEFAULT_MODEL, resolve_model
 from vmcp_opt.optimizer.onnx_encoder import OnnxEmbedder, OnnxEncoder
@@ -69,10 +70,25 @@ def test_onnx_vectors_match_the_torch_encoder_one_text_at_a_time(encoder: OnnxEn
 
 def test_onnx_vectors_match_the_torch_encoder_in_padded_batches_and_bulk(encoder: OnnxEncoder, lean: Any) -> None:
     expected = lean.encode(TEXTS)
-    assert _cosines(encoder.encode(TEXTS), expected).min() >= 0.9999
+    assert _cosines(encoder.encode_ids(encoder.tokenize(TEXTS)), expected).min() >= 0.9999
     many = TEXTS * 100  # past PARALLEL_MIN_TEXTS: batches run on two threads
     bulk = encoder.encode_bulk(many, batch_size=8, threads=2)
     assert _cosines(bulk, np.tile(expected, (100, 1))).min() >= 0.9999
+
+
+def test_a_request_runs_in_groups_of_near_equal_length_with_the_vectors_of_one_padded_batch(
+    encoder: OnnxEncoder,
+) -> None:
+    request = "find the weather in Paris and then book a table for two at an Italian restaurant near the station " * 3
+    texts = [request, "find the weather in Paris", "book a table for two", "at an Italian restaurant"]
+    lengths = [len(ids) for ids in encoder.tokenize(texts)]
+    groups = low_padding_groups(lengths)
+    assert sorted(row for group in groups for row in group) == [0, 1, 2, 3]
+    assert [0] in groups  # the long request runs alone instead of padding the three intents to its length
+    for group in groups:
+        assert max(lengths[row] for row in group) * len(group) <= 1.25 * sum(lengths[row] for row in group)
+    grouped = encoder.encode(texts)
+    assert _cosines(grouped, encoder.encode_ids(encoder.tokenize(texts))).min() >= 0.99999
 
 
 def test_the_int8_graph_stays_within_its_cosine_floor_of_the_torch_fp32_encoder(onnx_model: Path, lean: Any) -> None:

@@ -1,8 +1,9 @@
 """The sentence encoder on ONNX Runtime: the Rust tokenizer, one session, no torch in the process.
 
 The graph (optimizer/onnx_export.py) holds the whole model: BERT with ONNX Runtime's fused operators, mean
-pooling and L2 normalisation, so a query is tokenize -> `session.run` -> a normalised float32 row. A query
-runs on `query_threads` intra-op threads (1: on a shared 2-core machine a second thread mostly waits for a
+pooling and L2 normalisation, so a query is tokenize -> `session.run` -> a normalised float32 row. The texts
+of one request (the request and its intents) run in groups of near-equal length rather than one batch padded
+to the longest, which cost a long request's intents up to 2.5x their tokens. A query runs on `query_threads` intra-op threads (1: on a shared 2-core machine a second thread mostly waits for a
 busy core); bulk encoding runs batches on `bulk_threads` Python threads, each a single-threaded `run` of
 the same session (ONNX Runtime releases the GIL and its `run` is thread-safe), so the weights are held once.
 """
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vmcp_opt.optimizer.batching import batches_by_tokens, padded, tokenize_chunked
+from vmcp_opt.optimizer.batching import batches_by_tokens, low_padding_groups, padded, tokenize_chunked
 from vmcp_opt.optimizer.embedding import maybe_progress, release_memory
 from vmcp_opt.optimizer.model_registry import ModelError, ModelSpec
 from vmcp_opt.optimizer.onnx_export import Precision, ensure_onnx_model
@@ -61,8 +62,17 @@ class OnnxEncoder:
         self._lock = threading.Lock()
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
-        """One batch: float32 (len(texts), d), each row L2-normalised. Texts are padded to the longest."""
-        return self.encode_ids(self.tokenize(texts))
+        """float32 (len(texts), d), each row L2-normalised: one run per group of texts of near-equal length
+        (`low_padding_groups`), usually one run for a request."""
+        token_ids = self.tokenize(texts)
+        groups = low_padding_groups([len(ids) for ids in token_ids])
+        if len(groups) == 1:
+            return self.encode_ids(token_ids)
+        parts = [(rows, self.encode_ids([token_ids[row] for row in rows])) for rows in groups]
+        out = np.empty((len(token_ids), parts[0][1].shape[1]), dtype=np.float32)
+        for rows, vectors in parts:
+            out[rows] = vectors
+        return out
 
     def encode_ids(self, token_ids: Sequence[Sequence[int]]) -> np.ndarray:
         ids, mask = padded(token_ids)
