@@ -278,8 +278,10 @@ class OptimizerFront:
             "this_answer": answer_tokens,
             "saved": max(0, self.full_list_tokens - answer_tokens),
         }
+        # Compact: `indent` turns off json's C encoder (0.39 against 0.08 ms for 8 results) and the newlines
+        # and spaces cost a client's LLM tokens for nothing.
         return types.CallToolResult(
-            content=[types.TextContent(type="text", text=json.dumps(answer, indent=1))],
+            content=[types.TextContent(type="text", text=json.dumps(answer, separators=(",", ":")))],
             structured_content=answer,
         )
 
