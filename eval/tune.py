@@ -52,6 +52,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "share0.232": {"usage": False, "parameter_share": 0.232},
     "share0.31": {"usage": False, "parameter_share": 0.31},
     "share0.375": {"usage": False, "parameter_share": 0.375},
+    "share0.45": {"usage": False, "parameter_share": 0.45},
+    "share0.5": {"usage": False, "parameter_share": 0.5},
     "dense-only": {"dense_weight": 1.0},
     "keyword-only": {"dense_weight": 0.0},
 }
