@@ -8,8 +8,8 @@ default, or with `optimizer.parameter_weight` above 1 the parameters written in 
 repeated that many times. A request names what it passes ("... for the city of Lyon, in French"), and on
 the ToolLens dev split the keyword arm ranked better the more its parameters weighed, but not on the
 held-out ToolRet sets (eval/README.md, fifth round), hence the default. With `optimizer.parameter_share`
-set, the keyword arm reads `keyword_fields` instead: the head and the full parameter lines apart, so that
-the parameters can weigh a fraction (eval/README.md, sixth round).
+set (not by default: it lost on toolink), the keyword arm reads `keyword_fields` instead: the head and the
+full parameter lines apart, so that the parameters can weigh a fraction (eval/README.md, sixth round).
 """
 
 from __future__ import annotations
