@@ -42,6 +42,9 @@ OPTIMIZER_VARIANTS: dict[str, dict[str, Any]] = {
     # The fifth round's dev winner, not the default: the keyword arm's parameters twice and each arm scaled
     # by its best (it lost on four of the five held-out sets: eval/README.md).
     "optimizer-params-twice": {"parameter_weight": 2, "fusion_scaling": "max"},
+    # The sixth round's dev winner, cold, not the default: the keyword arm's parameters weighed per catalogue
+    # so they make 23.2 % of its tokens (where weight 2 puts ToolLens); it lost 2.4 on toolink (eval/README.md).
+    "optimizer-cold-parameter-share": {"usage": False, "parameter_share": 0.232},
     # Each arm divided by its best score before fusion, instead of min-max.
     "optimizer-max-scaling": {"fusion_scaling": "max"},
     "optimizer-no-split": {"split_intents": False},

@@ -45,6 +45,15 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "params3": {"usage": False, "parameter_weight": 3, "fusion_scaling": "max"},
     "minmax": {"usage": False, "fusion_scaling": "minmax", "parameter_weight": 2},
     "minmax-params1": {"usage": False, "fusion_scaling": "minmax", "parameter_weight": 1},
+    # Sixth round: the parameters' weight chosen per catalogue so they make this share of the keyword arm's
+    # tokens (0.232 is where weight 2 puts ToolLens; 0.131 is weight 1 with full descriptions).
+    "share0.131": {"usage": False, "parameter_share": 0.131},
+    "share0.18": {"usage": False, "parameter_share": 0.18},
+    "share0.232": {"usage": False, "parameter_share": 0.232},
+    "share0.31": {"usage": False, "parameter_share": 0.31},
+    "share0.375": {"usage": False, "parameter_share": 0.375},
+    "share0.45": {"usage": False, "parameter_share": 0.45},
+    "share0.5": {"usage": False, "parameter_share": 0.5},
     "dense-only": {"dense_weight": 1.0},
     "keyword-only": {"dense_weight": 0.0},
 }

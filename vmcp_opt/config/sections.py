@@ -248,6 +248,12 @@ class OptimizerConfig(_Strict):
     # the ToolLens dev split, but 2 (with "max" scaling) lost 0.2-1.9 on each held-out ToolRet set
     # (eval/README.md, fifth round), so the default stays 1.
     parameter_weight: int = Field(1, ge=1, le=5)
+    # When set, the keyword arm weighs parameters per catalogue instead (overriding `parameter_weight`):
+    # their term counts are scaled, fractionally if need be (0.25 to 5), so that parameter words make this
+    # share of the catalogue's keyword tokens. 0.232 (weight 2 on ToolLens) won +1.7 nDCG@10 on the dev
+    # split and +1.7 / +0.5 on ToolLens test / apigen, but lost 2.4 on toolink (mean gain +5.0 as before:
+    # eval/README.md, sixth round), so it is unset by default.
+    parameter_share: float | None = Field(None, gt=0, lt=1)
     # Recent query embeddings kept per index (find_tool queries repeat; an embedding is most of a search).
     query_cache_size: int = Field(1024, ge=0)
     # torch threads for one query embedding: 1 holds up when cores are contended (2 threads measured

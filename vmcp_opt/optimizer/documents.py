@@ -7,7 +7,9 @@ The vector arm reads `tool_document`; the keyword arm reads `keyword_document`: 
 default, or with `optimizer.parameter_weight` above 1 the parameters written in full (no length cut) and
 repeated that many times. A request names what it passes ("... for the city of Lyon, in French"), and on
 the ToolLens dev split the keyword arm ranked better the more its parameters weighed, but not on the
-held-out ToolRet sets (eval/README.md, fifth round), hence the default.
+held-out ToolRet sets (eval/README.md, fifth round), hence the default. With `optimizer.parameter_share`
+set (not by default: it lost on toolink), the keyword arm reads `keyword_fields` instead: the head and the
+full parameter lines apart, so that the parameters can weigh a fraction (eval/README.md, sixth round).
 """
 
 from __future__ import annotations
@@ -79,6 +81,13 @@ def keyword_document(record: ToolRecord, parameter_weight: int = 1) -> str:
         return tool_document(record)
     parameters = _parameter_lines(record.input_schema, full=True) * parameter_weight
     return "\n".join(line for line in (*_head(record), *parameters) if line)
+
+
+def keyword_fields(record: ToolRecord) -> tuple[str, str]:
+    """The keyword arm's two fields for a weight chosen per catalogue: the head (backend, name, title,
+    description) and the parameter lines written in full, each joined by lines as `tool_document` joins."""
+    head = "\n".join(line for line in _head(record) if line)
+    return head, "\n".join(line for line in _parameter_lines(record.input_schema, full=True) if line)
 
 
 def _head(record: ToolRecord) -> list[str]:

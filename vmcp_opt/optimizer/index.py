@@ -27,7 +27,7 @@ import numpy as np
 from vmcp_opt.config import OptimizerConfig
 from vmcp_opt.optimizer import keyword_arm, ranking, vector_arm
 from vmcp_opt.optimizer.boosts import with_companions, with_prerequisites
-from vmcp_opt.optimizer.documents import ToolRecord, content_hash, keyword_document, tool_document
+from vmcp_opt.optimizer.documents import ToolRecord, content_hash, keyword_document, keyword_fields, tool_document
 from vmcp_opt.optimizer.embedding import TextEmbedder, load_configured_embedder
 from vmcp_opt.optimizer.model_registry import ModelSpec, resolve_model
 from vmcp_opt.optimizer.prerequisites import Prerequisite, find_prerequisites
@@ -286,7 +286,7 @@ class ToolIndex:
             records=tuple(records),
             backend_codes=codes,
             backend_ids=backend_ids,
-            bm25=keyword_arm.build(_keyword_documents(records, documents, self.config), self.config),
+            bm25=_keyword_index(records, documents, self.config),
             vectors=vectors,
             has_vector=has_vector,
             faiss_index=faiss_index,
@@ -330,13 +330,18 @@ def _prepare(records: Sequence[ToolRecord]) -> tuple[list[ToolRecord], list[str]
     return unique, documents, hashes
 
 
-def _keyword_documents(
-    records: Sequence[ToolRecord], documents: Sequence[str], config: OptimizerConfig
-) -> Sequence[str]:
-    """What the keyword arm indexes: the vector arm's documents unless parameters weigh more there."""
+def _keyword_index(records: Sequence[ToolRecord], documents: Sequence[str], config: OptimizerConfig) -> Any:
+    """The keyword arm: over the vector arm's documents unless parameters weigh more there (a fixed
+    `parameter_weight`) or as much as this catalogue needs for `parameter_share`."""
+    if config.parameter_share is not None:
+        fields = [keyword_fields(record) for record in records]
+        heads, parameters = [head for head, _ in fields], [params for _, params in fields]
+        weight = keyword_arm.parameter_weight_for_share(heads, parameters, config.parameter_share)
+        log.info("keyword arm: parameters weigh %.2f for a %.0f %% share", weight, 100 * config.parameter_share)
+        return keyword_arm.build_fields(heads, parameters, weight, config)
     if config.parameter_weight <= 1:
-        return documents
-    return [keyword_document(record, config.parameter_weight) for record in records]
+        return keyword_arm.build(documents, config)
+    return keyword_arm.build([keyword_document(record, config.parameter_weight) for record in records], config)
 
 
 def _backend_mask(snap: _Snapshot, backends: Collection[str] | None) -> np.ndarray | None:

@@ -1,7 +1,9 @@
 """The keyword arm: BM25 (bm25s) over tool documents, English stopwords and Snowball stemming.
 
 Built once per index snapshot from the documents of `optimizer/documents.py`; a search scores one query
-against every document in a few array operations and keeps the best `depth` positive scores.
+against every document in a few array operations and keeps the best `depth` positive scores. With
+`optimizer.parameter_share` set, `build_fields` builds the same columns itself from two fields, the
+parameters' counts scaled by a weight chosen per catalogue (`parameter_weight_for_share`).
 
 Documents are tokenized by `bm25s.tokenize`; a query by `query_tokens`, the same steps (lower case, the
 same pattern, stopwords, stemmer) without bm25s's per-call progress bars and vocabulary building, which
@@ -14,6 +16,7 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import bm25s
@@ -29,6 +32,9 @@ _STOPWORD_SET = frozenset(STOPWORDS_EN)
 # bm25s.tokenize's default pattern (scikit-learn's CountVectorizer): words of two characters or more.
 _WORDS = re.compile(r"(?u)\b\w\w+\b")
 _stemmers = threading.local()
+# The parameter weight `parameter_weight_for_share` may choose: below, a catalogue's parameters would all but
+# vanish from the keyword arm; above, they would drown the tool's name (the config's `parameter_weight` cap).
+_SHARE_WEIGHT_BOUNDS = (0.25, 5.0)
 
 
 def build(documents: Sequence[str], config: OptimizerConfig) -> Any:
@@ -38,6 +44,77 @@ def build(documents: Sequence[str], config: OptimizerConfig) -> Any:
     bm25 = bm25s.BM25(k1=config.bm25_k1, b=config.bm25_b)
     bm25.index(_tokenize(list(documents)), show_progress=False)
     return bm25
+
+
+def build_fields(heads: Sequence[str], parameters: Sequence[str], weight: float, config: OptimizerConfig) -> Any:
+    """A BM25 index of two-field documents (a head and its parameter lines, by position), the parameters'
+    term frequencies and length counted `weight` times: BM25F's field weight, with `build`'s Lucene idf and
+    saturation. At an integer weight it scores as `build` does on each head followed by its parameter lines
+    repeated that many times; a fractional one is what repetition cannot say. None when there are no
+    documents."""
+    if not heads:
+        return None
+    head_tokens = _tokenize(list(heads), return_ids=False)
+    parameter_tokens = _tokenize(list(parameters), return_ids=False)
+    vocab: dict[str, int] = {}
+    frequencies: list[dict[int, float]] = []
+    lengths = np.zeros(len(heads))
+    for position, (head, params) in enumerate(zip(head_tokens, parameter_tokens, strict=True)):
+        tf: dict[int, float] = {}
+        for token in head:
+            key = vocab.setdefault(token, len(vocab))
+            tf[key] = tf.get(key, 0.0) + 1.0
+        if weight > 0:
+            for token in params:
+                key = vocab.setdefault(token, len(vocab))
+                tf[key] = tf.get(key, 0.0) + weight
+        lengths[position] = len(head) + (weight * len(params) if weight > 0 else 0)
+        frequencies.append(tf)
+    documents = len(heads)
+    doc_freq = np.zeros(len(vocab))
+    for tf in frequencies:
+        doc_freq[list(tf)] += 1
+    idf = np.log(1 + (documents - doc_freq + 0.5) / (doc_freq + 0.5))
+    average = float(lengths.mean()) or 1.0
+    k1, b = config.bm25_k1, config.bm25_b
+    rows: list[int] = []
+    columns: list[int] = []
+    values: list[float] = []
+    for position, tf in enumerate(frequencies):
+        norm = k1 * ((1 - b) + b * lengths[position] / average)
+        for key, count in tf.items():
+            rows.append(position)
+            columns.append(key)
+            values.append(float(idf[key]) * count / (norm + count))
+    # Compressed columns (one per token, documents ascending), the layout bm25s keeps and `_scores` reads.
+    row, column = np.array(rows, dtype=np.int32), np.array(columns, dtype=np.int32)
+    order = np.lexsort((row, column))
+    indptr = np.zeros(len(vocab) + 1, dtype=np.int32)
+    np.cumsum(np.bincount(column, minlength=len(vocab)), out=indptr[1:])
+    data = np.array(values, dtype=np.float32)[order]
+    scores = {"data": data, "indices": row[order], "indptr": indptr, "num_docs": documents}
+    return _FieldIndex(vocab_dict=vocab, scores=scores)
+
+
+def parameter_weight_for_share(heads: Sequence[str], parameters: Sequence[str], share: float) -> float:
+    """The weight at which the parameters make `share` of the catalogue's keyword tokens (stopwords out,
+    stemmed, as indexed): w·P / (H + w·P) = share, within `_SHARE_WEIGHT_BOUNDS`; 1 for a catalogue with
+    no parameter (or only parameters), where the weight changes nothing worth choosing."""
+    head = sum(len(tokens) for tokens in _tokenize(list(heads), return_ids=False)) if heads else 0
+    params = sum(len(tokens) for tokens in _tokenize(list(parameters), return_ids=False)) if parameters else 0
+    if not head or not params:
+        return 1.0
+    low, high = _SHARE_WEIGHT_BOUNDS
+    return min(high, max(low, share * head / ((1 - share) * params)))
+
+
+@dataclass(frozen=True)
+class _FieldIndex:
+    """What `candidates` reads of a bm25s index: the token ids and the per-token score columns (CSC)."""
+
+    vocab_dict: dict[str, int]
+    scores: dict[str, Any]
+    dtype: str = "float32"
 
 
 def candidates(bm25: Any, query: str, depth: int, allowed: np.ndarray | None) -> ranking.Ranking:
