@@ -1,5 +1,6 @@
 """`vmcp serve` imports only what its config uses: a gateway sharing nothing through Redis, with no OAuth
-and no Cedar policy (the bundled demo), never loads redis, pyjwt or cedarpy (about 12 MiB of its memory)."""
+and no Cedar policy (the bundled demo), never loads redis, pyjwt or cedarpy (about 12 MiB of its memory),
+nor `vmcp eval`'s harness."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ import httpx2
 
 from tests.support import demo_backend, running_gateway, write_config
 
-# Loaded only by the config sections that use them (vmcp_opt/shared/factories.py and the other factories).
-UNUSED_BY_THE_DEMO = ("redis", "jwt", "cedarpy")
+# Loaded only by the config sections that use them (vmcp_opt/shared/factories.py and the other factories),
+# and `vmcp eval` only by its command line (cli.LazyGroup).
+UNUSED_BY_THE_DEMO = ("redis", "jwt", "cedarpy", "eval")
 
 # On the gateway's path only (it is first on `sys.path`): each Python process that imports the gateway writes
 # the modules it had at exit to `<pid>.modules` beside this file.
