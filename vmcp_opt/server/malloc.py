@@ -4,7 +4,7 @@ glibc gives a thread that finds the arenas in use an arena of its own, up to eig
 what its threads freed for their reuse. The gateway runs many threads (the event loop, anyio's worker
 threads, ONNX Runtime's, the optimizer's builders), and how many arenas they took, and kept, varied from one
 start to the next with the machine's load. The demo gateway's RSS once vectors were ready, 2026-12-02 on the
-2 loaded cores (bench/README.md, Footprint): glibc's default 253 to 294 MiB over eleven starts; two arenas
+2 loaded cores (bench/README.md, Footprint): glibc's default 253 to 294 MiB over seven starts; two arenas
 248 to 251 MiB every time (one arena: the same), with the same start-up time and find_tool answers.
 """
 
