@@ -1,6 +1,6 @@
 """`vmcp serve` imports only what its config uses: a gateway sharing nothing through Redis, with no OAuth
 and no Cedar policy (the bundled demo), never loads redis, pyjwt or cedarpy (about 12 MiB of its memory),
-nor `vmcp eval`'s harness."""
+nor `vmcp eval`'s harness, nor the regular-expression engines while no schema has a pattern."""
 
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ pytestmark = [
 ]
 
 # Loaded only by the config sections that use them (vmcp_opt/shared/factories.py and the other factories),
-# and `vmcp eval` only by its command line (cli.LazyGroup).
-UNUSED_BY_THE_DEMO = ("redis", "jwt", "cedarpy", "eval")
+# `vmcp eval` only by its command line (cli.LazyGroup), re2 and regex at the first pattern (arguments.py).
+UNUSED_BY_THE_DEMO = ("redis", "jwt", "cedarpy", "eval", "re2", "regex")
 
 # First on the gateway's `sys.path` only: on SIGUSR1 a process that imported the gateway writes the modules
 # it holds to `<pid>.modules` beside this file.
