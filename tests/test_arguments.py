@@ -161,3 +161,29 @@ async def test_check_async_leaves_the_event_loop_free_while_a_costly_check_runs(
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+ENGINES_SCRIPT = """
+import sys, time
+from vmcp_opt.arguments import ArgumentError, ArgumentValidator
+
+validator = ArgumentValidator(timeout=0.05)
+plain = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 8}}}
+validator.check("t", plain, {"name": "x"})
+print("re2" in sys.modules, "regex" in sys.modules)
+patterned = {"type": "object", "properties": {"name": {"pattern": "^[a-z]+$"}, "more": {"type": "string"}}}
+validator.check("t", patterned, {"name": "abc", "more": "x"})  # imports the engines, not in the check's time
+try:
+    validator.check("t", patterned, {"name": "ABC", "more": "x"})
+except ArgumentError as exc:
+    print("refused", "does not match" in str(exc))
+print("re2" in sys.modules, "regex" in sys.modules)
+"""
+
+
+def test_the_pattern_engines_load_at_the_first_pattern_outside_its_deadline() -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", ENGINES_SCRIPT], capture_output=True, text=True, check=True).stdout
+    assert out.split("\n")[:3] == ["False False", "refused True", "True True"], out

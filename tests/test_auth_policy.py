@@ -20,11 +20,12 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from tests.support import counting_http_server
 from tests.test_router import EchoProvider, bare_router, caller
 from vmcp_opt.auth import Identification
-from vmcp_opt.auth.cedar import CedarPolicy, PolicyLoadError
+from vmcp_opt.auth.cedar import CedarPolicy
 from vmcp_opt.auth.jwks import JwksCache
 from vmcp_opt.config import VmcpConfig
 from vmcp_opt.optimizer.metatools import OptimizerFront
 from vmcp_opt.routing import Exchange, ProvidedTool, Target
+from vmcp_opt.routing.policy import PolicyLoadError
 
 pytestmark = pytest.mark.anyio
 

@@ -5,7 +5,8 @@ Schemas come from backends and arguments from clients; neither is trusted, so a 
 - `$ref` resolves inside the schema (and the bundled JSON Schema meta-schemas) only. A remote or `file://`
   reference is never fetched: that part of the schema accepts anything, and the backend enforces it.
 - `pattern` and `patternProperties` run on RE2 (linear time, no backtracking) when RE2 takes the pattern,
-  otherwise on `regex` with the time left as its timeout. `uniqueItems` is linear, not quadratic.
+  otherwise on `regex` with the time left as its timeout (vmcp_opt/pattern_engines.py, imported at the
+  first pattern). `uniqueItems` is linear, not quadratic.
 - The whole check has a deadline (`limits.argument_check_timeout`): past it the call is refused, never
   sent, and the check stops at the next keyword.
 - Compiled validators are cached per schema content (SHA-256 of its canonical JSON) in a bounded LRU.
@@ -27,11 +28,10 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from functools import lru_cache
+from types import ModuleType
 from typing import Any
 
 import anyio
-import re2
-import regex
 from jsonschema import validators
 from jsonschema.exceptions import ValidationError, best_match
 from jsonschema.protocols import Validator
@@ -328,10 +328,11 @@ def _equality_key(value: Any) -> Any:
 
 
 def _search(pattern: str, text: str) -> bool:
-    compiled = _compile(pattern)
+    engines = _pattern_engines()
+    compiled = engines.compile_pattern(pattern)
     if compiled is None:
         return True  # a pattern neither engine takes is the backend's to enforce
-    if isinstance(compiled, _Backtracking):
+    if isinstance(compiled, engines.Backtracking):
         try:
             return compiled.pattern.search(text, timeout=_time_left(), concurrent=True) is not None
         except TimeoutError:
@@ -339,24 +340,19 @@ def _search(pattern: str, text: str) -> bool:
     return compiled.search(text) is not None
 
 
-class _Backtracking:
-    """A pattern RE2 does not take (lookaround, backreferences): run by `regex`, with a timeout."""
-
-    def __init__(self, pattern: Any) -> None:
-        self.pattern = pattern
+_engines: ModuleType | None = None
 
 
-_RE2_OPTIONS = re2.Options()
-_RE2_OPTIONS.log_errors = False  # a backend's odd pattern must not write to our stderr
+def _pattern_engines() -> ModuleType:
+    """vmcp_opt/pattern_engines.py (re2 and regex), imported at the first pattern a check meets. The import
+    (~65 ms) is not the check's: the deadline of the check that waited for it moves by as long."""
+    global _engines
+    if _engines is None:
+        started = time.monotonic()
+        import vmcp_opt.pattern_engines as engines  # another thread's import of it waits for this one
 
-
-@lru_cache(maxsize=2048)
-def _compile(pattern: str) -> Any:
-    try:
-        return re2.compile(pattern, _RE2_OPTIONS)
-    except re2.error:
-        pass
-    try:
-        return _Backtracking(regex.compile(pattern))
-    except (regex.error, ValueError, OverflowError, RecursionError):
-        return None
+        deadline: float | None = getattr(_local, "deadline", None)
+        if deadline is not None:
+            _local.deadline = deadline + (time.monotonic() - started)
+        _engines = engines
+    return _engines

@@ -24,7 +24,7 @@ from vmcp_opt.auth.errors import AuthError
 from vmcp_opt.auth.identity import Identity, local_user
 from vmcp_opt.config import VmcpConfig
 from vmcp_opt.console import OutputConsole
-from vmcp_opt.routing.policy import AllowAll, Policy, Target
+from vmcp_opt.routing.policy import AllowAll, Policy, PolicyLoadError, Target
 
 auth_app = typer.Typer(no_args_is_help=True, help="API keys, and who a credential is and what it may do.")
 out = OutputConsole()
@@ -112,7 +112,6 @@ def _authenticate(config: VmcpConfig, credential: str) -> Identity:
 
 
 def _policy(config: VmcpConfig) -> Policy:
-    from vmcp_opt.auth.cedar import PolicyLoadError
     from vmcp_opt.gateway import load_policy
 
     try:
@@ -124,7 +123,6 @@ def _policy(config: VmcpConfig) -> Policy:
 
 def auth_problems(config: VmcpConfig) -> list[str]:
     """What would stop the start in `auth`: an unreadable keys file, a policy that does not load (`vmcp validate`)."""
-    from vmcp_opt.auth.cedar import PolicyLoadError
     from vmcp_opt.gateway import load_policy
 
     problems = []

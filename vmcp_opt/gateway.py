@@ -19,7 +19,6 @@ import anyio.abc
 
 from vmcp_opt.aggregation import Catalog, LiveCatalog
 from vmcp_opt.arguments import ArgumentValidator
-from vmcp_opt.auth.cedar import CedarPolicy
 from vmcp_opt.backends import BackendConnection, BackendManager, BackendState
 from vmcp_opt.backends.credentials import with_auth_health
 from vmcp_opt.config import VmcpConfig
@@ -27,10 +26,9 @@ from vmcp_opt.health import HealthMonitor
 from vmcp_opt.optimizer.index import UpdateStats
 from vmcp_opt.optimizer.metatools import OptimizerFront
 from vmcp_opt.routing import BackendTools, Policy, Router, SessionChooser
-from vmcp_opt.shared.freshness import change_broadcast
+from vmcp_opt.shared.factories import change_broadcast, usage_history
 from vmcp_opt.shared.rate_limits import rate_limiter
 from vmcp_opt.shared.state_keys import state_keys
-from vmcp_opt.shared.usage_history import usage_history
 from vmcp_opt.telemetry import Telemetry
 from vmcp_opt.workflows.provider import WorkflowTools
 from vmcp_opt.workflows.validation import unknown_tools
@@ -331,6 +329,8 @@ def load_policy(config: VmcpConfig) -> Policy | None:
     settings = config.auth.authorization
     if settings.policies is None:
         return None
+    from vmcp_opt.auth.cedar import CedarPolicy  # cedarpy loads only when policies are configured
+
     policy = CedarPolicy.from_file(config.resolve_path(settings.policies), settings.cache_size)
     logger.info("authorization: %d Cedar policies from %s", len(policy.policies), policy.source)
     return policy

@@ -8,7 +8,6 @@ from typing import Protocol
 
 from vmcp_opt.auth.api_keys import ApiKeyFileError, ApiKeys
 from vmcp_opt.auth.identity import Identity
-from vmcp_opt.auth.tokens import TokenVerifier
 from vmcp_opt.config import VmcpConfig
 
 logger = logging.getLogger(__name__)
@@ -28,6 +27,8 @@ def build_authenticator(config: VmcpConfig) -> Authenticator | None:
     """None for anonymous mode; a `TokenVerifier` or `ApiKeys` otherwise. `AuthSetupError` when unusable."""
     incoming = config.auth.incoming
     if incoming.mode == "oauth":
+        from vmcp_opt.auth.tokens import TokenVerifier  # pyjwt (and its crypto) loads only for OAuth
+
         return TokenVerifier(incoming.oauth, config.resource_uri(), incoming.claims)
     if incoming.mode == "api_keys":
         settings = incoming.api_keys

@@ -30,7 +30,7 @@ from typing import Any
 import cedarpy
 
 from vmcp_opt.auth.caller import Caller
-from vmcp_opt.routing.policy import ALLOW, Decision, Target
+from vmcp_opt.routing.policy import ALLOW, Decision, PolicyLoadError, Target
 
 GATEWAY_SOURCE = "vmcp"  # routing.providers.GATEWAY_SOURCE: the meta-tools' source
 ACTIONS: dict[tuple[str, str], str] = {
@@ -47,10 +47,6 @@ ACTIONS: dict[tuple[str, str], str] = {
 }
 KNOWN_ACTIONS = frozenset(ACTIONS.values())
 _ACTION_REFERENCE = re.compile(r'Action::"((?:[^"\\]|\\.)*)"')
-
-
-class PolicyLoadError(Exception):
-    """`<file>:<line>: <reason>`: the policy cannot be used, and the gateway does not start."""
 
 
 class CedarPolicy:

@@ -192,7 +192,7 @@ def _shared_usage(settings: VmcpConfig, top: int, clear: bool) -> None:
     """`vmcp index usage` with `optimizer.usage_store: redis`: the replicas' one history in Redis."""
     from redis import RedisError
 
-    from vmcp_opt.shared.usage_history import usage_history
+    from vmcp_opt.shared.factories import usage_history
 
     history = usage_history(settings)
     if history is None:
@@ -247,7 +247,7 @@ def _usage_history(settings: VmcpConfig, directory: Path) -> UsageGraph | None:
 def _shared_usage_graph(settings: VmcpConfig) -> UsageGraph | None:
     from redis import RedisError
 
-    from vmcp_opt.shared.usage_history import usage_history
+    from vmcp_opt.shared.factories import usage_history
 
     history = usage_history(settings)
     try:

@@ -22,6 +22,11 @@ TargetKind = Literal["tool", "prompt", "resource", "template"]
 Operation = Literal["list", "use", "complete"]
 
 
+class PolicyLoadError(Exception):
+    """`<file>:<line>: <reason>`: the policy cannot be used, and the gateway does not start. Here, not in
+    auth/cedar.py, so that catching it does not import cedarpy (loaded only when policies are configured)."""
+
+
 @dataclass(frozen=True)
 class Target:
     """What a request is about: a tool, prompt, resource or template, the source that serves it, and what the

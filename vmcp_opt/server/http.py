@@ -9,7 +9,7 @@ import re
 import socket
 from collections.abc import AsyncIterator
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import anyio
@@ -39,8 +39,10 @@ from vmcp_opt.server.lazy_stream import LazyStreamSessionManager
 from vmcp_opt.server.rate_limit_gate import RateLimitGate
 from vmcp_opt.server.replica import ReplicaHeader, replica_id
 from vmcp_opt.server.sessions import SessionGate, SessionSlots, hold_session_slot, throttle_sdk_refusals
-from vmcp_opt.server.shared_sessions import SharedSessions, share_rounds, shared_session_parts
 from vmcp_opt.telemetry import Telemetry
+
+if TYPE_CHECKING:
+    from vmcp_opt.server.shared_sessions import SharedSessionParts
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +81,16 @@ def _host_patterns(name: str) -> list[str]:
     return [name, f"{name}:*"]
 
 
+def shared_session_parts(config: VmcpConfig, replica: str) -> SharedSessionParts | None:
+    """What `sessions.store: redis` adds to the transport; None in memory mode, where neither
+    vmcp_opt/server/shared_sessions.py nor redis is imported."""
+    if config.sessions.store != "redis":
+        return None
+    from vmcp_opt.server.shared_sessions import redis_session_parts
+
+    return redis_session_parts(config, replica)
+
+
 def _machine_names() -> list[str]:
     """Every name and address this machine answers to, for a wildcard bind."""
     names = {socket.gethostname(), socket.getfqdn()}
@@ -111,8 +123,7 @@ def create_app(gateway: Gateway) -> Starlette:
     session_gate = SessionGate(StreamableHTTPASGIApp(manager), slots, retry_after=min(limits.session_idle_timeout, 60))
     shared_sessions = None
     if shared is not None:
-        share_rounds(shared, gateway.sessions.owners)
-        shared_sessions = session_gate.app = SharedSessions(session_gate.app, manager, shared, session_gate)
+        shared_sessions = session_gate.app = shared.front(manager, session_gate, gateway.sessions.owners)
         mcp_server.middleware.append(shared_sessions.record)
     sessions: ASGIApp = session_gate
     if gateway.limiter is not None:

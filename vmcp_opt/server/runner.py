@@ -16,10 +16,10 @@ import anyio
 import uvicorn
 
 from vmcp_opt.auth.authenticators import AuthSetupError
-from vmcp_opt.auth.cedar import PolicyLoadError
 from vmcp_opt.backends.secrets import SecretFilter, secret_values
 from vmcp_opt.config import VmcpConfig
 from vmcp_opt.gateway import Gateway, StartupError
+from vmcp_opt.routing.policy import PolicyLoadError
 from vmcp_opt.server.connections import fit_connections, limited_protocol, throttle_accept_errors
 from vmcp_opt.server.diagnostics import DiagnosticsServer, ListenError
 from vmcp_opt.server.drain import Drain, end_streams

@@ -365,12 +365,15 @@ class SharedSessionParts:
     relay: RedisRoundRelay
     rounds: RoundOwners | None = None  # set by `share_rounds`: this replica's rounds, of every kind
 
+    def front(self, manager: StreamableHTTPSessionManager, gate: SessionGate, rounds: RoundOwners) -> SharedSessions:
+        """The layer in front of `gate`'s app, with this replica's rounds shared (`share_rounds`)."""
+        share_rounds(self, rounds)
+        return SharedSessions(gate.app, manager, self, gate)
 
-def shared_session_parts(config: VmcpConfig, replica: str) -> SharedSessionParts | None:
-    """None in `memory` mode."""
+
+def redis_session_parts(config: VmcpConfig, replica: str) -> SharedSessionParts:
+    """The parts of `sessions.store: redis`; vmcp_opt/server/http.py imports this module (and so redis) only then."""
     settings = config.sessions
-    if settings.store != "redis":
-        return None
     client = redis_client(config)
     prefix, ttl = config.redis.key_prefix, config.limits.session_idle_timeout
     presence = ReplicaPresence(client, prefix, replica)

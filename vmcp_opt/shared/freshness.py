@@ -11,7 +11,8 @@ Only a fingerprint that differs from the last one this replica saw for the backe
 echo of a change (the other replicas re-list, find what the first found, and have nothing new to say)
 ends the exchange; replicas that disagree for good (each its own backend process, listing different
 tools) re-list once and stop. Redis unreachable: nothing is published or heard, each replica stays fresh
-for what it notices itself; one warning per interval, and the subscriber reconnects.
+for what it notices itself; one warning per interval, and the subscriber reconnects. Built by
+`shared.factories.change_broadcast`, the only importer of this module (and so of redis) at serve.
 """
 
 from __future__ import annotations
@@ -28,9 +29,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from vmcp_opt.backends.connection import BackendConnection
-from vmcp_opt.config import VmcpConfig
 from vmcp_opt.routing.budget import ThrottledLog
-from vmcp_opt.shared.redis_client import redis_client
 
 logger = logging.getLogger(__name__)
 RECONNECT_DELAY = 1.0
@@ -113,14 +112,3 @@ class ChangeBroadcast:
         logger.info("backend %s changed on another replica: re-listing it", backend)
         connection.refresh_soon()
         checks.start_soon(self.check_health, connection)
-
-
-def change_broadcast(
-    config: VmcpConfig,
-    connections: Callable[[str], BackendConnection | None],
-    check_health: Callable[[BackendConnection], Coroutine[Any, Any, None]],
-) -> ChangeBroadcast | None:
-    """The broadcast `redis.share_changes` asks for; None: each replica keeps its changes to itself."""
-    if not config.redis.share_changes:
-        return None
-    return ChangeBroadcast(redis_client(config), config.redis.key_prefix, connections, check_health)

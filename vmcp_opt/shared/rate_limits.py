@@ -8,6 +8,7 @@ Only the request a client sent pays the caller's and the shared bucket; the call
 gateway (`call_tool`'s target, a workflow's steps) pay only their own tool's bucket. A context variable
 set around the outer call says which is which.
 
+The Redis store is vmcp_opt/shared/redis_buckets.py, imported only when `rate_limits.store` is redis.
 Redis unreachable (or too slow, past `redis.timeout`): the call passes. Failing open keeps the gateway
 serving when its shared store is gone; each miss is counted (`RateLimiter.unchecked`) and logged at most
 once per `rate_limits.log_interval`.
@@ -25,13 +26,9 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Protocol
 
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
-
 from vmcp_opt.auth.caller import Caller, Identification
 from vmcp_opt.config import BucketConfig, RateLimitsConfig, ToolBucketConfig, VmcpConfig
 from vmcp_opt.routing.budget import LimitReached, ThrottledLog
-from vmcp_opt.shared.redis_client import redis_client
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +49,9 @@ class Bucket:
 
 
 class BucketStore(Protocol):
+    # What the store raises when it cannot be asked (Redis's errors); the call then passes unchecked.
+    errors: tuple[type[Exception], ...]
+
     async def take(self, buckets: Sequence[Bucket]) -> tuple[int, float] | None:
         """One token from each bucket, or none: None when taken, else (index of a refusing bucket,
         seconds until it holds a token)."""
@@ -62,6 +62,8 @@ class BucketStore(Protocol):
 
 class MemoryBuckets:
     """Buckets of this process. Synchronous inside, so atomic on the event loop."""
+
+    errors: tuple[type[Exception], ...] = ()
 
     def __init__(self, clock: Callable[[], float] = time.monotonic, max_buckets: int = 100_000) -> None:
         self.clock = clock
@@ -94,61 +96,6 @@ class MemoryBuckets:
         return None
 
 
-# KEYS: the buckets' keys. ARGV: rate and burst of each, in KEYS order. Redis's own clock, so replicas'
-# clocks need not agree. Returns {1} when taken, else {0, wait seconds as a string, 1-based index}.
-TAKE_SCRIPT = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local levels = {}
-local wait, refused = 0, 0
-for i = 1, #KEYS do
-  local rate, burst = tonumber(ARGV[2 * i - 1]), tonumber(ARGV[2 * i])
-  local held = redis.call('HMGET', KEYS[i], 't', 'at')
-  local tokens = tonumber(held[1])
-  if tokens == nil then
-    tokens = burst
-  else
-    tokens = math.min(burst, tokens + math.max(0, now - tonumber(held[2])) * rate)
-  end
-  levels[i] = tokens
-  if tokens < 1 and (1 - tokens) / rate > wait then
-    wait, refused = (1 - tokens) / rate, i
-  end
-end
-if refused > 0 then
-  return {0, tostring(wait), refused}
-end
-for i = 1, #KEYS do
-  local rate, burst = tonumber(ARGV[2 * i - 1]), tonumber(ARGV[2 * i])
-  redis.call('HSET', KEYS[i], 't', tostring(levels[i] - 1), 'at', tostring(now))
-  redis.call('PEXPIRE', KEYS[i], math.ceil(burst / rate * 1000) + 1000)
-end
-return {1}
-"""
-
-
-class RedisBuckets:
-    """Buckets in Redis, shared by every replica: one script call per tool call. A key expires once its
-    bucket would be full again, so idle callers cost Redis nothing."""
-
-    def __init__(self, client: Redis, prefix: str) -> None:
-        self.client = client
-        self.prefix = prefix + "rl:"
-        self._script = client.register_script(TAKE_SCRIPT)
-
-    async def take(self, buckets: Sequence[Bucket]) -> tuple[int, float] | None:
-        args: list[float] = []
-        for bucket in buckets:
-            args += [bucket.rate, bucket.burst]
-        answer = await self._script(keys=[self.prefix + b.key for b in buckets], args=args)
-        if int(answer[0]) == 1:
-            return None
-        return int(answer[2]) - 1, float(answer[1])
-
-    async def close(self) -> None:
-        await self.client.aclose()
-
-
 def caller_key(caller: Caller) -> str:
     """Whose budget a call spends. A verified subject is the same party on every replica (its `Caller.id`
     is not: a session's id, or a digest under a key of that process), so it is keyed by a digest of how
@@ -168,6 +115,8 @@ class RateLimiter:
     def __init__(self, config: RateLimitsConfig, store: BucketStore) -> None:
         self.config = config
         self.store = store
+        # Failures of the store that let a call through unchecked.
+        self._store_errors: tuple[type[Exception], ...] = (*store.errors, OSError, TimeoutError)
         # Calls let through unchecked because the store could not be asked (Redis unreachable).
         self.unchecked = 0
         self.refused = 0
@@ -194,7 +143,7 @@ class RateLimiter:
             return
         try:
             refused = await self.store.take(buckets)
-        except (RedisError, OSError, TimeoutError) as exc:
+        except self._store_errors as exc:
             self.unchecked += 1
             self._log.warning(
                 "store",
@@ -236,5 +185,7 @@ def rate_limiter(config: VmcpConfig) -> RateLimiter | None:
     if limits.per_caller is None and limits.shared is None and not limits.per_tool:
         return None
     if limits.store == "redis":
-        return RateLimiter(limits, RedisBuckets(redis_client(config), config.redis.key_prefix))
+        from vmcp_opt.shared.redis_buckets import redis_buckets  # redis loads only when the config uses it
+
+        return RateLimiter(limits, redis_buckets(config))
     return RateLimiter(limits, MemoryBuckets())

@@ -5,7 +5,8 @@ Two hashes under `redis.key_prefix`: `usage:tasks` (tool → tasks it was used i
 one MULTI/EXEC transaction: HINCRBY of this replica's new counts, then HGETALL of both hashes, so the
 increments of every replica add up and each reads a consistent whole. The optimizer's saver thread merges
 every `optimizer.usage_sync_interval`, so what one replica learns reaches the others' find_tool within it.
-Redis unreachable: the merge fails with a warning, the counts stay new for the next one.
+Redis unreachable: the merge fails with a warning, the counts stay new for the next one. Built by
+`shared.factories.usage_history`, which imports this module (and redis) only when the config selects it.
 """
 
 from __future__ import annotations
@@ -17,9 +18,7 @@ from typing import Any
 
 import redis
 
-from vmcp_opt.config import VmcpConfig
 from vmcp_opt.optimizer.usage import UsageGraph
-from vmcp_opt.shared.redis_client import redis_sync_client
 
 logger = logging.getLogger(__name__)
 
@@ -71,10 +70,3 @@ def _graph(tasks: dict[bytes, bytes], pairs: dict[bytes, bytes]) -> UsageGraph:
             raise ValueError(f"{field!r} is not a pair of tool names")
         together.setdefault(pair[0], Counter())[pair[1]] = int(count)
     return UsageGraph.of_counts({tool.decode(): int(count) for tool, count in tasks.items()}, together)
-
-
-def usage_history(config: VmcpConfig) -> RedisUsageHistory | None:
-    """The Redis history when `optimizer.usage_store` is redis; None: the optimizer keeps its file."""
-    if config.optimizer.usage_store != "redis" or not config.optimizer.usage:
-        return None
-    return RedisUsageHistory(redis_sync_client(config), config.redis.key_prefix)
