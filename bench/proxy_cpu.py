@@ -1,0 +1,154 @@
+"""CPU time per proxied tools/call: `vmcp serve` against mcp-proxy, both in front of the demo backend over
+stdio, the same calls in one run. Latency on a shared 2-core machine swings with the neighbours' load; the
+CPU a gateway process spends per call moves much less, and it is what a slow host turns into latency.
+
+    .venv/bin/python bench/proxy_cpu.py [--calls 2000] [--rounds 4] [--profile DIR]
+
+Each round sends `calls` calls through each gateway in turn, once per handshake (2025-11-25 with a session,
+and the client's default era: 2026-07-28 where the server offers it), and reads the gateway's process CPU
+(user + system, every thread, from /proc/<pid>/stat) before and after, and its backend's. Prints µs of CPU
+per call, the median over rounds. `--profile DIR`: then py-spy (raw, 250 Hz, `--gil`: only the thread holding
+the GIL, so waits in syscalls drop out) on each gateway during twice `calls` more calls per handshake, written
+to DIR/<gateway>-<mode>.txt (folded stacks) for bench/spy_shares.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import psutil
+from mcp import Client
+from rich.console import Console
+from rich.table import Table
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.peer import PEER_VENV, peer_executable  # noqa: E402
+from tests.support import DEMO_SERVER, demo_backend, free_port, running_gateway, wait_http, write_config  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+MODES = {"legacy": "2025-11-25 on both legs", "auto": "client's default era"}
+TICK = os.sysconf("SC_CLK_TCK")
+console = Console()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of every thread of `pid`, in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+@contextlib.contextmanager
+def peer(venv: Path) -> Iterator[tuple[str, int]]:
+    port = free_port()
+    command = [str(peer_executable(venv, console)), "--port", str(port), "--pass-environment"]
+    proc = subprocess.Popen(
+        [*command, "--log-level", "WARNING", sys.executable, str(DEMO_SERVER)], stderr=subprocess.DEVNULL
+    )
+    try:
+        url = f"http://127.0.0.1:{port}/mcp"
+        wait_http(url, expect=(200, 400, 404, 405, 406), proc=proc)
+        yield url, proc.pid
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def backend_pid(pid: int) -> int:
+    """The demo backend the gateway `pid` started (its one child running the demo server)."""
+    for child in psutil.Process(pid).children(recursive=True):
+        if any("demo_server" in part for part in child.cmdline()):
+            return child.pid
+    raise RuntimeError(f"no demo backend under {pid}")
+
+
+async def cpu_per_call(url: str, tool: str, pid: int, calls: int, mode: str) -> tuple[float, float]:
+    """µs of the gateway's and of its backend's CPU per call over `calls` sequential calls on one session."""
+    backend = backend_pid(pid)
+    async with Client(url, mode=mode) as client:
+        for _ in range(20):
+            await client.call_tool(tool, {"message": "warm", "seconds": 0})
+        before = cpu_seconds(pid), cpu_seconds(backend)
+        for _ in range(calls):
+            result = await client.call_tool(tool, {"message": "ping", "seconds": 0})
+            assert not result.is_error
+        after = cpu_seconds(pid), cpu_seconds(backend)
+        return (after[0] - before[0]) / calls * 1e6, (after[1] - before[1]) / calls * 1e6
+
+
+def profile(url: str, tool: str, pid: int, calls: int, mode: str, out: Path) -> None:
+    spy = shutil.which("py-spy") or "/tmp/spy/bin/py-spy"
+    command = [spy, "record", "-r", "250", "-p", str(pid), "-f", "raw", "-o", str(out), "--gil"]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)
+    anyio.run(cpu_per_call, url, tool, pid, calls, mode)
+    proc.send_signal(2)
+    proc.wait(30)
+    console.print(f"profile: {out}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--peer-venv", type=Path, default=PEER_VENV)
+    parser.add_argument("--profile", type=Path, help="directory for py-spy's folded stacks of the gateway")
+    parser.add_argument("--only", choices=["vmcp-opt", "mcp-proxy"], help="measure one gateway")
+    args = parser.parse_args()
+    directory = RESULTS / "proxy_cpu"
+    directory.mkdir(parents=True, exist_ok=True)
+    config = write_config(directory, {"backends": [demo_backend("web")], "server": {"log_level": "warning"}})
+    samples: dict[tuple[str, str], list[float]] = {}
+    backend_samples: dict[tuple[str, str], list[float]] = {}
+    load = [os.getloadavg()[0]]
+    with running_gateway(config, "--no-optimizer") as gateway, peer(args.peer_venv) as (peer_url, peer_pid):
+        targets = [
+            ("mcp-proxy 0.13", peer_url, "slow_echo", peer_pid),
+            ("vmcp-opt", gateway.url, "web_slow_echo", gateway.proc.pid),
+        ]
+        if args.only:
+            targets = [t for t in targets if t[0].startswith(args.only)]
+        for round_ in range(args.rounds):
+            order = targets if round_ % 2 == 0 else targets[::-1]
+            for mode in MODES:
+                for label, url, tool, pid in order:
+                    us, backend_us = anyio.run(cpu_per_call, url, tool, pid, args.calls, mode)
+                    samples.setdefault((label, mode), []).append(us)
+                    backend_samples.setdefault((label, mode), []).append(backend_us)
+                    console.print(
+                        f"round {round_ + 1} {mode:6} {label:15} {us:7.0f} µs CPU per call, backend {backend_us:5.0f} µs"
+                    )
+        load.append(os.getloadavg()[0])
+        if args.profile:
+            args.profile.mkdir(parents=True, exist_ok=True)
+            for mode in MODES:
+                for label, url, tool, pid in targets:
+                    out = args.profile / f"{label.split()[0]}-{mode}.txt"
+                    profile(url, tool, pid, args.calls * 2, mode, out)
+    table = Table(
+        title=f"gateway CPU per tools/call, µs (median of {args.rounds} rounds of {args.calls}; load {load[0]:.1f} → {load[-1]:.1f})"
+    )
+    table.add_column("gateway")
+    for mode in MODES:
+        table.add_column(MODES[mode], justify="right")
+    for label, *_ in targets:
+        table.add_row(label, *(f"{statistics.median(samples[(label, mode)]):.0f}" for mode in MODES))
+    for label, *_ in targets:
+        cells = (f"{statistics.median(backend_samples[(label, mode)]):.0f}" for mode in MODES)
+        table.add_row(f"its backend ({label})", *cells)
+    console.print(table)
+
+
+if __name__ == "__main__":
+    main()
