@@ -7,9 +7,10 @@ CPU a gateway process spends per call moves much less, and it is what a slow hos
 Each round sends `calls` calls through each gateway in turn, once per handshake (2025-11-25 with a session,
 and the client's default era: 2026-07-28 where the server offers it), and reads the gateway's process CPU
 (user + system, every thread, from /proc/<pid>/stat) before and after, and its backend's. Prints µs of CPU
-per call, the median over rounds. `--profile DIR`: then py-spy (raw, 250 Hz, `--gil`: only the thread holding
-the GIL, so waits in syscalls drop out) on each gateway during twice `calls` more calls per handshake, written
-to DIR/<gateway>-<mode>.txt (folded stacks) for bench/spy_shares.py.
+per call, the median over rounds. `--before REV`: a third gateway, `vmcp serve` from `git archive REV`, in
+the same rounds. `--profile DIR`: then py-spy (raw, 250 Hz, `--gil`: only the thread holding the GIL, so
+waits in syscalls drop out) on each gateway during twice `calls` more calls per handshake, written to
+DIR/<gateway>-<mode>.txt (folded stacks) for bench/spy_shares.py.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -105,20 +107,33 @@ def main() -> None:
     parser.add_argument("--peer-venv", type=Path, default=PEER_VENV)
     parser.add_argument("--profile", type=Path, help="directory for py-spy's folded stacks of the gateway")
     parser.add_argument("--only", choices=["vmcp-opt", "mcp-proxy"], help="measure one gateway")
+    parser.add_argument("--before", metavar="REV", help="also `vmcp serve` from the tree of git revision REV")
     args = parser.parse_args()
+    if args.before:
+        args.before = subprocess.run(
+            ["git", "rev-parse", "--short", args.before], cwd=ROOT, check=True, capture_output=True, text=True
+        ).stdout.strip()
     directory = RESULTS / "proxy_cpu"
     directory.mkdir(parents=True, exist_ok=True)
     config = write_config(directory, {"backends": [demo_backend("web")], "server": {"log_level": "warning"}})
     samples: dict[tuple[str, str], list[float]] = {}
     backend_samples: dict[tuple[str, str], list[float]] = {}
     load = [os.getloadavg()[0]]
-    with running_gateway(config, "--no-optimizer") as gateway, peer(args.peer_venv) as (peer_url, peer_pid):
+    with contextlib.ExitStack() as stack:
+        gateway = stack.enter_context(running_gateway(config, "--no-optimizer"))
+        peer_url, peer_pid = stack.enter_context(peer(args.peer_venv))
         targets = [
             ("mcp-proxy 0.13", peer_url, "slow_echo", peer_pid),
             ("vmcp-opt", gateway.url, "web_slow_echo", gateway.proc.pid),
         ]
         if args.only:
             targets = [t for t in targets if t[0].startswith(args.only)]
+        if args.before:
+            tree = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+            archive = subprocess.run(["git", "archive", args.before], cwd=ROOT, check=True, capture_output=True)
+            subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
+            old = stack.enter_context(running_gateway(config, "--no-optimizer", cwd=tree))
+            targets.append((f"vmcp-opt at {args.before}", old.url, "web_slow_echo", old.proc.pid))
         for round_ in range(args.rounds):
             order = targets if round_ % 2 == 0 else targets[::-1]
             for mode in MODES:

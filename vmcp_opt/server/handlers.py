@@ -20,7 +20,7 @@ from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler
 from mcp.shared.subscriptions import PromptsListChanged, ResourcesListChanged, ToolsListChanged
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
-from vmcp_opt import __version__
+from vmcp_opt import __version__, speedups
 from vmcp_opt.gateway import Gateway, ListKind
 from vmcp_opt.routing import Router
 from vmcp_opt.routing.round_trips import InputRequired, state_boundary
@@ -208,6 +208,7 @@ class ListChangedNotifier:
 
 def build_mcp_server(gateway: Gateway, transport: Transport) -> Server[Any]:
     """The low-level MCP server of one transport, its handlers wired to the gateway's router."""
+    speedups.install()
     notifier = ListChangedNotifier(gateway.router)
     handlers = Handlers(gateway.router, Admission(transport), notifier)
     gateway.on_lists_changed.append(notifier.notify)
