@@ -4,9 +4,10 @@ CPU a gateway process spends per call moves much less, and it is what a slow hos
 
     .venv/bin/python bench/proxy_cpu.py [--calls 2000] [--rounds 4] [--profile DIR]
 
-Each round sends `calls` calls through each gateway in turn, once per handshake (2025-11-25 with a session,
-and the client's default era: 2026-07-28 where the server offers it), and reads the gateway's process CPU
-(user + system, every thread, from /proc/<pid>/stat) before and after, and its backend's. Prints µs of CPU
+Each round sends `calls` calls through each gateway, in blocks of 50 with the gateways' order rotated every
+block, once per handshake (2025-11-25 with a session, and the client's default era: 2026-07-28 where the
+server offers it), and adds up each gateway process's CPU time over its blocks (every thread; the kernel's
+schedstat, in ns), and its backend's. Prints µs of CPU
 per call, the median over rounds. `--before REV`: a third gateway, `vmcp serve` from `git archive REV`, in
 the same rounds. `--profile DIR`: then py-spy (raw, 250 Hz, `--gil`: only the thread holding the GIL, so
 waits in syscalls drop out) on each gateway during twice `calls` more calls per handshake, written to
@@ -46,9 +47,17 @@ console = Console()
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU of every thread of `pid`, in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
+    """CPU time of every thread of `pid`, in seconds: the scheduler's own count (schedstat, ns) where the
+    kernel keeps one, else user + system from /proc/<pid>/stat (in clock ticks)."""
+    try:
+        total = 0
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(FileNotFoundError):  # a thread that ended meanwhile
+                total += int((task / "schedstat").read_text().split()[0])
+        return total / 1e9
+    except (FileNotFoundError, IndexError, ValueError):
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / TICK
 
 
 @contextlib.contextmanager
@@ -75,18 +84,31 @@ def backend_pid(pid: int) -> int:
     raise RuntimeError(f"no demo backend under {pid}")
 
 
-async def cpu_per_call(url: str, tool: str, pid: int, calls: int, mode: str) -> tuple[float, float]:
-    """µs of the gateway's and of its backend's CPU per call over `calls` sequential calls on one session."""
-    backend = backend_pid(pid)
-    async with Client(url, mode=mode) as client:
-        for _ in range(20):
-            await client.call_tool(tool, {"message": "warm", "seconds": 0})
-        before = cpu_seconds(pid), cpu_seconds(backend)
-        for _ in range(calls):
-            result = await client.call_tool(tool, {"message": "ping", "seconds": 0})
-            assert not result.is_error
-        after = cpu_seconds(pid), cpu_seconds(backend)
-        return (after[0] - before[0]) / calls * 1e6, (after[1] - before[1]) / calls * 1e6
+Target = tuple[str, str, str, int]  # label, MCP URL, the echo tool's name there, the gateway's pid
+
+
+async def cpu_per_call(targets: list[Target], calls: int, mode: str, block: int = 50) -> dict[str, tuple[float, float]]:
+    """µs of each gateway's and of its backend's CPU per call: `calls` calls per gateway on one session each,
+    in blocks of `block`, the gateways' order rotated every block so drift in the machine's load hits all."""
+    spent = {label: [0.0, 0.0] for label, *_ in targets}
+    async with contextlib.AsyncExitStack() as stack:
+        open_ = []
+        for label, url, tool, pid in targets:
+            client = await stack.enter_async_context(Client(url, mode=mode))
+            for _ in range(20):
+                await client.call_tool(tool, {"message": "warm", "seconds": 0})
+            open_.append((label, client, tool, pid, backend_pid(pid)))
+        for turn in range(max(1, calls // block)):
+            start = turn % len(open_)
+            for label, client, tool, pid, backend in open_[start:] + open_[:start]:
+                before = cpu_seconds(pid), cpu_seconds(backend)
+                for _ in range(block):
+                    result = await client.call_tool(tool, {"message": "ping", "seconds": 0})
+                    assert not result.is_error
+                spent[label][0] += cpu_seconds(pid) - before[0]
+                spent[label][1] += cpu_seconds(backend) - before[1]
+    done = max(1, calls // block) * block
+    return {label: (gateway / done * 1e6, backend / done * 1e6) for label, (gateway, backend) in spent.items()}
 
 
 def profile(url: str, tool: str, pid: int, calls: int, mode: str, out: Path) -> None:
@@ -94,7 +116,7 @@ def profile(url: str, tool: str, pid: int, calls: int, mode: str, out: Path) -> 
     command = [spy, "record", "-r", "250", "-p", str(pid), "-f", "raw", "-o", str(out), "--gil"]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(1.0)
-    anyio.run(cpu_per_call, url, tool, pid, calls, mode)
+    anyio.run(cpu_per_call, [("profiled", url, tool, pid)], calls, mode)
     proc.send_signal(2)
     proc.wait(30)
     console.print(f"profile: {out}")
@@ -135,14 +157,12 @@ def main() -> None:
             old = stack.enter_context(running_gateway(config, "--no-optimizer", cwd=tree))
             targets.append((f"vmcp-opt at {args.before}", old.url, "web_slow_echo", old.proc.pid))
         for round_ in range(args.rounds):
-            order = targets if round_ % 2 == 0 else targets[::-1]
             for mode in MODES:
-                for label, url, tool, pid in order:
-                    us, backend_us = anyio.run(cpu_per_call, url, tool, pid, args.calls, mode)
+                for label, (us, backend_us) in anyio.run(cpu_per_call, targets, args.calls, mode).items():
                     samples.setdefault((label, mode), []).append(us)
                     backend_samples.setdefault((label, mode), []).append(backend_us)
                     console.print(
-                        f"round {round_ + 1} {mode:6} {label:15} {us:7.0f} µs CPU per call, backend {backend_us:5.0f} µs"
+                        f"round {round_ + 1} {mode:6} {label:22} {us:7.0f} µs CPU per call, backend {backend_us:5.0f} µs"
                     )
         load.append(os.getloadavg()[0])
         if args.profile:
