@@ -9,11 +9,18 @@ library is the one it was written against and otherwise leaves it alone.
   `import asyncio` statement and `asyncio.get_running_loop()` inside a try each time: about 8 % of the
   gateway's CPU per proxied call on the 2026-07-28 path. The replacement answers the same ("asyncio" when a
   loop runs in this thread, else None) from asyncio's C accessor, without the import or the exception.
+- The garbage collector's full (generation 2) collections walk every tracked object: with the gateway's
+  imports and catalogue that is ~165,000 objects and ~90 ms of CPU with the event loop stopped, several
+  times a minute under load (each one stalls every call in flight: the p99 under 32 clients).
+  `freeze_heap` moves what exists at start-up (modules, config, the gateway, then the first catalogue)
+  into the permanent generation (`gc.freeze`, O(1)), which later collections skip; it is still freed by
+  reference counting when dropped, and what is created later is collected as before.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 
 logger = logging.getLogger(__name__)
@@ -40,3 +47,10 @@ def install() -> None:
         _eventloop.current_async_library = _current_async_library
     else:  # pragma: no cover - sniffio present (it answers) or anyio changed
         logger.debug("anyio speed-up not applied")
+
+
+def freeze_heap(*, collect: bool = False) -> None:
+    """Exclude every object tracked now from later collections (`collect`: first free what is garbage)."""
+    if collect:
+        gc.collect()
+    gc.freeze()
