@@ -6,6 +6,7 @@ import asyncio
 import threading
 
 import anyio
+import pytest
 from anyio._core import _eventloop
 
 from vmcp_opt import speedups
@@ -55,3 +56,19 @@ def test_the_sdk_client_span_without_a_provider_injects_the_same_context() -> No
     finally:
         detach(token)
     assert injected[0] == injected[1] and "traceparent" in injected[0]
+
+
+def test_the_sdk_server_span_is_dropped_only_without_a_tracer_provider(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mcp.server._otel import OpenTelemetryMiddleware
+    from mcp.server.lowlevel import Server
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from vmcp_opt.server import handlers
+
+    server: Server[object] = Server("t")
+    handlers._drop_idle_sdk_tracing(server)
+    assert not any(isinstance(m, OpenTelemetryMiddleware) for m in server.middleware)
+    monkeypatch.setattr(handlers, "get_tracer_provider", TracerProvider)
+    kept: Server[object] = Server("t")
+    handlers._drop_idle_sdk_tracing(kept)
+    assert any(isinstance(m, OpenTelemetryMiddleware) for m in kept.middleware)
