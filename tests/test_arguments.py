@@ -127,11 +127,12 @@ def test_validators_are_compiled_once_per_schema_content_and_the_cache_is_bounde
 
     monkeypatch.setattr(arguments, "compile_schema", counting)
     validator = ArgumentValidator(cache_size=2)
+    # `minimum`/`maxLength`: beyond the plain subset (which is checked without compiling anything)
     for _ in range(3):
-        validator.check("t", schema_of(a={"type": "integer"}), {"a": 1})  # a new but equal object each time
+        validator.check("t", schema_of(a={"type": "integer", "minimum": 0}), {"a": 1})  # a new but equal object
     assert len(compiled) == 1
     for kind in ("string", "number", "boolean"):
-        validator.check("t", schema_of(a={"type": kind}), {})
+        validator.check("t", schema_of(a={"type": kind, "maxLength": 5}), {})
     assert len(validator._by_digest) == 2 and len(validator._by_identity) == 2
 
 
@@ -187,3 +188,68 @@ def test_the_pattern_engines_load_at_the_first_pattern_outside_its_deadline() ->
 
     out = subprocess.run([sys.executable, "-c", ENGINES_SCRIPT], capture_output=True, text=True, check=True).stdout
     assert out.split("\n")[:3] == ["False False", "refused True", "True True"], out
+
+
+def test_plain_schema_check_never_passes_what_jsonschema_refuses() -> None:
+    """The plain schema's own check (`_plainly_valid`) may only say "valid" where jsonschema agrees."""
+    from jsonschema import Draft202012Validator
+
+    from vmcp_opt.arguments import _is_plain, _plainly_valid
+
+    schemas: list[dict[str, Any]] = [
+        {
+            "type": "object",
+            "properties": {"message": {"type": "string"}, "seconds": {"type": "number", "default": 1.0}},
+            "required": ["message"],
+        },
+        {
+            "type": "object",
+            "properties": {
+                "n": {"type": "integer"},
+                "flag": {"type": ["boolean", "null"]},
+                "mode": {"type": "string", "enum": ["a", "b"]},
+                "tags": {"type": "array", "items": {"type": "string"}},
+                "inner": {"type": "object", "properties": {"x": {"type": "integer"}}, "additionalProperties": False},
+            },
+            "additionalProperties": {"type": "string"},
+        },
+        {"type": "object", "additionalProperties": False},
+    ]
+    values: list[Any] = [None, True, False, 0, 1, -3, 1.0, 1.5, "", "a", "b", "c", [], ["x"], [1], {}, {"x": 1}]
+    values += [{"x": 1.0}, {"x": True}, {"y": 1}]
+    argument_sets: list[Any] = [
+        {},
+        {"message": "hi"},
+        {"message": 3},
+        {"seconds": 1},
+        {"message": "m", "seconds": True},
+    ]
+    for key in ("message", "seconds", "n", "flag", "mode", "tags", "inner", "other"):
+        argument_sets += [{key: value} for value in values]
+        argument_sets += [{"message": "m", key: value} for value in values]
+    for schema in schemas:
+        assert _is_plain(schema, 0)
+        reference = Draft202012Validator(schema)
+        for args in argument_sets:
+            if _plainly_valid(schema, args, 0):
+                assert reference.is_valid(args), (schema, args)
+        # and the checker as a whole still refuses what jsonschema refuses
+        validator = ArgumentValidator()
+        for args in argument_sets:
+            try:
+                validator.check("t", schema, args)
+                ok = True
+            except ArgumentError:
+                ok = False
+            assert ok == reference.is_valid(args), (schema, args)
+
+
+def test_schemas_beyond_the_plain_subset_go_to_jsonschema() -> None:
+    from vmcp_opt.arguments import _is_plain
+
+    assert not _is_plain({"type": "object", "properties": {"a": {"type": "string", "pattern": "^x"}}}, 0)
+    assert not _is_plain({"$schema": "http://json-schema.org/draft-04/schema#", "type": "object"}, 0)
+    assert not _is_plain({"type": "object", "properties": {"a": {"minimum": 3}}}, 0)
+    assert not _is_plain({"type": "array", "items": [{"type": "string"}]}, 0)
+    assert not _is_plain({"type": "objekt"}, 0)
+    assert not _is_plain({"enum": [1, 2]}, 0)

@@ -202,9 +202,16 @@ async def _relay_lines(
             if message is None:
                 continue
             try:
-                await sink.send(message)  # one line at a time: no read-ahead while the session is busy
+                # One line at a time: no read-ahead while the session is busy. Handed over at once when the
+                # session waits for it (the usual case): `send` would first yield one event-loop turn.
+                sink.send_nowait(message)
+            except anyio.WouldBlock:
+                try:
+                    await sink.send(message)
+                except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                    return  # the session is gone
             except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-                return  # the session is gone
+                return
 
 
 async def _message(line: bytes | DroppedLine, reading: _Reading) -> SessionMessage | Exception | None:
