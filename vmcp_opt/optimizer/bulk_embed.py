@@ -43,10 +43,11 @@ log = logging.getLogger(__name__)
 # >= 0.998 to fp32 (eval/README.md, "Encoders"); below this the child's numerics are wrong, not merely rounded.
 MIN_COSINE = 0.99
 CHECK_ROWS = 8
-# Texts of 64 tokens per batch (batches hold ~`BATCH_SIZE * 64` tokens, optimizer/batching.py): twice the
-# in-process default, since larger bfloat16 matrices keep AMX busier (+30% documents per CPU second over
-# 4,096 tokens on a 2,000-document sample, measured; +~200 MB peak in the child, which exits after).
-BATCH_SIZE = 128
+# Texts of 64 tokens per batch (batches hold ~`BATCH_SIZE * 64` tokens, optimizer/batching.py). 128 (8,192
+# tokens) was best for the plain bfloat16 layers (+30% documents per CPU second over 4,096); with the fused
+# oneDNN layers (`LeanEncoder.encode_bulk`) 4,096 tokens is ~5% faster than 8,192 on 10k catalogue documents
+# and 16k-32k tokens were 37-62% slower (activations out of cache), measured interleaved in one process.
+BATCH_SIZE = 64
 
 
 class BulkEncodeError(Exception):
@@ -169,22 +170,47 @@ def torch_available() -> bool:
 
 
 def _encode(args: argparse.Namespace) -> np.ndarray:
-    """The child's work (torch imported here)."""
-    import torch
+    """The child's work. The texts are read and tokenized on a thread while this one imports torch and loads
+    the weights (the tokenizer is Rust and lets go of the GIL): ~1-3 s of a cold start that ran one after
+    the other (bench/README.md, "Cold build: fused oneDNN layers")."""
+    tokenized: list[list[np.ndarray]] = []
+    failed: list[BaseException] = []
 
-    from vmcp_opt.optimizer.encoder import LeanEncoder
+    def tokenize() -> None:
+        try:
+            from vmcp_opt.optimizer.batching import load_tokenizer, tokenize_chunked
 
-    torch.set_num_threads(args.threads)
-    dtype = torch.float32 if args.float32 else torch.bfloat16
-    encoder = LeanEncoder.from_directory(args.model_dir, args.max_length, dtype)
+            texts: list[str] = json.loads(args.texts.read_text(encoding="utf-8"))
+            tokenizer = load_tokenizer(args.model_dir / "tokenizer.json", args.max_length)
+
+            def encode(chunk: Sequence[str]) -> list[list[int]]:
+                return [encoding.ids for encoding in tokenizer.encode_batch(list(chunk))]
+
+            tokenized.append(tokenize_chunked(encode, texts))
+        except BaseException as exc:  # re-raised on the main thread
+            failed.append(exc)
+
+    worker = threading.Thread(target=tokenize, name="bulk-tokenize")
+    worker.start()
+    try:
+        import torch
+
+        from vmcp_opt.optimizer.encoder import LeanEncoder
+
+        torch.set_num_threads(args.threads)
+        dtype = torch.float32 if args.float32 else torch.bfloat16
+        encoder = LeanEncoder.from_directory(args.model_dir, args.max_length, dtype)
+    finally:
+        worker.join()
     if encoder is None:
         raise BulkEncodeError(f"{args.model_dir}: not a BERT model with mean pooling and safetensors weights")
-    texts: list[str] = json.loads(args.texts.read_text(encoding="utf-8"))
+    if failed:
+        raise failed[0]
 
     def done(count: int) -> None:
         print(f"done {count}", flush=True)
 
-    return encoder.encode_bulk(texts, args.batch_size, done)
+    return encoder.encode_bulk_ids(tokenized[0], args.batch_size, done)
 
 
 def main(argv: list[str] | None = None) -> int:
