@@ -6,12 +6,15 @@ AMX: a cold build of 10k tools took 88 s there, against 23 s for the lean encode
 bfloat16 (bench/README.md, "Cold build of 10k tools"). So when an update has `bulk_process_min` or more new
 documents and torch is installed, `BulkEncoder` runs `python -m vmcp_opt.optimizer.bulk_embed`:
 
-- the parent writes the texts to a JSON file in a temporary directory; the child loads the weights and
-  tokenizer straight from the model directory (`LeanEncoder.from_directory`: torch, safetensors and
-  tokenizers only, no transformers), encodes in bfloat16 where the CPU has AMX / AVX-512 BF16 (else
-  float32), prints `done <n>` lines as batches finish and writes float32 vectors to an `.npy` file;
-- the parent relays that progress, kills the child at `bulk_process_timeout`, and checks a few rows against
-  its own ONNX fp32 encoder (cosine >= `MIN_COSINE`) before it takes the vectors;
+- the parent writes the texts to a JSON file in a temporary directory; the child tokenizes them on a thread
+  while it imports torch and loads the weights straight from the model directory
+  (`LeanEncoder.from_directory`: torch, safetensors and tokenizers only, no transformers), encodes in
+  bfloat16 where the CPU has AMX / AVX-512 BF16 (else float32) on oneDNN's fused linear layers
+  (`LeanEncoder.encode_bulk_ids`), prints `done <n>` lines as batches finish, writes float32 vectors to an
+  `.npy` file and exits without the interpreter's teardown;
+- the parent computes its check rows while the child starts, relays the progress, kills the child at
+  `bulk_process_timeout`, and checks those rows against its own ONNX fp32 encoder (cosine >= `MIN_COSINE`)
+  before it takes the vectors;
 - on any failure it logs why, returns None (the caller encodes in process on ONNX Runtime) and does not try
   the child again in this process.
 """

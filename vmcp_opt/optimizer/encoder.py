@@ -11,6 +11,10 @@ absolute positions, GELU), `Pooling` in mean mode, optionally `Normalize` — an
 else, so the caller keeps the general path for other models. Weights are shared with the loaded model,
 not copied; with `dtype` bfloat16 the encoder layers are a converted copy (~21 MB for MiniLM) while the
 embedding tables stay shared, and the hidden states turn bfloat16 after the embedding layer norm.
+
+Bulk encoding in bfloat16 (`encode_bulk`, the bulk child of optimizer/bulk_embed.py) runs each linear layer
+as one oneDNN call on weights packed once for it, with the bias, GELU or residual add fused in
+(`_fused_layers`, +~21 MB): ~25% less CPU than the plain layers. Queries keep the plain path.
 """
 
 from __future__ import annotations
