@@ -200,7 +200,7 @@ def torch_available() -> bool:
 def _encode(args: argparse.Namespace) -> np.ndarray:
     """The child's work. The texts are read and tokenized on a thread while this one imports torch and loads
     the weights (the tokenizer is Rust and lets go of the GIL): ~1-3 s of a cold start that ran one after
-    the other (bench/README.md, "Cold build: fused oneDNN layers")."""
+    the other (bench/README.md, "Cold build: where the time went")."""
     tokenized: list[list[np.ndarray]] = []
     failed: list[BaseException] = []
 

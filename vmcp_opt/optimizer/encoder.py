@@ -14,7 +14,8 @@ embedding tables stay shared, and the hidden states turn bfloat16 after the embe
 
 Bulk encoding in bfloat16 (`encode_bulk`, the bulk child of optimizer/bulk_embed.py) runs each linear layer
 as one oneDNN call on weights packed once for it, with the bias, GELU or residual add fused in
-(`_fused_layers`, +~21 MB): ~25% less CPU than the plain layers. Queries keep the plain path.
+(`_fused_layers`, +~21 MB): 20-25% less CPU than the plain layers for the forward passes alone, 9% of a
+whole bulk child's CPU (bench/README.md, "Cold build: where the time went"). Queries keep the plain path.
 """
 
 from __future__ import annotations
@@ -274,9 +275,10 @@ class LeanEncoder:
     def _fused_layers(self) -> list[_FusedLayer] | None:
         """The linear weights packed for oneDNN (bfloat16 only), or None where torch lacks the fused operators
         or they disagree with `F.linear` on a probe (then `forward` takes the plain path). Packed once, on the
-        first bulk encoding: +~21 MB for MiniLM. Measured on 1,000 catalogue documents, 2 threads: -25-30%
-        CPU (bench/README.md, "Cold build: fused oneDNN layers"): addmm copied its bias into the output and
-        GELU ran as a separate pass over the 1,536-wide activations."""
+        first bulk encoding: +~21 MB for MiniLM. The plain layers' addmm copied its bias into each output
+        (12% of a forward, profiled) and GELU was its own pass over the 1,536-wide activations (16%); fused,
+        the forward passes of 2,000 catalogue documents took 20-25% less CPU (bench/README.md, "Cold build:
+        where the time went")."""
         if self._fused_tried:
             return self._fused
         self._fused_tried = True
