@@ -14,8 +14,9 @@ embedding tables stay shared, and the hidden states turn bfloat16 after the embe
 
 Bulk encoding in bfloat16 (`encode_bulk`, the bulk child of optimizer/bulk_embed.py) runs each linear layer
 as one oneDNN call on weights packed once for it, with the bias, GELU or residual add fused in
-(`_fused_layers`, +~21 MB): 20-25% less CPU than the plain layers for the forward passes alone, 9% of a
-whole bulk child's CPU (bench/README.md, "Cold build: where the time went"). Queries keep the plain path.
+(`_fused_layers`, +~21 MB): 20-25% less CPU than the plain layers for the forward passes measured alone,
+though the whole bulk child's CPU did not measurably change (bench/README.md, "Cold build: where the time
+went"). Queries keep the plain path.
 """
 
 from __future__ import annotations
