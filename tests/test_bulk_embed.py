@@ -106,3 +106,26 @@ def test_lean_encoder_from_the_model_directory_matches_the_loaded_model() -> Non
     direct = LeanEncoder.from_directory(spec.path, spec.max_seq_length, torch.float32)
     assert loaded is not None and direct is not None
     assert (loaded.encode(DOCUMENTS) * direct.encode(DOCUMENTS)).sum(axis=1).min() >= 0.99999
+
+
+def test_child_tokenizer_and_fused_layers_match_the_lean_encoder() -> None:
+    """The child tokenizes on a thread with its own tokenizer (batching.load_tokenizer) and encodes on the
+    fused oneDNN layers: the same ids as `LeanEncoder.tokenize`, the same vectors as the plain layers."""
+    import torch
+
+    from vmcp_opt.optimizer.batching import load_tokenizer, tokenize_chunked
+    from vmcp_opt.optimizer.embedding import cpu_supports_bfloat16
+    from vmcp_opt.optimizer.encoder import LeanEncoder
+
+    spec = resolve_model(DEFAULT_MODEL)
+    lean = LeanEncoder.from_directory(spec.path, spec.max_seq_length, torch.bfloat16)
+    assert lean is not None
+    tokenizer = load_tokenizer(spec.path / "tokenizer.json", spec.max_seq_length)
+    ids = tokenize_chunked(lambda chunk: [e.ids for e in tokenizer.encode_batch(list(chunk))], DOCUMENTS)
+    assert [list(row) for row in ids] == lean.tokenize(DOCUMENTS)
+    assert max(len(row) for row in ids) == spec.max_seq_length
+    fused = lean.encode_bulk_ids(ids, 16)
+    # On a CPU with oneDNN bfloat16 (AMX / AVX-512 BF16) the fused path is the one taken.
+    assert lean._fused is not None or not cpu_supports_bfloat16()
+    plain = np.concatenate([lean.encode_ids([ids[i]]) for i in range(len(ids))])
+    assert (fused * plain).sum(axis=1).min() >= 0.9999

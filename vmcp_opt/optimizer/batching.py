@@ -8,11 +8,24 @@ about `batch_size` texts of 64 tokens each, more short ones, fewer long ones.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 # Texts per tokenizer call in bulk encoding.
 TOKENIZE_CHUNK = 2048
+
+
+def load_tokenizer(file: Path, max_length: int) -> Any:
+    """A `tokenizers.Tokenizer` from `tokenizer.json` set up as the lean encoder sets its copy (truncation at
+    `max_length`, no padding), so ids from it are what `LeanEncoder.tokenize` gives."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(file))
+    tokenizer.enable_truncation(max_length)
+    tokenizer.no_padding()
+    return tokenizer
 
 
 def tokenize_chunked(tokenize: Callable[[Sequence[str]], list[list[int]]], texts: Sequence[str]) -> list[np.ndarray]:

@@ -6,12 +6,15 @@ AMX: a cold build of 10k tools took 88 s there, against 23 s for the lean encode
 bfloat16 (bench/README.md, "Cold build of 10k tools"). So when an update has `bulk_process_min` or more new
 documents and torch is installed, `BulkEncoder` runs `python -m vmcp_opt.optimizer.bulk_embed`:
 
-- the parent writes the texts to a JSON file in a temporary directory; the child loads the weights and
-  tokenizer straight from the model directory (`LeanEncoder.from_directory`: torch, safetensors and
-  tokenizers only, no transformers), encodes in bfloat16 where the CPU has AMX / AVX-512 BF16 (else
-  float32), prints `done <n>` lines as batches finish and writes float32 vectors to an `.npy` file;
-- the parent relays that progress, kills the child at `bulk_process_timeout`, and checks a few rows against
-  its own ONNX fp32 encoder (cosine >= `MIN_COSINE`) before it takes the vectors;
+- the parent writes the texts to a JSON file in a temporary directory; the child tokenizes them on a thread
+  while it imports torch and loads the weights straight from the model directory
+  (`LeanEncoder.from_directory`: torch, safetensors and tokenizers only, no transformers), encodes in
+  bfloat16 where the CPU has AMX / AVX-512 BF16 (else float32) on oneDNN's fused linear layers
+  (`LeanEncoder.encode_bulk_ids`), prints `done <n>` lines as batches finish, writes float32 vectors to an
+  `.npy` file and exits without the interpreter's teardown;
+- the parent computes its check rows while the child starts, relays the progress, kills the child at
+  `bulk_process_timeout`, and checks those rows against its own ONNX fp32 encoder (cosine >= `MIN_COSINE`)
+  before it takes the vectors;
 - on any failure it logs why, returns None (the caller encodes in process on ONNX Runtime) and does not try
   the child again in this process.
 """
@@ -43,10 +46,11 @@ log = logging.getLogger(__name__)
 # >= 0.998 to fp32 (eval/README.md, "Encoders"); below this the child's numerics are wrong, not merely rounded.
 MIN_COSINE = 0.99
 CHECK_ROWS = 8
-# Texts of 64 tokens per batch (batches hold ~`BATCH_SIZE * 64` tokens, optimizer/batching.py): twice the
-# in-process default, since larger bfloat16 matrices keep AMX busier (+30% documents per CPU second over
-# 4,096 tokens on a 2,000-document sample, measured; +~200 MB peak in the child, which exits after).
-BATCH_SIZE = 128
+# Texts of 64 tokens per batch (batches hold ~`BATCH_SIZE * 64` tokens, optimizer/batching.py). 128 (8,192
+# tokens) was best for the plain bfloat16 layers (+30% documents per CPU second over 4,096); with the fused
+# oneDNN layers (`LeanEncoder.encode_bulk`) 4,096 tokens is ~5% faster than 8,192 on 10k catalogue documents
+# and 16k-32k tokens were 37-62% slower (activations out of cache), measured interleaved in one process.
+BATCH_SIZE = 64
 
 
 class BulkEncodeError(Exception):
@@ -77,6 +81,8 @@ class BulkEncoder:
         self.bfloat16 = bfloat16 and cpu_supports_bfloat16()
         # Set after a failure: the in-process path serves from then on.
         self.failed: str | None = None
+        # The serving encoder's rows for `check`, computed by `run` while the child works.
+        self._expected: np.ndarray | None = None
 
     def __call__(self, texts: Sequence[str], progress: bool = False) -> np.ndarray | None:
         if len(texts) < self.min_documents or self.failed is not None:
@@ -86,7 +92,7 @@ class BulkEncoder:
         try:
             with maybe_progress(progress, label, len(texts)) as advance:
                 vectors = self.run(texts, advance)
-            self.check(texts, vectors)
+            self.check(texts, vectors, self._expected)
         except BulkEncodeError as exc:
             self.failed = str(exc)
             log.warning("bulk encoding in a child process failed (%s); encoding in process instead", exc)
@@ -103,8 +109,9 @@ class BulkEncoder:
             command = [sys.executable, "-m", "vmcp_opt.optimizer.bulk_embed", str(self.spec.path), str(source)]
             command += [str(target), "--max-length", str(self.spec.max_seq_length), "--threads", str(self.threads)]
             command += ["--batch-size", str(self.batch_size)] + ([] if self.bfloat16 else ["--float32"])
+            self._expected = None
             with errors.open("w", encoding="utf-8") as stderr:
-                code, timed_out = self._wait(command, stderr, advance, len(texts))
+                code, timed_out = self._wait(command, stderr, advance, len(texts), lambda: self._reference(texts))
             if timed_out:
                 raise BulkEncodeError(f"no result within {self.timeout:.0f} s (optimizer.bulk_process_timeout)")
             if code != 0:
@@ -119,9 +126,15 @@ class BulkEncoder:
         return vectors
 
     def _wait(
-        self, command: list[str], stderr: IO[str], advance: Callable[[int], object], total: int
+        self,
+        command: list[str],
+        stderr: IO[str],
+        advance: Callable[[int], object],
+        total: int,
+        meanwhile: Callable[[], object] = lambda: None,
     ) -> tuple[int, bool]:
-        """Run `command`, relaying its `done <n>` lines to `advance`; (exit status, killed at the deadline)."""
+        """Run `command`, relaying its `done <n>` lines to `advance`, and call `meanwhile` once it has started;
+        (exit status, killed at the deadline)."""
         # The child forks nothing, so its tokenizer may use both cores (3 s for 10k documents on one, loaded).
         # OpenMP threads that sleep rather than spin between operations: on a shared 2-core machine (load 6-10)
         # 1,000 documents took ~35% less CPU and 27-31% less time (bench/README.md, "Cold build of 10k tools").
@@ -137,6 +150,8 @@ class BulkEncoder:
         timer.start()
         try:
             assert child.stdout is not None
+            # The parent's own share of the work, while the child imports torch: its lines wait in the pipe.
+            meanwhile()
             done, step = 0, max(1, total // 10)
             for line in child.stdout:
                 kind, _, count = line.partition(" ")
@@ -154,13 +169,27 @@ class BulkEncoder:
                 child.wait()
         return code, expired.is_set()
 
-    def check(self, texts: Sequence[str], vectors: np.ndarray) -> None:
-        """A few rows, spread over the batch, against the serving encoder (cosine >= `MIN_COSINE`)."""
-        rows = np.unique(np.linspace(0, len(texts) - 1, num=min(CHECK_ROWS, len(texts))).astype(int))
-        expected = self.reference([texts[i] for i in rows])
+    def check(self, texts: Sequence[str], vectors: np.ndarray, expected: np.ndarray | None = None) -> None:
+        """A few rows, spread over the batch, against the serving encoder (cosine >= `MIN_COSINE`); `expected`
+        is `_reference(texts)` when already computed."""
+        rows = _check_rows(len(texts))
+        if expected is None or len(expected) != len(rows):
+            expected = self._reference(texts)
         cosine = float((expected * vectors[rows]).sum(axis=1).min())
         if cosine < MIN_COSINE:
             raise BulkEncodeError(f"vectors differ from the serving encoder's (cosine {cosine:.4f} < {MIN_COSINE})")
+
+    def _reference(self, texts: Sequence[str]) -> np.ndarray:
+        """The serving encoder's vectors for `check`'s rows (~0.5 s for 8 long documents on ONNX fp32, loaded:
+        `run` has it done while the child starts)."""
+        expected = self.reference([texts[i] for i in _check_rows(len(texts))])
+        self._expected = expected
+        return expected
+
+
+def _check_rows(count: int) -> np.ndarray:
+    """The rows `BulkEncoder.check` compares: `CHECK_ROWS` of them, spread evenly."""
+    return np.unique(np.linspace(0, count - 1, num=min(CHECK_ROWS, count)).astype(int))
 
 
 def torch_available() -> bool:
@@ -169,22 +198,47 @@ def torch_available() -> bool:
 
 
 def _encode(args: argparse.Namespace) -> np.ndarray:
-    """The child's work (torch imported here)."""
-    import torch
+    """The child's work. The texts are read and tokenized on a thread while this one imports torch and loads
+    the weights (the tokenizer is Rust and lets go of the GIL): ~1-3 s of a cold start that ran one after
+    the other (bench/README.md, "Cold build: where the time went")."""
+    tokenized: list[list[np.ndarray]] = []
+    failed: list[BaseException] = []
 
-    from vmcp_opt.optimizer.encoder import LeanEncoder
+    def tokenize() -> None:
+        try:
+            from vmcp_opt.optimizer.batching import load_tokenizer, tokenize_chunked
 
-    torch.set_num_threads(args.threads)
-    dtype = torch.float32 if args.float32 else torch.bfloat16
-    encoder = LeanEncoder.from_directory(args.model_dir, args.max_length, dtype)
+            texts: list[str] = json.loads(args.texts.read_text(encoding="utf-8"))
+            tokenizer = load_tokenizer(args.model_dir / "tokenizer.json", args.max_length)
+
+            def encode(chunk: Sequence[str]) -> list[list[int]]:
+                return [encoding.ids for encoding in tokenizer.encode_batch(list(chunk))]
+
+            tokenized.append(tokenize_chunked(encode, texts))
+        except BaseException as exc:  # re-raised on the main thread
+            failed.append(exc)
+
+    worker = threading.Thread(target=tokenize, name="bulk-tokenize")
+    worker.start()
+    try:
+        import torch
+
+        from vmcp_opt.optimizer.encoder import LeanEncoder
+
+        torch.set_num_threads(args.threads)
+        dtype = torch.float32 if args.float32 else torch.bfloat16
+        encoder = LeanEncoder.from_directory(args.model_dir, args.max_length, dtype)
+    finally:
+        worker.join()
     if encoder is None:
         raise BulkEncodeError(f"{args.model_dir}: not a BERT model with mean pooling and safetensors weights")
-    texts: list[str] = json.loads(args.texts.read_text(encoding="utf-8"))
+    if failed:
+        raise failed[0]
 
     def done(count: int) -> None:
         print(f"done {count}", flush=True)
 
-    return encoder.encode_bulk(texts, args.batch_size, done)
+    return encoder.encode_bulk_ids(tokenized[0], args.batch_size, done)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -208,4 +262,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    # Straight out, without the interpreter's teardown of torch (0.6-0.8 s measured on a loaded host): the
+    # vectors are written and closed, and the parent waits for the exit status.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)

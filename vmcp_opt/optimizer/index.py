@@ -74,6 +74,14 @@ class UpdateStats:
 
 
 @dataclass(frozen=True)
+class _Keywords:
+    """The snapshot's parts built from the documents alone (`ToolIndex._keywords`)."""
+
+    bm25: Any
+    prerequisites: dict[int, tuple[Prerequisite, ...]]
+
+
+@dataclass(frozen=True)
 class _Snapshot:
     """Everything one search reads; never mutated after it is built."""
 
@@ -219,15 +227,35 @@ class ToolIndex:
             first: dict[str, int] = {}
             for i in np.flatnonzero(~found):
                 first.setdefault(hashes[i], int(i))
+            keywords: _Keywords | None = None
             if first:
-                fresh = self.embedder.encode_documents([documents[i] for i in first.values()], progress=progress)
+                # The keyword arm needs no vectors: built on a thread while the documents are embedded (1.5 s
+                # for 10k tools on a loaded host, mostly while the bulk child imports torch on one core).
+                built: list[_Keywords] = []
+                failed: list[BaseException] = []
+                worker = threading.Thread(
+                    target=self._keywords_into,
+                    args=(records, documents, built, failed),
+                    name="index-keywords",
+                    daemon=True,
+                )
+                worker.start()
+                try:
+                    fresh = self.embedder.encode_documents([documents[i] for i in first.values()], progress=progress)
+                finally:
+                    worker.join()
+                if failed:
+                    raise failed[0]
+                keywords = built[0]
                 by_hash = dict(zip(first, range(len(first)), strict=True))
                 missing = np.flatnonzero(~found)
                 vectors[missing] = fresh[[by_hash[hashes[i]] for i in missing]]
             removed = len(cache.rows.keys() - set(hashes))
             retired = cache.retire(set(hashes), self.config.keep_removed)
             rerank = self.reranker.prepare(documents) if self.reranker is not None else None
-            snapshot = self._build(records, documents, vectors, np.ones(len(records), dtype=bool), rerank)
+            snapshot = self._build(
+                records, documents, vectors, np.ones(len(records), dtype=bool), rerank, keywords=keywords
+            )
             del vectors  # the snapshot holds FAISS's copy; drop ours before saving
             self._swap(snapshot)
             matrix = snapshot.vectors if snapshot.vectors is not None else np.zeros((0, 0), dtype=np.float32)
@@ -272,11 +300,15 @@ class ToolIndex:
         vectors: np.ndarray | None,
         has_vector: np.ndarray,
         rerank: RerankStage | None = None,
+        *,
+        keywords: _Keywords | None = None,
     ) -> _Snapshot:
         backend_ids: dict[str, int] = {}
         codes = np.fromiter(
             (backend_ids.setdefault(r.backend, len(backend_ids)) for r in records), dtype=np.int32, count=len(records)
         )
+        if keywords is None:
+            keywords = self._keywords(records, documents)
         faiss_index = None
         if vectors is not None and len(records):
             faiss_index = vector_arm.build(vectors, self.config)
@@ -286,14 +318,28 @@ class ToolIndex:
             records=tuple(records),
             backend_codes=codes,
             backend_ids=backend_ids,
-            bm25=_keyword_index(records, documents, self.config),
+            bm25=keywords.bm25,
             vectors=vectors,
             has_vector=has_vector,
             faiss_index=faiss_index,
             rerank=rerank,
             positions={record.name: position for position, record in enumerate(records)},
-            prerequisites=find_prerequisites(records),
+            prerequisites=keywords.prerequisites,
         )
+
+    def _keywords(self, records: list[ToolRecord], documents: list[str]) -> _Keywords:
+        """The parts of a snapshot that need no vectors: the BM25 arm and the prerequisite links."""
+        bm25 = _keyword_index(records, documents, self.config)
+        return _Keywords(bm25, find_prerequisites(records))
+
+    def _keywords_into(
+        self, records: list[ToolRecord], documents: list[str], built: list[_Keywords], failed: list[BaseException]
+    ) -> None:
+        """`_keywords` on a thread: the result or the exception into the given list."""
+        try:
+            built.append(self._keywords(records, documents))
+        except BaseException as exc:  # re-raised by `update`
+            failed.append(exc)
 
     def _swap(self, snapshot: _Snapshot) -> None:
         with self._swap_lock:
