@@ -32,6 +32,7 @@ ENCODERS: dict[str, dict[str, Any]] = {
     "general": {"encoder": "torch", "lean": False, "query_bfloat16": False},
     "onnx": {"encoder": "onnx", "precision": "fp32"},
     "onnx-int8": {"encoder": "onnx", "precision": "int8"},
+    "onnx-int8-blockwise": {"encoder": "onnx", "precision": "int8-blockwise"},
     "onnx-int8-dynamic": {"encoder": "onnx", "precision": "int8-dynamic"},
 }
 

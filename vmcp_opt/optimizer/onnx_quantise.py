@@ -12,7 +12,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 # Input rows per weight block, and MatMulNBits' accuracy level 4: int8 compute on the CPU's integer dot
 # products (VNNI / AMX here) with activations quantised per block.
@@ -85,3 +87,141 @@ def quantise_dynamic(source: Path, target: Path) -> None:
         per_channel=True,
         extra_options={"DefaultTensorType": TensorProto.FLOAT},
     )
+
+
+# SmoothQuant's migration strength per operator (s_j = max|X_j|^alpha / max|W_j|^(1 - alpha)): on the
+# calibration texts a simulated dynamic quantisation of each MatMul erred least at 0.75-0.95 for the fused
+# QKV and the first feed-forward layer, 0.55-0.75 for the attention output (eval/README.md).
+SMOOTH_ALPHA = {"qkv": 0.8, "ffn1": 0.8, "attention_output": 0.7}
+SMOOTHING_TEXTS = Path(__file__).with_name("smoothing_texts.txt")
+
+
+def smoothing_texts() -> list[str]:
+    """The calibration texts shipped beside this module: paragraphs, `#` lines are comments."""
+    lines = SMOOTHING_TEXTS.read_text(encoding="utf-8").splitlines()
+    text = "\n".join(line for line in lines if not line.startswith("#"))
+    return [paragraph.strip() for paragraph in text.split("\n\n") if paragraph.strip()]
+
+
+def quantise_smoothed(source: Path, target: Path, tokenizer: Path, max_length: int, texts: Sequence[str]) -> int:
+    """SmoothQuant, then `quantize_dynamic` on the fused QKV, the attention output and the first feed-forward
+    MatMul of each layer; the second feed-forward MatMul (the post-GELU input) stays fp32. Returns how many
+    operators were smoothed.
+
+    Per input channel j of each quantised operator, s_j = max|X_j|^alpha / max|W_j|^(1 - alpha) from the fp32
+    graph's activations over `texts`: W's rows are multiplied by s and X divided by it (exact in fp32), which
+    moves BERT's outlier hidden dimensions out of the one activation scale per tensor that dynamic
+    quantisation uses. 1/s is an fp32 `Mul` on the input (a layer norm's output also feeds the residual), or,
+    for the attention output, folded into the V columns of the layer's fused QKV weights and bias.
+    """
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, numpy_helper
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    model = onnx.load(str(source))
+    graph = model.graph
+    weights = {tensor.name: tensor for tensor in graph.initializer}
+    roles = _roles(graph, weights)
+    peaks = _input_peaks(model, [node for node, _ in roles], tokenizer, max_length, texts)
+    producers = {output: node for node in graph.node for output in node.output}
+    nodes: list[Any] = []
+    divisors: dict[str, Any] = {}  # node name -> 1/s still to apply to its input
+    for node, role in roles:
+        if role == "ffn2":
+            continue
+        tensor = weights[node.input[1]]
+        weight = numpy_helper.to_array(tensor).astype(np.float32)
+        alpha = SMOOTH_ALPHA[role]
+        peak = np.maximum(peaks[node.input[0]], 1e-5)
+        scale = (peak**alpha / np.maximum(np.abs(weight).max(axis=1), 1e-5) ** (1 - alpha)).astype(np.float32)
+        tensor.CopyFrom(numpy_helper.from_array(weight * scale[:, None], tensor.name))
+        divisors[node.name] = (1.0 / scale).astype(np.float32)
+    for node, role in roles:
+        producer = producers.get(node.input[0])
+        if role == "attention_output" and producer is not None and producer.op_type == "Attention":
+            _fold_into_v(producer, divisors.pop(node.name), weights)
+    for node in graph.node:
+        if node.name in divisors:
+            divisor = numpy_helper.from_array(divisors.pop(node.name), f"{node.name}_smooth")
+            graph.initializer.append(divisor)
+            smoothed = f"{node.input[0]}_smooth_{node.name}"
+            nodes.append(onnx.helper.make_node("Mul", [node.input[0], divisor.name], [smoothed], name=divisor.name))
+            node.input[0] = smoothed
+        nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    staged = target.with_name(f".{target.name}.smoothed.onnx")
+    try:
+        onnx.save(model, str(staged))
+        # Per-channel weights; the fused operators have no shape inference, hence the default tensor type.
+        quantize_dynamic(
+            str(staged),
+            str(target),
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            op_types_to_quantize=["MatMul", "Attention"],
+            nodes_to_exclude=[node.name for node, role in roles if role == "ffn2"],
+            extra_options={"DefaultTensorType": TensorProto.FLOAT},
+        )
+    finally:
+        staged.unlink(missing_ok=True)
+    return sum(1 for _, role in roles if role != "ffn2")
+
+
+def _roles(graph: Any, weights: dict[str, Any]) -> list[tuple[Any, str]]:
+    """The operators with constant weights: fused attention ("qkv"), and each MatMul with a 2-D weight by its
+    shape: square ("attention_output"), widening ("ffn1") or narrowing ("ffn2", the post-GELU input)."""
+    roles = []
+    for node in graph.node:
+        if node.op_type == "Attention" and node.input[1] in weights:
+            roles.append((node, "qkv"))
+        elif node.op_type == "MatMul" and len(node.input) == 2 and node.input[1] in weights:
+            dims = list(weights[node.input[1]].dims)
+            if len(dims) == 2:
+                rows, cols = dims
+                roles.append((node, "attention_output" if rows == cols else "ffn1" if cols > rows else "ffn2"))
+    return roles
+
+
+def _input_peaks(
+    model: Any, nodes: Sequence[Any], tokenizer: Path, max_length: int, texts: Sequence[str]
+) -> dict[str, Any]:
+    """max|X_j| per input channel of each node's first input, over every token of `texts` (each run alone,
+    as a query is), from the fp32 graph with those inputs added as outputs."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto
+    from tokenizers import Tokenizer
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    names = list(dict.fromkeys(node.input[0] for node in nodes))
+    probe.graph.output.extend(onnx.helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in names)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    encoder = Tokenizer.from_file(str(tokenizer))
+    encoder.enable_truncation(max_length)
+    peaks: dict[str, Any] = {}
+    for text in texts:
+        ids = np.array([encoder.encode(text).ids], dtype=np.int64)
+        values = session.run(names, {"input_ids": ids, "attention_mask": np.ones_like(ids)})
+        for name, value in zip(names, values, strict=True):
+            peak = np.abs(value).reshape(-1, value.shape[-1]).max(axis=0)
+            peaks[name] = np.maximum(peaks[name], peak) if name in peaks else peak
+    return peaks
+
+
+def _fold_into_v(attention: Any, divisor: Any, weights: dict[str, Any]) -> None:
+    """Divide the V part of a fused Attention's QKV weight columns and bias by `divisor`: its output is then
+    the attention output divided by it, channel by channel (heads concatenate V's columns in order)."""
+    from onnx import numpy_helper
+
+    hidden = divisor.shape[0]
+    for name in attention.input[1:3]:
+        tensor = weights[name]
+        value = numpy_helper.to_array(tensor).copy()
+        value[..., 2 * hidden :] *= divisor
+        tensor.CopyFrom(numpy_helper.from_array(value, name))
