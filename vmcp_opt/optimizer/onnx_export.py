@@ -53,8 +53,12 @@ FILES: dict[Precision, str] = {
 METADATA_FILE = "export.json"
 # The exported fp32 graph must give these cosines to the torch model, or the export fails.
 MIN_COSINE = 0.9999
-# The served int8 graph's floor: it measures 0.9993 to fp32 on the parity texts (the block-wise graph 0.99973).
-MIN_COSINE_INT8 = 0.999
+# The served int8 graph's floor to torch. The smoothed dynamic graph measures 0.99932 on the parity texts; on
+# tests/test_lean_encoder.py's 0.99827 one text at a time (the empty text and one word are its worst) and
+# 0.99734 in one padded batch with a 256-token text (dynamic int8 takes one activation scale per batch), and
+# >= 0.998 to fp32 on 600 eval queries. 0.997 still refuses unsmoothed dynamic int8 (0.989); the block-wise
+# graph measures 0.99973.
+MIN_COSINE_INT8 = 0.997
 # Seconds the export child may take (torch import ~3 s, export ~2 s, optimisation ~2 s on an idle machine).
 EXPORT_TIMEOUT = 600.0
 _PARITY_TEXTS = (
