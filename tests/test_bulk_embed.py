@@ -1,6 +1,6 @@
 """Bulk encoding in a child process (optimizer/bulk_embed.py): a real child on the real model gives the vectors
-the served ONNX int8 encoder gives (within its cosine floor), reports its progress, and a failing or late child leaves the update to the
-in-process path with the reason logged. Small updates never start a child."""
+the served ONNX int8 encoder gives (within its cosine floor), reports its progress, and a failing or late
+child leaves the update to the in-process path with the reason logged. Small updates never start a child."""
 
 from __future__ import annotations
 
