@@ -32,6 +32,7 @@ ENCODERS: dict[str, dict[str, Any]] = {
     "general": {"encoder": "torch", "lean": False, "query_bfloat16": False},
     "onnx": {"encoder": "onnx", "precision": "fp32"},
     "onnx-int8": {"encoder": "onnx", "precision": "int8"},
+    "onnx-int8-blockwise": {"encoder": "onnx", "precision": "int8-blockwise"},
     "onnx-int8-dynamic": {"encoder": "onnx", "precision": "int8-dynamic"},
 }
 
@@ -77,8 +78,8 @@ def run(
         typer.Option(
             help="How texts are embedded: 'lean' (torch: optimizer/encoder.py, bfloat16 queries where the "
             "CPU has it), 'lean-fp32' (float32 queries), 'general' (sentence-transformers' encode), 'onnx' "
-            "(ONNX Runtime, fp32), 'onnx-int8' (served: block-wise int8 weights) or 'onnx-int8-dynamic' "
-            "(int8 dynamic quantisation of every op)."
+            "(ONNX Runtime, fp32), 'onnx-int8' (served: SmoothQuant then dynamic int8), 'onnx-int8-blockwise' "
+            "(block-wise int8 weights) or 'onnx-int8-dynamic' (int8 dynamic quantisation of every op)."
         ),
     ] = "lean",
     model: Annotated[

@@ -26,6 +26,7 @@ from vmcp_opt.optimizer.embedding import load_embedder
 from vmcp_opt.optimizer.model_registry import DEFAULT_MODEL, resolve_model
 from vmcp_opt.optimizer.onnx_encoder import OnnxEmbedder, OnnxEncoder
 from vmcp_opt.optimizer.onnx_export import MIN_COSINE_INT8, ensure_onnx_model
+from vmcp_opt.optimizer.onnx_quantise import smooth, smoothing_texts
 
 
 def model_cache() -> Path:
@@ -91,9 +92,12 @@ def test_a_request_runs_in_groups_of_near_equal_length_with_the_vectors_of_one_p
     assert _cosines(grouped, encoder.encode_ids(encoder.tokenize(texts))).min() >= 0.99999
 
 
-def test_the_int8_graph_stays_within_its_cosine_floor_of_the_torch_fp32_encoder(onnx_model: Path, lean: Any) -> None:
+@pytest.mark.parametrize("precision", ["int8", "int8-blockwise"])
+def test_the_int8_graphs_stay_within_their_cosine_floor_of_the_torch_fp32_encoder(
+    onnx_model: Path, lean: Any, precision: Any
+) -> None:
     spec = resolve_model(DEFAULT_MODEL)
-    int8 = ensure_onnx_model(spec, model_cache(), "int8")
+    int8 = ensure_onnx_model(spec, model_cache(), precision)
     assert int8.parent == onnx_model.parent and int8.stat().st_size < onnx_model.stat().st_size
     encoder = OnnxEncoder(int8, spec.path / "tokenizer.json", spec.max_seq_length)
     expected = lean.encode(TEXTS)
@@ -101,6 +105,33 @@ def test_the_int8_graph_stays_within_its_cosine_floor_of_the_torch_fp32_encoder(
     assert np.allclose(np.linalg.norm(alone, axis=1), 1.0, atol=1e-5)
     assert _cosines(alone, expected).min() >= MIN_COSINE_INT8
     assert _cosines(encoder.encode(TEXTS), expected).min() >= MIN_COSINE_INT8
+
+
+def test_the_served_int8_graph_runs_integer_kernels_and_keeps_the_second_feed_forward_layer_fp32(
+    onnx_model: Path,
+) -> None:
+    import onnx
+
+    graph = onnx.load(str(ensure_onnx_model(resolve_model(DEFAULT_MODEL), model_cache(), "int8"))).graph
+    weights = {tensor.name: list(tensor.dims) for tensor in graph.initializer}
+    ops = [node.op_type for node in graph.node]
+    assert ops.count("QAttention") == 6 and "Attention" not in ops
+    assert ops.count("MatMulInteger") == 12  # attention output and first feed-forward layer, 6 layers
+    fp32 = [weights[node.input[1]] for node in graph.node if node.op_type == "MatMul" and node.input[1] in weights]
+    assert fp32 == [[1536, 384]] * 6
+    assert ops.count("Mul") >= 12  # the smoothing divisors of the QKV and first feed-forward inputs
+
+
+def test_smoothing_alone_leaves_the_fp32_graph_s_vectors_unchanged(onnx_model: Path, tmp_path: Path) -> None:
+    spec = resolve_model(DEFAULT_MODEL)
+    tokenizer = spec.path / "tokenizer.json"
+    texts = smoothing_texts()
+    assert len(texts) > 100
+    kept = smooth(onnx_model, tmp_path / "smoothed.onnx", tokenizer, spec.max_seq_length, texts[:20])
+    assert len(kept) == 6
+    smoothed = OnnxEncoder(tmp_path / "smoothed.onnx", tokenizer, spec.max_seq_length)
+    fp32 = OnnxEncoder(onnx_model, tokenizer, spec.max_seq_length)
+    assert _cosines(smoothed.encode(TEXTS), fp32.encode(TEXTS)).min() >= 0.99999
 
 
 def test_an_export_already_cached_is_reused(onnx_model: Path) -> None:

@@ -1,18 +1,26 @@
 """int8 versions of the exported fp32 graph (optimizer/onnx_export.py runs these in its child process).
 
-- `quantise_blockwise` (served as `optimizer.precision: int8`): each plain MatMul's weights (attention
-  output and both feed-forward layers) become 8-bit blocks of 32 input rows with a scale each, run by ONNX
-  Runtime's `MatMulNBits` with `accuracy_level` 4 (int8 compute, the activations quantised per block of 32
-  at run time). The fused attention's QKV weights stay fp32. Fine blocks keep the error small where
-  `quantize_dynamic`'s one activation scale per tensor does not: cosine to fp32 ≈ 0.9998 against ≈ 0.99,
-  and nDCG@10 within 0.5 of fp32 on every set of `vmcp eval run --dataset all` (eval/README.md).
-- `quantise_dynamic`: ONNX Runtime's `quantize_dynamic` on every op (per-channel weights, one activation
-  scale per tensor). Faster, but it loses 1.79 nDCG@10 on toolink; eval and bench keep it to compare.
+- `quantise_smoothed` (served as `optimizer.precision: int8`): SmoothQuant, then ONNX Runtime's
+  `quantize_dynamic` (per-channel int8 weights, one activation scale per tensor, int8 compute) on the fused
+  QKV, the attention output and the first feed-forward MatMul of each layer; the second feed-forward MatMul
+  (post-GELU input) stays fp32. Smoothing divides each input channel by s_j = max|X_j|^a / max|W_j|^(1-a)
+  and multiplies the weight's rows by it, calibrated on texts shipped beside this module
+  (smoothing_texts.txt), which takes BERT's outlier hidden dimensions out of the per-tensor activation
+  scale: cosine to fp32 ~0.9993 against ~0.993 unsmoothed, at about the speed of dynamic int8 on those ops.
+- `quantise_blockwise` (`int8-blockwise`, the previous default): each plain MatMul's weights become 8-bit
+  blocks of 32 input rows run by `MatMulNBits` with `accuracy_level` 4 (activations quantised per block).
+  Closest to fp32 (cosine ~0.9998), but this ONNX Runtime has no fast 8-bit kernel: ~fp32's speed.
+- `quantise_dynamic`: `quantize_dynamic` on every op, unsmoothed. Fastest, but it loses 1.76 nDCG@10 on
+  toolink; eval and bench keep it to compare.
+
+eval/README.md ("int8 recipes") has the measurements behind each choice.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 # Input rows per weight block, and MatMulNBits' accuracy level 4: int8 compute on the CPU's integer dot
 # products (VNNI / AMX here) with activations quantised per block.
@@ -85,3 +93,158 @@ def quantise_dynamic(source: Path, target: Path) -> None:
         per_channel=True,
         extra_options={"DefaultTensorType": TensorProto.FLOAT},
     )
+
+
+# SmoothQuant's migration strength per operator (s_j = max|X_j|^alpha / max|W_j|^(1 - alpha)): on the
+# calibration texts a simulated dynamic quantisation of each MatMul erred least at 0.75-0.95 for the fused
+# QKV and the first feed-forward layer, 0.55-0.75 for the attention output (eval/README.md).
+SMOOTH_ALPHA = {"qkv": 0.8, "ffn1": 0.8, "attention_output": 0.7}
+SMOOTHING_TEXTS = Path(__file__).with_name("smoothing_texts.txt")
+# Each calibration text runs padded to this many tokens with the padding attended (mask all ones): the pad
+# positions' activations widen the peaks of the outlier channels, which measured better than real tokens
+# alone (cosine to fp32 0.99934 against 0.99842 over 300 eval queries; eval/README.md).
+CALIBRATION_TOKENS = 128
+
+
+def smoothing_texts() -> list[str]:
+    """The calibration texts shipped beside this module: paragraphs, `#` lines are comments."""
+    lines = SMOOTHING_TEXTS.read_text(encoding="utf-8").splitlines()
+    text = "\n".join(line for line in lines if not line.startswith("#"))
+    return [paragraph.strip() for paragraph in text.split("\n\n") if paragraph.strip()]
+
+
+def quantise_smoothed(source: Path, target: Path, tokenizer: Path, max_length: int, texts: Sequence[str]) -> None:
+    """`smooth`, then `quantize_dynamic` (per-channel int8 weights) on the fused QKV, the attention output and
+    the first feed-forward MatMul of each layer; the second feed-forward MatMul (its input is GELU's output,
+    where smoothing still left ~1e-3 relative error against ~1.5e-4 elsewhere) stays fp32."""
+    from onnx import TensorProto
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    staged = target.with_name(f".{target.name}.smoothed.onnx")
+    try:
+        kept = smooth(source, staged, tokenizer, max_length, texts)
+        # The fused operators have no shape inference, hence the default tensor type.
+        quantize_dynamic(
+            str(staged),
+            str(target),
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            op_types_to_quantize=["MatMul", "Attention"],
+            nodes_to_exclude=kept,
+            extra_options={"DefaultTensorType": TensorProto.FLOAT},
+        )
+    finally:
+        staged.unlink(missing_ok=True)
+
+
+def smooth(source: Path, target: Path, tokenizer: Path, max_length: int, texts: Sequence[str]) -> list[str]:
+    """SmoothQuant in fp32 (the output equals `source`'s up to rounding): returns the names of the operators
+    left unsmoothed, for the quantiser to keep in fp32 (the second feed-forward MatMuls).
+
+    Per input channel j of the fused QKV, the attention output and the first feed-forward MatMul,
+    s_j = max|X_j|^alpha / max|W_j|^(1 - alpha) from the fp32 graph's activations over `texts`: W's rows are
+    multiplied by s and X divided by it, which moves BERT's outlier hidden dimensions out of the one
+    activation scale per tensor that dynamic quantisation uses. 1/s is an fp32 `Mul` on the input (a layer
+    norm's output also feeds the residual), or, for the attention output, folded into the V columns of the
+    layer's fused QKV weights and bias.
+    """
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(source))
+    graph = model.graph
+    weights = {tensor.name: tensor for tensor in graph.initializer}
+    roles = _roles(graph, weights)
+    peaks = _input_peaks(model, [node for node, _ in roles], tokenizer, max_length, texts)
+    producers = {output: node for node in graph.node for output in node.output}
+    nodes: list[Any] = []
+    divisors: dict[str, Any] = {}  # node name -> 1/s still to apply to its input
+    for node, role in roles:
+        if role == "ffn2":
+            continue
+        tensor = weights[node.input[1]]
+        weight = numpy_helper.to_array(tensor).astype(np.float32)
+        alpha = SMOOTH_ALPHA[role]
+        peak = np.maximum(peaks[node.input[0]], 1e-5)
+        scale = (peak**alpha / np.maximum(np.abs(weight).max(axis=1), 1e-5) ** (1 - alpha)).astype(np.float32)
+        tensor.CopyFrom(numpy_helper.from_array(weight * scale[:, None], tensor.name))
+        divisors[node.name] = (1.0 / scale).astype(np.float32)
+    for node, role in roles:
+        producer = producers.get(node.input[0])
+        if role == "attention_output" and producer is not None and producer.op_type == "Attention":
+            _fold_into_v(producer, divisors.pop(node.name), weights)
+    for node in graph.node:
+        if node.name in divisors:
+            divisor = numpy_helper.from_array(divisors.pop(node.name), f"{node.name}_smooth")
+            graph.initializer.append(divisor)
+            smoothed = f"{node.input[0]}_smooth_{node.name}"
+            nodes.append(onnx.helper.make_node("Mul", [node.input[0], divisor.name], [smoothed], name=divisor.name))
+            node.input[0] = smoothed
+        nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    onnx.save(model, str(target))
+    return [node.name for node, role in roles if role == "ffn2"]
+
+
+def _roles(graph: Any, weights: dict[str, Any]) -> list[tuple[Any, str]]:
+    """The operators with constant weights: fused attention ("qkv"), and each MatMul with a 2-D weight by its
+    shape: square ("attention_output"), widening ("ffn1") or narrowing ("ffn2", the post-GELU input)."""
+    roles = []
+    for node in graph.node:
+        if node.op_type in ("Attention", "MatMul") and not node.name:
+            raise ValueError(f"an unnamed {node.op_type} operator: smoothing needs every operator named")
+        if node.op_type == "Attention" and node.input[1] in weights:
+            roles.append((node, "qkv"))
+        elif node.op_type == "MatMul" and len(node.input) == 2 and node.input[1] in weights:
+            dims = list(weights[node.input[1]].dims)
+            if len(dims) == 2:
+                rows, cols = dims
+                roles.append((node, "attention_output" if rows == cols else "ffn1" if cols > rows else "ffn2"))
+    return roles
+
+
+def _input_peaks(
+    model: Any, nodes: Sequence[Any], tokenizer: Path, max_length: int, texts: Sequence[str]
+) -> dict[str, Any]:
+    """max|X_j| per input channel of each node's first input, over every position of `texts` (each run alone,
+    padded to `CALIBRATION_TOKENS`), from the fp32 graph with those inputs added as outputs."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto
+    from tokenizers import Tokenizer
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    names = list(dict.fromkeys(node.input[0] for node in nodes))
+    probe.graph.output.extend(onnx.helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in names)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    encoder = Tokenizer.from_file(str(tokenizer))
+    encoder.enable_truncation(max_length)
+    padding = encoder.padding or {"pad_id": 0, "pad_token": "[PAD]"}
+    encoder.enable_padding(pad_id=padding["pad_id"], pad_token=padding["pad_token"], length=CALIBRATION_TOKENS)
+    peaks: dict[str, Any] = {}
+    for text in texts:
+        ids = np.array([encoder.encode(text).ids], dtype=np.int64)
+        values = session.run(names, {"input_ids": ids, "attention_mask": np.ones_like(ids)})
+        for name, value in zip(names, values, strict=True):
+            peak = np.abs(value).reshape(-1, value.shape[-1]).max(axis=0)
+            peaks[name] = np.maximum(peaks[name], peak) if name in peaks else peak
+    return peaks
+
+
+def _fold_into_v(attention: Any, divisor: Any, weights: dict[str, Any]) -> None:
+    """Divide the V part of a fused Attention's QKV weight columns and bias by `divisor`: its output is then
+    the attention output divided by it, channel by channel (heads concatenate V's columns in order)."""
+    from onnx import numpy_helper
+
+    hidden = divisor.shape[0]
+    for name in attention.input[1:3]:
+        tensor = weights[name]
+        value = numpy_helper.to_array(tensor).copy()
+        value[..., 2 * hidden :] *= divisor
+        tensor.CopyFrom(numpy_helper.from_array(value, name))
