@@ -232,11 +232,8 @@ class LeanEncoder:
         if packed is not None:
             return self._pool(self._forward_fused(ids, mask, packed), mask)
         batch, length = ids.shape
-        hidden = F.embedding(ids, self.word) + self.position[:length]
+        hidden, attn_mask = self._embedded(ids, mask)
         width = hidden.shape[-1]
-        hidden = F.layer_norm(hidden, (width,), *self.norm0, self.eps).to(self.dtype)
-        # Padding keys get -inf before the softmax, as BERT's extended attention mask does.
-        attn_mask = None if mask is None else mask[:, None, None, :].bool()
         head_dim = width // self.heads
         for layer in self.layers:
             qkv = F.linear(hidden, layer.qkv_weight, layer.qkv_bias)
@@ -252,14 +249,19 @@ class LeanEncoder:
             )
         return self._pool(hidden, mask)
 
+    def _embedded(self, ids: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The embedding layer's output in the compute dtype, and the attention mask: padding keys get -inf
+        before the softmax, as BERT's extended attention mask does."""
+        hidden = F.embedding(ids, self.word) + self.position[: ids.shape[1]]
+        hidden = F.layer_norm(hidden, (hidden.shape[-1],), *self.norm0, self.eps).to(self.dtype)
+        return hidden, None if mask is None else mask[:, None, None, :].bool()
+
     def _forward_fused(self, ids: torch.Tensor, mask: torch.Tensor | None, packed: list[_FusedLayer]) -> torch.Tensor:
         """`forward`'s encoder layers on oneDNN's fused linear operators (the same arithmetic, bfloat16)."""
         linear = torch.ops.mkldnn._linear_pointwise
         batch, length = ids.shape
-        hidden = F.embedding(ids, self.word) + self.position[:length]
+        hidden, attn_mask = self._embedded(ids, mask)
         width = hidden.shape[-1]
-        hidden = F.layer_norm(hidden, (width,), *self.norm0, self.eps).to(self.dtype)
-        attn_mask = None if mask is None else mask[:, None, None, :].bool()
         head_dim = width // self.heads
         for layer, weights in zip(self.layers, packed, strict=True):
             qkv = linear(hidden, weights.qkv, layer.qkv_bias, "none", [], "")
