@@ -191,10 +191,11 @@ def test_the_pattern_engines_load_at_the_first_pattern_outside_its_deadline() ->
 
 
 def test_plain_schema_check_never_passes_what_jsonschema_refuses() -> None:
-    """The plain schema's own check (`_plainly_valid`) may only say "valid" where jsonschema agrees."""
+    """The plain schema's own check (`plain_schemas.plainly_valid`) may only say "valid" where jsonschema agrees."""
     from jsonschema import Draft202012Validator
 
-    from vmcp_opt.arguments import _is_plain, _plainly_valid
+    from vmcp_opt.plain_schemas import is_plain as _is_plain
+    from vmcp_opt.plain_schemas import plainly_valid as _plainly_valid
 
     schemas: list[dict[str, Any]] = [
         {
@@ -245,7 +246,7 @@ def test_plain_schema_check_never_passes_what_jsonschema_refuses() -> None:
 
 
 def test_schemas_beyond_the_plain_subset_go_to_jsonschema() -> None:
-    from vmcp_opt.arguments import _is_plain
+    from vmcp_opt.plain_schemas import is_plain as _is_plain
 
     assert not _is_plain({"type": "object", "properties": {"a": {"type": "string", "pattern": "^x"}}}, 0)
     assert not _is_plain({"$schema": "http://json-schema.org/draft-04/schema#", "type": "object"}, 0)

@@ -11,7 +11,7 @@ Schemas come from backends and arguments from clients; neither is trusted, so a 
   sent, and the check stops at the next keyword.
 - Compiled validators are cached per schema content (SHA-256 of its canonical JSON) in a bounded LRU.
 - A plain schema (`type`, `properties`, `required`, `additionalProperties`, `items`, string `enum`s and
-  annotations, nothing else) first gets an exact check of its own (`_plainly_valid`, a few µs against
+  annotations, nothing else) first gets an exact check of its own (vmcp_opt/plain_schemas.py, a few µs against
   jsonschema's ~40 µs per call): arguments it passes are valid under jsonschema too; anything it does not
   pass (or any doubt, such as a float for `integer`) goes to jsonschema, which gives the verdict and the error.
 
@@ -44,6 +44,7 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 from vmcp_opt.display import shorten
+from vmcp_opt.plain_schemas import is_plain, plainly_valid
 
 logger = logging.getLogger(__name__)
 
@@ -69,14 +70,14 @@ class ArgumentValidator:
         self._by_digest: OrderedDict[str, Validator | None] = OrderedDict()
         # The digest of a schema object seen recently (hashing a large schema on every call costs).
         self._by_identity: OrderedDict[int, tuple[Mapping[str, Any], str]] = OrderedDict()
-        self._cheap_by_identity: OrderedDict[int, tuple[Mapping[str, Any], bool]] = OrderedDict()
-        self._plain_by_identity: OrderedDict[int, tuple[Mapping[str, Any], bool]] = OrderedDict()
+        # Per schema object: (cheap enough to check inline, plain enough for `plainly_valid`).
+        self._traits_by_identity: OrderedDict[int, tuple[Mapping[str, Any], tuple[bool, bool]]] = OrderedDict()
         self._lock = threading.Lock()
         # Checks run in worker threads a few at a time: more would only contend for the GIL.
         self._threads = anyio.CapacityLimiter(4)
 
     def check(self, tool_name: str, schema: Mapping[str, Any], arguments: Mapping[str, Any] | None) -> None:
-        if self._plain(schema) and _plainly_valid(schema, arguments or {}, 0):
+        if self._traits(schema)[1] and plainly_valid(schema, arguments or {}, 0):
             return
         deadline = time.monotonic() + self.timeout
         previous = getattr(_local, "deadline", None)
@@ -108,36 +109,25 @@ class ArgumentValidator:
         Inline when it cannot be costly: a schema with no regular expressions and no references, and small
         arguments, is a few microseconds of work, less than the hop to a thread (about 0.1 ms).
         """
-        if self._cheap(schema) and _small(arguments):
+        if self._traits(schema)[0] and _small(arguments):
             self.check(tool_name, schema, arguments)
             return
         await anyio.to_thread.run_sync(
             self.check, tool_name, schema, arguments, limiter=self._threads, abandon_on_cancel=True
         )
 
-    def _cheap(self, schema: Mapping[str, Any]) -> bool:
+    def _traits(self, schema: Mapping[str, Any]) -> tuple[bool, bool]:
+        """(no costly keyword, plain), worked out once per schema object."""
         with self._lock:
-            seen = self._cheap_by_identity.get(id(schema))
+            seen = self._traits_by_identity.get(id(schema))
             if seen is not None and seen[0] is schema:
                 return seen[1]
-        cheap = not _has_costly_keyword(schema)
+        traits = (not _has_costly_keyword(schema), is_plain(schema, 0))
         with self._lock:
-            self._cheap_by_identity[id(schema)] = (schema, cheap)  # held, so its id cannot be reused meanwhile
-            while len(self._cheap_by_identity) > self.cache_size:
-                self._cheap_by_identity.popitem(last=False)
-        return cheap
-
-    def _plain(self, schema: Mapping[str, Any]) -> bool:
-        """`schema` uses only what `_plainly_valid` checks exactly (kept per schema object, as `_cheap`)."""
-        seen = self._plain_by_identity.get(id(schema))
-        if seen is not None and seen[0] is schema:
-            return seen[1]
-        plain = _is_plain(schema, 0)
-        with self._lock:
-            self._plain_by_identity[id(schema)] = (schema, plain)  # held, so its id cannot be reused meanwhile
-            while len(self._plain_by_identity) > self.cache_size:
-                self._plain_by_identity.popitem(last=False)
-        return plain
+            self._traits_by_identity[id(schema)] = (schema, traits)  # held, so its id cannot be reused meanwhile
+            while len(self._traits_by_identity) > self.cache_size:
+                self._traits_by_identity.popitem(last=False)
+        return traits
 
     def _validator(self, schema: Mapping[str, Any]) -> Validator | None:
         digest = self._digest(schema)
@@ -182,80 +172,6 @@ def _has_costly_keyword(schema: Any, depth: int = 0) -> bool:
     if isinstance(schema, list):
         return any(_has_costly_keyword(item, depth + 1) for item in schema)
     return False
-
-
-# --- the plain schema's own check ----------------------------------------------------------------------
-
-# Keywords that say nothing about validity.
-_ANNOTATIONS = frozenset(
-    {"title", "description", "default", "examples", "$comment", "deprecated", "readOnly", "writeOnly"}
-)
-_PLAIN_KEYWORDS = _ANNOTATIONS | {"type", "properties", "required", "additionalProperties", "items", "enum"}
-_PLAIN_TYPES: dict[str, Callable[[Any], bool]] = {
-    "object": lambda value: isinstance(value, dict),
-    "array": lambda value: isinstance(value, list),
-    "string": lambda value: isinstance(value, str),
-    # Not bool (a bool is an int in Python, not in JSON Schema); a float for "integer" is left to jsonschema.
-    "integer": lambda value: isinstance(value, int) and not isinstance(value, bool),
-    "number": lambda value: isinstance(value, int | float) and not isinstance(value, bool),
-    "boolean": lambda value: isinstance(value, bool),
-    "null": lambda value: value is None,
-}
-_PLAIN_DEPTH = 8
-
-
-def _is_plain(schema: Any, depth: int) -> bool:
-    """Only keywords `_plainly_valid` checks exactly, with well-formed values (no `$schema`: drafts differ)."""
-    if not isinstance(schema, Mapping) or depth > _PLAIN_DEPTH or not _PLAIN_KEYWORDS.issuperset(schema):
-        return False
-    kind = schema.get("type")
-    kinds = kind if isinstance(kind, list) else [kind] if kind is not None else []
-    if not all(isinstance(k, str) and k in _PLAIN_TYPES for k in kinds):
-        return False
-    properties = schema.get("properties", {})
-    if not isinstance(properties, Mapping) or not all(_is_plain(sub, depth + 1) for sub in properties.values()):
-        return False
-    required = schema.get("required", [])
-    if not isinstance(required, list) or not all(isinstance(name, str) for name in required):
-        return False
-    extra = schema.get("additionalProperties", True)
-    if not isinstance(extra, bool) and not _is_plain(extra, depth + 1):
-        return False
-    if "items" in schema and not _is_plain(schema["items"], depth + 1):
-        return False
-    enum = schema.get("enum")
-    return enum is None or (isinstance(enum, list) and all(isinstance(item, str) for item in enum))
-
-
-def _plainly_valid(schema: Mapping[str, Any], value: Any, depth: int) -> bool:
-    """True only when `value` is valid under the plain `schema`; False means "ask jsonschema"."""
-    if depth > _PLAIN_DEPTH:
-        return False
-    kind = schema.get("type")
-    if kind is not None:
-        kinds = kind if isinstance(kind, list) else [kind]
-        if not any(_PLAIN_TYPES[k](value) for k in kinds):
-            return False
-    enum = schema.get("enum")
-    if enum is not None and not (isinstance(value, str) and value in enum):
-        return False
-    if isinstance(value, dict):
-        properties: Mapping[str, Any] = schema.get("properties", {})
-        for name in schema.get("required", ()):
-            if name not in value:
-                return False
-        extra = schema.get("additionalProperties", True)
-        for name, item in value.items():
-            sub = properties.get(name)
-            if sub is None:
-                if extra is False or (extra is not True and not _plainly_valid(extra, item, depth + 1)):
-                    return False
-            elif not _plainly_valid(sub, item, depth + 1):
-                return False
-    elif isinstance(value, list) and "items" in schema:
-        items = schema["items"]
-        return all(_plainly_valid(items, item, depth + 1) for item in value)
-    return True
 
 
 def _small(arguments: Mapping[str, Any] | None) -> bool:
