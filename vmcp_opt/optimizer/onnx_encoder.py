@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vmcp_opt.optimizer.batching import batches_by_tokens, low_padding_groups, padded, tokenize_chunked
+from vmcp_opt.optimizer.batching import batches_by_tokens, load_tokenizer, low_padding_groups, padded, tokenize_chunked
 from vmcp_opt.optimizer.embedding import maybe_progress, release_memory
 from vmcp_opt.optimizer.model_registry import ModelError, ModelSpec
 from vmcp_opt.optimizer.onnx_export import Precision, ensure_onnx_model
@@ -39,7 +39,6 @@ class OnnxEncoder:
 
     def __init__(self, model: Path, tokenizer_file: Path, max_length: int, threads: int = 1) -> None:
         import onnxruntime as ort
-        from tokenizers import Tokenizer
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
@@ -53,11 +52,9 @@ class OnnxEncoder:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self._session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
         try:
-            self._tokenizer = Tokenizer.from_file(str(tokenizer_file))
+            self._tokenizer = load_tokenizer(tokenizer_file, max_length)
         except Exception as exc:  # the tokenizers library raises its own Exception for a bad file
             raise ModelError(f"{tokenizer_file}: not a tokenizer file ({exc})") from None
-        self._tokenizer.enable_truncation(max_length)
-        self._tokenizer.no_padding()
         # A Rust tokenizer raises "Already borrowed" when two threads use it at once; it takes ~20 µs.
         self._lock = threading.Lock()
 

@@ -80,7 +80,11 @@ def quantise_blockwise(source: Path, target: Path) -> int:
     return rewritten
 
 
-def quantise_dynamic(source: Path, target: Path) -> None:
+def quantise_dynamic(
+    source: Path, target: Path, *, op_types: Sequence[str] | None = None, exclude: Sequence[str] = ()
+) -> None:
+    """ONNX Runtime's `quantize_dynamic` with per-channel int8 weights, on `op_types` (every op when None)
+    except the nodes named in `exclude`."""
     from onnx import TensorProto
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -91,6 +95,8 @@ def quantise_dynamic(source: Path, target: Path) -> None:
         str(target),
         weight_type=QuantType.QInt8,
         per_channel=True,
+        op_types_to_quantize=list(op_types) if op_types is not None else None,
+        nodes_to_exclude=list(exclude),
         extra_options={"DefaultTensorType": TensorProto.FLOAT},
     )
 
@@ -117,22 +123,10 @@ def quantise_smoothed(source: Path, target: Path, tokenizer: Path, max_length: i
     """`smooth`, then `quantize_dynamic` (per-channel int8 weights) on the fused QKV, the attention output and
     the first feed-forward MatMul of each layer; the second feed-forward MatMul (its input is GELU's output,
     where smoothing still left ~1e-3 relative error against ~1.5e-4 elsewhere) stays fp32."""
-    from onnx import TensorProto
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
     staged = target.with_name(f".{target.name}.smoothed.onnx")
     try:
         kept = smooth(source, staged, tokenizer, max_length, texts)
-        # The fused operators have no shape inference, hence the default tensor type.
-        quantize_dynamic(
-            str(staged),
-            str(target),
-            weight_type=QuantType.QInt8,
-            per_channel=True,
-            op_types_to_quantize=["MatMul", "Attention"],
-            nodes_to_exclude=kept,
-            extra_options={"DefaultTensorType": TensorProto.FLOAT},
-        )
+        quantise_dynamic(staged, target, op_types=["MatMul", "Attention"], exclude=kept)
     finally:
         staged.unlink(missing_ok=True)
 
