@@ -32,6 +32,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO
 
@@ -201,26 +202,8 @@ def _encode(args: argparse.Namespace) -> np.ndarray:
     """The child's work. The texts are read and tokenized on a thread while this one imports torch and loads
     the weights (the tokenizer is Rust and lets go of the GIL): ~1-3 s of a cold start that ran one after
     the other (bench/README.md, "Cold build: where the time went")."""
-    tokenized: list[list[np.ndarray]] = []
-    failed: list[BaseException] = []
-
-    def tokenize() -> None:
-        try:
-            from vmcp_opt.optimizer.batching import load_tokenizer, tokenize_chunked
-
-            texts: list[str] = json.loads(args.texts.read_text(encoding="utf-8"))
-            tokenizer = load_tokenizer(args.model_dir / "tokenizer.json", args.max_length)
-
-            def encode(chunk: Sequence[str]) -> list[list[int]]:
-                return [encoding.ids for encoding in tokenizer.encode_batch(list(chunk))]
-
-            tokenized.append(tokenize_chunked(encode, texts))
-        except BaseException as exc:  # re-raised on the main thread
-            failed.append(exc)
-
-    worker = threading.Thread(target=tokenize, name="bulk-tokenize")
-    worker.start()
-    try:
+    with ThreadPoolExecutor(1, thread_name_prefix="bulk-tokenize") as pool:
+        tokenizing = pool.submit(_tokenized, args)
         import torch
 
         from vmcp_opt.optimizer.encoder import LeanEncoder
@@ -228,17 +211,27 @@ def _encode(args: argparse.Namespace) -> np.ndarray:
         torch.set_num_threads(args.threads)
         dtype = torch.float32 if args.float32 else torch.bfloat16
         encoder = LeanEncoder.from_directory(args.model_dir, args.max_length, dtype)
-    finally:
-        worker.join()
-    if encoder is None:
-        raise BulkEncodeError(f"{args.model_dir}: not a BERT model with mean pooling and safetensors weights")
-    if failed:
-        raise failed[0]
+        if encoder is None:
+            raise BulkEncodeError(f"{args.model_dir}: not a BERT model with mean pooling and safetensors weights")
+        token_ids = tokenizing.result()
 
     def done(count: int) -> None:
         print(f"done {count}", flush=True)
 
-    return encoder.encode_bulk_ids(tokenized[0], args.batch_size, done)
+    return encoder.encode_bulk_ids(token_ids, args.batch_size, done)
+
+
+def _tokenized(args: argparse.Namespace) -> list[np.ndarray]:
+    """The texts file's texts as token ids, as `LeanEncoder.tokenize` gives them."""
+    from vmcp_opt.optimizer.batching import load_tokenizer, tokenize_chunked
+
+    texts: list[str] = json.loads(args.texts.read_text(encoding="utf-8"))
+    tokenizer = load_tokenizer(args.model_dir / "tokenizer.json", args.max_length)
+
+    def encode(chunk: Sequence[str]) -> list[list[int]]:
+        return [encoding.ids for encoding in tokenizer.encode_batch(list(chunk))]
+
+    return tokenize_chunked(encode, texts)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,6 +18,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Collection, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -231,22 +232,10 @@ class ToolIndex:
             if first:
                 # The keyword arm needs no vectors: built on a thread while the documents are embedded (1.5 s
                 # for 10k tools on a loaded host, mostly while the bulk child imports torch on one core).
-                built: list[_Keywords] = []
-                failed: list[BaseException] = []
-                worker = threading.Thread(
-                    target=self._keywords_into,
-                    args=(records, documents, built, failed),
-                    name="index-keywords",
-                    daemon=True,
-                )
-                worker.start()
-                try:
+                with ThreadPoolExecutor(1, thread_name_prefix="index-keywords") as pool:
+                    building = pool.submit(self._keywords, records, documents)
                     fresh = self.embedder.encode_documents([documents[i] for i in first.values()], progress=progress)
-                finally:
-                    worker.join()
-                if failed:
-                    raise failed[0]
-                keywords = built[0]
+                    keywords = building.result()
                 by_hash = dict(zip(first, range(len(first)), strict=True))
                 missing = np.flatnonzero(~found)
                 vectors[missing] = fresh[[by_hash[hashes[i]] for i in missing]]
@@ -331,15 +320,6 @@ class ToolIndex:
         """The parts of a snapshot that need no vectors: the BM25 arm and the prerequisite links."""
         bm25 = _keyword_index(records, documents, self.config)
         return _Keywords(bm25, find_prerequisites(records))
-
-    def _keywords_into(
-        self, records: list[ToolRecord], documents: list[str], built: list[_Keywords], failed: list[BaseException]
-    ) -> None:
-        """`_keywords` on a thread: the result or the exception into the given list."""
-        try:
-            built.append(self._keywords(records, documents))
-        except BaseException as exc:  # re-raised by `update`
-            failed.append(exc)
 
     def _swap(self, snapshot: _Snapshot) -> None:
         with self._swap_lock:
