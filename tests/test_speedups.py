@@ -63,12 +63,12 @@ def test_the_sdk_server_span_is_dropped_only_without_a_tracer_provider(monkeypat
     from mcp.server.lowlevel import Server
     from opentelemetry.sdk.trace import TracerProvider
 
-    from vmcp_opt.server import handlers
+    from vmcp_opt import speedups
 
     server: Server[object] = Server("t")
-    handlers._drop_idle_sdk_tracing(server)
+    speedups.drop_idle_sdk_tracing(server)
     assert not any(isinstance(m, OpenTelemetryMiddleware) for m in server.middleware)
-    monkeypatch.setattr(handlers, "get_tracer_provider", TracerProvider)
+    monkeypatch.setattr(speedups, "get_tracer_provider", TracerProvider)
     kept: Server[object] = Server("t")
-    handlers._drop_idle_sdk_tracing(kept)
+    speedups.drop_idle_sdk_tracing(kept)
     assert any(isinstance(m, OpenTelemetryMiddleware) for m in kept.middleware)

@@ -204,14 +204,12 @@ async def _relay_lines(
             try:
                 # One line at a time: no read-ahead while the session is busy. Handed over at once when the
                 # session waits for it (the usual case): `send` would first yield one event-loop turn.
-                sink.send_nowait(message)
-            except anyio.WouldBlock:
                 try:
+                    sink.send_nowait(message)
+                except anyio.WouldBlock:
                     await sink.send(message)
-                except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-                    return  # the session is gone
             except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-                return
+                return  # the session is gone
 
 
 async def _message(line: bytes | DroppedLine, reading: _Reading) -> SessionMessage | Exception | None:

@@ -12,7 +12,6 @@ import weakref
 from typing import Any
 
 import mcp_types as types
-from mcp.server._otel import OpenTelemetryMiddleware
 from mcp.server.connection import Connection
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.lowlevel import NotificationOptions, Server
@@ -20,7 +19,6 @@ from mcp.server.models import InitializationOptions
 from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler
 from mcp.shared.subscriptions import PromptsListChanged, ResourcesListChanged, ToolsListChanged
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
-from opentelemetry.trace import ProxyTracerProvider, get_tracer_provider
 
 from vmcp_opt import __version__, speedups
 from vmcp_opt.gateway import Gateway, ListKind
@@ -240,19 +238,10 @@ def build_mcp_server(gateway: Gateway, transport: Transport) -> Server[Any]:
         "notifications/roots/list_changed", types.NotificationParams, handlers.roots_changed
     )
     server.add_notification_handler("notifications/initialized", types.NotificationParams, handlers.initialized)
-    _drop_idle_sdk_tracing(server)
+    speedups.drop_idle_sdk_tracing(server)
     server.middleware.append(notifier.track)
     # During start-up, catalogue requests wait (bounded) for the backends' first listing.
     server.middleware.append(startup_gate(gateway))
     # Seals the request_state of every InputRequiredResult handed out, verifies it on the retry.
     server.middleware.append(state_boundary(gateway.config.timeouts.input, gateway.state_keys))
     return server
-
-
-def _drop_idle_sdk_tracing(server: Server[Any]) -> None:
-    """Without a global OpenTelemetry tracer provider, the SDK's `OpenTelemetryMiddleware` builds a no-op span
-    per request (attributes, context extraction, ~7 µs a call): drop it, as the SDK invites. The gateway's
-    own SERVER span (telemetry/tracing.py, `telemetry.tracing`) does not depend on it. With a provider
-    installed (OpenTelemetry auto-instrumentation, `OTEL_PYTHON_TRACER_PROVIDER`) the SDK's spans stay."""
-    if isinstance(get_tracer_provider(), ProxyTracerProvider):
-        server.middleware = [m for m in server.middleware if not isinstance(m, OpenTelemetryMiddleware)]
