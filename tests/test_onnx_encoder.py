@@ -107,18 +107,20 @@ def test_the_int8_graphs_stay_within_their_cosine_floor_of_the_torch_fp32_encode
     assert _cosines(encoder.encode(TEXTS), expected).min() >= MIN_COSINE_INT8
 
 
-def test_the_served_int8_graph_runs_integer_kernels_and_keeps_the_second_feed_forward_layer_fp32(
+def test_the_served_int8_graph_runs_integer_kernels_with_per_token_scales_on_the_second_feed_forward_layer(
     onnx_model: Path,
 ) -> None:
     import onnx
 
     graph = onnx.load(str(ensure_onnx_model(resolve_model(DEFAULT_MODEL), model_cache(), "int8"))).graph
-    weights = {tensor.name: list(tensor.dims) for tensor in graph.initializer}
+    weights = {tensor.name: tensor for tensor in graph.initializer}
     ops = [node.op_type for node in graph.node]
     assert ops.count("QAttention") == 6 and "Attention" not in ops
     assert ops.count("MatMulInteger") == 12  # attention output and first feed-forward layer, 6 layers
-    fp32 = [weights[node.input[1]] for node in graph.node if node.op_type == "MatMul" and node.input[1] in weights]
-    assert fp32 == [[1536, 384]] * 6
+    assert not [node for node in graph.node if node.op_type == "MatMul" and node.input[1] in weights]
+    per_token = [weights[node.input[1]] for node in graph.node if node.op_type == "MatMulIntegerToFloat"]
+    assert [(list(w.dims), w.data_type) for w in per_token] == [([1536, 384], onnx.TensorProto.INT8)] * 6
+    assert ops.count("ReduceMax") == 6  # one activation scale per token
     assert ops.count("Mul") >= 12  # the smoothing divisors of the QKV and first feed-forward inputs
 
 

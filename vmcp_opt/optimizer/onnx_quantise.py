@@ -3,17 +3,18 @@
 - `quantise_smoothed` (served as `optimizer.precision: int8`): SmoothQuant, then ONNX Runtime's
   `quantize_dynamic` (per-channel int8 weights, one activation scale per tensor, int8 compute) on the fused
   QKV, the attention output and the first feed-forward MatMul of each layer; the second feed-forward MatMul
-  (post-GELU input) stays fp32. Smoothing divides each input channel by s_j = max|X_j|^a / max|W_j|^(1-a)
-  and multiplies the weight's rows by it, calibrated on texts shipped beside this module
-  (smoothing_texts.txt), which takes BERT's outlier hidden dimensions out of the per-tensor activation
-  scale: cosine to fp32 ~0.9993 against ~0.993 unsmoothed, at about the speed of dynamic int8 on those ops.
-- `quantise_blockwise` (`int8-blockwise`, the previous default): each plain MatMul's weights become 8-bit
-  blocks of 32 input rows run by `MatMulNBits` with `accuracy_level` 4 (activations quantised per block).
-  Closest to fp32 (cosine ~0.9998), but this ONNX Runtime has no fast 8-bit kernel: ~fp32's speed.
+  (post-GELU input) is rewritten by `quantise_per_token` instead: one activation scale per token, which
+  `quantize_dynamic` cannot express. Smoothing divides each input channel by
+  s_j = max|X_j|^a / max|W_j|^(1-a) and multiplies the weight's rows by it, calibrated on texts shipped beside
+  this module (smoothing_texts.txt), which takes BERT's outlier hidden dimensions out of the per-tensor
+  activation scale: cosine to fp32 ~0.999 against ~0.993 unsmoothed, at ~0.45x fp32's query CPU.
+- `quantise_blockwise` (`int8-blockwise`): each plain MatMul's weights become 8-bit blocks of 32 input rows
+  run by `MatMulNBits` with `accuracy_level` 4 (activations quantised per block). Closest to fp32 (cosine
+  ~0.9998), but this ONNX Runtime has no fast 8-bit kernel: ~fp32's speed.
 - `quantise_dynamic`: `quantize_dynamic` on every op, unsmoothed. Fastest, but it loses 1.76 nDCG@10 on
   toolink; eval and bench keep it to compare.
 
-eval/README.md ("int8 recipes") has the measurements behind each choice.
+eval/README.md ("int8 recipes", "SmoothQuant", "Per-token int8") has the measurements behind each choice.
 """
 
 from __future__ import annotations
@@ -121,12 +122,13 @@ def smoothing_texts() -> list[str]:
 
 def quantise_smoothed(source: Path, target: Path, tokenizer: Path, max_length: int, texts: Sequence[str]) -> None:
     """`smooth`, then `quantize_dynamic` (per-channel int8 weights) on the fused QKV, the attention output and
-    the first feed-forward MatMul of each layer; the second feed-forward MatMul (its input is GELU's output,
-    where smoothing still left ~1e-3 relative error against ~1.5e-4 elsewhere) stays fp32."""
+    the first feed-forward MatMul of each layer, and `quantise_per_token` on the second feed-forward MatMul
+    (its input is GELU's output, where one scale per tensor left ~1e-3 relative error even smoothed)."""
     staged = target.with_name(f".{target.name}.smoothed.onnx")
     try:
         kept = smooth(source, staged, tokenizer, max_length, texts)
-        quantise_dynamic(staged, target, op_types=["MatMul", "Attention"], exclude=kept)
+        quantise_per_token(staged, staged, kept)
+        quantise_dynamic(staged, target, op_types=["MatMul", "Attention"])
     finally:
         staged.unlink(missing_ok=True)
 
@@ -242,3 +244,109 @@ def _fold_into_v(attention: Any, divisor: Any, weights: dict[str, Any]) -> None:
         value = numpy_helper.to_array(tensor).copy()
         value[..., 2 * hidden :] *= divisor
         tensor.CopyFrom(numpy_helper.from_array(value, name))
+
+
+# GELU (erf form) is never below -0.16997: adding this makes its output non-negative, so each token's uint8
+# codes span [0, its own maximum] with zero point 0 (the integer kernels take one zero point per tensor; a
+# symmetric int8 scale would spend half its codes on negatives that reach only -0.17: 0.99884 mean cosine to
+# fp32 against 0.99913 shifted, eval/README.md). The shift times the weight's column sums is a constant
+# taken off the output.
+GELU_FLOOR = 0.17
+_GELU_OPS = ("Gelu", "BiasGelu")
+
+
+def quantise_per_token(source: Path, target: Path, names: Sequence[str]) -> None:
+    """Rewrite the MatMuls named `names` (each with a constant 2-D weight, input from a GELU) as uint8
+    activations with one scale per token (row) times int8 weights with one scale per output column:
+    `MatMulIntegerToFloat`, ONNX Runtime's u8s8 integer GEMM, then the row scales. `source` may be `target`.
+
+    `quantize_dynamic` gives a tensor one activation scale, so a single outlier token (BERT's [CLS] holds
+    each text's largest values after GELU) coarsens every other token's codes; one scale per row does not,
+    and makes a text's vector independent of the texts padded into its batch at these operators."""
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(source))
+    graph = model.graph
+    weights = {tensor.name: tensor for tensor in graph.initializer}
+    producers = {output: node for node in graph.node for output in node.output}
+    opset = next(opset.version for opset in model.opset_import if opset.domain in ("", "ai.onnx"))
+    wanted = set(names)
+    replaced: set[str] = set()  # the fp32 weights the int8 codes replace
+    nodes: list[Any] = []
+    for node in graph.node:
+        if node.name not in wanted:
+            nodes.append(node)
+            continue
+        wanted.discard(node.name)
+        tensor = weights.get(node.input[1]) if node.op_type == "MatMul" else None
+        if tensor is None or len(tensor.dims) != 2:
+            raise ValueError(f"{node.name}: per-token int8 needs a MatMul with a constant 2-D weight")
+        producer = producers.get(node.input[0])
+        if producer is None or producer.op_type not in _GELU_OPS:
+            raise ValueError(f"{node.name}: per-token int8 needs a GELU input (its floor makes the codes unsigned)")
+        replaced.add(tensor.name)
+        weight = numpy_helper.to_array(tensor).astype(np.float32)
+        column = (np.maximum(np.abs(weight).max(axis=0), 1e-12) / 127.0).astype(np.float32)
+        codes = np.clip(np.round(weight / column), -127, 127).astype(np.int8)
+        # The correction uses the weights the kernel multiplies (dequantised), so it cancels the shift exactly.
+        correction = (-GELU_FLOOR * (codes.astype(np.float32) * column).sum(axis=0)).astype(np.float32)
+        constants = {
+            "floor": np.array(GELU_FLOOR, np.float32),
+            "levels": np.array(255.0, np.float32),
+            "one": np.array(1.0, np.float32),
+            "zero_u8": np.array(0, np.uint8),
+            "zero_s8": np.array(0, np.int8),
+            "codes": codes,
+            "column_scale": column / np.float32(255.0),  # the row's peak / 255 comes after the GEMM
+            "correction": correction,
+        }
+        if opset >= 18:  # ReduceMax takes its axes as an input from opset 18
+            constants["axes"] = np.array([-1], np.int64)
+        graph.initializer.extend(
+            numpy_helper.from_array(value, f"{node.name}_pt_{key}") for key, value in constants.items()
+        )
+        nodes.extend(_per_token_nodes(node.name, node.input[0], node.output[0], opset))
+    if wanted:
+        raise ValueError(f"no operator named {sorted(wanted)} to quantise per token")
+    for name in replaced:
+        graph.initializer.remove(weights[name])
+    del graph.node[:]
+    graph.node.extend(nodes)
+    if not any(opset.domain == "com.microsoft" for opset in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    onnx.save(model, str(target))
+
+
+def _per_token_nodes(name: str, source: str, output: str, opset: int) -> list[Any]:
+    """y = (codes(x + floor) x codes(W)) * column scale * row peak + correction, where each row's codes are
+    round((x + floor) * 255 / row peak), row peak = max over the row of x + floor (> 0 after GELU)."""
+    from onnx import helper
+
+    def value(key: str) -> str:
+        return f"{name}_pt_{key}"
+
+    if opset >= 18:  # ReduceMax takes its axes as an input from opset 18
+        peak = helper.make_node("ReduceMax", [value("shifted"), value("axes")], [value("peak")], keepdims=1)
+    else:
+        peak = helper.make_node("ReduceMax", [value("shifted")], [value("peak")], axes=[-1], keepdims=1)
+    peak.name = value("peak")
+    return [
+        helper.make_node("Add", [source, value("floor")], [value("shifted")], name=value("shift")),
+        peak,
+        helper.make_node("Div", [value("levels"), value("peak")], [value("inverse")], name=value("inverse")),
+        helper.make_node("Mul", [value("shifted"), value("inverse")], [value("scaled")], name=value("scaled")),
+        helper.make_node(
+            "QuantizeLinear", [value("scaled"), value("one"), value("zero_u8")], [value("q")], name=value("quantise")
+        ),
+        helper.make_node(
+            "MatMulIntegerToFloat",
+            [value("q"), value("codes"), value("one"), value("column_scale"), value("zero_u8"), value("zero_s8")],
+            [value("product")],
+            name=value("gemm"),
+            domain="com.microsoft",
+        ),
+        helper.make_node("Mul", [value("product"), value("peak")], [value("rows")], name=value("rows")),
+        helper.make_node("Add", [value("rows"), value("correction")], [output], name=value("unshift")),
+    ]
