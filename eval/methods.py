@@ -45,6 +45,17 @@ OPTIMIZER_VARIANTS: dict[str, dict[str, Any]] = {
     # The sixth round's dev winner, cold, not the default: the keyword arm's parameters weighed per catalogue
     # so they make 23.2 % of its tokens (where weight 2 puts ToolLens); it lost 2.4 on toolink (eval/README.md).
     "optimizer-cold-parameter-share": {"usage": False, "parameter_share": 0.232},
+    # The seventh round's candidate, cold: the sixth's share rule with a head word that is one of its tool's
+    # parameter names counted as a parameter word, and the weight capped at 2 (eval/README.md).
+    "optimizer-cold-parameter-share-names": {
+        "usage": False,
+        "parameter_share": 0.232,
+        "parameter_share_names": True,
+        "parameter_share_cap": 2.0,
+    },
+    # Pseudo-relevance feedback, cold: the query vector moved 0.2 toward the mean of the first 5 fused results,
+    # the vector arm searched again (optimizer/feedback.py); +0.2 on dev, measured for information only.
+    "optimizer-cold-feedback": {"usage": False, "feedback_docs": 5, "feedback_dense": 0.2},
     # Each arm divided by its best score before fusion, instead of min-max.
     "optimizer-max-scaling": {"fusion_scaling": "max"},
     "optimizer-no-split": {"split_intents": False},

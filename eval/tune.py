@@ -54,6 +54,35 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "share0.375": {"usage": False, "parameter_share": 0.375},
     "share0.45": {"usage": False, "parameter_share": 0.45},
     "share0.5": {"usage": False, "parameter_share": 0.5},
+    # Seventh round: the share rule counting a head word that is a parameter name as a parameter word, with
+    # the weight capped at 2 (the sixth round's lead).
+    **{
+        f"share-names{share}": {
+            "usage": False,
+            "parameter_share": share,
+            "parameter_share_names": True,
+            "parameter_share_cap": 2.0,
+        }
+        for share in (0.232, 0.28)
+    },
+    "share-names0.232-cap5": {"usage": False, "parameter_share": 0.232, "parameter_share_names": True},
+    # Seventh round: pseudo-relevance feedback from the first fused results (optimizer/feedback.py), cold.
+    **{
+        f"prf-d{docs}-v{beta}": {"usage": False, "feedback_docs": docs, "feedback_dense": beta}
+        for docs in (3, 5, 10)
+        for beta in (0.2, 0.5, 1.0)
+    },
+    **{
+        f"prf-d{docs}-t{terms}-w{weight}": {
+            "usage": False,
+            "feedback_docs": docs,
+            "feedback_terms": terms,
+            "feedback_term_weight": weight,
+        }
+        for docs in (3, 5, 10)
+        for terms in (5, 10, 20)
+        for weight in (0.1, 0.3, 0.5)
+    },
     "dense-only": {"dense_weight": 1.0},
     "keyword-only": {"dense_weight": 0.0},
 }
