@@ -22,6 +22,7 @@ import numpy as np
 
 from eval.datasets import Dataset, EvalTool
 from eval.embed import SharedEmbedder
+from eval.query_cap import QUERY_CAP, WHOLE_CAP, capped
 from eval.toolhive import KeywordMode, ToolHiveRanker, embedding_text
 
 if TYPE_CHECKING:
@@ -45,8 +46,25 @@ OPTIMIZER_VARIANTS: dict[str, dict[str, Any]] = {
     # The sixth round's dev winner, cold, not the default: the keyword arm's parameters weighed per catalogue
     # so they make 23.2 % of its tokens (where weight 2 puts ToolLens); it lost 2.4 on toolink (eval/README.md).
     "optimizer-cold-parameter-share": {"usage": False, "parameter_share": 0.232},
+    # The seventh round's candidate, cold: the sixth's share rule with a head word that is one of its tool's
+    # parameter names counted as a parameter word, and the weight capped at 2 (eval/README.md).
+    "optimizer-cold-parameter-share-names": {
+        "usage": False,
+        "parameter_share": 0.232,
+        "parameter_share_names": True,
+        "parameter_share_cap": 2.0,
+    },
+    # Pseudo-relevance feedback, cold: the query vector moved 0.2 toward the mean of the first 5 fused results,
+    # the vector arm searched again (optimizer/feedback.py); +0.2 on dev, measured for information only.
+    "optimizer-cold-feedback": {"usage": False, "feedback_docs": 5, "feedback_dense": 0.2},
     # Each arm divided by its best score before fusion, instead of min-max.
     "optimizer-max-scaling": {"fusion_scaling": "max"},
+    # Issue 19 goal 3, cold: the texts the vector arm embeds capped at N tokens (eval/query_cap.py); the
+    # keyword arm reads the whole request. `-whole` caps a multi-intent request's own vector at 32 tokens.
+    **{f"optimizer-cold-qcap{cap}": {"usage": False, QUERY_CAP: cap} for cap in (128, 96, 64, 48)},
+    "optimizer-cold-qcap64-whole32": {"usage": False, QUERY_CAP: 64, WHOLE_CAP: 32},
+    "optimizer-cold-qcap64-whole0": {"usage": False, QUERY_CAP: 64, WHOLE_CAP: 0},
+    "optimizer-cold-whole0": {"usage": False, WHOLE_CAP: 0},
     "optimizer-no-split": {"split_intents": False},
     "optimizer-bm25-flat": {"bm25_k1": 0.9, "bm25_b": 0.3},
     "optimizer-rrf": {"fusion": "rrf"},
@@ -212,6 +230,7 @@ class OptimizerMethod:
 
         overrides = {**ctx.optimizer_overrides, **self.overrides}
         late_weight = overrides.pop(LATE_INTERACTION, None)
+        cap, whole = overrides.pop(QUERY_CAP, None), overrides.pop(WHOLE_CAP, None)
         config = OptimizerConfig(**overrides)
         records = [tool.fields.to_record() for tool in ctx.dataset.tools]
         self.id_by_name = {record.name: tool.id for record, tool in zip(records, ctx.dataset.tools, strict=True)}
@@ -219,7 +238,8 @@ class OptimizerMethod:
         # SharedEmbedder has the Embedder interface (it delegates to one); typed apart to keep the cache.
         usage = past_usage(ctx.dataset, records) if config.usage else None
         reranker = LateInteraction(ctx.embedder, float(late_weight)) if late_weight is not None else None
-        self.index = ToolIndex(config, index_dir, embedder=ctx.embedder, usage=usage, reranker=reranker)  # type: ignore[arg-type]
+        embedder = capped(ctx.embedder, config, cap, whole)
+        self.index = ToolIndex(config, index_dir, embedder=embedder, usage=usage, reranker=reranker)
         self.index.update(records)
 
     def search(self, query: str, depth: int) -> list[str]:

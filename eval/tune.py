@@ -22,6 +22,7 @@ from eval.embed import SharedEmbedder, load_shared_embedder
 from eval.methods import LATE_INTERACTION, BM25Method, Context, DenseMethod, Method, OptimizerMethod
 from eval.metrics import evaluate
 from eval.noise import noisy_dataset
+from eval.query_cap import QUERY_CAP, WHOLE_CAP
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "base": {},
@@ -54,6 +55,41 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "share0.375": {"usage": False, "parameter_share": 0.375},
     "share0.45": {"usage": False, "parameter_share": 0.45},
     "share0.5": {"usage": False, "parameter_share": 0.5},
+    # Seventh round: the share rule counting a head word that is a parameter name as a parameter word, with
+    # the weight capped at 2 (the sixth round's lead).
+    **{
+        f"share-names{share}": {
+            "usage": False,
+            "parameter_share": share,
+            "parameter_share_names": True,
+            "parameter_share_cap": 2.0,
+        }
+        for share in (0.232, 0.28)
+    },
+    "share-names0.232-cap5": {"usage": False, "parameter_share": 0.232, "parameter_share_names": True},
+    # Seventh round: pseudo-relevance feedback from the first fused results (optimizer/feedback.py), cold.
+    **{
+        f"prf-d{docs}-v{beta}": {"usage": False, "feedback_docs": docs, "feedback_dense": beta}
+        for docs in (3, 5, 10)
+        for beta in (0.2, 0.5, 1.0)
+    },
+    **{
+        f"prf-d{docs}-t{terms}-w{weight}": {
+            "usage": False,
+            "feedback_docs": docs,
+            "feedback_terms": terms,
+            "feedback_term_weight": weight,
+        }
+        for docs in (3, 5, 10)
+        for terms in (5, 10, 20)
+        for weight in (0.1, 0.3, 0.5)
+    },
+    # Issue 19 goal 3 (eval/query_cap.py), cold: the vector arm's query texts capped at N tokens; `whole<M>`
+    # caps a multi-intent request's own vector at M tokens (0: no vector, its keyword arm alone).
+    **{f"qcap{cap}": {"usage": False, QUERY_CAP: cap} for cap in (128, 96, 64, 48, 32)},
+    **{f"whole{whole}": {"usage": False, WHOLE_CAP: whole} for whole in (64, 32, 0)},
+    **{f"qcap64-whole{whole}": {"usage": False, QUERY_CAP: 64, WHOLE_CAP: whole} for whole in (32, 0)},
+    "qcap48-whole0": {"usage": False, QUERY_CAP: 48, WHOLE_CAP: 0},
     "dense-only": {"dense_weight": 1.0},
     "keyword-only": {"dense_weight": 0.0},
 }

@@ -70,16 +70,20 @@ def test_find_tool_result_is_smaller_for_a_docstring_tool_and_unchanged_for_a_pl
     assert hit_json(SearchHit(plain, 0.5), {"forecast"})["description"] == "Weather forecast"
 
 
-def test_answer_tokens_are_counted_in_one_pass_only_when_every_tool_part_is_known() -> None:
-    """find_tool counts inline only from kept tool parts (else in a worker thread, which tokenizes them)."""
+def test_answer_tokens_from_kept_parts_equal_tokenizing_the_whole_answer() -> None:
+    """find_tool counts each tool part once (then by the part object) and tokenizes only the rests; a result
+    that is not its part followed by keys of its own is counted whole."""
     records = [
         ToolRecord(name=name, backend="b", description=text) for name, text in (("f", "Forecast"), ("r", "Radar"))
     ]
     parts = [tool_json(record) for record in records]
-    results = [{**part, "score": 0.25} for part in parts]
+    results = [{**part, "score": 0.25, "supplies": {"tool": "r", "argument": "id"}} for part in parts]
     counter = AnswerTokens()
-    assert counter.count_known(results, parts) is None  # nothing kept yet: not tokenized on the event loop
     expected = count_tokens(json.dumps(results))
-    assert counter.count(results, parts) == expected
-    assert counter.count_known(results, parts) == expected
-    assert counter.count_known([], []) == count_tokens("[]")
+    assert counter.count(results, parts) == expected  # counted, kept
+    assert counter.count(results, parts) == expected  # from the kept parts
+    changed = [{**results[0], "description": "Forecast for a whole week, by the hour"}, results[1]]
+    assert counter.count(changed, parts) == count_tokens(json.dumps(changed))
+    bare = [dict(parts[0]), dict(parts[1])]  # no keys of their own: the rest is the closing brace
+    assert counter.count(bare, parts) == count_tokens(json.dumps(bare))
+    assert counter.count([], []) == count_tokens("[]")

@@ -11,6 +11,8 @@ import logging
 import os
 import subprocess
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +92,24 @@ def test_a_request_runs_in_groups_of_near_equal_length_with_the_vectors_of_one_p
         assert max(lengths[row] for row in group) * len(group) <= 1.25 * sum(lengths[row] for row in group)
     grouped = encoder.encode(texts)
     assert _cosines(grouped, encoder.encode_ids(encoder.tokenize(texts))).min() >= 0.99999
+
+
+def test_a_request_s_groups_split_over_a_helper_thread_give_the_one_thread_vectors(onnx_model: Path) -> None:
+    """About half of a request's groups run on a helper thread; the rows are those of running them in turn,
+    also when several requests at once contend for the helper (a busy helper is not waited for)."""
+    spec = resolve_model(DEFAULT_MODEL)
+    two = OnnxEncoder(onnx_model, spec.path / "tokenizer.json", spec.max_seq_length)
+    two.group_threads = 2
+    one = OnnxEncoder(onnx_model, spec.path / "tokenizer.json", spec.max_seq_length)
+    one.group_threads = 1
+    requests = [[TEXTS[i] * 4, TEXTS[i], TEXTS[(i + 1) % len(TEXTS)] * 2, "a short intent"] for i in range(len(TEXTS))]
+    assert all(len(low_padding_groups([len(ids) for ids in two.tokenize(texts)])) >= 2 for texts in requests)
+    expected = [one.encode(texts) for texts in requests]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(two.encode, requests * 3))
+    for got, want in zip(together, expected * 3, strict=True):
+        assert np.array_equal(got, want)
+    assert any(thread.name.startswith("onnx-groups") for thread in threading.enumerate())
 
 
 @pytest.mark.parametrize("precision", ["int8", "int8-blockwise"])

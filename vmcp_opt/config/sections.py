@@ -255,6 +255,24 @@ class OptimizerConfig(_Strict):
     # split and +1.7 / +0.5 on ToolLens test / apigen, but lost 2.4 on toolink (mean gain +5.0 as before:
     # eval/README.md, sixth round), so it is unset by default.
     parameter_share: float | None = Field(None, gt=0, lt=1)
+    # With `parameter_share`: count the head's words that are its tool's parameter names (a description that
+    # names its arguments, a docstring's `Args:` block) as parameter words, so a catalogue whose descriptions
+    # already carry its parameters is not weighed up for them. With a cap of 2 it kept toolink unchanged and
+    # raised the held-out mean gain to +5.2, but lost 0.8 on apibank (eval/README.md, seventh round).
+    parameter_share_names: bool = False
+    # With `parameter_share`: the most the parameters may weigh (at most 5).
+    parameter_share_cap: float = Field(5.0, ge=1.0, le=5.0)
+    # Pseudo-relevance feedback (optimizer/feedback.py): this many of each query's first fused results are
+    # taken as relevant and both arms searched again with the query moved toward them; 0 turns it off. Within
+    # +0.2 nDCG@10 on the ToolLens dev split and mean gain +5.0 on the held-out sets, as without it (~1 ms
+    # more per search at 10k tools): off by default (eval/README.md, seventh round).
+    feedback_docs: int = Field(0, ge=0, le=20)
+    # Feedback's vector arm: Rocchio's weight of those results' mean vector added to the query's (0: not moved).
+    feedback_dense: float = Field(0.0, ge=0.0, le=4.0)
+    # Feedback's keyword arm: the tokens weighing most in those results added to the query (0: none) ...
+    feedback_terms: int = Field(0, ge=0, le=50)
+    # ... each at this weight times its weight relative to the heaviest (a query token counts 1).
+    feedback_term_weight: float = Field(0.3, ge=0.0, le=4.0)
     # Recent query embeddings kept per index (find_tool queries repeat; an embedding is most of a search).
     query_cache_size: int = Field(1024, ge=0)
     # torch threads for one query embedding: 1 holds up when cores are contended (2 threads measured

@@ -26,7 +26,7 @@ from typing import Any, Literal
 import numpy as np
 
 from vmcp_opt.config import OptimizerConfig
-from vmcp_opt.optimizer import keyword_arm, ranking, vector_arm
+from vmcp_opt.optimizer import feedback, keyword_arm, ranking, vector_arm
 from vmcp_opt.optimizer.boosts import with_companions, with_prerequisites
 from vmcp_opt.optimizer.documents import ToolRecord, content_hash, keyword_document, keyword_fields, tool_document
 from vmcp_opt.optimizer.embedding import TextEmbedder, load_configured_embedder
@@ -177,6 +177,11 @@ class ToolIndex:
                 snap.faiss_index, snap.has_vector, query_vectors, depth, allowed, config, snap.vectors
             )
             fused = [ranking.fuse(d, s, config) for d, s in zip(vectors, sparse, strict=True)]
+            if feedback.enabled(config):
+                arms = (snap.bm25, snap.faiss_index, snap.has_vector, snap.vectors)
+                fused, sparse = feedback.refine(
+                    variants, fused, (vectors, sparse), query_vectors, arms, depth, allowed, config
+                )
             if snap.rerank is not None:
                 fused = snap.rerank.rerank(variants, fused, sparse)
         else:
@@ -362,7 +367,13 @@ def _keyword_index(records: Sequence[ToolRecord], documents: Sequence[str], conf
     if config.parameter_share is not None:
         fields = [keyword_fields(record) for record in records]
         heads, parameters = [head for head, _ in fields], [params for _, params in fields]
-        weight = keyword_arm.parameter_weight_for_share(heads, parameters, config.parameter_share)
+        weight = keyword_arm.parameter_weight_for_share(
+            heads,
+            parameters,
+            config.parameter_share,
+            names_in_head=config.parameter_share_names,
+            cap=config.parameter_share_cap,
+        )
         log.info("keyword arm: parameters weigh %.2f for a %.0f %% share", weight, 100 * config.parameter_share)
         return keyword_arm.build_fields(heads, parameters, weight, config)
     if config.parameter_weight <= 1:

@@ -96,16 +96,38 @@ def build_fields(heads: Sequence[str], parameters: Sequence[str], weight: float,
     return _FieldIndex(vocab_dict=vocab, scores=scores)
 
 
-def parameter_weight_for_share(heads: Sequence[str], parameters: Sequence[str], share: float) -> float:
+def parameter_weight_for_share(
+    heads: Sequence[str],
+    parameters: Sequence[str],
+    share: float,
+    *,
+    names_in_head: bool = False,
+    cap: float = _SHARE_WEIGHT_BOUNDS[1],
+) -> float:
     """The weight at which the parameters make `share` of the catalogue's keyword tokens (stopwords out,
-    stemmed, as indexed): w·P / (H + w·P) = share, within `_SHARE_WEIGHT_BOUNDS`; 1 for a catalogue with
-    no parameter (or only parameters), where the weight changes nothing worth choosing."""
-    head = sum(len(tokens) for tokens in _tokenize(list(heads), return_ids=False)) if heads else 0
-    params = sum(len(tokens) for tokens in _tokenize(list(parameters), return_ids=False)) if parameters else 0
+    stemmed, as indexed): w·P / (H + w·P) = share, within `_SHARE_WEIGHT_BOUNDS` (at most `cap`); 1 for a
+    catalogue with no parameter (or only parameters), where the weight changes nothing worth choosing.
+
+    `names_in_head` counts a head token that is one of its tool's parameter names as a parameter token: a
+    description that names its arguments ("takes two arguments, 'liters' and 'percentage'") or a docstring's
+    `Args:` block already carries them, so such a catalogue is not weighed up for parameters it states."""
+    head_tokens = _tokenize(list(heads), return_ids=False) if heads else []
+    parameter_tokens = _tokenize(list(parameters), return_ids=False) if parameters else []
+    head = sum(len(tokens) for tokens in head_tokens)
+    params = sum(len(tokens) for tokens in parameter_tokens)
+    if names_in_head and head_tokens:
+        named = sum(_named_in_head(tokens, lines) for tokens, lines in zip(head_tokens, parameters, strict=True))
+        head, params = head - named, params + named
     if not head or not params:
         return 1.0
     low, high = _SHARE_WEIGHT_BOUNDS
-    return min(high, max(low, share * head / ((1 - share) * params)))
+    return min(high, cap, max(low, share * head / ((1 - share) * params)))
+
+
+def _named_in_head(head_tokens: Sequence[str], parameter_lines: str) -> int:
+    """How many of a head's tokens are its tool's parameter names (the words before each line's colon)."""
+    names = {word for line in parameter_lines.splitlines() for word in query_tokens(line.split(":", 1)[0])}
+    return sum(1 for token in head_tokens if token in names)
 
 
 @dataclass(frozen=True)
@@ -119,11 +141,31 @@ class _FieldIndex:
 
 def candidates(bm25: Any, query: str, depth: int, allowed: np.ndarray | None) -> ranking.Ranking:
     """The best `depth` documents with a positive score, among those `allowed` (all when None)."""
-    vocab: dict[str, int] = bm25.vocab_dict
-    ids = [vocab[token] for token in query_tokens(ranking.keyword_query(query)) if token in vocab]
+    ids = query_ids(bm25, query)
     if not ids:
         return {}
     scores = _scores(bm25, ids)
+    if allowed is not None:
+        scores = np.where(allowed, scores, 0.0)
+    return _top_positive(scores, depth)
+
+
+def query_ids(bm25: Any, query: str) -> list[int]:
+    """The index's token ids of `query`'s tokens, in order and repeated as they are (unknown ones dropped)."""
+    vocab: dict[str, int] = bm25.vocab_dict
+    return [vocab[token] for token in query_tokens(ranking.keyword_query(query)) if token in vocab]
+
+
+def weighted_candidates(
+    bm25: Any, weights: dict[int, float], depth: int, allowed: np.ndarray | None
+) -> ranking.Ranking:
+    """`candidates` for a weighted bag of token ids (pseudo-relevance feedback's expanded query)."""
+    matrix = bm25.scores
+    data, indices, indptr = matrix["data"], matrix["indices"], matrix["indptr"]
+    scores = np.zeros(matrix["num_docs"], dtype=np.float32)
+    for token, weight in weights.items():
+        start, end = indptr[token], indptr[token + 1]
+        scores[indices[start:end]] += np.float32(weight) * data[start:end]
     if allowed is not None:
         scores = np.where(allowed, scores, 0.0)
     return _top_positive(scores, depth)

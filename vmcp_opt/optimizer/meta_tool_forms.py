@@ -4,6 +4,7 @@ string-only clients send), and how one search hit is written into find_tool's an
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Collection
 from typing import Any
 
@@ -91,20 +92,22 @@ class ToolParts:
     and compacting a schema for each of 8 hits was half of the answer's cost. Keyed by the record object
     (an index snapshot's records live until the catalogue changes; a changed tool comes as a new record),
     holding it so its id is not reused; at most `max_tools`, the oldest dropped first. The parts are shared:
-    callers copy before adding to one (`hit_json`)."""
+    callers copy before adding to one (`hit_json`). Thread-safe: answers are built on worker threads."""
 
     def __init__(self, max_tools: int = 4096) -> None:
         self.max_tools = max_tools
         self._parts: dict[int, tuple[ToolRecord, dict[str, Any]]] = {}
+        self._lock = threading.Lock()
 
     def of(self, record: ToolRecord) -> dict[str, Any]:
         kept = self._parts.get(id(record))
         if kept is not None and kept[0] is record:
             return kept[1]
         part = tool_json(record)
-        if len(self._parts) >= self.max_tools:
-            self._parts.pop(next(iter(self._parts)), None)
-        self._parts[id(record)] = (record, part)
+        with self._lock:
+            if len(self._parts) >= self.max_tools:
+                self._parts.pop(next(iter(self._parts)), None)
+            self._parts[id(record)] = (record, part)
         return part
 
 

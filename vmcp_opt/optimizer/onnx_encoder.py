@@ -3,7 +3,9 @@
 The graph (optimizer/onnx_export.py) holds the whole model: BERT with ONNX Runtime's fused operators, mean
 pooling and L2 normalisation, so a query is tokenize -> `session.run` -> a normalised float32 row. The texts
 of one request (the request and its intents) run in groups of near-equal length rather than one batch padded
-to the longest, which cost a long request's intents up to 2.5x their tokens. A query runs on `query_threads` intra-op threads (1: on a shared 2-core machine a second thread mostly waits for a
+to the longest, which cost a long request's intents up to 2.5x their tokens; with two or more groups, about
+half of them run on a helper thread while the caller runs the rest, when the helper is free. A query runs on
+`query_threads` intra-op threads (1: on a shared 2-core machine a second thread mostly waits for a
 busy core); bulk encoding runs batches on `bulk_threads` Python threads, each a single-threaded `run` of
 the same session (ONNX Runtime releases the GIL and its `run` is thread-safe), so the weights are held once.
 """
@@ -15,7 +17,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -57,6 +59,10 @@ class OnnxEncoder:
             raise ModelError(f"{tokenizer_file}: not a tokenizer file ({exc})") from None
         # A Rust tokenizer raises "Already borrowed" when two threads use it at once; it takes ~20 µs.
         self._lock = threading.Lock()
+        # Threads a request's groups run on (the caller's and a helper): 1 runs them one after another.
+        self.group_threads = min(2, os.cpu_count() or 1)
+        self._helper: ThreadPoolExecutor | None = None
+        self._helper_idle = threading.Lock()
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """float32 (len(texts), d), each row L2-normalised: one run per group of texts of near-equal length
@@ -65,11 +71,37 @@ class OnnxEncoder:
         groups = low_padding_groups([len(ids) for ids in token_ids])
         if len(groups) == 1:
             return self.encode_ids(token_ids)
-        parts = [(rows, self.encode_ids([token_ids[row] for row in rows])) for rows in groups]
+
+        def run(bin_: list[list[int]]) -> list[tuple[list[int], np.ndarray]]:
+            return [(rows, self.encode_ids([token_ids[row] for row in rows])) for rows in bin_]
+
+        # The groups are independent single-threaded runs: split into two bins of about equal padded tokens,
+        # one run here and one on the helper thread (a second core, when there is one), so a long request
+        # waits for about half its groups, not all of them.
+        here, there = _two_bins(groups, [len(ids) for ids in token_ids])
+        elsewhere = self._on_helper(run, there) if there else None
+        parts = run(here) + (elsewhere.result() if elsewhere is not None else run(there))
         out = np.empty((len(token_ids), parts[0][1].shape[1]), dtype=np.float32)
         for rows, vectors in parts:
             out[rows] = vectors
         return out
+
+    def _on_helper(
+        self, run: Callable[[list[list[int]]], list[tuple[list[int], np.ndarray]]], bin_: list[list[int]]
+    ) -> Future[list[tuple[list[int], np.ndarray]]] | None:
+        """`run(bin_)` on the helper thread, or None when there is no second core or the helper is busy
+        with another request's groups (concurrent requests run theirs here rather than queue for it)."""
+        if self.group_threads < 2 or not self._helper_idle.acquire(blocking=False):
+            return None
+        try:
+            if self._helper is None:
+                self._helper = ThreadPoolExecutor(1, thread_name_prefix="onnx-groups")
+            future = self._helper.submit(run, bin_)
+        except BaseException:
+            self._helper_idle.release()
+            raise
+        future.add_done_callback(lambda _: self._helper_idle.release())
+        return future
 
     def encode_ids(self, token_ids: Sequence[Sequence[int]]) -> np.ndarray:
         ids, mask = padded(token_ids)
@@ -179,3 +211,14 @@ def load_onnx_embedder(
         "embedding model %s loaded on ONNX Runtime (%s) in %.1f s", spec.id, precision, time.perf_counter() - started
     )
     return embedder
+
+
+def _two_bins(groups: list[list[int]], lengths: Sequence[int]) -> tuple[list[list[int]], list[list[int]]]:
+    """`groups` in two bins of about equal padded tokens (largest first, each to the lighter bin)."""
+    bins: tuple[list[list[int]], list[list[int]]] = ([], [])
+    loads = [0, 0]
+    for rows in sorted(groups, key=lambda rows: max(lengths[row] for row in rows) * len(rows), reverse=True):
+        lighter = 0 if loads[0] <= loads[1] else 1
+        bins[lighter].append(rows)
+        loads[lighter] += max(lengths[row] for row in rows) * len(rows)
+    return bins

@@ -81,45 +81,46 @@ class AnswerTokens:
     the first queries, off the event loop. Thread-safe: the embedder thread warms while find_tool reads.
     """
 
-    def __init__(self, model_spec: str = DEFAULT_MODEL, max_tools: int = 20_000) -> None:
+    def __init__(self, model_spec: str = DEFAULT_MODEL, max_tools: int = 20_000, max_shown: int = 4096) -> None:
         self.model_spec = model_spec
         self.max_tools = max_tools
         # hash of the tool part's text (its JSON without the closing brace) -> its tokens
         self._parts: dict[int, int] = {}
+        # The same by the part object (find_tool's kept `ToolParts`), held so its id is not reused: a query's
+        # 8 parts need no serialising to be looked up (16 `json.dumps` of schemas per answer before).
+        self._shown: dict[int, tuple[dict[str, Any], int]] = {}
+        self.max_shown = max_shown
         self._parts_lock = threading.Lock()
         # Tokens of `[`, `]` and `, `: counted once, not three tokenizer calls per answer.
         self._marks: tuple[int, int, int] | None = None
 
     def count(self, results: Sequence[dict[str, Any]], tool_parts: Sequence[dict[str, Any]]) -> int:
-        """Tokens of `json.dumps(results)`; `tool_parts[i]` is the query-independent start of `results[i]`."""
-        total = self._count(results, tool_parts, known_only=False)
-        assert total is not None
-        return total
-
-    def count_known(self, results: Sequence[dict[str, Any]], tool_parts: Sequence[dict[str, Any]]) -> int | None:
-        """`count` when every tool part's tokens are known (only the short rests are tokenized), else None:
-        one pass, where `all_known` then `count` serialised each part twice."""
-        return self._count(results, tool_parts, known_only=True)
-
-    def _count(
-        self, results: Sequence[dict[str, Any]], tool_parts: Sequence[dict[str, Any]], *, known_only: bool
-    ) -> int | None:
+        """Tokens of `json.dumps(results)`; `tool_parts[i]` is the query-independent start of `results[i]`:
+        its tokens are kept, and only the rests (score, links) are tokenized, in one call."""
         if not results:
             return count_tokens("[]", self.model_spec)
         total = self._punctuation(len(results))
+        rests = []
         for result, part in zip(results, tool_parts, strict=True):
-            prefix = json.dumps(part)[:-1]
-            with self._parts_lock:
-                known = self._parts.get(hash(prefix))
-            if known is None and known_only:
-                return None
-            text = json.dumps(result)
-            if not text.startswith(prefix):
-                total += count_tokens(text, self.model_spec)
+            rest = _rest(result, part)
+            if rest is None:  # not the part followed by keys of its own: the whole result
+                rests.append(json.dumps(result))
                 continue
-            part_tokens = known if known is not None else self._part_tokens(prefix)
-            total += part_tokens + count_tokens(text[len(prefix) :], self.model_spec)
-        return total
+            total += self._shown_tokens(part)
+            rests.append(rest)
+        # The pre-tokenizer splits at whitespace as at punctuation: the joined rests count as their sum.
+        return total + count_tokens(" ".join(rests), self.model_spec)
+
+    def _shown_tokens(self, part: dict[str, Any]) -> int:
+        kept = self._shown.get(id(part))
+        if kept is not None and kept[0] is part:
+            return kept[1]
+        tokens = self._part_tokens(json.dumps(part)[:-1])
+        with self._parts_lock:
+            if len(self._shown) >= self.max_shown:
+                self._shown.pop(next(iter(self._shown)), None)
+            self._shown[id(part)] = (part, tokens)
+        return tokens
 
     def all_known(self, tool_parts: Sequence[dict[str, Any]]) -> bool:
         """Whether `count` needs the tokenizer only for the short query-dependent rests."""
@@ -160,3 +161,16 @@ class AnswerTokens:
             )
         opening, closing, comma = marks
         return opening + closing + (results - 1) * comma
+
+
+def _rest(result: dict[str, Any], part: dict[str, Any]) -> str | None:
+    """What `json.dumps(result)` has after `json.dumps(part)[:-1]` when `result` is `part`'s items (the same
+    objects) followed by keys of its own, as `hit_json` builds it; else None."""
+    if not part or len(result) < len(part):
+        return None
+    keys = iter(result)
+    for key, value in part.items():
+        if next(keys) != key or result[key] is not value:
+            return None
+    own = {key: result[key] for key in keys}
+    return ", " + json.dumps(own)[1:] if own else "}"

@@ -101,6 +101,9 @@ class BackendTools:
         self._listed = listed  # with the optimizer on, only pinned tools are listed
         self._validator = validator
         self._view: tuple[object, dict[str, ProvidedTool]] | None = None
+        # Kept per catalogue too: with the optimizer on, filtering 10k tools for the pinned few cost 1.5 ms
+        # of the event loop's CPU per tools/list.
+        self._listed_view: tuple[object, list[ProvidedTool]] | None = None
 
     def tools(self) -> Mapping[str, ProvidedTool]:
         catalog = self._catalog.current
@@ -116,7 +119,10 @@ class BackendTools:
         return self._view[1]
 
     def listed(self) -> Sequence[ProvidedTool]:
-        return [tool for name, tool in self.tools().items() if self._listed(name)]
+        catalog = self._catalog.current
+        if self._listed_view is None or self._listed_view[0] is not catalog:
+            self._listed_view = (catalog, [tool for name, tool in self.tools().items() if self._listed(name)])
+        return self._listed_view[1]
 
     def why_unavailable(self, name: str) -> str | None:
         return self._catalog.why_unavailable(name)

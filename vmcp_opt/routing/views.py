@@ -4,7 +4,8 @@ once per principal and catalogue rather than tool by tool on every list and sear
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable
-from typing import TYPE_CHECKING
+from functools import cache
+from typing import TYPE_CHECKING, TypeGuard
 
 import anyio
 
@@ -33,7 +34,6 @@ class ToolViews:
         cannot be asked for a whole catalogue (then each item is asked on its own)."""
         if not _batched(policy):
             return None
-        assert isinstance(policy, BatchPolicy)
         key = policy.principal_key(caller)
         catalog = self._current()
         cached = self._views.get(key)
@@ -54,7 +54,6 @@ class ToolViews:
         """`usable`, computed off the event loop when it is not known yet (a large catalogue costs one batch
         of policy evaluations per principal)."""
         if _batched(policy):
-            assert isinstance(policy, BatchPolicy)
             cached = self._views.get(policy.principal_key(caller))
             if cached is None or cached[0] is not self._current():
                 return await anyio.to_thread.run_sync(self.usable, policy, caller)
@@ -65,5 +64,12 @@ class ToolViews:
         self._views = {}
 
 
-def _batched(policy: Policy) -> bool:
-    return isinstance(policy, BatchPolicy) and not getattr(policy, "allows_everything", False)
+def _batched(policy: Policy) -> TypeGuard[BatchPolicy]:
+    return not getattr(policy, "allows_everything", False) and _batch_type(type(policy))
+
+
+@cache
+def _batch_type(kind: type) -> bool:
+    """Whether a policy class has `BatchPolicy`'s methods: kept per class, since a runtime-checkable
+    Protocol's `isinstance` walks its members (~30 µs) and tools/list and find_tool each asked it."""
+    return all(callable(getattr(kind, name, None)) for name in ("decide", "decide_all", "principal_key"))
