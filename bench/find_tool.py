@@ -7,8 +7,9 @@ Encoders (`optimizer.encoder` and `optimizer.precision`, and the int8 graph eval
 - torch: the lean encoder (optimizer/encoder.py), bfloat16 queries and bulk where the CPU has AMX /
   AVX-512 BF16, batches by token count;
 - onnx: ONNX Runtime over the fp32 export with ORT's transformer fusions (optimizer/onnx_encoder.py);
-- onnx-int8 (served): the same graph, SmoothQuant then dynamic int8 on all but the second feed-forward
-  MatMul (optimizer/onnx_quantise.py);
+- onnx-int8 (served): the same graph, SmoothQuant then dynamic int8 on QKV, the attention output and the
+  first feed-forward MatMul, and the second feed-forward MatMul in int8 with one activation scale per token
+  (optimizer/onnx_quantise.py);
 - onnx-int8-blockwise: the same graph with 8-bit block-wise MatMul weights (the previous served int8);
 - onnx-int8-dynamic: the same graph with int8 dynamic quantisation of every op (per-channel weights).
 
