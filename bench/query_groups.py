@@ -33,6 +33,7 @@ from vmcp_opt.optimizer.embedding import default_model_cache  # noqa: E402
 from vmcp_opt.optimizer.model_registry import resolve_model  # noqa: E402
 from vmcp_opt.optimizer.onnx_encoder import load_onnx_embedder  # noqa: E402
 from vmcp_opt.optimizer.onnx_export import Precision  # noqa: E402
+from vmcp_opt.optimizer.side_thread import SideThread  # noqa: E402
 
 
 def padded_tokens(lengths: Sequence[int], groups: list[list[int]]) -> int:
@@ -53,7 +54,7 @@ def main() -> None:
         return encoder.encode_ids(encoder.tokenize(texts))
 
     one_thread = copy.copy(encoder)
-    one_thread.group_threads = 1
+    one_thread.side = SideThread("unused", enabled=False)
     paths: dict[str, Callable[[list[str]], np.ndarray]] = {
         "one padded batch": one_batch,
         "groups, one thread": one_thread.encode,

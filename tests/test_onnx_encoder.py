@@ -29,6 +29,7 @@ from vmcp_opt.optimizer.model_registry import DEFAULT_MODEL, resolve_model
 from vmcp_opt.optimizer.onnx_encoder import OnnxEmbedder, OnnxEncoder
 from vmcp_opt.optimizer.onnx_export import MIN_COSINE_INT8, ensure_onnx_model
 from vmcp_opt.optimizer.onnx_quantise import smooth, smoothing_texts
+from vmcp_opt.optimizer.side_thread import SideThread
 
 
 def model_cache() -> Path:
@@ -99,9 +100,9 @@ def test_a_request_s_groups_split_over_a_helper_thread_give_the_one_thread_vecto
     also when several requests at once contend for the helper (a busy helper is not waited for)."""
     spec = resolve_model(DEFAULT_MODEL)
     two = OnnxEncoder(onnx_model, spec.path / "tokenizer.json", spec.max_seq_length)
-    two.group_threads = 2
+    two.side = SideThread("onnx-groups", enabled=True)
     one = OnnxEncoder(onnx_model, spec.path / "tokenizer.json", spec.max_seq_length)
-    one.group_threads = 1
+    one.side = SideThread("unused", enabled=False)
     requests = [[TEXTS[i] * 4, TEXTS[i], TEXTS[(i + 1) % len(TEXTS)] * 2, "a short intent"] for i in range(len(TEXTS))]
     assert all(len(low_padding_groups([len(ids) for ids in two.tokenize(texts)])) >= 2 for texts in requests)
     expected = [one.encode(texts) for texts in requests]

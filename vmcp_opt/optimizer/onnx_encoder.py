@@ -17,7 +17,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -27,6 +27,7 @@ from vmcp_opt.optimizer.batching import batches_by_tokens, load_tokenizer, low_p
 from vmcp_opt.optimizer.embedding import maybe_progress, release_memory
 from vmcp_opt.optimizer.model_registry import ModelError, ModelSpec
 from vmcp_opt.optimizer.onnx_export import Precision, ensure_onnx_model
+from vmcp_opt.optimizer.side_thread import SideThread
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +60,8 @@ class OnnxEncoder:
             raise ModelError(f"{tokenizer_file}: not a tokenizer file ({exc})") from None
         # A Rust tokenizer raises "Already borrowed" when two threads use it at once; it takes ~20 µs.
         self._lock = threading.Lock()
-        # Threads a request's groups run on (the caller's and a helper): 1 runs them one after another.
-        self.group_threads = min(2, os.cpu_count() or 1)
-        self._helper: ThreadPoolExecutor | None = None
-        self._helper_idle = threading.Lock()
+        # About half of a request's groups run here when it is free (off: they run one after another).
+        self.side = SideThread("onnx-groups")
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """float32 (len(texts), d), each row L2-normalised: one run per group of texts of near-equal length
@@ -79,29 +78,12 @@ class OnnxEncoder:
         # one run here and one on the helper thread (a second core, when there is one), so a long request
         # waits for about half its groups, not all of them.
         here, there = _two_bins(groups, [len(ids) for ids in token_ids])
-        elsewhere = self._on_helper(run, there) if there else None
+        elsewhere = self.side.try_submit(lambda: run(there)) if there else None
         parts = run(here) + (elsewhere.result() if elsewhere is not None else run(there))
         out = np.empty((len(token_ids), parts[0][1].shape[1]), dtype=np.float32)
         for rows, vectors in parts:
             out[rows] = vectors
         return out
-
-    def _on_helper(
-        self, run: Callable[[list[list[int]]], list[tuple[list[int], np.ndarray]]], bin_: list[list[int]]
-    ) -> Future[list[tuple[list[int], np.ndarray]]] | None:
-        """`run(bin_)` on the helper thread, or None when there is no second core or the helper is busy
-        with another request's groups (concurrent requests run theirs here rather than queue for it)."""
-        if self.group_threads < 2 or not self._helper_idle.acquire(blocking=False):
-            return None
-        try:
-            if self._helper is None:
-                self._helper = ThreadPoolExecutor(1, thread_name_prefix="onnx-groups")
-            future = self._helper.submit(run, bin_)
-        except BaseException:
-            self._helper_idle.release()
-            raise
-        future.add_done_callback(lambda _: self._helper_idle.release())
-        return future
 
     def encode_ids(self, token_ids: Sequence[Sequence[int]]) -> np.ndarray:
         ids, mask = padded(token_ids)
