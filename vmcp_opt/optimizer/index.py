@@ -28,7 +28,7 @@ import numpy as np
 from vmcp_opt.config import OptimizerConfig
 from vmcp_opt.optimizer import keyword_arm, ranking, vector_arm
 from vmcp_opt.optimizer.boosts import with_companions, with_prerequisites
-from vmcp_opt.optimizer.documents import ToolRecord, content_hash, keyword_document, keyword_fields, tool_document
+from vmcp_opt.optimizer.documents import ToolRecord, document_hash, keyword_document, keyword_fields, tool_document
 from vmcp_opt.optimizer.embedding import TextEmbedder, bulk_started, load_configured_embedder
 from vmcp_opt.optimizer.model_registry import ModelSpec, resolve_model
 from vmcp_opt.optimizer.prerequisites import Prerequisite, find_prerequisites
@@ -358,7 +358,7 @@ def _prepare(records: Sequence[ToolRecord]) -> tuple[list[ToolRecord], list[str]
         by_name[record.name] = record
     unique = list(by_name.values())
     documents = [tool_document(r) for r in unique]
-    hashes = [content_hash(r) for r in unique]
+    hashes = [document_hash(d) for d in documents]
     return unique, documents, hashes
 
 
