@@ -7,6 +7,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -216,3 +218,10 @@ def test_waiting_child_exits_when_its_parent_closes_the_pipe(served: OnnxEmbedde
     finally:
         job.cancel()
     assert _exited(job)
+
+
+def test_child_module_starts_without_the_gateway_config() -> None:
+    """The child's start-up before torch is on a cold build's critical path: importing bulk_embed must not
+    bring in vmcp_opt.config (pydantic, jsonschema: ~0.2-0.3 s)."""
+    code = "import sys, vmcp_opt.optimizer.bulk_embed; sys.exit(int('vmcp_opt.config' in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

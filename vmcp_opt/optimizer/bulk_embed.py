@@ -39,11 +39,14 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from vmcp_opt.optimizer.embedding import cpu_supports_bfloat16, maybe_progress
-from vmcp_opt.optimizer.model_registry import ModelSpec
+# The child imports this module before torch: what the parent alone needs is imported where it is used, so
+# that the child's start skips vmcp_opt.config (pydantic, jsonschema: ~0.2-0.3 s of its start-up).
+if TYPE_CHECKING:
+    from vmcp_opt.optimizer.model_registry import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +87,8 @@ class BulkEncoder:
         self.timeout = timeout
         self.threads = threads or os.cpu_count() or 1
         self.batch_size = batch_size
+        from vmcp_opt.optimizer.embedding import cpu_supports_bfloat16
+
         self.bfloat16 = bfloat16 and cpu_supports_bfloat16()
         # Set after a failure: the in-process path serves from then on.
         self.failed: str | None = None
@@ -109,6 +114,8 @@ class BulkEncoder:
         if len(texts) < self.min_documents or self.failed is not None:
             self.cancel()
             return None
+        from vmcp_opt.optimizer.embedding import maybe_progress
+
         started = time.perf_counter()
         label = f"embedding {len(texts)} tools (torch {'bfloat16' if self.bfloat16 else 'float32'}, child process)"
         try:
