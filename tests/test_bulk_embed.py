@@ -211,6 +211,9 @@ def test_waiting_child_exits_when_its_parent_closes_the_pipe(served: OnnxEmbedde
     assert isinstance(served.bulk, BulkEncoder)
     job = served.bulk._job()
     try:
+        # glibc keeps the child's freed activations for its next batch (KEEP_FREED_MEMORY).
+        environment = Path(f"/proc/{job.child.pid}/environ").read_bytes().split(b"\0")
+        assert b"MALLOC_TRIM_THRESHOLD_=%d" % (1 << 30) in environment
         assert job.child.stdin is not None
         job.child.stdin.close()
         assert job.child.wait(timeout=120) == 1
