@@ -228,3 +228,17 @@ def test_child_module_starts_without_the_gateway_config() -> None:
     bring in vmcp_opt.config (pydantic, jsonschema: ~0.2-0.3 s)."""
     code = "import sys, vmcp_opt.optimizer.bulk_embed; sys.exit(int('vmcp_opt.config' in sys.modules))"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_child_that_cannot_start_leaves_the_update_in_process(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    embedder = _embedder(bulk_process_min=2)
+    assert isinstance(embedder.bulk, BulkEncoder)
+    monkeypatch.setattr(sys, "executable", "/nonexistent/python")
+    with caplog.at_level(logging.WARNING, logger="vmcp_opt.optimizer.bulk_embed"):
+        embedder.bulk.start()
+    assert embedder.bulk.failed is not None and "cannot start the child" in embedder.bulk.failed
+    assert "encoding in process instead" in caplog.text
+    vectors = embedder.encode_documents(DOCUMENTS[:4])
+    np.testing.assert_allclose(vectors, _in_process(embedder, DOCUMENTS[:4]), atol=1e-5)

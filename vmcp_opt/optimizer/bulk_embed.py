@@ -112,7 +112,11 @@ class BulkEncoder:
         """Start the child now, before the texts are known (`feed` them to the next call, or `cancel`): its
         torch import (1-3 s) then overlaps the caller's own work (the embedder's load, the documents)."""
         if self.failed is None and self._early is None:
-            self._early = self._job()
+            try:
+                self._early = self._job()
+            except BulkEncodeError as exc:
+                self.failed = str(exc)
+                log.warning("bulk encoding in a child process unavailable (%s); encoding in process instead", exc)
 
     def cancel(self) -> None:
         """Stop a child that `start` began and no call used (too few documents turned out new): killed,
@@ -160,7 +164,10 @@ class BulkEncoder:
     def _job(self) -> BulkJob:
         options = ["--max-length", str(self.spec.max_seq_length), "--threads", str(self.threads)]
         options += ["--batch-size", str(self.batch_size)] + ([] if self.bfloat16 else ["--float32"])
-        return BulkJob(self.spec.path, options, self.timeout)
+        try:
+            return BulkJob(self.spec.path, options, self.timeout)
+        except OSError as exc:  # no interpreter to run, no temporary directory
+            raise BulkEncodeError(f"cannot start the child ({exc})") from None
 
     def check(self, texts: Sequence[str], vectors: np.ndarray, expected: np.ndarray | None = None) -> None:
         """A few rows, spread over the batch, against the serving encoder (cosine >= `MIN_COSINE`); `expected`
@@ -199,10 +206,14 @@ class BulkJob:
         # 1,000 documents took ~35% less CPU and 27-31% less time (bench/README.md, "Cold build of 10k tools").
         env = {"OMP_WAIT_POLICY": "PASSIVE", **KEEP_FREED_MEMORY, **os.environ}
         env |= {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "true"}
-        with self.errors.open("w", encoding="utf-8") as stderr:
-            self.child = subprocess.Popen(
-                command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env
-            )
+        try:
+            with self.errors.open("w", encoding="utf-8") as stderr:
+                self.child = subprocess.Popen(
+                    command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env
+                )
+        except OSError:
+            self._folder.cleanup()
+            raise
         self.timeout = timeout
         self._expired = threading.Event()
         self._timer = threading.Timer(timeout, self._kill)
@@ -211,7 +222,10 @@ class BulkJob:
 
     def feed(self, texts: Sequence[str]) -> None:
         """Hand the child its texts; a child that has already exited is reported by `result`."""
-        self.texts.write_text(json.dumps(list(texts)), encoding="utf-8")
+        try:
+            self.texts.write_text(json.dumps(list(texts)), encoding="utf-8")
+        except OSError as exc:
+            raise BulkEncodeError(f"cannot write the texts ({exc})") from None
         assert self.child.stdin is not None
         with suppress(OSError):  # BrokenPipeError included
             self.child.stdin.write("go\n")
