@@ -7,7 +7,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -15,9 +18,11 @@ import pytest
 from tests.test_lean_encoder import TEXTS
 from tests.test_optimizer_index import CATALOGUE
 from vmcp_opt.config import OptimizerConfig
-from vmcp_opt.optimizer.bulk_embed import BulkEncoder
+from vmcp_opt.optimizer import index as index_module
+from vmcp_opt.optimizer.bulk_embed import BulkEncoder, BulkJob
 from vmcp_opt.optimizer.documents import tool_document
 from vmcp_opt.optimizer.embedding import load_configured_embedder
+from vmcp_opt.optimizer.index import ToolIndex
 from vmcp_opt.optimizer.model_registry import DEFAULT_MODEL, resolve_model
 from vmcp_opt.optimizer.onnx_encoder import OnnxEmbedder
 from vmcp_opt.optimizer.onnx_export import MIN_COSINE_INT8
@@ -130,5 +135,110 @@ def test_child_tokenizer_and_fused_layers_match_the_lean_encoder() -> None:
     fused = lean.encode_bulk_ids(ids, 16)
     # On a CPU with oneDNN bfloat16 (AMX / AVX-512 BF16) the fused path is the one taken.
     assert lean._fused is not None or not cpu_supports_bfloat16()
-    plain = np.concatenate([lean.encode_ids([ids[i]]) for i in range(len(ids))])
+    plain = np.concatenate([lean.encode_ids([ids[i].tolist()]) for i in range(len(ids))])
     assert (fused * plain).sum(axis=1).min() >= 0.9999
+
+
+@pytest.fixture
+def started(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, BulkJob | None]]:
+    """What a cold update does, in order: each bulk child started (with its job) and each `_prepare` call."""
+    events: list[tuple[str, BulkJob | None]] = []
+    job_init, prepare = BulkJob.__init__, index_module._prepare
+
+    def record_job(self: BulkJob, *args: Any, **kwargs: Any) -> None:
+        job_init(self, *args, **kwargs)
+        events.append(("child", self))
+
+    def record_prepare(*args: Any, **kwargs: Any) -> Any:
+        events.append(("prepare", None))
+        return prepare(*args, **kwargs)
+
+    monkeypatch.setattr(BulkJob, "__init__", record_job)
+    monkeypatch.setattr(index_module, "_prepare", record_prepare)
+    return events
+
+
+def _exited(job: BulkJob | None) -> bool:
+    """The child is gone (reaped: no process left) and so are its files."""
+    assert job is not None
+    return job.child.returncode is not None and not Path(f"/proc/{job.child.pid}").exists() and not job.texts.exists()
+
+
+def test_cold_update_starts_the_child_before_building_documents_and_gets_the_normal_vectors(
+    tmp_path: Path, started: list[tuple[str, BulkJob | None]]
+) -> None:
+    config = OptimizerConfig(bulk_process_min=len(CATALOGUE))
+    index = ToolIndex(config, tmp_path, model_cache=Path(os.environ["VMCP_OPTIMIZER__MODEL_CACHE"]))
+    stats = index.update(CATALOGUE)
+    assert stats.embedded == len(CATALOGUE)
+    # One child, started before the documents were built (its torch import overlaps that and the model load).
+    assert [kind for kind, _ in started] == ["child", "prepare"]
+    assert _exited(started[0][1])
+    embedder = index.embedder
+    assert isinstance(embedder, OnnxEmbedder) and isinstance(embedder.bulk, BulkEncoder)
+    assert embedder.bulk.failed is None
+    # The same vectors as a child started the ordinary way, with its texts at once.
+    documents = [embedder.spec.document_prefix + tool_document(r) for r in CATALOGUE]
+    normal = embedder.bulk.run(documents, lambda n: None)
+    assert index._snapshot.vectors is not None
+    np.testing.assert_allclose(index._snapshot.vectors, normal, atol=1e-6)
+
+
+def test_early_child_is_killed_when_too_few_documents_turn_out_new(
+    tmp_path: Path, started: list[tuple[str, BulkJob | None]]
+) -> None:
+    # Every tool listed twice: twice as many tools as cached vectors (none), so the child starts early, but
+    # only half of them are distinct, below the threshold: the child is killed and ONNX encodes in process.
+    config = OptimizerConfig(bulk_process_min=len(CATALOGUE) + 1)
+    index = ToolIndex(config, tmp_path, model_cache=Path(os.environ["VMCP_OPTIMIZER__MODEL_CACHE"]))
+    stats = index.update(CATALOGUE + CATALOGUE)
+    assert stats.embedded == len(CATALOGUE)
+    assert [kind for kind, _ in started] == ["child", "prepare"]
+    assert _exited(started[0][1])
+    embedder = index.embedder
+    assert isinstance(embedder, OnnxEmbedder) and isinstance(embedder.bulk, BulkEncoder)
+    assert embedder.bulk.failed is None  # cancelled, not failed: the next large update takes the child
+    documents = [embedder.spec.document_prefix + tool_document(r) for r in CATALOGUE]
+    assert index._snapshot.vectors is not None
+    np.testing.assert_allclose(index._snapshot.vectors, _in_process(embedder, documents), atol=1e-5)
+    # A restart with every vector cached starts no child at all.
+    ToolIndex(config, tmp_path, model_cache=Path(os.environ["VMCP_OPTIMIZER__MODEL_CACHE"])).update(CATALOGUE)
+    assert len([kind for kind, _ in started if kind == "child"]) == 1
+
+
+def test_waiting_child_exits_when_its_parent_closes_the_pipe(served: OnnxEmbedder) -> None:
+    """A parent that dies before feeding its early child leaves no process behind."""
+    assert isinstance(served.bulk, BulkEncoder)
+    job = served.bulk._job()
+    try:
+        # glibc keeps the child's freed activations for its next batch (KEEP_FREED_MEMORY).
+        environment = Path(f"/proc/{job.child.pid}/environ").read_bytes().split(b"\0")
+        assert b"MALLOC_TRIM_THRESHOLD_=%d" % (1 << 30) in environment
+        assert job.child.stdin is not None
+        job.child.stdin.close()
+        assert job.child.wait(timeout=120) == 1
+        assert "the parent closed its pipe" in job.errors.read_text(encoding="utf-8")
+    finally:
+        job.cancel()
+    assert _exited(job)
+
+
+def test_child_module_starts_without_the_gateway_config() -> None:
+    """The child's start-up before torch is on a cold build's critical path: importing bulk_embed must not
+    bring in vmcp_opt.config (pydantic, jsonschema: ~0.2-0.3 s)."""
+    code = "import sys, vmcp_opt.optimizer.bulk_embed; sys.exit(int('vmcp_opt.config' in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_child_that_cannot_start_leaves_the_update_in_process(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    embedder = _embedder(bulk_process_min=2)
+    assert isinstance(embedder.bulk, BulkEncoder)
+    monkeypatch.setattr(sys, "executable", "/nonexistent/python")
+    with caplog.at_level(logging.WARNING, logger="vmcp_opt.optimizer.bulk_embed"):
+        embedder.bulk.start()
+    assert embedder.bulk.failed is not None and "cannot start the child" in embedder.bulk.failed
+    assert "encoding in process instead" in caplog.text
+    vectors = embedder.encode_documents(DOCUMENTS[:4])
+    np.testing.assert_allclose(vectors, _in_process(embedder, DOCUMENTS[:4]), atol=1e-5)

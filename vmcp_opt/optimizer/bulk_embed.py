@@ -6,8 +6,12 @@ AMX: a cold build of 10k tools took 88 s there, against 23 s for the lean encode
 bfloat16 (bench/README.md, "Cold build of 10k tools"). So when an update has `bulk_process_min` or more new
 documents and torch is installed, `BulkEncoder` runs `python -m vmcp_opt.optimizer.bulk_embed`:
 
-- the parent writes the texts to a JSON file in a temporary directory; the child tokenizes them on a thread
-  while it imports torch and loads the weights straight from the model directory
+- the child can start before its texts are known (`BulkEncoder.start`, which `ToolIndex.update` calls when
+  the vector cache cannot hold enough of the catalogue): its torch import then overlaps the parent's own
+  load and document building, and an early child no update needs is killed (`BulkEncoder.cancel`);
+- the parent writes the texts to a JSON file in a temporary directory and tells the child to go (a line on
+  its stdin); the child tokenizes them on a thread while it imports torch and loads the weights straight
+  from the model directory
   (`LeanEncoder.from_directory`: torch, safetensors and tokenizers only, no transformers), encodes in
   bfloat16 where the CPU has AMX / AVX-512 BF16 (else float32) on oneDNN's fused linear layers
   (`LeanEncoder.encode_bulk_ids`), prints `done <n>` lines as batches finish, writes float32 vectors to an
@@ -33,13 +37,16 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
 from pathlib import Path
-from typing import IO
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from vmcp_opt.optimizer.embedding import cpu_supports_bfloat16, maybe_progress
-from vmcp_opt.optimizer.model_registry import ModelSpec
+# The child imports this module before torch: what the parent alone needs is imported where it is used, so
+# that the child's start skips vmcp_opt.config (pydantic, jsonschema: ~0.2-0.3 s of its start-up).
+if TYPE_CHECKING:
+    from vmcp_opt.optimizer.model_registry import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +59,15 @@ CHECK_ROWS = 8
 # oneDNN layers (`LeanEncoder.encode_bulk`) 4,096 tokens is ~5% faster than 8,192 on 10k catalogue documents
 # and 16k-32k tokens were 37-62% slower (activations out of cache), measured interleaved in one process.
 BATCH_SIZE = 64
+# glibc malloc settings for the child (unless its environment sets them): freed activations (3-12 MB each) stay
+# in the heap for the next batch instead of going back to the system and being faulted in again. On 5,000
+# documents: minor page faults 960k -> 120k, system CPU 2.3 -> 0.6 s, user CPU and peak RSS unchanged
+# (bench/README.md, "Cold build: starting the child first"). The child exits when done, so nothing is held.
+KEEP_FREED_MEMORY = {
+    "MALLOC_MMAP_THRESHOLD_": str(1 << 30),
+    "MALLOC_TRIM_THRESHOLD_": str(1 << 30),
+    "MALLOC_TOP_PAD_": str(256 << 20),
+}
 
 
 class BulkEncodeError(Exception):
@@ -64,7 +80,7 @@ class BulkEncoder:
     def __init__(
         self,
         spec: ModelSpec,
-        reference: Callable[[Sequence[str]], np.ndarray],
+        reference: Callable[[Sequence[str]], np.ndarray] | None = None,
         *,
         min_documents: int,
         timeout: float,
@@ -73,21 +89,48 @@ class BulkEncoder:
         bfloat16: bool = True,
     ) -> None:
         self.spec = spec
-        # The serving encoder's own `encode`: the child's rows must agree with it.
+        # The serving encoder's own `encode`: the child's rows must agree with it (set once it has loaded, when
+        # the child started first).
         self.reference = reference
         self.min_documents = min_documents
         self.timeout = timeout
         self.threads = threads or os.cpu_count() or 1
         self.batch_size = batch_size
+        from vmcp_opt.optimizer.embedding import cpu_supports_bfloat16
+
         self.bfloat16 = bfloat16 and cpu_supports_bfloat16()
         # Set after a failure: the in-process path serves from then on.
         self.failed: str | None = None
         # The serving encoder's rows for `check`, computed by `run` while the child works.
         self._expected: np.ndarray | None = None
+        # A child `start` began, waiting for its texts.
+        self._early: BulkJob | None = None
+        # How long the last child had been starting when its texts came (the start-up `start` hid).
+        self.head_start = 0.0
+
+    def start(self) -> None:
+        """Start the child now, before the texts are known (`feed` them to the next call, or `cancel`): its
+        torch import (1-3 s) then overlaps the caller's own work (the embedder's load, the documents)."""
+        if self.failed is None and self._early is None:
+            try:
+                self._early = self._job()
+            except BulkEncodeError as exc:
+                self.failed = str(exc)
+                log.warning("bulk encoding in a child process unavailable (%s); encoding in process instead", exc)
+
+    def cancel(self) -> None:
+        """Stop a child that `start` began and no call used (too few documents turned out new): killed,
+        its files gone."""
+        early, self._early = self._early, None
+        if early is not None:
+            early.cancel()
 
     def __call__(self, texts: Sequence[str], progress: bool = False) -> np.ndarray | None:
         if len(texts) < self.min_documents or self.failed is not None:
+            self.cancel()
             return None
+        from vmcp_opt.optimizer.embedding import maybe_progress
+
         started = time.perf_counter()
         label = f"embedding {len(texts)} tools (torch {'bfloat16' if self.bfloat16 else 'float32'}, child process)"
         try:
@@ -99,76 +142,32 @@ class BulkEncoder:
             log.warning("bulk encoding in a child process failed (%s); encoding in process instead", exc)
             return None
         seconds = time.perf_counter() - started
-        log.info("embedded %d documents in a child process in %.1f s", len(texts), seconds)
+        message = "embedded %d documents in a child process in %.1f s (started %.2f s before its texts)"
+        log.info(message, len(texts), seconds, self.head_start)
         return vectors
 
     def run(self, texts: Sequence[str], advance: Callable[[int], object]) -> np.ndarray:
-        """The child's vectors for `texts`, in order; raises `BulkEncodeError`."""
-        with tempfile.TemporaryDirectory(prefix="vmcp-bulk-") as tmp:
-            source, target, errors = Path(tmp) / "texts.json", Path(tmp) / "vectors.npy", Path(tmp) / "stderr"
-            source.write_text(json.dumps(list(texts)), encoding="utf-8")
-            command = [sys.executable, "-m", "vmcp_opt.optimizer.bulk_embed", str(self.spec.path), str(source)]
-            command += [str(target), "--max-length", str(self.spec.max_seq_length), "--threads", str(self.threads)]
-            command += ["--batch-size", str(self.batch_size)] + ([] if self.bfloat16 else ["--float32"])
-            self._expected = None
-            with errors.open("w", encoding="utf-8") as stderr:
-                code, timed_out = self._wait(command, stderr, advance, len(texts), lambda: self._reference(texts))
-            if timed_out:
-                raise BulkEncodeError(f"no result within {self.timeout:.0f} s (optimizer.bulk_process_timeout)")
-            if code != 0:
-                lines = [line for line in errors.read_text(encoding="utf-8").splitlines() if line.strip()]
-                raise BulkEncodeError(lines[-1] if lines else f"exit status {code}")
-            try:
-                vectors: np.ndarray = np.load(target)
-            except (OSError, ValueError) as exc:
-                raise BulkEncodeError(f"unreadable output ({exc})") from None
+        """The child's vectors for `texts`, in order (the child `start` began, else a new one); raises
+        `BulkEncodeError`."""
+        job, self._early = self._early or self._job(), None
+        self._expected = None
+        try:
+            job.feed(texts)
+            self.head_start = time.perf_counter() - job.started
+            vectors = job.result(advance, len(texts), lambda: self._reference(texts))
+        finally:
+            job.cancel()
         if vectors.shape != (len(texts), self.spec.dimensions) or vectors.dtype != np.float32:
             raise BulkEncodeError(f"output of shape {vectors.shape} {vectors.dtype}, expected {len(texts)} rows")
         return vectors
 
-    def _wait(
-        self,
-        command: list[str],
-        stderr: IO[str],
-        advance: Callable[[int], object],
-        total: int,
-        meanwhile: Callable[[], object] = lambda: None,
-    ) -> tuple[int, bool]:
-        """Run `command`, relaying its `done <n>` lines to `advance`, and call `meanwhile` once it has started;
-        (exit status, killed at the deadline)."""
-        # The child forks nothing, so its tokenizer may use both cores (3 s for 10k documents on one, loaded).
-        # OpenMP threads that sleep rather than spin between operations: on a shared 2-core machine (load 6-10)
-        # 1,000 documents took ~35% less CPU and 27-31% less time (bench/README.md, "Cold build of 10k tools").
-        env = {"OMP_WAIT_POLICY": "PASSIVE", **os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "true"}
-        child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env)
-        expired = threading.Event()
-
-        def kill() -> None:
-            expired.set()
-            child.kill()
-
-        timer = threading.Timer(self.timeout, kill)
-        timer.start()
+    def _job(self) -> BulkJob:
+        options = ["--max-length", str(self.spec.max_seq_length), "--threads", str(self.threads)]
+        options += ["--batch-size", str(self.batch_size)] + ([] if self.bfloat16 else ["--float32"])
         try:
-            assert child.stdout is not None
-            # The parent's own share of the work, while the child imports torch: its lines wait in the pipe.
-            meanwhile()
-            done, step = 0, max(1, total // 10)
-            for line in child.stdout:
-                kind, _, count = line.partition(" ")
-                if kind == "done" and count.strip().isdigit():
-                    advance(int(count))
-                    # A log line per tenth, so a long build shows progress in the gateway's log too.
-                    if (done + int(count)) // step > done // step:
-                        log.info("bulk child: %d of %d documents embedded", done + int(count), total)
-                    done += int(count)
-            code = child.wait()
-        finally:
-            timer.cancel()
-            if child.poll() is None:
-                child.kill()
-                child.wait()
-        return code, expired.is_set()
+            return BulkJob(self.spec.path, options, self.timeout)
+        except OSError as exc:  # no interpreter to run, no temporary directory
+            raise BulkEncodeError(f"cannot start the child ({exc})") from None
 
     def check(self, texts: Sequence[str], vectors: np.ndarray, expected: np.ndarray | None = None) -> None:
         """A few rows, spread over the batch, against the serving encoder (cosine >= `MIN_COSINE`); `expected`
@@ -183,9 +182,98 @@ class BulkEncoder:
     def _reference(self, texts: Sequence[str]) -> np.ndarray:
         """The serving encoder's vectors for `check`'s rows (~0.5 s for 8 long documents on ONNX fp32, loaded:
         `run` has it done while the child starts)."""
+        if self.reference is None:
+            raise BulkEncodeError("no serving encoder to check the vectors against")
         expected = self.reference([texts[i] for i in _check_rows(len(texts))])
         self._expected = expected
         return expected
+
+
+class BulkJob:
+    """One child, started before its texts are known: `feed` writes them to a file and tells the child to go
+    (a line on its stdin), `result` relays its progress and reads its vectors, `cancel` kills it and removes
+    its files. A parent that dies closes the child's stdin, and a child still waiting exits."""
+
+    def __init__(self, model_dir: Path, options: list[str], timeout: float) -> None:
+        self.started = time.perf_counter()
+        self._folder = tempfile.TemporaryDirectory(prefix="vmcp-bulk-")
+        folder = Path(self._folder.name)
+        self.texts, self.vectors, self.errors = folder / "texts.json", folder / "vectors.npy", folder / "stderr"
+        command = [sys.executable, "-m", "vmcp_opt.optimizer.bulk_embed", str(model_dir), str(self.texts)]
+        command += [str(self.vectors), *options, "--wait"]
+        # The child forks nothing, so its tokenizer may use both cores (3 s for 10k documents on one, loaded).
+        # OpenMP threads that sleep rather than spin between operations: on a shared 2-core machine (load 6-10)
+        # 1,000 documents took ~35% less CPU and 27-31% less time (bench/README.md, "Cold build of 10k tools").
+        env = {"OMP_WAIT_POLICY": "PASSIVE", **KEEP_FREED_MEMORY, **os.environ}
+        env |= {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "true"}
+        try:
+            with self.errors.open("w", encoding="utf-8") as stderr:
+                self.child = subprocess.Popen(
+                    command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env
+                )
+        except OSError:
+            self._folder.cleanup()
+            raise
+        self.timeout = timeout
+        self._expired = threading.Event()
+        self._timer = threading.Timer(timeout, self._kill)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def feed(self, texts: Sequence[str]) -> None:
+        """Hand the child its texts; a child that has already exited is reported by `result`."""
+        try:
+            self.texts.write_text(json.dumps(list(texts)), encoding="utf-8")
+        except OSError as exc:
+            raise BulkEncodeError(f"cannot write the texts ({exc})") from None
+        assert self.child.stdin is not None
+        with suppress(OSError):  # BrokenPipeError included
+            self.child.stdin.write("go\n")
+            self.child.stdin.close()
+
+    def result(self, advance: Callable[[int], object], total: int, meanwhile: Callable[[], object]) -> np.ndarray:
+        """The vectors once the child exits, its `done <n>` lines relayed to `advance`; `meanwhile` is the
+        parent's own share of the work, done first (the child's lines wait in the pipe). Raises
+        `BulkEncodeError`."""
+        assert self.child.stdout is not None
+        meanwhile()
+        done, step = 0, max(1, total // 10)
+        for line in self.child.stdout:
+            kind, _, count = line.partition(" ")
+            if kind == "done" and count.strip().isdigit():
+                advance(int(count))
+                # A log line per tenth, so a long build shows progress in the gateway's log too.
+                if (done + int(count)) // step > done // step:
+                    log.info("bulk child: %d of %d documents embedded", done + int(count), total)
+                done += int(count)
+        code = self.child.wait()
+        self._timer.cancel()
+        if self._expired.is_set():
+            raise BulkEncodeError(f"no result within {self.timeout:.0f} s (optimizer.bulk_process_timeout)")
+        if code != 0:
+            lines = [line for line in self.errors.read_text(encoding="utf-8").splitlines() if line.strip()]
+            raise BulkEncodeError(lines[-1] if lines else f"exit status {code}")
+        try:
+            vectors: np.ndarray = np.load(self.vectors)
+        except (OSError, ValueError) as exc:
+            raise BulkEncodeError(f"unreadable output ({exc})") from None
+        return vectors
+
+    def cancel(self) -> None:
+        """The child killed if still running, its pipes closed and its files removed (idempotent)."""
+        self._timer.cancel()
+        if self.child.poll() is None:
+            self.child.kill()
+        self.child.wait()
+        for pipe in (self.child.stdin, self.child.stdout):
+            if pipe is not None:
+                with suppress(OSError):
+                    pipe.close()
+        self._folder.cleanup()
+
+    def _kill(self) -> None:
+        self._expired.set()
+        self.child.kill()
 
 
 def _check_rows(count: int) -> np.ndarray:
@@ -225,8 +313,12 @@ def _tokenized(args: argparse.Namespace) -> list[np.ndarray]:
     """The texts file's texts as token ids, as `LeanEncoder.tokenize` gives them."""
     from vmcp_opt.optimizer.batching import load_tokenizer, tokenize_chunked
 
-    texts: list[str] = json.loads(args.texts.read_text(encoding="utf-8"))
     tokenizer = load_tokenizer(args.model_dir / "tokenizer.json", args.max_length)
+    # Started early (`BulkJob`), the texts file is complete once the parent's line arrives; end of input
+    # without one means the parent went away.
+    if args.wait and not sys.stdin.readline():
+        raise BulkEncodeError("no texts: the parent closed its pipe")
+    texts: list[str] = json.loads(args.texts.read_text(encoding="utf-8"))
 
     def encode(chunk: Sequence[str]) -> list[list[int]]:
         return [encoding.ids for encoding in tokenizer.encode_batch(list(chunk))]
@@ -244,6 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--batch-size", type=int, default=BATCH_SIZE)
     parser.add_argument("--float32", action="store_true", help="float32 instead of bfloat16")
+    parser.add_argument("--wait", action="store_true", help="read TEXTS.json once a line arrives on stdin")
     args = parser.parse_args(argv)
     try:
         vectors = _encode(args)

@@ -119,7 +119,13 @@ def content_hash(record: ToolRecord) -> str:
     Hashing the document itself (not the record) means a change to how documents are built also
     invalidates the vectors built from the old ones.
     """
-    return hashlib.sha256(tool_document(record).encode("utf-8")).hexdigest()
+    return document_hash(tool_document(record))
+
+
+def document_hash(document: str) -> str:
+    """`content_hash` of the record whose `tool_document` is `document` (building it again doubled the cost
+    of an update's preparation)."""
+    return hashlib.sha256(document.encode("utf-8")).hexdigest()
 
 
 def _parameters(schema: Mapping[str, Any], depth: int = 0, *, full: bool = False) -> Iterator[tuple[str, str]]:

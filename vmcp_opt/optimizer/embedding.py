@@ -35,6 +35,7 @@ from vmcp_opt.config import APP_NAME, OptimizerConfig
 from vmcp_opt.optimizer.model_registry import ModelError, ModelSpec, resolve_model
 
 if TYPE_CHECKING:
+    from vmcp_opt.optimizer.bulk_embed import BulkEncoder
     from vmcp_opt.optimizer.encoder import LeanEncoder
     from vmcp_opt.optimizer.onnx_export import Precision
 
@@ -273,33 +274,75 @@ def default_model_cache() -> Path:
     return Path(platformdirs.user_data_dir(APP_NAME, appauthor=False)) / "models"
 
 
-def load_configured_embedder(config: OptimizerConfig, model_cache: Path | None = None) -> TextEmbedder:
+def load_configured_embedder(
+    config: OptimizerConfig, model_cache: Path | None = None, *, new_documents: int = 0
+) -> TextEmbedder:
     """The embedder `config` asks for (the gateway's and `vmcp index`'s path); on ONNX, with a child process
-    for large bulk encodings (`optimizer.bulk_process_min`, optimizer/bulk_embed.py) when torch is installed."""
-    embedder = load_embedder(
-        config.model,
-        encoder=config.encoder,
-        precision=config.precision,
-        model_cache=model_cache,
-        bulk_bfloat16=config.bulk_bfloat16,
-        batch_size=config.batch_size,
-        query_threads=config.query_threads,
-        bulk_threads=config.bulk_threads,
-    )
-    if embedder.kind.startswith("onnx") and config.bulk_process_min > 0:
-        from vmcp_opt.optimizer.bulk_embed import BulkEncoder, torch_available
-        from vmcp_opt.optimizer.onnx_encoder import OnnxEmbedder
+    for large bulk encodings (`optimizer.bulk_process_min`, optimizer/bulk_embed.py) when torch is installed.
+    With `new_documents` at that threshold the child starts before the model loads, so that its torch import
+    overlaps the load; `bulk_started` then hands it the texts or cancels it."""
+    bulk = _bulk_encoder(config)
+    if bulk is not None and new_documents >= bulk.min_documents:
+        bulk.start()
+    try:
+        embedder = load_embedder(
+            config.model,
+            encoder=config.encoder,
+            precision=config.precision,
+            model_cache=model_cache,
+            bulk_bfloat16=config.bulk_bfloat16,
+            batch_size=config.batch_size,
+            query_threads=config.query_threads,
+            bulk_threads=config.bulk_threads,
+        )
+    except BaseException:
+        if bulk is not None:
+            bulk.cancel()
+        raise
+    from vmcp_opt.optimizer.onnx_encoder import OnnxEmbedder
 
-        if isinstance(embedder, OnnxEmbedder) and torch_available():
-            embedder.bulk = BulkEncoder(
-                embedder.spec,
-                embedder.encoder.encode,
-                min_documents=config.bulk_process_min,
-                timeout=config.bulk_process_timeout,
-                threads=config.bulk_threads,
-                bfloat16=config.bulk_bfloat16,
-            )
+    if bulk is not None and isinstance(embedder, OnnxEmbedder):
+        bulk.reference = embedder.encoder.encode
+        embedder.bulk = bulk
+    elif bulk is not None:
+        bulk.cancel()  # ONNX could not load: the torch encoder serves and encodes in process
     return embedder
+
+
+def _bulk_encoder(config: OptimizerConfig) -> BulkEncoder | None:
+    """The child-process encoder an ONNX embedder takes, when torch is installed and `bulk_process_min` > 0."""
+    if config.encoder != "onnx" or config.bulk_process_min <= 0:
+        return None
+    from vmcp_opt.optimizer.bulk_embed import BulkEncoder, torch_available
+
+    if not torch_available():
+        return None
+    return BulkEncoder(
+        resolve_model(config.model),
+        min_documents=config.bulk_process_min,
+        timeout=config.bulk_process_timeout,
+        threads=config.bulk_threads,
+        bfloat16=config.bulk_bfloat16,
+    )
+
+
+@contextmanager
+def bulk_started(embedder: TextEmbedder, new_documents: int) -> Iterator[None]:
+    """The embedder's bulk child (if it has one) started now when `new_documents` reach its threshold, so
+    that its start-up overlaps the caller's work before `encode_documents`; on the way out a child no
+    encoding took is killed."""
+    from vmcp_opt.optimizer.bulk_embed import BulkEncoder
+
+    bulk = getattr(embedder, "bulk", None)
+    if not isinstance(bulk, BulkEncoder):
+        yield
+        return
+    if new_documents >= bulk.min_documents:
+        bulk.start()
+    try:
+        yield
+    finally:
+        bulk.cancel()
 
 
 def load_embedder(

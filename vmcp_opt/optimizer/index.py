@@ -28,8 +28,8 @@ import numpy as np
 from vmcp_opt.config import OptimizerConfig
 from vmcp_opt.optimizer import feedback, keyword_arm, ranking, vector_arm
 from vmcp_opt.optimizer.boosts import with_companions, with_prerequisites
-from vmcp_opt.optimizer.documents import ToolRecord, content_hash, keyword_document, keyword_fields, tool_document
-from vmcp_opt.optimizer.embedding import TextEmbedder, load_configured_embedder
+from vmcp_opt.optimizer.documents import ToolRecord, document_hash, keyword_document, keyword_fields, tool_document
+from vmcp_opt.optimizer.embedding import TextEmbedder, bulk_started, load_configured_embedder
 from vmcp_opt.optimizer.model_registry import ModelSpec, resolve_model
 from vmcp_opt.optimizer.prerequisites import Prerequisite, find_prerequisites
 from vmcp_opt.optimizer.query_cache import QueryCache
@@ -233,25 +233,31 @@ class ToolIndex:
         started = time.perf_counter()
         # The vectors' file lock first: while another replica embeds, keyword refreshes need not wait.
         with self._vectors.updating() as cache, self._update_lock:
+            # Tools past the cache's count are new for sure: enough of them and the bulk child starts before the
+            # model loads and the documents are built, which its torch import then overlaps (bench/README.md,
+            # "Cold build: starting the child first").
+            surely_new = len(records) - len(cache.rows) - len(cache.retired)
             if self.embedder is None:
-                self.embedder = load_configured_embedder(self.config, self.model_cache)
-            records, documents, hashes = _prepare(records)
-            vectors, found = cache.stack(hashes, self.model.dimensions)
-            # Each new document once, even when two tools share it.
-            first: dict[str, int] = {}
-            for i in np.flatnonzero(~found):
-                first.setdefault(hashes[i], int(i))
-            keywords: _Keywords | None = None
-            if first:
-                # The keyword arm needs no vectors: built on a thread while the documents are embedded (1.5 s
-                # for 10k tools on a loaded host, mostly while the bulk child imports torch on one core).
-                with ThreadPoolExecutor(1, thread_name_prefix="index-keywords") as pool:
-                    building = pool.submit(self._keywords, records, documents)
-                    fresh = self.embedder.encode_documents([documents[i] for i in first.values()], progress=progress)
-                    keywords = building.result()
-                by_hash = dict(zip(first, range(len(first)), strict=True))
-                missing = np.flatnonzero(~found)
-                vectors[missing] = fresh[[by_hash[hashes[i]] for i in missing]]
+                self.embedder = load_configured_embedder(self.config, self.model_cache, new_documents=surely_new)
+            with bulk_started(self.embedder, surely_new):
+                records, documents, hashes = _prepare(records)
+                vectors, found = cache.stack(hashes, self.model.dimensions)
+                # Each new document once, even when two tools share it.
+                first: dict[str, int] = {}
+                for i in np.flatnonzero(~found):
+                    first.setdefault(hashes[i], int(i))
+                keywords: _Keywords | None = None
+                if first:
+                    # The keyword arm needs no vectors: built on a thread while the documents are embedded (1.5 s
+                    # for 10k tools on a loaded host).
+                    with ThreadPoolExecutor(1, thread_name_prefix="index-keywords") as pool:
+                        building = pool.submit(self._keywords, records, documents)
+                        new = [documents[i] for i in first.values()]
+                        fresh = self.embedder.encode_documents(new, progress=progress)
+                        keywords = building.result()
+                    by_hash = dict(zip(first, range(len(first)), strict=True))
+                    missing = np.flatnonzero(~found)
+                    vectors[missing] = fresh[[by_hash[hashes[i]] for i in missing]]
             removed = len(cache.rows.keys() - set(hashes))
             retired = cache.retire(set(hashes), self.config.keep_removed)
             rerank = self.reranker.prepare(documents) if self.reranker is not None else None
@@ -365,7 +371,7 @@ def _prepare(records: Sequence[ToolRecord]) -> tuple[list[ToolRecord], list[str]
         by_name[record.name] = record
     unique = list(by_name.values())
     documents = [tool_document(r) for r in unique]
-    hashes = [content_hash(r) for r in unique]
+    hashes = [document_hash(d) for d in documents]
     return unique, documents, hashes
 
 
