@@ -11,7 +11,6 @@ import json
 import logging
 import threading
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,6 @@ from vmcp_opt.optimizer.documents import ToolRecord, content_hash, split_identif
 from vmcp_opt.optimizer.embedding import TextEmbedder, load_embedder
 from vmcp_opt.optimizer.index import ToolIndex
 from vmcp_opt.optimizer.meta_tool_forms import tool_json
-from vmcp_opt.optimizer.side_thread import SideThread
 from vmcp_opt.optimizer.tokens import AnswerTokens, count_tokens
 
 LOCAL_TZ = "Europe/London"
@@ -289,28 +287,6 @@ def test_concurrent_searches_share_one_model_safely(index: ToolIndex) -> None:
     for thread in threads:
         thread.join()
     assert failures == []
-
-
-def test_the_keyword_arm_run_beside_the_embedding_ranks_as_run_after_it(tmp_path: Path, embedder: TextEmbedder) -> None:
-    """On a second core the keyword arm runs while the query is embedded; the answers are the same as with
-    the helper off, also when several searches at once contend for it."""
-    config = OptimizerConfig(query_cache_size=0)  # every search embeds, so every search may overlap
-    beside = ToolIndex(config, tmp_path / "beside", embedder)
-    beside._side = SideThread("index-keywords", enabled=True)
-    after = ToolIndex(config, tmp_path / "after", embedder)
-    after._side = SideThread("unused", enabled=False)
-    for index in (beside, after):
-        index.update(CATALOGUE)
-    queries = ["what time is it in Tokyo right now", "list my open pull requests and then merge the first", "weather"]
-
-    def hits(index: ToolIndex, query: str) -> list[tuple[str, float]]:
-        return [(hit.record.name, round(hit.score, 6)) for hit in index.search(query).hits]
-
-    expected = {query: hits(after, query) for query in queries}
-    with ThreadPoolExecutor(4) as pool:
-        together = list(pool.map(lambda query: (query, hits(beside, query)), queries * 4))
-    assert all(got == expected[query] for query, got in together)
-    assert any(thread.name.startswith("index-keywords") for thread in threading.enumerate())
 
 
 class _CountingEmbedder:

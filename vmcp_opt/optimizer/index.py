@@ -34,7 +34,6 @@ from vmcp_opt.optimizer.model_registry import ModelSpec, resolve_model
 from vmcp_opt.optimizer.prerequisites import Prerequisite, find_prerequisites
 from vmcp_opt.optimizer.query_cache import QueryCache
 from vmcp_opt.optimizer.rerank import Reranker, RerankStage
-from vmcp_opt.optimizer.side_thread import SideThread
 from vmcp_opt.optimizer.usage import UsageGraph
 from vmcp_opt.optimizer.vector_store import VectorCache, VectorStore
 
@@ -131,7 +130,6 @@ class ToolIndex:
         # Vectors by content hash, from the last update or the persisted file (read once, lazily).
         self._vectors = VectorStore(self.directory, self.model)
         self._queries = QueryCache(config.query_cache_size)
-        self._side = SideThread("index-keywords")
         self._name_masks: dict[tuple[int, int], tuple[_Snapshot, frozenset[str], np.ndarray]] = {}
         # Told of every update when it is done, on the updating thread (the gateway's metrics).
         self.updated: Callable[[UpdateStats], None] | None = None
@@ -171,16 +169,10 @@ class ToolIndex:
         variants = ranking.query_variants(query, config)
         query_vectors: np.ndarray | None = None
         depth = min(config.candidates, len(snap.records))
-
-        def keywords() -> list[ranking.Ranking]:
-            return [keyword_arm.candidates(snap.bm25, variant, depth, allowed) for variant in variants]
-
+        sparse = [keyword_arm.candidates(snap.bm25, variant, depth, allowed) for variant in variants]
         if dense and embedder is not None:
             assert snap.has_vector is not None
-            # The keyword arm needs no vectors: on a second core it runs while the query is embedded.
-            overlapped = None if self._queries.holds(variants) else self._side.try_submit(keywords)
             query_vectors = self._queries.encode(embedder, variants)
-            sparse = overlapped.result() if overlapped is not None else keywords()
             vectors = vector_arm.candidates(
                 snap.faiss_index, snap.has_vector, query_vectors, depth, allowed, config, snap.vectors
             )
@@ -193,7 +185,7 @@ class ToolIndex:
             if snap.rerank is not None:
                 fused = snap.rerank.rerank(variants, fused, sparse)
         else:
-            fused = [ranking.keyword_only(s) for s in keywords()]
+            fused = [ranking.keyword_only(s) for s in sparse]
         merged = ranking.merge_variants(fused)
         # Both raise tools next to what the request ranked (`merged`), so neither feeds the other.
         scored = merged

@@ -20,11 +20,6 @@ class QueryCache:
         self._vectors: OrderedDict[str, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
 
-    def holds(self, texts: list[str]) -> bool:
-        """Whether every text's vector is kept (then `encode` embeds nothing)."""
-        with self._lock:
-            return all(text in self._vectors for text in texts)
-
     def encode(self, embedder: TextEmbedder, texts: list[str]) -> np.ndarray:
         """One row per text: cached ones as they are, the others embedded in one batch and kept."""
         with self._lock:
