@@ -127,12 +127,12 @@ def test_validators_are_compiled_once_per_schema_content_and_the_cache_is_bounde
 
     monkeypatch.setattr(arguments, "compile_schema", counting)
     validator = ArgumentValidator(cache_size=2)
-    # `minimum`/`maxLength`: beyond the plain subset (which is checked without compiling anything)
+    # `multipleOf`/`const`: beyond the plain subset (which is checked without compiling anything)
     for _ in range(3):
-        validator.check("t", schema_of(a={"type": "integer", "minimum": 0}), {"a": 1})  # a new but equal object
+        validator.check("t", schema_of(a={"type": "integer", "multipleOf": 2}), {"a": 2})  # a new but equal object
     assert len(compiled) == 1
     for kind in ("string", "number", "boolean"):
-        validator.check("t", schema_of(a={"type": kind, "maxLength": 5}), {})
+        validator.check("t", schema_of(a={"type": kind, "const": 5}), {})
     assert len(validator._by_digest) == 2 and len(validator._by_identity) == 2
 
 
@@ -215,8 +215,17 @@ def test_plain_schema_check_never_passes_what_jsonschema_refuses() -> None:
             "additionalProperties": {"type": "string"},
         },
         {"type": "object", "additionalProperties": False},
+        {
+            "type": "object",
+            "properties": {
+                "x": {"type": "integer", "minimum": 1, "maximum": 50},
+                "y": {"exclusiveMinimum": 0, "exclusiveMaximum": 1.5, "minLength": 2},
+                "message": {"type": "string", "minLength": 1, "maxLength": 3},
+            },
+        },
     ]
     values: list[Any] = [None, True, False, 0, 1, -3, 1.0, 1.5, "", "a", "b", "c", [], ["x"], [1], {}, {"x": 1}]
+    values += [50, 51, 1.25, float("nan"), float("inf"), "abc", "abcd", "日本語", 10**30]
     values += [{"x": 1.0}, {"x": True}, {"y": 1}]
     argument_sets: list[Any] = [
         {},
@@ -250,7 +259,9 @@ def test_schemas_beyond_the_plain_subset_go_to_jsonschema() -> None:
 
     assert not _is_plain({"type": "object", "properties": {"a": {"type": "string", "pattern": "^x"}}}, 0)
     assert not _is_plain({"$schema": "http://json-schema.org/draft-04/schema#", "type": "object"}, 0)
-    assert not _is_plain({"type": "object", "properties": {"a": {"minimum": 3}}}, 0)
+    assert not _is_plain({"type": "object", "properties": {"a": {"multipleOf": 3}}}, 0)
+    assert not _is_plain({"type": "object", "properties": {"a": {"minimum": "3"}}}, 0)
+    assert not _is_plain({"type": "object", "properties": {"a": {"minLength": -1}}}, 0)
     assert not _is_plain({"type": "array", "items": [{"type": "string"}]}, 0)
     assert not _is_plain({"type": "objekt"}, 0)
     assert not _is_plain({"enum": [1, 2]}, 0)

@@ -1,7 +1,8 @@
 """An exact check of its own for plain input schemas, ahead of jsonschema (vmcp_opt/arguments.py).
 
 Most tools' schemas use only `type`, `properties`, `required`, `additionalProperties`, `items`, string
-`enum`s and annotations. For those (`is_plain`), `plainly_valid` says "valid" in a few µs against
+`enum`s, numeric bounds (`minimum`, `maximum`, their exclusive forms), string lengths and annotations (find_tool's
+own schema among them). For those (`is_plain`), `plainly_valid` says "valid" in a few µs against
 jsonschema's ~40 µs per call, and only where jsonschema agrees; False means "ask jsonschema", which then
 gives the verdict and the message (any doubt, such as a float for `integer`, is left to it).
 """
@@ -15,7 +16,24 @@ from typing import Any
 _ANNOTATIONS = frozenset(
     {"title", "description", "default", "examples", "$comment", "deprecated", "readOnly", "writeOnly"}
 )
-_PLAIN_KEYWORDS = _ANNOTATIONS | {"type", "properties", "required", "additionalProperties", "items", "enum"}
+# Bounds on numbers and on string lengths: each applies only to values of its kind (JSON Schema ignores it
+# for the others).
+_NUMBER_BOUNDS: dict[str, Callable[[Any, Any], bool]] = {
+    "minimum": lambda value, bound: value >= bound,
+    "maximum": lambda value, bound: value <= bound,
+    "exclusiveMinimum": lambda value, bound: value > bound,
+    "exclusiveMaximum": lambda value, bound: value < bound,
+}
+_LENGTH_BOUNDS: dict[str, Callable[[int, int], bool]] = {
+    "minLength": lambda length, bound: length >= bound,
+    "maxLength": lambda length, bound: length <= bound,
+}
+_PLAIN_KEYWORDS = (
+    _ANNOTATIONS
+    | {"type", "properties", "required", "additionalProperties", "items", "enum"}
+    | _NUMBER_BOUNDS.keys()
+    | _LENGTH_BOUNDS.keys()
+)
 _PLAIN_TYPES: dict[str, Callable[[Any], bool]] = {
     "object": lambda value: isinstance(value, dict),
     "array": lambda value: isinstance(value, list),
@@ -48,8 +66,20 @@ def is_plain(schema: Any, depth: int) -> bool:
         return False
     if "items" in schema and not is_plain(schema["items"], depth + 1):
         return False
+    if not all(_is_number(schema[key]) for key in _NUMBER_BOUNDS.keys() & schema.keys()):
+        return False
+    if not all(_is_count(schema[key]) for key in _LENGTH_BOUNDS.keys() & schema.keys()):
+        return False
     enum = schema.get("enum")
     return enum is None or (isinstance(enum, list) and all(isinstance(item, str) for item in enum))
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value == value  # not NaN
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def plainly_valid(schema: Mapping[str, Any], value: Any, depth: int) -> bool:
@@ -63,6 +93,14 @@ def plainly_valid(schema: Mapping[str, Any], value: Any, depth: int) -> bool:
             return False
     enum = schema.get("enum")
     if enum is not None and not (isinstance(value, str) and value in enum):
+        return False
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        # Written as what must hold, so a NaN (which compares False) is never said to be within a bound.
+        if not all(check(value, schema[key]) for key, check in _NUMBER_BOUNDS.items() if key in schema):
+            return False
+    elif isinstance(value, str) and not all(  # JSON Schema counts code points, as `len` does
+        check(len(value), schema[key]) for key, check in _LENGTH_BOUNDS.items() if key in schema
+    ):
         return False
     if isinstance(value, dict):
         properties: Mapping[str, Any] = schema.get("properties", {})
