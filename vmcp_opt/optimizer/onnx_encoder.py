@@ -60,7 +60,7 @@ class OnnxEncoder:
             raise ModelError(f"{tokenizer_file}: not a tokenizer file ({exc})") from None
         # A Rust tokenizer raises "Already borrowed" when two threads use it at once; it takes ~20 µs.
         self._lock = threading.Lock()
-        # About half of a request's groups run here when it is free (off: they run one after another).
+        # Runs about half of a long request's groups, when free (off: they all run on the caller's thread).
         self.side = SideThread("onnx-groups")
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
@@ -197,10 +197,14 @@ def load_onnx_embedder(
 
 def _two_bins(groups: list[list[int]], lengths: Sequence[int]) -> tuple[list[list[int]], list[list[int]]]:
     """`groups` in two bins of about equal padded tokens (largest first, each to the lighter bin)."""
+
+    def padded_tokens(rows: list[int]) -> int:
+        return max(lengths[row] for row in rows) * len(rows)
+
     bins: tuple[list[list[int]], list[list[int]]] = ([], [])
     loads = [0, 0]
-    for rows in sorted(groups, key=lambda rows: max(lengths[row] for row in rows) * len(rows), reverse=True):
+    for rows in sorted(groups, key=padded_tokens, reverse=True):
         lighter = 0 if loads[0] <= loads[1] else 1
         bins[lighter].append(rows)
-        loads[lighter] += max(lengths[row] for row in rows) * len(rows)
+        loads[lighter] += padded_tokens(rows)
     return bins

@@ -81,15 +81,15 @@ class AnswerTokens:
     the first queries, off the event loop. Thread-safe: the embedder thread warms while find_tool reads.
     """
 
-    def __init__(self, model_spec: str = DEFAULT_MODEL, max_tools: int = 20_000, max_shown: int = 4096) -> None:
+    def __init__(self, model_spec: str = DEFAULT_MODEL, max_tools: int = 20_000, max_by_part: int = 4096) -> None:
         self.model_spec = model_spec
         self.max_tools = max_tools
         # hash of the tool part's text (its JSON without the closing brace) -> its tokens
         self._parts: dict[int, int] = {}
         # The same by the part object (find_tool's kept `ToolParts`), held so its id is not reused: a query's
         # 8 parts need no serialising to be looked up (16 `json.dumps` of schemas per answer before).
-        self._shown: dict[int, tuple[dict[str, Any], int]] = {}
-        self.max_shown = max_shown
+        self._by_part: dict[int, tuple[dict[str, Any], int]] = {}
+        self.max_by_part = max_by_part
         self._parts_lock = threading.Lock()
         # Tokens of `[`, `]` and `, `: counted once, not three tokenizer calls per answer.
         self._marks: tuple[int, int, int] | None = None
@@ -106,20 +106,20 @@ class AnswerTokens:
             if rest is None:  # not the part followed by keys of its own: the whole result
                 rests.append(json.dumps(result))
                 continue
-            total += self._shown_tokens(part)
+            total += self._part_tokens_by_identity(part)
             rests.append(rest)
         # The pre-tokenizer splits at whitespace as at punctuation: the joined rests count as their sum.
         return total + count_tokens(" ".join(rests), self.model_spec)
 
-    def _shown_tokens(self, part: dict[str, Any]) -> int:
-        kept = self._shown.get(id(part))
+    def _part_tokens_by_identity(self, part: dict[str, Any]) -> int:
+        kept = self._by_part.get(id(part))
         if kept is not None and kept[0] is part:
             return kept[1]
         tokens = self._part_tokens(json.dumps(part)[:-1])
         with self._parts_lock:
-            if len(self._shown) >= self.max_shown:
-                self._shown.pop(next(iter(self._shown)), None)
-            self._shown[id(part)] = (part, tokens)
+            if len(self._by_part) >= self.max_by_part:
+                self._by_part.pop(next(iter(self._by_part)), None)
+            self._by_part[id(part)] = (part, tokens)
         return tokens
 
     def all_known(self, tool_parts: Sequence[dict[str, Any]]) -> bool:
