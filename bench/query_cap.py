@@ -49,8 +49,7 @@ VARIANTS: dict[str, tuple[int, int | None]] = {
 
 def cut_request(capper: CappedQueries, texts: list[str]) -> list[str]:
     """The texts the vector arm embeds for one request's variants under `capper`'s caps."""
-    limits = [capper.limit(text) for text in texts]
-    return [capper.cutter.cut(text, limit) for text, limit in zip(texts, limits, strict=True) if limit != 0]
+    return [text for _, text in capper.cut(texts)]
 
 
 def main() -> None:

@@ -81,13 +81,16 @@ class CappedQueries:
         multi = self.config.split_intents and ranking.split_intents(text, max_intents=self.config.max_intents) != [text]
         return self.whole if self.whole is not None and multi else self.cap
 
-    def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
+    def cut(self, texts: Sequence[str]) -> list[tuple[int, str]]:
+        """The texts the vector arm embeds, cut, with their positions (a dropped text, cap 0, is left out)."""
         limits = [self.limit(text) for text in texts]
-        kept = [i for i, limit in enumerate(limits) if limit != 0]
+        return [(i, self.cutter.cut(texts[i], limit)) for i, limit in enumerate(limits) if limit]
+
+    def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
+        kept = self.cut(texts)
         out = np.zeros((len(texts), int(self.inner.dimensions)), dtype=np.float32)
         if kept:
-            cut = [self.cutter.cut(texts[i], limits[i] or 10**6) for i in kept]
-            out[kept] = self.inner.encode_queries(cut)
+            out[[i for i, _ in kept]] = self.inner.encode_queries([text for _, text in kept])
         return out
 
 

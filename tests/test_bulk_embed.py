@@ -237,7 +237,7 @@ def test_child_that_cannot_start_leaves_the_update_in_process(
     assert isinstance(embedder.bulk, BulkEncoder)
     monkeypatch.setattr(sys, "executable", "/nonexistent/python")
     with caplog.at_level(logging.WARNING, logger="vmcp_opt.optimizer.bulk_embed"):
-        embedder.bulk.start()
+        embedder.bulk.start(new_documents=4)
     assert embedder.bulk.failed is not None and "cannot start the child" in embedder.bulk.failed
     assert "encoding in process instead" in caplog.text
     vectors = embedder.encode_documents(DOCUMENTS[:4])

@@ -101,17 +101,16 @@ class BulkEncoder:
         self.bfloat16 = bfloat16 and cpu_supports_bfloat16()
         # Set after a failure: the in-process path serves from then on.
         self.failed: str | None = None
-        # The serving encoder's rows for `check`, computed by `run` while the child works.
-        self._expected: np.ndarray | None = None
         # A child `start` began, waiting for its texts.
         self._early: BulkJob | None = None
         # How long the last child had been starting when its texts came (the start-up `start` hid).
         self.head_start = 0.0
 
-    def start(self) -> None:
-        """Start the child now, before the texts are known (`feed` them to the next call, or `cancel`): its
-        torch import (1-3 s) then overlaps the caller's own work (the embedder's load, the documents)."""
-        if self.failed is None and self._early is None:
+    def start(self, new_documents: int) -> None:
+        """Start the child now, before the texts are known, when `new_documents` will be enough for it (the
+        next call takes it, else `cancel`): its torch import (1-3 s) then overlaps the caller's own work (the
+        embedder's load, the documents)."""
+        if new_documents >= self.min_documents and self.failed is None and self._early is None:
             try:
                 self._early = self._job()
             except BulkEncodeError as exc:
@@ -136,7 +135,6 @@ class BulkEncoder:
         try:
             with maybe_progress(progress, label, len(texts)) as advance:
                 vectors = self.run(texts, advance)
-            self.check(texts, vectors, self._expected)
         except BulkEncodeError as exc:
             self.failed = str(exc)
             log.warning("bulk encoding in a child process failed (%s); encoding in process instead", exc)
@@ -147,18 +145,23 @@ class BulkEncoder:
         return vectors
 
     def run(self, texts: Sequence[str], advance: Callable[[int], object]) -> np.ndarray:
-        """The child's vectors for `texts`, in order (the child `start` began, else a new one); raises
-        `BulkEncodeError`."""
+        """The child's vectors for `texts`, in order (the child `start` began, else a new one), checked against
+        the serving encoder; raises `BulkEncodeError`."""
         job, self._early = self._early or self._job(), None
-        self._expected = None
         try:
             job.feed(texts)
             self.head_start = time.perf_counter() - job.started
-            vectors = job.result(advance, len(texts), lambda: self._reference(texts))
+            # The parent's share (~0.5 s for 8 long documents on ONNX fp32, loaded) while the child works; its
+            # progress lines wait in the pipe meanwhile.
+            expected = self._reference(texts)
+            vectors = job.result(advance, len(texts))
         finally:
             job.cancel()
         if vectors.shape != (len(texts), self.spec.dimensions) or vectors.dtype != np.float32:
             raise BulkEncodeError(f"output of shape {vectors.shape} {vectors.dtype}, expected {len(texts)} rows")
+        cosine = float((expected * vectors[_check_rows(len(texts))]).sum(axis=1).min())
+        if cosine < MIN_COSINE:
+            raise BulkEncodeError(f"vectors differ from the serving encoder's (cosine {cosine:.4f} < {MIN_COSINE})")
         return vectors
 
     def _job(self) -> BulkJob:
@@ -169,24 +172,12 @@ class BulkEncoder:
         except OSError as exc:  # no interpreter to run, no temporary directory
             raise BulkEncodeError(f"cannot start the child ({exc})") from None
 
-    def check(self, texts: Sequence[str], vectors: np.ndarray, expected: np.ndarray | None = None) -> None:
-        """A few rows, spread over the batch, against the serving encoder (cosine >= `MIN_COSINE`); `expected`
-        is `_reference(texts)` when already computed."""
-        rows = _check_rows(len(texts))
-        if expected is None or len(expected) != len(rows):
-            expected = self._reference(texts)
-        cosine = float((expected * vectors[rows]).sum(axis=1).min())
-        if cosine < MIN_COSINE:
-            raise BulkEncodeError(f"vectors differ from the serving encoder's (cosine {cosine:.4f} < {MIN_COSINE})")
-
     def _reference(self, texts: Sequence[str]) -> np.ndarray:
-        """The serving encoder's vectors for `check`'s rows (~0.5 s for 8 long documents on ONNX fp32, loaded:
-        `run` has it done while the child starts)."""
+        """The serving encoder's vectors for a few rows spread over `texts` (`_check_rows`): the child's must
+        agree with them (cosine >= `MIN_COSINE`)."""
         if self.reference is None:
             raise BulkEncodeError("no serving encoder to check the vectors against")
-        expected = self.reference([texts[i] for i in _check_rows(len(texts))])
-        self._expected = expected
-        return expected
+        return self.reference([texts[i] for i in _check_rows(len(texts))])
 
 
 class BulkJob:
@@ -231,12 +222,10 @@ class BulkJob:
             self.child.stdin.write("go\n")
             self.child.stdin.close()
 
-    def result(self, advance: Callable[[int], object], total: int, meanwhile: Callable[[], object]) -> np.ndarray:
-        """The vectors once the child exits, its `done <n>` lines relayed to `advance`; `meanwhile` is the
-        parent's own share of the work, done first (the child's lines wait in the pipe). Raises
+    def result(self, advance: Callable[[int], object], total: int) -> np.ndarray:
+        """The vectors once the child exits, its `done <n>` lines relayed to `advance`; raises
         `BulkEncodeError`."""
         assert self.child.stdout is not None
-        meanwhile()
         done, step = 0, max(1, total // 10)
         for line in self.child.stdout:
             kind, _, count = line.partition(" ")
@@ -277,7 +266,7 @@ class BulkJob:
 
 
 def _check_rows(count: int) -> np.ndarray:
-    """The rows `BulkEncoder.check` compares: `CHECK_ROWS` of them, spread evenly."""
+    """The rows `BulkEncoder.run` checks: `CHECK_ROWS` of them, spread evenly."""
     return np.unique(np.linspace(0, count - 1, num=min(CHECK_ROWS, count)).astype(int))
 
 

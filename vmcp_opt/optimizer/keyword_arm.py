@@ -142,12 +142,7 @@ class _FieldIndex:
 def candidates(bm25: Any, query: str, depth: int, allowed: np.ndarray | None) -> ranking.Ranking:
     """The best `depth` documents with a positive score, among those `allowed` (all when None)."""
     ids = query_ids(bm25, query)
-    if not ids:
-        return {}
-    scores = _scores(bm25, ids)
-    if allowed is not None:
-        scores = np.where(allowed, scores, 0.0)
-    return _top_positive(scores, depth)
+    return _ranked(_scores(bm25, ids), depth, allowed) if ids else {}
 
 
 def query_ids(bm25: Any, query: str) -> list[int]:
@@ -160,12 +155,10 @@ def weighted_candidates(
     bm25: Any, weights: dict[int, float], depth: int, allowed: np.ndarray | None
 ) -> ranking.Ranking:
     """`candidates` for a weighted bag of token ids (pseudo-relevance feedback's expanded query)."""
-    matrix = bm25.scores
-    data, indices, indptr = matrix["data"], matrix["indices"], matrix["indptr"]
-    scores = np.zeros(matrix["num_docs"], dtype=np.float32)
-    for token, weight in weights.items():
-        start, end = indptr[token], indptr[token + 1]
-        scores[indices[start:end]] += np.float32(weight) * data[start:end]
+    return _ranked(_scores(bm25, list(weights), list(weights.values())), depth, allowed)
+
+
+def _ranked(scores: np.ndarray, depth: int, allowed: np.ndarray | None) -> ranking.Ranking:
     if allowed is not None:
         scores = np.where(allowed, scores, 0.0)
     return _top_positive(scores, depth)
@@ -177,16 +170,18 @@ def query_tokens(text: str) -> list[str]:
     return _stem(words) if words else []
 
 
-def _scores(bm25: Any, ids: list[int]) -> np.ndarray:
-    """Every document's score: each token's column added in query order (repeats count again).
+def _scores(bm25: Any, ids: list[int], weights: Sequence[float] | None = None) -> np.ndarray:
+    """Every document's score: each token's column added in query order (repeats count again), times its
+    weight when `weights` gives one per id.
 
     A column holds each document at most once, so a fancy-indexed `+=` equals bm25s's `np.add.at`."""
     matrix = bm25.scores
     data, indices, indptr = matrix["data"], matrix["indices"], matrix["indptr"]
     scores = np.zeros(matrix["num_docs"], dtype=np.dtype(bm25.dtype))
-    for token in ids:
+    for i, token in enumerate(ids):
         start, end = indptr[token], indptr[token + 1]
-        scores[indices[start:end]] += data[start:end]
+        column = data[start:end]
+        scores[indices[start:end]] += column if weights is None else np.float32(weights[i]) * column
     return scores
 
 
