@@ -13,7 +13,8 @@ Encoders (`optimizer.encoder` and `optimizer.precision`, and the int8 graph eval
 - onnx-int8-blockwise: the same graph with 8-bit block-wise MatMul weights (the previous served int8);
 - onnx-int8-dynamic: the same graph with int8 dynamic quantisation of every op (per-channel weights).
 
-Searches run on one index with the query cache off, the encoders alternating query by query (so load on a
+Searches run on one index with the query cache off, the encoders (and "onnx-int8, intent mean": the
+served encoder with `optimizer.whole_request_vector: intent_mean`) alternating query by query (so load on a
 shared machine hits all alike); the query embedding alone is timed the same way, plus onnx at 2 intra-op
 threads. Bulk rates are measured on a sample (`--sample`), ONNX at 1 and 2 bulk threads; the cold build
 runs the whole catalogue through each encoder named by `--build`. Catalogue and queries are those of
@@ -64,6 +65,9 @@ ENCODERS: dict[str, Precision | None] = {
 }
 
 
+INTENT_MEAN = "onnx-int8, intent mean"
+
+
 def load(encoder: str, query_threads: int, bulk_threads: int) -> TextEmbedder:
     precision = ENCODERS[encoder]
     if precision is None:
@@ -80,17 +84,20 @@ def docs_per_second(embedder: TextEmbedder, documents: list[str]) -> float:
     return len(documents) / (time.perf_counter() - started)
 
 
-def interleaved(index: ToolIndex, paths: dict[str, TextEmbedder], texts: list[str]) -> dict[str, list[float]]:
-    """Search latency per path, alternating which goes first for each query."""
+def interleaved(
+    index: ToolIndex, paths: dict[str, tuple[TextEmbedder, OptimizerConfig]], texts: list[str]
+) -> dict[str, list[float]]:
+    """Search latency per path (an encoder and the search's settings), alternating which goes first for each
+    query."""
     samples: dict[str, list[float]] = {name: [] for name in paths}
     names = list(paths)
     for text in texts[:5]:
         for name in names:
-            index.embedder = paths[name]
+            index.embedder, index.config = paths[name]
             index.search(text)
     for i, text in enumerate(texts):
         for name in names if i % 2 == 0 else names[::-1]:
-            index.embedder = paths[name]
+            index.embedder, index.config = paths[name]
             started = time.perf_counter()
             index.search(text, limit=8)
             samples[name].append((time.perf_counter() - started) * 1000)
@@ -140,7 +147,10 @@ def main() -> None:
         assert index is not None
         rss_built = rss_mb()
         texts = queries(args.queries)
-        search = interleaved(index, paths, texts)
+        searches = {name: (embedder, config) for name, embedder in paths.items()}
+        # The served encoder with a multi-intent request's own vector averaged from its intents' (not embedded).
+        searches[INTENT_MEAN] = (paths["onnx-int8"], config.model_copy(update={"whole_request_vector": "intent_mean"}))
+        search = interleaved(index, searches, texts)
         encode = encoder_only({**paths, **two_threads}, texts)
         rss_after = rss_mb()
     result: dict[str, Any] = {
@@ -172,15 +182,17 @@ def main() -> None:
 def report(result: dict[str, Any]) -> None:
     table = Table(title=f"find_tool at {result['tools']:,} tools, {result['queries']} queries (same run)")
     table.add_column("metric")
-    for name in result["encode_ms"]:
+    columns = list(dict.fromkeys([*result["encode_ms"], *result["find_tool_ms"]]))
+    for name in columns:
         table.add_column(name, justify="right")
 
     def row(label: str, values: dict[str, Any], fmt: str = "{:.2f}") -> None:
-        table.add_row(label, *(fmt.format(values[name]) if name in values else "" for name in result["encode_ms"]))
+        table.add_row(label, *(fmt.format(values[name]) if name in values else "" for name in columns))
 
     for metric, key in (("find_tool", "find_tool_ms"), ("query embedding", "encode_ms")):
         for q in ("p50", "p95"):
             row(f"{metric} {q}, ms", {name: v[q] for name, v in result[key].items()})
+    row("find_tool p95 / p50", {name: v["p95"] / v["p50"] for name, v in result["find_tool_ms"].items()})
     row("bulk docs per s (sample)", result["bulk_docs_per_s"], "{:.0f}")
     row("cold build, s", result["cold_build_s"], "{:.1f}")
     console.print(table)

@@ -65,6 +65,8 @@ OPTIMIZER_VARIANTS: dict[str, dict[str, Any]] = {
     "optimizer-cold-qcap64-whole32": {"usage": False, QUERY_CAP: 64, WHOLE_CAP: 32},
     "optimizer-cold-qcap64-whole0": {"usage": False, QUERY_CAP: 64, WHOLE_CAP: 0},
     "optimizer-cold-whole0": {"usage": False, WHOLE_CAP: 0},
+    # A multi-intent request's vector averaged from its intents' (`whole_request_vector`), not embedded.
+    "optimizer-cold-intent-mean": {"usage": False, "whole_request_vector": "intent_mean"},
     "optimizer-no-split": {"split_intents": False},
     "optimizer-bm25-flat": {"bm25_k1": 0.9, "bm25_b": 0.3},
     "optimizer-rrf": {"fusion": "rrf"},

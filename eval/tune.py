@@ -90,6 +90,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     **{f"whole{whole}": {"usage": False, WHOLE_CAP: whole} for whole in (64, 32, 0)},
     **{f"qcap64-whole{whole}": {"usage": False, QUERY_CAP: 64, WHOLE_CAP: whole} for whole in (32, 0)},
     "qcap48-whole0": {"usage": False, QUERY_CAP: 48, WHOLE_CAP: 0},
+    "intent-mean": {"usage": False, "whole_request_vector": "intent_mean"},
     "dense-only": {"dense_weight": 1.0},
     "keyword-only": {"dense_weight": 0.0},
 }

@@ -15,9 +15,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from vmcp_opt.config import OptimizerConfig
+from vmcp_opt.optimizer import ranking
 from vmcp_opt.optimizer.documents import ToolRecord, content_hash, split_identifier, tool_document
 from vmcp_opt.optimizer.embedding import TextEmbedder, load_embedder
 from vmcp_opt.optimizer.index import ToolIndex
@@ -323,3 +325,28 @@ def test_a_repeated_query_is_not_embedded_again_and_the_cache_is_bounded(
     names(uncached, "read a file")
     names(uncached, "read a file")
     assert counting.queries == ["read a file", "read a file"]
+
+
+def test_intent_mean_gives_a_multi_intent_request_its_intents_mean_instead_of_an_embedding(
+    tmp_path: Path, embedder: TextEmbedder
+) -> None:
+    request = "fetch the page at example.com, then save it to a file on disk"
+    intents = ranking.split_intents(request)
+    counting = _CountingEmbedder(embedder)
+    config = OptimizerConfig(whole_request_vector="intent_mean", query_cache_size=0)
+    index = ToolIndex(config, tmp_path, counting)  # type: ignore[arg-type]
+    index.update(CATALOGUE)
+    top = names(index, request, limit=3)
+    assert counting.queries == intents  # the request itself never reaches the model
+    assert "fetch_fetch" in top and "fs_write_file" in top
+    counting.queries.clear()
+    names(index, "read a file")
+    assert counting.queries == ["read a file"]  # a single need is embedded as always
+
+
+def test_intent_mean_weighs_intents_by_words_and_is_a_unit_vector() -> None:
+    vectors = np.array([[1.0, 0.0], [0.0, 1.0]], dtype=np.float32)
+    mean = ranking.intent_mean(vectors, ["one two three", "four"])
+    np.testing.assert_allclose(mean, np.array([3.0, 1.0]) / np.sqrt(10.0), rtol=1e-6)
+    opposite = ranking.intent_mean(np.array([[1.0, 0.0], [-1.0, 0.0]], dtype=np.float32), ["a b", "c d"])
+    assert not np.isnan(opposite).any()

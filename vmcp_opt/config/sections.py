@@ -239,6 +239,11 @@ class OptimizerConfig(_Strict):
     keep_removed: int = Field(10_000, ge=0)
     # Most sub-queries one multi-intent request is split into (each costs one query embedding).
     max_intents: int = Field(4, ge=1, le=16)
+    # A multi-intent request's own vector: "embedded" (the request runs through the model beside its intents)
+    # or "intent_mean" (its intents' vectors averaged, weighted by their words: one model input fewer, so a
+    # long request's embedding costs about half at p95; -0.0 to -0.4 nDCG@10 on the held-out sets, see
+    # eval/README.md, "Query length").
+    whole_request_vector: Literal["embedded", "intent_mean"] = "embedded"
     # BM25 term saturation of the keyword arm (Lucene's default, like bm25_b's; lower values won on the
     # ToolLens dev split but lost on three held-out sets, see eval/README.md).
     bm25_k1: float = Field(1.5, gt=0)

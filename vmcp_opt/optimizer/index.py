@@ -172,7 +172,7 @@ class ToolIndex:
         sparse = [keyword_arm.candidates(snap.bm25, variant, depth, allowed) for variant in variants]
         if dense and embedder is not None:
             assert snap.has_vector is not None
-            query_vectors = self._queries.encode(embedder, variants)
+            query_vectors = self._query_vectors(embedder, variants)
             vectors = vector_arm.candidates(
                 snap.faiss_index, snap.has_vector, query_vectors, depth, allowed, config, snap.vectors
             )
@@ -204,6 +204,14 @@ class ToolIndex:
             ],
             mode,
         )
+
+    def _query_vectors(self, embedder: TextEmbedder, variants: list[str]) -> np.ndarray:
+        """One row per query variant. With `whole_request_vector: intent_mean`, a multi-intent request's own
+        row (the first) is averaged from its intents' rather than embedded: one model input fewer."""
+        if self.config.whole_request_vector == "embedded" or len(variants) == 1:
+            return self._queries.encode(embedder, variants)
+        intents = self._queries.encode(embedder, variants[1:])
+        return np.vstack([ranking.intent_mean(intents, variants[1:]), intents])
 
     def _name_mask(self, snap: _Snapshot, names: frozenset[str]) -> np.ndarray:
         """Which records `names` holds; kept per (snapshot, set), since a caller's set is reused until the

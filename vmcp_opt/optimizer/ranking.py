@@ -8,8 +8,10 @@ a request into the queries to run and the arms' candidates into one ordered list
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Literal
+
+import numpy as np
 
 from vmcp_opt.config import OptimizerConfig
 from vmcp_opt.optimizer.documents import split_identifier
@@ -46,6 +48,15 @@ def query_variants(query: str, config: OptimizerConfig) -> list[str]:
         return [query]
     intents = split_intents(query, max_intents=config.max_intents)
     return [query] if intents == [query] else [query, *intents]
+
+
+def intent_mean(vectors: np.ndarray, intents: Sequence[str]) -> np.ndarray:
+    """A request's vector from its intents' unit `vectors`: their mean weighted by each intent's words (a
+    mean-pooled vector of a whole text is its tokens' mean; words stand in for tokens), renormalised."""
+    weights = np.array([max(len(intent.split()), 1) for intent in intents], dtype=np.float32)
+    mean: np.ndarray = weights @ vectors
+    norm = float(np.linalg.norm(mean))
+    return mean / norm if norm > 0 else mean
 
 
 def keyword_query(query: str) -> str:
