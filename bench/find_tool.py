@@ -53,7 +53,7 @@ from vmcp_opt.optimizer.onnx_encoder import load_onnx_embedder  # noqa: E402
 from vmcp_opt.optimizer.onnx_export import Precision  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
-console = Console()
+console = Console(width=max(Console().width, 110))  # the table needs ~105 columns, even in a pipe
 
 
 ENCODERS: dict[str, Precision | None] = {
@@ -180,21 +180,29 @@ def main() -> None:
 
 
 def report(result: dict[str, Any]) -> None:
+    """One row per path (an encoder, or the served one with a search setting), so the table stays narrow."""
     table = Table(title=f"find_tool at {result['tools']:,} tools, {result['queries']} queries (same run)")
-    table.add_column("metric")
-    columns = list(dict.fromkeys([*result["encode_ms"], *result["find_tool_ms"]]))
-    for name in columns:
-        table.add_column(name, justify="right")
-
-    def row(label: str, values: dict[str, Any], fmt: str = "{:.2f}") -> None:
-        table.add_row(label, *(fmt.format(values[name]) if name in values else "" for name in columns))
-
-    for metric, key in (("find_tool", "find_tool_ms"), ("query embedding", "encode_ms")):
-        for q in ("p50", "p95"):
-            row(f"{metric} {q}, ms", {name: v[q] for name, v in result[key].items()})
-    row("find_tool p95 / p50", {name: v["p95"] / v["p50"] for name, v in result["find_tool_ms"].items()})
-    row("bulk docs per s (sample)", result["bulk_docs_per_s"], "{:.0f}")
-    row("cold build, s", result["cold_build_s"], "{:.1f}")
+    for column in (
+        "path",
+        "find_tool p50 / p95 ms",
+        "p95/p50",
+        "embedding p50 / p95 ms",
+        "bulk docs/s",
+        "cold build s",
+    ):
+        table.add_column(column, justify="left" if column == "path" else "right")
+    searches, encodes = result["find_tool_ms"], result["encode_ms"]
+    for name in dict.fromkeys([*searches, *encodes]):
+        search, encode = searches.get(name), encodes.get(name)
+        rate, build = result["bulk_docs_per_s"].get(name), result["cold_build_s"].get(name)
+        table.add_row(
+            name,
+            f"{search['p50']:.2f} / {search['p95']:.2f}" if search else "",
+            f"{search['p95'] / search['p50']:.2f}" if search else "",
+            f"{encode['p50']:.2f} / {encode['p95']:.2f}" if encode else "",
+            f"{rate:.0f}" if rate is not None else "",
+            f"{build:.1f}" if build is not None else "",
+        )
     console.print(table)
     console.print(
         f"RSS {result['rss_mb']['after_searches']:.0f} MB (all encoders loaded); load average "
