@@ -69,23 +69,28 @@ def local_index(index_dir: Path, tools: int) -> Any:
     return index
 
 
-async def ready(client: Client, gateway: Gateway, texts: list[str]) -> None:
-    """Vectors in, answer tokens counted, and a few queries to warm the caches."""
+async def ready(client: Client, gateway: Gateway) -> None:
+    """Vectors in and answer tokens counted."""
     with anyio.fail_after(900):
         while True:
             answer = (await client.call_tool("find_tool", {"query": "warm up"})).structured_content or {}
             if answer.get("ranking") == "hybrid" and "answer tokens counted" in gateway.output():
                 break
             await anyio.sleep(0.5)
-    for text in texts[:20]:
-        await client.call_tool("find_tool", {"query": text, "limit": 8})
 
 
 async def measure(gateways: dict[str, Gateway], index: Any, texts: list[str]) -> None:
+    # Each gateway ready before any measuring client connects: a connection left idle past the keep-alive
+    # timeout while the other gateway starts can be closed just as its next request is sent (the loop is busy
+    # indexing then, so the timer fires late), which a POST cannot survive.
+    for gateway in gateways.values():
+        async with Client(gateway.url) as client:
+            await ready(client, gateway)
     async with contextlib.AsyncExitStack() as stack:
         clients = {label: await stack.enter_async_context(Client(g.url)) for label, g in gateways.items()}
-        for label, client in clients.items():
-            await ready(client, gateways[label], texts)
+        for client in clients.values():
+            for text in texts[:20]:
+                await client.call_tool("find_tool", {"query": text, "limit": 8})
         samples: dict[str, list[float]] = {label: [] for label in [*clients, "in process"]}
         cpu = dict.fromkeys(clients, 0.0)
         for i, text in enumerate(texts):

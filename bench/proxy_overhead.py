@@ -2,7 +2,7 @@
 HTTP and through a gateway in front of it, interleaved in one run (so machine noise hits every path alike).
 
     .venv/bin/python bench/proxy_overhead.py [--calls 300] [--mode legacy|auto]
-    .venv/bin/python bench/proxy_overhead.py --peer [--calls 300]
+    .venv/bin/python bench/proxy_overhead.py --peer [--calls 300] [--before REV]
 
 Without `--peer`: direct vs `vmcp serve` (backend over HTTP), one handshake mode; prints p50/p95 of each
 path, the added latency and the ratio; writes bench/results/proxy_overhead_<mode>.png.
@@ -10,7 +10,9 @@ path, the added latency and the ratio; writes bench/results/proxy_overhead_<mode
 `--peer`: direct vs mcp-proxy vs `vmcp serve`, both gateways in front of the same demo backend over stdio,
 the three paths interleaved, once on the 2025-11-25 handshake for every leg and once on the client's default
 era (2026-07-28 where the server offers it; mcp-proxy offers only 2025-11-25). mcp-proxy is installed on
-first use into its own virtual environment (bench/peer.py; `--peer-venv` to put it elsewhere).
+first use into its own virtual environment (bench/peer.py; `--peer-venv` to put it elsewhere). `--before REV`
+adds a fourth path, the gateway as it was at a git revision (bench/abuse.py's `gateway_at`): a change's
+effect measured interleaved, in the same run as the peer.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import argparse
 import contextlib
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -31,6 +34,7 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.abuse import gateway_at  # noqa: E402
 from bench.peer import PEER_VENV, running_peer  # noqa: E402
 from bench.plots import latency_histogram  # noqa: E402
 from eval.metrics import percentile  # noqa: E402
@@ -110,17 +114,20 @@ def plot(samples: dict[str, list[float]], mode: str, name: str) -> Path:
     )
 
 
-def run_peer(calls: int, venv: Path) -> None:
+def run_peer(calls: int, venv: Path, before: str | None) -> None:
     directory = RESULTS / "proxy_overhead"
     directory.mkdir(parents=True, exist_ok=True)
-    config = write_config(directory, {"backends": [demo_backend("web")]})
-    with (
-        http_demo_backend() as direct_url,
-        running_peer(venv, console) as peer_url,
-        running_gateway(config, "--no-optimizer") as gateway,
-    ):
+    settings: dict[str, object] = {"backends": [demo_backend("web")], "optimizer": {"enabled": False}}
+    with contextlib.ExitStack() as stack:
+        direct_url = stack.enter_context(http_demo_backend())
+        peer_url = stack.enter_context(running_peer(venv, console))
+        gateway = stack.enter_context(running_gateway(write_config(directory, settings)))
         paths = [("direct", direct_url, "slow_echo"), ("mcp-proxy", peer_url, "slow_echo")]
         paths.append(("vmcp-opt", gateway.url, "web_slow_echo"))
+        if before is not None:
+            scratch = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+            earlier = stack.enter_context(gateway_at(before, scratch / "before", settings))
+            paths.append((f"vmcp-opt at {before}", earlier.url, "web_slow_echo"))
         by_mode = {mode: anyio.run(measure, paths, calls, mode) for mode in MODES}
     for mode, samples in by_mode.items():
         report(samples, mode)
@@ -148,9 +155,14 @@ def main() -> None:
     parser.add_argument("--mode", choices=list(MODES), default="legacy", help="legacy = 2025-11-25 handshake")
     parser.add_argument("--peer", action="store_true", help="also mcp-proxy, both modes, gateways over stdio")
     parser.add_argument("--peer-venv", type=Path, default=PEER_VENV, help="where mcp-proxy is installed")
+    parser.add_argument(
+        "--before", metavar="REV", help="with --peer: also the gateway as it was at a git revision, same config"
+    )
     args = parser.parse_args()
+    if args.before and not args.peer:
+        parser.error("--before needs --peer")
     if args.peer:
-        run_peer(args.calls, args.peer_venv)
+        run_peer(args.calls, args.peer_venv, args.before)
     else:
         run_alone(args.calls, args.mode)
 
