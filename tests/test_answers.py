@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 
+import mcp_types as types
+
 from vmcp_opt.optimizer.answers import answer_description, compact_schema
 from vmcp_opt.optimizer.documents import ToolRecord
 from vmcp_opt.optimizer.index import SearchHit
 from vmcp_opt.optimizer.meta_tool_forms import hit_json, tool_json
-from vmcp_opt.optimizer.tokens import AnswerTokens, count_tokens
+from vmcp_opt.optimizer.tokens import COUNT_BATCH, AnswerTokens, count_tokens, tools_list_tokens
+from vmcp_opt.optimizer.tokens import tool_json as wire_json
 
 # As mcp-server-git (pydantic) and server-memory (zod-to-json-schema) send them.
 GIT_STATUS = {
@@ -87,3 +90,22 @@ def test_answer_tokens_from_kept_parts_equal_tokenizing_the_whole_answer() -> No
     bare = [dict(parts[0]), dict(parts[1])]  # no keys of their own: the rest is the closing brace
     assert counter.count(bare, parts) == count_tokens(json.dumps(bare))
     assert counter.count([], []) == count_tokens("[]")
+
+
+def test_a_tool_list_counted_tool_by_tool_in_batches_equals_tokenizing_its_whole_json() -> None:
+    """`tools_list_tokens` counts each tool's JSON in batches (one `encode` of a big list holds the GIL for
+    seconds); the sum with the list's punctuation is the whole list's count, across batch boundaries."""
+    shapes = [
+        ("git_status", "Shows the working tree status", GIT_STATUS),
+        ("search_nodes", "Naïve Suche: 検索", MEMORY),
+    ]
+    shapes.append(("web_search", DOCSTRING, {"type": "object", "properties": {"q": {"pattern": "^[a-z]{2,}$"}}}))
+    tools = [
+        types.Tool(name=f"{name}_{i}", description=text, input_schema=schema)
+        for i in range(COUNT_BATCH + 50)
+        for name, text, schema in shapes
+    ]
+    assert len(tools) > 2 * COUNT_BATCH
+    assert tools_list_tokens(tools) == count_tokens(wire_json(tools))
+    assert tools_list_tokens(tools[:1]) == count_tokens(wire_json(tools[:1]))
+    assert tools_list_tokens([]) == count_tokens("[]")

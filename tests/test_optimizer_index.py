@@ -24,7 +24,7 @@ from vmcp_opt.optimizer.documents import ToolRecord, content_hash, split_identif
 from vmcp_opt.optimizer.embedding import TextEmbedder, load_embedder
 from vmcp_opt.optimizer.index import ToolIndex
 from vmcp_opt.optimizer.meta_tool_forms import tool_json
-from vmcp_opt.optimizer.tokens import AnswerTokens, count_tokens
+from vmcp_opt.optimizer.tokens import COUNT_BATCH, AnswerTokens, count_tokens
 
 LOCAL_TZ = "Europe/London"
 
@@ -253,6 +253,20 @@ def test_answer_tokens_keep_at_most_max_tools() -> None:
     parts = [tool_json(record) for record in CATALOGUE[:3]]
     counter.count([{**part, "score": 1.0} for part in parts], parts)
     assert counter.all_known(parts[1:]) and not counter.all_known(parts[:1])  # the oldest made room
+
+
+def test_answer_tokens_warmed_in_batches_count_as_the_whole_answer() -> None:
+    records = [
+        ToolRecord(f"tool_{i}", "b", f"Tool number {i}: does thing {i}, «vite»") for i in range(COUNT_BATCH + 40)
+    ]
+    parts = [tool_json(record) for record in records]
+    counter = AnswerTokens()
+    assert counter.warm(iter(parts), stop=lambda: False) == len(parts)
+    assert counter.all_known(parts)
+    shown = parts[COUNT_BATCH - 2 : COUNT_BATCH + 2]  # across the batches' boundary
+    results = [{**part, "score": 0.5} for part in shown]
+    assert counter.count(results, shown) == count_tokens(json.dumps(results))
+    assert AnswerTokens().warm(iter(parts), stop=lambda: True) == 0
 
 
 def test_searches_keep_answering_while_an_update_runs(tmp_path: Path, embedder: TextEmbedder) -> None:

@@ -44,14 +44,38 @@ def count_tokens(text: str, model_spec: str = DEFAULT_MODEL) -> int:
 
 def tool_json(tools: Sequence[types.Tool]) -> str:
     """The tools as `tools/list` puts them on the wire."""
-    return json.dumps(
-        [t.model_dump(by_alias=True, mode="json", exclude_none=True) for t in tools], separators=(",", ":")
-    )
+    return json.dumps([_wire(t) for t in tools], separators=(",", ":"))
+
+
+def _wire(tool: types.Tool) -> dict[str, Any]:
+    return tool.model_dump(by_alias=True, mode="json", exclude_none=True)
+
+
+# Texts per `encode_batch` call. The tokenizer releases the GIL for a batch but holds it through one `encode`:
+# one `encode` of a 10k-tool list (3.7 MB of JSON) held it ~6 s, and the gateway's event loop stood still.
+COUNT_BATCH = 256
+
+
+def count_tokens_each(texts: Sequence[str], model_spec: str = DEFAULT_MODEL) -> list[int]:
+    """Tokens in each of `texts`, counted in batches that leave the GIL to other threads."""
+    with _lock:
+        tokenizer = _tokenizer(model_spec)
+    counts: list[int] = []
+    for start in range(0, len(texts), COUNT_BATCH):
+        batch = tokenizer.encode_batch(list(texts[start : start + COUNT_BATCH]), add_special_tokens=False)
+        counts.extend(len(encoding.ids) for encoding in batch)
+    return counts
 
 
 def tools_list_tokens(tools: Sequence[types.Tool], model_spec: str = DEFAULT_MODEL) -> int:
-    """What an agent reads when a `tools/list` answer holds `tools`."""
-    return count_tokens(tool_json(tools), model_spec)
+    """What an agent reads when a `tools/list` answer holds `tools`: the tokens of `tool_json(tools)`, counted
+    tool by tool. The pre-tokenizer splits at JSON punctuation (as `AnswerTokens` relies on), so the list's
+    count is its tools' plus `[`, `]` and the commas between them."""
+    if not tools:
+        return count_tokens("[]", model_spec)
+    tools_json = [json.dumps(_wire(tool), separators=(",", ":")) for tool in tools]
+    opening, closing, comma = count_tokens_each(["[", "]", ","], model_spec)
+    return opening + closing + (len(tools) - 1) * comma + sum(count_tokens_each(tools_json, model_spec))
 
 
 def saving(full: int, optimized: int) -> str:
@@ -128,14 +152,25 @@ class AnswerTokens:
             return all(hash(json.dumps(part)[:-1]) in self._parts for part in tool_parts)
 
     def warm(self, tool_parts: Iterable[dict[str, Any]], stop: Callable[[], bool]) -> int:
-        """Count tool parts ahead of the queries that show them, up to `max_tools` or until `stop()`."""
+        """Count tool parts ahead of the queries that show them, up to `max_tools` or until `stop()`: in
+        batches, which the tokenizer runs without the GIL, so find_tool's threads are not held up meanwhile."""
         counted = 0
+        batch: list[str] = []
         for part in tool_parts:
-            if counted >= self.max_tools or stop():
+            if counted + len(batch) >= self.max_tools or stop():
                 break
-            self._part_tokens(json.dumps(part)[:-1])
-            counted += 1
-        return counted
+            batch.append(json.dumps(part)[:-1])
+            if len(batch) == COUNT_BATCH:
+                counted += self._count_batch(batch)
+                batch = []
+        return counted + self._count_batch(batch)
+
+    def _count_batch(self, prefixes: list[str]) -> int:
+        with self._parts_lock:
+            new = [prefix for prefix in prefixes if hash(prefix) not in self._parts]
+        for prefix, tokens in zip(new, count_tokens_each(new, self.model_spec), strict=True):
+            self._keep(hash(prefix), tokens)
+        return len(prefixes)
 
     def _part_tokens(self, prefix: str) -> int:
         key = hash(prefix)
@@ -144,11 +179,14 @@ class AnswerTokens:
         if known is not None:
             return known
         tokens = count_tokens(prefix, self.model_spec)
+        self._keep(key, tokens)
+        return tokens
+
+    def _keep(self, key: int, tokens: int) -> None:
         with self._parts_lock:
             if len(self._parts) >= self.max_tools:
                 del self._parts[next(iter(self._parts))]
             self._parts[key] = tokens
-        return tokens
 
     def _punctuation(self, results: int) -> int:
         """`[`, `]` and the `, ` between results."""
