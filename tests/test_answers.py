@@ -11,7 +11,6 @@ from vmcp_opt.optimizer.documents import ToolRecord
 from vmcp_opt.optimizer.index import SearchHit
 from vmcp_opt.optimizer.meta_tool_forms import hit_json, tool_json
 from vmcp_opt.optimizer.tokens import COUNT_BATCH, AnswerTokens, count_tokens, tools_list_tokens
-from vmcp_opt.optimizer.tokens import tool_json as wire_json
 
 # As mcp-server-git (pydantic) and server-memory (zod-to-json-schema) send them.
 GIT_STATUS = {
@@ -106,6 +105,12 @@ def test_a_tool_list_counted_tool_by_tool_in_batches_equals_tokenizing_its_whole
         for name, text, schema in shapes
     ]
     assert len(tools) > 2 * COUNT_BATCH
+
+    def wire_json(tools: list[types.Tool]) -> str:  # the whole list, as tools/list puts it on the wire
+        return json.dumps(
+            [t.model_dump(by_alias=True, mode="json", exclude_none=True) for t in tools], separators=(",", ":")
+        )
+
     assert tools_list_tokens(tools) == count_tokens(wire_json(tools))
     assert tools_list_tokens(tools[:1]) == count_tokens(wire_json(tools[:1]))
     assert tools_list_tokens([]) == count_tokens("[]")

@@ -42,15 +42,6 @@ def count_tokens(text: str, model_spec: str = DEFAULT_MODEL) -> int:
     return len(tokenizer.encode(text, add_special_tokens=False).ids)
 
 
-def tool_json(tools: Sequence[types.Tool]) -> str:
-    """The tools as `tools/list` puts them on the wire."""
-    return json.dumps([_wire(t) for t in tools], separators=(",", ":"))
-
-
-def _wire(tool: types.Tool) -> dict[str, Any]:
-    return tool.model_dump(by_alias=True, mode="json", exclude_none=True)
-
-
 # Texts per `encode_batch` call. The tokenizer releases the GIL for a batch but holds it through one `encode`:
 # one `encode` of a 10k-tool list (3.7 MB of JSON) held it ~6 s, and the gateway's event loop stood still.
 COUNT_BATCH = 256
@@ -68,12 +59,13 @@ def count_tokens_each(texts: Sequence[str], model_spec: str = DEFAULT_MODEL) -> 
 
 
 def tools_list_tokens(tools: Sequence[types.Tool], model_spec: str = DEFAULT_MODEL) -> int:
-    """What an agent reads when a `tools/list` answer holds `tools`: the tokens of `tool_json(tools)`, counted
-    tool by tool. The pre-tokenizer splits at JSON punctuation (as `AnswerTokens` relies on), so the list's
-    count is its tools' plus `[`, `]` and the commas between them."""
+    """What an agent reads when a `tools/list` answer holds `tools`: the tokens of their JSON list as it goes on
+    the wire, counted tool by tool. The pre-tokenizer splits at JSON punctuation (as `AnswerTokens` relies on),
+    so the list's count is its tools' plus `[`, `]` and the commas between them."""
     if not tools:
         return count_tokens("[]", model_spec)
-    tools_json = [json.dumps(_wire(tool), separators=(",", ":")) for tool in tools]
+    wire = (tool.model_dump(by_alias=True, mode="json", exclude_none=True) for tool in tools)
+    tools_json = [json.dumps(fields, separators=(",", ":")) for fields in wire]
     opening, closing, comma = count_tokens_each(["[", "]", ","], model_spec)
     return opening + closing + (len(tools) - 1) * comma + sum(count_tokens_each(tools_json, model_spec))
 

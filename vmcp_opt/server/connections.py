@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, Literal
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -28,6 +28,8 @@ logger = logging.getLogger(__name__)
 _log = ThrottledLog(logger)
 # Descriptors kept for what is not a client connection: backends' pipes and sockets, logs, the index.
 RESERVED_DESCRIPTORS = 128
+# What a client owes while a deadline runs: its request headers, or its body.
+Phase = Literal["headers", "body"]
 _BUSY = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: 26\r\nconnection: close\r\n\r\nToo many open connections\n"
 
 
@@ -43,7 +45,7 @@ class LimitedProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._deadline: asyncio.TimerHandle | None = None
-        self._phase: str | None = None
+        self._phase: Phase | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -73,7 +75,7 @@ class LimitedProtocol(HttpToolsProtocol):
         self._disarm()
         super().connection_lost(exc)
 
-    def _arm(self, phase: str) -> None:
+    def _arm(self, phase: Phase) -> None:
         self._disarm()
         if self.transport.is_closing():
             return
@@ -88,7 +90,7 @@ class LimitedProtocol(HttpToolsProtocol):
         self._phase = None
 
     def _too_slow(self) -> None:
-        what = self._phase or "headers"
+        what: Phase = self._phase or "headers"
         self._deadline = None
         _log.warning(
             f"slow:{what}",
