@@ -111,6 +111,8 @@ class Gateway:
         # Set once the first catalogue is built (or start-up gave up); made in `start`, inside the event loop.
         self._first_listing: anyio.Event | None = None
         self._stopping = False
+        self._rebuilding = anyio.Lock()
+        self._rebuild_wanted = False
         self.backends.add_listener(self._on_backend_change)
 
     # --- lifecycle -------------------------------------------------------------------------------
@@ -188,7 +190,7 @@ class Gateway:
                 task_group.start_soon(self._join_when_ready, self.backends.connections[name], name=f"join:{name}")
         task_group.start_soon(self.health.run, name="health")
         self._changed_while_starting = False
-        self.catalog.set(self.catalog.build())
+        await self.catalog.rebuild()
         await self._tools_changed()
         self.started = True
         if self._first_listing is not None:
@@ -251,15 +253,30 @@ class Gateway:
             await self.changes.backend_changed(connection)
 
     async def _rebuild_catalog(self) -> None:
-        before = self._listing()
-        self.catalog.rebuild()
-        await self._tools_changed()
+        # One rebuild at a time, each reading every listing afresh: a change that arrives while one runs is
+        # taken in by the next, so a burst of changes (backends reconnecting together) costs two rebuilds.
+        self._rebuild_wanted = True
+        async with self._rebuilding:
+            if not self._rebuild_wanted:
+                return  # a rebuild that began after this change has taken it in
+            self._rebuild_wanted = False
+            # Off the event loop, like the merge: without the optimizer the lists hold every tool.
+            before = await anyio.to_thread.run_sync(self._listing)
+            await self.catalog.rebuild()
+            await self._tools_changed()
+            changed = await anyio.to_thread.run_sync(self._changed_lists, before)
+        await self._lists_changed(changed)
+
+    def _changed_lists(self, before: dict[ListKind, list[object]]) -> frozenset[ListKind]:
         after = self._listing()
-        await self._lists_changed(frozenset(kind for kind in ALL_LISTS if before[kind] != after[kind]))
+        return frozenset(kind for kind in ALL_LISTS if before[kind] != after[kind])
 
     async def _tools_changed(self) -> None:
         """find_tool's index follows every searchable provider's tools."""
         self.router.forget_views()
+        # The providers' views of a new catalogue (a `ProvidedTool` per tool) are built here, on a worker
+        # thread; requests then find them built.
+        searchable = await anyio.to_thread.run_sync(self.router.searchable_tools)
         self._check_workflows()
         if self.optimizer is None:
             return
@@ -267,7 +284,7 @@ class Gateway:
         missing = [name for name in self.config.optimizer.pinned if name not in served]
         if missing:
             logger.warning("optimizer.pinned: no such tools in the catalogue: %s", ", ".join(missing))
-        await self.optimizer.tools_changed(self.router.searchable_tools())
+        await self.optimizer.tools_changed(searchable)
 
     def _check_workflows(self) -> None:
         """Steps naming tools the catalogue lacks: a warning (the backend may connect later); such a step

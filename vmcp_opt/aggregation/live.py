@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+import anyio.to_thread
+
 from vmcp_opt.aggregation.catalog import BackendSource, Catalog, build_catalog
 from vmcp_opt.backends import BackendConnection, BackendManager, BackendState
 from vmcp_opt.config import AggregationConfig
@@ -25,9 +27,12 @@ class LiveCatalog:
         """The catalogue of the ready backends (a tool that cannot be served is dropped with a warning)."""
         return catalog_of(self.backends, self.config)
 
-    def rebuild(self) -> None:
-        """Swap in the catalogue of the backends ready now."""
-        self.set(self.build())
+    async def rebuild(self) -> None:
+        """Swap in the catalogue of the backends ready now, merged on a worker thread: screening, conflicts
+        and renaming cost ~0.2 s of CPU at 10k tools, which the event loop would stand still for. The ready
+        backends' listings are taken here, on the loop (a connection replaces its listing whole)."""
+        sources = sources_of(self.backends)
+        self.set(await anyio.to_thread.run_sync(build_catalog, sources, self.config))
 
     def set(self, catalog: Catalog) -> None:
         self.current = catalog
@@ -48,10 +53,12 @@ class LiveCatalog:
 
 def catalog_of(backends: BackendManager, config: AggregationConfig) -> Catalog:
     """The catalogue of the backends that are ready now."""
-    sources = [
-        BackendSource(c.name, c.listing, c.config.description or _server_description(c)) for c in backends.ready()
-    ]
-    return build_catalog(sources, config)
+    return build_catalog(sources_of(backends), config)
+
+
+def sources_of(backends: BackendManager) -> list[BackendSource]:
+    """What the ready backends list now."""
+    return [BackendSource(c.name, c.listing, c.config.description or _server_description(c)) for c in backends.ready()]
 
 
 def _server_description(connection: BackendConnection) -> str:

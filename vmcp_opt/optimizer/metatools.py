@@ -177,9 +177,9 @@ class OptimizerFront:
     async def tools_changed(self, tools: Sequence[ProvidedTool]) -> None:
         """The searchable providers' tools changed: re-index them (keywords now, vectors in the background)."""
         self.sources = {tool.source for tool in tools}
-        records = [provided_record(tool) for tool in tools]
-        # Keywords at once (the model loads outside the index's lock, so this waits for no more than an embed).
-        await anyio.to_thread.run_sync(self.index.update_keywords, records)
+        # Keywords at once (the model loads outside the index's lock, so this waits for no more than an embed);
+        # the records too are made on the worker thread (10k tools: ~0.1 s).
+        records = await anyio.to_thread.run_sync(self._update_keywords, tools)
         await anyio.to_thread.run_sync(self._count_tokens, tools)
         # For `vmcp index stats|search`, which then need not start the backends.
         listing = Listing(records, self.full_list_tokens, self.settings.model)
@@ -310,6 +310,11 @@ class OptimizerFront:
         return shown
 
     # --- index upkeep ---------------------------------------------------------------------------------
+
+    def _update_keywords(self, tools: Sequence[ProvidedTool]) -> list[ToolRecord]:
+        records = [provided_record(tool) for tool in tools]
+        self.index.update_keywords(records)
+        return records
 
     def _count_tokens(self, tools: Sequence[ProvidedTool]) -> None:
         self.full_list_tokens = tools_list_tokens([t.tool for t in tools], self.settings.model)
