@@ -173,6 +173,22 @@ async def test_a_huge_stdio_line_is_dropped_while_other_clients_are_served(tmp_p
     assert "no response id at either end" in warnings[1]
 
 
+@pytest.mark.parametrize("kind", ["not_an_object", "deep"])
+async def test_an_answer_that_is_not_json_rpc_is_an_error_at_once(tmp_path: Path, kind: str) -> None:
+    # The call timeout is an hour: only the gateway's own answer can end the call within the test's time.
+    config = {"backends": [hostile_backend(), demo_backend("notes")], "timeouts": {"call": 3600}}
+    with running_gateway(write_config(tmp_path, config)) as gateway:
+        async with Client(gateway.url) as client:
+            with anyio.fail_after(30), pytest.raises(MCPError) as broken:
+                await client.call_tool("hostile_broken", {"kind": kind})
+            assert "backend 'hostile'" in str(broken.value) and "not valid JSON-RPC" in str(broken.value)
+            assert len(str(broken.value)) < 1000
+            assert not (await client.call_tool("hostile_echo", {"message": "after"})).is_error
+            assert not (await client.call_tool("notes_search_notes", {"query": "x"})).is_error
+        await healthz_answers(gateway)
+    assert sum("backend hostile wrote a line of" in line for line in gateway.output().splitlines()) == 1
+
+
 async def test_backend_stderr_and_url_credentials_are_masked_everywhere(tmp_path: Path) -> None:
     nowhere = f"http://admin:{SECRET}-pass@127.0.0.1:{free_port()}/mcp?token={SECRET}-query&x=1"
     config = {

@@ -50,6 +50,11 @@ def tools() -> list[dict[str, Any]]:
             "inputSchema": _props(bytes={"type": "integer"}, id_last={"type": "boolean"}, notify={"type": "boolean"}),
         },
         {"name": "flood", "description": "list_changed flood", "inputSchema": _props(count={"type": "integer"})},
+        {
+            "name": "broken",
+            "description": "an answer that is not JSON-RPC",
+            "inputSchema": _props(kind={"type": "string"}),
+        },
         *({"name": f"tool_{n}", "description": f"tool number {n}", "inputSchema": OBJECT} for n in range(EXTRA)),
     ]
 
@@ -101,6 +106,17 @@ def answer(request: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
+def write_broken(request_id: object, kind: str) -> None:
+    """An answer that is not valid JSON-RPC: a result that is not an object (a short line), or one nested
+    deeper than any parser follows (a long line)."""
+    depth = 100_000
+    result = (
+        "[1, 2]" if kind == "not_an_object" else '{"content": [], "_meta": {"deep": ' + "[" * depth + "]" * depth + "}}"
+    )
+    sys.stdout.write(f'{{"jsonrpc": "2.0", "id": {json.dumps(request_id)}, "result": {result}}}\n')
+    sys.stdout.flush()
+
+
 def main() -> None:
     if os.environ.get("HOSTILE_TOKEN"):
         print(f"hostile starting with token {os.environ['HOSTILE_TOKEN']}", file=sys.stderr, flush=True)
@@ -111,6 +127,10 @@ def main() -> None:
             continue
         if "id" not in request or "method" not in request:
             continue  # notifications and responses
+        params = request.get("params") or {}
+        if request["method"] == "tools/call" and params.get("name") == "broken":
+            write_broken(request["id"], (params.get("arguments") or {}).get("kind", "deep"))
+            continue
         result = answer(request)
         if result is None:
             send({"jsonrpc": "2.0", "id": request["id"], "error": {"code": -32601, "message": "Method not found"}})
