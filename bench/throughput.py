@@ -7,7 +7,7 @@ Each side gets its cheapest self-contained request, so no handshake is in the lo
 2026-07-28 POST (no session), mcp-proxy (`--stateless`, it serves only 2025-11-25) a 2025-11-25 POST
 without a session. Each side runs twice for half the time, in the order A B B A. Prints calls/s, p50/p99,
 HTTP errors, the server's RSS before and after, and how busy `hey` itself was (the load generator must not
-be the bottleneck: its share of one core is printed). Needs `hey` (Debian: `apt-get install hey`).
+be the bottleneck: its share of one core is printed). Needs `hey` (`make setup-dev` installs it as root; else `apt-get install hey`).
 """
 
 from __future__ import annotations
@@ -136,7 +136,7 @@ def report(targets: list[Target], clients: int, driver: str = "hey") -> None:
 
 def compare(clients: int, seconds: float, directory: Path, venv: Path = PEER_VENV) -> None:
     if shutil.which("hey") is None:
-        raise SystemExit("hey not found: apt-get install hey")
+        raise SystemExit("hey not found: `make setup-dev` (as root) or `apt-get install hey` installs it")
     config = write_config(directory, {"backends": [demo_backend("web")], "server": {"log_level": "warning"}})
     with running_gateway(config, "--no-optimizer") as gateway, running_peer(venv, console, "--stateless") as peer:
         peer_proc = next(p for p in psutil.Process().children() if "mcp-proxy" in " ".join(p.cmdline()))
