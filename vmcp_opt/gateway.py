@@ -190,8 +190,9 @@ class Gateway:
                 task_group.start_soon(self._join_when_ready, self.backends.connections[name], name=f"join:{name}")
         task_group.start_soon(self.health.run, name="health")
         self._changed_while_starting = False
-        await self.catalog.rebuild()
-        await self._tools_changed()
+        async with self._rebuilding:  # a late backend joining meanwhile rebuilds after this, not beside it
+            await self.catalog.rebuild()
+            await self._tools_changed()
         self.started = True
         if self._first_listing is not None:
             self._first_listing.set()
