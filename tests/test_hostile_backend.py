@@ -189,6 +189,27 @@ async def test_an_answer_that_is_not_json_rpc_is_an_error_at_once(tmp_path: Path
     assert sum("backend hostile wrote a line of" in line for line in gateway.output().splitlines()) == 1
 
 
+async def test_an_http_backends_answer_is_not_read_past_the_cap(tmp_path: Path) -> None:
+    # An upstream gateway serves the hostile backend over streamable HTTP with room for 5 MB; the gateway
+    # under test has it as an HTTP backend and a 100 KB cap (so 1.1 MiB with the envelope's room).
+    (tmp_path / "up").mkdir()
+    upstream_config = {"backends": [hostile_backend()], "limits": {"max_result_bytes": 64 * 2**20}}
+    with running_gateway(write_config(tmp_path / "up", upstream_config)) as upstream:
+        backend = {"name": "up", "transport": "streamable-http", "url": upstream.url}
+        config = {"backends": [backend], "limits": {"max_result_bytes": 100_000}}
+        with running_gateway(write_config(tmp_path, config)) as gateway:
+            async with Client(gateway.url) as client:
+                small = await client.call_tool("up_hostile_big", {"bytes": 50_000})
+                assert not small.is_error and len(text(small)) == 50_000
+                with anyio.fail_after(60), pytest.raises(MCPError) as too_big:
+                    await client.call_tool("up_hostile_big", {"bytes": 5_000_000})
+                message = str(too_big.value)
+                assert "backend 'up' answered with more than 1,148,576 bytes" in message, message
+                assert "not read further" in message and len(message) < 1000
+                assert not (await client.call_tool("up_hostile_echo", {"message": "after"})).is_error
+            await healthz_answers(gateway)
+
+
 async def test_backend_stderr_and_url_credentials_are_masked_everywhere(tmp_path: Path) -> None:
     nowhere = f"http://admin:{SECRET}-pass@127.0.0.1:{free_port()}/mcp?token={SECRET}-query&x=1"
     config = {

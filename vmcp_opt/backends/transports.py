@@ -26,8 +26,9 @@ from mcp.client.stdio import StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 
 from vmcp_opt.backends.credentials import BackendAuth
+from vmcp_opt.backends.http_bodies import cap_json_bodies
 from vmcp_opt.backends.secrets import redact, secret_values
-from vmcp_opt.backends.stdio import bounded_stdio_client
+from vmcp_opt.backends.stdio import bounded_stdio_client, line_cap
 from vmcp_opt.config import BackendConfig
 from vmcp_opt.display import shorten
 
@@ -70,7 +71,9 @@ async def open_transport(
     max_result_bytes: int,
 ) -> AsyncIterator[TransportStreams]:
     """`credentials`: a stdio process's secret environment, or what an HTTP session adds to each request.
-    `max_result_bytes` bounds a stdio backend's lines (backends/stdio.py)."""
+    `max_result_bytes` bounds a stdio backend's lines (backends/stdio.py), and a streamable HTTP backend's
+    JSON answers (backends/http_bodies.py) and SSE events; over SSE (the 2024 transport) the SDK caps an
+    event at 1 MiB."""
     if backend.transport == "stdio":
         secret_env = credentials.credentials.child_env() if credentials is not None else None
         async with _stdio_with_masked_stderr(backend, base_dir, secret_env, max_result_bytes) as streams:
@@ -78,9 +81,11 @@ async def open_transport(
     elif backend.transport == "streamable-http":
         assert backend.url is not None
         timeout = httpx2.Timeout(connect_timeout, read=None)
+        cap = line_cap(max_result_bytes)  # a JSON answer's bytes, and one SSE event's
+        hooks = {"response": [cap_json_bodies(backend.name, cap)]}
         async with (
-            httpx2.AsyncClient(headers=backend.headers, timeout=timeout, auth=credentials) as http_client,
-            streamable_http_client(backend.url, http_client=http_client) as streams,
+            httpx2.AsyncClient(headers=backend.headers, timeout=timeout, auth=credentials, event_hooks=hooks) as client,
+            streamable_http_client(backend.url, http_client=client, max_sse_event_size=cap) as streams,
         ):
             yield streams
     else:
