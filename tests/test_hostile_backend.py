@@ -17,6 +17,7 @@ import httpx2
 import mcp_types as types
 import pytest
 from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
 from tests.support import (
@@ -208,6 +209,27 @@ async def test_an_http_backends_answer_is_not_read_past_the_cap(tmp_path: Path) 
                 assert "not read further" in message and len(message) < 1000
                 assert not (await client.call_tool("up_hostile_echo", {"message": "after"})).is_error
             await healthz_answers(gateway)
+
+
+async def test_an_http_backends_sse_event_may_be_as_large_as_the_result_cap(tmp_path: Path) -> None:
+    # Asked for progress, the backend reports some before its 2 MB result, so the upstream gateway answers with
+    # an SSE stream whose last event is that big: past the SDK's own 1 MiB default, within the gateway's cap
+    # (10 MiB by default).
+    (tmp_path / "up").mkdir()
+    with running_gateway(write_config(tmp_path / "up", {"backends": [hostile_backend()]})) as upstream:
+        backend = {"name": "up", "transport": "streamable-http", "url": upstream.url}
+        with running_gateway(write_config(tmp_path, {"backends": [backend]})) as gateway:
+            # This client too must take a big event: the gateway under test streams the result on to it.
+            async with Client(streamable_http_client(gateway.url, max_sse_event_size=8 * 2**20)) as client:
+                progress: list[float] = []
+
+                async def on_progress(value: float, total: float | None, message: str | None) -> None:
+                    progress.append(value)
+
+                with anyio.fail_after(60):
+                    big = await client.call_tool("up_hostile_big", {"bytes": 2_000_000}, progress_callback=on_progress)
+                assert not big.is_error and len(text(big)) == 2_000_000, text(big)[:300]
+                assert progress == [1]
 
 
 async def test_backend_stderr_and_url_credentials_are_masked_everywhere(tmp_path: Path) -> None:

@@ -102,6 +102,15 @@ def answer(request: dict[str, Any]) -> dict[str, Any] | None:
         fetches["tools/list"] += 1
         return {"tools": tools()}
     if method == "tools/call":
+        token = (params.get("_meta") or {}).get("progressToken")
+        if token is not None:  # progress first: a gateway in front then answers with an SSE stream
+            send(
+                {
+                    "jsonrpc": "2.0",
+                    "method": "notifications/progress",
+                    "params": {"progressToken": token, "progress": 1},
+                }
+            )
         return call(params.get("name", ""), params.get("arguments") or {})
     return None
 
