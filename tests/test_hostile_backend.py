@@ -26,6 +26,7 @@ from tests.support import (
     counting_http_server,
     demo_backend,
     free_port,
+    raw_session,
     running_gateway,
     write_config,
 )
@@ -230,6 +231,46 @@ async def test_an_http_backends_sse_event_may_be_as_large_as_the_result_cap(tmp_
                     big = await client.call_tool("up_hostile_big", {"bytes": 2_000_000}, progress_callback=on_progress)
                 assert not big.is_error and len(text(big)) == 2_000_000, text(big)[:300]
                 assert progress == [1]
+
+
+# A backend on the SDK (it speaks 2026-07-28) listing a tool whose `x-mcp-header` sits on an object property.
+HEADER_SERVER = """
+import anyio
+import mcp_types as types
+from mcp.server.lowlevel import Server
+from mcp.server.stdio import stdio_server
+
+SCHEMA = {"type": "object", "properties": {"a": {"type": "string", "x-mcp-header": "A"}}}
+BAD = {"type": "object", "properties": {"a": {"type": "object", "x-mcp-header": "A"}}}
+TOOLS = [types.Tool(name="plain", input_schema=SCHEMA), types.Tool(name="bad_header", input_schema=BAD)]
+
+
+async def list_tools(ctx, params):
+    return types.ListToolsResult(tools=TOOLS)
+
+
+async def main():
+    server = Server("headers", on_list_tools=list_tools)
+    async with stdio_server() as (read, write):
+        await server.run(read, write, server.create_initialization_options())
+
+
+anyio.run(main)
+"""
+
+
+def test_a_2026_backends_tool_with_an_invalid_x_mcp_header_is_dropped(tmp_path: Path) -> None:
+    # The 2026-07-28 client rule, applied by the gateway's own session with the backend: a 2025-11-25 client,
+    # which would not apply it, is not shown the tool either.
+    script = tmp_path / "header_server.py"
+    script.write_text(HEADER_SERVER, encoding="utf-8")
+    config = {"backends": [{"name": "h", "command": sys.executable, "args": [str(script)]}]}
+    with running_gateway(write_config(tmp_path, config)) as gateway:
+        headers = raw_session(gateway.url)
+        listed = httpx2.post(gateway.url, json={"jsonrpc": "2.0", "id": 2, "method": "tools/list"}, headers=headers)
+        names = {tool["name"] for tool in listed.json()["result"]["tools"]}
+    assert names == {"h_plain"}
+    assert "protocol 2026-07-28" in gateway.output()
 
 
 async def test_backend_stderr_and_url_credentials_are_masked_everywhere(tmp_path: Path) -> None:
