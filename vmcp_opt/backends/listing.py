@@ -5,7 +5,7 @@ A listing page the SDK refuses because some of its items fail the protocol's val
 which drops those items, each with a warning: one bad tool never fails its backend.
 
 A page of tools is validated on a worker thread (`list_tools_page`): the SDK's `list_tools` does it on the
-event loop, ~0.25 s for one page of 10k tools in which no request, health check or timer ran.
+event loop, ~0.3 s for one page of 10k tools in which no request, health check or timer ran.
 """
 
 from __future__ import annotations
