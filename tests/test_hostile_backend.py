@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -191,13 +192,19 @@ async def test_an_answer_that_is_not_json_rpc_is_an_error_at_once(tmp_path: Path
     assert sum("backend hostile wrote a line of" in line for line in gateway.output().splitlines()) == 1
 
 
-async def test_an_http_backends_answer_is_not_read_past_the_cap(tmp_path: Path) -> None:
-    # An upstream gateway serves the hostile backend over streamable HTTP with room for 5 MB; the gateway
-    # under test has it as an HTTP backend and a 100 KB cap (so 1.1 MiB with the envelope's room).
+@contextmanager
+def hostile_over_http(tmp_path: Path, limits: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """An upstream gateway serving the hostile backend over streamable HTTP: its backend entry, named "up"."""
     (tmp_path / "up").mkdir()
-    upstream_config = {"backends": [hostile_backend()], "limits": {"max_result_bytes": 64 * 2**20}}
-    with running_gateway(write_config(tmp_path / "up", upstream_config)) as upstream:
-        backend = {"name": "up", "transport": "streamable-http", "url": upstream.url}
+    config = {"backends": [hostile_backend()], "limits": limits}
+    with running_gateway(write_config(tmp_path / "up", config)) as upstream:
+        yield {"name": "up", "transport": "streamable-http", "url": upstream.url}
+
+
+async def test_an_http_backends_answer_is_not_read_past_the_cap(tmp_path: Path) -> None:
+    # The upstream gateway has room for 5 MB; the gateway under test has it as an HTTP backend and a 100 KB
+    # cap (so 1.1 MiB with the envelope's room).
+    with hostile_over_http(tmp_path, {"max_result_bytes": 64 * 2**20}) as backend:
         config = {"backends": [backend], "limits": {"max_result_bytes": 100_000}}
         with running_gateway(write_config(tmp_path, config)) as gateway:
             async with Client(gateway.url) as client:
@@ -216,21 +223,21 @@ async def test_an_http_backends_sse_event_may_be_as_large_as_the_result_cap(tmp_
     # Asked for progress, the backend reports some before its 2 MB result, so the upstream gateway answers with
     # an SSE stream whose last event is that big: past the SDK's own 1 MiB default, within the gateway's cap
     # (10 MiB by default).
-    (tmp_path / "up").mkdir()
-    with running_gateway(write_config(tmp_path / "up", {"backends": [hostile_backend()]})) as upstream:
-        backend = {"name": "up", "transport": "streamable-http", "url": upstream.url}
-        with running_gateway(write_config(tmp_path, {"backends": [backend]})) as gateway:
-            # This client too must take a big event: the gateway under test streams the result on to it.
-            async with Client(streamable_http_client(gateway.url, max_sse_event_size=8 * 2**20)) as client:
-                progress: list[float] = []
+    with (
+        hostile_over_http(tmp_path, {}) as backend,
+        running_gateway(write_config(tmp_path, {"backends": [backend]})) as gateway,
+    ):
+        # This client too must take a big event: the gateway under test streams the result on to it.
+        async with Client(streamable_http_client(gateway.url, max_sse_event_size=8 * 2**20)) as client:
+            progress: list[float] = []
 
-                async def on_progress(value: float, total: float | None, message: str | None) -> None:
-                    progress.append(value)
+            async def on_progress(value: float, total: float | None, message: str | None) -> None:
+                progress.append(value)
 
-                with anyio.fail_after(60):
-                    big = await client.call_tool("up_hostile_big", {"bytes": 2_000_000}, progress_callback=on_progress)
-                assert not big.is_error and len(text(big)) == 2_000_000, text(big)[:300]
-                assert progress == [1]
+            with anyio.fail_after(60):
+                big = await client.call_tool("up_hostile_big", {"bytes": 2_000_000}, progress_callback=on_progress)
+            assert not big.is_error and len(text(big)) == 2_000_000, text(big)[:300]
+            assert progress == [1]
 
 
 # A backend on the SDK (it speaks 2026-07-28) listing a tool whose `x-mcp-header` sits on an object property.

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import NoReturn
 
 import httpx2
 
@@ -53,16 +54,19 @@ class CappedBody(httpx2.AsyncByteStream):
             data = self._inflater.decompress(chunk, self._cap + 1 - read)
         except zlib.error as exc:
             raise httpx2.DecodingError(f"backend '{self._backend}' sent a body that does not inflate ({exc})") from None
-        if self._inflater.unconsumed_tail:
-            self._check(self._cap + 1)
+        if self._inflater.unconsumed_tail:  # input left over once the cap's worth came out
+            self._refuse()
         return data
 
     def _check(self, read: int) -> None:
         if read > self._cap:
-            raise BodyTooLarge(
-                f"backend '{self._backend}' answered with more than {self._cap:,} bytes "
-                "(limits.max_result_bytes, with room for the envelope); the answer was not read further"
-            )
+            self._refuse()
+
+    def _refuse(self) -> NoReturn:
+        raise BodyTooLarge(
+            f"backend '{self._backend}' answered with more than {self._cap:,} bytes "
+            "(limits.max_result_bytes, with room for the envelope); the answer was not read further"
+        )
 
     async def aclose(self) -> None:
         await self._inner.aclose()
