@@ -25,6 +25,7 @@ from vmcp_opt.gateway import Gateway, ListKind
 from vmcp_opt.routing import Router
 from vmcp_opt.routing.round_trips import InputRequired, state_boundary
 from vmcp_opt.server.admission import Admission, Transport, connection_of, session_caller
+from vmcp_opt.server.list_answers import answer_list, install_modern_writer, shape_lists_off_loop
 from vmcp_opt.server.startup import startup_gate
 
 logger = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ class Handlers:
         tools = await self.router.list_tools(self.admission.caller(ctx))
         if self.notifier is not None:
             self.notifier.shown(connection_of(ctx), "tools", [tool.name for tool in tools])
-        return types.ListToolsResult(tools=tools)
+        return answer_list(types.ListToolsResult(tools=tools), "tools")
 
     async def call_tool(
         self, ctx: Ctx, params: types.CallToolRequestParams
@@ -85,7 +86,7 @@ class Handlers:
         prompts = self.router.list_prompts(self.admission.caller(ctx))
         if self.notifier is not None:
             self.notifier.shown(connection_of(ctx), "prompts", [prompt.name for prompt in prompts])
-        return types.ListPromptsResult(prompts=prompts)
+        return answer_list(types.ListPromptsResult(prompts=prompts), "prompts")
 
     async def get_prompt(
         self, ctx: Ctx, params: types.GetPromptRequestParams
@@ -97,13 +98,14 @@ class Handlers:
             return asked.result
 
     async def list_resources(self, ctx: Ctx, params: types.PaginatedRequestParams | None) -> types.ListResourcesResult:
-        return types.ListResourcesResult(resources=self.router.list_resources(self.admission.caller(ctx)))
+        resources = self.router.list_resources(self.admission.caller(ctx))
+        return answer_list(types.ListResourcesResult(resources=resources), "resources")
 
     async def list_resource_templates(
         self, ctx: Ctx, params: types.PaginatedRequestParams | None
     ) -> types.ListResourceTemplatesResult:
         templates = self.router.list_templates(self.admission.caller(ctx))
-        return types.ListResourceTemplatesResult(resource_templates=templates)
+        return answer_list(types.ListResourceTemplatesResult(resource_templates=templates), "resource_templates")
 
     async def read_resource(
         self, ctx: Ctx, params: types.ReadResourceRequestParams
@@ -209,6 +211,7 @@ class ListChangedNotifier:
 def build_mcp_server(gateway: Gateway, transport: Transport) -> Server[Any]:
     """The low-level MCP server of one transport, its handlers wired to the gateway's router."""
     speedups.install()
+    install_modern_writer()
     speedups.freeze_heap(collect=True)  # imports, config, the gateway: start-up's objects, never garbage
     notifier = ListChangedNotifier(gateway.router)
     handlers = Handlers(gateway.router, Admission(transport), notifier)
@@ -244,4 +247,6 @@ def build_mcp_server(gateway: Gateway, transport: Transport) -> Server[Any]:
     server.middleware.append(startup_gate(gateway))
     # Seals the request_state of every InputRequiredResult handed out, verifies it on the retry.
     server.middleware.append(state_boundary(gateway.config.timeouts.input, gateway.state_keys))
+    # Long list answers are shaped for the wire on a worker thread, in slices.
+    server.middleware.append(shape_lists_off_loop(server))
     return server

@@ -39,9 +39,13 @@ from mcp.server.auth.middleware.bearer_auth import AuthorizationContext
 from mcp.server.streamable_http import (
     MCP_SESSION_ID_HEADER,
     REQUEST_STREAM_BUFFER_SIZE,
+    EventCallback,
+    EventId,
     EventMessage,
+    EventStore,
     SSEEvent,
     StreamableHTTPServerTransport,
+    StreamId,
     check_accept_headers,
 )
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
@@ -51,6 +55,7 @@ from mcp_types import (
     INTERNAL_ERROR,
     INVALID_REQUEST,
     JSONRPCError,
+    JSONRPCMessage,
     JSONRPCRequest,
     JSONRPCResponse,
     jsonrpc_message_adapter,
@@ -58,16 +63,18 @@ from mcp_types import (
 from pydantic import ValidationError
 from sse_starlette import EventSourceResponse
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from vmcp_opt.server.event_store import BoundedEventStore
+from vmcp_opt.server.list_answers import json_body, long_list, session_form
 
 logger = logging.getLogger(__name__)
 
 # Seconds a call may stay silent before its answer becomes an SSE stream (kept open by pings).
 COMMIT_SSE_AFTER = 15.0
 _SSE_CONTENT_TYPE = "text/event-stream"
+_UNSTORED = "unstored"
 
 
 class LazyStreamSessionManager(StreamableHTTPSessionManager):
@@ -80,11 +87,41 @@ class LazyStreamSessionManager(StreamableHTTPSessionManager):
             # The subclass adds behaviour and no state, so the instance can take its class; copying the SDK's
             # admission instead would fork it.
             transport.__class__ = LazyStreamTransport
+            store = transport._event_store
             if isinstance(self.event_store, BoundedEventStore):
                 # The SDK gives every session the one store it was handed, and names a request's stream by
                 # the request's id (the same in every session): each session replays only its own events.
-                transport._event_store = self.event_store.session_view()
+                store = self.event_store.session_view()
+            if store is not None:
+                transport._event_store = UnsentAnswers(store)
         return transport
+
+
+class UnsentAnswers(EventStore):
+    """The session's event store, less the answers that go out as plain JSON.
+
+    The SDK stores every message for a request before the transport sees it, so that a cut SSE stream can be
+    resumed. An answer sent as one JSON body has no stream and no event id a client could resume from, yet it
+    stayed in the store: a 10k-tool `tools/list` answer held ~12 MB of objects there, every time, until 10,000
+    later events pushed it out. While a request is `undecided` (nothing of it stored yet), its own answer
+    arriving first is that case and is not stored."""
+
+    def __init__(self, inner: EventStore) -> None:
+        self.inner = inner
+        self.undecided: set[StreamId] = set()
+
+    def __bool__(self) -> bool:
+        return True  # the SDK asks `if self._event_store:`
+
+    async def store_event(self, stream_id: StreamId, message: JSONRPCMessage | None) -> EventId:
+        if stream_id in self.undecided and message is not None:
+            self.undecided.discard(stream_id)
+            if isinstance(message, JSONRPCResponse | JSONRPCError):
+                return f"{_UNSTORED}-{stream_id}"  # answered as JSON: no client ever sees this id
+        return await self.inner.store_event(stream_id, message)
+
+    async def replay_events_after(self, last_event_id: EventId, send_callback: EventCallback) -> StreamId | None:
+        return await self.inner.replay_events_after(last_event_id, send_callback)
 
 
 def _id_in_use(message: JSONRPCRequest) -> JSONResponse:
@@ -143,6 +180,9 @@ class LazyStreamTransport(StreamableHTTPServerTransport):
             REQUEST_STREAM_BUFFER_SIZE
         )
         reader = streams[1]
+        store = self._event_store if isinstance(self._event_store, UnsentAnswers) else None
+        if store is not None:
+            store.undecided.add(request_id)
         await self._read_stream_writer.send(self._create_session_message(message, request, request_id, version))
         first: EventMessage | None = None
         closed = False
@@ -151,9 +191,12 @@ class LazyStreamTransport(StreamableHTTPServerTransport):
                 first = await reader.receive()
             except (anyio.EndOfStream, anyio.ClosedResourceError):
                 closed = True
+        if store is not None:
+            store.undecided.discard(request_id)  # an SSE stream from here: what follows is stored
         if first is not None and isinstance(first.message, JSONRPCResponse | JSONRPCError):
             await self._clean_up_memory_streams(request_id)
-            await self._create_json_response(first.message)(request.scope, request.receive, send)
+            response = await self._json_response(message.method, first.message)
+            await response(request.scope, request.receive, send)
             return
         if closed and (priming is None or self._terminated):
             logger.debug("Session terminated with request %s in flight; no response to send", request_id)
@@ -164,6 +207,16 @@ class LazyStreamTransport(StreamableHTTPServerTransport):
             return
         opening = [event for event in (priming, first and self._create_event_data(first)) if event]
         await self._stream(request_id, opening, None if closed else reader, request, send)
+
+    async def _json_response(self, method: str, answer: JSONRPCResponse | JSONRPCError) -> Response:
+        """The SDK's `_create_json_response`; a long list's body is encoded in slices on a worker thread."""
+        key = long_list(method, answer) if isinstance(answer, JSONRPCResponse) else None
+        if key is None or not isinstance(answer, JSONRPCResponse):
+            return self._create_json_response(answer)
+        sdk_form = self._create_json_response(None)  # the SDK's headers for this session, with no body
+        headers = {name: value for name, value in sdk_form.headers.items() if name != "content-length"}
+        body = await anyio.to_thread.run_sync(json_body, answer, key, session_form)
+        return Response(body, status_code=sdk_form.status_code, headers=headers)
 
     async def _stream(
         self,

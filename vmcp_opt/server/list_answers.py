@@ -1,0 +1,162 @@
+"""Long list answers (`tools/list`, `prompts/list`, `resources/list`, `resources/templates/list`) shaped for
+the wire off the event loop, a slice of items at a time.
+
+The SDK shapes a handler's result on the event loop: a dump, the protocol version's validation and a dump
+again, three pydantic calls over the whole list. At 10,000 tools (the optimizer off) that stood the loop
+still for 300-500 ms on every `tools/list`, so any client could stall every other request by listing in a
+loop (bench/README.md, seventh session). Here a list handler's result longer than `SLICE` is handed to
+`shape_lists_off_loop` (a server middleware) instead: the SDK's own `ServerRunner._serialize` runs on a worker
+thread, once for the envelope (cache hints, the version's sieve, `resultType`, the `serverInfo` stamp) and
+once per slice of `SLICE` items. A pydantic call holds the GIL until it returns, so slices are what let the
+event loop in between. The SDK still validates the request and gates it as always: the handler answers the
+chain an empty list of the same type, which the middleware replaces with the shaped one.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable
+from contextvars import ContextVar
+from typing import Any, TypeVar
+
+import anyio
+from mcp.server.context import CallNext, HandlerResult, ServerMiddleware, ServerRequestContext
+from mcp.server.lowlevel import Server
+from mcp.server.runner import ServerRunner
+from mcp_types import JSONRPCResponse
+from pydantic import BaseModel
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+# Items per pydantic call: ~5 ms of the GIL each for tool definitions on a slow 2-core host (bench/README.md).
+SLICE = 200
+
+# A list method → the attribute of its items on the result model, and their key on the wire.
+LIST_ITEMS = {
+    "tools/list": ("tools", "tools"),
+    "prompts/list": ("prompts", "prompts"),
+    "resources/list": ("resources", "resources"),
+    "resources/templates/list": ("resource_templates", "resourceTemplates"),
+}
+
+ListResult = TypeVar("ListResult", bound=BaseModel)
+
+# Set by the middleware for one list request; the handler leaves its long result here.
+_held: ContextVar[list[BaseModel] | None] = ContextVar("vmcp_held_list_result", default=None)
+
+
+def answer_list(result: ListResult, attribute: str) -> ListResult:
+    """What a list handler returns: `result` itself when it is short or no middleware waits for it, else an
+    empty list of its type while the middleware shapes `result` off the loop."""
+    held = _held.get()
+    if held is None or len(getattr(result, attribute)) <= SLICE:
+        return result
+    held.append(result)
+    return result.model_copy(update={attribute: []})
+
+
+def shape_lists_off_loop(server: Server[Any]) -> ServerMiddleware[Any]:
+    """A server middleware for `server`: a long list answer is shaped on a worker thread (see the module)."""
+    shaper = _Shaper(server)
+
+    async def middleware(ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
+        items = LIST_ITEMS.get(ctx.method)
+        if items is None:
+            return await call_next(ctx)
+        held: list[BaseModel] = []
+        token = _held.set(held)
+        try:
+            answered = await call_next(ctx)
+        finally:
+            _held.reset(token)
+        if not held:
+            return answered
+        return await anyio.to_thread.run_sync(shaper.shape, ctx.method, ctx.protocol_version, held[0], *items)
+
+    return middleware
+
+
+class _Shaper:
+    """`ServerRunner._serialize` of one server, away from a connection's runner: the method reads the runner's
+    `server` alone (its cache hints and `serverInfo` stamp), which this one has."""
+
+    def __init__(self, server: Server[Any]) -> None:
+        runner = object.__new__(ServerRunner)
+        runner.server = server
+        self._serialize = runner._serialize
+
+    def shape(self, method: str, version: str, result: BaseModel, attribute: str, key: str) -> dict[str, Any]:
+        items: list[Any] = list(getattr(result, attribute))
+        envelope = self._serialize(method, version, result.model_copy(update={attribute: []}))
+        shaped: list[Any] = []
+        for start in range(0, len(items), SLICE):
+            part = result.model_copy(update={attribute: items[start : start + SLICE]})
+            shaped.extend(self._serialize(method, version, part)[key])
+        envelope[key] = shaped
+        return envelope
+
+
+def long_list(method: str, response: JSONRPCResponse) -> str | None:
+    """The key of `response`'s items when it answers a list `method` with more than `SLICE` of them."""
+    items = LIST_ITEMS.get(method)
+    return items[1] if items is not None and _is_long(response.result.get(items[1])) else None
+
+
+def _is_long(listed: object) -> bool:
+    return isinstance(listed, list) and len(listed) > SLICE
+
+
+def session_form(response: JSONRPCResponse) -> bytes:
+    """How the SDK's session transport encodes an answer (`_create_json_response`)."""
+    return response.model_dump_json(by_alias=True, exclude_unset=True).encode()
+
+
+def modern_form(response: JSONRPCResponse) -> bytes:
+    """How the SDK's 2026-07-28 entry encodes an answer (`_streamable_http_modern._write`)."""
+    return json.dumps(
+        response.model_dump(mode="json", by_alias=True, exclude_none=True), separators=(",", ":")
+    ).encode()
+
+
+def json_body(response: JSONRPCResponse, key: str, form: Callable[[JSONRPCResponse], bytes]) -> bytes:
+    """`form(response)`, its `key` list encoded a slice per call, for a worker thread (one encoder call over
+    10k tools held the GIL for 25-60 ms). Each slice is encoded as an answer holding only it, its items cut
+    from between the brackets; the list stands in the whole answer as a random marker string, which the
+    slices then replace."""
+    items = response.result[key]
+    marker = f"vmcp-list-{uuid.uuid4().hex}"
+    head, tail = form(_with_result(response, {**response.result, key: marker})).split(f'"{marker}"'.encode())
+    prefix, suffix = form(_with_result(response, {key: marker})).split(f'"{marker}"'.encode())
+    slices = []
+    for start in range(0, len(items), SLICE):
+        encoded = form(_with_result(response, {key: items[start : start + SLICE]}))
+        if not (encoded.startswith(prefix + b"[") and encoded.endswith(b"]" + suffix)):
+            return form(response)  # not the shape this was written for: in one piece, as the SDK would
+        slices.append(encoded[len(prefix) + 1 : len(encoded) - len(suffix) - 1])
+    return b"".join([head, b"[", b",".join(slices), b"]", tail])
+
+
+def _with_result(response: JSONRPCResponse, result: dict[str, Any]) -> JSONRPCResponse:
+    return response.model_copy(update={"result": result})
+
+
+def install_modern_writer() -> None:
+    """The SDK's 2026-07-28 entry writes every answer on the event loop (`_write`): a long list's is encoded
+    on a worker thread in slices instead (the same bytes). Applied once, to the SDK it was written for."""
+    from mcp.server import _streamable_http_modern as modern
+
+    original = modern._write
+    if getattr(original, "__module__", "") != modern.__name__:
+        return  # applied already, or the SDK changed
+
+    async def write(msg: Any, scope: Scope, receive: Receive, send: Send) -> None:
+        result = getattr(msg, "result", None)
+        key = next((k for _, k in LIST_ITEMS.values() if isinstance(result, dict) and _is_long(result.get(k))), None)
+        if key is None or not isinstance(msg, JSONRPCResponse):
+            await original(msg, scope, receive, send)
+            return
+        body = await anyio.to_thread.run_sync(json_body, msg, key, modern_form)
+        await Response(body, media_type="application/json")(scope, receive, send)
+
+    modern._write = write
