@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -163,3 +164,31 @@ def test_an_answer_sent_as_plain_json_is_not_kept_for_replays() -> None:
 
     replayed = anyio.run(scenario)
     assert [type(message).__name__ for message in replayed] == ["JSONRPCNotification", "JSONRPCResponse"]
+
+
+def test_the_event_store_is_bounded_in_bytes_and_replays_what_it_keeps() -> None:
+    """Streamed answers are kept as their JSON: past `max_bytes`, the oldest go, whatever their count."""
+    ring = BoundedEventStore(max_events=1000, max_bytes=10_000)
+    view = ring.session_view()
+    big = {"content": [{"type": "text", "text": "x" * 3000}]}
+
+    async def scenario() -> tuple[list[Any], list[Any]]:
+        dropped: list[Any] = []
+        kept: list[Any] = []
+
+        async def to(events: list[Any], event: Any) -> None:
+            events.append(event)
+
+        first = await view.store_event("1", None)
+        for request in range(1, 6):
+            await view.store_event("1", JSONRPCResponse(jsonrpc="2.0", id=request, result=big))
+        await view.replay_events_after(first, partial(to, dropped))
+        later = await view.store_event("2", None)
+        await view.store_event("2", JSONRPCResponse(jsonrpc="2.0", id=9, result=big))
+        await view.replay_events_after(later, partial(to, kept))
+        return dropped, kept
+
+    dropped, kept = anyio.run(scenario)
+    assert ring.bytes <= ring.max_bytes and len(ring) < 8  # three answers of ~3 KB fit, not six
+    assert dropped == []  # the priming event the client held was pushed out: nothing to replay from it
+    assert [event.message.id for event in kept] == [9] and kept[0].message.result == big

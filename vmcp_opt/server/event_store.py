@@ -11,6 +11,11 @@ keyed by (session, stream), and a replay only follows an event its own session s
 client could resume from an event id of its own and be sent another session's messages on the same
 request id, or name another session's event id (the counter is guessable).
 
+The ring is bounded in bytes too (`max_bytes`, oldest dropped first): each message is kept as its JSON
+(the same encoding the Redis store keeps), whose length is what it costs, and decoded again on a replay.
+A count alone let 10,000 large streamed answers stay, each as a tree of Python objects the garbage
+collector walked.
+
 The SDK asks `if self._event_store:`, so the store is always true: with only `__len__`, an empty store
 was false, nothing was ever stored, and no stream could be resumed.
 """
@@ -22,9 +27,10 @@ from collections import OrderedDict, deque
 from itertools import count
 
 from mcp.server.streamable_http import EventCallback, EventId, EventMessage, EventStore, StreamId
-from mcp_types import JSONRPCMessage
+from mcp_types import JSONRPCMessage, jsonrpc_message_adapter
 
 DEFAULT_MAX_EVENTS = 10_000
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 
 # (session view number, the SDK's stream id)
 _StreamKey = tuple[int, StreamId]
@@ -34,15 +40,17 @@ class BoundedEventStore(EventStore):
     """The ring shared by all sessions. Used directly (a single-session server, as in the examples) it is
     one view; `session_view()` gives each session of the gateway its own."""
 
-    def __init__(self, max_events: int = DEFAULT_MAX_EVENTS) -> None:
-        if max_events < 1:
-            raise ValueError("max_events must be at least 1")
+    def __init__(self, max_events: int = DEFAULT_MAX_EVENTS, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+        if max_events < 1 or max_bytes < 1:
+            raise ValueError("max_events and max_bytes must be at least 1")
         self.max_events = max_events
+        self.max_bytes = max_bytes
+        self.bytes = 0
         self._tag = secrets.token_hex(4)
         self._counter = 0
         self._views = count(1)
         # event number -> (stream key, message); insertion order is event order.
-        self._events: OrderedDict[int, tuple[_StreamKey, JSONRPCMessage | None]] = OrderedDict()
+        self._events: OrderedDict[int, tuple[_StreamKey, bytes]] = OrderedDict()
         self._streams: dict[_StreamKey, deque[int]] = {}
 
     def __bool__(self) -> bool:
@@ -66,10 +74,14 @@ class BoundedEventStore(EventStore):
         self._counter += 1
         number = self._counter
         key = (view, stream_id)
-        self._events[number] = (key, message)
+        data = b"" if message is None else jsonrpc_message_adapter.dump_json(message, by_alias=True, exclude_unset=True)
+        self._events[number] = (key, data)
+        self.bytes += len(data)
         self._streams.setdefault(key, deque()).append(number)
-        while len(self._events) > self.max_events:
-            _, (old_key, _) = self._events.popitem(last=False)
+        # The newest event stays whatever its size: it is the one a client cut off now would resume from.
+        while len(self._events) > self.max_events or (self.bytes > self.max_bytes and len(self._events) > 1):
+            _, (old_key, old_data) = self._events.popitem(last=False)
+            self.bytes -= len(old_data)
             numbers = self._streams.get(old_key)
             if numbers:
                 numbers.popleft()
@@ -89,8 +101,9 @@ class BoundedEventStore(EventStore):
             if later <= number:
                 continue
             held = self._events.get(later)
-            if held is not None and held[1] is not None:  # priming events carry no message
-                await send_callback(EventMessage(held[1], f"{self._tag}-{later}"))
+            if held is not None and held[1]:  # priming events carry no message
+                message = jsonrpc_message_adapter.validate_json(held[1])
+                await send_callback(EventMessage(message, f"{self._tag}-{later}"))
         return key[1]
 
     def _parse(self, event_id: EventId) -> int | None:
