@@ -195,7 +195,7 @@ class LazyStreamTransport(StreamableHTTPServerTransport):
             store.undecided.discard(request_id)  # an SSE stream from here: what follows is stored
         if first is not None and isinstance(first.message, JSONRPCResponse | JSONRPCError):
             await self._clean_up_memory_streams(request_id)
-            response = await self._json_response(message.method, first.message)
+            response = await self._json_response(first.message)
             await response(request.scope, request.receive, send)
             return
         if closed and (priming is None or self._terminated):
@@ -208,10 +208,9 @@ class LazyStreamTransport(StreamableHTTPServerTransport):
         opening = [event for event in (priming, first and self._create_event_data(first)) if event]
         await self._stream(request_id, opening, None if closed else reader, request, send)
 
-    async def _json_response(self, method: str, answer: JSONRPCResponse | JSONRPCError) -> Response:
+    async def _json_response(self, answer: JSONRPCResponse | JSONRPCError) -> Response:
         """The SDK's `_create_json_response`; a long list's body is encoded in slices on a worker thread."""
-        key = long_list(method, answer) if isinstance(answer, JSONRPCResponse) else None
-        if key is None or not isinstance(answer, JSONRPCResponse):
+        if not (isinstance(answer, JSONRPCResponse) and (key := long_list(answer))):
             return self._create_json_response(answer)
         sdk_form = self._create_json_response(None)  # the SDK's headers for this session, with no body
         headers = {name: value for name, value in sdk_form.headers.items() if name != "content-length"}

@@ -97,14 +97,14 @@ class _Shaper:
         return envelope
 
 
-def long_list(method: str, response: JSONRPCResponse) -> str | None:
-    """The key of `response`'s items when it answers a list `method` with more than `SLICE` of them."""
-    items = LIST_ITEMS.get(method)
-    return items[1] if items is not None and _is_long(response.result.get(items[1])) else None
-
-
-def _is_long(listed: object) -> bool:
-    return isinstance(listed, list) and len(listed) > SLICE
+def long_list(response: JSONRPCResponse) -> str | None:
+    """The key of `response`'s items when it is a list answer with more than `SLICE` of them (no other
+    result has these keys at its top level)."""
+    result = response.result
+    return next(
+        (key for _, key in LIST_ITEMS.values() if isinstance(listed := result.get(key), list) and len(listed) > SLICE),
+        None,
+    )
 
 
 def session_form(response: JSONRPCResponse) -> bytes:
@@ -151,12 +151,10 @@ def install_modern_writer() -> None:
         return  # applied already, or the SDK changed
 
     async def write(msg: Any, scope: Scope, receive: Receive, send: Send) -> None:
-        result = getattr(msg, "result", None)
-        key = next((k for _, k in LIST_ITEMS.values() if isinstance(result, dict) and _is_long(result.get(k))), None)
-        if key is None or not isinstance(msg, JSONRPCResponse):
+        if isinstance(msg, JSONRPCResponse) and (key := long_list(msg)):
+            body = await anyio.to_thread.run_sync(json_body, msg, key, modern_form)
+            await Response(body, media_type="application/json")(scope, receive, send)
+        else:
             await original(msg, scope, receive, send)
-            return
-        body = await anyio.to_thread.run_sync(json_body, msg, key, modern_form)
-        await Response(body, media_type="application/json")(scope, receive, send)
 
     modern._write = write
