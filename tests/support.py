@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import http.server
+import json
 import os
 import signal
 import socket
@@ -252,3 +253,18 @@ def raw_session(url: str) -> dict[str, str]:
     initialized = httpx2.post(url, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=headers)
     assert initialized.status_code == 202
     return headers
+
+
+def sse_messages(lines: Iterator[str]) -> Iterator[tuple[str | None, dict[str, Any] | None]]:
+    """(event id, message) per SSE event; a priming event has no message."""
+    event_id: str | None = None
+    data = ""
+    for line in lines:
+        if line.startswith("id:"):
+            event_id = line[3:].strip()
+        elif line.startswith("data:"):
+            data += line[5:].strip()
+        elif not line:
+            if event_id is not None or data:
+                yield event_id, json.loads(data) if data else None
+            event_id, data = None, ""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import anyio
 import pytest
@@ -97,9 +98,34 @@ def notification(n: int) -> JSONRPCNotification:
     return JSONRPCNotification(jsonrpc="2.0", method="notifications/message", params={"level": "info", "data": n})
 
 
-def event_store(client: aioredis.Redis, max_events: int = 10) -> RedisEventStore:
+def event_store(client: aioredis.Redis, max_events: int = 10, **session_bounds: int) -> RedisEventStore:
     presence = ReplicaPresence(client, "t:", "replica-a")
-    return RedisEventStore(client, "t:", presence, max_events=max_events, ttl=60, poll_interval=0.01)
+    return RedisEventStore(client, "t:", presence, max_events=max_events, ttl=60, poll_interval=0.01, **session_bounds)
+
+
+async def stream_keys(client: aioredis.Redis, namespace: str) -> list[bytes]:
+    """The session's streams (not its list of events or its byte count)."""
+    return [key for key in await client.keys(f"t:events:{namespace}:*") if await client.type(key) == b"stream"]
+
+
+async def stored(store: RedisEventStore, namespace: str, messages: list[tuple[str, Any]]) -> list[str]:
+    """The event ids of `messages` ((stream, message) pairs) stored for session `namespace`, written out."""
+    token = EVENTS.set(namespace)
+    try:
+        ids = [await store.store_event(stream, message) for stream, message in messages]
+    finally:
+        EVENTS.reset(token)
+    await store.write([])
+    return ids
+
+
+async def replay_in(store: RedisEventStore, namespace: str, event_id: str) -> list[Any]:
+    token = EVENTS.set(namespace)
+    try:
+        _, got = await replay(store, event_id)
+    finally:
+        EVENTS.reset(token)
+    return [m.message for m in got]
 
 
 async def replay(store: RedisEventStore, event_id: str) -> tuple[str | None, list[EventMessage]]:
@@ -126,9 +152,51 @@ async def test_events_are_bounded_per_stream_and_expire(client: aioredis.Redis) 
         assert await replay(store, ids[0]) == (None, [])  # dropped: the oldest go first
     finally:
         EVENTS.reset(token)
-    (key,) = await client.keys("t:events:*")
+    (key,) = await stream_keys(client, "ns1")
     assert await client.xlen(key) == 10
-    assert 0 < await client.pttl(key) <= 60_000
+    for kept in await client.keys("t:events:*"):  # the stream, the session's list of events, its byte count
+        assert 0 < await client.pttl(kept) <= 60_000
+
+
+def answer(request: int) -> JSONRPCResponse:
+    return JSONRPCResponse(jsonrpc="2.0", id=request, result={"n": request})
+
+
+@pytest.mark.anyio
+async def test_a_session_is_bounded_in_events_across_its_streams(client: aioredis.Redis) -> None:
+    """30 streamed requests of 3 events each, 20 events per session: only the newest 20 stay, the streams
+    they emptied are gone, and another session's events are untouched."""
+    store = event_store(client, session_events=20)
+    await stored(store, "ns2", [("1", notification(1))])
+    firsts = []
+    for request in range(1, 31):
+        ids = await stored(
+            store, "ns1", [(str(request), None), (str(request), notification(request)), (str(request), answer(request))]
+        )
+        firsts.append(ids[0])
+    assert await client.llen("t:events:ns1:held") == 20
+    assert len(await stream_keys(client, "ns1")) == 7  # the last 6 requests' streams whole, and 2 of a 7th's 3
+    assert await replay_in(store, "ns1", firsts[0]) == []  # its stream was dropped
+    assert await replay_in(store, "ns1", firsts[-1]) == [notification(30), answer(30)]
+    assert await client.llen("t:events:ns2:held") == 1
+    assert await stream_keys(client, "ns2")
+
+
+@pytest.mark.anyio
+async def test_a_session_is_bounded_in_bytes_and_keeps_its_newest_whatever_its_size(client: aioredis.Redis) -> None:
+    store = event_store(client, session_bytes=10_000)
+    big = JSONRPCNotification(jsonrpc="2.0", method="notifications/message", params={"data": "x" * 3000})
+    await stored(store, "ns1", [(GET_STREAM_KEY, big) for _ in range(10)])
+    held = int(await client.get("t:events:ns1:bytes") or 0)
+    assert 3 * 3000 < held <= 10_000  # three of ~3,050 bytes fit
+    assert await client.llen("t:events:ns1:held") == 3
+    huge = JSONRPCNotification(jsonrpc="2.0", method="notifications/message", params={"data": "y" * 50_000})
+    (last,) = await stored(store, "ns1", [(GET_STREAM_KEY, huge)])
+    assert await client.llen("t:events:ns1:held") == 1  # only the newest, over the bound on its own
+    (key,) = await stream_keys(client, "ns1")
+    assert await client.xlen(key) == 1 and int(await client.get("t:events:ns1:bytes") or 0) > 50_000
+    ((_, fields),) = await client.xrange(key)
+    assert last.endswith("." + fields[b"e"].decode())  # the entry kept is the newest event
 
 
 @pytest.mark.anyio

@@ -28,7 +28,16 @@ from mcp.shared.exceptions import MCPError
 
 from tests.nginx_server import Nginx, running_nginx
 from tests.redis_server import RedisServer, running_redis
-from tests.support import EXAMPLES, RAW_HEADERS, Gateway, demo_backend, raw_session, running_gateway, write_config
+from tests.support import (
+    EXAMPLES,
+    RAW_HEADERS,
+    Gateway,
+    demo_backend,
+    raw_session,
+    running_gateway,
+    sse_messages,
+    write_config,
+)
 from vmcp_opt.auth.api_keys import new_key
 
 pytestmark = [pytest.mark.slow]
@@ -134,21 +143,6 @@ def test_a_session_alternates_replicas_for_list_find_and_call(pool: Pool) -> Non
     assert set(served.by("tools/call", "find_tool")) == both
     assert set(served.by("tools/call", "call_tool")) == both
     assert any("restored a session opened on another replica" in g.output() for g in pool.replicas)
-
-
-def sse_messages(lines: Iterator[str]) -> Iterator[tuple[str | None, dict[str, Any] | None]]:
-    """(event id, message) per SSE event; a priming event has no message."""
-    event_id: str | None = None
-    data = ""
-    for line in lines:
-        if line.startswith("id:"):
-            event_id = line[3:].strip()
-        elif line.startswith("data:"):
-            data += line[5:].strip()
-        elif not line:
-            if event_id is not None or data:
-                yield event_id, json.loads(data) if data else None
-            event_id, data = None, ""
 
 
 def test_an_sse_stream_cut_on_one_replica_is_resumed_on_another(pool: Pool) -> None:

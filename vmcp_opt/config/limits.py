@@ -169,6 +169,15 @@ class SessionsConfig(_Strict):
     store: Literal["memory", "redis"] = "memory"
     # Events kept per SSE stream for resumption with Last-Event-ID (oldest dropped first), in redis mode.
     max_events_per_stream: int = Field(1000, ge=1)
+    # Events kept per session for resumption, in either store: past it the session's oldest are dropped.
+    max_events_per_session: int = Field(1000, ge=1)
+    # Bytes (the messages' JSON) of the events kept per session, in either store: past it the session's oldest
+    # are dropped; its newest stays whatever its size.
+    max_event_bytes_per_session: int = Field(8 * 1024 * 1024, ge=1)
+    # Events of all sessions together, in memory mode (one process's sessions).
+    max_events_in_memory: int = Field(10_000, ge=1)
+    # Bytes of the events of all sessions together, in memory mode.
+    max_event_bytes_in_memory: int = Field(64 * 1024 * 1024, ge=1)
 
 
 class RequestStateConfig(_Strict):

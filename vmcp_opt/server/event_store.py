@@ -11,10 +11,14 @@ keyed by (session, stream), and a replay only follows an event its own session s
 client could resume from an event id of its own and be sent another session's messages on the same
 request id, or name another session's event id (the counter is guessable).
 
-The ring is bounded in bytes too (`max_bytes`, oldest dropped first): each message is kept as its JSON
-(the same encoding the Redis store keeps), whose length is what it costs, and decoded again on a replay.
-A count alone let 10,000 large streamed answers stay, each as a tree of Python objects the garbage
-collector walked.
+The ring is bounded in events and in bytes (oldest dropped first): each message is kept as its JSON (the
+same encoding the Redis store keeps), whose length is what it costs, and decoded again on a replay. A count
+alone let 10,000 large streamed answers stay, each as a tree of Python objects the garbage collector walked.
+Each session is bounded too (`sessions.max_events_per_session`, `sessions.max_event_bytes_per_session`):
+past its own bound a session drops its own oldest events, so one busy session cannot push every other
+session's events out of the ring. A session that ends (DELETE, idle) takes its events with it (`forget`).
+The newest event of a session always stays, whatever its size: it is the one a client cut off now would
+resume from.
 
 The SDK asks `if self._event_store:`, so the store is always true: with only `__len__`, an empty store
 was false, nothing was ever stored, and no stream could be resumed.
@@ -29,6 +33,8 @@ from itertools import count
 from mcp.server.streamable_http import EventCallback, EventId, EventMessage, EventStore, StreamId
 from mcp_types import JSONRPCMessage, jsonrpc_message_adapter
 
+from vmcp_opt.config import SessionsConfig
+
 DEFAULT_MAX_EVENTS = 10_000
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 
@@ -36,15 +42,34 @@ DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 _StreamKey = tuple[int, StreamId]
 
 
+class _Held:
+    """One session's events in the ring, oldest first, and their bytes."""
+
+    __slots__ = ("bytes", "numbers")
+
+    def __init__(self) -> None:
+        self.numbers: deque[int] = deque()
+        self.bytes = 0
+
+
 class BoundedEventStore(EventStore):
     """The ring shared by all sessions. Used directly (a single-session server, as in the examples) it is
     one view; `session_view()` gives each session of the gateway its own."""
 
-    def __init__(self, max_events: int = DEFAULT_MAX_EVENTS, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
-        if max_events < 1 or max_bytes < 1:
-            raise ValueError("max_events and max_bytes must be at least 1")
+    def __init__(
+        self,
+        max_events: int = DEFAULT_MAX_EVENTS,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        session_events: int | None = None,
+        session_bytes: int | None = None,
+    ) -> None:
+        """`max_*`: all sessions together; `session_*`: each session (unset: the same as all together)."""
         self.max_events = max_events
         self.max_bytes = max_bytes
+        self.session_events = max_events if session_events is None else session_events
+        self.session_bytes = max_bytes if session_bytes is None else session_bytes
+        if min(self.max_events, self.max_bytes, self.session_events, self.session_bytes) < 1:
+            raise ValueError("event store bounds must be at least 1")
         self.bytes = 0
         self._tag = secrets.token_hex(4)
         self._counter = 0
@@ -52,6 +77,7 @@ class BoundedEventStore(EventStore):
         # event number -> (stream key, message); insertion order is event order.
         self._events: OrderedDict[int, tuple[_StreamKey, bytes]] = OrderedDict()
         self._streams: dict[_StreamKey, deque[int]] = {}
+        self._held: dict[int, _Held] = {}  # per session view
 
     def __bool__(self) -> bool:
         # The SDK tests `if self._event_store:`; a store must count as present even while it is empty.
@@ -78,16 +104,35 @@ class BoundedEventStore(EventStore):
         self._events[number] = (key, data)
         self.bytes += len(data)
         self._streams.setdefault(key, deque()).append(number)
+        held = self._held.setdefault(view, _Held())
+        held.numbers.append(number)
+        held.bytes += len(data)
         # The newest event stays whatever its size: it is the one a client cut off now would resume from.
+        while len(held.numbers) > self.session_events or (held.bytes > self.session_bytes and len(held.numbers) > 1):
+            self._drop(held.numbers[0])
         while len(self._events) > self.max_events or (self.bytes > self.max_bytes and len(self._events) > 1):
-            _, (old_key, old_data) = self._events.popitem(last=False)
-            self.bytes -= len(old_data)
-            numbers = self._streams.get(old_key)
-            if numbers:
-                numbers.popleft()
-                if not numbers:
-                    del self._streams[old_key]
+            self._drop(next(iter(self._events)))
         return f"{self._tag}-{number}"
+
+    def forget(self, view: int) -> None:
+        """Drops every event of session `view` (it ended: nobody can resume its streams)."""
+        held = self._held.get(view)
+        while held is not None and held.numbers:
+            self._drop(held.numbers[0])
+
+    def _drop(self, number: int) -> None:
+        """Drops event `number`, the oldest of its session and so of its stream."""
+        key, data = self._events.pop(number)
+        self.bytes -= len(data)
+        numbers = self._streams[key]
+        numbers.popleft()
+        if not numbers:
+            del self._streams[key]
+        held = self._held[key[0]]
+        held.numbers.popleft()
+        held.bytes -= len(data)
+        if not held.numbers:
+            del self._held[key[0]]
 
     async def replay(self, view: int, last_event_id: EventId, send_callback: EventCallback) -> StreamId | None:
         number = self._parse(last_event_id)
@@ -113,6 +158,16 @@ class BoundedEventStore(EventStore):
         return int(number)
 
 
+def memory_event_store(settings: SessionsConfig) -> BoundedEventStore:
+    """The store of `sessions.store: memory`, bounded as `settings` says."""
+    return BoundedEventStore(
+        settings.max_events_in_memory,
+        settings.max_event_bytes_in_memory,
+        settings.max_events_per_session,
+        settings.max_event_bytes_per_session,
+    )
+
+
 class SessionEvents(EventStore):
     """One session's events in the shared ring."""
 
@@ -125,3 +180,6 @@ class SessionEvents(EventStore):
 
     async def replay_events_after(self, last_event_id: EventId, send_callback: EventCallback) -> StreamId | None:
         return await self._ring.replay(self._view, last_event_id, send_callback)
+
+    def forget(self) -> None:
+        self._ring.forget(self._view)

@@ -32,7 +32,7 @@ from vmcp_opt.server.authentication import RequireAuthentication
 from vmcp_opt.server.bad_input import JsonRpcErrorCodes
 from vmcp_opt.server.diagnostics import DiagnosticsServer, diagnostics_server, health_routes, metrics_routes
 from vmcp_opt.server.drain import Drain
-from vmcp_opt.server.event_store import BoundedEventStore
+from vmcp_opt.server.event_store import memory_event_store
 from vmcp_opt.server.handlers import build_mcp_server
 from vmcp_opt.server.host_check import HostCheck
 from vmcp_opt.server.lazy_stream import LazyStreamSessionManager
@@ -114,7 +114,7 @@ def create_app(gateway: Gateway) -> Starlette:
         max_request_body_size=server_config.max_body_bytes,
         # SSE streams can be resumed with Last-Event-ID (polling, dropped connections); bounded, in memory or
         # (sessions.store: redis) in Redis, on any replica.
-        event_store=shared.events if shared is not None else BoundedEventStore(),
+        event_store=shared.events if shared is not None else memory_event_store(gateway.config.sessions),
         retry_interval=SSE_RETRY_MS,
         max_sessions=limits.max_sessions,
         session_idle_timeout=limits.session_idle_timeout,

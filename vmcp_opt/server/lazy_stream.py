@@ -66,7 +66,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
-from vmcp_opt.server.event_store import BoundedEventStore
+from vmcp_opt.server.event_store import BoundedEventStore, SessionEvents
 from vmcp_opt.server.list_answers import json_body, long_list, session_form
 
 logger = logging.getLogger(__name__)
@@ -123,6 +123,11 @@ class UnsentAnswers(EventStore):
     async def replay_events_after(self, last_event_id: EventId, send_callback: EventCallback) -> StreamId | None:
         return await self.inner.replay_events_after(last_event_id, send_callback)
 
+    def forget(self) -> None:
+        """The session ended: its events in memory go (Redis keeps them to their expiry, bounded per session)."""
+        if isinstance(self.inner, SessionEvents):
+            self.inner.forget()
+
 
 def _id_in_use(message: JSONRPCRequest) -> JSONResponse:
     error = {
@@ -133,6 +138,11 @@ def _id_in_use(message: JSONRPCRequest) -> JSONResponse:
 
 
 class LazyStreamTransport(StreamableHTTPServerTransport):
+    async def terminate(self) -> None:
+        await super().terminate()
+        if isinstance(self._event_store, UnsentAnswers):
+            self._event_store.forget()
+
     async def _handle_post_request(self, scope: Scope, request: Request, receive: Receive, send: Send) -> None:
         message = await self._plain_request(request)
         if message is None:

@@ -379,7 +379,15 @@ def redis_session_parts(config: VmcpConfig, replica: str) -> SharedSessionParts:
     presence = ReplicaPresence(client, prefix, replica)
     return SharedSessionParts(
         RedisSessions(client, prefix, ttl),
-        RedisEventStore(client, prefix, presence, settings.max_events_per_stream, ttl),
+        RedisEventStore(
+            client,
+            prefix,
+            presence,
+            settings.max_events_per_stream,
+            ttl,
+            session_events=settings.max_events_per_session,
+            session_bytes=settings.max_event_bytes_per_session,
+        ),
         presence,
         RedisRoundRelay(client, prefix, presence, deadline=config.timeouts.input, slice_=config.redis.timeout / 2),
     )

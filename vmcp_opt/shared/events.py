@@ -8,7 +8,12 @@ sets around each request (the session's own tasks inherit it from the request th
 reads only the current session's namespace: an event id of another session replays nothing.
 
 One Redis stream per (session, SDK stream): XADD with an exact MAXLEN (`sessions.max_events_per_stream`, oldest
-dropped first) and an expiry of the session idle timeout, pushed ahead on each event. An event id is
+dropped first) and an expiry of the session idle timeout, pushed ahead on each event. Each session is bounded
+as a whole too (`sessions.max_events_per_session`, `sessions.max_event_bytes_per_session`): a script (`_ADD`)
+adds the event, notes it in the session's list of its events in order, with its size, and drops the
+session's oldest while the session is over either bound (its newest stays whatever its size), deleting a
+stream it empties. Without it, every request of a session that streamed left a stream behind until the
+session expired: a client could fill Redis at its request rate. An event id is
 `<stream digest>.<process tag>-<counter>`, chosen here, so sending a message never waits for Redis: events
 queue (bounded) for one writer task that sends whatever is waiting in one pipeline, in order. A replay that
 does not find its event yet looks again for a moment (it may still be on its way).
@@ -57,6 +62,32 @@ _TAIL_BATCH = 100
 _WRITE_BATCH = 500
 _FIND_WAIT = 2.0
 Entry = tuple[str, dict[str, bytes]]  # a Redis stream entry: its id, its fields
+Queued = tuple[str, str, dict[str, Any]]  # an event waiting for the writer: session namespace, stream digest, fields
+
+# KEYS: the stream, the session's list of its events (`<entry id> <bytes> <stream key>`, oldest first), the
+# session's byte count. ARGV: the entry's e, s, r and m; the stream's MAXLEN; the session's bounds in events
+# and bytes; the expiry in ms. An entry MAXLEN dropped stays listed (and counted) until its turn comes:
+# the session's bound only ever errs on the tight side.
+_ADD = """
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[5], '*', 'e', ARGV[1], 's', ARGV[2], 'r', ARGV[3], 'm', ARGV[4])
+local size = string.len(ARGV[4])
+local count = redis.call('RPUSH', KEYS[2], id .. ' ' .. size .. ' ' .. KEYS[1])
+local held = redis.call('INCRBY', KEYS[3], size)
+local max_events, max_bytes = tonumber(ARGV[6]), tonumber(ARGV[7])
+while count > max_events or (held > max_bytes and count > 1) do
+  local old_id, old_size, old_key = string.match(redis.call('LPOP', KEYS[2]), '^(%S+) (%d+) (.+)$')
+  redis.call('XDEL', old_key, old_id)
+  if redis.call('XLEN', old_key) == 0 then
+    redis.call('DEL', old_key)
+  end
+  held = redis.call('DECRBY', KEYS[3], old_size)
+  count = count - 1
+end
+for _, key in ipairs(KEYS) do
+  redis.call('PEXPIRE', key, ARGV[8])
+end
+return id
+"""
 
 
 class ReplicaPresence:
@@ -101,11 +132,17 @@ class RedisEventStore(EventStore):
         ttl: float,
         poll_interval: float = 0.1,
         queue_size: int = 10_000,
+        session_events: int = 1000,
+        session_bytes: int = 8 * 1024 * 1024,
     ) -> None:
+        """`max_events`: per stream; `session_*`: per session, all its streams together."""
         self.client = client
         self.prefix = prefix + "events:"
         self.presence = presence
         self.max_events = max_events
+        self.session_events = session_events
+        self.session_bytes = session_bytes
+        self._add = client.register_script(_ADD)
         self.ttl_ms = max(1, int(ttl * 1000))
         self.poll_interval = poll_interval
         self.lost = 0  # events not stored (Redis unreachable, or the queue full)
@@ -113,7 +150,7 @@ class RedisEventStore(EventStore):
         self._tag = secrets.token_hex(4)  # event ids of this process
         self._counter = 0
         # Events wait here for `write` (`run_writer`), so sending a message never waits for Redis.
-        self._queue, self._queued = anyio.create_memory_object_stream[tuple[str, dict[Any, Any]]](queue_size)
+        self._queue, self._queued = anyio.create_memory_object_stream[Queued](queue_size)
 
     async def store_event(self, stream_id: StreamId, message: JSONRPCMessage | None) -> EventId:
         digest = _digest(stream_id)
@@ -125,7 +162,7 @@ class RedisEventStore(EventStore):
         event = f"{self._tag}-{self._counter}"
         fields = {"e": event, "s": stream_id, "r": self.presence.replica, "m": data}
         try:
-            self._queue.send_nowait((f"{self.prefix}{namespace}:{digest}", fields))
+            self._queue.send_nowait((namespace, digest, fields))
         except anyio.WouldBlock:
             self._lose(1, "the queue is full")
         return f"{digest}.{event}"
@@ -136,18 +173,20 @@ class RedisEventStore(EventStore):
             first = await self._queued.receive()
             await self.write([first])
 
-    async def write(self, batch: list[tuple[str, dict[Any, Any]]]) -> None:
+    async def write(self, batch: list[Queued]) -> None:
         """`batch` and whatever else is queued, in one pipeline."""
         while len(batch) < _WRITE_BATCH:
             try:
                 batch.append(self._queued.receive_nowait())
             except anyio.WouldBlock:
                 break
+        bounds = (self.max_events, self.session_events, self.session_bytes, self.ttl_ms)
         try:
             async with self.client.pipeline(transaction=False) as pipe:
-                for key, fields in batch:
-                    pipe.xadd(key, fields, maxlen=self.max_events, approximate=False)
-                    pipe.pexpire(key, self.ttl_ms)
+                for namespace, digest, fields in batch:
+                    session = f"{self.prefix}{namespace}"
+                    keys = [f"{session}:{digest}", f"{session}:held", f"{session}:bytes"]
+                    await self._add(keys, [fields["e"], fields["s"], fields["r"], fields["m"], *bounds], client=pipe)
                 await pipe.execute()
         except STORE_ERRORS as exc:
             self._lose(len(batch), type(exc).__name__)
