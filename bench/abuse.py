@@ -1,7 +1,7 @@
 """A misbehaving backend, and a hostile HTTP client, against a real gateway process (issue 22), with figures.
 
 One gateway over examples/backends/hostile_server.py and a well-behaved demo backend, on loopback. Each
-attack runs while another task polls `/healthz` every 10 ms; per attack it prints what happened, the
+attack runs while another process polls `/healthz` every 10 ms (bench/stalls.py); per attack it prints what happened, the
 slowest `/healthz` answer during it (the event-loop stall a client would see), the gateway's CPU time and
 its RSS before and after, and whether a distinctive secret showed anywhere. Bounded in count and time.
 The client's attacks (rows 5, 7, 11, 12) run against a second gateway with a demo backend only; the
@@ -39,6 +39,7 @@ from mcp.shared.exceptions import MCPError
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from bench.stalls import stall_watch  # noqa: E402
 from tests.support import (  # noqa: E402
     EXAMPLES,
     Gateway,
@@ -60,30 +61,16 @@ async def measured(
     base: str, proc: psutil.Process, attack: Callable[[], Awaitable[str]]
 ) -> tuple[str, float, float, float, float]:
     """(outcome, slowest /healthz in ms, gateway CPU s, RSS before MB, RSS after MB) of one attack."""
-    slowest = 0.0
-    done = anyio.Event()
-
-    async def poll() -> None:
-        nonlocal slowest
-        async with httpx2.AsyncClient() as http:
-            while not done.is_set():
-                started = time.perf_counter()
-                await http.get(f"{base}/healthz", timeout=120.0)
-                slowest = max(slowest, time.perf_counter() - started)
-                await anyio.sleep(0.01)
-
     rss_before = proc.memory_info().rss / 2**20
     cpu_before = sum(proc.cpu_times()[:2])
-    outcome = ""
-    async with anyio.create_task_group() as group:
-        group.start_soon(poll)
+    with stall_watch(f"{base}/healthz") as stop:
         try:
             with anyio.fail_after(300):
                 outcome = await attack()
         finally:
-            done.set()
+            slowest, _ = await anyio.to_thread.run_sync(stop)
     cpu = sum(proc.cpu_times()[:2]) - cpu_before
-    return outcome, slowest * 1000, cpu, rss_before, proc.memory_info().rss / 2**20
+    return outcome, slowest, cpu, rss_before, proc.memory_info().rss / 2**20
 
 
 def big_results(client: Client, size: int, count: int) -> Callable[[], Awaitable[str]]:

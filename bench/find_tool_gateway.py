@@ -20,7 +20,6 @@ import json
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -36,6 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.plots import latency_histogram  # noqa: E402
+from bench.stalls import stall_watch  # noqa: E402
 from eval.metrics import percentile  # noqa: E402
 from tests.support import raw_session, running_gateway, write_config  # noqa: E402
 
@@ -51,35 +51,16 @@ def queries(count: int) -> list[str]:
 
 @contextmanager
 def health_probe(url: str, started: float) -> Iterator[Callable[[], tuple[float, float]]]:
-    """`/healthz` asked every 20 ms on a thread until the returned `stop` is called; `stop` gives the slowest
-    answer (ms) and when it was asked (s after `started`)."""
-    health = url.rsplit("/mcp", 1)[0] + "/healthz"
-    done = threading.Event()
-    slowest = [0.0, 0.0]
+    """`/healthz` asked every 20 ms from another process (bench/stalls.py) until the returned `stop` is
+    called; `stop` gives the slowest answer (ms) and when it was asked (s after `started`, a
+    `time.monotonic()` reading)."""
+    with stall_watch(url.rsplit("/mcp", 1)[0] + "/healthz", interval=0.02) as stop:
 
-    def poll() -> None:
-        with httpx2.Client(timeout=60) as client:
-            while not done.wait(0.02):
-                asked = time.perf_counter()
-                try:
-                    client.get(health)
-                except httpx2.HTTPError:
-                    continue  # not listening yet
-                took = (time.perf_counter() - asked) * 1000
-                if took > slowest[0]:
-                    slowest[:] = [took, asked - started]
+        def since_start() -> tuple[float, float]:
+            slowest, asked = stop()
+            return slowest, max(0.0, asked - started)
 
-    def stop() -> tuple[float, float]:
-        done.set()
-        thread.join()
-        return slowest[0], slowest[1]
-
-    thread = threading.Thread(target=poll, daemon=True)
-    thread.start()
-    try:
-        yield stop
-    finally:
-        done.set()
+        yield since_start
 
 
 async def through_gateway(
@@ -197,7 +178,7 @@ def main() -> None:
         started = time.perf_counter()
         with (
             running_gateway(write_config(directory, config), wait_ready=False, ready_timeout=120) as gateway,
-            health_probe(gateway.url, started) as stop_probe,
+            health_probe(gateway.url, time.monotonic() - (time.perf_counter() - started)) as stop_probe,
         ):
             first_list, ready, slowest, gateway_ms, tokens = anyio.run(
                 through_gateway, gateway.url, texts, started, gateway.output, stop_probe
