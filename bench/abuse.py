@@ -50,6 +50,7 @@ from tests.support import (  # noqa: E402
 )
 
 SECRET = "sekrit-abuse-7777"
+REFETCH_WATCH = 10.0  # seconds /healthz is watched after a list_changed of the 50,000-tool backend
 HOSTILE = EXAMPLES / "backends" / "hostile_server.py"
 
 
@@ -364,9 +365,16 @@ async def run_caller_attacks(clients: int, tools: int) -> None:
                 per_call = (sum(proc.cpu_times()[:2]) - cpu) / calls * 1000
                 return f"{calls} calls with arguments: {per_call:.1f} ms CPU each"
 
+            async def refetch() -> str:
+                started = time.perf_counter()
+                await carol.call_tool("hostile_flood", {"count": 1})
+                await anyio.sleep(REFETCH_WATCH)  # the re-fetch, its screen and the catalogue's rebuild
+                return f"one list_changed, watched for {time.perf_counter() - started:.0f} s"
+
             for name, attack in (
                 (f"2026-07-28 first call, {tools:,} tools (row 8)", first_call),
                 (f"2026-07-28 calls, {tools:,} tools (row 8)", modern_calls),
+                (f"re-fetch of {tools:,} tools (row 9)", refetch),
             ):
                 rows.append((name, *await measured(gateway.base, proc, attack)))
     print_rows(rows)

@@ -81,6 +81,25 @@ async def test_tools_that_cannot_be_served_are_dropped_and_the_rest_served(tmp_p
     assert "n" * 1000 not in log, "an absurd name is shortened in the warning"
 
 
+async def test_a_listing_of_thousands_of_invalid_tools_costs_a_bounded_number_of_warnings(tmp_path: Path) -> None:
+    """The page is refused, then screened item by item (off the event loop): the valid tools are served,
+    20 invalid ones are named in warnings and the rest counted in one line."""
+    config = {"backends": [hostile_backend(HOSTILE_INVALID_TOOLS="3000", HOSTILE_TOOLS="500"), demo_backend("notes")]}
+    with running_gateway(write_config(tmp_path, config)) as gateway:
+        async with Client(gateway.url) as client:
+            names = {tool.name for tool in (await client.list_tools()).tools}
+            # 3,513 tools in the refused page, 513 in the screened one: both validated in slices.
+            assert {"hostile_echo", "notes_save_note", *(f"hostile_tool_{n}" for n in range(500))} <= names
+            assert not any(name.startswith("hostile_invalid_") for name in names)
+            await healthz_answers(gateway)
+    log = gateway.output().splitlines()
+    named = [line for line in log if "dropped: its definition is invalid" in line]
+    counted = [line for line in log if "more tools dropped as invalid" in line]
+    assert len(named) == 20, len(named)
+    # 3,000, string_schema and not_object, less the 20 named.
+    assert len(counted) == 1 and "2982 more tools" in counted[0], counted
+
+
 async def test_hostile_schemas_neither_fetch_nor_read_nor_freeze(
     tmp_path: Path, counting_server: tuple[str, list[str]]
 ) -> None:

@@ -9,7 +9,8 @@ Hand-written JSON-RPC (the SDK's server would refuse to send most of this). It l
 - `big` (a text result of `bytes` characters; `id_last` writes the response's `id` last, as TypeScript servers
   do; `notify` sends the text as a log notification first and answers "sent") and `flood` (`count`
   tools/list_changed notifications first).
-HOSTILE_TOOLS=N lists N more plain tools (`tool_0`, ...), a catalogue as large as a careless server's.
+HOSTILE_TOOLS=N lists N more plain tools (`tool_0`, ...), a catalogue as large as a careless server's;
+HOSTILE_INVALID_TOOLS=N lists N more whose inputSchema is a list, which the protocol's validation refuses.
 At start it writes HOSTILE_TOKEN's value to stderr, as a careless server logging its config would.
 """
 
@@ -24,6 +25,7 @@ from typing import Any
 OBJECT = {"type": "object"}
 fetches = {"tools/list": 0}
 EXTRA = int(os.environ.get("HOSTILE_TOOLS", "0"))
+INVALID = int(os.environ.get("HOSTILE_INVALID_TOOLS", "0"))
 
 
 def tools() -> list[dict[str, Any]]:
@@ -56,6 +58,7 @@ def tools() -> list[dict[str, Any]]:
             "inputSchema": _props(kind={"type": "string"}),
         },
         *({"name": f"tool_{n}", "description": f"tool number {n}", "inputSchema": OBJECT} for n in range(EXTRA)),
+        *({"name": f"invalid_{n}", "description": "schema is a list", "inputSchema": []} for n in range(INVALID)),
     ]
 
 

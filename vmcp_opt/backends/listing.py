@@ -5,7 +5,10 @@ A listing page the SDK refuses because some of its items fail the protocol's val
 which drops those items, each with a warning: one bad tool never fails its backend.
 
 A page of tools is validated on a worker thread (`list_tools_page`): the SDK's `list_tools` does it on the
-event loop, ~0.3 s for one page of 10k tools in which no request, health check or timer ran.
+event loop, ~0.3 s for one page of 10k tools in which no request, health check or timer ran. A screened
+page is screened on a worker thread too, item by item, so the loop runs between items: on the loop it held
+it ~0.8 s for 50,000 tools, at every re-fetch a backend could ask for with `list_changed`. Its warnings stop
+at `MAX_DROP_WARNINGS` a page, the rest counted in one line.
 """
 
 from __future__ import annotations
@@ -27,6 +30,10 @@ from pydantic import ValidationError
 from vmcp_opt.display import shorten
 
 logger = logging.getLogger(__name__)
+
+MAX_DROP_WARNINGS = 20
+# Tools per pydantic call when a page is validated (`_validated_in_slices`).
+TOOLS_SLICE = 500
 
 
 @dataclass
@@ -59,21 +66,33 @@ class ItemScreen:
         return isinstance(result.get(self.key), list)
 
     def screen(self, result: dict[str, Any]) -> dict[str, Any]:
+        """`result` without its invalid items (many small validations: run it on a worker thread)."""
         kept = []
+        dropped = 0
         for item in result[self.key]:
             try:
                 validate_server_result(self.method, self.version, {self.key: [item]})
             except (ValidationError, ValueError, KeyError) as exc:
-                name = item.get("name", item.get("uri", "?")) if isinstance(item, dict) else "?"
-                logger.warning(
-                    "backend %s: %s '%s' dropped: its definition is invalid (%s)",
-                    self.backend,
-                    self.key.rstrip("s"),
-                    shorten(str(name)),
-                    first_error(exc),
-                )
+                dropped += 1
+                if dropped <= MAX_DROP_WARNINGS:
+                    name = item.get("name", item.get("uri", "?")) if isinstance(item, dict) else "?"
+                    logger.warning(
+                        "backend %s: %s '%s' dropped: its definition is invalid (%s)",
+                        self.backend,
+                        self.key.rstrip("s"),
+                        shorten(str(name)),
+                        first_error(exc),
+                    )
                 continue
             kept.append(item)
+        if dropped > MAX_DROP_WARNINGS:
+            logger.warning(
+                "backend %s: %d more %s dropped as invalid (warnings stop at %d a listing)",
+                self.backend,
+                dropped - MAX_DROP_WARNINGS,
+                self.key,
+                MAX_DROP_WARNINGS,
+            )
         return {**result, self.key: kept}
 
 
@@ -114,7 +133,8 @@ class WatchedReadStream:
         if screening is not None and isinstance(message, SessionMessage):
             response = message.message
             if isinstance(response, types.JSONRPCResponse) and screening.applies(response.result):
-                screened = response.model_copy(update={"result": screening.screen(response.result)})
+                kept = await anyio.to_thread.run_sync(screening.screen, response.result)
+                screened = response.model_copy(update={"result": kept})
                 return SessionMessage(screened, metadata=message.metadata)
         return message
 
@@ -202,9 +222,30 @@ async def list_tools_page(session: ClientSession, params: types.PaginatedRequest
 def _validated_tools_page(session: ClientSession, raw: dict[str, Any], complete: bool) -> types.ListToolsResult:
     sdk_session._clamp_inbound_ttl(raw)
     version = session._negotiated_version or "2025-11-25"  # the SDK's own fallback
-    validate_server_result("tools/list", version, raw)
     later = sdk_session._later_revision_fields("tools/list", version)
-    if not later.isdisjoint(raw):
-        raw = {key: value for key, value in raw.items() if key not in later}
-    result = types.ListToolsResult.model_validate(raw, by_name=False)
+    # The fields of later protocol revisions are left out of the version-free model, as the SDK does.
+    kept = {key: value for key, value in raw.items() if key not in later}
+    tools = raw.get("tools")
+    if not isinstance(tools, list) or len(tools) <= TOOLS_SLICE:
+        validate_server_result("tools/list", version, raw)
+        result = types.ListToolsResult.model_validate(kept, by_name=False)
+    else:
+        result = _validated_in_slices(version, raw, kept, tools)
     return session._absorb_tool_listing(result, complete=complete and result.next_cursor is None)
+
+
+def _validated_in_slices(
+    version: str, raw: dict[str, Any], kept: dict[str, Any], tools: list[Any]
+) -> types.ListToolsResult:
+    """The same validations as for a short page, `TOOLS_SLICE` tools per pydantic call: each call holds the
+    GIL from start to end, so over a 50,000-tool page the event loop waited for one call at a time (hundreds
+    of milliseconds each on a slow host) instead of a slice's few milliseconds. The page's other fields are
+    in every slice, so each is checked as the page would be; tools are checked one by one in any case."""
+    slices = [tools[start : start + TOOLS_SLICE] for start in range(0, len(tools), TOOLS_SLICE)]
+    for piece in slices:
+        validate_server_result("tools/list", version, {**raw, "tools": piece})
+    head = types.ListToolsResult.model_validate({**kept, "tools": []}, by_name=False)
+    parsed: list[types.Tool] = []
+    for piece in slices:
+        parsed.extend(types.ListToolsResult.model_validate({"tools": piece}, by_name=False).tools)
+    return head.model_copy(update={"tools": parsed})
