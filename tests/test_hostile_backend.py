@@ -7,6 +7,7 @@ with generous time bounds only: the figures belong to bench/abuse.py.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -145,6 +146,31 @@ async def test_a_list_changed_flood_costs_one_re_fetch(tmp_path: Path) -> None:
             assert not (await client.call_tool("notes_search_notes", {"query": "x"})).is_error
             fetches = json.loads(text(await client.call_tool("hostile_stats", {})))
             assert fetches["tools/list"] == 4  # the first listing and one re-fetch for 2,000 announcements
+
+
+async def test_re_fetches_are_paced_by_what_they_cost(tmp_path: Path) -> None:
+    """With no interval and a pace of 1,000, a re-fetch of 5 ms or more makes the next one wait 5 s or
+    more: a second announcement soon after is not fetched while the first re-fetch's cost is paid off."""
+    limits = {"list_changed_interval": 0, "list_changed_pace": 1000}
+    config = {"backends": [hostile_backend(HOSTILE_TOOLS="1000")], "limits": limits}
+    with running_gateway(write_config(tmp_path, config)) as gateway:
+        async with Client(gateway.url) as client:
+
+            async def listings() -> int:
+                return int(json.loads(text(await client.call_tool("hostile_stats", {})))["tools/list"])
+
+            assert text(await client.call_tool("hostile_flood", {"count": 1})) == "flooded"
+            with anyio.fail_after(60):
+                while "its re-fetch took" not in gateway.output():  # noqa: ASYNC110 - another process's log
+                    await anyio.sleep(0.1)
+            [line] = [line for line in gateway.output().splitlines() if "its re-fetch took" in line]
+            took, waits = (float(word) for word in re.findall(r"(\d+\.\d+) s", line))
+            assert waits == pytest.approx(1000 * took, abs=5) and waits >= 5  # `took` is logged to 0.01 s
+            fetched = await listings()
+            assert text(await client.call_tool("hostile_flood", {"count": 1})) == "flooded"
+            await anyio.sleep(2)
+            assert await listings() == fetched  # announced, not yet fetched again
+            await healthz_answers(gateway)
 
 
 async def test_an_oversize_result_is_an_error_naming_the_backend_and_the_cap(tmp_path: Path) -> None:

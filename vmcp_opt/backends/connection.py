@@ -5,7 +5,7 @@ A `BackendConnection` runs as a task: it opens the transport, negotiates the pro
 resource templates and prompts, and then serves calls until it is stopped. Change notifications
 (`list_changed`, or a `subscriptions/listen` stream on modern backends) re-fetch the backend and
 tell the owner through `on_change`; a burst of them costs one re-fetch, and re-fetches are at least
-`limits.list_changed_interval` apart. A listing page that fails validation because of some of its items
+`limits.list_changed_interval` apart and paced by their cost (`limits.list_changed_pace`). A listing page that fails validation because of some of its items
 (a tool whose `inputSchema` is not an object, say) is fetched again with those items dropped, each with a
 warning, so one bad tool never fails its backend. Results larger than `limits.max_result_bytes` become
 errors (results.py).
@@ -104,7 +104,7 @@ class BackendConnection:
         self.next_attempt_at: float | None = None
         self._refresh_lock = anyio.Lock()
         self._refresh_wanted = anyio.Event()  # a change was announced and not yet re-fetched
-        self._last_refresh = -float("inf")
+        self._next_refresh = -float("inf")  # when a re-fetch may start again (`_refresh_when_asked`)
         self._task_group: anyio.abc.TaskGroup | None = None
         self._stream: WatchedReadStream | None = None
 
@@ -314,15 +314,25 @@ class BackendConnection:
         self._refresh_wanted.set()
 
     async def _refresh_when_asked(self) -> None:
-        """One re-fetch per burst of announcements, at least `limits.list_changed_interval` apart."""
+        """One re-fetch per burst of announcements, at least `limits.list_changed_interval` apart, and paced
+        by their cost: after a re-fetch that took T seconds (the listing, the catalogue's rebuild, the index),
+        the next waits `limits.list_changed_pace` times T. The interval alone let a backend with a huge listing
+        keep the gateway re-fetching without pause (50,000 tools: ~5 s of CPU a re-fetch, one a second)."""
         while True:
             await self._refresh_wanted.wait()
-            wait = self._last_refresh + self.limits.list_changed_interval - time.monotonic()
+            wait = self._next_refresh - time.monotonic()
             if wait > 0:
                 await anyio.sleep(wait)  # the rest of the burst joins this re-fetch
             self._refresh_wanted = anyio.Event()
-            self._last_refresh = time.monotonic()
+            started = time.monotonic()
             await self.refresh()
+            took = time.monotonic() - started
+            paced = took * self.limits.list_changed_pace
+            self._next_refresh = max(started + self.limits.list_changed_interval, time.monotonic() + paced)
+            if paced > self.limits.list_changed_interval:
+                logger.info(
+                    "backend %s: its re-fetch took %.2f s; the next waits at least %.2f s", self.name, took, paced
+                )
 
     async def _listen_for_changes(self, session: ClientSession) -> None:
         """Modern (2026-07-28) backends deliver list changes only on a `subscriptions/listen` stream."""

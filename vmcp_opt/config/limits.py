@@ -24,6 +24,13 @@ class LimitsConfig(_Strict):
         description="Least seconds between two re-fetches of a backend's lists: a burst of list_changed "
         "notifications costs one re-fetch, and a flood one every this many seconds.",
     )
+    list_changed_pace: float = Field(
+        4.0,
+        ge=0,
+        description="After a re-fetch of a backend's lists that took T seconds (the listing, the catalogue's "
+        "rebuild, the index), the next waits at least this many times T: a backend whose lists are costly to "
+        "take in gets at most 1/(1 + pace) of the gateway's time by announcing changes. 0: only the interval.",
+    )
     argument_check_timeout: float = Field(
         1.0,
         gt=0,
