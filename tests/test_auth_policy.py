@@ -245,8 +245,8 @@ async def test_list_changed_reaches_a_session_only_when_what_it_is_shown_changed
     ops = Session(caller("s2", subject="otto", groups=frozenset({"ops"})))
     notifier = ListChangedNotifier(router)
     for session in (dev, ops):
-        names = [t.name for t in await router.list_tools(session.state["vmcp.caller"])]  # type: ignore[arg-type]
-        notifier.shown(session, "tools", names)  # type: ignore[arg-type]
+        shown = await router.list_tools(session.state["vmcp.caller"])  # type: ignore[arg-type]
+        notifier.shown(session, "tools", shown)  # type: ignore[arg-type]
     provider._tools["purge"] = ProvidedTool(
         "purge", types.Tool(name="purge", input_schema={"type": "object"}), "notes", "purge"
     )

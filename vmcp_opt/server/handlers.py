@@ -7,8 +7,11 @@ backend, a session or a policy themselves.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import weakref
+from collections.abc import Sequence
 from typing import Any
 
 import mcp_types as types
@@ -70,7 +73,7 @@ class Handlers:
     async def list_tools(self, ctx: Ctx, params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
         tools = await self.router.list_tools(self.admission.caller(ctx))
         if self.notifier is not None:
-            self.notifier.shown(connection_of(ctx), "tools", [tool.name for tool in tools])
+            self.notifier.shown(connection_of(ctx), "tools", tools)
         return answer_list(types.ListToolsResult(tools=tools), "tools")
 
     async def call_tool(
@@ -85,7 +88,7 @@ class Handlers:
     async def list_prompts(self, ctx: Ctx, params: types.PaginatedRequestParams | None) -> types.ListPromptsResult:
         prompts = self.router.list_prompts(self.admission.caller(ctx))
         if self.notifier is not None:
-            self.notifier.shown(connection_of(ctx), "prompts", [prompt.name for prompt in prompts])
+            self.notifier.shown(connection_of(ctx), "prompts", prompts)
         return answer_list(types.ListPromptsResult(prompts=prompts), "prompts")
 
     async def get_prompt(
@@ -143,26 +146,31 @@ class ListChangedNotifier:
     """Tells every connected client which of tools, prompts and resources changed.
 
     Under a policy, a 2025-11-25 session is told that tools or prompts changed only when what *it* is
-    shown changed (compared with what it was last shown), so a change it cannot see is not hinted at.
+    shown changed (compared with what it was last shown), so a change it cannot see is not hinted at. What
+    it was shown is kept as a digest of the names: a tuple of them per session held 400 KB a session at
+    50,000 tools. Without a policy every session is told of every change, and nothing is kept.
     """
 
     def __init__(self, router: Router | None = None) -> None:
         self._router = router
         # One Connection per client (a ServerSession lives only as long as one request).
         self._clients: weakref.WeakSet[Connection] = weakref.WeakSet()
-        self._shown: weakref.WeakKeyDictionary[Connection, dict[ListKind, tuple[str, ...]]] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._shown: weakref.WeakKeyDictionary[Connection, dict[ListKind, bytes]] = weakref.WeakKeyDictionary()
         # 2026-07-28 clients hear about changes on `subscriptions/listen` streams fed by this bus.
         self.bus = InMemorySubscriptionBus()
 
-    def shown(self, connection: Connection, kind: ListKind, names: list[str]) -> None:
+    def shown(self, connection: Connection, kind: ListKind, items: Sequence[types.Tool | types.Prompt]) -> None:
         """What a list request answered this client: the base of its next list_changed decision."""
-        self._shown.setdefault(connection, {})[kind] = tuple(names)
+        if self._tells_everyone():
+            return
+        self._shown.setdefault(connection, {})[kind] = _names_digest(items)
+
+    def _tells_everyone(self) -> bool:
+        return self._router is None or bool(getattr(self._router.policy, "allows_everything", False))
 
     async def _changed_for(self, client: Connection, kind: ListKind) -> bool:
         router = self._router
-        if router is None or getattr(router.policy, "allows_everything", False) or kind == "resources":
+        if router is None or self._tells_everyone() or kind == "resources":
             return True
         caller = session_caller(client)
         previous = self._shown.get(client, {}).get(kind)
@@ -170,9 +178,9 @@ class ListChangedNotifier:
             return True
         if kind == "tools":
             await router.usable_tools_async(caller)  # not `list_tools`: the caller did not ask (no audit event)
-            now = tuple(tool.name for tool in router.visible_tools(caller))
+            now = _names_digest(router.visible_tools(caller))
         else:
-            now = tuple(prompt.name for prompt in router.visible_prompts(caller))
+            now = _names_digest(router.visible_prompts(caller))
         if now == previous:
             return False
         self._shown.setdefault(client, {})[kind] = now
@@ -250,3 +258,8 @@ def build_mcp_server(gateway: Gateway, transport: Transport) -> Server[Any]:
     # Long list answers are shaped for the wire on a worker thread, in slices.
     server.middleware.append(shape_lists_off_loop(server))
     return server
+
+
+def _names_digest(items: Sequence[types.Tool | types.Prompt]) -> bytes:
+    """The items' names in order, as a digest of their JSON list (unambiguous, whatever a name holds)."""
+    return hashlib.blake2b(json.dumps([item.name for item in items]).encode(), digest_size=16).digest()
