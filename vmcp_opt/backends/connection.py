@@ -5,9 +5,10 @@ A `BackendConnection` runs as a task: it opens the transport, negotiates the pro
 resource templates and prompts, and then serves calls until it is stopped. Change notifications
 (`list_changed`, or a `subscriptions/listen` stream on modern backends) re-fetch the backend and
 tell the owner through `on_change`; a burst of them costs one re-fetch, and re-fetches are at least
-`limits.list_changed_interval` apart and paced by their cost (`limits.list_changed_pace`). A listing page that fails validation because of some of its items
-(a tool whose `inputSchema` is not an object, say) is fetched again with those items dropped, each with a
-warning, so one bad tool never fails its backend. Results larger than `limits.max_result_bytes` become
+`limits.list_changed_interval` apart and paced by their cost (`limits.list_changed_pace`). A listing page
+that fails validation because of some of its items (a tool whose `inputSchema` is not an object, say) is
+fetched again with those items dropped, each with a warning (at most 20 a listing), so one bad tool never
+fails its backend. Results larger than `limits.max_result_bytes` become
 errors (results.py).
 
 A lost session (the stdio process died, the stream closed, or the health checker asked for it
