@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -134,6 +135,12 @@ def test_a_gateways_sessions_keep_their_newest_events_within_their_bound(
             held = redis_lib.Redis.from_url(request.getfixturevalue("redis").url)
             (events,) = held.keys("*:held")
             assert held.llen(events) == 12
+            assert httpx2.delete(gateway.url, headers=headers).status_code == 200
+            # A deleted session's events go with it (just after its DELETE is answered).
+            deadline = time.monotonic() + 30
+            while held.keys("*:events:*") and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert held.keys("*:events:*") == []
             held.close()
 
 

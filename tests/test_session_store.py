@@ -183,6 +183,17 @@ async def test_a_session_is_bounded_in_events_across_its_streams(client: aioredi
 
 
 @pytest.mark.anyio
+async def test_a_deleted_sessions_events_are_gone_and_no_other_sessions(client: aioredis.Redis) -> None:
+    store = event_store(client)
+    await stored(store, "ns1", [(str(request), notification(request)) for request in range(1, 6)])
+    await stored(store, "ns2", [("1", None)])
+    await store.forget("ns1")
+    assert await client.keys("t:events:ns1*") == []
+    assert len(await stream_keys(client, "ns2")) == 1 and await client.llen("t:events:ns2:held") == 1
+    await store.forget("ns3")  # a session that never streamed: nothing to do
+
+
+@pytest.mark.anyio
 async def test_a_session_is_bounded_in_bytes_and_keeps_its_newest_whatever_its_size(client: aioredis.Redis) -> None:
     store = event_store(client, session_bytes=10_000)
     big = JSONRPCNotification(jsonrpc="2.0", method="notifications/message", params={"data": "x" * 3000})

@@ -142,7 +142,8 @@ class SharedSessions:
             await json_rpc_error(send, 404, INVALID_REQUEST, "Session not found")
             return
         if held is None and scope["method"] == "DELETE":
-            await self._delete(session_id)  # no need to restore a session to end it
+            assert record is not None
+            await self._delete(session_id, record.events)  # no need to restore a session to end it
             await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"0")]})
             await send({"type": "http.response.body", "body": b""})
             return
@@ -186,7 +187,7 @@ class SharedSessions:
             if self._in_flight[session_id] <= 0:
                 del self._in_flight[session_id]
         if scope["method"] == "DELETE" and status == 200:
-            await self._delete(session_id)
+            await self._delete(session_id, held.record.events)
 
     async def _restore(self, session_id: str, record: SessionRecord, scope: Scope, send: Send) -> Held | None:
         """This replica's copy of a session opened elsewhere, started; None when no slot is free (answered)."""
@@ -277,9 +278,11 @@ class SharedSessions:
         # The manager's own copy: the SDK's way to end a session is the client's DELETE.
         await self.app({**scope, "method": "DELETE"}, no_body, discard)
 
-    async def _delete(self, session_id: str) -> None:
+    async def _delete(self, session_id: str, events: str) -> None:
+        """The session's record and its SSE events (namespace `events`), gone from Redis."""
         try:
             await self.store.delete(session_id)
+            await self.events.forget(events)
         except STORE_ERRORS as exc:
             self._log.warning("delete", "sessions: a deleted session stays in Redis until it expires: %s", exc)
 

@@ -89,6 +89,19 @@ end
 return id
 """
 
+# KEYS: the session's list of its events, its byte count. Deletes every stream the list names, then both.
+_FORGET = """
+local seen = {}
+for _, entry in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
+  local key = string.match(entry, '^%S+ %d+ (.+)$')
+  if key and not seen[key] then
+    seen[key] = true
+    redis.call('DEL', key)
+  end
+end
+redis.call('DEL', KEYS[1], KEYS[2])
+"""
+
 
 class ReplicaPresence:
     """Each replica's heartbeat key, `<prefix>replica:<id>`, refreshed every `interval` and expiring after
@@ -143,6 +156,7 @@ class RedisEventStore(EventStore):
         self.session_events = session_events
         self.session_bytes = session_bytes
         self._add = client.register_script(_ADD)
+        self._forget = client.register_script(_FORGET)
         self.ttl_ms = max(1, int(ttl * 1000))
         self.poll_interval = poll_interval
         self.lost = 0  # events not stored (Redis unreachable, or the queue full)
@@ -190,6 +204,12 @@ class RedisEventStore(EventStore):
                 await pipe.execute()
         except STORE_ERRORS as exc:
             self._lose(len(batch), type(exc).__name__)
+
+    async def forget(self, namespace: str) -> None:
+        """Deletes a session's events (it was deleted: nobody can resume its streams). An event still queued
+        for it is written after, and expires with the session's idle timeout."""
+        session = f"{self.prefix}{namespace}"
+        await self._forget([f"{session}:held", f"{session}:bytes"], [])
 
     def _lose(self, count: int, why: str) -> None:
         self.lost += count
