@@ -22,7 +22,6 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AbstractContextManager, nullcontext
-from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import mcp_types as types
@@ -49,7 +48,7 @@ from vmcp_opt.routing.operations import (
 from vmcp_opt.routing.policy import AllowAll, Decision, Denied, Operation, Policy, Target
 from vmcp_opt.routing.providers import ProvidedTool, ToolCall, ToolProvider, error_result
 from vmcp_opt.routing.sessions import SessionChooser
-from vmcp_opt.routing.views import ToolViews
+from vmcp_opt.routing.views import MergedToolList, ToolViews
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +101,7 @@ class Router:
         # Rate limits on tool calls (vmcp_opt/shared/rate_limits.py); None: none configured.
         self.limiter: CallLimiter | None = None
         self.views = ToolViews(lambda: self.catalog.current, self._all_tools, _tool_target)
-        self._merged: _MergedLists | None = None
+        self.merged = MergedToolList()  # what `tools/list` shows before any policy
 
     def add_provider(self, provider: ToolProvider) -> None:
         """Providers earlier in the list win a name and come first in `tools/list`."""
@@ -132,7 +131,7 @@ class Router:
 
     def forget_views(self) -> None:
         self.views.forget()
-        self._merged = None
+        self.merged.forget()
 
     def _all_tools(self, *, searchable_only: bool = False) -> dict[str, ProvidedTool]:
         """Every provider's tools by name, the first provider winning a name."""
@@ -145,22 +144,7 @@ class Router:
 
     def _unfiltered_list(self) -> list[ProvidedTool]:
         """What `tools/list` shows before any policy, the first provider winning a name (do not change it)."""
-        return self._merged_lists().provided
-
-    def _merged_lists(self) -> _MergedLists:
-        """Kept while every provider lists the same tools (the same objects: providers keep their views per
-        catalogue): at 50,000 tools the merge held the event loop ~27 ms per `tools/list` on a slow host."""
-        views = [provider.listed() for provider in self.providers]
-        kept = self._merged
-        if kept is not None and _same_views(kept.views, views):
-            return kept
-        seen: dict[str, ProvidedTool] = {}
-        for view in views:
-            for provided in view:
-                seen.setdefault(provided.name, provided)
-        provided_tools = list(seen.values())
-        self._merged = _MergedLists(views, provided_tools, [provided.tool for provided in provided_tools])
-        return self._merged
+        return self.merged.of(self.providers).provided
 
     def _authorize(self, caller: Caller, target: Target) -> Decision:
         decision = self.policy.decide(caller, target)
@@ -219,7 +203,7 @@ class Router:
 
     def listed_tools(self) -> list[types.Tool]:
         """What `tools/list` shows before any policy (the gateway compares it to know when to notify)."""
-        return list(self._merged_lists().tools)
+        return list(self.merged.of(self.providers).tools)
 
     def input_schema(self, name: str) -> dict[str, Any] | None:
         """A tool's input schema by name, for the transport's `Mcp-Param` header check: one lookup, no listing."""
@@ -454,21 +438,3 @@ class Router:
 
 def _tool_target(provided: ProvidedTool, operation: Operation = "use") -> Target:
     return Target("tool", provided.name, provided.source, operation, provided.tool.annotations)
-
-
-@dataclass(frozen=True)
-class _MergedLists:
-    """The providers' listed tools merged (`Router._merged_lists`), and the views they were merged from."""
-
-    views: list[Sequence[ProvidedTool]]
-    provided: list[ProvidedTool]
-    tools: list[types.Tool]
-
-
-def _same_views(old: list[Sequence[ProvidedTool]], new: list[Sequence[ProvidedTool]]) -> bool:
-    """Whether `new` lists the same tools as `old`: the same view, or (a provider that builds its small list
-    afresh on each call) the same objects in the same order."""
-    return len(old) == len(new) and all(
-        a is b or (len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True)))
-        for a, b in zip(old, new, strict=True)
-    )

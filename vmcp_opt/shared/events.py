@@ -62,7 +62,8 @@ _TAIL_BATCH = 100
 _WRITE_BATCH = 500
 _FIND_WAIT = 2.0
 Entry = tuple[str, dict[str, bytes]]  # a Redis stream entry: its id, its fields
-Queued = tuple[str, str, dict[str, Any]]  # an event waiting for the writer: session namespace, stream digest, fields
+# An event waiting for the writer: session namespace, stream digest, and the entry's fields e, s, r and m.
+Queued = tuple[str, str, tuple[str, str, str, bytes]]
 
 # KEYS: the stream, the session's list of its events (`<entry id> <bytes> <stream key>`, oldest first), the
 # session's byte count. ARGV: the entry's e, s, r and m; the stream's MAXLEN; the session's bounds in events
@@ -174,9 +175,8 @@ class RedisEventStore(EventStore):
         data = b"" if message is None else jsonrpc_message_adapter.dump_json(message, by_alias=True, exclude_unset=True)
         self._counter += 1
         event = f"{self._tag}-{self._counter}"
-        fields = {"e": event, "s": stream_id, "r": self.presence.replica, "m": data}
         try:
-            self._queue.send_nowait((namespace, digest, fields))
+            self._queue.send_nowait((namespace, digest, (event, stream_id, self.presence.replica, data)))
         except anyio.WouldBlock:
             self._lose(1, "the queue is full")
         return f"{digest}.{event}"
@@ -200,7 +200,7 @@ class RedisEventStore(EventStore):
                 for namespace, digest, fields in batch:
                     session = f"{self.prefix}{namespace}"
                     keys = [f"{session}:{digest}", f"{session}:held", f"{session}:bytes"]
-                    await self._add(keys, [fields["e"], fields["s"], fields["r"], fields["m"], *bounds], client=pipe)
+                    await self._add(keys, [*fields, *bounds], client=pipe)
                 await pipe.execute()
         except STORE_ERRORS as exc:
             self._lose(len(batch), type(exc).__name__)
