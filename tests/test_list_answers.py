@@ -22,11 +22,11 @@ from mcp.server.lowlevel import Server
 from mcp.server.runner import ServerRunner
 from mcp_types import JSONRPCNotification, JSONRPCResponse
 
-from tests.support import EXAMPLES, raw_session, running_gateway, write_config
+from tests.support import EXAMPLES, demo_backend, raw_session, running_gateway, write_config
 from vmcp_opt.server import list_answers
 from vmcp_opt.server.event_store import BoundedEventStore
 from vmcp_opt.server.lazy_stream import UnsentAnswers
-from vmcp_opt.server.list_answers import SLICE, _Shaper, json_body, modern_form, session_form
+from vmcp_opt.server.list_answers import SLICE, _Shaper, json_body, modern_form, quick_form, session_form
 
 ITEMS = SLICE * 2 + 50
 # Non-ASCII (json.dumps escapes it, pydantic does not), quotes, and nulls inside a schema.
@@ -95,6 +95,25 @@ def test_a_long_list_is_encoded_in_slices_to_the_same_bytes(form: Any, request_i
     assert json_body(response, "tools", form) == form(response)
 
 
+@pytest.mark.parametrize(
+    "result",
+    [
+        {"content": [{"type": "text", "text": TEXT}], "structuredContent": {"schema": SCHEMA, "gone": None}},
+        {"floats": [1e-05, 1e22, 0.1, -0.0], "big": 2**70, "empty": {}, "nested": [[None, True]]},
+    ],
+)
+@pytest.mark.parametrize("request_id", [7, "[]", 'a"b'])
+def test_an_answer_encoded_in_one_pass_holds_the_sdks_json_values(result: dict[str, Any], request_id: Any) -> None:
+    response = JSONRPCResponse(jsonrpc="2.0", id=request_id, result=result)
+    assert json.loads(quick_form(response)) == json.loads(modern_form(response))
+
+
+def test_a_text_utf8_cannot_encode_is_answered_escaped_as_the_sdk_does() -> None:
+    response = JSONRPCResponse(jsonrpc="2.0", id=1, result={"text": "before \ud800 after"})
+    assert quick_form(response) == modern_form(response)
+    assert b"\\ud800" in quick_form(response)
+
+
 def test_a_short_list_is_answered_as_the_sdk_answers_it() -> None:
     result = types.ListToolsResult(tools=[types.Tool(name="one", input_schema=SCHEMA)])
     assert list_answers.answer_list(result, "tools") is result  # no middleware waiting: untouched
@@ -134,6 +153,20 @@ def test_a_gateway_lists_a_long_catalogue_whole_in_both_eras(tmp_path: Path) -> 
     plain = answer.json()["result"]["tools"]
     assert [tool["name"] for tool in plain] == [tool.name for tool in legacy]
     assert int(answer.headers["content-length"]) == len(answer.content)
+
+
+def test_a_gateway_passes_non_ascii_text_through_unchanged_in_both_eras(tmp_path: Path) -> None:
+    """The 2026-07-28 entry writes answers in one pydantic pass (`quick_form`: UTF-8, not `\\u` escapes)."""
+    config = write_config(tmp_path, {"backends": [demo_backend("notes")]})
+
+    async def echoed(url: str, mode: Any) -> tuple[str, str]:
+        async with Client(url, mode=mode) as client:
+            result = await client.call_tool("notes_slow_echo", {"message": TEXT, "seconds": 0})
+            return client.protocol_version, " ".join(c.text for c in result.content if isinstance(c, types.TextContent))
+
+    with running_gateway(config) as gateway:
+        assert anyio.run(echoed, gateway.url, "auto") == ("2026-07-28", TEXT)
+        assert anyio.run(echoed, gateway.url, "legacy") == ("2025-11-25", TEXT)
 
 
 def test_an_answer_sent_as_plain_json_is_not_kept_for_replays() -> None:

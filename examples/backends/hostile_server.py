@@ -8,7 +8,7 @@ Hand-written JSON-RPC (the SDK's server would refuse to send most of this). It l
   file HOSTILE_REF_FILE): schemas that would make a naive gateway freeze, fetch or read;
 - `big` (a text result of `bytes` characters; `id_last` writes the response's `id` last, as TypeScript servers
   do; `notify` sends the text as a log notification first and answers "sent") and `flood` (`count`
-  tools/list_changed notifications first).
+  tools/list_changed notifications first), `surrogate` (a text holding a lone surrogate).
 HOSTILE_TOOLS=N lists N more plain tools (`tool_0`, ...), a catalogue as large as a careless server's;
 HOSTILE_INVALID_TOOLS=N lists N more whose inputSchema is a list, which the protocol's validation refuses.
 At start it writes HOSTILE_TOKEN's value to stderr, as a careless server logging its config would.
@@ -53,6 +53,11 @@ def tools() -> list[dict[str, Any]]:
         },
         {"name": "flood", "description": "list_changed flood", "inputSchema": _props(count={"type": "integer"})},
         {
+            "name": "surrogate",
+            "description": "a text with a lone surrogate, which UTF-8 cannot encode",
+            "inputSchema": OBJECT,
+        },
+        {
             "name": "broken",
             "description": "an answer that is not JSON-RPC",
             "inputSchema": _props(kind={"type": "string"}),
@@ -88,6 +93,8 @@ def call(name: str, arguments: dict[str, Any]) -> dict[str, Any]:
         return text("flooded")
     if name == "stats":
         return text(json.dumps(fetches))
+    if name == "surrogate":
+        return text("before \ud800 after")  # JSON's escape of it: valid JSON, not valid UTF-8 once decoded
     return text(json.dumps({"tool": name[:100], "arguments": arguments})[:10_000])
 
 
