@@ -96,7 +96,13 @@ class LimitsConfig(_Strict):
         30.0, gt=0, description="Seconds a client has to send a request's whole body once its headers are in."
     )
     http_keep_alive_timeout: float = Field(
-        5.0, gt=0, description="Seconds an idle kept-alive HTTP connection stays open waiting for the next request."
+        5.0,
+        gt=0,
+        description="Seconds an idle kept-alive HTTP connection stays open waiting for the next request. Behind "
+        "a load balancer that keeps its connections to the gateway open, set it longer than the balancer's idle "
+        "timeout for them (60 s for AWS ALB and for ingress-nginx's upstream keep-alive), so that the balancer "
+        "closes an idle connection first: a request it sends on a connection the gateway is closing is lost (a "
+        "502), and HTTP clients do not resend a POST.",
     )
 
 
