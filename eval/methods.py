@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -256,11 +255,11 @@ class OptimizerMethod:
         """Per result of the last search, as find_tool shows its first `default_limit`, counted with the
         tokenizer find_tool's savings figure uses (`optimizer/tokens.py`)."""
         from vmcp_opt.optimizer.meta_tool_forms import hit_json
-        from vmcp_opt.optimizer.tokens import count_tokens
+        from vmcp_opt.optimizer.tokens import answer_json, count_tokens
 
         hits = self._last.hits[: self.index.config.default_limit] if self._last is not None else []
         names = {hit.record.name for hit in hits}
-        return [count_tokens(json.dumps(hit_json(hit, names)), self.index.config.model) for hit in hits]
+        return [count_tokens(answer_json(hit_json(hit, names)), self.index.config.model) for hit in hits]
 
 
 def past_usage(dataset: Dataset, records: Sequence[ToolRecord]) -> UsageGraph:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import mcp_types as types
+from pydantic import TypeAdapter
 
 from vmcp_opt.optimizer.answers import answer_description, compact_schema
 from vmcp_opt.optimizer.documents import ToolRecord
@@ -81,13 +82,13 @@ def test_answer_tokens_from_kept_parts_equal_tokenizing_the_whole_answer() -> No
     parts = [tool_json(record) for record in records]
     results = [{**part, "score": 0.25, "supplies": {"tool": "r", "argument": "id"}} for part in parts]
     counter = AnswerTokens()
-    expected = count_tokens(json.dumps(results))
+    expected = count_tokens(json.dumps(results, ensure_ascii=False))
     assert counter.count(results, parts) == expected  # counted, kept
     assert counter.count(results, parts) == expected  # from the kept parts
     changed = [{**results[0], "description": "Forecast for a whole week, by the hour"}, results[1]]
-    assert counter.count(changed, parts) == count_tokens(json.dumps(changed))
+    assert counter.count(changed, parts) == count_tokens(json.dumps(changed, ensure_ascii=False))
     bare = [dict(parts[0]), dict(parts[1])]  # no keys of their own: the rest is the closing brace
-    assert counter.count(bare, parts) == count_tokens(json.dumps(bare))
+    assert counter.count(bare, parts) == count_tokens(json.dumps(bare, ensure_ascii=False))
     assert counter.count([], []) == count_tokens("[]")
 
 
@@ -107,9 +108,9 @@ def test_a_tool_list_counted_tool_by_tool_in_batches_equals_tokenizing_its_whole
     assert len(tools) > 2 * COUNT_BATCH
 
     def wire_json(tools: list[types.Tool]) -> str:  # the whole list, as tools/list puts it on the wire
-        return json.dumps(
-            [t.model_dump(by_alias=True, mode="json", exclude_none=True) for t in tools], separators=(",", ":")
-        )
+        return TypeAdapter(list[types.Tool]).dump_json(tools, by_alias=True, exclude_none=True).decode()
+
+    assert "検索" in wire_json(tools[:3])  # as written, not escaped
 
     assert tools_list_tokens(tools) == count_tokens(wire_json(tools))
     assert tools_list_tokens(tools[:1]) == count_tokens(wire_json(tools[:1]))

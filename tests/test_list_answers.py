@@ -85,7 +85,7 @@ def test_a_long_list_is_shaped_in_slices_as_the_sdk_shapes_it_whole(case: int, v
     assert len(shaped[key]) == ITEMS
 
 
-@pytest.mark.parametrize("form", [session_form, modern_form])
+@pytest.mark.parametrize("form", [session_form, modern_form, quick_form])
 @pytest.mark.parametrize("request_id", [7, "[]", 'a"b'])
 def test_a_long_list_is_encoded_in_slices_to_the_same_bytes(form: Any, request_id: Any) -> None:
     items = [{"name": f"t{i}", "description": TEXT, "inputSchema": SCHEMA, "gone": None} for i in range(ITEMS)]

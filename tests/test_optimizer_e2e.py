@@ -13,6 +13,7 @@ import pytest
 from mcp import Client
 
 from tests.support import DEMO_SERVER, Gateway, demo_backend, running_gateway, write_config
+from vmcp_opt.optimizer.tokens import count_tokens
 
 pytestmark = [pytest.mark.slow, pytest.mark.anyio]
 
@@ -81,6 +82,20 @@ async def test_find_tool_ranks_the_current_time_tool_first(gateway: Gateway) -> 
         assert first["backend"] == "time"
         assert "timezone" in first["input_schema"]["properties"]
         assert answer["tokens"]["this_answer"] < answer["tokens"]["full_tool_list"]
+
+
+async def test_find_tool_writes_non_ascii_as_written_and_counts_that_text(gateway: Gateway) -> None:
+    """An escape per character (`\\u6771`) costs an agent's model several tokens where the character costs one
+    or two: the answer's text keeps it as written, and its token figure counts the results as sent (their
+    non-ASCII counted as written: tests/test_optimizer_index.py)."""
+    query = "Wie spät ist es gerade in 東京?"
+    async with Client(gateway.url) as client:
+        await wait_for_vectors(client)
+        result = await client.call_tool("find_tool", {"query": query})
+    text = result.content[0].text  # type: ignore[union-attr]
+    answer = json.loads(text)
+    assert f'"query":"{query}"' in text and "\\u" not in text
+    assert answer["tokens"]["this_answer"] == count_tokens(json.dumps(answer["tools"], ensure_ascii=False))
 
 
 async def test_find_tool_filters_by_backend_and_limits(gateway: Gateway) -> None:

@@ -240,7 +240,7 @@ def test_answer_tokens_add_up_to_the_whole_answers_count() -> None:
     for records in ([], CATALOGUE[:1], CATALOGUE[:8], [odd, *CATALOGUE[:3]]):
         parts = [tool_json(record) for record in records]
         results = [{**part, "score": 0.1234 * (i + 1), "used_with": "x_y"} for i, part in enumerate(parts)]
-        expected = count_tokens(json.dumps(results))
+        expected = count_tokens(json.dumps(results, ensure_ascii=False))
         assert counter.count(results, parts) == expected  # counted, kept
         assert counter.all_known(parts)
         assert counter.count(results, parts) == expected  # from what was kept
@@ -265,7 +265,7 @@ def test_answer_tokens_warmed_in_batches_count_as_the_whole_answer() -> None:
     assert counter.all_known(parts)
     shown = parts[COUNT_BATCH - 2 : COUNT_BATCH + 2]  # across the batches' boundary
     results = [{**part, "score": 0.5} for part in shown]
-    assert counter.count(results, shown) == count_tokens(json.dumps(results))
+    assert counter.count(results, shown) == count_tokens(json.dumps(results, ensure_ascii=False))
     assert AnswerTokens().warm(iter(parts), stop=lambda: True) == 0
 
 

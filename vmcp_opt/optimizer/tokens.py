@@ -20,6 +20,12 @@ from vmcp_opt.optimizer.model_registry import DEFAULT_MODEL, ModelError, resolve
 _lock = threading.Lock()
 
 
+def answer_json(value: Any) -> str:
+    """`value` as find_tool's answer writes it for counting: non-ASCII as written, not `\\u` escapes (the
+    separators' spaces add no tokens: the pre-tokenizer splits at whitespace)."""
+    return json.dumps(value, ensure_ascii=False)
+
+
 @cache
 def _tokenizer(model_spec: str) -> Any:
     from tokenizers import Tokenizer
@@ -65,7 +71,7 @@ def tools_list_tokens(tools: Sequence[types.Tool], model_spec: str = DEFAULT_MOD
     if not tools:
         return count_tokens("[]", model_spec)
     wire = (tool.model_dump(by_alias=True, mode="json", exclude_none=True) for tool in tools)
-    tools_json = [json.dumps(fields, separators=(",", ":")) for fields in wire]
+    tools_json = [json.dumps(fields, separators=(",", ":"), ensure_ascii=False) for fields in wire]
     opening, closing, comma = count_tokens_each(["[", "]", ","], model_spec)
     return opening + closing + (len(tools) - 1) * comma + sum(count_tokens_each(tools_json, model_spec))
 
@@ -111,7 +117,7 @@ class AnswerTokens:
         self._marks: tuple[int, int, int] | None = None
 
     def count(self, results: Sequence[dict[str, Any]], tool_parts: Sequence[dict[str, Any]]) -> int:
-        """Tokens of `json.dumps(results)`; `tool_parts[i]` is the query-independent start of `results[i]`:
+        """Tokens of `answer_json(results)`; `tool_parts[i]` is the query-independent start of `results[i]`:
         its tokens are kept, and only the rests (score, links) are tokenized, in one call."""
         if not results:
             return count_tokens("[]", self.model_spec)
@@ -120,7 +126,7 @@ class AnswerTokens:
         for result, part in zip(results, tool_parts, strict=True):
             rest = _rest(result, part)
             if rest is None:  # not the part followed by keys of its own: the whole result
-                rests.append(json.dumps(result))
+                rests.append(answer_json(result))
                 continue
             total += self._part_tokens_by_identity(part)
             rests.append(rest)
@@ -131,7 +137,7 @@ class AnswerTokens:
         kept = self._by_part.get(id(part))
         if kept is not None and kept[0] is part:
             return kept[1]
-        tokens = self._part_tokens(json.dumps(part)[:-1])
+        tokens = self._part_tokens(answer_json(part)[:-1])
         with self._parts_lock:
             if len(self._by_part) >= self.max_by_part:
                 self._by_part.pop(next(iter(self._by_part)), None)
@@ -141,7 +147,7 @@ class AnswerTokens:
     def all_known(self, tool_parts: Sequence[dict[str, Any]]) -> bool:
         """Whether `count` needs the tokenizer only for the short query-dependent rests."""
         with self._parts_lock:
-            return all(hash(json.dumps(part)[:-1]) in self._parts for part in tool_parts)
+            return all(hash(answer_json(part)[:-1]) in self._parts for part in tool_parts)
 
     def warm(self, tool_parts: Iterable[dict[str, Any]], stop: Callable[[], bool]) -> int:
         """Count tool parts ahead of the queries that show them, up to `max_tools` or until `stop()`: in
@@ -151,7 +157,7 @@ class AnswerTokens:
         for part in tool_parts:
             if counted + len(batch) >= self.max_tools or stop():
                 break
-            batch.append(json.dumps(part)[:-1])
+            batch.append(answer_json(part)[:-1])
             if len(batch) == COUNT_BATCH:
                 counted += self._count_batch(batch)
                 batch = []
@@ -194,7 +200,7 @@ class AnswerTokens:
 
 
 def _rest(result: dict[str, Any], part: dict[str, Any]) -> str | None:
-    """What `json.dumps(result)` has after `json.dumps(part)[:-1]` when `result` is `part`'s items (the same
+    """What `answer_json(result)` has after `answer_json(part)[:-1]` when `result` is `part`'s items (the same
     objects) followed by keys of its own, as `hit_json` builds it; else None."""
     if not part or len(result) < len(part):
         return None
@@ -203,4 +209,4 @@ def _rest(result: dict[str, Any], part: dict[str, Any]) -> str | None:
         if next(keys) != key or result[key] is not value:
             return None
     own = {key: result[key] for key in keys}
-    return ", " + json.dumps(own)[1:] if own else "}"
+    return ", " + answer_json(own)[1:] if own else "}"

@@ -155,9 +155,9 @@ def quick_form(response: JSONRPCResponse) -> bytes:
 
 
 def install_modern_writer() -> None:
-    """The SDK's 2026-07-28 entry writes every answer on the event loop (`_write`): a long list's is encoded
-    on a worker thread in slices instead (the same bytes), any other answer in one pydantic call
-    (`quick_form`). Errors go through the SDK's own `_write` (its HTTP status per error code, `id: null`).
+    """The SDK's 2026-07-28 entry writes every answer on the event loop (`_write`, a dump then `json.dumps`).
+    Here every answer is encoded in one pydantic call (`quick_form`), a long list's on a worker thread a slice
+    per call. Errors go through the SDK's own `_write` (its HTTP status per error code, `id: null`).
     Applied once, to the SDK it was written for."""
     from mcp.server import _streamable_http_modern as modern
 
@@ -170,7 +170,7 @@ def install_modern_writer() -> None:
             await original(msg, scope, receive, send)
             return
         if key := long_list(msg):
-            body = await anyio.to_thread.run_sync(json_body, msg, key, modern_form)
+            body = await anyio.to_thread.run_sync(json_body, msg, key, quick_form)
         else:
             body = quick_form(msg)
         await Response(body, media_type="application/json")(scope, receive, send)
