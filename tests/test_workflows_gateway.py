@@ -257,11 +257,13 @@ async def test_time_conversions_in_a_for_each(gateway: Gateway) -> None:
 
 
 async def test_filesystem_write_then_read(gateway: Gateway) -> None:
+    body = "hello from a workflow, grüße aus 東京"
     async with Client(gateway.url) as client:
-        result = await client.call_tool("write_and_read", {"name": "note.txt", "body": "hello from a workflow"})
+        result = await client.call_tool("write_and_read", {"name": "note.txt", "body": body})
     assert not result.is_error, text(result)
-    assert result.structured_content == {"written": "ok", "read_back": "hello from a workflow"}
-    assert (gateway.files / "note.txt").read_text() == "hello from a workflow"  # type: ignore[attr-defined]
+    assert result.structured_content == {"written": "ok", "read_back": body}
+    assert body in text(result)  # the output's JSON text keeps non-ASCII as written, not as \u escapes
+    assert (gateway.files / "note.txt").read_text(encoding="utf-8") == body  # type: ignore[attr-defined]
 
 
 async def test_a_failing_step_is_retried_until_the_backend_answers(gateway: Gateway) -> None:

@@ -221,7 +221,12 @@ def run_result(report: RunReport) -> types.CallToolResult:
     """Success: the output as JSON text, and as structured content when it is an object. Failure: an error
     result naming the failed step and the reason, with every step's status."""
     if report.ok:
-        text = report.output if isinstance(report.output, str) else json.dumps(report.output, default=str)
+        # Non-ASCII as written, as find_tool's answer: an escape per character costs an agent's model tokens.
+        text = (
+            report.output
+            if isinstance(report.output, str)
+            else json.dumps(report.output, default=str, ensure_ascii=False)
+        )
         structured = report.output if isinstance(report.output, dict) else None
         return types.CallToolResult(content=[types.TextContent(type="text", text=text)], structured_content=structured)
     statuses = ", ".join(f"{s.id}: {s.status}" for s in report.steps.values())
