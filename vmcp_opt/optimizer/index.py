@@ -30,6 +30,7 @@ from vmcp_opt.optimizer import feedback, keyword_arm, ranking, vector_arm
 from vmcp_opt.optimizer.boosts import with_companions, with_prerequisites
 from vmcp_opt.optimizer.documents import ToolRecord, document_hash, keyword_document, keyword_fields, tool_document
 from vmcp_opt.optimizer.embedding import TextEmbedder, bulk_started, load_configured_embedder
+from vmcp_opt.optimizer.int8_pass import Int8FirstPass
 from vmcp_opt.optimizer.model_registry import ModelSpec, resolve_model
 from vmcp_opt.optimizer.prerequisites import Prerequisite, find_prerequisites
 from vmcp_opt.optimizer.query_cache import QueryCache
@@ -94,6 +95,8 @@ class _Snapshot:
     vectors: np.ndarray | None = None
     has_vector: np.ndarray | None = None
     faiss_index: Any = None
+    # Int8 copies of `vectors` that pick the rows an exact search scores (optimizer/int8_pass.py), or None.
+    int8_pass: Int8FirstPass | None = None
     # The second stage for these records, when the index has a reranker (optimizer/rerank.py).
     rerank: RerankStage | None = None
     # Routable name -> position, for the co-usage graph (which knows tools by name).
@@ -174,7 +177,7 @@ class ToolIndex:
             assert snap.has_vector is not None
             query_vectors = self._query_vectors(embedder, variants)
             vectors = vector_arm.candidates(
-                snap.faiss_index, snap.has_vector, query_vectors, depth, allowed, config, snap.vectors
+                snap.faiss_index, snap.has_vector, query_vectors, depth, allowed, config, snap.vectors, snap.int8_pass
             )
             fused = [ranking.fuse(d, s, config) for d, s in zip(vectors, sparse, strict=True)]
             if feedback.enabled(config):
@@ -317,11 +320,12 @@ class ToolIndex:
         )
         if keywords is None:
             keywords = self._keywords(records, documents)
-        faiss_index = None
+        faiss_index = int8_pass = None
         if vectors is not None and len(records):
             faiss_index = vector_arm.build(vectors, self.config)
             # Keep one copy of the vectors: a view of FAISS's own storage (the flat codes).
             vectors = vector_arm.stored_vectors(faiss_index, len(records), self.model.dimensions)
+            int8_pass = vector_arm.first_pass(vectors, self.config)
         return _Snapshot(
             records=tuple(records),
             backend_codes=codes,
@@ -330,6 +334,7 @@ class ToolIndex:
             vectors=vectors,
             has_vector=has_vector,
             faiss_index=faiss_index,
+            int8_pass=int8_pass,
             rerank=rerank,
             positions={record.name: position for position, record in enumerate(records)},
             prerequisites=keywords.prerequisites,

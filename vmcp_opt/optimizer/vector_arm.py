@@ -21,6 +21,7 @@ import numpy as np
 
 from vmcp_opt.config import OptimizerConfig
 from vmcp_opt.optimizer import ranking
+from vmcp_opt.optimizer.int8_pass import Int8FirstPass, rows_to_rescore
 
 # FAISS (OpenMP), numpy and torch share 2 cores; a one-query FAISS search is fastest single-threaded.
 # OpenMP keeps the setting per thread, so `candidates` sets it again on whichever thread searches.
@@ -32,6 +33,8 @@ _HNSW_EF_SEARCH = 128
 # OpenBLAS runs a matrix product of m * n * k at most this on the calling thread (SMP_THRESHOLD_MIN 65536 x
 # GEMM_MULTITHREAD_THRESHOLD 4): its threads would fight torch, ONNX Runtime and FAISS for the cores.
 _ONE_THREAD_PRODUCT = 65536 * 4
+# Below this many rows a float32 scan is already a fraction of a millisecond: no int8 pass.
+FIRST_PASS_MIN_ROWS = 4096
 
 
 def build(vectors: np.ndarray, config: OptimizerConfig) -> Any:
@@ -53,6 +56,13 @@ def build(vectors: np.ndarray, config: OptimizerConfig) -> Any:
     return index
 
 
+def first_pass(vectors: np.ndarray, config: OptimizerConfig) -> Int8FirstPass | None:
+    """The int8 first pass over `vectors` (optimizer/int8_pass.py) where it pays: exact search, many rows."""
+    if not config.int8_first_pass or config.index_type != "flat" or len(vectors) < FIRST_PASS_MIN_ROWS:
+        return None
+    return Int8FirstPass(vectors)
+
+
 def stored_vectors(index: Any, count: int, dims: int) -> np.ndarray:
     """A read-only numpy view of the vectors FAISS stores (flat storage of either index type)."""
     flat: Any = faiss.downcast_index(index.storage) if hasattr(index, "storage") else index
@@ -69,15 +79,23 @@ def candidates(
     allowed: np.ndarray | None,
     config: OptimizerConfig,
     vectors: np.ndarray | None = None,
+    int8_pass: Int8FirstPass | None = None,
 ) -> list[ranking.Ranking]:
     """For each query row, the best `depth` documents that have a vector, among those `allowed`.
 
     `vectors` (the `stored_vectors` view) makes an exact search score them directly (see the module's
-    docstring); without it, or for HNSW, FAISS searches."""
+    docstring); without it, or for HNSW, FAISS searches. `int8_pass` (of the same vectors) picks the rows
+    that `vectors` then scores: the same results, fewer bytes read."""
     # anyio's worker threads start with every core: two spinning OpenMP threads per search made a 10k-tool
     # search 15x slower under load in the gateway (bench/README.md). Setting it costs ~1 µs.
     faiss.omp_set_num_threads(1)
     if vectors is not None and config.index_type == "flat":
+        if int8_pass is not None:
+            approximate, bounds = int8_pass.scores(queries)
+            return [
+                _best_rescored(approximate[i], float(bounds[i]), queries[i], vectors, depth, has_vector, allowed)
+                for i in range(len(queries))
+            ]
         scores = inner_products(vectors, queries)
         return [_best(row, depth, has_vector, allowed) for row in scores]
     if allowed is None:
@@ -116,6 +134,27 @@ def inner_products(vectors: np.ndarray, queries: np.ndarray) -> np.ndarray:
     for start in range(0, count, step):
         np.matmul(queries, vectors[start : start + step].T, out=out[:, start : start + step])
     return out
+
+
+def _best_rescored(
+    approximate: np.ndarray,
+    bound: float,
+    query: np.ndarray,
+    vectors: np.ndarray,
+    depth: int,
+    has_vector: np.ndarray,
+    allowed: np.ndarray | None,
+) -> ranking.Ranking:
+    """`_best` of the exact scores, computed only for the rows the int8 pass cannot rule out."""
+    if allowed is not None:
+        eligible = has_vector & allowed
+        depth = min(depth, int(np.count_nonzero(eligible)))
+        approximate = np.where(eligible, approximate, -np.inf)
+    if min(depth, len(approximate)) < 1:
+        return {}
+    rows = rows_to_rescore(approximate, bound, depth)
+    best = _best(vectors[rows] @ query, depth, has_vector[rows], None)
+    return {int(rows[row]): score for row, score in best.items()}
 
 
 def _best(scores: np.ndarray, depth: int, has_vector: np.ndarray, allowed: np.ndarray | None) -> ranking.Ranking:
