@@ -7,6 +7,7 @@ bench/search_equality.py checks the same end to end on the eval sets' queries; t
 from __future__ import annotations
 
 import random
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -147,6 +148,24 @@ def test_int8_first_pass_only_where_it_pays() -> None:
     assert vector_arm.first_pass(vectors[:4095], OptimizerConfig()) is None
     assert vector_arm.first_pass(vectors, OptimizerConfig(int8_first_pass=False)) is None
     assert vector_arm.first_pass(vectors, OptimizerConfig(index_type="hnsw")) is None
+
+
+def test_int8_first_pass_without_a_temporary_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    rng = np.random.default_rng(5)
+    vectors, _ = _crowded_vectors(rng, 4200, 32)
+    queries = rng.standard_normal((2, 32)).astype(np.float32)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "gone"))  # the model is loaded from its bytes
+    approximate, bound = Int8FirstPass(vectors).scores(queries)
+    assert (np.abs(approximate - queries @ vectors.T).max(axis=1) <= bound).all()
+
+    def unavailable(_: np.ndarray) -> None:
+        raise RuntimeError("no MatMulIntegerToFloat here")
+
+    monkeypatch.setattr(vector_arm, "Int8FirstPass", unavailable)
+    assert vector_arm.first_pass(vectors, OptimizerConfig()) is None  # the float32 scan serves instead
+    assert "int8 first pass unavailable (no MatMulIntegerToFloat here)" in caplog.text
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ and the gateway never imports it (it is read by the export only).
 
 from __future__ import annotations
 
+import tempfile
 from typing import Any
 
 import numpy as np
@@ -27,6 +28,7 @@ _FLOAT, _UINT8, _INT8 = 1, 2, 3
 _ZERO_POINT = 128  # the query is shifted to uint8: MLAS's fast int8 kernels take uint8 x int8
 # Float rounding of the approximate scores (int32 sums, then two float32 products) and of the exact ones.
 _ROUNDING = 1e-5
+_BLOCK_ROWS = 8192
 
 
 class Int8FirstPass:
@@ -36,17 +38,33 @@ class Int8FirstPass:
         import onnxruntime as ort
 
         rows, dims = vectors.shape
-        scale = np.maximum(np.abs(vectors).max(axis=1), 1e-30).astype(np.float32) / np.float32(127)
-        codes = np.rint(vectors / scale[:, None]).astype(np.int8)
-        residual = vectors - codes.astype(np.float32) * scale[:, None]
-        self._row_norm = float(np.linalg.norm(vectors, axis=1).max(initial=0.0))
-        self._row_error = float(np.linalg.norm(residual, axis=1).max(initial=0.0))
-        model = scores_model(np.ascontiguousarray(codes.T), scale)
+        codes_t = np.empty((dims, rows), dtype=np.int8)  # the model's layout: one column per row
+        scale = np.empty(rows, dtype=np.float32)
+        row_norm = row_error = 0.0
+        for start in range(0, rows, _BLOCK_ROWS):  # bounded temporaries at 100k rows and more
+            block = vectors[start : start + _BLOCK_ROWS]
+            block_scale = np.maximum(np.abs(block).max(axis=1), 1e-30).astype(np.float32) / np.float32(127)
+            codes = np.rint(block / block_scale[:, None]).astype(np.int8)
+            residual = block - codes.astype(np.float32) * block_scale[:, None]
+            codes_t[:, start : start + len(block)] = codes.T
+            scale[start : start + len(block)] = block_scale
+            row_norm = max(row_norm, float(np.linalg.norm(block, axis=1).max(initial=0.0)))
+            row_error = max(row_error, float(np.linalg.norm(residual, axis=1).max(initial=0.0)))
+        self._row_norm, self._row_error = row_norm, row_error
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1  # runs on the searching thread, as FAISS's kernel did
         options.inter_op_num_threads = 1
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self._session: Any = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        model = scores_model(codes_t, scale)
+        del codes_t
+        self._session: Any
+        try:  # from a file: a session made from bytes keeps them for its lifetime (a second copy of the codes)
+            with tempfile.NamedTemporaryFile(suffix=".onnx") as file:
+                file.write(model)
+                file.flush()
+                self._session = ort.InferenceSession(file.name, options, providers=["CPUExecutionProvider"])
+        except OSError:  # no writable temporary directory
+            self._session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
         self.rows, self.dims = rows, dims
 
     def scores(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

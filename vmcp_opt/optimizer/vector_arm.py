@@ -13,6 +13,7 @@ small enough that OpenBLAS keeps them on the calling thread, which reads the vec
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -22,6 +23,8 @@ import numpy as np
 from vmcp_opt.config import OptimizerConfig
 from vmcp_opt.optimizer import ranking
 from vmcp_opt.optimizer.int8_pass import Int8FirstPass, rows_to_rescore
+
+logger = logging.getLogger(__name__)
 
 # FAISS (OpenMP), numpy and torch share 2 cores; a one-query FAISS search is fastest single-threaded.
 # OpenMP keeps the setting per thread, so `candidates` sets it again on whichever thread searches.
@@ -60,7 +63,11 @@ def first_pass(vectors: np.ndarray, config: OptimizerConfig) -> Int8FirstPass | 
     """The int8 first pass over `vectors` (optimizer/int8_pass.py) where it pays: exact search, many rows."""
     if not config.int8_first_pass or config.index_type != "flat" or len(vectors) < FIRST_PASS_MIN_ROWS:
         return None
-    return Int8FirstPass(vectors)
+    try:
+        return Int8FirstPass(vectors)
+    except Exception as exc:  # an ONNX Runtime without the op, say: the exact scan serves the same results
+        logger.warning("int8 first pass unavailable (%s): every search scans the float32 vectors", exc)
+        return None
 
 
 def stored_vectors(index: Any, count: int, dims: int) -> np.ndarray:
