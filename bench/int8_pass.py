@@ -3,7 +3,7 @@
     PYTHONPATH=. .venv/bin/python bench/int8_pass.py --index-dir DIR [--tools 10000] [--queries 200] [--scale 10]
 
 Part 1, find_tool's search at `--tools` (the catalogue and queries of bench/find_tool_gateway.py; the vectors
-persisted in DIR, embedded there first if absent): two `ToolIndex`es over copies of DIR, one with
+persisted in DIR, embedded there first if absent: a 100k catalogue takes ~20 min here): two `ToolIndex`es over copies of DIR, one with
 `optimizer.int8_first_pass` off, each query to both in alternating order, the query cache off so every
 search embeds its request. Prints the search's and the vector arm's p50/p95 (the arm timed by wrapping
 `vector_arm.candidates`), and how many results differ (names, or scores by more than 1e-6).
@@ -17,6 +17,7 @@ Also the pass's build time and the RSS it adds. Writes bench/results/int8_pass.j
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import shutil
@@ -87,6 +88,10 @@ def arm_timer(inner: Callable[..., Any], samples: list[float]) -> Callable[..., 
 
 def search_part(index_dir: Path, tools: int, texts: list[str]) -> dict[str, Any]:
     records = catalogue(tools)
+    begun = time.perf_counter()
+    stats = ToolIndex(OptimizerConfig(), index_dir).update(records, progress=True)  # embeds only what is new
+    print(f"index in {index_dir}: {stats} ({time.perf_counter() - begun:.1f} s)", flush=True)
+    gc.collect()
     with tempfile.TemporaryDirectory() as scratch:
         indexes: dict[str, ToolIndex] = {}
         for name, enabled in (("float32", False), ("int8", True)):
