@@ -181,7 +181,7 @@ def test_an_index_with_the_int8_pass_searches_as_without(
     fast = ToolIndex(OptimizerConfig(), tmp_path / "fast", embedder)
     exact.update(CATALOGUE)
     fast.update(CATALOGUE)
-    assert fast._snapshot.int8_pass is not None and exact._snapshot.int8_pass is None
+    assert fast.stats()["int8_first_pass"] and not exact.stats()["int8_first_pass"]
     backends = {CATALOGUE[0].backend}
     for query in QUERIES:
         for kwargs in ({}, {"backends": backends}, {"limit": 2}):

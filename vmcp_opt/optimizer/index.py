@@ -359,6 +359,7 @@ class ToolIndex:
             "model": self.model.id,
             "dimensions": self.model.dimensions,
             "index_type": self.config.index_type,
+            "int8_first_pass": snap.int8_pass is not None,
             "fusion": self.config.fusion,
             "dense_ready": self.dense_ready,
             "with_vectors": int(snap.has_vector.sum()) if snap.has_vector is not None else 0,

@@ -95,7 +95,10 @@ def stats(
     table.add_row("tools", str(info["tools"]))
     table.add_row("backends", f"{info['backends']} ({', '.join(info['backend_names'])})")
     table.add_row("model", f"{info['model']} ({info['dimensions']} dimensions)")
-    table.add_row("index", f"{info['index_type']}, {info['with_vectors']}/{info['tools']} tools with vectors")
+    first_pass = ", int8 first pass" if info["int8_first_pass"] else ""
+    table.add_row(
+        "index", f"{info['index_type']}{first_pass}, {info['with_vectors']}/{info['tools']} tools with vectors"
+    )
     table.add_row("size on disk", f"{_human(info['size_on_disk_bytes'])} ({info['path']})")
     table.add_row("tools/list, full", f"{full:,} tokens")
     if meta is not None:
