@@ -38,6 +38,7 @@ from bench.plots import latency_histogram  # noqa: E402
 from bench.stalls import stall_watch  # noqa: E402
 from eval.metrics import percentile  # noqa: E402
 from tests.support import raw_session, running_gateway, write_config  # noqa: E402
+from vmcp_opt.optimizer.documents import ToolRecord  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "eval-data"
 RESULTS = ROOT / "bench" / "results"
@@ -119,15 +120,12 @@ def plain_http(url: str, texts: list[str]) -> list[float]:
     return latencies
 
 
-def in_process(index_dir: Path, tools: int, texts: list[str]) -> list[float]:
-    """The same ranking code on the same persisted vectors, without the gateway and the MCP round trip."""
+def catalogue_records(tools: int) -> list[ToolRecord]:
+    """The catalog backend's first `tools` tools as the gateway indexes them (`ToolRecord`s, routable names)."""
     sys.argv = ["catalog"]
     from examples.backends.catalog_server import load_tools
-    from vmcp_opt.config import OptimizerConfig
-    from vmcp_opt.optimizer.documents import ToolRecord
-    from vmcp_opt.optimizer.index import ToolIndex
 
-    records = [
+    return [
         ToolRecord(
             name=f"catalog_{t.name}",
             backend="catalog",
@@ -137,6 +135,14 @@ def in_process(index_dir: Path, tools: int, texts: list[str]) -> list[float]:
         )
         for t in load_tools(DATA, tools)
     ]
+
+
+def in_process(index_dir: Path, tools: int, texts: list[str]) -> list[float]:
+    """The same ranking code on the same persisted vectors, without the gateway and the MCP round trip."""
+    from vmcp_opt.config import OptimizerConfig
+    from vmcp_opt.optimizer.index import ToolIndex
+
+    records = catalogue_records(tools)
     index = ToolIndex(OptimizerConfig(), index_dir)
     index.update(records)
     latencies = []

@@ -37,27 +37,10 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.find_tool_gateway import DATA, RESULTS, queries  # noqa: E402
+from bench.find_tool_gateway import RESULTS, catalogue_records, queries  # noqa: E402
 from vmcp_opt.config import OptimizerConfig  # noqa: E402
 from vmcp_opt.optimizer import vector_arm  # noqa: E402
-from vmcp_opt.optimizer.documents import ToolRecord  # noqa: E402
 from vmcp_opt.optimizer.index import SearchResult, ToolIndex  # noqa: E402
-
-
-def catalogue(tools: int) -> list[ToolRecord]:
-    sys.argv = ["catalog"]
-    from examples.backends.catalog_server import load_tools
-
-    return [
-        ToolRecord(
-            name=f"catalog_{t.name}",
-            backend="catalog",
-            description=t.description or "",
-            input_schema=t.input_schema,
-            original_name=t.name,
-        )
-        for t in load_tools(DATA, tools)
-    ]
 
 
 def pct(samples: list[float], q: float) -> float:
@@ -87,7 +70,7 @@ def arm_timer(inner: Callable[..., Any], samples: list[float]) -> Callable[..., 
 
 
 def search_part(index_dir: Path, tools: int, texts: list[str]) -> dict[str, Any]:
-    records = catalogue(tools)
+    records = catalogue_records(tools)
     begun = time.perf_counter()
     stats = ToolIndex(OptimizerConfig(), index_dir).update(records, progress=True)  # embeds only what is new
     print(f"index in {index_dir}: {stats} ({time.perf_counter() - begun:.1f} s)", flush=True)

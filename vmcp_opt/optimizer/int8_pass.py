@@ -64,7 +64,6 @@ class Int8FirstPass:
                 self._session = ort.InferenceSession(file.name, options, providers=["CPUExecutionProvider"])
         except OSError:  # no writable temporary directory
             self._session = ort.InferenceSession(b"".join(model), options, providers=["CPUExecutionProvider"])
-        self.rows, self.dims = rows, dims
 
     def scores(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(queries, rows) approximate inner products, and each query's bound E on their error."""
