@@ -27,7 +27,7 @@ from vmcp_opt.optimizer.batching import low_padding_groups
 from vmcp_opt.optimizer.embedding import load_embedder
 from vmcp_opt.optimizer.model_registry import DEFAULT_MODEL, resolve_model
 from vmcp_opt.optimizer.onnx_encoder import OnnxEmbedder, OnnxEncoder
-from vmcp_opt.optimizer.onnx_export import MIN_COSINE_INT8, ensure_onnx_model
+from vmcp_opt.optimizer.onnx_export import FILES, MIN_COSINE_INT8, SPLIT_FUSIONS, ensure_onnx_model, split_fusions
 from vmcp_opt.optimizer.onnx_quantise import smooth, smoothing_texts
 from vmcp_opt.optimizer.side_thread import SideThread
 
@@ -143,6 +143,81 @@ def test_the_served_int8_graph_runs_integer_kernels_with_per_token_scales_on_the
     assert [(list(w.dims), w.data_type) for w in per_token] == [([1536, 384], onnx.TensorProto.INT8)] * 6
     assert ops.count("ReduceMax") == 6  # one activation scale per token
     assert ops.count("Mul") >= 12  # the smoothing divisors of the QKV and first feed-forward inputs
+
+
+def test_every_exported_graph_keeps_its_layer_norms_and_gelus_apart_through_the_session_s_optimiser(
+    onnx_model: Path, tmp_path: Path
+) -> None:
+    import onnx
+    import onnxruntime as ort
+
+    def session_ops(path: Path, disabled: list[str]) -> list[str]:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.optimized_model_filepath = str(tmp_path / "optimised.onnx")
+        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"], disabled_optimizers=disabled)
+        return [node.op_type for node in onnx.load(str(tmp_path / "optimised.onnx")).graph.node]
+
+    for file in FILES.values():
+        ops = [node.op_type for node in onnx.load(str(onnx_model.parent / file)).graph.node]
+        assert "SkipLayerNormalization" not in ops and "BiasGelu" not in ops, file
+        assert ops.count("LayerNormalization") == 12 and ops.count("Gelu") == 6, file
+    served = ensure_onnx_model(resolve_model(DEFAULT_MODEL), model_cache(), "int8")
+    kept = session_ops(served, list(SPLIT_FUSIONS))  # as OnnxEncoder opens it
+    assert "SkipLayerNormalization" not in kept and kept.count("LayerNormalization") == 12
+    # Without the names, ONNX Runtime fuses them back: they must be names this version knows.
+    assert session_ops(served, []).count("SkipLayerNormalization") == 12
+
+
+def test_splitting_fused_operators_keeps_their_values(tmp_path: Path) -> None:
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(7)
+    hidden, wide = 8, 32
+
+    def constant(name: str, *shape: int) -> Any:
+        return numpy_helper.from_array(rng.normal(size=shape).astype(np.float32), name)
+
+    nodes = [
+        helper.make_node(
+            "SkipLayerNormalization",
+            ["x", "skip", "gamma", "beta", "bias"],
+            ["normed"],
+            domain="com.microsoft",
+            epsilon=1e-12,
+            name="skip_norm",
+        ),
+        helper.make_node("MatMul", ["normed", "widen"], ["wide"], name="widen"),
+        helper.make_node("BiasGelu", ["wide", "gelu_bias"], ["y"], domain="com.microsoft", name="bias_gelu"),
+    ]
+    inputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, [2, 5, hidden]) for name in ("x", "skip")]
+    weights = [constant("gamma", hidden), constant("beta", hidden), constant("bias", hidden)]
+    weights += [constant("widen", hidden, wide), constant("gelu_bias", wide)]
+    output = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 5, wide])
+    graph = helper.make_graph(nodes, "fused", inputs, [output], weights)
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    onnx.save(helper.make_model(graph, opset_imports=opsets), str(tmp_path / "fused.onnx"))
+    onnx.save(helper.make_model(graph, opset_imports=opsets), str(tmp_path / "split.onnx"))
+
+    assert split_fusions(tmp_path / "split.onnx") == 2
+    assert [node.op_type for node in onnx.load(str(tmp_path / "split.onnx")).graph.node] == [
+        "Add",
+        "Add",
+        "LayerNormalization",
+        "MatMul",
+        "Add",
+        "Gelu",
+    ]
+    feeds = {name: rng.normal(size=(2, 5, hidden)).astype(np.float32) for name in ("x", "skip")}
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    fused, split = (
+        ort.InferenceSession(str(tmp_path / name), options, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+        for name in ("fused.onnx", "split.onnx")
+    )
+    assert np.allclose(fused, split, atol=1e-5)
 
 
 def test_smoothing_alone_leaves_the_fp32_graph_s_vectors_unchanged(onnx_model: Path, tmp_path: Path) -> None:

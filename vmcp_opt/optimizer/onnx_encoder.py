@@ -26,7 +26,7 @@ import numpy as np
 from vmcp_opt.optimizer.batching import batches_by_tokens, load_tokenizer, low_padding_groups, padded, tokenize_chunked
 from vmcp_opt.optimizer.embedding import maybe_progress, release_memory
 from vmcp_opt.optimizer.model_registry import ModelError, ModelSpec
-from vmcp_opt.optimizer.onnx_export import Precision, ensure_onnx_model
+from vmcp_opt.optimizer.onnx_export import SPLIT_FUSIONS, Precision, ensure_onnx_model
 from vmcp_opt.optimizer.side_thread import SideThread
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,9 @@ class OnnxEncoder:
         options.enable_cpu_mem_arena = False
         # Spinning intra-op workers burn a core other processes need on a shared machine.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self._session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+        self._session = ort.InferenceSession(
+            str(model), options, providers=["CPUExecutionProvider"], disabled_optimizers=list(SPLIT_FUSIONS)
+        )
         try:
             self._tokenizer = load_tokenizer(tokenizer_file, max_length)
         except Exception as exc:  # the tokenizers library raises its own Exception for a bad file
