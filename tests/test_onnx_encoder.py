@@ -27,7 +27,15 @@ from vmcp_opt.optimizer.batching import low_padding_groups
 from vmcp_opt.optimizer.embedding import load_embedder
 from vmcp_opt.optimizer.model_registry import DEFAULT_MODEL, resolve_model
 from vmcp_opt.optimizer.onnx_encoder import OnnxEmbedder, OnnxEncoder
-from vmcp_opt.optimizer.onnx_export import FILES, MIN_COSINE_INT8, SPLIT_FUSIONS, ensure_onnx_model, split_fusions
+from vmcp_opt.optimizer.onnx_export import (
+    EXPORT_TIMEOUT,
+    FILES,
+    MIN_COSINE_INT8,
+    SPLIT_FUSIONS,
+    ensure_onnx_model,
+    prune_earlier_exports,
+    split_fusions,
+)
 from vmcp_opt.optimizer.onnx_quantise import smooth, smoothing_texts
 from vmcp_opt.optimizer.side_thread import SideThread
 
@@ -236,6 +244,34 @@ def test_an_export_already_cached_is_reused(onnx_model: Path) -> None:
     before = onnx_model.stat().st_mtime_ns
     assert ensure_onnx_model(resolve_model(DEFAULT_MODEL), model_cache()) == onnx_model
     assert onnx_model.stat().st_mtime_ns == before
+
+
+def test_an_export_removes_the_same_model_s_earlier_exports_and_killed_staging_only(tmp_path: Path) -> None:
+    import json
+
+    spec = resolve_model(DEFAULT_MODEL)
+
+    def export(name: str, model_dir: Path | None) -> Path:
+        directory = tmp_path / name
+        directory.mkdir()
+        (directory / "model.onnx").write_bytes(b"onnx")
+        if model_dir is not None:
+            (directory / "export.json").write_text(json.dumps({"model_dir": str(model_dir)}), encoding="utf-8")
+        return directory
+
+    keep = export(f"{spec.slug}-{'a' * 16}", spec.path)
+    earlier = export(f"{spec.slug}-{'b' * 16}", spec.path)
+    other_model = export(f"{spec.slug}-{'c' * 16}", tmp_path / "another-model")
+    unreadable = export(f"{spec.slug}-{'d' * 16}", None)
+    longer_slug = export(f"{spec.slug}-int8-{'e' * 16}", spec.path)
+    killed = export(f".{spec.slug}-{'b' * 16}-k1ll3d00", None)
+    old = killed.stat().st_mtime - EXPORT_TIMEOUT - 60
+    os.utime(killed, (old, old))
+    running = export(f".{spec.slug}-{'a' * 16}-runn1ng0", None)
+
+    assert sorted(prune_earlier_exports(spec, keep)) == sorted([earlier, killed])
+    assert not earlier.exists() and not killed.exists()
+    assert all(path.is_dir() for path in (keep, other_model, unreadable, longer_slug, running))
 
 
 def test_onnx_int8_is_the_default_encoder_and_keeps_the_query_prefix_path(onnx_model: Path) -> None:

@@ -30,10 +30,12 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Literal
 
@@ -105,7 +107,40 @@ def ensure_onnx_model(spec: ModelSpec, cache: Path, precision: Precision = "fp32
     run_export(spec, directory)
     if not path.is_file():
         raise ModelError(f"model {spec.id!r}: the ONNX export finished without {path.name}")
+    try:
+        for removed in prune_earlier_exports(spec, directory):
+            log.info("removed %s: an earlier ONNX export of %s", removed, spec.id)
+    except OSError as exc:  # a cache we cannot tidy still serves
+        log.warning("could not remove earlier ONNX exports of %s: %s", spec.id, exc)
     return path
+
+
+def prune_earlier_exports(spec: ModelSpec, keep: Path) -> list[Path]:
+    """Remove the other exports of `spec`'s model directory beside `keep` (made by an earlier recipe,
+    onnxruntime or model files: ~230 MB each) and the staging directories of exports that were killed (older
+    than `EXPORT_TIMEOUT`); returns what was removed. Another model's export under the same slug stays."""
+    exported = re.compile(rf"{re.escape(spec.slug)}-[0-9a-f]{{16}}")
+    staging = re.compile(rf"\.{re.escape(spec.slug)}-[0-9a-f]{{16}}-.+")
+    removed = []
+    for path in keep.parent.iterdir():
+        if path == keep or not path.is_dir():
+            continue
+        if exported.fullmatch(path.name):
+            earlier = _exported_from(path) == spec.path.resolve()
+        else:
+            earlier = bool(staging.fullmatch(path.name)) and time.time() - path.stat().st_mtime > EXPORT_TIMEOUT
+        if earlier:
+            shutil.rmtree(path)
+            removed.append(path)
+    return removed
+
+
+def _exported_from(directory: Path) -> Path | None:
+    """The model directory an export was made from, by its metadata (None when unreadable)."""
+    try:
+        return Path(json.loads((directory / METADATA_FILE).read_text(encoding="utf-8"))["model_dir"]).resolve()
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def run_export(spec: ModelSpec, directory: Path) -> None:
