@@ -17,18 +17,16 @@ import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
-import bm25s
 import numpy as np
 import Stemmer
-from bm25s.stopwords import STOPWORDS_EN
 
 from vmcp_opt.config import OptimizerConfig
 from vmcp_opt.optimizer import ranking
 
 _STOPWORDS = "en"
-_STOPWORD_SET = frozenset(STOPWORDS_EN)
 # bm25s.tokenize's default pattern (scikit-learn's CountVectorizer): words of two characters or more.
 _WORDS = re.compile(r"(?u)\b\w\w+\b")
 _stemmers = threading.local()
@@ -41,6 +39,8 @@ def build(documents: Sequence[str], config: OptimizerConfig) -> Any:
     """A BM25 index of `documents` (positions are document positions), or None when there are none."""
     if not documents:
         return None
+    import bm25s  # with scipy, 0.22 s of a gateway's start-up: only once there are tools to index
+
     bm25 = bm25s.BM25(k1=config.bm25_k1, b=config.bm25_b)
     bm25.index(_tokenize(list(documents)), show_progress=False)
     return bm25
@@ -166,7 +166,8 @@ def _ranked(scores: np.ndarray, depth: int, allowed: np.ndarray | None) -> ranki
 
 def query_tokens(text: str) -> list[str]:
     """`text`'s stemmed tokens in order, as `bm25s.tokenize(..., stopwords="en", stemmer=_stem)` gives them."""
-    words = [word for word in _WORDS.findall(text.lower()) if word not in _STOPWORD_SET]
+    stopwords = _stopword_set()
+    words = [word for word in _WORDS.findall(text.lower()) if word not in stopwords]
     return _stem(words) if words else []
 
 
@@ -194,7 +195,16 @@ def _stem(words: list[str]) -> list[str]:
     return result
 
 
+@cache
+def _stopword_set() -> frozenset[str]:
+    from bm25s.stopwords import STOPWORDS_EN
+
+    return frozenset(STOPWORDS_EN)
+
+
 def _tokenize(texts: list[str], *, return_ids: bool = True) -> Any:
+    import bm25s
+
     return bm25s.tokenize(texts, stopwords=_STOPWORDS, stemmer=_stem, return_ids=return_ids, show_progress=False)
 
 
