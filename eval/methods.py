@@ -22,6 +22,7 @@ import numpy as np
 from eval.datasets import Dataset, EvalTool
 from eval.embed import SharedEmbedder
 from eval.query_cap import QUERY_CAP, WHOLE_CAP, capped
+from eval.query_template import API_TEMPLATE, QUERY_TEMPLATE, templated
 from eval.toolhive import KeywordMode, ToolHiveRanker, embedding_text
 
 if TYPE_CHECKING:
@@ -66,6 +67,8 @@ OPTIMIZER_VARIANTS: dict[str, dict[str, Any]] = {
     "optimizer-cold-whole0": {"usage": False, WHOLE_CAP: 0},
     # A multi-intent request's vector averaged from its intents' (`whole_request_vector`), not embedded.
     "optimizer-cold-intent-mean": {"usage": False, "whole_request_vector": "intent_mean"},
+    # Fifteenth round, cold: every text the vector arm embeds read as "API to <text>" (eval/query_template.py).
+    "optimizer-cold-api-template": {"usage": False, QUERY_TEMPLATE: API_TEMPLATE},
     "optimizer-no-split": {"split_intents": False},
     "optimizer-bm25-flat": {"bm25_k1": 0.9, "bm25_b": 0.3},
     "optimizer-rrf": {"fusion": "rrf"},
@@ -232,6 +235,7 @@ class OptimizerMethod:
         overrides = {**ctx.optimizer_overrides, **self.overrides}
         late_weight = overrides.pop(LATE_INTERACTION, None)
         cap, whole = overrides.pop(QUERY_CAP, None), overrides.pop(WHOLE_CAP, None)
+        template = overrides.pop(QUERY_TEMPLATE, None)
         config = OptimizerConfig(**overrides)
         records = [tool.fields.to_record() for tool in ctx.dataset.tools]
         self.id_by_name = {record.name: tool.id for record, tool in zip(records, ctx.dataset.tools, strict=True)}
@@ -239,7 +243,7 @@ class OptimizerMethod:
         # SharedEmbedder has the Embedder interface (it delegates to one); typed apart to keep the cache.
         usage = past_usage(ctx.dataset, records) if config.usage else None
         reranker = LateInteraction(ctx.embedder, float(late_weight)) if late_weight is not None else None
-        embedder = capped(ctx.embedder, config, cap, whole)
+        embedder = templated(capped(ctx.embedder, config, cap, whole), template)
         self.index = ToolIndex(config, index_dir, embedder=embedder, usage=usage, reranker=reranker)
         self.index.update(records)
 

@@ -23,6 +23,7 @@ from eval.methods import LATE_INTERACTION, BM25Method, Context, DenseMethod, Met
 from eval.metrics import evaluate
 from eval.noise import noisy_dataset
 from eval.query_cap import QUERY_CAP, WHOLE_CAP
+from eval.query_template import QUERY_TEMPLATE
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "base": {},
@@ -89,6 +90,17 @@ VARIANTS: dict[str, dict[str, Any]] = {
     **{f"qcap{cap}": {"usage": False, QUERY_CAP: cap} for cap in (128, 96, 64, 48, 32)},
     **{f"whole{whole}": {"usage": False, WHOLE_CAP: whole} for whole in (64, 32, 0)},
     **{f"qcap64-whole{whole}": {"usage": False, QUERY_CAP: 64, WHOLE_CAP: whole} for whole in (32, 0)},
+    # Fifteenth round: the vector arm's texts through a template (eval/query_template.py).
+    **{
+        f"template-{name}": {"usage": False, QUERY_TEMPLATE: template}
+        for name, template in {
+            "tool-that": "A tool that can {query}",
+            "tool-for": "Tool for: {query}",
+            "api-to": "API to {query}",
+            "function": "A function to {query}",
+            "need": "I need a tool to {query}",
+        }.items()
+    },
     "qcap48-whole0": {"usage": False, QUERY_CAP: 48, WHOLE_CAP: 0},
     "intent-mean": {"usage": False, "whole_request_vector": "intent_mean"},
     "dense-only": {"dense_weight": 1.0},

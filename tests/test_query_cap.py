@@ -1,6 +1,7 @@
 """The query-length variants of the eval (eval/query_cap.py, issue 19 goal 3) on the served int8 ONNX encoder:
 a capped text embeds exactly as its first tokens do, short texts are untouched, and a multi-intent request's
-own vector is capped or dropped while its intents keep theirs."""
+own vector is capped or dropped while its intents keep theirs; the fifteenth round's query template
+(eval/query_template.py) wraps each text and nothing else."""
 
 from __future__ import annotations
 
@@ -71,3 +72,17 @@ def test_a_multi_intent_request_has_its_own_vector_capped_or_dropped(
     # With intent splitting off the request is one query and keeps its vector.
     unsplit = CappedQueries(embedder, cutter, OptimizerConfig(split_intents=False), 64, 0)
     np.testing.assert_allclose(unsplit.encode_queries([MULTI])[0], embedder.encode_queries([MULTI])[0], atol=1e-6)
+
+
+def test_a_template_wraps_each_text_the_vector_arm_embeds(embedder: OnnxEmbedder) -> None:
+    from eval.query_template import API_TEMPLATE, TemplatedQueries, templated
+
+    wrapped = templated(embedder, API_TEMPLATE)
+    assert isinstance(wrapped, TemplatedQueries) and templated(embedder, None) is embedder
+    vectors = wrapped.encode_queries([SHORT, MULTI])
+    expected = embedder.encode_queries([f"API to {SHORT}", f"API to {MULTI}"])
+    assert np.allclose(vectors, expected, atol=1e-6)
+    assert not np.allclose(vectors[0], embedder.encode_queries([SHORT])[0], atol=1e-3)
+    assert wrapped.dimensions == embedder.dimensions  # everything else is the embedder's
+    with pytest.raises(ValueError, match="once"):
+        TemplatedQueries(embedder, "API to")
