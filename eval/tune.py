@@ -23,7 +23,7 @@ from eval.methods import LATE_INTERACTION, BM25Method, Context, DenseMethod, Met
 from eval.metrics import evaluate
 from eval.noise import noisy_dataset
 from eval.query_cap import QUERY_CAP, WHOLE_CAP
-from eval.query_template import QUERY_TEMPLATE
+from eval.query_template import API_TEMPLATE, QUERY_TEMPLATE
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "base": {},
@@ -96,7 +96,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
         for name, template in {
             "tool-that": "A tool that can {query}",
             "tool-for": "Tool for: {query}",
-            "api-to": "API to {query}",
+            "api-to": API_TEMPLATE,
             "function": "A function to {query}",
             "need": "I need a tool to {query}",
         }.items()

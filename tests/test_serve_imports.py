@@ -80,7 +80,7 @@ def test_a_gateway_that_uses_no_redis_oauth_or_policy_never_imports_them(tmp_pat
 def test_the_keyword_arm_s_libraries_load_with_the_first_catalogue_not_at_start_up() -> None:
     # bm25s and scipy are ~0.2 s of imports that tools/list and initialize do not need (issue 19, goal 6).
     code = (
-        "import sys, vmcp_opt.server.runner, vmcp_opt.optimizer.index as index; "
+        "import sys, vmcp_opt.server.runner, vmcp_opt.optimizer.index; "
         "print(sorted(m for m in ('bm25s', 'scipy') if m in sys.modules)); "
         "from vmcp_opt.config import OptimizerConfig; from vmcp_opt.optimizer import keyword_arm; "
         "keyword_arm.build(['read a file'], OptimizerConfig()); print('bm25s' in sys.modules)"
