@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -300,12 +301,24 @@ def test_an_unusable_model_cache_falls_back_to_torch_with_one_warning(
     assert len(warnings) == 1 and "using the torch encoder" in warnings[0]
 
 
-def test_models_export_command_names_the_cached_file(onnx_model: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "vmcp_opt", "models", "export"], capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0, done.stderr
-    assert str(onnx_model) in done.stdout.replace("\n", "")
+def test_models_export_command_names_the_cached_file_and_removes_a_leftover(onnx_model: Path) -> None:
+    import json
+
+    # An earlier recipe's export of the same model, left by a version that did not tidy the cache.
+    leftover = onnx_model.parent.parent / f"{resolve_model(DEFAULT_MODEL).slug}-{'0' * 16}"
+    leftover.mkdir()
+    model_dir = str(resolve_model(DEFAULT_MODEL).path)
+    (leftover / "export.json").write_text(json.dumps({"model_dir": model_dir}), encoding="utf-8")
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "vmcp_opt", "models", "export"], capture_output=True, text=True, timeout=300
+        )
+        assert done.returncode == 0, done.stderr
+        assert str(onnx_model) in done.stdout.replace("\n", "")
+        assert not leftover.exists()
+        assert leftover.name in done.stderr.replace("\n", "")
+    finally:
+        shutil.rmtree(leftover, ignore_errors=True)
 
 
 @pytest.fixture

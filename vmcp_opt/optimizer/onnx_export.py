@@ -342,13 +342,15 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def export_for(model: str, cache: Path) -> tuple[Path, dict[str, Any]]:
-    """`vmcp models export`: the cached export of `model` (made now if missing) and its metadata."""
+def export_for(model: str, cache: Path) -> tuple[Path, dict[str, Any], list[Path]]:
+    """`vmcp models export`: the cached export of `model` (made now if missing), its metadata, and the
+    earlier exports of the model still in the cache (left by a version that did not tidy up), now removed."""
     spec = resolve_model(model)
     path = ensure_onnx_model(spec, cache)
+    removed = prune_earlier_exports(spec, path.parent)
     metadata_file = path.parent / METADATA_FILE
     metadata = json.loads(metadata_file.read_text(encoding="utf-8")) if metadata_file.is_file() else {}
-    return path, metadata
+    return path, metadata, removed
 
 
 if __name__ == "__main__":
