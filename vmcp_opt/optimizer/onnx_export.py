@@ -347,7 +347,11 @@ def export_for(model: str, cache: Path) -> tuple[Path, dict[str, Any], list[Path
     earlier exports of the model still in the cache (left by a version that did not tidy up), now removed."""
     spec = resolve_model(model)
     path = ensure_onnx_model(spec, cache)
-    removed = prune_earlier_exports(spec, path.parent)
+    try:
+        removed = prune_earlier_exports(spec, path.parent)
+    except OSError as exc:  # the export is there: a cache we cannot tidy is worth a warning, not a failure
+        log.warning("could not remove earlier ONNX exports of %s: %s", spec.id, exc)
+        removed = []
     metadata_file = path.parent / METADATA_FILE
     metadata = json.loads(metadata_file.read_text(encoding="utf-8")) if metadata_file.is_file() else {}
     return path, metadata, removed
