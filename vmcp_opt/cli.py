@@ -347,12 +347,10 @@ def models_export(
     settings = load_or_exit(config)
     setup_logging()  # the export's progress ("exporting … once") and what it removes, on stderr
     try:
-        path, metadata, removed = export_for(model or settings.optimizer.model, settings.model_cache_dir())
+        path, metadata = export_for(model or settings.optimizer.model, settings.model_cache_dir())
     except (ModelError, OSError) as exc:
         err.print(f"[red]export failed:[/] {exc}", highlight=False)
         raise typer.Exit(1) from None
-    for earlier in removed:
-        err.print(f"removed {earlier}: an earlier export of this model", highlight=False)
     cosines = metadata.get("min_cosine_to_torch", {})
     out.print(
         f"{path} (cosine to torch: fp32 {cosines.get('fp32', '?')}, int8 {cosines.get('int8', '?')})", highlight=False

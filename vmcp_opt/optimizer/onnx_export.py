@@ -108,12 +108,17 @@ def ensure_onnx_model(spec: ModelSpec, cache: Path, precision: Precision = "fp32
     run_export(spec, directory)
     if not path.is_file():
         raise ModelError(f"model {spec.id!r}: the ONNX export finished without {path.name}")
-    try:
-        for removed in prune_earlier_exports(spec, directory):
-            log.info("removed %s: an earlier ONNX export of %s", removed, spec.id)
-    except OSError as exc:  # a cache we cannot tidy still serves
-        log.warning("could not remove earlier ONNX exports of %s: %s", spec.id, exc)
+    tidy_cache(spec, directory)
     return path
+
+
+def tidy_cache(spec: ModelSpec, keep: Path) -> None:
+    """`prune_earlier_exports`, each removal logged; a cache that cannot be tidied still serves: a warning."""
+    try:
+        for removed in prune_earlier_exports(spec, keep):
+            log.info("removed %s: an earlier ONNX export of %s", removed, spec.id)
+    except OSError as exc:
+        log.warning("could not remove earlier ONNX exports of %s: %s", spec.id, exc)
 
 
 def prune_earlier_exports(spec: ModelSpec, keep: Path) -> list[Path]:
@@ -342,19 +347,15 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def export_for(model: str, cache: Path) -> tuple[Path, dict[str, Any], list[Path]]:
-    """`vmcp models export`: the cached export of `model` (made now if missing), its metadata, and the
-    earlier exports of the model still in the cache (left by a version that did not tidy up), now removed."""
+def export_for(model: str, cache: Path) -> tuple[Path, dict[str, Any]]:
+    """`vmcp models export`: the cached export of `model` (made now if missing) and its metadata. The model's
+    earlier exports still in the cache (left by a version that did not tidy up) are removed, each logged."""
     spec = resolve_model(model)
     path = ensure_onnx_model(spec, cache)
-    try:
-        removed = prune_earlier_exports(spec, path.parent)
-    except OSError as exc:  # the export is there: a cache we cannot tidy is worth a warning, not a failure
-        log.warning("could not remove earlier ONNX exports of %s: %s", spec.id, exc)
-        removed = []
+    tidy_cache(spec, path.parent)
     metadata_file = path.parent / METADATA_FILE
     metadata = json.loads(metadata_file.read_text(encoding="utf-8")) if metadata_file.is_file() else {}
-    return path, metadata, removed
+    return path, metadata
 
 
 if __name__ == "__main__":
