@@ -97,8 +97,8 @@ def drop_idle_sdk_tracing(server: Any) -> None:
         server.middleware = [m for m in server.middleware if not isinstance(m, OpenTelemetryMiddleware)]
 
 
-def freeze_heap(*, collect: bool = False) -> None:
-    """Exclude every object tracked now from later collections (`collect`: first free what is garbage)."""
-    if collect:
-        gc.collect()
+def freeze_heap() -> None:
+    """Exclude every object tracked now from later collections. No `gc.collect()` first: at start-up it walked
+    the ~130,000 objects for 50-80 ms before the listener opened and found nothing to free (bench/README.md,
+    thirteenth session); a cycle frozen by mistake is a few bytes kept for good."""
     gc.freeze()

@@ -220,7 +220,7 @@ def build_mcp_server(gateway: Gateway, transport: Transport) -> Server[Any]:
     """The low-level MCP server of one transport, its handlers wired to the gateway's router."""
     speedups.install()
     install_modern_writer()
-    speedups.freeze_heap(collect=True)  # imports, config, the gateway: start-up's objects, never garbage
+    speedups.freeze_heap()  # imports, config, the gateway: start-up's objects, never garbage
     notifier = ListChangedNotifier(gateway.router)
     handlers = Handlers(gateway.router, Admission(transport), notifier)
     gateway.on_lists_changed.append(notifier.notify)
