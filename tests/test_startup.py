@@ -8,6 +8,7 @@ import queue
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -143,3 +144,32 @@ def test_a_malformed_line_on_stdio_gets_a_json_rpc_error_and_the_gateway_keeps_s
     finally:
         proc.stdin.close()
         stop_process(proc)
+
+
+def test_a_backend_still_starting_is_not_unhealthy_and_its_missing_tools_are_reported_once_it_fails(
+    tmp_path: Path,
+) -> None:
+    """A slow first connection is "starting": no "unhealthy" per health check, no workflow warning about its
+    tools until its first attempt has ended (here: failed after `timeouts.connect`)."""
+    config = write_config(
+        tmp_path,
+        {
+            "backends": [demo_backend("notes"), NEVER_READY],
+            "server": {"startup_wait": 0.2},
+            "timeouts": {"connect": 4},
+            "health": {"interval": 0.2},
+            "workflows": [{"name": "wf", "description": "d", "steps": [{"id": "a", "tool": "slow_anything"}]}],
+        },
+    )
+    warning = "workflows[0].steps[0].tool: unknown tool 'slow_anything'"
+    failed = "did not connect within 4s"
+    with running_gateway(config, wait_ready=False) as gateway:
+        deadline = time.monotonic() + 120
+        while not (warning in gateway.output() and failed in gateway.output()):
+            assert time.monotonic() < deadline, gateway.output()
+            time.sleep(0.1)
+        output = gateway.output()
+    # About twenty health checks ran while it was starting; none called it unhealthy.
+    assert "not connected (connecting" not in output
+    assert output.index(warning) > output.index(failed)
+    assert output.count(warning) == 1

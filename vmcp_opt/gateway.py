@@ -213,9 +213,13 @@ class Gateway:
     async def _join_when_ready(self, connection: BackendConnection) -> None:
         """A backend slower than `startup_wait`: its first session does not announce itself, so rebuild here."""
         await connection.wait_ready()
-        if connection.state is BackendState.READY and not self._stopping:
+        if self._stopping:
+            return
+        if connection.state is BackendState.READY:
             logger.info("backend %s joined after start-up", connection.name)
             await self._rebuild_catalog()
+        else:
+            self._check_workflows()  # no rebuild follows a failed first attempt; the last one to end says it
 
     def _index_updated(self, stats: UpdateStats) -> None:
         if self.telemetry.metrics is not None:
@@ -293,8 +297,11 @@ class Gateway:
         if not self.config.workflows:
             return
         known = {t.name for t in self.router.searchable_tools()} | {t.name for t in self.router.listed_tools()}
+        # While backends are still on their first attempt their tools are missing, not unknown: the check
+        # runs again when the last of them joins or fails (`_join_when_ready`).
+        report = logger.debug if self.starting() else logger.warning
         for problem in unknown_tools(self.config.workflows, known):
-            logger.warning("%s", problem)
+            report("%s", problem)
         shadowed = sorted(set(self.workflows.workflows) & set(self.catalog.current.tools))
         if shadowed:
             logger.warning("workflows named like backend tools (the workflow is served): %s", ", ".join(shadowed))

@@ -78,6 +78,10 @@ class HealthMonitor:
         """One ping; its outcome feeds the backend's health and its circuit breaker."""
         health, breaker = self.health[connection.name], self.breakers[connection.name]
         self._note_reconnect(connection)
+        if connection.first_attempt_pending:
+            # Still starting (a slow first connect ends by `timeouts.connect`): unknown, not "unhealthy", which
+            # on a busy machine greeted every first start with a warning per backend.
+            return
         if connection.state is not BackendState.READY:
             reason = f"not connected ({connection.state.value}" + (
                 f": {connection.last_error})" if connection.last_error else ")"
