@@ -44,7 +44,7 @@ from vmcp_opt.backends.forwarding import HeaderWriteStream, forwarding
 from vmcp_opt.backends.listing import BackendListing, WatchedReadStream, fetch_listing
 from vmcp_opt.backends.results import bounded_result
 from vmcp_opt.backends.secrets import mask_url, redact, secret_values
-from vmcp_opt.backends.transports import open_transport
+from vmcp_opt.backends.transports import StderrTail, open_transport
 from vmcp_opt.config import BackendConfig, LimitsConfig, RestartConfig
 from vmcp_opt.display import shorten
 
@@ -108,6 +108,7 @@ class BackendConnection:
         self._next_refresh = -float("inf")  # when a re-fetch may start again (`_refresh_when_asked`)
         self._task_group: anyio.abc.TaskGroup | None = None
         self._stream: WatchedReadStream | None = None
+        self._stderr = StderrTail()  # this attempt's process (stdio)
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -139,6 +140,7 @@ class BackendConnection:
         self._wake = anyio.Event()
         self._connected = anyio.Event()
         self._lost_reason = None
+        self._stderr.line = None
         if self._stop.is_set():
             return False
         self._wake_on_stop()
@@ -153,7 +155,7 @@ class BackendConnection:
                 task_group.cancel_scope.cancel()
         except Exception as exc:  # any failure of one backend must not take the gateway down
             refused = self._auth.refusal() if self._auth is not None else None
-            self._set_state(BackendState.FAILED, self._at_url(_describe_error(refused or exc)))
+            self._set_state(BackendState.FAILED, self._with_stderr(self._at_url(self._failure(refused or exc))))
         finally:
             self._session = None
             self._task_group = None
@@ -162,7 +164,7 @@ class BackendConnection:
             if self._stop.is_set():
                 self._set_state(BackendState.CLOSED)
             else:
-                self._set_state(BackendState.FAILED, self._lost_reason or "the session ended")
+                self._set_state(BackendState.FAILED, self._with_stderr(self._lost_reason or "the session ended"))
         return self.sessions > sessions_before
 
     def _wake_on_stop(self) -> None:
@@ -215,6 +217,7 @@ class BackendConnection:
                 self.connect_timeout,
                 auth,
                 max_result_bytes=self.limits.max_result_bytes,
+                stderr_tail=self._stderr,
             ) as (raw_read, write),
             ClientSession(
                 self._stream.wrapping(raw_read),
@@ -253,6 +256,22 @@ class BackendConnection:
             if self.sessions > 1 and self.on_change is not None:
                 await self.on_change(self)  # back in service: its tools rejoin the catalogue
             await self._wake.wait()
+
+    def _failure(self, exc: BaseException) -> str:
+        """Why a session failed; a stdio command that does not exist says so plainly."""
+        missing, command = _innermost(exc), self.config.command
+        if isinstance(missing, FileNotFoundError) and command and missing.filename:
+            if missing.filename == command:  # a bare name: looked up on PATH
+                return f"command not found on PATH: {command!r}"
+            if Path(str(missing.filename)).name == Path(command).name:  # a path, resolved from the config's directory
+                return f"command not found: {missing.filename}"
+        return _describe_error(exc)
+
+    def _with_stderr(self, reason: str) -> str:
+        """A stdio process's last stderr line beside the protocol's reason ("Connection closed" alone says
+        nothing of a crash at start)."""
+        line = self._stderr.line
+        return reason if line is None or line in reason else f"{reason}; its last stderr line: {shorten(line, 300)}"
 
     def _at_url(self, reason: str) -> str:
         """A connection error of an HTTP or SSE backend names the URL it tried (credentials masked)."""
@@ -430,10 +449,16 @@ def is_list_changed(message: object) -> bool:
     )
 
 
-def _describe_error(exc: BaseException) -> str:
-    """A one-line reason, unwrapping exception groups from task groups."""
+def _innermost(exc: BaseException) -> BaseException:
+    """The first exception inside task groups' exception groups."""
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
         exc = exc.exceptions[0]
+    return exc
+
+
+def _describe_error(exc: BaseException) -> str:
+    """A one-line reason, unwrapping exception groups from task groups."""
+    exc = _innermost(exc)
     text = str(exc) or type(exc).__name__
     return f"{type(exc).__name__}: {text}" if not isinstance(exc, MCPError | BackendUnavailable) else text
 

@@ -61,6 +61,14 @@ def stdio_parameters(
     )
 
 
+class StderrTail:
+    """The last line a stdio backend wrote to stderr (masked, cut), for the reason a session failed: a
+    process that exits at start says why there ("No module named ..."), not in the protocol."""
+
+    def __init__(self) -> None:
+        self.line: str | None = None
+
+
 @asynccontextmanager
 async def open_transport(
     backend: BackendConfig,
@@ -69,14 +77,16 @@ async def open_transport(
     credentials: BackendAuth | None = None,
     *,
     max_result_bytes: int,
+    stderr_tail: StderrTail | None = None,
 ) -> AsyncIterator[TransportStreams]:
     """`credentials`: a stdio process's secret environment, or what an HTTP session adds to each request.
     `max_result_bytes` bounds a stdio backend's lines (backends/stdio.py), and a streamable HTTP backend's
     JSON answers (backends/http_bodies.py) and SSE events; over SSE (the 2024 transport) the SDK caps an
-    event at 1 MiB."""
+    event at 1 MiB. `stderr_tail` keeps a stdio backend's last stderr line; it is complete once this exits."""
     if backend.transport == "stdio":
         secret_env = credentials.credentials.child_env() if credentials is not None else None
-        async with _stdio_with_masked_stderr(backend, base_dir, secret_env, max_result_bytes) as streams:
+        tail = stderr_tail or StderrTail()
+        async with _stdio_with_masked_stderr(backend, base_dir, secret_env, max_result_bytes, tail) as streams:
             yield streams
     elif backend.transport == "streamable-http":
         assert backend.url is not None
@@ -98,14 +108,18 @@ async def open_transport(
 
 @asynccontextmanager
 async def _stdio_with_masked_stderr(
-    backend: BackendConfig, base_dir: Path, secret_env: dict[str, str] | None, max_result_bytes: int
+    backend: BackendConfig,
+    base_dir: Path,
+    secret_env: dict[str, str] | None,
+    max_result_bytes: int,
+    tail: StderrTail,
 ) -> AsyncIterator[TransportStreams]:
     read_fd, write_fd = os.pipe()
     errlog = os.fdopen(write_fd, "w")
     try:
         async with anyio.create_task_group() as relay:
             secrets = sorted({*secret_values(backend), *(secret_env or {}).values()}, key=len, reverse=True)
-            relay.start_soon(_relay_stderr, read_fd, backend.name, secrets)
+            relay.start_soon(_relay_stderr, read_fd, _StderrLines(backend.name, secrets, tail))
             try:
                 parameters = stdio_parameters(backend, base_dir, secret_env)
                 async with bounded_stdio_client(
@@ -120,9 +134,8 @@ async def _stdio_with_masked_stderr(
         errlog.close()
 
 
-async def _relay_stderr(fd: int, backend: str, secrets: list[str]) -> None:
+async def _relay_stderr(fd: int, lines: _StderrLines) -> None:
     os.set_blocking(fd, False)
-    lines = _StderrLines(backend, secrets)
     try:
         while True:
             await anyio.wait_readable(fd)
@@ -142,9 +155,10 @@ async def _relay_stderr(fd: int, backend: str, secrets: list[str]) -> None:
 class _StderrLines:
     """Bytes from a backend's stderr as log lines: masked, escaped, cut, and rate-limited."""
 
-    def __init__(self, backend: str, secrets: list[str]) -> None:
+    def __init__(self, backend: str, secrets: list[str], tail: StderrTail | None = None) -> None:
         self.backend = backend
         self.secrets = secrets
+        self.tail = tail or StderrTail()
         self.pending = b""
         self.skipping = False
         self.window = 0
@@ -180,8 +194,10 @@ class _StderrLines:
         if self.in_window > STDERR_LINES_PER_SECOND:
             self.suppressed += 1
             return
-        text = redact(raw.decode("utf-8", "replace").rstrip("\r"), self.secrets)
-        stderr_logger.info("backend %s stderr: %s", self.backend, shorten(text, STDERR_LINE_LIMIT))
+        text = shorten(redact(raw.decode("utf-8", "replace").rstrip("\r"), self.secrets), STDERR_LINE_LIMIT)
+        stderr_logger.info("backend %s stderr: %s", self.backend, text)
+        if text.strip():
+            self.tail.line = text.strip()
 
     def report_suppressed(self) -> None:
         if self.suppressed:
