@@ -284,3 +284,45 @@ def test_the_diagnostics_listener_takes_a_port_or_host_and_port_and_needs_metric
     assert bad_port.startswith("telemetry.metrics.listen:") and "1 to 65535" in bad_port
     (off,) = problems_of(metrics(listen="9464"))
     assert off.startswith("telemetry.metrics") and "needs `enabled: true`" in off
+
+
+def vmcp(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "vmcp_opt", *args], capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("command", [["validate"], ["serve", "--port", "0"]])
+def test_a_misspelt_model_is_a_config_error_naming_optimizer_model(tmp_path: Path, command: list[str]) -> None:
+    path = write_config(tmp_path, {"optimizer": {"enabled": True, "model": "nosuchmodel"}})
+    result = vmcp(*command, "-c", str(path))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    assert (
+        "  optimizer.model: model 'nosuchmodel': not a registry id (all-MiniLM-L6-v2) nor a local model directory"
+        in result.stderr.splitlines()
+    )
+
+
+def test_a_model_directory_without_a_tokenizer_is_refused_by_validate(tmp_path: Path) -> None:
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text('{"hidden_size": 8}', encoding="utf-8")
+    result = vmcp("validate", "-c", str(write_config(tmp_path, {"optimizer": {"model": str(model)}})))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"  optimizer.model: model '{model}': no tokenizer.json in {model}" in result.stderr.splitlines()
+
+
+@pytest.mark.parametrize("command", [["validate"], ["serve", "--port", "0"]])
+def test_a_config_path_that_is_a_directory_or_not_utf8_is_one_line_and_exit_2(
+    tmp_path: Path, command: list[str]
+) -> None:
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"\xff\xfe x")
+    cases = {
+        tmp_path: "cannot read: is a directory, not a config file",
+        binary: "cannot read: not UTF-8 text (byte 0xff at offset 0); save it as UTF-8",
+    }
+    for path, reason in cases.items():
+        result = vmcp(*command, "-c", str(path))
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert "Traceback" not in result.stdout + result.stderr
+        assert f"  {path}: {reason}" in result.stderr.splitlines()

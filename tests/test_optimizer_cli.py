@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
+from vmcp_opt.optimizer import index_cli
 from vmcp_opt.optimizer.index_cli import hooks, index_app, read_jsonl, record_tool
 from vmcp_opt.optimizer.listing import Listing, save_listing
 from vmcp_opt.optimizer.tokens import tools_list_tokens
@@ -99,3 +102,58 @@ def test_a_catalogue_smaller_than_the_meta_tools_says_more_not_negative_fewer(
     assert stats.exit_code == 0, stats.output
     assert "(100.0% more" in stats.output
     assert "fewer" not in stats.output
+
+
+def vmcp_index(*args: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "vmcp_opt", "index", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+
+def test_a_jsonl_file_that_is_missing_or_a_directory_is_one_line_naming_it(
+    setup: tuple[Path, Path], tmp_path: Path
+) -> None:
+    config, _ = setup
+    for path, reason in (
+        (tmp_path / "none.jsonl", "no such file"),
+        (tmp_path, "is a directory, not a JSON-lines file"),
+    ):
+        result = vmcp_index("stats", "-c", str(config), "--from-jsonl", str(path))
+        assert result.returncode == 2, result.stderr
+        assert "Traceback" not in result.stdout + result.stderr
+        assert f"--from-jsonl: {path}: {reason}" in result.stderr.splitlines()
+
+
+def test_a_record_without_a_required_field_names_the_field_and_the_line(setup: tuple[Path, Path]) -> None:
+    config, tools = setup
+    tools.write_text('{"name": "a", "backend": "b"}\n\n{"name": "c", "description": "no backend"}\n', encoding="utf-8")
+    result = vmcp_index("stats", "-c", str(config), "--from-jsonl", str(tools))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    expected = (
+        f"--from-jsonl: {tools}:3: not a tool record: missing 'backend' (every record needs 'name' and 'backend')"
+    )
+    assert expected in result.stderr.splitlines()
+
+
+@pytest.mark.parametrize("command", [["stats"], ["search", "git log", "--keyword"]])
+def test_a_misspelt_model_is_a_config_error_not_a_traceback(
+    setup: tuple[Path, Path], tmp_path: Path, command: list[str]
+) -> None:
+    _, tools = setup
+    config = tmp_path / "bad-model.yaml"
+    config.write_text(f"optimizer:\n  model: nosuchmodel\n  index_dir: {tmp_path / 'indexes'}\n", encoding="utf-8")
+    result = vmcp_index(*command, "-c", str(config), "--from-jsonl", str(tools))
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    assert "config: optimizer.model: model 'nosuchmodel': not a registry id" in result.stderr
+
+
+def test_a_model_error_past_the_config_check_ends_the_command_with_its_reason(
+    setup: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, tools = setup
+    config = tmp_path / "bad-model.yaml"
+    config.write_text(f"optimizer:\n  model: nosuchmodel\n  index_dir: {tmp_path / 'indexes'}\n", encoding="utf-8")
+    monkeypatch.setattr(index_cli, "model_problem", lambda spec: None)  # as if the model went after the check
+    result = runner.invoke(index_app, ["stats", "-c", str(config), "--from-jsonl", str(tools)])
+    assert result.exit_code == 2, result.output
+    assert "optimizer.model: model 'nosuchmodel': not a registry id" in result.output

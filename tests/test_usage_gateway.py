@@ -17,10 +17,11 @@ from typing import Any
 import anyio
 import httpx2
 import pytest
+import yaml
 from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 
-from tests.support import demo_backend, running_gateway, stop_process, write_config
+from tests.support import EXAMPLES, demo_backend, running_gateway, stop_process, write_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.anyio]
 
@@ -258,3 +259,25 @@ async def test_stateless_http_clients_with_credentials_are_learned_from_one_by_o
     assert usage["tasks"] == {"notes_whoami": 1, "notes_slow_echo": 1, COMPANION: 1}
     for text in (raw, log):
         assert SECRET not in text
+
+
+async def test_a_workflows_own_steps_are_not_learned_as_the_clients_use(tmp_path: Path) -> None:
+    """The demo's `world_clock` calls time_convert_time for each zone: those calls are the workflow's, not the
+    client's. Used alone it ranks nothing anew; the client's own next call still makes a pair with it."""
+    demo = yaml.safe_load((EXAMPLES / "demo.yaml").read_text(encoding="utf-8"))
+    index_dir = tmp_path / "indexes"
+    config = write_config(tmp_path, {**usage_config(index_dir), "workflows": demo["workflows"]})
+    query = "what time is it in Tokyo"
+    with running_gateway(config) as gateway:
+        async with Client(gateway.url, mode="legacy") as client:
+            await wait_for_vectors(client)
+            before = await find(client, query)
+            await call_ok(client, "call_tool", {"tool_name": "world_clock", "arguments": {}})
+            after_workflow = await find(client, query)
+            await call_ok(client, COMPANION, {"timezone": "Asia/Tokyo"})  # the client's own call, same task
+        stop_process(gateway.proc)
+    assert after_workflow == before
+    usage = read_usage(index_dir)
+    assert usage["tasks"] == {"world_clock": 1, COMPANION: 1}
+    assert usage["together"] == {"world_clock": {COMPANION: 1}, COMPANION: {"world_clock": 1}}
+    assert "Traceback" not in gateway.output()

@@ -38,6 +38,9 @@ def new_key_command(
     name: Annotated[str | None, typer.Option(help="A label for the key (shown as the client id).")] = None,
 ) -> None:
     """A new API key: the key is printed once; the gateway stores only the entry's hash."""
+    if not subject.strip():  # the gateway refuses such an entry at start (`keys[i].subject`)
+        err.print("--subject: give who the key belongs to (e.g. --subject alice); it cannot be empty", highlight=False)
+        raise typer.Exit(2)
     key, digest = new_key()
     entry: dict[str, Any] = {"sha256": digest, "subject": subject, "groups": group or []}
     if name:

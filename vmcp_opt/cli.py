@@ -88,9 +88,10 @@ def setup_logging(level: str = "info", log_format: logs.LogFormat = "auto") -> N
 def load_or_exit(path: Path | None, overrides: dict[str, Any] | None = None) -> VmcpConfig:
     """Load the config; on a bad one, print every problem as `field.path: reason` and exit 2."""
     from vmcp_opt.backends.discovery import read_client_config
+    from vmcp_opt.optimizer.model_registry import model_problem
 
     try:
-        return load_config(path, overrides, discover=read_client_config)
+        return load_config(path, overrides, discover=read_client_config, check_model=model_problem)
     except ConfigError as exc:
         err.print(f"[bold red]invalid configuration[/] ({path or DEFAULT_CONFIG_PATH}):")
         for problem in exc.problems:
@@ -169,9 +170,8 @@ def serve(
 
 
 def _exit_if_port_taken(host: str, port: int) -> None:
-    """Fail in a second, before any backend starts, when the listen address cannot be bound."""
-    if port == 0:
-        return
+    """Fail in a second, before any backend starts, when the listen address cannot be bound (with port 0 too:
+    the address may not be this machine's)."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
@@ -186,6 +186,13 @@ def _exit_if_port_taken(host: str, port: int) -> None:
         try:
             probe.bind(address)
         except OSError as exc:
+            if exc.errno == errno.EADDRNOTAVAIL:  # the address, not the port: a config error
+                err.print(
+                    f"[bold red]cannot listen[/] on {host}:{port}: {host} is not an address of this machine; "
+                    "choose one of its own with --host (server.host), or 0.0.0.0 for every interface",
+                    highlight=False,
+                )
+                raise typer.Exit(2) from None
             reason = "the port is already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
             err.print(
                 f"[bold red]cannot listen[/] on {host}:{port}: {reason}; "
@@ -195,8 +202,9 @@ def _exit_if_port_taken(host: str, port: int) -> None:
             raise typer.Exit(1) from None
 
 
-def _announce(cfg: VmcpConfig, config_path: Path | None = None) -> None:
-    url = f"http://{cfg.server.host}:{cfg.server.port}{cfg.server.path}"
+def _announce(cfg: VmcpConfig, port: int, config_path: Path | None = None) -> None:
+    """The banner, once listening: `port` is the bound one (with `--port 0`, the one the OS chose)."""
+    url = f"http://{cfg.server.host}:{port}{cfg.server.path}"
     mode = "optimizer on: tools/list shows find_tool and call_tool" if cfg.optimizer.enabled else "optimizer off"
     out.print(f"\n[bold green]vmcp-opt[/] serving MCP at [bold]{url}[/] ({mode})")
     out.print(
@@ -234,19 +242,29 @@ def validate(
         for problem in problems:
             err.print(f"  {problem}", markup=False, highlight=False)
         raise typer.Exit(2)
-    if connect and cfg.workflows:
-        _check_workflow_tools(cfg)
+    if connect:
+        _check_connections(cfg)
     out.print(f"[green]valid[/]: {len(cfg.backends)} backends ({', '.join(b.name for b in cfg.backends)})")
     if cfg.workflows:
         out.print(f"  {len(cfg.workflows)} workflows ({', '.join(w.name for w in cfg.workflows)})")
 
 
-def _check_workflow_tools(cfg: VmcpConfig) -> None:
-    from vmcp_opt.probe import catalogue_tool_names
+def _check_connections(cfg: VmcpConfig) -> None:
+    """`validate --connect`: each backend connected once (exit 1 naming those that failed, as `vmcp backends`
+    does), then the workflow steps checked against the tools they serve (exit 2 naming the unknown ones)."""
+    from vmcp_opt.probe import connect_once
     from vmcp_opt.workflows.validation import unknown_tools
 
     setup_logging("error")
-    problems = unknown_tools(cfg.workflows, anyio.run(catalogue_tool_names, cfg))
+    connected = anyio.run(connect_once, cfg)
+    if connected.failed:
+        err.print(f"[bold red]backends that did not connect[/] ({len(connected.failed)} of {len(cfg.backends)}):")
+        for name, reason in connected.failed.items():
+            err.print(f"  {name}: {reason}", markup=False, highlight=False)
+        if cfg.workflows:  # their steps' tools are missing too: checking them now would only repeat this
+            err.print("  (workflow steps not checked until every backend connects)")
+        raise typer.Exit(1)
+    problems = unknown_tools(cfg.workflows, connected.tool_names)
     if problems:
         err.print("[bold red]workflows name tools the backends do not serve[/]:")
         for problem in problems:

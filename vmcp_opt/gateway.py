@@ -72,6 +72,7 @@ class Gateway:
         if config.optimizer.enabled:
             self.optimizer = OptimizerFront(config, usage_history(config))
             self.optimizer.wait_for_backends = self.wait_for_backends
+            self.optimizer.why_no_tools = self.why_no_tools
             self.router.add_provider(self.optimizer)
             self.router.observers.append(self.optimizer)
             pinned = frozenset(config.optimizer.pinned)
@@ -151,6 +152,17 @@ class Gateway:
     def starting(self) -> list[str]:
         """Backends whose first connection attempt has not ended yet."""
         return [c.name for c in self.backends.connections.values() if c.first_attempt_pending]
+
+    def why_no_tools(self, name: str) -> str | None:
+        """Why configured backend `name` has no tools in the catalogue, as find_tool says it; None when no
+        backend of that name is configured."""
+        connection = self.backends.get(name)
+        if connection is None:
+            return None
+        if connection.state is BackendState.READY:
+            return "connected but has no tools to search"
+        reason = f": {connection.last_error}" if connection.last_error else ""
+        return f"configured but not connected ({connection.state.value}{reason})"
 
     async def _connect_in_background(self, task_group: anyio.abc.TaskGroup) -> None:
         try:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import anyio
 
@@ -12,30 +12,46 @@ from vmcp_opt.backends.credentials import with_auth_health
 from vmcp_opt.config import VmcpConfig
 from vmcp_opt.health import HealthMonitor
 from vmcp_opt.optimizer.listing import Listing
-from vmcp_opt.optimizer.metatools import catalog_records, meta_tools_tokens
+from vmcp_opt.optimizer.metatools import catalog_records, meta_tools_tokens, provided_record
 from vmcp_opt.optimizer.tokens import tools_list_tokens
+from vmcp_opt.workflows.provider import workflow_tools
 
 
 async def collect_listing(config: VmcpConfig) -> Listing:
-    """The live catalogue's tools as index records, and what their `tools/list` costs: one look, no serving."""
+    """The tools find_tool would index, as records, and what their `tools/list` costs: one look, no serving.
+
+    The gateway's searchable tools (`Router.searchable_tools`): the configured workflows first (a workflow
+    keeps its name over a backend tool of the same name), then the live catalogue's tools."""
     manager = _one_shot_backends(config)
     async with anyio.create_task_group() as task_group:
         await manager.start(task_group)
         catalog = catalog_of(manager, config.aggregation)
         manager.stop()
+    workflows = workflow_tools(config.workflows, catalog)
+    served = [routed for name, routed in catalog.tools.items() if name not in workflows]
+    records = [provided_record(tool) for tool in workflows.values()]
+    records += [record for record in catalog_records(catalog) if record.name not in workflows]
     model = config.optimizer.model
-    tokens = tools_list_tokens([routed.tool for routed in catalog.tools.values()], model)
-    return Listing(catalog_records(catalog), tokens, model)
+    tokens = tools_list_tokens([tool.tool for tool in workflows.values()] + [routed.tool for routed in served], model)
+    return Listing(records, tokens, model, listed_by="vmcp index")
 
 
-async def catalogue_tool_names(config: VmcpConfig) -> set[str]:
-    """The names the live catalogue serves (`vmcp validate --connect` checks workflow steps against them)."""
+class Connected(NamedTuple):
+    """One connection to each backend (`vmcp validate --connect`)."""
+
+    failed: dict[str, str]  # backend name -> why it did not connect
+    tool_names: set[str]  # what the live catalogue serves: workflow steps are checked against these
+
+
+async def connect_once(config: VmcpConfig) -> Connected:
+    """Connect each backend once: those that failed, with their (redacted) error, and the catalogue's names."""
     manager = _one_shot_backends(config)
     async with anyio.create_task_group() as task_group:
         await manager.start(task_group)
+        failed = {c.name: c.last_error or c.state.value for c in manager.not_ready()}
         names = set(catalog_of(manager, config.aggregation).tools)
         manager.stop()
-    return names
+    return Connected(failed, names)
 
 
 async def collect_catalog(config: VmcpConfig) -> Catalog:

@@ -25,6 +25,8 @@ from vmcp_opt.config.sections import (
 )
 
 ClientConfigReader = Callable[[Path], Sequence[BackendConfig]]
+# Why a model id names no usable model, or None (`optimizer.model_registry.model_problem`).
+ModelCheck = Callable[[str], str | None]
 
 
 def load_config(
@@ -32,12 +34,14 @@ def load_config(
     overrides: dict[str, Any] | None = None,
     *,
     discover: ClientConfigReader | None = None,
+    check_model: ModelCheck | None = None,
 ) -> VmcpConfig:
     """Read, merge and validate the configuration; raise `ConfigError` listing every bad field.
 
     `discover` reads the client config file of discovered mode (`backends.discovery.read_client_config`,
     passed by the `vmcp` command: this module knows no client format); a discovered-mode config without it
-    is an error rather than a gateway with no backends.
+    is an error rather than a gateway with no backends. `check_model` resolves `optimizer.model` (passed by
+    the `vmcp` command as well: the registry is the optimizer's), so a misspelt model fails here, not at start.
     """
     config_path = Path(path) if path is not None else DEFAULT_CONFIG_PATH
     data = _read_file(config_path)
@@ -55,13 +59,33 @@ def load_config(
             raise ConfigError(["discovery.mode: discovered, but this command reads no client config files"])
         config = _with_discovered_backends(config, discover)
     config._source = config_path.resolve()
-    return _with_env_references_resolved(config)
+    problems = _model_problems(config.optimizer.model, check_model)
+    try:
+        config = _with_env_references_resolved(config)
+    except ConfigError as exc:
+        problems += exc.problems
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def _model_problems(model: str, check_model: ModelCheck | None) -> list[str]:
+    problem = check_model(model) if check_model is not None else None
+    return [f"optimizer.model: {problem}"] if problem else []
 
 
 def _read_file(path: Path) -> dict[str, Any]:
     if not path.exists():
         raise ConfigError([f"{path}: no such config file"])
-    text = path.read_text(encoding="utf-8")
+    if path.is_dir():
+        raise ConfigError([f"{path}: cannot read: is a directory, not a config file"])
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        where = f"byte {exc.object[exc.start]:#04x} at offset {exc.start}"
+        raise ConfigError([f"{path}: cannot read: not UTF-8 text ({where}); save it as UTF-8"]) from None
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
     try:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:

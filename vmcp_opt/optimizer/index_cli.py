@@ -11,12 +11,13 @@ or from `--from-jsonl`, one tool record per line
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, ParamSpec
 
 import mcp_types as types
 import typer
@@ -26,9 +27,11 @@ from vmcp_opt.config import ConfigError, VmcpConfig, load_config
 from vmcp_opt.console import OutputConsole
 from vmcp_opt.optimizer.documents import ToolRecord
 from vmcp_opt.optimizer.listing import Listing, load_listing, save_listing
+from vmcp_opt.optimizer.model_registry import ModelError, model_problem
 from vmcp_opt.optimizer.tokens import saving, tools_list_tokens
 from vmcp_opt.optimizer.usage import UsageGraph
 
+P = ParamSpec("P")
 index_app = typer.Typer(help="Build, inspect and query the optimizer's persisted tool index.", no_args_is_help=True)
 console = OutputConsole()
 errors = OutputConsole(stderr=True)
@@ -55,7 +58,23 @@ RefreshOption = Annotated[
 ]
 
 
+def _exit_on_model_error(command: Callable[P, None]) -> Callable[P, None]:
+    """A model that does not load ends the command with its reason, not a traceback: `_config` checks that
+    `optimizer.model` resolves, but a local model directory can still lack its weights."""
+
+    @functools.wraps(command)
+    def run(*args: P.args, **kwargs: P.kwargs) -> None:
+        try:
+            command(*args, **kwargs)
+        except ModelError as exc:
+            errors.print(f"optimizer.model: {exc}", markup=False, highlight=False)
+            raise typer.Exit(2) from None
+
+    return run
+
+
 @index_app.command()
+@_exit_on_model_error
 def build(config: ConfigOption = None, from_jsonl: JsonlOption = None, index_dir: IndexDirOption = None) -> None:
     """Embed every tool not already in the persisted index (a progress bar while it works)."""
     from vmcp_opt.optimizer.index import ToolIndex
@@ -72,6 +91,7 @@ def build(config: ConfigOption = None, from_jsonl: JsonlOption = None, index_dir
 
 
 @index_app.command()
+@_exit_on_model_error
 def stats(
     config: ConfigOption = None,
     from_jsonl: JsonlOption = None,
@@ -107,6 +127,7 @@ def stats(
 
 
 @index_app.command()
+@_exit_on_model_error
 def search(
     query: Annotated[str, typer.Argument(help="A natural-language need, as an agent would ask.")],
     config: ConfigOption = None,
@@ -120,10 +141,27 @@ def search(
     """Rank the tools for QUERY the way find_tool does, with scores."""
     from vmcp_opt.optimizer.calibration import scale_for
     from vmcp_opt.optimizer.index import ToolIndex
+    from vmcp_opt.optimizer.meta_tool_forms import query_problem
 
+    problem = query_problem(query)  # find_tool's rules, before any listing or model is loaded
+    if problem is not None:
+        raise typer.BadParameter(problem, param_hint="'QUERY'")
     settings = _config(config)
     directory = _index_dir(settings, index_dir)
     records = _listing(settings, from_jsonl, directory, refresh=refresh).records
+    known = sorted({record.backend for record in records})
+    absent = [name for name in dict.fromkeys(backend or ()) if name not in known]
+    if absent:
+        configured = {b.name for b in settings.backends}
+        problems = [
+            f"backend '{name}' is configured but has no tools in this catalogue"
+            for name in absent
+            if name in configured
+        ]
+        unknown = [name for name in absent if name not in configured]
+        if unknown:
+            problems.append(f"unknown backend(s) {unknown}")
+        raise typer.BadParameter(f"{'; '.join(problems)}; known: {known}", param_hint="'--backend' / '-b'")
     index = ToolIndex(
         settings.optimizer, directory, usage=_usage_history(settings, directory), model_cache=settings.model_cache_dir()
     )
@@ -282,37 +320,48 @@ def record_tool(record: ToolRecord) -> types.Tool:
 
 
 def read_jsonl(path: Path) -> list[ToolRecord]:
-    """Tool records from JSON lines; `inputSchema` is accepted for `input_schema`."""
-    records: list[ToolRecord] = []
-    with path.open(encoding="utf-8") as file:
-        for number, line in enumerate(file, start=1):
-            if not line.strip():
-                continue
-            try:
-                data = json.loads(line)
-                records.append(
-                    ToolRecord(
-                        name=str(data["name"]),
-                        backend=str(data["backend"]),
-                        description=str(data.get("description") or ""),
-                        input_schema=data.get("input_schema") or data.get("inputSchema") or {},
-                        title=data.get("title"),
-                        backend_description=str(data.get("backend_description") or ""),
-                        original_name=data.get("original_name"),
-                    )
-                )
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise typer.BadParameter(
-                    f"{path}:{number}: not a tool record ({exc})", param_hint="--from-jsonl"
-                ) from None
-    return records
+    """Tool records from JSON lines; `inputSchema` is accepted for `input_schema`. A file that cannot be read,
+    or a line that is no tool record, is a `ValueError` naming the file (and the line)."""
+    try:
+        with path.open(encoding="utf-8") as file:
+            return [_tool_record(line, f"{path}:{n}") for n, line in enumerate(file, start=1) if line.strip()]
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not UTF-8 text") from None
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ValueError(f"{path}: is a directory, not a JSON-lines file") from None
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read: {exc.strerror or exc}") from None
+
+
+def _tool_record(line: str, where: str) -> ToolRecord:
+    try:
+        data = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{where}: not JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: not a tool record: expected a JSON object, got {type(data).__name__}")
+    missing = [key for key in ("name", "backend") if key not in data]
+    if missing:
+        needed = "every record needs 'name' and 'backend'"
+        raise ValueError(f"{where}: not a tool record: missing {' and '.join(map(repr, missing))} ({needed})")
+    return ToolRecord(
+        name=str(data["name"]),
+        backend=str(data["backend"]),
+        description=str(data.get("description") or ""),
+        input_schema=data.get("input_schema") or data.get("inputSchema") or {},
+        title=data.get("title"),
+        backend_description=str(data.get("backend_description") or ""),
+        original_name=data.get("original_name"),
+    )
 
 
 def _config(path: Path | None) -> VmcpConfig:
     from vmcp_opt.backends.discovery import read_client_config
 
     try:
-        return load_config(path, discover=read_client_config)
+        return load_config(path, discover=read_client_config, check_model=model_problem)
     except ConfigError as exc:
         for problem in exc.problems:
             errors.print(f"[red]config:[/] {problem}")
@@ -327,14 +376,18 @@ def _listing(settings: VmcpConfig, from_jsonl: Path | None, directory: Path, *, 
     """The tools to index: the JSON-lines file, else the saved catalogue (unless `refresh`), else the backends."""
     model = settings.optimizer.model
     if from_jsonl is not None:
-        records = read_jsonl(from_jsonl)
+        try:
+            records = read_jsonl(from_jsonl)
+        except ValueError as exc:
+            errors.print(f"--from-jsonl: {exc}", markup=False, highlight=False)
+            raise typer.Exit(2) from None
         return Listing(records, tools_list_tokens([record_tool(r) for r in records], model), model)
     if not refresh:
         saved = load_listing(directory, model)
         if saved is not None and saved.saved_at is not None:
             when = time.strftime("%Y-%m-%d %H:%M", time.localtime(saved.saved_at))
             errors.print(
-                f"tools as the gateway last listed them ({when}); --refresh asks the backends", highlight=False
+                f"tools as {saved.listed_by} last listed them ({when}); --refresh asks the backends", highlight=False
             )
             return saved
     collect = hooks.collect_listing

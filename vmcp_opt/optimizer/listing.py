@@ -1,9 +1,10 @@
 """The catalogue as last listed, saved beside the index, so `vmcp index stats|search` need not start backends.
 
 The gateway writes `<index directory>/catalogue.json` whenever find_tool's tools change, and so does
-`vmcp index build` when it asks the backends: the tool records and what their `tools/list` costs
-(`tokens.tools_list_tokens`, the one definition the server logs and find_tool reports). A missing,
-unreadable or other-model file is as good as none: the CLI then asks the backends.
+`vmcp index` when it asks the backends (`build`, `--refresh`; probe.py lists the same tools, the
+configured workflows included): the tool records, what their `tools/list` costs (`tokens.tools_list_tokens`,
+the one definition the server logs and find_tool reports) and who listed them. A missing, unreadable or
+other-model file is as good as none: the CLI then asks the backends.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ class Listing:
     model: str
     # When it was saved (seconds since the epoch); None for a listing just taken from the backends.
     saved_at: float | None = None
+    # Who took it from the backends, as the CLI's note names it.
+    listed_by: str = "the gateway"
 
 
 def save_listing(directory: Path, listing: Listing) -> None:
@@ -40,6 +43,7 @@ def save_listing(directory: Path, listing: Listing) -> None:
         "model": listing.model,
         "tools_list_tokens": listing.tools_list_tokens,
         "saved_at": time.time(),
+        "listed_by": listing.listed_by,
         "tools": [{**asdict(record), "input_schema": dict(record.input_schema)} for record in listing.records],
     }
     try:
@@ -59,7 +63,8 @@ def load_listing(directory: Path, model: str) -> Listing | None:
         if data.get("model") != model:
             return None
         records = [ToolRecord(**tool) for tool in data["tools"]]
-        return Listing(records, int(data["tools_list_tokens"]), model, float(data["saved_at"]))
+        listed_by = str(data.get("listed_by") or Listing.listed_by)  # a file from before it was kept
+        return Listing(records, int(data["tools_list_tokens"]), model, float(data["saved_at"]), listed_by)
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError) as exc:

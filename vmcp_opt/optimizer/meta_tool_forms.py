@@ -15,6 +15,12 @@ from vmcp_opt.optimizer.answers import answer_description, compact_schema
 from vmcp_opt.optimizer.documents import ToolRecord
 from vmcp_opt.optimizer.index import SearchHit
 
+# A find_tool query's most characters. A request is a sentence or a few (the held-out sets' p95 is 137 tokens,
+# ~600 characters) and the model reads the first 256 tokens of each text it embeds (the request and up to
+# `optimizer.max_intents` intents); past this it is a pasted document, all of it keyword-tokenized, split and
+# echoed in the answer. In the schema as `maxLength`, so clients see it.
+MAX_QUERY_CHARS = 4096
+
 FIND_TOOL = types.Tool(
     name="find_tool",
     title="Find tools",
@@ -30,6 +36,7 @@ FIND_TOOL = types.Tool(
             "query": {
                 "type": "string",
                 "minLength": 1,
+                "maxLength": MAX_QUERY_CHARS,
                 "description": "What you need done, e.g. 'current time in Tokyo'.",
             },
             "limit": {
@@ -123,6 +130,25 @@ def hit_json(hit: SearchHit, answer: Collection[str], part: dict[str, Any] | Non
         # Issues a value a result requires (its token, its channel id): call this one first.
         found["supplies"] = {"tool": hit.supplies[0], "argument": hit.supplies[1]}
     return found
+
+
+def query_problem(query: str) -> str | None:
+    """What makes `query` unsearchable (too long, empty, only spaces), or None. Bounded work whatever its
+    length: the length first, then a scan that stops at the first character that is not a space."""
+    if len(query) > MAX_QUERY_CHARS:
+        return f"{len(query):,} characters, over the maximum of {MAX_QUERY_CHARS:,}; say what you need in fewer words"
+    if not query or query.isspace():
+        return "empty; say what you need done, e.g. 'current time in Tokyo'"
+    return None
+
+
+def check_query(arguments: dict[str, Any]) -> None:
+    """find_tool's `query`, checked before its schema is (a non-string is left for the schema check to name):
+    the schema check of a long string would copy it into its message."""
+    query = arguments.get("query")
+    problem = query_problem(query) if isinstance(query, str) else None
+    if problem is not None:
+        raise ArgumentError(f"invalid arguments for tool 'find_tool': field 'query': {problem}")
 
 
 def coerce_strings(arguments: dict[str, Any]) -> dict[str, Any]:

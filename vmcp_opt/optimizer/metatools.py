@@ -34,6 +34,7 @@ from vmcp_opt.aggregation import Catalog, RoutedTool
 from vmcp_opt.arguments import ArgumentError, ArgumentValidator
 from vmcp_opt.auth import Caller
 from vmcp_opt.config import VmcpConfig
+from vmcp_opt.display import shorten
 from vmcp_opt.optimizer.calibration import scale_for
 from vmcp_opt.optimizer.documents import ToolRecord
 from vmcp_opt.optimizer.embedding import load_configured_embedder
@@ -45,13 +46,14 @@ from vmcp_opt.optimizer.meta_tool_forms import (
     META_TOOL_NAMES,
     META_TOOLS,
     ToolParts,
+    check_query,
     coerce_strings,
     hit_json,
     tool_json,
 )
 from vmcp_opt.optimizer.tokens import AnswerTokens, tools_list_tokens
 from vmcp_opt.optimizer.usage import FileUsageHistory, UsageGraph, UsageHistory, UsageRecorder
-from vmcp_opt.routing import GATEWAY_SOURCE, ProvidedTool, ToolCall, UnknownTool
+from vmcp_opt.routing import GATEWAY_SOURCE, Exchange, ProvidedTool, ToolCall, UnknownTool
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +64,9 @@ EMBEDDER_STOP_WAIT = 5.0
 USAGE_FILE = "usage.json"
 
 POLICY_DEPTH = 4
+
+# Backend names a find_tool error repeats (a client chooses how many it sends, and how long each is).
+NAMED_BACKENDS = 8
 
 
 def meta_tools_tokens(model: str) -> int:
@@ -143,6 +148,9 @@ class OptimizerFront:
         self._embedding_failed = False
         # Set by the gateway: waits (bounded) for the backends' first listing, returns those still starting.
         self.wait_for_backends: Callable[[], Awaitable[list[str]]] = _none_starting
+        # Set by the gateway: why a configured backend has no tools here (not connected, ...); None for a name
+        # no backend has.
+        self.why_no_tools: Callable[[str], str | None] = _not_configured
 
     # --- ToolProvider ----------------------------------------------------------------------------
 
@@ -159,6 +167,8 @@ class OptimizerFront:
         tool = FIND_TOOL if call.tool.name == FIND_TOOL.name else CALL_TOOL
         try:
             arguments = coerce_strings(dict(call.arguments or {}))
+            if tool is FIND_TOOL:
+                check_query(arguments)  # O(1) on the event loop, however long the query
             self._validator.check(tool.name, tool.input_schema, arguments)
         except ArgumentError as exc:
             return _error(str(exc))
@@ -172,7 +182,7 @@ class OptimizerFront:
         try:
             return await call.router.call_tool(call.caller, target, arguments.get("arguments") or {}, call.exchange)
         except UnknownTool:
-            return _error(f"field 'tool_name': unknown tool '{target}'; use find_tool to look tools up")
+            return _error(f"field 'tool_name': unknown tool '{shorten(target)}'; use find_tool to look tools up")
 
     async def tools_changed(self, tools: Sequence[ProvidedTool]) -> None:
         """The searchable providers' tools changed: re-index them (keywords now, vectors in the background)."""
@@ -190,9 +200,10 @@ class OptimizerFront:
 
     # --- CallObserver ----------------------------------------------------------------------------
 
-    def tool_called(self, caller: Caller, tool: ProvidedTool, result: types.CallToolResult) -> None:
-        """A known caller's successful call of a backend's tool is a use (meta-tool calls are not)."""
-        if caller.known and not result.is_error and tool.source != GATEWAY_SOURCE:
+    def tool_called(self, caller: Caller, tool: ProvidedTool, result: types.CallToolResult, exchange: Exchange) -> None:
+        """A known caller's successful call of a tool (a backend's, or a workflow) is a use; meta-tool calls
+        are not, nor are a workflow's steps: the workflow's run made those, not the client."""
+        if caller.known and not result.is_error and tool.source != GATEWAY_SOURCE and exchange.step_of is None:
             self.tool_used(caller.id, tool.name)
 
     def tool_used(self, client: Hashable, name: str) -> None:
@@ -228,11 +239,12 @@ class OptimizerFront:
     async def find_tool(
         self, query: str, limit: int | None, backends: list[str] | None, allowed: ToolCall | None = None
     ) -> types.CallToolResult:
-        """The best matches for `query`; with `allowed`, only the tools its caller may use."""
-        if backends:
-            unknown = [b for b in backends if b not in self.sources]
-            if unknown:
-                return _error(f"field 'backends': unknown backend(s) {unknown}; known: {sorted(self.sources)}")
+        """The best matches for `query` (as `call` checked it: `check_query`); with `allowed`, only the tools its
+        caller may use."""
+        if backends is not None:
+            problem = self._backends_problem(backends)
+            if problem is not None:
+                return _error(f"field 'backends': {problem}")
         starting = await self.wait_for_backends()
         if not self.index.dense_ready and self.settings.vector_wait > 0 and not self._embedding_failed:
             # The model loads in the first seconds after start; a keyword-only ranking (and scores that
@@ -254,6 +266,27 @@ class OptimizerFront:
         permitted = set(allowed.router.may_use(allowed.caller, [hit.record.name for hit in result.hits]))
         result = SearchResult(hits=[h for h in result.hits if h.record.name in permitted][:wanted], mode=result.mode)
         return await anyio.to_thread.run_sync(self._answer, query, result, starting)
+
+    def _backends_problem(self, backends: list[str]) -> str | None:
+        """Why find_tool cannot search `backends`, or None: an empty list (the schema says "all when omitted";
+        an empty list would search nothing), a configured backend with no tools here, or an unknown name."""
+        if not backends:
+            return "an empty list searches no backend; leave it out (or null) to search them all"
+        missing = [name for name in dict.fromkeys(backends) if name not in self.sources]
+        if not missing:
+            return None
+        problems, unknown = [], []
+        for name in missing[:NAMED_BACKENDS]:
+            why = self.why_no_tools(name)
+            if why is None:
+                unknown.append(shorten(name))
+            else:
+                problems.append(f"backend '{name}' is {shorten(why, 300)}")
+        if unknown:
+            problems.append(f"unknown backend(s) {unknown}; known: {sorted(self.sources)}")
+        if len(missing) > NAMED_BACKENDS:
+            problems.append(f"{len(missing) - NAMED_BACKENDS} more not shown")
+        return "; ".join(problems)
 
     def _search_and_answer(
         self, query: str, depth: int, backends: list[str] | None, usable: frozenset[str] | None, starting: list[str]
@@ -392,6 +425,10 @@ class OptimizerFront:
 
 async def _none_starting() -> list[str]:
     return []
+
+
+def _not_configured(name: str) -> str | None:
+    return None
 
 
 def _error(message: str) -> types.CallToolResult:

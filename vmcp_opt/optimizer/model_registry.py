@@ -81,6 +81,18 @@ def resolve_model(spec: str) -> ModelSpec:
     return _spec_from_directory(path.resolve())
 
 
+def model_problem(spec: str) -> str | None:
+    """Why `spec` names no usable model, or None: `load_config`'s check of `optimizer.model`. Cheap and
+    side-effect free, as resolving is (small files read; nothing loaded, nothing downloaded)."""
+    try:
+        path = resolve_model(spec).path
+    except ModelError as exc:
+        return str(exc)
+    if not (path / "tokenizer.json").exists():  # every encoder and the token counter read it
+        return f"model {spec!r}: no tokenizer.json in {path}"
+    return None
+
+
 def _loader_path(model_id: str, loader: str) -> Path:
     kind, _, target = loader.partition(":")
     if kind == "package":

@@ -1,7 +1,8 @@
 """The front request a routed call answers: how to reach its client while the call runs.
 
 Made by admission next to the `Caller`. A call that no client request drives (a workflow step started
-by the gateway itself) uses `Exchange.internal()`: no progress, no questions to a client.
+by the gateway itself) uses `Exchange.internal()`: no progress, no questions to a client. A workflow's
+steps carry their run's exchange marked with the workflow's name (`step_of`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ class Exchange:
     headers: Mapping[str, str] | None = None
     # The request's rate-limit tokens were taken before the SDK saw it (HTTP: server/rate_limit_gate.py).
     limits_taken: bool = False
+    # A workflow's step: the workflow whose run made this call (workflows/provider.py `step_exchange`), not
+    # the client; None for the client's own calls (directly or through call_tool). Usage learning counts
+    # only the latter.
+    step_of: str | None = None
 
     @classmethod
     def internal(cls, method: str = "tools/call") -> Exchange:

@@ -66,8 +66,9 @@ class UnknownTool(MCPError):
 
 
 class CallObserver(Protocol):
-    def tool_called(self, caller: Caller, tool: ProvidedTool, result: types.CallToolResult) -> None:
-        """A tool call finished with `result` (a backend's tool, or a provider's own)."""
+    def tool_called(self, caller: Caller, tool: ProvidedTool, result: types.CallToolResult, exchange: Exchange) -> None:
+        """A tool call finished with `result` (a backend's tool, or a provider's own); `exchange.step_of`
+        names the workflow when one of its steps made the call rather than the client."""
         ...
 
 
@@ -308,7 +309,7 @@ class Router:
             extra={"caller": caller.id, "tool": provided.name, "source": provided.source},
         )
         for observer in self.observers:
-            observer.tool_called(caller, provided, result)
+            observer.tool_called(caller, provided, result, exchange)
         return result
 
     async def _provide(self, provider: ToolProvider, call: ToolCall) -> types.CallToolResult:

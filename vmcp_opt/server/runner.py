@@ -19,6 +19,7 @@ from vmcp_opt.auth.authenticators import AuthSetupError
 from vmcp_opt.backends.secrets import SecretFilter, secret_values
 from vmcp_opt.config import VmcpConfig
 from vmcp_opt.gateway import Gateway, StartupError
+from vmcp_opt.optimizer.model_registry import ModelError
 from vmcp_opt.routing.policy import PolicyLoadError
 from vmcp_opt.server.connections import fit_connections, limited_protocol, throttle_accept_errors
 from vmcp_opt.server.diagnostics import DiagnosticsServer, ListenError
@@ -30,8 +31,10 @@ from vmcp_opt.shared.secrets import SecretMissing
 logger = logging.getLogger(__name__)
 
 
-def run_gateway(config: VmcpConfig, announce: Callable[[VmcpConfig], None] | None = None) -> int:
-    """Serve until SIGINT/SIGTERM; backends are stopped on the way out. Returns the exit code."""
+def run_gateway(config: VmcpConfig, announce: Callable[[VmcpConfig, int], None] | None = None) -> int:
+    """Serve until SIGINT/SIGTERM; backends are stopped on the way out. Returns the exit code.
+
+    `announce` is called once the HTTP listener is bound, with the port it holds (the OS's choice for port 0)."""
     mask_secrets(config)
     try:
         gateway = Gateway(config)
@@ -40,6 +43,9 @@ def run_gateway(config: VmcpConfig, announce: Callable[[VmcpConfig], None] | Non
         return 2
     except SecretMissing as exc:
         logger.error("cannot start: %s", exc)
+        return 2
+    except ModelError as exc:  # `vmcp` checks it at load; this is for other callers, or a model changed since
+        logger.error("cannot start: optimizer.model: %s", exc)
         return 2
     if config.server.transport == "stdio":
         try:
@@ -87,7 +93,7 @@ def run_gateway(config: VmcpConfig, announce: Callable[[VmcpConfig], None] | Non
         throttle_accept_errors(loop)
         await original_startup(sockets)
         if server.started and announce is not None:
-            announce(config)
+            announce(config, _bound_port(server, config.server.port))
 
     server.startup = startup  # type: ignore[method-assign]
     drain: Drain = app.state.drain
@@ -123,6 +129,14 @@ def run_gateway(config: VmcpConfig, announce: Callable[[VmcpConfig], None] | Non
     if gateway.fatal is not None:
         return _leaving(gateway, 2)
     return _leaving(gateway, 0 if server.started else 1)
+
+
+def _bound_port(server: uvicorn.Server, configured: int) -> int:
+    """The port the listener holds: the configured one, or the one the OS picked when that is 0."""
+    for listener in server.servers:
+        for sock in listener.sockets:
+            return int(sock.getsockname()[1])
+    return configured
 
 
 def _leaving(gateway: Gateway, code: int) -> int:

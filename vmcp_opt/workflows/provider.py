@@ -4,7 +4,9 @@ Each step is a call of `router.call_tool` with the caller of the workflow, so th
 workflow and again for every step, and each step takes the same path as a direct call (provider, schema
 check, session, health guard, observers). Steps run with the caller's exchange minus its progress token:
 the workflow reports progress itself, one notification per finished step, and a backend's own progress
-would interleave with it and break the rule that progress only grows.
+would interleave with it and break the rule that progress only grows. The steps' exchange is marked with
+the workflow's name (`Exchange.step_of`): usage learning counts the workflow the client called, not the
+calls its steps make.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import mcp_types as types
 from mcp.shared.dispatcher import ProgressFnT
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
-from vmcp_opt.aggregation import LiveCatalog
+from vmcp_opt.aggregation import Catalog, LiveCatalog
 from vmcp_opt.arguments import ArgumentError, ArgumentValidator
 from vmcp_opt.auth import Caller
 from vmcp_opt.config.workflows import WorkflowConfig
@@ -62,14 +64,7 @@ class WorkflowTools:
     def tools(self) -> Mapping[str, ProvidedTool]:
         catalog = self._catalog.current
         if self._view is None or self._view[0] is not catalog:  # annotations follow the steps' tools
-            annotations = derived_annotations(list(self.workflows.values()), catalog.tools)
-            self._view = (
-                catalog,
-                {
-                    name: ProvidedTool(name, tool_of(w, annotations[name]), WORKFLOW_SOURCE, name, SOURCE_DESCRIPTION)
-                    for name, w in self.workflows.items()
-                },
-            )
+            self._view = (catalog, workflow_tools(list(self.workflows.values()), catalog))
         return self._view[1]
 
     def listed(self) -> Sequence[ProvidedTool]:
@@ -134,7 +129,7 @@ class WorkflowTools:
         workflow = self.workflows[name]
         if not checked:
             await self._validator.check_async(workflow.name, workflow.parameters, arguments)
-        steps = step_exchange(exchange, caller)
+        steps = step_exchange(exchange, caller, workflow.name)
 
         async def step_call(tool: str, step_arguments: dict[str, Any]) -> types.CallToolResult:
             try:
@@ -190,6 +185,16 @@ def progress_reporter(total: int, relay: Callable[[], ProgressFnT | None]) -> St
     return step_done
 
 
+def workflow_tools(workflows: Sequence[WorkflowConfig], catalog: Catalog) -> dict[str, ProvidedTool]:
+    """The workflows as tools beside `catalog`, their annotations derived from its tools: what the gateway
+    serves and find_tool indexes, and what `vmcp index` lists without a gateway (probe.py)."""
+    annotations = derived_annotations(workflows, catalog.tools)
+    return {
+        w.name: ProvidedTool(w.name, tool_of(w, annotations[w.name]), WORKFLOW_SOURCE, w.name, SOURCE_DESCRIPTION)
+        for w in workflows
+    }
+
+
 def tool_of(workflow: WorkflowConfig, annotations: types.ToolAnnotations) -> types.Tool:
     return types.Tool(
         name=workflow.name,
@@ -199,15 +204,23 @@ def tool_of(workflow: WorkflowConfig, annotations: types.ToolAnnotations) -> typ
     )
 
 
-def step_exchange(exchange: Exchange, caller: Caller) -> Exchange:
-    """The exchange a step's call carries: without the caller's progress token or a retry's round (a
+def step_exchange(exchange: Exchange, caller: Caller, workflow: str) -> Exchange:
+    """The exchange a step's call carries: marked as `workflow`'s step (the run made the call, not the
+    client: usage learning leaves it out), without the caller's progress token or a retry's round (a
     2026-07-28 retry answers the workflow's own question, not a step's). A 2025-11-25 caller's session stays,
     so a backend's question during a step reaches the client as in any call; a 2026-07-28 caller's goes, so
     its steps take the backends' shared sessions instead of a round-trip session each: a step cannot hand
     a backend's question back to the client mid-workflow."""
     meta = {k: v for k, v in dict(exchange.meta or {}).items() if k not in ("progressToken", "progress_token")}
     session = None if caller.protocol_version in MODERN_PROTOCOL_VERSIONS else exchange.session
-    return dataclasses.replace(exchange, session=session, meta=meta or None, round=None, input_responses=None)  # type: ignore[arg-type]
+    return dataclasses.replace(
+        exchange,
+        session=session,
+        meta=meta or None,  # type: ignore[arg-type]
+        round=None,
+        input_responses=None,
+        step_of=workflow,
+    )
 
 
 def with_defaults(schema: dict[str, Any], arguments: dict[str, Any]) -> dict[str, Any]:
