@@ -167,10 +167,10 @@ class OptimizerConfig(_Strict):
     # memory, ~3 s faster start, same vectors), or "torch". BERT models with mean pooling only; others, or a
     # failed export, fall back to torch with a warning.
     encoder: Literal["onnx", "torch"] = "onnx"
-    # The ONNX graph: "int8" (SmoothQuant then int8 dynamic quantisation of the attention and first
-    # feed-forward layers: a query ~0.65x fp32's CPU, a session ~30 MB smaller, nDCG@10 within 0.06 of fp32 on
-    # every eval set, eval/README.md), "int8-blockwise" (8-bit block-wise MatMul weights, the default before:
-    # ~0.8x fp32's CPU) or "fp32". All share the persisted vectors.
+    # The ONNX graph: "int8" (SmoothQuant, then int8 dynamic quantisation of the attention and first
+    # feed-forward layers and int8 with one activation scale per token in the second: a query ~0.45x fp32's
+    # CPU, nDCG@10 within 0.13 of fp32 on every eval set, eval/README.md), "int8-blockwise" (8-bit block-wise
+    # MatMul weights: ~0.8x fp32's CPU) or "fp32". All share the persisted vectors.
     precision: Literal["fp32", "int8", "int8-blockwise"] = "int8"
     # Where ONNX exports are kept, one directory per model and content hash; relative paths resolve against
     # the config file's directory. Unset: `<data_dir>/models`.

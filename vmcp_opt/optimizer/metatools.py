@@ -12,8 +12,8 @@ model and embeds only new or changed tools. Until the vectors are ready `find_to
 says so in its answer.
 
 With `optimizer.usage` on, the router reports every finished tool call (`tool_called`, as a call
-observer); a known caller's successful calls form tasks of a co-usage graph (optimizer/usage.py) that
-raises companions in `find_tool`. The graph lives in `index_dir/usage.json`: loaded at start, written every
+observer); a known caller's own successful calls (not a workflow's steps: `Exchange.step_of`) form tasks
+of a co-usage graph (optimizer/usage.py) that raises companions in `find_tool`. The graph lives in `index_dir/usage.json`: loaded at start, written every
 `optimizer.usage_sync_interval` seconds when it changed and once more by `close` on shutdown.
 """
 
