@@ -115,6 +115,25 @@ def test_errors_never_echo_unbounded_input() -> None:
     assert len(str(raised.value)) < 600
 
 
+def test_the_error_names_the_best_problem_and_lists_every_field_found_wrong() -> None:
+    schema = {
+        **schema_of(a={"type": "string"}, b={"type": "string"}, c={"type": "object", "required": ["d", "e"]}),
+        "required": ["a", "b"],
+        "additionalProperties": False,
+    }
+    with pytest.raises(ArgumentError) as raised:
+        ArgumentValidator().check("tool", schema, {"c": {}, "y": 1, "x": 2})
+    assert str(raised.value).startswith("invalid arguments for tool 'tool': field '")  # one problem, as before
+    assert sorted(raised.value.problems) == [
+        "field 'a': required but missing",
+        "field 'b': required but missing",
+        "field 'c.d': required but missing",
+        "field 'c.e': required but missing",
+        "field 'x': not accepted by this tool",
+        "field 'y': not accepted by this tool",
+    ]
+
+
 def test_validators_are_compiled_once_per_schema_content_and_the_cache_is_bounded(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

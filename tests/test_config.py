@@ -256,7 +256,7 @@ def test_validate_reports_field_errors_duplicate_names_and_unset_variables_in_on
     assert result.returncode == 2
     problems = [line.strip() for line in result.stderr.splitlines()[1:]]
     assert problems == [
-        "backends[0]: Value error, a sse backend needs `url`",
+        "backends[0].url: a sse backend needs `url`",
         "backends: names must be unique, repeated: docs",
         "backends[1].env.TOKEN: references ${VMCP_TEST_UNSET_ONE}, which is not set in the environment",
         "backends[2].url: references ${VMCP_TEST_UNSET_TWO}, which is not set in the environment",
@@ -326,3 +326,88 @@ def test_a_config_path_that_is_a_directory_or_not_utf8_is_one_line_and_exit_2(
         assert result.returncode == 2, result.stdout + result.stderr
         assert "Traceback" not in result.stdout + result.stderr
         assert f"  {path}: {reason}" in result.stderr.splitlines()
+
+
+def vmcp_with_env(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "vmcp_opt", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **env},
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def test_a_bad_value_from_a_variable_or_a_flag_is_named_by_its_source_and_the_file_s_by_its_path(
+    tmp_path: Path,
+) -> None:
+    path = write_config(tmp_path, {"server": {"port": 70000}, "timeouts": {"call": -1}})
+    env = {"VMCP_OPTIMIZER__ENABLED": "maybe", "VMCP_TIMEOUTS__CALL": "-2", "VMCP_OPTIMIZER__ENABLD": "false"}
+    result = vmcp_with_env(env, "serve", "--port", "99999", "-c", str(path))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    assert result.stderr.splitlines()[1:] == [
+        "  server.port (from --port): Input should be less than or equal to 65535",
+        "  optimizer.enabled (from VMCP_OPTIMIZER__ENABLED): Input should be a valid boolean, unable to interpret input",
+        "  optimizer.enabld (from VMCP_OPTIMIZER__ENABLD): unknown key (check the spelling; unknown keys are not allowed)",
+        "  timeouts.call (from VMCP_TIMEOUTS__CALL): Input should be greater than 0",
+    ]
+    file_only = vmcp_with_env({}, "validate", "-c", str(path))
+    assert file_only.stderr.splitlines()[1:] == [
+        "  server.port: Input should be less than or equal to 65535",
+        "  timeouts.call: Input should be greater than 0",
+    ]
+
+
+def test_a_variable_that_is_not_json_where_json_is_needed_is_one_line_naming_it(tmp_path: Path) -> None:
+    result = vmcp_with_env({"VMCP_BACKENDS": "[bad"}, "validate", "-c", str(write_config(tmp_path, {})))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[1:] == [
+        "  VMCP_BACKENDS: cannot read the value: Expecting value: line 1 column 2 (char 1)"
+    ]
+
+
+@pytest.mark.parametrize("command", [["validate"], ["serve", "--port", "0"]])
+def test_a_variable_naming_no_config_section_is_refused_with_the_section_meant(
+    tmp_path: Path, command: list[str]
+) -> None:
+    env = {"VMCP_OPTIMIZR__ENABLED": "false", "VMCP_XYZZY__PORT": "1"}
+    result = vmcp_with_env(env, *command, "-c", str(write_config(tmp_path, {})), timeout=60)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    problems = result.stderr.splitlines()[1:]
+    assert (
+        problems[0]
+        == "  VMCP_OPTIMIZR__ENABLED: unknown config section 'optimizr' (did you mean VMCP_OPTIMIZER__ENABLED?)"
+    )
+    assert problems[1].startswith("  VMCP_XYZZY__PORT: unknown config section 'xyzzy' (sections: aggregation, auth,")
+    assert len(problems) == 2
+
+
+def test_nested_variables_of_real_sections_and_plain_vmcp_variables_still_pass(tmp_path: Path) -> None:
+    env = {
+        "VMCP_SERVER__PORT": "9100",
+        "VMCP_TELEMETRY__METRICS__ENABLED": "false",
+        "VMCP_RATE_LIMITS__LOG_INTERVAL": "30",
+        "VMCP_REQUEST_STATE__KEY_ENV": "SOME_KEY",
+        "VMCP_CREDENTIAL": "x",
+        "VMCP_TEST_ANYTHING": "x",
+        "VMCP_MEASURE_SPARES": "1",
+    }
+    result = vmcp_with_env(env, "validate", "-c", str(write_config(tmp_path, {})))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_backend_url_problem_is_reported_at_the_url_field(tmp_path: Path) -> None:
+    backends = [
+        {"name": "ok", "command": "python"},
+        {"name": "web", "transport": "streamable-http", "url": "ftp://example.com/mcp"},
+        {"name": "local", "transport": "stdio"},
+    ]
+    result = vmcp_with_env({}, "validate", "-c", str(write_config(tmp_path, {"backends": backends})))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[1:] == [
+        "  backends[1].url: must start with http:// or https://, got 'ftp://example.com/mcp'",
+        "  backends[2].command: a stdio backend needs `command`",
+    ]

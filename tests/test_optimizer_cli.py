@@ -109,6 +109,27 @@ def vmcp_index(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command, capture_output=True, text=True, timeout=120)
 
 
+def test_search_table_names_find_tools_score_score_and_the_ranking_value_fused(setup: tuple[Path, Path]) -> None:
+    config, tools = setup
+    found = vmcp_index("search", "show the git commit logs", "-c", str(config), "--from-jsonl", str(tools), "--keyword")
+    assert found.returncode == 0, found.stderr
+    header = next(line for line in found.stdout.splitlines() if "rank" in line)  # unwrapped: not a terminal
+    assert [cell.strip() for cell in header.strip("┃ ").split("┃")] == [
+        "rank",
+        "name",
+        "backend",
+        "score",
+        "fused",
+        "description",
+    ]
+    first = next(line for line in found.stdout.splitlines() if re.search(r"│\s+1\s+│", line))
+    score, fused = (float(cell) for cell in first.split("│")[4:6])
+    assert score == pytest.approx(fused)  # keywords only: find_tool's score is the ranking's own
+
+    usage = vmcp_index("search", "--help").stdout
+    assert "How many tools to show." in " ".join(usage.replace("│", " ").split())  # however the help wraps
+
+
 def test_a_jsonl_file_that_is_missing_or_a_directory_is_one_line_naming_it(
     setup: tuple[Path, Path], tmp_path: Path
 ) -> None:

@@ -76,7 +76,7 @@ def wf(steps: list[dict[str, Any]], **fields: Any) -> dict[str, Any]:
         ),
         (
             wf([{"id": "a", "tool": "t"}], name="call_tool"),
-            "workflows[0].name: Value error, 'call_tool' is a meta-tool's name",
+            "workflows[0].name: 'call_tool' is a meta-tool's name",
         ),
     ],
 )
@@ -123,6 +123,32 @@ def test_validate_reports_every_problem_of_every_workflow_at_once(tmp_path: Path
     assert any(line.startswith("  workflows[1].steps[0].arguments.v: template syntax error") for line in lines)
 
 
+def test_a_bad_field_hides_none_of_the_workflow_s_other_problems(tmp_path: Path) -> None:
+    steps = [
+        {"id": "a", "tool": "t", "on_error": "retyr"},
+        {"id": "a", "tool": "t"},
+        {"id": "b", "tool": "t", "depends_on": ["nope", "c"]},
+        {"id": "c", "tool": "t", "depends_on": ["b"], "arguments": {"v": "{{ oops"}},
+        "not a step",
+    ]
+    path = tmp_path / "vmcp.yaml"
+    path.write_text(yaml.safe_dump({"workflows": [wf(steps), wf([{"id": "x", "tool": "t"}])]}), encoding="utf-8")
+    done = subprocess.run(
+        [sys.executable, "-m", "vmcp_opt", "validate", "-c", str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.splitlines()[1:] == [
+        "  workflows[0].steps[0].on_error.action: Input should be 'abort', 'continue' or 'retry'",
+        "  workflows[0].steps[4]: Input should be a valid dictionary or instance of StepConfig",
+        "  workflows[0].steps: step ids must be unique, repeated: a",
+        "  workflows[0].steps[2].depends_on: unknown step 'nope'",
+        "  workflows[0].steps: depends_on forms a cycle: b -> c -> b",
+        "  workflows[0].steps[3].arguments.v: template syntax error: unexpected end of template, expected 'end of "
+        "print statement'.",
+        "  workflows: names must be unique, repeated: wf",
+    ]
+
+
 @pytest.mark.slow
 def test_workflow_run_prints_each_step_and_the_output(tmp_path: Path) -> None:
     config = {
@@ -160,7 +186,7 @@ def test_workflow_run_prints_each_step_and_the_output(tmp_path: Path) -> None:
     assert lines[2].split()[:2] == ["ok", "count"]
     assert '"value": "value of k"' in done.stdout and '"calls": 3' in done.stdout
     missing = subprocess.run([*command[:-2]], capture_output=True, text=True, timeout=120, cwd=ROOT)
-    assert missing.returncode == 1 and "field 'key': required but missing" in missing.stderr
+    assert missing.returncode == 2 and "  field 'key': required but missing" in missing.stderr
 
 
 @pytest.mark.slow

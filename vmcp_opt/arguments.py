@@ -30,7 +30,7 @@ import math
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from functools import lru_cache
 from types import ModuleType
 from typing import Any
@@ -54,7 +54,12 @@ _MAX_ERRORS = 32  # errors gathered before picking the most relevant one
 
 
 class ArgumentError(Exception):
-    """Arguments that do not fit the schema; the message names the field and the reason."""
+    """Arguments that do not fit the schema; the message names the field and the reason, `problems` every
+    field found wrong (of the first `_MAX_ERRORS` errors), one `field 'a.b': reason` each."""
+
+    def __init__(self, message: str, problems: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.problems = tuple(problems) or (message,)
 
 
 class _OutOfTime(Exception):
@@ -101,7 +106,7 @@ class ArgumentValidator:
             _local.deadline = previous
         if errors:
             reason = describe(best_match(errors))
-            raise ArgumentError(f"invalid arguments for tool '{shorten(tool_name)}': {reason}")
+            raise ArgumentError(f"invalid arguments for tool '{shorten(tool_name)}': {reason}", describe_all(errors))
 
     async def check_async(self, tool_name: str, schema: Mapping[str, Any], arguments: Mapping[str, Any] | None) -> None:
         """`check` in a worker thread, so a costly schema never holds up the event loop.
@@ -208,24 +213,37 @@ def compile_schema(schema: Mapping[str, Any]) -> Validator | None:
 
 def describe(error: ValidationError) -> str:
     """`field 'a.b[0]': reason` — the path a user can find in their call."""
+    return _descriptions(error)[0]
+
+
+def describe_all(errors: Iterable[ValidationError]) -> list[str]:
+    """Every field `errors` find wrong, once each, in the order jsonschema found them."""
+    return list(dict.fromkeys(line for error in errors for line in _descriptions(error)))
+
+
+def _descriptions(error: ValidationError) -> list[str]:
+    """One line per field: each missing one of a `required`, each refused one of an `additionalProperties`
+    (jsonschema's errors for these point at the object, not the field), else the error's own message."""
     path = ""
     for part in error.absolute_path:
         path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
     path = shorten(path, 200)
     if error.validator == "required" and isinstance(error.validator_value, list):
         present = error.instance if isinstance(error.instance, dict) else {}
-        missing = next((name for name in error.validator_value if name not in present), None)
-        if missing is not None:
-            field = f"{path}.{missing}" if path else str(missing)
-            return f"field '{shorten(field, 200)}': required but missing"
+        missing = [name for name in error.validator_value if name not in present]
+        if missing:
+            return [f"field '{shorten(_field(path, name), 200)}': required but missing" for name in missing]
     if error.validator == "additionalProperties" and isinstance(error.instance, dict):
         schema = error.schema if isinstance(error.schema, dict) else {}
         allowed = set(schema.get("properties", {}))
         extra = sorted(set(error.instance) - allowed)
         if extra:
-            field = f"{path}.{extra[0]}" if path else extra[0]
-            return f"field '{shorten(field, 200)}': not accepted by this tool"
-    return f"field '{path or '(arguments)'}': {shorten(error.message, 300)}"
+            return [f"field '{shorten(_field(path, name), 200)}': not accepted by this tool" for name in extra]
+    return [f"field '{path or '(arguments)'}': {shorten(error.message, 300)}"]
+
+
+def _field(path: str, name: object) -> str:
+    return f"{path}.{name}" if path else str(name)
 
 
 # --- references: inside the schema only ------------------------------------------------------------------

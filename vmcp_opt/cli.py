@@ -90,13 +90,34 @@ def load_or_exit(path: Path | None, overrides: dict[str, Any] | None = None) -> 
     from vmcp_opt.backends.discovery import read_client_config
     from vmcp_opt.optimizer.model_registry import model_problem
 
+    flags = {dotted: _FLAGS.get(dotted, "the command line") for dotted in _dotted_paths(overrides or {})}
     try:
-        return load_config(path, overrides, discover=read_client_config, check_model=model_problem)
+        return load_config(path, overrides, discover=read_client_config, check_model=model_problem, flags=flags)
     except ConfigError as exc:
         err.print(f"[bold red]invalid configuration[/] ({path or DEFAULT_CONFIG_PATH}):")
         for problem in exc.problems:
             err.print(f"  {problem}", markup=False, highlight=False)
         raise typer.Exit(2) from None
+
+
+# The flags `serve` turns into overrides, by setting: a bad value is reported by its flag.
+_FLAGS = {
+    "server.host": "--host",
+    "server.port": "--port",
+    "server.transport": "--stdio",
+    "server.log_level": "--log-level",
+    "server.log_format": "--log-format",
+    "optimizer.enabled": "--optimizer/--no-optimizer",
+}
+
+
+def _dotted_paths(nested: dict[str, Any], prefix: str = "") -> list[str]:
+    """The settings an override dict sets: {"server": {"port": 1}} → ["server.port"]."""
+    paths = []
+    for key, value in nested.items():
+        path = f"{prefix}{key}"
+        paths += _dotted_paths(value, f"{path}.") if isinstance(value, dict) else [path]
+    return paths
 
 
 def _overrides(**values: Any) -> dict[str, Any]:

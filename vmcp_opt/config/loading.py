@@ -3,15 +3,18 @@
 
 from __future__ import annotations
 
+import difflib
+import functools
 import json
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, get_origin
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
+from pydantic_settings import EnvSettingsSource, SettingsError
 
 from vmcp_opt.config.base import (
     _ENV_REFERENCE,
@@ -23,10 +26,15 @@ from vmcp_opt.config.document import VmcpConfig, _duplicate_names, _file_data
 from vmcp_opt.config.sections import (
     BackendConfig,
 )
+from vmcp_opt.config.workflows import repeated_workflow_names, unchecked_workflow_problems
 
 ClientConfigReader = Callable[[Path], Sequence[BackendConfig]]
 # Why a model id names no usable model, or None (`optimizer.model_registry.model_problem`).
 ModelCheck = Callable[[str], str | None]
+Location = tuple[int | str, ...]
+# Where the value at a location came from (`--port`, `VMCP_SERVER__PORT`), or None for the file and defaults.
+SourceNamer = Callable[[Location], str | None]
+ENV_PREFIX = VmcpConfig.model_config.get("env_prefix", "")
 
 
 def load_config(
@@ -35,6 +43,7 @@ def load_config(
     *,
     discover: ClientConfigReader | None = None,
     check_model: ModelCheck | None = None,
+    flags: Mapping[str, str] | None = None,
 ) -> VmcpConfig:
     """Read, merge and validate the configuration; raise `ConfigError` listing every bad field.
 
@@ -42,16 +51,38 @@ def load_config(
     passed by the `vmcp` command: this module knows no client format); a discovered-mode config without it
     is an error rather than a gateway with no backends. `check_model` resolves `optimizer.model` (passed by
     the `vmcp` command as well: the registry is the optimizer's), so a misspelt model fails here, not at start.
+    `flags` names the command-line flag behind each override by its dotted path (`server.port`: `--port`), so a
+    bad value is reported by where it came from, as one from an environment variable is.
     """
+    misspelt = _unknown_env_sections()  # ignored by pydantic-settings: reported with everything else
+    try:
+        config = _load(path, overrides or {}, discover, check_model, flags or {})
+    except ConfigError as exc:
+        raise ConfigError(misspelt + exc.problems) from None
+    if misspelt:
+        raise ConfigError(misspelt)
+    return config
+
+
+def _load(
+    path: str | Path | None,
+    overrides: dict[str, Any],
+    discover: ClientConfigReader | None,
+    check_model: ModelCheck | None,
+    flags: Mapping[str, str],
+) -> VmcpConfig:
     config_path = Path(path) if path is not None else DEFAULT_CONFIG_PATH
     data = _read_file(config_path)
     data.setdefault("base_dir", str(config_path.resolve().parent))
+    source = _source_namer(overrides, data, flags)
     token = _file_data.set(data)
     try:
-        config = VmcpConfig(**(overrides or {}))
+        config = VmcpConfig(**overrides)
+    except SettingsError as exc:
+        raise ConfigError([_unparsable(exc)]) from None
     except ValidationError as exc:
-        raw_backends = (overrides or {}).get("backends", data.get("backends"))
-        raise ConfigError(_every_problem(exc, raw_backends)) from None
+        raw = {key: overrides.get(key, data.get(key)) for key in ("backends", "workflows")}
+        raise ConfigError(_every_problem(exc, raw["backends"], raw["workflows"], source)) from None
     finally:
         _file_data.reset(token)
     if config.discovery.mode == "discovered":
@@ -59,7 +90,7 @@ def load_config(
             raise ConfigError(["discovery.mode: discovered, but this command reads no client config files"])
         config = _with_discovered_backends(config, discover)
     config._source = config_path.resolve()
-    problems = _model_problems(config.optimizer.model, check_model)
+    problems = _model_problems(config.optimizer.model, check_model, source)
     try:
         config = _with_env_references_resolved(config)
     except ConfigError as exc:
@@ -69,9 +100,9 @@ def load_config(
     return config
 
 
-def _model_problems(model: str, check_model: ModelCheck | None) -> list[str]:
+def _model_problems(model: str, check_model: ModelCheck | None, source: SourceNamer) -> list[str]:
     problem = check_model(model) if check_model is not None else None
-    return [f"optimizer.model: {problem}"] if problem else []
+    return [f"{_placed(('optimizer', 'model'), source)}: {problem}"] if problem else []
 
 
 def _read_file(path: Path) -> dict[str, Any]:
@@ -97,35 +128,48 @@ def _read_file(path: Path) -> dict[str, Any]:
     return data
 
 
-def _describe(exc: ValidationError) -> list[str]:
+def _describe(exc: ValidationError, source: SourceNamer | None = None) -> list[str]:
     problems = []
     for error in exc.errors():
         location = _format_location(error["loc"])
         message = error["msg"]
+        if error["type"] == "value_error":  # our validators' own reasons: `path: reason`, like every other line
+            message = message.removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
             message = "unknown key (check the spelling; unknown keys are not allowed)"
         if not location:  # the document's own cross-checks: already `path: reason`, one per line
-            problems.extend(message.removeprefix("Value error, ").splitlines())
+            problems.extend(message.splitlines())
             continue
-        if error["type"] == "value_error" and _RELATIVE_PROBLEM.match(message.removeprefix("Value error, ")):
-            # A section's own cross-checks (workflows): `relative.path: reason` lines under its location.
-            problems.extend(f"{location}.{line}" for line in message.removeprefix("Value error, ").splitlines())
+        if error["type"] == "value_error" and _RELATIVE_PROBLEM.match(message):
+            # A section's own cross-checks (workflows, a backend's transport): `relative.path: reason` lines
+            # under its location.
+            problems.extend(f"{location}.{line}" for line in message.splitlines())
             continue
-        problems.append(f"{location}: {message}")
+        problems.append(f"{_placed(error['loc'], source)}: {message}")
     return problems
 
 
-_RELATIVE_PROBLEM = re.compile(r"^(steps|parameters|output)[\w.\[\]]*: ")
+_RELATIVE_PROBLEM = re.compile(r"^(steps|parameters|output|url|command)[\w.\[\]]*: ")
 
 
-def _every_problem(exc: ValidationError, raw_backends: Any) -> list[str]:
+def _every_problem(
+    exc: ValidationError, raw_backends: Any, raw_workflows: Any, source: SourceNamer | None = None
+) -> list[str]:
     """The fields' errors and, in the same pass, what pydantic checks only once every field is valid (names
-    used twice) and what is checked after validation (unset `${VAR}`s), read from the raw backends."""
-    problems = _describe(exc)
+    used twice, a workflow's graph and templates) and what is checked after validation (unset `${VAR}`s),
+    read from the raw backends and workflows."""
+    problems = _describe(exc, source)
+    # A workflow with a bad field skipped its own checks: they run on its raw definition.
+    workflows = _list(raw_workflows)
+    unchecked = {loc[1] for loc in _locations(exc) if len(loc) > 2 and loc[0] == "workflows"}
+    for index in sorted(i for i in unchecked if isinstance(i, int) and i < len(workflows)):
+        problems += [f"workflows[{index}].{line}" for line in unchecked_workflow_problems(workflows[index])]
     backends = dict(enumerate(_list(raw_backends)))
-    if all(error["loc"] for error in exc.errors()):  # the model's cross-checks did not run
+    if all(_locations(exc)):  # the model's cross-checks did not run
         names = [b.get("name") for b in backends.values() if isinstance(b, dict)]
         problems += _duplicate_names([name for name in names if isinstance(name, str)])
+        workflow_names = [w.get("name") for w in workflows if isinstance(w, dict)]
+        problems += repeated_workflow_names([name for name in workflow_names if isinstance(name, str)])
     for index, backend in backends.items():
         if not isinstance(backend, dict):
             continue
@@ -137,6 +181,96 @@ def _every_problem(exc: ValidationError, raw_backends: Any) -> list[str]:
             if isinstance(value, str):
                 problems += [_unset(place, name) for name in _ENV_REFERENCE.findall(value) if name not in os.environ]
     return list(dict.fromkeys(problems))
+
+
+def _locations(exc: ValidationError) -> list[Location]:
+    return [tuple(error["loc"]) for error in exc.errors()]
+
+
+def _placed(loc: Location, source: SourceNamer | None) -> str:
+    """`server.port`, or `server.port (from --port)` when the value came from a flag or a variable (the
+    heading names the file)."""
+    origin = source(loc) if source is not None else None
+    return f"{_format_location(loc)} (from {origin})" if origin else _format_location(loc)
+
+
+def _source_namer(overrides: dict[str, Any], data: dict[str, Any], flags: Mapping[str, str]) -> SourceNamer:
+    """Where the value at a location came from: its flag, its `VMCP_` variable, or None (the file, a default)."""
+
+    @functools.cache
+    def layers() -> list[tuple[str, Any]]:  # highest precedence first, as `VmcpConfig`'s sources
+        return [("flag", overrides), ("env", EnvSettingsSource(VmcpConfig)()), ("file", data)]
+
+    def name(loc: Location) -> str | None:
+        owner = _owner(loc, layers())
+        if owner is None or owner[0] == "file":
+            return None
+        layer, where = owner
+        dotted = _format_location(where)
+        return flags.get(dotted, "overrides") if layer == "flag" else _env_name(where)
+
+    return name
+
+
+def _owner(loc: Location, layers: list[tuple[str, Any]]) -> tuple[str, Location] | None:
+    """The layer that set the value at `loc`, and the location it set whole. Layers merge mapping by
+    mapping (pydantic-settings' deep update); any other value hides those below it. None: a default, or
+    mappings of several layers meet there."""
+    for depth, part in enumerate(loc):
+        layers = [(name, value[part]) for name, value in layers if isinstance(value, dict) and part in value]
+        if not layers:
+            return None
+        if not isinstance(layers[0][1], dict):
+            return layers[0][0], loc[: depth + 1]
+        layers = [(name, value) for name, value in layers if isinstance(value, dict)]
+    return (layers[0][0], loc) if len(layers) == 1 else None
+
+
+def _env_name(where: Location) -> str:
+    """The variable that set `where`: `VMCP_SERVER__PORT`, or a whole section's JSON (`VMCP_BACKENDS`), as
+    spelt in the environment (the prefix and names are case-insensitive)."""
+    keys = [str(part) for part in where if isinstance(part, str)]
+    spelt = {name.upper(): name for name in os.environ}
+    for depth in range(len(keys), 0, -1):
+        candidate = ENV_PREFIX + "__".join(keys[:depth]).upper()
+        if candidate in spelt:
+            return spelt[candidate]
+    return ENV_PREFIX + "__".join(keys).upper()
+
+
+def _unknown_env_sections() -> list[str]:
+    """`VMCP_<section>__<key>` variables whose section does not exist, which pydantic-settings ignores: a
+    misspelt `VMCP_OPTIMIZR__ENABLED` would otherwise leave the optimizer on without a word. Variables without
+    `__` are not settings (VMCP_DATA_DIR, VMCP_CREDENTIAL)."""
+    fields = VmcpConfig.model_fields
+    sections = sorted(name for name, field in fields.items() if _is_section(field.annotation))
+    problems = []
+    for name in sorted(os.environ):
+        if not name.upper().startswith(ENV_PREFIX) or "__" not in name[len(ENV_PREFIX) :]:
+            continue
+        section = name[len(ENV_PREFIX) :].split("__", 1)[0].lower()
+        if section in fields:
+            continue
+        close = difflib.get_close_matches(section, sections, n=1)
+        meant = ENV_PREFIX + close[0].upper() + name[len(ENV_PREFIX) + len(section) :] if close else None
+        hint = f"did you mean {meant}?" if meant else f"sections: {', '.join(sections)}"
+        problems.append(f"{name}: unknown config section '{section}' ({hint})")
+    return problems
+
+
+def _is_section(annotation: Any) -> bool:
+    """A part of the document with keys of its own (`server`, `backends`), not a value (`data_dir`)."""
+    return get_origin(annotation) is list or (isinstance(annotation, type) and issubclass(annotation, BaseModel))
+
+
+def _unparsable(exc: SettingsError) -> str:
+    """A `VMCP_` variable that pydantic-settings could not decode (JSON, for a list or a mapping)."""
+    field = re.search(r'field "(\w+)"', str(exc))
+    if field is None:
+        return f"{ENV_PREFIX}*: {exc}"
+    whole = ENV_PREFIX + field.group(1).upper()  # the section as JSON, else one of its nested variables
+    name = next((name for name in os.environ if name.upper() == whole), f"{whole}__*")
+    return f"{name}: cannot read the value: {exc.__cause__ or exc}"
 
 
 def _unset(where: str, name: str) -> str:

@@ -88,18 +88,19 @@ class BackendConfig(_Strict):
 
     @model_validator(mode="after")
     def _transport_fields(self) -> BackendConfig:
+        # `field: reason`: reported under the backend's path, ending at the field (config/loading.py).
         if self.transport == "stdio":
             if not self.command:
-                raise ValueError("a stdio backend needs `command`")
+                raise ValueError("command: a stdio backend needs `command`")
             if self.url:
-                raise ValueError("`url` is for streamable-http and sse backends, not stdio")
+                raise ValueError("url: `url` is for streamable-http and sse backends, not stdio")
         else:
             if not self.url:
-                raise ValueError(f"a {self.transport} backend needs `url`")
+                raise ValueError(f"url: a {self.transport} backend needs `url`")
             if not re.match(r"^https?://", self.url):
-                raise ValueError(f"`url` must start with http:// or https://, got {self.url!r}")
+                raise ValueError(f"url: must start with http:// or https://, got {self.url!r}")
             if self.command:
-                raise ValueError(f"`command` is for stdio backends, not {self.transport}")
+                raise ValueError(f"command: `command` is for stdio backends, not {self.transport}")
         return self
 
 

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import jinja2
 import jsonschema
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 WORKFLOW_NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
 STEP_ID_PATTERN = r"^[A-Za-z][A-Za-z0-9_]{0,63}$"
@@ -167,43 +167,87 @@ class WorkflowConfig(_Strict):
     @model_validator(mode="after")
     def _graph_and_templates(self) -> WorkflowConfig:
         """One `path: reason` line per problem, relative to this workflow (config.py prefixes its place)."""
-        problems = _parameter_problems(self.parameters)
-        ids = [step.id for step in self.steps]
-        problems += [
-            f"steps: step ids must be unique, repeated: {i}" for i in sorted({i for i in ids if ids.count(i) > 1})
-        ]
-        known = set(ids)
-        edges = {step.id: step.depends_on for step in self.steps}
-        for index, step in enumerate(self.steps):
-            where = f"steps[{index}]"
-            problems += [f"{where}.{problem}" for problem in step.problems()]
-            problems += [f"{where}.depends_on: unknown step '{d}'" for d in step.depends_on if d not in known]
-        cycle = _cycle(edges)
-        if cycle:
-            problems.append(f"steps: depends_on forms a cycle: {' -> '.join(cycle)}")
-        ancestors = _ancestors(edges)
-        for index, step in enumerate(self.steps):
-            for place, source in _templates(step):
-                problems += _template_problems(f"steps[{index}].{place}", source, ancestors[step.id], known)
-        for place, source in _walk_strings(self.output or {}, "output"):
-            problems += _template_problems(place, source, known, known)
+        problems = _structure_problems(self.parameters, list(self.steps), self.output)
         if problems:
             raise ValueError("\n".join(problems))
         return self
 
 
+def unchecked_workflow_problems(definition: Any) -> list[str]:
+    """What `_graph_and_templates` finds in a workflow with a bad field, which pydantic then does not check,
+    so that `vmcp validate` reports both in one pass: read from the raw definition, each step without its bad
+    fields (their defaults instead); a step without a usable id is left out."""
+    if not isinstance(definition, dict):
+        return []
+    parameters, output = definition.get("parameters"), definition.get("output")
+    steps = definition.get("steps")
+    return _structure_problems(
+        parameters if isinstance(parameters, dict) else {},
+        [_salvaged(step) for step in steps] if isinstance(steps, list) else [],
+        output if isinstance(output, dict) else None,
+    )
+
+
+def _salvaged(step: Any) -> StepConfig | None:
+    if not isinstance(step, dict):
+        return None
+    try:
+        return StepConfig.model_validate(step)
+    except ValidationError as exc:
+        bad = {error["loc"][0] for error in exc.errors() if error["loc"]}
+    step_id = step.get("id")
+    if not isinstance(step_id, str):
+        return None
+    kept = {key: value for key, value in step.items() if key not in bad}
+    try:  # a bad id still names the step in the graph: validated as a stand-in, then put back
+        return StepConfig.model_validate({**kept, "id": "salvaged"}).model_copy(update={"id": step_id})
+    except ValidationError:
+        return None
+
+
+def _structure_problems(
+    parameters: dict[str, Any], steps: list[StepConfig | None], output: dict[str, Any] | None
+) -> list[str]:
+    """The workflow's own checks, by path relative to it; `None` stands for a step that could not be read."""
+    problems = _parameter_problems(parameters)
+    present = [(index, step) for index, step in enumerate(steps) if step is not None]
+    ids = [step.id for _, step in present]
+    problems += [f"steps: step ids must be unique, repeated: {i}" for i in sorted({i for i in ids if ids.count(i) > 1})]
+    known = set(ids)
+    edges = {step.id: step.depends_on for _, step in present}
+    for index, step in present:
+        where = f"steps[{index}]"
+        problems += [f"{where}.{problem}" for problem in step.problems()]
+        problems += [f"{where}.depends_on: unknown step '{d}'" for d in step.depends_on if d not in known]
+    cycle = _cycle(edges)
+    if cycle:
+        problems.append(f"steps: depends_on forms a cycle: {' -> '.join(cycle)}")
+    ancestors = _ancestors(edges)
+    for index, step in present:
+        for place, source in _templates(step):
+            problems += _template_problems(f"steps[{index}].{place}", source, ancestors[step.id], known)
+    for place, source in _walk_strings(output or {}, "output"):
+        problems += _template_problems(place, source, known, known)
+    return problems
+
+
 def check_workflows(workflows: list[WorkflowConfig]) -> list[str]:
     """Across workflows: unique names, and no workflow reaching itself through its steps' tools."""
     names = [w.name for w in workflows]
-    repeated = sorted({n for n in names if names.count(n) > 1})
+    repeated = repeated_workflow_names(names)
     if repeated:
-        return [f"workflows: names must be unique, repeated: {', '.join(repeated)}"]
+        return repeated
     calls = {w.name: sorted({s.tool for s in w.steps if s.tool in names}) for w in workflows}
     cycle = _cycle({name: [t for t in tools if t is not None] for name, tools in calls.items()})
     if cycle:
         index = names.index(cycle[0])
         return [f"workflows[{index}]: workflows call each other in a cycle: {' -> '.join(cycle)}"]
     return []
+
+
+def repeated_workflow_names(names: list[str]) -> list[str]:
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    return [f"workflows: names must be unique, repeated: {', '.join(repeated)}"] if repeated else []
 
 
 def _parameter_problems(schema: dict[str, Any]) -> list[str]:

@@ -133,12 +133,15 @@ def search(
     config: ConfigOption = None,
     from_jsonl: JsonlOption = None,
     index_dir: IndexDirOption = None,
-    limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=50)] = 8,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=50, help="How many tools to show.")] = 8,
     backend: Annotated[list[str] | None, typer.Option("--backend", "-b", help="Only these backends.")] = None,
     keyword: Annotated[bool, typer.Option("--keyword", help="Keywords only, without loading the model.")] = False,
     refresh: RefreshOption = False,
 ) -> None:
-    """Rank the tools for QUERY the way find_tool does, with scores."""
+    """Rank the tools for QUERY the way find_tool does.
+
+    score: find_tool's score (0..1, how well the tool matches); fused: the ranking value the order follows.
+    """
     from vmcp_opt.optimizer.calibration import scale_for
     from vmcp_opt.optimizer.index import ToolIndex
     from vmcp_opt.optimizer.meta_tool_forms import query_problem
@@ -178,8 +181,8 @@ def search(
         "name", style="bold", no_wrap=True, min_width=max((len(h.record.name) for h in result.hits), default=4)
     )
     table.add_column("backend", no_wrap=True, min_width=max([7, *(len(h.record.backend) for h in result.hits)]))
-    table.add_column("score", justify="right", no_wrap=True, min_width=5)
-    table.add_column("match", justify="right", no_wrap=True, min_width=5)
+    table.add_column("score", justify="right", no_wrap=True, min_width=6)
+    table.add_column("fused", justify="right", no_wrap=True, min_width=5)
     table.add_column("description", overflow="fold")
     for rank, hit in enumerate(result.hits, start=1):
         summary = hit.record.description.strip().split("\n")[0][:200]
@@ -187,8 +190,9 @@ def search(
             summary += f" (used with {hit.used_with})"
         if hit.supplies:
             summary += f" (supplies {hit.supplies[1]} for {hit.supplies[0]})"
-        match = "-" if scale is None or hit.similarity is None else f"{scale(hit.similarity):.2f}"
-        table.add_row(str(rank), hit.record.name, hit.record.backend, f"{hit.score:.3f}", match, summary)
+        # find_tool's `score` (metatools `_shown`): the match score, or the ranking's own without a vector.
+        score = hit.score if scale is None or hit.similarity is None else scale(hit.similarity)
+        table.add_row(str(rank), hit.record.name, hit.record.backend, f"{score:.4f}", f"{hit.score:.3f}", summary)
     console.print(table)
 
 
