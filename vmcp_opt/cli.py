@@ -18,7 +18,8 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from vmcp_opt import __version__, logs
-from vmcp_opt.config import DEFAULT_CONFIG_PATH, PROJECT_ROOT, ConfigError, VmcpConfig, load_config
+from vmcp_opt.cli_config import command_overrides, exit_invalid, load_or_exit
+from vmcp_opt.config import DEFAULT_CONFIG_PATH, PROJECT_ROOT, VmcpConfig
 from vmcp_opt.console import OutputConsole
 
 if TYPE_CHECKING:
@@ -85,52 +86,6 @@ def setup_logging(level: str = "info", log_format: logs.LogFormat = "auto") -> N
     logs.configure(level, log_format)
 
 
-def load_or_exit(path: Path | None, overrides: dict[str, Any] | None = None) -> VmcpConfig:
-    """Load the config; on a bad one, print every problem as `field.path: reason` and exit 2."""
-    from vmcp_opt.backends.discovery import read_client_config
-    from vmcp_opt.optimizer.model_registry import model_problem
-
-    flags = {dotted: _FLAGS.get(dotted, "the command line") for dotted in _dotted_paths(overrides or {})}
-    try:
-        return load_config(path, overrides, discover=read_client_config, check_model=model_problem, flags=flags)
-    except ConfigError as exc:
-        err.print(f"[bold red]invalid configuration[/] ({path or DEFAULT_CONFIG_PATH}):")
-        for problem in exc.problems:
-            err.print(f"  {problem}", markup=False, highlight=False)
-        raise typer.Exit(2) from None
-
-
-# The flags `serve` turns into overrides, by setting: a bad value is reported by its flag.
-_FLAGS = {
-    "server.host": "--host",
-    "server.port": "--port",
-    "server.transport": "--stdio",
-    "server.log_level": "--log-level",
-    "server.log_format": "--log-format",
-    "optimizer.enabled": "--optimizer/--no-optimizer",
-}
-
-
-def _dotted_paths(nested: dict[str, Any], prefix: str = "") -> list[str]:
-    """The settings an override dict sets: {"server": {"port": 1}} → ["server.port"]."""
-    paths = []
-    for key, value in nested.items():
-        path = f"{prefix}{key}"
-        paths += _dotted_paths(value, f"{path}.") if isinstance(value, dict) else [path]
-    return paths
-
-
-def _overrides(**values: Any) -> dict[str, Any]:
-    """CLI flags as a nested override dict (`server.port` → {"server": {"port": ...}}); None means unset."""
-    nested: dict[str, Any] = {}
-    for dotted, value in values.items():
-        if value is None:
-            continue
-        section, key = dotted.split("__")
-        nested.setdefault(section, {})[key] = value
-    return nested
-
-
 @app.command()
 def serve(
     config: ConfigOption = None,
@@ -171,7 +126,7 @@ def serve(
     from vmcp_opt.server.malloc import cap_malloc_arenas
 
     cap_malloc_arenas()  # before any thread starts: the demo's RSS steady at ~250 MiB (server/malloc.py)
-    overrides = _overrides(
+    overrides = command_overrides(
         server__host=host,
         server__port=port,
         optimizer__enabled=optimizer,
@@ -259,10 +214,7 @@ def validate(
 
     problems = auth_problems(cfg)
     if problems:
-        err.print(f"[bold red]invalid configuration[/] ({config or DEFAULT_CONFIG_PATH}):")
-        for problem in problems:
-            err.print(f"  {problem}", markup=False, highlight=False)
-        raise typer.Exit(2)
+        exit_invalid(config, problems)
     if connect:
         _check_connections(cfg)
     out.print(f"[green]valid[/]: {len(cfg.backends)} backends ({', '.join(b.name for b in cfg.backends)})")

@@ -12,7 +12,7 @@ from vmcp_opt.backends.credentials import with_auth_health
 from vmcp_opt.config import VmcpConfig
 from vmcp_opt.health import HealthMonitor
 from vmcp_opt.optimizer.listing import Listing
-from vmcp_opt.optimizer.metatools import catalog_records, meta_tools_tokens, provided_record
+from vmcp_opt.optimizer.metatools import meta_tools_tokens, provided_record, tool_record
 from vmcp_opt.optimizer.tokens import tools_list_tokens
 from vmcp_opt.workflows.provider import workflow_tools
 
@@ -30,7 +30,7 @@ async def collect_listing(config: VmcpConfig) -> Listing:
     workflows = workflow_tools(config.workflows, catalog)
     served = [routed for name, routed in catalog.tools.items() if name not in workflows]
     records = [provided_record(tool) for tool in workflows.values()]
-    records += [record for record in catalog_records(catalog) if record.name not in workflows]
+    records += [tool_record(routed, catalog.backend_descriptions.get(routed.backend, "")) for routed in served]
     model = config.optimizer.model
     tokens = tools_list_tokens([tool.tool for tool in workflows.values()] + [routed.tool for routed in served], model)
     return Listing(records, tokens, model, listed_by="vmcp index")

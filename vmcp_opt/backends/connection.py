@@ -40,6 +40,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from vmcp_opt import __version__
 from vmcp_opt.backends.credentials import BackendAuth, BackendCredentials
 from vmcp_opt.backends.errors import BackendUnavailable as BackendUnavailable  # re-exported
+from vmcp_opt.backends.errors import describe_error, failure_reason, with_stderr_line
 from vmcp_opt.backends.forwarding import HeaderWriteStream, forwarding
 from vmcp_opt.backends.listing import BackendListing, WatchedReadStream, fetch_listing
 from vmcp_opt.backends.results import bounded_result
@@ -155,7 +156,10 @@ class BackendConnection:
                 task_group.cancel_scope.cancel()
         except Exception as exc:  # any failure of one backend must not take the gateway down
             refused = self._auth.refusal() if self._auth is not None else None
-            self._set_state(BackendState.FAILED, self._with_stderr(self._at_url(self._failure(refused or exc))))
+            self._set_state(
+                BackendState.FAILED,
+                with_stderr_line(self._at_url(failure_reason(refused or exc, self.config.command)), self._stderr.line),
+            )
         finally:
             self._session = None
             self._task_group = None
@@ -164,7 +168,9 @@ class BackendConnection:
             if self._stop.is_set():
                 self._set_state(BackendState.CLOSED)
             else:
-                self._set_state(BackendState.FAILED, self._with_stderr(self._lost_reason or "the session ended"))
+                self._set_state(
+                    BackendState.FAILED, with_stderr_line(self._lost_reason or "the session ended", self._stderr.line)
+                )
         return self.sessions > sessions_before
 
     def _wake_on_stop(self) -> None:
@@ -256,22 +262,6 @@ class BackendConnection:
             if self.sessions > 1 and self.on_change is not None:
                 await self.on_change(self)  # back in service: its tools rejoin the catalogue
             await self._wake.wait()
-
-    def _failure(self, exc: BaseException) -> str:
-        """Why a session failed; a stdio command that does not exist says so plainly."""
-        missing, command = _innermost(exc), self.config.command
-        if isinstance(missing, FileNotFoundError) and command and missing.filename:
-            if missing.filename == command:  # a bare name: looked up on PATH
-                return f"command not found on PATH: {command!r}"
-            if Path(str(missing.filename)).name == Path(command).name:  # a path, resolved from the config's directory
-                return f"command not found: {missing.filename}"
-        return _describe_error(exc)
-
-    def _with_stderr(self, reason: str) -> str:
-        """A stdio process's last stderr line beside the protocol's reason ("Connection closed" alone says
-        nothing of a crash at start)."""
-        line = self._stderr.line
-        return reason if line is None or line in reason else f"{reason}; its last stderr line: {shorten(line, 300)}"
 
     def _at_url(self, reason: str) -> str:
         """A connection error of an HTTP or SSE backend names the URL it tried (credentials masked)."""
@@ -409,7 +399,7 @@ class BackendConnection:
                     progress_callback=progress_callback,
                 )
         except (anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
-            raise BackendUnavailable(f"backend '{self.name}' connection lost: {_describe_error(exc)}") from exc
+            raise BackendUnavailable(f"backend '{self.name}' connection lost: {describe_error(exc)}") from exc
         except MCPError as exc:
             refused = auth.refusal() if auth is not None else None
             if refused is not None:
@@ -419,7 +409,7 @@ class BackendConnection:
 
     def describe(self, exc: BaseException) -> str:
         """A one-line reason with this backend's secrets (env and header values) masked."""
-        return redact(_describe_error(exc), self.secrets)
+        return redact(describe_error(exc), self.secrets)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -447,20 +437,6 @@ def is_list_changed(message: object) -> bool:
         message,
         types.ToolListChangedNotification | types.ResourceListChangedNotification | types.PromptListChangedNotification,
     )
-
-
-def _innermost(exc: BaseException) -> BaseException:
-    """The first exception inside task groups' exception groups."""
-    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        exc = exc.exceptions[0]
-    return exc
-
-
-def _describe_error(exc: BaseException) -> str:
-    """A one-line reason, unwrapping exception groups from task groups."""
-    exc = _innermost(exc)
-    text = str(exc) or type(exc).__name__
-    return f"{type(exc).__name__}: {text}" if not isinstance(exc, MCPError | BackendUnavailable) else text
 
 
 def backoff_delay(config: RestartConfig, attempt: int) -> float:

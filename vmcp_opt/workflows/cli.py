@@ -23,7 +23,7 @@ CLI_CALLER = "local:vmcp-workflow-run"
 
 
 def _load(config: Path | None) -> Any:
-    from vmcp_opt.cli import load_or_exit  # the CLI's loader: problems printed by path, exit 2
+    from vmcp_opt.cli_config import load_or_exit  # the CLI's loader: problems printed by path, exit 2
 
     return load_or_exit(config, {"optimizer": {"enabled": False}})  # no embedding model for one run
 

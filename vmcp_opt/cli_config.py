@@ -1,0 +1,65 @@
+"""The configuration as a `vmcp` command sees it: the file, the environment and the command's own flags,
+loaded once, every problem printed by where it came from (`server.port (from --port): ...`), exit 2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, NoReturn
+
+import typer
+
+from vmcp_opt.config import DEFAULT_CONFIG_PATH, ConfigError, VmcpConfig, load_config
+from vmcp_opt.console import OutputConsole
+
+err = OutputConsole(stderr=True)
+
+
+def load_or_exit(path: Path | None, overrides: dict[str, Any] | None = None) -> VmcpConfig:
+    """Load the config; on a bad one, print every problem as `field.path: reason` and exit 2."""
+    from vmcp_opt.backends.discovery import read_client_config
+    from vmcp_opt.optimizer.model_registry import model_problem
+
+    flags = {dotted: _FLAGS.get(dotted, "the command line") for dotted in _dotted_paths(overrides or {})}
+    try:
+        return load_config(path, overrides, discover=read_client_config, check_model=model_problem, flags=flags)
+    except ConfigError as exc:
+        exit_invalid(path, exc.problems)
+
+
+def exit_invalid(path: Path | None, problems: list[str]) -> NoReturn:
+    """Every problem of the config at `path`, one `field.path: reason` line each; exit 2."""
+    err.print(f"[bold red]invalid configuration[/] ({path or DEFAULT_CONFIG_PATH}):")
+    for problem in problems:
+        err.print(f"  {problem}", markup=False, highlight=False)
+    raise typer.Exit(2)
+
+
+# The flags `serve` turns into overrides, by setting: a bad value is reported by its flag.
+_FLAGS = {
+    "server.host": "--host",
+    "server.port": "--port",
+    "server.transport": "--stdio",
+    "server.log_level": "--log-level",
+    "server.log_format": "--log-format",
+    "optimizer.enabled": "--optimizer/--no-optimizer",
+}
+
+
+def _dotted_paths(nested: dict[str, Any], prefix: str = "") -> list[str]:
+    """The settings an override dict sets: {"server": {"port": 1}} → ["server.port"]."""
+    paths = []
+    for key, value in nested.items():
+        path = f"{prefix}{key}"
+        paths += _dotted_paths(value, f"{path}.") if isinstance(value, dict) else [path]
+    return paths
+
+
+def command_overrides(**values: Any) -> dict[str, Any]:
+    """CLI flags as a nested override dict (`server.port` → {"server": {"port": ...}}); None means unset."""
+    nested: dict[str, Any] = {}
+    for dotted, value in values.items():
+        if value is None:
+            continue
+        section, key = dotted.split("__")
+        nested.setdefault(section, {})[key] = value
+    return nested
