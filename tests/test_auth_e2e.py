@@ -13,6 +13,8 @@ import hashlib
 import hmac
 import json
 import os
+import re
+import secrets
 import subprocess
 import sys
 import time
@@ -212,6 +214,14 @@ def test_no_token_is_401_pointing_at_metadata_that_names_the_issuer(issuer: Issu
     assert httpx2.get(f"{gateway.base}/healthz").status_code == 200  # health stays open
 
 
+def test_another_scheme_than_bearer_gets_the_bare_challenge_of_no_credential(gateway: Gateway) -> None:
+    headers = {"Accept": "application/json, text/event-stream", "Authorization": "Basic YWxpY2U6c2VjcmV0"}
+    refused = httpx2.post(gateway.url, json=INITIALIZE, headers=headers, timeout=30)
+    assert refused.status_code == 401
+    metadata_url = f"{gateway.base}/.well-known/oauth-protected-resource/mcp"
+    assert refused.headers["www-authenticate"] == f'Bearer resource_metadata="{metadata_url}"'  # RFC 6750 §3.1
+
+
 def forged_tokens(issuer: Issuer, gateway: Gateway) -> dict[str, tuple[str, str]]:
     """name -> (token, what the refusal says)."""
     now = int(time.time())
@@ -222,6 +232,10 @@ def forged_tokens(issuer: Issuer, gateway: Gateway) -> dict[str, tuple[str, str]
     altered["groups"] = ["admin"]
     hs_input = unsigned({"alg": "HS256", "typ": "JWT", "kid": "k1"}, claims(issuer, gateway))
     hs_signature = b64(hmac.new(issuer.public_pem, hs_input.encode(), hashlib.sha256).digest())
+    junk = secrets.token_urlsafe(24)  # a signature or segment that, if logged, would be found
+    five_segments = ".".join(
+        [b64(b'{"alg":"RSA-OAEP","enc":"A256GCM"}'), *(secrets.token_urlsafe(24) for _ in range(4))]
+    )
     return {
         "expired": (issuer.sign(claims(issuer, gateway, exp=now - 3600, iat=now - 7200)), "expired"),
         "not yet valid": (issuer.sign(claims(issuer, gateway, nbf=now + 3600)), "not valid yet"),
@@ -232,6 +246,18 @@ def forged_tokens(issuer: Issuer, gateway: Gateway) -> dict[str, tuple[str, str]
         "alg none": (unsigned({"alg": "none", "typ": "JWT"}, claims(issuer, gateway)) + ".", "algorithm"),
         "HS256 with the RSA public key": (f"{hs_input}.{hs_signature}", "algorithm"),
         "unknown kid": (issuer.sign(claims(issuer, gateway), key=other_key, kid="k-unknown"), "signing key"),
+        # JWT-shaped but broken: the client's 401, never a question for the issuer (which would refuse it: 503).
+        "kid an object": (
+            unsigned({"alg": "RS256", "kid": {"a": 1}}, claims(issuer, gateway)) + f".{junk}",
+            "malformed",
+        ),
+        "signature not base64": (f"{head}.{payload}.!{junk}!", "malformed"),
+        "unknown critical header": (
+            unsigned({"alg": "RS256", "kid": "k1", "crit": ["exp2"], "exp2": 1}, claims(issuer, gateway)) + f".{junk}",
+            "malformed",
+        ),
+        # Not a JWT here, so introspected; the issuer answers 400 unsupported_token_type (JWE-shaped).
+        "five segments, refused by the issuer with 400": (five_segments, "does not know this token"),
         "opaque, unknown to the issuer": ("opaque-garbage-token", "not active"),
         "opaque, for another resource": (issuer.token("carol", "http://127.0.0.1:1/other/mcp"), "not issued for"),
     }
@@ -401,3 +427,54 @@ def test_vmcp_auth_check_says_who_a_key_is_and_which_tools_it_may_list_and_call(
     env["VMCP_CREDENTIAL"] = "vmcp_revoked"
     refused = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert refused.returncode == 1 and "401 invalid_token" in refused.stderr
+
+
+def test_api_keys_file_not_utf8_is_one_line_at_start_and_fail_closed_while_serving(tmp_path: Path) -> None:
+    from vmcp_opt.auth.api_keys import new_key
+
+    key, digest = new_key()
+    keys = tmp_path / "keys.json"
+    write_keys(keys, [{"sha256": digest, "subject": "alice"}])
+    good = keys.read_bytes()
+    config = {
+        "backends": [demo_backend("notes")],
+        "auth": {"incoming": {"mode": "api_keys", "api_keys": {"file": str(keys)}}},
+    }
+    path = write_config(tmp_path, config)
+    with running_gateway(path) as gateway:
+        assert post(gateway, key).status_code == 200
+        staging = keys.with_suffix(".tmp")
+        staging.write_bytes(good + b"\n# caf\xe9\n")  # a Latin-1 comment
+        staging.replace(keys)
+        for _ in range(3):
+            refused = post(gateway, key)
+            assert refused.status_code == 401, refused.text  # fail-closed, not a 500
+            assert 'error="invalid_token"' in refused.headers["www-authenticate"]
+        log = gateway.output()
+        assert log.count("not UTF-8 text") == 1 and "Traceback" not in log  # logged once, at the change
+        write_keys(keys, [{"sha256": digest, "subject": "alice"}])
+        assert post(gateway, key).status_code == 200  # fixed: accepted again, no restart
+    keys.write_bytes(good + b"\n# caf\xe9\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "vmcp_opt", "validate", "-c", str(path)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert f"{keys}:2: not UTF-8 text (byte 0xe9" in " ".join(done.stderr.split())
+
+
+def test_vmcp_auth_check_takes_the_port_serve_was_given_and_names_the_audience_it_expected(
+    issuer: Issuer, tmp_path: Path
+) -> None:
+    port = free_port()
+    auth = {"incoming": {"mode": "oauth", "oauth": {"issuer": issuer.url}}}
+    path = write_config(tmp_path, {"backends": [demo_backend("notes")], "auth": auth})
+    token = issuer.token("alice", f"http://127.0.0.1:{port}/mcp")  # for a gateway started with --port
+    command = [sys.executable, "-m", "vmcp_opt", "auth", "check", "-c", str(path)]
+    env = {**os.environ, "VMCP_CREDENTIAL": token, "COLUMNS": "200"}
+    refused = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 1
+    expected = re.search(r"not issued for this resource \(expected aud (\S+)\)", " ".join(refused.stderr.split()))
+    assert expected is not None and expected.group(1) == "http://127.0.0.1:8000/mcp"  # server.port's default
+    done = subprocess.run([*command, "--port", str(port)], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "subject='alice' via token" in done.stdout and token not in done.stdout + done.stderr

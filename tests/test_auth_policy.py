@@ -5,10 +5,18 @@ find_tool filtering before ranking so a restricted caller still gets `limit` res
 from __future__ import annotations
 
 import getpass
+import http.server
 import json
+import logging
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
 
 import anyio
 import anyio.lowlevel
@@ -21,8 +29,11 @@ from tests.support import counting_http_server
 from tests.test_router import EchoProvider, bare_router, caller
 from vmcp_opt.auth import Identification
 from vmcp_opt.auth.cedar import CedarPolicy
+from vmcp_opt.auth.errors import AuthError
+from vmcp_opt.auth.introspection import Introspection
 from vmcp_opt.auth.jwks import JwksCache
-from vmcp_opt.config import VmcpConfig
+from vmcp_opt.auth.tokens import TokenVerifier
+from vmcp_opt.config import ClaimNames, OAuthConfig, VmcpConfig
 from vmcp_opt.optimizer.metatools import OptimizerFront
 from vmcp_opt.routing import Exchange, ProvidedTool, Target
 from vmcp_opt.routing.policy import PolicyLoadError
@@ -54,6 +65,146 @@ async def test_an_unknown_kid_refreshes_the_jwks_once_per_interval() -> None:
         assert len(hits) == 2  # made-up key ids cannot make the gateway hammer the issuer
         assert await cache.key("k1", "HS256") is None  # never an HMAC check with an RSA key
         assert await cache.key("k1", "ES256") is None
+
+
+# --- tokens: expiry from the cache, introspection answers ------------------------------------------------
+
+
+async def test_a_jwt_whose_exp_is_a_numeric_string_expires_from_the_verified_cache() -> None:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwk = {**json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key())), "kid": "k1"}
+    now = [time.time()]
+    with counting_http_server(json.dumps({"keys": [jwk]}).encode()) as (base, _):
+        settings = OAuthConfig(issuer="http://issuer", jwks_url=f"{base}/jwks", clock_skew=30)
+        verifier = TokenVerifier(settings, "http://gw/mcp", ClaimNames(), clock=lambda: now[0])
+        claims = {"iss": "http://issuer", "aud": "http://gw/mcp", "sub": "alice", "exp": str(int(now[0]) + 3)}
+        token = jwt.encode(claims, key, algorithm="RS256", headers={"kid": "k1"})  # PyJWT accepts such an exp
+        identity = await verifier.authenticate(token)
+        assert identity.expires_at == int(now[0]) + 3
+        now[0] += 40  # past exp + clock_skew: the cached identity must not outlive it
+        with pytest.raises(AuthError, match="expired"):
+            await verifier.authenticate(token)
+
+
+class IntrospectionServer:
+    """A loopback RFC 7662 endpoint (HTTP/1.1, keep-alive): `answer(token)` gives the status and JSON body;
+    it records each token asked about and the client port it came from (one port: one connection)."""
+
+    def __init__(self, answer: Callable[[str], tuple[int, dict[str, Any]]]) -> None:
+        self.answer = answer
+        self.asked: list[str] = []
+        self.ports: set[int] = set()
+
+    @contextmanager
+    def running(self) -> Iterator[str]:
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                form = parse_qs(self.rfile.read(int(self.headers["Content-Length"])).decode())
+                token = form["token"][0]
+                outer.asked.append(token)
+                outer.ports.add(self.client_address[1])
+                status, body = outer.answer(token)
+                payload = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            yield f"http://127.0.0.1:{server.server_address[1]}/introspect"
+        finally:
+            server.shutdown()
+            server.server_close()
+
+
+def introspection(url: str, clock: Callable[[], float], monkeypatch: pytest.MonkeyPatch) -> Introspection:
+    monkeypatch.setenv("VMCP_TEST_INTROSPECTION_SECRET", "s3cret")
+    settings = OAuthConfig(
+        issuer="http://issuer",
+        introspection_url=url,
+        client_id="gateway",
+        client_secret_env="VMCP_TEST_INTROSPECTION_SECRET",
+    )
+    return Introspection(settings, ["http://gw/mcp"], ClaimNames(), clock)
+
+
+async def test_inactive_tokens_are_refused_from_memory_and_one_connection_serves_every_question(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    now = [1000.0]
+    server = IntrospectionServer(lambda token: (200, {"active": False}))
+    with server.running() as url:
+        checker = introspection(url, lambda: now[0], monkeypatch)
+        try:
+            for _ in range(3):
+                for token in ("garbage-1", "garbage-2"):
+                    with pytest.raises(AuthError, match="not active") as refused:
+                        await checker.authenticate(token)
+                    assert refused.value.status == 401
+            assert server.asked == ["garbage-1", "garbage-2"]  # asked once each; then refused from memory
+            assert len(server.ports) == 1  # one kept-alive connection, not one per question
+            now[0] += 31  # the negative answer is brief: asked again once it lapses
+            with pytest.raises(AuthError):
+                await checker.authenticate("garbage-1")
+            assert server.asked == ["garbage-1", "garbage-2", "garbage-1"]
+        finally:
+            await checker.aclose()
+
+
+async def test_an_introspection_400_about_the_token_is_401_and_a_5xx_is_503(monkeypatch: pytest.MonkeyPatch) -> None:
+    answers = {
+        "unsupported": (400, {"error": "unsupported_token_type"}),
+        "bad-request": (400, {"error": "invalid_request"}),
+        "bad-token": (400, {"error": "invalid_token"}),
+        "down": (502, {"error": "bad_gateway"}),
+        "client-refused": (400, {"error": "invalid_client"}),  # the gateway's own credentials: its trouble
+    }
+    server = IntrospectionServer(lambda token: answers[token])
+    with server.running() as url:
+        checker = introspection(url, time.time, monkeypatch)
+        try:
+            for token, status in [
+                ("unsupported", 401),
+                ("bad-request", 401),
+                ("bad-token", 401),
+                ("down", 503),
+                ("client-refused", 503),
+            ]:
+                with pytest.raises(AuthError) as refused:
+                    await checker.authenticate(token)
+                assert refused.value.status == status, token
+                if status == 401:
+                    assert refused.value.error == "invalid_token"
+                    assert "does not know this token" in refused.value.description
+        finally:
+            await checker.aclose()
+
+
+async def test_an_introspected_token_whose_exp_is_a_numeric_string_expires_from_the_cache(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    now = [1000.0]
+    answer = {"active": True, "sub": "carol", "aud": "http://gw/mcp", "iss": "http://issuer", "exp": "1003"}
+    server = IntrospectionServer(lambda token: (200, answer))
+    with server.running() as url:
+        checker = introspection(url, lambda: now[0], monkeypatch)
+        try:
+            assert (await checker.authenticate("opaque")).expires_at == 1003
+            now[0] += 61  # past the cache's 60 s and the token's exp + clock_skew: asked again, and refused
+            with pytest.raises(AuthError, match="expired"):
+                await checker.authenticate("opaque")
+        finally:
+            await checker.aclose()
 
 
 # --- Cedar -------------------------------------------------------------------------------------------
@@ -89,6 +240,17 @@ def test_cedar_decides_by_group_and_by_the_tools_annotations() -> None:
     assert policy.decide(guest, Target("tool", "find_tool", "vmcp")).allowed  # the meta-tools
 
 
+def test_a_backend_tool_from_the_gateways_own_source_is_decided_by_the_policy() -> None:
+    # Only find_tool/call_tool by name skip the policy: a tool of source "vmcp" with another name does not.
+    policy = CedarPolicy('permit(principal in Group::"dev", action, resource);')
+    ops = caller("o", subject="bob", groups=frozenset({"ops"}))
+    backend_tool = tool_target("vmcp_save_note", source="vmcp")
+    assert not policy.decide(ops, backend_tool).allowed
+    meta = [Target("tool", "find_tool", "vmcp", operation) for operation in ("list", "use")]
+    decisions = policy.decide_all(ops, [*meta, backend_tool, Target("tool", "call_tool", "vmcp")])
+    assert [d.allowed for d in decisions] == [True, True, False, True]
+
+
 def test_an_evaluation_error_denies_even_where_a_forbid_errors() -> None:
     # `principal.level` does not exist: the forbid errors, which Cedar alone would skip (and so allow).
     policy = CedarPolicy(
@@ -96,6 +258,18 @@ def test_an_evaluation_error_denies_even_where_a_forbid_errors() -> None:
     )
     decision = policy.decide(caller("c", subject="carl"), tool_target("anything"))
     assert not decision.allowed and "evaluation error" in decision.reason
+
+
+def test_an_evaluation_error_says_what_failed_and_is_logged_once_per_policy(caplog: pytest.LogCaptureFixture) -> None:
+    policy = CedarPolicy(
+        "permit(principal, action, resource) when { resource.readonly };", "policy.cedar"
+    )  # a misspelt attribute
+    with caplog.at_level(logging.WARNING, logger="vmcp_opt.auth.cedar"):
+        decisions = [policy.decide(caller("c", subject="carl"), tool_target(f"tool_{i}")) for i in range(3)]
+    assert all(not d.allowed for d in decisions)
+    assert "does not have the attribute `readonly`" in decisions[0].reason
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "policy.cedar" in warnings[0] and "readonly" in warnings[0]
 
 
 def test_a_policy_that_does_not_parse_names_the_file_and_line(tmp_path: Path) -> None:
@@ -116,6 +290,31 @@ def test_an_unknown_action_is_a_load_error_not_a_silent_never_match(tmp_path: Pa
     )
     with pytest.raises(PolicyLoadError, match=r':2: unknown action Action::"call_tools"'):
         CedarPolicy.from_file(path)
+    path.write_text(
+        'permit(principal, action, resource);\nforbid(principal, action ==\n  Action :: "call_tools", resource);\n'
+    )
+    with pytest.raises(PolicyLoadError, match=r':3: unknown action Action::"call_tools"'):  # whatever the spacing
+        CedarPolicy.from_file(path)
+
+
+def test_a_policy_template_is_reported_as_unsupported(tmp_path: Path) -> None:
+    path = tmp_path / "policy.cedar"
+    path.write_text("// dev only\npermit(principal == ?principal, action, resource);\n")
+    with pytest.raises(PolicyLoadError, match=r"policy.cedar:2: policy templates .* are not supported"):
+        CedarPolicy.from_file(path)
+
+
+def test_a_policy_file_not_utf8_is_a_one_line_error_from_vmcp_validate(tmp_path: Path) -> None:
+    (tmp_path / "policy.cedar").write_bytes(
+        b'permit(principal, action, resource);\npermit(principal, action, resource) when { principal.subject == "\xff\xfe" };\n'
+    )
+    config = tmp_path / "vmcp.yaml"
+    config.write_text("auth: {authorization: {policies: policy.cedar}}\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "vmcp_opt", "validate", "-c", str(config)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert f"{tmp_path / 'policy.cedar'}:2: not UTF-8 text (byte 0xff" in " ".join(done.stderr.split())
 
 
 async def test_find_tool_filters_before_ranking_so_a_restricted_caller_still_gets_limit_results(tmp_path: Path) -> None:

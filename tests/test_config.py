@@ -66,6 +66,17 @@ def test_duplicate_backend_names_rejected(tmp_path: Path) -> None:
     assert any("repeated: a" in p for p in problems), problems
 
 
+def test_the_gateways_own_tool_sources_are_reserved_backend_names(tmp_path: Path) -> None:
+    # A backend named `vmcp` would share the meta-tools' source (and their policy exemption); `workflows`, the
+    # composite tools' `Backend::"workflows"`.
+    backends = [{"name": "vmcp", "command": "x"}, {"name": "workflows", "command": "y"}, {"name": "ok", "command": "z"}]
+    problems = problems_of(write_config(tmp_path, {"backends": backends}))
+    assert len(problems) == 2, problems
+    assert problems[0].startswith("backends[0].name: 'vmcp' is reserved: it is the source of the gateway's own tools")
+    assert problems[1].startswith("backends[1].name: 'workflows' is reserved: it is the source of the gateway's own")
+    assert all("choose another name" in p for p in problems)
+
+
 def test_environment_overrides_file_and_cli_overrides_environment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -5,6 +5,7 @@
 - `vmcp auth check -c vmcp.yaml` with a token or key (from `--credential-env`, default `VMCP_CREDENTIAL`, so
   it stays out of the shell history) or `--local-user`: authenticates it exactly as the gateway would, then
   connects to the backends once and says which tools the caller may list and call under the Cedar policy.
+  `--host`/`--port` as given to `serve`: without `oauth.resource` they make the audience a token must name.
 """
 
 from __future__ import annotations
@@ -105,7 +106,12 @@ def _authenticate(config: VmcpConfig, credential: str) -> Identity:
         raise typer.Exit(2)
 
     async def verify() -> Identity:
-        return await authenticator.authenticate(credential)
+        try:
+            return await authenticator.authenticate(credential)
+        finally:
+            close = getattr(authenticator, "aclose", None)  # the introspection client, with OAuth
+            if close is not None:
+                await close()
 
     try:
         return anyio.run(verify)

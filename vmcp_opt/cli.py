@@ -379,10 +379,17 @@ def _mount_auth() -> None:
             str, typer.Option(help="The environment variable holding the token or API key (kept out of shell history).")
         ] = "VMCP_CREDENTIAL",
         local_user: Annotated[bool, typer.Option("--local-user", help="Check the local OS user (stdio).")] = False,
+        host: Annotated[
+            str | None, typer.Option(help="The host `serve` was given (server.host): part of a token's audience.")
+        ] = None,
+        port: Annotated[
+            int | None, typer.Option(help="The port `serve` was given (server.port): part of a token's audience.")
+        ] = None,
     ) -> None:
         """Who a token or API key is, and which tools it may list and call (connects to the backends once)."""
         setup_logging("warning")
-        check(lambda: load_or_exit(config), credential_env, local_user)
+        overrides = command_overrides(server__host=host, server__port=port)
+        check(lambda: load_or_exit(config, overrides), credential_env, local_user)
 
     app.add_typer(auth_app, name="auth", help="API keys, and who a credential is and what it may do.")
 

@@ -4,7 +4,8 @@ A key is a random 32-byte secret (`vmcp auth new-key` makes one and prints its e
 entropy a plain SHA-256 cannot be reversed or guessed, so no slow password hash is needed and a lookup is one
 hash and one dict access. The entries come from a file, re-read whenever it changes (a key is rotated or
 revoked by editing the file, no restart), and from an environment variable read at start. A file that
-cannot be read while serving is fail-closed: no key from it is accepted until it is fixed.
+cannot be read or parsed while serving (not UTF-8 included) is fail-closed: the error is logged once and no key
+from it is accepted until it is fixed.
 
 Entry: `{sha256: <hex of the key's hash>, subject: alice, groups: [dev], roles: [], scopes: [], name: laptop}`.
 """
@@ -128,6 +129,11 @@ def _json(text: str) -> Any:
 def _read(path: Path) -> Any:
     try:
         text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        line = exc.object.count(b"\n", 0, exc.start) + 1
+        raise ApiKeyFileError(
+            f"{path}:{line}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); save it as UTF-8"
+        ) from None
     except OSError as exc:
         raise ApiKeyFileError(f"{path}: cannot be read: {exc.strerror}") from None
     try:

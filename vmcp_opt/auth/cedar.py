@@ -12,16 +12,19 @@ A call allowed by a policy annotated `@approval("<message>")` runs only once the
 their client (routing/approval.py); with several such policies, any one of them asks.
 
 A tool is listed (and found by find_tool) only when the caller may both list and call it. The gateway's own
-meta-tools (find_tool, call_tool) are always allowed: they reveal and reach only what the policy allows.
+meta-tools (find_tool, call_tool from the source `vmcp`, a backend name config refuses) are always allowed:
+they reveal and reach only what the policy allows.
 
-Fail closed: a file that does not parse, or names an action that does not exist, stops the start with the
-file, line and reason; a decision with an evaluation error is a denial (Cedar itself would skip an erroring
-`forbid`). Decisions depend only on the caller's principal and the target, so they are cached.
+Fail closed: a file that is not UTF-8, does not parse, names an action that does not exist or holds a
+template stops the start with the file, line and reason; a decision with an evaluation error is a denial
+(Cedar itself would skip an erroring `forbid`) whose reason quotes Cedar's first error, logged once per
+policy. Decisions depend only on the caller's principal and the target, so they are cached.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Hashable, Sequence
 from pathlib import Path
@@ -30,9 +33,13 @@ from typing import Any
 import cedarpy
 
 from vmcp_opt.auth.caller import Caller
+from vmcp_opt.config import RESERVED_NAMES
 from vmcp_opt.routing.policy import ALLOW, Decision, PolicyLoadError, Target
 
+logger = logging.getLogger(__name__)
+
 GATEWAY_SOURCE = "vmcp"  # routing.providers.GATEWAY_SOURCE: the meta-tools' source
+META_TOOLS = RESERVED_NAMES  # find_tool and call_tool: no backend tool or workflow may take these names
 ACTIONS: dict[tuple[str, str], str] = {
     ("tool", "list"): "list_tools",
     ("tool", "use"): "call_tool",
@@ -46,7 +53,15 @@ ACTIONS: dict[tuple[str, str], str] = {
     ("template", "complete"): "complete",
 }
 KNOWN_ACTIONS = frozenset(ACTIONS.values())
-_ACTION_REFERENCE = re.compile(r'Action::"((?:[^"\\]|\\.)*)"')
+# `Action::"x"`, with any spacing Cedar accepts around `::` (`Action :: "x"` too).
+_ACTION_REFERENCE = re.compile(r'\bAction\s*::\s*"((?:[^"\\]|\\.)*)"')
+_TEMPLATE_SLOT = re.compile(r"\?(?:principal|resource)\b")
+_ERRING_POLICY = re.compile(r"policy `((?:[^`\\]|\\.)*)`")
+
+
+def is_meta_tool(target: Target) -> bool:
+    """One of the gateway's own meta-tools: by its source and its name, so neither alone opens the exemption."""
+    return target.kind == "tool" and target.source == GATEWAY_SOURCE and target.name in META_TOOLS
 
 
 class CedarPolicy:
@@ -57,11 +72,18 @@ class CedarPolicy:
         self.approvals = _approvals(text)
         self.cache_size = cache_size
         self._cache: dict[tuple[Hashable, ...], Decision] = {}
+        self._errors_logged: set[str] = set()  # policy ids whose evaluation error was logged
 
     @classmethod
     def from_file(cls, path: Path, cache_size: int = 100_000) -> CedarPolicy:
         try:
             text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            line = exc.object.count(b"\n", 0, exc.start) + 1
+            raise PolicyLoadError(
+                f"{path}:{line}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); "
+                "save it as UTF-8"
+            ) from None
         except OSError as exc:
             raise PolicyLoadError(f"{path}: cannot be read: {exc.strerror}") from None
         return cls(text, str(path), cache_size)
@@ -72,7 +94,7 @@ class CedarPolicy:
         return caller.principal
 
     def decide(self, caller: Caller, target: Target) -> Decision:
-        if target.kind == "tool" and target.source == GATEWAY_SOURCE:
+        if is_meta_tool(target):
             return ALLOW
         key = (caller.principal, target.kind, target.name, target.source, target.operation, _hints(target))
         cached = self._cache.get(key)
@@ -87,7 +109,7 @@ class CedarPolicy:
 
     def decide_all(self, caller: Caller, targets: Sequence[Target]) -> list[Decision]:
         """One Cedar batch for many targets of one caller (the router's per-principal views)."""
-        asked = [i for i, t in enumerate(targets) if not (t.kind == "tool" and t.source == GATEWAY_SOURCE)]
+        asked = [i for i, t in enumerate(targets) if not is_meta_tool(t)]
         decisions = [ALLOW] * len(targets)
         if not asked:
             return decisions
@@ -111,13 +133,23 @@ class CedarPolicy:
                 decisions[i] = Decision(False, f"policy evaluation failed: {exc}")
             return decisions
         for i, result in zip(asked, results, strict=True):
+            if result.diagnostics.errors:
+                self._log_error_once(result.diagnostics.errors[0])
             decisions[i] = _decision(result, ACTIONS[(targets[i].kind, targets[i].operation)], self.approvals)
         return decisions
+
+    def _log_error_once(self, message: str) -> None:
+        """A policy that errors usually errors for every request: its first error is logged, not each one."""
+        found = _ERRING_POLICY.search(message)
+        policy_id = found.group(1) if found else message
+        if policy_id not in self._errors_logged:
+            self._errors_logged.add(policy_id)
+            logger.warning("authorization: %s: %s (such requests are denied)", self.source, message)
 
 
 def _decision(result: cedarpy.AuthzResult, action: str, approvals: dict[str, str]) -> Decision:
     if result.diagnostics.errors:
-        return Decision(False, f"{action}: policy evaluation error")
+        return Decision(False, f"{action}: policy evaluation error: {result.diagnostics.errors[0]}")
     if result.allowed:
         asks = [approvals[reason] for reason in result.diagnostics.reasons if reason in approvals]
         if asks and action == "call_tool":
@@ -195,15 +227,26 @@ def load_policies(text: str, source: str) -> cedarpy.PolicySet:
     except ValueError as exc:
         line = _error_line(text, str(exc))
         raise PolicyLoadError(f"{source}:{line}: {exc}") from None
-    for number, content in enumerate(_without_comments(text).splitlines(), start=1):
-        for action in _ACTION_REFERENCE.findall(content):
-            if action not in KNOWN_ACTIONS:
-                raise PolicyLoadError(
-                    f'{source}:{number}: unknown action Action::"{action}"; the actions are {sorted(KNOWN_ACTIONS)}'
-                )
+    code = _without_comments(text)
+    for found in _ACTION_REFERENCE.finditer(code):
+        if found.group(1) not in KNOWN_ACTIONS:
+            raise PolicyLoadError(
+                f'{source}:{_line(code, found.start())}: unknown action Action::"{found.group(1)}"; '
+                f"the actions are {sorted(KNOWN_ACTIONS)}"
+            )
+    if policies.templates():
+        slot = _TEMPLATE_SLOT.search(code)
+        raise PolicyLoadError(
+            f"{source}:{_line(code, slot.start() if slot else 0)}: policy templates (`?principal`, `?resource`) "
+            "are not supported: name the principal or resource in the policy"
+        )
     if len(policies) == 0:
         raise PolicyLoadError(f"{source}:1: no policies: every request would be denied")
     return policies
+
+
+def _line(text: str, offset: int) -> int:
+    return text.count("\n", 0, offset) + 1
 
 
 def _approvals(text: str) -> dict[str, str]:

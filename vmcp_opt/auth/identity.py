@@ -68,7 +68,8 @@ def from_claims(
     names: ClaimNames,
     method: Identification,
 ) -> Identity:
-    """The identity a token's (or an API key entry's) claims describe. `ValueError` without a subject."""
+    """The identity a token's (or an API key entry's) claims describe. `ValueError` without a subject, or
+    with an `exp` that is not a number."""
     client_id = claim(claims, names.client_id)
     if not isinstance(client_id, str):
         client_id = claims.get("azp") if isinstance(claims.get("azp"), str) else None
@@ -77,7 +78,7 @@ def from_claims(
         subject = client_id  # a client acting for itself (client credentials; RFC 9068 §2.2)
     if not subject:
         raise ValueError(f"no `{names.subject}` claim")
-    expires = claims.get("exp")
+    expires = numeric_date(claims, "exp")
     return Identity(
         subject=subject,
         method=method,
@@ -86,8 +87,22 @@ def from_claims(
         client_id=client_id,
         scopes=string_set(claim(claims, names.scopes)),
         claims=MappingProxyType(dict(claims)),
-        expires_at=float(expires) if isinstance(expires, int | float) else None,
+        expires_at=expires,
     )
+
+
+def numeric_date(claims: Mapping[str, Any], name: str) -> float | None:
+    """A time claim (`exp`, `nbf`) as PyJWT reads it (`int(value)`: a number or a string of an integer), so a
+    token PyJWT accepted expires here too. None when absent; `ValueError` for anything else."""
+    value = claims.get(name)
+    if value is None:
+        return None
+    if isinstance(value, int | float | str) and not isinstance(value, bool):
+        try:
+            return float(int(value))
+        except (ValueError, OverflowError):
+            pass
+    raise ValueError(f"a `{name}` claim that is not a number")
 
 
 def claim(claims: Mapping[str, Any], path: str) -> Any:

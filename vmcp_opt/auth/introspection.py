@@ -4,7 +4,14 @@ Used for a token that is not a JWT when `oauth.introspection_url` is set. The ga
 client (`client_id`, secret from `client_secret_env`), and accepts only an `active` token whose `iss` (when
 given) is the issuer, whose `aud` names this gateway's resource (RFC 8707: required, so a token for another
 server is refused) and whose `exp`/`nbf` hold with the configured skew. Answers are reused for
-`introspection_cache` seconds, never past the token's expiry.
+`introspection_cache` seconds, never past the token's expiry; a token the server does not know (`active:
+false`, or a 400 answer) is refused from memory for up to `NEGATIVE_TTL` seconds, so a client repeating a bad
+token does not make the gateway ask each time. One HTTP client (its connections kept alive) serves every
+request; `aclose` ends it.
+
+A 400 answer (`invalid_request`, `unsupported_token_type`, `invalid_token`) means the server will not
+introspect this token: `401 invalid_token` for the caller. Other statuses and transport errors are the
+server's trouble: `503`, so the client retries rather than re-authenticates.
 """
 
 from __future__ import annotations
@@ -14,16 +21,22 @@ import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx2
 
 from vmcp_opt.auth import errors
 from vmcp_opt.auth.caller import Identification
-from vmcp_opt.auth.identity import Identity, from_claims, string_set
+from vmcp_opt.auth.identity import Identity, from_claims, numeric_date, string_set
 from vmcp_opt.config import ClaimNames, OAuthConfig
 
 CACHE_SIZE = 10_000
+NEGATIVE_TTL = 30.0  # seconds a refused token is refused from memory (at most `introspection_cache`)
+# What a 400 from the introspection endpoint says about the token rather than about the gateway's request.
+TOKEN_REFUSALS = frozenset({"invalid_request", "unsupported_token_type", "invalid_token"})
+EntryT = TypeVar("EntryT")
+UNKNOWN = "the authorization server does not know this token"
+NOT_ACTIVE = "the token is not active (unknown, expired or revoked)"
 
 
 class Introspection:
@@ -41,6 +54,8 @@ class Introspection:
         self.claims = claims
         self.clock = clock
         self._answers: OrderedDict[bytes, tuple[float, Identity]] = OrderedDict()
+        self._refused: OrderedDict[bytes, tuple[float, str]] = OrderedDict()  # digest -> (until, why)
+        self._client: httpx2.AsyncClient | None = None  # made on first use, in the serving event loop
 
     def _secret(self) -> str:
         name = self.settings.client_secret_env
@@ -56,28 +71,47 @@ class Introspection:
         cached = self._answers.get(digest)
         if cached is not None and now < cached[0]:
             return cached[1]
+        refused = self._refused.get(digest)
+        if refused is not None and now < refused[0]:
+            raise errors.invalid_token(refused[1])
         answer = await self._ask(token)
+        if answer is None or answer.get("active") is not True:
+            why = UNKNOWN if answer is None else NOT_ACTIVE
+            ttl = min(self.settings.introspection_cache, NEGATIVE_TTL)
+            _remember(self._refused, digest, (now + ttl, why))
+            raise errors.invalid_token(why)
         identity = self._check(answer, now)
         until = now + self.settings.introspection_cache
         if identity.expires_at is not None:
             until = min(until, identity.expires_at)
-        self._answers[digest] = (until, identity)
-        if len(self._answers) > CACHE_SIZE:
-            self._answers.popitem(last=False)
+        _remember(self._answers, digest, (until, identity))
         return identity
 
-    async def _ask(self, token: str) -> dict[str, Any]:
+    async def aclose(self) -> None:
+        """Close the HTTP client (at shutdown); a later request would open a new one."""
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+
+    def _http(self) -> httpx2.AsyncClient:
+        if self._client is None:
+            self._client = httpx2.AsyncClient(timeout=self.settings.timeout, follow_redirects=False)
+        return self._client
+
+    async def _ask(self, token: str) -> dict[str, Any] | None:
+        """The server's answer, or None when it refuses to introspect the token (a 400 about the token)."""
         assert self.settings.client_id is not None
         try:
-            async with httpx2.AsyncClient(timeout=self.settings.timeout, follow_redirects=False) as client:
-                response = await client.post(
-                    self.url,
-                    data={"token": token, "token_type_hint": "access_token"},
-                    auth=(self.settings.client_id, self._secret()),
-                    headers={"Accept": "application/json"},
-                )
+            response = await self._http().post(
+                self.url,
+                data={"token": token, "token_type_hint": "access_token"},
+                auth=(self.settings.client_id, self._secret()),
+                headers={"Accept": "application/json"},
+            )
         except httpx2.HTTPError as exc:
             raise errors.unavailable(f"token introspection failed: {type(exc).__name__}") from None
+        if response.status_code == 400 and _error_code(response) in TOKEN_REFUSALS:
+            return None
         if response.status_code != 200:
             raise errors.unavailable(f"token introspection answered {response.status_code}")
         try:
@@ -90,18 +124,39 @@ class Introspection:
 
     def _check(self, answer: dict[str, Any], now: float) -> Identity:
         skew = self.settings.clock_skew
-        if answer.get("active") is not True:
-            raise errors.invalid_token("the token is not active (unknown, expired or revoked)")
         if "iss" in answer and answer["iss"] != self.settings.issuer:
             raise errors.invalid_token("the token was issued by another issuer")
         if not string_set(answer.get("aud")) & self.audiences:
-            raise errors.invalid_token("the token was not issued for this resource")
-        exp, nbf = answer.get("exp"), answer.get("nbf")
-        if isinstance(exp, int | float) and now > exp + skew:
+            raise errors.invalid_token(
+                f"the token was not issued for this resource (expected aud {min(self.audiences)})"
+            )
+        try:  # numbers, or numeric strings as PyJWT takes them: either way checked, never skipped
+            exp, nbf = numeric_date(answer, "exp"), numeric_date(answer, "nbf")
+        except ValueError as exc:
+            raise errors.invalid_token(f"the token has {exc}") from None
+        if exp is not None and now > exp + skew:
             raise errors.invalid_token("the token has expired")
-        if isinstance(nbf, int | float) and now + skew < nbf:
+        if nbf is not None and now + skew < nbf:
             raise errors.invalid_token("the token is not valid yet")
         try:
             return from_claims(answer, self.claims, Identification.TOKEN)
         except ValueError as exc:
             raise errors.invalid_token(f"the token has {exc}") from None
+
+
+def _error_code(response: httpx2.Response) -> str | None:
+    """The OAuth `error` of an error answer, when it has one."""
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    error = body.get("error") if isinstance(body, dict) else None
+    return error if isinstance(error, str) else None
+
+
+def _remember(cache: OrderedDict[bytes, EntryT], digest: bytes, entry: EntryT) -> None:
+    """Store an entry, dropping the oldest past `CACHE_SIZE` (a flood of distinct tokens stays bounded)."""
+    cache[digest] = entry
+    cache.move_to_end(digest)
+    if len(cache) > CACHE_SIZE:
+        cache.popitem(last=False)

@@ -5,12 +5,16 @@ library): signature against the issuer's JWKS (`auth/jwks.py`), `iss` exactly th
 this gateway's resource URI (RFC 8707, so a token minted for another server is refused), `exp` and `nbf`
 with a small skew, and the algorithm from an allow-list of asymmetric ones matched to the key's type (no
 `none`, no HS256 made with an RSA public key). Verified tokens are remembered by digest until they expire,
-so a client sending the same token on every request pays for one signature check.
+so a client sending the same token on every request pays for one signature check. With an introspection
+endpoint, only a token that is not JWT-shaped goes there: a malformed JWT is the client's `401`, never a
+question for the authorization server (which would refuse it, and make it look like an outage).
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -68,15 +72,23 @@ class TokenVerifier:
                 raise errors.invalid_token("the token has expired")
             return known
         identity = await self._verify(token)
-        self._verified[digest] = identity
-        if len(self._verified) > VERIFIED_CACHE_SIZE:
-            self._verified.popitem(last=False)
+        if identity.expires_at is not None:  # never remembered past an expiry it cannot check
+            self._verified[digest] = identity
+            if len(self._verified) > VERIFIED_CACHE_SIZE:
+                self._verified.popitem(last=False)
         return identity
+
+    async def aclose(self) -> None:
+        """Close what holds connections open (the introspection client), at shutdown."""
+        if self.introspection is not None:
+            await self.introspection.aclose()
 
     async def _verify(self, token: str) -> Identity:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
+            if jwt_shaped(token):
+                raise errors.invalid_token("the token is a malformed JWT") from None
             if self.introspection is not None:
                 return await self.introspection.authenticate(token)
             raise errors.invalid_token("not a JWT access token") from None
@@ -104,8 +116,10 @@ class TokenVerifier:
             raise errors.invalid_token("the token has expired") from None
         except jwt.ImmatureSignatureError:
             raise errors.invalid_token("the token is not valid yet") from None
-        except jwt.InvalidAudienceError:
-            raise errors.invalid_token("the token was not issued for this resource") from None
+        except jwt.InvalidAudienceError:  # the expected audience is no secret, and tells a wrong --port apart
+            raise errors.invalid_token(
+                f"the token was not issued for this resource (expected aud {self.resource})"
+            ) from None
         except jwt.InvalidIssuerError:
             raise errors.invalid_token("the token was issued by another issuer") from None
         except jwt.InvalidSignatureError:
@@ -118,3 +132,17 @@ class TokenVerifier:
             return from_claims(claims, self.claims, Identification.TOKEN)
         except ValueError as exc:
             raise errors.invalid_token(f"the token has {exc}") from None
+
+
+def jwt_shaped(token: str) -> bool:
+    """Three segments whose first is base64url of a JSON object: a JWT (if perhaps a broken one), not an opaque
+    token, whatever else is wrong with it."""
+    segments = token.split(".")
+    if len(segments) != 3:
+        return False
+    head = segments[0]
+    try:
+        header = json.loads(base64.urlsafe_b64decode(head + "=" * (-len(head) % 4)))
+    except (ValueError, RecursionError):  # bad base64 (binascii.Error), not UTF-8, not JSON, absurdly nested
+        return False
+    return isinstance(header, dict)

@@ -10,6 +10,12 @@ from pydantic import Field, IPvAnyNetwork, PrivateAttr, field_validator, model_v
 from vmcp_opt.config.backend_auth import BackendAuthConfig
 from vmcp_opt.config.base import BACKEND_NAME_PATTERN, _Strict
 
+# The sources of the gateway's own tools (find_tool/call_tool: `vmcp`; composite tools: `workflows`). A backend
+# by either name would share that source: its tools would be `Backend::"vmcp"` or `Backend::"workflows"` to a
+# Cedar policy, and mixed with the gateway's own in telemetry and the audit log.
+RESERVED_BACKEND_NAMES = frozenset({"vmcp", "workflows"})
+_RESERVED_FOR = {"vmcp": "tools (find_tool, call_tool)", "workflows": "composite tools (`workflows`)"}
+
 
 class ServerConfig(_Strict):
     # Listen address (`vmcp serve --host`); loopback unless set.
@@ -56,7 +62,8 @@ class ServerConfig(_Strict):
 
 
 class BackendConfig(_Strict):
-    # Unique; prefixes the backend's tool and prompt names (`aggregation.prefix_format`).
+    # Unique, and not `vmcp` or `workflows` (the gateway's own tools); prefixes the backend's tool and prompt
+    # names (`aggregation.prefix_format`).
     name: str = Field(pattern=BACKEND_NAME_PATTERN)
     # stdio: a process the gateway starts; streamable-http or sse: a server at `url`.
     transport: Literal["stdio", "streamable-http", "sse"] = "stdio"
@@ -85,6 +92,16 @@ class BackendConfig(_Strict):
 
     def referenced_values(self) -> set[str]:
         return set(self._referenced)
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, value: str) -> str:
+        if value in RESERVED_BACKEND_NAMES:
+            raise ValueError(
+                f"{value!r} is reserved: it is the source of the gateway's own {_RESERVED_FOR[value]}, so "
+                f'a policy on Backend::"{value}" would cover both; choose another name'
+            )
+        return value
 
     @model_validator(mode="after")
     def _transport_fields(self) -> BackendConfig:

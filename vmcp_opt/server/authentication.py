@@ -2,8 +2,9 @@
 
 An ASGI middleware around the MCP endpoint only (health, readiness and the metadata stay open). It refuses,
 before the MCP machinery sees the request:
-- no credential: 401 with `WWW-Authenticate: Bearer resource_metadata="…"` (RFC 9728), so a client can
-  discover the authorization server;
+- no credential, or one of another scheme (`Basic …`): 401 with `WWW-Authenticate: Bearer
+  resource_metadata="…"` (RFC 9728; RFC 6750 §3.1: no error code), so a client can discover the authorization
+  server;
 - a credential the authenticator does not accept: 401 `invalid_token`;
 - a valid token without the required scopes: 403 `insufficient_scope` naming them;
 - a token in the query string (`access_token=`): 400 `invalid_request`, whatever else the request carries.
@@ -70,6 +71,12 @@ class RequireAuthentication:
             self.counted("accepted", client[0] if client else None)
         await self.app(scope, receive, send)
 
+    async def aclose(self) -> None:
+        """Close the authenticator's connections (token introspection), at shutdown."""
+        close = getattr(self.authenticator, "aclose", None)
+        if close is not None:
+            await close()
+
     async def verifies(self, scope: Scope) -> bool:
         """Whether the request's credential would be accepted here (for routes that show more to callers)."""
         try:
@@ -90,7 +97,9 @@ class RequireAuthentication:
         if len(values) > 1:
             raise errors.invalid_request("more than one Authorization header")
         scheme, _, credential = values[0].decode("latin-1").strip().partition(" ")
-        if scheme.lower() != "bearer" or not credential.strip():
+        if scheme.lower() != "bearer":  # no bearer credential at all: the bare challenge, as for no header
+            raise AuthError(401, None, "expected `Authorization: Bearer <token>`, not another scheme")
+        if not credential.strip():
             raise errors.invalid_token("expected `Authorization: Bearer <token>`")
         identity = await self.authenticator.authenticate(credential.strip())
         missing_scopes = [s for s in self.required_scopes if s not in identity.scopes]

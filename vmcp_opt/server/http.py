@@ -148,6 +148,8 @@ def create_app(gateway: Gateway) -> Starlette:
             if diagnostics is not None:
                 diagnostics.should_exit = True
             gateway.stop()
+            if isinstance(endpoint, RequireAuthentication):
+                await endpoint.aclose()  # the token introspection client's connections
 
     app = Starlette(
         routes=[
