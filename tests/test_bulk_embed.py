@@ -1,6 +1,7 @@
-"""Bulk encoding in a child process (optimizer/bulk_embed.py): a real child on the real model gives the vectors
-the served ONNX int8 encoder gives (within its cosine floor), reports its progress, and a failing or late
-child leaves the update to the in-process path with the reason logged. Small updates never start a child."""
+"""Bulk encoding in a child process (optimizer/bulk_embed.py): a real child on the real model, on either engine,
+gives the vectors the served ONNX int8 encoder gives (torch: within its cosine floor; onnx: the same graph, the
+same vectors), reports its progress, and a failing or late child leaves the update to the in-process path with
+the reason logged. Small updates never start a child."""
 
 from __future__ import annotations
 
@@ -19,9 +20,9 @@ from tests.test_lean_encoder import TEXTS
 from tests.test_optimizer_index import CATALOGUE
 from vmcp_opt.config import OptimizerConfig
 from vmcp_opt.optimizer import index as index_module
-from vmcp_opt.optimizer.bulk_embed import BulkEncoder, BulkJob
+from vmcp_opt.optimizer.bulk_embed import BulkEncoder, BulkEngine, BulkJob
 from vmcp_opt.optimizer.documents import tool_document
-from vmcp_opt.optimizer.embedding import load_configured_embedder
+from vmcp_opt.optimizer.embedding import bulk_engine, load_configured_embedder
 from vmcp_opt.optimizer.index import ToolIndex
 from vmcp_opt.optimizer.model_registry import DEFAULT_MODEL, resolve_model
 from vmcp_opt.optimizer.onnx_encoder import OnnxEmbedder
@@ -48,6 +49,29 @@ def _in_process(served: OnnxEmbedder, texts: list[str]) -> np.ndarray:
     return served.encoder.encode_bulk(texts, served.batch_size)
 
 
+def _bulk(served: OnnxEmbedder, engine: BulkEngine) -> BulkEncoder:
+    """A child encoder on `engine`, attached to the served encoder as `load_configured_embedder` attaches one."""
+    bulk = BulkEncoder(served.spec, served.encoder.encode, min_documents=2, timeout=600, engine=engine)
+    bulk.onnx_model = served.encoder.model
+    return bulk
+
+
+@pytest.mark.parametrize(
+    ("flags", "settings", "engine"),
+    [
+        ({"amx_bf16", "avx512_bf16"}, {}, "torch"),  # AMX: torch bfloat16, ~2x ONNX Runtime
+        ({"avx512_bf16"}, {}, "onnx"),  # AVX-512 BF16 alone: the int8 graph takes less CPU
+        ({"avx512_bf16"}, {"precision": "fp32"}, "torch"),  # ... but not the fp32 graph
+        ({"avx2", "fma"}, {"precision": "fp32"}, "onnx"),  # no bfloat16: torch float32 never wins
+        ({"amx_bf16"}, {"bulk_bfloat16": False}, "onnx"),
+    ],
+)
+def test_bulk_engine_follows_the_cpu_and_the_serving_precision(
+    flags: set[str], settings: dict[str, Any], engine: str
+) -> None:
+    assert bulk_engine(OptimizerConfig.model_validate(settings), frozenset(flags)) == engine
+
+
 def test_gateway_embedder_attaches_the_child_above_the_configured_threshold(served: OnnxEmbedder) -> None:
     assert isinstance(served.bulk, BulkEncoder)
     assert served.bulk.min_documents == OptimizerConfig().bulk_process_min
@@ -56,14 +80,20 @@ def test_gateway_embedder_attaches_the_child_above_the_configured_threshold(serv
     assert _embedder(bulk_process_min=0).bulk is None
 
 
-def test_child_vectors_match_the_served_onnx_encoder_and_progress_is_relayed(served: OnnxEmbedder) -> None:
-    assert isinstance(served.bulk, BulkEncoder)
+@pytest.mark.parametrize("engine", ["torch", "onnx"])
+def test_child_vectors_match_the_served_onnx_encoder_and_progress_is_relayed(
+    served: OnnxEmbedder, engine: BulkEngine
+) -> None:
     done: list[int] = []
-    vectors = served.bulk.run(DOCUMENTS, done.append)
+    vectors = _bulk(served, engine).run(DOCUMENTS, done.append)
     assert sum(done) == len(DOCUMENTS) and len(done) > 1
-    cosines = (vectors * _in_process(served, DOCUMENTS)).sum(axis=1)
+    expected = _in_process(served, DOCUMENTS)
+    if engine == "onnx":
+        # The same graph on the same batches (each a single-threaded run): the same vectors.
+        np.testing.assert_allclose(vectors, expected, atol=1e-6)
     # The served int8 graph's own floor to torch: dynamic int8 takes one activation scale per padded batch
     # (measured 0.9975 against the child's bfloat16 vectors).
+    cosines = (vectors * expected).sum(axis=1)
     assert cosines.min() >= MIN_COSINE_INT8, cosines.min()
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
 
@@ -81,7 +111,8 @@ def test_failing_child_falls_back_to_in_process_encoding_with_the_reason_logged(
 ) -> None:
     embedder = _embedder(bulk_process_min=2)
     assert isinstance(embedder.bulk, BulkEncoder)
-    # A model directory the child cannot load: it exits with an error line.
+    # A model directory the torch child cannot load: it exits with an error line.
+    embedder.bulk.engine = "torch"
     embedder.bulk.spec = dataclasses.replace(resolve_model(DEFAULT_MODEL), path=tmp_path)
     with caplog.at_level(logging.WARNING, logger="vmcp_opt.optimizer.bulk_embed"):
         vectors = embedder.encode_documents(DOCUMENTS[:10])
@@ -90,6 +121,18 @@ def test_failing_child_falls_back_to_in_process_encoding_with_the_reason_logged(
     np.testing.assert_allclose(vectors, _in_process(embedder, DOCUMENTS[:10]), atol=1e-5)
     # Not tried again in this process.
     assert embedder.bulk(DOCUMENTS[:10]) is None
+
+
+def test_onnx_child_that_cannot_load_its_graph_falls_back_with_the_reason(
+    tmp_path: Path, served: OnnxEmbedder, caplog: pytest.LogCaptureFixture
+) -> None:
+    bulk = _bulk(served, "onnx")
+    bulk.onnx_model = tmp_path / "model-int8.onnx"
+    bulk.onnx_model.write_bytes(b"not a protobuf")
+    with caplog.at_level(logging.WARNING, logger="vmcp_opt.optimizer.bulk_embed"):
+        assert bulk(DOCUMENTS[:10]) is None
+    assert bulk.failed is not None and "ONNX Runtime cannot load it" in bulk.failed, bulk.failed
+    assert str(bulk.onnx_model) in caplog.text and "encoding in process instead" in caplog.text
 
 
 def test_child_past_its_deadline_is_killed_and_the_update_falls_back(caplog: pytest.LogCaptureFixture) -> None:

@@ -209,13 +209,14 @@ class OptimizerConfig(_Strict):
     # float32, with an error bound that keeps the results exactly the float32 search's, reading a quarter of
     # the bytes (~2x faster vector arm at 100k tools; optimizer/int8_pass.py). False scans every vector.
     int8_first_pass: bool = True
-    # bfloat16 bulk encoding where the CPU supports it (~3x faster, same quality).
+    # Bulk encoding (the bulk child) on torch in bfloat16 where the CPU has AMX (~3x faster, same quality); false:
+    # the child runs the serving ONNX graph everywhere.
     bulk_bfloat16: bool = True
     # Tools embedded per batch when indexing.
     batch_size: int = Field(64, ge=1)
-    # With the onnx encoder, an update with this many new documents or more embeds them in a child process on
-    # the torch encoder (bfloat16 where the CPU has it; optimizer/bulk_embed.py), ~2x faster than ONNX Runtime
-    # in process, when torch is installed; the gateway itself stays torch-free. 0 turns it off.
+    # With the onnx encoder, an update with this many new documents or more embeds them in a child process
+    # (optimizer/bulk_embed.py): torch in bfloat16 where the CPU has AMX (~2x ONNX Runtime), else the serving
+    # ONNX graph; the gateway itself stays torch-free and its memory after the build lower. 0 turns it off.
     bulk_process_min: int = Field(1000, ge=0)
     # Seconds that child may take before it is killed and the update embeds in process instead.
     bulk_process_timeout: float = Field(3600.0, gt=0)

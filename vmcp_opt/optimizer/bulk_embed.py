@@ -1,23 +1,26 @@
-"""Bulk document encoding in a child process on the lean torch encoder, so a cold build of many tools is fast
-while the serving process stays torch-free.
+"""Bulk document encoding in a child process, so a cold build of many tools neither holds the serving process's
+memory nor imports torch there.
 
-The gateway serves queries with ONNX Runtime fp32 (optimizer/onnx_encoder.py), whose CPU kernels cannot use
-AMX: a cold build of 10k tools took 88 s there, against 23 s for the lean encoder (optimizer/encoder.py) in
-bfloat16 (bench/README.md, "Cold build of 10k tools"). So when an update has `bulk_process_min` or more new
-documents and torch is installed, `BulkEncoder` runs `python -m vmcp_opt.optimizer.bulk_embed`:
+The gateway serves queries on ONNX Runtime (optimizer/onnx_encoder.py, `optimizer.precision`), whose CPU
+kernels cannot use AMX: a cold build of 10k tools took 88 s there in fp32, against 23 s for the lean torch
+encoder (optimizer/encoder.py) in bfloat16 (bench/README.md, "Cold build of 10k tools"). Without AMX the
+serving int8 graph is the faster of the two (bench/README.md, "Fourteenth session"). So when an update has
+`bulk_process_min` or more new documents, `BulkEncoder` runs `python -m vmcp_opt.optimizer.bulk_embed` on the
+engine `optimizer/embedding.py`'s `bulk_engine` picks for the CPU: `torch` (bfloat16) or `onnx` (the serving
+graph itself, the file the parent loaded, its batches on `--threads` threads):
 
 - the child can start before its texts are known (`BulkEncoder.start`, which `ToolIndex.update` calls when
-  the vector cache cannot hold enough of the catalogue): its torch import then overlaps the parent's own
+  the vector cache cannot hold enough of the catalogue): its imports then overlap the parent's own
   load and document building, and an early child no update needs is killed (`BulkEncoder.cancel`);
-- the parent writes the texts to a JSON file in a temporary directory and tells the child to go (a line on
-  its stdin); the child tokenizes them on a thread while it imports torch and loads the weights straight
-  from the model directory
+- the parent writes the texts (and the ONNX file to run) to a JSON file in a temporary directory and tells
+  the child to go (a line on its stdin); the child tokenizes them on a thread while it imports its engine;
+  torch loads the weights straight from the model directory
   (`LeanEncoder.from_directory`: torch, safetensors and tokenizers only, no transformers), encodes in
   bfloat16 where the CPU has AMX / AVX-512 BF16 (else float32) on oneDNN's fused linear layers
   (`LeanEncoder.encode_bulk_ids`), prints `done <n>` lines as batches finish, writes float32 vectors to an
   `.npy` file and exits without the interpreter's teardown;
 - the parent computes its check rows while the child starts, relays the progress, kills the child at
-  `bulk_process_timeout`, and checks those rows against its own ONNX fp32 encoder (cosine >= `MIN_COSINE`)
+  `bulk_process_timeout`, and checks those rows against the serving encoder (cosine >= `MIN_COSINE`)
   before it takes the vectors;
 - on any failure it logs why, returns None (the caller encodes in process on ONNX Runtime) and does not try
   the child again in this process.
@@ -39,7 +42,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
@@ -49,6 +52,9 @@ if TYPE_CHECKING:
     from vmcp_opt.optimizer.model_registry import ModelSpec
 
 log = logging.getLogger(__name__)
+
+# What the child runs: the lean torch encoder, or the serving ONNX graph.
+BulkEngine = Literal["torch", "onnx"]
 
 # Rows of the child's output checked against the parent's own encoder: bfloat16 documents measured cosine
 # >= 0.998 to fp32 (eval/README.md, "Encoders"); below this the child's numerics are wrong, not merely rounded.
@@ -87,11 +93,14 @@ class BulkEncoder:
         threads: int = 0,
         batch_size: int = BATCH_SIZE,
         bfloat16: bool = True,
+        engine: BulkEngine = "torch",
     ) -> None:
         self.spec = spec
-        # The serving encoder's own `encode`: the child's rows must agree with it (set once it has loaded, when
-        # the child started first).
+        self.engine = engine
+        # The serving encoder's own `encode` and, for the onnx engine, its graph: the child's rows must agree
+        # with it (both set once it has loaded, when the child started first).
         self.reference = reference
+        self.onnx_model: Path | None = None
         self.min_documents = min_documents
         self.timeout = timeout
         self.threads = threads or os.cpu_count() or 1
@@ -131,7 +140,7 @@ class BulkEncoder:
         from vmcp_opt.optimizer.embedding import maybe_progress
 
         started = time.perf_counter()
-        label = f"embedding {len(texts)} tools (torch {'bfloat16' if self.bfloat16 else 'float32'}, child process)"
+        label = f"embedding {len(texts)} tools ({self.describe()}, child process)"
         try:
             with maybe_progress(progress, label, len(texts)) as advance:
                 vectors = self.run(texts, advance)
@@ -144,12 +153,19 @@ class BulkEncoder:
         log.info(message, len(texts), seconds, self.head_start)
         return vectors
 
+    def describe(self) -> str:
+        if self.engine == "onnx":
+            return f"ONNX Runtime, {self.onnx_model.name if self.onnx_model else 'the serving graph'}"
+        return f"torch {'bfloat16' if self.bfloat16 else 'float32'}"
+
     def run(self, texts: Sequence[str], advance: Callable[[int], object]) -> np.ndarray:
         """The child's vectors for `texts`, in order (the child `start` began, else a new one), checked against
         the serving encoder; raises `BulkEncodeError`."""
+        if self.engine == "onnx" and self.onnx_model is None:
+            raise BulkEncodeError("no ONNX graph to run: the serving encoder has not loaded")
         job, self._early = self._early or self._job(), None
         try:
-            job.feed(texts)
+            job.feed(texts, self.onnx_model if self.engine == "onnx" else None)
             self.head_start = time.perf_counter() - job.started
             # The parent's share (~0.5 s for 8 long documents on ONNX fp32, loaded) while the child works; its
             # progress lines wait in the pipe meanwhile.
@@ -166,7 +182,8 @@ class BulkEncoder:
 
     def _job(self) -> BulkJob:
         options = ["--max-length", str(self.spec.max_seq_length), "--threads", str(self.threads)]
-        options += ["--batch-size", str(self.batch_size)] + ([] if self.bfloat16 else ["--float32"])
+        options += ["--batch-size", str(self.batch_size), "--engine", self.engine]
+        options += [] if self.bfloat16 else ["--float32"]
         try:
             return BulkJob(self.spec.path, options, self.timeout)
         except OSError as exc:  # no interpreter to run, no temporary directory
@@ -211,10 +228,12 @@ class BulkJob:
         self._timer.daemon = True
         self._timer.start()
 
-    def feed(self, texts: Sequence[str]) -> None:
-        """Hand the child its texts; a child that has already exited is reported by `result`."""
+    def feed(self, texts: Sequence[str], onnx_model: Path | None = None) -> None:
+        """Hand the child its texts (and the ONNX graph for the onnx engine); a child that has already exited is
+        reported by `result`."""
+        job = {"texts": list(texts), "onnx_model": None if onnx_model is None else str(onnx_model)}
         try:
-            self.texts.write_text(json.dumps(list(texts)), encoding="utf-8")
+            self.texts.write_text(json.dumps(job), encoding="utf-8")
         except OSError as exc:
             raise BulkEncodeError(f"cannot write the texts ({exc})") from None
         assert self.child.stdin is not None
@@ -276,11 +295,27 @@ def torch_available() -> bool:
 
 
 def _encode(args: argparse.Namespace) -> np.ndarray:
-    """The child's work. The texts are read and tokenized on a thread while this one imports torch and loads
-    the weights (the tokenizer is Rust and lets go of the GIL): ~1-3 s of a cold start that ran one after
-    the other (bench/README.md, "Cold build: where the time went")."""
+    """The child's work. The texts are read and tokenized on a thread while this one imports its engine and,
+    for torch, loads the weights (the tokenizer is Rust and lets go of the GIL): ~1-3 s of a cold start that
+    ran one after the other (bench/README.md, "Cold build: where the time went")."""
+
+    def done(count: int) -> None:
+        print(f"done {count}", flush=True)
+
     with ThreadPoolExecutor(1, thread_name_prefix="bulk-tokenize") as pool:
         tokenizing = pool.submit(_tokenized, args)
+        if args.engine == "onnx":
+            from vmcp_opt.optimizer.onnx_encoder import OnnxEncoder
+
+            token_ids, onnx_model = tokenizing.result()
+            if onnx_model is None:
+                raise BulkEncodeError("no ONNX graph named with the texts")
+            try:
+                onnx = OnnxEncoder(onnx_model, args.model_dir / "tokenizer.json", args.max_length)
+            except Exception as exc:  # onnxruntime raises its own exception types for a file it cannot load
+                first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise BulkEncodeError(f"{onnx_model}: ONNX Runtime cannot load it ({first_line})") from None
+            return onnx.encode_bulk_ids(token_ids, args.batch_size, done, args.threads)
         import torch
 
         from vmcp_opt.optimizer.encoder import LeanEncoder
@@ -290,41 +325,44 @@ def _encode(args: argparse.Namespace) -> np.ndarray:
         encoder = LeanEncoder.from_directory(args.model_dir, args.max_length, dtype)
         if encoder is None:
             raise BulkEncodeError(f"{args.model_dir}: not a BERT model with mean pooling and safetensors weights")
-        token_ids = tokenizing.result()
-
-    def done(count: int) -> None:
-        print(f"done {count}", flush=True)
-
+        token_ids, _ = tokenizing.result()
     return encoder.encode_bulk_ids(token_ids, args.batch_size, done)
 
 
-def _tokenized(args: argparse.Namespace) -> list[np.ndarray]:
-    """The texts file's texts as token ids, as `LeanEncoder.tokenize` gives them."""
+def _tokenized(args: argparse.Namespace) -> tuple[list[np.ndarray], Path | None]:
+    """The job file's texts as token ids (as `LeanEncoder.tokenize` and `OnnxEncoder.tokenize` give them) and
+    the ONNX graph it names."""
     from vmcp_opt.optimizer.batching import load_tokenizer, tokenize_chunked
 
-    tokenizer = load_tokenizer(args.model_dir / "tokenizer.json", args.max_length)
-    # Started early (`BulkJob`), the texts file is complete once the parent's line arrives; end of input
+    try:
+        tokenizer = load_tokenizer(args.model_dir / "tokenizer.json", args.max_length)
+    except Exception as exc:  # the tokenizers library raises its own Exception for a missing or bad file
+        raise BulkEncodeError(f"{args.model_dir}: no tokenizer it can load ({exc})") from None
+    # Started early (`BulkJob`), the job file is complete once the parent's line arrives; end of input
     # without one means the parent went away.
     if args.wait and not sys.stdin.readline():
         raise BulkEncodeError("no texts: the parent closed its pipe")
-    texts: list[str] = json.loads(args.texts.read_text(encoding="utf-8"))
+    job = json.loads(args.texts.read_text(encoding="utf-8"))
+    texts: list[str] = job["texts"]
+    onnx_model = None if job.get("onnx_model") is None else Path(job["onnx_model"])
 
     def encode(chunk: Sequence[str]) -> list[list[int]]:
         return [encoding.ids for encoding in tokenizer.encode_batch(list(chunk))]
 
-    return tokenize_chunked(encode, texts)
+    return tokenize_chunked(encode, texts), onnx_model
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The child: `python -m vmcp_opt.optimizer.bulk_embed MODEL_DIR TEXTS.json OUT.npy [options]`."""
-    parser = argparse.ArgumentParser(description="Encode documents with the lean torch encoder.")
+    """The child: `python -m vmcp_opt.optimizer.bulk_embed MODEL_DIR JOB.json OUT.npy [options]`."""
+    parser = argparse.ArgumentParser(description="Encode documents with the lean torch encoder or an ONNX graph.")
     parser.add_argument("model_dir", type=Path)
-    parser.add_argument("texts", type=Path, help="a JSON list of texts")
+    parser.add_argument("texts", type=Path, help='a JSON object: {"texts": [...], "onnx_model": path or null}')
     parser.add_argument("out", type=Path, help="float32 vectors, one row per text (.npy)")
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--batch-size", type=int, default=BATCH_SIZE)
-    parser.add_argument("--float32", action="store_true", help="float32 instead of bfloat16")
+    parser.add_argument("--float32", action="store_true", help="torch: float32 instead of bfloat16")
+    parser.add_argument("--engine", choices=["torch", "onnx"], default="torch")
     parser.add_argument("--wait", action="store_true", help="read TEXTS.json once a line arrives on stdin")
     args = parser.parse_args(argv)
     try:

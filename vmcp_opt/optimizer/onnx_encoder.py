@@ -53,6 +53,7 @@ class OnnxEncoder:
         options.enable_cpu_mem_arena = False
         # Spinning intra-op workers burn a core other processes need on a shared machine.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.model = model
         self._session = ort.InferenceSession(
             str(model), options, providers=["CPUExecutionProvider"], disabled_optimizers=list(SPLIT_FUSIONS)
         )
@@ -99,20 +100,29 @@ class OnnxEncoder:
         advance: Callable[[int], object] = lambda n: None,
         threads: int = 1,
     ) -> np.ndarray:
-        """Many texts: tokenized once, batched by token count (optimizer/batching.py), batches spread over
-        `threads` threads when there are `PARALLEL_MIN_TEXTS` or more; rows in input order."""
-        token_ids = tokenize_chunked(self.tokenize, texts)
+        """Many texts: tokenized once, then `encode_bulk_ids`."""
+        return self.encode_bulk_ids(tokenize_chunked(self.tokenize, texts), batch_size, advance, threads)
+
+    def encode_bulk_ids(
+        self,
+        token_ids: Sequence[np.ndarray],
+        batch_size: int,
+        advance: Callable[[int], object] = lambda n: None,
+        threads: int = 1,
+    ) -> np.ndarray:
+        """Tokenized texts batched by token count (optimizer/batching.py), batches spread over `threads` threads
+        when there are `PARALLEL_MIN_TEXTS` or more; rows in input order."""
         batches = list(batches_by_tokens(token_ids, batch_size))
         out: np.ndarray | None = None
 
         def run(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             return rows, self.encode_ids([token_ids[i] for i in rows])
 
-        workers = threads if len(texts) >= PARALLEL_MIN_TEXTS else 1
+        workers = threads if len(token_ids) >= PARALLEL_MIN_TEXTS else 1
         with ThreadPoolExecutor(workers, thread_name_prefix="onnx-bulk") if workers > 1 else nullcontext() as pool:
             for rows, vectors in pool.map(run, batches) if pool is not None else map(run, batches):
                 if out is None:
-                    out = np.empty((len(texts), vectors.shape[1]), dtype=np.float32)
+                    out = np.empty((len(token_ids), vectors.shape[1]), dtype=np.float32)
                 out[rows] = vectors
                 advance(len(rows))
         return out if out is not None else np.empty((0, 0), dtype=np.float32)
