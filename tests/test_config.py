@@ -415,10 +415,12 @@ def test_a_backend_url_problem_is_reported_at_the_url_field(tmp_path: Path) -> N
         {"name": "ok", "command": "python"},
         {"name": "web", "transport": "streamable-http", "url": "ftp://example.com/mcp"},
         {"name": "local", "transport": "stdio"},
+        {"name": "remote", "url": "http://example.com/mcp"},  # `transport` forgotten: the default is stdio
     ]
     result = vmcp_with_env({}, "validate", "-c", str(write_config(tmp_path, {"backends": backends})))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.splitlines()[1:] == [
         "  backends[1].url: must start with http:// or https://, got 'ftp://example.com/mcp'",
         "  backends[2].command: a stdio backend needs `command`",
+        "  backends[3].url: a backend with `url` needs `transport: streamable-http` (or sse); stdio is the default",
     ]

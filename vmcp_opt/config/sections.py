@@ -107,6 +107,10 @@ class BackendConfig(_Strict):
     def _transport_fields(self) -> BackendConfig:
         # `field: reason`: reported under the backend's path, ending at the field (config/loading.py).
         if self.transport == "stdio":
+            if not self.command and self.url:  # `transport` left at its default beside a URL
+                raise ValueError(
+                    "url: a backend with `url` needs `transport: streamable-http` (or sse); stdio is the default"
+                )
             if not self.command:
                 raise ValueError("command: a stdio backend needs `command`")
             if self.url:
