@@ -202,7 +202,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             wrong_key = directory / "wrong.key"
             wrong_key.write_text(WRONG_KEY + "\n")
             config = write_config(directory, gateway_config(issuer, backends, wrong_key))
-            env = {"VMCP_TEST_GATEWAY_SECRET": SECRETS["gateway"], "VMCP_TEST_API_KEY": API_KEY}
+            # The key ends in a newline, as a Kubernetes Secret made `--from-file` gives it: stripped, as a file's is.
+            env = {"VMCP_TEST_GATEWAY_SECRET": SECRETS["gateway"], "VMCP_TEST_API_KEY": API_KEY + "\n"}
             with running_gateway(config, env=env) as gateway:
                 yield World(directory, issuer, gateway, backends)
         finally:
@@ -230,6 +231,28 @@ def test_a_literal_secret_in_backend_auth_is_refused_naming_the_field(tmp_path: 
     assert "backends[0].auth.headers.X-Api-Key: environment variable VMCP_TEST_SURELY_UNSET is not set" in str(
         caught.value
     )
+
+
+def test_a_header_secret_holding_a_control_character_is_refused_naming_its_source_never_the_value(
+    tmp_path: Path,
+) -> None:
+    # HTTP refuses such a header, and the HTTP library's error would print the value escaped (`b'…\\n…'`).
+    (tmp_path / "nul.key").write_bytes(b"file-secret-0123456789\x00tail\n")
+    backend = {"name": "x", "transport": "streamable-http", "url": "http://127.0.0.1:1/mcp"}
+    headers = {"X-Api-Key": {"env": "VMCP_TEST_CTRL_KEY"}, "X-Other": {"file": "nul.key"}}
+    config = write_config(tmp_path, {"backends": [{**backend, "auth": {"type": "header", "headers": headers}}]})
+    env = {**os.environ, "VMCP_TEST_CTRL_KEY": "env-secret-0123456789\nX-Evil: 1\n"}
+    validated = subprocess.run(
+        [sys.executable, "-m", "vmcp_opt", "validate", "-c", str(config)], env=env, capture_output=True, text=True
+    )
+    assert validated.returncode == 2, validated.stdout + validated.stderr
+    shown = validated.stdout + validated.stderr
+    assert (
+        "backends[0].auth.headers.X-Api-Key: environment variable VMCP_TEST_CTRL_KEY holds a control character "
+        "(U+000A)" in shown
+    )
+    assert f"backends[0].auth.headers.X-Other: {tmp_path / 'nul.key'} holds a control character (U+0000)" in shown
+    assert "secret-0123456789" not in shown and "X-Evil" not in shown and "tail" not in shown
 
 
 # --- each strategy, end to end -----------------------------------------------------------------------
@@ -348,7 +371,8 @@ async def test_the_token_endpoint_down_is_a_clear_error_and_other_backends_keep_
             (tmp_path / "wrong.key").write_text(WRONG_KEY)
             config = gateway_config(issuer, backends, tmp_path / "wrong.key")
             config["backends"] = [b for b in config["backends"] if b["name"] in ("alpha", "keyed")]
-            env = {"VMCP_TEST_GATEWAY_SECRET": SECRETS["gateway"], "VMCP_TEST_API_KEY": API_KEY}
+            # The key ends in a newline, as a Kubernetes Secret made `--from-file` gives it: stripped, as a file's is.
+            env = {"VMCP_TEST_GATEWAY_SECRET": SECRETS["gateway"], "VMCP_TEST_API_KEY": API_KEY + "\n"}
             with running_gateway(write_config(tmp_path, config), env=env) as gateway:
                 world = World(tmp_path, issuer, gateway, backends)
                 async with world.client("alice") as alice:  # the gateway now holds the issuer's JWKS

@@ -21,6 +21,7 @@ import httpx2
 import mcp_types as types
 import pytest
 from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
 from tests.support import (
@@ -31,6 +32,7 @@ from tests.support import (
     running_gateway,
     write_config,
 )
+from vmcp_opt.auth.api_keys import new_key
 
 pytestmark = [pytest.mark.slow, pytest.mark.anyio]
 
@@ -150,6 +152,8 @@ async def test_hung_backend_times_out_then_its_open_circuit_refuses_at_once(tmp_
                 started = time.monotonic()
                 hung = await client.call_tool("victim_whoami", {})
                 assert hung.is_error and time.monotonic() - started < 1.5 + 2.0  # the per-backend call_timeout
+                # The message says how long and which setting.
+                assert "timed out after 1.5s (call_timeout of this backend)" in text(hung), text(hung)
                 started = time.monotonic()
                 refused = await client.call_tool("victim_whoami", {})
                 assert time.monotonic() - started < 0.5
@@ -182,6 +186,76 @@ async def test_a_tool_whose_backend_is_down_is_reported_as_unavailable_not_unkno
             # Back after the restart, under the same name.
             await eventually(lambda: backend(gateway, "victim")["state"] == "ready", what="the restart")
             assert (await whoami(client, "victim_whoami"))["pid"] != pid
+
+
+DOWN_POLICY = """\
+permit(principal in Group::"dev", action, resource);
+permit(principal in Group::"ops", action, resource == Tool::"local_whoami");
+"""
+
+
+def key_client(gateway: Gateway, key: str) -> Client:
+    http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=60)
+    return Client(streamable_http_client(gateway.url, http_client=http))  # type: ignore[arg-type]
+
+
+async def test_a_tool_whose_backend_is_down_is_denied_to_a_caller_the_policy_refuses_and_never_shows_its_error(
+    tmp_path: Path,
+) -> None:
+    alice, alice_hash = new_key()
+    bob, bob_hash = new_key()
+    keys = [{"sha256": alice_hash, "subject": "alice", "groups": ["dev"]}]
+    keys.append({"sha256": bob_hash, "subject": "bob", "groups": ["ops"]})
+    (tmp_path / "keys.json").write_text(json.dumps(keys))
+    (tmp_path / "policy.cedar").write_text(DOWN_POLICY)
+    audit = tmp_path / "audit.log"
+    port = free_port()
+    first = http_demo_backend(port)
+    url = first.__enter__()
+    stopped = False
+    try:
+        config = {
+            "backends": [{"name": "web", "transport": "streamable-http", "url": url}, demo_backend("local")],
+            "auth": {
+                "incoming": {"mode": "api_keys", "api_keys": {"file": "keys.json"}},
+                "authorization": {"policies": "policy.cedar"},
+            },
+            "telemetry": {"audit": {"enabled": True, "output": str(audit)}},
+            **FAST,
+        }
+        with running_gateway(write_config(tmp_path, config)) as gateway:
+            async with key_client(gateway, bob) as as_bob, key_client(gateway, alice) as as_alice:
+                await eventually(lambda: backend(gateway, "web")["state"] == "ready", what="web ready")
+                with pytest.raises(MCPError, match=r"not permitted: .* may not use tool 'web_whoami'"):
+                    await as_bob.call_tool("web_whoami", {})
+                first.__exit__(None, None, None)
+                stopped = True
+                await eventually(lambda: backend(gateway, "web")["state"] != "ready", what="web out of service")
+                assert backend(gateway, "web")["last_error"]  # the detail stays in /readyz
+                # bob may not use it: the same denial as while the backend was up, nothing about the backend.
+                with pytest.raises(MCPError, match=r"not permitted: .* may not use tool 'web_whoami'"):
+                    await as_bob.call_tool("web_whoami", {})
+                # alice may: told the backend is down, without its URL or the connection error.
+                down = await as_alice.call_tool("web_whoami", {})
+                assert down.is_error
+                message = text(down)
+                assert "tool 'web_whoami' is served by backend 'web', which is" in message
+                assert url not in message and str(port) not in message and "Error" not in message
+            await eventually(lambda: len(audited_calls(audit, "web_whoami")) == 3, what="three audited calls")
+        assert audited_calls(audit, "web_whoami") == [("bob", "denied"), ("bob", "denied"), ("alice", "failure")]
+    finally:
+        if not stopped:
+            first.__exit__(None, None, None)
+
+
+def audited_calls(audit: Path, tool: str) -> list[tuple[str, str]]:
+    """(user, outcome) of each audited call of `tool`, in order."""
+    events = [json.loads(line) for line in audit.read_text().splitlines() if line.strip()] if audit.exists() else []
+    return [
+        (e["subjects"].get("user_id"), e["outcome"])
+        for e in events
+        if e["type"] == "mcp_tool_call" and e["target"].get("name") == tool
+    ]
 
 
 async def test_http_backend_stopped_and_started_again_is_reconnected(tmp_path: Path) -> None:

@@ -137,6 +137,15 @@ async def test_a_tool_its_provider_cannot_serve_now_is_an_error_result_saying_wh
     assert result.is_error and text(result) == "backend 'p' is restarting"
 
 
+async def test_a_tool_the_catalogue_never_served_is_not_said_to_be_down_under_a_policy_it_cannot_ask() -> None:
+    # The router judges a down tool on its backend as the catalogue last served it; without one, it tells nothing.
+    router = bare_router()
+    router.policy = RecordingPolicy(set())
+    router.add_provider(EchoProvider("p", [], gone={"old": "backend 'p' is restarting"}))
+    with pytest.raises(UnknownTool):
+        await router.call_tool(caller("c1"), "old", {}, Exchange.internal())
+
+
 # --- the policy hook ---------------------------------------------------------------------------------
 
 

@@ -3,13 +3,19 @@ credentials), and how a backend's stderr is shown."""
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import httpx2
 import pytest
 
-from tests.support import write_config
-from vmcp_opt.backends.secrets import mask_url, redact, secret_values
+from tests.support import Gateway, http_demo_backend, running_gateway, write_config
+from vmcp_opt.backends.secrets import SecretFilter, mask_url, redact, secret_values
 from vmcp_opt.backends.transports import STDERR_LINE_LIMIT, STDERR_LINES_PER_SECOND, _StderrLines
 from vmcp_opt.config import load_config
 
@@ -71,3 +77,67 @@ def test_backend_stderr_lines_are_masked_escaped_cut_and_rate_limited(caplog: py
     assert messages[2] == "backend svc stderr: partial line"
     assert all("sekrit" not in m and len(m) < STDERR_LINE_LIMIT + 100 for m in messages)
     assert len(messages) <= 2 * STDERR_LINES_PER_SECOND + 2 and "stderr lines not logged" in messages[-1]
+
+
+# A secret with a line break: h11 refuses it in a header and prints it as `repr(bytes)`, past an exact-string search.
+LINE_BROKEN = "nl-secret-0123456789\nX-Evil:\t1"
+SHOWN_FORMS = (
+    LINE_BROKEN,
+    repr(LINE_BROKEN.encode())[2:-1],
+    repr(LINE_BROKEN)[1:-1],
+    LINE_BROKEN.encode("unicode_escape").decode(),
+    json.dumps(LINE_BROKEN)[1:-1],
+)
+
+
+def test_a_secret_is_masked_in_its_escaped_forms_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VMCP_TEST_LINE_BROKEN", LINE_BROKEN)
+    backend = {
+        "name": "web",
+        "transport": "streamable-http",
+        "url": "http://127.0.0.1:1/mcp",
+        "headers": {"X-Api-Key": "${VMCP_TEST_LINE_BROKEN}"},
+    }
+    secrets = secret_values(load_config(write_config(tmp_path, {"backends": [backend]})).backends[0])
+    log_filter = SecretFilter([LINE_BROKEN])
+    accented = "café-secret\n"  # bytes above 0x7f are escaped too: `caf\xc3\xa9-secret\n`
+    assert redact(repr(accented.encode()), SecretFilter([accented]).secrets) == "b'***'"
+    for form in SHOWN_FORMS[:4]:
+        assert redact(f"Illegal header value b'{form}'", secrets) == "Illegal header value b'***'"
+        record = logging.LogRecord("x", logging.WARNING, __file__, 1, "failed: %s", (f"b'{form}'",), None)
+        log_filter.filter(record)
+        assert record.getMessage() == "failed: b'***'"
+
+
+def readyz_error(gateway: Gateway, name: str) -> str | None:
+    body = httpx2.get(f"{gateway.base}/readyz", timeout=5.0).json()
+    error: str | None = next(b for b in body["backends"] if b["name"] == name)["last_error"]
+    return error
+
+
+@pytest.mark.slow
+def test_a_line_broken_header_secret_never_shows_in_readyz_the_log_or_vmcp_backends(tmp_path: Path) -> None:
+    with http_demo_backend() as url:
+        backend = {
+            "name": "crm",
+            "transport": "streamable-http",
+            "url": url,
+            "headers": {"X-Api-Key": "${VMCP_TEST_LINE_BROKEN}"},
+        }
+        config = write_config(tmp_path, {"backends": [backend]})
+        env = {"VMCP_TEST_LINE_BROKEN": LINE_BROKEN}
+        with running_gateway(config, env=env) as gateway:
+            deadline = time.monotonic() + 30
+            while (error := readyz_error(gateway, "crm")) is None and time.monotonic() < deadline:
+                time.sleep(0.1)
+            readyz = httpx2.get(f"{gateway.base}/readyz", timeout=5.0).text
+        listed = subprocess.run(
+            [sys.executable, "-m", "vmcp_opt", "backends", "-c", str(config)],
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+        )
+    assert error is not None and "Illegal header value" in error and "***" in error  # the reason, masked
+    for shown in (readyz, gateway.output(), listed.stdout + listed.stderr):
+        assert "Illegal header value" in shown
+        assert "nl-secret" not in shown and "X-Evil" not in shown

@@ -6,7 +6,7 @@ import logging
 
 import anyio.to_thread
 
-from vmcp_opt.aggregation.catalog import BackendSource, Catalog, build_catalog
+from vmcp_opt.aggregation.catalog import BackendSource, Catalog, RoutedTool, build_catalog
 from vmcp_opt.backends import BackendConnection, BackendManager, BackendState
 from vmcp_opt.config import AggregationConfig
 from vmcp_opt.display import shorten
@@ -19,9 +19,10 @@ class LiveCatalog:
         self.backends = backends
         self.config = config
         self.current = Catalog()
-        # Every tool name any catalogue has held, with its backend: a call to a tool whose backend is down
-        # (restarting, unhealthy) is told so, rather than that the tool does not exist.
-        self._known_tools: dict[str, str] = {}
+        # Every tool name any catalogue has held, as last served: a call to a tool whose backend is down
+        # (restarting, unhealthy) is judged by the policy on that tool, then told so, rather than that the tool
+        # does not exist.
+        self._known_tools: dict[str, RoutedTool] = {}
 
     def build(self) -> Catalog:
         """The catalogue of the ready backends (a tool that cannot be served is dropped with a warning)."""
@@ -36,17 +37,21 @@ class LiveCatalog:
 
     def set(self, catalog: Catalog) -> None:
         self.current = catalog
-        self._known_tools.update((name, routed.backend) for name, routed in catalog.tools.items())
+        self._known_tools.update(catalog.tools)
+
+    def known_tool(self, tool: str) -> RoutedTool | None:
+        """The tool of that name as a catalogue last served it (its backend, its annotations), or None."""
+        return self._known_tools.get(tool)
 
     def why_unavailable(self, tool: str) -> str | None:
-        """Why a tool that was served is not now (its backend is down), or None if it never was."""
-        backend = self._known_tools.get(tool)
-        connection = self.backends.get(backend) if backend is not None else None
-        if connection is None or connection.state is BackendState.READY:
+        """Why a tool that was served is not now (its backend is down), or None if it never was. For the
+        client: the backend's last error (URLs, exception text) stays in /readyz and the logs."""
+        known = self._known_tools.get(tool)
+        connection = self.backends.get(known.backend) if known is not None else None
+        if known is None or connection is None or connection.state is BackendState.READY:
             return None
-        reason = f" ({connection.last_error})" if connection.last_error else ""
         return (
-            f"tool '{shorten(tool)}' is served by backend '{backend}', which is {connection.state.value}{reason}; "
+            f"tool '{shorten(tool)}' is served by backend '{known.backend}', which is {connection.state.value}; "
             "it is listed again once the backend is back"
         )
 

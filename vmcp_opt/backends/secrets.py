@@ -1,4 +1,8 @@
-"""Keep backend secrets (env and header values, credentials in URLs) out of every log line and error message."""
+"""Keep backend secrets (env and header values, credentials in URLs) out of every log line and error message.
+
+Masking looks for each secret as written and in the escaped forms an error message may show it in: h11 prints
+an illegal header value as `repr(bytes)` (`b'key\\n'`), a `%r` of a string escapes it too.
+"""
 
 from __future__ import annotations
 
@@ -27,7 +31,26 @@ def secret_values(backend: BackendConfig) -> list[str]:
     values = {v for v in candidates if len(v) >= _MIN_SECRET_LENGTH}
     # `Bearer <token>`: the token alone must not leak either.
     values |= {part for v in backend.headers.values() for part in v.split() if len(part) >= 8}
-    return sorted(values, key=len, reverse=True)
+    return with_escaped_forms(values)
+
+
+def escaped_forms(value: str) -> set[str]:
+    """`value` as written and as error messages escape it: `repr` of its UTF-8 bytes (h11's "Illegal header
+    value b'…'"), of the string, and its `unicode_escape`; the same for a value without anything to escape."""
+    raw = value.encode("utf-8", "surrogatepass")
+    return {
+        value,
+        repr(raw)[2:-1],
+        repr(value)[1:-1],
+        value.encode("unicode_escape").decode("ascii"),
+    }
+
+
+def with_escaped_forms(values: Iterable[str], min_length: int = _MIN_SECRET_LENGTH) -> list[str]:
+    """Every form of every value (`escaped_forms`) at least `min_length` long, longest first, so that a longer
+    secret is masked before a part of it."""
+    forms = {form for value in values for form in escaped_forms(value) if len(form) >= max(1, min_length)}
+    return sorted(forms, key=len, reverse=True)
 
 
 def url_credentials(url: str | None) -> list[str]:
@@ -64,6 +87,7 @@ def mask_url(url: str) -> str:
 
 
 def redact(text: str, secrets: Iterable[str]) -> str:
+    """`text` with each of `secrets` masked; give them as `secret_values` does (escaped forms included)."""
     for secret in secrets:
         if secret in text:
             text = text.replace(secret, MASK)
@@ -71,11 +95,12 @@ def redact(text: str, secrets: Iterable[str]) -> str:
 
 
 class SecretFilter(logging.Filter):
-    """A logging filter that masks the given values in every record that passes through it."""
+    """A logging filter that masks the given values, in their escaped forms too, in every record that passes
+    through it."""
 
     def __init__(self, secrets: Iterable[str]) -> None:
         super().__init__()
-        self.secrets = sorted(set(secrets), key=len, reverse=True)
+        self.secrets = with_escaped_forms(secrets, min_length=1)  # as given: the caller chose them
         self._pattern = re.compile("|".join(re.escape(s) for s in self.secrets)) if self.secrets else None
 
     def filter(self, record: logging.LogRecord) -> bool:

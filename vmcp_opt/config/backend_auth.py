@@ -3,16 +3,19 @@
 A leaf beside `config.py` (which imports it), like `config/workflows.py`: the section's models and checks.
 Secrets are never written in the config: each is a `SecretRef` naming an environment variable or a file, read
 when used (a file may be rotated without a restart). A plain string where a secret belongs is refused at load
-with the field's path. Runtime: `vmcp_opt/backends/credentials.py` and `vmcp_opt/backends/token_client.py`.
+with the field's path. A header's secret may not hold a control character (`SecretRef.read`): HTTP refuses it,
+and the HTTP library's error would print the value escaped, past the exact-string masking of the logs.
+Runtime: `vmcp_opt/backends/credentials.py` and `vmcp_opt/backends/token_client.py`.
 """
 
 from __future__ import annotations
 
 import os
+import unicodedata
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 AuthType = Literal["none", "header", "oauth_client_credentials", "token_exchange"]
 # Never forwarded from the client, whatever `passthrough_headers` says: credentials and hop-by-hop headers.
@@ -45,12 +48,13 @@ class _Strict(BaseModel):
 class SecretRef(_Strict):
     """Where a secret is read from: exactly one of `env` (a variable's name) or `file` (a path)."""
 
-    # The environment variable holding the value.
+    # The environment variable holding the value; surrounding whitespace is dropped.
     env: str | None = None
     # A file holding the value (relative to the config file's directory); surrounding whitespace is dropped.
     file: str | None = None
     # Written before the value, e.g. `"Bearer "` for an Authorization header; not a secret.
     prefix: str = ""
+    _header: bool = PrivateAttr(default=False)  # an HTTP header's value (set by `BackendAuthConfig`)
 
     @model_validator(mode="before")
     @classmethod
@@ -66,11 +70,22 @@ class SecretRef(_Strict):
         return self
 
     def read(self, base_dir: Path) -> str:
-        """The secret itself (without `prefix`); `ValueError` naming the variable or file when it is missing."""
+        """The secret itself (without `prefix`); `ValueError` naming the variable or file when it is missing,
+        or, for a header's value (`prefix` included), when it holds a control character (CR, LF, NUL, TAB,
+        DEL...): at load and at each use (a rotated file). A message never shows the value."""
+        value = self._value(base_dir)
+        if self._header:
+            _refuse_control(self.prefix, "`prefix`")
+            _refuse_control(value, self._source(base_dir))
+        return value
+
+    def _value(self, base_dir: Path) -> str:
         if self.env is not None:
-            value = os.environ.get(self.env)
+            # Stripped as a file's value is: a Kubernetes Secret made `--from-file` ends in a newline in both.
+            value = os.environ.get(self.env, "").strip()
             if not value:
-                raise ValueError(f"environment variable {self.env} is not set")
+                state = "is empty" if self.env in os.environ else "is not set"
+                raise ValueError(f"environment variable {self.env} {state}")
             return value
         assert self.file is not None
         path = base_dir / self.file
@@ -82,8 +97,18 @@ class SecretRef(_Strict):
             raise ValueError(f"{path} is empty")
         return value
 
+    def _source(self, base_dir: Path) -> str:
+        return f"environment variable {self.env}" if self.env is not None else str(base_dir / str(self.file))
+
     def where(self) -> str:
         return f"${self.env}" if self.env is not None else f"file {self.file}"
+
+
+def _refuse_control(text: str, whose: str) -> None:
+    """HTTP refuses a control character in a header, and the HTTP library's error would print the value."""
+    control = next((c for c in text if unicodedata.category(c) == "Cc"), None)
+    if control is not None:
+        raise ValueError(f"{whose} holds a control character (U+{ord(control):04X}); a header value cannot carry one")
 
 
 class BackendAuthConfig(_Strict):
@@ -91,7 +116,8 @@ class BackendAuthConfig(_Strict):
     # the gateway's own token for this backend; token_exchange: each caller's token exchanged (RFC 8693) for one
     # with this backend's audience, on a session of that caller's own.
     type: AuthType = "none"
-    # header: headers sent with every request to an HTTP backend, each from a secret.
+    # header: headers sent with every request to an HTTP backend, each from a secret (which may not hold a
+    # control character such as a line break).
     headers: dict[str, SecretRef] = Field(default_factory=dict)
     # header: environment variables of a stdio backend's process, each from a secret.
     env: dict[str, SecretRef] = Field(default_factory=dict)
@@ -132,6 +158,12 @@ class BackendAuthConfig(_Strict):
         if refused:
             raise ValueError(f"never forwarded: {', '.join(refused)} (credentials and hop-by-hop headers)")
         return [name.lower() for name in value]
+
+    @model_validator(mode="after")
+    def _mark_headers(self) -> BackendAuthConfig:
+        for ref in self.headers.values():
+            ref._header = True
+        return self
 
     @model_validator(mode="after")
     def _fields_of_type(self) -> BackendAuthConfig:

@@ -51,7 +51,7 @@ from vmcp_opt.optimizer.meta_tool_forms import (
     hit_json,
     tool_json,
 )
-from vmcp_opt.optimizer.tokens import AnswerTokens, tools_list_tokens
+from vmcp_opt.optimizer.tokens import AnswerTokens, ToolListTokens, tools_list_tokens
 from vmcp_opt.optimizer.usage import FileUsageHistory, UsageGraph, UsageHistory, UsageRecorder
 from vmcp_opt.routing import GATEWAY_SOURCE, Exchange, ProvidedTool, ToolCall, UnknownTool
 
@@ -132,7 +132,8 @@ class OptimizerFront:
             tool.name: ProvidedTool(tool.name, tool, GATEWAY_SOURCE, tool.name, "the gateway's own tools")
             for tool in META_TOOLS
         }
-        self.full_list_tokens = 0
+        # What `tools/list` costs without the optimizer: for every searchable tool, and per caller's usable set.
+        self.list_tokens = ToolListTokens({}, (0, 0, 0, 0))
         self.meta_tools_tokens = 0
         self.answer_tokens = AnswerTokens(self.settings.model)
         self._parts = ToolParts()
@@ -265,7 +266,8 @@ class OptimizerFront:
         result: SearchResult = await anyio.to_thread.run_sync(self.index.search, query, depth, backends, usable)
         permitted = set(allowed.router.may_use(allowed.caller, [hit.record.name for hit in result.hits]))
         result = SearchResult(hits=[h for h in result.hits if h.record.name in permitted][:wanted], mode=result.mode)
-        return await anyio.to_thread.run_sync(self._answer, query, result, starting)
+        # This caller's own list would cost one policy question per tool per call: its size is left out.
+        return await anyio.to_thread.run_sync(self._answer, query, result, starting, None)
 
     def _backends_problem(self, backends: list[str]) -> str | None:
         """Why find_tool cannot search `backends`, or None: an empty list (the schema says "all when omitted";
@@ -291,10 +293,14 @@ class OptimizerFront:
     def _search_and_answer(
         self, query: str, depth: int, backends: list[str] | None, usable: frozenset[str] | None, starting: list[str]
     ) -> types.CallToolResult:
-        return self._answer(query, self.index.search(query, depth, backends, usable), starting)
+        result = self.index.search(query, depth, backends, usable)
+        return self._answer(query, result, starting, self.list_tokens.of(usable))
 
-    def _answer(self, query: str, result: SearchResult, starting: list[str]) -> types.CallToolResult:
-        """find_tool's answer for `result` (on a worker thread: ~1 ms of CPU for 8 results)."""
+    def _answer(
+        self, query: str, result: SearchResult, starting: list[str], full_list: int | None
+    ) -> types.CallToolResult:
+        """find_tool's answer for `result` (on a worker thread: ~1 ms of CPU for 8 results); `full_list`: what
+        the caller's `tools/list` of every tool it may use would cost, None when not known."""
         parts = [self._parts.of(hit.record) for hit in result.hits]
         tools = self._shown(result.hits, parts)
         answer: dict[str, Any] = {"query": query, "ranking": result.mode, "tools": tools}
@@ -315,12 +321,7 @@ class OptimizerFront:
             )
         if notes:
             answer["note"] = "; ".join(notes)
-        answer_tokens = self.answer_tokens.count(tools, parts)
-        answer["tokens"] = {
-            "full_tool_list": self.full_list_tokens,
-            "this_answer": answer_tokens,
-            "saved": max(0, self.full_list_tokens - answer_tokens),
-        }
+        answer["tokens"] = _token_counts(full_list, self.answer_tokens.count(tools, parts))
         # Compact: `indent` turns off json's C encoder (0.39 against 0.08 ms for 8 results) and the newlines
         # and spaces cost a client's LLM tokens for nothing. Non-ASCII as written: a `\u` escape per character
         # made a Chinese description four times the tokens (tokens.py counts the same text).
@@ -352,8 +353,13 @@ class OptimizerFront:
         self.index.update_keywords(records)
         return records
 
+    @property
+    def full_list_tokens(self) -> int:
+        """What `tools/list` of every searchable tool costs."""
+        return self.list_tokens.total
+
     def _count_tokens(self, tools: Sequence[ProvidedTool]) -> None:
-        self.full_list_tokens = tools_list_tokens([t.tool for t in tools], self.settings.model)
+        self.list_tokens = ToolListTokens.count({t.name: t.tool for t in tools}, self.settings.model)
         self.meta_tools_tokens = meta_tools_tokens(self.settings.model)
         logger.info(
             "optimizer: %d tools; tools/list is %d tokens with the optimizer, %d without",
@@ -429,6 +435,12 @@ async def _none_starting() -> list[str]:
 
 def _not_configured(name: str) -> str | None:
     return None
+
+
+def _token_counts(full_list: int | None, this_answer: int) -> dict[str, int]:
+    if full_list is None:
+        return {"this_answer": this_answer}
+    return {"full_tool_list": full_list, "this_answer": this_answer, "saved": max(0, full_list - this_answer)}
 
 
 def _error(message: str) -> types.CallToolResult:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import cache
 from typing import Any
 
@@ -68,12 +68,52 @@ def tools_list_tokens(tools: Sequence[types.Tool], model_spec: str = DEFAULT_MOD
     """What an agent reads when a `tools/list` answer holds `tools`: the tokens of their JSON list as it goes on
     the wire, counted tool by tool. The pre-tokenizer splits at JSON punctuation (as `AnswerTokens` relies on),
     so the list's count is its tools' plus `[`, `]` and the commas between them."""
-    if not tools:
-        return count_tokens("[]", model_spec)
-    wire = (tool.model_dump(by_alias=True, mode="json", exclude_none=True) for tool in tools)
-    tools_json = [json.dumps(fields, separators=(",", ":"), ensure_ascii=False) for fields in wire]
-    opening, closing, comma = count_tokens_each(["[", "]", ","], model_spec)
-    return opening + closing + (len(tools) - 1) * comma + sum(count_tokens_each(tools_json, model_spec))
+    return ToolListTokens.count({str(i): tool for i, tool in enumerate(tools)}, model_spec).total
+
+
+class ToolListTokens:
+    """What `tools/list` costs for a catalogue's tools, counted once (`count`, on a worker thread), and for
+    the subset of them a caller may use (`of`): find_tool's `full_tool_list` tells a restricted caller the
+    size of its own list, not of the whole catalogue. Immutable but for its cache; one per catalogue."""
+
+    # Callers' usable sets whose count is kept: one per principal (routing/views.py), dropped oldest first.
+    KEPT = 512
+
+    def __init__(self, by_name: Mapping[str, int], marks: tuple[int, int, int, int]) -> None:
+        self._by_name = by_name  # each tool's JSON tokens, by the name callers use
+        self._marks = marks  # `[`, `]`, `,` and `[]`
+        self.total = self._list(by_name.values(), len(by_name))
+        # By the usable set's identity, the set itself held so that its id is not reused.
+        self._of: dict[int, tuple[frozenset[str], int]] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def count(cls, tools: Mapping[str, types.Tool], model_spec: str = DEFAULT_MODEL) -> ToolListTokens:
+        wire = (tool.model_dump(by_alias=True, mode="json", exclude_none=True) for tool in tools.values())
+        tools_json = [json.dumps(fields, separators=(",", ":"), ensure_ascii=False) for fields in wire]
+        opening, closing, comma, empty = count_tokens_each(["[", "]", ",", "[]"], model_spec)
+        by_name = dict(zip(tools, count_tokens_each(tools_json, model_spec), strict=True))
+        return cls(by_name, (opening, closing, comma, empty))
+
+    def of(self, usable: frozenset[str] | None) -> int:
+        """The tokens of the list of the tools in `usable` (None: all of them). O(len(usable)) the first time
+        for a set; the router keeps one set per principal and catalogue, so later calls are a lookup."""
+        if usable is None:
+            return self.total
+        kept = self._of.get(id(usable))
+        if kept is not None and kept[0] is usable:
+            return kept[1]
+        counts = [self._by_name[name] for name in usable if name in self._by_name]
+        tokens = self._list(counts, len(counts))
+        with self._lock:
+            if len(self._of) >= self.KEPT:
+                self._of.pop(next(iter(self._of)))
+            self._of[id(usable)] = (usable, tokens)
+        return tokens
+
+    def _list(self, counts: Iterable[int], size: int) -> int:
+        opening, closing, comma, empty = self._marks
+        return opening + closing + (size - 1) * comma + sum(counts) if size else empty
 
 
 def saving(full: int, optimized: int) -> str:

@@ -269,13 +269,7 @@ class Router:
     ) -> types.CallToolResult:
         found = self._lookup(name)
         if found is None:
-            for provider in self.providers:
-                why = provider.why_unavailable(name)
-                if why is not None:
-                    if op is not None:
-                        op.outcome, op.error = "failure", "unavailable"
-                    return error_result(why)
-            raise UnknownTool(name)
+            return self._unavailable(caller, name, op)
         provider, provided = found
         if op is not None:
             op.backend = provided.source
@@ -311,6 +305,24 @@ class Router:
         for observer in self.observers:
             observer.tool_called(caller, provided, result, exchange)
         return result
+
+    def _unavailable(self, caller: Caller, name: str, op: Op | None) -> types.CallToolResult:
+        """A tool no provider serves now: why (its backend is down), but only to a caller the policy lets use
+        it, judged on the tool as last served; any other caller gets the denial it gets while the backend is
+        up. `UnknownTool` for a name never served."""
+        why = next((w for p in self.providers if (w := p.why_unavailable(name)) is not None), None)
+        if why is None:
+            raise UnknownTool(name)
+        known = self.catalog.known_tool(name)
+        if known is not None:
+            if op is not None:
+                op.backend = known.backend
+            self._authorize(caller, Target("tool", name, known.backend, "use", known.tool.annotations))
+        elif not getattr(self.policy, "allows_everything", False):
+            raise UnknownTool(name)  # a provider's own tool the policy cannot be asked about: tell nothing
+        if op is not None:
+            op.outcome, op.error = "failure", "unavailable"
+        return error_result(why)
 
     async def _provide(self, provider: ToolProvider, call: ToolCall) -> types.CallToolResult:
         if self.limiter is None:
