@@ -237,3 +237,74 @@ def test_workflow_run_asks_an_elicitation_step_on_the_terminal(tmp_path: Path) -
     assert "? Title?" in answered.stdout and "saved note 'Dr'" in answered.stdout
     declined = subprocess.run(command, input="\n", capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert declined.returncode == 1 and "step 'ask' failed: the user chose 'decline'" in declined.stderr
+
+
+def test_a_call_tool_step_with_a_literal_tool_name_counts_in_the_cycle_check(tmp_path: Path) -> None:
+    through = [
+        {
+            "name": "rec",
+            "description": "d",
+            "steps": [{"id": "a", "tool": "call_tool", "arguments": {"tool_name": "rec"}}],
+        },
+        {
+            "name": "dispatch",  # a template: known only at run time, where nesting is bounded
+            "description": "d",
+            "steps": [{"id": "a", "tool": "call_tool", "arguments": {"tool_name": "{{ params.t }}"}}],
+        },
+    ]
+    assert problems(tmp_path, through) == ["workflows[0]: workflows call each other in a cycle: rec -> rec"]
+
+
+def test_a_cycle_is_reported_beside_a_field_problem_and_every_cycle_is(tmp_path: Path) -> None:
+    definitions = [
+        {"name": "a", "description": "d", "steps": [{"id": "s", "tool": "b"}]},
+        {"name": "b", "description": "d", "steps": [{"id": "s", "tool": "a"}]},
+        {"name": "c", "description": "", "steps": [{"id": "s", "tool": "c"}]},
+    ]
+    found = problems(tmp_path, definitions)
+    assert "workflows[2].description: String should have at least 1 character" in found
+    assert "workflows[0]: workflows call each other in a cycle: a -> b -> a" in found
+    assert "workflows[2]: workflows call each other in a cycle: c -> c" in found
+
+
+def test_plain_text_is_no_step_reference_and_a_computed_one_is_refused(tmp_path: Path) -> None:
+    prose = wf([{"id": "a", "tool": "t", "arguments": {"v": "Write down the next steps. Then stop."}}])
+    path = tmp_path / "vmcp.yaml"
+    path.write_text(yaml.safe_dump({"workflows": [prose]}), encoding="utf-8")
+    assert load_config(path).workflows[0].name == "wf"
+    computed = wf(
+        [
+            {"id": "a", "tool": "t"},
+            {"id": "b", "tool": "t", "arguments": {"v": "{{ steps['a' ~ ''] }}", "w": "{{ steps.get('a') }}"}},
+        ]
+    )
+    assert problems(tmp_path, [computed]) == [
+        "workflows[0].steps[1].arguments.v: reads `steps[...]`, which does not name a step; write steps.<id> "
+        "or steps['<id>'] so that the step can be checked against depends_on",
+        "workflows[0].steps[1].arguments.w: reads `steps.get`, which does not name a step; write steps.<id> "
+        "or steps['<id>'] so that the step can be checked against depends_on",
+    ]
+    named = wf([{"id": "a", "tool": "t"}, {"id": "b", "tool": "t", "arguments": {"v": "{{ steps['a'].output }}"}}])
+    assert problems(tmp_path, [named]) == [
+        "workflows[0].steps[1].arguments.v: reads step 'a', which is not in depends_on (directly or through another step)"
+    ]
+
+
+@pytest.mark.slow
+def test_workflow_run_re_asks_a_bad_number_and_cancels_at_the_end_of_input(tmp_path: Path) -> None:
+    form = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    config = {
+        "backends": [
+            {"name": "notes", "command": sys.executable, "args": [str(EXAMPLES / "backends" / "demo_server.py")]}
+        ],
+        "workflows": [wf([{"id": "ask", "type": "elicitation", "message": "How many?", "requested_schema": form}])],
+    }
+    path = tmp_path / "vmcp.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    command = [sys.executable, "-m", "vmcp_opt", "workflow", "run", "wf", "-c", str(path), "--json"]
+    answered = subprocess.run(command, input="many\n3\n", capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert answered.returncode == 0, answered.stderr
+    assert "'many' is not of type integer" in answered.stderr and '"n": 3' in answered.stdout
+    ended = subprocess.run(command, input="", capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert ended.returncode == 1
+    assert "no terminal input" in ended.stderr and "the user chose 'cancel'" in ended.stdout

@@ -356,3 +356,13 @@ async def test_a_question_nobody_can_answer_or_nobody_answers_fails_the_step() -
 
     late = await WorkflowRun(elicit_then_save(timeout=0.05), {"who": "A"}, Tools(), ask=never).run()
     assert late.error == "step 'ask' failed: the user did not answer within 0.05s"
+
+
+async def test_a_tool_text_nested_too_deeply_to_parse_is_kept_as_text() -> None:
+    deep = "[" * 5000 + "]" * 5000
+
+    async def deep_text(tool: str, arguments: dict[str, Any]) -> types.CallToolResult:
+        return types.CallToolResult(content=[types.TextContent(type="text", text=deep)])
+
+    report = await WorkflowRun(workflow([{"id": "a", "tool": "t"}]), {}, deep_text).run()
+    assert report.ok and report.output == deep

@@ -88,6 +88,8 @@ class Gateway:
             input_timeout=config.timeouts.input,
             max_pending=config.server.max_pending_calls,
             owners=self.sessions.owners,
+            pending_budget=self.sessions.round_trips.budget,  # one budget for calls and runs awaiting input
+            max_result_bytes=config.limits.max_result_bytes,
         )
         self.router.add_provider(self.workflows)
         self.router.add_provider(BackendTools(self.catalog, validator, listed))

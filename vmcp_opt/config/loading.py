@@ -26,7 +26,7 @@ from vmcp_opt.config.document import VmcpConfig, _duplicate_names, _file_data
 from vmcp_opt.config.sections import (
     BackendConfig,
 )
-from vmcp_opt.config.workflows import repeated_workflow_names, unchecked_workflow_problems
+from vmcp_opt.config.workflows import raw_workflow_problems, unchecked_workflow_problems
 
 ClientConfigReader = Callable[[Path], Sequence[BackendConfig]]
 # Why a model id names no usable model, or None (`optimizer.model_registry.model_problem`).
@@ -168,8 +168,7 @@ def _every_problem(
     if all(_locations(exc)):  # the model's cross-checks did not run
         names = [b.get("name") for b in backends.values() if isinstance(b, dict)]
         problems += _duplicate_names([name for name in names if isinstance(name, str)])
-        workflow_names = [w.get("name") for w in workflows if isinstance(w, dict)]
-        problems += repeated_workflow_names([name for name in workflow_names if isinstance(name, str)])
+        problems += raw_workflow_problems(workflows)  # repeated names, cycles across workflows
     for index, backend in backends.items():
         if not isinstance(backend, dict):
             continue

@@ -13,11 +13,11 @@ catalogue (a step naming a tool no backend serves) is checked when the gateway s
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from typing import Any, Literal
 
 import jinja2
+import jinja2.nodes
 import jsonschema
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -25,8 +25,8 @@ WORKFLOW_NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
 STEP_ID_PATTERN = r"^[A-Za-z][A-Za-z0-9_]{0,63}$"
 # The meta-tools' names: a workflow may not take them.
 RESERVED_NAMES = frozenset({"find_tool", "call_tool"})
-# `steps.<id>` or `steps['<id>']` inside a template: which steps it reads.
-_STEP_REFERENCE = re.compile(r"\bsteps\s*(?:\.\s*([A-Za-z_]\w*)|\[\s*['\"]([^'\"]+)['\"]\s*\])")
+# The meta-tool through which a step may call any tool by name (`arguments.tool_name`).
+CALL_TOOL = "call_tool"
 _SYNTAX = jinja2.Environment()  # parsing only; templates run in the sandbox (vmcp_opt/workflows/templates.py)
 
 
@@ -232,17 +232,55 @@ def _structure_problems(
 
 
 def check_workflows(workflows: list[WorkflowConfig]) -> list[str]:
-    """Across workflows: unique names, and no workflow reaching itself through its steps' tools."""
-    names = [w.name for w in workflows]
-    repeated = repeated_workflow_names(names)
-    if repeated:
-        return repeated
-    calls = {w.name: sorted({s.tool for s in w.steps if s.tool in names}) for w in workflows}
-    cycle = _cycle({name: [t for t in tools if t is not None] for name, tools in calls.items()})
-    if cycle:
+    """Across workflows: unique names, and no workflow reaching itself through its steps' tools (named
+    directly, or as a literal `tool_name` of a `call_tool` step)."""
+    return _across_workflows([(w.name, [(s.tool, s.arguments) for s in w.steps]) for w in workflows])
+
+
+def raw_workflow_problems(definitions: Any) -> list[str]:
+    """`check_workflows` on raw definitions, for `vmcp validate` to report with the fields' problems in
+    one pass (pydantic checks across workflows only once every field is valid); what cannot be read is
+    left out."""
+    readable = []
+    for definition in definitions if isinstance(definitions, list) else []:
+        name = definition.get("name") if isinstance(definition, dict) else None
+        if not isinstance(name, str):
+            continue
+        steps = definition.get("steps")
+        pairs = [
+            (step.get("tool"), step.get("arguments"))
+            for step in (steps if isinstance(steps, list) else [])
+            if isinstance(step, dict)
+        ]
+        readable.append(
+            (name, [(t if isinstance(t, str) else None, a if isinstance(a, dict) else {}) for t, a in pairs])
+        )
+    return _across_workflows(readable)
+
+
+StepCalls = list[tuple[str | None, dict[str, Any]]]  # per step: its tool and its arguments
+
+
+def _across_workflows(workflows: list[tuple[str, StepCalls]]) -> list[str]:
+    names = [name for name, _ in workflows]
+    problems = repeated_workflow_names(names)
+    known = set(names)
+    calls = {name: sorted(_called(steps, known)) for name, steps in workflows}
+    for cycle in _cycles(calls):
         index = names.index(cycle[0])
-        return [f"workflows[{index}]: workflows call each other in a cycle: {' -> '.join(cycle)}"]
-    return []
+        problems.append(f"workflows[{index}]: workflows call each other in a cycle: {' -> '.join(cycle)}")
+    return problems
+
+
+def _called(steps: StepCalls, workflows: set[str]) -> set[str]:
+    """The workflows the steps call: by name, or through call_tool with a literal `tool_name` (a template
+    there is only known at run time, where nesting is bounded: workflows/provider.py)."""
+    called = set()
+    for tool, arguments in steps:
+        target = arguments.get("tool_name") if tool == CALL_TOOL else tool
+        if isinstance(target, str) and "{{" not in target and "{%" not in target and target in workflows:
+            called.add(target)
+    return called
 
 
 def repeated_workflow_names(names: list[str]) -> list[str]:
@@ -284,12 +322,17 @@ def _walk_strings(value: Any, place: str) -> Iterator[tuple[str, str]]:
 
 def _template_problems(place: str, source: str, readable: set[str], known: set[str]) -> list[str]:
     try:
-        _SYNTAX.parse(source)
+        tree = _SYNTAX.parse(source)
     except jinja2.TemplateSyntaxError as exc:
         return [f"{place}: template syntax error: {exc.message}"]
+    named, unnamed = _step_reads(tree)
     problems = []
-    for match in _STEP_REFERENCE.finditer(source):
-        step = match.group(1) or match.group(2)
+    if unnamed and readable != known:  # the output reads every step, all finished: any way of reading is fine
+        problems.append(
+            f"{place}: reads {unnamed[0]}, which does not name a step; write steps.<id> or steps['<id>'] so "
+            "that the step can be checked against depends_on"
+        )
+    for step in named:
         if step not in known:
             problems.append(f"{place}: unknown step '{step}'")
         elif step not in readable:
@@ -299,10 +342,59 @@ def _template_problems(place: str, source: str, readable: set[str], known: set[s
     return problems
 
 
-def _cycle(edges: dict[str, list[str]]) -> list[str]:
-    """One cycle of the graph as a path that ends where it starts, or [] (iterative depth-first search)."""
-    state: dict[str, int] = {}  # 1: on the current path, 2: done
+_MAPPING_ATTRIBUTES = frozenset(dir(dict))  # `steps.get`: Jinja gives the dict's method, not a step "get"
+
+
+def _step_reads(tree: jinja2.nodes.Node) -> tuple[list[str], list[str]]:
+    """From a parsed template: the step ids it reads by name (`steps.a`, `steps['a']`, in order), and the
+    ways it reads `steps` without naming a step (`steps[x ~ y]`, `steps.get('a')`, `steps` itself)."""
+    named: list[str] = []
+    unnamed: list[str] = []
+
+    def visit(node: jinja2.nodes.Node, parent: jinja2.nodes.Node | None) -> None:
+        if isinstance(node, jinja2.nodes.Name) and node.name == "steps" and node.ctx == "load":
+            if isinstance(parent, jinja2.nodes.Getattr) and parent.attr not in _MAPPING_ATTRIBUTES:
+                named.append(parent.attr)
+            elif isinstance(parent, jinja2.nodes.Getitem) and parent.node is node and _constant_key(parent.arg):
+                named.append(parent.arg.value)  # type: ignore[attr-defined]
+            elif isinstance(parent, jinja2.nodes.Getattr):
+                unnamed.append(f"`steps.{parent.attr}`")
+            else:
+                unnamed.append("`steps[...]`" if isinstance(parent, jinja2.nodes.Getitem) else "`steps` as a whole")
+        for child in node.iter_child_nodes():
+            visit(child, node)
+
+    visit(tree, None)
+    return list(dict.fromkeys(named)), unnamed
+
+
+def _constant_key(node: jinja2.nodes.Node) -> bool:
+    return isinstance(node, jinja2.nodes.Const) and isinstance(node.value, str)
+
+
+def _cycles(edges: dict[str, list[str]]) -> list[list[str]]:
+    """Every cycle the depth-first search meets (one per edge back onto the path), each once."""
+    found: list[list[str]] = []
+    seen: set[frozenset[str]] = set()
+    done: set[str] = set()
     for root in edges:
+        cycle = _cycle({k: v for k, v in edges.items() if k not in done}, root)
+        while cycle:
+            if frozenset(cycle) not in seen:
+                seen.add(frozenset(cycle))
+                found.append(cycle)
+            # Cut the edge that closed it and look again: the other cycles through these nodes remain.
+            edges = {**edges, cycle[-2]: [t for t in edges[cycle[-2]] if t != cycle[-1]]}
+            cycle = _cycle({k: v for k, v in edges.items() if k not in done}, root)
+        done.add(root)
+    return found
+
+
+def _cycle(edges: dict[str, list[str]], start: str | None = None) -> list[str]:
+    """One cycle of the graph as a path that ends where it starts, or [] (iterative depth-first search);
+    with `start`, one reachable from it."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    for root in [start] if start is not None else edges:
         if state.get(root):
             continue
         path: list[str] = []

@@ -36,6 +36,9 @@ class Exchange:
     # the client; None for the client's own calls (directly or through call_tool). Usage learning counts
     # only the latter.
     step_of: str | None = None
+    # The workflows running above this call, outermost first (`step_exchange` appends): a workflow that
+    # would re-enter one of them, or nest deeper than workflows/provider.py allows, is refused.
+    workflow_chain: tuple[str, ...] = ()
 
     @classmethod
     def internal(cls, method: str = "tools/call") -> Exchange:

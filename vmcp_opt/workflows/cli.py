@@ -107,24 +107,38 @@ def _prompt(field: str) -> str:
 
 async def terminal_ask(message: str, schema: dict[str, Any]) -> dict[str, Any]:
     """An elicitation step's question, asked on the terminal: one prompt per form field; an empty answer to
-    a required field declines."""
+    a required field declines, an answer that is not of the field's type is asked again, and the end of
+    the terminal's input cancels (as a user dismissing the question)."""
     out.print(f"[bold]?[/] {printable(message)}", highlight=False)
     content: dict[str, Any] = {}
     required = set(schema.get("required", []))
     for field, spec in schema.get("properties", {}).items():
-        answer = await anyio.to_thread.run_sync(_prompt, field)
-        if answer == "":
-            if field in required:
-                return {"action": "decline"}
-            continue
-        kind = spec.get("type")
-        try:
-            content[field] = {"integer": int, "number": float}.get(kind, str)(answer)
-        except ValueError:
+        while True:
+            try:
+                answer = await anyio.to_thread.run_sync(_prompt, field)
+            except (typer.Abort, EOFError):
+                err.print("no terminal input to answer with: the question is cancelled")
+                return {"action": "cancel"}
+            if answer == "":
+                break
+            value = _typed(answer, spec.get("type"))
+            if value is not None:
+                content[field] = value
+                break
+            err.print(f"  '{printable(answer)}' is not of type {spec.get('type')}; try again (empty to skip)")
+        if answer == "" and field in required:
             return {"action": "decline"}
-        if kind == "boolean":
-            content[field] = answer.strip().lower() in ("y", "yes", "true", "1")
     return {"action": "accept", "content": content}
+
+
+def _typed(answer: str, kind: Any) -> Any:
+    """The answer as the form field's type, or None when it does not parse as one."""
+    if kind == "boolean":
+        return answer.strip().lower() in ("y", "yes", "true", "1")
+    try:
+        return {"integer": int, "number": float}.get(kind, str)(answer)
+    except ValueError:
+        return None
 
 
 async def _run(cfg: Any, name: str, arguments: dict[str, Any], live: bool) -> dict[str, Any]:

@@ -15,16 +15,21 @@ provider passes the router's `call_tool`, tests pass their own), and `on_step` h
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Literal
 
 import anyio
+import anyio.to_thread
 import mcp_types as types
 
 from vmcp_opt.config.workflows import StepConfig, WorkflowConfig
-from vmcp_opt.workflows.templates import TemplateError, render_string, render_value, truthy
+from vmcp_opt.workflows.templates import TemplateError, render_value, truthy
+
+logger = logging.getLogger(__name__)
 
 StepStatus = Literal["pending", "running", "ok", "failed", "skipped"]
 CallTool = Callable[[str, dict[str, Any]], Awaitable[types.CallToolResult]]
@@ -32,6 +37,9 @@ StepDone = Callable[["StepReport"], Awaitable[None]]
 # Asks the calling client's user: (message, requested schema) → the answer's `{"action", "content"}`.
 Ask = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
 Sleep = Callable[[float], Awaitable[None]]
+# Renders running at once in worker threads (for all runs): a template that computes until its deadline
+# holds one, and cannot take the threads the rest of the gateway uses (anyio's default limiter).
+_RENDERS = anyio.CapacityLimiter(8)
 
 
 @dataclass
@@ -83,8 +91,13 @@ class WorkflowRun:
         sleep: Sleep = anyio.sleep,
         ask: Ask | None = None,
         ask_timeout: float = 300.0,
+        max_output_bytes: int | None = None,
     ) -> None:
         self.workflow = workflow
+        # limits.max_result_bytes: the step outputs a run holds, and its result, stay under it.
+        self._max_output = max_output_bytes
+        self._held = 0  # what the step outputs so far come to (about their JSON size)
+        self._deadline = time.monotonic() + workflow.timeout
         self._ask = ask
         self._ask_timeout = ask_timeout
         self.params = params
@@ -99,6 +112,7 @@ class WorkflowRun:
     async def run(self) -> RunReport:
         report = self.report
         started = time.perf_counter()
+        self._deadline = time.monotonic() + self.workflow.timeout
         try:
             with anyio.fail_after(self.workflow.timeout):
                 async with anyio.create_task_group() as group:
@@ -113,18 +127,48 @@ class WorkflowRun:
         report.duration = time.perf_counter() - started
         if report.error is None:
             try:
-                report.output = self._output()
+                report.output = await self._output()
             except TemplateError as exc:
                 report.error = f"output.{exc.place.removeprefix('output.')}: {exc.reason}"
+        if (
+            report.error is None
+            and self._max_output is not None
+            and output_size(report.output, self._max_output) is None
+        ):
+            report.error = (
+                f"workflow '{self.workflow.name}' returned a result larger than {self._max_output:,} bytes "
+                "(limits.max_result_bytes); it was not passed on"
+            )
+            report.output = None
         return report
 
     def context(self) -> dict[str, Any]:
         return {"params": self.params, "steps": {i: s.view() for i, s in self.report.steps.items()}}
 
-    def _output(self) -> Any:
+    async def _output(self) -> Any:
         if self.workflow.output is None:
             return self.report.steps[self.workflow.steps[-1].id].output
-        return render_value(self.workflow.output, self.context(), "output")
+        return await self._render(self.workflow.output, self.context(), "output", None)
+
+    async def _render(self, value: Any, context: dict[str, Any], place: str, deadline: float | None = -1.0) -> Any:
+        """`render_value` in a worker thread, so a slow template never holds the event loop; bounded by the
+        run's deadline (`None`: by the render's own cap), and given up on when the run is cancelled."""
+        if not _has_template(value):
+            return value
+        work = partial(render_value, value, context, place, self._deadline if deadline == -1.0 else deadline)
+        return await anyio.to_thread.run_sync(work, limiter=_RENDERS, abandon_on_cancel=True)
+
+    def _held_output(self, step: StepConfig, output: Any) -> None:
+        """Counts a step's output (or a for_each item's) against limits.max_result_bytes."""
+        if self._max_output is None:
+            return
+        size = output_size(output, self._max_output - self._held)
+        self._held = self._max_output + 1 if size is None else self._held + size
+        if self._held > self._max_output:
+            raise StepError(
+                f"the workflow's step outputs come to more than {self._max_output:,} bytes (limits.max_result_bytes)",
+                retryable=False,
+            )
 
     async def _run_step(self, step: StepConfig, group: anyio.CancelScope) -> None:
         for dependency in step.depends_on:
@@ -139,7 +183,7 @@ class WorkflowRun:
             context = self.context()
             if step.condition is not None:
                 try:
-                    run = truthy(render_string(step.condition, context, "condition"))
+                    run = truthy(await self._render(step.condition, context, "condition"))
                 except TemplateError as exc:
                     self._failed(step, report, StepError(str(exc), retryable=False), group)
                     return
@@ -149,10 +193,15 @@ class WorkflowRun:
             report.status = "running"
             started = time.perf_counter()
             try:
-                report.output = await self._step(step, report, context)
-                report.status = "ok"
+                output = await self._step(step, report, context)
+                if step.type != "for_each":  # a for_each's items were counted as they came
+                    self._held_output(step, output)
+                report.output, report.status = output, "ok"
             except StepError as exc:
                 self._failed(step, report, exc, group)
+            except Exception as exc:  # a defect must fail its step, not tear down the run's task group
+                logger.exception("workflow %s: step %s raised", self.workflow.name, step.id)
+                self._failed(step, report, StepError(f"internal error: {type(exc).__name__}", retryable=False), group)
             finally:
                 report.duration = time.perf_counter() - started
         finally:
@@ -182,7 +231,7 @@ class WorkflowRun:
             return await self._elicit(step, report, context)
         if step.type != "for_each":
             return await self._with_retries(step, report, context)
-        items = self._items(step, context)
+        items = await self._items(step, context)
         outputs: list[Any] = [None] * len(items)
         failures: list[str] = []
         per_step = anyio.CapacityLimiter(step.max_parallel)
@@ -192,6 +241,7 @@ class WorkflowRun:
                 try:
                     scope = {**context, step.item: item, "index": index}
                     outputs[index] = await self._with_retries(step, report, scope)
+                    self._held_output(step, outputs[index])
                 except StepError as exc:
                     failures.append(f"item {index}: {exc.reason}")
                     group.cancel()  # the other items stop: the step has failed
@@ -209,7 +259,7 @@ class WorkflowRun:
         if self._ask is None:
             raise StepError("this run cannot ask its client anything", retryable=False)
         try:
-            message = str(render_string(step.message, context, "message"))
+            message = str(await self._render(step.message, context, "message"))
         except TemplateError as exc:
             raise StepError(str(exc), retryable=False) from None
         report.attempts += 1
@@ -228,16 +278,18 @@ class WorkflowRun:
             raise StepError(f"the user chose '{action}'", retryable=False)
         return answer
 
-    def _items(self, step: StepConfig, context: dict[str, Any]) -> list[Any]:
+    async def _items(self, step: StepConfig, context: dict[str, Any]) -> list[Any]:
         assert step.over is not None
         try:
-            items = render_string(step.over, context, "over")
+            items = await self._render(step.over, context, "over")
             if isinstance(items, str):
                 items = json.loads(items)
         except TemplateError as exc:
             raise StepError(str(exc), retryable=False) from None
         except json.JSONDecodeError:
             raise StepError("over: neither a list nor a JSON array", retryable=False) from None
+        except RecursionError:
+            raise StepError("over: a JSON array nested too deeply", retryable=False) from None
         if isinstance(items, dict | str) or not hasattr(items, "__iter__"):
             raise StepError(f"over: a list is needed, got {type(items).__name__}", retryable=False)
         items = list(items)
@@ -266,7 +318,7 @@ class WorkflowRun:
     async def _attempt(self, step: StepConfig, report: StepReport, context: dict[str, Any]) -> Any:
         assert step.tool is not None
         try:
-            arguments = render_value(step.arguments, context, "arguments")
+            arguments = await self._render(step.arguments, context, "arguments")
         except TemplateError as exc:
             raise StepError(str(exc), retryable=False) from None
         report.attempts += 1
@@ -298,5 +350,41 @@ def result_output(result: types.CallToolResult) -> Any:
         return texts or None
     try:
         return json.loads(texts[0])
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested deeper than the parser goes: kept as text
         return texts[0]
+
+
+def output_size(value: Any, cap: int) -> int | None:
+    """About `value`'s JSON size, or None once it passes `cap` (the walk stops there): the measure of
+    backends/results.py, so a workflow's result is held to limits.max_result_bytes as a backend's is."""
+    total = 0
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str | bytes):
+            total += len(item) + 2
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+            total += _NODE
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+            total += _NODE
+        else:
+            total += _NODE
+        if total > cap:
+            return None
+    return total
+
+
+_NODE = 8  # what a number, a bracket or a key's quotes add to the JSON
+
+
+def _has_template(value: Any) -> bool:
+    if isinstance(value, str):
+        return "{{" in value or "{%" in value
+    if isinstance(value, dict):
+        return any(_has_template(item) for item in value.values())
+    if isinstance(value, list):
+        return any(_has_template(item) for item in value)
+    return False

@@ -26,6 +26,7 @@ from vmcp_opt.arguments import ArgumentError, ArgumentValidator
 from vmcp_opt.auth import Caller
 from vmcp_opt.config.workflows import WorkflowConfig
 from vmcp_opt.routing import Dispatch, Exchange, ProvidedTool, ToolCall, error_result
+from vmcp_opt.routing.budget import Budget
 from vmcp_opt.routing.round_trips import InputRequired, RoundOwners, WorkflowRound
 from vmcp_opt.workflows.executor import Ask, RunReport, StepDone, StepReport, WorkflowRun
 from vmcp_opt.workflows.rounds import PendingRun, WorkflowRounds
@@ -35,6 +36,9 @@ logger = logging.getLogger(__name__)
 
 WORKFLOW_SOURCE = "workflows"  # the source of composite tools, as policies and find_tool see it
 SOURCE_DESCRIPTION = "Composite tools of this gateway: several calls across servers as one tool."
+# Workflows running inside one another at most (a step calling a workflow, directly or through
+# call_tool): each level multiplies the calls and cancel scopes one client request holds.
+MAX_WORKFLOW_DEPTH = 4
 
 
 class WorkflowTools:
@@ -52,10 +56,16 @@ class WorkflowTools:
         input_timeout: float = 300.0,
         max_pending: int = 64,
         owners: RoundOwners | None = None,
+        pending_budget: Budget | None = None,
+        max_result_bytes: int | None = None,
     ) -> None:
         self.workflows = {w.name: w for w in workflows}
-        # Runs of 2026-07-28 clients waiting for their answers (attached to the gateway's task group).
-        self.rounds = WorkflowRounds(max_pending=max_pending, input_timeout=input_timeout, owners=owners)
+        # Runs of 2026-07-28 clients waiting for their answers (attached to the gateway's task group); they
+        # hold slots of `pending_budget`, the backend round trips' own when the gateway passes it.
+        self.rounds = WorkflowRounds(
+            max_pending=max_pending, input_timeout=input_timeout, owners=owners, budget=pending_budget
+        )
+        self.max_result_bytes = max_result_bytes  # limits.max_result_bytes, for each run's outputs
         self._catalog = catalog
         self._validator = validator
         self._listed = listed  # with the optimizer on, only pinned ones are listed
@@ -78,10 +88,13 @@ class WorkflowTools:
         if isinstance(exchange.round, WorkflowRound):  # a 2026-07-28 client's answer to a step's question
             return await self.rounds.resume(exchange.round, exchange.input_responses, exchange.progress_relay())
         workflow = self.workflows[call.tool.name]
+        refused = nesting_refused(workflow.name, exchange.workflow_chain)
+        if refused is not None:
+            return error_result(refused)
         try:
             await self._validator.check_async(workflow.name, workflow.parameters, call.arguments)
         except ArgumentError as exc:
-            return error_result(str(exc))
+            return error_result(argument_problems(workflow.name, exc))
         if asks_its_client(workflow) and call.caller.protocol_version in MODERN_PROTOCOL_VERSIONS:
             # Its questions go back as InputRequiredResult: the run lives in the background between rounds,
             # and its steps' calls are not tied to the request that started it.
@@ -100,7 +113,7 @@ class WorkflowTools:
                 )
                 return run_result(report)
 
-            return await self.rounds.start(pending_run, exchange.progress_relay())
+            return await self.rounds.start(pending_run, exchange.progress_relay(), call.caller.id)
         relay = exchange.progress_relay()
         report = await self.run(
             workflow.name,
@@ -139,10 +152,17 @@ class WorkflowTools:
 
         params = with_defaults(workflow.parameters, arguments or {})
         report = await WorkflowRun(
-            workflow, params, step_call, on_step, ask=ask, ask_timeout=self.rounds.input_timeout
+            workflow,
+            params,
+            step_call,
+            on_step,
+            ask=ask,
+            ask_timeout=self.rounds.input_timeout,
+            max_output_bytes=self.max_result_bytes,
         ).run()
-        if not report.ok:
-            logger.info("workflow %s failed: %s", report.workflow, report.error)
+        if not report.ok:  # names only: the error may hold argument values and backend text
+            where = f"at step {report.failed_step}" if report.failed_step else "(timed out)" if report.timed_out else ""
+            logger.info("workflow %s failed %s", report.workflow, where or "(its result)")
         return report
 
 
@@ -220,7 +240,20 @@ def step_exchange(exchange: Exchange, caller: Caller, workflow: str) -> Exchange
         round=None,
         input_responses=None,
         step_of=workflow,
+        workflow_chain=(*exchange.workflow_chain, workflow),
     )
+
+
+def nesting_refused(workflow: str, chain: tuple[str, ...]) -> str | None:
+    """Why `workflow` may not run under the workflows of `chain` (a step's call, directly or through
+    call_tool), or None. Refused at once rather than left to the run's timeout: each level holds its
+    caller's slots and cancel scopes, and a workflow calling itself would grow until the timeout."""
+    path = " -> ".join((*chain, workflow))
+    if workflow in chain:
+        return f"workflow '{workflow}' is already running in this call chain ({path}): a workflow may not call itself"
+    if len(chain) >= MAX_WORKFLOW_DEPTH:
+        return f"workflows nest at most {MAX_WORKFLOW_DEPTH} deep, and this call would be deeper ({path})"
+    return None
 
 
 def with_defaults(schema: dict[str, Any], arguments: dict[str, Any]) -> dict[str, Any]:
@@ -230,16 +263,26 @@ def with_defaults(schema: dict[str, Any], arguments: dict[str, Any]) -> dict[str
     return {**defaults, **arguments}
 
 
+def argument_problems(name: str, exc: ArgumentError) -> str:
+    """Every problem of the arguments, one a line, not only the first (as `vmcp workflow run` lists them)."""
+    if len(exc.problems) <= 1:
+        return str(exc)
+    return f"invalid arguments for tool '{name}':\n" + "\n".join(f"  {problem}" for problem in exc.problems)
+
+
 def run_result(report: RunReport) -> types.CallToolResult:
     """Success: the output as JSON text, and as structured content when it is an object. Failure: an error
     result naming the failed step and the reason, with every step's status."""
     if report.ok:
         # Non-ASCII as written, as find_tool's answer: an escape per character costs an agent's model tokens.
-        text = (
-            report.output
-            if isinstance(report.output, str)
-            else json.dumps(report.output, default=str, ensure_ascii=False)
-        )
+        try:
+            text = (
+                report.output
+                if isinstance(report.output, str)
+                else json.dumps(report.output, default=str, ensure_ascii=False)
+            )
+        except (ValueError, RecursionError):  # a circular or too deeply nested output
+            return error_result(f"workflow '{report.workflow}' failed: its output is nested too deeply to send")
         structured = report.output if isinstance(report.output, dict) else None
         return types.CallToolResult(content=[types.TextContent(type="text", text=text)], structured_content=structured)
     statuses = ", ".join(f"{s.id}: {s.status}" for s in report.steps.values())

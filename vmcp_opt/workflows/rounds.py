@@ -28,6 +28,7 @@ from mcp.shared.dispatcher import ProgressFnT
 from mcp.shared.exceptions import MCPError
 from pydantic import BaseModel
 
+from vmcp_opt.routing.budget import Budget
 from vmcp_opt.routing.round_trips import RoundOwners, WorkflowRound
 from vmcp_opt.routing.round_trips.held import HeldQuestions
 
@@ -37,9 +38,10 @@ logger = logging.getLogger(__name__)
 class PendingRun(HeldQuestions):
     """One workflow run of a 2026-07-28 client, driven round by round by the client's retries."""
 
-    def __init__(self, rounds: WorkflowRounds) -> None:
+    def __init__(self, rounds: WorkflowRounds, caller: str) -> None:
         super().__init__(rounds.input_timeout)
         self.rounds = rounds
+        self.caller = caller  # whose slot of the pending-call budget it holds
         # The front request now waiting on this run: its progress token, if any.
         self.progress: ProgressFnT | None = None
         self.driven = False
@@ -80,11 +82,31 @@ class PendingRun(HeldQuestions):
 
 
 class WorkflowRounds:
-    """The pending workflow runs, by id; at most `max_pending` at once."""
+    """The pending workflow runs, by id. Each holds a slot of `budget`: the gateway passes the budget of
+    its backend round trips (routing/round_trips/pending.py), so calls and runs waiting for a client's
+    input share `server.max_pending_calls` and `limits.max_pending_calls_per_caller`."""
 
-    def __init__(self, *, max_pending: int, input_timeout: float, owners: RoundOwners | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        max_pending: int,
+        input_timeout: float,
+        owners: RoundOwners | None = None,
+        budget: Budget | None = None,
+        max_pending_per_caller: int | None = None,
+    ) -> None:
         self.max_pending = max_pending
         self.input_timeout = input_timeout
+        if budget is None:  # (not `budget or`: an empty Budget has length 0)
+            budget = Budget(
+                "calls waiting for their client's input",
+                total=max_pending,
+                per_caller=max_pending_per_caller or max_pending,
+                retry_after=input_timeout,
+                total_setting="server.max_pending_calls",
+                caller_setting="limits.max_pending_calls_per_caller",
+            )
+        self.budget = budget
         self._runs: dict[str, PendingRun] = {}
         self._task_group: anyio.abc.TaskGroup | None = None
         # Replicas: a retry of a run held by another replica is relayed there, one held here relayed back.
@@ -99,23 +121,23 @@ class WorkflowRounds:
             run.lifetime.cancel()
 
     def discard(self, run: PendingRun) -> None:
-        self._runs.pop(run.id, None)
+        if self._runs.pop(run.id, None) is not None:
+            self.budget.release(run.caller)
 
     def __len__(self) -> int:
         return len(self._runs)
 
     async def start(
-        self, run: Callable[[PendingRun], Awaitable[types.CallToolResult]], progress: ProgressFnT | None
+        self,
+        run: Callable[[PendingRun], Awaitable[types.CallToolResult]],
+        progress: ProgressFnT | None,
+        caller: str,
     ) -> types.CallToolResult:
+        """`LimitReached` (naming the setting) when `caller`, or the gateway, holds as many as it may."""
         if self._task_group is None:
             raise MCPError(types.INTERNAL_ERROR, "the gateway is not started")
-        if len(self._runs) >= self.max_pending:
-            raise MCPError(
-                types.INTERNAL_ERROR,
-                f"the gateway already holds {self.max_pending} calls that may ask their client for input "
-                "(server.max_pending_calls); try again later",
-            )
-        pending = PendingRun(self)
+        self.budget.acquire(caller)
+        pending = PendingRun(self, caller)
         self._runs[pending.id] = pending
         self._task_group.start_soon(pending.live, run, name="workflow-round-trip")
         return await pending.drive(progress)

@@ -6,21 +6,56 @@ other string renders to a string. Undefined names fail (`StrictUndefined`): a ty
 step, not an empty argument. `tojson` (Jinja's own) and `fromjson` are available as filters.
 
 Sandboxed because a config may come from someone other than the operator of the gateway, and templates
-read backend output: no attribute access to internals, no calling unsafe methods.
+read backend output and client arguments: no attribute access to internals, no calling unsafe methods.
+
+Bounded, because a template can ask for work without end (`10 ** 10**8`, `'x'|center(10**9)`, nested
+loops). The executor renders off the event loop (a worker thread), and each render here carries a
+`_Budget` of work and a deadline:
+- one operation may not produce more than `MAX_SIZE` characters or items, nor an integer of more than
+  `MAX_INT_BITS` bits: checked *before* it runs (`*`, `**`, `%`, widths in format specs, the width and
+  count arguments of `center`, `ljust`, `indent`, `batch`, `slice`, `tojson(indent)`, …);
+- everything a render produces (operators, `~`, calls, filters, output) and every line of template code it
+  runs counts against `MAX_WORK`, so a loop that grows a value step by step stops too;
+- a trace function on template code (only: `<template>` frames) checks the deadline while loops run.
+`lipsum` is gone (45 MB of text on request). A refusal is a `TemplateError` naming the place, as are
+`MemoryError` and `RecursionError` (a recursive macro, JSON nested too deep for `fromjson`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
-from functools import lru_cache
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from functools import lru_cache, update_wrapper, wraps
+from types import FrameType
 from typing import Any
 
 import jinja2
 import jinja2.exceptions
-from jinja2.sandbox import SandboxedEnvironment
+import jinja2.nodes
+import jinja2.runtime
+from jinja2.compiler import CodeGenerator, Frame
+from jinja2.sandbox import SandboxedEnvironment, SandboxedFormatter
+from markupsafe import Markup
 
 _ONE_EXPRESSION = re.compile(r"^\s*\{\{(?P<expression>(?:(?!\}\}|\{\{).)*)\}\}\s*$", re.S)
+
+# Most characters or items one operation may produce (`'x' * n`, a width, `batch(n)`).
+MAX_SIZE = 1_000_000
+MAX_REPEATED = MAX_SIZE  # the name earlier code used
+# Largest integer an operation may produce, in bits (`9 ** 1000 ** 1000` would take hours).
+MAX_INT_BITS = 1_000_000
+# What one render may spend: characters and items produced, plus one per line of template code run.
+MAX_WORK = 20_000_000
+# Longest one render may run, whatever the run's own deadline.
+MAX_RENDER_SECONDS = 5.0
+_DEADLINE_EVERY = 1024  # lines of template code between two looks at the clock
+
+SecurityError = jinja2.exceptions.SecurityError
 
 
 class TemplateError(Exception):
@@ -32,29 +67,229 @@ class TemplateError(Exception):
         self.reason = reason
 
 
+class _Budget:
+    """One render's allowance: work units left and a deadline (time.monotonic)."""
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.left = MAX_WORK
+        self.lines = 0
+
+    def spend(self, units: int) -> None:
+        self.left -= units
+        if self.left < 0:
+            raise SecurityError(f"the template does more than {MAX_WORK:,} units of work (characters, items, lines)")
+
+    def line(self) -> None:
+        self.spend(1)
+        self.lines += 1
+        if self.lines % _DEADLINE_EVERY == 0 and time.monotonic() > self.deadline:
+            raise SecurityError("the template ran past its deadline")
+
+
+_current = threading.local()  # `.budget`: the render running in this thread
+
+
+def _spend(units: int) -> None:
+    budget: _Budget | None = getattr(_current, "budget", None)
+    if budget is not None:
+        budget.spend(units)
+
+
+def _size(value: Any) -> int:
+    """What a value costs to make, shallowly: its length, or 1."""
+    return len(value) if isinstance(value, str | bytes | list | tuple | dict | set) else 1
+
+
+def _too_large(what: str, size: int, cap: int = MAX_SIZE) -> None:
+    if size > cap:
+        raise SecurityError(f"{what} gives more than {cap:,} characters or items")
+
+
+# --- operators --------------------------------------------------------------------------------------
+
+
+def _check_power(left: Any, right: Any) -> None:
+    if isinstance(right, int | float) and abs(right) > 1000:
+        raise SecurityError(f"exponent {right} is too large")
+    bits = max(abs(left).bit_length(), 1) * right if isinstance(left, int) and isinstance(right, int) else 0
+    if bits > MAX_INT_BITS:
+        raise SecurityError(f"the power has more than {MAX_INT_BITS:,} bits")
+
+
+def _check_repeat(left: Any, right: Any) -> None:
+    if isinstance(left, int) and isinstance(right, int):
+        if abs(left).bit_length() + abs(right).bit_length() > MAX_INT_BITS:
+            raise SecurityError(f"the product has more than {MAX_INT_BITS:,} bits")
+        return
+    for seq, times in ((left, right), (right, left)):
+        if isinstance(seq, str | bytes | list | tuple) and isinstance(times, int):
+            _too_large("repeating", len(seq) * times)
+            _spend(len(seq) * max(times, 0))
+
+
+_PERCENT_FIELD = re.compile(r"%(?:\([^)]*\))?[#0\- +]*(\*|\d+)?(?:\.(\*|\d+))?")
+
+
+def _check_percent(form: str, args: Any) -> None:
+    """`'%10d' % x`: no width or precision past MAX_SIZE, written or given as `*`."""
+    values = args if isinstance(args, tuple) else (args,)
+    for width, precision in _PERCENT_FIELD.findall(form):
+        for part in (width, precision):
+            if part == "*":
+                if any(isinstance(v, int) and abs(v) > MAX_SIZE for v in values):
+                    raise SecurityError(f"a width or precision past {MAX_SIZE:,}")
+            elif part and int(part) > MAX_SIZE:
+                raise SecurityError(f"width or precision {part} is past {MAX_SIZE:,}")
+    _spend(len(form) + sum(_size(v) for v in values))
+
+
+_SPEC_NUMBER = re.compile(r"\d+")
+
+
+class _BoundedFormatter(SandboxedFormatter):
+    """`str.format`'s fields, with their (already substituted) format specs checked."""
+
+    def format_field(self, value: Any, format_spec: str) -> Any:
+        for number in _SPEC_NUMBER.findall(format_spec):
+            if len(number) > 7 or int(number) > MAX_SIZE:
+                raise SecurityError(f"format spec '{format_spec[:20]}' asks for more than {MAX_SIZE:,} characters")
+        _spend(_size(value))
+        return super().format_field(value, format_spec)
+
+
+# --- calls of methods and filters -------------------------------------------------------------------
+
+# A method of str (or int) whose arguments say how much it produces: the arguments that do.
+_WIDTH_METHODS = {"ljust": 0, "rjust": 0, "center": 0, "zfill": 0, "expandtabs": 0, "to_bytes": 0}
+_WIDTH_FILTERS = {"center": "width", "indent": "width", "batch": "linecount", "slice": "slices", "tojson": "indent"}
+
+
+def _check_width(name: str, value: Any) -> None:
+    if isinstance(value, int) and value > MAX_SIZE:
+        raise SecurityError(f"{name}: {value} is past the largest size a template may ask for ({MAX_SIZE:,})")
+
+
+def _estimate_method(owner: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
+    """What a call of `owner.name(*args)` produces, at most, before it runs."""
+    if name in _WIDTH_METHODS:
+        for value in (*args, *kwargs.values()):
+            _check_width(name, value)
+    if isinstance(owner, str) and name == "join" and args:
+        return _joined_size(owner, args[0])
+    if isinstance(owner, str) and name == "replace" and len(args) >= 2:
+        return _replaced_size(owner, args[0], args[1])
+    if isinstance(owner, str) and name == "translate" and args and isinstance(args[0], dict):
+        longest = max((_size(v) for v in args[0].values()), default=1)
+        return len(owner) * max(longest, 1)
+    return _size(owner) + sum(_size(v) for v in (*args, *kwargs.values()))
+
+
+def _joined_size(separator: str, items: Any) -> int:
+    if not isinstance(items, list | tuple | str):
+        return 1  # an iterator: its items are counted where they were made
+    return sum(_size(item) for item in items) + len(separator) * len(items)
+
+
+def _replaced_size(source: str, old: Any, new: Any) -> int:
+    if not isinstance(old, str) or not isinstance(new, str):
+        return len(source)
+    matches = len(source) + 1 if old == "" else source.count(old)
+    return len(source) + matches * len(new)
+
+
+_PASSED = (jinja2.runtime.Context, jinja2.nodes.EvalContext, jinja2.Environment)  # what pass_* filters get first
+
+
+def _bounded_filter(name: str, function: Callable[..., Any]) -> Callable[..., Any]:
+    """`function` with its width argument checked and what it is given counted (pass_* markers kept)."""
+    width = _WIDTH_FILTERS.get(name)
+
+    @wraps(function)
+    def bounded(*args: Any, **kwargs: Any) -> Any:
+        values = [a for a in args if not isinstance(a, _PASSED)]
+        if width is not None:
+            _check_width(f"{name}({width})", kwargs.get(width, values[1] if len(values) > 1 else None))
+        if name == "join" and values:
+            _spend(_joined_size(str(values[1]) if len(values) > 1 else "", values[0]))
+        elif name == "replace" and len(values) >= 3 and isinstance(values[0], str):
+            _spend(_replaced_size(values[0], values[1], values[2]))
+        elif name == "format" and values and isinstance(values[0], str):
+            _check_percent(values[0], tuple(values[1:]) or tuple(kwargs.values()))
+        elif name == "sum" and values and isinstance(values[0], list | tuple):
+            _spend(sum(_size(v) for v in values[0]))
+        _spend(sum(_size(v) for v in values))
+        return function(*args, **kwargs)
+
+    return bounded
+
+
+class _Generator(CodeGenerator):
+    """Jinja's compiler, with `a ~ b` made through `environment.bounded_concat` (counted, like `+`)."""
+
+    def visit_Concat(self, node: jinja2.nodes.Concat, frame: Frame) -> None:
+        self.write("environment.bounded_concat((")
+        for argument in node.nodes:
+            self.visit(argument, frame)
+            self.write(", ")
+        self.write("))")
+
+
+class _Sandbox(SandboxedEnvironment):
+    code_generator_class = _Generator
+    intercepted_binops = frozenset({"*", "**", "%", "+"})
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "**":
+            _check_power(left, right)
+        elif operator == "*":
+            _check_repeat(left, right)
+        elif operator == "%" and isinstance(left, str):
+            _check_percent(left, right)
+        elif operator == "+":
+            _spend(_size(left) + _size(right))
+        return super().call_binop(context, operator, left, right)
+
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # Jinja's signature
+        target = getattr(__obj, "__wrapped__", __obj)  # str.format arrives wrapped by the sandbox
+        owner, name = getattr(target, "__self__", None), getattr(target, "__name__", "")
+        if owner is not None and not isinstance(owner, type(sys)):
+            _spend(_estimate_method(owner, name, args, kwargs))
+        else:
+            _spend(1 + sum(_size(v) for v in (*args, *kwargs.values())))
+        return super().call(__context, __obj, *args, **kwargs)
+
+    def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
+        """`str.format` and `format_map`, through a formatter that checks each field's width first."""
+        if super().wrap_str_format(value) is None or isinstance(value.__self__, Markup):
+            return super().wrap_str_format(value)  # not a str's format; Markup keeps Jinja's escaping one
+        owner: str = value.__self__
+        format_map = value.__name__ == "format_map"
+
+        def bounded(*args: Any, **kwargs: Any) -> str:
+            if format_map and (len(args) != 1 or kwargs):
+                raise TypeError("format_map() takes exactly one argument")
+            if format_map:
+                return type(owner)(_BoundedFormatter(self).vformat(owner, (), args[0]))
+            return type(owner)(_BoundedFormatter(self).vformat(owner, args, kwargs))
+
+        return update_wrapper(bounded, value)
+
+    @staticmethod
+    def bounded_concat(parts: tuple[Any, ...]) -> str:
+        texts = [str(part) for part in parts]
+        _spend(sum(len(text) for text in texts))
+        return "".join(texts)
+
+
 def _fromjson(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str | bytes) else value
 
 
-# Templates render on the event loop: `'x' * 10**9` or `10 ** 10**8` must fail, not stall the gateway.
-MAX_REPEATED = 1_000_000
-
-
-class _Sandbox(SandboxedEnvironment):
-    intercepted_binops = frozenset({"*", "**"})
-
-    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
-        if operator == "**" and isinstance(right, int | float) and abs(right) > 1000:
-            raise jinja2.exceptions.SecurityError(f"exponent {right} is too large")
-        if operator == "*":
-            for seq, times in ((left, right), (right, left)):
-                if isinstance(seq, str | list | tuple) and isinstance(times, int) and len(seq) * times > MAX_REPEATED:
-                    raise jinja2.exceptions.SecurityError(f"repeating gives more than {MAX_REPEATED:,} items")
-        return super().call_binop(context, operator, left, right)
-
-
 _ENVIRONMENT = _Sandbox(undefined=jinja2.StrictUndefined, autoescape=False)
+_ENVIRONMENT.globals.pop("lipsum", None)
 _ENVIRONMENT.filters["fromjson"] = _fromjson
+_ENVIRONMENT.filters.update({name: _bounded_filter(name, f) for name, f in _ENVIRONMENT.filters.items()})
 
 
 @lru_cache(maxsize=2048)
@@ -67,18 +302,66 @@ def _template(source: str) -> jinja2.Template:
     return _ENVIRONMENT.from_string(source)
 
 
-def render_value(value: Any, context: dict[str, Any], place: str) -> Any:
-    """`value` with every string in it rendered; dicts and lists are walked, other values kept."""
+# --- the guard on template code ---------------------------------------------------------------------
+
+
+def _trace(frame: FrameType, event: str, arg: Any) -> Any:
+    """Traces template code only (compiled from strings: `<template>`), one budget line per line run."""
+    if frame.f_code.co_filename != "<template>":
+        return None
+    return _trace_lines
+
+
+def _trace_lines(frame: FrameType, event: str, arg: Any) -> Any:
+    if event == "line":
+        budget: _Budget | None = getattr(_current, "budget", None)
+        if budget is not None:
+            budget.line()
+    return _trace_lines
+
+
+@contextlib.contextmanager
+def _budgeted(deadline: float | None) -> Iterator[None]:
+    """A budget and the line trace for the renders inside, in this thread (nested renders share them)."""
+    if getattr(_current, "budget", None) is not None:
+        yield
+        return
+    cap = time.monotonic() + MAX_RENDER_SECONDS
+    _current.budget = _Budget(min(deadline, cap) if deadline is not None else cap)
+    previous = sys.gettrace()
+    sys.settrace(_trace)
+    try:
+        yield
+    finally:
+        sys.settrace(previous)
+        _current.budget = None
+
+
+def render_value(value: Any, context: dict[str, Any], place: str, deadline: float | None = None) -> Any:
+    """`value` with every string in it rendered; dicts and lists are walked, other values kept. `deadline`
+    (time.monotonic) bounds the whole walk. Blocking: the executor calls it in a worker thread."""
+    with _budgeted(deadline):
+        return _render_value(value, context, place)
+
+
+def _render_value(value: Any, context: dict[str, Any], place: str) -> Any:
     if isinstance(value, str):
-        return render_string(value, context, place)
+        return _render_string(value, context, place)
     if isinstance(value, dict):
-        return {key: render_value(item, context, f"{place}.{key}") for key, item in value.items()}
+        return {key: _render_value(item, context, f"{place}.{key}") for key, item in value.items()}
     if isinstance(value, list):
-        return [render_value(item, context, f"{place}[{index}]") for index, item in enumerate(value)]
+        return [_render_value(item, context, f"{place}[{index}]") for index, item in enumerate(value)]
     return value
 
 
-def render_string(source: str, context: dict[str, Any], place: str) -> Any:
+def render_string(source: str, context: dict[str, Any], place: str, deadline: float | None = None) -> Any:
+    if "{{" not in source and "{%" not in source:
+        return source
+    with _budgeted(deadline):
+        return _render_string(source, context, place)
+
+
+def _render_string(source: str, context: dict[str, Any], place: str) -> Any:
     if "{{" not in source and "{%" not in source:
         return source
     try:
@@ -88,11 +371,24 @@ def render_string(source: str, context: dict[str, Any], place: str) -> Any:
             if isinstance(result, jinja2.Undefined):
                 str(result)  # raises the undefined error, with its name
             return result
-        return _template(source).render(**context)
+        return _collected(_template(source).generate(**context))
     except jinja2.TemplateError as exc:
         raise TemplateError(place, f"{type(exc).__name__}: {exc}") from None
+    except RecursionError:  # a recursive macro; JSON nested too deep for `fromjson`
+        raise TemplateError(place, "RecursionError: nested too deeply") from None
+    except MemoryError:
+        raise TemplateError(place, "MemoryError: the template needs more memory than there is") from None
     except (ValueError, TypeError, ArithmeticError, LookupError) as exc:  # raised by a filter (fromjson, int)
         raise TemplateError(place, f"{type(exc).__name__}: {exc}") from None
+
+
+def _collected(chunks: Iterator[str]) -> str:
+    """The template's output, counted as it is produced."""
+    kept = []
+    for chunk in chunks:
+        _spend(len(chunk))
+        kept.append(chunk)
+    return "".join(kept)
 
 
 def truthy(value: Any) -> bool:
