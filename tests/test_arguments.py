@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,22 @@ def test_a_pattern_only_a_backtracking_engine_takes_is_cut_at_the_deadline() -> 
     outcome = check_in_thread(ArgumentValidator(timeout=0.2), schema, {"a": "a" * 60 + "!"})
     assert "could not be checked within 0.2s" in outcome and "not sent" in outcome
     assert check_in_thread(ArgumentValidator(), schema, {"a": "aaaa"}) == "ok"
+
+
+def test_an_re2_search_that_ends_past_the_deadline_fails_the_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One RE2 search is a single C call the deadline cannot stop: one that returns past it fails the check
+    rather than letting the call through late."""
+    engines = arguments._pattern_engines()
+
+    class SlowSearch:
+        def search(self, text: str) -> object:
+            arguments._local.deadline = time.monotonic() - 1  # as if the search had run past the deadline
+            return object()
+
+    monkeypatch.setattr(engines, "compile_pattern", lambda pattern: SlowSearch())
+    schema = schema_of(a={"type": "string", "pattern": "^slow-re2$"})
+    outcome = check_in_thread(ArgumentValidator(timeout=0.5), schema, {"a": "x"})
+    assert "could not be checked within 0.5s" in outcome
 
 
 def test_pattern_properties_are_bounded_too() -> None:

@@ -4,6 +4,7 @@ error the spec names, and keeps serving a normal client afterwards."""
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,8 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     config = {
         "backends": [demo_backend("notes", env={"API_TOKEN": SECRET})],
         "server": {"max_body_bytes": MAX_BODY, "log_level": "debug"},
+        # Only so that the rate-limit gate reads tools/call bodies too (a budget no test here spends).
+        "rate_limits": {"shared": {"rate": 1000, "burst": 1000}},
     }
     with running_gateway(write_config(directory, config)) as running:
         yield running
@@ -94,9 +97,54 @@ def test_wrong_params_shape_is_invalid_params(gateway: Gateway, session: dict[st
     assert error_of(post(gateway, session, json.dumps(body).encode()))["code"] == -32602
 
 
-def test_oversized_body_is_refused_with_413(gateway: Gateway, session: dict[str, str]) -> None:
+def test_oversized_body_is_refused_with_413_naming_the_setting_and_the_cap(
+    gateway: Gateway, session: dict[str, str]
+) -> None:
     body = json.dumps({"jsonrpc": "2.0", "id": 5, "method": "tools/list", "params": {"x": "a" * MAX_BODY}})
-    assert post(gateway, session, body.encode()).status_code == 413
+    # With a Content-Length (refused before the body is read) and chunked (refused once the cap is passed).
+    for content in (body.encode(), iter([body.encode()])):
+        response = httpx2.post(gateway.url, headers=session, content=content, timeout=10)
+        assert response.status_code == 413
+        error = error_of(response)
+        assert error["code"] == -32600 and error["data"] == {"limit": "server.max_body_bytes", "max_bytes": MAX_BODY}
+        assert f"over {MAX_BODY:,} bytes (server.max_body_bytes)" in error["message"]
+
+
+def test_a_content_length_over_the_cap_is_answered_before_any_body_arrives(gateway: Gateway) -> None:
+    """Before, the gateway waited for the body until limits.http_body_timeout and closed without an answer."""
+    head = (
+        f"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:{gateway.port}\r\nContent-Type: application/json\r\n"
+        "Accept: application/json, text/event-stream\r\nContent-Length: 999999999\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=20) as sock:
+        sock.sendall(head.encode() + b'{"jsonrpc": "2.0", "id": 1, ')
+        answer = b""
+        while b"server.max_body_bytes" not in answer:
+            chunk = sock.recv(65536)
+            assert chunk, answer
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 413")
+
+
+DEEP = "[" * 5000 + "]" * 5000  # deeper than `json.loads` follows: it raises RecursionError, not ValueError
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        {"jsonrpc": "2.0", "id": 1, "method": "initialize"},  # read for its id
+        {"jsonrpc": "2.0", "method": "subscriptions/listen"},  # read by the drain
+        {"jsonrpc": "2.0", "method": "tools/call"},  # read by the rate-limit gate
+    ],
+    ids=["with an id", "subscriptions/listen", "tools/call"],
+)
+def test_a_deeply_nested_body_is_a_parse_error_without_a_traceback(gateway: Gateway, message: dict[str, Any]) -> None:
+    body = json.dumps({**message, "params": {"x": "@"}}).replace('"@"', DEEP).encode()
+    for _ in range(3):
+        response = post(gateway, ACCEPT, body)
+        assert response.status_code == 400 and error_of(response)["code"] == -32700, response.text
+    output = gateway.output()
+    assert "Traceback" not in output and "RecursionError" not in output
 
 
 def test_unknown_session_id_is_404_with_a_json_rpc_error(gateway: Gateway, session: dict[str, str]) -> None:

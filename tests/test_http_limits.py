@@ -76,6 +76,9 @@ def test_a_flood_of_initialize_is_bounded_per_address_and_in_total_and_freed_whe
         assert refused[0].headers["retry-after"].isdigit()
         error = refused[0].json()["error"]
         assert error["code"] == -32000 and "retry after" in error["message"]
+        # Like a rate-limit refusal, it names the setting that refused it.
+        assert error["data"]["limit"] == "limits.max_sessions_per_address"
+        assert "(5, limits.max_sessions_per_address)" in error["message"]
 
         # Another address still opens sessions, and a session already open still answers.
         mine = open_session(other, gateway)
@@ -87,6 +90,7 @@ def test_a_flood_of_initialize_is_bounded_per_address_and_in_total_and_freed_whe
         assert [open_session(other, gateway).status_code for _ in range(2)] == [200, 200]
         full = open_session(third, gateway)
         assert full.status_code == 503 and full.headers["retry-after"].isdigit()
+        assert full.json()["error"]["data"]["limit"] == "limits.max_sessions"
 
         # A DELETE frees its slot (once the session's connection has wound down).
         assert attacker.delete(gateway.url, headers=session_headers(opened[0])).status_code in (200, 204)
@@ -103,7 +107,9 @@ def test_a_flood_of_initialize_is_bounded_per_address_and_in_total_and_freed_whe
 
 @pytest.fixture(scope="module")
 def plain_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    yield from gateway_with_limits(tmp_path_factory, http_header_timeout=1, http_body_timeout=2, max_connections=40)
+    yield from gateway_with_limits(
+        tmp_path_factory, http_header_timeout=1, http_body_timeout=2, max_connections=40, max_header_bytes=4096
+    )
 
 
 def test_requests_with_an_unusable_id_are_refused_with_invalid_request(plain_gateway: Gateway) -> None:
@@ -151,6 +157,23 @@ def raw_request(gateway: Gateway, head: bytes) -> bytes:
         return b"".join(chunks)
 
 
+def test_request_headers_past_the_cap_are_answered_431_and_the_connection_closed(plain_gateway: Gateway) -> None:
+    """Before, headers of any size were held until limits.http_header_timeout closed the connection unanswered.
+    Each head here is sent whole in one write and never finished: only the cap can answer it."""
+    gateway = plain_gateway
+    start = f"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{gateway.port}\r\n".encode()
+    lines = [b"X-Filler-%d: %s\r\n" % (n, b"v" * 100) for n in range(50)]  # complete header lines
+    many = b"".join(lines)
+    endless = b"X-Endless: " + b"v" * 5000  # one value that never ends
+    for head in (start + many, start + endless):
+        answer = raw_request(gateway, head)
+        assert answer.startswith(b"HTTP/1.1 431"), answer[:200]
+        assert b"over 4,096 bytes (limits.max_header_bytes)" in answer
+    # Headers within the cap are served as before.
+    assert raw_request(gateway, start + b"".join(lines[:20]) + b"Connection: close\r\n\r\n").startswith(b"HTTP/1.1 200")
+    assert gateway.output().count("(limits.max_header_bytes)") == 1  # once per interval, not per request
+
+
 def test_health_and_readiness_check_host_and_origin_strictly(plain_gateway: Gateway) -> None:
     gateway = plain_gateway
     port = gateway.port
@@ -193,14 +216,16 @@ def test_slow_header_and_idle_connections_are_closed_and_capped(plain_gateway: G
         slow.append(sock)
     try:
         # Past the cap a connection is answered 503 and closed; within it, slow ones are closed by the timeout.
-        closed = 0
+        closed, busy = 0, []
         for sock in slow:
             try:
                 data = sock.recv(4096)
             except OSError:
                 data = b""
             closed += data == b"" or data.startswith(b"HTTP/1.1 503")
+            busy += [data] if data.startswith(b"HTTP/1.1 503") else []
         assert closed == len(slow)
+        assert busy and all(b"Too many open connections (limits.max_connections)" in data for data in busy)
         # A body that never finishes is cut off too.
         stalled = raw_request(
             gateway,

@@ -70,8 +70,14 @@ def call(http: httpx2.Client, gateway: Gateway, headers: dict[str, str], request
     return http.post(gateway.url, json=message, headers=headers)
 
 
+def client_from(address: str) -> httpx2.Client:
+    """An HTTP client whose connections come from `address` (any 127.x.y.z is loopback on Linux): without a
+    verified subject a caller's budget is its address's, so each test takes an address of its own."""
+    return httpx2.Client(transport=httpx2.HTTPTransport(local_address=address), timeout=30)
+
+
 def test_a_refused_call_is_429_with_retry_after_and_the_json_rpc_error(gateway: Gateway) -> None:
-    with httpx2.Client(timeout=30) as http:
+    with client_from("127.0.0.2") as http:
         headers = open_session(http, gateway)
         answers = [call(http, gateway, headers, i, "notes_search_notes") for i in range(1, BURST + 2)]
         # The router did not take the tokens a second time: exactly BURST calls pass.
@@ -83,19 +89,48 @@ def test_a_refused_call_is_429_with_retry_after_and_the_json_rpc_error(gateway: 
         assert body["error"]["data"]["limit"] == "rate_limits.per_caller"
         assert body["error"]["data"]["retry_after"] > 0
         assert "try again" in body["error"]["message"]
-        # Another session has a budget of its own.
-        other = open_session(http, gateway)
-        assert call(http, gateway, other, 1, "notes_search_notes").status_code == 200
+        # Another address has a budget of its own.
+        with client_from("127.0.0.3") as elsewhere:
+            assert (
+                call(elsewhere, gateway, open_session(elsewhere, gateway), 1, "notes_search_notes").status_code == 200
+            )
 
 
-def test_a_tools_refusal_does_not_spend_the_sessions_budget(gateway: Gateway) -> None:
-    with httpx2.Client(timeout=30) as http:
+def modern_call(http: httpx2.Client, gateway: Gateway, request_id: int) -> httpx2.Response:
+    """A 2026-07-28 tools/call: no session, the client's details in `_meta`."""
+    meta = {
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientInfo": {"name": "t", "version": "1"},
+        "io.modelcontextprotocol/clientCapabilities": {},
+    }
+    params = {"name": "notes_search_notes", "arguments": {"query": "x"}, "_meta": meta}
+    headers = {**HEADERS, "mcp-protocol-version": "2026-07-28", "mcp-method": "tools/call"}
+    message = {"jsonrpc": "2.0", "id": request_id, "method": "tools/call", "params": params}
+    return http.post(gateway.url, json=message, headers={**headers, "mcp-name": "notes_search_notes"})
+
+
+def test_an_anonymous_client_cannot_renew_its_budget_with_new_sessions_or_none(gateway: Gateway) -> None:
+    """Before, each session had a budget of its own, and a request without one a fresh bucket every time."""
+    with client_from("127.0.0.4") as http:
+        first = modern_call(http, gateway, 1)
+        assert first.status_code == 200 and '"result"' in first.text, first.text
+        assert call(http, gateway, open_session(http, gateway), 2, "notes_search_notes").status_code == 200
+        refused = [
+            modern_call(http, gateway, 3),
+            call(http, gateway, open_session(http, gateway), 4, "notes_search_notes"),
+        ]
+        assert [r.status_code for r in refused] == [429, 429]
+        assert all(r.json()["error"]["data"]["limit"] == "rate_limits.per_caller" for r in refused)
+
+
+def test_a_tools_refusal_does_not_spend_the_callers_budget(gateway: Gateway) -> None:
+    with client_from("127.0.0.5") as http:
         headers = open_session(http, gateway)
         statuses = [call(http, gateway, headers, i, "notes_whoami").status_code for i in range(1, 4)]
         assert statuses == [200, 429, 429]
         refused = call(http, gateway, headers, 4, "notes_whoami").json()
         assert refused["error"]["data"]["limit"] == "rate_limits.per_tool.notes_whoami"
-        # whoami took one of the session's BURST tokens; its refusals took none.
+        # whoami took one of the caller's BURST tokens; its refusals took none.
         assert call(http, gateway, headers, 5, "notes_search_notes").status_code == 200
         assert call(http, gateway, headers, 6, "notes_search_notes").status_code == 429
 

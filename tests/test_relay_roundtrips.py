@@ -657,7 +657,10 @@ def test_calls_on_a_clients_own_backend_session_feed_the_circuit_breaker(modern_
     legacy = anyio.run(main, "legacy")  # the client's own session (2025-11-25 back-channel)
     modern = anyio.run(main, "auto")  # the call's own session (2026-07-28 round trips)
     for result in (legacy, modern):
-        assert result.is_error and _text(result) == f"backend 'conformance' did not answer within {CALL_TIMEOUT:g}s"
+        assert (
+            result.is_error
+            and _text(result) == f"backend 'conformance' did not answer within {CALL_TIMEOUT:g}s (timeouts.call)"
+        )
     assert _circuit(modern_gateway)["consecutive_failures"] == failures_before + 2
 
 

@@ -130,6 +130,11 @@ def test_a_malformed_line_on_stdio_gets_a_json_rpc_error_and_the_gateway_keeps_s
         assert not_json["error"]["code"] == -32700
         not_a_message = exchange(b'{"jsonrpc": "2.0", "id": 1, "nomethod": true}')
         assert not_a_message["error"]["code"] == -32600
+        # The SDK reads a request with an unusable id as a notification, which gets no answer: here it gets one.
+        for request_id, kind in ((b"null", "null"), (b"true", "a boolean")):
+            refused = exchange(b'{"jsonrpc": "2.0", "id": ' + request_id + b', "method": "ping"}')
+            assert refused["id"] is None and refused["error"]["code"] == -32600
+            assert refused["error"]["message"] == f"Invalid Request: id must be a string or an integer, not {kind}"
         initialize = {
             "jsonrpc": "2.0",
             "id": 2,

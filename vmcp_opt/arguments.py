@@ -364,7 +364,9 @@ def _search(pattern: str, text: str) -> bool:
             return compiled.pattern.search(text, timeout=_time_left(), concurrent=True) is not None
         except TimeoutError:
             raise _OutOfTime from None
-    return compiled.search(text) is not None
+    found = compiled.search(text) is not None
+    _time_left()  # one RE2 search cannot be interrupted: a slow one still fails the check that ran past its deadline
+    return found
 
 
 _engines: ModuleType | None = None

@@ -23,6 +23,9 @@ class Backtracking:
 
 _RE2_OPTIONS = re2.Options()
 _RE2_OPTIONS.log_errors = False  # a backend's odd pattern must not write to our stderr
+# A check needs only match or no match: tracking submatches costs O(groups) per byte, so a pattern with
+# thousands of groups would make one search (a single C call the deadline cannot stop) take seconds.
+_RE2_OPTIONS.never_capture = True
 
 
 @lru_cache(maxsize=2048)

@@ -11,7 +11,10 @@ Hand-written JSON-RPC (the SDK's server would refuse to send most of this). It l
   tools/list_changed notifications first), `surrogate` (a text holding a lone surrogate).
 HOSTILE_TOOLS=N lists N more plain tools (`tool_0`, ...), a catalogue as large as a careless server's;
 HOSTILE_INVALID_TOOLS=N lists N more whose inputSchema is a list, which the protocol's validation refuses.
-At start it writes HOSTILE_TOKEN's value to stderr, as a careless server logging its config would.
+HOSTILE_DEEP_SCHEMA=N lists `deep`, whose inputSchema nests N object properties (pydantic's serializer stops
+at about 127); HOSTILE_GROUPS=N lists `groups`, whose `a` must match a pattern of N nested capture groups.
+At start it writes HOSTILE_TOKEN's value to stderr, as a careless server logging its config would, and
+HOSTILE_STDERR_LINE=N a line of N characters.
 """
 
 from __future__ import annotations
@@ -26,6 +29,10 @@ OBJECT = {"type": "object"}
 fetches = {"tools/list": 0}
 EXTRA = int(os.environ.get("HOSTILE_TOOLS", "0"))
 INVALID = int(os.environ.get("HOSTILE_INVALID_TOOLS", "0"))
+DEEP = int(os.environ.get("HOSTILE_DEEP_SCHEMA", "0"))
+GROUPS = int(os.environ.get("HOSTILE_GROUPS", "0"))
+# Stands for the deep schema in `tools()`; spliced in as text, which json.dumps could not nest that deep.
+DEEP_MARK = "__deep_schema__"
 
 
 def tools() -> list[dict[str, Any]]:
@@ -64,7 +71,22 @@ def tools() -> list[dict[str, Any]]:
         },
         *({"name": f"tool_{n}", "description": f"tool number {n}", "inputSchema": OBJECT} for n in range(EXTRA)),
         *({"name": f"invalid_{n}", "description": "schema is a list", "inputSchema": []} for n in range(INVALID)),
+        *([{"name": "deep", "description": "a schema nested deep", "inputSchema": DEEP_MARK}] if DEEP else []),
+        *(
+            [{"name": "groups", "description": "many groups", "inputSchema": _props(a={"pattern": _groups(GROUPS)})}]
+            if GROUPS
+            else []
+        ),
     ]
+
+
+def _groups(count: int) -> str:
+    return "(" * count + "a" + ")" * count
+
+
+def _deep_schema(depth: int) -> str:
+    level = '{"type": "object", "properties": {"a": '
+    return level * depth + '{"type": "string"}' + "}}" * depth
 
 
 def _props(**properties: Any) -> dict[str, Any]:
@@ -72,7 +94,10 @@ def _props(**properties: Any) -> dict[str, Any]:
 
 
 def send(message: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(message) + "\n")
+    line = json.dumps(message)
+    if DEEP:
+        line = line.replace(json.dumps(DEEP_MARK), _deep_schema(DEEP))
+    sys.stdout.write(line + "\n")
     sys.stdout.flush()
 
 
@@ -139,6 +164,8 @@ def write_broken(request_id: object, kind: str) -> None:
 def main() -> None:
     if os.environ.get("HOSTILE_TOKEN"):
         print(f"hostile starting with token {os.environ['HOSTILE_TOKEN']}", file=sys.stderr, flush=True)
+    if os.environ.get("HOSTILE_STDERR_LINE"):
+        print("e" * int(os.environ["HOSTILE_STDERR_LINE"]), file=sys.stderr, flush=True)
     for line in sys.stdin:
         try:
             request = json.loads(line)

@@ -42,6 +42,7 @@ from vmcp_opt.backends.credentials import BackendAuth, BackendCredentials
 from vmcp_opt.backends.errors import BackendUnavailable as BackendUnavailable  # re-exported
 from vmcp_opt.backends.errors import describe_error, failure_reason, with_stderr_line
 from vmcp_opt.backends.forwarding import HeaderWriteStream, forwarding
+from vmcp_opt.backends.http_bodies import as_internal_error
 from vmcp_opt.backends.listing import BackendListing, WatchedReadStream, fetch_listing
 from vmcp_opt.backends.results import bounded_result
 from vmcp_opt.backends.secrets import mask_url, redact, secret_values
@@ -404,6 +405,9 @@ class BackendConnection:
             refused = auth.refusal() if auth is not None else None
             if refused is not None:
                 raise refused from exc
+            over_cap = as_internal_error(exc)
+            if over_cap is not None:
+                raise over_cap from None
             raise
         return bounded_result(self.name, result, self.limits.max_result_bytes)
 

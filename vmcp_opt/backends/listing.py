@@ -171,7 +171,7 @@ async def fetch_listing(
             params = types.PaginatedRequestParams(cursor=cursor) if cursor else None
             try:
                 page = await list_method(params=params)
-            except ValidationError:
+            except (ValidationError, ValueError):  # ValueError: a schema nested past pydantic's serializer's depth
                 method, key = LISTS[attribute]
                 stream.screening = ItemScreen(backend, method, key, version)
                 try:

@@ -40,6 +40,7 @@ from vmcp_opt.backends.connection import (
 from vmcp_opt.backends.credentials import BackendAuth
 from vmcp_opt.backends.errors import CredentialError
 from vmcp_opt.backends.forwarding import HeaderWriteStream, forwarding
+from vmcp_opt.backends.http_bodies import as_internal_error
 from vmcp_opt.backends.listing import WatchedReadStream
 from vmcp_opt.backends.results import bounded_result
 from vmcp_opt.backends.transports import open_transport
@@ -220,6 +221,9 @@ class DedicatedSession:
             refused = self.auth.refusal() if self.auth is not None else None
             if refused is not None:
                 raise refused from exc
+            over_cap = as_internal_error(exc)
+            if over_cap is not None:
+                raise over_cap from None
             raise
         return bounded_result(self.name, result, self.connection.limits.max_result_bytes)
 

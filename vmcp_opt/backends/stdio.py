@@ -235,12 +235,13 @@ def _parse(line: bytes, backend: str) -> SessionMessage | Exception:
             message = types.jsonrpc_message_adapter.validate_json(line, by_name=False)
         return SessionMessage(message)
     except (ValueError, RecursionError) as exc:  # `json.loads` gives up on deep nesting with a RecursionError
-        logger.warning("backend %s wrote a line of %d bytes that is not a JSON-RPC message", backend, len(line))
+        deep = " (nested too deeply)" if isinstance(exc, RecursionError) else ""
+        logger.warning("backend %s wrote a line of %d bytes that is not a JSON-RPC message%s", backend, len(line), deep)
         request_id = response_id(DroppedLine(len(line), line[:EDGE], line[-EDGE:]))
         if request_id is None:  # to the session, as the SDK's reader does; the line is not logged
             return exc if isinstance(exc, ValueError) else ValueError("JSON nested too deeply")
         # An answer, by its ends: its request is told now rather than left to its timeout.
-        why = f"backend '{backend}' answered with a message of {len(line):,} bytes that is not valid JSON-RPC"
+        why = f"backend '{backend}' answered with a message of {len(line):,} bytes that is not valid JSON-RPC{deep}"
         error = types.ErrorData(code=types.INTERNAL_ERROR, message=why)
         return SessionMessage(types.JSONRPCError(jsonrpc="2.0", id=request_id, error=error))
 

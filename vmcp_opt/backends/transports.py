@@ -30,7 +30,7 @@ from vmcp_opt.backends.http_bodies import cap_json_bodies
 from vmcp_opt.backends.secrets import redact, secret_values
 from vmcp_opt.backends.stdio import bounded_stdio_client, line_cap
 from vmcp_opt.config import BackendConfig
-from vmcp_opt.display import shorten
+from vmcp_opt.display import printable, shorten
 
 stderr_logger = logging.getLogger("vmcp_opt.backends.stderr")
 STDERR_LINE_LIMIT = 2000
@@ -174,8 +174,8 @@ class _StderrLines:
         *complete, self.pending = (self.pending + chunk).split(b"\n")
         for line in complete:
             self.emit(line)
-        if len(self.pending) > STDERR_LINE_LIMIT * 4:  # a line without end: show its start, skip the rest
-            self.emit(self.pending)
+        if len(self.pending) > STDERR_LINE_LIMIT * 4:  # a line without end: show its start now, skip the rest
+            self.emit(self.pending, cut=True)
             self.pending = b""
             self.skipping = True
 
@@ -185,7 +185,7 @@ class _StderrLines:
             self.pending = b""
         self.report_suppressed()
 
-    def emit(self, raw: bytes) -> None:
+    def emit(self, raw: bytes, cut: bool = False) -> None:
         second = int(time.monotonic())
         if second != self.window:
             self.report_suppressed()
@@ -194,7 +194,11 @@ class _StderrLines:
         if self.in_window > STDERR_LINES_PER_SECOND:
             self.suppressed += 1
             return
-        text = shorten(redact(raw.decode("utf-8", "replace").rstrip("\r"), self.secrets), STDERR_LINE_LIMIT)
+        text = redact(raw.decode("utf-8", "replace").rstrip("\r"), self.secrets)
+        if cut:  # its end is not read yet: only a lower bound of its length is known
+            text = printable(f"{text[:STDERR_LINE_LIMIT]}… (a line longer than {len(raw):,} bytes, cut)")
+        else:
+            text = shorten(text, STDERR_LINE_LIMIT)
         stderr_logger.info("backend %s stderr: %s", self.backend, text)
         if text.strip():
             self.tail.line = text.strip()

@@ -95,6 +95,12 @@ class LimitsConfig(_Strict):
     http_body_timeout: float = Field(
         30.0, gt=0, description="Seconds a client has to send a request's whole body once its headers are in."
     )
+    max_header_bytes: int = Field(
+        64 * 1024,
+        ge=1024,
+        description="Largest request line and headers of one HTTP request, in bytes; past it the request is "
+        "answered 431 and its connection closed.",
+    )
     http_keep_alive_timeout: float = Field(
         5.0,
         gt=0,
@@ -162,7 +168,9 @@ class RateLimitsConfig(_Strict):
 
     # `memory`: buckets of this process. `redis`: buckets in `redis`, shared by every replica.
     store: Literal["memory", "redis"] = "memory"
-    # One bucket per caller: a verified subject (the same on every replica), else `Caller.id`; unset: none.
+    # One bucket per caller: a verified subject (the same on every replica), else, over HTTP, the client's
+    # address (X-Forwarded-For's behind `server.trusted_proxies`), whatever sessions it opens or skips, so
+    # clients behind one address share a bucket; over stdio the one client. Unset: none.
     per_caller: BucketConfig | None = None
     # One bucket for every caller together; unset: none.
     shared: BucketConfig | None = None

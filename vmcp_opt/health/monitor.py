@@ -163,12 +163,12 @@ class HealthMonitor:
                 breaker.record_failure(connection.describe(exc))
             else:
                 breaker.record_success(clock.backend_time())  # it answered: the backend is alive
+            if exc.code == types.REQUEST_TIMEOUT and exc.message.endswith("timed out"):  # the SDK's read timeout
+                raise MCPError(exc.code, f"{exc.message} after {_call_timeout(connection)}") from None
             raise
         except TimeoutError:
             breaker.record_failure("no answer in time")
-            raise BackendUnavailable(
-                f"backend '{backend}' did not answer within {connection.call_timeout:g}s"
-            ) from None
+            raise BackendUnavailable(f"backend '{backend}' did not answer within {_call_timeout(connection)}") from None
         except Exception as exc:
             breaker.record_failure(connection.describe(exc))
             raise
@@ -187,3 +187,9 @@ class HealthMonitor:
 
     def available(self, backend: str) -> bool:
         return self.health[backend].state is not HealthState.UNHEALTHY
+
+
+def _call_timeout(connection: BackendConnection) -> str:
+    """The call deadline and the setting it comes from, for a timeout's message."""
+    setting = "call_timeout of this backend" if connection.config.call_timeout is not None else "timeouts.call"
+    return f"{connection.call_timeout:g}s ({setting})"

@@ -7,8 +7,14 @@ through untouched (one integer comparison on the start message).
 
 It also answers a request whose `id` is not a string or an integer (`null`, `true`, an object, an array)
 with -32600 itself: the SDK would take it for a notification and answer 202, leaving the client waiting.
-That needs the body before the SDK reads it: it is read here (up to the body cap, beyond which the SDK's
-own 413 answers) and handed on unchanged. The error never repeats the client's input.
+That needs the body before the SDK reads it: it is read here (up to `server.max_body_bytes`) and handed on
+unchanged. The error never repeats the client's input.
+
+A body over that cap is answered 413 with a JSON-RPC error naming the setting and the cap; one whose
+`Content-Length` says so is answered before any of it is read, rather than when the body deadline runs out.
+
+`json.loads` raises RecursionError, not ValueError, on input nested deeper than its recursion limit (a 2 KB
+body of brackets): each parse here treats both alike, and the SDK answers that body -32700.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from vmcp_opt.server.sessions import json_rpc_error
 
 INVALID_REQUEST = -32600
 INVALID_PARAMS = -32602
+PAYLOAD_TOO_LARGE = 413
 
 
 class JsonRpcErrorCodes:
@@ -34,10 +41,16 @@ class JsonRpcErrorCodes:
             await self.app(scope, receive, send)
             return
         if scope["method"] == "POST":
+            if _declared_length(scope) > self.max_body_bytes:
+                await self.too_large(send)
+                return
             receive, body = await read_ahead(receive, self.max_body_bytes)
             if body is GONE:
                 return  # the client left before its body was in (or was cut off by the body timeout): no one to answer
-            bad_id = _bad_id(body) if body is not None else None
+            if body is None:
+                await self.too_large(send)
+                return
+            bad_id = unusable_id(body) if body is not None else None
             if bad_id is not None:
                 await json_rpc_error(
                     send, 400, INVALID_REQUEST, f"Invalid Request: id must be a string or an integer, not {bad_id}"
@@ -66,6 +79,27 @@ class JsonRpcErrorCodes:
 
         await self.app(scope, receive, relay)
 
+    async def too_large(self, send: Send) -> None:
+        """413 naming the setting and the cap; uvicorn discards whatever of the body is still to come."""
+        await json_rpc_error(
+            send,
+            PAYLOAD_TOO_LARGE,
+            INVALID_REQUEST,
+            f"Request body too large: over {self.max_body_bytes:,} bytes (server.max_body_bytes)",
+            {"limit": "server.max_body_bytes", "max_bytes": self.max_body_bytes},
+        )
+
+
+def _declared_length(scope: Scope) -> int:
+    """The request's Content-Length, or 0 when it has none (chunked) or an unreadable one (uvicorn refuses it)."""
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return 0
+    return 0
+
 
 # `read_ahead`'s answer when the client disconnected before its body was in.
 GONE = b"\0gone"
@@ -73,7 +107,7 @@ GONE = b"\0gone"
 
 async def read_ahead(receive: Receive, max_body_bytes: int) -> tuple[Receive, bytes | None]:
     """A request's body read (at most the cap), and a `receive` that hands it on unchanged. The body is None
-    past the cap (the SDK's own 413 answers), `GONE` when the client disconnected first."""
+    past the cap (`JsonRpcErrorCodes` answers 413), `GONE` when the client disconnected first."""
     messages: list[Message] = []
     size = 0
     while True:
@@ -102,7 +136,7 @@ def request_of(body: bytes, method: str) -> dict[str, Any] | None:
         return None
     try:
         message: Any = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     return message if isinstance(message, dict) and message.get("method") == method else None
 
@@ -110,7 +144,7 @@ def request_of(body: bytes, method: str) -> dict[str, Any] | None:
 def _invalid_request(body: bytes) -> bytes:
     try:
         data: Any = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return body
     error = data.get("error") if isinstance(data, dict) else None
     if (
@@ -125,13 +159,13 @@ def _invalid_request(body: bytes) -> bytes:
     return body
 
 
-def _bad_id(body: bytes) -> str | None:
+def unusable_id(body: bytes) -> str | None:
     """The kind of a request's unusable id (`null`, `a boolean`, `an object`, …), or None."""
     if b'"id"' not in body:
         return None
     try:
         data: Any = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None  # the SDK answers -32700
     if not isinstance(data, dict) or "method" not in data or "id" not in data:
         return None

@@ -6,6 +6,11 @@ connects and sends its headers slowly, or never, nor for a slow body; each such 
 connecting, or from the first byte of a later request on the connection, to the end of the headers;
 `limits.http_body_timeout` from there to the end of the body. A late connection is closed.
 
+A request line and headers over `limits.max_header_bytes` are answered 431 and the connection closed:
+httptools would otherwise hold a header of any length until the header deadline. The completed parts
+(URL, each header) are counted exactly; bytes read while the headers are still incomplete are a backstop
+for one header that never ends.
+
 A connection past `limits.max_connections` is answered 503 and closed at once, so descriptors stay free
 for the backends, the log and the clients already connected. At start the open-file limit is raised to
 its hard limit and the cap lowered to fit under it.
@@ -30,7 +35,17 @@ _log = ThrottledLog(logger)
 RESERVED_DESCRIPTORS = 128
 # What a client owes while a deadline runs: its request headers, or its body.
 Phase = Literal["headers", "body"]
-_BUSY = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: 26\r\nconnection: close\r\n\r\nToo many open connections\n"
+
+
+def _closing_answer(status: str, text: str) -> bytes:
+    body = text.encode() + b"\n"
+    head = f"HTTP/1.1 {status}\r\ncontent-type: text/plain\r\ncontent-length: {len(body)}\r\nconnection: close\r\n\r\n"
+    return head.encode() + body
+
+
+_BUSY = _closing_answer(
+    "503 Service Unavailable", "Too many open connections (limits.max_connections); retry in a moment"
+)
 
 
 class LimitedProtocol(HttpToolsProtocol):
@@ -41,11 +56,15 @@ class LimitedProtocol(HttpToolsProtocol):
     header_timeout: float = 10.0
     body_timeout: float = 30.0
     max_connections: int = 1000
+    max_header_bytes: int = 64 * 1024
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._deadline: asyncio.TimerHandle | None = None
         self._phase: Phase | None = None
+        self._head_bytes = 0  # of the current request's URL and completed headers
+        self._unfinished_bytes = 0  # read while the current request's headers are incomplete
+        self._refused = False  # answered 431: the rest of what the client sent is not parsed
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -58,18 +77,69 @@ class LimitedProtocol(HttpToolsProtocol):
             return
         self._arm("headers")  # a new connection: its first request's headers are due
 
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
+        super().data_received(data)
+        if self._phase == "headers" and not self._refused:
+            self._unfinished_bytes += len(data)
+            if self._unfinished_bytes > self.max_header_bytes:
+                self._refuse_head()
+
     def on_message_begin(self) -> None:
+        if self._refused:
+            return
         super().on_message_begin()
+        self._head_bytes = 0
         if self._phase is None:
             self._arm("headers")  # a later request on the connection begun (a new one keeps its first deadline)
 
+    def on_url(self, url: bytes) -> None:
+        if self._within_cap(len(url)):
+            super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._within_cap(len(name) + len(value) + 4):  # ": " and CRLF
+            super().on_header(name, value)
+
     def on_headers_complete(self) -> None:
+        if self._refused:
+            return
+        self._unfinished_bytes = 0
         super().on_headers_complete()
         self._arm("body")  # disarmed at once by on_message_complete when there is none
 
+    def on_body(self, body: bytes) -> None:
+        if not self._refused:
+            super().on_body(body)
+
     def on_message_complete(self) -> None:
+        if self._refused:
+            return
         super().on_message_complete()
         self._disarm()  # between requests the keep-alive timeout holds; nothing of ours
+
+    def _within_cap(self, size: int) -> bool:
+        if self._refused:
+            return False
+        self._head_bytes += size
+        if self._head_bytes > self.max_header_bytes:
+            self._refuse_head()
+            return False
+        return True
+
+    def _refuse_head(self) -> None:
+        """431 and close; the parser's remaining callbacks for this connection do nothing."""
+        self._refused = True
+        self._disarm()
+        _log.warning(
+            "headers",
+            "refused a request whose headers pass %d bytes (limits.max_header_bytes)",
+            self.max_header_bytes,
+        )
+        text = f"Request line and headers over {self.max_header_bytes:,} bytes (limits.max_header_bytes)"
+        self.transport.write(_closing_answer("431 Request Header Fields Too Large", text))
+        self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
@@ -101,12 +171,16 @@ class LimitedProtocol(HttpToolsProtocol):
         self.transport.close()
 
 
-def limited_protocol(header_timeout: float, body_timeout: float, max_connections: int) -> type[LimitedProtocol]:
-    return type(
-        "LimitedProtocol",
-        (LimitedProtocol,),
-        {"header_timeout": header_timeout, "body_timeout": body_timeout, "max_connections": max_connections},
-    )
+def limited_protocol(
+    header_timeout: float, body_timeout: float, max_connections: int, max_header_bytes: int = 64 * 1024
+) -> type[LimitedProtocol]:
+    settings = {
+        "header_timeout": header_timeout,
+        "body_timeout": body_timeout,
+        "max_connections": max_connections,
+        "max_header_bytes": max_header_bytes,
+    }
+    return type("LimitedProtocol", (LimitedProtocol,), settings)
 
 
 def fit_connections(max_connections: int) -> int:

@@ -10,26 +10,24 @@ tokens a second time; the calls made inside it (`call_tool`'s target, workflow s
 own tool's bucket there. Over stdio nothing changes: the router takes the tokens and refuses with the
 JSON-RPC error.
 
-Whose budget: a verified subject (the same on every replica, `subject_key`), else the session
-(`Mcp-Session-Id`, the same on every replica that serves it), else the credential the request carries
-(a digest under a key of this process), else nobody's in particular (a fresh key: only the tool's and
-the shared bucket bind).
+Whose budget: a verified subject (the same on every replica, `subject_key`), else the client's address
+(the one the session quota counts: the peer's, or X-Forwarded-For's behind one of `server.trusted_proxies`).
+Not the session nor an unverified credential: a client picks those freely (a new session per call, a
+2026-07-28 request without one, any Authorization header) and would get a fresh bucket each time.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
-import secrets
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from vmcp_opt.auth import CredentialIds, Identification
+from vmcp_opt.auth import Identification
 from vmcp_opt.auth.identity import SCOPE_KEY, Identity
 from vmcp_opt.routing.budget import LimitReached
 from vmcp_opt.server.admission import LIMITS_TAKEN_KEY
 from vmcp_opt.server.bad_input import GONE, read_ahead, request_of
-from vmcp_opt.server.sessions import json_rpc_error
+from vmcp_opt.server.sessions import client_address, json_rpc_error
 from vmcp_opt.shared.rate_limits import RateLimiter, subject_key
 
 TOO_MANY_REQUESTS = 429
@@ -40,7 +38,6 @@ class RateLimitGate:
         self.app = app
         self.limiter = limiter
         self.max_body_bytes = max_body_bytes
-        self.credentials = CredentialIds()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST":
@@ -68,14 +65,7 @@ class RateLimitGate:
             and identity.method in (Identification.TOKEN, Identification.API_KEY)
         ):
             return subject_key(identity.method, identity.subject)
-        headers = dict(scope["headers"])
-        session = headers.get(b"mcp-session-id")
-        if session:
-            return f"session:{hashlib.sha256(session).hexdigest()[:32]}"
-        authorization = headers.get(b"authorization", b"").strip()
-        if authorization:
-            return self.credentials.id_of(authorization.decode("latin-1"))
-        return f"anonymous:{secrets.token_hex(8)}"
+        return f"address:{client_address(scope)}"
 
 
 def tool_call_of(body: bytes) -> tuple[str | int, str] | None:

@@ -95,8 +95,7 @@ class SessionGate:
         if scope["type"] != "http" or scope["method"] != "POST" or not may_open_session(scope):
             await self.app(scope, receive, send)
             return
-        client = scope.get("client")
-        address = str(client[0]) if client else "?"
+        address = client_address(scope)
         slot = self.slots.take(address)
         if isinstance(slot, str):
             await self.refuse(slot, address, send)
@@ -111,8 +110,8 @@ class SessionGate:
     async def refuse(self, why: str, address: str, send: Send) -> None:
         """Answers 429 (`why` "address") or 503 ("total") with Retry-After."""
         if why == "address":
-            status, limit = 429, self.slots.max_per_address
-            message = f"Too many open sessions from this address ({limit}); retry after {self.retry_after} s"
+            status, limit, setting = 429, self.slots.max_per_address, "limits.max_sessions_per_address"
+            message = f"Too many open sessions from this address ({limit}, {setting}); retry after {self.retry_after} s"
             self._log.warning(
                 "sessions:address",
                 "sessions: refused a new session from %s: it holds %d (limits.max_sessions_per_address)",
@@ -120,8 +119,8 @@ class SessionGate:
                 limit,
             )
         else:
-            status, limit = 503, self.slots.max_total
-            message = f"Too many open sessions ({limit}); retry after {self.retry_after} s"
+            status, limit, setting = 503, self.slots.max_total, "limits.max_sessions"
+            message = f"Too many open sessions ({limit}, {setting}); retry after {self.retry_after} s"
             self._log.warning(
                 "sessions:total", "sessions: refused a new session: %d are open (limits.max_sessions)", limit
             )
@@ -130,7 +129,7 @@ class SessionGate:
             status,
             SERVER_BUSY,
             message,
-            {"retry_after": self.retry_after},
+            {"limit": setting, "retry_after": self.retry_after},
             [(b"retry-after", str(self.retry_after).encode())],
         )
 
@@ -163,6 +162,13 @@ async def json_rpc_error(
     start = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *(headers or [])]
     await send({"type": "http.response.start", "status": status, "headers": start})
     await send({"type": "http.response.body", "body": body})
+
+
+def client_address(scope: Scope) -> str:
+    """The client's address: the peer's, or X-Forwarded-For's when the peer is in `server.trusted_proxies`
+    (uvicorn sets it so only then: `proxy_headers`, `forwarded_allow_ips`)."""
+    client = scope.get("client")
+    return str(client[0]) if client else "?"
 
 
 def may_open_session(scope: Scope) -> bool:
