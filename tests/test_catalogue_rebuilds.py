@@ -57,3 +57,36 @@ async def test_a_burst_of_backend_changes_costs_at_most_two_merges_off_the_event
         finally:
             gateway.stop()
             task_group.cancel_scope.cancel()
+
+
+async def test_a_start_up_that_fails_unexpectedly_stops_the_gateway_instead_of_serving_half(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bug in the background start-up (say, indexing a catalogue) is fatal: the runner's `on_fatal` stops the
+    server with exit status 2, rather than leaving /healthz answering while every request fails."""
+
+    async def broken() -> None:
+        raise KeyError("a bug")
+
+    config = VmcpConfig.model_validate({"backends": [demo_backend("notes")], "optimizer": {"enabled": False}})
+    gateway = Gateway(config)
+    monkeypatch.setattr(gateway, "_tools_changed", broken)
+    stopped: list[BaseException] = []
+    fatal = anyio.Event()
+
+    def on_fatal(exc: BaseException) -> None:
+        stopped.append(exc)
+        fatal.set()
+
+    gateway.on_fatal = on_fatal
+    async with anyio.create_task_group() as task_group:
+        try:
+            with anyio.fail_after(60):
+                await gateway.start(task_group)
+                await fatal.wait()
+        finally:
+            gateway.stop()
+            task_group.cancel_scope.cancel()
+    assert gateway.fatal is stopped[0]
+    assert "start-up failed: KeyError" in str(gateway.fatal)
+    assert "Traceback" in caplog.text or any(r.exc_info for r in caplog.records)

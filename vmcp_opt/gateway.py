@@ -173,13 +173,19 @@ class Gateway:
                     return
                 await self._connect_and_build(task_group)
         except StartupError as exc:
-            self.fatal = exc
-            logger.error("cannot serve: %s", exc)
-            if self.on_fatal is not None:
-                self.on_fatal(exc)
+            self._fail(exc)
+        except Exception as exc:  # a bug: stop, rather than answer /healthz while every request fails
+            logger.exception("start-up failed")
+            self._fail(StartupError(f"start-up failed: {type(exc).__name__}: {exc}"))
         finally:
             if self._first_listing is not None:
                 self._first_listing.set()  # nothing more to wait for
+
+    def _fail(self, exc: StartupError) -> None:
+        self.fatal = exc
+        logger.error("cannot serve: %s", exc)
+        if self.on_fatal is not None:
+            self.on_fatal(exc)
 
     async def _connect_and_build(self, task_group: anyio.abc.TaskGroup) -> None:
         # best_effort serves what is ready after `startup_wait`; fail waits for every backend.
