@@ -58,7 +58,7 @@ def run(
     k: Annotated[str, typer.Option("--k", help="Cut-offs for Recall@k, nDCG@k and COMP@k.")] = "1,3,5,10",
     out: Annotated[Path, typer.Option(help="Where results.json, latencies.json and the plots go.")] = DEFAULT_OUT,
     limit_queries: Annotated[
-        int | None, typer.Option(help="Score at most N queries per dataset (a reproducible sample).")
+        int | None, typer.Option(min=1, help="Score at most N queries per dataset (a reproducible sample).")
     ] = None,
     data_dir: Annotated[
         Path | None,
@@ -102,11 +102,9 @@ def run(
     console = Console(stderr=True)
     try:
         method_names = methods_list(methods, KNOWN_METHODS)
-        ks = sorted({int(part) for part in k.split(",") if part.strip()})
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
-    if not ks or min(ks) < 1:
-        raise typer.BadParameter("--k needs positive integers, e.g. 1,3,5,10")
+    ks = _cutoffs(k)
     names = expand_names(dataset)
     data_root = data_dir or default_data_dir()
     bundled_wanted = [name for name in names if name in BUNDLED]
@@ -118,6 +116,9 @@ def run(
         names = [name for name in names if name not in BUNDLED]
         if not names:
             raise typer.Exit(code=2)
+    # Everything the run needs, checked before the model loads and the datasets are scored.
+    _check_datasets(names)
+    _check_writable(out)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     config = OptimizerConfig()
     if encoder not in ENCODERS:
@@ -154,6 +155,39 @@ def run(
         (out / "models.json").write_text(json.dumps(runs, indent=2) + "\n", encoding="utf-8")
         typer.echo(models_table(runs))
         console.print(f"models side by side: {out / 'models.json'}")
+
+
+def _cutoffs(k: str) -> list[int]:
+    """`--k 1,3,5,10` → [1, 3, 5, 10]."""
+    try:
+        ks = sorted({int(part) for part in k.split(",") if part.strip()})
+    except ValueError:
+        ks = []
+    if not ks or min(ks) < 1:
+        raise typer.BadParameter(f"needs comma-separated positive integers, e.g. 1,3,5,10; got {k!r}", param_hint="--k")
+    return ks
+
+
+def _check_datasets(names: list[str]) -> None:
+    """Each name is a bundled set or a directory (what is in it is checked as each loads)."""
+    unknown = [name for name in names if name not in BUNDLED and not Path(name).expanduser().is_dir()]
+    if unknown:
+        raise typer.BadParameter(
+            f"{', '.join(map(repr, unknown))}: neither a bundled dataset ({', '.join(BUNDLED)}, or 'all') "
+            "nor a BEIR directory",
+            param_hint="--dataset",
+        )
+
+
+def _check_writable(out: Path) -> None:
+    """`out` exists (made if need be) and takes a file: a run of many minutes must not end unable to save."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".vmcp-eval-write-check"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise typer.BadParameter(f"cannot write results to {out}: {exc.strerror or exc}", param_hint="--out") from None
 
 
 def _run_model(embedder: SharedEmbedder, options: RunOptions, *, several: bool, console: Console) -> dict[str, Any]:

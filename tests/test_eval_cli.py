@@ -159,3 +159,32 @@ def test_an_unknown_model_is_refused_by_name(tmp_path: Path) -> None:
     result = CliRunner().invoke(eval_app, ["run", "-d", str(data), "--model", "no-such-model", "--out", str(tmp_path)])
     assert result.exit_code == 2
     assert "no-such-model" in result.output
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--limit-queries", "0"], "--limit-queries"),
+        (["--limit-queries", "-5"], "--limit-queries"),
+        (["--k", "abc"], "needs comma-separated positive integers, e.g. 1,3,5,10; got 'abc'"),
+        (["--out", "{tmp}/afile/out"], "cannot write results to {tmp}/afile/out"),
+        (["-d", "nosuch"], "'nosuch': neither a bundled dataset"),
+    ],
+)
+def test_bad_arguments_are_refused_before_the_model_loads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, arguments: list[str], message: str
+) -> None:
+    import eval.embed
+
+    def no_model(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the model was loaded before the arguments were checked")
+
+    monkeypatch.setattr(eval.embed, "load_shared_embedder", no_model)
+    (tmp_path / "afile").write_text("x")
+    data = write_tiny_beir(tmp_path / "tiny")
+    arguments = [argument.replace("{tmp}", str(tmp_path)) for argument in arguments]
+    dataset = [] if "-d" in arguments else ["-d", str(data)]
+    out = [] if "--out" in arguments else ["--out", str(tmp_path / "out")]
+    result = CliRunner().invoke(eval_app, ["run", *dataset, *out, "--methods", "bm25", *arguments])
+    assert result.exit_code == 2, result.output
+    assert message.replace("{tmp}", str(tmp_path)) in " ".join(result.output.replace("│", " ").split())

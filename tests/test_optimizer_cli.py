@@ -178,3 +178,46 @@ def test_a_model_error_past_the_config_check_ends_the_command_with_its_reason(
     result = runner.invoke(index_app, ["stats", "-c", str(config), "--from-jsonl", str(tools)])
     assert result.exit_code == 2, result.output
     assert "optimizer.model: model 'nosuchmodel': not a registry id" in result.output
+
+
+def test_build_exits_non_zero_when_the_index_cannot_be_saved(setup: tuple[Path, Path], tmp_path: Path) -> None:
+    config, tools = setup
+    (tmp_path / "afile").write_text("x")
+    built = runner.invoke(
+        index_app, ["build", "-c", str(config), "--from-jsonl", str(tools), "--index-dir", str(tmp_path / "afile")]
+    )
+    assert built.exit_code == 2
+    assert "cannot write the index" in built.output and "embedded" not in built.output
+
+
+@pytest.mark.parametrize(
+    ("record", "problem"),
+    [
+        ({"name": "a", "backend": "b", "inputSchema": "x"}, "'inputSchema' must be an object, got a string"),
+        ({"name": "a", "backend": "b", "description": 5}, "'description' must be a string, got a number"),
+        ({"name": ["a"], "backend": "b"}, "'name' must be a string, got an array"),
+    ],
+)
+def test_a_wrongly_typed_jsonl_field_is_one_line_naming_it(
+    setup: tuple[Path, Path], tmp_path: Path, record: dict[str, object], problem: str
+) -> None:
+    config, _ = setup
+    tools = tmp_path / "typed.jsonl"
+    tools.write_text(json.dumps(record) + "\n", encoding="utf-8")
+    stats = runner.invoke(index_app, ["stats", "-c", str(config), "--from-jsonl", str(tools)])
+    assert stats.exit_code == 2
+    assert f"--from-jsonl: {tools}:1: not a tool record: {problem}" in " ".join(stats.output.split())
+
+
+def test_an_empty_jsonl_file_has_no_records_and_a_tokenless_one_has_stats(
+    setup: tuple[Path, Path], tmp_path: Path
+) -> None:
+    config, _ = setup
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n", encoding="utf-8")
+    stats = runner.invoke(index_app, ["stats", "-c", str(config), "--from-jsonl", str(empty)])
+    assert stats.exit_code == 2 and "no tool records" in stats.output
+    tokenless = tmp_path / "tiny.jsonl"  # `a` is a stopword and one character: no keyword token at all
+    tokenless.write_text(json.dumps({"name": "a", "backend": "b"}) + "\n", encoding="utf-8")
+    stats = runner.invoke(index_app, ["stats", "-c", str(config), "--from-jsonl", str(tokenless)])
+    assert stats.exit_code == 0, stats.output

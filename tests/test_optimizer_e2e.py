@@ -9,11 +9,16 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx2
+import mcp_types as types
 import pytest
 from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
 
 from tests.support import DEMO_SERVER, Gateway, demo_backend, running_gateway, write_config
-from vmcp_opt.optimizer.tokens import count_tokens
+from vmcp_opt.auth.api_keys import new_key
+from vmcp_opt.config import VmcpConfig
+from vmcp_opt.optimizer.tokens import count_tokens, tools_list_tokens
 
 pytestmark = [pytest.mark.slow, pytest.mark.anyio]
 
@@ -191,3 +196,71 @@ async def test_a_users_own_config_has_the_optimizer_on_and_the_environment_turns
     with running_gateway(config, env={"VMCP_OPTIMIZER__ENABLED": "false"}) as plain:
         async with Client(plain.url) as client:
             assert "notes_save_note" in {tool.name for tool in (await client.list_tools()).tools}
+
+
+async def test_find_tool_counts_the_full_list_of_the_tools_the_caller_may_use_not_the_whole_catalogue(
+    tmp_path: Path,
+) -> None:
+    alice, alice_hash = new_key()
+    bob, bob_hash = new_key()
+    keys = [{"sha256": alice_hash, "subject": "alice", "groups": ["dev"]}]
+    keys.append({"sha256": bob_hash, "subject": "bob", "groups": ["ops"]})
+    (tmp_path / "keys.json").write_text(json.dumps(keys))
+    (tmp_path / "policy.cedar").write_text(
+        'permit(principal in Group::"dev", action, resource);\n'
+        'permit(principal in Group::"ops", action, resource == Tool::"notes_whoami");\n'
+    )
+    config = {
+        **optimizer_config(tmp_path / "indexes", pinned=["notes_whoami"]),
+        "auth": {
+            "incoming": {"mode": "api_keys", "api_keys": {"file": "keys.json"}},
+            "authorization": {"policies": "policy.cedar"},
+        },
+    }
+    answers: dict[str, dict[str, Any]] = {}
+    listed: list[types.Tool] = []
+    with running_gateway(write_config(tmp_path, config)) as gateway:
+        for name, key in (("alice", alice), ("bob", bob)):
+            http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=60)
+            async with Client(streamable_http_client(gateway.url, http_client=http)) as client:  # type: ignore[arg-type]
+                answers[name] = await find(client, "who am I")
+                if name == "bob":
+                    listed = (await client.list_tools()).tools
+    # bob may use one backend tool: the list find_tool saves him is that one tool's, as tools/list shows it.
+    (whoami_tool,) = [tool for tool in listed if tool.name == "notes_whoami"]
+    model = VmcpConfig().optimizer.model
+    bob_tokens, alice_tokens = answers["bob"]["tokens"], answers["alice"]["tokens"]
+    assert bob_tokens["full_tool_list"] == tools_list_tokens([whoami_tool], model)
+    assert bob_tokens["saved"] == max(0, bob_tokens["full_tool_list"] - bob_tokens["this_answer"])
+    assert alice_tokens["full_tool_list"] > bob_tokens["full_tool_list"]
+
+
+TOKENLESS_SERVER = """\
+from mcp.server.mcpserver import MCPServer
+
+server = MCPServer("tiny")
+
+
+@server.tool(name="a", description="")
+def a() -> str:
+    return "ok"
+
+
+if __name__ == "__main__":
+    server.run()
+"""
+
+
+async def test_a_catalogue_without_keyword_tokens_serves_with_no_keyword_hits(tmp_path: Path) -> None:
+    """One tool `a`, no description: no token survives stopwords and the two-character minimum. The keyword
+    arm is empty rather than a crash that left /readyz at "starting" and every MCP request failing."""
+    (tmp_path / "tiny_server.py").write_text(TOKENLESS_SERVER, encoding="utf-8")
+    backend = {"name": "b", "command": "python", "args": [str(tmp_path / "tiny_server.py")]}
+    config = {"backends": [backend], "optimizer": {"enabled": True, "index_dir": str(tmp_path / "index")}}
+    with running_gateway(write_config(tmp_path, config)) as gateway:
+        assert httpx2.get(f"{gateway.base}/readyz", timeout=10).json()["status"] == "ready"
+        async with Client(streamable_http_client(gateway.url)) as client:
+            assert {tool.name for tool in (await client.list_tools()).tools} == {"find_tool", "call_tool"}
+            await find(client, "a")  # an answer (vectors only, or none), not an error
+            called = await client.call_tool("call_tool", {"tool_name": "b_a", "arguments": {}})
+    assert not called.is_error and called.content[0].text == "ok"  # type: ignore[union-attr]

@@ -4,6 +4,8 @@ backend call that fails; every event checked field by field, and no configured s
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -197,3 +199,123 @@ def test_full_queue_drops_are_counted_and_data_is_redacted_and_capped(tmp_path: 
     release.set()
     full.close()
     assert full.write_failures >= 1 and full.written == 0
+
+
+def bounded_files(audit: Path, cap: int) -> bytes:
+    """The audit file and its rotated copies, each checked to be 0600 and at most `cap` bytes."""
+    files = sorted(audit.parent.glob(f"{audit.name}*"))
+    for path in files:
+        assert path.stat().st_size <= cap, (path, path.stat().st_size)
+        assert path.stat().st_mode & 0o777 == 0o600  # it may hold personal data
+    return b"".join(path.read_bytes() for path in files)
+
+
+async def test_client_chosen_strings_are_bounded_and_the_file_never_passes_its_size(tmp_path: Path) -> None:
+    """A huge clientInfo.name and unknown tool names cannot grow the audit log past `max_file_bytes`, nor rotate
+    the earlier events away by the megabyte; strings are UTF-8 and JSON-string arguments are redacted."""
+    import mcp_types as types
+
+    cap = 8192
+    config = {
+        "backends": [demo_backend("notes")],
+        "optimizer": {"enabled": True},
+        "telemetry": {
+            "audit": {"enabled": True, "output": "audit.log", "include_data": True, "max_file_bytes": cap, "backups": 1}
+        },
+    }
+    audit = tmp_path / "audit.log"
+    emoji_name = "😀" * 20_000
+    with running_gateway(write_config(tmp_path, config)) as gateway:
+        info = types.Implementation(name=emoji_name, version="v" * 5_000)
+        async with Client(streamable_http_client(gateway.url), client_info=info) as client:
+            secret = json.dumps({"title": "t", "text": "hello", "password": "wonderland"})
+            await client.call_tool("call_tool", {"tool_name": "notes_save_note", "arguments": secret})
+            for _ in range(3):
+                with pytest.raises(MCPError):
+                    await client.call_tool("é" * 5_000, {})
+            await client.list_prompts()
+        wait_events(audit, "mcp_prompts_list")
+    raw = bounded_files(audit, cap)
+    events = [json.loads(line) for line in raw.decode("utf-8").splitlines()]
+    assert events and all(len(line) <= cap for line in raw.splitlines())
+    assert b"\\u" not in raw and "😀".encode() in raw  # UTF-8, not six bytes of escape per character
+    named = [e for e in events if "client_name" in e.get("subjects", {})]
+    assert named and all(e["subjects"]["client_name"] == "😀" * 200 + "…(20,000 chars)" for e in named)
+    assert all(e["subjects"]["client_version"] == "v" * 200 + "…(5,000 chars)" for e in named)
+    unknown = [e for e in events if e["type"] == "mcp_tool_call" and e["target"]["name"].startswith("é")]
+    assert unknown and all(e["target"]["name"] == "é" * 200 + "…(5,000 chars)" for e in unknown)
+    assert "wonderland" not in raw.decode("utf-8")
+    meta = [e for e in events if e["type"] == "vmcp_call_tool"]
+    assert meta and "[REDACTED]" in meta[0]["data"]["request"]["arguments"]
+
+
+def test_an_event_larger_than_the_file_limit_is_summarised_never_written_whole(tmp_path: Path) -> None:
+    from vmcp_opt.auth import Caller, Identification
+    from vmcp_opt.config import AuditConfig
+    from vmcp_opt.routing.operations import Operation
+    from vmcp_opt.telemetry.audit import AuditLog
+
+    config = AuditConfig(enabled=True, output=str(tmp_path / "a.log"), include_data=True, max_file_bytes=1024)
+    log = AuditLog(config.model_copy(update={"max_data_bytes": 100_000}))
+    caller = Caller("session:x", Identification.SESSION, "2025-11-25")
+    op = Operation("tools/call", caller, target="t", backend="b", arguments={"q": "x" * 50_000})
+    line = log.line("mcp_tool_call", 0.0, op)
+    log.close()
+    event = json.loads(line)
+    assert len(line) <= 1024 and "data" not in event
+    assert event["metadata"]["extra"]["record_truncated"] > 50_000 and event["target"]["name"] == "t"
+
+
+def test_every_event_type_the_gateway_writes_is_one_the_config_accepts() -> None:
+    from vmcp_opt.config.telemetry import AUDIT_EVENT_TYPES
+    from vmcp_opt.telemetry import names
+
+    written = {*names._LIST_EVENTS.values(), *names.META_TOOLS.values(), "mcp_tool_call", "mcp_request"}
+    workflows = {f"workflow_{end}" for end in ("started", "completed", "failed", "step_completed", "step_failed")}
+    assert written | workflows | {"vmcp_auth_denied"} == AUDIT_EVENT_TYPES
+
+
+def vmcp(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "vmcp_opt", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_validate_refuses_audit_settings_that_cannot_work(tmp_path: Path) -> None:
+    def validate(audit: dict[str, Any]) -> str:
+        checked = vmcp("validate", "-c", str(write_config(tmp_path, {"telemetry": {"audit": audit}})))
+        assert checked.returncode == 2, checked.stderr
+        return checked.stderr
+
+    typos = validate({"enabled": True, "include": ["mcp_tool_calls"], "exclude": ["everything"]})
+    assert "unknown event type 'mcp_tool_calls', did you mean 'mcp_tool_call'?" in typos
+    assert "unknown event type 'everything'" in typos
+    (tmp_path / "adir").mkdir()
+    directory = validate({"enabled": True, "output": "adir"})
+    assert f"telemetry.audit.output: {tmp_path / 'adir'} is a directory" in directory
+    (tmp_path / "afile").write_text("x")
+    under_file = validate({"enabled": True, "output": "afile/audit.log"})
+    assert f"{tmp_path / 'afile'} is a file, not a directory" in under_file
+
+
+def test_audit_to_stdout_is_refused_under_stdio_where_stdout_is_the_mcp_stream(tmp_path: Path) -> None:
+    config = write_config(tmp_path, {"backends": [demo_backend("notes")], "telemetry": {"audit": {"enabled": True}}})
+    served = subprocess.run(
+        [sys.executable, "-m", "vmcp_opt", "serve", "--stdio", "-c", str(config)],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert served.returncode == 2 and served.stdout == ""
+    assert "telemetry.audit.output: stdout is the MCP stream under --stdio" in served.stderr
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs /proc, a directory nothing can be made in")
+def test_an_audit_file_that_cannot_be_opened_stops_the_start_with_its_reason(tmp_path: Path) -> None:
+    config = {
+        "backends": [demo_backend("notes")],
+        "telemetry": {"audit": {"enabled": True, "output": "/proc/no/a.log"}},
+    }
+    served = vmcp("serve", "-c", str(write_config(tmp_path, config)), "--port", "0")
+    assert served.returncode == 2, served.stderr
+    assert "cannot start: telemetry.audit.output: cannot write /proc/no/a.log" in served.stderr
+    assert "Traceback" not in served.stderr

@@ -375,3 +375,51 @@ async def test_a_stdio_gateway_serves_its_metrics_on_the_diagnostics_listener(tm
             ready = await http.get("/readyz")
     assert not called.is_error and ready.status_code == 200
     assert 'mcp_server_operation_duration_seconds_count{method="tools/call",outcome="success"} 1.0' in metrics
+
+
+async def test_metrics_on_the_main_listener_need_a_credential_from_afar_when_authentication_is_on(
+    tmp_path: Path,
+) -> None:
+    """/metrics follows /readyz: loopback or a verified credential, else 401. Unknown prompts are counted apart
+    from unknown tools."""
+    from mcp.shared.exceptions import MCPError
+
+    from tests.test_host_binding import a_non_loopback_address
+    from vmcp_opt.auth.api_keys import new_key
+
+    address = a_non_loopback_address()
+    key, digest = new_key()
+    (tmp_path / "keys.json").write_text(json.dumps({"keys": [{"sha256": digest, "subject": "alice"}]}))
+    config = {
+        "backends": [demo_backend("notes")],
+        "auth": {"incoming": {"mode": "api_keys", "api_keys": {"file": "keys.json"}}},
+        "telemetry": {"metrics": {"enabled": True}},
+    }
+    with running_gateway(write_config(tmp_path, config), "--host", "0.0.0.0") as gateway:
+        http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=60)
+        async with Client(streamable_http_client(gateway.url, http_client=http)) as client:  # type: ignore[arg-type]
+            with pytest.raises(MCPError):
+                await client.get_prompt("no_such_prompt")
+        await http.aclose()
+        remote = f"http://{address}:{gateway.port}/metrics"
+        anonymous = httpx2.get(remote, timeout=30)
+        wrong = httpx2.get(remote, headers={"Authorization": "Bearer vmcp_not-a-known-key-12345678"}, timeout=30)
+        keyed = httpx2.get(remote, headers={"Authorization": f"Bearer {key}"}, timeout=30)
+        local = httpx2.get(f"{gateway.base}/metrics", timeout=30)
+
+    assert anonymous.status_code == wrong.status_code == 401 and "vmcp_backend_health" not in anonymous.text
+    assert keyed.status_code == local.status_code == 200 and "vmcp_backend_health" in keyed.text
+    assert "vmcp_unknown_prompt_total 1.0" in local.text and "vmcp_unknown_tool_total 0.0" in local.text
+
+
+def test_a_bare_integer_listen_port_is_accepted_and_the_mcp_port_is_refused_for_diagnostics(tmp_path: Path) -> None:
+    def validate(metrics: dict[str, Any], port: int = 8080) -> subprocess.CompletedProcess[str]:
+        config = write_config(tmp_path, {"server": {"port": port}, "telemetry": {"metrics": metrics}})
+        command = [sys.executable, "-m", "vmcp_opt", "validate", "-c", str(config)]
+        return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+    readme_form = validate({"enabled": True, "listen": 9464})  # YAML reads 9464 as an integer
+    assert readme_form.returncode == 0, readme_form.stderr
+    clash = validate({"enabled": True, "listen": 9464}, port=9464)
+    assert clash.returncode == 2
+    assert "telemetry.metrics.listen: port 9464 is server.port, the MCP listener's" in clash.stderr

@@ -137,3 +137,24 @@ def test_state_metrics_are_read_at_scrape_time() -> None:
     assert 'vmcp_find_tool_token_savings_percent_bucket{le="80.0"} 1.0' in text
     assert 'vmcp_find_tool_token_savings_percent_bucket{le="70.0"} 0.0' in text
     assert "vmcp_find_tool_tokens_saved_total 150.0" in text
+
+
+def test_shutdown_does_not_wait_on_a_collector_that_never_answers() -> None:
+    """A real OTLP/HTTP exporter against a socket that accepts and never answers: the exporter would hold the
+    shutdown for its whole timeout (set to two minutes here); `close` gives up after its own bound."""
+    import socket
+    import threading
+
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    with socket.socket() as hole:
+        hole.bind(("127.0.0.1", 0))
+        hole.listen()
+        endpoint = f"http://127.0.0.1:{hole.getsockname()[1]}/v1/traces"
+        tracing = Tracing(TracingConfig(enabled=True), OTLPSpanExporter(endpoint=endpoint, timeout=120))
+        with watched([tracing], Operation("tools/call", CALLER, target="t")):
+            pass
+        closing = threading.Thread(target=tracing.close, kwargs={"timeout": 0.5}, daemon=True)
+        closing.start()
+        closing.join(60)  # far less than the exporter's 120 s; without the bound, `close` is still waiting
+        assert not closing.is_alive()

@@ -38,6 +38,7 @@ from vmcp_opt.config.sections import (
 )
 from vmcp_opt.config.telemetry import (
     TelemetryConfig,
+    telemetry_problems,
 )
 from vmcp_opt.config.workflows import (
     WorkflowConfig,
@@ -134,6 +135,10 @@ class VmcpConfig(BaseSettings):
                 "auth.incoming.oauth.resource: needed when listening on every address: the URL clients use to "
                 "reach the gateway (e.g. https://mcp.example.com/mcp), which tokens must name as their audience"
             )
+        server = self.server
+        problems += telemetry_problems(
+            self.telemetry, transport=server.transport, host=server.host, port=server.port, base_dir=self.base_dir
+        )
         if problems:
             raise ValueError("\n".join(problems))  # one line per problem (`_describe`)
         return self

@@ -2,11 +2,38 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import difflib
+from pathlib import Path
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from vmcp_opt.config.base import _Strict
+
+# Every audit event type (vmcp_opt/telemetry/names.py makes them; a test keeps the two in step): ToolHive's
+# where they exist, ours (`vmcp_*`, `workflow_*`) for the meta-tools, workflows and refused authentications.
+AUDIT_EVENT_TYPES = frozenset(
+    {
+        "mcp_initialize",
+        "mcp_tools_list",
+        "mcp_prompts_list",
+        "mcp_resources_list",
+        "mcp_resource_templates_list",
+        "mcp_prompt_get",
+        "mcp_resource_read",
+        "mcp_completion",
+        "mcp_request",
+        "mcp_tool_call",
+        "vmcp_find_tool",
+        "vmcp_call_tool",
+        "vmcp_auth_denied",
+        "workflow_started",
+        "workflow_completed",
+        "workflow_failed",
+        "workflow_step_completed",
+        "workflow_step_failed",
+    }
+)
 
 
 class AuditConfig(_Strict):
@@ -14,9 +41,10 @@ class AuditConfig(_Strict):
 
     # Write audit events.
     enabled: bool = False
-    # `stdout`, or a file (relative to the config file's directory) rotated at `max_file_bytes`.
+    # `stdout`, `stderr`, or a file (relative to the config file's directory, created 0600) rotated at
+    # `max_file_bytes`. Not `stdout` with `server.transport: stdio` (`--stdio`): that is the MCP stream.
     output: str = "stdout"
-    # Size at which the file is rotated.
+    # Size at which the file is rotated; no line is longer (a longer event loses its `data`, then more).
     max_file_bytes: int = Field(default=50_000_000, ge=1024)
     # Rotated files kept beside the current one (`audit.log.1` … `audit.log.N`).
     backups: int = Field(default=5, ge=0)
@@ -40,6 +68,19 @@ class AuditConfig(_Strict):
     # work from interleaving with requests; 0 writes each event at once.
     flush_interval: float = Field(default=0.1, ge=0, le=10)
 
+    @field_validator("include", "exclude")
+    @classmethod
+    def _known_event_types(cls, value: list[str]) -> list[str]:
+        problems = [_unknown_event_type(name) for name in value if name not in AUDIT_EVENT_TYPES]
+        if problems:
+            raise ValueError("; ".join(problems) + f" (known: {', '.join(sorted(AUDIT_EVENT_TYPES))})")
+        return value
+
+
+def _unknown_event_type(name: str) -> str:
+    close = difflib.get_close_matches(name, AUDIT_EVENT_TYPES, n=1)
+    return f"unknown event type {name!r}" + (f", did you mean {close[0]!r}?" if close else "")
+
 
 class MetricsConfig(_Strict):
     """Prometheus metrics (vmcp_opt/telemetry/metrics.py)."""
@@ -50,6 +91,12 @@ class MetricsConfig(_Strict):
     # `port` or `host:port` (`[::1]:port` for IPv6), loopback unless a host is named. Unset: `/metrics` is
     # served on the main HTTP listener.
     listen: str | None = None
+
+    @field_validator("listen", mode="before")
+    @classmethod
+    def _port_number(cls, value: Any) -> Any:
+        # YAML reads `listen: 9464` as an integer: the bare port the comment above allows.
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
     @field_validator("listen")
     @classmethod
@@ -99,3 +146,49 @@ class TelemetryConfig(_Strict):
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     # OpenTelemetry spans, exported over OTLP.
     tracing: TracingConfig = Field(default_factory=TracingConfig)
+
+
+def telemetry_problems(telemetry: TelemetryConfig, *, transport: str, host: str, port: int, base_dir: str) -> list[str]:
+    """What cannot work with the rest of the document: audit on the MCP stream, an audit file that can never be
+    written, the diagnostics listener on the MCP port."""
+    problems: list[str] = []
+    audit = telemetry.audit
+    if audit.enabled and audit.output == "stdout" and transport == "stdio":
+        problems.append(
+            "telemetry.audit.output: stdout is the MCP stream under --stdio (server.transport: stdio), where "
+            "audit lines would corrupt the protocol; set it to a file (e.g. audit.log) or stderr"
+        )
+    if audit.enabled and audit.output not in ("stdout", "stderr"):
+        problem = audit_output_problem(audit_output_path(audit.output, base_dir))
+        if problem:
+            problems.append(f"telemetry.audit.output: {problem}")
+    address = telemetry.metrics.address()
+    if address is not None and transport == "streamable-http" and _same_listener(address, (host, port)):
+        problems.append(
+            f"telemetry.metrics.listen: port {port} is server.port, the MCP listener's; choose another port for "
+            "the diagnostics listener, or unset `listen` to serve /metrics on the MCP listener"
+        )
+    return problems
+
+
+def _same_listener(diagnostics: tuple[str, int], main: tuple[str, int]) -> bool:
+    """Whether the two addresses would clash: the same port, on the same host or a wildcard."""
+    hosts = {diagnostics[0], main[0]}
+    return diagnostics[1] == main[1] and (len(hosts) == 1 or bool(hosts & {"0.0.0.0", "::", ""}))
+
+
+def audit_output_path(output: str, base_dir: str) -> Path:
+    """The audit file `output` names: relative to the config file's directory."""
+    path = Path(output)
+    return path if path.is_absolute() else Path(base_dir) / path
+
+
+def audit_output_problem(path: Path) -> str | None:
+    """Why `path` can never be an audit file (a directory, or under a file), or None. Permissions are left to
+    the start, which opens the file: they may differ where `vmcp validate` runs."""
+    if path.is_dir():
+        return f"{path} is a directory; name a file in it (e.g. {path / 'audit.log'})"
+    for parent in path.parents:
+        if parent.exists():
+            return None if parent.is_dir() else f"cannot create {path}: {parent} is a file, not a directory"
+    return None

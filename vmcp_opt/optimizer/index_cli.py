@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import tempfile
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from vmcp_opt.optimizer.listing import Listing, load_listing, save_listing
 from vmcp_opt.optimizer.model_registry import ModelError, model_problem
 from vmcp_opt.optimizer.tokens import saving, tools_list_tokens
 from vmcp_opt.optimizer.usage import UsageGraph
+from vmcp_opt.optimizer.vector_store import VECTORS_FILE
 
 P = ParamSpec("P")
 index_app = typer.Typer(help="Build, inspect and query the optimizer's persisted tool index.", no_args_is_help=True)
@@ -83,11 +85,26 @@ def build(config: ConfigOption = None, from_jsonl: JsonlOption = None, index_dir
     directory = _index_dir(settings, index_dir)
     listing = _listing(settings, from_jsonl, directory, refresh=True)
     index = ToolIndex(settings.optimizer, directory, model_cache=settings.model_cache_dir())
+    _exit_unless_writable(index.directory)  # before embedding: a build is for the index it saves
     stats = index.update(listing.records, progress=True)
+    if stats.total and not (index.directory / VECTORS_FILE).exists():
+        errors.print(f"[red]index not saved[/] to {index.directory} (see the warning above)", highlight=False)
+        raise typer.Exit(1)
     console.print(
         f"[bold]{stats.total}[/] tools indexed in {stats.seconds:.1f} s: embedded {stats.embedded}, "
         f"reused {stats.reused}, removed {stats.removed} → {index.directory}"
     )
+
+
+def _exit_unless_writable(directory: Path) -> None:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        errors.print(f"[red]cannot write the index[/] to {directory}: {reason} (--index-dir)", highlight=False)
+        raise typer.Exit(2) from None
 
 
 @index_app.command()
@@ -350,15 +367,47 @@ def _tool_record(line: str, where: str) -> ToolRecord:
     if missing:
         needed = "every record needs 'name' and 'backend'"
         raise ValueError(f"{where}: not a tool record: missing {' and '.join(map(repr, missing))} ({needed})")
+    present = [key for key in _FIELD_TYPES if data.get(key) is not None or key in ("name", "backend")]
+    wrong = [_wrong_type(key, data[key], _FIELD_TYPES[key]) for key in present]
+    if any(wrong):
+        raise ValueError(f"{where}: not a tool record: {'; '.join(problem for problem in wrong if problem)}")
     return ToolRecord(
-        name=str(data["name"]),
-        backend=str(data["backend"]),
-        description=str(data.get("description") or ""),
+        name=data["name"],
+        backend=data["backend"],
+        description=data.get("description") or "",
         input_schema=data.get("input_schema") or data.get("inputSchema") or {},
         title=data.get("title"),
-        backend_description=str(data.get("backend_description") or ""),
+        backend_description=data.get("backend_description") or "",
         original_name=data.get("original_name"),
     )
+
+
+# A record's fields and the JSON type each must have (null is as if absent, but for `name` and `backend`).
+_FIELD_TYPES: dict[str, type] = {
+    "name": str,
+    "backend": str,
+    "description": str,
+    "input_schema": dict,
+    "inputSchema": dict,
+    "title": str,
+    "backend_description": str,
+    "original_name": str,
+}
+_JSON_NAMES = {
+    str: "a string",
+    dict: "an object",
+    list: "an array",
+    bool: "a boolean",
+    int: "a number",
+    type(None): "null",
+}
+
+
+def _wrong_type(key: str, value: Any, kind: type) -> str | None:
+    if isinstance(value, kind):
+        return None
+    got = "a number" if isinstance(value, float) else _JSON_NAMES.get(type(value), type(value).__name__)
+    return f"{key!r} must be {_JSON_NAMES[kind]}, got {got}"
 
 
 def _config(path: Path | None) -> VmcpConfig:
@@ -385,6 +434,9 @@ def _listing(settings: VmcpConfig, from_jsonl: Path | None, directory: Path, *, 
         except ValueError as exc:
             errors.print(f"--from-jsonl: {exc}", markup=False, highlight=False)
             raise typer.Exit(2) from None
+        if not records:
+            errors.print(f"--from-jsonl: {from_jsonl}: no tool records in it", markup=False, highlight=False)
+            raise typer.Exit(2)
         return Listing(records, tools_list_tokens([record_tool(r) for r in records], model), model)
     if not refresh:
         saved = load_listing(directory, model)

@@ -41,9 +41,25 @@ def build(documents: Sequence[str], config: OptimizerConfig) -> Any:
         return None
     import bm25s  # with scipy, 0.22 s of a gateway's start-up: only once there are tools to index
 
+    tokens = _tokenize(list(documents))
+    if not tokens.vocab:
+        # Every document tokenised to nothing (a tool named `a`, no description): bm25s cannot index an empty
+        # vocabulary, and no query token can match one anyway.
+        return _empty_index(len(documents))
     bm25 = bm25s.BM25(k1=config.bm25_k1, b=config.bm25_b)
-    bm25.index(_tokenize(list(documents)), show_progress=False)
+    bm25.index(tokens, show_progress=False)
     return bm25
+
+
+def _empty_index(documents: int) -> _FieldIndex:
+    """An index with no tokens: every query has no keyword hits (the vector arm still ranks)."""
+    scores = {
+        "data": np.zeros(0, dtype=np.float32),
+        "indices": np.zeros(0, dtype=np.int32),
+        "indptr": np.zeros(1, dtype=np.int32),
+        "num_docs": documents,
+    }
+    return _FieldIndex(vocab_dict={}, scores=scores)
 
 
 def build_fields(heads: Sequence[str], parameters: Sequence[str], weight: float, config: OptimizerConfig) -> Any:

@@ -4,7 +4,8 @@ With `telemetry.metrics.listen`, a second uvicorn server in the gateway's event 
 on that address (loopback unless a host is named), and the main listener serves no `/metrics`: scrapers
 need not reach the MCP port, and the MCP port need not expose metrics. The main listener keeps `/healthz`
 and `/readyz` either way (load balancers probe it there). A stdio gateway has no other listener: this is
-how its metrics are read.
+how its metrics are read. With authentication on, the main listener's `/metrics` answers a non-loopback
+caller without a credential that verifies 401, as its `/readyz` keeps the detail from them.
 """
 
 from __future__ import annotations
@@ -54,13 +55,23 @@ def health_routes(gateway: Gateway, endpoint: ASGIApp | None, drain: Drain | Non
     return [Route("/healthz", healthz, methods=["GET"]), Route("/readyz", readyz, methods=["GET"])]
 
 
-def metrics_routes(gateway: Gateway) -> list[Route]:
-    """`/metrics` when metrics are on."""
+def metrics_routes(gateway: Gateway, endpoint: ASGIApp | None = None) -> list[Route]:
+    """`/metrics` when metrics are on. On the main listener (`endpoint` given) with authentication on, only to
+    those `/readyz` shows its detail: loopback, or a credential that verifies (backend names, health and
+    auth-failure counts are not for anyone who reaches the port). Open on the diagnostics listener, which is
+    loopback unless `telemetry.metrics.listen` names a host (then a warning says it is open)."""
     metrics = gateway.telemetry.metrics
     if metrics is None:
         return []
+    guarded = isinstance(endpoint, RequireAuthentication)
 
     async def exposition(request: Request) -> Response:
+        if guarded and not await may_see_detail(request.scope, endpoint):
+            return JSONResponse(
+                {"error": "/metrics needs a credential from a non-loopback address"},
+                status_code=401,
+                headers={"WWW-Authenticate": "Bearer"},
+            )
         return Response(metrics.exposition(), media_type=METRICS_CONTENT_TYPE)
 
     return [Route("/metrics", exposition, methods=["GET"])]

@@ -155,7 +155,7 @@ def create_app(gateway: Gateway) -> Starlette:
         routes=[
             Route(server_config.path, endpoint=endpoint),
             *health_routes(gateway, endpoint, drain),
-            *(metrics_routes(gateway) if diagnostics is None else []),
+            *(metrics_routes(gateway, endpoint) if diagnostics is None else []),
             *auth_routes,
         ],
         lifespan=lifespan,

@@ -27,6 +27,7 @@ from vmcp_opt.server.drain import Drain, end_streams
 from vmcp_opt.server.http import create_app, diagnostics_listener
 from vmcp_opt.server.stdio import serve_stdio
 from vmcp_opt.shared.secrets import SecretMissing
+from vmcp_opt.telemetry.audit import AuditOutputError
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ def run_gateway(config: VmcpConfig, announce: Callable[[VmcpConfig, int], None] 
     except PolicyLoadError as exc:
         logger.error("cannot start: auth.authorization.policies: %s", exc)
         return 2
-    except SecretMissing as exc:
+    except (SecretMissing, AuditOutputError) as exc:
         logger.error("cannot start: %s", exc)
         return 2
     except ModelError as exc:  # `vmcp` checks it at load; this is for other callers, or a model changed since
@@ -75,7 +76,10 @@ def run_gateway(config: VmcpConfig, announce: Callable[[VmcpConfig, int], None] 
             lifespan="on",
             timeout_graceful_shutdown=int(config.timeouts.shutdown),
             http=limited_protocol(
-                limits.http_header_timeout, limits.http_body_timeout, fit_connections(limits.max_connections)
+                limits.http_header_timeout,
+                limits.http_body_timeout,
+                fit_connections(limits.max_connections),
+                limits.max_header_bytes,
             ),
             timeout_keep_alive=math.ceil(limits.http_keep_alive_timeout),
             # The client's address from X-Forwarded-For only behind a trusted proxy (uvicorn's own default

@@ -18,6 +18,12 @@ The request path only copies a few references into a queue (bounded, `queue_size
 most once per `flush_interval`, then formats, sizes and writes what gathered. When the queue is full the event is dropped (`when_full: drop`) or the request waits at
 most `block_timeout` before it is dropped (`block`); drops and write failures are counted (`dropped`,
 `write_failures`, exported as metrics) and logged, at most once per `REPORT_EVERY` seconds.
+
+A client chooses some of what an event holds (the tool, prompt or resource name it asks for, its
+`clientInfo`, its request id): each such string is cut to `MAX_FIELD_CHARS` with a marker giving its length,
+so one request cannot write megabytes into every event of its session. Lines are UTF-8 (`ensure_ascii=False`:
+no six-byte escape per character), written one by one so that the file is rotated before a line would pass
+`max_file_bytes`; a line longer than that on its own loses its `data`, then everything a client chose.
 """
 
 from __future__ import annotations
@@ -32,12 +38,13 @@ import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any, cast
+from typing import Any, BinaryIO, TypeVar, cast
 
 from pydantic_core import to_json, to_jsonable_python
 
 from vmcp_opt.auth import Caller, Identification
 from vmcp_opt.config import AuditConfig
+from vmcp_opt.config.telemetry import audit_output_path, audit_output_problem
 from vmcp_opt.routing.operations import Operation
 from vmcp_opt.routing.providers import GATEWAY_SOURCE
 from vmcp_opt.telemetry.names import event_type, target_type
@@ -45,7 +52,14 @@ from vmcp_opt.telemetry.redact import redacted
 
 logger = logging.getLogger(__name__)
 REPORT_EVERY = 10.0  # seconds between two reports of dropped events or failed writes
+# Characters kept of a string a client chose (a tool name, clientInfo.name, …), as spans keep of a name.
+MAX_FIELD_CHARS = 200
 _STOP = object()
+_Text = TypeVar("_Text", str, str | None)
+
+
+class AuditOutputError(Exception):
+    """`telemetry.audit.output` cannot be opened for writing at start; the message names it and why."""
 
 
 class AuditLog:
@@ -114,7 +128,7 @@ class AuditLog:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            lines = []
+            lines: list[bytes] = []
             stop = False
             for entry in batch:
                 if entry is _STOP:
@@ -122,13 +136,13 @@ class AuditLog:
                     continue
                 kind, at, op = cast(tuple[str, float, Operation], entry)
                 try:
-                    lines.append(json.dumps(self.event(kind, at, op), separators=(",", ":"), default=str))
+                    lines.append(self.line(kind, at, op))
                 except Exception as exc:  # an unserialisable result must not stop the log
                     self.write_failures += 1
                     self._report(f"audit event not formatted: {exc!r}")
             if lines:
                 try:
-                    self._sink.write("\n".join(lines) + "\n")
+                    self._sink.write(lines)
                     self.written += len(lines)
                 except OSError as exc:
                     self.write_failures += len(lines)
@@ -136,22 +150,39 @@ class AuditLog:
             if stop:
                 return
 
+    def line(self, kind: str, at: float, op: Operation) -> bytes:
+        """The event as one UTF-8 line of at most `max_file_bytes`: a longer one loses its `data` first, then
+        is cut to what the gateway itself chose (type, outcome, time, id), marked `record_truncated`."""
+        event = self.event(kind, at, op)
+        encoded = _encoded(event)
+        if len(encoded) <= self._sink.max_bytes:
+            return encoded
+        event.pop("data", None)
+        event["metadata"]["extra"]["record_truncated"] = len(encoded)
+        shorter = _encoded(event)
+        if len(shorter) <= self._sink.max_bytes:
+            return shorter
+        summary = {key: event[key] for key in ("type", "loggedAt", "outcome", "component")}
+        summary["metadata"] = {"auditId": event["metadata"]["auditId"], "extra": {"record_truncated": len(encoded)}}
+        return _encoded(summary)
+
     def event(self, kind: str, at: float, op: Operation) -> dict[str, Any]:
         caller = op.caller
-        subjects = {"user_id": caller.subject, "user": _user(caller.claims) or caller.subject or "anonymous"}
-        subjects |= {"client_name": caller.client_name, "client_version": caller.client_version}
-        subjects |= {"caller_id": caller.id, "identified_by": caller.identified_by.value}
+        user = _user(caller.claims) or caller.subject or "anonymous"
+        subjects = {"user_id": _bounded(caller.subject), "user": _bounded(user)}
+        subjects |= {"client_name": _bounded(caller.client_name), "client_version": _bounded(caller.client_version)}
+        subjects |= {"caller_id": _bounded(caller.id), "identified_by": caller.identified_by.value}
         extra: dict[str, Any] = {
             "duration_ms": round(op.duration * 1000, 3),
-            "protocol_version": caller.protocol_version,
+            "protocol_version": _bounded(caller.protocol_version),
         }
         if kind != "workflow_started":
             extra["response_size_bytes"] = _size(op.result)
         if op.error is not None:
-            extra["error_type"] = op.error
+            extra["error_type"] = _bounded(op.error)
         if op.exchange is not None and op.exchange.request_id is not None:
-            extra["request_id"] = str(op.exchange.request_id)
-        address = caller.address
+            extra["request_id"] = _bounded(str(op.exchange.request_id))
+        address = _bounded(caller.address)
         event: dict[str, Any] = {
             "metadata": {"auditId": str(uuid.uuid4()), "extra": extra},
             "type": kind,
@@ -190,30 +221,59 @@ class AuditLog:
 
 
 class _Sink:
-    """stdout, or a file rotated by size: `audit.log` → `audit.log.1` → … → `audit.log.<backups>`."""
+    """stdout, stderr, or a file rotated by size: `audit.log` → `audit.log.1` → … → `audit.log.<backups>`.
+
+    The file is opened at start (a path that cannot be written stops the start, `AuditOutputError`), created
+    0600 (with `include_data` it may hold personal data), and rotated before a line would pass `max_bytes`."""
 
     def __init__(self, config: AuditConfig, base_dir: str) -> None:
         self.max_bytes = config.max_file_bytes
         self.backups = config.backups
         self.path: Path | None = None
-        self._file: IO[str] | None = None
-        if config.output != "stdout":
-            path = Path(config.output)
-            self.path = path if path.is_absolute() else Path(base_dir) / path
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-
-    def write(self, text: str) -> None:
-        if self.path is None:
-            sys.stdout.write(text)
-            sys.stdout.flush()
+        self._stream: BinaryIO | None = None
+        self._file: BinaryIO | None = None
+        self._size = 0
+        if config.output in ("stdout", "stderr"):
+            self._stream = sys.stdout.buffer if config.output == "stdout" else sys.stderr.buffer
             return
-        if self._file is None:
-            self._file = self.path.open("a", encoding="utf-8")
-        if self._file.tell() and self._file.tell() + len(text) > self.max_bytes:
-            self._rotate()
+        self.path = audit_output_path(config.output, base_dir)
+        problem = audit_output_problem(self.path)  # checked at load too; the files may have changed since
+        if problem:
+            raise AuditOutputError(f"telemetry.audit.output: {problem}")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._open()
+        except OSError as exc:
+            raise AuditOutputError(f"telemetry.audit.output: cannot write {self.path}: {exc.strerror or exc}") from None
+
+    def write(self, lines: list[bytes]) -> None:
+        if self._stream is not None:
+            self._stream.write(b"".join(lines))
+            self._stream.flush()
+            return
+        if self._file is None:  # a rotation that failed to reopen: try again
+            self._open()
+        pending: list[bytes] = []
+        for line in lines:
+            if self._size and self._size + len(line) > self.max_bytes:
+                self._flush(pending)
+                pending = []
+                self._rotate()
+            pending.append(line)
+            self._size += len(line)
+        self._flush(pending)
+
+    def _flush(self, lines: list[bytes]) -> None:
         assert self._file is not None
-        self._file.write(text)
-        self._file.flush()
+        if lines:
+            self._file.write(b"".join(lines))
+            self._file.flush()
+
+    def _open(self) -> None:
+        assert self.path is not None
+        # 0600 for a new file (the umask may only narrow it); an existing one keeps the mode it was given.
+        self._file = os.fdopen(os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab")
+        self._size = self._file.tell()
 
     def _rotate(self) -> None:
         assert self.path is not None and self._file is not None
@@ -227,7 +287,7 @@ class _Sink:
             os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
         else:
             self.path.unlink(missing_ok=True)
-        self._file = self.path.open("a", encoding="utf-8")
+        self._open()
 
     def close(self) -> None:
         if self._file is not None:
@@ -236,9 +296,9 @@ class _Sink:
 
 
 def _target(op: Operation) -> dict[str, str]:
-    target = {"method": op.method, "type": target_type(op.method)}
+    target = {"method": _bounded(op.method), "type": target_type(op.method)}
     if op.target is not None:
-        target["name"] = op.target
+        target["name"] = _bounded(op.target)
     if op.backend is not None and op.backend != GATEWAY_SOURCE:
         target["backend"] = op.backend
     return target
@@ -255,9 +315,22 @@ def _user(claims: Any) -> str | None:
 def _chain(act: dict[str, Any]) -> list[dict[str, str]]:
     chain: list[dict[str, str]] = []
     while isinstance(act, dict) and len(chain) < 10:
-        chain.append({k: str(v) for k, v in act.items() if k in ("sub", "client_id", "iss")})
+        chain.append({k: _bounded(str(v)) for k, v in act.items() if k in ("sub", "client_id", "iss")})
         act = act.get("act")  # type: ignore[assignment]
     return chain
+
+
+def _bounded(value: _Text) -> _Text:
+    """`value` cut to `MAX_FIELD_CHARS`, marked with its full length: `abc…(100,007 chars)`."""
+    if value is None or len(value) <= MAX_FIELD_CHARS:
+        return value
+    return f"{value[:MAX_FIELD_CHARS]}…({len(value):,} chars)"
+
+
+def _encoded(event: dict[str, Any]) -> bytes:
+    return (json.dumps(event, separators=(",", ":"), default=str, ensure_ascii=False) + "\n").encode(
+        "utf-8", "backslashreplace"
+    )
 
 
 def _size(result: Any) -> int:

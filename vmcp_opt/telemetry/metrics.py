@@ -83,6 +83,9 @@ class Metrics:
         self.not_found = Counter(
             "vmcp_unknown_tool_total", "Calls of a tool nothing serves (call_tool not-found).", registry=self.registry
         )
+        self.unknown_prompt = Counter(
+            "vmcp_unknown_prompt_total", "prompts/get of a prompt nothing serves.", registry=self.registry
+        )
         self.find_results = Histogram(
             "vmcp_find_tool_results",
             "Tools find_tool returned per call, by ranking mode (hybrid, or keyword while vectors load).",
@@ -146,8 +149,11 @@ class Metrics:
             self._child(self.meta, op.target, op.outcome).observe(op.duration)
             if op.target == "find_tool":
                 self._found(op)
-        if op.error == str(-32602) and op.backend is None:
-            self.not_found.inc()
+        if op.error == str(-32602) and op.backend is None:  # not found: served by no backend
+            if op.method == "tools/call":
+                self.not_found.inc()
+            elif op.method == "prompts/get":
+                self.unknown_prompt.inc()
 
     def authenticated(self, method: str, outcome: str) -> None:
         """One HTTP request's authentication (server/authentication.py)."""

@@ -29,7 +29,9 @@ and `OTEL_BSP_*` settings, and the OTLP exporters, which read the standard `OTEL
 from __future__ import annotations
 
 import importlib
+import logging
 import os
+import threading
 import time
 from contextvars import Token
 from dataclasses import dataclass
@@ -60,7 +62,11 @@ from vmcp_opt.routing.providers import GATEWAY_SOURCE
 from vmcp_opt.telemetry.names import find_tool_summary
 from vmcp_opt.workflows.provider import WORKFLOW_SOURCE
 
+logger = logging.getLogger(__name__)
 _KEY = "span"  # this watcher's entry in `Operation.notes`
+# Seconds the shutdown waits for queued spans to leave: a collector that is down or never answers would
+# otherwise hold it for the exporter's retries (up to OTEL_EXPORTER_OTLP_TIMEOUT, 10 s, per batch).
+CLOSE_TIMEOUT = 2.0
 _MAX_NAME = 200  # a client names the target: span names and attributes keep this much of it
 _PROPAGATOR = TraceContextTextMapPropagator()
 _SCOPE = InstrumentationScope("vmcp_opt.telemetry.tracing")
@@ -90,7 +96,8 @@ class Tracing:
         # The provider reads `OTEL_TRACES_SAMPLER` when no ratio is configured, and owns the processor's
         # flush and shutdown; its tracer is not used (see the module's docstring).
         self.provider = TracerProvider(sampler=sampler, resource=resource)
-        self.processor = BatchSpanProcessor(exporter or otlp_exporter())
+        self.exporter = exporter or otlp_exporter()
+        self.processor = BatchSpanProcessor(self.exporter)
         self.provider.add_span_processor(self.processor)
         self._sampler = self.provider.sampler
         self._resource = self.provider.resource
@@ -152,8 +159,14 @@ class Tracing:
         )
         self.processor.on_end(span)
 
-    def close(self) -> None:
-        self.provider.shutdown()  # exports what is still queued
+    def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
+        """Export what is still queued, waiting at most `timeout` seconds; past it the spans are lost (logged)."""
+        closing = threading.Thread(target=self.provider.shutdown, name="vmcp-tracing-close", daemon=True)
+        closing.start()
+        closing.join(timeout)
+        if closing.is_alive():
+            logger.warning("traces: the collector did not take the last spans within %.0f s; they are lost", timeout)
+            self.exporter.shutdown()  # ends its retry back-off; the daemon thread ends with the process
 
 
 def otlp_exporter() -> SpanExporter:
