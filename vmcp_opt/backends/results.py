@@ -22,6 +22,12 @@ _NODE = 8  # what a number, a bracket or a key's quotes add to the JSON
 
 def exceeds(value: Any, cap: int) -> bool:
     """Whether `value` (a result model, or JSON-like data) takes more than about `cap` bytes as JSON."""
+    return json_size(value, cap) is None
+
+
+def json_size(value: Any, cap: int) -> int | None:
+    """About `value`'s size as JSON (a result model, or JSON-like data), or None once it passes `cap`: the walk
+    stops there."""
     total = 0
     stack = [value]
     while stack:
@@ -43,8 +49,8 @@ def exceeds(value: Any, cap: int) -> bool:
         else:
             total += _NODE
         if total > cap:
-            return True
-    return False
+            return None
+    return total
 
 
 def bounded_result(backend: str, result: ResultT, cap: int) -> ResultT:

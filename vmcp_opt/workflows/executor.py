@@ -26,6 +26,7 @@ import anyio
 import anyio.to_thread
 import mcp_types as types
 
+from vmcp_opt.backends.results import json_size
 from vmcp_opt.config.workflows import StepConfig, WorkflowConfig
 from vmcp_opt.workflows.templates import TemplateError, render_value, truthy
 
@@ -130,11 +131,7 @@ class WorkflowRun:
                 report.output = await self._output()
             except TemplateError as exc:
                 report.error = f"output.{exc.place.removeprefix('output.')}: {exc.reason}"
-        if (
-            report.error is None
-            and self._max_output is not None
-            and output_size(report.output, self._max_output) is None
-        ):
+        if report.error is None and self._max_output is not None and json_size(report.output, self._max_output) is None:
             report.error = (
                 f"workflow '{self.workflow.name}' returned a result larger than {self._max_output:,} bytes "
                 "(limits.max_result_bytes); it was not passed on"
@@ -162,7 +159,7 @@ class WorkflowRun:
         """Counts a step's output (or a for_each item's) against limits.max_result_bytes."""
         if self._max_output is None:
             return
-        size = output_size(output, self._max_output - self._held)
+        size = json_size(output, self._max_output - self._held)
         self._held = self._max_output + 1 if size is None else self._held + size
         if self._held > self._max_output:
             raise StepError(
@@ -352,32 +349,6 @@ def result_output(result: types.CallToolResult) -> Any:
         return json.loads(texts[0])
     except (ValueError, RecursionError):  # not JSON, or nested deeper than the parser goes: kept as text
         return texts[0]
-
-
-def output_size(value: Any, cap: int) -> int | None:
-    """About `value`'s JSON size, or None once it passes `cap` (the walk stops there): the measure of
-    backends/results.py, so a workflow's result is held to limits.max_result_bytes as a backend's is."""
-    total = 0
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, str | bytes):
-            total += len(item) + 2
-        elif isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
-            total += _NODE
-        elif isinstance(item, list | tuple):
-            stack.extend(item)
-            total += _NODE
-        else:
-            total += _NODE
-        if total > cap:
-            return None
-    return total
-
-
-_NODE = 8  # what a number, a bracket or a key's quotes add to the JSON
 
 
 def _has_template(value: Any) -> bool:
