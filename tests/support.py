@@ -35,6 +35,28 @@ def unavailable(reason: str) -> NoReturn:
     pytest.skip(reason)
 
 
+def api_keys_file(path: Path, groups: dict[str, list[str]]) -> dict[str, str]:
+    """An API keys file at `path` with a new key for each subject of `groups` (subject -> its groups); the
+    keys by subject."""
+    from vmcp_opt.auth.api_keys import new_key
+
+    keys, entries = {}, []
+    for subject, member_of in groups.items():
+        keys[subject], digest = new_key()
+        entries.append({"sha256": digest, "subject": subject, "groups": member_of})
+    path.write_text(json.dumps(entries))
+    return keys
+
+
+def bearer_client(url: str, credential: str) -> Any:
+    """An SDK client to the gateway at `url` sending `Authorization: Bearer <credential>`."""
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+
+    http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {credential}"}, timeout=60)
+    return Client(streamable_http_client(url, http_client=http))  # type: ignore[arg-type]
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -21,18 +21,18 @@ import httpx2
 import mcp_types as types
 import pytest
 from mcp import Client
-from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
 from tests.support import (
     Gateway,
+    api_keys_file,
+    bearer_client,
     demo_backend,
     free_port,
     http_demo_backend,
     running_gateway,
     write_config,
 )
-from vmcp_opt.auth.api_keys import new_key
 
 pytestmark = [pytest.mark.slow, pytest.mark.anyio]
 
@@ -194,19 +194,10 @@ permit(principal in Group::"ops", action, resource == Tool::"local_whoami");
 """
 
 
-def key_client(gateway: Gateway, key: str) -> Client:
-    http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=60)
-    return Client(streamable_http_client(gateway.url, http_client=http))  # type: ignore[arg-type]
-
-
 async def test_a_tool_whose_backend_is_down_is_denied_to_a_caller_the_policy_refuses_and_never_shows_its_error(
     tmp_path: Path,
 ) -> None:
-    alice, alice_hash = new_key()
-    bob, bob_hash = new_key()
-    keys = [{"sha256": alice_hash, "subject": "alice", "groups": ["dev"]}]
-    keys.append({"sha256": bob_hash, "subject": "bob", "groups": ["ops"]})
-    (tmp_path / "keys.json").write_text(json.dumps(keys))
+    keys = api_keys_file(tmp_path / "keys.json", {"alice": ["dev"], "bob": ["ops"]})
     (tmp_path / "policy.cedar").write_text(DOWN_POLICY)
     audit = tmp_path / "audit.log"
     port = free_port()
@@ -224,7 +215,10 @@ async def test_a_tool_whose_backend_is_down_is_denied_to_a_caller_the_policy_ref
             **FAST,
         }
         with running_gateway(write_config(tmp_path, config)) as gateway:
-            async with key_client(gateway, bob) as as_bob, key_client(gateway, alice) as as_alice:
+            async with (
+                bearer_client(gateway.url, keys["bob"]) as as_bob,
+                bearer_client(gateway.url, keys["alice"]) as as_alice,
+            ):
                 await eventually(lambda: backend(gateway, "web")["state"] == "ready", what="web ready")
                 with pytest.raises(MCPError, match=r"not permitted: .* may not use tool 'web_whoami'"):
                     await as_bob.call_tool("web_whoami", {})

@@ -15,8 +15,15 @@ import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from tests.support import DEMO_SERVER, Gateway, demo_backend, running_gateway, write_config
-from vmcp_opt.auth.api_keys import new_key
+from tests.support import (
+    DEMO_SERVER,
+    Gateway,
+    api_keys_file,
+    bearer_client,
+    demo_backend,
+    running_gateway,
+    write_config,
+)
 from vmcp_opt.config import VmcpConfig
 from vmcp_opt.optimizer.tokens import count_tokens, tools_list_tokens
 
@@ -201,11 +208,7 @@ async def test_a_users_own_config_has_the_optimizer_on_and_the_environment_turns
 async def test_find_tool_counts_the_full_list_of_the_tools_the_caller_may_use_not_the_whole_catalogue(
     tmp_path: Path,
 ) -> None:
-    alice, alice_hash = new_key()
-    bob, bob_hash = new_key()
-    keys = [{"sha256": alice_hash, "subject": "alice", "groups": ["dev"]}]
-    keys.append({"sha256": bob_hash, "subject": "bob", "groups": ["ops"]})
-    (tmp_path / "keys.json").write_text(json.dumps(keys))
+    keys = api_keys_file(tmp_path / "keys.json", {"alice": ["dev"], "bob": ["ops"]})
     (tmp_path / "policy.cedar").write_text(
         'permit(principal in Group::"dev", action, resource);\n'
         'permit(principal in Group::"ops", action, resource == Tool::"notes_whoami");\n'
@@ -220,9 +223,8 @@ async def test_find_tool_counts_the_full_list_of_the_tools_the_caller_may_use_no
     answers: dict[str, dict[str, Any]] = {}
     listed: list[types.Tool] = []
     with running_gateway(write_config(tmp_path, config)) as gateway:
-        for name, key in (("alice", alice), ("bob", bob)):
-            http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=60)
-            async with Client(streamable_http_client(gateway.url, http_client=http)) as client:  # type: ignore[arg-type]
+        for name, key in keys.items():
+            async with bearer_client(gateway.url, key) as client:
                 answers[name] = await find(client, "who am I")
                 if name == "bob":
                     listed = (await client.list_tools()).tools
