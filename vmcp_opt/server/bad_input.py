@@ -120,8 +120,9 @@ async def read_ahead(receive: Receive, max_body_bytes: int) -> tuple[Receive, by
             break
     if messages[-1]["type"] == "http.disconnect":
         return receive, GONE
+    # Past the cap whether or not more was to come: a chunked body can arrive whole in one message.
     complete = messages[-1]["type"] == "http.request" and not messages[-1].get("more_body")
-    body = b"".join(m.get("body", b"") for m in messages) if complete else None
+    body = b"".join(m.get("body", b"") for m in messages) if complete and size <= max_body_bytes else None
 
     async def replay() -> Message:
         return messages.pop(0) if messages else await receive()
