@@ -133,3 +133,32 @@ def test_index_search_refuses_a_backend_not_in_the_catalogue(gateway: Gateway, c
     found = vmcp_index_search(config, "save a note", "-b", "notes")
     assert found.returncode == 0, found.stderr
     assert "notes_save_note" in found.stdout
+
+
+async def test_an_integral_float_limit_is_read_as_an_integer(gateway: Gateway) -> None:
+    async with Client(gateway.url) as client:
+        result = await client.call_tool("find_tool", {"query": "save a note", "limit": 3.0})
+    assert not result.is_error, result.content
+    assert result.structured_content is not None and 1 <= len(result.structured_content["tools"]) <= 3
+
+
+@pytest.mark.parametrize("limit", ["²", "٣", "3.5", "1e3"])
+async def test_a_limit_string_of_anything_but_ascii_digits_is_refused_naming_the_field(
+    gateway: Gateway, limit: str
+) -> None:
+    text = await find_error(gateway, {"query": "save a note", "limit": limit})
+    assert text.startswith("invalid arguments for tool 'find_tool': field 'limit': "), text
+    assert "Traceback" not in gateway.output() and "raised" not in gateway.output()
+
+
+async def test_json_strings_nested_past_the_parsers_depth_are_refused_naming_the_field(gateway: Gateway) -> None:
+    deep = "[" * 5000 + "]" * 5000
+    text = await find_error(gateway, {"query": "save a note", "backends": deep})
+    assert text == "invalid arguments for tool 'find_tool': field 'backends': not a JSON list: nested too deeply"
+    async with Client(gateway.url) as client:
+        result = await client.call_tool("call_tool", {"tool_name": "notes_whoami", "arguments": deep})
+    assert result.is_error
+    assert result.content[0].text == (  # type: ignore[union-attr]
+        "invalid arguments for tool 'call_tool': field 'arguments': not a JSON object: nested too deeply"
+    )
+    assert "Traceback" not in gateway.output() and "RecursionError" not in gateway.output()

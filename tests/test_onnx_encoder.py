@@ -34,6 +34,7 @@ from vmcp_opt.optimizer.onnx_export import (
     MIN_COSINE_INT8,
     SPLIT_FUSIONS,
     ensure_onnx_model,
+    graph_problem,
     prune_earlier_exports,
     split_fusions,
 )
@@ -352,3 +353,63 @@ def test_the_gateway_serves_find_tool_on_onnx_without_loading_torch(gateway_conf
         assert torch_mapped(gateway.proc.pid) is not True  # None off Linux, where /proc has no maps
         assert "loaded on ONNX Runtime (int8)" in gateway.output()
         assert "using the torch encoder" not in gateway.output()
+
+
+def _without_cache_override() -> dict[str, str]:
+    """The environment without the test run's `VMCP_OPTIMIZER__MODEL_CACHE`, which would win over the file's."""
+    return {k: v for k, v in os.environ.items() if k != "VMCP_OPTIMIZER__MODEL_CACHE"}
+
+
+def _copied_export(onnx_model: Path, cache: Path, truncated: str) -> Path:
+    """A copy of the cached export in `cache`, with the graph `truncated` cut short (a bad copy, a full disk)."""
+    directory = cache / onnx_model.parent.name
+    shutil.copytree(onnx_model.parent, directory)
+    os.truncate(directory / truncated, 1_000_000)
+    return directory
+
+
+@pytest.mark.slow
+def test_a_cached_graph_that_does_not_load_is_exported_again_not_left_to_torch(
+    onnx_model: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    directory = _copied_export(onnx_model, tmp_path, FILES["int8"])
+    with caplog.at_level(logging.WARNING):
+        embedder = load_embedder(DEFAULT_MODEL, progress=False, model_cache=tmp_path)
+    assert isinstance(embedder, OnnxEmbedder) and embedder.kind == "onnx-int8"
+    assert "does not load" in caplog.text and "exporting it again" in caplog.text
+    assert "using the torch encoder" not in caplog.text
+    assert graph_problem(directory) is None
+
+
+@pytest.mark.slow
+def test_models_export_checks_every_cached_graph_and_exports_a_broken_one_again(
+    onnx_model: Path, tmp_path: Path
+) -> None:
+    directory = _copied_export(onnx_model, tmp_path / "cache", FILES["int8-dynamic"])
+    config = write_config(tmp_path, {"backends": [], "optimizer": {"model_cache": str(tmp_path / "cache")}})
+    done = subprocess.run(
+        [sys.executable, "-m", "vmcp_opt", "models", "export", "-c", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=EXPORT_TIMEOUT,
+        env=_without_cache_override(),
+    )
+    assert done.returncode == 0, done.stderr
+    assert "model-int8-dynamic.onnx does not load" in done.stderr.replace("\n", "")
+    assert str(directory / FILES["fp32"]) in done.stdout.replace("\n", "")
+    assert graph_problem(directory) is None
+
+
+def test_a_model_cache_that_is_a_file_is_a_validate_error_naming_the_setting(tmp_path: Path) -> None:
+    a_file = tmp_path / "hostname"
+    a_file.write_text("not a directory", encoding="utf-8")
+    config = write_config(tmp_path, {"backends": [], "optimizer": {"model_cache": str(a_file)}})
+    done = subprocess.run(
+        [sys.executable, "-m", "vmcp_opt", "validate", "-c", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**_without_cache_override(), "COLUMNS": "400"},
+    )
+    assert done.returncode != 0, done.stdout
+    assert f"optimizer.model_cache: {a_file} is a file, not a directory" in (done.stdout + done.stderr)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -221,3 +222,51 @@ def test_an_empty_jsonl_file_has_no_records_and_a_tokenless_one_has_stats(
     tokenless.write_text(json.dumps({"name": "a", "backend": "b"}) + "\n", encoding="utf-8")
     stats = runner.invoke(index_app, ["stats", "-c", str(config), "--from-jsonl", str(tokenless)])
     assert stats.exit_code == 0, stats.output
+
+
+@pytest.mark.parametrize(
+    "description",
+    [
+        "Send an alarm for files under C:[/dir] paths",
+        "Send an alarm [bold red]NOW[/bold red] [link=https://evil.example]click[/link] \x1b[2J\x1b]0;pwned\x07 done",
+    ],
+)
+def test_search_prints_a_backends_text_literally_with_control_characters_escaped(
+    tmp_path: Path, description: str
+) -> None:
+    config = tmp_path / "vmcp.yaml"
+    config.write_text(f"optimizer:\n  index_dir: {tmp_path / 'indexes'}\n", encoding="utf-8")
+    tools = tmp_path / "tools.jsonl"
+    record = {"name": "mk_[b]alarm[/b]", "backend": "mk", "description": description, "input_schema": {}}
+    tools.write_text(json.dumps(record) + "\n", encoding="utf-8")
+    command = [sys.executable, "-m", "vmcp_opt", "index", "search", "send an alarm", "-c", str(config)]
+    found = subprocess.run(
+        [*command, "--from-jsonl", str(tools), "--keyword"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "400"},
+    )
+    assert found.returncode == 0, found.stderr
+    assert "mk_[b]alarm[/b]" in found.stdout
+    assert description.replace("\x1b", "\\x1b").replace("\x07", "\\x07") in found.stdout
+    assert "\x1b" not in found.stdout and "\x07" not in found.stdout
+
+
+def test_validate_refuses_repeated_pattern_and_meta_tool_pinned_entries(tmp_path: Path) -> None:
+    config = tmp_path / "vmcp.yaml"
+    config.write_text(
+        "backends: []\noptimizer:\n  pinned: [demo_whoami, demo_whoami, 'demo_*', find_tool]\n", encoding="utf-8"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "vmcp_opt", "validate", "-c", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "400"},
+    )
+    assert done.returncode != 0, done.stdout
+    assert (
+        "optimizer.pinned: each tool once, repeated: demo_whoami; routable tool names, not patterns: demo_*; "
+        "find_tool: a meta-tool, always listed; leave it out"
+    ) in done.stdout + done.stderr

@@ -232,8 +232,9 @@ async def test_a_corrupt_history_is_kept_aside_and_the_gateway_serves(tmp_path: 
     assert "usage.json.corrupt" in gateway.output()
 
 
-async def test_stateless_http_clients_with_credentials_are_learned_from_one_by_one(tmp_path: Path) -> None:
-    """A 2026-07-28 HTTP client's Authorization header ties its calls into tasks (by digest, never kept)."""
+async def test_stateless_http_clients_with_unverified_credentials_are_one_client_per_address(tmp_path: Path) -> None:
+    """A 2026-07-28 HTTP client's calls form tasks by its address: an unverified Authorization header is no
+    identity (a client can send as many as it likes), and is never kept."""
     index_dir = tmp_path / "indexes"
     alice, bob = f"Bearer alice-{SECRET}", f"Bearer bob-{SECRET}"
     with running_gateway(write_config(tmp_path, usage_config(index_dir))) as gateway:
@@ -247,18 +248,31 @@ async def test_stateless_http_clients_with_credentials_are_learned_from_one_by_o
         async with as_client(alice) as first, as_client(bob) as second:
             assert first.protocol_version == "2026-07-28"
             await call_ok(first, "notes_whoami", {})
-            await call_ok(second, COMPANION, {"timezone": "UTC"})  # another client, between alice's calls
-            await call_ok(
-                first, "call_tool", {"tool_name": "notes_slow_echo", "arguments": {"message": "hi", "seconds": 0}}
-            )
+            await call_ok(second, COMPANION, {"timezone": "UTC"})  # from the same address: the same task
         stop_process(gateway.proc)
         log = gateway.output()
     raw = (index_dir / "usage.json").read_text(encoding="utf-8")
     usage = json.loads(raw)
-    assert usage["together"] == {"notes_whoami": {"notes_slow_echo": 1}, "notes_slow_echo": {"notes_whoami": 1}}
-    assert usage["tasks"] == {"notes_whoami": 1, "notes_slow_echo": 1, COMPANION: 1}
+    assert usage["together"] == {"notes_whoami": {COMPANION: 1}, COMPANION: {"notes_whoami": 1}}
+    assert usage["tasks"] == {"notes_whoami": 1, COMPANION: 1}
     for text in (raw, log):
         assert SECRET not in text
+
+
+async def test_a_client_opening_many_sessions_weighs_as_one_client(tmp_path: Path) -> None:
+    """Usage learning is keyed by who calls (here: the address), not by the session: twenty sessions that each
+    use the same two tools are one task of one client, not twenty votes in everyone's ranking."""
+    index_dir = tmp_path / "indexes"
+    with running_gateway(write_config(tmp_path, usage_config(index_dir))) as gateway:
+        for _ in range(20):
+            async with Client(gateway.url, mode="legacy") as client:
+                await wait_for_catalogue(client)
+                await call_ok(client, "notes_whoami", {})
+                await call_ok(client, COMPANION, {"timezone": "UTC"})
+        stop_process(gateway.proc)
+    usage = read_usage(index_dir)
+    assert usage["together"] == {"notes_whoami": {COMPANION: 1}, COMPANION: {"notes_whoami": 1}}
+    assert usage["tasks"] == {"notes_whoami": 1, COMPANION: 1}
 
 
 async def test_a_workflows_own_steps_are_not_learned_as_the_clients_use(tmp_path: Path) -> None:

@@ -211,8 +211,9 @@ def validate(
     """Check a config file; print every bad field by its path and exit non-zero."""
     cfg = load_or_exit(config)
     from vmcp_opt.auth_cli import auth_problems
+    from vmcp_opt.shared.secrets import secret_problems
 
-    problems = auth_problems(cfg)
+    problems = auth_problems(cfg) + secret_problems(cfg)
     if problems:
         exit_invalid(config, problems)
     if connect:
@@ -329,16 +330,18 @@ def models_export(
     model: Annotated[
         str | None, typer.Option(help="A registry id or model directory (default: optimizer.model).")
     ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Export again even when an export is cached.")] = False,
 ) -> None:
     """Export the optimizer's model to ONNX (torch runs in a child process) into optimizer.model_cache, once:
-    an export already cached for the model's content is kept. `vmcp serve` does this itself when needed."""
+    an export already cached for the model's content is kept when its graphs load (one that does not is exported
+    again). `vmcp serve` does this itself when needed."""
     from vmcp_opt.optimizer.model_registry import ModelError
     from vmcp_opt.optimizer.onnx_export import export_for
 
     settings = load_or_exit(config)
     setup_logging()  # the export's progress ("exporting … once") and what it removes, on stderr
     try:
-        path, metadata = export_for(model or settings.optimizer.model, settings.model_cache_dir())
+        path, metadata = export_for(model or settings.optimizer.model, settings.model_cache_dir(), force=force)
     except (ModelError, OSError) as exc:
         err.print(f"[red]export failed:[/] {exc}", highlight=False)
         raise typer.Exit(1) from None

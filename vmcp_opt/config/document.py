@@ -35,6 +35,7 @@ from vmcp_opt.config.sections import (
     OptimizerConfig,
     ServerConfig,
     TimeoutsConfig,
+    directory_problems,
 )
 from vmcp_opt.config.telemetry import (
     TelemetryConfig,
@@ -135,6 +136,8 @@ class VmcpConfig(BaseSettings):
                 "auth.incoming.oauth.resource: needed when listening on every address: the URL clients use to "
                 "reach the gateway (e.g. https://mcp.example.com/mcp), which tokens must name as their audience"
             )
+        if self.optimizer.model_cache is not None:
+            problems += directory_problems("optimizer.model_cache", self.resolve_path(self.optimizer.model_cache))
         server = self.server
         problems += telemetry_problems(
             self.telemetry, transport=server.transport, host=server.host, port=server.port, base_dir=self.base_dir

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, IPvAnyNetwork, PrivateAttr, field_validator, model_validator
@@ -200,7 +201,8 @@ class OptimizerConfig(_Strict):
     # Persisted index and usage history; relative paths resolve against the config file's directory.
     # Unset: `<data_dir>/indexes/<config file name>-<hash of its absolute path>`, one per config.
     index_dir: str | None = None
-    # Tools always listed next to the meta-tools (routable names).
+    # Tools always listed next to the meta-tools (routable names, each once; no patterns, not find_tool or
+    # call_tool, which are always listed).
     pinned: list[str] = Field(default_factory=list)
     # Results find_tool returns when the request gives no `limit`.
     default_limit: int = Field(8, ge=1, le=50)
@@ -331,6 +333,23 @@ class OptimizerConfig(_Strict):
             )
         return data
 
+    @field_validator("pinned")
+    @classmethod
+    def _pinned_names(cls, value: list[str]) -> list[str]:
+        problems = []
+        repeated = sorted({name for name in value if value.count(name) > 1})
+        if repeated:
+            problems.append(f"each tool once, repeated: {', '.join(repeated)}")
+        patterns = [name for name in value if any(c in name for c in "*?[")]
+        if patterns:
+            problems.append(f"routable tool names, not patterns: {', '.join(patterns)}")
+        meta = [name for name in value if name in _META_TOOLS]
+        if meta:
+            problems.append(f"{', '.join(meta)}: a meta-tool, always listed; leave it out")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return value
+
 
 class TimeoutsConfig(_Strict):
     # Seconds to connect to a backend and list what it serves.
@@ -403,3 +422,19 @@ class FailureConfig(_Strict):
     mode: Literal["fail", "best_effort"] = "best_effort"
     circuit_breaker: CircuitBreakerConfig = Field(default_factory=CircuitBreakerConfig)
     restart: RestartConfig = Field(default_factory=RestartConfig)
+
+
+# The optimizer's own tools (optimizer/meta_tool_forms.py), listed whenever it is on.
+_META_TOOLS = ("find_tool", "call_tool")
+
+
+def directory_problems(setting: str, path: Path) -> list[str]:
+    """Why `path` cannot be the directory `setting` names (it, or a parent, is a file), or nothing; whether it
+    is writable is left to the start, where permissions may differ from `vmcp validate`'s."""
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            if candidate.is_dir():
+                return []
+            where = "is a file" if candidate == path else f"is under the file {candidate}"
+            return [f"{setting}: {path} {where}, not a directory; name a directory"]
+    return []

@@ -393,7 +393,12 @@ def load_embedder(
                 bulk_threads=bulk_threads,
             )
         except Exception as exc:  # onnxruntime missing or failing, export refused: torch still serves
-            log.warning("ONNX encoder unavailable for %s (%s); using the torch encoder", spec, exc)
+            log.warning(
+                "ONNX encoder unavailable for %s (%s); using the torch encoder (`vmcp models export --force` "
+                "exports the model again)",
+                spec,
+                exc,
+            )
     return load_torch_embedder(
         spec, batch_size=batch_size, query_threads=query_threads, bulk_threads=bulk_threads, **torch_options
     )

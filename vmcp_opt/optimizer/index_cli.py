@@ -23,9 +23,11 @@ from typing import Annotated, Any, ParamSpec
 import mcp_types as types
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from vmcp_opt.config import ConfigError, VmcpConfig, load_config
 from vmcp_opt.console import OutputConsole
+from vmcp_opt.display import printable
 from vmcp_opt.optimizer.documents import ToolRecord
 from vmcp_opt.optimizer.listing import Listing, load_listing, save_listing
 from vmcp_opt.optimizer.model_registry import ModelError, model_problem
@@ -130,7 +132,7 @@ def stats(
     table.add_column(style="bold")
     table.add_column()
     table.add_row("tools", str(info["tools"]))
-    table.add_row("backends", f"{info['backends']} ({', '.join(info['backend_names'])})")
+    table.add_row("backends", literal(f"{info['backends']} ({', '.join(info['backend_names'])})"))
     table.add_row("model", f"{info['model']} ({info['dimensions']} dimensions)")
     first_pass = ", int8 first pass" if info["int8_first_pass"] else ""
     table.add_row(
@@ -191,7 +193,7 @@ def search(
         index.update(records, progress=True)
     result = index.search(query, limit=limit, backends=backend or None)
     scale = scale_for(index.model.id)
-    table = Table(title=f"{query!r} ({result.mode})")
+    table = Table(title=literal(f"{query!r} ({result.mode})"))
     table.add_column("rank", justify="right", no_wrap=True, min_width=4)
     # Names and backends are what people copy: never cut them; the description gives way.
     table.add_column(
@@ -209,7 +211,8 @@ def search(
             summary += f" (supplies {hit.supplies[1]} for {hit.supplies[0]})"
         # find_tool's `score` (metatools `_shown`): the match score, or the ranking's own without a vector.
         score = hit.score if scale is None or hit.similarity is None else scale(hit.similarity)
-        table.add_row(str(rank), hit.record.name, hit.record.backend, f"{score:.4f}", f"{hit.score:.3f}", summary)
+        name, backend_name = literal(hit.record.name), literal(hit.record.backend)
+        table.add_row(str(rank), name, backend_name, f"{score:.4f}", f"{hit.score:.3f}", literal(summary))
     console.print(table)
 
 
@@ -232,10 +235,14 @@ def usage(
         if not path.exists():
             console.print(f"no usage history at {path}: nothing to clear")
             return
-        path.unlink()
+        try:
+            path.unlink()
+        except OSError as exc:  # a read-only or foreign index_dir
+            errors.print(f"cannot delete the usage history {path}: {exc.strerror or exc}", markup=False)
+            raise typer.Exit(1) from None
         console.print(
-            f"deleted the usage history {path}; a running gateway adopts it at its next save, keeping only "
-            "what it learned since its last one"
+            f"deleted the usage history {path}; restart a running gateway to rank without it (until then it "
+            "ranks with the history it holds, and adopts the deletion only when it next learns something)"
         )
         return
     if not path.exists():
@@ -272,6 +279,12 @@ def _shared_usage(settings: VmcpConfig, top: int, clear: bool) -> None:
     _print_usage(graph, history.where, top)
 
 
+def literal(text: str) -> Text:
+    """Backend-supplied text as written: rich markup not applied (`[/dir]` would end the command), control
+    characters escaped (an ANSI or OSC sequence would rewrite the operator's terminal)."""
+    return Text(printable(text))
+
+
 def _print_usage(graph: UsageGraph, where: str, top: int) -> None:
     info = graph.stats()
     console.print(
@@ -286,7 +299,7 @@ def _print_usage(graph: UsageGraph, where: str, top: int) -> None:
     table.add_column("with", style="bold", no_wrap=True)
     table.add_column("tasks", justify="right")
     for first, second, count in pairs:
-        table.add_row(first, second, str(count))
+        table.add_row(literal(first), literal(second), str(count))
     console.print(table)
 
 

@@ -4,6 +4,7 @@ string-only clients send), and how one search hit is written into find_tool's an
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections.abc import Collection
 from typing import Any
@@ -154,30 +155,39 @@ def check_query(arguments: dict[str, Any]) -> None:
 def coerce_strings(arguments: dict[str, Any]) -> dict[str, Any]:
     """Accept the string forms that string-only clients send (the inspector CLI's `--tool-arg k=v`).
 
-    `arguments` as a JSON object in a string, `limit` as digits, `backends` as a JSON list or a
-    comma-separated string. Anything else is left for the schema check to name.
+    `arguments` as a JSON object in a string, `limit` as ASCII digits (or an integral number such as 3.0),
+    `backends` as a JSON list or a comma-separated string. Anything else is left for the schema check to name.
     """
     coerced = dict(arguments)
     raw = coerced.get("arguments")
     if isinstance(raw, str):
-        try:
-            coerced["arguments"] = json.loads(raw) if raw.strip() else {}
-        except json.JSONDecodeError as exc:
-            raise ArgumentError(
-                f"invalid arguments for tool 'call_tool': field 'arguments': not a JSON object ({exc})"
-            ) from None
+        coerced["arguments"] = _json_field(raw, "call_tool", "arguments", "a JSON object") if raw.strip() else {}
     limit = coerced.get("limit")
-    if isinstance(limit, str) and limit.strip().isdigit():
+    if isinstance(limit, str) and _DIGITS.fullmatch(limit):
         coerced["limit"] = int(limit)
+    elif isinstance(limit, float) and limit.is_integer():
+        coerced["limit"] = int(limit)  # the schema's `integer` admits 3.0, but it would not index a list
     backends = coerced.get("backends")
     if isinstance(backends, str):
         text = backends.strip()
-        try:
-            coerced["backends"] = (
-                json.loads(text) if text.startswith("[") else [b.strip() for b in text.split(",") if b.strip()]
-            )
-        except json.JSONDecodeError as exc:
-            raise ArgumentError(
-                f"invalid arguments for tool 'find_tool': field 'backends': not a JSON list ({exc})"
-            ) from None
+        coerced["backends"] = (
+            _json_field(text, "find_tool", "backends", "a JSON list")
+            if text.startswith("[")
+            else [b.strip() for b in text.split(",") if b.strip()]
+        )
     return coerced
+
+
+# Digits as a client types them: `str.isdigit` also takes "²" and "٣", which `int` refuses or reads as 3.
+_DIGITS = re.compile(r"\s*[0-9]{1,9}\s*", re.ASCII)
+
+
+def _json_field(text: str, tool: str, field: str, expected: str) -> Any:
+    """`text` decoded, or an ArgumentError naming the field (not JSON, or nested past the parser's depth)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        problem = f"not {expected} ({exc})"
+    except RecursionError:
+        problem = f"not {expected}: nested too deeply"
+    raise ArgumentError(f"invalid arguments for tool '{tool}': field '{field}': {problem}")

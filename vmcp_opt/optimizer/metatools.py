@@ -32,7 +32,7 @@ import mcp_types as types
 
 from vmcp_opt.aggregation import Catalog, RoutedTool
 from vmcp_opt.arguments import ArgumentError, ArgumentValidator
-from vmcp_opt.auth import Caller
+from vmcp_opt.auth import Caller, Identification
 from vmcp_opt.config import VmcpConfig
 from vmcp_opt.display import shorten
 from vmcp_opt.optimizer.calibration import scale_for
@@ -205,10 +205,10 @@ class OptimizerFront:
         """A known caller's successful call of a tool (a backend's, or a workflow) is a use; meta-tool calls
         are not, nor are a workflow's steps: the workflow's run made those, not the client."""
         if caller.known and not result.is_error and tool.source != GATEWAY_SOURCE and exchange.step_of is None:
-            self.tool_used(caller.id, tool.name)
+            self.tool_used(usage_client(caller), tool.name)
 
     def tool_used(self, client: Hashable, name: str) -> None:
-        """`client` (a caller's id) called `name` and it succeeded."""
+        """`client` (`usage_client` of the caller) called `name` and it succeeded."""
         if self._recorder is None or self._closed.is_set():
             return
         self._recorder.tool_used(client, name)
@@ -251,7 +251,7 @@ class OptimizerFront:
             # The model loads in the first seconds after start; a keyword-only ranking (and scores that
             # mean nothing yet) would be the agent's first impression. Bounded: then keywords it is.
             await anyio.to_thread.run_sync(self._vectors_ready.wait, self.settings.vector_wait)
-        wanted = limit or self.settings.default_limit
+        wanted = int(limit or self.settings.default_limit)
         usable = await allowed.router.usable_tools_async(allowed.caller) if allowed is not None else None
         # A policy that can say at once which tools a caller may use filters before ranking (`usable`);
         # one asked tool by tool filters a deeper ranking after it.
@@ -427,6 +427,17 @@ class OptimizerFront:
                 logger.exception("optimizer: embedding the catalogue failed; find_tool ranks by keywords")
             finally:
                 self._idle.set()
+
+
+def usage_client(caller: Caller) -> Hashable:
+    """Whose tasks a call belongs to, for learning: the verified subject when authenticated, else the client's
+    address over HTTP, else the one stdio client. Not the session or an unverified credential, which a client
+    makes as many of as it likes: each would weigh as another client in everyone's ranking."""
+    if caller.subject is not None and caller.identified_by in (Identification.TOKEN, Identification.API_KEY):
+        return ("subject", caller.subject)
+    if caller.address is not None:
+        return ("address", caller.address)
+    return ("stdio",)
 
 
 async def _none_starting() -> list[str]:

@@ -26,7 +26,7 @@ import numpy as np
 from vmcp_opt.optimizer.batching import batches_by_tokens, load_tokenizer, low_padding_groups, padded, tokenize_chunked
 from vmcp_opt.optimizer.embedding import maybe_progress, release_memory
 from vmcp_opt.optimizer.model_registry import ModelError, ModelSpec
-from vmcp_opt.optimizer.onnx_export import SPLIT_FUSIONS, Precision, ensure_onnx_model
+from vmcp_opt.optimizer.onnx_export import SPLIT_FUSIONS, Precision, ensure_onnx_model, reexport
 from vmcp_opt.optimizer.side_thread import SideThread
 
 log = logging.getLogger(__name__)
@@ -199,7 +199,12 @@ def load_onnx_embedder(
     if not tokenizer.is_file():
         raise ModelError(f"model {spec.id!r}: no tokenizer.json in {spec.path}")
     path = ensure_onnx_model(spec, cache, precision)
-    encoder = OnnxEncoder(path, tokenizer, spec.max_seq_length, threads=query_threads)
+    try:
+        encoder = OnnxEncoder(path, tokenizer, spec.max_seq_length, threads=query_threads)
+    except Exception as exc:  # a truncated or corrupt cached file: export again once (a second failure is final)
+        log.warning("cached ONNX model %s does not load (%s); exporting it again", path, exc)
+        path = reexport(spec, cache, precision)
+        encoder = OnnxEncoder(path, tokenizer, spec.max_seq_length, threads=query_threads)
     embedder = OnnxEmbedder(spec, encoder, precision=precision, batch_size=batch_size, bulk_threads=bulk_threads)
     log.info(
         "embedding model %s loaded on ONNX Runtime (%s) in %.1f s", spec.id, precision, time.perf_counter() - started

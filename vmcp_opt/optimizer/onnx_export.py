@@ -112,6 +112,45 @@ def ensure_onnx_model(spec: ModelSpec, cache: Path, precision: Precision = "fp32
     return path
 
 
+def reexport(spec: ModelSpec, cache: Path, precision: Precision = "fp32") -> Path:
+    """Export `spec` again, its cached export (which did not load: truncated, bit rot) removed first, into a
+    fresh directory as the first export does; the ONNX file at `precision`."""
+    directory = export_dir(spec, cache)
+    discard_export(directory)
+    log.info("exporting %s to ONNX again in a separate process (cached in %s)", spec.id, directory)
+    run_export(spec, directory)
+    path = directory / FILES[precision]
+    if not path.is_file():
+        raise ModelError(f"model {spec.id!r}: the ONNX export finished without {path.name}")
+    return path
+
+
+def discard_export(directory: Path) -> None:
+    """Remove an export: renamed first, so no reader sees it half deleted (a leftover of the rename is a
+    staging name `prune_earlier_exports` removes later)."""
+    if not directory.exists():
+        return
+    aside = directory.with_name(f".{directory.name}-discarded-{os.getpid()}")
+    shutil.rmtree(aside, ignore_errors=True)
+    os.replace(directory, aside)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def graph_problem(directory: Path) -> str | None:
+    """Why a graph of the export in `directory` does not load in ONNX Runtime, or None when all do."""
+    import onnxruntime
+
+    for name in dict.fromkeys(FILES.values()):
+        path = directory / name
+        if not path.is_file():
+            continue
+        try:
+            onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime's own exception types: a truncated or corrupt file
+            return f"{path} does not load ({exc})"
+    return None
+
+
 def tidy_cache(spec: ModelSpec, keep: Path) -> None:
     """`prune_earlier_exports`, each removal logged; a cache that cannot be tidied still serves: a warning."""
     try:
@@ -347,11 +386,22 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def export_for(model: str, cache: Path) -> tuple[Path, dict[str, Any]]:
-    """`vmcp models export`: the cached export of `model` (made now if missing) and its metadata. The model's
+def export_for(model: str, cache: Path, *, force: bool = False) -> tuple[Path, dict[str, Any]]:
+    """`vmcp models export`: the cached export of `model` (made now if missing or, with `force`, in any case)
+    and its metadata, every graph in it checked to load; one that does not is exported again. The model's
     earlier exports still in the cache (left by a version that did not tidy up) are removed, each logged."""
     spec = resolve_model(model)
-    path = ensure_onnx_model(spec, cache)
+    if force:
+        path = reexport(spec, cache)
+    else:
+        path = ensure_onnx_model(spec, cache)
+        problem = graph_problem(path.parent)
+        if problem is not None:
+            log.warning("%s; exporting it again", problem)
+            path = reexport(spec, cache)
+    problem = graph_problem(path.parent)
+    if problem is not None:
+        raise ModelError(f"model {spec.id!r}: {problem} after a fresh export")
     tidy_cache(spec, path.parent)
     metadata_file = path.parent / METADATA_FILE
     metadata = json.loads(metadata_file.read_text(encoding="utf-8")) if metadata_file.is_file() else {}

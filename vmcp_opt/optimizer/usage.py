@@ -247,7 +247,7 @@ class _LiveTask:
 class UsageRecorder:
     """Turns each client's successful calls into tasks of the graph.
 
-    Keyed by the caller's id: at most `MAX_LIVE_CLIENTS` open tasks, the least recently active client's
+    Keyed by the client (`metatools.usage_client`: who calls, not which session): at most `MAX_LIVE_CLIENTS` open tasks, the least recently active client's
     forgotten first. A call more than `window` seconds after the client's previous one starts a new task.
     """
 

@@ -3,7 +3,8 @@
 A restart with unchanged tools embeds nothing and a changed tool re-embeds alone. The vectors of tools that
 left the catalogue are kept too (the newest `optimizer.keep_removed`, in memory and in the file), so a
 backend that restarts or recovers is not embedded again. An unreadable or foreign file is rebuilt, never
-fatal.
+fatal; a row that is not a finite unit vector (bit rot, a bad copy) is dropped on load and re-embedded, since
+one NaN would poison every ranking's score scaling, and is never written.
 """
 
 from __future__ import annotations
@@ -27,6 +28,18 @@ log = logging.getLogger(__name__)
 
 VECTORS_FILE = "vectors.npz"
 LOCK_FILE = ".vectors.lock"
+# How far a stored vector's L2 norm may be from 1 (float32 rounding is ~1e-6; a flipped bit is far more).
+NORM_TOLERANCE = 1e-3
+
+
+def unusable_rows(vectors: np.ndarray) -> np.ndarray:
+    """Which rows are not finite unit vectors: the index scores normalised vectors only."""
+    if not len(vectors):
+        return np.zeros(0, dtype=bool)
+    with np.errstate(all="ignore"):
+        norms = np.linalg.norm(vectors, axis=1)
+    usable: np.ndarray = np.isfinite(vectors).all(axis=1) & (np.abs(norms - 1.0) <= NORM_TOLERANCE)
+    return ~usable
 
 
 @dataclass(frozen=True)
@@ -76,6 +89,8 @@ class VectorStore:
         # The file as it was when `_cache` was read from it or written to it: another process's save since
         # then changes it.
         self._stamp: tuple[int, int, int] | None = None
+        # The file holds exactly `_cache`'s entries (read whole, or written): a save of the same ones is skipped.
+        self._in_sync = False
 
     @property
     def path(self) -> Path:
@@ -113,12 +128,25 @@ class VectorStore:
 
     def save(self, cache: VectorCache) -> None:
         """Keep `cache` and write it: the catalogue's vectors, then the retired ones (oldest first; the
-        file's `retired` says how many). A failed write is logged; the next update writes again."""
+        file's `retired` says how many). Not written when the file already holds the same entries (vectors
+        are keyed by content, so the same hashes are the same vectors), nor any row that is not a finite unit
+        vector. A failed write is logged; the next update writes again."""
+        unchanged = self._in_sync and self._cache is not None and _same_entries(self._cache, cache)
         self._cache = cache
+        if unchanged:
+            return
+        self._in_sync = False
         dims = self.model.dimensions
         rows = np.fromiter(cache.rows.values(), dtype=np.int64, count=len(cache.rows))
         current = cache.matrix[rows] if len(rows) else np.zeros((0, dims), dtype=np.float32)
         vectors = np.concatenate([current, *(vector[None, :] for vector in cache.retired.values())])
+        hashes = np.array([*cache.rows, *cache.retired], dtype="S64")
+        retired_count = len(cache.retired)
+        bad = unusable_rows(vectors)
+        if bad.any():
+            log.warning("index: %d vectors are not finite unit vectors; not saving them", int(bad.sum()))
+            retired_count -= int(bad[len(current) :].sum())
+            vectors, hashes = vectors[~bad], hashes[~bad]
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".vectors-", suffix=".tmp")
@@ -127,14 +155,14 @@ class VectorStore:
                     np.savez(
                         file,
                         model=np.array(self.model.id),
-                        hashes=np.array([*cache.rows, *cache.retired], dtype="S64"),
+                        hashes=hashes,
                         vectors=vectors,
-                        retired=np.array(len(cache.retired)),
+                        retired=np.array(retired_count),
                     )
                     file.flush()
                     os.fsync(file.fileno())
                 os.replace(tmp, self.path)
-                self._stamp = self._file_stamp()
+                self._stamp, self._in_sync = self._file_stamp(), not bad.any()
             except BaseException:
                 Path(tmp).unlink(missing_ok=True)
                 raise
@@ -143,13 +171,17 @@ class VectorStore:
 
     def _load(self) -> VectorCache:
         path = self.path
+        self._in_sync = False
         if not path.exists():
             return VectorCache()
         try:
             with np.load(path, allow_pickle=False) as data:
                 model = str(data["model"])
                 hashes = [h.decode("ascii") for h in data["hashes"]]
-                vectors = np.ascontiguousarray(data["vectors"], dtype=np.float32)
+                stored = data["vectors"]
+                if stored.dtype != np.float32:
+                    raise ValueError(f"vectors of dtype {stored.dtype}, not float32")
+                vectors = np.ascontiguousarray(stored)
                 # Written since removed tools' vectors are kept; older files hold the catalogue only.
                 retired_count = int(data["retired"]) if "retired" in data else 0
             if model != self.model.id:
@@ -162,5 +194,21 @@ class VectorStore:
             log.warning("index cache %s unusable, rebuilding: %s", path, exc)
             return VectorCache()
         current = len(hashes) - retired_count
-        retired = OrderedDict((h, vectors[i]) for i, h in enumerate(hashes[current:], start=current))
-        return VectorCache({h: i for i, h in enumerate(hashes[:current])}, vectors, retired=retired)
+        bad = unusable_rows(vectors)
+        if bad.any():
+            # Treated as never embedded: the next update embeds these tools again and saves their new rows.
+            log.warning(
+                "index cache %s: %d of %d vectors are not finite unit vectors; re-embedding those tools",
+                path,
+                int(bad.sum()),
+                len(hashes),
+            )
+        retired = OrderedDict((h, vectors[i]) for i, h in enumerate(hashes[current:], start=current) if not bad[i])
+        rows = {h: i for i, h in enumerate(hashes[:current]) if not bad[i]}
+        self._in_sync = not bad.any()
+        return VectorCache(rows, vectors, retired=retired)
+
+
+def _same_entries(old: VectorCache, new: VectorCache) -> bool:
+    """The same catalogue hashes and the same retired ones in the same order: what the file holds."""
+    return old.rows.keys() == new.rows.keys() and list(old.retired) == list(new.retired)
