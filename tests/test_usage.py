@@ -15,7 +15,14 @@ import pytest
 from vmcp_opt.config import VmcpConfig
 from vmcp_opt.optimizer import usage
 from vmcp_opt.optimizer.metatools import OptimizerFront
-from vmcp_opt.optimizer.usage import MAX_TASK_TOOLS, FileUsageHistory, UsageGraph, UsageRecorder, companion_scores
+from vmcp_opt.optimizer.usage import (
+    KEPT_ASIDE,
+    MAX_TASK_TOOLS,
+    FileUsageHistory,
+    UsageGraph,
+    UsageRecorder,
+    companion_scores,
+)
 
 
 class Clock:
@@ -241,7 +248,59 @@ def test_an_unreadable_file_is_kept_aside_and_the_graph_starts_empty(tmp_path: P
     assert path.exists()  # reading touches nothing
     assert len(UsageGraph.load(path)) == 0
     assert not path.exists()
-    assert (tmp_path / "usage.json.corrupt").read_text(encoding="utf-8") == content
+    (aside,) = tmp_path.glob("usage.json.corrupt-*")
+    assert aside.read_text(encoding="utf-8") == content
+
+
+def test_unreadable_files_are_each_kept_aside_the_newest_few_only(tmp_path: Path) -> None:
+    """A second bad file (another version's, say) never overwrites the copy of the first."""
+    path = tmp_path / "usage.json"
+    contents = [f'{{"version": {n}, "tasks": {{}}, "together": {{}}}}' for n in range(2, 2 + KEPT_ASIDE + 2)]
+    for content in contents:
+        path.write_text(content, encoding="utf-8")
+        UsageGraph.load(path)
+    kept = sorted(tmp_path.glob("usage.json.corrupt-*"), key=lambda p: p.stat().st_mtime_ns)
+    assert [p.read_text(encoding="utf-8") for p in kept] == contents[-KEPT_ASIDE:]
+
+
+def test_a_saved_history_keeps_the_most_used_tools_and_their_most_frequent_companions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(usage, "MAX_TOOLS", 4)
+    monkeypatch.setattr(usage, "MAX_COMPANIONS", 2)
+    graph = UsageGraph()
+    for _ in range(3):
+        graph.record_task(["hub", "a", "b"])
+    graph.record_task(["hub", "a", "c"])
+    graph.record_task(["hub", "d"])
+    graph.record_task(["e"])  # fewest tasks: beyond MAX_TOOLS once the others are counted
+    graph.save(tmp_path / "usage.json")
+    saved = json.loads((tmp_path / "usage.json").read_text(encoding="utf-8"))
+    assert saved["tasks"] == {"hub": 5, "a": 4, "b": 3, "c": 1}  # c before d and e: ties by name
+    assert saved["together"]["hub"] == {"a": 4, "b": 3}
+    assert saved["together"]["a"] == {"hub": 4, "b": 3}
+    assert all(len(companions) <= 2 for companions in saved["together"].values())
+    assert "d" not in saved["together"] and "e" not in saved["together"]
+
+
+def test_a_save_that_fails_mid_write_leaves_the_previous_file_and_no_temporary_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "usage.json"
+    graph = UsageGraph()
+    graph.record_task(["a", "b"])
+    graph.save(path)
+    before = path.read_text(encoding="utf-8")
+    graph.record_task(["a", "c"])
+
+    def disk_full(source: object, target: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(usage.os, "replace", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        graph.save(path)
+    assert path.read_text(encoding="utf-8") == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".usage.json.lock", "usage.json"]
 
 
 # --- the optimizer front: records through the recorder, saves when changed ---------------------------

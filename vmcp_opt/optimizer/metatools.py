@@ -54,6 +54,7 @@ from vmcp_opt.optimizer.meta_tool_forms import (
 from vmcp_opt.optimizer.tokens import AnswerTokens, ToolListTokens, tools_list_tokens
 from vmcp_opt.optimizer.usage import FileUsageHistory, UsageGraph, UsageHistory, UsageRecorder
 from vmcp_opt.routing import GATEWAY_SOURCE, Exchange, ProvidedTool, ToolCall, UnknownTool
+from vmcp_opt.routing.budget import ThrottledLog
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +119,8 @@ class OptimizerFront:
         self._recorder = UsageRecorder(self.usage, self.settings.usage_window) if self.usage is not None else None
         self._saved_version = self.usage.version if self.usage is not None else 0
         self._save_lock = threading.Lock()
+        # A save that keeps failing (a full disk) is one warning in ten minutes, not one per sync.
+        self._save_failures = ThrottledLog(logger, interval=600.0)
         self._closed = threading.Event()
         self._saver: threading.Thread | None = None
         self.index = ToolIndex(
@@ -380,7 +383,9 @@ class OptimizerFront:
             try:
                 self.history.save(self.usage)
             except Exception as exc:  # full disk, read-only index_dir, Redis gone: the gateway keeps serving
-                logger.warning("optimizer: could not save the usage history to %s: %s", self.history.where, exc)
+                self._save_failures.warning(
+                    "usage", "optimizer: could not save the usage history to %s: %s", self.history.where, exc
+                )
                 return
             self._saved_version = version
         logger.debug("optimizer: usage history merged with %s", self.history.where)

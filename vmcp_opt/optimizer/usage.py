@@ -12,7 +12,10 @@ single sighting from reading as certainty.
 score(a) * P(b | a) / rank(a)); a companion the request never mentions can so enter the list. This is the
 collaborative signal COLT (Qu et al., CIKM 2024) learns on ToolLens; `eval/README.md` measures it.
 
-Only tool names and counts are kept: no arguments, no request text, no client identity.
+Only tool names and counts are kept: no arguments, no request text, no client identity. The file is bounded:
+the `MAX_TOOLS` tools used in most tasks, each with its `MAX_COMPANIONS` most frequent companions (a catalogue
+whose tool names churn, or one tool used with thousands of others, cannot grow it without end). A file that
+cannot be read is kept aside under a name of its own (the last `KEPT_ASIDE` of them), never overwritten.
 """
 
 from __future__ import annotations
@@ -40,6 +43,12 @@ _SMOOTHING = 2.0
 MAX_TASK_TOOLS = 16
 # Clients whose task is still open, at most (the least recently active is forgotten first).
 MAX_LIVE_CLIENTS = 10_000
+# What a saved history keeps at most: tools (those in most tasks) and companions per tool (the most frequent).
+# Far above ToolLens' history (eval's), so ranking as measured is unchanged; a ceiling, not a tuning.
+MAX_TOOLS = 50_000
+MAX_COMPANIONS = 256
+# Unreadable history files kept aside (`usage.json.corrupt-<time>`), the oldest removed past this.
+KEPT_ASIDE = 3
 
 
 class UsageGraph:
@@ -173,8 +182,7 @@ class UsageGraph:
         try:
             return cls.read(path)
         except (OSError, ValueError) as exc:
-            aside = path.with_name(path.name + ".corrupt")
-            os.replace(path, aside)
+            aside = _keep_aside(path)
             logger.warning(
                 "optimizer usage history %s is unreadable (%s); moved to %s, starting empty", path, exc, aside
             )
@@ -191,14 +199,57 @@ def _merged_file(
         _add(merged._tasks, merged._together, tasks, together)
         data = merged.to_json()
     except (OSError, ValueError) as exc:
-        aside = path.with_name(path.name + ".corrupt")
-        os.replace(path, aside)
+        aside = _keep_aside(path)
         logger.warning("optimizer usage history %s is unreadable (%s); moved to %s", path, exc, aside)
         data = everything
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, separators=(",", ":")), encoding="utf-8")
-    os.replace(tmp, path)
+    data = bounded(data)
+    _write_atomically(path, json.dumps(data, separators=(",", ":")))
     return UsageGraph.from_json(data)
+
+
+def bounded(data: dict[str, Any]) -> dict[str, Any]:
+    """`to_json`'s data within `MAX_TOOLS` tools and `MAX_COMPANIONS` companions a tool: the tools in most
+    tasks, each tool's most frequent companions among them (ties by name, so every gateway keeps the same)."""
+    tasks: dict[str, int] = data["tasks"]
+    together: dict[str, dict[str, int]] = data["together"]
+    if len(tasks) <= MAX_TOOLS and all(len(c) <= MAX_COMPANIONS for c in together.values()):
+        return data
+    kept = set(sorted(tasks, key=lambda tool: (-tasks[tool], tool))[:MAX_TOOLS])
+    trimmed = {}
+    for tool, counts in together.items():
+        if tool in kept:
+            companions = sorted((o for o in counts if o in kept), key=lambda o: (-counts[o], o))[:MAX_COMPANIONS]
+            if companions:
+                trimmed[tool] = {other: counts[other] for other in companions}
+    return {**data, "tasks": {tool: tasks[tool] for tool in kept}, "together": trimmed}
+
+
+def _keep_aside(path: Path) -> Path:
+    """Move an unreadable history to a name of its own (`<name>.corrupt-<UTC time>`), so a later one never
+    overwrites it; only the newest `KEPT_ASIDE` are kept."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    aside = path.with_name(f"{path.name}.corrupt-{stamp}")
+    number = 1
+    while aside.exists():
+        number += 1
+        aside = path.with_name(f"{path.name}.corrupt-{stamp}-{number}")
+    os.replace(path, aside)
+    earlier = sorted(path.parent.glob(f"{path.name}.corrupt-*"), key=lambda p: p.stat().st_mtime_ns)
+    for old in earlier[:-KEPT_ASIDE]:
+        old.unlink(missing_ok=True)
+    return aside
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """`text` to `path` through a temporary file renamed over it; a failed write (a full disk) leaves the
+    previous file and no temporary one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _add(
