@@ -413,3 +413,36 @@ def test_a_model_cache_that_is_a_file_is_a_validate_error_naming_the_setting(tmp
     )
     assert done.returncode != 0, done.stdout
     assert f"optimizer.model_cache: {a_file} is a file, not a directory" in (done.stdout + done.stderr)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+def test_an_export_whose_gateway_dies_ends_and_removes_its_half_made_files(tmp_path: Path) -> None:
+    """A gateway stopped (here: killed) during its first start's export leaves no export running on and no
+    staging directory behind."""
+    import psutil
+
+    cache = tmp_path / "cache"
+    code = (
+        "import sys; from pathlib import Path; "
+        "from vmcp_opt.optimizer.model_registry import DEFAULT_MODEL, resolve_model; "
+        "from vmcp_opt.optimizer.onnx_export import export_dir, run_export; "
+        "spec = resolve_model(DEFAULT_MODEL); run_export(spec, export_dir(spec, Path(sys.argv[1])))"
+    )
+    gateway = subprocess.Popen([sys.executable, "-c", code, str(cache)])
+    try:
+        parent = psutil.Process(gateway.pid)
+        children: list[psutil.Process] = []
+        for _ in range(600):  # the export child appears once the model's files are hashed
+            children = parent.children()
+            if children and any(cache.glob(".*")):
+                break
+            threading.Event().wait(0.1)
+        assert children, "no export child started"
+        gateway.kill()
+        gateway.wait(timeout=30)
+        _, alive = psutil.wait_procs(children, timeout=60)
+        assert not alive, "the export ran on after its parent died"
+        assert list(cache.iterdir()) == []  # the staging directory went with it
+    finally:
+        if gateway.poll() is None:
+            gateway.kill()

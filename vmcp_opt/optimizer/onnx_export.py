@@ -194,6 +194,7 @@ def run_export(spec: ModelSpec, directory: Path) -> None:
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
     command = [sys.executable, "-m", "vmcp_opt.optimizer.onnx_export", str(spec.path), str(staging)]
+    command += ["--parent", str(os.getpid())]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=EXPORT_TIMEOUT, check=False)
         if done.returncode != 0:
@@ -375,7 +376,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Export a sentence-transformers BERT model to ONNX.")
     parser.add_argument("model_dir", type=Path)
     parser.add_argument("out", type=Path)
+    parser.add_argument("--parent", type=int, help="end, removing OUT_DIR, when this process (the gateway) dies")
     args = parser.parse_args(argv)
+    if args.parent is not None:
+        _end_with_parent(args.parent, args.out)
     logging.basicConfig(level=logging.WARNING)
     try:
         metadata = _export(args.model_dir, args.out)
@@ -384,6 +388,27 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     (args.out / METADATA_FILE).write_text(json.dumps(metadata, indent=2), encoding="utf-8")
     return 0
+
+
+def _end_with_parent(parent: int, out: Path) -> None:
+    """On Linux, end when the process that started this export dies (a gateway stopped during its first start),
+    removing the half-made export, instead of running on for a minute and leaving ~230 MB behind: the kernel
+    sends SIGTERM at the parent's death (PR_SET_PDEATHSIG). Elsewhere the staging directory is removed by the
+    next export (`prune_earlier_exports`)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    def end(*_: object) -> None:
+        shutil.rmtree(out, ignore_errors=True)
+        os._exit(1)
+
+    signal.signal(signal.SIGTERM, end)
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if os.getppid() != parent:  # the parent died before the request was in place
+        end()
 
 
 def export_for(model: str, cache: Path, *, force: bool = False) -> tuple[Path, dict[str, Any]]:
