@@ -92,3 +92,21 @@ def test_run_gateway_refuses_a_model_that_does_not_resolve_in_one_line(
     with caplog.at_level(logging.ERROR):
         assert run_gateway(config) == 2
     assert "cannot start: optimizer.model: model 'nosuchmodel': not a registry id" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("redis", "named"),
+    [
+        ({"password_env": "VMCP_TEST_UNSET_PW"}, "redis.password_env: the environment variable VMCP_TEST_UNSET_PW"),
+        ({"password_file": "missing-pw.txt"}, "redis.password_file: cannot read"),
+    ],
+)
+def test_sessions_in_redis_without_its_password_are_refused_naming_the_setting(
+    tmp_path: Path, redis: dict[str, str], named: str
+) -> None:
+    path = write_config(tmp_path, {"backends": [demo_backend("notes")], "redis": redis, "sessions": {"store": "redis"}})
+    checked = vmcp("validate", "-c", str(path))
+    assert checked.returncode == 2 and named in checked.stdout + checked.stderr, checked.stdout + checked.stderr
+    served = vmcp("serve", "-c", str(path), "--port", "0")
+    assert served.returncode == 2 and no_traceback(served), served.stderr
+    assert f"cannot start: {named}" in served.stderr

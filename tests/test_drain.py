@@ -9,6 +9,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import anyio
@@ -16,16 +17,16 @@ import httpx2
 import mcp_types as types
 from mcp import Client
 
-from tests.support import EXAMPLES, Gateway, running_gateway, write_config
+from tests.support import EXAMPLES, Gateway, raw_session, running_gateway, write_config
 from tests.test_host_binding import HEADERS, INITIALIZE
 
 HELD_SERVER = EXAMPLES / "backends" / "held_server.py"
 DRAIN_TIMEOUT = 60.0
 
 
-def config(directory: Path) -> Path:
+def config(directory: Path, **extra: object) -> Path:
     backend = {"name": "held", "command": sys.executable, "args": [str(HELD_SERVER)]}
-    return write_config(directory, {"backends": [backend], "server": {"drain_timeout": DRAIN_TIMEOUT}})
+    return write_config(directory, {"backends": [backend], "server": {"drain_timeout": DRAIN_TIMEOUT}, **extra})
 
 
 async def wait_for(path: Path) -> None:
@@ -90,3 +91,32 @@ def test_sigterm_with_nothing_in_flight_exits_zero_at_once(tmp_path: Path) -> No
         # Well within the drain timeout: nothing holds the drain.
         assert gateway.proc.wait(timeout=DRAIN_TIMEOUT / 2) == 0
     assert "drained in" in gateway.output()
+
+
+def test_ctrl_c_answers_a_call_in_flight_with_a_json_rpc_error_and_exits_zero(tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    call = {"jsonrpc": "2.0", "id": 7, "method": "tools/call"}
+    call["params"] = {"name": "held_held_echo", "arguments": {"message": "never", "gate": str(gate)}}
+
+    async def main(gateway: Gateway) -> None:
+        answers: list[httpx2.Response] = []
+        headers = raw_session(gateway.url)
+        async with anyio.create_task_group() as calls:
+
+            async def held_call() -> None:
+                post = partial(httpx2.post, gateway.url, json=call, headers=headers, timeout=60)
+                answers.append(await anyio.to_thread.run_sync(post))
+
+            calls.start_soon(held_call)
+            await wait_for(Path(f"{gate}.started"))  # the call is at the backend, and its gate never opens
+            gateway.proc.send_signal(signal.SIGINT)
+        [answer] = answers
+        assert answer.headers["content-type"] == "application/json", answer.text
+        assert answer.json()["id"] == 7 and "shutting down" in answer.json()["error"]["message"]
+        assert await exit_code(gateway.proc, DRAIN_TIMEOUT) == 0
+
+    # timeouts.shutdown is far longer than any wait here: Ctrl-C must not wait for it.
+    with running_gateway(config(tmp_path, timeouts={"shutdown": 600})) as gateway:
+        anyio.run(main, gateway)
+    assert "SIGINT: stopping now" in gateway.output()
+    assert "Traceback" not in gateway.output()

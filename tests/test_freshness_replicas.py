@@ -8,6 +8,7 @@ A client session open on replica B gets `notifications/tools/list_changed` and l
 
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -71,3 +72,11 @@ def test_a_tool_added_through_one_replica_reaches_a_session_on_the_other(tmp_pat
     assert "shared_shout" in tools
     assert "backend shared changed on another replica: re-listing it" in second.output()
     assert "changed on another replica" not in first.output()  # B's echo told A nothing new
+
+
+def test_a_replica_sharing_changes_exits_on_sigterm(tmp_path: Path, redis: RedisServer) -> None:
+    # The changes listener runs until cancelled; left running it held the lifespan, and the process, forever.
+    with running_gateway(replicas_config(tmp_path, redis)) as gateway:
+        gateway.proc.send_signal(signal.SIGTERM)
+        assert gateway.proc.wait(timeout=30) == 0
+    assert "drained in" in gateway.output()

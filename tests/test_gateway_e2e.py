@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from mcp.shared.exceptions import MCPError
 
 from tests.support import (
     DEMO_SERVER,
+    EXAMPLES,
     NODE_BIN,
     Gateway,
     demo_backend,
@@ -395,3 +397,32 @@ def test_sigterm_while_backends_are_still_connecting_stops_cleanly(tmp_path: Pat
     assert gw.proc.wait(timeout=20) in (0, -15)
     _gone, alive = psutil.wait_procs(children, timeout=10)
     assert alive == []
+
+
+async def test_sigterm_stops_a_stdio_gateway_whose_client_keeps_stdin_open(tmp_path: Path) -> None:
+    """A desktop client keeps stdin open: the signal alone must stop the gateway, answering the call in flight."""
+    held = {"name": "held", "command": sys.executable, "args": [str(EXAMPLES / "backends" / "held_server.py")]}
+    config = write_config(tmp_path, {"backends": [held]})
+    gate, status = tmp_path / "gate", tmp_path / "status"
+    # A shell between client and gateway records the gateway's exit status; the client still holds stdin.
+    command = f'"{sys.executable}" -m vmcp_opt serve --stdio -c "{config}"; echo $? > "{status}"'
+    async with Client(StdioServerParameters(command="sh", args=["-c", command])) as client:
+        await client.list_tools()
+        [gateway] = [p for p in psutil.Process().children(recursive=True) if "--stdio" in p.cmdline()]
+
+        async def call_then_signal() -> None:
+            await _appears(Path(f"{gate}.started"))
+            gateway.send_signal(signal.SIGTERM)
+
+        async with anyio.create_task_group() as task_group:
+            task_group.start_soon(call_then_signal)
+            with anyio.fail_after(60), pytest.raises(MCPError):
+                await client.call_tool("held_held_echo", {"message": "m", "gate": str(gate)})
+        await _appears(status)
+        assert status.read_text().strip() == "0"
+
+
+async def _appears(path: Path) -> None:
+    with anyio.fail_after(60):
+        while not await anyio.Path(path).exists():  # noqa: ASYNC110 - another process makes the file
+            await anyio.sleep(0.05)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import demo_backend, free_port, stop_process, wait_http, write_config
-from vmcp_opt.logs import JsonFormatter
+from vmcp_opt.logs import JsonFormatter, handler_for
 
 pytestmark = pytest.mark.slow
 
@@ -79,3 +80,19 @@ def test_json_lines_carry_the_extra_fields_of_a_call() -> None:
         "notes_save",
         4.2,
     )
+
+
+def test_terminal_lines_name_the_level_and_logger_once() -> None:
+    leader, follower = os.openpty()
+    with os.fdopen(follower, "w", encoding="utf-8") as terminal:
+        handler = handler_for("auto", terminal)  # rich: the stream is a terminal
+        logging.basicConfig(handlers=[handler], force=True)  # what `configure` does: it sets no formatter
+        try:
+            logging.getLogger("vmcp_opt.example").warning("backend ready")
+            terminal.flush()
+            shown = os.read(leader, 65536).decode(errors="replace")
+        finally:
+            logging.basicConfig(handlers=[logging.StreamHandler()], force=True)
+    os.close(leader)
+    assert "vmcp_opt.example: backend ready" in shown
+    assert "WARNING:" not in shown and shown.count("WARNING") == 1

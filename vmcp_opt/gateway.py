@@ -111,6 +111,9 @@ class Gateway:
         self.on_lists_changed: list[ListsChanged] = []
         # Cancelled by `stop`, so a shutdown during start-up never goes on to start health checks.
         self._background_connect: anyio.CancelScope | None = None
+        # Cancelled by `stop`: the replica-changes listener runs until cancelled, and the task group that
+        # holds it (the HTTP lifespan's) would otherwise never end, nor the process.
+        self._changes_scope: anyio.CancelScope | None = None
         # Set once the first catalogue is built (or start-up gave up); made in `start`, inside the event loop.
         self._first_listing: anyio.Event | None = None
         self._stopping = False
@@ -132,12 +135,18 @@ class Gateway:
         self.sessions.attach(task_group)
         self.workflows.rounds.attach(task_group)
         if self.changes is not None:
-            task_group.start_soon(self.changes.run, name="replica-changes")
+            task_group.start_soon(self._share_changes, name="replica-changes")
         self._first_listing = anyio.Event()
         if self.config.failure.mode == "best_effort":
             task_group.start_soon(self._connect_in_background, task_group, name="connect-backends")
             return
         await self._connect_and_build(task_group)
+
+    async def _share_changes(self) -> None:
+        assert self.changes is not None
+        with anyio.CancelScope() as self._changes_scope:
+            if not self._stopping:
+                await self.changes.run()
 
     async def first_catalogue(self) -> None:
         """Wait, however long the backends' connect timeouts allow, for the first catalogue (one-shot commands)."""
@@ -254,6 +263,8 @@ class Gateway:
         self._stopping = True
         if self._background_connect is not None:
             self._background_connect.cancel()
+        if self._changes_scope is not None:
+            self._changes_scope.cancel()
         self.sessions.stop()
         self.workflows.rounds.stop()
         self.health.stop()

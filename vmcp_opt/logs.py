@@ -84,7 +84,10 @@ def handler_for(log_format: LogFormat, stream: TextIO | None = None) -> logging.
         from rich.console import Console
         from rich.logging import RichHandler
 
-        return RichHandler(console=Console(file=stream), show_path=False, rich_tracebacks=False, markup=False)
+        rich = RichHandler(console=Console(file=stream), show_path=False, rich_tracebacks=False, markup=False)
+        # Rich prints the level itself; without a formatter of its own, basicConfig's "LEVEL:name:" repeats it.
+        rich.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+        return rich
     handler = logging.StreamHandler(stream)
     handler.setFormatter(logging.Formatter(PLAIN_FORMAT, PLAIN_DATE_FORMAT))
     return handler

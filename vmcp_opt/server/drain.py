@@ -7,7 +7,8 @@ Draining (`Drain.begin`, from the runner's SIGTERM handler):
 - requests already in flight on the MCP endpoint (tool calls and every other POST) run to their end,
   up to `server.drain_timeout`; answers carry `Connection: close`, so a client's next request opens a
   new connection, which the load balancer sends elsewhere;
-- then the HTTP server stops as on any exit (open streams get `timeouts.shutdown`).
+- then the HTTP server stops as on any exit (open streams get `timeouts.shutdown`); a request still running
+  then (past the drain, or on Ctrl-C) is answered with a JSON-RPC error telling the client to retry.
 
 Open streams (a session's standalone GET stream, a 2026-07-28 `subscriptions/listen`) are not calls: they do
 not hold the drain, and end when it does (`end_streams`).
@@ -16,8 +17,10 @@ not hold the drain, and end when it does (`end_streams`).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
+from typing import Any
 
 from sse_starlette.sse import AppStatus
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -59,19 +62,39 @@ class Drain:
             return
         self.in_flight += 1
         self._idle.clear()
+        started: list[bool] = []
         try:
-            await self.app(scope, receive, self._closing(send))
+            await self.app(scope, receive, self._closing(send, started))
+        except asyncio.CancelledError:
+            # uvicorn cancels what still runs when it stops (`timeouts.shutdown`): answer it here, or the client
+            # gets a plain-text 500 and the log a traceback. The request's own task ends with this answer.
+            if started:  # a stream already under way: it just ends
+                logger.warning("a request was cut off by the shutdown; its response stream ends unfinished")
+                return
+            logger.warning("a request was cut off by the shutdown; answered with an error")
+            await json_rpc_error(
+                send,
+                503,
+                SERVER_BUSY,
+                "The gateway is shutting down and stopped this request before it finished; retry",
+                {"retry_after": 1},
+                [(b"retry-after", b"1"), (b"connection", b"close")],
+                request_id=_request_id(body),
+            )
         finally:
             self.in_flight -= 1
             if self.in_flight == 0:
                 self._idle.set()
 
-    def _closing(self, send: Send) -> Send:
-        """`send`, adding `Connection: close` to a response that starts while draining."""
+    def _closing(self, send: Send, started: list[bool]) -> Send:
+        """`send`, adding `Connection: close` to a response that starts while draining; `started` gets an item
+        once the response has started."""
 
         async def closing(message: Message) -> None:
-            if self.draining and message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
+            if message["type"] == "http.response.start":
+                started.append(True)
+                if self.draining:
+                    message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
             await send(message)
 
         return closing
@@ -100,6 +123,16 @@ def end_streams() -> None:
     signal handler runs, which the drain replaces (server/runner.py); without this they would hold the
     stop for `timeouts.shutdown`."""
     AppStatus.should_exit = True
+
+
+def _request_id(body: bytes | None) -> str | int | None:
+    """The JSON-RPC id of the request in `body`, when it has a usable one."""
+    try:
+        message: Any = json.loads(body or b"")
+    except (ValueError, RecursionError):
+        return None
+    request_id = message.get("id") if isinstance(message, dict) else None
+    return request_id if isinstance(request_id, str | int) and not isinstance(request_id, bool) else None
 
 
 def _is_listen(body: bytes) -> bool:

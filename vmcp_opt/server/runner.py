@@ -63,7 +63,7 @@ def run_gateway(config: VmcpConfig, announce: Callable[[VmcpConfig, int], None] 
         return _leaving(gateway, code)
     try:
         app = create_app(gateway)
-    except (AuthSetupError, ListenError) as exc:
+    except (AuthSetupError, ListenError, SecretMissing) as exc:  # SecretMissing: sessions.store's Redis
         logger.error("cannot start: %s", exc)
         return 2
     limits = config.limits
@@ -73,6 +73,7 @@ def run_gateway(config: VmcpConfig, announce: Callable[[VmcpConfig, int], None] 
             host=config.server.host,
             port=config.server.port,
             log_level="warning",
+            log_config=None,  # uvicorn's lines through our handler, in the configured format
             lifespan="on",
             timeout_graceful_shutdown=int(config.timeouts.shutdown),
             http=limited_protocol(
@@ -106,7 +107,12 @@ def run_gateway(config: VmcpConfig, announce: Callable[[VmcpConfig, int], None] 
         # SIGTERM (a load balancer's orchestrator): drain first. SIGINT, or a second signal: stop now. The
         # signal is not re-raised after the server stops (uvicorn would), so a drained exit is code 0.
         if sig != signal.SIGTERM or drain.draining or loop is None:
+            if not server.should_exit:
+                logger.info(
+                    "%s: stopping now; calls still running are answered with an error", signal.Signals(sig).name
+                )
             server.force_exit = server.should_exit and sig == signal.SIGINT  # Ctrl-C twice: no waiting at all
+            server.config.timeout_graceful_shutdown = 0  # stop at once: uvicorn cancels what runs (`Drain`)
             server.should_exit = True
             end_streams()
             return
@@ -157,24 +163,37 @@ def _leaving(gateway: Gateway, code: int) -> int:
 
 
 async def _serve_stdio_until_signal(gateway: Gateway, diagnostics: DiagnosticsServer | None) -> int:
+    stop = anyio.Event()
     async with anyio.create_task_group() as task_group:
 
         async def watch_signals() -> None:
             if sys.platform == "win32":
                 return  # asyncio has no signal handlers on Windows; Ctrl+C arrives as KeyboardInterrupt
             with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                async for _ in signals:
-                    task_group.cancel_scope.cancel()
-                    return
+                async for received in signals:
+                    if stop.is_set() or not gateway.started:
+                        break  # a second signal, or one during start-up: no more waiting
+                    # As when the client closes stdin: calls in flight are answered, then the process ends.
+                    logger.info("%s: stopping the gateway and its backends", signal.Signals(received).name)
+                    stop.set()
+                    task_group.start_soon(_cancel_after, task_group.cancel_scope, gateway.config.timeouts.shutdown)
+            task_group.cancel_scope.cancel()
 
         task_group.start_soon(watch_signals)
         gateway.on_fatal = lambda exc: task_group.cancel_scope.cancel()
         try:
-            await serve_stdio(gateway, diagnostics)
+            await serve_stdio(gateway, diagnostics, stop)
         except StartupError:
             return 1  # already logged, naming the backends
         task_group.cancel_scope.cancel()
     return 2 if gateway.fatal is not None else 0
+
+
+async def _cancel_after(scope: anyio.CancelScope, seconds: float) -> None:
+    """The bound on a stop: what has not ended `seconds` after the signal is cancelled."""
+    await anyio.sleep(seconds)
+    logger.warning("stop: still running %gs after the signal (timeouts.shutdown); cancelling", seconds)
+    scope.cancel()
 
 
 def mask_secrets(config: VmcpConfig) -> None:

@@ -9,14 +9,22 @@ A request whose `id` is not a string or an integer (`null`, `true`) is read by t
 which gets no answer: the client would wait forever. `checked_stdin` hands the SDK the client's lines with
 such a request replaced by a marker line, which the SDK cannot parse and `AnswerMalformed` answers -32600,
 as HTTP does. The SDK diverts fd 0 only when it reads stdin itself; `checked_stdin` does the same.
+
+A signal must stop the gateway while the client keeps stdin open, but a blocking `readline` cannot be
+interrupted. `ClientLines` reads on a daemon thread and, once `end` is called, tells the SDK the input
+ended: the server stops as when the client closes stdin (calls in flight answered "Connection closed"),
+and the process exits without waiting for the thread still blocked in `readline`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import Iterator
+import queue
+import threading
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
-from typing import IO, BinaryIO, cast
+from typing import BinaryIO, cast
 
 import anyio
 import mcp_types as types
@@ -37,17 +45,23 @@ INVALID_REQUEST = -32600
 _UNUSABLE_ID = "\0vmcp:unusable-id:"
 
 
-async def serve_stdio(gateway: Gateway, diagnostics: DiagnosticsServer | None = None) -> None:
-    """Serve the client on stdin/stdout; `diagnostics` (telemetry.metrics.listen) beside it, the only way to
-    reach this gateway's metrics."""
+async def serve_stdio(
+    gateway: Gateway, diagnostics: DiagnosticsServer | None = None, stop: anyio.Event | None = None
+) -> None:
+    """Serve the client on stdin/stdout until it closes stdin or `stop` is set; `diagnostics`
+    (telemetry.metrics.listen) beside it, the only way to reach this gateway's metrics."""
     async with anyio.create_task_group() as task_group:
         await gateway.start(task_group)
         if diagnostics is not None:
             task_group.start_soon(diagnostics.run_beside, name="diagnostics")
         server = build_mcp_server(gateway, "stdio")
         with checked_stdin() as stdin:
-            async with stdio_server(stdin=stdin) as (read, write):
+            watching = anyio.CancelScope()
+            if stop is not None:
+                task_group.start_soon(_end_on, stop, stdin, watching, name="stdio-stop")
+            async with stdio_server(stdin=cast(anyio.AsyncFile[str], stdin)) as (read, write):
                 await server.run(AnswerMalformed(read, write), write, server.create_initialization_options())
+            watching.cancel()  # the client closed stdin: nothing left to end
         if diagnostics is not None:
             diagnostics.should_exit = True
         gateway.stop()
@@ -101,8 +115,74 @@ class CheckedLines:
         return line.decode("utf-8", errors="replace")
 
 
+async def _end_on(stop: anyio.Event, lines: ClientLines, scope: anyio.CancelScope) -> None:
+    with scope:
+        await stop.wait()
+        lines.end()
+
+
+class ClientLines:
+    """The client's lines for the SDK's stdio transport (only `async for`, all it uses), read on a daemon
+    thread so that `end` can stop the input while that thread stays blocked in `readline`."""
+
+    def __init__(self, lines: CheckedLines) -> None:
+        self._lines = lines
+        self._wanted: queue.SimpleQueue[asyncio.Future[str]] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._waiting: asyncio.Future[str] | None = None
+        self._ended = False
+
+    async def __aiter__(self) -> AsyncIterator[str]:
+        while line := await self.readline():
+            yield line
+
+    async def readline(self) -> str:
+        """The next line; "" at the end of input, or once `end` was called."""
+        if self._ended:
+            return ""
+        self._waiting = asyncio.get_running_loop().create_future()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._read, name="stdio-reader", daemon=True)
+            self._thread.start()
+        self._wanted.put(self._waiting)
+        try:
+            return await self._waiting
+        finally:
+            self._waiting = None
+
+    def end(self) -> None:
+        """No more input: the pending `readline` returns "" now (what it then reads is dropped)."""
+        self._ended = True
+        if self._waiting is not None and not self._waiting.done():
+            self._waiting.set_result("")
+
+    def _read(self) -> None:
+        while True:
+            wanted = self._wanted.get()
+            error: Exception | None = None
+            try:
+                line = self._lines.readline()
+            except Exception as exc:  # fd closed under us: the transport sees an end of input
+                line, error = "", exc
+            try:
+                wanted.get_loop().call_soon_threadsafe(_settle, wanted, line, error)
+            except RuntimeError:
+                return  # the event loop is closed: nobody is reading any more
+            if not line:
+                return
+
+
+def _settle(future: asyncio.Future[str], line: str, error: Exception | None) -> None:
+    if future.done():
+        return  # `end` answered it, or its reader was cancelled
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(line)
+
+
 @contextmanager
-def checked_stdin() -> Iterator[anyio.AsyncFile[str]]:
+def checked_stdin() -> Iterator[ClientLines]:
     """stdin's lines through `CheckedLines`, read from a copy of fd 0 while fd 0 reads the null device: a
     handler or a child process that reads stdin gets nothing rather than the client's bytes."""
     private = os.dup(0)
@@ -112,8 +192,8 @@ def checked_stdin() -> Iterator[anyio.AsyncFile[str]]:
     finally:
         os.close(null)
     try:
-        # closefd=False: a worker thread may still block on it after the transport exits (so says the SDK too).
+        # closefd=False: the reader thread may still block on it after the transport exits (so says the SDK too).
         raw = os.fdopen(private, "rb", closefd=False)
-        yield anyio.wrap_file(cast(IO[str], CheckedLines(raw)))
+        yield ClientLines(CheckedLines(raw))
     finally:
         os.dup2(private, 0)

@@ -25,3 +25,34 @@ def read_secret(config: VmcpConfig, setting: str, env: str | None, file: str | N
         except OSError as exc:
             raise SecretMissing(f"{setting}_file: cannot read {path}: {exc.strerror}") from None
     return None
+
+
+def redis_users(config: VmcpConfig) -> list[str]:
+    """The settings that make the gateway use Redis (and so read its password)."""
+    limits = config.rate_limits
+    users = {
+        "sessions.store": config.sessions.store == "redis",
+        "rate_limits.store": limits.store == "redis" and bool(limits.per_caller or limits.shared or limits.per_tool),
+        "optimizer.usage_store": config.optimizer.usage_store == "redis" and config.optimizer.usage,
+        "redis.share_changes": config.redis.share_changes,
+    }
+    return [setting for setting, used in users.items() if used]
+
+
+def secret_problems(config: VmcpConfig) -> list[str]:
+    """The secrets the config names that are missing or unusable (`vmcp validate`); never their values."""
+    from vmcp_opt.shared.state_keys import state_keys  # it reads its keys through this module
+
+    problems = []
+    users = redis_users(config)
+    if users:
+        redis = config.redis
+        try:
+            read_secret(config, "redis.password", redis.password_env, redis.password_file)
+        except SecretMissing as exc:
+            problems.append(f"{exc} (Redis is used by {', '.join(users)})")
+    try:
+        state_keys(config)
+    except SecretMissing as exc:
+        problems.append(str(exc))
+    return problems
