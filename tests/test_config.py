@@ -402,6 +402,7 @@ def test_nested_variables_of_real_sections_and_plain_vmcp_variables_still_pass(t
         "VMCP_TELEMETRY__METRICS__ENABLED": "false",
         "VMCP_RATE_LIMITS__LOG_INTERVAL": "30",
         "VMCP_REQUEST_STATE__KEY_ENV": "SOME_KEY",
+        "SOME_KEY": "0123456789abcdef" * 4,  # the key it names must be there (`vmcp validate` reads it)
         "VMCP_CREDENTIAL": "x",
         "VMCP_TEST_ANYTHING": "x",
         "VMCP_MEASURE_SPARES": "1",
