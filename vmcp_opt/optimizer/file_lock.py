@@ -1,8 +1,10 @@
-"""An exclusive lock on a file, shared by every process that opens it: gateways on one index_dir."""
+"""Files the gateways on one index_dir share: an exclusive lock every process that opens it respects, and
+writes a reader never sees half of."""
 
 from __future__ import annotations
 
 import fcntl
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,3 +25,15 @@ def exclusive(lock_path: Path, on_wait: Callable[[], None] | None = None) -> Ite
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """`text` to `path` through a temporary file renamed over it: a reader sees the old file or the new one, and
+    a failed write (a full disk) leaves the old file and no temporary one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from vmcp_opt.optimizer.documents import ToolRecord
+from vmcp_opt.optimizer.file_lock import write_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -48,9 +48,7 @@ def save_listing(directory: Path, listing: Listing) -> None:
     }
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(".json.partial")
-        partial.write_text(json.dumps(data, separators=(",", ":"), ensure_ascii=False), encoding="utf-8")
-        os.replace(partial, path)
+        write_atomically(path, json.dumps(data, separators=(",", ":"), ensure_ascii=False))
     except OSError as exc:
         logger.warning("optimizer: could not save the catalogue to %s: %s", path, exc)
 
