@@ -41,7 +41,8 @@ from vmcp_opt.auth import Caller, Identification  # noqa: E402
 from vmcp_opt.auth.cedar import CedarPolicy  # noqa: E402
 from vmcp_opt.auth.tokens import TokenVerifier  # noqa: E402
 from vmcp_opt.config import ClaimNames, OAuthConfig, VmcpConfig  # noqa: E402
-from vmcp_opt.optimizer.metatools import OptimizerFront, provided_record  # noqa: E402
+from vmcp_opt.optimizer.metatools import OptimizerFront  # noqa: E402
+from vmcp_opt.optimizer.tool_records import provided_record  # noqa: E402
 from vmcp_opt.routing import AllowAll, Exchange, ProvidedTool, Router, SessionChooser, ToolCall  # noqa: E402
 
 console = Console()

@@ -37,8 +37,9 @@ from rich.table import Table
 from eval.late_interaction import LateInteraction, LateInteractionStage
 from vmcp_opt.config import OptimizerConfig
 from vmcp_opt.optimizer import keyword_arm
+from vmcp_opt.optimizer.cpu import cpu_supports_bfloat16
 from vmcp_opt.optimizer.documents import ToolRecord, tool_document
-from vmcp_opt.optimizer.embedding import Embedder, cpu_supports_bfloat16, load_torch_embedder
+from vmcp_opt.optimizer.embedding import Embedder, load_torch_embedder
 from vmcp_opt.optimizer.index import ToolIndex
 from vmcp_opt.optimizer.usage import UsageGraph
 

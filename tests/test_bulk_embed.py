@@ -21,8 +21,9 @@ from tests.test_optimizer_index import CATALOGUE
 from vmcp_opt.config import OptimizerConfig
 from vmcp_opt.optimizer import index as index_module
 from vmcp_opt.optimizer.bulk_embed import BulkEncoder, BulkEngine, BulkJob
+from vmcp_opt.optimizer.cpu import bulk_engine
 from vmcp_opt.optimizer.documents import tool_document
-from vmcp_opt.optimizer.embedding import bulk_engine, load_configured_embedder
+from vmcp_opt.optimizer.embedding import load_configured_embedder
 from vmcp_opt.optimizer.index import ToolIndex
 from vmcp_opt.optimizer.model_registry import DEFAULT_MODEL, resolve_model
 from vmcp_opt.optimizer.onnx_encoder import OnnxEmbedder
@@ -165,7 +166,7 @@ def test_child_tokenizer_and_fused_layers_match_the_lean_encoder() -> None:
     import torch
 
     from vmcp_opt.optimizer.batching import load_tokenizer, tokenize_chunked
-    from vmcp_opt.optimizer.embedding import cpu_supports_bfloat16
+    from vmcp_opt.optimizer.cpu import cpu_supports_bfloat16
     from vmcp_opt.optimizer.encoder import LeanEncoder
 
     spec = resolve_model(DEFAULT_MODEL)

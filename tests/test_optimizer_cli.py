@@ -14,7 +14,8 @@ import pytest
 from typer.testing import CliRunner
 
 from vmcp_opt.optimizer import index_cli
-from vmcp_opt.optimizer.index_cli import hooks, index_app, read_jsonl, record_tool
+from vmcp_opt.optimizer.index_cli import hooks, index_app
+from vmcp_opt.optimizer.jsonl_records import read_jsonl, record_tool
 from vmcp_opt.optimizer.listing import Listing, save_listing
 from vmcp_opt.optimizer.tokens import tools_list_tokens
 

@@ -12,8 +12,8 @@ from vmcp_opt.backends.credentials import with_auth_health
 from vmcp_opt.config import VmcpConfig
 from vmcp_opt.health import HealthMonitor
 from vmcp_opt.optimizer.listing import Listing
-from vmcp_opt.optimizer.metatools import meta_tools_tokens, provided_record, tool_record
 from vmcp_opt.optimizer.tokens import tools_list_tokens
+from vmcp_opt.optimizer.tool_records import meta_tools_tokens, provided_record, tool_record
 from vmcp_opt.workflows.provider import workflow_tools
 
 

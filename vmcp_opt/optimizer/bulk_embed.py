@@ -6,7 +6,7 @@ kernels cannot use AMX: a cold build of 10k tools took 88 s there in fp32, again
 encoder (optimizer/encoder.py) in bfloat16 (bench/README.md, "Cold build of 10k tools"). Without AMX the
 serving int8 graph is the faster of the two (bench/README.md, "Fourteenth session"). So when an update has
 `bulk_process_min` or more new documents, `BulkEncoder` runs `python -m vmcp_opt.optimizer.bulk_embed` on the
-engine `optimizer/embedding.py`'s `bulk_engine` picks for the CPU: `torch` (bfloat16) or `onnx` (the serving
+engine `optimizer/cpu.py`'s `bulk_engine` picks for the CPU: `torch` (bfloat16) or `onnx` (the serving
 graph itself, the file the parent loaded, its batches on `--threads` threads):
 
 - the child can start before its texts are known (`BulkEncoder.start`, which `ToolIndex.update` calls when
@@ -105,7 +105,7 @@ class BulkEncoder:
         self.timeout = timeout
         self.threads = threads or os.cpu_count() or 1
         self.batch_size = batch_size
-        from vmcp_opt.optimizer.embedding import cpu_supports_bfloat16
+        from vmcp_opt.optimizer.cpu import cpu_supports_bfloat16
 
         self.bfloat16 = bfloat16 and cpu_supports_bfloat16()
         # Set after a failure: the in-process path serves from then on.

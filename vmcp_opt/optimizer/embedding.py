@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import ctypes
-import functools
 import logging
 import os
 import threading
@@ -33,10 +32,11 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import numpy as np
 
 from vmcp_opt.config import APP_NAME, OptimizerConfig
+from vmcp_opt.optimizer.cpu import bulk_engine, cpu_supports_bfloat16
 from vmcp_opt.optimizer.model_registry import ModelError, ModelSpec, resolve_model
 
 if TYPE_CHECKING:
-    from vmcp_opt.optimizer.bulk_embed import BulkEncoder, BulkEngine
+    from vmcp_opt.optimizer.bulk_embed import BulkEncoder
     from vmcp_opt.optimizer.encoder import LeanEncoder
     from vmcp_opt.optimizer.onnx_export import Precision
 
@@ -54,40 +54,6 @@ def _offline() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-
-@functools.cache
-def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags (`/proc/cpuinfo`; empty where there is none)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return frozenset()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return frozenset(line.partition(":")[2].split())
-    return frozenset()
-
-
-def cpu_supports_bfloat16() -> bool:
-    """True when the CPU has native bfloat16 matrix instructions (AMX or AVX-512 BF16)."""
-    return bool(cpu_flags() & {"amx_bf16", "avx512_bf16"})
-
-
-def bulk_engine(config: OptimizerConfig, flags: frozenset[str] | None = None) -> BulkEngine:
-    """What the bulk child runs: torch in bfloat16 where that was measured ahead of the serving ONNX graph, else
-    the serving graph itself. With AMX the child built 10k documents in half the time ONNX Runtime fp32 took in
-    process (61 s against 123 s, the same hour; 17.7 s since); with AVX-512 BF16 alone (Zen 4) torch bfloat16
-    runs at twice float32's rate, but the int8 graph took ~20% less CPU than bfloat16 and half float32's
-    (bench/README.md, "Fourteenth session")."""
-    from vmcp_opt.optimizer.bulk_embed import torch_available
-
-    flags = cpu_flags() if flags is None else flags
-    if not config.bulk_bfloat16 or not torch_available():
-        return "onnx"
-    if "amx_bf16" in flags or ("avx512_bf16" in flags and config.precision == "fp32"):
-        return "torch"
-    return "onnx"
 
 
 class TextEmbedder(Protocol):

@@ -30,9 +30,8 @@ from typing import Any
 import anyio
 import mcp_types as types
 
-from vmcp_opt.aggregation import Catalog, RoutedTool
 from vmcp_opt.arguments import ArgumentError, ArgumentValidator
-from vmcp_opt.auth import Caller, Identification
+from vmcp_opt.auth import Caller
 from vmcp_opt.config import VmcpConfig
 from vmcp_opt.display import shorten
 from vmcp_opt.optimizer.calibration import scale_for
@@ -51,8 +50,9 @@ from vmcp_opt.optimizer.meta_tool_forms import (
     hit_json,
     tool_json,
 )
-from vmcp_opt.optimizer.tokens import AnswerTokens, ToolListTokens, tools_list_tokens
-from vmcp_opt.optimizer.usage import FileUsageHistory, UsageGraph, UsageHistory, UsageRecorder
+from vmcp_opt.optimizer.tokens import AnswerTokens, ToolListTokens
+from vmcp_opt.optimizer.tool_records import meta_tools_tokens, provided_record
+from vmcp_opt.optimizer.usage import FileUsageHistory, UsageGraph, UsageHistory, UsageRecorder, usage_client
 from vmcp_opt.routing import GATEWAY_SOURCE, Exchange, ProvidedTool, ToolCall, UnknownTool
 from vmcp_opt.routing.budget import ThrottledLog
 
@@ -68,40 +68,6 @@ POLICY_DEPTH = 4
 
 # Backend names a find_tool error repeats (a client chooses how many it sends, and how long each is).
 NAMED_BACKENDS = 8
-
-
-def meta_tools_tokens(model: str) -> int:
-    """What `tools/list` costs with the optimizer on: the meta-tools (pinned tools come on top)."""
-    return tools_list_tokens(META_TOOLS, model)
-
-
-def tool_record(routed: RoutedTool, backend_description: str) -> ToolRecord:
-    tool = routed.tool
-    return ToolRecord(
-        name=routed.name,
-        backend=routed.backend,
-        description=tool.description or "",
-        input_schema=tool.input_schema,
-        title=tool.title,
-        backend_description=backend_description,
-        original_name=routed.original_name,
-    )
-
-
-def catalog_records(catalog: Catalog) -> list[ToolRecord]:
-    return [tool_record(r, catalog.backend_descriptions.get(r.backend, "")) for r in catalog.tools.values()]
-
-
-def provided_record(tool: ProvidedTool) -> ToolRecord:
-    return ToolRecord(
-        name=tool.name,
-        backend=tool.source,
-        description=tool.tool.description or "",
-        input_schema=tool.tool.input_schema,
-        title=tool.tool.title,
-        backend_description=tool.source_description,
-        original_name=tool.original_name,
-    )
 
 
 class OptimizerFront:
@@ -432,17 +398,6 @@ class OptimizerFront:
                 logger.exception("optimizer: embedding the catalogue failed; find_tool ranks by keywords")
             finally:
                 self._idle.set()
-
-
-def usage_client(caller: Caller) -> Hashable:
-    """Whose tasks a call belongs to, for learning: the verified subject when authenticated, else the client's
-    address over HTTP, else the one stdio client. Not the session or an unverified credential, which a client
-    makes as many of as it likes: each would weigh as another client in everyone's ranking."""
-    if caller.subject is not None and caller.identified_by in (Identification.TOKEN, Identification.API_KEY):
-        return ("subject", caller.subject)
-    if caller.address is not None:
-        return ("address", caller.address)
-    return ("stdio",)
 
 
 async def _none_starting() -> list[str]:

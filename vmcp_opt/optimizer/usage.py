@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from vmcp_opt.optimizer.file_lock import exclusive
+from vmcp_opt.auth import Caller, Identification
+from vmcp_opt.optimizer.file_lock import exclusive, write_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -203,7 +204,7 @@ def _merged_file(
         logger.warning("optimizer usage history %s is unreadable (%s); moved to %s", path, exc, aside)
         data = everything
     data = bounded(data)
-    _write_atomically(path, json.dumps(data, separators=(",", ":")))
+    write_atomically(path, json.dumps(data, separators=(",", ":")))
     return UsageGraph.from_json(data)
 
 
@@ -238,18 +239,6 @@ def _keep_aside(path: Path) -> Path:
     for old in earlier[:-KEPT_ASIDE]:
         old.unlink(missing_ok=True)
     return aside
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    """`text` to `path` through a temporary file renamed over it; a failed write (a full disk) leaves the
-    previous file and no temporary one."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _add(
@@ -298,7 +287,7 @@ class _LiveTask:
 class UsageRecorder:
     """Turns each client's successful calls into tasks of the graph.
 
-    Keyed by the client (`metatools.usage_client`: who calls, not which session): at most `MAX_LIVE_CLIENTS` open tasks, the least recently active client's
+    Keyed by the client (`usage_client`: who calls, not which session): at most `MAX_LIVE_CLIENTS` open tasks, the least recently active client's
     forgotten first. A call more than `window` seconds after the client's previous one starts a new task.
     """
 
@@ -361,3 +350,14 @@ class FileUsageHistory:
 
     def save(self, graph: UsageGraph) -> None:
         graph.save(self.path)
+
+
+def usage_client(caller: Caller) -> Hashable:
+    """Whose tasks a call belongs to, for learning: the verified subject when authenticated, else the client's
+    address over HTTP, else the one stdio client. Not the session or an unverified credential, which a client
+    makes as many of as it likes: each would weigh as another client in everyone's ranking."""
+    if caller.subject is not None and caller.identified_by in (Identification.TOKEN, Identification.API_KEY):
+        return ("subject", caller.subject)
+    if caller.address is not None:
+        return ("address", caller.address)
+    return ("stdio",)

@@ -9,7 +9,7 @@
 Every request, and every request sent on to a backend, is also an `Operation` its `watchers` hear start and
 finish (routing/operations.py): audit, metrics and traces attach there (vmcp_opt/telemetry/).
 
-Past ~400 lines: lookup, policy, lists and the guarded send are one path read top to bottom; the per-item
+Past ~450 lines on purpose: lookup, policy, lists and the guarded send are one path read top to bottom; the per-item
 helpers already live beside it (policy.py, operations.py, providers.py, sessions.py).
 
 Handlers, the optimizer's meta-tools and (later) workflow steps all enter here. Lists go through the same
