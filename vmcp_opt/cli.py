@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import functools
 import json
+import logging
 import socket
 import sys
 from collections.abc import Callable
@@ -179,22 +180,36 @@ def _exit_if_port_taken(host: str, port: int) -> None:
 
 
 def _announce(cfg: VmcpConfig, port: int, config_path: Path | None = None) -> None:
-    """The banner, once listening: `port` is the bound one (with `--port 0`, the one the OS chose)."""
+    """The banner, once listening: `port` is the bound one (with `--port 0`, the one the OS chose). Under
+    `--log-format json` it is one log record (on stderr, like every other line), so that a log shipper reading
+    the gateway's output gets nothing but JSON; otherwise the human banner on stdout."""
     url = f"http://{cfg.server.host}:{port}{cfg.server.path}"
     mode = "optimizer on: tools/list shows find_tool and call_tool" if cfg.optimizer.enabled else "optimizer off"
-    out.print(f"\n[bold green]vmcp-opt[/] serving MCP at [bold]{url}[/] ({mode})")
-    out.print(
-        "  health: "
-        + url.replace(cfg.server.path, "/healthz")
-        + "   readiness: "
-        + url.replace(cfg.server.path, "/readyz")
-    )
+    health, readiness = url.replace(cfg.server.path, "/healthz"), url.replace(cfg.server.path, "/readyz")
     local = PROJECT_ROOT / "node_modules" / ".bin" / "mcp-inspector"
     inspector = str(local) if local.exists() else "npx @modelcontextprotocol/inspector@0.15.0"
-    out.print(f"  try it:  {inspector} --cli {url} --transport http --method tools/list", markup=False, highlight=False)
+    try_it = f"{inspector} --cli {url} --transport http --method tools/list"
     # The config in use, so that the client runs this setup rather than the bundled demo.
     args = ["serve", "--stdio", *(["-c", str(config_path.resolve())] if config_path is not None else [])]
     snippet = {"mcpServers": {"vmcp": {"command": str(Path(sys.executable).parent / "vmcp"), "args": args}}}
+    if cfg.server.log_format == "json":
+        logging.getLogger(__name__).info(
+            "vmcp-opt serving MCP at %s (%s)",
+            url,
+            mode,
+            extra={
+                "url": url,
+                "optimizer": cfg.optimizer.enabled,
+                "health_url": health,
+                "readiness_url": readiness,
+                "try_it": try_it,
+                "claude_desktop_config": snippet,
+            },
+        )
+        return
+    out.print(f"\n[bold green]vmcp-opt[/] serving MCP at [bold]{url}[/] ({mode})")
+    out.print(f"  health: {health}   readiness: {readiness}")
+    out.print(f"  try it:  {try_it}", markup=False, highlight=False)
     out.print("  Claude Desktop (claude_desktop_config.json):")
     out.print("  " + json.dumps(snippet), markup=False, highlight=False)
     out.print("  Ctrl-C stops the gateway and its backends.\n")

@@ -11,10 +11,15 @@ which sets its own logger to DEBUG when imported) are kept at WARNING whatever l
 lines are about their internals, not about the gateway. The handler filters them, so a library imported
 later cannot lower its own level past it. Download-style progress bars of the model loaders are turned off
 when stderr is not a terminal.
+
+The config names the format, so it is read before logging is configured; what reading it warns about
+(discovered mode's skipped entries) is logged with `log_once_configured`, held until `configure` and then
+written in the format the config chose, not in Python's bare last-resort one.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
@@ -44,6 +49,32 @@ PLAIN_DATE_FORMAT = "%Y-%m-%dT%H:%M:%S"
 _RECORD_FIELDS = frozenset(
     {*logging.LogRecord("", 0, "", 0, "", None, None).__dict__, "message", "asctime", "taskName"}
 )
+
+
+# Records logged before `configure` chose the handler, in order (`log_once_configured`).
+_held: list[logging.LogRecord] = []
+
+
+def log_once_configured(logger: logging.Logger, level: int, message: str, *args: object) -> None:
+    """Log now when logging is configured (a handler on the root logger), else hold the record for `configure`.
+
+    A command that never configures logging (`vmcp validate`) still shows held records: at exit, as Python's
+    last-resort handler would have shown them at once."""
+    if logging.getLogger().handlers or not logger.isEnabledFor(level):
+        logger.log(level, message, *args)
+        return
+    if not _held:
+        atexit.register(_release_held)
+    _held.append(logger.makeRecord(logger.name, level, "(held)", 0, message, args, None))
+
+
+def _release_held() -> None:
+    held, _held[:] = list(_held), []
+    for record in held:
+        if logging.getLogger().handlers:
+            logging.getLogger(record.name).handle(record)
+        elif logging.lastResort is not None:
+            logging.lastResort.handle(record)
 
 
 class QuietLibraries(logging.Filter):
@@ -100,5 +131,6 @@ def configure(level: str = "info", log_format: LogFormat = "auto", stream: TextI
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
     for noisy in NOISY_LIBRARIES:
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    _release_held()
     if not (stream or sys.stderr).isatty():
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # read when huggingface_hub is imported
