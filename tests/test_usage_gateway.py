@@ -111,7 +111,8 @@ class FirstRun:
 async def first_run(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[FirstRun]:
     directory = tmp_path_factory.mktemp("usage")
     index_dir = directory / "indexes"
-    config = write_config(directory, usage_config(index_dir))
+    # No periodic save within the test (the saver runs from the start): only the way out writes the file.
+    config = write_config(directory, usage_config(index_dir, usage_sync_interval=3600))
     with running_gateway(config) as gateway:
         async with Client(gateway.url, mode="legacy") as client:
             await wait_for_vectors(client)
@@ -137,7 +138,7 @@ async def first_run(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[F
         async with Client(gateway.url) as client:  # 2026-07-28 over HTTP: each call a stateless exchange
             await call_ok(client, "notes_whoami", {})
             await call_ok(client, "notes_slow_echo", {"message": "hi", "seconds": 0})
-        assert not (index_dir / "usage.json").exists()  # written every 30 s or on the way out
+        assert not (index_dir / "usage.json").exists()  # written every interval or on the way out
         stop_process(gateway.proc)
         raw = (index_dir / "usage.json").read_text(encoding="utf-8")
         yield FirstRun(

@@ -19,7 +19,7 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from vmcp_opt import __version__, logs
-from vmcp_opt.cli_config import command_overrides, exit_invalid, load_or_exit
+from vmcp_opt.cli_config import command_overrides, exit_invalid, load_or_exit, unknown_pinned
 from vmcp_opt.config import DEFAULT_CONFIG_PATH, PROJECT_ROOT, VmcpConfig
 from vmcp_opt.console import OutputConsole
 
@@ -253,9 +253,9 @@ def _check_connections(cfg: VmcpConfig) -> None:
         if cfg.workflows:  # their steps' tools are missing too: checking them now would only repeat this
             err.print("  (workflow steps not checked until every backend connects)")
         raise typer.Exit(1)
-    problems = unknown_tools(cfg.workflows, connected.tool_names)
+    problems = unknown_tools(cfg.workflows, connected.tool_names) + unknown_pinned(cfg, connected.tool_names)
     if problems:
-        err.print("[bold red]workflows name tools the backends do not serve[/]:")
+        err.print("[bold red]the config names tools the backends do not serve[/]:")
         for problem in problems:
             err.print(f"  {problem}", markup=False, highlight=False)
         raise typer.Exit(2)

@@ -3,6 +3,8 @@ loaded once, every problem printed by where it came from (`server.port (from --p
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -32,6 +34,29 @@ def exit_invalid(path: Path | None, problems: list[str]) -> NoReturn:
     for problem in problems:
         err.print(f"  {problem}", markup=False, highlight=False)
     raise typer.Exit(2)
+
+
+def unknown_pinned(cfg: VmcpConfig, served: Collection[str]) -> list[str]:
+    """`optimizer.pinned[i]: unknown tool 'x' ...` for every pinned name that neither the live catalogue
+    (`served`, what `vmcp validate --connect` found with every backend connected) nor a workflow serves, with
+    the closest served names: a misspelt pin is otherwise only a warning in the running gateway's log."""
+    known = set(served) | {workflow.name for workflow in cfg.workflows}
+    problems = []
+    for i, name in enumerate(cfg.optimizer.pinned):
+        if name in known:
+            continue
+        close = _closest(name, known)
+        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        problems.append(f"optimizer.pinned[{i}]: unknown tool {name!r} (no backend or workflow serves it now){hint}")
+    return problems
+
+
+def _closest(name: str, known: Collection[str], most: int = 3) -> list[str]:
+    """The served names most like `name`, best first: those near the best one only, since the names of one
+    backend share its prefix and would otherwise all look close (`notes_save_nte`: not `notes_search_notes`)."""
+    scored = sorted((-difflib.SequenceMatcher(None, name, other).ratio(), other) for other in known)
+    best = -scored[0][0] if scored else 0.0
+    return [other for minus, other in scored[:most] if -minus >= max(0.6, best - 0.1)]
 
 
 # The flags `serve` turns into overrides, by setting: a bad value is reported by its flag.

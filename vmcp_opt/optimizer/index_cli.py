@@ -30,7 +30,7 @@ from vmcp_opt.optimizer.jsonl_records import read_jsonl, record_tool
 from vmcp_opt.optimizer.listing import Listing, load_listing, save_listing
 from vmcp_opt.optimizer.model_registry import ModelError, model_problem
 from vmcp_opt.optimizer.tokens import saving, tools_list_tokens
-from vmcp_opt.optimizer.usage import UsageGraph
+from vmcp_opt.optimizer.usage import FileUsageHistory, UsageGraph
 from vmcp_opt.optimizer.vector_store import VECTORS_FILE
 
 P = ParamSpec("P")
@@ -219,7 +219,10 @@ def usage(
     config: ConfigOption = None,
     index_dir: IndexDirOption = None,
     top: Annotated[int, typer.Option("--top", "-n", min=1, help="How many pairs to show.")] = 10,
-    clear: Annotated[bool, typer.Option("--clear", help="Delete the history (index_dir/usage.json).")] = False,
+    clear: Annotated[
+        bool,
+        typer.Option("--clear", help="Delete the history (index_dir/usage.json); running gateways drop theirs too."),
+    ] = False,
 ) -> None:
     """The tools clients used together (what find_tool learns from): counts and the most frequent pairs."""
     from vmcp_opt.optimizer.metatools import USAGE_FILE
@@ -230,18 +233,7 @@ def usage(
         return
     path = _index_dir(settings, index_dir) / USAGE_FILE
     if clear:
-        if not path.exists():
-            console.print(f"no usage history at {path}: nothing to clear")
-            return
-        try:
-            path.unlink()
-        except OSError as exc:  # a read-only or foreign index_dir
-            errors.print(f"cannot delete the usage history {path}: {exc.strerror or exc}", markup=False)
-            raise typer.Exit(1) from None
-        console.print(
-            f"deleted the usage history {path}; restart a running gateway to rank without it (until then it "
-            "ranks with the history it holds, and adopts the deletion only when it next learns something)"
-        )
+        _clear_file_history(path, settings.optimizer.usage_sync_interval)
         return
     if not path.exists():
         console.print(f"no usage history yet at {path} (the gateway writes it once clients have called tools)")
@@ -253,6 +245,29 @@ def usage(
         errors.print(f"[red]unreadable usage history[/] {path}: {exc}")
         raise typer.Exit(1) from None
     _print_usage(graph, str(path), top)
+
+
+def _clear_file_history(path: Path, sync_interval: float) -> None:
+    """Delete `path` and mark the clear, which running gateways on the directory notice at their next sync."""
+    within = f"within optimizer.usage_sync_interval, {sync_interval:g} s"
+    if not path.parent.is_dir():  # no gateway has written here: nothing it could hold either
+        console.print(f"no usage history at {path}: nothing to clear")
+        return
+    try:
+        existed = FileUsageHistory(path).clear()
+    except OSError as exc:  # a read-only or foreign index_dir
+        errors.print(f"cannot clear the usage history {path}: {exc.strerror or exc}", markup=False)
+        raise typer.Exit(1) from None
+    if existed:
+        console.print(
+            f"deleted the usage history {path}; a running gateway notices ({within}), ranks without it and "
+            "does not write it back"
+        )
+    else:  # a gateway may still hold what it learned and has not saved yet: the mark drops that too
+        console.print(
+            f"no usage history at {path}: nothing to clear on disk; a running gateway drops what it learned "
+            f"and has not saved yet ({within})"
+        )
 
 
 def _shared_usage(settings: VmcpConfig, top: int, clear: bool) -> None:

@@ -16,6 +16,11 @@ Only tool names and counts are kept: no arguments, no request text, no client id
 the `MAX_TOOLS` tools used in most tasks, each with its `MAX_COMPANIONS` most frequent companions (a catalogue
 whose tool names churn, or one tool used with thousands of others, cannot grow it without end). A file that
 cannot be read is kept aside under a name of its own (the last `KEPT_ASIDE` of them), never overwritten.
+
+`vmcp index usage --clear` (`FileUsageHistory.clear`) deletes the file and writes a marker beside it
+(`.usage.json.cleared`, a new token each time). A running gateway stats both at every sync; when the marker
+changed it drops everything it holds, saved or not, so neither its ranking nor its next save brings back what
+was learned before the clear. Every gateway sharing the directory notices on its own: the marker stays.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import logging
 import os
 import threading
 import time
+import uuid
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -65,6 +71,8 @@ class UsageGraph:
         self._lock = threading.Lock()
         # Bumped on every change, so a saver knows whether there is anything to write.
         self.version = 0
+        # Bumped by `forget`: a client's task open since before a clear starts anew (no pair across it).
+        self.clears = 0
 
     def __len__(self) -> int:
         """Tools seen in at least one task."""
@@ -101,6 +109,22 @@ class UsageGraph:
             pairs = sum(len(c) for c in self._together.values()) // 2
             return {"tools": len(self._tasks), "pairs": pairs, "tool_uses": sum(self._tasks.values())}
 
+    @property
+    def has_new(self) -> bool:
+        """Whether something was learned since the last merge."""
+        with self._lock:
+            return bool(self._new_tasks)
+
+    def forget(self) -> int:
+        """Drop every count, kept or new (the history was cleared); the tool uses not yet merged, dropped."""
+        with self._lock:
+            dropped = sum(self._new_tasks.values())
+            self._tasks, self._together = Counter(), {}
+            self._new_tasks, self._new_together = Counter(), {}
+            self.version += 1
+            self.clears += 1
+        return dropped
+
     # -- persistence -------------------------------------------------------------------------------
 
     def to_json(self) -> dict[str, Any]:
@@ -133,12 +157,18 @@ class UsageGraph:
         """Add what was learned since the last save to the history at `path`, then rank with the result.
 
         Under an exclusive file lock, so gateways sharing an index_dir each add their own counts and
-        none overwrites another's; a history deleted meanwhile (`vmcp index usage --clear`) is adopted
-        with only the newer counts. Written atomically: a crash mid-write leaves the previous file.
+        none overwrites another's; a history deleted meanwhile is adopted with only the newer counts
+        (`FileUsageHistory` also drops those when `vmcp index usage --clear` deleted it). Written
+        atomically: a crash mid-write leaves the previous file.
         """
         path.parent.mkdir(parents=True, exist_ok=True)
-        with exclusive(path.with_name(f".{path.name}.lock")):
-            self.merge(lambda tasks, together: _merged_file(path, tasks, together, self.to_json()))
+        with exclusive(lock_path(path)):
+            self.merge_file(path)
+
+    def merge_file(self, path: Path) -> None:
+        """`merge` with the history at `path` (the caller holds `lock_path(path)`); the file is written only
+        when there is something to add."""
+        self.merge(lambda tasks, together: _merged_file(path, tasks, together, self.to_json()))
 
     def merge(self, add: Callable[[Counter[str], dict[str, Counter[str]]], UsageGraph]) -> None:
         """Hand what was learned since the last merge to `add`, which adds it to the kept history (a file,
@@ -197,6 +227,9 @@ def _merged_file(
     file is moved aside and replaced by `everything` this gateway knows."""
     try:
         merged = UsageGraph.read(path) if path.exists() else UsageGraph()
+        if not tasks:
+            # Nothing to add: the file is read, not rewritten (a sync that only looks must not create one).
+            return merged
         _add(merged._tasks, merged._together, tasks, together)
         data = merged.to_json()
     except (OSError, ValueError) as exc:
@@ -282,13 +315,15 @@ def companion_scores(
 class _LiveTask:
     tools: list[str] = field(default_factory=list)
     last_call: float = 0.0
+    clears: int = 0  # the graph's `clears` when the task began
 
 
 class UsageRecorder:
     """Turns each client's successful calls into tasks of the graph.
 
     Keyed by the client (`usage_client`: who calls, not which session): at most `MAX_LIVE_CLIENTS` open tasks, the least recently active client's
-    forgotten first. A call more than `window` seconds after the client's previous one starts a new task.
+    forgotten first. A call more than `window` seconds after the client's previous one starts a new task, and
+    so does the first call after the history was cleared (`UsageGraph.forget`).
     """
 
     def __init__(self, graph: UsageGraph, window: float, clock: Callable[[], float] = time.monotonic) -> None:
@@ -302,8 +337,13 @@ class UsageRecorder:
         now = self._clock()
         with self._lock:
             task = self._live.pop(client, None)
-            if task is None or now - task.last_call > self.window or len(task.tools) >= MAX_TASK_TOOLS:
-                task = _LiveTask()
+            if (
+                task is None
+                or now - task.last_call > self.window
+                or len(task.tools) >= MAX_TASK_TOOLS
+                or task.clears != self.graph.clears
+            ):
+                task = _LiveTask(clears=self.graph.clears)
             self._live[client] = task
             while len(self._live) > MAX_LIVE_CLIENTS:
                 self._live.popitem(last=False)
@@ -319,7 +359,8 @@ class UsageHistory(Protocol):
     """Where the co-usage graph is kept between runs and shared: a file (`FileUsageHistory`), or Redis for
     replicas (vmcp_opt/shared/usage_history.py)."""
 
-    # Others add to it while this gateway runs (replicas): merge every interval, not only after a change.
+    # Others change it while this gateway runs (replicas, gateways sharing an index_dir, `vmcp index usage
+    # --clear`): merge every interval, not only after a change.
     shared: bool
     where: str
 
@@ -333,23 +374,105 @@ class UsageHistory(Protocol):
 
 
 class FileUsageHistory:
-    """`index_dir/usage.json`, merged under a file lock by every gateway sharing the directory."""
+    """`index_dir/usage.json`, merged under a file lock by every gateway sharing the directory.
 
-    shared = False
+    Shared: the other gateways on the directory write it too, and `vmcp index usage --clear` deletes it, so
+    every sync looks (two `stat`s, no lock, no read while neither the file nor the clear marker changed)
+    and merges when either changed, not only when this gateway learned something.
+    """
+
+    shared = True
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.where = str(path)
+        self.marker = cleared_marker(path)
+        # The clear marker's text when this gateway last synced (None: no clear yet); unknown until the
+        # first load or save, which take the marker as they find it.
+        self._cleared: str | None = None
+        self._marker_read = False
+        # Both files' stat when this gateway last read or wrote the history: unchanged, a sync has nothing to read.
+        self._seen: tuple[_Stamp, _Stamp] | None = None
 
     def load(self) -> UsageGraph:
         try:
-            return UsageGraph.load(self.path)  # an unreadable file is moved aside to usage.json.corrupt
+            self._take_marker(None)
+            seen = self._stamps()  # before the read: a write in between makes the next sync read again
+            graph = UsageGraph.load(self.path)  # an unreadable file is moved aside to usage.json.corrupt
+            self._seen = seen
+            return graph
         except Exception as exc:  # e.g. the corrupt file could not be moved aside: start empty all the same
             logger.warning("optimizer: usage history %s not loaded (%s); starting with none", self.path, exc)
             return UsageGraph()
 
     def save(self, graph: UsageGraph) -> None:
-        graph.save(self.path)
+        if not graph.has_new and self._seen is not None and self._stamps() == self._seen:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with exclusive(lock_path(self.path)):
+            self._take_marker(graph)
+            graph.merge_file(self.path)
+            self._seen = self._stamps()
+
+    def clear(self) -> bool:
+        """Delete the history and mark the clear, so running gateways drop what they hold instead of writing
+        it back (`vmcp index usage --clear`); whether there was a history file. OSError when the directory
+        cannot be written."""
+        with exclusive(lock_path(self.path)):
+            existed = self.path.exists()
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            # A new token each time: two clears within a clock tick are still two changes.
+            write_atomically(self.marker, json.dumps({"cleared_at": stamp, "token": uuid.uuid4().hex}) + "\n")
+            self.path.unlink(missing_ok=True)
+        return existed
+
+    def _take_marker(self, graph: UsageGraph | None) -> None:
+        """Adopt the clear marker as it is now; with `graph`, a marker that changed since the last look (a
+        clear meanwhile) first empties it: nothing it learned before is ranked with or written back."""
+        cleared = _read_marker(self.marker)
+        changed = self._marker_read and cleared != self._cleared
+        self._cleared, self._marker_read = cleared, True
+        if graph is None or not changed or cleared is None:  # a marker deleted by hand is no clear
+            return
+        dropped = graph.forget()
+        logger.info(
+            "optimizer: usage history %s was cleared (vmcp index usage --clear): ranking without what was "
+            "learned before it (%d tool uses not yet saved dropped)",
+            self.path,
+            dropped,
+        )
+
+    def _stamps(self) -> tuple[_Stamp, _Stamp]:
+        return _stamp(self.path), _stamp(self.marker)
+
+
+# A file's identity and version as `stat` gives them (inode, size, mtime); None when there is no file.
+_Stamp = tuple[int, int, int] | None
+
+
+def _stamp(path: Path) -> _Stamp:
+    try:
+        info = path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return info.st_ino, info.st_size, info.st_mtime_ns
+
+
+def lock_path(path: Path) -> Path:
+    """The lock every writer of the history at `path` holds (never removed: that would race with a saver)."""
+    return path.with_name(f".{path.name}.lock")
+
+
+def cleared_marker(path: Path) -> Path:
+    """Where `vmcp index usage --clear` marks that it deleted the history at `path`."""
+    return path.with_name(f".{path.name}.cleared")
+
+
+def _read_marker(marker: Path) -> str | None:
+    try:
+        return marker.read_text(encoding="utf-8")
+    except (FileNotFoundError, NotADirectoryError):
+        return None
 
 
 def usage_client(caller: Caller) -> Hashable:
