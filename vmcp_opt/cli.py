@@ -226,11 +226,14 @@ def validate(
     """Check a config file; print every bad field by its path and exit non-zero."""
     cfg = load_or_exit(config)
     from vmcp_opt.auth_cli import auth_problems
+    from vmcp_opt.config.workflows import env_reference_warnings
     from vmcp_opt.shared.secrets import secret_problems
 
     problems = auth_problems(cfg) + secret_problems(cfg)
     if problems:
         exit_invalid(config, problems)
+    for warning in env_reference_warnings(cfg.workflows):  # valid, but probably not what was meant
+        err.print(f"warning: {warning}", markup=False, highlight=False)
     if connect:
         _check_connections(cfg)
     out.print(f"[green]valid[/]: {len(cfg.backends)} backends ({', '.join(b.name for b in cfg.backends)})")

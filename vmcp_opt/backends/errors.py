@@ -3,6 +3,7 @@ in one line (a backend's `last_error`, its health reason, `vmcp backends`)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from mcp.shared.exceptions import MCPError
@@ -42,10 +43,25 @@ def failure_reason(exc: BaseException, command: str | None) -> str:
     return describe_error(exc)
 
 
+STDERR_LINE_SHOWN = 300  # characters of the last stderr line a reason shows
+# How the stderr relay marks a line it already cut (backends/transports.py, display.shorten): its length there
+# is the true one (or a lower bound), which a second cut must keep rather than count the cut text's length.
+_CUT_MARK = re.compile(r"… \((?:a line longer than [\d,]+ bytes, cut|[\d,]+ characters)\)\Z")
+
+
 def with_stderr_line(reason: str, line: str | None) -> str:
     """A stdio process's last stderr line beside the protocol's reason ("Connection closed" alone says nothing
     of a crash at start)."""
-    return reason if line is None or line in reason else f"{reason}; its last stderr line: {shorten(line, 300)}"
+    return reason if line is None or line in reason else f"{reason}; its last stderr line: {_cut(line)}"
+
+
+def _cut(line: str) -> str:
+    if len(line) <= STDERR_LINE_SHOWN:
+        return line
+    mark = _CUT_MARK.search(line)
+    if mark is None:
+        return shorten(line, STDERR_LINE_SHOWN)
+    return line[: min(STDERR_LINE_SHOWN, mark.start())] + mark.group()
 
 
 def _innermost(exc: BaseException) -> BaseException:

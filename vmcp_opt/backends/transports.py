@@ -10,6 +10,7 @@ written straight to the gateway's own stderr.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 import sys
@@ -138,7 +139,10 @@ async def _relay_stderr(fd: int, lines: _StderrLines) -> None:
     os.set_blocking(fd, False)
     try:
         while True:
-            await anyio.wait_readable(fd)
+            # While lines are being dropped, wake at the next second to say how many, even if none follow.
+            with anyio.move_on_after(1.0 if lines.suppressed else math.inf):
+                await anyio.wait_readable(fd)
+            lines.tick()
             try:
                 chunk = os.read(fd, 65536)
             except BlockingIOError:
@@ -202,6 +206,11 @@ class _StderrLines:
         stderr_logger.info("backend %s stderr: %s", self.backend, text)
         if text.strip():
             self.tail.line = text.strip()
+
+    def tick(self) -> None:
+        """A second passed: the lines dropped in the last one are counted in the log now."""
+        if int(time.monotonic()) != self.window:
+            self.report_suppressed()
 
     def report_suppressed(self) -> None:
         if self.suppressed:

@@ -8,18 +8,29 @@ keys, duplicate names and step ids, unknown or cyclic `depends_on`, a template t
 reads a step which is not among the step's dependencies, a parameter schema that is not JSON Schema,
 workflows that call each other in a cycle, and elicitation steps without a message or a flat form. What needs the live
 catalogue (a step naming a tool no backend serves) is checked when the gateway starts
-(`vmcp_opt/workflows/validation.py`).
+(`vmcp_opt/workflows/validation.py`). Warned of rather than refused: a `${VAR}` in a step's templates, which
+nothing expands there (`env_reference_warnings`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import re
+from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
 import jinja2
 import jinja2.nodes
 import jsonschema
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 WORKFLOW_NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
 STEP_ID_PATTERN = r"^[A-Za-z][A-Za-z0-9_]{0,63}$"
@@ -27,6 +38,8 @@ STEP_ID_PATTERN = r"^[A-Za-z][A-Za-z0-9_]{0,63}$"
 RESERVED_NAMES = frozenset({"find_tool", "call_tool"})
 # The meta-tool through which a step may call any tool by name (`arguments.tool_name`).
 CALL_TOOL = "call_tool"
+# A `${VAR}` reference, as backend fields spell it (config/base.py): not expanded in workflows, so warned of.
+_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _SYNTAX = jinja2.Environment()  # parsing only; templates run in the sandbox (vmcp_opt/workflows/templates.py)
 
 
@@ -73,7 +86,8 @@ class StepConfig(_Strict):
     on_error: OnErrorConfig = Field(default_factory=OnErrorConfig)
     # Seconds one attempt (each item's, in a for_each) may take.
     timeout: float | None = Field(None, gt=0)
-    # The step's output when it is skipped, or failed under `on_error: continue`.
+    # The step's output when it is skipped, or failed under `on_error: continue`; given (`null` included), it
+    # stands in for a failed step, whose dependants then run.
     default_result: Any = None
     # for_each: a template giving the list to go over (a list, or a JSON array as a string).
     over: str | None = None
@@ -96,6 +110,21 @@ class StepConfig(_Strict):
     @classmethod
     def _action_alone(cls, value: Any) -> Any:
         return {"action": value} if isinstance(value, str) else value
+
+    @property
+    def has_default_result(self) -> bool:
+        """Whether the config gives `default_result`: `default_result: null` is a result (JSON null) that
+        stands in for a failed step; without one, the steps depending on a failed step are skipped."""
+        return "default_result" in self.model_fields_set
+
+    @model_serializer(mode="wrap")
+    def _absent_default_result_stays_absent(self, handler: SerializerFunctionWrapHandler) -> Any:
+        # A config is dumped and validated again (discovered backends merged in, loading.py): an absent
+        # `default_result` dumped as None would come back as an explicit null.
+        data = handler(self)
+        if not self.has_default_result and isinstance(data, dict):
+            data.pop("default_result", None)
+        return data
 
     def problems(self) -> list[str]:
         """What its type needs (checked by the workflow, so its graph problems are reported in the same pass)."""
@@ -229,6 +258,26 @@ def _structure_problems(
     for place, source in _walk_strings(output or {}, "output"):
         problems += _template_problems(place, source, known, known)
     return problems
+
+
+def env_reference_warnings(workflows: Sequence[WorkflowConfig]) -> list[str]:
+    """`${VAR}` written in a step's templates (arguments, message, condition, over), where nothing expands it
+    (only backend fields are expanded, at load): one line per place, naming the workflow, the step, the path
+    and the reference. A warning, not a problem: the text may be meant literally."""
+    warnings = []
+    for workflow in workflows:
+        for step in workflow.steps:
+            for place, source in _templates(step):
+                for name in dict.fromkeys(_ENV_REFERENCE.findall(source)):
+                    field = place.removeprefix("arguments.")
+                    where = f"argument '{field}'" if field != place else f"field '{place}'"
+                    warnings.append(
+                        f"workflow '{workflow.name}' step '{step.id}' {where} contains ${{{name}}}: environment "
+                        "variables are not expanded in workflow steps (pass the value as a parameter, "
+                        f"{{{{ params.{name.lower()} }}}}, or give it to the backend in its `env` or `headers`, "
+                        f"where ${{{name}}} is expanded)"
+                    )
+    return warnings
 
 
 def check_workflows(workflows: list[WorkflowConfig]) -> list[str]:

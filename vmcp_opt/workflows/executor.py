@@ -209,9 +209,10 @@ class WorkflowRun:
                     await self._on_step(report)
 
     def _blocks(self, dependency: str) -> bool:
-        """A dependency that failed with no default result, or was skipped for such a failure."""
+        """A dependency that failed with no default result, or was skipped for such a failure (an explicit
+        `default_result: null` is a result: it stands in)."""
         dep = self.report.steps[dependency]
-        return (dep.status == "failed" or dep.blocked) and self._steps[dependency].default_result is None
+        return (dep.status == "failed" or dep.blocked) and not self._steps[dependency].has_default_result
 
     def _failed(self, step: StepConfig, report: StepReport, exc: StepError, group: anyio.CancelScope) -> None:
         report.status, report.error = "failed", exc.reason

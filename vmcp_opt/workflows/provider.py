@@ -24,7 +24,7 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from vmcp_opt.aggregation import Catalog, LiveCatalog
 from vmcp_opt.arguments import ArgumentError, ArgumentValidator
 from vmcp_opt.auth import Caller
-from vmcp_opt.config.workflows import WorkflowConfig
+from vmcp_opt.config.workflows import WorkflowConfig, env_reference_warnings
 from vmcp_opt.routing import Dispatch, Exchange, ProvidedTool, ToolCall, error_result
 from vmcp_opt.routing.budget import Budget
 from vmcp_opt.routing.round_trips import InputRequired, RoundOwners, WorkflowRound
@@ -60,6 +60,8 @@ class WorkflowTools:
         max_result_bytes: int | None = None,
     ) -> None:
         self.workflows = {w.name: w for w in workflows}
+        for warning in env_reference_warnings(workflows):  # once, at start: `vmcp serve`, `vmcp workflow run`
+            logger.warning("%s", warning)
         # Runs of 2026-07-28 clients waiting for their answers (attached to the gateway's task group); they
         # hold slots of `pending_budget`, the backend round trips' own when the gateway passes it.
         self.rounds = WorkflowRounds(
