@@ -241,13 +241,29 @@ def validate(
         out.print(f"  {len(cfg.workflows)} workflows ({', '.join(w.name for w in cfg.workflows)})")
 
 
+def _check_redis(cfg: VmcpConfig) -> None:
+    """`validate --connect`: the Redis the config uses answers with the password given (exit 1 naming why not)."""
+    from vmcp_opt.shared.secrets import redis_users
+
+    if not redis_users(cfg):
+        return
+    from vmcp_opt.shared.redis_client import redis_problem
+
+    problem = redis_problem(cfg)
+    if problem is not None:
+        err.print(f"[bold red]Redis does not serve this gateway[/]: {problem}", highlight=False)
+        raise typer.Exit(1)
+
+
 def _check_connections(cfg: VmcpConfig) -> None:
-    """`validate --connect`: each backend connected once (exit 1 naming those that failed, as `vmcp backends`
-    does), then the workflow steps checked against the tools they serve (exit 2 naming the unknown ones)."""
+    """`validate --connect`: Redis, if the config uses it, and each backend connected once (exit 1 naming what
+    failed, as `vmcp backends` does), then the workflow steps and pinned names checked against the tools
+    served (exit 2 naming the unknown ones)."""
     from vmcp_opt.probe import connect_once
     from vmcp_opt.workflows.validation import unknown_tools
 
     setup_logging("error")
+    _check_redis(cfg)
     connected = anyio.run(connect_once, cfg)
     if connected.failed:
         err.print(f"[bold red]backends that did not connect[/] ({len(connected.failed)} of {len(cfg.backends)}):")

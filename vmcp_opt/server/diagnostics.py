@@ -30,6 +30,7 @@ from vmcp_opt.gateway import Gateway
 from vmcp_opt.server.authentication import RequireAuthentication
 from vmcp_opt.server.drain import Drain
 from vmcp_opt.server.host_check import HostCheck
+from vmcp_opt.shared.secrets import redis_users
 from vmcp_opt.telemetry.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 
 logger = logging.getLogger(__name__)
@@ -37,8 +38,8 @@ logger = logging.getLogger(__name__)
 
 def health_routes(gateway: Gateway, endpoint: ASGIApp | None, drain: Drain | None = None) -> list[Route]:
     """`/healthz` (the process answers) and `/readyz` (the backends are up and the gateway is not draining;
-    detail only to those who may see it). `endpoint` is the MCP endpoint over HTTP, whose authentication
-    decides who may."""
+    detail only to those who may see it; `degraded` while a Redis the config uses is unreachable or refuses the
+    password). `endpoint` is the MCP endpoint over HTTP, whose authentication decides who may."""
 
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
@@ -48,6 +49,10 @@ def health_routes(gateway: Gateway, endpoint: ASGIApp | None, drain: Drain | Non
             return JSONResponse({"status": "draining"}, status_code=503)
         readiness = gateway.readiness()
         body = readiness.body
+        if redis_users(gateway.config):  # Redis's state and why not reachable; redis imported only when used
+            from vmcp_opt.shared.redis_client import with_redis_state
+
+            body = await with_redis_state(gateway.config, body)
         if not await may_see_detail(request.scope, endpoint):
             body = {"status": body["status"]}  # backend names, errors and URLs only to loopback or authenticated
         return JSONResponse(body, status_code=200 if readiness.serving else 503)

@@ -14,8 +14,9 @@ record: the session may be in use elsewhere, and its key expires once it has bee
 `limits.session_idle_timeout`. A restored session takes a slot like an opened one (limits.max_sessions,
 max_sessions_per_address), freed when its copy ends.
 
-Redis unreachable: the sessions this replica holds keep working, others answer 404 (the client opens a new
-session), one warning per minute.
+Redis unreachable (or refusing the password): the sessions this replica holds keep working, others answer 404
+(the client opens a new session), one warning per minute; Redis's own state changes are logged once each by
+vmcp_opt/shared/redis_client.py.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from vmcp_opt.server.lazy_stream import LazyStreamTransport
 from vmcp_opt.server.session_restore import is_restoring, serve_restored
 from vmcp_opt.server.sessions import SessionGate, Slot, json_rpc_error, may_open_session
 from vmcp_opt.shared.events import EVENTS, STORE_ERRORS, RedisEventStore, ReplicaPresence
-from vmcp_opt.shared.redis_client import redis_client
+from vmcp_opt.shared.redis_client import redis_client, redis_trouble
 from vmcp_opt.shared.round_relay import RedisRoundRelay
 from vmcp_opt.shared.session_store import RedisSessions, SessionRecord
 
@@ -134,7 +135,7 @@ class SharedSessions:
                 record = await self.store.load(session_id)
                 found = record is not None
         except STORE_ERRORS as exc:
-            self._log.warning("store", "sessions: Redis unreachable (%s): only this replica's sessions are served", exc)
+            self._log.warning("store", "sessions: %s: only this replica's sessions are served", redis_trouble(exc))
             found = held is not None
         if not found:
             if held is not None:
@@ -321,7 +322,8 @@ class SharedSessions:
                 self._remember_subscription(session_id, uri, subscribed)
                 await self.store.subscription(session_id, uri, subscribed=subscribed)
         except STORE_ERRORS as exc:
-            self._log.warning("record", "sessions: not recorded in Redis, served by this replica only: %s", exc)
+            trouble = redis_trouble(exc)
+            self._log.warning("record", "sessions: not recorded in Redis, served by this replica only: %s", trouble)
         return result
 
     async def _opened(self, session_id: str, params: Any, result: HandlerResult) -> None:

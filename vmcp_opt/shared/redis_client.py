@@ -1,19 +1,193 @@
 """Redis clients per gateway, from `redis:` (vmcp_opt/config/limits.py): asyncio for the request path,
-synchronous for the optimizer's background threads."""
+synchronous for the optimizer's background threads; and `RedisLink`, what this process last learned of
+that Redis, for the log and `/readyz`.
+
+Every connection these clients open reports its outcome to the server's `RedisLink` (a connection class of
+ours, `connect` overridden: the one place every command of every part passes through, and only when it
+opens a connection, so a request costs nothing). The link is a small state machine that logs its
+transitions only, never a request or a retry:
+
+    any state ── a connection opened ─────────────▶ reachable         info "reachable again" (from either below)
+    any state ── refused, reset, timed out ───────▶ unreachable       warning
+    any state ── password refused, or one wanted ─▶ unauthenticated   warning
+
+`unauthenticated` is a configuration error (the password is wrong, or Redis wants one and none is set): its
+warning and `/readyz` say so in those words, and never show the password. The parts that use Redis treat it
+as they treat an unreachable Redis (they degrade and keep serving), and so does `/readyz`: `degraded`,
+Redis's state and reason in its detail, the HTTP status what the backends make it.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import logging
+import math
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import redis
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
+from redis.exceptions import AuthenticationError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from vmcp_opt.config import VmcpConfig
-from vmcp_opt.shared.secrets import read_secret
+from vmcp_opt.shared.secrets import read_secret, redis_users
+
+logger = logging.getLogger(__name__)
+
+LinkState = Literal["unknown", "reachable", "unreachable", "unauthenticated"]
+_CONNECTION_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+class RedisLink:
+    """One Redis server as this process last found it (thread-safe: the optimizer's saver reports from a thread)."""
+
+    def __init__(self, where: str, password_setting: str | None, users: list[str]) -> None:
+        self.where = where  # host:port, never credentials (the URL may not hold any)
+        self.password_setting = password_setting  # `redis.password_env: NAME`, or None: no password configured
+        self.users = users  # the settings that use Redis, named in the warnings
+        self.state: LinkState = "unknown"
+        self.problem: str | None = None  # what is wrong, after "Redis" ("refused the password (...)")
+        self.client_settings: dict[str, Any] | None = None  # what the clients were built with (`_settings`)
+        # `/readyz`'s own client, kept, and when it last pinged (`with_redis_state`); only the event loop uses them.
+        self.ready_client: aioredis.Redis | None = None
+        self.pinged_at = -math.inf
+        self.ping_lock = asyncio.Lock()
+        self._lock = threading.Lock()
+
+    def reached(self) -> None:
+        self._become("reachable", None)
+
+    def failed(self, exc: BaseException) -> None:
+        """A connection (or a command on one) failed; other errors (a script's, a full Redis) say nothing of the link."""
+        if isinstance(exc, AuthenticationError):
+            self._become("unauthenticated", self._auth_problem())
+        elif isinstance(exc, _CONNECTION_ERRORS):
+            self._become("unreachable", f"unreachable ({type(exc).__name__}: {exc})")
+
+    def detail(self) -> dict[str, Any]:
+        """For `/readyz`: the state, and the reason in words (`Redis refused the password (...)`)."""
+        with self._lock:
+            error = f"Redis {self.problem}" if self.problem else None
+            return {"state": self.state, "error": error, "server": self.where, "used_by": self.users}
+
+    def _auth_problem(self) -> str:
+        # Named by the setting that holds the password, never by the password.
+        if self.password_setting is None:
+            return "requires a password (authentication required); set redis.password_env or redis.password_file"
+        return f"refused the password ({self.password_setting})"
+
+    def _become(self, state: LinkState, problem: str | None) -> None:
+        with self._lock:
+            before, self.state, self.problem = self.state, state, problem
+        if state == before:
+            return
+        if state == "reachable":
+            log = logger.debug if before == "unknown" else logger.info
+            log("redis: Redis at %s is reachable%s", self.where, "" if before == "unknown" else " again")
+            return
+        until = "it is back" if state == "unreachable" else "the gateway can authenticate"
+        users = ", ".join(self.users) or "nothing"
+        logger.warning("redis: Redis at %s %s; going without it until %s: %s", self.where, problem, until, users)
+
+
+def redis_trouble(exc: BaseException) -> str:
+    """A Redis error as a warning names it: a refused password as such (never the password), else unreachable."""
+    if isinstance(exc, AuthenticationError):
+        return "Redis refused authentication (the password is wrong, or it wants one)"
+    return f"Redis unreachable ({exc})"
+
+
+_links: dict[tuple[str, str | None], RedisLink] = {}
+_links_lock = threading.Lock()
+
+
+def redis_link(config: VmcpConfig) -> RedisLink:
+    """The link of the config's Redis: one per server and password source in this process."""
+    settings = config.redis
+    password_setting: str | None
+    source: str | None
+    if settings.password_env:
+        password_setting = source = f"redis.password_env: {settings.password_env}"
+    elif settings.password_file:
+        password_setting = f"redis.password_file: {settings.password_file}"
+        source = str(config.resolve_path(settings.password_file))
+    else:
+        password_setting = source = None
+    key = (settings.url, source)
+    with _links_lock:
+        link = _links.get(key)
+        if link is None:
+            parts = urlsplit(settings.url)
+            where = f"{parts.hostname}:{parts.port or 6379}"
+            link = _links[key] = RedisLink(where, password_setting, redis_users(config))
+        return link
+
+
+class _AsyncConnection(aioredis.Connection):
+    def __init__(self, *, link: RedisLink, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.link = link
+
+    async def connect(self) -> None:
+        await _connect_async(self.link, self.is_connected, super().connect)
+
+
+class _AsyncSSLConnection(aioredis.SSLConnection):
+    def __init__(self, *, link: RedisLink, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.link = link
+
+    async def connect(self) -> None:
+        await _connect_async(self.link, self.is_connected, super().connect)
+
+
+class _Connection(redis.Connection):
+    def __init__(self, *, link: RedisLink, **kwargs: Any) -> None:
+        super().__init__(**kwargs)  # type: ignore[no-untyped-call]  # untyped in redis-py
+        self.link = link
+
+    def connect(self) -> None:
+        _connect(self.link, self.is_connected, super().connect)
+
+
+class _SSLConnection(redis.SSLConnection):
+    def __init__(self, *, link: RedisLink, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.link = link
+
+    def connect(self) -> None:
+        _connect(self.link, self.is_connected, super().connect)
+
+
+async def _connect_async(link: RedisLink, connected: bool, connect: Callable[[], Awaitable[None]]) -> None:
+    # `connect` runs before every command; only opening a connection says something new.
+    if connected:
+        return
+    try:
+        await connect()
+    except Exception as exc:
+        link.failed(exc)
+        raise
+    link.reached()
+
+
+def _connect(link: RedisLink, connected: bool, connect: Callable[[], None]) -> None:
+    if connected:
+        return
+    try:
+        connect()
+    except Exception as exc:
+        link.failed(exc)
+        raise
+    link.reached()
 
 
 def redis_client(config: VmcpConfig) -> aioredis.Redis:
@@ -21,29 +195,87 @@ def redis_client(config: VmcpConfig) -> aioredis.Redis:
     once, only when its connection was refused or closed (a pooled connection left over from before Redis
     restarted fails its first use), never after a timeout: an unreachable Redis costs a request at most one
     timeout."""
+    return _async_client(config.redis.url, _settings(config))
+
+
+def _async_client(url: str, settings: dict[str, Any]) -> aioredis.Redis:
     client: aioredis.Redis = aioredis.Redis.from_url(
-        config.redis.url,
+        url,
         retry=AsyncRetry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-        **_settings(config),
+        connection_class=_AsyncSSLConnection if url.startswith("rediss://") else _AsyncConnection,
+        **settings,
     )
     return client
 
 
 def redis_sync_client(config: VmcpConfig) -> redis.Redis:
     """The same settings, for a thread (the optimizer's usage saver)."""
+    url = config.redis.url
     client: redis.Redis = redis.Redis.from_url(
-        config.redis.url, retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)), **_settings(config)
+        url,
+        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+        connection_class=_SSLConnection if url.startswith("rediss://") else _Connection,
+        **_settings(config),
     )
     return client
 
 
 def _settings(config: VmcpConfig) -> dict[str, Any]:
+    """The clients' settings, the password read now; kept on the link for its own checks (`with_redis_state`),
+    which so use the password the clients use, not one changed in its file since."""
     settings = config.redis
     password = read_secret(config, "redis.password", settings.password_env, settings.password_file)
-    return {
+    link = redis_link(config)
+    link.client_settings = {
         "password": password.decode() if password is not None else None,
         "socket_timeout": settings.timeout,
         "socket_connect_timeout": settings.timeout,
         "retry_on_timeout": False,
         "health_check_interval": 0,
+        "link": link,  # handed by the pool to each connection it opens (`_AsyncConnection`, `_Connection`)
     }
+    return dict(link.client_settings)
+
+
+# `/readyz` asks Redis at most this often: a probe (or anyone) asking faster reads the last answer, so what
+# unauthenticated requests make the gateway spend on Redis stays one ping a second on one connection.
+READY_PING_INTERVAL = 1.0
+
+
+async def with_redis_state(config: VmcpConfig, body: dict[str, Any]) -> dict[str, Any]:
+    """`/readyz`'s body with Redis's part: Redis pinged (at most once a `READY_PING_INTERVAL`, concurrent
+    asks sharing one ping, on a client of its own: Redis gone, back, or refusing the password shows at once,
+    whatever else uses it), its state and reason under `redis`; a gateway that would be `ready` is `degraded`
+    while Redis is not reachable, serving as before (the parts that use Redis go on without it)."""
+    link = redis_link(config)
+    if time.monotonic() - link.pinged_at >= READY_PING_INTERVAL:
+        async with link.ping_lock:
+            if time.monotonic() - link.pinged_at >= READY_PING_INTERVAL:
+                await _ping(config, link)
+                link.pinged_at = time.monotonic()
+    detail = link.detail()
+    status = "degraded" if body["status"] == "ready" and detail["state"] != "reachable" else body["status"]
+    return {**body, "status": status, "redis": detail}
+
+
+async def _ping(config: VmcpConfig, link: RedisLink) -> None:
+    if link.ready_client is None:
+        link.ready_client = _async_client(config.redis.url, dict(link.client_settings or _settings(config)))
+    try:
+        await link.ready_client.ping()
+    except (RedisError, OSError) as exc:  # failing to connect is reported by then; not failing after it
+        link.failed(exc)
+
+
+def redis_problem(config: VmcpConfig) -> str | None:
+    """What keeps the gateway from using its Redis, checked now (for `vmcp validate --connect`); None: it
+    answers. Never the password."""
+    client = redis_sync_client(config)
+    try:
+        client.ping()
+    except (RedisError, OSError) as exc:
+        redis_link(config).failed(exc)
+    finally:
+        client.close()
+    detail = redis_link(config).detail()
+    return None if detail["state"] == "reachable" else f"redis.url ({detail['server']}): {detail['error']}"
