@@ -49,6 +49,7 @@ def run(
         typer.Option(
             "--dataset",
             "-d",
+            metavar="<dataset>",
             help=f"A bundled set ({', '.join(BUNDLED)}), 'all', or a BEIR directory. Repeatable.",
         ),
     ],
@@ -87,6 +88,7 @@ def run(
         typer.Option(
             "--model",
             "-m",
+            metavar="<model>",
             help="An embedding model: a registry id (models/registry.yaml) or a local sentence-transformers "
             "directory. Repeatable: every method runs with each, side by side. Default: the configured model.",
         ),

@@ -1,7 +1,9 @@
 """`vmcp auth`: the operator's tools for authentication and authorization.
 
-- `vmcp auth new-key --subject alice --group dev`: a fresh API key, printed once, and the entry (its hash)
-  to add to `auth.incoming.api_keys.file`.
+- `vmcp auth new-key --subject alice --group dev --role auditor --scope notes:read`: a fresh API key, printed
+  once, and the entry (its hash, the caller's groups, roles and scopes) to add to `auth.incoming.api_keys.file`,
+  checked as the gateway checks that file.
+- `vmcp auth schema`: the Cedar schema every policy is validated against at load (auth/cedar.py `SCHEMA`).
 - `vmcp auth check -c vmcp.yaml` with a token or key (from `--credential-env`, default `VMCP_CREDENTIAL`, so
   it stays out of the shell history) or `--local-user`: authenticates it exactly as the gateway would, then
   connects to the backends once and says which tools the caller may list and call under the Cedar policy.
@@ -12,43 +14,97 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import anyio
 import typer
 from rich.table import Table
 
 from vmcp_opt.auth import Caller
-from vmcp_opt.auth.api_keys import new_key
+from vmcp_opt.auth.api_keys import ApiKeyFileError, new_key, parse_entries
 from vmcp_opt.auth.authenticators import AuthSetupError, build_authenticator
 from vmcp_opt.auth.errors import AuthError
 from vmcp_opt.auth.identity import Identity, local_user
 from vmcp_opt.config import VmcpConfig
-from vmcp_opt.console import OutputConsole
+from vmcp_opt.console import OutputConsole, PlainFlagsGroup
 from vmcp_opt.routing.policy import AllowAll, Policy, PolicyLoadError, Target
 
-auth_app = typer.Typer(no_args_is_help=True, help="API keys, and who a credential is and what it may do.")
+if TYPE_CHECKING:
+    pass
+
+
+auth_app = typer.Typer(
+    cls=PlainFlagsGroup, no_args_is_help=True, help="API keys, and who a credential is and what it may do."
+)
 out = OutputConsole()
 err = OutputConsole(stderr=True)
 
 
 @auth_app.command("new-key")
 def new_key_command(
-    subject: Annotated[str, typer.Option(help="Who the key belongs to (the caller's subject).")],
-    group: Annotated[list[str] | None, typer.Option("--group", "-g", help="A group of the caller (repeat).")] = None,
-    name: Annotated[str | None, typer.Option(help="A label for the key (shown as the client id).")] = None,
+    subject: Annotated[str, typer.Option(metavar="<name>", help="Who the key belongs to (the caller's subject).")],
+    group: Annotated[
+        list[str] | None,
+        typer.Option("--group", "-g", metavar="<group>", help="A group of the caller (Cedar `Group`); repeat."),
+    ] = None,
+    role: Annotated[
+        list[str] | None,
+        typer.Option("--role", "-r", metavar="<role>", help="A role of the caller (`principal.roles`); repeat."),
+    ] = None,
+    scope: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--scope", "-s", metavar="<scope>", help="A scope granted to the key (`principal.scopes`); repeat."
+        ),
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option(metavar="<label>", help="A label for the key (shown as the client id).")
+    ] = None,
 ) -> None:
-    """A new API key: the key is printed once; the gateway stores only the entry's hash."""
+    """A new API key: the key is printed once; the gateway stores only the entry's hash.
+
+    Several names may also be given in one value, separated by commas or spaces (`--group dev,ops`)."""
     if not subject.strip():  # the gateway refuses such an entry at start (`keys[i].subject`)
         err.print("--subject: give who the key belongs to (e.g. --subject alice); it cannot be empty", highlight=False)
         raise typer.Exit(2)
+    lists = {
+        "groups": _names("--group", group, "dev"),
+        "roles": _names("--role", role, "auditor"),
+        "scopes": _names("--scope", scope, "notes:read"),
+    }
     key, digest = new_key()
-    entry: dict[str, Any] = {"sha256": digest, "subject": subject, "groups": group or []}
+    entry: dict[str, Any] = {"sha256": digest, "subject": subject, **lists}
     if name:
         entry["name"] = name
+    try:  # the same check the gateway makes of its keys file, so the entry printed is one it accepts
+        parse_entries([entry], "the new entry")
+    except ApiKeyFileError as exc:
+        err.print(str(exc), markup=False, highlight=False)
+        raise typer.Exit(2) from None
     out.print(f"key (shown once, give it to {subject}): {key}", markup=False, highlight=False)
     out.print("entry for auth.incoming.api_keys.file (under `keys:`):", highlight=False)
     out.print(f"  - {json.dumps(entry)}", markup=False, highlight=False)
+
+
+@auth_app.command("schema")
+def schema_command() -> None:
+    """The Cedar schema policies are validated against at load (JSON): the entities and actions the gateway sends."""
+    from vmcp_opt.auth.cedar import SCHEMA  # cedarpy loads only for the commands that need it
+
+    out.print(json.dumps(SCHEMA, indent=2), markup=False, highlight=False)
+
+
+def _names(option: str, given: list[str] | None, example: str) -> list[str]:
+    """Each value of a repeated option, split on commas and spaces as the keys file splits a string; an
+    empty one is refused (it would be dropped, and the caller would silently lack it)."""
+    names: list[str] = []
+    for value in given or []:
+        parts = value.replace(",", " ").split()
+        if not parts:
+            err.print(f"{option}: an empty value; give a name (e.g. {option} {example})", markup=False, highlight=False)
+            raise typer.Exit(2)
+        names.extend(parts)
+    return list(dict.fromkeys(names))  # each once, in the order given
 
 
 def check(

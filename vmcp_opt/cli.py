@@ -21,13 +21,13 @@ from typer.core import TyperGroup
 from vmcp_opt import __version__, logs
 from vmcp_opt.cli_config import command_overrides, exit_invalid, load_or_exit, unknown_pinned
 from vmcp_opt.config import DEFAULT_CONFIG_PATH, PROJECT_ROOT, VmcpConfig
-from vmcp_opt.console import OutputConsole
+from vmcp_opt.console import OutputConsole, PlainFlagsGroup
 
 if TYPE_CHECKING:
     from typer._click import Command, Context
 
 
-class LazyGroup(TyperGroup):
+class LazyGroup(PlainFlagsGroup):
     """`vmcp` itself: the sub-apps of `LAZY` are imported when a command line names them (or `--help` lists
     them), so `vmcp serve` does not load `vmcp eval`'s harness (1.7 MiB of the demo gateway's memory)."""
 
@@ -98,6 +98,7 @@ def serve(
         list[str] | None,
         typer.Option(
             "--allow-host",
+            metavar="<host>",
             help="Also accept this Host header (a name or address, any port), e.g. the name clients use; "
             "repeatable, added to server.allowed_hosts.",
             show_default=False,

@@ -9,9 +9,13 @@ write to a terminal, lays tables out at their natural width instead of the assum
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console, ConsoleDimensions
+from typer.core import TyperGroup, TyperOption
+
+if TYPE_CHECKING:
+    from typer._click import Command, Context, Parameter
 
 # Columns assumed when the output is not a terminal: wider than any line we print, so nothing wraps.
 UNWRAPPED_WIDTH = 100_000
@@ -34,3 +38,33 @@ class OutputConsole(Console):
     @size.setter
     def size(self, new_size: tuple[int, int]) -> None:
         Console.size.fset(self, new_size)  # type: ignore[attr-defined]
+
+
+def plain_flags(params: list[Parameter]) -> list[Parameter]:
+    """typer's rich help prints a type beside every option, `<bool>` beside a flag too (`--help <bool>`),
+    though a flag takes no value and its plain help shows none: a flag gets an empty metavar, so nothing."""
+    for param in params:
+        if isinstance(param, TyperOption) and param.is_flag and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
+class PlainFlagsGroup(TyperGroup):
+    """A group whose help, and the help of every command and group under it, shows no type beside a flag
+    (`plain_flags`): commands are fixed as they are looked up, so sub-apps mounted lazily or from another
+    module (`vmcp index`, `vmcp auth check`) are too."""
+
+    def get_params(self, ctx: Context) -> list[Parameter]:
+        return plain_flags(super().get_params(ctx))
+
+    def get_command(self, ctx: Context, cmd_name: str) -> Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None:
+            _plain_flags_throughout(command, ctx)
+        return command
+
+
+def _plain_flags_throughout(command: Command, ctx: Context) -> None:
+    plain_flags(command.get_params(ctx))
+    for sub in getattr(command, "commands", {}).values():
+        _plain_flags_throughout(sub, ctx)

@@ -8,6 +8,9 @@ cannot be read or parsed while serving (not UTF-8 included) is fail-closed: the 
 from it is accepted until it is fixed.
 
 Entry: `{sha256: <hex of the key's hash>, subject: alice, groups: [dev], roles: [], scopes: [], name: laptop}`.
+`groups`, `roles` and `scopes` are lists of names (or one space- or comma-separated string); anything else in
+them (a number, an empty name, a mapping) is refused with the entry's place rather than dropped, since a
+dropped role is a caller the policy silently treats as someone else.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ from vmcp_opt.auth.identity import Identity, string_set
 logger = logging.getLogger(__name__)
 
 KEY_PREFIX = "vmcp_"
+# The entry's fields that name what the caller is a member of or holds, as `Identity` and Cedar see them.
+NAME_LISTS = ("groups", "roles", "scopes")
 
 
 class ApiKeyFileError(Exception):
@@ -105,9 +110,18 @@ def parse_entries(data: Any, where: str) -> dict[str, Identity]:
             raise ApiKeyFileError(f"{place}.sha256: expected 64 lowercase hex digits (vmcp auth new-key)")
         if not isinstance(subject, str) or not subject:
             raise ApiKeyFileError(f"{place}.subject: expected a non-empty string")
-        unknown = set(entry) - {"sha256", "subject", "groups", "roles", "scopes", "name"}
+        unknown = set(entry) - {"sha256", "subject", *NAME_LISTS, "name"}
         if unknown:
             raise ApiKeyFileError(f"{place}: unknown keys {sorted(unknown)}")
+        for field in NAME_LISTS:
+            if entry.get(field) is not None and not _names(entry[field]):
+                raise ApiKeyFileError(
+                    f"{place}.{field}: expected a list of non-empty strings (or one space- or comma-separated string)"
+                )
+        if entry.get("name") is not None and not isinstance(entry["name"], str):
+            raise ApiKeyFileError(f"{place}.name: expected a string")
+        if digest in keys:
+            raise ApiKeyFileError(f"{place}.sha256: the same key as an earlier entry (one key, one caller)")
         keys[digest] = Identity(
             subject=subject,
             method=Identification.API_KEY,
@@ -117,6 +131,13 @@ def parse_entries(data: Any, where: str) -> dict[str, Identity]:
             scopes=string_set(entry.get("scopes")),
         )
     return keys
+
+
+def _names(value: Any) -> bool:
+    """A list of non-empty strings, or one string (split on spaces and commas, as `string_set` does)."""
+    if isinstance(value, str):
+        return True
+    return isinstance(value, list) and all(isinstance(item, str) and item.strip() for item in value)
 
 
 def _json(text: str) -> Any:

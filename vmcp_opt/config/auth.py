@@ -83,8 +83,9 @@ class OAuthConfig(_Strict):
 class ApiKeysConfig(_Strict):
     """API keys sent as bearer tokens, stored only as SHA-256 hashes (`vmcp auth new-key` makes one)."""
 
-    # A YAML or JSON file `{keys: [{sha256: <hex>, subject: ..., groups: [...], roles: [...]}]}`, re-read when
-    # it changes (rotation and revocation without a restart); relative to the config file's directory.
+    # A YAML or JSON file `{keys: [{sha256: <hex>, subject: ..., groups: [...], roles: [...], scopes: [...]}]}`
+    # (`vmcp auth new-key` prints an entry), re-read when it changes (rotation and revocation without a restart);
+    # relative to the config file's directory.
     file: str | None = None
     # An environment variable holding the same entries as a JSON list (read at start).
     env: str | None = None
@@ -114,7 +115,9 @@ class IncomingAuthConfig(_Strict):
 class AuthorizationConfig(_Strict):
     """What each caller may see and call: Cedar policies (vmcp_opt/auth/cedar.py); unset, everything."""
 
-    # A Cedar policy file; relative to the config file's directory. A file that does not parse stops the start.
+    # A Cedar policy file; relative to the config file's directory. A file that does not parse, or whose policies
+    # do not validate against the gateway's schema (`vmcp auth schema`: a misspelt type or attribute), stops the
+    # start.
     policies: str | None = None
     # Decisions kept per (caller, action, target); a caller's visible tool set is kept per catalogue.
     cache_size: int = Field(100_000, ge=0)

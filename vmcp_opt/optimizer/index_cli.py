@@ -151,7 +151,9 @@ def search(
     from_jsonl: JsonlOption = None,
     index_dir: IndexDirOption = None,
     limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=50, help="How many tools to show.")] = 8,
-    backend: Annotated[list[str] | None, typer.Option("--backend", "-b", help="Only these backends.")] = None,
+    backend: Annotated[
+        list[str] | None, typer.Option("--backend", "-b", metavar="<backend>", help="Only these backends; repeat.")
+    ] = None,
     keyword: Annotated[bool, typer.Option("--keyword", help="Keywords only, without loading the model.")] = False,
     refresh: RefreshOption = False,
 ) -> None:

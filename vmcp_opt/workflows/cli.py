@@ -46,7 +46,12 @@ def run(
     name: Annotated[str, typer.Argument(help="The workflow's name.")],
     arg: Annotated[
         list[str] | None,
-        typer.Option("--arg", "-a", help="An argument as key=value; the value is read as JSON when it parses."),
+        typer.Option(
+            "--arg",
+            "-a",
+            metavar="<key=value>",
+            help="An argument as key=value; the value is read as JSON when it parses.",
+        ),
     ] = None,
     config: Annotated[Path | None, typer.Option("--config", "-c", help="Config file (YAML or JSON).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the whole run report as JSON.")] = False,
