@@ -127,7 +127,8 @@ class BackendConfig(_Strict):
 
 
 class DiscoveryConfig(_Strict):
-    # inline: the backends of this file; discovered: those of a desktop client's config file (`path`) too.
+    # inline: the backends of this file; discovered: those of a desktop client's config file (`path`) too:
+    # Claude Desktop's, a VS Code / Cursor mcp.json or VS Code's settings.json, comments and trailing commas allowed.
     mode: Literal["inline", "discovered"] = "inline"
     # A Claude Desktop (`mcpServers`) or VS Code / Cursor (`servers`) client config file.
     path: str | None = None
@@ -249,7 +250,8 @@ class OptimizerConfig(_Strict):
     # directory) or `redis` (the `redis` section: every replica adds its counts and reads the others').
     usage_store: Literal["file", "redis"] = "file"
     # Seconds between merges of the history with its store: a file is written when this gateway learned
-    # something (and on shutdown); Redis is also re-read, so replicas learn from each other this often.
+    # something (and on shutdown), and re-read when it changed (another gateway's counts, or a `vmcp index
+    # usage --clear`); Redis is also re-read, so replicas learn from each other this often.
     usage_sync_interval: float = Field(30.0, gt=0, le=3600)
     # How much the companions of the best results are raised; 0 turns it off in ranking.
     usage_weight: float = Field(1.0, ge=0.0)

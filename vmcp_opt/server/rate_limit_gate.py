@@ -28,7 +28,7 @@ from vmcp_opt.routing.budget import LimitReached
 from vmcp_opt.server.admission import LIMITS_TAKEN_KEY
 from vmcp_opt.server.bad_input import GONE, read_ahead, request_of
 from vmcp_opt.server.sessions import client_address, json_rpc_error
-from vmcp_opt.shared.rate_limits import RateLimiter, subject_key
+from vmcp_opt.shared.rate_limits import RateLimiter, address_key, subject_key
 
 TOO_MANY_REQUESTS = 429
 
@@ -65,7 +65,7 @@ class RateLimitGate:
             and identity.method in (Identification.TOKEN, Identification.API_KEY)
         ):
             return subject_key(identity.method, identity.subject)
-        return f"address:{client_address(scope)}"
+        return address_key(client_address(scope))
 
 
 def tool_call_of(body: bytes) -> tuple[str | int, str] | None:
