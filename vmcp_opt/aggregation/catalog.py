@@ -109,6 +109,7 @@ def build_catalog(sources: Sequence[BackendSource], config: AggregationConfig) -
         catalog.prompts[name] = RoutedPrompt(name, prompt_candidate.backend, prompt.name, exposed_prompt)
 
     ordered = sorted(sources, key=lambda s: resolver.rank.get(s.name, len(resolver.rank)))
+    template_holders: dict[str, str] = {}  # URI template -> the backend serving it
     for source in ordered:
         for resource in source.listing.resources:
             holder = catalog.resources.get(resource.uri)
@@ -119,9 +120,24 @@ def build_catalog(sources: Sequence[BackendSource], config: AggregationConfig) -
                 continue
             catalog.resources[resource.uri] = RoutedResource(resource.uri, source.name, resource)
         for template in source.listing.resource_templates:
-            catalog.templates.append(RoutedTemplate(source.name, template, _matcher(template.uri_template)))
+            _add_template(catalog, template_holders, source.name, template)
     drops.log()
     return catalog
+
+
+def _add_template(catalog: Catalog, holders: dict[str, str], backend: str, template: types.ResourceTemplate) -> None:
+    """Like a resource URI, a URI template is served by one backend: the first (priority, then config
+    order). Listing a second copy showed clients the same template twice, while reads and completions
+    through it went to the first backend alone."""
+    holder = holders.get(template.uri_template)
+    if holder is not None:
+        if holder != backend:
+            logger.info(
+                "resource template %s: served by %s, %s's copy dropped", shorten(template.uri_template), holder, backend
+            )
+        return
+    holders[template.uri_template] = backend
+    catalog.templates.append(RoutedTemplate(backend, template, _matcher(template.uri_template)))
 
 
 def _matcher(uri_template: str) -> UriTemplate | None:

@@ -62,6 +62,12 @@ class LimitsConfig(_Strict):
         description="Calls of one caller that may wait for its input (2026-07-28 InputRequiredResult) at once; "
         "server.max_pending_calls bounds all callers together.",
     )
+    max_subscriptions_per_caller: int = Field(
+        1000,
+        ge=1,
+        description="Resource subscriptions (resources/subscribe) one client may hold at once, across backends; "
+        "each is kept at its backend and replayed when the client's backend session reopens.",
+    )
     max_sessions: int = Field(
         1000,
         ge=1,

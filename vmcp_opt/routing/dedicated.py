@@ -117,6 +117,9 @@ class CallerBackends:
                 types.SubscribeRequest(params=types.SubscribeRequestParams(uri=uri)), types.EmptyResult
             )
 
+    def subscription_count(self) -> int:
+        return sum(len(uris) for uris in self.subscriptions.values())
+
     async def close(self) -> None:
         self.closed = True
         sessions, self.sessions = list(self.sessions.values()), {}

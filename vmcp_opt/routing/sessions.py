@@ -32,6 +32,7 @@ from vmcp_opt.backends.credentials import SubjectToken
 from vmcp_opt.backends.errors import CredentialError
 from vmcp_opt.backends.session_pool import DedicatedSession, SessionPool
 from vmcp_opt.config import LimitsConfig
+from vmcp_opt.display import shorten
 from vmcp_opt.health import Guard
 from vmcp_opt.routing.budget import Budget, LimitReached, ThrottledLog
 from vmcp_opt.routing.dedicated import CallerBackends, deliver
@@ -321,11 +322,22 @@ class SessionChooser:
         uris = owner.subscriptions.setdefault(backend.name, set())
         if not subscribe and uri not in uris:
             return
+        most = self.limits.max_subscriptions_per_caller
+        if subscribe and uri not in uris and owner.subscription_count() >= most:
+            raise MCPError(
+                types.INVALID_REQUEST,
+                f"this client already holds {most} resource subscriptions (limits.max_subscriptions_per_caller); "
+                "unsubscribe from one first",
+                {"limit": "limits.max_subscriptions_per_caller", "most": most},
+            )
         session = await owner.session_for(backend)
         if subscribe:
-            await session.request(
-                types.SubscribeRequest(params=types.SubscribeRequestParams(uri=uri)), types.EmptyResult
-            )
+            try:
+                await session.request(
+                    types.SubscribeRequest(params=types.SubscribeRequestParams(uri=uri)), types.EmptyResult
+                )
+            except MCPError as exc:
+                raise _no_subscriptions(exc, backend, uri) from None
             uris.add(uri)
         else:
             await session.request(
@@ -342,6 +354,21 @@ class SessionChooser:
 
     def dedicated_sessions(self) -> int:
         return sum(len(owner.sessions) for owner in self._callers.values())
+
+
+def _no_subscriptions(exc: MCPError, backend: BackendConnection, uri: str) -> MCPError:
+    """The backend's own "Method not found" for `resources/subscribe`, a method the gateway offers, said as
+    what it means for this resource (capabilities seen on the shared connection cannot tell: a 2026-07-28
+    one lists no subscriptions, while the client's own 2025-11-25 session may take them); other errors as
+    they came."""
+    if exc.error.code != types.METHOD_NOT_FOUND:
+        return exc
+    return MCPError(
+        types.INVALID_PARAMS,
+        f"resource '{shorten(uri)}' cannot be subscribed to: its backend '{backend.name}' does not offer "
+        "resource subscriptions; read it again to see changes",
+        {"uri": shorten(uri, 512), "backend": backend.name},
+    )
 
 
 def _asks_by_round_trip(caller: Caller, exchange: Exchange) -> bool:

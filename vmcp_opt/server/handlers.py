@@ -20,6 +20,7 @@ from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.lowlevel import NotificationOptions, Server
 from mcp.server.models import InitializationOptions
 from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler
+from mcp.shared.exceptions import MCPError
 from mcp.shared.subscriptions import PromptsListChanged, ResourcesListChanged, ToolsListChanged
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
@@ -121,7 +122,14 @@ class Handlers:
 
     async def complete(self, ctx: Ctx, params: types.CompleteRequestParams) -> types.CompleteResult:
         caller, exchange = self.admission.admit(ctx)
-        return await self.router.complete(caller, params, exchange)
+        try:
+            return await self.router.complete(caller, params, exchange)
+        except MCPError as exc:
+            if exc.code != types.METHOD_NOT_FOUND:
+                raise
+            # The gateway offers completions for every prompt and template; one whose backend offers none
+            # has no suggestions, not a "Method not found" for a method the client was told it may use.
+            return types.CompleteResult(completion=types.Completion(values=[]))
 
     async def subscribe(self, ctx: Ctx, params: types.SubscribeRequestParams) -> types.EmptyResult:
         caller, exchange = self.admission.admit(ctx)
@@ -216,6 +224,21 @@ class ListChangedNotifier:
                     break
 
 
+class ListChangesListener(ListenHandler):
+    """`subscriptions/listen` for list changes only. Nothing publishes a backend's `resources/updated` to
+    2026-07-28 listeners (they reach a 2025-11-25 session's own backend sessions alone), so a stream's
+    `resourceSubscriptions` are left out of the acknowledgement: the SDK's handler honoured them all, and a
+    client waited for updates that never came instead of reading the resource again itself."""
+
+    async def __call__(
+        self, ctx: Ctx, params: types.SubscriptionsListenRequestParams
+    ) -> types.SubscriptionsListenResult:
+        if params.notifications.resource_subscriptions:
+            wanted = params.notifications.model_copy(update={"resource_subscriptions": None})
+            params = params.model_copy(update={"notifications": wanted})
+        return await super().__call__(ctx, params)
+
+
 def build_mcp_server(gateway: Gateway, transport: Transport) -> Server[Any]:
     """The low-level MCP server of one transport, its handlers wired to the gateway's router."""
     speedups.install()
@@ -238,7 +261,7 @@ def build_mcp_server(gateway: Gateway, transport: Transport) -> Server[Any]:
         on_completion=handlers.complete,
         on_subscribe_resource=handlers.subscribe,
         on_unsubscribe_resource=handlers.unsubscribe,
-        on_subscriptions_listen=ListenHandler(notifier.bus),
+        on_subscriptions_listen=ListChangesListener(notifier.bus),
         # The 2026-07-28 `Mcp-Param` header check asks for one tool's schema; without this the SDK lists
         # every tool on every call (1.5 s of CPU per call at 50,000 tools).
         get_tool_input_schema=gateway.router.input_schema,
