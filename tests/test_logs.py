@@ -3,12 +3,14 @@ libraries' debug chatter left out even at debug level."""
 
 from __future__ import annotations
 
+import http.server
 import json
 import logging
 import os
 import re
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -96,3 +98,53 @@ def test_terminal_lines_name_the_level_and_logger_once() -> None:
     os.close(leader)
     assert "vmcp_opt.example: backend ready" in shown
     assert "WARNING:" not in shown and shown.count("WARNING") == 1
+
+
+class _Garbage(http.server.BaseHTTPRequestHandler):
+    """An 'MCP server' over HTTP whose every answer is a JSON response that does not parse."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.end_headers()
+        self.wfile.write(b"{nope")
+
+    do_GET = do_POST
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_library_traceback_is_one_line_below_debug(tmp_path: Path) -> None:
+    """The SDK logs a traceback for each answer a backend garbles, at every reconnection: one line each here."""
+    garbage = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Garbage)
+    threading.Thread(target=garbage.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{garbage.server_address[1]}/mcp"
+        config = write_config(
+            tmp_path,
+            {"backends": [demo_backend("notes"), {"name": "garbled", "transport": "streamable-http", "url": url}]},
+        )
+        log = tmp_path / "stderr.log"
+        port = free_port()
+        with log.open("wb") as sink:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "vmcp_opt", "serve", "-c", str(config), "--port", str(port), "--no-optimizer"],
+                stdout=subprocess.DEVNULL,
+                stderr=sink,
+            )
+        try:
+            wait_http(f"http://127.0.0.1:{port}/readyz", expect=(200, 503), proc=proc)
+            deadline = time.monotonic() + 60
+            while "Error parsing JSON response" not in log.read_text(encoding="utf-8") and time.monotonic() < deadline:
+                time.sleep(0.1)
+        finally:
+            stop_process(proc)
+    finally:
+        garbage.shutdown()
+    text = log.read_text(encoding="utf-8")
+    parsed = [line for line in text.splitlines() if "Error parsing JSON response" in line]
+    assert parsed and all("JSONDecodeError" in line or "ValidationError" in line for line in parsed), text
+    assert "Traceback" not in text, text
+    assert all(PLAIN_LINE.match(line) for line in text.splitlines()), text

@@ -27,6 +27,8 @@ import sys
 from datetime import UTC, datetime
 from typing import Any, Literal, TextIO
 
+from vmcp_opt.display import shorten
+
 LogFormat = Literal["auto", "plain", "json"]
 
 NOISY_LIBRARIES = (
@@ -78,12 +80,24 @@ def _release_held() -> None:
 
 
 class QuietLibraries(logging.Filter):
-    """Drops records below WARNING from the libraries in NOISY_LIBRARIES (and their child loggers)."""
+    """Drops records below WARNING from the libraries in NOISY_LIBRARIES (and their child loggers), and below
+    debug turns their tracebacks into one line: the SDK's client logs a ~15-line traceback for every answer a
+    backend garbles, at every reconnection, while the gateway reports the backend's failure itself."""
+
+    def __init__(self, tracebacks: bool = False) -> None:
+        super().__init__()
+        self.tracebacks = tracebacks
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno >= logging.WARNING:
+        if not any(record.name == name or record.name.startswith(f"{name}.") for name in NOISY_LIBRARIES):
             return True
-        return not any(record.name == name or record.name.startswith(f"{name}.") for name in NOISY_LIBRARIES)
+        if record.levelno < logging.WARNING:
+            return False
+        if record.exc_info and record.exc_info[1] is not None and not self.tracebacks:
+            error = record.exc_info[1]
+            record.msg = f"{record.getMessage()} ({type(error).__name__}: {shorten(str(error), 300)})"
+            record.args, record.exc_info, record.exc_text = None, None, None
+        return True
 
 
 class JsonFormatter(logging.Formatter):
@@ -127,7 +141,7 @@ def handler_for(log_format: LogFormat, stream: TextIO | None = None) -> logging.
 def configure(level: str = "info", log_format: LogFormat = "auto", stream: TextIO | None = None) -> None:
     """Route every log record through one handler on the root logger, at `level`."""
     handler = handler_for(log_format, stream)
-    handler.addFilter(QuietLibraries())
+    handler.addFilter(QuietLibraries(tracebacks=level.lower() == "debug"))
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
     for noisy in NOISY_LIBRARIES:
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -111,6 +111,7 @@ class BackendConnection:
         self._task_group: anyio.abc.TaskGroup | None = None
         self._stream: WatchedReadStream | None = None
         self._stderr = StderrTail()  # this attempt's process (stdio)
+        self._step = "the handshake"  # what this attempt waits for, for a connect timeout's message
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -159,7 +160,9 @@ class BackendConnection:
             refused = self._auth.refusal() if self._auth is not None else None
             self._set_state(
                 BackendState.FAILED,
-                with_stderr_line(self._at_url(failure_reason(refused or exc, self.config.command)), self._stderr.line),
+                with_stderr_line(
+                    self._at_url(failure_reason(refused or exc, self.config.command, self.secrets)), self._stderr.line
+                ),
             )
         finally:
             self._session = None
@@ -210,13 +213,16 @@ class BackendConnection:
                 scope.cancel()  # stopped while connecting
             return
         if self.state is BackendState.CONNECTING:
-            self._set_state(BackendState.FAILED, self._at_url(f"did not connect within {self.connect_timeout:g}s"))
+            reason = f"did not connect within {self.connect_timeout:g}s (no answer to {self._step})"
+            self._set_state(BackendState.FAILED, self._at_url(reason))
             scope.cancel()
 
     async def _serve(self) -> None:
         self._stream = WatchedReadStream(None, self._on_stream_end)
+        self._step = "its credentials (the token endpoint)"
         self._auth = auth = self.credentials.service()
         await auth.prepare()  # a token endpoint that refuses fails the connection with its own reason
+        self._step = "the handshake"
         async with (
             open_transport(
                 self.config,
@@ -238,10 +244,15 @@ class BackendConnection:
             self.protocol_version = session.protocol_version
             self.server_info = session.server_info
             self.capabilities = session.server_capabilities
+            # A server that completes the handshake and then never lists is not "not connecting".
+            self._step = "tools/list, resources/list or prompts/list"
             self.listing = await self._fetch_listing(session)
             if self._wake.is_set():
                 return
             self.sessions += 1
+            # The owner builds its first catalogue from the first attempt's outcome (or waits for a late one):
+            # any session that comes after that attempt ended, first or not, must announce itself.
+            announce = self._ready.is_set()
             self._set_state(BackendState.READY)
             self._connected.set()
             self._ready.set()
@@ -260,8 +271,9 @@ class BackendConnection:
                 self._task_group.start_soon(self._refresh_when_asked)
                 if self.protocol_version in MODERN_PROTOCOL_VERSIONS:
                     self._task_group.start_soon(self._listen_for_changes, session)
-            if self.sessions > 1 and self.on_change is not None:
-                await self.on_change(self)  # back in service: its tools rejoin the catalogue
+            if announce and self.on_change is not None:
+                # Back in service, or in service at last after a first attempt that failed: its tools join.
+                await self.on_change(self)
             await self._wake.wait()
 
     def _at_url(self, reason: str) -> str:
@@ -400,7 +412,7 @@ class BackendConnection:
                     progress_callback=progress_callback,
                 )
         except (anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
-            raise BackendUnavailable(f"backend '{self.name}' connection lost: {describe_error(exc)}") from exc
+            raise BackendUnavailable(f"backend '{self.name}' connection lost: {self.describe(exc)}") from exc
         except MCPError as exc:
             refused = auth.refusal() if auth is not None else None
             if refused is not None:
@@ -413,7 +425,7 @@ class BackendConnection:
 
     def describe(self, exc: BaseException) -> str:
         """A one-line reason with this backend's secrets (env and header values) masked."""
-        return redact(describe_error(exc), self.secrets)
+        return describe_error(exc, self.secrets)
 
     def summary(self) -> dict[str, Any]:
         return {

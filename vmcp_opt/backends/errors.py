@@ -4,11 +4,13 @@ in one line (a backend's `last_error`, its health reason, `vmcp backends`)."""
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from pathlib import Path
 
 from mcp.shared.exceptions import MCPError
 
-from vmcp_opt.display import shorten
+from vmcp_opt.backends.secrets import redact
+from vmcp_opt.display import printable, shorten
 
 
 class BackendUnavailable(Exception):
@@ -25,14 +27,32 @@ class CredentialError(BackendUnavailable):
         self.step = step
 
 
-def describe_error(exc: BaseException) -> str:
-    """A one-line reason, unwrapping exception groups from task groups."""
+REASON_SHOWN = 1000  # characters of a failure's reason kept (its last_error, health reason, logs)
+# pydantic's validation errors end each item with a line pointing at its docs: noise in a one-line reason.
+_DOCS_LINE = "For further information visit"
+
+
+def describe_error(exc: BaseException, secrets: Iterable[str] = ()) -> str:
+    """A one-line reason of at most about `REASON_SHOWN` characters, with `secrets` masked, unwrapping exception
+    groups from task groups. One line and bounded: the text can be a backend's (an error message of megabytes,
+    full of newlines), and it is logged at every reconnection attempt and kept in `/readyz`."""
     exc = _innermost(exc)
     text = str(exc) or type(exc).__name__
-    return f"{type(exc).__name__}: {text}" if not isinstance(exc, MCPError | BackendUnavailable) else text
+    text = f"{type(exc).__name__}: {text}" if not isinstance(exc, MCPError | BackendUnavailable) else text
+    return one_line(redact(text, secrets))
 
 
-def failure_reason(exc: BaseException, command: str | None) -> str:
+def one_line(text: str, limit: int = REASON_SHOWN) -> str:
+    """`text`'s lines joined with "; " and cut at `limit` characters (the cut says the whole's length)."""
+    head = text[: limit * 2]  # what a cut can keep, before splitting: the whole may be megabytes
+    lines = (line.strip() for line in head.splitlines())
+    joined = "; ".join(line for line in lines if line and not line.startswith(_DOCS_LINE))
+    if len(head) < len(text) or len(joined) > limit:
+        return printable(f"{joined[:limit]}… ({len(text):,} characters)")
+    return printable(joined)
+
+
+def failure_reason(exc: BaseException, command: str | None, secrets: Iterable[str] = ()) -> str:
     """Why a session failed; a stdio `command` that does not exist says so plainly."""
     missing = _innermost(exc)
     if isinstance(missing, FileNotFoundError) and command and missing.filename:
@@ -40,7 +60,7 @@ def failure_reason(exc: BaseException, command: str | None) -> str:
             return f"command not found on PATH: {command!r}"
         if Path(str(missing.filename)).name == Path(command).name:  # a path, resolved from the config's directory
             return f"command not found: {missing.filename}"
-    return describe_error(exc)
+    return describe_error(exc, secrets)
 
 
 STDERR_LINE_SHOWN = 300  # characters of the last stderr line a reason shows

@@ -4,6 +4,11 @@ closed ──(N consecutive failures, or failure rate over the window)──► 
 open ──(cool-down elapsed)──► half-open ──(`trial_calls` successes)──► closed
 half-open ──(one failure)──► open
 
+Failures count consecutively whether they come from calls or pings; a call's success resets the count, a
+ping's success only the pings' part of it: a backend that answers pings while its calls time out (a hung
+worker behind a live protocol loop) must still open, and every ping between two calls would otherwise
+erase the first failure. For the same reason a ping's success is not an outcome in the failure-rate window.
+
 Our own, small and synchronous (the caller awaits the call, the breaker only counts): the asyncio
 breakers on PyPI (purgatory, aiobreaker) have consecutive-failure thresholds only, no failure rate
 over a window, no latency, and no outcome fed from outside a wrapped call (our health pings).
@@ -49,7 +54,8 @@ class CircuitBreaker:
         self.state = CircuitState.CLOSED
         self.opened_at: float | None = None
         self.reason = ""
-        self.consecutive_failures = 0
+        self.consecutive_failures = 0  # calls' and pings' together
+        self._ping_failures = 0  # the pings' part of `consecutive_failures`: what a good ping resets
         self.trial_successes = 0
         self.trials_in_flight = 0
         self.times_opened = 0
@@ -89,8 +95,12 @@ class CircuitBreaker:
             )
             return
         self._advance()
-        self._note(failed=False)
-        self.consecutive_failures = 0
+        if admitted:
+            self._note(failed=False)
+            self.consecutive_failures = 0
+        else:  # a ping: the session answers, which says nothing of the calls that failed
+            self.consecutive_failures -= self._ping_failures
+        self._ping_failures = 0
         if self.state is CircuitState.HALF_OPEN:
             if admitted:
                 self.release()
@@ -102,6 +112,8 @@ class CircuitBreaker:
         self._advance()
         self._note(failed=True)
         self.consecutive_failures += 1
+        if not admitted:
+            self._ping_failures += 1
         if self.state is CircuitState.HALF_OPEN:
             if admitted:
                 self.release()
@@ -150,7 +162,7 @@ class CircuitBreaker:
             self.opened_at = None
         if state is CircuitState.CLOSED:
             self._outcomes.clear()
-            self.consecutive_failures = 0
+            self.consecutive_failures = self._ping_failures = 0
             self.reason = ""
 
     def _note(self, *, failed: bool) -> None:

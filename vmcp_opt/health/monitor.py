@@ -119,12 +119,12 @@ class HealthMonitor:
         self._note_reconnect(connection)
 
     def _note_reconnect(self, connection: BackendConnection) -> None:
-        """A new session after a lost one: let trial calls test it instead of waiting out the cool-down."""
+        """A new session: let trial calls test it instead of waiting out the cool-down. The first session too: a
+        backend down at start-up opened its circuit through failed checks, and is ready now."""
         seen = self._sessions_seen.get(connection.name, 0)
         if connection.state is BackendState.READY and connection.sessions != seen:
             self._sessions_seen[connection.name] = connection.sessions
-            if seen:
-                self.breakers[connection.name].trial()
+            self.breakers[connection.name].trial()  # no-op unless open
 
     # --- guarded calls ---------------------------------------------------------------------------
 
