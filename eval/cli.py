@@ -68,11 +68,11 @@ def run(
     split: Annotated[str, typer.Option(help="BEIR qrels split to score (ToolLens 'train' is the dev split).")] = "test",
     plots: Annotated[bool, typer.Option(help="Write PNG plots next to results.json.")] = True,
     latency_sample: Annotated[
-        int, typer.Option(help="Queries per dataset and method timed with their own embedding; 0 = all.")
+        int, typer.Option(min=0, help="Queries per dataset and method timed with their own embedding; 0 = all.")
     ] = 300,
     threads: Annotated[
         int,
-        typer.Option(help="torch threads; on a busy 2-core machine 1 was 4-8x faster than 2."),
+        typer.Option(min=1, help="torch threads; on a busy 2-core machine 1 was 4-8x faster than 2."),
     ] = 1,
     encoder: Annotated[
         str,
@@ -105,8 +105,10 @@ def run(
     try:
         method_names = methods_list(methods, KNOWN_METHODS)
     except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from None
+        raise typer.BadParameter(str(exc), param_hint="--methods") from None
     ks = _cutoffs(k)
+    if encoder not in ENCODERS:
+        raise typer.BadParameter(f"must be one of {', '.join(ENCODERS)}, got {encoder!r}", param_hint="--encoder")
     names = expand_names(dataset)
     data_root = data_dir or default_data_dir()
     bundled_wanted = [name for name in names if name in BUNDLED]
@@ -123,8 +125,6 @@ def run(
     _check_writable(out)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     config = OptimizerConfig()
-    if encoder not in ENCODERS:
-        raise typer.BadParameter(f"--encoder must be one of {', '.join(ENCODERS)}, got {encoder!r}")
     options = RunOptions(
         datasets=names,
         methods=method_names,
@@ -150,7 +150,11 @@ def run(
             )
         except ModelError as exc:
             raise typer.BadParameter(str(exc), param_hint="--model") from None
-        runs.append(_run_model(embedder, options, several=len(models) > 1, console=console))
+        embedder.show_progress = True
+        try:
+            runs.append(_run_model(embedder, options, several=len(models) > 1, console=console))
+        except KeyboardInterrupt:  # the harness has saved what finished and said where
+            raise typer.Exit(code=130) from None
     if len(runs) > 1:
         from eval.models import models_table
 

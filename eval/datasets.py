@@ -22,6 +22,7 @@ formats and the dispatcher would import each other. Its sections follow the form
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import random
 import re
@@ -150,7 +151,8 @@ def load_dataset(name_or_path: str, data_dir: Path | None = None, split: str = "
         if split != "test":
             raise DatasetError(f"{name_or_path}: ToolRet tasks have only one split (test), not {split!r}")
         root = data_dir / "toolret_subsets" / name_or_path
-        _require(root / "tools.json", f"the ToolRet task {name_or_path} (expected {root}/tools.json; see --data-dir)")
+        for required in ("tools.json", "queries.json"):
+            _require(root / required, f"the ToolRet task {name_or_path} (expected {root}/{required}; see --data-dir)")
         return load_toolret(root, name_or_path)
     path = Path(name_or_path).expanduser()
     if path.is_dir():
@@ -186,9 +188,16 @@ def load_beir(
     for lineno, row in _read_jsonl(root / "corpus.jsonl"):
         if "_id" not in row:
             raise DatasetError(f"{root}/corpus.jsonl:{lineno}: a corpus row needs `_id`")
-        tool = _beir_tool(row, fields_from_row)
+        try:
+            tool = _beir_tool(row, fields_from_row)
+        except ValueError as exc:
+            raise DatasetError(f"{root}/corpus.jsonl:{lineno}: {exc}") from None
         tools.append(_unique_name(tool, used_names))
-    queries = {str(row["_id"]): str(row.get("text", "")) for _, row in _read_jsonl(root / "queries.jsonl")}
+    queries: dict[str, str] = {}
+    for lineno, row in _read_jsonl(root / "queries.jsonl"):
+        if "_id" not in row:
+            raise DatasetError(f"{root}/queries.jsonl:{lineno}: a query row needs `_id`")
+        queries[str(row["_id"])] = str(row.get("text", ""))
     qrels = read_qrels(root / "qrels" / f"{split}.tsv")
     known = {tool.id for tool in tools}
     qrels = {
@@ -202,7 +211,7 @@ def load_beir(
         qid: [doc for doc, rel in docs.items() if doc in known and rel > 0]
         for qid, docs in (read_qrels(train) if train.exists() else {}).items()
     }
-    return Dataset(
+    dataset = Dataset(
         name=name or root.name,
         tools=tools,
         queries=queries,
@@ -211,33 +220,77 @@ def load_beir(
         source=str(root),
         usage={qid: tools for qid, tools in usage.items() if tools},
     )
+    return _scorable(dataset, f"{root}: corpus.jsonl", f"qrels/{split}.tsv (ids of queries.jsonl and corpus.jsonl)")
+
+
+def _scorable(dataset: Dataset, tools_file: str, judgements: str) -> Dataset:
+    """A set with no tool or no judged query scores nothing: say why here, not as a crash of a metric."""
+    if not dataset.tools:
+        raise DatasetError(f"{tools_file} holds no tools")
+    if not dataset.judged_queries():
+        raise DatasetError(f"{dataset.source}: no query has a relevant tool in {judgements}")
+    return dataset
 
 
 def _read_jsonl(path: Path) -> Iterable[tuple[int, dict[str, Any]]]:
-    with path.open(encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, 1):
-            if line.strip():
-                try:
-                    yield lineno, json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise DatasetError(f"{path}:{lineno}: not valid JSON: {exc}") from None
+    lineno = 0
+    try:
+        with path.open(encoding="utf-8") as handle:
+            for lineno, line in enumerate(handle, 1):
+                if line.strip():
+                    yield lineno, _json_object(line, f"{path}:{lineno}")
+    except UnicodeDecodeError:
+        raise _not_utf8(path, lineno) from None
+
+
+def _not_utf8(path: Path, lineno: int) -> DatasetError:
+    # Text is decoded in blocks: the bad byte is past the last line read whole, not necessarily on the next.
+    return DatasetError(f"{path}: not UTF-8 text" + (f" (after line {lineno})" if lineno else ""))
+
+
+def _json_object(line: str, where: str) -> dict[str, Any]:
+    try:
+        value = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"{where}: not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise DatasetError(f"{where}: expected a JSON object, got {type(value).__name__}")
+    return value
 
 
 def read_qrels(path: Path) -> dict[str, dict[str, int]]:
-    """`query-id corpus-id score` rows (tab-separated, first row a header)."""
+    """`query-id corpus-id score` rows (tab-separated, first row a header).
+
+    A file without the header (its first row already a judgement, score a number) is read whole: taking
+    that row for a header would drop a judgement without a word."""
     qrels: dict[str, dict[str, int]] = {}
-    with path.open(encoding="utf-8", newline="") as handle:
-        rows = csv.reader(handle, delimiter="\t")
-        header = next(rows, None)
-        if header is None or len(header) < 3:
-            raise DatasetError(f"{path}: expected a header row `query-id<TAB>corpus-id<TAB>score`")
-        for lineno, row in enumerate(rows, 2):
-            if not row:
-                continue
-            if len(row) < 3:
-                raise DatasetError(f"{path}:{lineno}: expected 3 tab-separated columns, got {row!r}")
-            qrels.setdefault(row[0], {})[row[1]] = int(float(row[2]))
+    lineno = 0
+    try:
+        with path.open(encoding="utf-8", newline="") as handle:
+            rows = csv.reader(handle, delimiter="\t")
+            header = next(rows, None)
+            if header is None or len(header) < 3:
+                raise DatasetError(f"{path}: expected a header row `query-id<TAB>corpus-id<TAB>score`")
+            first = [(1, header)] if _number(header[2]) is not None else []
+            for lineno, row in itertools.chain(first, enumerate(rows, 2)):
+                if not row:
+                    continue
+                if len(row) < 3:
+                    raise DatasetError(f"{path}:{lineno}: expected 3 tab-separated columns, got {row!r}")
+                score = _number(row[2])
+                if score is None:
+                    raise DatasetError(f"{path}:{lineno}: the score {row[2]!r} is not a number")
+                qrels.setdefault(row[0], {})[row[1]] = int(score)
+    except UnicodeDecodeError:
+        raise _not_utf8(path, lineno) from None
     return qrels
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
 
 
 def _beir_tool(row: dict[str, Any], fields_from_row: Callable[[dict[str, Any]], ToolFields] | None) -> EvalTool:
@@ -246,6 +299,8 @@ def _beir_tool(row: dict[str, Any], fields_from_row: Callable[[dict[str, Any]], 
     text = str(row.get("text") or "")
     metadata = row.get("metadata") or {}
     if isinstance(metadata, dict) and metadata.get("name"):
+        if not isinstance(metadata.get("input_schema") or {}, dict):
+            raise ValueError("`metadata.input_schema` must be a JSON object (a tool's input schema)")
         fields = ToolFields(
             name=str(metadata["name"]),
             backend=str(metadata.get("backend") or "default"),
@@ -355,8 +410,28 @@ def _json_type(value: str) -> str:
 
 def load_toolret(root: Path, task: str) -> Dataset:
     """queries.json (id, query, labels) and tools.json (id, documentation) of one ToolRet task."""
-    tools_raw = json.loads((root / "tools.json").read_text(encoding="utf-8"))
-    queries_raw = json.loads((root / "queries.json").read_text(encoding="utf-8"))
+    tools_raw, queries_raw = _json_file(root / "tools.json"), _json_file(root / "queries.json")
+    try:
+        dataset = _toolret_dataset(root, task, tools_raw, queries_raw)
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        # A file of the wrong shape (a missing key, an object where a list goes): one line, not a traceback.
+        raise DatasetError(
+            f"{root}: not the ToolRet layout (tools.json: [{{id, documentation}}], queries.json: "
+            f"[{{id, query, labels}}]): {type(exc).__name__} {exc}"
+        ) from None
+    return _scorable(dataset, f"{root}/tools.json", "the labels of queries.json")
+
+
+def _json_file(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise DatasetError(f"{path}: not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"{path}: not valid JSON: {exc}") from None
+
+
+def _toolret_dataset(root: Path, task: str, tools_raw: Any, queries_raw: Any) -> Dataset:
     tools: list[EvalTool] = []
     used: set[str] = set()
     for item in tools_raw:

@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     from vmcp_opt.optimizer.onnx_export import Precision
 
 Vectors = npt.NDArray[np.float32]
+# New document texts from which an embedding shows a progress bar (about 5 s on one CPU thread).
+PROGRESS_MIN = 64
 
 
 class EmbedderLike(Protocol):
@@ -57,6 +59,9 @@ class SharedEmbedder:
         self._query_tokens: dict[str, TokenMatrix] = {}
         # True while a query is being timed: it then pays for its own embedding.
         self.bypass_cache = False
+        # A bar for document embeddings of at least PROGRESS_MIN new texts (`vmcp eval run`: a cold catalogue
+        # takes minutes on CPU); off for `eval.tune`, whose own output is one line per configuration.
+        self.show_progress = False
 
     def __getattr__(self, name: str) -> Any:
         # Anything else the optimizer's index asks of an embedder (spec, batch_size...) comes from the model.
@@ -113,6 +118,7 @@ class SharedEmbedder:
             if _key(text) not in self._vectors or (tokens and _key(text) not in self._tokens)
         ]
         if missing:
+            progress = progress or (self.show_progress and len(missing) >= PROGRESS_MIN)
             with torch_threads(self.bulk_threads):
                 vectors, matrices = self.inner.encode_documents_with_tokens(missing, progress=progress, tokens=tokens)
             self.embedded += len(missing)

@@ -73,25 +73,67 @@ def run(options: RunOptions, embedder: SharedEmbedder, console: Console | None =
         results["model_profile"] = options.model_profile
     latencies: dict[str, dict[str, list[float]]] = {}
     depth = max([*options.ks, 10])
-    for name in options.datasets:
-        try:
-            dataset = load_dataset(name, options.data_dir, split=options.split).limited(options.limit_queries)
-        except DatasetError as exc:
-            console.print(f"[yellow]skipping {name}: {exc}[/yellow]")
-            results["skipped"][name] = str(exc)
-            continue
-        entry, lat = run_dataset(dataset, options, embedder, depth, console)
-        results["datasets"][dataset.name] = entry
-        latencies[dataset.name] = lat
+    try:
+        for name in options.datasets:
+            try:
+                dataset = load_dataset(name, options.data_dir, split=options.split).limited(options.limit_queries)
+            except DatasetError as exc:
+                console.print(f"skipping {name}: {exc}", style="yellow", markup=False, highlight=False)
+                results["skipped"][name] = str(exc)
+                continue
+            # Two BEIR directories of one name (a/data, b/data) must not overwrite each other's rows.
+            dataset.name = _unique_key(dataset.name, results["datasets"])
+            entry, lat = run_dataset(dataset, options, embedder, depth, console)
+            results["datasets"][dataset.name] = entry
+            latencies[dataset.name] = lat
+    except KeyboardInterrupt:
+        _save_interrupted(results, latencies, options.out, started, console)
+        raise
     results["total_seconds"] = round(time.perf_counter() - started, 1)
-    options.out.mkdir(parents=True, exist_ok=True)
-    (options.out / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    (options.out / "latencies.json").write_text(json.dumps(latencies) + "\n", encoding="utf-8")
+    write_results(results, latencies, options.out)
     if options.plots and results["datasets"]:
         from eval.plots import write_plots
 
         write_plots(results, latencies, options.out)
     return results
+
+
+def write_results(results: dict[str, Any], latencies: dict[str, Any], out: Path) -> None:
+    """results.json and latencies.json, each replaced whole: an interrupted write leaves the old file."""
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json(out / "results.json", json.dumps(results, indent=2) + "\n")
+    _write_json(out / "latencies.json", json.dumps(latencies) + "\n")
+
+
+def _write_json(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def _save_interrupted(
+    results: dict[str, Any], latencies: dict[str, Any], out: Path, started: float, console: Console
+) -> None:
+    """Ctrl-C: keep the datasets that finished (minutes of work each), marked as an interrupted run."""
+    finished = list(results["datasets"])
+    if not finished:
+        console.print("interrupted before any dataset finished: nothing written", highlight=False)
+        return
+    results["interrupted"] = True
+    results["total_seconds"] = round(time.perf_counter() - started, 1)
+    write_results(results, latencies, out)
+    console.print(
+        f"interrupted: results of {', '.join(finished)} written to {out / 'results.json'} (no plots)",
+        markup=False,
+        highlight=False,
+    )
+
+
+def _unique_key(name: str, taken: dict[str, Any]) -> str:
+    key, suffix = name, 2
+    while key in taken:
+        key, suffix = f"{name}-{suffix}", suffix + 1
+    return key
 
 
 def run_dataset(
@@ -121,11 +163,13 @@ def run_dataset(
         embedder.prime_queries([text for _, text in queries[timed:]])
     for method_name in options.methods:
         method = make_method(method_name)
+        # Built before the query bar opens: embedding a catalogue can take minutes and shows its own bar
+        # (SharedEmbedder.show_progress), and rich draws one live display at a time.
+        build_started = time.perf_counter()
+        method.build(ctx)
+        build_seconds = time.perf_counter() - build_started
         with Progress(*columns, console=console, transient=False) as bar:
             task = bar.add_task(f"{dataset.name:<20} {method_name:<22}", total=len(queries))
-            build_started = time.perf_counter()
-            method.build(ctx)
-            build_seconds = time.perf_counter() - build_started
             rankings: dict[str, list[str]] = {}
             at: dict[int, dict[str, list[str]]] = {}
             times: list[float] = []
@@ -239,7 +283,9 @@ def gains_summary(results: dict[str, Any], method: str = "optimizer") -> str:
 
 
 def methods_list(text: str, known: Sequence[str]) -> list[str]:
-    names = [part.strip() for part in text.split(",") if part.strip()]
+    names = list(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
+    if not names:
+        raise ValueError(f"no method named; known: {', '.join(known)}")
     unknown = [name for name in names if name not in known]
     if unknown:
         raise ValueError(f"unknown methods {unknown}; known: {', '.join(known)}")
