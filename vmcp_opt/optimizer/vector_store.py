@@ -191,7 +191,7 @@ class VectorStore:
             if vectors.shape != (len(hashes), self.model.dimensions):
                 raise ValueError(f"vectors {vectors.shape} do not match {len(hashes)} hashes x {self.model.dimensions}")
         except Exception as exc:  # any unreadable cache is rebuilt, never fatal
-            log.warning("index cache %s unusable, rebuilding: %s", path, exc)
+            log.warning("index cache %s unusable, ignored (the next embedding update replaces it): %s", path, exc)
             return VectorCache()
         current = len(hashes) - retired_count
         bad = unusable_rows(vectors)
