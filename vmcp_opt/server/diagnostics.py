@@ -83,10 +83,13 @@ def metrics_routes(gateway: Gateway, endpoint: ASGIApp | None = None) -> list[Ro
 
 
 async def may_see_detail(scope: Scope, endpoint: ASGIApp | None) -> bool:
-    """A loopback client, or (with authentication on) one whose credential verifies."""
+    """A loopback client, or (with authentication on) one whose credential verifies. A request that came with
+    a forwarding header is never taken for loopback: behind `server.trusted_proxies` the client address is the
+    one the header claims, and a client inside a trusted range could claim `127.0.0.1`."""
     client = scope.get("client")
+    forwarded = any(name in (b"x-forwarded-for", b"forwarded") for name, _ in scope["headers"])
     with contextlib.suppress(ValueError):
-        if client and ipaddress.ip_address(client[0]).is_loopback:
+        if client and not forwarded and ipaddress.ip_address(client[0]).is_loopback:
             return True
     if isinstance(endpoint, RequireAuthentication):
         return await endpoint.verifies(scope)

@@ -68,7 +68,7 @@ class HostCheck:
         hosts = [v for k, v in scope["headers"] if k == b"host"]
         origins = [v for k, v in scope["headers"] if k == b"origin"]
         host = hosts[0].decode("latin-1") if len(hosts) == 1 else ""
-        if not host_allowed(host, self.allowed_hosts):
+        if not (host_allowed(host, self.allowed_hosts) or _hostless_http10(scope, hosts)):
             self._log.warning("host", "refused a request for Host '%s' (not this gateway's)", shorten(host))
             await _refuse(send, 421, b"Invalid Host header")
             return
@@ -79,6 +79,13 @@ class HostCheck:
                 await _refuse(send, 403, b"Invalid Origin header")
                 return
         await self.app(scope, receive, send)
+
+
+def _hostless_http10(scope: Scope, hosts: list[bytes]) -> bool:
+    """An HTTP/1.0 request without a Host header, as load-balancer health checks send (HAProxy's `option
+    httpchk`). HTTP/1.0 does not require the header; a browser always sends it, so a request without it cannot
+    be a DNS-rebinding page's, and refusing it protects nothing. `/mcp` still needs a Host (the SDK's check)."""
+    return not hosts and scope.get("http_version") == "1.0"
 
 
 async def _refuse(send: Send, status: int, body: bytes) -> None:

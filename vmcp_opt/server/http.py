@@ -48,10 +48,12 @@ logger = logging.getLogger(__name__)
 
 # How long a client waits before reconnecting to a stream the gateway closed (milliseconds).
 SSE_RETRY_MS = 1000
-LOOPBACK_HOSTS = ["127.0.0.1:*", "localhost:*", "[::1]:*"]
+# Bare names too: a client of a gateway on the scheme's default port (`--port 80`, or a local proxy passing the
+# client's Host on) sends `Host: localhost` and `Origin: http://localhost`, without a port.
+LOOPBACK_HOSTS = ["127.0.0.1", "127.0.0.1:*", "localhost", "localhost:*", "[::1]", "[::1]:*"]
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 WILDCARDS = ("0.0.0.0", "::", "")
-LOOPBACK_ORIGINS = ["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"]
+LOOPBACK_ORIGINS = [f"http://{host}" for host in LOOPBACK_HOSTS]
 
 
 def transport_security(server: ServerConfig) -> TransportSecuritySettings:
