@@ -1,11 +1,34 @@
 """The `vmcp` command: serve, validate, backends, workflow, index, eval."""
 
+# ruff: noqa: E402  (the imports below come after the Ctrl-C handler that covers their loading)
 from __future__ import annotations
+
+import signal
+import threading
+from types import FrameType
+
+
+def _interrupted_while_loading(signum: int, frame: FrameType | None) -> None:
+    """Ctrl-C in the second this module's imports take (pydantic, the MCP SDK): the exit code of an interrupt,
+    not Python's traceback from deep inside some library's import. Click's own handling takes over once a
+    command runs (`_restore_interrupt`)."""
+    raise SystemExit(130)
+
+
+# Only where Python's default stands: a background job's ignored SIGINT, or an embedding program's handler,
+# are not ours to replace.
+_QUIET_LOADING = (
+    threading.current_thread() is threading.main_thread()
+    and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+)
+if _QUIET_LOADING:
+    signal.signal(signal.SIGINT, _interrupted_while_loading)
 
 import errno
 import functools
 import json
 import logging
+import os
 import socket
 import sys
 from collections.abc import Callable
@@ -233,13 +256,58 @@ def validate(
     problems = auth_problems(cfg) + secret_problems(cfg)
     if problems:
         exit_invalid(config, problems)
-    for warning in env_reference_warnings(cfg.workflows):  # valid, but probably not what was meant
+    # Valid, but probably not what was meant. With --connect, each backend's own start says more.
+    for warning in [*env_reference_warnings(cfg.workflows), *([] if connect else _launch_warnings(cfg))]:
         err.print(f"warning: {warning}", markup=False, highlight=False)
     if connect:
         _check_connections(cfg)
     out.print(f"[green]valid[/]: {len(cfg.backends)} backends ({', '.join(b.name for b in cfg.backends)})")
     if cfg.workflows:
         out.print(f"  {len(cfg.workflows)} workflows ({', '.join(w.name for w in cfg.workflows)})")
+
+
+# A first argument with these endings is a script the command runs (`python server.py`, `node index.js`).
+_SCRIPT_SUFFIXES = (".py", ".js", ".mjs", ".cjs")
+
+
+def _launch_warnings(cfg: VmcpConfig) -> list[str]:
+    """What `vmcp serve` could not launch on this machine, found as it would launch it (`stdio_parameters`):
+    a stdio backend whose command is not on PATH or not at its path, whose `cwd` is missing, or whose script
+    (a relative first argument like `server.py`) is not in its working directory. Warnings, not errors: the file
+    may be meant for another machine, and `vmcp validate --connect` starts each backend to be sure."""
+    from vmcp_opt.backends.transports import stdio_parameters
+
+    warnings = []
+    for index, backend in enumerate(cfg.backends):
+        if backend.transport != "stdio" or backend.command is None:
+            continue
+        where = f"backends[{index}]"
+        launch = stdio_parameters(backend, Path(cfg.base_dir))
+        cwd = Path(str(launch.cwd))
+        if not cwd.is_dir():
+            warnings.append(f"{where}.cwd: {cwd} is not a directory; the backend would not start")
+            continue
+        problem = _command_problem(backend.command, launch.command)
+        if problem:
+            warnings.append(f"{where}.command: {problem}; the backend would not start")
+        elif launch.args and launch.args[0].endswith(_SCRIPT_SUFFIXES) and not (cwd / launch.args[0]).exists():
+            warnings.append(
+                f"{where}.args[0]: {cwd / launch.args[0]} does not exist (relative paths start at the backend's "
+                "cwd, which is the config file's directory unless `cwd` says otherwise); the backend would not start"
+            )
+    return warnings
+
+
+def _command_problem(written: str, resolved: str) -> str | None:
+    """Why `resolved` (`written`, looked up on PATH or placed under the config's directory) cannot be run."""
+    path = Path(resolved)
+    if not path.is_absolute():
+        return f"{written!r} is not found on PATH"
+    if not path.is_file():
+        return f"{path} does not exist" if not path.exists() else f"{path} is not a file"
+    if not os.access(path, os.X_OK):
+        return f"{path} is not executable (chmod +x it, or run it with its interpreter: command: python, args: [it])"
+    return None
 
 
 def _check_redis(cfg: VmcpConfig) -> None:
@@ -464,3 +532,11 @@ def _sub_app(sub_app: typer.Typer, name: str, help_text: str) -> Command:
 
 # Sub-apps whose dependencies load lazily (`vmcp index`, `vmcp eval`), in the order `--help` lists them.
 LAZY: dict[str, Callable[[], Command | None]] = {"index": _index_command, "eval": _eval_command}
+
+
+def _restore_interrupt() -> None:
+    if _QUIET_LOADING and signal.getsignal(signal.SIGINT) is _interrupted_while_loading:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+_restore_interrupt()  # loaded: Ctrl-C is a KeyboardInterrupt again, which click and uvicorn handle

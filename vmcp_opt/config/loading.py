@@ -117,15 +117,92 @@ def _read_file(path: Path) -> dict[str, Any]:
         raise ConfigError([f"{path}: cannot read: not UTF-8 text ({where}); save it as UTF-8"]) from None
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
-    try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError([f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}"]) from None
+    data, repeated = _parse_json(path, text) if path.suffix == ".json" else _parse_yaml(path, text)
+    if repeated:
+        raise ConfigError([f"{path}: {problem}" for problem in repeated])
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError([f"{path}: the top level must be a mapping, got {type(data).__name__}"])
     return data
+
+
+def _parse_json(path: Path, text: str) -> tuple[Any, list[str]]:
+    """The document, and a line for each key written twice in one object (json keeps the last silently)."""
+    repeated: list[str] = []
+
+    def unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        keys = [key for key, _ in pairs]
+        repeated.extend(
+            f"key {key!r} is set twice in one object; JSON keeps only the last, so merge the two"
+            for key in dict.fromkeys(key for key in keys if keys.count(key) > 1)
+        )
+        return dict(pairs)
+
+    try:
+        return json.loads(text, object_pairs_hook=unique), repeated
+    except json.JSONDecodeError as exc:
+        raise ConfigError([f"{path}: not valid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"]) from None
+
+
+class _StrictYamlLoader(yaml.SafeLoader):
+    """`yaml.safe_load`, noting each key written twice in one mapping: YAML keeps only the last, so a second
+    `backends:` pasted below the first would otherwise drop every backend of the first without a word."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.repeated: list[str] = []
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first_line: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            # `<<` merges are meant to be overridden by the mapping's own keys; only plain keys are compared.
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key, line = self.construct_object(key_node), key_node.start_mark.line + 1
+            if key in first_line:
+                self.repeated.append(
+                    f"line {line}: key {key!r} is already set on line {first_line[key]} of the same mapping; "
+                    "YAML keeps only the last, so merge the two"
+                )
+            first_line.setdefault(key, line)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _parse_yaml(path: Path, text: str) -> tuple[Any, list[str]]:
+    """The document, and a line for each key written twice in one mapping."""
+    loader = _StrictYamlLoader(text)
+    try:
+        return loader.get_single_data(), loader.repeated
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{path}: {_yaml_problem(exc)}"]) from None
+    finally:
+        loader.dispose()
+
+
+# Likely causes of PyYAML's most common complaints, in a newcomer's words.
+_YAML_HINTS = (
+    ("'\\t'", "a tab: YAML indents with spaces only"),
+    (
+        "mapping values are not allowed",
+        "a line indented deeper than the key above it, or a value with ': ' in it to quote",
+    ),
+    ("expected <block end>", "an indentation that matches no level above it: the keys of one mapping line up"),
+    ("could not find expected ':'", "a `key: value` line without its colon, or a quote left open"),
+)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """One line: where (1-based, as editors count), what, and the likely cause; not PyYAML's several lines
+    naming `<unicode string>`."""
+    if not isinstance(exc, yaml.MarkedYAMLError) or exc.problem_mark is None:
+        return f"not valid YAML: {' '.join(str(exc).split())}"
+    mark = exc.problem_mark
+    text = f"not valid YAML at line {mark.line + 1}, column {mark.column + 1}: {exc.problem}"
+    if exc.context and exc.context_mark is not None and exc.context_mark.line != mark.line:
+        text += f" ({exc.context} started at line {exc.context_mark.line + 1})"
+    hints = [hint for marker, hint in _YAML_HINTS if marker in (exc.problem or "")]
+    return text + (f" (likely {hints[0]})" if hints else "")
 
 
 def _describe(exc: ValidationError, source: SourceNamer | None = None) -> list[str]:
@@ -137,6 +214,8 @@ def _describe(exc: ValidationError, source: SourceNamer | None = None) -> list[s
             message = message.removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
             message = "unknown key (check the spelling; unknown keys are not allowed)"
+        if error["type"] == "string_type":
+            message += _unquoted(error.get("input"))
         if not location:  # the document's own cross-checks: already `path: reason`, one per line
             problems.extend(message.splitlines())
             continue
@@ -147,6 +226,16 @@ def _describe(exc: ValidationError, source: SourceNamer | None = None) -> list[s
             continue
         problems.append(f"{_placed(error['loc'], source)}: {message}")
     return problems
+
+
+def _unquoted(value: Any) -> str:
+    """Why a value written as text is not a string: YAML reads `8080`, `1.10` and `yes`/`on`/`true` unquoted
+    as a number or a boolean (`env: {PORT: 8080}`, `args: [--port, 8080]`), which no `env` or `args` takes."""
+    if isinstance(value, bool):
+        return f", got the boolean {str(value).lower()} (YAML reads an unquoted yes, no, on, off, true or false so): write it in quotes"
+    if isinstance(value, int | float):
+        return f", got the number {value}: write it in quotes to pass it as text"
+    return ""
 
 
 _RELATIVE_PROBLEM = re.compile(r"^(steps|parameters|output|url|command)[\w.\[\]]*: ")
