@@ -178,3 +178,36 @@ def test_a_backend_still_starting_is_not_unhealthy_and_its_missing_tools_are_rep
     assert "not connected (connecting" not in output
     assert output.index(warning) > output.index(failed)
     assert output.count(warning) == 1
+
+
+def test_calls_running_when_the_client_closes_stdin_are_answered_before_the_gateway_stops(tmp_path: Path) -> None:
+    """`cat requests | vmcp serve --stdio`: the input ends while calls still run, and each gets its result (the
+    SDK alone answered them "Connection closed"); the process then ends by itself."""
+    config = write_config(tmp_path, {"backends": [demo_backend("notes")], "optimizer": {"enabled": False}})
+    hello = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "piped", "version": "0"}}
+    requests = [
+        {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": hello},
+        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+        *(
+            {
+                "jsonrpc": "2.0",
+                "id": 10 + i,
+                "method": "tools/call",
+                "params": {"name": "notes_slow_echo", "arguments": {"message": f"m{i}", "seconds": 0.5}},
+            }
+            for i in range(3)
+        ),
+    ]
+    piped = "".join(json.dumps(request) + "\n" for request in requests).encode()
+    done = subprocess.run(
+        [sys.executable, "-m", "vmcp_opt", "serve", "--stdio", "-c", str(config)],
+        input=piped,
+        capture_output=True,
+        timeout=120,
+    )
+    messages = [json.loads(line) for line in done.stdout.decode().splitlines()]
+    answers = {message["id"]: message for message in messages if "id" in message}  # notifications have none
+    for i in range(3):
+        assert "result" in answers[10 + i], answers[10 + i]
+        assert f"m{i}" in json.dumps(answers[10 + i]["result"])
+    assert done.returncode == 0, done.stderr.decode()[-2000:]

@@ -173,7 +173,8 @@ async def _serve_stdio_until_signal(gateway: Gateway, diagnostics: DiagnosticsSe
                 async for received in signals:
                     if stop.is_set() or not gateway.started:
                         break  # a second signal, or one during start-up: no more waiting
-                    # As when the client closes stdin: calls in flight are answered, then the process ends.
+                    # As when the client closes stdin: calls in flight are answered (within timeouts.shutdown), then
+                    # the process ends.
                     logger.info("%s: stopping the gateway and its backends", signal.Signals(received).name)
                     stop.set()
                     task_group.start_soon(_cancel_after, task_group.cancel_scope, gateway.config.timeouts.shutdown)

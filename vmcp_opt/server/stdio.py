@@ -12,13 +12,20 @@ as HTTP does. The SDK diverts fd 0 only when it reads stdin itself; `checked_std
 
 A signal must stop the gateway while the client keeps stdin open, but a blocking `readline` cannot be
 interrupted. `ClientLines` reads on a daemon thread and, once `end` is called, tells the SDK the input
-ended: the server stops as when the client closes stdin (calls in flight answered "Connection closed"),
-and the process exits without waiting for the thread still blocked in `readline`.
+ended: the server stops as when the client closes stdin, and the process exits without waiting for the
+thread still blocked in `readline`.
+
+At the end of input the SDK cancels the requests still running and answers them "Connection closed": a
+client that pipes its requests in and closes stdin (`cat requests | vmcp serve --stdio`) lost every answer
+still being worked on. `AnswerMalformed` holds the end of input back until the requests it passed on are
+answered (`InFlight`, told of each answer by `AnswerTracker` on the write side; a request the client
+cancelled is not waited for), for at most `timeouts.shutdown`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import queue
 import threading
@@ -37,7 +44,9 @@ from vmcp_opt.gateway import Gateway
 from vmcp_opt.server.bad_input import unusable_id
 from vmcp_opt.server.diagnostics import DiagnosticsServer
 from vmcp_opt.server.handlers import build_mcp_server
-from vmcp_opt.server.streams import ReadStreamWrapper
+from vmcp_opt.server.streams import ReadStreamWrapper, WriteStreamWrapper
+
+logger = logging.getLogger(__name__)
 
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
@@ -60,8 +69,13 @@ async def serve_stdio(
             if stop is not None:
                 task_group.start_soon(_end_on, stop, stdin, watching, name="stdio-stop")
             async with stdio_server(stdin=cast(anyio.AsyncFile[str], stdin)) as (read, write):
-                await server.run(AnswerMalformed(read, write), write, server.create_initialization_options())
+                in_flight = InFlight(gateway.config.timeouts.shutdown)
+                answers = AnswerTracker(write, in_flight)
+                reads = AnswerMalformed(read, answers, in_flight)
+                await server.run(reads, answers, server.create_initialization_options())
             watching.cancel()  # the client closed stdin: nothing left to end
+        if stop is None or not stop.is_set():
+            logger.info("the client closed stdin: stopping the gateway and its backends")
         if diagnostics is not None:
             diagnostics.should_exit = True
         gateway.stop()
@@ -85,19 +99,76 @@ def malformed_line_error(exc: Exception) -> types.JSONRPCError:
     return types.JSONRPCError(jsonrpc="2.0", id=None, error=error)
 
 
-class AnswerMalformed(ReadStreamWrapper):
-    """A read stream that answers the transport's read errors on `write` and passes messages on."""
+class InFlight:
+    """The ids of the client's requests not answered yet, and a wait until there are none."""
 
-    def __init__(self, inner: ReadStream[SessionMessage | Exception], write: WriteStream[SessionMessage]) -> None:
+    def __init__(self, most_wait: float) -> None:
+        self.most_wait = most_wait
+        self._ids: set[types.RequestId] = set()
+        self._none = anyio.Event()
+        self._none.set()
+
+    def started(self, request_id: types.RequestId) -> None:
+        self._ids.add(request_id)
+        if self._none.is_set():
+            self._none = anyio.Event()
+
+    def ended(self, request_id: types.RequestId | None) -> None:
+        if request_id is None:
+            return
+        self._ids.discard(request_id)
+        if not self._ids:
+            self._none.set()
+
+    async def drained(self) -> None:
+        """Returns once every request is answered, or after `most_wait` seconds."""
+        with anyio.move_on_after(self.most_wait):
+            await self._none.wait()
+
+
+class AnswerTracker(WriteStreamWrapper):
+    """The write side: each answer sent ends its request in `in_flight`."""
+
+    def __init__(self, inner: WriteStream[SessionMessage], in_flight: InFlight) -> None:
+        super().__init__(inner)
+        self._in_flight = in_flight
+
+    async def send(self, item: SessionMessage, /) -> None:
+        await self._inner.send(item)
+        if isinstance(item.message, types.JSONRPCResponse | types.JSONRPCError):
+            self._in_flight.ended(item.message.id)
+
+
+class AnswerMalformed(ReadStreamWrapper):
+    """A read stream that answers the transport's read errors on `write`, passes messages on, and at the end
+    of input waits for the requests it passed on to be answered (`InFlight`) before it says so."""
+
+    def __init__(
+        self, inner: ReadStream[SessionMessage | Exception], write: WriteStream[SessionMessage], in_flight: InFlight
+    ) -> None:
         super().__init__(inner)
         self._write = write
+        self._in_flight = in_flight
 
     async def receive(self) -> SessionMessage | Exception:
         while True:
-            item = await self._inner.receive()
+            try:
+                item = await self._inner.receive()
+            except anyio.EndOfStream:
+                await self._in_flight.drained()
+                raise
             if not isinstance(item, Exception):
+                self._note(item.message)
                 return item
             await self._write.send(SessionMessage(malformed_line_error(item)))
+
+    def _note(self, message: types.JSONRPCMessage) -> None:
+        if isinstance(message, types.JSONRPCRequest):
+            self._in_flight.started(message.id)
+        elif isinstance(message, types.JSONRPCNotification) and message.method == "notifications/cancelled":
+            cancelled = (message.params or {}).get("requestId")
+            if isinstance(cancelled, str | int):
+                self._in_flight.ended(cancelled)  # the SDK answers it no more: not waited for
 
 
 class CheckedLines:
