@@ -43,8 +43,10 @@ http {{
             # SSE: pass each event on as it comes.
             proxy_buffering off;
             proxy_read_timeout 300s;
-            # A replica that refuses connections (killed) is skipped, POSTs included: nothing reached it.
-            proxy_next_upstream error timeout non_idempotent;
+            # A replica that refuses connections (killed) is skipped, POSTs included: nothing reached it. Never
+            # `non_idempotent`: a POST sent to a replica that then died would run again on another (as
+            # deploy/nginx/vmcp.conf says).
+            proxy_next_upstream error timeout;
         }}
     }}
 }}

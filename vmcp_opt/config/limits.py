@@ -71,7 +71,8 @@ class LimitsConfig(_Strict):
     max_sessions: int = Field(
         1000,
         ge=1,
-        description="MCP sessions (2025-11-25 HTTP clients) open at once, in total; past it opening one is refused "
+        description="MCP sessions (2025-11-25 HTTP clients) open at once in this process (each replica counts its "
+        "own, a restored copy included); past it opening one is refused "
         "with 503 and Retry-After, and sessions already open keep working.",
     )
     max_sessions_per_address: int = Field(
@@ -128,7 +129,8 @@ class RedisConfig(_Strict):
     password_env: str | None = None
     # File holding the password (a mounted Secret), relative to the config file's directory.
     password_file: str | None = None
-    # Prefix of every key the gateway writes, so several gateways can share one Redis.
+    # Prefix of every key the gateway writes, so several deployments can share one Redis: give each its own,
+    # or they share rate-limit budgets, backend-change broadcasts, what find_tool learns and session ids.
     key_prefix: str = "vmcp:"
     # Seconds to connect and to run one command; past it Redis counts as unreachable for that request.
     timeout: float = Field(0.25, gt=0)

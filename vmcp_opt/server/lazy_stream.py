@@ -29,8 +29,10 @@ suite exercise both forms through the gateway.
 from __future__ import annotations
 
 import logging
+import weakref
 from functools import partial
 from http import HTTPStatus
+from typing import Any
 
 import anyio
 import pydantic_core
@@ -80,6 +82,19 @@ _UNSTORED = "unstored"
 class LazyStreamSessionManager(StreamableHTTPSessionManager):
     """The SDK's session manager, whose sessions answer with `LazyStreamTransport`."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # The transports of the sessions this manager opened, by id, while they live: `end_session` ends one
+        # without a client request (the SDK's only way is the client's DELETE, with its credential).
+        self._opened: weakref.WeakValueDictionary[str, StreamableHTTPServerTransport] = weakref.WeakValueDictionary()
+
+    async def end_session(self, session_id: str) -> None:
+        """Ends a session this manager opened as its client's DELETE would (it was deleted on another replica);
+        the manager forgets it, and frees its slot, once its server loop has wound down."""
+        transport = self._opened.get(session_id)
+        if transport is not None and not transport.is_terminated:
+            await transport.terminate()
+
     def _admit_session(self, requestor: AuthorizationContext | None) -> StreamableHTTPServerTransport | None:
         # The SDK's own admission (limit, registration), with our transport class in place of its own.
         transport = super()._admit_session(requestor)
@@ -94,6 +109,8 @@ class LazyStreamSessionManager(StreamableHTTPSessionManager):
                 store = self.event_store.session_view()
             if store is not None:
                 transport._event_store = UnsentAnswers(store)
+            if transport.mcp_session_id is not None:
+                self._opened[transport.mcp_session_id] = transport
         return transport
 
 

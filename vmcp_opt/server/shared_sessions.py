@@ -9,10 +9,12 @@ server loop has been through the stored handshake, served by this layer instead 
 
 Every request naming a session pushes its Redis expiry ahead (open streams too, from a keep-alive task), and
 finds out whether it still exists: a session deleted on another replica answers 404 here as well, and its
-local copy is ended. DELETE deletes it in Redis. A replica reaping its own idle copy, or stopping, leaves the
+local copy is ended. DELETE deletes it in Redis (before its 200 reaches the client); every replica looks for
+the deletions of the sessions it holds each `REAP_INTERVAL` and ends its copies, so their slots are free for the
+client's next session at once, not after the idle timeout. A replica reaping its own idle copy, or stopping, leaves the
 record: the session may be in use elsewhere, and its key expires once it has been idle everywhere for
 `limits.session_idle_timeout`. A restored session takes a slot like an opened one (limits.max_sessions,
-max_sessions_per_address), freed when its copy ends.
+max_sessions_per_address, counted per replica), freed when its copy ends.
 
 Redis unreachable (or refusing the password): the sessions this replica holds keep working, others answer 404
 (the client opens a new session), one warning per minute; Redis's own state changes are logged once each by
@@ -35,7 +37,6 @@ from anyio.abc import TaskGroup, TaskStatus
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.lowlevel.server import Server
 from mcp.server.streamable_http import StreamableHTTPServerTransport
-from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp_types import INVALID_REQUEST, InitializeRequestParams
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -44,7 +45,7 @@ from vmcp_opt.config import VmcpConfig
 from vmcp_opt.routing.budget import ThrottledLog
 from vmcp_opt.routing.round_trips import RoundOwners
 from vmcp_opt.server.admission import connection_of
-from vmcp_opt.server.lazy_stream import LazyStreamTransport
+from vmcp_opt.server.lazy_stream import LazyStreamSessionManager, LazyStreamTransport
 from vmcp_opt.server.session_restore import is_restoring, serve_restored
 from vmcp_opt.server.sessions import SessionGate, Slot, json_rpc_error, may_open_session
 from vmcp_opt.shared.events import EVENTS, STORE_ERRORS, RedisEventStore, ReplicaPresence
@@ -56,6 +57,8 @@ logger = logging.getLogger(__name__)
 _SESSION_HEADER = b"mcp-session-id"
 # Longest a request waits for its session's restore (a backend session may have to start for its log level).
 RESTORE_WAIT = 30.0
+# Seconds between looks for deletions, on other replicas, of the sessions this replica holds.
+REAP_INTERVAL = 1.0
 _RECORDED = frozenset({"initialize", "logging/setLevel", "resources/subscribe", "resources/unsubscribe"})
 
 
@@ -73,7 +76,7 @@ class Held:
 
 class SharedSessions:
     def __init__(
-        self, app: ASGIApp, manager: StreamableHTTPSessionManager, parts: SharedSessionParts, gate: SessionGate
+        self, app: ASGIApp, manager: LazyStreamSessionManager, parts: SharedSessionParts, gate: SessionGate
     ) -> None:
         self.app = app
         self.manager = manager
@@ -101,6 +104,7 @@ class SharedSessions:
         async with server.lifespan(server) as state, anyio.create_task_group() as task_group:
             self._lifespan_state, self._task_group = state, task_group
             task_group.start_soon(self._keep_alive)
+            task_group.start_soon(self._reap_ended)
             task_group.start_soon(self.presence.run)
             task_group.start_soon(self.events.run_writer)
             if self.rounds is not None:
@@ -139,7 +143,7 @@ class SharedSessions:
             found = held is not None
         if not found:
             if held is not None:
-                await self._end_here(session_id, held, scope)  # deleted on another replica
+                await self._end_here(session_id, held)  # deleted on another replica
             await json_rpc_error(send, 404, INVALID_REQUEST, "Session not found")
             return
         if held is None and scope["method"] == "DELETE":
@@ -167,12 +171,12 @@ class SharedSessions:
         if held.transport is not None and not held.restored.is_set():
             with anyio.move_on_after(RESTORE_WAIT):  # past it, served as it is (it logs what was refused)
                 await held.restored.wait()
-        status = 0
 
         async def watch(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
+            if message["type"] == "http.response.start" and scope["method"] == "DELETE" and message["status"] == 200:
+                # Gone from Redis before the client learns it is: its next session may land on a replica
+                # still holding a copy of this one, which must find the deletion to free the copy's slot.
+                await self._delete(session_id, held.record.events)
             await send(message)
 
         token = EVENTS.set(held.record.events)
@@ -187,8 +191,6 @@ class SharedSessions:
             self._in_flight[session_id] -= 1
             if self._in_flight[session_id] <= 0:
                 del self._in_flight[session_id]
-        if scope["method"] == "DELETE" and status == 200:
-            await self._delete(session_id, held.record.events)
 
     async def _restore(self, session_id: str, record: SessionRecord, scope: Scope, send: Send) -> Held | None:
         """This replica's copy of a session opened elsewhere, started; None when no slot is free (answered)."""
@@ -262,22 +264,33 @@ class SharedSessions:
                 with anyio.CancelScope(shield=True):
                     await transport.terminate()
 
-    async def _end_here(self, session_id: str, held: Held, scope: Scope) -> None:
-        """The session was deleted on another replica: end this replica's copy too."""
+    async def _end_here(self, session_id: str, held: Held) -> None:
+        """The session was deleted on another replica: end this replica's copy too (its slot is freed once
+        the copy's server loop has wound down)."""
         if self._held.get(session_id) is held:
             del self._held[session_id]
         if held.transport is not None:
             await held.transport.terminate()
-            return
+        else:
+            await self.manager.end_session(session_id)
 
-        async def no_body() -> Message:
-            return {"type": "http.request", "body": b"", "more_body": False}
-
-        async def discard(message: Message) -> None:
-            return None
-
-        # The manager's own copy: the SDK's way to end a session is the client's DELETE.
-        await self.app({**scope, "method": "DELETE"}, no_body, discard)
+    async def _reap_ended(self) -> None:
+        """Ends this replica's copies of sessions deleted elsewhere. Without it a copy kept its slot until it
+        idled out here: a client that opens, uses (through round-robin) and deletes one session at a time was
+        refused a new one (429) after `limits.max_sessions_per_address` sessions, for the idle timeout."""
+        while True:
+            await anyio.sleep(REAP_INTERVAL)
+            held = list(self._held.items())
+            if not held:
+                continue
+            try:
+                ended = await self.store.ended_among([session_id for session_id, _ in held])
+            except STORE_ERRORS as exc:
+                self._log.warning("reap", "sessions: deletions on other replicas not checked: %s", redis_trouble(exc))
+                continue
+            copies = dict(held)
+            for session_id in ended:
+                await self._end_here(session_id, copies[session_id])
 
     async def _delete(self, session_id: str, events: str) -> None:
         """The session's record and its SSE events (namespace `events`), gone from Redis."""
@@ -370,7 +383,7 @@ class SharedSessionParts:
     relay: RedisRoundRelay
     rounds: RoundOwners | None = None  # set by `share_rounds`: this replica's rounds, of every kind
 
-    def front(self, manager: StreamableHTTPSessionManager, gate: SessionGate, rounds: RoundOwners) -> SharedSessions:
+    def front(self, manager: LazyStreamSessionManager, gate: SessionGate, rounds: RoundOwners) -> SharedSessions:
         """The layer in front of `gate`'s app, with this replica's rounds shared (`share_rounds`)."""
         share_rounds(self, rounds)
         return SharedSessions(gate.app, manager, self, gate)

@@ -103,6 +103,14 @@ class RedisSessions:
                 pipe.pexpire(self._key(session_id), self.ttl_ms)
             await pipe.execute()
 
+    async def ended_among(self, session_ids: list[str]) -> list[str]:
+        """Those of `session_ids` deleted (on any replica), in one round trip."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            for session_id in session_ids:
+                pipe.exists(self._ended(session_id))
+            found = await pipe.execute()
+        return [session_id for session_id, ended in zip(session_ids, found, strict=True) if ended]
+
     async def delete(self, session_id: str) -> None:
         async with self.client.pipeline(transaction=True) as pipe:
             pipe.delete(self._key(session_id))
