@@ -9,22 +9,30 @@ before the MCP machinery sees the request:
 - a valid token without the required scopes: 403 `insufficient_scope` naming them;
 - a token in the query string (`access_token=`): 400 `invalid_request`, whatever else the request carries.
 Admission (server/admission.py) reads the identity from the scope; nothing below reads headers.
+
+The verified principal also goes into the scope as the SDK's `AuthenticatedUser` (without the credential),
+so the SDK binds each session to the principal that opened it: another credential naming that session id is
+answered as if it did not exist. `session_owner` is the same principal as a digest, which a session's record
+in Redis keeps for the replicas that restore it (server/shared_sessions.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 from collections.abc import Callable
 from urllib.parse import parse_qsl
 
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser, authorization_context
+from mcp.server.auth.provider import AccessToken
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from vmcp_opt.auth import errors
 from vmcp_opt.auth.authenticators import Authenticator
 from vmcp_opt.auth.errors import AuthError
-from vmcp_opt.auth.identity import SCOPE_KEY, BearerToken
+from vmcp_opt.auth.identity import SCOPE_KEY, BearerToken, Identity
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +61,8 @@ class RequireAuthentication:
             await self.app(scope, receive, send)
             return
         try:
-            scope[SCOPE_KEY] = await self._identify(scope)
+            scope[SCOPE_KEY] = identity = await self._identify(scope)
+            scope["user"] = principal(identity)
         except AuthError as refused:
             client = scope.get("client")
             if self.counted is not None:
@@ -85,7 +94,7 @@ class RequireAuthentication:
             return False
         return True
 
-    async def _identify(self, scope: Scope) -> object:
+    async def _identify(self, scope: Scope) -> Identity:
         query = scope.get("query_string", b"").decode("latin-1")
         if query and any(name.lower() in QUERY_TOKEN_NAMES for name, _ in parse_qsl(query, keep_blank_values=True)):
             raise errors.invalid_request(
@@ -131,3 +140,27 @@ class RequireAuthentication:
 
 def _quoted(text: str) -> str:
     return text.replace("\\", "\\\\").replace('"', "'")
+
+
+def principal(identity: Identity) -> AuthenticatedUser:
+    """The SDK's view of a verified caller, for its session binding: who (how verified, and the subject), the
+    client and the issuer; never the credential."""
+    issuer = identity.claims.get("iss")
+    token = AccessToken(
+        token="",
+        client_id=identity.client_id or "",
+        scopes=sorted(identity.scopes),
+        subject=f"{identity.method.value}:{identity.subject}",
+        claims={"iss": str(issuer)} if issuer is not None else None,
+    )
+    return AuthenticatedUser(token)
+
+
+def session_owner(scope: Scope) -> str:
+    """A digest of the principal a request comes from (the SDK's `authorization_context`), "" for anyone
+    unauthenticated: what a session is bound to."""
+    user = scope.get("user")
+    if not isinstance(user, AuthenticatedUser):
+        return ""
+    context = json.dumps(authorization_context(user), sort_keys=True)
+    return hashlib.sha256(context.encode()).hexdigest()[:32]

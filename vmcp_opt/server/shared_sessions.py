@@ -29,6 +29,7 @@ import logging
 import secrets
 from collections import Counter
 from collections.abc import AsyncIterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +46,7 @@ from vmcp_opt.config import VmcpConfig
 from vmcp_opt.routing.budget import ThrottledLog
 from vmcp_opt.routing.round_trips import RoundOwners
 from vmcp_opt.server.admission import connection_of
+from vmcp_opt.server.authentication import session_owner
 from vmcp_opt.server.lazy_stream import LazyStreamSessionManager, LazyStreamTransport
 from vmcp_opt.server.session_restore import is_restoring, serve_restored
 from vmcp_opt.server.sessions import SessionGate, Slot, json_rpc_error, may_open_session
@@ -59,6 +61,8 @@ _SESSION_HEADER = b"mcp-session-id"
 RESTORE_WAIT = 30.0
 # Seconds between looks for deletions, on other replicas, of the sessions this replica holds.
 REAP_INTERVAL = 1.0
+# The principal of the request being served (`session_owner`), for the record of a session it opens.
+OWNER: ContextVar[str] = ContextVar("vmcp_session_owner", default="")
 _RECORDED = frozenset({"initialize", "logging/setLevel", "resources/subscribe", "resources/unsubscribe"})
 
 
@@ -124,9 +128,11 @@ class SharedSessions:
             await self._serve(session_id, scope, receive, send)
             return
         token = EVENTS.set(secrets.token_hex(16) if may_open_session(scope) else None)  # a new session's events
+        owner = OWNER.set(session_owner(scope))
         try:
             await self.app(scope, receive, send)
         finally:
+            OWNER.reset(owner)
             EVENTS.reset(token)
 
     async def _serve(self, session_id: str, scope: Scope, receive: Receive, send: Send) -> None:
@@ -144,6 +150,13 @@ class SharedSessions:
         if not found:
             if held is not None:
                 await self._end_here(session_id, held)  # deleted on another replica
+            await json_rpc_error(send, 404, INVALID_REQUEST, "Session not found")
+            return
+        kept = held.record if held is not None else record
+        if kept is not None and kept.owner is not None and kept.owner != session_owner(scope):
+            # Only the principal that opened a session may use it, on any replica: another credential is told
+            # what it would be told of a session that does not exist.
+            self._log.warning("owner", "sessions: a request named a session another principal opened; refused")
             await json_rpc_error(send, 404, INVALID_REQUEST, "Session not found")
             return
         if held is None and scope["method"] == "DELETE":
@@ -343,7 +356,7 @@ class SharedSessions:
         client_params = InitializeRequestParams.model_validate(params, by_name=False)
         version = result.get("protocolVersion") if isinstance(result, dict) else None
         negotiated = version if isinstance(version, str) else client_params.protocol_version
-        record = SessionRecord(client_params, negotiated, EVENTS.get() or secrets.token_hex(16))
+        record = SessionRecord(client_params, negotiated, EVENTS.get() or secrets.token_hex(16), owner=OWNER.get())
         held = self._held[session_id] = Held(record, recorded=False)
         await self.store.save(session_id, record)
         held.recorded = True

@@ -38,6 +38,9 @@ class SessionRecord:
     events: str  # the namespace its SSE events are stored under
     log_level: str | None = None
     subscriptions: tuple[str, ...] = field(default_factory=tuple)
+    # A digest of the principal that opened it (server/authentication.py `session_owner`; "" anonymous),
+    # None in a record written before owners were kept: then not checked.
+    owner: str | None = None
 
 
 def session_key_digest(session_id: str) -> str:
@@ -70,6 +73,7 @@ class RedisSessions:
                     "version": record.protocol_version,
                     "events": record.events,
                     "level": record.log_level or "",
+                    **({"owner": record.owner} if record.owner is not None else {}),
                     **{_SUBSCRIPTION + uri: "1" for uri in record.subscriptions[: self.max_subscriptions]},
                 },
             )
@@ -143,6 +147,7 @@ def _record(fields: dict[bytes, bytes]) -> SessionRecord | None:
             protocol_version=text["version"],
             events=text["events"],
             log_level=text.get("level") or None,
+            owner=text.get("owner"),
             subscriptions=tuple(sorted(name[len(_SUBSCRIPTION) :] for name in text if name.startswith(_SUBSCRIPTION))),
         )
     except (KeyError, ValueError, ValidationError) as exc:
