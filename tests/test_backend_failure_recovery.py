@@ -8,17 +8,14 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import anyio
-import httpx2
-import mcp_types as types
 import pytest
 from mcp import Client
 
-from tests.support import Gateway, demo_backend, free_port, http_demo_backend, running_gateway, write_config
+from tests.support import demo_backend, free_port, http_demo_backend, running_gateway, write_config
+from tests.test_failure_recovery import backend, eventually, text
 
 pytestmark = [pytest.mark.slow, pytest.mark.anyio]
 
@@ -26,23 +23,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.anyio]
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-def backend(gateway: Gateway, name: str) -> dict[str, Any]:
-    body = httpx2.get(f"{gateway.base}/readyz", timeout=5.0).json()
-    return next(b for b in body["backends"] if b["name"] == name)
-
-
-async def eventually(check: Callable[[], bool], within: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + within
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {within}s")
-        await anyio.sleep(0.1)
-
-
-def text(result: types.CallToolResult) -> str:
-    return " ".join(c.text for c in result.content if isinstance(c, types.TextContent))
 
 
 async def listed(client: Client) -> set[str]:
