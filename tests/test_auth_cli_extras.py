@@ -26,7 +26,8 @@ from mcp.shared.exceptions import MCPError
 from tests.support import ROOT, Gateway, bearer_client, demo_backend, running_gateway, stop_process, write_config
 from tests.test_rate_limits_http import HEADERS, client_from, open_session
 from vmcp_opt.auth.caller import Caller, Identification
-from vmcp_opt.auth.cedar import ACTIONS, SCHEMA, _principal, _resource
+from vmcp_opt.auth.cedar import _principal, _resource
+from vmcp_opt.auth.cedar_schema import ACTIONS, SCHEMA
 from vmcp_opt.routing.policy import Target
 
 

@@ -3,7 +3,7 @@
 - `vmcp auth new-key --subject alice --group dev --role auditor --scope notes:read`: a fresh API key, printed
   once, and the entry (its hash, the caller's groups, roles and scopes) to add to `auth.incoming.api_keys.file`,
   checked as the gateway checks that file.
-- `vmcp auth schema`: the Cedar schema every policy is validated against at load (auth/cedar.py `SCHEMA`).
+- `vmcp auth schema`: the Cedar schema every policy is validated against at load (auth/cedar_schema.py `SCHEMA`).
 - `vmcp auth check -c vmcp.yaml` with a token or key (from `--credential-env`, default `VMCP_CREDENTIAL`, so
   it stays out of the shell history) or `--local-user`: authenticates it exactly as the gateway would, then
   connects to the backends once and says which tools the caller may list and call under the Cedar policy.
@@ -89,7 +89,7 @@ def new_key_command(
 @auth_app.command("schema")
 def schema_command() -> None:
     """The Cedar schema policies are validated against at load (JSON): the entities and actions the gateway sends."""
-    from vmcp_opt.auth.cedar import SCHEMA  # cedarpy loads only for the commands that need it
+    from vmcp_opt.auth.cedar_schema import SCHEMA  # cedarpy loads only for the commands that need it
 
     out.print(json.dumps(SCHEMA, indent=2), markup=False, highlight=False)
 

@@ -17,9 +17,9 @@ they reveal and reach only what the policy allows.
 
 Fail closed: a file that is not UTF-8, does not parse, names an action that does not exist or holds a
 template stops the start with the file, line and reason. So does a policy that does not validate against
-`SCHEMA`, the schema of exactly these entities and actions (Cedar's strict validator): a misspelt entity
-type (`Grup::"dev"`), attribute (`resource.readonly`) or a type mismatch would otherwise be a policy that
-never matches, a silent denial or, in a `forbid`, a silent permission. A decision with an evaluation error
+`SCHEMA` (auth/cedar_schema.py), the schema of exactly these entities and actions (Cedar's strict
+validator): a misspelt entity type (`Grup::"dev"`), attribute (`resource.readonly`) or a type mismatch
+would otherwise be a policy that never matches, a silent denial or, in a `forbid`, a silent permission. A decision with an evaluation error
 is a denial (Cedar itself would skip an erroring `forbid`) whose reason quotes Cedar's first error, logged
 once per policy. Decisions depend only on the caller's principal and the target, so they are cached.
 """
@@ -36,6 +36,7 @@ from typing import Any
 import cedarpy
 
 from vmcp_opt.auth.caller import Caller
+from vmcp_opt.auth.cedar_schema import ACTIONS, KNOWN_ACTIONS, schema_problems
 from vmcp_opt.config import RESERVED_NAMES
 from vmcp_opt.routing.policy import ALLOW, Decision, PolicyLoadError, Target
 
@@ -43,81 +44,6 @@ logger = logging.getLogger(__name__)
 
 GATEWAY_SOURCE = "vmcp"  # routing.providers.GATEWAY_SOURCE: the meta-tools' source
 META_TOOLS = RESERVED_NAMES  # find_tool and call_tool: no backend tool or workflow may take these names
-ACTIONS: dict[tuple[str, str], str] = {
-    ("tool", "list"): "list_tools",
-    ("tool", "use"): "call_tool",
-    ("prompt", "list"): "list_prompts",
-    ("prompt", "use"): "get_prompt",
-    ("prompt", "complete"): "complete",
-    ("resource", "list"): "list_resources",
-    ("resource", "use"): "read_resource",
-    ("template", "list"): "list_resources",
-    ("template", "use"): "read_resource",
-    ("template", "complete"): "complete",
-}
-KNOWN_ACTIONS = frozenset(ACTIONS.values())
-# The entity type of each target kind (a resource template is a `Resource` with `template` true).
-RESOURCE_TYPES = {"tool": "Tool", "prompt": "Prompt", "resource": "Resource", "template": "Resource"}
-_STRING: dict[str, Any] = {"type": "String"}
-_BOOLEAN: dict[str, Any] = {"type": "Boolean"}
-_STRINGS: dict[str, Any] = {"type": "Set", "element": {"type": "String"}}
-# The attributes `_principal` and `_resource` give each entity type: SCHEMA is built from these, and a test
-# checks the entities the gateway sends against it, so the two cannot drift apart.
-ATTRIBUTES: dict[str, dict[str, dict[str, Any]]] = {
-    "User": {
-        "subject": _STRING,
-        "authenticated": _BOOLEAN,
-        "groups": _STRINGS,
-        "roles": _STRINGS,
-        "scopes": _STRINGS,
-        "client_id": _STRING,
-    },
-    "Group": {},
-    "Backend": {},
-    "Tool": {
-        "name": _STRING,
-        "backend": _STRING,
-        "read_only": _BOOLEAN,
-        "destructive": _BOOLEAN,
-        "idempotent": _BOOLEAN,
-        "open_world": _BOOLEAN,
-    },
-    "Prompt": {"name": _STRING, "backend": _STRING},
-    "Resource": {"uri": _STRING, "backend": _STRING, "template": _BOOLEAN},
-}
-PARENTS = {"User": ["Group"], "Tool": ["Backend"], "Prompt": ["Backend"], "Resource": ["Backend"]}
-
-
-def _schema() -> dict[str, Any]:
-    """The Cedar schema (JSON form) of what `decide_all` sends: the entities above, each action applying to
-    the principal `User` and the resource types of the targets it is asked for, with an empty context."""
-    entity_types = {
-        name: {
-            "memberOfTypes": PARENTS.get(name, []),
-            "shape": {
-                "type": "Record",
-                "attributes": {attr: {**kind, "required": True} for attr, kind in attributes.items()},
-            },
-        }
-        for name, attributes in ATTRIBUTES.items()
-    }
-    applies: dict[str, set[str]] = {}
-    for (kind, _operation), action in ACTIONS.items():
-        applies.setdefault(action, set()).add(RESOURCE_TYPES[kind])
-    actions = {
-        action: {
-            "appliesTo": {
-                "principalTypes": ["User"],
-                "resourceTypes": sorted(types),
-                "context": {"type": "Record", "attributes": {}},
-            }
-        }
-        for action, types in sorted(applies.items())
-    }
-    return {"": {"entityTypes": entity_types, "actions": actions}}
-
-
-SCHEMA = _schema()
 # `Action::"x"`, with any spacing Cedar accepts around `::` (`Action :: "x"` too).
 _ACTION_REFERENCE = re.compile(r'\bAction\s*::\s*"((?:[^"\\]|\\.)*)"')
 _TEMPLATE_SLOT = re.compile(r"\?(?:principal|resource)\b")
@@ -313,62 +239,15 @@ def load_policies(text: str, source: str) -> cedarpy.PolicySet:
 
 def _validate(text: str, source: str) -> None:
     """Every policy against SCHEMA: one line per policy that fails, with its line, its id and what is wrong."""
-    result = cedarpy.validate_policies(text, SCHEMA)
-    if result.validation_passed:
+    problems = schema_problems(text)
+    if not problems:
         return
-    problems: dict[str, list[str]] = {}
-    for error in result.errors:
-        message = error.error.removeprefix(f"for policy `{error.policy_id}`, ")
-        problems.setdefault(error.policy_id, []).append(message)
     starts = _policy_lines(text)
     lines = []
-    for policy_id, messages in problems.items():
-        index = int(policy_id.removeprefix("policy")) if re.fullmatch(r"policy\d+", policy_id) else -1
+    for index, label, said in problems:
         line = starts[index] if 0 <= index < len(starts) else 1
-        named = result.id_annotations_by_policy_id.get(policy_id)
-        label = f'policy "{named}"' if named else policy_id
-        lines.append(f"{source}:{line}: {label}: {'; '.join(_explained(messages))}")
+        lines.append(f"{source}:{line}: {label}: {said}")
     raise PolicyLoadError("\n    ".join(lines))
-
-
-_MISSING_ATTRIBUTE = re.compile(r"attribute `([^`]*)` on entity type `([^`]*)` not found")
-_NO_ACTION = "unable to find an applicable action given the policy scope constraints"
-
-
-def _explained(messages: list[str]) -> list[str]:
-    """Cedar's messages for one policy, with what the gateway does send: a missing attribute once, with the
-    attributes of each type that lacks it; the catch-all "no applicable action" only when nothing else is said."""
-    missing: dict[str, list[str]] = {}
-    said: list[str] = []
-    for message in dict.fromkeys(messages):
-        found = _MISSING_ATTRIBUTE.fullmatch(message)
-        if found:
-            missing.setdefault(found.group(1), []).append(found.group(2))
-        elif message.startswith("unrecognized entity type"):
-            said.append(f"{message}; the entity types are {', '.join(sorted(ATTRIBUTES))}")
-        elif message != _NO_ACTION:
-            said.append(message)
-    for attribute, types in missing.items():
-        have = "; ".join(f"{name} [{', '.join(sorted(ATTRIBUTES.get(name, {})))}]" for name in sorted(types))
-        owners = sorted(name for name, attributes in ATTRIBUTES.items() if attribute in attributes)
-        hint = f"; only {', '.join(owners)} {'has' if len(owners) == 1 else 'have'} it" if owners else ""
-        if len(owners) == 1 and owners[0] in RESOURCE_TYPES.values():
-            hint += f": limit the policy to actions on {owners[0]}, or test `resource is {owners[0]} && ...`"
-        said.append(f"attribute `{attribute}` not found on {', '.join(sorted(types))} (their attributes: {have}){hint}")
-    if not said and _NO_ACTION in messages:
-        said.append(
-            f"no action applies to this principal and resource (the actions: {_actions_by_resource()}; "
-            "the principal is a User)"
-        )
-    return said
-
-
-def _actions_by_resource() -> str:
-    """`call_tool, list_tools on Tool; ...`: which actions reach which resource type."""
-    on: dict[str, set[str]] = {}
-    for (kind, _operation), action in ACTIONS.items():
-        on.setdefault(RESOURCE_TYPES[kind], set()).add(action)
-    return "; ".join(f"{', '.join(sorted(actions))} on {kind}" for kind, actions in on.items())
 
 
 def _policy_lines(text: str) -> list[int]:
