@@ -1,0 +1,100 @@
+"""`vmcp validate`'s checks beyond the config's own fields: what `serve` could not launch on this machine
+(warnings), and with `--connect` the Redis and backends the config names, and the tools it names against
+what they serve (errors)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import anyio
+import typer
+
+from vmcp_opt import logs
+from vmcp_opt.cli_config import unknown_pinned
+from vmcp_opt.config import VmcpConfig
+from vmcp_opt.console import OutputConsole
+
+err = OutputConsole(stderr=True)
+
+# A first argument with these endings is a script the command runs (`python server.py`, `node index.js`).
+_SCRIPT_SUFFIXES = (".py", ".js", ".mjs", ".cjs")
+
+
+def launch_warnings(cfg: VmcpConfig) -> list[str]:
+    """What `vmcp serve` could not launch on this machine, found as it would launch it (`stdio_parameters`):
+    a stdio backend whose command is not on PATH or not at its path, whose `cwd` is missing, or whose script
+    (a relative first argument like `server.py`) is not in its working directory. Warnings, not errors: the file
+    may be meant for another machine, and `vmcp validate --connect` starts each backend to be sure."""
+    from vmcp_opt.backends.transports import stdio_parameters
+
+    warnings = []
+    for index, backend in enumerate(cfg.backends):
+        if backend.transport != "stdio" or backend.command is None:
+            continue
+        where = f"backends[{index}]"
+        launch = stdio_parameters(backend, Path(cfg.base_dir))
+        cwd = Path(str(launch.cwd))
+        if not cwd.is_dir():
+            warnings.append(f"{where}.cwd: {cwd} is not a directory; the backend would not start")
+            continue
+        problem = _command_problem(backend.command, launch.command)
+        if problem:
+            warnings.append(f"{where}.command: {problem}; the backend would not start")
+        elif launch.args and launch.args[0].endswith(_SCRIPT_SUFFIXES) and not (cwd / launch.args[0]).exists():
+            warnings.append(
+                f"{where}.args[0]: {cwd / launch.args[0]} does not exist (relative paths start at the backend's "
+                "cwd, which is the config file's directory unless `cwd` says otherwise); the backend would not start"
+            )
+    return warnings
+
+
+def _command_problem(written: str, resolved: str) -> str | None:
+    """Why `resolved` (`written`, looked up on PATH or placed under the config's directory) cannot be run."""
+    path = Path(resolved)
+    if not path.is_absolute():
+        return f"{written!r} is not found on PATH"
+    if not path.is_file():
+        return f"{path} does not exist" if not path.exists() else f"{path} is not a file"
+    if not os.access(path, os.X_OK):
+        return f"{path} is not executable (chmod +x it, or run it with its interpreter: command: python, args: [it])"
+    return None
+
+
+def _check_redis(cfg: VmcpConfig) -> None:
+    """`validate --connect`: the Redis the config uses answers with the password given (exit 1 naming why not)."""
+    from vmcp_opt.shared.secrets import redis_users
+
+    if not redis_users(cfg):
+        return
+    from vmcp_opt.shared.redis_client import redis_problem
+
+    problem = redis_problem(cfg)
+    if problem is not None:
+        err.print(f"[bold red]Redis does not serve this gateway[/]: {problem}", highlight=False)
+        raise typer.Exit(1)
+
+
+def check_connections(cfg: VmcpConfig) -> None:
+    """`validate --connect`: Redis, if the config uses it, and each backend connected once (exit 1 naming what
+    failed, as `vmcp backends` does), then the workflow steps and pinned names checked against the tools
+    served (exit 2 naming the unknown ones)."""
+    from vmcp_opt.probe import connect_once
+    from vmcp_opt.workflows.validation import unknown_tools
+
+    logs.configure("error")
+    _check_redis(cfg)
+    connected = anyio.run(connect_once, cfg)
+    if connected.failed:
+        err.print(f"[bold red]backends that did not connect[/] ({len(connected.failed)} of {len(cfg.backends)}):")
+        for name, reason in connected.failed.items():
+            err.print(f"  {name}: {reason}", markup=False, highlight=False)
+        if cfg.workflows:  # their steps' tools are missing too: checking them now would only repeat this
+            err.print("  (workflow steps not checked until every backend connects)")
+        raise typer.Exit(1)
+    problems = unknown_tools(cfg.workflows, connected.tool_names) + unknown_pinned(cfg, connected.tool_names)
+    if problems:
+        err.print("[bold red]the config names tools the backends do not serve[/]:")
+        for problem in problems:
+            err.print(f"  {problem}", markup=False, highlight=False)
+        raise typer.Exit(2)
