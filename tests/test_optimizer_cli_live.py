@@ -24,7 +24,8 @@ from tests.support import Gateway, demo_backend, running_gateway, running_gatewa
 from tests.test_usage_gateway import COMPANION, call_ok, find_answer, usage_config, wait_for_vectors
 from vmcp_opt.cli_config import unknown_pinned
 from vmcp_opt.config import VmcpConfig
-from vmcp_opt.optimizer.usage import FileUsageHistory, UsageGraph
+from vmcp_opt.optimizer.usage import UsageGraph
+from vmcp_opt.optimizer.usage_files import FileUsageHistory
 from vmcp_opt.probe import connect_once
 
 CLEARED = "was cleared (vmcp index usage --clear)"

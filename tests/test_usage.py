@@ -18,11 +18,11 @@ from vmcp_opt.optimizer.metatools import OptimizerFront
 from vmcp_opt.optimizer.usage import (
     KEPT_ASIDE,
     MAX_TASK_TOOLS,
-    FileUsageHistory,
     UsageGraph,
     UsageRecorder,
     companion_scores,
 )
+from vmcp_opt.optimizer.usage_files import FileUsageHistory
 
 
 class Clock:

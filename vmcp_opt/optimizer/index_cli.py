@@ -30,7 +30,8 @@ from vmcp_opt.optimizer.jsonl_records import read_jsonl, record_tool
 from vmcp_opt.optimizer.listing import Listing, load_listing, save_listing
 from vmcp_opt.optimizer.model_registry import ModelError, model_problem
 from vmcp_opt.optimizer.tokens import saving, tools_list_tokens
-from vmcp_opt.optimizer.usage import FileUsageHistory, UsageGraph
+from vmcp_opt.optimizer.usage import UsageGraph
+from vmcp_opt.optimizer.usage_files import FileUsageHistory
 from vmcp_opt.optimizer.vector_store import VECTORS_FILE
 
 P = ParamSpec("P")

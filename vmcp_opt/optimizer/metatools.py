@@ -52,7 +52,8 @@ from vmcp_opt.optimizer.meta_tool_forms import (
 )
 from vmcp_opt.optimizer.tokens import AnswerTokens, ToolListTokens
 from vmcp_opt.optimizer.tool_records import meta_tools_tokens, provided_record
-from vmcp_opt.optimizer.usage import FileUsageHistory, UsageGraph, UsageHistory, UsageRecorder, usage_client
+from vmcp_opt.optimizer.usage import UsageGraph, UsageRecorder, usage_client
+from vmcp_opt.optimizer.usage_files import FileUsageHistory, UsageHistory
 from vmcp_opt.routing import GATEWAY_SOURCE, Exchange, ProvidedTool, ToolCall, UnknownTool
 from vmcp_opt.routing.budget import ThrottledLog
 

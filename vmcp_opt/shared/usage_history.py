@@ -76,7 +76,7 @@ class RedisUsageHistory:
 
     def _drop_if_cleared(self, graph: UsageGraph) -> None:
         """A clear since the last merge (a new marker): `graph` drops everything, learned before it or not yet
-        merged, as the file history does (optimizer/usage.py)."""
+        merged, as the file history does (optimizer/usage_files.py)."""
         cleared = cast(bytes | None, self.client.get(self.cleared_key))
         if not self._marker_read or cleared is None or cleared == self._cleared:
             return  # a marker gone with the rest (Redis restarted empty) is no clear
