@@ -1,7 +1,8 @@
 """The `workflows:` section of the config: composite tools, checked at load as far as the file alone allows.
 
-A leaf like `config.py` (which imports it): it imports nothing of the package. It lives beside `config.py`
-rather than inside it so that file stays readable; `vmcp config-docs` walks it as part of the same model.
+A leaf like `config.py` (which imports it): it imports nothing of the package but its own graph and template
+analysis (`workflow_graph.py`). It lives beside `config.py` rather than inside it so that file stays
+readable; `vmcp config-docs` walks it as part of the same model.
 
 What is refused here, each by its path (`workflows[0].steps[2].depends_on: unknown step 'fetch'`): unknown
 keys, duplicate names and step ids, unknown or cyclic `depends_on`, a template that does not parse or that
@@ -15,12 +16,9 @@ nothing expands there (`env_reference_warnings`).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any, Literal
 
-import jinja2
-import jinja2.nodes
-import jsonschema
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -32,6 +30,16 @@ from pydantic import (
     model_validator,
 )
 
+from vmcp_opt.config.workflow_graph import (
+    ancestors_of,
+    find_cycle,
+    find_cycles,
+    parameter_problems,
+    step_templates,
+    template_problems,
+    walk_strings,
+)
+
 WORKFLOW_NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
 STEP_ID_PATTERN = r"^[A-Za-z][A-Za-z0-9_]{0,63}$"
 # The meta-tools' names: a workflow may not take them.
@@ -40,7 +48,6 @@ RESERVED_NAMES = frozenset({"find_tool", "call_tool"})
 CALL_TOOL = "call_tool"
 # A `${VAR}` reference, as backend fields spell it (config/base.py): not expanded in workflows, so warned of.
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-_SYNTAX = jinja2.Environment()  # parsing only; templates run in the sandbox (vmcp_opt/workflows/templates.py)
 
 
 class _Strict(BaseModel):
@@ -238,7 +245,7 @@ def _structure_problems(
     parameters: dict[str, Any], steps: list[StepConfig | None], output: dict[str, Any] | None
 ) -> list[str]:
     """The workflow's own checks, by path relative to it; `None` stands for a step that could not be read."""
-    problems = _parameter_problems(parameters)
+    problems = parameter_problems(parameters)
     present = [(index, step) for index, step in enumerate(steps) if step is not None]
     ids = [step.id for _, step in present]
     problems += [f"steps: step ids must be unique, repeated: {i}" for i in sorted({i for i in ids if ids.count(i) > 1})]
@@ -248,15 +255,15 @@ def _structure_problems(
         where = f"steps[{index}]"
         problems += [f"{where}.{problem}" for problem in step.problems()]
         problems += [f"{where}.depends_on: unknown step '{d}'" for d in step.depends_on if d not in known]
-    cycle = _cycle(edges)
+    cycle = find_cycle(edges)
     if cycle:
         problems.append(f"steps: depends_on forms a cycle: {' -> '.join(cycle)}")
-    ancestors = _ancestors(edges)
+    ancestors = ancestors_of(edges)
     for index, step in present:
-        for place, source in _templates(step):
-            problems += _template_problems(f"steps[{index}].{place}", source, ancestors[step.id], known)
-    for place, source in _walk_strings(output or {}, "output"):
-        problems += _template_problems(place, source, known, known)
+        for place, source in step_templates(step):
+            problems += template_problems(f"steps[{index}].{place}", source, ancestors[step.id], known)
+    for place, source in walk_strings(output or {}, "output"):
+        problems += template_problems(place, source, known, known)
     return problems
 
 
@@ -267,7 +274,7 @@ def env_reference_warnings(workflows: Sequence[WorkflowConfig]) -> list[str]:
     warnings = []
     for workflow in workflows:
         for step in workflow.steps:
-            for place, source in _templates(step):
+            for place, source in step_templates(step):
                 for name in dict.fromkeys(_ENV_REFERENCE.findall(source)):
                     field = place.removeprefix("arguments.")
                     where = f"argument '{field}'" if field != place else f"field '{place}'"
@@ -315,7 +322,7 @@ def _across_workflows(workflows: list[tuple[str, StepCalls]]) -> list[str]:
     problems = repeated_workflow_names(names)
     known = set(names)
     calls = {name: sorted(_called(steps, known)) for name, steps in workflows}
-    for cycle in _cycles(calls):
+    for cycle in find_cycles(calls):
         index = names.index(cycle[0])
         problems.append(f"workflows[{index}]: workflows call each other in a cycle: {' -> '.join(cycle)}")
     return problems
@@ -335,148 +342,3 @@ def _called(steps: StepCalls, workflows: set[str]) -> set[str]:
 def repeated_workflow_names(names: list[str]) -> list[str]:
     repeated = sorted({n for n in names if names.count(n) > 1})
     return [f"workflows: names must be unique, repeated: {', '.join(repeated)}"] if repeated else []
-
-
-def _parameter_problems(schema: dict[str, Any]) -> list[str]:
-    if schema.get("type", "object") != "object":
-        return ["parameters.type: a tool's input schema must be of type 'object'"]
-    try:
-        jsonschema.validators.validator_for(schema, jsonschema.Draft202012Validator).check_schema(schema)
-    except jsonschema.SchemaError as exc:
-        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in exc.absolute_path)
-        return [f"parameters{where}: not a valid JSON Schema: {exc.message}"]
-    return []
-
-
-def _templates(step: StepConfig) -> Iterator[tuple[str, str]]:
-    yield from _walk_strings(step.arguments, "arguments")
-    if step.message is not None:
-        yield "message", step.message
-    if step.condition is not None:
-        yield "condition", step.condition
-    if step.over is not None:
-        yield "over", step.over
-
-
-def _walk_strings(value: Any, place: str) -> Iterator[tuple[str, str]]:
-    if isinstance(value, str):
-        yield place, value
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            yield from _walk_strings(item, f"{place}.{key}")
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            yield from _walk_strings(item, f"{place}[{index}]")
-
-
-def _template_problems(place: str, source: str, readable: set[str], known: set[str]) -> list[str]:
-    try:
-        tree = _SYNTAX.parse(source)
-    except jinja2.TemplateSyntaxError as exc:
-        return [f"{place}: template syntax error: {exc.message}"]
-    named, unnamed = _step_reads(tree)
-    problems = []
-    if unnamed and readable != known:  # the output reads every step, all finished: any way of reading is fine
-        problems.append(
-            f"{place}: reads {unnamed[0]}, which does not name a step; write steps.<id> or steps['<id>'] so "
-            "that the step can be checked against depends_on"
-        )
-    for step in named:
-        if step not in known:
-            problems.append(f"{place}: unknown step '{step}'")
-        elif step not in readable:
-            problems.append(
-                f"{place}: reads step '{step}', which is not in depends_on (directly or through another step)"
-            )
-    return problems
-
-
-_MAPPING_ATTRIBUTES = frozenset(dir(dict))  # `steps.get`: Jinja gives the dict's method, not a step "get"
-
-
-def _step_reads(tree: jinja2.nodes.Node) -> tuple[list[str], list[str]]:
-    """From a parsed template: the step ids it reads by name (`steps.a`, `steps['a']`, in order), and the
-    ways it reads `steps` without naming a step (`steps[x ~ y]`, `steps.get('a')`, `steps` itself)."""
-    named: list[str] = []
-    unnamed: list[str] = []
-
-    def visit(node: jinja2.nodes.Node, parent: jinja2.nodes.Node | None) -> None:
-        if isinstance(node, jinja2.nodes.Name) and node.name == "steps" and node.ctx == "load":
-            if isinstance(parent, jinja2.nodes.Getattr) and parent.attr not in _MAPPING_ATTRIBUTES:
-                named.append(parent.attr)
-            elif isinstance(parent, jinja2.nodes.Getitem) and parent.node is node and _constant_key(parent.arg):
-                named.append(parent.arg.value)  # type: ignore[attr-defined]
-            elif isinstance(parent, jinja2.nodes.Getattr):
-                unnamed.append(f"`steps.{parent.attr}`")
-            else:
-                unnamed.append("`steps[...]`" if isinstance(parent, jinja2.nodes.Getitem) else "`steps` as a whole")
-        for child in node.iter_child_nodes():
-            visit(child, node)
-
-    visit(tree, None)
-    return list(dict.fromkeys(named)), unnamed
-
-
-def _constant_key(node: jinja2.nodes.Node) -> bool:
-    return isinstance(node, jinja2.nodes.Const) and isinstance(node.value, str)
-
-
-def _cycles(edges: dict[str, list[str]]) -> list[list[str]]:
-    """Every cycle the depth-first search meets (one per edge back onto the path), each once."""
-    found: list[list[str]] = []
-    seen: set[frozenset[str]] = set()
-    done: set[str] = set()
-    for root in edges:
-        cycle = _cycle({k: v for k, v in edges.items() if k not in done}, root)
-        while cycle:
-            if frozenset(cycle) not in seen:
-                seen.add(frozenset(cycle))
-                found.append(cycle)
-            # Cut the edge that closed it and look again: the other cycles through these nodes remain.
-            edges = {**edges, cycle[-2]: [t for t in edges[cycle[-2]] if t != cycle[-1]]}
-            cycle = _cycle({k: v for k, v in edges.items() if k not in done}, root)
-        done.add(root)
-    return found
-
-
-def _cycle(edges: dict[str, list[str]], start: str | None = None) -> list[str]:
-    """One cycle of the graph as a path that ends where it starts, or [] (iterative depth-first search);
-    with `start`, one reachable from it."""
-    state: dict[str, int] = {}  # 1: on the current path, 2: done
-    for root in [start] if start is not None else edges:
-        if state.get(root):
-            continue
-        path: list[str] = []
-        stack: list[tuple[str, Iterator[str]]] = [(root, iter(edges.get(root, [])))]
-        state[root] = 1
-        path.append(root)
-        while stack:
-            node, children = stack[-1]
-            child = next(children, None)
-            if child is None:
-                stack.pop()
-                path.pop()
-                state[node] = 2
-            elif state.get(child) == 1:
-                return [*path[path.index(child) :], child]
-            elif not state.get(child):
-                state[child] = 1
-                path.append(child)
-                stack.append((child, iter(edges.get(child, []))))
-    return []
-
-
-def _ancestors(edges: dict[str, list[str]]) -> dict[str, set[str]]:
-    """Every step each step waits for, directly or through others (the graph is acyclic here)."""
-    found: dict[str, set[str]] = {}
-
-    def visit(node: str) -> set[str]:
-        if node not in found:
-            found[node] = set()
-            for parent in edges.get(node, []):
-                found[node] |= {parent, *visit(parent)}
-        return found[node]
-
-    for node in edges:
-        visit(node)
-    return found

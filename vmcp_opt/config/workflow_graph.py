@@ -1,0 +1,162 @@
+"""The graph and template analysis behind the workflow checks of config/workflows.py: a step's templates and
+the steps they read, `depends_on` cycles and ancestors, a parameter schema's validity. Pure functions over
+the parsed definitions; the models and the messages' paths stay in config/workflows.py."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import jinja2
+import jinja2.nodes
+import jsonschema
+
+if TYPE_CHECKING:
+    from vmcp_opt.config.workflows import StepConfig
+
+_SYNTAX = jinja2.Environment()  # parsing only; templates run in the sandbox (vmcp_opt/workflows/templates.py)
+
+
+def parameter_problems(schema: dict[str, Any]) -> list[str]:
+    if schema.get("type", "object") != "object":
+        return ["parameters.type: a tool's input schema must be of type 'object'"]
+    try:
+        jsonschema.validators.validator_for(schema, jsonschema.Draft202012Validator).check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in exc.absolute_path)
+        return [f"parameters{where}: not a valid JSON Schema: {exc.message}"]
+    return []
+
+
+def step_templates(step: StepConfig) -> Iterator[tuple[str, str]]:
+    yield from walk_strings(step.arguments, "arguments")
+    if step.message is not None:
+        yield "message", step.message
+    if step.condition is not None:
+        yield "condition", step.condition
+    if step.over is not None:
+        yield "over", step.over
+
+
+def walk_strings(value: Any, place: str) -> Iterator[tuple[str, str]]:
+    if isinstance(value, str):
+        yield place, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from walk_strings(item, f"{place}.{key}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from walk_strings(item, f"{place}[{index}]")
+
+
+def template_problems(place: str, source: str, readable: set[str], known: set[str]) -> list[str]:
+    try:
+        tree = _SYNTAX.parse(source)
+    except jinja2.TemplateSyntaxError as exc:
+        return [f"{place}: template syntax error: {exc.message}"]
+    named, unnamed = _step_reads(tree)
+    problems = []
+    if unnamed and readable != known:  # the output reads every step, all finished: any way of reading is fine
+        problems.append(
+            f"{place}: reads {unnamed[0]}, which does not name a step; write steps.<id> or steps['<id>'] so "
+            "that the step can be checked against depends_on"
+        )
+    for step in named:
+        if step not in known:
+            problems.append(f"{place}: unknown step '{step}'")
+        elif step not in readable:
+            problems.append(
+                f"{place}: reads step '{step}', which is not in depends_on (directly or through another step)"
+            )
+    return problems
+
+
+_MAPPING_ATTRIBUTES = frozenset(dir(dict))  # `steps.get`: Jinja gives the dict's method, not a step "get"
+
+
+def _step_reads(tree: jinja2.nodes.Node) -> tuple[list[str], list[str]]:
+    """From a parsed template: the step ids it reads by name (`steps.a`, `steps['a']`, in order), and the
+    ways it reads `steps` without naming a step (`steps[x ~ y]`, `steps.get('a')`, `steps` itself)."""
+    named: list[str] = []
+    unnamed: list[str] = []
+
+    def visit(node: jinja2.nodes.Node, parent: jinja2.nodes.Node | None) -> None:
+        if isinstance(node, jinja2.nodes.Name) and node.name == "steps" and node.ctx == "load":
+            if isinstance(parent, jinja2.nodes.Getattr) and parent.attr not in _MAPPING_ATTRIBUTES:
+                named.append(parent.attr)
+            elif isinstance(parent, jinja2.nodes.Getitem) and parent.node is node and _constant_key(parent.arg):
+                named.append(parent.arg.value)  # type: ignore[attr-defined]
+            elif isinstance(parent, jinja2.nodes.Getattr):
+                unnamed.append(f"`steps.{parent.attr}`")
+            else:
+                unnamed.append("`steps[...]`" if isinstance(parent, jinja2.nodes.Getitem) else "`steps` as a whole")
+        for child in node.iter_child_nodes():
+            visit(child, node)
+
+    visit(tree, None)
+    return list(dict.fromkeys(named)), unnamed
+
+
+def _constant_key(node: jinja2.nodes.Node) -> bool:
+    return isinstance(node, jinja2.nodes.Const) and isinstance(node.value, str)
+
+
+def find_cycles(edges: dict[str, list[str]]) -> list[list[str]]:
+    """Every cycle the depth-first search meets (one per edge back onto the path), each once."""
+    found: list[list[str]] = []
+    seen: set[frozenset[str]] = set()
+    done: set[str] = set()
+    for root in edges:
+        cycle = find_cycle({k: v for k, v in edges.items() if k not in done}, root)
+        while cycle:
+            if frozenset(cycle) not in seen:
+                seen.add(frozenset(cycle))
+                found.append(cycle)
+            # Cut the edge that closed it and look again: the other cycles through these nodes remain.
+            edges = {**edges, cycle[-2]: [t for t in edges[cycle[-2]] if t != cycle[-1]]}
+            cycle = find_cycle({k: v for k, v in edges.items() if k not in done}, root)
+        done.add(root)
+    return found
+
+
+def find_cycle(edges: dict[str, list[str]], start: str | None = None) -> list[str]:
+    """One cycle of the graph as a path that ends where it starts, or [] (iterative depth-first search);
+    with `start`, one reachable from it."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    for root in [start] if start is not None else edges:
+        if state.get(root):
+            continue
+        path: list[str] = []
+        stack: list[tuple[str, Iterator[str]]] = [(root, iter(edges.get(root, [])))]
+        state[root] = 1
+        path.append(root)
+        while stack:
+            node, children = stack[-1]
+            child = next(children, None)
+            if child is None:
+                stack.pop()
+                path.pop()
+                state[node] = 2
+            elif state.get(child) == 1:
+                return [*path[path.index(child) :], child]
+            elif not state.get(child):
+                state[child] = 1
+                path.append(child)
+                stack.append((child, iter(edges.get(child, []))))
+    return []
+
+
+def ancestors_of(edges: dict[str, list[str]]) -> dict[str, set[str]]:
+    """Every step each step waits for, directly or through others (the graph is acyclic here)."""
+    found: dict[str, set[str]] = {}
+
+    def visit(node: str) -> set[str]:
+        if node not in found:
+            found[node] = set()
+            for parent in edges.get(node, []):
+                found[node] |= {parent, *visit(parent)}
+        return found[node]
+
+    for node in edges:
+        visit(node)
+    return found
