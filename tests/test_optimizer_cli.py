@@ -146,6 +146,19 @@ def test_a_jsonl_file_that_is_missing_or_a_directory_is_one_line_naming_it(
         assert f"--from-jsonl: {path}: {reason}" in result.stderr.splitlines()
 
 
+@pytest.mark.parametrize("command", [("usage",), ("stats",), ("search", "notes", "--keyword")])
+def test_an_index_dir_that_is_a_file_is_one_line_naming_it(
+    setup: tuple[Path, Path], tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    """`usage` used to say "no usage history yet" of a file given as the index directory."""
+    config, _ = setup
+    a_file = tmp_path / "not-a-dir"
+    a_file.write_text("x")
+    result = vmcp_index(*command, "-c", str(config), "--index-dir", str(a_file))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.splitlines() == [f"--index-dir: {a_file} is a file, not a directory"]
+
+
 def test_a_record_without_a_required_field_names_the_field_and_the_line(setup: tuple[Path, Path]) -> None:
     config, tools = setup
     tools.write_text('{"name": "a", "backend": "b"}\n\n{"name": "c", "description": "no backend"}\n', encoding="utf-8")
@@ -186,7 +199,8 @@ def test_build_exits_non_zero_when_the_index_cannot_be_saved(setup: tuple[Path, 
     config, tools = setup
     (tmp_path / "afile").write_text("x")
     built = runner.invoke(
-        index_app, ["build", "-c", str(config), "--from-jsonl", str(tools), "--index-dir", str(tmp_path / "afile")]
+        index_app,  # a directory under a file: it cannot be made
+        ["build", "-c", str(config), "--from-jsonl", str(tools), "--index-dir", str(tmp_path / "afile" / "idx")],
     )
     assert built.exit_code == 2
     assert "cannot write the index" in built.output and "embedded" not in built.output

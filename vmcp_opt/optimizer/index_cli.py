@@ -371,6 +371,9 @@ def _config(path: Path | None) -> VmcpConfig:
 
 
 def _index_dir(settings: VmcpConfig, override: Path | None) -> Path:
+    if override is not None and override.exists() and not override.is_dir():
+        errors.print(f"--index-dir: {override} is a file, not a directory", markup=False, highlight=False)
+        raise typer.Exit(2)
     return override if override is not None else settings.index_dir()
 
 
