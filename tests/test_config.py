@@ -361,7 +361,7 @@ def test_a_bad_value_from_a_variable_or_a_flag_is_named_by_its_source_and_the_fi
     assert result.stderr.splitlines()[1:] == [
         "  server.port (from --port): Input should be less than or equal to 65535",
         "  optimizer.enabled (from VMCP_OPTIMIZER__ENABLED): Input should be a valid boolean, unable to interpret input",
-        "  optimizer.enabld (from VMCP_OPTIMIZER__ENABLD): unknown key (check the spelling; unknown keys are not allowed)",
+        "  optimizer.enabld (from VMCP_OPTIMIZER__ENABLD): unknown key (did you mean VMCP_OPTIMIZER__ENABLED?)",
         "  timeouts.call (from VMCP_TIMEOUTS__CALL): Input should be greater than 0",
     ]
     file_only = vmcp_with_env({}, "validate", "-c", str(path))

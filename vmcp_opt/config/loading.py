@@ -8,9 +8,10 @@ import functools
 import json
 import os
 import re
+import types
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, get_origin
+from typing import Annotated, Any, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -127,6 +128,11 @@ def _read_file(path: Path) -> dict[str, Any]:
     return data
 
 
+def raw_config(path: Path) -> dict[str, Any]:
+    """The file as loading reads it (parsed, nothing checked): `ConfigError` when it cannot be read."""
+    return _read_file(path)
+
+
 def _parse_json(path: Path, text: str) -> tuple[Any, list[str]]:
     """The document, and a line for each key written twice in one object (json keeps the last silently)."""
     repeated: list[str] = []
@@ -213,7 +219,7 @@ def _describe(exc: ValidationError, source: SourceNamer | None = None) -> list[s
         if error["type"] == "value_error":  # our validators' own reasons: `path: reason`, like every other line
             message = message.removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
-            message = "unknown key (check the spelling; unknown keys are not allowed)"
+            message = _unknown_key(tuple(error["loc"]), source)
         if error["type"] == "string_type":
             message += _unquoted(error.get("input"))
         if not location:  # the document's own cross-checks: already `path: reason`, one per line
@@ -226,6 +232,57 @@ def _describe(exc: ValidationError, source: SourceNamer | None = None) -> list[s
             continue
         problems.append(f"{_placed(error['loc'], source)}: {message}")
     return problems
+
+
+def _unknown_key(loc: Location, source: SourceNamer | None) -> str:
+    """The key meant, when the model at that place has one spelt closely (`comand`: `command`); spelt as the
+    variable to set when the key came from its own `VMCP_` variable."""
+    key = str(loc[-1])
+    close = difflib.get_close_matches(key, _keys_at(loc[:-1]), n=1, cutoff=0.75)
+    if not close:
+        return _UNKNOWN_KEY
+    origin = source(loc) if source is not None else None
+    if origin and origin.upper().endswith("__" + key.upper()):  # not a section's JSON, which holds the key
+        return f"unknown key (did you mean {origin[: -len(key)]}{close[0].upper()}?)"
+    return f"unknown key (did you mean {close[0]!r}?)"
+
+
+_UNKNOWN_KEY = "unknown key (check the spelling; unknown keys are not allowed)"
+
+
+def _keys_at(loc: Location) -> list[str]:
+    """The keys the models at `loc` accept, found by following `VmcpConfig`'s field types along it; a part
+    that names no field (a union's tag, a validator's marker) is passed over."""
+    found: list[Any] = [VmcpConfig]
+    for part in loc:
+        found = [t for tp in found for t in _unwrapped(tp)]
+        if isinstance(part, int):
+            found = [get_args(t)[0] for t in found if get_origin(t) in (list, tuple) and get_args(t)]
+            continue
+        step = [_field_type(t, part) for t in found]
+        if any(t is not None for t in step):
+            found = [t for t in step if t is not None]
+    models = [t for tp in found for t in _unwrapped(tp) if isinstance(t, type) and issubclass(t, BaseModel)]
+    return [name for model in models for name in model.model_fields]
+
+
+def _field_type(tp: Any, key: str) -> Any:
+    """The type at `key` inside `tp`: a model's field or a mapping's value; None if `tp` has no such key."""
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        field = tp.model_fields.get(key)
+        return field.annotation if field is not None else None
+    if get_origin(tp) is dict and len(get_args(tp)) == 2:
+        return get_args(tp)[1]
+    return None
+
+
+def _unwrapped(tp: Any) -> list[Any]:
+    """The members of `X | None` and other unions, `Annotated` stripped; any other type alone."""
+    if get_origin(tp) is Annotated:
+        return _unwrapped(get_args(tp)[0])
+    if get_origin(tp) in (Union, types.UnionType):
+        return [t for arg in get_args(tp) for t in _unwrapped(arg) if t is not type(None)]
+    return [tp]
 
 
 def _unquoted(value: Any) -> str:

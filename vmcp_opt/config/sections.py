@@ -94,6 +94,18 @@ class BackendConfig(_Strict):
     def referenced_values(self) -> set[str]:
         return set(self._referenced)
 
+    @field_validator("name", mode="before")
+    @classmethod
+    def _name_in_words(cls, value: Any) -> Any:
+        # Before the pattern's own check, whose message is the bare regex: a text that does not match it is
+        # refused in words. Other types are left to the `str` check.
+        if isinstance(value, str) and not re.fullmatch(BACKEND_NAME_PATTERN, value):
+            raise ValueError(
+                f"{value!r} is not a backend name: one is 1 to 48 ASCII letters, digits, '_' or '-', starting "
+                "with a letter or digit (by default it prefixes its tools' and prompts' names)"
+            )
+        return value
+
     @field_validator("name")
     @classmethod
     def _not_reserved(cls, value: str) -> str:
