@@ -115,7 +115,8 @@ def test_entries_of_the_wrong_shape_refuse_the_file_naming_each_server_and_field
 
     served = vmcp("serve", "-c", str(config), "--port", str(free_port()), "--log-format", "json")
     assert served.returncode == 2
-    assert problem_lines(served) == expected, served.stderr
+    [record] = [json.loads(line) for line in served.stderr.splitlines() if line.strip()]  # JSON, as asked
+    assert record["problems"] == expected, served.stderr
     assert "Traceback" not in served.stderr
     assert not started.exists()  # the whole file is refused: nothing starts half-configured
 

@@ -32,7 +32,7 @@ import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import anyio
 import typer
@@ -41,7 +41,7 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from vmcp_opt import __version__, logs
-from vmcp_opt.cli_config import command_overrides, exit_invalid, load_or_exit
+from vmcp_opt.cli_config import command_overrides, exit_invalid, fatal, json_logs_requested, load_or_exit
 from vmcp_opt.config import DEFAULT_CONFIG_PATH, PROJECT_ROOT, VmcpConfig
 from vmcp_opt.console import OutputConsole, PlainFlagsGroup
 
@@ -159,24 +159,30 @@ def serve(
     )
     if stdio:
         overrides.setdefault("server", {})["transport"] = "stdio"
-    cfg = load_or_exit(config, overrides)
+    # Asked for JSON, a log shipper must get JSON even when the config is too bad to say so itself.
+    cfg = load_or_exit(config, overrides, json_logs=json_logs_requested(config, log_format))
     cfg.server.allowed_hosts = [*cfg.server.allowed_hosts, *(allow_host or [])]
     setup_logging(cfg.server.log_level, cfg.server.log_format)
     if cfg.server.transport == "streamable-http":
-        _exit_if_port_taken(cfg.server.host, cfg.server.port)
+        _exit_if_port_taken(cfg.server.host, cfg.server.port, json_logs=cfg.server.log_format == "json")
     from vmcp_opt.server.runner import run_gateway
 
     sys.exit(run_gateway(cfg, announce=functools.partial(_announce, config_path=config)))
 
 
-def _exit_if_port_taken(host: str, port: int) -> None:
+def _exit_if_port_taken(host: str, port: int, json_logs: bool = False) -> None:
     """Fail in a second, before any backend starts, when the listen address cannot be bound (with port 0 too:
-    the address may not be this machine's)."""
+    the address may not be this machine's); under `json_logs` as one JSON error record."""
+
+    def cannot_listen(code: int, reason: str, setting: str) -> NoReturn:
+        plain = f"cannot listen on {host}:{port}: {reason}"
+        markup = f"[bold red]cannot listen[/] on {host}:{port}: {reason}"
+        fatal(code, markup, plain, json_logs, host=host, port=port, setting=setting)
+
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
-        err.print(f"[bold red]cannot listen[/] on {host}:{port}: {exc.strerror} (server.host)", highlight=False)
-        raise typer.Exit(1) from None
+        cannot_listen(1, f"{exc.strerror} (server.host)", "server.host")
     family, kind, proto, _, address = infos[0]
     with socket.socket(family, kind, proto) as probe:
         # As uvicorn binds: a socket in TIME_WAIT is no clash. Not on Windows, where the flag would let this
@@ -187,19 +193,14 @@ def _exit_if_port_taken(host: str, port: int) -> None:
             probe.bind(address)
         except OSError as exc:
             if exc.errno == errno.EADDRNOTAVAIL:  # the address, not the port: a config error
-                err.print(
-                    f"[bold red]cannot listen[/] on {host}:{port}: {host} is not an address of this machine; "
+                cannot_listen(
+                    2,
+                    f"{host} is not an address of this machine; "
                     "choose one of its own with --host (server.host), or 0.0.0.0 for every interface",
-                    highlight=False,
+                    "server.host",
                 )
-                raise typer.Exit(2) from None
             reason = "the port is already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
-            err.print(
-                f"[bold red]cannot listen[/] on {host}:{port}: {reason}; "
-                "stop what holds it or choose another with --port (server.port)",
-                highlight=False,
-            )
-            raise typer.Exit(1) from None
+            cannot_listen(1, f"{reason}; stop what holds it or choose another with --port (server.port)", "server.port")
 
 
 def _announce(cfg: VmcpConfig, port: int, config_path: Path | None = None) -> None:
@@ -248,6 +249,7 @@ def validate(
 ) -> None:
     """Check a config file; print every bad field by its path and exit non-zero."""
     cfg = load_or_exit(config)
+    logs.release_held()  # what loading warned about (discovery's skipped entries), before the verdict
     from vmcp_opt.auth_cli import auth_problems
     from vmcp_opt.cli_validate import check_connections, launch_warnings
     from vmcp_opt.config.workflows import env_reference_warnings

@@ -4,20 +4,25 @@ loaded once, every problem printed by where it came from (`server.port (from --p
 from __future__ import annotations
 
 import difflib
+import logging
+import os
 from collections.abc import Collection
 from pathlib import Path
 from typing import Any, NoReturn
 
 import typer
 
+from vmcp_opt import logs
 from vmcp_opt.config import DEFAULT_CONFIG_PATH, ConfigError, VmcpConfig, load_config
 from vmcp_opt.console import OutputConsole
 
 err = OutputConsole(stderr=True)
+logger = logging.getLogger("vmcp_opt.cli")
 
 
-def load_or_exit(path: Path | None, overrides: dict[str, Any] | None = None) -> VmcpConfig:
-    """Load the config; on a bad one, print every problem as `field.path: reason` and exit 2."""
+def load_or_exit(path: Path | None, overrides: dict[str, Any] | None = None, json_logs: bool = False) -> VmcpConfig:
+    """Load the config; on a bad one, print every problem as `field.path: reason` and exit 2 (as one JSON log
+    record with `json_logs`)."""
     from vmcp_opt.backends.discovery import read_client_config
     from vmcp_opt.optimizer.model_registry import model_problem
 
@@ -25,15 +30,50 @@ def load_or_exit(path: Path | None, overrides: dict[str, Any] | None = None) -> 
     try:
         return load_config(path, overrides, discover=read_client_config, check_model=model_problem, flags=flags)
     except ConfigError as exc:
-        exit_invalid(path, exc.problems)
+        exit_invalid(path, exc.problems, json_logs)
 
 
-def exit_invalid(path: Path | None, problems: list[str]) -> NoReturn:
-    """Every problem of the config at `path`, one `field.path: reason` line each; exit 2."""
+def exit_invalid(path: Path | None, problems: list[str], json_logs: bool = False) -> NoReturn:
+    """Every problem of the config at `path`, one `field.path: reason` line each; exit 2.
+
+    With `json_logs`, one error record whose `problems` lists them: one failed start is one event for a log
+    pipeline (one alert, one count), its problems kept together rather than interleaved with other lines."""
+    if json_logs:
+        where = str(path or DEFAULT_CONFIG_PATH)
+        summary = "; ".join(problems)
+        logs.log_fatal(logger, "invalid configuration (%s): %s", where, summary, config=where, problems=problems)
+        raise typer.Exit(2)
     err.print(f"[bold red]invalid configuration[/] ({path or DEFAULT_CONFIG_PATH}):")
     for problem in problems:
         err.print(f"  {problem}", markup=False, highlight=False)
     raise typer.Exit(2)
+
+
+def fatal(code: int, markup: str, plain: str, json_logs: bool, **fields: Any) -> NoReturn:
+    """End a command on an error found before it could start: `markup` on stderr, or under `json_logs` one
+    JSON error record (`plain` as its message, `fields` beside it); exit `code` either way."""
+    if json_logs:
+        logs.log_fatal(logger, "%s", plain, **fields)
+    else:
+        err.print(markup, highlight=False)
+    raise typer.Exit(code)
+
+
+def json_logs_requested(path: Path | None, flag: str | None) -> bool:
+    """Whether `serve` was asked for JSON logs, by the source that wins as loading merges them (the flag, the
+    environment, the file), before the config is known valid: its errors are then JSON lines too."""
+    if flag is not None:
+        return flag == "json"
+    env = [value for name, value in os.environ.items() if name.lower() == "vmcp_server__log_format"]
+    if env:
+        return env[-1] == "json"
+    from vmcp_opt.config.loading import raw_config  # the file as loading reads it, whatever else is wrong
+
+    try:
+        server = raw_config(path or DEFAULT_CONFIG_PATH).get("server")
+    except ConfigError:
+        return False
+    return isinstance(server, dict) and server.get("log_format") == "json"
 
 
 def unknown_pinned(cfg: VmcpConfig, served: Collection[str]) -> list[str]:

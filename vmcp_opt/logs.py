@@ -73,6 +73,13 @@ def log_once_configured(logger: logging.Logger, level: int, message: str, *args:
     _held.append(logger.makeRecord(logger.name, level, "(held)", 0, message, args, None))
 
 
+def release_held() -> None:
+    """Write the held records now, through the root handler or, with none, as Python's last-resort handler
+    does: a command that never configures logging (`vmcp validate`) shows them before its own output, not at
+    exit after it."""
+    _release_held()
+
+
 def _release_held() -> None:
     held, _held[:] = list(_held), []
     for record in held:
@@ -139,6 +146,15 @@ def handler_for(log_format: LogFormat, stream: TextIO | None = None) -> logging.
     handler = logging.StreamHandler(stream)
     handler.setFormatter(logging.Formatter(PLAIN_FORMAT, PLAIN_DATE_FORMAT))
     return handler
+
+
+def log_fatal(logger: logging.Logger, message: str, *args: object, **fields: Any) -> None:
+    """Log a start-up error that ends the command, under `--log-format json`, as one JSON record on stderr,
+    configuring the json handler first when nothing has configured logging yet (the error came before the
+    config chose a level): a log shipper reading the output gets JSON, the held records included."""
+    if not logging.getLogger().handlers:
+        configure("warning", "json")
+    logger.error(message, *args, extra=fields)
 
 
 def configure(level: str = "info", log_format: LogFormat = "auto", stream: TextIO | None = None) -> None:
