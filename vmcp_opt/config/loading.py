@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import difflib
 import functools
-import json
 import os
 import re
 import types
@@ -13,7 +12,6 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Union, get_args, get_origin
 
-import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic_settings import EnvSettingsSource, SettingsError
 
@@ -24,6 +22,7 @@ from vmcp_opt.config.base import (
     ConfigError,
 )
 from vmcp_opt.config.document import VmcpConfig, _duplicate_names, _file_data
+from vmcp_opt.config.file_parsing import parse_json, parse_yaml
 from vmcp_opt.config.sections import (
     BackendConfig,
 )
@@ -118,7 +117,7 @@ def _read_file(path: Path) -> dict[str, Any]:
         raise ConfigError([f"{path}: cannot read: not UTF-8 text ({where}); save it as UTF-8"]) from None
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
-    data, repeated = _parse_json(path, text) if path.suffix == ".json" else _parse_yaml(path, text)
+    data, repeated = parse_json(path, text) if path.suffix == ".json" else parse_yaml(path, text)
     if repeated:
         raise ConfigError([f"{path}: {problem}" for problem in repeated])
     if data is None:
@@ -131,84 +130,6 @@ def _read_file(path: Path) -> dict[str, Any]:
 def raw_config(path: Path) -> dict[str, Any]:
     """The file as loading reads it (parsed, nothing checked): `ConfigError` when it cannot be read."""
     return _read_file(path)
-
-
-def _parse_json(path: Path, text: str) -> tuple[Any, list[str]]:
-    """The document, and a line for each key written twice in one object (json keeps the last silently)."""
-    repeated: list[str] = []
-
-    def unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        keys = [key for key, _ in pairs]
-        repeated.extend(
-            f"key {key!r} is set twice in one object; JSON keeps only the last, so merge the two"
-            for key in dict.fromkeys(key for key in keys if keys.count(key) > 1)
-        )
-        return dict(pairs)
-
-    try:
-        return json.loads(text, object_pairs_hook=unique), repeated
-    except json.JSONDecodeError as exc:
-        raise ConfigError([f"{path}: not valid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"]) from None
-
-
-class _StrictYamlLoader(yaml.SafeLoader):
-    """`yaml.safe_load`, noting each key written twice in one mapping: YAML keeps only the last, so a second
-    `backends:` pasted below the first would otherwise drop every backend of the first without a word."""
-
-    def __init__(self, stream: str) -> None:
-        super().__init__(stream)
-        self.repeated: list[str] = []
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        first_line: dict[Any, int] = {}
-        for key_node, _ in node.value:
-            # `<<` merges are meant to be overridden by the mapping's own keys; only plain keys are compared.
-            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
-                continue
-            key, line = self.construct_object(key_node), key_node.start_mark.line + 1
-            if key in first_line:
-                self.repeated.append(
-                    f"line {line}: key {key!r} is already set on line {first_line[key]} of the same mapping; "
-                    "YAML keeps only the last, so merge the two"
-                )
-            first_line.setdefault(key, line)
-        return super().construct_mapping(node, deep=deep)
-
-
-def _parse_yaml(path: Path, text: str) -> tuple[Any, list[str]]:
-    """The document, and a line for each key written twice in one mapping."""
-    loader = _StrictYamlLoader(text)
-    try:
-        return loader.get_single_data(), loader.repeated
-    except yaml.YAMLError as exc:
-        raise ConfigError([f"{path}: {_yaml_problem(exc)}"]) from None
-    finally:
-        loader.dispose()
-
-
-# Likely causes of PyYAML's most common complaints, in a newcomer's words.
-_YAML_HINTS = (
-    ("'\\t'", "a tab: YAML indents with spaces only"),
-    (
-        "mapping values are not allowed",
-        "a line indented deeper than the key above it, or a value with ': ' in it to quote",
-    ),
-    ("expected <block end>", "an indentation that matches no level above it: the keys of one mapping line up"),
-    ("could not find expected ':'", "a `key: value` line without its colon, or a quote left open"),
-)
-
-
-def _yaml_problem(exc: yaml.YAMLError) -> str:
-    """One line: where (1-based, as editors count), what, and the likely cause; not PyYAML's several lines
-    naming `<unicode string>`."""
-    if not isinstance(exc, yaml.MarkedYAMLError) or exc.problem_mark is None:
-        return f"not valid YAML: {' '.join(str(exc).split())}"
-    mark = exc.problem_mark
-    text = f"not valid YAML at line {mark.line + 1}, column {mark.column + 1}: {exc.problem}"
-    if exc.context and exc.context_mark is not None and exc.context_mark.line != mark.line:
-        text += f" ({exc.context} started at line {exc.context_mark.line + 1})"
-    hints = [hint for marker, hint in _YAML_HINTS if marker in (exc.problem or "")]
-    return text + (f" (likely {hints[0]})" if hints else "")
 
 
 def _describe(exc: ValidationError, source: SourceNamer | None = None) -> list[str]:
