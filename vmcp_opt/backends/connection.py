@@ -15,6 +15,10 @@ A lost session (the stdio process died, the stream closed, or the health checker
 through `reconnect`) is re-established with exponential backoff and jitter (`failure.restart`);
 a stdio backend's process is started again. `on_change` also runs when the backend leaves or
 rejoins service, so the catalogue follows it.
+
+Past ~450 lines on purpose: connecting, re-fetching on change and sending requests all read and write the
+one session, its state and its wake-up events; split into modules, each part would reach into the others'
+attributes.
 """
 
 from __future__ import annotations

@@ -54,6 +54,7 @@ from vmcp_opt.config.limits import (
     ToolBucketConfig,
 )
 from vmcp_opt.config.loading import load_config
+from vmcp_opt.config.optimizer import OptimizerConfig
 from vmcp_opt.config.sections import (
     AggregationConfig,
     BackendConfig,
@@ -62,7 +63,6 @@ from vmcp_opt.config.sections import (
     DiscoveryConfig,
     FailureConfig,
     HealthConfig,
-    OptimizerConfig,
     RestartConfig,
     ServerConfig,
     TimeoutsConfig,

@@ -26,13 +26,13 @@ from vmcp_opt.config.limits import (
     RequestStateConfig,
     SessionsConfig,
 )
+from vmcp_opt.config.optimizer import OptimizerConfig
 from vmcp_opt.config.sections import (
     AggregationConfig,
     BackendConfig,
     DiscoveryConfig,
     FailureConfig,
     HealthConfig,
-    OptimizerConfig,
     ServerConfig,
     TimeoutsConfig,
     directory_problems,

@@ -1,0 +1,88 @@
+"""What `vmcp serve` does around its listener: the address checked before any backend starts, and the banner
+once it listens (the URL, how to try it, a Claude Desktop snippet; one JSON record under `--log-format json`)."""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import socket
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+from vmcp_opt.cli_config import fatal
+from vmcp_opt.config import PROJECT_ROOT, VmcpConfig
+from vmcp_opt.console import OutputConsole
+
+out = OutputConsole()
+logger = logging.getLogger("vmcp_opt.cli")  # the banner's record keeps the logger it always had
+
+
+def exit_if_port_taken(host: str, port: int, json_logs: bool = False) -> None:
+    """Fail in a second, before any backend starts, when the listen address cannot be bound (with port 0 too:
+    the address may not be this machine's); under `json_logs` as one JSON error record."""
+
+    def cannot_listen(code: int, reason: str, setting: str) -> NoReturn:
+        plain = f"cannot listen on {host}:{port}: {reason}"
+        markup = f"[bold red]cannot listen[/] on {host}:{port}: {reason}"
+        fatal(code, markup, plain, json_logs, host=host, port=port, setting=setting)
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        cannot_listen(1, f"{exc.strerror} (server.host)", "server.host")
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        # As uvicorn binds: a socket in TIME_WAIT is no clash. Not on Windows, where the flag would let this
+        # probe bind over a live listener and miss the clash.
+        if sys.platform != "win32":
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRNOTAVAIL:  # the address, not the port: a config error
+                cannot_listen(
+                    2,
+                    f"{host} is not an address of this machine; "
+                    "choose one of its own with --host (server.host), or 0.0.0.0 for every interface",
+                    "server.host",
+                )
+            reason = "the port is already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+            cannot_listen(1, f"{reason}; stop what holds it or choose another with --port (server.port)", "server.port")
+
+
+def announce(cfg: VmcpConfig, port: int, config_path: Path | None = None) -> None:
+    """The banner, once listening: `port` is the bound one (with `--port 0`, the one the OS chose). Under
+    `--log-format json` it is one log record (on stderr, like every other line), so that a log shipper reading
+    the gateway's output gets nothing but JSON; otherwise the human banner on stdout."""
+    url = f"http://{cfg.server.host}:{port}{cfg.server.path}"
+    mode = "optimizer on: tools/list shows find_tool and call_tool" if cfg.optimizer.enabled else "optimizer off"
+    health, readiness = url.replace(cfg.server.path, "/healthz"), url.replace(cfg.server.path, "/readyz")
+    local = PROJECT_ROOT / "node_modules" / ".bin" / "mcp-inspector"
+    inspector = str(local) if local.exists() else "npx @modelcontextprotocol/inspector@0.15.0"
+    try_it = f"{inspector} --cli {url} --transport http --method tools/list"
+    # The config in use, so that the client runs this setup rather than the bundled demo.
+    args = ["serve", "--stdio", *(["-c", str(config_path.resolve())] if config_path is not None else [])]
+    snippet = {"mcpServers": {"vmcp": {"command": str(Path(sys.executable).parent / "vmcp"), "args": args}}}
+    if cfg.server.log_format == "json":
+        logger.info(
+            "vmcp-opt serving MCP at %s (%s)",
+            url,
+            mode,
+            extra={
+                "url": url,
+                "optimizer": cfg.optimizer.enabled,
+                "health_url": health,
+                "readiness_url": readiness,
+                "try_it": try_it,
+                "claude_desktop_config": snippet,
+            },
+        )
+        return
+    out.print(f"\n[bold green]vmcp-opt[/] serving MCP at [bold]{url}[/] ({mode})")
+    out.print(f"  health: {health}   readiness: {readiness}")
+    out.print(f"  try it:  {try_it}", markup=False, highlight=False)
+    out.print("  Claude Desktop (claude_desktop_config.json):")
+    out.print("  " + json.dumps(snippet), markup=False, highlight=False)
+    out.print("  Ctrl-C stops the gateway and its backends.\n")
