@@ -69,7 +69,7 @@ def log_once_configured(logger: logging.Logger, level: int, message: str, *args:
         logger.log(level, message, *args)
         return
     if not _held:
-        atexit.register(_release_held)
+        atexit.register(release_held)
     _held.append(logger.makeRecord(logger.name, level, "(held)", 0, message, args, None))
 
 
@@ -77,10 +77,6 @@ def release_held() -> None:
     """Write the held records now, through the root handler or, with none, as Python's last-resort handler
     does: a command that never configures logging (`vmcp validate`) shows them before its own output, not at
     exit after it."""
-    _release_held()
-
-
-def _release_held() -> None:
     held, _held[:] = list(_held), []
     for record in held:
         if logging.getLogger().handlers:
@@ -164,6 +160,6 @@ def configure(level: str = "info", log_format: LogFormat = "auto", stream: TextI
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
     for noisy in NOISY_LIBRARIES:
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    _release_held()
+    release_held()
     if not (stream or sys.stderr).isatty():
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # read when huggingface_hub is imported
