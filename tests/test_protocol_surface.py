@@ -64,10 +64,11 @@ async def test_a_template_two_backends_serve_is_listed_once(gateway: Gateway, mo
 
 async def test_listen_does_not_promise_resource_updates_it_cannot_deliver(gateway: Gateway) -> None:
     async with Client(gateway.url, mode="2026-07-28") as client:
-        wanted = ["demo://resource/dynamic/text/1"]
+        wanted = ["demo://resource/dynamic/text/1", "nowhere://x"]
         async with client.listen(tools_list_changed=True, resource_subscriptions=wanted) as listening:
             assert listening.honored.tools_list_changed is True
-            assert not listening.honored.resource_subscriptions
+            # Served by a backend that takes subscriptions: promised; a URI no backend serves: not.
+            assert listening.honored.resource_subscriptions == ["demo://resource/dynamic/text/1"]
 
 
 async def test_subscribing_where_the_backend_offers_no_subscriptions_says_so(gateway: Gateway) -> None:

@@ -3,7 +3,6 @@ loaded once, every problem printed by where it came from (`server.port (from --p
 
 from __future__ import annotations
 
-import difflib
 import logging
 import os
 from collections.abc import Collection
@@ -14,6 +13,7 @@ import typer
 
 from vmcp_opt import logs
 from vmcp_opt.config import DEFAULT_CONFIG_PATH, ConfigError, VmcpConfig, load_config
+from vmcp_opt.config.suggestions import closest
 from vmcp_opt.console import OutputConsole
 
 err = OutputConsole(stderr=True)
@@ -94,9 +94,7 @@ def unknown_pinned(cfg: VmcpConfig, served: Collection[str]) -> list[str]:
 def _closest(name: str, known: Collection[str], most: int = 3) -> list[str]:
     """The served names most like `name`, best first: those near the best one only, since the names of one
     backend share its prefix and would otherwise all look close (`notes_save_nte`: not `notes_search_notes`)."""
-    scored = sorted((-difflib.SequenceMatcher(None, name, other).ratio(), other) for other in known)
-    best = -scored[0][0] if scored else 0.0
-    return [other for minus, other in scored[:most] if -minus >= max(0.6, best - 0.1)]
+    return closest(name, known, cutoff=0.6, most=most)
 
 
 # The flags `serve` turns into overrides, by setting: a bad value is reported by its flag.

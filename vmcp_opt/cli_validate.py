@@ -75,8 +75,38 @@ def _check_redis(cfg: VmcpConfig) -> None:
         raise typer.Exit(1)
 
 
+def _check_replicas(cfg: VmcpConfig) -> None:
+    """`validate --connect` with `sessions.store: redis`: the running replicas whose catalogue settings differ
+    from this config's (shared/replica_shapes.py), as a warning: a config validated before a rolling update
+    differs from the running replicas on purpose, and they would disagree only until the update is done."""
+    if cfg.sessions.store != "redis":
+        return
+    import redis
+
+    from vmcp_opt.shared.redis_client import redis_sync_client
+    from vmcp_opt.shared.replica_shapes import differences_from_running
+
+    client = redis_sync_client(cfg)
+    try:
+        differing = differences_from_running(cfg, client)
+    except (redis.RedisError, OSError) as exc:
+        err.print(f"[yellow]warning[/]: running replicas not compared: {exc}", highlight=False)
+        return
+    finally:
+        client.close()
+    if not differing:
+        return
+    err.print(
+        f"[yellow]warning[/]: running replicas (redis.key_prefix {cfg.redis.key_prefix!r}) serve another catalogue "
+        "than this config; sessions move between replicas, so clients would see tools appear and vanish:",
+        highlight=False,
+    )
+    for replica, said in differing.items():
+        err.print(f"  replica {replica}: {'; '.join(said)}", markup=False, highlight=False)
+
+
 def check_connections(cfg: VmcpConfig) -> None:
-    """`validate --connect`: Redis, if the config uses it, and each backend connected once (exit 1 naming what
+    """`validate --connect`: Redis, if the config uses it (and the running replicas' catalogues), and each backend connected once (exit 1 naming what
     failed, as `vmcp backends` does), then the workflow steps and pinned names checked against the tools
     served (exit 2 naming the unknown ones)."""
     from vmcp_opt.probe import connect_once
@@ -84,6 +114,7 @@ def check_connections(cfg: VmcpConfig) -> None:
 
     logs.configure("error")
     _check_redis(cfg)
+    _check_replicas(cfg)
     connected = anyio.run(connect_once, cfg)
     if connected.failed:
         err.print(f"[bold red]backends that did not connect[/] ({len(connected.failed)} of {len(cfg.backends)}):")

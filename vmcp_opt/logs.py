@@ -15,6 +15,9 @@ when stderr is not a terminal.
 The config names the format, so it is read before logging is configured; what reading it warns about
 (discovered mode's skipped entries) is logged with `log_once_configured`, held until `configure` and then
 written in the format the config chose, not in Python's bare last-resort one.
+
+What others can make the gateway log is bounded over time: `LineBudget` (lines per source and in total, the
+drops counted for one summary line per interval) and `ThrottledLog` (one line per key and interval).
 """
 
 from __future__ import annotations
@@ -22,8 +25,13 @@ from __future__ import annotations
 import atexit
 import json
 import logging
+import math
 import os
 import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, TextIO
 
@@ -163,3 +171,112 @@ def configure(level: str = "info", log_format: LogFormat = "auto", stream: TextI
     release_held()
     if not (stream or sys.stderr).isatty():
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # read when huggingface_hub is imported
+
+
+@dataclass
+class _Bucket:
+    """A token bucket: `burst` tokens at most, refilled at `rate` a second."""
+
+    burst: float
+    rate: float
+    tokens: float
+    at: float
+
+    def take(self, now: float) -> bool:
+        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+
+class LineBudget:
+    """Which lines from untrusted sources (backends) are logged: each source may log `burst` lines at once, then
+    `rate` a second, and all sources together `total_burst`, then `total_rate` a second. A source that writes
+    without pause costs `rate` lines a second, not its own pace; a short burst (a crash's traceback) shows whole.
+
+    Refused lines are counted per source; `summary` hands the counts out at most once per `interval` (the first
+    `delay` after the first refusal: a count, not a line per refusal), `take_dropped` one source's at its end.
+    Its state lives as long as the budget, across a source's restarts: a crash loop does not renew the burst."""
+
+    def __init__(
+        self,
+        *,
+        burst: float,
+        rate: float,
+        total_burst: float,
+        total_rate: float,
+        interval: float = 60.0,
+        delay: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.burst, self.rate, self.interval, self.delay, self.clock = burst, rate, interval, delay, clock
+        self._total = _Bucket(total_burst, total_rate, total_burst, clock())
+        self._sources: dict[str, _Bucket] = {}
+        self._dropped: Counter[str] = Counter()
+        self._first_drop: float | None = None
+        self._last_summary = -math.inf
+
+    def allow(self, source: str) -> bool:
+        """Whether a line from `source` may be logged now; if not, it is counted as dropped."""
+        now = self.clock()
+        bucket = self._sources.get(source)
+        if bucket is None:
+            bucket = self._sources[source] = _Bucket(self.burst, self.rate, self.burst, now)
+        if bucket.take(now):
+            if self._total.take(now):
+                return True
+            bucket.tokens += 1  # refused by the total: the source's own budget is not spent
+        self.drop(source)
+        return False
+
+    def drop(self, source: str) -> None:
+        """Count a line from `source` that was not logged (refused here, or by the caller's own limit)."""
+        self._dropped[source] += 1
+        if self._first_drop is None:
+            self._first_drop = self.clock()
+
+    def pending(self, source: str) -> bool:
+        return self._dropped[source] > 0
+
+    def summary(self) -> dict[str, int] | None:
+        """The dropped lines per source since the last summary, when one is due; None otherwise."""
+        now = self.clock()
+        if self._first_drop is None or now - self._first_drop < self.delay or now - self._last_summary < self.interval:
+            return None
+        counts = {source: count for source, count in self._dropped.items() if count}
+        self._dropped.clear()
+        self._first_drop, self._last_summary = None, now
+        return counts or None
+
+    def take_dropped(self, source: str) -> int:
+        """`source`'s uncounted drops, now (it ended: its count must not wait for the next summary)."""
+        count = self._dropped.pop(source, 0)
+        if not any(self._dropped.values()):
+            self._first_drop = None
+        return count
+
+
+class ThrottledLog:
+    """At most one warning per key and interval; the next one says how many were held back."""
+
+    def __init__(
+        self, target: logging.Logger, interval: float = 60.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.target = target
+        self.interval = interval
+        self.clock = clock
+        self._last: dict[str, float] = {}
+        self._held_back: Counter[str] = Counter()
+
+    def warning(self, key: str, message: str, *args: object) -> None:
+        now = self.clock()
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval:
+            self._held_back[key] += 1
+            return
+        self._last[key] = now
+        held = self._held_back.pop(key, 0)
+        suffix = f" (and {held} more like it in the last {self.interval:g}s)" if held else ""
+        self.target.warning(message + suffix, *args)

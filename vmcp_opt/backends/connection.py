@@ -29,7 +29,7 @@ import time
 from collections.abc import Awaitable, Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import anyio
 import mcp_types as types
@@ -58,6 +58,18 @@ logger = logging.getLogger(__name__)
 
 ResultT = TypeVar("ResultT", bound=BaseModel)
 ChangeCallback = Callable[["BackendConnection"], Awaitable[None]]
+
+
+class SessionWatcher(Protocol):
+    """Told of each shared session that reaches READY and of what it receives besides list changes
+    (backends/resource_updates.py: the gateway's own resource subscriptions)."""
+
+    async def session_ready(self, connection: BackendConnection, session: ClientSession) -> None:
+        """Runs in the session's task group: cancelled when that session ends."""
+        ...
+
+    async def notified(self, connection: BackendConnection, message: types.ServerNotification) -> None: ...
+
 
 CLIENT_INFO = types.Implementation(name="vmcp-opt", version=__version__)
 
@@ -116,6 +128,7 @@ class BackendConnection:
         self._stream: WatchedReadStream | None = None
         self._stderr = StderrTail()  # this attempt's process (stdio)
         self._step = "the handshake"  # what this attempt waits for, for a connect timeout's message
+        self._watchers: list[SessionWatcher] = []
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -275,6 +288,8 @@ class BackendConnection:
                 self._task_group.start_soon(self._refresh_when_asked)
                 if self.protocol_version in MODERN_PROTOCOL_VERSIONS:
                     self._task_group.start_soon(self._listen_for_changes, session)
+                for watcher in self._watchers:
+                    self._task_group.start_soon(watcher.session_ready, self, session)
             if announce and self.on_change is not None:
                 # Back in service, or in service at last after a first attempt that failed: its tools join.
                 await self.on_change(self)
@@ -332,6 +347,16 @@ class BackendConnection:
             return
         if is_list_changed(message):
             self.refresh_soon()
+            return
+        for watcher in self._watchers:
+            await watcher.notified(self, message)
+
+    def watch(self, watcher: SessionWatcher) -> None:
+        """Tell `watcher` of every READY session from now on, the current one included."""
+        self._watchers.append(watcher)
+        session, group = self._session, self._task_group
+        if session is not None and group is not None and self.state is BackendState.READY:
+            group.start_soon(watcher.session_ready, self, session)
 
     def refresh_soon(self) -> None:
         """Re-fetch in the background: a change was announced, on this session or a client's own one.

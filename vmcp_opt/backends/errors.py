@@ -7,7 +7,9 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
+import mcp_types as types
 from mcp.shared.exceptions import MCPError
+from pydantic import ValidationError
 
 from vmcp_opt.backends.secrets import redact
 from vmcp_opt.display import printable, shorten
@@ -82,6 +84,48 @@ def _cut(line: str) -> str:
     if mark is None:
         return shorten(line, STDERR_LINE_SHOWN)
     return line[: min(STDERR_LINE_SHOWN, mark.start())] + mark.group()
+
+
+# The data of the JSON-RPC error an HTTP backend's error status becomes (backends/http_bodies.py).
+HTTP_STATUS = "http_status"
+# How the message of an answer refused for its size ends (backends/http_bodies.py, `BodyTooLarge`).
+NOT_READ = "the answer was not read further"
+_UNEXPECTED_TYPE = "Unexpected content type:"  # the SDK's, for a POST answered with neither JSON nor SSE
+
+
+def broken_answer(exc: MCPError) -> bool:
+    """Whether `exc` stands for an answer the backend failed to give, rather than an error it answered with:
+    one that does not parse (-32700: the stdio reader's and the SDK's over HTTP, JSON and SSE alike), an HTTP
+    server error (5xx), a body of another type than JSON or SSE. The circuit breaker counts these as failures:
+    a backend that answers only garbage is as unusable as one that does not answer.
+
+    An answer over `limits.max_result_bytes` is not one. The size is the tool's output for those arguments (a
+    big file, a long query), the gateway's policy, not the backend's health: it answered, in time, correctly;
+    counting it would open the circuit for every caller and every tool of the backend because one caller asked
+    for too much, and the cap already bounds what such an answer costs."""
+    message = exc.error.message
+    if exc.code == types.PARSE_ERROR:
+        return not message.endswith(NOT_READ)
+    if exc.code == types.INVALID_REQUEST and message.startswith(_UNEXPECTED_TYPE):
+        return True
+    data = exc.error.data
+    status = data.get(HTTP_STATUS) if isinstance(data, dict) else None
+    return isinstance(status, int) and status >= 500
+
+
+def naming_backend(backend: str, exc: MCPError) -> MCPError:
+    """`exc` with its message naming the backend, once (the SDK's "Failed to parse JSON response: ..." does not)."""
+    if f"backend '{backend}'" in exc.error.message:
+        return exc
+    error = exc.error.model_copy(update={"message": one_line(f"backend '{backend}': {exc.error.message}")})
+    return MCPError.from_error_data(error)
+
+
+def invalid_result(backend: str, exc: ValidationError, secrets: Iterable[str] = ()) -> MCPError:
+    """A result that fails the SDK's validation, as the caller's error: the SDK's own exception became -32602
+    "Invalid request parameters" at the client, which blamed the client's arguments."""
+    reason = describe_error(exc, secrets).removeprefix("ValidationError: ")
+    return MCPError(types.INTERNAL_ERROR, f"backend '{backend}' answered with an invalid result: {reason}")
 
 
 def _innermost(exc: BaseException) -> BaseException:

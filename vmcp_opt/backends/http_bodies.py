@@ -11,27 +11,46 @@ The SDK reports it as a client's unparseable request would be (-32700 "Failed to
 and logs an ERROR with a traceback each time: a client calling such a tool in a loop would flood the log.
 `QuietBodyTooLarge` makes those records one WARNING line per backend a minute, and `as_internal_error` gives
 the caller -32603 with our message alone, as the stdio transport answers the same limit.
+
+An error status on a POST (a 500, a proxy's 502) the SDK answers with "Server returned an error response",
+without the status. The same hook reads at most `ERROR_BODY_BYTES` of such a body: a JSON-RPC error (a
+spec-correct server's answer at a non-2xx status) passes on as it came; anything else becomes a JSON-RPC
+error saying "backend 'x' answered HTTP 500 Internal Server Error" and the start of the body (masked, one
+line, `ERROR_BODY_SHOWN` characters; an HTML page not at all), with the status in its data, where the
+circuit breaker reads it (a 5xx is a failure: backends/errors.py, `broken_answer`). Each is logged, at most
+once per backend a minute. 401 and 403 are left to the credentials, 404 to the SDK (an ended session).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import zlib
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from http import HTTPStatus
 from typing import NoReturn
 
 import httpx2
 import mcp_types as types
 from mcp.shared.exceptions import MCPError
 
+from vmcp_opt.backends.errors import HTTP_STATUS, NOT_READ, one_line
+from vmcp_opt.backends.secrets import redact, with_escaped_forms
+from vmcp_opt.config import SECRET_NAME
+from vmcp_opt.logs import ThrottledLog
+
 logger = logging.getLogger(__name__)
+ERROR_BODY_BYTES = 64 * 1024  # what is read of an error status's body: a JSON-RPC error fits, a page is cut
+ERROR_BODY_SHOWN = 200  # characters of such a body quoted in the error
+_LEFT_TO_SDK = frozenset({401, 403, 404})  # the credentials' refusal (they observe it); an ended session
+_status_log = ThrottledLog(logger)
 _SSE = "text/event-stream"
 _INFLATED = ("gzip", "deflate", "x-gzip")
 _SDK_LOGGER = "mcp.client.streamable_http"
 _SDK_PREFIX = "Failed to parse JSON response: "  # the SDK's message for a body it could not read
-_NOT_READ = "the answer was not read further"  # how `BodyTooLarge`'s message ends
+_NOT_READ = NOT_READ  # how `BodyTooLarge`'s message ends
 
 
 class BodyTooLarge(httpx2.StreamError):
@@ -47,8 +66,8 @@ class BodyTooLarge(httpx2.StreamError):
 
 class QuietBodyTooLarge(logging.Filter):
     """On the SDK's logger: a record about a `BodyTooLarge` becomes one WARNING line per backend and interval,
-    without the traceback; every other record passes. (Not `routing.budget.ThrottledLog`: routing imports
-    this package.)"""
+    without the traceback; every other record passes. (A filter, not `logs.ThrottledLog`: the SDK writes these
+    records itself.)"""
 
     def __init__(self, interval: float = 60.0) -> None:
         super().__init__()
@@ -132,11 +151,19 @@ class CappedBody(httpx2.AsyncByteStream):
         await self._inner.aclose()
 
 
-def cap_json_bodies(backend: str, cap: int) -> Callable[[httpx2.Response], Awaitable[None]]:
-    """A response hook for a backend's HTTP client: every body but an SSE stream is read through `CappedBody`."""
+def cap_json_bodies(
+    backend: str, cap: int, secrets: Iterable[str] = ()
+) -> Callable[[httpx2.Response], Awaitable[None]]:
+    """A response hook for a backend's HTTP client: every body but an SSE stream is read through `CappedBody`;
+    an error status's body becomes a JSON-RPC error naming the status (`secrets` masked in it)."""
     quiet_body_too_large()
+    masked = list(secrets)
 
     async def hook(response: httpx2.Response) -> None:
+        status = response.status_code
+        if response.request.method == "POST" and status >= 400 and status not in _LEFT_TO_SDK:
+            await _status_as_jsonrpc_error(response, backend, masked)
+            return
         if response.headers.get("content-type", "").split(";")[0].strip().lower() == _SSE:
             return
         encoding = response.headers.get("content-encoding", "").strip().lower() or None
@@ -147,3 +174,66 @@ def cap_json_bodies(backend: str, cap: int) -> Callable[[httpx2.Response], Await
             del response.headers["content-encoding"]  # inflated above: httpx must not inflate it again
 
     return hook
+
+
+async def _status_as_jsonrpc_error(response: httpx2.Response, backend: str, secrets: list[str]) -> None:
+    """Replace an error status's body with a JSON-RPC error naming the status, unless it is one already."""
+    body, whole = await _read_error_body(response, backend)
+    if not (whole and _is_jsonrpc_error(body)):
+        message = status_message(backend, response, body, secrets)
+        _status_log.warning(backend, "%s", message)
+        error = {"code": types.INTERNAL_ERROR, "message": message, "data": {HTTP_STATUS: response.status_code}}
+        body = json.dumps({"jsonrpc": "2.0", "id": None, "error": error}).encode()
+    response.stream = httpx2.ByteStream(body)
+    response.headers.pop("content-encoding", None)  # inflated while read
+    response.headers["content-type"] = "application/json"
+    response.headers["content-length"] = str(len(body))
+
+
+async def _read_error_body(response: httpx2.Response, backend: str) -> tuple[bytes, bool]:
+    """At most `ERROR_BODY_BYTES` of the body (inflated), and whether that is all of it."""
+    stream = response.stream
+    if not isinstance(stream, httpx2.AsyncByteStream):
+        return b"", False
+    encoding = response.headers.get("content-encoding", "").strip().lower() or None
+    pieces: list[bytes] = []
+    whole = True
+    try:
+        async for piece in CappedBody(stream, ERROR_BODY_BYTES, backend, encoding):
+            pieces.append(piece)
+    except (httpx2.StreamError, httpx2.DecodingError, httpx2.TransportError):
+        whole = False  # too long, or broken: not a JSON-RPC error to pass on, only its start to quote
+    finally:
+        await stream.aclose()
+    return b"".join(pieces)[:ERROR_BODY_BYTES], whole
+
+
+def _is_jsonrpc_error(body: bytes) -> bool:
+    try:
+        return isinstance(types.jsonrpc_message_adapter.validate_json(body, by_name=False), types.JSONRPCError)
+    except ValueError:
+        return False
+
+
+def status_message(backend: str, response: httpx2.Response, body: bytes, secrets: list[str]) -> str:
+    """`backend 'x' answered HTTP 502 Bad Gateway: <the body's start>`: the phrase is the standard one (the
+    server's own could say anything), the body masked and cut, left out when it is an HTML page."""
+    status = response.status_code
+    try:
+        phrase = f" {HTTPStatus(status).phrase}"
+    except ValueError:
+        phrase = ""
+    message = f"backend '{backend}' answered HTTP {status}{phrase}"
+    text = body.decode("utf-8", "replace").strip()
+    content_type = response.headers.get("content-type", "").lower()
+    if not text or "html" in content_type or text.startswith("<"):
+        return message
+    # A credential the gateway sent could come back in the body (a debug page echoing the request), and one
+    # fetched at run time (an OAuth token) is not among the config's secrets: masked too.
+    sent = with_escaped_forms(
+        part
+        for name, value in response.request.headers.items()
+        if SECRET_NAME.search(name.replace("-", "_"))
+        for part in (value, *value.split())
+    )
+    return f"{message}: {one_line(redact(text, [*secrets, *sent]), ERROR_BODY_SHOWN)}"

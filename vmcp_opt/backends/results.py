@@ -54,7 +54,10 @@ def json_size(value: Any, cap: int) -> int | None:
 
 
 def bounded_result(backend: str, result: ResultT, cap: int) -> ResultT:
-    """`result` when it is within `cap`; otherwise a tool's error result (for tools/call) or an MCPError."""
+    """`result` when it is within `cap`; otherwise a tool's error result (for tools/call) or an MCPError (-32603).
+
+    Neither counts as a failure for the backend's circuit breaker: the result is large, not invalid, and the
+    backend that sent it is healthy (backends/errors.py, `broken_answer`, says why)."""
     if not exceeds(result, cap):
         return result
     message = (

@@ -240,9 +240,10 @@ def _parse(line: bytes, backend: str) -> SessionMessage | Exception:
         request_id = response_id(DroppedLine(len(line), line[:EDGE], line[-EDGE:]))
         if request_id is None:  # to the session, as the SDK's reader does; the line is not logged
             return exc if isinstance(exc, ValueError) else ValueError("JSON nested too deeply")
-        # An answer, by its ends: its request is told now rather than left to its timeout.
+        # An answer, by its ends: its request is told now rather than left to its timeout. A parse error, as the
+        # SDK answers an HTTP backend's garbled body: the circuit breaker counts it against the backend.
         why = f"backend '{backend}' answered with a message of {len(line):,} bytes that is not valid JSON-RPC{deep}"
-        error = types.ErrorData(code=types.INTERNAL_ERROR, message=why)
+        error = types.ErrorData(code=types.PARSE_ERROR, message=why)
         return SessionMessage(types.JSONRPCError(jsonrpc="2.0", id=request_id, error=error))
 
 
@@ -259,6 +260,8 @@ def _refusal(line: DroppedLine, reading: _Reading) -> SessionMessage | None:
     )
     if request_id is None:
         return None
+    # -32603, not a parse error: an answer too big is the tool's output, not the backend failing (its circuit
+    # breaker does not count it; backends/errors.py, `broken_answer`).
     message = (
         f"backend '{reading.backend}' answered with {line.size:,} bytes, more than limits.max_result_bytes "
         f"({reading.result_cap:,} bytes) allows over stdio ({reading.cap:,} with the envelope); the answer was dropped"

@@ -3,8 +3,11 @@ HTTP and SSE through the official SDK's clients.
 
 A stdio backend's stderr comes back through a pipe and is logged line by line (logger
 `vmcp_opt.backends.stderr`) with the backend's secrets masked, control characters escaped, lines cut at
-`STDERR_LINE_LIMIT` and at most `STDERR_LINES_PER_SECOND` lines a second (the rest counted), rather than
-written straight to the gateway's own stderr.
+`STDERR_LINE_LIMIT`, rather than written straight to the gateway's own stderr. How many lines is bounded
+twice: at most `STDERR_LINES_PER_SECOND` a second (a burst), and over time by `STDERR_BUDGET`: each backend
+`STDERR_BURST` lines, then one a second, all backends together `STDERR_TOTAL_RATE` a second. The lines left
+out are counted, and the counts of all backends logged in one line at most once a `STDERR_SUMMARY_SECONDS`
+(the first a second after the first line left out); a backend's own count also when its process ends.
 """
 
 from __future__ import annotations
@@ -32,10 +35,25 @@ from vmcp_opt.backends.secrets import redact, secret_values
 from vmcp_opt.backends.stdio import bounded_stdio_client, line_cap
 from vmcp_opt.config import BackendConfig
 from vmcp_opt.display import printable, shorten
+from vmcp_opt.logs import LineBudget
 
 stderr_logger = logging.getLogger("vmcp_opt.backends.stderr")
 STDERR_LINE_LIMIT = 2000
 STDERR_LINES_PER_SECOND = 50
+# A backend writing without pause logged 50 lines a second (180,000 an hour): over time each backend gets its
+# burst, then a line a second; all of them together a few a second. A crash's traceback fits in the burst.
+STDERR_BURST = 100
+STDERR_RATE = 1.0
+STDERR_TOTAL_BURST = 500
+STDERR_TOTAL_RATE = 5.0
+STDERR_SUMMARY_SECONDS = 60.0
+STDERR_BUDGET = LineBudget(
+    burst=STDERR_BURST,
+    rate=STDERR_RATE,
+    total_burst=STDERR_TOTAL_BURST,
+    total_rate=STDERR_TOTAL_RATE,
+    interval=STDERR_SUMMARY_SECONDS,
+)
 STDERR_DRAIN_SECONDS = 1.0  # after the process is stopped, for its last lines (a crash's traceback)
 
 
@@ -64,10 +82,26 @@ def stdio_parameters(
 
 class StderrTail:
     """The last line a stdio backend wrote to stderr (masked, cut), for the reason a session failed: a
-    process that exits at start says why there ("No module named ..."), not in the protocol."""
+    process that exits at start says why there ("No module named ..."), not in the protocol. Kept whether or
+    not the line was logged, and made readable only when read: a flood costs no masking of lines left out."""
 
     def __init__(self) -> None:
-        self.line: str | None = None
+        self._text: str | None = None
+        self._raw: tuple[bytes, bool, list[str]] | None = None
+
+    @property
+    def line(self) -> str | None:
+        if self._raw is not None:
+            self._text, self._raw = shown_line(*self._raw).strip(), None
+        return self._text
+
+    @line.setter
+    def line(self, value: str | None) -> None:
+        self._text, self._raw = value, None
+
+    def note(self, raw: bytes, cut: bool, secrets: list[str]) -> None:
+        if raw.strip():
+            self._raw = (raw, cut, secrets)
 
 
 @asynccontextmanager
@@ -93,7 +127,7 @@ async def open_transport(
         assert backend.url is not None
         timeout = httpx2.Timeout(connect_timeout, read=None)
         cap = line_cap(max_result_bytes)  # a JSON answer's bytes, and one SSE event's
-        hooks = {"response": [cap_json_bodies(backend.name, cap)]}
+        hooks = {"response": [cap_json_bodies(backend.name, cap, secret_values(backend))]}
         async with (
             httpx2.AsyncClient(headers=backend.headers, timeout=timeout, auth=credentials, event_hooks=hooks) as client,
             streamable_http_client(backend.url, http_client=client, max_sse_event_size=cap) as streams,
@@ -139,8 +173,8 @@ async def _relay_stderr(fd: int, lines: _StderrLines) -> None:
     os.set_blocking(fd, False)
     try:
         while True:
-            # While lines are being dropped, wake at the next second to say how many, even if none follow.
-            with anyio.move_on_after(1.0 if lines.suppressed else math.inf):
+            # While lines are being left out, wake each second to log their count when it is due, even if none follow.
+            with anyio.move_on_after(1.0 if lines.dropping() else math.inf):
                 await anyio.wait_readable(fd)
             lines.tick()
             try:
@@ -156,18 +190,40 @@ async def _relay_stderr(fd: int, lines: _StderrLines) -> None:
             os.close(fd)
 
 
-class _StderrLines:
-    """Bytes from a backend's stderr as log lines: masked, escaped, cut, and rate-limited."""
+def shown_line(raw: bytes, cut: bool, secrets: list[str]) -> str:
+    """A stderr line as logged: masked, escaped, cut at `STDERR_LINE_LIMIT`."""
+    text = redact(raw.decode("utf-8", "replace").rstrip("\r"), secrets)
+    if cut:  # its end is not read yet: only a lower bound of its length is known
+        return printable(f"{text[:STDERR_LINE_LIMIT]}… (a line longer than {len(raw):,} bytes, cut)")
+    return shorten(text, STDERR_LINE_LIMIT)
 
-    def __init__(self, backend: str, secrets: list[str], tail: StderrTail | None = None) -> None:
+
+def log_dropped(counts: dict[str, int]) -> None:
+    """One line for the stderr lines left out of the log, of every backend that had some."""
+    each = "; ".join(f"backend {backend}: {count} more stderr lines not logged" for backend, count in counts.items())
+    stderr_logger.warning(
+        "%s (each backend logs %d lines at once, then %g a second; all together %g a second)",
+        each,
+        STDERR_BURST,
+        STDERR_RATE,
+        STDERR_TOTAL_RATE,
+    )
+
+
+class _StderrLines:
+    """Bytes from a backend's stderr as log lines: masked, escaped, cut, and rate-limited (`budget`)."""
+
+    def __init__(
+        self, backend: str, secrets: list[str], tail: StderrTail | None = None, budget: LineBudget = STDERR_BUDGET
+    ) -> None:
         self.backend = backend
         self.secrets = secrets
         self.tail = tail or StderrTail()
+        self.budget = budget
         self.pending = b""
         self.skipping = False
         self.window = 0
         self.in_window = 0
-        self.suppressed = 0
 
     def feed(self, chunk: bytes) -> None:
         if self.skipping:  # the rest of a line too long to show (a piece of it could be a secret's tail)
@@ -184,35 +240,30 @@ class _StderrLines:
             self.skipping = True
 
     def flush(self) -> None:
+        """The process ended: its last line, and its count of lines left out, now."""
         if self.pending:
             self.emit(self.pending)
             self.pending = b""
-        self.report_suppressed()
+        if dropped := self.budget.take_dropped(self.backend):
+            log_dropped({self.backend: dropped})
 
     def emit(self, raw: bytes, cut: bool = False) -> None:
+        self.tail.note(raw, cut, self.secrets)
         second = int(time.monotonic())
         if second != self.window:
-            self.report_suppressed()
             self.window, self.in_window = second, 0
         self.in_window += 1
         if self.in_window > STDERR_LINES_PER_SECOND:
-            self.suppressed += 1
+            self.budget.drop(self.backend)
             return
-        text = redact(raw.decode("utf-8", "replace").rstrip("\r"), self.secrets)
-        if cut:  # its end is not read yet: only a lower bound of its length is known
-            text = printable(f"{text[:STDERR_LINE_LIMIT]}… (a line longer than {len(raw):,} bytes, cut)")
-        else:
-            text = shorten(text, STDERR_LINE_LIMIT)
-        stderr_logger.info("backend %s stderr: %s", self.backend, text)
-        if text.strip():
-            self.tail.line = text.strip()
+        if not self.budget.allow(self.backend):
+            return
+        stderr_logger.info("backend %s stderr: %s", self.backend, shown_line(raw, cut, self.secrets))
+
+    def dropping(self) -> bool:
+        return self.budget.pending(self.backend)
 
     def tick(self) -> None:
-        """A second passed: the lines dropped in the last one are counted in the log now."""
-        if int(time.monotonic()) != self.window:
-            self.report_suppressed()
-
-    def report_suppressed(self) -> None:
-        if self.suppressed:
-            stderr_logger.warning("backend %s: %d more stderr lines not logged", self.backend, self.suppressed)
-            self.suppressed = 0
+        """Time passed: the lines left out are counted in the log when a summary is due."""
+        if (counts := self.budget.summary()) is not None:
+            log_dropped(counts)

@@ -66,7 +66,17 @@ class LimitsConfig(_Strict):
         1000,
         ge=1,
         description="Resource subscriptions (resources/subscribe) one client may hold at once, across backends; "
-        "each is kept at its backend and replayed when the client's backend session reopens.",
+        "each is kept at its backend and replayed when the client's backend session reopens. It also bounds the "
+        "resources one caller's 2026-07-28 `subscriptions/listen` streams follow together; past it a stream's "
+        "acknowledgement leaves the rest out.",
+    )
+    # Distinct resources followed at backends for 2026-07-28 listeners (each held once, however many listen).
+    max_listened_resources: int = Field(
+        10000,
+        ge=1,
+        description="Distinct resources the gateway subscribes to at backends, on their shared sessions, for "
+        "2026-07-28 `subscriptions/listen` streams (however many streams follow one, it counts once); past it a "
+        "stream's acknowledgement leaves the new ones out.",
     )
     max_sessions: int = Field(
         1000,

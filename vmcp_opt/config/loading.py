@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import difflib
 import functools
 import os
 import re
@@ -13,6 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Union, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
 from pydantic_settings import EnvSettingsSource, SettingsError
 
 from vmcp_opt.config.base import (
@@ -26,6 +26,7 @@ from vmcp_opt.config.file_parsing import parse_json, parse_yaml
 from vmcp_opt.config.sections import (
     BackendConfig,
 )
+from vmcp_opt.config.suggestions import closest
 from vmcp_opt.config.workflows import raw_workflow_problems, unchecked_workflow_problems
 
 ClientConfigReader = Callable[[Path], Sequence[BackendConfig]]
@@ -143,6 +144,8 @@ def _describe(exc: ValidationError, source: SourceNamer | None = None) -> list[s
             message = _unknown_key(tuple(error["loc"]), source)
         if error["type"] == "string_type":
             message += _unquoted(error.get("input"))
+        if error["type"] == "literal_error":
+            message += _meant_value(error)
         if not location:  # the document's own cross-checks: already `path: reason`, one per line
             problems.extend(message.splitlines())
             continue
@@ -159,7 +162,7 @@ def _unknown_key(loc: Location, source: SourceNamer | None) -> str:
     """The key meant, when the model at that place has one spelt closely (`comand`: `command`); spelt as the
     variable to set when the key came from its own `VMCP_` variable."""
     key = str(loc[-1])
-    close = difflib.get_close_matches(key, _keys_at(loc[:-1]), n=1, cutoff=0.75)
+    close = closest(key, _keys_at(loc[:-1]))
     if not close:
         return _UNKNOWN_KEY
     origin = source(loc) if source is not None else None
@@ -214,6 +217,17 @@ def _unquoted(value: Any) -> str:
     if isinstance(value, int | float):
         return f", got the number {value}: write it in quotes to pass it as text"
     return ""
+
+
+def _meant_value(error: ErrorDetails) -> str:
+    """The allowed value a misspelt one was meant to be (`on_error: retyr`: 'retry'), from the values the
+    error lists; "" when none is close."""
+    written = error.get("input")
+    expected = error.get("ctx", {}).get("expected", "")
+    if not isinstance(written, str) or not isinstance(expected, str):
+        return ""
+    close = closest(written, re.findall(r"'([^']*)'", expected), cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 _RELATIVE_PROBLEM = re.compile(r"^(steps|parameters|output|url|command)[\w.\[\]]*: ")
@@ -317,7 +331,7 @@ def _unknown_env_sections() -> list[str]:
         section = name[len(ENV_PREFIX) :].split("__", 1)[0].lower()
         if section in fields:
             continue
-        close = difflib.get_close_matches(section, sections, n=1)
+        close = closest(section, sections, cutoff=0.6)
         meant = ENV_PREFIX + close[0].upper() + name[len(ENV_PREFIX) + len(section) :] if close else None
         hint = f"did you mean {meant}?" if meant else f"sections: {', '.join(sections)}"
         problems.append(f"{name}: unknown config section '{section}' ({hint})")

@@ -12,6 +12,9 @@ from pydantic import Field, IPvAnyNetwork, PrivateAttr, field_validator, model_v
 from vmcp_opt.config.backend_auth import BackendAuthConfig
 from vmcp_opt.config.base import BACKEND_NAME_PATTERN, _Strict
 
+# An Origin as a browser sends it (scheme, host, optional port), or with `:*` for any port.
+_CORS_ORIGIN = re.compile(r"(?i)https?://(\[[0-9a-f:.]+\]|[a-z0-9._-]+)(:[0-9]{1,5}|:\*)?")
+
 # The sources of the gateway's own tools (find_tool/call_tool: `vmcp`; composite tools: `workflows`). A backend
 # by either name would share that source: its tools would be `Backend::"vmcp"` or `Backend::"workflows"` to a
 # Cedar policy, and mixed with the gateway's own in telemetry and the audit log.
@@ -40,6 +43,10 @@ class ServerConfig(_Strict):
     allowed_hosts: list[str] = Field(default_factory=list)
     # Extra browser Origin values accepted besides loopback.
     allowed_origins: list[str] = Field(default_factory=list)
+    # Web app origins (`https://app.example.com`, `http://localhost:5173`, `https://app.example.com:*`) whose pages
+    # may call the gateway from a browser (CORS: preflights answered, `Access-Control-*` headers); each is also
+    # accepted by the Origin check, as `allowed_origins` are. Empty: no CORS headers.
+    cors_origins: list[str] = Field(default_factory=list)
     # Reverse proxies (addresses or networks: `127.0.0.1`, `10.0.0.0/8`) whose `X-Forwarded-For` names the
     # client: the rightmost address in it that is not one of them is the client's, for the per-address session
     # quota, the audit `source` and the logs. Empty: the header is ignored, and every client behind a proxy
@@ -61,6 +68,18 @@ class ServerConfig(_Strict):
     # refused, before the server stops. A pod's terminationGracePeriodSeconds must exceed this plus
     # `timeouts.shutdown` and any preStop delay. 0: stop at once.
     drain_timeout: float = Field(25.0, ge=0, le=3600)
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        # Lower case, as browsers send an Origin and as the SDK's own Origin check compares it (exactly).
+        bad = [origin for origin in value if not _CORS_ORIGIN.fullmatch(origin)]
+        if bad:
+            raise ValueError(
+                f"not an origin: {', '.join(repr(o) for o in bad)}; write scheme://host, scheme://host:port or "
+                "scheme://host:* (any port), without a path; '*' is not accepted: name each web app"
+            )
+        return [origin.lower() for origin in value]
 
 
 class BackendConfig(_Strict):

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from vmcp_opt.config.base import _Strict
+from vmcp_opt.config.suggestions import closest
 
 # Every audit event type (vmcp_opt/telemetry/names.py makes them; a test keeps the two in step): ToolHive's
 # where they exist, ours (`vmcp_*`, `workflow_*`) for the meta-tools, workflows and refused authentications.
@@ -78,7 +78,7 @@ class AuditConfig(_Strict):
 
 
 def _unknown_event_type(name: str) -> str:
-    close = difflib.get_close_matches(name, AUDIT_EVENT_TYPES, n=1)
+    close = closest(name, AUDIT_EVENT_TYPES, cutoff=0.6)
     return f"unknown event type {name!r}" + (f", did you mean {close[0]!r}?" if close else "")
 
 

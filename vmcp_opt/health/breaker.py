@@ -9,6 +9,11 @@ ping's success only the pings' part of it: a backend that answers pings while it
 worker behind a live protocol loop) must still open, and every ping between two calls would otherwise
 erase the first failure. For the same reason a ping's success is not an outcome in the failure-rate window.
 
+A backend that stays down goes open → half-open → open every cool-down: the log says when it opens (warning)
+and when it closes again (info), the trials between at debug, with a reminder at warning after
+`REMINDER_FIRST` seconds down and then at doubling intervals (at most `REMINDER_MAX` apart), saying for how
+long and how many trials failed: not the same two lines every cool-down forever.
+
 Our own, small and synchronous (the caller awaits the call, the breaker only counts): the asyncio
 breakers on PyPI (purgatory, aiobreaker) have consecutive-failure thresholds only, no failure rate
 over a window, no latency, and no outcome fed from outside a wrapped call (our health pings).
@@ -26,6 +31,10 @@ from typing import Any
 from vmcp_opt.config import CircuitBreakerConfig
 
 logger = logging.getLogger(__name__)
+
+REMINDER_FIRST = 300.0  # seconds down before the first "still open" warning
+REMINDER_MAX = 3600.0  # the longest gap between two of them (each gap doubles the last, up to this)
+_TRIAL_FAILED = "a trial failed: "
 
 
 class CircuitState(StrEnum):
@@ -59,6 +68,10 @@ class CircuitBreaker:
         self.trial_successes = 0
         self.trials_in_flight = 0
         self.times_opened = 0
+        self.down_since: float | None = None  # when it last opened from closed
+        self.failed_trials = 0  # since then
+        self._reminder_gap = REMINDER_FIRST
+        self._next_reminder = 0.0
         self._outcomes: deque[tuple[float, bool]] = deque()  # (when, failed) within the window
 
     # --- admission -------------------------------------------------------------------------------
@@ -117,7 +130,7 @@ class CircuitBreaker:
         if self.state is CircuitState.HALF_OPEN:
             if admitted:
                 self.release()
-            self._open(f"a trial failed: {reason}")
+            self._open(f"{_TRIAL_FAILED}{reason}")
         elif self.state is CircuitState.CLOSED:
             if self.consecutive_failures >= self.config.failure_threshold:
                 self._open(f"{self.consecutive_failures} consecutive failures, last: {reason}")
@@ -150,9 +163,7 @@ class CircuitBreaker:
 
     def _move(self, state: CircuitState) -> None:
         if state is not self.state:
-            log = logger.warning if state is CircuitState.OPEN else logger.info
-            detail = f": {self.reason}; trial calls in {self.config.cooldown:g}s" if state is CircuitState.OPEN else ""
-            log("backend %s circuit %s -> %s%s", self.backend, self.state.value, state.value, detail)
+            self._log_move(state)
         self.state = state
         self.trial_successes = 0
         self.trials_in_flight = 0
@@ -164,6 +175,49 @@ class CircuitBreaker:
             self._outcomes.clear()
             self.consecutive_failures = self._ping_failures = 0
             self.reason = ""
+            self.down_since = None
+
+    def _log_move(self, state: CircuitState) -> None:
+        """The opening and the recovery at their levels; the cycles between at debug, with reminders."""
+        now, before = self.clock(), self.state
+        if state is CircuitState.OPEN and before is CircuitState.CLOSED:
+            self.down_since, self.failed_trials = now, 0
+            self._reminder_gap, self._next_reminder = REMINDER_FIRST, now + REMINDER_FIRST
+            logger.warning(
+                "backend %s circuit closed -> open: %s; trial calls in %gs",
+                self.backend,
+                self.reason,
+                self.config.cooldown,
+            )
+        elif state is CircuitState.OPEN:
+            self.failed_trials += 1
+            self._failed_trial(now)
+        elif state is CircuitState.CLOSED and self.down_since is not None:
+            logger.info(
+                "backend %s circuit %s -> closed: recovered after %s open (%d failed trials)",
+                self.backend,
+                before.value,
+                duration(now - self.down_since),
+                self.failed_trials,
+            )
+        else:
+            logger.debug("backend %s circuit %s -> %s", self.backend, before.value, state.value)
+
+    def _failed_trial(self, now: float) -> None:
+        down = duration(now - (self.down_since if self.down_since is not None else now))
+        if now < self._next_reminder:
+            logger.debug("backend %s circuit half_open -> open after %s down: %s", self.backend, down, self.reason)
+            return
+        logger.warning(
+            "backend %s circuit still open after %s (%d trials failed, last: %s); trial calls every %gs",
+            self.backend,
+            down,
+            self.failed_trials,
+            self.reason.removeprefix(_TRIAL_FAILED),
+            self.config.cooldown,
+        )
+        self._reminder_gap = min(self._reminder_gap * 2, REMINDER_MAX)
+        self._next_reminder = now + self._reminder_gap
 
     def _note(self, *, failed: bool) -> None:
         self._outcomes.append((self.clock(), failed))
@@ -184,3 +238,13 @@ class CircuitBreaker:
             "failure_rate": self.failure_rate(),
             "times_opened": self.times_opened,
         }
+
+
+def duration(seconds: float) -> str:
+    """`seconds` for a person: 45s, 5m 3s, 2h 5m."""
+    whole = int(seconds)
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m {whole % 60}s"
+    return f"{whole // 3600}h {whole % 3600 // 60}m"

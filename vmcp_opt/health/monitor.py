@@ -18,10 +18,11 @@ import anyio
 import mcp_types as types
 from mcp.shared.dispatcher import ProgressFnT
 from mcp.shared.exceptions import MCPError
-from pydantic import BaseModel, TypeAdapter
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from vmcp_opt.backends import BackendConnection, BackendManager, BackendState
 from vmcp_opt.backends.connection import BackendUnavailable
+from vmcp_opt.backends.errors import broken_answer, invalid_result, naming_backend
 from vmcp_opt.config import VmcpConfig
 from vmcp_opt.health.breaker import CircuitBreaker
 from vmcp_opt.health.checker import BackendHealth, HealthState
@@ -161,11 +162,18 @@ class HealthMonitor:
         except MCPError as exc:
             if exc.code in _TRANSPORT_ERRORS:
                 breaker.record_failure(connection.describe(exc))
+            elif broken_answer(exc):  # garbled, an HTTP 5xx: the call failed because of the backend
+                breaker.record_failure(connection.describe(exc))
+                raise naming_backend(backend, exc) from None
             else:
-                breaker.record_success(clock.backend_time())  # it answered: the backend is alive
+                breaker.record_success(clock.backend_time())  # it answered (an error of its own): it is alive
             if exc.code == types.REQUEST_TIMEOUT and exc.message.endswith("timed out"):  # the SDK's read timeout
                 raise MCPError(exc.code, f"{exc.message} after {_call_timeout(connection)}") from None
             raise
+        except ValidationError as exc:  # the SDK's check of the result: the backend answered something invalid
+            invalid = invalid_result(backend, exc, connection.secrets)
+            breaker.record_failure(invalid.error.message)
+            raise invalid from None
         except TimeoutError:
             breaker.record_failure("no answer in time")
             raise BackendUnavailable(f"backend '{backend}' did not answer within {_call_timeout(connection)}") from None

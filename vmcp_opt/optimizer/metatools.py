@@ -34,6 +34,7 @@ from vmcp_opt.arguments import ArgumentError, ArgumentValidator
 from vmcp_opt.auth import Caller
 from vmcp_opt.config import VmcpConfig
 from vmcp_opt.display import shorten
+from vmcp_opt.logs import ThrottledLog
 from vmcp_opt.optimizer.calibration import scale_for
 from vmcp_opt.optimizer.documents import ToolRecord
 from vmcp_opt.optimizer.embedding import load_configured_embedder
@@ -55,7 +56,6 @@ from vmcp_opt.optimizer.tool_records import meta_tools_tokens, provided_record
 from vmcp_opt.optimizer.usage import UsageGraph, UsageRecorder, usage_client
 from vmcp_opt.optimizer.usage_files import FileUsageHistory, UsageHistory
 from vmcp_opt.routing import GATEWAY_SOURCE, Exchange, ProvidedTool, ToolCall, UnknownTool
-from vmcp_opt.routing.budget import ThrottledLog
 
 logger = logging.getLogger(__name__)
 

@@ -7,12 +7,12 @@ once per interval per bound, not once per request (a flood must not become a flo
 from __future__ import annotations
 
 import logging
-import time
 from collections import Counter
-from collections.abc import Callable
 
 import mcp_types as types
 from mcp.shared.exceptions import MCPError
+
+from vmcp_opt.logs import ThrottledLog
 
 logger = logging.getLogger(__name__)
 
@@ -61,27 +61,3 @@ class Budget:
     def _refuse(self, what: str, setting: str, caller: str) -> None:
         self._log.warning(setting, "refused: %s (%s), caller %s", what, setting, caller)
         raise LimitReached(what, setting, self.retry_after)
-
-
-class ThrottledLog:
-    """At most one line per key and interval; the next line says how many were held back."""
-
-    def __init__(
-        self, target: logging.Logger, interval: float = 60.0, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        self.target = target
-        self.interval = interval
-        self.clock = clock
-        self._last: dict[str, float] = {}
-        self._held_back: Counter[str] = Counter()
-
-    def warning(self, key: str, message: str, *args: object) -> None:
-        now = self.clock()
-        last = self._last.get(key)
-        if last is not None and now - last < self.interval:
-            self._held_back[key] += 1
-            return
-        self._last[key] = now
-        held = self._held_back.pop(key, 0)
-        suffix = f" (and {held} more like it in the last {self.interval:g}s)" if held else ""
-        self.target.warning(message + suffix, *args)

@@ -34,7 +34,8 @@ from vmcp_opt.backends.session_pool import DedicatedSession, SessionPool
 from vmcp_opt.config import LimitsConfig
 from vmcp_opt.display import shorten
 from vmcp_opt.health import Guard
-from vmcp_opt.routing.budget import Budget, LimitReached, ThrottledLog
+from vmcp_opt.logs import ThrottledLog
+from vmcp_opt.routing.budget import Budget, LimitReached
 from vmcp_opt.routing.dedicated import CallerBackends, deliver
 from vmcp_opt.routing.exchange import Exchange
 from vmcp_opt.routing.round_trips import (

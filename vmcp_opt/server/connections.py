@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from vmcp_opt.routing.budget import ThrottledLog
+from vmcp_opt.logs import ThrottledLog
 
 logger = logging.getLogger(__name__)
 _log = ThrottledLog(logger)

@@ -39,7 +39,8 @@ logger = logging.getLogger(__name__)
 def health_routes(gateway: Gateway, endpoint: ASGIApp | None, drain: Drain | None = None) -> list[Route]:
     """`/healthz` (the process answers) and `/readyz` (the backends are up and the gateway is not draining;
     detail only to those who may see it; `degraded` while a Redis the config uses is unreachable or refuses the
-    password). `endpoint` is the MCP endpoint over HTTP, whose authentication decides who may."""
+    password, or while replicas sharing sessions serve different catalogues, shared/replica_shapes.py).
+    `endpoint` is the MCP endpoint over HTTP, whose authentication decides who may."""
 
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
@@ -53,6 +54,10 @@ def health_routes(gateway: Gateway, endpoint: ASGIApp | None, drain: Drain | Non
             from vmcp_opt.shared.redis_client import with_redis_state
 
             body = await with_redis_state(gateway.config, body)
+        if gateway.config.sessions.store == "redis":  # replicas share sessions: do they serve one catalogue?
+            from vmcp_opt.shared.replica_shapes import with_shapes_state
+
+            body = with_shapes_state(gateway.config, body)
         if not await may_see_detail(request.scope, endpoint):
             body = {"status": body["status"]}  # backend names, errors and URLs only to loopback or authenticated
         return JSONResponse(body, status_code=200 if readiness.serving else 503)

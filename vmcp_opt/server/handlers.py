@@ -19,17 +19,19 @@ from mcp.server.connection import Connection
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.lowlevel import NotificationOptions, Server
 from mcp.server.models import InitializationOptions
-from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler
+from mcp.server.subscriptions import InMemorySubscriptionBus
 from mcp.shared.exceptions import MCPError
-from mcp.shared.subscriptions import PromptsListChanged, ResourcesListChanged, ToolsListChanged
+from mcp.shared.subscriptions import PromptsListChanged, ResourcesListChanged, ResourceUpdated, ToolsListChanged
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from vmcp_opt import __version__, speedups
+from vmcp_opt.backends.resource_updates import ResourceUpdates
 from vmcp_opt.gateway import Gateway, ListKind
 from vmcp_opt.routing import Router
 from vmcp_opt.routing.round_trips import InputRequired, state_boundary
 from vmcp_opt.server.admission import Admission, Transport, connection_of, session_caller
-from vmcp_opt.server.list_answers import answer_list, install_modern_writer, shape_lists_off_loop
+from vmcp_opt.server.list_answers import answer_list, install_modern_writer, refuse_cursor, shape_lists_off_loop
+from vmcp_opt.server.listen import ListenStreams
 from vmcp_opt.server.startup import startup_gate
 
 logger = logging.getLogger(__name__)
@@ -72,6 +74,7 @@ class Handlers:
         self.router.initialized(self.admission.caller(ctx))
 
     async def list_tools(self, ctx: Ctx, params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
+        refuse_cursor(params)
         tools = await self.router.list_tools(self.admission.caller(ctx))
         if self.notifier is not None:
             self.notifier.shown(connection_of(ctx), "tools", tools)
@@ -87,6 +90,7 @@ class Handlers:
             return asked.result
 
     async def list_prompts(self, ctx: Ctx, params: types.PaginatedRequestParams | None) -> types.ListPromptsResult:
+        refuse_cursor(params)
         prompts = self.router.list_prompts(self.admission.caller(ctx))
         if self.notifier is not None:
             self.notifier.shown(connection_of(ctx), "prompts", prompts)
@@ -102,12 +106,14 @@ class Handlers:
             return asked.result
 
     async def list_resources(self, ctx: Ctx, params: types.PaginatedRequestParams | None) -> types.ListResourcesResult:
+        refuse_cursor(params)
         resources = self.router.list_resources(self.admission.caller(ctx))
         return answer_list(types.ListResourcesResult(resources=resources), "resources")
 
     async def list_resource_templates(
         self, ctx: Ctx, params: types.PaginatedRequestParams | None
     ) -> types.ListResourceTemplatesResult:
+        refuse_cursor(params)
         templates = self.router.list_templates(self.admission.caller(ctx))
         return answer_list(types.ListResourceTemplatesResult(resource_templates=templates), "resource_templates")
 
@@ -224,29 +230,21 @@ class ListChangedNotifier:
                     break
 
 
-class ListChangesListener(ListenHandler):
-    """`subscriptions/listen` for list changes only. Nothing publishes a backend's `resources/updated` to
-    2026-07-28 listeners (they reach a 2025-11-25 session's own backend sessions alone), so a stream's
-    `resourceSubscriptions` are left out of the acknowledgement: the SDK's handler honoured them all, and a
-    client waited for updates that never came instead of reading the resource again itself."""
-
-    async def __call__(
-        self, ctx: Ctx, params: types.SubscriptionsListenRequestParams
-    ) -> types.SubscriptionsListenResult:
-        if params.notifications.resource_subscriptions:
-            wanted = params.notifications.model_copy(update={"resource_subscriptions": None})
-            params = params.model_copy(update={"notifications": wanted})
-        return await super().__call__(ctx, params)
-
-
 def build_mcp_server(gateway: Gateway, transport: Transport) -> Server[Any]:
     """The low-level MCP server of one transport, its handlers wired to the gateway's router."""
     speedups.install()
     install_modern_writer()
     speedups.freeze_heap()  # imports, config, the gateway: start-up's objects, never garbage
     notifier = ListChangedNotifier(gateway.router)
-    handlers = Handlers(gateway.router, Admission(transport), notifier)
+    admission = Admission(transport)
+    handlers = Handlers(gateway.router, admission, notifier)
     gateway.on_lists_changed.append(notifier.notify)
+    limits = gateway.config.limits
+    updates = ResourceUpdates(
+        lambda uri: notifier.bus.publish(ResourceUpdated(uri)), most=limits.max_listened_resources
+    )
+    updates.watch(gateway.backends.connections.values())
+    listener = ListenStreams(notifier.bus, gateway.router, admission, updates, limits.max_subscriptions_per_caller)
     server = _GatewayServer(
         "vmcp-opt",
         version=__version__,
@@ -261,7 +259,7 @@ def build_mcp_server(gateway: Gateway, transport: Transport) -> Server[Any]:
         on_completion=handlers.complete,
         on_subscribe_resource=handlers.subscribe,
         on_unsubscribe_resource=handlers.unsubscribe,
-        on_subscriptions_listen=ListChangesListener(notifier.bus),
+        on_subscriptions_listen=listener,
         # The 2026-07-28 `Mcp-Param` header check asks for one tool's schema; without this the SDK lists
         # every tool on every call (1.5 s of CPU per call at 50,000 tools).
         get_tool_input_schema=gateway.router.input_schema,

@@ -34,7 +34,7 @@ from vmcp_opt.server.diagnostics import DiagnosticsServer, diagnostics_server, h
 from vmcp_opt.server.drain import Drain
 from vmcp_opt.server.event_store import memory_event_store
 from vmcp_opt.server.handlers import build_mcp_server
-from vmcp_opt.server.host_check import HostCheck
+from vmcp_opt.server.host_check import Cors, HostCheck
 from vmcp_opt.server.lazy_stream import LazyStreamSessionManager
 from vmcp_opt.server.rate_limit_gate import RateLimitGate
 from vmcp_opt.server.replica import ReplicaHeader, replica_id
@@ -70,7 +70,8 @@ def transport_security(server: ServerConfig) -> TransportSecuritySettings:
     return TransportSecuritySettings(
         enable_dns_rebinding_protection=True,
         allowed_hosts=hosts,
-        allowed_origins=LOOPBACK_ORIGINS + server.allowed_origins,
+        # A web app allowed CORS must pass the Origin check too (server/host_check.py `Cors`).
+        allowed_origins=LOOPBACK_ORIGINS + server.allowed_origins + server.cors_origins,
     )
 
 
@@ -107,6 +108,10 @@ def create_app(gateway: Gateway) -> Starlette:
     mcp_server.middleware.append(hold_session_slot)
     throttle_sdk_refusals()
     security = transport_security(server_config)
+    if server_config.cors_origins:
+        logger.info(
+            "CORS: browser pages from %s may call %s", ", ".join(server_config.cors_origins), server_config.path
+        )
     replica = replica_id(server_config)
     shared = shared_session_parts(gateway.config, replica)  # None unless sessions.store is redis
     # JSON answers unless a call streams something first (server/lazy_stream.py).
@@ -165,6 +170,8 @@ def create_app(gateway: Gateway) -> Starlette:
         middleware=[
             Middleware(ReplicaHeader, replica=replica),
             Middleware(HostCheck, allowed_hosts=security.allowed_hosts, allowed_origins=security.allowed_origins),
+            # Inside the Host/Origin check and outside authentication: preflights carry no credential.
+            *([Middleware(Cors, origins=server_config.cors_origins)] if server_config.cors_origins else []),
         ],
     )
     app.state.drain = drain  # the runner begins it on SIGTERM (server/runner.py)

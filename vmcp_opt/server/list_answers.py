@@ -21,14 +21,18 @@ from contextvars import ContextVar
 from typing import Any, TypeVar
 
 import anyio
+import mcp_types as types
 from mcp.server.context import CallNext, HandlerResult, ServerMiddleware, ServerRequestContext
 from mcp.server.lowlevel import Server
 from mcp.server.runner import ServerRunner
+from mcp.shared.exceptions import MCPError
 from mcp_types import JSONRPCResponse
 from pydantic import BaseModel
 from pydantic_core import PydanticSerializationError
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
+
+from vmcp_opt.display import shorten
 
 # Items per pydantic call: ~5 ms of the GIL each for tool definitions on a slow 2-core host (bench/README.md).
 SLICE = 200
@@ -55,6 +59,20 @@ def answer_list(result: ListResult, attribute: str) -> ListResult:
         return result
     held.append(result)
     return result.model_copy(update={attribute: []})
+
+
+def refuse_cursor(params: types.PaginatedRequestParams | None) -> None:
+    """Every list is answered in one page, with no `nextCursor`: a cursor is never one the gateway issued.
+    Such a request is invalid (-32602, as the spec says), not one for the whole list again, which a client
+    paging through would take for the next page."""
+    if params is None or params.cursor is None:
+        return
+    raise MCPError(
+        types.INVALID_PARAMS,
+        f"invalid cursor {shorten(params.cursor)!r}: this server answers every list in one page and issues no "
+        "cursors; list again without one",
+        {"cursor": shorten(params.cursor, 512)},
+    )
 
 
 def shape_lists_off_loop(server: Server[Any]) -> ServerMiddleware[Any]:

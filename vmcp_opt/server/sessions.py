@@ -25,7 +25,7 @@ from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from vmcp_opt.display import printable
-from vmcp_opt.routing.budget import ThrottledLog
+from vmcp_opt.logs import ThrottledLog
 from vmcp_opt.server.admission import connection_of
 
 logger = logging.getLogger(__name__)

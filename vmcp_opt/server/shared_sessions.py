@@ -43,7 +43,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from vmcp_opt.config import VmcpConfig
-from vmcp_opt.routing.budget import ThrottledLog
+from vmcp_opt.logs import ThrottledLog
 from vmcp_opt.routing.round_trips import RoundOwners
 from vmcp_opt.server.admission import connection_of
 from vmcp_opt.server.authentication import session_owner
@@ -52,6 +52,7 @@ from vmcp_opt.server.session_restore import is_restoring, serve_restored
 from vmcp_opt.server.sessions import SessionGate, Slot, json_rpc_error, may_open_session
 from vmcp_opt.shared.events import EVENTS, STORE_ERRORS, RedisEventStore, ReplicaPresence
 from vmcp_opt.shared.redis_client import redis_client, redis_trouble
+from vmcp_opt.shared.replica_shapes import ReplicaShapes, watch_shapes
 from vmcp_opt.shared.round_relay import RedisRoundRelay
 from vmcp_opt.shared.session_store import RedisSessions, SessionRecord
 
@@ -89,6 +90,7 @@ class SharedSessions:
         self.relay = parts.relay
         self.events = parts.events
         self.rounds = parts.rounds
+        self.shapes = parts.shapes
         self.gate = gate
         self._held: dict[str, Held] = {}
         self._in_flight: Counter[str] = Counter()
@@ -110,6 +112,7 @@ class SharedSessions:
             task_group.start_soon(self._keep_alive)
             task_group.start_soon(self._reap_ended)
             task_group.start_soon(self.presence.run)
+            task_group.start_soon(self.shapes.run)
             task_group.start_soon(self.events.run_writer)
             if self.rounds is not None:
                 task_group.start_soon(self.relay.serve, self.rounds.continue_relayed)
@@ -326,7 +329,10 @@ class SharedSessions:
                     self._log.warning("keep-alive", "sessions: expiry not pushed ahead: %s", exc)
 
     async def record(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
-        """Server middleware: what a request changed in its session's state, written before it is answered."""
+        """Server middleware: what a request changed in its session's state, written before it is answered; a
+        tool this replica lacks but another serves, named as such (`ReplicaShapes.explain_unknown`)."""
+        if ctx.method == "tools/call":
+            return await self.shapes.explained_call(ctx, call_next)
         result = await call_next(ctx)
         if ctx.method not in _RECORDED or is_restoring(ctx.request_id):
             return result
@@ -394,6 +400,7 @@ class SharedSessionParts:
     events: RedisEventStore
     presence: ReplicaPresence
     relay: RedisRoundRelay
+    shapes: ReplicaShapes
     rounds: RoundOwners | None = None  # set by `share_rounds`: this replica's rounds, of every kind
 
     def front(self, manager: LazyStreamSessionManager, gate: SessionGate, rounds: RoundOwners) -> SharedSessions:
@@ -421,6 +428,7 @@ def redis_session_parts(config: VmcpConfig, replica: str) -> SharedSessionParts:
         ),
         presence,
         RedisRoundRelay(client, prefix, presence, deadline=config.timeouts.input, slice_=config.redis.timeout / 2),
+        watch_shapes(config, client, replica),
     )
 
 

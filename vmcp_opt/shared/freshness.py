@@ -29,7 +29,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from vmcp_opt.backends.connection import BackendConnection
-from vmcp_opt.routing.budget import ThrottledLog
+from vmcp_opt.logs import ThrottledLog
 
 logger = logging.getLogger(__name__)
 RECONNECT_DELAY = 1.0

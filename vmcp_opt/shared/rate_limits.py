@@ -28,7 +28,8 @@ from typing import Protocol
 
 from vmcp_opt.auth.caller import Caller, Identification
 from vmcp_opt.config import BucketConfig, RateLimitsConfig, ToolBucketConfig, VmcpConfig
-from vmcp_opt.routing.budget import LimitReached, ThrottledLog
+from vmcp_opt.logs import ThrottledLog
+from vmcp_opt.routing.budget import LimitReached
 
 logger = logging.getLogger(__name__)
 

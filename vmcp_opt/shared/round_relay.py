@@ -24,7 +24,7 @@ from mcp.shared.exceptions import MCPError
 from pydantic import BaseModel, ValidationError
 from redis.asyncio import Redis
 
-from vmcp_opt.routing.budget import ThrottledLog
+from vmcp_opt.logs import ThrottledLog
 from vmcp_opt.routing.round_trips.owners import HeldRound
 from vmcp_opt.routing.round_trips.state import Round, decode_round, encode_round
 from vmcp_opt.shared.events import STORE_ERRORS, ReplicaPresence

@@ -9,16 +9,17 @@ Redis unreachable: the merge fails with a warning, the counts stay new for the n
 `shared.factories.usage_history`, which imports this module (and redis) only when the config selects it.
 
 Every replica ranks with the whole history as of its last merge, so the history outlives a Redis that
-restarts empty (no persistence) or is flushed, as long as one replica runs: a replica that read a history at
-its last merge and finds `usage:tasks` gone writes back everything it ranks with, in place of its new counts,
-and the others add to that. The merge watches the key (WATCH, then MULTI/EXEC, again if it changed), so only
-the first replica to notice writes it back. Not undone this way: `vmcp index usage --clear` (`clear`), which
+restarts empty (no persistence) or is flushed, as long as one replica runs. Each history carries its birth,
+`usage:since` (Redis's own clock, in microseconds, when its first counts were written), and each replica
+remembers the birth of the history it read at its last merge. A replica that finds `usage:tasks` gone, or a
+history born after the one it holds (another replica, just started and holding nothing, merged its first counts
+into the emptied Redis first), writes back everything it ranks with and the older birth: the longest-lived
+history wins, and the younger one's counts are kept, added to it. The merge watches the keys (WATCH, then
+MULTI/EXEC, again if they changed), so only the first replica to notice writes it back; the others find the
+birth they hold and add only their new counts. Not undone this way: `vmcp index usage --clear` (`clear`), which
 leaves a marker, `usage:cleared` (a new token per clear); a replica that finds a marker it has not seen drops
 what it holds, merged or not (`UsageGraph.forget`, as with the file history), and writes nothing back. A
-Redis restarted empty has no marker, which is no clear. Not covered: a replica that holds no history (just
-started) and whose first counts reach the empty Redis before any other replica merged (within one
-`usage_sync_interval` of the restart) makes the key exist again; the others then add to its counts, and the
-older history is lost.
+Redis restarted empty has no marker, which is no clear.
 """
 
 from __future__ import annotations
@@ -46,10 +47,13 @@ class RedisUsageHistory:
         self.tasks_key = prefix + "usage:tasks"
         self.together_key = prefix + "usage:together"
         self.cleared_key = prefix + "usage:cleared"
+        self.since_key = prefix + "usage:since"
         self.where = f"Redis {self.tasks_key}, {self.together_key}"
-        # Whether Redis held a history at this replica's last merge; the clear marker as it was then (None:
-        # none), `_marker_read` once a merge has read it.
+        # Whether Redis held a history at this replica's last merge, and that history's birth (None: none, or
+        # one written before births were kept); the clear marker as it was then (None: none), `_marker_read`
+        # once a merge has read it.
         self._held = False
+        self._since: int | None = None
         self._cleared: bytes | None = None
         self._marker_read = False
 
@@ -70,7 +74,7 @@ class RedisUsageHistory:
 
     def clear(self) -> None:
         with self.client.pipeline(transaction=True) as pipe:
-            pipe.delete(self.tasks_key, self.together_key)
+            pipe.delete(self.tasks_key, self.together_key, self.since_key)
             pipe.set(self.cleared_key, secrets.token_hex(8))
             pipe.execute()
 
@@ -80,7 +84,7 @@ class RedisUsageHistory:
         cleared = cast(bytes | None, self.client.get(self.cleared_key))
         if not self._marker_read or cleared is None or cleared == self._cleared:
             return  # a marker gone with the rest (Redis restarted empty) is no clear
-        self._cleared, self._held = cleared, False
+        self._cleared, self._held, self._since = cleared, False, None
         dropped = graph.forget()
         logger.info(
             "optimizer: usage history in %s was cleared (vmcp index usage --clear): ranking without what was "
@@ -92,14 +96,17 @@ class RedisUsageHistory:
     def _merge(
         self, tasks: Counter[str], together: dict[str, Counter[str]], graph: UsageGraph | None = None
     ) -> UsageGraph:
-        """Add the new counts (or, the history lost, all of `graph`'s) and read the whole."""
+        """Add the new counts (or, the history lost or replaced by a younger one, all of `graph`'s) and read the
+        whole."""
         rewritten = False
 
         def transact(pipe: Pipeline) -> None:  # run again by `transaction` when a watched key changed meanwhile
             nonlocal rewritten
             cleared = pipe.get(self.cleared_key)
-            lost = self._held and graph is not None and len(graph) > 0 and not pipe.exists(self.tasks_key)
+            since = _stamp(pipe.get(self.since_key))
+            lost = self._held and graph is not None and len(graph) > 0 and self._lost(pipe, since)
             rewritten = lost and cleared in (None, self._cleared)  # not by a clear since `_drop_if_cleared`
+            born = self._birth(pipe, since, rewritten, bool(tasks))
             pipe.multi()
             if rewritten:
                 assert graph is not None
@@ -108,22 +115,41 @@ class RedisUsageHistory:
                 self._add(pipe, *_counts(graph))
             else:
                 self._add(pipe, tasks, together)
+            if born is not None:
+                pipe.set(self.since_key, born)
             pipe.get(self.cleared_key)
+            pipe.get(self.since_key)
             pipe.hgetall(self.tasks_key)
             pipe.hgetall(self.together_key)
 
-        results = cast(list[Any], self.client.transaction(transact, self.tasks_key, self.cleared_key))
-        *_, cleared, kept_tasks, kept_pairs = results
+        watched = (self.tasks_key, self.cleared_key, self.since_key)
+        results = cast(list[Any], self.client.transaction(transact, *watched))
+        *_, cleared, since, kept_tasks, kept_pairs = results
         kept = _graph(kept_tasks, kept_pairs)
         self._held, self._cleared, self._marker_read = bool(kept_tasks), cleared, True
+        self._since = _stamp(since) if kept_tasks else None
         if rewritten:
             logger.info(
-                "optimizer: the usage history in %s was gone (Redis restarted empty?); wrote back the one this "
-                "replica ranks with (%d tools)",
+                "optimizer: the usage history in %s was gone (Redis restarted empty?) or born after this "
+                "replica's; wrote back the one this replica ranks with (%d tools), added to what was there",
                 self.where,
                 len(kept),
             )
         return kept
+
+    def _birth(self, pipe: Pipeline, since: int | None, rewritten: bool, adding: bool) -> int | None:
+        """The birth to write, if any: a write-back keeps the birth of the history written back (the older one),
+        and a history's first counts (or one kept from before births were) are born now."""
+        if rewritten:
+            return self._since if self._since is not None else _now(pipe)
+        return _now(pipe) if since is None and adding else None
+
+    def _lost(self, pipe: Pipeline, since: int | None) -> bool:
+        """Whether the history this replica held is no longer the one in Redis: gone, or replaced by one born
+        after it (a replica that held nothing merged first after Redis restarted empty)."""
+        if not pipe.exists(self.tasks_key):
+            return True
+        return self._since is not None and (since is None or since > self._since)
 
     def _add(self, pipe: Pipeline, tasks: Mapping[str, int], together: Mapping[str, Mapping[str, int]]) -> None:
         for tool, count in tasks.items():
@@ -131,6 +157,20 @@ class RedisUsageHistory:
         for tool, counts in together.items():
             for other, count in counts.items():
                 pipe.hincrby(self.together_key, json.dumps([tool, other]), count)
+
+
+def _stamp(value: Any) -> int | None:
+    """A history's birth as stored; None when there is none (or it is not a number: then it is written anew)."""
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _now(pipe: Pipeline) -> int:
+    """Redis's clock in microseconds: one clock for every replica, so births compare across machines."""
+    seconds, micros = pipe.time()
+    return int(seconds) * 1_000_000 + int(micros)
 
 
 def _counts(graph: UsageGraph) -> tuple[dict[str, int], dict[str, dict[str, int]]]:

@@ -1,0 +1,115 @@
+"""A stdio backend that answers garbage, against a real gateway process: garbled JSON-RPC and results that fail
+the SDK's validation are failures for the backend's circuit (it opens), named as the backend's fault to the
+client; results over `limits.max_result_bytes` are the tool's output being large and leave the circuit closed."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import mcp_types as types
+import pytest
+from mcp import Client
+from mcp.shared.exceptions import MCPError
+
+from tests.support import running_gateway, write_config
+from tests.test_failure_recovery import backend, text
+
+pytestmark = [pytest.mark.slow, pytest.mark.anyio]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+# JSON-RPC by hand, to answer what no SDK server would: each tool answers what its name says.
+GARBAGE_SERVER = r"""
+import json
+import sys
+
+TOOLS = [{"name": name, "inputSchema": {"type": "object"}} for name in ("ok", "garbled", "invalid", "big")]
+
+
+def write(message):
+    sys.stdout.write(json.dumps(message) + "\n")
+    sys.stdout.flush()
+
+
+for line in sys.stdin:
+    message = json.loads(line)
+    if "id" not in message or "method" not in message:
+        continue
+    request_id, method, params = message["id"], message["method"], message.get("params") or {}
+    if method == "initialize":
+        info = {"name": "garbage", "version": "1"}
+        write({"jsonrpc": "2.0", "id": request_id, "result": {
+            "protocolVersion": params["protocolVersion"], "capabilities": {"tools": {}}, "serverInfo": info}})
+    elif method == "tools/list":
+        write({"jsonrpc": "2.0", "id": request_id, "result": {"tools": TOOLS}})
+    elif method == "tools/call" and params["name"] == "garbled":
+        sys.stdout.write('{"jsonrpc": "2.0", "id": %s, "result": {"content": [ garbage\n' % json.dumps(request_id))
+        sys.stdout.flush()
+    elif method == "tools/call" and params["name"] == "invalid":
+        write({"jsonrpc": "2.0", "id": request_id, "result": {"content": "not a list"}})
+    elif method == "tools/call" and params["name"] == "big":
+        write({"jsonrpc": "2.0", "id": request_id, "result": {"content": [{"type": "text", "text": "x" * 200_000}]}})
+    elif method == "tools/call":
+        write({"jsonrpc": "2.0", "id": request_id, "result": {"content": [{"type": "text", "text": "fine"}]}})
+    else:
+        write({"jsonrpc": "2.0", "id": request_id, "result": {}})
+"""
+
+
+def garbage_config(directory: Path, failure_threshold: int) -> Path:
+    script = directory / "garbage_server.py"
+    script.write_text(GARBAGE_SERVER, encoding="utf-8")
+    config: dict[str, Any] = {
+        "backends": [{"name": "junk", "command": sys.executable, "args": [str(script)]}],
+        "limits": {"max_result_bytes": 100_000},
+        # Only calls feed the circuit in these tests: no health check runs within them.
+        "health": {"interval": 3600},
+        "failure": {"circuit_breaker": {"failure_threshold": failure_threshold, "cooldown": 3600}},
+    }
+    return write_config(directory, config)
+
+
+async def test_garbled_answers_open_the_circuit(tmp_path: Path) -> None:
+    with running_gateway(garbage_config(tmp_path, failure_threshold=3)) as gateway:
+        async with Client(gateway.url) as client:
+            assert not (await client.call_tool("junk_ok", {})).is_error
+            for _ in range(3):
+                with pytest.raises(MCPError) as garbled:
+                    await client.call_tool("junk_garbled", {})
+                assert garbled.value.error.code == types.PARSE_ERROR
+                assert garbled.value.error.message.startswith("backend 'junk' answered with a message of")
+                assert "not valid JSON-RPC" in garbled.value.error.message
+            circuit = backend(gateway, "junk")["circuit"]
+            assert circuit["state"] == "open" and "not valid JSON-RPC" in circuit["reason"], circuit
+            refused = await client.call_tool("junk_ok", {})
+            assert refused.is_error and "circuit open" in text(refused)
+
+
+async def test_results_that_fail_validation_are_the_backends_fault_and_open_the_circuit(tmp_path: Path) -> None:
+    with running_gateway(garbage_config(tmp_path, failure_threshold=2)) as gateway:
+        async with Client(gateway.url) as client:
+            for _ in range(2):
+                with pytest.raises(MCPError) as invalid:
+                    await client.call_tool("junk_invalid", {})
+                # Not -32602 "Invalid request parameters", which blamed the client's arguments.
+                assert invalid.value.error.code == types.INTERNAL_ERROR
+                message = invalid.value.error.message
+                assert message.startswith("backend 'junk' answered with an invalid result: ") and "content" in message
+            assert backend(gateway, "junk")["circuit"]["state"] == "open"
+
+
+async def test_results_over_the_size_cap_leave_the_circuit_closed(tmp_path: Path) -> None:
+    with running_gateway(garbage_config(tmp_path, failure_threshold=2)) as gateway:
+        async with Client(gateway.url) as client:
+            for _ in range(4):
+                big = await client.call_tool("junk_big", {})
+                assert big.is_error and "larger than 100,000 bytes" in text(big)
+            circuit = backend(gateway, "junk")["circuit"]
+            assert circuit["state"] == "closed" and circuit["consecutive_failures"] == 0, circuit
+            assert not (await client.call_tool("junk_ok", {})).is_error

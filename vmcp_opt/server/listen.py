@@ -1,0 +1,103 @@
+"""`subscriptions/listen` (2026-07-28): list changes, and `resources/updated` for the URIs a stream names.
+
+The SDK's handler acknowledges every URI a client names and delivers what the bus carries for it. Here the
+acknowledgement promises only the URIs the gateway follows for the stream (backends/resource_updates.py):
+served by a backend that takes subscriptions, readable by the caller under the policy, within
+`limits.max_subscriptions_per_caller` (the caller's open streams together) and `limits.max_listened_resources`.
+Anything else is left out, so a client reads those resources again itself instead of waiting for updates
+that never come. When the stream ends, its URIs are released (unsubscribed at the backend once no stream
+wants them).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from typing import Any
+
+import mcp_types as types
+from mcp.server.context import ServerRequestContext
+from mcp.server.subscriptions import ListenHandler, SubscriptionBus
+
+from vmcp_opt.auth import Caller
+from vmcp_opt.backends.resource_updates import ResourceUpdates
+from vmcp_opt.routing import Router
+from vmcp_opt.routing.policy import Target
+from vmcp_opt.server.admission import Admission
+
+logger = logging.getLogger(__name__)
+
+Ctx = ServerRequestContext[Any, Any]
+
+
+class ListenStreams(ListenHandler):
+    """The SDK's listen handler, its resource subscriptions narrowed to what the gateway delivers."""
+
+    def __init__(
+        self, bus: SubscriptionBus, router: Router, admission: Admission, updates: ResourceUpdates, per_caller: int
+    ) -> None:
+        super().__init__(bus)
+        self._router = router
+        self._admission = admission
+        self._updates = updates
+        self._per_caller = per_caller
+        self._held: Counter[str] = Counter()  # caller id → URIs its open streams follow
+
+    async def __call__(
+        self, ctx: Ctx, params: types.SubscriptionsListenRequestParams
+    ) -> types.SubscriptionsListenResult:
+        asked = list(dict.fromkeys(params.notifications.resource_subscriptions or ()))
+        if not asked:
+            return await super().__call__(ctx, params)
+        caller = self._admission.caller(ctx)
+        held: dict[str, list[str]] = {}  # filled as it goes: a stream cancelled meanwhile releases what it got
+        try:
+            await self._follow(caller, asked, held)
+            honored = [uri for uri in asked if any(uri in uris for uris in held.values())]
+            if len(honored) < len(asked):
+                logger.info(
+                    "listen stream of %s: updates of %d of %d resource(s) promised", caller.id, len(honored), len(asked)
+                )
+            wanted = params.notifications.model_copy(update={"resource_subscriptions": honored or None})
+            return await super().__call__(ctx, params.model_copy(update={"notifications": wanted}))
+        finally:
+            for name, uris in held.items():
+                backend = self._router.backends.get(name)
+                if backend is not None:
+                    self._updates.release(backend, uris)
+                self._give_back(caller.id, len(uris))
+
+    async def _follow(self, caller: Caller, asked: list[str], held: dict[str, list[str]]) -> None:
+        """Per backend, the URIs followed for this stream, into `held`. The caller's room is taken before the
+        backends are asked, so two streams of one caller opened at once cannot pass its bound together."""
+        chosen = self._choose(caller, asked)
+        reserved = sum(len(uris) for uris in chosen.values())
+        self._held[caller.id] += reserved
+        try:
+            for name, uris in chosen.items():
+                backend = self._router.backends.get(name)
+                followed = await self._updates.acquire(backend, uris) if backend is not None else []
+                if followed:
+                    held[name] = followed
+        finally:
+            self._give_back(caller.id, reserved - sum(len(uris) for uris in held.values()))
+
+    def _choose(self, caller: Caller, asked: list[str]) -> dict[str, list[str]]:
+        """The URIs some backend serves and the caller may read, by backend, within the caller's room."""
+        catalog = self._router.catalog.current
+        room = self._per_caller - self._held[caller.id]
+        chosen: dict[str, list[str]] = {}
+        for uri in asked:
+            name = catalog.route_resource(uri) or catalog.route_template(uri)
+            if name is None or not self._router.permits(caller, Target("resource", uri, name)):
+                continue
+            if room <= 0:
+                break
+            chosen.setdefault(name, []).append(uri)
+            room -= 1
+        return chosen
+
+    def _give_back(self, caller_id: str, count: int) -> None:
+        self._held[caller_id] -= count
+        if self._held[caller_id] <= 0:
+            del self._held[caller_id]
