@@ -99,6 +99,16 @@ def test_child_vectors_match_the_served_onnx_encoder_and_progress_is_relayed(
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
 
 
+def test_a_documents_vector_does_not_depend_on_the_documents_embedded_with_it(served: OnnxEmbedder) -> None:
+    """Dynamic int8 takes one activation scale per run, so a tool in a batch got a vector that moved with its
+    batch-mates: a tool re-embedded alone (an update) differed from its cold-build vector. The served bulk path
+    runs each text alone, as a query runs: the child's vectors are those of each document embedded by itself."""
+    vectors = _bulk(served, "onnx").run(DOCUMENTS, lambda n: None)
+    alone = np.vstack([served.encoder.encode([document]) for document in DOCUMENTS])
+    np.testing.assert_allclose(vectors, alone, atol=1e-6)
+    np.testing.assert_allclose(_in_process(served, DOCUMENTS), alone, atol=1e-6)
+
+
 def test_update_above_the_threshold_takes_the_child() -> None:
     embedder = _embedder(bulk_process_min=len(DOCUMENTS))
     assert isinstance(embedder.bulk, BulkEncoder)

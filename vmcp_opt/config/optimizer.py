@@ -51,8 +51,10 @@ class OptimizerConfig(_Strict):
     # Bulk encoding (the bulk child) on torch in bfloat16 where the CPU has AMX (~3x faster, same quality); false:
     # the child runs the serving ONNX graph everywhere.
     bulk_bfloat16: bool = True
-    # Tools embedded per batch when indexing.
-    batch_size: int = Field(64, ge=1)
+    # Tools embedded per batch when indexing (a batch holds ~64x this many tokens, more short texts, fewer long
+    # ones; 1: one tool a batch). Unset: the encoder's own, 64 on torch and 1 on ONNX Runtime (optimizer/batching.py
+    # says why).
+    batch_size: int | None = Field(None, ge=1)
     # With the onnx encoder, an update with this many new documents or more embeds them in a child process
     # (optimizer/bulk_embed.py): torch in bfloat16 where the CPU has AMX (~2x ONNX Runtime), else the serving
     # ONNX graph; the gateway itself stays torch-free and its memory after the build lower. 0 turns it off.

@@ -16,6 +16,16 @@ import numpy as np
 # Texts per tokenizer call in bulk encoding.
 TOKENIZE_CHUNK = 2048
 
+# Bulk encoding's `batch_size` when the config leaves it unset, per encoder (bench/README.md, "Sixteenth
+# session", and "Cold build: where the time went"). Torch's fused bfloat16 layers: 64 (~4,096 tokens a batch) was
+# ~5% faster than 8,192 tokens, and 16k-32k were 37-62% slower (activations out of cache). ONNX Runtime's int8
+# graph: one text a run, as a query runs. Its dynamic int8 takes one activation scale per run, so in a batch a
+# document's vector moved with its batch-mates (a tool re-embedded alone differed from its cold-build vector),
+# and 8 texts a batch, the fastest (1.32x the documents a second of 64 on 2 threads), lost 0.6 nDCG@10 points
+# to fp32 on apibank; alone, each text is at most 0.38 from fp32 (eval/README.md) and still ~1.2x as fast as 64.
+TORCH_BATCH_SIZE = 64
+ONNX_BATCH_SIZE = 1
+
 
 def load_tokenizer(file: Path, max_length: int) -> Any:
     """A `tokenizers.Tokenizer` from `tokenizer.json` set up as the lean encoder sets its copy (truncation at
@@ -38,7 +48,7 @@ def tokenize_chunked(tokenize: Callable[[Sequence[str]], list[list[int]]], texts
 
 def batches_by_tokens(token_ids: Sequence[np.ndarray], batch_size: int, multiple: int = 1) -> Iterator[np.ndarray]:
     """Row numbers of each batch: longest texts first, about `batch_size * 64` tokens per batch (at most
-    `batch_size * 4` texts). With `multiple` > 1 a batch's row count follows its longest text rounded up to
+    `batch_size * 4` texts; 1: one text per batch). With `multiple` > 1 a batch's row count follows its longest text rounded up to
     `multiple` (as `padded` pads it), so every full batch of a length bucket has the same shape: oneDNN
     builds a kernel per bfloat16 shape, and irregular shapes cost time and memory."""
     lengths = np.fromiter((len(ids) for ids in token_ids), dtype=np.int64, count=len(token_ids))
@@ -47,7 +57,7 @@ def batches_by_tokens(token_ids: Sequence[np.ndarray], batch_size: int, multiple
     start = 0
     while start < len(order):
         longest = -(-max(1, int(lengths[order[start]])) // multiple) * multiple
-        count = max(1, min(batch_size * 4, budget // longest))
+        count = 1 if batch_size == 1 else max(1, min(batch_size * 4, budget // longest))
         yield order[start : start + count]
         start += count
 

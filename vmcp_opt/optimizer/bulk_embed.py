@@ -46,6 +46,8 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from vmcp_opt.optimizer.batching import ONNX_BATCH_SIZE, TORCH_BATCH_SIZE
+
 # The child imports this module before torch: what the parent alone needs is imported where it is used, so
 # that the child's start skips vmcp_opt.config (pydantic, jsonschema: ~0.2-0.3 s of its start-up).
 if TYPE_CHECKING:
@@ -60,11 +62,6 @@ BulkEngine = Literal["torch", "onnx"]
 # >= 0.998 to fp32 (eval/README.md, "Encoders"); below this the child's numerics are wrong, not merely rounded.
 MIN_COSINE = 0.99
 CHECK_ROWS = 8
-# Texts of 64 tokens per batch (batches hold ~`BATCH_SIZE * 64` tokens, optimizer/batching.py). 128 (8,192
-# tokens) was best for the plain bfloat16 layers (+30% documents per CPU second over 4,096); with the fused
-# oneDNN layers (`LeanEncoder.encode_bulk`) 4,096 tokens is ~5% faster than 8,192 on 10k catalogue documents
-# and 16k-32k tokens were 37-62% slower (activations out of cache), measured interleaved in one process.
-BATCH_SIZE = 64
 # glibc malloc settings for the child (unless its environment sets them): freed activations (3-12 MB each) stay
 # in the heap for the next batch instead of going back to the system and being faulted in again. On 5,000
 # documents: minor page faults 960k -> 120k, system CPU 2.3 -> 0.6 s, user CPU and peak RSS unchanged
@@ -91,7 +88,7 @@ class BulkEncoder:
         min_documents: int,
         timeout: float,
         threads: int = 0,
-        batch_size: int = BATCH_SIZE,
+        batch_size: int | None = None,
         bfloat16: bool = True,
         engine: BulkEngine = "torch",
     ) -> None:
@@ -182,7 +179,7 @@ class BulkEncoder:
 
     def _job(self) -> BulkJob:
         options = ["--max-length", str(self.spec.max_seq_length), "--threads", str(self.threads)]
-        options += ["--batch-size", str(self.batch_size), "--engine", self.engine]
+        options += ["--engine", self.engine] + (["--batch-size", str(self.batch_size)] if self.batch_size else [])
         options += [] if self.bfloat16 else ["--float32"]
         try:
             return BulkJob(self.spec.path, options, self.timeout)
@@ -315,7 +312,7 @@ def _encode(args: argparse.Namespace) -> np.ndarray:
             except Exception as exc:  # onnxruntime raises its own exception types for a file it cannot load
                 first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 raise BulkEncodeError(f"{onnx_model}: ONNX Runtime cannot load it ({first_line})") from None
-            return onnx.encode_bulk_ids(token_ids, args.batch_size, done, args.threads)
+            return onnx.encode_bulk_ids(token_ids, args.batch_size or ONNX_BATCH_SIZE, done, args.threads)
         import torch
 
         from vmcp_opt.optimizer.encoder import LeanEncoder
@@ -326,7 +323,7 @@ def _encode(args: argparse.Namespace) -> np.ndarray:
         if encoder is None:
             raise BulkEncodeError(f"{args.model_dir}: not a BERT model with mean pooling and safetensors weights")
         token_ids, _ = tokenizing.result()
-    return encoder.encode_bulk_ids(token_ids, args.batch_size, done)
+    return encoder.encode_bulk_ids(token_ids, args.batch_size or TORCH_BATCH_SIZE, done)
 
 
 def _tokenized(args: argparse.Namespace) -> tuple[list[np.ndarray], Path | None]:
@@ -360,7 +357,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out", type=Path, help="float32 vectors, one row per text (.npy)")
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--batch-size", type=int, default=BATCH_SIZE)
+    parser.add_argument(
+        "--batch-size", type=int, help="texts per batch (default: the engine's own, optimizer/batching.py)"
+    )
     parser.add_argument("--float32", action="store_true", help="torch: float32 instead of bfloat16")
     parser.add_argument("--engine", choices=["torch", "onnx"], default="torch")
     parser.add_argument("--wait", action="store_true", help="read TEXTS.json once a line arrives on stdin")

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import numpy as np
 
 from vmcp_opt.config import APP_NAME, OptimizerConfig
+from vmcp_opt.optimizer.batching import TORCH_BATCH_SIZE
 from vmcp_opt.optimizer.cpu import bulk_engine, cpu_supports_bfloat16
 from vmcp_opt.optimizer.model_registry import ModelError, ModelSpec, resolve_model
 
@@ -88,7 +89,7 @@ class Embedder:
         model: Any,
         *,
         bulk_bfloat16: bool = True,
-        batch_size: int = 64,
+        batch_size: int = TORCH_BATCH_SIZE,
         query_threads: int = 1,
         bulk_threads: int = 0,
         lean: bool = True,
@@ -337,7 +338,7 @@ def load_embedder(
     encoder: EncoderKind = "onnx",
     precision: Precision = "int8",
     model_cache: Path | None = None,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     query_threads: int = 1,
     bulk_threads: int = 0,
     **torch_options: bool,
@@ -366,7 +367,11 @@ def load_embedder(
                 exc,
             )
     return load_torch_embedder(
-        spec, batch_size=batch_size, query_threads=query_threads, bulk_threads=bulk_threads, **torch_options
+        spec,
+        batch_size=batch_size or TORCH_BATCH_SIZE,
+        query_threads=query_threads,
+        bulk_threads=bulk_threads,
+        **torch_options,
     )
 
 
@@ -374,7 +379,7 @@ def load_torch_embedder(
     spec: str,
     *,
     bulk_bfloat16: bool = True,
-    batch_size: int = 64,
+    batch_size: int = TORCH_BATCH_SIZE,
     progress: bool = True,
     query_threads: int = 1,
     bulk_threads: int = 0,

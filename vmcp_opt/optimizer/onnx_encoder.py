@@ -23,7 +23,14 @@ from pathlib import Path
 
 import numpy as np
 
-from vmcp_opt.optimizer.batching import batches_by_tokens, load_tokenizer, low_padding_groups, padded, tokenize_chunked
+from vmcp_opt.optimizer.batching import (
+    ONNX_BATCH_SIZE,
+    batches_by_tokens,
+    load_tokenizer,
+    low_padding_groups,
+    padded,
+    tokenize_chunked,
+)
 from vmcp_opt.optimizer.embedding import maybe_progress, release_memory
 from vmcp_opt.optimizer.model_registry import ModelError, ModelSpec
 from vmcp_opt.optimizer.onnx_export import SPLIT_FUSIONS, Precision, ensure_onnx_model, reexport
@@ -189,7 +196,7 @@ def load_onnx_embedder(
     cache: Path,
     *,
     precision: Precision = "int8",
-    batch_size: int = 64,
+    batch_size: int | None = None,
     query_threads: int = 1,
     bulk_threads: int = 0,
 ) -> OnnxEmbedder:
@@ -205,7 +212,9 @@ def load_onnx_embedder(
         log.warning("cached ONNX model %s does not load (%s); exporting it again", path, exc)
         path = reexport(spec, cache, precision)
         encoder = OnnxEncoder(path, tokenizer, spec.max_seq_length, threads=query_threads)
-    embedder = OnnxEmbedder(spec, encoder, precision=precision, batch_size=batch_size, bulk_threads=bulk_threads)
+    embedder = OnnxEmbedder(
+        spec, encoder, precision=precision, batch_size=batch_size or ONNX_BATCH_SIZE, bulk_threads=bulk_threads
+    )
     log.info(
         "embedding model %s loaded on ONNX Runtime (%s) in %.1f s", spec.id, precision, time.perf_counter() - started
     )
