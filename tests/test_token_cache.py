@@ -60,6 +60,25 @@ async def test_a_token_is_replaced_before_it_expires_even_when_it_lives_shorter_
     assert await cache.get("k", fetch) != first
 
 
+async def test_refused_exchanges_leave_nothing_held_per_caller_token() -> None:
+    """Each distinct caller token is a key; a provider that refuses them all must not make the cache keep a lock
+    per key until 10,000 tokens are cached (never, when every exchange is refused)."""
+    cache = TokenCache(refresh_before=30)
+
+    async def refuse() -> Token:
+        raise CredentialError("api", "token exchange", "refused")
+
+    for i in range(500):
+        with pytest.raises(CredentialError):
+            await cache.get(f"caller-token-{i}", refuse)
+    assert not cache._locks and not cache._tokens
+    assert await cache.get("caller-token-0", _fresh_token) == "ok"
+
+
+async def _fresh_token() -> Token:
+    return Token("ok", time.monotonic() + 600)
+
+
 def test_invalidate_drops_only_the_token_that_was_refused() -> None:
     cache = TokenCache(refresh_before=0)
     cache._tokens["k"] = Token("new", time.monotonic() + 60, time.monotonic() + 60)

@@ -53,11 +53,7 @@ def vmcp_workflow_run(config: Path, *args: str) -> subprocess.CompletedProcess[s
         ((), ["  field 'text': required but missing", "  field 'title': required but missing"]),
         (
             ("--arg", "title=3", "--arg", "count=many"),
-            [
-                "  field 'count': 'many' is not of type 'integer'",
-                "  field 'text': required but missing",
-                "  field 'title': 3 is not of type 'string'",
-            ],
+            ["  field 'count': 'many' is not of type 'integer'", "  field 'text': required but missing"],
         ),
     ],
 )
@@ -77,6 +73,7 @@ def test_every_bad_argument_is_listed_and_no_backend_starts(
 def test_valid_arguments_start_the_backend_and_run(tmp_path: Path) -> None:
     """The control for the tests above: the marker does appear when the backend starts."""
     config, marker = marked_config(tmp_path)
-    result = vmcp_workflow_run(config, "--arg", "title=t", "--arg", "text=x")
+    # A string parameter takes the text as written, digits too (read as JSON, `3` was refused as a number).
+    result = vmcp_workflow_run(config, "--arg", "title=3", "--arg", "text=x")
     assert result.returncode == 0, result.stdout + result.stderr
     assert marker.exists()

@@ -138,7 +138,7 @@ def test_a_bad_field_hides_none_of_the_workflow_s_other_problems(tmp_path: Path)
     )
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.splitlines()[1:] == [
-        "  workflows[0].steps[0].on_error.action: Input should be 'abort', 'continue' or 'retry'",
+        "  workflows[0].steps[0].on_error.action: Input should be 'abort', 'continue' or 'retry' (did you mean 'retry'?)",
         "  workflows[0].steps[4]: Input should be a valid dictionary or instance of StepConfig",
         "  workflows[0].steps: step ids must be unique, repeated: a",
         "  workflows[0].steps[2].depends_on: unknown step 'nope'",

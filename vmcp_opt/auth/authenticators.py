@@ -29,6 +29,7 @@ def build_authenticator(config: VmcpConfig) -> Authenticator | None:
     if incoming.mode == "oauth":
         from vmcp_opt.auth.tokens import TokenVerifier  # pyjwt (and its crypto) loads only for OAuth
 
+        _check_introspection_secret(incoming.oauth.introspection_url, incoming.oauth.client_secret_env)
         return TokenVerifier(incoming.oauth, config.resource_uri(), incoming.claims)
     if incoming.mode == "api_keys":
         settings = incoming.api_keys
@@ -44,3 +45,14 @@ def build_authenticator(config: VmcpConfig) -> Authenticator | None:
         logger.info("auth: API keys (%d known)", len(keys))
         return keys
     return None
+
+
+def _check_introspection_secret(introspection_url: str | None, secret_env: str | None) -> None:
+    """The process's environment cannot change while it serves: without the secret every opaque token would
+    be a 503 until a restart, so the start stops (and `vmcp validate` says so) instead."""
+    if introspection_url and secret_env and not os.environ.get(secret_env):
+        state = "is empty" if secret_env in os.environ else "is not set"
+        raise AuthSetupError(
+            f"auth.incoming.oauth.client_secret_env: ${secret_env} {state} "
+            "(the gateway's client secret, for token introspection)"
+        )

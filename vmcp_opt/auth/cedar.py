@@ -26,6 +26,7 @@ once per policy. Decisions depend only on the caller's principal and the target,
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -38,6 +39,7 @@ import cedarpy
 from vmcp_opt.auth.caller import Caller
 from vmcp_opt.auth.cedar_schema import ACTIONS, KNOWN_ACTIONS, schema_problems
 from vmcp_opt.config import RESERVED_NAMES
+from vmcp_opt.display import shorten
 from vmcp_opt.routing.policy import ALLOW, Decision, PolicyLoadError, Target
 
 logger = logging.getLogger(__name__)
@@ -48,6 +50,8 @@ META_TOOLS = RESERVED_NAMES  # find_tool and call_tool: no backend tool or workf
 _ACTION_REFERENCE = re.compile(r'\bAction\s*::\s*"((?:[^"\\]|\\.)*)"')
 _TEMPLATE_SLOT = re.compile(r"\?(?:principal|resource)\b")
 _ERRING_POLICY = re.compile(r"policy `((?:[^`\\]|\\.)*)`")
+# Longest target name the decision cache keeps as it is (tool and prompt names are at most 128 characters).
+NAME_KEPT = 256
 
 
 def is_meta_tool(target: Target) -> bool:
@@ -87,7 +91,7 @@ class CedarPolicy:
     def decide(self, caller: Caller, target: Target) -> Decision:
         if is_meta_tool(target):
             return ALLOW
-        key = (caller.principal, target.kind, target.name, target.source, target.operation, _hints(target))
+        key = (caller.principal, target.kind, _name_key(target.name), target.source, target.operation, _hints(target))
         cached = self._cache.get(key)
         if cached is not None:
             return cached
@@ -138,9 +142,19 @@ class CedarPolicy:
             logger.warning("authorization: %s: %s (such requests are denied)", self.source, message)
 
 
+def _name_key(name: str) -> str | bytes:
+    """A target's name as the decision cache keeps it: a resource URI is the client's own text (up to 64 KiB
+    when it matches a template), and 100,000 of those kept whole would be gigabytes; a long one is kept as its
+    digest instead."""
+    if len(name) <= NAME_KEPT:
+        return name
+    return hashlib.sha256(name.encode("utf-8", "surrogatepass")).digest()
+
+
 def _decision(result: cedarpy.AuthzResult, action: str, approvals: dict[str, str]) -> Decision:
     if result.diagnostics.errors:
-        return Decision(False, f"{action}: policy evaluation error: {result.diagnostics.errors[0]}")
+        # Cedar's error may quote the resource (a client's URI): the reason is cached and sent, so it is cut.
+        return Decision(False, f"{action}: policy evaluation error: {shorten(result.diagnostics.errors[0], 500)}")
     if result.allowed:
         asks = [approvals[reason] for reason in result.diagnostics.reasons if reason in approvals]
         if asks and action == "call_tool":

@@ -153,7 +153,14 @@ class TokenCache:
             value = self.fresh(key)  # another waiter fetched it meanwhile
             if value is not None:
                 return value
-            token = await fetch()
+            try:
+                token = await fetch()
+            except BaseException:
+                # A refused exchange caches no token: its lock goes too, or every distinct caller token the
+                # provider refuses would leave one behind (`_evict` runs only once tokens fill the cache).
+                if key not in self._tokens and lock.statistics().tasks_waiting == 0:
+                    self._locks.pop(key, None)
+                raise
             # `refresh_before` ahead of expiry; a token that lives shorter than twice that, at half its life.
             lifetime = token.expires_at - time.monotonic()
             token = replace(token, refresh_at=token.expires_at - min(self.refresh_before, lifetime / 2))

@@ -44,6 +44,8 @@ WORKFLOW_NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
 STEP_ID_PATTERN = r"^[A-Za-z][A-Za-z0-9_]{0,63}$"
 # The meta-tools' names: a workflow may not take them.
 RESERVED_NAMES = frozenset({"find_tool", "call_tool"})
+# The names a for_each step's templates read besides its item, which the item may therefore not take.
+TEMPLATE_NAMES = ("params", "steps", "index")
 # The meta-tool through which a step may call any tool by name (`arguments.tool_name`).
 CALL_TOOL = "call_tool"
 # A `${VAR}` reference, as backend fields spell it (config/base.py): not expanded in workflows, so warned of.
@@ -98,7 +100,7 @@ class StepConfig(_Strict):
     default_result: Any = None
     # for_each: a template giving the list to go over (a list, or a JSON array as a string).
     over: str | None = None
-    # for_each: the template variable holding the current item.
+    # for_each: the template variable holding the current item (not params, steps or index: templates read those).
     item: str = Field("item", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     # for_each: items called at once.
     max_parallel: int = Field(4, ge=1, le=64)
@@ -142,6 +144,9 @@ class StepConfig(_Strict):
             problems.append("over: a for_each step needs `over` (a template giving the list to go over)")
         if self.type == "tool" and self.over:
             problems.append("over: `over` is for for_each steps")
+        if self.type == "for_each" and self.item in TEMPLATE_NAMES:
+            # The item would hide that name from the step's templates (`item: index` lost the item itself).
+            problems.append(f"item: '{self.item}' is a name templates already read ({', '.join(TEMPLATE_NAMES)})")
         problems += [
             f"{name}: `{name}` is for elicitation steps"
             for name in ("message", "requested_schema")

@@ -5,6 +5,7 @@ agent does. The run takes the gateway's own path (router, policy, health guard),
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -50,7 +51,7 @@ def run(
             "--arg",
             "-a",
             metavar="<key=value>",
-            help="An argument as key=value; the value is read as JSON when it parses.",
+            help="An argument as key=value; the value is read as JSON when it parses, unless the parameter is a string.",
         ),
     ] = None,
     config: Annotated[Path | None, typer.Option("--config", "-c", help="Config file (YAML or JSON).")] = None,
@@ -65,7 +66,8 @@ def run(
     if name not in names:
         err.print(f"no workflow '{printable(name)}' in this config (there are: {', '.join(names) or 'none'})")
         raise typer.Exit(2)
-    arguments = parse_arguments(arg or [])
+    workflow = next(w for w in cfg.workflows if w.name == name)
+    arguments = parse_arguments(arg or [], workflow.parameters)
     check_arguments(cfg, name, arguments)
     report = anyio.run(_run, cfg, name, arguments, not as_json)
     if as_json:
@@ -76,13 +78,20 @@ def run(
         raise typer.Exit(1)
 
 
-def parse_arguments(pairs: list[str]) -> dict[str, Any]:
+def parse_arguments(pairs: list[str], parameters: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`key=value` pairs; a value is read as JSON when it parses, except for a parameter `parameters` types as
+    a string only: `--arg zip=02134` is the text, not the number 2134."""
+    properties = (parameters or {}).get("properties")
+    texts = {key for key, spec in (properties or {}).items() if isinstance(spec, dict) and spec.get("type") == "string"}
     arguments: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             err.print(f"--arg {printable(pair)}: expected key=value")
             raise typer.Exit(2)
+        if key in texts:
+            arguments[key] = value
+            continue
         try:
             arguments[key] = json.loads(value)
         except ValueError:
@@ -104,6 +113,17 @@ def check_arguments(cfg: Any, name: str, arguments: dict[str, Any]) -> None:
         for problem in exc.problems:
             err.print(f"  {printable(problem)}", markup=False, highlight=False)
         raise typer.Exit(2) from None
+
+
+# What a terminal must not get raw inside JSON text (json.dumps escapes C0 controls itself): DEL, C1
+# controls, line separators and bidirectional overrides.
+_UNSAFE_IN_JSON = re.compile(r"[\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def readable_json(value: Any, indent: int | None = None) -> str:
+    """JSON with other scripts as written (`日本語`, not `\\u65e5…`), and what could upset a terminal escaped."""
+    text = json.dumps(value, indent=indent, default=str, ensure_ascii=False)
+    return _UNSAFE_IN_JSON.sub(lambda match: f"\\u{ord(match.group()):04x}", text)
 
 
 def _prompt(field: str) -> str:
@@ -162,7 +182,7 @@ async def _run(cfg: Any, name: str, arguments: dict[str, Any], live: bool) -> di
             line = f"[{colour}]{step.status:>7}[/] [bold]{step.id}[/]  {step.duration * 1000:.0f} ms"
             line += f"  ({step.attempts} calls)" if step.attempts > 1 else ""
             out.print(line, highlight=False)
-            shown = step.error if step.error is not None else json.dumps(step.output, default=str)
+            shown = step.error if step.error is not None else readable_json(step.output)
             out.print(f"          {shorten(shown, 400)}", markup=False, highlight=False)
 
     async with anyio.create_task_group() as group:
@@ -179,7 +199,7 @@ async def _run(cfg: Any, name: str, arguments: dict[str, Any], live: bool) -> di
             group.cancel_scope.cancel()
     if live and report.ok:
         out.print(f"[bold green]ok[/] in {report.duration * 1000:.0f} ms; output:", highlight=False)
-        out.print(json.dumps(report.output, indent=2, default=str), markup=False, highlight=False)
+        out.print(readable_json(report.output, indent=2), markup=False, highlight=False)
     return {
         "workflow": report.workflow,
         "ok": report.ok,

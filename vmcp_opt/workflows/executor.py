@@ -32,7 +32,8 @@ from vmcp_opt.workflows.templates import TemplateError, render_value, truthy
 
 logger = logging.getLogger(__name__)
 
-StepStatus = Literal["pending", "running", "ok", "failed", "skipped"]
+# cancelled: it was running when the run ended (another step aborted it, its timeout, the client).
+StepStatus = Literal["pending", "running", "ok", "failed", "skipped", "cancelled"]
 CallTool = Callable[[str, dict[str, Any]], Awaitable[types.CallToolResult]]
 StepDone = Callable[["StepReport"], Awaitable[None]]
 # Asks the calling client's user: (message, requested schema) → the answer's `{"action", "content"}`.
@@ -120,7 +121,7 @@ class WorkflowRun:
                     for step in self.workflow.steps:
                         group.start_soon(self._run_step, step, group.cancel_scope, name=f"step {step.id}")
         except TimeoutError:
-            running = [s.id for s in report.steps.values() if s.status == "running"]
+            running = [s.id for s in report.steps.values() if s.status == "cancelled"]
             report.timed_out = True
             report.error = f"timed out after {self.workflow.timeout:g}s" + (
                 f" (still running: {', '.join(running)})" if running else ""
@@ -203,7 +204,9 @@ class WorkflowRun:
                 report.duration = time.perf_counter() - started
         finally:
             self._done[step.id].set()
-            if report.status != "running":  # a cancelled step is not reported as finished
+            if report.status == "running":  # cancelled: the run's error must not say it still runs
+                report.status = "cancelled"
+            else:  # a cancelled step is not reported as finished
                 self.report.order.append(step.id)
                 if self._on_step is not None:
                     await self._on_step(report)

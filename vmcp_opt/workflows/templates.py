@@ -1,9 +1,10 @@
 """Templates of workflow steps: Jinja2 in a sandbox, over `params`, `steps.<id>` and a for_each's item.
 
 A string that is one `{{ expression }}` and nothing else evaluates to the expression's value with its type
-(a list stays a list, a number a number), so `arguments: {count: "{{ params.n }}"}` passes an integer. Any
-other string renders to a string. Undefined names fail (`StrictUndefined`): a typo is an error naming the
-step, not an empty argument. `tojson` (Jinja's own) and `fromjson` are available as filters.
+(a list stays a list, a number a number), so `arguments: {count: "{{ params.n }}"}` passes an integer; what
+is not yet JSON data becomes it (a generator, view or range a list: `_json_data`). Any other string renders
+to a string. Undefined names fail (`StrictUndefined`): a typo is an error naming the step, not an empty
+argument. `tojson` (Jinja's own) and `fromjson` are available as filters.
 
 Sandboxed because a config may come from someone other than the operator of the gateway, and templates
 read backend output and client arguments: no attribute access to internals, no calling unsafe methods.
@@ -29,7 +30,7 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, ItemsView, Iterator, KeysView, ValuesView
 from functools import lru_cache, update_wrapper, wraps
 from types import FrameType
 from typing import Any
@@ -367,10 +368,7 @@ def _render_string(source: str, context: dict[str, Any], place: str) -> Any:
     try:
         match = _ONE_EXPRESSION.match(source)
         if match is not None:
-            result = _expression(match.group("expression"))(**context)
-            if isinstance(result, jinja2.Undefined):
-                str(result)  # raises the undefined error, with its name
-            return result
+            return _json_data(_expression(match.group("expression"))(**context))
         return _collected(_template(source).generate(**context))
     except jinja2.TemplateError as exc:
         raise TemplateError(place, f"{type(exc).__name__}: {exc}") from None
@@ -380,6 +378,54 @@ def _render_string(source: str, context: dict[str, Any], place: str) -> Any:
         raise TemplateError(place, "MemoryError: the template needs more memory than there is") from None
     except (ValueError, TypeError, ArithmeticError, LookupError) as exc:  # raised by a filter (fromjson, int)
         raise TemplateError(place, f"{type(exc).__name__}: {exc}") from None
+
+
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def _json_data(value: Any) -> Any:
+    """An expression's value as the JSON data it stands for, made here, in the render's thread and budget:
+    a filter chain without `| list` gives a generator (`map`, `select`), `.items()` a view, `range` a range.
+    Passed on as they are, a generator reached a client as the text `<generator object …>` (its structured
+    content a list: the two disagreed), a view failed the SDK's encoder (`Internal server error`), and an
+    empty generator was a true `condition`. Values that are no data (a function, bytes) fail the render.
+    Identity is kept where nothing changes: step outputs, already JSON, come back as they are."""
+    try:
+        return _converted(value)
+    except RecursionError:  # JSON nested deeper than this walk goes came from a backend: data already
+        return value
+
+
+def _converted(value: Any) -> Any:
+    if isinstance(value, jinja2.Undefined):
+        str(value)  # raises the undefined error, with its name
+    if isinstance(value, Markup):
+        return str(value)
+    if isinstance(value, _SCALARS):
+        return value
+    if isinstance(value, dict):
+        items = {_json_key(key): _converted(item) for key, item in value.items()}
+        same = len(items) == len(value) and all(items.get(k) is v for k, v in value.items())
+        return value if same else items
+    if isinstance(value, list):
+        converted = [_converted(item) for item in value]
+        return value if all(a is b for a, b in zip(converted, value, strict=True)) else converted
+    if isinstance(value, tuple | set | frozenset | range | Iterator | KeysView | ValuesView | ItemsView):
+        made = []
+        for item in value:  # a generator's items are computed here: each counted as it comes
+            _spend(_size(item))
+            made.append(_converted(item))
+        return made
+    raise TypeError(f"the expression gives a {type(value).__name__}, which is not JSON data")
+
+
+def _json_key(key: Any) -> str:
+    """A dict key as JSON writes it (`{1: 'a'}` → `{"1": "a"}`), so the text and the structured content agree."""
+    if isinstance(key, str):
+        return key
+    if isinstance(key, _SCALARS):
+        return json.dumps(key)
+    raise TypeError(f"a {type(key).__name__} cannot be a JSON object's key")
 
 
 def _collected(chunks: Iterator[str]) -> str:
