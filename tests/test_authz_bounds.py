@@ -128,3 +128,36 @@ def test_introspection_without_its_client_secret_stops_the_start_and_validate_na
     # Set, the same config is valid.
     validated = vmcp(config, "validate", env={**env, "VMCP_TEST_UNSET_INTROSPECTION_SECRET": "s3cret-value"})
     assert validated.returncode == 0, validated.stdout + validated.stderr
+
+
+# Alice may read resources, except what the template `notes://note/{title}` serves.
+TEMPLATE_POLICY = """\
+permit(principal, action, resource);
+forbid(principal, action in [Action::"read_resource", Action::"list_resources"], resource)
+  when { resource has template && resource.template && resource.uri == "notes://note/{title}" };
+"""
+
+
+def test_a_policy_forbidding_a_template_forbids_the_uris_it_serves(tmp_path: Path) -> None:
+    """Before, the template was hidden from the list but `resources/read` of a URI it matches was decided on that
+    URI alone, which no policy names: the read went through."""
+    keys = api_keys_file(tmp_path / "keys.json", {"alice": ["staff"]})
+    (tmp_path / "policy.cedar").write_text(TEMPLATE_POLICY)
+    config = {
+        "backends": [demo_backend("notes")],
+        "auth": {
+            "incoming": {"mode": "api_keys", "api_keys": {"file": "keys.json"}},
+            "authorization": {"policies": "policy.cedar"},
+        },
+    }
+    with running_gateway(write_config(tmp_path, config), "--log-level", "warning") as gateway:
+        with httpx2.Client(timeout=30) as http:
+            headers = session_headers(http, gateway, keys["alice"])
+            listed = http.post(
+                gateway.url, json={"jsonrpc": "2.0", "id": 1, "method": "resources/templates/list"}, headers=headers
+            )
+            assert "notes://note/{title}" not in listed.text
+            denied = read(http, gateway, headers, 2, "notes://note/groceries")
+            assert "error" in denied and "not permitted" in denied["error"]["message"], denied
+            allowed = read(http, gateway, headers, 3, "notes://all")  # a listed resource, no template: still read
+            assert "result" in allowed, allowed

@@ -25,6 +25,7 @@ import redis
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
+from mcp_types import CallToolResult, TextContent
 
 from tests.redis_server import RedisServer, running_redis
 from tests.support import EXAMPLES, Gateway, demo_backend, running_gateway, write_config
@@ -50,9 +51,9 @@ def replica_of(gateway: Gateway) -> str:
     return f"{socket.gethostname()}:{gateway.proc.pid}"
 
 
-def config(directory: Path, server: RedisServer, name: str, backends: list[dict[str, Any]]) -> Path:
+def config(directory: Path, server: RedisServer, name: str, backends: list[dict[str, Any]], **extra: Any) -> Path:
     common = {"redis": {"url": server.url, "timeout": 1.0, "key_prefix": PREFIX}, "sessions": {"store": "redis"}}
-    return write_config(directory, {"backends": backends, **common}, name)
+    return write_config(directory, {"backends": backends, **common, **extra}, name)
 
 
 @pytest.fixture(scope="module")
@@ -130,6 +131,47 @@ def test_a_call_reaching_the_replica_lacking_the_backend_names_the_backend(pair:
     assert f"on replica {replica_of(pair.lean)}: its backend 'alarms' is not configured on this replica" in message
     assert f"(replica {replica_of(pair.full)} has it)" in message and "disagree" in message
     assert not failed
+
+
+def test_the_optimizers_call_tool_on_the_replica_lacking_the_backend_names_the_backend(
+    pair: Pair, tmp_path: Path
+) -> None:
+    """A third replica with the lean replica's backends and the optimizer on: the client reaches `alarms` only
+    through its call_tool there, whose error result names the backend, not a bare "unknown tool"."""
+    lean_backends = [demo_backend("notes", env={"NOTES_FLAVOUR": "lean"})]
+    optimized = config(
+        tmp_path, pair.redis, "optimized.yaml", lean_backends, optimizer={"enabled": True, "usage": False}
+    )
+    with running_gateway(optimized) as third:
+        eventually(lambda: disagreeing(third, pair.full), "the optimized replica seeing the full one")
+        route = Directed(pair.full)
+
+        async def main() -> tuple[str, str]:
+            http = httpx2.AsyncClient(transport=route, timeout=30)
+            async with Client(streamable_http_client(pair.full.url, http_client=http), mode="legacy") as client:
+                await client.list_tools()
+                route.to = third  # the same session, now on the replica with the optimizer and without alarms
+                arguments = {"username": "alice", "password": "wonderland"}
+                lacking = await client.call_tool(
+                    "call_tool", {"tool_name": "alarms_get_user_token", "arguments": arguments}
+                )
+                unknown = await client.call_tool("call_tool", {"tool_name": "weather_forecast"})
+                assert lacking.is_error and unknown.is_error
+                return text(lacking), text(unknown)
+
+        lacking, unknown = anyio.run(main)
+    assert lacking.startswith(
+        f"field 'tool_name': Unknown tool: 'alarms_get_user_token' on replica {replica_of(third)}"
+    )
+    assert "its backend 'alarms' is not configured on this replica" in lacking
+    assert f"(replica {replica_of(pair.full)} has it)" in lacking and "disagree" in lacking
+    # A name that no backend another replica has would be named: the optimizer's own answer.
+    assert unknown == "field 'tool_name': unknown tool 'weather_forecast'; use find_tool to look tools up"
+    eventually(lambda: disagreeing(pair.full, third) is None, "the stopped replica's shape gone")
+
+
+def text(result: CallToolResult) -> str:
+    return " ".join(c.text for c in result.content if isinstance(c, TextContent))
 
 
 def test_a_replica_agreeing_with_another_is_not_reported(pair: Pair, tmp_path: Path) -> None:

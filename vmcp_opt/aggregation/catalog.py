@@ -70,10 +70,14 @@ class Catalog:
         """The backend that serves `uri`: a listed resource first, then the first matching template."""
         if uri in self.resources:
             return self.resources[uri].backend
-        for routed in self.templates:
-            if routed.matcher is not None and routed.matcher.match(uri) is not None:
-                return routed.backend
-        return None
+        matched = self.matching_template(uri)
+        return matched.backend if matched is not None else None
+
+    def matching_template(self, uri: str) -> RoutedTemplate | None:
+        """The first template `uri` matches, when it is not a listed resource (then it routes by the template)."""
+        if uri in self.resources:
+            return None
+        return next((t for t in self.templates if t.matcher is not None and t.matcher.match(uri) is not None), None)
 
     def route_template(self, uri_template: str) -> str | None:
         return next((t.backend for t in self.templates if t.template.uri_template == uri_template), None)

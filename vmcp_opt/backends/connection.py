@@ -13,8 +13,9 @@ errors (results.py).
 
 A lost session (the stdio process died, the stream closed, or the health checker asked for it
 through `reconnect`) is re-established with exponential backoff and jitter (`failure.restart`);
-a stdio backend's process is started again. `on_change` also runs when the backend leaves or
-rejoins service, so the catalogue follows it.
+a stdio backend's process is started again; an outage logs a few lines, not two per attempt
+(reconnect_log.py). `on_change` also runs when the backend leaves or rejoins service, so the catalogue
+follows it.
 
 Past ~450 lines on purpose: connecting, re-fetching on change and sending requests all read and write the
 one session, its state and its wake-up events; split into modules, each part would reach into the others'
@@ -48,6 +49,7 @@ from vmcp_opt.backends.errors import describe_error, failure_reason, with_stderr
 from vmcp_opt.backends.forwarding import HeaderWriteStream, forwarding
 from vmcp_opt.backends.http_bodies import as_internal_error
 from vmcp_opt.backends.listing import BackendListing, WatchedReadStream, fetch_listing
+from vmcp_opt.backends.reconnect_log import ReconnectLog
 from vmcp_opt.backends.results import bounded_result
 from vmcp_opt.backends.secrets import mask_url, redact, secret_values
 from vmcp_opt.backends.transports import StderrTail, open_transport
@@ -106,6 +108,7 @@ class BackendConnection:
         self.on_change = on_change
         self.state = BackendState.CONNECTING
         self.last_error: str | None = None
+        self._outage = ReconnectLog(self.name)  # what a backend that stays down logs (not two lines an attempt)
         self.state_since = time.time()
         self.listing = BackendListing()
         self.server_info: types.Implementation | None = None
@@ -146,7 +149,7 @@ class BackendConnection:
             delay = backoff_delay(self.restart, attempt)
             attempt += 1
             self.next_attempt_at = time.time() + delay
-            logger.info("backend %s: reconnecting in %.2fs (attempt %d)", self.name, delay, attempt)
+            self._outage.retrying(delay, attempt)
             with anyio.move_on_after(delay):
                 await self._stop.wait()
             self.next_attempt_at = None
@@ -273,15 +276,11 @@ class BackendConnection:
             self._set_state(BackendState.READY)
             self._connected.set()
             self._ready.set()
-            logger.info(
-                "backend %s ready (%s, protocol %s): %d tools, %d resources, %d templates, %d prompts",
-                self.name,
-                self.config.transport,
-                self.protocol_version,
-                len(self.listing.tools),
-                len(self.listing.resources),
-                len(self.listing.resource_templates),
-                len(self.listing.prompts),
+            listing = self.listing
+            self._outage.ready(
+                f"({self.config.transport}, protocol {self.protocol_version}): {len(listing.tools)} tools, "
+                f"{len(listing.resources)} resources, {len(listing.resource_templates)} templates, "
+                f"{len(listing.prompts)} prompts"
             )
             if self._task_group is not None:
                 # A change announced while this session was connecting is re-fetched now: no announcement is lost.
@@ -309,7 +308,9 @@ class BackendConnection:
     def _set_state(self, state: BackendState, error: str | None = None) -> None:
         error = redact(error, self.secrets) if error else error
         if state is not self.state:
-            if error:
+            if state is BackendState.FAILED:
+                self._outage.failed(error or "no reason given", lost=self.state is BackendState.READY)
+            elif error:
                 logger.warning("backend %s %s: %s", self.name, state.value, error)
             else:
                 logger.debug("backend %s %s", self.name, state.value)

@@ -12,7 +12,8 @@ erase the first failure. For the same reason a ping's success is not an outcome 
 A backend that stays down goes open → half-open → open every cool-down: the log says when it opens (warning)
 and when it closes again (info), the trials between at debug, with a reminder at warning after
 `REMINDER_FIRST` seconds down and then at doubling intervals (at most `REMINDER_MAX` apart), saying for how
-long and how many trials failed: not the same two lines every cool-down forever.
+long and how many trials failed: not the same two lines every cool-down forever (the schedule is the
+reconnect loop's too: vmcp_opt/backends/reconnect_log.py).
 
 Our own, small and synchronous (the caller awaits the call, the breaker only counts): the asyncio
 breakers on PyPI (purgatory, aiobreaker) have consecutive-failure thresholds only, no failure rate
@@ -28,12 +29,13 @@ from collections.abc import Callable
 from enum import StrEnum
 from typing import Any
 
+from vmcp_opt.backends.reconnect_log import REMINDER_FIRST as REMINDER_FIRST  # re-exported
+from vmcp_opt.backends.reconnect_log import REMINDER_MAX as REMINDER_MAX
+from vmcp_opt.backends.reconnect_log import Reminders, duration
 from vmcp_opt.config import CircuitBreakerConfig
 
 logger = logging.getLogger(__name__)
 
-REMINDER_FIRST = 300.0  # seconds down before the first "still open" warning
-REMINDER_MAX = 3600.0  # the longest gap between two of them (each gap doubles the last, up to this)
 _TRIAL_FAILED = "a trial failed: "
 
 
@@ -70,8 +72,7 @@ class CircuitBreaker:
         self.times_opened = 0
         self.down_since: float | None = None  # when it last opened from closed
         self.failed_trials = 0  # since then
-        self._reminder_gap = REMINDER_FIRST
-        self._next_reminder = 0.0
+        self._reminders = Reminders()  # the "still open" warnings while it stays down
         self._outcomes: deque[tuple[float, bool]] = deque()  # (when, failed) within the window
 
     # --- admission -------------------------------------------------------------------------------
@@ -182,7 +183,7 @@ class CircuitBreaker:
         now, before = self.clock(), self.state
         if state is CircuitState.OPEN and before is CircuitState.CLOSED:
             self.down_since, self.failed_trials = now, 0
-            self._reminder_gap, self._next_reminder = REMINDER_FIRST, now + REMINDER_FIRST
+            self._reminders.start(now)
             logger.warning(
                 "backend %s circuit closed -> open: %s; trial calls in %gs",
                 self.backend,
@@ -205,7 +206,7 @@ class CircuitBreaker:
 
     def _failed_trial(self, now: float) -> None:
         down = duration(now - (self.down_since if self.down_since is not None else now))
-        if now < self._next_reminder:
+        if not self._reminders.due(now):
             logger.debug("backend %s circuit half_open -> open after %s down: %s", self.backend, down, self.reason)
             return
         logger.warning(
@@ -216,8 +217,6 @@ class CircuitBreaker:
             self.reason.removeprefix(_TRIAL_FAILED),
             self.config.cooldown,
         )
-        self._reminder_gap = min(self._reminder_gap * 2, REMINDER_MAX)
-        self._next_reminder = now + self._reminder_gap
 
     def _note(self, *, failed: bool) -> None:
         self._outcomes.append((self.clock(), failed))
@@ -238,13 +237,3 @@ class CircuitBreaker:
             "failure_rate": self.failure_rate(),
             "times_opened": self.times_opened,
         }
-
-
-def duration(seconds: float) -> str:
-    """`seconds` for a person: 45s, 5m 3s, 2h 5m."""
-    whole = int(seconds)
-    if whole < 60:
-        return f"{whole}s"
-    if whole < 3600:
-        return f"{whole // 60}m {whole % 60}s"
-    return f"{whole // 3600}h {whole % 3600 // 60}m"

@@ -152,7 +152,9 @@ class OptimizerFront:
             return _error(f"field 'tool_name': '{target}' is a meta-tool; call it directly")
         try:
             return await call.router.call_tool(call.caller, target, arguments.get("arguments") or {}, call.exchange)
-        except UnknownTool:
+        except UnknownTool as unknown:
+            if unknown.why is not None:  # served by another replica behind this endpoint, not by this one
+                return _error(f"field 'tool_name': {unknown.why}")
             return _error(f"field 'tool_name': unknown tool '{shorten(target)}'; use find_tool to look tools up")
 
     async def tools_changed(self, tools: Sequence[ProvidedTool]) -> None:

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 import mcp_types as types
 from mcp.shared.exceptions import MCPError
 
 from vmcp_opt.auth import Caller
 from vmcp_opt.display import shorten
+
+if TYPE_CHECKING:
+    from vmcp_opt.aggregation.catalog import Catalog
 
 TargetKind = Literal["tool", "prompt", "resource", "template"]
 # list: shown in a list (or by find_tool); use: called, read, fetched, subscribed; complete: completions for it.
@@ -88,3 +91,17 @@ class Denied(MCPError):
         )
         self.caller = caller
         self.target = target
+
+
+def resource_targets(catalog: Catalog, uri: str) -> tuple[str, list[Target]] | None:
+    """The backend `uri` routes to and what a caller must be allowed to read it: the resource, and the template
+    it matches when it is not a listed resource (a policy forbidding a template forbids the URIs it serves, not
+    only its listing); None when nothing serves it."""
+    template = catalog.matching_template(uri)
+    backend = catalog.route_resource(uri) or catalog.route_template(uri)
+    if backend is None:
+        return None
+    targets = [Target("resource", uri, backend)]
+    if template is not None:
+        targets.append(Target("template", template.template.uri_template, template.backend))
+    return backend, targets

@@ -29,7 +29,7 @@ from mcp.shared.dispatcher import ProgressFnT
 from mcp.shared.exceptions import MCPError
 from pydantic import BaseModel
 
-from vmcp_opt.aggregation import Catalog, LiveCatalog
+from vmcp_opt.aggregation import LiveCatalog
 from vmcp_opt.auth import Caller
 from vmcp_opt.backends import BackendConnection, BackendManager
 from vmcp_opt.backends.connection import BackendUnavailable
@@ -45,7 +45,7 @@ from vmcp_opt.routing.operations import (
     request_target,
     watched,
 )
-from vmcp_opt.routing.policy import AllowAll, Decision, Denied, Operation, Policy, Target
+from vmcp_opt.routing.policy import AllowAll, Decision, Denied, Operation, Policy, Target, resource_targets
 from vmcp_opt.routing.providers import ProvidedTool, ToolCall, ToolProvider, error_result
 from vmcp_opt.routing.sessions import SessionChooser
 from vmcp_opt.routing.views import MergedToolList, ToolViews
@@ -60,9 +60,12 @@ _GONE = (types.CONNECTION_CLOSED, types.REQUEST_TIMEOUT)
 
 
 class UnknownTool(MCPError):
-    def __init__(self, name: str) -> None:
-        super().__init__(types.INVALID_PARAMS, f"Unknown tool: '{shorten(name)}'")
+    """`why`: the router's `why_unknown` for this name, which then is the whole message."""
+
+    def __init__(self, name: str, why: str | None = None) -> None:
+        super().__init__(types.INVALID_PARAMS, why or f"Unknown tool: '{shorten(name)}'")
         self.name = name
+        self.why = why
 
 
 class CallObserver(Protocol):
@@ -103,6 +106,9 @@ class Router:
         self.limiter: CallLimiter | None = None
         self.views = ToolViews(lambda: self.catalog.current, self._all_tools, _tool_target)
         self.merged = MergedToolList()  # what `tools/list` shows before any policy
+        # Why a tool no provider serves here may be served elsewhere (replicas sharing sessions with another
+        # config: vmcp_opt/shared/replica_shapes.py); None, or None from it: a bare "Unknown tool".
+        self.why_unknown: Callable[[str], str | None] | None = None
 
     def add_provider(self, provider: ToolProvider) -> None:
         """Providers earlier in the list win a name and come first in `tools/list`."""
@@ -156,8 +162,8 @@ class Router:
                 caller.subject or "no subject",
                 target.operation,
                 target.kind,
-                target.name,
-                extra={"caller": caller.id, "subject": caller.subject, "target": target.name},
+                shorten(target.name),  # a resource URI can be 64 KiB; denied reads must not flood the log
+                extra={"caller": caller.id, "subject": caller.subject, "target": shorten(target.name)},
             )
             raise Denied(caller, target, decision.reason)
         return decision
@@ -312,7 +318,7 @@ class Router:
         up. `UnknownTool` for a name never served."""
         why = next((w for p in self.providers if (w := p.why_unavailable(name)) is not None), None)
         if why is None:
-            raise UnknownTool(name)
+            raise UnknownTool(name, self.why_unknown(name) if self.why_unknown is not None else None)
         known = self.catalog.known_tool(name)
         if known is not None:
             if op is not None:
@@ -390,11 +396,12 @@ class Router:
         await self.sessions.roots_changed(caller)
 
     def _resource_backend(self, caller: Caller, uri: str) -> str:
-        catalog: Catalog = self.catalog.current
-        backend = catalog.route_resource(uri) or catalog.route_template(uri)
-        if backend is None:
+        routed = resource_targets(self.catalog.current, uri)
+        if routed is None:
             raise MCPError(RESOURCE_NOT_FOUND, f"Resource not found: '{shorten(uri)}'", {"uri": shorten(uri, 512)})
-        self._authorize(caller, Target("resource", uri, backend))
+        backend, targets = routed
+        for target in targets:
+            self._authorize(caller, target)
         return backend
 
     async def _forward(

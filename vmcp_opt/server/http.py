@@ -130,7 +130,9 @@ def create_app(gateway: Gateway) -> Starlette:
     session_gate = SessionGate(StreamableHTTPASGIApp(manager), slots, retry_after=min(limits.session_idle_timeout, 60))
     shared_sessions = None
     if shared is not None:
-        shared_sessions = session_gate.app = shared.front(manager, session_gate, gateway.sessions.owners)
+        shared_sessions = session_gate.app = shared.front(
+            manager, session_gate, gateway.sessions.owners, gateway.router
+        )
         mcp_server.middleware.append(shared_sessions.record)
     sessions: ASGIApp = session_gate
     if gateway.limiter is not None:

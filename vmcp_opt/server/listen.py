@@ -22,7 +22,7 @@ from mcp.server.subscriptions import ListenHandler, SubscriptionBus
 from vmcp_opt.auth import Caller
 from vmcp_opt.backends.resource_updates import ResourceUpdates
 from vmcp_opt.routing import Router
-from vmcp_opt.routing.policy import Target
+from vmcp_opt.routing.policy import resource_targets
 from vmcp_opt.server.admission import Admission
 
 logger = logging.getLogger(__name__)
@@ -84,13 +84,13 @@ class ListenStreams(ListenHandler):
 
     def _choose(self, caller: Caller, asked: list[str]) -> dict[str, list[str]]:
         """The URIs some backend serves and the caller may read, by backend, within the caller's room."""
-        catalog = self._router.catalog.current
         room = self._per_caller - self._held[caller.id]
         chosen: dict[str, list[str]] = {}
         for uri in asked:
-            name = catalog.route_resource(uri) or catalog.route_template(uri)
-            if name is None or not self._router.permits(caller, Target("resource", uri, name)):
+            routed = resource_targets(self._router.catalog.current, uri)
+            if routed is None or not all(self._router.permits(caller, target) for target in routed[1]):
                 continue
+            name = routed[0]
             if room <= 0:
                 break
             chosen.setdefault(name, []).append(uri)

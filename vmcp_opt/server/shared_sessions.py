@@ -44,6 +44,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from vmcp_opt.config import VmcpConfig
 from vmcp_opt.logs import ThrottledLog
+from vmcp_opt.routing import Router
 from vmcp_opt.routing.round_trips import RoundOwners
 from vmcp_opt.server.admission import connection_of
 from vmcp_opt.server.authentication import session_owner
@@ -329,10 +330,7 @@ class SharedSessions:
                     self._log.warning("keep-alive", "sessions: expiry not pushed ahead: %s", exc)
 
     async def record(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
-        """Server middleware: what a request changed in its session's state, written before it is answered; a
-        tool this replica lacks but another serves, named as such (`ReplicaShapes.explain_unknown`)."""
-        if ctx.method == "tools/call":
-            return await self.shapes.explained_call(ctx, call_next)
+        """Server middleware: what a request changed in its session's state, written before it is answered."""
         result = await call_next(ctx)
         if ctx.method not in _RECORDED or is_restoring(ctx.request_id):
             return result
@@ -403,9 +401,13 @@ class SharedSessionParts:
     shapes: ReplicaShapes
     rounds: RoundOwners | None = None  # set by `share_rounds`: this replica's rounds, of every kind
 
-    def front(self, manager: LazyStreamSessionManager, gate: SessionGate, rounds: RoundOwners) -> SharedSessions:
-        """The layer in front of `gate`'s app, with this replica's rounds shared (`share_rounds`)."""
+    def front(
+        self, manager: LazyStreamSessionManager, gate: SessionGate, rounds: RoundOwners, router: Router
+    ) -> SharedSessions:
+        """The layer in front of `gate`'s app, with this replica's rounds shared (`share_rounds`) and `router`'s
+        "Unknown tool" naming the backend another replica serves it from (`explain_unknown_tools`)."""
         share_rounds(self, rounds)
+        explain_unknown_tools(self, router)
         return SharedSessions(gate.app, manager, self, gate)
 
 
@@ -430,6 +432,13 @@ def redis_session_parts(config: VmcpConfig, replica: str) -> SharedSessionParts:
         RedisRoundRelay(client, prefix, presence, deadline=config.timeouts.input, slice_=config.redis.timeout / 2),
         watch_shapes(config, client, replica),
     )
+
+
+def explain_unknown_tools(parts: SharedSessionParts, router: Router) -> None:
+    """A session moves between replicas: a call of a tool this replica lacks while another serves it (their
+    configs differ) is refused naming the backend missing or configured differently here, whether the client
+    called it directly or through the optimizer's call_tool."""
+    router.why_unknown = parts.shapes.explain_unknown
 
 
 def share_rounds(parts: SharedSessionParts, rounds: RoundOwners) -> None:

@@ -13,8 +13,9 @@ expiring unless refreshed, its id in the set `<key_prefix>shapes`. Every `INTERV
 reads the others' (one pipeline and one MGET: nothing on a request's path). A replica whose shape differs
 from a live replica's logs an error naming what differs (setting paths and backend names, never values) once
 per change, answers `degraded` in `/readyz` with the differences (the status code stays the backends': taking
-every disagreeing replica out of the load balancer would take them all), and `explain_unknown` turns a call's
-"Unknown tool" into an error naming the backend that is missing or configured differently here. During a
+every disagreeing replica out of the load balancer would take them all), and `explain_unknown` (the router's
+`why_unknown`, set by vmcp_opt/server/shared_sessions.py) turns a call's "Unknown tool", a direct call's or the
+optimizer's call_tool's, into an error naming the backend that is missing or configured differently here. During a
 rolling update that changes these settings, the old and new replicas disagree until it is done: that is
 what clients see then, and it is reported as such.
 
@@ -35,15 +36,12 @@ from urllib.parse import urlsplit
 
 import anyio
 import redis
-from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
-from mcp.shared.exceptions import MCPError
-from mcp_types import INVALID_PARAMS, CallToolResult, TextContent
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from vmcp_opt.config import BackendConfig, VmcpConfig
+from vmcp_opt.display import shorten
 from vmcp_opt.logs import ThrottledLog
-from vmcp_opt.routing import UnknownTool
 
 logger = logging.getLogger(__name__)
 
@@ -255,40 +253,9 @@ class ReplicaShapes:
                 return self._unknown(tool, f"its backend '{backend}' {why} (replica {name} has it)")
         return None
 
-    async def explained_call(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
-        """A tool call whose tool this replica does not serve, while replicas disagree on their catalogues: the
-        error says which backend is missing (or differs) here, not only "Unknown tool". Costs nothing otherwise:
-        the comparison is the last refresh's."""
-        params = ctx.params or {}
-        try:
-            result = await call_next(ctx)
-        except UnknownTool as exc:
-            why = self.explain_unknown(exc.name)
-            if why is None:
-                raise
-            raise MCPError(INVALID_PARAMS, why) from None
-        arguments = params.get("arguments")
-        if params.get("name") == "call_tool" and isinstance(arguments, dict):
-            return self._explained_meta_call(result, str(arguments.get("tool_name", "")))
-        return result
-
-    def _explained_meta_call(self, result: HandlerResult, tool: str) -> HandlerResult:
-        """The optimizer's call_tool answers a tool it does not know with an error result (optimizer/metatools.py,
-        "field 'tool_name': unknown tool ..."), not an exception: that result, explained the same way."""
-        if not self.disagreeing or not isinstance(result, CallToolResult | dict):
-            return result
-        answer = result if isinstance(result, CallToolResult) else CallToolResult.model_validate(result)
-        text = getattr(answer.content[0], "text", "") if answer.is_error and answer.content else ""
-        if not isinstance(text, str) or not text.startswith("field 'tool_name': unknown tool"):
-            return result
-        why = self.explain_unknown(tool)
-        if why is None:
-            return result
-        return CallToolResult(content=[TextContent(type="text", text=f"field 'tool_name': {why}")], is_error=True)
-
     def _unknown(self, tool: str, why: str) -> str:
         return (
-            f"Unknown tool: '{tool}' on replica {self.replica}: {why}. The replicas behind this endpoint disagree "
+            f"Unknown tool: '{shorten(tool)}' on replica {self.replica}: {why}. The replicas behind this endpoint disagree "
             "on their backends, so this session's tools differ between calls; their operator must give every "
             "replica the same config (see /readyz)"
         )
