@@ -150,14 +150,16 @@ def test_a_policy_forbidding_a_template_forbids_the_uris_it_serves(tmp_path: Pat
             "authorization": {"policies": "policy.cedar"},
         },
     }
-    with running_gateway(write_config(tmp_path, config), "--log-level", "warning") as gateway:
-        with httpx2.Client(timeout=30) as http:
-            headers = session_headers(http, gateway, keys["alice"])
-            listed = http.post(
-                gateway.url, json={"jsonrpc": "2.0", "id": 1, "method": "resources/templates/list"}, headers=headers
-            )
-            assert "notes://note/{title}" not in listed.text
-            denied = read(http, gateway, headers, 2, "notes://note/groceries")
-            assert "error" in denied and "not permitted" in denied["error"]["message"], denied
-            allowed = read(http, gateway, headers, 3, "notes://all")  # a listed resource, no template: still read
-            assert "result" in allowed, allowed
+    with (
+        running_gateway(write_config(tmp_path, config), "--log-level", "warning") as gateway,
+        httpx2.Client(timeout=30) as http,
+    ):
+        headers = session_headers(http, gateway, keys["alice"])
+        listed = http.post(
+            gateway.url, json={"jsonrpc": "2.0", "id": 1, "method": "resources/templates/list"}, headers=headers
+        )
+        assert "notes://note/{title}" not in listed.text
+        denied = read(http, gateway, headers, 2, "notes://note/groceries")
+        assert "error" in denied and "not permitted" in denied["error"]["message"], denied
+        allowed = read(http, gateway, headers, 3, "notes://all")  # a listed resource, no template: still read
+        assert "result" in allowed, allowed

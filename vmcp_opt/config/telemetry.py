@@ -62,8 +62,9 @@ class AuditConfig(_Strict):
     queue_size: int = Field(default=10_000, ge=1)
     # What a request does when the queue is full: `drop` the event at once, or `block` first.
     when_full: Literal["drop", "block"] = "drop"
-    # Seconds a request waits for room under `when_full: block` before the event is dropped.
-    block_timeout: float = Field(default=0.05, ge=0)
+    # Seconds a request waits for room under `when_full: block` before the event is dropped. The wait holds the
+    # event loop (every session), so once one runs out events are dropped at once until the writer moves again.
+    block_timeout: float = Field(default=0.05, ge=0, le=1)
     # Seconds the writer gathers events before it formats and writes them: one wake-up per batch keeps its
     # work from interleaving with requests; 0 writes each event at once.
     flush_interval: float = Field(default=0.1, ge=0, le=10)

@@ -38,10 +38,12 @@ class Telemetry:
             self.audit.auth_denied(outcome, address)
 
     def close(self) -> None:
-        if self.audit is not None:
-            self.audit.close()
-        if self.tracing is not None:
-            self.tracing.close()
+        try:
+            if self.audit is not None:
+                self.audit.close()
+        finally:  # the last spans are sent whatever became of the audit log
+            if self.tracing is not None:
+                self.tracing.close()
 
 
 __all__ = ["AuditLog", "GatewayState", "Metrics", "Telemetry"]

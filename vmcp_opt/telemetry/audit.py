@@ -15,19 +15,27 @@ that parses ToolHive's parses ours:
      "data": {"request": …, "response": …}}   # only with `include_data`
 
 The request path only copies a few references into a queue (bounded, `queue_size`); a writer thread wakes at
-most once per `flush_interval`, then formats, sizes and writes what gathered. When the queue is full the event is dropped (`when_full: drop`) or the request waits at
-most `block_timeout` before it is dropped (`block`); drops and write failures are counted (`dropped`,
-`write_failures`, exported as metrics) and logged, at most once per `REPORT_EVERY` seconds.
+most once per `flush_interval`, then formats, sizes and writes what gathered. When the queue is full the event
+is dropped (`when_full: drop`) or waits at most `block_timeout` before it is dropped (`block`). That wait is on
+the event loop, so it holds every session, not only the request: once a wait has run out the writer counts as
+stalled (a hung disk, an unread stdout pipe), and events are dropped at once until it takes from the queue
+again, so a stalled writer costs the gateway one `block_timeout`, not one per event. Drops and write failures
+are counted (`dropped`, `write_failures`, exported as metrics) and logged, at most once per `REPORT_EVERY`
+seconds.
 
 A client chooses some of what an event holds (the tool, prompt or resource name it asks for, its
 `clientInfo`, its request id): each such string is cut to `MAX_FIELD_CHARS` with a marker giving its length,
 so one request cannot write megabytes into every event of its session. Lines are UTF-8 (`ensure_ascii=False`:
 no six-byte escape per character), written one by one so that the file is rotated before a line would pass
 `max_file_bytes`; a line longer than that on its own loses its `data`, then everything a client chose.
+A write that fails (disk full) leaves no part of its lines in the file and nothing buffered to come later:
+the file holds whole lines only, and `write_failures` counts exactly the events that are not in it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import os
@@ -75,6 +83,7 @@ class AuditLog:
         self._queue: queue.Queue[object] = queue.Queue(maxsize=config.queue_size)
         self._sink = _Sink(config, base_dir)
         self._last_report = 0.0
+        self._stalled = False  # a `block` wait ran out; cleared when the writer takes from the queue again
         self._closing = threading.Event()
         self._thread = threading.Thread(target=self._run, name="vmcp-audit", daemon=True)
         self._thread.start()
@@ -105,19 +114,27 @@ class AuditLog:
             return
         item = (kind, at, op)
         try:
-            if self.config.when_full == "block":
-                self._queue.put(item, timeout=self.config.block_timeout)
+            if self.config.when_full == "block" and not self._stalled:
+                self._wait_for_room(item)
             else:
                 self._queue.put_nowait(item)
         except queue.Full:
             self.dropped += 1
             self._report(f"audit queue full ({self.config.queue_size}): {self.dropped} events dropped so far")
 
+    def _wait_for_room(self, item: object) -> None:
+        try:
+            self._queue.put(item, timeout=self.config.block_timeout)
+        except queue.Full:
+            self._stalled = True  # no more waits until the writer takes again: each one stops the event loop
+            raise
+
     # --- the writer thread ---------------------------------------------------------------------------
 
     def _run(self) -> None:
         while True:
             item = self._queue.get()
+            self._stalled = False  # the writer moves: a `block` offer may wait for room again
             # Gather for a moment: one wake-up and one write per batch, rather than formatting in between the
             # requests of a busy loop (the GIL is shared). No wait with a backlog; `close()` cuts it short.
             if self._queue.empty():
@@ -141,14 +158,20 @@ class AuditLog:
                     self.write_failures += 1
                     self._report(f"audit event not formatted: {exc!r}")
             if lines:
-                try:
-                    self._sink.write(lines)
-                    self.written += len(lines)
-                except OSError as exc:
-                    self.write_failures += len(lines)
-                    self._report(f"audit log not written ({exc}): {self.write_failures} events lost so far")
+                self._write(lines)
             if stop:
                 return
+
+    def _write(self, lines: list[bytes]) -> None:
+        before = self._sink.lines
+        try:
+            self._sink.write(lines)
+            self.written += len(lines)
+        except OSError as exc:
+            done = self._sink.lines - before  # a batch rotated midway may have written its first part
+            self.written += done
+            self.write_failures += len(lines) - done
+            self._report(f"audit log not written ({exc}): {self.write_failures} events lost so far")
 
     def line(self, kind: str, at: float, op: Operation) -> bytes:
         """The event as one UTF-8 line of at most `max_file_bytes`: a longer one loses its `data` first, then
@@ -230,6 +253,7 @@ class _Sink:
         self.max_bytes = config.max_file_bytes
         self.backups = config.backups
         self.path: Path | None = None
+        self.lines = 0  # lines written so far
         self._stream: BinaryIO | None = None
         self._file: BinaryIO | None = None
         self._size = 0
@@ -250,30 +274,48 @@ class _Sink:
         if self._stream is not None:
             self._stream.write(b"".join(lines))
             self._stream.flush()
+            self.lines += len(lines)
             return
         if self._file is None:  # a rotation that failed to reopen: try again
             self._open()
         pending: list[bytes] = []
+        size = self._size
         for line in lines:
-            if self._size and self._size + len(line) > self.max_bytes:
+            if size and size + len(line) > self.max_bytes:
                 self._flush(pending)
                 pending = []
                 self._rotate()
+                size = self._size
             pending.append(line)
-            self._size += len(line)
+            size += len(line)
         self._flush(pending)
 
     def _flush(self, lines: list[bytes]) -> None:
+        """Writes `lines` whole or not at all: after a failed write (disk full) the file is cut back to where it
+        was, as a part of a line would run into the next one."""
         assert self._file is not None
-        if lines:
-            self._file.write(b"".join(lines))
-            self._file.flush()
+        data = memoryview(b"".join(lines))
+        done = 0
+        try:
+            while done < len(data):  # unbuffered: a write may take only a part
+                taken = self._file.write(data[done:])
+                if not taken:
+                    raise OSError(errno.EIO, "the audit file took no bytes")
+                done += taken
+        except OSError:
+            with contextlib.suppress(OSError):  # a device (/dev/full) cannot be cut
+                os.ftruncate(self._file.fileno(), self._size)
+            raise
+        self._size += done
+        self.lines += len(lines)
 
     def _open(self) -> None:
         assert self.path is not None
         # 0600 for a new file (the umask may only narrow it); an existing one keeps the mode it was given.
-        self._file = os.fdopen(os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab")
-        self._size = self._file.tell()
+        # Unbuffered: a buffer that failed to flush would be written later, after lines counted as lost.
+        descriptor = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self._file = os.fdopen(descriptor, "ab", buffering=0)
+        self._size = os.fstat(descriptor).st_size
 
     def _rotate(self) -> None:
         assert self.path is not None and self._file is not None
@@ -290,9 +332,11 @@ class _Sink:
         self._open()
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        """Never raises: it runs in the gateway's shutdown, which still has traces and backends to close."""
+        file, self._file = self._file, None
+        if file is not None:
+            with contextlib.suppress(OSError):
+                file.close()
 
 
 def _target(op: Operation) -> dict[str, str]:

@@ -5,6 +5,11 @@ A string holding a JSON object or array (`call_tool`'s `arguments` may come as o
 same way and written back as JSON, when it is at most `MAX_PARSED_CHARS` long; a longer one has the values of
 secret-looking keys blanked by pattern. A secret a tool returns under an innocent key, or in its text, is
 written as it is: redaction cannot know it.
+
+A client chooses this text (up to `server.max_body_bytes`), and `re` holds the GIL while it matches, so every
+pattern runs in time linear in the text: possessive quantifiers (no backtracking into a run), a JWT only at the
+start of a token, a member's key tested by a function rather than by the pattern. The JWT pattern that
+backtracked took 35 s over 150 kB of "eyJeyJeyJ…", and the whole gateway stood still for that long.
 """
 
 from __future__ import annotations
@@ -16,11 +21,11 @@ from typing import Any
 REDACTED = "[REDACTED]"
 _SECRET_KEY = re.compile(r"pass(word)?|secret|token|api[-_]?key|authori[sz]ation|cookie|credential|private", re.I)
 # Bearer tokens, JWTs and our API keys inside free text.
-_SECRET_TEXT = re.compile(r"(?i)bearer\s+\S+|eyJ[\w-]+\.[\w-]+\.[\w-]*|vmcp_[A-Za-z0-9_-]{16,}")
-# `"password": "…"` or `"pin_token": 1234` inside JSON text too long to parse: the value after a secret key.
-_SECRET_MEMBER = re.compile(
-    r'("[^"\\]*(?:' + _SECRET_KEY.pattern + r')[^"\\]*"\s*:\s*)("(?:[^"\\]|\\.)*"|[^\s,}\]]+)', re.I
-)
+_SECRET_TEXT = re.compile(r"(?i)bearer\s++\S++|(?<![\w-])eyJ[\w-]++\.[\w-]++\.[\w-]*+|vmcp_[A-Za-z0-9_-]{16,}+")
+# A member of JSON text too long to parse: a key (a string whose opening quote is not escaped), the colon and
+# the value; `_blank_member` blanks the value when the key looks secret (`"password": "…"`, `"pin_token": 1234`).
+# An object or array value is not a match: the search goes on inside it, to the members it holds.
+_MEMBER = re.compile(r'((?<!\\)"(?:[^"\\]|\\.)*+"\s*+:\s*+)("(?:[^"\\]|\\.)*+"|[^\s,{}\[\]"]++)')
 # Longer JSON strings are not parsed: the writer thread shares the GIL with requests.
 MAX_PARSED_CHARS = 65_536
 
@@ -42,9 +47,14 @@ def _redacted_text(text: str, depth: int) -> str:
     if (stripped[:1], stripped[-1:]) not in (("{", "}"), ("[", "]")):
         return _SECRET_TEXT.sub(REDACTED, text)
     if len(stripped) > MAX_PARSED_CHARS:
-        return _SECRET_TEXT.sub(REDACTED, _SECRET_MEMBER.sub(rf'\g<1>"{REDACTED}"', text))
+        return _SECRET_TEXT.sub(REDACTED, _MEMBER.sub(_blank_member, text))
     try:
         parsed = json.loads(stripped)
     except ValueError:
-        return _SECRET_TEXT.sub(REDACTED, _SECRET_MEMBER.sub(rf'\g<1>"{REDACTED}"', text))
+        return _SECRET_TEXT.sub(REDACTED, _MEMBER.sub(_blank_member, text))
     return json.dumps(redacted(parsed, depth + 1), ensure_ascii=False)
+
+
+def _blank_member(member: re.Match[str]) -> str:
+    key = member.group(1)
+    return f'{key}"{REDACTED}"' if _SECRET_KEY.search(key) else member.group(0)

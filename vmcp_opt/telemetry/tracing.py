@@ -67,7 +67,9 @@ _KEY = "span"  # this watcher's entry in `Operation.notes`
 # Seconds the shutdown waits for queued spans to leave: a collector that is down or never answers would
 # otherwise hold it for the exporter's retries (up to OTEL_EXPORTER_OTLP_TIMEOUT, 10 s, per batch).
 CLOSE_TIMEOUT = 2.0
-_MAX_NAME = 200  # a client names the target: span names and attributes keep this much of it
+# A client chooses the target, its request id and protocol version: span names and attributes keep this much of
+# each, or one request would put megabytes into a span, the exporter's queue and a batch the collector refuses.
+_MAX_NAME = 200
 _PROPAGATOR = TraceContextTextMapPropagator()
 _SCOPE = InstrumentationScope("vmcp_opt.telemetry.tracing")
 _SAMPLED, _NOT_SAMPLED = TraceFlags(TraceFlags.SAMPLED), TraceFlags(TraceFlags.DEFAULT)
@@ -204,12 +206,12 @@ def _attributes(op: Operation) -> dict[str, Any]:
     attributes: dict[str, Any] = {"mcp.method.name": op.method}
     request = op.kind == "request"
     if request:  # the client's session; a backend request's session and version are the backend's, not these
-        attributes["mcp.session.id"] = caller.id
-        attributes["mcp.protocol.version"] = caller.protocol_version
+        attributes["mcp.session.id"] = caller.id[:_MAX_NAME]
+        attributes["mcp.protocol.version"] = caller.protocol_version[:_MAX_NAME]
         if op.exchange is not None and op.exchange.request_id is not None:
-            attributes["jsonrpc.request.id"] = str(op.exchange.request_id)
+            attributes["jsonrpc.request.id"] = str(op.exchange.request_id)[:_MAX_NAME]
     if caller.address and op.parent is None:
-        attributes["client.address"] = caller.address
+        attributes["client.address"] = caller.address[:_MAX_NAME]
     target = op.target[:_MAX_NAME] if op.target else None
     if target is not None:
         if op.method == "tools/call":
@@ -227,7 +229,7 @@ def _attributes(op: Operation) -> dict[str, Any]:
     if request or op.outcome != "success":
         attributes["vmcp.outcome"] = op.outcome
     if op.error is not None:
-        attributes["error.type"] = op.error
+        attributes["error.type"] = op.error[:_MAX_NAME]
     elif op.outcome == "application_error":
         attributes["error.type"] = "tool_error"
     if request and op.target == "find_tool" and op.backend == GATEWAY_SOURCE:
