@@ -2,6 +2,7 @@
 
     PYTHONPATH=. .venv/bin/python bench/cold_build.py --tools 10000 --paths child,onnx
     PYTHONPATH=. .venv/bin/python bench/cold_build.py --tools 100000 --paths child
+    PYTHONPATH=. .venv/bin/python bench/cold_build.py --tools 10000 --paths child --batch-size ,64,8,1,64,
 
 Each (tools, path) runs in its own process with an empty index directory, which loads the embedder the way
 the gateway does (`load_configured_embedder`: ONNX Runtime fp32 for queries) and builds:
@@ -48,13 +49,13 @@ RESULTS = ROOT / "bench" / "results"
 console = Console()
 
 
-def one(tools: int, path: str, query_count: int) -> dict[str, Any]:
+def one(tools: int, path: str, query_count: int, batch_size: int | None = None) -> dict[str, Any]:
     """One build and its searches in this process (a fresh one: `--one`)."""
     load_before = os.getloadavg()[0]
     records = catalogue(tools, base_tools())
     texts = queries(query_count)
     rss_before = rss_mb()
-    config = OptimizerConfig(query_cache_size=0, bulk_process_min=1000 if path == "child" else 0)
+    config = OptimizerConfig(query_cache_size=0, bulk_process_min=1000 if path == "child" else 0, batch_size=batch_size)
     with tempfile.TemporaryDirectory(prefix="vmcp-cold-") as tmp:
         index = ToolIndex(config, Path(tmp), model_cache=default_model_cache())
         cpu = os.times()
@@ -75,6 +76,7 @@ def one(tools: int, path: str, query_count: int) -> dict[str, Any]:
     return {
         "tools": tools,
         "path": path,
+        "batch_size": batch_size,
         "build_s": stats.seconds,
         "docs_per_s": stats.embedded / stats.seconds,
         "cpu_s": {
@@ -97,17 +99,24 @@ def main() -> None:
     parser.add_argument("--tools", default="10000", help="Catalogue sizes, comma-separated.")
     parser.add_argument("--paths", default="child,onnx", help="child (served default), onnx (in process).")
     parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument(
+        "--batch-size", default="", help="optimizer.batch_size values, comma-separated (default: the encoder's own)."
+    )
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
-        print(json.dumps(one(int(args.tools), args.paths, args.queries)))
+        print(
+            json.dumps(
+                one(int(args.tools), args.paths, args.queries, int(args.batch_size) if args.batch_size else None)
+            )
+        )
         return
     results = []
     for tools in (int(t) for t in args.tools.split(",")):
-        for path in args.paths.split(","):
-            console.print(f"[bold]{tools:,} tools[/], {path}: cold build in a fresh process")
-            command = [sys.executable, __file__, "--one", "--tools", str(tools), "--paths", path]
+        for path, batch in ((p, b) for p in args.paths.split(",") for b in args.batch_size.split(",")):
+            console.print(f"[bold]{tools:,} tools[/], {path}, batch size {batch or 'default'}: a fresh process")
+            command = [sys.executable, __file__, "--one", "--tools", str(tools), "--paths", path, "--batch-size", batch]
             # The build's log (the bulk child's progress) goes to this process's stderr as it comes.
             done = subprocess.run([*command, "--queries", str(args.queries)], stdout=subprocess.PIPE, text=True)
             if done.returncode != 0:
@@ -126,6 +135,7 @@ def report(results: list[dict[str, Any]]) -> None:
     for column in (
         "tools",
         "path",
+        "batch",
         "build s",
         "docs/s",
         "CPU s (self + child)",
@@ -142,6 +152,7 @@ def report(results: list[dict[str, Any]]) -> None:
         table.add_row(
             f"{r['tools']:,}",
             r["path"],
+            str(r.get("batch_size") or "default"),
             f"{r['build_s']:.1f}",
             f"{r['docs_per_s']:.0f}",
             f"{cpu['process']:.1f} + {cpu['children']:.1f}",
