@@ -101,7 +101,7 @@ async def test_a_real_session_is_audited_event_by_event_with_outcomes_and_no_sec
         metrics = httpx2.get(f"{gateway.base}/metrics", timeout=30).text
         output = gateway.output()
 
-    initialize = one(events, "mcp_initialize")
+    initialize = one(events, "mcp_initialize", method="initialize")
     assert initialize["outcome"] == "success" and initialize["target"] == {"method": "initialize", "type": "other"}
     assert initialize["source"] == {"type": "network", "value": "127.0.0.1"}
     who = initialize["subjects"]
@@ -220,7 +220,7 @@ async def test_client_chosen_strings_are_bounded_and_the_file_never_passes_its_s
         "backends": [demo_backend("notes")],
         "optimizer": {"enabled": True},
         "telemetry": {
-            "audit": {"enabled": True, "output": "audit.log", "include_data": True, "max_file_bytes": cap, "backups": 1}
+            "audit": {"enabled": True, "output": "audit.log", "include_data": True, "max_file_bytes": cap, "backups": 2}
         },
     }
     audit = tmp_path / "audit.log"

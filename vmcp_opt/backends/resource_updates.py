@@ -6,7 +6,8 @@ the backend that serves it, on the backend's shared session, however many stream
 - a 2025-11-25 backend: `resources/subscribe` (and `resources/unsubscribe` once no stream wants the URI);
 - a 2026-07-28 backend: one listen stream of the gateway's holding every URI followed there, opened again
   with the new set when it changes (the new one is acknowledged before the old one closes, so no update is
-  lost in between; one may arrive twice, which a level trigger allows).
+  lost in between; one may arrive twice, which a level trigger allows). A stream the backend ends while the
+  session stays up is opened again for the same URIs, after a bounded series of waits (`REOPEN_DELAYS`).
 
 What the backend then sends reaches `BackendConnection`'s message handler (a listen stream's events are
 teed there too) and is published for the URIs followed, through `publish`; the listen handler
@@ -17,6 +18,7 @@ its subscriptions with it: the next one subscribes again to every URI still want
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -179,19 +181,99 @@ class ResourceUpdates:
         *,
         task_status: anyio.abc.TaskStatus[tuple[anyio.CancelScope | None, frozenset[str]]],
     ) -> None:
-        started = False
+        """Holds the listen stream for `uris` until cancelled (the followed set changed, or the session ended).
+
+        A stream the backend ends while its session stays up is opened again for the same `uris`, after
+        `REOPEN_DELAYS`: one warning when it drops, one info line when it is back, one warning when the
+        attempts run out (the session's next start, or the next change of the set, listens again)."""
         with anyio.CancelScope() as scope:
-            try:
-                async with listen(session, resource_subscriptions=sorted(uris)) as subscription:
-                    honored = frozenset(subscription.honored.resource_subscriptions or ()) & uris
-                    task_status.started((scope, honored))
-                    started = True
-                    async for _event in subscription:
-                        pass  # each update also reaches the connection's message handler: `notified`
-            except Exception as exc:  # a backend refusing or dropping the stream must not take the session down
-                logger.info("backend %s: listen stream for %d resource(s) ended: %s", connection.name, len(uris), exc)
-            if not started:
-                task_status.started((None, frozenset()))
+            reopen = _Reopening(connection.name, len(uris))
+            while True:
+                try:
+                    async with listen(session, resource_subscriptions=sorted(uris)) as subscription:
+                        if not reopen.ever_open:
+                            honored = frozenset(subscription.honored.resource_subscriptions or ()) & uris
+                            task_status.started((scope, honored))
+                        reopen.opened(time.monotonic())
+                        async for _event in subscription:
+                            pass  # each update also reaches the connection's message handler: `notified`
+                    ended = "closed by the backend"
+                except Exception as exc:  # a backend refusing or dropping the stream must not take the session down
+                    ended = str(exc) or type(exc).__name__
+                if not reopen.ever_open:  # refused when first asked: nothing followed to keep
+                    logger.info(
+                        "backend %s: listen stream for %d resource(s) ended: %s", connection.name, len(uris), ended
+                    )
+                    task_status.started((None, frozenset()))
+                    return
+                delay = reopen.next_delay(ended, time.monotonic())
+                if delay is None:
+                    return
+                await anyio.sleep(delay)
+                reopen.attempting()
+
+
+# Seconds before each attempt to open a dropped listen stream again; after the last, the URIs wait for the
+# backend's next session (or the next change of what is followed there).
+REOPEN_DELAYS = (0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+# A stream that stayed up this long counts as recovered: the next drop starts the delays again.
+STABLE_AFTER = 60.0
+
+
+class _Reopening:
+    """The attempts to open one dropped listen stream again, and their log lines: per outage one warning when
+    it drops, one info line when it is back, one warning if the attempts run out. A stream that drops again
+    within `STABLE_AFTER` of coming back is the same outage: the attempts are bounded however it flaps."""
+
+    def __init__(self, backend: str, count: int) -> None:
+        self.backend = backend
+        self.count = count
+        self.ever_open = False  # acknowledged once: the URIs were promised, so a drop is worth reopening
+        self.up_since: float | None = None  # when the open stream was acknowledged; None while it is down
+        self.outage = False
+        self.back_told = False  # the outage's recovery was logged
+        self.attempts = 0  # attempts of this outage so far
+        self._untold: str | None = None  # why the stream dropped, until the warning is logged
+
+    def opened(self, now: float) -> None:
+        self.ever_open = True
+        self.up_since = now
+        if self.outage and not self.back_told:
+            self.back_told = True
+            logger.info("backend %s: listen stream for %d resource(s) open again", self.backend, self.count)
+
+    def next_delay(self, ended: str, now: float) -> float | None:
+        """The wait before the next attempt, or None when they ran out."""
+        if self.up_since is not None and now - self.up_since >= STABLE_AFTER:
+            self.outage = False  # it stayed up: this drop starts a new outage
+        self.up_since = None
+        if not self.outage:
+            self.outage, self.back_told, self.attempts = True, False, 0
+            self._untold = ended
+        if self.attempts >= len(REOPEN_DELAYS):
+            logger.warning(
+                "backend %s: listen stream for %d resource(s) not reopened after %d attempts; no updates of them "
+                "until the backend reconnects",
+                self.backend,
+                self.count,
+                self.attempts,
+            )
+            return None
+        delay = REOPEN_DELAYS[self.attempts]
+        self.attempts += 1
+        return delay
+
+    def attempting(self) -> None:
+        """Told after the first wait, not when the stream ends: a session going away ends its streams first
+        and cancels their holders a moment later, and that is no outage to warn of."""
+        if self._untold is not None:
+            logger.warning(
+                "backend %s: listen stream for %d resource(s) dropped (%s); opening it again",
+                self.backend,
+                self.count,
+                self._untold,
+            )
+            self._untold = None
 
 
 def _offers_subscriptions(connection: BackendConnection) -> bool:

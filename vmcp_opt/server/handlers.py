@@ -10,7 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 import weakref
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,9 +27,11 @@ from mcp.shared.subscriptions import PromptsListChanged, ResourcesListChanged, R
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from vmcp_opt import __version__, speedups
+from vmcp_opt.auth import Caller, Identification
 from vmcp_opt.backends.resource_updates import ResourceUpdates
 from vmcp_opt.gateway import Gateway, ListKind
 from vmcp_opt.routing import Router
+from vmcp_opt.routing.operations import Operation, watched
 from vmcp_opt.routing.round_trips import InputRequired, state_boundary
 from vmcp_opt.server.admission import Admission, Transport, connection_of, session_caller
 from vmcp_opt.server.list_answers import answer_list, install_modern_writer, refuse_cursor, shape_lists_off_loop
@@ -156,6 +160,47 @@ class Handlers:
         await self.router.roots_changed(self.admission.caller(ctx))
 
 
+class ModernSessionStarts:
+    """The session start of a 2026-07-28 client, for the watchers (the audit's `mcp_initialize`).
+
+    A 2026-07-28 client sends no `initialize` and holds no session: each request stands alone. Its start is
+    its `server/discover` (what a client sends when it connects without knowing the server's version: the
+    SDK `Client`'s default) or, for a client that skips it (its version pinned), its first request the gateway
+    has not seen the like of within `IDLE`: the same caller (credential, stdio pipe, or for an anonymous
+    one its address), client name and version. Middleware, so `server/discover` stays the SDK's own answer."""
+
+    IDLE = 1800.0  # seconds without a request after which the client's next one starts a session again
+    MOST = 10_000  # clients remembered; the least recently seen is forgotten first
+
+    def __init__(self, router: Router, admission: Admission) -> None:
+        self._router = router
+        self._admission = admission
+        self._seen: OrderedDict[tuple[str | None, ...], float] = OrderedDict()
+
+    async def __call__(self, ctx: Ctx, call_next: CallNext) -> HandlerResult:
+        if not self._router.watchers or ctx.protocol_version not in MODERN_PROTOCOL_VERSIONS:
+            return await call_next(ctx)
+        caller = self._admission.caller(ctx)
+        first = self._first(caller, time.monotonic())
+        if ctx.method == "server/discover":
+            with watched(self._router.watchers, Operation("server/discover", caller)):
+                return await call_next(ctx)
+        if first:
+            self._router.initialized(caller)
+        return await call_next(ctx)
+
+    def _first(self, caller: Caller, now: float) -> bool:
+        """Whether nothing of this client was seen within `IDLE`; remembers it as seen now."""
+        anonymous = caller.identified_by is Identification.ANONYMOUS
+        who = f"address:{caller.address}" if anonymous else caller.id
+        key = (who, caller.client_name, caller.client_version)
+        last = self._seen.pop(key, None)
+        self._seen[key] = now
+        if len(self._seen) > self.MOST:
+            self._seen.popitem(last=False)
+        return last is None or now - last >= self.IDLE
+
+
 class ListChangedNotifier:
     """Tells every connected client which of tools, prompts and resources changed.
 
@@ -272,6 +317,8 @@ def build_mcp_server(gateway: Gateway, transport: Transport) -> Server[Any]:
     server.add_notification_handler("notifications/initialized", types.NotificationParams, handlers.initialized)
     speedups.drop_idle_sdk_tracing(server)
     server.middleware.append(notifier.track)
+    # 2026-07-28 clients send no `initialize`: their session start is told to the watchers here.
+    server.middleware.append(ModernSessionStarts(gateway.router, admission))
     # During start-up, catalogue requests wait (bounded) for the backends' first listing.
     server.middleware.append(startup_gate(gateway))
     # Seals the request_state of every InputRequiredResult handed out, verifies it on the retry.

@@ -11,6 +11,7 @@ from vmcp_opt.workflows.provider import WORKFLOW_SOURCE
 # ToolHive's audit event types where they exist (pkg/audit/mcp_events.go), ours (vmcp_*) for the meta-tools.
 _LIST_EVENTS = {
     "initialize": "mcp_initialize",
+    "server/discover": "mcp_initialize",  # a 2026-07-28 client's session start (server/handlers.py)
     "tools/list": "mcp_tools_list",
     "prompts/list": "mcp_prompts_list",
     "resources/list": "mcp_resources_list",
