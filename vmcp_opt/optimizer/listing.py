@@ -54,17 +54,52 @@ def save_listing(directory: Path, listing: Listing) -> None:
 
 
 def load_listing(directory: Path, model: str) -> Listing | None:
-    """The saved listing, or None when there is none usable for `model`."""
+    """The saved listing, or None when there is none usable for `model` (a file of another shape too: it is
+    read by hand-run commands, which must say so and ask the backends, not end in a traceback)."""
     path = directory / LISTING_FILE
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict):
+            raise ValueError(f"expected a JSON object, got {type(data).__name__}")
         if data.get("model") != model:
             return None
-        records = [ToolRecord(**tool) for tool in data["tools"]]
+        records = _records(data["tools"])
         listed_by = str(data.get("listed_by") or Listing.listed_by)  # a file from before it was kept
-        return Listing(records, int(data["tools_list_tokens"]), model, float(data["saved_at"]), listed_by)
+        saved_at = float(data["saved_at"])
+        time.localtime(saved_at)  # the CLI shows it: NaN or a year past time_t is no save time
+        return Listing(records, int(data["tools_list_tokens"]), model, saved_at, listed_by)
     except FileNotFoundError:
         return None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, OverflowError) as exc:
         logger.warning("saved catalogue %s not read (%s); asking the backends", path, exc)
         return None
+
+
+# A saved record's fields as `save_listing` writes them, and their JSON types; only `name` and `backend` are
+# required (a file from before a field was kept lacks it), and null is allowed where the record allows None.
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "name": (str,),
+    "backend": (str,),
+    "description": (str,),
+    "input_schema": (dict,),
+    "title": (str, type(None)),
+    "backend_description": (str,),
+    "original_name": (str, type(None)),
+}
+
+
+def _records(tools: Any) -> list[ToolRecord]:
+    """The saved tools as records; a `ValueError` naming the first that is not one (the index and the ranking
+    take a record's types for granted: a schema that is a string failed deep inside the search)."""
+    if not isinstance(tools, list):
+        raise ValueError(f"'tools' must be a list, got {type(tools).__name__}")
+    records = []
+    for i, tool in enumerate(tools):
+        if not isinstance(tool, dict):
+            raise ValueError(f"tools[{i}] must be an object, got {type(tool).__name__}")
+        missing = [key for key in ("name", "backend") if key not in tool]
+        wrong = [key for key, kinds in _FIELD_TYPES.items() if key in tool and not isinstance(tool[key], kinds)]
+        if missing or wrong:
+            raise ValueError(f"tools[{i}]: {', '.join(missing + wrong)} missing or of the wrong type")
+        records.append(ToolRecord(**tool))  # an unknown key is a TypeError
+    return records

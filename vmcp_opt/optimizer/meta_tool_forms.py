@@ -40,8 +40,10 @@ FIND_TOOL = types.Tool(
                 "maxLength": MAX_QUERY_CHARS,
                 "description": "What you need done, e.g. 'current time in Tokyo'.",
             },
+            # Null as omitted, for every optional field: clients that must send every field (OpenAI's strict
+            # function calling) send null for the ones they leave out.
             "limit": {
-                "type": "integer",
+                "type": ["integer", "null"],
                 "minimum": 1,
                 "maximum": 50,
                 "default": 8,
@@ -70,7 +72,7 @@ CALL_TOOL = types.Tool(
         "type": "object",
         "properties": {
             "tool_name": {"type": "string", "minLength": 1, "description": "The tool's name as find_tool returned it."},
-            "arguments": {"type": "object", "description": "The tool's arguments.", "default": {}},
+            "arguments": {"type": ["object", "null"], "description": "The tool's arguments.", "default": {}},
         },
         "required": ["tool_name"],
         "additionalProperties": False,

@@ -36,6 +36,7 @@ from vmcp_opt.config import VmcpConfig
 from vmcp_opt.display import shorten
 from vmcp_opt.logs import ThrottledLog
 from vmcp_opt.optimizer.calibration import scale_for
+from vmcp_opt.optimizer.catalogue_names import CatalogueNames
 from vmcp_opt.optimizer.documents import ToolRecord
 from vmcp_opt.optimizer.embedding import load_configured_embedder
 from vmcp_opt.optimizer.index import SearchHit, SearchResult, ToolIndex
@@ -67,9 +68,6 @@ USAGE_FILE = "usage.json"
 
 POLICY_DEPTH = 4
 
-# Backend names a find_tool error repeats (a client chooses how many it sends, and how long each is).
-NAMED_BACKENDS = 8
-
 
 class OptimizerFront:
     """The meta-tools' provider, and the call observer that learns which tools are used together."""
@@ -97,7 +95,7 @@ class OptimizerFront:
         self.match_scale = scale_for(self.index.model.id)
         learned = self.match_scale.threshold if self.match_scale is not None else 0.0
         self.match_threshold = self.settings.match_threshold if self.settings.match_threshold is not None else learned
-        self.sources: set[str] = set()
+        self.names = CatalogueNames()  # the searchable tools' names and backends
         self._provided = {
             tool.name: ProvidedTool(tool.name, tool, GATEWAY_SOURCE, tool.name, "the gateway's own tools")
             for tool in META_TOOLS
@@ -155,11 +153,13 @@ class OptimizerFront:
         except UnknownTool as unknown:
             if unknown.why is not None:  # served by another replica behind this endpoint, not by this one
                 return _error(f"field 'tool_name': {unknown.why}")
-            return _error(f"field 'tool_name': unknown tool '{shorten(target)}'; use find_tool to look tools up")
+            meant = await self.names.meant(target, call)
+            hint = f"did you mean {' or '.join(map(repr, meant))}? Otherwise use" if meant else "use"
+            return _error(f"field 'tool_name': unknown tool '{shorten(target)}'; {hint} find_tool to look tools up")
 
     async def tools_changed(self, tools: Sequence[ProvidedTool]) -> None:
         """The searchable providers' tools changed: re-index them (keywords now, vectors in the background)."""
-        self.sources = {tool.source for tool in tools}
+        self.names.update(tools)
         # Keywords at once (the model loads outside the index's lock, so this waits for no more than an embed);
         # the records too are made on the worker thread (10k tools: ~0.1 s).
         records = await anyio.to_thread.run_sync(self._update_keywords, tools)
@@ -214,11 +214,12 @@ class OptimizerFront:
     ) -> types.CallToolResult:
         """The best matches for `query` (as `call` checked it: `check_query`); with `allowed`, only the tools its
         caller may use."""
+        # After the wait: a backend still connecting at start has tools by then, not an error.
+        starting = await self.wait_for_backends()
         if backends is not None:
-            problem = self._backends_problem(backends)
+            problem = await self.names.backends_problem(backends, allowed, self.why_no_tools)
             if problem is not None:
                 return _error(f"field 'backends': {problem}")
-        starting = await self.wait_for_backends()
         if not self.index.dense_ready and self.settings.vector_wait > 0 and not self._embedding_failed:
             # The model loads in the first seconds after start; a keyword-only ranking (and scores that
             # mean nothing yet) would be the agent's first impression. Bounded: then keywords it is.
@@ -240,27 +241,6 @@ class OptimizerFront:
         result = SearchResult(hits=[h for h in result.hits if h.record.name in permitted][:wanted], mode=result.mode)
         # This caller's own list would cost one policy question per tool per call: its size is left out.
         return await anyio.to_thread.run_sync(self._answer, query, result, starting, None)
-
-    def _backends_problem(self, backends: list[str]) -> str | None:
-        """Why find_tool cannot search `backends`, or None: an empty list (the schema says "all when omitted";
-        an empty list would search nothing), a configured backend with no tools here, or an unknown name."""
-        if not backends:
-            return "an empty list searches no backend; leave it out (or null) to search them all"
-        missing = [name for name in dict.fromkeys(backends) if name not in self.sources]
-        if not missing:
-            return None
-        problems, unknown = [], []
-        for name in missing[:NAMED_BACKENDS]:
-            why = self.why_no_tools(name)
-            if why is None:
-                unknown.append(shorten(name))
-            else:
-                problems.append(f"backend '{name}' is {shorten(why, 300)}")
-        if unknown:
-            problems.append(f"unknown backend(s) {unknown}; known: {sorted(self.sources)}")
-        if len(missing) > NAMED_BACKENDS:
-            problems.append(f"{len(missing) - NAMED_BACKENDS} more not shown")
-        return "; ".join(problems)
 
     def _search_and_answer(
         self, query: str, depth: int, backends: list[str] | None, usable: frozenset[str] | None, starting: list[str]

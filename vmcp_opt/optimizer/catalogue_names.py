@@ -1,0 +1,104 @@
+"""The searchable tools' names, by backend: which backends a find_tool `backends` filter may name (under a
+policy, only those with a tool the caller may use), and which tools a wrong `call_tool` name likely meant."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import anyio
+
+from vmcp_opt.display import shorten
+from vmcp_opt.routing import ProvidedTool, ToolCall
+
+# Backend names a find_tool error repeats (a client chooses how many it sends, and how long each is).
+NAMED_BACKENDS = 8
+
+
+class CatalogueNames:
+    def __init__(self) -> None:
+        self.sources: set[str] = set()
+        # Each backend's searchable tools: which backends a caller under a policy can search.
+        self.tools_of: dict[str, list[str]] = {}
+        # Searchable tools by name, and by their name at their backend where the gateway renamed them (the
+        # tools an unknown `tool_name` may have meant).
+        self.names: frozenset[str] = frozenset()
+        self.named_at_source: dict[str, list[str]] = {}
+
+    def update(self, tools: Sequence[ProvidedTool]) -> None:
+        tools_of: dict[str, list[str]] = {}
+        named_at_source: dict[str, list[str]] = {}
+        for tool in tools:
+            tools_of.setdefault(tool.source, []).append(tool.name)
+            if tool.original_name != tool.name:
+                named_at_source.setdefault(tool.original_name, []).append(tool.name)
+        self.sources = {tool.source for tool in tools}
+        self.tools_of, self.named_at_source = tools_of, named_at_source
+        self.names = frozenset(tool.name for tool in tools)
+
+    async def meant(self, target: str, call: ToolCall) -> list[str]:
+        """The tools an unknown `target` most likely meant, among those the caller may use: agents drop the
+        backend prefix (`get_current_time` for `time_get_current_time`) or keep spaces around the name."""
+        name = target.strip()
+        candidates = [name] if name != target and name in self.names else []
+        candidates += self.named_at_source.get(name, [])[:NAMED_BACKENDS]
+        if not candidates:
+            return []
+        await call.router.usable_tools_async(call.caller)  # `may_use` then reads the caller's kept view
+        return call.router.may_use(call.caller, list(dict.fromkeys(candidates)))
+
+    async def backends_problem(
+        self, backends: list[str], allowed: ToolCall | None, why_no_tools: Callable[[str], str | None]
+    ) -> str | None:
+        """Why find_tool cannot search `backends`, or None: an empty list (the schema says "all when omitted";
+        an empty list would search nothing), a configured backend with no tools here, or an unknown name.
+        Under a policy that restricts the caller, a backend none of whose tools it may use is as unknown as
+        one that does not exist, and only backends it can search are named: the error must not tell a caller
+        which other backends exist."""
+        if not backends:
+            return "an empty list searches no backend; leave it out (or null) to search them all"
+        requested = list(dict.fromkeys(backends))
+        # The call when a policy may hide tools from its caller; None when every caller may use everything.
+        restricted = (
+            allowed if allowed is not None and not getattr(allowed.router.policy, "allows_everything", False) else None
+        )
+        searchable = self.sources
+        if restricted is not None:
+            searchable = await self.usable_backends(restricted, [name for name in requested if name in self.sources])
+        missing = [name for name in requested if name not in searchable]
+        if not missing:
+            return None
+        if restricted is not None:
+            names = [shorten(name) for name in missing[:NAMED_BACKENDS]]
+            more = f" and {len(missing) - NAMED_BACKENDS} more" if len(missing) > NAMED_BACKENDS else ""
+            yours = sorted(await self.usable_backends(restricted, sorted(self.sources)))
+            return (
+                f"no backend you can search is named {names}{more} (unknown, not connected, or none of its tools "
+                f"is yours to use); you can search: {yours}"
+            )
+        problems, unknown = [], []
+        for name in missing[:NAMED_BACKENDS]:
+            why = why_no_tools(name)
+            if why is None:
+                unknown.append(shorten(name))
+            else:
+                problems.append(f"backend '{shorten(name)}' is {shorten(why, 300)}")
+        if unknown:
+            problems.append(f"unknown backend(s) {unknown}; known: {sorted(self.sources)}")
+        if len(missing) > NAMED_BACKENDS:
+            problems.append(f"{len(missing) - NAMED_BACKENDS} more not shown")
+        return "; ".join(problems)
+
+    async def usable_backends(self, allowed: ToolCall, names: list[str]) -> set[str]:
+        """Which backends of `names` serve at least one tool `allowed`'s caller may use."""
+        router, caller = allowed.router, allowed.caller
+        usable = await router.usable_tools_async(caller)
+        if usable is not None:
+            return {name for name in names if any(tool in usable for tool in self.tools_of.get(name, ()))}
+
+        def first_permitted() -> set[str]:
+            # A policy asked tool by tool: a backend's tools until one is permitted, off the event loop.
+            return {
+                name for name in names if any(router.may_use(caller, [tool]) for tool in self.tools_of.get(name, ()))
+            }
+
+        return await anyio.to_thread.run_sync(first_permitted)
