@@ -44,7 +44,8 @@ echo "==> exporting the embedding model to ONNX (kept if already cached)"
 .venv/bin/vmcp models export || echo "   ONNX export failed; the gateway will use the torch encoder"
 # Real servers the tests start on loopback: redis-server (state shared by replicas), nginx (a reverse proxy
 # in front of one gateway or round-robin in front of replicas) and prometheus (it scrapes a real gateway);
-# and hey, the load generator `bench/load.py --peer` drives both gateways with.
+# hey, the load generator `bench/load.py --peer` drives both gateways with; and systemd-analyze, which checks
+# the shipped systemd unit.
 # CI runs as root on a fresh Debian machine, so the test set-up installs what is
 # missing there; elsewhere those tests are skipped, and under CI=true they fail.
 if [ "${1:-}" = "dev" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
@@ -53,6 +54,7 @@ if [ "${1:-}" = "dev" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2
   command -v prometheus >/dev/null 2>&1 || missing="$missing prometheus"
   command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing="$missing nginx-light"
   command -v hey >/dev/null 2>&1 || missing="$missing hey"
+  command -v systemd-analyze >/dev/null 2>&1 || missing="$missing systemd"  # verifies deploy/systemd's unit
   if [ -n "$missing" ]; then
     echo "==> installing$missing (apt)"
     apt-get update -qq
