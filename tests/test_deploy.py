@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets as secrets_module
 import subprocess
 import sys
 from pathlib import Path
@@ -92,12 +93,16 @@ def test_the_config_is_valid_and_reads_its_secrets_from_the_mounted_secret(tmp_p
     for key, value in docs[("Secret", "vmcp-secrets")]["stringData"].items():
         (secrets / key).write_text(value, encoding="utf-8")
     (tmp_path / "vmcp.yaml").write_text(text.replace(mounted, f"{secrets}/"), encoding="utf-8")
-    done = subprocess.run(
-        [sys.executable, "-m", "vmcp_opt", "validate", "-c", str(tmp_path / "vmcp.yaml")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+
+    def validate() -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "vmcp_opt", "validate", "-c", str(tmp_path / "vmcp.yaml")]
+        return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+    # The example's state key is a placeholder the gateway refuses: applied as it is, it must not start.
+    refused = validate()
+    assert refused.returncode == 2 and "request_state.key: 10 bytes" in refused.stderr, refused.stderr
+    (secrets / "state-key").write_text(secrets_module.token_hex(32), encoding="utf-8")
+    done = validate()
     assert done.returncode == 0, done.stdout + done.stderr
 
 
