@@ -83,14 +83,20 @@ class RedisRoundRelay:
     async def serve(self, continue_call: Continue) -> None:
         """The owner's side, until cancelled: each relayed retry continued in a task of its own."""
         inbox = f"{self.prefix}relay:{self.presence.replica}"
+        failed = 0
         async with anyio.create_task_group() as tasks:
             while True:
                 try:
                     popped = await self.client.blpop([inbox], timeout=self.slice)
                 except STORE_ERRORS as exc:
-                    self._log.warning("inbox", "sessions: relayed retries not read: %s", type(exc).__name__)
+                    # One slow reply (the event loop busy at start-up: BLPOP's answer comes a slice later than
+                    # its socket's timeout allows) is not worth a warning; Redis failing twice in a row is.
+                    failed += 1
+                    if failed > 1:
+                        self._log.warning("inbox", "sessions: relayed retries not read: %s", type(exc).__name__)
                     await anyio.sleep(self.slice)
                     continue
+                failed = 0
                 if popped is not None:
                     tasks.start_soon(self._continue, continue_call, _raw(popped[1]))
 
