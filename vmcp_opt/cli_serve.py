@@ -52,6 +52,17 @@ def exit_if_port_taken(host: str, port: int, json_logs: bool = False) -> None:
             cannot_listen(1, f"{reason}; stop what holds it or choose another with --port (server.port)", "server.port")
 
 
+def stdio_launch(config_path: Path | None) -> dict[str, object]:
+    """How a desktop client starts this gateway over stdio, on the config in use (not the bundled demo): the
+    `vmcp` script beside the interpreter, where a virtualenv or pipx puts it; else (`pip install --user`, a
+    system Python, whose scripts go elsewhere) the interpreter itself, which always finds its own package."""
+    args = ["serve", "--stdio", *(["-c", str(config_path.resolve())] if config_path is not None else [])]
+    script = Path(sys.executable).parent / "vmcp"
+    if script.exists() or script.with_suffix(".exe").exists():
+        return {"command": str(script), "args": args}
+    return {"command": sys.executable, "args": ["-m", "vmcp_opt", *args]}
+
+
 def announce(cfg: VmcpConfig, port: int, config_path: Path | None = None) -> None:
     """The banner, once listening: `port` is the bound one (with `--port 0`, the one the OS chose). Under
     `--log-format json` it is one log record (on stderr, like every other line), so that a log shipper reading
@@ -62,9 +73,7 @@ def announce(cfg: VmcpConfig, port: int, config_path: Path | None = None) -> Non
     local = PROJECT_ROOT / "node_modules" / ".bin" / "mcp-inspector"
     inspector = str(local) if local.exists() else "npx @modelcontextprotocol/inspector@0.15.0"
     try_it = f"{inspector} --cli {url} --transport http --method tools/list"
-    # The config in use, so that the client runs this setup rather than the bundled demo.
-    args = ["serve", "--stdio", *(["-c", str(config_path.resolve())] if config_path is not None else [])]
-    snippet = {"mcpServers": {"vmcp": {"command": str(Path(sys.executable).parent / "vmcp"), "args": args}}}
+    snippet = {"mcpServers": {"vmcp": stdio_launch(config_path)}}
     if cfg.server.log_format == "json":
         logger.info(
             "vmcp-opt serving MCP at %s (%s)",

@@ -2,7 +2,8 @@
 
 Reads Claude Desktop's `claude_desktop_config.json` (`mcpServers`), VS Code / Cursor `mcp.json` (`servers`,
 or `mcpServers` in Cursor) and VS Code's `settings.json` (`mcp.servers`). Entries with `command` are stdio;
-entries with `url` are streamable HTTP unless their `type` says `sse`.
+entries with `url` are streamable HTTP unless their `type` says `sse`. A server's name becomes a backend name
+(ASCII letters, digits, `_`, `-`); two that come out the same are both served, the second numbered.
 
 The file is read as the clients read it: JSON with comments (`//`, `/* */`) and trailing commas, as VS Code
 accepts, after a byte-order mark if an editor wrote one. A file that cannot be read is refused with one line
@@ -14,6 +15,12 @@ the field, and nothing starts half-configured.
 An entry that launches this gateway (the `vmcp` command, `python -m vmcp_opt`, or an entry named `vmcp`,
 as the `vmcp serve` banner suggests adding) is skipped with a warning: the gateway would start itself, list
 its own meta-tools as a backend's, and could recurse.
+
+That check reads commands, and a launcher hides them (`uv run`, `sh -c`, a wrapper script): each gateway it
+starts would discover the same file and start the next, without end, until the machine runs out of
+processes. So every discovered stdio server also gets `LAUNCHED_FROM` in its environment, the client config
+files read by the gateways above it; a gateway started with its own file in that list refuses to start, and
+its parent reports that backend down with the reason, once per restart.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import os
 import re
 from pathlib import Path, PurePath
 from typing import Any
@@ -34,6 +42,9 @@ logger = logging.getLogger(__name__)
 
 # Names under which a client config lists this gateway (the banner's snippet says "vmcp").
 GATEWAY_NAMES = frozenset({"vmcp", "vmcp-opt", "vmcp_opt"})
+# The client config files that the gateways above this process read (os.pathsep between them): set by a
+# gateway in each stdio server it discovers, so that one it starts again from the same file can tell.
+LAUNCHED_FROM = "VMCP_OPT_LAUNCHED_FROM"
 
 
 class EntryProblem(ValueError):
@@ -43,8 +54,10 @@ class EntryProblem(ValueError):
 def read_client_config(path: Path) -> list[BackendConfig]:
     """The backends a client config file lists. A file that cannot be read raises `ValueError` (one line);
     server entries of the wrong shape raise `ConfigError`, one `discovery.path: ...` line each."""
+    _refuse_recursion(path)
     servers = _server_table(_parsed(path), path)
-    backends, problems = [], []
+    named: list[tuple[str, BackendConfig]] = []
+    problems = []
     for name, entry in servers.items():
         if _disabled(entry):
             continue
@@ -58,28 +71,100 @@ def read_client_config(path: Path) -> list[BackendConfig]:
             )
             continue
         try:
-            backends.append(_backend(name, entry))
+            backend = _marked(_backend(name, entry), path)
         except EntryProblem as exc:
             problems.append(f"discovery.path: {path}: server {name!r}: {exc}")
+            continue
+        named.append((name, backend))
     if problems:
         raise ConfigError(problems)
+    return _uniquely_named(named, path)
+
+
+def _uniquely_named(named: list[tuple[str, BackendConfig]], path: Path) -> list[BackendConfig]:
+    """The backends under names no two share. The clients accept `my server` beside `my-server` (or two names in
+    other scripts), which both become `my-server` here: a name the file spells as it is served keeps it, and
+    another that comes out the same is served as `my-server-2`, with a warning."""
+    taken = {backend.name for entry_name, backend in named if backend.name == entry_name}
+    backends = []
+    for entry_name, backend in named:
+        if backend.name != entry_name:
+            backend = _renamed(backend, entry_name, taken, path)
+        taken.add(backend.name)
+        backends.append(backend)
     return backends
 
 
+def _renamed(backend: BackendConfig, entry_name: str, taken: set[str], path: Path) -> BackendConfig:
+    if backend.name not in taken:
+        return backend
+    number = 2
+    while (name := f"{backend.name[:44]}-{number}") in taken:
+        number += 1
+    logs.log_once_configured(
+        logger,
+        logging.WARNING,
+        "discovery: server %r in %s is served as %r: backend names are ASCII letters, digits, '_' and '-', "
+        "and %r is another server's",
+        entry_name,
+        path,
+        name,
+        backend.name,
+    )
+    return backend.model_copy(update={"name": name})
+
+
 def launches_this_gateway(name: str, entry: Any) -> bool:
-    """Whether a client config entry runs vmcp-opt itself: by its name, its command, or `python -m vmcp_opt`."""
+    """Whether a client config entry runs vmcp-opt itself: by its name, its command, `python -m vmcp_opt`, or a
+    launcher's argument (`uv run vmcp`, `uvx vmcp-opt@1.0`). `LAUNCHED_FROM` catches what this cannot see."""
     if name.strip().lower() in GATEWAY_NAMES:
         return True
     if not isinstance(entry, dict) or not isinstance(entry.get("command"), str):
         return False
-    program = PurePath(entry["command"].replace("\\", "/")).name.lower().removesuffix(".exe")
+    program = _program(entry["command"])
     if program in GATEWAY_NAMES:
         return True
     args = entry.get("args")
     args = [str(arg) for arg in args] if isinstance(args, list) else []
-    return program.startswith("python") and any(
+    if program.startswith("python") and any(
         flag == "-m" and module.split(".")[0] == "vmcp_opt" for flag, module in itertools.pairwise(args)
+    ):
+        return True
+    # `uv run vmcp`, `uvx vmcp-opt`, `python .venv/bin/vmcp`: the usual ways to launch a Python server.
+    return (program in _LAUNCHERS or program.startswith("python")) and any(
+        re.split(r"[@=<>\[]", _program(arg))[0] in GATEWAY_NAMES
+        for arg in args  # a package's version spec
     )
+
+
+# Programs that run the program named in their arguments.
+_LAUNCHERS = frozenset({"uv", "uvx", "pipx", "env"})
+
+
+def _program(command: str) -> str:
+    return PurePath(command.replace("\\", "/")).name.lower().removesuffix(".exe")
+
+
+def _launched_from() -> list[str]:
+    return [part for part in os.environ.get(LAUNCHED_FROM, "").split(os.pathsep) if part]
+
+
+def _refuse_recursion(path: Path) -> None:
+    """Refuse `path` when a gateway above this one read it too: one of its entries started this gateway."""
+    if str(path.resolve()) in _launched_from():
+        raise ValueError(
+            f"{path}: this gateway was started from one of this file's servers by a gateway that reads the file "
+            "too, and would start itself again without end; remove the server that runs vmcp from the file, "
+            "or name it `vmcp` (discovery skips it)"
+        )
+
+
+def _marked(backend: BackendConfig, path: Path) -> BackendConfig:
+    """A stdio backend told which client config files led to it (`LAUNCHED_FROM`), in case it is this gateway."""
+    if backend.transport != "stdio":
+        return backend
+    chain = os.pathsep.join([*_launched_from(), str(path.resolve())])
+    return backend.model_copy(update={"env": {**backend.env, LAUNCHED_FROM: chain}})
 
 
 # --- the file -------------------------------------------------------------------------------------

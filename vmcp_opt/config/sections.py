@@ -36,7 +36,7 @@ class ServerConfig(_Strict):
     startup_wait: float = Field(5.0, ge=0)
     # URL path of the MCP endpoint.
     path: str = "/mcp"
-    # Largest HTTP request body accepted; a larger one is refused.
+    # Largest HTTP request body accepted, and the longest line a `--stdio` client may send; larger is refused.
     max_body_bytes: int = Field(4 * 1024 * 1024, gt=0)
     # Extra Host header values accepted besides loopback and `host` (DNS-rebinding protection): a name or address
     # (any port) or a `name:port` pattern; `--allow-host` adds to it.

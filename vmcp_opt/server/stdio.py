@@ -5,6 +5,10 @@ server only logs at debug level: the client waits for an answer that never comes
 answers such a line the way the HTTP endpoint does (`server/bad_input.py`): -32700 Parse error for text
 that is not JSON, -32600 Invalid Request for JSON that is not a JSON-RPC message.
 
+A line longer than `server.max_body_bytes` (the cap on an HTTP body) is not held: `CheckedLines` reads the rest
+of it in small pieces and drops it, and the client gets -32600 naming the cap, under the request's id when the
+line starts with it (as the SDKs write requests), so that the caller fails at once rather than waits.
+
 A request whose `id` is not a string or an integer (`null`, `true`) is read by the SDK as a notification,
 which gets no answer: the client would wait forever. `checked_stdin` hands the SDK the client's lines with
 such a request replaced by a marker line, which the SDK cannot parse and `AnswerMalformed` answers -32600,
@@ -13,21 +17,27 @@ as HTTP does. The SDK diverts fd 0 only when it reads stdin itself; `checked_std
 A signal must stop the gateway while the client keeps stdin open, but a blocking `readline` cannot be
 interrupted. `ClientLines` reads on a daemon thread and, once `end` is called, tells the SDK the input
 ended: the server stops as when the client closes stdin, and the process exits without waiting for the
-thread still blocked in `readline`.
+thread still blocked in `readline`. SIGHUP (the launching app or terminal hung up) ends the input the same way.
 
 At the end of input the SDK cancels the requests still running and answers them "Connection closed": a
 client that pipes its requests in and closes stdin (`cat requests | vmcp serve --stdio`) lost every answer
 still being worked on. `AnswerMalformed` holds the end of input back until the requests it passed on are
 answered (`InFlight`, told of each answer by `AnswerTracker` on the write side; a request the client
-cancelled is not waited for), for at most `timeouts.shutdown`.
+cancelled, or a 2026-07-28 `subscriptions/listen` stream, is not waited for), for at most `timeouts.shutdown`.
+A client that exits closes stdout too: the SDK's writer then fails with a broken pipe, and the gateway stops
+as at the end of input.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import queue
+import re
+import signal
+import sys
 import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
@@ -52,6 +62,16 @@ PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
 # Starts the line that stands for a request with an unusable id; not JSON, so the SDK hands it back as an error.
 _UNUSABLE_ID = "\0vmcp:unusable-id:"
+# Starts the line that stands for one over the cap: `<size>:<cap>:<the request's id as JSON, or null>`.
+_TOO_LONG = "\0vmcp:too-long:"
+# A request's id where the SDKs write it, first or after `"jsonrpc": "2.0"`: the only place it is looked for in a
+# line too long to parse, so that an `"id"` nested deeper in it is never taken for the request's own.
+_LEADING_ID = re.compile(
+    rb'\A\s*\{\s*(?:"jsonrpc"\s*:\s*"2\.0"\s*,\s*)?"id"\s*:\s*("(?:[^"\\]|\\.){0,200}"|-?\d{1,18})\s*,'
+)
+_CHUNK = 64 * 1024  # the pieces in which a line over the cap is read and dropped
+# Requests that are streams, not calls: open as long as the client wants (as `server/drain.py` treats them).
+_STREAMS = frozenset({"subscriptions/listen"})
 
 
 async def serve_stdio(
@@ -64,17 +84,28 @@ async def serve_stdio(
         if diagnostics is not None:
             task_group.start_soon(diagnostics.run_beside, name="diagnostics")
         server = build_mcp_server(gateway, "stdio")
-        with checked_stdin() as stdin:
-            watching = anyio.CancelScope()
+        with checked_stdin(gateway.config.server.max_body_bytes) as stdin:
+            watching, hangup_watch, hung_up = anyio.CancelScope(), anyio.CancelScope(), anyio.Event()
             if stop is not None:
                 task_group.start_soon(_end_on, stop, stdin, watching, name="stdio-stop")
-            async with stdio_server(stdin=cast(anyio.AsyncFile[str], stdin)) as (read, write):
-                in_flight = InFlight(gateway.config.timeouts.shutdown)
-                answers = AnswerTracker(write, in_flight)
-                reads = AnswerMalformed(read, answers, in_flight)
-                await server.run(reads, answers, server.create_initialization_options())
+            if sys.platform != "win32":
+                task_group.start_soon(_end_on_hangup, stdin, hung_up, hangup_watch, name="stdio-hangup")
+            client_gone = False
+            try:
+                async with stdio_server(stdin=cast(anyio.AsyncFile[str], stdin)) as (read, write):
+                    in_flight = InFlight(gateway.config.timeouts.shutdown)
+                    answers = AnswerTracker(write, in_flight)
+                    reads = AnswerMalformed(read, answers, in_flight)
+                    await server.run(reads, answers, server.create_initialization_options())
+            except* BrokenPipeError:
+                # The SDK's writer found stdout closed: the client exited (or was killed) and nobody reads answers
+                # any more. The gateway still stops as when stdin closes, its backends and state included.
+                client_gone = True
             watching.cancel()  # the client closed stdin: nothing left to end
-        if stop is None or not stop.is_set():
+            hangup_watch.cancel()
+        if client_gone:
+            logger.info("the client closed its end of stdout (it exited): stopping the gateway and its backends")
+        elif not hung_up.is_set() and (stop is None or not stop.is_set()):
             logger.info("the client closed stdin: stopping the gateway and its backends")
         if diagnostics is not None:
             diagnostics.should_exit = True
@@ -85,6 +116,8 @@ def malformed_line_error(exc: Exception) -> types.JSONRPCError:
     """The JSON-RPC error for a line the transport could not read as a message."""
     errors = exc.errors() if isinstance(exc, ValidationError) else []
     line = errors[0].get("input") if errors else None
+    if isinstance(line, str) and line.startswith(_TOO_LONG):
+        return _too_long_error(line[len(_TOO_LONG) :])
     if isinstance(line, str) and line.startswith(_UNUSABLE_ID):
         kind = line[len(_UNUSABLE_ID) :].strip()
         error = types.ErrorData(
@@ -97,6 +130,14 @@ def malformed_line_error(exc: Exception) -> types.JSONRPCError:
             code=INVALID_REQUEST, message="Invalid Request: not a JSON-RPC 2.0 request, notification or response"
         )
     return types.JSONRPCError(jsonrpc="2.0", id=None, error=error)
+
+
+def _too_long_error(marker: str) -> types.JSONRPCError:
+    size, cap, request_id = marker.strip().split(":", 2)
+    message = f"Request too large: a line of {int(size):,} bytes, over {int(cap):,} (server.max_body_bytes)"
+    data = {"limit": "server.max_body_bytes", "max_bytes": int(cap)}
+    error = types.ErrorData(code=INVALID_REQUEST, message=message, data=data)
+    return types.JSONRPCError(jsonrpc="2.0", id=json.loads(request_id), error=error)
 
 
 class InFlight:
@@ -164,6 +205,8 @@ class AnswerMalformed(ReadStreamWrapper):
 
     def _note(self, message: types.JSONRPCMessage) -> None:
         if isinstance(message, types.JSONRPCRequest):
+            if message.method in _STREAMS:
+                return  # answered only when it ends: waiting for it would hold every stop for timeouts.shutdown
             self._in_flight.started(message.id)
         elif isinstance(message, types.JSONRPCNotification) and message.method == "notifications/cancelled":
             cancelled = (message.params or {}).get("requestId")
@@ -173,17 +216,51 @@ class AnswerMalformed(ReadStreamWrapper):
 
 class CheckedLines:
     """The client's lines as text (undecodable bytes replaced, as the SDK does), a request with an unusable id
-    replaced by the `_UNUSABLE_ID` line. Only `readline`: all `anyio.AsyncFile`'s line iteration calls."""
+    replaced by the `_UNUSABLE_ID` line, one over `max_bytes` by the `_TOO_LONG` line. Only `readline`: all
+    `anyio.AsyncFile`'s line iteration calls."""
 
-    def __init__(self, raw: BinaryIO) -> None:
+    def __init__(self, raw: BinaryIO, max_bytes: int) -> None:
         self._raw = raw
+        self._max_bytes = max_bytes
 
     def readline(self) -> str:
-        line = self._raw.readline()
+        line = self._raw.readline(self._max_bytes + 1)
+        if len(line) > self._max_bytes and not line.endswith(b"\n"):
+            return self._too_long(line)
         kind = unusable_id(line)
         if kind is not None:
             return f"{_UNUSABLE_ID}{kind}\n"  # the client's input is never repeated
         return line.decode("utf-8", errors="replace")
+
+    def _too_long(self, head: bytes) -> str:
+        """The marker line for a line over the cap, once the rest of it is read and dropped."""
+        size = len(head)
+        while True:
+            piece = self._raw.readline(_CHUNK)
+            size += len(piece)
+            if not piece or piece.endswith(b"\n"):
+                break
+        return f"{_TOO_LONG}{size}:{self._max_bytes}:{json.dumps(_leading_id(head))}\n"
+
+
+def _leading_id(head: bytes) -> str | int | None:
+    found = _LEADING_ID.match(head)
+    try:
+        request_id = json.loads(found.group(1)) if found else None
+    except ValueError:  # a bad escape, a control character: no id to answer under
+        return None
+    return request_id if isinstance(request_id, str | int) else None
+
+
+async def _end_on_hangup(lines: ClientLines, hung_up: anyio.Event, scope: anyio.CancelScope) -> None:
+    """SIGHUP (the terminal or the app that launched the gateway went away) ends the input, as a closed stdin
+    does: its default would kill the gateway at once, leaving a backend that does not watch its stdin running."""
+    with scope, anyio.open_signal_receiver(signal.SIGHUP) as hangups:
+        async for _ in hangups:
+            logger.info("SIGHUP: the client hung up; stopping the gateway and its backends")
+            hung_up.set()
+            lines.end()
+            return
 
 
 async def _end_on(stop: anyio.Event, lines: ClientLines, scope: anyio.CancelScope) -> None:
@@ -253,7 +330,7 @@ def _settle(future: asyncio.Future[str], line: str, error: Exception | None) -> 
 
 
 @contextmanager
-def checked_stdin() -> Iterator[ClientLines]:
+def checked_stdin(max_bytes: int) -> Iterator[ClientLines]:
     """stdin's lines through `CheckedLines`, read from a copy of fd 0 while fd 0 reads the null device: a
     handler or a child process that reads stdin gets nothing rather than the client's bytes."""
     private = os.dup(0)
@@ -265,6 +342,6 @@ def checked_stdin() -> Iterator[ClientLines]:
     try:
         # closefd=False: the reader thread may still block on it after the transport exits (so says the SDK too).
         raw = os.fdopen(private, "rb", closefd=False)
-        yield ClientLines(CheckedLines(raw))
+        yield ClientLines(CheckedLines(raw, max_bytes))
     finally:
         os.dup2(private, 0)
