@@ -234,6 +234,23 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
 
 
 @contextlib.contextmanager
+def stdio_gateway(config: Path, stderr: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """`vmcp serve --stdio -c config` with pipes for stdin and stdout, its stderr written to `stderr`; stopped
+    (SIGTERM, then killed) on the way out if it still runs."""
+    with stderr.open("wb") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "vmcp_opt", "serve", "--stdio", "-c", str(config)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=sink,
+        )
+    try:
+        yield proc
+    finally:
+        stop_process(proc)
+
+
+@contextlib.contextmanager
 def counting_http_server(body: bytes = b'{"type": "integer"}') -> Iterator[tuple[str, list[str]]]:
     """A loopback HTTP server answering every GET with `body`: its base URL and the paths asked for."""
     hits: list[str] = []

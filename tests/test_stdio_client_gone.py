@@ -15,7 +15,7 @@ from typing import IO, Any
 import psutil
 import pytest
 
-from tests.support import DEMO_SERVER, demo_backend, stop_process, write_config
+from tests.support import DEMO_SERVER, demo_backend, stdio_gateway, stop_process, write_config
 
 LISTEN_META = {
     "io.modelcontextprotocol/protocolVersion": "2026-07-28",
@@ -33,14 +33,7 @@ def test_a_client_that_dies_during_a_call_stops_the_gateway_without_a_traceback(
     # timeouts.shutdown: how long the call still running gets once stdin closes; its answer then finds no reader.
     config = write_config(tmp_path, {"backends": [demo_backend("demo")], "timeouts": {"shutdown": 0.5}})
     stderr = tmp_path / "stderr.log"
-    with stderr.open("wb") as sink:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "vmcp_opt", "serve", "--stdio", "-c", str(config)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=sink,
-        )
-    try:
+    with stdio_gateway(config, stderr) as proc:
         assert proc.stdin is not None and proc.stdout is not None
         client = {"name": "test", "version": "1"}
         params = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": client}
@@ -55,8 +48,6 @@ def test_a_client_that_dies_during_a_call_stops_the_gateway_without_a_traceback(
         proc.stdout.close()  # the client is gone: both of its pipe ends close
         proc.stdin.close()
         code = proc.wait(timeout=30)
-    finally:
-        stop_process(proc)
     log = stderr.read_text(encoding="utf-8", errors="replace")
     assert "Traceback" not in log and "BrokenPipeError" not in log
     assert code == 0, log
@@ -67,14 +58,7 @@ def test_closing_stdin_with_a_listen_stream_open_stops_without_waiting_for_the_s
     # A stream is answered only when it ends: were it waited for like a call, the stop would take this long.
     config = write_config(tmp_path, {"backends": [demo_backend("demo")], "timeouts": {"shutdown": 120}})
     stderr = tmp_path / "stderr.log"
-    with stderr.open("wb") as sink:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "vmcp_opt", "serve", "--stdio", "-c", str(config)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=sink,
-        )
-    try:
+    with stdio_gateway(config, stderr) as proc:
         assert proc.stdin is not None and proc.stdout is not None
         params = {"notifications": {"toolsListChanged": True}, "_meta": LISTEN_META}
         send(proc.stdin, {"jsonrpc": "2.0", "id": "listen-1", "method": "subscriptions/listen", "params": params})
@@ -83,8 +67,6 @@ def test_closing_stdin_with_a_listen_stream_open_stops_without_waiting_for_the_s
         proc.stdin.close()  # stdout stays open: the client still reads what the gateway says
         code = proc.wait(timeout=30)
         rest = [json.loads(line) for line in proc.stdout.read().splitlines() if line.strip()]
-    finally:
-        stop_process(proc)
     assert code == 0, stderr.read_text(encoding="utf-8", errors="replace")
     assert [answer["id"] for answer in rest if "id" in answer] == ["listen-1"]  # the stream's end, told to the client
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import IO, Any
 
 import pytest
 
-from tests.support import DEMO_SERVER, stop_process, write_config
+from tests.support import DEMO_SERVER, stdio_gateway, write_config
 from vmcp_opt.backends.discovery import read_client_config
 
 pytestmark = pytest.mark.slow
@@ -47,14 +46,7 @@ def test_a_gateway_started_from_its_own_client_config_refuses_and_is_reported_do
     }
     client_file.write_text(json.dumps({"mcpServers": servers}), encoding="utf-8")
     stderr = tmp_path / "stderr.log"
-    with stderr.open("wb") as sink:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "vmcp_opt", "serve", "--stdio", "-c", str(config)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=sink,
-        )
-    try:
+    with stdio_gateway(config, stderr) as proc:
         assert proc.stdin is not None and proc.stdout is not None
         client = {"name": "test", "version": "1"}
         params = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": client}
@@ -67,8 +59,6 @@ def test_a_gateway_started_from_its_own_client_config_refuses_and_is_reported_do
             time.sleep(0.1)
         proc.stdin.close()
         proc.wait(timeout=30)
-    finally:
-        stop_process(proc)
     log = stderr.read_text(encoding="utf-8")
     assert answers[1]["id"] == 2
     names = {tool["name"] for tool in answers[1]["result"]["tools"]}
