@@ -100,6 +100,10 @@ def test_validate_warns_of_backends_that_could_not_be_launched_here(tmp_path: Pa
 INTERRUPTED_IMPORT = """
 import os, signal, sys
 
+# As in a terminal: a runner started in the background (`cmd &` without job control) hands its children
+# SIGINT ignored, and Python then installs no handler of its own.
+signal.signal(signal.SIGINT, signal.default_int_handler)
+
 class InterruptOnImport:
     def find_spec(self, name, path=None, target=None):
         if name == "typer":
