@@ -244,3 +244,30 @@ def test_slow_header_and_idle_connections_are_closed_and_capped(plain_gateway: G
     assert output.count("refused a connection") == 1
     assert "slow to send its request body" in output
     assert "Traceback" not in output
+
+
+def test_one_address_cannot_hold_every_connection(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Found by the abuse audit: 2026-07-28 calls need no session, so the session quota never applied, and one
+    address holding `max_connections` slow calls got every other client, and `/healthz`, answered 503."""
+    limits = {"max_connections": 40, "max_connections_per_address": 10, "http_header_timeout": 30}
+    for gateway in gateway_with_limits(tmp_path_factory, **limits):
+        held = []
+        try:
+            for _ in range(15):
+                sock = socket.create_connection(
+                    ("127.0.0.1", gateway.port), timeout=20, source_address=("127.0.0.5", 0)
+                )
+                sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # never finishes its headers
+                held.append(sock)
+            answers = []
+            for sock in held[10:]:  # past its share: answered at once and closed
+                answers.append(sock.recv(4096))
+            assert all(a.startswith(b"HTTP/1.1 429") for a in answers), answers
+            assert all(b"limits.max_connections_per_address" in a for a in answers)
+            with client_from("127.0.0.6") as other_client:
+                other = other_client.get(f"{gateway.base}/healthz", headers={"Host": f"127.0.0.1:{gateway.port}"})
+            assert other.status_code == 200
+        finally:
+            for sock in held:
+                sock.close()
+        assert gateway.output().count("limits.max_connections_per_address") <= 2  # logged once per interval

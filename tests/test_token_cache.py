@@ -71,7 +71,7 @@ async def test_refused_exchanges_leave_nothing_held_per_caller_token() -> None:
     for i in range(500):
         with pytest.raises(CredentialError):
             await cache.get(f"caller-token-{i}", refuse)
-    assert not cache._locks and not cache._tokens
+    assert not cache._flights and not cache._tokens
     assert await cache.get("caller-token-0", _fresh_token) == "ok"
 
 

@@ -19,7 +19,9 @@ is down or refuses is the call's own clear error rather than a failure inside th
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import AsyncGenerator
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +70,7 @@ class BackendCredentials:
         self.endpoint = TokenEndpoint(config.name, self.auth, base_dir) if oauth else None
         self.cache = TokenCache(self.auth.refresh_before)
         self.refused: int | None = None  # the status of the backend's last refusal of the service credentials
+        self._headers: tuple[tuple[object, ...], dict[str, str]] | None = None  # (their version, the values)
 
     @property
     def per_caller(self) -> bool:
@@ -75,8 +78,29 @@ class BackendCredentials:
         return self.auth.type == "token_exchange"
 
     def headers(self) -> dict[str, str]:
-        """The static headers (type header), read now."""
-        return {name: self._read(f"headers.{name}", ref) for name, ref in self.auth.headers.items()}
+        """The static headers (type header), as their secrets hold them now: a file rotated while the gateway
+        runs is read again on the next request (its stat, not its content, is checked on each). `CredentialError`
+        when one cannot be read."""
+        version = self._headers_version()
+        if self._headers is None or version != self._headers[0]:
+            values = {name: self._read(f"headers.{name}", ref) for name, ref in self.auth.headers.items()}
+            self._headers = (version, values)
+        return self._headers[1]
+
+    def _headers_version(self) -> tuple[object, ...]:
+        """What changes when a header's secret does: a file's identity and times, a variable's value."""
+        version: list[object] = []
+        for ref in self.auth.headers.values():
+            if ref.env is not None:
+                version.append(os.environ.get(ref.env))
+                continue
+            try:
+                stat = (self.base_dir / str(ref.file)).stat()
+            except OSError:
+                version.append(None)
+                continue
+            version.append((stat.st_ino, stat.st_dev, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns))
+        return tuple(version)
 
     def child_env(self) -> dict[str, str]:
         """The stdio process's environment variables from secrets (type header), read now."""
@@ -128,14 +152,22 @@ class BackendAuth(httpx2.Auth):
         self.credentials = credentials
         self.subject = subject
         self.last_status: int | None = None
-        self._headers = credentials.headers() if credentials.auth.type == "header" else {}
+        self._static = credentials.auth.type == "header"
+        self._headers = credentials.headers() if self._static else {}  # the last ones read
 
     async def prepare(self) -> None:
-        """Fetch a due token now, raising `CredentialError` (the transport must not be the one to fail)."""
+        """Read the headers' secrets or fetch a due token now, raising `CredentialError` (the transport must not
+        be the one to fail)."""
+        if self._static:
+            self._headers = self.credentials.headers()
         if self.credentials.endpoint is not None and self.credentials.fresh(self.subject) is None:
             await self.credentials.token(self.subject)
 
     async def async_auth_flow(self, request: httpx2.Request) -> AsyncGenerator[httpx2.Request, httpx2.Response]:
+        if self._static:
+            # Unreadable between `prepare()` and now (a file being rewritten): the last ones read go.
+            with suppress(CredentialError):
+                self._headers = self.credentials.headers()
         for name, value in self._headers.items():
             request.headers[name] = value
         token = await self._token()

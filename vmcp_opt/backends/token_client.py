@@ -2,8 +2,8 @@
 
 `TokenEndpoint` speaks to the token endpoint (found in the issuer's metadata when only `issuer` is configured,
 RFC 8414 then OpenID discovery). `TokenCache` keeps tokens per key until `refresh_before` seconds before they
-expire (a token that lives shorter than twice that: until half its life); when one is due, one request fetches it for every waiter (single-flight, an `anyio.Lock` per key), so a
-burst of calls costs one token request. Failures are `CredentialError`s naming the backend and the step, with
+expire (a token that lives shorter than twice that: until half its life); when one is due, one request fetches it for every waiter, who shares its outcome, a refusal included
+(single-flight), so a burst of calls costs one token request. Failures are `CredentialError`s naming the backend and the step, with
 the endpoint's `error` code but never a token, secret or response body beyond that code.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import anyio
@@ -129,13 +129,26 @@ def _error_code(response: httpx2.Response) -> str:
     return str(code)[:64] if isinstance(code, str) and code.replace("_", "").isalnum() else ""
 
 
+@dataclass
+class _Flight:
+    """One fetch in progress for a key; every caller arriving meanwhile waits for its outcome."""
+
+    done: anyio.Event = field(default_factory=anyio.Event)
+    value: str | None = None
+    error: Exception | None = None
+
+
 class TokenCache:
-    """Tokens by key, each fetched once per expiry for all waiters."""
+    """Tokens by key, each fetched once per expiry for all waiters.
+
+    Waiters share the fetch's outcome, a failure included: a burst of calls while the token endpoint is slow
+    or refusing costs one request and one `timeout`, not one of each per waiter in turn. A token due for refresh
+    but not expired is still served when its refresh fails (the endpoint's blip is not the calls' failure)."""
 
     def __init__(self, refresh_before: float) -> None:
         self.refresh_before = refresh_before
         self._tokens: dict[str, Token] = {}
-        self._locks: dict[str, anyio.Lock] = {}
+        self._flights: dict[str, _Flight] = {}
 
     def fresh(self, key: str) -> str | None:
         """The cached token if it is not due for refresh: the hot path, no await."""
@@ -145,29 +158,46 @@ class TokenCache:
         return None
 
     async def get(self, key: str, fetch: Callable[[], Awaitable[Token]]) -> str:
-        value = self.fresh(key)
-        if value is not None:
-            return value
-        lock = self._locks.setdefault(key, anyio.Lock())
-        async with lock:
-            value = self.fresh(key)  # another waiter fetched it meanwhile
+        while True:
+            value = self.fresh(key)
             if value is not None:
                 return value
-            try:
-                token = await fetch()
-            except BaseException:
-                # A refused exchange caches no token: its lock goes too, or every distinct caller token the
-                # provider refuses would leave one behind (`_evict` runs only once tokens fill the cache).
-                if key not in self._tokens and lock.statistics().tasks_waiting == 0:
-                    self._locks.pop(key, None)
+            flight = self._flights.get(key)
+            if flight is None:
+                return await self._fetch(key, fetch)
+            await flight.done.wait()
+            if flight.error is not None:
+                raise flight.error
+            if flight.value is not None:
+                return flight.value
+            # The fetching task was cancelled: its outcome is no one else's; fetch anew.
+
+    async def _fetch(self, key: str, fetch: Callable[[], Awaitable[Token]]) -> str:
+        flight = self._flights[key] = _Flight()
+        try:
+            flight.value = self._store(key, await fetch())
+        except Exception as exc:
+            still_valid = self._tokens.get(key)
+            if still_valid is not None and time.monotonic() < still_valid.expires_at:
+                flight.value = still_valid.value
+            else:
+                flight.error = exc
+            if flight.value is None:
                 raise
-            # `refresh_before` ahead of expiry; a token that lives shorter than twice that, at half its life.
-            lifetime = token.expires_at - time.monotonic()
-            token = replace(token, refresh_at=token.expires_at - min(self.refresh_before, lifetime / 2))
-            if len(self._tokens) >= MAX_CACHED:
-                self._evict()
-            self._tokens[key] = token
-            return token.value
+        finally:
+            # Removed whatever the outcome: nothing is kept for a key whose fetch failed (a refused caller token).
+            del self._flights[key]
+            flight.done.set()
+        return flight.value
+
+    def _store(self, key: str, token: Token) -> str:
+        # `refresh_before` ahead of expiry; a token that lives shorter than twice that, at half its life.
+        lifetime = token.expires_at - time.monotonic()
+        token = replace(token, refresh_at=token.expires_at - min(self.refresh_before, lifetime / 2))
+        if len(self._tokens) >= MAX_CACHED:
+            self._evict()
+        self._tokens[key] = token
+        return token.value
 
     def invalidate(self, key: str, value: str | None = None) -> None:
         """Drop the cached token (only if it is still `value`: a newer one stays)."""
@@ -181,4 +211,3 @@ class TokenCache:
             del self._tokens[key]
         for key in sorted(self._tokens, key=lambda k: self._tokens[k].expires_at)[: len(self._tokens) // 10]:
             del self._tokens[key]
-        self._locks = {k: v for k, v in self._locks.items() if k in self._tokens or v.locked()}

@@ -104,6 +104,13 @@ class LimitsConfig(_Strict):
         description="HTTP connections open at once; a connection past it is answered 503 and closed at once. "
         "Lowered at start to fit the process's open-file limit (raised to its hard limit first).",
     )
+    max_connections_per_address: int = Field(
+        100,
+        ge=1,
+        description="HTTP connections one client address may hold open at once; past it a connection is answered "
+        "429 and closed. Without it one client (slow calls, open streams) could hold every connection of "
+        "max_connections, /healthz's included. Connections from server.trusted_proxies are not counted.",
+    )
     http_header_timeout: float = Field(
         10.0,
         gt=0,

@@ -29,7 +29,7 @@ from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser, authorizat
 from mcp.server.auth.provider import AccessToken
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from vmcp_opt.auth import errors
+from vmcp_opt.auth import Identification, errors
 from vmcp_opt.auth.authenticators import Authenticator
 from vmcp_opt.auth.errors import AuthError
 from vmcp_opt.auth.identity import SCOPE_KEY, BearerToken, Identity
@@ -114,6 +114,9 @@ class RequireAuthentication:
         missing_scopes = [s for s in self.required_scopes if s not in identity.scopes]
         if missing_scopes:
             raise errors.insufficient_scope(self.required_scopes)
+        if identity.method is not Identification.TOKEN:
+            # An API key is this gateway's own secret: never handed to a token endpoint as a subject token.
+            return identity
         return dataclasses.replace(identity, token=BearerToken(credential.strip()))  # for token exchange
 
     async def _refuse(self, send: Send, refused: AuthError) -> None:

@@ -130,10 +130,16 @@ async def read_ahead(receive: Receive, max_body_bytes: int) -> tuple[Receive, by
     return replay, body
 
 
+def may_mention(body: bytes, text: bytes) -> bool:
+    """Whether `body` may hold `text` once parsed: it does as bytes, or has a `\\u` escape, which can spell
+    any of it (`"tools\\u002fcall"` is "tools/call"): a client must not slip past a check by escaping."""
+    return text in body or b"\\u" in body
+
+
 def request_of(body: bytes, method: str) -> dict[str, Any] | None:
     """The JSON-RPC message in `body` when it is a `method` request or notification; None for anything
-    else (malformed input is left to the SDK). Parses only bodies that mention `method`."""
-    if method.encode() not in body:
+    else (malformed input is left to the SDK). Parses only bodies that may mention `method`."""
+    if not may_mention(body, method.encode()):
         return None
     try:
         message: Any = json.loads(body)
@@ -162,7 +168,7 @@ def _invalid_request(body: bytes) -> bytes:
 
 def unusable_id(body: bytes) -> str | None:
     """The kind of a request's unusable id (`null`, `a boolean`, `an object`, …), or None."""
-    if b'"id"' not in body:
+    if not may_mention(body, b'"id"'):
         return None
     try:
         data: Any = json.loads(body)

@@ -22,7 +22,9 @@ with a traceback each time; `throttle_accept_errors` makes that one line a minut
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -46,6 +48,10 @@ def _closing_answer(status: str, text: str) -> bytes:
 _BUSY = _closing_answer(
     "503 Service Unavailable", "Too many open connections (limits.max_connections); retry in a moment"
 )
+_BUSY_ADDRESS = _closing_answer(
+    "429 Too Many Requests",
+    "Too many open connections from this address (limits.max_connections_per_address); close some first",
+)
 
 
 class LimitedProtocol(HttpToolsProtocol):
@@ -56,6 +62,9 @@ class LimitedProtocol(HttpToolsProtocol):
     header_timeout: float = 10.0
     body_timeout: float = 30.0
     max_connections: int = 1000
+    max_connections_per_address: int = 100
+    # Peers not counted per address: behind a trusted proxy every client's connection is the proxy's.
+    uncounted: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     max_header_bytes: int = 64 * 1024
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -75,7 +84,34 @@ class LimitedProtocol(HttpToolsProtocol):
             transport.write(_BUSY)
             transport.close()
             return
+        if self._over_address_cap():
+            _log.warning(
+                "connections-address",
+                "refused a connection from %s: %d are open from it (limits.max_connections_per_address)",
+                self.client[0] if self.client else "?",
+                self.max_connections_per_address,
+            )
+            transport.write(_BUSY_ADDRESS)
+            transport.close()
+            return
         self._arm("headers")  # a new connection: its first request's headers are due
+
+    def _over_address_cap(self) -> bool:
+        """Whether this connection's peer holds more than its share: without this one address could hold every
+        connection of `max_connections` (slow calls, open streams), and `/healthz` itself would be refused."""
+        host = self.client[0] if self.client else None
+        if host is None:
+            return False
+        if self.uncounted:
+            try:
+                address = ipaddress.ip_address(host)
+            except ValueError:
+                return False
+            if any(address in network for network in self.uncounted):
+                return False
+        peers = (getattr(other, "client", None) for other in self.connections)
+        same = sum(1 for peer in peers if peer and peer[0] == host)
+        return same > self.max_connections_per_address
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
@@ -172,13 +208,20 @@ class LimitedProtocol(HttpToolsProtocol):
 
 
 def limited_protocol(
-    header_timeout: float, body_timeout: float, max_connections: int, max_header_bytes: int = 64 * 1024
+    header_timeout: float,
+    body_timeout: float,
+    max_connections: int,
+    max_header_bytes: int = 64 * 1024,
+    max_connections_per_address: int = 100,
+    uncounted: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network] = (),
 ) -> type[LimitedProtocol]:
     settings = {
         "header_timeout": header_timeout,
         "body_timeout": body_timeout,
         "max_connections": max_connections,
         "max_header_bytes": max_header_bytes,
+        "max_connections_per_address": max_connections_per_address,
+        "uncounted": tuple(uncounted),
     }
     return type("LimitedProtocol", (LimitedProtocol,), settings)
 

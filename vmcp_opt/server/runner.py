@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import math
 import os
@@ -81,6 +82,8 @@ def run_gateway(config: VmcpConfig, announce: Callable[[VmcpConfig, int], None] 
                 limits.http_body_timeout,
                 fit_connections(limits.max_connections),
                 limits.max_header_bytes,
+                limits.max_connections_per_address,
+                [ipaddress.ip_network(network) for network in config.server.trusted_proxies],
             ),
             timeout_keep_alive=math.ceil(limits.http_keep_alive_timeout),
             # The client's address from X-Forwarded-For only behind a trusted proxy (uvicorn's own default
