@@ -15,8 +15,9 @@ from tests.support import demo_backend, write_config
 CAP = 20_000
 
 
-def served(tmp_path: Path, lines: list[bytes]) -> list[dict[str, Any]]:
-    """The gateway's answers to `lines`, written at once and stdin closed, as `cat requests | vmcp` does."""
+def served(tmp_path: Path, lines: list[bytes], start: bytes = b"") -> list[dict[str, Any]]:
+    """The gateway's answers to `lines` (the stream opening with `start`), written at once and stdin closed, as
+    `cat requests | vmcp` does."""
     config = write_config(tmp_path, {"backends": [demo_backend("demo")], "server": {"max_body_bytes": CAP}})
     client = {"name": "test", "version": "1"}
     params = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": client}
@@ -27,7 +28,7 @@ def served(tmp_path: Path, lines: list[bytes]) -> list[dict[str, Any]]:
     lines = [json.dumps(message).encode() + b"\n" for message in opening] + lines
     result = subprocess.run(
         [sys.executable, "-m", "vmcp_opt", "serve", "--stdio", "-c", str(config)],
-        input=b"".join(lines),
+        input=start + b"".join(lines),
         capture_output=True,
         timeout=120,
     )
@@ -58,3 +59,12 @@ def test_a_line_over_the_cap_is_answered_under_its_id_and_the_next_lines_are_ser
     assert by_id[3]["result"] == {}
     # An `"id"` inside the params of a long line is not taken for the request's: that one is answered under null.
     assert 9 not in by_id and by_id[None]["error"]["data"]["max_bytes"] == CAP
+
+
+def test_a_byte_order_mark_at_the_start_of_the_stream_is_read_past(tmp_path: Path) -> None:
+    """A client (or a file piped in) that writes UTF-8 with a byte-order mark: its first line, usually
+    `initialize`, was -32700 Parse error."""
+    answers = served(tmp_path, [b'{"jsonrpc":"2.0","id":3,"method":"ping"}\n'], start=b"\xef\xbb\xbf")
+    by_id = {answer.get("id"): answer for answer in answers if "id" in answer}
+    assert "result" in by_id["init"], answers
+    assert by_id[3]["result"] == {}

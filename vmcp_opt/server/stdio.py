@@ -222,9 +222,15 @@ class CheckedLines:
     def __init__(self, raw: BinaryIO, max_bytes: int) -> None:
         self._raw = raw
         self._max_bytes = max_bytes
+        self._first = True
 
     def readline(self) -> str:
         line = self._raw.readline(self._max_bytes + 1)
+        if self._first:
+            # A stream written as UTF-8 with a byte-order mark (a file piped in, some Windows tools): read past it,
+            # or the first message, usually `initialize`, is not JSON.
+            self._first = False
+            line = line.removeprefix(b"\xef\xbb\xbf")
         if len(line) > self._max_bytes and not line.endswith(b"\n"):
             return self._too_long(line)
         kind = unusable_id(line)
