@@ -97,8 +97,12 @@ def resource_targets(catalog: Catalog, uri: str) -> tuple[str, list[Target]] | N
     """The backend `uri` routes to and what a caller must be allowed to read it: the resource, and the template
     it matches when it is not a listed resource (a policy forbidding a template forbids the URIs it serves, not
     only its listing); None when nothing serves it."""
-    template = catalog.matching_template(uri)
-    backend = catalog.route_resource(uri) or catalog.route_template(uri)
+    listed = catalog.resources.get(uri)
+    template = None if listed is not None else catalog.matching_template(uri)  # the templates matched once
+    if listed is not None:
+        backend: str | None = listed.backend
+    else:
+        backend = template.backend if template is not None else catalog.route_template(uri)
     if backend is None:
         return None
     targets = [Target("resource", uri, backend)]
