@@ -72,7 +72,7 @@ async def test_a_query_at_the_maximum_is_searched_and_counted(gateway: Gateway) 
     assert answer["tokens"]["this_answer"] == count_tokens(json.dumps(answer["tools"], ensure_ascii=False))
 
 
-@pytest.mark.parametrize("query", ["", "   ", "\t\n "])
+@pytest.mark.parametrize("query", ["", "   ", "\t\n ", "\u200b\u200d\ufeff", " \x00\u2060 "])
 async def test_an_empty_or_blank_query_is_refused(gateway: Gateway, query: str) -> None:
     text = await find_error(gateway, {"query": query})
     assert text == "invalid arguments for tool 'find_tool': field 'query': empty; say what you need done, e.g. " + (

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import unicodedata
 from collections.abc import Collection
 from typing import Any
 
@@ -21,6 +22,8 @@ from vmcp_opt.optimizer.index import SearchHit
 # `optimizer.max_intents` intents); past this it is a pasted document, all of it keyword-tokenized, split and
 # echoed in the answer. In the schema as `maxLength`, so clients see it.
 MAX_QUERY_CHARS = 4096
+# Unicode's control and format characters (zero-width spaces and joiners, the byte-order mark, bidi marks).
+_INVISIBLE = frozenset({"Cc", "Cf"})
 
 FIND_TOOL = types.Tool(
     name="find_tool",
@@ -101,10 +104,12 @@ class ToolParts:
     """`tool_json` per record, kept: find_tool shows the same tools again and again, and reading a docstring
     and compacting a schema for each of 8 hits was half of the answer's cost. Keyed by the record object
     (an index snapshot's records live until the catalogue changes; a changed tool comes as a new record),
-    holding it so its id is not reused; at most `max_tools`, the oldest dropped first. The parts are shared:
+    holding it so its id is not reused; at most `max_tools`, the oldest dropped first. A catalogue's parts are
+    all built once its vectors are ready, when their tokens are counted (`MetaTools._warm_answer_tokens`): at
+    10k tools most hits were not kept, and building 8 cost ~0.2 ms an answer (+~1 KB a tool). Shared:
     callers copy before adding to one (`hit_json`). Thread-safe: answers are built on worker threads."""
 
-    def __init__(self, max_tools: int = 4096) -> None:
+    def __init__(self, max_tools: int = 20_000) -> None:
         self.max_tools = max_tools
         self._parts: dict[int, tuple[ToolRecord, dict[str, Any]]] = {}
         self._lock = threading.Lock()
@@ -136,11 +141,14 @@ def hit_json(hit: SearchHit, answer: Collection[str], part: dict[str, Any] | Non
 
 
 def query_problem(query: str) -> str | None:
-    """What makes `query` unsearchable (too long, empty, only spaces), or None. Bounded work whatever its
-    length: the length first, then a scan that stops at the first character that is not a space."""
+    """What makes `query` unsearchable (too long, empty, only spaces or invisible characters), or None.
+    Bounded work whatever its length: the length first, then a scan that stops at the first visible
+    character."""
     if len(query) > MAX_QUERY_CHARS:
         return f"{len(query):,} characters, over the maximum of {MAX_QUERY_CHARS:,}; say what you need in fewer words"
-    if not query or query.isspace():
+    if all(char.isspace() or unicodedata.category(char) in _INVISIBLE for char in query):
+        # Zero-width spaces or control characters alone were searched: one token, and weak matches
+        # ranked as if they meant something.
         return "empty; say what you need done, e.g. 'current time in Tokyo'"
     return None
 

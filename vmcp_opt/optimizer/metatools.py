@@ -50,7 +50,6 @@ from vmcp_opt.optimizer.meta_tool_forms import (
     check_query,
     coerce_strings,
     hit_json,
-    tool_json,
 )
 from vmcp_opt.optimizer.tokens import AnswerTokens, ToolListTokens
 from vmcp_opt.optimizer.tool_records import meta_tools_tokens, provided_record
@@ -347,7 +346,8 @@ class OptimizerFront:
         """Count each tool's part of a find_tool answer now, so queries tokenize only their scores."""
         started = time.perf_counter()
         counted = self.answer_tokens.warm(
-            (tool_json(record) for record in records), stop=lambda: self._pending is not None or self._closed.is_set()
+            (self._parts.of(record) for record in records),
+            stop=lambda: self._pending is not None or self._closed.is_set(),
         )
         logger.info("optimizer: answer tokens counted for %d tools in %.1f s", counted, time.perf_counter() - started)
 
