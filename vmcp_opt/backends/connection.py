@@ -59,6 +59,8 @@ from vmcp_opt.display import shorten
 logger = logging.getLogger(__name__)
 
 ResultT = TypeVar("ResultT", bound=BaseModel)
+# Seconds a session must have served for its loss to restart the backoff at `failure.restart.initial_delay`.
+STABLE_SESSION = 60.0
 ChangeCallback = Callable[["BackendConnection"], Awaitable[None]]
 
 
@@ -124,6 +126,7 @@ class BackendConnection:
         self.sessions = 0
         self.restarts = 0
         self.next_attempt_at: float | None = None
+        self._ready_at: float | None = None  # when the current (or last) session reached READY (monotonic)
         self._refresh_lock = anyio.Lock()
         self._refresh_wanted = anyio.Event()  # a change was announced and not yet re-fetched
         self._next_refresh = -float("inf")  # when a re-fetch may start again (`_refresh_when_asked`)
@@ -141,7 +144,10 @@ class BackendConnection:
         while not self._stop.is_set():
             served = await self._run_session()
             if served:
-                attempt = 0  # a session that served starts the backoff afresh
+                if self._served_for() >= STABLE_SESSION:
+                    # Only a session that lasted starts the backoff afresh: one that dies right after its handshake
+                    # (a crash on a first request, a timer) restarted at `initial_delay` every time, for ever.
+                    attempt = 0
                 if self.on_change is not None:
                     await self.on_change(self)  # out of service: its tools leave the catalogue
             if self._stop.is_set() or self.restart is None or not self.restart.enabled:
@@ -196,6 +202,10 @@ class BackendConnection:
                     BackendState.FAILED, with_stderr_line(self._lost_reason or "the session ended", self._stderr.line)
                 )
         return self.sessions > sessions_before
+
+    def _served_for(self) -> float:
+        """Seconds the last session was READY."""
+        return time.monotonic() - self._ready_at if self._ready_at is not None else 0.0
 
     def _wake_on_stop(self) -> None:
         if self._stop.is_set():
@@ -270,6 +280,7 @@ class BackendConnection:
             if self._wake.is_set():
                 return
             self.sessions += 1
+            self._ready_at = time.monotonic()
             # The owner builds its first catalogue from the first attempt's outcome (or waits for a late one):
             # any session that comes after that attempt ended, first or not, must announce itself.
             announce = self._ready.is_set()

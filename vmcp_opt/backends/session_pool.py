@@ -165,7 +165,11 @@ class DedicatedSession:
             self._done.set()
 
     def _on_stream_end(self) -> None:
-        self.ended = True
+        # The backend process exited (or its stream broke): this session can serve nothing more. Ending it marks
+        # it `closed`, so its client's next call opens a new one instead of failing "Connection closed" on the
+        # dead one until the client goes away (and feeding the backend's circuit, for every client, meanwhile).
+        self.ended = self.closed = True
+        self._stop.set()
 
     async def _on_message(self, message: IncomingMessage) -> None:
         if isinstance(message, Exception):

@@ -7,7 +7,10 @@ half-open ──(one failure)──► open
 Failures count consecutively whether they come from calls or pings; a call's success resets the count, a
 ping's success only the pings' part of it: a backend that answers pings while its calls time out (a hung
 worker behind a live protocol loop) must still open, and every ping between two calls would otherwise
-erase the first failure. For the same reason a ping's success is not an outcome in the failure-rate window.
+erase the first failure. For the same reason a ping's success is not an outcome in the failure-rate window,
+and it is a trial success only while no call has failed since the circuit last closed (or since the backend's
+last new session): a circuit opened by calls is closed by calls, else pings closed it a few seconds into every
+half-open and the next `failure_threshold` calls hung their whole timeout again.
 
 A backend that stays down goes open → half-open → open every cool-down: the log says when it opens (warning)
 and when it closes again (info), the trials between at debug, with a reminder at warning after
@@ -67,6 +70,7 @@ class CircuitBreaker:
         self.reason = ""
         self.consecutive_failures = 0  # calls' and pings' together
         self._ping_failures = 0  # the pings' part of `consecutive_failures`: what a good ping resets
+        self._calls_failed = False  # a call failed in this outage: only calls may close the circuit then
         self.trial_successes = 0
         self.trials_in_flight = 0
         self.times_opened = 0
@@ -112,12 +116,16 @@ class CircuitBreaker:
         if admitted:
             self._note(failed=False)
             self.consecutive_failures = 0
+            if self.state is CircuitState.CLOSED:
+                self._calls_failed = False
         else:  # a ping: the session answers, which says nothing of the calls that failed
             self.consecutive_failures -= self._ping_failures
         self._ping_failures = 0
         if self.state is CircuitState.HALF_OPEN:
             if admitted:
                 self.release()
+            elif self._calls_failed:
+                return  # the session answers; whether calls do now, only a trial call can tell
             self.trial_successes += 1
             if self.trial_successes >= self.config.trial_calls:
                 self._move(CircuitState.CLOSED)
@@ -126,7 +134,9 @@ class CircuitBreaker:
         self._advance()
         self._note(failed=True)
         self.consecutive_failures += 1
-        if not admitted:
+        if admitted:
+            self._calls_failed = True
+        else:
             self._ping_failures += 1
         if self.state is CircuitState.HALF_OPEN:
             if admitted:
@@ -139,7 +149,9 @@ class CircuitBreaker:
                 self._open(f"{rate:.0%} of the last {len(self._outcomes)} calls failed, last: {reason}")
 
     def trial(self) -> None:
-        """Let trial calls through now (a backend that was just reconnected deserves one)."""
+        """Let trial calls through now (a backend that was just reconnected deserves one). The calls that failed
+        did so on the session that is gone: good pings on the new one may close the circuit."""
+        self._calls_failed = False
         if self.state is CircuitState.OPEN:
             self._move(CircuitState.HALF_OPEN)
 
@@ -175,6 +187,7 @@ class CircuitBreaker:
         if state is CircuitState.CLOSED:
             self._outcomes.clear()
             self.consecutive_failures = self._ping_failures = 0
+            self._calls_failed = False
             self.reason = ""
             self.down_since = None
 
