@@ -366,3 +366,27 @@ async def test_a_tool_text_nested_too_deeply_to_parse_is_kept_as_text() -> None:
 
     report = await WorkflowRun(workflow([{"id": "a", "tool": "t"}]), {}, deep_text).run()
     assert report.ok and report.output == deep
+
+
+async def test_nested_runs_share_the_outermost_run_s_call_budget_which_ends_with_it() -> None:
+    """As the provider does: a step calling a workflow starts a run inside the step's call. The inner runs'
+    calls count against the outer run's 1,000; a run started after it, in the same task, has its own."""
+    inner = workflow(
+        [{"id": "each", "type": "for_each", "tool": "echo", "over": "{{ range(30)|list }}", "max_iterations": 10_000}]
+    )
+    tools = Tools()
+
+    async def call(tool: str, arguments: dict[str, Any]) -> types.CallToolResult:
+        if tool != "inner":
+            return await tools(tool, arguments)
+        report = await WorkflowRun(inner, {}, tools).run()
+        return ok(report.output) if report.ok else failed(report.error or "")
+
+    outer = workflow([{"id": "fan", "type": "for_each", "tool": "inner", "over": "{{ range(40)|list }}"}])
+    report = await WorkflowRun(outer, {}, call).run()
+    assert not report.ok and report.failed_step == "fan"
+    assert "the calls of workflows it runs included (workflows[].max_calls" in (report.error or "")
+    assert report.calls <= 1000 and len(tools.calls) < 1000  # not the 40 * 30 asked for
+
+    again = await WorkflowRun(inner, {}, tools).run()
+    assert again.ok and again.calls == 30

@@ -194,6 +194,10 @@ class WorkflowConfig(_Strict):
     timeout: float = Field(300.0, gt=0)
     # Steps (for_each items included) running at once.
     max_parallel: int = Field(8, ge=1, le=64)
+    # Calls one run may make in all: every attempt of every step and for_each item, and the calls of
+    # workflows it runs (which count against their own max_calls too); past it, the step fails. Unset:
+    # 1,000, or what the workflow's own steps can make (max_iterations, retries) if that is more.
+    max_calls: int | None = Field(None, ge=1, le=1_000_000)
     # MCP tool annotations, over those derived from the steps (read-only only if every step is, destructive
     # if any step is).
     annotations: dict[str, Any] = Field(default_factory=dict)

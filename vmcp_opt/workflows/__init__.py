@@ -6,6 +6,7 @@ executor.py    one run: the steps as a graph, bounded parallelism, retries, time
 validation.py  checks against the live catalogue; annotations derived from the steps
 provider.py    WorkflowTools, the router's provider: each step a call through the router
 rounds.py      runs of 2026-07-28 clients waiting for answers to elicitation steps (InputRequiredResult)
+budget.py      what one run may spend in calls, the runs it nests included
 cli.py         `vmcp workflow run NAME --arg k=v`
 """
 

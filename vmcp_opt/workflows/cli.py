@@ -198,7 +198,8 @@ async def _run(cfg: Any, name: str, arguments: dict[str, Any], live: bool) -> di
             gateway.stop()
             group.cancel_scope.cancel()
     if live and report.ok:
-        out.print(f"[bold green]ok[/] in {report.duration * 1000:.0f} ms; output:", highlight=False)
+        calls = f"{report.calls} call{'s' if report.calls != 1 else ''}"  # nested workflows' included
+        out.print(f"[bold green]ok[/] in {report.duration * 1000:.0f} ms, {calls}; output:", highlight=False)
         out.print(readable_json(report.output, indent=2), markup=False, highlight=False)
     return {
         "workflow": report.workflow,
@@ -206,6 +207,7 @@ async def _run(cfg: Any, name: str, arguments: dict[str, Any], live: bool) -> di
         "error": report.error,
         "failed_step": report.failed_step,
         "duration_ms": round(report.duration * 1000, 1),
+        "calls": report.calls,
         "steps": [
             {**s.view(), "id": s.id, "attempts": s.attempts, "duration_ms": round(s.duration * 1000, 1)}
             for s in report.steps.values()

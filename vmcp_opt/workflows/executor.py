@@ -5,7 +5,8 @@ its own: a step runs as soon as its last dependency finishes. Calls (for_each it
 of the run's `CapacityLimiter` only while they call, never while they wait, so nesting cannot deadlock.
 The run's `timeout` is one `fail_after` around the task group; a client's cancellation reaches running
 calls the same way (anyio cancels the group). A step that fails under `on_error: abort` (or after its
-retries) cancels the group, and the run reports that step's id and reason.
+retries) cancels the group, and the run reports that step's id and reason. Every call is charged to the
+run's `CallBudget` (budget.py) first, and to those of the runs this one is nested in.
 
 The executor knows nothing of the router: `call(tool, arguments)` is how a step calls a tool (the
 provider passes the router's `call_tool`, tests pass their own), and `on_step` hears each finished step
@@ -28,6 +29,7 @@ import mcp_types as types
 
 from vmcp_opt.backends.results import json_size
 from vmcp_opt.config.workflows import StepConfig, WorkflowConfig
+from vmcp_opt.workflows.budget import CallBudget, enclosing, ended, fan_out_reason, run_call_limit, running
 from vmcp_opt.workflows.templates import TemplateError, render_value, truthy
 
 logger = logging.getLogger(__name__)
@@ -70,6 +72,7 @@ class RunReport:
     duration: float = 0.0
     timed_out: bool = False
     order: list[str] = field(default_factory=list)  # the steps in the order they finished
+    calls: int = 0  # the calls its steps made, those of the workflows they ran included
 
     @property
     def ok(self) -> bool:
@@ -110,22 +113,20 @@ class WorkflowRun:
         self._steps = {step.id: step for step in workflow.steps}
         self.report = RunReport(workflow.name, {step.id: StepReport(step.id) for step in workflow.steps})
         self._done = {step.id: anyio.Event() for step in workflow.steps}
+        # Replaced when the run starts, nested in the run whose step started this one (if any).
+        self._budget = CallBudget(workflow.name, run_call_limit(workflow))
 
     async def run(self) -> RunReport:
         report = self.report
         started = time.perf_counter()
         self._deadline = time.monotonic() + self.workflow.timeout
+        self._budget = CallBudget(self.workflow.name, run_call_limit(self.workflow), parent=enclosing())
+        token = running(self._budget)
         try:
-            with anyio.fail_after(self.workflow.timeout):
-                async with anyio.create_task_group() as group:
-                    for step in self.workflow.steps:
-                        group.start_soon(self._run_step, step, group.cancel_scope, name=f"step {step.id}")
-        except TimeoutError:
-            running = [s.id for s in report.steps.values() if s.status == "cancelled"]
-            report.timed_out = True
-            report.error = f"timed out after {self.workflow.timeout:g}s" + (
-                f" (still running: {', '.join(running)})" if running else ""
-            )
+            await self._steps_of_run()
+        finally:
+            ended(self._budget, token)
+            report.calls = self._budget.used
         report.duration = time.perf_counter() - started
         if report.error is None:
             try:
@@ -139,6 +140,20 @@ class WorkflowRun:
             )
             report.output = None
         return report
+
+    async def _steps_of_run(self) -> None:
+        report = self.report
+        try:
+            with anyio.fail_after(self.workflow.timeout):
+                async with anyio.create_task_group() as group:
+                    for step in self.workflow.steps:
+                        group.start_soon(self._run_step, step, group.cancel_scope, name=f"step {step.id}")
+        except TimeoutError:
+            cut = [s.id for s in report.steps.values() if s.status == "cancelled"]
+            report.timed_out = True
+            report.error = f"timed out after {self.workflow.timeout:g}s" + (
+                f" (still running: {', '.join(cut)})" if cut else ""
+            )
 
     def context(self) -> dict[str, Any]:
         return {"params": self.params, "steps": {i: s.view() for i, s in self.report.steps.items()}}
@@ -233,6 +248,9 @@ class WorkflowRun:
         if step.type != "for_each":
             return await self._with_retries(step, report, context)
         items = await self._items(step, context)
+        too_many = fan_out_reason(len(items), self._budget)
+        if too_many is not None:  # refused before any item runs: no half-done fan-out
+            raise StepError(too_many, retryable=False)
         outputs: list[Any] = [None] * len(items)
         failures: list[str] = []
         per_step = anyio.CapacityLimiter(step.max_parallel)
@@ -322,6 +340,9 @@ class WorkflowRun:
             arguments = await self._render(step.arguments, context, "arguments")
         except TemplateError as exc:
             raise StepError(str(exc), retryable=False) from None
+        refused = self._budget.take()
+        if refused is not None:
+            raise StepError(refused, retryable=False)
         report.attempts += 1
         async with self._limiter:
             try:

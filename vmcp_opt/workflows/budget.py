@@ -1,0 +1,111 @@
+"""What one workflow run may spend in calls, with the runs of the workflows it calls counted in.
+
+A run's own work is bounded by its definition (steps, `max_iterations`, retries), but nesting multiplies:
+a for_each whose tool is a workflow with its own for_each makes items times items calls, and four levels of
+10,000-item lists would go on until the run's timeout. So every run holds a `CallBudget`, and a run started
+by a step of another (directly, or through call_tool) charges each call to its own budget and to every
+enclosing run's: the outermost run's limit bounds the whole tree.
+
+The enclosing run is found through a context variable, not an argument: a nested run is started by the
+router on behalf of a step's call, and the router knows nothing of workflows' budgets. Each step's task
+inherits the variable from its run (anyio copies the context into the tasks it starts), and the run resets
+it when it ends, so a task that outlives the run (a backend connection started during a step) does not
+charge it: `CallBudget.open` is False by then.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextvars import ContextVar, Token
+from dataclasses import dataclass
+
+from vmcp_opt.config.workflows import WorkflowConfig
+
+# Calls one run makes at most (its nested runs' included) when the workflow does not say; one whose own
+# steps can make more (`max_iterations`, retries) gets that many, so that no workflow without nesting is cut.
+MAX_RUN_CALLS = 1000
+SETTING = "workflows[].max_calls"
+
+
+@dataclass
+class CallBudget:
+    workflow: str
+    limit: int
+    parent: CallBudget | None = None
+    used: int = 0
+    open: bool = True  # False once its run has ended: a late charge through it is ignored
+
+    def chain(self) -> Iterator[CallBudget]:
+        budget: CallBudget | None = self
+        while budget is not None:
+            if budget.open:
+                yield budget
+            budget = budget.parent
+
+    def left(self) -> tuple[int, CallBudget]:
+        """The calls this run may still make, and the run whose budget says so (itself or an enclosing one)."""
+        return min(((b.limit - b.used, b) for b in self.chain()), key=lambda pair: pair[0])
+
+    def take(self) -> str | None:
+        """One call, charged to this run and every enclosing one; or why not (nothing is charged then)."""
+        left, spent = self.left()
+        if left <= 0:
+            return spent_reason(spent)
+        for budget in self.chain():
+            budget.used += 1
+        return None
+
+
+def spent_reason(budget: CallBudget) -> str:
+    return (
+        f"workflow '{budget.workflow}' has made the {budget.limit:,} calls one run of it may make, "
+        f"the calls of workflows it runs included ({SETTING})"
+    )
+
+
+def fan_out_reason(items: int, budget: CallBudget) -> str | None:
+    """Why a for_each over `items` cannot run at all (more items than calls left), or None."""
+    left, by = budget.left()
+    if items <= left:
+        return None
+    return (
+        f"over: {items:,} items, but workflow '{by.workflow}' may make only {max(left, 0):,} more calls "
+        f"in this run, the calls of workflows it runs included ({SETTING}, {by.limit:,})"
+    )
+
+
+def run_call_limit(workflow: WorkflowConfig) -> int:
+    """`workflows[].max_calls`; unset, MAX_RUN_CALLS or what the workflow's own steps can make, if more."""
+    if workflow.max_calls is not None:
+        return workflow.max_calls
+    return max(MAX_RUN_CALLS, own_calls(workflow))
+
+
+def own_calls(workflow: WorkflowConfig) -> int:
+    """The most calls the workflow's own steps can make: every for_each at `max_iterations`, every retry."""
+    total = 0
+    for step in workflow.steps:
+        if step.type == "elicitation":
+            continue
+        attempts = 1 + (step.on_error.retries if step.on_error.action == "retry" else 0)
+        total += attempts * (step.max_iterations if step.type == "for_each" else 1)
+    return total
+
+
+_RUNNING: ContextVar[CallBudget | None] = ContextVar("vmcp_workflow_budget", default=None)
+
+
+def enclosing() -> CallBudget | None:
+    """The budget of the run whose step is calling now, if a run is (and it has not ended)."""
+    budget = _RUNNING.get()
+    return budget if budget is not None and budget.open else None
+
+
+def running(budget: CallBudget) -> Token[CallBudget | None]:
+    """Makes `budget` the one that runs started from here (its steps' calls) are nested in."""
+    return _RUNNING.set(budget)
+
+
+def ended(budget: CallBudget, token: Token[CallBudget | None]) -> None:
+    budget.open = False
+    _RUNNING.reset(token)
