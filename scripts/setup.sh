@@ -44,8 +44,9 @@ echo "==> exporting the embedding model to ONNX (kept if already cached)"
 .venv/bin/vmcp models export || echo "   ONNX export failed; the gateway will use the torch encoder"
 # Real servers the tests start on loopback: redis-server (state shared by replicas), nginx (a reverse proxy
 # in front of one gateway or round-robin in front of replicas) and prometheus (it scrapes a real gateway);
-# hey, the load generator `bench/load.py --peer` drives both gateways with; and systemd-analyze, which checks
-# the shipped systemd unit.
+# hey, the load generator `bench/load.py --peer` drives both gateways with; systemd-analyze, which checks
+# the shipped systemd unit; tini and busybox, which the deploy tests run as the image's PID 1 and the Redis
+# pod's shell.
 # CI runs as root on a fresh Debian machine, so the test set-up installs what is
 # missing there; elsewhere those tests are skipped, and under CI=true they fail.
 if [ "${1:-}" = "dev" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
@@ -55,6 +56,8 @@ if [ "${1:-}" = "dev" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2
   command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing="$missing nginx-light"
   command -v hey >/dev/null 2>&1 || missing="$missing hey"
   command -v systemd-analyze >/dev/null 2>&1 || missing="$missing systemd"  # verifies deploy/systemd's unit
+  command -v tini >/dev/null 2>&1 || missing="$missing tini"  # the image's PID 1 (deploy/Dockerfile)
+  command -v busybox >/dev/null 2>&1 || missing="$missing busybox"  # the Redis pod's shell (deploy/kubernetes)
   if [ -n "$missing" ]; then
     echo "==> installing$missing (apt)"
     apt-get update -qq
