@@ -216,3 +216,16 @@ def test_validate_connect_names_a_refused_or_missing_password_never_the_password
     for done in (wrong, missing, right, gone):
         assert RIGHT not in done.stdout + done.stderr and WRONG not in done.stdout + done.stderr
         assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("query", ["password=hunter2secret", "username=ops&Password=hunter2secret"])
+def test_credentials_in_the_redis_urls_query_are_refused_and_not_echoed(tmp_path: Path, query: str) -> None:
+    """redis-py reads `?password=` as it reads `user:password@`: both are refused, naming the settings to use."""
+    config = write_config(
+        tmp_path, {"sessions": {"store": "redis"}, "redis": {"url": f"redis://127.0.0.1:6399/0?{query}"}}
+    )
+    vmcp = str(Path(sys.executable).with_name("vmcp"))
+    done = subprocess.run([vmcp, "validate", "-c", str(config)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "redis.url: no credentials in the URL: use password_env or password_file" in done.stdout + done.stderr
+    assert "hunter2secret" not in done.stdout + done.stderr

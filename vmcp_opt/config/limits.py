@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import urllib.parse
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -161,9 +162,15 @@ class RedisConfig(_Strict):
     def _scheme(cls, value: str) -> str:
         if not value.startswith(("redis://", "rediss://")):
             raise ValueError("must start with redis:// or rediss:// (TLS)")
-        if "@" in value.split("//", 1)[1].split("/", 1)[0]:
+        if "@" in value.split("//", 1)[1].split("/", 1)[0] or _credential_in_query(value):
             raise ValueError("no credentials in the URL: use password_env or password_file")
         return value
+
+
+def _credential_in_query(url: str) -> bool:
+    """redis-py also reads `?password=` and `?username=`: a secret there would be logged and shown with the URL."""
+    query = urllib.parse.urlsplit(url).query
+    return any(key.lower() in ("password", "username") for key, _ in urllib.parse.parse_qsl(query))
 
 
 class BucketConfig(_Strict):

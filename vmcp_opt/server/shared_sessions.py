@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import secrets
 from collections import Counter
@@ -38,7 +39,8 @@ from anyio.abc import TaskGroup, TaskStatus
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.lowlevel.server import Server
 from mcp.server.streamable_http import StreamableHTTPServerTransport
-from mcp_types import INVALID_REQUEST, InitializeRequestParams
+from mcp.shared.exceptions import MCPError
+from mcp_types import INVALID_PARAMS, INVALID_REQUEST, InitializeRequestParams
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -65,6 +67,9 @@ RESTORE_WAIT = 30.0
 REAP_INTERVAL = 1.0
 # The principal of the request being served (`session_owner`), for the record of a session it opens.
 OWNER: ContextVar[str] = ContextVar("vmcp_session_owner", default="")
+# Most JSON bytes of a client's `initialize` params a session's record keeps (capabilities and clientInfo, icons
+# included, are a few KB in every client seen).
+MAX_PARAMS_BYTES = 256 * 1024
 _RECORDED = frozenset({"initialize", "logging/setLevel", "resources/subscribe", "resources/unsubscribe"})
 
 
@@ -331,6 +336,8 @@ class SharedSessions:
 
     async def record(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
         """Server middleware: what a request changed in its session's state, written before it is answered."""
+        if ctx.method == "initialize" and not is_restoring(ctx.request_id):
+            refuse_oversized(ctx.params)
         result = await call_next(ctx)
         if ctx.method not in _RECORDED or is_restoring(ctx.request_id):
             return result
@@ -381,6 +388,20 @@ class SharedSessions:
         held = self._held.get(session_id)
         if held is not None and held.transport is None:
             del self._held[session_id]
+
+
+def refuse_oversized(params: Any) -> None:
+    """An `initialize` whose params are too large to keep in Redis for every replica is refused (the SDK then
+    keeps no state of it). Without it one client's sessions, each holding up to `server.max_body_bytes` of
+    capabilities, filled a Redis every client's sessions share (evicting their records, or refusing writes)."""
+    size = len(json.dumps(params or {}, separators=(",", ":")))
+    if size > MAX_PARAMS_BYTES:
+        raise MCPError(
+            INVALID_PARAMS,
+            f"initialize: the params are {size} bytes, more than the {MAX_PARAMS_BYTES} a session may keep "
+            "(sessions.store: redis keeps them for every replica); send smaller capabilities and clientInfo",
+            {"bytes": size, "most": MAX_PARAMS_BYTES},
+        )
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

@@ -7,14 +7,19 @@ ours, `connect` overridden: the one place every command of every part passes thr
 opens a connection, so a request costs nothing). The link is a small state machine that logs its
 transitions only, never a request or a retry:
 
-    any state ── a connection opened ─────────────▶ reachable         info "reachable again" (from either below)
+    any state ── a connection opened ─────────────▶ reachable         info "reachable again" (from any below;
+                                                                          from refusing only by a write)
     any state ── refused, reset, timed out ───────▶ unreachable       warning
     any state ── password refused, or one wanted ─▶ unauthenticated   warning
+    any state ── a write refused ─────────────────▶ refusing          warning (full, ACL, read-only replica)
 
 `unauthenticated` is a configuration error (the password is wrong, or Redis wants one and none is set): its
-warning and `/readyz` say so in those words, and never show the password. The parts that use Redis treat it
-as they treat an unreachable Redis (they degrade and keep serving), and so does `/readyz`: `degraded`,
-Redis's state and reason in its detail, the HTTP status what the backends make it.
+warning and `/readyz` say so in those words, and never show the password. `refusing` is a Redis that answers
+but will not take the gateway's writes: at maxmemory with a policy that evicts nothing, an ACL user without
+the rights the gateway needs, a read-only replica. A connection opening says nothing of that, so only a write
+taken (`/readyz`'s probe, `accepted`) leaves it. The parts that use Redis treat these as they treat an
+unreachable Redis (they degrade and keep serving), and so does `/readyz`: `degraded`, Redis's state and reason
+in its detail, the HTTP status what the backends make it.
 """
 
 from __future__ import annotations
@@ -32,7 +37,14 @@ import redis
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
-from redis.exceptions import AuthenticationError, RedisError
+from redis.exceptions import (
+    AuthenticationError,
+    NoPermissionError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
@@ -42,7 +54,7 @@ from vmcp_opt.shared.secrets import read_secret, redis_users
 
 logger = logging.getLogger(__name__)
 
-LinkState = Literal["unknown", "reachable", "unreachable", "unauthenticated"]
+LinkState = Literal["unknown", "reachable", "unreachable", "unauthenticated", "refusing"]
 _CONNECTION_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
@@ -63,14 +75,24 @@ class RedisLink:
         self._lock = threading.Lock()
 
     def reached(self) -> None:
+        """A connection opened: Redis answers, which says nothing of whether it takes writes (`refusing` stays)."""
+        with self._lock:
+            refusing = self.state == "refusing"
+        if not refusing:
+            self._become("reachable", None)
+
+    def accepted(self) -> None:
+        """A write was taken (`/readyz`'s probe): reachable, whatever refused before."""
         self._become("reachable", None)
 
     def failed(self, exc: BaseException) -> None:
-        """A connection (or a command on one) failed; other errors (a script's, a full Redis) say nothing of the link."""
+        """A connection failed, or a write was refused; other errors (a script's) say nothing of the link."""
         if isinstance(exc, AuthenticationError):
             self._become("unauthenticated", self._auth_problem())
         elif isinstance(exc, _CONNECTION_ERRORS):
             self._become("unreachable", f"unreachable ({type(exc).__name__}: {exc})")
+        elif isinstance(exc, ResponseError):
+            self._become("refusing", refusal(exc))
 
     def detail(self) -> dict[str, Any]:
         """For `/readyz`: the state, and the reason in words (`Redis refused the password (...)`)."""
@@ -93,15 +115,37 @@ class RedisLink:
             log = logger.debug if before == "unknown" else logger.info
             log("redis: Redis at %s is reachable%s", self.where, "" if before == "unknown" else " again")
             return
-        until = "it is back" if state == "unreachable" else "the gateway can authenticate"
+        until = {
+            "unreachable": "it is back",
+            "unauthenticated": "the gateway can authenticate",
+            "refusing": "it takes writes again",
+        }.get(state, "it is back")
         users = ", ".join(self.users) or "nothing"
         logger.warning("redis: Redis at %s %s; going without it until %s: %s", self.where, problem, until, users)
 
 
+def refusal(exc: ResponseError) -> str:
+    """Why Redis refused a command, after "Redis": full, an ACL user's missing rights, a read-only replica."""
+    if isinstance(exc, OutOfMemoryError):
+        return (
+            "refuses writes: it is full (used memory over maxmemory, and its maxmemory-policy evicts nothing); "
+            "raise maxmemory"
+        )
+    if isinstance(exc, NoPermissionError):
+        # Redis's own words name the command or key refused; never a secret.
+        return f"refused a command for lack of permission (ACL: the user needs every key under redis.key_prefix): {exc}"
+    if isinstance(exc, ReadOnlyError):
+        return "refuses writes: it is a read-only replica (redis.url must name the primary)"
+    return f"refused a command ({exc})"
+
+
 def redis_trouble(exc: BaseException) -> str:
-    """A Redis error as a warning names it: a refused password as such (never the password), else unreachable."""
+    """A Redis error as a warning names it: a refused password as such (never the password), a refused write
+    (full, ACL, read-only) as such, else unreachable."""
     if isinstance(exc, AuthenticationError):
         return "Redis refused authentication (the password is wrong, or it wants one)"
+    if isinstance(exc, ResponseError):
+        return f"Redis {refusal(exc)}"
     return f"Redis unreachable ({exc})"
 
 
@@ -238,43 +282,52 @@ def _settings(config: VmcpConfig) -> dict[str, Any]:
 
 
 # `/readyz` asks Redis at most this often: a probe (or anyone) asking faster reads the last answer, so what
-# unauthenticated requests make the gateway spend on Redis stays one ping a second on one connection.
+# unauthenticated requests make the gateway spend on Redis stays one write a second on one connection.
 READY_PING_INTERVAL = 1.0
+# `/readyz`'s write (`_probe`): a PING is answered by a Redis that is full, a read-only replica, or an ACL user
+# with no rights on the gateway's keys, none of which takes a session; a write under `key_prefix` is not.
+_PROBE_KEY = "ready-probe"
+_PROBE_TTL_MS = 5000
 
 
 async def with_redis_state(config: VmcpConfig, body: dict[str, Any]) -> dict[str, Any]:
-    """`/readyz`'s body with Redis's part: Redis pinged (at most once a `READY_PING_INTERVAL`, concurrent
-    asks sharing one ping, on a client of its own: Redis gone, back, or refusing the password shows at once,
-    whatever else uses it), its state and reason under `redis`; a gateway that would be `ready` is `degraded`
-    while Redis is not reachable, serving as before (the parts that use Redis go on without it)."""
+    """`/readyz`'s body with Redis's part: Redis probed with a write (at most once a `READY_PING_INTERVAL`,
+    concurrent asks sharing one, on a client of its own: Redis gone, back, refusing the password or refusing
+    writes shows at once, whatever else uses it), its state and reason under `redis`; a gateway that would be
+    `ready` is `degraded` while Redis is not reachable, serving as before (the parts that use Redis go on
+    without it)."""
     link = redis_link(config)
     if time.monotonic() - link.pinged_at >= READY_PING_INTERVAL:
         async with link.ping_lock:
             if time.monotonic() - link.pinged_at >= READY_PING_INTERVAL:
-                await _ping(config, link)
+                await _probe(config, link)
                 link.pinged_at = time.monotonic()
     detail = link.detail()
     status = "degraded" if body["status"] == "ready" and detail["state"] != "reachable" else body["status"]
     return {**body, "status": status, "redis": detail}
 
 
-async def _ping(config: VmcpConfig, link: RedisLink) -> None:
+async def _probe(config: VmcpConfig, link: RedisLink) -> None:
     if link.ready_client is None:
         link.ready_client = _async_client(config.redis.url, dict(link.client_settings or _settings(config)))
     try:
-        await link.ready_client.ping()
+        await link.ready_client.set(config.redis.key_prefix + _PROBE_KEY, "1", px=_PROBE_TTL_MS)
     except (RedisError, OSError) as exc:  # failing to connect is reported by then; not failing after it
         link.failed(exc)
+    else:
+        link.accepted()
 
 
 def redis_problem(config: VmcpConfig) -> str | None:
     """What keeps the gateway from using its Redis, checked now (for `vmcp validate --connect`); None: it
-    answers. Never the password."""
+    takes a write under `redis.key_prefix`. Never the password."""
     client = redis_sync_client(config)
     try:
-        client.ping()
+        client.set(config.redis.key_prefix + _PROBE_KEY, "1", px=_PROBE_TTL_MS)
     except (RedisError, OSError) as exc:
         redis_link(config).failed(exc)
+    else:
+        redis_link(config).accepted()
     finally:
         client.close()
     detail = redis_link(config).detail()

@@ -83,7 +83,10 @@ class RedisSessions:
     async def load(self, session_id: str) -> SessionRecord | None:
         """The session's record, its expiry pushed ahead; None when there is none (or it is unreadable)."""
         key = self._key(session_id)
-        async with self.client.pipeline(transaction=True) as pipe:
+        # Not MULTI: a Redis at maxmemory refuses every command queued in a transaction, reads too, so another
+        # replica could not take a session over (404, the client's session lost) while the one holding it
+        # served it; these three need no atomicity, and a plain pipeline is still one round trip.
+        async with self.client.pipeline(transaction=False) as pipe:
             pipe.hgetall(key)
             pipe.pexpire(key, self.ttl_ms)
             pipe.exists(self._ended(session_id))
