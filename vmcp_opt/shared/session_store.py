@@ -125,7 +125,15 @@ class RedisSessions:
             await pipe.execute()
 
     async def set_level(self, session_id: str, level: str) -> None:
-        await self.client.hset(self._key(session_id), "level", level)
+        await self._set_field(self._key(session_id), "level", level)
+
+    async def _set_field(self, key: str, field: str, value: str) -> None:
+        """HSET with the record's expiry in the same round trip: a record evicted or ended since the request
+        was admitted would otherwise come back as a field alone, kept for ever."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.hset(key, field, value)
+            pipe.pexpire(key, self.ttl_ms)
+            await pipe.execute()
 
     async def subscription(self, session_id: str, uri: str, *, subscribed: bool) -> None:
         key = self._key(session_id)
@@ -138,7 +146,7 @@ class RedisSessions:
                 self.max_subscriptions,
             )
             return
-        await self.client.hset(key, _SUBSCRIPTION + uri, "1")
+        await self._set_field(key, _SUBSCRIPTION + uri, "1")
 
 
 def _record(fields: dict[bytes, bytes]) -> SessionRecord | None:
