@@ -12,7 +12,7 @@ import anyio
 import pytest
 
 from tests.support import counting_http_server
-from vmcp_opt import arguments
+from vmcp_opt import argument_messages, arguments
 from vmcp_opt.arguments import ArgumentError, ArgumentValidator
 
 pytestmark = pytest.mark.timeout(60)
@@ -301,3 +301,52 @@ def test_schemas_beyond_the_plain_subset_go_to_jsonschema() -> None:
     assert not _is_plain({"type": "array", "items": [{"type": "string"}]}, 0)
     assert not _is_plain({"type": "objekt"}, 0)
     assert not _is_plain({"enum": [1, 2]}, 0)
+
+
+@pytest.mark.parametrize(
+    ("schema", "args", "reason"),
+    [
+        (schema_of(a={"const": {"k": None}}), {"a": False}, """field 'a': {"k": null} was expected, not false"""),
+        (
+            schema_of(a={"not": {"type": "null"}}),
+            {"a": None},
+            """field 'a': null should not be valid under {"type": "null"}""",
+        ),
+        (
+            schema_of(a={"items": False, "prefixItems": [{}]}),
+            {"a": [1, None]},
+            "field 'a': at most 1 items are accepted, got 2: [null] unexpected",
+        ),
+        (
+            {**schema_of(a={}), "dependentRequired": {"a": ["b"]}},
+            {"a": 1},
+            "field 'b': required when 'a' is given but missing",
+        ),
+        (
+            {**schema_of(a={}), "unevaluatedProperties": False},
+            {"a": 1, "b": None, "it's": 2},
+            """Unevaluated properties are not allowed ("b", "it's" were unexpected)""",
+        ),
+        (
+            {"patternProperties": {"^x": {}}, "additionalProperties": False},
+            {"x1": 1, "y": True},
+            "field 'y': not accepted by this tool",
+        ),
+        (schema_of(a={"type": "integer"}), {"a": "\x1b[2J"}, """field 'a': "\\u001b[2J" is not of type "integer\""""),
+    ],
+)
+def test_every_reason_spells_values_in_json(schema: dict[str, Any], args: dict[str, Any], reason: str) -> None:
+    with pytest.raises(ArgumentError) as raised:
+        ArgumentValidator().check("tool", schema, args)
+    assert reason in str(raised.value)
+    assert not any(word in str(raised.value) for word in ("None", "True", "False"))
+
+
+def test_refused_fields_are_named_up_to_a_bound() -> None:
+    with pytest.raises(ArgumentError) as raised:
+        ArgumentValidator().check("tool", {"additionalProperties": False}, {f"k{i:03}": 1 for i in range(500)})
+    assert len(raised.value.problems) == argument_messages.MAX_NAMED_FIELDS + 1
+    assert (
+        raised.value.problems[-1]
+        == f"field '(arguments)': {500 - argument_messages.MAX_NAMED_FIELDS} more fields not accepted"
+    )

@@ -53,7 +53,7 @@ def vmcp_workflow_run(config: Path, *args: str) -> subprocess.CompletedProcess[s
         ((), ["  field 'text': required but missing", "  field 'title': required but missing"]),
         (
             ("--arg", "title=3", "--arg", "count=many"),
-            ["  field 'count': 'many' is not of type 'integer'", "  field 'text': required but missing"],
+            ['  field \'count\': "many" is not of type "integer"', "  field 'text': required but missing"],
         ),
     ],
 )

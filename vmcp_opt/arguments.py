@@ -15,6 +15,9 @@ Schemas come from backends and arguments from clients; neither is trusted, so a 
   jsonschema's ~40 µs per call): arguments it passes are valid under jsonschema too; anything it does not
   pass (or any doubt, such as a float for `integer`) goes to jsonschema, which gives the verdict and the error.
 
+A refusal quotes values in JSON, as the client sent them (`null`, `true`, `"text"`), each cut to a bounded
+length on its own (vmcp_opt/argument_messages.py).
+
 For the gateway, both raise `ArgumentError` with a message that names the field:
     await validator.check_async(tool_name, schema, arguments)   # in a worker thread: the event loop is free
     validator.check(tool_name, schema, arguments)               # inline: stalls the loop up to the deadline
@@ -30,7 +33,7 @@ import math
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from functools import lru_cache
 from types import ModuleType
 from typing import Any
@@ -43,6 +46,7 @@ from jsonschema_specifications import REGISTRY as SPECIFICATIONS
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
+from vmcp_opt.argument_messages import SCHEMA_LIMIT, describe, describe_all, spell
 from vmcp_opt.display import shorten
 from vmcp_opt.plain_schemas import is_plain, plainly_valid
 
@@ -84,29 +88,37 @@ class ArgumentValidator:
     def check(self, tool_name: str, schema: Mapping[str, Any], arguments: Mapping[str, Any] | None) -> None:
         if self._traits(schema)[1] and plainly_valid(schema, arguments or {}, 0):
             return
-        deadline = time.monotonic() + self.timeout
         previous = getattr(_local, "deadline", None)
-        _local.deadline = deadline
+        _local.deadline = time.monotonic() + self.timeout
         try:
-            validator = self._validator(schema)
-            if validator is None:
-                return
-            errors = list(itertools.islice(validator.iter_errors(dict(arguments or {})), _MAX_ERRORS))
+            errors = self._errors(tool_name, schema, arguments)
+            # Built under the same deadline: naming the refused fields may run the schema's patterns.
+            refusal = _refusal(tool_name, errors) if errors else None
         except _OutOfTime:
             raise ArgumentError(
                 f"arguments for tool '{shorten(tool_name)}' could not be checked within {self.timeout:g}s "
                 "(the tool's schema is too costly for them); the call was not sent"
             ) from None
+        finally:
+            _local.deadline = previous
+        if refusal is not None:
+            raise refusal
+
+    def _errors(
+        self, tool_name: str, schema: Mapping[str, Any], arguments: Mapping[str, Any] | None
+    ) -> list[ValidationError]:
+        try:
+            validator = self._validator(schema)
+            if validator is None:
+                return []
+            return list(itertools.islice(validator.iter_errors(dict(arguments or {})), _MAX_ERRORS))
+        except _OutOfTime:
+            raise
         except Exception:
             # A schema jsonschema cannot apply (a $ref loop, a pointer to nowhere, a keyword of the wrong
             # type): the backend enforces its own schema.
             logger.debug("tool %s: schema not applied", shorten(tool_name), exc_info=True)
-            return
-        finally:
-            _local.deadline = previous
-        if errors:
-            reason = describe(best_match(errors))
-            raise ArgumentError(f"invalid arguments for tool '{shorten(tool_name)}': {reason}", describe_all(errors))
+            return []
 
     async def check_async(self, tool_name: str, schema: Mapping[str, Any], arguments: Mapping[str, Any] | None) -> None:
         """`check` in a worker thread, so a costly schema never holds up the event loop.
@@ -211,44 +223,15 @@ def compile_schema(schema: Mapping[str, Any]) -> Validator | None:
     return cls(dict(schema), registry=_REGISTRY)
 
 
-def describe(error: ValidationError) -> str:
-    """`field 'a.b[0]': reason` — the path a user can find in their call."""
-    return _descriptions(error)[0]
-
-
-def describe_all(errors: Iterable[ValidationError]) -> list[str]:
-    """Every field `errors` find wrong, once each, in the order jsonschema found them."""
-    return list(dict.fromkeys(line for error in errors for line in _descriptions(error)))
-
-
-def _descriptions(error: ValidationError) -> list[str]:
-    """One line per field: each missing one of a `required`, each refused one of an `additionalProperties`
-    (jsonschema's errors for these point at the object, not the field), else the error's own message."""
-    path = ""
-    for part in error.absolute_path:
-        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
-    path = shorten(path, 200)
-    if error.validator == "required" and isinstance(error.validator_value, list):
-        present = error.instance if isinstance(error.instance, dict) else {}
-        missing = [name for name in error.validator_value if name not in present]
-        if missing:
-            return [f"field '{shorten(_field(path, name), 200)}': required but missing" for name in missing]
-    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
-        schema = error.schema if isinstance(error.schema, dict) else {}
-        allowed = set(schema.get("properties", {}))
-        extra = sorted(set(error.instance) - allowed)
-        if extra:
-            return [f"field '{shorten(_field(path, name), 200)}': not accepted by this tool" for name in extra]
-    return [f"field '{path or '(arguments)'}': {shorten(error.message, 300)}"]
-
-
-def _field(path: str, name: object) -> str:
-    return f"{path}.{name}" if path else str(name)
+def _refusal(tool_name: str, errors: list[ValidationError]) -> ArgumentError:
+    reason = describe(best_match(errors), _search)
+    return ArgumentError(f"invalid arguments for tool '{shorten(tool_name)}': {reason}", describe_all(errors, _search))
 
 
 # --- references: inside the schema only ------------------------------------------------------------------
 
 _unfetched: OrderedDict[str, None] = OrderedDict()  # references already warned about
+
 _unfetched_lock = threading.Lock()
 
 
@@ -313,7 +296,7 @@ def _bounded(base: type[Validator]) -> type[Validator]:
 
 def _pattern(validator: Any, pattern: Any, instance: Any, schema: Any) -> Iterator[ValidationError]:
     if validator.is_type(instance, "string") and isinstance(pattern, str) and not _search(pattern, instance):
-        yield ValidationError(f"{shorten(instance, 60)!r} does not match {shorten(pattern, 100)!r}")
+        yield ValidationError(f"{spell(instance)} does not match {spell(pattern, SCHEMA_LIMIT)}")
 
 
 def _pattern_properties(validator: Any, properties: Any, instance: Any, schema: Any) -> Iterator[ValidationError]:

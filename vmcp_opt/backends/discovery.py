@@ -3,7 +3,8 @@
 Reads Claude Desktop's `claude_desktop_config.json` (`mcpServers`), VS Code / Cursor `mcp.json` (`servers`,
 or `mcpServers` in Cursor) and VS Code's `settings.json` (`mcp.servers`). Entries with `command` are stdio;
 entries with `url` are streamable HTTP unless their `type` says `sse`. A server's name becomes a backend name
-(ASCII letters, digits, `_`, `-`); two that come out the same are both served, the second numbered.
+(ASCII letters, digits, `_`, `-`); two that come out the same are both served, the second numbered. One that
+comes out as a backend of the gateway's own config is not served: that backend wins, with a warning.
 
 The file is read as the clients read it: JSON with comments (`//`, `/* */`) and trailing commas, as VS Code
 accepts, after a byte-order mark if an editor wrote one. A file that cannot be read is refused with one line
@@ -30,6 +31,7 @@ import json
 import logging
 import os
 import re
+from collections.abc import Collection
 from pathlib import Path, PurePath
 from typing import Any
 
@@ -51,9 +53,13 @@ class EntryProblem(ValueError):
     """A server entry of the wrong shape: `field: what was expected, what came`."""
 
 
-def read_client_config(path: Path) -> list[BackendConfig]:
+def read_client_config(path: Path, served: Collection[str] = ()) -> list[BackendConfig]:
     """The backends a client config file lists. A file that cannot be read raises `ValueError` (one line);
-    server entries of the wrong shape raise `ConfigError`, one `discovery.path: ...` line each."""
+    server entries of the wrong shape raise `ConfigError`, one `discovery.path: ...` line each.
+
+    `served` names the backends of the gateway's own config: a server that comes out under one of them is
+    left out, with a warning that says so (the gateway's config wins: it is the file the operator wrote for
+    this gateway, and its backend may carry auth, tool filters or overrides the client's entry cannot)."""
     _refuse_recursion(path)
     servers = _server_table(_parsed(path), path)
     named: list[tuple[str, BackendConfig]] = []
@@ -78,10 +84,10 @@ def read_client_config(path: Path) -> list[BackendConfig]:
         named.append((name, backend))
     if problems:
         raise ConfigError(problems)
-    return _uniquely_named(named, path)
+    return _not_shadowed(_uniquely_named(named, path), served, path)
 
 
-def _uniquely_named(named: list[tuple[str, BackendConfig]], path: Path) -> list[BackendConfig]:
+def _uniquely_named(named: list[tuple[str, BackendConfig]], path: Path) -> list[tuple[str, BackendConfig]]:
     """The backends under names no two share. The clients accept `my server` beside `my-server` (or two names in
     other scripts), which both become `my-server` here: a name the file spells as it is served keeps it, and
     another that comes out the same is served as `my-server-2`, with a warning."""
@@ -91,8 +97,27 @@ def _uniquely_named(named: list[tuple[str, BackendConfig]], path: Path) -> list[
         if backend.name != entry_name:
             backend = _renamed(backend, entry_name, taken, path)
         taken.add(backend.name)
-        backends.append(backend)
+        backends.append((entry_name, backend))
     return backends
+
+
+def _not_shadowed(named: list[tuple[str, BackendConfig]], served: Collection[str], path: Path) -> list[BackendConfig]:
+    """The backends but those named as one of the gateway's config, each left out with a warning."""
+    kept = []
+    for entry_name, backend in named:
+        if backend.name not in served:
+            kept.append(backend)
+            continue
+        logs.log_once_configured(
+            logger,
+            logging.WARNING,
+            "discovery: server %r in %s is not served: the gateway's config has a backend named %r, which wins "
+            "over a discovered server of the same name; rename one of them to serve both",
+            entry_name,
+            path,
+            backend.name,
+        )
+    return kept
 
 
 def _renamed(backend: BackendConfig, entry_name: str, taken: set[str], path: Path) -> BackendConfig:

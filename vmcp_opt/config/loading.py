@@ -7,7 +7,7 @@ import functools
 import os
 import re
 import types
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Union, get_args, get_origin
 
@@ -29,7 +29,8 @@ from vmcp_opt.config.sections import (
 from vmcp_opt.config.suggestions import closest
 from vmcp_opt.config.workflows import raw_workflow_problems, unchecked_workflow_problems
 
-ClientConfigReader = Callable[[Path], Sequence[BackendConfig]]
+# (the client file, the config's own backend names: a discovered server under one of them is left out, and said so)
+ClientConfigReader = Callable[[Path, Collection[str]], Sequence[BackendConfig]]
 # Why a model id names no usable model, or None (`optimizer.model_registry.model_problem`).
 ModelCheck = Callable[[str], str | None]
 Location = tuple[int | str, ...]
@@ -380,11 +381,11 @@ def _format_location(loc: tuple[int | str, ...]) -> str:
 def _with_discovered_backends(config: VmcpConfig, discover: ClientConfigReader) -> VmcpConfig:
     assert config.discovery.path is not None
     client_file = config.resolve_path(config.discovery.path)
+    inline = {backend.name for backend in config.backends}
     try:
-        discovered = discover(client_file)
+        discovered = discover(client_file, inline)
     except (OSError, ValueError) as exc:
         raise ConfigError([f"discovery.path: {exc}"]) from None
-    inline = {backend.name for backend in config.backends}
     merged = list(config.backends) + [backend for backend in discovered if backend.name not in inline]
     data = config.model_dump()
     data["backends"] = [backend.model_dump() for backend in merged]

@@ -15,6 +15,12 @@ connection closes (`Caller.lifetime`), or when one has been idle for `limits.ded
 (reopened, with the caller's log level and subscriptions, at its next use); how many there are, per
 caller and in total, is bounded by a `Budget` (each may be a process, for a stdio backend). The time a backend spends waiting for the client's answer counts
 against `timeouts.input`, not the call.
+
+A `token_exchange` backend's session opens only once the caller's token is exchanged. Opening is one at a
+time per caller and backend, so a successful exchange serves every call that waited for it; a failed one
+(refused, or the token endpoint unreachable) is the answer, for `REFUSAL_REUSE` seconds, to every call with
+the same token: those that waited for it and those that come soon after. A burst of calls with a token the
+endpoint refuses costs one token request, not one each in turn. A new token is tried at once.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from pydantic import BaseModel
 from vmcp_opt.auth import Caller
 from vmcp_opt.backends.connection import BackendConnection
 from vmcp_opt.backends.credentials import BackendAuth, SubjectToken
+from vmcp_opt.backends.errors import CredentialError
 from vmcp_opt.backends.session_pool import DedicatedSession, SessionCallbacks, SessionPool
 from vmcp_opt.health import CallClock, Guard
 from vmcp_opt.routing.budget import Budget
@@ -45,6 +52,25 @@ from vmcp_opt.routing.budget import Budget
 logger = logging.getLogger(__name__)
 
 ResultT = TypeVar("ResultT", bound=BaseModel)
+
+# Seconds a failed token exchange answers the same caller's same token, with no new request: long enough for
+# a burst of parallel calls, short enough that a token the authorization server now accepts is soon tried.
+REFUSAL_REUSE = 5.0
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A failed exchange of one caller's token for one backend, keyed by the token's digest, never the token."""
+
+    subject: str  # `SubjectToken.key`: the caller id and a SHA-256 digest of the token
+    error: CredentialError
+    until: float  # anyio's clock
+
+    def again(self) -> CredentialError:
+        """The failure for one more call: a copy, so calls that raise it at once share no traceback."""
+        error = CredentialError(self.error.backend, self.error.step, "")
+        error.args = self.error.args
+        return error
 
 
 @dataclass(eq=False)
@@ -74,6 +100,8 @@ class CallerBackends:
     last_used: dict[str, float] = field(default_factory=dict)
     # Per token_exchange backend: the caller's token its session's requests are exchanged from.
     subjects: dict[str, SubjectToken] = field(default_factory=dict)
+    # Per token_exchange backend: the last failed exchange (one each, so as bounded as the backends).
+    refusals: dict[str, Refusal] = field(default_factory=dict)
     _locks: dict[str, anyio.Lock] = field(default_factory=dict)
 
     # --- sessions --------------------------------------------------------------------------------
@@ -91,19 +119,34 @@ class CallerBackends:
                 raise MCPError(types.CONNECTION_CLOSED, "the client session has ended")
             if auth is None and backend.credentials.per_caller:
                 raise MCPError(types.INVALID_REQUEST, f"backend '{backend.name}' is reached only with a call's token")
+            subject = auth.subject.key if auth is not None and auth.subject is not None else None
+            self._raise_if_refused(backend.name, subject)
             if self.sessions.pop(backend.name, None) is not None:
                 self.budget.release(self.caller.id)  # it ended by itself: its slot is free again
             self.budget.acquire(self.caller.id)
             try:
                 relay = auth is None or self.always  # a credentials-only session takes the backend's best era
                 session = await self.pool.open(backend, self._callbacks(relay), auth)
-            except BaseException:
+            except BaseException as exc:
                 self.budget.release(self.caller.id)
+                if isinstance(exc, CredentialError) and subject is not None:
+                    self.refusals[backend.name] = Refusal(subject, exc, anyio.current_time() + REFUSAL_REUSE)
                 raise
+            self.refusals.pop(backend.name, None)
             self.sessions[backend.name] = session
             self.last_used[backend.name] = anyio.current_time()
             await self._restore(session)
             return session
+
+    def _raise_if_refused(self, backend: str, subject: str | None) -> None:
+        """The recent failed exchange of this same token, raised again instead of a new token request."""
+        refusal = self.refusals.get(backend)
+        if refusal is None or subject is None:
+            return
+        if refusal.subject != subject or anyio.current_time() >= refusal.until:
+            del self.refusals[backend]  # a new token, or the refusal is old: the endpoint is asked again
+            return
+        raise refusal.again()
 
     async def _restore(self, session: DedicatedSession) -> None:
         """A reopened session gets the client's log level and subscriptions back."""
