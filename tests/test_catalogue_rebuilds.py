@@ -63,7 +63,7 @@ async def test_a_start_up_that_fails_unexpectedly_stops_the_gateway_instead_of_s
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A bug in the background start-up (say, indexing a catalogue) is fatal: the runner's `on_fatal` stops the
-    server with exit status 2, rather than leaving /healthz answering while every request fails."""
+    server with exit status 1, rather than leaving /healthz answering while every request fails."""
 
     async def broken() -> None:
         raise KeyError("a bug")

@@ -350,7 +350,7 @@ def test_a_diagnostics_port_in_use_stops_the_start_with_its_reason(tmp_path: Pat
             text=True,
             timeout=120,
         )
-    assert done.returncode == 2
+    assert done.returncode == 1  # a held port may free: systemd restarts it (exit 2 it does not)
     assert f"cannot start: telemetry.metrics.listen 127.0.0.1:{busy}: Address already in use" in " ".join(
         (done.stdout + done.stderr).split()
     )

@@ -88,6 +88,8 @@ def _cut(line: str) -> str:
 
 # The data of the JSON-RPC error an HTTP backend's error status becomes (backends/http_bodies.py).
 HTTP_STATUS = "http_status"
+# The data of `invalid_result`'s error, which says the backend's answer failed validation.
+INVALID_RESULT = "invalid_result"
 # How the message of an answer refused for its size ends (backends/http_bodies.py, `BodyTooLarge`).
 NOT_READ = "the answer was not read further"
 _UNEXPECTED_TYPE = "Unexpected content type:"  # the SDK's, for a POST answered with neither JSON nor SSE
@@ -125,7 +127,14 @@ def invalid_result(backend: str, exc: ValidationError, secrets: Iterable[str] = 
     """A result that fails the SDK's validation, as the caller's error: the SDK's own exception became -32602
     "Invalid request parameters" at the client, which blamed the client's arguments."""
     reason = describe_error(exc, secrets).removeprefix("ValidationError: ")
-    return MCPError(types.INTERNAL_ERROR, f"backend '{backend}' answered with an invalid result: {reason}")
+    message = f"backend '{backend}' answered with an invalid result: {reason}"
+    return MCPError(types.INTERNAL_ERROR, message, {INVALID_RESULT: True})
+
+
+def failed_to_answer(exc: MCPError) -> bool:
+    """`broken_answer`, or a result that failed validation (`invalid_result`): no usable answer came."""
+    data = exc.error.data
+    return broken_answer(exc) or (isinstance(data, dict) and data.get(INVALID_RESULT) is True)
 
 
 def _innermost(exc: BaseException) -> BaseException:

@@ -33,6 +33,7 @@ from vmcp_opt.aggregation import LiveCatalog
 from vmcp_opt.auth import Caller
 from vmcp_opt.backends import BackendConnection, BackendManager
 from vmcp_opt.backends.connection import BackendUnavailable
+from vmcp_opt.backends.errors import failed_to_answer
 from vmcp_opt.display import shorten
 from vmcp_opt.health import CircuitOpen, Guard
 from vmcp_opt.routing.approval import Approvals, NotApproved
@@ -260,7 +261,7 @@ class Router:
         self, caller: Caller, name: str, arguments: dict[str, Any] | None, exchange: Exchange
     ) -> types.CallToolResult:
         """Any provider's tool. `UnknownTool` for a name no provider serves; `Denied` when the policy refuses;
-        an error result when the tool's backend is down or went away."""
+        an error result when the tool's backend is down, went away or failed to answer (`_backend_failed`)."""
         if not self.watchers:
             return await self._call_tool(caller, name, arguments, exchange, None)
         with watched(self.watchers, Op("tools/call", caller, target=name, exchange=exchange)) as op:
@@ -295,9 +296,9 @@ class Router:
             if op is not None:
                 op.outcome, op.error = "failure", type(exc).__name__
         except MCPError as exc:
-            if exc.code not in _GONE:
-                raise
-            result = error_result(f"backend '{provided.source}': {exc.error.message}")
+            if not _backend_failed(exc):
+                raise  # the client's request is at fault, or the backend answered with an error of its own
+            result = error_result(_naming(provided.source, exc.error.message))
             if op is not None:
                 op.outcome, op.error = "failure", str(exc.code)
         logger.info(
@@ -454,6 +455,19 @@ class Router:
         if connection is None:
             raise BackendUnavailable(f"backend '{backend}' is not configured")
         return connection
+
+
+def _backend_failed(exc: MCPError) -> bool:
+    """Whether a tool call's error is the backend's failure to answer: it went away, timed out, or gave an answer
+    that is none (garbled, an HTTP 5xx, a result failing validation; the guard counted each against its
+    circuit). An agent sees such a call as a timed-out one, an error result it can read and act on: a protocol
+    error often ends the client's turn, and the agent never learns which tool failed or why."""
+    return exc.code in _GONE or failed_to_answer(exc)
+
+
+def _naming(backend: str, message: str) -> str:
+    """`message` naming the backend once (the guard's own messages already do)."""
+    return message if f"backend '{backend}'" in message else f"backend '{backend}': {message}"
 
 
 def _tool_target(provided: ProvidedTool, operation: Operation = "use") -> Target:

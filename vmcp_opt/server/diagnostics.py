@@ -11,6 +11,7 @@ caller without a credential that verifies 401, as its `/readyz` keeps the detail
 from __future__ import annotations
 
 import contextlib
+import errno
 import ipaddress
 import logging
 import socket
@@ -102,7 +103,15 @@ async def may_see_detail(scope: Scope, endpoint: ASGIApp | None) -> bool:
 
 
 class ListenError(Exception):
-    """The diagnostics listener's address cannot be bound (in use, not an address of this machine)."""
+    """The diagnostics listener's address cannot be bound (in use, not an address of this machine).
+
+    `exit_status` is `vmcp serve`'s, as for the main listener (cli_serve.py): 2 when the address is not this
+    machine's, a config error no restart fixes; 1 otherwise (the port held by another process, a name that
+    does not resolve yet), which may pass, so a supervisor should restart."""
+
+    def __init__(self, message: str, *, exit_status: int = 1) -> None:
+        super().__init__(message)
+        self.exit_status = exit_status
 
 
 class DiagnosticsServer(uvicorn.Server):
@@ -158,5 +167,8 @@ def _bound(host: str, port: int) -> socket.socket:
         sock.listen(128)  # connections wait in the backlog until the server's loop takes them, none refused
     except OSError as exc:
         sock.close()
-        raise ListenError(f"telemetry.metrics.listen {host}:{port}: {exc.strerror or exc}") from None
+        status = 2 if exc.errno == errno.EADDRNOTAVAIL else 1
+        raise ListenError(
+            f"telemetry.metrics.listen {host}:{port}: {exc.strerror or exc}", exit_status=status
+        ) from None
     return sock

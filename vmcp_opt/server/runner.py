@@ -54,7 +54,7 @@ def run_gateway(config: VmcpConfig, announce: Callable[[VmcpConfig, int], None] 
             diagnostics = diagnostics_listener(gateway, None)  # no MCP endpoint: /readyz detail to loopback only
         except ListenError as exc:
             logger.error("cannot start: %s", exc)
-            return 2
+            return exc.exit_status
         try:
             code = anyio.run(_serve_stdio_until_signal, gateway, diagnostics)
         finally:
@@ -64,9 +64,12 @@ def run_gateway(config: VmcpConfig, announce: Callable[[VmcpConfig, int], None] 
         return _leaving(gateway, code)
     try:
         app = create_app(gateway)
-    except (AuthSetupError, ListenError, SecretMissing) as exc:  # SecretMissing: sessions.store's Redis
+    except (AuthSetupError, SecretMissing) as exc:  # SecretMissing: sessions.store's Redis
         logger.error("cannot start: %s", exc)
         return 2
+    except ListenError as exc:
+        logger.error("cannot start: %s", exc)
+        return exc.exit_status
     limits = config.limits
     server = uvicorn.Server(
         uvicorn.Config(
@@ -139,9 +142,9 @@ def run_gateway(config: VmcpConfig, announce: Callable[[VmcpConfig, int], None] 
 
     gateway.on_fatal = stop_serving
     server.run()
-    if gateway.fatal is not None:
-        return _leaving(gateway, 2)
-    return _leaving(gateway, 0 if server.started else 1)
+    # `gateway.fatal`: the start failed after the config was accepted (an unexpected error while connecting the
+    # backends): 1 like the port in use, not 2 ("cannot start as configured"), since a restart may get past it.
+    return _leaving(gateway, 0 if server.started and gateway.fatal is None else 1)
 
 
 def _bound_port(server: uvicorn.Server, configured: int) -> int:
@@ -190,7 +193,7 @@ async def _serve_stdio_until_signal(gateway: Gateway, diagnostics: DiagnosticsSe
         except StartupError:
             return 1  # already logged, naming the backends
         task_group.cancel_scope.cancel()
-    return 2 if gateway.fatal is not None else 0
+    return 1 if gateway.fatal is not None else 0  # as run_gateway's, over HTTP
 
 
 async def _cancel_after(scope: anyio.CancelScope, seconds: float) -> None:
