@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import mcp_types as types
 from mcp.shared.uri_template import InvalidUriTemplate, UriTemplate
 
-from vmcp_opt.aggregation.conflicts import Candidate, ConflictResolver
+from vmcp_opt.aggregation.conflicts import Candidate, ConflictResolver, Shadowed
 from vmcp_opt.aggregation.filters import select_tools
 from vmcp_opt.aggregation.screening import Drops, screen_tools
 from vmcp_opt.backends.listing import BackendListing
@@ -86,7 +86,8 @@ class Catalog:
 def build_catalog(sources: Sequence[BackendSource], config: AggregationConfig) -> Catalog:
     """Merge the backends' listings. Never raises on what a backend lists: a tool that cannot be served
     (screening.py) or whose name another backend holds is dropped with a warning, the rest is served."""
-    resolver = ConflictResolver(config, [source.name for source in sources])
+    shadowed = Shadowed()
+    resolver = ConflictResolver(config, [source.name for source in sources], shadowed)
     catalog = Catalog(backend_descriptions={s.name: s.description for s in sources})
     drops = Drops()
 
@@ -118,27 +119,25 @@ def build_catalog(sources: Sequence[BackendSource], config: AggregationConfig) -
         for resource in source.listing.resources:
             holder = catalog.resources.get(resource.uri)
             if holder is not None:
-                logger.info(
-                    "resource %s: served by %s, %s's copy dropped", shorten(resource.uri), holder.backend, source.name
-                )
+                shadowed.served_twice(source.name, "resource", resource.uri, holder.backend)
                 continue
             catalog.resources[resource.uri] = RoutedResource(resource.uri, source.name, resource)
         for template in source.listing.resource_templates:
-            _add_template(catalog, template_holders, source.name, template)
+            _add_template(catalog, template_holders, source.name, template, shadowed)
     drops.log()
+    shadowed.log()
     return catalog
 
 
-def _add_template(catalog: Catalog, holders: dict[str, str], backend: str, template: types.ResourceTemplate) -> None:
+def _add_template(
+    catalog: Catalog, holders: dict[str, str], backend: str, template: types.ResourceTemplate, shadowed: Shadowed
+) -> None:
     """Like a resource URI, a URI template is served by one backend: the first (priority, then config
     order). Listing a second copy showed clients the same template twice, while reads and completions
     through it went to the first backend alone."""
     holder = holders.get(template.uri_template)
     if holder is not None:
-        if holder != backend:
-            logger.info(
-                "resource template %s: served by %s, %s's copy dropped", shorten(template.uri_template), holder, backend
-            )
+        shadowed.served_twice(backend, "resource template", template.uri_template, holder)
         return
     holders[template.uri_template] = backend
     catalog.templates.append(RoutedTemplate(backend, template, _matcher(template.uri_template)))

@@ -32,9 +32,49 @@ class Candidate(Generic[ItemT]):
     item: ItemT
 
 
+# Items logged one by one per backend and kind in a catalogue build when another backend holds them.
+SHADOWED_LOGGED = 5
+
+
+class Shadowed:
+    """What one catalogue build did not take from a backend because a backend (another, or itself earlier in
+    its list) holds it: a resource URI, a URI template, a name under `priority`. One line each was logged
+    before: two copies of a server with 50,000 resources wrote 50,000 lines at every rebuild. Now
+    `SHADOWED_LOGGED` lines a backend and kind, then one line counting the rest."""
+
+    def __init__(self) -> None:
+        self._by_backend: dict[tuple[str, str], list[tuple[str, str]]] = {}
+
+    def add(self, backend: str, kind: str, line: str, holder: str) -> None:
+        """`line`: what is logged for this item when it is among the first few."""
+        self._by_backend.setdefault((backend, kind), []).append((line, holder))
+
+    def served_twice(self, backend: str, kind: str, uri: str, holder: str) -> None:
+        if holder == backend:
+            self.add(
+                backend, kind, f"{kind} {shorten(uri)}: listed more than once by {backend}, the first kept", holder
+            )
+        else:
+            self.add(backend, kind, f"{kind} {shorten(uri)}: served by {holder}, {backend}'s copy dropped", holder)
+
+    def log(self) -> None:
+        for (backend, kind), dropped in self._by_backend.items():
+            for line, _ in dropped[:SHADOWED_LOGGED]:
+                logger.info("%s", line)
+            if len(dropped) > SHADOWED_LOGGED:
+                logger.info(
+                    "backend %s: %d more %ss dropped, already held (by %s)",
+                    backend,
+                    len(dropped) - SHADOWED_LOGGED,
+                    kind,
+                    ", ".join(sorted({holder for _, holder in dropped[SHADOWED_LOGGED:]})),
+                )
+
+
 class ConflictResolver:
-    def __init__(self, config: AggregationConfig, backend_order: list[str]) -> None:
+    def __init__(self, config: AggregationConfig, backend_order: list[str], shadowed: Shadowed | None = None) -> None:
         self.config = config
+        self.shadowed = shadowed if shadowed is not None else Shadowed()  # the caller logs it once built
         ranked = [name for name in config.priority if name in backend_order]
         self.rank = {name: i for i, name in enumerate(ranked + [b for b in backend_order if b not in ranked])}
 
@@ -56,14 +96,11 @@ class ConflictResolver:
             if holder is None:
                 owners[candidate.name] = candidate
             elif strategy == "priority" and holder.backend != candidate.backend:
-                logger.info(
-                    "%s %r: backend %s wins over %s (priority); %s's is dropped",
-                    kind,
-                    shorten(candidate.name),
-                    holder.backend,
-                    candidate.backend,
-                    candidate.backend,
+                line = (
+                    f"{kind} {shorten(candidate.name)!r}: backend {holder.backend} wins over {candidate.backend} "
+                    f"(priority); {candidate.backend}'s is dropped"
                 )
+                self.shadowed.add(candidate.backend, kind, line, holder.backend)
             elif strategy == "manual" and kind != "tool" and holder.backend != candidate.backend:
                 # Overrides exist for tools only; other kinds fall back to the prefix format.
                 exposed = self._exposed(candidate)

@@ -32,6 +32,8 @@ from vmcp_opt.display import shorten
 logger = logging.getLogger(__name__)
 
 MAX_DROP_WARNINGS = 20
+# Pages of one list fetched from a backend; past it the listing is cut short, with a warning.
+MAX_PAGES = 1000
 # Tools per pydantic call when a page is validated (`_validated_in_slices`).
 TOOLS_SLICE = 500
 
@@ -167,7 +169,8 @@ async def fetch_listing(
     async def paginate(list_method: Callable[..., Awaitable[Any]], attribute: str) -> list[Any]:
         items: list[Any] = []
         cursor: str | None = None
-        for _ in range(1000):  # a backend that never stops paginating must not hang discovery
+        seen: set[str] = set()
+        for _ in range(MAX_PAGES):  # a backend that never stops paginating must not hang discovery
             params = types.PaginatedRequestParams(cursor=cursor) if cursor else None
             try:
                 page = await list_method(params=params)
@@ -181,7 +184,26 @@ async def fetch_listing(
             items.extend(getattr(page, attribute))
             cursor = page.next_cursor
             if not cursor:
-                break
+                return items
+            if cursor in seen:
+                # A cursor that comes back would be followed to the page cap, each round adding the same
+                # items again (1,000 copies of them held, and every one a duplicate to drop).
+                logger.warning(
+                    "backend %s: %s gave a cursor it already gave (%r): the listing stops there, %d items",
+                    backend,
+                    LISTS[attribute][0],
+                    shorten(cursor, 80),
+                    len(items),
+                )
+                return items
+            seen.add(cursor)
+        logger.warning(
+            "backend %s: %s still had more after %d pages: only their %d items are served",
+            backend,
+            LISTS[attribute][0],
+            MAX_PAGES,
+            len(items),
+        )
         return items
 
     async def list_tools(params: types.PaginatedRequestParams | None = None) -> types.ListToolsResult:
