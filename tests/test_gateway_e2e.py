@@ -122,6 +122,14 @@ async def test_resources_templates_and_prompts_are_routed(gateway: Gateway) -> N
         assert {"notes_summarize_notes", "everything_simple-prompt"} <= prompts
         prompt = await client.get_prompt("notes_summarize_notes", {"style": "bullet"})
         assert "bullet" in prompt.messages[0].content.text  # type: ignore[union-attr]
+        # A required argument missing is named by the gateway (the backend's own answer told nothing)...
+        with pytest.raises(MCPError) as missing:
+            await client.get_prompt("everything_args-prompt", {"state": "Texas"})
+        assert missing.value.error.code == types.INVALID_PARAMS
+        assert missing.value.error.message == "prompt 'everything_args-prompt': missing required argument(s) 'city'"
+        # ...and the optional one may be left out.
+        weather = await client.get_prompt("everything_args-prompt", {"city": "Austin"})
+        assert "Austin" in weather.messages[0].content.text  # type: ignore[union-attr]
 
 
 async def test_list_changed_from_a_backend_reaches_clients_of_both_eras(gateway: Gateway) -> None:

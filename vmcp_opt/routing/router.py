@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AbstractContextManager, nullcontext
 from typing import Any, Protocol, TypeVar
 
@@ -347,6 +347,7 @@ class Router:
             if routed is None:
                 raise MCPError(types.INVALID_PARAMS, f"Unknown prompt: '{shorten(params.name)}'")
             self._authorize(caller, Target("prompt", routed.name, routed.backend))
+            _check_prompt_arguments(routed.name, routed.prompt, params.arguments)
             forwarded = params.model_copy(update={"name": routed.original_name, "request_state": None})
             return await self._forward(
                 caller, exchange, routed.backend, types.GetPromptRequest(params=forwarded), types.GetPromptResult
@@ -463,6 +464,15 @@ def _backend_failed(exc: MCPError) -> bool:
     circuit). An agent sees such a call as a timed-out one, an error result it can read and act on: a protocol
     error often ends the client's turn, and the agent never learns which tool failed or why."""
     return exc.code in _GONE or failed_to_answer(exc)
+
+
+def _check_prompt_arguments(name: str, prompt: types.Prompt, given: Mapping[str, str] | None) -> None:
+    """A prompt's required arguments are there: a Python SDK backend answers a missing one with "Internal
+    server error" (and a traceback in its log), which tells the client nothing. Others are the backend's to judge."""
+    missing = [arg.name for arg in prompt.arguments or [] if arg.required and arg.name not in (given or {})]
+    if missing:
+        names = ", ".join(f"'{shorten(arg, 100)}'" for arg in missing[:16])
+        raise MCPError(types.INVALID_PARAMS, f"prompt '{shorten(name)}': missing required argument(s) {names}")
 
 
 def _naming(backend: str, message: str) -> str:
