@@ -132,6 +132,17 @@ async def test_resources_templates_and_prompts_are_routed(gateway: Gateway) -> N
         assert "Austin" in weather.messages[0].content.text  # type: ignore[union-attr]
 
 
+async def test_answers_carry_the_gateways_server_info_not_a_backends(gateway: Gateway) -> None:
+    """A 2026-07-28 backend stamps its results with its own name; the client talks to the gateway."""
+    key = "io.modelcontextprotocol/serverInfo"
+    async with Client(gateway.url) as client:
+        called = await client.call_tool("notes_search_notes", {"query": "x"})
+        prompt = await client.get_prompt("notes_summarize_notes", {"style": "bullet"})
+        listed = await client.list_tools()
+    for result in (called, prompt, listed):
+        assert result.meta is not None and result.meta[key]["name"] == "vmcp-opt", result.meta
+
+
 async def test_list_changed_from_a_backend_reaches_clients_of_both_eras(gateway: Gateway) -> None:
     told = anyio.Event()
     kinds: list[str] = []

@@ -58,6 +58,8 @@ ItemT = TypeVar("ItemT")
 RESOURCE_NOT_FOUND = -32002
 # A backend that went away mid-call: for a tool call, an error result the agent can read, not a protocol error.
 _GONE = (types.CONNECTION_CLOSED, types.REQUEST_TIMEOUT)
+# The `_meta` key a 2026-07-28 server stamps its results with (its name and version).
+_SERVER_INFO = "io.modelcontextprotocol/serverInfo"
 
 
 class UnknownTool(MCPError):
@@ -440,12 +442,12 @@ class Router:
         if not self.watchers:
             connection = None if exchange.round is not None else self._connection(backend)
             session = await self.sessions.choose(caller, exchange, connection)
-            return await session.send(request, result_type, self.guard, progress)
+            return _unstamped(await session.send(request, result_type, self.guard, progress))
         op = Op(request.method, caller, "backend", request_target(request), backend, exchange)
         with watched(self.watchers, op):
             connection = None if exchange.round is not None else self._connection(backend)
             session = await self.sessions.choose(caller, exchange, connection)
-            result = await session.send(request, result_type, self.guard, progress)
+            result = _unstamped(await session.send(request, result_type, self.guard, progress))
             op.result = result
             if isinstance(result, types.CallToolResult) and result.is_error:
                 op.outcome = "application_error"
@@ -456,6 +458,15 @@ class Router:
         if connection is None:
             raise BackendUnavailable(f"backend '{backend}' is not configured")
         return connection
+
+
+def _unstamped(result: ResultT) -> ResultT:
+    """`result` without the backend's `serverInfo` stamp (2026-07-28), so the gateway's own goes on it: a client
+    saw the server it talks to change name from one answer to the next, and learnt the backends behind it."""
+    meta = getattr(result, "meta", None)
+    if not meta or _SERVER_INFO not in meta:
+        return result
+    return result.model_copy(update={"meta": {k: v for k, v in meta.items() if k != _SERVER_INFO} or None})
 
 
 def _backend_failed(exc: MCPError) -> bool:
