@@ -93,6 +93,9 @@ class OptimizerConfig(_Strict):
     usage_seeds: int = Field(8, ge=1, le=50)
     # Calls from one client this many seconds apart or less belong to one task.
     usage_window: float = Field(300.0, gt=0)
+    # One caller teaches find_tool each tool, and each pair of tools used together, at most once per this many
+    # seconds, so no caller's scripted tasks steer other callers' rankings; a gateway with one user may set minutes.
+    usage_caller_period: float = Field(86_400.0, gt=0)
     # A tool issuing a value a result requires (GetUserToken for a `token`, list_channels for a `channel_id`;
     # optimizer/prerequisites.py) is raised as a companion with P = 1, times this; 0 turns it off.
     prerequisite_weight: float = Field(1.0, ge=0.0)

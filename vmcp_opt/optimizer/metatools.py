@@ -80,7 +80,11 @@ class OptimizerFront:
         # Where the graph is kept: `index_dir/usage.json` unless the gateway gives another (Redis).
         self.history: UsageHistory = history or FileUsageHistory(self.usage_path)
         self.usage: UsageGraph | None = self.history.load() if self.settings.usage else None
-        self._recorder = UsageRecorder(self.usage, self.settings.usage_window) if self.usage is not None else None
+        self._recorder = (
+            UsageRecorder(self.usage, self.settings.usage_window, period=self.settings.usage_caller_period)
+            if self.usage is not None
+            else None
+        )
         self._saved_version = self.usage.version if self.usage is not None else 0
         self._save_lock = threading.Lock()
         # A save that keeps failing (a full disk) is one warning in ten minutes, not one per sync.

@@ -12,6 +12,9 @@ single sighting from reading as certainty.
 score(a) * P(b | a) / rank(a)); a companion the request never mentions can so enter the list. This is the
 collaborative signal COLT (Qu et al., CIKM 2024) learns on ToolLens; `eval/README.md` measures it.
 
+One caller, one vote a day: what a caller teaches passes its `CallerLedger` first (optimizer/usage_ledger.py),
+so one caller scripting thousands of tasks cannot steer every other caller's ranking.
+
 Only tool names and counts are kept: no arguments, no request text, no client identity. The file is bounded:
 the `MAX_TOOLS` tools used in most tasks, each with its `MAX_COMPANIONS` most frequent companions (a catalogue
 whose tool names churn, or one tool used with thousands of others, cannot grow it without end). A file that
@@ -36,6 +39,7 @@ from typing import Any
 
 from vmcp_opt.auth import Caller, Identification
 from vmcp_opt.optimizer.file_lock import exclusive, write_atomically
+from vmcp_opt.optimizer.usage_ledger import CALLER_PERIOD, CallerLedger
 
 logger = logging.getLogger(__name__)
 
@@ -83,10 +87,18 @@ class UsageGraph:
 
     def add_to_task(self, tool: str, already_used: Iterable[str]) -> None:
         """`tool` joins a live task in which `already_used` (distinct, without `tool`) were called."""
-        others = [other for other in already_used if other != tool]
+        self.add_use(tool, True, [other for other in already_used if other != tool])
+
+    def add_use(self, tool: str, count_task: bool, companions: Iterable[str]) -> None:
+        """A use of `tool` as its caller may still teach it (`CallerLedger`): one more task of `tool` when
+        `count_task`, one more task together with each of `companions` (distinct, without `tool`)."""
+        others = list(companions)
+        if not count_task and not others:
+            return
         with self._lock:
             for tasks, together in ((self._tasks, self._together), (self._new_tasks, self._new_together)):
-                tasks[tool] += 1
+                if count_task:
+                    tasks[tool] += 1
                 for other in others:
                     together.setdefault(tool, Counter())[other] += 1
                     together.setdefault(other, Counter())[tool] += 1
@@ -98,8 +110,9 @@ class UsageGraph:
             together = self._together.get(tool)
             if not together:
                 return {}
-            base = self._tasks[tool] + _SMOOTHING
-            return {other: count / base for other, count in together.items()}
+            tasks = self._tasks[tool]
+            # Never above tasks(tool): a ledger's false "already taught" may skip a tool's count, not its pair's.
+            return {other: min(count, tasks) / (tasks + _SMOOTHING) for other, count in together.items()}
 
     def stats(self) -> dict[str, int]:
         with self._lock:
@@ -110,7 +123,8 @@ class UsageGraph:
     def has_new(self) -> bool:
         """Whether something was learned since the last merge."""
         with self._lock:
-            return bool(self._new_tasks)
+            # A pair alone can be new: its caller taught both tools' tasks earlier in its period.
+            return bool(self._new_tasks) or bool(self._new_together)
 
     def forget(self) -> int:
         """Drop every count, kept or new (the history was cleared); the tool uses not yet merged, dropped."""
@@ -224,7 +238,7 @@ def _merged_file(
     file is moved aside and replaced by `everything` this gateway knows."""
     try:
         merged = UsageGraph.read(path) if path.exists() else UsageGraph()
-        if not tasks:
+        if not tasks and not together:
             # Nothing to add: the file is read, not rewritten (a sync that only looks must not create one).
             return merged
         _add(merged._tasks, merged._together, tasks, together)
@@ -318,16 +332,25 @@ class _LiveTask:
 class UsageRecorder:
     """Turns each client's successful calls into tasks of the graph.
 
-    Keyed by the client (`usage_client`: who calls, not which session): at most `MAX_LIVE_CLIENTS` open tasks, the least recently active client's
-    forgotten first. A call more than `window` seconds after the client's previous one starts a new task, and
-    so does the first call after the history was cleared (`UsageGraph.forget`).
+    Keyed by the client (`usage_client`: who calls, not which session): at most `MAX_LIVE_CLIENTS` open tasks,
+    the least recently active client's forgotten first. A call more than `window` seconds after the client's
+    previous one starts a new task, and so does the first call after the history was cleared
+    (`UsageGraph.forget`). What a task teaches passes the `CallerLedger` first: per client, each tool and pair
+    once per `period`.
     """
 
-    def __init__(self, graph: UsageGraph, window: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        graph: UsageGraph,
+        window: float,
+        clock: Callable[[], float] = time.monotonic,
+        period: float = CALLER_PERIOD,
+    ) -> None:
         self.graph = graph
         self.window = window
         self._clock = clock
         self._live: OrderedDict[Hashable, _LiveTask] = OrderedDict()
+        self.ledger = CallerLedger(period, max_callers=MAX_LIVE_CLIENTS)
         self._lock = threading.Lock()
 
     def tool_used(self, client: Hashable, tool: str) -> None:
@@ -349,7 +372,8 @@ class UsageRecorder:
                 return
             already_used = list(task.tools)
             task.tools.append(tool)
-        self.graph.add_to_task(tool, already_used)
+            count_task, companions = self.ledger.teach(client, now, task.clears, tool, already_used)
+        self.graph.add_use(tool, count_task, companions)
 
 
 def lock_path(path: Path) -> Path:

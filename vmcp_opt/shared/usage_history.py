@@ -106,7 +106,7 @@ class RedisUsageHistory:
             since = _stamp(pipe.get(self.since_key))
             lost = self._held and graph is not None and len(graph) > 0 and self._lost(pipe, since)
             rewritten = lost and cleared in (None, self._cleared)  # not by a clear since `_drop_if_cleared`
-            born = self._birth(pipe, since, rewritten, bool(tasks))
+            born = self._birth(pipe, since, rewritten, bool(tasks) or bool(together))
             pipe.multi()
             if rewritten:
                 assert graph is not None
