@@ -11,7 +11,7 @@ from mcp.shared.uri_template import InvalidUriTemplate, UriTemplate
 
 from vmcp_opt.aggregation.conflicts import Candidate, ConflictResolver, Shadowed
 from vmcp_opt.aggregation.filters import select_tools
-from vmcp_opt.aggregation.screening import Drops, screen_tools
+from vmcp_opt.aggregation.screening import Drops, screen_prompts, screen_templates, screen_tools
 from vmcp_opt.backends.listing import BackendListing
 from vmcp_opt.config import AggregationConfig
 from vmcp_opt.display import shorten
@@ -106,7 +106,7 @@ def build_catalog(sources: Sequence[BackendSource], config: AggregationConfig) -
     prompt_candidates = [
         Candidate(source.name, prompt.name, prompt.name, False, prompt)
         for source in sources
-        for prompt in source.listing.prompts
+        for prompt in screen_prompts(source.name, source.listing.prompts, drops)
     ]
     for name, prompt_candidate in resolver.resolve(prompt_candidates, "prompt", drops).items():
         prompt = prompt_candidate.item
@@ -122,7 +122,7 @@ def build_catalog(sources: Sequence[BackendSource], config: AggregationConfig) -
                 shadowed.served_twice(source.name, "resource", resource.uri, holder.backend)
                 continue
             catalog.resources[resource.uri] = RoutedResource(resource.uri, source.name, resource)
-        for template in source.listing.resource_templates:
+        for template in screen_templates(source.name, source.listing.resource_templates, drops):
             _add_template(catalog, template_holders, source.name, template, shadowed)
     drops.log()
     shadowed.log()

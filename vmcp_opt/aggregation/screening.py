@@ -9,6 +9,11 @@ built. A tool is dropped, with one warning naming the backend and the tool, when
   of schemas; `required` a list of names), which clients refuse;
 - its exposed name is already taken by another backend's tool (conflicts.py decides which one stays).
 
+Prompts and resource templates are screened by name too (`screen_prompts`, `screen_templates`): MCP sets no
+character rule for their names (a prompt may be called "Code review"), but each name goes into every client's
+list and into the gateway's logs, so one that is empty, longer than 128 characters or holds a control, format
+or other unprintable character (a newline, an ANSI escape, a right-to-left override) is dropped the same way.
+
 Warnings are given once per problem (the catalogue is rebuilt on every backend change), at most
 `MAX_WARNINGS_PER_BACKEND` a backend at a time, the rest counted in one line.
 """
@@ -19,7 +24,7 @@ import logging
 import re
 from collections import OrderedDict
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import mcp_types as types
 
@@ -28,6 +33,8 @@ from vmcp_opt.display import shorten
 logger = logging.getLogger(__name__)
 
 NAME_RULE = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
+MAX_NAME = 128  # characters of a prompt's or resource template's name, as of a tool's
+NamedT = TypeVar("NamedT", types.Prompt, types.ResourceTemplate)
 MAX_WARNINGS_PER_BACKEND = 20
 _REMEMBERED_WARNINGS = 4096
 
@@ -41,6 +48,17 @@ def name_problem(name: str) -> str | None:
     if not name:
         return "its name is empty"
     return "its name has characters outside A-Z a-z 0-9 _ - ."
+
+
+def listed_name_problem(name: str) -> str | None:
+    """Why `name` cannot be a prompt's or a resource template's name, or None."""
+    if not name:
+        return "its name is empty"
+    if len(name) > MAX_NAME:
+        return f"its name is {len(name):,} characters long (at most {MAX_NAME})"
+    if not name.isprintable():  # false for control, format, surrogate, private-use and unassigned characters
+        return "its name has control or other unprintable characters"
+    return None
 
 
 def schema_problem(schema: Any) -> str | None:
@@ -75,8 +93,32 @@ def screen_tools(backend: str, tools: list[types.Tool], drops: Drops) -> list[ty
     return kept
 
 
+def screen_prompts(backend: str, prompts: list[types.Prompt], drops: Drops) -> list[types.Prompt]:
+    """The prompts of `backend` whose names can be served, in the backend's order; the others go to `drops`."""
+    return _screen_names(backend, prompts, drops, "prompt")
+
+
+def screen_templates(
+    backend: str, templates: list[types.ResourceTemplate], drops: Drops
+) -> list[types.ResourceTemplate]:
+    """The resource templates of `backend` whose names can be served; the others go to `drops`."""
+    return _screen_names(backend, templates, drops, "resource template")
+
+
+def _screen_names(backend: str, items: list[NamedT], drops: Drops, kind: str) -> list[NamedT]:
+    kept: list[NamedT] = []
+    for item in items:
+        problem = listed_name_problem(item.name)
+        if problem is None:
+            kept.append(item)
+        else:
+            drops.add(backend, item.name, problem, kind)
+    return kept
+
+
 class Drops:
-    """The tools one catalogue build dropped; `log()` warns once per problem, a bounded number at a time."""
+    """The tools (prompts, resource templates) one catalogue build dropped; `log()` warns once per problem, a
+    bounded number at a time."""
 
     _warned: OrderedDict[str, None] = OrderedDict()  # across builds: the same problem is not warned again
 
@@ -93,7 +135,7 @@ class Drops:
         for backend, dropped in self.by_backend.items():
             new = [entry for entry in dropped if self._first_time(backend, *entry)]
             for kind, name, problem in new[:MAX_WARNINGS_PER_BACKEND]:
-                logger.warning("backend %s: %s '%s' dropped: %s", backend, kind, shorten(name), problem)
+                logger.warning("backend %s: %s '%s' dropped: %s", backend, kind, _shown(name), problem)
             if len(new) > MAX_WARNINGS_PER_BACKEND:
                 logger.warning(
                     "backend %s: %d more dropped (names or schemas it cannot serve); the rest of it is served",
@@ -110,3 +152,9 @@ class Drops:
         while len(cls._warned) > _REMEMBERED_WARNINGS:
             cls._warned.popitem(last=False)
         return not seen
+
+
+def _shown(name: str) -> str:
+    """`name` cut short, every character `str.isprintable` refuses escaped: `shorten` escapes control characters
+    but not format ones, and a right-to-left override in a log line makes it read as something else."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in shorten(name))

@@ -92,6 +92,9 @@ HTTP_STATUS = "http_status"
 INVALID_RESULT = "invalid_result"
 # How the message of an answer refused for its size ends (backends/http_bodies.py, `BodyTooLarge`).
 NOT_READ = "the answer was not read further"
+# The data of the error an answer cut off for its size while it arrived becomes (backends/stdio.py, `_refusal`;
+# backends/http_bodies.py, `as_internal_error`): a tools/call makes it an error result (routing/router.py).
+OVER_RESULT_CAP = "over_max_result_bytes"
 _UNEXPECTED_TYPE = "Unexpected content type:"  # the SDK's, for a POST answered with neither JSON nor SSE
 
 
@@ -129,6 +132,13 @@ def invalid_result(backend: str, exc: ValidationError, secrets: Iterable[str] = 
     reason = describe_error(exc, secrets).removeprefix("ValidationError: ")
     message = f"backend '{backend}' answered with an invalid result: {reason}"
     return MCPError(types.INTERNAL_ERROR, message, {INVALID_RESULT: True})
+
+
+def over_result_cap(exc: MCPError) -> bool:
+    """Whether `exc` stands for an answer cut off while it arrived for passing `limits.max_result_bytes`: the
+    transport refused it before it was parsed (a parsed one is measured by backends/results.py instead)."""
+    data = exc.error.data
+    return exc.code == types.INTERNAL_ERROR and isinstance(data, dict) and data.get(OVER_RESULT_CAP) is True
 
 
 def failed_to_answer(exc: MCPError) -> bool:

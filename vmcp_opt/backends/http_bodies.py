@@ -10,7 +10,8 @@ body is inflated here, in bounded steps, rather than by httpx) with `BodyTooLarg
 The SDK reports it as a client's unparseable request would be (-32700 "Failed to parse JSON response: …")
 and logs an ERROR with a traceback each time: a client calling such a tool in a loop would flood the log.
 `QuietBodyTooLarge` makes those records one WARNING line per backend a minute, and `as_internal_error` gives
-the caller -32603 with our message alone, as the stdio transport answers the same limit.
+the caller -32603 with our message alone, as the stdio transport answers the same limit (for a tools/call, the
+router makes either an error result the agent can read, as it does a parsed result over the cap).
 
 An error status on a POST (a 500, a proxy's 502) the SDK answers with "Server returned an error response",
 without the status. The same hook reads at most `ERROR_BODY_BYTES` of such a body: a JSON-RPC error (a
@@ -36,7 +37,7 @@ import httpx2
 import mcp_types as types
 from mcp.shared.exceptions import MCPError
 
-from vmcp_opt.backends.errors import HTTP_STATUS, NOT_READ, one_line
+from vmcp_opt.backends.errors import HTTP_STATUS, NOT_READ, OVER_RESULT_CAP, one_line
 from vmcp_opt.backends.secrets import redact, with_escaped_forms
 from vmcp_opt.config import SECRET_NAME
 from vmcp_opt.logs import ThrottledLog
@@ -98,12 +99,13 @@ def quiet_body_too_large() -> None:
 
 
 def as_internal_error(exc: MCPError) -> MCPError | None:
-    """The SDK's -32700 for a body `CappedBody` refused, as -32603 with our message alone; None for any
+    """The SDK's -32700 for a body `CappedBody` refused, as -32603 with our message alone, marked as an answer
+    over the cap (a tools/call's becomes an error result: backends/errors.py, `over_result_cap`); None for any
     other error."""
     message = exc.error.message
     if exc.code != types.PARSE_ERROR or not message.startswith(_SDK_PREFIX) or not message.endswith(_NOT_READ):
         return None
-    return MCPError(types.INTERNAL_ERROR, message.removeprefix(_SDK_PREFIX))
+    return MCPError(types.INTERNAL_ERROR, message.removeprefix(_SDK_PREFIX), {OVER_RESULT_CAP: True})
 
 
 class CappedBody(httpx2.AsyncByteStream):

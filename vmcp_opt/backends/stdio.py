@@ -39,6 +39,8 @@ from mcp.client.stdio import StdioServerParameters, get_default_environment, std
 from mcp.os.posix.utilities import terminate_posix_process_tree
 from mcp.shared.message import SessionMessage
 
+from vmcp_opt.backends.errors import OVER_RESULT_CAP
+
 logger = logging.getLogger(__name__)
 
 CHUNK_BYTES = 65536
@@ -261,12 +263,13 @@ def _refusal(line: DroppedLine, reading: _Reading) -> SessionMessage | None:
     if request_id is None:
         return None
     # -32603, not a parse error: an answer too big is the tool's output, not the backend failing (its circuit
-    # breaker does not count it; backends/errors.py, `broken_answer`).
+    # breaker does not count it; backends/errors.py, `broken_answer`). Marked, so that a tools/call's becomes
+    # an error result the agent reads (routing/router.py), as a parsed result over the cap does.
     message = (
         f"backend '{reading.backend}' answered with {line.size:,} bytes, more than limits.max_result_bytes "
         f"({reading.result_cap:,} bytes) allows over stdio ({reading.cap:,} with the envelope); the answer was dropped"
     )
-    error = types.ErrorData(code=types.INTERNAL_ERROR, message=message)
+    error = types.ErrorData(code=types.INTERNAL_ERROR, message=message, data={OVER_RESULT_CAP: True})
     return SessionMessage(types.JSONRPCError(jsonrpc="2.0", id=request_id, error=error))
 
 

@@ -33,7 +33,7 @@ from vmcp_opt.aggregation import LiveCatalog
 from vmcp_opt.auth import Caller
 from vmcp_opt.backends import BackendConnection, BackendManager
 from vmcp_opt.backends.connection import BackendUnavailable
-from vmcp_opt.backends.errors import failed_to_answer
+from vmcp_opt.backends.errors import failed_to_answer, over_result_cap
 from vmcp_opt.display import shorten
 from vmcp_opt.health import CircuitOpen, Guard
 from vmcp_opt.routing.approval import Approvals, NotApproved
@@ -263,7 +263,8 @@ class Router:
         self, caller: Caller, name: str, arguments: dict[str, Any] | None, exchange: Exchange
     ) -> types.CallToolResult:
         """Any provider's tool. `UnknownTool` for a name no provider serves; `Denied` when the policy refuses;
-        an error result when the tool's backend is down, went away or failed to answer (`_backend_failed`)."""
+        an error result when the tool's backend is down, went away or failed to answer (`_backend_failed`), or
+        its answer passed `limits.max_result_bytes` (measured, or cut off while it arrived)."""
         if not self.watchers:
             return await self._call_tool(caller, name, arguments, exchange, None)
         with watched(self.watchers, Op("tools/call", caller, target=name, exchange=exchange)) as op:
@@ -298,11 +299,16 @@ class Router:
             if op is not None:
                 op.outcome, op.error = "failure", type(exc).__name__
         except MCPError as exc:
-            if not _backend_failed(exc):
+            if over_result_cap(exc):
+                # Cut off while it arrived: as a parsed result over the cap, an error result the agent can act on
+                # (ask for less); no failure of the backend's (its circuit did not count it either).
+                result = error_result(_naming(provided.source, exc.error.message))
+            elif _backend_failed(exc):
+                result = error_result(_naming(provided.source, exc.error.message))
+                if op is not None:
+                    op.outcome, op.error = "failure", str(exc.code)
+            else:
                 raise  # the client's request is at fault, or the backend answered with an error of its own
-            result = error_result(_naming(provided.source, exc.error.message))
-            if op is not None:
-                op.outcome, op.error = "failure", str(exc.code)
         logger.info(
             "tool call %s by %s: %s in %.1f ms",
             provided.name,
