@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import re
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# C0 and C1 controls, the line and paragraph separators, and the bidirectional marks, embeddings, overrides
+# and isolates, which reorder what a terminal shows ("Trojan Source"): a name could display as another.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200e\u200f\u2028-\u202e\u2066-\u2069]")
 
 
 def printable(text: str) -> str:
-    """Control characters (newlines, ANSI escapes, NUL) written as `\\x1b`-style escapes."""
+    """Control characters (newlines, ANSI escapes, NUL, bidirectional overrides) written as `\\x1b`-style
+    escapes."""
     return _CONTROL.sub(lambda match: match.group().encode("unicode_escape").decode("ascii"), text)
 
 
