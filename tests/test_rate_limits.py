@@ -10,9 +10,9 @@ import pytest
 from mcp.shared.exceptions import MCPError
 
 from tests.redis_server import RedisServer, running_redis
-from vmcp_opt.auth.caller import Caller, Identification
+from vmcp_opt.auth.caller import Caller, Identification, caller_key
 from vmcp_opt.config import RateLimitsConfig, VmcpConfig
-from vmcp_opt.shared.rate_limits import MemoryBuckets, RateLimiter, caller_key, rate_limiter
+from vmcp_opt.shared.rate_limits import MemoryBuckets, RateLimiter, rate_limiter
 from vmcp_opt.shared.redis_buckets import RedisBuckets
 
 LIMITS = {"per_caller": {"rate": 1.0, "burst": 3}, "per_tool": {"slow": {"rate": 1.0, "burst": 1}}}

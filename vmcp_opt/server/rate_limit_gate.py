@@ -23,12 +23,13 @@ import math
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from vmcp_opt.auth import Identification
+from vmcp_opt.auth.caller import address_key, subject_key
 from vmcp_opt.auth.identity import SCOPE_KEY, Identity
 from vmcp_opt.routing.budget import LimitReached
 from vmcp_opt.server.admission import LIMITS_TAKEN_KEY
 from vmcp_opt.server.bad_input import GONE, read_ahead, request_of
 from vmcp_opt.server.sessions import client_address, json_rpc_error
-from vmcp_opt.shared.rate_limits import RateLimiter, address_key, subject_key
+from vmcp_opt.shared.rate_limits import RateLimiter
 
 TOO_MANY_REQUESTS = 429
 

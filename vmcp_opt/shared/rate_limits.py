@@ -16,7 +16,6 @@ once per `rate_limits.log_interval`.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import time
@@ -26,7 +25,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Protocol
 
-from vmcp_opt.auth.caller import Caller, Identification
+from vmcp_opt.auth.caller import Caller, caller_key
 from vmcp_opt.config import BucketConfig, RateLimitsConfig, ToolBucketConfig, VmcpConfig
 from vmcp_opt.logs import ThrottledLog
 from vmcp_opt.routing.budget import LimitReached
@@ -95,32 +94,6 @@ class MemoryBuckets:
 
     async def close(self) -> None:
         return None
-
-
-def caller_key(caller: Caller) -> str:
-    """Whose budget a call spends: the key the HTTP gate charges a direct call to (server/rate_limit_gate.py).
-
-    A verified subject is the same party on every replica (its `Caller.id` is not: a session's id, or a
-    digest under a key of that process), so it is keyed by a digest of how it was verified and its subject.
-    Anyone else over HTTP by its address: its `Caller.id` is a session or an unverified credential, which
-    a client picks freely, so a tool reached through `call_tool` from a new session each time would get a
-    fresh per-caller bucket each time. Over stdio (no address) the one client is its `Caller.id`."""
-    if caller.subject is not None and caller.identified_by in (Identification.TOKEN, Identification.API_KEY):
-        return subject_key(caller.identified_by, caller.subject)
-    if caller.address is not None:
-        return address_key(caller.address)
-    return caller.id
-
-
-def address_key(address: str) -> str:
-    """An unverified HTTP caller's budget key: the client's address (X-Forwarded-For's behind a trusted proxy)."""
-    return f"address:{address}"
-
-
-def subject_key(how: Identification, subject: str) -> str:
-    """A verified subject's budget key: a digest of how it was verified and who it is."""
-    digest = hashlib.sha256(f"{how.value}\0{subject}".encode()).hexdigest()[:32]
-    return f"subject:{digest}"
 
 
 class RateLimiter:

@@ -24,12 +24,12 @@ from functools import partial
 from typing import Any, Literal
 
 import anyio
-import anyio.to_thread
 import mcp_types as types
 
 from vmcp_opt.backends.results import json_size
 from vmcp_opt.config.workflows import StepConfig, WorkflowConfig
 from vmcp_opt.workflows.budget import CallBudget, enclosing, ended, fan_out_reason, run_call_limit, running
+from vmcp_opt.workflows.renders import SHARED, RenderSlots, RunRenders
 from vmcp_opt.workflows.templates import TemplateError, render_value, truthy
 
 logger = logging.getLogger(__name__)
@@ -41,9 +41,6 @@ StepDone = Callable[["StepReport"], Awaitable[None]]
 # Asks the calling client's user: (message, requested schema) → the answer's `{"action", "content"}`.
 Ask = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
 Sleep = Callable[[float], Awaitable[None]]
-# Renders running at once in worker threads (for all runs): a template that computes until its deadline
-# holds one, and cannot take the threads the rest of the gateway uses (anyio's default limiter).
-_RENDERS = anyio.CapacityLimiter(8)
 
 
 @dataclass
@@ -97,8 +94,16 @@ class WorkflowRun:
         ask: Ask | None = None,
         ask_timeout: float = 300.0,
         max_output_bytes: int | None = None,
+        *,
+        caller: str | None = None,
+        render_slots: RenderSlots = SHARED,
     ) -> None:
         self.workflow = workflow
+        # Template renders take worker-thread slots of this run, of `caller` (None: not known) and of the
+        # gateway (renders.py), so one client's costly templates cannot keep other runs from rendering.
+        self._caller = caller
+        self._slots = render_slots
+        self._renders: RunRenders = render_slots.run(caller)
         # limits.max_result_bytes: the step outputs a run holds, and its result, stay under it.
         self._max_output = max_output_bytes
         self._held = 0  # what the step outputs so far come to (about their JSON size)
@@ -122,8 +127,10 @@ class WorkflowRun:
         self._deadline = time.monotonic() + self.workflow.timeout
         self._budget = CallBudget(self.workflow.name, run_call_limit(self.workflow), parent=enclosing())
         token = running(self._budget)
+        self._renders = self._slots.run(self._caller)  # nested in a run: that run's slots
         try:
-            await self._steps_of_run()
+            with self._renders.running():
+                await self._steps_of_run()
         finally:
             ended(self._budget, token)
             report.calls = self._budget.used
@@ -165,11 +172,12 @@ class WorkflowRun:
 
     async def _render(self, value: Any, context: dict[str, Any], place: str, deadline: float | None = -1.0) -> Any:
         """`render_value` in a worker thread, so a slow template never holds the event loop; bounded by the
-        run's deadline (`None`: by the render's own cap), and given up on when the run is cancelled."""
+        run's deadline (`None`: by the render's own cap), and stopped when the run is cancelled. The thread
+        takes a slot of this run, of its caller and of the gateway (renders.py)."""
         if not _has_template(value):
             return value
         work = partial(render_value, value, context, place, self._deadline if deadline == -1.0 else deadline)
-        return await anyio.to_thread.run_sync(work, limiter=_RENDERS, abandon_on_cancel=True)
+        return await self._renders.render(work)
 
     def _held_output(self, step: StepConfig, output: Any) -> None:
         """Counts a step's output (or a for_each item's) against limits.max_result_bytes."""

@@ -24,11 +24,13 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from vmcp_opt.aggregation import Catalog, LiveCatalog
 from vmcp_opt.arguments import ArgumentError, ArgumentValidator
 from vmcp_opt.auth import Caller
+from vmcp_opt.auth.caller import caller_key
 from vmcp_opt.config.workflows import WorkflowConfig, env_reference_warnings
 from vmcp_opt.routing import Dispatch, Exchange, ProvidedTool, ToolCall, error_result
 from vmcp_opt.routing.budget import Budget
 from vmcp_opt.routing.round_trips import InputRequired, RoundOwners, WorkflowRound
 from vmcp_opt.workflows.executor import Ask, RunReport, StepDone, StepReport, WorkflowRun
+from vmcp_opt.workflows.renders import SHARED, RenderSlots
 from vmcp_opt.workflows.rounds import PendingRun, WorkflowRounds
 from vmcp_opt.workflows.validation import derived_annotations
 
@@ -58,6 +60,7 @@ class WorkflowTools:
         owners: RoundOwners | None = None,
         pending_budget: Budget | None = None,
         max_result_bytes: int | None = None,
+        render_slots: RenderSlots = SHARED,
     ) -> None:
         self.workflows = {w.name: w for w in workflows}
         for warning in env_reference_warnings(workflows):  # once, at start: `vmcp serve`, `vmcp workflow run`
@@ -68,6 +71,7 @@ class WorkflowTools:
             max_pending=max_pending, input_timeout=input_timeout, owners=owners, budget=pending_budget
         )
         self.max_result_bytes = max_result_bytes  # limits.max_result_bytes, for each run's outputs
+        self.render_slots = render_slots  # template renders' threads: per run, per caller, in total
         self._catalog = catalog
         self._validator = validator
         self._listed = listed  # with the optimizer on, only pinned ones are listed
@@ -161,6 +165,8 @@ class WorkflowTools:
             ask=ask,
             ask_timeout=self.rounds.input_timeout,
             max_output_bytes=self.max_result_bytes,
+            caller=caller_key(caller),  # as rate limits key it: a new session is not a new caller
+            render_slots=self.render_slots,
         ).run()
         if not report.ok:  # names only: the error may hold argument values and backend text
             where = f"at step {report.failed_step}" if report.failed_step else "(timed out)" if report.timed_out else ""

@@ -69,10 +69,12 @@ class TemplateError(Exception):
 
 
 class _Budget:
-    """One render's allowance: work units left and a deadline (time.monotonic)."""
+    """One render's allowance: work units left, a deadline (time.monotonic) and a stop signal (set when the
+    run waiting for it is cancelled: the render ends then, and gives back its thread's slot)."""
 
-    def __init__(self, deadline: float) -> None:
+    def __init__(self, deadline: float, stop: threading.Event | None = None) -> None:
         self.deadline = deadline
+        self.stop = stop
         self.left = MAX_WORK
         self.lines = 0
 
@@ -84,8 +86,11 @@ class _Budget:
     def line(self) -> None:
         self.spend(1)
         self.lines += 1
-        if self.lines % _DEADLINE_EVERY == 0 and time.monotonic() > self.deadline:
-            raise SecurityError("the template ran past its deadline")
+        if self.lines % _DEADLINE_EVERY == 0:
+            if time.monotonic() > self.deadline:
+                raise SecurityError("the template ran past its deadline")
+            if self.stop is not None and self.stop.is_set():
+                raise SecurityError("the template's run was cancelled")
 
 
 _current = threading.local()  # `.budget`: the render running in this thread
@@ -322,13 +327,13 @@ def _trace_lines(frame: FrameType, event: str, arg: Any) -> Any:
 
 
 @contextlib.contextmanager
-def _budgeted(deadline: float | None) -> Iterator[None]:
+def _budgeted(deadline: float | None, stop: threading.Event | None = None) -> Iterator[None]:
     """A budget and the line trace for the renders inside, in this thread (nested renders share them)."""
     if getattr(_current, "budget", None) is not None:
         yield
         return
     cap = time.monotonic() + MAX_RENDER_SECONDS
-    _current.budget = _Budget(min(deadline, cap) if deadline is not None else cap)
+    _current.budget = _Budget(min(deadline, cap) if deadline is not None else cap, stop)
     previous = sys.gettrace()
     sys.settrace(_trace)
     try:
@@ -338,10 +343,13 @@ def _budgeted(deadline: float | None) -> Iterator[None]:
         _current.budget = None
 
 
-def render_value(value: Any, context: dict[str, Any], place: str, deadline: float | None = None) -> Any:
+def render_value(
+    value: Any, context: dict[str, Any], place: str, deadline: float | None = None, stop: threading.Event | None = None
+) -> Any:
     """`value` with every string in it rendered; dicts and lists are walked, other values kept. `deadline`
-    (time.monotonic) bounds the whole walk. Blocking: the executor calls it in a worker thread."""
-    with _budgeted(deadline):
+    (time.monotonic) bounds the whole walk, `stop` ends it early once set. Blocking: the executor calls it
+    in a worker thread."""
+    with _budgeted(deadline, stop):
         return _render_value(value, context, place)
 
 
