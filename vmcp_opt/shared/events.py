@@ -15,8 +15,15 @@ session's oldest while the session is over either bound (its newest stays whatev
 stream it empties. Without it, every request of a session that streamed left a stream behind until the
 session expired: a client could fill Redis at its request rate. An event id is
 `<stream digest>.<process tag>-<counter>`, chosen here, so sending a message never waits for Redis: events
-queue (bounded) for one writer task that sends whatever is waiting in one pipeline, in order. A replay that
-does not find its event yet looks again for a moment (it may still be on its way).
+queue (bounded) for one writer task that sends whatever is waiting in one pipeline, in order.
+
+A replay that does not find its event may be early: the event may still be in its replica's queue. Each
+writer says how far it has written, `<prefix>events-writer:<process tag>` = its highest counter written (or
+lost), set with each batch and refreshed at each presence heartbeat while the process runs. An event not in its stream
+whose writer is not there (a forged id, or a process gone) or has written past it (an event dropped, or
+expired) is answered unknown at once: one read. Only an event its live writer has not reached yet is waited
+for, up to `_FIND_WAIT`, each look reading only the entries added since the last. Before, an unknown id
+re-read the whole stream (up to `max_events_per_stream` entries) ten times a second for two seconds.
 
 A request's stream cut before its answer is tailed after the replay until the answer is stored, so a client
 resuming on replica B gets the answer replica A computes. Every entry names the replica that stored it; when
@@ -61,6 +68,8 @@ STORE_ERRORS = (RedisError, OSError, TimeoutError)
 _TAIL_BATCH = 100
 _WRITE_BATCH = 500
 _FIND_WAIT = 2.0
+# A writer's progress key lives this many heartbeats: a process gone stops vouching for its ids soon after.
+_WRITER_BEATS = 3
 Entry = tuple[str, dict[str, bytes]]  # a Redis stream entry: its id, its fields
 # An event waiting for the writer: session namespace, stream digest, and the entry's fields e, s, r and m.
 Queued = tuple[str, str, tuple[str, str, str, bytes]]
@@ -164,6 +173,8 @@ class RedisEventStore(EventStore):
         self._log = ThrottledLog(logger, 60.0)
         self._tag = secrets.token_hex(4)  # event ids of this process
         self._counter = 0
+        self._written = 0  # the highest counter written to Redis (or lost): what its progress key says
+        self._writer_prefix = prefix + "events-writer:"
         # Events wait here for `write` (`run_writer`), so sending a message never waits for Redis.
         self._queue, self._queued = anyio.create_memory_object_stream[Queued](queue_size)
 
@@ -182,10 +193,34 @@ class RedisEventStore(EventStore):
         return f"{digest}.{event}"
 
     async def run_writer(self) -> None:
-        """Until cancelled: the queued events to Redis, in order, as many per round trip as are waiting."""
+        """Until cancelled: the queued events to Redis, in order, as many per round trip as are waiting; and
+        this writer's progress, so that replays elsewhere know which of its ids can still arrive."""
+        try:
+            async with anyio.create_task_group() as task_group:
+                task_group.start_soon(self._announce)
+                while True:
+                    first = await self._queued.receive()
+                    await self.write([first])
+        finally:
+            # Gone at once on the way out: an id of this process not stored by now never will be.
+            with (
+                anyio.CancelScope(shield=True),
+                anyio.move_on_after(self.presence.interval),
+                contextlib.suppress(*STORE_ERRORS),
+            ):
+                await self.client.delete(self._writer_prefix + self._tag)
+
+    async def _announce(self) -> None:
         while True:
-            first = await self._queued.receive()
-            await self.write([first])
+            try:
+                await self.client.set(self._writer_prefix + self._tag, self._written, px=self._writer_ttl_ms)
+            except STORE_ERRORS as exc:
+                self._log.warning("announce", "sessions: SSE writer progress not written: %s", type(exc).__name__)
+            await anyio.sleep(self.presence.interval)
+
+    @property
+    def _writer_ttl_ms(self) -> int:
+        return max(1, int(self.presence.interval * 1000 * _WRITER_BEATS))
 
     async def write(self, batch: list[Queued]) -> None:
         """`batch` and whatever else is queued, in one pipeline."""
@@ -195,15 +230,22 @@ class RedisEventStore(EventStore):
             except anyio.WouldBlock:
                 break
         bounds = (self.max_events, self.session_events, self.session_bytes, self.ttl_ms)
+        # Queued in counter order: the last is the highest.
+        high = max([self._written, *(_counter_of(fields[0]) for _, _, fields in batch[-1:])])
         try:
             async with self.client.pipeline(transaction=False) as pipe:
                 for namespace, digest, fields in batch:
                     session = f"{self.prefix}{namespace}"
                     keys = [f"{session}:{digest}", f"{session}:held", f"{session}:bytes"]
                     await self._add(keys, [*fields, *bounds], client=pipe)
+                # After the events, on the same connection: a reader that sees the counter finds them stored.
+                pipe.set(self._writer_prefix + self._tag, high, px=self._writer_ttl_ms)
                 await pipe.execute()
         except STORE_ERRORS as exc:
             self._lose(len(batch), type(exc).__name__)
+        finally:
+            # Only now (stored, or lost for good) may `_announce` say so: not while the events are on their way.
+            self._written = high
 
     async def forget(self, namespace: str) -> None:
         """Deletes a session's events (it was deleted: nobody can resume its streams). An event still queued
@@ -253,24 +295,46 @@ class RedisEventStore(EventStore):
             return
 
     async def _find(self, key: str, event: str) -> list[Entry]:
-        """The stream's entries from the one with id `event` on; [] when it is not there. An event just sent
-        may still be on its way from its replica's queue: looked for again for up to `_FIND_WAIT` seconds."""
+        """The stream's entries from the one with id `event` on; [] when it is not there and cannot arrive."""
+        tag, counter = _event_parts(event)
+        if counter is None or (tag == self._tag and counter > self._counter):
+            return []  # not an id this gateway hands out, or one this process never issued
+        # The writer's progress before the stream: an event it says is written is then in this read (it sets
+        # its progress after the events); in the other order, one stored between the two reads was missed.
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.get(self._writer_prefix + tag)
+            pipe.xrange(key, min="-", max="+", count=self.max_events + 1)
+            written, raw = await pipe.execute()
+        entries = _entries(raw)
+        found = _from_event(entries, event)
+        if found or not _may_arrive(counter, written):
+            return found
+        return await self._await_event(key, event, tag, counter, entries[-1][0] if entries else None)
+
+    async def _await_event(self, key: str, event: str, tag: str, counter: int, after: str | None) -> list[Entry]:
+        """Entries from `event` on once its writer stores it, looking only at entries added after `after`;
+        [] after `_FIND_WAIT`, once its writer has gone or written past it, or after reading a stream's worth."""
+        budget = self.max_events + 1
         with anyio.move_on_after(_FIND_WAIT):
-            while True:
-                entries = await self._range(key, "-", self.max_events + 1)
-                ids = [fields.get("e", b"").decode() for _, fields in entries]
-                if event in ids:
-                    return entries[ids.index(event) :]
+            while budget > 0:
                 await anyio.sleep(self.poll_interval)
+                async with self.client.pipeline(transaction=False) as pipe:  # in that order, as in `_find`
+                    pipe.get(self._writer_prefix + tag)
+                    pipe.xrange(key, min="-" if after is None else "(" + after, max="+", count=min(budget, _TAIL_BATCH))
+                    written, raw = await pipe.execute()
+                entries = _entries(raw)
+                budget -= len(entries)
+                found = _from_event(entries, event)
+                if found:  # the rest of the stream from it (this look read at most a batch)
+                    return await self._range(key, found[0][0], self.max_events + 1)
+                if not _may_arrive(counter, written):
+                    return []
+                after = entries[-1][0] if entries else after
         return []
 
     async def _range(self, key: str, start: str, count: int) -> list[Entry]:
         """Entries from `start` on, as (id, fields)."""
-        raw: Any = await self.client.xrange(key, min=start, max="+", count=count)
-        return [
-            (_text(entry_id), {_text(name): _bytes(value) for name, value in fields.items()})
-            for entry_id, fields in raw
-        ]
+        return _entries(await self.client.xrange(key, min=start, max="+", count=count))
 
 
 class _Tail:
@@ -299,6 +363,38 @@ class _Tail:
             if isinstance(message, JSONRPCResponse | JSONRPCError) and self.stream_id != GET_STREAM_KEY:
                 return True
         return False
+
+
+def _entries(raw: Any) -> list[Entry]:
+    """XRANGE's answer as (id, fields)."""
+    return [
+        (_text(entry_id), {_text(name): _bytes(value) for name, value in fields.items()}) for entry_id, fields in raw
+    ]
+
+
+def _from_event(entries: list[Entry], event: str) -> list[Entry]:
+    """`entries` from the one whose event id is `event` on; [] when none is."""
+    for index, (_, fields) in enumerate(entries):
+        if fields.get("e", b"").decode() == event:
+            return entries[index:]
+    return []
+
+
+def _event_parts(event: str) -> tuple[str, int | None]:
+    """(process tag, counter) of an event id's `<tag>-<counter>`; counter None when it is not of that shape."""
+    tag, _, number = event.partition("-")
+    shaped = len(tag) == 8 and all(c in "0123456789abcdef" for c in tag) and number.isdigit() and len(number) < 20
+    return tag, int(number) if shaped else None
+
+
+def _counter_of(event: str) -> int:
+    return _event_parts(event)[1] or 0
+
+
+def _may_arrive(counter: int, written: Any) -> bool:
+    """Whether an event numbered `counter`, not in its stream, may still be on its way: its writer is running
+    (its progress key is there) and has not written that far yet."""
+    return written is not None and _text(written).isdigit() and int(_text(written)) < counter
 
 
 def _text(value: Any) -> str:

@@ -6,6 +6,12 @@ namespace of its SSE events, its log level and one `sub:<uri>` field per resourc
 on any replica, pushes its expiry to `limits.session_idle_timeout` ahead, so the key outlives the session's
 last use by exactly the idle timeout, wherever that use was.
 
+The subscriptions a record keeps are bounded: `max_subscriptions` URIs, none longer than `MAX_SHARED_URI_BYTES`,
+`MAX_SHARED_SUBSCRIPTION_BYTES` of URIs in all. Without the bytes, one client's session held up to 256 URIs
+of ~64 KB each (16 MB) in the Redis every client's sessions share, and it could open many. A subscription
+past a bound is served by the replica that took it, as the client asked, but not recorded: a replica that
+takes the session over does not renew it (one warning a minute says so, not one per request).
+
 A deleted session leaves a tombstone, `<prefix>session-ended:<digest>`, for as long: a replica still holding
 a copy learns from it that the session ended, while a record that is merely missing (Redis restarted empty)
 is written again by the replica that holds it.
@@ -23,10 +29,48 @@ from mcp_types import InitializeRequestParams
 from pydantic import ValidationError
 from redis.asyncio import Redis
 
+from vmcp_opt.logs import ThrottledLog
+
 logger = logging.getLogger(__name__)
 
 _SUBSCRIPTION = "sub:"
-_FIXED_FIELDS = 4  # params, version, events, level
+# The longest URI a record keeps (UTF-8 bytes): a path of PATH_MAX, twice a long URL; longer ones stay local.
+MAX_SHARED_URI_BYTES = 4096
+# The URIs' bytes a record keeps in all: 256 URIs of 256 bytes.
+MAX_SHARED_SUBSCRIPTION_BYTES = 64 * 1024
+
+# KEYS: the record. ARGV: the `sub:<uri>` field, the most subscriptions and URI bytes a record keeps, the
+# expiry in ms. 1: recorded (or already was); 0: past a bound; -1: no record (expired or lost: the replica
+# holding the session writes it whole again at its next use, which a lone field's expiry would hide).
+# Counted here, not by the caller, so that two replicas serving one session at once cannot both pass a bound.
+_SUBSCRIBE = f"""
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return -1
+end
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then
+  local count, held = 0, 0
+  for _, name in ipairs(redis.call('HKEYS', KEYS[1])) do
+    if string.sub(name, 1, {len(_SUBSCRIPTION)}) == '{_SUBSCRIPTION}' then
+      count = count + 1
+      held = held + string.len(name) - {len(_SUBSCRIPTION)}
+    end
+  end
+  if count >= tonumber(ARGV[2]) or held + string.len(ARGV[1]) - {len(_SUBSCRIPTION)} > tonumber(ARGV[3]) then
+    return 0
+  end
+  redis.call('HSET', KEYS[1], ARGV[1], '1')
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return 1
+"""
+
+# KEYS: the record. ARGV: a field, its value, the expiry in ms. Nothing when there is no record (as `_SUBSCRIBE`).
+_SET_IF_RECORDED = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+end
+"""
 
 
 @dataclass(frozen=True)
@@ -48,12 +92,25 @@ def session_key_digest(session_id: str) -> str:
 
 
 class RedisSessions:
-    def __init__(self, client: Redis, prefix: str, ttl: float, max_subscriptions: int = 256) -> None:
+    def __init__(
+        self,
+        client: Redis,
+        prefix: str,
+        ttl: float,
+        max_subscriptions: int = 256,
+        max_uri_bytes: int = MAX_SHARED_URI_BYTES,
+        max_subscription_bytes: int = MAX_SHARED_SUBSCRIPTION_BYTES,
+    ) -> None:
         self.client = client
         self.prefix = prefix + "session:"
         self.ended_prefix = prefix + "session-ended:"
         self.ttl_ms = max(1, int(ttl * 1000))
         self.max_subscriptions = max_subscriptions
+        self.max_uri_bytes = max_uri_bytes
+        self.max_subscription_bytes = max_subscription_bytes
+        self._subscribe = client.register_script(_SUBSCRIBE)
+        self._set_if_recorded = client.register_script(_SET_IF_RECORDED)
+        self._log = ThrottledLog(logger, 60.0)
 
     def _key(self, session_id: str) -> str:
         return self.prefix + session_key_digest(session_id)
@@ -74,7 +131,7 @@ class RedisSessions:
                     "events": record.events,
                     "level": record.log_level or "",
                     **({"owner": record.owner} if record.owner is not None else {}),
-                    **{_SUBSCRIPTION + uri: "1" for uri in record.subscriptions[: self.max_subscriptions]},
+                    **{_SUBSCRIPTION + uri: "1" for uri in self._shared(record.subscriptions)},
                 },
             )
             pipe.pexpire(key, self.ttl_ms)
@@ -128,25 +185,56 @@ class RedisSessions:
         await self._set_field(self._key(session_id), "level", level)
 
     async def _set_field(self, key: str, field: str, value: str) -> None:
-        """HSET with the record's expiry in the same round trip: a record evicted or ended since the request
-        was admitted would otherwise come back as a field alone, kept for ever."""
-        async with self.client.pipeline(transaction=False) as pipe:
-            pipe.hset(key, field, value)
-            pipe.pexpire(key, self.ttl_ms)
-            await pipe.execute()
+        """HSET into the record if it is there (its expiry pushed ahead): a record evicted or expired since the
+        request was admitted would otherwise come back as a field alone, which other replicas take for a live
+        session they cannot read, and which hides from the replica holding it that it must write it whole."""
+        await self._set_if_recorded([key], [field, value, self.ttl_ms])
 
     async def subscription(self, session_id: str, uri: str, *, subscribed: bool) -> None:
+        """Records a subscription (within the record's bounds, else only warns) or forgets one."""
         key = self._key(session_id)
+        field = _SUBSCRIPTION + uri
+        if _size(uri) > self.max_uri_bytes:
+            if subscribed:
+                self._not_shared()
+            return  # never recorded: nothing to delete either
         if not subscribed:
-            await self.client.hdel(key, _SUBSCRIPTION + uri)
+            await self.client.hdel(key, field)
             return
-        if await self.client.hlen(key) >= _FIXED_FIELDS + self.max_subscriptions:
-            logger.warning(
-                "sessions: a session holds %d subscriptions; more are served by this replica only",
-                self.max_subscriptions,
-            )
-            return
-        await self._set_field(key, _SUBSCRIPTION + uri, "1")
+        bounds = [self.max_subscriptions, self.max_subscription_bytes, self.ttl_ms]
+        if await self._subscribe([key], [field, *bounds]) == 0:
+            self._not_shared()
+
+    def _shared(self, uris: tuple[str, ...]) -> list[str]:
+        """Those of `uris` a record keeps, in order, within its bounds."""
+        kept: list[str] = []
+        held = 0
+        for uri in uris:
+            size = _size(uri)
+            if len(kept) == self.max_subscriptions:
+                break
+            if size <= self.max_uri_bytes and held + size <= self.max_subscription_bytes:
+                kept.append(uri)
+                held += size
+        if len(kept) < len(uris):
+            self._not_shared()
+        return kept
+
+    def _not_shared(self) -> None:
+        self._log.warning(
+            "subscriptions",
+            "sessions: a session's resource subscriptions past what its record keeps (%d URIs, %d bytes of URIs, "
+            "none longer than %d bytes) are served by the replica holding it only; another replica taking the "
+            "session over will not renew them",
+            self.max_subscriptions,
+            self.max_subscription_bytes,
+            self.max_uri_bytes,
+        )
+
+
+def _size(uri: str) -> int:
+    """Its bytes as Redis counts them (UTF-8; a lone surrogate, which JSON allows, counted, not raised)."""
+    return len(uri.encode(errors="surrogatepass"))
 
 
 def _record(fields: dict[bytes, bytes]) -> SessionRecord | None:
