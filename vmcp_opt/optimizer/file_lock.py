@@ -5,26 +5,83 @@ from __future__ import annotations
 
 import fcntl
 import os
+import socket
+import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
+
+# How often a bounded wait tries the lock again (flock has no timed wait).
+POLL_SECONDS = 0.1
+# What a holder writes of itself into the lock file, at most: a waiter quotes it.
+HOLDER_CHARS = 200
+
+
+class LockTimeout(TimeoutError):
+    """The lock was not had within the wait: the message names the lock file and who holds it. A
+    `TimeoutError`, so an `OSError`: where a read-only or full index_dir is handled, this is too."""
 
 
 @contextmanager
-def exclusive(lock_path: Path, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
+def exclusive(
+    lock_path: Path, on_wait: Callable[[str], None] | None = None, timeout: float | None = None
+) -> Iterator[None]:
     """Held until the block ends. An flock: the kernel releases it when its holder dies, so a replica
-    killed mid-update never blocks the others. `on_wait` is called once when another process holds it."""
+    killed mid-update never blocks the others. `on_wait` is called once, with who holds it (`holder`), when
+    another process does. A holder that is alive but stuck (stopped with Ctrl-Z, paused, on a hung mount)
+    would block the waiter for ever: with `timeout`, `LockTimeout` after that many seconds instead."""
     with lock_path.open("a") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             if on_wait is not None:
-                on_wait()
-            fcntl.flock(handle, fcntl.LOCK_EX)
+                on_wait(holder(lock_path))
+            _wait(handle, lock_path, timeout)
         try:
+            _sign(handle)
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _wait(handle: IO[str], lock_path: Path, timeout: float | None) -> None:
+    if timeout is None:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        return
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise LockTimeout(f"{holder(lock_path)} has held {lock_path} for over {timeout:g} s") from None
+            time.sleep(POLL_SECONDS)
+
+
+def _sign(handle: IO[str]) -> None:
+    """Write who holds the lock into its file, for a waiter's message; best effort (the lock is what counts)."""
+    command = " ".join([Path(sys.argv[0]).name, *sys.argv[1:3]]) if sys.argv and sys.argv[0] else "python"
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime())
+    said = f"process {os.getpid()} ({command}) on {socket.gethostname()}, since {stamp}\n"
+    try:  # unbuffered: a write refused by a full disk must not come back when the file is closed
+        os.ftruncate(handle.fileno(), 0)
+        os.write(handle.fileno(), said.encode("utf-8", "replace")[:HOLDER_CHARS])
+    except OSError:
+        pass
+
+
+def holder(lock_path: Path) -> str:
+    """Who holds `lock_path`, as its holder wrote it ("another process" when it did not say)."""
+    try:
+        with lock_path.open(encoding="utf-8", errors="replace") as file:
+            said = file.read(HOLDER_CHARS).splitlines()
+    except OSError:
+        said = []
+    text = "".join(c for c in said[0] if c.isprintable()) if said else ""
+    return text or "another process"
 
 
 def write_atomically(path: Path, text: str) -> None:

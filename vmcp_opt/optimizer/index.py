@@ -131,7 +131,9 @@ class ToolIndex:
         self._swap_lock = threading.Lock()
         self._update_lock = threading.Lock()
         # Vectors by content hash, from the last update or the persisted file (read once, lazily).
-        self._vectors = VectorStore(self.directory, self.model)
+        # The lock's wait: as long as another process's update may legitimately take (its bulk encoding's
+        # deadline); a holder past it is stuck, and this process embeds on its own rather than never.
+        self._vectors = VectorStore(self.directory, self.model, lock_wait=config.bulk_process_timeout)
         self._queries = QueryCache(config.query_cache_size)
         self._name_masks: dict[tuple[int, int], tuple[_Snapshot, frozenset[str], np.ndarray]] = {}
         # Told of every update when it is done, on the updating thread (the gateway's metrics).
@@ -146,6 +148,11 @@ class ToolIndex:
 
     def __len__(self) -> int:
         return len(self._snapshot.records)
+
+    @property
+    def vectors_unsaved(self) -> str | None:
+        """Why the last update's vectors did not reach `vectors.npz` (a full disk...); None when they did."""
+        return self._vectors.unsaved
 
     def search(
         self,

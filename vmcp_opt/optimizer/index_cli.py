@@ -88,8 +88,13 @@ def build(config: ConfigOption = None, from_jsonl: JsonlOption = None, index_dir
     index = ToolIndex(settings.optimizer, directory, model_cache=settings.model_cache_dir())
     _exit_unless_writable(index.directory)  # before embedding: a build is for the index it saves
     stats = index.update(listing.records, progress=True)
-    if stats.total and not (index.directory / VECTORS_FILE).exists():
-        errors.print(f"[red]index not saved[/] to {index.directory} (see the warning above)", highlight=False)
+    # What the save said, not whether a file is there: a full disk leaves the previous, stale file in place.
+    unsaved = index.vectors_unsaved
+    if stats.total and (unsaved is not None or not (index.directory / VECTORS_FILE).is_file()):
+        errors.print(
+            f"[red]index not saved[/] to {index.directory}: {literal(unsaved or 'no vectors file written')}",
+            highlight=False,
+        )
         raise typer.Exit(1)
     console.print(
         f"[bold]{stats.total}[/] tools indexed in {stats.seconds:.1f} s: embedded {stats.embedded}, "

@@ -123,12 +123,21 @@ def _spec_from_directory(path: Path) -> ModelSpec:
     if not (path / "modules.json").exists() and not (path / "config.json").exists():
         raise ModelError(f"{path}: not a sentence-transformers model directory (no modules.json or config.json)")
     transformer = read("config.json")
-    dimensions = int(read("1_Pooling/config.json").get("word_embedding_dimension") or transformer.get("hidden_size", 0))
+    pooling = "1_Pooling/config.json"
+    dimensions = _size(read(pooling).get("word_embedding_dimension"), path / pooling, "word_embedding_dimension")
+    if dimensions is None:
+        dimensions = _size(transformer.get("hidden_size"), path / "config.json", "hidden_size")
     for dense in sorted(path.glob("*_Dense/config.json")):
-        dimensions = int(json.loads(dense.read_text(encoding="utf-8")).get("out_features", dimensions))
-    max_seq = int(
-        read("sentence_bert_config.json").get("max_seq_length") or transformer.get("max_position_embeddings", 512)
-    )
+        name = str(dense.relative_to(path))
+        dimensions = _size(read(name).get("out_features"), dense, "out_features") or dimensions
+    if dimensions is None:
+        raise ModelError(
+            f"{path}: no embedding size (word_embedding_dimension in {pooling}, or hidden_size in config.json)"
+        )
+    limit = "sentence_bert_config.json"
+    max_seq = _size(read(limit).get("max_seq_length"), path / limit, "max_seq_length")
+    if max_seq is None:
+        max_seq = _size(transformer.get("max_position_embeddings"), path / "config.json", "max_position_embeddings")
     prompts = read("config_sentence_transformers.json").get("prompts") or {}
     # A path-named model: the directory name plus a short hash of where it is, so two "model" dirs differ.
     digest = hashlib.sha256(str(path).encode()).hexdigest()[:8]
@@ -136,7 +145,17 @@ def _spec_from_directory(path: Path) -> ModelSpec:
         id=f"{path.name}-{digest}",
         path=path,
         dimensions=dimensions,
-        max_seq_length=max_seq,
+        max_seq_length=max_seq or 512,
         query_prefix=str(prompts.get("query", "")),
         document_prefix=str(prompts.get("document", prompts.get("passage", ""))),
     )
+
+
+def _size(value: Any, file: Path, key: str) -> int | None:
+    """A size a model's config file gives (`key`), None when it gives none; a `ModelError` naming the file
+    when it is no positive whole number (a damaged or hand-edited file ended `vmcp` in a traceback)."""
+    if value is None or value == 0:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ModelError(f"{file}: `{key}` must be a positive whole number, got {value!r}")
+    return value

@@ -21,6 +21,11 @@ from vmcp_opt.optimizer.usage import UsageGraph, lock_path
 
 logger = logging.getLogger(__name__)
 
+# Seconds a save or a clear waits for the history's lock. Its holders keep it for one merge (a read and a
+# write of usage.json): one that keeps it longer is stuck (stopped, on a hung mount), and waiting for ever
+# would stall the saver and the gateway's shutdown. The counts not saved stay for the next sync.
+LOCK_WAIT = 5.0
+
 
 class UsageHistory(Protocol):
     """Where the co-usage graph is kept between runs and shared: a file (`FileUsageHistory`), or Redis for
@@ -76,7 +81,7 @@ class FileUsageHistory:
         if not graph.has_new and self._seen is not None and self._stamps() == self._seen:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with exclusive(lock_path(self.path)):
+        with exclusive(lock_path(self.path), timeout=LOCK_WAIT):
             self._take_marker(graph)
             graph.merge_file(self.path)
             self._seen = self._stamps()
@@ -84,8 +89,8 @@ class FileUsageHistory:
     def clear(self) -> bool:
         """Delete the history and mark the clear, so running gateways drop what they hold instead of writing
         it back (`vmcp index usage --clear`); whether there was a history file. OSError when the directory
-        cannot be written."""
-        with exclusive(lock_path(self.path)):
+        cannot be written, or its lock not had within `LOCK_WAIT` (`LockTimeout`, naming who holds it)."""
+        with exclusive(lock_path(self.path), timeout=LOCK_WAIT):
             existed = self.path.exists()
             stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             # A new token each time: two clears within a clock tick are still two changes.

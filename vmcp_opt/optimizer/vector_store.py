@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from vmcp_opt.optimizer.file_lock import exclusive
+from vmcp_opt.optimizer.file_lock import LockTimeout, exclusive, holder
 from vmcp_opt.optimizer.model_registry import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -30,6 +30,9 @@ VECTORS_FILE = "vectors.npz"
 LOCK_FILE = ".vectors.lock"
 # How far a stored vector's L2 norm may be from 1 (float32 rounding is ~1e-6; a flipped bit is far more).
 NORM_TOLERANCE = 1e-3
+# Seconds a waiter for the lock says so at info level only: another replica's update of a small catalogue
+# takes less. Past it, a warning names who holds the lock (seen by `vmcp index build`, which shows warnings).
+LOCK_NOTICE_AFTER = 5.0
 
 
 def unusable_rows(vectors: np.ndarray) -> np.ndarray:
@@ -82,9 +85,15 @@ class VectorCache:
 class VectorStore:
     """One model's `vectors.npz`, and the cache read from it (once, lazily) or last saved to it."""
 
-    def __init__(self, directory: Path, model: ModelSpec) -> None:
+    def __init__(self, directory: Path, model: ModelSpec, lock_wait: float | None = None) -> None:
         self.directory = directory
         self.model = model
+        # Seconds an update waits for another process's (None: as long as it takes). A holder that is alive
+        # but stuck (stopped, on a hung mount) must not keep this process's vectors away for ever; past the
+        # wait it updates without the lock, as on a read-only index_dir (each save replaces the file whole).
+        self.lock_wait = lock_wait
+        # Why the last `save` did not reach the file; None when it did, or had nothing to write.
+        self.unsaved: str | None = None
         self._cache: VectorCache | None = None
         # The file as it was when `_cache` was read from it or written to it: another process's save since
         # then changes it.
@@ -109,15 +118,33 @@ class VectorStore:
         with ExitStack() as held:
             try:
                 self.directory.mkdir(parents=True, exist_ok=True)
-                held.enter_context(exclusive(self.directory / LOCK_FILE, on_wait=self._log_wait))
-            except OSError as exc:  # a read-only index_dir: update alone, as before (`save` warns too)
+                self._lock(held)
+            except OSError as exc:  # a read-only index_dir, a stuck holder: update alone (`save` warns too)
                 log.warning("index: cannot lock %s (%s); updating without the lock", self.directory, exc)
             if self._cache is not None and self._file_stamp() != self._stamp:
                 self._cache = None  # another process saved since we read: read its vectors
             yield self.cache()
 
-    def _log_wait(self) -> None:
-        log.info("index: another process is updating %s; waiting for its vectors", self.directory)
+    def _lock(self, held: ExitStack) -> None:
+        """Take the lock into `held`: quietly for `LOCK_NOTICE_AFTER`, then saying who is waited for; a
+        `LockTimeout` past `lock_wait`."""
+        path, wait = self.directory / LOCK_FILE, self.lock_wait
+        first = LOCK_NOTICE_AFTER if wait is None else min(wait, LOCK_NOTICE_AFTER)
+        try:
+            held.enter_context(exclusive(path, on_wait=self._log_wait, timeout=first))
+            return
+        except LockTimeout as exc:
+            if wait is not None and wait <= first:
+                raise
+            more = "as long as it takes" if wait is None else f"up to {wait - first:g} s more"
+            log.warning("index: %s; waiting %s for its vectors (%s)", exc, more, self.directory)
+        try:
+            held.enter_context(exclusive(path, timeout=None if wait is None else wait - first))
+        except LockTimeout:  # said with the whole wait, not the part after the notice
+            raise LockTimeout(f"{holder(path)} has held {path} for over {wait:g} s") from None
+
+    def _log_wait(self, holder: str) -> None:
+        log.info("index: %s is updating %s; waiting for its vectors", holder, self.directory)
 
     def _file_stamp(self) -> tuple[int, int, int] | None:
         try:
@@ -133,6 +160,7 @@ class VectorStore:
         vector. A failed write is logged; the next update writes again."""
         unchanged = self._in_sync and self._cache is not None and _same_entries(self._cache, cache)
         self._cache = cache
+        self.unsaved = None
         if unchanged:
             return
         self._in_sync = False
@@ -167,6 +195,8 @@ class VectorStore:
                 Path(tmp).unlink(missing_ok=True)
                 raise
         except OSError as exc:
+            where = exc.filename2 or exc.filename  # a failed rename names its target second
+            self.unsaved = f"{exc.strerror or exc}" + (f": {where}" if where else "")
             log.warning("could not save the index cache to %s: %s", self.directory, exc)
 
     def _load(self) -> VectorCache:
