@@ -10,6 +10,7 @@ import logging
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from tests.test_lean_encoder import TEXTS
 from tests.test_optimizer_index import CATALOGUE
 from vmcp_opt.config import OptimizerConfig
 from vmcp_opt.optimizer import index as index_module
-from vmcp_opt.optimizer.bulk_embed import BulkEncoder, BulkEngine, BulkJob
+from vmcp_opt.optimizer.bulk_embed import FOLDER_PREFIX, BulkEncoder, BulkEngine, BulkJob
 from vmcp_opt.optimizer.cpu import bulk_engine
 from vmcp_opt.optimizer.documents import tool_document
 from vmcp_opt.optimizer.embedding import load_configured_embedder
@@ -275,6 +276,27 @@ def test_waiting_child_exits_when_its_parent_closes_the_pipe(served: OnnxEmbedde
     finally:
         job.cancel()
     assert _exited(job)
+
+
+def test_a_job_removes_the_folders_of_killed_processes_and_keeps_live_ones(
+    served: OnnxEmbedder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process killed with -9 mid-build leaves its job folder (the catalogue's texts): the next job removes it,
+    but not the folder of a job that still runs."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    left = tmp_path / f"{FOLDER_PREFIX}{int(gone.stdout)}-abc"
+    live = tmp_path / f"{FOLDER_PREFIX}{os.getpid()}-def"
+    for folder in (left, live):
+        folder.mkdir()
+        (folder / "texts.json").write_text("[]", encoding="utf-8")
+    assert isinstance(served.bulk, BulkEncoder)
+    job = served.bulk._job()
+    try:
+        assert not left.exists() and live.exists()
+        assert Path(job.texts).parent.name.startswith(f"{FOLDER_PREFIX}{os.getpid()}-")
+    finally:
+        job.cancel()
 
 
 def test_child_module_starts_without_the_gateway_config() -> None:

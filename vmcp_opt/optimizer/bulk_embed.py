@@ -33,6 +33,7 @@ import importlib.util
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -61,6 +62,8 @@ BulkEngine = Literal["torch", "onnx"]
 # Rows of the child's output checked against the parent's own encoder: bfloat16 documents measured cosine
 # >= 0.998 to fp32 (eval/README.md, "Encoders"); below this the child's numerics are wrong, not merely rounded.
 MIN_COSINE = 0.99
+# A job's folder in the temporary directory: `<prefix><pid of the process that made it>-<random>`.
+FOLDER_PREFIX = "vmcp-bulk-"
 CHECK_ROWS = 8
 # glibc malloc settings for the child (unless its environment sets them): freed activations (3-12 MB each) stay
 # in the heap for the next batch instead of going back to the system and being faulted in again. On 5,000
@@ -201,7 +204,10 @@ class BulkJob:
 
     def __init__(self, model_dir: Path, options: list[str], timeout: float) -> None:
         self.started = time.perf_counter()
-        self._folder = tempfile.TemporaryDirectory(prefix="vmcp-bulk-")
+        sweep_leftovers()
+        # Named after this process, so that a later job can tell a folder left by one killed with -9 (which
+        # removes nothing: up to a catalogue's texts and vectors each time) from a live job's.
+        self._folder = tempfile.TemporaryDirectory(prefix=f"{FOLDER_PREFIX}{os.getpid()}-")
         folder = Path(self._folder.name)
         self.texts, self.vectors, self.errors = folder / "texts.json", folder / "vectors.npy", folder / "stderr"
         command = [sys.executable, "-m", "vmcp_opt.optimizer.bulk_embed", str(model_dir), str(self.texts)]
@@ -279,6 +285,24 @@ class BulkJob:
     def _kill(self) -> None:
         self._expired.set()
         self.child.kill()
+
+
+def sweep_leftovers(directory: Path | None = None) -> None:
+    """Remove the job folders of processes that no longer run (another user's stay: not ours to remove)."""
+    for folder in Path(directory or tempfile.gettempdir()).glob(f"{FOLDER_PREFIX}*-*"):
+        pid = folder.name.removeprefix(FOLDER_PREFIX).split("-", 1)[0]
+        if pid.isdigit() and not _running(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's: running
+        return True
+    return True
 
 
 def _check_rows(count: int) -> np.ndarray:
