@@ -141,3 +141,15 @@ def test_an_unquoted_number_or_yes_where_text_is_needed_says_to_quote_it(tmp_pat
         "  backends[0].env.V: Input should be a valid string, got the number 1.1: write it in quotes to pass it as "
         "text",
     ]
+
+
+def test_validate_warns_of_an_index_dir_that_is_a_file(tmp_path: Path) -> None:
+    """The gateway serves without a place to save its index (each start embeds everything again): said early."""
+    write(tmp_path, "not-a-dir", "x")
+    path = write(tmp_path, "vmcp.yaml", "backends: []\noptimizer:\n  index_dir: not-a-dir/indexes\n")
+    checked = vmcp("validate", "-c", str(path))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert checked.stderr.splitlines() == [
+        f"warning: optimizer.index_dir: {tmp_path / 'not-a-dir'} is a file, not a directory; the gateway would "
+        "serve but save no index (the whole catalogue embedded again at every start, nothing learned from use kept)"
+    ]

@@ -28,7 +28,7 @@ def launch_warnings(cfg: VmcpConfig) -> list[str]:
     may be meant for another machine, and `vmcp validate --connect` starts each backend to be sure."""
     from vmcp_opt.backends.transports import stdio_parameters
 
-    warnings = []
+    warnings = _index_dir_warnings(cfg)
     for index, backend in enumerate(cfg.backends):
         if backend.transport != "stdio" or backend.command is None:
             continue
@@ -47,6 +47,21 @@ def launch_warnings(cfg: VmcpConfig) -> list[str]:
                 "cwd, which is the config file's directory unless `cwd` says otherwise); the backend would not start"
             )
     return warnings
+
+
+def _index_dir_warnings(cfg: VmcpConfig) -> list[str]:
+    """An index_dir that is (or sits under) a file: the gateway serves, but saves no index, vectors or usage
+    history, and embeds the whole catalogue again at every start."""
+    if not cfg.optimizer.enabled:
+        return []
+    directory = cfg.index_dir()
+    blocking = next((p for p in (directory, *directory.parents) if p.exists()), None)
+    if blocking is None or blocking.is_dir():
+        return []
+    return [
+        f"optimizer.index_dir: {blocking} is a file, not a directory; the gateway would serve but save no index "
+        "(the whole catalogue embedded again at every start, nothing learned from use kept)"
+    ]
 
 
 def _command_problem(written: str, resolved: str) -> str | None:
