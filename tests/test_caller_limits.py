@@ -24,7 +24,7 @@ from mcp.client.session import ClientRequestContext
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
-from tests.support import EXAMPLES, Gateway, running_gateway, write_config
+from tests.support import EXAMPLES, Gateway, api_keys_file, running_gateway, write_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning")]
 
@@ -117,20 +117,28 @@ def test_an_idle_dedicated_session_is_closed_and_reopened_at_the_next_call(gatew
 
 @pytest.fixture(scope="module")
 def pending_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """Callers told apart by verified API keys: an unverified credential is no caller of its own (a client picks
+    it freely), so anonymous clients from one address share one budget."""
+    directory = tmp_path_factory.mktemp("pending")
+    PENDING_KEYS.update(api_keys_file(directory / "keys.json", {"alice": [], "bob": [], "carol": []}))
     config = {
         "backends": [{"name": "conformance", "command": sys.executable, "args": [str(CONFORMANCE_SERVER)]}],
         "aggregation": {"conflict_resolution": "priority"},
         "server": {"max_pending_calls": 8, "round_trip_spares": False},
         "limits": {"max_pending_calls_per_caller": 1},
+        "auth": {"incoming": {"mode": "api_keys", "api_keys": {"file": "keys.json"}}},
         # Every call's events, so the test can see which operations the gateway ran for it.
         "telemetry": {"audit": {"enabled": True, "output": "audit.jsonl"}},
     }
-    with running_gateway(write_config(tmp_path_factory.mktemp("pending"), config)) as running:
+    with running_gateway(write_config(directory, config)) as running:
         yield running
 
 
-def as_caller(gateway: Gateway, credential: str, **options: object) -> Client:
-    http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {credential}"})
+PENDING_KEYS: dict[str, str] = {}  # subject -> API key, made by `pending_gateway`
+
+
+def as_caller(gateway: Gateway, subject: str, **options: object) -> Client:
+    http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {PENDING_KEYS[subject]}"})
     return Client(streamable_http_client(gateway.url, http_client=http), **options)  # type: ignore[arg-type]
 
 
@@ -143,8 +151,8 @@ async def first_round(client: Client) -> types.InputRequiredResult:
 def test_one_caller_waiting_for_its_own_input_cannot_lock_out_another(pending_gateway: Gateway) -> None:
     async def main() -> tuple[str, str]:
         async with (
-            as_caller(pending_gateway, "alice-key", sampling_callback=sampling) as alice,
-            as_caller(pending_gateway, "bob-key", sampling_callback=sampling) as bob,
+            as_caller(pending_gateway, "alice", sampling_callback=sampling) as alice,
+            as_caller(pending_gateway, "bob", sampling_callback=sampling) as bob,
         ):
             await first_round(alice)  # alice's call now waits for her answer: her one allowed
             try:
@@ -165,7 +173,7 @@ def test_a_2026_call_with_arguments_looks_up_one_schema_not_the_whole_list(pendi
     audit = pending_gateway.log.parent / "audit.jsonl"  # relative to the config file's directory
 
     async def main() -> None:
-        async with as_caller(pending_gateway, "carol-key") as carol:
+        async with as_caller(pending_gateway, "carol") as carol:
             for _ in range(4):
                 assert not (await carol.call_tool("test_slow", {"seconds": 0})).is_error
 

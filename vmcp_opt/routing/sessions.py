@@ -27,6 +27,7 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import BaseModel
 
 from vmcp_opt.auth import Caller
+from vmcp_opt.auth.caller import caller_key
 from vmcp_opt.backends.connection import BackendConnection, BackendState, BackendUnavailable
 from vmcp_opt.backends.credentials import SubjectToken
 from vmcp_opt.backends.errors import CredentialError
@@ -135,8 +136,10 @@ class RoundTripSession:
             return await self.trips.resume(front, round_, self.exchange.input_responses, result_type, progress)
         assert self.backend is not None
         capabilities = self.caller.capabilities or types.ClientCapabilities()
+        # Counted against `caller_key`, not the caller's id: an anonymous 2026-07-28 client's id is new with each
+        # request, so `max_pending_calls_per_caller` bounded nothing for it (as workflows' rounds are counted).
         return await self.trips.start(
-            front, self.caller.id, capabilities, self.backend, request, result_type, guard, progress
+            front, caller_key(self.caller), capabilities, self.backend, request, result_type, guard, progress
         )
 
 

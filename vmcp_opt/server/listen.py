@@ -20,6 +20,7 @@ from mcp.server.context import ServerRequestContext
 from mcp.server.subscriptions import ListenHandler, SubscriptionBus
 
 from vmcp_opt.auth import Caller
+from vmcp_opt.auth.caller import caller_key
 from vmcp_opt.backends.resource_updates import ResourceUpdates
 from vmcp_opt.routing import Router
 from vmcp_opt.routing.policy import resource_targets
@@ -41,7 +42,10 @@ class ListenStreams(ListenHandler):
         self._admission = admission
         self._updates = updates
         self._per_caller = per_caller
-        self._held: Counter[str] = Counter()  # caller id → URIs its open streams follow
+        # Caller key (`caller_key`: a verified subject, else the client's address) → URIs its open streams
+        # follow. Not `Caller.id`: a 2026-07-28 HTTP caller without a verified credential is a new id on
+        # every request, so each stream would get the whole bound to itself.
+        self._held: Counter[str] = Counter()
 
     async def __call__(
         self, ctx: Ctx, params: types.SubscriptionsListenRequestParams
@@ -53,7 +57,8 @@ class ListenStreams(ListenHandler):
         held: dict[str, list[str]] = {}  # filled as it goes: a stream cancelled meanwhile releases what it got
         try:
             await self._follow(caller, asked, held)
-            honored = [uri for uri in asked if any(uri in uris for uris in held.values())]
+            followed = {uri for uris in held.values() for uri in uris}
+            honored = [uri for uri in asked if uri in followed]
             if len(honored) < len(asked):
                 logger.info(
                     "listen stream of %s: updates of %d of %d resource(s) promised", caller.id, len(honored), len(asked)
@@ -65,14 +70,14 @@ class ListenStreams(ListenHandler):
                 backend = self._router.backends.get(name)
                 if backend is not None:
                     self._updates.release(backend, uris)
-                self._give_back(caller.id, len(uris))
+                self._give_back(caller_key(caller), len(uris))
 
     async def _follow(self, caller: Caller, asked: list[str], held: dict[str, list[str]]) -> None:
         """Per backend, the URIs followed for this stream, into `held`. The caller's room is taken before the
         backends are asked, so two streams of one caller opened at once cannot pass its bound together."""
         chosen = self._choose(caller, asked)
         reserved = sum(len(uris) for uris in chosen.values())
-        self._held[caller.id] += reserved
+        self._held[caller_key(caller)] += reserved
         try:
             for name, uris in chosen.items():
                 backend = self._router.backends.get(name)
@@ -80,24 +85,23 @@ class ListenStreams(ListenHandler):
                 if followed:
                     held[name] = followed
         finally:
-            self._give_back(caller.id, reserved - sum(len(uris) for uris in held.values()))
+            self._give_back(caller_key(caller), reserved - sum(len(uris) for uris in held.values()))
 
     def _choose(self, caller: Caller, asked: list[str]) -> dict[str, list[str]]:
         """The URIs some backend serves and the caller may read, by backend, within the caller's room."""
-        room = self._per_caller - self._held[caller.id]
+        room = self._per_caller - self._held[caller_key(caller)]
         chosen: dict[str, list[str]] = {}
         for uri in asked:
+            if room <= 0:
+                break
             routed = resource_targets(self._router.catalog.current, uri)
             if routed is None or not all(self._router.permits(caller, target) for target in routed[1]):
                 continue
-            name = routed[0]
-            if room <= 0:
-                break
-            chosen.setdefault(name, []).append(uri)
+            chosen.setdefault(routed[0], []).append(uri)
             room -= 1
         return chosen
 
-    def _give_back(self, caller_id: str, count: int) -> None:
-        self._held[caller_id] -= count
-        if self._held[caller_id] <= 0:
-            del self._held[caller_id]
+    def _give_back(self, key: str, count: int) -> None:
+        self._held[key] -= count
+        if self._held[key] <= 0:
+            del self._held[key]

@@ -1,9 +1,9 @@
 """What a 2026-07-28 `request_state` names, and a backend's own `InputRequiredResult` passed through.
 
 `request_state` is sealed by the SDK's `RequestStateBoundary` (AES-GCM under a key of this process,
-bound to the method, name and arguments of the call, expiring after `timeouts.input`, under the key
-replicas share when `request_state:` names one): a client can
-neither read nor forge it. Inside the seal it names a call pending here (`PendingRound`), a
+bound to the method, name and arguments of the call and to the verified caller, expiring after
+`timeouts.input`, under the key replicas share when `request_state:` names one): a client can neither read
+nor forge it, nor continue another caller's round with it. Inside the seal it names a call pending here (`PendingRound`), a
 2026-07-28 backend's own round (`BackendRound`), whose retry goes back to that backend with its state, a
 workflow run waiting for an answer to its own question (`WorkflowRound`), or an approval question
 (`ApprovalRound`). All but `BackendRound` are held in one replica's memory and name it (`owner`): a retry
@@ -13,12 +13,16 @@ landing on another replica is relayed there (owners.py).
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 import mcp_types as types
-from mcp.server.request_state import RequestStateBoundary, RequestStateSecurity
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+from mcp.server.auth.provider import principal_components
+from mcp.server.context import ServerRequestContext
+from mcp.server.request_state import RequestStateBoundary, RequestStateSecurity, authenticated_principal
 from mcp.shared.exceptions import MCPError
 from mcp_types.methods import INPUT_REQUIRED_METHODS
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
@@ -110,9 +114,22 @@ def decode_round(text: str) -> Round:
 def state_boundary(ttl: float, keys: Sequence[bytes] | None = None) -> RequestStateBoundary:
     """Seals every `request_state` the gateway hands out and verifies every one that comes back: under
     `keys` (the first seals, all unseal; shared by replicas, vmcp_opt/shared/state_keys.py), else under a
-    key of this process."""
-    security = RequestStateSecurity(keys=keys, ttl=ttl) if keys else RequestStateSecurity.ephemeral(ttl=ttl)
+    key of this process; bound to the caller's principal (`request_principal`)."""
+    ring = list(keys) if keys else [os.urandom(32)]  # as `RequestStateSecurity.ephemeral` does
+    security = RequestStateSecurity(keys=ring, ttl=ttl, bind_principal=request_principal)
     return RequestStateBoundary(security, default_audience=STATE_AUDIENCE)
+
+
+def request_principal(ctx: ServerRequestContext[Any, Any]) -> str | None:
+    """Who a round belongs to: the verified principal the authentication middleware put in the request's
+    scope (server/authentication.py), None when unauthenticated. The SDK's default reads a context variable
+    that only its own auth middleware sets, which the gateway does not run: without this, one caller could
+    continue (and answer, and collect the result of) another caller's round with a state it came by."""
+    scope = getattr(ctx.request, "scope", None)
+    user = scope.get("user") if isinstance(scope, dict) else None
+    if isinstance(user, AuthenticatedUser):
+        return json.dumps(principal_components(user.access_token), separators=(",", ":"))
+    return authenticated_principal(ctx)
 
 
 def round_of(method: str, params: Mapping[str, Any] | None, protocol_version: str) -> Round | None:
