@@ -14,9 +14,8 @@ When a BEIR corpus row's `metadata` carries MCP fields (`name`, and optionally `
 `backend_description`, `input_schema`, `description`, `title`), both views come from the gateway's
 document; otherwise the fields are derived from `title` and `text`.
 
-One module past ~400 lines on purpose: the BEIR reader and the two bundled formats (ToolLens, ToolRet)
-are ~80 lines each around one `Dataset` type, and `load_dataset` dispatches to all three; apart, the
-formats and the dispatcher would import each other. Its sections follow the formats.
+Its sections follow the formats: BEIR, and ToolLens (BEIR with fields of its own); the ToolRet reader is
+eval/toolret.py, which `load_dataset` imports when a ToolRet task is asked for (it imports this module's types).
 """
 
 from __future__ import annotations
@@ -88,6 +87,8 @@ class Dataset:
     # Tools used together in past tasks (query id -> relevant tool ids of the training split): the history
     # a gateway would have learned from its own traffic, fed to the optimizer's co-usage graph.
     usage: dict[str, list[str]] = field(default_factory=dict)
+    # What loading left out that changes the figures (judgements naming no known tool or query), one line each.
+    notes: list[str] = field(default_factory=list)
 
     def past_tasks(self) -> list[list[str]]:
         """The usage history, never including a query that is scored (each would see its own answer)."""
@@ -111,6 +112,7 @@ class Dataset:
             split=self.split,
             source=self.source,
             usage=self.usage,
+            notes=self.notes,
         )
 
 
@@ -153,6 +155,8 @@ def load_dataset(name_or_path: str, data_dir: Path | None = None, split: str = "
         root = data_dir / "toolret_subsets" / name_or_path
         for required in ("tools.json", "queries.json"):
             _require(root / required, f"the ToolRet task {name_or_path} (expected {root}/{required}; see --data-dir)")
+        from eval.toolret import load_toolret  # here: eval/toolret.py imports this module's types
+
         return load_toolret(root, name_or_path)
     path = Path(name_or_path).expanduser()
     if path.is_dir():
@@ -185,6 +189,7 @@ def load_beir(
         _require(root / required, f"{required} in the BEIR directory {root}")
     tools: list[EvalTool] = []
     used_names: set[str] = set()
+    id_lines: dict[str, str] = {}
     for lineno, row in _read_jsonl(root / "corpus.jsonl"):
         if "_id" not in row:
             raise DatasetError(f"{root}/corpus.jsonl:{lineno}: a corpus row needs `_id`")
@@ -192,7 +197,8 @@ def load_beir(
             tool = _beir_tool(row, fields_from_row)
         except ValueError as exc:
             raise DatasetError(f"{root}/corpus.jsonl:{lineno}: {exc}") from None
-        tools.append(_unique_name(tool, used_names))
+        first_use(id_lines, tool.id, f"{root}/corpus.jsonl", f"line {lineno}")
+        tools.append(unique_name(tool, used_names))
     queries: dict[str, str] = {}
     for lineno, row in _read_jsonl(root / "queries.jsonl"):
         if "_id" not in row:
@@ -200,6 +206,7 @@ def load_beir(
         queries[str(row["_id"])] = str(row.get("text", ""))
     qrels = read_qrels(root / "qrels" / f"{split}.tsv")
     known = {tool.id for tool in tools}
+    notes = _unmatched_judgements(qrels, known, queries, f"qrels/{split}.tsv")
     qrels = {
         qid: {doc: rel for doc, rel in docs.items() if doc in known and rel > 0}
         for qid, docs in qrels.items()
@@ -219,11 +226,39 @@ def load_beir(
         split=split,
         source=str(root),
         usage={qid: tools for qid, tools in usage.items() if tools},
+        notes=notes,
     )
-    return _scorable(dataset, f"{root}: corpus.jsonl", f"qrels/{split}.tsv (ids of queries.jsonl and corpus.jsonl)")
+    return scorable(dataset, f"{root}: corpus.jsonl", f"qrels/{split}.tsv (ids of queries.jsonl and corpus.jsonl)")
 
 
-def _scorable(dataset: Dataset, tools_file: str, judgements: str) -> Dataset:
+def _unmatched_judgements(
+    qrels: dict[str, dict[str, int]], tools: set[str], queries: dict[str, str], where: str
+) -> list[str]:
+    """Judgements the scores cannot use: a tool absent from the corpus can never be retrieved, and leaving it
+    out raises Recall and COMP for that query, so the run says how many were left out rather than nothing."""
+    missing_tools = sum(
+        1 for qid, docs in qrels.items() if qid in queries for doc, rel in docs.items() if rel > 0 and doc not in tools
+    )
+    missing_queries = sum(1 for qid in qrels if qid not in queries)
+    parts = []
+    if missing_tools:
+        parts.append(f"{missing_tools} judgements name a tool not in corpus.jsonl")
+    if missing_queries:
+        parts.append(f"{missing_queries} queries are not in queries.jsonl")
+    return [f"{where}: {' and '.join(parts)}; left out of the scores"] if parts else []
+
+
+def first_use(seen: dict[str, str], tool_id: str, file: str, place: str) -> None:
+    """A tool id given twice would be ranked twice: a relevant tool then counts twice in DCG and nDCG passes
+    1. Which copy the labels mean is unknowable, so the set is refused, not silently deduplicated."""
+    if tool_id in seen:
+        raise DatasetError(
+            f"{file} {place}: tool id {tool_id!r} is already the id of {seen[tool_id]}; ids must be unique"
+        )
+    seen[tool_id] = place
+
+
+def scorable(dataset: Dataset, tools_file: str, judgements: str) -> Dataset:
     """A set with no tool or no judged query scores nothing: say why here, not as a crash of a metric."""
     if not dataset.tools:
         raise DatasetError(f"{tools_file} holds no tools")
@@ -318,7 +353,7 @@ def _beir_tool(row: dict[str, Any], fields_from_row: Callable[[dict[str, Any]], 
     return EvalTool(id=doc_id, text=f"{title}\n{text}".strip(), fields=fields)
 
 
-def _unique_name(tool: EvalTool, used: set[str]) -> EvalTool:
+def unique_name(tool: EvalTool, used: set[str]) -> EvalTool:
     """The optimizer maps hits back by routable name, so names must be unique within a catalogue."""
     name = tool.fields.name
     suffix = 2
@@ -372,7 +407,7 @@ def toollens_fields(row: dict[str, Any]) -> ToolFields:
                 continue
             pname = str(param["name"])
             properties[pname] = {
-                "type": _json_type(str(param.get("type", "string"))),
+                "type": json_type(str(param.get("type", "string"))),
                 "description": str(param.get("description") or ""),
             }
             if group == "required":
@@ -390,7 +425,7 @@ def toollens_fields(row: dict[str, Any]) -> ToolFields:
     )
 
 
-def _json_type(value: str) -> str:
+def json_type(value: str) -> str:
     value = value.lower()
     if value in ("number", "float", "double"):
         return "number"
@@ -403,109 +438,3 @@ def _json_type(value: str) -> str:
     if value in ("object", "dict"):
         return "object"
     return "string"
-
-
-# --- ToolRet ------------------------------------------------------------------------------------------
-
-
-def load_toolret(root: Path, task: str) -> Dataset:
-    """queries.json (id, query, labels) and tools.json (id, documentation) of one ToolRet task."""
-    tools_raw, queries_raw = _json_file(root / "tools.json"), _json_file(root / "queries.json")
-    try:
-        dataset = _toolret_dataset(root, task, tools_raw, queries_raw)
-    except (KeyError, TypeError, AttributeError, ValueError) as exc:
-        # A file of the wrong shape (a missing key, an object where a list goes): one line, not a traceback.
-        raise DatasetError(
-            f"{root}: not the ToolRet layout (tools.json: [{{id, documentation}}], queries.json: "
-            f"[{{id, query, labels}}]): {type(exc).__name__} {exc}"
-        ) from None
-    return _scorable(dataset, f"{root}/tools.json", "the labels of queries.json")
-
-
-def _json_file(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise DatasetError(f"{path}: not UTF-8 text") from None
-    except json.JSONDecodeError as exc:
-        raise DatasetError(f"{path}: not valid JSON: {exc}") from None
-
-
-def _toolret_dataset(root: Path, task: str, tools_raw: Any, queries_raw: Any) -> Dataset:
-    tools: list[EvalTool] = []
-    used: set[str] = set()
-    for item in tools_raw:
-        doc = item["documentation"]
-        tool = EvalTool(
-            id=str(item["id"]),
-            text=json.dumps(doc, ensure_ascii=False),
-            fields=toolret_fields(task, doc),
-        )
-        tools.append(_unique_name(tool, used))
-    known = {tool.id for tool in tools}
-    queries = {str(q["id"]): str(q["query"]) for q in queries_raw}
-    qrels: dict[str, dict[str, int]] = {}
-    for q in queries_raw:
-        labels = {str(label["id"]): int(label.get("relevance", 1)) for label in q.get("labels", []) if "id" in label}
-        labels = {doc: rel for doc, rel in labels.items() if doc in known and rel > 0}
-        if labels:
-            qrels[str(q["id"])] = labels
-    return Dataset(name=task, tools=tools, queries=queries, qrels=qrels, source=str(root))
-
-
-def toolret_fields(task: str, doc: dict[str, Any]) -> ToolFields:
-    """The MCP view of a ToolRet tool, per task (the documentation keys differ; see eval/README.md).
-
-    - apigen: `name`, `description`, `parameters` {param: {description, type, default}} -> input schema.
-    - apibank: `name`, `description` (quotes stripped), `parameters` [{name, description, schema}]; the
-      `category` is Chinese and left out.
-    - gorilla-huggingface: `name` (the model id), `description`; `functionality` (e.g. "Language
-      Identification") is the tool's title and `domain` is its backend (one server per task domain).
-      `api_call`, `example_code` and `performance` are code, not description, and are left out.
-    - toolink: `name`, `description`; parameter names come from the `def` line of `func_description`.
-    """
-    name = str(doc.get("name") or "tool")
-    description = str(doc.get("description") or "").strip()
-    backend = slug(task)
-    properties: dict[str, Any] = {}
-    title: str | None = None
-    backend_description = ""
-    if task == "apigen" and isinstance(doc.get("parameters"), dict):
-        for pname, spec in doc["parameters"].items():
-            spec = spec if isinstance(spec, dict) else {}
-            properties[str(pname)] = {
-                "type": _json_type(str(spec.get("type", "string")).split(",")[0].strip()),
-                "description": str(spec.get("description") or ""),
-            }
-    elif task == "apibank":
-        description = description.strip('"').strip()
-        for param in doc.get("parameters") or []:
-            if isinstance(param, dict) and param.get("name"):
-                param_schema = param.get("schema")
-                param_type = param_schema.get("type", "string") if isinstance(param_schema, dict) else "string"
-                properties[str(param["name"])] = {
-                    "type": _json_type(str(param_type)),
-                    "description": str(param.get("description") or ""),
-                }
-    elif task == "gorilla-huggingface":
-        title = str(doc.get("functionality") or "") or None
-        domain = str(doc.get("domain") or "")
-        if domain:
-            backend = slug(domain)
-            backend_description = domain
-    elif task == "toolink":
-        signature = re.search(r"def\s+\w+\s*\(([^)]*)\)", str(doc.get("func_description") or ""))
-        if signature:
-            for part in signature.group(1).split(","):
-                pname = part.split(":")[0].split("=")[0].strip().lstrip("*")
-                if pname and pname != "self":
-                    properties[pname] = {"type": "string"}
-    schema: dict[str, Any] = {"type": "object", "properties": properties} if properties else {}
-    return ToolFields(
-        name=name,
-        backend=backend,
-        description=description,
-        input_schema=schema,
-        title=title,
-        backend_description=backend_description,
-    )

@@ -98,11 +98,18 @@ class SharedEmbedder:
 
     def prime_queries(self, texts: Sequence[str], batch_size: int = 64) -> None:
         """Embed many queries in batches (several times faster than one by one) into the query cache."""
+        from vmcp_opt.optimizer.embedding import maybe_progress
+
         if self.query_cache is None:
             self.query_cache = {}
         missing = [text for text in dict.fromkeys(texts) if text not in self.query_cache]
-        for start in range(0, len(missing), batch_size):
-            self._embed_queries(missing[start : start + batch_size], tokens=self._keeps_tokens)
+        # ToolLens' 1,577 untimed queries take about a minute on one thread: a bar, as for documents.
+        progress = self.show_progress and len(missing) >= PROGRESS_MIN
+        with maybe_progress(progress, f"embedding {len(missing)} queries", len(missing)) as advance:
+            for start in range(0, len(missing), batch_size):
+                batch = missing[start : start + batch_size]
+                self._embed_queries(batch, tokens=self._keeps_tokens)
+                advance(len(batch))
 
     def encode_documents(self, texts: Sequence[str], progress: bool = False) -> Vectors:
         return self.encode_documents_with_tokens(texts, progress=progress, tokens=False)[0]

@@ -17,7 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from eval.datasets import Dataset, DatasetError, load_dataset
 from eval.embed import SharedEmbedder
-from eval.methods import Context, make_method
+from eval.methods import QUERY_FREE_METHODS, Context, make_method
 from eval.metrics import evaluate, paired_bootstrap, per_query_ndcg, percentile
 
 HEADLINE = ("ndcg@10", "recall@5", "comp@5", "mrr@10", "latency_ms_p50")
@@ -81,6 +81,8 @@ def run(options: RunOptions, embedder: SharedEmbedder, console: Console | None =
                 console.print(f"skipping {name}: {exc}", style="yellow", markup=False, highlight=False)
                 results["skipped"][name] = str(exc)
                 continue
+            for note in dataset.notes:
+                console.print(f"{name}: {note}", style="yellow", markup=False, highlight=False)
             # Two BEIR directories of one name (a/data, b/data) must not overwrite each other's rows.
             dataset.name = _unique_key(dataset.name, results["datasets"])
             entry, lat = run_dataset(dataset, options, embedder, depth, console)
@@ -90,11 +92,17 @@ def run(options: RunOptions, embedder: SharedEmbedder, console: Console | None =
         _save_interrupted(results, latencies, options.out, started, console)
         raise
     results["total_seconds"] = round(time.perf_counter() - started, 1)
+    if not results["datasets"]:
+        # Nothing scored: keep the last run's results.json rather than replace it with an empty one.
+        return results
     write_results(results, latencies, options.out)
-    if options.plots and results["datasets"]:
+    if options.plots:
         from eval.plots import write_plots
 
-        write_plots(results, latencies, options.out)
+        written = write_plots(results, latencies, options.out)
+        # Say where: with several models they go to `<out>/<model>/`, not where --out points.
+        names = ", ".join(path.name for path in written)
+        console.print(f"plots: {names} in {options.out}", markup=False, highlight=False)
     return results
 
 
@@ -159,7 +167,7 @@ def run_dataset(
     )
     cutoffs = sorted(set(options.ks) | {5, 10})
     timed = len(queries) if options.latency_sample is None else min(options.latency_sample, len(queries))
-    if timed < len(queries):
+    if timed < len(queries) and not QUERY_FREE_METHODS.issuperset(options.methods):
         embedder.prime_queries([text for _, text in queries[timed:]])
     for method_name in options.methods:
         method = make_method(method_name)
@@ -266,9 +274,12 @@ def gains_summary(results: dict[str, Any], method: str = "optimizer") -> str:
     when the run has one) and on average."""
     gains: list[tuple[str, float]] = []
     intervals: dict[str, str] = {}
+    used: set[str] = set()  # the baselines the run had, named in the label
     for name, entry in results["datasets"].items():
         methods = entry["methods"]
-        baselines = [methods[b]["ndcg@10"] for b in ("bm25", "dense") if b in methods]
+        present = [b for b in ("bm25", "dense") if b in methods]
+        baselines = [methods[b]["ndcg@10"] for b in present]
+        used.update(present if method in methods else ())
         if method in methods and baselines:
             gains.append((name, 100 * (methods[method]["ndcg@10"] - max(baselines))))
             interval = entry.get("gains", {}).get(method, {}).get("ci95")
@@ -278,7 +289,9 @@ def gains_summary(results: dict[str, Any], method: str = "optimizer") -> str:
         return ""
     parts = ", ".join(f"{name} {gain:+.1f}{intervals.get(name, '')}" for name, gain in gains)
     mean = sum(gain for _, gain in gains) / len(gains)
-    label = "max(bm25, dense) [paired bootstrap 95 % interval]" if intervals else "max(bm25, dense)"
+    named = [b for b in ("bm25", "dense") if b in used]
+    label = f"max({', '.join(named)})" if len(named) > 1 else named[0]
+    label += " [paired bootstrap 95 % interval]" if intervals else ""
     return f"{method} nDCG@10 over {label}: {parts}; mean {mean:+.1f}"
 
 

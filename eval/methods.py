@@ -77,6 +77,10 @@ OPTIMIZER_VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
+# Methods that never embed a query: a run of only these has no query vectors to embed ahead of time.
+QUERY_FREE_METHODS = frozenset({"bm25"})
+
+
 @dataclass
 class Context:
     """What every method of one dataset shares: the data, the model and a work directory."""

@@ -25,6 +25,9 @@ from eval.noise import noisy_dataset
 from eval.query_cap import QUERY_CAP, WHOLE_CAP
 from eval.query_template import API_TEMPLATE, QUERY_TEMPLATE
 
+# Override keys that are not OptimizerConfig fields: OptimizerMethod takes them off before the config is made.
+EVAL_ONLY_KEYS = frozenset({LATE_INTERACTION, QUERY_CAP, WHOLE_CAP, QUERY_TEMPLATE})
+
 VARIANTS: dict[str, dict[str, Any]] = {
     "base": {},
     "cold": {"usage": False},
@@ -126,13 +129,13 @@ def main() -> None:
         "history, and plot the curve to eval/plots/usage_curve.png",
     )
     args = parser.parse_args()
+    extra = _checked_arguments(parser, args)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     dataset = load_dataset("toollens", split="train").limited(args.queries)
     if args.noisy:
         dataset = noisy_dataset(dataset)
     embedder = load_shared_embedder(args.model, True, args.out / "cache")
     embedder.query_cache = {}
-    extra = dict(_parse(item) for item in args.set)
     if args.usage_curve:
         usage_curve(dataset, embedder, args.out, extra)
         return
@@ -195,6 +198,30 @@ def _plot_usage_curve(points: list[tuple[int, dict[str, float]]], queries: int) 
     fig.savefig(USAGE_CURVE_PLOT, dpi=120)
     plt.close(fig)
     print(f"wrote {USAGE_CURVE_PLOT}")
+
+
+def _checked_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, Any]:
+    """Refuse, before the model loads, what would score the wrong thing: a misspelt variant ran as the default
+    configuration under the misspelt name, `--queries 0` ended in a KeyError, a bad `--set` in a traceback.
+    Returns the `--set` overrides."""
+    from pydantic import ValidationError
+
+    from vmcp_opt.config import OptimizerConfig
+
+    unknown = [name for name in args.variants if name not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variants {', '.join(unknown)}; known: {', '.join(VARIANTS)}")
+    if args.queries < 1:
+        parser.error(f"--queries needs a positive number, got {args.queries}")
+    extra = dict(_parse(item) for item in args.set)
+    for name in args.variants:
+        fields = {key: value for key, value in {**VARIANTS[name], **extra}.items() if key not in EVAL_ONLY_KEYS}
+        try:
+            OptimizerConfig(**fields)
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            parser.error(f"--set: {problems}")
+    return extra
 
 
 def _parse(item: str) -> tuple[str, Any]:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from eval.datasets import DatasetError, expand_names, load_dataset, toollens_fields, toolret_fields
+from eval.datasets import DatasetError, expand_names, load_dataset, toollens_fields
+from eval.toolret import toolret_fields
 
 
 def write_beir(root: Path, rows: list[dict[str, object]], queries: dict[str, str], qrels: list[str]) -> Path:
