@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AbstractContextManager, nullcontext
 from typing import Any, Protocol, TypeVar
 
@@ -33,10 +33,11 @@ from vmcp_opt.aggregation import LiveCatalog
 from vmcp_opt.auth import Caller
 from vmcp_opt.backends import BackendConnection, BackendManager
 from vmcp_opt.backends.connection import BackendUnavailable
-from vmcp_opt.backends.errors import failed_to_answer, over_result_cap
+from vmcp_opt.backends.errors import over_result_cap
 from vmcp_opt.display import shorten
 from vmcp_opt.health import CircuitOpen, Guard
 from vmcp_opt.routing.approval import Approvals, NotApproved
+from vmcp_opt.routing.backend_answers import backend_failed, check_prompt_arguments, naming_backend_once, unstamped
 from vmcp_opt.routing.exchange import Exchange
 from vmcp_opt.routing.operations import (
     Op,
@@ -56,10 +57,6 @@ logger = logging.getLogger(__name__)
 ResultT = TypeVar("ResultT", bound=BaseModel)
 ItemT = TypeVar("ItemT")
 RESOURCE_NOT_FOUND = -32002
-# A backend that went away mid-call: for a tool call, an error result the agent can read, not a protocol error.
-_GONE = (types.CONNECTION_CLOSED, types.REQUEST_TIMEOUT)
-# The `_meta` key a 2026-07-28 server stamps its results with (its name and version).
-_SERVER_INFO = "io.modelcontextprotocol/serverInfo"
 
 
 class UnknownTool(MCPError):
@@ -263,7 +260,7 @@ class Router:
         self, caller: Caller, name: str, arguments: dict[str, Any] | None, exchange: Exchange
     ) -> types.CallToolResult:
         """Any provider's tool. `UnknownTool` for a name no provider serves; `Denied` when the policy refuses;
-        an error result when the tool's backend is down, went away or failed to answer (`_backend_failed`), or
+        an error result when the tool's backend is down, went away or failed to answer (`backend_failed`), or
         its answer passed `limits.max_result_bytes` (measured, or cut off while it arrived)."""
         if not self.watchers:
             return await self._call_tool(caller, name, arguments, exchange, None)
@@ -302,9 +299,9 @@ class Router:
             if over_result_cap(exc):
                 # Cut off while it arrived: as a parsed result over the cap, an error result the agent can act on
                 # (ask for less); no failure of the backend's (its circuit did not count it either).
-                result = error_result(_naming(provided.source, exc.error.message))
-            elif _backend_failed(exc):
-                result = error_result(_naming(provided.source, exc.error.message))
+                result = error_result(naming_backend_once(provided.source, exc.error.message))
+            elif backend_failed(exc):
+                result = error_result(naming_backend_once(provided.source, exc.error.message))
                 if op is not None:
                     op.outcome, op.error = "failure", str(exc.code)
             else:
@@ -355,7 +352,7 @@ class Router:
             if routed is None:
                 raise MCPError(types.INVALID_PARAMS, f"Unknown prompt: '{shorten(params.name)}'")
             self._authorize(caller, Target("prompt", routed.name, routed.backend))
-            _check_prompt_arguments(routed.name, routed.prompt, params.arguments)
+            check_prompt_arguments(routed.name, routed.prompt, params.arguments)
             forwarded = params.model_copy(update={"name": routed.original_name, "request_state": None})
             return await self._forward(
                 caller, exchange, routed.backend, types.GetPromptRequest(params=forwarded), types.GetPromptResult
@@ -448,12 +445,12 @@ class Router:
         if not self.watchers:
             connection = None if exchange.round is not None else self._connection(backend)
             session = await self.sessions.choose(caller, exchange, connection)
-            return _unstamped(await session.send(request, result_type, self.guard, progress))
+            return unstamped(await session.send(request, result_type, self.guard, progress))
         op = Op(request.method, caller, "backend", request_target(request), backend, exchange)
         with watched(self.watchers, op):
             connection = None if exchange.round is not None else self._connection(backend)
             session = await self.sessions.choose(caller, exchange, connection)
-            result = _unstamped(await session.send(request, result_type, self.guard, progress))
+            result = unstamped(await session.send(request, result_type, self.guard, progress))
             op.result = result
             if isinstance(result, types.CallToolResult) and result.is_error:
                 op.outcome = "application_error"
@@ -464,37 +461,6 @@ class Router:
         if connection is None:
             raise BackendUnavailable(f"backend '{backend}' is not configured")
         return connection
-
-
-def _unstamped(result: ResultT) -> ResultT:
-    """`result` without the backend's `serverInfo` stamp (2026-07-28), so the gateway's own goes on it: a client
-    saw the server it talks to change name from one answer to the next, and learnt the backends behind it."""
-    meta = getattr(result, "meta", None)
-    if not meta or _SERVER_INFO not in meta:
-        return result
-    return result.model_copy(update={"meta": {k: v for k, v in meta.items() if k != _SERVER_INFO} or None})
-
-
-def _backend_failed(exc: MCPError) -> bool:
-    """Whether a tool call's error is the backend's failure to answer: it went away, timed out, or gave an answer
-    that is none (garbled, an HTTP 5xx, a result failing validation; the guard counted each against its
-    circuit). An agent sees such a call as a timed-out one, an error result it can read and act on: a protocol
-    error often ends the client's turn, and the agent never learns which tool failed or why."""
-    return exc.code in _GONE or failed_to_answer(exc)
-
-
-def _check_prompt_arguments(name: str, prompt: types.Prompt, given: Mapping[str, str] | None) -> None:
-    """A prompt's required arguments are there: a Python SDK backend answers a missing one with "Internal
-    server error" (and a traceback in its log), which tells the client nothing. Others are the backend's to judge."""
-    missing = [arg.name for arg in prompt.arguments or [] if arg.required and arg.name not in (given or {})]
-    if missing:
-        names = ", ".join(f"'{shorten(arg, 100)}'" for arg in missing[:16])
-        raise MCPError(types.INVALID_PARAMS, f"prompt '{shorten(name)}': missing required argument(s) {names}")
-
-
-def _naming(backend: str, message: str) -> str:
-    """`message` naming the backend once (the guard's own messages already do)."""
-    return message if f"backend '{backend}'" in message else f"backend '{backend}': {message}"
 
 
 def _tool_target(provided: ProvidedTool, operation: Operation = "use") -> Target:

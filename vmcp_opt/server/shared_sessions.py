@@ -19,6 +19,9 @@ max_sessions_per_address, counted per replica), freed when its copy ends.
 Redis unreachable (or refusing the password): the sessions this replica holds keep working, others answer 404
 (the client opens a new session), one warning per minute; Redis's own state changes are logged once each by
 vmcp_opt/shared/redis_client.py.
+
+Past ~450 lines on purpose: a session's record is written, restored and ended here, around one `SharedSessions`
+whose middleware, reaper and restore hand each other the same state; apart, each would reach into the others.
 """
 
 from __future__ import annotations

@@ -20,6 +20,8 @@ loops). The executor renders off the event loop (a worker thread), and each rend
 - a trace function on template code (only: `<template>` frames) checks the deadline while loops run.
 `lipsum` is gone (45 MB of text on request). A refusal is a `TemplateError` naming the place, as are
 `MemoryError` and `RecursionError` (a recursive macro, JSON nested too deep for `fromjson`).
+
+Just past ~450 lines: the sandbox's hooks and the budget they charge are one mechanism, read together.
 """
 
 from __future__ import annotations
