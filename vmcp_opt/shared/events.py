@@ -40,6 +40,7 @@ import contextlib
 import hashlib
 import logging
 import secrets
+from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any
 
@@ -68,8 +69,9 @@ STORE_ERRORS = (RedisError, OSError, TimeoutError)
 _TAIL_BATCH = 100
 _WRITE_BATCH = 500
 _FIND_WAIT = 2.0
-# A writer's progress key lives this many heartbeats: a process gone stops vouching for its ids soon after.
-_WRITER_BEATS = 3
+# A heartbeat key (a replica's presence, an SSE writer's progress) lives this many beats: a process gone stops
+# vouching for what it holds soon after.
+_BEATS = 3
 Entry = tuple[str, dict[str, bytes]]  # a Redis stream entry: its id, its fields
 # An event waiting for the writer: session namespace, stream digest, and the entry's fields e, s, r and m.
 Queued = tuple[str, str, tuple[str, str, str, bytes]]
@@ -113,6 +115,27 @@ redis.call('DEL', KEYS[1], KEYS[2])
 """
 
 
+async def keep_key(
+    client: Redis, key: str, value: Callable[[], object], interval: float, log: ThrottledLog, what: str
+) -> None:
+    """Until cancelled: `key` set to `value()` every `interval`, expiring after `_BEATS` of them, and deleted on
+    the way out, so what it vouches for ends with the process (at once when it stops, soon when it dies)."""
+    try:
+        while True:
+            try:
+                await client.set(key, str(value()), px=_expiry_ms(interval))
+            except STORE_ERRORS as exc:
+                log.warning(what, "sessions: %s not written: %s", what, type(exc).__name__)
+            await anyio.sleep(interval)
+    finally:
+        with anyio.CancelScope(shield=True), anyio.move_on_after(interval), contextlib.suppress(*STORE_ERRORS):
+            await client.delete(key)
+
+
+def _expiry_ms(interval: float) -> int:
+    return max(1, int(interval * 1000 * _BEATS))
+
+
 class ReplicaPresence:
     """Each replica's heartbeat key, `<prefix>replica:<id>`, refreshed every `interval` and expiring after
     three: another replica can tell that the one running a request is gone."""
@@ -126,20 +149,7 @@ class ReplicaPresence:
 
     async def run(self) -> None:
         """Until cancelled; the key is deleted on the way out, so a stopped replica counts as gone at once."""
-        try:
-            while True:
-                try:
-                    await self.client.set(self.prefix + self.replica, "1", px=int(self.interval * 3000))
-                except STORE_ERRORS as exc:
-                    self._log.warning("presence", "sessions: heartbeat not written: %s", type(exc).__name__)
-                await anyio.sleep(self.interval)
-        finally:
-            with (
-                anyio.CancelScope(shield=True),
-                anyio.move_on_after(self.interval),
-                contextlib.suppress(*STORE_ERRORS),
-            ):
-                await self.client.delete(self.prefix + self.replica)
+        await keep_key(self.client, self.prefix + self.replica, lambda: "1", self.interval, self._log, "heartbeat")
 
     async def alive(self, replica: str) -> bool:
         return bool(await self.client.exists(self.prefix + replica))
@@ -195,32 +205,16 @@ class RedisEventStore(EventStore):
     async def run_writer(self) -> None:
         """Until cancelled: the queued events to Redis, in order, as many per round trip as are waiting; and
         this writer's progress, so that replays elsewhere know which of its ids can still arrive."""
-        try:
-            async with anyio.create_task_group() as task_group:
-                task_group.start_soon(self._announce)
-                while True:
-                    first = await self._queued.receive()
-                    await self.write([first])
-        finally:
-            # Gone at once on the way out: an id of this process not stored by now never will be.
-            with (
-                anyio.CancelScope(shield=True),
-                anyio.move_on_after(self.presence.interval),
-                contextlib.suppress(*STORE_ERRORS),
-            ):
-                await self.client.delete(self._writer_prefix + self._tag)
-
-    async def _announce(self) -> None:
-        while True:
-            try:
-                await self.client.set(self._writer_prefix + self._tag, self._written, px=self._writer_ttl_ms)
-            except STORE_ERRORS as exc:
-                self._log.warning("announce", "sessions: SSE writer progress not written: %s", type(exc).__name__)
-            await anyio.sleep(self.presence.interval)
-
-    @property
-    def _writer_ttl_ms(self) -> int:
-        return max(1, int(self.presence.interval * 1000 * _WRITER_BEATS))
+        async with anyio.create_task_group() as task_group:
+            # Deleted on the way out: an id of this process not stored by then never will be.
+            progress = self._writer_prefix + self._tag
+            interval = self.presence.interval
+            task_group.start_soon(
+                keep_key, self.client, progress, lambda: self._written, interval, self._log, "SSE writer progress"
+            )
+            while True:
+                first = await self._queued.receive()
+                await self.write([first])
 
     async def write(self, batch: list[Queued]) -> None:
         """`batch` and whatever else is queued, in one pipeline."""
@@ -239,7 +233,7 @@ class RedisEventStore(EventStore):
                     keys = [f"{session}:{digest}", f"{session}:held", f"{session}:bytes"]
                     await self._add(keys, [*fields, *bounds], client=pipe)
                 # After the events, on the same connection: a reader that sees the counter finds them stored.
-                pipe.set(self._writer_prefix + self._tag, high, px=self._writer_ttl_ms)
+                pipe.set(self._writer_prefix + self._tag, high, px=_expiry_ms(self.presence.interval))
                 await pipe.execute()
         except STORE_ERRORS as exc:
             self._lose(len(batch), type(exc).__name__)
