@@ -155,6 +155,7 @@ class Drops:
 
 
 def _shown(name: str) -> str:
-    """`name` cut short, every character `str.isprintable` refuses escaped: `shorten` escapes control characters
-    but not format ones, and a right-to-left override in a log line makes it read as something else."""
+    """`name` cut short, every character `str.isprintable` refuses escaped. `shorten` escapes controls and
+    bidirectional marks, which is what any quoted text needs; a name dropped as unprintable may hold others
+    (zero-width, private-use, unassigned), and the warning must show the reader what was wrong with it."""
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in shorten(name))
