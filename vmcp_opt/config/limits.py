@@ -220,6 +220,10 @@ class SessionsConfig(_Strict):
     # events are in `redis`, so any replica serves any session; a key lives `limits.session_idle_timeout`
     # past the session's last use, on whichever replica.
     store: Literal["memory", "redis"] = "memory"
+    # Redis failing (unreachable, refusing the password), a request naming a session this replica does not
+    # hold is answered 503 with Retry-After (the client keeps the session and retries) for this many seconds
+    # from the first failed call, then 404 (the client opens a new session here); 0: 404 at once.
+    outage_grace_seconds: float = Field(10.0, ge=0, le=3600)
     # Events kept per SSE stream for resumption with Last-Event-ID (oldest dropped first), in redis mode.
     max_events_per_stream: int = Field(1000, ge=1)
     # Events kept per session for resumption, in either store: past it the session's oldest are dropped.

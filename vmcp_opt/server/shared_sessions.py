@@ -16,9 +16,12 @@ record: the session may be in use elsewhere, and its key expires once it has bee
 `limits.session_idle_timeout`. A restored session takes a slot like an opened one (limits.max_sessions,
 max_sessions_per_address, counted per replica), freed when its copy ends.
 
-Redis unreachable (or refusing the password): the sessions this replica holds keep working, others answer 404
-(the client opens a new session), one warning per minute; Redis's own state changes are logged once each by
-vmcp_opt/shared/redis_client.py.
+Redis unreachable (or refusing the password): the sessions this replica holds keep working; a request naming
+another is answered 503 with Retry-After (the session may well exist: Redis restarting, failing over) until the
+store has failed for `sessions.outage_grace_seconds` (`StoreOutage`, from its first failed call since the last
+success), then 404 (the client opens a new session, held here); one warning per minute each. Once Redis is back
+(even empty), the reaper writes the records of the sessions held here again within `REAP_INTERVAL`. Redis's own
+state changes are logged once each by vmcp_opt/shared/redis_client.py.
 
 Past ~450 lines on purpose: a session's record is written, restored and ended here, around one `SharedSessions`
 whose middleware, reaper and restore hand each other the same state; apart, each would reach into the others.
@@ -55,12 +58,12 @@ from vmcp_opt.server.admission import connection_of
 from vmcp_opt.server.authentication import session_owner
 from vmcp_opt.server.lazy_stream import LazyStreamSessionManager, LazyStreamTransport
 from vmcp_opt.server.session_restore import is_restoring, serve_restored
-from vmcp_opt.server.sessions import SessionGate, Slot, json_rpc_error, may_open_session
+from vmcp_opt.server.sessions import SERVER_BUSY, SessionGate, Slot, json_rpc_error, may_open_session
 from vmcp_opt.shared.events import EVENTS, STORE_ERRORS, RedisEventStore, ReplicaPresence
 from vmcp_opt.shared.redis_client import redis_client, redis_trouble
 from vmcp_opt.shared.replica_shapes import ReplicaShapes, watch_shapes
 from vmcp_opt.shared.round_relay import RedisRoundRelay
-from vmcp_opt.shared.session_store import RedisSessions, SessionRecord
+from vmcp_opt.shared.session_store import OUTAGE_RETRY_AFTER, RedisSessions, SessionRecord, StoreOutage
 
 logger = logging.getLogger(__name__)
 _SESSION_HEADER = b"mcp-session-id"
@@ -150,6 +153,7 @@ class SharedSessions:
     async def _serve(self, session_id: str, scope: Scope, receive: Receive, send: Send) -> None:
         held = self._held.get(session_id)
         record = None
+        unsure = False  # Redis failed: a session not held here may exist all the same
         try:
             if held is not None:
                 found = await self._still_open(session_id, held)
@@ -158,18 +162,17 @@ class SharedSessions:
                 found = record is not None
         except STORE_ERRORS as exc:
             self._log.warning("store", "sessions: %s: only this replica's sessions are served", redis_trouble(exc))
-            found = held is not None
-        if not found:
-            if held is not None:
-                await self._end_here(session_id, held)  # deleted on another replica
-            await json_rpc_error(send, 404, INVALID_REQUEST, "Session not found")
-            return
+            found, unsure = held is not None, True
+        if not found and held is not None:
+            await self._end_here(session_id, held)  # deleted on another replica
         kept = held.record if held is not None else record
-        if kept is not None and kept.owner is not None and kept.owner != session_owner(scope):
+        if found and kept is not None and kept.owner is not None and kept.owner != session_owner(scope):
             # Only the principal that opened a session may use it, on any replica: another credential is told
-            # what it would be told of a session that does not exist.
+            # what it would be told of a session that does not exist (in an outage too: no oracle).
             self._log.warning("owner", "sessions: a request named a session another principal opened; refused")
-            await json_rpc_error(send, 404, INVALID_REQUEST, "Session not found")
+            found = False
+        if not found:
+            await self._not_found(send, unsure)
             return
         if held is None and scope["method"] == "DELETE":
             assert record is not None
@@ -183,6 +186,29 @@ class SharedSessions:
             if held is None:
                 return  # refused: no slot
         await self._forward(session_id, held, scope, receive, send)
+
+    async def _not_found(self, send: Send, unsure: bool) -> None:
+        """404, which tells a client its session is gone for good; 503 and Retry-After instead while Redis, which
+        may hold the session, has been failing for less than the grace (a restart, a failover). Nothing said of
+        Redis itself (where it is, its password): the log says it."""
+        if unsure and self.store.outage.brief():
+            await json_rpc_error(
+                send,
+                503,
+                SERVER_BUSY,
+                f"The session store is briefly unavailable; retry in {OUTAGE_RETRY_AFTER} s",
+                {"retry_after": OUTAGE_RETRY_AFTER},
+                [(b"retry-after", str(OUTAGE_RETRY_AFTER).encode())],
+            )
+            return
+        if unsure:
+            self._log.warning(
+                "outage",
+                "sessions: Redis has failed for over %g s (sessions.outage_grace_seconds): sessions not held "
+                "here are answered 404, their clients open new ones",
+                self.store.outage.grace,
+            )
+        await json_rpc_error(send, 404, INVALID_REQUEST, "Session not found")
 
     async def _still_open(self, session_id: str, held: Held) -> bool:
         """Whether a session this replica holds is still open, its record (re)written when Redis lacks it."""
@@ -302,20 +328,27 @@ class SharedSessions:
     async def _reap_ended(self) -> None:
         """Ends this replica's copies of sessions deleted elsewhere. Without it a copy kept its slot until it
         idled out here: a client that opens, uses (through round-robin) and deletes one session at a time was
-        refused a new one (429) after `limits.max_sessions_per_address` sessions, for the idle timeout."""
+        refused a new one (429) after `limits.max_sessions_per_address` sessions, for the idle timeout.
+        Writes again the records Redis lacks (restarted empty): until then another replica answers 404."""
         while True:
             await anyio.sleep(REAP_INTERVAL)
-            held = list(self._held.items())
+            held = dict(self._held)
             if not held:
                 continue
             try:
-                ended = await self.store.ended_among([session_id for session_id, _ in held])
+                states = await self.store.held_states(list(held))
+                for session_id, state in states.items():
+                    if state == "ended":
+                        await self._end_here(session_id, held[session_id])
+                    elif state == "missing":
+                        await self._record_again(session_id, held[session_id])
             except STORE_ERRORS as exc:
                 self._log.warning("reap", "sessions: deletions on other replicas not checked: %s", redis_trouble(exc))
-                continue
-            copies = dict(held)
-            for session_id in ended:
-                await self._end_here(session_id, copies[session_id])
+
+    async def _record_again(self, session_id: str, held: Held) -> None:
+        if self._held.get(session_id) is held:  # not ended meanwhile
+            await self.store.save(session_id, held.record)
+            held.recorded = True
 
     async def _delete(self, session_id: str, events: str) -> None:
         """The session's record and its SSE events (namespace `events`), gone from Redis."""
@@ -442,7 +475,7 @@ def redis_session_parts(config: VmcpConfig, replica: str) -> SharedSessionParts:
     prefix, ttl = config.redis.key_prefix, config.limits.session_idle_timeout
     presence = ReplicaPresence(client, prefix, replica)
     return SharedSessionParts(
-        RedisSessions(client, prefix, ttl),
+        RedisSessions(client, prefix, ttl, outage=StoreOutage(settings.outage_grace_seconds)),
         RedisEventStore(
             client,
             prefix,

@@ -15,19 +15,28 @@ takes the session over does not renew it (one warning a minute says so, not one 
 A deleted session leaves a tombstone, `<prefix>session-ended:<digest>`, for as long: a replica still holding
 a copy learns from it that the session ended, while a record that is merely missing (Redis restarted empty)
 is written again by the replica that holds it.
+
+Every call's outcome feeds `StoreOutage`: how long Redis has been failing, so that a replica that cannot look a
+session up tells its client to retry (503) during a blip and that the session is gone (404) only past
+`sessions.outage_grace_seconds`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from mcp_types import InitializeRequestParams
 from pydantic import ValidationError
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+from redis.exceptions import RedisError
 
 from vmcp_opt.logs import ThrottledLog
 
@@ -87,6 +96,40 @@ class SessionRecord:
     owner: str | None = None
 
 
+# What a failed store call raises (as vmcp_opt/shared/events.py `STORE_ERRORS`).
+_FAILURES = (RedisError, OSError, TimeoutError)
+# Seconds a client is told to wait (Retry-After) before retrying during an outage: a restart or failover ends
+# within seconds, and a client retrying each second finds its session a second after Redis is back at most.
+OUTAGE_RETRY_AFTER = 1
+
+
+class StoreOutage:
+    """Whether the session store is failing, and since when (the event loop's only; an injectable clock):
+
+        ok ──── a call failed ─────▶ failing (since: now; later failures keep it)
+        failing ── a call succeeded ──▶ ok
+
+    `brief()`: failing for less than `grace` seconds. Then a session this replica cannot look up may well exist
+    (Redis restarting, failing over), and its client is told to retry rather than that it is gone: a 404 makes
+    an MCP client drop the session's state (subscriptions, log level, work under way) and start again. Past
+    the grace a client is better off with a new session held here than waiting on Redis."""
+
+    def __init__(self, grace: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.grace = grace
+        self.clock = clock
+        self.since: float | None = None
+
+    def failed(self) -> None:
+        if self.since is None:
+            self.since = self.clock()
+
+    def succeeded(self) -> None:
+        self.since = None
+
+    def brief(self) -> bool:
+        return self.since is not None and self.clock() - self.since < self.grace
+
+
 def session_key_digest(session_id: str) -> str:
     return hashlib.sha256(session_id.encode()).hexdigest()
 
@@ -100,6 +143,7 @@ class RedisSessions:
         max_subscriptions: int = 256,
         max_uri_bytes: int = MAX_SHARED_URI_BYTES,
         max_subscription_bytes: int = MAX_SHARED_SUBSCRIPTION_BYTES,
+        outage: StoreOutage | None = None,
     ) -> None:
         self.client = client
         self.prefix = prefix + "session:"
@@ -111,6 +155,21 @@ class RedisSessions:
         self._subscribe = client.register_script(_SUBSCRIBE)
         self._set_if_recorded = client.register_script(_SET_IF_RECORDED)
         self._log = ThrottledLog(logger, 60.0)
+        self.outage = outage or StoreOutage(0.0)
+
+    @contextlib.contextmanager
+    def _watched(self) -> Iterator[None]:
+        """The outcome of the calls made inside, told to `outage` (a cancelled call says nothing)."""
+        try:
+            yield
+        except _FAILURES:
+            self.outage.failed()
+            raise
+        self.outage.succeeded()
+
+    async def _execute(self, pipe: Pipeline) -> list[Any]:
+        with self._watched():
+            return await pipe.execute()
 
     def _key(self, session_id: str) -> str:
         return self.prefix + session_key_digest(session_id)
@@ -135,7 +194,7 @@ class RedisSessions:
                 },
             )
             pipe.pexpire(key, self.ttl_ms)
-            await pipe.execute()
+            await self._execute(pipe)
 
     async def load(self, session_id: str) -> SessionRecord | None:
         """The session's record, its expiry pushed ahead; None when there is none (or it is unreadable)."""
@@ -147,7 +206,7 @@ class RedisSessions:
             pipe.hgetall(key)
             pipe.pexpire(key, self.ttl_ms)
             pipe.exists(self._ended(session_id))
-            fields, _, ended = await pipe.execute()
+            fields, _, ended = await self._execute(pipe)
         if not fields or ended:
             return None
         return _record(fields)
@@ -158,28 +217,34 @@ class RedisSessions:
         async with self.client.pipeline(transaction=False) as pipe:
             pipe.pexpire(self._key(session_id), self.ttl_ms)
             pipe.exists(self._ended(session_id))
-            found, ended = await pipe.execute()
+            found, ended = await self._execute(pipe)
         return "ended" if ended else "live" if found else "missing"
 
     async def touch_many(self, session_ids: list[str]) -> None:
         async with self.client.pipeline(transaction=False) as pipe:
             for session_id in session_ids:
                 pipe.pexpire(self._key(session_id), self.ttl_ms)
-            await pipe.execute()
+            await self._execute(pipe)
 
-    async def ended_among(self, session_ids: list[str]) -> list[str]:
-        """Those of `session_ids` deleted (on any replica), in one round trip."""
+    async def held_states(self, session_ids: list[str]) -> dict[str, Literal["live", "ended", "missing"]]:
+        """`touch`'s answer for each of `session_ids` (sessions a replica holds), in one round trip, without
+        pushing their expiry ahead (only a use does)."""
         async with self.client.pipeline(transaction=False) as pipe:
             for session_id in session_ids:
+                pipe.exists(self._key(session_id))
                 pipe.exists(self._ended(session_id))
-            found = await pipe.execute()
-        return [session_id for session_id, ended in zip(session_ids, found, strict=True) if ended]
+            found = await self._execute(pipe)
+        pairs = zip(found[0::2], found[1::2], strict=True)
+        return {
+            session_id: "ended" if ended else "live" if recorded else "missing"
+            for session_id, (recorded, ended) in zip(session_ids, pairs, strict=True)
+        }
 
     async def delete(self, session_id: str) -> None:
         async with self.client.pipeline(transaction=True) as pipe:
             pipe.delete(self._key(session_id))
             pipe.set(self._ended(session_id), "1", px=self.ttl_ms)
-            await pipe.execute()
+            await self._execute(pipe)
 
     async def set_level(self, session_id: str, level: str) -> None:
         await self._set_field(self._key(session_id), "level", level)
@@ -188,7 +253,8 @@ class RedisSessions:
         """HSET into the record if it is there (its expiry pushed ahead): a record evicted or expired since the
         request was admitted would otherwise come back as a field alone, which other replicas take for a live
         session they cannot read, and which hides from the replica holding it that it must write it whole."""
-        await self._set_if_recorded([key], [field, value, self.ttl_ms])
+        with self._watched():
+            await self._set_if_recorded([key], [field, value, self.ttl_ms])
 
     async def subscription(self, session_id: str, uri: str, *, subscribed: bool) -> None:
         """Records a subscription (within the record's bounds, else only warns) or forgets one."""
@@ -198,11 +264,13 @@ class RedisSessions:
             if subscribed:
                 self._not_shared()
             return  # never recorded: nothing to delete either
-        if not subscribed:
-            await self.client.hdel(key, field)
-            return
-        bounds = [self.max_subscriptions, self.max_subscription_bytes, self.ttl_ms]
-        if await self._subscribe([key], [field, *bounds]) == 0:
+        with self._watched():
+            if not subscribed:
+                await self.client.hdel(key, field)
+                return
+            bounds = [self.max_subscriptions, self.max_subscription_bytes, self.ttl_ms]
+            recorded = await self._subscribe([key], [field, *bounds])
+        if recorded == 0:
             self._not_shared()
 
     def _shared(self, uris: tuple[str, ...]) -> list[str]:
