@@ -10,7 +10,7 @@ import mcp_types as types
 from mcp.shared.uri_template import InvalidUriTemplate, UriTemplate
 
 from vmcp_opt.aggregation.conflicts import Candidate, ConflictResolver, Shadowed
-from vmcp_opt.aggregation.filters import select_tools
+from vmcp_opt.aggregation.filters import select_tools, warn_unmatched
 from vmcp_opt.aggregation.screening import Drops, screen_prompts, screen_templates, screen_tools
 from vmcp_opt.backends.listing import BackendListing
 from vmcp_opt.config import AggregationConfig
@@ -64,7 +64,7 @@ class Catalog:
     prompts: dict[str, RoutedPrompt] = field(default_factory=dict)
     resources: dict[str, RoutedResource] = field(default_factory=dict)
     templates: list[RoutedTemplate] = field(default_factory=list)
-    backend_descriptions: dict[str, str] = field(default_factory=dict)
+    backend_descriptions: dict[str, str] = field(default_factory=dict)  # every backend it was built from
 
     def route_resource(self, uri: str) -> str | None:
         """The backend that serves `uri`: a listed resource first, then the first matching template."""
@@ -91,13 +91,14 @@ def build_catalog(sources: Sequence[BackendSource], config: AggregationConfig) -
     catalog = Catalog(backend_descriptions={s.name: s.description for s in sources})
     drops = Drops()
 
-    tool_candidates = [
-        Candidate(source.name, original_name, tool.name, renamed, (original_name, tool))
-        for source in sources
-        for original_name, tool, renamed in select_tools(
-            screen_tools(source.name, source.listing.tools, drops), config.tools.get(source.name)
-        )
-    ]
+    tool_candidates = []
+    for source in sources:
+        screened, rules = screen_tools(source.name, source.listing.tools, drops), config.tools.get(source.name)
+        warn_unmatched(source.name, screened, rules)
+        tool_candidates += [
+            Candidate(source.name, original_name, tool.name, renamed, (original_name, tool))
+            for original_name, tool, renamed in select_tools(screened, rules)
+        ]
     for name, candidate in resolver.resolve(tool_candidates, "tool", drops).items():
         original_name, tool = candidate.item
         exposed = tool if tool.name == name else tool.model_copy(update={"name": name})

@@ -71,6 +71,10 @@ class Shadowed:
                 )
 
 
+def _rename(candidate: Candidate[ItemT]) -> str:
+    return f"aggregation.tools.{candidate.backend}.overrides.{shorten(candidate.original_name)}.name"
+
+
 class ConflictResolver:
     def __init__(self, config: AggregationConfig, backend_order: list[str], shadowed: Shadowed | None = None) -> None:
         self.config = config
@@ -87,10 +91,7 @@ class ConflictResolver:
         owners: dict[str, Candidate[ItemT]] = {}
         for candidate in named:
             if kind == "tool" and (problem := name_problem(candidate.name)) is not None:
-                rename = f"aggregation.tools.{candidate.backend}.overrides.{shorten(candidate.original_name)}.name"
-                drops.add(
-                    candidate.backend, candidate.original_name, f"exposed as it would be, {problem}; set {rename}"
-                )
+                drops.add(candidate.backend, candidate.original_name, self._unnamable(candidate, problem))
                 continue
             holder = owners.get(candidate.name)
             if holder is None:
@@ -104,7 +105,11 @@ class ConflictResolver:
             elif strategy == "manual" and kind != "tool" and holder.backend != candidate.backend:
                 # Overrides exist for tools only; other kinds fall back to the prefix format.
                 exposed = self._exposed(candidate)
-                owners.setdefault(exposed.name, exposed)
+                taken = owners.get(exposed.name)
+                if taken is None:
+                    owners[exposed.name] = exposed
+                else:  # was lost without a word: `a` serves "review" and "b_review", `b` "review"
+                    drops.add(exposed.backend, exposed.original_name, self._taken(kind, exposed, taken), kind)
             else:
                 drops.add(candidate.backend, candidate.original_name, self._taken(kind, candidate, holder), kind)
         return owners
@@ -115,10 +120,24 @@ class ConflictResolver:
         if holder.backend == candidate.backend:
             return f"another of its {kind}s is also exposed as '{name}' (the first is kept)"
         reason = f"backend '{holder.backend}' already exposes '{name}'"
-        if kind == "tool":
-            rename = f"aggregation.tools.{candidate.backend}.overrides.{shorten(candidate.original_name)}.name"
-            return f"{reason}; to serve both, set {rename}"
-        return reason
+        if holder.fixed:
+            reason += f" (its {kind} '{shorten(holder.original_name)}', renamed by {_rename(holder)})"
+        if kind != "tool":
+            return reason
+        if candidate.fixed:  # the user chose this name: telling them to set the override they set misleads
+            return f"{reason}; choose another name in {_rename(candidate)}"
+        return f"{reason}; to serve both, set {_rename(candidate)}"
+
+    def _unnamable(self, candidate: Candidate[ItemT], problem: str) -> str:
+        """Why a tool cannot be served under the name it would have, naming the setting that made that name."""
+        name = shorten(candidate.name)
+        if candidate.fixed:
+            return f"{_rename(candidate)} is '{name}': {problem}; choose another"
+        if candidate.name == candidate.original_name or name_problem(candidate.original_name) is not None:
+            return f"{problem}; set {_rename(candidate)}"
+        # The backend's own name is fine: aggregation.prefix_format made it one no client may use.
+        made_by = f"aggregation.prefix_format {shorten(self.config.prefix_format)!r}"
+        return f"exposed as '{name}' by {made_by}, {problem}; change it, or set {_rename(candidate)}"
 
     def _exposed(self, candidate: Candidate[ItemT]) -> Candidate[ItemT]:
         if candidate.fixed:

@@ -37,7 +37,12 @@ class LiveCatalog:
 
     def set(self, catalog: Catalog) -> None:
         self.current = catalog
-        self._known_tools.update(catalog.tools)
+        # Kept: what the backends missing from this build (down, restarting) served last. Forgotten: what a
+        # backend in it no longer serves. Kept whole, a backend renaming its tools at every `list_changed`
+        # grew this without end, and a tool it had removed was called "served by a backend that is down".
+        built_from = catalog.backend_descriptions.keys()
+        kept = {name: t for name, t in self._known_tools.items() if t.backend not in built_from}
+        self._known_tools = kept | catalog.tools
 
     def known_tool(self, tool: str) -> RoutedTool | None:
         """The tool of that name as a catalogue last served it (its backend, its annotations), or None."""

@@ -138,7 +138,8 @@ class Drops:
                 logger.warning("backend %s: %s '%s' dropped: %s", backend, kind, _shown(name), problem)
             if len(new) > MAX_WARNINGS_PER_BACKEND:
                 logger.warning(
-                    "backend %s: %d more dropped (names or schemas it cannot serve); the rest of it is served",
+                    "backend %s: %d more dropped (names taken, listed twice, or names or schemas it cannot serve); "
+                    "the rest of it is served",
                     backend,
                     len(new) - MAX_WARNINGS_PER_BACKEND,
                 )

@@ -23,6 +23,7 @@ import mcp_types as types
 from mcp.client import session as sdk_session
 from mcp.client.session import ClientSession
 from mcp.shared.dispatcher import CallOptions
+from mcp.shared.exceptions import MCPError
 from mcp.shared.message import SessionMessage
 from mcp_types.methods import validate_server_result
 from pydantic import ValidationError
@@ -36,6 +37,8 @@ MAX_DROP_WARNINGS = 20
 MAX_PAGES = 1000
 # Tools per pydantic call when a page is validated (`_validated_in_slices`).
 TOOLS_SLICE = 500
+# (backend, method) of lists a backend offers but does not serve, already warned about (`_without_list`).
+_UNSERVED_LISTS: set[tuple[str, str]] = set()
 
 
 @dataclass
@@ -174,6 +177,10 @@ async def fetch_listing(
             params = types.PaginatedRequestParams(cursor=cursor) if cursor else None
             try:
                 page = await list_method(params=params)
+            except MCPError as exc:
+                if exc.code != types.METHOD_NOT_FOUND:
+                    raise
+                return _without_list(backend, attribute, items)
             except (ValidationError, ValueError):  # ValueError: a schema nested past pydantic's serializer's depth
                 method, key = LISTS[attribute]
                 stream.screening = ItemScreen(backend, method, key, version)
@@ -218,6 +225,23 @@ async def fetch_listing(
     if capabilities is not None and capabilities.prompts is not None:
         listing.prompts = await paginate(session.list_prompts, "prompts")
     return listing
+
+
+def _without_list(backend: str, attribute: str, items: list[Any]) -> list[Any]:
+    """A list the backend's capabilities promise but whose method it does not serve (`-32601`): a server that
+    declares `resources` and implements `resources/list` only is common (the SDKs' low-level servers answer
+    what has a handler). Failing the whole backend for it left its tools unserved, reconnecting without end,
+    with "Method not found" as the only reason given."""
+    method = LISTS[attribute][0]
+    if (backend, method) not in _UNSERVED_LISTS:  # once, not at every re-fetch: backends are few, methods four
+        _UNSERVED_LISTS.add((backend, method))
+        logger.warning(
+            "backend %s: answers %s with 'Method not found' though its capabilities offer it; served without %s",
+            backend,
+            method,
+            attribute.replace("_", " "),
+        )
+    return items
 
 
 async def list_tools_page(session: ClientSession, params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
