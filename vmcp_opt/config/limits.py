@@ -57,6 +57,15 @@ class LimitsConfig(_Strict):
         description="Seconds a dedicated backend session may go unused (no call, no subscription) before it is "
         "closed; it reopens, with the caller's log level, at its next use.",
     )
+    # 5 minutes: a client doing round-trip calls calls again well within it, so its spare still saves the
+    # start; one that does not pays one session start, while a burst of odd clients leaves no process for ever.
+    round_trip_spare_idle_timeout: float = Field(
+        300.0,
+        gt=0,
+        description="Seconds a spare backend session kept for 2026-07-28 round-trip calls (server.round_trip_spares) "
+        "may wait for a call with its capabilities; past it the spare is closed (a process, for a stdio backend) "
+        "and not replaced until such a call comes again.",
+    )
     max_pending_calls_per_caller: int = Field(
         4,
         ge=1,
@@ -78,6 +87,14 @@ class LimitsConfig(_Strict):
         description="Distinct resources the gateway subscribes to at backends, on their shared sessions, for "
         "2026-07-28 `subscriptions/listen` streams (however many streams follow one, it counts once); past it a "
         "stream's acknowledgement leaves the new ones out.",
+    )
+    # 256: about a third of a second of subscribes at a local stdio backend; four streams reach the per-caller bound.
+    max_resources_per_listen: int = Field(
+        256,
+        ge=1,
+        description="Distinct resource URIs one 2026-07-28 `subscriptions/listen` request may name; a request "
+        "naming more is refused with an error naming this limit (split them over several streams). Each URI new "
+        "to a 2025-11-25 backend costs one `resources/subscribe` there before the stream is acknowledged.",
     )
     max_sessions: int = Field(
         1000,

@@ -7,6 +7,13 @@ served by a backend that takes subscriptions, readable by the caller under the p
 Anything else is left out, so a client reads those resources again itself instead of waiting for updates
 that never come. When the stream ends, its URIs are released (unsubscribed at the backend once no stream
 wants them).
+
+What one request can make a backend do is bounded twice. A request naming more than
+`limits.max_resources_per_listen` distinct URIs is refused, with an error naming the limit, before any backend
+is asked. A 2025-11-25 backend takes one `resources/subscribe` per URI, one after another under its lock in
+`ResourceUpdates`; a stream asks for its URIs there `SUBSCRIBE_BATCH` at a time, and that lock is first come,
+first served, so another stream waiting for the same backend gets its turn after one batch, not after the
+whole request (a 2026-07-28 backend takes them all in one listen stream of the gateway's: one batch).
 """
 
 from __future__ import annotations
@@ -15,12 +22,16 @@ import logging
 from collections import Counter
 from typing import Any
 
+import anyio.lowlevel
 import mcp_types as types
 from mcp.server.context import ServerRequestContext
 from mcp.server.subscriptions import ListenHandler, SubscriptionBus
+from mcp.shared.exceptions import MCPError
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from vmcp_opt.auth import Caller
 from vmcp_opt.auth.caller import caller_key
+from vmcp_opt.backends.connection import BackendConnection
 from vmcp_opt.backends.resource_updates import ResourceUpdates
 from vmcp_opt.routing import Router
 from vmcp_opt.routing.policy import resource_targets
@@ -29,6 +40,10 @@ from vmcp_opt.server.admission import Admission
 logger = logging.getLogger(__name__)
 
 Ctx = ServerRequestContext[Any, Any]
+
+# URIs of one stream subscribed to at a 2025-11-25 backend (a request each, about a millisecond apiece for a
+# local one) before another stream waiting for that backend gets its turn.
+SUBSCRIBE_BATCH = 16
 
 
 class ListenStreams(ListenHandler):
@@ -53,6 +68,7 @@ class ListenStreams(ListenHandler):
         asked = list(dict.fromkeys(params.notifications.resource_subscriptions or ()))
         if not asked:
             return await super().__call__(ctx, params)
+        self._refuse_past_cap(len(asked))
         caller = self._admission.caller(ctx)
         held: dict[str, list[str]] = {}  # filled as it goes: a stream cancelled meanwhile releases what it got
         try:
@@ -81,11 +97,26 @@ class ListenStreams(ListenHandler):
         try:
             for name, uris in chosen.items():
                 backend = self._router.backends.get(name)
-                followed = await self._updates.acquire(backend, uris) if backend is not None else []
-                if followed:
-                    held[name] = followed
+                if backend is None:
+                    continue
+                for batch in _batches(backend, uris):
+                    # Each `acquire` is shielded: here a stream closed meanwhile stops asking for more.
+                    await anyio.lowlevel.checkpoint()
+                    followed = await self._updates.acquire(backend, batch)
+                    if followed:
+                        held.setdefault(name, []).extend(followed)
         finally:
             self._give_back(caller_key(caller), reserved - sum(len(uris) for uris in held.values()))
+
+    def _refuse_past_cap(self, count: int) -> None:
+        most = self._router.sessions.limits.max_resources_per_listen
+        if count > most:
+            raise MCPError(
+                types.INVALID_PARAMS,
+                f"this listen request names {count} resources; at most {most} may be named in one "
+                "(limits.max_resources_per_listen): split them over several streams",
+                {"limit": "limits.max_resources_per_listen", "most": most, "asked": count},
+            )
 
     def _choose(self, caller: Caller, asked: list[str]) -> dict[str, list[str]]:
         """The URIs some backend serves and the caller may read, by backend, within the caller's room."""
@@ -105,3 +136,11 @@ class ListenStreams(ListenHandler):
         self._held[key] -= count
         if self._held[key] <= 0:
             del self._held[key]
+
+
+def _batches(backend: BackendConnection, uris: list[str]) -> list[list[str]]:
+    """`uris` as asked of the backend: in `SUBSCRIBE_BATCH`es where each is a request, whole where one listen
+    stream of the gateway's takes them all (asking in parts would reopen that stream once per part)."""
+    if backend.protocol_version in MODERN_PROTOCOL_VERSIONS:
+        return [uris]
+    return [uris[i : i + SUBSCRIBE_BATCH] for i in range(0, len(uris), SUBSCRIBE_BATCH)]

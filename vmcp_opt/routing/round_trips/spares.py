@@ -6,13 +6,19 @@ call (`server.round_trip_spares`); the next call with exactly those capabilities
 replacement starts in the background. A session's callbacks go through a `SessionOwner`, so they reach
 whichever call holds it. A spare whose session ended or whose backend reconnected since it was opened is
 closed, never handed out.
+
+A spare no call takes within `limits.round_trip_spare_idle_timeout` is closed and not replaced: the next call
+with that capability set opens its own session and a new spare after it. A burst of clients with unusual
+capabilities thus leaves no spare behind for ever (up to `MAX_SPARES_PER_BACKEND` per backend, each a process
+for a stdio backend). The task that filled a spare waits out its idle period and closes it: one sleeping task
+per spare, no sweep loop.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import anyio
@@ -106,6 +112,8 @@ class _Spare:
     backend: BackendConnection
     generation: int  # `backend.sessions` when it was opened: a reconnect since makes it stale
     opened_at: float
+    # Set once it leaves the spares (taken, dropped, or the gateway stopping): its idle wait ends then.
+    gone: anyio.Event = field(default_factory=anyio.Event)
 
     def usable(self) -> bool:
         return (
@@ -134,12 +142,15 @@ class SpareSessions:
         self._stopped = True
         spares, self._spares = list(self._spares.values()), {}
         for spare in spares:
+            spare.gone.set()
             spare.session.close()
 
     async def session_for(self, call: PendingCall) -> DedicatedSession:
         """A spare when one is ready, else a new session; either way the call's alone."""
         key = spare_key(call.backend, call.capabilities)
         spare = self._spares.pop(key, None)
+        if spare is not None:
+            spare.gone.set()
         if spare is not None and spare.backend is call.backend and spare.usable():
             spare.owner.call = call
             logger.info(
@@ -163,6 +174,7 @@ class SpareSessions:
                 self._drop(spare, "its backend left or reconnected")
 
     def _drop(self, spare: _Spare, why: str) -> None:
+        spare.gone.set()
         logger.info("backend %s: a spare session was closed unused: %s", spare.backend.name, why)
         spare.session.close()
 
@@ -203,3 +215,12 @@ class SpareSessions:
             )
         finally:
             self._filling.discard(key)
+        await self._expire(key, spare, backend.limits.round_trip_spare_idle_timeout)
+
+    async def _expire(self, key: SpareKey, spare: _Spare, idle: float) -> None:
+        """Close `spare` if no call took it within `idle` seconds; not replaced until a call wants one again."""
+        with anyio.move_on_after(idle):
+            await spare.gone.wait()
+        if self._spares.get(key) is spare:
+            del self._spares[key]
+            self._drop(spare, f"no call took it within {idle:g}s (limits.round_trip_spare_idle_timeout)")
