@@ -6,13 +6,17 @@ clients cannot deliver them. A `DedicatedSession` is a backend session opened fo
 it speaks the 2025-11-25 handshake (the era with server-to-client requests), advertises exactly the
 capabilities the front client has, and hands everything the backend sends to that client's callbacks.
 The `SessionPool` runs them in the gateway's task group and closes them when their client goes away.
+
+What a backend asks the client through a session is bounded (`AskBound`): a call's server-to-client
+requests are the backend's to send, and each one relayed holds a task and a client's attention.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import anyio
@@ -20,6 +24,7 @@ import anyio.abc
 import mcp_types as types
 from mcp.client._probe import negotiate_auto
 from mcp.client.session import (
+    ClientRequestContext,
     ClientSession,
     ElicitationFnT,
     IncomingMessage,
@@ -44,11 +49,86 @@ from vmcp_opt.backends.http_bodies import as_internal_error
 from vmcp_opt.backends.listing import WatchedReadStream
 from vmcp_opt.backends.results import bounded_result
 from vmcp_opt.backends.transports import open_transport
+from vmcp_opt.logs import ThrottledLog
 
 logger = logging.getLogger(__name__)
 
 ResultT = TypeVar("ResultT", bound=BaseModel)
+AnswerT = TypeVar("AnswerT")
 CLOSE_TIMEOUT = 5.0  # seconds a closing session may take to shut its transport
+
+# Server-to-client requests (sampling, elicitation, roots) one session may have open with its client at once.
+# Enough for a backend that fans out a handful of samplings in parallel; each open one is an LLM call or a form
+# the client shows, and, for a 2026-07-28 client, one entry of an `InputRequiredResult`. More wait for a slot.
+MAX_ASKS_IN_FLIGHT = 8
+# ... and may make per call in all (and between calls). Generous for an agent loop that samples at every step;
+# a backend past it is looping or hostile, and its further requests are refused at once, so what it can make
+# the gateway hold for one call is this many waiting tasks at most.
+MAX_ASKS_PER_CALL = 100
+
+_ask_log = ThrottledLog(logger)
+
+
+class AskBound:
+    """How much a backend may ask its client through one session: at most `in_flight` requests open at once
+    (more wait for a slot: a backend fanning out a few more still works, only slower) and `per_call` for each
+    call in flight on the session (more are refused at once with a JSON-RPC error naming the bound).
+
+    A session's calls are counted in stretches: the asks of a stretch of calls overlapping on the session share
+    `per_call` for each call in it (a backend's request does not say which call it belongs to); the stretch
+    between calls (roots asked after initialisation, say) gets `per_call` of its own. A 2026-07-28 call has a
+    session of its own, so there the bound is exactly the call's.
+    """
+
+    def __init__(self, backend: str, *, in_flight: int = MAX_ASKS_IN_FLIGHT, per_call: int = MAX_ASKS_PER_CALL) -> None:
+        self.backend = backend
+        self.per_call = per_call
+        self._slots = anyio.Semaphore(in_flight)
+        self._calls = 0  # calls in flight on the session now
+        self._allowed = per_call
+        self._asked = 0
+        self._warned = False
+
+    @contextlib.contextmanager
+    def call(self) -> Iterator[None]:
+        """A call on the session, in flight while inside: it brings `per_call` more asks to its stretch."""
+        if self._calls == 0:
+            self._new_stretch(0)
+        self._calls += 1
+        self._allowed += self.per_call
+        try:
+            yield
+        finally:
+            self._calls -= 1
+            if self._calls == 0:
+                self._new_stretch(self.per_call)
+
+    def _new_stretch(self, allowed: int) -> None:
+        self._allowed, self._asked, self._warned = allowed, 0, False
+
+    async def relay(self, method: str, ask: Callable[[], Awaitable[AnswerT]]) -> AnswerT | types.ErrorData:
+        """`ask()` once a slot is free, or the refusal when the stretch has used its allowance."""
+        if self._asked >= self._allowed:
+            return self._refuse(method)
+        self._asked += 1
+        async with self._slots:
+            return await ask()
+
+    def _refuse(self, method: str) -> types.ErrorData:
+        if not self._warned:  # once per stretch, and once a minute per backend across them
+            self._warned = True
+            _ask_log.warning(
+                self.backend,
+                "backend %s: made more than %d requests to the client (%s) in one call; refusing the rest",
+                self.backend,
+                self.per_call,
+                method,
+            )
+        return types.ErrorData(
+            code=types.INVALID_REQUEST,
+            message=f"{method} refused: the gateway relays at most {self.per_call} requests to the client per call",
+            data={"limit": "requests to the client per call", "max": self.per_call},
+        )
 
 
 @dataclass
@@ -83,6 +163,33 @@ class SessionCallbacks:
             notification=notification,
         )
 
+    def bounded(self, asks: AskBound) -> SessionCallbacks:
+        """The same callbacks, each server-to-client request relayed within `asks`."""
+        sampling, elicitation, list_roots = self.sampling, self.elicitation, self.list_roots
+
+        async def bounded_sampling(
+            context: ClientRequestContext, params: types.CreateMessageRequestParams
+        ) -> types.CreateMessageResult | types.CreateMessageResultWithTools | types.ErrorData:
+            assert sampling is not None
+            return await asks.relay("sampling/createMessage", lambda: sampling(context, params))
+
+        async def bounded_elicitation(
+            context: ClientRequestContext, params: types.ElicitRequestParams
+        ) -> types.ElicitResult | types.ErrorData:
+            assert elicitation is not None
+            return await asks.relay("elicitation/create", lambda: elicitation(context, params))
+
+        async def bounded_list_roots(context: ClientRequestContext) -> types.ListRootsResult | types.ErrorData:
+            assert list_roots is not None
+            return await asks.relay("roots/list", lambda: list_roots(context))
+
+        return replace(
+            self,
+            sampling=bounded_sampling if sampling is not None else None,
+            elicitation=bounded_elicitation if elicitation is not None else None,
+            list_roots=bounded_list_roots if list_roots is not None else None,
+        )
+
 
 class _MirroringClientSession(ClientSession):
     """Advertises the front client's own sampling, elicitation and roots capabilities, never more.
@@ -110,6 +217,7 @@ class DedicatedSession:
         self.auth = auth
         self.name = connection.name
         self.callbacks = callbacks
+        self.asks = AskBound(connection.name)
         # Whether the backend may send this client anything (requests, logs, updates): the 2025-11-25 era then.
         self._relays = auth is None or any(
             c is not None for c in (callbacks.sampling, callbacks.elicitation, callbacks.list_roots, callbacks.logging)
@@ -123,7 +231,8 @@ class DedicatedSession:
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Open, handshake, report started, and serve until `close()` or the backend goes away."""
-        callbacks = self.callbacks
+        # Both eras' relays (routing/dedicated.py, routing/round_trips/) come through here: one bound for both.
+        callbacks = self.callbacks.bounded(self.asks)
         auth = self.auth = self.auth or self.connection.credentials.service()
         try:
             await auth.prepare()
@@ -212,7 +321,7 @@ class DedicatedSession:
         if self.auth is not None:
             await self.auth.prepare()
         try:
-            with forwarding(headers):
+            with forwarding(headers), self.asks.call():
                 result = await session.send_request(
                     request,  # type: ignore[arg-type]
                     result_type,
