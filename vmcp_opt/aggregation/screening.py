@@ -21,18 +21,18 @@ Warnings are given once per problem (the catalogue is rebuilt on every backend c
 from __future__ import annotations
 
 import logging
-import re
 from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
 import mcp_types as types
 
+from vmcp_opt.config.base import TOOL_NAME_RULE
 from vmcp_opt.display import shorten
 
 logger = logging.getLogger(__name__)
 
-NAME_RULE = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
+NAME_RULE = TOOL_NAME_RULE
 MAX_NAME = 128  # characters of a prompt's or resource template's name, as of a tool's
 NamedT = TypeVar("NamedT", types.Prompt, types.ResourceTemplate)
 MAX_WARNINGS_PER_BACKEND = 20

@@ -16,6 +16,8 @@ DEFAULT_CONFIG_PATH = _PACKAGED_DEMO if _PACKAGED_DEMO.exists() else PROJECT_ROO
 APP_NAME = "vmcp-opt"
 
 BACKEND_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,47}$"
+# What a served tool may be named (the 2025-11-25 specification's guidance; aggregation/screening.py drops others).
+TOOL_NAME_RULE = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 # Names (env keys, `${VAR}` references, URL query parameters) whose values are secrets whatever they look like.
 SECRET_NAME = re.compile(

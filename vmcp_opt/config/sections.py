@@ -10,7 +10,7 @@ from typing import Any, Literal
 from pydantic import Field, IPvAnyNetwork, PrivateAttr, field_validator, model_validator
 
 from vmcp_opt.config.backend_auth import BackendAuthConfig
-from vmcp_opt.config.base import BACKEND_NAME_PATTERN, _Strict
+from vmcp_opt.config.base import BACKEND_NAME_PATTERN, TOOL_NAME_RULE, _Strict
 
 # An Origin as a browser sends it (scheme, host, optional port), or with `:*` for any port.
 _CORS_ORIGIN = re.compile(r"(?i)https?://(\[[0-9a-f:.]+\]|[a-z0-9._-]+)(:[0-9]{1,5}|:\*)?")
@@ -178,6 +178,15 @@ class ToolOverride(_Strict):
     # The description served instead of the backend's.
     description: str | None = None
 
+    @field_validator("name")
+    @classmethod
+    def _servable(cls, value: str | None) -> str | None:
+        # Checked here, not only when the catalogue is built: an empty name was ignored without a word, and
+        # one no client may call passed `vmcp validate` only to be dropped at run time.
+        if value is not None and not TOOL_NAME_RULE.fullmatch(value):
+            raise ValueError("a tool name is 1 to 128 characters from A-Z a-z 0-9 _ - .")
+        return value
+
 
 class BackendToolsConfig(_Strict):
     # Glob patterns of the backend's tool names to serve.
@@ -209,6 +218,9 @@ class AggregationConfig(_Strict):
             value.format(backend="b", name="n")
         except (KeyError, IndexError, ValueError) as exc:
             raise ValueError(f"only {{backend}} and {{name}} may appear: {exc}") from exc
+        made = value.format(backend="backend", name="tool")
+        if not TOOL_NAME_RULE.fullmatch(made):  # every prefixed tool would be dropped at run time
+            raise ValueError(f"makes names like {made!r}, which no client may call (A-Z a-z 0-9 _ - . only)")
         return value
 
 
