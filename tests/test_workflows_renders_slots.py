@@ -79,16 +79,15 @@ async def test_one_caller_s_runs_together_hold_at_most_its_share() -> None:
         assert slots.held("alice") == 4
         gate.release.set()
     assert gate.most == 4 and gate.ended == 15
-    assert slots.held("alice") == 0 and not slots._callers  # nothing kept for callers that are done
+    assert slots.held("alice") == 0 and slots.callers() == 0  # nothing kept for callers that are done
 
 
 async def test_a_nested_run_shares_the_slots_of_the_run_it_runs_in() -> None:
     slots = RenderSlots(total=8, per_caller=4, per_run=2)
     outer = slots.run(None)
-    with outer.running():
-        nested = slots.run(None)
-    assert nested is outer
+    assert slots.run(None, enclosing=outer) is outer
     assert slots.run(None) is not outer  # a run started elsewhere has its own
+    assert RenderSlots().run(None, enclosing=outer) is not outer  # other slots: not shared
 
 
 async def test_a_cancelled_render_keeps_its_slots_until_its_thread_has_ended() -> None:
@@ -102,3 +101,67 @@ async def test_a_cancelled_render_keeps_its_slots_until_its_thread_has_ended() -
     # The render was told to stop and waited for: no thread computes outside the bounds.
     assert gate.ended == 1 and gate.inside == 0
     assert await slots.run("bob").render(lambda stop: "next") == "next"
+
+
+class Gates:
+    """Renders that each block until their own release; records which caller's render started, in order."""
+
+    def __init__(self) -> None:
+        self.started: list[str] = []
+        self._lock = threading.Lock()
+        self.releases: dict[str, list[threading.Event]] = {}
+
+    def work(self, caller: str) -> Callable[[threading.Event], str]:
+        release = threading.Event()
+
+        def render(stop: threading.Event) -> str:
+            with self._lock:
+                self.started.append(caller)
+                self.releases.setdefault(caller, []).append(release)
+            while not (release.is_set() or stop.is_set()):
+                release.wait(0.01)
+            return caller
+
+        return render
+
+    def release_one(self, caller: str) -> None:
+        with self._lock:
+            self.releases[caller].pop(0).set()
+
+
+async def test_a_freed_slot_goes_to_the_waiting_caller_that_holds_fewest() -> None:
+    # alice and carol each hold one of the two slots and have one more render waiting; bob asks last. A
+    # first-come queue would give the freed slots to alice's and carol's waiting renders, bob's third.
+    slots, gates = RenderSlots(total=2, per_caller=2, per_run=1), Gates()
+    async with anyio.create_task_group() as group:
+        for asked, caller in enumerate(("alice", "carol", "alice", "carol", "bob"), start=1):
+            group.start_soon(slots.run(caller).render, gates.work(caller))
+            await until(lambda asked=asked: len(gates.started) + slots.waiting() == asked)
+        assert gates.started == ["alice", "carol"]
+        gates.release_one("alice")  # alice holds none now, like bob, but bob was never served: bob
+        await until(lambda: len(gates.started) == 3)
+        gates.release_one("carol")  # then alice and carol hold none: alice was served longer ago
+        await until(lambda: len(gates.started) == 4)
+        gates.release_one("bob")
+        await until(lambda: len(gates.started) == 5)
+        assert gates.started == ["alice", "carol", "bob", "alice", "carol"]
+        gates.release_one("alice")
+        gates.release_one("carol")
+    assert slots.waiting() == 0 and slots.callers() == 0
+
+
+async def test_one_caller_never_holds_more_than_its_share_even_with_slots_free() -> None:
+    slots, gate = RenderSlots(total=4, per_caller=1, per_run=1), Gate()
+    async with anyio.create_task_group() as group:
+        for _ in range(3):
+            group.start_soon(slots.run("alice").render, gate.work)
+        await until(lambda: gate.inside == 1)
+        assert await slots.run("bob").render(lambda stop: "cheap") == "cheap"
+        assert slots.held("alice") == 1 and gate.inside == 1
+        gate.release.set()
+    assert gate.most == 1 and gate.ended == 3
+
+
+def test_the_bounds_must_nest() -> None:
+    with pytest.raises(ValueError, match="per_run"):
+        RenderSlots(total=2, per_caller=2, per_run=3)

@@ -31,6 +31,7 @@ from vmcp_opt.shared.rate_limits import rate_limiter
 from vmcp_opt.shared.state_keys import state_keys
 from vmcp_opt.telemetry import Telemetry
 from vmcp_opt.workflows.provider import WorkflowTools
+from vmcp_opt.workflows.renders import RenderSlots
 from vmcp_opt.workflows.validation import unknown_tools
 
 logger = logging.getLogger(__name__)
@@ -90,6 +91,7 @@ class Gateway:
             owners=self.sessions.owners,
             pending_budget=self.sessions.round_trips.budget,  # one budget for calls and runs awaiting input
             max_result_bytes=config.limits.max_result_bytes,
+            render_slots=RenderSlots.of(config.limits.workflow_renders),
         )
         self.router.add_provider(self.workflows)
         self.router.add_provider(BackendTools(self.catalog, validator, listed))

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from vmcp_opt.config.base import _Strict
+from vmcp_opt.config.workflows import WorkflowRendersConfig
 
 
 class LimitsConfig(_Strict):
@@ -18,6 +19,12 @@ class LimitsConfig(_Strict):
         gt=0,
         description="Largest backend result passed on, counted as the characters of its text, data and "
         "structured content (about its JSON size); a larger one becomes an error naming the backend and the cap.",
+    )
+    workflow_renders: WorkflowRendersConfig = Field(
+        default_factory=WorkflowRendersConfig,
+        description="Workflow template renders running at once (worker threads): `total` for the gateway, "
+        "`per_caller` over one caller's runs, `per_run` for one run; a freed one goes to the waiting caller holding "
+        "fewest.",
     )
     list_changed_interval: float = Field(
         1.0,

@@ -218,6 +218,43 @@ class WorkflowConfig(_Strict):
         return self
 
 
+class WorkflowRendersConfig(_Strict):
+    """Workflow template renders running at once, each in a worker thread (workflows/renders.py): for the
+    whole gateway, for one caller over all its runs, and for one run (its nested workflows' included). A
+    freed slot goes to the waiting caller that holds fewest, so a caller with many runs cannot keep another
+    waiting behind them. Needs per_run <= per_caller <= total."""
+
+    # Renders at once for the whole gateway: the worker threads templates may take.
+    total: int = Field(8, ge=1, le=64)
+    # One caller's renders at once, over all its runs (keyed as rate limits key callers).
+    per_caller: int = Field(4, ge=1, le=64)
+    # One run's renders at once, its nested workflows' included (a for_each renders this many items at a time).
+    per_run: int = Field(2, ge=1, le=64)
+
+    @model_validator(mode="after")
+    def _nested_bounds(self) -> WorkflowRendersConfig:
+        """One line per bound out of order; config loading prefixes the section's place."""
+        problems = []
+        pairs = [
+            ("per_run", self.per_run, "per_caller", self.per_caller),
+            ("per_caller", self.per_caller, "total", self.total),
+        ]
+        if self.per_caller >= self.per_run > self.total:  # said too, or the line would name only per_caller
+            pairs.append(("per_run", self.per_run, "total", self.total))
+        for name, value, bound_name, bound in pairs:
+            if value > bound:
+                problems.append(
+                    f"{name} ({value}{self._default_note(name)}) is more than {bound_name} "
+                    f"({bound}{self._default_note(bound_name)}); the bounds must be per_run <= per_caller <= total"
+                )
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+    def _default_note(self, name: str) -> str:
+        return "" if name in self.model_fields_set else ", the default"
+
+
 def unchecked_workflow_problems(definition: Any) -> list[str]:
     """What `_graph_and_templates` finds in a workflow with a bad field, which pydantic then does not check,
     so that `vmcp validate` reports both in one pass: read from the raw definition, each step without its bad

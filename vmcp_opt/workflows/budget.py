@@ -6,17 +6,15 @@ a for_each whose tool is a workflow with its own for_each makes items times item
 by a step of another (directly, or through call_tool) charges each call to its own budget and to every
 enclosing run's: the outermost run's limit bounds the whole tree.
 
-The enclosing run is found through a context variable, not an argument: a nested run is started by the
-router on behalf of a step's call, and the router knows nothing of workflows' budgets. Each step's task
-inherits the variable from its run (anyio copies the context into the tasks it starts), and the run resets
-it when it ends, so a task that outlives the run (a backend connection started during a step) does not
-charge it: `CallBudget.open` is False by then.
+The executor finds the enclosing run (through one context variable that carries the run's budget and its
+render slots: executor.py) and makes its budget the new one's `parent`. When a run ends its budget is
+closed (`open` is False), so a task that outlives the run (a backend connection started during a step) does
+not charge it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextvars import ContextVar, Token
 from dataclasses import dataclass
 
 from vmcp_opt.config.workflows import WorkflowConfig
@@ -90,22 +88,3 @@ def own_calls(workflow: WorkflowConfig) -> int:
         attempts = 1 + (step.on_error.retries if step.on_error.action == "retry" else 0)
         total += attempts * (step.max_iterations if step.type == "for_each" else 1)
     return total
-
-
-_RUNNING: ContextVar[CallBudget | None] = ContextVar("vmcp_workflow_budget", default=None)
-
-
-def enclosing() -> CallBudget | None:
-    """The budget of the run whose step is calling now, if a run is (and it has not ended)."""
-    budget = _RUNNING.get()
-    return budget if budget is not None and budget.open else None
-
-
-def running(budget: CallBudget) -> Token[CallBudget | None]:
-    """Makes `budget` the one that runs started from here (its steps' calls) are nested in."""
-    return _RUNNING.set(budget)
-
-
-def ended(budget: CallBudget, token: Token[CallBudget | None]) -> None:
-    budget.open = False
-    _RUNNING.reset(token)

@@ -8,6 +8,13 @@ calls the same way (anyio cancels the group). A step that fails under `on_error:
 retries) cancels the group, and the run reports that step's id and reason. Every call is charged to the
 run's `CallBudget` (budget.py) first, and to those of the runs this one is nested in.
 
+A run started by a step of another (a nested workflow, directly or through call_tool) finds that run through
+one context variable, `_ENCLOSING`, holding the enclosing `WorkflowRun` itself: its budget is the new
+budget's parent, and its render slots are shared (renders.py). A variable, not an argument, because the
+router starts nested runs on behalf of a step's call and knows nothing of workflows. Each step's task
+inherits it from its run (anyio copies the context into the tasks it starts); the run resets it and closes
+its budget when it ends, and a closed run is no one's enclosing run.
+
 The executor knows nothing of the router: `call(tool, arguments)` is how a step calls a tool (the
 provider passes the router's `call_tool`, tests pass their own), and `on_step` hears each finished step
 (the provider turns it into a progress notification).
@@ -19,6 +26,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Literal
@@ -28,7 +36,7 @@ import mcp_types as types
 
 from vmcp_opt.backends.results import json_size
 from vmcp_opt.config.workflows import StepConfig, WorkflowConfig
-from vmcp_opt.workflows.budget import CallBudget, enclosing, ended, fan_out_reason, run_call_limit, running
+from vmcp_opt.workflows.budget import CallBudget, fan_out_reason, run_call_limit
 from vmcp_opt.workflows.renders import SHARED, RenderSlots, RunRenders
 from vmcp_opt.workflows.templates import TemplateError, render_value, truthy
 
@@ -125,14 +133,16 @@ class WorkflowRun:
         report = self.report
         started = time.perf_counter()
         self._deadline = time.monotonic() + self.workflow.timeout
-        self._budget = CallBudget(self.workflow.name, run_call_limit(self.workflow), parent=enclosing())
-        token = running(self._budget)
-        self._renders = self._slots.run(self._caller)  # nested in a run: that run's slots
+        outer = _enclosing()
+        parent = outer._budget if outer is not None else None
+        self._budget = CallBudget(self.workflow.name, run_call_limit(self.workflow), parent=parent)
+        self._renders = self._slots.run(self._caller, outer._renders if outer is not None else None)
+        token = _ENCLOSING.set(self)
         try:
-            with self._renders.running():
-                await self._steps_of_run()
+            await self._steps_of_run()
         finally:
-            ended(self._budget, token)
+            self._budget.open = False  # a task that outlives the run charges it nothing
+            _ENCLOSING.reset(token)
             report.calls = self._budget.used
         report.duration = time.perf_counter() - started
         if report.error is None:
@@ -365,6 +375,15 @@ class WorkflowRun:
         if result.is_error:
             raise StepError(result_text(result) or "the tool returned an error")
         return result_output(result)
+
+
+_ENCLOSING: ContextVar[WorkflowRun | None] = ContextVar("vmcp_workflow_run", default=None)
+
+
+def _enclosing() -> WorkflowRun | None:
+    """The run whose step is calling now, if one is and it has not ended."""
+    run = _ENCLOSING.get()
+    return run if run is not None and run._budget.open else None
 
 
 def result_text(result: types.CallToolResult) -> str:

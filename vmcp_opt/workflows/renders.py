@@ -1,43 +1,54 @@
-"""Worker-thread slots for template renders: bounded in total, per caller and per run.
+"""Worker-thread slots for template renders: bounded in total, per caller and per run, handed out fairly.
 
 A render runs in a worker thread (a slow template must not hold the event loop) and may compute for up to
-its budget (templates.py, `MAX_RENDER_SECONDS`). The threads are few (`MAX_RENDERS` for the whole gateway,
-so renders cannot take the threads the rest of the gateway uses), and a client controls what a template
-renders: its arguments, and a for_each renders once per item. With one pool only, a client running a
-couple of costly workflows would hold every slot and every other client's workflow would wait behind it.
-So a render takes, in this order, a slot of its run (`per_run`: one run's for_each cannot fill the pool),
-of its caller (`per_caller`: several runs of one client cannot either), and of the gateway (`total`).
-With `per_caller` under `total`, a caller always leaves slots to the others.
+its budget (templates.py, `MAX_RENDER_SECONDS`). The threads are few (`limits.workflow_renders.total` for the whole
+gateway, so renders cannot take the threads the rest of the gateway uses), and a client controls what a
+template renders: its arguments, and a for_each renders once per item. So a render first takes a slot of its
+run (`per_run`: one run's for_each cannot fill the pool), then one of the gateway's (`total`), which a caller
+is given only while it holds fewer than `per_caller` (several runs of one client cannot fill it either).
+
+Bounds alone are not fair: callers each holding `per_caller` can fill `total`, and a first-come queue for
+the gateway's slots puts a newcomer behind every render the others have queued. So a freed slot goes to
+the waiting render whose caller holds fewest now, and among those to the caller served longest ago (then
+the earliest to ask): a caller waiting with nothing running is served before any caller that has renders
+running, so every caller with work makes progress, and the slots spread evenly over the callers that want
+them (max-min fair share, reached as renders end, since a running render cannot be taken back). This is the
+simplest rule that is fair across callers; a per-caller cap alone (say `total / 2`) only keeps two callers
+going, and weighted or deficit queues would weigh renders that cost what their templates make them cost,
+which nothing knows in advance. The hand-out is one pass over the waiting renders, few by construction (at
+most `per_run` per run).
 
 Slots are waited for in that order, never held while waiting on anything but the next one (so renders
 cannot deadlock), and released together when the thread has ended: a cancelled run's render is told to
 stop and waited for, since abandoning it would free its slots while it still computes. A run started by a
-step of another run (a nested workflow, directly or through call_tool) shares the outermost run's slots,
-found through a context variable as the call budget is (budget.py): nesting cannot multiply them. The
-provider keys a caller as the rate limits do (`caller_key`: a verified subject, else the client's address,
-else its session), so a client opening a new session for each run is still one caller; with no caller
-(`vmcp workflow run`, unit tests) only the run's and the gateway's slots apply.
+step of another run (a nested workflow, directly or through call_tool) shares the outermost run's slots:
+the executor finds the enclosing run (executor.py) and passes its `RunRenders` to `run()`, so nesting
+cannot multiply them. The provider keys a caller as the rate limits do (`caller_key`: a verified subject,
+else the client's address, else its session), so a client opening a new session for each run is still one
+caller; with no caller (`vmcp workflow run`, unit tests) only the run's and the gateway's slots apply.
 """
 
 from __future__ import annotations
 
 import math
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
-from contextvars import ContextVar
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 import anyio
 import anyio.to_thread
 
-# Renders running at once in worker threads, for the whole gateway.
-MAX_RENDERS = 8
-# One caller's renders at once, over all its runs: half the pool, so other callers always find a slot.
-MAX_RENDERS_PER_CALLER = 4
+from vmcp_opt.config.workflows import WorkflowRendersConfig
+
+_DEFAULTS = WorkflowRendersConfig()
+# Renders running at once in worker threads, for the whole gateway (`limits.workflow_renders.total`).
+MAX_RENDERS = _DEFAULTS.total
+# One caller's renders at once, over all its runs: half the pool by default.
+MAX_RENDERS_PER_CALLER = _DEFAULTS.per_caller
 # One run's renders at once (its nested runs' included): a for_each of many items renders two at a time,
 # which costs a cheap template nothing (its calls, not its renders, run `max_parallel` at once).
-MAX_RENDERS_PER_RUN = 2
+MAX_RENDERS_PER_RUN = _DEFAULTS.per_run
 
 T = TypeVar("T")
 # The threads of renders are counted by `RenderSlots` (held until each ends); anyio's own limiter of them,
@@ -54,46 +65,128 @@ class RenderSlots:
         per_caller: int = MAX_RENDERS_PER_CALLER,
         per_run: int = MAX_RENDERS_PER_RUN,
     ) -> None:
+        if not 1 <= per_run <= per_caller <= total:  # the config refuses these with the field's name
+            raise ValueError(
+                f"render slots need 1 <= per_run ({per_run}) <= per_caller ({per_caller}) <= total ({total})"
+            )
         self.total = total
-        self.per_caller = min(per_caller, total)
-        self.per_run = min(per_run, self.per_caller)
-        self._threads = anyio.CapacityLimiter(total)
-        # Only callers with a render running or waiting: dropped when their last one ends.
-        self._callers: dict[str, anyio.CapacityLimiter] = {}
+        self.per_caller = per_caller
+        self.per_run = per_run
+        self._threads = _FairSlots(total, per_caller)
 
-    def run(self, caller: str | None) -> RunRenders:
-        """The slots of a new run of `caller` (None: not known), or those of the run it is nested in."""
-        enclosing = _ENCLOSING.get()
+    @classmethod
+    def of(cls, config: WorkflowRendersConfig) -> RenderSlots:
+        return cls(config.total, config.per_caller, config.per_run)
+
+    def run(self, caller: str | None, enclosing: RunRenders | None = None) -> RunRenders:
+        """The slots of a new run of `caller` (None: not known), or `enclosing`'s, the run it is nested in."""
         if enclosing is not None and enclosing.slots is self:
             return enclosing
         return RunRenders(self, caller)
 
     def held(self, caller: str) -> int:
         """The renders `caller` runs now (for tests and diagnostics)."""
-        limiter = self._callers.get(caller)
-        return 0 if limiter is None else int(limiter.borrowed_tokens)
+        return self._threads.held(caller)
 
-    @asynccontextmanager
-    async def _of_caller(self, caller: str | None) -> AsyncIterator[None]:
-        if caller is None:
-            yield
-            return
-        limiter = self._callers.setdefault(caller, anyio.CapacityLimiter(self.per_caller))
-        try:
-            async with limiter:
-                yield
-        finally:
-            stats = limiter.statistics()
-            if stats.borrowed_tokens == 0 and stats.tasks_waiting == 0 and self._callers.get(caller) is limiter:
-                del self._callers[caller]
+    def callers(self) -> int:
+        """The callers with a render running or waiting (for tests and diagnostics: none are kept after)."""
+        return self._threads.callers()
+
+    def waiting(self) -> int:
+        """The renders waiting for one of the gateway's slots (for tests and diagnostics)."""
+        return self._threads.waiting()
 
     async def render(self, run: RunRenders, work: Callable[[threading.Event], T]) -> T:
-        """`work(stop)` in a worker thread once the run, its caller and the gateway each have a slot for it.
+        """`work(stop)` in a worker thread once the run has a slot for it and the gateway gives its caller one.
         The slots are held until the thread has ended, even when the awaiting task is cancelled (`stop` is
         set then, and the render ends at its next look at the clock): a client cancelling its runs cannot
         leave renders computing past the bounds."""
-        async with run.limiter, self._of_caller(run.caller), self._threads:
-            return await _in_thread(work)
+        async with run.limiter:
+            await self._threads.acquire(run.caller)
+            try:
+                return await _in_thread(work)
+            finally:
+                self._threads.release(run.caller)
+
+
+@dataclass
+class _Caller:
+    held: int = 0  # renders running
+    waiting: int = 0  # renders waiting for a slot
+    served: int = -1  # the hand-out that last gave it a slot (-1: none yet, so it comes first)
+
+
+@dataclass(eq=False)
+class _Waiter:
+    caller: str | None
+    given: anyio.Event = field(default_factory=anyio.Event)
+
+
+class _FairSlots:
+    """The gateway's `total` slots, at most `per_caller` to one caller (None: no cap), handed to waiting
+    renders by fewest held, then longest since served, then arrival (the module docstring says why).
+    Used from the event loop only: no lock."""
+
+    def __init__(self, total: int, per_caller: int) -> None:
+        self.free = total
+        self.per_caller = per_caller
+        self._waiting: list[_Waiter] = []  # in order of arrival
+        # Only callers with a render running or waiting: dropped when their last one ends.
+        self._callers: dict[str | None, _Caller] = {}
+        self._handed = 0  # slots handed out so far: the clock of `_Caller.served`
+
+    def held(self, caller: str | None) -> int:
+        state = self._callers.get(caller)
+        return 0 if state is None else state.held
+
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    def callers(self) -> int:
+        return len(self._callers)
+
+    async def acquire(self, caller: str | None) -> None:
+        waiter = _Waiter(caller)
+        self._callers.setdefault(caller, _Caller()).waiting += 1
+        self._waiting.append(waiter)
+        self._hand_out()
+        try:
+            await waiter.given.wait()  # at once when handed a slot above (still a cancellation point)
+        except BaseException:
+            if waiter.given.is_set():  # given a slot while being cancelled: the next waiter has it
+                self.release(caller)
+            else:
+                self._waiting.remove(waiter)
+                self._callers[caller].waiting -= 1
+                self._forget_if_idle(caller)
+            raise
+
+    def release(self, caller: str | None) -> None:
+        self._callers[caller].held -= 1
+        self.free += 1
+        self._forget_if_idle(caller)
+        self._hand_out()
+
+    def _hand_out(self) -> None:
+        while self.free > 0:
+            eligible = [w for w in self._waiting if w.caller is None or self._callers[w.caller].held < self.per_caller]
+            if not eligible:
+                return
+            # min() keeps the first of equals: the earliest to ask.
+            waiter = min(eligible, key=lambda w: (self._callers[w.caller].held, self._callers[w.caller].served))
+            self._waiting.remove(waiter)
+            state = self._callers[waiter.caller]
+            state.waiting -= 1
+            state.held += 1
+            self.free -= 1
+            self._handed += 1
+            state.served = self._handed
+            waiter.given.set()
+
+    def _forget_if_idle(self, caller: str | None) -> None:
+        state = self._callers[caller]
+        if state.held == 0 and state.waiting == 0:
+            del self._callers[caller]
 
 
 async def _in_thread(work: Callable[[threading.Event], T]) -> T:
@@ -129,17 +222,7 @@ class RunRenders:
     async def render(self, work: Callable[[threading.Event], T]) -> T:
         return await self.slots.render(self, work)
 
-    @contextmanager
-    def running(self) -> Iterator[None]:
-        """Runs started from here (by this run's steps) share these slots."""
-        token = _ENCLOSING.set(self)
-        try:
-            yield
-        finally:
-            _ENCLOSING.reset(token)
 
-
-_ENCLOSING: ContextVar[RunRenders | None] = ContextVar("vmcp_workflow_renders", default=None)
-
-# The gateway's slots, shared by every run that is not given its own (the executor's default).
+# The gateway's slots at their defaults, shared by every run that is not given its own (the executor's
+# default; the gateway passes those of its `limits.workflow_renders` settings).
 SHARED = RenderSlots()
