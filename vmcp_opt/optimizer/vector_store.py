@@ -5,13 +5,24 @@ left the catalogue are kept too (the newest `optimizer.keep_removed`, in memory 
 backend that restarts or recovers is not embedded again. An unreadable or foreign file is rebuilt, never
 fatal; a row that is not a finite unit vector (bit rot, a bad copy) is dropped on load and re-embedded, since
 one NaN would poison every ranking's score scaling, and is never written.
+
+A file whose content is not such vectors (truncated, another model's, not an npz) is kept aside as
+`vectors.npz.corrupt-<UTC time>`, as the usage history keeps its own (usage.py), and said once: the cache is
+rebuilt, and the operator can still see what was there. Only the newest `KEPT_ASIDE` are kept. A file that
+cannot be read at all (permissions, a directory in its place) stays where it is: moving it would hide the
+cause, and the next save says what is wrong with the place.
+
+The index's files hold tool descriptions and vectors, not secrets: `vectors.npz` is created like
+`catalogue.json`, `usage.json` and the lock file, 0666 less the process's umask (0644 under the usual 022),
+so an operator's `vmcp index build` and a gateway running as another user can share an index_dir.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import tempfile
+import secrets
+import time
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -33,6 +44,8 @@ NORM_TOLERANCE = 1e-3
 # Seconds a waiter for the lock says so at info level only: another replica's update of a small catalogue
 # takes less. Past it, a warning names who holds the lock (seen by `vmcp index build`, which shows warnings).
 LOCK_NOTICE_AFTER = 5.0
+# Unusable vector files kept aside (`vectors.npz.corrupt-<time>`), the oldest removed past this.
+KEPT_ASIDE = 3
 
 
 def unusable_rows(vectors: np.ndarray) -> np.ndarray:
@@ -177,7 +190,9 @@ class VectorStore:
             vectors, hashes = vectors[~bad], hashes[~bad]
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".vectors-", suffix=".tmp")
+            # Not mkstemp, which creates 0600 whatever the umask: the index's files share one mode (above).
+            tmp = self.directory / f".vectors-{os.getpid()}-{secrets.token_hex(4)}.tmp"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
             try:
                 with os.fdopen(fd, "wb") as file:
                     np.savez(
@@ -198,6 +213,20 @@ class VectorStore:
             where = exc.filename2 or exc.filename  # a failed rename names its target second
             self.unsaved = f"{exc.strerror or exc}" + (f": {where}" if where else "")
             log.warning("could not save the index cache to %s: %s", self.directory, exc)
+
+    def _keep_aside(self, problem: Exception) -> None:
+        path = self.path
+        try:
+            aside = keep_aside(path)
+        except OSError as exc:  # another replica moved it first, or a read-only index_dir: it is still unused
+            log.warning("index cache %s unusable, ignored (%s); could not keep it aside: %s", path, problem, exc)
+            return
+        log.warning(
+            "index cache %s unusable (%s); kept aside as %s, rebuilding it (the tools are embedded again)",
+            path,
+            problem,
+            aside,
+        )
 
     def _load(self) -> VectorCache:
         path = self.path
@@ -220,8 +249,11 @@ class VectorStore:
                 raise ValueError(f"{retired_count} retired vectors of {len(hashes)}")
             if vectors.shape != (len(hashes), self.model.dimensions):
                 raise ValueError(f"vectors {vectors.shape} do not match {len(hashes)} hashes x {self.model.dimensions}")
-        except Exception as exc:  # any unreadable cache is rebuilt, never fatal
-            log.warning("index cache %s unusable, ignored (the next embedding update replaces it): %s", path, exc)
+        except OSError as exc:  # cannot be read at all: left in place (the module docstring says why)
+            log.warning("index cache %s unreadable, ignored (the next embedding update replaces it): %s", path, exc)
+            return VectorCache()
+        except Exception as exc:  # any other unusable cache is kept aside and rebuilt, never fatal
+            self._keep_aside(exc)
             return VectorCache()
         current = len(hashes) - retired_count
         bad = unusable_rows(vectors)
@@ -237,6 +269,22 @@ class VectorStore:
         rows = {h: i for i, h in enumerate(hashes[:current]) if not bad[i]}
         self._in_sync = not bad.any()
         return VectorCache(rows, vectors, retired=retired)
+
+
+def keep_aside(path: Path, keep: int = KEPT_ASIDE) -> Path:
+    """Move `path` to a name of its own (`<name>.corrupt-<UTC time>`), so no later one overwrites it; only the
+    newest `keep` such copies stay."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    aside = path.with_name(f"{path.name}.corrupt-{stamp}")
+    number = 1
+    while aside.exists():
+        number += 1
+        aside = path.with_name(f"{path.name}.corrupt-{stamp}-{number}")
+    os.replace(path, aside)
+    earlier = sorted(path.parent.glob(f"{path.name}.corrupt-*"), key=lambda p: (p.stat().st_mtime_ns, p.name))
+    for old in earlier[:-keep]:
+        old.unlink(missing_ok=True)
+    return aside
 
 
 def _same_entries(old: VectorCache, new: VectorCache) -> bool:
