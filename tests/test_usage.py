@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from vmcp_opt.config import VmcpConfig
-from vmcp_opt.optimizer import usage
+from vmcp_opt.optimizer import file_lock, usage
 from vmcp_opt.optimizer.metatools import OptimizerFront
 from vmcp_opt.optimizer.usage import (
     KEPT_ASIDE,
@@ -296,7 +296,7 @@ def test_a_save_that_fails_mid_write_leaves_the_previous_file_and_no_temporary_o
     def disk_full(source: object, target: object) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(usage.os, "replace", disk_full)
+    monkeypatch.setattr(file_lock.os, "replace", disk_full)
     with pytest.raises(OSError, match="No space"):
         graph.save(path)
     assert path.read_text(encoding="utf-8") == before

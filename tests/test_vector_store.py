@@ -100,7 +100,7 @@ def test_corrupt_cache_is_rebuilt_with_a_warning(
     with caplog.at_level(logging.WARNING):
         stats = ToolIndex(OptimizerConfig(), tmp_path, embedder).update(CATALOGUE)
     assert stats.embedded == len(CATALOGUE)
-    assert "unusable, ignored" in caplog.text
+    assert "unusable (" in caplog.text and "kept aside as" in caplog.text
 
 
 def test_a_file_written_with_token_embeddings_still_loads(tmp_path: Path, embedder: TextEmbedder) -> None:

@@ -1,5 +1,5 @@
 """Files the gateways on one index_dir share: an exclusive lock every process that opens it respects, and
-writes a reader never sees half of."""
+writes a reader never sees half of, and unreadable files kept aside rather than overwritten."""
 
 from __future__ import annotations
 
@@ -94,3 +94,19 @@ def write_atomically(path: Path, text: str) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def keep_aside(path: Path, keep: int = 3) -> Path:
+    """Move `path` to a name of its own (`<name>.corrupt-<UTC time>`), so no later one overwrites it; only the
+    newest `keep` such copies stay."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    aside = path.with_name(f"{path.name}.corrupt-{stamp}")
+    number = 1
+    while aside.exists():
+        number += 1
+        aside = path.with_name(f"{path.name}.corrupt-{stamp}-{number}")
+    os.replace(path, aside)
+    earlier = sorted(path.parent.glob(f"{path.name}.corrupt-*"), key=lambda p: (p.stat().st_mtime_ns, p.name))
+    for old in earlier[:-keep]:
+        old.unlink(missing_ok=True)
+    return aside

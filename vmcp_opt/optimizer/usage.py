@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
 from collections import Counter, OrderedDict
@@ -38,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from vmcp_opt.auth import Caller, Identification
-from vmcp_opt.optimizer.file_lock import exclusive, write_atomically
+from vmcp_opt.optimizer.file_lock import exclusive, keep_aside, write_atomically
 from vmcp_opt.optimizer.usage_ledger import CALLER_PERIOD, CallerLedger
 
 logger = logging.getLogger(__name__)
@@ -224,7 +223,7 @@ class UsageGraph:
         try:
             return cls.read(path)
         except (OSError, ValueError) as exc:
-            aside = _keep_aside(path)
+            aside = keep_aside(path, KEPT_ASIDE)
             logger.warning(
                 "optimizer usage history %s is unreadable (%s); moved to %s, starting empty", path, exc, aside
             )
@@ -244,7 +243,7 @@ def _merged_file(
         _add(merged._tasks, merged._together, tasks, together)
         data = merged.to_json()
     except (OSError, ValueError) as exc:
-        aside = _keep_aside(path)
+        aside = keep_aside(path, KEPT_ASIDE)
         logger.warning("optimizer usage history %s is unreadable (%s); moved to %s", path, exc, aside)
         data = everything
     data = bounded(data)
@@ -267,22 +266,6 @@ def bounded(data: dict[str, Any]) -> dict[str, Any]:
             if companions:
                 trimmed[tool] = {other: counts[other] for other in companions}
     return {**data, "tasks": {tool: tasks[tool] for tool in kept}, "together": trimmed}
-
-
-def _keep_aside(path: Path) -> Path:
-    """Move an unreadable history to a name of its own (`<name>.corrupt-<UTC time>`), so a later one never
-    overwrites it; only the newest `KEPT_ASIDE` are kept."""
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    aside = path.with_name(f"{path.name}.corrupt-{stamp}")
-    number = 1
-    while aside.exists():
-        number += 1
-        aside = path.with_name(f"{path.name}.corrupt-{stamp}-{number}")
-    os.replace(path, aside)
-    earlier = sorted(path.parent.glob(f"{path.name}.corrupt-*"), key=lambda p: p.stat().st_mtime_ns)
-    for old in earlier[:-KEPT_ASIDE]:
-        old.unlink(missing_ok=True)
-    return aside
 
 
 def _add(

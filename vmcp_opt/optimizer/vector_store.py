@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-import time
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -32,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from vmcp_opt.optimizer.file_lock import LockTimeout, exclusive, holder
+from vmcp_opt.optimizer.file_lock import LockTimeout, exclusive, holder, keep_aside
 from vmcp_opt.optimizer.model_registry import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -217,7 +216,7 @@ class VectorStore:
     def _keep_aside(self, problem: Exception) -> None:
         path = self.path
         try:
-            aside = keep_aside(path)
+            aside = keep_aside(path, KEPT_ASIDE)
         except OSError as exc:  # another replica moved it first, or a read-only index_dir: it is still unused
             log.warning("index cache %s unusable, ignored (%s); could not keep it aside: %s", path, problem, exc)
             return
@@ -269,22 +268,6 @@ class VectorStore:
         rows = {h: i for i, h in enumerate(hashes[:current]) if not bad[i]}
         self._in_sync = not bad.any()
         return VectorCache(rows, vectors, retired=retired)
-
-
-def keep_aside(path: Path, keep: int = KEPT_ASIDE) -> Path:
-    """Move `path` to a name of its own (`<name>.corrupt-<UTC time>`), so no later one overwrites it; only the
-    newest `keep` such copies stay."""
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    aside = path.with_name(f"{path.name}.corrupt-{stamp}")
-    number = 1
-    while aside.exists():
-        number += 1
-        aside = path.with_name(f"{path.name}.corrupt-{stamp}-{number}")
-    os.replace(path, aside)
-    earlier = sorted(path.parent.glob(f"{path.name}.corrupt-*"), key=lambda p: (p.stat().st_mtime_ns, p.name))
-    for old in earlier[:-keep]:
-        old.unlink(missing_ok=True)
-    return aside
 
 
 def _same_entries(old: VectorCache, new: VectorCache) -> bool:
