@@ -3,7 +3,9 @@ in one line (a backend's `last_error`, its health reason, `vmcp backends`)."""
 
 from __future__ import annotations
 
+import errno
 import re
+import signal
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -27,6 +29,45 @@ class CredentialError(BackendUnavailable):
         super().__init__(f"backend '{backend}': {step}: {reason}")
         self.backend = backend
         self.step = step
+
+
+class ProcessExited(BackendUnavailable):
+    """A stdio backend's process exited before the session ended: the reason says with what status."""
+
+    def __init__(self, returncode: int) -> None:
+        if returncode < 0:
+            try:
+                how = f"was killed by signal {-returncode} ({signal.Signals(-returncode).name})"
+            except ValueError:
+                how = f"was killed by signal {-returncode}"
+        else:
+            how = f"exited with code {returncode}"
+        super().__init__(f"the process {how}")
+        self.returncode = returncode
+
+
+def launch_failure(exc: OSError, command: str, cwd: str | Path | None) -> OSError | BackendUnavailable:
+    """Why a stdio backend could not be started, naming the setting at fault. A missing command stays a
+    `FileNotFoundError`, which `failure_reason` words."""
+    if cwd is not None and exc.filename is not None and str(exc.filename) == str(cwd):
+        what = "does not exist" if isinstance(exc, FileNotFoundError) else f"cannot be entered ({exc.strerror})"
+        return BackendUnavailable(f"its cwd {cwd} {what}")
+    if exc.filename != command:
+        return exc
+    if isinstance(exc, PermissionError):
+        return BackendUnavailable(
+            f"command is not executable: {command} (chmod +x it, or run it with its interpreter: "
+            "command: python, args: [it])"
+        )
+    if exc.errno == errno.ENOEXEC:
+        return BackendUnavailable(f"command is not a program this system can run: {command} (a script needs a #! line)")
+    return exc
+
+
+def connection_closed(exc: BaseException) -> bool:
+    """Whether `exc` is (or wraps, in task groups) the SDK's "Connection closed": the read stream ended."""
+    inner = _innermost(exc)
+    return isinstance(inner, MCPError) and inner.code == types.CONNECTION_CLOSED
 
 
 REASON_SHOWN = 1000  # characters of a failure's reason kept (its last_error, health reason, logs)
@@ -58,7 +99,7 @@ def failure_reason(exc: BaseException, command: str | None, secrets: Iterable[st
     """Why a session failed; a stdio `command` that does not exist says so plainly."""
     missing = _innermost(exc)
     if isinstance(missing, FileNotFoundError) and command and missing.filename:
-        if missing.filename == command:  # a bare name: looked up on PATH
+        if missing.filename == command and "/" not in command:  # a bare name: looked up on PATH
             return f"command not found on PATH: {command!r}"
         if Path(str(missing.filename)).name == Path(command).name:  # a path, resolved from the config's directory
             return f"command not found: {missing.filename}"

@@ -7,13 +7,18 @@ parses every line on the event loop. Here
 - a line longer than `line_cap` is read through and dropped, keeping only its first and last `EDGE`
   bytes; if those show it is a response (the SDK's servers write `id` first, the TypeScript SDK's last),
   the waiting request gets a JSON-RPC error naming the backend and the cap at once, otherwise that
-  request ends by its timeout; either way one warning; so is a line that is not valid JSON-RPC;
+  request ends by its timeout; either way one warning; so is a line that is not valid JSON-RPC (its text is
+  never logged nor handed to the session, whose handler would log it); past `WARNED_LINES` such lines a process's
+  warnings become one a minute counting the rest (`LineWarnings`), so a backend writing garbage as fast as it can
+  costs the log a line a minute, not one (or, through the session's handler, dozens) a line;
 - a line over `PARSE_INLINE_BYTES` is parsed in a worker thread, and one over `PARSE_STDLIB_BYTES` by the
   stdlib's JSON parser, then validated.
 Kept from the SDK: the `(read_stream, write_stream)` pair of `SessionMessage | Exception` the SDK's
 `ClientSession` consumes, the inherited environment (`get_default_environment`), the process in a session
 of its own, and the shutdown of its whole process group (close stdin, wait, SIGTERM, SIGKILL), every
-wait bounded and shielded. On Windows the SDK's client runs instead (its Job Objects); there only the
+wait bounded and shielded. Unlike the SDK, the group is ended even when the backend exits by itself once
+stdin closes (its children would be left running), and so are the descendants that left the group (`setsid`)
+while the backend ran; one that did so and was orphaned before the shutdown began is out of reach. On Windows the SDK's client runs instead (its Job Objects); there only the
 result check (`backends/results.py`) bounds a result.
 """
 
@@ -21,9 +26,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import sys
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from typing import TextIO
@@ -32,6 +39,7 @@ import anyio
 import anyio.lowlevel
 import anyio.to_thread
 import mcp_types as types
+import psutil
 from anyio.abc import AsyncResource, ByteReceiveStream, Process
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from mcp.client._transport import TransportStreams
@@ -39,7 +47,7 @@ from mcp.client.stdio import StdioServerParameters, get_default_environment, std
 from mcp.os.posix.utilities import terminate_posix_process_tree
 from mcp.shared.message import SessionMessage
 
-from vmcp_opt.backends.errors import OVER_RESULT_CAP
+from vmcp_opt.backends.errors import OVER_RESULT_CAP, ProcessExited, connection_closed, launch_failure
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +62,9 @@ EXIT_GRACE_SECONDS = 2.0  # for the backend to exit by itself once its stdin is 
 KILL_GRACE_SECONDS = 2.0  # between SIGTERM and SIGKILL to its process group
 REAP_SECONDS = 2.0  # for the event loop to see a killed process gone
 FLUSH_SECONDS = 0.5  # for messages already accepted to reach stdin at shutdown
+EXIT_SEEN_SECONDS = 0.5  # for the exit of a backend whose stdout ended to be seen, for its exit status
+WARNED_LINES = 10  # unusable stdout lines of one process warned one by one; past them, one warning a minute
+WARNING_INTERVAL = 60.0
 
 
 def line_cap(max_result_bytes: int) -> int:
@@ -135,11 +146,50 @@ def response_id(line: DroppedLine) -> types.RequestId | None:
     return value if isinstance(value, int | str) else None
 
 
+class LineWarnings:
+    """The warnings about one process's unusable stdout lines (not JSON-RPC, over the cap): the first
+    `WARNED_LINES` one by one, then one every `WARNING_INTERVAL` seconds counting the lines left out, and a last
+    count when the process ends (`flush`)."""
+
+    def __init__(self, backend: str, clock: Callable[[], float] = time.monotonic) -> None:
+        self.backend = backend
+        self.clock = clock
+        self.warned = 0
+        self.left_out = 0
+        self._next_count = 0.0
+
+    def warn(self, message: str) -> None:
+        if self.warned < WARNED_LINES:
+            self.warned += 1
+            logger.warning("%s", message)
+            if self.warned == WARNED_LINES:
+                self._next_count = self.clock() + WARNING_INTERVAL
+            return
+        self.left_out += 1
+        if self.clock() >= self._next_count:
+            self.flush()
+
+    def flush(self) -> None:
+        """Say how many lines were left out since the last warning, if any."""
+        if self.left_out:
+            logger.warning(
+                "backend %s wrote %d more stdout lines that were dropped (not JSON-RPC, or over the cap), not logged "
+                "one by one (the first %d of each process are)",
+                self.backend,
+                self.left_out,
+                WARNED_LINES,
+            )
+        self.left_out = 0
+        self._next_count = self.clock() + WARNING_INTERVAL
+
+
 @dataclass(frozen=True)
 class _Reading:
     backend: str
     cap: int
     result_cap: int
+    warnings: LineWarnings
+    stdout_ended: anyio.Event  # the backend ended its stdout (it exited, most likely) before the shutdown
 
 
 @asynccontextmanager
@@ -151,34 +201,55 @@ async def bounded_stdio_client(
         async with stdio_client(server, errlog=errlog) as streams:
             yield streams
         return
-    process = await anyio.open_process(
-        [server.command, *server.args],
-        env=get_default_environment() | (server.env or {}),
-        stderr=errlog,
-        cwd=server.cwd,
-        start_new_session=True,  # its own process group, which the shutdown kills as a whole
-    )
+    try:
+        process = await anyio.open_process(
+            [server.command, *server.args],
+            env=get_default_environment() | (server.env or {}),
+            stderr=errlog,
+            cwd=server.cwd,
+            start_new_session=True,  # its own process group, which the shutdown kills as a whole
+        )
+    except OSError as exc:
+        raise launch_failure(exc, server.command, server.cwd) from exc
     # No await between the spawn and the task group: a cancellation there would leak the process.
     read_sink, read_stream = anyio.create_memory_object_stream[SessionMessage | Exception](0)
     write_stream, write_source = anyio.create_memory_object_stream[SessionMessage](0)
-    reading = _Reading(backend, line_cap(max_result_bytes), max_result_bytes)
+    reading = _Reading(backend, line_cap(max_result_bytes), max_result_bytes, LineWarnings(backend), anyio.Event())
     writer_done = anyio.Event()
+    failure: Exception | None = None
     async with anyio.create_task_group() as pipes:
         pipes.start_soon(_read_stdout, process, read_sink, reading)
         pipes.start_soon(_write_stdin, process, write_source, read_sink, writer_done)
         try:
             yield read_stream, write_stream
+        except Exception as exc:
+            failure = exc
+            raise
         finally:
             with anyio.CancelScope(shield=True):  # the process must not outlive us, even when cancelled
+                exit_code = await _exit_by_itself(process, reading) if failure is not None else None
                 read_stream.close()  # the reader drains stdout from now on, so a blocked backend can exit
                 write_stream.close()
                 with anyio.move_on_after(FLUSH_SECONDS):
                     await writer_done.wait()
                 await _stop(process)
+                reading.warnings.flush()
                 for stream in (read_stream, write_stream, read_sink, write_source):
                     await stream.aclose()
                 await anyio.lowlevel.checkpoint()
             pipes.cancel_scope.cancel()
+            if failure is not None and exit_code is not None and connection_closed(failure):
+                # "Connection closed" alone does not say that the backend died, nor how.
+                raise ProcessExited(exit_code) from failure
+
+
+async def _exit_by_itself(process: Process, reading: _Reading) -> int | None:
+    """The exit status of a backend that ended its stdout and exited before the shutdown began, else None."""
+    if not reading.stdout_ended.is_set():
+        return None
+    with anyio.move_on_after(EXIT_SEEN_SECONDS):  # the end of stdout can come a moment before the exit is seen
+        await _exit_of(process)
+    return process.returncode
 
 
 async def _read_stdout(
@@ -203,6 +274,7 @@ async def _relay_lines(
         try:
             chunk = await stdout.receive(CHUNK_BYTES)
         except anyio.EndOfStream:
+            reading.stdout_ended.set()
             return
         for line in lines.feed(chunk):
             message = await _message(line, reading)
@@ -219,17 +291,19 @@ async def _relay_lines(
                 return  # the session is gone
 
 
-async def _message(line: bytes | DroppedLine, reading: _Reading) -> SessionMessage | Exception | None:
+async def _message(line: bytes | DroppedLine, reading: _Reading) -> SessionMessage | None:
     if isinstance(line, DroppedLine):
         return _refusal(line, reading)
     if not line.strip():
         return None
     if len(line) > PARSE_INLINE_BYTES:
-        return await anyio.to_thread.run_sync(_parse, line, reading.backend)
-    return _parse(line, reading.backend)
+        parsed = await anyio.to_thread.run_sync(_parse, line)
+    else:
+        parsed = _parse(line)
+    return parsed if isinstance(parsed, SessionMessage) else _unparsable(line, parsed, reading)
 
 
-def _parse(line: bytes, backend: str) -> SessionMessage | Exception:
+def _parse(line: bytes) -> SessionMessage | ValueError | RecursionError:
     try:
         if len(line) > PARSE_STDLIB_BYTES:
             message = types.jsonrpc_message_adapter.validate_python(json.loads(line), by_name=False)
@@ -237,28 +311,36 @@ def _parse(line: bytes, backend: str) -> SessionMessage | Exception:
             message = types.jsonrpc_message_adapter.validate_json(line, by_name=False)
         return SessionMessage(message)
     except (ValueError, RecursionError) as exc:  # `json.loads` gives up on deep nesting with a RecursionError
-        deep = " (nested too deeply)" if isinstance(exc, RecursionError) else ""
-        logger.warning("backend %s wrote a line of %d bytes that is not a JSON-RPC message%s", backend, len(line), deep)
-        request_id = response_id(DroppedLine(len(line), line[:EDGE], line[-EDGE:]))
-        if request_id is None:  # to the session, as the SDK's reader does; the line is not logged
-            return exc if isinstance(exc, ValueError) else ValueError("JSON nested too deeply")
-        # An answer, by its ends: its request is told now rather than left to its timeout. A parse error, as the
-        # SDK answers an HTTP backend's garbled body: the circuit breaker counts it against the backend.
-        why = f"backend '{backend}' answered with a message of {len(line):,} bytes that is not valid JSON-RPC{deep}"
-        error = types.ErrorData(code=types.PARSE_ERROR, message=why)
-        return SessionMessage(types.JSONRPCError(jsonrpc="2.0", id=request_id, error=error))
+        return exc
+
+
+def _unparsable(line: bytes, exc: ValueError | RecursionError, reading: _Reading) -> SessionMessage | None:
+    """A line that is not a JSON-RPC message: an error for the request it answers, if its ends show one; else
+    nothing. The exception is not handed to the session as the SDK's reader does: pydantic's text quotes the
+    line (a secret a backend prints, on every line it prints), and the session's handler logs each at warning."""
+    deep = " (nested too deeply)" if isinstance(exc, RecursionError) else ""
+    reading.warnings.warn(
+        f"backend {reading.backend} wrote a line of {len(line)} bytes that is not a JSON-RPC message{deep}"
+    )
+    request_id = response_id(DroppedLine(len(line), line[:EDGE], line[-EDGE:]))
+    if request_id is None:
+        return None
+    # An answer, by its ends: its request is told now rather than left to its timeout. A parse error, as the
+    # SDK answers an HTTP backend's garbled body: the circuit breaker counts it against the backend.
+    why = f"backend '{reading.backend}' answered with a message of {len(line):,} bytes that is not valid JSON-RPC{deep}"
+    error = types.ErrorData(code=types.PARSE_ERROR, message=why)
+    return SessionMessage(types.JSONRPCError(jsonrpc="2.0", id=request_id, error=error))
 
 
 def _refusal(line: DroppedLine, reading: _Reading) -> SessionMessage | None:
     request_id = response_id(line)
-    logger.warning(
-        "backend %s wrote a message of %d bytes, over its cap of %d bytes: dropped%s",
-        reading.backend,
-        line.size,
-        reading.cap,
-        f" (the answer to request {request_id!r})"
-        if request_id is not None
-        else " (no response id at either end: a notification, or an answer whose request will time out)",
+    reading.warnings.warn(
+        f"backend {reading.backend} wrote a message of {line.size} bytes, over its cap of {reading.cap} bytes: dropped"
+        + (
+            f" (the answer to request {request_id!r})"
+            if request_id is not None
+            else " (no response id at either end: a notification, or an answer whose request will time out)"
+        )
     )
     if request_id is None:
         return None
@@ -302,13 +384,20 @@ async def _drain(stdout: ByteReceiveStream) -> None:
 
 
 async def _stop(process: Process) -> None:
-    """Close stdin, give the backend time to exit, then end its process group (MCP's shutdown order)."""
+    """Close stdin, give the backend time to exit, then end its process group (MCP's shutdown order), and the
+    descendants that left the group."""
     assert process.stdin is not None and process.stdout is not None
+    # Taken while the backend still runs: once it exits, its children are the init process's and untraceable.
+    strays = await anyio.to_thread.run_sync(_outside_group, process.pid)
     await _close_quietly(process.stdin)
     with anyio.move_on_after(EXIT_GRACE_SECONDS):
         await _exit_of(process)
+    # Whether or not the backend exited by itself: what it started in its group (a wrapper's server, a helper
+    # that ignores stdin's end) would outlive it. Returns at once when the group is gone.
+    await terminate_posix_process_tree(process, KILL_GRACE_SECONDS)
+    if strays:
+        await anyio.to_thread.run_sync(_end_processes, strays)
     if process.returncode is None:
-        await terminate_posix_process_tree(process, KILL_GRACE_SECONDS)
         with anyio.move_on_after(REAP_SECONDS):
             await _exit_of(process)
         if process.returncode is None:
@@ -320,6 +409,33 @@ async def _stop(process: Process) -> None:
     if callable(close):
         with suppress(PermissionError):
             close()
+
+
+def _outside_group(pid: int) -> list[psutil.Process]:
+    """The descendants of `pid` outside its process group (started with `setsid`, a daemon's double fork)."""
+    try:
+        children = psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
+    strays = []
+    for child in children:
+        with suppress(psutil.Error, OSError):
+            if os.getpgid(child.pid) != pid:
+                strays.append(child)
+    return strays
+
+
+def _end_processes(processes: list[psutil.Process]) -> None:
+    """SIGTERM, then SIGKILL what is left after `KILL_GRACE_SECONDS`. psutil checks each is still the process
+    it was (its start time), so a pid reused since is not signalled."""
+    for process in processes:
+        with suppress(psutil.Error):
+            process.terminate()
+    _, alive = psutil.wait_procs(processes, timeout=KILL_GRACE_SECONDS)
+    for process in alive:
+        with suppress(psutil.Error):
+            process.kill()
+    psutil.wait_procs(alive, timeout=REAP_SECONDS)
 
 
 async def _exit_of(process: Process) -> None:
