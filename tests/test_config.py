@@ -425,3 +425,13 @@ def test_a_backend_url_problem_is_reported_at_the_url_field(tmp_path: Path) -> N
         "  backends[2].command: a stdio backend needs `command`",
         "  backends[3].url: a backend with `url` needs `transport: streamable-http` (or sse); stdio is the default",
     ]
+
+
+@pytest.mark.parametrize("name", ["DB_PASS", "SMTP_PWD", "GITHUB_PAT"])
+def test_a_password_named_by_its_usual_short_suffix_is_a_secret_in_args(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(name, "hunter2")
+    path = write_config(tmp_path, {"backends": [{"name": "db", "command": "python", "args": ["${" + name + "}"]}]})
+    [problem] = problems_of(path)
+    assert "would put a secret on the backend's command line" in problem and "hunter2" not in problem

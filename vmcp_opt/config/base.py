@@ -21,7 +21,7 @@ TOOL_NAME_RULE = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 # Names (env keys, `${VAR}` references, URL query parameters) whose values are secrets whatever they look like.
 SECRET_NAME = re.compile(
-    r"TOKEN|SECRET|PASSW|PASSPHRASE|API_?KEY|ACCESS_?KEY|PRIVATE|CREDENTIAL|AUTH|COOKIE|SESSION|(^|_)(KEY|PAT|PWD)$",
+    r"TOKEN|SECRET|PASSW|PASSPHRASE|API_?KEY|ACCESS_?KEY|PRIVATE|CREDENTIAL|AUTH|COOKIE|SESSION|(^|_)(KEY|PAT|PWD|PASS)$",
     re.I,
 )
 
