@@ -5,7 +5,8 @@ Labels are a fixed vocabulary or come from the config: `method` (the MCP methods
 `ranking` (the index's two modes), `stage` and `vectors` (index updates), auth `method` and `outcome`; never a tool name, argument or anything else a client controls, so the
 number of series cannot grow with traffic.
 
-Counted as operations finish: requests, backend requests, meta-tool calls, unknown tools, find_tool's
+Counted as operations finish: requests (those clients sent: call_tool's target and a workflow's steps are
+part of theirs), backend requests, meta-tool calls, unknown tools, find_tool's
 result counts and token savings. Counted when told: HTTP authentication outcomes (the transport) and index
 updates with their duration and embedded and reused tools (the optimizer's index, through the gateway). Read at each scrape from the gateway (`Metrics.state`, a `GatewayState`
 the gateway fills): each backend's health and circuit state, active sessions, the index size, and the
@@ -61,7 +62,8 @@ class Metrics:
         self._backends = frozenset(backends)
         self.server = Histogram(
             "mcp_server_operation_duration_seconds",
-            "Requests served, by MCP method and outcome (mcp.server.operation.duration).",
+            "Requests clients sent, by MCP method and outcome (mcp.server.operation.duration); call_tool's "
+            "target and workflow steps are part of their request, not requests of their own.",
             ["method", "outcome"],
             buckets=_BUCKETS,
             registry=self.registry,
@@ -144,7 +146,11 @@ class Metrics:
             backend = op.backend if op.backend in self._backends else "other"
             self._child(self.client, backend, method_label(op.method), op.outcome).observe(op.duration)
             return
-        self._child(self.server, method_label(op.method), op.outcome).observe(op.duration)
+        if op.parent is None:
+            # Only what a client sent: call_tool's target and a workflow's steps run inside a request, and
+            # counted again they would make one call_tool two requests served, and a typo in its `tool_name`
+            # a failed request the client never received (call_tool answers it with isError).
+            self._child(self.server, method_label(op.method), op.outcome).observe(op.duration)
         if op.method == "tools/call" and op.target in META_TOOLS and op.backend == "vmcp":
             self._child(self.meta, op.target, op.outcome).observe(op.duration)
             if op.target == "find_tool":
