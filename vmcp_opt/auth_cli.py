@@ -26,7 +26,7 @@ from vmcp_opt.auth.authenticators import AuthSetupError, build_authenticator
 from vmcp_opt.auth.errors import AuthError
 from vmcp_opt.auth.identity import Identity, local_user
 from vmcp_opt.config import VmcpConfig
-from vmcp_opt.console import OutputConsole, PlainFlagsGroup
+from vmcp_opt.console import OutputConsole, PlainFlagsGroup, literal
 from vmcp_opt.routing.policy import AllowAll, Policy, PolicyLoadError, Target
 
 if TYPE_CHECKING:
@@ -134,7 +134,7 @@ def check(
     from vmcp_opt.probe import collect_catalog
 
     catalog = anyio.run(collect_catalog, config)
-    table = Table(title=f"tools for {identity.subject}")
+    table = Table(title=literal(f"tools for {identity.subject}"))  # a token's claim
     for column in ("tool", "backend", "listed", "callable", "why not"):
         table.add_column(column)
     listed = callable_ = 0
@@ -146,7 +146,7 @@ def check(
         listed += shown
         callable_ += can_call.allowed
         reason = "" if shown else (can_call.reason if not can_call.allowed else can_list.reason)
-        table.add_row(routed.name, routed.backend, _yes(shown), _yes(can_call.allowed), reason)
+        table.add_row(literal(routed.name), routed.backend, _yes(shown), _yes(can_call.allowed), literal(reason))
     out.print(table)
     out.print(f"{listed} of {len(catalog.tools)} tools listed, {callable_} callable", highlight=False)
 

@@ -33,14 +33,16 @@ from typing import TYPE_CHECKING, Annotated, Any
 import anyio
 import typer
 import typer.main
+from rich.measure import Measurement
 from rich.table import Table
+from rich.text import Text
 from typer.core import TyperGroup
 
 from vmcp_opt import __version__, logs
 from vmcp_opt.cli_config import command_overrides, exit_invalid, json_logs_requested, load_or_exit
-from vmcp_opt.cli_serve import announce, exit_if_port_taken
+from vmcp_opt.cli_serve import announce, exit_if_no_stdio, exit_if_port_taken
 from vmcp_opt.config import DEFAULT_CONFIG_PATH, VmcpConfig
-from vmcp_opt.console import OutputConsole, PlainFlagsGroup
+from vmcp_opt.console import UNWRAPPED_WIDTH, OutputConsole, PlainFlagsGroup, literal
 
 if TYPE_CHECKING:
     from typer._click import Command, Context
@@ -162,6 +164,8 @@ def serve(
     setup_logging(cfg.server.log_level, cfg.server.log_format)
     if cfg.server.transport == "streamable-http":
         exit_if_port_taken(cfg.server.host, cfg.server.port, json_logs=cfg.server.log_format == "json")
+    else:
+        exit_if_no_stdio(json_logs=cfg.server.log_format == "json")
     from vmcp_opt.server.runner import run_gateway
 
     sys.exit(run_gateway(cfg, announce=functools.partial(announce, config_path=config)))
@@ -210,36 +214,87 @@ def backends(
     if as_json:
         out.print_json(data=summaries)
     else:
-        table = Table(title="backends")
-        columns = ("name", "transport", "state", "health", "ping", "protocol", "tools", "resources", "templates")
-        for column in (*columns, "prompts", "error"):
-            table.add_column(column)
-        health_colours = {
-            "healthy": "green",
-            "degraded": "yellow",
-            "unhealthy": "red",
-            "unauthenticated": "magenta",
-            "unknown": "dim",
-        }
-        for s in summaries:
-            colour = "green" if s["state"] == "ready" else "red"
-            health = s["health"]
-            table.add_row(
-                s["name"],
-                s["transport"],
-                f"[{colour}]{s['state']}[/]",
-                f"[{health_colours.get(health['state'], 'dim')}]{health['state']}[/]",
-                f"{health['latency_ms']:.1f} ms" if health["latency_ms"] is not None else "-",
-                s["protocol_version"] or "-",
-                str(s["tools"]),
-                str(s["resources"]),
-                str(s["resource_templates"]),
-                str(s["prompts"]),
-                s["last_error"] or health["last_error"] or "",
-            )
-        out.print(table)
+        _print_backends(summaries)
     if any(s["state"] != "ready" for s in summaries):
         raise typer.Exit(1)
+
+
+_HEALTH_COLOURS = {
+    "healthy": "green",
+    "degraded": "yellow",
+    "unhealthy": "red",
+    "unauthenticated": "magenta",
+    "unknown": "dim",
+}
+
+
+def _print_backends(summaries: list[dict[str, Any]]) -> None:
+    """The table; in a terminal too narrow for it (80 columns with an error column), one block per backend
+    instead: squeezed into the window the table cut every name, state and error to a few characters."""
+    table = _backends_table(summaries)
+    natural = Measurement.get(out, out.options.update_width(UNWRAPPED_WIDTH), table).maximum
+    if natural <= out.width:
+        out.print(table)
+        return
+    for s in summaries:
+        out.print(_backend_block(s))
+
+
+def _backends_table(summaries: list[dict[str, Any]]) -> Table:
+    table = Table(title="backends")
+    columns = ("name", "transport", "state", "health", "ping", "protocol", "tools", "resources", "templates")
+    for column in (*columns, "prompts", "error"):
+        table.add_column(column)
+    for s in summaries:
+        health = s["health"]
+        table.add_row(
+            s["name"],
+            s["transport"],
+            f"[{_state_colour(s)}]{s['state']}[/]",
+            f"[{_HEALTH_COLOURS.get(health['state'], 'dim')}]{health['state']}[/]",
+            _ping(s),
+            literal(s["protocol_version"] or "-"),  # as the backend announced it
+            str(s["tools"]),
+            str(s["resources"]),
+            str(s["resource_templates"]),
+            str(s["prompts"]),
+            literal(_error(s)),  # a backend's stderr line, a URL
+        )
+    return table
+
+
+def _backend_block(s: dict[str, Any]) -> Text:
+    """One backend as a few soft-wrapped lines: name, state and health first, then the counts, then the error."""
+    health = s["health"]
+    block = Text.assemble(
+        (s["name"], "bold"),
+        ": ",
+        (s["state"], _state_colour(s)),
+        ", ",
+        (health["state"], _HEALTH_COLOURS.get(health["state"], "dim")),
+        f" ({s['transport']})\n  ping {_ping(s)}, protocol ",
+        literal(s["protocol_version"] or "-"),
+        f", {s['tools']} tools, {s['resources']} resources, {s['resource_templates']} templates, "
+        f"{s['prompts']} prompts",
+    )
+    error = _error(s)
+    if error:
+        block.append("\n  error: ")
+        block.append(literal(error))
+    return block
+
+
+def _state_colour(s: dict[str, Any]) -> str:
+    return "green" if s["state"] == "ready" else "red"
+
+
+def _ping(s: dict[str, Any]) -> str:
+    latency = s["health"]["latency_ms"]
+    return f"{latency:.1f} ms" if latency is not None else "-"
+
+
+def _error(s: dict[str, Any]) -> str:
+    return str(s["last_error"] or s["health"]["last_error"] or "")
 
 
 @app.command("config-docs")

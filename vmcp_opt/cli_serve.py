@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import os
 import socket
 import sys
 from pathlib import Path
@@ -15,8 +16,19 @@ from vmcp_opt.cli_config import fatal
 from vmcp_opt.config import PROJECT_ROOT, VmcpConfig
 from vmcp_opt.console import OutputConsole
 
-out = OutputConsole()
 logger = logging.getLogger("vmcp_opt.cli")  # the banner's record keeps the logger it always had
+
+
+class _BannerConsole(OutputConsole):
+    """stdout for the banner, printed while the gateway starts serving: a stdout that fails (its reader gone,
+    `vmcp serve | head -1`; a full disk) must cost the banner, not the gateway. rich answers a broken pipe by
+    exiting the process; here it is an `OSError` like any other, which `announce` catches."""
+
+    def on_broken_pipe(self) -> None:
+        raise BrokenPipeError(errno.EPIPE, "the reader of stdout went away")
+
+
+out = _BannerConsole()
 
 
 def exit_if_port_taken(host: str, port: int, json_logs: bool = False) -> None:
@@ -50,6 +62,20 @@ def exit_if_port_taken(host: str, port: int, json_logs: bool = False) -> None:
                 )
             reason = "the port is already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
             cannot_listen(1, f"{reason}; stop what holds it or choose another with --port (server.port)", "server.port")
+
+
+def exit_if_no_stdio(json_logs: bool = False) -> None:
+    """Under the stdio transport, fail at once when stdin or stdout is closed (`vmcp serve --stdio <&-`): the
+    MCP stream has nowhere to come from or go to, and the event loop would stop on the missing descriptor with
+    a traceback. Python leaves `sys.stdin`/`sys.stdout` None when their descriptor was not open at start."""
+    closed = [name for name, stream in (("stdin", sys.stdin), ("stdout", sys.stdout)) if stream is None]
+    if closed:
+        reason = (
+            f"{' and '.join(closed)} {'is' if len(closed) == 1 else 'are'} closed; the stdio transport speaks MCP "
+            "over stdin and stdout, so its client must start it with both open (or serve HTTP: no --stdio, "
+            "server.transport: streamable-http)"
+        )
+        fatal(2, f"[bold red]cannot serve over stdio[/]: {reason}", f"cannot serve over stdio: {reason}", json_logs)
 
 
 def stdio_launch(config_path: Path | None) -> dict[str, object]:
@@ -89,9 +115,29 @@ def announce(cfg: VmcpConfig, port: int, config_path: Path | None = None) -> Non
             },
         )
         return
-    out.print(f"\n[bold green]vmcp-opt[/] serving MCP at [bold]{url}[/] ({mode})")
-    out.print(f"  health: {health}   readiness: {readiness}")
-    out.print(f"  try it:  {try_it}", markup=False, highlight=False)
-    out.print("  Claude Desktop (claude_desktop_config.json):")
-    out.print("  " + json.dumps(snippet), markup=False, highlight=False)
-    out.print("  Ctrl-C stops the gateway and its backends.\n")
+    try:
+        out.print(f"\n[bold green]vmcp-opt[/] serving MCP at [bold]{url}[/] ({mode})")
+        out.print(f"  health: {health}   readiness: {readiness}")
+        out.print(f"  try it:  {try_it}", markup=False, highlight=False)
+        out.print("  Claude Desktop (claude_desktop_config.json):")
+        out.print("  " + json.dumps(snippet), markup=False, highlight=False)
+        out.print("  Ctrl-C stops the gateway and its backends.\n")
+    except OSError as exc:
+        _discard_stdout()
+        logger.warning("start-up banner not written to stdout (%s); serving at %s", exc.strerror or exc, url)
+
+
+def _discard_stdout() -> None:
+    """Point stdout at the null device: what is left in its buffer, and Python's flush at exit, would fail again
+    (a traceback at shutdown, or an exit status of 120)."""
+    out.quiet = True
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+    except OSError:
+        return
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # no stdout at all, or one without a descriptor
+        pass
+    finally:
+        os.close(devnull)

@@ -12,7 +12,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console, ConsoleDimensions
+from rich.text import Text
 from typer.core import TyperGroup, TyperOption
+
+from vmcp_opt.display import printable
 
 if TYPE_CHECKING:
     from typer._click import Command, Context, Parameter
@@ -38,6 +41,13 @@ class OutputConsole(Console):
     @size.setter
     def size(self, new_size: tuple[int, int]) -> None:
         Console.size.fset(self, new_size)  # type: ignore[attr-defined]
+
+
+def literal(text: str) -> Text:
+    """Text a backend or a credential supplied (an error, a tool name, a subject), for a table cell or title: rich
+    markup not applied (`[/etc/x]` in a backend's stderr line would end the command with a MarkupError, `[bold]`
+    would vanish from the message), control characters escaped (an escape sequence would rewrite the terminal)."""
+    return Text(printable(text))
 
 
 def plain_flags(params: list[Parameter]) -> list[Parameter]:
