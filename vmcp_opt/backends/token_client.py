@@ -5,10 +5,18 @@ RFC 8414 then OpenID discovery). `TokenCache` keeps tokens per key until `refres
 expire (a token that lives shorter than twice that: until half its life); when one is due, one request fetches it for every waiter, who shares its outcome, a refusal included
 (single-flight), so a burst of calls costs one token request. Failures are `CredentialError`s naming the backend and the step, with
 the endpoint's `error` code but never a token, secret or response body beyond that code.
+
+What an endpoint can make the gateway spend is bounded: a request (discovery's included) takes at most
+`auth.timeout` seconds in all, not per read (an answer dripping a byte a second never ended), and its body is
+read up to `MAX_ANSWER_BYTES` (the whole body was read into memory: a 300 MB answer took 600 MB). An
+`expires_in` that is not a positive finite number counts as absent: a negative or NaN one made every HTTP
+request to the backend fetch a new token.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
@@ -24,6 +32,46 @@ TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
 DEFAULT_LIFETIME = 300.0  # seconds a token without `expires_in` is kept (less `refresh_before`)
 MAX_CACHED = 10_000  # tokens per backend; past it the ones expiring first are dropped
+MAX_ANSWER_BYTES = 64 * 1024  # of a token or metadata answer read: a token response is a few KB at most
+
+
+class _Unanswered(Exception):
+    """A token endpoint request that failed: the reason, with no secret and no body."""
+
+
+@dataclass(frozen=True)
+class _Answer:
+    status: int
+    body: bytes
+
+    def json(self) -> object:
+        return json.loads(self.body)
+
+
+async def _bounded(http: httpx2.AsyncClient, seconds: float, method: str, url: str, **kwargs: object) -> _Answer:
+    """`method url`, within `seconds` in all, its body read up to `MAX_ANSWER_BYTES`."""
+    body = bytearray()
+    try:
+        with anyio.fail_after(seconds):
+            async with http.stream(method, url, **kwargs) as response:  # type: ignore[arg-type]
+                async for chunk in response.aiter_bytes():
+                    body += chunk
+                    if len(body) > MAX_ANSWER_BYTES:
+                        raise _Unanswered(f"an answer larger than {MAX_ANSWER_BYTES // 1024} KiB")
+    except TimeoutError:
+        raise _Unanswered(f"no answer within {seconds:g}s (auth.timeout)") from None
+    except httpx2.HTTPError as exc:
+        raise _Unanswered(type(exc).__name__) from None
+    return _Answer(response.status_code, bytes(body))
+
+
+def _lifetime(expires_in: object) -> float:
+    """Seconds a token lives: `expires_in` when it is a positive finite number, else `DEFAULT_LIFETIME`."""
+    try:
+        seconds = float(expires_in)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return DEFAULT_LIFETIME
+    return seconds if math.isfinite(seconds) and seconds > 0 else DEFAULT_LIFETIME
 
 
 @dataclass(frozen=True)
@@ -79,22 +127,23 @@ class TokenEndpoint:
         except ValueError as exc:
             raise CredentialError(self.backend, "client secret", str(exc)) from None
         self.requests += 1
+        timeout = self.config.timeout
         try:
-            async with httpx2.AsyncClient(timeout=self.config.timeout) as http:
-                response = await http.post(url, data=form, auth=(self.config.client_id, secret))
-        except httpx2.HTTPError as exc:
-            raise CredentialError(self.backend, "token endpoint unreachable", type(exc).__name__) from None
-        if response.status_code != 200:
-            raise CredentialError(self.backend, refused, f"HTTP {response.status_code} {_error_code(response)}")
+            async with httpx2.AsyncClient(timeout=timeout) as http:
+                response = await _bounded(http, timeout, "POST", url, data=form, auth=(self.config.client_id, secret))
+        except _Unanswered as exc:
+            raise CredentialError(self.backend, "token endpoint unreachable", str(exc)) from None
+        if response.status != 200:
+            raise CredentialError(self.backend, refused, f"HTTP {response.status} {_error_code(response)}")
         try:
             body = response.json()
-            value = body["access_token"]
-            lifetime = float(body.get("expires_in") or DEFAULT_LIFETIME)
-        except (ValueError, KeyError, TypeError):
-            raise CredentialError(self.backend, refused, "the answer carries no access_token") from None
+        except ValueError:
+            raise CredentialError(self.backend, refused, "the answer is not JSON") from None
+        value = body.get("access_token") if isinstance(body, dict) else None
         if not isinstance(value, str) or not value:
             raise CredentialError(self.backend, refused, "the answer carries no access_token")
-        return Token(value, time.monotonic() + lifetime)
+        assert isinstance(body, dict)
+        return Token(value, time.monotonic() + _lifetime(body.get("expires_in")))
 
     async def _token_url(self) -> str:
         if self._url is not None:
@@ -111,21 +160,23 @@ class TokenEndpoint:
         async with httpx2.AsyncClient(timeout=self.config.timeout) as http:
             for url in urls:
                 try:
-                    response = await http.get(url)
-                    endpoint = response.json().get("token_endpoint") if response.status_code == 200 else None
-                except (httpx2.HTTPError, ValueError, AttributeError):
+                    response = await _bounded(http, self.config.timeout, "GET", url)
+                    metadata = response.json() if response.status == 200 else None
+                except (_Unanswered, ValueError):
                     continue
+                endpoint = metadata.get("token_endpoint") if isinstance(metadata, dict) else None
                 if isinstance(endpoint, str) and endpoint:
                     return endpoint
         raise CredentialError(self.backend, "token endpoint discovery", f"no token_endpoint in {issuer}'s metadata")
 
 
-def _error_code(response: httpx2.Response) -> str:
+def _error_code(response: _Answer) -> str:
     """The OAuth `error` code of a refusal (`invalid_client`, `invalid_grant`), never the rest of the body."""
     try:
-        code = response.json().get("error")
-    except (ValueError, AttributeError):
+        body = response.json()
+    except ValueError:
         return ""
+    code = body.get("error") if isinstance(body, dict) else None
     return str(code)[:64] if isinstance(code, str) and code.replace("_", "").isalnum() else ""
 
 

@@ -30,7 +30,7 @@ from mcp.client.stdio import StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 
 from vmcp_opt.backends.credentials import BackendAuth
-from vmcp_opt.backends.http_bodies import cap_json_bodies
+from vmcp_opt.backends.http_bodies import AnswerClient, CancelWatch, OpenAnswers, cap_json_bodies
 from vmcp_opt.backends.secrets import redact, secret_values
 from vmcp_opt.backends.stdio import bounded_stdio_client, line_cap
 from vmcp_opt.config import BackendConfig
@@ -128,11 +128,21 @@ async def open_transport(
         timeout = httpx2.Timeout(connect_timeout, read=None)
         cap = line_cap(max_result_bytes)  # a JSON answer's bytes, and one SSE event's
         hooks = {"response": [cap_json_bodies(backend.name, cap, secret_values(backend))]}
+        # A request's POST stops when its call does (http_bodies.py, `OpenAnswers`), not when the backend ends it.
+        answers = OpenAnswers()
+        client = AnswerClient(
+            headers=backend.headers,
+            timeout=timeout,
+            auth=credentials,
+            event_hooks=hooks,
+            backend=backend.name,
+            answers=answers,
+        )
         async with (
-            httpx2.AsyncClient(headers=backend.headers, timeout=timeout, auth=credentials, event_hooks=hooks) as client,
-            streamable_http_client(backend.url, http_client=client, max_sse_event_size=cap) as streams,
+            client,
+            streamable_http_client(backend.url, http_client=client, max_sse_event_size=cap) as (read, write),
         ):
-            yield streams
+            yield read, CancelWatch(write, answers)
     else:
         assert backend.url is not None
         async with sse_client(
