@@ -20,7 +20,8 @@ from tests.support import running_gateway, write_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.anyio]
 
-TOOLS = ["ok", "hang", "drip", "sse_hang", "cut"]
+TOOLS = ["ok", "hang", "drip", "sse_hang", "cut", "echo"]
+SECRET_ECHOED = "X-Api-Key: sk-live-0123456789abcdef"
 
 
 @pytest.fixture
@@ -110,6 +111,12 @@ class HostileBackend:
         return b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
 
     async def _misbehave(self, name: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if name == "echo":  # JSON, not JSON-RPC, and quoting what it was sent, as a debug page might
+            body = json.dumps({"debug": f"you sent {SECRET_ECHOED}"}).encode()
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(body))
+            writer.write(body)
+            await writer.drain()
+            return
         if name == "cut":
             writer.write(b'HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 500\r\n\r\n{"jsonrpc"')
             await writer.drain()
@@ -183,3 +190,14 @@ async def test_an_answer_broken_off_fails_that_call_and_keeps_the_session(tmp_pa
             assert (await client.call_tool("h_ok", {})).is_error is False
         assert backend.initializes == 1, "the backend's session was opened again"
         assert "backend h failed" not in gateway.output()
+
+
+async def test_a_body_that_is_not_json_rpc_is_not_quoted_to_the_client_nor_the_log(tmp_path: Path) -> None:
+    with hostile_backend() as backend, running_gateway(write_config(tmp_path, config(backend.port))) as gateway:
+        async with Client(gateway.url) as client:
+            result = await client.call_tool("h_echo", {})
+            assert result.is_error
+            text = result.content[0].text  # type: ignore[union-attr]
+            assert "not JSON-RPC" in text and SECRET_ECHOED not in text, text
+            assert (await client.call_tool("h_ok", {})).is_error is False
+        assert SECRET_ECHOED not in gateway.output()

@@ -51,6 +51,7 @@ import httpx2
 import mcp_types as types
 from mcp.shared.exceptions import MCPError
 from mcp.shared.message import SessionMessage
+from pydantic import ValidationError
 
 from vmcp_opt.backends.errors import HTTP_STATUS, NOT_READ, OVER_RESULT_CAP, one_line
 from vmcp_opt.backends.secrets import redact, with_escaped_forms
@@ -122,6 +123,9 @@ class QuietBodyTooLarge(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, ValidationError):  # pydantic's text quotes the body, which may echo a credential
+            _status_log.warning("unparsable", "a backend answered with a body that is not JSON-RPC (not logged)")
+            return False
         if not isinstance(exc, BodyRefused):
             return True
         if isinstance(exc, AnswerAbandoned):
@@ -146,12 +150,17 @@ def quiet_body_too_large() -> None:
 
 def as_internal_error(exc: MCPError) -> MCPError | None:
     """The SDK's -32700 for a body `CappedBody` refused, as -32603 with our message alone, marked as an answer
-    over the cap (a tools/call's becomes an error result: backends/errors.py, `over_result_cap`); None for any
-    other error."""
+    over the cap (a tools/call's becomes an error result: backends/errors.py, `over_result_cap`); for a body
+    that is not JSON-RPC, -32700 without the body's text; None for any other error."""
     message = exc.error.message
-    if exc.code != types.PARSE_ERROR or not message.startswith(_SDK_PREFIX) or not message.endswith(_NOT_READ):
+    if exc.code != types.PARSE_ERROR or not message.startswith(_SDK_PREFIX):
         return None
-    return MCPError(types.INTERNAL_ERROR, message.removeprefix(_SDK_PREFIX), {OVER_RESULT_CAP: True})
+    if message.endswith(_NOT_READ):
+        return MCPError(types.INTERNAL_ERROR, message.removeprefix(_SDK_PREFIX), {OVER_RESULT_CAP: True})
+    if message.removeprefix(_SDK_PREFIX).startswith("backend '"):  # a `BodyRefused` of ours: it says why
+        return None
+    # pydantic's text quotes the start of the body: a debug page echoing the gateway's credential, say.
+    return MCPError(types.PARSE_ERROR, "the backend answered with a body that is not JSON-RPC (not shown)")
 
 
 class CappedBody(httpx2.AsyncByteStream):
