@@ -180,7 +180,8 @@ def test_a_misspelt_model_is_a_config_error_not_a_traceback(
     result = vmcp_index(*command, "-c", str(config), "--from-jsonl", str(tools))
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stdout + result.stderr
-    assert "config: optimizer.model: model 'nosuchmodel': not a registry id" in result.stderr
+    assert f"invalid configuration ({config}):" in result.stderr
+    assert "  optimizer.model: model 'nosuchmodel': not a registry id" in result.stderr
 
 
 def test_a_model_error_past_the_config_check_ends_the_command_with_its_reason(

@@ -366,13 +366,12 @@ def _top_pairs(together: dict[str, dict[str, int]], top: int) -> list[tuple[str,
 
 def _config(path: Path | None) -> VmcpConfig:
     from vmcp_opt.backends.discovery import read_client_config
+    from vmcp_opt.cli_config import exit_invalid
 
     try:
         return load_config(path, discover=read_client_config, check_model=model_problem)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            errors.print(f"[red]config:[/] {problem}")
-        raise typer.Exit(2) from None
+    except ConfigError as exc:  # as every other command says it (a problem quoting "[/x]" is not markup there)
+        exit_invalid(path, exc.problems)
 
 
 def _index_dir(settings: VmcpConfig, override: Path | None) -> Path:
