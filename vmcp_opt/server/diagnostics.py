@@ -139,13 +139,13 @@ def diagnostics_server(
     address = gateway.config.telemetry.metrics.address()
     assert address is not None
     host, port = address
+    sock = _bound(host, port)  # before the warning: an address that cannot be bound is only an error
     if host not in LOOPBACK_ADDRESSES:
         logger.warning(
             "telemetry.metrics.listen: /metrics and /readyz on %s:%d are readable by anyone who can reach it",
             host,
             port,
         )
-    sock = _bound(host, port)
     app = Starlette(
         routes=[*health_routes(gateway, endpoint, drain), *metrics_routes(gateway)],
         middleware=[
