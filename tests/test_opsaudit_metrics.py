@@ -63,3 +63,4 @@ async def test_a_call_tool_is_one_request_served_and_its_unknown_target_no_faile
     assert meta['outcome="application_error",tool="call_tool"'] == 20.0
     assert samples(text, "vmcp_unknown_tool_total") == {"": 21.0}
     assert "made_up" not in text  # no name a client invents becomes a label
+    assert "_created" not in text  # a start-time gauge beside every series would double what a scrape stores

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
@@ -58,6 +58,9 @@ class Metrics:
     """An `OperationWatcher` counting and timing requests, backend calls and find_tool."""
 
     def __init__(self, backends: list[str]) -> None:
+        # A `_created` gauge beside every counter and histogram doubled the series a scrape stores, for a
+        # start time that Prometheus, reading the text format, does not use.
+        disable_created_metrics()
         self.registry = CollectorRegistry()
         self._backends = frozenset(backends)
         self.server = Histogram(
