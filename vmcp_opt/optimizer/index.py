@@ -2,7 +2,10 @@
 
 Reads are lock-free: `search` takes the current `_Snapshot` (an immutable bundle of records, keyword index
 and vectors) and works on it alone, while `update` builds the next snapshot in another thread and swaps
-it in at the end. The parts, one module each:
+it in at the end. Writes never wait for the model either: `update_keywords` swaps in a newer catalogue while
+an `update` is embedding an older one, and that `update` then gives its vectors to the newer snapshot
+rather than swap the older catalogue back in (each snapshot carries the generation of the call that handed
+its records to the index; a swap never goes back). The parts, one module each:
 
 - `keyword_arm` and `vector_arm`: the two first-stage arms, fused by `ranking`;
 - `boosts`: companions (co-usage) and prerequisites, raised after fusion;
@@ -10,6 +13,9 @@ it in at the end. The parts, one module each:
 - `vector_store`: vectors on disk under `index_dir/<model-slug>/vectors.npz`, keyed by each tool's content
   hash, so a restart with unchanged tools embeds nothing and a changed tool re-embeds alone;
 - `rerank`: the interface of an optional second stage (none in the gateway).
+
+Past ~450 lines on purpose: the snapshot, its swap and the two writers that race for it (`update`,
+`update_keywords`) are one protocol; apart, each half would reach into the other's locks and generations.
 """
 
 from __future__ import annotations
@@ -40,7 +46,7 @@ from vmcp_opt.optimizer.vector_store import VectorCache, VectorStore
 
 log = logging.getLogger(__name__)
 
-# Per-caller masks of the records a policy lets them use, kept for the latest snapshots.
+# Per-caller masks of the records a policy lets them use, kept for the served snapshot.
 NAME_MASKS_KEPT = 256
 
 
@@ -103,6 +109,21 @@ class _Snapshot:
     positions: dict[str, int] = field(default_factory=dict)
     # Position -> the tools issuing values it requires (optimizer/prerequisites.py).
     prerequisites: dict[int, tuple[Prerequisite, ...]] = field(default_factory=dict)
+    # Each record's content hash (vector_store's key), aligned with records.
+    hashes: tuple[str, ...] = ()
+    # Which call to `update` or `update_keywords` handed these records to the index (`ToolIndex._generation`).
+    generation: int = 0
+
+
+@dataclass
+class _NameMasks:
+    """The masks of one snapshot, the served one, by the id of the name set they were made from (kept with
+    it: an id is only unique while its object lives). Kept per snapshot, not across them: a mask held a
+    replaced snapshot alive, and a backend changing its tools every second kept 256 catalogues in memory
+    (3 MiB each at 1,500 tools) under a per-caller policy."""
+
+    snapshot: _Snapshot
+    masks: dict[int, tuple[frozenset[str], np.ndarray]] = field(default_factory=dict)
 
 
 class ToolIndex:
@@ -129,13 +150,19 @@ class ToolIndex:
         self.directory = Path(index_dir) / self.model.slug
         self._snapshot = _Snapshot()
         self._swap_lock = threading.Lock()
+        # Serialises `update`s (their embeddings and saves); `update_keywords` never takes it.
         self._update_lock = threading.Lock()
+        # Counts the record sets handed to the index, in the order they came (under `_swap_lock`).
+        self._generation = 0
+        # The vectors the last `update` saved (None: read `vector_store`'s once): what `update_keywords` reuses
+        # without touching the store while an `update` holds it.
+        self._known: VectorCache | None = None
         # Vectors by content hash, from the last update or the persisted file (read once, lazily).
         # The lock's wait: as long as another process's update may legitimately take (its bulk encoding's
         # deadline); a holder past it is stuck, and this process embeds on its own rather than never.
         self._vectors = VectorStore(self.directory, self.model, lock_wait=config.bulk_process_timeout)
         self._queries = QueryCache(config.query_cache_size)
-        self._name_masks: dict[tuple[int, int], tuple[_Snapshot, frozenset[str], np.ndarray]] = {}
+        self._name_masks = _NameMasks(self._snapshot)
         # Told of every update when it is done, on the updating thread (the gateway's metrics).
         self.updated: Callable[[UpdateStats], None] | None = None
 
@@ -224,23 +251,30 @@ class ToolIndex:
         return np.vstack([ranking.intent_mean(intents, variants[1:]), intents])
 
     def _name_mask(self, snap: _Snapshot, names: frozenset[str]) -> np.ndarray:
-        """Which records `names` holds; kept per (snapshot, set), since a caller's set is reused until the
+        """Which records `names` holds; kept for the served snapshot, since a caller's set is reused until the
         catalogue changes."""
-        key = (id(snap), id(names))
-        cached = self._name_masks.get(key)
-        if cached is not None and cached[0] is snap and cached[1] is names:
-            return cached[2]
-        mask = np.fromiter((r.name in names for r in snap.records), dtype=bool, count=len(snap.records))
-        if len(self._name_masks) >= NAME_MASKS_KEPT:
-            self._name_masks.pop(next(iter(self._name_masks)))
-        self._name_masks[key] = (snap, names, mask)
+        kept = self._name_masks
+        if kept.snapshot is not snap:
+            if snap is not self._snapshot:  # a search begun before a swap: its snapshot goes when it ends
+                return _records_named(snap, names)
+            kept = self._name_masks = _NameMasks(snap)
+        cached = kept.masks.get(id(names))
+        if cached is not None and cached[0] is names:
+            return cached[1]
+        mask = _records_named(snap, names)
+        if len(kept.masks) >= NAME_MASKS_KEPT:
+            kept.masks.pop(next(iter(kept.masks)), None)
+        kept.masks[id(names)] = (names, mask)
         return mask
 
     # -- writing -----------------------------------------------------------------------------------------
 
     def update(self, records: Sequence[ToolRecord], *, progress: bool = False) -> UpdateStats:
-        """Index exactly `records`: keywords rebuilt, vectors reused by content hash, new ones embedded."""
+        """Index exactly `records`: keywords rebuilt, vectors reused by content hash, new ones embedded. When a
+        newer catalogue came (`update_keywords`) while this one was embedded, that one stays served, with
+        these vectors added."""
         started = time.perf_counter()
+        generation = self._next_generation()
         # The vectors' file lock first: while another replica embeds, keyword refreshes need not wait.
         with self._vectors.updating() as cache, self._update_lock:
             # Tools past the cache's count are new for sure: enough of them and the bulk child starts before the
@@ -272,13 +306,24 @@ class ToolIndex:
             retired = cache.retire(set(hashes), self.config.keep_removed)
             rerank = self.reranker.prepare(documents) if self.reranker is not None else None
             snapshot = self._build(
-                records, documents, vectors, np.ones(len(records), dtype=bool), rerank, keywords=keywords
+                records,
+                documents,
+                vectors,
+                np.ones(len(records), dtype=bool),
+                rerank,
+                keywords=keywords,
+                hashes=hashes,
+                generation=generation,
             )
             del vectors  # the snapshot holds FAISS's copy; drop ours before saving
-            self._swap(snapshot)
+            swapped = self._swap(snapshot)
             matrix = snapshot.vectors if snapshot.vectors is not None else np.zeros((0, 0), dtype=np.float32)
             rows = {h: i for i, h in enumerate(hashes)}
-            self._vectors.save(VectorCache(rows, matrix, owner=snapshot.faiss_index, retired=retired))
+            known = VectorCache(rows, matrix, owner=snapshot.faiss_index, retired=retired)
+            self._vectors.save(known)
+            self._known = known
+            if not swapped:
+                self._give_vectors_to_newer(known)
         stats = UpdateStats(
             embedded=len(first),
             reused=len(set(hashes)) - len(first),
@@ -299,12 +344,18 @@ class ToolIndex:
         return stats
 
     def update_keywords(self, records: Sequence[ToolRecord]) -> None:
-        """Replace the indexed set without the model: keywords at once, plus any vectors already cached."""
+        """Replace the indexed set without the model: keywords at once, plus any vectors already cached.
+
+        Never waits for an `update` embedding meanwhile (a large catalogue's takes minutes): the tools a
+        backend removed must leave find_tool's answers as soon as the router stops serving them."""
         started = time.perf_counter()
-        with self._update_lock:
-            records, documents, hashes = _prepare(records)
-            vectors, found = self._vectors.cache().stack(hashes, self.model.dimensions)
-            self._swap(self._build(records, documents, vectors if found.any() else None, found))
+        generation = self._next_generation()
+        records, documents, hashes = _prepare(records)
+        vectors, found = self._known_vectors().stack(hashes, self.model.dimensions)
+        snapshot = self._build(
+            records, documents, vectors if found.any() else None, found, hashes=hashes, generation=generation
+        )
+        self._swap(snapshot)
         cached = int(found.sum())
         log.info("keyword index updated: %d tools, %d with cached vectors", len(records), cached)
         if self.updated is not None:
@@ -320,6 +371,8 @@ class ToolIndex:
         rerank: RerankStage | None = None,
         *,
         keywords: _Keywords | None = None,
+        hashes: Sequence[str] = (),
+        generation: int = 0,
     ) -> _Snapshot:
         backend_ids: dict[str, int] = {}
         codes = np.fromiter(
@@ -345,6 +398,8 @@ class ToolIndex:
             rerank=rerank,
             positions={record.name: position for position, record in enumerate(records)},
             prerequisites=keywords.prerequisites,
+            hashes=tuple(hashes),
+            generation=generation,
         )
 
     def _keywords(self, records: list[ToolRecord], documents: list[str]) -> _Keywords:
@@ -352,9 +407,46 @@ class ToolIndex:
         bm25 = _keyword_index(records, documents, self.config)
         return _Keywords(bm25, find_prerequisites(records))
 
-    def _swap(self, snapshot: _Snapshot) -> None:
+    def _next_generation(self) -> int:
         with self._swap_lock:
+            self._generation += 1
+            return self._generation
+
+    def _swap(self, snapshot: _Snapshot) -> bool:
+        """Serve `snapshot` unless a newer catalogue is served already (an older one would bring back tools a
+        backend removed, until the next change); whether it was swapped in."""
+        with self._swap_lock:
+            if snapshot.generation < self._snapshot.generation:
+                return False
             self._snapshot = snapshot
+            return True
+
+    def _known_vectors(self) -> VectorCache:
+        known = self._known
+        if known is None:
+            known = self._known = self._vectors.cache()
+        return known
+
+    def _give_vectors_to_newer(self, known: VectorCache) -> None:
+        """The served snapshot is a newer catalogue than the one just embedded: the same snapshot (records,
+        keyword arm, generation) with every vector `known` has for it. Its own `update`, queued behind this
+        one, embeds the rest; meanwhile its tools in both catalogues rank with vectors."""
+        current = self._snapshot
+        vectors, found = known.stack(current.hashes, self.model.dimensions)
+        if not found.any():
+            return
+        keywords = _Keywords(current.bm25, current.prerequisites)
+        self._swap(
+            self._build(
+                list(current.records),
+                [],
+                vectors,
+                found,
+                keywords=keywords,
+                hashes=current.hashes,
+                generation=current.generation,
+            )
+        )
 
     def stats(self) -> dict[str, Any]:
         snap = self._snapshot
@@ -406,6 +498,10 @@ def _keyword_index(records: Sequence[ToolRecord], documents: Sequence[str], conf
     if config.parameter_weight <= 1:
         return keyword_arm.build(documents, config)
     return keyword_arm.build([keyword_document(record, config.parameter_weight) for record in records], config)
+
+
+def _records_named(snap: _Snapshot, names: frozenset[str]) -> np.ndarray:
+    return np.fromiter((r.name in names for r in snap.records), dtype=bool, count=len(snap.records))
 
 
 def _backend_mask(snap: _Snapshot, backends: Collection[str] | None) -> np.ndarray | None:

@@ -163,7 +163,7 @@ class OptimizerFront:
     async def tools_changed(self, tools: Sequence[ProvidedTool]) -> None:
         """The searchable providers' tools changed: re-index them (keywords now, vectors in the background)."""
         self.names.update(tools)
-        # Keywords at once (the model loads outside the index's lock, so this waits for no more than an embed);
+        # Keywords at once, never waiting for an embedding in progress (`ToolIndex.update_keywords`);
         # the records too are made on the worker thread (10k tools: ~0.1 s).
         records = await anyio.to_thread.run_sync(self._update_keywords, tools)
         await anyio.to_thread.run_sync(self._count_tokens, tools)
