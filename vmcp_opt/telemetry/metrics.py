@@ -60,7 +60,7 @@ class Metrics:
     def __init__(self, backends: list[str]) -> None:
         # A `_created` gauge beside every counter and histogram doubled the series a scrape stores, for a
         # start time that Prometheus, reading the text format, does not use.
-        disable_created_metrics()
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = CollectorRegistry()
         self._backends = frozenset(backends)
         self.server = Histogram(
