@@ -74,7 +74,25 @@ def _load(
     flags: Mapping[str, str],
 ) -> VmcpConfig:
     config_path = Path(path) if path is not None else DEFAULT_CONFIG_PATH
-    data = _read_file(config_path)
+    data, repeated = _read_document(config_path)
+    # A key written twice is reported with every other problem of the file, not alone before them: one pass.
+    try:
+        config = _validated(config_path, data, overrides, discover, check_model, flags)
+    except ConfigError as exc:
+        raise ConfigError(repeated + exc.problems) from None
+    if repeated:
+        raise ConfigError(repeated)
+    return config
+
+
+def _validated(
+    config_path: Path,
+    data: dict[str, Any],
+    overrides: dict[str, Any],
+    discover: ClientConfigReader | None,
+    check_model: ModelCheck | None,
+    flags: Mapping[str, str],
+) -> VmcpConfig:
     data.setdefault("base_dir", str(config_path.resolve().parent))
     source = _source_namer(overrides, data, flags)
     token = _file_data.set(data)
@@ -108,6 +126,14 @@ def _model_problems(model: str, check_model: ModelCheck | None, source: SourceNa
 
 
 def _read_file(path: Path) -> dict[str, Any]:
+    data, repeated = _read_document(path)
+    if repeated:
+        raise ConfigError(repeated)
+    return data
+
+
+def _read_document(path: Path) -> tuple[dict[str, Any], list[str]]:
+    """The file's mapping, and a problem for each key written twice in one mapping (the last one is kept)."""
     if not path.exists():
         raise ConfigError([f"{path}: no such config file"])
     if path.is_dir():
@@ -120,13 +146,12 @@ def _read_file(path: Path) -> dict[str, Any]:
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
     data, repeated = parse_json(path, text) if path.suffix == ".json" else parse_yaml(path, text)
-    if repeated:
-        raise ConfigError([f"{path}: {problem}" for problem in repeated])
+    problems = [f"{path}: {problem}" for problem in repeated]
     if data is None:
-        return {}
+        return {}, problems
     if not isinstance(data, dict):
         raise ConfigError([f"{path}: the top level must be a mapping, got {type(data).__name__}"])
-    return data
+    return data, problems
 
 
 def raw_config(path: Path) -> dict[str, Any]:
