@@ -45,7 +45,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from vmcp_opt import __version__
 from vmcp_opt.backends.credentials import BackendAuth, BackendCredentials
 from vmcp_opt.backends.errors import BackendUnavailable as BackendUnavailable  # re-exported
-from vmcp_opt.backends.errors import describe_error, failure_reason, with_stderr_line
+from vmcp_opt.backends.errors import ProcessExited, describe_error, failure_reason, with_stderr_line
 from vmcp_opt.backends.forwarding import HeaderWriteStream, forwarding
 from vmcp_opt.backends.http_bodies import as_internal_error
 from vmcp_opt.backends.listing import BackendListing, WatchedReadStream, fetch_listing
@@ -61,6 +61,7 @@ logger = logging.getLogger(__name__)
 ResultT = TypeVar("ResultT", bound=BaseModel)
 # Seconds a session must have served for its loss to restart the backoff at `failure.restart.initial_delay`.
 STABLE_SESSION = 60.0
+_STREAM_ENDED = "the connection closed (process exited or stream ended)"
 ChangeCallback = Callable[["BackendConnection"], Awaitable[None]]
 
 
@@ -169,7 +170,7 @@ class BackendConnection:
         self._wake = anyio.Event()
         self._connected = anyio.Event()
         self._lost_reason = None
-        self._stderr.line = None
+        self._stderr = StderrTail()
         if self._stop.is_set():
             return False
         self._wake_on_stop()
@@ -198,10 +199,16 @@ class BackendConnection:
             if self._stop.is_set():
                 self._set_state(BackendState.CLOSED)
             else:
-                self._set_state(
-                    BackendState.FAILED, with_stderr_line(self._lost_reason or "the session ended", self._stderr.line)
-                )
+                self._set_state(BackendState.FAILED, with_stderr_line(self._loss(), self._stderr.line))
         return self.sessions > sessions_before
+
+    def _loss(self) -> str:
+        """Why a session that was READY ended; a stdio process that ended its stdout and exited before the shutdown
+        (a crash, `kill -9`) says with what status, as one that dies at start does."""
+        status = self._stderr.exit_status
+        if status is not None and self._lost_reason in (None, _STREAM_ENDED):
+            return str(ProcessExited(status))
+        return self._lost_reason or "the session ended"
 
     def _served_for(self) -> float:
         """Seconds the last session was READY."""
@@ -313,7 +320,7 @@ class BackendConnection:
 
     def _on_stream_end(self) -> None:
         if not self._stop.is_set() and not self._wake.is_set():
-            self._lost_reason = "the connection closed (process exited or stream ended)"
+            self._lost_reason = _STREAM_ENDED
             self._wake.set()
 
     def _set_state(self, state: BackendState, error: str | None = None) -> None:

@@ -4,8 +4,10 @@ in one line (a backend's `last_error`, its health reason, `vmcp backends`)."""
 from __future__ import annotations
 
 import errno
+import os
 import re
 import signal
+import ssl
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -96,14 +98,45 @@ def one_line(text: str, limit: int = REASON_SHOWN) -> str:
 
 
 def failure_reason(exc: BaseException, command: str | None, secrets: Iterable[str] = ()) -> str:
-    """Why a session failed; a stdio `command` that does not exist says so plainly."""
+    """Why a session failed; a stdio `command` that does not exist says so plainly, and a certificate no trusted
+    CA signed says how to trust its CA."""
     missing = _innermost(exc)
     if isinstance(missing, FileNotFoundError) and command and missing.filename:
         if missing.filename == command and "/" not in command:  # a bare name: looked up on PATH
             return f"command not found on PATH: {command!r}"
         if Path(str(missing.filename)).name == Path(command).name:  # a path, resolved from the config's directory
             return f"command not found: {missing.filename}"
-    return describe_error(exc, secrets)
+    reason = describe_error(exc, secrets)
+    if command is None and (unusable := _unusable_ca_bundle(missing)) is not None:
+        return f"{unusable}: {reason}"
+    return f"{reason}; {TRUST_HINT}" if _UNKNOWN_ISSUER.search(reason) else reason
+
+
+def _unusable_ca_bundle(exc: BaseException) -> str | None:
+    """The file SSL_CERT_FILE names, when httpx could not load it: every HTTPS connection then fails with an error
+    that names neither the variable nor the file ("[Errno 2] No such file or directory"). Read at each connection
+    attempt, as httpx reads it."""
+    bundle = os.environ.get("SSL_CERT_FILE")
+    if not bundle:
+        return None
+    if isinstance(exc, FileNotFoundError) and exc.filename is None:  # a missing command names its file
+        return f"SSL_CERT_FILE names a file that does not exist ({bundle})"
+    if isinstance(exc, ssl.SSLError):  # a failed handshake is httpx's ConnectError: this is the loading
+        return f"SSL_CERT_FILE names a file that holds no usable PEM certificate ({bundle})"
+    return None
+
+
+# OpenSSL's words for a chain that ends at no trusted CA (a self-signed certificate, a private CA's): not for an
+# expired certificate or a name mismatch, which no trust store fixes.
+_UNKNOWN_ISSUER = re.compile(
+    r"CERTIFICATE_VERIFY_FAILED.*(?:self[- ]signed certificate|unable to get (?:local )?issuer certificate)"
+)
+# httpx (every HTTP backend, SSE too) reads SSL_CERT_FILE (unset: SSL_CERT_DIR) for each client it makes; the
+# file replaces the default CAs rather than adding to them.
+TRUST_HINT = (
+    "to trust a private CA or a self-signed certificate, point SSL_CERT_FILE at a PEM bundle holding it (with "
+    "the public CAs, if other HTTPS backends need them) and restart the gateway"
+)
 
 
 STDERR_LINE_SHOWN = 300  # characters of the last stderr line a reason shows

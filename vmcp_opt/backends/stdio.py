@@ -194,9 +194,15 @@ class _Reading:
 
 @asynccontextmanager
 async def bounded_stdio_client(
-    server: StdioServerParameters, errlog: TextIO, *, backend: str, max_result_bytes: int
+    server: StdioServerParameters,
+    errlog: TextIO,
+    *,
+    backend: str,
+    max_result_bytes: int,
+    on_exit: Callable[[int], None] | None = None,
 ) -> AsyncIterator[TransportStreams]:
-    """Start the backend and yield its `(read_stream, write_stream)`, as `mcp.client.stdio.stdio_client`."""
+    """Start the backend and yield its `(read_stream, write_stream)`, as `mcp.client.stdio.stdio_client`.
+    `on_exit` is told the exit status of a backend that exited by itself (not stopped by the shutdown)."""
     if sys.platform == "win32":  # pragma: no cover
         async with stdio_client(server, errlog=errlog) as streams:
             yield streams
@@ -227,7 +233,9 @@ async def bounded_stdio_client(
             raise
         finally:
             with anyio.CancelScope(shield=True):  # the process must not outlive us, even when cancelled
-                exit_code = await _exit_by_itself(process, reading) if failure is not None else None
+                # Whether or not the session failed: a backend that dies after its handshake ends the session
+                # quietly (the stream's end), and its exit status is all that says why.
+                exit_code = await _exit_by_itself(process, reading)
                 read_stream.close()  # the reader drains stdout from now on, so a blocked backend can exit
                 write_stream.close()
                 with anyio.move_on_after(FLUSH_SECONDS):
@@ -238,6 +246,8 @@ async def bounded_stdio_client(
                     await stream.aclose()
                 await anyio.lowlevel.checkpoint()
             pipes.cancel_scope.cancel()
+            if exit_code is not None and on_exit is not None:
+                on_exit(exit_code)
             if failure is not None and exit_code is not None and connection_closed(failure):
                 # "Connection closed" alone does not say that the backend died, nor how.
                 raise ProcessExited(exit_code) from failure

@@ -83,11 +83,17 @@ def stdio_parameters(
 class StderrTail:
     """The last line a stdio backend wrote to stderr (masked, cut), for the reason a session failed: a
     process that exits at start says why there ("No module named ..."), not in the protocol. Kept whether or
-    not the line was logged, and made readable only when read: a flood costs no masking of lines left out."""
+    not the line was logged, and made readable only when read: a flood costs no masking of lines left out.
+    `exit_status`: the process's, if it exited by itself (a crash after its handshake ends the session with no
+    error at all: only the status says how)."""
 
     def __init__(self) -> None:
         self._text: str | None = None
         self._raw: tuple[bytes, bool, list[str]] | None = None
+        self.exit_status: int | None = None
+
+    def exited(self, status: int) -> None:
+        self.exit_status = status
 
     @property
     def line(self) -> str | None:
@@ -117,7 +123,7 @@ async def open_transport(
     """`credentials`: a stdio process's secret environment, or what an HTTP session adds to each request.
     `max_result_bytes` bounds a stdio backend's lines (backends/stdio.py), and a streamable HTTP backend's
     JSON answers (backends/http_bodies.py) and SSE events; over SSE (the 2024 transport) the SDK caps an
-    event at 1 MiB. `stderr_tail` keeps a stdio backend's last stderr line; it is complete once this exits."""
+    event at 1 MiB. `stderr_tail` keeps a stdio backend's last stderr line and exit status; complete once this exits."""
     if backend.transport == "stdio":
         secret_env = credentials.credentials.child_env() if credentials is not None else None
         tail = stderr_tail or StderrTail()
@@ -168,7 +174,7 @@ async def _stdio_with_masked_stderr(
             try:
                 parameters = stdio_parameters(backend, base_dir, secret_env)
                 async with bounded_stdio_client(
-                    parameters, errlog, backend=backend.name, max_result_bytes=max_result_bytes
+                    parameters, errlog, backend=backend.name, max_result_bytes=max_result_bytes, on_exit=tail.exited
                 ) as streams:
                     errlog.close()  # the backend has its own copy: the pipe ends when the backend's does
                     yield streams

@@ -18,6 +18,9 @@ and when it closes again (info), the trials between at debug, with a reminder at
 long and how many trials failed: not the same two lines every cool-down forever (the schedule is the
 reconnect loop's too: vmcp_opt/backends/reconnect_log.py).
 
+Disabled (`failure.circuit_breaker.enabled: false`), it admits every call and counts nothing: a circuit that
+refuses nothing must not log "closed -> open" nor show "open" in `/readyz`, where its state reads "disabled".
+
 Our own, small and synchronous (the caller awaits the call, the breaker only counts): the asyncio
 breakers on PyPI (purgatory, aiobreaker) have consecutive-failure thresholds only, no failure rate
 over a window, no latency, and no outcome fed from outside a wrapped call (our health pings).
@@ -40,6 +43,7 @@ from vmcp_opt.config import CircuitBreakerConfig
 logger = logging.getLogger(__name__)
 
 _TRIAL_FAILED = "a trial failed: "
+_SUMMARY_KEYS = ("state", "reason", "retry_in", "consecutive_failures", "failure_rate", "times_opened")
 
 
 class CircuitState(StrEnum):
@@ -107,6 +111,8 @@ class CircuitBreaker:
     # --- outcomes --------------------------------------------------------------------------------
 
     def record_success(self, latency: float = 0.0, *, admitted: bool = True) -> None:
+        if not self.config.enabled:
+            return
         if latency > self.config.slow_call:
             self.record_failure(
                 f"a call took {latency:.1f}s (slow_call is {self.config.slow_call:g}s)", admitted=admitted
@@ -131,6 +137,8 @@ class CircuitBreaker:
                 self._move(CircuitState.CLOSED)
 
     def record_failure(self, reason: str, *, admitted: bool = True) -> None:
+        if not self.config.enabled:
+            return
         self._advance()
         self._note(failed=True)
         self.consecutive_failures += 1
@@ -241,6 +249,9 @@ class CircuitBreaker:
             self._outcomes.popleft()
 
     def summary(self) -> dict[str, Any]:
+        if not self.config.enabled:
+            # Nothing counted, nothing refused: no state that would suggest otherwise.
+            return {**dict.fromkeys(_SUMMARY_KEYS), "state": "disabled", "times_opened": 0}
         retry_in = self.retry_in()
         return {
             "state": self.state.value,
