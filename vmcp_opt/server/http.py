@@ -27,7 +27,7 @@ from starlette.types import ASGIApp
 
 from vmcp_opt.auth.authenticators import build_authenticator
 from vmcp_opt.config import LOOPBACK_ADDRESSES, ServerConfig, VmcpConfig
-from vmcp_opt.gateway import Gateway
+from vmcp_opt.gateway import Gateway, StartupError
 from vmcp_opt.server.authentication import RequireAuthentication
 from vmcp_opt.server.bad_input import JsonRpcErrorCodes
 from vmcp_opt.server.diagnostics import DiagnosticsServer, diagnostics_server, health_routes, metrics_routes
@@ -149,7 +149,17 @@ def create_app(gateway: Gateway) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with anyio.create_task_group() as task_group:
-            await gateway.start(task_group)
+            try:
+                await gateway.start(task_group)
+            except StartupError as exc:  # failure.mode: fail, already logged naming the backends
+                # Raised out of the lifespan, uvicorn would print its traceback and exit 3; this stops it as
+                # `gateway.fatal` does (exit 1, a failure a restart may get past).
+                gateway.fatal = exc
+                if gateway.on_fatal is not None:
+                    gateway.on_fatal(exc)
+                yield  # uvicorn then stops at once, without serving
+                task_group.cancel_scope.cancel()
+                return
             if diagnostics is not None:
                 task_group.start_soon(diagnostics.run_beside, name="diagnostics")
             async with manager.run(), shared_sessions.run() if shared_sessions else contextlib.nullcontext():

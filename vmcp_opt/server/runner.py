@@ -103,7 +103,7 @@ def run_gateway(config: VmcpConfig, announce: Callable[[VmcpConfig, int], None] 
         loop = asyncio.get_running_loop()
         throttle_accept_errors(loop)
         await original_startup(sockets)
-        if server.started and announce is not None:
+        if server.started and announce is not None and gateway.fatal is None:
             announce(config, _bound_port(server, config.server.port))
 
     server.startup = startup  # type: ignore[method-assign]

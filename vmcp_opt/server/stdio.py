@@ -50,7 +50,7 @@ from mcp.shared._stream_protocols import ReadStream, WriteStream
 from mcp.shared.message import SessionMessage
 from pydantic import ValidationError
 
-from vmcp_opt.gateway import Gateway
+from vmcp_opt.gateway import Gateway, StartupError
 from vmcp_opt.server.bad_input import unusable_id
 from vmcp_opt.server.diagnostics import DiagnosticsServer
 from vmcp_opt.server.handlers import build_mcp_server
@@ -80,7 +80,13 @@ async def serve_stdio(
     """Serve the client on stdin/stdout until it closes stdin or `stop` is set; `diagnostics`
     (telemetry.metrics.listen) beside it, the only way to reach this gateway's metrics."""
     async with anyio.create_task_group() as task_group:
-        await gateway.start(task_group)
+        try:
+            await gateway.start(task_group)
+        except StartupError as exc:  # failure.mode: fail, already logged naming the backends
+            # Caught here, inside the task group: out of it, it would come wrapped in an ExceptionGroup.
+            gateway.fatal = exc
+            task_group.cancel_scope.cancel()
+            return
         if diagnostics is not None:
             task_group.start_soon(diagnostics.run_beside, name="diagnostics")
         server = build_mcp_server(gateway, "stdio")
