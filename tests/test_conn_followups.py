@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx2
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -85,6 +86,7 @@ def dying_backends(directory: Path, names: list[str], **failure: Any) -> Path:
         # Only calls feed the circuit: no health check runs within these tests.
         "health": {"interval": 3600},
         "failure": {"restart": {"enabled": False}, **failure},
+        "telemetry": {"metrics": {"enabled": True}},
     }
     return write_config(directory, config)
 
@@ -129,6 +131,8 @@ async def test_a_disabled_circuit_breaker_logs_no_circuit_and_forwards_every_cal
             forwarded = await client.call_tool("junk_ok", {})
             assert not forwarded.is_error and text(forwarded) == "fine", text(forwarded)
         assert backend(gateway, "junk")["circuit"]["state"] == "disabled"
+        metrics = httpx2.get(f"{gateway.base}/metrics", timeout=30).text  # the same word as /readyz, not "closed"
+        assert 'vmcp_backend_circuit{backend="junk",state="disabled"} 1.0' in metrics, metrics
         assert "backend junk circuit" not in gateway.output()  # the breaker's every line starts so
 
 

@@ -23,6 +23,7 @@ from vmcp_opt.backends import BackendConnection, BackendManager, BackendState
 from vmcp_opt.backends.credentials import with_auth_health
 from vmcp_opt.config import VmcpConfig
 from vmcp_opt.health import HealthMonitor
+from vmcp_opt.health.breaker import CircuitBreaker
 from vmcp_opt.optimizer.index import UpdateStats
 from vmcp_opt.optimizer.metatools import OptimizerFront
 from vmcp_opt.routing import BackendTools, Policy, Router, SessionChooser
@@ -259,7 +260,7 @@ class Gateway:
     def _backend_states(self) -> list[tuple[str, str, str]]:
         """Each backend's health and circuit state, for the metrics."""
         health = self.health
-        return [(name, health.health[name].state.value, health.breakers[name].state.value) for name in health.health]
+        return [(name, health.health[name].state.value, _circuit(health.breakers[name])) for name in health.health]
 
     def stop(self) -> None:
         self._stopping = True
@@ -398,3 +399,8 @@ def load_policy(config: VmcpConfig) -> Policy | None:
 class Readiness:
     serving: bool
     body: dict[str, Any]
+
+
+def _circuit(breaker: CircuitBreaker) -> str:
+    """A breaker's state for the metrics: `disabled` as /readyz says it, not a `closed` that refuses nothing."""
+    return breaker.state.value if breaker.config.enabled else "disabled"

@@ -39,7 +39,7 @@ AUTH_OUTCOMES = frozenset(
 )
 AUTH_METHODS = frozenset({"oauth", "api_keys"})
 HEALTH_STATES = ("unknown", "healthy", "degraded", "unhealthy")
-CIRCUIT_STATES = ("closed", "open", "half_open")
+CIRCUIT_STATES = ("closed", "open", "half_open", "disabled")
 RANKINGS = frozenset({"hybrid", "keyword"})
 
 
