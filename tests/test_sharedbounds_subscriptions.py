@@ -18,7 +18,7 @@ import redis
 
 from tests.redis_server import RedisServer, running_redis
 from tests.support import EXAMPLES, Gateway, raw_session, running_gateway, write_config
-from vmcp_opt.shared.session_store import MAX_SHARED_SUBSCRIPTION_BYTES, MAX_SHARED_URI_BYTES
+from vmcp_opt.shared.session_store import MAX_SHARED_SUBSCRIPTION_BYTES, MAX_SHARED_URI_BYTES, session_key_digest
 
 pytestmark = [pytest.mark.slow]
 
@@ -52,10 +52,10 @@ def subscribe(gateway: Gateway, headers: dict[str, str], uris: list[str]) -> Non
         assert answer.status_code == 200 and answer.json().get("result") == {}, answer.text[:500]
 
 
-def recorded(server: RedisServer) -> tuple[list[str], int]:
-    """The subscriptions the one session record holds, and the record's bytes in Redis."""
+def recorded(server: RedisServer, headers: dict[str, str]) -> tuple[list[str], int]:
+    """The subscriptions the record of the session `headers` name holds, and the record's bytes in Redis."""
     admin = redis.Redis(port=server.port)
-    [key] = list(admin.scan_iter("vmcp:session:*"))
+    key = "vmcp:session:" + session_key_digest(headers["mcp-session-id"])
     names = [name.decode() for name in admin.hkeys(key) if name.startswith(b"sub:")]
     usage = admin.memory_usage(key, samples=0)
     assert usage is not None
@@ -70,7 +70,7 @@ def test_long_subscription_uris_are_served_but_a_record_keeps_a_bounded_number_o
     short = [uri(f"s{n}-", 100) for n in range(3)]
     huge = [uri(f"h{n}-", 60_000) for n in range(20)]  # 1.2 MB: within a body, past any record's bound
     subscribe(gateway, headers, [*short, *huge])
-    kept, usage = recorded(server)
+    kept, usage = recorded(server, headers)
     assert sorted(kept) == sorted(short)
     # The record: initialize params, a few fields, the short URIs; not the 1.2 MB.
     assert usage < 16 * 1024, usage
@@ -79,14 +79,11 @@ def test_long_subscription_uris_are_served_but_a_record_keeps_a_bounded_number_o
 
 def test_a_record_keeps_subscriptions_up_to_its_total_of_uri_bytes(served: tuple[RedisServer, Gateway]) -> None:
     server, gateway = served
-    admin = redis.Redis(port=server.port)
-    for key in admin.scan_iter("vmcp:session:*"):
-        admin.delete(key)  # the other test's session: `recorded` reads the one record there is
     headers = raw_session(gateway.url)
     size = MAX_SHARED_URI_BYTES  # each within the per-URI bound
     many = [uri(f"m{n:03}-", size) for n in range(MAX_SHARED_SUBSCRIPTION_BYTES // size + 8)]
     subscribe(gateway, headers, many)
-    kept, usage = recorded(server)
+    kept, usage = recorded(server, headers)
     assert len(kept) == MAX_SHARED_SUBSCRIPTION_BYTES // size
     assert sum(len(k) for k in kept) <= MAX_SHARED_SUBSCRIPTION_BYTES
     assert usage < 2 * MAX_SHARED_SUBSCRIPTION_BYTES, usage  # the allocator's size classes on top of the URIs
@@ -95,5 +92,5 @@ def test_a_record_keeps_subscriptions_up_to_its_total_of_uri_bytes(served: tuple
     assert httpx2.post(gateway.url, json=request, headers=headers, timeout=30).json().get("result") == {}
     later = uri("later-", 200)
     subscribe(gateway, headers, [later])
-    kept_after, _ = recorded(server)
+    kept_after, _ = recorded(server, headers)
     assert later in kept_after and kept[0] not in kept_after
