@@ -160,7 +160,10 @@ class ToolIndex:
         # Vectors by content hash, from the last update or the persisted file (read once, lazily).
         # The lock's wait: as long as another process's update may legitimately take (its bulk encoding's
         # deadline); a holder past it is stuck, and this process embeds on its own rather than never.
-        self._vectors = VectorStore(self.directory, self.model, lock_wait=config.bulk_process_timeout)
+        # Saves are paced (vector_store.SAVE_INTERVAL): `close` writes what is pending.
+        self._vectors = VectorStore(
+            self.directory, self.model, lock_wait=config.bulk_process_timeout, keep_removed=config.keep_removed
+        )
         self._queries = QueryCache(config.query_cache_size)
         self._name_masks = _NameMasks(self._snapshot)
         # Told of every update when it is done, on the updating thread (the gateway's metrics).
@@ -178,7 +181,8 @@ class ToolIndex:
 
     @property
     def vectors_unsaved(self) -> str | None:
-        """Why the last update's vectors did not reach `vectors.npz` (a full disk...); None when they did."""
+        """Why the last write of the vectors did not reach `vectors.npz` (a full disk...); None when it did. An
+        index's first update writes at once (vector_store.py), so this is its outcome after one `update`."""
         return self._vectors.unsaved
 
     def search(
@@ -447,6 +451,11 @@ class ToolIndex:
                 generation=current.generation,
             )
         )
+
+    def close(self) -> None:
+        """On shutdown: write the vectors a paced save has not written yet, so a restart embeds none of them
+        again. Idempotent; an `update` after it writes at once."""
+        self._vectors.close()
 
     def stats(self) -> dict[str, Any]:
         snap = self._snapshot

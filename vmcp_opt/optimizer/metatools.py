@@ -196,12 +196,14 @@ class OptimizerFront:
 
     def close(self) -> None:
         """On shutdown: stop the periodic saver and the embedder (after what it is doing, waited for up to
-        `EMBEDDER_STOP_WAIT`), and write what the saver has not written yet. Idempotent."""
+        `EMBEDDER_STOP_WAIT`), and write what the savers have not written yet (the usage history, and the
+        vectors a paced save kept pending). Idempotent."""
         self._closed.set()
         with self._wake:
             self._wake.notify_all()
         self._idle.wait(EMBEDDER_STOP_WAIT)
         self.save_usage()
+        self.index.close()
 
     @property
     def embedding(self) -> bool:

@@ -15,13 +15,26 @@ cause, and the next save says what is wrong with the place.
 The index's files hold tool descriptions and vectors, not secrets: `vectors.npz` is created like
 `catalogue.json`, `usage.json` and the lock file, 0666 less the process's umask (0644 under the usual 022),
 so an operator's `vmcp index build` and a gateway running as another user can share an index_dir.
+
+Writes are paced: the whole file (11-15 MB at a few thousand tools and the kept vectors) is written, fsynced,
+at most once per `SAVE_INTERVAL` by one store. A save that comes sooner is kept pending and written by the
+first save past the interval, by a timer at its end, or by `close` (the gateway's shutdown): a backend that
+announces new tools every second costs one write per interval, not one a second, and a clean stop loses
+nothing embedded. A store's first save writes at once, so `vmcp index build` (one update) has its file when it
+returns, and so does a gateway's first embedding. Pending vectors are merged with what another process saved
+meanwhile (its catalogue joins the retired entries), as an update merges them, so no replica's are lost.
+The environment variable `VMCP_VECTORS_SAVE_INTERVAL` (seconds, 0: every save writes) overrides the interval;
+it is there for tests, not for tuning.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import secrets
+import threading
+import time
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -45,6 +58,30 @@ NORM_TOLERANCE = 1e-3
 LOCK_NOTICE_AFTER = 5.0
 # Unusable vector files kept aside (`vectors.npz.corrupt-<time>`), the oldest removed past this.
 KEPT_ASIDE = 3
+# Seconds between two writes of the file by one store. 30 s, as `optimizer.usage_sync_interval`: a backend
+# churning its tools costs at most two 15 MB writes a minute (an audit measured ~200 MB a minute unpaced),
+# while a crash (a clean stop writes at once) loses at most 30 s of embeddings, which the next start makes
+# again for the tools still listed, and a replica sees another's new vectors within as long.
+SAVE_INTERVAL = 30.0
+SAVE_INTERVAL_ENV = "VMCP_VECTORS_SAVE_INTERVAL"
+# Seconds `close` waits for the lock before writing without it: shutdown must not wait for another replica's
+# minutes-long embedding (the usage history's saves wait as long).
+CLOSE_LOCK_WAIT = 5.0
+
+
+def save_interval() -> float:
+    """`SAVE_INTERVAL`, or the seconds `VMCP_VECTORS_SAVE_INTERVAL` gives (a bad value is said and ignored)."""
+    said = os.environ.get(SAVE_INTERVAL_ENV)
+    if said is None:
+        return SAVE_INTERVAL
+    try:
+        seconds = float(said)
+    except ValueError:
+        seconds = -1.0
+    if not (math.isfinite(seconds) and seconds >= 0):
+        log.warning("%s=%r is not a number of seconds; using %g", SAVE_INTERVAL_ENV, said, SAVE_INTERVAL)
+        return SAVE_INTERVAL
+    return seconds
 
 
 def unusable_rows(vectors: np.ndarray) -> np.ndarray:
@@ -97,14 +134,26 @@ class VectorCache:
 class VectorStore:
     """One model's `vectors.npz`, and the cache read from it (once, lazily) or last saved to it."""
 
-    def __init__(self, directory: Path, model: ModelSpec, lock_wait: float | None = None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        model: ModelSpec,
+        lock_wait: float | None = None,
+        *,
+        keep_removed: int | None = None,
+        interval: float | None = None,
+    ) -> None:
         self.directory = directory
         self.model = model
         # Seconds an update waits for another process's (None: as long as it takes). A holder that is alive
         # but stuck (stopped, on a hung mount) must not keep this process's vectors away for ever; past the
         # wait it updates without the lock, as on a read-only index_dir (each save replaces the file whole).
         self.lock_wait = lock_wait
-        # Why the last `save` did not reach the file; None when it did, or had nothing to write.
+        # Retired vectors kept when pending ones are merged with another process's (None: all).
+        self.keep_removed = keep_removed
+        # Seconds between two writes (module docstring); 0: every save writes.
+        self.interval = save_interval() if interval is None else interval
+        # Why the last write did not reach the file; None when it did, or had nothing to write.
         self.unsaved: str | None = None
         self._cache: VectorCache | None = None
         # The file as it was when `_cache` was read from it or written to it: another process's save since
@@ -112,35 +161,58 @@ class VectorStore:
         self._stamp: tuple[int, int, int] | None = None
         # The file holds exactly `_cache`'s entries (read whole, or written): a save of the same ones is skipped.
         self._in_sync = False
+        # `_cache` holds vectors the file does not: a paced save not written yet (or whose write failed).
+        self._pending = False
+        self._written_at: float | None = None  # time.monotonic() of the last write (tried)
+        self._timer: threading.Timer | None = None
+        self._closed = False
+        # The state above, between the updating thread, the timer's and shutdown's. Never held while waiting
+        # for the file lock (which the updating thread holds while it calls `save`).
+        self._guard = threading.RLock()
 
     @property
     def path(self) -> Path:
         return self.directory / VECTORS_FILE
 
     def cache(self) -> VectorCache:
-        if self._cache is None:
-            self._cache, self._stamp = self._load(), self._file_stamp()
-        return self._cache
+        with self._guard:
+            if self._cache is None:
+                self._cache, self._stamp = self._load(), self._file_stamp()
+            return self._cache
 
     @contextmanager
-    def updating(self) -> Iterator[VectorCache]:
+    def updating(self, lock_wait: float | None = None) -> Iterator[VectorCache]:
         """The cache as the file holds it now, under a lock every process using this directory takes
         (replicas on a shared index_dir) until the block ends, after its `save`: the first to come embeds
-        what is new and saves it; the others wait, then read what it saved and embed nothing again."""
+        what is new and saves it; the others wait, then read what it saved and embed nothing again. Vectors
+        not written yet (a paced save) stay, with those the file has too. `lock_wait`: instead of the store's."""
         with ExitStack() as held:
             try:
                 self.directory.mkdir(parents=True, exist_ok=True)
-                self._lock(held)
+                self._lock(held, self.lock_wait if lock_wait is None else lock_wait)
             except OSError as exc:  # a read-only index_dir, a stuck holder: update alone (`save` warns too)
                 log.warning("index: cannot lock %s (%s); updating without the lock", self.directory, exc)
-            if self._cache is not None and self._file_stamp() != self._stamp:
-                self._cache = None  # another process saved since we read: read its vectors
+            with self._guard:
+                self._catch_up()
             yield self.cache()
 
-    def _lock(self, held: ExitStack) -> None:
+    def _catch_up(self) -> None:
+        """Another process saved since we read or wrote the file: read its vectors, merged with ours when
+        ours are not all on disk (dropping them would embed them again, or lose them)."""
+        if self._cache is None or self._file_stamp() == self._stamp:
+            return
+        if not self._pending:
+            self._cache = None  # read lazily by `cache`
+            return
+        mine = self._cache
+        theirs, self._stamp = self._load(), self._file_stamp()
+        self._cache, self._in_sync = _merged(mine, theirs, self.keep_removed), False
+        log.debug("index: merged %d vectors another process saved into %d pending", _count(theirs), _count(mine))
+
+    def _lock(self, held: ExitStack, wait: float | None) -> None:
         """Take the lock into `held`: quietly for `LOCK_NOTICE_AFTER`, then saying who is waited for; a
-        `LockTimeout` past `lock_wait`."""
-        path, wait = self.directory / LOCK_FILE, self.lock_wait
+        `LockTimeout` past `wait`."""
+        path = self.directory / LOCK_FILE
         first = LOCK_NOTICE_AFTER if wait is None else min(wait, LOCK_NOTICE_AFTER)
         try:
             held.enter_context(exclusive(path, on_wait=self._log_wait, timeout=first))
@@ -169,13 +241,68 @@ class VectorStore:
         """Keep `cache` and write it: the catalogue's vectors, then the retired ones (oldest first; the
         file's `retired` says how many). Not written when the file already holds the same entries (vectors
         are keyed by content, so the same hashes are the same vectors), nor any row that is not a finite unit
-        vector. A failed write is logged; the next update writes again."""
-        unchanged = self._in_sync and self._cache is not None and _same_entries(self._cache, cache)
-        self._cache = cache
-        self.unsaved = None
-        if unchanged:
+        vector; written later when the last write is under `interval` old (module docstring). A failed write
+        is logged; it is tried again by the next save, or at the interval's end."""
+        with self._guard:
+            if self._in_sync and self._cache is not None and _same_entries(self._cache, cache):
+                self._cache, self.unsaved = cache, None
+                return
+            self._cache, self._in_sync, self._pending = cache, False, True
+            wait = self._wait_left()
+            if wait > 0 and not self._closed:
+                self._flush_in(wait)
+                log.debug("index: %d vectors pending, written in %.1f s at the latest", _count(cache), wait)
+                return
+            self._write_pending()
+
+    def flush(self, lock_wait: float | None = None) -> None:
+        """Write the pending vectors now, under the lock (merged with what another process saved meanwhile)."""
+        with self._guard:
+            if not self._pending:
+                return
+        with self.updating(lock_wait), self._guard:
+            if self._pending:
+                self._write_pending()
+
+    def close(self) -> None:
+        """On shutdown: write what is pending, waiting at most `CLOSE_LOCK_WAIT` for the lock; any later save
+        writes at once. Idempotent."""
+        with self._guard:
+            self._closed = True
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+        self.flush(CLOSE_LOCK_WAIT if self.lock_wait is None else min(CLOSE_LOCK_WAIT, self.lock_wait))
+
+    def _wait_left(self) -> float:
+        if self.interval <= 0 or self._written_at is None:
+            return 0.0
+        return self._written_at + self.interval - time.monotonic()
+
+    def _flush_in(self, seconds: float) -> None:
+        """A timer writes the pending vectors when the interval ends, should no save come by then."""
+        if self._timer is not None and self._timer.is_alive():
             return
-        self._in_sync = False
+        self._timer = threading.Timer(seconds, self._flush_on_timer)
+        self._timer.name = "index-vectors-saver"
+        self._timer.daemon = True  # `close` writes on shutdown; the timer must not hold the process
+        self._timer.start()
+
+    def _flush_on_timer(self) -> None:
+        try:
+            self.flush()
+        except Exception:  # the next save or `close` tries again; the thread must not die with a traceback
+            log.exception("index: writing the pending vectors to %s failed", self.directory)
+
+    def _write_pending(self) -> None:
+        """Write `_cache` (under `_guard`); on a failure it stays pending, tried again at the interval's end."""
+        cache = self._cache
+        assert cache is not None
+        self._written_at = time.monotonic()
+        if self._timer is not None and self._timer is not threading.current_thread():
+            self._timer.cancel()
+        self._timer = None
+        self.unsaved = None
         dims = self.model.dimensions
         rows = np.fromiter(cache.rows.values(), dtype=np.int64, count=len(cache.rows))
         current = cache.matrix[rows] if len(rows) else np.zeros((0, dims), dtype=np.float32)
@@ -188,30 +315,38 @@ class VectorStore:
             retired_count -= int(bad[len(current) :].sum())
             vectors, hashes = vectors[~bad], hashes[~bad]
         try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            # Not mkstemp, which creates 0600 whatever the umask: the index's files share one mode (above).
-            tmp = self.directory / f".vectors-{os.getpid()}-{secrets.token_hex(4)}.tmp"
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-            try:
-                with os.fdopen(fd, "wb") as file:
-                    np.savez(
-                        file,
-                        model=np.array(self.model.id),
-                        hashes=hashes,
-                        vectors=vectors,
-                        retired=np.array(retired_count),
-                    )
-                    file.flush()
-                    os.fsync(file.fileno())
-                os.replace(tmp, self.path)
-                self._stamp, self._in_sync = self._file_stamp(), not bad.any()
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            self._write(hashes, vectors, retired_count)
         except OSError as exc:
             where = exc.filename2 or exc.filename  # a failed rename names its target second
             self.unsaved = f"{exc.strerror or exc}" + (f": {where}" if where else "")
             log.warning("could not save the index cache to %s: %s", self.directory, exc)
+            if self.interval > 0 and not self._closed:
+                self._flush_in(self.interval)
+            return
+        self._stamp, self._in_sync, self._pending = self._file_stamp(), not bad.any(), False
+        log.debug("index: wrote %d vectors to %s", len(hashes), self.path)
+
+    def _write(self, hashes: np.ndarray, vectors: np.ndarray, retired_count: int) -> None:
+        """The file replaced whole, through a temporary one: a reader sees the old file or the new one."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        # Not mkstemp, which creates 0600 whatever the umask: the index's files share one mode (above).
+        tmp = self.directory / f".vectors-{os.getpid()}-{secrets.token_hex(4)}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        try:
+            with os.fdopen(fd, "wb") as file:
+                np.savez(
+                    file,
+                    model=np.array(self.model.id),
+                    hashes=hashes,
+                    vectors=vectors,
+                    retired=np.array(retired_count),
+                )
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
     def _keep_aside(self, problem: Exception) -> None:
         path = self.path
@@ -273,3 +408,22 @@ class VectorStore:
 def _same_entries(old: VectorCache, new: VectorCache) -> bool:
     """The same catalogue hashes and the same retired ones in the same order: what the file holds."""
     return old.rows.keys() == new.rows.keys() and list(old.retired) == list(new.retired)
+
+
+def _count(cache: VectorCache) -> int:
+    return len(cache.rows) + len(cache.retired)
+
+
+def _merged(mine: VectorCache, theirs: VectorCache, limit: int | None) -> VectorCache:
+    """`mine` with every vector of `theirs` it lacks among its retired ones, as an update that read `theirs`
+    would keep them (their catalogue and retired, newest last); only the newest `limit` retired stay."""
+    retired = OrderedDict(mine.retired)
+    for digest, vector in theirs.retired.items():
+        if digest not in mine.rows and digest not in retired:
+            retired[digest] = vector
+    for digest, row in theirs.rows.items():
+        if digest not in mine.rows and digest not in retired:
+            retired[digest] = theirs.matrix[row].copy()
+    while limit is not None and len(retired) > limit:
+        retired.popitem(last=False)
+    return VectorCache(mine.rows, mine.matrix, owner=mine.owner, retired=retired)
