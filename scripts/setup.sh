@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Installs everything vmcp-opt needs on a fresh machine: .venv with torch first (the local CPU wheel;
-# any other resolution pulls gigabytes of CUDA), then the project, then the pinned npm backends.
+# Installs everything vmcp-opt needs on a fresh machine: .venv with torch==2.13.0 first, from pip's configured
+# index (any other resolution pulls gigabytes of CUDA), then the project, then the pinned npm backends.
 # Usage: scripts/setup.sh [dev]   (dev adds the test and lint tools)
 set -euo pipefail
 cd "$(dirname "$0")/.."
