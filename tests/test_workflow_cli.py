@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -77,3 +78,21 @@ def test_valid_arguments_start_the_backend_and_run(tmp_path: Path) -> None:
     result = vmcp_workflow_run(config, "--arg", "title=3", "--arg", "text=x")
     assert result.returncode == 0, result.stdout + result.stderr
     assert marker.exists()
+
+
+def test_a_step_through_call_tool_runs_as_it_does_in_the_gateway(tmp_path: Path) -> None:
+    backend = {"name": "notes", "command": sys.executable, "args": [str(DEMO_SERVER)]}
+    step = {
+        "id": "save",
+        "tool": "call_tool",
+        "arguments": {"tool_name": "notes_save_note", "arguments": {"title": "via", "text": "call_tool"}},
+    }
+    config = {
+        "backends": [backend],
+        "optimizer": {"enabled": True, "index_dir": str(tmp_path / "index")},
+        "workflows": [{"name": "save_titled", "description": "Save through call_tool.", "steps": [step]}],
+    }
+    done = vmcp_workflow_run(write_config(tmp_path, config), "--json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Unknown tool" not in done.stdout + done.stderr
+    assert json.loads(done.stdout)["error"] is None

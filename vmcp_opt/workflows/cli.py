@@ -24,9 +24,15 @@ CLI_CALLER = "local:vmcp-workflow-run"
 
 
 def _load(config: Path | None) -> Any:
+    """The config, its optimizer off (no embedding model for one run) unless a workflow's step calls one of its
+    meta-tools: `call_tool` steps then route as in the gateway, where they were "unknown tool" here."""
     from vmcp_opt.cli_config import load_or_exit  # the CLI's loader: problems printed by path, exit 2
+    from vmcp_opt.optimizer.meta_tool_forms import META_TOOL_NAMES
 
-    return load_or_exit(config, {"optimizer": {"enabled": False}})  # no embedding model for one run
+    loaded = load_or_exit(config)
+    if any(step.tool in META_TOOL_NAMES for workflow in loaded.workflows for step in workflow.steps):
+        return loaded
+    return load_or_exit(config, {"optimizer": {"enabled": False}})
 
 
 @workflow_app.command("list")
