@@ -262,11 +262,16 @@ class ThrottledLog:
     """At most one warning per key and interval; the next one says how many were held back."""
 
     def __init__(
-        self, target: logging.Logger, interval: float = 60.0, clock: Callable[[], float] = time.monotonic
+        self,
+        target: logging.Logger,
+        interval: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+        level: int = logging.WARNING,
     ) -> None:
         self.target = target
         self.interval = interval
         self.clock = clock
+        self.level = level  # what `warning` logs at: a routine refusal is INFO, bounded all the same
         self._last: dict[str, float] = {}
         self._held_back: Counter[str] = Counter()
 
@@ -279,4 +284,4 @@ class ThrottledLog:
         self._last[key] = now
         held = self._held_back.pop(key, 0)
         suffix = f" (and {held} more like it in the last {self.interval:g}s)" if held else ""
-        self.target.warning(message + suffix, *args)
+        self.target.log(self.level, message + suffix, *args)

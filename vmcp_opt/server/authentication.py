@@ -33,8 +33,10 @@ from vmcp_opt.auth import Identification, errors
 from vmcp_opt.auth.authenticators import Authenticator
 from vmcp_opt.auth.errors import AuthError
 from vmcp_opt.auth.identity import SCOPE_KEY, BearerToken, Identity
+from vmcp_opt.logs import ThrottledLog
 
 logger = logging.getLogger(__name__)
+_refusals = ThrottledLog(logger, level=logging.INFO)
 
 QUERY_TOKEN_NAMES = frozenset({"access_token", "token", "api_key", "apikey", "key"})
 
@@ -67,7 +69,10 @@ class RequireAuthentication:
             client = scope.get("client")
             if self.counted is not None:
                 self.counted(refused.error or "missing", client[0] if client else None)
-            logger.info(
+            # Once a minute per kind of refusal, not per request: anyone who reaches the port can send them
+            # at request rate (the metrics and the audit log, which rotates, count every one).
+            _refusals.warning(
+                refused.error or "missing",
                 "auth: refused %s from %s: %s",
                 scope.get("path"),
                 client[0] if client else "?",
