@@ -17,7 +17,7 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
-from tests.support import demo_backend, running_gateway, write_config
+from tests.support import demo_backend, raw_session, running_gateway, write_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.anyio]
 
@@ -319,3 +319,23 @@ def test_an_audit_file_that_cannot_be_opened_stops_the_start_with_its_reason(tmp
     assert served.returncode == 2, served.stderr
     assert "cannot start: telemetry.audit.output: cannot write /proc/no/a.log" in served.stderr
     assert "Traceback" not in served.stderr
+
+
+def test_subscriptions_and_log_levels_are_audited_a_refused_one_too(tmp_path: Path) -> None:
+    config = {
+        "backends": [demo_backend("notes")],
+        "telemetry": {"audit": {"enabled": True, "output": "audit.log"}},
+    }
+    with running_gateway(write_config(tmp_path, config)) as gateway:
+        headers = raw_session(gateway.url)
+        requests = [
+            ("logging/setLevel", {"level": "warning"}),
+            ("resources/subscribe", {"uri": "nowhere://no-such-resource"}),  # no backend serves it: refused
+        ]
+        for n, (method, params) in enumerate(requests, start=2):
+            message = {"jsonrpc": "2.0", "id": n, "method": method, "params": params}
+            httpx2.post(gateway.url, json=message, headers=headers, timeout=30)
+        events = wait_events(tmp_path / "audit.log", "mcp_request")
+    assert one(events, "mcp_logging")["outcome"] == "success"
+    subscribe = one(events, "mcp_request", method="resources/subscribe")
+    assert subscribe["outcome"] != "success" and subscribe["target"]["name"] == "nowhere://no-such-resource"

@@ -22,6 +22,7 @@ AUDIT_EVENT_TYPES = frozenset(
         "mcp_prompt_get",
         "mcp_resource_read",
         "mcp_completion",
+        "mcp_logging",
         "mcp_request",
         "mcp_tool_call",
         "vmcp_find_tool",

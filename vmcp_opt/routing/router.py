@@ -393,11 +393,14 @@ class Router:
             )
 
     async def subscribe(self, caller: Caller, uri: str, exchange: Exchange, *, subscribe: bool) -> None:
-        backend = self._connection(self._resource_backend(caller, uri))
-        await self.sessions.subscribe(caller, exchange, backend, uri, subscribe)
+        method = "resources/subscribe" if subscribe else "resources/unsubscribe"
+        with self._watch(Op(method, caller, target=uri, exchange=exchange)):  # audited: a refusal leaves a trace
+            backend = self._connection(self._resource_backend(caller, uri))
+            await self.sessions.subscribe(caller, exchange, backend, uri, subscribe)
 
     async def set_log_level(self, caller: Caller, level: types.LoggingLevel, exchange: Exchange) -> None:
-        await self.sessions.set_level(caller, exchange, level)
+        with self._watch(Op("logging/setLevel", caller, exchange=exchange)):
+            await self.sessions.set_level(caller, exchange, level)
 
     async def roots_changed(self, caller: Caller) -> None:
         await self.sessions.roots_changed(caller)

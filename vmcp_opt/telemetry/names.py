@@ -19,10 +19,11 @@ _LIST_EVENTS = {
     "prompts/get": "mcp_prompt_get",
     "resources/read": "mcp_resource_read",
     "completion/complete": "mcp_completion",
+    "logging/setLevel": "mcp_logging",
 }
 META_TOOLS = {"find_tool": "vmcp_find_tool", "call_tool": "vmcp_call_tool"}
 # Methods a metric label may carry; anything else is "other" (a label set that cannot grow).
-METHODS = frozenset({"tools/call", "initialize", *_LIST_EVENTS})
+METHODS = frozenset({"tools/call", "initialize", "resources/subscribe", "resources/unsubscribe", *_LIST_EVENTS})
 
 
 def event_type(op: Operation) -> str:
