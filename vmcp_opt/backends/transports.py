@@ -30,7 +30,8 @@ from mcp.client.stdio import StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 
 from vmcp_opt.backends.credentials import BackendAuth
-from vmcp_opt.backends.http_bodies import AnswerClient, CancelWatch, OpenAnswers, cap_json_bodies
+from vmcp_opt.backends.http_bodies import cap_json_bodies
+from vmcp_opt.backends.open_answers import AnswerClient, CancelWatch, OpenAnswers
 from vmcp_opt.backends.secrets import redact, secret_values
 from vmcp_opt.backends.stdio import bounded_stdio_client, line_cap
 from vmcp_opt.config import BackendConfig

@@ -1,0 +1,192 @@
+"""A backend session's HTTP answers that no call waits for any more, not read further.
+
+A call that times out or is cancelled sends `notifications/cancelled` for its request id; at 2025-11-25 the SDK
+posts it and keeps reading the request's own POST, so an answer that never ends (a tool slower than
+`timeouts.call`, a backend that drips or hangs) held a connection and a task for good, and after 100 of them
+(httpx's pool) every request to the backend waited for a free connection and failed. `CancelWatch` (the
+write stream) sees the notification and tells `OpenAnswers`, which stops that POST wherever it is: waiting
+for the headers (`AnswerClient.send` hands the SDK a JSON-RPC error for the id nobody waits for) or reading
+the body (`AbandonableBody`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import anyio
+import httpx2
+import mcp_types as types
+from mcp.shared.message import SessionMessage
+
+from vmcp_opt.backends.http_bodies import SSE_TYPE, AnswerAbandoned, StreamAbandoned
+
+# The start of a request POST's body as the SDK writes it (httpx's compact JSON of the model, `id` second).
+_REQUEST_ID = re.compile(rb'\{"jsonrpc":"2\.0","id":(-?\d+|"(?:[^"\\]|\\.)*")[,}]')
+_ID_SCAN = 256  # bytes of the body's start the id is looked for in
+
+
+def request_id(request: httpx2.Request) -> types.RequestId | None:
+    """The JSON-RPC id a POST's body starts with, or None (not a POST, not a request, not written by the SDK)."""
+    if request.method != "POST":
+        return None
+    try:
+        head = request.content[:_ID_SCAN]
+    except httpx2.RequestNotRead:
+        return None
+    match = _REQUEST_ID.match(head)
+    if match is None:
+        return None
+    value = json.loads(match.group(1))
+    return value if isinstance(value, int | str) else None
+
+
+class _Answer:
+    """One request's answer while it is awaited or read; `abandon()` stops whichever step is running."""
+
+    def __init__(self) -> None:
+        self.abandoned = False
+        self._scope: anyio.CancelScope | None = None
+
+    def abandon(self) -> None:
+        self.abandoned = True
+        if self._scope is not None:
+            self._scope.cancel()
+
+    @contextmanager
+    def step(self) -> Iterator[anyio.CancelScope]:
+        """A scope around one await of the answer (the headers, a chunk), cancelled by `abandon()`."""
+        with anyio.CancelScope() as scope:
+            if self.abandoned:
+                scope.cancel()
+            self._scope = scope
+            try:
+                yield scope
+            finally:
+                self._scope = None
+
+
+class OpenAnswers:
+    """The answers of one session's requests in flight, by JSON-RPC id (unique within a session)."""
+
+    def __init__(self) -> None:
+        self._answers: dict[types.RequestId, _Answer] = {}
+
+    def open(self, request: types.RequestId) -> _Answer:
+        answer = self._answers[request] = _Answer()
+        return answer
+
+    def close(self, request: types.RequestId, answer: _Answer) -> None:
+        if self._answers.get(request) is answer:  # a reused id may belong to a newer request already
+            del self._answers[request]
+
+    def abandon(self, request: types.RequestId) -> None:
+        answer = self._answers.get(request)
+        if answer is not None:
+            answer.abandon()
+
+    def __len__(self) -> int:
+        return len(self._answers)
+
+
+class AbandonableBody(httpx2.AsyncByteStream):
+    """`inner`'s chunks until the answer is abandoned; then `AnswerAbandoned` (JSON) or `StreamAbandoned` (SSE)."""
+
+    def __init__(
+        self, inner: httpx2.AsyncByteStream, answer: _Answer, backend: str, sse: bool, done: Callable[[], None]
+    ) -> None:
+        self._inner = inner
+        self._answer = answer
+        self._backend = backend
+        self._sse = sse
+        self._done = done
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        chunks = aiter(self._inner)
+        while True:
+            with self._answer.step() as scope:
+                try:
+                    chunk = await anext(chunks)
+                except StopAsyncIteration:
+                    return
+            if scope.cancelled_caught:
+                if self._sse:
+                    raise StreamAbandoned(f"backend '{self._backend}': the call stopped waiting for this answer")
+                raise AnswerAbandoned(self._backend)
+            yield chunk
+
+    async def aclose(self) -> None:
+        self._done()
+        await self._inner.aclose()
+
+
+class AnswerClient(httpx2.AsyncClient):
+    """A backend session's HTTP client whose request POSTs `answers` can stop (see the module's docstring)."""
+
+    def __init__(self, *args: Any, backend: str, answers: OpenAnswers, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.backend = backend
+        self.answers = answers
+
+    async def send(self, request: httpx2.Request, **kwargs: Any) -> httpx2.Response:
+        request_key = request_id(request)
+        if request_key is None:
+            return await super().send(request, **kwargs)
+        answer = self.answers.open(request_key)
+        try:
+            with answer.step() as scope:
+                response = await super().send(request, **kwargs)
+        except BaseException:
+            self.answers.close(request_key, answer)
+            raise
+        if scope.cancelled_caught:  # abandoned before the headers came
+            self.answers.close(request_key, answer)
+            return self._abandoned(request, request_key)
+        sse = response.headers.get("content-type", "").split(";")[0].strip().lower() == SSE_TYPE
+        if isinstance(response.stream, httpx2.AsyncByteStream):
+            response.stream = AbandonableBody(
+                response.stream, answer, self.backend, sse, lambda: self.answers.close(request_key, answer)
+            )
+        else:
+            self.answers.close(request_key, answer)
+        return response
+
+    def _abandoned(self, request: httpx2.Request, request_key: types.RequestId) -> httpx2.Response:
+        """The answer the SDK gets for an abandoned request: an error for an id nobody waits for (dropped)."""
+        error = {"code": types.INTERNAL_ERROR, "message": str(AnswerAbandoned(self.backend))}
+        body = json.dumps({"jsonrpc": "2.0", "id": request_key, "error": error}).encode()
+        return httpx2.Response(200, headers={"content-type": "application/json"}, content=body, request=request)
+
+
+class CancelWatch:
+    """A transport write stream that tells `answers` of each request the session abandons (the
+    `notifications/cancelled` it writes), after passing the notification on."""
+
+    def __init__(self, inner: Any, answers: OpenAnswers) -> None:
+        self._inner = inner
+        self._answers = answers
+
+    async def send(self, item: SessionMessage) -> None:
+        await self._inner.send(item)
+        message = item.message if isinstance(item, SessionMessage) else None
+        if isinstance(message, types.JSONRPCNotification) and message.method == "notifications/cancelled":
+            request = (message.params or {}).get("requestId")
+            if isinstance(request, int | str):
+                self._answers.abandon(request)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    async def __aenter__(self) -> CancelWatch:
+        await self._inner.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> bool | None:
+        result: bool | None = await self._inner.__aexit__(*exc)
+        return result
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
