@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import socket
 import sys
 import time
@@ -100,13 +101,29 @@ def keep_aside(path: Path, keep: int = 3) -> Path:
     """Move `path` to a name of its own (`<name>.corrupt-<UTC time>`), so no later one overwrites it; only the
     newest `keep` such copies stay."""
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    aside = path.with_name(f"{path.name}.corrupt-{stamp}")
-    number = 1
+    # Numbered past every copy of this second, not into the gap a removed one left: it would then order first.
+    taken = [_set_aside_order(p)[1] for p in path.parent.glob(f"{path.name}.corrupt-{stamp}*")]
+    number = max(taken, default=0) + 1
+    aside = path.with_name(f"{path.name}.corrupt-{stamp}" + (f"-{number}" if number > 1 else ""))
     while aside.exists():
         number += 1
         aside = path.with_name(f"{path.name}.corrupt-{stamp}-{number}")
     os.replace(path, aside)
-    earlier = sorted(path.parent.glob(f"{path.name}.corrupt-*"), key=lambda p: (p.stat().st_mtime_ns, p.name))
+    # Ordered by when each was set aside, which its name says: a rename keeps the file's own mtime, so by mtime a
+    # file written long ago and set aside now was the oldest copy and went at once, though the warning named it.
+    # No stat either: another process removing a copy meanwhile must not fail a move that was done.
+    earlier = sorted(path.parent.glob(f"{path.name}.corrupt-*"), key=_set_aside_order)
     for old in earlier[:-keep]:
         old.unlink(missing_ok=True)
     return aside
+
+
+_SET_ASIDE = re.compile(r"\.corrupt-(\d{8}T\d{6}Z)(?:-(\d+))?$")
+
+
+def _set_aside_order(path: Path) -> tuple[str, int, str]:
+    """(UTC stamp, number within that second, name) of a `keep_aside` copy; a name not of that form first."""
+    match = _SET_ASIDE.search(path.name)
+    if match is None:
+        return "", 0, path.name
+    return match.group(1), int(match.group(2) or 1), path.name

@@ -9,7 +9,7 @@ retries) cancels the group, and the run reports that step's id and reason. Every
 run's `CallBudget` (budget.py) first, and to those of the runs this one is nested in.
 
 A run started by a step of another (a nested workflow, directly or through call_tool) finds that run through
-one context variable, `_ENCLOSING`, holding the enclosing `WorkflowRun` itself: its budget is the new
+one context variable, `_ENCLOSING`, holding the enclosing run's budget and render slots: its budget is the new
 budget's parent, and its render slots are shared (renders.py). A variable, not an argument, because the
 router starts nested runs on behalf of a step's call and knows nothing of workflows. Each step's task
 inherits it from its run (anyio copies the context into the tasks it starts); the run resets it and closes
@@ -134,10 +134,10 @@ class WorkflowRun:
         started = time.perf_counter()
         self._deadline = time.monotonic() + self.workflow.timeout
         outer = _enclosing()
-        parent = outer._budget if outer is not None else None
+        parent = outer.budget if outer is not None else None
         self._budget = CallBudget(self.workflow.name, run_call_limit(self.workflow), parent=parent)
-        self._renders = self._slots.run(self._caller, outer._renders if outer is not None else None)
-        token = _ENCLOSING.set(self)
+        self._renders = self._slots.run(self._caller, outer.renders if outer is not None else None)
+        token = _ENCLOSING.set(_Enclosing(self._budget, self._renders))
         try:
             await self._steps_of_run()
         finally:
@@ -377,13 +377,23 @@ class WorkflowRun:
         return result_output(result)
 
 
-_ENCLOSING: ContextVar[WorkflowRun | None] = ContextVar("vmcp_workflow_run", default=None)
+@dataclass(frozen=True)
+class _Enclosing:
+    """What a nested run takes of the run it is nested in. Not the `WorkflowRun` itself: a task started during
+    a step (a backend session opened for the call) keeps the context, so this, for as long as it lives, and
+    the run would keep its parameters and every step's output with it."""
+
+    budget: CallBudget
+    renders: RunRenders
 
 
-def _enclosing() -> WorkflowRun | None:
+_ENCLOSING: ContextVar[_Enclosing | None] = ContextVar("vmcp_workflow_run", default=None)
+
+
+def _enclosing() -> _Enclosing | None:
     """The run whose step is calling now, if one is and it has not ended."""
     run = _ENCLOSING.get()
-    return run if run is not None and run._budget.open else None
+    return run if run is not None and run.budget.open else None
 
 
 def result_text(result: types.CallToolResult) -> str:
