@@ -24,13 +24,17 @@ from mcp.shared.message import SessionMessage
 
 from vmcp_opt.backends.http_bodies import SSE_TYPE, AnswerAbandoned, StreamAbandoned
 
-# The start of a request POST's body as the SDK writes it (httpx's compact JSON of the model, `id` second).
-_REQUEST_ID = re.compile(rb'\{"jsonrpc":"2\.0","id":(-?\d+|"(?:[^"\\]|\\.)*")[,}]')
+# The start of a request POST's body as the SDK writes it (httpx's compact JSON of the model: `id` second, then
+# `method`). A POST answering the backend's own request (roots, sampling) starts the same way up to its `result` or
+# `error`: its id is the backend's, and taking it for ours overwrote, then removed, the entry of our request of
+# the same id in flight, which its call's cancellation then no longer reached.
+_REQUEST_ID = re.compile(rb'\{"jsonrpc":"2\.0","id":(-?\d+|"(?:[^"\\]|\\.)*"),"method":')
 _ID_SCAN = 256  # bytes of the body's start the id is looked for in
 
 
 def request_id(request: httpx2.Request) -> types.RequestId | None:
-    """The JSON-RPC id a POST's body starts with, or None (not a POST, not a request, not written by the SDK)."""
+    """The JSON-RPC id of the request a POST carries, or None (not a POST, a notification or a response, not written
+    by the SDK)."""
     if request.method != "POST":
         return None
     try:
@@ -146,7 +150,8 @@ class AnswerClient(httpx2.AsyncClient):
             self.answers.close(request_key, answer)
             return self._abandoned(request, request_key)
         sse = response.headers.get("content-type", "").split(";")[0].strip().lower() == SSE_TYPE
-        if isinstance(response.stream, httpx2.AsyncByteStream):
+        # A body read already (`send(stream=False)`, a body held in memory) is closed: no `aclose` would come.
+        if isinstance(response.stream, httpx2.AsyncByteStream) and not response.is_closed:
             response.stream = AbandonableBody(
                 response.stream, answer, self.backend, sse, lambda: self.answers.close(request_key, answer)
             )

@@ -397,14 +397,16 @@ async def _stop(process: Process) -> None:
     """Close stdin, give the backend time to exit, then end its process group (MCP's shutdown order), and the
     descendants that left the group."""
     assert process.stdin is not None and process.stdout is not None
-    # Taken while the backend still runs: once it exits, its children are the init process's and untraceable.
-    strays = await anyio.to_thread.run_sync(_outside_group, process.pid)
+    # Taken while the backend still runs: once it exits, its children are the init process's and untraceable,
+    # and once it is reaped its pid may be another process's, whose descendants are none of ours.
+    strays = await anyio.to_thread.run_sync(_outside_group, process.pid) if process.returncode is None else []
     await _close_quietly(process.stdin)
     with anyio.move_on_after(EXIT_GRACE_SECONDS):
         await _exit_of(process)
     # Whether or not the backend exited by itself: what it started in its group (a wrapper's server, a helper
     # that ignores stdin's end) would outlive it. Returns at once when the group is gone.
-    await terminate_posix_process_tree(process, KILL_GRACE_SECONDS)
+    if _group_may_be_ours(process):
+        await terminate_posix_process_tree(process, KILL_GRACE_SECONDS)
     if strays:
         await anyio.to_thread.run_sync(_end_processes, strays)
     if process.returncode is None:
@@ -419,6 +421,22 @@ async def _stop(process: Process) -> None:
     if callable(close):
         with suppress(PermissionError):
             close()
+
+
+def _group_may_be_ours(process: Process) -> bool:
+    """Whether the process group named by the backend's pid can still be the backend's. Not reaped: yes. Reaped:
+    only while no process has that pid, since the kernel gives no new process the id of a group that still has
+    members; a process that has it now (a pid reused, as a group leader of its own, say) means ours is gone, and
+    signalling the group by that id would reach an unrelated one."""
+    if process.returncode is None:
+        return True
+    try:
+        os.kill(process.pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
 
 
 def _outside_group(pid: int) -> list[psutil.Process]:
