@@ -14,7 +14,7 @@ import dataclasses
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, Self
 
 from mcp.shared.message import ClientMessageMetadata, SessionMessage
 from mcp_types import JSONRPCRequest
@@ -34,11 +34,32 @@ def forwarding(headers: dict[str, str] | None) -> Iterator[None]:
         FORWARDED.reset(token)
 
 
-class HeaderWriteStream:
-    """A transport write stream that adds `FORWARDED` headers to the requests written through it."""
+class WrappedWriteStream:
+    """A transport write stream in front of another: everything but `send` is the inner stream's."""
 
     def __init__(self, inner: Any) -> None:
         self._inner = inner
+
+    async def send(self, item: Any) -> None:
+        await self._inner.send(item)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    async def __aenter__(self) -> Self:
+        await self._inner.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> bool | None:
+        result: bool | None = await self._inner.__aexit__(*exc)
+        return result
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+class HeaderWriteStream(WrappedWriteStream):
+    """A transport write stream that adds `FORWARDED` headers to the requests written through it."""
 
     async def send(self, item: Any) -> None:
         headers = FORWARDED.get()
@@ -50,17 +71,3 @@ class HeaderWriteStream:
             elif metadata is None:
                 item = SessionMessage(item.message, metadata=ClientMessageMetadata(headers=dict(headers)))
         await self._inner.send(item)
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-    async def __aenter__(self) -> HeaderWriteStream:
-        await self._inner.__aenter__()
-        return self
-
-    async def __aexit__(self, *exc: Any) -> bool | None:
-        result: bool | None = await self._inner.__aexit__(*exc)
-        return result
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)

@@ -22,6 +22,7 @@ import httpx2
 import mcp_types as types
 from mcp.shared.message import SessionMessage
 
+from vmcp_opt.backends.forwarding import WrappedWriteStream
 from vmcp_opt.backends.http_bodies import SSE_TYPE, AnswerAbandoned, StreamAbandoned
 
 # The start of a request POST's body as the SDK writes it (httpx's compact JSON of the model: `id` second, then
@@ -166,12 +167,12 @@ class AnswerClient(httpx2.AsyncClient):
         return httpx2.Response(200, headers={"content-type": "application/json"}, content=body, request=request)
 
 
-class CancelWatch:
+class CancelWatch(WrappedWriteStream):
     """A transport write stream that tells `answers` of each request the session abandons (the
     `notifications/cancelled` it writes), after passing the notification on."""
 
     def __init__(self, inner: Any, answers: OpenAnswers) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self._answers = answers
 
     async def send(self, item: SessionMessage) -> None:
@@ -181,17 +182,3 @@ class CancelWatch:
             request = (message.params or {}).get("requestId")
             if isinstance(request, int | str):
                 self._answers.abandon(request)
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-    async def __aenter__(self) -> CancelWatch:
-        await self._inner.__aenter__()
-        return self
-
-    async def __aexit__(self, *exc: Any) -> bool | None:
-        result: bool | None = await self._inner.__aexit__(*exc)
-        return result
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
