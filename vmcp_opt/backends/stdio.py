@@ -18,8 +18,12 @@ Kept from the SDK: the `(read_stream, write_stream)` pair of `SessionMessage | E
 of its own, and the shutdown of its whole process group (close stdin, wait, SIGTERM, SIGKILL), every
 wait bounded and shielded. Unlike the SDK, the group is ended even when the backend exits by itself once
 stdin closes (its children would be left running), and so are the descendants that left the group (`setsid`)
-while the backend ran; one that did so and was orphaned before the shutdown began is out of reach. On Windows the SDK's client runs instead (its Job Objects); there only the
-result check (`backends/results.py`) bounds a result.
+while the backend ran; one that did so and was orphaned before the shutdown began is out of reach. On Windows
+the SDK's client runs instead (its Job Objects); there only the result check (`backends/results.py`) bounds a
+result.
+
+Past ~450 lines on purpose: the reader, the writer and the shutdown share one process and what was seen of it
+(its stdout's end, its exit, its stray descendants); apart, each would need the others' state passed around.
 """
 
 from __future__ import annotations

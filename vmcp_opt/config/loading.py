@@ -1,5 +1,9 @@
 """Loading: the file, environment and flags merged into a `VmcpConfig`; every problem reported by its path,
-`${VAR}` references resolved, discovered backends merged in."""
+`${VAR}` references resolved, discovered backends merged in.
+
+Past ~450 lines on purpose: every source's problems (the file's syntax and repeated keys, unset references,
+the environment's and the flags' values, pydantic's) are gathered into one list in one pass, so the parts
+that find them share the one path-naming scheme kept here."""
 
 from __future__ import annotations
 
