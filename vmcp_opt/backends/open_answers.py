@@ -4,15 +4,16 @@ A call that times out or is cancelled sends `notifications/cancelled` for its re
 posts it and keeps reading the request's own POST, so an answer that never ends (a tool slower than
 `timeouts.call`, a backend that drips or hangs) held a connection and a task for good, and after 100 of them
 (httpx's pool) every request to the backend waited for a free connection and failed. `CancelWatch` (the
-write stream) sees the notification and tells `OpenAnswers`, which stops that POST wherever it is: waiting
-for the headers (`AnswerClient.send` hands the SDK a JSON-RPC error for the id nobody waits for) or reading
-the body (`AbandonableBody`).
+write stream) sees the notification and tells `OpenAnswers`, which stops that POST wherever it is: not sent yet
+(the cancellation overtook it) or waiting for the headers (`AnswerClient.send` hands the SDK a JSON-RPC error
+for the id nobody waits for), or reading the body (`AbandonableBody`).
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -31,6 +32,9 @@ from vmcp_opt.backends.http_bodies import SSE_TYPE, AnswerAbandoned, StreamAband
 # the same id in flight, which its call's cancellation then no longer reached.
 _REQUEST_ID = re.compile(rb'\{"jsonrpc":"2\.0","id":(-?\d+|"(?:[^"\\]|\\.)*"),"method":')
 _ID_SCAN = 256  # bytes of the body's start the id is looked for in
+# Ids abandoned before their POST opened, remembered per session: the cancellations a session's requests in
+# flight can overtake at once (a call's deadline or cancel, ~milliseconds ahead of its POST), with room to spare.
+REMEMBERED_ABANDONED = 64
 
 
 def request_id(request: httpx2.Request) -> types.RequestId | None:
@@ -75,13 +79,23 @@ class _Answer:
 
 
 class OpenAnswers:
-    """The answers of one session's requests in flight, by JSON-RPC id (unique within a session)."""
+    """The answers of one session's requests in flight, by JSON-RPC id (unique within a session).
+
+    An id abandoned before its POST opened (the SDK posts each message from a task of its own, so the
+    cancellation can overtake its request) is remembered, the last `REMEMBERED_ABANDONED` of them: its POST,
+    when it comes, opens an answer abandoned already. The first open of that id consumes it: the SDK reuses an
+    id only once its request ended, and a later request of that id is not abandoned. One that never comes (its
+    request had ended) is pushed out by newer ones."""
 
     def __init__(self) -> None:
         self._answers: dict[types.RequestId, _Answer] = {}
+        self._abandoned_early: OrderedDict[types.RequestId, None] = OrderedDict()
 
     def open(self, request: types.RequestId) -> _Answer:
         answer = self._answers[request] = _Answer()
+        if request in self._abandoned_early:
+            del self._abandoned_early[request]
+            answer.abandoned = True
         return answer
 
     def close(self, request: types.RequestId, answer: _Answer) -> None:
@@ -92,6 +106,16 @@ class OpenAnswers:
         answer = self._answers.get(request)
         if answer is not None:
             answer.abandon()
+            return
+        self._abandoned_early[request] = None
+        self._abandoned_early.move_to_end(request)
+        if len(self._abandoned_early) > REMEMBERED_ABANDONED:
+            self._abandoned_early.popitem(last=False)
+
+    @property
+    def remembered(self) -> int:
+        """How many ids abandoned before their POST opened are remembered (at most `REMEMBERED_ABANDONED`)."""
+        return len(self._abandoned_early)
 
     def __len__(self) -> int:
         return len(self._answers)
@@ -141,6 +165,9 @@ class AnswerClient(httpx2.AsyncClient):
         if request_key is None:
             return await super().send(request, **kwargs)
         answer = self.answers.open(request_key)
+        if answer.abandoned:  # its cancellation came first: not sent, so it holds no connection
+            self.answers.close(request_key, answer)
+            return self._abandoned(request, request_key)
         try:
             with answer.step() as scope:
                 response = await super().send(request, **kwargs)

@@ -20,8 +20,9 @@ Redis unreachable (or refusing the password): the sessions this replica holds ke
 another is answered 503 with Retry-After (the session may well exist: Redis restarting, failing over) until the
 store has failed for `sessions.outage_grace_seconds` (`StoreOutage`, from its first failed call since the last
 success), then 404 (the client opens a new session, held here); one warning per minute each. Once Redis is back
-(even empty), the reaper writes the records of the sessions held here again within `REAP_INTERVAL`. Redis's own
-state changes are logged once each by vmcp_opt/shared/redis_client.py.
+(even empty), the reaper writes the records of the sessions held here again within `REAP_INTERVAL`, unless a
+session was deleted meanwhile (its tombstone, checked in the same Lua script): then its copy here is ended.
+Redis's own state changes are logged once each by vmcp_opt/shared/redis_client.py.
 
 Past ~450 lines on purpose: a session's record is written, restored and ended here, around one `SharedSessions`
 whose middleware, reaper and restore hand each other the same state; apart, each would reach into the others.
@@ -211,12 +212,19 @@ class SharedSessions:
         await json_rpc_error(send, 404, INVALID_REQUEST, "Session not found")
 
     async def _still_open(self, session_id: str, held: Held) -> bool:
-        """Whether a session this replica holds is still open, its record (re)written when Redis lacks it."""
+        """Whether a session this replica holds is still open, its record (re)written when Redis lacks it and
+        was not deleted meanwhile (a DELETE may land between the touch and the write)."""
         state = await self.store.touch(session_id) if held.recorded else "missing"
         if state == "missing":
-            await self.store.save(session_id, held.record)
-            held.recorded = True
+            return await self._write_back(held, session_id)
         return state != "ended"
+
+    async def _write_back(self, held: Held, session_id: str) -> bool:
+        """The held record written again; False (nothing written) when the session's tombstone is there."""
+        if not await self.store.save_unless_ended(session_id, held.record):
+            return False
+        held.recorded = True
+        return True
 
     async def _forward(self, session_id: str, held: Held, scope: Scope, receive: Receive, send: Send) -> None:
         if held.transport is not None and not held.restored.is_set():
@@ -346,9 +354,12 @@ class SharedSessions:
                 self._log.warning("reap", "sessions: deletions on other replicas not checked: %s", redis_trouble(exc))
 
     async def _record_again(self, session_id: str, held: Held) -> None:
-        if self._held.get(session_id) is held:  # not ended meanwhile
-            await self.store.save(session_id, held.record)
-            held.recorded = True
+        """A "missing" record written again, or this copy ended when the session was deleted since its state
+        was read (on any replica)."""
+        if self._held.get(session_id) is not held:
+            return  # ended meanwhile
+        if not await self._write_back(held, session_id):
+            await self._end_here(session_id, held)
 
     async def _delete(self, session_id: str, events: str) -> None:
         """The session's record and its SSE events (namespace `events`), gone from Redis."""

@@ -14,7 +14,7 @@ takes the session over does not renew it (one warning a minute says so, not one 
 
 A deleted session leaves a tombstone, `<prefix>session-ended:<digest>`, for as long: a replica still holding
 a copy learns from it that the session ended, while a record that is merely missing (Redis restarted empty)
-is written again by the replica that holds it.
+is written again by the replica that holds it, unless the tombstone is there by then (`save_unless_ended`).
 
 Every call's outcome feeds `StoreOutage`: how long Redis has been failing, so that a replica that cannot look a
 session up tells its client to retry (503) during a blip and that the session is gone (404) only past
@@ -79,6 +79,22 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
   redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
 end
+"""
+
+# KEYS: the record, the session's tombstone. ARGV: the expiry in ms, then field, value pairs. 0 (nothing written)
+# when the tombstone is there: the session was deleted, perhaps after the replica writing it back found the record
+# missing, and a record written next to its tombstone could outlive it (a tombstone is not renewed) and let another
+# replica restore a deleted session. One script, so no DELETE can land between the check and the write.
+_SAVE_UNLESS_ENDED = """
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  return 0
+end
+redis.call('DEL', KEYS[1])
+for i = 2, #ARGV, 2 do
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return 1
 """
 
 
@@ -154,6 +170,7 @@ class RedisSessions:
         self.max_subscription_bytes = max_subscription_bytes
         self._subscribe = client.register_script(_SUBSCRIBE)
         self._set_if_recorded = client.register_script(_SET_IF_RECORDED)
+        self._save_unless_ended = client.register_script(_SAVE_UNLESS_ENDED)
         self._log = ThrottledLog(logger, 60.0)
         self.outage = outage or StoreOutage(0.0)
 
@@ -178,23 +195,34 @@ class RedisSessions:
         return self.ended_prefix + session_key_digest(session_id)
 
     async def save(self, session_id: str, record: SessionRecord) -> None:
+        """The record of a session just opened (no tombstone to heed: its id is new)."""
         key = self._key(session_id)
-        params = record.client_params.model_dump(by_alias=True, mode="json", exclude_none=True)
         async with self.client.pipeline(transaction=True) as pipe:
             pipe.delete(key)
-            pipe.hset(
-                key,
-                mapping={
-                    "params": json.dumps(params),
-                    "version": record.protocol_version,
-                    "events": record.events,
-                    "level": record.log_level or "",
-                    **({"owner": record.owner} if record.owner is not None else {}),
-                    **{_SUBSCRIPTION + uri: "1" for uri in self._shared(record.subscriptions)},
-                },
-            )
+            pipe.hset(key, items=self._pairs(record))
             pipe.pexpire(key, self.ttl_ms)
             await self._execute(pipe)
+
+    async def save_unless_ended(self, session_id: str, record: SessionRecord) -> bool:
+        """Writes again the record of a session Redis lacks ("missing"); False, writing nothing, when the
+        session was deleted meanwhile (its tombstone is there): the caller ends its copy instead."""
+        keys = [self._key(session_id), self._ended(session_id)]
+        with self._watched():
+            written = await self._save_unless_ended(keys, [self.ttl_ms, *self._pairs(record)])
+        return bool(written)
+
+    def _pairs(self, record: SessionRecord) -> list[str]:
+        """The record's hash, flat: field, value, field, value…"""
+        params = record.client_params.model_dump(by_alias=True, mode="json", exclude_none=True)
+        fields = {
+            "params": json.dumps(params),
+            "version": record.protocol_version,
+            "events": record.events,
+            "level": record.log_level or "",
+            **({"owner": record.owner} if record.owner is not None else {}),
+            **{_SUBSCRIPTION + uri: "1" for uri in self._shared(record.subscriptions)},
+        }
+        return [part for item in fields.items() for part in item]
 
     async def load(self, session_id: str) -> SessionRecord | None:
         """The session's record, its expiry pushed ahead; None when there is none (or it is unreadable)."""
