@@ -178,11 +178,13 @@ class Router:
             if (p.name in usable if usable is not None else self.shows(caller, _tool_target(p)))
         ]
 
-    def initialized(self, caller: Caller) -> None:
-        """A client finished the handshake (the SDK answered its `initialize`): an operation for the watchers."""
+    def initialized(self, caller: Caller, result: Any = None, started: float | None = None) -> None:
+        """A client's session started (the SDK answered its `initialize` with `result`, which took from
+        `started`, a `time.perf_counter()`): an operation for the watchers."""
         if self.watchers:
-            with watched(self.watchers, Op("initialize", caller)):
-                pass
+            op = Op("initialize", caller) if started is None else Op("initialize", caller, started=started)
+            with watched(self.watchers, op):
+                op.result = result
 
     async def list_tools(self, caller: Caller) -> list[types.Tool]:
         with self._watch(Op("tools/list", caller)) as op:

@@ -7,6 +7,7 @@ backend, a session or a policy themselves.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -36,12 +37,13 @@ from vmcp_opt.routing.round_trips import InputRequired, state_boundary
 from vmcp_opt.server.admission import Admission, Transport, connection_of, session_caller
 from vmcp_opt.server.list_answers import answer_list, install_modern_writer, refuse_cursor, shape_lists_off_loop
 from vmcp_opt.server.listen import ListenStreams
+from vmcp_opt.server.session_restore import is_restoring
 from vmcp_opt.server.startup import startup_gate
 
 logger = logging.getLogger(__name__)
 
 Ctx = ServerRequestContext[Any, Any]
-_INITIALIZED = "vmcp.initialized"  # the connection's handshake was told to the watchers
+_INITIALIZED = "vmcp.initialized"  # the connection's session start was told to the watchers
 
 
 class _GatewayServer(Server[Any]):
@@ -67,15 +69,6 @@ class Handlers:
         self.router = router
         self.admission = admission
         self.notifier = notifier
-
-    async def initialized(self, ctx: Ctx, params: types.NotificationParams) -> None:
-        """The handshake is done: the SDK answers `initialize` before any handler, so the watchers (audit) hear
-        of it here, with the session's caller, once per connection however often a client repeats this."""
-        state = connection_of(ctx).state
-        if state.get(_INITIALIZED):
-            return
-        state[_INITIALIZED] = True
-        self.router.initialized(self.admission.caller(ctx))
 
     async def list_tools(self, ctx: Ctx, params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
         refuse_cursor(params)
@@ -158,6 +151,43 @@ class Handlers:
 
     async def roots_changed(self, ctx: Ctx, params: types.NotificationParams | None) -> None:
         await self.router.roots_changed(self.admission.caller(ctx))
+
+
+class SessionStarts:
+    """The session start of a 2025-11-25 client, for the watchers (the audit's `mcp_initialize`): its
+    `initialize`, once answered, whether or not `notifications/initialized` follows (a client that skips it
+    holds a session all the same). Once per connection: a repeated `initialize` starts nothing, nor does the
+    replayed one of a session restored on this replica (server/session_restore.py: it started on another).
+
+    Middleware, since the SDK answers `initialize` itself, and commits the client's params to the connection
+    only once the middleware chain has returned: the caller's client name, version and protocol version are
+    read here from the request and its answer, as `SharedSessions.record` reads them."""
+
+    def __init__(self, router: Router, admission: Admission) -> None:
+        self._router = router
+        self._admission = admission
+
+    async def __call__(self, ctx: Ctx, call_next: CallNext) -> HandlerResult:
+        if ctx.method != "initialize" or not self._router.watchers:
+            return await call_next(ctx)
+        started = time.perf_counter()
+        result = await call_next(ctx)
+        state = connection_of(ctx).state
+        if not state.get(_INITIALIZED) and not is_restoring(ctx.request_id):
+            self._router.initialized(self._starting(ctx, result), result, started)
+        state[_INITIALIZED] = True
+        return result
+
+    def _starting(self, ctx: Ctx, result: HandlerResult) -> Caller:
+        params = types.InitializeRequestParams.model_validate(ctx.params or {}, by_name=False)
+        version = result.get("protocolVersion") if isinstance(result, dict) else None
+        return dataclasses.replace(
+            self._admission.caller(ctx),
+            protocol_version=version if isinstance(version, str) else params.protocol_version,
+            client_name=params.client_info.name,
+            client_version=params.client_info.version,
+            capabilities=params.capabilities,
+        )
 
 
 class ModernSessionStarts:
@@ -314,9 +344,10 @@ def build_mcp_server(gateway: Gateway, transport: Transport) -> Server[Any]:
     server.add_notification_handler(
         "notifications/roots/list_changed", types.NotificationParams, handlers.roots_changed
     )
-    server.add_notification_handler("notifications/initialized", types.NotificationParams, handlers.initialized)
     speedups.drop_idle_sdk_tracing(server)
     server.middleware.append(notifier.track)
+    # A 2025-11-25 client's session start is told to the watchers at its `initialize`.
+    server.middleware.append(SessionStarts(gateway.router, admission))
     # 2026-07-28 clients send no `initialize`: their session start is told to the watchers here.
     server.middleware.append(ModernSessionStarts(gateway.router, admission))
     # During start-up, catalogue requests wait (bounded) for the backends' first listing.
