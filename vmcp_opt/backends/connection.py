@@ -45,7 +45,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from vmcp_opt import __version__
 from vmcp_opt.backends.credentials import BackendAuth, BackendCredentials
 from vmcp_opt.backends.errors import BackendUnavailable as BackendUnavailable  # re-exported
-from vmcp_opt.backends.errors import ProcessExited, describe_error, failure_reason, with_stderr_line
+from vmcp_opt.backends.errors import ProcessExited, closed_by_exit, describe_error, failure_reason, with_stderr_line
 from vmcp_opt.backends.forwarding import HeaderWriteStream, forwarding
 from vmcp_opt.backends.http_bodies import as_internal_error
 from vmcp_opt.backends.listing import BackendListing, WatchedReadStream, fetch_listing
@@ -59,6 +59,8 @@ from vmcp_opt.display import shorten
 logger = logging.getLogger(__name__)
 
 ResultT = TypeVar("ResultT", bound=BaseModel)
+# Seconds a request that lost a stdio backend's connection waits for the process's exit status (`_exited`).
+EXIT_WAIT = 0.5
 # Seconds a session must have served for its loss to restart the backoff at `failure.restart.initial_delay`.
 STABLE_SESSION = 60.0
 _STREAM_ENDED = "the connection closed (process exited or stream ended)"
@@ -122,6 +124,7 @@ class BackendConnection:
         self._ready = anyio.Event()  # set once the first attempt has connected or failed
         self._wake = anyio.Event()  # ends the current session: stop, or the session was lost
         self._connected = anyio.Event()  # this session reached READY
+        self._ended = anyio.Event()  # this session is over (a stdio process's exit status is known)
         self._lost_reason: str | None = None
         # Sessions established so far (the health monitor sees a reconnect as a new number).
         self.sessions = 0
@@ -169,6 +172,7 @@ class BackendConnection:
         """One session from connect to loss or stop; True if it reached READY."""
         self._wake = anyio.Event()
         self._connected = anyio.Event()
+        self._ended = anyio.Event()
         self._lost_reason = None
         self._stderr = StderrTail()
         if self._stop.is_set():
@@ -195,6 +199,7 @@ class BackendConnection:
             self._session = None
             self._task_group = None
             self._ready.set()
+            self._ended.set()
         if self.state in (BackendState.READY, BackendState.CONNECTING):
             if self._stop.is_set():
                 self._set_state(BackendState.CLOSED)
@@ -448,6 +453,7 @@ class BackendConnection:
         """Forward any request; the backend's result model comes back unchanged. `headers`: the client's
         allow-listed ones, on this request's HTTP POST (streamable HTTP only)."""
         session = self._require_session()
+        tail, ended = self._stderr, self._ended  # this session's: should the request lose it, why it ended
         auth = self._auth
         if auth is not None:
             await auth.prepare()
@@ -468,8 +474,17 @@ class BackendConnection:
             over_cap = as_internal_error(exc)
             if over_cap is not None:
                 raise over_cap from None
+            if exc.code == types.CONNECTION_CLOSED and self.config.transport == "stdio":
+                raise await self._exited(exc, tail, ended) from exc
             raise
         return bounded_result(self.name, result, self.limits.max_result_bytes)
+
+    async def _exited(self, exc: MCPError, tail: StderrTail, ended: anyio.Event) -> MCPError:
+        """`exc` naming the exit status of the process: the request fails a moment before its exit is seen, so
+        wait for the session's end, at most `EXIT_WAIT` seconds."""
+        with anyio.move_on_after(EXIT_WAIT):
+            await ended.wait()
+        return closed_by_exit(exc, tail.exit_status, tail.line, self.secrets)
 
     def describe(self, exc: BaseException) -> str:
         """A one-line reason with this backend's secrets (env and header values) masked."""

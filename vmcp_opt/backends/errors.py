@@ -151,6 +151,17 @@ def with_stderr_line(reason: str, line: str | None) -> str:
     return reason if line is None or line in reason else f"{reason}; its last stderr line: {_cut(line)}"
 
 
+def closed_by_exit(exc: MCPError, status: int | None, stderr_line: str | None, secrets: Iterable[str] = ()) -> MCPError:
+    """A stdio backend's "Connection closed" with why, as its `last_error` says it: the status its process exited
+    with and its last stderr line (masked where it was read; masked again with `secrets`). `exc` as it is when
+    no exit status is known (the process was stopped, or its exit not seen yet)."""
+    if status is None:
+        return exc
+    why = with_stderr_line(str(ProcessExited(status)), stderr_line)
+    message = one_line(redact(f"{exc.error.message}: {why}", secrets))
+    return MCPError.from_error_data(exc.error.model_copy(update={"message": message}))
+
+
 def _cut(line: str) -> str:
     if len(line) <= STDERR_LINE_SHOWN:
         return line
