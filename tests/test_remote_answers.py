@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,6 +15,7 @@ from typing import Any
 import pytest
 from mcp import Client
 
+from tests.loop_server import LoopServer
 from tests.support import running_gateway, write_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.anyio]
@@ -29,36 +29,15 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-class HostileBackend:
+class HostileBackend(LoopServer):
     """A streamable HTTP backend (JSON answers) on plain asyncio: `hang` never sends its headers, `drip` sends a
     byte a second of a body that never ends, `sse_hang` opens an SSE answer and sends nothing, `cut` closes the
     connection mid-body. Counts the connections of calls still open, and the sessions opened."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.open_calls = 0
         self.initializes = 0
-        self.port = 0
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-
-    def start(self) -> None:
-        threading.Thread(target=self._loop.run_forever, daemon=True).start()
-        asyncio.run_coroutine_threadsafe(self._serve(), self._loop).result(10)
-
-    def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-
-    async def _shutdown(self) -> None:
-        """Ends the connections still served, so that nothing is left pending when the loop stops."""
-        tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-    async def _serve(self) -> None:
-        server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = server.sockets[0].getsockname()[1]
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
