@@ -84,7 +84,7 @@ def describe_error(exc: BaseException, secrets: Iterable[str] = ()) -> str:
     exc = _innermost(exc)
     text = str(exc) or type(exc).__name__
     text = f"{type(exc).__name__}: {text}" if not isinstance(exc, MCPError | BackendUnavailable) else text
-    return one_line(redact(text, secrets))
+    return one_line(redact(unquoted(text), secrets))
 
 
 def one_line(text: str, limit: int = REASON_SHOWN) -> str:
@@ -177,6 +177,23 @@ HTTP_STATUS = "http_status"
 INVALID_RESULT = "invalid_result"
 # How the message of an answer refused for its size ends (backends/http_bodies.py, `BodyTooLarge`).
 NOT_READ = "the answer was not read further"
+# The SDK's message for an HTTP answer it could not parse; pydantic's text after it quotes the body's start.
+SDK_PARSE_PREFIX = "Failed to parse JSON response: "
+UNQUOTED_PARSE_ERROR = SDK_PARSE_PREFIX + "the body is not JSON-RPC (not shown: it may echo anything)"
+
+
+def unquoted(message: str) -> str:
+    """`message` without the body the SDK's parse error quotes (a debug page echoing the gateway's credential,
+    say): in a call's error, the log and `/readyz` alike. Our own reasons (`backend '...'`) pass as they are."""
+    at = message.find(SDK_PARSE_PREFIX)
+    if at < 0:
+        return message
+    rest = message[at + len(SDK_PARSE_PREFIX) :]
+    if rest.startswith("backend '") or rest.endswith(NOT_READ):
+        return message
+    return message[:at] + UNQUOTED_PARSE_ERROR
+
+
 # The data of the error an answer cut off for its size while it arrived becomes (backends/stdio.py, `_refusal`;
 # backends/http_bodies.py, `as_internal_error`): a tools/call makes it an error result (routing/router.py).
 OVER_RESULT_CAP = "over_max_result_bytes"

@@ -43,7 +43,7 @@ import mcp_types as types
 from mcp.shared.exceptions import MCPError
 from pydantic import ValidationError
 
-from vmcp_opt.backends.errors import HTTP_STATUS, NOT_READ, OVER_RESULT_CAP, one_line
+from vmcp_opt.backends.errors import HTTP_STATUS, NOT_READ, OVER_RESULT_CAP, SDK_PARSE_PREFIX, one_line, unquoted
 from vmcp_opt.backends.secrets import redact, with_escaped_forms
 from vmcp_opt.config import SECRET_NAME
 from vmcp_opt.logs import ThrottledLog
@@ -56,7 +56,7 @@ _status_log = ThrottledLog(logger)
 SSE_TYPE = "text/event-stream"
 _INFLATED = ("gzip", "deflate", "x-gzip")
 _SDK_LOGGER = "mcp.client.streamable_http"
-_SDK_PREFIX = "Failed to parse JSON response: "  # the SDK's message for a body it could not read
+_SDK_PREFIX = SDK_PARSE_PREFIX  # the SDK's message for a body it could not read
 _NOT_READ = NOT_READ  # how `BodyTooLarge`'s message ends
 
 
@@ -147,10 +147,8 @@ def as_internal_error(exc: MCPError) -> MCPError | None:
         return None
     if message.endswith(_NOT_READ):
         return MCPError(types.INTERNAL_ERROR, message.removeprefix(_SDK_PREFIX), {OVER_RESULT_CAP: True})
-    if message.removeprefix(_SDK_PREFIX).startswith("backend '"):  # a `BodyRefused` of ours: it says why
-        return None
-    # pydantic's text quotes the start of the body: a debug page echoing the gateway's credential, say.
-    return MCPError(types.PARSE_ERROR, "the backend answered with a body that is not JSON-RPC (not shown)")
+    shown = unquoted(message)
+    return None if shown == message else MCPError(types.PARSE_ERROR, shown)
 
 
 class CappedBody(httpx2.AsyncByteStream):
