@@ -13,7 +13,7 @@ client uses; their answers are dropped before the transport. Only public SDK par
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from anyio.abc import TaskStatus
@@ -26,7 +26,10 @@ from mcp_types import JSONRPCError, JSONRPCNotification, JSONRPCRequest, JSONRPC
 from starlette.requests import Request
 
 from vmcp_opt.server.streams import ReadStreamWrapper, WriteStreamWrapper
-from vmcp_opt.shared.session_store import SessionRecord
+
+# An annotation only: handlers.py imports `is_restoring`, and a gateway without Redis never imports redis.
+if TYPE_CHECKING:
+    from vmcp_opt.shared.session_store import SessionRecord
 
 logger = logging.getLogger(__name__)
 _RESTORE_ID = "vmcp-restore-"
