@@ -4,13 +4,13 @@ client; results over `limits.max_result_bytes` are the tool's output being large
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 from mcp import Client
 
+from tests.scripted_backend import scripted
 from tests.support import running_gateway, write_config
 from tests.test_failure_recovery import backend, text
 
@@ -22,49 +22,10 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-# JSON-RPC by hand, to answer what no SDK server would: each tool answers what its name says.
-GARBAGE_SERVER = r"""
-import json
-import sys
-
-TOOLS = [{"name": name, "inputSchema": {"type": "object"}} for name in ("ok", "garbled", "invalid", "big")]
-
-
-def write(message):
-    sys.stdout.write(json.dumps(message) + "\n")
-    sys.stdout.flush()
-
-
-for line in sys.stdin:
-    message = json.loads(line)
-    if "id" not in message or "method" not in message:
-        continue
-    request_id, method, params = message["id"], message["method"], message.get("params") or {}
-    if method == "initialize":
-        info = {"name": "garbage", "version": "1"}
-        write({"jsonrpc": "2.0", "id": request_id, "result": {
-            "protocolVersion": params["protocolVersion"], "capabilities": {"tools": {}}, "serverInfo": info}})
-    elif method == "tools/list":
-        write({"jsonrpc": "2.0", "id": request_id, "result": {"tools": TOOLS}})
-    elif method == "tools/call" and params["name"] == "garbled":
-        sys.stdout.write('{"jsonrpc": "2.0", "id": %s, "result": {"content": [ garbage\n' % json.dumps(request_id))
-        sys.stdout.flush()
-    elif method == "tools/call" and params["name"] == "invalid":
-        write({"jsonrpc": "2.0", "id": request_id, "result": {"content": "not a list"}})
-    elif method == "tools/call" and params["name"] == "big":
-        write({"jsonrpc": "2.0", "id": request_id, "result": {"content": [{"type": "text", "text": "x" * 200_000}]}})
-    elif method == "tools/call":
-        write({"jsonrpc": "2.0", "id": request_id, "result": {"content": [{"type": "text", "text": "fine"}]}})
-    else:
-        write({"jsonrpc": "2.0", "id": request_id, "result": {}})
-"""
-
-
 def garbage_config(directory: Path, failure_threshold: int) -> Path:
-    script = directory / "garbage_server.py"
-    script.write_text(GARBAGE_SERVER, encoding="utf-8")
     config: dict[str, Any] = {
-        "backends": [{"name": "junk", "command": sys.executable, "args": [str(script)]}],
+        # Its tools answer what no SDK server would, each what its name says (garbled, invalid, big).
+        "backends": [scripted("junk", "--garbage-answers")],
         "limits": {"max_result_bytes": 100_000},
         # Only calls feed the circuit in these tests: no health check runs within them.
         "health": {"interval": 3600},

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from mcp import Client
 
+from tests.scripted_backend import scripted
 from tests.support import Gateway, free_port, running_gateway, stop_process, write_config
 from tests.test_failure_recovery import backend, text
 from vmcp_opt.backends.errors import TRUST_HINT
@@ -35,54 +36,16 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-# JSON-RPC by hand (fast to start): `exit` writes a stderr line and exits with the code asked for, `kill` SIGKILLs
-# its own process, `invalid` answers a result that fails validation (a failure for the circuit breaker), `ok` answers.
-DYING_SERVER = r"""
-import json
-import os
-import signal
-import sys
-
-TOOLS = [{"name": name, "inputSchema": {"type": "object"}} for name in ("ok", "exit", "kill", "invalid")]
+# Scripted backends: one whose `exit` tool exits with code 7, one whose `kill` tool SIGKILLs it (each writing a
+# stderr line first), one whose `invalid` tool answers a result that fails validation (a failure for the circuit).
+EXITS = scripted("exits", "--exit-in-call", "7", "--last-words", "fatal: lost the database connection")
+KILLED = scripted("killed", "--kill-in-call", "--last-words", "about to be killed")
+JUNK = scripted("junk", "--garbage-answers")
 
 
-def write(message):
-    sys.stdout.write(json.dumps(message) + "\n")
-    sys.stdout.flush()
-
-
-for line in sys.stdin:
-    message = json.loads(line)
-    if "id" not in message or "method" not in message:
-        continue
-    request_id, method, params = message["id"], message["method"], message.get("params") or {}
-    arguments = params.get("arguments") or {}
-    if method == "initialize":
-        info = {"name": "dying", "version": "1"}
-        write({"jsonrpc": "2.0", "id": request_id, "result": {
-            "protocolVersion": params["protocolVersion"], "capabilities": {"tools": {}}, "serverInfo": info}})
-    elif method == "tools/list":
-        write({"jsonrpc": "2.0", "id": request_id, "result": {"tools": TOOLS}})
-    elif method == "tools/call" and params["name"] == "exit":
-        print("fatal: lost the database connection", file=sys.stderr, flush=True)
-        os._exit(int(arguments.get("code", 7)))
-    elif method == "tools/call" and params["name"] == "kill":
-        print("about to be killed", file=sys.stderr, flush=True)
-        os.kill(os.getpid(), signal.SIGKILL)
-    elif method == "tools/call" and params["name"] == "invalid":
-        write({"jsonrpc": "2.0", "id": request_id, "result": {"content": "not a list"}})
-    elif method == "tools/call":
-        write({"jsonrpc": "2.0", "id": request_id, "result": {"content": [{"type": "text", "text": "fine"}]}})
-    else:
-        write({"jsonrpc": "2.0", "id": request_id, "result": {}})
-"""
-
-
-def dying_backends(directory: Path, names: list[str], **failure: Any) -> Path:
-    script = directory / "dying_server.py"
-    script.write_text(DYING_SERVER, encoding="utf-8")
+def calls_only_config(directory: Path, backends: list[dict[str, Any]], **failure: Any) -> Path:
     config: dict[str, Any] = {
-        "backends": [{"name": name, "command": sys.executable, "args": [str(script)]} for name in names],
+        "backends": backends,
         # Only calls feed the circuit: no health check runs within these tests.
         "health": {"interval": 3600},
         "failure": {"restart": {"enabled": False}, **failure},
@@ -104,10 +67,10 @@ def wait_for(gateway: Gateway, name: str, state: str, within: float = 20.0) -> d
 async def test_a_stdio_backend_that_dies_after_its_handshake_is_reported_with_its_exit_status(
     tmp_path: Path,
 ) -> None:
-    with running_gateway(dying_backends(tmp_path, ["exits", "killed"])) as gateway:
+    with running_gateway(calls_only_config(tmp_path, [EXITS, KILLED])) as gateway:
         async with Client(gateway.url) as client:
             assert not (await client.call_tool("exits_ok", {})).is_error
-            exited = await client.call_tool("exits_exit", {"code": 7})
+            exited = await client.call_tool("exits_exit", {})
             assert exited.is_error, text(exited)
             killed = await client.call_tool("killed_kill", {})
             assert killed.is_error, text(killed)
@@ -123,7 +86,7 @@ async def test_a_stdio_backend_that_dies_after_its_handshake_is_reported_with_it
 
 async def test_a_disabled_circuit_breaker_logs_no_circuit_and_forwards_every_call(tmp_path: Path) -> None:
     disabled = {"circuit_breaker": {"enabled": False, "failure_threshold": 2, "cooldown": 3600}}
-    with running_gateway(dying_backends(tmp_path, ["junk"], **disabled)) as gateway:
+    with running_gateway(calls_only_config(tmp_path, [JUNK], **disabled)) as gateway:
         async with Client(gateway.url) as client:
             for _ in range(5):  # more than the threshold: an enabled breaker opens at the second
                 invalid = await client.call_tool("junk_invalid", {})
@@ -139,7 +102,7 @@ async def test_a_disabled_circuit_breaker_logs_no_circuit_and_forwards_every_cal
 async def test_an_enabled_circuit_breaker_opens_on_the_same_failures(tmp_path: Path) -> None:
     """The counterpart of the test above: the same calls do open a circuit that is enabled."""
     enabled = {"circuit_breaker": {"failure_threshold": 2, "cooldown": 3600}}
-    with running_gateway(dying_backends(tmp_path, ["junk"], **enabled)) as gateway:
+    with running_gateway(calls_only_config(tmp_path, [JUNK], **enabled)) as gateway:
         async with Client(gateway.url) as client:
             for _ in range(2):
                 assert (await client.call_tool("junk_invalid", {})).is_error

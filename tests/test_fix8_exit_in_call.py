@@ -4,7 +4,6 @@ and /readyz do), with the backend's secrets masked, not only "Connection closed"
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
@@ -12,45 +11,18 @@ import mcp_types as types
 import pytest
 from mcp import Client
 
+from tests.scripted_backend import scripted
 from tests.support import running_gateway, write_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.anyio]
 
 SECRET = "hunter2-very-secret-password"
 
-# JSON-RPC by hand: `exit` writes a stderr line (the secret in it) and exits with code 7 without answering.
-EXITING_SERVER = r"""
-import json
-import os
-import sys
-
-TOOLS = [{"name": name, "inputSchema": {"type": "object"}} for name in ("ok", "exit")]
-
-
-def write(message):
-    sys.stdout.write(json.dumps(message) + "\n")
-    sys.stdout.flush()
-
-
-for line in sys.stdin:
-    message = json.loads(line)
-    if "id" not in message or "method" not in message:
-        continue
-    request_id, method, params = message["id"], message["method"], message.get("params") or {}
-    if method == "initialize":
-        info = {"name": "exiting", "version": "1"}
-        write({"jsonrpc": "2.0", "id": request_id, "result": {
-            "protocolVersion": params["protocolVersion"], "capabilities": {"tools": {}}, "serverInfo": info}})
-    elif method == "tools/list":
-        write({"jsonrpc": "2.0", "id": request_id, "result": {"tools": TOOLS}})
-    elif method == "tools/call" and params["name"] == "exit":
-        print("fatal: login refused for " + os.environ["DB_PASSWORD"], file=sys.stderr, flush=True)
-        os._exit(7)
-    elif method == "tools/call":
-        write({"jsonrpc": "2.0", "id": request_id, "result": {"content": [{"type": "text", "text": "fine"}]}})
-    else:
-        write({"jsonrpc": "2.0", "id": request_id, "result": {}})
-"""
+# Its `exit` tool writes a stderr line (the secret in it, from the backend's env) and exits with code 7 without
+# answering.
+DB = scripted(
+    "db", "--exit-in-call", "7", "--last-words", "fatal: login refused for {DB_PASSWORD}", env={"DB_PASSWORD": SECRET}
+)
 
 
 @pytest.fixture
@@ -63,10 +35,8 @@ def text(result: types.CallToolResult) -> str:
 
 
 async def test_a_call_whose_stdio_backend_exits_says_the_exit_status(tmp_path: Path) -> None:
-    script = tmp_path / "exiting.py"
-    script.write_text(EXITING_SERVER, encoding="utf-8")
     config = {
-        "backends": [{"name": "db", "command": sys.executable, "args": [str(script)], "env": {"DB_PASSWORD": SECRET}}],
+        "backends": [DB],
         "health": {"interval": 3600},
         "failure": {"restart": {"enabled": False}},
     }

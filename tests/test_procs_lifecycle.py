@@ -4,7 +4,6 @@ backend leaves behind when the gateway stops, and what a backend writing garbage
 from __future__ import annotations
 
 import signal
-import sys
 import time
 from pathlib import Path
 
@@ -13,20 +12,15 @@ import psutil
 import pytest
 from mcp import Client
 
+from tests.scripted_backend import scripted
 from tests.support import running_gateway, write_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.anyio]
-
-BACKEND = Path(__file__).with_name("procs_backends.py")
 
 
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-def procs_backend(name: str, *args: str) -> dict[str, object]:
-    return {"name": name, "command": sys.executable, "args": [str(BACKEND), *args]}
 
 
 def wait_for_pids(pidfile: Path, count: int, timeout: float = 30.0) -> list[int]:
@@ -60,7 +54,7 @@ def test_a_backends_children_do_not_outlive_the_gateway(tmp_path: Path) -> None:
     # The backend exits by itself when its stdin closes, leaving a child in its process group that ignores
     # SIGTERM and one that left the group (setsid): the gateway's stop must end both.
     pidfile = tmp_path / "children.pid"
-    config = write_config(tmp_path, {"backends": [procs_backend("parent", "--children", str(pidfile))]})
+    config = write_config(tmp_path, {"backends": [scripted("parent", "--children", str(pidfile))]})
     children: list[int] = []
     try:
         with running_gateway(config) as gateway:
@@ -77,7 +71,7 @@ def test_a_backends_children_do_not_outlive_the_gateway(tmp_path: Path) -> None:
 
 
 async def test_garbage_on_stdout_costs_a_bounded_log_and_never_its_text(tmp_path: Path) -> None:
-    config = write_config(tmp_path, {"backends": [procs_backend("junk")]})
+    config = write_config(tmp_path, {"backends": [scripted("junk", "--garbage-answers")]})
     with running_gateway(config) as gateway:
         async with Client(gateway.url) as client:
             result = await client.call_tool("junk_garbage", {"lines": 2000})
