@@ -183,7 +183,7 @@ def validate(
     cfg = load_or_exit(config)
     logs.release_held()  # what loading warned about (discovery's skipped entries), before the verdict
     from vmcp_opt.auth_cli import auth_problems
-    from vmcp_opt.cli_validate import check_connections, launch_warnings
+    from vmcp_opt.cli_validate import check_connections, exchange_warnings, launch_warnings
     from vmcp_opt.config.workflows import env_reference_warnings
     from vmcp_opt.shared.secrets import secret_problems
 
@@ -191,7 +191,9 @@ def validate(
     if problems:
         exit_invalid(config, problems)
     # Valid, but probably not what was meant. With --connect, each backend's own start says more.
-    for warning in [*env_reference_warnings(cfg.workflows), *([] if connect else launch_warnings(cfg))]:
+    # token_exchange backends no caller could call: --connect's starts would not show it.
+    warnings = [*env_reference_warnings(cfg.workflows), *exchange_warnings(cfg)]
+    for warning in [*warnings, *([] if connect else launch_warnings(cfg))]:
         err.print(f"warning: {warning}", markup=False, highlight=False)
     if connect:
         check_connections(cfg)

@@ -5,7 +5,8 @@ what they serve (errors)."""
 from __future__ import annotations
 
 import os
-from pathlib import Path
+import re
+from pathlib import Path, PurePath
 
 import anyio
 import typer
@@ -19,13 +20,41 @@ err = OutputConsole(stderr=True)
 
 # A first argument with these endings is a script the command runs (`python server.py`, `node index.js`).
 _SCRIPT_SUFFIXES = (".py", ".js", ".mjs", ".cjs")
+# `python`, `python3`, `python3.12`, `python3.13t`, `pythonw.exe`: their arguments are read as CPython does.
+_PYTHON = re.compile(r"python(\d+(\.\d+)?t?)?w?(\.exe)?", re.IGNORECASE)
+_NODE = re.compile(r"node(js)?(\.exe)?", re.IGNORECASE)
+# CPython's short options that take a value (attached, `-Xutf8`, or the next argument); after -c or -m no
+# script runs.
+_PYTHON_VALUED = frozenset("XWcm")
+_PYTHON_LONG_VALUED = frozenset({"--check-hash-based-pycs"})
+# Node's options that take a value as the next argument (also written `--opt=value`), and those that run
+# code instead of a script (`-e`, `-p`). Other options are read as flags.
+_NODE_VALUED = frozenset(
+    {
+        "-r",
+        "--require",
+        "--import",
+        "--loader",
+        "--experimental-loader",
+        "-C",
+        "--conditions",
+        "--env-file",
+        "--input-type",
+        "--inspect-port",
+        "--title",
+        "--watch-path",
+        "--experimental-config-file",
+    }
+)
+_NODE_NO_SCRIPT = frozenset({"-e", "--eval", "-p", "--print", "-i", "--interactive", "-v", "--version", "-h", "--help"})
 
 
 def launch_warnings(cfg: VmcpConfig) -> list[str]:
     """What `vmcp serve` could not launch on this machine, found as it would launch it (`stdio_parameters`):
     a stdio backend whose command is not on PATH or not at its path, whose `cwd` is missing, or whose script
-    (a relative first argument like `server.py`) is not in its working directory. Warnings, not errors: the file
-    may be meant for another machine, and `vmcp validate --connect` starts each backend to be sure."""
+    (`script_argument`: `server.py` in `python -u server.py`) is not in its working directory. Warnings, not
+    errors: the file may be meant for another machine, and `vmcp validate --connect` starts each backend to be
+    sure."""
     from vmcp_opt.backends.transports import stdio_parameters
 
     warnings = _index_dir_warnings(cfg)
@@ -41,12 +70,86 @@ def launch_warnings(cfg: VmcpConfig) -> list[str]:
         problem = _command_problem(backend.command, launch.command)
         if problem:
             warnings.append(f"{where}.command: {problem}; the backend would not start")
-        elif launch.args and launch.args[0].endswith(_SCRIPT_SUFFIXES) and not (cwd / launch.args[0]).exists():
+            continue
+        script = script_argument(backend.command, launch.args)
+        if script is not None and not (cwd / launch.args[script]).exists():
             warnings.append(
-                f"{where}.args[0]: {cwd / launch.args[0]} does not exist (relative paths start at the backend's "
-                "cwd, which is the config file's directory unless `cwd` says otherwise); the backend would not start"
+                f"{where}.args[{script}]: {cwd / launch.args[script]} does not exist (relative paths start at the "
+                "backend's cwd, which is the config file's directory unless `cwd` says otherwise); the backend "
+                "would not start"
             )
     return warnings
+
+
+def script_argument(command: str, args: list[str]) -> int | None:
+    """The index in `args` of the script `command` would run, or None (none, or not known). Python's and
+    node's options are skipped as they read them (`python -u -X utf8 server.py`; `-m module` and `-c code`
+    run no script); any other command's first argument counts when it ends like a script."""
+    name = PurePath(command.replace("\\", "/")).name
+    if _PYTHON.fullmatch(name):
+        return _python_script(args)
+    if _NODE.fullmatch(name):
+        script = _node_script(args)
+        # Node resolves `node server` to server.js, index.js, a package's main: only a written ending is sure.
+        return script if script is not None and args[script].endswith(_SCRIPT_SUFFIXES) else None
+    return 0 if args and args[0].endswith(_SCRIPT_SUFFIXES) else None
+
+
+def _python_script(args: list[str]) -> int | None:
+    """CPython's command line: short options may be grouped (`-uB`), and one of -X -W -c -m ends a group,
+    taking the rest of the argument or the next one as its value."""
+    index = 0
+    while index < len(args):
+        arg = args[index]
+        if arg == "--":
+            return index + 1 if index + 1 < len(args) else None
+        if arg == "-":
+            return None  # the script comes on stdin
+        if not arg.startswith("-"):
+            return index
+        if arg.startswith("--"):
+            index += 2 if arg in _PYTHON_LONG_VALUED else 1
+            continue
+        valued = next((i for i, flag in enumerate(arg[1:], 1) if flag in _PYTHON_VALUED), None)
+        if valued is not None and arg[valued] in "cm":
+            return None
+        index += 2 if valued is not None and valued == len(arg) - 1 else 1
+    return None
+
+
+def _node_script(args: list[str]) -> int | None:
+    index = 0
+    while index < len(args):
+        arg = args[index]
+        if arg == "--":
+            return index + 1 if index + 1 < len(args) else None
+        if arg == "-" or arg in _NODE_NO_SCRIPT or arg.split("=", 1)[0] in ("--eval", "--print"):
+            return None
+        if not arg.startswith("-"):
+            return index
+        index += 2 if arg in _NODE_VALUED else 1
+    return None
+
+
+def exchange_warnings(cfg: VmcpConfig) -> list[str]:
+    """token_exchange backends whose calls would all fail, since no caller has an OAuth token to exchange:
+    callers with API keys (a key never leaves the gateway), or the local user over stdio. Warnings, where an
+    anonymous HTTP gateway's is an error (config/document.py): a file served over stdio may be served over
+    HTTP with OAuth too, and the backend's tools are still listed."""
+    exchanged = [index for index, backend in enumerate(cfg.backends) if backend.auth.type == "token_exchange"]
+    if not exchanged:
+        return []
+    if cfg.server.transport == "stdio":
+        why = "over stdio (server.transport) the caller is the local user, who presents no token"
+    elif cfg.auth.incoming.mode == "api_keys":
+        why = "auth.incoming.mode is api_keys, and an API key is never sent to a token endpoint"
+    else:
+        return []
+    return [
+        f"backends[{index}].auth.type: token_exchange exchanges each caller's OAuth access token, but {why}: "
+        "every call of this backend's tools would fail (auth.incoming.mode: oauth over HTTP gives callers one)"
+        for index in exchanged
+    ]
 
 
 def _index_dir_warnings(cfg: VmcpConfig) -> list[str]:

@@ -8,9 +8,9 @@
 
 Libraries that chat at info or debug (httpx, the MCP SDK, uvicorn's access log, the model loaders, bm25s,
 which sets its own logger to DEBUG when imported) are kept at WARNING whatever level is asked for: their
-lines are about their internals, not about the gateway. The handler filters them, so a library imported
-later cannot lower its own level past it. Download-style progress bars of the model loaders are turned off
-when stderr is not a terminal.
+lines are about their internals, not about the gateway (so is asyncio's "Using selector" line, dropped
+alone). The handler filters them, so a library imported later cannot lower its own level past it.
+Download-style progress bars of the model loaders are turned off when stderr is not a terminal.
 
 The config names the format, so it is read before logging is configured; what reading it warns about
 (discovered mode's skipped entries) is logged with `log_once_configured`, held until `configure` and then
@@ -93,6 +93,12 @@ def release_held() -> None:
             logging.lastResort.handle(record)
 
 
+# asyncio's debug line at every event loop's creation, the first line of every `--log-level debug` run: it says
+# nothing about the gateway. Only this line goes; asyncio's other records (its debug mode's slow callbacks,
+# "Task exception was never retrieved") still show.
+_SELECTOR_LINE = "Using selector: %s"
+
+
 class QuietLibraries(logging.Filter):
     """Drops records below WARNING from the libraries in NOISY_LIBRARIES (and their child loggers), and below
     debug turns their tracebacks into one line: the SDK's client logs a ~15-line traceback for every answer a
@@ -103,6 +109,8 @@ class QuietLibraries(logging.Filter):
         self.tracebacks = tracebacks
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "asyncio" and record.msg == _SELECTOR_LINE:
+            return False
         if not any(record.name == name or record.name.startswith(f"{name}.") for name in NOISY_LIBRARIES):
             return True
         if record.levelno < logging.WARNING:

@@ -136,6 +136,7 @@ class VmcpConfig(BaseSettings):
                 "auth.incoming.oauth.resource: needed when listening on every address: the URL clients use to "
                 "reach the gateway (e.g. https://mcp.example.com/mcp), which tokens must name as their audience"
             )
+        problems += _unexchangeable(self)
         if self.optimizer.model_cache is not None:
             problems += directory_problems("optimizer.model_cache", self.resolve_path(self.optimizer.model_cache))
         server = self.server
@@ -187,6 +188,22 @@ class VmcpConfig(BaseSettings):
 
 
 # Reads discovered mode's client config file (Claude Desktop, VS Code, Cursor) into backends.
+
+
+def _unexchangeable(config: VmcpConfig) -> list[str]:
+    """token_exchange backends behind an anonymous HTTP gateway: no caller ever presents a token to exchange, so
+    every call of their tools would fail (their listing still works, on the gateway's own token, which hides it
+    until the first call). Over stdio the caller is the local user, tokenless too, but the file may be served
+    over HTTP as well: `vmcp validate` warns of that (`cli_validate.exchange_warnings`), as of API keys."""
+    if config.server.transport != "streamable-http" or config.auth.incoming.mode != "anonymous":
+        return []
+    return [
+        f"backends[{index}].auth.type: token_exchange exchanges each caller's OAuth access token, but "
+        "auth.incoming.mode is anonymous: callers present no token, so every call of this backend's tools would "
+        "fail; set auth.incoming.mode: oauth, or give the backend another auth.type"
+        for index, backend in enumerate(config.backends)
+        if backend.auth.type == "token_exchange"
+    ]
 
 
 def _duplicate_names(names: list[str]) -> list[str]:

@@ -27,6 +27,7 @@ from vmcp_opt.config.base import (
 )
 from vmcp_opt.config.document import VmcpConfig, _duplicate_names, _file_data
 from vmcp_opt.config.file_parsing import parse_json, parse_yaml
+from vmcp_opt.config.optimizer import OptimizerConfig
 from vmcp_opt.config.sections import (
     BackendConfig,
 )
@@ -106,15 +107,20 @@ def _validated(
         raise ConfigError([_unparsable(exc)]) from None
     except ValidationError as exc:
         raw = {key: overrides.get(key, data.get(key)) for key in ("backends", "workflows")}
-        raise ConfigError(_every_problem(exc, raw["backends"], raw["workflows"], source)) from None
+        problems = _every_problem(exc, raw["backends"], raw["workflows"], source)
+        problems += _raw_model_problems(exc, overrides, data, check_model, source)
+        raise ConfigError(problems) from None
     finally:
         _file_data.reset(token)
+    problems = _model_problems(config.optimizer.model, check_model, source)
     if config.discovery.mode == "discovered":
         if discover is None:
             raise ConfigError(["discovery.mode: discovered, but this command reads no client config files"])
-        config = _with_discovered_backends(config, discover)
+        try:
+            config = _with_discovered_backends(config, discover)
+        except ConfigError as exc:
+            raise ConfigError(exc.problems + problems) from None
     config._source = config_path.resolve()
-    problems = _model_problems(config.optimizer.model, check_model, source)
     try:
         config = _with_env_references_resolved(config)
     except ConfigError as exc:
@@ -127,6 +133,27 @@ def _validated(
 def _model_problems(model: str, check_model: ModelCheck | None, source: SourceNamer) -> list[str]:
     problem = check_model(model) if check_model is not None else None
     return [f"{_placed(('optimizer', 'model'), source)}: {problem}"] if problem else []
+
+
+def _raw_model_problems(
+    exc: ValidationError,
+    overrides: dict[str, Any],
+    data: dict[str, Any],
+    check_model: ModelCheck | None,
+    source: SourceNamer,
+) -> list[str]:
+    """`optimizer.model` checked when another field failed: the model is otherwise checked only on a valid
+    document, so a bad `model_cache` hid a misspelt model until the next run. Read from the sources in
+    `VmcpConfig`'s precedence; a model pydantic itself refused (not a string) is already reported."""
+    if any(loc[:2] == ("optimizer", "model") for loc in _locations(exc)):
+        return []
+    model: Any = OptimizerConfig.model_fields["model"].default
+    for layer in (overrides, EnvSettingsSource(VmcpConfig)(), data):
+        section = layer.get("optimizer")
+        if isinstance(section, dict) and "model" in section:
+            model = section["model"]
+            break
+    return _model_problems(model, check_model, source) if isinstance(model, str) else []
 
 
 def _read_file(path: Path) -> dict[str, Any]:
