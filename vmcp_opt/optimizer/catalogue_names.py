@@ -1,5 +1,6 @@
 """The searchable tools' names, by backend: which backends a find_tool `backends` filter may name (under a
-policy, only those with a tool the caller may use), and which tools a wrong `call_tool` name likely meant."""
+policy, only those with a tool the caller may use). Which tools a wrong `call_tool` name likely meant is the
+router's (`Router.meant`), as for a direct call."""
 
 from __future__ import annotations
 
@@ -19,32 +20,13 @@ class CatalogueNames:
         self.sources: set[str] = set()
         # Each backend's searchable tools: which backends a caller under a policy can search.
         self.tools_of: dict[str, list[str]] = {}
-        # Searchable tools by name, and by their name at their backend where the gateway renamed them (the
-        # tools an unknown `tool_name` may have meant).
-        self.names: frozenset[str] = frozenset()
-        self.named_at_source: dict[str, list[str]] = {}
 
     def update(self, tools: Sequence[ProvidedTool]) -> None:
         tools_of: dict[str, list[str]] = {}
-        named_at_source: dict[str, list[str]] = {}
         for tool in tools:
             tools_of.setdefault(tool.source, []).append(tool.name)
-            if tool.original_name != tool.name:
-                named_at_source.setdefault(tool.original_name, []).append(tool.name)
         self.sources = {tool.source for tool in tools}
-        self.tools_of, self.named_at_source = tools_of, named_at_source
-        self.names = frozenset(tool.name for tool in tools)
-
-    async def meant(self, target: str, call: ToolCall) -> list[str]:
-        """The tools an unknown `target` most likely meant, among those the caller may use: agents drop the
-        backend prefix (`get_current_time` for `time_get_current_time`) or keep spaces around the name."""
-        name = target.strip()
-        candidates = [name] if name != target and name in self.names else []
-        candidates += self.named_at_source.get(name, [])[:NAMED_BACKENDS]
-        if not candidates:
-            return []
-        await call.router.usable_tools_async(call.caller)  # `may_use` then reads the caller's kept view
-        return call.router.may_use(call.caller, list(dict.fromkeys(candidates)))
+        self.tools_of = tools_of
 
     async def backends_problem(
         self, backends: list[str], allowed: ToolCall | None, why_no_tools: Callable[[str], str | None]

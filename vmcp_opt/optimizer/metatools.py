@@ -156,7 +156,7 @@ class OptimizerFront:
         except UnknownTool as unknown:
             if unknown.why is not None:  # served by another replica behind this endpoint, not by this one
                 return _error(f"field 'tool_name': {unknown.why}")
-            meant = await self.names.meant(target, call)
+            meant = unknown.meant  # `Router.meant`: the names it likely meant, among those the caller may use
             hint = f"did you mean {' or '.join(map(repr, meant))}? Otherwise use" if meant else "use"
             return _error(f"field 'tool_name': unknown tool '{shorten(target)}'; {hint} find_tool to look tools up")
 

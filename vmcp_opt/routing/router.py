@@ -59,13 +59,20 @@ ItemT = TypeVar("ItemT")
 RESOURCE_NOT_FOUND = -32002
 
 
-class UnknownTool(MCPError):
-    """`why`: the router's `why_unknown` for this name, which then is the whole message."""
+# Tools a wrong name's suggestion names at most.
+MEANT_MOST = 8
 
-    def __init__(self, name: str, why: str | None = None) -> None:
-        super().__init__(types.INVALID_PARAMS, why or f"Unknown tool: '{shorten(name)}'")
+
+class UnknownTool(MCPError):
+    """`why`: the router's `why_unknown` for this name, which then is the whole message. `meant`: the tools
+    the caller may use that the name likely meant (`Router.meant`), suggested in the message."""
+
+    def __init__(self, name: str, why: str | None = None, meant: Sequence[str] = ()) -> None:
+        hint = f"; did you mean {' or '.join(repr(m) for m in meant)}?" if meant else ""
+        super().__init__(types.INVALID_PARAMS, why or f"Unknown tool: '{shorten(name)}'{hint}")
         self.name = name
         self.why = why
+        self.meant = list(meant)
 
 
 class CallObserver(Protocol):
@@ -109,6 +116,8 @@ class Router:
         # Why a tool no provider serves here may be served elsewhere (replicas sharing sessions with another
         # config: vmcp_opt/shared/replica_shapes.py); None, or None from it: a bare "Unknown tool".
         self.why_unknown: Callable[[str], str | None] | None = None
+        # The catalogue and its tools by case-folded name and name at the source (`meant`).
+        self._folded: tuple[object, dict[str, list[str]]] | None = None
 
     def add_provider(self, provider: ToolProvider) -> None:
         """Providers earlier in the list win a name and come first in `tools/list`."""
@@ -139,6 +148,7 @@ class Router:
     def forget_views(self) -> None:
         self.views.forget()
         self.merged.forget()
+        self._folded = None
 
     def _all_tools(self, *, searchable_only: bool = False) -> dict[str, ProvidedTool]:
         """Every provider's tools by name, the first provider winning a name."""
@@ -278,7 +288,7 @@ class Router:
     ) -> types.CallToolResult:
         found = self._lookup(name)
         if found is None:
-            return self._unavailable(caller, name, op)
+            return await self._unavailable(caller, name, op)
         provider, provided = found
         if op is not None:
             op.backend = provided.source
@@ -320,13 +330,14 @@ class Router:
             observer.tool_called(caller, provided, result, exchange)
         return result
 
-    def _unavailable(self, caller: Caller, name: str, op: Op | None) -> types.CallToolResult:
+    async def _unavailable(self, caller: Caller, name: str, op: Op | None) -> types.CallToolResult:
         """A tool no provider serves now: why (its backend is down), but only to a caller the policy lets use
         it, judged on the tool as last served; any other caller gets the denial it gets while the backend is
-        up. `UnknownTool` for a name never served."""
+        up. `UnknownTool` for a name never served, with the names it likely meant."""
         why = next((w for p in self.providers if (w := p.why_unavailable(name)) is not None), None)
         if why is None:
-            raise UnknownTool(name, self.why_unknown(name) if self.why_unknown is not None else None)
+            elsewhere = self.why_unknown(name) if self.why_unknown is not None else None
+            raise UnknownTool(name, elsewhere, [] if elsewhere else await self.meant(caller, name))
         known = self.catalog.known_tool(name)
         if known is not None:
             if op is not None:
@@ -337,6 +348,28 @@ class Router:
         if op is not None:
             op.outcome, op.error = "failure", "unavailable"
         return error_result(why)
+
+    async def meant(self, caller: Caller, name: str) -> list[str]:
+        """The served tools the caller may use that an unknown `name` likely meant: the same name in another
+        case or with spaces around it (`Time_Get_Current_Time`), or its name at its backend without the
+        gateway's prefix, in any case. Tool names are case-sensitive, so the call itself still fails."""
+        candidates = self._folded_names().get(name.strip().casefold(), [])[:MEANT_MOST]
+        if not candidates:
+            return []
+        await self.usable_tools_async(caller)  # `may_use` then reads the caller's kept view
+        return self.may_use(caller, candidates)
+
+    def _folded_names(self) -> dict[str, list[str]]:
+        """Every tool by its case-folded name and name at its source, kept per catalogue: a wrong name costs a
+        lookup, not a pass over 10k tools."""
+        catalog = self.catalog.current
+        if self._folded is None or self._folded[0] is not catalog:
+            folded: dict[str, list[str]] = {}
+            for name, provided in self._all_tools().items():
+                for key in dict.fromkeys((name.casefold(), provided.original_name.casefold())):
+                    folded.setdefault(key, []).append(name)
+            self._folded = (catalog, folded)
+        return self._folded[1]
 
     async def _provide(self, provider: ToolProvider, call: ToolCall) -> types.CallToolResult:
         if self.limiter is None:
