@@ -45,7 +45,13 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from vmcp_opt import __version__
 from vmcp_opt.backends.credentials import BackendAuth, BackendCredentials
 from vmcp_opt.backends.errors import BackendUnavailable as BackendUnavailable  # re-exported
-from vmcp_opt.backends.errors import ProcessExited, closed_by_exit, describe_error, failure_reason, with_stderr_line
+from vmcp_opt.backends.errors import (
+    ProcessExited,
+    closed_by_exit_when_seen,
+    describe_error,
+    failure_reason,
+    with_stderr_line,
+)
 from vmcp_opt.backends.forwarding import HeaderWriteStream, forwarding
 from vmcp_opt.backends.http_bodies import as_internal_error
 from vmcp_opt.backends.listing import BackendListing, WatchedReadStream, fetch_listing
@@ -59,8 +65,6 @@ from vmcp_opt.display import shorten
 logger = logging.getLogger(__name__)
 
 ResultT = TypeVar("ResultT", bound=BaseModel)
-# Seconds a request that lost a stdio backend's connection waits for the process's exit status (`_exited`).
-EXIT_WAIT = 0.5
 # Seconds a session must have served for its loss to restart the backoff at `failure.restart.initial_delay`.
 STABLE_SESSION = 60.0
 _STREAM_ENDED = "the connection closed (process exited or stream ended)"
@@ -475,16 +479,9 @@ class BackendConnection:
             if over_cap is not None:
                 raise over_cap from None
             if exc.code == types.CONNECTION_CLOSED and self.config.transport == "stdio":
-                raise await self._exited(exc, tail, ended) from exc
+                raise await closed_by_exit_when_seen(exc, tail, ended, self.secrets) from exc
             raise
         return bounded_result(self.name, result, self.limits.max_result_bytes)
-
-    async def _exited(self, exc: MCPError, tail: StderrTail, ended: anyio.Event) -> MCPError:
-        """`exc` naming the exit status of the process: the request fails a moment before its exit is seen, so
-        wait for the session's end, at most `EXIT_WAIT` seconds."""
-        with anyio.move_on_after(EXIT_WAIT):
-            await ended.wait()
-        return closed_by_exit(exc, tail.exit_status, tail.line, self.secrets)
 
     def describe(self, exc: BaseException) -> str:
         """A one-line reason with this backend's secrets (env and header values) masked."""

@@ -10,7 +10,9 @@ import signal
 import ssl
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Protocol
 
+import anyio
 import mcp_types as types
 from mcp.shared.exceptions import MCPError
 from pydantic import ValidationError
@@ -160,6 +162,32 @@ def closed_by_exit(exc: MCPError, status: int | None, stderr_line: str | None, s
     why = with_stderr_line(str(ProcessExited(status)), stderr_line)
     message = one_line(redact(f"{exc.error.message}: {why}", secrets))
     return MCPError.from_error_data(exc.error.model_copy(update={"message": message}))
+
+
+# Seconds a call that lost its stdio backend ("Connection closed") waits for the process's exit to be seen: the
+# request fails a moment before the transport sees the exit, and only then is its status known.
+EXIT_WAIT = 0.5
+
+
+class ExitTail(Protocol):
+    """What is known of a stdio backend's process once its session ended (backends/transports.py, `StderrTail`)."""
+
+    @property
+    def exit_status(self) -> int | None: ...
+
+    @property
+    def line(self) -> str | None: ...
+
+
+async def closed_by_exit_when_seen(
+    exc: MCPError, tail: ExitTail, ended: anyio.Event, secrets: Iterable[str] = ()
+) -> MCPError:
+    """`closed_by_exit` once the session's transport has ended (`ended`: the exit status and the last stderr line
+    are known then), waiting at most `EXIT_WAIT` seconds for it; for every session on a stdio process, the shared
+    one (backends/connection.py) and a client's own (backends/session_pool.py) alike."""
+    with anyio.move_on_after(EXIT_WAIT):
+        await ended.wait()
+    return closed_by_exit(exc, tail.exit_status, tail.line, secrets)
 
 
 def _cut(line: str) -> str:

@@ -43,12 +43,12 @@ from vmcp_opt.backends.connection import (
     is_list_changed,
 )
 from vmcp_opt.backends.credentials import BackendAuth
-from vmcp_opt.backends.errors import CredentialError
+from vmcp_opt.backends.errors import CredentialError, closed_by_exit_when_seen
 from vmcp_opt.backends.forwarding import HeaderWriteStream, forwarding
 from vmcp_opt.backends.http_bodies import as_internal_error
 from vmcp_opt.backends.listing import WatchedReadStream
 from vmcp_opt.backends.results import bounded_result
-from vmcp_opt.backends.transports import open_transport
+from vmcp_opt.backends.transports import StderrTail, open_transport
 from vmcp_opt.logs import ThrottledLog
 
 logger = logging.getLogger(__name__)
@@ -225,6 +225,8 @@ class DedicatedSession:
         self.closed = False
         self.served = False
         self.ended = False  # its transport's read stream ended: the backend process exited or the stream broke
+        # A stdio process's exit status and last stderr line, known once `_done` is set: what a call it failed says.
+        self._stderr = StderrTail()
         self._session: ClientSession | None = None
         self._stop = anyio.Event()
         self._done = anyio.Event()
@@ -243,6 +245,7 @@ class DedicatedSession:
                     self.connection.connect_timeout,
                     auth,
                     max_result_bytes=self.connection.limits.max_result_bytes,
+                    stderr_tail=self._stderr,
                 ) as (
                     read,
                     write,
@@ -337,6 +340,9 @@ class DedicatedSession:
             over_cap = as_internal_error(exc)
             if over_cap is not None:
                 raise over_cap from None
+            if exc.code == types.CONNECTION_CLOSED and self.connection.config.transport == "stdio":
+                # Its process exited mid-call: say how, as a call on the shared session does.
+                raise await closed_by_exit_when_seen(exc, self._stderr, self._done, self.connection.secrets) from exc
             raise
         return bounded_result(self.name, result, self.connection.limits.max_result_bytes)
 
