@@ -23,9 +23,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from contextlib import suppress
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -123,7 +125,9 @@ class _NameMasks:
     (3 MiB each at 1,500 tools) under a per-caller policy."""
 
     snapshot: _Snapshot
-    masks: dict[int, tuple[frozenset[str], np.ndarray]] = field(default_factory=dict)
+    # Oldest first. An OrderedDict for `popitem(last=False)`: one step under the GIL, where the oldest key read
+    # from an iterator, then popped, failed when another search thread evicted or added one in between.
+    masks: OrderedDict[int, tuple[frozenset[str], np.ndarray]] = field(default_factory=OrderedDict)
 
 
 class ToolIndex:
@@ -157,6 +161,8 @@ class ToolIndex:
         # The vectors the last `update` saved (None: read `vector_store`'s once): what `update_keywords` reuses
         # without touching the store while an `update` holds it.
         self._known: VectorCache | None = None
+        # The records the last `update` indexed (with their vectors), as `_unique` gives them.
+        self._embedded: tuple[ToolRecord, ...] | None = None
         # Vectors by content hash, from the last update or the persisted file (read once, lazily).
         # The lock's wait: as long as another process's update may legitimately take (its bulk encoding's
         # deadline); a holder past it is stuck, and this process embeds on its own rather than never.
@@ -267,7 +273,8 @@ class ToolIndex:
             return cached[1]
         mask = _records_named(snap, names)
         if len(kept.masks) >= NAME_MASKS_KEPT:
-            kept.masks.pop(next(iter(kept.masks)), None)
+            with suppress(KeyError):  # other threads evicted every one meanwhile: nothing left to evict
+                kept.masks.popitem(last=False)
         kept.masks[id(names)] = (names, mask)
         return mask
 
@@ -279,6 +286,13 @@ class ToolIndex:
         these vectors added."""
         started = time.perf_counter()
         generation = self._next_generation()
+        unique = _unique(records)
+        if self.reranker is None and unique == self._embedded and self._served_again(unique, generation, vectors=True):
+            # The catalogue the last update embedded, served with all its vectors (a rebuild of an unchanged
+            # catalogue: a backend's list_changed that changed no tool, a change of its prompts...): rebuilding the
+            # same snapshot cost seconds of CPU at thousands of tools, twice (keywords, then this).
+            log.debug("index unchanged: the same %d tools as the last update", len(unique))
+            return UpdateStats(0, len(unique), 0, len(unique), time.perf_counter() - started)
         # The vectors' file lock first: while another replica embeds, keyword refreshes need not wait.
         with self._vectors.updating() as cache, self._update_lock:
             # Tools past the cache's count are new for sure: enough of them and the bulk child starts before the
@@ -288,7 +302,7 @@ class ToolIndex:
             if self.embedder is None:
                 self.embedder = load_configured_embedder(self.config, self.model_cache, new_documents=surely_new)
             with bulk_started(self.embedder, surely_new):
-                records, documents, hashes = _prepare(records)
+                records, documents, hashes = _prepare(unique)
                 vectors, found = cache.stack(hashes, self.model.dimensions)
                 # Each new document once, even when two tools share it.
                 first: dict[str, int] = {}
@@ -326,6 +340,7 @@ class ToolIndex:
             known = VectorCache(rows, matrix, owner=snapshot.faiss_index, retired=retired)
             self._vectors.save(known)
             self._known = known
+            self._embedded = tuple(records)
             if not swapped:
                 self._give_vectors_to_newer(known)
         stats = UpdateStats(
@@ -354,7 +369,11 @@ class ToolIndex:
         backend removed must leave find_tool's answers as soon as the router stops serving them."""
         started = time.perf_counter()
         generation = self._next_generation()
-        records, documents, hashes = _prepare(records)
+        unique = _unique(records)
+        if self._served_again(unique, generation):
+            log.debug("keyword index unchanged: the same %d tools", len(unique))
+            return
+        records, documents, hashes = _prepare(unique)
         vectors, found = self._known_vectors().stack(hashes, self.model.dimensions)
         snapshot = self._build(
             records, documents, vectors if found.any() else None, found, hashes=hashes, generation=generation
@@ -416,6 +435,19 @@ class ToolIndex:
             self._generation += 1
             return self._generation
 
+    def _served_again(self, records: tuple[ToolRecord, ...], generation: int, *, vectors: bool = False) -> bool:
+        """Whether `records` are exactly what is served (and, with `vectors`, every one with its vector): then the
+        served snapshot is what a rebuild would make, and it is only stamped with `generation`, as a swap would,
+        so that an older catalogue's update still in flight is not swapped in over it."""
+        with self._swap_lock:
+            current = self._snapshot
+            if current.records != records or current.generation > generation:
+                return False
+            if vectors and (current.vectors is None or current.has_vector is None or not current.has_vector.all()):
+                return False
+            self._snapshot = replace(current, generation=generation)
+            return True
+
     def _swap(self, snapshot: _Snapshot) -> bool:
         """Serve `snapshot` unless a newer catalogue is served already (an older one would bring back tools a
         backend removed, until the next change); whether it was swapped in."""
@@ -476,14 +508,19 @@ class ToolIndex:
         }
 
 
-def _prepare(records: Sequence[ToolRecord]) -> tuple[list[ToolRecord], list[str], list[str]]:
-    """Unique by name (the last one wins, as a later list_changed would), with documents and hashes."""
+def _unique(records: Sequence[ToolRecord]) -> tuple[ToolRecord, ...]:
+    """Unique by name (the last one wins, as a later list_changed would)."""
     by_name: dict[str, ToolRecord] = {}
     for record in records:
         if record.name in by_name:
             log.warning("tool %r listed twice; indexing the last one", record.name)
         by_name[record.name] = record
-    unique = list(by_name.values())
+    return tuple(by_name.values())
+
+
+def _prepare(records: Sequence[ToolRecord]) -> tuple[list[ToolRecord], list[str], list[str]]:
+    """`_unique`'s records, with their documents and hashes."""
+    unique = list(_unique(records))
     documents = [tool_document(r) for r in unique]
     hashes = [document_hash(d) for d in documents]
     return unique, documents, hashes
