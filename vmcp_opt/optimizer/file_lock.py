@@ -85,6 +85,18 @@ def holder(lock_path: Path) -> str:
     return text or "another process"
 
 
+def process_gone(pid: int) -> bool:
+    """Whether no process `pid` runs on this host (another user's runs: not gone). A writer that died leaves its
+    temporary file behind; one of another host, sharing the directory, may well run though its pid does not here."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
 def write_atomically(path: Path, text: str) -> None:
     """`text` to `path` through a temporary file renamed over it: a reader sees the old file or the new one, and
     a failed write (a full disk) leaves the old file and no temporary one."""

@@ -37,20 +37,25 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from vmcp_opt.optimizer.file_lock import LockTimeout, exclusive, holder, keep_aside
+from vmcp_opt.optimizer.file_lock import LockTimeout, exclusive, holder, keep_aside, process_gone
 from vmcp_opt.optimizer.model_registry import ModelSpec
 
 log = logging.getLogger(__name__)
 
 VECTORS_FILE = "vectors.npz"
 LOCK_FILE = ".vectors.lock"
+# What a write goes through before it replaces `vectors.npz` (`VectorStore._write`): `.vectors-<pid>-<hex>.tmp`.
+TMP_PREFIX, TMP_SUFFIX = ".vectors-", ".tmp"
+# Seconds after which a temporary file whose writer's pid still runs here is a leftover all the same (a pid
+# reused since, or another host's writer): no write of the file takes that long.
+STALE_TMP_SECONDS = 600.0
 # How far a stored vector's L2 norm may be from 1 (float32 rounding is ~1e-6; a flipped bit is far more).
 NORM_TOLERANCE = 1e-3
 # Seconds a waiter for the lock says so at info level only: another replica's update of a small catalogue
@@ -166,6 +171,7 @@ class VectorStore:
         self._written_at: float | None = None  # time.monotonic() of the last write (tried)
         self._timer: threading.Timer | None = None
         self._closed = False
+        self._swept = False  # the leftovers of dead writers were removed (`_remove_leftovers`), once a store
         # The state above, between the updating thread, the timer's and shutdown's. Never held while waiting
         # for the file lock (which the updating thread holds while it calls `save`).
         self._guard = threading.RLock()
@@ -192,9 +198,35 @@ class VectorStore:
                 self._lock(held, self.lock_wait if lock_wait is None else lock_wait)
             except OSError as exc:  # a read-only index_dir, a stuck holder: update alone (`save` warns too)
                 log.warning("index: cannot lock %s (%s); updating without the lock", self.directory, exc)
+            else:
+                self._remove_leftovers()
             with self._guard:
                 self._catch_up()
             yield self.cache()
+
+    def _remove_leftovers(self) -> None:
+        """The temporary files of writers that died mid-write (a process killed, or leaving by `os._exit` while
+        its embedder thread saved), once a store, under the lock: every other writer takes it to write, so none
+        of these is being written now (but by a writer that timed out on the lock: its pid is alive here, or, on
+        another host, its file is younger than `STALE_TMP_SECONDS`)."""
+        if self._swept:
+            return
+        self._swept = True
+        for tmp in self.directory.glob(f"{TMP_PREFIX}*{TMP_SUFFIX}"):
+            writer = tmp.name.removeprefix(TMP_PREFIX).split("-", 1)[0]
+            try:
+                stale = time.time() - tmp.stat().st_mtime > STALE_TMP_SECONDS
+                if stale or (writer.isdigit() and int(writer) != os.getpid() and process_gone(int(writer))):
+                    tmp.unlink()
+                    log.info("index: removed %s, left by a write that did not finish", tmp)
+            except OSError:  # removed by another process meanwhile, or not ours to remove: it stays
+                continue
+
+    def _remove_own_leftovers(self) -> None:
+        """This process's temporary files (under `_guard`: none is being written then), on shutdown."""
+        for tmp in self.directory.glob(f"{TMP_PREFIX}{os.getpid()}-*{TMP_SUFFIX}"):
+            with suppress(OSError):
+                tmp.unlink()
 
     def _catch_up(self) -> None:
         """Another process saved since we read or wrote the file: read its vectors, merged with ours when
@@ -273,6 +305,8 @@ class VectorStore:
                 self._timer.cancel()
                 self._timer = None
         self.flush(CLOSE_LOCK_WAIT if self.lock_wait is None else min(CLOSE_LOCK_WAIT, self.lock_wait))
+        with self._guard:
+            self._remove_own_leftovers()
 
     def _wait_left(self) -> float:
         if self.interval <= 0 or self._written_at is None:
@@ -330,7 +364,7 @@ class VectorStore:
         """The file replaced whole, through a temporary one: a reader sees the old file or the new one."""
         self.directory.mkdir(parents=True, exist_ok=True)
         # Not mkstemp, which creates 0600 whatever the umask: the index's files share one mode (above).
-        tmp = self.directory / f".vectors-{os.getpid()}-{secrets.token_hex(4)}.tmp"
+        tmp = self.directory / f"{TMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}{TMP_SUFFIX}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         try:
             with os.fdopen(fd, "wb") as file:
