@@ -2,6 +2,7 @@
 nginx round-robin in front of them without affinity, the real SDK client.
 
 Which replica answered is read from the `Vmcp-Replica` header each answer carries (hostname:pid by default).
+The replicas of a test start together (`running_gateways`), as replicas do, not one after the other.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from tests.support import (
     Gateway,
     demo_backend,
     raw_session,
-    running_gateway,
+    running_gateways,
     sse_messages,
     write_config,
 )
@@ -78,8 +79,7 @@ def pool(tmp_path_factory: pytest.TempPathFactory, redis: RedisServer) -> Iterat
     directory = tmp_path_factory.mktemp("pool")
     path = shared_config(directory, redis, optimizer={"enabled": True})
     with (
-        running_gateway(path) as first,
-        running_gateway(path) as second,
+        running_gateways(path, 2) as [first, second],
         running_nginx(directory / "nginx", [first.port, second.port]) as nginx,
     ):
         yield Pool([first, second], nginx)
@@ -227,7 +227,7 @@ def test_an_unknown_session_id_is_not_found_anywhere(pool: Pool) -> None:
 
 def test_restored_sessions_count_against_the_session_caps(tmp_path: Path, redis: RedisServer) -> None:
     path = shared_config(tmp_path, redis, limits={"max_sessions_per_address": 1})
-    with running_gateway(path) as first, running_gateway(path) as second:
+    with running_gateways(path, 2) as [first, second]:
         on_first, on_second = raw_session(first.url), raw_session(second.url)
         listing = {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}
         # The second replica already holds this address's one session: restoring the first's is refused.
@@ -244,12 +244,10 @@ def test_a_killed_replica_costs_only_the_calls_it_was_running(tmp_path: Path, re
     session carries on through the two replicas left."""
     path = shared_config(tmp_path, redis)
     with (
-        running_gateway(path) as one,
-        running_gateway(path) as two,
-        running_gateway(path) as three,
-        running_nginx(tmp_path / "nginx", [one.port, two.port, three.port]) as nginx,
+        running_gateways(path, 3) as gateways,  # started together: they need not wait for each other
+        running_nginx(tmp_path / "nginx", [g.port for g in gateways]) as nginx,
     ):
-        replicas = {replica_of(g): g for g in (one, two, three)}
+        replicas = {replica_of(g): g for g in gateways}
         served = Served()
         started: set[float] = set()
         outcomes: dict[float, str] = {}  # by the call's unique `seconds`
@@ -314,7 +312,7 @@ def test_with_redis_gone_each_replica_serves_the_sessions_it_holds_and_shares_th
     with running_redis() as redis:
         # A grace no test run outlasts: the fallback to 404 is tests/test_shared_sessions_blip.py's.
         path = shared_config(tmp_path, redis, sessions={"store": "redis", "outage_grace_seconds": 600})
-        with running_gateway(path) as first, running_gateway(path) as second:
+        with running_gateways(path, 2) as [first, second]:
             listing = {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}
             both = raw_session(first.url)
             assert httpx2.post(second.url, json=listing, headers=both).status_code == 200  # held by both now
@@ -398,7 +396,7 @@ def keyed_pair(tmp_path: Path, redis: RedisServer) -> Iterator[tuple[Gateway, Ga
     """Two replicas sealing request_state with one key."""
     path = shared_config(tmp_path, redis, request_state={"key_env": "VMCP_TEST_STATE_KEY"})
     env = {"VMCP_TEST_STATE_KEY": os.urandom(32).hex()}
-    with running_gateway(path, env=env) as first, running_gateway(path, env=env) as second:
+    with running_gateways(path, 2, env=env) as [first, second]:
         yield first, second
 
 
@@ -479,7 +477,7 @@ def rounds_pair_config(directory: Path, redis: RedisServer) -> Path:
 def running_rounds_pair(directory: Path, redis: RedisServer) -> Iterator[tuple[Gateway, Gateway]]:
     path = rounds_pair_config(directory, redis)
     env = {"VMCP_TEST_STATE_KEY": os.urandom(32).hex()}
-    with running_gateway(path, env=env) as first, running_gateway(path, env=env) as second:
+    with running_gateways(path, 2, env=env) as [first, second]:
         yield first, second
 
 

@@ -1,10 +1,14 @@
 """One caller cannot steer find_tool for every other: what it teaches the co-usage graph is one vote a day.
 
 A real `vmcp serve` with API keys, over real backends (the time server and four demo notes servers), driven by
-real SDK clients, one per key. `mallory` scripts 200 tasks that each call notes_save_note and then
+real SDK clients, one per key. `mallory` scripts 20 tasks that each call notes_save_note and then
 time_get_current_time (and 14 other tools: a task holds 16 distinct tools, so the 17th call starts the next
 task however fast she calls, with no waiting for `usage_window`). `bob` only searches. Five honest callers
 each do one task with another pair. The history is read from `index_dir/usage.json` after a graceful stop.
+
+Why 20 scripted tasks and not thousands: counted task by task, 20 would read 20 in the history, not 1, and make
+the pair 20/22 likely instead of 1/3; nothing in a caller's ledger grows with repeats of the same tools, so more
+repeats check nothing more, and each costs 32 requests (the SDK lists tools before calling one not listed).
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ HONEST_QUERY, HONEST_SEED, HONEST_COMPANION = (
     "notes_search_notes",
 )
 HONEST = [f"honest{n}" for n in range(1, 6)]
-SCRIPTED_TASKS = 200
+SCRIPTED_TASKS = 20
 SECOND_NOTES = ("memo", "jot", "scrap")
 
 
@@ -63,7 +67,7 @@ def names(answer: list[dict[str, Any]]) -> list[str]:
 class Learned:
     bob_before: list[dict[str, Any]]  # "save a note", nothing learned yet
     after_first: list[dict[str, Any]]  # ... after mallory's first scripted task
-    after_all: list[dict[str, Any]]  # ... after all 200
+    after_all: list[dict[str, Any]]  # ... after all of them
     honest_before: list[dict[str, Any]]  # the honest query, before the honest callers
     honest_after: list[dict[str, Any]]  # ... after each did its task once
     usage: dict[str, Any]
@@ -115,18 +119,18 @@ async def learned(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Lea
         yield Learned(bob_before, after_first, after_all, honest_before, honest_after, json.loads(raw), raw, keys)
 
 
-async def test_200_scripted_tasks_of_one_caller_count_as_one_in_the_history(learned: Learned) -> None:
+async def test_scripted_tasks_of_one_caller_count_as_one_in_the_history(learned: Learned) -> None:
     tasks, together = learned.usage["tasks"], learned.usage["together"]
     assert tasks[SEED] == 1 and tasks[PUSHED] == 1
     assert together[SEED][PUSHED] == 1 and together[PUSHED][SEED] == 1
     assert all(tasks[name] == 1 for name, _ in fillers())
 
 
-async def test_200_scripted_tasks_move_another_callers_ranking_no_more_than_the_first_did(learned: Learned) -> None:
+async def test_scripted_tasks_move_another_callers_ranking_no_more_than_the_first_did(learned: Learned) -> None:
     before, first, after = (names(answer) for answer in (learned.bob_before, learned.after_first, learned.after_all))
     assert before[0] == SEED and PUSHED in before  # limit 25: where the request alone ranks it
     assert first.index(PUSHED) < before.index(PUSHED)  # her first task is learned from, as anyone's
-    assert after == first  # 199 more move nothing in bob's answer
+    assert after == first  # the SCRIPTED_TASKS - 1 more move nothing in bob's answer
 
 
 async def test_five_callers_doing_a_task_once_each_raise_its_companion_as_before(learned: Learned) -> None:
