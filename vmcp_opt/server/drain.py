@@ -8,7 +8,9 @@ Draining (`Drain.begin`, from the runner's SIGTERM handler):
   up to `server.drain_timeout`; answers carry `Connection: close`, so a client's next request opens a
   new connection, which the load balancer sends elsewhere;
 - then the HTTP server stops as on any exit (open streams get `timeouts.shutdown`); a request still running
-  then (past the drain, or on Ctrl-C) is answered with a JSON-RPC error telling the client to retry.
+  then (past the drain, or on Ctrl-C) is answered with a JSON-RPC error telling the client to retry (the last
+  event of its SSE stream, when its answer was already streaming), and a stream cut then ends as a complete
+  HTTP response (`_cut_off`), never broken off mid-chunk.
 
 Open streams (a session's standalone GET stream, a 2026-07-28 `subscriptions/listen`) are not calls: they do
 not hold the drain, and end when it does (`end_streams`).
@@ -20,6 +22,8 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from sse_starlette.sse import AppStatus
@@ -43,12 +47,15 @@ class Drain:
         self._idle.set()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST":
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        if scope["method"] != "POST":  # a session's GET stream, a DELETE: not calls
+            await self._serve(scope, receive, send, None)
             return
         receive, body = await read_ahead(receive, self.max_body_bytes)
         if body is GONE or (body is not None and _is_listen(body)):
-            await self.app(scope, receive, send)
+            await self._serve(scope, receive, send, None)
             return
         if self.draining and may_open_session(scope):
             await json_rpc_error(
@@ -62,39 +69,36 @@ class Drain:
             return
         self.in_flight += 1
         self._idle.clear()
-        started: list[bool] = []
         try:
-            await self.app(scope, receive, self._closing(send, started))
-        except asyncio.CancelledError:
-            # uvicorn cancels what still runs when it stops (`timeouts.shutdown`): answer it here, or the client
-            # gets a plain-text 500 and the log a traceback. The request's own task ends with this answer.
-            if started:  # a stream already under way: it just ends
-                logger.warning("a request was cut off by the shutdown; its response stream ends unfinished")
-                return
-            logger.warning("a request was cut off by the shutdown; answered with an error")
-            await json_rpc_error(
-                send,
-                503,
-                SERVER_BUSY,
-                "The gateway is shutting down and stopped this request before it finished; retry",
-                {"retry_after": 1},
-                [(b"retry-after", b"1"), (b"connection", b"close")],
-                request_id=_request_id(body),
-            )
+            await self._serve(scope, receive, send, _Call(_request_id(body)))
         finally:
             self.in_flight -= 1
             if self.in_flight == 0:
                 self._idle.set()
 
-    def _closing(self, send: Send, started: list[bool]) -> Send:
-        """`send`, adding `Connection: close` to a response that starts while draining; `started` gets an item
-        once the response has started."""
+    async def _serve(self, scope: Scope, receive: Receive, send: Send, call: _Call | None) -> None:
+        """The request through the endpoint; one uvicorn cuts off when it stops is ended here (`_cut_off`):
+        left to uvicorn, the client gets a plain-text 500 or a stream broken off mid-chunk, and the log a
+        traceback."""
+        answer = _Answer()
+        try:
+            await self.app(scope, receive, self._closing(send, answer))
+        except asyncio.CancelledError:
+            # The request's own task ends with this answer: uvicorn cancels it once, and does not wait for it.
+            await _cut_off(send, answer, call)
+
+    def _closing(self, send: Send, answer: _Answer) -> Send:
+        """`send`, adding `Connection: close` to a response that starts while draining, and noting in `answer`
+        what of the response has gone out."""
 
         async def closing(message: Message) -> None:
             if message["type"] == "http.response.start":
-                started.append(True)
+                answer.started = True
+                answer.streaming = _is_event_stream(message.get("headers", []))
                 if self.draining:
                     message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                answer.ended = True
             await send(message)
 
         return closing
@@ -138,3 +142,61 @@ def _request_id(body: bytes | None) -> str | int | None:
 def _is_listen(body: bytes) -> bool:
     """A 2026-07-28 `subscriptions/listen`: a stream that lasts as long as the client wants, not a call."""
     return request_of(body, "subscriptions/listen") is not None
+
+
+@dataclass
+class _Call:
+    """A POST that is a call (not a stream): its JSON-RPC id, when it has a usable one."""
+
+    request_id: str | int | None
+
+
+@dataclass
+class _Answer:
+    """What of a response has gone out."""
+
+    started: bool = False
+    streaming: bool = False  # an SSE stream (`text/event-stream`)
+    ended: bool = False
+
+
+# What a request the shutdown cut off is answered, over HTTP here and over stdio (server/stdio.py).
+CUT_OFF = "The gateway is shutting down and stopped this request before it finished; retry"
+
+
+async def _cut_off(send: Send, answer: _Answer, call: _Call | None) -> None:
+    """End a response the shutdown cut off: a call not yet answered gets a JSON-RPC error (as the body, or as
+    the last event of its SSE stream), and a stream its end, so the client reads a complete HTTP answer."""
+    if answer.ended:
+        return
+    if not answer.started:
+        if call is not None:
+            logger.warning("a request was cut off by the shutdown; answered with an error")
+        await json_rpc_error(
+            send,
+            503,
+            SERVER_BUSY,
+            CUT_OFF,
+            {"retry_after": 1},
+            [(b"retry-after", b"1"), (b"connection", b"close")],
+            request_id=call.request_id if call is not None else None,
+        )
+        return
+    if call is not None and answer.streaming and call.request_id is not None:
+        logger.warning("a request was cut off by the shutdown; its stream ends with an error")
+        error = {"code": SERVER_BUSY, "message": CUT_OFF, "data": {"retry_after": 1}}
+        event = json.dumps({"jsonrpc": "2.0", "id": call.request_id, "error": error})
+        await send(
+            {
+                "type": "http.response.body",
+                "body": f"event: message\r\ndata: {event}\r\n\r\n".encode(),
+                "more_body": True,
+            }
+        )
+    elif call is not None:
+        logger.warning("a request was cut off by the shutdown; its response ends unfinished")
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def _is_event_stream(headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    return any(name.lower() == b"content-type" and value.startswith(b"text/event-stream") for name, value in headers)

@@ -9,7 +9,8 @@ import math
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from types import FrameType
 from typing import Any
 
@@ -31,6 +32,11 @@ from vmcp_opt.shared.secrets import SecretMissing
 from vmcp_opt.telemetry.audit import AuditOutputError
 
 logger = logging.getLogger(__name__)
+
+# Over stdio, for the answers to the calls a stop cut off to be written, after which what still runs is cancelled.
+ANSWER_SECONDS = 2.0
+# Signals that drain before the stop (HTTP); SIGINT, or a second signal, stops at once.
+DRAINING_SIGNALS = frozenset({signal.SIGTERM, *([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])})
 
 
 def run_gateway(config: VmcpConfig, announce: Callable[[VmcpConfig, int], None] | None = None) -> int:
@@ -110,9 +116,10 @@ def run_gateway(config: VmcpConfig, announce: Callable[[VmcpConfig, int], None] 
     drain: Drain = app.state.drain
 
     def handle_exit(sig: int, frame: FrameType | None) -> None:
-        # SIGTERM (a load balancer's orchestrator): drain first. SIGINT, or a second signal: stop now. The
-        # signal is not re-raised after the server stops (uvicorn would), so a drained exit is code 0.
-        if sig != signal.SIGTERM or drain.draining or loop is None:
+        # SIGTERM (a load balancer's orchestrator) or SIGHUP (the terminal went away; there is no config reload):
+        # drain first. SIGINT, or a second signal: stop now. The signal is not re-raised after the server stops
+        # (uvicorn would), so a drained exit is code 0.
+        if sig not in DRAINING_SIGNALS or drain.draining or loop is None:
             if not server.should_exit:
                 logger.info(
                     "%s: stopping now; calls still running are answered with an error", signal.Signals(sig).name
@@ -122,11 +129,16 @@ def run_gateway(config: VmcpConfig, announce: Callable[[VmcpConfig, int], None] 
             server.should_exit = True
             end_streams()
             return
-        loop.call_soon_threadsafe(begin_drain)
+        loop.call_soon_threadsafe(begin_drain, sig)
 
     stopping: list[asyncio.Task[None]] = []  # referenced until it ends
 
-    def begin_drain() -> None:
+    def begin_drain(sig: int) -> None:
+        if sig != signal.SIGTERM:
+            logger.info(
+                "%s: draining, then stopping (vmcp has no config reload: restart it to apply a change)",
+                signal.Signals(sig).name,
+            )
         drain.begin()
         stopping.append(asyncio.get_running_loop().create_task(drain_then_stop()))
 
@@ -141,10 +153,48 @@ def run_gateway(config: VmcpConfig, announce: Callable[[VmcpConfig, int], None] 
         server.should_exit = True
 
     gateway.on_fatal = stop_serving
-    server.run()
+    with _on_hangup(handle_exit), _quiet_cancel_line():
+        server.run()
     # `gateway.fatal`: the start failed after the config was accepted (an unexpected error while connecting the
     # backends): 1 like the port in use, not 2 ("cannot start as configured"), since a restart may get past it.
     return _leaving(gateway, 0 if server.started and gateway.fatal is None else 1)
+
+
+@contextmanager
+def _on_hangup(handler: Callable[[int, FrameType | None], None]) -> Iterator[None]:
+    """SIGHUP to `handler` while the server runs (uvicorn handles SIGINT and SIGTERM only). Its default would end
+    the process at once: no drain, no log line, and a backend's child that ignores its stdin's end left running.
+    Not where it is ignored (`nohup`), nor on Windows, which has no SIGHUP."""
+    hangup = getattr(signal, "SIGHUP", None)
+    if hangup is None or signal.getsignal(hangup) is signal.SIG_IGN:
+        yield
+        return
+    previous = signal.signal(hangup, handler)
+    try:
+        yield
+    finally:
+        signal.signal(hangup, previous)
+
+
+class _CancelLine(logging.Filter):
+    """uvicorn's "Cancel N running task(s), timeout graceful shutdown exceeded" is an ERROR, for what a stop does
+    on purpose (Ctrl-C, a drain that ran out); `Drain` says what it did to each request, so here a plain line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.ERROR and str(record.msg).startswith("Cancel %s running task(s)"):
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.msg, record.args = "stop: cancelling %s request(s) and stream(s) still open", record.args
+        return True
+
+
+@contextmanager
+def _quiet_cancel_line() -> Iterator[None]:
+    uvicorn_log, cancel_line = logging.getLogger("uvicorn.error"), _CancelLine()
+    uvicorn_log.addFilter(cancel_line)
+    try:
+        yield
+    finally:
+        uvicorn_log.removeFilter(cancel_line)
 
 
 def _bound_port(server: uvicorn.Server, configured: int) -> int:
@@ -169,7 +219,7 @@ def _leaving(gateway: Gateway, code: int) -> int:
 
 
 async def _serve_stdio_until_signal(gateway: Gateway, diagnostics: DiagnosticsServer | None) -> int:
-    stop = anyio.Event()
+    stop, hurry = anyio.Event(), anyio.Event()
     async with anyio.create_task_group() as task_group:
 
         async def watch_signals() -> None:
@@ -177,19 +227,29 @@ async def _serve_stdio_until_signal(gateway: Gateway, diagnostics: DiagnosticsSe
                 return  # asyncio has no signal handlers on Windows; Ctrl+C arrives as KeyboardInterrupt
             with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 async for received in signals:
-                    if stop.is_set() or not gateway.started:
-                        break  # a second signal, or one during start-up: no more waiting
+                    name = signal.Signals(received).name
+                    if not gateway.started:
+                        break  # during start-up: nothing to answer, no more waiting
+                    if stop.is_set():
+                        # A second signal: what still runs is answered with an error now, not at timeouts.shutdown.
+                        logger.info("%s again: stopping now; calls still running are answered with an error", name)
+                        hurry.set()
+                        task_group.start_soon(_cancel_after, task_group.cancel_scope, ANSWER_SECONDS)
+                        return
                     # As when the client closes stdin: calls in flight are answered (within timeouts.shutdown), then
                     # the process ends.
-                    logger.info("%s: stopping the gateway and its backends", signal.Signals(received).name)
+                    logger.info("%s: stopping the gateway and its backends", name)
                     stop.set()
-                    task_group.start_soon(_cancel_after, task_group.cancel_scope, gateway.config.timeouts.shutdown)
+                    # The bound on the stop, past the wait for the calls in flight: the transport answers those
+                    # still running when that wait ends, and cancelled with them those answers would be lost.
+                    bound = gateway.config.timeouts.shutdown + ANSWER_SECONDS
+                    task_group.start_soon(_cancel_after, task_group.cancel_scope, bound)
             task_group.cancel_scope.cancel()
 
         task_group.start_soon(watch_signals)
         gateway.on_fatal = lambda exc: task_group.cancel_scope.cancel()
         try:
-            await serve_stdio(gateway, diagnostics, stop)
+            await serve_stdio(gateway, diagnostics, stop, hurry)
         except StartupError:
             return 1  # already logged, naming the backends
         task_group.cancel_scope.cancel()
@@ -199,7 +259,7 @@ async def _serve_stdio_until_signal(gateway: Gateway, diagnostics: DiagnosticsSe
 async def _cancel_after(scope: anyio.CancelScope, seconds: float) -> None:
     """The bound on a stop: what has not ended `seconds` after the signal is cancelled."""
     await anyio.sleep(seconds)
-    logger.warning("stop: still running %gs after the signal (timeouts.shutdown); cancelling", seconds)
+    logger.warning("stop: still running %gs after the signal; cancelling what is left", seconds)
     scope.cancel()
 
 

@@ -53,6 +53,7 @@ from pydantic import ValidationError
 from vmcp_opt.gateway import Gateway, StartupError
 from vmcp_opt.server.bad_input import unusable_id
 from vmcp_opt.server.diagnostics import DiagnosticsServer
+from vmcp_opt.server.drain import CUT_OFF
 from vmcp_opt.server.handlers import build_mcp_server
 from vmcp_opt.server.streams import ReadStreamWrapper, WriteStreamWrapper
 
@@ -75,10 +76,14 @@ _STREAMS = frozenset({"subscriptions/listen"})
 
 
 async def serve_stdio(
-    gateway: Gateway, diagnostics: DiagnosticsServer | None = None, stop: anyio.Event | None = None
+    gateway: Gateway,
+    diagnostics: DiagnosticsServer | None = None,
+    stop: anyio.Event | None = None,
+    hurry: anyio.Event | None = None,
 ) -> None:
     """Serve the client on stdin/stdout until it closes stdin or `stop` is set; `diagnostics`
-    (telemetry.metrics.listen) beside it, the only way to reach this gateway's metrics."""
+    (telemetry.metrics.listen) beside it, the only way to reach this gateway's metrics. Once `hurry` is set (a
+    second signal) the requests still running are answered with an error at once, not after `timeouts.shutdown`."""
     async with anyio.create_task_group() as task_group:
         try:
             await gateway.start(task_group)
@@ -92,14 +97,17 @@ async def serve_stdio(
         server = build_mcp_server(gateway, "stdio")
         with checked_stdin(gateway.config.server.max_body_bytes) as stdin:
             watching, hangup_watch, hung_up = anyio.CancelScope(), anyio.CancelScope(), anyio.Event()
+            hurrying = anyio.CancelScope()
+            in_flight = InFlight(gateway.config.timeouts.shutdown)
             if stop is not None:
                 task_group.start_soon(_end_on, stop, stdin, watching, name="stdio-stop")
+            if hurry is not None:
+                task_group.start_soon(_give_up_on, hurry, in_flight, hurrying, name="stdio-hurry")
             if sys.platform != "win32":
                 task_group.start_soon(_end_on_hangup, stdin, hung_up, hangup_watch, name="stdio-hangup")
             client_gone = False
             try:
                 async with stdio_server(stdin=cast(anyio.AsyncFile[str], stdin)) as (read, write):
-                    in_flight = InFlight(gateway.config.timeouts.shutdown)
                     answers = AnswerTracker(write, in_flight)
                     reads = AnswerMalformed(read, answers, in_flight)
                     await server.run(reads, answers, server.create_initialization_options())
@@ -109,6 +117,7 @@ async def serve_stdio(
                 client_gone = True
             watching.cancel()  # the client closed stdin: nothing left to end
             hangup_watch.cancel()
+            hurrying.cancel()
         if client_gone:
             logger.info("the client closed its end of stdout (it exited): stopping the gateway and its backends")
         elif not hung_up.is_set() and (stop is None or not stop.is_set()):
@@ -154,11 +163,19 @@ class InFlight:
         self._ids: set[types.RequestId] = set()
         self._none = anyio.Event()
         self._none.set()
+        self._given_up = False
+        # The wait ended with requests still running: the SDK answers each "Connection closed" next.
+        self.cut_off = False
 
     def started(self, request_id: types.RequestId) -> None:
         self._ids.add(request_id)
-        if self._none.is_set():
+        if self._none.is_set() and not self._given_up:
             self._none = anyio.Event()
+
+    def give_up(self) -> None:
+        """Stop waiting (a second signal): `drained` returns now."""
+        self._given_up = True
+        self._none.set()
 
     def ended(self, request_id: types.RequestId | None) -> None:
         if request_id is None:
@@ -171,6 +188,7 @@ class InFlight:
         """Returns once every request is answered, or after `most_wait` seconds."""
         with anyio.move_on_after(self.most_wait):
             await self._none.wait()
+        self.cut_off = bool(self._ids)
 
 
 class AnswerTracker(WriteStreamWrapper):
@@ -181,9 +199,26 @@ class AnswerTracker(WriteStreamWrapper):
         self._in_flight = in_flight
 
     async def send(self, item: SessionMessage, /) -> None:
+        if self._in_flight.cut_off and _closed_answer(item.message):
+            item = SessionMessage(_cut_off_error(item.message.id))  # type: ignore[union-attr]
         await self._inner.send(item)
         if isinstance(item.message, types.JSONRPCResponse | types.JSONRPCError):
             self._in_flight.ended(item.message.id)
+
+
+def _closed_answer(message: types.JSONRPCMessage) -> bool:
+    """The SDK's answer to a request it cancelled at the end of input: "Connection closed", which tells a client
+    that is still reading nothing of why."""
+    return (
+        isinstance(message, types.JSONRPCError)
+        and message.error.code == types.CONNECTION_CLOSED
+        and message.error.message == "Connection closed"
+    )
+
+
+def _cut_off_error(request_id: types.RequestId | None) -> types.JSONRPCError:
+    error = types.ErrorData(code=types.CONNECTION_CLOSED, message=CUT_OFF, data={"retry_after": 1})
+    return types.JSONRPCError(jsonrpc="2.0", id=request_id, error=error)
 
 
 class AnswerMalformed(ReadStreamWrapper):
@@ -273,6 +308,12 @@ async def _end_on_hangup(lines: ClientLines, hung_up: anyio.Event, scope: anyio.
             hung_up.set()
             lines.end()
             return
+
+
+async def _give_up_on(hurry: anyio.Event, in_flight: InFlight, scope: anyio.CancelScope) -> None:
+    with scope:
+        await hurry.wait()
+        in_flight.give_up()
 
 
 async def _end_on(stop: anyio.Event, lines: ClientLines, scope: anyio.CancelScope) -> None:

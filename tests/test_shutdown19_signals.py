@@ -1,0 +1,117 @@
+"""Stopping a real gateway by signal, as an operator does: what the client sees for a call still running, what
+the log says, and that the backends are gone afterwards.
+
+- Ctrl-C over HTTP while a call is already streaming (its progress went out): the call's SSE stream ends with a
+  JSON-RPC error, the client's GET stream ends as a complete response, and the log has no traceback.
+- SIGHUP over HTTP (the terminal went away): the gateway drains and stops like on SIGTERM, says so, exits 0,
+  and stops its backends, rather than dying at once and leaving them.
+- SIGTERM over stdio with a call that outlasts `timeouts.shutdown`: the call is answered with an error under its
+  id saying the gateway is shutting down, not left unanswered.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import anyio
+import mcp_types as types
+import psutil
+import pytest
+from mcp import Client
+from mcp.shared.exceptions import MCPError
+
+from tests.support import EXAMPLES, NODE_BIN, Gateway, running_gateway, stdio_gateway, unavailable, write_config
+
+EVERYTHING = NODE_BIN / "mcp-server-everything"
+HELD_SERVER = EXAMPLES / "backends" / "held_server.py"
+
+
+def held_backend() -> dict[str, object]:
+    return {"name": "held", "command": sys.executable, "args": [str(HELD_SERVER)]}
+
+
+async def exit_code(proc: subprocess.Popen[bytes], within: float) -> int:
+    return await anyio.to_thread.run_sync(lambda: proc.wait(timeout=within))
+
+
+def test_ctrl_c_ends_a_streaming_call_with_a_json_rpc_error_and_no_traceback(tmp_path: Path) -> None:
+    if not EVERYTHING.exists():
+        unavailable("server-everything is not installed (npm ci)")
+    config = write_config(tmp_path, {"backends": [{"name": "everything", "command": str(EVERYTHING)}]})
+
+    async def main(gateway: Gateway) -> None:
+        progressed = anyio.Event()
+
+        async def progress(progress: float, total: float | None, message: str | None) -> None:
+            progressed.set()  # the answer is an SSE stream now, under way
+
+        async def stop_when_streaming() -> None:
+            await progressed.wait()
+            gateway.proc.send_signal(signal.SIGINT)
+
+        with anyio.fail_after(60):
+            async with Client(gateway.url) as client, anyio.create_task_group() as group:
+                await client.list_tools()
+                group.start_soon(stop_when_streaming)
+                arguments = {"duration": 600, "steps": 1200}  # a progress notification every 0.5 s
+                with pytest.raises(MCPError) as cut:
+                    await client.call_tool(
+                        "everything_trigger-long-running-operation", arguments, progress_callback=progress
+                    )
+        assert "shutting down" in str(cut.value) and "retry" in str(cut.value)
+        assert await exit_code(gateway.proc, 60) == 0
+
+    with running_gateway(config) as gateway:
+        anyio.run(main, gateway)
+    log = gateway.output()
+    assert "its stream ends with an error" in log
+    assert "Traceback" not in log and "ASGI callable" not in log
+
+
+def test_sighup_drains_stops_the_backends_and_exits_zero(tmp_path: Path) -> None:
+    with running_gateway(write_config(tmp_path, {"backends": [held_backend()]})) as gateway:
+        backends = gateway.children()
+        assert backends
+        gateway.proc.send_signal(signal.SIGHUP)
+        assert gateway.proc.wait(timeout=60) == 0
+        _, alive = psutil.wait_procs(backends, timeout=10)
+        assert alive == []
+    log = gateway.output()
+    assert "SIGHUP: draining, then stopping (vmcp has no config reload" in log
+    assert "drained in" in log
+
+
+def test_stdio_sigterm_answers_a_call_that_outlasts_the_shutdown_with_an_error(tmp_path: Path) -> None:
+    config = write_config(
+        tmp_path, {"backends": [held_backend()], "server": {"transport": "stdio"}, "timeouts": {"shutdown": 1}}
+    )
+    gate = tmp_path / "gate"  # never made: the call runs until the gateway stops it
+
+    def send(proc: subprocess.Popen[bytes], message: dict[str, object]) -> None:
+        assert proc.stdin is not None
+        proc.stdin.write(json.dumps(message).encode() + b"\n")
+        proc.stdin.flush()
+
+    with stdio_gateway(config, tmp_path / "stderr.log") as proc:
+        assert proc.stdout is not None
+        hello = {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}
+        send(proc, {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": hello})
+        assert json.loads(proc.stdout.readline())["id"] == 1
+        send(proc, {"jsonrpc": "2.0", "method": "notifications/initialized"})
+        call = {"name": "held_held_echo", "arguments": {"message": "never", "gate": str(gate)}}
+        send(proc, {"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": call})
+        deadline = time.monotonic() + 60
+        while not Path(f"{gate}.started").exists():  # the call is at the backend
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        answers = [json.loads(line) for line in proc.stdout]  # until the gateway closes stdout
+        assert proc.wait(timeout=60) == 0
+    [answer] = [a for a in answers if a.get("id") == 7]
+    assert answer["error"]["code"] == types.CONNECTION_CLOSED
+    assert "shutting down" in answer["error"]["message"] and "retry" in answer["error"]["message"]
