@@ -17,7 +17,9 @@ requests. `LazyStreamTransport` decides per request instead, once it sees what t
   which the client resumes from with `Last-Event-ID`.
 
 Everything else (initialize, notifications, responses, malformed or refused requests, GET, DELETE) is the
-SDK's own path. A client MUST accept both forms for a POST (streamable HTTP, "Sending Messages" 5); the
+SDK's own path, but for one case: with sessions shared (`sessions.store: redis`), the gateway's requests to the
+client carry the replica's tag in their ids (`AskIds`), and an answer POSTed to a replica that did not ask is
+handed to the one that did (vmcp_opt/server/shared_sessions.py). A client MUST accept both forms for a POST (streamable HTTP, "Sending Messages" 5); the
 2026-07-28 entry already answers this way.
 
 This subclasses the SDK transport and uses its private helpers (`_mint_priming_event`,
@@ -28,8 +30,12 @@ suite exercise both forms through the gateway.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import re
 import weakref
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from dataclasses import dataclass
 from functools import partial
 from http import HTTPStatus
 from typing import Any
@@ -51,25 +57,30 @@ from mcp.server.streamable_http import (
     check_accept_headers,
 )
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+from mcp.shared._stream_protocols import ReadStream, WriteStream
 from mcp.shared.inbound import MCP_PROTOCOL_VERSION_HEADER
+from mcp.shared.message import SessionMessage
 from mcp_types import (
     DEFAULT_NEGOTIATED_VERSION,
     INTERNAL_ERROR,
     INVALID_REQUEST,
     JSONRPCError,
     JSONRPCMessage,
+    JSONRPCNotification,
     JSONRPCRequest,
     JSONRPCResponse,
+    RequestId,
     jsonrpc_message_adapter,
 )
 from pydantic import ValidationError
 from sse_starlette import EventSourceResponse
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from vmcp_opt.server.event_store import BoundedEventStore, SessionEvents
 from vmcp_opt.server.list_answers import json_body, long_list, session_form
+from vmcp_opt.server.streams import WriteStreamWrapper
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +88,59 @@ logger = logging.getLogger(__name__)
 COMMIT_SSE_AFTER = 15.0
 _SSE_CONTENT_TYPE = "text/event-stream"
 _UNSTORED = "unstored"
+# The id of a request the gateway sends a client on a shared session: the asking replica's tag, then the id the
+# session's dispatcher gave it.
+_ASK_PREFIX = "vmcp-ask-"
+_ASK_ID = re.compile(r"^vmcp-ask-([0-9a-f]{16})-(.+)$")
+
+Answer = JSONRPCResponse | JSONRPCError
+# Hands a client's answer to the replica whose tag it carries: (tag, session id, the answer under its own id).
+RelayAnswer = Callable[[str, str, Answer], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class AskIds:
+    """Ids of this replica's requests to clients (elicitation, sampling, roots) when sessions are shared.
+
+    Each replica's copy of a session numbers its requests from 1 (the SDK's dispatcher), and the client's answer
+    is a POST that a load balancer may send to any replica: untagged, it went to that replica's copy, which had
+    asked nothing under that id (or another question), and the asking call waited out `timeouts.input`."""
+
+    tag: str  # 16 hex, this process's own
+    relay: RelayAnswer
+
+    def tagged(self, request_id: RequestId) -> str:
+        return f"{_ASK_PREFIX}{self.tag}-{request_id}"
+
+
+def asked_by(request_id: RequestId | None) -> tuple[str, RequestId] | None:
+    """(tag, the dispatcher's id) of a tagged id; None for any other."""
+    found = _ASK_ID.match(request_id) if isinstance(request_id, str) else None
+    if found is None:
+        return None
+    own = found.group(2)
+    return found.group(1), int(own) if own.isdigit() else own
+
+
+class TaggedAsks(WriteStreamWrapper):
+    """The server's write stream, tagging the ids of its requests to the client (and of its cancellations of
+    them) before the transport stores and sends them."""
+
+    def __init__(self, inner: WriteStream[SessionMessage], ids: AskIds) -> None:
+        super().__init__(inner)
+        self._ids = ids
+
+    async def send(self, item: SessionMessage, /) -> None:
+        message = item.message
+        if isinstance(message, JSONRPCRequest):
+            tagged = message.model_copy(update={"id": self._ids.tagged(message.id)})
+            item = SessionMessage(tagged, metadata=item.metadata)
+        elif isinstance(message, JSONRPCNotification) and message.method == "notifications/cancelled":
+            params = dict(message.params or {})
+            if params.get("requestId") is not None:
+                params["requestId"] = self._ids.tagged(params["requestId"])
+                item = SessionMessage(message.model_copy(update={"params": params}), metadata=item.metadata)
+        await self._inner.send(item)
 
 
 class LazyStreamSessionManager(StreamableHTTPSessionManager):
@@ -87,6 +151,12 @@ class LazyStreamSessionManager(StreamableHTTPSessionManager):
         # The transports of the sessions this manager opened, by id, while they live: `end_session` ends one
         # without a client request (the SDK's only way is the client's DELETE, with its credential).
         self._opened: weakref.WeakValueDictionary[str, StreamableHTTPServerTransport] = weakref.WeakValueDictionary()
+        self.asks: AskIds | None = None  # set when sessions are shared
+
+    def transport_of(self, session_id: str) -> LazyStreamTransport | None:
+        """The live transport of a session this manager opened."""
+        transport = self._opened.get(session_id)
+        return transport if isinstance(transport, LazyStreamTransport) and not transport.is_terminated else None
 
     async def end_session(self, session_id: str) -> None:
         """Ends a session this manager opened as its client's DELETE would (it was deleted on another replica);
@@ -102,6 +172,8 @@ class LazyStreamSessionManager(StreamableHTTPSessionManager):
             # The subclass adds behaviour and no state, so the instance can take its class; copying the SDK's
             # admission instead would fork it.
             transport.__class__ = LazyStreamTransport
+            assert isinstance(transport, LazyStreamTransport)
+            transport.asks = self.asks
             store = transport._event_store
             if isinstance(self.event_store, BoundedEventStore):
                 # The SDK gives every session the one store it was handed, and names a request's stream by
@@ -155,12 +227,37 @@ def _id_in_use(message: JSONRPCRequest) -> JSONResponse:
 
 
 class LazyStreamTransport(StreamableHTTPServerTransport):
+    asks: AskIds | None = None  # sessions shared: requests to the client tagged, answers routed by their tag
+
     async def terminate(self) -> None:
         await super().terminate()
         if isinstance(self._event_store, UnsentAnswers):
             self._event_store.forget()
 
+    @contextlib.asynccontextmanager
+    async def connect(
+        self,
+    ) -> AsyncGenerator[tuple[ReadStream[SessionMessage | Exception], WriteStream[SessionMessage]], None]:
+        async with super().connect() as (read_stream, write_stream):
+            yield read_stream, write_stream if self.asks is None else TaggedAsks(write_stream, self.asks)
+
+    async def deliver_answer(self, answer: Answer) -> bool:
+        """A client's answer to this replica's request, POSTed to another replica; False if the session has
+        ended here."""
+        writer = self._read_stream_writer
+        if writer is None or self.is_terminated:
+            return False
+        try:
+            await writer.send(SessionMessage(answer))
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            return False
+        return True
+
     async def _handle_post_request(self, scope: Scope, request: Request, receive: Receive, send: Send) -> None:
+        answer = await self._tagged_answer(request) if self.asks is not None else None
+        if answer is not None:
+            await self._route_answer(*answer, scope, request, receive, send)
+            return
         message = await self._plain_request(request)
         if message is None:
             await super()._handle_post_request(scope, request, receive, send)  # the body stays cached
@@ -180,6 +277,37 @@ class LazyStreamTransport(StreamableHTTPServerTransport):
             await response(scope, receive, send)
             assert self._read_stream_writer is not None
             await self._read_stream_writer.send(Exception(err))
+
+    async def _tagged_answer(self, request: Request) -> tuple[Answer, str] | None:
+        """A client's answer to a tagged request of the gateway: (the answer under the dispatcher's id, the tag)."""
+        body = await request.body()  # cached: the SDK's path reads it again
+        if _ASK_PREFIX.encode() not in body:
+            return None  # most POSTs: no second parse
+        try:
+            message = jsonrpc_message_adapter.validate_python(pydantic_core.from_json(body), by_name=False)
+        except (ValueError, ValidationError):
+            return None
+        if not isinstance(message, JSONRPCResponse | JSONRPCError):
+            return None
+        asker = asked_by(message.id)
+        if asker is None:
+            return None
+        tag, own = asker
+        return message.model_copy(update={"id": own}), tag
+
+    async def _route_answer(
+        self, answer: Answer, tag: str, scope: Scope, request: Request, receive: Receive, send: Send
+    ) -> None:
+        """This replica's question: the SDK's path with the dispatcher's id. Another's: 202, then handed over."""
+        assert self.asks is not None and self.mcp_session_id is not None
+        if tag == self.asks.tag:
+            body = answer.model_dump_json(by_alias=True, exclude_unset=True).encode()
+            await super()._handle_post_request(scope, _with_body(request, body), receive, send)
+            return
+        if not await self._validate_request_headers(request, send):
+            return
+        await self._create_json_response(None, HTTPStatus.ACCEPTED)(scope, receive, send)
+        await self.asks.relay(tag, self.mcp_session_id, answer)
 
     async def _plain_request(self, request: Request) -> JSONRPCRequest | None:
         """The request to answer lazily, or None for anything the SDK's path must answer (or refuse)."""
@@ -292,3 +420,12 @@ class LazyStreamTransport(StreamableHTTPServerTransport):
         finally:
             self._sse_stream_writers.pop(request_id, None)
             await self._clean_up_memory_streams(request_id)
+
+
+def _with_body(request: Request, body: bytes) -> Request:
+    """`request` with another body."""
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return Request(request.scope, receive)

@@ -24,6 +24,10 @@ success), then 404 (the client opens a new session, held here); one warning per 
 session was deleted meanwhile (its tombstone, checked in the same Lua script): then its copy here is ended.
 Redis's own state changes are logged once each by vmcp_opt/shared/redis_client.py.
 
+A request the gateway sends a client (a backend's elicitation, sampling, roots) carries this replica's tag in
+its id (`AskIds`, vmcp_opt/server/lazy_stream.py); the client's answer, POSTed to whichever replica, is handed to
+the tagged one (`RedisAnswerRelay`), whose copy of the session asked.
+
 Past ~450 lines on purpose: a session's record is written, restored and ended here, around one `SharedSessions`
 whose middleware, reaper and restore hand each other the same state; apart, each would reach into the others.
 """
@@ -45,7 +49,6 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.lowlevel.server import Server
-from mcp.server.streamable_http import StreamableHTTPServerTransport
 from mcp.shared.exceptions import MCPError
 from mcp_types import INVALID_PARAMS, INVALID_REQUEST, InitializeRequestParams
 from starlette.requests import Request
@@ -57,13 +60,13 @@ from vmcp_opt.routing import Router
 from vmcp_opt.routing.round_trips import RoundOwners
 from vmcp_opt.server.admission import connection_of
 from vmcp_opt.server.authentication import session_owner
-from vmcp_opt.server.lazy_stream import LazyStreamSessionManager, LazyStreamTransport
+from vmcp_opt.server.lazy_stream import Answer, AskIds, LazyStreamSessionManager, LazyStreamTransport
 from vmcp_opt.server.session_restore import is_restoring, serve_restored
 from vmcp_opt.server.sessions import SERVER_BUSY, SessionGate, Slot, json_rpc_error, may_open_session
 from vmcp_opt.shared.events import EVENTS, STORE_ERRORS, RedisEventStore, ReplicaPresence
 from vmcp_opt.shared.redis_client import redis_client, redis_trouble
 from vmcp_opt.shared.replica_shapes import ReplicaShapes, watch_shapes
-from vmcp_opt.shared.round_relay import RedisRoundRelay
+from vmcp_opt.shared.round_relay import RedisAnswerRelay, RedisRoundRelay
 from vmcp_opt.shared.session_store import OUTAGE_RETRY_AFTER, RedisSessions, SessionRecord, StoreOutage
 
 logger = logging.getLogger(__name__)
@@ -85,7 +88,7 @@ class Held:
     """A session this replica holds: opened by the manager (`transport` None) or restored here."""
 
     record: SessionRecord
-    transport: StreamableHTTPServerTransport | None = None
+    transport: LazyStreamTransport | None = None
     recorded: bool = True  # False: not in Redis yet (unreachable when it opened); written at its next use
     # Set once a restored session's replayed requests are answered (its log level and subscriptions are in
     # place on this replica's backend sessions); the client's requests wait for it.
@@ -101,6 +104,9 @@ class SharedSessions:
         self.store = parts.store
         self.presence = parts.presence
         self.relay = parts.relay
+        self.answers = parts.answers
+        # Ids of this process's requests to clients; a restarted replica's differ from those it sent before.
+        self.asks = manager.asks = AskIds(secrets.token_hex(8), self._relay_answer)
         self.events = parts.events
         self.rounds = parts.rounds
         self.shapes = parts.shapes
@@ -127,6 +133,7 @@ class SharedSessions:
             task_group.start_soon(self.presence.run)
             task_group.start_soon(self.shapes.run)
             task_group.start_soon(self.events.run_writer)
+            task_group.start_soon(self.answers.serve, self.asks.tag, self._deliver_answer)
             if self.rounds is not None:
                 task_group.start_soon(self.relay.serve, self.rounds.continue_relayed)
             try:
@@ -187,6 +194,19 @@ class SharedSessions:
             if held is None:
                 return  # refused: no slot
         await self._forward(session_id, held, scope, receive, send)
+
+    async def _relay_answer(self, tag: str, session_id: str, answer: Answer) -> None:
+        await self.answers.send(tag, session_id, answer)
+
+    async def _deliver_answer(self, session_id: str, answer: Answer) -> None:
+        """A client's answer to this replica's request, POSTed to another replica, to this replica's copy of its
+        session (the other replica checked that the poster may use the session)."""
+        held = self._held.get(session_id)
+        transport = held.transport if held is not None else None
+        if transport is None:
+            transport = self.manager.transport_of(session_id)
+        if transport is None or not await transport.deliver_answer(answer):
+            logger.debug("sessions: a relayed answer for a session that ended here was dropped")
 
     async def _not_found(self, send: Send, unsure: bool) -> None:
         """404, which tells a client its session is gone for good; 503 and Retry-After instead while Redis, which
@@ -278,6 +298,7 @@ class SharedSessions:
             retry_interval=manager.retry_interval,
             idle_timeout=manager.session_idle_timeout,
         )
+        transport.asks = self.asks
         held = self._held[session_id] = Held(record, transport)
         assert self._task_group is not None
         token = EVENTS.set(record.events)  # the session's tasks store their events under its namespace
@@ -466,6 +487,7 @@ class SharedSessionParts:
     events: RedisEventStore
     presence: ReplicaPresence
     relay: RedisRoundRelay
+    answers: RedisAnswerRelay
     shapes: ReplicaShapes
     rounds: RoundOwners | None = None  # set by `share_rounds`: this replica's rounds, of every kind
 
@@ -498,6 +520,7 @@ def redis_session_parts(config: VmcpConfig, replica: str) -> SharedSessionParts:
         ),
         presence,
         RedisRoundRelay(client, prefix, presence, deadline=config.timeouts.input, slice_=config.redis.timeout / 2),
+        RedisAnswerRelay(client, prefix, slice_=config.redis.timeout / 2),
         watch_shapes(config, client, replica),
     )
 

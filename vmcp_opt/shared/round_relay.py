@@ -8,6 +8,12 @@ state) and the client's answers; the owner continues the round and pushes the an
 `<prefix>relay-reply:<request id>`. Both sides poll with BLPOP in short slices (each under `redis.timeout`),
 so the asker notices an owner that stops heartbeating and fails the retry with a clear error instead of
 waiting out `timeouts.input`. Every key expires.
+
+`RedisAnswerRelay` does the same for a 2025-11-25 client's answer to a request a replica sent it (sampling,
+elicitation, roots) that the load balancer sent to another replica: the request's id names the asking replica's
+tag (vmcp_opt/server/lazy_stream.py, `AskIds`), the replica the answer landed on pushes it to that tag's inbox,
+`<prefix>answers:<tag>`, and the asker hands it to its copy of the session. Nothing comes back: the client was
+answered 202 already, as for any answer it POSTs.
 """
 
 from __future__ import annotations
@@ -15,12 +21,14 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from functools import partial
 from typing import Any
 
 import anyio
 import mcp_types as types
 from mcp.shared.exceptions import MCPError
+from mcp_types import JSONRPCError, JSONRPCResponse, jsonrpc_message_adapter
 from pydantic import BaseModel, ValidationError
 from redis.asyncio import Redis
 
@@ -32,6 +40,9 @@ from vmcp_opt.shared.events import STORE_ERRORS, ReplicaPresence
 logger = logging.getLogger(__name__)
 
 Continue = Callable[[Round, types.InputResponses | None], Awaitable[BaseModel]]
+Answer = JSONRPCResponse | JSONRPCError
+# Hands a relayed answer to this replica's copy of its session: (session id, the answer).
+Deliver = Callable[[str, Answer], Awaitable[None]]
 _KEY_TTL_MS = 60_000
 
 
@@ -83,22 +94,8 @@ class RedisRoundRelay:
     async def serve(self, continue_call: Continue) -> None:
         """The owner's side, until cancelled: each relayed retry continued in a task of its own."""
         inbox = f"{self.prefix}relay:{self.presence.replica}"
-        failed = 0
-        async with anyio.create_task_group() as tasks:
-            while True:
-                try:
-                    popped = await self.client.blpop([inbox], timeout=self.slice)
-                except STORE_ERRORS as exc:
-                    # One slow reply (the event loop busy at start-up: BLPOP's answer comes a slice later than
-                    # its socket's timeout allows) is not worth a warning; Redis failing twice in a row is.
-                    failed += 1
-                    if failed > 1:
-                        self._log.warning("inbox", "sessions: relayed retries not read: %s", type(exc).__name__)
-                    await anyio.sleep(self.slice)
-                    continue
-                failed = 0
-                if popped is not None:
-                    tasks.start_soon(self._continue, continue_call, _raw(popped[1]))
+        handle = partial(self._continue, continue_call)
+        await read_inbox(self.client, inbox, self.slice, self._log, "relayed retries", handle)
 
     async def _continue(self, continue_call: Continue, raw: bytes) -> None:
         try:
@@ -129,6 +126,74 @@ class RedisRoundRelay:
                 await pipe.execute()
         except STORE_ERRORS as exc:
             self._log.warning("reply", "sessions: a relayed retry's answer was not sent: %s", type(exc).__name__)
+
+
+class RedisAnswerRelay:
+    def __init__(self, client: Redis, prefix: str, slice_: float) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.slice = slice_
+        self._log = ThrottledLog(logger, 60.0)
+
+    async def send(self, tag: str, session_id: str, answer: Answer) -> None:
+        """`answer` pushed to the inbox of the replica tagged `tag`; lost (logged) when Redis fails, so the asking
+        call ends by `timeouts.input` as it would had the client not answered."""
+        inbox = f"{self.prefix}answers:{tag}"
+        relayed = {"session": session_id, "answer": answer.model_dump(by_alias=True, mode="json", exclude_unset=True)}
+        try:
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.rpush(inbox, json.dumps(relayed))
+                pipe.pexpire(inbox, _KEY_TTL_MS)
+                await pipe.execute()
+        except STORE_ERRORS as exc:
+            self._log.warning(
+                "send", "sessions: a client's answer for another replica was lost: %s", type(exc).__name__
+            )
+
+    async def serve(self, tag: str, deliver: Deliver) -> None:
+        """The asker's side, until cancelled: each answer relayed to this replica's tag handed to `deliver`."""
+        inbox = f"{self.prefix}answers:{tag}"
+        await read_inbox(self.client, inbox, self.slice, self._log, "relayed answers", partial(_deliver, deliver))
+
+
+async def _deliver(deliver: Deliver, raw: bytes) -> None:
+    try:
+        relayed = json.loads(raw)
+        session_id = str(relayed["session"])
+        answer = jsonrpc_message_adapter.validate_python(relayed["answer"], by_name=False)
+    except (ValueError, KeyError, TypeError, ValidationError):
+        answer = None
+    if not isinstance(answer, JSONRPCResponse | JSONRPCError):
+        logger.warning("sessions: an unreadable relayed answer was dropped")
+        return
+    await deliver(session_id, answer)
+
+
+async def read_inbox(
+    client: Redis,
+    inbox: str,
+    slice_: float,
+    log: ThrottledLog,
+    what: str,
+    handle: Callable[[bytes], Coroutine[Any, Any, None]],
+) -> None:
+    """Until cancelled: each item pushed to `inbox` (`what` it holds, for the log) handled in a task of its own."""
+    failed = 0
+    async with anyio.create_task_group() as tasks:
+        while True:
+            try:
+                popped = await client.blpop([inbox], timeout=slice_)
+            except STORE_ERRORS as exc:
+                # One slow reply (the event loop busy at start-up: BLPOP's answer comes a slice later than its
+                # socket's timeout allows) is not worth a warning; Redis failing twice in a row is.
+                failed += 1
+                if failed > 1:
+                    log.warning(what, "sessions: %s not read: %s", what, type(exc).__name__)
+                await anyio.sleep(slice_)
+                continue
+            failed = 0
+            if popped is not None:
+                tasks.start_soon(handle, _raw(popped[1]))
 
 
 def _raw(value: bytes | str) -> bytes:
