@@ -120,6 +120,8 @@ class Gateway:
         # Set once the first catalogue is built (or start-up gave up); made in `start`, inside the event loop.
         self._first_listing: anyio.Event | None = None
         self._stopping = False
+        # The task group `start` was given: `stop` closes the optimizer in it, off the event loop.
+        self._task_group: anyio.abc.TaskGroup | None = None
         self._rebuilding = anyio.Lock()
         self._rebuild_wanted = False
         self.backends.add_listener(self._on_backend_change)
@@ -135,6 +137,7 @@ class Gateway:
         connect. Under `fail` it returns once every backend answered, and raises `StartupError` naming
         those that could not connect.
         """
+        self._task_group = task_group
         self.sessions.attach(task_group)
         self.workflows.rounds.attach(task_group)
         if self.changes is not None:
@@ -275,8 +278,22 @@ class Gateway:
         if self._first_listing is not None:
             self._first_listing.set()
         if self.optimizer is not None:
-            self.optimizer.close()
+            self._close_optimizer(self.optimizer)
         self.telemetry.close()
+
+    def _close_optimizer(self, optimizer: OptimizerFront) -> None:
+        """Close the optimizer on a worker thread, awaited by the task group `start` was given (its owner's exit
+        waits for it). Its close blocks for seconds while a large catalogue is embedded (the wait for the
+        embedder, the files' locks): on the event loop that held back the error answers of the calls a stop cut
+        off, and the backends' own stop, by as long (5 s measured). Without that task group (never started, or
+        already ended) it closes here."""
+        if self._task_group is not None:
+            try:
+                self._task_group.start_soon(_close_off_loop, optimizer, name="optimizer-close")
+                return
+            except RuntimeError:  # the task group has ended: nobody would await the thread
+                pass
+        optimizer.close()
 
     async def _on_backend_change(self, connection: BackendConnection) -> None:
         self.sessions.backend_changed(connection)
@@ -378,6 +395,13 @@ class Gateway:
             "backends": backends,
         }
         return Readiness(serving, body)
+
+
+async def _close_off_loop(optimizer: OptimizerFront) -> None:
+    # Shielded: the owner may cancel its task group right after `stop` (`vmcp workflow run`), and the usage
+    # history and the pending vectors must still be written.
+    with anyio.CancelScope(shield=True):
+        await anyio.to_thread.run_sync(optimizer.close)
 
 
 def load_policy(config: VmcpConfig) -> Policy | None:
