@@ -115,3 +115,66 @@ def test_stdio_sigterm_answers_a_call_that_outlasts_the_shutdown_with_an_error(t
     [answer] = [a for a in answers if a.get("id") == 7]
     assert answer["error"]["code"] == types.CONNECTION_CLOSED
     assert "shutting down" in answer["error"]["message"] and "retry" in answer["error"]["message"]
+
+
+def test_a_call_still_running_when_the_drain_runs_out_gets_an_error_to_retry(tmp_path: Path) -> None:
+    # The drain's bound passed with a call at its backend: the call is answered "shutting down ... retry" (the
+    # client's next request lands on another replica), not cut off with its connection, and the gateway exits 0.
+    gate = tmp_path / "gate"
+    settings = {"backends": [held_backend()], "server": {"drain_timeout": 1}}
+
+    async def main(gateway: Gateway) -> None:
+        async def stop_when_held() -> None:
+            while not Path(f"{gate}.started").exists():
+                await anyio.sleep(0.05)
+            gateway.proc.send_signal(signal.SIGTERM)
+
+        with anyio.fail_after(60):
+            async with Client(gateway.url) as client, anyio.create_task_group() as group:
+                group.start_soon(stop_when_held)
+                with pytest.raises(MCPError) as cut:
+                    await client.call_tool("held_held_echo", {"message": "hi", "gate": str(gate)})
+        assert "shutting down" in str(cut.value) and "retry" in str(cut.value)
+        assert await exit_code(gateway.proc, 60) == 0
+
+    with running_gateway(write_config(tmp_path, settings)) as gateway:
+        anyio.run(main, gateway)
+    log = gateway.output()
+    assert "still running after 1s" in log
+    assert "Traceback" not in log
+
+
+def test_a_streaming_call_still_running_when_the_drain_runs_out_ends_with_an_error_to_retry(tmp_path: Path) -> None:
+    # As above, for a call whose answer already streams (its progress went out): the drain's end must not end
+    # its stream first, which left the client with no answer and a reconnection to a closed listener.
+    if not EVERYTHING.exists():
+        unavailable("server-everything is not installed (npm ci)")
+    backend = {"name": "everything", "command": str(EVERYTHING)}
+    config = write_config(tmp_path, {"backends": [backend], "server": {"drain_timeout": 1}})
+
+    async def main(gateway: Gateway) -> None:
+        progressed = anyio.Event()
+
+        async def progress(progress: float, total: float | None, message: str | None) -> None:
+            progressed.set()
+
+        async def stop_when_streaming() -> None:
+            await progressed.wait()
+            gateway.proc.send_signal(signal.SIGTERM)
+
+        with anyio.fail_after(60):
+            async with Client(gateway.url, mode="legacy") as client, anyio.create_task_group() as group:
+                group.start_soon(stop_when_streaming)
+                arguments = {"duration": 600, "steps": 1200}
+                with pytest.raises(MCPError) as cut:
+                    await client.call_tool(
+                        "everything_trigger-long-running-operation", arguments, progress_callback=progress
+                    )
+        assert "shutting down" in str(cut.value) and "retry" in str(cut.value)
+        assert await exit_code(gateway.proc, 60) == 0
+
+    with running_gateway(config) as gateway:
+        anyio.run(main, gateway)
+    log = gateway.output()
+    assert "still running after 1s" in log and "its stream ends with an error" in log
+    assert "Traceback" not in log

@@ -125,11 +125,17 @@ def run_gateway(config: VmcpConfig, announce: Callable[[VmcpConfig, int], None] 
                     "%s: stopping now; calls still running are answered with an error", signal.Signals(sig).name
                 )
             server.force_exit = server.should_exit and sig == signal.SIGINT  # Ctrl-C twice: no waiting at all
-            server.config.timeout_graceful_shutdown = 0  # stop at once: uvicorn cancels what runs (`Drain`)
-            server.should_exit = True
-            end_streams()
+            stop_now()
             return
         loop.call_soon_threadsafe(begin_drain, sig)
+
+    def stop_now() -> None:
+        # uvicorn cancels what still runs and `Drain` answers each: a call with its JSON-RPC error (as the last
+        # event of its stream when it streams), a stream with its end. Not `end_streams`: sse-starlette's watcher
+        # would end a streaming call's answer first, with no result (its client then reconnects to a closed
+        # listener), as often as its poll came before the cancellation.
+        server.config.timeout_graceful_shutdown = 0
+        server.should_exit = True
 
     stopping: list[asyncio.Task[None]] = []  # referenced until it ends
 
@@ -143,8 +149,10 @@ def run_gateway(config: VmcpConfig, announce: Callable[[VmcpConfig, int], None] 
         stopping.append(asyncio.get_running_loop().create_task(drain_then_stop()))
 
     async def drain_then_stop() -> None:
-        await drain.drained(config.server.drain_timeout)
-        end_streams()
+        if not await drain.drained(config.server.drain_timeout):
+            stop_now()  # the calls past the drain's bound are answered "retry" now, as on Ctrl-C
+            return
+        end_streams()  # what is left are streams (a session's GET), which hold no answer
         server.should_exit = True
 
     server.handle_exit = handle_exit  # type: ignore[method-assign]
