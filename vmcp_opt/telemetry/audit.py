@@ -80,6 +80,7 @@ class AuditLog:
         self.written = 0
         self.dropped = 0
         self.write_failures = 0
+        self.waits_run_out = 0  # `block` waits that ran out: each held the event loop `block_timeout`
         self._queue: queue.Queue[object] = queue.Queue(maxsize=config.queue_size)
         self._sink = _Sink(config, base_dir)
         self._last_report = 0.0
@@ -126,6 +127,7 @@ class AuditLog:
         try:
             self._queue.put(item, timeout=self.config.block_timeout)
         except queue.Full:
+            self.waits_run_out += 1
             self._stalled = True  # no more waits until the writer takes again: each one stops the event loop
             raise
 

@@ -220,6 +220,12 @@ class _StateCollector(Collector):
                 "vmcp_audit_events_dropped", "Audit events dropped: the queue was full.", value=audit.dropped
             )
             yield CounterMetricFamily(
+                "vmcp_audit_block_waits_run_out",
+                "Times an audit event waited telemetry.audit.block_timeout for room and was dropped (when_full:"
+                " block): each held the event loop that long.",
+                value=audit.waits_run_out,
+            )
+            yield CounterMetricFamily(
                 "vmcp_audit_write_failures",
                 "Audit events lost to a failed write or an unserialisable result.",
                 value=audit.write_failures,
