@@ -103,6 +103,7 @@ TOOLS = [
         {"type": "object", "properties": {"seconds": {"type": "number"}}},
     ),
     _tool("test_cancelled_calls", "How many test_slow calls were cancelled by their caller so far."),
+    _tool("test_running_calls", "How many test_slow calls are running now (a test cancels one once it runs)."),
     _tool("test_add_tool", "Adds a tool, so the tool list changes (list_changed tests)."),
     _tool(
         "test_input_required",
@@ -159,6 +160,7 @@ class ConformanceBackend:
         self.watched_text = "Watched resource content"
         self.extra_tools: list[types.Tool] = []
         self.cancelled_calls = 0
+        self.running_calls = 0
         # Per connection: the minimum log level, and the subscribed URIs.
         self.levels: weakref.WeakKeyDictionary[Connection, str] = weakref.WeakKeyDictionary()
         self.subscribers: dict[str, weakref.WeakSet[Connection]] = {}
@@ -289,14 +291,19 @@ class ConformanceBackend:
         if name == "test_update_resource":
             return await self._update_resource(str(args.get("uri", "")))
         if name == "test_slow":
+            self.running_calls += 1
             try:
                 await anyio.sleep(float(args.get("seconds", 5.0)))
             except anyio.get_cancelled_exc_class():
                 self.cancelled_calls += 1
                 raise
+            finally:
+                self.running_calls -= 1
             return _text("finished")
         if name == "test_cancelled_calls":
             return _text(str(self.cancelled_calls))
+        if name == "test_running_calls":
+            return _text(str(self.running_calls))
         if name == "test_add_tool":
             self.extra_tools.append(_tool(f"added_tool_{len(self.extra_tools) + 1}", "Added at run time."))
             await ctx.session.send_tool_list_changed()

@@ -19,7 +19,8 @@ requests. `LazyStreamTransport` decides per request instead, once it sees what t
 Everything else (initialize, notifications, responses, malformed or refused requests, GET, DELETE) is the
 SDK's own path, but for one case: with sessions shared (`sessions.store: redis`), the gateway's requests to the
 client carry the replica's tag in their ids (`AskIds`), and an answer POSTed to a replica that did not ask is
-handed to the one that did (vmcp_opt/server/shared_sessions.py). A client MUST accept both forms for a POST (streamable HTTP, "Sending Messages" 5); the
+handed to the one that did (vmcp_opt/server/shared_sessions.py); so is a client's cancellation of a request not
+in flight here (`RelayCancel`: the replicas holding the session hear it). A client MUST accept both forms for a POST (streamable HTTP, "Sending Messages" 5); the
 2026-07-28 entry already answers this way.
 
 This subclasses the SDK transport and uses its private helpers (`_mint_priming_event`,
@@ -96,6 +97,8 @@ _ASK_ID = re.compile(r"^vmcp-ask-([0-9a-f]{16})-(.+)$")
 Answer = JSONRPCResponse | JSONRPCError
 # Hands a client's answer to the replica whose tag it carries: (tag, session id, the answer under its own id).
 RelayAnswer = Callable[[str, str, Answer], Awaitable[None]]
+# Hands a client's cancellation of a request not in flight here to the other replicas: (session id, it).
+RelayCancel = Callable[[str, JSONRPCNotification], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,9 @@ class AskIds:
 
     tag: str  # 16 hex, this process's own
     relay: RelayAnswer
+    # The client's `notifications/cancelled` is a POST that may land on a replica other than the one running the
+    # request: unrelayed, that replica's dispatcher ignored it and the call (and its backend call) ran on.
+    relay_cancel: RelayCancel
 
     def tagged(self, request_id: RequestId) -> str:
         return f"{_ASK_PREFIX}{self.tag}-{request_id}"
@@ -241,14 +247,14 @@ class LazyStreamTransport(StreamableHTTPServerTransport):
         async with super().connect() as (read_stream, write_stream):
             yield read_stream, write_stream if self.asks is None else TaggedAsks(write_stream, self.asks)
 
-    async def deliver_answer(self, answer: Answer) -> bool:
-        """A client's answer to this replica's request, POSTed to another replica; False if the session has
-        ended here."""
+    async def deliver(self, message: Answer | JSONRPCNotification) -> bool:
+        """A client's answer to this replica's request, or its cancellation of a request, POSTed to another
+        replica; False if the session has ended here."""
         writer = self._read_stream_writer
         if writer is None or self.is_terminated:
             return False
         try:
-            await writer.send(SessionMessage(answer))
+            await writer.send(SessionMessage(message))
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
             return False
         return True
@@ -260,7 +266,11 @@ class LazyStreamTransport(StreamableHTTPServerTransport):
             return
         message = await self._plain_request(request)
         if message is None:
-            await super()._handle_post_request(scope, request, receive, send)  # the body stays cached
+            cancel = await self._cancel_elsewhere(request) if self.asks is not None else None
+            if cancel is None:
+                await super()._handle_post_request(scope, request, receive, send)  # the body stays cached
+            else:
+                await self._relay_cancel(cancel, scope, request, receive, send)
             return
         if str(message.id) in self._request_streams:
             # The SDK routes answers by request id: a second request under an id still in flight would take
@@ -308,6 +318,41 @@ class LazyStreamTransport(StreamableHTTPServerTransport):
             return
         await self._create_json_response(None, HTTPStatus.ACCEPTED)(scope, receive, send)
         await self.asks.relay(tag, self.mcp_session_id, answer)
+
+    async def _cancel_elsewhere(self, request: Request) -> JSONRPCNotification | None:
+        """A client's cancellation of a request this copy of the session has no stream for (running on another
+        replica, or done, or its stream cut here); None for any other message."""
+        body = await request.body()  # cached: the SDK's path reads it again
+        if b"notifications/cancelled" not in body:
+            return None  # most POSTs: no second parse
+        try:
+            message = jsonrpc_message_adapter.validate_python(pydantic_core.from_json(body), by_name=False)
+        except (ValueError, ValidationError):
+            return None
+        if not (isinstance(message, JSONRPCNotification) and message.method == "notifications/cancelled"):
+            return None
+        cancelled = (message.params or {}).get("requestId")
+        if not isinstance(cancelled, str | int) or str(cancelled) in self._request_streams:
+            return None  # running here: the SDK's path cancels it
+        return message
+
+    async def _relay_cancel(
+        self, cancel: JSONRPCNotification, scope: Scope, request: Request, receive: Receive, send: Send
+    ) -> None:
+        """The SDK's path (202, and this copy's dispatcher told: the request may run here with its stream cut),
+        then, once accepted, the other replicas told."""
+        assert self.asks is not None and self.mcp_session_id is not None
+        accepted = False
+
+        async def watch(message: Message) -> None:
+            nonlocal accepted
+            if message["type"] == "http.response.start":
+                accepted = message["status"] == HTTPStatus.ACCEPTED
+            await send(message)
+
+        await super()._handle_post_request(scope, request, receive, watch)
+        if accepted:
+            await self.asks.relay_cancel(self.mcp_session_id, cancel)
 
     async def _plain_request(self, request: Request) -> JSONRPCRequest | None:
         """The request to answer lazily, or None for anything the SDK's path must answer (or refuse)."""

@@ -26,7 +26,9 @@ Redis's own state changes are logged once each by vmcp_opt/shared/redis_client.p
 
 A request the gateway sends a client (a backend's elicitation, sampling, roots) carries this replica's tag in
 its id (`AskIds`, vmcp_opt/server/lazy_stream.py); the client's answer, POSTed to whichever replica, is handed to
-the tagged one (`RedisAnswerRelay`), whose copy of the session asked.
+the tagged one (`RedisAnswerRelay`), whose copy of the session asked. A client's cancellation of a request not in
+flight on the replica it lands on is published to the others (`RedisCancelRelay`): the one running the request
+cancels it, and with it the backend's call.
 
 Past ~450 lines on purpose: a session's record is written, restored and ended here, around one `SharedSessions`
 whose middleware, reaper and restore hand each other the same state; apart, each would reach into the others.
@@ -50,7 +52,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.lowlevel.server import Server
 from mcp.shared.exceptions import MCPError
-from mcp_types import INVALID_PARAMS, INVALID_REQUEST, InitializeRequestParams
+from mcp_types import INVALID_PARAMS, INVALID_REQUEST, InitializeRequestParams, JSONRPCNotification
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -66,7 +68,7 @@ from vmcp_opt.server.sessions import SERVER_BUSY, SessionGate, Slot, json_rpc_er
 from vmcp_opt.shared.events import EVENTS, STORE_ERRORS, RedisEventStore, ReplicaPresence
 from vmcp_opt.shared.redis_client import redis_client, redis_trouble
 from vmcp_opt.shared.replica_shapes import ReplicaShapes, watch_shapes
-from vmcp_opt.shared.round_relay import RedisAnswerRelay, RedisRoundRelay
+from vmcp_opt.shared.round_relay import RedisAnswerRelay, RedisCancelRelay, RedisRoundRelay
 from vmcp_opt.shared.session_store import OUTAGE_RETRY_AFTER, RedisSessions, SessionRecord, StoreOutage
 
 logger = logging.getLogger(__name__)
@@ -105,8 +107,9 @@ class SharedSessions:
         self.presence = parts.presence
         self.relay = parts.relay
         self.answers = parts.answers
+        self.cancels = parts.cancels
         # Ids of this process's requests to clients; a restarted replica's differ from those it sent before.
-        self.asks = manager.asks = AskIds(secrets.token_hex(8), self._relay_answer)
+        self.asks = manager.asks = AskIds(secrets.token_hex(8), self._relay_answer, self._relay_cancel)
         self.events = parts.events
         self.rounds = parts.rounds
         self.shapes = parts.shapes
@@ -133,7 +136,8 @@ class SharedSessions:
             task_group.start_soon(self.presence.run)
             task_group.start_soon(self.shapes.run)
             task_group.start_soon(self.events.run_writer)
-            task_group.start_soon(self.answers.serve, self.asks.tag, self._deliver_answer)
+            task_group.start_soon(self.answers.serve, self.asks.tag, self._deliver)
+            task_group.start_soon(self.cancels.serve, self.asks.tag, self._deliver)
             if self.rounds is not None:
                 task_group.start_soon(self.relay.serve, self.rounds.continue_relayed)
             try:
@@ -198,15 +202,19 @@ class SharedSessions:
     async def _relay_answer(self, tag: str, session_id: str, answer: Answer) -> None:
         await self.answers.send(tag, session_id, answer)
 
-    async def _deliver_answer(self, session_id: str, answer: Answer) -> None:
-        """A client's answer to this replica's request, POSTed to another replica, to this replica's copy of its
-        session (the other replica checked that the poster may use the session)."""
+    async def _relay_cancel(self, session_id: str, cancel: JSONRPCNotification) -> None:
+        await self.cancels.send(self.asks.tag, session_id, cancel)
+
+    async def _deliver(self, session_id: str, message: Answer | JSONRPCNotification) -> None:
+        """A client's answer to this replica's request, or its cancellation of a request, POSTed to another
+        replica, to this replica's copy of its session (the other replica checked that the poster may use the
+        session). A cancellation reaches every replica: most hold no copy of its session."""
         held = self._held.get(session_id)
         transport = held.transport if held is not None else None
         if transport is None:
             transport = self.manager.transport_of(session_id)
-        if transport is None or not await transport.deliver_answer(answer):
-            logger.debug("sessions: a relayed answer for a session that ended here was dropped")
+        if transport is None or not await transport.deliver(message):
+            logger.debug("sessions: a relayed message for a session not held here was dropped")
 
     async def _not_found(self, send: Send, unsure: bool) -> None:
         """404, which tells a client its session is gone for good; 503 and Retry-After instead while Redis, which
@@ -488,6 +496,7 @@ class SharedSessionParts:
     presence: ReplicaPresence
     relay: RedisRoundRelay
     answers: RedisAnswerRelay
+    cancels: RedisCancelRelay
     shapes: ReplicaShapes
     rounds: RoundOwners | None = None  # set by `share_rounds`: this replica's rounds, of every kind
 
@@ -521,6 +530,7 @@ def redis_session_parts(config: VmcpConfig, replica: str) -> SharedSessionParts:
         presence,
         RedisRoundRelay(client, prefix, presence, deadline=config.timeouts.input, slice_=config.redis.timeout / 2),
         RedisAnswerRelay(client, prefix, slice_=config.redis.timeout / 2),
+        RedisCancelRelay(client, prefix, slice_=config.redis.timeout / 2),
         watch_shapes(config, client, replica),
     )
 

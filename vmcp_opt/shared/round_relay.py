@@ -14,6 +14,12 @@ elicitation, roots) that the load balancer sent to another replica: the request'
 tag (vmcp_opt/server/lazy_stream.py, `AskIds`), the replica the answer landed on pushes it to that tag's inbox,
 `<prefix>answers:<tag>`, and the asker hands it to its copy of the session. Nothing comes back: the client was
 answered 202 already, as for any answer it POSTs.
+
+`RedisCancelRelay` carries a 2025-11-25 client's `notifications/cancelled` for a request not in flight on the
+replica it landed on. Nothing says which replica runs a client's request (recording each would cost every
+request a Redis write), so it is published on the channel `<prefix>cancels` and every replica holding a copy
+of the session hands it to that copy: a client's request ids are unique in its session, so only the copy
+running the request acts on it, the others' dispatchers ignore an id they do not know.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from typing import Any
 import anyio
 import mcp_types as types
 from mcp.shared.exceptions import MCPError
-from mcp_types import JSONRPCError, JSONRPCResponse, jsonrpc_message_adapter
+from mcp_types import JSONRPCError, JSONRPCNotification, JSONRPCResponse, jsonrpc_message_adapter
 from pydantic import BaseModel, ValidationError
 from redis.asyncio import Redis
 
@@ -43,7 +49,11 @@ Continue = Callable[[Round, types.InputResponses | None], Awaitable[BaseModel]]
 Answer = JSONRPCResponse | JSONRPCError
 # Hands a relayed answer to this replica's copy of its session: (session id, the answer).
 Deliver = Callable[[str, Answer], Awaitable[None]]
+# Hands a relayed cancellation to this replica's copy of its session, if it holds one.
+DeliverCancel = Callable[[str, JSONRPCNotification], Coroutine[Any, Any, None]]
 _KEY_TTL_MS = 60_000
+# Seconds between attempts to listen again for relayed cancellations after Redis failed.
+_RESUBSCRIBE_AFTER = 1.0
 
 
 class RedisRoundRelay:
@@ -154,6 +164,67 @@ class RedisAnswerRelay:
         """The asker's side, until cancelled: each answer relayed to this replica's tag handed to `deliver`."""
         inbox = f"{self.prefix}answers:{tag}"
         await read_inbox(self.client, inbox, self.slice, self._log, "relayed answers", partial(_deliver, deliver))
+
+
+class RedisCancelRelay:
+    def __init__(self, client: Redis, prefix: str, slice_: float) -> None:
+        self.client = client
+        self.channel = prefix + "cancels"
+        self.slice = slice_
+        self._log = ThrottledLog(logger, 60.0)
+
+    async def send(self, origin: str, session_id: str, cancel: JSONRPCNotification) -> None:
+        """`cancel` published for the replicas other than `origin` (this process's tag); lost (logged) when Redis
+        fails: the call then runs to its end, as it did before cancellations were relayed."""
+        relayed = {"origin": origin, "session": session_id, "cancel": cancel.model_dump(by_alias=True, mode="json")}
+        try:
+            await self.client.publish(self.channel, json.dumps(relayed))
+        except STORE_ERRORS as exc:
+            self._log.warning("send", "sessions: a client's cancellation was not relayed: %s", type(exc).__name__)
+
+    async def serve(self, origin: str, deliver: DeliverCancel) -> None:
+        """Until cancelled: each cancellation another replica relays handed to `deliver`; listens again after
+        Redis fails (what was published meanwhile is lost: a call it meant runs to its end)."""
+        # Each in a task of its own: one session slow to take its own holds no other's. The task group is outside
+        # the retry loop: a Redis error raised inside it would leave it wrapped in an exception group.
+        async with anyio.create_task_group() as tasks:
+
+            def hand(session_id: str, cancel: JSONRPCNotification) -> None:
+                tasks.start_soon(deliver, session_id, cancel)
+
+            while True:
+                try:
+                    await self._listen(origin, hand)
+                except STORE_ERRORS as exc:
+                    self._log.warning("listen", "sessions: relayed cancellations not heard: %s", type(exc).__name__)
+                await anyio.sleep(_RESUBSCRIBE_AFTER)
+
+    async def _listen(self, origin: str, hand: Callable[[str, JSONRPCNotification], None]) -> None:
+        pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(self.channel)
+            while True:
+                message = await pubsub.get_message(timeout=self.slice)
+                heard = _cancel(message["data"], origin) if message and message.get("type") == "message" else None
+                if heard is not None:
+                    hand(*heard)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+
+def _cancel(data: bytes | str, origin: str) -> tuple[str, JSONRPCNotification] | None:
+    """(session id, the cancellation) of a message another replica published; None for this one's or junk."""
+    try:
+        relayed = json.loads(data)
+        if relayed["origin"] == origin:
+            return None
+        cancel = JSONRPCNotification.model_validate(relayed["cancel"], by_name=False)
+        session_id = str(relayed["session"])
+    except (ValueError, KeyError, TypeError, ValidationError):
+        logger.warning("sessions: an unreadable relayed cancellation was dropped")
+        return None
+    return (session_id, cancel) if cancel.method == "notifications/cancelled" else None
 
 
 async def _deliver(deliver: Deliver, raw: bytes) -> None:
