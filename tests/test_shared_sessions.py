@@ -44,6 +44,8 @@ from vmcp_opt.auth.api_keys import new_key
 pytestmark = [pytest.mark.slow]
 
 CONFORMANCE_SERVER = EXAMPLES / "backends" / "conformance_server.py"
+# Raw requests wait this long for a gateway that is busy (two or three replicas on two cores, httpx's 5 s is tight).
+RAW = httpx2.Client(timeout=60)
 
 
 def replica_of(gateway: Gateway) -> str:
@@ -149,7 +151,7 @@ def test_an_sse_stream_cut_on_one_replica_is_resumed_on_another(pool: Pool) -> N
     first, second = pool.replicas
     headers = raw_session(first.url)
     level = {"jsonrpc": "2.0", "id": 1, "method": "logging/setLevel", "params": {"level": "debug"}}
-    assert httpx2.post(first.url, json=level, headers=headers).status_code == 200
+    assert RAW.post(first.url, json=level, headers=headers).status_code == 200
     call = {
         "jsonrpc": "2.0",
         "id": 7,
@@ -183,9 +185,9 @@ def test_a_restored_session_keeps_its_log_level(pool: Pool) -> None:
     first, second = pool.replicas
     headers = raw_session(first.url)
     level = {"jsonrpc": "2.0", "id": 1, "method": "logging/setLevel", "params": {"level": "info"}}
-    assert httpx2.post(first.url, json=level, headers=headers).status_code == 200
+    assert RAW.post(first.url, json=level, headers=headers).status_code == 200
     call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "test_tool_with_logging"}}
-    answer = httpx2.post(second.url, json={**call, "params": {**call["params"], "arguments": {}}}, headers=headers)
+    answer = RAW.post(second.url, json={**call, "params": {**call["params"], "arguments": {}}}, headers=headers)
     messages = [m for _, m in sse_messages(iter([*answer.text.splitlines(), ""])) if m is not None]
     logs = [m["params"]["data"] for m in messages if m.get("method") == "notifications/message"]
     assert len(logs) == 3
@@ -210,10 +212,10 @@ def test_a_session_deleted_on_one_replica_is_gone_on_every_replica(pool: Pool) -
     first, second = pool.replicas
     headers = raw_session(first.url)
     listing = {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}
-    assert httpx2.post(second.url, json=listing, headers=headers).status_code == 200  # restored on the second
-    assert httpx2.delete(second.url, headers=headers).status_code == 200
+    assert RAW.post(second.url, json=listing, headers=headers).status_code == 200  # restored on the second
+    assert RAW.delete(second.url, headers=headers).status_code == 200
     for replica in (first, second):
-        gone = httpx2.post(replica.url, json=listing, headers=headers)
+        gone = RAW.post(replica.url, json=listing, headers=headers)
         assert gone.status_code == 404
         assert gone.json()["error"]["message"] == "Session not found"
 
@@ -221,7 +223,7 @@ def test_a_session_deleted_on_one_replica_is_gone_on_every_replica(pool: Pool) -
 def test_an_unknown_session_id_is_not_found_anywhere(pool: Pool) -> None:
     headers = {**RAW_HEADERS, "mcp-session-id": os.urandom(16).hex(), "mcp-protocol-version": "2025-11-25"}
     for replica in pool.replicas:
-        response = httpx2.post(replica.url, json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"}, headers=headers)
+        response = RAW.post(replica.url, json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"}, headers=headers)
         assert response.status_code == 404
 
 
@@ -231,11 +233,11 @@ def test_restored_sessions_count_against_the_session_caps(tmp_path: Path, redis:
         on_first, on_second = raw_session(first.url), raw_session(second.url)
         listing = {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}
         # The second replica already holds this address's one session: restoring the first's is refused.
-        refused = httpx2.post(second.url, json=listing, headers=on_first)
+        refused = RAW.post(second.url, json=listing, headers=on_first)
         assert refused.status_code == 429 and "retry-after" in refused.headers
-        assert httpx2.delete(second.url, headers=on_second).status_code == 200
+        assert RAW.delete(second.url, headers=on_second).status_code == 200
         # Its slot is free again: now the first replica's session is restored there.
-        assert httpx2.post(second.url, json=listing, headers=on_first).status_code == 200
+        assert RAW.post(second.url, json=listing, headers=on_first).status_code == 200
 
 
 def test_a_killed_replica_costs_only_the_calls_it_was_running(tmp_path: Path, redis: RedisServer) -> None:
@@ -315,24 +317,24 @@ def test_with_redis_gone_each_replica_serves_the_sessions_it_holds_and_shares_th
         with running_gateways(path, 2) as [first, second]:
             listing = {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}
             both = raw_session(first.url)
-            assert httpx2.post(second.url, json=listing, headers=both).status_code == 200  # held by both now
+            assert RAW.post(second.url, json=listing, headers=both).status_code == 200  # held by both now
             redis.stop()
             try:
-                assert [httpx2.post(g.url, json=listing, headers=both).status_code for g in (first, second)] == [
+                assert [RAW.post(g.url, json=listing, headers=both).status_code for g in (first, second)] == [
                     200,
                     200,
                 ]
                 alone = raw_session(first.url)  # opened while Redis is gone: this replica's only
-                assert httpx2.post(first.url, json=listing, headers=alone).status_code == 200
+                assert RAW.post(first.url, json=listing, headers=alone).status_code == 200
                 # Not held there, and Redis may hold it: "retry", not "your session is gone".
-                elsewhere = httpx2.post(second.url, json=listing, headers=alone)
+                elsewhere = RAW.post(second.url, json=listing, headers=alone)
                 assert elsewhere.status_code == 503 and elsewhere.headers["retry-after"] == "1", elsewhere.text
             finally:
                 redis.start()
             # Redis is back, empty: a replica holding a session writes its record again at its next use (it
             # was not deleted), so both sessions are served by both replicas again.
             for headers in (both, alone):
-                assert [httpx2.post(g.url, json=listing, headers=headers).status_code for g in (first, second)] == [
+                assert [RAW.post(g.url, json=listing, headers=headers).status_code for g in (first, second)] == [
                     200,
                     200,
                 ]
