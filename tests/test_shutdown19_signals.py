@@ -125,7 +125,8 @@ def test_a_call_still_running_when_the_drain_runs_out_gets_an_error_to_retry(tmp
 
     async def main(gateway: Gateway) -> None:
         async def stop_when_held() -> None:
-            while not Path(f"{gate}.started").exists():
+            started = anyio.Path(f"{gate}.started")
+            while not await started.exists():  # noqa: ASYNC110 - the backend's process makes the file
                 await anyio.sleep(0.05)
             gateway.proc.send_signal(signal.SIGTERM)
 
