@@ -8,10 +8,16 @@ gateway's handlers open this replica's dedicated backend session with the same l
 They carry the Starlette request that caused the restore (its caller's identity, for the policy) and ids no
 client uses; their answers are dropped before the transport. Only public SDK parts are used: the transport,
 `serve_loop`, `SessionMessage` (and, for types, the stream protocols).
+
+A change another replica makes to the session later (its log level, a subscription) reaches a copy held here as
+a request of its own (`apply_change`), POSTed to the copy's transport under the scope of the session's last
+request here (its caller's identity), with an id no client uses; its answer is dropped (a refusal is logged).
 """
 
 from __future__ import annotations
 
+import itertools
+import json
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +30,7 @@ from mcp.shared._stream_protocols import ReadStream, WriteStream
 from mcp.shared.message import ServerMessageMetadata, SessionMessage
 from mcp_types import JSONRPCError, JSONRPCNotification, JSONRPCRequest, JSONRPCResponse, RequestId
 from starlette.requests import Request
+from starlette.types import Message, Scope
 
 from vmcp_opt.server.streams import ReadStreamWrapper, WriteStreamWrapper
 
@@ -33,11 +40,22 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 _RESTORE_ID = "vmcp-restore-"
+_CHANGE_ID = "vmcp-change-"
+_change_ids = itertools.count(1)
+# Headers of the session's last request a relayed change is not sent with: its own are set instead.
+_REPLACED = frozenset(
+    {b"accept", b"content-type", b"content-length", b"last-event-id", b"mcp-session-id", b"mcp-protocol-version"}
+)
 
 
 def is_restoring(request_id: RequestId | None) -> bool:
     """A request replayed to restore a session (its state is already recorded)."""
     return isinstance(request_id, str) and request_id.startswith(_RESTORE_ID)
+
+
+def is_replayed(request_id: RequestId | None) -> bool:
+    """A request replayed to restore a session, or a change another replica made to it (both recorded there)."""
+    return is_restoring(request_id) or (isinstance(request_id, str) and request_id.startswith(_CHANGE_ID))
 
 
 def opening_messages(record: SessionRecord, request: Request) -> list[SessionMessage]:
@@ -125,3 +143,49 @@ class DroppingReplies(WriteStreamWrapper):
                 self._answered.set()
             return
         await self._inner.send(item)
+
+
+async def apply_change(
+    transport: StreamableHTTPServerTransport,
+    scope: Scope,
+    session_id: str,
+    version: str,
+    change: tuple[str, dict[str, str]],
+) -> str | None:
+    """A change another replica made to the session (method, params), POSTed to this replica's copy as the
+    client's own request would be, under `scope` (the session's last request here: its caller's identity);
+    None once answered, else why not (the refusal's message, or the HTTP status)."""
+    method, params = change
+    body = json.dumps({"jsonrpc": "2.0", "id": f"{_CHANGE_ID}{next(_change_ids)}", "method": method, "params": params})
+    headers = [(name, value) for name, value in scope["headers"] if name not in _REPLACED]
+    headers += [
+        (b"accept", b"application/json, text/event-stream"),
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"mcp-session-id", session_id.encode()),
+        (b"mcp-protocol-version", version.encode()),
+    ]
+    request = {**scope, "method": "POST", "headers": headers, "query_string": b""}
+    unread = [{"type": "http.request", "body": body.encode(), "more_body": False}]
+    status, answer = 0, bytearray()
+
+    async def receive() -> Message:
+        if unread:
+            return unread.pop()
+        await anyio.sleep_forever()  # the client is not going away: the answer ends the request
+        raise AssertionError
+
+    async def send(message: Message) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+        elif message["type"] == "http.response.body":
+            answer.extend(message.get("body", b""))
+
+    await transport.handle_request(request, receive, send)
+    if status != 200:
+        return f"HTTP {status}"
+    if answer.startswith(b"{") and b'"error"' in answer:
+        error = json.loads(answer).get("error")
+        return str(error.get("message") if isinstance(error, dict) else error)
+    return None

@@ -28,7 +28,9 @@ A request the gateway sends a client (a backend's elicitation, sampling, roots) 
 its id (`AskIds`, vmcp_opt/server/lazy_stream.py); the client's answer, POSTed to whichever replica, is handed to
 the tagged one (`RedisAnswerRelay`), whose copy of the session asked. A client's cancellation of a request not in
 flight on the replica it lands on is published to the others (`RedisCancelRelay`): the one running the request
-cancels it, and with it the backend's call.
+cancels it, and with it the backend's call. A change to a session's record (its log level, a subscription) is
+published the same way, and every other replica holding a copy of the session applies it to that copy
+(`apply_change`): a standalone GET stream on any of them hears what the client subscribed to on another.
 
 Past ~450 lines on purpose: a session's record is written, restored and ended here, around one `SharedSessions`
 whose middleware, reaper and restore hand each other the same state; apart, each would reach into the others.
@@ -63,12 +65,12 @@ from vmcp_opt.routing.round_trips import RoundOwners
 from vmcp_opt.server.admission import connection_of
 from vmcp_opt.server.authentication import session_owner
 from vmcp_opt.server.lazy_stream import Answer, AskIds, LazyStreamSessionManager, LazyStreamTransport
-from vmcp_opt.server.session_restore import is_restoring, serve_restored
+from vmcp_opt.server.session_restore import apply_change, is_replayed, is_restoring, serve_restored
 from vmcp_opt.server.sessions import SERVER_BUSY, SessionGate, Slot, json_rpc_error, may_open_session
 from vmcp_opt.shared.events import EVENTS, STORE_ERRORS, RedisEventStore, ReplicaPresence
 from vmcp_opt.shared.redis_client import redis_client, redis_trouble
 from vmcp_opt.shared.replica_shapes import ReplicaShapes, watch_shapes
-from vmcp_opt.shared.round_relay import RedisAnswerRelay, RedisCancelRelay, RedisRoundRelay
+from vmcp_opt.shared.round_relay import RedisAnswerRelay, RedisCancelRelay, RedisRoundRelay, SessionChange
 from vmcp_opt.shared.session_store import OUTAGE_RETRY_AFTER, RedisSessions, SessionRecord, StoreOutage
 
 logger = logging.getLogger(__name__)
@@ -95,6 +97,10 @@ class Held:
     # Set once a restored session's replayed requests are answered (its log level and subscriptions are in
     # place on this replica's backend sessions); the client's requests wait for it.
     restored: anyio.Event = dataclasses.field(default_factory=anyio.Event)
+    # The scope of the session's last request here: changes other replicas relay are applied under it.
+    scope: Scope | None = None
+    # Held while a relayed change is applied: a session's changes are applied one at a time, in order.
+    changing: anyio.Lock = dataclasses.field(default_factory=anyio.Lock)
 
 
 class SharedSessions:
@@ -205,16 +211,42 @@ class SharedSessions:
     async def _relay_cancel(self, session_id: str, cancel: JSONRPCNotification) -> None:
         await self.cancels.send(self.asks.tag, session_id, cancel)
 
-    async def _deliver(self, session_id: str, message: Answer | JSONRPCNotification) -> None:
+    async def _deliver(self, session_id: str, message: Answer | JSONRPCNotification | SessionChange) -> None:
         """A client's answer to this replica's request, or its cancellation of a request, POSTed to another
         replica, to this replica's copy of its session (the other replica checked that the poster may use the
         session). A cancellation reaches every replica: most hold no copy of its session."""
+        if isinstance(message, tuple):
+            await self._apply(session_id, message)
+            return
         held = self._held.get(session_id)
         transport = held.transport if held is not None else None
         if transport is None:
             transport = self.manager.transport_of(session_id)
         if transport is None or not await transport.deliver(message):
             logger.debug("sessions: a relayed message for a session not held here was dropped")
+
+    async def _apply(self, session_id: str, change: SessionChange) -> None:
+        """A change another replica made to a session's record, applied to this replica's copy (if it holds one)
+        as the restore replays the record: its backend sessions take the log level, subscribe, unsubscribe. Once:
+        a change the copy already has (restored from the record after it was made, or relayed twice) is skipped."""
+        held = self._held.get(session_id)
+        if held is None:
+            return
+        async with held.changing:
+            record = _changed(held.record, change)
+            transport = held.transport or self.manager.transport_of(session_id)
+            if record is None or transport is None or held.scope is None:
+                return
+            if not held.restored.is_set() and held.transport is not None:
+                with anyio.move_on_after(RESTORE_WAIT):
+                    await held.restored.wait()
+            refused: str | None = "not answered"
+            with anyio.move_on_after(RESTORE_WAIT):
+                refused = await apply_change(transport, held.scope, session_id, record.protocol_version, change)
+            if refused is None:
+                held.record = record
+            else:
+                self._log.warning("change", "sessions: a change made on another replica was refused: %s", refused)
 
     async def _not_found(self, send: Send, unsure: bool) -> None:
         """404, which tells a client its session is gone for good; 503 and Retry-After instead while Redis, which
@@ -266,6 +298,7 @@ class SharedSessions:
                 await self._delete(session_id, held.record.events)
             await send(message)
 
+        held.scope = scope
         token = EVENTS.set(held.record.events)
         self._in_flight[session_id] += 1
         try:
@@ -415,7 +448,7 @@ class SharedSessions:
         if ctx.method == "initialize" and not is_restoring(ctx.request_id):
             refuse_oversized(ctx.params)
         result = await call_next(ctx)
-        if ctx.method not in _RECORDED or is_restoring(ctx.request_id):
+        if ctx.method not in _RECORDED or is_replayed(ctx.request_id):
             return result
         connection = connection_of(ctx)
         session_id = connection.session_id
@@ -424,27 +457,30 @@ class SharedSessions:
         params = ctx.params or {}
         try:
             if ctx.method == "initialize":
-                await self._opened(session_id, params, result)
+                await self._opened(session_id, params, result, ctx.request)
                 connection.exit_stack.push_async_callback(self._forget, session_id)
             elif ctx.method == "logging/setLevel":
                 level = str(params.get("level", ""))
                 self._remember(session_id, log_level=level)
                 await self.store.set_level(session_id, level)
+                await self.cancels.send_change(self.asks.tag, session_id, (ctx.method, {"level": level}))
             else:
                 uri, subscribed = str(params.get("uri", "")), ctx.method == "resources/subscribe"
                 self._remember_subscription(session_id, uri, subscribed)
-                await self.store.subscription(session_id, uri, subscribed=subscribed)
+                if await self.store.subscription(session_id, uri, subscribed=subscribed):
+                    await self.cancels.send_change(self.asks.tag, session_id, (ctx.method, {"uri": uri}))
         except STORE_ERRORS as exc:
             trouble = redis_trouble(exc)
             self._log.warning("record", "sessions: not recorded in Redis, served by this replica only: %s", trouble)
         return result
 
-    async def _opened(self, session_id: str, params: Any, result: HandlerResult) -> None:
+    async def _opened(self, session_id: str, params: Any, result: HandlerResult, request: Any) -> None:
         client_params = InitializeRequestParams.model_validate(params, by_name=False)
         version = result.get("protocolVersion") if isinstance(result, dict) else None
         negotiated = version if isinstance(version, str) else client_params.protocol_version
         record = SessionRecord(client_params, negotiated, EVENTS.get() or secrets.token_hex(16), owner=OWNER.get())
         held = self._held[session_id] = Held(record, recorded=False)
+        held.scope = request.scope if isinstance(request, Request) else None
         await self.store.save(session_id, record)
         held.recorded = True
 
@@ -464,6 +500,19 @@ class SharedSessions:
         held = self._held.get(session_id)
         if held is not None and held.transport is None:
             del self._held[session_id]
+
+
+def _changed(record: SessionRecord, change: SessionChange) -> SessionRecord | None:
+    """`record` with `change` made; None when it already says so."""
+    method, params = change
+    if method == "logging/setLevel":
+        level = params["level"]
+        return None if record.log_level == level else dataclasses.replace(record, log_level=level)
+    uri, subscribed = params["uri"], method == "resources/subscribe"
+    if (uri in record.subscriptions) == subscribed:
+        return None
+    uris = set(record.subscriptions) - {uri} | ({uri} if subscribed else set())
+    return dataclasses.replace(record, subscriptions=tuple(sorted(uris)))
 
 
 def refuse_oversized(params: Any) -> None:

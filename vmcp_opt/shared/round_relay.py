@@ -19,7 +19,10 @@ answered 202 already, as for any answer it POSTs.
 replica it landed on. Nothing says which replica runs a client's request (recording each would cost every
 request a Redis write), so it is published on the channel `<prefix>cancels` and every replica holding a copy
 of the session hands it to that copy: a client's request ids are unique in its session, so only the copy
-running the request acts on it, the others' dispatchers ignore an id they do not know.
+running the request acts on it, the others' dispatchers ignore an id they do not know. The same channel carries
+a change a replica made to a session's record (`logging/setLevel`, `resources/(un)subscribe`, as method and
+params): every replica holding a copy of the session applies it to that copy, whose backend sessions were set up
+from the record as it was when the copy was restored (vmcp_opt/server/session_restore.py).
 """
 
 from __future__ import annotations
@@ -49,8 +52,13 @@ Continue = Callable[[Round, types.InputResponses | None], Awaitable[BaseModel]]
 Answer = JSONRPCResponse | JSONRPCError
 # Hands a relayed answer to this replica's copy of its session: (session id, the answer).
 Deliver = Callable[[str, Answer], Awaitable[None]]
-# Hands a relayed cancellation to this replica's copy of its session, if it holds one.
-DeliverCancel = Callable[[str, JSONRPCNotification], Coroutine[Any, Any, None]]
+# What a replica changed in a session's record: the request's method and params (`{"level": …}`, `{"uri": …}`).
+SessionChange = tuple[str, dict[str, str]]
+# Hands a relayed cancellation, or a change to a session's record, to this replica's copy of its session, if it
+# holds one.
+DeliverCancel = Callable[[str, JSONRPCNotification | SessionChange], Coroutine[Any, Any, None]]
+# The changes relayed, and the one param each carries.
+RELAYED_CHANGES = {"logging/setLevel": "level", "resources/subscribe": "uri", "resources/unsubscribe": "uri"}
 _KEY_TTL_MS = 60_000
 # Seconds between attempts to listen again for relayed cancellations after Redis failed.
 _RESUBSCRIBE_AFTER = 1.0
@@ -182,15 +190,26 @@ class RedisCancelRelay:
         except STORE_ERRORS as exc:
             self._log.warning("send", "sessions: a client's cancellation was not relayed: %s", type(exc).__name__)
 
+    async def send_change(self, origin: str, session_id: str, change: SessionChange) -> None:
+        """A change `origin` made to a session's record, published for the replicas holding a copy of it; lost
+        (logged) when Redis fails: their copies then keep the state they were restored with."""
+        method, params = change
+        relayed = {"origin": origin, "session": session_id, "change": {"method": method, "params": params}}
+        try:
+            await self.client.publish(self.channel, json.dumps(relayed))
+        except STORE_ERRORS as exc:
+            self._log.warning("change", "sessions: a session's change was not relayed: %s", type(exc).__name__)
+
     async def serve(self, origin: str, deliver: DeliverCancel) -> None:
-        """Until cancelled: each cancellation another replica relays handed to `deliver`; listens again after
-        Redis fails (what was published meanwhile is lost: a call it meant runs to its end)."""
+        """Until cancelled: each cancellation or change another replica relays handed to `deliver`; listens again
+        after Redis fails (what was published meanwhile is lost: a call it meant runs to its end, a copy keeps
+        its state)."""
         # Each in a task of its own: one session slow to take its own holds no other's. The task group is outside
         # the retry loop: a Redis error raised inside it would leave it wrapped in an exception group.
         async with anyio.create_task_group() as tasks:
 
-            def hand(session_id: str, cancel: JSONRPCNotification) -> None:
-                tasks.start_soon(deliver, session_id, cancel)
+            def hand(session_id: str, heard: JSONRPCNotification | SessionChange) -> None:
+                tasks.start_soon(deliver, session_id, heard)
 
             while True:
                 try:
@@ -199,7 +218,7 @@ class RedisCancelRelay:
                     self._log.warning("listen", "sessions: relayed cancellations not heard: %s", type(exc).__name__)
                 await anyio.sleep(_RESUBSCRIBE_AFTER)
 
-    async def _listen(self, origin: str, hand: Callable[[str, JSONRPCNotification], None]) -> None:
+    async def _listen(self, origin: str, hand: Callable[[str, JSONRPCNotification | SessionChange], None]) -> None:
         pubsub = self.client.pubsub(ignore_subscribe_messages=True)
         try:
             await pubsub.subscribe(self.channel)
@@ -213,18 +232,31 @@ class RedisCancelRelay:
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
 
 
-def _cancel(data: bytes | str, origin: str) -> tuple[str, JSONRPCNotification] | None:
-    """(session id, the cancellation) of a message another replica published; None for this one's or junk."""
+def _cancel(data: bytes | str, origin: str) -> tuple[str, JSONRPCNotification | SessionChange] | None:
+    """(session id, the cancellation or change) of a message another replica published; None for this one's
+    or junk."""
     try:
         relayed = json.loads(data)
         if relayed["origin"] == origin:
             return None
-        cancel = JSONRPCNotification.model_validate(relayed["cancel"], by_name=False)
         session_id = str(relayed["session"])
+        if "change" in relayed:
+            return (session_id, _change(relayed["change"]))
+        cancel = JSONRPCNotification.model_validate(relayed["cancel"], by_name=False)
     except (ValueError, KeyError, TypeError, ValidationError):
-        logger.warning("sessions: an unreadable relayed cancellation was dropped")
+        logger.warning("sessions: an unreadable relayed cancellation or change was dropped")
         return None
     return (session_id, cancel) if cancel.method == "notifications/cancelled" else None
+
+
+def _change(change: Any) -> SessionChange:
+    """A relayed change, its method one of `RELAYED_CHANGES` and its one param a string (KeyError, TypeError)."""
+    method = str(change["method"])
+    name = RELAYED_CHANGES[method]
+    value = change["params"][name]
+    if not isinstance(value, str):
+        raise TypeError(name)
+    return method, {name: value}
 
 
 async def _deliver(deliver: Deliver, raw: bytes) -> None:

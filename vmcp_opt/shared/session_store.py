@@ -284,22 +284,24 @@ class RedisSessions:
         with self._watched():
             await self._set_if_recorded([key], [field, value, self.ttl_ms])
 
-    async def subscription(self, session_id: str, uri: str, *, subscribed: bool) -> None:
-        """Records a subscription (within the record's bounds, else only warns) or forgets one."""
+    async def subscription(self, session_id: str, uri: str, *, subscribed: bool) -> bool:
+        """Records a subscription (within the record's bounds, else only warns) or forgets one. True when the
+        record now says so: only then do other replicas' copies of the session follow."""
         key = self._key(session_id)
         field = _SUBSCRIPTION + uri
         if _size(uri) > self.max_uri_bytes:
             if subscribed:
                 self._not_shared()
-            return  # never recorded: nothing to delete either
+            return False  # never recorded: nothing to delete either
         with self._watched():
             if not subscribed:
                 await self.client.hdel(key, field)
-                return
+                return True
             bounds = [self.max_subscriptions, self.max_subscription_bytes, self.ttl_ms]
             recorded = await self._subscribe([key], [field, *bounds])
         if recorded == 0:
             self._not_shared()
+        return bool(recorded == 1)
 
     def _shared(self, uris: tuple[str, ...]) -> list[str]:
         """Those of `uris` a record keeps, in order, within its bounds."""
