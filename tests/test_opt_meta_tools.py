@@ -1,6 +1,7 @@
 """find_tool and call_tool as an agent uses them, through the real gateway under a Cedar policy with an SDK
-client: errors that help fix the call without naming what the caller may not use, and null for an optional
-field read as leaving it out."""
+client: errors that help fix the call without naming what the caller may not use (a name in the wrong case
+suggests the name meant, for call_tool and a direct tools/call alike), and null for an optional field read as
+leaving it out."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from mcp import MCPError
 
 from tests.support import Gateway, api_keys_file, bearer_client, demo_backend, running_gateway, write_config
 
@@ -103,3 +105,53 @@ async def test_null_for_an_optional_field_is_read_as_leaving_it_out(gateway: Gat
         {"query": "whoami", "limit": None, "backends": None},
     )
     assert not refused and "notes_whoami" in text, text
+
+
+async def call_tool_error(gateway: Gateway, key: str, tool_name: str) -> str:
+    async with bearer_client(gateway.url, key) as client:
+        result = await client.call_tool("call_tool", {"tool_name": tool_name})
+    assert result.is_error
+    return result.content[0].text  # type: ignore[union-attr]
+
+
+async def direct_call_error(gateway: Gateway, key: str, name: str) -> str:
+    async with bearer_client(gateway.url, key) as client:
+        with pytest.raises(MCPError) as refused:
+            await client.call_tool(name, {})
+    return refused.value.error.message
+
+
+async def test_call_tool_with_a_name_in_the_wrong_case_suggests_the_name_meant(
+    gateway: Gateway, keys: dict[str, str]
+) -> None:
+    text = await call_tool_error(gateway, keys["alice"], "Notes_Whoami")
+    assert text == (
+        "field 'tool_name': unknown tool 'Notes_Whoami'; did you mean 'notes_whoami'? Otherwise use find_tool to "
+        "look tools up"
+    )
+    # The backend's own name in another case, the gateway's prefix dropped: both backends' tools fit.
+    text = await call_tool_error(gateway, keys["alice"], "WhoAmI")
+    assert "did you mean 'notes_whoami' or 'secretvault_whoami'?" in text, text
+
+
+async def test_call_tool_suggests_in_another_case_only_the_tools_the_caller_may_use(
+    gateway: Gateway, keys: dict[str, str]
+) -> None:
+    assert "did you mean 'notes_whoami'?" in await call_tool_error(gateway, keys["bob"], " NOTES_WHOAMI ")
+    assert "did you mean 'notes_whoami'?" in await call_tool_error(gateway, keys["bob"], "WHOAMI")
+    text = await call_tool_error(gateway, keys["bob"], "SecretVault_Whoami")
+    assert text == "field 'tool_name': unknown tool 'SecretVault_Whoami'; use find_tool to look tools up"
+
+
+async def test_a_direct_call_in_the_wrong_case_suggests_the_name_meant_to_a_caller_who_may_use_it(
+    gateway: Gateway, keys: dict[str, str]
+) -> None:
+    assert await direct_call_error(gateway, keys["alice"], "Notes_Whoami") == (
+        "Unknown tool: 'Notes_Whoami'; did you mean 'notes_whoami'?"
+    )
+    assert await direct_call_error(gateway, keys["bob"], "NOTES_whoami") == (
+        "Unknown tool: 'NOTES_whoami'; did you mean 'notes_whoami'?"
+    )
+    # Bob may not use secretvault's tools: the error does not tell him one exists.
+    assert await direct_call_error(gateway, keys["bob"], "Secretvault_Whoami") == "Unknown tool: 'Secretvault_Whoami'"
+    assert await direct_call_error(gateway, keys["alice"], "no_such_tool") == "Unknown tool: 'no_such_tool'"
