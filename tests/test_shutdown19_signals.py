@@ -39,10 +39,14 @@ async def exit_code(proc: subprocess.Popen[bytes], within: float) -> int:
     return await anyio.to_thread.run_sync(lambda: proc.wait(timeout=within))
 
 
-def test_ctrl_c_ends_a_streaming_call_with_a_json_rpc_error_and_no_traceback(tmp_path: Path) -> None:
+def stopped_while_streaming(tmp_path: Path, sig: signal.Signals, mode: str, **server: object) -> str:
+    """A long call with progress through a gateway over server-everything (`server` its settings), stopped by `sig`
+    once the call's answer streams: the client gets a JSON-RPC error saying to retry, and the gateway exits 0.
+    Its log."""
     if not EVERYTHING.exists():
         unavailable("server-everything is not installed (npm ci)")
-    config = write_config(tmp_path, {"backends": [{"name": "everything", "command": str(EVERYTHING)}]})
+    backend = {"name": "everything", "command": str(EVERYTHING)}
+    config = write_config(tmp_path, {"backends": [backend], "server": server})
 
     async def main(gateway: Gateway) -> None:
         progressed = anyio.Event()
@@ -52,11 +56,10 @@ def test_ctrl_c_ends_a_streaming_call_with_a_json_rpc_error_and_no_traceback(tmp
 
         async def stop_when_streaming() -> None:
             await progressed.wait()
-            gateway.proc.send_signal(signal.SIGINT)
+            gateway.proc.send_signal(sig)
 
         with anyio.fail_after(60):
-            async with Client(gateway.url) as client, anyio.create_task_group() as group:
-                await client.list_tools()
+            async with Client(gateway.url, mode=mode) as client, anyio.create_task_group() as group:
                 group.start_soon(stop_when_streaming)
                 arguments = {"duration": 600, "steps": 1200}  # a progress notification every 0.5 s
                 with pytest.raises(MCPError) as cut:
@@ -68,7 +71,11 @@ def test_ctrl_c_ends_a_streaming_call_with_a_json_rpc_error_and_no_traceback(tmp
 
     with running_gateway(config) as gateway:
         anyio.run(main, gateway)
-    log = gateway.output()
+    return gateway.output()
+
+
+def test_ctrl_c_ends_a_streaming_call_with_a_json_rpc_error_and_no_traceback(tmp_path: Path) -> None:
+    log = stopped_while_streaming(tmp_path, signal.SIGINT, "auto")
     assert "its stream ends with an error" in log
     assert "Traceback" not in log and "ASGI callable" not in log
 
@@ -148,34 +155,6 @@ def test_a_call_still_running_when_the_drain_runs_out_gets_an_error_to_retry(tmp
 def test_a_streaming_call_still_running_when_the_drain_runs_out_ends_with_an_error_to_retry(tmp_path: Path) -> None:
     # As above, for a call whose answer already streams (its progress went out): the drain's end must not end
     # its stream first, which left the client with no answer and a reconnection to a closed listener.
-    if not EVERYTHING.exists():
-        unavailable("server-everything is not installed (npm ci)")
-    backend = {"name": "everything", "command": str(EVERYTHING)}
-    config = write_config(tmp_path, {"backends": [backend], "server": {"drain_timeout": 1}})
-
-    async def main(gateway: Gateway) -> None:
-        progressed = anyio.Event()
-
-        async def progress(progress: float, total: float | None, message: str | None) -> None:
-            progressed.set()
-
-        async def stop_when_streaming() -> None:
-            await progressed.wait()
-            gateway.proc.send_signal(signal.SIGTERM)
-
-        with anyio.fail_after(60):
-            async with Client(gateway.url, mode="legacy") as client, anyio.create_task_group() as group:
-                group.start_soon(stop_when_streaming)
-                arguments = {"duration": 600, "steps": 1200}
-                with pytest.raises(MCPError) as cut:
-                    await client.call_tool(
-                        "everything_trigger-long-running-operation", arguments, progress_callback=progress
-                    )
-        assert "shutting down" in str(cut.value) and "retry" in str(cut.value)
-        assert await exit_code(gateway.proc, 60) == 0
-
-    with running_gateway(config) as gateway:
-        anyio.run(main, gateway)
-    log = gateway.output()
+    log = stopped_while_streaming(tmp_path, signal.SIGTERM, "legacy", drain_timeout=1)
     assert "still running after 1s" in log and "its stream ends with an error" in log
     assert "Traceback" not in log
