@@ -87,11 +87,8 @@ class RedisRoundRelay:
                 raise gone
             rid = secrets.token_hex(16)
             answers = {key: value.model_dump(by_alias=True, mode="json") for key, value in (responses or {}).items()}
-            inbox = f"{self.prefix}relay:{owner}"
-            async with self.client.pipeline(transaction=True) as pipe:
-                pipe.rpush(inbox, json.dumps({"id": rid, "round": encode_round(round_), "responses": answers}))
-                pipe.pexpire(inbox, _KEY_TTL_MS)
-                await pipe.execute()
+            relayed = {"id": rid, "round": encode_round(round_), "responses": answers}
+            await _push(self.client, f"{self.prefix}relay:{owner}", json.dumps(relayed))
             reply = await self._wait(f"{self.prefix}relay-reply:{rid}", owner)
         except STORE_ERRORS as exc:
             raise MCPError(types.INTERNAL_ERROR, f"the session store is unreachable ({type(exc).__name__})") from None
@@ -136,12 +133,8 @@ class RedisRoundRelay:
             logger.warning("sessions: a relayed retry failed: %s", type(exc).__name__)
             error = types.ErrorData(code=types.INTERNAL_ERROR, message=f"the retry failed ({type(exc).__name__})")
             reply = {"error": error.model_dump(mode="json", exclude_none=True)}
-        key = f"{self.prefix}relay-reply:{rid}"
         try:
-            async with self.client.pipeline(transaction=True) as pipe:
-                pipe.rpush(key, json.dumps(reply))
-                pipe.pexpire(key, _KEY_TTL_MS)
-                await pipe.execute()
+            await _push(self.client, f"{self.prefix}relay-reply:{rid}", json.dumps(reply))
         except STORE_ERRORS as exc:
             self._log.warning("reply", "sessions: a relayed retry's answer was not sent: %s", type(exc).__name__)
 
@@ -156,13 +149,9 @@ class RedisAnswerRelay:
     async def send(self, tag: str, session_id: str, answer: Answer) -> None:
         """`answer` pushed to the inbox of the replica tagged `tag`; lost (logged) when Redis fails, so the asking
         call ends by `timeouts.input` as it would had the client not answered."""
-        inbox = f"{self.prefix}answers:{tag}"
         relayed = {"session": session_id, "answer": answer.model_dump(by_alias=True, mode="json", exclude_unset=True)}
         try:
-            async with self.client.pipeline(transaction=True) as pipe:
-                pipe.rpush(inbox, json.dumps(relayed))
-                pipe.pexpire(inbox, _KEY_TTL_MS)
-                await pipe.execute()
+            await _push(self.client, f"{self.prefix}answers:{tag}", json.dumps(relayed))
         except STORE_ERRORS as exc:
             self._log.warning(
                 "send", "sessions: a client's answer for another replica was lost: %s", type(exc).__name__
@@ -311,3 +300,11 @@ def _answer(reply: bytes) -> types.InputRequiredResult | dict[str, Any]:
         return types.InputRequiredResult.model_validate(data["input_required"], by_name=False)
     result: dict[str, Any] = data["result"]
     return result
+
+
+async def _push(client: Redis, key: str, item: str) -> None:
+    """`item` appended to the list `key`, which expires `_KEY_TTL_MS` after the last push: nobody may read it."""
+    async with client.pipeline(transaction=True) as pipe:
+        pipe.rpush(key, item)
+        pipe.pexpire(key, _KEY_TTL_MS)
+        await pipe.execute()
