@@ -18,10 +18,10 @@ requests. `LazyStreamTransport` decides per request instead, once it sees what t
 
 Everything else (initialize, notifications, responses, malformed or refused requests, GET, DELETE) is the
 SDK's own path, but for one case: with sessions shared (`sessions.store: redis`), the gateway's requests to the
-client carry the replica's tag in their ids (`AskIds`), and an answer POSTed to a replica that did not ask is
-handed to the one that did (vmcp_opt/server/shared_sessions.py); so is a client's cancellation of a request not
-in flight here (`RelayCancel`: the replicas holding the session hear it). A client MUST accept both forms for a POST (streamable HTTP, "Sending Messages" 5); the
-2026-07-28 entry already answers this way.
+client carry the replica's tag in their ids (server/shared_asks.py), and an answer POSTed to a replica that did
+not ask is handed to the one that did; so is a client's cancellation of a request not in flight here (the
+replicas holding the session hear it). A client MUST accept both forms for a POST (streamable HTTP, "Sending
+Messages" 5); the 2026-07-28 entry already answers this way.
 
 This subclasses the SDK transport and uses its private helpers (`_mint_priming_event`,
 `_create_session_message`, `_request_streams`, ...): the SDK offers no hook between dispatching a request
@@ -33,10 +33,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 import weakref
-from collections.abc import AsyncGenerator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator
 from functools import partial
 from http import HTTPStatus
 from typing import Any
@@ -70,7 +68,6 @@ from mcp_types import (
     JSONRPCNotification,
     JSONRPCRequest,
     JSONRPCResponse,
-    RequestId,
     jsonrpc_message_adapter,
 )
 from pydantic import ValidationError
@@ -81,7 +78,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from vmcp_opt.server.event_store import BoundedEventStore, SessionEvents
 from vmcp_opt.server.list_answers import json_body, long_list, session_form
-from vmcp_opt.server.streams import WriteStreamWrapper
+from vmcp_opt.server.shared_asks import ASK_PREFIX, Answer, AskIds, TaggedAsks, asked_by
 
 logger = logging.getLogger(__name__)
 
@@ -89,64 +86,6 @@ logger = logging.getLogger(__name__)
 COMMIT_SSE_AFTER = 15.0
 _SSE_CONTENT_TYPE = "text/event-stream"
 _UNSTORED = "unstored"
-# The id of a request the gateway sends a client on a shared session: the asking replica's tag, then the id the
-# session's dispatcher gave it.
-_ASK_PREFIX = "vmcp-ask-"
-_ASK_ID = re.compile(r"^vmcp-ask-([0-9a-f]{16})-(.+)$")
-
-Answer = JSONRPCResponse | JSONRPCError
-# Hands a client's answer to the replica whose tag it carries: (tag, session id, the answer under its own id).
-RelayAnswer = Callable[[str, str, Answer], Awaitable[None]]
-# Hands a client's cancellation of a request not in flight here to the other replicas: (session id, it).
-RelayCancel = Callable[[str, JSONRPCNotification], Awaitable[None]]
-
-
-@dataclass(frozen=True)
-class AskIds:
-    """Ids of this replica's requests to clients (elicitation, sampling, roots) when sessions are shared.
-
-    Each replica's copy of a session numbers its requests from 1 (the SDK's dispatcher), and the client's answer
-    is a POST that a load balancer may send to any replica: untagged, it went to that replica's copy, which had
-    asked nothing under that id (or another question), and the asking call waited out `timeouts.input`."""
-
-    tag: str  # 16 hex, this process's own
-    relay: RelayAnswer
-    # The client's `notifications/cancelled` is a POST that may land on a replica other than the one running the
-    # request: unrelayed, that replica's dispatcher ignored it and the call (and its backend call) ran on.
-    relay_cancel: RelayCancel
-
-    def tagged(self, request_id: RequestId) -> str:
-        return f"{_ASK_PREFIX}{self.tag}-{request_id}"
-
-
-def asked_by(request_id: RequestId | None) -> tuple[str, RequestId] | None:
-    """(tag, the dispatcher's id) of a tagged id; None for any other."""
-    found = _ASK_ID.match(request_id) if isinstance(request_id, str) else None
-    if found is None:
-        return None
-    own = found.group(2)
-    return found.group(1), int(own) if own.isdigit() else own
-
-
-class TaggedAsks(WriteStreamWrapper):
-    """The server's write stream, tagging the ids of its requests to the client (and of its cancellations of
-    them) before the transport stores and sends them."""
-
-    def __init__(self, inner: WriteStream[SessionMessage], ids: AskIds) -> None:
-        super().__init__(inner)
-        self._ids = ids
-
-    async def send(self, item: SessionMessage, /) -> None:
-        message = item.message
-        if isinstance(message, JSONRPCRequest):
-            tagged = message.model_copy(update={"id": self._ids.tagged(message.id)})
-            item = SessionMessage(tagged, metadata=item.metadata)
-        elif isinstance(message, JSONRPCNotification) and message.method == "notifications/cancelled":
-            params = dict(message.params or {})
-            if params.get("requestId") is not None:
-                params["requestId"] = self._ids.tagged(params["requestId"])
-                item = SessionMessage(message.model_copy(update={"params": params}), metadata=item.metadata)
-        await self._inner.send(item)
 
 
 class LazyStreamSessionManager(StreamableHTTPSessionManager):
@@ -291,7 +230,7 @@ class LazyStreamTransport(StreamableHTTPServerTransport):
     async def _tagged_answer(self, request: Request) -> tuple[Answer, str] | None:
         """A client's answer to a tagged request of the gateway: (the answer under the dispatcher's id, the tag)."""
         body = await request.body()  # cached: the SDK's path reads it again
-        if _ASK_PREFIX.encode() not in body:
+        if ASK_PREFIX.encode() not in body:
             return None  # most POSTs: no second parse
         try:
             message = jsonrpc_message_adapter.validate_python(pydantic_core.from_json(body), by_name=False)

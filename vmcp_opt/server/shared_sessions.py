@@ -64,9 +64,10 @@ from vmcp_opt.routing import Router
 from vmcp_opt.routing.round_trips import RoundOwners
 from vmcp_opt.server.admission import connection_of
 from vmcp_opt.server.authentication import session_owner
-from vmcp_opt.server.lazy_stream import Answer, AskIds, LazyStreamSessionManager, LazyStreamTransport
+from vmcp_opt.server.lazy_stream import LazyStreamSessionManager, LazyStreamTransport
 from vmcp_opt.server.session_restore import apply_change, is_replayed, is_restoring, serve_restored
 from vmcp_opt.server.sessions import SERVER_BUSY, SessionGate, Slot, json_rpc_error, may_open_session
+from vmcp_opt.server.shared_asks import Answer, AskIds
 from vmcp_opt.shared.events import EVENTS, STORE_ERRORS, RedisEventStore, ReplicaPresence
 from vmcp_opt.shared.redis_client import redis_client, redis_trouble
 from vmcp_opt.shared.replica_shapes import ReplicaShapes, watch_shapes
