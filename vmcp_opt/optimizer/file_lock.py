@@ -97,6 +97,23 @@ def process_gone(pid: int) -> bool:
     return False
 
 
+def remove_dead_writers(directory: Path, prefix: str, suffix: str, stale_seconds: float) -> list[Path]:
+    """Remove the temporary files `<prefix><pid>-...<suffix>` in `directory` whose writer's pid is gone (never
+    this process's), or older than `stale_seconds` (a reused pid, another host's writer); the ones removed. Call
+    under the lock every writer takes: then none of these is being written."""
+    removed = []
+    for tmp in directory.glob(f"{prefix}*{suffix}"):
+        writer = tmp.name.removeprefix(prefix).split("-", 1)[0]
+        try:
+            stale = time.time() - tmp.stat().st_mtime > stale_seconds
+            if stale or (writer.isdigit() and int(writer) != os.getpid() and process_gone(int(writer))):
+                tmp.unlink()
+                removed.append(tmp)
+        except OSError:  # removed by another process meanwhile, or not ours to remove: it stays
+            continue
+    return removed
+
+
 def write_atomically(path: Path, text: str) -> None:
     """`text` to `path` through a temporary file renamed over it: a reader sees the old file or the new one, and
     a failed write (a full disk) leaves the old file and no temporary one."""

@@ -24,7 +24,10 @@ nothing embedded. A store's first save writes at once, so `vmcp index build` (on
 returns, and so does a gateway's first embedding. Pending vectors are merged with what another process saved
 meanwhile (its catalogue joins the retired entries), as an update merges them, so no replica's are lost.
 The environment variable `VMCP_VECTORS_SAVE_INTERVAL` (seconds, 0: every save writes) overrides the interval;
-it is there for tests, not for tuning.
+it is there for tests, not for tuning. A write that died (the process killed mid-write) leaves its temporary
+file, removed by the next store that takes the lock (`remove_dead_writers`).
+
+Past ~450 lines on purpose: the file's reading, its pacing and the lock they share are one state machine.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from vmcp_opt.optimizer.file_lock import LockTimeout, exclusive, holder, keep_aside, process_gone
+from vmcp_opt.optimizer.file_lock import LockTimeout, exclusive, holder, keep_aside, remove_dead_writers
 from vmcp_opt.optimizer.model_registry import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -212,15 +215,8 @@ class VectorStore:
         if self._swept:
             return
         self._swept = True
-        for tmp in self.directory.glob(f"{TMP_PREFIX}*{TMP_SUFFIX}"):
-            writer = tmp.name.removeprefix(TMP_PREFIX).split("-", 1)[0]
-            try:
-                stale = time.time() - tmp.stat().st_mtime > STALE_TMP_SECONDS
-                if stale or (writer.isdigit() and int(writer) != os.getpid() and process_gone(int(writer))):
-                    tmp.unlink()
-                    log.info("index: removed %s, left by a write that did not finish", tmp)
-            except OSError:  # removed by another process meanwhile, or not ours to remove: it stays
-                continue
+        for tmp in remove_dead_writers(self.directory, TMP_PREFIX, TMP_SUFFIX, STALE_TMP_SECONDS):
+            log.info("index: removed %s, left by a write that did not finish", tmp)
 
     def _remove_own_leftovers(self) -> None:
         """This process's temporary files (under `_guard`: none is being written then), on shutdown."""
