@@ -32,8 +32,9 @@ cancels it, and with it the backend's call. A change to a session's record (its 
 published the same way, and every other replica holding a copy of the session applies it to that copy
 (`apply_change`): a standalone GET stream on any of them hears what the client subscribed to on another.
 
-Past ~450 lines on purpose: a session's record is written, restored and ended here, around one `SharedSessions`
-whose middleware, reaper and restore hand each other the same state; apart, each would reach into the others.
+Past ~450 lines on purpose: a session's record is written, restored, changed and ended here, and what other
+replicas relay is delivered to its copy, around one `SharedSessions` whose middleware, reaper, restore and
+relays hand each other the same state; apart, each would reach into the others.
 """
 
 from __future__ import annotations
