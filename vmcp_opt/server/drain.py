@@ -10,7 +10,8 @@ Draining (`Drain.begin`, from the runner's SIGTERM handler):
 - then the HTTP server stops as on any exit (open streams get `timeouts.shutdown`); a request still running
   then (past the drain, or on Ctrl-C) is answered with a JSON-RPC error telling the client to retry (the last
   event of its SSE stream, when its answer was already streaming), and a stream cut then ends as a complete
-  HTTP response (`_cut_off`), never broken off mid-chunk.
+  HTTP response (`_cut_off`), never broken off mid-chunk. A call whose answer already went out as an event of
+  its stream (`_AnswerWatch`) gets no second one: its stream only ends.
 
 Open streams (a session's standalone GET stream, a 2026-07-28 `subscriptions/listen`) are not calls: they do
 not hold the drain, and end when it does (`end_streams`).
@@ -21,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -82,23 +84,30 @@ class Drain:
         traceback."""
         answer = _Answer()
         try:
-            await self.app(scope, receive, self._closing(send, answer))
+            await self.app(scope, receive, self._closing(send, answer, call))
         except asyncio.CancelledError:
             # The request's own task ends with this answer: uvicorn cancels it once, and does not wait for it.
             await _cut_off(send, answer, call)
 
-    def _closing(self, send: Send, answer: _Answer) -> Send:
+    def _closing(self, send: Send, answer: _Answer, call: _Call | None) -> Send:
         """`send`, adding `Connection: close` to a response that starts while draining, and noting in `answer`
-        what of the response has gone out."""
+        what of the response has gone out. Only the SSE stream of a call with an id is read, and only until
+        the event that answers the call: a plain JSON answer is passed on unread."""
 
         async def closing(message: Message) -> None:
             if message["type"] == "http.response.start":
                 answer.started = True
                 answer.streaming = _is_event_stream(message.get("headers", []))
+                if answer.streaming and call is not None and call.request_id is not None:
+                    answer.watch = _AnswerWatch(call.request_id)
                 if self.draining:
                     message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
-            elif message["type"] == "http.response.body" and not message.get("more_body", False):
-                answer.ended = True
+            elif message["type"] == "http.response.body":
+                if answer.watch is not None and answer.watch.answered_by(message.get("body", b"")):
+                    answer.answered = True
+                    answer.watch = None  # the rest of the stream is not read
+                if not message.get("more_body", False):
+                    answer.ended = True
             await send(message)
 
         return closing
@@ -157,7 +166,96 @@ class _Answer:
 
     started: bool = False
     streaming: bool = False  # an SSE stream (`text/event-stream`)
+    answered: bool = False  # an event of the stream was the call's answer (a result or error under its id)
     ended: bool = False
+    watch: _AnswerWatch | None = None  # reads a call's stream until its answer
+
+
+# How much of one SSE line, and of one event's data, `_AnswerWatch` keeps (64 KiB in all): the head of a
+# longer one.
+_HEAD_BYTES = 32 * 1024
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+# The head of a JSON-RPC response as the SDK writes it (`model_dump_json`: jsonrpc, id, then result or error);
+# an event whose data is longer than `_HEAD_BYTES` is known by it.
+_RESPONSE_HEAD = re.compile(
+    rb'\s*\{\s*"jsonrpc"\s*:\s*"2\.0"\s*,\s*"id"\s*:\s*(-?\d+|"(?:[^"\\]|\\.)*")\s*,\s*"(?:result|error)"\s*:'
+)
+
+
+class _AnswerWatch:
+    """Reads a call's SSE stream as it goes out, chunk by chunk (an event may be split across chunks, a chunk
+    may hold several), until the event whose data is the call's answer: a JSON-RPC result or error under the
+    call's id (not a notification, nor a request to the client, whose ids are the server's own). At most
+    `_HEAD_BYTES` of a line and of an event's data are kept; a longer event is judged by its head."""
+
+    def __init__(self, request_id: str | int) -> None:
+        self.request_id = request_id
+        self._line = bytearray()  # the line being read (its head)
+        self._line_cut = False  # the line is longer than its head
+        self._data = bytearray()  # the event's data lines so far, joined by "\n" (its head)
+        self._data_cut = False
+        self._has_data = False
+        self._after_cr = False  # the last chunk ended with "\r": a "\n" opening the next one ends no line
+
+    def answered_by(self, chunk: bytes) -> bool:
+        """Whether `chunk` completes the event that answers the call."""
+        if not chunk:
+            return False
+        start = 1 if self._after_cr and chunk[:1] == b"\n" else 0
+        self._after_cr = chunk[-1:] == b"\r"
+        for end in _LINE_END.finditer(chunk, start):
+            self._line_cut |= _keep(self._line, chunk, start, end.start())
+            start = end.end()
+            if self._line_ended():
+                return True
+        self._line_cut |= _keep(self._line, chunk, start, len(chunk))
+        return False
+
+    def _line_ended(self) -> bool:
+        line, cut = self._line, self._line_cut
+        self._line, self._line_cut = bytearray(), False
+        if not line:  # an empty line: the event is complete
+            answered = self._has_data and self._answers(bytes(self._data), self._data_cut)
+            self._data.clear()
+            self._has_data = self._data_cut = False
+            return answered
+        if line.startswith(b"data:"):
+            value = line[6:] if line.startswith(b"data: ") else line[5:]
+            if self._has_data:
+                self._data_cut |= _keep(self._data, b"\n", 0, 1)
+            self._data_cut |= _keep(self._data, value, 0, len(value)) or cut
+            self._has_data = True
+        return False
+
+    def _answers(self, data: bytes, cut: bool) -> bool:
+        if cut:
+            head = _RESPONSE_HEAD.match(data)
+            return head is not None and _same_id(_json(head.group(1)), self.request_id)
+        message = _json(data)
+        return (
+            isinstance(message, dict)
+            and "method" not in message
+            and ("result" in message or "error" in message)
+            and _same_id(message.get("id"), self.request_id)
+        )
+
+
+def _keep(into: bytearray, chunk: bytes | bytearray, start: int, end: int) -> bool:
+    """Appends `chunk[start:end]` to `into` up to `_HEAD_BYTES` in all; whether some was left out."""
+    room = max(_HEAD_BYTES - len(into), 0)
+    into += chunk[start : min(end, start + room)]
+    return end - start > room
+
+
+def _json(data: bytes) -> Any:
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError):
+        return None
+
+
+def _same_id(found: Any, request_id: str | int) -> bool:
+    return type(found) is type(request_id) and found == request_id
 
 
 # What a request the shutdown cut off is answered, over HTTP here and over stdio (server/stdio.py).
@@ -182,7 +280,9 @@ async def _cut_off(send: Send, answer: _Answer, call: _Call | None) -> None:
             request_id=call.request_id if call is not None else None,
         )
         return
-    if call is not None and answer.streaming and call.request_id is not None:
+    if answer.answered:
+        logger.info("a request was cut off by the shutdown after its answer went out; its stream ends")
+    elif call is not None and answer.streaming and call.request_id is not None:
         logger.warning("a request was cut off by the shutdown; its stream ends with an error")
         error = {"code": SERVER_BUSY, "message": CUT_OFF, "data": {"retry_after": 1}}
         event = json.dumps({"jsonrpc": "2.0", "id": call.request_id, "error": error})
