@@ -5,7 +5,8 @@ start removes it, under the index's lock; a temporary file whose writer still ru
 
 Real gateways over the catalogue backend (examples/backends/catalog_server.py); the first one gets SIGTERM
 while it embeds. Whether its own write was cut depends on when the signal lands, so the file such a cut leaves
-is put there as it would be: named with the stopped gateway's pid."""
+is put there as it would be: named with the stopped gateway's pid, as an earlier release named them (`.vectors-
+<pid>-<hex>.tmp`; now `.vectors-<host>-<pid>-<nonce>-<hex>.tmp`, tests/test_vectors19_names.py), still removed."""
 
 from __future__ import annotations
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import fcntl
 import os
 import re
+import secrets
 import socket
 import sys
 import time
@@ -97,16 +98,62 @@ def process_gone(pid: int) -> bool:
     return False
 
 
+# The longest host name a temporary file's name carries (a file name is at most 255 bytes).
+HOST_CHARS = 64
+_NOT_IN_NAME = re.compile(r"[^A-Za-z0-9._]+")
+_nonce: tuple[int, str] | None = None  # (pid, nonce): a forked child draws its own
+
+
+def this_host() -> str:
+    """This host's name as a file name carries it: letters, digits, `.` and `_` only (a `-` separates the name's
+    fields), at most `HOST_CHARS`."""
+    return _NOT_IN_NAME.sub("_", socket.gethostname())[:HOST_CHARS] or "_"
+
+
+def writer_tag() -> str:
+    """`<host>-<pid>-<nonce>`: who writes a temporary file, told apart from every other writer on a shared
+    directory. The pid alone is not: under tini (PID 1) the gateway has the same pid in every pod, and its pod's
+    restarts; the nonce, drawn once a process, tells this process from an earlier one of the same pid and host."""
+    global _nonce
+    pid = os.getpid()
+    if _nonce is None or _nonce[0] != pid:
+        _nonce = (pid, secrets.token_hex(4))
+    return f"{this_host()}-{pid}-{_nonce[1]}"
+
+
+def temporary_name(prefix: str, suffix: str) -> str:
+    """`<prefix><host>-<pid>-<nonce>-<hex><suffix>`: a name no other writer, in this process or any other sharing
+    the directory, takes (`remove_dead_writers` reads who wrote it)."""
+    return f"{prefix}{writer_tag()}-{secrets.token_hex(4)}{suffix}"
+
+
+def _writer_gone(name: str) -> bool:
+    """Whether the writer of a temporary file whose name (less prefix and suffix) is `name` is known gone: its
+    pid, on this host, runs no more (never this process's pid). `<host>-<pid>-<nonce>-<hex>`, or `<pid>-<hex>` as
+    an earlier release named them (on this host, then: shared directories were not told apart); of another host,
+    or of a name of neither form, only age tells."""
+    fields = name.rsplit("-", 3)
+    if len(fields) == 4:
+        host, pid = fields[0], fields[1]
+        if host != this_host():
+            return False
+    elif len(fields) == 2:
+        pid = fields[0]
+    else:
+        return False
+    return pid.isdigit() and int(pid) != os.getpid() and process_gone(int(pid))
+
+
 def remove_dead_writers(directory: Path, prefix: str, suffix: str, stale_seconds: float) -> list[Path]:
-    """Remove the temporary files `<prefix><pid>-...<suffix>` in `directory` whose writer's pid is gone (never
-    this process's), or older than `stale_seconds` (a reused pid, another host's writer); the ones removed. Call
-    under the lock every writer takes: then none of these is being written."""
+    """Remove the temporary files `<prefix>...<suffix>` in `directory` whose writer is gone (`_writer_gone`), or
+    older than `stale_seconds` (a reused pid, another host's writer); the ones removed. Call under the lock every
+    writer takes: then none of these is being written (but by one that timed out on the lock, and wrote without
+    it: its pid runs, or it is of another host and its file is young)."""
     removed = []
     for tmp in directory.glob(f"{prefix}*{suffix}"):
-        writer = tmp.name.removeprefix(prefix).split("-", 1)[0]
         try:
             stale = time.time() - tmp.stat().st_mtime > stale_seconds
-            if stale or (writer.isdigit() and int(writer) != os.getpid() and process_gone(int(writer))):
+            if stale or _writer_gone(tmp.name.removeprefix(prefix).removesuffix(suffix)):
                 tmp.unlink()
                 removed.append(tmp)
         except OSError:  # removed by another process meanwhile, or not ours to remove: it stays
@@ -117,7 +164,7 @@ def remove_dead_writers(directory: Path, prefix: str, suffix: str, stale_seconds
 def write_atomically(path: Path, text: str) -> None:
     """`text` to `path` through a temporary file renamed over it: a reader sees the old file or the new one, and
     a failed write (a full disk) leaves the old file and no temporary one."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(temporary_name(f".{path.name}.", ".tmp"))  # two writers (two pods' pid 1), two names
     try:
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, path)

@@ -287,10 +287,7 @@ class ToolIndex:
         started = time.perf_counter()
         generation = self._next_generation()
         unique = _unique(records)
-        if self.reranker is None and unique == self._embedded and self._served_again(unique, generation, vectors=True):
-            # The catalogue the last update embedded, served with all its vectors (a rebuild of an unchanged
-            # catalogue: a backend's list_changed that changed no tool, a change of its prompts...): rebuilding the
-            # same snapshot cost seconds of CPU at thousands of tools, twice (keywords, then this).
+        if self._unchanged(unique, generation):
             log.debug("index unchanged: the same %d tools as the last update", len(unique))
             return UpdateStats(0, len(unique), 0, len(unique), time.perf_counter() - started)
         # The vectors' file lock first: while another replica embeds, keyword refreshes need not wait.
@@ -430,6 +427,20 @@ class ToolIndex:
         bm25 = _keyword_index(records, documents, self.config)
         return _Keywords(bm25, find_prerequisites(records))
 
+    def _unchanged(self, records: tuple[ToolRecord, ...], generation: int) -> bool:
+        """Whether `records` are the catalogue the last update embedded, served with all its vectors (a rebuild
+        of an unchanged catalogue: a backend's list_changed that changed no tool, a change of its prompts...):
+        rebuilding the same snapshot cost seconds of CPU at thousands of tools, twice (keywords, then `update`).
+        Only while no update runs: one still embedding an older catalogue (R, then R', then R again while R'
+        embeds) would then find R served, a newer one, and rebuild it with R''s vectors, the cost saved here; and
+        leave `_embedded` saying R' while R is served. Then this update waits and runs, and embeds nothing."""
+        if self.reranker is not None or not self._update_lock.acquire(blocking=False):
+            return False
+        try:
+            return records == self._embedded and self._served_again(records, generation, vectors=True)
+        finally:
+            self._update_lock.release()
+
     def _next_generation(self) -> int:
         with self._swap_lock:
             self._generation += 1
@@ -466,11 +477,17 @@ class ToolIndex:
     def _give_vectors_to_newer(self, known: VectorCache) -> None:
         """The served snapshot is a newer catalogue than the one just embedded: the same snapshot (records,
         keyword arm, generation) with every vector `known` has for it. Its own `update`, queued behind this
-        one, embeds the rest; meanwhile its tools in both catalogues rank with vectors."""
+        one, embeds the rest; meanwhile its tools in both catalogues rank with vectors. Nothing is rebuilt when
+        that adds no vector to the served ones (the served snapshot may have some `known` has not)."""
         current = self._snapshot
-        vectors, found = known.stack(current.hashes, self.model.dimensions)
-        if not found.any():
+        served = current.has_vector if current.vectors is not None and current.has_vector is not None else None
+        if served is not None and served.all():
             return
+        vectors, found = known.stack(current.hashes, self.model.dimensions)
+        if not (found if served is None else found & ~served).any():
+            return
+        if served is not None and current.vectors is not None:  # keep what it has
+            vectors[served], found = current.vectors[served], found | served
         keywords = _Keywords(current.bm25, current.prerequisites)
         self._swap(
             self._build(

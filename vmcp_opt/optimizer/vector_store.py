@@ -35,7 +35,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import secrets
 import threading
 import time
 from collections import OrderedDict
@@ -47,17 +46,17 @@ from typing import Any
 
 import numpy as np
 
-from vmcp_opt.optimizer.file_lock import LockTimeout, exclusive, holder, keep_aside, remove_dead_writers
+from vmcp_opt.optimizer.file_lock import LockTimeout, exclusive, holder, keep_aside, remove_dead_writers, temporary_name
 from vmcp_opt.optimizer.model_registry import ModelSpec
 
 log = logging.getLogger(__name__)
 
 VECTORS_FILE = "vectors.npz"
 LOCK_FILE = ".vectors.lock"
-# What a write goes through before it replaces `vectors.npz` (`VectorStore._write`): `.vectors-<pid>-<hex>.tmp`.
+# What a write goes through before it replaces `vectors.npz` (`_write`): `.vectors-<host>-<pid>-<nonce>-<hex>.tmp`.
 TMP_PREFIX, TMP_SUFFIX = ".vectors-", ".tmp"
-# Seconds after which a temporary file whose writer's pid still runs here is a leftover all the same (a pid
-# reused since, or another host's writer): no write of the file takes that long.
+# Seconds after which a temporary file is a leftover whoever wrote it (a pid reused since, another host's writer,
+# whose pid cannot be tested here): no write of the file takes that long.
 STALE_TMP_SECONDS = 600.0
 # How far a stored vector's L2 norm may be from 1 (float32 rounding is ~1e-6; a flipped bit is far more).
 NORM_TOLERANCE = 1e-3
@@ -175,6 +174,7 @@ class VectorStore:
         self._timer: threading.Timer | None = None
         self._closed = False
         self._swept = False  # the leftovers of dead writers were removed (`_remove_leftovers`), once a store
+        self._tmps: set[Path] = set()  # temporary files this store created and has not removed (`_write`)
         # The state above, between the updating thread, the timer's and shutdown's. Never held while waiting
         # for the file lock (which the updating thread holds while it calls `save`).
         self._guard = threading.RLock()
@@ -208,10 +208,8 @@ class VectorStore:
             yield self.cache()
 
     def _remove_leftovers(self) -> None:
-        """The temporary files of writers that died mid-write (a process killed, or leaving by `os._exit` while
-        its embedder thread saved), once a store, under the lock: every other writer takes it to write, so none
-        of these is being written now (but by a writer that timed out on the lock: its pid is alive here, or, on
-        another host, its file is younger than `STALE_TMP_SECONDS`)."""
+        """The temporary files of writers that died mid-write (killed, or leaving by `os._exit` while a save ran),
+        once a store, under the lock every writer takes (`remove_dead_writers` says which are removed)."""
         if self._swept:
             return
         self._swept = True
@@ -219,10 +217,12 @@ class VectorStore:
             log.info("index: removed %s, left by a write that did not finish", tmp)
 
     def _remove_own_leftovers(self) -> None:
-        """This process's temporary files (under `_guard`: none is being written then), on shutdown."""
-        for tmp in self.directory.glob(f"{TMP_PREFIX}{os.getpid()}-*{TMP_SUFFIX}"):
+        """The temporary files this store created, still there, on shutdown (under `_guard`: none is being written).
+        Those only: under tini every pod's gateway has one pid, and a shared index_dir holds other pods' files."""
+        for tmp in list(self._tmps):
             with suppress(OSError):
-                tmp.unlink()
+                tmp.unlink(missing_ok=True)
+                self._tmps.discard(tmp)
 
     def _catch_up(self) -> None:
         """Another process saved since we read or wrote the file: read its vectors, merged with ours when
@@ -360,8 +360,9 @@ class VectorStore:
         """The file replaced whole, through a temporary one: a reader sees the old file or the new one."""
         self.directory.mkdir(parents=True, exist_ok=True)
         # Not mkstemp, which creates 0600 whatever the umask: the index's files share one mode (above).
-        tmp = self.directory / f"{TMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}{TMP_SUFFIX}"
+        tmp = self.directory / temporary_name(TMP_PREFIX, TMP_SUFFIX)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        self._tmps.add(tmp)
         try:
             with os.fdopen(fd, "wb") as file:
                 np.savez(
@@ -375,8 +376,10 @@ class VectorStore:
                 os.fsync(file.fileno())
             os.replace(tmp, self.path)
         except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)  # should this fail, `close` tries again
+            self._tmps.discard(tmp)
             raise
+        self._tmps.discard(tmp)
 
     def _keep_aside(self, problem: Exception) -> None:
         path = self.path
