@@ -8,11 +8,19 @@ and each POST sent where the test says (by what it carries, `Routed`), so that:
   backend call are cancelled;
 - a `resources/subscribe` or `logging/setLevel` made on A after B holds a copy of the session reaches B's copy:
   B's GET stream hears the updates, B's calls log at the new level.
+
+What a client can make the relays do is bounded too: an answer naming a tag no live replica has is dropped
+(202), one too large too, and a relay list stays short; what crosses Redis names a session by its SHA-256, and a
+cancellation crosses as its id and a cut reason; a relayed message that fails on delivery stops no relay; an
+answer id with a Unicode digit is no 500; a relayed change given up on leaves no request state.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
+import logging
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -27,10 +35,15 @@ import redis as redis_py
 from mcp import Client
 from mcp.client.session import ClientRequestContext
 from mcp.client.streamable_http import streamable_http_client
+from redis.asyncio import Redis
 
 from tests.nginx_server import running_nginx
 from tests.redis_server import RedisServer, running_redis
 from tests.support import EXAMPLES, Gateway, running_gateways, write_config
+from vmcp_opt.logs import ThrottledLog
+from vmcp_opt.server.lazy_stream import LazyStreamTransport
+from vmcp_opt.server.session_restore import apply_change
+from vmcp_opt.shared.round_relay import _KEEP, _push, read_inbox
 
 pytestmark = [pytest.mark.slow]
 
@@ -310,3 +323,165 @@ def test_a_log_level_set_on_one_replica_applies_to_the_copy_on_another(pair: lis
     assert [port for body, port in seen["landed"] if body.get("method") == "logging/setLevel"] == [a.port] * 2
     assert seen["before"] == ["info"] * 3
     assert seen["after"] == 0, "the copy on the other replica still logs below the level set"
+
+
+HEADERS = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
+UNKNOWN_TAG = "0123456789abcdef"
+
+
+def _open(gateway: Gateway) -> tuple[httpx2.Client, str]:
+    """A client with a 2025-11-25 session opened on `gateway`, and its id."""
+    http = httpx2.Client(timeout=10)
+    init = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+    }
+    opened = http.post(gateway.url, json=init, headers=HEADERS)
+    assert opened.status_code == 200, opened.text
+    session = opened.headers["mcp-session-id"]
+    headers = {**HEADERS, "mcp-session-id": session, "mcp-protocol-version": "2025-11-25"}
+    http.headers.update(headers)
+    assert http.post(gateway.url, json={"jsonrpc": "2.0", "method": "notifications/initialized"}).status_code == 202
+    return http, session
+
+
+def _answer(tag: str, own: str, size: int = 0) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": f"vmcp-ask-{tag}-{own}", "result": {"action": "decline", "pad": "x" * size}}
+
+
+@pytest.fixture
+def store(redis: RedisServer) -> Iterator[redis_py.Redis]:
+    client = redis_py.Redis.from_url(redis.url)
+    yield client
+    client.close()
+
+
+def _eventually(check: Any, what: str, within: float = 5.0) -> None:
+    deadline = time.monotonic() + within
+    while not check():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+def test_an_answer_naming_no_live_replica_is_dropped(pair: list[Gateway], store: redis_py.Redis) -> None:
+    a, _ = pair
+    http, _ = _open(a)
+    with contextlib.closing(http):
+        for n in range(5):
+            assert http.post(a.url, json=_answer(UNKNOWN_TAG, str(n), 1000)).status_code == 202
+    assert not store.exists(f"vmcp:answers:{UNKNOWN_TAG}"), "an answer was pushed for a tag no replica has"
+
+
+def test_an_answer_too_large_to_relay_is_dropped(pair: list[Gateway], store: redis_py.Redis) -> None:
+    a, _ = pair
+    _eventually(lambda: len(store.keys("vmcp:asker:*")) == 2, "the replicas' tags are not both live")
+    tags = {key.decode().rsplit(":", 1)[1] for key in store.keys("vmcp:asker:*")}
+    http, _ = _open(a)
+    with contextlib.closing(http):
+        for tag in tags:  # one of them is A's own: answered by its SDK path; the other relayed, or not
+            http.post(a.url, json=_answer(tag, "huge", 1_200_000))
+    _eventually(lambda: "bytes for another replica was dropped" in a.output(), "the large answer was not dropped")
+
+
+def test_a_relay_list_keeps_its_last_items(redis: RedisServer) -> None:
+    async def main() -> int:
+        client = Redis.from_url(redis.url)
+        try:
+            for n in range(_KEEP + 50):
+                await _push(client, "vmcp:test-trim", str(n))
+            return int(await client.llen("vmcp:test-trim"))
+        finally:
+            await client.delete("vmcp:test-trim")
+            await client.aclose()
+
+    assert anyio.run(main) == _KEEP
+
+
+def test_a_delivery_that_fails_stops_no_relay(redis: RedisServer) -> None:
+    handled: list[bytes] = []
+
+    async def handle(raw: bytes) -> None:
+        if raw == b"bad":
+            raise anyio.ClosedResourceError  # a session's stream closed as the message reached it
+        handled.append(raw)
+
+    async def main() -> None:
+        client = Redis.from_url(redis.url)
+        try:
+            async with anyio.create_task_group() as tasks:
+                log = ThrottledLog(logging.getLogger("test"), 60.0)
+                tasks.start_soon(read_inbox, client, "vmcp:test-inbox", 0.2, log, "test items", handle)
+                await client.rpush("vmcp:test-inbox", "bad", "good")
+                with anyio.fail_after(5):
+                    while not handled:  # noqa: ASYNC110 - the inbox reader's own task
+                        await anyio.sleep(0.02)
+                await client.rpush("vmcp:test-inbox", "after")
+                with anyio.fail_after(5):
+                    while len(handled) < 2:  # noqa: ASYNC110
+                        await anyio.sleep(0.02)
+                tasks.cancel_scope.cancel()
+        finally:
+            await client.aclose()
+
+    anyio.run(main)
+    assert handled == [b"good", b"after"]
+
+
+def test_what_is_published_names_the_session_by_digest_and_cuts_a_cancellation(
+    pair: list[Gateway],
+    store: redis_py.Redis,
+) -> None:
+    a, b = pair
+    http, session = _open(a)
+    pubsub = store.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(CHANNEL)
+    try:
+        with contextlib.closing(http):
+            assert http.post(b.url, json={"jsonrpc": "2.0", "id": 2, "method": "ping"}).status_code == 200  # B's copy
+            level = {"jsonrpc": "2.0", "id": 3, "method": "logging/setLevel", "params": {"level": "debug"}}
+            assert http.post(a.url, json=level).status_code == 200
+            params = {"requestId": "not-running", "reason": "r" * 100_000}
+            cancel = {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": params}
+            assert http.post(a.url, json=cancel).status_code == 202
+        heard: list[bytes] = []
+        deadline = time.monotonic() + 5
+        while len(heard) < 2 and time.monotonic() < deadline:
+            message = pubsub.get_message(timeout=0.2)
+            if message and message["type"] == "message":
+                heard.append(message["data"])
+    finally:
+        pubsub.close()
+    assert len(heard) == 2, heard
+    digest = hashlib.sha256(session.encode()).hexdigest()
+    for data in heard:
+        assert session.encode() not in data
+        assert json.loads(data)["session"] == digest
+    relayed_cancel = json.loads(heard[1])["cancel"]
+    assert relayed_cancel == {"requestId": "not-running", "reason": "r" * 200}
+
+
+def test_an_answer_id_with_a_unicode_digit_is_no_server_error(pair: list[Gateway]) -> None:
+    a, _ = pair
+    http, _ = _open(a)
+    with contextlib.closing(http):
+        answered = http.post(a.url, json=_answer(UNKNOWN_TAG, "\u00b2"))
+    assert answered.status_code == 202, answered.text
+    assert "ValueError" not in a.output()
+
+
+def test_a_change_given_up_on_leaves_no_request_state() -> None:
+    """No server loop reads the copy's messages: the change waits, is given up on, and its stream goes."""
+
+    async def main() -> dict[str, Any]:
+        transport = LazyStreamTransport(mcp_session_id="s1", is_json_response_enabled=False)
+        scope = {"type": "http", "method": "POST", "path": "/mcp", "headers": [(b"host", b"localhost")]}
+        async with transport.connect():
+            with anyio.move_on_after(0.3):
+                await apply_change(transport, scope, "s1", "2025-11-25", ("logging/setLevel", {"level": "debug"}))
+            left = dict(transport._request_streams)
+            await transport.terminate()
+        return left
+
+    assert anyio.run(main) == {}

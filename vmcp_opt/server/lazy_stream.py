@@ -318,10 +318,34 @@ class LazyStreamTransport(StreamableHTTPServerTransport):
         self._request_streams[request_id] = streams = anyio.create_memory_object_stream[EventMessage](
             REQUEST_STREAM_BUFFER_SIZE
         )
-        reader = streams[1]
         store = self._event_store if isinstance(self._event_store, UnsentAnswers) else None
         if store is not None:
             store.undecided.add(request_id)
+        try:
+            await self._answer_from(streams[1], priming, message, request, send)
+        except BaseException:
+            # Cancelled (a relayed change given up on) or failed before an answer: the request's stream and its
+            # undecided mark go now, not when the session ends (as the SDK's paths clean up).
+            if store is not None:
+                store.undecided.discard(request_id)
+            with anyio.CancelScope(shield=True):
+                await self._clean_up_memory_streams(request_id)
+            raise
+
+    async def _answer_from(
+        self,
+        reader: MemoryObjectReceiveStream[EventMessage],
+        priming: SSEEvent | None,
+        message: JSONRPCRequest,
+        request: Request,
+        send: Send,
+    ) -> None:
+        """`_answer` once the request's stream is set up: the request dispatched, then answered in the form its
+        first message decides."""
+        assert self._read_stream_writer is not None
+        request_id = str(message.id)
+        version = request.headers.get(MCP_PROTOCOL_VERSION_HEADER, DEFAULT_NEGOTIATED_VERSION)
+        store = self._event_store if isinstance(self._event_store, UnsentAnswers) else None
         await self._read_stream_writer.send(self._create_session_message(message, request, request_id, version))
         first: EventMessage | None = None
         closed = False

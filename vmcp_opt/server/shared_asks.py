@@ -57,7 +57,7 @@ def asked_by(request_id: RequestId | None) -> tuple[str, RequestId] | None:
     if found is None:
         return None
     own = found.group(2)
-    return found.group(1), int(own) if own.isdigit() else own
+    return found.group(1), int(own) if own.isascii() and own.isdigit() else own
 
 
 class TaggedAsks(WriteStreamWrapper):

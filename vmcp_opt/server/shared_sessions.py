@@ -30,7 +30,9 @@ the tagged one (`RedisAnswerRelay`), whose copy of the session asked. A client's
 flight on the replica it lands on is published to the others (`RedisCancelRelay`): the one running the request
 cancels it, and with it the backend's call. A change to a session's record (its log level, a subscription) is
 published the same way, and every other replica holding a copy of the session applies it to that copy
-(`apply_change`): a standalone GET stream on any of them hears what the client subscribed to on another.
+(`apply_change`): a standalone GET stream on any of them hears what the client subscribed to on another. What is
+relayed names the session by the SHA-256 of its id (`HeldSessions` finds the copy it names); a session's changes
+queued behind one being applied are coalesced, the latest per log level or resource kept.
 
 Past ~450 lines on purpose: a session's record is written, restored, changed and ended here, and what other
 replicas relay is delivered to its copy, around one `SharedSessions` whose middleware, reaper, restore and
@@ -73,7 +75,13 @@ from vmcp_opt.shared.events import EVENTS, STORE_ERRORS, RedisEventStore, Replic
 from vmcp_opt.shared.redis_client import redis_client, redis_trouble
 from vmcp_opt.shared.replica_shapes import ReplicaShapes, watch_shapes
 from vmcp_opt.shared.round_relay import RedisAnswerRelay, RedisCancelRelay, RedisRoundRelay, SessionChange
-from vmcp_opt.shared.session_store import OUTAGE_RETRY_AFTER, RedisSessions, SessionRecord, StoreOutage
+from vmcp_opt.shared.session_store import (
+    OUTAGE_RETRY_AFTER,
+    RedisSessions,
+    SessionRecord,
+    StoreOutage,
+    session_key_digest,
+)
 
 logger = logging.getLogger(__name__)
 _SESSION_HEADER = b"mcp-session-id"
@@ -103,6 +111,26 @@ class Held:
     scope: Scope | None = None
     # Held while a relayed change is applied: a session's changes are applied one at a time, in order.
     changing: anyio.Lock = dataclasses.field(default_factory=anyio.Lock)
+    # Relayed changes waiting for `changing`, the latest per what it changes (`_pending_key`): one superseded
+    # while it waited is never applied, so a client changing its log level at any rate queues one task here.
+    pending: dict[str, SessionChange] = dataclasses.field(default_factory=dict)
+
+
+class HeldSessions(dict[str, Held]):
+    """The sessions this replica holds, by id, and their ids by digest (`session_key_digest`): what other
+    replicas relay names a session by its digest."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.by_digest: dict[str, str] = {}
+
+    def __setitem__(self, session_id: str, held: Held) -> None:
+        super().__setitem__(session_id, held)
+        self.by_digest[session_key_digest(session_id)] = session_id
+
+    def __delitem__(self, session_id: str) -> None:
+        super().__delitem__(session_id)
+        self.by_digest.pop(session_key_digest(session_id), None)
 
 
 class SharedSessions:
@@ -122,7 +150,7 @@ class SharedSessions:
         self.rounds = parts.rounds
         self.shapes = parts.shapes
         self.gate = gate
-        self._held: dict[str, Held] = {}
+        self._held = HeldSessions()
         self._in_flight: Counter[str] = Counter()
         self._lock = anyio.Lock()
         self._task_group: TaskGroup | None = None
@@ -213,10 +241,14 @@ class SharedSessions:
     async def _relay_cancel(self, session_id: str, cancel: JSONRPCNotification) -> None:
         await self.cancels.send(self.asks.tag, session_id, cancel)
 
-    async def _deliver(self, session_id: str, message: Answer | JSONRPCNotification | SessionChange) -> None:
+    async def _deliver(self, digest: str, message: Answer | JSONRPCNotification | SessionChange) -> None:
         """A client's answer to this replica's request, or its cancellation of a request, POSTed to another
-        replica, to this replica's copy of its session (the other replica checked that the poster may use the
-        session). A cancellation reaches every replica: most hold no copy of its session."""
+        replica, to this replica's copy of its session, named by the digest of its id (the other replica checked
+        that the poster may use the session). A cancellation reaches every replica: most hold no copy of its
+        session."""
+        session_id = self._held.by_digest.get(digest)
+        if session_id is None:
+            return  # not held here (a session the manager opens is held from its `initialize` on)
         if isinstance(message, tuple):
             await self._apply(session_id, message)
             return
@@ -234,7 +266,13 @@ class SharedSessions:
         held = self._held.get(session_id)
         if held is None:
             return
+        key = _pending_key(change)
+        waiting = key in held.pending
+        held.pending[key] = change
+        if waiting:
+            return  # the task already waiting for this key applies the latest
         async with held.changing:
+            change = held.pending.pop(key)
             record = _changed(held.record, change)
             transport = held.transport or self.manager.transport_of(session_id)
             if record is None or transport is None or held.scope is None:
@@ -502,6 +540,12 @@ class SharedSessions:
         held = self._held.get(session_id)
         if held is not None and held.transport is None:
             del self._held[session_id]
+
+
+def _pending_key(change: SessionChange) -> str:
+    """What a change changes: the log level, or one resource's subscription (a later change of it supersedes)."""
+    method, params = change
+    return "level" if method == "logging/setLevel" else "uri:" + params["uri"]
 
 
 def _changed(record: SessionRecord, change: SessionChange) -> SessionRecord | None:

@@ -13,7 +13,9 @@ waiting out `timeouts.input`. Every key expires.
 elicitation, roots) that the load balancer sent to another replica: the request's id names the asking replica's
 tag (vmcp_opt/server/lazy_stream.py, `AskIds`), the replica the answer landed on pushes it to that tag's inbox,
 `<prefix>answers:<tag>`, and the asker hands it to its copy of the session. Nothing comes back: the client was
-answered 202 already, as for any answer it POSTs.
+answered 202 already, as for any answer it POSTs. Only a live replica's tag is relayed to (each keeps
+`<prefix>asker:<tag>` alive while it serves its inbox), only an answer up to `MAX_RELAYED_ANSWER` bytes, and every
+list keeps its last `_KEEP` items: a client cannot fill Redis with answers nobody reads.
 
 `RedisCancelRelay` carries a 2025-11-25 client's `notifications/cancelled` for a request not in flight on the
 replica it landed on. Nothing says which replica runs a client's request (recording each would cost every
@@ -23,6 +25,11 @@ running the request acts on it, the others' dispatchers ignore an id they do not
 a change a replica made to a session's record (`logging/setLevel`, `resources/(un)subscribe`, as method and
 params): every replica holding a copy of the session applies it to that copy, whose backend sessions were set up
 from the record as it was when the copy was restored (vmcp_opt/server/session_restore.py).
+
+What crosses Redis names a session by the SHA-256 of its id (`session_key_digest`), as the session store does: a
+reader of Redis learns no id it could use. A cancellation crosses as its request id and a reason cut to
+`_MAX_REASON` characters (the client's params may be megabytes), rebuilt on the receiving side. Every delivery
+runs guarded: one failing (a session's stream closed meanwhile) is logged, the relays go on.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+import traceback
 from collections.abc import Awaitable, Callable, Coroutine
 from functools import partial
 from typing import Any
@@ -44,22 +52,30 @@ from redis.asyncio import Redis
 from vmcp_opt.logs import ThrottledLog
 from vmcp_opt.routing.round_trips.owners import HeldRound
 from vmcp_opt.routing.round_trips.state import Round, decode_round, encode_round
-from vmcp_opt.shared.events import STORE_ERRORS, ReplicaPresence
+from vmcp_opt.shared.events import STORE_ERRORS, ReplicaPresence, keep_key
+from vmcp_opt.shared.session_store import session_key_digest
 
 logger = logging.getLogger(__name__)
 
 Continue = Callable[[Round, types.InputResponses | None], Awaitable[BaseModel]]
 Answer = JSONRPCResponse | JSONRPCError
-# Hands a relayed answer to this replica's copy of its session: (session id, the answer).
+# Hands a relayed answer to this replica's copy of its session: (the digest of its id, the answer).
 Deliver = Callable[[str, Answer], Awaitable[None]]
 # What a replica changed in a session's record: the request's method and params (`{"level": …}`, `{"uri": …}`).
 SessionChange = tuple[str, dict[str, str]]
-# Hands a relayed cancellation, or a change to a session's record, to this replica's copy of its session, if it
-# holds one.
+# Hands a relayed cancellation, or a change to a session's record, to this replica's copy of its session (the
+# digest of its id), if it holds one.
 DeliverCancel = Callable[[str, JSONRPCNotification | SessionChange], Coroutine[Any, Any, None]]
 # The changes relayed, and the one param each carries.
 RELAYED_CHANGES = {"logging/setLevel": "level", "resources/subscribe": "uri", "resources/unsubscribe": "uri"}
 _KEY_TTL_MS = 60_000
+# Most items a relay list keeps (the oldest go): nobody reading it, it stays this small until it expires.
+_KEEP = 256
+# Most bytes of a client's answer relayed to another replica (sampling results, elicited content: far less).
+MAX_RELAYED_ANSWER = 1024 * 1024
+# Longest request id, and reason, of a relayed cancellation.
+_MAX_REQUEST_ID = 256
+_MAX_REASON = 200
 # Seconds between attempts to listen again for relayed cancellations after Redis failed.
 _RESUBSCRIBE_AFTER = 1.0
 
@@ -148,19 +164,35 @@ class RedisAnswerRelay:
 
     async def send(self, tag: str, session_id: str, answer: Answer) -> None:
         """`answer` pushed to the inbox of the replica tagged `tag`; lost (logged) when Redis fails, so the asking
-        call ends by `timeouts.input` as it would had the client not answered."""
-        relayed = {"session": session_id, "answer": answer.model_dump(by_alias=True, mode="json", exclude_unset=True)}
+        call ends by `timeouts.input` as it would had the client not answered. Dropped (logged) when no live
+        replica has that tag, or when it is larger than `MAX_RELAYED_ANSWER`."""
+        dumped = answer.model_dump(by_alias=True, mode="json", exclude_unset=True)
+        relayed = json.dumps({"session": session_key_digest(session_id), "answer": dumped})
+        if len(relayed) > MAX_RELAYED_ANSWER:
+            self._log.warning(
+                "large", "sessions: a client's answer of %d bytes for another replica was dropped", len(relayed)
+            )
+            return
         try:
-            await _push(self.client, f"{self.prefix}answers:{tag}", json.dumps(relayed))
+            if not await self.client.exists(self._alive_key(tag)):
+                self._log.warning("unknown", "sessions: a client's answer named no live replica; dropped")
+                return
+            await _push(self.client, f"{self.prefix}answers:{tag}", relayed)
         except STORE_ERRORS as exc:
             self._log.warning(
                 "send", "sessions: a client's answer for another replica was lost: %s", type(exc).__name__
             )
 
-    async def serve(self, tag: str, deliver: Deliver) -> None:
-        """The asker's side, until cancelled: each answer relayed to this replica's tag handed to `deliver`."""
+    async def serve(self, tag: str, deliver: Deliver, interval: float = 1.0) -> None:
+        """The asker's side, until cancelled: each answer relayed to this replica's tag handed to `deliver`, and
+        the tag's liveness key kept (every `interval`) so other replicas relay to it."""
         inbox = f"{self.prefix}answers:{tag}"
-        await read_inbox(self.client, inbox, self.slice, self._log, "relayed answers", partial(_deliver, deliver))
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(keep_key, self.client, self._alive_key(tag), lambda: "1", interval, self._log, "tag")
+            await read_inbox(self.client, inbox, self.slice, self._log, "relayed answers", partial(_deliver, deliver))
+
+    def _alive_key(self, tag: str) -> str:
+        return f"{self.prefix}asker:{tag}"
 
 
 class RedisCancelRelay:
@@ -173,7 +205,15 @@ class RedisCancelRelay:
     async def send(self, origin: str, session_id: str, cancel: JSONRPCNotification) -> None:
         """`cancel` published for the replicas other than `origin` (this process's tag); lost (logged) when Redis
         fails: the call then runs to its end, as it did before cancellations were relayed."""
-        relayed = {"origin": origin, "session": session_id, "cancel": cancel.model_dump(by_alias=True, mode="json")}
+        params = cancel.params or {}
+        request_id, reason = params.get("requestId"), params.get("reason")
+        if not _usable_request_id(request_id):
+            self._log.warning("cancel-id", "sessions: a cancellation of an unusable request id was not relayed")
+            return
+        cut: dict[str, Any] = {"requestId": request_id}
+        if isinstance(reason, str):
+            cut["reason"] = reason[:_MAX_REASON]
+        relayed = {"origin": origin, "session": session_key_digest(session_id), "cancel": cut}
         try:
             await self.client.publish(self.channel, json.dumps(relayed))
         except STORE_ERRORS as exc:
@@ -183,7 +223,8 @@ class RedisCancelRelay:
         """A change `origin` made to a session's record, published for the replicas holding a copy of it; lost
         (logged) when Redis fails: their copies then keep the state they were restored with."""
         method, params = change
-        relayed = {"origin": origin, "session": session_id, "change": {"method": method, "params": params}}
+        change_ = {"method": method, "params": params}
+        relayed = {"origin": origin, "session": session_key_digest(session_id), "change": change_}
         try:
             await self.client.publish(self.channel, json.dumps(relayed))
         except STORE_ERRORS as exc:
@@ -198,7 +239,7 @@ class RedisCancelRelay:
         async with anyio.create_task_group() as tasks:
 
             def hand(session_id: str, heard: JSONRPCNotification | SessionChange) -> None:
-                tasks.start_soon(deliver, session_id, heard)
+                tasks.start_soon(_guarded, self._log, "relayed cancellations", deliver, session_id, heard)
 
             while True:
                 try:
@@ -231,11 +272,31 @@ def _cancel(data: bytes | str, origin: str) -> tuple[str, JSONRPCNotification | 
         session_id = str(relayed["session"])
         if "change" in relayed:
             return (session_id, _change(relayed["change"]))
-        cancel = JSONRPCNotification.model_validate(relayed["cancel"], by_name=False)
+        cancel = _cancellation(relayed["cancel"])
     except (ValueError, KeyError, TypeError, ValidationError):
         logger.warning("sessions: an unreadable relayed cancellation or change was dropped")
         return None
-    return (session_id, cancel) if cancel.method == "notifications/cancelled" else None
+    return session_id, cancel
+
+
+def _usable_request_id(request_id: Any) -> bool:
+    """A request id a relayed cancellation may carry: a string or integer, not too long."""
+    return (
+        not isinstance(request_id, bool)
+        and isinstance(request_id, str | int)
+        and len(str(request_id)) <= _MAX_REQUEST_ID
+    )
+
+
+def _cancellation(relayed: Any) -> JSONRPCNotification:
+    """The client's `notifications/cancelled` rebuilt from what was relayed of it (ValueError, KeyError)."""
+    request_id, reason = relayed["requestId"], relayed.get("reason")
+    if not _usable_request_id(request_id):
+        raise ValueError("requestId")
+    params: dict[str, Any] = {"requestId": request_id}
+    if isinstance(reason, str):
+        params["reason"] = reason[:_MAX_REASON]
+    return JSONRPCNotification(jsonrpc="2.0", method="notifications/cancelled", params=params)
 
 
 def _change(change: Any) -> SessionChange:
@@ -285,7 +346,15 @@ async def read_inbox(
                 continue
             failed = 0
             if popped is not None:
-                tasks.start_soon(handle, _raw(popped[1]))
+                tasks.start_soon(_guarded, log, what, handle, _raw(popped[1]))
+
+
+async def _guarded(log: ThrottledLog, what: str, handle: Callable[..., Awaitable[None]], *args: Any) -> None:
+    """`handle(*args)`, its failure logged: one message failing stops no relay (nor the layer running them)."""
+    try:
+        await handle(*args)
+    except Exception:
+        log.warning(f"{what} failed", "sessions: handling one of the %s failed:\n%s", what, traceback.format_exc())
 
 
 def _raw(value: bytes | str) -> bytes:
@@ -303,8 +372,10 @@ def _answer(reply: bytes) -> types.InputRequiredResult | dict[str, Any]:
 
 
 async def _push(client: Redis, key: str, item: str) -> None:
-    """`item` appended to the list `key`, which expires `_KEY_TTL_MS` after the last push: nobody may read it."""
+    """`item` appended to the list `key`, which keeps its last `_KEEP` items and expires `_KEY_TTL_MS` after the
+    last push: nobody may read it."""
     async with client.pipeline(transaction=True) as pipe:
         pipe.rpush(key, item)
+        pipe.ltrim(key, -_KEEP, -1)
         pipe.pexpire(key, _KEY_TTL_MS)
         await pipe.execute()
