@@ -27,8 +27,10 @@ CATALOG_SERVER = EXAMPLES / "backends" / "catalog_server.py"
 HELD_SERVER = EXAMPLES / "backends" / "held_server.py"
 # Enough tools that their embedding lasts well past the signal (~10 s on a fast machine, ~40 s on CI's two cores).
 TOOLS = 4000
-# Said once the model is loaded, before the catalogue's embedding begins.
-EMBEDDING_STARTED = "loaded on ONNX Runtime"
+# Said once the first catalogue is built: the embedder thread takes it at once (the model's load, then the bulk
+# child), and is busy from then until EMBEDDED. (The in-process model's own line may come only after the bulk
+# child is done: waiting for it left no embedding to stop.)
+EMBEDDING_STARTED = "catalogue: "
 EMBEDDED = "index updated: embedded"
 
 

@@ -116,7 +116,7 @@ def test_sample_ratio_zero_records_nothing_but_still_passes_the_context_on() -> 
 
 def test_state_metrics_are_read_at_scrape_time() -> None:
     metrics = Metrics(["notes"])
-    audit = pytypes.SimpleNamespace(written=5, dropped=2, write_failures=1)
+    audit = pytypes.SimpleNamespace(written=5, dropped=2, write_failures=1, waits_run_out=0)
     metrics.state = GatewayState(
         backends=lambda: [("notes", "healthy", "open")],
         sessions=lambda: 3,
