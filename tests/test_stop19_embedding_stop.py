@@ -100,6 +100,6 @@ def test_ctrl_c_during_a_large_embedding_answers_the_call_in_flight_without_wait
         except subprocess.TimeoutExpired:
             raise AssertionError(gateway.output()) from None
         log = gateway.output()
-    # The stop still waited for the embedder, and left without the interpreter's exit as before.
-    assert "leaving while the catalogue is still being embedded" in log
+    # Whether the embedder was still at work when the stop came (the model's load, the bulk child) depends on the
+    # machine: the stop's answer above is what must not wait for it.
     assert "Traceback" not in log
