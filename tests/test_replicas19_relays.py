@@ -39,7 +39,7 @@ from redis.asyncio import Redis
 
 from tests.nginx_server import running_nginx
 from tests.redis_server import RedisServer, running_redis
-from tests.support import EXAMPLES, Gateway, running_gateways, write_config
+from tests.support import EXAMPLES, Gateway, raw_session, running_gateways, write_config
 from vmcp_opt.logs import ThrottledLog
 from vmcp_opt.server.lazy_stream import LazyStreamTransport
 from vmcp_opt.server.session_restore import apply_change
@@ -325,26 +325,13 @@ def test_a_log_level_set_on_one_replica_applies_to_the_copy_on_another(pair: lis
     assert seen["after"] == 0, "the copy on the other replica still logs below the level set"
 
 
-HEADERS = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
 UNKNOWN_TAG = "0123456789abcdef"
 
 
 def _open(gateway: Gateway) -> tuple[httpx2.Client, str]:
     """A client with a 2025-11-25 session opened on `gateway`, and its id."""
-    http = httpx2.Client(timeout=10)
-    init = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "initialize",
-        "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
-    }
-    opened = http.post(gateway.url, json=init, headers=HEADERS)
-    assert opened.status_code == 200, opened.text
-    session = opened.headers["mcp-session-id"]
-    headers = {**HEADERS, "mcp-session-id": session, "mcp-protocol-version": "2025-11-25"}
-    http.headers.update(headers)
-    assert http.post(gateway.url, json={"jsonrpc": "2.0", "method": "notifications/initialized"}).status_code == 202
-    return http, session
+    headers = raw_session(gateway.url)
+    return httpx2.Client(timeout=10, headers=headers), headers["mcp-session-id"]
 
 
 def _answer(tag: str, own: str, size: int = 0) -> dict[str, Any]:

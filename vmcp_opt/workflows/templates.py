@@ -22,6 +22,9 @@ loops). The executor renders off the event loop (a worker thread), and each rend
 `MemoryError` and `RecursionError` (a recursive macro, JSON nested too deep for `fromjson`).
 
 Just past ~450 lines: the sandbox's hooks and the budget they charge are one mechanism, read together.
+
+Past ~450 lines on purpose: the sandbox, its bounds and the typed evaluation share one environment and its
+limits; apart, each would reach into the others' state.
 """
 
 from __future__ import annotations
