@@ -20,11 +20,16 @@ _SYNTAX = jinja2.Environment()  # parsing only; templates run in the sandbox (vm
 def parameter_problems(schema: dict[str, Any]) -> list[str]:
     if schema.get("type", "object") != "object":
         return ["parameters.type: a tool's input schema must be of type 'object'"]
+    return schema_problems("parameters", schema)
+
+
+def schema_problems(place: str, schema: dict[str, Any]) -> list[str]:
+    """`place.path: not a valid JSON Schema: …`, or nothing."""
     try:
         jsonschema.validators.validator_for(schema, jsonschema.Draft202012Validator).check_schema(schema)
     except jsonschema.SchemaError as exc:
         where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in exc.absolute_path)
-        return [f"parameters{where}: not a valid JSON Schema: {exc.message}"]
+        return [f"{place}{where}: not a valid JSON Schema: {exc.message}"]
     return []
 
 

@@ -35,6 +35,7 @@ from vmcp_opt.config.workflow_graph import (
     find_cycle,
     find_cycles,
     parameter_problems,
+    schema_problems,
     step_templates,
     template_problems,
     walk_strings,
@@ -56,6 +57,15 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
 
+# Per step type, the fields it never reads (given, they are refused: `StepConfig.unused_problems`).
+_UNUSED_FIELDS: dict[str, tuple[str, ...]] = {
+    "tool": ("item", "max_parallel", "max_iterations", "on_decline", "on_cancel"),
+    "for_each": ("on_decline", "on_cancel"),
+    "elicitation": ("item", "max_parallel", "max_iterations"),
+}
+_RETRY_FIELDS = ("retries", "delay", "multiplier", "max_delay")
+
+
 class OnErrorConfig(_Strict):
     """What a failed step does: `abort` the run, `continue` without it (its dependants are skipped unless it
     has a `default_result`), or `retry` it with exponential backoff and then abort. A bare string
@@ -72,13 +82,22 @@ class OnErrorConfig(_Strict):
     # retry: longest wait between two attempts.
     max_delay: float = Field(10.0, gt=0)
 
+    @model_serializer(mode="wrap")
+    def _unread_stays_absent(self, handler: SerializerFunctionWrapHandler) -> Any:
+        # Dumped and validated again (config/loading.py), the retry fields' defaults would come back as given.
+        data = handler(self)
+        if self.action != "retry" and isinstance(data, dict):
+            for name in set(_RETRY_FIELDS) - self.model_fields_set:
+                data.pop(name, None)
+        return data
+
 
 class StepConfig(_Strict):
     """One step. `tool` calls a tool once; `for_each` calls it once per item of `over` (the item is the
     template variable `item` names, its position `index`); `elicitation` asks the calling client's user
     (`message`, `requested_schema`; its output is `{action, content}`), waiting up to `timeout` (default
-    `timeouts.input`). Templates are Jinja2 over `params`, `steps.<id>.output|status|error`
-    and, in a `for_each`, the item; a string that is one `{{ expression }}` keeps the expression's type."""
+    `timeouts.input`). Templates are Jinja2 over `params`, `steps.<id>.output|status|error|content`
+    (`content`: a tool step's result blocks when it returned more than text) and, in a `for_each`, the item; a string that is one `{{ expression }}` keeps the expression's type."""
 
     # Unique in the workflow; other steps read its result as `steps.<id>`.
     id: str = Field(pattern=STEP_ID_PATTERN)
@@ -108,7 +127,8 @@ class StepConfig(_Strict):
     max_iterations: int = Field(100, ge=1, le=10_000)
     # elicitation: what the user is asked (a template).
     message: str | None = None
-    # elicitation: the form's JSON Schema (an object of flat string, number, integer, boolean or enum fields).
+    # elicitation: the form's JSON Schema (an object of flat string, number, integer, boolean or enum fields); an
+    # accepted answer that does not fit it fails the step.
     requested_schema: dict[str, Any] | None = None
     # elicitation: the user declined: abort the run, or continue (the step's output says `"action": "decline"`).
     on_decline: Literal["abort", "continue"] = "abort"
@@ -131,14 +151,18 @@ class StepConfig(_Strict):
         # A config is dumped and validated again (discovered backends merged in, loading.py): an absent
         # `default_result` dumped as None would come back as an explicit null.
         data = handler(self)
-        if not self.has_default_result and isinstance(data, dict):
-            data.pop("default_result", None)
+        if isinstance(data, dict):
+            # The same for the fields this step does not read: dumped at their defaults, they would come back
+            # as given, which `unused_problems` refuses.
+            unset = set(_UNUSED_FIELDS[self.type]) | ({"default_result"} if not self.has_default_result else set())
+            for name in unset - self.model_fields_set:
+                data.pop(name, None)
         return data
 
     def problems(self) -> list[str]:
         """What its type needs (checked by the workflow, so its graph problems are reported in the same pass)."""
         if self.type == "elicitation":
-            return self._elicitation_problems()
+            return self._elicitation_problems() + self.unused_problems()
         problems = [] if self.tool else [f"tool: a {self.type} step needs `tool`"]
         if self.type == "for_each" and not self.over:
             problems.append("over: a for_each step needs `over` (a template giving the list to go over)")
@@ -152,7 +176,7 @@ class StepConfig(_Strict):
             for name in ("message", "requested_schema")
             if getattr(self, name) is not None
         ]
-        return problems
+        return problems + self.unused_problems()
 
     def _elicitation_problems(self) -> list[str]:
         problems = [
@@ -171,6 +195,25 @@ class StepConfig(_Strict):
                 f"requested_schema.properties.{name}: a form field must be a string, number, integer or boolean"
                 for name, field in schema["properties"].items()
                 if not isinstance(field, dict) or field.get("type") not in flat
+            ]
+            problems += schema_problems("requested_schema", schema)  # the run checks answers against it
+        return problems
+
+    def unused_problems(self) -> list[str]:
+        """Fields given that this step's type or `on_error.action` never reads: a setting that would be
+        accepted and silently do nothing (`max_iterations` on a tool step, `retries` without `retry`)."""
+        problems = [
+            f"{name}: `{name}` does nothing in a {self.type} step"
+            for name in _UNUSED_FIELDS[self.type]
+            if name in self.model_fields_set
+        ]
+        if self.type == "elicitation" and self.on_error.action == "retry":
+            problems.append("on_error.action: an elicitation step is not retried (a person answered)")
+        if self.on_error.action != "retry":
+            problems += [
+                f"on_error.{name}: `{name}` is read only with `action: retry`"
+                for name in _RETRY_FIELDS
+                if name in self.on_error.model_fields_set
             ]
         return problems
 

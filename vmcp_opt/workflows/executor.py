@@ -32,6 +32,7 @@ from functools import partial
 from typing import Any, Literal
 
 import anyio
+import jsonschema
 import mcp_types as types
 
 from vmcp_opt.backends.results import json_size
@@ -61,10 +62,13 @@ class StepReport:
     duration: float = 0.0  # seconds, from its first attempt to its end
     # Skipped because a step it depends on failed (its own dependants are then skipped too).
     blocked: bool = False
+    # A tool step's result content as MCP JSON, when it holds more than text (an image, audio, a resource or a
+    # link), which `output` (the texts) cannot carry; None otherwise.
+    content: list[dict[str, Any]] | None = None
 
     def view(self) -> dict[str, Any]:
         """What templates read as `steps.<id>`."""
-        return {"output": self.output, "status": self.status, "error": self.error}
+        return {"output": self.output, "status": self.status, "error": self.error, "content": self.content}
 
 
 @dataclass
@@ -78,6 +82,9 @@ class RunReport:
     timed_out: bool = False
     order: list[str] = field(default_factory=list)  # the steps in the order they finished
     calls: int = 0  # the calls its steps made, those of the workflows they ran included
+    # The result's content blocks (MCP JSON) when it is the last step's and that held more than text: passed
+    # on as they came, images included, rather than as the texts alone.
+    content: list[dict[str, Any]] | None = None
 
     @property
     def ok(self) -> bool:
@@ -150,12 +157,15 @@ class WorkflowRun:
                 report.output = await self._output()
             except TemplateError as exc:
                 report.error = f"output.{exc.place.removeprefix('output.')}: {exc.reason}"
-        if report.error is None and self._max_output is not None and json_size(report.output, self._max_output) is None:
+        if report.error is None and self.workflow.output is None:
+            report.content = report.steps[self.workflow.steps[-1].id].content
+        result = [report.output, report.content] if report.content else report.output
+        if report.error is None and self._max_output is not None and json_size(result, self._max_output) is None:
             report.error = (
                 f"workflow '{self.workflow.name}' returned a result larger than {self._max_output:,} bytes "
                 "(limits.max_result_bytes); it was not passed on"
             )
-            report.output = None
+            report.output = report.content = None
         return report
 
     async def _steps_of_run(self) -> None:
@@ -226,8 +236,8 @@ class WorkflowRun:
             try:
                 output = await self._step(step, report, context)
                 if step.type != "for_each":  # a for_each's items were counted as they came
-                    self._held_output(step, output)
-                report.output, report.status = output, "ok"
+                    self._held_output(step, [output.output, output.content] if output.content else output.output)
+                report.output, report.content, report.status = output.output, output.content, "ok"
             except StepError as exc:
                 self._failed(step, report, exc, group)
             except Exception as exc:  # a defect must fail its step, not tear down the run's task group
@@ -260,9 +270,9 @@ class WorkflowRun:
             self.report.error = f"step '{step.id}' failed: {exc.reason}"
         group.cancel()
 
-    async def _step(self, step: StepConfig, report: StepReport, context: dict[str, Any]) -> Any:
+    async def _step(self, step: StepConfig, report: StepReport, context: dict[str, Any]) -> Called:
         if step.type == "elicitation":
-            return await self._elicit(step, report, context)
+            return Called(await self._elicit(step, report, context))
         if step.type != "for_each":
             return await self._with_retries(step, report, context)
         items = await self._items(step, context)
@@ -277,7 +287,7 @@ class WorkflowRun:
             async with per_step:
                 try:
                     scope = {**context, step.item: item, "index": index}
-                    outputs[index] = await self._with_retries(step, report, scope)
+                    outputs[index] = (await self._with_retries(step, report, scope)).output
                     self._held_output(step, outputs[index])
                 except StepError as exc:
                     failures.append(f"item {index}: {exc.reason}")
@@ -288,7 +298,7 @@ class WorkflowRun:
                 group.start_soon(one, index, item, group.cancel_scope)
         if failures:
             raise StepError(failures[0], retryable=False)
-        return outputs
+        return Called(outputs)
 
     async def _elicit(self, step: StepConfig, report: StepReport, context: dict[str, Any]) -> Any:
         """Ask the user; no call slot is held while a person answers, and no retry (a person said it)."""
@@ -313,6 +323,8 @@ class WorkflowRun:
         action = answer.get("action")
         if (action == "decline" and step.on_decline == "abort") or (action == "cancel" and step.on_cancel == "abort"):
             raise StepError(f"the user chose '{action}'", retryable=False)
+        if action == "accept":
+            answer_problem(answer.get("content"), step.requested_schema)
         return answer
 
     async def _items(self, step: StepConfig, context: dict[str, Any]) -> list[Any]:
@@ -336,7 +348,7 @@ class WorkflowRun:
             )
         return items
 
-    async def _with_retries(self, step: StepConfig, report: StepReport, context: dict[str, Any]) -> Any:
+    async def _with_retries(self, step: StepConfig, report: StepReport, context: dict[str, Any]) -> Called:
         policy = step.on_error
         attempts = 1 + (policy.retries if policy.action == "retry" else 0)
         delay = policy.delay
@@ -352,7 +364,7 @@ class WorkflowRun:
             delay *= policy.multiplier
         raise AssertionError("unreachable")
 
-    async def _attempt(self, step: StepConfig, report: StepReport, context: dict[str, Any]) -> Any:
+    async def _attempt(self, step: StepConfig, report: StepReport, context: dict[str, Any]) -> Called:
         assert step.tool is not None
         try:
             arguments = await self._render(step.arguments, context, "arguments")
@@ -374,7 +386,15 @@ class WorkflowRun:
                 raise StepError(f"{type(exc).__name__}: {exc}") from None
         if result.is_error:
             raise StepError(result_text(result) or "the tool returned an error")
-        return result_output(result)
+        return Called(result_output(result), result_content(result))
+
+
+@dataclass(frozen=True)
+class Called:
+    """What a step's attempt gave: its output, and its result's content when that held more than text."""
+
+    output: Any
+    content: list[dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True)
@@ -396,8 +416,30 @@ def _enclosing() -> _Enclosing | None:
     return run if run is not None and run.budget.open else None
 
 
+def answer_problem(content: Any, schema: dict[str, Any]) -> None:
+    """Refuses an accepted answer that does not fit the form: the client's word is not checked by the SDK,
+    and a missing or mistyped field would otherwise fail a later step with a reason naming that step."""
+    try:
+        problem = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(content or {}))
+    except jsonschema.SchemaError as exc:  # checked at load (config/workflows.py); kept from crashing the run
+        raise StepError(f"requested_schema is not a valid JSON Schema: {exc.message}", retryable=False) from None
+    if problem is not None:
+        where = "".join(f".{part}" for part in problem.absolute_path)
+        raise StepError(
+            f"the user's answer does not fit requested_schema: content{where}: {problem.message}", retryable=False
+        )
+
+
 def result_text(result: types.CallToolResult) -> str:
     return "\n".join(c.text for c in result.content if isinstance(c, types.TextContent))
+
+
+def result_content(result: types.CallToolResult) -> list[dict[str, Any]] | None:
+    """The result's content blocks as MCP JSON when any is not text, else None: the output holds only the
+    texts, and an image or a resource link the backend returned must not vanish on the way to the client."""
+    if all(isinstance(block, types.TextContent) for block in result.content):
+        return None
+    return [block.model_dump(mode="json", by_alias=True, exclude_none=True) for block in result.content]
 
 
 def result_output(result: types.CallToolResult) -> Any:

@@ -292,6 +292,8 @@ def run_result(report: RunReport) -> types.CallToolResult:
         except (ValueError, RecursionError):  # a circular or too deeply nested output
             return error_result(f"workflow '{report.workflow}' failed: its output is nested too deeply to send")
         structured = report.output if isinstance(report.output, dict) else None
+        if report.content:  # the last step's blocks as they came: its images and links are part of the answer
+            return types.CallToolResult.model_validate({"content": report.content, "structuredContent": structured})
         return types.CallToolResult(content=[types.TextContent(type="text", text=text)], structured_content=structured)
     statuses = ", ".join(f"{s.id}: {s.status}" for s in report.steps.values())
     message = f"workflow '{report.workflow}' failed: {report.error}\nsteps: {statuses}"
