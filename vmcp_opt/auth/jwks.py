@@ -4,6 +4,13 @@ A token signed with a key id the cache lacks triggers one refresh, at most once 
 seconds: an attacker sending made-up key ids cannot make the gateway hammer the authorization server, and
 a key the issuer just rotated in is picked up at the first token that uses it. Concurrent requests share a
 refresh. Symmetric keys (`kty: oct`) are never taken from a JWKS.
+
+With no keys at all (the issuer unreachable since the start, or publishing none the gateway can use) no
+token can be judged: each is `JwksUnavailable` (a 503 the client retries, never a 401 that sends it to get
+a new token which would fare no better), and the keys are asked for again at most once per `NO_KEYS_RETRY`
+seconds, so a gateway started before its issuer accepts tokens soon after the issuer serves. Why a fetch
+failed (URLs of the issuer's network included) is logged for the operator; the client is told only that
+the keys are unavailable.
 """
 
 from __future__ import annotations
@@ -22,6 +29,10 @@ logger = logging.getLogger(__name__)
 
 # The key families each signing algorithm needs (RFC 7518): never an HMAC key for an RSA algorithm, etc.
 KEY_TYPES = {"RS": "RSA", "PS": "RSA", "ES": "EC", "Ed": "OKP"}
+# Seconds between fetches while no key is known (at most `refresh_interval`): sooner than a key rotation needs,
+# since every token waits on it, and still a bounded rate however many tokens arrive.
+NO_KEYS_RETRY = 5.0
+UNAVAILABLE = "the authorization server's signing keys cannot be fetched"
 
 
 class JwksUnavailable(Exception):
@@ -48,13 +59,20 @@ class JwksCache:
         self._keys: dict[str | None, dict[str, Any]] = {}
         self._built: dict[tuple[str | None, str], jwt.PyJWK] = {}
         self._fetched_at: float | None = None
+        self._failure: str | None = None  # why the last fetch failed (logged), None after one succeeded
         self._lock = anyio.Lock()
 
     async def key(self, kid: str | None, alg: str) -> jwt.PyJWK | None:
-        """The verification key for a token header's `kid` and `alg`; None when no key fits."""
+        """The verification key for a token header's `kid` and `alg`; None when no key fits. `JwksUnavailable`
+        while no key at all is known."""
         now = self.clock()
+        retry = min(self.refresh_interval, NO_KEYS_RETRY)
         if self._fetched_at is None or now - self._fetched_at >= self.max_age:
             await self._refresh_keeping_old(stale_before=now)
+        elif not self._keys and now - self._fetched_at >= retry:
+            await self._refresh_keeping_old(stale_before=now - retry)
+        if not self._keys:
+            raise JwksUnavailable(UNAVAILABLE if self._failure else "the authorization server publishes no usable key")
         jwk = self._find(kid)
         if jwk is None and self._fetched_at is not None and self.clock() - self._fetched_at >= self.refresh_interval:
             await self._refresh_keeping_old(stale_before=self.clock() - self.refresh_interval)
@@ -67,10 +85,10 @@ class JwksCache:
         """Refresh; with keys already known a failure keeps them (logged), with none it raises."""
         try:
             await self._refresh(stale_before)
-        except JwksUnavailable as exc:
+        except JwksUnavailable:
             if not self._keys:
                 raise
-            logger.warning("auth: refreshing the issuer's keys failed, keeping the %d known: %s", len(self._keys), exc)
+            logger.warning("auth: refreshing the issuer's keys failed, keeping the %d known", len(self._keys))
 
     def _find(self, kid: str | None) -> dict[str, Any] | None:
         if kid is not None:
@@ -95,11 +113,18 @@ class JwksCache:
                 return  # another request refreshed while this one waited
             try:
                 keys = await self._fetch()
+            except JwksUnavailable as exc:
+                self._failure = str(exc)
+                logger.warning("auth: %s", exc)  # the detail for the operator; the client hears UNAVAILABLE
+                raise JwksUnavailable(UNAVAILABLE) from None
             finally:
                 # Failures count too: an unreachable issuer is asked again only after the interval.
                 self._fetched_at = self.clock()
+            self._failure = None
             self._keys = keys
             self._built = {}
+            if not keys:
+                logger.warning("auth: the issuer's JWKS holds no key the gateway can use (RSA, EC or OKP)")
 
     async def _fetch(self) -> dict[str | None, dict[str, Any]]:
         try:
@@ -109,7 +134,9 @@ class JwksCache:
                 response.raise_for_status()
                 document = response.json()
         except (httpx2.HTTPError, ValueError) as exc:
-            raise JwksUnavailable(f"fetching the issuer's keys failed: {exc}") from None
+            raise JwksUnavailable(
+                f"fetching the issuer's keys{_from(exc)} failed: {type(exc).__name__}: {exc}"
+            ) from None
         keys = document.get("keys") if isinstance(document, dict) else None
         if not isinstance(keys, list):
             raise JwksUnavailable(f"{url}: not a JWKS (no `keys` list)")
@@ -124,13 +151,25 @@ class JwksCache:
             if response.status_code != 200:
                 continue
             metadata = response.json()
-            if not isinstance(metadata, dict) or metadata.get("issuer") != self.issuer:
-                raise JwksUnavailable(f"{url}: its `issuer` is not {self.issuer}")
+            said = metadata.get("issuer") if isinstance(metadata, dict) else None
+            if said != self.issuer:  # a trailing slash too: tokens carry exactly what the metadata says
+                raise JwksUnavailable(
+                    f"{url}: its `issuer` is {str(said)[:200]!r}, not {self.issuer!r} (auth.incoming.oauth.issuer "
+                    "must be exactly the issuer's)"
+                )
             jwks_uri = metadata.get("jwks_uri")
             if isinstance(jwks_uri, str):
                 self.jwks_url = jwks_uri
                 return jwks_uri
         raise JwksUnavailable(f"no metadata with a jwks_uri for issuer {self.issuer}")
+
+
+def _from(exc: Exception) -> str:
+    """` from <url>`: the request that failed, when the error knows it (one made without a request does not)."""
+    try:
+        return f" from {exc.request.url}" if isinstance(exc, httpx2.HTTPError) else ""
+    except RuntimeError:  # raised by `request` when the error was made without one
+        return ""
 
 
 def metadata_urls(issuer: str) -> list[str]:

@@ -120,8 +120,8 @@ class TokenVerifier:
             raise errors.invalid_token(
                 f"the token was not issued for this resource (expected aud {self.resource})"
             ) from None
-        except jwt.InvalidIssuerError:
-            raise errors.invalid_token("the token was issued by another issuer") from None
+        except jwt.InvalidIssuerError:  # the issuer is public (the resource metadata names it); a slash differs
+            raise errors.invalid_token(f"the token was issued by another issuer (expected iss {self.issuer})") from None
         except jwt.InvalidSignatureError:
             raise errors.invalid_token("the token's signature does not verify") from None
         except jwt.MissingRequiredClaimError as exc:

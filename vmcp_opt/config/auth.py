@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
@@ -44,8 +45,9 @@ class OAuthConfig(_Strict):
     algorithms: list[str] = Field(default_factory=lambda: ["RS256", "ES256", "PS256", "EdDSA"])
     # Seconds of clock difference tolerated on `exp`, `nbf` and `iat`.
     clock_skew: float = Field(30.0, ge=0, le=300)
-    # A token signed with a key id the cached JWKS lacks refreshes it, at most once per this many seconds.
-    jwks_refresh_interval: float = Field(60.0, ge=0)
+    # A token signed with a key id the cached JWKS lacks refreshes it, at most once per this many seconds (at
+    # least 1: any client can send made-up key ids).
+    jwks_refresh_interval: float = Field(60.0, ge=1)
     # Seconds a fetched JWKS is used before it is fetched again.
     jwks_max_age: float = Field(3600.0, gt=0)
     # Seconds one request to the authorization server may take.
@@ -62,6 +64,24 @@ class OAuthConfig(_Strict):
     client_secret_env: str | None = None
     # Seconds an introspected token's answer is reused (never past its `exp`).
     introspection_cache: float = Field(60.0, ge=0)
+
+    @field_validator("issuer", "resource", "jwks_url", "introspection_url")
+    @classmethod
+    def _absolute_url(cls, value: str | None) -> str | None:
+        """Checked at load: a URL without its scheme would otherwise be a 503 on every request, found at the first."""
+        if value is None:
+            return value
+        shown = repr(value) if "@" not in value else "the URL given"  # user:password@ is never echoed
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+        except ValueError as exc:
+            raise ValueError(f"{shown} is not a URL: {exc}") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"expected an absolute http(s) URL such as https://login.example.com, not {shown}")
+        if parts.fragment or value.endswith("#"):
+            raise ValueError(f"{shown}: a URL with a `#` fragment is never an issuer or an endpoint")
+        return value
 
     @field_validator("algorithms")
     @classmethod
