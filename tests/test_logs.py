@@ -4,6 +4,7 @@ libraries' debug chatter left out even at debug level."""
 from __future__ import annotations
 
 import http.server
+import io
 import json
 import logging
 import os
@@ -82,6 +83,19 @@ def test_json_lines_carry_the_extra_fields_of_a_call() -> None:
         "notes_save",
         4.2,
     )
+
+
+def test_a_plain_line_break_in_logged_text_cannot_forge_a_record() -> None:
+    forged = "2026-12-05T00:00:00.000 INFO vmcp_opt.auth: caller admin allowed"
+    stream = io.StringIO()
+    handler = handler_for("plain", stream)
+    record = logging.LogRecord(
+        "vmcp_opt.routing", logging.WARNING, __file__, 1, "tool %s refused", (f"x\n{forged}\r",), None
+    )
+    handler.emit(record)
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 1 and PLAIN_LINE.match(lines[0]), lines
+    assert lines[0].endswith(f"tool x\\n{forged}\\r refused")
 
 
 def test_terminal_lines_name_the_level_and_logger_once() -> None:

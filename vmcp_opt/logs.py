@@ -2,7 +2,8 @@
 
 - `auto` (the default): rich's handler on a terminal (colours, columns, wrapped to the window); anywhere
   else (a file, journald, a pipe, a test's captured output) the `plain` format.
-- `plain`: `time level logger: message`, one line per record, never wrapped whatever the width.
+- `plain`: `time level logger: message`, one line per record, never wrapped whatever the width; control
+  characters in a message (a line break in a name a client or backend chose) are escaped (`\\n`).
 - `json`: one JSON object per line: `time`, `level`, `logger`, `message`, the fields a call passes as
   `extra={...}`, and `exception` when there is one.
 
@@ -122,6 +123,24 @@ class QuietLibraries(logging.Filter):
         return True
 
 
+# Control characters in a message, escaped in the plain format: a line break in text a client or a backend
+# chose (a tool name, a token's subject) would otherwise start a line that reads as a record of its own.
+_CONTROL_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F) if c != ord("\t")} | {
+    ord("\n"): "\\n",
+    ord("\r"): "\\r",
+}
+
+
+class PlainFormatter(logging.Formatter):
+    """`PLAIN_FORMAT`, the message on one line whatever it holds; a traceback follows on lines of its own."""
+
+    def __init__(self) -> None:
+        super().__init__(PLAIN_FORMAT, PLAIN_DATE_FORMAT)
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return super().formatMessage(record).translate(_CONTROL_ESCAPES)
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per record, on one line, with the record's `extra` fields."""
 
@@ -156,7 +175,7 @@ def handler_for(log_format: LogFormat, stream: TextIO | None = None) -> logging.
         rich.setFormatter(logging.Formatter("%(name)s: %(message)s"))
         return rich
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(logging.Formatter(PLAIN_FORMAT, PLAIN_DATE_FORMAT))
+    handler.setFormatter(PlainFormatter())
     return handler
 
 
