@@ -132,6 +132,13 @@ class CallerBackends:
                 if isinstance(exc, CredentialError) and subject is not None:
                     self.refusals[backend.name] = Refusal(subject, exc, anyio.current_time() + REFUSAL_REUSE)
                 raise
+            if self.closed:
+                # The client left while it opened: `close` has run and cannot see it, so it goes now. (Today
+                # `close` runs only once the connection's requests are cancelled; this keeps the set sound
+                # should an opening ever outlive them.)
+                self.budget.release(self.caller.id)
+                session.close()
+                raise MCPError(types.CONNECTION_CLOSED, "the client session has ended")
             self.refusals.pop(backend.name, None)
             self.sessions[backend.name] = session
             self.last_used[backend.name] = anyio.current_time()
