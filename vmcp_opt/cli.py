@@ -183,7 +183,13 @@ def validate(
     cfg = load_or_exit(config)
     logs.release_held()  # what loading warned about (discovery's skipped entries), before the verdict
     from vmcp_opt.auth_cli import auth_problems
-    from vmcp_opt.cli_validate import check_connections, exchange_warnings, launch_warnings
+    from vmcp_opt.cli_validate import (
+        check_connections,
+        empty_reference_warnings,
+        exchange_warnings,
+        launch_warnings,
+        nothing_served_warnings,
+    )
     from vmcp_opt.config.workflows import env_reference_warnings
     from vmcp_opt.shared.secrets import secret_problems
 
@@ -192,12 +198,18 @@ def validate(
         exit_invalid(config, problems)
     # Valid, but probably not what was meant. With --connect, each backend's own start says more.
     # token_exchange backends no caller could call: --connect's starts would not show it.
-    warnings = [*env_reference_warnings(cfg.workflows), *exchange_warnings(cfg)]
+    warnings = [
+        *nothing_served_warnings(cfg),
+        *empty_reference_warnings(config),
+        *env_reference_warnings(cfg.workflows),
+        *exchange_warnings(cfg),
+    ]
     for warning in [*warnings, *([] if connect else launch_warnings(cfg))]:
         err.print(f"warning: {warning}", markup=False, highlight=False)
     if connect:
         check_connections(cfg)
-    out.print(f"[green]valid[/]: {len(cfg.backends)} backends ({', '.join(b.name for b in cfg.backends)})")
+    names = f" ({', '.join(b.name for b in cfg.backends)})" if cfg.backends else ""
+    out.print(f"[green]valid[/]: {len(cfg.backends)} backends{names}")
     if cfg.workflows:
         out.print(f"  {len(cfg.workflows)} workflows ({', '.join(w.name for w in cfg.workflows)})")
 

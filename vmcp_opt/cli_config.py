@@ -30,7 +30,53 @@ def load_or_exit(path: Path | None, overrides: dict[str, Any] | None = None, jso
     try:
         return load_config(path, overrides, discover=read_client_config, check_model=model_problem, flags=flags)
     except ConfigError as exc:
-        exit_invalid(path, exc.problems, json_logs)
+        exit_invalid(path, exc.problems + client_config_hint(path), json_logs)
+
+
+# Where an MCP client keeps its servers: Claude Desktop and Cursor (`mcpServers`), VS Code's mcp.json
+# (`servers`) and settings.json (`mcp: {servers: ...}`).
+_CLIENT_SERVER_KEYS = ("mcpServers", "servers", "mcp.servers")
+# Those files by name: VS Code's may hold comments, which no YAML parser reads, so their keys go unseen.
+_CLIENT_FILE_NAMES = frozenset({"claude_desktop_config.json", "mcp.json", "settings.json"})
+
+
+def client_config_hint(path: Path | None) -> list[str]:
+    """The way out when `-c` names a desktop client's own MCP file (`claude_desktop_config.json`, an mcp.json):
+    its `mcpServers` is otherwise only an unknown key "to check the spelling of", and nothing says the gateway
+    reads such a file through `discovery`. Empty for any other file."""
+    from vmcp_opt.config.loading import raw_config
+
+    if path is None:
+        return []
+    try:
+        raw, unreadable = raw_config(path), False
+    except ConfigError:
+        raw, unreadable = {}, True
+    found = next((dotted for dotted in _CLIENT_SERVER_KEYS if _looks_like_servers(_at(raw, dotted))), None)
+    if found is None and not (unreadable and path.name in _CLIENT_FILE_NAMES):
+        return []
+    what = f"its servers are under `{found}`" if found else f"`{path.name}` is where MCP clients list theirs"
+    return [
+        f"{path}: this looks like an MCP client's own config ({what}), not one of vmcp-opt's: to serve its "
+        "servers, give `-c` a vmcp-opt config that reads it, such as "
+        f"`discovery: {{mode: discovered, path: {path.resolve()}}}` (README, Discovered mode)"
+    ]
+
+
+def _at(raw: dict[str, Any], dotted: str) -> Any:
+    value: Any = raw
+    for key in dotted.split("."):
+        value = value.get(key) if isinstance(value, dict) else None
+    return value
+
+
+def _looks_like_servers(value: Any) -> bool:
+    """A mapping of server names to launch entries (`command` or `url`), as MCP clients write them."""
+    return (
+        isinstance(value, dict)
+        and bool(value)
+        and all(isinstance(entry, dict) and ("command" in entry or "url" in entry) for entry in value.values())
+    )
 
 
 def exit_invalid(path: Path | None, problems: list[str], json_logs: bool = False) -> NoReturn:

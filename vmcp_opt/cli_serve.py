@@ -10,10 +10,11 @@ import os
 import socket
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from vmcp_opt.cli_config import fatal
-from vmcp_opt.config import PROJECT_ROOT, VmcpConfig
+from vmcp_opt.config import DEFAULT_CONFIG_PATH, PROJECT_ROOT, ConfigError, VmcpConfig
+from vmcp_opt.config.base import ENV_REFERENCE
 from vmcp_opt.console import OutputConsole
 
 logger = logging.getLogger("vmcp_opt.cli")  # the banner's record keeps the logger it always had
@@ -89,6 +90,46 @@ def stdio_launch(config_path: Path | None) -> dict[str, object]:
     return {"command": sys.executable, "args": ["-m", "vmcp_opt", *args]}
 
 
+def environment_read(config_path: Path | None) -> list[str]:
+    """The environment variables this start read that a desktop client would not pass on: the `${VAR}`s of
+    the file's backends, the variables its `*_env` settings name, and the `VMCP_` settings set now. A client
+    starts a stdio server with a few variables of its own (PATH, HOME, …) and what its entry's `env` says,
+    never its user's shell's, so the banner's snippet pasted as is would find them unset and not start."""
+    from vmcp_opt.config.loading import raw_config
+
+    try:
+        raw = raw_config(config_path or DEFAULT_CONFIG_PATH)
+    except ConfigError:
+        raw = {}
+    names = _references(raw.get("backends")) + _named_by_env_settings(raw)
+    names += [name for name in os.environ if name.upper().startswith("VMCP_") and "__" in name]
+    names += [name for name in os.environ if name.upper() == "VMCP_DATA_DIR"]
+    return list(dict.fromkeys(names))
+
+
+def _references(value: Any) -> list[str]:
+    """Every `${VAR}` in the strings under `value`."""
+    if isinstance(value, str):
+        return ENV_REFERENCE.findall(value)
+    children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else []
+    return [name for child in children for name in _references(child)]
+
+
+def _named_by_env_settings(value: Any) -> list[str]:
+    """The values of `*_env` settings (`redis.password_env: REDIS_PASSWORD`): variables read by name."""
+    if isinstance(value, list):
+        return [name for child in value for name in _named_by_env_settings(child)]
+    if not isinstance(value, dict):
+        return []
+    names = []
+    for key, child in value.items():
+        if str(key).endswith("_env") and isinstance(child, str) and child:
+            names.append(child)
+        else:
+            names += _named_by_env_settings(child)
+    return names
+
+
 def announce(cfg: VmcpConfig, port: int, config_path: Path | None = None) -> None:
     """The banner, once listening: `port` is the bound one (with `--port 0`, the one the OS chose). Under
     `--log-format json` it is one log record (on stderr, like every other line), so that a log shipper reading
@@ -100,6 +141,7 @@ def announce(cfg: VmcpConfig, port: int, config_path: Path | None = None) -> Non
     inspector = str(local) if local.exists() else "npx @modelcontextprotocol/inspector@0.15.0"
     try_it = f"{inspector} --cli {url} --transport http --method tools/list"
     snippet = {"mcpServers": {"vmcp": stdio_launch(config_path)}}
+    needed = environment_read(config_path)
     if cfg.server.log_format == "json":
         logger.info(
             "vmcp-opt serving MCP at %s (%s)",
@@ -112,6 +154,7 @@ def announce(cfg: VmcpConfig, port: int, config_path: Path | None = None) -> Non
                 "readiness_url": readiness,
                 "try_it": try_it,
                 "claude_desktop_config": snippet,
+                "claude_desktop_env": needed,
             },
         )
         return
@@ -121,6 +164,14 @@ def announce(cfg: VmcpConfig, port: int, config_path: Path | None = None) -> Non
         out.print(f"  try it:  {try_it}", markup=False, highlight=False)
         out.print("  Claude Desktop (claude_desktop_config.json):")
         out.print("  " + json.dumps(snippet), markup=False, highlight=False)
+        if needed:
+            env = json.dumps(dict.fromkeys(needed, "..."))
+            out.print(
+                f"  it reads {', '.join(needed)} from the environment, which a desktop client does not pass on: "
+                f'add "env": {env} beside "args"',
+                markup=False,
+                highlight=False,
+            )
         out.print("  Ctrl-C stops the gateway and its backends.\n")
     except OSError as exc:
         _discard_stdout()

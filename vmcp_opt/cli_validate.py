@@ -14,6 +14,7 @@ import typer
 from vmcp_opt import logs
 from vmcp_opt.cli_config import unknown_pinned
 from vmcp_opt.config import VmcpConfig
+from vmcp_opt.config.base import ENV_REFERENCE
 from vmcp_opt.console import OutputConsole
 
 err = OutputConsole(stderr=True)
@@ -129,6 +130,62 @@ def _node_script(args: list[str]) -> int | None:
             return index
         index += 2 if arg in _NODE_VALUED else 1
     return None
+
+
+def nothing_served_warnings(cfg: VmcpConfig) -> list[str]:
+    """A config that serves nothing (an empty file, `backends:` left out or misplaced) is valid, and `serve`
+    would start and answer every client with no tools; and a `discovery.path` that inline mode never reads,
+    whose servers the user expects."""
+    warnings = []
+    if cfg.discovery.mode == "inline" and cfg.discovery.path:
+        warnings.append(
+            f"discovery.path: {cfg.discovery.path} is not read, since discovery.mode is inline "
+            "(mode: discovered serves its servers too)"
+        )
+    if not cfg.backends and not cfg.workflows:
+        warnings.append(
+            "backends: none, so the gateway would serve no tools, prompts or resources "
+            "(list servers under `backends:`, or read a desktop client's with discovery: {mode: discovered, path: ...})"
+        )
+    return warnings
+
+
+def empty_reference_warnings(config_path: Path | None) -> list[str]:
+    """`${VAR}`s in the file's backends whose variable is set but empty (`export DOCS_TOKEN=` of a secret not
+    yet filled in): an unset one is an error, an empty one is expanded to nothing and the backend is sent
+    `Authorization: Bearer ` without a word."""
+    from vmcp_opt.config import DEFAULT_CONFIG_PATH, ConfigError
+    from vmcp_opt.config.loading import raw_config
+
+    try:
+        backends = raw_config(config_path or DEFAULT_CONFIG_PATH).get("backends")
+    except ConfigError:
+        return []
+    warnings = []
+    for index, backend in enumerate(backends if isinstance(backends, list) else []):
+        if not isinstance(backend, dict):
+            continue
+        for place, value in _expanded_fields(backend, f"backends[{index}]"):
+            warnings += [
+                f"{place}: ${{{name}}} is set but empty, so the backend gets an empty value here"
+                for name in ENV_REFERENCE.findall(value)
+                if os.environ.get(name) == ""
+            ]
+    return warnings
+
+
+def _expanded_fields(backend: dict[str, object], where: str) -> list[tuple[str, str]]:
+    """The backend fields where loading expands `${VAR}` (env, headers, args, url), by their path."""
+    fields: list[tuple[str, object]] = []
+    for kind in ("env", "headers"):
+        mapping = backend.get(kind)
+        fields += [
+            (f"{where}.{kind}.{key}", value) for key, value in (mapping.items() if isinstance(mapping, dict) else [])
+        ]
+    args = backend.get("args")
+    fields += [(f"{where}.args[{i}]", arg) for i, arg in enumerate(args if isinstance(args, list) else [])]
+    fields.append((f"{where}.url", backend.get("url")))
+    return [(place, value) for place, value in fields if isinstance(value, str)]
 
 
 def exchange_warnings(cfg: VmcpConfig) -> list[str]:
