@@ -18,7 +18,8 @@ APP_NAME = "vmcp-opt"
 BACKEND_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,47}$"
 # What a served tool may be named (the 2025-11-25 specification's guidance; aggregation/screening.py drops others).
 TOOL_NAME_RULE = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
-_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# A `${VAR}` in a config value, expanded from the environment at load.
+ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 # Names (env keys, `${VAR}` references, URL query parameters) whose values are secrets whatever they look like.
 SECRET_NAME = re.compile(
     r"TOKEN|SECRET|PASSW|PASSPHRASE|API_?KEY|ACCESS_?KEY|PRIVATE|CREDENTIAL|AUTH|COOKIE|SESSION|(^|_)(KEY|PAT|PWD|PASS)$",

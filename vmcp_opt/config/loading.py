@@ -20,7 +20,7 @@ from pydantic_core import ErrorDetails
 from pydantic_settings import EnvSettingsSource, SettingsError
 
 from vmcp_opt.config.base import (
-    _ENV_REFERENCE,
+    ENV_REFERENCE,
     DEFAULT_CONFIG_PATH,
     SECRET_NAME,
     ConfigError,
@@ -316,7 +316,7 @@ def _every_problem(
         fields.append((f"{where}.url", backend.get("url")))
         for place, value in fields:
             if isinstance(value, str):
-                problems += [_unset(place, name) for name in _ENV_REFERENCE.findall(value) if name not in os.environ]
+                problems += [_unset(place, name) for name in ENV_REFERENCE.findall(value) if name not in os.environ]
     return list(dict.fromkeys(problems))
 
 
@@ -464,7 +464,7 @@ def _with_env_references_resolved(config: VmcpConfig) -> VmcpConfig:
             referenced.add(os.environ[name])
             return os.environ[name]
 
-        return _ENV_REFERENCE.sub(replace, value)
+        return ENV_REFERENCE.sub(replace, value)
 
     for index, backend in enumerate(config.backends):
         where, seen = f"backends[{index}]", backend._referenced
@@ -486,6 +486,6 @@ def _secrets_in_args(args: list[str], where: str) -> list[str]:
         f"{where}[{i}]: ${{{name}}} would put a secret on the backend's command line, where any local user "
         f"can read it (ps); pass it in `env` instead (env: {{{name}: '${{{name}}}'}}) for the backend to read"
         for i, arg in enumerate(args)
-        for name in _ENV_REFERENCE.findall(arg)
+        for name in ENV_REFERENCE.findall(arg)
         if SECRET_NAME.search(name)
     ]

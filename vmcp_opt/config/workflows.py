@@ -15,7 +15,6 @@ nothing expands there (`env_reference_warnings`).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -30,6 +29,7 @@ from pydantic import (
     model_validator,
 )
 
+from vmcp_opt.config.base import ENV_REFERENCE
 from vmcp_opt.config.workflow_graph import (
     ancestors_of,
     find_cycle,
@@ -50,7 +50,6 @@ TEMPLATE_NAMES = ("params", "steps", "index")
 # The meta-tool through which a step may call any tool by name (`arguments.tool_name`).
 CALL_TOOL = "call_tool"
 # A `${VAR}` reference, as backend fields spell it (config/base.py): not expanded in workflows, so warned of.
-_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 class _Strict(BaseModel):
@@ -364,7 +363,7 @@ def env_reference_warnings(workflows: Sequence[WorkflowConfig]) -> list[str]:
     for workflow in workflows:
         for step in workflow.steps:
             for place, source in step_templates(step):
-                for name in dict.fromkeys(_ENV_REFERENCE.findall(source)):
+                for name in dict.fromkeys(ENV_REFERENCE.findall(source)):
                     field = place.removeprefix("arguments.")
                     where = f"argument '{field}'" if field != place else f"field '{place}'"
                     warnings.append(
