@@ -59,6 +59,13 @@ def test_unknown_keys_are_errors(tmp_path: Path) -> None:
     assert any(p.startswith("backends[0].comand:") for p in problems), problems
 
 
+def test_backends_keyed_by_name_as_clients_write_them_are_told_to_be_a_list(tmp_path: Path) -> None:
+    problems = problems_of(write_config(tmp_path, {"backends": {"time": {"command": "x"}}}))
+    assert problems == [
+        "backends: Input should be a valid list, not a mapping: write each entry as a list item (`- name: ...`)"
+    ]
+
+
 def test_duplicate_backend_names_rejected(tmp_path: Path) -> None:
     problems = problems_of(
         write_config(tmp_path, {"backends": [{"name": "a", "command": "x"}, {"name": "a", "command": "y"}]})

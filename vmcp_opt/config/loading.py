@@ -20,8 +20,8 @@ from pydantic_core import ErrorDetails
 from pydantic_settings import EnvSettingsSource, SettingsError
 
 from vmcp_opt.config.base import (
-    ENV_REFERENCE,
     DEFAULT_CONFIG_PATH,
+    ENV_REFERENCE,
     SECRET_NAME,
     ConfigError,
 )
@@ -203,6 +203,9 @@ def _describe(exc: ValidationError, source: SourceNamer | None = None) -> list[s
             message += _unquoted(error.get("input"))
         if error["type"] == "literal_error":
             message += _meant_value(error)
+        if error["type"] == "list_type" and isinstance(error.get("input"), dict):
+            # `backends: {time: {...}}`, as MCP clients key their servers by name
+            message += ", not a mapping: write each entry as a list item (`- name: ...`)"
         if not location:  # the document's own cross-checks: already `path: reason`, one per line
             problems.extend(message.splitlines())
             continue
