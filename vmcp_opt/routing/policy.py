@@ -18,7 +18,7 @@ from vmcp_opt.auth import Caller
 from vmcp_opt.display import shorten
 
 if TYPE_CHECKING:
-    from vmcp_opt.aggregation.catalog import Catalog
+    from vmcp_opt.aggregation.catalog import Catalog, RoutedTemplate
 
 TargetKind = Literal["tool", "prompt", "resource", "template"]
 # list: shown in a list (or by find_tool); use: called, read, fetched, subscribed; complete: completions for it.
@@ -109,3 +109,12 @@ def resource_targets(catalog: Catalog, uri: str) -> tuple[str, list[Target]] | N
     if template is not None:
         targets.append(Target("template", template.template.uri_template, template.backend))
     return backend, targets
+
+
+def completion_template(catalog: Catalog, uri: str) -> RoutedTemplate | None:
+    """The template a completion's `ref/resource` names: by its URI template, or by a URI it serves (the
+    specification allows either), matched as a read of that URI routes; None for a listed resource's URI or a
+    URI no template serves. The completion is judged as one for that template, as a read is: judged by the URI
+    as sent, a concrete URI got past a policy naming the template."""
+    exact = next((t for t in catalog.templates if t.template.uri_template == uri), None)
+    return exact if exact is not None else catalog.matching_template(uri)

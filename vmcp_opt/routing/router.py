@@ -18,6 +18,7 @@ policy, item by item, so a caller sees exactly what it may use.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -47,7 +48,16 @@ from vmcp_opt.routing.operations import (
     request_target,
     watched,
 )
-from vmcp_opt.routing.policy import AllowAll, Decision, Denied, Operation, Policy, Target, resource_targets
+from vmcp_opt.routing.policy import (
+    AllowAll,
+    Decision,
+    Denied,
+    Operation,
+    Policy,
+    Target,
+    completion_template,
+    resource_targets,
+)
 from vmcp_opt.routing.providers import ProvidedTool, ToolCall, ToolProvider, error_result
 from vmcp_opt.routing.sessions import SessionChooser
 from vmcp_opt.routing.views import MergedToolList, ToolViews
@@ -414,18 +424,28 @@ class Router:
                 routed = catalog.prompts.get(ref.name)
                 if routed is None:
                     raise MCPError(types.INVALID_PARAMS, f"Unknown prompt: '{shorten(ref.name)}'")
-                self._authorize(caller, Target("prompt", routed.name, routed.backend, "complete"))
+                self._authorize_completion(caller, Target("prompt", routed.name, routed.backend))
                 forwarded = params.model_copy(update={"ref": ref.model_copy(update={"name": routed.original_name})})
                 return await self._forward(
                     caller, exchange, routed.backend, types.CompleteRequest(params=forwarded), types.CompleteResult
                 )
-            backend = catalog.route_template(ref.uri) or catalog.route_resource(ref.uri)
-            if backend is None:
+            template = completion_template(catalog, ref.uri)
+            if template is None:
                 raise MCPError(types.INVALID_PARAMS, f"Unknown resource template: '{shorten(ref.uri)}'")
-            self._authorize(caller, Target("template", ref.uri, backend, "complete"))
+            uri_template = template.template.uri_template
+            self._authorize_completion(caller, Target("template", uri_template, template.backend))
+            # The backend is asked about the template the policy judged (and knows it by that name).
+            forwarded = params.model_copy(update={"ref": ref.model_copy(update={"uri": uri_template})})
             return await self._forward(
-                caller, exchange, backend, types.CompleteRequest(params=params), types.CompleteResult
+                caller, exchange, template.backend, types.CompleteRequest(params=forwarded), types.CompleteResult
             )
+
+    def _authorize_completion(self, caller: Caller, target: Target) -> None:
+        """Completions only for a prompt or template the caller is shown (may list it and get or read it) and
+        may complete: their values come from the data it serves, so a caller kept from reading a template must
+        not enumerate it through completions under a broad `complete` permit."""
+        for operation in ("list", "use", "complete"):
+            self._authorize(caller, dataclasses.replace(target, operation=operation))
 
     async def subscribe(self, caller: Caller, uri: str, exchange: Exchange, *, subscribe: bool) -> None:
         method = "resources/subscribe" if subscribe else "resources/unsubscribe"
