@@ -12,7 +12,8 @@ import redis.asyncio as aioredis
 from mcp_types import InitializeRequestParams
 
 from tests.redis_server import RedisServer, running_redis
-from vmcp_opt.server.shared_sessions import Held, SharedSessions
+from vmcp_opt.server.session_relays import Held
+from vmcp_opt.server.shared_sessions import SharedSessions
 from vmcp_opt.shared.session_store import RedisSessions, SessionRecord, session_key_digest
 
 pytestmark = pytest.mark.anyio

@@ -173,6 +173,7 @@ def _id_in_use(message: JSONRPCRequest) -> JSONResponse:
 
 class LazyStreamTransport(StreamableHTTPServerTransport):
     asks: AskIds | None = None  # sessions shared: requests to the client tagged, answers routed by their tag
+    ask_copy = ""  # sessions shared: this copy's number in its requests' ids (`AskIds.next_copy`, taken at connect)
 
     async def terminate(self) -> None:
         await super().terminate()
@@ -184,11 +185,18 @@ class LazyStreamTransport(StreamableHTTPServerTransport):
         self,
     ) -> AsyncGenerator[tuple[ReadStream[SessionMessage | Exception], WriteStream[SessionMessage]], None]:
         async with super().connect() as (read_stream, write_stream):
-            yield read_stream, write_stream if self.asks is None else TaggedAsks(write_stream, self.asks)
+            if self.asks is None:
+                yield read_stream, write_stream
+                return
+            self.ask_copy = self.asks.next_copy()
+            yield read_stream, TaggedAsks(write_stream, self.asks, self.ask_copy)
 
-    async def deliver(self, message: Answer | JSONRPCNotification) -> bool:
-        """A client's answer to this replica's request, or its cancellation of a request, POSTed to another
-        replica; False if the session has ended here."""
+    async def deliver(self, message: Answer | JSONRPCNotification, copy: str | None = None) -> bool:
+        """A client's answer to this copy's request (`copy`: the copy that asked), or its cancellation of a
+        request, POSTed to another replica; False if the session has ended here, or the answer is for another copy
+        of it (one that ended: its question's number may be the same as one of this copy's)."""
+        if copy is not None and copy != self.ask_copy:
+            return False
         writer = self._read_stream_writer
         if writer is None or self.is_terminated:
             return False
@@ -227,8 +235,9 @@ class LazyStreamTransport(StreamableHTTPServerTransport):
             assert self._read_stream_writer is not None
             await self._read_stream_writer.send(Exception(err))
 
-    async def _tagged_answer(self, request: Request) -> tuple[Answer, str] | None:
-        """A client's answer to a tagged request of the gateway: (the answer under the dispatcher's id, the tag)."""
+    async def _tagged_answer(self, request: Request) -> tuple[Answer, str, str] | None:
+        """A client's answer to a tagged request of the gateway: (the answer under the dispatcher's id, the tag,
+        the copy that asked)."""
         body = await request.body()  # cached: the SDK's path reads it again
         if ASK_PREFIX.encode() not in body:
             return None  # most POSTs: no second parse
@@ -241,22 +250,26 @@ class LazyStreamTransport(StreamableHTTPServerTransport):
         asker = asked_by(message.id)
         if asker is None:
             return None
-        tag, own = asker
-        return message.model_copy(update={"id": own}), tag
+        tag, copy, own = asker
+        return message.model_copy(update={"id": own}), tag, copy
 
     async def _route_answer(
-        self, answer: Answer, tag: str, scope: Scope, request: Request, receive: Receive, send: Send
+        self, answer: Answer, tag: str, copy: str, scope: Scope, request: Request, receive: Receive, send: Send
     ) -> None:
-        """This replica's question: the SDK's path with the dispatcher's id. Another's: 202, then handed over."""
+        """This copy's question: the SDK's path with the dispatcher's id. Another replica's: 202, then handed over.
+        A copy of this session that ended here: 202, dropped."""
         assert self.asks is not None and self.mcp_session_id is not None
-        if tag == self.asks.tag:
+        if tag == self.asks.tag and copy == self.ask_copy:
             body = answer.model_dump_json(by_alias=True, exclude_unset=True).encode()
             await super()._handle_post_request(scope, _with_body(request, body), receive, send)
             return
         if not await self._validate_request_headers(request, send):
             return
         await self._create_json_response(None, HTTPStatus.ACCEPTED)(scope, receive, send)
-        await self.asks.relay(tag, self.mcp_session_id, answer)
+        if tag != self.asks.tag:
+            await self.asks.relay(tag, self.mcp_session_id, copy, answer)
+        else:
+            logger.debug("sessions: an answer to a question of a copy of this session that has ended was dropped")
 
     async def _cancel_elsewhere(self, request: Request) -> JSONRPCNotification | None:
         """A client's cancellation of a request this copy of the session has no stream for (running on another

@@ -6,12 +6,19 @@ messages that made it: the stored `initialize` (with the version negotiated then
 `notifications/initialized`, then `logging/setLevel` and one `resources/subscribe` per subscription, so the
 gateway's handlers open this replica's dedicated backend session with the same log level and subscriptions.
 They carry the Starlette request that caused the restore (its caller's identity, for the policy) and ids no
-client uses; their answers are dropped before the transport. Only public SDK parts are used: the transport,
+client can send (`_INTERNAL`); their answers are dropped before the transport. Only public SDK parts are used: the transport,
 `serve_loop`, `SessionMessage` (and, for types, the stream protocols).
 
 A change another replica makes to the session later (its log level, a subscription) reaches a copy held here as
 a request of its own (`apply_change`), POSTed to the copy's transport under the scope of the session's last
-request here (its caller's identity), with an id no client uses; its answer is dropped (a refusal is logged).
+request here (its caller's identity), with an id no client can send; its answer is dropped (a refusal is logged).
+
+Those ids are what tells the gateway's own requests from a client's (`is_restoring`, `is_replayed`): neither is
+recorded in Redis nor relayed to other replicas, and a restore's answers are dropped. So they carry a random
+nonce drawn when this process starts and never sent anywhere: with a fixed prefix alone, a client whose own
+request ids began `vmcp-change-` had its `resources/subscribe` kept from every other replica, its `initialize`
+kept from the audit, and on a restored copy its answer dropped. Refusing such client ids instead would refuse
+valid JSON-RPC ids, and need every POST parsed once more before the SDK's path.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import secrets
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -32,6 +40,7 @@ from mcp_types import JSONRPCError, JSONRPCNotification, JSONRPCRequest, JSONRPC
 from starlette.requests import Request
 from starlette.types import Message, Scope
 
+from vmcp_opt.server.lazy_stream import LazyStreamSessionManager, LazyStreamTransport
 from vmcp_opt.server.streams import ReadStreamWrapper, WriteStreamWrapper
 
 # An annotation only: handlers.py imports `is_restoring`, and a gateway without Redis never imports redis.
@@ -39,8 +48,10 @@ if TYPE_CHECKING:
     from vmcp_opt.shared.session_store import SessionRecord
 
 logger = logging.getLogger(__name__)
-_RESTORE_ID = "vmcp-restore-"
-_CHANGE_ID = "vmcp-change-"
+# This process's own: a client cannot send an id that starts so (see the module's docstring).
+_INTERNAL = secrets.token_hex(16)
+_RESTORE_ID = f"vmcp-restore-{_INTERNAL}-"
+_CHANGE_ID = f"vmcp-change-{_INTERNAL}-"
 _change_ids = itertools.count(1)
 # Headers of the session's last request a relayed change is not sent with: its own are set instead.
 _REPLACED = frozenset(
@@ -49,12 +60,13 @@ _REPLACED = frozenset(
 
 
 def is_restoring(request_id: RequestId | None) -> bool:
-    """A request replayed to restore a session (its state is already recorded)."""
+    """A request replayed to restore a session (its state is already recorded); never a client's."""
     return isinstance(request_id, str) and request_id.startswith(_RESTORE_ID)
 
 
 def is_replayed(request_id: RequestId | None) -> bool:
-    """A request replayed to restore a session, or a change another replica made to it (both recorded there)."""
+    """A request replayed to restore a session, or a change another replica made to it (both recorded there);
+    never a client's."""
     return is_restoring(request_id) or (isinstance(request_id, str) and request_id.startswith(_CHANGE_ID))
 
 
@@ -77,6 +89,21 @@ def opening_messages(record: SessionRecord, request: Request) -> list[SessionMes
     return [SessionMessage(m.message, metadata=metadata) for m in messages]
 
 
+def restored_transport(manager: LazyStreamSessionManager, session_id: str) -> LazyStreamTransport:
+    """A transport for a copy of session `session_id` restored here, as the manager's own sessions': it answers JSON
+    unless a call streams, and tags its requests to the client as theirs."""
+    transport = LazyStreamTransport(
+        mcp_session_id=session_id,
+        is_json_response_enabled=manager.json_response,
+        event_store=manager.event_store,
+        security_settings=manager.security_settings,
+        retry_interval=manager.retry_interval,
+        idle_timeout=manager.session_idle_timeout,
+    )
+    transport.asks = manager.asks
+    return transport
+
+
 async def serve_restored(
     server: Server[Any],
     transport: StreamableHTTPServerTransport,
@@ -87,21 +114,27 @@ async def serve_restored(
     *,
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    """The restored session's server loop, as the SDK's manager runs its own, until it ends (idle, DELETE).
-    `restored` is set once every replayed request is answered."""
+    """The restored session's server loop, as the SDK's manager runs its own, until it ends (idle, DELETE; a crash
+    logged); then its transport terminated. `restored` is set once every replayed request is answered."""
     messages = opening_messages(record, request)
     replayed = {m.message.id for m in messages if isinstance(m.message, JSONRPCRequest)}
-    async with transport.connect() as (read_stream, write_stream):
-        task_status.started()
-        idle_scope = transport.idle_scope or anyio.CancelScope()
-        with idle_scope:
-            await serve_loop(
-                server,
-                Replaying(messages, read_stream),
-                DroppingReplies(write_stream, {str(i) for i in replayed}, restored),
-                lifespan_state=lifespan_state,
-                session_id=transport.mcp_session_id,
-            )
+    try:
+        async with transport.connect() as (read_stream, write_stream):
+            task_status.started()
+            with transport.idle_scope or anyio.CancelScope():
+                await serve_loop(
+                    server,
+                    Replaying(messages, read_stream),
+                    DroppingReplies(write_stream, {str(i) for i in replayed}, restored),
+                    lifespan_state=lifespan_state,
+                    session_id=transport.mcp_session_id,
+                )
+    except Exception:
+        logger.exception("sessions: a restored session crashed")
+    finally:
+        if not transport.is_terminated:
+            with anyio.CancelScope(shield=True):
+                await transport.terminate()
 
 
 class Replaying(ReadStreamWrapper):

@@ -24,26 +24,14 @@ success), then 404 (the client opens a new session, held here); one warning per 
 session was deleted meanwhile (its tombstone, checked in the same Lua script): then its copy here is ended.
 Redis's own state changes are logged once each by vmcp_opt/shared/redis_client.py.
 
-A request the gateway sends a client (a backend's elicitation, sampling, roots) carries this replica's tag in
-its id (`AskIds`, vmcp_opt/server/lazy_stream.py); the client's answer, POSTed to whichever replica, is handed to
-the tagged one (`RedisAnswerRelay`), whose copy of the session asked. A client's cancellation of a request not in
-flight on the replica it lands on is published to the others (`RedisCancelRelay`): the one running the request
-cancels it, and with it the backend's call. A change to a session's record (its log level, a subscription) is
-published the same way, and every other replica holding a copy of the session applies it to that copy
-(`apply_change`): a standalone GET stream on any of them hears what the client subscribed to on another. What is
-relayed names the session by the SHA-256 of its id (`HeldSessions` finds the copy it names); a session's changes
-queued behind one being applied are coalesced, the latest per log level or resource kept.
-
-Past ~450 lines on purpose: a session's record is written, restored, changed and ended here, and what other
-replicas relay is delivered to its copy, around one `SharedSessions` whose middleware, reaper, restore and
-relays hand each other the same state; apart, each would reach into the others.
+What the client POSTs to another replica about a copy held here (an answer to its question, a cancellation, a
+change to the session's record, in the record's revision order) is delivered to it by
+vmcp_opt/server/session_relays.py (`SessionRelays`, `HeldSessions`); this module writes, restores and ends copies.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import json
 import logging
 import secrets
 from collections import Counter
@@ -56,8 +44,7 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.lowlevel.server import Server
-from mcp.shared.exceptions import MCPError
-from mcp_types import INVALID_PARAMS, INVALID_REQUEST, InitializeRequestParams, JSONRPCNotification
+from mcp_types import INVALID_REQUEST, InitializeRequestParams
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -67,20 +54,20 @@ from vmcp_opt.routing import Router
 from vmcp_opt.routing.round_trips import RoundOwners
 from vmcp_opt.server.admission import connection_of
 from vmcp_opt.server.authentication import session_owner
-from vmcp_opt.server.lazy_stream import LazyStreamSessionManager, LazyStreamTransport
-from vmcp_opt.server.session_restore import apply_change, is_replayed, is_restoring, serve_restored
+from vmcp_opt.server.lazy_stream import LazyStreamSessionManager
+from vmcp_opt.server.session_relays import Held, HeldSessions, SessionRelays
+from vmcp_opt.server.session_restore import is_replayed, restored_transport, serve_restored
 from vmcp_opt.server.sessions import SERVER_BUSY, SessionGate, Slot, json_rpc_error, may_open_session
-from vmcp_opt.server.shared_asks import Answer, AskIds
 from vmcp_opt.shared.events import EVENTS, STORE_ERRORS, RedisEventStore, ReplicaPresence
 from vmcp_opt.shared.redis_client import redis_client, redis_trouble
 from vmcp_opt.shared.replica_shapes import ReplicaShapes, watch_shapes
-from vmcp_opt.shared.round_relay import RedisAnswerRelay, RedisCancelRelay, RedisRoundRelay, SessionChange
+from vmcp_opt.shared.round_relay import RedisAnswerRelay, RedisCancelRelay, RedisRoundRelay
 from vmcp_opt.shared.session_store import (
     OUTAGE_RETRY_AFTER,
     RedisSessions,
     SessionRecord,
     StoreOutage,
-    session_key_digest,
+    refuse_oversized,
 )
 
 logger = logging.getLogger(__name__)
@@ -91,46 +78,7 @@ RESTORE_WAIT = 30.0
 REAP_INTERVAL = 1.0
 # The principal of the request being served (`session_owner`), for the record of a session it opens.
 OWNER: ContextVar[str] = ContextVar("vmcp_session_owner", default="")
-# Most JSON bytes of a client's `initialize` params a session's record keeps (capabilities and clientInfo, icons
-# included, are a few KB in every client seen).
-MAX_PARAMS_BYTES = 256 * 1024
 _RECORDED = frozenset({"initialize", "logging/setLevel", "resources/subscribe", "resources/unsubscribe"})
-
-
-@dataclass
-class Held:
-    """A session this replica holds: opened by the manager (`transport` None) or restored here."""
-
-    record: SessionRecord
-    transport: LazyStreamTransport | None = None
-    recorded: bool = True  # False: not in Redis yet (unreachable when it opened); written at its next use
-    # Set once a restored session's replayed requests are answered (its log level and subscriptions are in
-    # place on this replica's backend sessions); the client's requests wait for it.
-    restored: anyio.Event = dataclasses.field(default_factory=anyio.Event)
-    # The scope of the session's last request here: changes other replicas relay are applied under it.
-    scope: Scope | None = None
-    # Held while a relayed change is applied: a session's changes are applied one at a time, in order.
-    changing: anyio.Lock = dataclasses.field(default_factory=anyio.Lock)
-    # Relayed changes waiting for `changing`, the latest per what it changes (`_pending_key`): one superseded
-    # while it waited is never applied, so a client changing its log level at any rate queues one task here.
-    pending: dict[str, SessionChange] = dataclasses.field(default_factory=dict)
-
-
-class HeldSessions(dict[str, Held]):
-    """The sessions this replica holds, by id, and their ids by digest (`session_key_digest`): what other
-    replicas relay names a session by its digest."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.by_digest: dict[str, str] = {}
-
-    def __setitem__(self, session_id: str, held: Held) -> None:
-        super().__setitem__(session_id, held)
-        self.by_digest[session_key_digest(session_id)] = session_id
-
-    def __delitem__(self, session_id: str) -> None:
-        super().__delitem__(session_id)
-        self.by_digest.pop(session_key_digest(session_id), None)
 
 
 class SharedSessions:
@@ -142,15 +90,13 @@ class SharedSessions:
         self.store = parts.store
         self.presence = parts.presence
         self.relay = parts.relay
-        self.answers = parts.answers
-        self.cancels = parts.cancels
-        # Ids of this process's requests to clients; a restarted replica's differ from those it sent before.
-        self.asks = manager.asks = AskIds(secrets.token_hex(8), self._relay_answer, self._relay_cancel)
         self.events = parts.events
         self.rounds = parts.rounds
         self.shapes = parts.shapes
         self.gate = gate
         self._held = HeldSessions()
+        self.relays = SessionRelays(self._held, manager, parts.store, parts.answers, parts.cancels)
+        self.asks = manager.asks = self.relays.asks
         self._in_flight: Counter[str] = Counter()
         self._lock = anyio.Lock()
         self._task_group: TaskGroup | None = None
@@ -167,13 +113,12 @@ class SharedSessions:
         server: Server[Any] = self.manager.app
         async with server.lifespan(server) as state, anyio.create_task_group() as task_group:
             self._lifespan_state, self._task_group = state, task_group
-            task_group.start_soon(self._keep_alive)
+            task_group.start_soon(self.store.keep_alive, lambda: list(self._in_flight))
             task_group.start_soon(self._reap_ended)
             task_group.start_soon(self.presence.run)
             task_group.start_soon(self.shapes.run)
             task_group.start_soon(self.events.run_writer)
-            task_group.start_soon(self.answers.serve, self.asks.tag, self._deliver)
-            task_group.start_soon(self.cancels.serve, self.asks.tag, self._deliver)
+            task_group.start_soon(self.relays.serve)
             if self.rounds is not None:
                 task_group.start_soon(self.relay.serve, self.rounds.continue_relayed)
             try:
@@ -235,59 +180,6 @@ class SharedSessions:
                 return  # refused: no slot
         await self._forward(session_id, held, scope, receive, send)
 
-    async def _relay_answer(self, tag: str, session_id: str, answer: Answer) -> None:
-        await self.answers.send(tag, session_id, answer)
-
-    async def _relay_cancel(self, session_id: str, cancel: JSONRPCNotification) -> None:
-        await self.cancels.send(self.asks.tag, session_id, cancel)
-
-    async def _deliver(self, digest: str, message: Answer | JSONRPCNotification | SessionChange) -> None:
-        """A client's answer to this replica's request, or its cancellation of a request, POSTed to another
-        replica, to this replica's copy of its session, named by the digest of its id (the other replica checked
-        that the poster may use the session). A cancellation reaches every replica: most hold no copy of its
-        session."""
-        session_id = self._held.by_digest.get(digest)
-        if session_id is None:
-            return  # not held here (a session the manager opens is held from its `initialize` on)
-        if isinstance(message, tuple):
-            await self._apply(session_id, message)
-            return
-        held = self._held.get(session_id)
-        transport = held.transport if held is not None else None
-        if transport is None:
-            transport = self.manager.transport_of(session_id)
-        if transport is None or not await transport.deliver(message):
-            logger.debug("sessions: a relayed message for a session not held here was dropped")
-
-    async def _apply(self, session_id: str, change: SessionChange) -> None:
-        """A change another replica made to a session's record, applied to this replica's copy (if it holds one)
-        as the restore replays the record: its backend sessions take the log level, subscribe, unsubscribe. Once:
-        a change the copy already has (restored from the record after it was made, or relayed twice) is skipped."""
-        held = self._held.get(session_id)
-        if held is None:
-            return
-        key = _pending_key(change)
-        waiting = key in held.pending
-        held.pending[key] = change
-        if waiting:
-            return  # the task already waiting for this key applies the latest
-        async with held.changing:
-            change = held.pending.pop(key)
-            record = _changed(held.record, change)
-            transport = held.transport or self.manager.transport_of(session_id)
-            if record is None or transport is None or held.scope is None:
-                return
-            if not held.restored.is_set() and held.transport is not None:
-                with anyio.move_on_after(RESTORE_WAIT):
-                    await held.restored.wait()
-            refused: str | None = "not answered"
-            with anyio.move_on_after(RESTORE_WAIT):
-                refused = await apply_change(transport, held.scope, session_id, record.protocol_version, change)
-            if refused is None:
-                held.record = record
-            else:
-                self._log.warning("change", "sessions: a change made on another replica was refused: %s", refused)
-
     async def _not_found(self, send: Send, unsure: bool) -> None:
         """404, which tells a client its session is gone for good; 503 and Retry-After instead while Redis, which
         may hold the session, has been failing for less than the grace (a restart, a failover). Nothing said of
@@ -321,7 +213,7 @@ class SharedSessions:
 
     async def _write_back(self, held: Held, session_id: str) -> bool:
         """The held record written again; False (nothing written) when the session's tombstone is there."""
-        if not await self.store.save_unless_ended(session_id, held.record):
+        if not await self.store.save_unless_ended(session_id, held.latest()):
             return False
         held.recorded = True
         return True
@@ -366,25 +258,19 @@ class SharedSessions:
         if isinstance(slot, str):
             await self.gate.refuse(slot, address, send)
             return None
+        assert held is not None
         logger.info("sessions: restored a session opened on another replica")
+        await self.relays.catch_up(session_id, held)  # a change published since `record` was read: heard by none
         return held
 
     async def _start_restored(self, session_id: str, record: SessionRecord, scope: Scope, slot: Slot) -> Held:
-        manager = self.manager
-        transport = LazyStreamTransport(  # answers JSON unless a call streams, as the manager's own sessions
-            mcp_session_id=session_id,
-            is_json_response_enabled=manager.json_response,
-            event_store=manager.event_store,
-            security_settings=manager.security_settings,
-            retry_interval=manager.retry_interval,
-            idle_timeout=manager.session_idle_timeout,
-        )
-        transport.asks = self.asks
-        held = self._held[session_id] = Held(record, transport)
+        transport = restored_transport(self.manager, session_id)
+        # Its scope from the start: a change relayed before the request that restores it is forwarded applies.
+        held = self._held[session_id] = Held(record, transport, scope=scope)
         assert self._task_group is not None
         token = EVENTS.set(record.events)  # the session's tasks store their events under its namespace
         try:
-            await self._task_group.start(self._run_restored, session_id, held, record, Request(scope), slot)
+            await self._task_group.start(self._run_restored, session_id, held, Request(scope), slot)
         except BaseException:
             del self._held[session_id]
             slot.release()
@@ -394,36 +280,18 @@ class SharedSessions:
         return held
 
     async def _run_restored(
-        self,
-        session_id: str,
-        held: Held,
-        record: SessionRecord,
-        request: Request,
-        slot: Slot,
-        *,
-        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+        self, session_id: str, held: Held, request: Request, slot: Slot, *, task_status: TaskStatus[None]
     ) -> None:
-        transport = held.transport
-        assert transport is not None
+        assert held.transport is not None
+        app, state = self.manager.app, self._lifespan_state
         try:
             await serve_restored(
-                self.manager.app,
-                transport,
-                record,
-                request,
-                self._lifespan_state,
-                held.restored,
-                task_status=task_status,
+                app, held.transport, held.record, request, state, held.restored, task_status=task_status
             )
-        except Exception:
-            logger.exception("sessions: a restored session crashed")
         finally:
             if self._held.get(session_id) is held:
                 del self._held[session_id]
             slot.release()
-            if not transport.is_terminated:
-                with anyio.CancelScope(shield=True):
-                    await transport.terminate()
 
     async def _end_here(self, session_id: str, held: Held) -> None:
         """The session was deleted on another replica: end this replica's copy too (its slot is freed once
@@ -471,47 +339,29 @@ class SharedSessions:
         except STORE_ERRORS as exc:
             self._log.warning("delete", "sessions: a deleted session stays in Redis until it expires: %s", exc)
 
-    async def _keep_alive(self) -> None:
-        """A session with a request in flight (an open stream) is in use: its key must not expire meanwhile."""
-        interval = max(0.05, self.store.ttl_ms / 3000)
-        while True:
-            await anyio.sleep(interval)
-            busy = list(self._in_flight)
-            if busy:
-                try:
-                    await self.store.touch_many(busy)
-                except STORE_ERRORS as exc:
-                    self._log.warning("keep-alive", "sessions: expiry not pushed ahead: %s", exc)
-
     async def record(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
         """Server middleware: what a request changed in its session's state, written before it is answered."""
-        if ctx.method == "initialize" and not is_restoring(ctx.request_id):
-            refuse_oversized(ctx.params)
-        result = await call_next(ctx)
         if ctx.method not in _RECORDED or is_replayed(ctx.request_id):
-            return result
+            return await call_next(ctx)
+        if ctx.method == "initialize":
+            refuse_oversized(ctx.params)
         connection = connection_of(ctx)
         session_id = connection.session_id
         if session_id is None:
-            return result  # a 2026-07-28 request: no session
-        params = ctx.params or {}
-        try:
-            if ctx.method == "initialize":
-                await self._opened(session_id, params, result, ctx.request)
-                connection.exit_stack.push_async_callback(self._forget, session_id)
-            elif ctx.method == "logging/setLevel":
-                level = str(params.get("level", ""))
-                self._remember(session_id, log_level=level)
-                await self.store.set_level(session_id, level)
-                await self.cancels.send_change(self.asks.tag, session_id, (ctx.method, {"level": level}))
-            else:
-                uri, subscribed = str(params.get("uri", "")), ctx.method == "resources/subscribe"
-                self._remember_subscription(session_id, uri, subscribed)
-                if await self.store.subscription(session_id, uri, subscribed=subscribed):
-                    await self.cancels.send_change(self.asks.tag, session_id, (ctx.method, {"uri": uri}))
-        except STORE_ERRORS as exc:
-            trouble = redis_trouble(exc)
-            self._log.warning("record", "sessions: not recorded in Redis, served by this replica only: %s", trouble)
+            return await call_next(ctx)  # a 2026-07-28 request: no session
+        held = self._held.get(session_id)
+        # Until recorded, no change another replica relays is made to this copy: they are ordered by revision.
+        async with held.changing if held is not None else contextlib.nullcontext():
+            result = await call_next(ctx)
+            try:
+                if ctx.method == "initialize":
+                    await self._opened(session_id, ctx.params, result, ctx.request)
+                    connection.exit_stack.push_async_callback(self._forget, session_id)
+                else:
+                    await self.relays.changed_here(session_id, ctx.method, ctx.params or {})
+            except STORE_ERRORS as exc:
+                trouble = redis_trouble(exc)
+                self._log.warning("record", "sessions: not recorded in Redis, served by this replica only: %s", trouble)
         return result
 
     async def _opened(self, session_id: str, params: Any, result: HandlerResult, request: Any) -> None:
@@ -524,55 +374,10 @@ class SharedSessions:
         await self.store.save(session_id, record)
         held.recorded = True
 
-    def _remember(self, session_id: str, **changes: Any) -> None:
-        """The held copy of a record follows the session's changes, to write it again if Redis loses it."""
-        held = self._held.get(session_id)
-        if held is not None:
-            held.record = dataclasses.replace(held.record, **changes)
-
-    def _remember_subscription(self, session_id: str, uri: str, subscribed: bool) -> None:
-        held = self._held.get(session_id)
-        if held is not None:
-            uris = set(held.record.subscriptions) - {uri} | ({uri} if subscribed else set())
-            self._remember(session_id, subscriptions=tuple(sorted(uris)))
-
     async def _forget(self, session_id: str) -> None:
         held = self._held.get(session_id)
         if held is not None and held.transport is None:
             del self._held[session_id]
-
-
-def _pending_key(change: SessionChange) -> str:
-    """What a change changes: the log level, or one resource's subscription (a later change of it supersedes)."""
-    method, params = change
-    return "level" if method == "logging/setLevel" else "uri:" + params["uri"]
-
-
-def _changed(record: SessionRecord, change: SessionChange) -> SessionRecord | None:
-    """`record` with `change` made; None when it already says so."""
-    method, params = change
-    if method == "logging/setLevel":
-        level = params["level"]
-        return None if record.log_level == level else dataclasses.replace(record, log_level=level)
-    uri, subscribed = params["uri"], method == "resources/subscribe"
-    if (uri in record.subscriptions) == subscribed:
-        return None
-    uris = set(record.subscriptions) - {uri} | ({uri} if subscribed else set())
-    return dataclasses.replace(record, subscriptions=tuple(sorted(uris)))
-
-
-def refuse_oversized(params: Any) -> None:
-    """An `initialize` whose params are too large to keep in Redis for every replica is refused (the SDK then
-    keeps no state of it). Without it one client's sessions, each holding up to `server.max_body_bytes` of
-    capabilities, filled a Redis every client's sessions share (evicting their records, or refusing writes)."""
-    size = len(json.dumps(params or {}, separators=(",", ":")))
-    if size > MAX_PARAMS_BYTES:
-        raise MCPError(
-            INVALID_PARAMS,
-            f"initialize: the params are {size} bytes, more than the {MAX_PARAMS_BYTES} a session may keep "
-            "(sessions.store: redis keeps them for every replica); send smaller capabilities and clientInfo",
-            {"bytes": size, "most": MAX_PARAMS_BYTES},
-        )
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

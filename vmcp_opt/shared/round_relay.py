@@ -12,7 +12,8 @@ waiting out `timeouts.input`. Every key expires.
 `RedisAnswerRelay` does the same for a 2025-11-25 client's answer to a request a replica sent it (sampling,
 elicitation, roots) that the load balancer sent to another replica: the request's id names the asking replica's
 tag (vmcp_opt/server/lazy_stream.py, `AskIds`), the replica the answer landed on pushes it to that tag's inbox,
-`<prefix>answers:<tag>`, and the asker hands it to its copy of the session. Nothing comes back: the client was
+`<prefix>answers:<tag>`, and the asker hands it to its copy of the session if that copy asked it (the id names
+the copy too: an answer for a copy that has ended since is dropped, not given to a new copy's question). Nothing comes back: the client was
 answered 202 already, as for any answer it POSTs. Only a live replica's tag is relayed to (each keeps
 `<prefix>asker:<tag>` alive while it serves its inbox), only an answer up to `MAX_RELAYED_ANSWER` bytes, and every
 list keeps its last `_KEEP` items: a client cannot fill Redis with answers nobody reads.
@@ -23,8 +24,9 @@ request a Redis write), so it is published on the channel `<prefix>cancels` and 
 of the session hands it to that copy: a client's request ids are unique in its session, so only the copy
 running the request acts on it, the others' dispatchers ignore an id they do not know. The same channel carries
 a change a replica made to a session's record (`logging/setLevel`, `resources/(un)subscribe`, as method and
-params): every replica holding a copy of the session applies it to that copy, whose backend sessions were set up
-from the record as it was when the copy was restored (vmcp_opt/server/session_restore.py).
+params, with the record's revision after it): every replica holding a copy of the session applies it to that copy,
+whose backend sessions were set up from the record as it was when the copy was restored
+(vmcp_opt/server/session_restore.py), unless the copy already has a newer change of the same thing.
 
 What crosses Redis names a session by the SHA-256 of its id (`session_key_digest`), as the session store does: a
 reader of Redis learns no id it could use. A cancellation crosses as its request id and a reason cut to
@@ -39,6 +41,7 @@ import logging
 import secrets
 import traceback
 from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -59,10 +62,29 @@ logger = logging.getLogger(__name__)
 
 Continue = Callable[[Round, types.InputResponses | None], Awaitable[BaseModel]]
 Answer = JSONRPCResponse | JSONRPCError
-# Hands a relayed answer to this replica's copy of its session: (the digest of its id, the answer).
-Deliver = Callable[[str, Answer], Awaitable[None]]
-# What a replica changed in a session's record: the request's method and params (`{"level": …}`, `{"uri": …}`).
-SessionChange = tuple[str, dict[str, str]]
+# Hands a relayed answer to this replica's copy of its session: (the digest of its id, the copy that asked, the
+# answer).
+Deliver = Callable[[str, str, Answer], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class SessionChange:
+    """What a replica changed in a session's record: the request's method and params (`{"level": …}`, `{"uri": …}`),
+    and the record's revision after it (None: relayed by a replica that kept no revisions; applied unordered)."""
+
+    method: str
+    params: dict[str, str]
+    revision: int | None = None
+
+    @property
+    def key(self) -> str:
+        """What it changes: the log level, or one resource's subscription (a later change of it supersedes it)."""
+        return "level" if self.method == "logging/setLevel" else "uri:" + self.params["uri"]
+
+    def newer_than(self, revision: int) -> bool:
+        return self.revision is None or self.revision > revision
+
+
 # Hands a relayed cancellation, or a change to a session's record, to this replica's copy of its session (the
 # digest of its id), if it holds one.
 DeliverCancel = Callable[[str, JSONRPCNotification | SessionChange], Coroutine[Any, Any, None]]
@@ -162,12 +184,12 @@ class RedisAnswerRelay:
         self.slice = slice_
         self._log = ThrottledLog(logger, 60.0)
 
-    async def send(self, tag: str, session_id: str, answer: Answer) -> None:
-        """`answer` pushed to the inbox of the replica tagged `tag`; lost (logged) when Redis fails, so the asking
+    async def send(self, tag: str, session_id: str, copy: str, answer: Answer) -> None:
+        """`answer` pushed to the inbox of the replica tagged `tag`, for its copy `copy` of the session; lost (logged) when Redis fails, so the asking
         call ends by `timeouts.input` as it would had the client not answered. Dropped (logged) when no live
         replica has that tag, or when it is larger than `MAX_RELAYED_ANSWER`."""
         dumped = answer.model_dump(by_alias=True, mode="json", exclude_unset=True)
-        relayed = json.dumps({"session": session_key_digest(session_id), "answer": dumped})
+        relayed = json.dumps({"session": session_key_digest(session_id), "copy": copy, "answer": dumped})
         if len(relayed) > MAX_RELAYED_ANSWER:
             self._log.warning(
                 "large", "sessions: a client's answer of %d bytes for another replica was dropped", len(relayed)
@@ -222,8 +244,7 @@ class RedisCancelRelay:
     async def send_change(self, origin: str, session_id: str, change: SessionChange) -> None:
         """A change `origin` made to a session's record, published for the replicas holding a copy of it; lost
         (logged) when Redis fails: their copies then keep the state they were restored with."""
-        method, params = change
-        change_ = {"method": method, "params": params}
+        change_ = {"method": change.method, "params": change.params, "revision": change.revision}
         relayed = {"origin": origin, "session": session_key_digest(session_id), "change": change_}
         try:
             await self.client.publish(self.channel, json.dumps(relayed))
@@ -300,26 +321,27 @@ def _cancellation(relayed: Any) -> JSONRPCNotification:
 
 
 def _change(change: Any) -> SessionChange:
-    """A relayed change, its method one of `RELAYED_CHANGES` and its one param a string (KeyError, TypeError)."""
+    """A relayed change, its method one of `RELAYED_CHANGES`, its one param a string, its revision an integer or
+    missing (KeyError, TypeError)."""
     method = str(change["method"])
     name = RELAYED_CHANGES[method]
-    value = change["params"][name]
-    if not isinstance(value, str):
+    value, revision = change["params"][name], change.get("revision")
+    if not isinstance(value, str) or isinstance(revision, bool) or not isinstance(revision, int | None):
         raise TypeError(name)
-    return method, {name: value}
+    return SessionChange(method, {name: value}, revision)
 
 
 async def _deliver(deliver: Deliver, raw: bytes) -> None:
     try:
         relayed = json.loads(raw)
-        session_id = str(relayed["session"])
+        session_id, copy = str(relayed["session"]), str(relayed["copy"])
         answer = jsonrpc_message_adapter.validate_python(relayed["answer"], by_name=False)
     except (ValueError, KeyError, TypeError, ValidationError):
         answer = None
     if not isinstance(answer, JSONRPCResponse | JSONRPCError):
         logger.warning("sessions: an unreadable relayed answer was dropped")
         return
-    await deliver(session_id, answer)
+    await deliver(session_id, copy, answer)
 
 
 async def read_inbox(

@@ -2,11 +2,15 @@
 
 A session is one hash, `<prefix>session:<SHA-256 of its id>` (the id itself, a key to the session, is never
 written): the client's `initialize` params as the SDK validated them, the negotiated protocol version, the
-namespace of its SSE events, its log level and one `sub:<uri>` field per resource subscription. Every use,
+namespace of its SSE events, its log level and one `sub:<uri>` field per resource subscription, and its revision:
+a counter each change (a log level, a subscription taken or dropped) increments in the script that makes it, so
+the replicas holding copies of the session apply the changes they hear in the order Redis took them, whatever the
+order they hear them in (a record written before revisions were kept has none: 0). Every use,
 on any replica, pushes its expiry to `limits.session_idle_timeout` ahead, so the key outlives the session's
 last use by exactly the idle timeout, wherever that use was.
 
-The subscriptions a record keeps are bounded: `max_subscriptions` URIs, none longer than `MAX_SHARED_URI_BYTES`,
+A client's `initialize` params past `MAX_PARAMS_BYTES` are refused (`refuse_oversized`): one client's sessions must not
+fill the Redis every client's sessions share. The subscriptions a record keeps are bounded: `max_subscriptions` URIs, none longer than `MAX_SHARED_URI_BYTES`,
 `MAX_SHARED_SUBSCRIPTION_BYTES` of URIs in all. Without the bytes, one client's session held up to 256 URIs
 of ~64 KB each (16 MB) in the Redis every client's sessions share, and it could open many. A subscription
 past a bound is served by the replica that took it, as the client asked, but not recorded: a replica that
@@ -32,7 +36,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from mcp_types import InitializeRequestParams
+import anyio
+from mcp.shared.exceptions import MCPError
+from mcp_types import INVALID_PARAMS, InitializeRequestParams
 from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
@@ -43,15 +49,20 @@ from vmcp_opt.logs import ThrottledLog
 logger = logging.getLogger(__name__)
 
 _SUBSCRIPTION = "sub:"
+# Most JSON bytes of a client's `initialize` params a session's record keeps (capabilities and clientInfo, icons
+# included, are a few KB in every client seen).
+MAX_PARAMS_BYTES = 256 * 1024
 # The longest URI a record keeps (UTF-8 bytes): a path of PATH_MAX, twice a long URL; longer ones stay local.
 MAX_SHARED_URI_BYTES = 4096
 # The URIs' bytes a record keeps in all: 256 URIs of 256 bytes.
 MAX_SHARED_SUBSCRIPTION_BYTES = 64 * 1024
 
+_REVISION = "revision"
 # KEYS: the record. ARGV: the `sub:<uri>` field, the most subscriptions and URI bytes a record keeps, the
-# expiry in ms. 1: recorded (or already was); 0: past a bound; -1: no record (expired or lost: the replica
-# holding the session writes it whole again at its next use, which a lone field's expiry would hide).
-# Counted here, not by the caller, so that two replicas serving one session at once cannot both pass a bound.
+# expiry in ms. The record's new revision (≥ 1): recorded (or already was); 0: past a bound; -1: no record (expired
+# or lost: the replica holding the session writes it whole again at its next use, which a lone field's expiry
+# would hide). Counted here, not by the caller, so that two replicas serving one session at once cannot both pass
+# a bound.
 _SUBSCRIBE = f"""
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return -1
@@ -70,15 +81,22 @@ if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then
   redis.call('HSET', KEYS[1], ARGV[1], '1')
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
-return 1
+return redis.call('HINCRBY', KEYS[1], '{_REVISION}', 1)
 """
 
-# KEYS: the record. ARGV: a field, its value, the expiry in ms. Nothing when there is no record (as `_SUBSCRIBE`).
-_SET_IF_RECORDED = """
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+# KEYS: the record. ARGV: a field, its value (none: the field deleted), the expiry in ms. The record's new
+# revision; -1 when there is no record (as `_SUBSCRIBE`).
+_CHANGE_IF_RECORDED = f"""
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return -1
 end
+if #ARGV == 3 then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+else
+  redis.call('HDEL', KEYS[1], ARGV[1])
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[#ARGV])
+return redis.call('HINCRBY', KEYS[1], '{_REVISION}', 1)
 """
 
 # KEYS: the record, the session's tombstone. ARGV: the expiry in ms, then field, value pairs. 0 (nothing written)
@@ -110,6 +128,9 @@ class SessionRecord:
     # A digest of the principal that opened it (server/authentication.py `session_owner`; "" anonymous),
     # None in a record written before owners were kept: then not checked.
     owner: str | None = None
+    # The revision the record was read at (0 for one written before revisions were kept): what its changes were
+    # counted up to, not part of the session's state (two records saying the same are equal).
+    revision: int = field(default=0, compare=False)
 
 
 # What a failed store call raises (as vmcp_opt/shared/events.py `STORE_ERRORS`).
@@ -169,7 +190,7 @@ class RedisSessions:
         self.max_uri_bytes = max_uri_bytes
         self.max_subscription_bytes = max_subscription_bytes
         self._subscribe = client.register_script(_SUBSCRIBE)
-        self._set_if_recorded = client.register_script(_SET_IF_RECORDED)
+        self._change_if_recorded = client.register_script(_CHANGE_IF_RECORDED)
         self._save_unless_ended = client.register_script(_SAVE_UNLESS_ENDED)
         self._log = ThrottledLog(logger, 60.0)
         self.outage = outage or StoreOutage(0.0)
@@ -219,6 +240,7 @@ class RedisSessions:
             "version": record.protocol_version,
             "events": record.events,
             "level": record.log_level or "",
+            _REVISION: str(record.revision),
             **({"owner": record.owner} if record.owner is not None else {}),
             **{_SUBSCRIPTION + uri: "1" for uri in self._shared(record.subscriptions)},
         }
@@ -239,6 +261,15 @@ class RedisSessions:
             return None
         return _record(fields)
 
+    async def revision(self, session_id: str) -> int | None:
+        """The record's revision (0 for one written before revisions were kept); None when there is none."""
+        key = self._key(session_id)
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.exists(key)
+            pipe.hget(key, _REVISION)
+            found, revision = await self._execute(pipe)
+        return _revision(revision) if found else None
+
     async def touch(self, session_id: str) -> Literal["live", "ended", "missing"]:
         """Pushes the expiry ahead: "live"; "ended" when it was deleted; "missing" when its record is not
         there (expired, or Redis lost it) though it was not deleted."""
@@ -247,6 +278,18 @@ class RedisSessions:
             pipe.exists(self._ended(session_id))
             found, ended = await self._execute(pipe)
         return "ended" if ended else "live" if found else "missing"
+
+    async def keep_alive(self, busy: Callable[[], list[str]]) -> None:
+        """Until cancelled: the sessions `busy` names (those with a request in flight, an open stream: in use)
+        have their expiry pushed ahead every third of it."""
+        while True:
+            await anyio.sleep(max(0.05, self.ttl_ms / 3000))
+            session_ids = busy()
+            try:
+                if session_ids:
+                    await self.touch_many(session_ids)
+            except _FAILURES as exc:
+                self._log.warning("keep-alive", "sessions: expiry not pushed ahead: %s", exc)
 
     async def touch_many(self, session_ids: list[str]) -> None:
         async with self.client.pipeline(transaction=False) as pipe:
@@ -274,34 +317,38 @@ class RedisSessions:
             pipe.set(self._ended(session_id), "1", px=self.ttl_ms)
             await self._execute(pipe)
 
-    async def set_level(self, session_id: str, level: str) -> None:
-        await self._set_field(self._key(session_id), "level", level)
+    async def set_level(self, session_id: str, level: str) -> int | None:
+        """The level recorded; the record's new revision, None when there is no record."""
+        return await self._change(self._key(session_id), "level", level)
 
-    async def _set_field(self, key: str, field: str, value: str) -> None:
-        """HSET into the record if it is there (its expiry pushed ahead): a record evicted or expired since the
-        request was admitted would otherwise come back as a field alone, which other replicas take for a live
-        session they cannot read, and which hides from the replica holding it that it must write it whole."""
+    async def _change(self, key: str, field: str, value: str | None) -> int | None:
+        """HSET (HDEL when `value` is None) into the record if it is there, its revision incremented and its expiry
+        pushed ahead: a record evicted or expired since the request was admitted would otherwise come back as a
+        field alone, which other replicas take for a live session they cannot read, and which hides from the
+        replica holding it that it must write it whole. The new revision, None when there is no record."""
         with self._watched():
-            await self._set_if_recorded([key], [field, value, self.ttl_ms])
+            revision = await self._change_if_recorded(
+                [key], [field, *([value] if value is not None else []), self.ttl_ms]
+            )
+        return int(revision) if int(revision) > 0 else None
 
-    async def subscription(self, session_id: str, uri: str, *, subscribed: bool) -> bool:
-        """Records a subscription (within the record's bounds, else only warns) or forgets one. True when the
-        record now says so: only then do other replicas' copies of the session follow."""
+    async def subscription(self, session_id: str, uri: str, *, subscribed: bool) -> int | None:
+        """Records a subscription (within the record's bounds, else only warns) or forgets one. The record's new
+        revision when it now says so (only then do other replicas' copies of the session follow), else None."""
         key = self._key(session_id)
         field = _SUBSCRIPTION + uri
         if _size(uri) > self.max_uri_bytes:
             if subscribed:
                 self._not_shared()
-            return False  # never recorded: nothing to delete either
+            return None  # never recorded: nothing to delete either
+        if not subscribed:
+            return await self._change(key, field, None)
         with self._watched():
-            if not subscribed:
-                await self.client.hdel(key, field)
-                return True
             bounds = [self.max_subscriptions, self.max_subscription_bytes, self.ttl_ms]
-            recorded = await self._subscribe([key], [field, *bounds])
+            recorded = int(await self._subscribe([key], [field, *bounds]))
         if recorded == 0:
             self._not_shared()
-        return bool(recorded == 1)
+        return recorded if recorded > 0 else None
 
     def _shared(self, uris: tuple[str, ...]) -> list[str]:
         """Those of `uris` a record keeps, in order, within its bounds."""
@@ -330,9 +377,29 @@ class RedisSessions:
         )
 
 
+def refuse_oversized(params: Any) -> None:
+    """An `initialize` whose params are too large to keep in Redis for every replica is refused (the SDK then
+    keeps no state of it). Without it one client's sessions, each holding up to `server.max_body_bytes` of
+    capabilities, filled a Redis every client's sessions share (evicting their records, or refusing writes)."""
+    size = len(json.dumps(params or {}, separators=(",", ":")))
+    if size > MAX_PARAMS_BYTES:
+        raise MCPError(
+            INVALID_PARAMS,
+            f"initialize: the params are {size} bytes, more than the {MAX_PARAMS_BYTES} a session may keep "
+            "(sessions.store: redis keeps them for every replica); send smaller capabilities and clientInfo",
+            {"bytes": size, "most": MAX_PARAMS_BYTES},
+        )
+
+
 def _size(uri: str) -> int:
     """Its bytes as Redis counts them (UTF-8; a lone surrogate, which JSON allows, counted, not raised)."""
     return len(uri.encode(errors="surrogatepass"))
+
+
+def _revision(value: bytes | str | None) -> int:
+    """A stored revision; 0 when there is none (a record written before revisions were kept) or it is junk."""
+    text = value.decode(errors="replace") if isinstance(value, bytes) else value
+    return int(text) if text is not None and text.isascii() and text.isdigit() else 0
 
 
 def _record(fields: dict[bytes, bytes]) -> SessionRecord | None:
@@ -345,6 +412,7 @@ def _record(fields: dict[bytes, bytes]) -> SessionRecord | None:
             events=text["events"],
             log_level=text.get("level") or None,
             owner=text.get("owner"),
+            revision=_revision(text.get(_REVISION)),
             subscriptions=tuple(sorted(name[len(_SUBSCRIPTION) :] for name in text if name.startswith(_SUBSCRIPTION))),
         )
     except (KeyError, ValueError, ValidationError) as exc:
