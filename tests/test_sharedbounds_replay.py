@@ -67,8 +67,8 @@ def written(admin: redis.Redis, event_id: str) -> None:
 
 
 def resumed(gateway: Gateway, headers: dict[str, str], admin: redis.Redis, event_id: str) -> tuple[list[Any], int]:
-    """The messages a GET with `Last-Event-ID: event_id` replays up to the call's answer (a replayed stream stays
-    open after it), and the stream reads (XRANGE) it cost."""
+    """The messages a GET with `Last-Event-ID: event_id` replays up to the call's answer (the stream ends
+    there), and the stream reads (XRANGE) it cost."""
     admin.config_resetstat()
     messages = []
     with httpx2.stream("GET", gateway.url, headers={**headers, "last-event-id": event_id}, timeout=30) as answer:

@@ -20,6 +20,13 @@ session's events out of the ring. A session that ends (DELETE, idle) takes its e
 The newest event of a session always stays, whatever its size: it is the one a client cut off now would
 resume from.
 
+A replay of a request's stream ends with the request's answer: it returns no stream id once the answer was
+sent (or was the event resumed from), so the SDK closes the response. Returning the stream's id then made the
+SDK hold the resumed stream open, with pings, for an answer already given: a client that does not stop
+reading at the answer (curl, an EventSource) waited for ever. A replay reads the stream again after sending
+what it found, until nothing new came meanwhile: an event stored while the client took the replay was in no
+snapshot and on no live stream (the SDK registers that only after the replay), so it was lost.
+
 The SDK asks `if self._event_store:`, so the store is always true: with only `__len__`, an empty store
 was false, nothing was ever stored, and no stream could be resumed.
 """
@@ -30,8 +37,8 @@ import secrets
 from collections import OrderedDict, deque
 from itertools import count
 
-from mcp.server.streamable_http import EventCallback, EventId, EventMessage, EventStore, StreamId
-from mcp_types import JSONRPCMessage, jsonrpc_message_adapter
+from mcp.server.streamable_http import GET_STREAM_KEY, EventCallback, EventId, EventMessage, EventStore, StreamId
+from mcp_types import JSONRPCError, JSONRPCMessage, JSONRPCResponse, jsonrpc_message_adapter
 
 from vmcp_opt.config import SessionsConfig
 
@@ -40,6 +47,8 @@ DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 
 # (session view number, the SDK's stream id)
 _StreamKey = tuple[int, StreamId]
+# An event held: its stream, its message's JSON (b"" for a priming event), and whether it ends its stream.
+_Event = tuple[_StreamKey, bytes, bool]
 
 
 class _Held:
@@ -74,8 +83,8 @@ class BoundedEventStore(EventStore):
         self._tag = secrets.token_hex(4)
         self._counter = 0
         self._views = count(1)
-        # event number -> (stream key, message); insertion order is event order.
-        self._events: OrderedDict[int, tuple[_StreamKey, bytes]] = OrderedDict()
+        # event number -> the event; insertion order is event order.
+        self._events: OrderedDict[int, _Event] = OrderedDict()
         self._streams: dict[_StreamKey, deque[int]] = {}
         self._held: dict[int, _Held] = {}  # per session view
 
@@ -101,7 +110,7 @@ class BoundedEventStore(EventStore):
         number = self._counter
         key = (view, stream_id)
         data = b"" if message is None else jsonrpc_message_adapter.dump_json(message, by_alias=True, exclude_unset=True)
-        self._events[number] = (key, data)
+        self._events[number] = (key, data, _ends_stream(stream_id, message))
         self.bytes += len(data)
         self._streams.setdefault(key, deque()).append(number)
         held = self._held.setdefault(view, _Held())
@@ -122,7 +131,7 @@ class BoundedEventStore(EventStore):
 
     def _drop(self, number: int) -> None:
         """Drops event `number`, the oldest of its session and so of its stream."""
-        key, data = self._events.pop(number)
+        key, data, _ = self._events.pop(number)
         self.bytes -= len(data)
         numbers = self._streams[key]
         numbers.popleft()
@@ -135,27 +144,41 @@ class BoundedEventStore(EventStore):
             del self._held[key[0]]
 
     async def replay(self, view: int, last_event_id: EventId, send_callback: EventCallback) -> StreamId | None:
+        """Sends what followed `last_event_id` on its stream; the stream's id while it goes on, else None."""
         number = self._parse(last_event_id)
         if number is None:
             return None
         entry = self._events.get(number)
         if entry is None or entry[0][0] != view:
             return None  # unknown, dropped, or another session's event
-        key = entry[0]
-        for later in list(self._streams.get(key, ())):
-            if later <= number:
-                continue
-            held = self._events.get(later)
-            if held is not None and held[1]:  # priming events carry no message
-                message = jsonrpc_message_adapter.validate_json(held[1])
-                await send_callback(EventMessage(message, f"{self._tag}-{later}"))
-        return key[1]
+        key, _, ended = entry
+        sent = number
+        while not ended:
+            later = [held for held in self._streams.get(key, ()) if held > sent]
+            if not later:
+                return key[1]
+            for event in later:
+                held_event = self._events.get(event)
+                if held_event is None:
+                    continue  # dropped while an earlier one was being sent
+                sent, (_, data, ended) = event, held_event
+                if data:  # priming events carry no message
+                    message = jsonrpc_message_adapter.validate_json(data)
+                    await send_callback(EventMessage(message, f"{self._tag}-{event}"))
+                if ended:
+                    break
+        return None  # the request's answer was sent: its stream is over
 
     def _parse(self, event_id: EventId) -> int | None:
         tag, _, number = event_id.rpartition("-")
         if tag != self._tag or not number.isdigit():
             return None
         return int(number)
+
+
+def _ends_stream(stream_id: StreamId, message: JSONRPCMessage | None) -> bool:
+    """A request's answer ends its stream; the standalone GET stream has none."""
+    return stream_id != GET_STREAM_KEY and isinstance(message, JSONRPCResponse | JSONRPCError)
 
 
 def memory_event_store(settings: SessionsConfig) -> BoundedEventStore:

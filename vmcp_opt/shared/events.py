@@ -26,7 +26,9 @@ for, up to `_FIND_WAIT`, each look reading only the entries added since the last
 re-read the whole stream (up to `max_events_per_stream` entries) ten times a second for two seconds.
 
 A request's stream cut before its answer is tailed after the replay until the answer is stored, so a client
-resuming on replica B gets the answer replica A computes. Every entry names the replica that stored it; when
+resuming on replica B gets the answer replica A computes; the replay then returns no stream id, so the SDK ends
+the response (with the stream's id it held the response open, with pings, for an answer already sent; so it
+did for a client resuming from the answer's own id). Every entry names the replica that stored it; when
 the replica running the request stops heartbeating (`ReplicaPresence`: killed, or shut down) before answering,
 the replay ends with a JSON-RPC error for the request rather than leaving the client to wait for ever.
 
@@ -265,11 +267,17 @@ class RedisEventStore(EventStore):
         if not entries:
             return None  # unknown, of another session, or dropped since
         stream_id = entries[0][1].get("s", b"").decode()
-        tail = _Tail(stream_id, owner=entries[0][1].get("r", b"").decode(), after=entries[0][0])
-        if await tail.send(entries[1:], send_callback) or stream_id == GET_STREAM_KEY:
+        if stream_id == GET_STREAM_KEY:
+            await _Tail(stream_id, owner="", after=entries[0][0]).send(entries[1:], send_callback)
             return stream_id
-        await self._follow(key, tail, send_callback)
-        return stream_id
+        if _answers(entries[0][1]):
+            return None  # resumed from the request's answer: its stream is over
+        tail = _Tail(stream_id, owner=entries[0][1].get("r", b"").decode(), after=entries[0][0])
+        if not await tail.send(entries[1:], send_callback):
+            await self._follow(key, tail, send_callback)
+        # The answer (or the error for a request lost) was sent: no stream id, so the SDK ends the response
+        # rather than holding it open, with pings, for an answer already given.
+        return None
 
     async def _follow(self, key: str, tail: _Tail, send_callback: EventCallback) -> None:
         """A request's stream without its answer yet: what is stored next, until the answer or its replica's end."""
@@ -357,6 +365,18 @@ class _Tail:
             if isinstance(message, JSONRPCResponse | JSONRPCError) and self.stream_id != GET_STREAM_KEY:
                 return True
         return False
+
+
+def _answers(fields: dict[str, bytes]) -> bool:
+    """Whether an entry holds a request's answer (a response or an error)."""
+    data = fields.get("m", b"")
+    if not data:
+        return False
+    try:
+        message = jsonrpc_message_adapter.validate_json(data, by_name=False)
+    except ValidationError:
+        return False
+    return isinstance(message, JSONRPCResponse | JSONRPCError)
 
 
 def _entries(raw: Any) -> list[Entry]:
