@@ -1,8 +1,8 @@
 """A find_tool result as small as a call allows: what to call and with what, without the boilerplate.
 
 Two kinds of text repeat in almost every result and tell an agent nothing it needs to make the call:
-- in the description, the rest of a docstring: `Returns:`, `Raises:`, examples and code. The summary stays,
-  and what its `Args:` block says of a parameter moves into that parameter's schema when the schema has no
+- in the description, the rest of a docstring: `Returns:`, `Raises:`, examples and code. The summary and
+  its `Note:` sections stay, and what its `Args:` block says of a parameter moves into that parameter's schema when the schema has no
   description of its own (`optimizer/docstrings.py`);
 - in the schema, the annotations a generator stamps on every tool: `$schema` (zod-to-json-schema, as the
   npm reference servers send it) and titles spelled from the property's own name (pydantic: `"title":
@@ -22,8 +22,14 @@ _NOT_LETTERS = re.compile(r"[^a-z0-9]")
 
 
 def answer_description(description: str) -> tuple[str, dict[str, str]]:
-    """The description a result shows (its summary, whole), and what its docstring says of each argument."""
+    """The description a result shows (its summary, whole, and its notes: a caveat such as "cannot be undone"
+    is what an agent must read before the call), and what its docstring says of each argument. A description
+    that opens with a section (`Returns:` first) has no summary: it is shown as written, not as nothing."""
     described = read_description(description, limit=None)
+    if not described.summary:
+        return description.strip(), described.arguments
+    if described.notes:
+        return f"{described.summary} Note: {described.notes}", described.arguments
     return described.summary, described.arguments
 
 

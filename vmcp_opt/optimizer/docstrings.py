@@ -23,6 +23,8 @@ _SECTION = re.compile(
     re.IGNORECASE,
 )
 _ARG_SECTIONS = {"args", "arguments", "parameters", "params", "keyword args", "kwargs", "other parameters"}
+# Sections that warn of what a call does ("Note: this cannot be undone"): kept apart, for find_tool's answer.
+_NOTE_SECTIONS = {"note", "notes"}
 _NUMPY_RULE = re.compile(r"^\s*-{3,}\s*$")
 _SPHINX_FIELD = re.compile(r"^\s*:(param|parameter|arg|argument|key|keyword|type|returns?|rtype|raises?)\b")
 _SPHINX_PARAM = re.compile(r"^\s*:(?:param|parameter|arg|argument|key|keyword)\s+(?:[\w\[\], ]+\s+)?(\w+)\s*:\s*(.*)$")
@@ -42,6 +44,8 @@ class Description:
     summary: str
     # What the docstring's Args block says of each parameter, by name.
     arguments: dict[str, str] = field(default_factory=dict)
+    # The text of its `Note:` / `Notes:` sections, joined.
+    notes: str = ""
 
 
 def read_description(text: str, limit: int | None = MAX_SUMMARY) -> Description:
@@ -49,6 +53,7 @@ def read_description(text: str, limit: int | None = MAX_SUMMARY) -> Description:
     lines = [line for line in _without_code(text.splitlines()) if line.strip()]
     lines = _without_other_scripts(lines)
     summary: list[str] = []
+    notes: list[str] = []
     arguments: dict[str, str] = {}
     section: str | None = None
     last_arg: str | None = None
@@ -70,8 +75,10 @@ def read_description(text: str, limit: int | None = MAX_SUMMARY) -> Description:
             summary.append(line.strip())
         elif section in _ARG_SECTIONS or section == "sphinx":
             last_arg = _read_argument(line, arguments, last_arg)
+        elif section in _NOTE_SECTIONS:
+            notes.append(line.strip())
     joined = " ".join(summary)
-    return Description(joined if limit is None else _shorten(joined, limit), arguments)
+    return Description(joined if limit is None else _shorten(joined, limit), arguments, " ".join(notes))
 
 
 def _read_argument(line: str, arguments: dict[str, str], last: str | None) -> str | None:

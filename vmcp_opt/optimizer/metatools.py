@@ -99,6 +99,8 @@ class OptimizerFront:
         learned = self.match_scale.threshold if self.match_scale is not None else 0.0
         self.match_threshold = self.settings.match_threshold if self.settings.match_threshold is not None else learned
         self.names = CatalogueNames()  # the searchable tools' names and backends
+        # Backend tools named like a meta-tool, as (backend, name), last warned of (`_reachable`).
+        self._shadowed: frozenset[tuple[str, str]] = frozenset()
         self._provided = {
             tool.name: ProvidedTool(tool.name, tool, GATEWAY_SOURCE, tool.name, "the gateway's own tools")
             for tool in META_TOOLS
@@ -162,6 +164,7 @@ class OptimizerFront:
 
     async def tools_changed(self, tools: Sequence[ProvidedTool]) -> None:
         """The searchable providers' tools changed: re-index them (keywords now, vectors in the background)."""
+        tools = self._reachable(tools)
         self.names.update(tools)
         # Keywords at once, never waiting for an embedding in progress (`ToolIndex.update_keywords`);
         # the records too are made on the worker thread (10k tools: ~0.1 s).
@@ -173,6 +176,22 @@ class OptimizerFront:
         self._embed_in_background(records)
         if self.history.shared:
             self._start_saver()  # other replicas' learning arrives even before this one learns anything
+
+    def _reachable(self, tools: Sequence[ProvidedTool]) -> list[ProvidedTool]:
+        """`tools` but those named like a meta-tool (a backend that is itself a gateway, served without a
+        prefix): the meta-tool takes the name, so find_tool would name a tool nobody can call. Warned once
+        per set of such tools, with what to do."""
+        shadowed = [tool for tool in tools if tool.name in META_TOOL_NAMES]
+        found = frozenset((tool.source, tool.name) for tool in shadowed)
+        if found and found != self._shadowed:
+            logger.warning(
+                "optimizer: %s shadowed by the meta-tool of the same name: find_tool leaves it out and call_tool "
+                "cannot reach it; serve it under another name (aggregation.conflict_resolution: prefix, or an "
+                "override in aggregation.tools.<backend>.overrides)",
+                ", ".join(f"tool '{name}' of backend '{source}'" for source, name in sorted(found)),
+            )
+        self._shadowed = found
+        return [tool for tool in tools if tool.name not in META_TOOL_NAMES] if shadowed else list(tools)
 
     # --- CallObserver ----------------------------------------------------------------------------
 
