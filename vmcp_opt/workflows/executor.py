@@ -16,8 +16,8 @@ inherits it from its run (anyio copies the context into the tasks it starts); th
 its budget when it ends, and a closed run is no one's enclosing run.
 
 The executor knows nothing of the router: `call(tool, arguments)` is how a step calls a tool (the
-provider passes the router's `call_tool`, tests pass their own), and `on_step` hears each finished step
-(the provider turns it into a progress notification).
+provider passes the router's `call_tool`, tests pass their own), `on_step` hears each finished step and
+`on_item` each for_each item that finished ok (the provider turns both into progress notifications).
 """
 
 from __future__ import annotations
@@ -47,6 +47,8 @@ logger = logging.getLogger(__name__)
 StepStatus = Literal["pending", "running", "ok", "failed", "skipped", "cancelled"]
 CallTool = Callable[[str, dict[str, Any]], Awaitable[types.CallToolResult]]
 StepDone = Callable[["StepReport"], Awaitable[None]]
+# A for_each item finished ok: (its step, items done so far, the step's item count).
+ItemDone = Callable[["StepReport", int, int], Awaitable[None]]
 # Asks the calling client's user: (message, requested schema) → the answer's `{"action", "content"}`.
 Ask = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
 Sleep = Callable[[float], Awaitable[None]]
@@ -63,8 +65,9 @@ class StepReport:
     # Skipped because a step it depends on failed (its own dependants are then skipped too).
     blocked: bool = False
     # A tool step's result content as MCP JSON, when it holds more than text (an image, audio, a resource or a
-    # link), which `output` (the texts) cannot carry; None otherwise.
-    content: list[dict[str, Any]] | None = None
+    # link), which `output` (the texts) cannot carry; None otherwise. A for_each's: one entry per item, its
+    # blocks or None (a text-only item), when any item held more than text; None otherwise.
+    content: list[Any] | None = None
 
     def view(self) -> dict[str, Any]:
         """What templates read as `steps.<id>`."""
@@ -112,6 +115,7 @@ class WorkflowRun:
         *,
         caller: str | None = None,
         render_slots: RenderSlots = SHARED,
+        on_item: ItemDone | None = None,
     ) -> None:
         self.workflow = workflow
         # Template renders take worker-thread slots of this run, of `caller` (None: not known) and of the
@@ -128,6 +132,7 @@ class WorkflowRun:
         self.params = params
         self._call = call
         self._on_step = on_step
+        self._on_item = on_item
         self._sleep = sleep
         self._limiter = anyio.CapacityLimiter(workflow.max_parallel)
         self._steps = {step.id: step for step in workflow.steps}
@@ -158,9 +163,11 @@ class WorkflowRun:
             except TemplateError as exc:
                 report.error = f"output.{exc.place.removeprefix('output.')}: {exc.reason}"
         if report.error is None and self.workflow.output is None:
-            report.content = report.steps[self.workflow.steps[-1].id].content
-        result = [report.output, report.content] if report.content else report.output
-        if report.error is None and self._max_output is not None and json_size(result, self._max_output) is None:
+            try:
+                report.content = passed_on(self.workflow.steps[-1], report.steps[self.workflow.steps[-1].id])
+            except (ValueError, RecursionError):  # an item's output too deeply nested to write as text
+                report.error = "its output is nested too deeply to send"
+        if report.error is None and self._max_output is not None and json_size(sent(report), self._max_output) is None:
             report.error = (
                 f"workflow '{self.workflow.name}' returned a result larger than {self._max_output:,} bytes "
                 "(limits.max_result_bytes); it was not passed on"
@@ -236,7 +243,7 @@ class WorkflowRun:
             try:
                 output = await self._step(step, report, context)
                 if step.type != "for_each":  # a for_each's items were counted as they came
-                    self._held_output(step, [output.output, output.content] if output.content else output.output)
+                    self._held_output(step, output.held())
                 report.output, report.content, report.status = output.output, output.content, "ok"
             except StepError as exc:
                 self._failed(step, report, exc, group)
@@ -279,26 +286,33 @@ class WorkflowRun:
         too_many = fan_out_reason(len(items), self._budget)
         if too_many is not None:  # refused before any item runs: no half-done fan-out
             raise StepError(too_many, retryable=False)
-        outputs: list[Any] = [None] * len(items)
+        called: list[Called] = [Called(None)] * len(items)
         failures: list[str] = []
         per_step = anyio.CapacityLimiter(step.max_parallel)
+        done = 0
 
         async def one(index: int, item: Any, group: anyio.CancelScope) -> None:
+            nonlocal done
             async with per_step:
                 try:
                     scope = {**context, step.item: item, "index": index}
-                    outputs[index] = (await self._with_retries(step, report, scope)).output
-                    self._held_output(step, outputs[index])
+                    called[index] = await self._with_retries(step, report, scope)
+                    self._held_output(step, called[index].held())
                 except StepError as exc:
                     failures.append(f"item {index}: {exc.reason}")
                     group.cancel()  # the other items stop: the step has failed
+                    return
+            done += 1
+            if self._on_item is not None:  # after the slot is freed: a slow client holds no item back
+                await self._on_item(report, done, len(items))
 
         async with anyio.create_task_group() as group:
             for index, item in enumerate(items):
                 group.start_soon(one, index, item, group.cancel_scope)
         if failures:
             raise StepError(failures[0], retryable=False)
-        return Called(outputs)
+        contents = [c.content for c in called]
+        return Called([c.output for c in called], contents if any(c is not None for c in contents) else None)
 
     async def _elicit(self, step: StepConfig, report: StepReport, context: dict[str, Any]) -> Any:
         """Ask the user; no call slot is held while a person answers, and no retry (a person said it)."""
@@ -380,9 +394,9 @@ class WorkflowRun:
                     result = await self._call(step.tool, arguments)
             except TimeoutError:
                 raise StepError(f"timed out after {step.timeout:g}s") from None
-            except StepError:
+            except StepError:  # the provider's own refusals (a policy denial, told without hidden names)
                 raise
-            except Exception as exc:  # the router's refusals (unknown tool, denied) and protocol errors
+            except Exception as exc:  # the router's refusals (unknown tool) and protocol errors
                 raise StepError(f"{type(exc).__name__}: {exc}") from None
         if result.is_error:
             raise StepError(result_text(result) or "the tool returned an error")
@@ -391,10 +405,15 @@ class WorkflowRun:
 
 @dataclass(frozen=True)
 class Called:
-    """What a step's attempt gave: its output, and its result's content when that held more than text."""
+    """What a step's attempt gave: its output, and its result's content when that held more than text (a
+    for_each's: one entry per item)."""
 
     output: Any
-    content: list[dict[str, Any]] | None = None
+    content: list[Any] | None = None
+
+    def held(self) -> Any:
+        """What it comes to against limits.max_result_bytes: the output, and the content when there is one."""
+        return [self.output, self.content] if self.content else self.output
 
 
 @dataclass(frozen=True)
@@ -428,6 +447,33 @@ def answer_problem(content: Any, schema: dict[str, Any]) -> None:
         raise StepError(
             f"the user's answer does not fit requested_schema: content{where}: {problem.message}", retryable=False
         )
+
+
+def passed_on(step: StepConfig, report: StepReport) -> list[dict[str, Any]] | None:
+    """The content blocks a workflow without `output` passes on from its last step, or None (its output goes
+    as text). A for_each's items in order: each item's blocks as they came, a text-only item as its output's
+    text, so an item's image stays beside that item's texts."""
+    if step.type != "for_each" or report.content is None:  # (content is set only on an ok step)
+        return report.content
+    blocks: list[dict[str, Any]] = []
+    for output, content in zip(report.output, report.content, strict=True):
+        blocks += content if content is not None else [{"type": "text", "text": output_text(output)}]
+    return blocks
+
+
+def sent(report: RunReport) -> Any:
+    """What the client is sent of a run's result, for limits.max_result_bytes: the blocks when there are any
+    (and the output beside them as structured content when it is an object), else the output."""
+    if not report.content:
+        return report.output
+    return [report.output, report.content] if isinstance(report.output, dict) else report.content
+
+
+def output_text(output: Any) -> str:
+    """An output as the result's text: a string as it is, anything else as JSON. Non-ASCII as written, as
+    find_tool's answer: an escape per character costs an agent's model tokens. ValueError, RecursionError
+    when it cannot be written."""
+    return output if isinstance(output, str) else json.dumps(output, default=str, ensure_ascii=False)
 
 
 def result_text(result: types.CallToolResult) -> str:
