@@ -99,26 +99,32 @@ async def test_an_answer_that_does_not_fit_the_form_fails_the_asking_step(
     assert "steps: q: failed, hello: pending" in text(result)  # never called
 
 
-def test_validate_refuses_settings_a_step_never_reads(tmp_path: Path) -> None:
+def validate(tmp_path: Path, steps: list[dict[str, Any]]) -> subprocess.CompletedProcess[str]:
+    config = write_config(tmp_path, {"backends": [], "workflows": [{"name": "w", "description": "d", "steps": steps}]})
+    return subprocess.run(
+        [sys.executable, "-m", "vmcp_opt", "validate", "-c", str(config)], capture_output=True, text=True, timeout=60
+    )
+
+
+def test_validate_warns_of_settings_a_step_never_reads_and_still_loads_them(tmp_path: Path) -> None:
     steps = [
         {"id": "a", "tool": "t", "max_iterations": 5, "on_error": {"action": "continue", "retries": 2}},
         {**ASK_NAME, "on_error": "retry"},
-        {
-            **ASK_NAME,
-            "id": "b",
-            "requested_schema": {"type": "object", "properties": {"n": {"type": "string", "minLength": "x"}}},
-        },
     ]
-    config = write_config(tmp_path, {"backends": [], "workflows": [{"name": "w", "description": "d", "steps": steps}]})
-    done = subprocess.run(
-        [sys.executable, "-m", "vmcp_opt", "validate", "-c", str(config)], capture_output=True, text=True, timeout=60
-    )
+    done = validate(tmp_path, steps)
     output = done.stdout + done.stderr
-    assert done.returncode == 2, output
+    assert done.returncode == 0, output  # a config that loaded before still loads
     for line in [
-        "workflows[0].steps[0].max_iterations: `max_iterations` does nothing in a tool step",
-        "workflows[0].steps[0].on_error.retries: `retries` is read only with `action: retry`",
-        "workflows[0].steps[1].on_error.action: an elicitation step is not retried (a person answered)",
-        "workflows[0].steps[2].requested_schema.properties.n.minLength: not a valid JSON Schema:",
+        "warning: workflows[0].steps[0].max_iterations: `max_iterations` does nothing in a tool step",
+        "warning: workflows[0].steps[0].on_error.retries: `retries` is read only with `action: retry`",
+        "warning: workflows[0].steps[1].on_error.action: an elicitation step is not retried (a person answered)",
     ]:
         assert line in output, output
+
+
+def test_validate_refuses_a_form_that_is_no_json_schema(tmp_path: Path) -> None:
+    schema = {"type": "object", "properties": {"n": {"type": "string", "minLength": "x"}}}
+    done = validate(tmp_path, [{**ASK_NAME, "id": "b", "requested_schema": schema}])
+    output = done.stdout + done.stderr
+    assert done.returncode == 2, output
+    assert "workflows[0].steps[0].requested_schema.properties.n.minLength: not a valid JSON Schema:" in output

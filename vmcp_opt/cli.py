@@ -190,7 +190,7 @@ def validate(
         launch_warnings,
         nothing_served_warnings,
     )
-    from vmcp_opt.config.workflows import env_reference_warnings
+    from vmcp_opt.config.workflows import workflow_warnings
     from vmcp_opt.shared.secrets import secret_problems
 
     problems = auth_problems(cfg) + secret_problems(cfg)
@@ -201,7 +201,7 @@ def validate(
     warnings = [
         *nothing_served_warnings(cfg),
         *empty_reference_warnings(config),
-        *env_reference_warnings(cfg.workflows),
+        *workflow_warnings(cfg.workflows),
         *exchange_warnings(cfg),
     ]
     for warning in [*warnings, *([] if connect else launch_warnings(cfg))]:

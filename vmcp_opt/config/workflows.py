@@ -56,7 +56,7 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
 
-# Per step type, the fields it never reads (given, they are refused: `StepConfig.unused_problems`).
+# Per step type, the fields it never reads (given, they are warned of: `StepConfig.unused_settings`).
 _UNUSED_FIELDS: dict[str, tuple[str, ...]] = {
     "tool": ("item", "max_parallel", "max_iterations", "on_decline", "on_cancel"),
     "for_each": ("on_decline", "on_cancel"),
@@ -152,7 +152,7 @@ class StepConfig(_Strict):
         data = handler(self)
         if isinstance(data, dict):
             # The same for the fields this step does not read: dumped at their defaults, they would come back
-            # as given, which `unused_problems` refuses.
+            # as given, which `unused_settings` warns of.
             unset = set(_UNUSED_FIELDS[self.type]) | ({"default_result"} if not self.has_default_result else set())
             for name in unset - self.model_fields_set:
                 data.pop(name, None)
@@ -161,7 +161,7 @@ class StepConfig(_Strict):
     def problems(self) -> list[str]:
         """What its type needs (checked by the workflow, so its graph problems are reported in the same pass)."""
         if self.type == "elicitation":
-            return self._elicitation_problems() + self.unused_problems()
+            return self._elicitation_problems()
         problems = [] if self.tool else [f"tool: a {self.type} step needs `tool`"]
         if self.type == "for_each" and not self.over:
             problems.append("over: a for_each step needs `over` (a template giving the list to go over)")
@@ -175,7 +175,7 @@ class StepConfig(_Strict):
             for name in ("message", "requested_schema")
             if getattr(self, name) is not None
         ]
-        return problems + self.unused_problems()
+        return problems
 
     def _elicitation_problems(self) -> list[str]:
         problems = [
@@ -198,9 +198,9 @@ class StepConfig(_Strict):
             problems += schema_problems("requested_schema", schema)  # the run checks answers against it
         return problems
 
-    def unused_problems(self) -> list[str]:
-        """Fields given that this step's type or `on_error.action` never reads: a setting that would be
-        accepted and silently do nothing (`max_iterations` on a tool step, `retries` without `retry`)."""
+    def unused_settings(self) -> list[str]:
+        """Fields given that this step's type or `on_error.action` never reads (`max_iterations` on a tool step,
+        `retries` without `retry`): warned of, not refused, since a config that loaded before must still load."""
         problems = [
             f"{name}: `{name}` does nothing in a {self.type} step"
             for name in _UNUSED_FIELDS[self.type]
@@ -373,6 +373,21 @@ def env_reference_warnings(workflows: Sequence[WorkflowConfig]) -> list[str]:
                         f"where ${{{name}}} is expanded)"
                     )
     return warnings
+
+
+def unused_setting_warnings(workflows: Sequence[WorkflowConfig]) -> list[str]:
+    """Settings given that their step never reads, by path (`workflows[0].steps[1].max_iterations: ...`)."""
+    return [
+        f"workflows[{w}].steps[{s}].{unused}"
+        for w, workflow in enumerate(workflows)
+        for s, step in enumerate(workflow.steps)
+        for unused in step.unused_settings()
+    ]
+
+
+def workflow_warnings(workflows: Sequence[WorkflowConfig]) -> list[str]:
+    """What `vmcp validate` and a start warn of in the workflows: valid, but probably not what was meant."""
+    return env_reference_warnings(workflows) + unused_setting_warnings(workflows)
 
 
 def check_workflows(workflows: list[WorkflowConfig]) -> list[str]:

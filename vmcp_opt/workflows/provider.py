@@ -3,20 +3,25 @@
 Each step is a call of `router.call_tool` with the caller of the workflow, so the policy is asked for the
 workflow and again for every step, and each step takes the same path as a direct call (provider, schema
 check, session, health guard, observers). Steps run with the caller's exchange minus its progress token:
-the workflow reports progress itself, one notification per finished step, and a backend's own progress
-would interleave with it and break the rule that progress only grows. The steps' exchange is marked with
-the workflow's name (`Exchange.step_of`): usage learning counts the workflow the client called, not the
-calls its steps make.
+the workflow reports progress itself (`RunProgress`: per finished step and per finished for_each item), and
+a backend's own progress would interleave with it and break the rule that progress only grows. The steps'
+exchange is marked with the workflow's name (`Exchange.step_of`): usage learning counts the workflow the
+client called, not the calls its steps make.
+
+A step the policy refuses fails without naming the refused tool unless the caller may see that tool
+(`step_denial`): a workflow's author chose its steps' tools, and a caller must not learn of tools hidden
+from it by calling a workflow. The router's log and the audit log keep the whole record.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from fractions import Fraction
 from typing import Any
 
+import anyio
 import mcp_types as types
 from mcp.shared.dispatcher import ProgressFnT
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
@@ -25,11 +30,20 @@ from vmcp_opt.aggregation import Catalog, LiveCatalog
 from vmcp_opt.arguments import ArgumentError, ArgumentValidator
 from vmcp_opt.auth import Caller
 from vmcp_opt.auth.caller import caller_key
-from vmcp_opt.config.workflows import WorkflowConfig, env_reference_warnings
-from vmcp_opt.routing import Dispatch, Exchange, ProvidedTool, ToolCall, error_result
+from vmcp_opt.config.workflows import WorkflowConfig, workflow_warnings
+from vmcp_opt.routing import Denied, Dispatch, Exchange, ProvidedTool, ToolCall, error_result
 from vmcp_opt.routing.budget import Budget
 from vmcp_opt.routing.round_trips import InputRequired, RoundOwners, WorkflowRound
-from vmcp_opt.workflows.executor import Ask, RunReport, StepDone, StepReport, WorkflowRun
+from vmcp_opt.workflows.executor import (
+    Ask,
+    ItemDone,
+    RunReport,
+    StepDone,
+    StepError,
+    StepReport,
+    WorkflowRun,
+    output_text,
+)
 from vmcp_opt.workflows.renders import SHARED, RenderSlots
 from vmcp_opt.workflows.rounds import PendingRun, WorkflowRounds
 from vmcp_opt.workflows.validation import derived_annotations
@@ -63,7 +77,7 @@ class WorkflowTools:
         render_slots: RenderSlots = SHARED,
     ) -> None:
         self.workflows = {w.name: w for w in workflows}
-        for warning in env_reference_warnings(workflows):  # once, at start: `vmcp serve`, `vmcp workflow run`
+        for warning in workflow_warnings(workflows):  # once, at start: `vmcp serve`, `vmcp workflow run`
             logger.warning("%s", warning)
         # Runs of 2026-07-28 clients waiting for their answers (attached to the gateway's task group); they
         # hold slots of `pending_budget`, the backend round trips' own when the gateway passes it.
@@ -107,29 +121,33 @@ class WorkflowTools:
             background = dataclasses.replace(exchange, session=None, request_id=None)
 
             async def pending_run(pending: PendingRun) -> types.CallToolResult:
+                progress = RunProgress(len(workflow.steps), lambda: pending.progress)
                 report = await self.run(
                     workflow.name,
                     call.arguments,
                     call.caller,
                     background,
                     call.router,
-                    progress_reporter(len(workflow.steps), lambda: pending.progress),
+                    progress.step_done,
                     ask=pending.ask if client_elicits(call.caller) else None,
                     checked=True,
+                    on_item=progress.item_done,
                 )
                 return run_result(report)
 
             return await self.rounds.start(pending_run, exchange.progress_relay(), call.caller.id)
         relay = exchange.progress_relay()
+        progress = RunProgress(len(workflow.steps), lambda: relay)
         report = await self.run(
             workflow.name,
             call.arguments,
             call.caller,
             exchange,
             call.router,
-            progress_reporter(len(workflow.steps), lambda: relay),
+            progress.step_done,
             ask=front_ask(call.caller, exchange),
             checked=True,
+            on_item=progress.item_done,
         )
         return run_result(report)
 
@@ -143,6 +161,7 @@ class WorkflowTools:
         on_step: StepDone | None = None,
         ask: Ask | None = None,
         checked: bool = False,
+        on_item: ItemDone | None = None,
     ) -> RunReport:
         """One run, each step a call of `router.call_tool` as `caller`; `ArgumentError` for bad arguments."""
         workflow = self.workflows[name]
@@ -155,6 +174,8 @@ class WorkflowTools:
                 return await router.call_tool(caller, tool, step_arguments, steps)
             except InputRequired:  # a 2026-07-28 backend's own question
                 return error_result(f"'{tool}' asked the client for input, which a workflow step cannot relay")
+            except Denied as denied:  # not retried: the policy will say the same
+                raise StepError(await step_denial(router, caller, denied), retryable=False) from None
 
         params = with_defaults(workflow.parameters, arguments or {})
         report = await WorkflowRun(
@@ -167,6 +188,7 @@ class WorkflowTools:
             max_output_bytes=self.max_result_bytes,
             caller=caller_key(caller),  # as rate limits key it: a new session is not a new caller
             render_slots=self.render_slots,
+            on_item=on_item,
         ).run()
         if not report.ok:  # names only: the error may hold argument values and backend text
             where = f"at step {report.failed_step}" if report.failed_step else "(timed out)" if report.timed_out else ""
@@ -195,22 +217,57 @@ def front_ask(caller: Caller, exchange: Exchange) -> Ask | None:
     return ask
 
 
-def progress_reporter(total: int, relay: Callable[[], ProgressFnT | None]) -> StepDone:
-    """One progress notification per finished step, to whichever request drives the run now; best effort."""
-    finished = 0
+async def step_denial(router: Dispatch, caller: Caller, denied: Denied) -> str:
+    """A step's policy refusal as its reason: the router's message when the caller may see the refused tool
+    (it may list and call it), else one that names neither the tool nor the policy's reason (which may
+    name it); the run's error names the step, which is the workflow's, not the tool."""
+    target = denied.target
+    if target.kind == "tool":
+        await router.usable_tools_async(caller)  # `may_use` then reads the caller's kept view
+        if router.may_use(caller, [target.name]):
+            return f"Denied: {denied.error.message}"
+    return f"not permitted: caller '{caller.id}' may not make this step's call"
 
-    async def step_done(step: StepReport) -> None:
-        nonlocal finished
-        finished += 1
-        progress = relay()
-        if progress is None:
-            return
-        try:
-            await progress(float(finished), float(total), f"step {step.id}: {step.status}")
-        except Exception as exc:  # a client that went away must not fail the run
-            logger.debug("workflow progress not sent: %s", exc)
 
-    return step_done
+class RunProgress:
+    """A run's progress notifications, to whichever request drives the run now; best effort.
+
+    The total is the workflow's step count, known from the start; each finished step counts 1. A running
+    for_each counts each item that finished ok as 1/(items + 1) of its step, so its items move the progress
+    on and its own end still adds to it (the MCP rule: progress increases with every notification, and it
+    may be fractional). Notifications are sent one at a time, and one that would not increase the progress
+    (items of parallel steps finishing together) is left out."""
+
+    def __init__(self, steps: int, relay: Callable[[], ProgressFnT | None]) -> None:
+        self._total = float(steps)
+        self._relay = relay
+        self._finished = 0
+        self._items: dict[str, Fraction] = {}  # running for_each steps: the part of the step done
+        self._sent = 0.0
+        self._sending = anyio.Lock()
+
+    async def step_done(self, step: StepReport) -> None:
+        self._items.pop(step.id, None)
+        self._finished += 1
+        await self._send(self._value(), f"step {step.id}: {step.status}")
+
+    async def item_done(self, step: StepReport, done: int, items: int) -> None:
+        self._items[step.id] = Fraction(done, items + 1)
+        await self._send(self._value(), f"step {step.id}: {done} of {items} items done")
+
+    def _value(self) -> float:
+        return float(self._finished + sum(self._items.values()))
+
+    async def _send(self, value: float, message: str) -> None:
+        async with self._sending:
+            progress = self._relay()
+            if progress is None or value <= self._sent:
+                return
+            self._sent = value
+            try:
+                await progress(value, self._total, message)
+            except Exception as exc:  # a client that went away must not fail the run
+                logger.debug("workflow progress not sent: %s", exc)
 
 
 def workflow_tools(workflows: Sequence[WorkflowConfig], catalog: Catalog) -> dict[str, ProvidedTool]:
@@ -282,13 +339,8 @@ def run_result(report: RunReport) -> types.CallToolResult:
     """Success: the output as JSON text, and as structured content when it is an object. Failure: an error
     result naming the failed step and the reason, with every step's status."""
     if report.ok:
-        # Non-ASCII as written, as find_tool's answer: an escape per character costs an agent's model tokens.
         try:
-            text = (
-                report.output
-                if isinstance(report.output, str)
-                else json.dumps(report.output, default=str, ensure_ascii=False)
-            )
+            text = output_text(report.output)
         except (ValueError, RecursionError):  # a circular or too deeply nested output
             return error_result(f"workflow '{report.workflow}' failed: its output is nested too deeply to send")
         structured = report.output if isinstance(report.output, dict) else None
