@@ -113,3 +113,18 @@ def test_an_issuer_url_without_its_scheme_is_refused_at_load(tmp_path: Path) -> 
     result = subprocess.run([str(vmcp), "validate", "-c", str(config)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2, result.stdout + result.stderr
     assert "auth.incoming.oauth.issuer: expected an absolute http(s) URL" in result.stdout + result.stderr
+
+
+def test_a_jwks_url_with_credentials_is_logged_without_them(tmp_path: Path) -> None:
+    issuer = f"http://127.0.0.1:{free_port()}"  # nothing serves there: every fetch fails and is logged
+    jwks_url = f"http://keys:s3cr3t-pw@127.0.0.1:{free_port()}/jwks?api_key=k9k9k9"
+    oauth = {"issuer": issuer, "jwks_url": jwks_url}
+    config = {"backends": [demo_backend("notes")], "auth": {"incoming": {"mode": "oauth", "oauth": oauth}}}
+    with running_gateway(write_config(tmp_path, config)) as gateway:
+        token = signed(rsa.generate_private_key(public_exponent=65537, key_size=2048), issuer, gateway.url)
+        assert initialize(gateway.url, token).status_code == 503
+        deadline = time.monotonic() + 10
+        while "fetching the issuer's keys" not in gateway.output():
+            assert time.monotonic() < deadline, gateway.output()[-2000:]
+            time.sleep(0.2)
+        assert "s3cr3t-pw" not in gateway.output() and "k9k9k9" not in gateway.output()

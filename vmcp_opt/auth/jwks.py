@@ -25,6 +25,8 @@ import anyio
 import httpx2
 import jwt
 
+from vmcp_opt.backends.secrets import mask_url, redact, url_credentials, with_escaped_forms
+
 logger = logging.getLogger(__name__)
 
 # The key families each signing algorithm needs (RFC 7518): never an HMAC key for an RSA algorithm, etc.
@@ -134,15 +136,24 @@ class JwksCache:
                 response.raise_for_status()
                 document = response.json()
         except (httpx2.HTTPError, ValueError) as exc:
-            raise JwksUnavailable(
-                f"fetching the issuer's keys{_from(exc)} failed: {type(exc).__name__}: {exc}"
-            ) from None
+            reason = f"fetching the issuer's keys{_from(exc)} failed: {type(exc).__name__}: {exc}"
+            raise JwksUnavailable(self._masked(reason, _url_of(exc))) from None
         keys = document.get("keys") if isinstance(document, dict) else None
         if not isinstance(keys, list):
-            raise JwksUnavailable(f"{url}: not a JWKS (no `keys` list)")
+            raise JwksUnavailable(f"{mask_url(url)}: not a JWKS (no `keys` list)")
         usable = {k.get("kid"): k for k in keys if isinstance(k, dict) and k.get("kty") in KEY_TYPES.values()}
-        logger.info("auth: %d signing keys from %s", len(usable), url)
+        logger.info("auth: %d signing keys from %s", len(usable), mask_url(url))
         return usable
+
+    def _masked(self, text: str, *urls: str | None) -> str:
+        """`text` without the credentials any of the URLs involved carries (`user:password@`, a secret-named query
+        parameter): an httpx error quotes its URL whole, and this text is logged every few seconds. The URLs are
+        masked where they appear whole; their credentials of 8 characters or more wherever else they appear (a
+        shorter one, such as a user name, may be an ordinary word of the message)."""
+        involved = [url for url in (self.issuer, self.jwks_url, *urls) if url]
+        for url in sorted(set(involved), key=len, reverse=True):
+            text = text.replace(url, mask_url(url))
+        return redact(text, with_escaped_forms((v for url in involved for v in url_credentials(url)), min_length=8))
 
     async def _discover(self, client: httpx2.AsyncClient) -> str:
         """`jwks_uri` from the issuer's metadata: RFC 8414 first, then OpenID Connect discovery."""
@@ -166,10 +177,15 @@ class JwksCache:
 
 def _from(exc: Exception) -> str:
     """` from <url>`: the request that failed, when the error knows it (one made without a request does not)."""
+    url = _url_of(exc)
+    return f" from {mask_url(url)}" if url else ""
+
+
+def _url_of(exc: Exception) -> str | None:
     try:
-        return f" from {exc.request.url}" if isinstance(exc, httpx2.HTTPError) else ""
+        return str(exc.request.url) if isinstance(exc, httpx2.HTTPError) else None
     except RuntimeError:  # raised by `request` when the error was made without one
-        return ""
+        return None
 
 
 def metadata_urls(issuer: str) -> list[str]:

@@ -65,7 +65,17 @@ class OAuthConfig(_Strict):
     # Seconds an introspected token's answer is reused (never past its `exp`).
     introspection_cache: float = Field(60.0, ge=0)
 
-    @field_validator("issuer", "resource", "jwks_url", "introspection_url")
+    @field_validator("resource")
+    @classmethod
+    def _absolute_uri(cls, value: str | None) -> str | None:
+        """An absolute URI (RFC 8707), not necessarily one fetched: an audience such as `api://vmcp` is one."""
+        if value is not None and (not urlsplit(value).scheme or "#" in value):
+            raise ValueError(
+                f"expected an absolute URI without a fragment, such as https://vmcp.example.com/mcp, not {value!r}"
+            )
+        return value
+
+    @field_validator("issuer", "jwks_url", "introspection_url")
     @classmethod
     def _absolute_url(cls, value: str | None) -> str | None:
         """Checked at load: a URL without its scheme would otherwise be a 503 on every request, found at the first."""
