@@ -38,13 +38,12 @@ def imports_of_ours(path: Path) -> set[str]:
     """The packages (first part after `vmcp_opt.`) that `path` imports, wherever the import statement is."""
     found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        names = (
-            [node.module]
-            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0
-            else [alias.name for alias in node.names]
-            if isinstance(node, ast.Import)
-            else []
-        )
+        names: list[str] = []
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            # `from vmcp_opt import server` reaches `server` as surely as `from vmcp_opt.server import x`.
+            names = [f"vmcp_opt.{alias.name}" for alias in node.names] if node.module == "vmcp_opt" else [node.module]
+        elif isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
         found |= {name.split(".")[1] for name in names if name.startswith("vmcp_opt.")}
     return found
 

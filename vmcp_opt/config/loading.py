@@ -203,7 +203,11 @@ def _describe(exc: ValidationError, source: SourceNamer | None = None) -> list[s
             message += _unquoted(error.get("input"))
         if error["type"] == "literal_error":
             message += _meant_value(error)
-        if error["type"] == "list_type" and isinstance(error.get("input"), dict):
+        if (
+            error["type"] == "list_type"
+            and tuple(error["loc"]) == ("backends",)
+            and isinstance(error.get("input"), dict)
+        ):
             # `backends: {time: {...}}`, as MCP clients key their servers by name
             message += ", not a mapping: write each entry as a list item (`- name: ...`)"
         if not location:  # the document's own cross-checks: already `path: reason`, one per line
