@@ -373,3 +373,44 @@ def test_client_request_ids_like_the_gateways_own_are_recorded_and_relayed(
 def _nothing_held(proxy: HoldingProxy) -> Iterator[None]:
     yield
     proxy.release()
+
+
+def test_an_answer_relayed_by_a_replica_of_the_previous_version_reaches_the_copy_that_asked() -> None:
+    # The previous code read `<copy>-<n>` of this code's ask id as the dispatcher's id and relayed no `copy`.
+    from vmcp_opt.shared.round_relay import _deliver
+
+    got: list[tuple[str, str, object]] = []
+
+    async def deliver(session: str, copy: str, answer: Any) -> None:
+        got.append((session, copy, answer.id))
+
+    async def relay_all() -> None:
+        for relayed in (
+            {"session": "s", "answer": {"jsonrpc": "2.0", "id": "3-7", "result": {}}},
+            {"session": "s", "copy": "4", "answer": {"jsonrpc": "2.0", "id": 9, "result": {}}},
+        ):
+            await _deliver(deliver, json.dumps(relayed).encode())
+
+    anyio.run(relay_all)
+    assert got == [("s", "3", 7), ("s", "4", 9)]
+
+
+def test_a_copy_keeps_a_bounded_memory_of_the_things_changed() -> None:
+    # A client subscribing to ever new URIs and dropping them: each change names a new thing.
+    from mcp_types import Implementation, InitializeRequestParams
+
+    from vmcp_opt.server.session_relays import MAX_SEEN, Held
+    from vmcp_opt.shared.round_relay import SessionChange
+    from vmcp_opt.shared.session_store import SessionRecord
+
+    params = InitializeRequestParams(
+        protocol_version="2025-11-25", capabilities={}, client_info=Implementation(name="c", version="1")
+    )
+    held = Held(SessionRecord(params, "2025-11-25", "events"))
+    for revision in range(1, 4 * MAX_SEEN + 1):
+        method = "resources/subscribe" if revision % 2 else "resources/unsubscribe"
+        held.took(SessionChange(method, {"uri": f"notes://note/{revision // 2}"}, revision))
+    assert len(held.seen) == MAX_SEEN
+    # What was forgotten is still had: an old change of it is not made again.
+    assert held.has(SessionChange("resources/subscribe", {"uri": "notes://note/0"}, 1))
+    assert not held.has(SessionChange("resources/subscribe", {"uri": "notes://note/0"}, 4 * MAX_SEEN + 1))

@@ -45,6 +45,9 @@ logger = logging.getLogger(__name__)
 # Longest a relayed change waits for its copy's restore, or for its own request (a backend session may have to
 # start for a log level).
 CHANGE_WAIT = 30.0
+# Things changed whose latest revision a copy keeps apart (`Held.seen`); past it the oldest are forgotten into
+# `caught_up`: a client subscribing to ever new URIs and dropping them must not grow a copy without end.
+MAX_SEEN = 256
 
 
 @dataclass
@@ -76,8 +79,14 @@ class Held:
         return not change.newer_than(max(self.caught_up, self.seen.get(change.key, 0)))
 
     def took(self, change: SessionChange) -> None:
-        if change.revision is not None:
-            self.seen[change.key] = max(change.revision, self.seen.get(change.key, 0))
+        if change.revision is None:
+            return
+        self.seen[change.key] = max(change.revision, self.seen.pop(change.key, 0))  # the latest last
+        while len(self.seen) > MAX_SEEN:
+            # Forgotten, its revision becomes every thing's floor: a change of it as old is then taken as had, and so
+            # is a change of another thing that old that never came, 256 changes later.
+            oldest = next(iter(self.seen))
+            self.caught_up = max(self.caught_up, self.seen.pop(oldest))
 
     def latest(self) -> SessionRecord:
         """The record as this copy has it, at the latest revision it has seen (written back when Redis lost it:
@@ -207,7 +216,8 @@ class SessionRelays:
             return
         async with held.changing:
             for change in _differences(held.record, record):
-                await self._make(session_id, held, change)
+                if not held.has(change):  # a relayed change made while this waited for the lock is newer
+                    await self._make(session_id, held, change)
             held.caught_up = max(held.caught_up, record.revision)
 
     async def _make(self, session_id: str, held: Held, change: SessionChange) -> None:

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import secrets
 import traceback
 from collections.abc import Awaitable, Callable, Coroutine
@@ -331,11 +332,22 @@ def _change(change: Any) -> SessionChange:
     return SessionChange(method, {name: value}, revision)
 
 
+# The id a replica running the previous code relays for one of this code's questions: it read the copy's number
+# as part of the dispatcher's id (`<copy>-<n>`), and sent no `copy`.
+_COPY_IN_ID = re.compile(r"^([0-9]{1,20})-([0-9]{1,20})$")
+
+
 async def _deliver(deliver: Deliver, raw: bytes) -> None:
     try:
         relayed = json.loads(raw)
-        session_id, copy = str(relayed["session"]), str(relayed["copy"])
+        session_id = str(relayed["session"])
         answer = jsonrpc_message_adapter.validate_python(relayed["answer"], by_name=False)
+        copy = relayed.get("copy")
+        if copy is None and isinstance(answer, JSONRPCResponse | JSONRPCError) and isinstance(answer.id, str):
+            found = _COPY_IN_ID.match(answer.id)  # during a rolling upgrade
+            if found is not None:
+                copy, answer = found.group(1), answer.model_copy(update={"id": int(found.group(2))})
+        copy = str(copy if copy is not None else "")
     except (ValueError, KeyError, TypeError, ValidationError):
         answer = None
     if not isinstance(answer, JSONRPCResponse | JSONRPCError):
