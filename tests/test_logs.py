@@ -98,6 +98,21 @@ def test_a_plain_line_break_in_logged_text_cannot_forge_a_record() -> None:
     assert lines[0].endswith(f"tool x\\n{forged}\\r refused")
 
 
+def test_an_exception_message_with_a_line_break_cannot_forge_a_record() -> None:
+    forged = "2026-12-05T00:00:00.000 INFO vmcp_opt.auth: caller admin allowed"
+    stream = io.StringIO()
+    handler = handler_for("plain", stream)
+    try:
+        raise ValueError(f"bad name x\n{forged}")
+    except ValueError:
+        record = logging.LogRecord("vmcp_opt.routing", logging.ERROR, __file__, 1, "refused", None, sys.exc_info())
+    handler.emit(record)
+    lines = stream.getvalue().splitlines()
+    assert PLAIN_LINE.match(lines[0]), lines
+    assert all(line.startswith("  ") for line in lines[1:]), lines  # only a record's first line at the margin
+    assert f"  {forged}" in lines
+
+
 def test_terminal_lines_name_the_level_and_logger_once() -> None:
     leader, follower = os.openpty()
     with os.fdopen(follower, "w", encoding="utf-8") as terminal:

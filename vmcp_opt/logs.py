@@ -132,13 +132,26 @@ _CONTROL_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F) if c != ord("
 
 
 class PlainFormatter(logging.Formatter):
-    """`PLAIN_FORMAT`, the message on one line whatever it holds; a traceback follows on lines of its own."""
+    """`PLAIN_FORMAT`, the message on one line whatever it holds; a traceback follows on lines of its own, each
+    indented, so that only a record's first line starts at the margin."""
 
     def __init__(self) -> None:
         super().__init__(PLAIN_FORMAT, PLAIN_DATE_FORMAT)
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         return super().formatMessage(record).translate(_CONTROL_ESCAPES)
+
+    def formatException(self, ei: Any) -> str:
+        # Indented, every line: an exception's message may hold a line break from text a client chose, and a
+        # line at the margin is a record's first.
+        return _indented(super().formatException(ei))
+
+    def formatStack(self, stack_info: str) -> str:
+        return _indented(super().formatStack(stack_info))
+
+
+def _indented(text: str) -> str:
+    return "\n".join(f"  {line}" for line in text.splitlines())
 
 
 class JsonFormatter(logging.Formatter):
