@@ -20,11 +20,16 @@ from vmcp_opt.optimizer.documents import split_identifier
 Ranking = dict[int, float]
 
 # Where one request holds several needs: sentence ends, semicolons, new lines, "and then", "then", "also".
+# Matched on text whose whitespace runs are at most two characters (`_one_space`), and a run of sentence-end
+# marks only from its first: otherwise the leading `\s*` and the alternatives' `\s+` split one long run of
+# spaces every way there is, at every position in it (a find_tool query of a word, 4,000 spaces and a word
+# held the GIL, so the whole gateway, for minutes).
 _INTENT_BOUNDARY = re.compile(
-    r"\s*(?:[;\n]+|[.?!]+(?:\s+|$)|,?\s+and\s+then\s+|,?\s+and\s+also\s+|,\s*then\s+|,?\s+after\s+that,?\s+"
-    r"|,\s*also\s+)\s*",
+    r"\s*(?:[;\n]+|(?<![.?!])[.?!]+(?:\s+|$)|,?\s+and\s+then\s+|,?\s+and\s+also\s+|,\s*then\s+"
+    r"|,?\s+after\s+that,?\s+|,\s*also\s+)\s*",
     re.IGNORECASE,
 )
+_WHITESPACE_RUN = re.compile(r"\s+")
 _IDENTIFIER = re.compile(r"\b\w*(?:[a-z][A-Z]|_|-)\w*(?:-\w+)*\b")
 
 
@@ -34,11 +39,20 @@ def split_intents(query: str, *, min_words: int = 2, max_intents: int = 4) -> li
     >>> split_intents("find the weather in Paris, then email it to Bob")
     ['find the weather in Paris', 'email it to Bob']
     """
-    parts = [part.strip(" ,.") for part in _INTENT_BOUNDARY.split(query)]
+    parts = [part.strip(" ,.") for part in _INTENT_BOUNDARY.split(_WHITESPACE_RUN.sub(_one_space, query))]
     parts = [part for part in parts if len(part.split()) >= min_words]
     if len(parts) < 2:
         return [query.strip()]
     return parts[:max_intents]
+
+
+def _one_space(run: re.Match[str]) -> str:
+    """A run of whitespace at most two characters long that splits as the run did: its new line (a boundary),
+    then a space when the run went on after it (a connective after that, "and then", is part of the boundary)."""
+    text = run.group()
+    if text.endswith("\n"):
+        return "\n"
+    return "\n " if "\n" in text else " "
 
 
 def query_variants(query: str, config: OptimizerConfig) -> list[str]:

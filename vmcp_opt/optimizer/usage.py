@@ -212,6 +212,10 @@ class UsageGraph:
             data = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
             raise ValueError(f"not JSON: {exc}") from None
+        except RecursionError:
+            # Arrays or objects nested thousands deep (a damaged file): unreadable like any other, so it is kept
+            # aside; escaping as a RecursionError it failed every save and showed `vmcp index usage` a traceback.
+            raise ValueError("not a usage history: JSON nested too deeply") from None
         return cls.from_json(data)
 
     @classmethod
