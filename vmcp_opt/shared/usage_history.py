@@ -34,7 +34,7 @@ from typing import Any, cast
 import redis
 from redis.client import Pipeline
 
-from vmcp_opt.optimizer.usage import UsageGraph
+from vmcp_opt.optimizer.usage import UsageGraph, bounded
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +125,10 @@ class RedisUsageHistory:
         watched = (self.tasks_key, self.cleared_key, self.since_key)
         results = cast(list[Any], self.client.transaction(transact, *watched))
         *_, cleared, since, kept_tasks, kept_pairs = results
-        kept = _graph(kept_tasks, kept_pairs)
+        counts = _bounded_counts(kept_tasks, kept_pairs)
+        kept = UsageGraph.of_counts(*counts)
+        if len(kept_tasks) > len(counts[0]) or len(kept_pairs) > sum(len(c) for c in counts[1].values()):
+            self._trim(counts, kept_tasks, kept_pairs)
         self._held, self._cleared, self._marker_read = bool(kept_tasks), cleared, True
         self._since = _stamp(since) if kept_tasks else None
         if rewritten:
@@ -136,6 +139,26 @@ class RedisUsageHistory:
                 len(kept),
             )
         return kept
+
+    def _trim(self, kept: Counts, tasks: dict[bytes, bytes], pairs: dict[bytes, bytes]) -> None:
+        """Drops from Redis what `bounded` left out of `kept`, as the file store does at each save: every replica
+        reads the whole history at each sync, so it must not grow with every tool ever counted."""
+        names, together = kept
+        dropped_tasks = [field for field in tasks if field.decode() not in names]
+        dropped_pairs = [field for field in pairs if _pair(field)[1] not in together.get(_pair(field)[0], {})]
+        with self.client.pipeline(transaction=False) as pipe:
+            for start in range(0, len(dropped_tasks), 1000):
+                pipe.hdel(self.tasks_key, *dropped_tasks[start : start + 1000])
+            for start in range(0, len(dropped_pairs), 1000):
+                pipe.hdel(self.together_key, *dropped_pairs[start : start + 1000])
+            pipe.execute()
+        logger.info(
+            "optimizer: the usage history in %s passed its bounds; kept %d tools (dropped %d tools, %d pairs)",
+            self.where,
+            len(names),
+            len(dropped_tasks),
+            len(dropped_pairs),
+        )
 
     def _birth(self, pipe: Pipeline, since: int | None, rewritten: bool, adding: bool) -> int | None:
         """The birth to write, if any: a write-back keeps the birth of the history written back (the older one),
@@ -179,11 +202,23 @@ def _counts(graph: UsageGraph) -> tuple[dict[str, int], dict[str, dict[str, int]
     return whole["tasks"], whole["together"]
 
 
-def _graph(tasks: dict[bytes, bytes], pairs: dict[bytes, bytes]) -> UsageGraph:
+# Tasks per tool, and per tool its companions' counts.
+Counts = tuple[dict[str, int], dict[str, Counter[str]]]
+
+
+def _pair(field: bytes) -> tuple[str, str]:
+    pair: Any = json.loads(field)
+    if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(name, str) for name in pair)):
+        raise ValueError(f"{field!r} is not a pair of tool names")
+    return pair[0], pair[1]
+
+
+def _bounded_counts(tasks: dict[bytes, bytes], pairs: dict[bytes, bytes]) -> Counts:
+    """What Redis holds, within the file store's bounds (`usage.bounded`: the tools in most tasks, each one's
+    most frequent companions)."""
     together: dict[str, Counter[str]] = {}
     for field, count in pairs.items():
-        pair: Any = json.loads(field)
-        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(name, str) for name in pair)):
-            raise ValueError(f"{field!r} is not a pair of tool names")
-        together.setdefault(pair[0], Counter())[pair[1]] = int(count)
-    return UsageGraph.of_counts({tool.decode(): int(count) for tool, count in tasks.items()}, together)
+        tool, other = _pair(field)
+        together.setdefault(tool, Counter())[other] = int(count)
+    data = bounded({"tasks": {tool.decode(): int(count) for tool, count in tasks.items()}, "together": together})
+    return data["tasks"], data["together"]
