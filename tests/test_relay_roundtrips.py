@@ -235,7 +235,7 @@ def test_a_resumed_stream_replays_only_its_own_sessions_events(gateway: Gateway)
     replayed_ids = {event_id for event_id, _ in replayed}
     assert {event_id for event_id, _ in own[1:]} <= replayed_ids
     assert not other_ids & replayed_ids
-    assert not [e for e in resumed(mine, other[0][0]) if e[1]]  # another session's event id: nothing
+    assert resumed(mine, other[0][0]) == [("status", "400")]  # another session's event id: not held for this one
 
 
 def test_a_cancelled_call_is_cancelled_at_the_backend(gateway: Gateway) -> None:

@@ -72,6 +72,8 @@ def resumed(gateway: Gateway, headers: dict[str, str], admin: redis.Redis, event
     admin.config_resetstat()
     messages = []
     with httpx2.stream("GET", gateway.url, headers={**headers, "last-event-id": event_id}, timeout=30) as answer:
+        if answer.status_code == 400:  # nothing held to resume from
+            return [], xrange_calls(admin)
         assert answer.status_code == 200
         for _, message in sse_messages(answer.iter_lines()):
             if message is not None:

@@ -27,6 +27,11 @@ reading at the answer (curl, an EventSource) waited for ever. A replay reads the
 what it found, until nothing new came meanwhile: an event stored while the client took the replay was in no
 snapshot and on no live stream (the SDK registers that only after the replay), so it was lost.
 
+A replay's `None` says both "nothing of that id is held" and "the answer was sent, the stream is over", as
+the SDK's interface wants; `holds` tells the first apart before a replay, so the transport can refuse an id
+it cannot resume from (server/lazy_stream.py) rather than answer an empty stream the SDK's client resumes
+from again and again.
+
 The SDK asks `if self._event_store:`, so the store is always true: with only `__len__`, an empty store
 was false, nothing was ever stored, and no stream could be resumed.
 """
@@ -105,6 +110,20 @@ class BoundedEventStore(EventStore):
     async def replay_events_after(self, last_event_id: EventId, send_callback: EventCallback) -> StreamId | None:
         return await self.replay(0, last_event_id, send_callback)
 
+    async def holds(self, last_event_id: EventId) -> bool:
+        return self.holds_event(0, last_event_id)
+
+    def holds_event(self, view: int, last_event_id: EventId) -> bool:
+        """Whether session `view` can be replayed from `last_event_id`: the event is still held, and its own."""
+        return self._entry(view, last_event_id) is not None
+
+    def _entry(self, view: int, last_event_id: EventId) -> tuple[int, _Event] | None:
+        number = self._parse(last_event_id)
+        entry = None if number is None else self._events.get(number)
+        if number is None or entry is None or entry[0][0] != view:
+            return None  # unknown, dropped, or another session's event
+        return number, entry
+
     def store(self, view: int, stream_id: StreamId, message: JSONRPCMessage | None) -> EventId:
         self._counter += 1
         number = self._counter
@@ -145,13 +164,10 @@ class BoundedEventStore(EventStore):
 
     async def replay(self, view: int, last_event_id: EventId, send_callback: EventCallback) -> StreamId | None:
         """Sends what followed `last_event_id` on its stream; the stream's id while it goes on, else None."""
-        number = self._parse(last_event_id)
-        if number is None:
+        found = self._entry(view, last_event_id)
+        if found is None:
             return None
-        entry = self._events.get(number)
-        if entry is None or entry[0][0] != view:
-            return None  # unknown, dropped, or another session's event
-        key, _, ended = entry
+        number, (key, _, ended) = found
         sent = number
         while not ended:
             later = [held for held in self._streams.get(key, ()) if held > sent]
@@ -203,6 +219,9 @@ class SessionEvents(EventStore):
 
     async def replay_events_after(self, last_event_id: EventId, send_callback: EventCallback) -> StreamId | None:
         return await self._ring.replay(self._view, last_event_id, send_callback)
+
+    async def holds(self, last_event_id: EventId) -> bool:
+        return self._ring.holds_event(self._view, last_event_id)
 
     def forget(self) -> None:
         self._ring.forget(self._view)

@@ -17,6 +17,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
+import anyio
 import mcp_types as types
 from mcp.server.connection import Connection
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
@@ -31,6 +32,7 @@ from vmcp_opt import __version__, speedups
 from vmcp_opt.auth import Caller, Identification
 from vmcp_opt.backends.resource_updates import ResourceUpdates
 from vmcp_opt.gateway import Gateway, ListKind
+from vmcp_opt.logs import ThrottledLog
 from vmcp_opt.routing import Router
 from vmcp_opt.routing.operations import Operation, watched
 from vmcp_opt.routing.round_trips import InputRequired, state_boundary
@@ -41,6 +43,9 @@ from vmcp_opt.server.session_restore import is_restoring
 from vmcp_opt.server.startup import startup_gate
 
 logger = logging.getLogger(__name__)
+
+# Seconds one session's list_changed may wait for room in its outgoing buffers before it is dropped.
+LIST_CHANGED_SEND_WAIT = 2.0
 
 Ctx = ServerRequestContext[Any, Any]
 _INITIALIZED = "vmcp.initialized"  # the connection's session start was told to the watchers
@@ -238,6 +243,14 @@ class ListChangedNotifier:
     shown changed (compared with what it was last shown), so a change it cannot see is not hinted at. What
     it was shown is kept as a digest of the names: a tuple of them per session held 400 KB a session at
     50,000 tools. Without a policy every session is told of every change, and nothing is kept.
+
+    Sessions are told side by side, each send bounded by `LIST_CHANGED_SEND_WAIT`: a send waits while its
+    session's outgoing buffers are full (a client that does not read its GET stream), and told one after
+    another, one such client held every later session's list_changed, and the catalogue's next change, for as
+    long as it did not read. A send given up on is dropped (list_changed is a hint; the next one says the
+    same) and that list's digest forgotten, so the next change is told to that session whatever it is. A
+    session's own notifications keep their order: its kinds go one after another, and a change's sends end
+    (or are given up on) before the next change's start.
     """
 
     def __init__(self, router: Router | None = None) -> None:
@@ -247,6 +260,8 @@ class ListChangedNotifier:
         self._shown: weakref.WeakKeyDictionary[Connection, dict[ListKind, bytes]] = weakref.WeakKeyDictionary()
         # 2026-07-28 clients hear about changes on `subscriptions/listen` streams fed by this bus.
         self.bus = InMemorySubscriptionBus()
+        self._stalled = 0  # list_changed sends given up on
+        self._stall_log = ThrottledLog(logger, 60.0)
 
     def shown(self, connection: Connection, kind: ListKind, items: Sequence[types.Tool | types.Prompt]) -> None:
         """What a list request answered this client: the base of its next list_changed decision."""
@@ -287,22 +302,37 @@ class ListChangedNotifier:
         }
         for kind in sorted(kinds):
             await self.bus.publish(events[kind])
-        for client in list(self._clients):
-            if client.protocol_version in MODERN_PROTOCOL_VERSIONS or not client.has_standalone_channel:
-                continue  # modern clients are told through the bus above
-            sends = {
-                "tools": client.send_tool_list_changed,
-                "prompts": client.send_prompt_list_changed,
-                "resources": client.send_resource_list_changed,
-            }
-            for kind in sorted(kinds):
-                if not await self._changed_for(client, kind):
-                    continue
-                try:
+        async with anyio.create_task_group() as task_group:
+            for client in list(self._clients):
+                if client.protocol_version in MODERN_PROTOCOL_VERSIONS or not client.has_standalone_channel:
+                    continue  # modern clients are told through the bus above
+                task_group.start_soon(self._tell, client, kinds)
+
+    async def _tell(self, client: Connection, kinds: frozenset[ListKind]) -> None:
+        """One session's list_changed, in order; a send its client does not take in time is dropped."""
+        sends = {
+            "tools": client.send_tool_list_changed,
+            "prompts": client.send_prompt_list_changed,
+            "resources": client.send_resource_list_changed,
+        }
+        for kind in sorted(kinds):
+            if not await self._changed_for(client, kind):
+                continue
+            try:
+                with anyio.move_on_after(LIST_CHANGED_SEND_WAIT) as waited:
                     await sends[kind]()
-                except Exception as exc:  # a client gone away must not stop the others being told
-                    logger.debug("list_changed not delivered to a client: %r", exc)
-                    break
+            except Exception as exc:  # a client gone away must not stop the others being told
+                logger.debug("list_changed not delivered to a client: %r", exc)
+                return
+            if waited.cancelled_caught:
+                self._shown.get(client, {}).pop(kind, None)  # it was not told: the next change is news to it
+                self._stalled += 1
+                self._stall_log.warning(
+                    "stalled",
+                    "list_changed dropped for a client that does not read its stream (%d so far)",
+                    self._stalled,
+                )
+                return
 
 
 def build_mcp_server(gateway: Gateway, transport: Transport) -> Server[Any]:

@@ -17,7 +17,11 @@ requests. `LazyStreamTransport` decides per request instead, once it sees what t
   which the client resumes from with `Last-Event-ID`.
 
 Everything else (initialize, notifications, responses, malformed or refused requests, GET, DELETE) is the
-SDK's own path, but for one case: with sessions shared (`sessions.store: redis`), the gateway's requests to the
+SDK's own path, but for two cases. A GET with a `Last-Event-ID` its session's store does not hold (unknown,
+forged, another session's, or dropped by `sessions.max_events_per_session`) is answered `400` with a JSON-RPC
+error: the SDK answered it `200` with an empty stream, which its own client takes for a cut stream and resumes
+from the same id, attempts reset, every retry interval for ever, the call never resolved. On a `400` the
+client gives up after its retries and fails the call. (Not `404`: that says the session is gone.) And: with sessions shared (`sessions.store: redis`), the gateway's requests to the
 client carry the replica's tag in their ids (server/shared_asks.py), and an answer POSTed to a replica that did
 not ask is handed to the one that did; so is a client's cancellation of a request not in flight here (the
 replicas holding the session hear it). A client MUST accept both forms for a POST (streamable HTTP, "Sending
@@ -37,7 +41,7 @@ import weakref
 from collections.abc import AsyncGenerator
 from functools import partial
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import anyio
 import pydantic_core
@@ -131,6 +135,13 @@ class LazyStreamSessionManager(StreamableHTTPSessionManager):
         return transport
 
 
+@runtime_checkable
+class ProbedStore(Protocol):
+    """A store that can say whether a replay from an event id has an event to start from (both of ours)."""
+
+    async def holds(self, last_event_id: EventId) -> bool: ...
+
+
 class UnsentAnswers(EventStore):
     """The session's event store, less the answers that go out as plain JSON.
 
@@ -156,6 +167,9 @@ class UnsentAnswers(EventStore):
 
     async def replay_events_after(self, last_event_id: EventId, send_callback: EventCallback) -> StreamId | None:
         return await self.inner.replay_events_after(last_event_id, send_callback)
+
+    async def holds(self, last_event_id: EventId) -> bool:
+        return await self.inner.holds(last_event_id) if isinstance(self.inner, ProbedStore) else True
 
     def forget(self) -> None:
         """The session ended: its events in memory go (Redis keeps them to their expiry, bounded per session)."""
@@ -205,6 +219,22 @@ class LazyStreamTransport(StreamableHTTPServerTransport):
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
             return False
         return True
+
+    async def _replay_events(self, last_event_id: str, request: Request, send: Send) -> None:
+        """The SDK's replay, unless the store holds nothing to resume from: then `400`, before any stream starts
+        (an SSE response has sent its status by the time the replay finds out)."""
+        store = self._event_store
+        if isinstance(store, ProbedStore) and not await store.holds(last_event_id):
+            logger.debug("SSE resumption from an event not held (%s): 400", last_event_id[:80])
+            response = self._create_error_response(
+                f"Bad Request: Last-Event-ID {last_event_id[:80]!r} names no event held for this session (evicted "
+                "or unknown); the request's result is lost",
+                HTTPStatus.BAD_REQUEST,
+                INVALID_REQUEST,
+            )
+            await response(request.scope, request.receive, send)
+            return
+        await super()._replay_events(last_event_id, request, send)
 
     async def _handle_post_request(self, scope: Scope, request: Request, receive: Receive, send: Send) -> None:
         answer = await self._tagged_answer(request) if self.asks is not None else None

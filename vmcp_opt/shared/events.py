@@ -253,12 +253,31 @@ class RedisEventStore(EventStore):
         self.lost += count
         self._log.warning("store", "sessions: SSE events not stored (%d so far): %s", self.lost, why)
 
-    async def replay_events_after(self, last_event_id: EventId, send_callback: EventCallback) -> StreamId | None:
+    async def holds(self, last_event_id: EventId) -> bool:
+        """Whether the session's stream holds `last_event_id` (or its live writer is about to store it): a replay
+        would start from it. Its `None` says both "not held" and "answered, the stream is over". Redis
+        unreachable counts as held: the replay then says what it can."""
+        located = self._located(last_event_id)
+        if located is None:
+            return False
+        try:
+            return bool(await self._find(*located))
+        except STORE_ERRORS:
+            return True
+
+    def _located(self, last_event_id: EventId) -> tuple[str, str] | None:
+        """(the stream's key in this session, the event's id in it); None for an id no stream of ours holds."""
         namespace = EVENTS.get()
         digest, _, event = last_event_id.partition(".")
         if namespace is None or not event or digest != _digest_shape(digest):
             return None
-        key = f"{self.prefix}{namespace}:{digest}"
+        return f"{self.prefix}{namespace}:{digest}", event
+
+    async def replay_events_after(self, last_event_id: EventId, send_callback: EventCallback) -> StreamId | None:
+        located = self._located(last_event_id)
+        if located is None:
+            return None
+        key, event = located
         try:
             entries = await self._find(key, event)
         except STORE_ERRORS as exc:
