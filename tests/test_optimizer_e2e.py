@@ -98,7 +98,7 @@ async def test_find_tool_ranks_the_current_time_tool_first(gateway: Gateway) -> 
 
 async def test_find_tool_writes_non_ascii_as_written_and_counts_that_text(gateway: Gateway) -> None:
     """An escape per character (`\\u6771`) costs an agent's model several tokens where the character costs one
-    or two: the answer's text keeps it as written, and its token figure counts the results as sent (their
+    or two: the answer's text keeps it as written, and its token figure counts that text as sent (its
     non-ASCII counted as written: tests/test_optimizer_index.py)."""
     query = "Wie spät ist es gerade in 東京?"
     async with Client(gateway.url) as client:
@@ -107,7 +107,8 @@ async def test_find_tool_writes_non_ascii_as_written_and_counts_that_text(gatewa
     text = result.content[0].text  # type: ignore[union-attr]
     answer = json.loads(text)
     assert f'"query":"{query}"' in text and "\\u" not in text
-    assert answer["tokens"]["this_answer"] == count_tokens(json.dumps(answer["tools"], ensure_ascii=False))
+    # The whole text as sent (exactly, or a token or two over: tokens.py `AnswerTokens._settled`).
+    assert count_tokens(text) <= answer["tokens"]["this_answer"] <= count_tokens(text) + 2
 
 
 async def test_find_tool_filters_by_backend_and_limits(gateway: Gateway) -> None:

@@ -19,7 +19,6 @@ of a co-usage graph (optimizer/usage.py) that raises companions in `find_tool`. 
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -51,7 +50,7 @@ from vmcp_opt.optimizer.meta_tool_forms import (
     coerce_strings,
     hit_json,
 )
-from vmcp_opt.optimizer.tokens import AnswerTokens, ToolListTokens
+from vmcp_opt.optimizer.tokens import AnswerTokens, ToolListTokens, answer_text
 from vmcp_opt.optimizer.tool_records import meta_tools_tokens, provided_record
 from vmcp_opt.optimizer.usage import UsageGraph, UsageRecorder, usage_client
 from vmcp_opt.optimizer.usage_files import FileUsageHistory, UsageHistory
@@ -297,14 +296,11 @@ class OptimizerFront:
             )
         if notes:
             answer["note"] = "; ".join(notes)
-        answer["tokens"] = _token_counts(full_list, self.answer_tokens.count(tools, parts))
-        # Compact: `indent` turns off json's C encoder (0.39 against 0.08 ms for 8 results) and the newlines
-        # and spaces cost a client's LLM tokens for nothing. Non-ASCII as written: a `\u` escape per character
-        # made a Chinese description four times the tokens (tokens.py counts the same text).
+        # The whole answer is counted, not only its results: a long query, echoed, is as many tokens again.
+        answer["tokens"] = self.answer_tokens.figures(answer, self.answer_tokens.count(tools, parts), full_list)
+        # The text is what `figures` counted (tokens.answer_text: compact, non-ASCII as written).
         return types.CallToolResult(
-            content=[
-                types.TextContent(type="text", text=json.dumps(answer, separators=(",", ":"), ensure_ascii=False))
-            ],
+            content=[types.TextContent(type="text", text=answer_text(answer))],
             structured_content=answer,
         )
 
@@ -414,12 +410,6 @@ async def _none_starting() -> list[str]:
 
 def _not_configured(name: str) -> str | None:
     return None
-
-
-def _token_counts(full_list: int | None, this_answer: int) -> dict[str, int]:
-    if full_list is None:
-        return {"this_answer": this_answer}
-    return {"full_tool_list": full_list, "this_answer": this_answer, "saved": max(0, full_list - this_answer)}
 
 
 def _error(message: str) -> types.CallToolResult:

@@ -3,6 +3,7 @@
 Loads only `tokenizer.json` through the `tokenizers` library (no torch, no transformers), once per model.
 `tools_list_tokens` is the one definition of a tool list's cost: the server's log and find_tool's
 `full_tool_list`, and `vmcp index stats`, all count the tools' JSON as `tools/list` puts it on the wire.
+find_tool's `this_answer` is its whole answer's text (`answer_text`), figures included (`AnswerTokens.figures`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,20 @@ def answer_json(value: Any) -> str:
     """`value` as find_tool's answer writes it for counting: non-ASCII as written, not `\\u` escapes (the
     separators' spaces add no tokens: the pre-tokenizer splits at whitespace)."""
     return json.dumps(value, ensure_ascii=False)
+
+
+def answer_text(answer: Mapping[str, Any]) -> str:
+    """find_tool's answer as its text content carries it: compact (`indent` turns off json's C encoder, and
+    newlines and spaces cost a client's LLM tokens for nothing), non-ASCII as written (a `\\u` escape per
+    character made a Chinese description four times the tokens)."""
+    return json.dumps(answer, separators=(",", ":"), ensure_ascii=False)
+
+
+def token_figures(full_list: int | None, this_answer: int) -> dict[str, int]:
+    """find_tool's `tokens`: the answer's own, and, when the caller's full list is known, it and the difference."""
+    if full_list is None:
+        return {"this_answer": this_answer}
+    return {"full_tool_list": full_list, "this_answer": this_answer, "saved": max(0, full_list - this_answer)}
 
 
 @cache
@@ -130,7 +145,8 @@ def saving(full: int, optimized: int) -> str:
 
 
 class AnswerTokens:
-    """Tokens of find_tool's result list, without tokenizing each tool's description and schema per query.
+    """Tokens of find_tool's result list, without tokenizing each tool's description and schema per query, and
+    of the whole answer around it (`figures`: query, notes, the figures themselves).
 
     Counting a whole answer took ~6 ms per find_tool (8 results of ~800 characters each) on this machine,
     more than the search. The tokenizer's pre-tokenizer splits at JSON punctuation (WordPiece, as the
@@ -153,14 +169,17 @@ class AnswerTokens:
         self._by_part: dict[int, tuple[dict[str, Any], int]] = {}
         self.max_by_part = max_by_part
         self._parts_lock = threading.Lock()
-        # Tokens of `[`, `]` and `, `: counted once, not three tokenizer calls per answer.
-        self._marks: tuple[int, int, int] | None = None
+        # Tokens of `[`, `]`, `, `, `[]` and `,"tokens":`: counted once, not tokenizer calls per answer.
+        self._marks: tuple[int, int, int, int, int] | None = None
+        # The figures' tokens but their numbers', by their keys, and numbers' tokens (`_settled`).
+        self._shapes: dict[tuple[str, ...], int] = {}
+        self._numbers: dict[int, int] = {}
 
     def count(self, results: Sequence[dict[str, Any]], tool_parts: Sequence[dict[str, Any]]) -> int:
         """Tokens of `answer_json(results)`; `tool_parts[i]` is the query-independent start of `results[i]`:
         its tokens are kept, and only the rests (score, links) are tokenized, in one call."""
         if not results:
-            return count_tokens("[]", self.model_spec)
+            return self._counted_marks()[3]
         total = self._punctuation(len(results))
         rests = []
         for result, part in zip(results, tool_parts, strict=True):
@@ -237,17 +256,73 @@ class AnswerTokens:
                 del self._parts[next(iter(self._parts))]
             self._parts[key] = tokens
 
+    # Tokens a figure's number can be (1234567 is 4 with the default model; a list of 10k tools is 7 digits).
+    NUMBER_TOKENS_MOST = 6
+    # Numbers whose tokens are kept: answer sizes, and the differences from the few full lists' sizes.
+    KEPT_NUMBERS = 16_384
+
+    def figures(self, answer: Mapping[str, Any], tools_tokens: int, full_list: int | None) -> dict[str, int]:
+        """The `tokens` member to end `answer` with, its `this_answer` counting the whole of `answer_text` as a
+        client receives it (the text; the structured content is the same object, read instead of it, not
+        besides). `tools_tokens`: `count` of `answer["tools"]`, whose parts are kept; only the rest is
+        tokenized here, as `answer` with an empty list less `[]` (the query can be 4,096 characters), plus the
+        member `,"tokens":{…}` itself. `answer` holds no `tokens` yet."""
+        _, _, _, empty, key = self._counted_marks()
+        rest = count_tokens(answer_text({**answer, "tools": []}), self.model_spec) - empty
+        return self._settled(tools_tokens + rest + key, full_list)
+
+    def _settled(self, base: int, full_list: int | None) -> dict[str, int]:
+        """The figures for an answer of `base` tokens besides them. They are part of what they count and a
+        number's tokens change with its digits, so their own tokens (`own`) are looked for among the few they
+        can be: the least that the text agrees with; when none does (claiming 379, two tokens, makes 380,
+        claiming 380, one token, 379), the least over-count: an answer is never under-counted."""
+        keys = tuple(token_figures(full_list, 0))
+        shape = self._shape(keys)
+        owns = range(shape + len(keys), shape + len(keys) * self.NUMBER_TOKENS_MOST + 1)
+        candidates = [token_figures(full_list, base + own) for own in owns]
+        numbers = self._number_tokens({number for figures in candidates for number in figures.values()})
+        over = None
+        for own, figures in zip(owns, candidates, strict=True):
+            held = shape + sum(numbers[number] for number in figures.values())
+            if held == own:
+                return figures
+            if held < own and over is None:
+                over = figures
+        return over or candidates[-1]
+
+    def _shape(self, keys: tuple[str, ...]) -> int:
+        """Tokens of the figures' text but their numbers' (the pre-tokenizer splits at the `:` and `,` around
+        them), counted once per set of keys."""
+        shape = self._shapes.get(keys)
+        if shape is None:
+            zeros = count_tokens(answer_text(dict.fromkeys(keys, 0)), self.model_spec)
+            shape = self._shapes[keys] = zeros - len(keys) * self._number_tokens({0})[0]
+        return shape
+
+    def _number_tokens(self, numbers: set[int]) -> dict[int, int]:
+        """Each number's tokens, the ones not kept counted in one tokenizer call."""
+        known = {number: self._numbers.get(number) for number in numbers}
+        new = [number for number, tokens in known.items() if tokens is None]
+        counted = dict(zip(new, count_tokens_each([str(n) for n in new], self.model_spec), strict=True))
+        if counted:
+            with self._parts_lock:
+                for number, tokens in counted.items():
+                    if len(self._numbers) >= self.KEPT_NUMBERS:
+                        self._numbers.pop(next(iter(self._numbers)), None)
+                    self._numbers[number] = tokens
+        return {number: tokens for number, tokens in known.items() if tokens is not None} | counted
+
     def _punctuation(self, results: int) -> int:
         """`[`, `]` and the `, ` between results."""
+        opening, closing, comma, _, _ = self._counted_marks()
+        return opening + closing + (results - 1) * comma
+
+    def _counted_marks(self) -> tuple[int, int, int, int, int]:
         marks = self._marks
         if marks is None:
-            marks = self._marks = (
-                count_tokens("[", self.model_spec),
-                count_tokens("]", self.model_spec),
-                count_tokens(", ", self.model_spec),
-            )
-        opening, closing, comma = marks
-        return opening + closing + (results - 1) * comma
+            counts = count_tokens_each(["[", "]", ", ", "[]", ',"tokens":'], self.model_spec)
+            marks = self._marks = (counts[0], counts[1], counts[2], counts[3], counts[4])
+        return marks
 
 
 def _rest(result: dict[str, Any], part: dict[str, Any]) -> str | None:

@@ -71,6 +71,14 @@ RESOURCE_NOT_FOUND = -32002
 
 # Tools a wrong name's suggestion names at most.
 MEANT_MOST = 8
+# What a name's words are joined with, dropped when names are compared for `Router.meant`: a model writes
+# `get_sum` for `get-sum`, `get.sum` or `getSum` as readily as another case.
+_NAME_SEPARATORS = str.maketrans("", "", "-_. /:\t\n\r")
+
+
+def _name_key(name: str) -> str:
+    """`name` as `Router.meant` compares it: case-folded, without separators (`Get-Sum`, `get_sum`: `getsum`)."""
+    return name.casefold().translate(_NAME_SEPARATORS)
 
 
 class UnknownTool(MCPError):
@@ -361,22 +369,24 @@ class Router:
 
     async def meant(self, caller: Caller, name: str) -> list[str]:
         """The served tools the caller may use that an unknown `name` likely meant: the same name in another
-        case or with spaces around it (`Time_Get_Current_Time`), or its name at its backend without the
-        gateway's prefix, in any case. Tool names are case-sensitive, so the call itself still fails."""
-        candidates = self._folded_names().get(name.strip().casefold(), [])[:MEANT_MOST]
+        case, with other separators or none (`Time_Get_Current_Time`, `everything_get_sum` for
+        `everything_get-sum`, `getSum`, spaces around it), or its name at its backend without the gateway's
+        prefix, spelt so too. Tool names are exact, so the call itself still fails."""
+        candidates = self._folded_names().get(_name_key(name), [])
         if not candidates:
             return []
         await self.usable_tools_async(caller)  # `may_use` then reads the caller's kept view
-        return self.may_use(caller, candidates)
+        # Filtered before cut: tools the caller may not use must not crowd out the ones it may.
+        return self.may_use(caller, candidates)[:MEANT_MOST]
 
     def _folded_names(self) -> dict[str, list[str]]:
-        """Every tool by its case-folded name and name at its source, kept per catalogue: a wrong name costs a
-        lookup, not a pass over 10k tools."""
+        """Every tool by its name and name at its source, as `_name_key` folds them, kept per catalogue: a wrong name
+        costs a lookup, not a pass over 10k tools."""
         catalog = self.catalog.current
         if self._folded is None or self._folded[0] is not catalog:
             folded: dict[str, list[str]] = {}
             for name, provided in self._all_tools().items():
-                for key in dict.fromkeys((name.casefold(), provided.original_name.casefold())):
+                for key in dict.fromkeys((_name_key(name), _name_key(provided.original_name))):
                     folded.setdefault(key, []).append(name)
             self._folded = (catalog, folded)
         return self._folded[1]
