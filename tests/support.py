@@ -48,6 +48,20 @@ def api_keys_file(path: Path, groups: dict[str, list[str]]) -> dict[str, str]:
     return keys
 
 
+def policed_config(
+    directory: Path, groups: dict[str, list[str]], policy: str, config: dict[str, Any]
+) -> tuple[Path, dict[str, str]]:
+    """`config` behind API keys (a new key for each subject of `groups`) and the Cedar `policy`, written in
+    `directory`: the config's path, and the keys by subject."""
+    keys = api_keys_file(directory / "keys.json", groups)
+    (directory / "policy.cedar").write_text(policy)
+    auth = {
+        "incoming": {"mode": "api_keys", "api_keys": {"file": "keys.json"}},
+        "authorization": {"policies": "policy.cedar"},
+    }
+    return write_config(directory, {**config, "auth": auth}), keys
+
+
 def bearer_client(url: str, credential: str) -> Any:
     """An SDK client to the gateway at `url` sending `Authorization: Bearer <credential>`."""
     from mcp import Client

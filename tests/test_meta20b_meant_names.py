@@ -15,12 +15,11 @@ from mcp import MCPError
 from tests.support import (
     NODE_BIN,
     Gateway,
-    api_keys_file,
     bearer_client,
     demo_backend,
+    policed_config,
     running_gateway,
     unavailable,
-    write_config,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.anyio]
@@ -44,8 +43,6 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gateway,
     if not EVERYTHING.exists():
         unavailable("server-everything is not installed (npm ci)")
     directory: Path = tmp_path_factory.mktemp("meta20b-names")
-    keys = api_keys_file(directory / "keys.json", {"alice": ["dev"], "bob": ["ops"]})
-    (directory / "policy.cedar").write_text(POLICY)
     config = {
         "backends": [
             {"name": "everything", "command": str(EVERYTHING)},
@@ -53,12 +50,9 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gateway,
             demo_backend("secretvault"),
         ],
         "optimizer": {"enabled": True, "index_dir": str(directory / "idx"), "vector_wait": 0},
-        "auth": {
-            "incoming": {"mode": "api_keys", "api_keys": {"file": "keys.json"}},
-            "authorization": {"policies": "policy.cedar"},
-        },
     }
-    with running_gateway(write_config(directory, config), "--log-level", "warning") as running:
+    path, keys = policed_config(directory, {"alice": ["dev"], "bob": ["ops"]}, POLICY, config)
+    with running_gateway(path, "--log-level", "warning") as running:
         yield running, keys
 
 

@@ -18,12 +18,11 @@ from mcp.shared.exceptions import MCPError
 from tests.support import (
     NODE_BIN,
     Gateway,
-    api_keys_file,
     bearer_client,
     demo_backend,
+    policed_config,
     running_gateway,
     unavailable,
-    write_config,
 )
 
 pytestmark = pytest.mark.anyio
@@ -52,16 +51,9 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gateway,
     if not EVERYTHING.exists():
         unavailable("server-everything is not installed (npm ci)")
     directory: Path = tmp_path_factory.mktemp("pol20-completions")
-    keys = api_keys_file(directory / "keys.json", {"guest": ["guest"], "dev": ["dev"]})
-    (directory / "policy.cedar").write_text(POLICY)
-    config = {
-        "backends": [demo_backend("notes"), {"name": "everything", "command": str(EVERYTHING)}],
-        "auth": {
-            "incoming": {"mode": "api_keys", "api_keys": {"file": "keys.json"}},
-            "authorization": {"policies": "policy.cedar"},
-        },
-    }
-    with running_gateway(write_config(directory, config), "--log-level", "warning") as running:
+    config = {"backends": [demo_backend("notes"), {"name": "everything", "command": str(EVERYTHING)}]}
+    path, keys = policed_config(directory, {"guest": ["guest"], "dev": ["dev"]}, POLICY, config)
+    with running_gateway(path, "--log-level", "warning") as running:
         yield running, keys
 
 

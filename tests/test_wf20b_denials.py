@@ -15,7 +15,7 @@ import anyio
 import mcp_types as types
 import pytest
 
-from tests.support import Gateway, api_keys_file, bearer_client, demo_backend, running_gateway, write_config
+from tests.support import Gateway, bearer_client, demo_backend, policed_config, running_gateway
 
 pytestmark = [pytest.mark.slow, pytest.mark.anyio]
 
@@ -49,18 +49,13 @@ def anyio_backend() -> str:
 @pytest.fixture(scope="module")
 def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gateway, dict[str, str], Path]]:
     directory = tmp_path_factory.mktemp("wf20b-denials")
-    keys = api_keys_file(directory / "keys.json", {"guest": ["guests"], "staff": ["staff"]})
-    (directory / "policy.cedar").write_text(POLICY)
     config = {
         "backends": [demo_backend("notes")],
-        "auth": {
-            "incoming": {"mode": "api_keys", "api_keys": {"file": "keys.json"}},
-            "authorization": {"policies": "policy.cedar"},
-        },
         "telemetry": {"audit": {"enabled": True, "output": "audit.log", "include": ["workflow_step_failed"]}},
         "workflows": WORKFLOWS,
     }
-    with running_gateway(write_config(directory, config)) as gateway:
+    path, keys = policed_config(directory, {"guest": ["guests"], "staff": ["staff"]}, POLICY, config)
+    with running_gateway(path) as gateway:
         yield gateway, keys, directory / "audit.log"
 
 
