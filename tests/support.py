@@ -321,3 +321,26 @@ def sse_messages(lines: Iterator[str]) -> Iterator[tuple[str | None, dict[str, A
             if event_id is not None or data:
                 yield event_id, json.loads(data) if data else None
             event_id, data = None, ""
+
+
+ISSUER_SCRIPT = ROOT / "tests" / "oidc" / "issuer.mjs"
+
+
+@contextlib.contextmanager
+def running_issuer(directory: Path, settings: dict[str, Any]) -> Iterator[str]:
+    """A real OpenID provider (oidc-provider, tests/oidc/issuer.mjs) on `settings["port"]` with `settings` (its
+    signing keys, clients, ...), until the block ends: its URL."""
+    from tests.test_conformance import find_node
+
+    node = find_node()
+    if node is None or not (ROOT / "node_modules" / "oidc-provider").exists():
+        unavailable("needs Node >= 22 and oidc-provider (npm ci)")
+    path = directory / "issuer.json"
+    path.write_text(json.dumps(settings))
+    proc = subprocess.Popen([node, str(ISSUER_SCRIPT), str(path)], stdout=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{settings['port']}"
+        wait_http(f"{url}/.well-known/openid-configuration", proc=proc)
+        yield url
+    finally:
+        stop_process(proc)

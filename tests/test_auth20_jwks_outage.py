@@ -9,11 +9,9 @@ what went wrong.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -23,37 +21,23 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tests.support import (
+    ROOT,
     demo_backend,
     free_port,
     running_gateway,
-    stop_process,
-    unavailable,
-    wait_http,
+    running_issuer,
     write_config,
 )
-from tests.test_auth_e2e import INITIALIZE, ISSUER_SCRIPT, ROOT, private_jwk
-from tests.test_conformance import find_node
+from tests.test_auth_e2e import INITIALIZE, private_jwk
 
 pytestmark = pytest.mark.slow
 
 HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 
 
-@contextmanager
-def oidc_issuer(directory: Path, port: int, key: rsa.RSAPrivateKey) -> Iterator[str]:
-    node = find_node()
-    if node is None or not (ROOT / "node_modules" / "oidc-provider").exists():
-        unavailable("needs Node >= 22 and oidc-provider (npm ci)")
-    settings = directory / "issuer.json"
+def oidc_issuer(directory: Path, port: int, key: rsa.RSAPrivateKey) -> AbstractContextManager[str]:
     clients = [{"client_id": "alice", "client_secret": "alice-secret-0123456789abcdef", "groups": ["dev"]}]
-    settings.write_text(json.dumps({"port": port, "jwks": {"keys": [private_jwk(key, "k1")]}, "clients": clients}))
-    proc = subprocess.Popen([node, str(ISSUER_SCRIPT), str(settings)], stdout=subprocess.DEVNULL)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_http(f"{url}/.well-known/openid-configuration", proc=proc)
-        yield url
-    finally:
-        stop_process(proc)
+    return running_issuer(directory, {"port": port, "jwks": {"keys": [private_jwk(key, "k1")]}, "clients": clients})
 
 
 def gateway_config(directory: Path, issuer: str) -> Path:

@@ -34,21 +34,16 @@ from mcp.shared.auth import OAuthClientInformationFull, OAuthToken
 from mcp.shared.exceptions import MCPError
 
 from tests.support import (
-    ROOT,
     Gateway,
     demo_backend,
     free_port,
     running_gateway,
-    stop_process,
-    unavailable,
-    wait_http,
+    running_issuer,
     write_config,
 )
-from tests.test_conformance import find_node
 
 pytestmark = [pytest.mark.slow, pytest.mark.anyio]
 
-ISSUER_SCRIPT = ROOT / "tests" / "oidc" / "issuer.mjs"
 CLIENTS = {
     "alice": ("alice-secret-0123456789abcdef", ["dev"]),
     "bob": ("bob-secret-0123456789abcdef", ["ops"]),
@@ -114,31 +109,17 @@ class Issuer:
 
 @pytest.fixture(scope="module")
 def issuer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Issuer]:
-    node = find_node()
-    if node is None or not (ROOT / "node_modules" / "oidc-provider").exists():
-        unavailable("needs Node >= 22 and oidc-provider (npm ci)")
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    port = free_port()
-    settings = tmp_path_factory.mktemp("issuer") / "settings.json"
-    settings.write_text(
-        json.dumps(
-            {
-                "port": port,
-                "jwks": {"keys": [private_jwk(key, "k1")]},
-                "clients": [
-                    {"client_id": name, "client_secret": secret, "groups": groups, "opaque": name in OPAQUE}
-                    for name, (secret, groups) in CLIENTS.items()
-                ],
-            }
-        )
-    )
-    proc = subprocess.Popen([node, str(ISSUER_SCRIPT), str(settings)], stdout=subprocess.DEVNULL)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_http(f"{url}/.well-known/openid-configuration", proc=proc)
+    settings = {
+        "port": free_port(),
+        "jwks": {"keys": [private_jwk(key, "k1")]},
+        "clients": [
+            {"client_id": name, "client_secret": secret, "groups": groups, "opaque": name in OPAQUE}
+            for name, (secret, groups) in CLIENTS.items()
+        ],
+    }
+    with running_issuer(tmp_path_factory.mktemp("issuer"), settings) as url:
         yield Issuer(url, key)
-    finally:
-        stop_process(proc)
 
 
 @pytest.fixture(scope="module")

@@ -25,14 +25,21 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from tests.support import ROOT, Gateway, free_port, running_gateway, stop_process, wait_http, write_config
+from tests.support import (
+    ROOT,
+    Gateway,
+    free_port,
+    running_gateway,
+    running_issuer,
+    stop_process,
+    wait_http,
+    write_config,
+)
 from tests.test_auth_e2e import private_jwk
-from tests.test_conformance import find_node
 from vmcp_opt.config import ConfigError, load_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.anyio]
 
-ISSUER_SCRIPT = ROOT / "tests" / "oidc" / "issuer.mjs"
 WHOAMI = ROOT / "examples" / "backends" / "whoami_server.py"
 SECRETS = {
     "alice": "alice-secret-0123456789abcdef",
@@ -49,41 +56,23 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-def oidc_provider_installed() -> bool:
-    return any((base / "node_modules" / "oidc-provider").exists() for base in (ROOT, ISSUER_SCRIPT.parent))
-
-
 @contextmanager
 def issuer_process(directory: Path, exchange_ttl: int = EXCHANGE_TTL) -> Iterator[str]:
-    node = find_node()
-    if node is None or not oidc_provider_installed():
-        pytest.skip("needs Node >= 22 and oidc-provider (npm ci)")
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    port = free_port()
-    settings = directory / "issuer.json"
     clients = [
         {"client_id": name, "client_secret": secret, "exchange": name == "gateway"} for name, secret in SECRETS.items()
     ]
     issued = directory / "issued.txt"
     issued.touch()
-    settings.write_text(
-        json.dumps(
-            {
-                "port": port,
-                "jwks": {"keys": [private_jwk(key, "k1")]},
-                "clients": clients,
-                "exchange_ttl": exchange_ttl,
-                "issued": str(issued),
-            }
-        )
-    )
-    proc = subprocess.Popen([node, str(ISSUER_SCRIPT), str(settings)], stdout=subprocess.DEVNULL)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_http(f"{url}/.well-known/openid-configuration", proc=proc)
+    settings = {
+        "port": free_port(),
+        "jwks": {"keys": [private_jwk(key, "k1")]},
+        "clients": clients,
+        "exchange_ttl": exchange_ttl,
+        "issued": str(issued),
+    }
+    with running_issuer(directory, settings) as url:
         yield url
-    finally:
-        stop_process(proc)
 
 
 @contextmanager
