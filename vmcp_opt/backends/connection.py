@@ -67,6 +67,8 @@ logger = logging.getLogger(__name__)
 ResultT = TypeVar("ResultT", bound=BaseModel)
 # Seconds a session must have served for its loss to restart the backoff at `failure.restart.initial_delay`.
 STABLE_SESSION = 60.0
+# Seconds an HTTP session's close (its DELETE) may take before the connection stops waiting for it.
+SESSION_CLOSE_TIMEOUT = 5.0
 _STREAM_ENDED = "the connection closed (process exited or stream ended)"
 ChangeCallback = Callable[["BackendConnection"], Awaitable[None]]
 
@@ -130,6 +132,8 @@ class BackendConnection:
         self._connected = anyio.Event()  # this session reached READY
         self._ended = anyio.Event()  # this session is over (a stdio process's exit status is known)
         self._lost_reason: str | None = None
+        # The session `reconnect` is ending, and why: what a call it was carrying fails with.
+        self._restarted: tuple[ClientSession, str] | None = None
         # Sessions established so far (the health monitor sees a reconnect as a new number).
         self.sessions = 0
         self.restarts = 0
@@ -204,7 +208,8 @@ class BackendConnection:
             self._task_group = None
             self._ready.set()
             self._ended.set()
-        if self.state in (BackendState.READY, BackendState.CONNECTING):
+        if self.state in (BackendState.READY, BackendState.CONNECTING) or self._restarted is not None:
+            self._restarted = None
             if self._stop.is_set():
                 self._set_state(BackendState.CLOSED)
             else:
@@ -243,7 +248,12 @@ class BackendConnection:
         """End the current session (the stdio process is stopped) and connect again with backoff."""
         if self._session is not None and not self._wake.is_set():
             self._lost_reason = reason
+            self._restarted = (self._session, reason)
             self._wake.set()
+            # Out of service now, not once the old session has shut down: stopping a hung process takes seconds
+            # (stdin closed, SIGTERM, SIGKILL), and calls routed to it meanwhile failed with a bare "Connection
+            # closed" that fed its circuit; now they are refused naming the reason.
+            self._set_state(BackendState.FAILED, reason)
 
     async def _connect_deadline(self, scope: anyio.CancelScope) -> None:
         with anyio.move_on_after(self.connect_timeout):
@@ -269,57 +279,86 @@ class BackendConnection:
         self._auth = auth = self.credentials.service()
         await auth.prepare()  # a token endpoint that refuses fails the connection with its own reason
         self._step = "the handshake"
-        async with (
-            open_transport(
-                self.config,
-                self.base_dir,
-                self.connect_timeout,
-                auth,
-                max_result_bytes=self.limits.max_result_bytes,
-                stderr_tail=self._stderr,
-            ) as (raw_read, write),
-            ClientSession(
-                self._stream.wrapping(raw_read),
-                HeaderWriteStream(write),
-                message_handler=self._on_message,
-                client_info=CLIENT_INFO,
-            ) as session,
-        ):
-            await negotiate_auto(session)
-            self._session = session
-            self.protocol_version = session.protocol_version
-            self.server_info = session.server_info
-            self.capabilities = session.server_capabilities
-            # A server that completes the handshake and then never lists is not "not connecting".
-            self._step = "tools/list, resources/list or prompts/list"
-            self.listing = await self._fetch_listing(session)
-            if self._wake.is_set():
-                return
-            self.sessions += 1
-            self._ready_at = time.monotonic()
-            # The owner builds its first catalogue from the first attempt's outcome (or waits for a late one):
-            # any session that comes after that attempt ended, first or not, must announce itself.
-            announce = self._ready.is_set()
-            self._set_state(BackendState.READY)
-            self._connected.set()
-            self._ready.set()
-            listing = self.listing
-            self._outage.ready(
-                f"({self.config.transport}, protocol {self.protocol_version}): {len(listing.tools)} tools, "
-                f"{len(listing.resources)} resources, {len(listing.resource_templates)} templates, "
-                f"{len(listing.prompts)} prompts"
+        closing = anyio.CancelScope()  # bounds the session's close: see `_bound_close`
+        failure: Exception | None = None
+        with closing:
+            async with (
+                open_transport(
+                    self.config,
+                    self.base_dir,
+                    self.connect_timeout,
+                    auth,
+                    max_result_bytes=self.limits.max_result_bytes,
+                    stderr_tail=self._stderr,
+                ) as (raw_read, write),
+                ClientSession(
+                    self._stream.wrapping(raw_read),
+                    HeaderWriteStream(write),
+                    message_handler=self._on_message,
+                    client_info=CLIENT_INFO,
+                ) as session,
+            ):
+                try:
+                    await self._serve_session(session)
+                except Exception as exc:
+                    failure = exc
+                    raise
+                finally:
+                    self._bound_close(closing)
+        if closing.cancelled_caught:
+            logger.warning(
+                "backend %s: its last session did not close within %gs (no answer to the session's DELETE); "
+                "not waiting for it",
+                self.name,
+                SESSION_CLOSE_TIMEOUT,
             )
-            if self._task_group is not None:
-                # A change announced while this session was connecting is re-fetched now: no announcement is lost.
-                self._task_group.start_soon(self._refresh_when_asked)
-                if self.protocol_version in MODERN_PROTOCOL_VERSIONS:
-                    self._task_group.start_soon(self._listen_for_changes, session)
-                for watcher in self._watchers:
-                    self._task_group.start_soon(watcher.session_ready, self, session)
-            if announce and self.on_change is not None:
-                # Back in service, or in service at last after a first attempt that failed: its tools join.
-                await self.on_change(self)
-            await self._wake.wait()
+            if failure is not None:
+                raise failure
+
+    def _bound_close(self, closing: anyio.CancelScope) -> None:
+        """An HTTP session's close sends a DELETE whose answer the SDK waits for without a deadline: a backend that
+        hangs (the very one the health checks restart) held the reconnection until it woke up, for ever if it never
+        did. A stdio session's close is bounded, and shielded, by its own shutdown (backends/stdio.py)."""
+        if self.config.transport != "stdio":
+            closing.deadline = anyio.current_time() + SESSION_CLOSE_TIMEOUT
+
+    async def _serve_session(self, session: ClientSession) -> None:
+        """The handshake, the listing, then serving until the session is lost or stopped."""
+        await negotiate_auto(session)
+        self._session = session
+        self.protocol_version = session.protocol_version
+        self.server_info = session.server_info
+        self.capabilities = session.server_capabilities
+        # A server that completes the handshake and then never lists is not "not connecting".
+        self._step = "tools/list, resources/list or prompts/list"
+        self.listing = await self._fetch_listing(session)
+        if self._wake.is_set():
+            return
+        self.sessions += 1
+        self._ready_at = time.monotonic()
+        # The owner builds its first catalogue from the first attempt's outcome (or waits for a late one):
+        # any session that comes after that attempt ended, first or not, must announce itself.
+        announce = self._ready.is_set()
+        self._set_state(BackendState.READY)
+        self._connected.set()
+        self._ready.set()
+        listing = self.listing
+        self._outage.ready(
+            f"({self.config.transport}, protocol {self.protocol_version}): {len(listing.tools)} tools, "
+            f"{len(listing.resources)} resources, {len(listing.resource_templates)} templates, "
+            f"{len(listing.prompts)} prompts"
+        )
+        if self._task_group is not None:
+            # A change announced while this session was connecting is re-fetched now: no announcement is lost.
+            self._task_group.start_soon(self._refresh_when_asked)
+            if self.protocol_version in MODERN_PROTOCOL_VERSIONS:
+                self._task_group.start_soon(self._listen_for_changes, session)
+            for watcher in self._watchers:
+                self._task_group.start_soon(watcher.session_ready, self, session)
+        if announce and self.on_change is not None:
+            # Back in service, or in service at last after a first attempt that failed: its tools join.
+            await self.on_change(self)
+        await self._wake.wait()
 
     def _at_url(self, reason: str) -> str:
         """A connection error of an HTTP or SSE backend names the URL it tried (credentials masked)."""
@@ -478,8 +517,12 @@ class BackendConnection:
             over_cap = as_internal_error(exc)
             if over_cap is not None:
                 raise over_cap from None
-            if exc.code == types.CONNECTION_CLOSED and self.config.transport == "stdio":
-                raise await closed_by_exit_when_seen(exc, tail, ended, self.secrets) from exc
+            if exc.code == types.CONNECTION_CLOSED:
+                restarted = self._restarted
+                if restarted is not None and restarted[0] is session:
+                    raise _restarted_error(exc, restarted[1]) from exc
+                if self.config.transport == "stdio":
+                    raise await closed_by_exit_when_seen(exc, tail, ended, self.secrets) from exc
             raise
         return bounded_result(self.name, result, self.limits.max_result_bytes)
 
@@ -513,6 +556,13 @@ def is_list_changed(message: object) -> bool:
         message,
         types.ToolListChangedNotification | types.ResourceListChangedNotification | types.PromptListChangedNotification,
     )
+
+
+def _restarted_error(exc: MCPError, reason: str) -> MCPError:
+    """A call cut off because the gateway restarted its backend: why, not a bare "Connection closed". Still a
+    CONNECTION_CLOSED, which counts against the circuit as the backend failing (it did not answer in time)."""
+    message = f"{exc.error.message}: the gateway restarted the backend ({reason})"
+    return MCPError.from_error_data(exc.error.model_copy(update={"message": message}))
 
 
 def backoff_delay(config: RestartConfig, attempt: int) -> float:
