@@ -32,6 +32,12 @@ the SDK's interface wants; `holds` tells the first apart before a replay, so the
 it cannot resume from (server/lazy_stream.py) rather than answer an empty stream the SDK's client resumes
 from again and again.
 
+An event of the standalone GET stream (server-to-client notifications) has an id starting with
+`GET_EVENT_PREFIX`, in both stores, so the transport can tell what an id no longer held was for without the
+store: a request's stream lost its result (refused), the GET stream only notifications (served afresh, or
+the client never hears one again). The mark says only that; the rest of the id stays unguessable. An id
+without it (as every id was before) is a request stream's.
+
 The SDK asks `if self._event_store:`, so the store is always true: with only `__len__`, an empty store
 was false, nothing was ever stored, and no stream could be resumed.
 """
@@ -49,6 +55,8 @@ from vmcp_opt.config import SessionsConfig
 
 DEFAULT_MAX_EVENTS = 10_000
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+# How the ids of the standalone GET stream's events start (in either store).
+GET_EVENT_PREFIX = "get-"
 
 # (session view number, the SDK's stream id)
 _StreamKey = tuple[int, StreamId]
@@ -122,6 +130,8 @@ class BoundedEventStore(EventStore):
         entry = None if number is None else self._events.get(number)
         if number is None or entry is None or entry[0][0] != view:
             return None  # unknown, dropped, or another session's event
+        if names_get_stream(last_event_id) != (entry[0][1] == GET_STREAM_KEY):
+            return None  # marked as the other kind of stream: not an id this store handed out
         return number, entry
 
     def store(self, view: int, stream_id: StreamId, message: JSONRPCMessage | None) -> EventId:
@@ -140,7 +150,10 @@ class BoundedEventStore(EventStore):
             self._drop(held.numbers[0])
         while len(self._events) > self.max_events or (self.bytes > self.max_bytes and len(self._events) > 1):
             self._drop(next(iter(self._events)))
-        return f"{self._tag}-{number}"
+        return self._event_id(stream_id, number)
+
+    def _event_id(self, stream_id: StreamId, number: int) -> EventId:
+        return marked_event_id(stream_id, f"{self._tag}-{number}")
 
     def forget(self, view: int) -> None:
         """Drops every event of session `view` (it ended: nobody can resume its streams)."""
@@ -180,16 +193,27 @@ class BoundedEventStore(EventStore):
                 sent, (_, data, ended) = event, held_event
                 if data:  # priming events carry no message
                     message = jsonrpc_message_adapter.validate_json(data)
-                    await send_callback(EventMessage(message, f"{self._tag}-{event}"))
+                    await send_callback(EventMessage(message, self._event_id(key[1], event)))
                 if ended:
                     break
         return None  # the request's answer was sent: its stream is over
 
     def _parse(self, event_id: EventId) -> int | None:
-        tag, _, number = event_id.rpartition("-")
+        tag, _, number = event_id.removeprefix(GET_EVENT_PREFIX).rpartition("-")
         if tag != self._tag or not number.isdigit():
             return None
         return int(number)
+
+
+def marked_event_id(stream_id: StreamId, event_id: str) -> EventId:
+    """`event_id` as handed out: marked when it is an event of the standalone GET stream."""
+    return GET_EVENT_PREFIX + event_id if stream_id == GET_STREAM_KEY else event_id
+
+
+def names_get_stream(event_id: EventId) -> bool:
+    """Whether `event_id` says it is an event of the standalone GET stream (it may still be forged, or dropped:
+    that costs nothing, the stream holds only what a GET without `Last-Event-ID` is sent)."""
+    return event_id.startswith(GET_EVENT_PREFIX)
 
 
 def _ends_stream(stream_id: StreamId, message: JSONRPCMessage | None) -> bool:

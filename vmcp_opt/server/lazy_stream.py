@@ -21,7 +21,11 @@ SDK's own path, but for two cases. A GET with a `Last-Event-ID` its session's st
 forged, another session's, or dropped by `sessions.max_events_per_session`) is answered `400` with a JSON-RPC
 error: the SDK answered it `200` with an empty stream, which its own client takes for a cut stream and resumes
 from the same id, attempts reset, every retry interval for ever, the call never resolved. On a `400` the
-client gives up after its retries and fails the call. (Not `404`: that says the session is gone.) And: with sessions shared (`sessions.store: redis`), the gateway's requests to the
+client gives up after its retries and fails the call. (Not `404`: that says the session is gone.) Unless the
+id is the standalone GET stream's (marked so by both stores, server/event_store.py `GET_EVENT_PREFIX`): what
+was lost there is notifications, not a result, and the SDK's client, refused, stops listening for the rest of
+the session; it is served a fresh GET stream, as a GET without `Last-Event-ID` is (`409` while the session
+has one open). And: with sessions shared (`sessions.store: redis`), the gateway's requests to the
 client carry the replica's tag in their ids (server/shared_asks.py), and an answer POSTed to a replica that did
 not ask is handed to the one that did; so is a client's cancellation of a request not in flight here (the
 replicas holding the session hear it). A client MUST accept both forms for a POST (streamable HTTP, "Sending
@@ -80,7 +84,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Message, Receive, Scope, Send
 
-from vmcp_opt.server.event_store import BoundedEventStore, SessionEvents
+from vmcp_opt.server.event_store import BoundedEventStore, SessionEvents, names_get_stream
 from vmcp_opt.server.list_answers import json_body, long_list, session_form
 from vmcp_opt.server.shared_asks import ASK_PREFIX, Answer, AskIds, TaggedAsks, asked_by
 
@@ -225,6 +229,9 @@ class LazyStreamTransport(StreamableHTTPServerTransport):
         (an SSE response has sent its status by the time the replay finds out)."""
         store = self._event_store
         if isinstance(store, ProbedStore) and not await store.holds(last_event_id):
+            if names_get_stream(last_event_id):
+                await self._fresh_get_stream(last_event_id, request, send)
+                return
             logger.debug("SSE resumption from an event not held (%s): 400", last_event_id[:80])
             response = self._create_error_response(
                 f"Bad Request: Last-Event-ID {last_event_id[:80]!r} names no event held for this session (evicted "
@@ -235,6 +242,16 @@ class LazyStreamTransport(StreamableHTTPServerTransport):
             await response(request.scope, request.receive, send)
             return
         await super()._replay_events(last_event_id, request, send)
+
+    async def _fresh_get_stream(self, last_event_id: str, request: Request, send: Send) -> None:
+        """The SDK's standalone GET stream, as opened by a GET without `Last-Event-ID`: the client resumed its GET
+        stream from an event no longer held, and refusing it would leave it deaf to notifications for good."""
+        logger.debug(
+            "SSE: the GET stream's events after %s are no longer held (notifications lost); a fresh one is served",
+            last_event_id[:80],
+        )
+        headers = [(name, value) for name, value in request.scope["headers"] if name.lower() != b"last-event-id"]
+        await self._handle_get_request(Request({**request.scope, "headers": headers}, request.receive), send)
 
     async def _handle_post_request(self, scope: Scope, request: Request, receive: Receive, send: Send) -> None:
         answer = await self._tagged_answer(request) if self.asks is not None else None

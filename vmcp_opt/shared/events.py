@@ -14,8 +14,10 @@ adds the event, notes it in the session's list of its events in order, with its 
 session's oldest while the session is over either bound (its newest stays whatever its size), deleting a
 stream it empties. Without it, every request of a session that streamed left a stream behind until the
 session expired: a client could fill Redis at its request rate. An event id is
-`<stream digest>.<process tag>-<counter>`, chosen here, so sending a message never waits for Redis: events
-queue (bounded) for one writer task that sends whatever is waiting in one pipeline, in order.
+`<stream digest>.<process tag>-<counter>` (the standalone GET stream's marked: `get-<digest>.<tag>-<counter>`,
+server/event_store.py `GET_EVENT_PREFIX`; an unmarked id is taken for a request stream's), chosen here, so
+sending a message never waits for Redis: events queue (bounded) for one writer task that sends whatever is
+waiting in one pipeline, in order.
 
 A replay that does not find its event may be early: the event may still be in its replica's queue. Each
 writer says how far it has written, `<prefix>events-writer:<process tag>` = its highest counter written (or
@@ -62,6 +64,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from vmcp_opt.logs import ThrottledLog
+from vmcp_opt.server.event_store import GET_EVENT_PREFIX, marked_event_id, names_get_stream
 
 logger = logging.getLogger(__name__)
 
@@ -194,7 +197,7 @@ class RedisEventStore(EventStore):
         digest = _digest(stream_id)
         namespace = EVENTS.get()
         if namespace is None:
-            return f"{digest}.unscoped"
+            return marked_event_id(stream_id, f"{digest}.unscoped")
         data = b"" if message is None else jsonrpc_message_adapter.dump_json(message, by_alias=True, exclude_unset=True)
         self._counter += 1
         event = f"{self._tag}-{self._counter}"
@@ -202,7 +205,7 @@ class RedisEventStore(EventStore):
             self._queue.send_nowait((namespace, digest, (event, stream_id, self.presence.replica, data)))
         except anyio.WouldBlock:
             self._lose(1, "the queue is full")
-        return f"{digest}.{event}"
+        return marked_event_id(stream_id, f"{digest}.{event}")
 
     async def run_writer(self) -> None:
         """Until cancelled: the queued events to Redis, in order, as many per round trip as are waiting; and
@@ -268,9 +271,11 @@ class RedisEventStore(EventStore):
     def _located(self, last_event_id: EventId) -> tuple[str, str] | None:
         """(the stream's key in this session, the event's id in it); None for an id no stream of ours holds."""
         namespace = EVENTS.get()
-        digest, _, event = last_event_id.partition(".")
+        digest, _, event = last_event_id.removeprefix(GET_EVENT_PREFIX).partition(".")
         if namespace is None or not event or digest != _digest_shape(digest):
             return None
+        if names_get_stream(last_event_id) and digest != _GET_DIGEST:
+            return None  # marked as the GET stream's, names another: not an id this store handed out
         return f"{self.prefix}{namespace}:{digest}", event
 
     async def replay_events_after(self, last_event_id: EventId, send_callback: EventCallback) -> StreamId | None:
@@ -379,7 +384,7 @@ class _Tail:
             except ValidationError:
                 logger.warning("sessions: an unreadable SSE event was skipped")
                 continue
-            event_id = f"{_digest(self.stream_id)}.{fields.get('e', b'').decode()}"
+            event_id = marked_event_id(self.stream_id, f"{_digest(self.stream_id)}.{fields.get('e', b'').decode()}")
             await send_callback(EventMessage(message, event_id))
             if isinstance(message, JSONRPCResponse | JSONRPCError) and self.stream_id != GET_STREAM_KEY:
                 return True
@@ -440,6 +445,9 @@ def _bytes(value: Any) -> bytes:
 
 def _digest(stream_id: str) -> str:
     return hashlib.sha256(stream_id.encode()).hexdigest()[:16]
+
+
+_GET_DIGEST = _digest(GET_STREAM_KEY)
 
 
 def _digest_shape(value: str) -> str:
