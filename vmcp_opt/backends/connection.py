@@ -24,10 +24,11 @@ attributes.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -279,9 +280,7 @@ class BackendConnection:
         self._auth = auth = self.credentials.service()
         await auth.prepare()  # a token endpoint that refuses fails the connection with its own reason
         self._step = "the handshake"
-        closing = anyio.CancelScope()  # bounds the session's close: see `_bound_close`
-        failure: Exception | None = None
-        with closing:
+        with bounded_close(self.config.transport, f"backend {self.name}: its last session") as close:
             async with (
                 open_transport(
                     self.config,
@@ -298,29 +297,8 @@ class BackendConnection:
                     client_info=CLIENT_INFO,
                 ) as session,
             ):
-                try:
+                with close.after():
                     await self._serve_session(session)
-                except Exception as exc:
-                    failure = exc
-                    raise
-                finally:
-                    self._bound_close(closing)
-        if closing.cancelled_caught:
-            logger.warning(
-                "backend %s: its last session did not close within %gs (no answer to the session's DELETE); "
-                "not waiting for it",
-                self.name,
-                SESSION_CLOSE_TIMEOUT,
-            )
-            if failure is not None:
-                raise failure
-
-    def _bound_close(self, closing: anyio.CancelScope) -> None:
-        """An HTTP session's close sends a DELETE whose answer the SDK waits for without a deadline: a backend that
-        hangs (the very one the health checks restart) held the reconnection until it woke up, for ever if it never
-        did. A stdio session's close is bounded, and shielded, by its own shutdown (backends/stdio.py)."""
-        if self.config.transport != "stdio":
-            closing.deadline = anyio.current_time() + SESSION_CLOSE_TIMEOUT
 
     async def _serve_session(self, session: ClientSession) -> None:
         """The handshake, the listing, then serving until the session is lost or stopped."""
@@ -556,6 +534,47 @@ def is_list_changed(message: object) -> bool:
         message,
         types.ToolListChangedNotification | types.ResourceListChangedNotification | types.PromptListChangedNotification,
     )
+
+
+class CloseBound:
+    """The deadline on a backend session's close, set once the session's body is over (`after`)."""
+
+    def __init__(self, transport: str) -> None:
+        self.transport = transport
+        self.scope = anyio.CancelScope()
+        self.failure: Exception | None = None  # what ended the body, re-raised if the close is given up on
+
+    @contextlib.contextmanager
+    def after(self) -> Iterator[None]:
+        """Around the session's body: as it ends, however it ends, the close that follows is bounded."""
+        try:
+            yield
+        except Exception as exc:
+            self.failure = exc
+            raise
+        finally:
+            if self.transport != "stdio":
+                self.scope.deadline = anyio.current_time() + SESSION_CLOSE_TIMEOUT
+
+
+@contextlib.contextmanager
+def bounded_close(transport: str, what: str) -> Iterator[CloseBound]:
+    """Around a backend session's transport and `ClientSession`: their close is given up on after
+    `SESSION_CLOSE_TIMEOUT`. An HTTP session's close sends a DELETE whose answer the SDK waits for without a
+    deadline: a backend that hangs held whoever closed it (the reconnection of the shared session; a client's
+    dedicated session's task and socket) until it woke up, for ever if it never did. A stdio session's close is
+    bounded, and shielded, by its own shutdown (backends/stdio.py). `what` names the session in the warning."""
+    close = CloseBound(transport)
+    with close.scope:
+        yield close
+    if close.scope.cancelled_caught:
+        logger.warning(
+            "%s did not close within %gs (no answer to the session's DELETE); not waiting for it",
+            what,
+            SESSION_CLOSE_TIMEOUT,
+        )
+        if close.failure is not None:
+            raise close.failure
 
 
 def _restarted_error(exc: MCPError, reason: str) -> MCPError:

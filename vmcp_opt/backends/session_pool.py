@@ -40,6 +40,7 @@ from vmcp_opt.backends.connection import (
     CLIENT_INFO,
     BackendConnection,
     BackendUnavailable,
+    bounded_close,
     is_list_changed,
 )
 from vmcp_opt.backends.credentials import BackendAuth
@@ -238,43 +239,50 @@ class DedicatedSession:
         auth = self.auth = self.auth or self.connection.credentials.service()
         try:
             await auth.prepare()
-            async with (
-                open_transport(
-                    self.connection.config,
-                    self.connection.base_dir,
-                    self.connection.connect_timeout,
-                    auth,
-                    max_result_bytes=self.connection.limits.max_result_bytes,
-                    stderr_tail=self._stderr,
-                ) as (
-                    read,
-                    write,
-                ),
-                _MirroringClientSession(
-                    WatchedReadStream(read, self._on_stream_end),
-                    HeaderWriteStream(write),
-                    sampling_callback=callbacks.sampling,
-                    elicitation_callback=callbacks.elicitation,
-                    list_roots_callback=callbacks.list_roots,
-                    logging_callback=callbacks.logging,
-                    message_handler=self._on_message,
-                    client_info=CLIENT_INFO,
-                    mirrored=callbacks.capabilities,
-                ) as session,
-            ):
-                with anyio.fail_after(self.connection.connect_timeout):
-                    if self._relays:
-                        await session.initialize()
-                    else:  # only the caller's credentials: whichever era the backend speaks best, as the shared one
-                        await negotiate_auto(session)
-                self._session = session
-                self.served = True
-                task_status.started()
-                await self._stop.wait()
+            closing = f"backend {self.name}: a client's dedicated session"
+            with bounded_close(self.connection.config.transport, closing) as close:
+                async with (
+                    open_transport(
+                        self.connection.config,
+                        self.connection.base_dir,
+                        self.connection.connect_timeout,
+                        auth,
+                        max_result_bytes=self.connection.limits.max_result_bytes,
+                        stderr_tail=self._stderr,
+                    ) as (
+                        read,
+                        write,
+                    ),
+                    _MirroringClientSession(
+                        WatchedReadStream(read, self._on_stream_end),
+                        HeaderWriteStream(write),
+                        sampling_callback=callbacks.sampling,
+                        elicitation_callback=callbacks.elicitation,
+                        list_roots_callback=callbacks.list_roots,
+                        logging_callback=callbacks.logging,
+                        message_handler=self._on_message,
+                        client_info=CLIENT_INFO,
+                        mirrored=callbacks.capabilities,
+                    ) as session,
+                ):
+                    with close.after():
+                        await self._serve(session, task_status)
         finally:
             self.closed = True
             self._session = None
             self._done.set()
+
+    async def _serve(self, session: ClientSession, task_status: anyio.abc.TaskStatus[None]) -> None:
+        """The handshake, then serving until `close()` or the backend goes away."""
+        with anyio.fail_after(self.connection.connect_timeout):
+            if self._relays:
+                await session.initialize()
+            else:  # only the caller's credentials: whichever era the backend speaks best, as the shared one
+                await negotiate_auto(session)
+        self._session = session
+        self.served = True
+        task_status.started()
+        await self._stop.wait()
 
     def _on_stream_end(self) -> None:
         # The backend process exited (or its stream broke): this session can serve nothing more. Ending it marks

@@ -258,29 +258,65 @@ class LazyStreamTransport(StreamableHTTPServerTransport):
         if answer is not None:
             await self._route_answer(*answer, scope, request, receive, send)
             return
-        message = await self._plain_request(request)
-        if message is None:
-            cancel = await self._cancel_elsewhere(request) if self.asks is not None else None
-            if cancel is None:
-                await super()._handle_post_request(scope, request, receive, send)  # the body stays cached
-            else:
-                await self._relay_cancel(cancel, scope, request, receive, send)
+        message = await self._plain_message(request)
+        if message is None or (isinstance(message, JSONRPCRequest) and message.method == "initialize"):
+            await super()._handle_post_request(scope, request, receive, send)  # the body stays cached
+            return
+        if not isinstance(message, JSONRPCRequest):
+            cancel = self._cancel_elsewhere(message) if self.asks is not None else None
+            if await self._accept(message, scope, request, receive, send) and cancel is not None:
+                assert self.asks is not None and self.mcp_session_id is not None
+                await self.asks.relay_cancel(self.mcp_session_id, cancel)  # the other replicas holding it hear it
             return
         if str(message.id) in self._request_streams:
             # The SDK routes answers by request id: a second request under an id still in flight would take
             # the first one's stream and leave one of them unanswered for good. Ids are unique per session.
             await _id_in_use(message)(scope, receive, send)
             return
+        tracked = _StartTracker(send)
         try:
-            await self._answer(message, request, send)
+            await self._answer(message, request, tracked)
         except Exception as err:
             logger.exception("Error handling POST request")
-            response = self._create_error_response(
-                "Error handling POST request", HTTPStatus.INTERNAL_SERVER_ERROR, INTERNAL_ERROR
-            )
-            await response(scope, receive, send)
-            assert self._read_stream_writer is not None
-            await self._read_stream_writer.send(Exception(err))
+            if not tracked.started:  # a second `http.response.start` is an ASGI error of its own
+                response = self._create_error_response(
+                    "Error handling POST request", HTTPStatus.INTERNAL_SERVER_ERROR, INTERNAL_ERROR
+                )
+                await response(scope, receive, send)
+            await self._hand_over(Exception(err))
+
+    async def _accept(
+        self, message: JSONRPCNotification | Answer, scope: Scope, request: Request, receive: Receive, send: Send
+    ) -> bool:
+        """The SDK's answer to a notification or a client's answer (`202`, then the message handed to the session),
+        less its failure when the session ends in between (a client that cancels a call and closes its session at
+        once): the SDK then logged an error and sent a `500` after its `202`, an ASGI error. Whether it was
+        accepted (`202` sent)."""
+        if not await self._validate_request_headers(request, send):
+            return False
+        if self._terminated:
+            await self._gone(scope, receive, send)
+            return False
+        await self._create_json_response(None, HTTPStatus.ACCEPTED)(scope, receive, send)
+        if not await self._hand_over(SessionMessage(message, metadata=self._message_metadata(request))):
+            logger.debug("Session %s ended before a client's %s reached it", self.mcp_session_id, _kind(message))
+        return True
+
+    async def _hand_over(self, message: SessionMessage | Exception) -> bool:
+        """`message` to the session's server loop; False if the session has ended (its stream is closed)."""
+        writer = self._read_stream_writer
+        if writer is None:
+            return False
+        try:
+            await writer.send(message)
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            return False
+        return True
+
+    async def _gone(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The SDK's answer to a request for a terminated session."""
+        response = self._create_error_response("Not Found: Session has been terminated", HTTPStatus.NOT_FOUND)
+        await response(scope, receive, send)
 
     async def _tagged_answer(self, request: Request) -> tuple[Answer, str, str] | None:
         """A client's answer to a tagged request of the gateway: (the answer under the dispatcher's id, the tag,
@@ -307,8 +343,7 @@ class LazyStreamTransport(StreamableHTTPServerTransport):
         A copy of this session that ended here: 202, dropped."""
         assert self.asks is not None and self.mcp_session_id is not None
         if tag == self.asks.tag and copy == self.ask_copy:
-            body = answer.model_dump_json(by_alias=True, exclude_unset=True).encode()
-            await super()._handle_post_request(scope, _with_body(request, body), receive, send)
+            await self._accept(answer, scope, request, receive, send)
             return
         if not await self._validate_request_headers(request, send):
             return
@@ -318,43 +353,19 @@ class LazyStreamTransport(StreamableHTTPServerTransport):
         else:
             logger.debug("sessions: an answer to a question of a copy of this session that has ended was dropped")
 
-    async def _cancel_elsewhere(self, request: Request) -> JSONRPCNotification | None:
-        """A client's cancellation of a request this copy of the session has no stream for (running on another
-        replica, or done, or its stream cut here); None for any other message."""
-        body = await request.body()  # cached: the SDK's path reads it again
-        if b"notifications/cancelled" not in body:
-            return None  # most POSTs: no second parse
-        try:
-            message = jsonrpc_message_adapter.validate_python(pydantic_core.from_json(body), by_name=False)
-        except (ValueError, ValidationError):
-            return None
+    def _cancel_elsewhere(self, message: JSONRPCMessage) -> JSONRPCNotification | None:
+        """`message` if it is a client's cancellation of a request this copy of the session has no stream for
+        (running on another replica, or done, or its stream cut here): the other replicas are told too."""
         if not (isinstance(message, JSONRPCNotification) and message.method == "notifications/cancelled"):
             return None
         cancelled = (message.params or {}).get("requestId")
         if not isinstance(cancelled, str | int) or str(cancelled) in self._request_streams:
-            return None  # running here: the SDK's path cancels it
+            return None  # running here: the session's own loop cancels it
         return message
 
-    async def _relay_cancel(
-        self, cancel: JSONRPCNotification, scope: Scope, request: Request, receive: Receive, send: Send
-    ) -> None:
-        """The SDK's path (202, and this copy's dispatcher told: the request may run here with its stream cut),
-        then, once accepted, the other replicas told."""
-        assert self.asks is not None and self.mcp_session_id is not None
-        accepted = False
-
-        async def watch(message: Message) -> None:
-            nonlocal accepted
-            if message["type"] == "http.response.start":
-                accepted = message["status"] == HTTPStatus.ACCEPTED
-            await send(message)
-
-        await super()._handle_post_request(scope, request, receive, watch)
-        if accepted:
-            await self.asks.relay_cancel(self.mcp_session_id, cancel)
-
-    async def _plain_request(self, request: Request) -> JSONRPCRequest | None:
-        """The request to answer lazily, or None for anything the SDK's path must answer (or refuse)."""
+    async def _plain_message(self, request: Request) -> JSONRPCMessage | None:
+        """The message of a well-formed POST in this session (a request to answer lazily, a notification or a
+        client's answer to accept), or None for anything the SDK's path must answer (or refuse)."""
         has_json, has_sse = check_accept_headers(request)
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         session = request.headers.get(MCP_SESSION_ID_HEADER)
@@ -365,8 +376,6 @@ class LazyStreamTransport(StreamableHTTPServerTransport):
         try:
             message = jsonrpc_message_adapter.validate_python(pydantic_core.from_json(await request.body()))
         except (ValueError, ValidationError):
-            return None
-        if not isinstance(message, JSONRPCRequest) or message.method == "initialize":
             return None
         return message
 
@@ -406,7 +415,13 @@ class LazyStreamTransport(StreamableHTTPServerTransport):
         request_id = str(message.id)
         version = request.headers.get(MCP_PROTOCOL_VERSION_HEADER, DEFAULT_NEGOTIATED_VERSION)
         store = self._event_store if isinstance(self._event_store, UnsentAnswers) else None
-        await self._read_stream_writer.send(self._create_session_message(message, request, request_id, version))
+        if not await self._hand_over(self._create_session_message(message, request, request_id, version)):
+            # The session ended since the POST came in (its `terminate` already let go of this request's stream).
+            if store is not None:
+                store.undecided.discard(request_id)
+            await self._clean_up_memory_streams(request_id)
+            await self._gone(request.scope, request.receive, send)  # nothing sent yet: a clean 404
+            return
         first: EventMessage | None = None
         closed = False
         with anyio.move_on_after(COMMIT_SSE_AFTER):
@@ -490,10 +505,18 @@ class LazyStreamTransport(StreamableHTTPServerTransport):
             await self._clean_up_memory_streams(request_id)
 
 
-def _with_body(request: Request, body: bytes) -> Request:
-    """`request` with another body."""
+class _StartTracker:
+    """An ASGI `send` that notes whether the response has started (its status is out: no other may follow)."""
 
-    async def receive() -> Message:
-        return {"type": "http.request", "body": body, "more_body": False}
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.started = False
 
-    return Request(request.scope, receive)
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.started = True
+        await self.send(message)
+
+
+def _kind(message: JSONRPCNotification | Answer) -> str:
+    return message.method if isinstance(message, JSONRPCNotification) else "answer"
