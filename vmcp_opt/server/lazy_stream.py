@@ -52,6 +52,7 @@ import pydantic_core
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from mcp.server.auth.middleware.bearer_auth import AuthorizationContext
 from mcp.server.streamable_http import (
+    GET_STREAM_KEY,
     MCP_SESSION_ID_HEADER,
     REQUEST_STREAM_BUFFER_SIZE,
     EventCallback,
@@ -89,6 +90,8 @@ from vmcp_opt.server.list_answers import json_body, long_list, session_form
 from vmcp_opt.server.shared_asks import ASK_PREFIX, Answer, AskIds, TaggedAsks, asked_by
 
 logger = logging.getLogger(__name__)
+# Longest a resumed GET stream waits for the abandoned one it replaces to finish (`_end_abandoned_get_stream`).
+ABANDONED_STREAM_WAIT = 1.0
 
 # Seconds a call may stay silent before its answer becomes an SSE stream (kept open by pings).
 COMMIT_SSE_AFTER = 15.0
@@ -228,6 +231,8 @@ class LazyStreamTransport(StreamableHTTPServerTransport):
         """The SDK's replay, unless the store holds nothing to resume from: then `400`, before any stream starts
         (an SSE response has sent its status by the time the replay finds out)."""
         store = self._event_store
+        if names_get_stream(last_event_id) and GET_STREAM_KEY in self._request_streams:
+            await self._end_abandoned_get_stream()
         if isinstance(store, ProbedStore) and not await store.holds(last_event_id):
             if names_get_stream(last_event_id):
                 await self._fresh_get_stream(last_event_id, request, send)
@@ -242,6 +247,18 @@ class LazyStreamTransport(StreamableHTTPServerTransport):
             await response(request.scope, request.receive, send)
             return
         await super()._replay_events(last_event_id, request, send)
+
+    async def _end_abandoned_get_stream(self) -> None:
+        """The client resumes its GET stream while one is still registered: a connection it abandoned whose end never
+        reached the gateway (a laptop's sleep, a NAT's timeout: no FIN, the pings sit in buffers). Left, it got the
+        resumption `409` twice, and the SDK's client stopped listening for good. It is ended first, and its writer
+        let finish: its clean-up would otherwise remove the new stream's registration."""
+        sending, _ = self._request_streams[GET_STREAM_KEY]
+        self.close_standalone_sse_stream()
+        with anyio.move_on_after(ABANDONED_STREAM_WAIT):
+            # The writer's reader closes as its loop ends; its clean-up follows without a checkpoint between.
+            while sending.statistics().open_receive_streams:  # noqa: ASYNC110 - the SDK's writer sets no event
+                await anyio.sleep(0.01)
 
     async def _fresh_get_stream(self, last_event_id: str, request: Request, send: Send) -> None:
         """The SDK's standalone GET stream, as opened by a GET without `Last-Event-ID`: the client resumed its GET

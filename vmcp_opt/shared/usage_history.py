@@ -144,14 +144,14 @@ class RedisUsageHistory:
         """Drops from Redis what `bounded` left out of `kept`, as the file store does at each save: every replica
         reads the whole history at each sync, so it must not grow with every tool ever counted."""
         names, together = kept
-        dropped_tasks = [field for field in tasks if field.decode() not in names]
-        dropped_pairs = [field for field in pairs if _pair(field)[1] not in together.get(_pair(field)[0], {})]
-        with self.client.pipeline(transaction=False) as pipe:
-            for start in range(0, len(dropped_tasks), 1000):
-                pipe.hdel(self.tasks_key, *dropped_tasks[start : start + 1000])
-            for start in range(0, len(dropped_pairs), 1000):
-                pipe.hdel(self.together_key, *dropped_pairs[start : start + 1000])
-            pipe.execute()
+        dropped_tasks = [(field, tasks[field]) for field in tasks if field.decode() not in names]
+        dropped_pairs = [
+            (field, pairs[field]) for field in pairs if _pair(field)[1] not in together.get(_pair(field)[0], {})
+        ]
+        delete = self.client.register_script(_DELETE_IF_UNCHANGED)
+        for key, dropped in ((self.tasks_key, dropped_tasks), (self.together_key, dropped_pairs)):
+            for start in range(0, len(dropped), 500):
+                delete(keys=[key], args=[part for pair in dropped[start : start + 500] for part in pair])
         logger.info(
             "optimizer: the usage history in %s passed its bounds; kept %d tools (dropped %d tools, %d pairs)",
             self.where,
@@ -202,6 +202,13 @@ def _counts(graph: UsageGraph) -> tuple[dict[str, int], dict[str, dict[str, int]
     return whole["tasks"], whole["together"]
 
 
+# Deletes each field (ARGV: field, value, ...) that still holds the value read: a count another replica added
+# since the read is not lost with it (it is trimmed at a later read, if it is still past the bounds).
+_DELETE_IF_UNCHANGED = """
+for i = 1, #ARGV, 2 do
+  if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[i + 1] then redis.call('HDEL', KEYS[1], ARGV[i]) end
+end
+"""
 # Tasks per tool, and per tool its companions' counts.
 Counts = tuple[dict[str, int], dict[str, Counter[str]]]
 
