@@ -242,8 +242,12 @@ def _scalar(value: Any) -> str:
         return shorten(repr(value), _VALUE_LIMIT)
 
 
-# A Python literal in a message: a quoted string (repr picks ' or "), or one of the three named constants.
-_PYTHON_LITERAL = re.compile(r"""'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*"|\b(?:None|True|False)\b""")
+# A Python literal in a message: a quoted string (repr picks ' or "), or one of the three named constants. A
+# quote never closed (the message was cut) runs to the end as one unparsable literal, left as it is: tried
+# instead as no literal, it was read to the end again from each quote after it (`"\` repeated: quadratic).
+_PYTHON_LITERAL = re.compile(
+    r"""'(?:[^'\\]|\\.)*+(?:'|\\?\Z)|"(?:[^"\\]|\\.)*+(?:"|\\?\Z)|\b(?:None|True|False)\b""", re.DOTALL
+)
 _PYTHON_CONSTANTS = {"None": "null", "True": "true", "False": "false"}
 
 

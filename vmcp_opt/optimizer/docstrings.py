@@ -16,10 +16,13 @@ import re
 from dataclasses import dataclass, field
 
 # Section headers after which a docstring is no longer about what the tool does (Google and numpy styles).
+# Every pattern here runs on a backend's text, a line of which may be megabytes: none may try a run of
+# whitespace (or of letters) more than once. Adjacent quantifiers that could share characters (`\s*:?\s*`) are
+# possessive, so a line that does not match fails in one pass, not in one per split of the run.
 _SECTION = re.compile(
-    r"^\s*(args|arguments|parameters|params|keyword args|kwargs|other parameters|returns?|return value|"
+    r"^\s*+(args|arguments|parameters|params|keyword args|kwargs|other parameters|returns?|return value|"
     r"yields?|raises|throws|exceptions|examples?|usage|example usage|notes?|see also|attributes|"
-    r"response|output)\s*:?\s*$",
+    r"response|output)\s*+:?+\s*+$",
     re.IGNORECASE,
 )
 _ARG_SECTIONS = {"args", "arguments", "parameters", "params", "keyword args", "kwargs", "other parameters"}
@@ -27,10 +30,14 @@ _ARG_SECTIONS = {"args", "arguments", "parameters", "params", "keyword args", "k
 _NOTE_SECTIONS = {"note", "notes"}
 _NUMPY_RULE = re.compile(r"^\s*-{3,}\s*$")
 _SPHINX_FIELD = re.compile(r"^\s*:(param|parameter|arg|argument|key|keyword|type|returns?|rtype|raises?)\b")
-_SPHINX_PARAM = re.compile(r"^\s*:(?:param|parameter|arg|argument|key|keyword)\s+(?:[\w\[\], ]+\s+)?(\w+)\s*:\s*(.*)$")
+# `:param [type] name: text`: what lies between the keyword and the first colon is read by `_sphinx_name`; a
+# single pattern for it (`\s+(?:[\w\[\], ]+\s+)?(\w+)\s*:`) tried every split of a long run of spaces.
+_SPHINX_PARAM = re.compile(r"^\s*+:(?:param|parameter|arg|argument|key|keyword)(\s[^:]*+):\s*+(.*)$")
+_SPHINX_TYPE = re.compile(r"[\w\[\], ]+")
+_WORD = re.compile(r"\w+")
 # `name (type): text`, `name: text`, numpy `name : type`.
-_GOOGLE_ARG = re.compile(r"^\s*\**(\w+)\s*(?:\([^)]*\))?\s*:\s*(.*)$")
-_NUMPY_ARG = re.compile(r"^(\w+)\s*:\s*[^:]*$")
+_GOOGLE_ARG = re.compile(r"^\s*+\**+(\w++)\s*+(?:\([^)]*+\))?+\s*+:\s*+(.*)$")
+_NUMPY_ARG = re.compile(r"^(\w++)\s*+:[^:]*+$")
 _FENCE = re.compile(r"^\s*(```|~~~)")
 _DOCTEST = re.compile(r"^\s*(>>>|\.\.\.\s)")
 # A line is in another script when most of its letters are outside Latin (CJK, Cyrillic, Arabic, ...).
@@ -65,8 +72,9 @@ def read_description(text: str, limit: int | None = MAX_SUMMARY) -> Description:
         if _NUMPY_RULE.match(line) or (position + 1 < len(lines) and _NUMPY_RULE.match(lines[position + 1])):
             continue  # the underline of a numpy header, or a header unknown to _SECTION before one
         sphinx = _SPHINX_PARAM.match(line)
-        if sphinx:
-            arguments[sphinx.group(1)], last_arg, section = sphinx.group(2).strip(), sphinx.group(1), "sphinx"
+        name = _sphinx_name(sphinx.group(1)) if sphinx else None
+        if sphinx and name:
+            arguments[name], last_arg, section = sphinx.group(2).strip(), name, "sphinx"
             continue
         if _SPHINX_FIELD.match(line):
             section, last_arg = "sphinx-other", None
@@ -79,6 +87,16 @@ def read_description(text: str, limit: int | None = MAX_SUMMARY) -> Description:
             notes.append(line.strip())
     joined = " ".join(summary)
     return Description(joined if limit is None else _shorten(joined, limit), arguments, " ".join(notes))
+
+
+def _sphinx_name(between: str) -> str | None:
+    """The parameter named by the text between `:param` and its colon (it starts with whitespace): its last
+    word, after a type of words, brackets, commas and spaces (`:param Dict[str, int] name:`); else None."""
+    words = between.split()
+    if not words or not _WORD.fullmatch(words[-1]):
+        return None
+    typed = between.rstrip()[: -len(words[-1])].strip()
+    return words[-1] if not typed or _SPHINX_TYPE.fullmatch(typed) else None
 
 
 def _read_argument(line: str, arguments: dict[str, str], last: str | None) -> str | None:

@@ -29,8 +29,10 @@ _CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
 _SEPARATORS = re.compile(r"[\s_\-./:]+")
 _LETTER_DIGIT = re.compile(r"(?<=[A-Za-z])(?=[0-9])|(?<=[0-9])(?=[A-Za-z])")
 # "(e.g., 'Asia/Tokyo', ...)" in a parameter description names sample values, not what the tool does: left
-# in, mcp-server-time's convert_time outranks get_current_time for "what time is it in Tokyo".
-_EXAMPLE_VALUES = re.compile(r"\s*\((?:e\.\s?g\.?|eg\.|for example|for instance|such as)[^)]*\)", re.IGNORECASE)
+# in, mcp-server-time's convert_time outranks get_current_time for "what time is it in Tokyo". The spaces
+# before it go too, tried once from where their run starts (`(?<!\s)`): a bare leading `\s*` was tried from
+# every space of a long run again, quadratic in a backend's description (see `_without_examples` too).
+_EXAMPLE_VALUES = re.compile(r"(?<!\s)\s*+\((?:e\.\s?g\.?|eg\.|for example|for instance|such as)[^)]*\)", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -128,6 +130,13 @@ def document_hash(document: str) -> str:
     return hashlib.sha256(document.encode("utf-8")).hexdigest()
 
 
+def _without_examples(description: str) -> str:
+    """`description` without its sample values. Only its text up to the last `)` is searched: from each `(e.g.`
+    with no `)` after it, `[^)]*` would read to the end of the text, once per such opening."""
+    end = description.rfind(")") + 1
+    return _EXAMPLE_VALUES.sub("", description[:end]) + description[end:]
+
+
 def _parameters(schema: Mapping[str, Any], depth: int = 0, *, full: bool = False) -> Iterator[tuple[str, str]]:
     """(name, description) of each property, walking nested objects and arrays of objects."""
     if depth >= _MAX_SCHEMA_DEPTH or not isinstance(schema, Mapping):
@@ -140,7 +149,7 @@ def _parameters(schema: Mapping[str, Any], depth: int = 0, *, full: bool = False
             yield str(name), ""
             continue
         description = str(spec.get("description") or "").strip() or _own_title(str(name), spec)
-        description = _EXAMPLE_VALUES.sub("", description).strip()
+        description = _without_examples(description).strip()
         if not full:
             description = description[:_MAX_PARAM_DESCRIPTION]
         yield str(name), description

@@ -139,13 +139,44 @@ def _check_repeat(left: Any, right: Any) -> None:
             _spend(len(seq) * max(times, 0))
 
 
-_PERCENT_FIELD = re.compile(r"%(?:\([^)]*\))?[#0\- +]*(\*|\d+)?(?:\.(\*|\d+))?")
+# What follows a `%` and its mapping key, if any: flags, width, precision (`%(key)-10.3s`).
+_PERCENT_FIELD = re.compile(r"[#0\- +]*+(\*|\d+)?(?:\.(\*|\d+))?")
+
+
+def _percent_fields(form: str) -> Iterator[tuple[str, str]]:
+    """(width, precision) of each `%` field of `form`, as Python's `%` reads them: a mapping key runs to its
+    matching `)`, parentheses nested (`%(a(b)c)9s` has width 9; the pattern this replaces stopped the key at the
+    first `)` and missed it). Each character is read once (that pattern read to the end again from each `%(` of
+    a form with no `)`)."""
+    at = form.find("%")
+    while at >= 0:
+        after_key = _key_end(form, at + 1)
+        found = _PERCENT_FIELD.match(form, after_key) if after_key is not None else None
+        if found is None:
+            return  # an unclosed key: `%` refuses the form
+        yield found.group(1) or "", found.group(2) or ""
+        at = form.find("%", found.end())
+
+
+def _key_end(form: str, at: int) -> int | None:
+    """Where the `(key)` at `at` ends (`at` when there is none), or None when it is never closed."""
+    if not form.startswith("(", at):
+        return at
+    depth = 0
+    for position in range(at, len(form)):
+        if form[position] == "(":
+            depth += 1
+        elif form[position] == ")":
+            depth -= 1
+            if depth == 0:
+                return position + 1
+    return None
 
 
 def _check_percent(form: str, args: Any) -> None:
     """`'%10d' % x`: no width or precision past MAX_SIZE, written or given as `*`."""
     values = args if isinstance(args, tuple) else (args,)
-    for width, precision in _PERCENT_FIELD.findall(form):
+    for width, precision in _percent_fields(form):
         for part in (width, precision):
             if part == "*":
                 if any(isinstance(v, int) and abs(v) > MAX_SIZE for v in values):
