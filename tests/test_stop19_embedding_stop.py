@@ -68,8 +68,9 @@ def bulk_children(gateway: Gateway) -> list[psutil.Process]:
 
 
 async def stop_bulk_child(gateway: Gateway, stopped: list[psutil.Process]) -> None:
-    """SIGSTOP the bulk child once it runs: the embedder thread waits on it from then on (it is never done)."""
-    with anyio.fail_after(60):
+    """SIGSTOP the bulk child once it runs: the embedder thread waits on it from then on (it is never done). The
+    child starts once the catalogue is listed and the model loaded: over a minute on a loaded two-core machine."""
+    with anyio.fail_after(240):
         while not (children := bulk_children(gateway)):  # noqa: ASYNC110 - another process starts it
             await anyio.sleep(0.05)
     for child in children:
