@@ -99,6 +99,10 @@ MAX_RELAYED_ANSWER = 1024 * 1024
 # Longest request id, and reason, of a relayed cancellation.
 _MAX_REQUEST_ID = 256
 _MAX_REASON = 200
+# Seconds an answer for a tag whose key is missing waits for it to be written again (each replica writes its
+# key every second: `RedisAnswerRelay.serve`'s interval) before it is dropped.
+_TAG_GRACE = 2.5
+_TAG_LOOKS = 10
 # Seconds between attempts to listen again for relayed cancellations after Redis failed.
 _RESUBSCRIBE_AFTER = 1.0
 
@@ -197,7 +201,7 @@ class RedisAnswerRelay:
             )
             return
         try:
-            if not await self.client.exists(self._alive_key(tag)):
+            if not await self._alive(tag):
                 self._log.warning("unknown", "sessions: a client's answer named no live replica; dropped")
                 return
             await _push(self.client, f"{self.prefix}answers:{tag}", relayed)
@@ -213,6 +217,17 @@ class RedisAnswerRelay:
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(keep_key, self.client, self._alive_key(tag), lambda: "1", interval, self._log, "tag")
             await read_inbox(self.client, inbox, self.slice, self._log, "relayed answers", partial(_deliver, deliver))
+
+    async def _alive(self, tag: str) -> bool:
+        """Whether a live replica has `tag`. A missing key is looked for again for `_TAG_GRACE`: Redis restarted
+        empty (or flushed) has lost every replica's key until its next beat, and an answer dropped then left the
+        asking call waiting out `timeouts.input` although its replica ran on."""
+        for look in range(_TAG_LOOKS + 1):
+            if look:
+                await anyio.sleep(_TAG_GRACE / _TAG_LOOKS)
+            if await self.client.exists(self._alive_key(tag)):
+                return True
+        return False
 
     def _alive_key(self, tag: str) -> str:
         return f"{self.prefix}asker:{tag}"
