@@ -152,3 +152,18 @@ def test_a_debug_log_shows_the_gateways_lines_without_asyncios_selector(tmp_path
         output = gateway.output()
     assert "DEBUG vmcp_opt.backends.connection: backend notes" in output, output
     assert "Using selector" not in output, output
+
+
+def test_validate_warns_of_shared_sessions_without_a_shared_request_state_key(tmp_path: Path) -> None:
+    shared = {
+        "backends": [demo_backend("notes")],
+        "sessions": {"store": "redis"},
+        "redis": {"url": "redis://127.0.0.1:1"},
+    }
+    done = vmcp("validate", "-c", str(write(tmp_path, shared)))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "warning: request_state: no key set" in done.stderr and "landing on another replica" in done.stderr
+    keyed = {**shared, "request_state": {"key_env": "VMCP_TEST_STATE_KEY"}}
+    done = vmcp("validate", "-c", str(write(tmp_path, keyed)), env={"VMCP_TEST_STATE_KEY": "k" * 40})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "request_state" not in done.stderr

@@ -192,6 +192,7 @@ def validate(
     )
     from vmcp_opt.config.workflows import workflow_warnings
     from vmcp_opt.shared.secrets import secret_problems
+    from vmcp_opt.shared.state_keys import unshared_key_warning
 
     problems = auth_problems(cfg) + secret_problems(cfg)
     if problems:
@@ -203,6 +204,7 @@ def validate(
         *empty_reference_warnings(config),
         *workflow_warnings(cfg.workflows),
         *exchange_warnings(cfg),
+        *filter(None, [unshared_key_warning(cfg)]),
     ]
     for warning in [*warnings, *([] if connect else launch_warnings(cfg))]:
         err.print(f"warning: {warning}", markup=False, highlight=False)

@@ -29,7 +29,7 @@ from vmcp_opt.optimizer.metatools import OptimizerFront
 from vmcp_opt.routing import BackendTools, Policy, Router, SessionChooser
 from vmcp_opt.shared.factories import change_broadcast, usage_history
 from vmcp_opt.shared.rate_limits import rate_limiter
-from vmcp_opt.shared.state_keys import state_keys
+from vmcp_opt.shared.state_keys import state_keys, unshared_key_warning
 from vmcp_opt.telemetry import Telemetry
 from vmcp_opt.workflows.provider import WorkflowTools
 from vmcp_opt.workflows.renders import RenderSlots
@@ -67,6 +67,8 @@ class Gateway:
         self.router.limiter = self.limiter = rate_limiter(config)
         # The keys sealing 2026-07-28 request_state; None: a key of this process.
         self.state_keys = state_keys(config)
+        if (unshared := unshared_key_warning(config)) is not None:
+            logger.warning("%s", unshared)
         # Backend changes told to and heard from the other replicas (Redis pub/sub); None: not shared.
         self.changes = change_broadcast(config, self.backends.get, self.health.check)
         self.optimizer: OptimizerFront | None = None

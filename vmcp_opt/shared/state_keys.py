@@ -14,6 +14,20 @@ from vmcp_opt.shared.secrets import SecretMissing, read_secret
 MIN_KEY_BYTES = 32
 
 
+def unshared_key_warning(config: VmcpConfig) -> str | None:
+    """Replicas sharing sessions (`sessions.store: redis`) without a shared key: each seals with its own, and a
+    2026-07-28 client's retry landing on another replica is refused as "Invalid or expired requestState", which
+    names nothing the operator can act on."""
+    settings = config.request_state
+    if config.sessions.store != "redis" or settings.key_env or settings.key_file:
+        return None
+    return (
+        "request_state: no key set (request_state.key_env or key_file) while sessions.store is redis: each replica "
+        "seals 2026-07-28 request_state with a key of its own, so a client's retry landing on another replica is "
+        "refused; give every replica the same key"
+    )
+
+
 def state_keys(config: VmcpConfig) -> list[bytes] | None:
     """[current, previous?]; None when no key is configured (a key of this process then seals)."""
     settings = config.request_state
