@@ -44,6 +44,7 @@ was false, nothing was ever stored, and no stream could be resumed.
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from collections import OrderedDict, deque
 from itertools import count
@@ -57,6 +58,9 @@ DEFAULT_MAX_EVENTS = 10_000
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 # How the ids of the standalone GET stream's events start (in either store).
 GET_EVENT_PREFIX = "get-"
+# The standalone GET stream's digest in the Redis store's ids (`<digest>.<tag>-<counter>`, shared/events.py): an
+# id written unmarked by a replica of the previous version is still known for the GET stream's by it.
+GET_STREAM_DIGEST = hashlib.sha256(GET_STREAM_KEY.encode()).hexdigest()[:16]
 
 # (session view number, the SDK's stream id)
 _StreamKey = tuple[int, StreamId]
@@ -213,7 +217,7 @@ def marked_event_id(stream_id: StreamId, event_id: str) -> EventId:
 def names_get_stream(event_id: EventId) -> bool:
     """Whether `event_id` says it is an event of the standalone GET stream (it may still be forged, or dropped:
     that costs nothing, the stream holds only what a GET without `Last-Event-ID` is sent)."""
-    return event_id.startswith(GET_EVENT_PREFIX)
+    return event_id.startswith((GET_EVENT_PREFIX, GET_STREAM_DIGEST + "."))
 
 
 def _ends_stream(stream_id: StreamId, message: JSONRPCMessage | None) -> bool:

@@ -64,7 +64,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from vmcp_opt.logs import ThrottledLog
-from vmcp_opt.server.event_store import GET_EVENT_PREFIX, marked_event_id, names_get_stream
+from vmcp_opt.server.event_store import GET_EVENT_PREFIX, GET_STREAM_DIGEST, marked_event_id, names_get_stream
 
 logger = logging.getLogger(__name__)
 
@@ -274,7 +274,7 @@ class RedisEventStore(EventStore):
         digest, _, event = last_event_id.removeprefix(GET_EVENT_PREFIX).partition(".")
         if namespace is None or not event or digest != _digest_shape(digest):
             return None
-        if names_get_stream(last_event_id) and digest != _GET_DIGEST:
+        if names_get_stream(last_event_id) and digest != GET_STREAM_DIGEST:
             return None  # marked as the GET stream's, names another: not an id this store handed out
         return f"{self.prefix}{namespace}:{digest}", event
 
@@ -445,9 +445,6 @@ def _bytes(value: Any) -> bytes:
 
 def _digest(stream_id: str) -> str:
     return hashlib.sha256(stream_id.encode()).hexdigest()[:16]
-
-
-_GET_DIGEST = _digest(GET_STREAM_KEY)
 
 
 def _digest_shape(value: str) -> str:
