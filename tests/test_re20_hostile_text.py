@@ -130,10 +130,12 @@ def test_a_message_of_quotes_never_closed_is_respelled_in_one_pass() -> None:
         '{{ "%(a(b)c)9999999s" % {"a(b)c": 1} }}',
         '{{ "%(a(b)c)9999999s" | format(**{"a(b)c": 1}) }}',
         '{{ "%(a(b))s %(x)9999999s" % {"a(b)": 1, "x": 2} }}',
+        '{{ "%%(x %9999999d" % (1,) }}',  # `%%` is a literal percent: the field after it still counts
+        '{{ "%%(x %*d" % (9999999, 1) }}',
     ],
 )
 def test_a_percent_width_after_a_key_in_nested_parentheses_is_bounded(source: str) -> None:
-    with pytest.raises(TemplateError, match="width or precision 9999999 is past 1,000,000"):
+    with pytest.raises(TemplateError, match="width or precision (9999999 is )?past 1,000,000"):
         render_string(source, {}, "x")
 
 
@@ -142,3 +144,23 @@ def test_a_percent_form_of_keys_never_closed_is_read_once() -> None:
     with pytest.raises(TemplateError):
         render_string("{{ f % 1 }}", {"f": "%(" * 200_000}, "x")  # 45 s before: `[^)]*` to the end from each `%(`
     assert time.monotonic() - started < PARSER_DEADLINE
+
+
+def test_a_posix_class_in_a_set_does_not_hide_nested_counts_from_the_budget() -> None:
+    from vmcp_opt.pattern_engines import compile_pattern
+
+    # `[[:alpha:])]` is one set to `regex`; read as ending at the class's `]`, its `)` closed a group never open
+    # and the counts after it went uncounted: 600**3 steps compiled, memory until the kernel stopped it.
+    assert compile_pattern("(?:(?:(?:[[:alpha:])][[:alpha:])][[:alpha:])]a{600}){600}){600})") is None
+
+
+def test_a_pattern_past_re2s_counts_is_still_checked_and_an_unchecked_key_pattern_constrains_nothing() -> None:
+    from vmcp_opt.arguments import ArgumentError, ArgumentValidator
+
+    checker = ArgumentValidator()
+    long_hex = {"type": "object", "properties": {"h": {"type": "string", "pattern": "^[0-9a-f]{2100}$"}}}
+    with pytest.raises(ArgumentError, match="does not match"):  # `regex` takes the count RE2 does not
+        checker.check("t", long_hex, {"h": "zz"})
+    checker.check("t", long_hex, {"h": "a" * 2100})
+    unchecked_keys = {"type": "object", "patternProperties": {"(?:(?:a{1000}){1000}){1000}": {"type": "integer"}}}
+    checker.check("t", unchecked_keys, {"name": "foo"})  # not every key made an integer

@@ -304,7 +304,7 @@ def _pattern_properties(validator: Any, properties: Any, instance: Any, schema: 
         return
     for pattern, subschema in properties.items():
         for key, value in instance.items():
-            if _search(pattern, key):
+            if _search(pattern, key, unchecked=False):
                 yield from validator.descend(value, subschema, path=key, schema_path=pattern)
 
 
@@ -337,11 +337,14 @@ def _equality_key(value: Any) -> Any:
     return ("o", repr(value))
 
 
-def _search(pattern: str, text: str) -> bool:
+def _search(pattern: str, text: str, *, unchecked: bool = True) -> bool:
+    """Whether `pattern` finds a match in `text`; `unchecked` when neither engine takes the pattern (the backend's
+    to enforce): a `pattern` then passes, a `patternProperties` key then matches nothing (its subschema is not
+    made to apply to every key)."""
     engines = _pattern_engines()
     compiled = engines.compile_pattern(pattern)
     if compiled is None:
-        return True  # a pattern neither engine takes is the backend's to enforce
+        return unchecked
     if isinstance(compiled, engines.Backtracking):
         try:
             return compiled.pattern.search(text, timeout=_time_left(), concurrent=True) is not None

@@ -90,8 +90,8 @@ from vmcp_opt.server.list_answers import json_body, long_list, session_form
 from vmcp_opt.server.shared_asks import ASK_PREFIX, Answer, AskIds, TaggedAsks, asked_by
 
 logger = logging.getLogger(__name__)
-# Longest a resumed GET stream waits for the abandoned one it replaces to finish (`_end_abandoned_get_stream`).
-ABANDONED_STREAM_WAIT = 1.0
+# Checkpoints a resumed GET stream lets the abandoned one it replaces finish in (`_end_abandoned_get_stream`).
+ABANDONED_STREAM_CHECKPOINTS = 3
 
 # Seconds a call may stay silent before its answer becomes an SSE stream (kept open by pings).
 COMMIT_SSE_AFTER = 15.0
@@ -251,14 +251,13 @@ class LazyStreamTransport(StreamableHTTPServerTransport):
     async def _end_abandoned_get_stream(self) -> None:
         """The client resumes its GET stream while one is still registered: a connection it abandoned whose end never
         reached the gateway (a laptop's sleep, a NAT's timeout: no FIN, the pings sit in buffers). Left, it got the
-        resumption `409` twice, and the SDK's client stopped listening for good. It is ended first, and its writer
-        let finish: its clean-up would otherwise remove the new stream's registration."""
-        sending, _ = self._request_streams[GET_STREAM_KEY]
+        resumption `409` twice, and the SDK's client stopped listening for good. It is ended first, and its writer,
+        idle in its `receive`, let run to its end (a few checkpoints: it sets no event), since its clean-up would
+        otherwise remove the new stream's registration. A writer stuck in a send to a full socket ends only when that
+        connection fails, and may then end the new stream: the client resumes once more."""
         self.close_standalone_sse_stream()
-        with anyio.move_on_after(ABANDONED_STREAM_WAIT):
-            # The writer's reader closes as its loop ends; its clean-up follows without a checkpoint between.
-            while sending.statistics().open_receive_streams:  # noqa: ASYNC110 - the SDK's writer sets no event
-                await anyio.sleep(0.01)
+        for _ in range(ABANDONED_STREAM_CHECKPOINTS):
+            await anyio.lowlevel.checkpoint()
 
     async def _fresh_get_stream(self, last_event_id: str, request: Request, send: Send) -> None:
         """The SDK's standalone GET stream, as opened by a GET without `Last-Event-ID`: the client resumed its GET

@@ -103,6 +103,8 @@ _MAX_REASON = 200
 # key every second: `RedisAnswerRelay.serve`'s interval) before it is dropped.
 _TAG_GRACE = 2.5
 _TAG_LOOKS = 10
+# Answers that may wait for a missing tag at once (`RedisAnswerRelay._alive`).
+_TAG_WAITERS = 32
 # Seconds between attempts to listen again for relayed cancellations after Redis failed.
 _RESUBSCRIBE_AFTER = 1.0
 
@@ -188,6 +190,9 @@ class RedisAnswerRelay:
         self.prefix = prefix
         self.slice = slice_
         self._log = ThrottledLog(logger, 60.0)
+        # Answers waiting for a missing tag's key to come back (`_alive`), at most `_TAG_WAITERS`: a client
+        # POSTing answers with made-up tags holds that many requests for `_TAG_GRACE`, no more.
+        self._waiting = 0
 
     async def send(self, tag: str, session_id: str, copy: str, answer: Answer) -> None:
         """`answer` pushed to the inbox of the replica tagged `tag`, for its copy `copy` of the session; lost (logged) when Redis fails, so the asking
@@ -222,12 +227,19 @@ class RedisAnswerRelay:
         """Whether a live replica has `tag`. A missing key is looked for again for `_TAG_GRACE`: Redis restarted
         empty (or flushed) has lost every replica's key until its next beat, and an answer dropped then left the
         asking call waiting out `timeouts.input` although its replica ran on."""
-        for look in range(_TAG_LOOKS + 1):
-            if look:
+        if await self.client.exists(self._alive_key(tag)):
+            return True
+        if self._waiting >= _TAG_WAITERS:
+            return False
+        self._waiting += 1
+        try:
+            for _ in range(_TAG_LOOKS):
                 await anyio.sleep(_TAG_GRACE / _TAG_LOOKS)
-            if await self.client.exists(self._alive_key(tag)):
-                return True
-        return False
+                if await self.client.exists(self._alive_key(tag)):
+                    return True
+            return False
+        finally:
+            self._waiting -= 1
 
     def _alive_key(self, tag: str) -> str:
         return f"{self.prefix}asker:{tag}"

@@ -150,6 +150,9 @@ def _percent_fields(form: str) -> Iterator[tuple[str, str]]:
     a form with no `)`)."""
     at = form.find("%")
     while at >= 0:
+        if form.startswith("%", at + 1):  # `%%` is a literal percent, not a field: its second `%` starts none
+            at = form.find("%", at + 2)
+            continue
         after_key = _key_end(form, at + 1)
         found = _PERCENT_FIELD.match(form, after_key) if after_key is not None else None
         if found is None:
