@@ -24,8 +24,7 @@ from mcp_types import JSONRPCNotification, JSONRPCResponse
 
 from tests.support import EXAMPLES, demo_backend, raw_session, running_gateway, write_config
 from vmcp_opt.server import list_answers
-from vmcp_opt.server.event_store import BoundedEventStore
-from vmcp_opt.server.lazy_stream import UnsentAnswers
+from vmcp_opt.server.event_store import BoundedEventStore, UnsentAnswers
 from vmcp_opt.server.list_answers import SLICE, _Shaper, json_body, modern_form, quick_form, session_form
 
 ITEMS = SLICE * 2 + 50

@@ -135,7 +135,7 @@ def test_a_message_of_quotes_never_closed_is_respelled_in_one_pass() -> None:
     ],
 )
 def test_a_percent_width_after_a_key_in_nested_parentheses_is_bounded(source: str) -> None:
-    with pytest.raises(TemplateError, match="width or precision (9999999 is )?past 1,000,000"):
+    with pytest.raises(TemplateError, match=r"width or precision (9999999 is )?past 1,000,000"):
         render_string(source, {}, "x")
 
 

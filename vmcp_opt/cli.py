@@ -1,4 +1,7 @@
-"""The `vmcp` command: serve, validate, backends, workflow, index, eval."""
+"""The `vmcp` command: serve, validate, backends, workflow, index, eval.
+
+Just past ~450 lines: each command is a short function whose work lives in its own module (cli_serve,
+cli_validate, cli_config, auth_cli, workflows/cli, optimizer/index_cli); what is left is their options."""
 
 # ruff: noqa: E402  (the imports below come after the Ctrl-C handler that covers their loading)
 from __future__ import annotations

@@ -48,6 +48,7 @@ import hashlib
 import secrets
 from collections import OrderedDict, deque
 from itertools import count
+from typing import Protocol, runtime_checkable
 
 from mcp.server.streamable_http import GET_STREAM_KEY, EventCallback, EventId, EventMessage, EventStore, StreamId
 from mcp_types import JSONRPCError, JSONRPCMessage, JSONRPCResponse, jsonrpc_message_adapter
@@ -253,3 +254,48 @@ class SessionEvents(EventStore):
 
     def forget(self) -> None:
         self._ring.forget(self._view)
+
+
+_UNSTORED = "unstored"
+
+
+@runtime_checkable
+class ProbedStore(Protocol):
+    """A store that can say whether a replay from an event id has an event to start from (both of ours)."""
+
+    async def holds(self, last_event_id: EventId) -> bool: ...
+
+
+class UnsentAnswers(EventStore):
+    """The session's event store, less the answers that go out as plain JSON.
+
+    The SDK stores every message for a request before the transport sees it, so that a cut SSE stream can be
+    resumed. An answer sent as one JSON body has no stream and no event id a client could resume from, yet it
+    stayed in the store: a 10k-tool `tools/list` answer held ~12 MB of objects there, every time, until 10,000
+    later events pushed it out. While a request is `undecided` (nothing of it stored yet), its own answer
+    arriving first is that case and is not stored."""
+
+    def __init__(self, inner: EventStore) -> None:
+        self.inner = inner
+        self.undecided: set[StreamId] = set()
+
+    def __bool__(self) -> bool:
+        return True  # the SDK asks `if self._event_store:`
+
+    async def store_event(self, stream_id: StreamId, message: JSONRPCMessage | None) -> EventId:
+        if stream_id in self.undecided and message is not None:
+            self.undecided.discard(stream_id)
+            if isinstance(message, JSONRPCResponse | JSONRPCError):
+                return f"{_UNSTORED}-{stream_id}"  # answered as JSON: no client ever sees this id
+        return await self.inner.store_event(stream_id, message)
+
+    async def replay_events_after(self, last_event_id: EventId, send_callback: EventCallback) -> StreamId | None:
+        return await self.inner.replay_events_after(last_event_id, send_callback)
+
+    async def holds(self, last_event_id: EventId) -> bool:
+        return await self.inner.holds(last_event_id) if isinstance(self.inner, ProbedStore) else True
+
+    def forget(self) -> None:
+        """The session ended: its events in memory go (Redis keeps them to their expiry, bounded per session)."""
+        if isinstance(self.inner, SessionEvents):
+            self.inner.forget()

@@ -36,6 +36,9 @@ the replay ends with a JSON-RPC error for the request rather than leaving the cl
 
 Redis unreachable while storing (or the queue full): the message still reaches a connected client; its
 event is lost for replays (counted, at most one log line per interval).
+
+Past ~450 lines on purpose: storing, replaying and following a stream are one Redis layout read and written
+by the same scripts; apart, each would restate it.
 """
 
 from __future__ import annotations

@@ -32,13 +32,21 @@ from functools import partial
 from typing import Any, Literal
 
 import anyio
-import jsonschema
 import mcp_types as types
 
 from vmcp_opt.backends.results import json_size
 from vmcp_opt.config.workflows import StepConfig, WorkflowConfig
 from vmcp_opt.workflows.budget import CallBudget, fan_out_reason, run_call_limit
 from vmcp_opt.workflows.renders import SHARED, RenderSlots, RunRenders
+from vmcp_opt.workflows.step_results import (
+    Called,
+    StepError,
+    answer_problem,
+    output_text,
+    result_content,
+    result_output,
+    result_text,
+)
 from vmcp_opt.workflows.templates import TemplateError, render_value, truthy
 
 logger = logging.getLogger(__name__)
@@ -92,13 +100,6 @@ class RunReport:
     @property
     def ok(self) -> bool:
         return self.error is None
-
-
-class StepError(Exception):
-    def __init__(self, reason: str, *, retryable: bool = True) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.retryable = retryable
 
 
 class WorkflowRun:
@@ -404,19 +405,6 @@ class WorkflowRun:
 
 
 @dataclass(frozen=True)
-class Called:
-    """What a step's attempt gave: its output, and its result's content when that held more than text (a
-    for_each's: one entry per item)."""
-
-    output: Any
-    content: list[Any] | None = None
-
-    def held(self) -> Any:
-        """What it comes to against limits.max_result_bytes: the output, and the content when there is one."""
-        return [self.output, self.content] if self.content else self.output
-
-
-@dataclass(frozen=True)
 class _Enclosing:
     """What a nested run takes of the run it is nested in. Not the `WorkflowRun` itself: a task started during
     a step (a backend session opened for the call) keeps the context, so this, for as long as it lives, and
@@ -433,20 +421,6 @@ def _enclosing() -> _Enclosing | None:
     """The run whose step is calling now, if one is and it has not ended."""
     run = _ENCLOSING.get()
     return run if run is not None and run.budget.open else None
-
-
-def answer_problem(content: Any, schema: dict[str, Any]) -> None:
-    """Refuses an accepted answer that does not fit the form: the client's word is not checked by the SDK,
-    and a missing or mistyped field would otherwise fail a later step with a reason naming that step."""
-    try:
-        problem = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(content or {}))
-    except jsonschema.SchemaError as exc:  # checked at load (config/workflows.py); kept from crashing the run
-        raise StepError(f"requested_schema is not a valid JSON Schema: {exc.message}", retryable=False) from None
-    if problem is not None:
-        where = "".join(f".{part}" for part in problem.absolute_path)
-        raise StepError(
-            f"the user's answer does not fit requested_schema: content{where}: {problem.message}", retryable=False
-        )
 
 
 def passed_on(step: StepConfig, report: StepReport) -> list[dict[str, Any]] | None:
@@ -467,38 +441,6 @@ def sent(report: RunReport) -> Any:
     if not report.content:
         return report.output
     return [report.output, report.content] if isinstance(report.output, dict) else report.content
-
-
-def output_text(output: Any) -> str:
-    """An output as the result's text: a string as it is, anything else as JSON. Non-ASCII as written, as
-    find_tool's answer: an escape per character costs an agent's model tokens. ValueError, RecursionError
-    when it cannot be written."""
-    return output if isinstance(output, str) else json.dumps(output, default=str, ensure_ascii=False)
-
-
-def result_text(result: types.CallToolResult) -> str:
-    return "\n".join(c.text for c in result.content if isinstance(c, types.TextContent))
-
-
-def result_content(result: types.CallToolResult) -> list[dict[str, Any]] | None:
-    """The result's content blocks as MCP JSON when any is not text, else None: the output holds only the
-    texts, and an image or a resource link the backend returned must not vanish on the way to the client."""
-    if all(isinstance(block, types.TextContent) for block in result.content):
-        return None
-    return [block.model_dump(mode="json", by_alias=True, exclude_none=True) for block in result.content]
-
-
-def result_output(result: types.CallToolResult) -> Any:
-    """A step's output: the structured content, else the text (parsed when it is JSON), else None."""
-    if result.structured_content is not None:
-        return result.structured_content
-    texts = [c.text for c in result.content if isinstance(c, types.TextContent)]
-    if len(texts) != 1:
-        return texts or None
-    try:
-        return json.loads(texts[0])
-    except (ValueError, RecursionError):  # not JSON, or nested deeper than the parser goes: kept as text
-        return texts[0]
 
 
 def _has_template(value: Any) -> bool:

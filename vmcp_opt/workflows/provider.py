@@ -39,13 +39,12 @@ from vmcp_opt.workflows.executor import (
     ItemDone,
     RunReport,
     StepDone,
-    StepError,
     StepReport,
     WorkflowRun,
-    output_text,
 )
 from vmcp_opt.workflows.renders import SHARED, RenderSlots
 from vmcp_opt.workflows.rounds import PendingRun, WorkflowRounds
+from vmcp_opt.workflows.step_results import StepError, output_text
 from vmcp_opt.workflows.validation import derived_annotations
 
 logger = logging.getLogger(__name__)
