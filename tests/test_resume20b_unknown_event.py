@@ -12,37 +12,19 @@ Real `vmcp serve` over the conformance backend, real `redis-server` for the shar
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx2
 import pytest
 
-from tests.redis_server import RedisServer, running_redis
-from tests.support import EXAMPLES, raw_session, running_gateway, sse_messages, write_config
-
-CONFORMANCE_SERVER = EXAMPLES / "backends" / "conformance_server.py"
-READ_TIMEOUT = 5.0  # shorter than the SDK's 15 s keep-alive ping: a stream left open times out
-
-
-@pytest.fixture(scope="module")
-def redis() -> Iterator[RedisServer]:
-    with running_redis() as server:
-        yield server
-
-
-def streamed_call(url: str, headers: dict[str, str], request_id: int) -> list[tuple[str | None, Any]]:
-    """A tool call that logs three times, so its answer is an SSE stream of five events (priming, logs, answer)."""
-    call = {
-        "jsonrpc": "2.0",
-        "id": request_id,
-        "method": "tools/call",
-        "params": {"name": "test_tool_with_logging", "arguments": {}},
-    }
-    with httpx2.stream("POST", url, json=call, headers=headers, timeout=30) as response:
-        assert response.headers["content-type"].startswith("text/event-stream")
-        return list(sse_messages(response.iter_lines()))
+from tests.support import raw_session, running_gateway, sse_messages, write_config
+from tests.test_resume20_replay_ends import (  # noqa: F401 - `redis` is a fixture
+    CONFORMANCE_SERVER,
+    READ_TIMEOUT,
+    redis,
+    streamed_call,
+)
 
 
 def resume(url: str, headers: dict[str, str], event_id: str) -> httpx2.Response:

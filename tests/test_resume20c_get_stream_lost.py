@@ -31,19 +31,12 @@ import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from tests.redis_server import RedisServer, running_redis
-from tests.support import EXAMPLES, demo_backend, raw_session, running_gateway, sse_messages, write_config
+from tests.support import demo_backend, raw_session, running_gateway, sse_messages, write_config
+from tests.test_resume20_replay_ends import CONFORMANCE_SERVER, redis, streamed_call  # noqa: F401 - a fixture
 
-CONFORMANCE_SERVER = EXAMPLES / "backends" / "conformance_server.py"
 WAIT = 15.0  # the longest any awaited event may take; a hang fails the test instead of blocking it
 LIST_CHANGED = "notifications/tools/list_changed"
 Event = tuple[str | None, dict[str, Any] | None]
-
-
-@pytest.fixture(scope="module")
-def redis() -> Iterator[RedisServer]:
-    with running_redis() as server:
-        yield server
 
 
 def gateway_config(store: str, request: pytest.FixtureRequest) -> dict[str, Any]:
@@ -136,19 +129,6 @@ def add_tool(url: str, headers: dict[str, str], request_id: int) -> None:
     arguments = {"name": f"echo_{request_id}", "description": "Added at run time."}
     answer = post(url, headers, request_id, "tools/call", {"name": "add_tool", "arguments": arguments})
     assert answer.status_code == 200 and "error" not in answer.text, answer.text
-
-
-def streamed_call(url: str, headers: dict[str, str], request_id: int) -> list[Event]:
-    """A call that logs three times: five events of a request's stream (priming, logs, answer)."""
-    call = {
-        "jsonrpc": "2.0",
-        "id": request_id,
-        "method": "tools/call",
-        "params": {"name": "test_tool_with_logging", "arguments": {}},
-    }
-    with httpx2.stream("POST", url, json=call, headers=headers, timeout=30) as response:
-        assert response.headers["content-type"].startswith("text/event-stream")
-        return list(sse_messages(response.iter_lines()))
 
 
 class GetStream:
