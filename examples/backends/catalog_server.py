@@ -1,7 +1,9 @@
 """An MCP server with a large catalogue of real tool descriptions, for scale benchmarks of the optimizer.
 
 Tools come from the ToolRet tasks in ../shared/eval-data (apigen, toolink); past their ~5,400 tools the
-names get a numeric suffix so any size can be served. Calling a tool echoes its arguments.
+names get a numeric suffix so any size can be served. Without that data (a clone on its own, as CI has it) the
+tools are made up from a small vocabulary, said on stderr: enough for tests that need a large catalogue, not
+for measuring retrieval. Calling a tool echoes its arguments.
 
     python examples/backends/catalog_server.py --tools 10000 [--data ../shared/eval-data]   # stdio
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +39,8 @@ def load_tools(data: Path, count: int) -> list[types.Tool]:
         if path.exists():
             base.extend(_tool(entry["documentation"]) for entry in json.loads(path.read_text(encoding="utf-8")))
     if not base:
-        raise SystemExit(f"no tool data under {data} (expected toolret_subsets/*/tools.json)")
+        print(f"no tool data under {data} (toolret_subsets/*/tools.json): made-up tools served", file=sys.stderr)
+        base = _made_up_tools()
     tools: list[types.Tool] = []
     seen: set[str] = set()
     for i in range(count):
@@ -47,6 +51,47 @@ def load_tools(data: Path, count: int) -> list[types.Tool]:
         seen.add(name)
         tools.append(tool.model_copy(update={"name": name}))
     return tools
+
+
+_VERBS = ("get", "list", "create", "update", "delete", "search", "export", "import", "archive", "restore")
+_THINGS = (
+    "invoice",
+    "customer",
+    "order",
+    "ticket",
+    "report",
+    "calendar event",
+    "shipment",
+    "payment",
+    "product",
+    "warehouse",
+    "employee",
+    "contract",
+    "forecast",
+    "playlist",
+    "repository",
+    "dataset",
+)
+_DETAILS = ("by its id", "for a date range", "with optional filters", "in a given region", "for one account")
+
+
+def _made_up_tools() -> list[types.Tool]:
+    """One tool per verb, thing and detail (800), each described in a sentence with two parameters."""
+    return [
+        _tool(
+            {
+                "name": f"{verb}_{thing.replace(' ', '_')}_{index}",
+                "description": f"{verb.capitalize()} a {thing} {detail}.",
+                "parameters": {
+                    "id": {"type": "str", "description": f"The {thing}'s identifier."},
+                    "limit": {"type": "int", "description": "How many results at most."},
+                },
+            }
+        )
+        for verb in _VERBS
+        for thing in _THINGS
+        for index, detail in enumerate(_DETAILS)
+    ]
 
 
 def _tool(doc: dict[str, Any]) -> types.Tool:
