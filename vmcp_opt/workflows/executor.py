@@ -18,6 +18,9 @@ its budget when it ends, and a closed run is no one's enclosing run.
 The executor knows nothing of the router: `call(tool, arguments)` is how a step calls a tool (the
 provider passes the router's `call_tool`, tests pass their own), `on_step` hears each finished step and
 `on_item` each for_each item that finished ok (the provider turns both into progress notifications).
+
+Just past ~450 lines: `WorkflowRun` is one run's state read top to bottom (graph, retries, for_each, asks);
+what a step's call gave is read in workflows/step_results.py, templates in templates.py.
 """
 
 from __future__ import annotations
