@@ -21,13 +21,15 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AbstractContextManager, nullcontext
 from typing import Any, Protocol, TypeVar
 
 import mcp_types as types
 from mcp.shared.dispatcher import ProgressFnT
 from mcp.shared.exceptions import MCPError
+from mcp.shared.inbound import validate_mcp_param_headers
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import BaseModel
 
 from vmcp_opt.aggregation import LiveCatalog
@@ -243,9 +245,36 @@ class Router:
         return list(self.merged.of(self.providers).tools)
 
     def input_schema(self, name: str) -> dict[str, Any] | None:
-        """A tool's input schema by name, for the transport's `Mcp-Param` header check: one lookup, no listing."""
+        """A tool's input schema by name, for the transport's `Mcp-Param` header check: one lookup, no listing.
+
+        That check runs before any handler and knows no caller. Under a policy, which may hide the tool from
+        this caller, the answer is None, as for a tool that does not exist: its 400 would name a hidden tool's
+        header-mapped arguments (and so tell that the tool exists). `param_header_mismatch` checks the same
+        headers in the handler, once the caller is known."""
+        if not self._hides_nothing():
+            return None
         found = self._lookup(name)
         return dict(found[1].tool.input_schema) if found is not None else None
+
+    def param_header_mismatch(
+        self, caller: Caller, name: str, arguments: dict[str, Any] | None, headers: Mapping[str, str] | None
+    ) -> MCPError | None:
+        """The transport's 2026-07-28 `Mcp-Param` header check that `input_schema` leaves to the handler under a
+        policy: the same `HEADER_MISMATCH` (a 400), but only for a caller the policy lets call the tool."""
+        if headers is None or self._hides_nothing() or caller.protocol_version not in MODERN_PROTOCOL_VERSIONS:
+            return None  # stdio has no headers; 2025-11-25 has no such check; the transport checked already
+        found = self._lookup(name)
+        if found is None:
+            return None
+        rejection = validate_mcp_param_headers(found[1].tool.input_schema, arguments or {}, headers)
+        # The policy is asked only about a mismatch (rare); a caller it refuses is refused by `call_tool`, exactly
+        # as for any tool hidden from it.
+        if rejection is None or not self.permits(caller, _tool_target(found[1])):
+            return None
+        return MCPError(rejection.code, rejection.message, rejection.data)
+
+    def _hides_nothing(self) -> bool:
+        return bool(getattr(self.policy, "allows_everything", False))
 
     def searchable_tools(self) -> list[ProvidedTool]:
         """Every provider's tools that find_tool indexes (for all callers; `may_use` filters per caller)."""

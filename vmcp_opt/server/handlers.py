@@ -86,6 +86,9 @@ class Handlers:
         self, ctx: Ctx, params: types.CallToolRequestParams
     ) -> types.CallToolResult | types.InputRequiredResult:
         caller, exchange = self.admission.admit(ctx)
+        mismatch = self.router.param_header_mismatch(caller, params.name, params.arguments, exchange.headers)
+        if mismatch is not None:
+            raise mismatch
         try:
             return await self.router.call_tool(caller, params.name, params.arguments, exchange)
         except InputRequired as asked:
@@ -366,7 +369,8 @@ def build_mcp_server(gateway: Gateway, transport: Transport) -> Server[Any]:
         on_unsubscribe_resource=handlers.unsubscribe,
         on_subscriptions_listen=listener,
         # The 2026-07-28 `Mcp-Param` header check asks for one tool's schema; without this the SDK lists
-        # every tool on every call (1.5 s of CPU per call at 50,000 tools).
+        # every tool on every call (1.5 s of CPU per call at 50,000 tools). It knows no caller, so under a policy
+        # it answers None and `call_tool` makes the check (Router.param_header_mismatch).
         get_tool_input_schema=gateway.router.input_schema,
     )
     # Registered here rather than as constructor arguments, which warn that both are deprecated in 2026-07-28.
