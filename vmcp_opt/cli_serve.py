@@ -95,13 +95,15 @@ def environment_read(config_path: Path | None) -> list[str]:
     the file's backends, the variables its `*_env` settings name, and the `VMCP_` settings set now. A client
     starts a stdio server with a few variables of its own (PATH, HOME, …) and what its entry's `env` says,
     never its user's shell's, so the banner's snippet pasted as is would find them unset and not start."""
-    from vmcp_opt.config.loading import raw_config
+    from vmcp_opt.config.loading import DATA_DIR_REFERENCE, raw_config
 
     try:
         raw = raw_config(config_path or DEFAULT_CONFIG_PATH)
     except ConfigError:
         raw = {}
-    names = _references(raw.get("backends")) + _named_by_env_settings(raw)
+    # `${VMCP_DATA_DIR}` is filled in by the gateway itself, set or not; only a value set now must be passed on.
+    names = [name for name in _references(raw.get("backends")) if name != DATA_DIR_REFERENCE]
+    names += _named_by_env_settings(raw)
     names += [name for name in os.environ if name.upper().startswith("VMCP_") and "__" in name]
     names += [name for name in os.environ if name.upper() == "VMCP_DATA_DIR"]
     return list(dict.fromkeys(names))

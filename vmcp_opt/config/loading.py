@@ -42,6 +42,10 @@ Location = tuple[int | str, ...]
 # Where the value at a location came from (`--port`, `VMCP_SERVER__PORT`), or None for the file and defaults.
 SourceNamer = Callable[[Location], str | None]
 ENV_PREFIX = VmcpConfig.model_config.get("env_prefix", "")
+# `${VMCP_DATA_DIR}` in a backend field is the gateway's data directory (`data_dir`, else the per-user one),
+# set in the environment or not: a backend keeping a file of its own state (the demo's memory server) keeps
+# it per user, beside the gateway's, rather than at a path every user and clone of the machine shares.
+DATA_DIR_REFERENCE = "VMCP_DATA_DIR"
 
 
 def load_config(
@@ -323,7 +327,7 @@ def _every_problem(
         fields.append((f"{where}.url", backend.get("url")))
         for place, value in fields:
             if isinstance(value, str):
-                problems += [_unset(place, name) for name in ENV_REFERENCE.findall(value) if name not in os.environ]
+                problems += [_unset(place, name) for name in ENV_REFERENCE.findall(value) if not _is_set(name)]
     return list(dict.fromkeys(problems))
 
 
@@ -417,6 +421,10 @@ def _unparsable(exc: SettingsError) -> str:
     return f"{name}: cannot read the value: {exc.__cause__ or exc}"
 
 
+def _is_set(name: str) -> bool:
+    return name in os.environ or name == DATA_DIR_REFERENCE
+
+
 def _unset(where: str, name: str) -> str:
     return f"{where}: references ${{{name}}}, which is not set in the environment"
 
@@ -459,12 +467,15 @@ def _with_discovered_backends(config: VmcpConfig, discover: ClientConfigReader) 
 
 
 def _with_env_references_resolved(config: VmcpConfig) -> VmcpConfig:
-    """Expand `${VAR}` in backend env, headers, args and url, so secrets stay out of config files."""
+    """Expand `${VAR}` in backend env, headers, args and url, so secrets stay out of config files;
+    `${VMCP_DATA_DIR}` is the gateway's data directory (`DATA_DIR_REFERENCE`)."""
     problems: list[str] = []
 
     def expand(value: str, where: str, referenced: set[str]) -> str:
         def replace(match: re.Match[str]) -> str:
             name = match.group(1)
+            if name == DATA_DIR_REFERENCE:  # a place, not a secret: not masked in the backend's logs
+                return _data_dir(config, where, problems)
             if name not in os.environ:
                 problems.append(_unset(where, name))
                 return ""
@@ -485,6 +496,19 @@ def _with_env_references_resolved(config: VmcpConfig) -> VmcpConfig:
     if problems:
         raise ConfigError(problems)
     return config
+
+
+def _data_dir(config: VmcpConfig, where: str, problems: list[str]) -> str:
+    """The data directory, created if missing: a backend told to keep a file there (the demo's memory server)
+    fails its first write when the directory does not exist, and may write before the gateway itself does."""
+    directory = config.data_dir_path()
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        problems.append(
+            f"{where}: ${{{DATA_DIR_REFERENCE}}} is {directory}, which cannot be created: {exc.strerror or exc}"
+        )
+    return str(directory)
 
 
 def _secrets_in_args(args: list[str], where: str) -> list[str]:
