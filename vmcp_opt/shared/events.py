@@ -27,6 +27,12 @@ expired) is answered unknown at once: one read. Only an event its live writer ha
 for, up to `_FIND_WAIT`, each look reading only the entries added since the last. Before, an unknown id
 re-read the whole stream (up to `max_events_per_stream` entries) ten times a second for two seconds.
 
+The transport asks `holds` before a replay (server/lazy_stream.py: an id not held is refused before an SSE
+response starts); the replay that follows in the same request sends what `holds` read (`_FOUND`) rather than
+reading the stream again, so a resumption costs one read of up to `max_events_per_stream` entries, not two.
+What was stored after that read comes as it does after any replay's read: a request's stream is followed
+until its answer, the GET stream's later events go out live.
+
 A request's stream cut before its answer is tailed after the replay until the answer is stored, so a client
 resuming on replica B gets the answer replica A computes; the replay then returns no stream id, so the SDK ends
 the response (with the stream's id it held the response open, with pings, for an answer already sent; so it
@@ -83,6 +89,22 @@ _BEATS = 3
 Entry = tuple[str, dict[str, bytes]]  # a Redis stream entry: its id, its fields
 # An event waiting for the writer: session namespace, stream digest, and the entry's fields e, s, r and m.
 Queued = tuple[str, str, tuple[str, str, str, bytes]]
+
+
+class _Found:
+    """What `holds` read from an event on, for the replay of that event in the same request; taken once."""
+
+    __slots__ = ("entries", "event", "key")
+
+    def __init__(self, key: str, event: str, entries: list[Entry]) -> None:
+        self.key = key
+        self.event = event
+        self.entries: list[Entry] | None = entries
+
+
+# Set by `holds` in the request's context. The SDK replays in a task of that request, which sees the same
+# holder and empties it: the entries are not kept for as long as a resumed GET stream stays open.
+_FOUND: ContextVar[_Found | None] = ContextVar("vmcp_sse_found", default=None)
 
 # KEYS: the stream, the session's list of its events (`<entry id> <bytes> <stream key>`, oldest first), the
 # session's byte count. ARGV: the entry's e, s, r and m; the stream's MAXLEN; the session's bounds in events
@@ -267,9 +289,12 @@ class RedisEventStore(EventStore):
         if located is None:
             return False
         try:
-            return bool(await self._find(*located))
+            entries = await self._find(*located)
         except STORE_ERRORS:
             return True
+        if entries:
+            _FOUND.set(_Found(*located, entries))  # for the replay that follows, which then reads nothing
+        return bool(entries)
 
     def _located(self, last_event_id: EventId) -> tuple[str, str] | None:
         """(the stream's key in this session, the event's id in it); None for an id no stream of ours holds."""
@@ -286,11 +311,13 @@ class RedisEventStore(EventStore):
         if located is None:
             return None
         key, event = located
-        try:
-            entries = await self._find(key, event)
-        except STORE_ERRORS as exc:
-            self._log.warning("replay", "sessions: SSE replay failed: %s", type(exc).__name__)
-            return None
+        entries = _taken(key, event)
+        if entries is None:  # no `holds` before it in this request (or Redis failed it)
+            try:
+                entries = await self._find(key, event)
+            except STORE_ERRORS as exc:
+                self._log.warning("replay", "sessions: SSE replay failed: %s", type(exc).__name__)
+                return None
         if not entries:
             return None  # unknown, of another session, or dropped since
         stream_id = entries[0][1].get("s", b"").decode()
@@ -392,6 +419,15 @@ class _Tail:
             if isinstance(message, JSONRPCResponse | JSONRPCError) and self.stream_id != GET_STREAM_KEY:
                 return True
         return False
+
+
+def _taken(key: str, event: str) -> list[Entry] | None:
+    """What `holds` read in this request from `event` of stream `key`, emptied out of its holder; None if nothing."""
+    found = _FOUND.get()
+    if found is None or found.key != key or found.event != event:
+        return None
+    entries, found.entries = found.entries, None
+    return entries
 
 
 def _answers(fields: dict[str, bytes]) -> bool:
