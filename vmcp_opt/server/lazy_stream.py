@@ -87,6 +87,7 @@ from starlette.types import Message, Receive, Scope, Send
 from vmcp_opt.server.event_store import BoundedEventStore, ProbedStore, UnsentAnswers, names_get_stream
 from vmcp_opt.server.list_answers import json_body, long_list, session_form
 from vmcp_opt.server.shared_asks import ASK_PREFIX, Answer, AskIds, TaggedAsks, asked_by
+from vmcp_opt.server.streams import OldClientContent
 
 logger = logging.getLogger(__name__)
 # Checkpoints a resumed GET stream lets the abandoned one it replaces finish in (`_end_abandoned_get_stream`).
@@ -161,7 +162,9 @@ class LazyStreamTransport(StreamableHTTPServerTransport):
     async def connect(
         self,
     ) -> AsyncGenerator[tuple[ReadStream[SessionMessage | Exception], WriteStream[SessionMessage]], None]:
-        async with super().connect() as (read_stream, write_stream):
+        async with super().connect() as (read_stream, sdk_write_stream):
+            # Content blocks a client of an older protocol version cannot read are sent as text.
+            write_stream = OldClientContent(sdk_write_stream)
             if self.asks is None:
                 yield read_stream, write_stream
                 return

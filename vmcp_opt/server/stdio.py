@@ -12,7 +12,12 @@ line starts with it (as the SDKs write requests), so that the caller fails at on
 A request whose `id` is not a string or an integer (`null`, `true`) is read by the SDK as a notification,
 which gets no answer: the client would wait forever. `checked_stdin` hands the SDK the client's lines with
 such a request replaced by a marker line, which the SDK cannot parse and `AnswerMalformed` answers -32600,
-as HTTP does. The SDK diverts fd 0 only when it reads stdin itself; `checked_stdin` does the same.
+as HTTP does. An `initialize` the SDK cannot read is replaced the same way and answered -32602 naming its bad
+fields (`bad_input.initialize_problem`), where the SDK says only "Invalid request parameters". The SDK diverts
+fd 0 only when it reads stdin itself; `checked_stdin` does the same.
+
+A JSON-RPC batch line (protocol 2025-03-26 has them) is read as its messages, one line each, and each is
+answered on a line of its own (`batch_of`); clients match answers by id.
 
 A signal must stop the gateway while the client keeps stdin open, but a blocking `readline` cannot be
 interrupted. `ClientLines` reads on a daemon thread and, once `end` is called, tells the SDK the input
@@ -39,6 +44,7 @@ import re
 import signal
 import sys
 import threading
+from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from typing import BinaryIO, cast
@@ -51,11 +57,11 @@ from mcp.shared.message import SessionMessage
 from pydantic import ValidationError
 
 from vmcp_opt.gateway import Gateway, StartupError
-from vmcp_opt.server.bad_input import unusable_id
+from vmcp_opt.server.bad_input import MAX_BATCH, initialize_problem, unusable_id
 from vmcp_opt.server.diagnostics import DiagnosticsServer
 from vmcp_opt.server.drain import CUT_OFF
 from vmcp_opt.server.handlers import build_mcp_server
-from vmcp_opt.server.streams import ReadStreamWrapper, WriteStreamWrapper
+from vmcp_opt.server.streams import OldClientContent, ReadStreamWrapper, WriteStreamWrapper
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +69,8 @@ PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
 # Starts the line that stands for a request with an unusable id; not JSON, so the SDK hands it back as an error.
 _UNUSABLE_ID = "\0vmcp:unusable-id:"
+# Starts the line that stands for an unreadable `initialize`: `[<its id>, <the error message>]` as JSON.
+_BAD_INITIALIZE = "\0vmcp:bad-initialize:"
 # Starts the line that stands for one over the cap: `<size>:<cap>:<the request's id as JSON, or null>`.
 _TOO_LONG = "\0vmcp:too-long:"
 # A request's id where the SDKs write it, first or after `"jsonrpc": "2.0"`: the only place it is looked for in a
@@ -108,7 +116,7 @@ async def serve_stdio(
             client_gone = False
             try:
                 async with stdio_server(stdin=cast(anyio.AsyncFile[str], stdin)) as (read, write):
-                    answers = AnswerTracker(write, in_flight)
+                    answers = AnswerTracker(OldClientContent(write), in_flight)
                     reads = AnswerMalformed(read, answers, in_flight)
                     await server.run(reads, answers, server.create_initialization_options())
             except* BrokenPipeError:
@@ -133,6 +141,11 @@ def malformed_line_error(exc: Exception) -> types.JSONRPCError:
     line = errors[0].get("input") if errors else None
     if isinstance(line, str) and line.startswith(_TOO_LONG):
         return _too_long_error(line[len(_TOO_LONG) :])
+    if isinstance(line, str) and line.startswith(_BAD_INITIALIZE):
+        request_id, message = json.loads(line[len(_BAD_INITIALIZE) :])
+        return types.JSONRPCError(
+            jsonrpc="2.0", id=request_id, error=types.ErrorData(code=types.INVALID_PARAMS, message=message)
+        )
     if isinstance(line, str) and line.startswith(_UNUSABLE_ID):
         kind = line[len(_UNUSABLE_ID) :].strip()
         error = types.ErrorData(
@@ -264,8 +277,11 @@ class CheckedLines:
         self._raw = raw
         self._max_bytes = max_bytes
         self._first = True
+        self._batched: deque[bytes] = deque()  # the rest of a JSON-RPC batch's messages, one line each
 
     def readline(self) -> str:
+        if self._batched:
+            return self._checked(self._batched.popleft())
         line = self._raw.readline(self._max_bytes + 1)
         if self._first:
             # A stream written as UTF-8 with a byte-order mark (a file piped in, some Windows tools): read past it,
@@ -274,9 +290,19 @@ class CheckedLines:
             line = line.removeprefix(b"\xef\xbb\xbf")
         if len(line) > self._max_bytes and not line.endswith(b"\n"):
             return self._too_long(line)
+        messages = batch_of(line)
+        if messages:
+            self._batched.extend(json.dumps(message).encode() + b"\n" for message in messages[1:])
+            line = json.dumps(messages[0]).encode() + b"\n"
+        return self._checked(line)
+
+    def _checked(self, line: bytes) -> str:
         kind = unusable_id(line)
         if kind is not None:
             return f"{_UNUSABLE_ID}{kind}\n"  # the client's input is never repeated
+        problem = initialize_problem(line)
+        if problem is not None:
+            return f"{_BAD_INITIALIZE}{json.dumps(list(problem))}\n"
         return line.decode("utf-8", errors="replace")
 
     def _too_long(self, head: bytes) -> str:
@@ -288,6 +314,21 @@ class CheckedLines:
             if not piece or piece.endswith(b"\n"):
                 break
         return f"{_TOO_LONG}{size}:{self._max_bytes}:{json.dumps(_leading_id(head))}\n"
+
+
+def batch_of(line: bytes) -> list[dict[str, object]]:
+    """The messages of a JSON-RPC batch line (2025-03-26 clients may send them; the SDK reads none), to be
+    read one line each and answered one line each, which clients match by id. Empty for any other line; a
+    batch of more than `MAX_BATCH`, or with anything but objects in it, is left to be refused as it is."""
+    if line.lstrip()[:1] != b"[":
+        return []
+    try:
+        messages: object = json.loads(line)
+    except (ValueError, RecursionError):
+        return []
+    if not isinstance(messages, list) or len(messages) > MAX_BATCH:
+        return []
+    return messages if all(isinstance(message, dict) for message in messages) else []
 
 
 def _leading_id(head: bytes) -> str | int | None:

@@ -1,4 +1,5 @@
-"""Bases for wrapping the SDK's transport streams: a subclass overrides `receive` (or `send`) only."""
+"""Bases for wrapping the SDK's transport streams: a subclass overrides `receive` (or `send`) only; and
+`OldClientContent`, the write side that keeps content blocks an older client cannot read from reaching it."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from types import TracebackType
 from typing import Any, Self
 
 import anyio
+import mcp_types as types
 from mcp.shared._stream_protocols import ReadStream, WriteStream
 from mcp.shared.message import SessionMessage
 
@@ -64,3 +66,60 @@ class WriteStreamWrapper(_Closing):
 
     async def send(self, item: SessionMessage, /) -> None:
         await self._inner.send(item)
+
+
+# Content block types a client of each older protocol version cannot read: the SDK shapes every handshake-era
+# result by the 2025-11-25 schema, and older SDKs' clients (Python before 1.10, TypeScript before 1.13) fail the
+# whole call on a block type their content union does not have.
+_UNKNOWN_BLOCKS = {
+    "2024-11-05": frozenset({"resource_link", "audio"}),
+    "2025-03-26": frozenset({"resource_link"}),
+}
+
+
+class OldClientContent(WriteStreamWrapper):
+    """The write side of one client's session: once its `initialize` answer shows an older protocol version, each
+    tool result's and prompt's content block of a type that version lacks is sent as a text block that says
+    what it was (a resource link's URI, which `resources/read` still serves). Newer clients' messages pass as
+    they are."""
+
+    def __init__(self, inner: WriteStream[SessionMessage]) -> None:
+        super().__init__(inner)
+        self._unknown: frozenset[str] = frozenset()
+
+    async def send(self, item: SessionMessage, /) -> None:
+        message = item.message
+        if isinstance(message, types.JSONRPCResponse):
+            result = message.result
+            if "protocolVersion" in result and "serverInfo" in result:  # the answer to `initialize`
+                self._unknown = _UNKNOWN_BLOCKS.get(str(result["protocolVersion"]), frozenset())
+            elif self._unknown:
+                _downgrade(result, self._unknown)
+        await self._inner.send(item)
+
+
+def _downgrade(result: dict[str, Any], unknown: frozenset[str]) -> None:
+    """Replaces, in place, the blocks of `unknown` types in a tool result's `content` or a prompt's `messages`."""
+    blocks = result.get("content")
+    if isinstance(blocks, list):
+        for i, block in enumerate(blocks):
+            if isinstance(block, dict) and block.get("type") in unknown:
+                blocks[i] = _as_text(block)
+    messages = result.get("messages")
+    for prompt_message in messages if isinstance(messages, list) else []:
+        content = prompt_message.get("content") if isinstance(prompt_message, dict) else None
+        if isinstance(content, dict) and content.get("type") in unknown:
+            prompt_message["content"] = _as_text(content)
+
+
+def _as_text(block: dict[str, Any]) -> dict[str, Any]:
+    if block.get("type") == "resource_link":
+        text = f"Resource link: {block.get('name', '')} <{block.get('uri', '')}>"
+        if block.get("mimeType"):
+            text += f" ({block['mimeType']})"
+        if block.get("description"):
+            text += f": {block['description']}"
+    else:
+        kind = f"{block.get('type')} content ({block.get('mimeType', 'unknown type')})"
+        text = f"[{kind} left out: this protocol version cannot carry it]"
+    return {"type": "text", "text": text}
