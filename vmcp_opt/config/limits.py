@@ -126,8 +126,9 @@ class LimitsConfig(_Strict):
     max_connections: int = Field(
         1000,
         ge=1,
-        description="HTTP connections open at once; a connection past it is answered 503 and closed at once. "
-        "Lowered at start to fit the process's open-file limit (raised to its hard limit first).",
+        description="HTTP connections open at once; a connection past it is answered 503 (Retry-After, a JSON-RPC "
+        "error naming this limit) and closed. Lowered at start to fit the process's open-file limit (raised to its "
+        "hard limit first).",
     )
     max_connections_per_address: int = Field(
         100,

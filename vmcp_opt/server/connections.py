@@ -15,6 +15,13 @@ A connection past `limits.max_connections` is answered 503 and closed at once, s
 for the backends, the log and the clients already connected. At start the open-file limit is raised to
 its hard limit and the cap lowered to fit under it.
 
+A refused connection (503, 429, 431) is closed the way nginx's `lingering_close` does: the answer, then our
+half of the connection (a FIN), then what the client still sends is read and dropped until it closes, for at
+most `LINGER_SECONDS`. Closed at once, a socket with the client's request unread makes the kernel send a
+reset, and the client's kernel drops the answer with it: an SDK client (httpx, which sends its headers and
+body in two writes) saw a bare `ReadError` instead of the 503 and its Retry-After. At most `MAX_LINGERING`
+linger at once, outside the connection counts; past it one is closed at once, as before.
+
 `asyncio` reports a failing `accept()` (EMFILE: out of descriptors) through the loop's exception handler,
 with a traceback each time; `throttle_accept_errors` makes that one line a minute.
 """
@@ -23,13 +30,16 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import json
 import logging
 from collections.abc import Sequence
 from typing import Any, Literal
 
+from mcp_types import INVALID_REQUEST
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from vmcp_opt.logs import ThrottledLog
+from vmcp_opt.server.sessions import SERVER_BUSY
 
 logger = logging.getLogger(__name__)
 _log = ThrottledLog(logger)
@@ -37,20 +47,39 @@ _log = ThrottledLog(logger)
 RESERVED_DESCRIPTORS = 128
 # What a client owes while a deadline runs: its request headers, or its body.
 Phase = Literal["headers", "body"]
+# Seconds a refused connection is read (and its input dropped) after its answer, waiting for the client to close.
+LINGER_SECONDS = 2.0
+# Refused connections lingering at once, for every listener of the process: a flood of them holds this many
+# descriptors more, not one per refused client (`fit_connections` keeps them free).
+MAX_LINGERING = 256
+_lingering: set[LimitedProtocol] = set()
 
 
-def _closing_answer(status: str, text: str) -> bytes:
-    body = text.encode() + b"\n"
-    head = f"HTTP/1.1 {status}\r\ncontent-type: text/plain\r\ncontent-length: {len(body)}\r\nconnection: close\r\n\r\n"
+def _closing_answer(
+    status: str, text: str, setting: str, *, code: int = SERVER_BUSY, retry_after: int | None = None
+) -> bytes:
+    """A JSON-RPC error (id null: no request was read), so an MCP client shows `text`, not only the status."""
+    error = {"code": code, "message": text, "data": {"limit": setting}}
+    body = json.dumps({"jsonrpc": "2.0", "id": None, "error": error}).encode()
+    retry = f"retry-after: {retry_after}\r\n" if retry_after is not None else ""
+    head = (
+        f"HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
+        f"{retry}connection: close\r\n\r\n"
+    )
     return head.encode() + body
 
 
 _BUSY = _closing_answer(
-    "503 Service Unavailable", "Too many open connections (limits.max_connections); retry in a moment"
+    "503 Service Unavailable",
+    "Too many open connections (limits.max_connections); retry in a moment",
+    "limits.max_connections",
+    retry_after=1,
 )
 _BUSY_ADDRESS = _closing_answer(
     "429 Too Many Requests",
     "Too many open connections from this address (limits.max_connections_per_address); close some first",
+    "limits.max_connections_per_address",
+    retry_after=1,
 )
 
 
@@ -73,7 +102,8 @@ class LimitedProtocol(HttpToolsProtocol):
         self._phase: Phase | None = None
         self._head_bytes = 0  # of the current request's URL and completed headers
         self._unfinished_bytes = 0  # read while the current request's headers are incomplete
-        self._refused = False  # answered 431: the rest of what the client sent is not parsed
+        self._refused = False  # answered 503, 429 or 431: the rest of what the client sent is not parsed
+        self._linger: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -81,8 +111,7 @@ class LimitedProtocol(HttpToolsProtocol):
             _log.warning(
                 "connections", "refused a connection: %d are open (limits.max_connections)", self.max_connections
             )
-            transport.write(_BUSY)
-            transport.close()
+            self._refuse(_BUSY)
             return
         if self._over_address_cap():
             _log.warning(
@@ -91,8 +120,7 @@ class LimitedProtocol(HttpToolsProtocol):
                 self.client[0] if self.client else "?",
                 self.max_connections_per_address,
             )
-            transport.write(_BUSY_ADDRESS)
-            transport.close()
+            self._refuse(_BUSY_ADDRESS)
             return
         self._arm("headers")  # a new connection: its first request's headers are due
 
@@ -166,19 +194,43 @@ class LimitedProtocol(HttpToolsProtocol):
 
     def _refuse_head(self) -> None:
         """431 and close; the parser's remaining callbacks for this connection do nothing."""
-        self._refused = True
-        self._disarm()
         _log.warning(
             "headers",
             "refused a request whose headers pass %d bytes (limits.max_header_bytes)",
             self.max_header_bytes,
         )
         text = f"Request line and headers over {self.max_header_bytes:,} bytes (limits.max_header_bytes)"
-        self.transport.write(_closing_answer("431 Request Header Fields Too Large", text))
-        self.transport.close()
+        self._refuse(
+            _closing_answer(
+                "431 Request Header Fields Too Large", text, "limits.max_header_bytes", code=INVALID_REQUEST
+            )
+        )
+
+    def _refuse(self, answer: bytes) -> None:
+        """Send `answer`, then linger (see the module's docstring) or, past `MAX_LINGERING`, close at once."""
+        self._refused = True
+        self._disarm()
+        transport = self.transport
+        transport.write(answer)
+        if len(_lingering) >= MAX_LINGERING or not transport.can_write_eof():
+            transport.close()
+            return
+        try:
+            transport.write_eof()
+        except OSError:  # the client is gone already (ENOTCONN): nothing to linger for
+            transport.close()
+            return
+        # No longer one of the connections the caps count: it serves nothing, and closes within LINGER_SECONDS.
+        self.connections.discard(self)
+        _lingering.add(self)
+        self._linger = self.loop.call_later(LINGER_SECONDS, transport.close)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
+        _lingering.discard(self)
         super().connection_lost(exc)
 
     def _arm(self, phase: Phase) -> None:
@@ -242,7 +294,7 @@ def fit_connections(max_connections: int) -> int:
             logger.warning("could not raise the open-file limit from %d to %d: %s", soft, target, exc)
     if soft == resource.RLIM_INFINITY:
         return max_connections
-    fits = max(1, soft - RESERVED_DESCRIPTORS)
+    fits = max(1, soft - RESERVED_DESCRIPTORS - MAX_LINGERING)
     if fits < max_connections:
         logger.warning(
             "limits.max_connections lowered from %d to %d to fit the open-file limit (%d)", max_connections, fits, soft
