@@ -75,6 +75,11 @@ class MemoryBuckets:
 
     def take_now(self, buckets: Sequence[Bucket]) -> tuple[int, float] | None:
         now = self.clock()
+        for bucket in buckets:
+            # Moved to the end, refused or not: the dict's order is then least recently used first, so the
+            # buckets in use (the shared one, a tool's) are the last forgotten, not the first ones ever made.
+            if (state := self._state.pop(bucket.key, None)) is not None:
+                self._state[bucket.key] = state
         levels = []
         refused: tuple[int, float] | None = None
         for i, bucket in enumerate(buckets):
@@ -85,8 +90,9 @@ class MemoryBuckets:
                 refused = (i, (1 - tokens) / bucket.rate)
         if refused is not None:
             return refused
-        if len(self._state) >= self.max_buckets:
-            # Drop the oldest bucket: one left alone refills, so forgetting it costs at most a burst.
+        new = sum(1 for bucket in buckets if bucket.key not in self._state)
+        while self._state and len(self._state) + new > self.max_buckets:
+            # Drop the least recently used bucket: one left alone refills, so forgetting it costs at most a burst.
             self._state.pop(next(iter(self._state)))
         for bucket, tokens in zip(buckets, levels, strict=True):
             self._state[bucket.key] = (tokens - 1, now)
