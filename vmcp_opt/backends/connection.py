@@ -57,6 +57,7 @@ from vmcp_opt.backends.forwarding import HeaderWriteStream, forwarding
 from vmcp_opt.backends.http_bodies import as_internal_error
 from vmcp_opt.backends.listing import BackendListing, WatchedReadStream, fetch_listing
 from vmcp_opt.backends.reconnect_log import ReconnectLog
+from vmcp_opt.backends.relay_bounds import coalesced
 from vmcp_opt.backends.results import bounded_result
 from vmcp_opt.backends.secrets import mask_url, redact, secret_values
 from vmcp_opt.backends.transports import StderrTail, open_transport
@@ -484,7 +485,7 @@ class BackendConnection:
                     request,  # type: ignore[arg-type]
                     result_type,
                     request_read_timeout_seconds=self.call_timeout,
-                    progress_callback=progress_callback,
+                    progress_callback=coalesced(progress_callback),
                 )
         except (anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
             raise BackendUnavailable(f"backend '{self.name}' connection lost: {self.describe(exc)}") from exc

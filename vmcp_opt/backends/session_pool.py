@@ -48,6 +48,7 @@ from vmcp_opt.backends.errors import CredentialError, closed_by_exit_when_seen
 from vmcp_opt.backends.forwarding import HeaderWriteStream, forwarding
 from vmcp_opt.backends.http_bodies import as_internal_error
 from vmcp_opt.backends.listing import WatchedReadStream
+from vmcp_opt.backends.relay_bounds import NotificationBound, coalesced
 from vmcp_opt.backends.results import bounded_result
 from vmcp_opt.backends.transports import StderrTail, open_transport
 from vmcp_opt.logs import ThrottledLog
@@ -164,9 +165,10 @@ class SessionCallbacks:
             notification=notification,
         )
 
-    def bounded(self, asks: AskBound) -> SessionCallbacks:
-        """The same callbacks, each server-to-client request relayed within `asks`."""
-        sampling, elicitation, list_roots = self.sampling, self.elicitation, self.list_roots
+    def bounded(self, asks: AskBound, notices: NotificationBound) -> SessionCallbacks:
+        """The same callbacks, each server-to-client request relayed within `asks`, each log message within
+        `notices`."""
+        sampling, elicitation, list_roots, log = self.sampling, self.elicitation, self.list_roots, self.logging
 
         async def bounded_sampling(
             context: ClientRequestContext, params: types.CreateMessageRequestParams
@@ -184,11 +186,16 @@ class SessionCallbacks:
             assert list_roots is not None
             return await asks.relay("roots/list", lambda: list_roots(context))
 
+        async def bounded_log(params: types.LoggingMessageNotificationParams) -> None:
+            assert log is not None
+            await notices.relay(lambda: log(params))
+
         return replace(
             self,
             sampling=bounded_sampling if sampling is not None else None,
             elicitation=bounded_elicitation if elicitation is not None else None,
             list_roots=bounded_list_roots if list_roots is not None else None,
+            logging=bounded_log if log is not None else None,
         )
 
 
@@ -219,6 +226,7 @@ class DedicatedSession:
         self.name = connection.name
         self.callbacks = callbacks
         self.asks = AskBound(connection.name)
+        self.notices = NotificationBound(connection.name)
         # Whether the backend may send this client anything (requests, logs, updates): the 2025-11-25 era then.
         self._relays = auth is None or any(
             c is not None for c in (callbacks.sampling, callbacks.elicitation, callbacks.list_roots, callbacks.logging)
@@ -235,7 +243,7 @@ class DedicatedSession:
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Open, handshake, report started, and serve until `close()` or the backend goes away."""
         # Both eras' relays (routing/dedicated.py, routing/round_trips/) come through here: one bound for both.
-        callbacks = self.callbacks.bounded(self.asks)
+        callbacks = self.callbacks.bounded(self.asks, self.notices)
         auth = self.auth = self.auth or self.connection.credentials.service()
         try:
             await auth.prepare()
@@ -302,8 +310,9 @@ class DedicatedSession:
             # one process per session; a change local to this client's process cannot show there.)
             self.connection.refresh_soon()
             return
-        if self.callbacks.notification is not None:
-            await self.callbacks.notification(message)
+        notification = self.callbacks.notification
+        if notification is not None:
+            await self.notices.relay(lambda: notification(message))
 
     def close(self) -> None:
         self._stop.set()
@@ -337,7 +346,7 @@ class DedicatedSession:
                     request,  # type: ignore[arg-type]
                     result_type,
                     request_read_timeout_seconds=self.connection.call_timeout if timed else None,
-                    progress_callback=progress_callback,
+                    progress_callback=coalesced(progress_callback),
                 )
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream) as exc:
             raise BackendUnavailable(f"backend '{self.name}' connection lost: {type(exc).__name__}") from exc
