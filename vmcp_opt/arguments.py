@@ -123,7 +123,7 @@ class ArgumentValidator:
     async def check_async(self, tool_name: str, schema: Mapping[str, Any], arguments: Mapping[str, Any] | None) -> None:
         """`check` in a worker thread, so a costly schema never holds up the event loop.
 
-        Inline when it cannot be costly: a schema with no regular expressions and no references, and small
+        Inline when it cannot be costly: a small schema with no regular expressions and no references, and small
         arguments, is a few microseconds of work, less than the hop to a thread (about 0.1 ms).
         """
         if self._traits(schema)[0] and _small(arguments):
@@ -139,7 +139,10 @@ class ArgumentValidator:
             seen = self._traits_by_identity.get(id(schema))
             if seen is not None and seen[0] is schema:
                 return seen[1]
-        traits = (not _has_costly_keyword(schema), is_plain(schema, 0))
+        # A large schema is costly too: the first check compiles it, and its meta-schema check (10,000 properties:
+        # ~2 s, past the deadline, so paid again on every call) held the event loop when run inline.
+        cheap = not _has_costly_keyword(schema) and _small(schema, _INLINE_SCHEMA_NODES, _INLINE_SCHEMA_TEXT)
+        traits = (cheap, is_plain(schema, 0))
         with self._lock:
             self._traits_by_identity[id(schema)] = (schema, traits)  # held, so its id cannot be reused meanwhile
             while len(self._traits_by_identity) > self.cache_size:
@@ -179,6 +182,8 @@ class ArgumentValidator:
 _COSTLY_KEYWORDS = frozenset({"pattern", "patternProperties", "$ref", "$dynamicRef", "$recursiveRef", "format"})
 _INLINE_NODES = 256
 _INLINE_TEXT = 16_384
+_INLINE_SCHEMA_NODES = 1024
+_INLINE_SCHEMA_TEXT = 65_536
 
 
 def _has_costly_keyword(schema: Any, depth: int = 0) -> bool:
@@ -191,9 +196,9 @@ def _has_costly_keyword(schema: Any, depth: int = 0) -> bool:
     return False
 
 
-def _small(arguments: Mapping[str, Any] | None) -> bool:
+def _small(arguments: Mapping[str, Any] | None, nodes: int = _INLINE_NODES, text: int = _INLINE_TEXT) -> bool:
     """Few values and little text, found by a walk that stops as soon as either bound is passed."""
-    budget = [_INLINE_NODES, _INLINE_TEXT]
+    budget = [nodes, text]
     stack: list[Any] = [arguments or {}]
     while stack:
         value = stack.pop()

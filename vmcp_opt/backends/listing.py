@@ -9,6 +9,11 @@ event loop, ~0.3 s for one page of 10k tools in which no request, health check o
 page is screened on a worker thread too, item by item, so the loop runs between items: on the loop it held
 it ~0.8 s for 50,000 tools, at every re-fetch a backend could ask for with `list_changed`. Its warnings stop
 at `MAX_DROP_WARNINGS` a page, the rest counted in one line.
+
+A tool whose definition (name, description, schemas, as JSON) is longer than `MAX_TOOL_CHARS` is dropped
+from its page the same way (`_within_size`): every `tools/list` answer and every find_tool answer naming it
+would carry it, and its tokens counted for find_tool took seconds of CPU. A 5 MB description made one search
+answer 6 MB, 550,000 tokens, more than any agent's context.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from mcp.shared.message import SessionMessage
 from mcp_types.methods import validate_server_result
 from pydantic import ValidationError
 
+from vmcp_opt.backends.results import json_size
 from vmcp_opt.display import shorten
 
 logger = logging.getLogger(__name__)
@@ -37,6 +43,8 @@ MAX_DROP_WARNINGS = 20
 MAX_PAGES = 1000
 # Tools per pydantic call when a page is validated (`_validated_in_slices`).
 TOOLS_SLICE = 500
+# Characters of one tool's definition as JSON, about: ~64k tokens, far past any real tool's (a few thousand).
+MAX_TOOL_CHARS = 256 * 1024
 # (backend, method) of lists a backend offers but does not serve, already warned about (`_without_list`).
 _UNSERVED_LISTS: set[tuple[str, str]] = set()
 
@@ -214,7 +222,7 @@ async def fetch_listing(
         return items
 
     async def list_tools(params: types.PaginatedRequestParams | None = None) -> types.ListToolsResult:
-        return await list_tools_page(session, params)
+        return await list_tools_page(session, params, backend)
 
     listing = BackendListing()
     if capabilities is None or capabilities.tools is not None:
@@ -244,7 +252,9 @@ def _without_list(backend: str, attribute: str, items: list[Any]) -> list[Any]:
     return items
 
 
-async def list_tools_page(session: ClientSession, params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
+async def list_tools_page(
+    session: ClientSession, params: types.PaginatedRequestParams | None, backend: str
+) -> types.ListToolsResult:
     """`session.list_tools(params=params)`, with the page's validation on a worker thread.
 
     The same request as the SDK's `send_request` makes (its stamp and read timeout), then the same steps on
@@ -262,22 +272,53 @@ async def list_tools_page(session: ClientSession, params: types.PaginatedRequest
         options["timeout"] = session._session_read_timeout_seconds
     raw = await session._dispatcher.send_raw_request("tools/list", data.get("params"), options)
     complete = params is None or params.cursor is None
-    return await anyio.to_thread.run_sync(_validated_tools_page, session, raw, complete)
+    return await anyio.to_thread.run_sync(_validated_tools_page, session, raw, complete, backend)
 
 
-def _validated_tools_page(session: ClientSession, raw: dict[str, Any], complete: bool) -> types.ListToolsResult:
+def _validated_tools_page(
+    session: ClientSession, raw: dict[str, Any], complete: bool, backend: str
+) -> types.ListToolsResult:
     sdk_session._clamp_inbound_ttl(raw)
     version = session._negotiated_version or "2025-11-25"  # the SDK's own fallback
     later = sdk_session._later_revision_fields("tools/list", version)
     # The fields of later protocol revisions are left out of the version-free model, as the SDK does.
-    kept = {key: value for key, value in raw.items() if key not in later}
     tools = raw.get("tools")
+    if isinstance(tools, list):
+        tools = raw["tools"] = _within_size(backend, tools)
+    kept = {key: value for key, value in raw.items() if key not in later}
     if not isinstance(tools, list) or len(tools) <= TOOLS_SLICE:
         validate_server_result("tools/list", version, raw)
         result = types.ListToolsResult.model_validate(kept, by_name=False)
     else:
         result = _validated_in_slices(version, raw, kept, tools)
     return session._absorb_tool_listing(result, complete=complete and result.next_cursor is None)
+
+
+def _within_size(backend: str, tools: list[Any]) -> list[Any]:
+    """`tools` without those whose definitions pass `MAX_TOOL_CHARS`, each with a warning (`MAX_DROP_WARNINGS` a
+    page). Measured on the page's JSON values, a walk that stops at the bound."""
+    kept: list[Any] = []
+    dropped: list[Any] = []
+    for tool in tools:
+        (kept if json_size(tool, MAX_TOOL_CHARS) is not None else dropped).append(tool)
+    if not dropped:
+        return tools
+    for tool in dropped[:MAX_DROP_WARNINGS]:
+        name = tool.get("name", "?") if isinstance(tool, dict) else "?"
+        logger.warning(
+            "backend %s: tool '%s' dropped: its definition is longer than %s characters",
+            backend,
+            shorten(str(name)),
+            f"{MAX_TOOL_CHARS:,}",
+        )
+    if len(dropped) > MAX_DROP_WARNINGS:
+        logger.warning(
+            "backend %s: %d more tools dropped as too long (warnings stop at %d a listing)",
+            backend,
+            len(dropped) - MAX_DROP_WARNINGS,
+            MAX_DROP_WARNINGS,
+        )
+    return kept
 
 
 def _validated_in_slices(
