@@ -7,6 +7,10 @@ posts it and keeps reading the request's own POST, so an answer that never ends 
 write stream) sees the notification and tells `OpenAnswers`, which stops that POST wherever it is: not sent yet
 (the cancellation overtook it) or waiting for the headers (`AnswerClient.send` hands the SDK a JSON-RPC error
 for the id nobody waits for), or reading the body (`AbandonableBody`).
+
+A request's answer that is not HTTP (a header past h11's buffer, a garbled status line) failed in the SDK's
+POST task, where any error but a body's ends the whole session: every call in flight on it, and the backend
+out of service until it reconnected. `AnswerClient.send` fails that request alone instead (`not_http`).
 """
 
 from __future__ import annotations
@@ -19,10 +23,12 @@ from contextlib import contextmanager
 from typing import Any
 
 import anyio
+import h11
 import httpx2
 import mcp_types as types
 from mcp.shared.message import SessionMessage
 
+from vmcp_opt.backends.errors import one_line
 from vmcp_opt.backends.forwarding import WrappedWriteStream
 from vmcp_opt.backends.http_bodies import SSE_TYPE, AnswerAbandoned, StreamAbandoned
 
@@ -171,6 +177,11 @@ class AnswerClient(httpx2.AsyncClient):
         try:
             with answer.step() as scope:
                 response = await super().send(request, **kwargs)
+        except httpx2.RemoteProtocolError as exc:
+            self.answers.close(request_key, answer)
+            if not _malformed(exc):
+                raise  # the backend closed the connection without answering: it is gone, not garbled
+            return self._not_http(request, request_key, exc)
         except BaseException:
             self.answers.close(request_key, answer)
             raise
@@ -189,9 +200,34 @@ class AnswerClient(httpx2.AsyncClient):
 
     def _abandoned(self, request: httpx2.Request, request_key: types.RequestId) -> httpx2.Response:
         """The answer the SDK gets for an abandoned request: an error for an id nobody waits for (dropped)."""
-        error = {"code": types.INTERNAL_ERROR, "message": str(AnswerAbandoned(self.backend))}
-        body = json.dumps({"jsonrpc": "2.0", "id": request_key, "error": error}).encode()
-        return httpx2.Response(200, headers={"content-type": "application/json"}, content=body, request=request)
+        return _error_answer(request, request_key, types.INTERNAL_ERROR, str(AnswerAbandoned(self.backend)))
+
+    def _not_http(
+        self, request: httpx2.Request, request_key: types.RequestId, exc: httpx2.RemoteProtocolError
+    ) -> httpx2.Response:
+        """The answer the SDK gets for a request whose answer broke HTTP: a parse error, which the circuit breaker
+        counts as the backend failing (backends/errors.py, `broken_answer`), as it does a body that is not JSON."""
+        reason = one_line(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+        message = f"backend '{self.backend}' answered with something that is not HTTP ({reason})"
+        return _error_answer(request, request_key, types.PARSE_ERROR, message)
+
+
+def _malformed(exc: BaseException) -> bool:
+    """Whether h11 refused what the backend sent (httpx's error comes from httpcore's, which comes from h11's): a
+    connection closed with no answer is httpcore's own error, raised while handling no other."""
+    cause: BaseException | None = exc
+    for _ in range(8):  # a chain is a few links long; a cycle in a hand-made one must not loop
+        if cause is None:
+            return False
+        if isinstance(cause, h11.RemoteProtocolError):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
+def _error_answer(request: httpx2.Request, request_key: types.RequestId, code: int, message: str) -> httpx2.Response:
+    body = json.dumps({"jsonrpc": "2.0", "id": request_key, "error": {"code": code, "message": message}}).encode()
+    return httpx2.Response(200, headers={"content-type": "application/json"}, content=body, request=request)
 
 
 class CancelWatch(WrappedWriteStream):
