@@ -6,6 +6,11 @@ backend that restarts or recovers is not embedded again. An unreadable or foreig
 fatal; a row that is not a finite unit vector (bit rot, a bad copy) is dropped on load and re-embedded, since
 one NaN would poison every ranking's score scaling, and is never written.
 
+The file names the model that made it: its id, and a digest of its files and prefixes (`model_digest`, with
+the files' sizes and times, `model_files`, so that an unchanged model is not hashed again). A model replaced in
+place keeps its id (a local directory's is its path): its vectors are then another model's, and every tool is
+embedded again. A file from before the digest was written is taken as the model's own.
+
 A file whose content is not such vectors (truncated, another model's, not an npz) is kept aside as
 `vectors.npz.corrupt-<UTC time>`, as the usage history keeps its own (usage.py), and said once: the cache is
 rebuilt, and the operator can still see what was there. Only the newest `KEPT_ASIDE` are kept. A file that
@@ -46,8 +51,9 @@ from typing import Any
 
 import numpy as np
 
+from vmcp_opt.logs import ThrottledLog
 from vmcp_opt.optimizer.file_lock import LockTimeout, exclusive, holder, keep_aside, remove_dead_writers, temporary_name
-from vmcp_opt.optimizer.model_registry import ModelSpec
+from vmcp_opt.optimizer.model_registry import ModelSpec, model_digest, model_files
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +80,10 @@ SAVE_INTERVAL_ENV = "VMCP_VECTORS_SAVE_INTERVAL"
 # Seconds `close` waits for the lock before writing without it: shutdown must not wait for another replica's
 # minutes-long embedding (the usage history's saves wait as long).
 CLOSE_LOCK_WAIT = 5.0
+# A place that refuses every write (a read-only index_dir, as under readOnlyRootFilesystem; a file in its place; a
+# full disk) is tried again at each interval's end, which finds a freed disk, but is said once per reason in this
+# many seconds: not two warnings every 30 s for as long as the gateway runs.
+REPEAT_WARNING_AFTER = 600.0
 
 
 def save_interval() -> float:
@@ -175,6 +185,10 @@ class VectorStore:
         self._closed = False
         self._swept = False  # the leftovers of dead writers were removed (`_remove_leftovers`), once a store
         self._tmps: set[Path] = set()  # temporary files this store created and has not removed (`_write`)
+        self._refused = ThrottledLog(log, interval=REPEAT_WARNING_AFTER)  # lock and write failures, per reason
+        self._failing = False  # the last write failed: the next that succeeds says so
+        # (`model_files`, `model_digest`) of the model as this store last read or computed them (`_model_stamp`).
+        self._model: tuple[str, str] | None = None
         # The state above, between the updating thread, the timer's and shutdown's. Never held while waiting
         # for the file lock (which the updating thread holds while it calls `save`).
         self._guard = threading.RLock()
@@ -200,7 +214,9 @@ class VectorStore:
                 self.directory.mkdir(parents=True, exist_ok=True)
                 self._lock(held, self.lock_wait if lock_wait is None else lock_wait)
             except OSError as exc:  # a read-only index_dir, a stuck holder: update alone (`save` warns too)
-                log.warning("index: cannot lock %s (%s); updating without the lock", self.directory, exc)
+                self._refused.warning(
+                    f"lock {_reason(exc)}", "index: cannot lock %s (%s); updating without the lock", self.directory, exc
+                )
             else:
                 self._remove_leftovers()
             with self._guard:
@@ -349,10 +365,19 @@ class VectorStore:
         except OSError as exc:
             where = exc.filename2 or exc.filename  # a failed rename names its target second
             self.unsaved = f"{exc.strerror or exc}" + (f": {where}" if where else "")
-            log.warning("could not save the index cache to %s: %s", self.directory, exc)
+            self._refused.warning(
+                f"save {_reason(exc)}", "could not save the index cache to %s: %s", self.directory, exc
+            )
+            self._failing = True
             if self.interval > 0 and not self._closed:
+                log.debug(
+                    "index: vectors not saved to %s (%s); trying again in %g s", self.directory, exc, self.interval
+                )
                 self._flush_in(self.interval)
             return
+        if self._failing:
+            self._failing = False
+            log.info("index: vectors saved to %s again", self.path)
         self._stamp, self._in_sync, self._pending = self._file_stamp(), not bad.any(), False
         log.debug("index: wrote %d vectors to %s", len(hashes), self.path)
 
@@ -364,10 +389,13 @@ class VectorStore:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         self._tmps.add(tmp)
         try:
+            files, digest = self._model_stamp()
             with os.fdopen(fd, "wb") as file:
                 np.savez(
                     file,
                     model=np.array(self.model.id),
+                    model_files=np.array(files),
+                    model_digest=np.array(digest),
                     hashes=hashes,
                     vectors=vectors,
                     retired=np.array(retired_count),
@@ -380,6 +408,22 @@ class VectorStore:
             self._tmps.discard(tmp)
             raise
         self._tmps.discard(tmp)
+
+    def _model_stamp(self) -> tuple[str, str]:
+        """(`model_files`, `model_digest`) of the model now: the digest read or computed last while the files are
+        as they were then (hashing the model's bytes is ~0.4 s), else computed again."""
+        files = model_files(self.model)
+        if self._model is None or self._model[0] != files:
+            self._model = (files, model_digest(self.model))
+        return self._model
+
+    def _same_model(self, built_by: tuple[str, str]) -> bool:
+        """Whether a file whose model was `built_by` holds this model's vectors: its files as they are now, or
+        their bytes (copied, reinstalled: new times, same model)."""
+        if built_by[0] == model_files(self.model):
+            self._model = built_by
+            return True
+        return self._model_stamp()[1] == built_by[1]
 
     def _keep_aside(self, problem: Exception) -> None:
         path = self.path
@@ -410,6 +454,8 @@ class VectorStore:
                 vectors = np.ascontiguousarray(stored)
                 # Written since removed tools' vectors are kept; older files hold the catalogue only.
                 retired_count = int(data["retired"]) if "retired" in data else 0
+                # Written since a model changed in place is told apart; an older file is taken as this model's.
+                built_by = (str(data["model_files"]), str(data["model_digest"])) if "model_digest" in data else None
             if model != self.model.id:
                 raise ValueError(f"built by model {model!r}, not {self.model.id!r}")
             if not 0 <= retired_count <= len(hashes):
@@ -421,6 +467,15 @@ class VectorStore:
             return VectorCache()
         except Exception as exc:  # any other unusable cache is kept aside and rebuilt, never fatal
             self._keep_aside(exc)
+            return VectorCache()
+        if built_by is not None and not self._same_model(built_by):
+            # Not kept aside: nothing is wrong with it, and the next save replaces it with this model's vectors.
+            log.warning(
+                "index cache %s was built by another version of model %r (its files or prefixes changed since); "
+                "embedding every tool again",
+                path,
+                self.model.id,
+            )
             return VectorCache()
         current = len(hashes) - retired_count
         bad = unusable_rows(vectors)
@@ -436,6 +491,11 @@ class VectorStore:
         rows = {h: i for i, h in enumerate(hashes[:current]) if not bad[i]}
         self._in_sync = not bad.any()
         return VectorCache(rows, vectors, retired=retired)
+
+
+def _reason(exc: OSError) -> str:
+    """What a failure is, for telling a new one from a repeat: its errno (a timeout on the lock has none)."""
+    return str(exc.errno) if exc.errno is not None else type(exc).__name__
 
 
 def _same_entries(old: VectorCache, new: VectorCache) -> bool:
