@@ -307,6 +307,14 @@ class ToolIndex:
                     first.setdefault(hashes[i], int(i))
                 keywords: _Keywords | None = None
                 if first:
+                    # Said before the work, which takes minutes at thousands of tools: until then the log shows
+                    # only the keyword index, and nothing says that vectors are still coming.
+                    log.info(
+                        "index: embedding %d new tools (%d reused) with %s; find_tool finds them by keywords until then",
+                        len(first),
+                        len(set(hashes)) - len(first),
+                        self.model.id,
+                    )
                     # The keyword arm needs no vectors: built on a thread while the documents are embedded (1.5 s
                     # for 10k tools on a loaded host).
                     with ThreadPoolExecutor(1, thread_name_prefix="index-keywords") as pool:

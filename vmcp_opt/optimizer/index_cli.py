@@ -15,7 +15,7 @@ import functools
 import tempfile
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any, ParamSpec
 
@@ -27,7 +27,7 @@ from vmcp_opt.config import ConfigError, VmcpConfig, load_config
 from vmcp_opt.console import OutputConsole
 from vmcp_opt.display import printable
 from vmcp_opt.optimizer.jsonl_records import read_jsonl, record_tool
-from vmcp_opt.optimizer.listing import Listing, load_listing, save_listing
+from vmcp_opt.optimizer.listing import Listing, catalogue_key, load_listing, save_listing
 from vmcp_opt.optimizer.model_registry import ModelError, model_problem
 from vmcp_opt.optimizer.tokens import saving, tools_list_tokens
 from vmcp_opt.optimizer.usage import UsageGraph
@@ -102,6 +102,13 @@ def build(config: ConfigOption = None, from_jsonl: JsonlOption = None, index_dir
     )
 
 
+def _optimizer_state(settings: VmcpConfig) -> str:
+    """Whether this config's gateway serves the meta-tools: the index is kept for when it does."""
+    if settings.optimizer.enabled:
+        return "on (tools/list shows find_tool and call_tool)"
+    return "off in this config (optimizer.enabled: false): `vmcp serve` lists every tool; --optimizer turns it on"
+
+
 def _exit_unless_writable(directory: Path) -> None:
     try:
         directory.mkdir(parents=True, exist_ok=True)
@@ -135,12 +142,16 @@ def stats(
     table = Table(show_header=False, box=None)
     table.add_column(style="bold")
     table.add_column()
+    table.add_row("optimizer", _optimizer_state(settings))
     table.add_row("tools", str(info["tools"]))
     table.add_row("backends", literal(f"{info['backends']} ({', '.join(info['backend_names'])})"))
     table.add_row("model", f"{info['model']} ({info['dimensions']} dimensions)")
     first_pass = ", int8 first pass" if info["int8_first_pass"] else ""
+    missing = info["tools"] - info["with_vectors"]
+    # What a start or a build still has to embed: the part of the index find_tool finds by keywords only.
+    pending = f" ({missing} not embedded yet: by a running gateway, or `vmcp index build`)" if missing else ""
     table.add_row(
-        "index", f"{info['index_type']}{first_pass}, {info['with_vectors']}/{info['tools']} tools with vectors"
+        "index", f"{info['index_type']}{first_pass}, {info['with_vectors']}/{info['tools']} tools with vectors{pending}"
     )
     table.add_row("size on disk", f"{_human(info['size_on_disk_bytes'])} ({info['path']})")
     table.add_row("tools/list, full", f"{full:,} tokens")
@@ -394,8 +405,9 @@ def _listing(settings: VmcpConfig, from_jsonl: Path | None, directory: Path, *, 
             errors.print(f"--from-jsonl: {from_jsonl}: no tool records in it", markup=False, highlight=False)
             raise typer.Exit(2)
         return Listing(records, tools_list_tokens([record_tool(r) for r in records], model), model)
+    key = catalogue_key(settings)
     if not refresh:
-        saved = load_listing(directory, model)
+        saved = load_listing(directory, model, key)
         if saved is not None and saved.saved_at is not None:
             when = time.strftime("%Y-%m-%d %H:%M", time.localtime(saved.saved_at))
             errors.print(
@@ -408,7 +420,7 @@ def _listing(settings: VmcpConfig, from_jsonl: Path | None, directory: Path, *, 
         errors.print("[red]no tool source:[/] pass --from-jsonl PATH, or run through the `vmcp` command")
         raise typer.Exit(2)
     with errors.status("listing tools from the backends"):
-        listing = asyncio.run(collect(settings))
+        listing = replace(asyncio.run(collect(settings)), config_key=key)
     save_listing(directory, listing)
     return listing
 

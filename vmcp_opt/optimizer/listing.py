@@ -3,12 +3,16 @@
 The gateway writes `<index directory>/catalogue.json` whenever find_tool's tools change, and so does
 `vmcp index` when it asks the backends (`build`, `--refresh`; probe.py lists the same tools, the
 configured workflows included): the tool records, what their `tools/list` costs (`tokens.tools_list_tokens`,
-the one definition the server logs and find_tool reports) and who listed them. A missing, unreadable or
-other-model file is as good as none: the CLI then asks the backends.
+the one definition the server logs and find_tool reports), who listed them and for which configuration
+(`catalogue_key`). A missing, unreadable or other-model file is as good as none: the CLI then asks the backends.
+So is one listed for another configuration: two configs sharing an index_dir each overwrite the file, and a
+backend renamed or removed since (while a gateway ran with the optimizer off, which saves no catalogue)
+would otherwise have `vmcp index search` rank tools this config does not serve.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -16,6 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from vmcp_opt.config import VmcpConfig
 from vmcp_opt.optimizer.documents import ToolRecord
 from vmcp_opt.optimizer.file_lock import write_atomically
 
@@ -34,6 +39,23 @@ class Listing:
     saved_at: float | None = None
     # Who took it from the backends, as the CLI's note names it.
     listed_by: str = "the gateway"
+    # `catalogue_key` of the configuration it was listed for; None: not known (a file from before it was kept).
+    config_key: str | None = None
+
+
+def catalogue_key(config: VmcpConfig) -> str:
+    """A digest of which tools `config` can serve, by name: its backends' names and tool filters, the naming of
+    tools, its workflows (never a secret). How a backend is reached is left out: a catalogue saved before its
+    command or URL changed (or stopped working) still names its tools. So are the optimizer's settings: they
+    change the ranking, not the tools."""
+    aggregation = config.aggregation
+    filters = {name: rule.model_dump(mode="json") for name, rule in aggregation.tools.items()}
+    shape = {
+        "backends": {backend.name: filters.get(backend.name) for backend in config.backends},
+        "naming": [aggregation.conflict_resolution, aggregation.prefix_format, aggregation.priority],
+        "workflows": [workflow.model_dump(mode="json") for workflow in config.workflows],
+    }
+    return hashlib.sha256(json.dumps(shape, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def save_listing(directory: Path, listing: Listing) -> None:
@@ -44,6 +66,7 @@ def save_listing(directory: Path, listing: Listing) -> None:
         "tools_list_tokens": listing.tools_list_tokens,
         "saved_at": time.time(),
         "listed_by": listing.listed_by,
+        "config_key": listing.config_key,
         "tools": [{**asdict(record), "input_schema": dict(record.input_schema)} for record in listing.records],
     }
     try:
@@ -53,9 +76,10 @@ def save_listing(directory: Path, listing: Listing) -> None:
         logger.warning("optimizer: could not save the catalogue to %s: %s", path, exc)
 
 
-def load_listing(directory: Path, model: str) -> Listing | None:
-    """The saved listing, or None when there is none usable for `model` (a file of another shape too: it is
-    read by hand-run commands, which must say so and ask the backends, not end in a traceback)."""
+def load_listing(directory: Path, model: str, config_key: str | None = None) -> Listing | None:
+    """The saved listing, or None when there is none usable for `model` and, when given, the configuration whose
+    `catalogue_key` is `config_key` (a file of another shape too: it is read by hand-run commands, which must
+    say so and ask the backends, not end in a traceback). A file that names no configuration is taken."""
     path = directory / LISTING_FILE
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -63,11 +87,20 @@ def load_listing(directory: Path, model: str) -> Listing | None:
             raise ValueError(f"expected a JSON object, got {type(data).__name__}")
         if data.get("model") != model:
             return None
+        saved_key = data.get("config_key")
+        if config_key is not None and saved_key is not None and saved_key != config_key:
+            logger.warning(
+                "saved catalogue %s was listed for another configuration (another config sharing this index "
+                "directory, or backends, tool filters or workflows changed since); asking the backends",
+                path,
+            )
+            return None
         records = _records(data["tools"])
         listed_by = str(data.get("listed_by") or Listing.listed_by)  # a file from before it was kept
         saved_at = float(data["saved_at"])
         time.localtime(saved_at)  # the CLI shows it: NaN or a year past time_t is no save time
-        return Listing(records, int(data["tools_list_tokens"]), model, saved_at, listed_by)
+        key = saved_key if isinstance(saved_key, str) else None
+        return Listing(records, int(data["tools_list_tokens"]), model, saved_at, listed_by, key)
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError, OverflowError) as exc:

@@ -39,7 +39,7 @@ from vmcp_opt.optimizer.catalogue_names import CatalogueNames
 from vmcp_opt.optimizer.documents import ToolRecord
 from vmcp_opt.optimizer.embedding import load_configured_embedder
 from vmcp_opt.optimizer.index import SearchHit, SearchResult, ToolIndex
-from vmcp_opt.optimizer.listing import Listing, save_listing
+from vmcp_opt.optimizer.listing import Listing, catalogue_key, save_listing
 from vmcp_opt.optimizer.meta_tool_forms import (
     CALL_TOOL,
     FIND_TOOL,
@@ -98,6 +98,8 @@ class OptimizerFront:
         learned = self.match_scale.threshold if self.match_scale is not None else 0.0
         self.match_threshold = self.settings.match_threshold if self.settings.match_threshold is not None else learned
         self.names = CatalogueNames()  # the searchable tools' names and backends
+        # Which configuration the saved catalogue is of: `vmcp index` reads it only for the same one.
+        self._catalogue_key = catalogue_key(config)
         # Backend tools named like a meta-tool, as (backend, name), last warned of (`_reachable`).
         self._shadowed: frozenset[tuple[str, str]] = frozenset()
         self._provided = {
@@ -170,7 +172,7 @@ class OptimizerFront:
         records = await anyio.to_thread.run_sync(self._update_keywords, tools)
         await anyio.to_thread.run_sync(self._count_tokens, tools)
         # For `vmcp index stats|search`, which then need not start the backends.
-        listing = Listing(records, self.full_list_tokens, self.settings.model)
+        listing = Listing(records, self.full_list_tokens, self.settings.model, config_key=self._catalogue_key)
         await anyio.to_thread.run_sync(save_listing, self.usage_path.parent, listing)
         self._embed_in_background(records)
         if self.history.shared:
