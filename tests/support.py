@@ -96,6 +96,11 @@ def write_config(directory: Path, config: dict[str, Any], name: str = "vmcp.yaml
     return path
 
 
+# Between two polls of a starting process: it is ready on average half of this before a test sees it, for each
+# of the hundreds of gateways and backends the suite starts. A poll is a refused connect or a tiny GET.
+POLL_SECONDS = 0.02
+
+
 def wait_http(
     url: str, timeout: float = 30.0, expect: tuple[int, ...] = (200,), proc: subprocess.Popen[bytes] | None = None
 ) -> httpx2.Response:
@@ -110,7 +115,7 @@ def wait_http(
                 return response
         except httpx2.HTTPError as exc:
             last = exc
-        time.sleep(0.1)
+        time.sleep(POLL_SECONDS)
     raise TimeoutError(f"{url} did not answer {expect} within {timeout}s (last error: {last})")
 
 
@@ -199,8 +204,7 @@ def running_gateways(
                 raise RuntimeError(f"gateway did not start: {exc}\n--- gateway log ---\n{gateway.output()}") from exc
         yield gateways
     finally:
-        for gateway in gateways:
-            stop_process(gateway.proc)
+        stop_processes([gateway.proc for gateway in gateways])
 
 
 def _start_gateway(config_path: Path, args: tuple[str, ...], env: dict[str, str] | None, cwd: Path | None) -> Gateway:
@@ -226,7 +230,7 @@ def wait_started(gateway: Gateway, timeout: float) -> None:
             return
         if time.monotonic() > deadline:
             raise TimeoutError(f"/readyz still says starting after {timeout}s")
-        time.sleep(0.1)
+        time.sleep(POLL_SECONDS)
 
 
 def torch_mapped(pid: int) -> bool | None:
@@ -238,10 +242,18 @@ def torch_mapped(pid: int) -> bool | None:
 
 
 def stop_process(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
-    if proc.poll() is None:
+    stop_processes([proc], timeout)
+
+
+def stop_processes(procs: list[subprocess.Popen[bytes]], timeout: float = 15.0) -> None:
+    """SIGTERM to each, then each waited for (killed after `timeout`): replicas stop side by side, not in turn."""
+    running = [proc for proc in procs if proc.poll() is None]
+    for proc in running:
         proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for proc in running:
         try:
-            proc.wait(timeout=timeout)
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
