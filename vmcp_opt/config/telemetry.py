@@ -58,6 +58,9 @@ class AuditConfig(_Strict):
     include_data: bool = False
     # Bytes of JSON kept of each of the request and the response; longer is cut and marked `truncated`.
     max_data_bytes: int = Field(default=4096, ge=64)
+    # With `include_data`: bytes of arguments and results (JSON) all events waiting for the writer may hold; an
+    # event past it is written without `data`, marked `data_dropped` (a stalled output must not cost memory).
+    max_queued_data_bytes: int = Field(default=64_000_000, ge=0)
     # Events waiting for the writer thread. Full: `drop` (counted and reported) or `block` the request for
     # at most `block_timeout` seconds, then drop.
     queue_size: int = Field(default=10_000, ge=1)

@@ -14,8 +14,13 @@ that parses ToolHive's parses ours:
      "target": {"method": "tools/call", "type": "tool", "name": "<tool>", "backend": "<backend>"},
      "data": {"request": …, "response": …}}   # only with `include_data`
 
-The request path only copies a few references into a queue (bounded, `queue_size`); a writer thread wakes at
-most once per `flush_interval`, then formats, sizes and writes what gathered. When the queue is full the event
+The request path measures the result (its compact JSON's size, a few microseconds) and queues a copy of the
+operation that holds no more than the event needs (bounded, `queue_size`); a writer thread wakes at most once
+per `flush_interval`, then formats and writes what gathered. The copy drops the result, the arguments, the
+request's exchange and the parent: a queue of 10,000 operations that each held a backend's megabyte answer
+held gigabytes whenever the output stalled (an unread stdout pipe, a slow disk). With `include_data` the
+arguments and result stay with the event, up to `max_queued_data_bytes` for all waiting events together;
+past it an event is queued without them (marked `data_dropped`). When the queue is full the event
 is dropped (`when_full: drop`) or waits at most `block_timeout` before it is dropped (`block`). That wait is on
 the event loop, so it holds every session, not only the request: once a wait has run out the writer counts as
 stalled (a hung disk, an unread stdout pipe), and events are dropped at once until it takes from the queue
@@ -46,13 +51,14 @@ import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO, TypeVar, cast
+from typing import Any, BinaryIO, NamedTuple, TypeVar, cast
 
 from pydantic_core import to_json, to_jsonable_python
 
 from vmcp_opt.auth import Caller, Identification
 from vmcp_opt.config import AuditConfig
 from vmcp_opt.config.telemetry import audit_output_path, audit_output_problem
+from vmcp_opt.routing.exchange import Exchange
 from vmcp_opt.routing.operations import Operation
 from vmcp_opt.routing.providers import GATEWAY_SOURCE
 from vmcp_opt.telemetry.names import event_type, target_type
@@ -63,6 +69,9 @@ REPORT_EVERY = 10.0  # seconds between two reports of dropped events or failed w
 # Characters kept of a string a client chose (a tool name, clientInfo.name, …), as spans keep of a name.
 MAX_FIELD_CHARS = 200
 _STOP = object()
+# What a queued event carries: its type, time, the slimmed operation and the bytes of `data` it holds (None:
+# written without `data`).
+_Item = tuple[str, float, Operation, int | None]
 _Text = TypeVar("_Text", str, str | None)
 
 
@@ -82,6 +91,8 @@ class AuditLog:
         self.write_failures = 0
         self.waits_run_out = 0  # `block` waits that ran out: each held the event loop `block_timeout`
         self._queue: queue.Queue[object] = queue.Queue(maxsize=config.queue_size)
+        self._data_bytes = 0  # bytes of arguments and results the waiting events hold (`include_data`)
+        self._data_lock = threading.Lock()  # taken on the request path and by the writer
         self._sink = _Sink(config, base_dir)
         self._last_report = 0.0
         self._stalled = False  # a `block` wait ran out; cleared when the writer takes from the queue again
@@ -103,6 +114,40 @@ class AuditLog:
             self._offer("workflow_started", op, time.time() - op.duration)
         self._offer(kind, op, time.time())
 
+    def _queued(self, op: Operation) -> tuple[Operation, int | None]:
+        """What the queue holds of `op`: a copy without the parts an event does not need, the result measured
+        now (`_Measured`) unless `include_data` keeps it within `max_queued_data_bytes`; and the bytes of data
+        kept (None: none, the event is written without `data`)."""
+        size = _measured(op.result)
+        kept: int | None = None
+        if self.config.include_data:
+            weight = size + _measured(op.arguments)
+            with self._data_lock:
+                if self._data_bytes + weight <= self.config.max_queued_data_bytes:
+                    self._data_bytes += weight
+                    kept = weight
+        request_id = op.exchange.request_id if op.exchange is not None else None
+        slim = Operation(
+            op.method,
+            op.caller,
+            kind=op.kind,
+            target=op.target,
+            backend=op.backend,
+            exchange=Exchange(op.method, request_id=request_id) if request_id is not None else None,
+            arguments=op.arguments if kept is not None else None,
+            started=op.started,
+            duration=op.duration,
+            outcome=op.outcome,
+            error=op.error,
+            result=op.result if kept is not None else _Measured(size),
+        )
+        return slim, kept
+
+    def _release(self, kept: int | None) -> None:
+        if kept is not None:
+            with self._data_lock:
+                self._data_bytes -= kept
+
     def auth_denied(self, reason: str, address: str | None) -> None:
         """An HTTP request refused by authentication, before any MCP operation: `vmcp_auth_denied`, outcome
         `denied`, the RFC 6750 error as `error_type` (`missing` when no credential came), never the credential."""
@@ -113,13 +158,15 @@ class AuditLog:
     def _offer(self, kind: str, op: Operation, at: float) -> None:
         if (self.include and kind not in self.include) or kind in self.exclude:
             return
-        item = (kind, at, op)
+        slim, kept = self._queued(op)
+        item: _Item = (kind, at, slim, kept)
         try:
             if self.config.when_full == "block" and not self._stalled:
                 self._wait_for_room(item)
             else:
                 self._queue.put_nowait(item)
         except queue.Full:
+            self._release(kept)
             self.dropped += 1
             self._report(f"audit queue full ({self.config.queue_size}): {self.dropped} events dropped so far")
 
@@ -153,12 +200,14 @@ class AuditLog:
                 if entry is _STOP:
                     stop = True
                     continue
-                kind, at, op = cast(tuple[str, float, Operation], entry)
+                kind, at, op, kept = cast(_Item, entry)
                 try:
-                    lines.append(self.line(kind, at, op))
+                    lines.append(self.line(kind, at, op, data=kept is not None))
                 except Exception as exc:  # an unserialisable result must not stop the log
                     self.write_failures += 1
                     self._report(f"audit event not formatted: {exc!r}")
+                finally:
+                    self._release(kept)
             if lines:
                 self._write(lines)
             if stop:
@@ -175,10 +224,10 @@ class AuditLog:
             self.write_failures += len(lines) - done
             self._report(f"audit log not written ({exc}): {self.write_failures} events lost so far")
 
-    def line(self, kind: str, at: float, op: Operation) -> bytes:
+    def line(self, kind: str, at: float, op: Operation, *, data: bool = True) -> bytes:
         """The event as one UTF-8 line of at most `max_file_bytes`: a longer one loses its `data` first, then
         is cut to what the gateway itself chose (type, outcome, time, id), marked `record_truncated`."""
-        event = self.event(kind, at, op)
+        event = self.event(kind, at, op, data=data)
         encoded = _encoded(event)
         if len(encoded) <= self._sink.max_bytes:
             return encoded
@@ -191,7 +240,7 @@ class AuditLog:
         summary["metadata"] = {"auditId": event["metadata"]["auditId"], "extra": {"record_truncated": len(encoded)}}
         return _encoded(summary)
 
-    def event(self, kind: str, at: float, op: Operation) -> dict[str, Any]:
+    def event(self, kind: str, at: float, op: Operation, *, data: bool = True) -> dict[str, Any]:
         caller = op.caller
         user = _user(caller.claims) or caller.subject or "anonymous"
         subjects = {"user_id": _bounded(caller.subject), "user": _bounded(user)}
@@ -221,12 +270,14 @@ class AuditLog:
         act = caller.claims.get("act")
         if isinstance(act, dict):
             event["delegation"] = _chain(act)
-        if self.config.include_data:
+        if self.config.include_data and not data:
+            extra["data_dropped"] = "max_queued_data_bytes"  # the waiting events held that much already
+        elif self.config.include_data:
             cap = self.config.max_data_bytes
-            data: dict[str, Any] = {"request": _capped(redacted(op.arguments), cap)}
+            parts: dict[str, Any] = {"request": _capped(redacted(op.arguments), cap)}
             if kind != "workflow_started":
-                data["response"] = _capped(redacted(to_jsonable_python(op.result, by_alias=True)), cap)
-            event["data"] = data
+                parts["response"] = _capped(redacted(to_jsonable_python(op.result, by_alias=True)), cap)
+            event["data"] = parts
         return event
 
     def _report(self, message: str) -> None:
@@ -379,12 +430,29 @@ def _encoded(event: dict[str, Any]) -> bytes:
     )
 
 
+class _Measured(NamedTuple):
+    """A result the request path measured and let go: the event needs only its size."""
+
+    size: int
+
+
 def _size(result: Any) -> int:
     """Bytes of the result's compact JSON (UTF-8), serialised by pydantic-core: several times faster than
-    json.dumps of its jsonable form, on the writer thread that shares the GIL with the request path."""
+    json.dumps of its jsonable form (~5 µs for a small tool result, ~4 ms a megabyte)."""
     if result is None:
         return 0
+    if isinstance(result, _Measured):
+        return result.size
     return len(to_json(result, by_alias=True, exclude_none=True, fallback=str))
+
+
+def _measured(value: Any) -> int:
+    """`_size` on the request path: a value that cannot be serialised (even with `fallback=str`) counts 0 rather
+    than failing the request's watchers; its event is still written."""
+    try:
+        return _size(value)
+    except Exception:
+        return 0
 
 
 def _capped(value: Any, cap: int) -> Any:
