@@ -18,7 +18,10 @@ The config names the format, so it is read before logging is configured; what re
 written in the format the config chose, not in Python's bare last-resort one.
 
 What others can make the gateway log is bounded over time: `LineBudget` (lines per source and in total, the
-drops counted for one summary line per interval) and `ThrottledLog` (one line per key and interval).
+drops counted for one summary line per interval) and `ThrottledLog` (one line per key and interval). So is what
+a library logs on every attempt at something that stays down: the OTLP exporter warns at each retry of each
+batch while the trace collector is unreachable (about a line a second, for as long as the outage lasts), and
+`ThrottledLibraries` lets one record a minute through per logger and message.
 """
 
 from __future__ import annotations
@@ -57,6 +60,9 @@ NOISY_LIBRARIES = (
     "faiss",
     "bm25s",
 )
+# Libraries whose repeated records are cut to one per message and `ThrottledLibraries.interval` (their warnings
+# included): their messages are templates, so the keys are few.
+THROTTLED_LIBRARIES = ("opentelemetry",)
 PLAIN_FORMAT = "%(asctime)s.%(msecs)03d %(levelname)s %(name)s: %(message)s"
 PLAIN_DATE_FORMAT = "%Y-%m-%dT%H:%M:%S"
 # Attributes every LogRecord has: what is left on a record besides them came from `extra={...}`.
@@ -120,6 +126,34 @@ class QuietLibraries(logging.Filter):
             error = record.exc_info[1]
             record.msg = f"{record.getMessage()} ({type(error).__name__}: {shorten(str(error), 300)})"
             record.args, record.exc_info, record.exc_text = None, None, None
+        return True
+
+
+class ThrottledLibraries(logging.Filter):
+    """At most one record per logger and message template in `interval` from the libraries in THROTTLED_LIBRARIES;
+    the next one let through says how many were held back."""
+
+    def __init__(self, interval: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.interval = interval
+        self.clock = clock
+        self._last: dict[tuple[str, str], float] = {}
+        self._held_back: Counter[tuple[str, str]] = Counter()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not any(record.name == name or record.name.startswith(f"{name}.") for name in THROTTLED_LIBRARIES):
+            return True
+        key = (record.name, str(record.msg))
+        now = self.clock()
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval:
+            self._held_back[key] += 1
+            return False
+        self._last[key] = now
+        held = self._held_back.pop(key, 0)
+        if held:
+            record.msg = f"{record.getMessage()} (and {held} more like it in the last {self.interval:g}s)"
+            record.args = None
         return True
 
 
@@ -205,6 +239,7 @@ def configure(level: str = "info", log_format: LogFormat = "auto", stream: TextI
     """Route every log record through one handler on the root logger, at `level`."""
     handler = handler_for(log_format, stream)
     handler.addFilter(QuietLibraries(tracebacks=level.lower() == "debug"))
+    handler.addFilter(ThrottledLibraries())
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
     for noisy in NOISY_LIBRARIES:
         logging.getLogger(noisy).setLevel(logging.WARNING)
