@@ -1,11 +1,9 @@
-"""A backend's tool with a huge input schema: checking a call's arguments never holds the event loop
-(real gateway process, a raw JSON-RPC stdio backend, the SDK's client)."""
+"""A backend's tool with a huge input schema, and one whose definition is megabytes long (real gateway process, a
+raw JSON-RPC stdio backend, the SDK's client)."""
 
 from __future__ import annotations
 
 import sys
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -68,41 +66,14 @@ def gateway(tmp_path: Path) -> Iterator[Gateway]:
         yield gateway
 
 
-class HealthProbe:
-    """/healthz asked again and again in a thread; the slowest answer while it ran."""
-
-    def __init__(self, base: str) -> None:
-        self.base = base
-        self.slowest = 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            started = time.monotonic()
-            httpx2.get(f"{self.base}/healthz", timeout=120.0)
-            self.slowest = max(self.slowest, time.monotonic() - started)
-            time.sleep(0.02)
-
-    def __enter__(self) -> HealthProbe:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
-async def test_a_costly_schema_is_checked_off_the_event_loop_while_the_gateway_answers(gateway: Gateway) -> None:
+async def test_a_call_to_a_tool_with_a_large_plain_schema_is_refused_naming_what_is_wrong(gateway: Gateway) -> None:
+    """Checked off the event loop (`arguments._INLINE_SCHEMA_NODES`): its time is no longer something a test can
+    tell apart from noise (~50 ms since plain schemas skip the meta-schema check), so what is asserted is the answer."""
     async with Client(gateway.url) as client:
-        with HealthProbe(gateway.base) as probe:
-            started = time.monotonic()
-            result = await client.call_tool("w_wide", {"p0": "x"})  # small arguments: once checked inline
-            took = time.monotonic() - started
+        result = await client.call_tool("w_wide", {"p0": "x"})
         assert result.is_error
         assert "invalid arguments for tool 'w_wide'" in result.content[0].text  # type: ignore[union-attr]
-        # The check itself takes seconds (the schema's meta-schema check); /healthz kept answering meanwhile.
-        assert probe.slowest < took / 2, f"/healthz waited {probe.slowest:.2f}s during a {took:.2f}s check"
+    assert httpx2.get(f"{gateway.base}/healthz", timeout=30.0).status_code == 200
 
 
 async def test_a_tool_whose_definition_is_megabytes_long_is_dropped_and_the_rest_served(gateway: Gateway) -> None:

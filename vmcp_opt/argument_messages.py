@@ -33,7 +33,16 @@ def describe(error: ValidationError, matches: Matcher) -> str:
 
 def describe_all(errors: Iterable[ValidationError], matches: Matcher) -> list[str]:
     """Every field `errors` find wrong, once each, in the order jsonschema found them."""
-    return list(dict.fromkeys(line for error in errors for line in _descriptions(error, matches)))
+    lines: dict[str, None] = {}
+    seen: set[tuple[Any, ...]] = set()
+    for error in errors:
+        # jsonschema yields one `required` error per missing field, each holding the whole list: described once,
+        # not once per error (10,000 missing fields made that quadratic).
+        key = (error.validator, id(error.validator_value), id(error.instance), id(error.schema), *error.absolute_path)
+        if key not in seen:
+            seen.add(key)
+            lines.update(dict.fromkeys(_descriptions(error, matches)))
+    return list(lines)
 
 
 def _descriptions(error: ValidationError, matches: Matcher) -> list[str]:
@@ -67,7 +76,15 @@ def _missing_fields(error: ValidationError, path: str) -> list[str]:
         ]
     else:
         return []
-    return [f"field '{shorten(_field(path, name), 200)}': required{why} but missing" for name, why in missing]
+    named = [
+        f"field '{shorten(_field(path, name), 200)}': required{why} but missing"
+        for name, why in missing[:MAX_NAMED_FIELDS]
+    ]
+    if len(missing) > MAX_NAMED_FIELDS:
+        named.append(
+            f"field '{path or '(arguments)'}': {len(missing) - MAX_NAMED_FIELDS:,} more required fields missing"
+        )
+    return named
 
 
 def _refused_fields(error: ValidationError, path: str, matches: Matcher) -> list[str]:

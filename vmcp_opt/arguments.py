@@ -9,7 +9,8 @@ Schemas come from backends and arguments from clients; neither is trusted, so a 
   first pattern). `uniqueItems` is linear, not quadratic.
 - The whole check has a deadline (`limits.argument_check_timeout`): past it the call is refused, never
   sent, and the check stops at the next keyword.
-- Compiled validators are cached per schema content (SHA-256 of its canonical JSON) in a bounded LRU.
+- Compiled validators are cached per schema content (SHA-256 of its canonical JSON) in a bounded LRU, and so is
+  the verdict on a schema whose own (meta-schema) check outlasted the deadline: later calls are refused at once.
 - A plain schema (`type`, `properties`, `required`, `additionalProperties`, `items`, string `enum`s and
   annotations, nothing else) first gets an exact check of its own (vmcp_opt/plain_schemas.py, a few µs against
   jsonschema's ~40 µs per call): arguments it passes are valid under jsonschema too; anything it does not
@@ -21,6 +22,8 @@ length on its own (vmcp_opt/argument_messages.py).
 For the gateway, both raise `ArgumentError` with a message that names the field:
     await validator.check_async(tool_name, schema, arguments)   # in a worker thread: the event loop is free
     validator.check(tool_name, schema, arguments)               # inline: stalls the loop up to the deadline
+A tool result's structured content is checked against the tool's output schema under the same bounds:
+    await validator.output_problem_async(tool_name, schema, value)  # `field 'a': reason`, or None
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from types import ModuleType
 from typing import Any
 
 import anyio
+import attrs
 from jsonschema import validators
 from jsonschema.exceptions import ValidationError, best_match
 from jsonschema.protocols import Validator
@@ -70,13 +74,28 @@ class _OutOfTime(Exception):
     """The check's deadline passed; raised from inside a keyword to stop the whole check."""
 
 
+# Seconds a schema whose own check outlasted the deadline is refused at once: long enough to spare every call its
+# deadline, short enough that a check cut off by a moment's overload (not by the schema) is tried again.
+TOO_COSTLY_FOR = 300.0
+
+
+class _TooCostly:
+    """The cached verdict on a schema whose own check did not end within the deadline, until `expires`."""
+
+    __slots__ = ("expires",)
+
+    def __init__(self) -> None:
+        self.expires = time.monotonic() + TOO_COSTLY_FOR
+
+
 class ArgumentValidator:
     """Bounded argument checks, with compiled validators cached per schema content."""
 
     def __init__(self, timeout: float = DEFAULT_TIMEOUT, cache_size: int = DEFAULT_CACHE_SIZE) -> None:
         self.timeout = timeout
         self.cache_size = max(1, cache_size)
-        self._by_digest: OrderedDict[str, Validator | None] = OrderedDict()
+        # A compiled validator, None for a schema left to the backend, `_TooCostly` for one whose check timed out.
+        self._by_digest: OrderedDict[str, Validator | _TooCostly | None] = OrderedDict()
         # The digest of a schema object seen recently (hashing a large schema on every call costs).
         self._by_identity: OrderedDict[int, tuple[Mapping[str, Any], str]] = OrderedDict()
         # Per schema object: (cheap enough to check inline, plain enough for `plainly_valid`).
@@ -91,7 +110,7 @@ class ArgumentValidator:
         previous = getattr(_local, "deadline", None)
         _local.deadline = time.monotonic() + self.timeout
         try:
-            errors = self._errors(tool_name, schema, arguments)
+            errors = self._errors(tool_name, schema, dict(arguments or {}))
             # Built under the same deadline: naming the refused fields may run the schema's patterns.
             refusal = _refusal(tool_name, errors) if errors else None
         except _OutOfTime:
@@ -104,14 +123,42 @@ class ArgumentValidator:
         if refusal is not None:
             raise refusal
 
-    def _errors(
-        self, tool_name: str, schema: Mapping[str, Any], arguments: Mapping[str, Any] | None
-    ) -> list[ValidationError]:
+    def output_problem(self, tool_name: str, schema: Mapping[str, Any], value: Any) -> str | None:
+        """Why `value` (a tool result's structured content) does not fit the tool's output schema, or None when it
+        fits, or when that could not be found out (a schema jsonschema cannot apply, or past the deadline): the
+        result was already produced, so only a proven mismatch is reported."""
+        if self._traits(schema)[1] and plainly_valid(schema, value, 0):
+            return None
+        previous = getattr(_local, "deadline", None)
+        _local.deadline = time.monotonic() + self.timeout
+        try:
+            errors = self._errors(tool_name, schema, value)
+            return describe(best_match(errors), _search) if errors else None
+        except _OutOfTime:
+            logger.warning(
+                "tool %s: its structured result could not be checked against its output schema within %gs; "
+                "passed on unchecked",
+                shorten(tool_name),
+                self.timeout,
+            )
+            return None
+        finally:
+            _local.deadline = previous
+
+    async def output_problem_async(self, tool_name: str, schema: Mapping[str, Any], value: Any) -> str | None:
+        """`output_problem`, in a worker thread unless it cannot be costly (as `check_async`)."""
+        if self._traits(schema)[0] and _small(value):
+            return self.output_problem(tool_name, schema, value)
+        return await anyio.to_thread.run_sync(
+            self.output_problem, tool_name, schema, value, limiter=self._threads, abandon_on_cancel=True
+        )
+
+    def _errors(self, tool_name: str, schema: Mapping[str, Any], instance: Any) -> list[ValidationError]:
         try:
             validator = self._validator(schema)
             if validator is None:
                 return []
-            return list(itertools.islice(validator.iter_errors(dict(arguments or {})), _MAX_ERRORS))
+            return list(itertools.islice(validator.iter_errors(instance), _MAX_ERRORS))
         except _OutOfTime:
             raise
         except Exception:
@@ -154,12 +201,25 @@ class ArgumentValidator:
         with self._lock:
             if digest in self._by_digest:
                 self._by_digest.move_to_end(digest)
-                return self._by_digest[digest]
-        validator = compile_schema(schema)
+                cached = self._by_digest[digest]
+                if not isinstance(cached, _TooCostly):
+                    return cached
+                if cached.expires > time.monotonic():
+                    raise _OutOfTime
+        try:
+            # A plain schema's keywords are all well formed (`is_plain` looked): its meta-schema check is skipped.
+            compile = _compile_plain if self._traits(schema)[1] else compile_schema
+            validator: Validator | _TooCostly | None = compile(schema)
+        except _OutOfTime:
+            # The schema alone (its meta-schema check) outlasts the deadline: so would it on every call, each paying
+            # the whole deadline again. The verdict is kept with the compiled validators, bounded alike.
+            validator = _TooCostly()
         with self._lock:
             self._by_digest[digest] = validator
             while len(self._by_digest) > self.cache_size:
                 self._by_digest.popitem(last=False)
+        if isinstance(validator, _TooCostly):
+            raise _OutOfTime
         return validator
 
     def _digest(self, schema: Mapping[str, Any]) -> str:
@@ -196,10 +256,10 @@ def _has_costly_keyword(schema: Any, depth: int = 0) -> bool:
     return False
 
 
-def _small(arguments: Mapping[str, Any] | None, nodes: int = _INLINE_NODES, text: int = _INLINE_TEXT) -> bool:
+def _small(value: Any, nodes: int = _INLINE_NODES, text: int = _INLINE_TEXT) -> bool:
     """Few values and little text, found by a walk that stops as soon as either bound is passed."""
     budget = [nodes, text]
-    stack: list[Any] = [arguments or {}]
+    stack: list[Any] = [value]
     while stack:
         value = stack.pop()
         budget[0] -= 1
@@ -221,11 +281,17 @@ def compile_schema(schema: Mapping[str, Any]) -> Validator | None:
     Runs under the caller's deadline (`check` sets it): the meta-schema check is bounded too.
     """
     base = validators.validator_for(schema, default=validators.Draft202012Validator)
-    cls = _bounded(base)
     meta = _bounded(validators.validator_for(base.META_SCHEMA))(base.META_SCHEMA, registry=_REGISTRY)
     if next(meta.iter_errors(dict(schema)), None) is not None:
         return None
-    return cls(dict(schema), registry=_REGISTRY)
+    return _bounded(base)(dict(schema), registry=_REGISTRY)
+
+
+def _compile_plain(schema: Mapping[str, Any]) -> Validator:
+    """`compile_schema` without the meta-schema check, for a plain schema (`is_plain` found every keyword well
+    formed, and it names no `$schema`): the check would tell nothing new, and it is slow on a large schema
+    (10,000 properties: ~2 s, past the deadline, so the call was refused instead of naming the missing field)."""
+    return _bounded(validators.Draft202012Validator)(dict(schema), registry=_REGISTRY)
 
 
 def _refusal(tool_name: str, errors: list[ValidationError]) -> ArgumentError:
@@ -296,6 +362,18 @@ def _bounded(base: type[Validator]) -> type[Validator]:
     if "uniqueItems" in keywords:
         keywords["uniqueItems"] = _timed(_unique_items)
     extended: type[Validator] = validators.extend(base, keywords)  # type: ignore[no-untyped-call]
+    fields = [(field.name, field.alias) for field in attrs.fields(extended) if field.init]  # type: ignore[arg-type, misc]
+
+    def evolve(self: Any, **changes: Any) -> Any:
+        # jsonschema's own `evolve` turns to the standard (unbounded) class at any subschema naming a `$schema`, as
+        # every vocabulary of the meta-schemas does: the meta-schema check then ignored the deadline. Stay bounded.
+        schema = changes.setdefault("schema", self.schema)
+        target = validators.validator_for(schema, default=base)
+        for name, alias in fields:
+            changes.setdefault(alias, getattr(self, name))
+        return (extended if target is base else _bounded(target))(**changes)
+
+    extended.evolve = evolve  # type: ignore[method-assign]
     return extended
 
 

@@ -19,6 +19,7 @@ from pydantic import BaseModel
 from vmcp_opt.aggregation import LiveCatalog
 from vmcp_opt.arguments import ArgumentError, ArgumentValidator
 from vmcp_opt.auth import Caller
+from vmcp_opt.display import shorten
 from vmcp_opt.routing.exchange import Exchange, forwarded_meta
 from vmcp_opt.routing.policy import Policy
 
@@ -137,13 +138,41 @@ class BackendTools:
         params = types.CallToolRequestParams(
             name=tool.original_name, arguments=call.arguments, _meta=forwarded_meta(call.exchange.meta)
         )
-        return await call.router.send(
+        result = await call.router.send(
             call.caller,
             call.exchange,
             tool.source,
             types.CallToolRequest(params=params),
             types.CallToolResult,
             progress=call.exchange.progress_relay(),
+        )
+        schema = tool.tool.output_schema
+        if schema is None or result.is_error:
+            return result
+        return await self._conforming(tool, schema, result)
+
+    async def _conforming(
+        self, tool: ProvidedTool, schema: dict[str, Any], result: types.CallToolResult
+    ) -> types.CallToolResult:
+        """`result`, or an error result when its structured content breaks the tool's declared output schema.
+
+        The gateway is the server its clients see, and a server MUST return structured content that conforms to
+        the schema it lists: passed on as is, the SDK's client raises and the agent gets no result at all. The
+        error names the backend, the tool and the first violation, and keeps the backend's text for the agent.
+        """
+        if result.structured_content is None:
+            problem: str | None = "it returned no structured content"
+        else:
+            problem = await self._validator.output_problem_async(tool.name, schema, result.structured_content)
+            problem = problem and f"its structured content does not match: {problem}"
+        if problem is None:
+            return result
+        message = (
+            f"backend '{shorten(tool.source)}' answered tool '{shorten(tool.original_name)}' with a result that "
+            f"breaks the tool's output schema ({problem}); the backend's own text follows, if any"
+        )
+        return types.CallToolResult(
+            content=[types.TextContent(type="text", text=message), *result.content], is_error=True
         )
 
 
