@@ -272,7 +272,7 @@ def test_every_event_type_the_gateway_writes_is_one_the_config_accepts() -> None
 
     written = {*names._LIST_EVENTS.values(), *names.META_TOOLS.values(), "mcp_tool_call", "mcp_request"}
     workflows = {f"workflow_{end}" for end in ("started", "completed", "failed", "step_completed", "step_failed")}
-    assert written | workflows | {"vmcp_auth_denied"} == AUDIT_EVENT_TYPES
+    assert written | workflows | {"vmcp_auth_denied", "vmcp_rate_limited"} == AUDIT_EVENT_TYPES
 
 
 def vmcp(*args: str) -> subprocess.CompletedProcess[str]:

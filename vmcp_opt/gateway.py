@@ -105,7 +105,13 @@ class Gateway:
             self.telemetry.metrics.state.backends = self._backend_states
             if self.optimizer is not None:
                 self.telemetry.metrics.state.index_size = self.optimizer.index.__len__
-                self.optimizer.index.updated = self._index_updated
+            if (limiter := self.limiter) is not None:
+                self.telemetry.metrics.state.rate_limits_unchecked = lambda: limiter.unchecked
+        # The tools of the index that have a vector, for /readyz: counted once per update, on the updating thread
+        # (`index.stats()` lists the index directory, too slow for a probe answered on the event loop).
+        self._indexed_with_vectors = 0
+        if self.optimizer is not None:
+            self.optimizer.index.updated = self._index_updated
         self.started = False
         # A backend changed after the first catalogue was built but before `started`: rebuild once started.
         self._changed_while_starting = False
@@ -259,6 +265,8 @@ class Gateway:
             self._check_workflows()  # no rebuild follows a failed first attempt; the last one to end says it
 
     def _index_updated(self, stats: UpdateStats) -> None:
+        if self.optimizer is not None:
+            self._indexed_with_vectors = self.optimizer.index.stats()["with_vectors"]
         if self.telemetry.metrics is not None:
             self.telemetry.metrics.index_updated(stats.stage, stats.seconds, stats.embedded, stats.reused)
 
@@ -395,8 +403,23 @@ class Gateway:
             "failure_mode": self.config.failure.mode,
             "tools": len(self.catalog.current.tools),
             "backends": backends,
+            "optimizer": self._optimizer_readiness(),
         }
         return Readiness(serving, body)
+
+    def _optimizer_readiness(self) -> dict[str, Any]:
+        """Whether find_tool ranks by vectors yet, and over how many tools; not part of `serving` (until the model
+        has loaded, find_tool ranks by keywords)."""
+        if self.optimizer is None:
+            return {"enabled": False}
+        index = self.optimizer.index
+        return {
+            "enabled": True,
+            "vectors_ready": index.dense_ready,
+            "tools": len(index),
+            "with_vectors": self._indexed_with_vectors,
+            "vectors_unsaved": index.vectors_unsaved,  # why the vectors were not written to disk, or null
+        }
 
 
 async def _close_off_loop(optimizer: OptimizerFront) -> None:

@@ -28,6 +28,7 @@ AUDIT_EVENT_TYPES = frozenset(
         "vmcp_find_tool",
         "vmcp_call_tool",
         "vmcp_auth_denied",
+        "vmcp_rate_limited",
         "workflow_started",
         "workflow_completed",
         "workflow_failed",

@@ -11,6 +11,7 @@ also work across the tasks a workflow starts. With no watcher registered the rou
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Iterator, Sequence
@@ -19,6 +20,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+import anyio
 import mcp_types as types
 from mcp.shared.exceptions import MCPError
 
@@ -27,7 +29,9 @@ from vmcp_opt.routing.exchange import Exchange
 from vmcp_opt.routing.policy import Denied
 from vmcp_opt.routing.round_trips import InputRequired
 
-Outcome = Literal["success", "failure", "denied", "application_error"]
+# "cancelled": stopped from outside before it ended (the client's notifications/cancelled, its HTTP request gone,
+# a sibling workflow step's abort), which says nothing about the gateway or the backend.
+Outcome = Literal["success", "failure", "denied", "application_error", "cancelled"]
 # "request": a front request as the router serves it; "backend": a request the router sends to a backend.
 Kind = Literal["request", "backend"]
 
@@ -89,6 +93,9 @@ def watched(watchers: Sequence[OperationWatcher], op: Operation) -> Iterator[Ope
     except MCPError as exc:
         op.outcome, op.error = "failure", str(exc.code)
         raise
+    except _cancelled() as exc:
+        op.outcome, op.error = ("failure", "TimeoutError") if _deadline_passed(exc) else ("cancelled", "cancelled")
+        raise
     except BaseException as exc:
         op.outcome, op.error = "failure", type(exc).__name__
         raise
@@ -100,6 +107,22 @@ def watched(watchers: Sequence[OperationWatcher], op: Operation) -> Iterator[Ope
                 watcher.operation_finished(op)
             except Exception:  # a watcher's bug must not turn a served request into a failure
                 logger.exception("operation watcher %r failed", watcher)
+
+
+def _cancelled() -> type[BaseException]:
+    """anyio's cancellation exception; asyncio's outside an event loop (a watcher driven by plain code)."""
+    try:
+        return anyio.get_cancelled_exc_class()
+    except RuntimeError:  # anyio's NoEventLoopError
+        return asyncio.CancelledError
+
+
+def _deadline_passed(exc: BaseException) -> bool:
+    """A cancellation by one of the gateway's own deadlines (a workflow step's or run's `timeout`; `timeouts.call`
+    arrives as `BackendUnavailable`, its deadline being inside the backend request) rather than by someone. anyio
+    tells only in the message it cancels the task with; a scope cancelled by hand (the SDK's, for a client's
+    notifications/cancelled or a closed request) has no such reason."""
+    return "reason: deadline exceeded" in str(exc)
 
 
 def completion_target(ref: types.PromptReference | types.ResourceTemplateReference) -> str:

@@ -39,6 +39,7 @@ from vmcp_opt.backends.connection import BackendUnavailable
 from vmcp_opt.backends.errors import over_result_cap
 from vmcp_opt.display import shorten
 from vmcp_opt.health import CircuitOpen, Guard
+from vmcp_opt.logs import ThrottledLog
 from vmcp_opt.routing.approval import Approvals, NotApproved
 from vmcp_opt.routing.backend_answers import backend_failed, check_prompt_arguments, naming_backend_once, unstamped
 from vmcp_opt.routing.exchange import Exchange
@@ -70,6 +71,11 @@ ResultT = TypeVar("ResultT", bound=BaseModel)
 ItemT = TypeVar("ItemT")
 RESOURCE_NOT_FOUND = -32002
 
+
+# Seconds between two log lines of one caller's denials (the audit log records every one), and callers
+# remembered for it: past that many, they are all forgotten (at worst one more line each), so memory stays bounded.
+DENIAL_LOG_INTERVAL = 60.0
+DENIAL_LOG_CALLERS = 10_000
 
 # Tools a wrong name's suggestion names at most.
 MEANT_MOST = 8
@@ -138,6 +144,9 @@ class Router:
         self.why_unknown: Callable[[str], str | None] | None = None
         # The catalogue and its tools by case-folded name and name at the source (`meant`).
         self._folded: tuple[object, dict[str, list[str]]] | None = None
+        # A guest looping on a forbidden tool: one line a minute, not one per request.
+        self._denial_log = ThrottledLog(logger, DENIAL_LOG_INTERVAL, level=logging.INFO)
+        self._denied: set[str] = set()  # the callers `_denial_log` holds a key for
 
     def add_provider(self, provider: ToolProvider) -> None:
         """Providers earlier in the list win a name and come first in `tools/list`."""
@@ -186,17 +195,25 @@ class Router:
     def _authorize(self, caller: Caller, target: Target) -> Decision:
         decision = self.policy.decide(caller, target)
         if not decision.allowed:
-            logger.info(
-                "denied: %s (%s) may not %s %s %r",
-                caller.id,
-                caller.subject or "no subject",
-                target.operation,
-                target.kind,
-                shorten(target.name),  # a resource URI can be 64 KiB; denied reads must not flood the log
-                extra={"caller": caller.id, "subject": caller.subject, "target": shorten(target.name)},
-            )
+            self._log_denial(caller, target)
             raise Denied(caller, target, decision.reason)
         return decision
+
+    def _log_denial(self, caller: Caller, target: Target) -> None:
+        if caller.id not in self._denied and len(self._denied) >= DENIAL_LOG_CALLERS:
+            # A new session per request makes a new caller each time: its keys must not grow for good.
+            self._denied.clear()
+            self._denial_log = ThrottledLog(logger, DENIAL_LOG_INTERVAL, level=logging.INFO)
+        self._denied.add(caller.id)
+        self._denial_log.warning(
+            caller.id,
+            "denied: %s (%s) may not %s %s %r",
+            caller.id,
+            caller.subject or "no subject",
+            target.operation,
+            target.kind,
+            shorten(target.name),  # a resource URI can be 64 KiB; denied reads must not flood the log
+        )
 
     def visible_tools(self, caller: Caller) -> list[types.Tool]:
         if getattr(self.policy, "allows_everything", False):

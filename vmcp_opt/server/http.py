@@ -136,7 +136,9 @@ def create_app(gateway: Gateway) -> Starlette:
         mcp_server.middleware.append(shared_sessions.record)
     sessions: ASGIApp = session_gate
     if gateway.limiter is not None:
-        sessions = RateLimitGate(sessions, gateway.limiter, server_config.max_body_bytes)
+        sessions = RateLimitGate(
+            sessions, gateway.limiter, server_config.max_body_bytes, refused=gateway.telemetry.rate_limited
+        )
     drain = Drain(sessions, server_config.max_body_bytes)
     if gateway.telemetry.metrics is not None:
         gateway.telemetry.metrics.state.sessions = lambda: slots.total

@@ -14,15 +14,20 @@ Whose budget: a verified subject (the same on every replica, `subject_key`), els
 (the one the session quota counts: the peer's, or X-Forwarded-For's behind one of `server.trusted_proxies`).
 Not the session nor an unverified credential: a client picks those freely (a new session per call, a
 2026-07-28 request without one, any Authorization header) and would get a fresh bucket each time.
+
+A refused call never reaches the router, so no operation watcher hears of it: the gate calls `refused`
+instead (server/http.py passes the gateway's `Telemetry.rate_limited`, which counts and audits each refusal),
+as authentication reports its refusals; the gate knows nothing of telemetry.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from vmcp_opt.auth import Identification
+from vmcp_opt.auth import Caller, Identification
 from vmcp_opt.auth.caller import address_key, subject_key
 from vmcp_opt.auth.identity import SCOPE_KEY, Identity
 from vmcp_opt.routing.budget import LimitReached
@@ -33,12 +38,16 @@ from vmcp_opt.shared.rate_limits import RateLimiter
 
 TOO_MANY_REQUESTS = 429
 
+# Told of each refused call: the caller (its id the budget's key), the setting whose bucket was empty, the tool.
+Refused = Callable[[Caller, str, str], None]
+
 
 class RateLimitGate:
-    def __init__(self, app: ASGIApp, limiter: RateLimiter, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, limiter: RateLimiter, max_body_bytes: int, refused: Refused | None = None) -> None:
         self.app = app
         self.limiter = limiter
         self.max_body_bytes = max_body_bytes
+        self.refused = refused
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST":
@@ -50,9 +59,12 @@ class RateLimitGate:
         call = tool_call_of(body) if body is not None else None
         if call is not None:
             request_id, tool = call
+            key = self.caller_key(scope)
             try:
-                await self.limiter.admit(self.caller_key(scope), tool)
+                await self.limiter.admit(key, tool)
             except LimitReached as refused:
+                if self.refused is not None:
+                    self.refused(refused_caller(key, scope), refused.setting, tool)
                 await refuse(send, request_id, refused)
                 return
             scope[LIMITS_TAKEN_KEY] = True
@@ -67,6 +79,16 @@ class RateLimitGate:
         ):
             return subject_key(identity.method, identity.subject)
         return address_key(client_address(scope))
+
+
+def refused_caller(key: str, scope: Scope) -> Caller:
+    """The refused caller as far as the gate knows it: no session yet (the SDK has not seen the request), so its
+    id is the budget's key, with the verified subject and the address that key comes from."""
+    identity = scope.get(SCOPE_KEY)
+    address = client_address(scope)
+    if isinstance(identity, Identity) and identity.method in (Identification.TOKEN, Identification.API_KEY):
+        return Caller(key, identity.method, "", subject=identity.subject, address=address)
+    return Caller(key, Identification.ANONYMOUS, "", address=address)
 
 
 def tool_call_of(body: bytes) -> tuple[str | int, str] | None:

@@ -8,6 +8,7 @@ the gateway tells the metrics where to read its state (`Metrics.state`).
 
 from __future__ import annotations
 
+from vmcp_opt.auth import Caller
 from vmcp_opt.config import VmcpConfig
 from vmcp_opt.routing.operations import OperationWatcher
 from vmcp_opt.telemetry.audit import AuditLog
@@ -19,7 +20,7 @@ class Telemetry:
         settings = config.telemetry
         self.audit = AuditLog(settings.audit, config.base_dir) if settings.audit.enabled else None
         backends = [b.name for b in config.backends]
-        self.metrics = Metrics(backends) if settings.metrics.enabled else None
+        self.metrics = Metrics(backends, rate_limit_settings(config)) if settings.metrics.enabled else None
         if self.metrics is not None:
             self.metrics.state.audit = self.audit
         self.tracing = None
@@ -27,7 +28,9 @@ class Telemetry:
             # Imported only when on: the OpenTelemetry SDK costs start-up time a gateway without traces skips.
             from vmcp_opt.telemetry.tracing import Tracing
 
-            self.tracing = Tracing(settings.tracing)
+            self.tracing = tracing = Tracing(settings.tracing)
+            if self.metrics is not None:
+                self.metrics.state.spans_dropped = lambda: tracing.dropped
         self.watchers: list[OperationWatcher] = [w for w in (self.audit, self.metrics, self.tracing) if w is not None]
 
     def authenticated(self, method: str, outcome: str, address: str | None) -> None:
@@ -37,6 +40,14 @@ class Telemetry:
         if self.audit is not None and outcome != "accepted":
             self.audit.auth_denied(outcome, address)
 
+    def rate_limited(self, caller: Caller, setting: str, tool: str) -> None:
+        """A tool call refused by a rate limit before it reached the router (server/rate_limit_gate.py): counted
+        by setting, and audited."""
+        if self.metrics is not None:
+            self.metrics.rate_limited(setting)
+        if self.audit is not None:
+            self.audit.rate_limited(caller, setting, tool)
+
     def close(self) -> None:
         try:
             if self.audit is not None:
@@ -44,6 +55,12 @@ class Telemetry:
         finally:  # the last spans are sent whatever became of the audit log
             if self.tracing is not None:
                 self.tracing.close()
+
+
+def rate_limit_settings(config: VmcpConfig) -> frozenset[str]:
+    """The settings a rate-limit refusal may name (shared/rate_limits.py `RateLimiter.buckets`): a bounded label."""
+    per_tool = {f"rate_limits.per_tool.{tool}" for tool in config.rate_limits.per_tool}
+    return frozenset({"rate_limits.per_caller", "rate_limits.shared", *per_tool})
 
 
 __all__ = ["AuditLog", "GatewayState", "Metrics", "Telemetry"]

@@ -5,7 +5,8 @@ that parses ToolHive's parses ours:
 
     {"metadata": {"auditId": "<uuid4>", "extra": {"duration_ms": 1.2, "response_size_bytes": 345,
                   "error_type": "...", "protocol_version": "...", "request_id": "..."}},
-     "type": "mcp_tool_call", "loggedAt": "2026-…Z", "outcome": "success|failure|denied|application_error",
+     "type": "mcp_tool_call", "loggedAt": "2026-…Z",
+     "outcome": "success|failure|denied|application_error|cancelled",
      "source": {"type": "network|local", "value": "<address>"},
      "subjects": {"user_id": "<sub>", "user": "<name>", "client_name": …, "client_version": …,
                   "caller_id": "<caller id>", "identified_by": "token|api_key|session|…"},
@@ -154,6 +155,13 @@ class AuditLog:
         caller = Caller("unauthenticated", Identification.ANONYMOUS, "", address=address)
         op = Operation("authenticate", caller, outcome="denied", error=reason)
         self._offer("vmcp_auth_denied", op, time.time())
+
+    def rate_limited(self, caller: Caller, setting: str, tool: str) -> None:
+        """A tool call refused by a rate limit before the router (HTTP 429): `vmcp_rate_limited`, outcome
+        `denied`, the setting whose bucket was empty as `error_type`, the caller as the gate knows it (its id the
+        budget's key: `subject:<digest>` or `address:<ip>`); never the arguments."""
+        op = Operation("tools/call", caller, target=tool, outcome="denied", error=setting)
+        self._offer("vmcp_rate_limited", op, time.time())
 
     def _offer(self, kind: str, op: Operation, at: float) -> None:
         if (self.include and kind not in self.include) or kind in self.exclude:

@@ -1,16 +1,18 @@
 """Prometheus metrics from the router's operations, in a registry of the gateway's own.
 
 Labels are a fixed vocabulary or come from the config: `method` (the MCP methods, else "other"),
-`outcome` (four values), `backend` (configured backend names), `state` (the health and circuit states),
+`outcome` (five values), `backend` (configured backend names), `setting` (the configured rate limits), `state` (the health and circuit states),
 `ranking` (the index's two modes), `stage` and `vectors` (index updates), auth `method` and `outcome`; never a tool name, argument or anything else a client controls, so the
 number of series cannot grow with traffic.
 
 Counted as operations finish: requests (those clients sent: call_tool's target and a workflow's steps are
 part of theirs), backend requests, meta-tool calls, unknown tools, find_tool's
-result counts and token savings. Counted when told: HTTP authentication outcomes (the transport) and index
+result counts and token savings. Counted when told: HTTP authentication outcomes (the transport), tool calls
+refused by a rate limit before the router (the HTTP gate, through the gateway), and index
 updates with their duration and embedded and reused tools (the optimizer's index, through the gateway). Read at each scrape from the gateway (`Metrics.state`, a `GatewayState`
 the gateway fills): each backend's health and circuit state, active sessions, the index size, and the
-audit log's written, dropped and failed events.
+audit log's written, dropped and failed events, the calls let through with rate limits unchecked, and the spans
+dropped before the trace exporter's queue.
 """
 
 from __future__ import annotations
@@ -52,17 +54,22 @@ class GatewayState:
     sessions: Callable[[], int] | None = None
     index_size: Callable[[], int] | None = None
     audit: AuditLog | None = None
+    # Calls let through unchecked because the rate-limit store could not be asked (shared/rate_limits.py).
+    rate_limits_unchecked: Callable[[], int] | None = None
+    # Spans dropped before the trace exporter's queue (telemetry/tracing.py); None: tracing is off.
+    spans_dropped: Callable[[], int] | None = None
 
 
 class Metrics:
     """An `OperationWatcher` counting and timing requests, backend calls and find_tool."""
 
-    def __init__(self, backends: list[str]) -> None:
+    def __init__(self, backends: list[str], rate_limit_settings: frozenset[str] = frozenset()) -> None:
         # A `_created` gauge beside every counter and histogram doubled the series a scrape stores, for a
         # start time that Prometheus, reading the text format, does not use.
         disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = CollectorRegistry()
         self._backends = frozenset(backends)
+        self._rate_limit_settings = rate_limit_settings
         self.server = Histogram(
             "mcp_server_operation_duration_seconds",
             "Requests clients sent, by MCP method and outcome (mcp.server.operation.duration); call_tool's "
@@ -114,6 +121,13 @@ class Metrics:
             "HTTP requests authenticated, by configured method (oauth, api_keys) and outcome: accepted, or the "
             "reason refused (missing, invalid_token, invalid_request, insufficient_scope, temporarily_unavailable).",
             ["method", "outcome"],
+            registry=self.registry,
+        )
+        self.rate_limited_calls = Counter(
+            "vmcp_rate_limited",
+            "Tool calls refused by a rate limit (HTTP 429) before they reached the router, by the setting whose "
+            "bucket was empty (rate_limits.per_caller, rate_limits.shared, rate_limits.per_tool.<tool>).",
+            ["setting"],
             registry=self.registry,
         )
         self.index_rebuild = Histogram(
@@ -169,6 +183,11 @@ class Metrics:
         method = method if method in AUTH_METHODS else "other"
         self._child(self.auth, method, outcome if outcome in AUTH_OUTCOMES else "other").inc()
 
+    def rate_limited(self, setting: str) -> None:
+        """A tool call refused by a rate limit at the HTTP gate (server/rate_limit_gate.py)."""
+        label = setting if setting in self._rate_limit_settings else "other"
+        self._child(self.rate_limited_calls, label).inc()
+
     def index_updated(self, stage: str, seconds: float, embedded: int, reused: int) -> None:
         """find_tool's index finished an update (optimizer/index.py; called on the updating thread)."""
         self.index_rebuild.labels(stage).observe(seconds)
@@ -213,6 +232,18 @@ class _StateCollector(Collector):
             yield GaugeMetricFamily("vmcp_active_sessions", "Client sessions open now.", value=state.sessions())
         if state.index_size is not None:
             yield GaugeMetricFamily("vmcp_index_tools", "Tools in find_tool's index.", value=state.index_size())
+        if state.rate_limits_unchecked is not None:
+            yield CounterMetricFamily(
+                "vmcp_rate_limits_unchecked",
+                "Tool calls let through with rate limits unchecked: the store (Redis) could not be asked.",
+                value=state.rate_limits_unchecked(),
+            )
+        if state.spans_dropped is not None:
+            yield CounterMetricFamily(
+                "vmcp_trace_spans_dropped",
+                "Spans dropped: OTEL_BSP_MAX_QUEUE_SIZE of them were waiting for the trace exporter.",
+                value=state.spans_dropped(),
+            )
         audit = state.audit
         if audit is not None:
             yield CounterMetricFamily("vmcp_audit_events_written", "Audit events written.", value=audit.written)

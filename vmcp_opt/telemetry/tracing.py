@@ -24,6 +24,12 @@ float), handed to the SDK's `BatchSpanProcessor`. Kept from the SDK: the id gene
 once per trace root, as `ParentBased` would; children follow their parent), the batching, its bounded queue
 and `OTEL_BSP_*` settings, and the OTLP exporters, which read the standard `OTEL_EXPORTER_OTLP_*` variables
 (`OTEL_EXPORTER_OTLP_PROTOCOL=grpc` needs the `grpc` extra, opentelemetry-exporter-otlp-proto-grpc).
+
+The queue drops spans once full (a for_each over 1,000 items makes 2,002, past the default 2,048 with another
+client's), and the SDK says so only in a warning per span. So spans are counted as they are handed to the
+processor and as the exporter takes them (`_Counted`); with `OTEL_BSP_MAX_QUEUE_SIZE` of them waiting, a span is
+dropped here instead, counted (`Tracing.dropped`, exported as `vmcp_trace_spans_dropped_total`) and logged at
+most once a minute.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Sequence
 from contextvars import Token
 from dataclasses import dataclass
 from typing import Any, cast
@@ -40,7 +47,7 @@ from typing import Any, cast
 from opentelemetry.context import Context, attach, detach
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import Decision, ParentBased, TraceIdRatioBased
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
@@ -57,6 +64,7 @@ from opentelemetry.trace import (
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from vmcp_opt.config import TracingConfig
+from vmcp_opt.logs import ThrottledLog
 from vmcp_opt.routing.operations import Operation
 from vmcp_opt.routing.providers import GATEWAY_SOURCE
 from vmcp_opt.telemetry.names import find_tool_summary
@@ -73,9 +81,11 @@ _MAX_NAME = 200
 _PROPAGATOR = TraceContextTextMapPropagator()
 _SCOPE = InstrumentationScope("vmcp_opt.telemetry.tracing")
 _SAMPLED, _NOT_SAMPLED = TraceFlags(TraceFlags.SAMPLED), TraceFlags(TraceFlags.DEFAULT)
+# Not "cancelled": a client that stopped waiting is no error of the gateway's or the backend's.
 _ERROR = {outcome: Status(StatusCode.ERROR, outcome) for outcome in ("failure", "denied", "application_error")}
 _UNSET = Status(StatusCode.UNSET)
 _RECORDED = (Decision.RECORD_AND_SAMPLE,)  # RECORD_ONLY spans are never exported
+_QUEUE_SIZE = 2048  # the SDK's default for OTEL_BSP_MAX_QUEUE_SIZE
 
 
 @dataclass(slots=True)
@@ -89,6 +99,24 @@ class _Running:
     token: Token[Context] | None  # the attached OpenTelemetry context (backend requests only)
 
 
+class _Counted(SpanExporter):
+    """The exporter, counting the spans the processor's worker took from its queue and handed to it."""
+
+    def __init__(self, exporter: SpanExporter) -> None:
+        self.exporter = exporter
+        self.taken = 0  # written by the processor's worker thread only (and by the flush at shutdown)
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        self.taken += len(spans)
+        return self.exporter.export(spans)
+
+    def shutdown(self) -> None:
+        self.exporter.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self.exporter.force_flush(timeout_millis)
+
+
 class Tracing:
     """An `OperationWatcher` giving each operation a span, exported when the operation ends."""
 
@@ -98,9 +126,13 @@ class Tracing:
         # The provider reads `OTEL_TRACES_SAMPLER` when no ratio is configured, and owns the processor's
         # flush and shutdown; its tracer is not used (see the module's docstring).
         self.provider = TracerProvider(sampler=sampler, resource=resource)
-        self.exporter = exporter or otlp_exporter()
-        self.processor = BatchSpanProcessor(self.exporter)
+        self.exporter = _Counted(exporter or otlp_exporter())
+        self.queue_size = _queue_size()
+        self.processor = BatchSpanProcessor(self.exporter, max_queue_size=self.queue_size)
         self.provider.add_span_processor(self.processor)
+        self.handed = 0  # spans given to the processor (on the event loop)
+        self.dropped = 0  # spans dropped because that many were waiting for the exporter
+        self._full_log = ThrottledLog(logger)
         self._sampler = self.provider.sampler
         self._resource = self.provider.resource
         self._ids = RandomIdGenerator()
@@ -159,6 +191,16 @@ class Tracing:
             end_time=time.time_ns(),
             instrumentation_scope=_SCOPE,
         )
+        if self.handed - self.exporter.taken >= self.queue_size:
+            self.dropped += 1
+            self._full_log.warning(
+                "full",
+                "traces: %d spans wait for the exporter (OTEL_BSP_MAX_QUEUE_SIZE); %d dropped so far",
+                self.queue_size,
+                self.dropped,
+            )
+            return
+        self.handed += 1
         self.processor.on_end(span)
 
     def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
@@ -169,6 +211,15 @@ class Tracing:
         if closing.is_alive():
             logger.warning("traces: the collector did not take the last spans within %.0f s; they are lost", timeout)
             self.exporter.shutdown()  # ends its retry back-off; the daemon thread ends with the process
+
+
+def _queue_size() -> int:
+    """`OTEL_BSP_MAX_QUEUE_SIZE` as the SDK reads it (a bad value: its default)."""
+    try:
+        size = int(os.environ.get("OTEL_BSP_MAX_QUEUE_SIZE") or _QUEUE_SIZE)
+    except ValueError:
+        return _QUEUE_SIZE
+    return size if size > 0 else _QUEUE_SIZE
 
 
 def otlp_exporter() -> SpanExporter:
