@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -35,6 +36,7 @@ from typing import Any, Protocol, TypeVar
 
 import anyio
 import mcp_types as types
+from anyio.abc import TaskGroup
 from mcp.client._probe import negotiate_auto
 from mcp.client.session import ClientSession, IncomingMessage
 from mcp.client.subscriptions import listen
@@ -67,6 +69,7 @@ from vmcp_opt.display import shorten
 logger = logging.getLogger(__name__)
 
 ResultT = TypeVar("ResultT", bound=BaseModel)
+T = TypeVar("T")
 # Seconds a session must have served for its loss to restart the backoff at `failure.restart.initial_delay`.
 STABLE_SESSION = 60.0
 # Seconds an HTTP session's close (its DELETE) may take before the connection stops waiting for it.
@@ -144,11 +147,12 @@ class BackendConnection:
         self._refresh_lock = anyio.Lock()
         self._refresh_wanted = anyio.Event()  # a change was announced and not yet re-fetched
         self._next_refresh = -float("inf")  # when a re-fetch may start again (`_refresh_when_asked`)
-        self._task_group: anyio.abc.TaskGroup | None = None
+        self._task_group: TaskGroup | None = None
         self._stream: WatchedReadStream | None = None
         self._stderr = StderrTail()  # this attempt's process (stdio)
         self._step = "the handshake"  # what this attempt waits for, for a connect timeout's message
         self._watchers: list[SessionWatcher] = []
+        self._pinging = False  # a ping, or its clean-up past its deadline, is still running
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -452,17 +456,29 @@ class BackendConnection:
         return self._session
 
     async def ping(self, seconds: float) -> None:
-        """A liveness check that must be answered within `seconds`.
+        """A liveness check that must be answered within `seconds`: `TimeoutError` at that deadline.
 
-        `ping` on the 2025-11-25 handshake; the 2026-07-28 revision has no ping, so `server/discover`.
+        `ping` on the 2025-11-25 handshake; the 2026-07-28 revision has no ping, so `server/discover`. A ping
+        past its deadline is cancelled in the background (`detached`); while that clean-up lasts no other ping is
+        sent (`PingPending`): a transport that cannot even take the previous ping's cancel is no healthier.
         """
         session = self._require_session()
+        if self._pinging:
+            raise PingPending("the previous ping is still being cancelled")
         if self.protocol_version in MODERN_PROTOCOL_VERSIONS:
-            await session.send_request(
-                types.DiscoverRequest(), types.DiscoverResult, request_read_timeout_seconds=seconds
-            )
+            request: types.Request[Any, Any] = types.DiscoverRequest()
+            result_type: type[BaseModel] = types.DiscoverResult
         else:
-            await session.send_request(types.PingRequest(), types.EmptyResult, request_read_timeout_seconds=seconds)
+            request, result_type = types.PingRequest(), types.EmptyResult
+
+        async def ping() -> None:
+            self._pinging = True  # in the task, so a task that never ran leaves no flag behind
+            try:
+                await session.send_request(request, result_type, request_read_timeout_seconds=seconds)
+            finally:
+                self._pinging = False
+
+        await detached(self._task_group, ping, within=seconds)
 
     async def request(
         self,
@@ -479,14 +495,21 @@ class BackendConnection:
         auth = self._auth
         if auth is not None:
             await auth.prepare()
+        progress = coalesced(progress_callback)
+
+        async def send() -> ResultT:
+            return await session.send_request(
+                request,  # type: ignore[arg-type]
+                result_type,
+                request_read_timeout_seconds=self.call_timeout,
+                progress_callback=progress,
+            )
+
         try:
-            with forwarding(headers):
-                result = await session.send_request(
-                    request,  # type: ignore[arg-type]
-                    result_type,
-                    request_read_timeout_seconds=self.call_timeout,
-                    progress_callback=coalesced(progress_callback),
-                )
+            with forwarding(headers):  # the task `detached` starts copies the headers with the context
+                # Detached: a caller that stops waiting (its `timeouts.call` deadline, the client's cancel) returns
+                # at once; the SDK's courtesy cancel, which a stuck HTTP transport held up to 5 s, goes on behind.
+                result = await detached(self._task_group, send)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
             raise BackendUnavailable(f"backend '{self.name}' connection lost: {self.describe(exc)}") from exc
         except MCPError as exc:
@@ -576,6 +599,50 @@ def bounded_close(transport: str, what: str) -> Iterator[CloseBound]:
         )
         if close.failure is not None:
             raise close.failure
+
+
+class PingPending(TimeoutError):
+    """The previous ping, given up on at its deadline, is still being cancelled: no new one was sent."""
+
+
+async def detached(group: TaskGroup | None, work: Callable[[], Awaitable[T]], *, within: float = math.inf) -> T:
+    """`work()` in a task of `group`, waited for here at most `within` seconds (then `TimeoutError`).
+
+    Once this caller stops waiting (its deadline, or it is cancelled), `work` is cancelled and the caller goes on at
+    once; what `work` does on cancellation finishes in `group`. The SDK's cancellation of a request writes a courtesy
+    `notifications/cancelled`, shielded and bounded by 5 s (`_ABANDON_WRITE_TIMEOUT`): on an HTTP backend that
+    hangs, the transport is still posting the previous message, so that write waited out the 5 s, and every ping
+    and call after the first took its deadline plus 5 s. `group` is the session's: its end ends the clean-up too.
+    """
+    if group is None:  # no session task group (it is ending): as before, inline
+        with anyio.fail_after(within):
+            return await work()
+    outcome: list[T] = []
+    failure: list[Exception] = []
+    done = anyio.Event()
+    scope = anyio.CancelScope()
+
+    async def run() -> None:
+        try:
+            with scope:
+                outcome.append(await work())
+        except Exception as exc:  # the caller's to handle, not the session's task group's
+            failure.append(exc)
+        finally:
+            done.set()
+
+    group.start_soon(run)
+    try:
+        with anyio.fail_after(within):
+            await done.wait()
+    finally:
+        if not done.is_set():
+            scope.cancel()
+    if failure:
+        raise failure[0]
+    if not outcome:  # cancelled by the end of its group: the session is over
+        raise anyio.ClosedResourceError("the session ended")
+    return outcome[0]
 
 
 def _restarted_error(exc: MCPError, reason: str) -> MCPError:

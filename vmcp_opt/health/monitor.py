@@ -21,7 +21,7 @@ from mcp.shared.exceptions import MCPError
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from vmcp_opt.backends import BackendConnection, BackendManager, BackendState
-from vmcp_opt.backends.connection import BackendUnavailable
+from vmcp_opt.backends.connection import BackendUnavailable, PingPending
 from vmcp_opt.backends.errors import broken_answer, invalid_result, naming_backend
 from vmcp_opt.config import VmcpConfig
 from vmcp_opt.health.breaker import CircuitBreaker
@@ -93,6 +93,8 @@ class HealthMonitor:
         timeout = self.config.health.timeout
         started = time.monotonic()
         try:
+            # The ping answers by its deadline (a hung transport's clean-up goes on in the session's background), so
+            # each failed ping is a verdict at `health.timeout`; this outer bound is a last guard.
             with anyio.fail_after(timeout + _DEADLINE_GRACE):
                 await connection.ping(timeout)
         except (
@@ -102,11 +104,7 @@ class HealthMonitor:
             anyio.BrokenResourceError,
             anyio.ClosedResourceError,
         ) as exc:
-            reason = (
-                f"ping timed out after {timeout:g}s"
-                if isinstance(exc, TimeoutError) or (isinstance(exc, MCPError) and exc.code == types.REQUEST_TIMEOUT)
-                else f"ping failed: {connection.describe(exc)}"
-            )
+            reason = _ping_failure(exc, timeout, connection)
             health.record_failure(reason)
             breaker.record_failure(reason, admitted=False)
             if health.state is HealthState.UNHEALTHY and connection.state is BackendState.READY:
@@ -195,6 +193,15 @@ class HealthMonitor:
 
     def available(self, backend: str) -> bool:
         return self.health[backend].state is not HealthState.UNHEALTHY
+
+
+def _ping_failure(exc: Exception, timeout: float, connection: BackendConnection) -> str:
+    """Why a ping failed, for the health state and the breaker."""
+    if isinstance(exc, PingPending):
+        return f"no ping sent: the previous one, timed out after {timeout:g}s, is still being cancelled on a stuck transport"
+    if isinstance(exc, TimeoutError) or (isinstance(exc, MCPError) and exc.code == types.REQUEST_TIMEOUT):
+        return f"ping timed out after {timeout:g}s"
+    return f"ping failed: {connection.describe(exc)}"
 
 
 def _call_timeout(connection: BackendConnection) -> str:
