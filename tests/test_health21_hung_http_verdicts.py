@@ -14,8 +14,10 @@ from typing import Any
 
 import anyio
 import httpx2
+import mcp_types as types
 import pytest
 from mcp import Client
+from mcp.client.session import ClientRequestContext
 
 from tests.support import Gateway, running_gateway, write_config
 from tests.test_chaos20_http_stall import _everything_over_http
@@ -91,7 +93,14 @@ async def test_a_hung_http_backend_is_unhealthy_after_exactly_threshold_pings_at
             assert "Traceback" not in output, output
 
 
-async def test_a_call_to_a_hung_http_backend_returns_at_its_deadline_each_time(tmp_path: Path) -> None:
+async def _sampling(context: ClientRequestContext, params: types.CreateMessageRequestParams) -> types.ErrorData:
+    return types.ErrorData(code=types.INVALID_REQUEST, message="unused")
+
+
+# A client that declares sampling gets a session of its own at the backend (backends/session_pool.py): its calls
+# are given up on the same way.
+@pytest.mark.parametrize("session", ["shared", "dedicated"])
+async def test_a_call_to_a_hung_http_backend_returns_at_its_deadline_each_time(tmp_path: Path, session: str) -> None:
     with _everything_over_http() as (server, url):
         config = {
             "backends": [{"name": "web", "transport": "streamable-http", "url": url}],
@@ -100,7 +109,8 @@ async def test_a_call_to_a_hung_http_backend_returns_at_its_deadline_each_time(t
             "failure": {"circuit_breaker": {"failure_threshold": 100}},
         }
         with running_gateway(write_config(tmp_path, config)) as gateway:
-            async with Client(gateway.url, mode="legacy") as client:
+            sampling = _sampling if session == "dedicated" else None
+            async with Client(gateway.url, mode="legacy", sampling_callback=sampling) as client:
                 result = await client.call_tool("web_echo", {"message": "up"})
                 assert not result.is_error, result
                 server.send_signal(signal.SIGSTOP)
