@@ -14,7 +14,7 @@ from typing import Any
 import httpx2
 import pytest
 
-from tests.support import NODE_BIN, Gateway, demo_backend, running_gateway, write_config
+from tests.support import NODE_BIN, Gateway, demo_backend, running_gateway, sse_messages, write_config
 
 HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 CLIENT = {"name": "old-client", "version": "1"}
@@ -79,8 +79,10 @@ def test_a_2025_03_26_batch_is_answered_with_one_answer_per_request(gateway: Gat
         ]
         answer = post(gateway, batch, session)
         assert answer.status_code == 200, answer.text
-        answers = {item["id"]: item for item in answer.json()}
-        assert set(answers) == {"p", 7, "x"}
+        assert answer.headers["content-type"].startswith("text/event-stream")  # one event per answer, as it comes
+        events = [message for _, message in sse_messages(iter(answer.text.splitlines())) if message is not None]
+        assert [item["id"] for item in events] == ["p", 7, "x"]  # one message at a time, in the batch's order
+        answers = {item["id"]: item for item in events}
         assert answers["p"]["result"] == {}
         assert "demo_slow_echo" in [tool["name"] for tool in answers[7]["result"]["tools"]]
         assert answers["x"]["error"]["code"] == -32601

@@ -10,6 +10,8 @@ with -32600 itself: the SDK would take it for a notification and answer 202, lea
 That needs the body before the SDK reads it: it is read here (up to `server.max_body_bytes`) and handed on
 unchanged. The error never repeats the client's input.
 
+A JSON-RPC batch (a body that is an array, 2025-03-26 only) is served by `json_batch.JsonRpcBatch`.
+
 A body over that cap is answered 413 with a JSON-RPC error naming the setting and the cap; one whose
 `Content-Length` says so is answered before any of it is read, rather than when the body deadline runs out.
 
@@ -18,14 +20,6 @@ answered -32602 here, naming each field, under the request's id: the SDK says on
 and over HTTP it keeps the session that request opened, which then answers every request the same way and holds
 one of the address's `limits.max_sessions_per_address` until it idles out. No session is opened for it here.
 
-A JSON-RPC batch (a body that is an array) is part of protocol version 2025-03-26 only, where a server must
-accept it; the SDK refuses every array. `JsonRpcBatch` serves one from a client of that version (its POSTs carry
-no `MCP-Protocol-Version`, or that one): each message goes down the chain as a POST of its own,
-`BATCH_PARALLEL` at once, and their answers come back as one JSON array, or as one SSE stream once any of them
-streams (a server→client request must reach the client while the call waits for its answer). A batch from a later version, one that
-would open a session, one with `initialize` in it, or one of more than `MAX_BATCH` messages is refused with
--32600 saying why.
-
 `json.loads` raises RecursionError, not ValueError, on input nested deeper than its recursion limit (a 2 KB
 body of brackets): each parse here treats both alike, and the SDK answers that body -32700.
 """
@@ -33,14 +27,13 @@ body of brackets): each parse here treats both alike, and the SDK answers that b
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
-import anyio
 from mcp_types import InitializeRequestParams
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from vmcp_opt.server.json_batch import JsonRpcBatch, is_batch
 from vmcp_opt.server.sessions import json_rpc_error
 
 INVALID_REQUEST = -32600
@@ -73,8 +66,8 @@ class JsonRpcErrorCodes:
                     send, 400, INVALID_REQUEST, f"Invalid Request: id must be a string or an integer, not {bad_id}"
                 )
                 return
-            if _BATCH_START.match(body):
-                await JsonRpcBatch(self, scope, send).serve(body)
+            if is_batch(body):
+                await JsonRpcBatch(self, scope, send).serve(body, receive)
                 return
             problem = initialize_problem(body)
             if problem is not None:
@@ -234,219 +227,3 @@ def initialize_problem(body: bytes) -> tuple[str | int, str] | None:
 def _field_problem(error: Any) -> str:
     path = "params" + "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in error["loc"])
     return f"{path}: {error['msg']}"
-
-
-# A body that is a JSON array, found without copying it (`bytes.lstrip` would, on every POST).
-_BATCH_START = re.compile(rb"[ \t\r\n]*\[")
-# Messages in one JSON-RPC batch, and how many of them run at once, each as a request of its own: a batch
-# costs the gateway about what as many POSTs on a few connections would.
-MAX_BATCH = 64
-BATCH_PARALLEL = 8
-BATCH_VERSION = "2025-03-26"
-# Refusals of the whole POST, before any message is read: a batch whose every message got one gets it as is.
-_WHOLE_REQUEST = frozenset({401, 403, 404, 406, 413, 415, 421, 503})
-
-
-class JsonRpcBatch:
-    """One 2025-03-26 JSON-RPC batch, served message by message through `endpoint` (see the module)."""
-
-    def __init__(self, endpoint: ASGIApp, scope: Scope, send: Send) -> None:
-        self._endpoint = endpoint
-        self._scope = scope
-        self._send = send
-        self._answers: list[dict[str, Any]] = []
-        self._refusals: list[tuple[Message, bytes, Any]] = []
-        self._streaming = False
-        self._lock = anyio.Lock()
-
-    async def serve(self, body: bytes) -> None:
-        try:
-            messages: Any = json.loads(body)
-        except (ValueError, RecursionError):
-            await json_rpc_error(self._send, 400, -32700, "Parse error: the body is not JSON")
-            return
-        refusal = self._refusal(messages)
-        if refusal is not None:
-            await json_rpc_error(self._send, 400, INVALID_REQUEST, f"Invalid Request: {refusal}")
-            return
-        parallel = anyio.CapacityLimiter(BATCH_PARALLEL)
-        async with anyio.create_task_group() as task_group:
-            for message in messages:
-                task_group.start_soon(self._one, message, parallel)
-        await self._finish(len(messages))
-
-    def _refusal(self, messages: Any) -> str | None:
-        if not isinstance(messages, list):
-            return "not a JSON-RPC 2.0 request, notification or response"
-        version = _header(self._scope, b"mcp-protocol-version")
-        if version not in (None, BATCH_VERSION):
-            return (
-                f"JSON-RPC batches are not part of protocol version {version[:40]!r} (only {BATCH_VERSION} "
-                "has them): send each message in a POST of its own"
-            )
-        if not messages:
-            return "an empty batch"
-        if len(messages) > MAX_BATCH:
-            return f"a batch of {len(messages):,} messages, over {MAX_BATCH}: send it in smaller batches"
-        if _header(self._scope, b"mcp-session-id") is None:
-            return "a batch cannot open a session: send initialize in a POST of its own first"
-        if any(isinstance(m, dict) and m.get("method") == "initialize" for m in messages):
-            return "initialize must not be part of a JSON-RPC batch"
-        return None
-
-    async def _one(self, message: Any, parallel: anyio.CapacityLimiter) -> None:
-        """`message` as a POST of its own; its answers go to the batch's."""
-        async with parallel:
-            await self._served(message)
-
-    async def _served(self, message: Any) -> None:
-        if not isinstance(message, dict):  # a batch in a batch would be served as one: no JSON-RPC message
-            error = {
-                "code": INVALID_REQUEST,
-                "message": "Invalid Request: not a JSON-RPC 2.0 request, notification or response",
-            }
-            await self.add({"jsonrpc": "2.0", "id": None, "error": error})
-            return
-        body = json.dumps(message).encode()
-        headers = [(k, v) for k, v in self._scope["headers"] if k.lower() != b"content-length"]
-        scope = {**self._scope, "headers": [*headers, (b"content-length", str(len(body)).encode())]}
-        sent = False
-
-        async def receive() -> Message:
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            await anyio.sleep_forever()  # the batch's own request ends it: its task group is cancelled
-            raise AssertionError("unreachable")
-
-        reader = _AnswerReader(self, message.get("id"))
-        await self._endpoint(scope, receive, reader.send)
-        await reader.done()
-
-    async def add(self, answer: dict[str, Any]) -> None:
-        async with self._lock:
-            if self._streaming:
-                await self._event(answer)
-            else:
-                self._answers.append(answer)
-
-    async def refused(self, start: Message, body: bytes, request_id: Any) -> None:
-        """A message's POST refused as a whole: the batch's answer if every one was, else that message's error."""
-        if self._streaming:
-            await self.add(_answer_to(body, request_id))
-        else:
-            self._refusals.append((start, body, request_id))
-
-    async def stream(self, start: Message) -> None:
-        """One answer streams: so does the batch's, from now on, with what was answered so far first."""
-        async with self._lock:
-            if self._streaming:
-                return
-            self._streaming = True
-            kept = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
-            await self._send({"type": "http.response.start", "status": 200, "headers": kept})
-            for answer in self._answers:
-                await self._event(answer)
-            self._answers.clear()
-
-    async def _event(self, answer: dict[str, Any]) -> None:
-        data = json.dumps(answer, separators=(",", ":")).encode()
-        await self._send(
-            {"type": "http.response.body", "body": b"event: message\ndata: " + data + b"\n\n", "more_body": True}
-        )
-
-    async def _finish(self, count: int) -> None:
-        if self._streaming:
-            await self._send({"type": "http.response.body", "body": b""})
-            return
-        if len(self._refusals) == count and not self._answers:
-            start, body, _ = self._refusals[0]  # the POST itself was refused (an unknown session, …): say so as is
-            await self._send(start)
-            await self._send({"type": "http.response.body", "body": body})
-            return
-        for _, body, request_id in self._refusals:
-            await self.add(_answer_to(body, request_id))
-        if not self._answers:
-            await self._send({"type": "http.response.start", "status": 202, "headers": [(b"content-length", b"0")]})
-            await self._send({"type": "http.response.body", "body": b""})
-            return
-        data = json.dumps(self._answers, separators=(",", ":")).encode()
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
-        if (session := _header(self._scope, b"mcp-session-id")) is not None:
-            headers.append((b"mcp-session-id", session.encode("latin-1")))
-        await self._send({"type": "http.response.start", "status": 200, "headers": headers})
-        await self._send({"type": "http.response.body", "body": data})
-
-
-class _AnswerReader:
-    """The `send` of one batch message's POST: reads its JSON or SSE answer into the batch's."""
-
-    def __init__(self, batch: JsonRpcBatch, request_id: Any) -> None:
-        self._batch = batch
-        self._request_id = request_id
-        self._start: Message | None = None
-        self._body = b""
-        self._sse = False
-
-    async def send(self, message: Message) -> None:
-        if message["type"] == "http.response.start":
-            self._start = message
-            self._sse = (_start_header(message, b"content-type") or "").startswith("text/event-stream")
-            if self._sse:
-                await self._batch.stream(message)
-            return
-        if message["type"] != "http.response.body":
-            return
-        self._body += message.get("body", b"")
-        if self._sse:
-            self._body = self._body.replace(b"\r\n", b"\n")  # sse-starlette ends its lines with CRLF
-            await self._events()
-
-    async def _events(self) -> None:
-        """Each complete SSE event's JSON data to the batch; keep-alives and the priming event have none."""
-        while b"\n\n" in self._body:
-            event, self._body = self._body.split(b"\n\n", 1)
-            for line in event.splitlines():
-                if line.startswith(b"data:") and line[5:].strip():
-                    await self._batch.add(json.loads(line[5:]))
-
-    async def done(self) -> None:
-        if self._sse or self._start is None:
-            return
-        if self._start["status"] in _WHOLE_REQUEST:
-            await self._batch.refused(self._start, self._body, self._request_id)
-            return
-        if self._body.strip():
-            await self._batch.add(_answer_to(self._body, self._request_id))
-
-
-def _answer_to(body: bytes, request_id: Any) -> dict[str, Any]:
-    """A message's JSON answer; an error refused before the SDK read the message gets that message's id, so the
-    client can tell which of its requests it answers."""
-    try:
-        parsed: Any = json.loads(body)
-    except (ValueError, RecursionError):
-        parsed = None
-    answer: dict[str, Any] = (
-        parsed
-        if isinstance(parsed, dict)
-        else {"jsonrpc": "2.0", "id": None, "error": {"code": -32603, "message": "Internal error"}}
-    )
-    if answer.get("id") is None and "error" in answer and isinstance(request_id, str | int):
-        answer["id"] = request_id
-    return answer
-
-
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope["headers"]:
-        if key.lower() == name:
-            return str(value.decode("latin-1"))
-    return None
-
-
-def _start_header(start: Message, name: bytes) -> str | None:
-    for key, value in start.get("headers", []):
-        if key.lower() == name:
-            return str(value.decode("latin-1"))
-    return None

@@ -57,10 +57,11 @@ from mcp.shared.message import SessionMessage
 from pydantic import ValidationError
 
 from vmcp_opt.gateway import Gateway, StartupError
-from vmcp_opt.server.bad_input import MAX_BATCH, initialize_problem, unusable_id
+from vmcp_opt.server.bad_input import initialize_problem, unusable_id
 from vmcp_opt.server.diagnostics import DiagnosticsServer
 from vmcp_opt.server.drain import CUT_OFF
 from vmcp_opt.server.handlers import build_mcp_server
+from vmcp_opt.server.json_batch import MAX_BATCH, is_batch
 from vmcp_opt.server.streams import OldClientContent, ReadStreamWrapper, WriteStreamWrapper
 
 logger = logging.getLogger(__name__)
@@ -320,7 +321,7 @@ def batch_of(line: bytes) -> list[dict[str, object]]:
     """The messages of a JSON-RPC batch line (2025-03-26 clients may send them; the SDK reads none), to be
     read one line each and answered one line each, which clients match by id. Empty for any other line; a
     batch of more than `MAX_BATCH`, or with anything but objects in it, is left to be refused as it is."""
-    if line.lstrip()[:1] != b"[":
+    if not is_batch(line):
         return []
     try:
         messages: object = json.loads(line)
