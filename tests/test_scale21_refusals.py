@@ -9,7 +9,10 @@ kernel dropped the answer, and the SDK's client (httpx, headers and body in two 
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 
@@ -18,7 +21,7 @@ import pytest
 from mcp import Client
 from mcp.shared.exceptions import MCPError
 
-from tests.support import Gateway, demo_backend, running_gateway, write_config
+from tests.support import Gateway, demo_backend, raw_session, running_gateway, write_config
 
 
 @pytest.fixture(scope="module")
@@ -96,3 +99,38 @@ def test_connections_are_served_again_once_the_held_ones_close(capped_gateway: G
         time.sleep(0.1)
     assert outcome == "served"
     assert "Traceback" not in capped_gateway.output()
+
+
+def test_a_431_pipelined_behind_a_running_call_comes_after_that_calls_answer(capped_gateway: Gateway) -> None:
+    """Pipelined behind a call still running, a request whose headers pass the cap is answered 431 once the call
+    is: written at once, the 431 and our FIN came first, and the call's answer hit "write() after write_eof()"
+    (a traceback in the log, and the answer lost)."""
+    headers = raw_session(capped_gateway.url)
+    params = {"name": "demo_slow_echo", "arguments": {"message": "the first answer", "seconds": 0.5}}
+    body = json.dumps({"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": params}).encode()
+    head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    first = f"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\n{head}content-length: {len(body)}\r\n\r\n".encode() + body
+    second = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nx-big: " + b"a" * 70_000 + b"\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", capped_gateway.port), timeout=20) as sock:
+        sock.sendall(first + second)
+        answer = b""
+        while chunk := sock.recv(65536):  # the gateway closes its side after the 431
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
+    assert b"the first answer" in answer
+    assert b"HTTP/1.1 431" in answer
+    assert answer.index(b"the first answer") < answer.index(b"HTTP/1.1 431")
+    assert b"limits.max_header_bytes" in answer[answer.index(b"HTTP/1.1 431") :]
+    assert "write_eof" not in capped_gateway.output()
+
+
+def test_under_a_1024_descriptor_limit_lingering_takes_an_eighth_of_the_client_budget() -> None:
+    """The lingering allowance once cut `limits.max_connections` from 896 to 640 under a 1024 hard limit."""
+    script = (
+        "import resource\n"
+        "from vmcp_opt.server import connections\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024))\n"
+        "print(connections.fit_connections(10_000), connections._max_lingering)\n"
+    )
+    ran = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
+    assert ran.stdout.split() == ["784", "112"]  # (1024 - 128 reserved) less an eighth of it lingering

@@ -20,7 +20,12 @@ half of the connection (a FIN), then what the client still sends is read and dro
 most `LINGER_SECONDS`. Closed at once, a socket with the client's request unread makes the kernel send a
 reset, and the client's kernel drops the answer with it: an SDK client (httpx, which sends its headers and
 body in two writes) saw a bare `ReadError` instead of the 503 and its Retry-After. At most `MAX_LINGERING`
-linger at once, outside the connection counts; past it one is closed at once, as before.
+linger at once, outside the connection counts; past it one is closed at once, as before. Under a low open-file
+limit fewer do (an eighth of the descriptors left for clients), so the allowance does not cut the cap by a quarter.
+
+A 431 for a request pipelined behind one still running waits for that one's answer: written at once it would land
+in the middle of that answer, and after our FIN the answer itself could not be written (uvicorn logs a
+`RuntimeError` with a traceback for each, and the client loses it).
 
 `asyncio` reports a failing `accept()` (EMFILE: out of descriptors) through the loop's exception handler,
 with a traceback each time; `throttle_accept_errors` makes that one line a minute.
@@ -52,6 +57,8 @@ LINGER_SECONDS = 2.0
 # Refused connections lingering at once, for every listener of the process: a flood of them holds this many
 # descriptors more, not one per refused client (`fit_connections` keeps them free).
 MAX_LINGERING = 256
+# What `fit_connections` leaves of MAX_LINGERING under the process's open-file limit.
+_max_lingering = MAX_LINGERING
 _lingering: set[LimitedProtocol] = set()
 
 
@@ -104,6 +111,7 @@ class LimitedProtocol(HttpToolsProtocol):
         self._unfinished_bytes = 0  # read while the current request's headers are incomplete
         self._refused = False  # answered 503, 429 or 431: the rest of what the client sent is not parsed
         self._linger: asyncio.TimerHandle | None = None
+        self._deferred: bytes | None = None  # a refusal held until the request still running is answered
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -207,12 +215,16 @@ class LimitedProtocol(HttpToolsProtocol):
         )
 
     def _refuse(self, answer: bytes) -> None:
-        """Send `answer`, then linger (see the module's docstring) or, past `MAX_LINGERING`, close at once."""
+        """Send `answer`, then linger (see the module's docstring) or, past `MAX_LINGERING`, close at once; after the
+        answer of a request still running on the connection (pipelined), if one is."""
         self._refused = True
         self._disarm()
+        if self._answering():
+            self._deferred = answer  # sent by on_response_complete
+            return
         transport = self.transport
         transport.write(answer)
-        if len(_lingering) >= MAX_LINGERING or not transport.can_write_eof():
+        if len(_lingering) >= _max_lingering or not transport.can_write_eof():
             transport.close()
             return
         try:
@@ -224,6 +236,17 @@ class LimitedProtocol(HttpToolsProtocol):
         self.connections.discard(self)
         _lingering.add(self)
         self._linger = self.loop.call_later(LINGER_SECONDS, transport.close)
+
+    def _answering(self) -> bool:
+        """Whether a request read earlier on this connection is still to be answered (running, or queued)."""
+        cycle = self.cycle
+        return bool(self.pipeline) or (cycle is not None and not cycle.response_complete and not cycle.disconnected)
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self._deferred is not None and not self._answering() and not self.transport.is_closing():
+            answer, self._deferred = self._deferred, None
+            self._refuse(answer)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
@@ -294,7 +317,10 @@ def fit_connections(max_connections: int) -> int:
             logger.warning("could not raise the open-file limit from %d to %d: %s", soft, target, exc)
     if soft == resource.RLIM_INFINITY:
         return max_connections
-    fits = max(1, soft - RESERVED_DESCRIPTORS - MAX_LINGERING)
+    global _max_lingering
+    budget = soft - RESERVED_DESCRIPTORS
+    _max_lingering = max(1, min(MAX_LINGERING, budget // 8))
+    fits = max(1, budget - _max_lingering)
     if fits < max_connections:
         logger.warning(
             "limits.max_connections lowered from %d to %d to fit the open-file limit (%d)", max_connections, fits, soft
