@@ -152,6 +152,7 @@ def _id_in_use(message: JSONRPCRequest) -> JSONResponse:
 class LazyStreamTransport(StreamableHTTPServerTransport):
     asks: AskIds | None = None  # sessions shared: requests to the client tagged, answers routed by their tag
     ask_copy = ""  # sessions shared: this copy's number in its requests' ids (`AskIds.next_copy`, taken at connect)
+    client_version: str | None = None  # a restored copy: the version its client negotiated (`OldClientContent`)
 
     async def terminate(self) -> None:
         await super().terminate()
@@ -164,7 +165,7 @@ class LazyStreamTransport(StreamableHTTPServerTransport):
     ) -> AsyncGenerator[tuple[ReadStream[SessionMessage | Exception], WriteStream[SessionMessage]], None]:
         async with super().connect() as (read_stream, sdk_write_stream):
             # Content blocks a client of an older protocol version cannot read are sent as text.
-            write_stream = OldClientContent(sdk_write_stream)
+            write_stream = OldClientContent(sdk_write_stream, self.client_version)
             if self.asks is None:
                 yield read_stream, write_stream
                 return

@@ -118,6 +118,9 @@ async def serve_restored(
     logged); then its transport terminated. `restored` is set once every replayed request is answered."""
     messages = opening_messages(record, request)
     replayed = {m.message.id for m in messages if isinstance(m.message, JSONRPCRequest)}
+    if isinstance(transport, LazyStreamTransport):
+        # The replayed `initialize`'s answer, which tells an older client's from a newer one's, is dropped below.
+        transport.client_version = record.protocol_version
     try:
         async with transport.connect() as (read_stream, write_stream):
             task_status.started()

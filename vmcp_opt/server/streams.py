@@ -81,11 +81,12 @@ class OldClientContent(WriteStreamWrapper):
     """The write side of one client's session: once its `initialize` answer shows an older protocol version, each
     tool result's and prompt's content block of a type that version lacks is sent as a text block that says
     what it was (a resource link's URI, which `resources/read` still serves). Newer clients' messages pass as
-    they are."""
+    they are. A session restored on another replica (`sessions.store: redis`) gets its client's `version` from
+    its record: the replayed `initialize`'s answer is dropped before it gets here."""
 
-    def __init__(self, inner: WriteStream[SessionMessage]) -> None:
+    def __init__(self, inner: WriteStream[SessionMessage], version: str | None = None) -> None:
         super().__init__(inner)
-        self._unknown: frozenset[str] = frozenset()
+        self._unknown = _UNKNOWN_BLOCKS.get(version or "", frozenset())
 
     async def send(self, item: SessionMessage, /) -> None:
         message = item.message
