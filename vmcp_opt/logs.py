@@ -37,7 +37,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal, TextIO
+from typing import Any, Literal, TextIO, TypeVar
 
 from vmcp_opt.display import shorten
 
@@ -129,6 +129,24 @@ class QuietLibraries(logging.Filter):
         return True
 
 
+# Keys (logger and message template, or a `ThrottledLog` key) a throttle remembers; past it the oldest goes.
+_THROTTLED_KEYS = 1024
+_Key = TypeVar("_Key", str, tuple[str, str])
+
+
+def _let_through(last: dict[_Key, float], held_back: Counter[_Key], key: _Key, now: float) -> int:
+    """Records `key` let through at `now`; how many like it were held back since. A library may format text it
+    was sent into its message template (so may a key of ours): the oldest key is forgotten, with its count,
+    past `_THROTTLED_KEYS`, rather than kept for the life of the process."""
+    last.pop(key, None)  # re-inserted last: the dict's order is then oldest first
+    last[key] = now
+    while len(last) > _THROTTLED_KEYS:
+        oldest = next(iter(last))
+        del last[oldest]
+        held_back.pop(oldest, None)
+    return held_back.pop(key, 0)
+
+
 class ThrottledLibraries(logging.Filter):
     """At most one record per logger and message template in `interval` from the libraries in THROTTLED_LIBRARIES;
     the next one let through says how many were held back."""
@@ -149,8 +167,7 @@ class ThrottledLibraries(logging.Filter):
         if last is not None and now - last < self.interval:
             self._held_back[key] += 1
             return False
-        self._last[key] = now
-        held = self._held_back.pop(key, 0)
+        held = _let_through(self._last, self._held_back, key, now)
         if held:
             record.msg = f"{record.getMessage()} (and {held} more like it in the last {self.interval:g}s)"
             record.args = None
@@ -356,7 +373,6 @@ class ThrottledLog:
         if last is not None and now - last < self.interval:
             self._held_back[key] += 1
             return
-        self._last[key] = now
-        held = self._held_back.pop(key, 0)
+        held = _let_through(self._last, self._held_back, key, now)
         suffix = f" (and {held} more like it in the last {self.interval:g}s)" if held else ""
         self.target.log(self.level, message + suffix, *args)
