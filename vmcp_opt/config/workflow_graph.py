@@ -23,6 +23,31 @@ def parameter_problems(schema: dict[str, Any]) -> list[str]:
     return schema_problems("parameters", schema)
 
 
+def output_schema_problems(schema: dict[str, Any], output: dict[str, Any] | None) -> list[str]:
+    """What is wrong with a workflow's `output_schema` that the file alone shows: not an object schema (MCP
+    lists only those as `outputSchema`), not JSON Schema, or, with `output` given (whose keys are the result's
+    keys, whatever the steps return), a required key `output` does not make or a key the schema forbids."""
+    if schema.get("type") != "object":
+        return ["output_schema.type: a tool's output schema must be of type 'object'"]
+    problems = schema_problems("output_schema", schema)
+    if problems or output is None:
+        return problems
+    required = schema.get("required", [])
+    problems += [
+        f"output_schema.required: '{key}' is not a key of `output`, so no run could return it"
+        for key in required
+        if isinstance(key, str) and key not in output
+    ]
+    properties = schema.get("properties", {})
+    if schema.get("additionalProperties") is False and isinstance(properties, dict):
+        problems += [
+            f"output.{key}: not among output_schema.properties, which allows no other key (additionalProperties)"
+            for key in output
+            if key not in properties
+        ]
+    return problems
+
+
 def schema_problems(place: str, schema: dict[str, Any]) -> list[str]:
     """`place.path: not a valid JSON Schema: …`, or nothing."""
     try:

@@ -6,7 +6,8 @@ readable; `vmcp config-docs` walks it as part of the same model.
 
 What is refused here, each by its path (`workflows[0].steps[2].depends_on: unknown step 'fetch'`): unknown
 keys, duplicate names and step ids, unknown or cyclic `depends_on`, a template that does not parse or that
-reads a step which is not among the step's dependencies, a parameter schema that is not JSON Schema,
+reads a step which is not among the step's dependencies, a parameter schema that is not JSON Schema, an
+`output_schema` that is not an object schema or requires a key `output` never makes,
 workflows that call each other in a cycle, and elicitation steps without a message or a flat form. What needs the live
 catalogue (a step naming a tool no backend serves) is checked when the gateway starts
 (`vmcp_opt/workflows/validation.py`). Warned of rather than refused: a `${VAR}` in a step's templates, which
@@ -34,6 +35,7 @@ from vmcp_opt.config.workflow_graph import (
     ancestors_of,
     find_cycle,
     find_cycles,
+    output_schema_problems,
     parameter_problems,
     schema_problems,
     step_templates,
@@ -232,6 +234,10 @@ class WorkflowConfig(_Strict):
     steps: list[StepConfig] = Field(min_length=1, max_length=200)
     # The result: each key a template over the steps' results; unset, the last step's output.
     output: dict[str, Any] | None = None
+    # The result's JSON Schema (`type: object`), listed as the tool's `outputSchema` so clients and models know
+    # its fields; every run's output is checked against it, and one that does not fit fails the run naming the
+    # field. Unset: none listed, nothing checked.
+    output_schema: dict[str, Any] | None = None
     # Seconds the whole run may take.
     timeout: float = Field(300.0, gt=0)
     # Steps (for_each items included) running at once.
@@ -241,7 +247,8 @@ class WorkflowConfig(_Strict):
     # 1,000, or what the workflow's own steps can make (max_iterations, retries) if that is more.
     max_calls: int | None = Field(None, ge=1, le=1_000_000)
     # MCP tool annotations, over those derived from the steps (read-only only if every step is, destructive
-    # if any step is).
+    # if any step is); a hint claiming more safety than a step's tool declares (`readOnlyHint: true` over a step
+    # declared not read-only) is not served, and the gateway warns of it.
     annotations: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("name")
@@ -254,7 +261,7 @@ class WorkflowConfig(_Strict):
     @model_validator(mode="after")
     def _graph_and_templates(self) -> WorkflowConfig:
         """One `path: reason` line per problem, relative to this workflow (config.py prefixes its place)."""
-        problems = _structure_problems(self.parameters, list(self.steps), self.output)
+        problems = _structure_problems(self.parameters, list(self.steps), self.output, self.output_schema)
         if problems:
             raise ValueError("\n".join(problems))
         return self
@@ -304,11 +311,12 @@ def unchecked_workflow_problems(definition: Any) -> list[str]:
     if not isinstance(definition, dict):
         return []
     parameters, output = definition.get("parameters"), definition.get("output")
-    steps = definition.get("steps")
+    steps, output_schema = definition.get("steps"), definition.get("output_schema")
     return _structure_problems(
         parameters if isinstance(parameters, dict) else {},
         [_salvaged(step) for step in steps] if isinstance(steps, list) else [],
         output if isinstance(output, dict) else None,
+        output_schema if isinstance(output_schema, dict) else None,
     )
 
 
@@ -330,10 +338,15 @@ def _salvaged(step: Any) -> StepConfig | None:
 
 
 def _structure_problems(
-    parameters: dict[str, Any], steps: list[StepConfig | None], output: dict[str, Any] | None
+    parameters: dict[str, Any],
+    steps: list[StepConfig | None],
+    output: dict[str, Any] | None,
+    output_schema: dict[str, Any] | None = None,
 ) -> list[str]:
     """The workflow's own checks, by path relative to it; `None` stands for a step that could not be read."""
     problems = parameter_problems(parameters)
+    if output_schema is not None:
+        problems += output_schema_problems(output_schema, output)
     present = [(index, step) for index, step in enumerate(steps) if step is not None]
     ids = [step.id for _, step in present]
     problems += [f"steps: step ids must be unique, repeated: {i}" for i in sorted({i for i in ids if ids.count(i) > 1})]

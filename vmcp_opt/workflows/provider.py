@@ -189,10 +189,36 @@ class WorkflowTools:
             render_slots=self.render_slots,
             on_item=on_item,
         ).run()
+        if report.ok and workflow.output_schema is not None:
+            await self._conform(workflow, workflow.output_schema, report)
         if not report.ok:  # names only: the error may hold argument values and backend text
             where = f"at step {report.failed_step}" if report.failed_step else "(timed out)" if report.timed_out else ""
             logger.info("workflow %s failed %s", report.workflow, where or "(its result)")
         return report
+
+    async def _conform(self, workflow: WorkflowConfig, schema: dict[str, Any], report: RunReport) -> None:
+        """Fails `report` when its output breaks the workflow's `output_schema`: the tool lists that schema, and
+        a server MUST return structured content that fits it (the SDK's client raises on one that does not, and
+        the agent gets nothing). Off the event loop and under a deadline, as arguments are checked."""
+        if not isinstance(report.output, dict):
+            problem: str | None = f"it is {_JSON_KINDS.get(type(report.output), 'not JSON')}, not an object"
+        else:
+            problem = await self._validator.output_problem_async(workflow.name, schema, report.output)
+        if problem is not None:
+            report.error = f"its output does not match its output_schema: {problem}"
+            report.output = report.content = None
+
+
+# What a step's output that is not an object is, in JSON's words (a workflow without `output` returns its last
+# step's output, which may be any of them).
+_JSON_KINDS: dict[type, str] = {
+    type(None): "null",
+    list: "an array",
+    str: "a string",
+    int: "an integer",
+    float: "a number",
+    bool: "a boolean",
+}
 
 
 def asks_its_client(workflow: WorkflowConfig) -> bool:
@@ -284,6 +310,7 @@ def tool_of(workflow: WorkflowConfig, annotations: types.ToolAnnotations) -> typ
         name=workflow.name,
         description=workflow.description,
         input_schema=workflow.parameters,
+        output_schema=workflow.output_schema,
         annotations=annotations,
     )
 
