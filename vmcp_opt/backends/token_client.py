@@ -30,6 +30,8 @@ from vmcp_opt.config.backend_auth import BackendAuthConfig
 
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
+# `auth.subject_token_type` → the URN RFC 8693 names it by.
+SUBJECT_TOKEN_TYPES = {"access_token": ACCESS_TOKEN_TYPE, "jwt": "urn:ietf:params:oauth:token-type:jwt"}
 DEFAULT_LIFETIME = 300.0  # seconds a token without `expires_in` is kept (less `refresh_before`)
 MAX_CACHED = 10_000  # tokens per backend; past it the ones expiring first are dropped
 MAX_ANSWER_BYTES = 64 * 1024  # of a token or metadata answer read: a token response is a few KB at most
@@ -103,7 +105,7 @@ class TokenEndpoint:
         form = {
             "grant_type": TOKEN_EXCHANGE,
             "subject_token": subject_token,
-            "subject_token_type": ACCESS_TOKEN_TYPE,
+            "subject_token_type": SUBJECT_TOKEN_TYPES[self.config.subject_token_type or "access_token"],
             "requested_token_type": ACCESS_TOKEN_TYPE,
             **self._target(),
         }

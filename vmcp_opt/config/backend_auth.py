@@ -135,6 +135,9 @@ class BackendAuthConfig(_Strict):
     audience: str | None = None
     # The backend's resource indicator (RFC 8707), sent as the `resource` parameter.
     resource: str | None = None
+    # token_exchange: the `subject_token_type` the caller's token is sent as: `access_token` (RFC 8693's usual,
+    # when unset) or `jwt`, for token endpoints that take only that (Google's STS, some Okta set-ups).
+    subject_token_type: Literal["access_token", "jwt"] | None = None
     # Seconds before a token's expiry it is replaced; a token without `expires_in` is kept this long at most.
     refresh_before: float = Field(30.0, ge=0)
     # Seconds a token endpoint request may take.
@@ -179,6 +182,8 @@ class BackendAuthConfig(_Strict):
                 raise ValueError(f"type {self.type} needs `client_id` and `client_secret`")
         if self.type == "token_exchange" and not (self.audience or self.resource):
             raise ValueError("type token_exchange needs the backend's `audience` or `resource`")
+        if self.type != "token_exchange" and self.subject_token_type is not None:
+            raise ValueError("`subject_token_type` is for type token_exchange (the caller's token it exchanges)")
         if not oauth and (self.token_url or self.issuer or self.client_id or self.client_secret):
             raise ValueError("`token_url`, `issuer`, `client_id` and `client_secret` are for the OAuth types")
         return self
