@@ -9,8 +9,10 @@ Schemas come from backends and arguments from clients; neither is trusted, so a 
   first pattern). `uniqueItems` is linear, not quadratic.
 - The whole check has a deadline (`limits.argument_check_timeout`): past it the call is refused, never
   sent, and the check stops at the next keyword.
-- Compiled validators are cached per schema content (SHA-256 of its canonical JSON) in a bounded LRU, and so is
-  the verdict on a schema whose own (meta-schema) check outlasted the deadline: later calls are refused at once.
+- Compiled validators are cached per schema content (SHA-256 of its canonical JSON) in a bounded LRU (input and
+  output schemas each in their own), and so is the verdict on a schema whose own (meta-schema) check outlasted the
+  deadline on its own thread's CPU (not merely on the clock, other threads holding the GIL): later calls are
+  refused at once.
 - A plain schema (`type`, `properties`, `required`, `additionalProperties`, `items`, string `enum`s and
   annotations, nothing else) first gets an exact check of its own (vmcp_opt/plain_schemas.py, a few µs against
   jsonschema's ~40 µs per call): arguments it passes are valid under jsonschema too; anything it does not
@@ -52,6 +54,7 @@ from referencing.jsonschema import DRAFT202012
 
 from vmcp_opt.argument_messages import SCHEMA_LIMIT, describe, describe_all, spell
 from vmcp_opt.display import shorten
+from vmcp_opt.logs import ThrottledLog
 from vmcp_opt.plain_schemas import is_plain, plainly_valid
 
 logger = logging.getLogger(__name__)
@@ -79,6 +82,16 @@ class _OutOfTime(Exception):
 TOO_COSTLY_FOR = 300.0
 
 
+# The share of the deadline a schema's compile must have spent on its own thread's CPU to be judged too costly:
+# a compile cut off by other threads holding the GIL (wall time passing, not its work) says nothing of the schema.
+_OWN_WORK_SHARE = 0.8
+
+# Structured content past either bound is passed on unchecked: walking (and checking) it would cost every call up
+# to the whole deadline of GIL-holding CPU, the backend's choice.
+OUTPUT_CHECK_NODES = 10_000
+OUTPUT_CHECK_TEXT = 1_000_000
+
+
 class _TooCostly:
     """The cached verdict on a schema whose own check did not end within the deadline, until `expires`."""
 
@@ -88,29 +101,50 @@ class _TooCostly:
         self.expires = time.monotonic() + TOO_COSTLY_FOR
 
 
+class _SchemaCache:
+    """What is kept per schema, each map a bounded LRU; one for input schemas, one for output schemas, so that
+    a catalogue's output schemas do not evict its input schemas' validators (nor the reverse)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        # A compiled validator, None for a schema left to the backend, `_TooCostly` for one whose check timed out.
+        self.by_digest: OrderedDict[str, Validator | _TooCostly | None] = OrderedDict()
+        # The digest of a schema object seen recently (hashing a large schema on every call costs).
+        self.by_identity: OrderedDict[int, tuple[Mapping[str, Any], str]] = OrderedDict()
+        # Per schema object: (cheap enough to check inline, plain enough for `plainly_valid`).
+        self.traits_by_identity: OrderedDict[int, tuple[Mapping[str, Any], tuple[bool, bool]]] = OrderedDict()
+
+
 class ArgumentValidator:
     """Bounded argument checks, with compiled validators cached per schema content."""
 
     def __init__(self, timeout: float = DEFAULT_TIMEOUT, cache_size: int = DEFAULT_CACHE_SIZE) -> None:
         self.timeout = timeout
         self.cache_size = max(1, cache_size)
-        # A compiled validator, None for a schema left to the backend, `_TooCostly` for one whose check timed out.
-        self._by_digest: OrderedDict[str, Validator | _TooCostly | None] = OrderedDict()
-        # The digest of a schema object seen recently (hashing a large schema on every call costs).
-        self._by_identity: OrderedDict[int, tuple[Mapping[str, Any], str]] = OrderedDict()
-        # Per schema object: (cheap enough to check inline, plain enough for `plainly_valid`).
-        self._traits_by_identity: OrderedDict[int, tuple[Mapping[str, Any], tuple[bool, bool]]] = OrderedDict()
+        self._inputs = _SchemaCache(self.cache_size)
+        self._outputs = _SchemaCache(self.cache_size)
         self._lock = threading.Lock()
         # Checks run in worker threads a few at a time: more would only contend for the GIL.
         self._threads = anyio.CapacityLimiter(4)
+        # Results passed on unchecked for their size (`OUTPUT_CHECK_NODES`, `OUTPUT_CHECK_TEXT`).
+        self.outputs_too_large = 0
+        self._unchecked_log = ThrottledLog(logger, 60.0)
+
+    @property
+    def _by_digest(self) -> Mapping[str, Validator | _TooCostly | None]:
+        return self._inputs.by_digest  # the input schemas' (tests read its size)
+
+    @property
+    def _by_identity(self) -> Mapping[int, tuple[Mapping[str, Any], str]]:
+        return self._inputs.by_identity
 
     def check(self, tool_name: str, schema: Mapping[str, Any], arguments: Mapping[str, Any] | None) -> None:
-        if self._traits(schema)[1] and plainly_valid(schema, arguments or {}, 0):
+        if self._traits(schema, self._inputs)[1] and plainly_valid(schema, arguments or {}, 0):
             return
         previous = getattr(_local, "deadline", None)
         _local.deadline = time.monotonic() + self.timeout
         try:
-            errors = self._errors(tool_name, schema, dict(arguments or {}))
+            errors = self._errors(tool_name, schema, dict(arguments or {}), self._inputs)
             # Built under the same deadline: naming the refused fields may run the schema's patterns.
             refusal = _refusal(tool_name, errors) if errors else None
         except _OutOfTime:
@@ -126,16 +160,25 @@ class ArgumentValidator:
     def output_problem(self, tool_name: str, schema: Mapping[str, Any], value: Any) -> str | None:
         """Why `value` (a tool result's structured content) does not fit the tool's output schema, or None when it
         fits, or when that could not be found out (a schema jsonschema cannot apply, or past the deadline): the
-        result was already produced, so only a proven mismatch is reported."""
-        if self._traits(schema)[1] and plainly_valid(schema, value, 0):
+        result was already produced, so only a proven mismatch is reported.
+
+        Content past `OUTPUT_CHECK_NODES` values or `OUTPUT_CHECK_TEXT` characters is not checked either (counted in
+        `outputs_too_large`): the check would cost up to the deadline of CPU on every such call."""
+        if not _small(value, OUTPUT_CHECK_NODES, OUTPUT_CHECK_TEXT):
+            self.outputs_too_large += 1
+            logger.debug("tool %s: structured result too large to check; passed on unchecked", shorten(tool_name))
+            return None
+        if self._traits(schema, self._outputs)[1] and plainly_valid(schema, value, 0):
             return None
         previous = getattr(_local, "deadline", None)
         _local.deadline = time.monotonic() + self.timeout
         try:
-            errors = self._errors(tool_name, schema, value)
+            errors = self._errors(tool_name, schema, value, self._outputs)
             return describe(best_match(errors), _search) if errors else None
         except _OutOfTime:
-            logger.warning(
+            # Per tool and minute: a backend whose every result outlasts the deadline must not flood the log.
+            self._unchecked_log.warning(
+                tool_name,
                 "tool %s: its structured result could not be checked against its output schema within %gs; "
                 "passed on unchecked",
                 shorten(tool_name),
@@ -147,15 +190,17 @@ class ArgumentValidator:
 
     async def output_problem_async(self, tool_name: str, schema: Mapping[str, Any], value: Any) -> str | None:
         """`output_problem`, in a worker thread unless it cannot be costly (as `check_async`)."""
-        if self._traits(schema)[0] and _small(value):
+        if self._traits(schema, self._outputs)[0] and _small(value):
             return self.output_problem(tool_name, schema, value)
         return await anyio.to_thread.run_sync(
             self.output_problem, tool_name, schema, value, limiter=self._threads, abandon_on_cancel=True
         )
 
-    def _errors(self, tool_name: str, schema: Mapping[str, Any], instance: Any) -> list[ValidationError]:
+    def _errors(
+        self, tool_name: str, schema: Mapping[str, Any], instance: Any, cache: _SchemaCache
+    ) -> list[ValidationError]:
         try:
-            validator = self._validator(schema)
+            validator = self._validator(schema, cache)
             if validator is None:
                 return []
             return list(itertools.islice(validator.iter_errors(instance), _MAX_ERRORS))
@@ -173,17 +218,17 @@ class ArgumentValidator:
         Inline when it cannot be costly: a small schema with no regular expressions and no references, and small
         arguments, is a few microseconds of work, less than the hop to a thread (about 0.1 ms).
         """
-        if self._traits(schema)[0] and _small(arguments):
+        if self._traits(schema, self._inputs)[0] and _small(arguments):
             self.check(tool_name, schema, arguments)
             return
         await anyio.to_thread.run_sync(
             self.check, tool_name, schema, arguments, limiter=self._threads, abandon_on_cancel=True
         )
 
-    def _traits(self, schema: Mapping[str, Any]) -> tuple[bool, bool]:
+    def _traits(self, schema: Mapping[str, Any], cache: _SchemaCache) -> tuple[bool, bool]:
         """(no costly keyword, plain), worked out once per schema object."""
         with self._lock:
-            seen = self._traits_by_identity.get(id(schema))
+            seen = cache.traits_by_identity.get(id(schema))
             if seen is not None and seen[0] is schema:
                 return seen[1]
         # A large schema is costly too: the first check compiles it, and its meta-schema check (10,000 properties:
@@ -191,49 +236,52 @@ class ArgumentValidator:
         cheap = not _has_costly_keyword(schema) and _small(schema, _INLINE_SCHEMA_NODES, _INLINE_SCHEMA_TEXT)
         traits = (cheap, is_plain(schema, 0))
         with self._lock:
-            self._traits_by_identity[id(schema)] = (schema, traits)  # held, so its id cannot be reused meanwhile
-            while len(self._traits_by_identity) > self.cache_size:
-                self._traits_by_identity.popitem(last=False)
+            cache.traits_by_identity[id(schema)] = (schema, traits)  # held, so its id cannot be reused meanwhile
+            while len(cache.traits_by_identity) > cache.size:
+                cache.traits_by_identity.popitem(last=False)
         return traits
 
-    def _validator(self, schema: Mapping[str, Any]) -> Validator | None:
-        digest = self._digest(schema)
+    def _validator(self, schema: Mapping[str, Any], cache: _SchemaCache) -> Validator | None:
+        digest = self._digest(schema, cache)
         with self._lock:
-            if digest in self._by_digest:
-                self._by_digest.move_to_end(digest)
-                cached = self._by_digest[digest]
+            if digest in cache.by_digest:
+                cache.by_digest.move_to_end(digest)
+                cached = cache.by_digest[digest]
                 if not isinstance(cached, _TooCostly):
                     return cached
                 if cached.expires > time.monotonic():
                     raise _OutOfTime
+        # A plain schema's keywords are all well formed (`is_plain` looked): its meta-schema check is skipped.
+        compile = _compile_plain if self._traits(schema, cache)[1] else compile_schema
+        own_cpu = time.thread_time()
         try:
-            # A plain schema's keywords are all well formed (`is_plain` looked): its meta-schema check is skipped.
-            compile = _compile_plain if self._traits(schema)[1] else compile_schema
             validator: Validator | _TooCostly | None = compile(schema)
         except _OutOfTime:
+            if time.thread_time() - own_cpu < _OWN_WORK_SHARE * self.timeout:
+                raise  # cut off by contention for the GIL, not by its own work: refused this once, not remembered
             # The schema alone (its meta-schema check) outlasts the deadline: so would it on every call, each paying
             # the whole deadline again. The verdict is kept with the compiled validators, bounded alike.
             validator = _TooCostly()
         with self._lock:
-            self._by_digest[digest] = validator
-            while len(self._by_digest) > self.cache_size:
-                self._by_digest.popitem(last=False)
+            cache.by_digest[digest] = validator
+            while len(cache.by_digest) > cache.size:
+                cache.by_digest.popitem(last=False)
         if isinstance(validator, _TooCostly):
             raise _OutOfTime
         return validator
 
-    def _digest(self, schema: Mapping[str, Any]) -> str:
+    def _digest(self, schema: Mapping[str, Any], cache: _SchemaCache) -> str:
         with self._lock:
-            seen = self._by_identity.get(id(schema))
+            seen = cache.by_identity.get(id(schema))
             if seen is not None and seen[0] is schema:
-                self._by_identity.move_to_end(id(schema))
+                cache.by_identity.move_to_end(id(schema))
                 return seen[1]
         canonical = json.dumps(schema, sort_keys=True, separators=(",", ":"), default=repr)
         digest = hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
         with self._lock:
-            self._by_identity[id(schema)] = (schema, digest)  # held, so its id cannot be reused meanwhile
-            while len(self._by_identity) > self.cache_size:
-                self._by_identity.popitem(last=False)
+            cache.by_identity[id(schema)] = (schema, digest)  # held, so its id cannot be reused meanwhile
+            while len(cache.by_identity) > cache.size:
+                cache.by_identity.popitem(last=False)
         return digest
 
 

@@ -49,11 +49,13 @@ _PLAIN_DEPTH = 8
 
 def is_plain(schema: Any, depth: int) -> bool:
     """Only keywords `plainly_valid` checks exactly, with well-formed values (no `$schema`: drafts differ)."""
-    if not isinstance(schema, Mapping) or depth > _PLAIN_DEPTH or not _PLAIN_KEYWORDS.issuperset(schema):
+    if not isinstance(schema, Mapping) or depth > _PLAIN_DEPTH or not _plain_keywords(schema):
         return False
     kind = schema.get("type")
     kinds = kind if isinstance(kind, list) else [kind] if kind is not None else []
-    if not all(isinstance(k, str) and k in _PLAIN_TYPES for k in kinds):
+    # `"type": []` breaks the meta-schema (at least one type), which a plain schema skips: left to jsonschema's
+    # meta-schema check, such a schema goes to the backend instead of refusing every call.
+    if kind == [] or not all(isinstance(k, str) and k in _PLAIN_TYPES for k in kinds):
         return False
     properties = schema.get("properties", {})
     if not isinstance(properties, Mapping) or not all(is_plain(sub, depth + 1) for sub in properties.values()):
@@ -72,6 +74,14 @@ def is_plain(schema: Any, depth: int) -> bool:
         return False
     enum = schema.get("enum")
     return enum is None or (isinstance(enum, list) and all(isinstance(item, str) for item in enum))
+
+
+def _plain_keywords(schema: Mapping[str, Any]) -> bool:
+    """Only plain keywords, or `x-` extensions (FastMCP's `x-fastmcp-wrap-result`): JSON Schema 2020-12 ignores
+    unknown keywords, so an extension says nothing about validity and jsonschema would not check it either."""
+    if _PLAIN_KEYWORDS.issuperset(schema):
+        return True
+    return all(key in _PLAIN_KEYWORDS or (isinstance(key, str) and key.startswith("x-")) for key in schema)
 
 
 def _is_number(value: Any) -> bool:

@@ -46,7 +46,10 @@ class LimitsConfig(_Strict):
         "is refused, not sent.",
     )
     schema_cache_size: int = Field(
-        1024, ge=1, description="Compiled tool schemas kept for argument checks (least recently used first out)."
+        1024,
+        ge=1,
+        description="Compiled tool schemas kept, as many input schemas (argument checks) and as many output "
+        "schemas (structured result checks), least recently used first out.",
     )
     max_dedicated_sessions: int = Field(
         64,

@@ -9,6 +9,7 @@ shows, and runs a call it owns; a call that must reach a backend goes back throu
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -61,6 +62,12 @@ class Dispatch(Protocol):
     ) -> ResultT: ...
 
 
+# The tool a client's own tools/call named, per front request: (the request's key, the tool's name), set by the
+# first `ToolCall` made for the request in its task. A call made under it (the optimizer's call_tool naming its
+# target) finds the outer tool's name there: its result is not the answer to the client's request.
+_answering: ContextVar[tuple[object, str] | None] = ContextVar("vmcp_answering_tool", default=None)
+
+
 @dataclass(frozen=True)
 class ToolCall:
     caller: Caller
@@ -68,6 +75,30 @@ class ToolCall:
     arguments: dict[str, Any] | None
     exchange: Exchange
     router: Dispatch
+
+    def __post_init__(self) -> None:
+        if self.exchange.step_of is not None:
+            return  # a workflow's step answers the workflow, never the client
+        key = _request_key(self.exchange)
+        seen = _answering.get()
+        if seen is None or seen[0] != key:
+            _answering.set((key, self.tool.name))
+
+    @property
+    def answers_client(self) -> bool:
+        """Whether this call's result goes out as the answer to the client's own tools/call of this tool (not a
+        workflow's step, not call_tool's target): only then is the tool's output schema the client's to apply."""
+        if self.exchange.step_of is not None:
+            return False
+        return _answering.get() == (_request_key(self.exchange), self.tool.name)
+
+
+def _request_key(exchange: Exchange) -> object:
+    """The front request an exchange answers: its session and JSON-RPC id (an approval's confirmation makes a new
+    exchange for the same request), or the exchange itself when it has no id (a call the gateway makes)."""
+    if exchange.request_id is None:
+        return id(exchange)
+    return (id(exchange.session), exchange.request_id)
 
 
 class ToolProvider(Protocol):
@@ -147,7 +178,7 @@ class BackendTools:
             progress=call.exchange.progress_relay(),
         )
         schema = tool.tool.output_schema
-        if schema is None or result.is_error:
+        if schema is None or result.is_error or not call.answers_client:
             return result
         return await self._conforming(tool, schema, result)
 
@@ -172,7 +203,9 @@ class BackendTools:
             f"breaks the tool's output schema ({problem}); the backend's own text follows, if any"
         )
         return types.CallToolResult(
-            content=[types.TextContent(type="text", text=message), *result.content], is_error=True
+            content=[types.TextContent(type="text", text=message), *result.content],
+            is_error=True,
+            _meta=result.meta,  # the backend's (a trace id, a cost): still the client's
         )
 
 
