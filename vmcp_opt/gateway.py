@@ -265,10 +265,15 @@ class Gateway:
             self._check_workflows()  # no rebuild follows a failed first attempt; the last one to end says it
 
     def _index_updated(self, stats: UpdateStats) -> None:
-        if self.optimizer is not None:
-            self._indexed_with_vectors = self.optimizer.index.stats()["with_vectors"]
-        if self.telemetry.metrics is not None:
-            self.telemetry.metrics.index_updated(stats.stage, stats.seconds, stats.embedded, stats.reused)
+        """Told by the index after each update it made. Never raises: the update already happened, and the callback
+        runs inside it (a failure here failed a successful update)."""
+        try:
+            if self.optimizer is not None:
+                self._indexed_with_vectors = _with_vectors(self.optimizer.index)
+            if self.telemetry.metrics is not None:
+                self.telemetry.metrics.index_updated(stats.stage, stats.seconds, stats.embedded, stats.reused)
+        except Exception:
+            logger.exception("optimizer: the index was updated, but telling readiness and metrics of it failed")
 
     def _backend_states(self) -> list[tuple[str, str, str]]:
         """Each backend's health and circuit state, for the metrics."""
@@ -420,6 +425,13 @@ class Gateway:
             "with_vectors": self._indexed_with_vectors,
             "vectors_unsaved": index.vectors_unsaved,  # why the vectors were not written to disk, or null
         }
+
+
+def _with_vectors(index: Any) -> int:
+    """Tools with a vector in the index's in-memory snapshot. Not `index.stats()`: it lists the index directory,
+    costly and racing the index's own writes (a file renamed meanwhile raised FileNotFoundError)."""
+    has_vector = index._snapshot.has_vector  # optimizer/index.py has no public accessor for it (yet)
+    return int(has_vector.sum()) if has_vector is not None else 0
 
 
 async def _close_off_loop(optimizer: OptimizerFront) -> None:

@@ -34,7 +34,7 @@ import os
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, TextIO, TypeVar
@@ -367,7 +367,16 @@ class ThrottledLog:
         self._last: dict[str, float] = {}
         self._held_back: Counter[str] = Counter()
 
-    def warning(self, key: str, message: str, *args: object) -> None:
+    def warning(
+        self,
+        key: str,
+        message: str,
+        *args: object,
+        extra: Mapping[str, object] | None = None,
+        exc_info: bool = False,
+    ) -> None:
+        """`extra` (the record's own fields, which a JSON log shows) and `exc_info` as `logging.Logger.log` takes
+        them."""
         now = self.clock()
         last = self._last.get(key)
         if last is not None and now - last < self.interval:
@@ -375,4 +384,4 @@ class ThrottledLog:
             return
         held = _let_through(self._last, self._held_back, key, now)
         suffix = f" (and {held} more like it in the last {self.interval:g}s)" if held else ""
-        self.target.log(self.level, message + suffix, *args)
+        self.target.log(self.level, message + suffix, *args, extra=extra, exc_info=exc_info)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -79,6 +80,7 @@ def current() -> Operation | None:
 def watched(watchers: Sequence[OperationWatcher], op: Operation) -> Iterator[Operation]:
     """Runs the body as `op`: watchers hear it start and finish, with the outcome the body ended in."""
     op.parent = _current.get()
+    deadline = _effective_deadline()
     token = _current.set(op)
     for watcher in watchers:
         watcher.operation_started(op)
@@ -93,8 +95,8 @@ def watched(watchers: Sequence[OperationWatcher], op: Operation) -> Iterator[Ope
     except MCPError as exc:
         op.outcome, op.error = "failure", str(exc.code)
         raise
-    except _cancelled() as exc:
-        op.outcome, op.error = ("failure", "TimeoutError") if _deadline_passed(exc) else ("cancelled", "cancelled")
+    except _cancelled():
+        op.outcome, op.error = ("failure", "TimeoutError") if _deadline_passed(deadline) else ("cancelled", "cancelled")
         raise
     except BaseException as exc:
         op.outcome, op.error = "failure", type(exc).__name__
@@ -117,12 +119,26 @@ def _cancelled() -> type[BaseException]:
         return asyncio.CancelledError
 
 
-def _deadline_passed(exc: BaseException) -> bool:
-    """A cancellation by one of the gateway's own deadlines (a workflow step's or run's `timeout`; `timeouts.call`
-    arrives as `BackendUnavailable`, its deadline being inside the backend request) rather than by someone. anyio
-    tells only in the message it cancels the task with; a scope cancelled by hand (the SDK's, for a client's
-    notifications/cancelled or a closed request) has no such reason."""
-    return "reason: deadline exceeded" in str(exc)
+def _effective_deadline() -> float:
+    """The earliest deadline of the cancel scopes around the operation as it starts (inf: none, or no event loop)."""
+    try:
+        return anyio.current_effective_deadline()
+    except RuntimeError:  # anyio's NoEventLoopError: a watcher driven by plain code
+        return math.inf
+
+
+def _deadline_passed(deadline: float) -> bool:
+    """Whether a cancellation came from one of the gateway's own deadlines (a workflow step's or run's `timeout`;
+    `timeouts.call` arrives as `BackendUnavailable`, its deadline being inside the backend request) rather than from
+    someone (the SDK's scope cancelled by hand for a client's notifications/cancelled or a closed request): the
+    deadline in force when the operation started has passed. Decided by the clock, not by the text anyio cancels
+    with, which differs between anyio versions (4.9 writes no "deadline exceeded")."""
+    if math.isinf(deadline):
+        return False
+    try:
+        return anyio.current_time() >= deadline
+    except RuntimeError:
+        return False
 
 
 def completion_target(ref: types.PromptReference | types.ResourceTemplateReference) -> str:

@@ -213,6 +213,7 @@ class Router:
             target.operation,
             target.kind,
             shorten(target.name),  # a resource URI can be 64 KiB; denied reads must not flood the log
+            extra={"caller": caller.id, "subject": caller.subject, "target": shorten(target.name)},
         )
 
     def visible_tools(self, caller: Caller) -> list[types.Tool]:

@@ -22,6 +22,7 @@ as authentication reports its refusals; the gate knows nothing of telemetry.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 
@@ -30,6 +31,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from vmcp_opt.auth import Caller, Identification
 from vmcp_opt.auth.caller import address_key, subject_key
 from vmcp_opt.auth.identity import SCOPE_KEY, Identity
+from vmcp_opt.logs import ThrottledLog
 from vmcp_opt.routing.budget import LimitReached
 from vmcp_opt.server.admission import LIMITS_TAKEN_KEY
 from vmcp_opt.server.bad_input import GONE, read_ahead, request_of
@@ -37,6 +39,8 @@ from vmcp_opt.server.sessions import client_address, json_rpc_error
 from vmcp_opt.shared.rate_limits import RateLimiter
 
 TOO_MANY_REQUESTS = 429
+
+logger = logging.getLogger(__name__)
 
 # Told of each refused call: the caller (its id the budget's key), the setting whose bucket was empty, the tool.
 Refused = Callable[[Caller, str, str], None]
@@ -48,6 +52,7 @@ class RateLimitGate:
         self.limiter = limiter
         self.max_body_bytes = max_body_bytes
         self.refused = refused
+        self._log = ThrottledLog(logger, 60.0)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST":
@@ -63,12 +68,21 @@ class RateLimitGate:
             try:
                 await self.limiter.admit(key, tool)
             except LimitReached as refused:
-                if self.refused is not None:
-                    self.refused(refused_caller(key, scope), refused.setting, tool)
+                self._tell_refused(key, scope, refused.setting, tool)
                 await refuse(send, request_id, refused)
                 return
             scope[LIMITS_TAKEN_KEY] = True
         await self.app(scope, receive, send)
+
+    def _tell_refused(self, key: str, scope: Scope, setting: str, tool: str) -> None:
+        """Telemetry hears of the refusal; its failure is logged (throttled), never the client's: the answer
+        stays the 429 (raised here, it became a 500 with no Retry-After)."""
+        if self.refused is None:
+            return
+        try:
+            self.refused(refused_caller(key, scope), setting, tool)
+        except Exception:
+            self._log.warning("refused", "rate limit: telemetry of a refused call failed", exc_info=True)
 
     def caller_key(self, scope: Scope) -> str:
         identity = scope.get(SCOPE_KEY)

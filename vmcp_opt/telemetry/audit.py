@@ -46,6 +46,7 @@ import json
 import logging
 import os
 import queue
+import re
 import sys
 import threading
 import time
@@ -74,6 +75,7 @@ _STOP = object()
 # written without `data`).
 _Item = tuple[str, float, Operation, int | None]
 _Text = TypeVar("_Text", str, str | None)
+_SIZE_NOTE = "audit.size"  # a queued operation's note: its result's size, measured on the request path
 
 
 class AuditOutputError(Exception):
@@ -111,37 +113,56 @@ class AuditLog:
         if op.kind != "request":
             return  # backend requests are the `target.backend` of their front operation
         kind = event_type(op)
-        if kind in ("workflow_completed", "workflow_failed"):
-            self._offer("workflow_started", op, time.time() - op.duration)
-        self._offer(kind, op, time.time())
-
-    def _queued(self, op: Operation) -> tuple[Operation, int | None]:
-        """What the queue holds of `op`: a copy without the parts an event does not need, the result measured
-        now (`_Measured`) unless `include_data` keeps it within `max_queued_data_bytes`; and the bytes of data
-        kept (None: none, the event is written without `data`)."""
+        kinds = ["workflow_started", kind] if kind in ("workflow_completed", "workflow_failed") else [kind]
+        kinds = [each for each in kinds if self._wanted(each)]
+        if not kinds:
+            return
+        # Measured once for the operation (~4 ms a megabyte, on the request path): a workflow's two events and,
+        # with `include_data`, the writer use these sizes rather than serialising the result again.
         size = _measured(op.result)
+        weight = size + _measured(op.arguments) if self.config.include_data else None
+        now = time.time()
+        for each in kinds:
+            self._offer(each, op, now - op.duration if each == "workflow_started" else now, size, weight)
+
+    def _wanted(self, kind: str) -> bool:
+        return not ((self.include and kind not in self.include) or kind in self.exclude)
+
+    def _queued(
+        self, op: Operation, size: int | None = None, weight: int | None = None
+    ) -> tuple[Operation, int | None]:
+        """What the queue holds of `op`: a copy without the parts an event does not need, each string a client
+        chose already cut to `MAX_FIELD_CHARS`, the result's `size` (measured now when not given) in place of the
+        result unless `include_data` keeps it within `max_queued_data_bytes`; and the bytes of data kept (None:
+        none, the event is written without `data`). `weight`: the bytes of result and arguments together."""
+        if size is None:
+            size = _measured(op.result)
         kept: int | None = None
         if self.config.include_data:
-            weight = size + _measured(op.arguments)
+            if weight is None:
+                weight = size + _measured(op.arguments)
             with self._data_lock:
                 if self._data_bytes + weight <= self.config.max_queued_data_bytes:
                     self._data_bytes += weight
                     kept = weight
         request_id = op.exchange.request_id if op.exchange is not None else None
+        if isinstance(request_id, str):
+            request_id = _bounded(request_id)
         slim = Operation(
             op.method,
-            op.caller,
+            _slim_caller(op.caller),
             kind=op.kind,
-            target=op.target,
+            target=_bounded(op.target),
             backend=op.backend,
             exchange=Exchange(op.method, request_id=request_id) if request_id is not None else None,
             arguments=op.arguments if kept is not None else None,
             started=op.started,
             duration=op.duration,
             outcome=op.outcome,
-            error=op.error,
+            error=_bounded(op.error),
             result=op.result if kept is not None else _Measured(size),
         )
+        slim.notes[_SIZE_NOTE] = size
         return slim, kept
 
     def _release(self, kept: int | None) -> None:
@@ -163,10 +184,10 @@ class AuditLog:
         op = Operation("tools/call", caller, target=tool, outcome="denied", error=setting)
         self._offer("vmcp_rate_limited", op, time.time())
 
-    def _offer(self, kind: str, op: Operation, at: float) -> None:
-        if (self.include and kind not in self.include) or kind in self.exclude:
+    def _offer(self, kind: str, op: Operation, at: float, size: int | None = None, weight: int | None = None) -> None:
+        if not self._wanted(kind):
             return
-        slim, kept = self._queued(op)
+        slim, kept = self._queued(op, size, weight)
         item: _Item = (kind, at, slim, kept)
         try:
             if self.config.when_full == "block" and not self._stalled:
@@ -259,7 +280,8 @@ class AuditLog:
             "protocol_version": _bounded(caller.protocol_version),
         }
         if kind != "workflow_started":
-            extra["response_size_bytes"] = _size(op.result)
+            measured = op.notes.get(_SIZE_NOTE)
+            extra["response_size_bytes"] = measured if isinstance(measured, int) else _size(op.result)
         if op.error is not None:
             extra["error_type"] = _bounded(op.error)
         if op.exchange is not None and op.exchange.request_id is not None:
@@ -426,10 +448,32 @@ def _chain(act: dict[str, Any]) -> list[dict[str, str]]:
 
 
 def _bounded(value: _Text) -> _Text:
-    """`value` cut to `MAX_FIELD_CHARS`, marked with its full length: `abc…(100,007 chars)`."""
-    if value is None or len(value) <= MAX_FIELD_CHARS:
+    """`value` cut to `MAX_FIELD_CHARS`, marked with its full length: `abc…(100,007 chars)`. A value cut already
+    (when it was queued) is left as it is, so the length it names stays the original's."""
+    if value is None or len(value) <= MAX_FIELD_CHARS or _CUT_MARK.fullmatch(value, MAX_FIELD_CHARS):
         return value
     return f"{value[:MAX_FIELD_CHARS]}…({len(value):,} chars)"
+
+
+_CUT_MARK = re.compile(r"…\([\d,]+ chars\)")
+# The claims an event reads (`_user`, `delegation`): a queued event keeps these of the caller's, no more.
+_EVENT_CLAIMS = ("name", "preferred_username", "email", "act")
+
+
+def _slim_caller(caller: Caller) -> Caller:
+    """The caller as a queued event needs it: what `event` writes, each string a client chose cut already; not its
+    capabilities, token, lifetime nor the rest of its claims (a session's, held by every event it queued)."""
+    claims = {key: caller.claims[key] for key in _EVENT_CLAIMS if key in caller.claims}
+    return Caller(
+        _bounded(caller.id),
+        caller.identified_by,
+        _bounded(caller.protocol_version),
+        client_name=_bounded(caller.client_name),
+        client_version=_bounded(caller.client_version),
+        subject=_bounded(caller.subject),
+        claims={key: _bounded(value) if isinstance(value, str) else value for key, value in claims.items()},
+        address=_bounded(caller.address),
+    )
 
 
 def _encoded(event: dict[str, Any]) -> bytes:

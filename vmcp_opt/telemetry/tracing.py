@@ -110,8 +110,9 @@ class _Counted(SpanExporter):
         self.taken += len(spans)
         return self.exporter.export(spans)
 
-    def shutdown(self) -> None:
-        self.exporter.shutdown()
+    def shutdown(self, *args: Any, **kwargs: Any) -> None:
+        # Passed on as given: an SDK that hands the exporter a `timeout_millis` must reach the real exporter.
+        self.exporter.shutdown(*args, **kwargs)
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         return self.exporter.force_flush(timeout_millis)
