@@ -269,7 +269,8 @@ class Gateway:
         runs inside it (a failure here failed a successful update)."""
         try:
             if self.optimizer is not None:
-                self._indexed_with_vectors = _with_vectors(self.optimizer.index)
+                # From memory: `index.stats()` lists the index directory, racing the index's own writes.
+                self._indexed_with_vectors = self.optimizer.index.with_vectors
             if self.telemetry.metrics is not None:
                 self.telemetry.metrics.index_updated(stats.stage, stats.seconds, stats.embedded, stats.reused)
         except Exception:
@@ -425,13 +426,6 @@ class Gateway:
             "with_vectors": self._indexed_with_vectors,
             "vectors_unsaved": index.vectors_unsaved,  # why the vectors were not written to disk, or null
         }
-
-
-def _with_vectors(index: Any) -> int:
-    """Tools with a vector in the index's in-memory snapshot. Not `index.stats()`: it lists the index directory,
-    costly and racing the index's own writes (a file renamed meanwhile raised FileNotFoundError)."""
-    has_vector = index._snapshot.has_vector  # optimizer/index.py has no public accessor for it (yet)
-    return int(has_vector.sum()) if has_vector is not None else 0
 
 
 async def _close_off_loop(optimizer: OptimizerFront) -> None:

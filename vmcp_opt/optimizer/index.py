@@ -186,6 +186,12 @@ class ToolIndex:
         return len(self._snapshot.records)
 
     @property
+    def with_vectors(self) -> int:
+        """Tools of the current snapshot that have a vector: from memory, never the index directory."""
+        has_vector = self._snapshot.has_vector
+        return int(has_vector.sum()) if has_vector is not None else 0
+
+    @property
     def vectors_unsaved(self) -> str | None:
         """Why the last write of the vectors did not reach `vectors.npz` (a full disk...); None when it did. An
         index's first update writes at once (vector_store.py), so this is its outcome after one `update`."""
