@@ -8,17 +8,21 @@ half of them run on a helper thread while the caller runs the rest, when the hel
 `query_threads` intra-op threads (1: on a shared 2-core machine a second thread mostly waits for a
 busy core); bulk encoding runs batches on `bulk_threads` Python threads, each a single-threaded `run` of
 the same session (ONNX Runtime releases the GIL and its `run` is thread-safe), so the weights are held once.
+
+Query runs are bounded (`QueryRuns`): at most one per usable CPU at once, the rest waiting for a slot, and the
+heap their activations took is handed back once find_tool has been quiet for a moment after runs overlapped.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +35,7 @@ from vmcp_opt.optimizer.batching import (
     padded,
     tokenize_chunked,
 )
+from vmcp_opt.optimizer.cpu import usable_cpus
 from vmcp_opt.optimizer.embedding import maybe_progress, release_memory
 from vmcp_opt.optimizer.model_registry import ModelError, ModelSpec
 from vmcp_opt.optimizer.onnx_export import SPLIT_FUSIONS, Precision, ensure_onnx_model, reexport
@@ -42,6 +47,79 @@ log = logging.getLogger(__name__)
 # and ONNX Runtime's per-thread buffers behind (+58 MB RSS in the demo gateway for 55 tools, measured),
 # which only pays off on large builds.
 PARALLEL_MIN_TEXTS = 512
+
+# Seconds without a query run, after runs overlapped, before the heap they freed is handed back to the OS.
+QUIET_SECONDS = 1.0
+
+
+class QueryRuns:
+    """At most `slots` query runs of the session at once, and the heap they leave handed back after a burst.
+
+    A run mallocs its activations (the CPU arena is off), tens of MB for a request's five 256-token texts.
+    Unbounded, 900 concurrent long find_tool calls ran on all 40 of anyio's worker threads at once: a 50-tool
+    gateway went from 265 to 605 MiB and kept 575 MiB (glibc keeps what threads free, in pieces below the heap's
+    top). Two cores run two runs at a time whatever waits, so the rest wait here for a slot (holding a few KB of
+    text) at no cost in throughput. What overlapping runs leave behind is glibc's free heap, not Python objects
+    (tracemalloc: 6 MB at the peak of 40 threads encoding alone, whose RSS rose 250 MB): it goes back to the OS
+    by `malloc_trim` on a thread of its own once no run has begun for `quiet` seconds, one trim (~6 ms) per
+    burst, never on a caller's path, and none for runs one at a time, which reuse one run's memory."""
+
+    def __init__(self, slots: int, quiet: float = QUIET_SECONDS) -> None:
+        self.slots = max(1, slots)
+        self.quiet = quiet
+        self._free = threading.BoundedSemaphore(self.slots)
+        self._changed = threading.Condition()
+        self._running = 0
+        self._begun = 0  # runs begun, ever: the trimmer's sign that a burst goes on
+        self._burst_runs = 0  # runs since the last trim
+        self._burst_peak = 0  # most runs at once since the last trim
+        self._trimmer: threading.Thread | None = None
+
+    @contextmanager
+    def slot(self) -> Iterator[None]:
+        """Held for one `session.run`: waits while `slots` runs are under way."""
+        with self._free:
+            with self._changed:
+                self._running += 1
+                self._begun += 1
+                self._burst_runs += 1
+                self._burst_peak = max(self._burst_peak, self._running)
+                if self._running > 1 and self._trimmer is None:
+                    self._trimmer = threading.Thread(target=self._trim_after_bursts, name="onnx-trim", daemon=True)
+                    self._trimmer.start()
+                if self._burst_peak > 1:  # the trimmer may be waiting for quiet: not yet
+                    self._changed.notify_all()
+            try:
+                yield
+            finally:
+                with self._changed:
+                    self._running -= 1
+                    if self._burst_over():
+                        self._changed.notify_all()
+
+    def _burst_over(self) -> bool:
+        return self._running == 0 and self._burst_peak > 1
+
+    def _began_since(self, begun: int) -> bool:
+        return self._begun != begun
+
+    def _trim_after_bursts(self) -> None:
+        while True:
+            with self._changed:
+                self._changed.wait_for(self._burst_over)
+                if self._changed.wait_for(functools.partial(self._began_since, self._begun), timeout=self.quiet):
+                    continue  # a run began: the burst goes on
+                runs, peak = self._burst_runs, self._burst_peak
+                self._burst_runs = self._burst_peak = 0
+            started = time.perf_counter()
+            release_memory()
+            log.debug(
+                "query runs: heap handed back after a burst of %d runs (at most %d at once, %d slots) in %.1f ms",
+                runs,
+                peak,
+                self.slots,
+                (time.perf_counter() - started) * 1000,
+            )
 
 
 class OnnxEncoder:
@@ -58,6 +136,12 @@ class OnnxEncoder:
         # The arena keeps the largest batch's activations for good (+600 MB after bulk batches of 256 tokens,
         # measured); without it a query costs the same and memory returns after each batch.
         options.enable_cpu_mem_arena = False
+        # A memory pattern is a plan per input shape for one block holding a run's activations; queries come in
+        # ever new shapes (their lengths), so it was rarely reused, and with runs overlapping its blocks took
+        # RSS to 352-623 MiB where tensors allocated one by one peaked at 254-257 MiB (40 threads, 300 long
+        # queries, runs bounded by `QueryRuns`); sequential query latency the same within noise. The plans
+        # themselves are small: 635 shapes in turn kept +1 MB.
+        options.enable_mem_pattern = False
         # Spinning intra-op workers burn a core other processes need on a shared machine.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.model = model
@@ -72,6 +156,8 @@ class OnnxEncoder:
         self._lock = threading.Lock()
         # Runs about half of a long request's groups, when free (off: they all run on the caller's thread).
         self.side = SideThread("onnx-groups")
+        # Query runs at once: one per CPU its `threads` leave (more only take turns, each holding its activations).
+        self.runs = QueryRuns(usable_cpus() // max(1, threads))
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """float32 (len(texts), d), each row L2-normalised: one run per group of texts of near-equal length
@@ -79,10 +165,10 @@ class OnnxEncoder:
         token_ids = self.tokenize(texts)
         groups = low_padding_groups([len(ids) for ids in token_ids])
         if len(groups) == 1:
-            return self.encode_ids(token_ids)
+            return self._query_run(token_ids)
 
         def run(bin_: list[list[int]]) -> list[tuple[list[int], np.ndarray]]:
-            return [(rows, self.encode_ids([token_ids[row] for row in rows])) for rows in bin_]
+            return [(rows, self._query_run([token_ids[row] for row in rows])) for rows in bin_]
 
         # The groups are independent single-threaded runs: split into two bins of about equal padded tokens,
         # one run here and one on the helper thread (a second core, when there is one), so a long request
@@ -94,6 +180,12 @@ class OnnxEncoder:
         for rows, vectors in parts:
             out[rows] = vectors
         return out
+
+    def _query_run(self, token_ids: Sequence[Sequence[int]]) -> np.ndarray:
+        """One group of a request's texts, in a `QueryRuns` slot (a slot a run, not a request: a request's
+        other half on the helper thread takes a slot of its own, and nothing waits while holding one)."""
+        with self.runs.slot():
+            return self.encode_ids(token_ids)
 
     def encode_ids(self, token_ids: Sequence[Sequence[int]]) -> np.ndarray:
         ids, mask = padded(token_ids)

@@ -30,7 +30,8 @@ class QueryCache:
         missing = [text for text, hit in zip(texts, cached, strict=True) if hit is None]
         if missing:
             vectors = embedder.encode_queries(missing)
-            fresh = {text: vectors[i] for i, text in enumerate(missing)}
+            # Copies: a row kept as a view would keep its whole request's array (up to five rows) alive.
+            fresh = {text: vectors[i].copy() for i, text in enumerate(missing)}
             with self._lock:
                 for text, vector in fresh.items():
                     self._vectors[text] = vector
