@@ -112,7 +112,7 @@ def test_find_tool_puts_the_time_tool_first_with_what_a_call_needs(demo: Demo) -
     assert first["name"] == "time_get_current_time", [t["name"] for t in found["tools"]]
     assert first["input_schema"]["required"] == ["timezone"] and 0 <= first["score"] <= 1
     assert len(found["tools"]) == 3
-    # "full_tool_list": ~17600, "this_answer": ~550: the README's order of magnitude, not its digits.
+    # "full_tool_list": ~17600, "this_answer": ~600: the README's order of magnitude, not its digits.
     assert 12_000 < found["tokens"]["full_tool_list"] < 25_000, found["tokens"]
     assert 200 < found["tokens"]["this_answer"] < 1_000, found["tokens"]
 

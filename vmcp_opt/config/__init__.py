@@ -4,10 +4,10 @@ Precedence, highest first: CLI flags, `VMCP_`-prefixed environment variables (ne
 the YAML/JSON config file, the defaults below. Validation happens at load: every bad field is
 reported by its path (`backends[2].url: ...`) and unknown keys are errors.
 
-This package is a leaf: it imports nothing from the rest of the package. The document is here; its
-sections live in the modules beside it (`sections`, `limits`, `auth`, `telemetry`, `workflows`,
-`backend_auth`), so each reads in one sitting; everything is importable from `vmcp_opt.config`.
-The document is `document.py`, its loading `loading.py`. Discovered mode's client config
+This package is a leaf: it imports nothing from the rest of the package. The document is `document.py`, its
+loading `loading.py`; its sections live in the modules beside them (`sections`, `limits`, `auth`, `telemetry`,
+`optimizer`, `workflows`, `backend_auth`), so each reads in one sitting; everything is importable from
+`vmcp_opt.config`. Discovered mode's client config
 files are read by `backends/discovery.py`, which the `vmcp` command hands to `load_config`.
 
 Where state lives: the optimizer's index and usage history go to `optimizer.index_dir` when it is set, else
