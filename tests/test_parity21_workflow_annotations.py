@@ -71,3 +71,19 @@ async def test_an_authors_hint_over_steps_that_declare_nothing_is_served(gateway
 
 async def test_a_snake_case_hint_claiming_less_safety_is_served(gateway: Gateway) -> None:
     assert (await _annotations(gateway))["peek"].read_only_hint is False
+
+
+def test_a_tool_declared_destructive_counts_as_declared_not_read_only() -> None:
+    """A tool saying `destructiveHint: true` and nothing of read-only has said it is not read-only (MCP: destructive
+    means it modifies its environment): a workflow over it claiming `readOnlyHint: true` is not served so."""
+    from types import SimpleNamespace
+
+    from vmcp_opt.config import WorkflowConfig
+    from vmcp_opt.workflows.validation import derived_annotations
+
+    tool = types.Tool(
+        name="fs_rm_all", input_schema={"type": "object"}, annotations=types.ToolAnnotations(destructive_hint=True)
+    )
+    workflow = WorkflowConfig.model_validate(_workflow("wipe", "fs_rm_all", {"readOnlyHint": True}))
+    served = derived_annotations([workflow], {"fs_rm_all": SimpleNamespace(tool=tool)})["wipe"]
+    assert served.read_only_hint is not True

@@ -32,6 +32,7 @@ import logging
 import math
 import os
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -134,17 +135,21 @@ _THROTTLED_KEYS = 1024
 _Key = TypeVar("_Key", str, tuple[str, str])
 
 
+_THROTTLE_LOCK = threading.Lock()
+
+
 def _let_through(last: dict[_Key, float], held_back: Counter[_Key], key: _Key, now: float) -> int:
     """Records `key` let through at `now`; how many like it were held back since. A library may format text it
     was sent into its message template (so may a key of ours): the oldest key is forgotten, with its count,
     past `_THROTTLED_KEYS`, rather than kept for the life of the process."""
-    last.pop(key, None)  # re-inserted last: the dict's order is then oldest first
-    last[key] = now
-    while len(last) > _THROTTLED_KEYS:
-        oldest = next(iter(last))
-        del last[oldest]
-        held_back.pop(oldest, None)
-    return held_back.pop(key, 0)
+    with _THROTTLE_LOCK:  # filters and throttled logs run on several threads (the exporter's, the checks')
+        last.pop(key, None)  # re-inserted last: the dict's order is then oldest first
+        last[key] = now
+        while len(last) > _THROTTLED_KEYS:
+            oldest = next(iter(last))
+            del last[oldest]
+            held_back.pop(oldest, None)
+        return held_back.pop(key, 0)
 
 
 class ThrottledLibraries(logging.Filter):

@@ -95,6 +95,8 @@ def _contradicted(
             continue
         for step, declared in zip(tool_steps, steps, strict=True):
             said = declared.model_dump(by_alias=True).get(hint)
+            if hint == "readOnlyHint" and said is None and declared.destructive_hint is True:
+                said = False  # a tool that declares itself destructive has said it is not read-only
             # destructive and idempotent only mean something for a tool that is not read-only (MCP).
             moot = hint in ("destructiveHint", "idempotentHint") and declared.read_only_hint is True
             if said is not None and said is not safer and not moot:
