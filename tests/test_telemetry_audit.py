@@ -271,7 +271,8 @@ def test_every_event_type_the_gateway_writes_is_one_the_config_accepts() -> None
     from vmcp_opt.telemetry import names
 
     written = {*names._LIST_EVENTS.values(), *names.META_TOOLS.values(), "mcp_tool_call", "mcp_request"}
-    workflows = {f"workflow_{end}" for end in ("started", "completed", "failed", "step_completed", "step_failed")}
+    workflows = {f"workflow_{end}" for end in ("started", "completed", "failed", "timed_out")}
+    workflows |= {f"workflow_step_{end}" for end in ("started", "skipped", "completed", "failed")}
     assert written | workflows | {"vmcp_auth_denied", "vmcp_rate_limited"} == AUDIT_EVENT_TYPES
 
 

@@ -32,6 +32,9 @@ AUDIT_EVENT_TYPES = frozenset(
         "workflow_started",
         "workflow_completed",
         "workflow_failed",
+        "workflow_timed_out",
+        "workflow_step_started",
+        "workflow_step_skipped",
         "workflow_step_completed",
         "workflow_step_failed",
     }

@@ -29,7 +29,7 @@ from vmcp_opt.server.drain import Drain, end_streams
 from vmcp_opt.server.http import create_app, diagnostics_listener
 from vmcp_opt.server.stdio import serve_stdio
 from vmcp_opt.shared.secrets import SecretMissing
-from vmcp_opt.telemetry.audit import AuditOutputError
+from vmcp_opt.telemetry.audit_sink import AuditOutputError
 
 logger = logging.getLogger(__name__)
 

@@ -36,35 +36,39 @@ no six-byte escape per character), written one by one so that the file is rotate
 `max_file_bytes`; a line longer than that on its own loses its `data`, then everything a client chose.
 A write that fails (disk full) leaves no part of its lines in the file and nothing buffered to come later:
 the file holds whole lines only, and `write_failures` counts exactly the events that are not in it.
+
+Past ~450 lines: the queue, the events and a workflow run's step events (`_RunAudit`) share `AuditLog`'s
+private `_offer`/`_wanted` and the operation notes they read, and read best together; the file the lines go to
+is its own module (audit_sink.py).
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import json
 import logging
-import os
 import queue
 import re
-import sys
 import threading
 import time
 import uuid
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any, BinaryIO, NamedTuple, TypeVar, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, cast
 
 from pydantic_core import to_json, to_jsonable_python
 
 from vmcp_opt.auth import Caller, Identification
 from vmcp_opt.config import AuditConfig
-from vmcp_opt.config.telemetry import audit_output_path, audit_output_problem
 from vmcp_opt.routing.exchange import Exchange
-from vmcp_opt.routing.operations import Operation
+from vmcp_opt.routing.operations import Operation, Outcome
 from vmcp_opt.routing.providers import GATEWAY_SOURCE
+from vmcp_opt.telemetry.audit_sink import Sink
 from vmcp_opt.telemetry.names import event_type, target_type
 from vmcp_opt.telemetry.redact import redacted
+from vmcp_opt.workflows.step_events import STEP_CALLS, STEP_WATCH_NOTE, TIMED_OUT_NOTE, StepCalls
+
+if TYPE_CHECKING:
+    from vmcp_opt.config.workflows import StepConfig, WorkflowConfig
+    from vmcp_opt.workflows.executor import RunReport, StepReport
 
 logger = logging.getLogger(__name__)
 REPORT_EVERY = 10.0  # seconds between two reports of dropped events or failed writes
@@ -76,10 +80,14 @@ _STOP = object()
 _Item = tuple[str, float, Operation, int | None]
 _Text = TypeVar("_Text", str, str | None)
 _SIZE_NOTE = "audit.size"  # a queued operation's note: its result's size, measured on the request path
-
-
-class AuditOutputError(Exception):
-    """`telemetry.audit.output` cannot be opened for writing at start; the message names it and why."""
+# A queued operation's note: fields its event adds, {"target": {...}, "extra": {...}} (a workflow's run id, a
+# step's id and attempts).
+_FIELDS_NOTE = "audit.fields"
+_STARTED_NOTE = "audit.workflow_started"  # a workflow call's note: its `workflow_started` is written already
+_WORKFLOW_ENDS = frozenset({"workflow_completed", "workflow_failed", "workflow_timed_out"})
+_STEP_CALL_EVENTS = frozenset({"workflow_step_completed", "workflow_step_failed"})  # a step's call, by its parent
+_STEP_EVENTS = frozenset({"workflow_step_started", "workflow_step_skipped", *_STEP_CALL_EVENTS})
+_NO_RESPONSE = frozenset({"workflow_started", "workflow_step_started", "workflow_step_skipped"})
 
 
 class AuditLog:
@@ -96,7 +104,7 @@ class AuditLog:
         self._queue: queue.Queue[object] = queue.Queue(maxsize=config.queue_size)
         self._data_bytes = 0  # bytes of arguments and results the waiting events hold (`include_data`)
         self._data_lock = threading.Lock()  # taken on the request path and by the writer
-        self._sink = _Sink(config, base_dir)
+        self._sink = Sink(config, base_dir)
         self._last_report = 0.0
         self._stalled = False  # a `block` wait ran out; cleared when the writer takes from the queue again
         self._closing = threading.Event()
@@ -106,14 +114,25 @@ class AuditLog:
     # --- the request path --------------------------------------------------------------------------
 
     def operation_started(self, op: Operation) -> None:
-        """Nothing: a workflow's source is known only after lookup; its `workflow_started` event is written
-        when it ends, with the time it started."""
+        """A tool call may turn out to be a workflow's (its source is known only after lookup): the provider
+        finds this log in its notes and asks it for the run's `RunWatch` (`workflow_run`)."""
+        if op.kind == "request" and op.method == "tools/call":
+            op.notes[STEP_WATCH_NOTE] = self
+
+    def workflow_run(self, op: Operation, workflow: WorkflowConfig) -> _RunAudit:
+        """The `StepWatch` of workflows/step_events.py: writes `workflow_started` now and each step as it goes."""
+        return _RunAudit(self, op, workflow)
 
     def operation_finished(self, op: Operation) -> None:
         if op.kind != "request":
             return  # backend requests are the `target.backend` of their front operation
         kind = event_type(op)
-        kinds = ["workflow_started", kind] if kind in ("workflow_completed", "workflow_failed") else [kind]
+        calls = STEP_CALLS.get()
+        if calls is not None and kind in _STEP_CALL_EVENTS:  # a watched step's call: counted in its step's event
+            calls.saw(op.backend, op.outcome, op.error)
+            return
+        started = kind in _WORKFLOW_ENDS and _STARTED_NOTE not in op.notes  # a run that was not watched
+        kinds = ["workflow_started", kind] if started else [kind]
         kinds = [each for each in kinds if self._wanted(each)]
         if not kinds:
             return
@@ -163,6 +182,8 @@ class AuditLog:
             result=op.result if kept is not None else _Measured(size),
         )
         slim.notes[_SIZE_NOTE] = size
+        if _FIELDS_NOTE in op.notes:
+            slim.notes[_FIELDS_NOTE] = op.notes[_FIELDS_NOTE]
         return slim, kept
 
     def _release(self, kept: int | None) -> None:
@@ -279,7 +300,7 @@ class AuditLog:
             "duration_ms": round(op.duration * 1000, 3),
             "protocol_version": _bounded(caller.protocol_version),
         }
-        if kind != "workflow_started":
+        if kind not in _NO_RESPONSE:
             measured = op.notes.get(_SIZE_NOTE)
             extra["response_size_bytes"] = measured if isinstance(measured, int) else _size(op.result)
         if op.error is not None:
@@ -287,6 +308,11 @@ class AuditLog:
         if op.exchange is not None and op.exchange.request_id is not None:
             extra["request_id"] = _bounded(str(op.exchange.request_id))
         address = _bounded(caller.address)
+        target = _target(op)
+        fields = op.notes.get(_FIELDS_NOTE)
+        if fields is not None:
+            target |= fields["target"]
+            extra |= fields["extra"]
         event: dict[str, Any] = {
             "metadata": {"auditId": str(uuid.uuid4()), "extra": extra},
             "type": kind,
@@ -295,17 +321,19 @@ class AuditLog:
             "outcome": "success" if kind == "workflow_started" else op.outcome,
             "subjects": {k: v for k, v in subjects.items() if v is not None},
             "component": "vmcp-opt",
-            "target": _target(op),
+            "target": target,
         }
         act = caller.claims.get("act")
         if isinstance(act, dict):
             event["delegation"] = _chain(act)
-        if self.config.include_data and not data:
+        if kind in _STEP_EVENTS and fields is not None:
+            pass  # a step's own event: its arguments and output are the calls', and the workflow's result
+        elif self.config.include_data and not data:
             extra["data_dropped"] = "max_queued_data_bytes"  # the waiting events held that much already
         elif self.config.include_data:
             cap = self.config.max_data_bytes
             parts: dict[str, Any] = {"request": _capped(redacted(op.arguments), cap)}
-            if kind != "workflow_started":
+            if kind not in _NO_RESPONSE:
                 parts["response"] = _capped(redacted(to_jsonable_python(op.result, by_alias=True)), cap)
             event["data"] = parts
         return event
@@ -326,100 +354,80 @@ class AuditLog:
         self._sink.close()
 
 
-class _Sink:
-    """stdout, stderr, or a file rotated by size: `audit.log` → `audit.log.1` → … → `audit.log.<backups>`.
+class _RunAudit:
+    """One workflow run's events, as a `RunWatch` (workflows/step_events.py): `workflow_started` when it starts,
+    then per step `workflow_step_started` and `workflow_step_completed` or `workflow_step_failed` (with its
+    attempts, retries, duration, and a for_each's item counts), or `workflow_step_skipped`. Never an event per
+    call or per item: a run writes at most two events per configured step. Each carries the run's
+    `workflow_id` (as ToolHive's), so the events of runs that overlap can be told apart."""
 
-    The file is opened at start (a path that cannot be written stops the start, `AuditOutputError`), created
-    0600 (with `include_data` it may hold personal data), and rotated before a line would pass `max_bytes`."""
+    def __init__(self, log: AuditLog, op: Operation, workflow: WorkflowConfig) -> None:
+        self._log, self._op = log, op
+        self._run = {"workflow_id": str(uuid.uuid4()), "workflow_name": workflow.name}
+        extra = {"step_count": len(workflow.steps), "timeout_ms": round(workflow.timeout * 1000)}
+        op.notes[_FIELDS_NOTE] = {"target": self._run, "extra": extra}  # its started and ending events
+        op.notes[_STARTED_NOTE] = True
+        log._offer("workflow_started", op, time.time())
 
-    def __init__(self, config: AuditConfig, base_dir: str) -> None:
-        self.max_bytes = config.max_file_bytes
-        self.backups = config.backups
-        self.path: Path | None = None
-        self.lines = 0  # lines written so far
-        self._stream: BinaryIO | None = None
-        self._file: BinaryIO | None = None
-        self._size = 0
-        if config.output in ("stdout", "stderr"):
-            self._stream = sys.stdout.buffer if config.output == "stdout" else sys.stderr.buffer
+    def step_started(self, step: StepConfig, report: StepReport) -> None:
+        self._step("workflow_step_started", step, {})
+
+    def step_skipped(self, step: StepConfig, report: StepReport, blocked_by: str | None) -> None:
+        # Why: the step it waited for failed, or its condition (the workflow author's template, cut and
+        # redacted as any string) was false.
+        reason = {"blocked_by": blocked_by} if blocked_by else {"condition": _bounded(str(redacted(step.condition)))}
+        self._step("workflow_step_skipped", step, reason)
+
+    def step_finished(self, step: StepConfig, report: StepReport, calls: StepCalls) -> None:
+        kind = "workflow_step_completed" if report.status == "ok" else "workflow_step_failed"
+        if not self._log._wanted(kind):
             return
-        self.path = audit_output_path(config.output, base_dir)
-        problem = audit_output_problem(self.path)  # checked at load too; the files may have changed since
-        if problem:
-            raise AuditOutputError(f"telemetry.audit.output: {problem}")
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._open()
-        except OSError as exc:
-            raise AuditOutputError(f"telemetry.audit.output: cannot write {self.path}: {exc.strerror or exc}") from None
+        extra: dict[str, Any] = {"attempts": report.attempts, "retry_count": report.retries, "calls": calls.calls}
+        if report.items is not None:
+            extra |= {"items": report.items, "items_done": report.items_done}
+        outcome, error = _step_outcome(report, calls)
+        size = _measured(report.output) if report.status == "ok" else 0
+        self._step(kind, step, extra, outcome, error, calls.backend, report.duration, size)
 
-    def write(self, lines: list[bytes]) -> None:
-        if self._stream is not None:
-            self._stream.write(b"".join(lines))
-            self._stream.flush()
-            self.lines += len(lines)
+    def run_finished(self, report: RunReport) -> None:
+        if report.timed_out:  # names.event_type: `workflow_timed_out` rather than `workflow_failed`
+            self._op.notes[TIMED_OUT_NOTE] = True
+
+    def _step(
+        self,
+        kind: str,
+        step: StepConfig,
+        extra: dict[str, Any],
+        outcome: Outcome = "success",
+        error: str | None = None,
+        backend: str | None = None,
+        duration: float = 0.0,
+        size: int = 0,
+    ) -> None:
+        if not self._log._wanted(kind):
             return
-        if self._file is None:  # a rotation that failed to reopen: try again
-            self._open()
-        pending: list[bytes] = []
-        size = self._size
-        for line in lines:
-            if size and size + len(line) > self.max_bytes:
-                self._flush(pending)
-                pending = []
-                self._rotate()
-                size = self._size
-            pending.append(line)
-            size += len(line)
-        self._flush(pending)
+        workflow = self._op
+        op = Operation(
+            "tools/call", workflow.caller, target=step.tool, backend=backend, exchange=workflow.exchange,
+            duration=duration, outcome=outcome, error=error,
+        )  # fmt: skip
+        target = {**self._run, "type": "workflow_step", "step_id": step.id, "step_type": step.type}
+        op.notes[_FIELDS_NOTE] = {"target": target, "extra": extra}
+        self._log._offer(kind, op, time.time(), size, 0)
 
-    def _flush(self, lines: list[bytes]) -> None:
-        """Writes `lines` whole or not at all: after a failed write (disk full) the file is cut back to where it
-        was, as a part of a line would run into the next one."""
-        assert self._file is not None
-        data = memoryview(b"".join(lines))
-        done = 0
-        try:
-            while done < len(data):  # unbuffered: a write may take only a part
-                taken = self._file.write(data[done:])
-                if not taken:
-                    raise OSError(errno.EIO, "the audit file took no bytes")
-                done += taken
-        except OSError:
-            with contextlib.suppress(OSError):  # a device (/dev/full) cannot be cut
-                os.ftruncate(self._file.fileno(), self._size)
-            raise
-        self._size += done
-        self.lines += len(lines)
 
-    def _open(self) -> None:
-        assert self.path is not None
-        # 0600 for a new file (the umask may only narrow it); an existing one keeps the mode it was given.
-        # Unbuffered: a buffer that failed to flush would be written later, after lines counted as lost.
-        descriptor = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        self._file = os.fdopen(descriptor, "ab", buffering=0)
-        self._size = os.fstat(descriptor).st_size
-
-    def _rotate(self) -> None:
-        assert self.path is not None and self._file is not None
-        self._file.close()
-        self._file = None
-        for n in range(self.backups - 1, 0, -1):
-            older = self.path.with_name(f"{self.path.name}.{n}")
-            if older.exists():
-                os.replace(older, self.path.with_name(f"{self.path.name}.{n + 1}"))
-        if self.backups:
-            os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
-        else:
-            self.path.unlink(missing_ok=True)
-        self._open()
-
-    def close(self) -> None:
-        """Never raises: it runs in the gateway's shutdown, which still has traces and backends to close."""
-        file, self._file = self._file, None
-        if file is not None:
-            with contextlib.suppress(OSError):
-                file.close()
+def _step_outcome(report: StepReport, calls: StepCalls) -> tuple[Outcome, str | None]:
+    """A finished step's outcome and error type, in the words of a call's: its reason is left out (it may hold
+    argument values and a backend's text, which the log holds only with `include_data`)."""
+    if report.status == "ok":
+        return "success", None
+    if calls.denied:
+        return "denied", "denied"
+    if calls.failure is not None:  # a call the run's `timeout` cut is a failure (TimeoutError), as the call's own
+        return calls.failure, calls.error
+    if report.status == "cancelled":  # another step's abort, the client; or the timeout between two attempts
+        return "cancelled", "cancelled"
+    return "failure", "step_error"  # no call failed: a template, a budget, an answer refused the step
 
 
 def _target(op: Operation) -> dict[str, str]:
@@ -450,12 +458,19 @@ def _chain(act: dict[str, Any]) -> list[dict[str, str]]:
 def _bounded(value: _Text) -> _Text:
     """`value` cut to `MAX_FIELD_CHARS`, marked with its full length: `abc…(100,007 chars)`. A value cut already
     (when it was queued) is left as it is, so the length it names stays the original's."""
-    if value is None or len(value) <= MAX_FIELD_CHARS or _CUT_MARK.fullmatch(value, MAX_FIELD_CHARS):
+    if value is None or len(value) <= MAX_FIELD_CHARS or _cut_already(value):
         return value
     return f"{value[:MAX_FIELD_CHARS]}…({len(value):,} chars)"
 
 
-_CUT_MARK = re.compile(r"…\([\d,]+ chars\)")
+def _cut_already(value: str) -> bool:
+    """Whether `value` is one `_bounded` made: a client could send the mark itself, so it is taken only with a
+    length of at most 19 digits (the value stays short) that passes the bound (it names a cut, not a lie)."""
+    mark = _CUT_MARK.fullmatch(value, MAX_FIELD_CHARS)
+    return mark is not None and int(mark.group(1).replace(",", "")) > MAX_FIELD_CHARS
+
+
+_CUT_MARK = re.compile(r"…\(([\d,]{1,25}) chars\)")
 # The claims an event reads (`_user`, `delegation`): a queued event keeps these of the caller's, no more.
 _EVENT_CLAIMS = ("name", "preferred_username", "email", "act")
 

@@ -7,6 +7,7 @@ from typing import Any, NamedTuple
 from vmcp_opt.routing.operations import Operation
 from vmcp_opt.routing.providers import GATEWAY_SOURCE
 from vmcp_opt.workflows.provider import WORKFLOW_SOURCE
+from vmcp_opt.workflows.step_events import TIMED_OUT_NOTE
 
 # ToolHive's audit event types where they exist (pkg/audit/mcp_events.go), ours (vmcp_*) for the meta-tools.
 _LIST_EVENTS = {
@@ -31,6 +32,8 @@ def event_type(op: Operation) -> str:
         return _LIST_EVENTS.get(op.method, "mcp_request")
     failed = op.outcome != "success"
     if op.backend == WORKFLOW_SOURCE:
+        if failed and op.notes.get(TIMED_OUT_NOTE):  # as ToolHive: ran out of time, not broken
+            return "workflow_timed_out"
         return "workflow_failed" if failed else "workflow_completed"
     parent = op.parent
     if parent is not None and parent.method == "tools/call" and parent.backend == WORKFLOW_SOURCE:

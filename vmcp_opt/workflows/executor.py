@@ -41,6 +41,7 @@ from vmcp_opt.backends.results import json_size
 from vmcp_opt.config.workflows import StepConfig, WorkflowConfig
 from vmcp_opt.workflows.budget import CallBudget, fan_out_reason, run_call_limit
 from vmcp_opt.workflows.renders import SHARED, RenderSlots, RunRenders
+from vmcp_opt.workflows.step_events import STEP_CALLS, RunWatch, StepCalls
 from vmcp_opt.workflows.step_results import (
     Called,
     StepError,
@@ -72,7 +73,10 @@ class StepReport:
     output: Any = None
     error: str | None = None
     attempts: int = 0
+    retries: int = 0  # attempts after a failed one (a for_each's: of all its items)
     duration: float = 0.0  # seconds, from its first attempt to its end
+    items: int | None = None  # a for_each's item count, once `over` is read
+    items_done: int = 0  # a for_each's items that finished ok
     # Skipped because a step it depends on failed (its own dependants are then skipped too).
     blocked: bool = False
     # A tool step's result content as MCP JSON, when it holds more than text (an image, audio, a resource or a
@@ -120,6 +124,7 @@ class WorkflowRun:
         caller: str | None = None,
         render_slots: RenderSlots = SHARED,
         on_item: ItemDone | None = None,
+        watch: RunWatch | None = None,
     ) -> None:
         self.workflow = workflow
         # Template renders take worker-thread slots of this run, of `caller` (None: not known) and of the
@@ -137,6 +142,7 @@ class WorkflowRun:
         self._call = call
         self._on_step = on_step
         self._on_item = on_item
+        self._watch = watch  # telemetry's per-step events (step_events.py)
         self._sleep = sleep
         self._limiter = anyio.CapacityLimiter(workflow.max_parallel)
         self._steps = {step.id: step for step in workflow.steps}
@@ -226,11 +232,14 @@ class WorkflowRun:
         for dependency in step.depends_on:
             await self._done[dependency].wait()
         report = self.report.steps[step.id]
+        calls: StepCalls | None = None  # set once the step starts (when watched)
         try:
             blocking = [d for d in step.depends_on if self._blocks(d)]
             if blocking:
                 report.status, report.blocked, report.output = "skipped", True, step.default_result
                 report.error = f"not run: step '{blocking[0]}' failed"
+                if self._watch is not None:
+                    self._watch.step_skipped(step, report, blocking[0])
                 return
             context = self.context()
             if step.condition is not None:
@@ -241,9 +250,12 @@ class WorkflowRun:
                     return
                 if not run:
                     report.status, report.output = "skipped", step.default_result
+                    if self._watch is not None:
+                        self._watch.step_skipped(step, report, None)
                     return
             report.status = "running"
             started = time.perf_counter()
+            calls = self._watching(step, report)
             try:
                 output = await self._step(step, report, context)
                 if step.type != "for_each":  # a for_each's items were counted as they came
@@ -256,14 +268,27 @@ class WorkflowRun:
                 self._failed(step, report, StepError(f"internal error: {type(exc).__name__}", retryable=False), group)
             finally:
                 report.duration = time.perf_counter() - started
+                STEP_CALLS.set(None)  # the step's own task: nothing after it reads the variable
         finally:
             self._done[step.id].set()
             if report.status == "running":  # cancelled: the run's error must not say it still runs
                 report.status = "cancelled"
-            else:  # a cancelled step is not reported as finished
+            # Every started step is ended, as is one whose condition could not be read.
+            if self._watch is not None and report.status not in ("pending", "skipped"):
+                self._watch.step_finished(step, report, calls or StepCalls())
+            if report.status != "cancelled":  # a cancelled step is not reported as finished
                 self.report.order.append(step.id)
                 if self._on_step is not None:
                     await self._on_step(report)
+
+    def _watching(self, step: StepConfig, report: StepReport) -> StepCalls | None:
+        """Tells the watch the step starts, and gives the step's task (and its for_each items') the `StepCalls`
+        its calls are counted in; None when no one watches."""
+        calls = StepCalls() if self._watch is not None else None
+        STEP_CALLS.set(calls)  # also when None: not the enclosing run's step, whose task this one's copies
+        if self._watch is not None:
+            self._watch.step_started(step, report)
+        return calls
 
     def _blocks(self, dependency: str) -> bool:
         """A dependency that failed with no default result, or was skipped for such a failure (an explicit
@@ -290,6 +315,7 @@ class WorkflowRun:
         too_many = fan_out_reason(len(items), self._budget)
         if too_many is not None:  # refused before any item runs: no half-done fan-out
             raise StepError(too_many, retryable=False)
+        report.items = len(items)
         called: list[Called] = [Called(None)] * len(items)
         failures: list[str] = []
         per_step = anyio.CapacityLimiter(step.max_parallel)
@@ -307,6 +333,7 @@ class WorkflowRun:
                     group.cancel()  # the other items stop: the step has failed
                     return
             done += 1
+            report.items_done = done
             if self._on_item is not None:  # after the slot is freed: a slow client holds no item back
                 await self._on_item(report, done, len(items))
 
@@ -378,6 +405,7 @@ class WorkflowRun:
                     if attempt > 1:
                         exc.reason += f" (after {attempt} attempts)"
                     raise
+            report.retries += 1
             await self._sleep(min(delay, policy.max_delay))
             delay *= policy.multiplier
         raise AssertionError("unreachable")

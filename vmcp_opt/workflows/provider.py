@@ -33,6 +33,7 @@ from vmcp_opt.auth.caller import caller_key
 from vmcp_opt.config.workflows import WorkflowConfig, workflow_warnings
 from vmcp_opt.routing import Denied, Dispatch, Exchange, ProvidedTool, ToolCall, error_result
 from vmcp_opt.routing.budget import Budget
+from vmcp_opt.routing.operations import current
 from vmcp_opt.routing.round_trips import InputRequired, RoundOwners, WorkflowRound
 from vmcp_opt.workflows.executor import (
     Ask,
@@ -44,6 +45,7 @@ from vmcp_opt.workflows.executor import (
 )
 from vmcp_opt.workflows.renders import SHARED, RenderSlots
 from vmcp_opt.workflows.rounds import PendingRun, WorkflowRounds
+from vmcp_opt.workflows.step_events import run_watch
 from vmcp_opt.workflows.step_results import StepError, output_text
 from vmcp_opt.workflows.validation import derived_annotations
 
@@ -177,6 +179,7 @@ class WorkflowTools:
                 raise StepError(await step_denial(router, caller, denied), retryable=False) from None
 
         params = with_defaults(workflow.parameters, arguments or {})
+        watch = run_watch(current(), workflow)  # the audit log's per-step events, when it is on
         report = await WorkflowRun(
             workflow,
             params,
@@ -188,9 +191,12 @@ class WorkflowTools:
             caller=caller_key(caller),  # as rate limits key it: a new session is not a new caller
             render_slots=self.render_slots,
             on_item=on_item,
+            watch=watch,
         ).run()
         if report.ok and workflow.output_schema is not None:
             await self._conform(workflow, workflow.output_schema, report)
+        if watch is not None:
+            watch.run_finished(report)
         if not report.ok:  # names only: the error may hold argument values and backend text
             where = f"at step {report.failed_step}" if report.failed_step else "(timed out)" if report.timed_out else ""
             logger.info("workflow %s failed %s", report.workflow, where or "(its result)")
