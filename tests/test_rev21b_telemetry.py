@@ -175,3 +175,17 @@ def test_a_throttled_record_keeps_its_fields(caplog: pytest.LogCaptureFixture) -
         log.warning("k", "denied: %s", "c1", extra={"caller": "c1", "subject": "alice", "target": "t"})
     [record] = caplog.records
     assert (record.caller, record.subject, record.target) == ("c1", "alice", "t")  # type: ignore[attr-defined]
+
+
+def test_a_client_cannot_forge_the_cut_mark_to_keep_a_long_field() -> None:
+    """A value ending in `…(N chars)` is left as it is only when `_bounded` could have made it: a short length
+    that passes the bound. A client sending the mark with a million digits, or naming a length under the bound,
+    gets its value cut like any other."""
+    from vmcp_opt.telemetry.audit import MAX_FIELD_CHARS, _bounded
+
+    forged = "a" * MAX_FIELD_CHARS + "…(" + "1" * 1_000_000 + " chars)"
+    assert len(_bounded(forged)) < MAX_FIELD_CHARS + 40
+    lying = "a" * MAX_FIELD_CHARS + "…(5 chars)"
+    assert _bounded(lying).endswith(f"…({len(lying):,} chars)")
+    cut = _bounded("a" * 300)
+    assert _bounded(cut) == cut and cut.endswith("…(300 chars)")
