@@ -3,7 +3,8 @@ backend: every answer is an event of one SSE stream, as it comes and in the batc
 a message refused on its own gets its error under its id; each message is served as the client wrote it (a
 non-ASCII one is not re-encoded past `server.max_body_bytes`); a server→client request in the middle of a call
 reaches the client, whose answer in a POST of its own lets the batch go on; a client that goes away ends its
-batch (the drain then finds nothing in flight)."""
+batch (the drain then finds nothing in flight, and logs no cut-off); SIGTERM's drain waits for the batch as one
+call, answering its requests not started "shutting down", and a stop that cuts a batch off ends its stream whole."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import json
 import signal
 import socket
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -142,24 +144,78 @@ def test_an_elicitation_in_the_middle_of_a_batch_reaches_the_client_and_its_answ
     assert text == 'User response: action=accept, content={"username": "ann", "email": "ann@example.com"}'
 
 
+def held_config(directory: Path) -> Path:
+    backend = {"name": "held", "command": sys.executable, "args": [str(HELD_SERVER)]}
+    return write_config(directory, {"backends": [backend], "server": {"drain_timeout": 30}})
+
+
+def wait_for(path: Path) -> None:
+    """Until another process makes `path` (the held backend, once a call is there)."""
+    deadline = time.monotonic() + 30
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+
+
+def test_sigterm_waits_for_the_batch_and_answers_its_messages_not_started_shutting_down(tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    with running_gateway(held_config(tmp_path)) as running:
+        headers = opened(running)
+        batch = [
+            call("first", "held_held_echo", {"message": "finished", "gate": str(gate)}),
+            {"jsonrpc": "2.0", "method": "notifications/roots/list_changed"},  # no answer, even refused
+            call("second", "held_held_echo", {"message": "never", "gate": f"{gate}-second"}),
+            {"jsonrpc": "2.0", "id": 3, "method": "ping"},
+        ]
+
+        def drain_then_open() -> None:
+            wait_for(Path(f"{gate}.started"))  # the first message is at the backend
+            running.proc.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + 30
+            while "draining:" not in running.output() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            gate.touch()  # the first call ends while draining: the drain must still wait for the batch
+
+        driver = threading.Thread(target=drain_then_open)
+        driver.start()
+        try:
+            # The stream's headers come with the first answer, once the gate is open.
+            with httpx2.stream("POST", running.url, content=json.dumps(batch), headers=headers, timeout=30) as stream:
+                assert stream.status_code == 200
+                lines = list(stream.iter_lines())  # raises on a stream cut off without its closing chunk
+        finally:
+            driver.join()
+        assert stream.headers["connection"] == "close"
+        assert running.proc.wait(timeout=60) == 0
+    answers = [m for _, m in sse_messages(iter(lines)) if m is not None and "method" not in m]
+    assert [message["id"] for message in answers] == ["first", "second", 3]
+    assert answers[0]["result"]["content"][0]["text"] == "finished"
+    for refused in answers[1:]:
+        assert refused["error"]["code"] == -32000
+        assert "shutting down" in refused["error"]["message"]
+        assert refused["error"]["data"] == {"retry_after": 1}
+    assert not Path(f"{gate}-second.started").exists()  # never served: the drain did not run it
+    output = running.output()
+    assert "drained in" in output, output
+    assert "Exception in ASGI application" not in output
+    assert "cut off by the shutdown" not in output  # nothing was left running when the server stopped
+
+
 def test_a_batch_its_client_left_ends_and_the_drain_finds_nothing_in_flight(tmp_path: Path) -> None:
     gate = tmp_path / "gate"  # never made: the held call would wait for ever
-    backend = {"name": "held", "command": sys.executable, "args": [str(HELD_SERVER)]}
-    config = write_config(tmp_path, {"backends": [backend], "server": {"drain_timeout": 30}})
-    with running_gateway(config) as running:
+    with running_gateway(held_config(tmp_path)) as running:
         headers = opened(running)
         batch = [
             call("held", "held_held_echo", {"message": "never", "gate": str(gate)}),
             call("next", "held_held_echo", {"message": "never", "gate": f"{gate}-next"}),
+            call("last", "held_held_echo", {"message": "never", "gate": f"{gate}-last"}),
         ]
         body = json.dumps(batch).encode()
         head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
         request = f"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:{running.port}\r\n{head}content-length: {len(body)}\r\n\r\n"
         with socket.create_connection(("127.0.0.1", running.port), timeout=30) as sock:
             sock.sendall(request.encode() + body)
-            started = Path(f"{gate}.started")
-            while not started.exists():  # the backend makes it once the call is there
-                time.sleep(0.05)
+            wait_for(Path(f"{gate}.started"))
         # The client is gone with the call at the backend: the batch ends, so nothing holds the drain.
         running.proc.send_signal(signal.SIGTERM)
         assert running.proc.wait(timeout=60) == 0
@@ -167,3 +223,41 @@ def test_a_batch_its_client_left_ends_and_the_drain_finds_nothing_in_flight(tmp_
     assert "drained in" in output, output
     assert "still running after" not in output
     assert not Path(f"{gate}-next.started").exists()  # the batch's next message was never served
+    # A client that left is no shutdown: the messages after it are not driven into the drain's cut-off path.
+    assert "cut off by the shutdown" not in output, output
+
+
+def test_a_batch_the_stop_cuts_off_answers_every_request_and_its_stream_ends_whole(tmp_path: Path) -> None:
+    gate = tmp_path / "gate"  # never made: the first call is still at the backend when the server stops
+    backend = {"name": "held", "command": sys.executable, "args": [str(HELD_SERVER)]}
+    settings = {"backends": [backend], "server": {"drain_timeout": 0}, "timeouts": {"shutdown": 0.5}}
+    with running_gateway(write_config(tmp_path, settings)) as running:
+        headers = opened(running)
+        batch = [
+            call("first", "held_held_echo", {"message": "never", "gate": str(gate)}),
+            call("second", "held_held_echo", {"message": "never", "gate": f"{gate}-second"}),
+            {"jsonrpc": "2.0", "id": 3, "method": "ping"},
+        ]
+
+        def stop() -> None:
+            wait_for(Path(f"{gate}.started"))
+            running.proc.send_signal(signal.SIGTERM)  # a drain of 0s: the server stops, cancelling the batch
+
+        driver = threading.Thread(target=stop)
+        driver.start()
+        try:
+            with httpx2.stream("POST", running.url, content=json.dumps(batch), headers=headers, timeout=30) as stream:
+                assert stream.status_code == 200
+                lines = list(stream.iter_lines())  # raises on a stream cut off without its closing chunk
+        finally:
+            driver.join()
+        assert running.proc.wait(timeout=60) == 0
+    answers = [m for _, m in sse_messages(iter(lines)) if m is not None and "method" not in m]
+    assert [message["id"] for message in answers] == ["first", "second", 3]
+    assert all(message["error"]["code"] == -32000 for message in answers)
+    assert "stopped this request before it finished" in answers[0]["error"]["message"]  # the drain's cut-off
+    assert "did not start this request" in answers[1]["error"]["message"]
+    assert not Path(f"{gate}-second.started").exists()
+    output = running.output()
+    assert "Exception in ASGI application" not in output, output
+    assert output.count("cut off by the shutdown") == 1, output  # the one message running, not the batch's rest

@@ -10,7 +10,8 @@ with -32600 itself: the SDK would take it for a notification and answer 202, lea
 That needs the body before the SDK reads it: it is read here (up to `server.max_body_bytes`) and handed on
 unchanged. The error never repeats the client's input.
 
-A JSON-RPC batch (a body that is an array, 2025-03-26 only) is served by `json_batch.JsonRpcBatch`.
+A JSON-RPC batch (a body that is an array, 2025-03-26 only) is served by `json_batch.JsonRpcBatch`; when the app
+wrapped is the drain (server/http.py), the batch holds one of its slots for its whole life.
 
 A body over that cap is answered 413 with a JSON-RPC error naming the setting and the cap; one whose
 `Content-Length` says so is answered before any of it is read, rather than when the body deadline runs out.
@@ -33,7 +34,7 @@ from mcp_types import InitializeRequestParams
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from vmcp_opt.server.json_batch import JsonRpcBatch, is_batch
+from vmcp_opt.server.json_batch import CallSlots, JsonRpcBatch, is_batch
 from vmcp_opt.server.sessions import json_rpc_error
 
 INVALID_REQUEST = -32600
@@ -45,6 +46,8 @@ class JsonRpcErrorCodes:
     def __init__(self, app: ASGIApp, max_body_bytes: int = 4 * 1024 * 1024) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        # A batch's messages go through `app` one by one: the drain there must count the batch as one call.
+        self._slots = app if isinstance(app, CallSlots) else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -67,7 +70,7 @@ class JsonRpcErrorCodes:
                 )
                 return
             if is_batch(body):
-                await JsonRpcBatch(self, scope, send).serve(body, receive)
+                await JsonRpcBatch(self, scope, send, self._slots).serve(body, receive)
                 return
             problem = initialize_problem(body)
             if problem is not None:

@@ -15,16 +15,23 @@ Draining (`Drain.begin`, from the runner's SIGTERM handler):
 
 Open streams (a session's standalone GET stream, a 2026-07-28 `subscriptions/listen`) are not calls: they do
 not hold the drain, and end when it does (`end_streams`).
+
+A 2025-03-26 JSON-RPC batch (server/json_batch.py) is one call for its whole life: it holds a slot (`holding`)
+from its first message to its stream's end, and its messages, which come through here one by one, are not
+counted again. A message the shutdown cuts off is answered here like any POST, then the batch is told (the
+CancelledError goes on) so it answers its messages not started and ends its stream. A CancelledError from an
+enclosing cancel scope (a batch whose client left) is no shutdown: it goes on, unanswered and unlogged.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +39,7 @@ from sse_starlette.sse import AppStatus
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from vmcp_opt.server.bad_input import GONE, read_ahead, request_of
+from vmcp_opt.server.json_batch import BATCH_MESSAGE, enclosing_scope_cancelled
 from vmcp_opt.server.sessions import SERVER_BUSY, json_rpc_error, may_open_session
 
 logger = logging.getLogger(__name__)
@@ -59,6 +67,9 @@ class Drain:
         if body is GONE or (body is not None and _is_listen(body)):
             await self._serve(scope, receive, send, None)
             return
+        if scope.get(BATCH_MESSAGE):  # its batch holds the slot, and never opens a session
+            await self._serve(scope, receive, send, _Call(_request_id(body)))
+            return
         if self.draining and may_open_session(scope):
             await json_rpc_error(
                 send,
@@ -69,10 +80,16 @@ class Drain:
                 [(b"retry-after", b"1"), (b"connection", b"close")],
             )
             return
+        with self.holding():
+            await self._serve(scope, receive, send, _Call(_request_id(body)))
+
+    @contextlib.contextmanager
+    def holding(self) -> Iterator[None]:
+        """One call in flight while the context lasts: `drained` waits for it."""
         self.in_flight += 1
         self._idle.clear()
         try:
-            await self._serve(scope, receive, send, _Call(_request_id(body)))
+            yield
         finally:
             self.in_flight -= 1
             if self.in_flight == 0:
@@ -86,8 +103,12 @@ class Drain:
         try:
             await self.app(scope, receive, self._closing(send, answer, call))
         except asyncio.CancelledError:
+            if enclosing_scope_cancelled():
+                raise  # not uvicorn's stop: a batch whose client left, which ends itself
             # The request's own task ends with this answer: uvicorn cancels it once, and does not wait for it.
             await _cut_off(send, answer, call)
+            if scope.get(BATCH_MESSAGE):
+                raise  # the batch answers its messages not started and ends its stream
 
     def _closing(self, send: Send, answer: _Answer, call: _Call | None) -> Send:
         """`send`, adding `Connection: close` to a response that starts while draining, and noting in `answer`

@@ -5,18 +5,27 @@ client sent them), one at a time, and every answer is an event of one SSE stream
 unparsed: nothing accumulates, a server→client request reaches the client while its call waits, and a refused
 message gets its error under its id. A batch from a later version, one that would open a session, one with
 `initialize` in it, or one of more than `MAX_BATCH` messages is refused with -32600 saying why.
+
+A batch is one call in flight for the drain (server/drain.py), from its first message to its stream's end, not
+one per message: the drain waits for the message being served, and a request not started yet once draining is
+answered "shutting down, retry" under its id (notifications and responses still go on: they start no work, and
+a call elsewhere may wait for one). One the shutdown cuts off ends the same way, its stream whole.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import math
 import re
-from typing import Any
+from contextlib import AbstractContextManager
+from typing import Any, Protocol, runtime_checkable
 
 import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from vmcp_opt.server.sessions import json_rpc_error
+from vmcp_opt.server.sessions import SERVER_BUSY, json_rpc_error
 
 INVALID_REQUEST = -32600
 
@@ -34,6 +43,27 @@ _HEADER_REFUSALS = frozenset({401, 403, 404, 406, 415, 421})
 # An error answer's body is parsed (its id filled in) only up to this size; a bigger one goes on as it is.
 _ERROR_PARSED_BYTES = 64 * 1024
 _EVENT = b"event: message\n"
+# Marks a batch message's scope: the drain counts the batch, not each message (server/drain.py).
+BATCH_MESSAGE = "vmcp.batch_message"
+# What a request of a batch the gateway did not start, because it is shutting down, is answered.
+NOT_STARTED = "The gateway is shutting down and did not start this request; retry"
+
+
+@runtime_checkable
+class CallSlots(Protocol):
+    """The drain as a batch sees it (server/drain.py `Drain`, which imports this module)."""
+
+    draining: bool
+
+    def holding(self) -> AbstractContextManager[None]:
+        """One call in flight while the context lasts: the drain waits for it."""
+        ...
+
+
+def enclosing_scope_cancelled() -> bool:
+    """Whether an anyio cancel scope around the current code was cancelled (a batch whose client left), which a
+    CancelledError then comes from; uvicorn's stop cancels the request's task itself, in no scope."""
+    return anyio.current_effective_deadline() == -math.inf
 
 
 def is_batch(body: bytes) -> bool:
@@ -83,15 +113,18 @@ class JsonRpcBatch:
     202. A refusal of the POST by its headers (an unknown session, …) while nothing is sent yet is the batch's
     answer as it is; any other refusal of a message (413, 503, …) is that message's event, under its id.
 
-    The client's disconnect cancels what is left of the batch (uvicorn does not cancel an app)."""
+    The client's disconnect cancels what is left of the batch (uvicorn does not cancel an app). With `slots` (the
+    drain), the batch holds one of them for its whole life, and draining refuses its requests not yet started."""
 
-    def __init__(self, endpoint: ASGIApp, scope: Scope, send: Send) -> None:
+    def __init__(self, endpoint: ASGIApp, scope: Scope, send: Send, slots: CallSlots | None = None) -> None:
         self._endpoint = endpoint
         self._scope = scope
         self._send = send
+        self._slots = slots
         self._started = False  # the batch's SSE answer (or a header refusal) has begun
         self._refused = False  # the batch was answered with a message's header refusal
         self._gone = anyio.Event()  # the client disconnected
+        self._next = 0  # the first message not started
 
     async def serve(self, body: bytes, receive: Receive) -> None:
         try:
@@ -103,13 +136,31 @@ class JsonRpcBatch:
         if refusal is not None or messages is None:
             await json_rpc_error(self._send, 400, INVALID_REQUEST, f"Invalid Request: {refusal}")
             return
-        async with anyio.create_task_group() as task_group:
-            task_group.start_soon(self._watch, receive, task_group.cancel_scope)
-            for message, text in messages:
-                await self._served(message, text)
-                if self._refused:
-                    break
-            task_group.cancel_scope.cancel()  # the watch
+        # Held until the stream's last chunk is out: between two messages the batch is still in flight.
+        with self._slots.holding() if self._slots is not None else contextlib.nullcontext():
+            await self._run(messages, receive)
+
+    async def _run(self, messages: list[tuple[Any, str]], receive: Receive) -> None:
+        try:
+            async with anyio.create_task_group() as task_group:
+                task_group.start_soon(self._watch, receive, task_group.cancel_scope)
+                for message, text in messages:
+                    if self._refused or self._gone.is_set():  # a client that left gets nothing more
+                        break
+                    self._next += 1
+                    if self._draining() and _usable_id(message) is not None:
+                        await self._not_started(message)
+                    else:
+                        await self._served(message, text)
+                task_group.cancel_scope.cancel()  # the watch
+        except asyncio.CancelledError:
+            if enclosing_scope_cancelled():
+                raise
+            # uvicorn's stop (past the drain, or Ctrl-C) cancels the request's task once and does not wait: the
+            # message it cut off was answered by the drain; the rest are answered here and the stream ends whole.
+            for message, _ in messages[self._next :]:
+                if _usable_id(message) is not None:
+                    await self._not_started(message)
         if self._refused or self._gone.is_set():
             return
         if not self._started:  # no message had an answer: notifications and responses only
@@ -135,6 +186,14 @@ class JsonRpcBatch:
             return "initialize must not be part of a JSON-RPC batch"
         return None
 
+    def _draining(self) -> bool:
+        return self._slots is not None and self._slots.draining
+
+    async def _not_started(self, message: Any) -> None:
+        """The error event of a request not started because the gateway is shutting down."""
+        error = {"code": SERVER_BUSY, "message": NOT_STARTED, "data": {"retry_after": 1}}
+        await self.event(None, _compact({"jsonrpc": "2.0", "id": _usable_id(message), "error": error}))
+
     async def _watch(self, receive: Receive, batch: anyio.CancelScope) -> None:
         """The client's disconnect ends the batch: the message being served, and those still to come."""
         while (await receive())["type"] != "http.disconnect":
@@ -153,7 +212,11 @@ class JsonRpcBatch:
             return
         body = text.encode()
         headers = [(k, v) for k, v in self._scope["headers"] if k.lower() != b"content-length"]
-        scope = {**self._scope, "headers": [*headers, (b"content-length", str(len(body)).encode())]}
+        scope = {
+            **self._scope,
+            "headers": [*headers, (b"content-length", str(len(body)).encode())],
+            BATCH_MESSAGE: True,
+        }
         unread = [{"type": "http.request", "body": body, "more_body": False}]
 
         async def receive() -> Message:
@@ -163,7 +226,12 @@ class JsonRpcBatch:
             return {"type": "http.disconnect"}
 
         relay = _AnswerRelay(self, message.get("id"))
-        await self._endpoint(scope, receive, relay.send)
+        try:
+            await self._endpoint(scope, receive, relay.send)
+        except asyncio.CancelledError:
+            if not self._gone.is_set():
+                await relay.done()  # the drain's answer to a message the shutdown cut off, if not yet an event
+            raise
         await relay.done()
 
     async def refuse(self, start: Message) -> bool:
@@ -193,6 +261,8 @@ class JsonRpcBatch:
         if not any(k.lower() == b"mcp-session-id" for k, _ in headers):
             session = _header(self._scope, b"mcp-session-id")
             headers.append((b"mcp-session-id", (session or "").encode("latin-1")))
+        if self._draining() and not any(k.lower() == b"connection" for k, _ in headers):
+            headers.append((b"connection", b"close"))  # as the drain does: the client's next request goes elsewhere
         return [*headers, (b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache, no-transform")]
 
 
@@ -276,6 +346,14 @@ def _answer_to(body: bytes, request_id: Any) -> dict[str, Any]:
     if answer.get("id") is None and "error" in answer and usable:
         answer["id"] = request_id
     return answer
+
+
+def _usable_id(message: Any) -> str | int | None:
+    """A request's id, when it is one a client can match (a boolean is none); None for anything else."""
+    if not isinstance(message, dict) or "method" not in message:
+        return None
+    request_id = message.get("id")
+    return request_id if isinstance(request_id, str | int) and not isinstance(request_id, bool) else None
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
