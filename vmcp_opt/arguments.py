@@ -12,7 +12,8 @@ Schemas come from backends and arguments from clients; neither is trusted, so a 
 - Compiled validators are cached per schema content (SHA-256 of its canonical JSON) in a bounded LRU (input and
   output schemas each in their own), and so is the verdict on a schema whose own (meta-schema) check outlasted the
   deadline on its own thread's CPU (not merely on the clock, other threads holding the GIL): later calls are
-  refused at once.
+  refused at once. A compile cut off before it had worked most of a deadline (starved under load) is refused
+  once and compiled again in a thread of its own, on a deadline of its own CPU, for the verdict (`_judge_soon`).
 - A plain schema (`type`, `properties`, `required`, `additionalProperties`, `items`, string `enum`s and
   annotations, nothing else) first gets an exact check of its own (vmcp_opt/plain_schemas.py, a few µs against
   jsonschema's ~40 µs per call): arguments it passes are valid under jsonschema too; anything it does not
@@ -85,6 +86,9 @@ TOO_COSTLY_FOR = 300.0
 # The share of the deadline a schema's compile must have spent on its own thread's CPU to be judged too costly:
 # a compile cut off by other threads holding the GIL (wall time passing, not its work) says nothing of the schema.
 _OWN_WORK_SHARE = 0.8
+# Deadlines of wall time a compile judged on its own CPU budget may take before it is given up on without a
+# verdict (a thread starved for all that time by the others).
+_JUDGING_WALL = 30.0
 
 # Structured content past either bound is passed on unchecked: walking (and checking) it would cost every call up
 # to the whole deadline of GIL-holding CPU, the backend's choice.
@@ -129,6 +133,9 @@ class ArgumentValidator:
         # Results passed on unchecked for their size (`OUTPUT_CHECK_NODES`, `OUTPUT_CHECK_TEXT`).
         self.outputs_too_large = 0
         self._unchecked_log = ThrottledLog(logger, 60.0)
+        # The digest of the schema being compiled for a verdict (`_judge_soon`), and when one is over.
+        self._judging: str | None = None
+        self.judged = threading.Event()
 
     @property
     def _by_digest(self) -> Mapping[str, Validator | _TooCostly | None]:
@@ -258,17 +265,58 @@ class ArgumentValidator:
             validator: Validator | _TooCostly | None = compile(schema)
         except _OutOfTime:
             if time.thread_time() - own_cpu < _OWN_WORK_SHARE * self.timeout:
-                raise  # cut off by contention for the GIL, not by its own work: refused this once, not remembered
+                # Cut off before it had worked most of a deadline (the digest came first; other threads held the
+                # GIL): that says nothing of the schema. Refused this once; a compile of its own, on its own CPU
+                # budget, gives the verdict (under load, every call would otherwise wait out the whole deadline).
+                self._judge_soon(schema, digest, cache, compile)
+                raise
             # The schema alone (its meta-schema check) outlasts the deadline: so would it on every call, each paying
             # the whole deadline again. The verdict is kept with the compiled validators, bounded alike.
             validator = _TooCostly()
+        self._keep(cache, digest, validator)
+        if isinstance(validator, _TooCostly):
+            raise _OutOfTime
+        return validator
+
+    def _keep(self, cache: _SchemaCache, digest: str, validator: Validator | _TooCostly | None) -> None:
         with self._lock:
             cache.by_digest[digest] = validator
             while len(cache.by_digest) > cache.size:
                 cache.by_digest.popitem(last=False)
-        if isinstance(validator, _TooCostly):
-            raise _OutOfTime
-        return validator
+
+    def _judge_soon(
+        self,
+        schema: Mapping[str, Any],
+        digest: str,
+        cache: _SchemaCache,
+        compile: Callable[[Mapping[str, Any]], Validator | None],
+    ) -> None:
+        """Compile `schema` in a thread of its own, bounded by `timeout` of that thread's CPU (not of the clock):
+        done, its validator is cached; out of CPU, it is too costly; out of `_JUDGING_WALL` deadlines of wall time
+        (starved throughout), no verdict. One such compile at a time per validator, so the judging is bounded."""
+        with self._lock:
+            if self._judging is not None:
+                return
+            self._judging = digest
+
+        def judge() -> None:
+            _local.deadline = time.monotonic() + _JUDGING_WALL * self.timeout
+            _local.cpu_deadline = time.thread_time() + self.timeout
+            try:
+                self._keep(cache, digest, compile(schema))
+            except _OutOfTime:
+                if time.thread_time() >= _local.cpu_deadline:
+                    self._keep(cache, digest, _TooCostly())
+            except Exception:
+                logger.debug("schema not applied", exc_info=True)
+                self._keep(cache, digest, None)  # as `_errors` does: the backend enforces its own schema
+            finally:
+                with self._lock:
+                    self._judging = None
+                self.judged.set()
+
+        self.judged.clear()
+        threading.Thread(target=judge, name="vmcp-schema-verdict", daemon=True).start()
 
     def _digest(self, schema: Mapping[str, Any], cache: _SchemaCache) -> str:
         with self._lock:
@@ -375,7 +423,9 @@ _REGISTRY: Registry[Any] = SPECIFICATIONS.combine(Registry(retrieve=_not_fetched
 
 # --- the deadline and the bounded keywords ----------------------------------------------------------------
 
-_local = threading.local()  # `deadline`: the monotonic time the running check must end by
+# `deadline`: the monotonic time the running check must end by; `cpu_deadline`: the thread's CPU time it must end
+# by (only a compile judged on its own budget, `_judge_soon`, has one).
+_local = threading.local()
 
 
 def _time_left() -> float:
@@ -385,6 +435,9 @@ def _time_left() -> float:
     left = deadline - time.monotonic()
     if left <= 0:
         raise _OutOfTime
+    cpu_deadline: float | None = getattr(_local, "cpu_deadline", None)
+    if cpu_deadline is not None and time.thread_time() >= cpu_deadline:
+        raise _OutOfTime  # a compile judged on its own CPU (`_judge_soon`) used up its budget
     return left
 
 
