@@ -74,6 +74,11 @@ T = TypeVar("T")
 STABLE_SESSION = 60.0
 # Seconds an HTTP session's close (its DELETE) may take before the connection stops waiting for it.
 SESSION_CLOSE_TIMEOUT = 5.0
+# Requests given up on whose clean-up (the SDK's courtesy cancel) may run behind their callers at once, per session
+# (`Cleanups`): many more than a healthy backend ever has, few enough that a stuck one cannot pile them up.
+MAX_DETACHED_CLEANUPS = 16
+# Seconds a caller past that bound waits for its own clean-up: the SDK's bound on it (5 s), and a little more.
+CLEANUP_WAIT = 6.0
 _STREAM_ENDED = "the connection closed (process exited or stream ended)"
 ChangeCallback = Callable[["BackendConnection"], Awaitable[None]]
 
@@ -153,6 +158,9 @@ class BackendConnection:
         self._step = "the handshake"  # what this attempt waits for, for a connect timeout's message
         self._watchers: list[SessionWatcher] = []
         self._pinging = False  # a ping, or its clean-up past its deadline, is still running
+        # Calls given up on, still being cancelled (`detached`) in this session's task group; a new one a session, so
+        # that a clean-up its group's end stopped before it began (and so never counted off) ends with it.
+        self._cleanups = Cleanups()
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -197,7 +205,7 @@ class BackendConnection:
         sessions_before = self.sessions
         try:
             async with anyio.create_task_group() as task_group:
-                self._task_group = task_group
+                self._task_group, self._cleanups = task_group, Cleanups()
                 task_group.start_soon(self._connect_deadline, task_group.cancel_scope)
                 await self._serve()
                 task_group.cancel_scope.cancel()
@@ -509,7 +517,7 @@ class BackendConnection:
             with forwarding(headers):  # the task `detached` starts copies the headers with the context
                 # Detached: a caller that stops waiting (its `timeouts.call` deadline, the client's cancel) returns
                 # at once; the SDK's courtesy cancel, which a stuck HTTP transport held up to 5 s, goes on behind.
-                result = await detached(self._task_group, send)
+                result = await detached(self._task_group, send, cleanups=self._cleanups)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
             raise BackendUnavailable(f"backend '{self.name}' connection lost: {self.describe(exc)}") from exc
         except MCPError as exc:
@@ -526,6 +534,9 @@ class BackendConnection:
                 if self.config.transport == "stdio":
                     raise await closed_by_exit_when_seen(exc, tail, ended, self.secrets) from exc
             raise
+        finally:
+            if progress is not None:
+                progress.close()  # answered or given up on: the backend's progress stops here
         return bounded_result(self.name, result, self.limits.max_result_bytes)
 
     def describe(self, exc: BaseException) -> str:
@@ -601,11 +612,30 @@ def bounded_close(transport: str, what: str) -> Iterator[CloseBound]:
             raise close.failure
 
 
+class Cleanups:
+    """How many requests given up on (`detached`) are still being cleaned up in one backend session, and how
+    many may be at once: past `most`, a caller waits for its own clean-up, as every caller did before requests were
+    detached (its admission slot then bounded them per caller). Without a bound, a client that sends a call and
+    cancels it, over and over, on a stuck backend left a task and a pending SDK request per call for up to 5 s."""
+
+    __slots__ = ("most", "running")
+
+    def __init__(self, most: int | None = None) -> None:
+        self.most = MAX_DETACHED_CLEANUPS if most is None else most
+        self.running = 0
+
+
 class PingPending(TimeoutError):
     """The previous ping, given up on at its deadline, is still being cancelled: no new one was sent."""
 
 
-async def detached(group: TaskGroup | None, work: Callable[[], Awaitable[T]], *, within: float = math.inf) -> T:
+async def detached(
+    group: TaskGroup | None,
+    work: Callable[[], Awaitable[T]],
+    *,
+    within: float = math.inf,
+    cleanups: Cleanups | None = None,
+) -> T:
     """`work()` in a task of `group`, waited for here at most `within` seconds (then `TimeoutError`).
 
     Once this caller stops waiting (its deadline, or it is cancelled), `work` is cancelled and the caller goes on at
@@ -613,6 +643,7 @@ async def detached(group: TaskGroup | None, work: Callable[[], Awaitable[T]], *,
     `notifications/cancelled`, shielded and bounded by 5 s (`_ABANDON_WRITE_TIMEOUT`): on an HTTP backend that
     hangs, the transport is still posting the previous message, so that write waited out the 5 s, and every ping
     and call after the first took its deadline plus 5 s. `group` is the session's: its end ends the clean-up too.
+    `cleanups` bounds the clean-ups left running (`Cleanups`); past it the caller waits for its own.
     """
     if group is None:  # no session task group (it is ending): as before, inline
         with anyio.fail_after(within):
@@ -621,6 +652,7 @@ async def detached(group: TaskGroup | None, work: Callable[[], Awaitable[T]], *,
     failure: list[Exception] = []
     done = anyio.Event()
     scope = anyio.CancelScope()
+    left_behind = False  # its caller went on while it was cleaned up: counted in `cleanups`
 
     async def run() -> None:
         try:
@@ -629,15 +661,27 @@ async def detached(group: TaskGroup | None, work: Callable[[], Awaitable[T]], *,
         except Exception as exc:  # the caller's to handle, not the session's task group's
             failure.append(exc)
         finally:
+            if left_behind and cleanups is not None:
+                cleanups.running -= 1
             done.set()
 
     group.start_soon(run)
     try:
-        with anyio.fail_after(within):
+        # No deadline, no scope: a call's (the caller's own `timeouts.call` bounds it) saves a few µs.
+        with anyio.fail_after(within) if within != math.inf else contextlib.nullcontext():
             await done.wait()
     finally:
         if not done.is_set():
             scope.cancel()
+            if cleanups is None or cleanups.running < cleanups.most:
+                left_behind = True
+                if cleanups is not None:
+                    cleanups.running += 1
+            else:
+                # The SDK bounds its clean-up (5 s), and the session's end ends it; bounded here too, as a task that
+                # its group's end cancelled before it began never sets `done`.
+                with anyio.move_on_after(CLEANUP_WAIT, shield=True):
+                    await done.wait()
     if failure:
         raise failure[0]
     if not outcome:  # cancelled by the end of its group: the session is over

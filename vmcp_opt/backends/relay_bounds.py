@@ -7,7 +7,9 @@ without bound (200,000 of 2 KB: about 1 GB in the gateway within half a minute).
 receivers to rate-limit progress notifications anyway.
 
 - `coalesced`: a call's progress, one relay in flight; what arrives meanwhile replaces what is waiting, so
-  at most the latest waits. Progress only grows, so the client still sees where the call stands.
+  at most the latest waits. Progress only grows, so the client still sees where the call stands. `close()`
+  as the call ends: the SDK keeps the callback until its courtesy cancel is written (up to 5 s on a stuck HTTP
+  backend), and progress after the answer must not reach the client (the spec: it stops with the request).
 - `NotificationBound`: a session's log messages and resource updates, each a message of its own, at most
   `MAX_NOTIFICATIONS_IN_FLIGHT` relays at once; past it they are dropped, counted in a warning.
 """
@@ -31,28 +33,38 @@ DROP_WARNING_INTERVAL = 60.0
 _Progress = tuple[float, float | None, str | None]
 
 
-class _Coalescing:
+class Coalescing:
+    """One call's progress relay: at most one notification in flight and one waiting; none once `close`d."""
+
     def __init__(self, relay: ProgressFnT) -> None:
         self._relay = relay
         self._waiting: _Progress | None = None
         self._relaying = False
+        self._closed = False
 
     async def __call__(self, progress: float, total: float | None, message: str | None) -> None:
+        if self._closed:
+            return
         self._waiting = (progress, total, message)
         if self._relaying:
             return  # the task relaying now sends it when it is done: this one ends at once
         self._relaying = True
         try:
-            while self._waiting is not None:
+            while self._waiting is not None and not self._closed:
                 latest, self._waiting = self._waiting, None
                 await self._relay(*latest)
         finally:
             self._relaying = False
 
+    def close(self) -> None:
+        """The call is over (answered, failed or given up on): what the backend still reports is dropped."""
+        self._closed = True
+        self._waiting = None
 
-def coalesced(relay: ProgressFnT | None) -> ProgressFnT | None:
+
+def coalesced(relay: ProgressFnT | None) -> Coalescing | None:
     """`relay`, with at most one notification in flight and one waiting (the latest) for one call."""
-    return None if relay is None else _Coalescing(relay)
+    return None if relay is None else Coalescing(relay)
 
 
 class NotificationBound:

@@ -40,6 +40,7 @@ from vmcp_opt.backends.connection import (
     CLIENT_INFO,
     BackendConnection,
     BackendUnavailable,
+    Cleanups,
     bounded_close,
     detached,
     is_list_changed,
@@ -241,6 +242,9 @@ class DedicatedSession:
         # While serving: where a request's task runs (`detached`), so that its cancellation's clean-up does not
         # hold up the caller.
         self._task_group: anyio.abc.TaskGroup | None = None
+        # Its calls given up on and still being cancelled there: bounded per client's session, as each caller
+        # bounded its own before (`Cleanups`).
+        self._cleanups = Cleanups()
         self._stop = anyio.Event()
         self._done = anyio.Event()
 
@@ -327,6 +331,10 @@ class DedicatedSession:
     def close(self) -> None:
         self._stop.set()
 
+    async def wait_ended(self) -> None:
+        """Until the session is over: closed, or its process or stream ended."""
+        await self._done.wait()
+
     async def aclose(self) -> None:
         self.close()
         with anyio.move_on_after(CLOSE_TIMEOUT):
@@ -364,7 +372,7 @@ class DedicatedSession:
             with forwarding(headers), self.asks.call():
                 # Detached, as on the shared session: a call given up on returns at once, the SDK's courtesy
                 # cancel (up to 5 s on a stuck HTTP transport) goes on in the session's task group.
-                result = await detached(self._task_group, send)
+                result = await detached(self._task_group, send, cleanups=self._cleanups)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream) as exc:
             raise BackendUnavailable(f"backend '{self.name}' connection lost: {type(exc).__name__}") from exc
         except MCPError as exc:
@@ -378,6 +386,9 @@ class DedicatedSession:
                 # Its process exited mid-call: say how, as a call on the shared session does.
                 raise await closed_by_exit_when_seen(exc, self._stderr, self._done, self.connection.secrets) from exc
             raise
+        finally:
+            if progress is not None:
+                progress.close()  # answered or given up on: the backend's progress stops here
         return bounded_result(self.name, result, self.connection.limits.max_result_bytes)
 
     async def notify(self, notification: types.ClientNotification) -> None:
