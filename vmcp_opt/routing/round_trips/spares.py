@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -218,9 +219,21 @@ class SpareSessions:
         await self._expire(key, spare, backend.limits.round_trip_spare_idle_timeout)
 
     async def _expire(self, key: SpareKey, spare: _Spare, idle: float) -> None:
-        """Close `spare` if no call took it within `idle` seconds; not replaced until a call wants one again."""
+        """Close `spare` if no call took it within `idle` seconds, or as soon as its session ends (its process died:
+        dropped then, not found dead by the next call); not replaced until a call wants one again."""
         with anyio.move_on_after(idle):
-            await spare.gone.wait()
+            async with anyio.create_task_group() as waits:
+                for wait in (spare.gone.wait, spare.session.wait_ended):
+                    waits.start_soon(_first_of, wait, waits.cancel_scope)
         if self._spares.get(key) is spare:
             del self._spares[key]
-            self._drop(spare, f"no call took it within {idle:g}s (limits.round_trip_spare_idle_timeout)")
+            if spare.session.ended or spare.session.closed:
+                self._drop(spare, "its session ended (its process exited or its stream broke)")
+            else:
+                self._drop(spare, f"no call took it within {idle:g}s (limits.round_trip_spare_idle_timeout)")
+
+
+async def _first_of(wait: Callable[[], Awaitable[object]], waits: anyio.CancelScope) -> None:
+    """`wait()`, then the other waits of `waits` are over too."""
+    await wait()
+    waits.cancel()
