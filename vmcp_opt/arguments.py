@@ -27,6 +27,9 @@ For the gateway, both raise `ArgumentError` with a message that names the field:
     validator.check(tool_name, schema, arguments)               # inline: stalls the loop up to the deadline
 A tool result's structured content is checked against the tool's output schema under the same bounds:
     await validator.output_problem_async(tool_name, schema, value)  # `field 'a': reason`, or None
+
+Past ~450 lines: the input and output checks share one set of bounds (deadline, thread hop, caches, the
+too-costly verdict), which read best in one place; the refusal messages are argument_messages.py.
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@ This is the composition root. It builds each part, registers the tool providers 
 optimizer's meta-tools first when it is on, then the configured workflows, then the backends' tools), and keeps the catalogue and
 find_tool's index in step with the backends. Transports (`server/`) serve its router; nothing below
 imports this module.
+
+Just past ~450 lines: the composition root wires every part once; splitting it would scatter the wiring.
 """
 
 from __future__ import annotations

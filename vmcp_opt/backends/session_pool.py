@@ -9,6 +9,9 @@ The `SessionPool` runs them in the gateway's task group and closes them when the
 
 What a backend asks the client through a session is bounded (`AskBound`): a call's server-to-client
 requests are the backend's to send, and each one relayed holds a task and a client's attention.
+
+Just past ~450 lines: a dedicated session's life (open, serve, the bounded relays, calls given up on) is one
+thing; the pool around it is small.
 """
 
 from __future__ import annotations

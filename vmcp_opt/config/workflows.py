@@ -12,6 +12,9 @@ workflows that call each other in a cycle, and elicitation steps without a messa
 catalogue (a step naming a tool no backend serves) is checked when the gateway starts
 (`vmcp_opt/workflows/validation.py`). Warned of rather than refused: a `${VAR}` in a step's templates, which
 nothing expands there (`env_reference_warnings`).
+
+Just past ~450 lines: the models and their structural checks are one schema; the graph checks are apart
+(workflow_graph.py).
 """
 
 from __future__ import annotations
