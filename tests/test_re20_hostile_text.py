@@ -33,11 +33,13 @@ from vmcp_opt.workflows.templates import TemplateError, render_string
 pytestmark = pytest.mark.slow
 
 # Seconds each hostile case may take: far above what it takes now (milliseconds), far below what it took before
-# (38 s for 32,000 spaces; these have 200,000).
+# (38 s for 32,000 spaces; these have 40,000, five times over).
 DEADLINE = 30.0
 # The same for the parsers alone: each input below took from 30 s to minutes, and takes milliseconds.
 PARSER_DEADLINE = 10.0
-SPACES = " " * 200_000
+# 40,000: each tool stays under the 256 KB past which the gateway drops a tool's definition (backends/listing.py
+# `MAX_TOOL_CHARS`), and still far past the 32,000 spaces that took 38 s before.
+SPACES = " " * 40_000
 # `regex` unrolls this a million steps (0.5 s, 270 MB, then a refusal: "b" is no million b's); over the budget,
 # it is left to the backend, which answers.
 NESTED_COUNTS = "^(?:b{1000}){1000}$"
@@ -49,7 +51,8 @@ DESCRIPTION = "Save a note.\\n:param a{SPACES}b{SPACES}\\nArgs:\\n    text{SPACE
 DESCRIPTION += "Returns{SPACES}x\\n"
 TOOLS = [
     {{"name": "save", "description": DESCRIPTION, "inputSchema": {{"type": "object", "properties": {{
-        "text": {{"type": "string", "description": "The text{SPACES}of the note (e.g. hello)"}},
+        "text": {{"type": "string", "description": "The text{SPACES}of the note (e.g. hello)"}}}}}}}},
+    {{"name": "title", "description": "Title a note.", "inputSchema": {{"type": "object", "properties": {{
         "title": {{"type": "string", "description": "Its title" + " (e.g." * 20000}}}}}}}},
     {{"name": "spell", "description": "Spell a word.", "inputSchema": {{"type": "object", "properties": {{
         "word": {{"type": "string", "pattern": {NESTED_COUNTS!r}}}}}}}}},
