@@ -1,4 +1,4 @@
-"""Calls given up on while their backend's HTTP transport is stuck (backends/connection.py `detached`), on a real
+"""Calls given up on while their backend's HTTP transport is stuck (backends/detached.py), on a real
 `BackendConnection` to a real server-everything over streamable HTTP:
 
 - the clean-ups left running behind their callers (the SDK's courtesy cancel, up to 5 s each) are bounded per
@@ -22,7 +22,7 @@ import pytest
 
 from tests.support import free_port
 from tests.test_chaos20_http_stall import EVERYTHING, _everything_over_http
-from vmcp_opt.backends import connection as connection_module
+from vmcp_opt.backends import detached as detached_module
 from vmcp_opt.backends.connection import BackendConnection, BackendState
 from vmcp_opt.backends.session_pool import DedicatedSession, SessionCallbacks, SessionPool
 from vmcp_opt.config import BackendConfig
@@ -72,7 +72,7 @@ async def _given_up(
 
 
 async def test_past_the_bound_a_caller_given_up_waits_for_its_own_clean_up(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(connection_module, "MAX_DETACHED_CLEANUPS", 2)
+    monkeypatch.setattr(detached_module, "MAX_DETACHED_CLEANUPS", 2)
     echo = _call("echo", {"message": "hi"})
     with _everything_over_http() as (server, url):
         async with _connected(url) as connection:

@@ -43,12 +43,11 @@ from vmcp_opt.backends.connection import (
     CLIENT_INFO,
     BackendConnection,
     BackendUnavailable,
-    Cleanups,
     bounded_close,
-    detached,
     is_list_changed,
 )
 from vmcp_opt.backends.credentials import BackendAuth
+from vmcp_opt.backends.detached import Cleanups, detached
 from vmcp_opt.backends.errors import CredentialError, closed_by_exit_when_seen
 from vmcp_opt.backends.forwarding import HeaderWriteStream, forwarding
 from vmcp_opt.backends.http_bodies import as_internal_error
