@@ -12,6 +12,38 @@ from vmcp_opt.config.base import _Strict
 _META_TOOLS = ("find_tool", "call_tool")
 
 
+class FindToolSlotsConfig(_Strict):
+    """find_tool's searches running at once (each in a worker thread: ~10-40 ms of CPU for a long query),
+    for the whole gateway and for one caller (keyed as rate limits key callers: a verified subject, else the
+    client's address, else its session). A search waits on the event loop for its slot, and a freed slot goes
+    to the waiting caller that holds fewest, so one client sending many searches at once cannot keep another
+    waiting behind them. Needs per_caller <= total."""
+
+    # Searches at once for the whole gateway. Unset: one per CPU the process may use (at least per_caller): a
+    # search is CPU work, so more at once only lengthens each, and the query encoder runs one per CPU anyway.
+    total: int | None = Field(None, ge=1, le=256)
+    # One caller's searches at once. Unset: the total, as every client on one address is one caller (every local
+    # client, every client behind a proxy not in server.trusted_proxies): a cap of 1 would run their searches one
+    # at a time. The fair hand-out alone keeps a flooding caller from holding others back: a freed slot goes to
+    # a waiting caller holding fewer first.
+    per_caller: int | None = Field(None, ge=1, le=256)
+    # One caller's searches waiting for a slot; past it find_tool answers with an error naming this setting
+    # (0: a search that cannot start at once is refused). As many as limits.max_connections_per_address by
+    # default: clients sharing an address are one caller, and are refused here only where their connections
+    # would be anyway.
+    max_waiting_per_caller: int = Field(100, ge=0, le=1024)
+
+    @model_validator(mode="after")
+    def _nested_bounds(self) -> FindToolSlotsConfig:
+        if self.total is not None and self.per_caller is not None and self.per_caller > self.total:
+            default = "" if "per_caller" in self.model_fields_set else ", the default"
+            raise ValueError(
+                f"per_caller ({self.per_caller}{default}) is more than total ({self.total}); "
+                "the bounds must be per_caller <= total"
+            )
+        return self
+
+
 class OptimizerConfig(_Strict):
     # find_tool and call_tool in tools/list instead of every backend tool (`vmcp serve --no-optimizer`,
     # VMCP_OPTIMIZER__ENABLED=false or `enabled: false` lists every tool instead).
@@ -39,6 +71,8 @@ class OptimizerConfig(_Strict):
     pinned: list[str] = Field(default_factory=list)
     # Results find_tool returns when the request gives no `limit`.
     default_limit: int = Field(8, ge=1, le=50)
+    # find_tool's searches at once, in total and per caller (each below).
+    find_tool_slots: FindToolSlotsConfig = Field(default_factory=FindToolSlotsConfig)
     # Seconds a find_tool made while the embedding model is still loading (the first seconds after start)
     # waits for the vectors before it ranks by keywords only; 0 answers at once.
     vector_wait: float = Field(10.0, ge=0, le=120)

@@ -50,6 +50,7 @@ from vmcp_opt.optimizer.meta_tool_forms import (
     coerce_strings,
     hit_json,
 )
+from vmcp_opt.optimizer.search_slots import SearchSlots
 from vmcp_opt.optimizer.tokens import AnswerTokens, ToolListTokens, answer_text
 from vmcp_opt.optimizer.tool_records import meta_tools_tokens, provided_record
 from vmcp_opt.optimizer.usage import UsageGraph, UsageRecorder, usage_client
@@ -112,6 +113,7 @@ class OptimizerFront:
         self.answer_tokens = AnswerTokens(self.settings.model)
         self._parts = ToolParts()
         self._validator = ArgumentValidator()
+        self.searches = SearchSlots(self.settings.find_tool_slots)  # find_tool's CPU, shared fairly
         # The newest catalogue waiting to be embedded; the worker always takes the latest one.
         self._pending: list[ToolRecord] | None = None
         self._wake = threading.Condition()
@@ -257,15 +259,22 @@ class OptimizerFront:
             allowed is not None and usable is None and not getattr(allowed.router.policy, "allows_everything", False)
         )
         depth = wanted * POLICY_DEPTH if filtered else wanted
-        if not filtered or allowed is None:
-            # One hop: the answer (parts, scores, token count, JSON) is built beside the search, off the
-            # event loop, which then only writes it out.
-            return await anyio.to_thread.run_sync(self._search_and_answer, query, depth, backends, usable, starting)
-        result: SearchResult = await anyio.to_thread.run_sync(self.index.search, query, depth, backends, usable)
-        permitted = set(allowed.router.may_use(allowed.caller, [hit.record.name for hit in result.hits]))
-        result = SearchResult(hits=[h for h in result.hits if h.record.name in permitted][:wanted], mode=result.mode)
-        # This caller's own list would cost one policy question per tool per call: its size is left out.
-        return await anyio.to_thread.run_sync(self._answer, query, result, starting, None)
+        # The search's CPU is shared fairly between callers (optimizer/search_slots.py): a slot first, waited
+        # for on the event loop; no await between the refusal's count and the wait.
+        key = SearchSlots.key(allowed.caller if allowed is not None else None)
+        refused = self.searches.refusal(key)
+        if refused is not None:
+            return _error(refused)
+        async with self.searches.held(key):
+            if not filtered or allowed is None:
+                # One hop: the answer (parts, scores, token count, JSON) is built beside the search, off the
+                # event loop, which then only writes it out.
+                return await self.searches.in_thread(self._search_and_answer, query, depth, backends, usable, starting)
+            result: SearchResult = await self.searches.in_thread(self.index.search, query, depth, backends, usable)
+            permitted = set(allowed.router.may_use(allowed.caller, [hit.record.name for hit in result.hits]))
+            hits = [h for h in result.hits if h.record.name in permitted][:wanted]
+            # This caller's own list would cost one policy question per tool per call: its size is left out.
+            return await self.searches.in_thread(self._answer, query, SearchResult(hits, result.mode), starting, None)
 
     def _search_and_answer(
         self, query: str, depth: int, backends: list[str] | None, usable: frozenset[str] | None, starting: list[str]

@@ -15,8 +15,8 @@ running, so every caller with work makes progress, and the slots spread evenly o
 them (max-min fair share, reached as renders end, since a running render cannot be taken back). This is the
 simplest rule that is fair across callers; a per-caller cap alone (say `total / 2`) only keeps two callers
 going, and weighted or deficit queues would weigh renders that cost what their templates make them cost,
-which nothing knows in advance. The hand-out is one pass over the waiting renders, few by construction (at
-most `per_run` per run).
+which nothing knows in advance. The rule is `FairSlots` (vmcp_opt/fair_slots.py), which find_tool's searches
+share.
 
 Slots are waited for in that order, never held while waiting on anything but the next one (so renders
 cannot deadlock), and released together when the thread has ended: a cancelled run's render is told to
@@ -33,13 +33,13 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TypeVar
 
 import anyio
 import anyio.to_thread
 
 from vmcp_opt.config.workflows import WorkflowRendersConfig
+from vmcp_opt.fair_slots import FairSlots
 
 _DEFAULTS = WorkflowRendersConfig()
 # Renders running at once in worker threads, for the whole gateway (`limits.workflow_renders.total`).
@@ -72,7 +72,7 @@ class RenderSlots:
         self.total = total
         self.per_caller = per_caller
         self.per_run = per_run
-        self._threads = _FairSlots(total, per_caller)
+        self._threads = FairSlots(total, per_caller)
 
     @classmethod
     def of(cls, config: WorkflowRendersConfig) -> RenderSlots:
@@ -107,86 +107,6 @@ class RenderSlots:
                 return await _in_thread(work)
             finally:
                 self._threads.release(run.caller)
-
-
-@dataclass
-class _Caller:
-    held: int = 0  # renders running
-    waiting: int = 0  # renders waiting for a slot
-    served: int = -1  # the hand-out that last gave it a slot (-1: none yet, so it comes first)
-
-
-@dataclass(eq=False)
-class _Waiter:
-    caller: str | None
-    given: anyio.Event = field(default_factory=anyio.Event)
-
-
-class _FairSlots:
-    """The gateway's `total` slots, at most `per_caller` to one caller (None: no cap), handed to waiting
-    renders by fewest held, then longest since served, then arrival (the module docstring says why).
-    Used from the event loop only: no lock."""
-
-    def __init__(self, total: int, per_caller: int) -> None:
-        self.free = total
-        self.per_caller = per_caller
-        self._waiting: list[_Waiter] = []  # in order of arrival
-        # Only callers with a render running or waiting: dropped when their last one ends.
-        self._callers: dict[str | None, _Caller] = {}
-        self._handed = 0  # slots handed out so far: the clock of `_Caller.served`
-
-    def held(self, caller: str | None) -> int:
-        state = self._callers.get(caller)
-        return 0 if state is None else state.held
-
-    def waiting(self) -> int:
-        return len(self._waiting)
-
-    def callers(self) -> int:
-        return len(self._callers)
-
-    async def acquire(self, caller: str | None) -> None:
-        waiter = _Waiter(caller)
-        self._callers.setdefault(caller, _Caller()).waiting += 1
-        self._waiting.append(waiter)
-        self._hand_out()
-        try:
-            await waiter.given.wait()  # at once when handed a slot above (still a cancellation point)
-        except BaseException:
-            if waiter.given.is_set():  # given a slot while being cancelled: the next waiter has it
-                self.release(caller)
-            else:
-                self._waiting.remove(waiter)
-                self._callers[caller].waiting -= 1
-                self._forget_if_idle(caller)
-            raise
-
-    def release(self, caller: str | None) -> None:
-        self._callers[caller].held -= 1
-        self.free += 1
-        self._forget_if_idle(caller)
-        self._hand_out()
-
-    def _hand_out(self) -> None:
-        while self.free > 0:
-            eligible = [w for w in self._waiting if w.caller is None or self._callers[w.caller].held < self.per_caller]
-            if not eligible:
-                return
-            # min() keeps the first of equals: the earliest to ask.
-            waiter = min(eligible, key=lambda w: (self._callers[w.caller].held, self._callers[w.caller].served))
-            self._waiting.remove(waiter)
-            state = self._callers[waiter.caller]
-            state.waiting -= 1
-            state.held += 1
-            self.free -= 1
-            self._handed += 1
-            state.served = self._handed
-            waiter.given.set()
-
-    def _forget_if_idle(self, caller: str | None) -> None:
-        state = self._callers[caller]
-        if state.held == 0 and state.waiting == 0:
-            del self._callers[caller]
 
 
 async def _in_thread(work: Callable[[threading.Event], T]) -> T:
