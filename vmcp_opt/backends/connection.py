@@ -46,7 +46,6 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from vmcp_opt import __version__
 from vmcp_opt.backends.credentials import BackendAuth, BackendCredentials
-from vmcp_opt.backends.detached import Cleanups, detached
 from vmcp_opt.backends.errors import BackendUnavailable as BackendUnavailable  # re-exported
 from vmcp_opt.backends.errors import (
     ProcessExited,
@@ -151,10 +150,6 @@ class BackendConnection:
         self._stderr = StderrTail()  # this attempt's process (stdio)
         self._step = "the handshake"  # what this attempt waits for, for a connect timeout's message
         self._watchers: list[SessionWatcher] = []
-        self._pinging = False  # a ping, or its clean-up past its deadline, is still running
-        # Calls given up on, still being cancelled (`detached`) in this session's task group; a new one a session, so
-        # that a clean-up its group's end stopped before it began (and so never counted off) ends with it.
-        self._cleanups = Cleanups()
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -199,7 +194,7 @@ class BackendConnection:
         sessions_before = self.sessions
         try:
             async with anyio.create_task_group() as task_group:
-                self._task_group, self._cleanups = task_group, Cleanups()
+                self._task_group = task_group
                 task_group.start_soon(self._connect_deadline, task_group.cancel_scope)
                 await self._serve()
                 task_group.cancel_scope.cancel()
@@ -458,29 +453,20 @@ class BackendConnection:
         return self._session
 
     async def ping(self, seconds: float) -> None:
-        """A liveness check that must be answered within `seconds`: `TimeoutError` at that deadline.
+        """A liveness check that must be answered within `seconds`: `TimeoutError` at that deadline, whether the
+        backend is slow to answer or its transport to take the ping (the SDK's own timeout starts once it is
+        written); its courtesy cancel does not hold the verdict up (backends/courtesy_cancels.py).
 
-        `ping` on the 2025-11-25 handshake; the 2026-07-28 revision has no ping, so `server/discover`. A ping
-        past its deadline is cancelled in the background (`detached`); while that clean-up lasts no other ping is
-        sent (`PingPending`): a transport that cannot even take the previous ping's cancel is no healthier.
+        `ping` on the 2025-11-25 handshake; the 2026-07-28 revision has no ping, so `server/discover`.
         """
         session = self._require_session()
-        if self._pinging:
-            raise PingPending("the previous ping is still being cancelled")
         if self.protocol_version in MODERN_PROTOCOL_VERSIONS:
             request: types.Request[Any, Any] = types.DiscoverRequest()
             result_type: type[BaseModel] = types.DiscoverResult
         else:
             request, result_type = types.PingRequest(), types.EmptyResult
-
-        async def ping() -> None:
-            self._pinging = True  # in the task, so a task that never ran leaves no flag behind
-            try:
-                await session.send_request(request, result_type, request_read_timeout_seconds=seconds)
-            finally:
-                self._pinging = False
-
-        await detached(self._task_group, ping, within=seconds)
+        with anyio.fail_after(seconds):
+            await session.send_request(request, result_type, request_read_timeout_seconds=seconds)
 
     async def request(
         self,
@@ -498,20 +484,16 @@ class BackendConnection:
         if auth is not None:
             await auth.prepare()
         progress = coalesced(progress_callback)
-
-        async def send() -> ResultT:
-            return await session.send_request(
-                request,  # type: ignore[arg-type]
-                result_type,
-                request_read_timeout_seconds=self.call_timeout,
-                progress_callback=progress,
-            )
-
         try:
-            with forwarding(headers):  # the task `detached` starts copies the headers with the context
-                # Detached: a caller that stops waiting (its `timeouts.call` deadline, the client's cancel) returns
-                # at once; the SDK's courtesy cancel, which a stuck HTTP transport held up to 5 s, goes on behind.
-                result = await detached(self._task_group, send, cleanups=self._cleanups)
+            with forwarding(headers):
+                # A caller that stops waiting (its `timeouts.call` deadline, the client's cancel) returns at once: the
+                # SDK's courtesy cancel does not wait for a stuck transport (backends/courtesy_cancels.py).
+                result = await session.send_request(
+                    request,  # type: ignore[arg-type]
+                    result_type,
+                    request_read_timeout_seconds=self.call_timeout,
+                    progress_callback=progress,
+                )
         except (anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
             raise BackendUnavailable(f"backend '{self.name}' connection lost: {self.describe(exc)}") from exc
         except MCPError as exc:
@@ -604,10 +586,6 @@ def bounded_close(transport: str, what: str) -> Iterator[CloseBound]:
         )
         if close.failure is not None:
             raise close.failure
-
-
-class PingPending(TimeoutError):
-    """The previous ping, given up on at its deadline, is still being cancelled: no new one was sent."""
 
 
 def _restarted_error(exc: MCPError, reason: str) -> MCPError:

@@ -47,7 +47,6 @@ from vmcp_opt.backends.connection import (
     is_list_changed,
 )
 from vmcp_opt.backends.credentials import BackendAuth
-from vmcp_opt.backends.detached import Cleanups, detached
 from vmcp_opt.backends.errors import CredentialError, closed_by_exit_when_seen
 from vmcp_opt.backends.forwarding import HeaderWriteStream, forwarding
 from vmcp_opt.backends.http_bodies import as_internal_error
@@ -241,12 +240,6 @@ class DedicatedSession:
         # A stdio process's exit status and last stderr line, known once `_done` is set: what a call it failed says.
         self._stderr = StderrTail()
         self._session: ClientSession | None = None
-        # While serving: where a request's task runs (`detached`), so that its cancellation's clean-up does not
-        # hold up the caller.
-        self._task_group: anyio.abc.TaskGroup | None = None
-        # Its calls given up on and still being cancelled there: bounded per client's session, as each caller
-        # bounded its own before (`Cleanups`).
-        self._cleanups = Cleanups()
         self._stop = anyio.Event()
         self._done = anyio.Event()
 
@@ -300,13 +293,7 @@ class DedicatedSession:
         self._session = session
         self.served = True
         task_status.started()
-        async with anyio.create_task_group() as group:
-            self._task_group = group
-            try:
-                await self._stop.wait()
-            finally:
-                self._task_group = None
-                group.cancel_scope.cancel()  # calls still running end with the session, as they did before
+        await self._stop.wait()
 
     def _on_stream_end(self) -> None:
         # The backend process exited (or its stream broke): this session can serve nothing more. Ending it marks
@@ -361,20 +348,16 @@ class DedicatedSession:
         if self.auth is not None:
             await self.auth.prepare()
         progress = coalesced(progress_callback)
-
-        async def send() -> ResultT:
-            return await session.send_request(
-                request,  # type: ignore[arg-type]
-                result_type,
-                request_read_timeout_seconds=self.connection.call_timeout if timed else None,
-                progress_callback=progress,
-            )
-
         try:
             with forwarding(headers), self.asks.call():
-                # Detached, as on the shared session: a call given up on returns at once, the SDK's courtesy
-                # cancel (up to 5 s on a stuck HTTP transport) goes on in the session's task group.
-                result = await detached(self._task_group, send, cleanups=self._cleanups)
+                # As on the shared session: a call given up on returns at once, the SDK's courtesy cancel does not
+                # wait for a stuck transport (backends/courtesy_cancels.py).
+                result = await session.send_request(
+                    request,  # type: ignore[arg-type]
+                    result_type,
+                    request_read_timeout_seconds=self.connection.call_timeout if timed else None,
+                    progress_callback=progress,
+                )
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream) as exc:
             raise BackendUnavailable(f"backend '{self.name}' connection lost: {type(exc).__name__}") from exc
         except MCPError as exc:

@@ -29,6 +29,7 @@ from mcp.client.sse import sse_client
 from mcp.client.stdio import StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 
+from vmcp_opt.backends.courtesy_cancels import cancels_without_waiting
 from vmcp_opt.backends.credentials import BackendAuth
 from vmcp_opt.backends.http_bodies import cap_json_bodies
 from vmcp_opt.backends.open_answers import AnswerClient, CancelWatch, OpenAnswers
@@ -128,7 +129,10 @@ async def open_transport(
     if backend.transport == "stdio":
         secret_env = credentials.credentials.child_env() if credentials is not None else None
         tail = stderr_tail or StderrTail()
-        async with _stdio_with_masked_stderr(backend, base_dir, secret_env, max_result_bytes, tail) as streams:
+        async with (
+            _stdio_with_masked_stderr(backend, base_dir, secret_env, max_result_bytes, tail) as stdio,
+            cancels_without_waiting(stdio, backend.name) as streams,
+        ):
             yield streams
     elif backend.transport == "streamable-http":
         assert backend.url is not None
@@ -147,14 +151,16 @@ async def open_transport(
         )
         async with (
             client,
-            streamable_http_client(backend.url, http_client=client, max_sse_event_size=cap) as (read, write),
+            streamable_http_client(backend.url, http_client=client, max_sse_event_size=cap) as http,
+            cancels_without_waiting(http, backend.name) as (read, write),
         ):
             yield read, CancelWatch(write, answers)
     else:
         assert backend.url is not None
-        async with sse_client(
-            backend.url, headers=backend.headers, timeout=connect_timeout, auth=credentials
-        ) as streams:
+        async with (
+            sse_client(backend.url, headers=backend.headers, timeout=connect_timeout, auth=credentials) as sse,
+            cancels_without_waiting(sse, backend.name) as streams,
+        ):
             yield streams
 
 

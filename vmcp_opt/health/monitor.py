@@ -21,7 +21,7 @@ from mcp.shared.exceptions import MCPError
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from vmcp_opt.backends import BackendConnection, BackendManager, BackendState
-from vmcp_opt.backends.connection import BackendUnavailable, PingPending
+from vmcp_opt.backends.connection import BackendUnavailable
 from vmcp_opt.backends.errors import broken_answer, invalid_result, naming_backend
 from vmcp_opt.config import VmcpConfig
 from vmcp_opt.health.breaker import CircuitBreaker
@@ -197,8 +197,6 @@ class HealthMonitor:
 
 def _ping_failure(exc: Exception, timeout: float, connection: BackendConnection) -> str:
     """Why a ping failed, for the health state and the breaker."""
-    if isinstance(exc, PingPending):
-        return f"no ping sent: the previous one, timed out after {timeout:g}s, is still being cancelled on a stuck transport"
     if isinstance(exc, TimeoutError) or (isinstance(exc, MCPError) and exc.code == types.REQUEST_TIMEOUT):
         return f"ping timed out after {timeout:g}s"
     return f"ping failed: {connection.describe(exc)}"

@@ -1,8 +1,9 @@
-"""Calls given up on while their backend's HTTP transport is stuck (backends/detached.py), on a real
+"""Calls given up on while their backend's HTTP transport is stuck (backends/courtesy_cancels.py), on a real
 `BackendConnection` to a real server-everything over streamable HTTP:
 
-- the clean-ups left running behind their callers (the SDK's courtesy cancel, up to 5 s each) are bounded per
-  session: past the bound a caller waits for its own, as every caller did before requests were detached;
+- each caller returns at once, however many gave up before it: the SDK's courtesy cancels wait for the stuck
+  writer in the transport's own tasks, at most `MAX_WAITING_CANCELS` at once, and past that they are dropped
+  (logged), never waited for by a caller;
 - a call's progress stops when the call returns: what the backend still sends while its cancel is held up is not
   relayed after the answer."""
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
 import time
 from collections.abc import AsyncIterator
@@ -22,7 +24,7 @@ import pytest
 
 from tests.support import free_port
 from tests.test_chaos20_http_stall import EVERYTHING, _everything_over_http
-from vmcp_opt.backends import detached as detached_module
+from vmcp_opt.backends import courtesy_cancels
 from vmcp_opt.backends.connection import BackendConnection, BackendState
 from vmcp_opt.backends.session_pool import DedicatedSession, SessionCallbacks, SessionPool
 from vmcp_opt.config import BackendConfig
@@ -71,24 +73,34 @@ async def _given_up(
     return time.monotonic() - started
 
 
-async def test_past_the_bound_a_caller_given_up_waits_for_its_own_clean_up(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(detached_module, "MAX_DETACHED_CLEANUPS", 2)
+async def test_callers_giving_up_on_a_stuck_transport_return_at_once_and_its_waiting_cancels_are_bounded(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(courtesy_cancels, "MAX_WAITING_CANCELS", 2)
+    caplog.set_level(logging.INFO, logger=courtesy_cancels.__name__)
+    writers: list[courtesy_cancels.CancelsWithoutWaiting] = []
+    made = courtesy_cancels.CancelsWithoutWaiting.__init__
+
+    def recorded(self: courtesy_cancels.CancelsWithoutWaiting, *args: Any) -> None:
+        made(self, *args)
+        writers.append(self)
+
+    monkeypatch.setattr(courtesy_cancels.CancelsWithoutWaiting, "__init__", recorded)
     echo = _call("echo", {"message": "hi"})
     with _everything_over_http() as (server, url):
         async with _connected(url) as connection:
+            (writer,) = writers
             server.send_signal(signal.SIGSTOP)  # the socket still accepts; nothing answers
             try:
-                # The first cancel is taken by the transport at once (its POST then hangs); the next two wait on it,
-                # up to the SDK's 5 s, behind their callers: the bound.
-                quick = [await _given_up(connection, echo) for _ in range(3)]
-                assert connection._cleanups.running == 2
-                inline = await _given_up(connection, echo)
-                assert connection._cleanups.running <= 2
+                # The first cancel is taken by the transport's writer at once (its POST then hangs); the next two wait
+                # for it in the transport's tasks: the bound; the two after are dropped.
+                given_up = [await _given_up(connection, echo) for _ in range(5)]
+                assert writer.waiting == 2
             finally:
                 server.send_signal(signal.SIGCONT)
-    assert max(quick) < 4.0, quick  # each went on while its clean-up ran
-    # The fourth waited out its own courtesy cancel (the SDK's 5 s bound: nothing else ended it).
-    assert inline >= 4.0, (quick, inline)
+    # Each caller went on at its own deadline (0.2 s), none waited for a cancel (the SDK's bound on one: 5 s).
+    assert max(given_up) < 4.0, given_up
+    assert caplog.text.count("a courtesy cancel not sent") == 2, caplog.text
 
 
 @contextlib.asynccontextmanager
