@@ -50,6 +50,7 @@ from vmcp_opt.optimizer.meta_tool_forms import (
     coerce_strings,
     hit_json,
 )
+from vmcp_opt.optimizer.ready_signal import ReadySignal
 from vmcp_opt.optimizer.search_slots import SearchSlots
 from vmcp_opt.optimizer.tokens import AnswerTokens, ToolListTokens, answer_text
 from vmcp_opt.optimizer.tool_records import meta_tools_tokens, provided_record
@@ -121,7 +122,7 @@ class OptimizerFront:
         self._idle.set()
         self._worker: threading.Thread | None = None
         # Set once the first catalogue is embedded (or embedding failed): a find_tool meanwhile waits for it.
-        self._vectors_ready = threading.Event()
+        self._vectors_ready = ReadySignal()
         self._embedding_failed = False
         # Set by the gateway: waits (bounded) for the backends' first listing, returns those still starting.
         self.wait_for_backends: Callable[[], Awaitable[list[str]]] = _none_starting
@@ -250,7 +251,8 @@ class OptimizerFront:
         if not self.index.dense_ready and self.settings.vector_wait > 0 and not self._embedding_failed:
             # The model loads in the first seconds after start; a keyword-only ranking (and scores that
             # mean nothing yet) would be the agent's first impression. Bounded: then keywords it is.
-            await anyio.to_thread.run_sync(self._vectors_ready.wait, self.settings.vector_wait)
+            # On the event loop, not in a worker thread: a burst of find_tool at start must not take them all.
+            await self._vectors_ready.wait(self.settings.vector_wait)
         wanted = int(limit or self.settings.default_limit)
         usable = await allowed.router.usable_tools_async(allowed.caller) if allowed is not None else None
         # A policy that can say at once which tools a caller may use filters before ranking (`usable`);
