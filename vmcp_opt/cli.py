@@ -183,23 +183,28 @@ def validate(
     ] = False,
 ) -> None:
     """Check a config file; print every bad field by its path and exit non-zero."""
-    cfg = load_or_exit(config)
-    logs.release_held()  # what loading warned about (discovery's skipped entries), before the verdict
-    from vmcp_opt.auth_cli import auth_problems
     from vmcp_opt.cli_validate import (
         check_connections,
         empty_reference_warnings,
         exchange_warnings,
         launch_warnings,
         nothing_served_warnings,
+        salvaged_launch_warnings,
+        warnings_beside_errors,
     )
+
+    with warnings_beside_errors(lambda: salvaged_launch_warnings(config)):
+        cfg = load_or_exit(config)
+    logs.release_held()  # what loading warned about (discovery's skipped entries), before the verdict
+    from vmcp_opt.auth_cli import auth_problems
     from vmcp_opt.config.workflows import workflow_warnings
     from vmcp_opt.shared.secrets import secret_problems
     from vmcp_opt.shared.state_keys import unshared_key_warning
 
     problems = auth_problems(cfg) + secret_problems(cfg)
     if problems:
-        exit_invalid(config, problems)
+        with warnings_beside_errors(lambda: launch_warnings(cfg)):
+            exit_invalid(config, problems)
     # Valid, but probably not what was meant. With --connect, each backend's own start says more.
     # token_exchange backends no caller could call: --connect's starts would not show it.
     warnings = [

@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path, PurePath
+from typing import Any
 
 import anyio
 import typer
 
 from vmcp_opt import logs
 from vmcp_opt.cli_config import unknown_pinned
-from vmcp_opt.config import VmcpConfig
+from vmcp_opt.config import BackendConfig, VmcpConfig
 from vmcp_opt.config.base import ENV_REFERENCE
 from vmcp_opt.console import OutputConsole
 
@@ -56,30 +59,86 @@ def launch_warnings(cfg: VmcpConfig) -> list[str]:
     (`script_argument`: `server.py` in `python -u server.py`) is not in its working directory. Warnings, not
     errors: the file may be meant for another machine, and `vmcp validate --connect` starts each backend to be
     sure."""
-    from vmcp_opt.backends.transports import stdio_parameters
-
     warnings = _index_dir_warnings(cfg)
     for index, backend in enumerate(cfg.backends):
-        if backend.transport != "stdio" or backend.command is None:
-            continue
-        where = f"backends[{index}]"
-        launch = stdio_parameters(backend, Path(cfg.base_dir))
-        cwd = Path(str(launch.cwd))
-        if not cwd.is_dir():
-            warnings.append(f"{where}.cwd: {cwd} is not a directory; the backend would not start")
-            continue
-        problem = _command_problem(backend.command, launch.command)
-        if problem:
-            warnings.append(f"{where}.command: {problem}; the backend would not start")
-            continue
-        script = script_argument(backend.command, launch.args)
-        if script is not None and not (cwd / launch.args[script]).exists():
-            warnings.append(
-                f"{where}.args[{script}]: {cwd / launch.args[script]} does not exist (relative paths start at the "
-                "backend's cwd, which is the config file's directory unless `cwd` says otherwise); the backend "
-                "would not start"
-            )
+        warnings += _backend_launch_warnings(f"backends[{index}]", backend, Path(cfg.base_dir))
     return warnings
+
+
+def _backend_launch_warnings(where: str, backend: BackendConfig, base_dir: Path) -> list[str]:
+    from vmcp_opt.backends.transports import stdio_parameters
+
+    if backend.transport != "stdio" or backend.command is None:
+        return []
+    launch = stdio_parameters(backend, base_dir)
+    cwd = Path(str(launch.cwd))
+    if not cwd.is_dir():
+        return [f"{where}.cwd: {cwd} is not a directory; the backend would not start"]
+    problem = _command_problem(backend.command, launch.command)
+    if problem:
+        return [f"{where}.command: {problem}; the backend would not start"]
+    script = script_argument(backend.command, launch.args)
+    if script is not None and not (cwd / launch.args[script]).exists():
+        return [
+            f"{where}.args[{script}]: {cwd / launch.args[script]} does not exist (relative paths start at the "
+            "backend's cwd, which is the config file's directory unless `cwd` says otherwise); the backend "
+            "would not start"
+        ]
+    return []
+
+
+def salvaged_launch_warnings(config_path: Path | None) -> list[str]:
+    """`launch_warnings` of a config with errors, as far as its file can be read: each backend written in it
+    that is valid on its own. One whose launch fields name a `${VAR}` is left out: loading expands those, and
+    may not have got that far."""
+    from pydantic import ValidationError
+
+    from vmcp_opt.config import DEFAULT_CONFIG_PATH, ConfigError
+    from vmcp_opt.config.loading import raw_config
+
+    path = config_path or DEFAULT_CONFIG_PATH
+    try:
+        raw = raw_config(path)
+    except ConfigError:
+        return []
+    backends, base_dir = raw.get("backends"), raw.get("base_dir")
+    base = Path(base_dir) if isinstance(base_dir, str) else path.resolve().parent
+    warnings = []
+    for index, entry in enumerate(backends if isinstance(backends, list) else []):
+        if not isinstance(entry, dict) or _names_a_variable(entry):
+            continue
+        try:
+            backend = BackendConfig.model_validate(entry)
+        except ValidationError:
+            continue  # among the errors printed
+        warnings += _backend_launch_warnings(f"backends[{index}]", backend, base)
+    return warnings
+
+
+def _names_a_variable(entry: dict[str, Any]) -> bool:
+    env = entry.get("env")
+    launch = [entry.get("command"), entry.get("cwd"), *_listed(entry.get("args"))]
+    launch += list(env.values()) if isinstance(env, dict) else []
+    return any(isinstance(value, str) and ENV_REFERENCE.search(value) for value in launch)
+
+
+def _listed(value: object) -> list[object]:
+    return value if isinstance(value, list) else []
+
+
+@contextmanager
+def warnings_beside_errors(warnings: Callable[[], list[str]]) -> Iterator[None]:
+    """Around what prints a config's errors and exits 2: then `warnings()` too, under a heading of their own, so
+    a user fixing the errors learns now, not on the next run, that a backend would not start either."""
+    try:
+        yield
+    except typer.Exit as exit_:
+        found = warnings() if exit_.exit_code == 2 else []
+        if found:
+            err.print("[yellow]and warnings[/] (what `vmcp serve` could not launch, of the backends that are valid):")
+            for warning in found:
+                err.print(f"  warning: {warning}", markup=False, highlight=False)
+        raise
 
 
 def script_argument(command: str, args: list[str]) -> int | None:
