@@ -7,8 +7,8 @@ the SDK: for a `tools/call` POST it reads the method and tool name from the body
 JSON-RPC error in the body (`data: {limit, retry_after}`), or marks the request's scope as paid. Admission
 copies the mark to the `Exchange` (`limits_taken`), and the router then does not take the outer call's
 tokens a second time; the calls made inside it (`call_tool`'s target, workflow steps) still pay their
-own tool's bucket there. Over stdio nothing changes: the router takes the tokens and refuses with the
-JSON-RPC error.
+own tool's bucket there. Over stdio there is no gate: the router takes the tokens and refuses with the
+JSON-RPC error, and telemetry hears of it through `RateLimiter.on_refused` (server/stdio.py sets it).
 
 Whose budget: a verified subject (the same on every replica, `subject_key`), else the client's address
 (the one the session quota counts: the peer's, or X-Forwarded-For's behind one of `server.trusted_proxies`).
@@ -52,6 +52,8 @@ class RateLimitGate:
         self.limiter = limiter
         self.max_body_bytes = max_body_bytes
         self.refused = refused
+        if refused is not None:
+            limiter.on_refused = refused  # the inner calls the router refuses are counted and audited too
         self._log = ThrottledLog(logger, 60.0)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -103,6 +103,9 @@ async def serve_stdio(
             return
         if diagnostics is not None:
             task_group.start_soon(diagnostics.run_beside, name="diagnostics")
+        if gateway.limiter is not None:
+            # No HTTP gate here: the router refuses every call past a limit, and telemetry hears of it there.
+            gateway.limiter.on_refused = gateway.telemetry.rate_limited
         server = build_mcp_server(gateway, "stdio")
         with checked_stdin(gateway.config.server.max_body_bytes) as stdin:
             watching, hangup_watch, hung_up = anyio.CancelScope(), anyio.CancelScope(), anyio.Event()

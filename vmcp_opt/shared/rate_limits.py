@@ -35,6 +35,9 @@ logger = logging.getLogger(__name__)
 # Set while a client's tool call runs: calls made inside it pay only their tool's bucket.
 _paid: ContextVar[bool] = ContextVar("vmcp_rate_limit_paid", default=False)
 
+# Told of each refused call: the caller, the setting whose bucket was empty, the tool.
+Refused = Callable[[Caller, str, str], None]
+
 
 @dataclass(frozen=True)
 class Bucket:
@@ -111,6 +114,9 @@ class RateLimiter:
         # Calls let through unchecked because the store could not be asked (Redis unreachable).
         self.unchecked = 0
         self.refused = 0
+        # Told of each call `admitted` refuses (the router's refusals: every call over stdio, and inner calls
+        # over HTTP): the gateway's `Telemetry.rate_limited`, set by the transport; None: nobody is told.
+        self.on_refused: Refused | None = None
         self._log = ThrottledLog(logger, config.log_interval)
 
     def buckets(self, caller: str, tool: str, *, outer: bool) -> list[Bucket]:
@@ -159,12 +165,25 @@ class RateLimiter:
         client's request already paid at the HTTP gate (server/rate_limit_gate.py); an inner call pays
         its tool's bucket whatever the request did."""
         if _paid.get() or not taken:
-            await self.admit(caller_key(caller), tool)
+            try:
+                await self.admit(caller_key(caller), tool)
+            except LimitReached as refused:
+                self._tell_refused(caller, refused.setting, tool)
+                raise
         token = _paid.set(True)
         try:
             yield
         finally:
             _paid.reset(token)
+
+    def _tell_refused(self, caller: Caller, setting: str, tool: str) -> None:
+        """Telemetry hears of the refusal; its failure is logged (throttled), the caller still gets the refusal."""
+        if self.on_refused is None:
+            return
+        try:
+            self.on_refused(caller, setting, tool)
+        except Exception:
+            self._log.warning("refused", "rate limit: telemetry of a refused call failed", exc_info=True)
 
     async def close(self) -> None:
         await self.store.close()

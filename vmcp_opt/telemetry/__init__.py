@@ -41,8 +41,8 @@ class Telemetry:
             self.audit.auth_denied(outcome, address)
 
     def rate_limited(self, caller: Caller, setting: str, tool: str) -> None:
-        """A tool call refused by a rate limit before it reached the router (server/rate_limit_gate.py): counted
-        by setting, and audited."""
+        """A tool call refused by a rate limit, before it reached the router (server/rate_limit_gate.py) or by
+        it (`RateLimiter.on_refused`: over stdio, and calls made inside another): counted by setting, and audited."""
         if self.metrics is not None:
             self.metrics.rate_limited(setting)
         if self.audit is not None:

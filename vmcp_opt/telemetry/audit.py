@@ -199,9 +199,10 @@ class AuditLog:
         self._offer("vmcp_auth_denied", op, time.time())
 
     def rate_limited(self, caller: Caller, setting: str, tool: str) -> None:
-        """A tool call refused by a rate limit before the router (HTTP 429): `vmcp_rate_limited`, outcome
-        `denied`, the setting whose bucket was empty as `error_type`, the caller as the gate knows it (its id the
-        budget's key: `subject:<digest>` or `address:<ip>`); never the arguments."""
+        """A tool call refused by a rate limit, before the router (HTTP 429) or by it (stdio, inner calls):
+        `vmcp_rate_limited`, outcome `denied`, the setting whose bucket was empty as `error_type`, the caller as the
+        refuser knows it (at the HTTP gate its id is the budget's key: `subject:<digest>` or `address:<ip>`);
+        never the arguments."""
         op = Operation("tools/call", caller, target=tool, outcome="denied", error=setting)
         self._offer("vmcp_rate_limited", op, time.time())
 

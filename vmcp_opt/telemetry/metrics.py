@@ -125,8 +125,9 @@ class Metrics:
         )
         self.rate_limited_calls = Counter(
             "vmcp_rate_limited",
-            "Tool calls refused by a rate limit (HTTP 429) before they reached the router, by the setting whose "
-            "bucket was empty (rate_limits.per_caller, rate_limits.shared, rate_limits.per_tool.<tool>).",
+            "Tool calls refused by a rate limit (over HTTP a 429 before the router; over stdio, and a call made "
+            "inside another, by the router), by the setting whose bucket was empty (rate_limits.per_caller, "
+            "rate_limits.shared, rate_limits.per_tool.<tool>).",
             ["setting"],
             registry=self.registry,
         )
@@ -184,7 +185,7 @@ class Metrics:
         self._child(self.auth, method, outcome if outcome in AUTH_OUTCOMES else "other").inc()
 
     def rate_limited(self, setting: str) -> None:
-        """A tool call refused by a rate limit at the HTTP gate (server/rate_limit_gate.py)."""
+        """A tool call refused by a rate limit: at the HTTP gate (server/rate_limit_gate.py) or by the router."""
         label = setting if setting in self._rate_limit_settings else "other"
         self._child(self.rate_limited_calls, label).inc()
 
