@@ -11,7 +11,9 @@ request; `aclose` ends it.
 
 A 400 answer (`invalid_request`, `unsupported_token_type`, `invalid_token`) means the server will not
 introspect this token: `401 invalid_token` for the caller. Other statuses and transport errors are the
-server's trouble: `503`, so the client retries rather than re-authenticates.
+server's trouble: `503`, so the client retries rather than re-authenticates; so is an answer that does not come
+whole within `timeout` or is larger than `MAX_ANSWER_BYTES` (auth/bounded_fetch.py): a server dripping its answer
+held each request, and its connection, for as long as it dripped.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Any, TypeVar
 import httpx2
 
 from vmcp_opt.auth import errors
+from vmcp_opt.auth.bounded_fetch import Answer, AnswerUnread, fetch
 from vmcp_opt.auth.caller import Identification
 from vmcp_opt.auth.identity import Identity, from_claims, numeric_date, string_set
 from vmcp_opt.config import ClaimNames, OAuthConfig
@@ -102,18 +105,23 @@ class Introspection:
         """The server's answer, or None when it refuses to introspect the token (a 400 about the token)."""
         assert self.settings.client_id is not None
         try:
-            response = await self._http().post(
+            response = await fetch(
+                self._http(),
+                "POST",
                 self.url,
+                self.settings.timeout,
                 data={"token": token, "token_type_hint": "access_token"},
                 auth=(self.settings.client_id, self._secret()),
                 headers={"Accept": "application/json"},
             )
         except httpx2.HTTPError as exc:
             raise errors.unavailable(f"token introspection failed: {type(exc).__name__}") from None
-        if response.status_code == 400 and _error_code(response) in TOKEN_REFUSALS:
+        except AnswerUnread as exc:
+            raise errors.unavailable(f"token introspection failed: {exc}") from None
+        if response.status == 400 and _error_code(response) in TOKEN_REFUSALS:
             return None
-        if response.status_code != 200:
-            raise errors.unavailable(f"token introspection answered {response.status_code}")
+        if response.status != 200:
+            raise errors.unavailable(f"token introspection answered {response.status}")
         try:
             answer = response.json()
         except ValueError:
@@ -144,7 +152,7 @@ class Introspection:
             raise errors.invalid_token(f"the token has {exc}") from None
 
 
-def _error_code(response: httpx2.Response) -> str | None:
+def _error_code(response: Answer) -> str | None:
     """The OAuth `error` of an error answer, when it has one."""
     try:
         body = response.json()

@@ -10,7 +10,14 @@ token can be judged: each is `JwksUnavailable` (a 503 the client retries, never 
 a new token which would fare no better), and the keys are asked for again at most once per `NO_KEYS_RETRY`
 seconds, so a gateway started before its issuer accepts tokens soon after the issuer serves. Why a fetch
 failed (URLs of the issuer's network included) is logged for the operator; the client is told only that
-the keys are unavailable.
+the keys are unavailable. Each request is bounded in time and size (auth/bounded_fetch.py): the refresh holds the
+lock every token waits on.
+
+Keys are found by `kid`, each kid holding every key listed under it (RFC 7517 §4.5 allows keys of different
+types to share one), the one used being the first that fits the token's algorithm. A key whose `kid` is not a
+string is skipped: no token header can name it. So is a key published with its private part (`d`): anyone who
+fetched the JWKS can sign with it, so a token it verifies proves nothing (PyJWT verified EC tokens with it, and
+failed on RSA ones with an AttributeError: a 500).
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import anyio
 import httpx2
 import jwt
 
+from vmcp_opt.auth.bounded_fetch import AnswerUnread, fetch
 from vmcp_opt.backends.secrets import mask_url, redact, url_credentials, with_escaped_forms
 
 logger = logging.getLogger(__name__)
@@ -35,6 +43,11 @@ KEY_TYPES = {"RS": "RSA", "PS": "RSA", "ES": "EC", "Ed": "OKP"}
 # since every token waits on it, and still a bounded rate however many tokens arrive.
 NO_KEYS_RETRY = 5.0
 UNAVAILABLE = "the authorization server's signing keys cannot be fetched"
+# The private exponent (RSA) or scalar (EC, OKP) of a JWK (RFC 7518 §6.2.2.1, §6.3.2.1; RFC 8037).
+PRIVATE_MEMBER = "d"
+
+
+Keys = dict[str | None, list[dict[str, Any]]]  # by `kid` (None: keys without one), in the JWKS's order
 
 
 class JwksUnavailable(Exception):
@@ -58,7 +71,7 @@ class JwksCache:
         self.max_age = max_age
         self.timeout = timeout
         self.clock = clock
-        self._keys: dict[str | None, dict[str, Any]] = {}
+        self._keys: Keys = {}
         self._built: dict[tuple[str | None, str], jwt.PyJWK] = {}
         self._fetched_at: float | None = None
         self._failure: str | None = None  # why the last fetch failed (logged), None after one succeeded
@@ -75,13 +88,11 @@ class JwksCache:
             await self._refresh_keeping_old(stale_before=now - retry)
         if not self._keys:
             raise JwksUnavailable(UNAVAILABLE if self._failure else "the authorization server publishes no usable key")
-        jwk = self._find(kid)
-        if jwk is None and self._fetched_at is not None and self.clock() - self._fetched_at >= self.refresh_interval:
+        found = self._find(kid)
+        if not found and self._fetched_at is not None and self.clock() - self._fetched_at >= self.refresh_interval:
             await self._refresh_keeping_old(stale_before=self.clock() - self.refresh_interval)
-            jwk = self._find(kid)
-        if jwk is None:
-            return None
-        return self._build(jwk, kid, alg)
+            found = self._find(kid)
+        return self._build(found, kid, alg)
 
     async def _refresh_keeping_old(self, stale_before: float) -> None:
         """Refresh; with keys already known a failure keeps them (logged), with none it raises."""
@@ -90,24 +101,30 @@ class JwksCache:
         except JwksUnavailable:
             if not self._keys:
                 raise
-            logger.warning("auth: refreshing the issuer's keys failed, keeping the %d known", len(self._keys))
+            logger.warning("auth: refreshing the issuer's keys failed, keeping the %d known", _count(self._keys))
 
-    def _find(self, kid: str | None) -> dict[str, Any] | None:
+    def _find(self, kid: str | None) -> list[dict[str, Any]]:
+        """The keys a token's `kid` names; without one, every key (`_build` takes one only if it alone fits)."""
         if kid is not None:
-            return self._keys.get(kid)
-        signing = [k for k in self._keys.values() if k.get("use", "sig") == "sig"]
-        return signing[0] if len(signing) == 1 else None  # no kid: only unambiguous with one key
+            return self._keys.get(kid, [])
+        return [jwk for listed in self._keys.values() for jwk in listed]
 
-    def _build(self, jwk: dict[str, Any], kid: str | None, alg: str) -> jwt.PyJWK | None:
-        if KEY_TYPES.get(alg[:2]) != jwk.get("kty") or jwk.get("alg", alg) != alg or jwk.get("use", "sig") != "sig":
-            return None  # e.g. an HS256 or ES256 token naming an RSA key
+    def _build(self, candidates: list[dict[str, Any]], kid: str | None, alg: str) -> jwt.PyJWK | None:
+        """The first candidate that fits `alg` (never an HS256 or ES256 token verified with an RSA key); for a
+        token without `kid`, the only one that fits (of several, which one signed would be a guess)."""
+        fitting = [jwk for jwk in candidates if _fits(jwk, alg)]
+        if not fitting or (kid is None and len(fitting) > 1):
+            return None
         built = self._built.get((kid, alg))
-        if built is None:
+        if built is not None:
+            return built
+        for jwk in fitting:
             try:
                 built = self._built[(kid, alg)] = jwt.PyJWK(jwk, algorithm=alg)
             except jwt.PyJWTError:
-                return None
-        return built
+                continue
+            return built
+        return None
 
     async def _refresh(self, stale_before: float) -> None:
         async with self._lock:
@@ -128,21 +145,34 @@ class JwksCache:
             if not keys:
                 logger.warning("auth: the issuer's JWKS holds no key the gateway can use (RSA, EC or OKP)")
 
-    async def _fetch(self) -> dict[str | None, dict[str, Any]]:
+    async def _fetch(self) -> Keys:
+        url = self.jwks_url
         try:
             async with httpx2.AsyncClient(timeout=self.timeout, follow_redirects=False) as client:
                 url = self.jwks_url or await self._discover(client)
-                response = await client.get(url)
-                response.raise_for_status()
-                document = response.json()
+                answer = await fetch(client, "GET", url, self.timeout)
+                if not 200 <= answer.status < 300:
+                    raise JwksUnavailable(
+                        f"fetching the issuer's keys from {mask_url(url)} failed: HTTP {answer.status}"
+                    )
+                document = answer.json()
         except (httpx2.HTTPError, ValueError) as exc:
             reason = f"fetching the issuer's keys{_from(exc)} failed: {type(exc).__name__}: {exc}"
             raise JwksUnavailable(self._masked(reason, _url_of(exc))) from None
+        except AnswerUnread as exc:
+            where = mask_url(url or self.issuer)
+            raise JwksUnavailable(f"fetching the issuer's keys from {where} failed: {exc}") from None
         keys = document.get("keys") if isinstance(document, dict) else None
         if not isinstance(keys, list):
             raise JwksUnavailable(f"{mask_url(url)}: not a JWKS (no `keys` list)")
-        usable = {k.get("kid"): k for k in keys if isinstance(k, dict) and k.get("kty") in KEY_TYPES.values()}
-        logger.info("auth: %d signing keys from %s", len(usable), mask_url(url))
+        usable = usable_keys(keys)
+        for kid in exposed_kids(keys):
+            logger.warning(
+                "auth: the issuer's JWKS publishes the private part of key %s: anyone can sign tokens with it, so it "
+                "verifies none (rotate it at the issuer)",
+                repr(kid)[:80],
+            )
+        logger.info("auth: %d signing keys from %s", _count(usable), mask_url(url))
         return usable
 
     def _masked(self, text: str, *urls: str | None) -> str:
@@ -158,10 +188,10 @@ class JwksCache:
     async def _discover(self, client: httpx2.AsyncClient) -> str:
         """`jwks_uri` from the issuer's metadata: RFC 8414 first, then OpenID Connect discovery."""
         for url in metadata_urls(self.issuer):
-            response = await client.get(url)
-            if response.status_code != 200:
+            answer = await fetch(client, "GET", url, self.timeout)
+            if answer.status != 200:
                 continue
-            metadata = response.json()
+            metadata = answer.json()
             said = metadata.get("issuer") if isinstance(metadata, dict) else None
             if said != self.issuer:  # a trailing slash too: tokens carry exactly what the metadata says
                 raise JwksUnavailable(
@@ -173,6 +203,33 @@ class JwksCache:
                 self.jwks_url = jwks_uri
                 return jwks_uri
         raise JwksUnavailable(f"no metadata with a jwks_uri for issuer {self.issuer}")
+
+
+def usable_keys(listed: list[Any]) -> Keys:
+    """The JWKS's keys of a type a token may be signed with, by `kid`; one whose `kid` is not a string (a list
+    would not even be a dict key) is skipped."""
+    usable: Keys = {}
+    for jwk in listed:
+        if not isinstance(jwk, dict) or jwk.get("kty") not in KEY_TYPES.values() or PRIVATE_MEMBER in jwk:
+            continue
+        kid = jwk.get("kid")
+        if kid is None or isinstance(kid, str):
+            usable.setdefault(kid, []).append(jwk)
+    return usable
+
+
+def _fits(jwk: dict[str, Any], alg: str) -> bool:
+    """A signing key of the family `alg` needs, and not one its own `alg` reserves for another."""
+    return KEY_TYPES.get(alg[:2]) == jwk.get("kty") and jwk.get("alg", alg) == alg and jwk.get("use", "sig") == "sig"
+
+
+def exposed_kids(listed: list[Any]) -> list[object]:
+    """The `kid` of each listed key that carries its private part."""
+    return [jwk.get("kid") for jwk in listed if isinstance(jwk, dict) and PRIVATE_MEMBER in jwk]
+
+
+def _count(keys: Keys) -> int:
+    return sum(len(listed) for listed in keys.values())
 
 
 def _from(exc: Exception) -> str:
