@@ -9,6 +9,14 @@ false`, or a 400 answer) is refused from memory for up to `NEGATIVE_TTL` seconds
 token does not make the gateway ask each time. One HTTP client (its connections kept alive) serves every
 request; `aclose` ends it.
 
+A made-up token is new every time, so no cache stops a client sending them from making the gateway ask the
+server at the client's own request rate (the connection pool bounds requests in flight, not their rate).
+`IntrospectionBudget` does: tokens the gateway holds no answer for are asked about at most
+`introspection_rate` a second (after a burst of `introspection_burst`), past it refused with 503 (the
+client retries) without asking. A re-check of a token the server called active before (its answer expired
+after `introspection_cache`) is never refused for the budget, only counted in it first: such re-checks are
+bounded by the valid tokens in use, which a flood of made-up ones cannot lock out.
+
 A 400 answer (`invalid_request`, `unsupported_token_type`, `invalid_token`) means the server will not
 introspect this token: `401 invalid_token` for the caller. Other statuses and transport errors are the
 server's trouble: `503`, so the client retries rather than re-authenticates; so is an answer that does not come
@@ -39,6 +47,9 @@ NEGATIVE_TTL = 30.0  # seconds a refused token is refused from memory (at most `
 TOKEN_REFUSALS = frozenset({"invalid_request", "unsupported_token_type", "invalid_token"})
 EntryT = TypeVar("EntryT")
 UNKNOWN = "the authorization server does not know this token"
+OVER_BUDGET = (
+    "too many unknown tokens to introspect now (auth.incoming.oauth.introspection_rate); retry in a few seconds"
+)
 NOT_ACTIVE = "the token is not active (unknown, expired or revoked)"
 
 
@@ -49,6 +60,7 @@ class Introspection:
         audiences: list[str],
         claims: ClaimNames,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         assert settings.introspection_url and settings.client_id and settings.client_secret_env
         self.settings = settings
@@ -59,6 +71,7 @@ class Introspection:
         self._answers: OrderedDict[bytes, tuple[float, Identity]] = OrderedDict()
         self._refused: OrderedDict[bytes, tuple[float, str]] = OrderedDict()  # digest -> (until, why)
         self._client: httpx2.AsyncClient | None = None  # made on first use, in the serving event loop
+        self._budget = IntrospectionBudget(settings.introspection_rate, settings.introspection_burst, monotonic)
 
     def _secret(self) -> str:
         name = self.settings.client_secret_env
@@ -77,13 +90,18 @@ class Introspection:
         refused = self._refused.get(digest)
         if refused is not None and now < refused[0]:
             raise errors.invalid_token(refused[1])
+        if cached is not None:
+            self._budget.charge()  # a re-check of a token found active: never refused, counted first
+        elif not self._budget.take():
+            raise errors.unavailable(OVER_BUDGET)
         answer = await self._ask(token)
-        if answer is None or answer.get("active") is not True:
-            why = UNKNOWN if answer is None else NOT_ACTIVE
+        try:
+            identity = self._accepted(answer, now)
+        except errors.AuthError as refusal:
+            self._answers.pop(digest, None)  # no longer vouched for: its next check pays like any unknown token
             ttl = min(self.settings.introspection_cache, NEGATIVE_TTL)
-            _remember(self._refused, digest, (now + ttl, why))
-            raise errors.invalid_token(why)
-        identity = self._check(answer, now)
+            _remember(self._refused, digest, (now + ttl, refusal.description))
+            raise
         until = now + self.settings.introspection_cache
         if identity.expires_at is not None:
             until = min(until, identity.expires_at)
@@ -130,6 +148,15 @@ class Introspection:
             raise errors.unavailable("token introspection answered something other than an object")
         return answer
 
+    def _accepted(self, answer: dict[str, Any] | None, now: float) -> Identity:
+        """The identity an answer vouches for, or `invalid_token` saying why it vouches for none (remembered:
+        an active token for another resource is refused from memory too, not asked about again each time)."""
+        if answer is None:
+            raise errors.invalid_token(UNKNOWN)
+        if answer.get("active") is not True:
+            raise errors.invalid_token(NOT_ACTIVE)
+        return self._check(answer, now)
+
     def _check(self, answer: dict[str, Any], now: float) -> Identity:
         skew = self.settings.clock_skew
         if "iss" in answer and answer["iss"] != self.settings.issuer:
@@ -150,6 +177,35 @@ class Introspection:
             return from_claims(answer, self.claims, Identification.TOKEN)
         except ValueError as exc:
             raise errors.invalid_token(f"the token has {exc}") from None
+
+
+class IntrospectionBudget:
+    """A token bucket of introspection requests: `rate` a second, holding at most `burst`. `take` spends one
+    if there is one; `charge` spends one whatever is left, down to a debt of `burst` (so re-checks of valid
+    tokens go first, and a long run of them delays unknown tokens by at most one burst's refill)."""
+
+    def __init__(self, rate: float, burst: int, monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.rate = rate
+        self.burst = float(burst)
+        self.monotonic = monotonic
+        self._tokens = self.burst
+        self._at = monotonic()
+
+    def take(self) -> bool:
+        self._refill()
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
+
+    def charge(self) -> None:
+        self._refill()
+        self._tokens = max(self._tokens - 1, -self.burst)
+
+    def _refill(self) -> None:
+        now = self.monotonic()
+        self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+        self._at = now
 
 
 def _error_code(response: Answer) -> str | None:

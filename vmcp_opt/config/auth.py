@@ -64,6 +64,15 @@ class OAuthConfig(_Strict):
     client_secret_env: str | None = None
     # Seconds an introspected token's answer is reused (never past its `exp`).
     introspection_cache: float = Field(60.0, ge=0)
+    # Introspection requests a second (per replica) for tokens the gateway holds no answer for: a client sending
+    # made-up opaque tokens could otherwise make the gateway ask the authorization server at the client's own
+    # request rate. Past it such a token is answered 503 temporarily_unavailable (the client retries) without
+    # asking. Re-checks of tokens the server called active are never refused, so valid tokens in use are not
+    # slowed; a valid token's first use can be, while made-up ones use up the rate.
+    introspection_rate: float = Field(20.0, gt=0)
+    # Introspection requests for unknown tokens that may go at once above `introspection_rate` (after a quiet
+    # spell: a restart's clients bringing their tokens back).
+    introspection_burst: int = Field(100, ge=1)
 
     @field_validator("resource")
     @classmethod

@@ -41,7 +41,12 @@ def health_routes(gateway: Gateway, endpoint: ASGIApp | None, drain: Drain | Non
     """`/healthz` (the process answers) and `/readyz` (the backends are up and the gateway is not draining;
     detail only to those who may see it; `degraded` while a Redis the config uses is unreachable or refuses the
     password, or while replicas sharing sessions serve different catalogues, shared/replica_shapes.py).
-    `endpoint` is the MCP endpoint over HTTP, whose authentication decides who may."""
+    `endpoint` is the MCP endpoint over HTTP, whose authentication decides who may: a verified caller only
+    while no authorization policy is configured (else one it hides a backend from would read that backend's
+    name and errors, which carry hostnames, URLs and paths), loopback always. Anyone else gets the status word
+    and the status code, all a probe reads."""
+    # With a policy, the detail is loopback's (an operator on the host, `kubectl port-forward`/`exec`) alone.
+    detail_endpoint = None if gateway.config.auth.authorization.policies is not None else endpoint
 
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
@@ -59,8 +64,8 @@ def health_routes(gateway: Gateway, endpoint: ASGIApp | None, drain: Drain | Non
             from vmcp_opt.shared.replica_shapes import with_shapes_state
 
             body = with_shapes_state(gateway.config, body)
-        if not await may_see_detail(request.scope, endpoint):
-            body = {"status": body["status"]}  # backend names, errors and URLs only to loopback or authenticated
+        if not await may_see_detail(request.scope, detail_endpoint):
+            body = {"status": body["status"]}  # backend names, errors and URLs only to those who may see them
         return JSONResponse(body, status_code=200 if readiness.serving else 503)
 
     return [Route("/healthz", healthz, methods=["GET"]), Route("/readyz", readyz, methods=["GET"])]
@@ -68,21 +73,24 @@ def health_routes(gateway: Gateway, endpoint: ASGIApp | None, drain: Drain | Non
 
 def metrics_routes(gateway: Gateway, endpoint: ASGIApp | None = None) -> list[Route]:
     """`/metrics` when metrics are on. On the main listener (`endpoint` given) with authentication on, only to
-    those `/readyz` shows its detail: loopback, or a credential that verifies (backend names, health and
+    those `/readyz` shows its detail: loopback, or (with no policy) a credential that verifies (backend names, health and
     auth-failure counts are not for anyone who reaches the port). Open on the diagnostics listener, which is
     loopback unless `telemetry.metrics.listen` names a host (then a warning says it is open)."""
     metrics = gateway.telemetry.metrics
     if metrics is None:
         return []
     guarded = isinstance(endpoint, RequireAuthentication)
+    # Under a policy, as `/readyz`'s detail: its backend names and health are not filtered by a caller's view.
+    policed = gateway.config.auth.authorization.policies is not None
+    refusal = (
+        "/metrics on the MCP port is loopback's alone under an authorization policy; scrape telemetry.metrics.listen"
+        if policed
+        else "/metrics needs a credential from a non-loopback address"
+    )
 
     async def exposition(request: Request) -> Response:
-        if guarded and not await may_see_detail(request.scope, endpoint):
-            return JSONResponse(
-                {"error": "/metrics needs a credential from a non-loopback address"},
-                status_code=401,
-                headers={"WWW-Authenticate": "Bearer"},
-            )
+        if guarded and not await may_see_detail(request.scope, None if policed else endpoint):
+            return JSONResponse({"error": refusal}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
         return Response(metrics.exposition(), media_type=METRICS_CONTENT_TYPE)
 
     return [Route("/metrics", exposition, methods=["GET"])]
