@@ -310,6 +310,12 @@ class Router:
                 kept.append(name)
         return kept
 
+    def may_call(self, caller: Caller, name: str) -> bool:
+        """Whether a call of `name` by this caller would reach its tool now: served, and used as the policy
+        allows (what `call_tool` asks first). The HTTP rate-limit gate asks it before it takes the tool's tokens."""
+        found = self._lookup(name)
+        return found is not None and self.permits(caller, _tool_target(found[1]))
+
     def visible_prompts(self, caller: Caller) -> list[types.Prompt]:
         prompts = self.catalog.current.prompts.values()
         return [r.prompt for r in prompts if self.shows(caller, Target("prompt", r.name, r.backend))]

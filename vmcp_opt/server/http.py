@@ -137,7 +137,11 @@ def create_app(gateway: Gateway) -> Starlette:
     sessions: ASGIApp = session_gate
     if gateway.limiter is not None:
         sessions = RateLimitGate(
-            sessions, gateway.limiter, server_config.max_body_bytes, refused=gateway.telemetry.rate_limited
+            sessions,
+            gateway.limiter,
+            server_config.max_body_bytes,
+            refused=gateway.telemetry.rate_limited,
+            may_call=gateway.router.may_call,  # a call the policy refuses takes no tool's tokens
         )
     drain = Drain(sessions, server_config.max_body_bytes)
     if gateway.telemetry.metrics is not None:

@@ -10,6 +10,13 @@ tokens a second time; the calls made inside it (`call_tool`'s target, workflow s
 own tool's bucket there. Over stdio there is no gate: the router takes the tokens and refuses with the
 JSON-RPC error, and telemetry hears of it through `RateLimiter.on_refused` (server/stdio.py sets it).
 
+A call of a tool with a bucket of its own (`rate_limits.per_tool`) is first put to the router's policy
+(`may_call`, with the caller as the verified identity in the scope describes it: what the policy decides
+on). One the policy refuses pays only the caller's and the shared bucket, and the scope is not marked: the
+router then refuses it before taking any token; were it allowed there after all (the catalogue changed in
+between), the router takes all of its tokens itself. Without that, a caller forbidden a tool could empty
+its bucket, when shared by every caller, and so take the tool away from everyone.
+
 Whose budget: a verified subject (the same on every replica, `subject_key`), else the client's address
 (the one the session quota counts: the peer's, or X-Forwarded-For's behind one of `server.trusted_proxies`).
 Not the session nor an unverified credential: a client picks those freely (a new session per call, a
@@ -44,14 +51,24 @@ logger = logging.getLogger(__name__)
 
 # Told of each refused call: the caller (its id the budget's key), the setting whose bucket was empty, the tool.
 Refused = Callable[[Caller, str, str], None]
+# Whether the policy lets this caller call the tool now (the router's `may_call`).
+MayCall = Callable[[Caller, str], bool]
 
 
 class RateLimitGate:
-    def __init__(self, app: ASGIApp, limiter: RateLimiter, max_body_bytes: int, refused: Refused | None = None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        limiter: RateLimiter,
+        max_body_bytes: int,
+        refused: Refused | None = None,
+        may_call: MayCall | None = None,
+    ) -> None:
         self.app = app
         self.limiter = limiter
         self.max_body_bytes = max_body_bytes
         self.refused = refused
+        self.may_call = may_call  # None: every call pays its tool's bucket here
         if refused is not None:
             limiter.on_refused = refused  # the inner calls the router refuses are counted and audited too
         self._log = ThrottledLog(logger, 60.0)
@@ -67,14 +84,23 @@ class RateLimitGate:
         if call is not None:
             request_id, tool = call
             key = self.caller_key(scope)
+            permitted = self._permitted(key, scope, tool)
             try:
-                await self.limiter.admit(key, tool)
+                await self.limiter.admit(key, tool, of_tool=permitted)
             except LimitReached as refused:
                 self._tell_refused(key, scope, refused.setting, tool)
                 await refuse(send, request_id, refused)
                 return
-            scope[LIMITS_TAKEN_KEY] = True
+            if permitted:
+                scope[LIMITS_TAKEN_KEY] = True
         await self.app(scope, receive, send)
+
+    def _permitted(self, key: str, scope: Scope, tool: str) -> bool:
+        """Whether the call may take its tool's tokens: the policy lets it run. Asked only of a tool with a bucket
+        of its own; any other call's buckets are the same either way."""
+        if self.may_call is None or not self.limiter.limits_tool(tool):
+            return True
+        return self.may_call(policy_caller(key, scope), tool)
 
     def _tell_refused(self, key: str, scope: Scope, setting: str, tool: str) -> None:
         """Telemetry hears of the refusal; its failure is logged (throttled), never the client's: the answer
@@ -105,6 +131,15 @@ def refused_caller(key: str, scope: Scope) -> Caller:
     if isinstance(identity, Identity) and identity.method in (Identification.TOKEN, Identification.API_KEY):
         return Caller(key, identity.method, "", subject=identity.subject, address=address)
     return Caller(key, Identification.ANONYMOUS, "", address=address)
+
+
+def policy_caller(key: str, scope: Scope) -> Caller:
+    """The caller as the policy sees it: the verified identity in the scope, as admission fills it in
+    (server/admission.py), so its principal, all a policy decides on, is the one the router asks about."""
+    identity = scope.get(SCOPE_KEY)
+    if not isinstance(identity, Identity):
+        return Caller(key, Identification.ANONYMOUS, "", address=client_address(scope))
+    return Caller(key, identity.method, "", address=client_address(scope), **identity.caller_fields())
 
 
 def tool_call_of(body: bytes) -> tuple[str | int, str] | None:

@@ -8,6 +8,11 @@ Only the request a client sent pays the caller's and the shared bucket; the call
 gateway (`call_tool`'s target, a workflow's steps) pay only their own tool's bucket. A context variable
 set around the outer call says which is which.
 
+A call the policy refuses pays no tool's bucket: the router takes the tokens only once the policy let the
+call run, and the HTTP gate, which takes them before the router, asks the policy first (a forbidden caller
+would otherwise empty a bucket shared by every caller). It still pays the caller's and the shared bucket:
+a refused call costs the gateway work too, and those bound what a caller, and all callers, make it spend.
+
 The Redis store is vmcp_opt/shared/redis_buckets.py, imported only when `rate_limits.store` is redis.
 Redis unreachable (or too slow, past `redis.timeout`): the call passes. Failing open keeps the gateway
 serving when its shared store is gone; each miss is counted (`RateLimiter.unchecked`) and logged at most
@@ -119,13 +124,14 @@ class RateLimiter:
         self.on_refused: Refused | None = None
         self._log = ThrottledLog(logger, config.log_interval)
 
-    def buckets(self, caller: str, tool: str, *, outer: bool) -> list[Bucket]:
-        """The buckets a call of `tool` by `caller` pays; the caller's and the shared one only for `outer`."""
+    def buckets(self, caller: str, tool: str, *, outer: bool, of_tool: bool = True) -> list[Bucket]:
+        """The buckets a call of `tool` by `caller` pays; the caller's and the shared one only for `outer`, the
+        tool's only for `of_tool`."""
         found: list[Bucket] = []
         limits = self.config
         if outer and limits.per_caller is not None:
             found.append(Bucket.of(f"caller:{caller}", limits.per_caller, "rate_limits.per_caller"))
-        per_tool = limits.per_tool.get(tool)
+        per_tool = limits.per_tool.get(tool) if of_tool else None
         if per_tool is not None:
             key = f"tool:{tool}:{caller}" if per_tool.per_caller else f"tool:{tool}"
             found.append(Bucket.of(key, per_tool, f"rate_limits.per_tool.{tool}"))
@@ -133,9 +139,14 @@ class RateLimiter:
             found.append(Bucket.of("shared", limits.shared, "rate_limits.shared"))
         return found
 
-    async def admit(self, caller: str, tool: str) -> None:
-        """Take this call's tokens or raise `LimitReached` (with `retry_after`); passes when the store fails."""
-        buckets = self.buckets(caller, tool, outer=not _paid.get())
+    def limits_tool(self, tool: str) -> bool:
+        """Whether `tool` has a bucket of its own (`rate_limits.per_tool`)."""
+        return tool in self.config.per_tool
+
+    async def admit(self, caller: str, tool: str, *, of_tool: bool = True) -> None:
+        """Take this call's tokens or raise `LimitReached` (with `retry_after`); passes when the store fails.
+        `of_tool` False: all but the tool's bucket (the HTTP gate, for a call the policy refuses)."""
+        buckets = self.buckets(caller, tool, outer=not _paid.get(), of_tool=of_tool)
         if not buckets:
             return
         try:
