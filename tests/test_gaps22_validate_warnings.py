@@ -65,3 +65,30 @@ def test_a_config_with_errors_and_nothing_to_warn_of_prints_only_the_errors(tmp_
     assert checked.returncode == 2, checked.stdout + checked.stderr
     assert "warning" not in checked.stderr
     assert checked.stderr.splitlines()[1].startswith("  server.port:")
+
+
+# Paths the OS refuses to look up: `Path.resolve` raises on a NUL byte, `exists()` on a name past its length limit.
+UNLOOKABLE = [
+    {"name": "t", "command": "python", "cwd": "a\u0000b"},
+    {"name": "t", "command": "python", "args": ["x" * 5000 + ".py"]},
+]
+
+
+@pytest.mark.parametrize("backend", UNLOOKABLE, ids=["nul-byte-cwd", "long-script"])
+@pytest.mark.parametrize("broken", [True, False], ids=["with-errors", "valid"])
+def test_a_path_the_os_cannot_look_up_is_a_warning_not_a_traceback(
+    tmp_path: Path, backend: dict[str, object], broken: bool
+) -> None:
+    import json
+
+    config = tmp_path / "vmcp.json"
+    document: dict[str, object] = {"backends": [backend]}
+    if broken:
+        document["server"] = {"port": "x"}
+    config.write_text(json.dumps(document), encoding="utf-8")
+    done = validate(config)
+    assert "Traceback" not in done.stderr, done.stderr[-800:]
+    assert done.returncode == (2 if broken else 0), done.stderr[-800:]
+    if broken:
+        assert "server.port" in done.stderr
+    assert "not a path this machine can look up" in done.stderr + done.stdout, done.stderr[-800:]

@@ -4,6 +4,7 @@ what they serve (errors)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Callable, Iterator
@@ -50,6 +51,8 @@ _NODE_VALUED = frozenset(
         "--experimental-config-file",
     }
 )
+
+logger = logging.getLogger(__name__)
 _NODE_NO_SCRIPT = frozenset({"-e", "--eval", "-p", "--print", "-i", "--interactive", "-v", "--version", "-h", "--help"})
 
 
@@ -66,6 +69,18 @@ def launch_warnings(cfg: VmcpConfig) -> list[str]:
 
 
 def _backend_launch_warnings(where: str, backend: BackendConfig, base_dir: Path) -> list[str]:
+    """What would keep this backend from starting; a path the OS cannot even look up (a NUL byte, a name past
+    its length limit) is said so, rather than raised."""
+    try:
+        return _launch_problems(where, backend, base_dir)
+    except (OSError, ValueError) as exc:
+        return [
+            f"{where}: its command, cwd or script is not a path this machine can look up ({exc}); the backend "
+            "would not start"
+        ]
+
+
+def _launch_problems(where: str, backend: BackendConfig, base_dir: Path) -> list[str]:
     from vmcp_opt.backends.transports import stdio_parameters
 
     if backend.transport != "stdio" or backend.command is None:
@@ -133,7 +148,12 @@ def warnings_beside_errors(warnings: Callable[[], list[str]]) -> Iterator[None]:
     try:
         yield
     except typer.Exit as exit_:
-        found = warnings() if exit_.exit_code == 2 else []
+        found = []
+        if exit_.exit_code == 2:
+            try:
+                found = warnings()
+            except Exception:  # the errors are what this run is for: a salvage that fails must not hide them
+                logger.debug("launch warnings beside the errors: not found", exc_info=True)
         if found:
             err.print("[yellow]and warnings[/] (what `vmcp serve` could not launch, of the backends that are valid):")
             for warning in found:
