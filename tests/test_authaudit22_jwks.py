@@ -213,3 +213,21 @@ def test_a_key_published_with_its_private_part_verifies_nothing(tmp_path: Path, 
         assert "the token's signing key is not one of the issuer's" in answer.json()["error_description"]
         assert "publishes the private part of key 'k1'" in gateway.output()
         assert "Traceback" not in gateway.output()
+
+
+def nested_json(handler: http.server.BaseHTTPRequestHandler) -> None:
+    """A key set nested deeper than the parser recurses, well under the size cap."""
+    body = b"[" * 200_000
+    handler.send_response(200)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
+def test_a_jwks_nested_past_the_parsers_recursion_is_a_503_not_a_500(tmp_path: Path) -> None:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    with endpoint(nested_json) as jwks_url, running_gateway(gateway_config(tmp_path, jwks_url=jwks_url)) as gateway:
+        answer = initialize(gateway.url, signed(key, gateway.url))
+        assert answer.status_code == 503, answer.text
+        assert answer.json()["error"] == "temporarily_unavailable"

@@ -32,8 +32,12 @@ class Answer:
     body: bytes
 
     def json(self) -> Any:
-        """The body as JSON; `ValueError` when it is not (bounded in size, so parsed where it is read)."""
-        return json.loads(self.body)
+        """The body as JSON; `ValueError` when it is not (bounded in size, so parsed where it is read), or when it
+        nests deeper than the parser recurses (`[[[[…` within the size cap raises `RecursionError` otherwise)."""
+        try:
+            return json.loads(self.body)
+        except RecursionError:
+            raise ValueError("JSON nested too deeply") from None
 
 
 async def fetch(
