@@ -28,7 +28,7 @@ from vmcp_opt.optimizer.embedding import load_configured_embedder
 from vmcp_opt.optimizer.index import ToolIndex
 from vmcp_opt.optimizer.model_registry import DEFAULT_MODEL, resolve_model
 from vmcp_opt.optimizer.onnx_encoder import OnnxEmbedder
-from vmcp_opt.optimizer.onnx_export import MIN_COSINE_INT8
+from vmcp_opt.optimizer.onnx_export import int8_cosine_floor
 
 # Real documents of mixed lengths (tool documents, short and over-long texts), enough for several batches.
 DOCUMENTS = [tool_document(r) for r in CATALOGUE] + [f"{text} ({i})" for i in range(12) for text in TEXTS]
@@ -96,7 +96,7 @@ def test_child_vectors_match_the_served_onnx_encoder_and_progress_is_relayed(
     # The served int8 graph's own floor to torch: dynamic int8 takes one activation scale per padded batch
     # (measured 0.9975 against the child's bfloat16 vectors).
     cosines = (vectors * expected).sum(axis=1)
-    assert cosines.min() >= MIN_COSINE_INT8, cosines.min()
+    assert cosines.min() >= int8_cosine_floor(), cosines.min()
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
 
 
@@ -115,7 +115,7 @@ def test_update_above_the_threshold_takes_the_child() -> None:
     assert isinstance(embedder.bulk, BulkEncoder)
     vectors = embedder.encode_documents(DOCUMENTS)
     assert embedder.bulk.failed is None
-    assert (vectors * _in_process(embedder, DOCUMENTS)).sum(axis=1).min() >= MIN_COSINE_INT8
+    assert (vectors * _in_process(embedder, DOCUMENTS)).sum(axis=1).min() >= int8_cosine_floor()
 
 
 def test_failing_child_falls_back_to_in_process_encoding_with_the_reason_logged(

@@ -31,10 +31,10 @@ from vmcp_opt.optimizer.onnx_encoder import OnnxEmbedder, OnnxEncoder
 from vmcp_opt.optimizer.onnx_export import (
     EXPORT_TIMEOUT,
     FILES,
-    MIN_COSINE_INT8,
     SPLIT_FUSIONS,
     ensure_onnx_model,
     graph_problem,
+    int8_cosine_floor,
     prune_earlier_exports,
     split_fusions,
 )
@@ -134,8 +134,8 @@ def test_the_int8_graphs_stay_within_their_cosine_floor_of_the_torch_fp32_encode
     expected = lean.encode(TEXTS)
     alone = np.vstack([encoder.encode([text]) for text in TEXTS])
     assert np.allclose(np.linalg.norm(alone, axis=1), 1.0, atol=1e-5)
-    assert _cosines(alone, expected).min() >= MIN_COSINE_INT8
-    assert _cosines(encoder.encode(TEXTS), expected).min() >= MIN_COSINE_INT8
+    assert _cosines(alone, expected).min() >= int8_cosine_floor()
+    assert _cosines(encoder.encode(TEXTS), expected).min() >= int8_cosine_floor()
 
 
 def test_the_served_int8_graph_runs_integer_kernels_with_per_token_scales_on_the_second_feed_forward_layer(

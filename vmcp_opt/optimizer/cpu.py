@@ -42,6 +42,21 @@ def cpu_supports_bfloat16() -> bool:
     return bool(cpu_flags() & {"amx_bf16", "avx512_bf16"})
 
 
+def int8_products_saturate(flags: frozenset[str] | None = None) -> bool:
+    """True on x86 CPUs with AVX2 but no VNNI (AVX-512 VNNI or AVX-VNNI): ONNX Runtime's u8 x s8 kernels there
+    multiply with `VPMADDUBSW`, whose pairwise sums saturate at 32,767, so 8-bit weights (±127) against
+    activations up to 255 can overflow (2 x 255 x 127 = 64,770). Measured on a Zen 2: per-token int8 rows off by
+    0.29 where 0.06 was the bound, the served int8 graph's cosine to torch 0.993. Weights of 7 bits (±63) cannot
+    overflow (2 x 255 x 63 = 32,130); ONNX Runtime's `reduce_range` is the same remedy."""
+    flags = cpu_flags() if flags is None else flags
+    return "avx2" in flags and not flags & {"avx512_vnni", "avx_vnni", "amx_int8"}
+
+
+def int8_weight_peak(flags: frozenset[str] | None = None) -> int:
+    """The largest int8 weight code the quantised graphs use on this CPU (`int8_products_saturate`)."""
+    return 63 if int8_products_saturate(flags) else 127
+
+
 def bulk_engine(config: OptimizerConfig, flags: frozenset[str] | None = None) -> BulkEngine:
     """What the bulk child runs: torch in bfloat16 where that was measured ahead of the serving ONNX graph, else
     the serving graph itself. With AMX the child built 10k documents in half the time ONNX Runtime fp32 took in

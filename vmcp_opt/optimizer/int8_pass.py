@@ -37,13 +37,18 @@ class Int8FirstPass:
     def __init__(self, vectors: np.ndarray) -> None:
         import onnxruntime as ort
 
+        from vmcp_opt.optimizer.cpu import int8_weight_peak
+
         rows, dims = vectors.shape
+        # 63 where the CPU's u8 x s8 products saturate (optimizer/cpu.py): there a saturated sum broke the error
+        # bound, and rows that belonged in the top were never rescored. The bound below follows the codes' error.
+        peak = np.float32(int8_weight_peak())
         codes_t = np.empty((dims, rows), dtype=np.int8)  # the model's layout: one column per row
         scale = np.empty(rows, dtype=np.float32)
         row_norm = row_error = 0.0
         for start in range(0, rows, _BLOCK_ROWS):  # bounded temporaries at 100k rows and more
             block = vectors[start : start + _BLOCK_ROWS]
-            block_scale = np.maximum(np.abs(block).max(axis=1), 1e-30).astype(np.float32) / np.float32(127)
+            block_scale = np.maximum(np.abs(block).max(axis=1), 1e-30).astype(np.float32) / peak
             codes = np.rint(block / block_scale[:, None]).astype(np.int8)
             residual = block - codes.astype(np.float32) * block_scale[:, None]
             codes_t[:, start : start + len(block)] = codes.T

@@ -85,9 +85,12 @@ def quantise_dynamic(
     source: Path, target: Path, *, op_types: Sequence[str] | None = None, exclude: Sequence[str] = ()
 ) -> None:
     """ONNX Runtime's `quantize_dynamic` with per-channel int8 weights, on `op_types` (every op when None)
-    except the nodes named in `exclude`."""
+    except the nodes named in `exclude`; 7-bit weights (`reduce_range`) where int8 products saturate
+    (optimizer/cpu.py, `int8_products_saturate`)."""
     from onnx import TensorProto
     from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from vmcp_opt.optimizer.cpu import int8_products_saturate
 
     # Per-channel weights measured closest to fp32 (cosine ~0.98 against ~0.94 per tensor). The fused
     # operators have no shape inference, hence the default tensor type.
@@ -96,6 +99,7 @@ def quantise_dynamic(
         str(target),
         weight_type=QuantType.QInt8,
         per_channel=True,
+        reduce_range=int8_products_saturate(),
         op_types_to_quantize=list(op_types) if op_types is not None else None,
         nodes_to_exclude=list(exclude),
         extra_options={"DefaultTensorType": TensorProto.FLOAT},
@@ -255,18 +259,22 @@ GELU_FLOOR = 0.17
 _GELU_OPS = ("Gelu", "BiasGelu")
 
 
-def quantise_per_token(source: Path, target: Path, names: Sequence[str]) -> None:
+def quantise_per_token(source: Path, target: Path, names: Sequence[str], weight_peak: int | None = None) -> None:
     """Rewrite the MatMuls named `names` (each with a constant 2-D weight, input from a GELU) as uint8
     activations with one scale per token (row) times int8 weights with one scale per output column:
     `MatMulIntegerToFloat`, ONNX Runtime's u8s8 integer GEMM, then the row scales. `source` may be `target`.
 
     `quantize_dynamic` gives a tensor one activation scale, so a single outlier token (BERT's [CLS] holds
     each text's largest values after GELU) coarsens every other token's codes; one scale per row does not,
-    and makes a text's vector independent of the texts padded into its batch at these operators."""
+    and makes a text's vector independent of the texts padded into its batch at these operators. `weight_peak`:
+    the largest weight code, 127, or 63 where int8 products saturate (`int8_weight_peak`, the default)."""
     import numpy as np
     import onnx
     from onnx import helper, numpy_helper
 
+    from vmcp_opt.optimizer.cpu import int8_weight_peak
+
+    peak_code = float(weight_peak if weight_peak is not None else int8_weight_peak())
     model = onnx.load(str(source))
     graph = model.graph
     weights = {tensor.name: tensor for tensor in graph.initializer}
@@ -288,8 +296,8 @@ def quantise_per_token(source: Path, target: Path, names: Sequence[str]) -> None
             raise ValueError(f"{node.name}: per-token int8 needs a GELU input (its floor makes the codes unsigned)")
         replaced.add(tensor.name)
         weight = numpy_helper.to_array(tensor).astype(np.float32)
-        column = (np.maximum(np.abs(weight).max(axis=0), 1e-12) / 127.0).astype(np.float32)
-        codes = np.clip(np.round(weight / column), -127, 127).astype(np.int8)
+        column = (np.maximum(np.abs(weight).max(axis=0), 1e-12) / peak_code).astype(np.float32)
+        codes = np.clip(np.round(weight / column), -peak_code, peak_code).astype(np.int8)
         # The correction uses the weights the kernel multiplies (dequantised), so it cancels the shift exactly.
         correction = (-GELU_FLOOR * (codes.astype(np.float32) * column).sum(axis=0)).astype(np.float32)
         constants = {
