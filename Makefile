@@ -1,6 +1,11 @@
 # Targets match the README. `make serve` and `make test` install what they need first.
 VENV := .venv/bin
 PYTEST_ARGS ?=
+# Two workers, each test file whole on one (its module-scoped gateways started once, its tests in order): the
+# suite mostly waits on the processes it starts. Explicit 2, not `auto`, which counts physical cores (one on a
+# hyper-threaded 2-vCPU runner) and on a big machine would start more gateways at once than CI ever does.
+# `make test PYTEST_PARALLEL=` runs serially (for -s or --pdb).
+PYTEST_PARALLEL ?= -n 2 --dist loadfile
 
 .PHONY: setup setup-dev serve test test-fast lint typecheck format bench eval clean
 
@@ -14,10 +19,10 @@ serve: setup
 	$(VENV)/vmcp serve
 
 test: setup-dev
-	$(VENV)/python -m pytest $(PYTEST_ARGS)
+	$(VENV)/python -m pytest $(PYTEST_PARALLEL) $(PYTEST_ARGS)
 
 test-fast: setup-dev
-	$(VENV)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(VENV)/python -m pytest $(PYTEST_PARALLEL) -m "not slow" $(PYTEST_ARGS)
 
 lint: setup-dev
 	$(VENV)/ruff check .

@@ -72,9 +72,20 @@ def bearer_client(url: str, credential: str) -> Any:
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback port no other `free_port` (of any process: `make test` runs two pytest workers) or outgoing
+    connection is handed for the next minute, while a server binding it can: left in TIME_WAIT by a connection
+    this side closed first, which the kernel's choice of a free port skips and SO_REUSEADDR (set by uvicorn,
+    asyncio, http.server, Node, Go, Redis and nginx alike) binds over. A port merely bound and closed could be
+    handed to another worker before the server meant for it listens."""
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        port = int(listener.getsockname()[1])
+        with socket.create_connection(("127.0.0.1", port)):
+            accepted, _ = listener.accept()
+            accepted.close()  # this side first: the TIME_WAIT is on the listening port
+    return port
 
 
 def demo_backend(name: str, **extra: Any) -> dict[str, Any]:

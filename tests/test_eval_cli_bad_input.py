@@ -44,7 +44,7 @@ def eval_run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[st
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={**os.environ, "COLUMNS": "200"},
+        env={**os.environ, "COLUMNS": "10000"},  # a line never wrapped, however long pytest's tmp_path is
     )
 
 
@@ -149,7 +149,7 @@ def test_ctrl_c_keeps_the_datasets_that_finished(tmp_path: Path) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, "COLUMNS": "200"},
+        env={**os.environ, "COLUMNS": "10000"},
         # A shell without job control starts background commands with SIGINT ignored; a terminal does not.
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
