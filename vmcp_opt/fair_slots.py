@@ -23,10 +23,15 @@ holds and waits for nothing.
 from __future__ import annotations
 
 import itertools
+import math
 from collections import deque
 from dataclasses import dataclass, field
 
 import anyio
+
+# The limiter `anyio.to_thread.run_sync` is given for work whose threads `FairSlots` already counts (each held
+# until its thread ends): anyio's own must not count them again, nor take them from its default pool.
+COUNTED_BY_SLOTS = anyio.CapacityLimiter(math.inf)
 
 
 @dataclass(eq=False)

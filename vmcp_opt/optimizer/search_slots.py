@@ -18,7 +18,6 @@ one caller. find_tool without a caller (unit tests) has only the total bound.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import TypeVar, TypeVarTuple
 
@@ -27,16 +26,13 @@ import anyio.to_thread
 
 from vmcp_opt.auth.caller import Caller, caller_key
 from vmcp_opt.config.optimizer import FindToolSlotsConfig
-from vmcp_opt.fair_slots import FairSlots
+from vmcp_opt.fair_slots import COUNTED_BY_SLOTS, FairSlots
 from vmcp_opt.optimizer.cpu import usable_cpus
 
 T = TypeVar("T")
 Args = TypeVarTuple("Args")
 
 SETTING = "optimizer.find_tool_slots.max_waiting_per_caller"
-# The searches' threads are counted by the slots (held until each thread ends); anyio's limiter of them, which
-# `to_thread` needs, must not count them again, nor take them from its default pool.
-_COUNTED_BY_SLOTS = anyio.CapacityLimiter(math.inf)
 
 
 class SearchSlots:
@@ -74,7 +70,7 @@ class SearchSlots:
     async def in_thread(work: Callable[[*Args], T], *args: *Args) -> T:
         """`work(*args)` in a worker thread of the searches' own (run inside `held`). Not abandoned when the
         awaiting task is cancelled: the slot must be held until the thread has ended."""
-        return await anyio.to_thread.run_sync(work, *args, limiter=_COUNTED_BY_SLOTS)
+        return await anyio.to_thread.run_sync(work, *args, limiter=COUNTED_BY_SLOTS)
 
 
 class _Held:

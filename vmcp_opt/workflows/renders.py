@@ -30,7 +30,6 @@ caller; with no caller (`vmcp workflow run`, unit tests) only the run's and the 
 
 from __future__ import annotations
 
-import math
 import threading
 from collections.abc import Callable
 from typing import TypeVar
@@ -39,7 +38,7 @@ import anyio
 import anyio.to_thread
 
 from vmcp_opt.config.workflows import WorkflowRendersConfig
-from vmcp_opt.fair_slots import FairSlots
+from vmcp_opt.fair_slots import COUNTED_BY_SLOTS, FairSlots
 
 _DEFAULTS = WorkflowRendersConfig()
 # Renders running at once in worker threads, for the whole gateway (`limits.workflow_renders.total`).
@@ -51,9 +50,6 @@ MAX_RENDERS_PER_CALLER = _DEFAULTS.per_caller
 MAX_RENDERS_PER_RUN = _DEFAULTS.per_run
 
 T = TypeVar("T")
-# The threads of renders are counted by `RenderSlots` (held until each ends); anyio's own limiter of them,
-# which `to_thread` needs, must not count them again.
-_COUNTED_ABOVE = anyio.CapacityLimiter(math.inf)
 
 
 class RenderSlots:
@@ -115,7 +111,7 @@ async def _in_thread(work: Callable[[threading.Event], T]) -> T:
     async with anyio.create_task_group() as group:
         group.start_soon(_stop_when_cancelled, stop)
         try:  # not abandoned on cancellation: the slots must outlive the thread, not the task
-            result = await anyio.to_thread.run_sync(work, stop, limiter=_COUNTED_ABOVE)
+            result = await anyio.to_thread.run_sync(work, stop, limiter=COUNTED_BY_SLOTS)
         except Exception as exc:  # raised after the group, which would wrap it in an ExceptionGroup
             error = exc
         group.cancel_scope.cancel()
