@@ -14,13 +14,17 @@ in that child only) with a deadline. The child:
 5. writes the int8 graphs beside it (optimizer/onnx_quantise.py): `model-int8.onnx` (SmoothQuant then
    dynamic int8, calibrated on the texts shipped with the package, with one activation scale per token on
    the second feed-forward MatMul; served by default: `optimizer.precision: int8`; cosine >=
-   `MIN_COSINE_INT8` to torch, else the export fails), `model-int8-blockwise.onnx` (8-bit block-wise MatMul weights, the previous `int8`: closer to fp32,
+   `int8_cosine_floor()` to torch, else the export fails), `model-int8-blockwise.onnx` (8-bit block-wise MatMul weights, the previous `int8`: closer to fp32,
    slower) and `model-int8-dynamic.onnx` (`quantize_dynamic` on every op, eval and bench only: it loses more
    than 0.5 nDCG@10 on some sets of `vmcp eval run --dataset all`, eval/README.md);
 6. splits the fused operators whose CPU kernels run slower than their parts (`SPLIT_FUSIONS`) in every graph
    it wrote, and checks all of them against torch again.
 
 Nothing downloads: the model comes from its package or directory (optimizer/embedding.py's registry).
+
+Just past ~450 lines: the parent's side (find, export in a child, prune) and the child's (export, optimise,
+check, split fusions) share the file names, the cache's layout and the floors; the quantisation itself is
+optimizer/onnx_quantise.py.
 """
 
 from __future__ import annotations

@@ -45,6 +45,10 @@ event is lost for replays (counted, at most one log line per interval).
 
 Past ~450 lines on purpose: storing, replaying and following a stream are one Redis layout read and written
 by the same scripts; apart, each would restate it.
+
+Past ~450 lines: the store's write side (queue, writer, the `_ADD` script) and its read side (replay, `holds`,
+the writer marks an early replay waits on) share the keys, the event id's shape and the session's bounds; its
+last hundred lines are those ids' small parsers.
 """
 
 from __future__ import annotations
