@@ -1,11 +1,10 @@
 # Targets match the README. `make serve` and `make test` install what they need first.
 VENV := .venv/bin
 PYTEST_ARGS ?=
-# Two workers, each test file whole on one (its module-scoped gateways started once, its tests in order): the
-# suite mostly waits on the processes it starts. Explicit 2, not `auto`, which counts physical cores (one on a
-# hyper-threaded 2-vCPU runner) and on a big machine would start more gateways at once than CI ever does.
-# `make test PYTEST_PARALLEL=` runs serially (for -s or --pdb).
-PYTEST_PARALLEL ?= -n 2 --dist loadfile
+# One process by default: on two workers (`make test PYTEST_PARALLEL="-n 2 --dist loadfile"`, each test file whole on
+# one) the suite took 20 min instead of 29, but two timing-sensitive tests failed in one of two fresh-clone runs
+# (test_out21_results_and_readiness, test_chaos20b_cancel_close): CI stays serial until they are made deterministic.
+PYTEST_PARALLEL ?=
 
 .PHONY: setup setup-dev serve test test-fast lint typecheck format bench eval clean
 
