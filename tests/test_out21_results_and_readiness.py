@@ -167,12 +167,23 @@ def test_a_schema_whose_check_timed_out_is_not_checked_again(monkeypatch: pytest
         return original(schema)
 
     monkeypatch.setattr(arguments, "compile_schema", counting)
+    # A starved judging thread gives no verdict: on a busy machine (other tests beside this one) 30 deadlines of
+    # wall time can pass before it has had the 0.05 s of CPU it is judged on.
+    monkeypatch.setattr(arguments, "_JUDGING_WALL", 2_000.0)
     validator = ArgumentValidator(timeout=0.05)
-    schema = {"type": "object", "properties": {f"p{i}": {"pattern": "a"} for i in range(5_000)}}
-    for _ in range(3):
+    schema = {"type": "object", "properties": {f"p{i}": {"pattern": "a"} for i in range(5_000)}}  # ~2 s to compile
+    with pytest.raises(ArgumentError, match=r"could not be checked within 0\.05s"):
+        validator.check("costly", schema, {"p0": "a"})
+    # Cut off before it had most of a deadline of CPU (another process held the core), the first call's compile
+    # proves nothing: a second compile on its own CPU budget, in a thread of its own, gives the verdict.
+    if validator._judging is not None:
+        assert validator.judged.wait(120)
+    assert len(compiled) in (1, 2)
+    verdict_after = len(compiled)
+    for _ in range(2):
         with pytest.raises(ArgumentError, match=r"could not be checked within 0\.05s"):
             validator.check("costly", schema, {"p0": "a"})
-    assert len(compiled) == 1
+    assert len(compiled) == verdict_after
 
 
 # --- /readyz -----------------------------------------------------------------------------------------------------
