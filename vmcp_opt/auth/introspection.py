@@ -13,9 +13,15 @@ A made-up token is new every time, so no cache stops a client sending them from 
 server at the client's own request rate (the connection pool bounds requests in flight, not their rate).
 `IntrospectionBudget` does: tokens the gateway holds no answer for are asked about at most
 `introspection_rate` a second (after a burst of `introspection_burst`), past it refused with 503 (the
-client retries) without asking. A re-check of a token the server called active before (its answer expired
-after `introspection_cache`) is never refused for the budget, only counted in it first: such re-checks are
-bounded by the valid tokens in use, which a flood of made-up ones cannot lock out.
+client retries) without asking. Within that, one client address gets at most `introspection_rate_per_address`
+(after `introspection_burst_per_address`; `AddressBudgets`), past it 429: one client flooding made-up tokens
+would otherwise use the whole rate, and a real user's first token waited behind it. Both refusals carry
+`Retry-After`, the seconds until the bucket holds a request again. The address comes from the HTTP
+middleware (server/authentication.py) through `REQUESTING_ADDRESS`, as the Authenticator interface carries
+only the credential; without one (not over HTTP) only the total bound applies. A re-check of a token the
+server called active before (its answer expired after `introspection_cache`) is never refused for the budget,
+only counted in the total first: such re-checks are bounded by the valid tokens in use, which a flood of
+made-up ones cannot lock out.
 
 A 400 answer (`invalid_request`, `unsupported_token_type`, `invalid_token`) means the server will not
 introspect this token: `401 invalid_token` for the caller. Other statuses and transport errors are the
@@ -27,10 +33,12 @@ held each request, and its connection, for as long as it dripped.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Any, TypeVar
 
 import httpx2
@@ -42,15 +50,27 @@ from vmcp_opt.auth.identity import Identity, from_claims, numeric_date, string_s
 from vmcp_opt.config import ClaimNames, OAuthConfig
 
 CACHE_SIZE = 10_000
+ADDRESS_BUCKETS = 4096  # client addresses whose introspection budget is kept (the least recently seen dropped)
 NEGATIVE_TTL = 30.0  # seconds a refused token is refused from memory (at most `introspection_cache`)
 # What a 400 from the introspection endpoint says about the token rather than about the gateway's request.
 TOKEN_REFUSALS = frozenset({"invalid_request", "unsupported_token_type", "invalid_token"})
 EntryT = TypeVar("EntryT")
 UNKNOWN = "the authorization server does not know this token"
-OVER_BUDGET = (
-    "too many unknown tokens to introspect now (auth.incoming.oauth.introspection_rate); retry in a few seconds"
-)
 NOT_ACTIVE = "the token is not active (unknown, expired or revoked)"
+OVER_BUDGET = "too many unknown tokens to introspect now (auth.incoming.oauth.introspection_rate)"
+ADDRESS_OVER_BUDGET = (
+    "too many unknown tokens from this address to introspect now (auth.incoming.oauth.introspection_rate_per_address)"
+)
+# The client address of the request being authenticated, set by server/authentication.py around the call.
+REQUESTING_ADDRESS: ContextVar[str | None] = ContextVar("REQUESTING_ADDRESS", default=None)
+
+
+class RetryLater(errors.AuthError):
+    """An introspection budget is spent: refused without asking, `retry_after` seconds until it refills."""
+
+    def __init__(self, status: int, description: str, retry_after: int) -> None:
+        super().__init__(status, "temporarily_unavailable", f"{description}; retry in {retry_after} s")
+        self.retry_after = retry_after
 
 
 class Introspection:
@@ -72,6 +92,9 @@ class Introspection:
         self._refused: OrderedDict[bytes, tuple[float, str]] = OrderedDict()  # digest -> (until, why)
         self._client: httpx2.AsyncClient | None = None  # made on first use, in the serving event loop
         self._budget = IntrospectionBudget(settings.introspection_rate, settings.introspection_burst, monotonic)
+        self._per_address = AddressBudgets(
+            settings.introspection_rate_per_address, settings.introspection_burst_per_address, monotonic
+        )
 
     def _secret(self) -> str:
         name = self.settings.client_secret_env
@@ -92,8 +115,8 @@ class Introspection:
             raise errors.invalid_token(refused[1])
         if cached is not None:
             self._budget.charge()  # a re-check of a token found active: never refused, counted first
-        elif not self._budget.take():
-            raise errors.unavailable(OVER_BUDGET)
+        else:
+            self._admit_unknown(REQUESTING_ADDRESS.get())
         answer = await self._ask(token)
         try:
             identity = self._accepted(answer, now)
@@ -107,6 +130,17 @@ class Introspection:
             until = min(until, identity.expires_at)
         _remember(self._answers, digest, (until, identity))
         return identity
+
+    def _admit_unknown(self, address: str | None) -> None:
+        """Spend a request of the address's budget and of the total, or raise `RetryLater` (429 for the
+        address's, 503 for the total's) spending neither: a refused request does not use up the other bucket."""
+        own = self._per_address.bucket(address) if address is not None else None
+        if own is not None and not own.has_one():
+            raise RetryLater(429, ADDRESS_OVER_BUDGET, own.seconds_to_one())
+        if not self._budget.take():
+            raise RetryLater(503, OVER_BUDGET, self._budget.seconds_to_one())
+        if own is not None:
+            own.take()
 
     async def aclose(self) -> None:
         """Close the HTTP client (at shutdown); a later request would open a new one."""
@@ -192,11 +226,19 @@ class IntrospectionBudget:
         self._at = monotonic()
 
     def take(self) -> bool:
-        self._refill()
-        if self._tokens < 1:
+        if not self.has_one():
             return False
         self._tokens -= 1
         return True
+
+    def has_one(self) -> bool:
+        self._refill()
+        return self._tokens >= 1
+
+    def seconds_to_one(self) -> int:
+        """Whole seconds until `take` can succeed (at least 1: what a `Retry-After` says)."""
+        self._refill()
+        return max(1, math.ceil((1 - self._tokens) / self.rate))
 
     def charge(self) -> None:
         self._refill()
@@ -206,6 +248,26 @@ class IntrospectionBudget:
         now = self.monotonic()
         self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
         self._at = now
+
+
+class AddressBudgets:
+    """An `IntrospectionBudget` per client address, for the `ADDRESS_BUCKETS` addresses seen last: a flood from
+    more addresses than that only starts some afresh, and the total budget still bounds them all."""
+
+    def __init__(self, rate: float, burst: int, monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.monotonic = monotonic
+        self._buckets: OrderedDict[str, IntrospectionBudget] = OrderedDict()
+
+    def bucket(self, address: str) -> IntrospectionBudget:
+        found = self._buckets.get(address)
+        if found is None:
+            found = self._buckets[address] = IntrospectionBudget(self.rate, self.burst, self.monotonic)
+            if len(self._buckets) > ADDRESS_BUCKETS:
+                self._buckets.popitem(last=False)
+        self._buckets.move_to_end(address)
+        return found
 
 
 def _error_code(response: Answer) -> str | None:

@@ -74,6 +74,14 @@ class OAuthConfig(_Strict):
     # spell: a restart's clients bringing their tokens back).
     introspection_burst: int = Field(100, ge=1)
 
+    # Introspection requests a second for unknown tokens from one client address (the peer's, or
+    # X-Forwarded-For's behind `server.trusted_proxies`), within `introspection_rate`: one address sending made-up
+    # tokens is answered 429 (with Retry-After) past it, and leaves the rest of the rate to other addresses' new
+    # tokens. Per replica; the latest 4096 addresses are tracked.
+    introspection_rate_per_address: float = Field(4.0, gt=0)
+    # Introspection requests for unknown tokens one client address may make at once above
+    # `introspection_rate_per_address`.
+    introspection_burst_per_address: int = Field(20, ge=1)
     @field_validator("resource")
     @classmethod
     def _absolute_uri(cls, value: str | None) -> str | None:

@@ -7,7 +7,9 @@ before the MCP machinery sees the request:
   server;
 - a credential the authenticator does not accept: 401 `invalid_token`;
 - a valid token without the required scopes: 403 `insufficient_scope` naming them;
-- a token in the query string (`access_token=`): 400 `invalid_request`, whatever else the request carries.
+- a token in the query string (`access_token=`): 400 `invalid_request`, whatever else the request carries;
+- an unknown opaque token past the introspection budget: 429 (this client address's) or 503 (the total's), with
+  `Retry-After` (auth/introspection.py).
 Admission (server/admission.py) reads the identity from the scope; nothing below reads headers.
 
 The verified principal also goes into the scope as the SDK's `AuthenticatedUser` (without the credential),
@@ -33,7 +35,9 @@ from vmcp_opt.auth import Identification, errors
 from vmcp_opt.auth.authenticators import Authenticator
 from vmcp_opt.auth.errors import AuthError
 from vmcp_opt.auth.identity import SCOPE_KEY, BearerToken, Identity
+from vmcp_opt.auth.introspection import REQUESTING_ADDRESS, RetryLater
 from vmcp_opt.logs import ThrottledLog
+from vmcp_opt.server.sessions import client_address
 
 logger = logging.getLogger(__name__)
 _refusals = ThrottledLog(logger, level=logging.INFO)
@@ -115,7 +119,11 @@ class RequireAuthentication:
             raise AuthError(401, None, "expected `Authorization: Bearer <token>`, not another scheme")
         if not credential.strip():
             raise errors.invalid_token("expected `Authorization: Bearer <token>`")
-        identity = await self.authenticator.authenticate(credential.strip())
+        requester = REQUESTING_ADDRESS.set(client_address(scope))  # whose introspection budget pays
+        try:
+            identity = await self.authenticator.authenticate(credential.strip())
+        finally:
+            REQUESTING_ADDRESS.reset(requester)
         missing_scopes = [s for s in self.required_scopes if s not in identity.scopes]
         if missing_scopes:
             raise errors.insufficient_scope(self.required_scopes)
@@ -142,6 +150,8 @@ class RequireAuthentication:
         ]
         if refused.status in (401, 403, 400):
             headers.append((b"www-authenticate", challenge.encode()))
+        if isinstance(refused, RetryLater):
+            headers.append((b"retry-after", str(refused.retry_after).encode()))
         await send({"type": "http.response.start", "status": refused.status, "headers": headers})
         await send({"type": "http.response.body", "body": payload})
 
