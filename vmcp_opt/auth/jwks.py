@@ -2,16 +2,24 @@
 
 A token signed with a key id the cache lacks triggers one refresh, at most once per `refresh_interval`
 seconds: an attacker sending made-up key ids cannot make the gateway hammer the authorization server, and
-a key the issuer just rotated in is picked up at the first token that uses it. Concurrent requests share a
-refresh. Symmetric keys (`kty: oct`) are never taken from a JWKS.
+a key the issuer just rotated in is picked up at the first token that uses it. Symmetric keys (`kty: oct`) are
+never taken from a JWKS.
+
+Concurrent requests share a refresh, and it takes at most `timeout` (auth.incoming.oauth.timeout) in all: its
+discovery (up to three metadata requests) and its key fetch together, not each (bounded one by one, a slow issuer
+held every token that needed the keys some 20 s). While it runs, a token whose key is held is verified with the
+held keys at once; only one whose key is not held waits for it, at most `timeout` from its arrival, then is
+`JwksUnavailable`. A refresh that fails or times out is recorded (the reason logged, the interval counted); one cut
+off (its request cancelled) leaves nothing behind, not even a discovered JWKS URL: the next token tries again.
 
 With no keys at all (the issuer unreachable since the start, or publishing none the gateway can use) no
 token can be judged: each is `JwksUnavailable` (a 503 the client retries, never a 401 that sends it to get
 a new token which would fare no better), and the keys are asked for again at most once per `NO_KEYS_RETRY`
 seconds, so a gateway started before its issuer accepts tokens soon after the issuer serves. Why a fetch
 failed (URLs of the issuer's network included) is logged for the operator; the client is told only that
-the keys are unavailable. Each request is bounded in time and size (auth/bounded_fetch.py): the refresh holds the
-lock every token waits on.
+the keys are unavailable. So is a token whose key id is not held while the last refresh failed: the issuer may
+have rotated it in, so a 401 would send the client for a new token that fares no better. Each request is also
+bounded in size (auth/bounded_fetch.py).
 
 Keys are found by `kid`, each kid holding every key listed under it (RFC 7517 §4.5 allows keys of different
 types to share one), the one used being the first that fits the token's algorithm. A key whose `kid` is not a
@@ -23,6 +31,7 @@ failed on RSA ones with an AttributeError: a 500).
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -32,7 +41,7 @@ import anyio
 import httpx2
 import jwt
 
-from vmcp_opt.auth.bounded_fetch import AnswerUnread, fetch
+from vmcp_opt.auth.bounded_fetch import TIMEOUT_SETTING, AnswerUnread, fetch
 from vmcp_opt.backends.secrets import mask_url, redact, url_credentials, with_escaped_forms
 
 logger = logging.getLogger(__name__)
@@ -75,33 +84,37 @@ class JwksCache:
         self._built: dict[tuple[str | None, str], jwt.PyJWK] = {}
         self._fetched_at: float | None = None
         self._failure: str | None = None  # why the last fetch failed (logged), None after one succeeded
-        self._lock = anyio.Lock()
+        self._refreshing: anyio.Event | None = None  # the refresh under way: set when it ends, whatever its outcome
 
     async def key(self, kid: str | None, alg: str) -> jwt.PyJWK | None:
         """The verification key for a token header's `kid` and `alg`; None when no key fits. `JwksUnavailable`
-        while no key at all is known."""
-        now = self.clock()
-        retry = min(self.refresh_interval, NO_KEYS_RETRY)
-        if self._fetched_at is None or now - self._fetched_at >= self.max_age:
-            await self._refresh_keeping_old(stale_before=now)
-        elif not self._keys and now - self._fetched_at >= retry:
-            await self._refresh_keeping_old(stale_before=now - retry)
+        while no key at all is known, or when the key is not held and the last refresh failed."""
+        due = self._due_for_every_token()
+        if due is not None:
+            held = self._build(self._find(kid), kid, alg) if self._refreshing is not None else None
+            if held is not None:
+                return held  # the refresh under way is for the tokens to come; this one's key is held
+            await self._refresh(stale_before=due)
         if not self._keys:
             raise JwksUnavailable(UNAVAILABLE if self._failure else "the authorization server publishes no usable key")
         found = self._find(kid)
         if not found and self._fetched_at is not None and self.clock() - self._fetched_at >= self.refresh_interval:
-            await self._refresh_keeping_old(stale_before=self.clock() - self.refresh_interval)
+            await self._refresh(stale_before=self.clock() - self.refresh_interval)
             found = self._find(kid)
+        if not found and self._failure is not None:
+            raise JwksUnavailable(UNAVAILABLE)  # perhaps a key the issuer rotated in: this token cannot be judged
         return self._build(found, kid, alg)
 
-    async def _refresh_keeping_old(self, stale_before: float) -> None:
-        """Refresh; with keys already known a failure keeps them (logged), with none it raises."""
-        try:
-            await self._refresh(stale_before)
-        except JwksUnavailable:
-            if not self._keys:
-                raise
-            logger.warning("auth: refreshing the issuer's keys failed, keeping the %d known", _count(self._keys))
+    def _due_for_every_token(self) -> float | None:
+        """`stale_before` of a refresh any token triggers now (none fetched yet, the keys past `max_age`, or none
+        held and the retry due); None when no such refresh is due."""
+        now = self.clock()
+        if self._fetched_at is None or now - self._fetched_at >= self.max_age:
+            return now
+        retry = min(self.refresh_interval, NO_KEYS_RETRY)
+        if not self._keys and now - self._fetched_at >= retry:
+            return now - retry
+        return None
 
     def _find(self, kid: str | None) -> list[dict[str, Any]]:
         """The keys a token's `kid` names; without one, every key (`_build` takes one only if it alone fits)."""
@@ -127,25 +140,70 @@ class JwksCache:
         return None
 
     async def _refresh(self, stale_before: float) -> None:
-        async with self._lock:
-            if self._fetched_at is not None and self._fetched_at > stale_before:
-                return  # another request refreshed while this one waited
-            try:
-                keys = await self._fetch()
-            except JwksUnavailable as exc:
-                self._failure = str(exc)
-                logger.warning("auth: %s", exc)  # the detail for the operator; the client hears UNAVAILABLE
-                raise JwksUnavailable(UNAVAILABLE) from None
-            finally:
-                # Failures count too: an unreachable issuer is asked again only after the interval.
-                self._fetched_at = self.clock()
-            self._failure = None
-            self._keys = keys
-            self._built = {}
-            if not keys:
-                logger.warning("auth: the issuer's JWKS holds no key the gateway can use (RSA, EC or OKP)")
+        """Refresh unless one ended after `stale_before`: the first token to need it fetches, the others wait for
+        that fetch at most `timeout` from their arrival (then `JwksUnavailable`). Its outcome is recorded, not
+        raised: `key` reads it."""
+        deadline = anyio.current_time() + self.timeout
+        waited = False
+        while self._fetched_at is None or self._fetched_at <= stale_before:
+            running = self._refreshing
+            if running is None:
+                await self._fetch_by(deadline if waited else math.inf)
+                return
+            waited = True
+            with anyio.move_on_after(deadline - anyio.current_time()):
+                await running.wait()
+            if not running.is_set():
+                raise JwksUnavailable(UNAVAILABLE)
+            # Ended: recorded (the loop ends), or cut off with nothing recorded (this token fetches anew).
 
-    async def _fetch(self) -> Keys:
+    async def _fetch_by(self, deadline: float) -> None:
+        """Refresh; by `deadline` when this token already waited on a refresh that was cut off (a first refresh is
+        bounded by its own `timeout`, and records a failure its waiters read; cut off, it would record none)."""
+        with anyio.move_on_after(deadline - anyio.current_time()):
+            await self._run_refresh()
+            return
+        raise JwksUnavailable(UNAVAILABLE)
+
+    async def _run_refresh(self) -> None:
+        """Fetch the keys within `timeout` in all and record the outcome, a failure too (an unreachable issuer is
+        asked again only after the interval). Cancelled, it records nothing."""
+        done = self._refreshing = anyio.Event()
+        try:
+            with anyio.fail_after(self.timeout):
+                url, keys = await self._fetch()
+        except TimeoutError:
+            where = mask_url(self.jwks_url or self.issuer)
+            self._failed(
+                f"fetching the issuer's keys from {where} failed: no whole answer within {self.timeout:g}s "
+                f"for discovery and keys together ({TIMEOUT_SETTING})"
+            )
+        except JwksUnavailable as exc:
+            self._failed(str(exc))
+        else:
+            self._store(url, keys)
+        finally:
+            self._refreshing = None
+            done.set()
+
+    def _failed(self, reason: str) -> None:
+        self._fetched_at = self.clock()
+        self._failure = reason
+        logger.warning("auth: %s", reason)  # the detail for the operator; the client hears UNAVAILABLE
+        if self._keys:
+            logger.warning("auth: refreshing the issuer's keys failed, keeping the %d known", _count(self._keys))
+
+    def _store(self, url: str, keys: Keys) -> None:
+        self._fetched_at = self.clock()
+        self._failure = None
+        self.jwks_url = url  # discovered: kept only once its keys came
+        self._keys = keys
+        self._built = {}
+        if not keys:
+            logger.warning("auth: the issuer's JWKS holds no key the gateway can use (RSA, EC or OKP)")
+
+    async def _fetch(self) -> tuple[str, Keys]:
+        """The JWKS's URL (configured, or discovered now) and its usable keys."""
         url = self.jwks_url
         try:
             async with httpx2.AsyncClient(timeout=self.timeout, follow_redirects=False) as client:
@@ -173,7 +231,7 @@ class JwksCache:
                 repr(kid)[:80],
             )
         logger.info("auth: %d signing keys from %s", _count(usable), mask_url(url))
-        return usable
+        return url, usable
 
     def _masked(self, text: str, *urls: str | None) -> str:
         """`text` without the credentials any of the URLs involved carries (`user:password@`, a secret-named query
@@ -200,7 +258,6 @@ class JwksCache:
                 )
             jwks_uri = metadata.get("jwks_uri")
             if isinstance(jwks_uri, str):
-                self.jwks_url = jwks_uri
                 return jwks_uri
         raise JwksUnavailable(f"no metadata with a jwks_uri for issuer {self.issuer}")
 

@@ -50,7 +50,8 @@ class OAuthConfig(_Strict):
     jwks_refresh_interval: float = Field(60.0, ge=1)
     # Seconds a fetched JWKS is used before it is fetched again.
     jwks_max_age: float = Field(3600.0, gt=0)
-    # Seconds one request to the authorization server may take.
+    # Seconds one request to the authorization server may take; a signing-key refresh (discovery and the JWKS
+    # together) and a token's wait for it take at most this in all.
     timeout: float = Field(5.0, gt=0)
     # Scopes every request must carry (a token without them gets 403 insufficient_scope).
     required_scopes: list[str] = Field(default_factory=list)
@@ -67,13 +68,13 @@ class OAuthConfig(_Strict):
     # Introspection requests a second (per replica) for tokens the gateway holds no answer for: a client sending
     # made-up opaque tokens could otherwise make the gateway ask the authorization server at the client's own
     # request rate. Past it such a token is answered 503 temporarily_unavailable (the client retries) without
-    # asking. Re-checks of tokens the server called active are never refused, so valid tokens in use are not
-    # slowed; a valid token's first use can be, while made-up ones use up the rate.
+    # asking (Retry-After). Re-checks of tokens the server called active are never refused, so valid tokens in
+    # use are not slowed; a valid token's first use can be, while many addresses' made-up ones use up the rate
+    # (one address's stop at `introspection_rate_per_address`).
     introspection_rate: float = Field(20.0, gt=0)
     # Introspection requests for unknown tokens that may go at once above `introspection_rate` (after a quiet
     # spell: a restart's clients bringing their tokens back).
     introspection_burst: int = Field(100, ge=1)
-
     # Introspection requests a second for unknown tokens from one client address (the peer's, or
     # X-Forwarded-For's behind `server.trusted_proxies`), within `introspection_rate`: one address sending made-up
     # tokens is answered 429 (with Retry-After) past it, and leaves the rest of the rate to other addresses' new
@@ -82,6 +83,7 @@ class OAuthConfig(_Strict):
     # Introspection requests for unknown tokens one client address may make at once above
     # `introspection_rate_per_address`.
     introspection_burst_per_address: int = Field(20, ge=1)
+
     @field_validator("resource")
     @classmethod
     def _absolute_uri(cls, value: str | None) -> str | None:
