@@ -28,7 +28,7 @@ from typing import Any
 import httpx2
 
 from vmcp_opt.backends.errors import CredentialError
-from vmcp_opt.backends.token_client import TokenCache, TokenEndpoint
+from vmcp_opt.backends.token_client import TokenCache, TokenEndpoint, unanswered
 from vmcp_opt.config import BackendConfig
 from vmcp_opt.config.backend_auth import SecretRef
 
@@ -68,7 +68,9 @@ class BackendCredentials:
         self.base_dir = base_dir
         oauth = self.auth.type in ("oauth_client_credentials", "token_exchange")
         self.endpoint = TokenEndpoint(config.name, self.auth, base_dir) if oauth else None
-        self.cache = TokenCache(self.auth.refresh_before)
+        # A caller waits for a token no longer than a fetch may take (auth.timeout), then gets the clear error.
+        timeout = self.auth.timeout
+        self.cache = TokenCache(self.auth.refresh_before, timeout, lambda: unanswered(config.name, timeout))
         self.refused: int | None = None  # the status of the backend's last refusal of the service credentials
         self._headers: tuple[tuple[object, ...], dict[str, str]] | None = None  # (their version, the values)
 

@@ -2,15 +2,20 @@
 
 `TokenEndpoint` speaks to the token endpoint (found in the issuer's metadata when only `issuer` is configured,
 RFC 8414 then OpenID discovery). `TokenCache` keeps tokens per key until `refresh_before` seconds before they
-expire (a token that lives shorter than twice that: until half its life); when one is due, one request fetches it for every waiter, who shares its outcome, a refusal included
-(single-flight), so a burst of calls costs one token request. Failures are `CredentialError`s naming the backend and the step, with
-the endpoint's `error` code but never a token, secret or response body beyond that code.
+expire (a token that lives shorter than twice that: until half its life); when one is due, one request fetches it for
+every waiter, who shares its outcome, a refusal included (single-flight), so a burst of calls costs one token request.
+While it runs, a caller is answered from the token it replaces if that has not expired: only a caller with no usable
+token waits. Failures are `CredentialError`s naming the backend and the step, with the endpoint's `error` code but
+never a token, secret, URL or response body beyond that code.
 
-What an endpoint can make the gateway spend is bounded: a request (discovery's included) takes at most
-`auth.timeout` seconds in all, not per read (an answer dripping a byte a second never ended), and its body is
-read up to `MAX_ANSWER_BYTES` (the whole body was read into memory: a 300 MB answer took 600 MB). An
-`expires_in` that is not a positive finite number counts as absent: a negative or NaN one made every HTTP
-request to the backend fetch a new token.
+What an endpoint can make the gateway spend is bounded: a fetch takes at most `auth.timeout` seconds in all, its
+discovery (two metadata requests, and the wait for another fetch's discovery) and its token request together, not
+each of them (they were bounded one by one: three requests, 30 s by default, the whole of `timeouts.connect`);
+a caller waits for a token at most as long, counted from its arrival, even when the fetch it waited on was
+cancelled and it fetches anew. A fetch cut off leaves nothing behind: no token endpoint discovered, no token
+cached, no fetch in flight, so the next call tries again. A body is read up to `MAX_ANSWER_BYTES` (the whole body
+was read into memory: a 300 MB answer took 600 MB). An `expires_in` that is not a positive finite number counts as
+absent: a negative or NaN one made every HTTP request to the backend fetch a new token.
 """
 
 from __future__ import annotations
@@ -50,18 +55,15 @@ class _Answer:
         return json.loads(self.body)
 
 
-async def _bounded(http: httpx2.AsyncClient, seconds: float, method: str, url: str, **kwargs: object) -> _Answer:
-    """`method url`, within `seconds` in all, its body read up to `MAX_ANSWER_BYTES`."""
+async def _bounded(http: httpx2.AsyncClient, method: str, url: str, **kwargs: object) -> _Answer:
+    """`method url`, its body read up to `MAX_ANSWER_BYTES`; in time, the whole fetch's deadline bounds it."""
     body = bytearray()
     try:
-        with anyio.fail_after(seconds):
-            async with http.stream(method, url, **kwargs) as response:  # type: ignore[arg-type]
-                async for chunk in response.aiter_bytes():
-                    body += chunk
-                    if len(body) > MAX_ANSWER_BYTES:
-                        raise _Unanswered(f"an answer larger than {MAX_ANSWER_BYTES // 1024} KiB")
-    except TimeoutError:
-        raise _Unanswered(f"no answer within {seconds:g}s (auth.timeout)") from None
+        async with http.stream(method, url, **kwargs) as response:  # type: ignore[arg-type]
+            async for chunk in response.aiter_bytes():
+                body += chunk
+                if len(body) > MAX_ANSWER_BYTES:
+                    raise _Unanswered(f"an answer larger than {MAX_ANSWER_BYTES // 1024} KiB")
     except httpx2.HTTPError as exc:
         raise _Unanswered(type(exc).__name__) from None
     return _Answer(response.status_code, bytes(body))
@@ -122,6 +124,15 @@ class TokenEndpoint:
         return form
 
     async def _post(self, form: dict[str, str], refused: str) -> Token:
+        """One token, within `auth.timeout` in all: discovery included, so a slow authorization server holds the
+        callers waiting for this fetch one timeout, not one per request."""
+        try:
+            with anyio.fail_after(self.config.timeout):
+                return await self._request_token(form, refused)
+        except TimeoutError:
+            raise unanswered(self.backend, self.config.timeout) from None
+
+    async def _request_token(self, form: dict[str, str], refused: str) -> Token:
         url = await self._token_url()
         assert self.config.client_id is not None and self.config.client_secret is not None
         try:
@@ -132,7 +143,7 @@ class TokenEndpoint:
         timeout = self.config.timeout
         try:
             async with httpx2.AsyncClient(timeout=timeout) as http:
-                response = await _bounded(http, timeout, "POST", url, data=form, auth=(self.config.client_id, secret))
+                response = await _bounded(http, "POST", url, data=form, auth=(self.config.client_id, secret))
         except _Unanswered as exc:
             raise CredentialError(self.backend, "token endpoint unreachable", str(exc)) from None
         if response.status != 200:
@@ -162,7 +173,7 @@ class TokenEndpoint:
         async with httpx2.AsyncClient(timeout=self.config.timeout) as http:
             for url in urls:
                 try:
-                    response = await _bounded(http, self.config.timeout, "GET", url)
+                    response = await _bounded(http, "GET", url)
                     metadata = response.json() if response.status == 200 else None
                 except (_Unanswered, ValueError):
                     continue
@@ -170,6 +181,11 @@ class TokenEndpoint:
                 if isinstance(endpoint, str) and endpoint:
                     return endpoint
         raise CredentialError(self.backend, "token endpoint discovery", f"no token_endpoint in {issuer}'s metadata")
+
+
+def unanswered(backend: str, seconds: float) -> CredentialError:
+    """A fetch, or a caller's wait for one, past `auth.timeout`: the backend and the bound, no URL or secret."""
+    return CredentialError(backend, "token endpoint unreachable", f"no answer within {seconds:g}s (auth.timeout)")
 
 
 def _error_code(response: _Answer) -> str:
@@ -196,10 +212,20 @@ class TokenCache:
 
     Waiters share the fetch's outcome, a failure included: a burst of calls while the token endpoint is slow
     or refusing costs one request and one `timeout`, not one of each per waiter in turn. A token due for refresh
-    but not expired is still served when its refresh fails (the endpoint's blip is not the calls' failure)."""
+    but not expired is served to the callers arriving while its refresh runs, and to all when the refresh fails
+    (the endpoint's blip is not the calls' failure). A caller waits at most `wait` seconds from its arrival, then
+    gets `overdue()`: the fetch bounds itself, but a fetch whose caller is cancelled ends without an outcome, and
+    its waiters fetch anew."""
 
-    def __init__(self, refresh_before: float) -> None:
+    def __init__(
+        self,
+        refresh_before: float,
+        wait: float = math.inf,
+        overdue: Callable[[], Exception] = lambda: TimeoutError("no token in time"),
+    ) -> None:
         self.refresh_before = refresh_before
+        self.wait = wait
+        self.overdue = overdue
         self._tokens: dict[str, Token] = {}
         self._flights: dict[str, _Flight] = {}
 
@@ -211,31 +237,50 @@ class TokenCache:
         return None
 
     async def get(self, key: str, fetch: Callable[[], Awaitable[Token]]) -> str:
+        deadline = anyio.current_time() + self.wait
+        waited = False
         while True:
             value = self.fresh(key)
             if value is not None:
                 return value
             flight = self._flights.get(key)
             if flight is None:
-                return await self._fetch(key, fetch)
-            await flight.done.wait()
+                return await self._fetch_by(deadline if waited else math.inf, key, fetch)
+            value = self._unexpired(key)
+            if value is not None:
+                return value  # the refresh runs for the callers to come; this one's token still works
+            waited = True
+            with anyio.move_on_after(deadline - anyio.current_time()):
+                await flight.done.wait()
+            if not flight.done.is_set():
+                raise self.overdue()
             if flight.error is not None:
                 raise flight.error
             if flight.value is not None:
                 return flight.value
             # The fetching task was cancelled: its outcome is no one else's; fetch anew.
 
+    async def _fetch_by(self, deadline: float, key: str, fetch: Callable[[], Awaitable[Token]]) -> str:
+        """Fetch; by `deadline` when this caller has already waited on a fetch that was cancelled (a first fetch
+        is bounded by its own deadline, whose failure its waiters share; cancelled, it would have none)."""
+        if math.isinf(deadline):
+            return await self._fetch(key, fetch)
+        with anyio.move_on_after(deadline - anyio.current_time()):
+            return await self._fetch(key, fetch)
+        raise self.overdue()
+
+    def _unexpired(self, key: str) -> str | None:
+        token = self._tokens.get(key)
+        return token.value if token is not None and time.monotonic() < token.expires_at else None
+
     async def _fetch(self, key: str, fetch: Callable[[], Awaitable[Token]]) -> str:
         flight = self._flights[key] = _Flight()
         try:
             flight.value = self._store(key, await fetch())
         except Exception as exc:
-            still_valid = self._tokens.get(key)
-            if still_valid is not None and time.monotonic() < still_valid.expires_at:
-                flight.value = still_valid.value
-            else:
-                flight.error = exc
+            flight.value = self._unexpired(key)
             if flight.value is None:
+                flight.error = exc
                 raise
         finally:
             # Removed whatever the outcome: nothing is kept for a key whose fetch failed (a refused caller token).

@@ -140,7 +140,7 @@ class BackendAuthConfig(_Strict):
     subject_token_type: Literal["access_token", "jwt"] | None = None
     # Seconds before a token's expiry it is replaced; a token without `expires_in` is kept this long at most.
     refresh_before: float = Field(30.0, ge=0)
-    # Seconds a token endpoint request may take.
+    # Seconds a token fetch may take in all (discovery included), and a call's wait for one another call runs.
     timeout: float = Field(10.0, gt=0)
     # Client request headers forwarded to this backend (never Authorization, Cookie or hop-by-hop ones).
     passthrough_headers: list[str] = Field(default_factory=list)
