@@ -22,9 +22,9 @@ in that child only) with a deadline. The child:
 
 Nothing downloads: the model comes from its package or directory (optimizer/embedding.py's registry).
 
-Just past ~450 lines: the parent's side (find, export in a child, prune) and the child's (export, optimise,
-check, split fusions) share the file names, the cache's layout and the floors; the quantisation itself is
-optimizer/onnx_quantise.py.
+The parent's side (find, export in a child) and the child's (export, optimise, check, split fusions) share the
+file names, the cache's layout and the floors; the quantisation itself is optimizer/onnx_quantise.py, and which
+exports a cache keeps (one per CPU kind, those a live process uses) optimizer/export_pruning.py.
 """
 
 from __future__ import annotations
@@ -34,15 +34,14 @@ import hashlib
 import json
 import logging
 import os
-import re
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any, Literal
 
+from vmcp_opt.optimizer.export_pruning import METADATA_FILE, hold_export, prune_exports
 from vmcp_opt.optimizer.model_registry import ModelError, ModelSpec, resolve_model
 from vmcp_opt.optimizer.onnx_quantise import quantise_blockwise, quantise_dynamic, quantise_smoothed, smoothing_texts
 
@@ -63,7 +62,6 @@ FILES: dict[Precision, str] = {
     "int8-blockwise": "model-int8-blockwise.onnx",
     "int8-dynamic": "model-int8-dynamic.onnx",
 }
-METADATA_FILE = "export.json"
 # The exported fp32 graph must give these cosines to the torch model, or the export fails.
 MIN_COSINE = 0.9999
 # The served int8 graph's floor to torch. With per-token int8 on the second feed-forward MatMul (recipe 4) it
@@ -98,15 +96,21 @@ _PARITY_TEXTS = (
 )
 
 
-def model_hash(spec: ModelSpec) -> str:
+# Every CPU kind's int8 weight codes (optimizer/cpu.py, `int8_weight_peak`): a cache hosts of both kinds share
+# holds an export of each, which pruning keeps.
+WEIGHT_PEAKS = (127, 63)
+
+
+def model_hash(spec: ModelSpec, weight_peak: int | None = None) -> str:
     """sha-256 of the model directory's files (names and bytes), the recipe, onnxruntime's version and the int8
-    weight codes this CPU takes (optimizer/cpu.py, `int8_weight_peak`: an export is this kind of CPU's)."""
+    weight codes this CPU takes, or `weight_peak` (optimizer/cpu.py, `int8_weight_peak`: an export is one kind of
+    CPU's)."""
     import onnxruntime
 
     from vmcp_opt.optimizer.cpu import int8_weight_peak
 
     recipe = f"recipe {RECIPE_VERSION} onnxruntime {onnxruntime.__version__}"
-    peak = int8_weight_peak()
+    peak = int8_weight_peak() if weight_peak is None else weight_peak
     digest = hashlib.sha256(f"{recipe}\n".encode() if peak == 127 else f"{recipe} int8 weights {peak}\n".encode())
     for path in sorted(p for p in spec.path.rglob("*") if p.is_file()):
         digest.update(str(path.relative_to(spec.path)).encode() + b"\0")
@@ -124,11 +128,11 @@ def ensure_onnx_model(spec: ModelSpec, cache: Path, precision: Precision = "fp32
     """The ONNX file of `spec` at `precision`, exported first (in a child process) when not cached."""
     directory = export_dir(spec, cache)
     path = directory / FILES[precision]
-    if path.is_file():
+    if path.is_file() and hold_export(directory):  # marked in use for this process's life: pruning leaves it
         return path
     log.info("exporting %s to ONNX in a separate process (once; cached in %s)", spec.id, directory)
     run_export(spec, directory)
-    if not path.is_file():
+    if not hold_export(directory) or not path.is_file():
         raise ModelError(f"model {spec.id!r}: the ONNX export finished without {path.name}")
     tidy_cache(spec, directory)
     return path
@@ -142,7 +146,7 @@ def reexport(spec: ModelSpec, cache: Path, precision: Precision = "fp32") -> Pat
     log.info("exporting %s to ONNX again in a separate process (cached in %s)", spec.id, directory)
     run_export(spec, directory)
     path = directory / FILES[precision]
-    if not path.is_file():
+    if not hold_export(directory) or not path.is_file():
         raise ModelError(f"model {spec.id!r}: the ONNX export finished without {path.name}")
     return path
 
@@ -184,30 +188,11 @@ def tidy_cache(spec: ModelSpec, keep: Path) -> None:
 
 def prune_earlier_exports(spec: ModelSpec, keep: Path) -> list[Path]:
     """Remove the other exports of `spec`'s model directory beside `keep` (made by an earlier recipe,
-    onnxruntime or model files: ~230 MB each) and the staging directories of exports that were killed (older
-    than `EXPORT_TIMEOUT`); returns what was removed. Another model's export under the same slug stays."""
-    exported = re.compile(rf"{re.escape(spec.slug)}-[0-9a-f]{{16}}")
-    staging = re.compile(rf"\.{re.escape(spec.slug)}-[0-9a-f]{{16}}-.+")
-    removed = []
-    for path in keep.parent.iterdir():
-        if path == keep or not path.is_dir():
-            continue
-        if exported.fullmatch(path.name):
-            earlier = _exported_from(path) == spec.path.resolve()
-        else:
-            earlier = bool(staging.fullmatch(path.name)) and time.time() - path.stat().st_mtime > EXPORT_TIMEOUT
-        if earlier:
-            shutil.rmtree(path)
-            removed.append(path)
-    return removed
-
-
-def _exported_from(directory: Path) -> Path | None:
-    """The model directory an export was made from, by its metadata (None when unreadable)."""
-    try:
-        return Path(json.loads((directory / METADATA_FILE).read_text(encoding="utf-8"))["model_dir"]).resolve()
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+    onnxruntime or model files: ~230 MB each) but not the other CPU kind's current one (`WEIGHT_PEAKS`) nor one
+    a live process uses, and the staging directories of exports that were killed (older than `EXPORT_TIMEOUT`);
+    returns what was removed (optimizer/export_pruning.py)."""
+    current = {keep.name} | {f"{spec.slug}-{model_hash(spec, peak)}" for peak in WEIGHT_PEAKS}
+    return prune_exports(keep.parent, spec.slug, spec.path, current, EXPORT_TIMEOUT)
 
 
 def run_export(spec: ModelSpec, directory: Path) -> None:
