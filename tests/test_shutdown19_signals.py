@@ -4,19 +4,23 @@ the log says, and that the backends are gone afterwards.
 - Ctrl-C over HTTP while a call is already streaming (its progress went out): the call's SSE stream ends with a
   JSON-RPC error, the client's GET stream ends as a complete response, and the log has no traceback.
 - SIGHUP over HTTP (the terminal went away): the gateway drains and stops like on SIGTERM, says so, exits 0,
-  and stops its backends, rather than dying at once and leaving them.
+  and stops its backends, rather than dying at once and leaving them; started with SIGHUP ignored (`nohup`), it
+  leaves it ignored.
 - SIGTERM over stdio with a call that outlasts `timeouts.shutdown`: the call is answered with an error under its
   id saying the gateway is shutting down, not left unanswered.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 
 import anyio
 import mcp_types as types
@@ -37,6 +41,24 @@ def held_backend() -> dict[str, object]:
 
 async def exit_code(proc: subprocess.Popen[bytes], within: float) -> int:
     return await anyio.to_thread.run_sync(lambda: proc.wait(timeout=within))
+
+
+def _deaf(sig: int, frame: FrameType | None) -> None:
+    """This process's SIGHUP while a gateway starts: caught and dropped (a caught signal is reset to its default by
+    `exec`, an ignored one stays ignored)."""
+
+
+@contextlib.contextmanager
+def gateway_hangup(*, ignored: bool) -> Iterator[None]:
+    """Gateways started in the block inherit SIGHUP ignored (as under `nohup`) or at its default (as from a
+    terminal), whatever this test process inherited: a suite run under `nohup`, or by a runner that ignores SIGHUP,
+    passes that on to every process it starts, and a gateway leaves an ignored SIGHUP ignored (a SIGHUP test then
+    waited out its whole timeout). Meanwhile this process itself drops a hang-up."""
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN if ignored else _deaf)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGHUP, signal.SIG_DFL if previous is None else previous)
 
 
 def stopped_while_streaming(tmp_path: Path, sig: signal.Signals, mode: str, **server: object) -> str:
@@ -81,7 +103,8 @@ def test_ctrl_c_ends_a_streaming_call_with_a_json_rpc_error_and_no_traceback(tmp
 
 
 def test_sighup_drains_stops_the_backends_and_exits_zero(tmp_path: Path) -> None:
-    with running_gateway(write_config(tmp_path, {"backends": [held_backend()]})) as gateway:
+    config = write_config(tmp_path, {"backends": [held_backend()]})
+    with gateway_hangup(ignored=False), running_gateway(config) as gateway:
         backends = gateway.children()
         assert backends
         gateway.proc.send_signal(signal.SIGHUP)
@@ -91,6 +114,19 @@ def test_sighup_drains_stops_the_backends_and_exits_zero(tmp_path: Path) -> None
     log = gateway.output()
     assert "SIGHUP: draining, then stopping (vmcp has no config reload" in log
     assert "drained in" in log
+
+
+def test_a_gateway_started_with_sighup_ignored_leaves_it_ignored(tmp_path: Path) -> None:
+    # `nohup vmcp serve`: the hang-up passes the gateway by. Sent before the SIGTERM, a SIGHUP the gateway handled
+    # would be named in the log (whether it drained or stopped at once), and one at its default would end it (-1).
+    config = write_config(tmp_path, {"backends": [held_backend()]})
+    with gateway_hangup(ignored=True), running_gateway(config) as gateway:
+        gateway.proc.send_signal(signal.SIGHUP)
+        gateway.proc.send_signal(signal.SIGTERM)
+        assert gateway.proc.wait(timeout=60) == 0
+    log = gateway.output()
+    assert "drained in" in log
+    assert "SIGHUP" not in log
 
 
 def test_stdio_sigterm_answers_a_call_that_outlasts_the_shutdown_with_an_error(tmp_path: Path) -> None:
