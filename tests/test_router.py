@@ -272,3 +272,12 @@ async def test_every_send_goes_through_the_backends_guard_and_an_open_circuit_re
         refused = await router.call_tool(who, "notes_save_note", {"title": "t", "text": "x"}, Exchange.internal())
         assert refused.is_error and "circuit" in text(refused).lower()
         assert guarded == ["notes", "notes"]
+
+
+async def test_health_checks_stopped_before_they_start_do_not_start() -> None:
+    # A stop as the gateway starts (a signal in its first moments) can come before the health task has run at
+    # all: that task then found no scope to cancel, checked for ever, and the gateway's shutdown waited on it.
+    async with demo_gateway_parts() as (_, _, health):
+        health.stop()
+        with anyio.fail_after(60):  # a guard against the hang, not a measure of speed
+            await health.run()

@@ -48,13 +48,14 @@ class HealthMonitor:
         self.breakers = {name: CircuitBreaker(name, config.failure.circuit_breaker) for name in manager.connections}
         self._sessions_seen = {name: 0 for name in manager.connections}
         self._scope: anyio.CancelScope | None = None
+        self._stopped = False  # `stop()` may come before `run()` has made its scope (a stop as the gateway starts)
         manager.add_listener(self._on_backend_change)
 
     # --- health checks ---------------------------------------------------------------------------
 
     async def run(self) -> None:
         """Check every backend every `health.interval` until `stop()`."""
-        if not self.config.health.enabled:
+        if not self.config.health.enabled or self._stopped:
             return
         with anyio.CancelScope() as self._scope:
             async with anyio.create_task_group() as task_group:
@@ -62,6 +63,7 @@ class HealthMonitor:
                     task_group.start_soon(self._watch, connection, name=f"health:{connection.name}")
 
     def stop(self) -> None:
+        self._stopped = True
         if self._scope is not None:
             self._scope.cancel()
 
