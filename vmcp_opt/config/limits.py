@@ -11,6 +11,24 @@ from vmcp_opt.config.base import _Strict
 from vmcp_opt.config.workflows import WorkflowRendersConfig
 
 
+class RequestsInFlightConfig(_Strict):
+    """Client requests running at once (server/in_flight.py), for one caller (a verified subject, else the client's
+    address, however many sessions and connections it uses) and for the whole gateway. Over HTTP a request past
+    either is answered at once with a JSON-RPC error naming the bound; over stdio the gateway reads the client's
+    next request only once fewer than `per_caller` are unanswered."""
+
+    # One caller's requests at once (keyed as rate limits key callers); over stdio, the client's.
+    per_caller: int = Field(100, ge=1)
+    # Every caller's requests at once (HTTP).
+    total: int = Field(1000, ge=1)
+
+    @model_validator(mode="after")
+    def _per_caller_within_total(self) -> RequestsInFlightConfig:
+        if self.per_caller > self.total:
+            raise ValueError(f"per_caller ({self.per_caller}) is more than total ({self.total}); lower per_caller")
+        return self
+
+
 class LimitsConfig(_Strict):
     """Bounds on what one backend can make the gateway do (issue 22)."""
 
@@ -75,6 +93,13 @@ class LimitsConfig(_Strict):
         description="Seconds a spare backend session kept for 2026-07-28 round-trip calls (server.round_trip_spares) "
         "may wait for a call with its capabilities; past it the spare is closed (a process, for a stdio backend) "
         "and not replaced until such a call comes again.",
+    )
+    requests_in_flight: RequestsInFlightConfig = Field(
+        default_factory=RequestsInFlightConfig,
+        description="Client requests running at once (calls, listings, reads), `per_caller` for one caller (a "
+        "verified subject, else the client's address, however many sessions and connections it uses) and `total` "
+        "for the gateway. Over HTTP a request past either is answered at once with a JSON-RPC error naming the "
+        "bound; over stdio the gateway reads the client's next request once one of its `per_caller` is answered.",
     )
     max_pending_calls_per_caller: int = Field(
         4,

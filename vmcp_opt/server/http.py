@@ -28,6 +28,7 @@ from starlette.types import ASGIApp
 from vmcp_opt.auth.authenticators import build_authenticator
 from vmcp_opt.config import LOOPBACK_ADDRESSES, ServerConfig, VmcpConfig
 from vmcp_opt.gateway import Gateway, StartupError
+from vmcp_opt.server.admission import Admission
 from vmcp_opt.server.authentication import RequireAuthentication
 from vmcp_opt.server.bad_input import JsonRpcErrorCodes
 from vmcp_opt.server.diagnostics import DiagnosticsServer, diagnostics_server, health_routes, metrics_routes
@@ -35,6 +36,7 @@ from vmcp_opt.server.drain import Drain
 from vmcp_opt.server.event_store import memory_event_store
 from vmcp_opt.server.handlers import build_mcp_server
 from vmcp_opt.server.host_check import Cors, HostCheck
+from vmcp_opt.server.in_flight import RequestsInFlight
 from vmcp_opt.server.lazy_stream import LazyStreamSessionManager
 from vmcp_opt.server.rate_limit_gate import RateLimitGate
 from vmcp_opt.server.replica import ReplicaHeader, replica_id
@@ -106,6 +108,8 @@ def create_app(gateway: Gateway) -> Starlette:
     server_config, limits = gateway.config.server, gateway.config.limits
     mcp_server = build_mcp_server(gateway, "http")
     mcp_server.middleware.append(hold_session_slot)
+    # Outermost: a request waiting anywhere (start-up included) holds its caller's slot.
+    mcp_server.middleware.insert(0, RequestsInFlight(limits.requests_in_flight, Admission("http")))
     throttle_sdk_refusals()
     security = transport_security(server_config)
     if server_config.cors_origins:

@@ -31,6 +31,11 @@ answered (`InFlight`, told of each answer by `AnswerTracker` on the write side; 
 cancelled, or a 2026-07-28 `subscriptions/listen` stream, is not waited for), for at most `timeouts.shutdown`.
 A client that exits closes stdout too: the SDK's writer then fails with a broken pipe, and the gateway stops
 as at the end of input.
+
+The SDK starts a task for every request it reads, however many are running: a client that wrote 50,000 slow calls
+had them all held at once (the gateway's RSS past 700 MB in 30 s, 1,700 at the backend). `AnswerMalformed` hands
+the SDK a request only while fewer than `limits.requests_in_flight.per_caller` are unanswered; the next waits,
+and the client's writes block in the pipe (server/in_flight.py).
 """
 
 from __future__ import annotations
@@ -47,7 +52,7 @@ import threading
 from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
-from typing import BinaryIO, cast
+from typing import BinaryIO, TypeGuard, cast
 
 import anyio
 import mcp_types as types
@@ -61,6 +66,7 @@ from vmcp_opt.server.bad_input import initialize_problem, unusable_id
 from vmcp_opt.server.diagnostics import DiagnosticsServer
 from vmcp_opt.server.drain import CUT_OFF
 from vmcp_opt.server.handlers import build_mcp_server
+from vmcp_opt.server.in_flight import InFlight
 from vmcp_opt.server.json_batch import MAX_BATCH, is_batch
 from vmcp_opt.server.streams import OldClientContent, ReadStreamWrapper, WriteStreamWrapper
 
@@ -110,7 +116,7 @@ async def serve_stdio(
         with checked_stdin(gateway.config.server.max_body_bytes) as stdin:
             watching, hangup_watch, hung_up = anyio.CancelScope(), anyio.CancelScope(), anyio.Event()
             hurrying = anyio.CancelScope()
-            in_flight = InFlight(gateway.config.timeouts.shutdown)
+            in_flight = InFlight(gateway.config.timeouts.shutdown, gateway.config.limits.requests_in_flight.per_caller)
             if stop is not None:
                 task_group.start_soon(_end_on, stop, stdin, watching, name="stdio-stop")
             if hurry is not None:
@@ -172,42 +178,6 @@ def _too_long_error(marker: str) -> types.JSONRPCError:
     return types.JSONRPCError(jsonrpc="2.0", id=json.loads(request_id), error=error)
 
 
-class InFlight:
-    """The ids of the client's requests not answered yet, and a wait until there are none."""
-
-    def __init__(self, most_wait: float) -> None:
-        self.most_wait = most_wait
-        self._ids: set[types.RequestId] = set()
-        self._none = anyio.Event()
-        self._none.set()
-        self._given_up = False
-        # The wait ended with requests still running: the SDK answers each "Connection closed" next.
-        self.cut_off = False
-
-    def started(self, request_id: types.RequestId) -> None:
-        self._ids.add(request_id)
-        if self._none.is_set() and not self._given_up:
-            self._none = anyio.Event()
-
-    def give_up(self) -> None:
-        """Stop waiting (a second signal): `drained` returns now."""
-        self._given_up = True
-        self._none.set()
-
-    def ended(self, request_id: types.RequestId | None) -> None:
-        if request_id is None:
-            return
-        self._ids.discard(request_id)
-        if not self._ids:
-            self._none.set()
-
-    async def drained(self) -> None:
-        """Returns once every request is answered, or after `most_wait` seconds."""
-        with anyio.move_on_after(self.most_wait):
-            await self._none.wait()
-        self.cut_off = bool(self._ids)
-
-
 class AnswerTracker(WriteStreamWrapper):
     """The write side: each answer sent ends its request in `in_flight`."""
 
@@ -257,19 +227,25 @@ class AnswerMalformed(ReadStreamWrapper):
                 await self._in_flight.drained()
                 raise
             if not isinstance(item, Exception):
+                if self._in_flight.full() and _counted(item.message):
+                    await self._in_flight.room()  # backpressure: the next line waits in the pipe
                 self._note(item.message)
                 return item
             await self._write.send(SessionMessage(malformed_line_error(item)))
 
     def _note(self, message: types.JSONRPCMessage) -> None:
-        if isinstance(message, types.JSONRPCRequest):
-            if message.method in _STREAMS:
-                return  # answered only when it ends: waiting for it would hold every stop for timeouts.shutdown
+        if _counted(message):
             self._in_flight.started(message.id)
         elif isinstance(message, types.JSONRPCNotification) and message.method == "notifications/cancelled":
             cancelled = (message.params or {}).get("requestId")
-            if isinstance(cancelled, str | int):
-                self._in_flight.ended(cancelled)  # the SDK answers it no more: not waited for
+            if isinstance(cancelled, str | int) and not isinstance(cancelled, bool):
+                self._in_flight.ended_cancelled(cancelled)  # the SDK answers it no more: not waited for
+
+
+def _counted(message: types.JSONRPCMessage) -> TypeGuard[types.JSONRPCRequest]:
+    """A request `InFlight` counts: every one but a stream, answered only when it ends (waiting for it would hold
+    every stop for timeouts.shutdown, and the reading of every request after it)."""
+    return isinstance(message, types.JSONRPCRequest) and message.method not in _STREAMS
 
 
 class CheckedLines:

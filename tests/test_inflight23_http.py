@@ -1,0 +1,121 @@
+"""An HTTP caller's requests in flight are bounded (`limits.requests_in_flight`), however it spends connections:
+a 2025-11-25 call runs in its session, not in its POST, so a client that posts a slow call and closes the
+connection leaves it running, and one session had 1,000 calls held at one backend at once while holding one
+connection at a time. Past `per_caller` (or `total`) a request is answered at once with a JSON-RPC error naming
+the bound. A real gateway process, a real stdio backend that counts its calls, HTTP by hand.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from tests.support import RAW_HEADERS, RAW_INITIALIZE, running_gateway, write_config
+from tests.test_inflight23_stdio import arrivals, counting_backend
+
+
+class Client:
+    """A 2025-11-25 session from one source address, each request on a connection of its own."""
+
+    def __init__(self, port: int, address: str) -> None:
+        self.port = port
+        self.address = address
+        status, headers, _ = self.post(RAW_INITIALIZE, RAW_HEADERS)
+        assert status == 200
+        self.headers = {
+            **RAW_HEADERS,
+            "mcp-session-id": headers["mcp-session-id"],
+            "mcp-protocol-version": "2025-11-25",
+        }
+        assert self.post({"jsonrpc": "2.0", "method": "notifications/initialized"}, self.headers)[0] == 202
+
+    def connection(self) -> http.client.HTTPConnection:
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=60, source_address=(self.address, 0))
+
+    def post(self, message: dict[str, Any], headers: dict[str, str]) -> tuple[int, dict[str, str], Any]:
+        connection = self.connection()
+        try:
+            connection.request("POST", "/mcp", json.dumps(message), headers)
+            response = connection.getresponse()
+            body = response.read()
+            answer = json.loads(body) if response.getheader("content-type") == "application/json" and body else None
+            return response.status, {k.lower(): v for k, v in response.getheaders()}, answer
+        finally:
+            connection.close()
+
+    def call(self, request_id: int, tool: str, arguments: dict[str, Any]) -> Any:
+        params = {"name": tool, "arguments": arguments}
+        message = {"jsonrpc": "2.0", "id": request_id, "method": "tools/call", "params": params}
+        status, _, answer = self.post(message, self.headers)
+        assert status == 200, status
+        return answer
+
+    def call_and_hang_up(self, request_id: int, gate: Path) -> None:
+        """A held call whose connection closes once the backend has it: nothing of it stays open at the client."""
+        reached = arrivals(gate) + 1
+        params = {"name": "c_held", "arguments": {"gate": str(gate)}}
+        connection = self.connection()
+        connection.request(
+            "POST",
+            "/mcp",
+            json.dumps({"jsonrpc": "2.0", "id": request_id, "method": "tools/call", "params": params}),
+            self.headers,
+        )
+        deadline = time.monotonic() + 60
+        while arrivals(gate) < reached:
+            assert time.monotonic() < deadline, "the call did not reach the backend in 60 s"
+            time.sleep(0.02)
+        connection.close()
+
+
+@contextmanager
+def gateway_with(tmp_path: Path, per_caller: int, total: int) -> Iterator[int]:
+    limits = {"requests_in_flight": {"per_caller": per_caller, "total": total}}
+    config = write_config(tmp_path, {"backends": [counting_backend(tmp_path)], "limits": limits})
+    with running_gateway(config) as gateway:
+        yield gateway.port
+
+
+def refused_by(answer: Any) -> str:
+    assert "error" in answer, answer
+    return str(answer["error"]["data"]["limit"])
+
+
+def test_a_caller_past_its_calls_in_flight_is_refused_even_after_hanging_up(tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    with gateway_with(tmp_path, per_caller=3, total=100) as port:
+        caller = Client(port, "127.0.0.1")
+        for request_id in range(1, 4):
+            caller.call_and_hang_up(request_id, gate)
+        # A new session from the same address is the same caller: it gets no new allowance. Before the fix
+        # both calls were answered: the three held calls had no connection left to count.
+        again = Client(port, "127.0.0.1")
+        for client in (caller, again):
+            answer = client.call(10, "c_most", {})
+            assert refused_by(answer) == "limits.requests_in_flight.per_caller"
+            assert "3 requests in flight" in answer["error"]["message"]
+        assert arrivals(gate) == 3
+        other = Client(port, "127.0.0.2")  # another caller is not held back by this one
+        assert other.call(11, "c_most", {})["result"]["structuredContent"]["result"] == 3
+        gate.touch()
+        deadline = time.monotonic() + 60
+        while "error" in (answer := caller.call(12, "c_held", {"gate": str(gate)})):  # slots freed as calls end
+            assert time.monotonic() < deadline, answer
+            time.sleep(0.05)
+        assert answer["result"]["content"][0]["text"] == "released"
+
+
+def test_callers_together_past_the_total_are_refused(tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    with gateway_with(tmp_path, per_caller=2, total=2) as port:
+        first, second = Client(port, "127.0.0.1"), Client(port, "127.0.0.2")
+        first.call_and_hang_up(1, gate)
+        second.call_and_hang_up(1, gate)
+        answer = Client(port, "127.0.0.3").call(1, "c_most", {})
+        assert refused_by(answer) == "limits.requests_in_flight.total"
+        gate.touch()

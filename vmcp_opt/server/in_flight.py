@@ -1,0 +1,133 @@
+"""Client requests in flight, bounded per caller and in total (`limits.requests_in_flight`).
+
+A 2025-11-25 request runs in its session's task group, not in its POST: a client that sends a slow call and
+closes the connection leaves the call running, so connections per address bound nothing, and one session sent
+1,000 held calls to one backend at once, one short-lived connection after another. `RequestsInFlight`, a server
+middleware ahead of every other, counts each request from its arrival at the session to its answer, per caller
+(keyed as rate limits key callers: a verified subject, else the client's address, so new sessions or
+credentials buy nothing) and in total; past either bound the request is answered at once with a JSON-RPC error
+naming the setting (`LimitReached`), never dropped.
+
+stdio has one caller, which wrote 50,000 calls without reading an answer: the SDK started a task for each as
+it read them (the gateway's RSS past 700 MB in 30 s, 1,700 calls at the backend at once). There the gateway
+reads the client's next request only while fewer than `per_caller` are unanswered (`InFlight`, server/stdio.py):
+the rest wait in the pipe, and the client's writes block, as any pipe's do. A cancellation written behind them
+waits too, at most until one of them ends (`timeouts.call`).
+
+Not counted: `initialize` and `ping`, answered at once, and `subscriptions/listen`, a stream held for as long
+as the client wants it (bounded by connections, and by listened resources).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import mcp_types as types
+from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
+
+from vmcp_opt.auth.caller import caller_key
+from vmcp_opt.config.limits import RequestsInFlightConfig
+from vmcp_opt.routing.budget import Budget
+from vmcp_opt.server.admission import Admission
+
+SETTING = "limits.requests_in_flight"
+# Requests that hold nothing (answered at once) or that are streams, not calls.
+UNCOUNTED = frozenset({"initialize", "ping", "subscriptions/listen"})
+# What a refused client is told to wait: a call in flight usually ends within a second or two.
+RETRY_AFTER = 1.0
+
+
+class RequestsInFlight:
+    """Server middleware: a slot per request for its caller while it runs, or `LimitReached` at once."""
+
+    def __init__(self, config: RequestsInFlightConfig, admission: Admission) -> None:
+        self._admission = admission
+        self._budget = Budget(
+            "requests in flight",
+            total=config.total,
+            per_caller=config.per_caller,
+            retry_after=RETRY_AFTER,
+            total_setting=f"{SETTING}.total",
+            caller_setting=f"{SETTING}.per_caller",
+        )
+
+    def __len__(self) -> int:
+        return len(self._budget)
+
+    async def __call__(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
+        if ctx.request_id is None or ctx.method in UNCOUNTED:  # a notification, or nothing held
+            return await call_next(ctx)
+        key = caller_key(self._admission.caller(ctx))
+        self._budget.acquire(key)
+        try:
+            return await call_next(ctx)
+        finally:
+            self._budget.release(key)
+
+
+class InFlight:
+    """The client's requests not answered yet (counted by id: a client may reuse one), a wait for room below
+    `most` of them, and a wait until there are none."""
+
+    def __init__(self, most_wait: float, most: int) -> None:
+        self.most_wait = most_wait
+        self.most = most
+        self._ids: dict[types.RequestId, int] = {}  # id -> unanswered requests under it (a client may reuse one)
+        self._count = 0  # the sum of `_ids`' counts, kept: it is read before every request
+        self._none = anyio.Event()
+        self._none.set()
+        self._freed = anyio.Event()
+        self._given_up = False
+        # The wait ended with requests still running: the SDK answers each "Connection closed" next.
+        self.cut_off = False
+
+    def __len__(self) -> int:
+        return self._count
+
+    def full(self) -> bool:
+        return self._count >= self.most and not self._given_up
+
+    def started(self, request_id: types.RequestId) -> None:
+        self._ids[request_id] = self._ids.get(request_id, 0) + 1
+        self._count += 1
+        if self._none.is_set() and not self._given_up:
+            self._none = anyio.Event()
+
+    def give_up(self) -> None:
+        """Stop waiting (a second signal): `drained` and `room` return now."""
+        self._given_up = True
+        self._none.set()
+        self._freed.set()
+
+    def ended(self, request_id: types.RequestId | None) -> None:
+        left = self._ids.get(request_id) if request_id is not None else None
+        if request_id is None or left is None:
+            return  # answered already (a cancelled request's late answer), or never counted
+        if left == 1:
+            del self._ids[request_id]
+        else:
+            self._ids[request_id] = left - 1
+        self._count -= 1
+        if self._count + 1 >= self.most:  # `room` waits only when it was full
+            self._freed.set()
+        if not self._count:
+            self._none.set()
+
+    def ended_cancelled(self, request_id: str | int) -> None:
+        """A request the client cancelled, whose id it may spell as a string ("7" for 7, as the SDK matches it)."""
+        if request_id not in self._ids and isinstance(request_id, str) and request_id.lstrip("-").isdigit():
+            request_id = int(request_id)
+        self.ended(request_id)
+
+    async def room(self) -> None:
+        """Returns once fewer than `most` requests are unanswered (at once if so)."""
+        while self.full():
+            self._freed = anyio.Event()
+            await self._freed.wait()
+
+    async def drained(self) -> None:
+        """Returns once every request is answered, or after `most_wait` seconds."""
+        with anyio.move_on_after(self.most_wait):
+            await self._none.wait()
+        self.cut_off = bool(self._ids)
