@@ -15,7 +15,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tests.support import RAW_HEADERS, RAW_INITIALIZE, running_gateway, write_config
+import anyio
+import pytest
+from mcp.shared.exceptions import MCPError
+
+from tests.support import RAW_HEADERS, RAW_INITIALIZE, api_keys_file, bearer_client, running_gateway, write_config
 from tests.test_inflight23_stdio import arrivals, counting_backend
 
 
@@ -119,3 +123,48 @@ def test_callers_together_past_the_total_are_refused(tmp_path: Path) -> None:
         answer = Client(port, "127.0.0.3").call(1, "c_most", {})
         assert refused_by(answer) == "limits.requests_in_flight.total"
         gate.touch()
+
+
+def test_a_verified_subject_is_one_caller_whatever_its_sessions_and_the_address_is_not_its_key(tmp_path: Path) -> None:
+    # 2026-07-28 requests (no session): the bound is keyed by the verified subject, as rate limits are, so two
+    # users behind one address (a proxy, a NAT) do not hold each other back, and one user's new clients buy nothing.
+    gate = tmp_path / "gate"
+    keys = api_keys_file(tmp_path / "keys.json", {"alice": ["users"], "bob": ["users"]})
+    config = write_config(
+        tmp_path,
+        {
+            "backends": [counting_backend(tmp_path)],
+            "limits": {"requests_in_flight": {"per_caller": 2, "total": 100}},
+            "auth": {"incoming": {"mode": "api_keys", "api_keys": {"file": "keys.json"}}},
+        },
+    )
+
+    async def main(url: str) -> None:
+        async with anyio.create_task_group() as held:
+            for _ in range(2):  # each from a client of its own
+                held.start_soon(held_call, url, keys["alice"], gate)
+            await anyio.to_thread.run_sync(reached, gate, 2)
+            async with bearer_client(url, keys["alice"]) as alice:
+                with pytest.raises(MCPError) as refused:
+                    await alice.call_tool("c_most", {})
+                assert refused.value.error.data["limit"] == "limits.requests_in_flight.per_caller"
+            async with bearer_client(url, keys["bob"]) as bob:  # the same address, another subject
+                served = await bob.call_tool("c_most", {})
+                assert served.structured_content == {"result": 2}
+            gate.touch()
+
+    with running_gateway(config) as gateway:
+        anyio.run(main, gateway.url)
+
+
+async def held_call(url: str, credential: str, gate: Path) -> None:
+    async with bearer_client(url, credential) as client:
+        result = await client.call_tool("c_held", {"gate": str(gate)})
+        assert result.content[0].text == "released"  # type: ignore[union-attr]
+
+
+def reached(gate: Path, count: int) -> None:
+    deadline = time.monotonic() + 60  # a guard against a hang, not a measure
+    while arrivals(gate) < count:
+        assert time.monotonic() < deadline, f"{arrivals(gate)} of {count} calls reached the backend in 60 s"
+        time.sleep(0.02)

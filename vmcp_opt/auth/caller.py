@@ -106,6 +106,10 @@ class Caller:
         return f"Caller({self.id!r}, {self.identified_by.value}, subject={self.subject!r}, client={self.client_name!r})"
 
 
+# How a caller is verified, such that its subject is the same party on every replica (its budget key: `caller_key`).
+VERIFIED = frozenset({Identification.TOKEN, Identification.API_KEY})
+
+
 def caller_key(caller: Caller) -> str:
     """Whose budget a call spends: the key the HTTP gate charges a direct call to (server/rate_limit_gate.py).
 
@@ -114,7 +118,7 @@ def caller_key(caller: Caller) -> str:
     Anyone else over HTTP by its address: its `Caller.id` is a session or an unverified credential, which
     a client picks freely, so a tool reached through `call_tool` from a new session each time would get a
     fresh per-caller bucket each time. Over stdio (no address) the one client is its `Caller.id`."""
-    if caller.subject is not None and caller.identified_by in (Identification.TOKEN, Identification.API_KEY):
+    if caller.subject is not None and caller.identified_by in VERIFIED:
         return subject_key(caller.identified_by, caller.subject)
     if caller.address is not None:
         return address_key(caller.address)

@@ -7,7 +7,6 @@ once per interval per bound, not once per request (a flood must not become a flo
 from __future__ import annotations
 
 import logging
-from collections import Counter
 
 import mcp_types as types
 from mcp.shared.exceptions import MCPError
@@ -38,25 +37,33 @@ class Budget:
         self.per_caller = per_caller
         self.retry_after = retry_after
         self._settings = (total_setting, caller_setting)
-        self._held: Counter[str] = Counter()
+        self._held: dict[str, int] = {}
+        # The sum of `_held`, kept: every request asks it (server/in_flight.py), with up to `total` callers held.
+        self._count = 0
         self._log = ThrottledLog(logger)
 
     def __len__(self) -> int:
-        return sum(self._held.values())
+        return self._count
 
     def acquire(self, caller: str) -> None:
         """Take a slot for `caller`, or raise `LimitReached` naming the bound it would pass."""
-        if self._held[caller] >= self.per_caller:
+        held = self._held.get(caller, 0)
+        if held >= self.per_caller:
             self._refuse(f"this caller already holds {self.per_caller} {self.name}", self._settings[1], caller)
-        if len(self) >= self.total:
+        if self._count >= self.total:
             self._refuse(f"the gateway already holds {self.total} {self.name}", self._settings[0], caller)
-        self._held[caller] += 1
+        self._held[caller] = held + 1
+        self._count += 1
 
     def release(self, caller: str) -> None:
-        if self._held[caller] <= 1:
-            self._held.pop(caller, None)
+        held = self._held.get(caller, 0)
+        if not held:
+            return
+        if held == 1:
+            del self._held[caller]
         else:
-            self._held[caller] -= 1
+            self._held[caller] = held - 1
+        self._count -= 1
 
     def _refuse(self, what: str, setting: str, caller: str) -> None:
         self._log.warning(setting, "refused: %s (%s), caller %s", what, setting, caller)

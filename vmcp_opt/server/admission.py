@@ -30,6 +30,7 @@ from mcp.server.context import ServerRequestContext
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from vmcp_opt.auth import Caller, CallerLifetime, CredentialIds, Identification
+from vmcp_opt.auth.caller import VERIFIED, address_key, caller_key, subject_key
 from vmcp_opt.auth.identity import SCOPE_KEY, Identity, local_user
 from vmcp_opt.routing import Exchange
 from vmcp_opt.routing.round_trips import input_responses, round_of
@@ -77,6 +78,18 @@ class Admission:
             how = identity.method if identity is not None else Identification.CREDENTIAL
             return _caller(connection, self.credentials.id_of(header), how, identity=identity, address=address)
         return _caller(connection, f"anonymous:{secrets.token_hex(8)}", Identification.ANONYMOUS, address=address)
+
+    def budget_key(self, ctx: Ctx) -> str:
+        """`caller_key(self.caller(ctx))`, without making a 2026-07-28 HTTP request's `Caller` (every request pays
+        this: server/in_flight.py); a session's `Caller` is kept, so it is asked for."""
+        connection = connection_of(ctx)
+        if connection.has_standalone_channel:
+            return caller_key(self.caller(ctx))
+        identity = self._local_user or _identity(ctx.request)
+        if identity is not None and identity.method in VERIFIED:
+            return subject_key(identity.method, identity.subject)
+        address = _address(ctx.request)
+        return address_key(address) if address is not None else caller_key(self.caller(ctx))
 
     def _session_caller(self, connection: Connection, identity: Identity | None, address: str | None) -> Caller:
         cached = connection.state.get(_STATE_KEY)

@@ -26,7 +26,6 @@ import anyio
 import mcp_types as types
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 
-from vmcp_opt.auth.caller import caller_key
 from vmcp_opt.config.limits import RequestsInFlightConfig
 from vmcp_opt.routing.budget import Budget
 from vmcp_opt.server.admission import Admission
@@ -58,7 +57,7 @@ class RequestsInFlight:
     async def __call__(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
         if ctx.request_id is None or ctx.method in UNCOUNTED:  # a notification, or nothing held
             return await call_next(ctx)
-        key = caller_key(self._admission.caller(ctx))
+        key = self._admission.budget_key(ctx)
         self._budget.acquire(key)
         try:
             return await call_next(ctx)
