@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 import sys
 from pathlib import Path
@@ -25,6 +26,8 @@ pytestmark = [pytest.mark.anyio]
 # Many attempts in little time; the health checks stay out of the way (they do not reconnect a failed backend).
 FAST_RESTART = {"restart": {"initial_delay": 0.05, "max_delay": 0.1, "jitter": 0}}
 CONNECTION = "vmcp_opt.backends.connection: "
+# Seconds a wait may take before the test is deemed hung: a gateway beside other tests' work is slow, not stuck.
+LOADED = 120.0
 
 
 @pytest.fixture
@@ -76,10 +79,18 @@ sys.exit(3)
 """
 
 
+def set_mode(mode: Path, text: str) -> None:
+    """Replaced whole: written in place, a backend starting between the truncation and the write would read an
+    empty mode and fail for a third reason (`cannot start:  (pid …)`), warned once more."""
+    staged = mode.with_name(f"{mode.name}.new")
+    staged.write_text(text, encoding="utf-8")
+    os.replace(staged, mode)
+
+
 async def test_a_stdio_backend_whose_failure_changes_warns_once_more_with_the_new_reason(tmp_path: Path) -> None:
     script, mode = tmp_path / "flaky_server.py", tmp_path / "mode"
     script.write_text(FLAKY_SERVER, encoding="utf-8")
-    mode.write_text("disk full", encoding="utf-8")
+    set_mode(mode, "disk full")
     entry = {"name": "flaky", "command": sys.executable, "args": [str(script), str(mode), str(DEMO_SERVER)]}
     config = write_config(tmp_path, {"backends": [entry], "failure": FAST_RESTART})
     with running_gateway(config) as gateway:
@@ -87,13 +98,17 @@ async def test_a_stdio_backend_whose_failure_changes_warns_once_more_with_the_ne
         def restarted_past(count: int) -> bool:
             return int(backend(gateway, "flaky")["restarts"]) >= count
 
-        await eventually(lambda: restarted_past(5), what="5 attempts failing one way")
-        mode.write_text("no licence", encoding="utf-8")
-        await eventually(lambda: "no licence" in str(backend(gateway, "flaky")["last_error"]), what="the new failure")
+        await eventually(lambda: restarted_past(5), within=LOADED, what="5 attempts failing one way")
+        set_mode(mode, "no licence")
+        await eventually(
+            lambda: "no licence" in str(backend(gateway, "flaky")["last_error"]), within=LOADED, what="the new failure"
+        )
         changed_at = int(backend(gateway, "flaky")["restarts"])
-        await eventually(lambda: restarted_past(changed_at + 5), what="5 attempts failing the other way")
-        mode.write_text("up", encoding="utf-8")
-        await eventually(lambda: backend(gateway, "flaky")["state"] == "ready", what="the backend connected")
+        await eventually(lambda: restarted_past(changed_at + 5), within=LOADED, what="5 attempts failing the other way")
+        set_mode(mode, "up")
+        await eventually(
+            lambda: backend(gateway, "flaky")["state"] == "ready", within=LOADED, what="the backend connected"
+        )
         lines = connection_lines(gateway.output(), "flaky")
     warnings = [line for line in lines if line.startswith("WARNING")]
     assert len(warnings) == 2, lines  # each reason once, whatever its pid
