@@ -7,7 +7,12 @@ Each costly item saves a note after its render, so the notes the backend holds c
 done; the cheap workflow counts them before and after its one templated step. Handed the first freed slot,
 it waits while one costly render ends (two if the other running one ends in the few milliseconds its own
 render and call take: each costly one takes far longer); behind a first-come queue it would wait for the
-two queued costly renders to be given slots first, and so for at least three to end."""
+two queued costly renders to be given slots first, and so for at least three to end.
+
+Renders sharing the gateway's threads share one GIL (and, on a busy machine, the cores), so each takes the
+wall time of all of them: with `total: 8`, eight renders at once, each a fraction of a render's budget of
+CPU time, must all succeed (a wall-clock budget failed every one of them, and failed the costly renders
+above on a loaded machine)."""
 
 from __future__ import annotations
 
@@ -23,12 +28,15 @@ import pytest
 from mcp import Client
 
 from tests.support import Gateway, api_keys_file, bearer_client, demo_backend, running_gateway, write_config
+from vmcp_opt.workflows import templates
 
 pytestmark = [pytest.mark.slow, pytest.mark.anyio]
 
 RUNS = 3  # costly runs of each busy caller at once, each a for_each that would render 8 items at a time
 SIZE = 1000  # nested loops of SIZE * SIZE template lines: most of a second of one core per item
 ITEMS = 100  # more than the test waits for: the costly runs are still going when it ends them
+CROWD = 8  # renders at once in the crowded run, a slot each: about 8 * 1.3 s of wall time each through one GIL
+COSTLY_TEXT = f"{{% for i in range({SIZE}) %}}{{% for j in range({SIZE}) %}}{{% endfor %}}{{% endfor %}}x"
 
 
 @pytest.fixture
@@ -41,7 +49,7 @@ WORKFLOWS: list[dict[str, Any]] = [
         "name": "costly",
         "description": "Saves a note per item, each text rendered through nested loops.",
         "parameters": {"type": "object", "properties": {"tag": {"type": "string"}}},
-        "timeout": 60,
+        "timeout": 600,  # ended by the test long before: a run timing out on a loaded machine failed the test
         "steps": [
             {
                 "id": "each",
@@ -49,10 +57,7 @@ WORKFLOWS: list[dict[str, Any]] = [
                 "tool": "notes_save_note",
                 "over": f"{{{{ range({ITEMS})|list }}}}",
                 "max_parallel": 8,
-                "arguments": {
-                    "title": "costly {{ params.tag }} {{ index }}",
-                    "text": f"{{% for i in range({SIZE}) %}}{{% for j in range({SIZE}) %}}{{% endfor %}}{{% endfor %}}x",
-                },
+                "arguments": {"title": "costly {{ params.tag }} {{ index }}", "text": COSTLY_TEXT},
             }
         ],
     },
@@ -72,6 +77,21 @@ WORKFLOWS: list[dict[str, Any]] = [
     },
 ]
 RENDERS = {"total": 2, "per_caller": 2, "per_run": 1}
+CROWDED: dict[str, Any] = {
+    "name": "crowded",
+    "description": "Saves CROWD notes at once, each text rendered through nested loops.",
+    "timeout": 600,
+    "steps": [
+        {
+            "id": "each",
+            "type": "for_each",
+            "tool": "notes_save_note",
+            "over": f"{{{{ range({CROWD})|list }}}}",
+            "max_parallel": CROWD,
+            "arguments": {"title": "crowded {{ index }}", "text": COSTLY_TEXT},
+        }
+    ],
+}
 BUSY = ("busy1", "busy2")
 
 
@@ -110,7 +130,7 @@ async def test_a_caller_waiting_behind_busy_callers_gets_the_first_freed_render_
 ) -> None:
     running, keys = gateway
     finished: list[types.CallToolResult] = []
-    with anyio.fail_after(60):
+    with anyio.fail_after(240):  # only against a hang: the costly runs outlast it whatever the machine's load
         async with (
             bearer_client(running.url, keys["busy1"]) as busy1,
             bearer_client(running.url, keys["busy2"]) as busy2,
@@ -133,6 +153,34 @@ async def test_a_caller_waiting_behind_busy_callers_gets_the_first_freed_render_
     assert counts is not None
     waited_for = notes(counts["after"]) - notes(counts["before"])
     assert waited_for <= 2, f"the cheap workflow waited while {waited_for} costly renders finished"
+
+
+@pytest.fixture
+def crowded_gateway(tmp_path: Path) -> Iterator[Gateway]:
+    config = {
+        "backends": [demo_backend("notes")],
+        "workflows": [CROWDED],
+        "limits": {"workflow_renders": {"total": CROWD, "per_caller": CROWD, "per_run": CROWD}},
+    }
+    with running_gateway(write_config(tmp_path, config), "--log-level", "warning") as running:
+        yield running
+
+
+async def test_renders_running_at_once_each_get_their_whole_budget_of_cpu_time(crowded_gateway: Gateway) -> None:
+    with anyio.fail_after(240):  # only against a hang
+        async with Client(crowded_gateway.url) as client:
+            result = await client.call_tool("crowded", {})
+            saved = await client.call_tool("notes_search_notes", {"query": "crowded"})
+    assert not result.is_error, text(result)
+    assert notes(saved.structured_content) == CROWD
+
+
+def test_a_render_past_its_budget_of_cpu_time_is_stopped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The budget still bounds a render that would run for hours (long before its `MAX_WORK` would)."""
+    monkeypatch.setattr(templates, "MAX_RENDER_SECONDS", 0.3)
+    endless = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
+    with pytest.raises(templates.TemplateError, match=r"computed for more than 0\.3s"):
+        templates.render_value(endless, {}, "text")
 
 
 def test_validate_refuses_render_bounds_out_of_order(tmp_path: Path) -> None:

@@ -17,7 +17,9 @@ loops). The executor renders off the event loop (a worker thread), and each rend
   count arguments of `center`, `ljust`, `indent`, `batch`, `slice`, `tojson(indent)`, …);
 - everything a render produces (operators, `~`, calls, filters, output) and every line of template code it
   runs counts against `MAX_WORK`, so a loop that grows a value step by step stops too;
-- a trace function on template code (only: `<template>` frames) checks the deadline while loops run.
+- a trace function on template code (only: `<template>` frames) checks, while loops run, the run's deadline
+  and the render's own allowance of `MAX_RENDER_SECONDS` of its thread's CPU time (not wall-clock time: renders
+  share one GIL, and the machine's other work, so a render's wall time is what everything else costs too).
 `lipsum` is gone (45 MB of text on request). A refusal is a `TemplateError` naming the place, as are
 `MemoryError` and `RecursionError` (a recursive macro, JSON nested too deep for `fromjson`).
 
@@ -57,9 +59,9 @@ MAX_REPEATED = MAX_SIZE  # the name earlier code used
 MAX_INT_BITS = 1_000_000
 # What one render may spend: characters and items produced, plus one per line of template code run.
 MAX_WORK = 20_000_000
-# Longest one render may run, whatever the run's own deadline.
+# Most CPU time one render may spend (its thread's), whatever the run's own deadline.
 MAX_RENDER_SECONDS = 5.0
-_DEADLINE_EVERY = 1024  # lines of template code between two looks at the clock
+_DEADLINE_EVERY = 1024  # lines of template code between two looks at the clocks
 
 SecurityError = jinja2.exceptions.SecurityError
 
@@ -74,11 +76,14 @@ class TemplateError(Exception):
 
 
 class _Budget:
-    """One render's allowance: work units left, a deadline (time.monotonic) and a stop signal (set when the
-    run waiting for it is cancelled: the render ends then, and gives back its thread's slot)."""
+    """One render's allowance: work units left, CPU time (`MAX_RENDER_SECONDS` of its thread's), the run's
+    deadline (time.monotonic, or None) and a stop signal (set when the run waiting for it is cancelled: the
+    render ends then, and gives back its thread's slot). CPU time: a wall-clock cap would also count the time
+    the render waits for the GIL other renders hold, or for a core of a busy machine, and fail cheap renders."""
 
-    def __init__(self, deadline: float, stop: threading.Event | None = None) -> None:
+    def __init__(self, deadline: float | None, stop: threading.Event | None = None) -> None:
         self.deadline = deadline
+        self.cpu_deadline = time.thread_time() + MAX_RENDER_SECONDS
         self.stop = stop
         self.left = MAX_WORK
         self.lines = 0
@@ -92,7 +97,9 @@ class _Budget:
         self.spend(1)
         self.lines += 1
         if self.lines % _DEADLINE_EVERY == 0:
-            if time.monotonic() > self.deadline:
+            if time.thread_time() > self.cpu_deadline:
+                raise SecurityError(f"the template computed for more than {MAX_RENDER_SECONDS:g}s")
+            if self.deadline is not None and time.monotonic() > self.deadline:
                 raise SecurityError("the template ran past its deadline")
             if self.stop is not None and self.stop.is_set():
                 raise SecurityError("the template's run was cancelled")
@@ -371,8 +378,7 @@ def _budgeted(deadline: float | None, stop: threading.Event | None = None) -> It
     if getattr(_current, "budget", None) is not None:
         yield
         return
-    cap = time.monotonic() + MAX_RENDER_SECONDS
-    _current.budget = _Budget(min(deadline, cap) if deadline is not None else cap, stop)
+    _current.budget = _Budget(deadline, stop)
     previous = sys.gettrace()
     sys.settrace(_trace)
     try:
