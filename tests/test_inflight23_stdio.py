@@ -1,8 +1,9 @@
 """A stdio client's requests in flight are bounded (`limits.requests_in_flight.per_caller`): a client that writes
 many slow calls without reading an answer made the gateway start a task for every one it read, and send them all
-to the backend at once (50,000 calls: the gateway's RSS past 700 MB in 30 s). Now the gateway reads the next
-request only once one of the client's `per_caller` is answered; the rest wait in the pipe, and every call is
-answered in the end. A real gateway process, a real stdio backend that counts its calls, the client's pipes by hand.
+to the backend at once (50,000 calls: the gateway's RSS past 700 MB in 30 s). Now a request past the bound is
+answered at once with the error HTTP gives, and reading goes on (the client's answers to the gateway's own
+questions, which running calls wait for, must get through: a pipe held shut until a call ended deadlocked them).
+A real gateway process, a real stdio backend that counts its calls, the client's pipes by hand.
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ def send(pipe: IO[bytes], message: dict[str, Any]) -> None:
     pipe.flush()
 
 
-def test_a_client_flooding_calls_has_at_most_per_caller_at_the_backend_and_every_answer(tmp_path: Path) -> None:
+def test_a_client_flooding_calls_has_at_most_per_caller_at_the_backend_and_the_rest_refused_at_once(tmp_path: Path) -> None:
     gate = tmp_path / "gate"
     config = write_config(
         tmp_path,
@@ -95,21 +96,32 @@ def test_a_client_flooding_calls_has_at_most_per_caller_at_the_backend_and_every
 
         writer = threading.Thread(target=flood, args=(proc.stdin,), daemon=True)
         writer.start()
-        deadline = time.monotonic() + 60
-        while not (arrivals(gate) == PER_CALLER and writer.is_alive()):
-            # Before the fix the gateway read all twenty (the writer finished) and sent each to the backend.
-            assert arrivals(gate) <= PER_CALLER and writer.is_alive(), "the gateway read past its bound"
-            assert time.monotonic() < deadline, f"{arrivals(gate)} calls reached the backend in 60 s"
-            time.sleep(0.02)
-
-        gate.touch()  # the held calls end; the gateway reads the rest as they are answered
         answers: dict[int, Any] = {}
-        while len(answers) < CALLS:
+        while len(answers) < CALLS - PER_CALLER:  # the calls past the bound, answered while the first ones run
             message = json.loads(proc.stdout.readline())
             if "id" in message:
                 answers[message["id"]] = message
         writer.join(timeout=60)
-        assert all(answer["result"]["content"][0]["text"] == "released" for answer in answers.values())
+        assert arrivals(gate) <= PER_CALLER  # before the fix all twenty reached the backend
+        for answer in answers.values():
+            assert answer["error"]["data"]["limit"] == "limits.requests_in_flight.per_caller", answer
+            assert f"{PER_CALLER} requests in flight" in answer["error"]["message"]
+        send(proc.stdin, {"jsonrpc": "2.0", "id": 98, "method": "ping"})  # reading goes on; ping is not bounded
+        while (message := json.loads(proc.stdout.readline())).get("id") != 98:
+            pass
+        assert message["result"] == {}
+        deadline = time.monotonic() + 60  # a guard against a hang, not a measure
+        while arrivals(gate) < PER_CALLER:  # the calls within the bound all reach the backend
+            assert time.monotonic() < deadline, f"{arrivals(gate)} calls reached the backend in 60 s"
+            time.sleep(0.02)
+        gate.touch()  # the held calls end
+        while len(answers) < CALLS:
+            message = json.loads(proc.stdout.readline())
+            if "id" in message:
+                answers[message["id"]] = message
+        released = [a for a in answers.values() if "result" in a]
+        assert len(released) == PER_CALLER
+        assert all(answer["result"]["content"][0]["text"] == "released" for answer in released)
         send(proc.stdin, {"jsonrpc": "2.0", "id": 99, "method": "tools/call", "params": {"name": "c_most"}})
         while (message := json.loads(proc.stdout.readline())).get("id") != 99:
             pass

@@ -78,7 +78,8 @@ class OAuthConfig(_Strict):
     # Introspection requests a second for unknown tokens from one client address (the peer's, or
     # X-Forwarded-For's behind `server.trusted_proxies`), within `introspection_rate`: one address sending made-up
     # tokens is answered 429 (with Retry-After) past it, and leaves the rest of the rate to other addresses' new
-    # tokens. Per replica; the latest 4096 addresses are tracked.
+    # tokens. Per replica; the latest 4096 addresses are tracked. Clients behind a proxy not in trusted_proxies all
+    # have its address: raise this (and the burst) to the total's for them.
     introspection_rate_per_address: float = Field(4.0, gt=0)
     # Introspection requests for unknown tokens one client address may make at once above
     # `introspection_rate_per_address`.

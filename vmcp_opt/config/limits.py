@@ -13,9 +13,8 @@ from vmcp_opt.config.workflows import WorkflowRendersConfig
 
 class RequestsInFlightConfig(_Strict):
     """Client requests running at once (server/in_flight.py), for one caller (a verified subject, else the client's
-    address, however many sessions and connections it uses) and for the whole gateway. Over HTTP a request past
-    either is answered at once with a JSON-RPC error naming the bound; over stdio the gateway reads the client's
-    next request only once fewer than `per_caller` are unanswered."""
+    address, however many sessions and connections it uses) and for the whole gateway. A request past either is
+    answered at once with a JSON-RPC error naming the bound (stdio: past `per_caller`)."""
 
     # One caller's requests at once (keyed as rate limits key callers); over stdio, the client's.
     per_caller: int = Field(100, ge=1)
@@ -98,8 +97,9 @@ class LimitsConfig(_Strict):
         default_factory=RequestsInFlightConfig,
         description="Client requests running at once (calls, listings, reads), `per_caller` for one caller (a "
         "verified subject, else the client's address, however many sessions and connections it uses) and `total` "
-        "for the gateway. Over HTTP a request past either is answered at once with a JSON-RPC error naming the "
-        "bound; over stdio the gateway reads the client's next request once one of its `per_caller` is answered.",
+        "for the gateway; a request past either is answered at once with a JSON-RPC error naming the bound. Every "
+        "local client shares the loopback address, and every client behind a proxy not in server.trusted_proxies "
+        "the proxy's: raise `per_caller` with max_connections_per_address for many such clients.",
     )
     max_pending_calls_per_caller: int = Field(
         4,

@@ -85,7 +85,7 @@ class Admission:
         connection = connection_of(ctx)
         if connection.has_standalone_channel:
             return caller_key(self.caller(ctx))
-        identity = self._local_user or _identity(ctx.request)
+        identity = _identity(ctx.request)  # the middleware is HTTP's: no local user
         if identity is not None and identity.method in VERIFIED:
             return subject_key(identity.method, identity.subject)
         address = _address(ctx.request)

@@ -9,10 +9,10 @@ credentials buy nothing) and in total; past either bound the request is answered
 naming the setting (`LimitReached`), never dropped.
 
 stdio has one caller, which wrote 50,000 calls without reading an answer: the SDK started a task for each as
-it read them (the gateway's RSS past 700 MB in 30 s, 1,700 calls at the backend at once). There the gateway
-reads the client's next request only while fewer than `per_caller` are unanswered (`InFlight`, server/stdio.py):
-the rest wait in the pipe, and the client's writes block, as any pipe's do. A cancellation written behind them
-waits too, at most until one of them ends (`timeouts.call`).
+it read them (the gateway's RSS past 700 MB in 30 s, 1,700 calls at the backend at once). There a request past
+`per_caller` unanswered (`InFlight`, server/stdio.py) gets the same error at once, and reading goes on: the
+client's answers to the gateway's own questions and its cancellations, which the running calls may wait for,
+must get through. A client that reads none of its answers fills the pipe, and then the gateway's writes wait.
 
 Not counted: `initialize` and `ping`, answered at once, and `subscriptions/listen`, a stream held for as long
 as the client wants it (bounded by connections, and by listened resources).
@@ -31,6 +31,7 @@ from vmcp_opt.routing.budget import Budget
 from vmcp_opt.server.admission import Admission
 
 SETTING = "limits.requests_in_flight"
+PER_CALLER = f"{SETTING}.per_caller"
 # Requests that hold nothing (answered at once) or that are streams, not calls.
 UNCOUNTED = frozenset({"initialize", "ping", "subscriptions/listen"})
 # What a refused client is told to wait: a call in flight usually ends within a second or two.
@@ -48,7 +49,7 @@ class RequestsInFlight:
             per_caller=config.per_caller,
             retry_after=RETRY_AFTER,
             total_setting=f"{SETTING}.total",
-            caller_setting=f"{SETTING}.per_caller",
+            caller_setting=PER_CALLER,
         )
 
     def __len__(self) -> int:
@@ -66,8 +67,8 @@ class RequestsInFlight:
 
 
 class InFlight:
-    """The client's requests not answered yet (counted by id: a client may reuse one), a wait for room below
-    `most` of them, and a wait until there are none."""
+    """The client's requests not answered yet (counted by id: a client may reuse one), whether `most` of them
+    are, and a wait until there are none."""
 
     def __init__(self, most_wait: float, most: int) -> None:
         self.most_wait = most_wait
@@ -76,7 +77,6 @@ class InFlight:
         self._count = 0  # the sum of `_ids`' counts, kept: it is read before every request
         self._none = anyio.Event()
         self._none.set()
-        self._freed = anyio.Event()
         self._given_up = False
         # The wait ended with requests still running: the SDK answers each "Connection closed" next.
         self.cut_off = False
@@ -94,10 +94,9 @@ class InFlight:
             self._none = anyio.Event()
 
     def give_up(self) -> None:
-        """Stop waiting (a second signal): `drained` and `room` return now."""
+        """Stop waiting (a second signal): `drained` returns now."""
         self._given_up = True
         self._none.set()
-        self._freed.set()
 
     def ended(self, request_id: types.RequestId | None) -> None:
         left = self._ids.get(request_id) if request_id is not None else None
@@ -108,8 +107,6 @@ class InFlight:
         else:
             self._ids[request_id] = left - 1
         self._count -= 1
-        if self._count + 1 >= self.most:  # `room` waits only when it was full
-            self._freed.set()
         if not self._count:
             self._none.set()
 
@@ -118,12 +115,6 @@ class InFlight:
         if request_id not in self._ids and isinstance(request_id, str) and request_id.lstrip("-").isdigit():
             request_id = int(request_id)
         self.ended(request_id)
-
-    async def room(self) -> None:
-        """Returns once fewer than `most` requests are unanswered (at once if so)."""
-        while self.full():
-            self._freed = anyio.Event()
-            await self._freed.wait()
 
     async def drained(self) -> None:
         """Returns once every request is answered, or after `most_wait` seconds."""

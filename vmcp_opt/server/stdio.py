@@ -34,8 +34,10 @@ as at the end of input.
 
 The SDK starts a task for every request it reads, however many are running: a client that wrote 50,000 slow calls
 had them all held at once (the gateway's RSS past 700 MB in 30 s, 1,700 at the backend). `AnswerMalformed` hands
-the SDK a request only while fewer than `limits.requests_in_flight.per_caller` are unanswered; the next waits,
-and the client's writes block in the pipe (server/in_flight.py).
+the SDK a request only while fewer than `limits.requests_in_flight.per_caller` are unanswered, and answers one
+past it at once with the JSON-RPC error HTTP gives (server/in_flight.py). Reading goes on meanwhile: the client's
+answers to the gateway's own questions (sampling, elicitation, roots, approvals), which the running calls wait
+for, and its cancellations must get through; holding the pipe shut until a call ended would deadlock them.
 """
 
 from __future__ import annotations
@@ -62,11 +64,12 @@ from mcp.shared.message import SessionMessage
 from pydantic import ValidationError
 
 from vmcp_opt.gateway import Gateway, StartupError
+from vmcp_opt.routing.budget import LimitReached
 from vmcp_opt.server.bad_input import initialize_problem, unusable_id
 from vmcp_opt.server.diagnostics import DiagnosticsServer
 from vmcp_opt.server.drain import CUT_OFF
 from vmcp_opt.server.handlers import build_mcp_server
-from vmcp_opt.server.in_flight import InFlight
+from vmcp_opt.server.in_flight import PER_CALLER, RETRY_AFTER, UNCOUNTED, InFlight
 from vmcp_opt.server.json_batch import MAX_BATCH, is_batch
 from vmcp_opt.server.streams import OldClientContent, ReadStreamWrapper, WriteStreamWrapper
 
@@ -185,6 +188,11 @@ class AnswerTracker(WriteStreamWrapper):
         super().__init__(inner)
         self._in_flight = in_flight
 
+    async def send_untracked(self, item: SessionMessage) -> None:
+        """An answer to a request never handed to the SDK: it ends nothing in `in_flight` (its id may be another
+        running request's, reused)."""
+        await self._inner.send(item)
+
     async def send(self, item: SessionMessage, /) -> None:
         if self._in_flight.cut_off and _closed_answer(item.message):
             item = SessionMessage(_cut_off_error(item.message.id))  # type: ignore[union-attr]
@@ -213,7 +221,7 @@ class AnswerMalformed(ReadStreamWrapper):
     of input waits for the requests it passed on to be answered (`InFlight`) before it says so."""
 
     def __init__(
-        self, inner: ReadStream[SessionMessage | Exception], write: WriteStream[SessionMessage], in_flight: InFlight
+        self, inner: ReadStream[SessionMessage | Exception], write: AnswerTracker, in_flight: InFlight
     ) -> None:
         super().__init__(inner)
         self._write = write
@@ -227,8 +235,9 @@ class AnswerMalformed(ReadStreamWrapper):
                 await self._in_flight.drained()
                 raise
             if not isinstance(item, Exception):
-                if self._in_flight.full() and _counted(item.message):
-                    await self._in_flight.room()  # backpressure: the next line waits in the pipe
+                if self._in_flight.full() and _bounded(item.message):
+                    await self._write.send_untracked(SessionMessage(_past_the_bound(item.message.id, self._in_flight)))
+                    continue
                 self._note(item.message)
                 return item
             await self._write.send(SessionMessage(malformed_line_error(item)))
@@ -246,6 +255,16 @@ def _counted(message: types.JSONRPCMessage) -> TypeGuard[types.JSONRPCRequest]:
     """A request `InFlight` counts: every one but a stream, answered only when it ends (waiting for it would hold
     every stop for timeouts.shutdown, and the reading of every request after it)."""
     return isinstance(message, types.JSONRPCRequest) and message.method not in _STREAMS
+
+
+def _bounded(message: types.JSONRPCMessage) -> TypeGuard[types.JSONRPCRequest]:
+    """A request `limits.requests_in_flight` bounds: every one HTTP's bound counts (server/in_flight.py)."""
+    return isinstance(message, types.JSONRPCRequest) and message.method not in UNCOUNTED
+
+
+def _past_the_bound(request_id: types.RequestId, in_flight: InFlight) -> types.JSONRPCError:
+    refusal = LimitReached(f"this client already has {in_flight.most} requests in flight", PER_CALLER, RETRY_AFTER)
+    return types.JSONRPCError(jsonrpc="2.0", id=request_id, error=refusal.error)
 
 
 class CheckedLines:
