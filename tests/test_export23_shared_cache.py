@@ -70,7 +70,10 @@ def place_export(real: Path, cache: Path, name: str, recipe: int = RECIPE_VERSIO
         except OSError:  # another file system
             shutil.copy(real / graph, directory / graph)
     metadata = json.loads((real / METADATA_FILE).read_text(encoding="utf-8"))
-    (directory / METADATA_FILE).write_text(json.dumps({**metadata, "recipe": recipe}), encoding="utf-8")
+    # Made from this run's model directory: `real` may come from another checkout's (a cache shared by two
+    # virtual environments with the same model files), whose exports pruning rightly leaves to that checkout.
+    made_from = {"model_dir": str(resolve_model(DEFAULT_MODEL).path.resolve()), "recipe": recipe}
+    (directory / METADATA_FILE).write_text(json.dumps({**metadata, **made_from}), encoding="utf-8")
     return directory
 
 
