@@ -74,7 +74,9 @@ def send(pipe: IO[bytes], message: dict[str, Any]) -> None:
     pipe.flush()
 
 
-def test_a_client_flooding_calls_has_at_most_per_caller_at_the_backend_and_the_rest_refused_at_once(tmp_path: Path) -> None:
+def test_a_client_flooding_calls_has_at_most_per_caller_at_the_backend_and_the_rest_refused_at_once(
+    tmp_path: Path,
+) -> None:
     gate = tmp_path / "gate"
     config = write_config(
         tmp_path,
