@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import http.server
 import json
@@ -14,7 +15,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import httpx2
 import psutil
@@ -69,6 +70,53 @@ def bearer_client(url: str, credential: str) -> Any:
 
     http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {credential}"}, timeout=60)
     return Client(streamable_http_client(url, http_client=http))  # type: ignore[arg-type]
+
+
+class GatedServer(http.server.ThreadingHTTPServer):
+    """A local HTTP server (an identity provider, say) on a free loopback port whose handlers may hold their
+    answers until `gate` opens; `asked` counts the requests by path."""
+
+    daemon_threads = True
+
+    def __init__(self, handler: type[http.server.BaseHTTPRequestHandler]) -> None:
+        super().__init__(("127.0.0.1", 0), handler)
+        self.base = f"http://127.0.0.1:{self.server_address[1]}"
+        self.gate = threading.Event()
+        self.asked: collections.Counter[str] = collections.Counter()
+        self.lock = threading.Lock()
+
+
+class JsonAnswers(http.server.BaseHTTPRequestHandler):
+    """A handler that answers JSON and logs nothing."""
+
+    def _answer(self, status: int, body: dict[str, object]) -> None:
+        data = json.dumps(body).encode()
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+        except OSError:
+            pass  # the gateway gave up on this request
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+GatedT = TypeVar("GatedT", bound=GatedServer)
+
+
+@contextlib.contextmanager
+def gated(server: GatedT) -> Iterator[GatedT]:
+    """`server` serving in a thread; at the end its gate opens (held handlers finish) and it stops."""
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server
+    finally:
+        server.gate.set()
+        server.shutdown()
+        server.server_close()
 
 
 def free_port() -> int:

@@ -8,15 +8,10 @@ makes, each with a `jti` of its own so that the gateway's cache of verified toke
 
 from __future__ import annotations
 
-import http.server
+import contextlib
 import itertools
-import json
-import threading
 import time
-from collections import Counter
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +20,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from tests.support import demo_backend, running_gateway, write_config
+from tests.support import GatedServer, JsonAnswers, demo_backend, gated, running_gateway, write_config
 from tests.test_auth_e2e import INITIALIZE, private_jwk
 
 pytestmark = pytest.mark.slow
@@ -38,22 +33,16 @@ UNAVAILABLE = "cannot verify tokens now: the authorization server's signing keys
 _jti = itertools.count()
 
 
-class GatedIssuer(http.server.ThreadingHTTPServer):
+class GatedIssuer(GatedServer):
     """RFC 8414 metadata naming `/jwks`, which lists `keys`; while `gate` is closed both hold every request
     unanswered. Counts the requests by path."""
 
-    daemon_threads = True
-
     def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _IssuerHandler)
-        self.base = f"http://127.0.0.1:{self.server_address[1]}"
-        self.gate = threading.Event()
+        super().__init__(_IssuerHandler)
         self.keys: list[dict[str, Any]] = []
-        self.asked: Counter[str] = Counter()
-        self.lock = threading.Lock()
 
 
-class _IssuerHandler(http.server.BaseHTTPRequestHandler):
+class _IssuerHandler(JsonAnswers):
     server: GatedIssuer
 
     def do_GET(self) -> None:
@@ -68,31 +57,9 @@ class _IssuerHandler(http.server.BaseHTTPRequestHandler):
         else:
             self._answer(200, {"keys": self.server.keys})
 
-    def _answer(self, status: int, body: dict[str, object]) -> None:
-        data = json.dumps(body).encode()
-        try:
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-        except OSError:
-            pass  # the gateway gave up on this request
 
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-@contextmanager
-def gated_issuer() -> Iterator[GatedIssuer]:
-    server = GatedIssuer()
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield server
-    finally:
-        server.gate.set()
-        server.shutdown()
-        server.server_close()
+def gated_issuer() -> contextlib.AbstractContextManager[GatedIssuer]:
+    return gated(GatedIssuer())
 
 
 def public(key: rsa.RSAPrivateKey, kid: str) -> dict[str, Any]:

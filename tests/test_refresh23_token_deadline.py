@@ -9,13 +9,10 @@ backend is a small MCP server run as its own process that accepts only the token
 from __future__ import annotations
 
 import base64
-import http.server
-import json
+import contextlib
 import subprocess
 import sys
-import threading
 import time
-from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,7 +24,17 @@ import pytest
 from mcp import Client
 from mcp.shared.exceptions import MCPError
 
-from tests.support import demo_backend, free_port, running_gateway, stop_process, wait_http, write_config
+from tests.support import (
+    GatedServer,
+    JsonAnswers,
+    demo_backend,
+    free_port,
+    gated,
+    running_gateway,
+    stop_process,
+    wait_http,
+    write_config,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.anyio]
 
@@ -74,22 +81,16 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-class GatedIssuer(http.server.ThreadingHTTPServer):
+class GatedIssuer(GatedServer):
     """Issues `TOKEN` living `lifetime` s; while `gate` is closed its RFC 8414 metadata and token endpoint hold
     every request unanswered. Counts the requests by path."""
 
-    daemon_threads = True
-
     def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _IssuerHandler)
-        self.base = f"http://127.0.0.1:{self.server_address[1]}"
-        self.gate = threading.Event()
+        super().__init__(_IssuerHandler)
         self.lifetime = 3600
-        self.asked: Counter[str] = Counter()
-        self.lock = threading.Lock()
 
 
-class _IssuerHandler(http.server.BaseHTTPRequestHandler):
+class _IssuerHandler(JsonAnswers):
     server: GatedIssuer
 
     def do_GET(self) -> None:
@@ -118,31 +119,9 @@ class _IssuerHandler(http.server.BaseHTTPRequestHandler):
         # Bounded only so that a stray thread ends with the test; a gateway never waits this long.
         self.server.gate.wait(timeout=300)
 
-    def _answer(self, status: int, body: dict[str, object]) -> None:
-        data = json.dumps(body).encode()
-        try:
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-        except OSError:
-            pass  # the gateway gave up on this request
 
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-@contextmanager
-def gated_issuer() -> Iterator[GatedIssuer]:
-    server = GatedIssuer()
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield server
-    finally:
-        server.gate.set()
-        server.shutdown()
-        server.server_close()
+def gated_issuer() -> contextlib.AbstractContextManager[GatedIssuer]:
+    return gated(GatedIssuer())
 
 
 @contextmanager
