@@ -31,7 +31,6 @@ failed on RSA ones with an AttributeError: a 500).
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -43,6 +42,7 @@ import jwt
 
 from vmcp_opt.auth.bounded_fetch import TIMEOUT_SETTING, AnswerUnread, fetch
 from vmcp_opt.backends.secrets import mask_url, redact, url_credentials, with_escaped_forms
+from vmcp_opt.single_flight import SingleFlight
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +54,8 @@ NO_KEYS_RETRY = 5.0
 UNAVAILABLE = "the authorization server's signing keys cannot be fetched"
 # The private exponent (RSA) or scalar (EC, OKP) of a JWK (RFC 7518 §6.2.2.1, §6.3.2.1; RFC 8037).
 PRIVATE_MEMBER = "d"
+# The key of a cache's one flight: the key set is fetched whole, for every token.
+KEY_SET = "jwks"
 
 
 Keys = dict[str | None, list[dict[str, Any]]]  # by `kid` (None: keys without one), in the JWKS's order
@@ -84,14 +86,15 @@ class JwksCache:
         self._built: dict[tuple[str | None, str], jwt.PyJWK] = {}
         self._fetched_at: float | None = None
         self._failure: str | None = None  # why the last fetch failed (logged), None after one succeeded
-        self._refreshing: anyio.Event | None = None  # the refresh under way: set when it ends, whatever its outcome
+        # The refresh under way; it records its outcome here and shares when it recorded it.
+        self._refreshes: SingleFlight[str, float] = SingleFlight(timeout, lambda: JwksUnavailable(UNAVAILABLE))
 
     async def key(self, kid: str | None, alg: str) -> jwt.PyJWK | None:
         """The verification key for a token header's `kid` and `alg`; None when no key fits. `JwksUnavailable`
         while no key at all is known, or when the key is not held and the last refresh failed."""
         due = self._due_for_every_token()
         if due is not None:
-            held = self._build(self._find(kid), kid, alg) if self._refreshing is not None else None
+            held = self._build(self._find(kid), kid, alg) if self._refreshes.running(KEY_SET) else None
             if held is not None:
                 return held  # the refresh under way is for the tokens to come; this one's key is held
             await self._refresh(stale_before=due)
@@ -141,66 +144,47 @@ class JwksCache:
 
     async def _refresh(self, stale_before: float) -> None:
         """Refresh unless one ended after `stale_before`: the first token to need it fetches, the others wait for
-        that fetch at most `timeout` from their arrival (then `JwksUnavailable`). Its outcome is recorded, not
-        raised: `key` reads it."""
-        deadline = anyio.current_time() + self.timeout
-        waited = False
-        while self._fetched_at is None or self._fetched_at <= stale_before:
-            running = self._refreshing
-            if running is None:
-                await self._fetch_by(deadline if waited else math.inf)
-                return
-            waited = True
-            with anyio.move_on_after(deadline - anyio.current_time()):
-                await running.wait()
-            if not running.is_set():
-                raise JwksUnavailable(UNAVAILABLE)
-            # Ended: recorded (the loop ends), or cut off with nothing recorded (this token fetches anew).
+        that fetch at most `timeout` from their arrival (then `JwksUnavailable`), and one cut off is fetched anew
+        (single_flight.py). Its outcome is recorded, not raised: `key` reads it."""
+        await self._refreshes.get(KEY_SET, self._run_refresh, ready=lambda: self._fetched_after(stale_before))
 
-    async def _fetch_by(self, deadline: float) -> None:
-        """Refresh; by `deadline` when this token already waited on a refresh that was cut off (a first refresh is
-        bounded by its own `timeout`, and records a failure its waiters read; cut off, it would record none)."""
-        with anyio.move_on_after(deadline - anyio.current_time()):
-            await self._run_refresh()
-            return
-        raise JwksUnavailable(UNAVAILABLE)
+    def _fetched_after(self, stale_before: float) -> float | None:
+        """When the last refresh recorded its outcome, if after `stale_before`."""
+        return self._fetched_at if self._fetched_at is not None and self._fetched_at > stale_before else None
 
-    async def _run_refresh(self) -> None:
+    async def _run_refresh(self) -> float:
         """Fetch the keys within `timeout` in all and record the outcome, a failure too (an unreachable issuer is
-        asked again only after the interval). Cancelled, it records nothing."""
-        done = self._refreshing = anyio.Event()
+        asked again only after the interval); when it was recorded. Cancelled, it records nothing."""
         try:
             with anyio.fail_after(self.timeout):
                 url, keys = await self._fetch()
         except TimeoutError:
             where = mask_url(self.jwks_url or self.issuer)
-            self._failed(
+            return self._failed(
                 f"fetching the issuer's keys from {where} failed: no whole answer within {self.timeout:g}s "
                 f"for discovery and keys together ({TIMEOUT_SETTING})"
             )
         except JwksUnavailable as exc:
-            self._failed(str(exc))
-        else:
-            self._store(url, keys)
-        finally:
-            self._refreshing = None
-            done.set()
+            return self._failed(str(exc))
+        return self._store(url, keys)
 
-    def _failed(self, reason: str) -> None:
-        self._fetched_at = self.clock()
+    def _failed(self, reason: str) -> float:
+        at = self._fetched_at = self.clock()
         self._failure = reason
         logger.warning("auth: %s", reason)  # the detail for the operator; the client hears UNAVAILABLE
         if self._keys:
             logger.warning("auth: refreshing the issuer's keys failed, keeping the %d known", _count(self._keys))
+        return at
 
-    def _store(self, url: str, keys: Keys) -> None:
-        self._fetched_at = self.clock()
+    def _store(self, url: str, keys: Keys) -> float:
+        at = self._fetched_at = self.clock()
         self._failure = None
         self.jwks_url = url  # discovered: kept only once its keys came
         self._keys = keys
         self._built = {}
         if not keys:
             logger.warning("auth: the issuer's JWKS holds no key the gateway can use (RSA, EC or OKP)")
+        return at
 
     async def _fetch(self) -> tuple[str, Keys]:
         """The JWKS's URL (configured, or discovered now) and its usable keys."""

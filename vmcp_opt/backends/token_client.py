@@ -24,7 +24,7 @@ import json
 import math
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import anyio
@@ -32,6 +32,7 @@ import httpx2
 
 from vmcp_opt.backends.errors import CredentialError
 from vmcp_opt.config.backend_auth import BackendAuthConfig
+from vmcp_opt.single_flight import SingleFlight
 
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
@@ -198,15 +199,6 @@ def _error_code(response: _Answer) -> str:
     return str(code)[:64] if isinstance(code, str) and code.replace("_", "").isalnum() else ""
 
 
-@dataclass
-class _Flight:
-    """One fetch in progress for a key; every caller arriving meanwhile waits for its outcome."""
-
-    done: anyio.Event = field(default_factory=anyio.Event)
-    value: str | None = None
-    error: Exception | None = None
-
-
 class TokenCache:
     """Tokens by key, each fetched once per expiry for all waiters.
 
@@ -215,7 +207,7 @@ class TokenCache:
     but not expired is served to the callers arriving while its refresh runs, and to all when the refresh fails
     (the endpoint's blip is not the calls' failure). A caller waits at most `wait` seconds from its arrival, then
     gets `overdue()`: the fetch bounds itself, but a fetch whose caller is cancelled ends without an outcome, and
-    its waiters fetch anew."""
+    its waiters fetch anew (single_flight.py)."""
 
     def __init__(
         self,
@@ -224,10 +216,9 @@ class TokenCache:
         overdue: Callable[[], Exception] = lambda: TimeoutError("no token in time"),
     ) -> None:
         self.refresh_before = refresh_before
-        self.wait = wait
-        self.overdue = overdue
         self._tokens: dict[str, Token] = {}
-        self._flights: dict[str, _Flight] = {}
+        # A flight's outcome is the token's value, or the failure every waiter gets.
+        self._flights: SingleFlight[str, str | Exception] = SingleFlight(wait, overdue)
 
     def fresh(self, key: str) -> str | None:
         """The cached token if it is not due for refresh: the hot path, no await."""
@@ -237,56 +228,25 @@ class TokenCache:
         return None
 
     async def get(self, key: str, fetch: Callable[[], Awaitable[Token]]) -> str:
-        deadline = anyio.current_time() + self.wait
-        waited = False
-        while True:
-            value = self.fresh(key)
-            if value is not None:
-                return value
-            flight = self._flights.get(key)
-            if flight is None:
-                return await self._fetch_by(deadline if waited else math.inf, key, fetch)
-            value = self._unexpired(key)
-            if value is not None:
-                return value  # the refresh runs for the callers to come; this one's token still works
-            waited = True
-            with anyio.move_on_after(deadline - anyio.current_time()):
-                await flight.done.wait()
-            if not flight.done.is_set():
-                raise self.overdue()
-            if flight.error is not None:
-                raise flight.error
-            if flight.value is not None:
-                return flight.value
-            # The fetching task was cancelled: its outcome is no one else's; fetch anew.
-
-    async def _fetch_by(self, deadline: float, key: str, fetch: Callable[[], Awaitable[Token]]) -> str:
-        """Fetch; by `deadline` when this caller has already waited on a fetch that was cancelled (a first fetch
-        is bounded by its own deadline, whose failure its waiters share; cancelled, it would have none)."""
-        if math.isinf(deadline):
-            return await self._fetch(key, fetch)
-        with anyio.move_on_after(deadline - anyio.current_time()):
-            return await self._fetch(key, fetch)
-        raise self.overdue()
+        outcome = await self._flights.get(
+            key, lambda: self._fetch(key, fetch), ready=lambda: self.fresh(key), meanwhile=lambda: self._unexpired(key)
+        )
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
 
     def _unexpired(self, key: str) -> str | None:
         token = self._tokens.get(key)
         return token.value if token is not None and time.monotonic() < token.expires_at else None
 
-    async def _fetch(self, key: str, fetch: Callable[[], Awaitable[Token]]) -> str:
-        flight = self._flights[key] = _Flight()
+    async def _fetch(self, key: str, fetch: Callable[[], Awaitable[Token]]) -> str | Exception:
+        """A new token's value; when the fetch fails, the token it was to replace while it has not expired, else
+        the failure."""
         try:
-            flight.value = self._store(key, await fetch())
+            return self._store(key, await fetch())
         except Exception as exc:
-            flight.value = self._unexpired(key)
-            if flight.value is None:
-                flight.error = exc
-                raise
-        finally:
-            # Removed whatever the outcome: nothing is kept for a key whose fetch failed (a refused caller token).
-            del self._flights[key]
-            flight.done.set()
-        return flight.value
+            unexpired = self._unexpired(key)
+            return exc if unexpired is None else unexpired
 
     def _store(self, key: str, token: Token) -> str:
         # `refresh_before` ahead of expiry; a token that lives shorter than twice that, at half its life.
