@@ -22,6 +22,7 @@ FORBIDDEN = {
     "server": {"backends", "aggregation", "health"},
     "telemetry": {"server", "gateway", "backends", "optimizer"},
     "health": {"routing", "server", "optimizer", "workflows", "gateway"},
+    "code_mode": {"server", "optimizer", "workflows", "gateway", "shared", "backends", "aggregation", "health"},
 }
 # (importing module, imported package): the exceptions docs/architecture.md gives.
 ALLOWED = {
@@ -72,3 +73,9 @@ def test_every_allowed_exception_is_still_made() -> None:
         if imported not in imports_of_ours(PACKAGE / module)
     ]
     assert unused == []
+
+
+def test_the_script_runner_is_a_program_of_its_own() -> None:
+    """code_mode/runner.py is the child process's whole program: importing the package would start the gateway's
+    imports in every script's process (and give a script's interpreter more to reach)."""
+    assert imports_of_ours(PACKAGE / "code_mode" / "runner.py") == set()

@@ -23,6 +23,7 @@ from vmcp_opt.aggregation import Catalog, LiveCatalog
 from vmcp_opt.arguments import ArgumentValidator
 from vmcp_opt.backends import BackendConnection, BackendManager, BackendState
 from vmcp_opt.backends.credentials import with_auth_health
+from vmcp_opt.code_mode.provider import ScriptTools
 from vmcp_opt.config import VmcpConfig
 from vmcp_opt.health import HealthMonitor
 from vmcp_opt.health.breaker import CircuitBreaker
@@ -83,6 +84,8 @@ class Gateway:
             self.router.observers.append(self.optimizer)
             pinned = frozenset(config.optimizer.pinned)
             listed = pinned.__contains__  # with the optimizer on, tools/list is the meta-tools and pinned tools
+        if config.code_mode.enabled:  # before workflows and backends: the config gave the script tool its name
+            self.router.add_provider(ScriptTools(config.code_mode, config.limits.max_result_bytes))
         validator = ArgumentValidator(config.limits.argument_check_timeout, config.limits.schema_cache_size)
         # Workflows before the backends' tools: a name the config gave keeps its meaning when a backend
         # later serves a tool of the same name (that tool is then reachable only under another name).

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # vmcp_opt/
 PROJECT_ROOT = PACKAGE_ROOT.parent
@@ -37,3 +37,16 @@ class ConfigError(Exception):
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class _PerCallerWithinTotal(_Strict):
+    """A bound for one caller and one for all: a section declares both fields (its defaults, its words)."""
+
+    per_caller: int
+    total: int
+
+    @model_validator(mode="after")
+    def _per_caller_within_total(self) -> _PerCallerWithinTotal:
+        if self.per_caller > self.total:
+            raise ValueError(f"per_caller ({self.per_caller}) is more than total ({self.total}); lower per_caller")
+        return self

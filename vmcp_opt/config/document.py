@@ -19,6 +19,7 @@ from vmcp_opt.config.auth import (
 from vmcp_opt.config.base import (
     APP_NAME,
 )
+from vmcp_opt.config.code_mode import CodeModeConfig
 from vmcp_opt.config.limits import (
     LimitsConfig,
     RateLimitsConfig,
@@ -42,6 +43,7 @@ from vmcp_opt.config.telemetry import (
     telemetry_problems,
 )
 from vmcp_opt.config.workflows import (
+    RESERVED_NAMES,
     WorkflowConfig,
     check_workflows,
 )
@@ -79,6 +81,8 @@ class VmcpConfig(BaseSettings):
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     # Composite tools: steps across backends served as one tool (each below, as `workflows[]`).
     workflows: list[WorkflowConfig] = Field(default_factory=list)
+    # A tool that runs the caller's own script of tool calls (off by default).
+    code_mode: CodeModeConfig = Field(default_factory=CodeModeConfig)
     # Who may connect and what each caller may see and call.
     auth: AuthConfig = Field(default_factory=AuthConfig)
     # Audit log, Prometheus metrics, OpenTelemetry traces.
@@ -123,6 +127,7 @@ class VmcpConfig(BaseSettings):
         if unknown_tools and self.discovery.mode == "inline":
             problems.append(f"aggregation.tools: unknown backends {unknown_tools}")
         problems += check_workflows(self.workflows)
+        problems += _script_tool_name_problems(self)
         incoming = self.auth.incoming
         remote = self.server.transport == "streamable-http" and self.server.host not in LOOPBACK_ADDRESSES
         if remote and incoming.mode == "anonymous" and not incoming.allow_anonymous_remote:
@@ -185,6 +190,18 @@ class VmcpConfig(BaseSettings):
             return self.data_dir_path() / "indexes" / "default"
         digest = hashlib.sha256(str(self._source).encode()).hexdigest()[:12]
         return self.data_dir_path() / "indexes" / f"{self._source.stem}-{digest}"
+
+
+def _script_tool_name_problems(config: VmcpConfig) -> list[str]:
+    """The script tool's name, when it is served, must be no meta-tool's nor a workflow's (it would hide one)."""
+    name = config.code_mode.tool_name
+    if not config.code_mode.enabled:
+        return []
+    if name in RESERVED_NAMES:
+        return [f"code_mode.tool_name: '{name}' is a meta-tool's name; choose another"]
+    if any(workflow.name == name for workflow in config.workflows):
+        return [f"code_mode.tool_name: '{name}' is also a workflow's name; rename one of them"]
+    return []
 
 
 # Reads discovered mode's client config file (Claude Desktop, VS Code, Cursor) into backends.

@@ -7,11 +7,11 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from vmcp_opt.config.base import _Strict
+from vmcp_opt.config.base import _PerCallerWithinTotal, _Strict
 from vmcp_opt.config.workflows import WorkflowRendersConfig
 
 
-class RequestsInFlightConfig(_Strict):
+class RequestsInFlightConfig(_PerCallerWithinTotal):
     """Client requests running at once (server/in_flight.py), for one caller (a verified subject, else the client's
     address, however many sessions and connections it uses) and for the whole gateway. A request past either is
     answered at once with a JSON-RPC error naming the bound (stdio: past `per_caller`)."""
@@ -20,12 +20,6 @@ class RequestsInFlightConfig(_Strict):
     per_caller: int = Field(100, ge=1)
     # Every caller's requests at once (HTTP).
     total: int = Field(1000, ge=1)
-
-    @model_validator(mode="after")
-    def _per_caller_within_total(self) -> RequestsInFlightConfig:
-        if self.per_caller > self.total:
-            raise ValueError(f"per_caller ({self.per_caller}) is more than total ({self.total}); lower per_caller")
-        return self
 
 
 class LimitsConfig(_Strict):

@@ -1,0 +1,327 @@
+"""The script tool: a provider of the router, like the meta-tools and the workflows.
+
+A call starts a child process (`code_mode/runner.py`) that interprets the script and asks for tool calls over
+its pipes; each is `router.call_tool` with the script's caller, so the policy, rate limits, argument checks,
+audit and usage learning see every call as the caller's own (unlike ToolHive's code mode, the script tool is
+itself a tool the policy judges: a Cedar policy can refuse it to a principal). Nothing the script does runs on
+the event loop: the gateway reads bounded JSON lines and makes the calls. The process runs without the
+gateway's environment (no secrets to read, were the interpreter to escape) and its script never reaches `ps`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import anyio
+import mcp_types as types
+from anyio.abc import Process
+from anyio.streams.buffered import BufferedByteReceiveStream
+from mcp.shared.exceptions import MCPError
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+
+from vmcp_opt.auth.caller import caller_key
+from vmcp_opt.config.code_mode import CodeModeConfig
+from vmcp_opt.routing import Exchange, ProvidedTool, ToolCall, error_result
+from vmcp_opt.routing.budget import Budget, LimitReached
+from vmcp_opt.routing.providers import GATEWAY_SOURCE
+
+logger = logging.getLogger(__name__)
+
+# What the child's answers and errors may add to a result's bytes (its JSON framing).
+LINE_SLACK = 64 * 1024
+# The child's error output kept to explain a death (Rust's allocation failure, a Python traceback).
+STDERR_TAIL = 4096
+# What the interpreter writes when an allocation fails under RLIMIT_AS (Rust, pyo3, Python).
+OUT_OF_MEMORY = (b"memory allocation", b"out of memory", b"MemoryError")
+
+EXAMPLE = """\
+weather = call_tool("get_weather", {"city": city})
+forecasts = call_tools([["get_forecast", {"city": c}] for c in neighbours])
+return {"here": weather, "around": [f["summary"] for f in forecasts]}"""
+
+DESCRIPTION = f"""\
+Run a Starlark script (a small Python: def, for, if, comprehensions, lambda; no while, recursion, imports, \
+files or clock) that calls this server's tools, and get back only what it returns. Use it to chain calls or \
+fan them out in one request instead of one request per call.
+- `call_tool(name, arguments)` calls a tool and returns its value: its structured content, else its text \
+(parsed when it is JSON). A failed call stops the script with the tool's error.
+- `call_tools([[name, arguments], ...])` makes the calls at once and returns their values in order.
+- The keys of `data` are variables of the script.
+- The script's result is its `return` value, or its last expression's; it must be JSON (dicts, lists, \
+strings, numbers, booleans, None).
+Find tool names with find_tool when it is offered. Example:
+{EXAMPLE}"""
+
+
+def input_schema(max_script_bytes: int) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": {
+            "script": {"type": "string", "minLength": 1, "maxLength": max_script_bytes, "examples": [EXAMPLE]},
+            "data": {
+                "type": "object",
+                "description": "Values the script reads as variables, by name (e.g. the cities to look up).",
+            },
+        },
+        "required": ["script"],
+        "additionalProperties": False,
+    }
+
+
+class ScriptFailed(Exception):
+    """The run ended without a result: the message is the caller's to read."""
+
+
+class ScriptTools:
+    """The one script tool (`code_mode.tool_name`), listed in `tools/list` whether or not the optimizer is on."""
+
+    searchable = False  # a way of calling tools, not one find_tool should offer for a task
+
+    def __init__(self, config: CodeModeConfig, max_result_bytes: int) -> None:
+        self.config = config
+        self.max_result_bytes = max_result_bytes
+        tool = types.Tool(
+            name=config.tool_name,
+            description=DESCRIPTION,
+            input_schema=input_schema(config.max_script_bytes),
+            annotations=types.ToolAnnotations(title="Run a script of tool calls", open_world_hint=True),
+        )
+        self._provided = ProvidedTool(config.tool_name, tool, GATEWAY_SOURCE, config.tool_name)
+        self.runs = Budget(
+            "scripts running",
+            total=config.runs.total,
+            per_caller=config.runs.per_caller,
+            retry_after=1.0,
+            total_setting="code_mode.runs.total",
+            caller_setting="code_mode.runs.per_caller",
+        )
+
+    def tools(self) -> Mapping[str, ProvidedTool]:
+        return {self._provided.name: self._provided}
+
+    def listed(self) -> Sequence[ProvidedTool]:
+        return [self._provided]
+
+    def why_unavailable(self, name: str) -> str | None:
+        return None
+
+    async def call(self, call: ToolCall) -> types.CallToolResult:
+        problem = self._argument_problem(call.arguments)
+        if problem is not None:
+            return error_result(problem)
+        if self.config.tool_name in call.exchange.workflow_chain:
+            return error_result("a script cannot run another script")
+        key = caller_key(call.caller)
+        try:
+            self.runs.acquire(key)
+        except LimitReached as refused:
+            return error_result(refused.error.message)
+        try:
+            value = await self._run(call)
+        except ScriptFailed as failed:
+            return error_result(f"the script failed: {failed}")
+        finally:
+            self.runs.release(key)
+        return _script_result(value)
+
+    def _argument_problem(self, arguments: Mapping[str, Any] | None) -> str | None:
+        arguments = arguments or {}
+        script, data = arguments.get("script"), arguments.get("data")
+        if unknown := sorted(set(arguments) - {"script", "data"}):
+            return f"unknown argument(s): {', '.join(map(repr, unknown))}; pass `script` and `data`"
+        if not isinstance(script, str) or not script.strip():
+            return "`script` is required: the Starlark source to run"
+        if data is not None and not isinstance(data, dict):
+            return f"`data` is an object of named values, not {type(data).__name__}"
+        size = len(script.encode()) + (len(json.dumps(data)) if data else 0)
+        if size > self.config.max_script_bytes:
+            return f"the script and its data are {size} bytes; at most {self.config.max_script_bytes} (code_mode.max_script_bytes)"
+        return None
+
+    async def _run(self, call: ToolCall) -> Any:
+        """The script's value, once its process has ended; `ScriptFailed` for anything else."""
+        arguments = call.arguments or {}
+        request = {"script": arguments["script"], "data": arguments.get("data") or {}}
+        process = await anyio.open_process(
+            [
+                sys.executable,
+                "-I",
+                "-m",
+                "vmcp_opt.code_mode.runner",
+                str(self.config.cpu_seconds),
+                str(self.config.memory_mb),
+            ],
+            env=_child_environment(),
+            start_new_session=True,  # a signal to the gateway's group is not the script's
+        )
+        run = _Run(self, call, process)
+        try:
+            with anyio.fail_after(self.config.timeout):
+                return await run.converse(request)
+        except TimeoutError:
+            raise ScriptFailed(f"it ran past its deadline ({self.config.timeout:g} s, code_mode.timeout)") from None
+        finally:
+            await _reap(process)
+
+
+class _Run:
+    """One script's process, and the calls it asks for."""
+
+    def __init__(self, tools: ScriptTools, call: ToolCall, process: Process) -> None:
+        self.config = tools.config
+        self.call = call
+        self.process = process
+        self.exchange = script_exchange(call.exchange, call, tools.config.tool_name)
+        self.calls_made = 0
+        self.line_most = tools.max_result_bytes + LINE_SLACK
+        self.result_most = tools.max_result_bytes
+
+    async def converse(self, request: dict[str, Any]) -> Any:
+        assert self.process.stdin is not None and self.process.stdout is not None
+        lines = BufferedByteReceiveStream(self.process.stdout)
+        await self._send(request)
+        while True:
+            message = await self._receive(lines)
+            if "calls" in message:
+                await self._send({"results": await self._make(message["calls"])})
+            elif "result" in message:
+                return message["result"]
+            else:
+                raise ScriptFailed(str(message.get("error", "no result")))
+
+    async def _send(self, message: dict[str, Any]) -> None:
+        assert self.process.stdin is not None
+        with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):  # died: its end is read next
+            await self.process.stdin.send((json.dumps(message) + "\n").encode())
+
+    async def _receive(self, lines: BufferedByteReceiveStream) -> dict[str, Any]:
+        try:
+            line = await lines.receive_until(b"\n", self.line_most)
+        except anyio.DelimiterNotFound:
+            raise ScriptFailed(
+                f"it sent more than {self.result_most} bytes at once (limits.max_result_bytes)"
+            ) from None
+        except (anyio.EndOfStream, anyio.IncompleteRead):
+            raise ScriptFailed(await self._death()) from None
+        try:
+            message = json.loads(line)
+        except ValueError:
+            message = None
+        if not isinstance(message, dict):
+            raise ScriptFailed("the interpreter sent something unreadable")
+        return message
+
+    async def _death(self) -> str:
+        """Why the process ended without a result: the kernel's bounds, or what it wrote before dying."""
+        stderr = self.process.stderr
+        tail = b""
+        if stderr is not None:  # read before waiting: a child blocked writing it would never end
+            with anyio.move_on_after(1):
+                async for chunk in stderr:
+                    tail = (tail + chunk)[-STDERR_TAIL:]
+        code = await self.process.wait()
+        if code in (-signal.SIGXCPU, -signal.SIGKILL):
+            return f"it used all its CPU time ({self.config.cpu_seconds} s, code_mode.cpu_seconds)"
+        if any(sign in tail for sign in OUT_OF_MEMORY) or code == -signal.SIGABRT:
+            return f"it ran out of memory ({self.config.memory_mb} MiB, code_mode.memory_mb)"
+        logger.warning("script process ended with %s: %s", code, tail.decode(errors="replace")[-500:])
+        return f"its interpreter ended unexpectedly (exit {code})"
+
+    async def _make(self, calls: Any) -> list[dict[str, Any]]:
+        """Each call's value or error, in order: at most `max_parallel` at once, each within `call_timeout`."""
+        if not isinstance(calls, list) or not calls:
+            raise ScriptFailed("the interpreter sent something unreadable")
+        self.calls_made += len(calls)
+        if self.calls_made > self.config.max_calls:
+            raise ScriptFailed(f"it made more than {self.config.max_calls} tool calls (code_mode.max_calls)")
+        results: list[dict[str, Any]] = [{}] * len(calls)
+        slots = anyio.CapacityLimiter(self.config.max_parallel)
+
+        async def make(index: int, tool: str, arguments: dict[str, Any]) -> None:
+            async with slots:
+                results[index] = await self._one(tool, arguments)
+
+        async with anyio.create_task_group() as group:
+            for index, (tool, arguments) in enumerate(calls):
+                group.start_soon(make, index, str(tool), arguments if isinstance(arguments, dict) else {})
+        return results
+
+    async def _one(self, tool: str, arguments: dict[str, Any]) -> dict[str, Any]:
+        if tool == self.config.tool_name:
+            return {"error": "a script cannot run another script"}
+        try:
+            with anyio.fail_after(self.config.call_timeout):
+                result = await self.call.router.call_tool(self.call.caller, tool, arguments, self.exchange)
+        except TimeoutError:
+            return {"error": f"no answer within {self.config.call_timeout:g} s (code_mode.call_timeout)"}
+        except MCPError as refused:  # unknown, not permitted, rate-limited, over a bound
+            return {"error": refused.error.message}
+        return tool_value(result)
+
+
+def script_exchange(exchange: Exchange, call: ToolCall, tool_name: str) -> Exchange:
+    """What a script's calls carry: the client's request, minus its progress token (several calls' progress
+    would interleave and go backwards) and, for a 2026-07-28 caller, its session and round (a call cannot hand
+    a backend's question back to the client in the middle of a script); marked as inside the script, so a
+    script cannot start another. Not a workflow's step: usage learning counts the tools a script calls, which
+    the caller chose."""
+    meta = {k: v for k, v in dict(exchange.meta or {}).items() if k not in ("progressToken", "progress_token")}
+    modern = call.caller.protocol_version in MODERN_PROTOCOL_VERSIONS
+    return dataclasses.replace(
+        exchange,
+        session=None if modern else exchange.session,
+        meta=meta or None,  # type: ignore[arg-type]
+        round=None,
+        input_responses=None,
+        workflow_chain=(*exchange.workflow_chain, tool_name),
+    )
+
+
+def tool_value(result: types.CallToolResult) -> dict[str, Any]:
+    """A tool's answer as the script sees it: `{"value": v}` or `{"error": text}`. The value is the structured
+    content (unwrapped when it is only `{"result": v}`), else the first text, parsed when it is JSON."""
+    texts = [c.text for c in result.content if isinstance(c, types.TextContent)]
+    if result.is_error:
+        return {"error": texts[0] if texts else "the tool failed"}
+    structured = result.structured_content
+    if structured is not None:
+        if set(structured) == {"result"}:
+            return {"value": structured["result"]}
+        return {"value": structured}
+    if not texts:
+        return {"value": None}
+    try:
+        return {"value": json.loads(texts[0])}
+    except ValueError:
+        return {"value": texts[0]}
+
+
+def _script_result(value: Any) -> types.CallToolResult:
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    structured = value if isinstance(value, dict) else None
+    return types.CallToolResult(content=[types.TextContent(type="text", text=text)], structured_content=structured)
+
+
+def _child_environment() -> dict[str, str]:
+    """The interpreter needs no setting of the gateway's (and must not see its secrets): locale only."""
+    kept = {name: os.environ[name] for name in ("PATH", "LANG", "LC_ALL") if name in os.environ}
+    return {**kept, "RUST_BACKTRACE": "0"}  # a Rust panic's report stays a line, not a pipe's worth
+
+
+async def _reap(process: Process) -> None:
+    """Kill the process if it still runs, and wait for it (shielded: a cancelled call must not leave it)."""
+    with anyio.CancelScope(shield=True):
+        if process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+        with anyio.move_on_after(5):
+            await process.wait()
+        await process.aclose()
