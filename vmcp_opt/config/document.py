@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import sys
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
@@ -127,7 +128,7 @@ class VmcpConfig(BaseSettings):
         if unknown_tools and self.discovery.mode == "inline":
             problems.append(f"aggregation.tools: unknown backends {unknown_tools}")
         problems += check_workflows(self.workflows)
-        problems += _script_tool_name_problems(self)
+        problems += _code_mode_problems(self)
         incoming = self.auth.incoming
         remote = self.server.transport == "streamable-http" and self.server.host not in LOOPBACK_ADDRESSES
         if remote and incoming.mode == "anonymous" and not incoming.allow_anonymous_remote:
@@ -192,11 +193,14 @@ class VmcpConfig(BaseSettings):
         return self.data_dir_path() / "indexes" / f"{self._source.stem}-{digest}"
 
 
-def _script_tool_name_problems(config: VmcpConfig) -> list[str]:
-    """The script tool's name, when it is served, must be no meta-tool's nor a workflow's (it would hide one)."""
+def _code_mode_problems(config: VmcpConfig) -> list[str]:
+    """Code mode runs where its bounds hold, and the script tool's name is no meta-tool's nor a workflow's (it
+    would hide one)."""
     name = config.code_mode.tool_name
     if not config.code_mode.enabled:
         return []
+    if not sys.platform.startswith("linux"):
+        return ["code_mode.enabled: needs Linux, whose kernel bounds a script's CPU and memory (RLIMIT_CPU, RLIMIT_AS)"]
     if name in RESERVED_NAMES:
         return [f"code_mode.tool_name: '{name}' is a meta-tool's name; choose another"]
     if any(workflow.name == name for workflow in config.workflows):
