@@ -96,7 +96,8 @@ async def test_errors_name_the_line_and_the_cause(gateway: Gateway) -> None:
 
 async def test_the_kernel_bounds_a_script_and_the_gateway_keeps_answering(gateway: Gateway) -> None:
     """A CPU-bound loop is stopped by its CPU allowance, a memory hog by its memory's: neither runs in the
-    gateway, which answers other requests meanwhile, and no interpreter process outlives its script."""
+    gateway, which answers other requests meanwhile, and no script's interpreter outlives it (one spare waits for
+    the next script)."""
     spin = "x = 0\nfor i in range(2000000000):\n  x = i\nx"
     hog = "l = []\nfor i in range(100000000):\n  l.append(str(i) * 10)\nlen(l)"
     async with Client(gateway.url) as client:
@@ -117,7 +118,7 @@ async def test_the_kernel_bounds_a_script_and_the_gateway_keeps_answering(gatewa
         for p in psutil.Process(gateway.proc.pid).children(recursive=True)
         if "code_mode.runner" in " ".join(p.cmdline())
     ]
-    assert runners == []
+    assert len(runners) <= 1, runners  # the spare started for the next script; the scripts' own were reaped
 
 
 async def test_scripts_per_caller_are_bounded(gateway: Gateway) -> None:

@@ -84,8 +84,10 @@ class Gateway:
             self.router.observers.append(self.optimizer)
             pinned = frozenset(config.optimizer.pinned)
             listed = pinned.__contains__  # with the optimizer on, tools/list is the meta-tools and pinned tools
+        self.scripts: ScriptTools | None = None
         if config.code_mode.enabled:  # before workflows and backends: the config gave the script tool its name
-            self.router.add_provider(ScriptTools(config.code_mode, config.limits.max_result_bytes))
+            self.scripts = ScriptTools(config.code_mode, config.limits.max_result_bytes)
+            self.router.add_provider(self.scripts)
         validator = ArgumentValidator(config.limits.argument_check_timeout, config.limits.schema_cache_size)
         # Workflows before the backends' tools: a name the config gave keeps its meaning when a backend
         # later serves a tool of the same name (that tool is then reachable only under another name).
@@ -294,6 +296,8 @@ class Gateway:
             self._changes_scope.cancel()
         self.sessions.stop()
         self.workflows.rounds.stop()
+        if self.scripts is not None:
+            self.scripts.spare.stop()
         self.health.stop()
         self.backends.stop()
         if self._first_listing is not None:

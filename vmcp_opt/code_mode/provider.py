@@ -95,6 +95,15 @@ class ScriptTools:
             annotations=types.ToolAnnotations(title="Run a script of tool calls", open_world_hint=True),
         )
         self._provided = ProvidedTool(config.tool_name, tool, GATEWAY_SOURCE, config.tool_name)
+        command = [
+            sys.executable,
+            "-I",
+            "-m",
+            "vmcp_opt.code_mode.runner",
+            str(config.cpu_seconds),
+            str(config.memory_mb),
+        ]
+        self.spare = Spare(command)
         self.runs = Budget(
             "scripts running",
             total=config.runs.total,
@@ -150,26 +159,70 @@ class ScriptTools:
         """The script's value, once its process has ended; `ScriptFailed` for anything else."""
         arguments = call.arguments or {}
         request = {"script": arguments["script"], "data": arguments.get("data") or {}}
-        process = await anyio.open_process(
-            [
-                sys.executable,
-                "-I",
-                "-m",
-                "vmcp_opt.code_mode.runner",
-                str(self.config.cpu_seconds),
-                str(self.config.memory_mb),
-            ],
-            env=_child_environment(),
-            start_new_session=True,  # a signal to the gateway's group is not the script's
-        )
+        try:
+            process = await self.spare.take()
+        except OSError as error:  # out of processes, descriptors or memory
+            raise ScriptFailed(f"its interpreter could not start: {error.strerror or error}") from None
         run = _Run(self, call, process)
         try:
             with anyio.fail_after(self.config.timeout):
-                return await run.converse(request)
+                async with anyio.create_task_group() as group:
+                    group.start_soon(self.spare.refill)  # the next script's, while this one runs (1-14 ms here)
+                    outcome = await run.outcome(request)
+            if isinstance(outcome, ScriptFailed):
+                raise outcome
+            return outcome
         except TimeoutError:
             raise ScriptFailed(f"it ran past its deadline ({self.config.timeout:g} s, code_mode.timeout)") from None
         finally:
             await _reap(process)
+
+
+class Spare:
+    """One interpreter started ahead of the next script: loading Python and starlark takes ~35 ms, most of a
+    one-call script's time (bench/code_mode.py). A process runs one script only: a spare has run none, so no
+    script's state reaches another's. Idle, it waits on its stdin (its CPU allowance is not spent waiting) and
+    ends when the gateway does (its stdin closes), or at `stop`."""
+
+    def __init__(self, command: list[str]) -> None:
+        self._command = command
+        self._process: Process | None = None
+        self._starting = False
+        self._stopped = False
+
+    async def take(self) -> Process:
+        process, self._process = self._process, None
+        if process is not None and process.returncode is None:
+            return process
+        if process is not None:
+            await _reap(process)  # it died idle: killed from outside, or the machine ran out of memory
+        return await _start(self._command)
+
+    async def refill(self) -> None:
+        if self._process is not None or self._starting or self._stopped:
+            return
+        self._starting = True
+        try:
+            with anyio.CancelScope(shield=True):  # started, it must be kept (or it would be reaped by no one)
+                self._process = await _start(self._command)
+        except OSError as error:  # out of processes or descriptors: the next script starts its own (and says why)
+            logger.warning("code mode: no spare interpreter: %s", error)
+        finally:
+            self._starting = False
+
+    def stop(self) -> None:
+        self._stopped = True
+        if self._process is not None and self._process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._process.pid, signal.SIGKILL)
+
+
+async def _start(command: list[str]) -> Process:
+    return await anyio.open_process(
+        command,
+        env=_child_environment(),
+        start_new_session=True,  # a signal to the gateway's group is not the script's; killed as a group
+    )
 
 
 class _Run:
@@ -183,6 +236,14 @@ class _Run:
         self.calls_made = 0
         self.line_most = tools.max_result_bytes + LINE_SLACK
         self.result_most = tools.max_result_bytes
+
+    async def outcome(self, request: dict[str, Any]) -> Any:
+        """The script's value, or the `ScriptFailed` that ended it (returned: raised inside a task group, it
+        would reach the caller wrapped in an exception group)."""
+        try:
+            return await self.converse(request)
+        except ScriptFailed as failed:
+            return failed
 
     async def converse(self, request: dict[str, Any]) -> Any:
         assert self.process.stdin is not None and self.process.stdout is not None

@@ -131,7 +131,10 @@ def _message(error: BaseException, wrapped: bool) -> str:
 
 def main() -> None:
     _limit(int(sys.argv[1]), int(sys.argv[2]))
-    request = json.loads(sys.stdin.readline())
+    line = sys.stdin.readline()
+    if not line:
+        return  # a spare the gateway no longer needs
+    request = json.loads(line)
     try:
         value = _run(request["script"], request.get("data") or {})
     except starlark.StarlarkError as error:  # the script does not parse
