@@ -69,6 +69,20 @@ return {"found": sorted(found), "server": call_tool("notes_whoami")["name"]}"""
         assert text(await run(client, "[x * 2 for x in xs]", xs=[1, 2])) == "[2, 4]"
 
 
+async def test_a_script_reports_progress_as_its_calls_are_answered(gateway: Gateway) -> None:
+    """A client that asked for progress hears of each batch of calls answered, the count only growing."""
+    heard: list[tuple[float, float | None, str | None]] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        heard.append((progress, total, message))
+
+    script = "a = call_tool('notes_whoami')\nb = call_tools([['notes_whoami'], ['notes_whoami']])\nlen(b) + 1"
+    async with Client(gateway.url) as client:
+        result = await client.call_tool(TOOL, {"script": script}, progress_callback=on_progress)
+    assert text(result) == "3", text(result)
+    assert heard == [(1.0, None, "1 tool calls answered"), (3.0, None, "3 tool calls answered")], heard
+
+
 async def test_errors_name_the_line_and_the_cause(gateway: Gateway) -> None:
     async with Client(gateway.url) as client:
         cases = {

@@ -234,6 +234,8 @@ class _Run:
         self.process = process
         self.exchange = script_exchange(call.exchange, call, tools.config.tool_name)
         self.calls_made = 0
+        # The client's progress token, if it sent one: told of each batch of calls answered (best effort).
+        self.progress = call.exchange.progress_relay()
         self.line_most = tools.max_result_bytes + LINE_SLACK
         self.result_most = tools.max_result_bytes
 
@@ -253,10 +255,20 @@ class _Run:
             message = await self._receive(lines)
             if "calls" in message:
                 await self._send({"results": await self._make(message["calls"])})
+                await self._report()
             elif "result" in message:
                 return message["result"]
             else:
                 raise ScriptFailed(str(message.get("error", "no result")))
+
+    async def _report(self) -> None:
+        """Progress: the calls answered so far (only grows; no total, the script decides how many it makes)."""
+        if self.progress is None:
+            return
+        try:
+            await self.progress(float(self.calls_made), None, f"{self.calls_made} tool calls answered")
+        except Exception as error:  # a client that went away must not fail the script
+            logger.debug("code mode: progress not sent: %s", error)
 
     async def _send(self, message: dict[str, Any]) -> None:
         assert self.process.stdin is not None
