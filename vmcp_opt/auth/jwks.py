@@ -9,8 +9,12 @@ Concurrent requests share a refresh, and it takes at most `timeout` (auth.incomi
 discovery (up to three metadata requests) and its key fetch together, not each (bounded one by one, a slow issuer
 held every token that needed the keys some 20 s). While it runs, a token whose key is held is verified with the
 held keys at once; only one whose key is not held waits for it, at most `timeout` from its arrival, then is
-`JwksUnavailable`. A refresh that fails or times out is recorded (the reason logged, the interval counted); one cut
-off (its request cancelled) leaves nothing behind, not even a discovered JWKS URL: the next token tries again.
+`JwksUnavailable`. A refresh once started ends by recording its outcome (the reason of a failure logged, the
+interval counted): one that fails, times out, or raises an error no branch foresaw (a discovered `jwks_uri` httpx
+cannot parse: it was a 500 and a fetch per token), and one whose caller is cancelled meanwhile: the fetch is shielded
+from the caller's cancel scopes (a client that hangs up, were its request cancelled, would otherwise leave nothing
+recorded, and made-up key ids would fetch the keys back to back), and that caller lingers at most `timeout`. Only
+the gateway's stop (asyncio cancelling the task itself) cuts one off, which then leaves nothing behind.
 
 With no keys at all (the issuer unreachable since the start, or publishing none the gateway can use) no
 token can be judged: each is `JwksUnavailable` (a 503 the client retries, never a 401 that sends it to get
@@ -153,19 +157,23 @@ class JwksCache:
         return self._fetched_at if self._fetched_at is not None and self._fetched_at > stale_before else None
 
     async def _run_refresh(self) -> float:
-        """Fetch the keys within `timeout` in all and record the outcome, a failure too (an unreachable issuer is
-        asked again only after the interval); when it was recorded. Cancelled, it records nothing."""
+        """Fetch the keys within `timeout` in all and record the outcome, a failure of any kind too (an unreachable
+        issuer is asked again only after the interval); when it was recorded. A cancelled caller does not cut it
+        short (shielded); only the gateway's stop does, and then it records nothing."""
+        where = mask_url(self.jwks_url or self.issuer)
         try:
-            with anyio.fail_after(self.timeout):
+            with anyio.CancelScope(shield=True), anyio.fail_after(self.timeout):
                 url, keys = await self._fetch()
         except TimeoutError:
-            where = mask_url(self.jwks_url or self.issuer)
             return self._failed(
                 f"fetching the issuer's keys from {where} failed: no whole answer within {self.timeout:g}s "
                 f"for discovery and keys together ({TIMEOUT_SETTING})"
             )
         except JwksUnavailable as exc:
             return self._failed(str(exc))
+        except Exception as exc:  # unforeseen (httpx2.InvalidURL, OverflowError): still a failure that counts
+            reason = f"fetching the issuer's keys from {where} failed: {type(exc).__name__}: {exc}"
+            return self._failed(self._masked(reason))
         return self._store(url, keys)
 
     def _failed(self, reason: str) -> float:
