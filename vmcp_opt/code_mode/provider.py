@@ -254,7 +254,7 @@ class _Run:
         while True:
             message = await self._receive(lines)
             if "calls" in message:
-                await self._send({"results": await self._make(message["calls"])})
+                await self._send_line(await self._make(message["calls"]))
                 await self._report()
             elif "result" in message:
                 return message["result"]
@@ -271,9 +271,12 @@ class _Run:
             logger.debug("code mode: progress not sent: %s", error)
 
     async def _send(self, message: dict[str, Any]) -> None:
+        await self._send_line(json.dumps(message) + "\n")
+
+    async def _send_line(self, line: str) -> None:
         assert self.process.stdin is not None
         with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):  # died: its end is read next
-            await self.process.stdin.send((json.dumps(message) + "\n").encode())
+            await self.process.stdin.send(line.encode())
 
     async def _receive(self, lines: BufferedByteReceiveStream) -> dict[str, Any]:
         try:
@@ -301,31 +304,45 @@ class _Run:
                 async for chunk in stderr:
                     tail = (tail + chunk)[-STDERR_TAIL:]
         code = await self.process.wait()
-        if code in (-signal.SIGXCPU, -signal.SIGKILL):
+        if code == -signal.SIGXCPU:
             return f"it used all its CPU time ({self.config.cpu_seconds} s, code_mode.cpu_seconds)"
+        if code == -signal.SIGKILL:  # not the gateway's doing (it kills only after the end or the deadline)
+            return "its interpreter was killed (by the kernel's out-of-memory killer, or an operator)"
         if any(sign in tail for sign in OUT_OF_MEMORY) or code == -signal.SIGABRT:
             return f"it ran out of memory ({self.config.memory_mb} MiB, code_mode.memory_mb)"
         logger.warning("script process ended with %s: %s", code, tail.decode(errors="replace")[-500:])
         return f"its interpreter ended unexpectedly (exit {code})"
 
-    async def _make(self, calls: Any) -> list[dict[str, Any]]:
-        """Each call's value or error, in order: at most `max_parallel` at once, each within `call_timeout`."""
+    async def _make(self, calls: Any) -> str:
+        """The answer line to a request: each call's value or error, in order, JSON-encoded one by one as it comes;
+        at most `max_parallel` at once, each within `call_timeout`, all together within `limits.max_result_bytes`
+        (what the gateway holds for the script at once: past it the script fails, its other calls cut off)."""
         if not isinstance(calls, list) or not calls:
             raise ScriptFailed("the interpreter sent something unreadable")
         self.calls_made += len(calls)
         if self.calls_made > self.config.max_calls:
             raise ScriptFailed(f"it made more than {self.config.max_calls} tool calls (code_mode.max_calls)")
-        results: list[dict[str, Any]] = [{}] * len(calls)
+        encoded: list[str] = [""] * len(calls)
+        held = 0
         slots = anyio.CapacityLimiter(self.config.max_parallel)
 
-        async def make(index: int, tool: str, arguments: dict[str, Any]) -> None:
+        async def make(index: int, tool: str, arguments: dict[str, Any], batch: anyio.CancelScope) -> None:
+            nonlocal held
             async with slots:
-                results[index] = await self._one(tool, arguments)
+                encoded[index] = json.dumps(await self._one(tool, arguments))
+            held += len(encoded[index])
+            if held > self.result_most:
+                batch.cancel()
 
         async with anyio.create_task_group() as group:
             for index, (tool, arguments) in enumerate(calls):
-                group.start_soon(make, index, str(tool), arguments if isinstance(arguments, dict) else {})
-        return results
+                arguments = arguments if isinstance(arguments, dict) else {}
+                group.start_soon(make, index, str(tool), arguments, group.cancel_scope)
+        if held > self.result_most:
+            raise ScriptFailed(
+                f"its calls' results at once came to more than {self.result_most} bytes (limits.max_result_bytes)"
+            )
+        return '{"results": [' + ", ".join(encoded) + "]}\n"
 
     async def _one(self, tool: str, arguments: dict[str, Any]) -> dict[str, Any]:
         if tool == self.config.tool_name:
