@@ -155,6 +155,8 @@ class Gateway:
         self._task_group = task_group
         self.sessions.attach(task_group)
         self.workflows.rounds.attach(task_group)
+        if self.scripts is not None:
+            self.scripts.attach(task_group)
         if self.changes is not None:
             task_group.start_soon(self._share_changes, name="replica-changes")
         self._first_listing = anyio.Event()

@@ -22,7 +22,7 @@ from typing import Any
 
 import anyio
 import mcp_types as types
-from anyio.abc import Process
+from anyio.abc import Process, TaskGroup
 from anyio.streams.buffered import BufferedByteReceiveStream
 from mcp.shared.exceptions import MCPError
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
@@ -104,6 +104,8 @@ class ScriptTools:
             str(config.memory_mb),
         ]
         self.spare = Spare(command)
+        # The gateway's long-lived task group (`attach`): spares start there, off every call's path.
+        self._task_group: TaskGroup | None = None
         self.runs = Budget(
             "scripts running",
             total=config.runs.total,
@@ -112,6 +114,11 @@ class ScriptTools:
             total_setting="code_mode.runs.total",
             caller_setting="code_mode.runs.per_caller",
         )
+
+    def attach(self, task_group: TaskGroup) -> None:
+        """Start spares in `task_group` from now on, the first at once: no call waits for one to start."""
+        self._task_group = task_group
+        task_group.start_soon(self.spare.refill, name="code-mode-spare")
 
     def tools(self) -> Mapping[str, ProvidedTool]:
         return {self._provided.name: self._provided}
@@ -166,9 +173,13 @@ class ScriptTools:
         run = _Run(self, call, process)
         try:
             with anyio.fail_after(self.config.timeout):
-                async with anyio.create_task_group() as group:
-                    group.start_soon(self.spare.refill)  # the next script's, while this one runs (1-14 ms here)
+                if self._task_group is not None:
+                    self._task_group.start_soon(self.spare.refill, name="code-mode-spare")  # the next script's
                     outcome = await run.outcome(request)
+                else:  # not attached (a gateway not started): the next script's spare starts while this one runs
+                    async with anyio.create_task_group() as group:
+                        group.start_soon(self.spare.refill)
+                        outcome = await run.outcome(request)
             if isinstance(outcome, ScriptFailed):
                 raise outcome
             return outcome
