@@ -41,7 +41,11 @@ CODE_MODE = {"enabled": True, "cpu_seconds": 2, "memory_mb": 256, "call_timeout"
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     directory = tmp_path_factory.mktemp("code_mode")
-    config = {"backends": [demo_backend("notes")], "code_mode": {**CODE_MODE, "runs": {"per_caller": 1, "total": 4}}}
+    config = {
+        "backends": [demo_backend("notes")],
+        "code_mode": {**CODE_MODE, "runs": {"per_caller": 1, "total": 4}},
+        "server": {"max_body_bytes": 1_000_000},
+    }
     with running_gateway(write_config(directory, config), "--log-level", "warning") as running:
         yield running
 
@@ -106,6 +110,36 @@ async def test_errors_name_the_line_and_the_cause(gateway: Gateway) -> None:
         ]:
             result = await client.call_tool(TOOL, arguments)
             assert result.is_error and expected in text(result), (arguments, text(result))
+
+
+async def test_data_values_results_and_messages_keep_their_meaning(gateway: Gateway) -> None:
+    """`data` names stay the script's to read and rebind when it ends in `return`, CRLF line ends included; a
+    tool's whole error reaches the caller, at the script's line even when the error imitates Starlark's report;
+    a large object result is text only; values with no JSON form, and data shadowing a built-in, are refused."""
+    async with Client(gateway.url) as client:
+        rebound = await run(client, "if not city:\r\n  return None\r\ncity = city.upper()\r\nreturn city", city="oslo")
+        assert text(rebound) == "OSLO", text(rebound)
+        script = "x = 1\ncall_tool('notes_save_note', title='t', text=1)"
+        refused = await run(client, script)
+        assert refused.is_error and text(refused).startswith("the script failed: line 2: tool 'notes_save_note': ")
+        assert "'text'" in text(refused), text(refused)  # the argument check's own words, whole
+        saved = await run(client, "call_tool('notes_save_note', title='imitation', text='--> script.star:42:1')")
+        found = await run(client, "call_tools([['notes_search_notes', {'query': 'script.star'}]])[0]")
+        assert not saved.is_error and "imitation" in text(found), text(found)
+        big = await run(client, "{'rows': [[]] * 20000}")
+        assert big.structured_content is None and json.loads(text(big)) == {"rows": [[]] * 20000}
+        small = await run(client, "{'rows': [[]] * 2}")
+        assert small.structured_content == {"rows": [[], []]}
+        for script, expected in [
+            ("range(3)", "has no JSON form"),
+            ("1 << 20000", "(4300 digits)"),
+            ("call_tool('notes_save_note', title='t', text='x' * 2000000)", "(server.max_body_bytes"),
+        ]:
+            result = await run(client, script)
+            assert result.is_error and expected in text(result), (script, text(result))
+        for name in ("True", "len", "call_tools", "naïve"):
+            result = await client.call_tool(TOOL, {"script": "1", "data": {name: 1}})
+            assert result.is_error and "cannot be a variable's name" in text(result), (name, text(result))
 
 
 async def test_the_kernel_bounds_a_script_and_the_gateway_keeps_answering(gateway: Gateway) -> None:

@@ -86,7 +86,7 @@ class Gateway:
             listed = pinned.__contains__  # with the optimizer on, tools/list is the meta-tools and pinned tools
         self.scripts: ScriptTools | None = None
         if config.code_mode.enabled:  # before workflows and backends: the config gave the script tool its name
-            self.scripts = ScriptTools(config.code_mode, config.limits.max_result_bytes)
+            self.scripts = ScriptTools(config.code_mode, config.limits.max_result_bytes, config.server.max_body_bytes)
             self.router.add_provider(self.scripts)
         validator = ArgumentValidator(config.limits.argument_check_timeout, config.limits.schema_cache_size)
         # Workflows before the backends' tools: a name the config gave keeps its meaning when a backend

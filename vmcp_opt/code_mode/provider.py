@@ -37,6 +37,9 @@ logger = logging.getLogger(__name__)
 
 # What the child's answers and errors may add to a result's bytes (its JSON framing).
 LINE_SLACK = 64 * 1024
+# A script's result (JSON) up to this size is also its structured content; a larger one is text only: parsed
+# on the event loop, a megabyte of `[]`s is a million objects (0.9 s and 185 MB, measured).
+STRUCTURED_MOST = 64 * 1024
 # The child's error output kept to explain a death (Rust's allocation failure, a Python traceback).
 STDERR_TAIL = 4096
 # What the interpreter writes when an allocation fails under RLIMIT_AS (Rust, pyo3, Python).
@@ -48,7 +51,7 @@ forecasts = call_tools([["get_forecast", {"city": c}] for c in neighbours])
 return {"here": weather, "around": [f["summary"] for f in forecasts]}"""
 
 DESCRIPTION = f"""\
-Run a Starlark script (a small Python: def, for, if, comprehensions, lambda; no while, recursion, imports, \
+Run a Starlark script (a small Python: def, for, if, comprehensions, lambda; no while, imports, \
 files or clock) that calls this server's tools, and get back only what it returns. Use it to chain calls or \
 fan them out in one request instead of one request per call.
 - `call_tool(name, arguments)` calls a tool and returns its value: its structured content, else its text \
@@ -85,9 +88,10 @@ class ScriptTools:
 
     searchable = False  # a way of calling tools, not one find_tool should offer for a task
 
-    def __init__(self, config: CodeModeConfig, max_result_bytes: int) -> None:
+    def __init__(self, config: CodeModeConfig, max_result_bytes: int, max_call_bytes: int) -> None:
         self.config = config
         self.max_result_bytes = max_result_bytes
+        self.max_call_bytes = max_call_bytes  # a call's arguments from a script, as a client's request body
         tool = types.Tool(
             name=config.tool_name,
             description=DESCRIPTION,
@@ -141,12 +145,11 @@ class ScriptTools:
         except LimitReached as refused:
             return error_result(refused.error.message)
         try:
-            value = await self._run(call)
+            return await self._run(call)
         except ScriptFailed as failed:
             return error_result(f"the script failed: {failed}")
         finally:
             self.runs.release(key)
-        return _script_result(value)
 
     def _argument_problem(self, arguments: Mapping[str, Any] | None) -> str | None:
         arguments = arguments or {}
@@ -157,13 +160,13 @@ class ScriptTools:
             return "`script` is required: the Starlark source to run"
         if data is not None and not isinstance(data, dict):
             return f"`data` is an object of named values, not {type(data).__name__}"
-        size = len(script.encode()) + (len(json.dumps(data)) if data else 0)
+        size = len(script.encode()) + (len(json.dumps(data, ensure_ascii=False).encode()) if data else 0)
         if size > self.config.max_script_bytes:
             return f"the script and its data are {size} bytes; at most {self.config.max_script_bytes} (code_mode.max_script_bytes)"
         return None
 
-    async def _run(self, call: ToolCall) -> Any:
-        """The script's value, once its process has ended; `ScriptFailed` for anything else."""
+    async def _run(self, call: ToolCall) -> types.CallToolResult:
+        """The script's value as the call's result, once its process has ended; `ScriptFailed` for anything else."""
         arguments = call.arguments or {}
         request = {"script": arguments["script"], "data": arguments.get("data") or {}}
         try:
@@ -247,10 +250,12 @@ class _Run:
         self.calls_made = 0
         # The client's progress token, if it sent one: told of each batch of calls answered (best effort).
         self.progress = call.exchange.progress_relay()
-        self.line_most = tools.max_result_bytes + LINE_SLACK
         self.result_most = tools.max_result_bytes
+        self.call_most = tools.max_call_bytes
+        # The result comes as JSON inside a JSON string: escaped, up to twice its size.
+        self.line_most = max(self.call_most, 2 * self.result_most) + LINE_SLACK
 
-    async def outcome(self, request: dict[str, Any]) -> Any:
+    async def outcome(self, request: dict[str, Any]) -> types.CallToolResult | ScriptFailed:
         """The script's value, or the `ScriptFailed` that ended it (returned: raised inside a task group, it
         would reach the caller wrapped in an exception group)."""
         try:
@@ -258,7 +263,7 @@ class _Run:
         except ScriptFailed as failed:
             return failed
 
-    async def converse(self, request: dict[str, Any]) -> Any:
+    async def converse(self, request: dict[str, Any]) -> types.CallToolResult:
         assert self.process.stdin is not None and self.process.stdout is not None
         lines = BufferedByteReceiveStream(self.process.stdout)
         await self._send(request)
@@ -267,8 +272,8 @@ class _Run:
             if "calls" in message:
                 await self._send_line(await self._make(message["calls"]))
                 await self._report()
-            elif "result" in message:
-                return message["result"]
+            elif isinstance(message.get("result"), str):
+                return self._result(message["result"])
             else:
                 raise ScriptFailed(str(message.get("error", "no result")))
 
@@ -289,18 +294,26 @@ class _Run:
         with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):  # died: its end is read next
             await self.process.stdin.send(line.encode())
 
+    def _result(self, encoded: str) -> types.CallToolResult:
+        if len(encoded) > self.result_most:
+            raise ScriptFailed(f"its result is more than {self.result_most} bytes (limits.max_result_bytes)")
+        return _script_result(encoded)
+
     async def _receive(self, lines: BufferedByteReceiveStream) -> dict[str, Any]:
         try:
             line = await lines.receive_until(b"\n", self.line_most)
         except anyio.DelimiterNotFound:
-            raise ScriptFailed(
-                f"it sent more than {self.result_most} bytes at once (limits.max_result_bytes)"
-            ) from None
+            raise ScriptFailed(f"it sent more than {self.line_most} bytes at once") from None
         except (anyio.EndOfStream, anyio.IncompleteRead):
             raise ScriptFailed(await self._death()) from None
+        if line.startswith(b'{"calls"') and len(line) > self.call_most:
+            raise ScriptFailed(
+                f"its calls' arguments came to more than {self.call_most} bytes at once (server.max_body_bytes, as "
+                "for a client's request)"
+            )
         try:
             message = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):
             message = None
         if not isinstance(message, dict):
             raise ScriptFailed("the interpreter sent something unreadable")
@@ -319,6 +332,8 @@ class _Run:
             return f"it used all its CPU time ({self.config.cpu_seconds} s, code_mode.cpu_seconds)"
         if code == -signal.SIGKILL:  # not the gateway's doing (it kills only after the end or the deadline)
             return "its interpreter was killed (by the kernel's out-of-memory killer, or an operator)"
+        if code == -signal.SIGSEGV:
+            return "its interpreter crashed (a value nested too deep?)"
         if any(sign in tail for sign in OUT_OF_MEMORY) or code == -signal.SIGABRT:
             return f"it ran out of memory ({self.config.memory_mb} MiB, code_mode.memory_mb)"
         logger.warning("script process ended with %s: %s", code, tail.decode(errors="replace")[-500:])
@@ -387,8 +402,9 @@ def script_exchange(exchange: Exchange, call: ToolCall, tool_name: str) -> Excha
 
 
 def tool_value(result: types.CallToolResult) -> dict[str, Any]:
-    """A tool's answer as the script sees it: `{"value": v}` or `{"error": text}`. The value is the structured
-    content (unwrapped when it is only `{"result": v}`), else the first text, parsed when it is JSON."""
+    """A tool's answer as the script sees it: `{"value": v}`, `{"text": t}` or `{"error": t}`. The value is the
+    structured content (unwrapped when it is only `{"result": v}`), else the first text, which the interpreter
+    parses when it is JSON."""
     texts = [c.text for c in result.content if isinstance(c, types.TextContent)]
     if result.is_error:
         return {"error": texts[0] if texts else "the tool failed"}
@@ -399,15 +415,16 @@ def tool_value(result: types.CallToolResult) -> dict[str, Any]:
         return {"value": structured}
     if not texts:
         return {"value": None}
-    try:
-        return {"value": json.loads(texts[0])}
-    except ValueError:
-        return {"value": texts[0]}
+    return {"text": texts[0]}  # parsed by the interpreter when it is JSON: its CPU, not the event loop's
 
 
-def _script_result(value: Any) -> types.CallToolResult:
-    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-    structured = value if isinstance(value, dict) else None
+def _script_result(encoded: str) -> types.CallToolResult:
+    """The script's value (JSON, as its interpreter encoded it) as a tool result: a string as itself, anything else
+    as its JSON; an object small enough also as structured content (parsed here: see `STRUCTURED_MOST`)."""
+    structured = None
+    if encoded.startswith("{") and len(encoded) <= STRUCTURED_MOST:
+        structured = json.loads(encoded)
+    text = json.loads(encoded) if encoded.startswith('"') else encoded  # one string: no objects to make
     return types.CallToolResult(content=[types.TextContent(type="text", text=text)], structured_content=structured)
 
 

@@ -13,7 +13,7 @@ class ScriptRunsConfig(_PerCallerWithinTotal):
 
     # One caller's scripts at once (a verified subject, else the client's address; over stdio, the client's).
     per_caller: int = Field(2, ge=1, le=64)
-    # Every caller's scripts at once: the interpreter processes the gateway may run.
+    # Every caller's scripts at once: the interpreter processes the gateway may run (and one spare, started ahead).
     total: int = Field(4, ge=1, le=64)
 
 
