@@ -103,10 +103,10 @@ def modern_call(gateway: Gateway, key: str | None, tool: str, header_region: str
 
 def test_a_hidden_tools_mismatched_header_is_answered_as_its_call_is(gateway: tuple[Gateway, dict[str, str]]) -> None:
     """Past the transport, as for a tool that does not exist: the handler refuses the hidden tool as it refuses
-    any call of it (`not permitted`), and nothing names its header-mapped argument."""
+    any call of it (as a tool that does not exist), and nothing names its header-mapped argument."""
     running, keys = gateway
     refused = modern_call(running, keys["guest"], "r_secret", "eu")  # headers that agree: the handler's refusal
-    assert refused[0] == 400 and "not permitted" in refused[1]["error"]["message"], refused
+    assert refused[0] == 400 and refused[1]["error"] == {"code": -32602, "message": "Unknown tool: 'r_secret'"}, refused
     for header in ("us", None):  # a header that disagrees, and none for an argument that wants one
         answer = modern_call(running, keys["guest"], "r_secret", header)
         assert answer == refused, (header, answer)

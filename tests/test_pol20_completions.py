@@ -68,13 +68,23 @@ async def refused(gateway: Gateway, key: str, uri: str, argument: str) -> str:
         return caught.value.error.message
 
 
+async def completed(
+    gateway: Gateway, key: str, ref: types.ResourceTemplateReference | types.PromptReference, argument: str
+) -> None:
+    """A caller the policy lets complete `ref` is answered: the refusals below are the policy's, not the item's
+    absence, though the refused caller is told what an absent item gets (no oracle)."""
+    async with bearer_client(gateway.url, key) as client:
+        await client.complete(ref, {"name": argument, "value": "1"})
+
+
 @pytest.mark.parametrize("uri", [NOTE, "notes://note/anything"])
 async def test_a_uri_the_template_serves_is_refused_completion_as_the_template_is(
     gateway: tuple[Gateway, dict[str, str]], uri: str
 ) -> None:
     running, keys = gateway
     message = await refused(running, keys["guest"], uri, "title")
-    assert f"may not complete template '{NOTE}'" in message
+    assert message == f"Unknown resource template: '{uri}'"  # as for a template nothing serves
+    await completed(running, keys["dev"], resource_ref(uri), "title")
 
 
 @pytest.mark.parametrize("uri", [DYNAMIC, "demo://resource/dynamic/text/7"])
@@ -83,7 +93,8 @@ async def test_a_template_the_caller_may_not_read_gets_no_completions_under_a_br
 ) -> None:
     running, keys = gateway
     message = await refused(running, keys["guest"], uri, "resourceId")
-    assert f"may not use template '{DYNAMIC}'" in message
+    assert message == f"Unknown resource template: '{uri}'"  # as for a template nothing serves
+    await completed(running, keys["dev"], resource_ref(uri), "resourceId")
 
 
 async def test_a_listed_resource_is_no_template_to_complete(gateway: tuple[Gateway, dict[str, str]]) -> None:
@@ -113,4 +124,5 @@ async def test_a_prompt_the_caller_may_not_get_gets_no_completions_under_a_broad
     async with bearer_client(running.url, keys["guest"]) as client:
         with pytest.raises(MCPError) as caught:
             await client.complete(prompt, {"name": "style", "value": "s"})
-    assert "may not use prompt 'notes_summarize_notes'" in caught.value.error.message
+    assert caught.value.error.message == "Unknown prompt: 'notes_summarize_notes'"  # as for a prompt nothing serves
+    await completed(running, keys["dev"], prompt, "style")

@@ -4,7 +4,7 @@ policy lets run: a caller forbidden the tool cannot empty the bucket and take th
 A real `vmcp serve` over the demo backend behind API keys and a Cedar policy that forbids the `guest` caller
 two tools, each with a shared bucket of three tokens that refills one token per 1000 s (within a test, the
 burst is the whole budget). Before, the HTTP gate took a call's tokens before the policy was asked: the
-guest's first three calls were refused as not permitted but emptied the bucket, the rest were 429, and so
+guest's first three calls were refused by the policy but emptied the bucket, the rest were 429, and so
 was every permitted caller's call after them.
 """
 
@@ -61,16 +61,17 @@ def modern_call(gateway: Gateway, key: str, tool: str, request_id: int) -> httpx
     return httpx2.post(gateway.url, json=message, headers=headers, timeout=30)
 
 
-def assert_not_permitted(answer: httpx2.Response) -> None:
-    """The policy's refusal, as a call of a forbidden tool is answered with no rate limit configured."""
+def assert_not_permitted(answer: httpx2.Response, tool: str) -> None:
+    """The policy's refusal, as a call of a forbidden tool is answered with no rate limit configured: as a call
+    of a tool that does not exist."""
     assert answer.status_code == 400, (answer.status_code, answer.text)
     body: dict[str, Any] = answer.json()
-    assert "not permitted" in body["error"]["message"], body
+    assert body["error"] == {"code": -32602, "message": f"Unknown tool: '{tool}'"}, body
 
 
 def guest_floods(gateway: Gateway, keys: dict[str, str], tool: str) -> None:
     for request_id in range(1, 11):
-        assert_not_permitted(modern_call(gateway, keys["guest"], tool, request_id))
+        assert_not_permitted(modern_call(gateway, keys["guest"], tool, request_id), tool)
 
 
 def test_a_forbidden_callers_calls_leave_the_shared_bucket_to_permitted_callers(
@@ -98,4 +99,4 @@ def test_a_permitted_caller_past_the_bucket_still_gets_429(gateway: tuple[Gatewa
     assert error["data"]["limit"] == "rate_limits.per_tool.notes_save_note", error
     assert error["data"]["retry_after"] > 0, error
     # The guest is still refused by the policy, not by the empty bucket.
-    assert_not_permitted(modern_call(running, keys["guest"], "notes_save_note", 99))
+    assert_not_permitted(modern_call(running, keys["guest"], "notes_save_note", 99), "notes_save_note")

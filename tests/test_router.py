@@ -149,17 +149,28 @@ async def test_a_tool_the_catalogue_never_served_is_not_said_to_be_down_under_a_
 # --- the policy hook ---------------------------------------------------------------------------------
 
 
-async def test_the_policy_is_asked_with_the_caller_and_the_target_and_a_denial_is_a_clear_error() -> None:
+async def test_the_policy_is_asked_with_the_caller_and_the_target_and_a_denial_answers_as_an_unknown_name() -> None:
     policy = RecordingPolicy({"secret"})
     router = bare_router()
     router.policy = policy
-    provider = EchoProvider("vault", ["secret", "public"])
+    provider = EchoProvider("vault", ["secret", "SECRET", "public"])
     router.add_provider(provider)
     with pytest.raises(Denied) as raised:
         await router.call_tool(caller("alice"), "secret", {}, Exchange.internal())
-    assert raised.value.code == types.INVALID_REQUEST
-    assert raised.value.message == "not permitted: caller 'alice' may not use tool 'secret': not on the allow list"
-    assert policy.asked[-1] == ("alice", Target("tool", "secret", "vault"))
+    with pytest.raises(UnknownTool) as unknown:
+        await router.call_tool(caller("alice"), "Se-cret", {}, Exchange.internal())  # the same suggestions
+    # No oracle: the refused caller is told what a name nothing serves gets, suggestions computed the same way.
+    assert isinstance(raised.value, UnknownTool) and not isinstance(unknown.value, Denied)
+    assert raised.value.error.model_dump() == {
+        **unknown.value.error.model_dump(),
+        "message": "Unknown tool: 'secret'; did you mean 'SECRET'?",
+    }
+    assert unknown.value.message == "Unknown tool: 'Se-cret'; did you mean 'SECRET'?"
+    assert raised.value.meant == unknown.value.meant == ["SECRET"]
+    # For the operator (audit, workflows): who, what and the policy's reason.
+    assert raised.value.explanation == "not permitted: caller 'alice' may not use tool 'secret': not on the allow list"
+    assert (raised.value.caller.id, raised.value.target.name) == ("alice", "secret")
+    assert ("alice", Target("tool", "secret", "vault")) in policy.asked
     assert provider.calls == []  # refused before the provider ran
     assert text(await router.call_tool(caller("alice"), "public", {}, Exchange.internal())) == "vault:alice"
 
@@ -181,8 +192,14 @@ async def test_call_tool_and_find_tool_are_held_to_the_policy_of_the_tool_they_r
     router.add_provider(EchoProvider("files", ["delete_everything", "delete_one_file"]))
     await optimizer.tools_changed(router.searchable_tools())
     try:
-        with pytest.raises(Denied):
-            await router.call_tool(caller("bob"), "call_tool", {"tool_name": "delete_everything"}, Exchange.internal())
+        refused = await router.call_tool(
+            caller("bob"), "call_tool", {"tool_name": "delete_everything"}, Exchange.internal()
+        )
+        unknown = await router.call_tool(
+            caller("bob"), "call_tool", {"tool_name": "delete_nothing"}, Exchange.internal()
+        )
+        assert refused.is_error and unknown.is_error  # call_tool's own answer for a name that does not exist
+        assert text(refused) == text(unknown).replace("delete_nothing", "delete_everything"), text(refused)
         found = await router.call_tool(caller("bob"), "find_tool", {"query": "delete"}, Exchange.internal())
         assert found.structured_content is not None
         assert [t["name"] for t in found.structured_content["tools"]] == ["delete_one_file"]

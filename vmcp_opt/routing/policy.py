@@ -80,17 +80,40 @@ class AllowAll:
 
 
 class Denied(MCPError):
-    """The policy refused; the message says who, what, and the policy's reason."""
+    """The policy refused `caller` `target`. The caller is answered exactly as if the item did not exist (`absent`:
+    the very error a name nothing serves gets), so probing names finds nothing hidden from it (no oracle); the
+    operator learns of the refusal from the router's log line and the audit record (outcome `denied`)."""
 
-    def __init__(self, caller: Caller, target: Target, reason: str) -> None:
-        because = f": {reason}" if reason else ""
-        verb = {"use": "use", "list": "list", "complete": "complete"}[target.operation]
-        super().__init__(
-            types.INVALID_REQUEST,
-            f"not permitted: caller '{caller.id}' may not {verb} {target.kind} '{shorten(target.name)}'{because}",
-        )
+    def __init__(self, caller: Caller, target: Target, reason: str, absent: MCPError) -> None:
+        # Not super(): a subclass that is also the absent item's own error type (the router's `DeniedTool`) takes
+        # that error's answer as it is.
+        MCPError.__init__(self, absent.code, absent.message, absent.data)
         self.caller = caller
         self.target = target
+        self.reason = reason
+
+    @property
+    def explanation(self) -> str:
+        """Who may not do what, and the policy's reason: only for a caller who may see the item anyway."""
+        target, because = self.target, f": {self.reason}" if self.reason else ""
+        what = f"{target.operation} {target.kind} '{shorten(target.name)}'"
+        return f"not permitted: caller '{self.caller.id}' may not {what}{because}"
+
+
+# What a name nothing serves gets; a refused caller gets the same (`Denied`). A tool's is the router's `UnknownTool`.
+RESOURCE_NOT_FOUND = -32002
+
+
+def unknown_prompt(name: str) -> MCPError:
+    return MCPError(types.INVALID_PARAMS, f"Unknown prompt: '{shorten(name)}'")
+
+
+def unknown_template(uri: str) -> MCPError:
+    return MCPError(types.INVALID_PARAMS, f"Unknown resource template: '{shorten(uri)}'")
+
+
+def resource_not_found(uri: str) -> MCPError:
+    return MCPError(RESOURCE_NOT_FOUND, f"Resource not found: '{shorten(uri)}'", {"uri": shorten(uri, 512)})
 
 
 def resource_targets(catalog: Catalog, uri: str) -> tuple[str, list[Target]] | None:

@@ -59,7 +59,10 @@ from vmcp_opt.routing.policy import (
     Policy,
     Target,
     completion_template,
+    resource_not_found,
     resource_targets,
+    unknown_prompt,
+    unknown_template,
 )
 from vmcp_opt.routing.providers import ProvidedTool, ToolCall, ToolProvider, error_result
 from vmcp_opt.routing.sessions import SessionChooser
@@ -69,7 +72,6 @@ logger = logging.getLogger(__name__)
 
 ResultT = TypeVar("ResultT", bound=BaseModel)
 ItemT = TypeVar("ItemT")
-RESOURCE_NOT_FOUND = -32002
 
 
 # Seconds between two log lines of one caller's denials (the audit log records every one), and callers
@@ -99,6 +101,15 @@ class UnknownTool(MCPError):
         self.name = name
         self.why = why
         self.meant = list(meant)
+
+
+class DeniedTool(Denied, UnknownTool):
+    """A tool the policy refuses the caller: `absent`'s very answer (an unknown name's, its suggestions among the
+    tools the caller may use, so never the refused one), and a `Denied` to the audit and to workflows."""
+
+    def __init__(self, caller: Caller, target: Target, reason: str, absent: UnknownTool) -> None:
+        super().__init__(caller, target, reason, absent)
+        self.name, self.why, self.meant = absent.name, absent.why, absent.meant
 
 
 class CallObserver(Protocol):
@@ -192,14 +203,25 @@ class Router:
         """What `tools/list` shows before any policy, the first provider winning a name (do not change it)."""
         return self.merged.of(self.providers).provided
 
-    def _authorize(self, caller: Caller, target: Target) -> Decision:
+    def _authorize(self, caller: Caller, target: Target, absent: MCPError) -> Decision:
+        """The policy's decision; a refusal is logged for the operator and raised as `Denied`, which answers the
+        caller with `absent`, what the item's absence gets (no oracle)."""
         decision = self.policy.decide(caller, target)
         if not decision.allowed:
-            self._log_denial(caller, target)
-            raise Denied(caller, target, decision.reason)
+            self._log_denial(caller, target, decision.reason)
+            raise Denied(caller, target, decision.reason, absent)
         return decision
 
-    def _log_denial(self, caller: Caller, target: Target) -> None:
+    async def _authorize_tool(self, caller: Caller, target: Target) -> Decision:
+        """`_authorize` for a tool: a refused caller gets what a name never served gets, suggestions included."""
+        decision = self.policy.decide(caller, target)
+        if not decision.allowed:
+            self._log_denial(caller, target, decision.reason)
+            absent = UnknownTool(target.name, None, await self.meant(caller, target.name))
+            raise DeniedTool(caller, target, decision.reason, absent)
+        return decision
+
+    def _log_denial(self, caller: Caller, target: Target, reason: str) -> None:
         if caller.id not in self._denied and len(self._denied) >= DENIAL_LOG_CALLERS:
             # A new session per request makes a new caller each time: its keys must not grow for good.
             self._denied.clear()
@@ -207,12 +229,13 @@ class Router:
         self._denied.add(caller.id)
         self._denial_log.warning(
             caller.id,
-            "denied: %s (%s) may not %s %s %r",
+            "denied: %s (%s) may not %s %s %r%s",
             caller.id,
             caller.subject or "no subject",
             target.operation,
             target.kind,
             shorten(target.name),  # a resource URI can be 64 KiB; denied reads must not flood the log
+            f": {shorten(reason)}" if reason else "",  # the caller is no longer told it (no oracle): the operator is
             extra={"caller": caller.id, "subject": caller.subject, "target": shorten(target.name)},
         )
 
@@ -342,9 +365,9 @@ class Router:
     async def call_tool(
         self, caller: Caller, name: str, arguments: dict[str, Any] | None, exchange: Exchange
     ) -> types.CallToolResult:
-        """Any provider's tool. `UnknownTool` for a name no provider serves; `Denied` when the policy refuses;
-        an error result when the tool's backend is down, went away or failed to answer (`backend_failed`), or
-        its answer passed `limits.max_result_bytes` (measured, or cut off while it arrived)."""
+        """Any provider's tool. `UnknownTool` for a name no provider serves, and `DeniedTool`, the same answer,
+        when the policy refuses; an error result when the tool's backend is down, went away or failed to answer
+        (`backend_failed`), or its answer passed `limits.max_result_bytes` (measured, or cut off while it arrived)."""
         if not self.watchers:
             return await self._call_tool(caller, name, arguments, exchange, None)
         with watched(self.watchers, Op("tools/call", caller, target=name, exchange=exchange)) as op:
@@ -363,7 +386,7 @@ class Router:
         provider, provided = found
         if op is not None:
             op.backend = provided.source
-        decision = self._authorize(caller, _tool_target(provided))
+        decision = await self._authorize_tool(caller, _tool_target(provided))
         if decision.approval is not None:
             try:
                 exchange = await self.approvals.confirm(caller, exchange, provided.name, decision.approval)
@@ -404,7 +427,7 @@ class Router:
     async def _unavailable(self, caller: Caller, name: str, op: Op | None) -> types.CallToolResult:
         """A tool no provider serves now: why (its backend is down), but only to a caller the policy lets use
         it, judged on the tool as last served; any other caller gets the denial it gets while the backend is
-        up. `UnknownTool` for a name never served, with the names it likely meant."""
+        up (an unknown name's answer). `UnknownTool` for a name never served, with the names it likely meant."""
         why = next((w for p in self.providers if (w := p.why_unavailable(name)) is not None), None)
         if why is None:
             elsewhere = self.why_unknown(name) if self.why_unknown is not None else None
@@ -413,7 +436,7 @@ class Router:
         if known is not None:
             if op is not None:
                 op.backend = known.backend
-            self._authorize(caller, Target("tool", name, known.backend, "use", known.tool.annotations))
+            await self._authorize_tool(caller, Target("tool", name, known.backend, "use", known.tool.annotations))
         elif not getattr(self.policy, "allows_everything", False):
             raise UnknownTool(name)  # a provider's own tool the policy cannot be asked about: tell nothing
         if op is not None:
@@ -457,9 +480,10 @@ class Router:
     ) -> types.GetPromptResult:
         with self._watch(Op("prompts/get", caller, target=params.name, exchange=exchange)):
             routed = self.catalog.current.prompts.get(params.name)
+            absent = unknown_prompt(params.name)
             if routed is None:
-                raise MCPError(types.INVALID_PARAMS, f"Unknown prompt: '{shorten(params.name)}'")
-            self._authorize(caller, Target("prompt", routed.name, routed.backend))
+                raise absent
+            self._authorize(caller, Target("prompt", routed.name, routed.backend), absent)
             check_prompt_arguments(routed.name, routed.prompt, params.arguments)
             forwarded = params.model_copy(update={"name": routed.original_name, "request_state": None})
             return await self._forward(
@@ -485,30 +509,32 @@ class Router:
             catalog = self.catalog.current
             if isinstance(ref, types.PromptReference):
                 routed = catalog.prompts.get(ref.name)
+                absent = unknown_prompt(ref.name)
                 if routed is None:
-                    raise MCPError(types.INVALID_PARAMS, f"Unknown prompt: '{shorten(ref.name)}'")
-                self._authorize_completion(caller, Target("prompt", routed.name, routed.backend))
+                    raise absent
+                self._authorize_completion(caller, Target("prompt", routed.name, routed.backend), absent)
                 forwarded = params.model_copy(update={"ref": ref.model_copy(update={"name": routed.original_name})})
                 return await self._forward(
                     caller, exchange, routed.backend, types.CompleteRequest(params=forwarded), types.CompleteResult
                 )
             template = completion_template(catalog, ref.uri)
+            absent = unknown_template(ref.uri)
             if template is None:
-                raise MCPError(types.INVALID_PARAMS, f"Unknown resource template: '{shorten(ref.uri)}'")
+                raise absent
             uri_template = template.template.uri_template
-            self._authorize_completion(caller, Target("template", uri_template, template.backend))
+            self._authorize_completion(caller, Target("template", uri_template, template.backend), absent)
             # The backend is asked about the template the policy judged (and knows it by that name).
             forwarded = params.model_copy(update={"ref": ref.model_copy(update={"uri": uri_template})})
             return await self._forward(
                 caller, exchange, template.backend, types.CompleteRequest(params=forwarded), types.CompleteResult
             )
 
-    def _authorize_completion(self, caller: Caller, target: Target) -> None:
+    def _authorize_completion(self, caller: Caller, target: Target, absent: MCPError) -> None:
         """Completions only for a prompt or template the caller is shown (may list it and get or read it) and
         may complete: their values come from the data it serves, so a caller kept from reading a template must
         not enumerate it through completions under a broad `complete` permit."""
         for operation in ("list", "use", "complete"):
-            self._authorize(caller, dataclasses.replace(target, operation=operation))
+            self._authorize(caller, dataclasses.replace(target, operation=operation), absent)
 
     async def subscribe(self, caller: Caller, uri: str, exchange: Exchange, *, subscribe: bool) -> None:
         method = "resources/subscribe" if subscribe else "resources/unsubscribe"
@@ -525,11 +551,12 @@ class Router:
 
     def _resource_backend(self, caller: Caller, uri: str) -> str:
         routed = resource_targets(self.catalog.current, uri)
+        absent = resource_not_found(uri)
         if routed is None:
-            raise MCPError(RESOURCE_NOT_FOUND, f"Resource not found: '{shorten(uri)}'", {"uri": shorten(uri, 512)})
+            raise absent
         backend, targets = routed
         for target in targets:
-            self._authorize(caller, target)
+            self._authorize(caller, target, absent)
         return backend
 
     async def _forward(

@@ -249,14 +249,14 @@ def front_ask(caller: Caller, exchange: Exchange) -> Ask | None:
 
 
 async def step_denial(router: Dispatch, caller: Caller, denied: Denied) -> str:
-    """A step's policy refusal as its reason: the router's message when the caller may see the refused tool
-    (it may list and call it), else one that names neither the tool nor the policy's reason (which may
-    name it); the run's error names the step, which is the workflow's, not the tool."""
+    """A step's policy refusal as its reason: who may not do what and why (`Denied.explanation`) when the caller
+    may see the refused tool (it may list and call it), else one that names neither the tool nor the policy's
+    reason (which may name it); the run's error names the step, which is the workflow's, not the tool."""
     target = denied.target
     if target.kind == "tool":
         await router.usable_tools_async(caller)  # `may_use` then reads the caller's kept view
         if router.may_use(caller, [target.name]):
-            return f"Denied: {denied.error.message}"
+            return f"Denied: {denied.explanation}"
     return f"not permitted: caller '{caller.id}' may not make this step's call"
 
 
