@@ -149,7 +149,8 @@ class JwksCache:
     async def _refresh(self, stale_before: float) -> None:
         """Refresh unless one ended after `stale_before`: the first token to need it fetches, the others wait for
         that fetch at most `timeout` from their arrival (then `JwksUnavailable`), and one cut off is fetched anew
-        (single_flight.py). Its outcome is recorded, not raised: `key` reads it."""
+        (single_flight.py). Its outcome is recorded, not raised: `key` reads it. The fetch is shielded
+        (`_run_refresh`), so a waiter that fetches anew may wait up to `timeout` past its own wait, not less."""
         await self._refreshes.get(KEY_SET, self._run_refresh, ready=lambda: self._fetched_after(stale_before))
 
     def _fetched_after(self, stale_before: float) -> float | None:
