@@ -30,6 +30,7 @@ permit(principal, action, resource);
 forbid(principal in Group::"guest", action, resource == Tool::"notes_whoami");
 forbid(principal in Group::"guest", action, resource == Prompt::"notes_summarize_notes");
 forbid(principal in Group::"guest", action, resource == Resource::"notes://all");
+forbid(principal in Group::"reader", action == Action::"complete", resource == Prompt::"notes_summarize_notes");
 """
 MODERN = "2026-07-28"
 HANDSHAKE = "2025-11-25"
@@ -74,7 +75,9 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gateway,
         "optimizer": {"enabled": True},
         "telemetry": {"audit": {"enabled": True, "output": "audit.log"}},
     }
-    path, keys = policed_config(directory, {"guest": ["guest"], "staff": ["staff"]}, POLICY, config)
+    path, keys = policed_config(
+        directory, {"guest": ["guest"], "staff": ["staff"], "reader": ["reader"]}, POLICY, config
+    )
     with running_gateway(path, "--log-level", "warning") as running:
         yield running, keys, directory / "audit.log"
 
@@ -158,7 +161,9 @@ def test_the_audit_log_still_records_each_refusal_as_denied(gateway: tuple[Gatew
     guest.ask("tools/call", {"name": "notes_whoami", "arguments": {}})
     guest.ask("prompts/get", {"name": "notes_summarize_notes"})
     guest.ask("resources/read", {"uri": "notes://all"})
+    guest.ask("tools/call", {"name": "call_tool", "arguments": {"tool_name": "notes_whoami", "arguments": {}}})
     wanted = {
+        ("vmcp_call_tool", "call_tool"),  # the client's own request, answered as an unknown name, was refused
         ("mcp_tool_call", "notes_whoami"),
         ("mcp_prompt_get", "notes_summarize_notes"),
         ("mcp_resource_read", "notes://all"),
@@ -175,3 +180,20 @@ def test_the_audit_log_still_records_each_refusal_as_denied(gateway: tuple[Gatew
             break
         time.sleep(0.05)
     assert wanted <= denied, (wanted - denied, [(e["type"], e["target"], e["outcome"]) for e in events])
+
+
+def test_completing_a_prompt_the_caller_is_shown_says_why_it_is_refused(
+    gateway: tuple[Gateway, dict[str, str], Path],
+) -> None:
+    """A reader may list and get the prompt but not complete it: nothing is hidden, so the refusal says so."""
+    running, keys, _ = gateway
+    reader = Era(running, keys["reader"], HANDSHAKE)
+    status, got = reader.ask("prompts/get", {"name": "notes_summarize_notes"})
+    assert status == 200 and "result" in got, got
+    params = {
+        "ref": {"type": "ref/prompt", "name": "notes_summarize_notes"},
+        "argument": {"name": "style", "value": "s"},
+    }
+    status, refused = reader.ask("completion/complete", params)
+    message = refused["error"]["message"]
+    assert message.startswith("not permitted: caller ") and "may not complete prompt 'notes_summarize_notes'" in message

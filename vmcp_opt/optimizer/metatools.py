@@ -56,7 +56,8 @@ from vmcp_opt.optimizer.tokens import AnswerTokens, ToolListTokens, answer_text
 from vmcp_opt.optimizer.tool_records import meta_tools_tokens, provided_record
 from vmcp_opt.optimizer.usage import UsageGraph, UsageRecorder, usage_client
 from vmcp_opt.optimizer.usage_files import FileUsageHistory, UsageHistory
-from vmcp_opt.routing import GATEWAY_SOURCE, Exchange, ProvidedTool, ToolCall, UnknownTool
+from vmcp_opt.routing import GATEWAY_SOURCE, Denied, Exchange, ProvidedTool, ToolCall, UnknownTool
+from vmcp_opt.routing.operations import current
 
 logger = logging.getLogger(__name__)
 
@@ -160,6 +161,10 @@ class OptimizerFront:
         try:
             return await call.router.call_tool(call.caller, target, arguments.get("arguments") or {}, call.exchange)
         except UnknownTool as unknown:
+            if isinstance(unknown, Denied) and (op := current()) is not None:
+                # Answered as an unknown name (no oracle), but the client's request was refused: its metrics and
+                # audit outcome say so, as they did when the refusal went out as an error.
+                op.outcome, op.error = "denied", "denied"
             if unknown.why is not None:  # served by another replica behind this endpoint, not by this one
                 return _error(f"field 'tool_name': {unknown.why}")
             meant = unknown.meant  # `Router.meant`: the names it likely meant, among those the caller may use

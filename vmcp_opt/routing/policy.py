@@ -95,9 +95,13 @@ class Denied(MCPError):
     @property
     def explanation(self) -> str:
         """Who may not do what, and the policy's reason: only for a caller who may see the item anyway."""
-        target, because = self.target, f": {self.reason}" if self.reason else ""
-        what = f"{target.operation} {target.kind} '{shorten(target.name)}'"
-        return f"not permitted: caller '{self.caller.id}' may not {what}{because}"
+        return explain(self.caller, self.target, self.reason)
+
+
+def explain(caller: Caller, target: Target, reason: str) -> str:
+    because = f": {reason}" if reason else ""
+    what = f"{target.operation} {target.kind} '{shorten(target.name)}'"
+    return f"not permitted: caller '{caller.id}' may not {what}{because}"
 
 
 # What a name nothing serves gets; a refused caller gets the same (`Denied`). A tool's is the router's `UnknownTool`.

@@ -59,6 +59,7 @@ from vmcp_opt.routing.policy import (
     Policy,
     Target,
     completion_template,
+    explain,
     resource_not_found,
     resource_targets,
     unknown_prompt,
@@ -430,7 +431,10 @@ class Router:
         up (an unknown name's answer). `UnknownTool` for a name never served, with the names it likely meant."""
         why = next((w for p in self.providers if (w := p.why_unavailable(name)) is not None), None)
         if why is None:
-            elsewhere = self.why_unknown(name) if self.why_unknown is not None else None
+            # Another replica's config, named only when no policy hides anything: a hidden tool, served here, gets no
+            # such answer, so a made-up name getting one would tell the two apart (and name backends).
+            explains = self.why_unknown is not None and self._hides_nothing()
+            elsewhere = self.why_unknown(name) if explains and self.why_unknown is not None else None
             raise UnknownTool(name, elsewhere, [] if elsewhere else await self.meant(caller, name))
         known = self.catalog.known_tool(name)
         if known is not None:
@@ -532,9 +536,16 @@ class Router:
     def _authorize_completion(self, caller: Caller, target: Target, absent: MCPError) -> None:
         """Completions only for a prompt or template the caller is shown (may list it and get or read it) and
         may complete: their values come from the data it serves, so a caller kept from reading a template must
-        not enumerate it through completions under a broad `complete` permit."""
-        for operation in ("list", "use", "complete"):
+        not enumerate it through completions under a broad `complete` permit. Refused completion of an item the
+        caller is shown says so (it hides nothing); any other refusal answers as the item's absence."""
+        for operation in ("list", "use"):
             self._authorize(caller, dataclasses.replace(target, operation=operation), absent)
+        completing = dataclasses.replace(target, operation="complete")
+        decision = self.policy.decide(caller, completing)
+        if not decision.allowed:
+            self._log_denial(caller, completing, decision.reason)
+            shown = MCPError(types.INVALID_REQUEST, explain(caller, completing, decision.reason))
+            raise Denied(caller, completing, decision.reason, shown)
 
     async def subscribe(self, caller: Caller, uri: str, exchange: Exchange, *, subscribe: bool) -> None:
         method = "resources/subscribe" if subscribe else "resources/unsubscribe"
