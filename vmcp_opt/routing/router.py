@@ -452,10 +452,12 @@ class Router:
         case, with other separators or none (`Time_Get_Current_Time`, `everything_get_sum` for
         `everything_get-sum`, `getSum`, spaces around it), or its name at its backend without the gateway's
         prefix, spelt so too. Tool names are exact, so the call itself still fails."""
+        # The caller's view first, whatever the name: a hidden tool's name always has candidates (itself), so
+        # building the view only then would make a made-up name's first answer the quicker one (an oracle).
+        await self.usable_tools_async(caller)  # `may_use` then reads the caller's kept view
         candidates = self._folded_names().get(_name_key(name), [])
         if not candidates:
             return []
-        await self.usable_tools_async(caller)  # `may_use` then reads the caller's kept view
         # Filtered before cut: tools the caller may not use must not crowd out the ones it may.
         return self.may_use(caller, candidates)[:MEANT_MOST]
 
