@@ -11,7 +11,6 @@ gateway's environment (no secrets to read, were the interpreter to escape) and i
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
 import os
@@ -29,7 +28,7 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from vmcp_opt.auth.caller import caller_key
 from vmcp_opt.config.code_mode import CodeModeConfig
-from vmcp_opt.routing import Exchange, ProvidedTool, ToolCall, error_result
+from vmcp_opt.routing import ProvidedTool, ToolCall, error_result
 from vmcp_opt.routing.budget import Budget, LimitReached
 from vmcp_opt.routing.providers import GATEWAY_SOURCE
 
@@ -175,17 +174,10 @@ class ScriptTools:
             raise ScriptFailed(f"its interpreter could not start: {error.strerror or error}") from None
         run = _Run(self, call, process)
         try:
+            if self._task_group is not None:  # attached by the gateway's start; unattached, `take` starts its own
+                self._task_group.start_soon(self.spare.refill, name="code-mode-spare")  # the next script's
             with anyio.fail_after(self.config.timeout):
-                if self._task_group is not None:
-                    self._task_group.start_soon(self.spare.refill, name="code-mode-spare")  # the next script's
-                    outcome = await run.outcome(request)
-                else:  # not attached (a gateway not started): the next script's spare starts while this one runs
-                    async with anyio.create_task_group() as group:
-                        group.start_soon(self.spare.refill)
-                        outcome = await run.outcome(request)
-            if isinstance(outcome, ScriptFailed):
-                raise outcome
-            return outcome
+                return await run.converse(request)
         except TimeoutError:
             raise ScriptFailed(f"it ran past its deadline ({self.config.timeout:g} s, code_mode.timeout)") from None
         finally:
@@ -246,7 +238,10 @@ class _Run:
         self.config = tools.config
         self.call = call
         self.process = process
-        self.exchange = script_exchange(call.exchange, call, tools.config.tool_name)
+        # Marked as inside the script (so it cannot start another), not a workflow's step: usage learning counts
+        # the tools a script calls, which the caller chose.
+        modern = call.caller.protocol_version in MODERN_PROTOCOL_VERSIONS
+        self.exchange = call.exchange.inner(modern=modern, chain=tools.config.tool_name, step_of=None)
         self.calls_made = 0
         # The client's progress token, if it sent one: told of each batch of calls answered (best effort).
         self.progress = call.exchange.progress_relay()
@@ -254,14 +249,6 @@ class _Run:
         self.call_most = tools.max_call_bytes
         # The result comes as JSON inside a JSON string: escaped, up to twice its size.
         self.line_most = max(self.call_most, 2 * self.result_most) + LINE_SLACK
-
-    async def outcome(self, request: dict[str, Any]) -> types.CallToolResult | ScriptFailed:
-        """The script's value, or the `ScriptFailed` that ended it (returned: raised inside a task group, it
-        would reach the caller wrapped in an exception group)."""
-        try:
-            return await self.converse(request)
-        except ScriptFailed as failed:
-            return failed
 
     async def converse(self, request: dict[str, Any]) -> types.CallToolResult:
         assert self.process.stdin is not None and self.process.stdout is not None
@@ -381,24 +368,6 @@ class _Run:
         except MCPError as refused:  # unknown, not permitted, rate-limited, over a bound
             return {"error": refused.error.message}
         return tool_value(result)
-
-
-def script_exchange(exchange: Exchange, call: ToolCall, tool_name: str) -> Exchange:
-    """What a script's calls carry: the client's request, minus its progress token (several calls' progress
-    would interleave and go backwards) and, for a 2026-07-28 caller, its session and round (a call cannot hand
-    a backend's question back to the client in the middle of a script); marked as inside the script, so a
-    script cannot start another. Not a workflow's step: usage learning counts the tools a script calls, which
-    the caller chose."""
-    meta = {k: v for k, v in dict(exchange.meta or {}).items() if k not in ("progressToken", "progress_token")}
-    modern = call.caller.protocol_version in MODERN_PROTOCOL_VERSIONS
-    return dataclasses.replace(
-        exchange,
-        session=None if modern else exchange.session,
-        meta=meta or None,  # type: ignore[arg-type]
-        round=None,
-        input_responses=None,
-        workflow_chain=(*exchange.workflow_chain, tool_name),
-    )
 
 
 def tool_value(result: types.CallToolResult) -> dict[str, Any]:

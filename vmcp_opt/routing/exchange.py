@@ -7,6 +7,7 @@ steps carry their run's exchange marked with the workflow's name (`step_of`).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +44,24 @@ class Exchange:
     @classmethod
     def internal(cls, method: str = "tools/call") -> Exchange:
         return cls(method=method)
+
+    def inner(self, *, modern: bool, chain: str, step_of: str | None) -> Exchange:
+        """What a call made on this request's behalf by a run of the gateway's (a workflow's step, a code-mode
+        script's call) carries: `chain` appended to `workflow_chain` (so the run cannot re-enter itself), `step_of`
+        (None: usage learning counts the call), no progress token (several calls' progress would interleave and
+        go backwards) nor a retry's round; and for a `modern` (2026-07-28) caller no session, so the call takes a
+        backend's shared session and cannot hand a backend's question back to the client mid-run (a 2025-11-25
+        caller's session stays: its backend's questions reach the client as in any call)."""
+        meta = {k: v for k, v in dict(self.meta or {}).items() if k not in ("progressToken", "progress_token")}
+        return dataclasses.replace(
+            self,
+            session=None if modern else self.session,
+            meta=meta or None,  # type: ignore[arg-type]
+            round=None,
+            input_responses=None,
+            step_of=step_of,
+            workflow_chain=(*self.workflow_chain, chain),
+        )
 
     def progress_relay(self) -> ProgressFnT | None:
         """Relays a backend's progress to the client under the client's own progress token."""

@@ -207,19 +207,24 @@ class Router:
     def _authorize(self, caller: Caller, target: Target, absent: MCPError) -> Decision:
         """The policy's decision; a refusal is logged for the operator and raised as `Denied`, which answers the
         caller with `absent`, what the item's absence gets (no oracle)."""
-        decision = self.policy.decide(caller, target)
+        decision = self._judged(caller, target)
         if not decision.allowed:
-            self._log_denial(caller, target, decision.reason)
             raise Denied(caller, target, decision.reason, absent)
         return decision
 
     async def _authorize_tool(self, caller: Caller, target: Target) -> Decision:
         """`_authorize` for a tool: a refused caller gets what a name never served gets, suggestions included."""
+        decision = self._judged(caller, target)
+        if not decision.allowed:
+            absent = UnknownTool(target.name, None, await self.meant(caller, target.name))
+            raise DeniedTool(caller, target, decision.reason, absent)
+        return decision
+
+    def _judged(self, caller: Caller, target: Target) -> Decision:
+        """The policy's decision, a refusal logged for the operator (who alone hears its reason)."""
         decision = self.policy.decide(caller, target)
         if not decision.allowed:
             self._log_denial(caller, target, decision.reason)
-            absent = UnknownTool(target.name, None, await self.meant(caller, target.name))
-            raise DeniedTool(caller, target, decision.reason, absent)
         return decision
 
     def _log_denial(self, caller: Caller, target: Target, reason: str) -> None:
@@ -543,9 +548,8 @@ class Router:
         for operation in ("list", "use"):
             self._authorize(caller, dataclasses.replace(target, operation=operation), absent)
         completing = dataclasses.replace(target, operation="complete")
-        decision = self.policy.decide(caller, completing)
+        decision = self._judged(caller, completing)
         if not decision.allowed:
-            self._log_denial(caller, completing, decision.reason)
             shown = MCPError(types.INVALID_REQUEST, explain(caller, completing, decision.reason))
             raise Denied(caller, completing, decision.reason, shown)
 

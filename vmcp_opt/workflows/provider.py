@@ -322,23 +322,10 @@ def tool_of(workflow: WorkflowConfig, annotations: types.ToolAnnotations) -> typ
 
 
 def step_exchange(exchange: Exchange, caller: Caller, workflow: str) -> Exchange:
-    """The exchange a step's call carries: marked as `workflow`'s step (the run made the call, not the
-    client: usage learning leaves it out), without the caller's progress token or a retry's round (a
-    2026-07-28 retry answers the workflow's own question, not a step's). A 2025-11-25 caller's session stays,
-    so a backend's question during a step reaches the client as in any call; a 2026-07-28 caller's goes, so
-    its steps take the backends' shared sessions instead of a round-trip session each: a step cannot hand
-    a backend's question back to the client mid-workflow."""
-    meta = {k: v for k, v in dict(exchange.meta or {}).items() if k not in ("progressToken", "progress_token")}
-    session = None if caller.protocol_version in MODERN_PROTOCOL_VERSIONS else exchange.session
-    return dataclasses.replace(
-        exchange,
-        session=session,
-        meta=meta or None,  # type: ignore[arg-type]
-        round=None,
-        input_responses=None,
-        step_of=workflow,
-        workflow_chain=(*exchange.workflow_chain, workflow),
-    )
+    """The exchange a step's call carries (`Exchange.inner`): marked as `workflow`'s step (the run made the call,
+    not the client: usage learning leaves it out); a 2026-07-28 retry's round answers the workflow's own question,
+    not a step's."""
+    return exchange.inner(modern=caller.protocol_version in MODERN_PROTOCOL_VERSIONS, chain=workflow, step_of=workflow)
 
 
 def nesting_refused(workflow: str, chain: tuple[str, ...]) -> str | None:
