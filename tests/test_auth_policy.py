@@ -251,6 +251,36 @@ def test_a_backend_tool_from_the_gateways_own_source_is_decided_by_the_policy() 
     assert [d.allowed for d in decisions] == [True, True, False, True]
 
 
+def test_a_target_judged_in_a_view_is_not_judged_again_when_called(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A caller's view (tools/list, find_tool, a wrong name's suggestions) judges every tool; calling a hidden one
+    # afterwards must cost no evaluation of its own, or its answer would come later than a made-up name's.
+    import cedarpy
+
+    batches: list[int] = []
+    evaluate = cedarpy.is_authorized_batch
+
+    def counted(requests: list[Any], *args: Any) -> Any:
+        batches.append(len(requests))
+        return evaluate(requests, *args)
+
+    monkeypatch.setattr(cedarpy, "is_authorized_batch", counted)
+    policy = CedarPolicy(POLICY)
+    guest = caller("g", subject="gus")
+    reader = tool_target("read_file", read_only_hint=True, destructive_hint=False)
+    hidden = tool_target("delete_file")
+    assert [d.allowed for d in policy.decide_all(guest, [reader, hidden])] == [True, False]
+    assert batches == [2]
+    refused = policy.decide(guest, hidden)
+    assert not refused.allowed and "no-destruction-outside-admins" in refused.reason
+    assert policy.decide(guest, reader).allowed and batches == [2]
+    # Only what is not known yet goes to the engine; another principal is judged afresh.
+    writer = tool_target("write_file", read_only_hint=False, destructive_hint=False)
+    assert [d.allowed for d in policy.decide_all(guest, [reader, writer, hidden])] == [True, False, False]
+    assert batches == [2, 1]
+    assert policy.decide(caller("d", subject="dana", groups=frozenset({"dev"})), writer).allowed
+    assert batches == [2, 1, 1]
+
+
 # Valid against the schema, yet an error at evaluation: a misspelt attribute is refused at load instead.
 OVERFLOW = "9223372036854775807 + 1 > 0"
 

@@ -91,21 +91,22 @@ class CedarPolicy:
     def decide(self, caller: Caller, target: Target) -> Decision:
         if is_meta_tool(target):
             return ALLOW
-        key = (caller.principal, target.kind, _name_key(target.name), target.source, target.operation, _hints(target))
-        cached = self._cache.get(key)
-        if cached is not None:
-            return cached
-        decision = self.decide_all(caller, [target])[0]
-        if len(self._cache) >= self.cache_size:
-            self._cache.clear()
-        if self.cache_size:
-            self._cache[key] = decision
-        return decision
+        cached = self._cache.get(_cache_key(caller, target))
+        return cached if cached is not None else self.decide_all(caller, [target])[0]
 
     def decide_all(self, caller: Caller, targets: Sequence[Target]) -> list[Decision]:
-        """One Cedar batch for many targets of one caller (the router's per-principal views)."""
-        asked = [i for i, t in enumerate(targets) if not is_meta_tool(t)]
+        """One Cedar batch for many targets of one caller (the router's per-principal views). Each decision is
+        kept, so a target judged in a view is not judged again when called: a hidden tool's first call costs
+        what a made-up name's does (no timing oracle), and a listed tool's call no evaluation."""
         decisions = [ALLOW] * len(targets)
+        asked: list[int] = []
+        for i, target in enumerate(targets):
+            if not is_meta_tool(target):
+                cached = self._cache.get(_cache_key(caller, target))
+                if cached is None:
+                    asked.append(i)
+                else:
+                    decisions[i] = cached
         if not asked:
             return decisions
         entities: dict[tuple[str, str], dict[str, Any]] = {}
@@ -123,7 +124,7 @@ class CedarPolicy:
             )
         try:
             results = cedarpy.is_authorized_batch(requests, self.policies, json.dumps(list(entities.values())))
-        except Exception as exc:  # fail closed: nothing is allowed when the engine cannot answer
+        except Exception as exc:  # fail closed: nothing is allowed when the engine cannot answer (not kept)
             for i in asked:
                 decisions[i] = Decision(False, f"policy evaluation failed: {exc}")
             return decisions
@@ -131,7 +132,14 @@ class CedarPolicy:
             if result.diagnostics.errors:
                 self._log_error_once(result.diagnostics.errors[0])
             decisions[i] = _decision(result, ACTIONS[(targets[i].kind, targets[i].operation)], self.approvals)
+            self._keep(_cache_key(caller, targets[i]), decisions[i])
         return decisions
+
+    def _keep(self, key: tuple[Hashable, ...], decision: Decision) -> None:
+        if len(self._cache) >= self.cache_size:
+            self._cache.clear()
+        if self.cache_size:
+            self._cache[key] = decision
 
     def _log_error_once(self, message: str) -> None:
         """A policy that errors usually errors for every request: its first error is logged, not each one."""
@@ -140,6 +148,10 @@ class CedarPolicy:
         if policy_id not in self._errors_logged:
             self._errors_logged.add(policy_id)
             logger.warning("authorization: %s: %s (such requests are denied)", self.source, message)
+
+
+def _cache_key(caller: Caller, target: Target) -> tuple[Hashable, ...]:
+    return (caller.principal, target.kind, _name_key(target.name), target.source, target.operation, _hints(target))
 
 
 def _name_key(name: str) -> str | bytes:
