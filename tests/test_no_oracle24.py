@@ -17,10 +17,20 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx2
 import pytest
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
 
-from tests.support import RAW_HEADERS, RAW_INITIALIZE, Gateway, demo_backend, policed_config, running_gateway
+from tests.support import (
+    RAW_HEADERS,
+    RAW_INITIALIZE,
+    Gateway,
+    demo_backend,
+    policed_config,
+    running_gateway,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -65,6 +75,11 @@ CASES: list[tuple[str, str, Params, str, str]] = [
         "notes_nowhere",
     ),
 ]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
 
 
 @pytest.fixture(scope="module")
@@ -180,6 +195,32 @@ def test_the_audit_log_still_records_each_refusal_as_denied(gateway: tuple[Gatew
             break
         time.sleep(0.05)
     assert wanted <= denied, (wanted - denied, [(e["type"], e["target"], e["outcome"]) for e in events])
+
+
+@pytest.mark.anyio
+async def test_a_listen_streams_refused_resource_is_left_out_and_audited_as_a_refused_subscription(
+    gateway: tuple[Gateway, dict[str, str], Path],
+) -> None:
+    running, keys, audit = gateway
+    http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {keys['guest']}"}, timeout=60)
+    client = Client(streamable_http_client(running.url, http_client=http), mode=MODERN)  # type: ignore[arg-type]
+    async with http, client, client.listen(resource_subscriptions=["notes://all", "nowhere://all"]) as listening:
+        assert not listening.honored.resource_subscriptions  # promised neither: as a made-up URI is not
+    deadline = time.monotonic() + 30  # the audit thread writes off the request path
+    while True:
+        events = [json.loads(line) for line in audit.read_text().splitlines()] if audit.exists() else []
+        refused = [
+            e["target"]
+            for e in events
+            if e["outcome"] == "denied"
+            and e["subjects"].get("user_id") == "guest"
+            and e["target"]["method"] == "resources/subscribe"
+            and e["metadata"]["extra"].get("protocol_version") == MODERN  # not the 2025-11-25 test's
+        ]
+        if refused or time.monotonic() > deadline:
+            break
+        await anyio.sleep(0.05)
+    assert refused == [{"method": "resources/subscribe", "type": "resource", "name": "notes://all"}], refused
 
 
 def test_completing_a_prompt_the_caller_is_shown_says_why_it_is_refused(

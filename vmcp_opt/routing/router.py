@@ -559,6 +559,16 @@ class Router:
             backend = self._connection(self._resource_backend(caller, uri))
             await self.sessions.subscribe(caller, exchange, backend, uri, subscribe)
 
+    def may_follow(self, caller: Caller, uri: str, targets: Sequence[Target]) -> bool:
+        """Whether a 2026-07-28 listen stream may follow `uri`'s updates for the caller. A refused URI is left
+        out of the stream's promise, and logged and audited as the refused `resources/subscribe` it amounts to."""
+        if all(self._judged(caller, target).allowed for target in targets):
+            return True
+        with self._watch(Op("resources/subscribe", caller, target=uri)) as op:
+            if op is not None:
+                op.outcome, op.error = "denied", "denied"
+        return False
+
     async def set_log_level(self, caller: Caller, level: types.LoggingLevel, exchange: Exchange) -> None:
         with self._watch(Op("logging/setLevel", caller, exchange=exchange)):
             await self.sessions.set_level(caller, exchange, level)

@@ -5,7 +5,7 @@ acknowledgement promises only the URIs the gateway follows for the stream (backe
 served by a backend that takes subscriptions, readable by the caller under the policy, within
 `limits.max_subscriptions_per_caller` (the caller's open streams together) and `limits.max_listened_resources`.
 Anything else is left out, so a client reads those resources again itself instead of waiting for updates
-that never come. When the stream ends, its URIs are released (unsubscribed at the backend once no stream
+that never come (a URI the policy refuses is logged and audited as a refused `resources/subscribe`). When the stream ends, its URIs are released (unsubscribed at the backend once no stream
 wants them).
 
 What one request can make a backend do is bounded twice. A request naming more than
@@ -126,7 +126,7 @@ class ListenStreams(ListenHandler):
             if room <= 0:
                 break
             routed = resource_targets(self._router.catalog.current, uri)
-            if routed is None or not all(self._router.permits(caller, target) for target in routed[1]):
+            if routed is None or not self._router.may_follow(caller, uri, routed[1]):
                 continue
             chosen.setdefault(routed[0], []).append(uri)
             room -= 1
