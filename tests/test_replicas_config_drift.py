@@ -28,7 +28,15 @@ from mcp.shared.exceptions import MCPError
 from mcp_types import CallToolResult, TextContent
 
 from tests.redis_server import RedisServer, running_redis
-from tests.support import EXAMPLES, Gateway, demo_backend, running_gateway, write_config
+from tests.support import (
+    EXAMPLES,
+    Gateway,
+    bearer_client,
+    demo_backend,
+    policed_config,
+    running_gateway,
+    write_config,
+)
 from tests.test_redis_ops import eventually
 
 pytestmark = [pytest.mark.slow]
@@ -168,6 +176,35 @@ def test_the_optimizers_call_tool_on_the_replica_lacking_the_backend_names_the_b
     # A name that no backend another replica has would be named: the optimizer's own answer.
     assert unknown == "field 'tool_name': unknown tool 'weather_forecast'; use find_tool to look tools up"
     eventually(lambda: disagreeing(pair.full, third) is None, "the stopped replica's shape gone")
+
+
+def test_with_a_policy_a_tool_only_another_replica_serves_is_answered_as_a_hidden_one(
+    pair: Pair, tmp_path: Path
+) -> None:
+    """Under a policy, "replica B has it" for a tool this replica lacks would tell a probing caller which names
+    are real (a hidden tool gets a bare "Unknown tool"): a third, policed replica answers all three alike."""
+    hides_whoami = (
+        'permit(principal, action, resource);\nforbid(principal, action, resource == Tool::"notes_whoami");\n'
+    )
+    common = {"redis": {"url": pair.redis.url, "timeout": 1.0, "key_prefix": PREFIX}, "sessions": {"store": "redis"}}
+    backends = [demo_backend("notes", env={"NOTES_FLAVOUR": "lean"})]
+    path, keys = policed_config(tmp_path, {"guest": ["guest"]}, hides_whoami, {"backends": backends, **common})
+    with running_gateway(path) as policed:
+        eventually(lambda: disagreeing(policed, pair.full), "the policed replica seeing the full one")
+
+        async def main() -> dict[str, tuple[int, str, object]]:
+            answers = {}
+            async with bearer_client(policed.url, keys["guest"]) as client:
+                for name in ("alarms_get_user_token", "notes_whoami", "weather_forecast"):
+                    with pytest.raises(MCPError) as refused:
+                        await client.call_tool(name, {})
+                    error = refused.value.error
+                    answers[name] = (error.code, error.message.replace(name, "NAME"), error.data)
+            return answers
+
+        answers = anyio.run(main)
+    assert answers["alarms_get_user_token"] == answers["notes_whoami"] == answers["weather_forecast"], answers
+    assert "replica" not in answers["alarms_get_user_token"][1]
 
 
 def text(result: CallToolResult) -> str:
