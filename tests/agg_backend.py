@@ -2,7 +2,7 @@
 
     AGG_SPEC=/tmp/spec.json AGG_NAME=a python tests/agg_backend.py
 
-The file: {"tools": [names], "prompts": [names], "resources": [uris]}; with "down": true the process exits at
+The file: {"tools": [names], "prompts": [names], "resources": [uris], "templates": [URI templates]}; with "down": true the process exits at
 start (a backend that cannot come back). AGG_NO_TEMPLATES=1: resources/templates/list is not served. Any tool call answers
 "<AGG_NAME>:<tool>", so a test sees which backend served it; the tool `relist_<AGG_NAME>` (always listed) tells the
 calling session that tools, prompts and resources changed, after the test has rewritten the file.
@@ -37,7 +37,7 @@ SCHEMA = {"type": "object", "properties": {"text": {"type": "string"}}}
 
 def spec() -> dict[str, list[str]]:
     data: Any = json.loads(SPEC.read_text(encoding="utf-8")) if SPEC.exists() else {}
-    return {key: [str(v) for v in data.get(key, [])] for key in ("tools", "prompts", "resources")}
+    return {key: [str(v) for v in data.get(key, [])] for key in ("tools", "prompts", "resources", "templates")}
 
 
 async def list_tools(ctx: Any, params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
@@ -74,7 +74,8 @@ async def list_resources(ctx: Any, params: types.PaginatedRequestParams | None) 
 
 
 async def list_templates(ctx: Any, params: types.PaginatedRequestParams | None) -> types.ListResourceTemplatesResult:
-    return types.ListResourceTemplatesResult(resource_templates=[])
+    templates = [types.ResourceTemplate(name=t, uri_template=t) for t in spec()["templates"]]
+    return types.ListResourceTemplatesResult(resource_templates=templates)
 
 
 async def read_resource(ctx: Any, params: types.ReadResourceRequestParams) -> types.ReadResourceResult:

@@ -63,13 +63,14 @@ def policed_config(
     return write_config(directory, {**config, "auth": auth}), keys
 
 
-def bearer_client(url: str, credential: str) -> Any:
-    """An SDK client to the gateway at `url` sending `Authorization: Bearer <credential>`."""
+def bearer_client(url: str, credential: str, mode: str = "auto") -> Any:
+    """An SDK client (`mode`: the SDK's connect mode) to the gateway at `url` sending `Authorization: Bearer
+    <credential>`."""
     from mcp import Client
     from mcp.client.streamable_http import streamable_http_client
 
     http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {credential}"}, timeout=60)
-    return Client(streamable_http_client(url, http_client=http))  # type: ignore[arg-type]
+    return Client(streamable_http_client(url, http_client=http), mode=mode)  # type: ignore[arg-type]
 
 
 class GatedServer(http.server.ThreadingHTTPServer):

@@ -79,8 +79,9 @@ class Catalog:
             return None
         return next((t for t in self.templates if t.matcher is not None and t.matcher.match(uri) is not None), None)
 
-    def route_template(self, uri_template: str) -> str | None:
-        return next((t.backend for t in self.templates if t.template.uri_template == uri_template), None)
+    def template_named(self, uri_template: str) -> RoutedTemplate | None:
+        """The template whose text is `uri_template` (a client may send it as it is listed)."""
+        return next((t for t in self.templates if t.template.uri_template == uri_template), None)
 
 
 def build_catalog(sources: Sequence[BackendSource], config: AggregationConfig) -> Catalog:

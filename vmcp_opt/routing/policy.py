@@ -125,17 +125,17 @@ def resource_targets(catalog: Catalog, uri: str) -> tuple[str, list[Target]] | N
     it matches when it is not a listed resource (a policy forbidding a template forbids the URIs it serves, not
     only its listing); None when nothing serves it."""
     listed = catalog.resources.get(uri)
-    template = None if listed is not None else catalog.matching_template(uri)  # the templates matched once
     if listed is not None:
-        backend: str | None = listed.backend
-    else:
-        backend = template.backend if template is not None else catalog.route_template(uri)
-    if backend is None:
+        return listed.backend, [Target("resource", uri, listed.backend)]
+    # A template's own text, read as it is listed, is judged as that template too: `{?q}` never matches itself.
+    template = catalog.matching_template(uri) or catalog.template_named(uri)
+    if template is None:
         return None
-    targets = [Target("resource", uri, backend)]
-    if template is not None:
-        targets.append(Target("template", template.template.uri_template, template.backend))
-    return backend, targets
+    served_by = template.backend
+    return served_by, [
+        Target("resource", uri, served_by),
+        Target("template", template.template.uri_template, served_by),
+    ]
 
 
 def completion_template(catalog: Catalog, uri: str) -> RoutedTemplate | None:
@@ -143,5 +143,5 @@ def completion_template(catalog: Catalog, uri: str) -> RoutedTemplate | None:
     specification allows either), matched as a read of that URI routes; None for a listed resource's URI or a
     URI no template serves. The completion is judged as one for that template, as a read is: judged by the URI
     as sent, a concrete URI got past a policy naming the template."""
-    exact = next((t for t in catalog.templates if t.template.uri_template == uri), None)
+    exact = catalog.template_named(uri)
     return exact if exact is not None else catalog.matching_template(uri)
