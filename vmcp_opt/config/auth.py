@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AnyHttpUrl, Field, ValidationError, field_validator, model_validator
 
 from vmcp_opt.config.base import _Strict
 
@@ -36,8 +36,10 @@ class OAuthConfig(_Strict):
     # The authorization server's issuer URL; tokens must carry exactly this `iss`. Its JWKS is found from its
     # metadata (`/.well-known/oauth-authorization-server`, then `/.well-known/openid-configuration`).
     issuer: str | None = None
-    # This gateway's resource URI (RFC 8707/9728): the `aud` tokens must carry. Unset: `http://<host>:<port><path>`
-    # of `server` (set it when clients reach the gateway through another name, a proxy or https).
+    # This gateway's resource (RFC 9728, RFC 8707): the http(s) URL clients connect to, whose protected-resource
+    # metadata the gateway publishes, and the `aud` tokens must carry (an audience that is no such URL, like
+    # `api://vmcp`, is refused). Unset: `http://<host>:<port><path>` of `server` (set it when clients reach the
+    # gateway through another name, a proxy or https).
     resource: str | None = None
     # The issuer's JWKS, instead of discovering it from the issuer's metadata.
     jwks_url: str | None = None
@@ -87,11 +89,18 @@ class OAuthConfig(_Strict):
 
     @field_validator("resource")
     @classmethod
-    def _absolute_uri(cls, value: str | None) -> str | None:
-        """An absolute URI (RFC 8707), not necessarily one fetched: an audience such as `api://vmcp` is one."""
-        if value is not None and (not urlsplit(value).scheme or "#" in value):
+    def _reachable_resource(cls, value: str | None) -> str | None:
+        """The URL clients connect to (RFC 9728): `serve` publishes the protected-resource metadata under it, and
+        tokens must carry it as their `aud`. Checked here so `validate` and `serve` agree. An audience that is no
+        such URL (`api://vmcp`) cannot be published, and no other setting names the audience tokens carry."""
+        if value is None:
+            return value
+        problem = _http_url_problem(value) or _unpublishable(value)
+        if problem:
             raise ValueError(
-                f"expected an absolute URI without a fragment, such as https://vmcp.example.com/mcp, not {value!r}"
+                f"{problem}; set it to the URL clients reach the gateway at, such as https://vmcp.example.com/mcp "
+                "(http only on loopback or in development), and have the authorization server issue tokens with "
+                "that URL as their audience"
             )
         return value
 
@@ -99,18 +108,9 @@ class OAuthConfig(_Strict):
     @classmethod
     def _absolute_url(cls, value: str | None) -> str | None:
         """Checked at load: a URL without its scheme would otherwise be a 503 on every request, found at the first."""
-        if value is None:
-            return value
-        shown = repr(value) if "@" not in value else "the URL given"  # user:password@ is never echoed
-        try:
-            parts = urlsplit(value)
-            parts.port  # noqa: B018 - raises ValueError for a port that is not a number
-        except ValueError as exc:
-            raise ValueError(f"{shown} is not a URL: {exc}") from None
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"expected an absolute http(s) URL such as https://login.example.com, not {shown}")
-        if parts.fragment or value.endswith("#"):
-            raise ValueError(f"{shown}: a URL with a `#` fragment is never an issuer or an endpoint")
+        problem = None if value is None else _http_url_problem(value, "https://login.example.com")
+        if problem:
+            raise ValueError(problem)
         return value
 
     @field_validator("algorithms")
@@ -128,6 +128,34 @@ class OAuthConfig(_Strict):
         if self.introspection_url and not (self.client_id and self.client_secret_env):
             raise ValueError("introspection_url needs `client_id` and `client_secret_env` (the gateway's credentials)")
         return self
+
+
+def _http_url_problem(value: str, example: str | None = None) -> str | None:
+    """What keeps `value` from being an absolute http(s) URL without a fragment, or None."""
+    shown = repr(value) if "@" not in value else "the URL given"  # user:password@ is never echoed
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError as exc:
+        return f"{shown} is not a URL: {exc}"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"expected an absolute http(s) URL{f' such as {example}' if example else ''}, not {shown}"
+    if parts.fragment or value.endswith("#"):
+        return f"{shown}: a URL with a `#` fragment is never an issuer, an endpoint or a resource"
+    return None
+
+
+def _unpublishable(resource: str) -> str | None:
+    """Why the metadata URL cannot be built from `resource` as `serve` builds it (server/http.py), or None."""
+    if "@" in urlsplit(resource).netloc:
+        return "the URL given holds credentials (user:password@), which the public metadata would show"
+    if "\\" in resource:  # a browser's parser reads it as `/`: the host would not be the one written
+        return f"{resource!r}: a backslash is not part of a URL"
+    try:
+        AnyHttpUrl(resource)
+    except ValidationError as exc:
+        return f"{resource!r} is not a URL: {exc.errors()[0]['msg']}"
+    return None
 
 
 class ApiKeysConfig(_Strict):

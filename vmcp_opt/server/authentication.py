@@ -1,7 +1,8 @@
 """Authentication in front of `/mcp`: a bearer credential in, a verified `Identity` in the ASGI scope out.
 
-An ASGI middleware around the MCP endpoint only (health, readiness and the metadata stay open). It refuses,
-before the MCP machinery sees the request:
+An ASGI middleware around the MCP endpoint only (health, readiness and the metadata stay open; `/readyz` and
+`/metrics` show a caller whose credential `verifies` more, and record its refusals as this endpoint's). It
+refuses, before the MCP machinery sees the request:
 - no credential, or one of another scheme (`Basic …`): 401 with `WWW-Authenticate: Bearer
   resource_metadata="…"` (RFC 9728; RFC 6750 §3.1: no error code), so a client can discover the authorization
   server;
@@ -66,28 +67,38 @@ class RequireAuthentication:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        checked = await self.checked(scope)
+        if isinstance(checked, AuthError):
+            await self._refuse(send, checked)
+            return
+        scope[SCOPE_KEY] = checked
+        scope["user"] = principal(checked)
+        await self.app(scope, receive, send)
+
+    async def checked(self, scope: Scope) -> Identity | AuthError:
+        """The request's verified identity, or why it is refused; either way counted, and a refusal logged and
+        audited: on `/mcp`, and on every route that shows a verified caller more (`/readyz`, `/metrics`), where
+        a credential refused unrecorded would let anyone try keys unseen."""
+        client = scope.get("client")
+        address = client[0] if client else None
         try:
-            scope[SCOPE_KEY] = identity = await self._identify(scope)
-            scope["user"] = principal(identity)
+            identity = await self._identify(scope)
         except AuthError as refused:
-            client = scope.get("client")
             if self.counted is not None:
-                self.counted(refused.error or "missing", client[0] if client else None)
+                self.counted(refused.error or "missing", address)
             # Once a minute per kind of refusal, not per request: anyone who reaches the port can send them
             # at request rate (the metrics and the audit log, which rotates, count every one).
             _refusals.warning(
                 refused.error or "missing",
                 "auth: refused %s from %s: %s",
                 scope.get("path"),
-                client[0] if client else "?",
+                address or "?",
                 refused.description,
             )
-            await self._refuse(send, refused)
-            return
+            return refused
         if self.counted is not None:
-            client = scope.get("client")
-            self.counted("accepted", client[0] if client else None)
-        await self.app(scope, receive, send)
+            self.counted("accepted", address)
+        return identity
 
     async def aclose(self) -> None:
         """Close the authenticator's connections (token introspection), at shutdown."""
@@ -96,16 +107,15 @@ class RequireAuthentication:
             await close()
 
     async def verifies(self, scope: Scope) -> bool:
-        """Whether the request's credential would be accepted here (for routes that show more to callers)."""
-        try:
-            await self._identify(scope)
-        except AuthError:
+        """Whether the request's credential is accepted here (for routes that show more to callers), recorded
+        as on `/mcp` (`checked`). A request with no credential at all, a load balancer's probe, is not: it is
+        no attempt to authenticate, and counting every probe would bury the refusals that are."""
+        if not _offers_credential(scope):
             return False
-        return True
+        return not isinstance(await self.checked(scope), AuthError)
 
     async def _identify(self, scope: Scope) -> Identity:
-        query = scope.get("query_string", b"").decode("latin-1")
-        if query and any(name.lower() in QUERY_TOKEN_NAMES for name, _ in parse_qsl(query, keep_blank_values=True)):
+        if _credential_in_query(scope):
             raise errors.invalid_request(
                 "credentials in the URL query string are refused; send an Authorization header"
             )
@@ -154,6 +164,18 @@ class RequireAuthentication:
             headers.append((b"retry-after", str(refused.retry_after).encode()))
         await send({"type": "http.response.start", "status": refused.status, "headers": headers})
         await send({"type": "http.response.body", "body": payload})
+
+
+def _offers_credential(scope: Scope) -> bool:
+    """An Authorization header of any scheme, or a credential in the query string (which `_identify` refuses)."""
+    return any(name == b"authorization" for name, _ in scope["headers"]) or _credential_in_query(scope)
+
+
+def _credential_in_query(scope: Scope) -> bool:
+    query = scope.get("query_string", b"").decode("latin-1")
+    return bool(query) and any(
+        name.lower() in QUERY_TOKEN_NAMES for name, _ in parse_qsl(query, keep_blank_values=True)
+    )
 
 
 def _quoted(text: str) -> str:

@@ -99,7 +99,9 @@ def metrics_routes(gateway: Gateway, endpoint: ASGIApp | None = None) -> list[Ro
 async def may_see_detail(scope: Scope, endpoint: ASGIApp | None) -> bool:
     """A loopback client, or (with authentication on) one whose credential verifies. A request that came with
     a forwarding header is never taken for loopback: behind `server.trusted_proxies` the client address is the
-    one the header claims, and a client inside a trusted range could claim `127.0.0.1`."""
+    one the header claims, and a client inside a trusted range could claim `127.0.0.1`. A credential checked
+    here is counted, and its refusal logged and audited, as on `/mcp`: the answer differs for a good one, so
+    these routes are somewhere to try keys."""
     client = scope.get("client")
     forwarded = any(name in (b"x-forwarded-for", b"forwarded") for name, _ in scope["headers"])
     with contextlib.suppress(ValueError):
