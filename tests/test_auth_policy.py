@@ -161,7 +161,7 @@ async def test_inactive_tokens_are_refused_from_memory_and_one_connection_serves
             await checker.aclose()
 
 
-async def test_an_introspection_400_about_the_token_is_401_and_a_5xx_is_503(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_an_introspection_400_about_the_token_is_401_and_one_about_the_gateways_request_is_503(monkeypatch: pytest.MonkeyPatch) -> None:
     answers = {
         "unsupported": (400, {"error": "unsupported_token_type"}),
         "bad-request": (400, {"error": "invalid_request"}),
@@ -175,7 +175,7 @@ async def test_an_introspection_400_about_the_token_is_401_and_a_5xx_is_503(monk
         try:
             for token, status in [
                 ("unsupported", 401),
-                ("bad-request", 401),
+                ("bad-request", 503),  # RFC 7662 answers a bad token `active: false`: this is about our request
                 ("bad-token", 401),
                 ("down", 503),
                 ("client-refused", 503),

@@ -50,7 +50,8 @@ def build_authenticator(config: VmcpConfig) -> Authenticator | None:
 def _check_introspection_secret(introspection_url: str | None, secret_env: str | None) -> None:
     """The process's environment cannot change while it serves: without the secret every opaque token would
     be a 503 until a restart, so the start stops (and `vmcp validate` says so) instead."""
-    if introspection_url and secret_env and not os.environ.get(secret_env):
+    # Stripped as it is read when used (config/backend_auth.py `env_secret`): a blank secret is no secret.
+    if introspection_url and secret_env and not os.environ.get(secret_env, "").strip():
         state = "is empty" if secret_env in os.environ else "is not set"
         raise AuthSetupError(
             f"auth.incoming.oauth.client_secret_env: ${secret_env} {state} "

@@ -5,9 +5,9 @@ client (`client_id`, secret from `client_secret_env`), and accepts only an `acti
 given) is the issuer, whose `aud` names this gateway's resource (RFC 8707: required, so a token for another
 server is refused) and whose `exp`/`nbf` hold with the configured skew. Answers are reused for
 `introspection_cache` seconds, never past the token's expiry; a token the server does not know (`active:
-false`, or a 400 answer) is refused from memory for up to `NEGATIVE_TTL` seconds, so a client repeating a bad
-token does not make the gateway ask each time. One HTTP client (its connections kept alive) serves every
-request; `aclose` ends it.
+false`, or a 400 answer about the token) is refused from memory for up to `NEGATIVE_TTL` seconds, so a client
+repeating a bad token does not make the gateway ask each time. One HTTP client (its connections kept alive)
+serves every request; `aclose` ends it.
 
 A made-up token is new every time, so no cache stops a client sending them from making the gateway ask the
 server at the client's own request rate (the connection pool bounds requests in flight, not their rate).
@@ -23,18 +23,23 @@ server called active before (its answer expired after `introspection_cache`) is 
 only counted in the total first: such re-checks are bounded by the valid tokens in use, which a flood of
 made-up ones cannot lock out.
 
-A 400 answer (`invalid_request`, `unsupported_token_type`, `invalid_token`) means the server will not
-introspect this token: `401 invalid_token` for the caller. Other statuses and transport errors are the
-server's trouble: `503`, so the client retries rather than re-authenticates; so is an answer that does not come
-whole within `timeout` or is larger than `MAX_ANSWER_BYTES` (auth/bounded_fetch.py): a server dripping its answer
-held each request, and its connection, for as long as it dripped.
+Only an answer about the token is the caller's fault (`401 invalid_token`): `active: false`, or a 400
+`invalid_token` or `unsupported_token_type`. An answer about the gateway's own request or client (RFC 7662 §2.3: a
+400 `invalid_request` or `invalid_client`, a 401, a 403) is the operator's to fix: a `503`, never remembered
+against the token (every token got "unknown token" for 30 s when the gateway's secret was wrong), the server's
+`error` and `error_description` in the gateway's log (shortened, the secret masked; once a minute per status).
+Other statuses and transport errors are the server's trouble: `503` too, so the client retries rather than
+re-authenticates; so is an answer that does not come whole within `timeout` or is larger than
+`MAX_ANSWER_BYTES` (auth/bounded_fetch.py): a server dripping its answer held each request, and its connection,
+for as long as it dripped. The secret is read as a backend's is (surrounding whitespace dropped) and sent
+form-urlencoded in HTTP Basic (RFC 6749 §2.3.1), by the same code (config/backend_auth.py).
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
-import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -48,12 +53,21 @@ from vmcp_opt.auth.bounded_fetch import Answer, AnswerUnread, fetch
 from vmcp_opt.auth.caller import Identification
 from vmcp_opt.auth.identity import Identity, from_claims, numeric_date, string_set
 from vmcp_opt.config import ClaimNames, OAuthConfig
+from vmcp_opt.config.backend_auth import client_basic_auth, env_secret
+from vmcp_opt.logs import ThrottledLog
+
+logger = logging.getLogger(__name__)
+_answers_log = ThrottledLog(logger)  # per status: a misconfigured gateway has every request refused
 
 CACHE_SIZE = 10_000
 ADDRESS_BUCKETS = 4096  # client addresses whose introspection budget is kept (the least recently seen dropped)
 NEGATIVE_TTL = 30.0  # seconds a refused token is refused from memory (at most `introspection_cache`)
-# What a 400 from the introspection endpoint says about the token rather than about the gateway's request.
-TOKEN_REFUSALS = frozenset({"invalid_request", "unsupported_token_type", "invalid_token"})
+# What a 400 from the introspection endpoint says about the token rather than about the gateway's request
+# (`invalid_request` is about the request: RFC 7662 answers a bad token with `active: false`).
+TOKEN_REFUSALS = frozenset({"unsupported_token_type", "invalid_token"})
+# Statuses saying the server refused the gateway's own client (RFC 7662 §2.3, RFC 6749 §5.2).
+CLIENT_REFUSALS = frozenset({400, 401, 403})
+MAX_SAID = 200  # characters of the server's error and description logged
 EntryT = TypeVar("EntryT")
 UNKNOWN = "the authorization server does not know this token"
 NOT_ACTIVE = "the token is not active (unknown, expired or revoked)"
@@ -97,12 +111,11 @@ class Introspection:
         )
 
     def _secret(self) -> str:
-        name = self.settings.client_secret_env
-        assert name is not None
-        secret = os.environ.get(name)
-        if not secret:
-            raise errors.unavailable(f"cannot introspect tokens: ${name} is not set")
-        return secret
+        assert self.settings.client_secret_env is not None
+        try:
+            return env_secret(self.settings.client_secret_env)
+        except ValueError as exc:
+            raise errors.unavailable(f"cannot introspect tokens: {exc}") from None
 
     async def authenticate(self, token: str) -> Identity:
         digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
@@ -156,6 +169,7 @@ class Introspection:
     async def _ask(self, token: str) -> dict[str, Any] | None:
         """The server's answer, or None when it refuses to introspect the token (a 400 about the token)."""
         assert self.settings.client_id is not None
+        secret = self._secret()
         try:
             response = await fetch(
                 self._http(),
@@ -163,7 +177,7 @@ class Introspection:
                 self.url,
                 self.settings.timeout,
                 data={"token": token, "token_type_hint": "access_token"},
-                auth=(self.settings.client_id, self._secret()),
+                auth=client_basic_auth(self.settings.client_id, secret),
                 headers={"Accept": "application/json"},
             )
         except httpx2.HTTPError as exc:
@@ -173,7 +187,7 @@ class Introspection:
         if response.status == 400 and _error_code(response) in TOKEN_REFUSALS:
             return None
         if response.status != 200:
-            raise errors.unavailable(f"token introspection answered {response.status}")
+            raise self._not_answered(response, secret)
         try:
             answer = response.json()
         except ValueError:
@@ -181,6 +195,22 @@ class Introspection:
         if not isinstance(answer, dict):
             raise errors.unavailable("token introspection answered something other than an object")
         return answer
+
+    def _not_answered(self, response: Answer, secret: str) -> errors.AuthError:
+        """The 503 for an answer that is no fault of the token's, its reason logged for the operator: the client
+        is told only the status, the operator what the server said (its description names what to fix)."""
+        status = response.status
+        ours = status in CLIENT_REFUSALS
+        settings = self.settings
+        whose = f" to the gateway's client {settings.client_id!r}" if ours else ""
+        fix = f" (check auth.incoming.oauth.client_id and ${settings.client_secret_env})" if ours else ""
+        said = _server_says(response, secret)
+        _answers_log.warning(
+            f"status-{status}", "auth: token introspection answered HTTP %d%s: %s%s", status, whose, said, fix
+        )
+        if ours:
+            return errors.unavailable(f"token introspection refused the gateway's own credentials (HTTP {status})")
+        return errors.unavailable(f"token introspection answered {status}")
 
     def _accepted(self, answer: dict[str, Any] | None, now: float) -> Identity:
         """The identity an answer vouches for, or `invalid_token` saying why it vouches for none (remembered:
@@ -278,6 +308,21 @@ def _error_code(response: Answer) -> str | None:
         return None
     error = body.get("error") if isinstance(body, dict) else None
     return error if isinstance(error, str) else None
+
+
+def _server_says(response: Answer, secret: str) -> str:
+    """The answer's `error` and `error_description`, for a log line: the secret masked (in case the server echoes
+    it, as sent or encoded), a control character shown as `?` (no forged log lines), at most `MAX_SAID` long."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    said = [body[k] for k in ("error", "error_description") if isinstance(body, dict) and isinstance(body.get(k), str)]
+    text = ": ".join(said) or "no OAuth error in the answer"
+    for shown in {secret, client_basic_auth("", secret)[1]}:
+        text = text.replace(shown, "***")
+    text = "".join(c if c.isprintable() else "?" for c in text)
+    return text if len(text) <= MAX_SAID else text[: MAX_SAID - 1] + "…"
 
 
 def _remember(cache: OrderedDict[bytes, EntryT], digest: bytes, entry: EntryT) -> None:

@@ -6,7 +6,8 @@ expire (a token that lives shorter than twice that: until half its life); when o
 every waiter, who shares its outcome, a refusal included (single-flight), so a burst of calls costs one token request.
 While it runs, a caller is answered from the token it replaces if that has not expired: only a caller with no usable
 token waits. Failures are `CredentialError`s naming the backend and the step, with the endpoint's `error` code but
-never a token, secret, URL or response body beyond that code.
+never a token, secret, URL or response body beyond that code. The client id and secret go in HTTP Basic
+form-urlencoded (RFC 6749 §2.3.1, `client_basic_auth`): sent raw, a secret holding `+` or `%` was refused.
 
 What an endpoint can make the gateway spend is bounded: a fetch takes at most `auth.timeout` seconds in all, its
 discovery (two metadata requests, and the wait for another fetch's discovery) and its token request together, not
@@ -31,7 +32,7 @@ import anyio
 import httpx2
 
 from vmcp_opt.backends.errors import CredentialError
-from vmcp_opt.config.backend_auth import BackendAuthConfig
+from vmcp_opt.config.backend_auth import BackendAuthConfig, client_basic_auth
 from vmcp_opt.single_flight import SingleFlight
 
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
@@ -140,11 +141,11 @@ class TokenEndpoint:
             secret = self.config.client_secret.read(self.base_dir)
         except ValueError as exc:
             raise CredentialError(self.backend, "client secret", str(exc)) from None
+        auth = client_basic_auth(self.config.client_id, secret)
         self.requests += 1
-        timeout = self.config.timeout
         try:
-            async with httpx2.AsyncClient(timeout=timeout) as http:
-                response = await _bounded(http, "POST", url, data=form, auth=(self.config.client_id, secret))
+            async with httpx2.AsyncClient(timeout=self.config.timeout) as http:
+                response = await _bounded(http, "POST", url, data=form, auth=auth)
         except _Unanswered as exc:
             raise CredentialError(self.backend, "token endpoint unreachable", str(exc)) from None
         if response.status != 200:

@@ -5,7 +5,8 @@ Secrets are never written in the config: each is a `SecretRef` naming an environ
 when used (a file may be rotated without a restart). A plain string where a secret belongs is refused at load
 with the field's path. A header's secret may not hold a control character (`SecretRef.read`): HTTP refuses it,
 and the HTTP library's error would print the value escaped, past the exact-string masking of the logs.
-Runtime: `vmcp_opt/backends/credentials.py` and `vmcp_opt/backends/token_client.py`.
+Runtime: `vmcp_opt/backends/credentials.py` and `vmcp_opt/backends/token_client.py`; `env_secret` and
+`client_basic_auth` serve the incoming side too (auth/introspection.py), so both read and send a secret alike.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import os
 import unicodedata
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import quote_plus
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
@@ -81,12 +83,7 @@ class SecretRef(_Strict):
 
     def _value(self, base_dir: Path) -> str:
         if self.env is not None:
-            # Stripped as a file's value is: a Kubernetes Secret made `--from-file` ends in a newline in both.
-            value = os.environ.get(self.env, "").strip()
-            if not value:
-                state = "is empty" if self.env in os.environ else "is not set"
-                raise ValueError(f"environment variable {self.env} {state}")
-            return value
+            return env_secret(self.env)
         assert self.file is not None
         path = base_dir / self.file
         try:
@@ -102,6 +99,24 @@ class SecretRef(_Strict):
 
     def where(self) -> str:
         return f"${self.env}" if self.env is not None else f"file {self.file}"
+
+
+def env_secret(name: str) -> str:
+    """The secret in the environment variable `name`, surrounding whitespace dropped as a file's is (a Kubernetes
+    Secret made `--from-file` ends in a newline in both); `ValueError` naming the variable when it is unset or
+    empty. Backends' secrets and the gateway's introspection secret are read alike."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        state = "is empty" if name in os.environ else "is not set"
+        raise ValueError(f"environment variable {name} {state}")
+    return value
+
+
+def client_basic_auth(client_id: str, secret: str) -> tuple[str, str]:
+    """A client's id and secret as HTTP Basic's user and password, each form-urlencoded first (RFC 6749 §2.3.1):
+    sent raw, a `+` in a secret reached a compliant server as a space (401 invalid_client) and a `%` as a broken
+    escape (400), and a `:` in an id split it. An id and secret of letters, digits and `-._~` go unchanged."""
+    return quote_plus(client_id, safe=""), quote_plus(secret, safe="")
 
 
 def _refuse_control(text: str, whose: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import math
@@ -20,6 +21,7 @@ import uvicorn
 from vmcp_opt.auth.authenticators import AuthSetupError
 from vmcp_opt.backends.secrets import SecretFilter, secret_values
 from vmcp_opt.config import VmcpConfig
+from vmcp_opt.config.backend_auth import env_secret
 from vmcp_opt.gateway import Gateway, StartupError
 from vmcp_opt.optimizer.model_registry import ModelError
 from vmcp_opt.routing.policy import PolicyLoadError
@@ -276,8 +278,9 @@ def mask_secrets(config: VmcpConfig) -> None:
     logs them (us, the SDK, httpx)."""
     secrets = [value for backend in config.backends for value in secret_values(backend)]
     introspection_secret = config.auth.incoming.oauth.client_secret_env
-    if introspection_secret and os.environ.get(introspection_secret):
-        secrets.append(os.environ[introspection_secret])  # the gateway's own client secret
+    if introspection_secret:
+        with contextlib.suppress(ValueError):  # unset: the start stops (auth/authenticators.py)
+            secrets.append(env_secret(introspection_secret))  # the gateway's own client secret, as it is sent
     if not secrets:
         return
     log_filter = SecretFilter(secrets)
