@@ -161,7 +161,9 @@ async def test_inactive_tokens_are_refused_from_memory_and_one_connection_serves
             await checker.aclose()
 
 
-async def test_an_introspection_400_about_the_token_is_401_and_one_about_the_gateways_request_is_503(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_an_introspection_400_about_the_token_is_401_and_one_about_the_gateways_request_is_503(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     answers = {
         "unsupported": (400, {"error": "unsupported_token_type"}),
         "bad-request": (400, {"error": "invalid_request"}),

@@ -4,8 +4,18 @@ A key is a random 32-byte secret (`vmcp auth new-key` makes one and prints its e
 entropy a plain SHA-256 cannot be reversed or guessed, so no slow password hash is needed and a lookup is one
 hash and one dict access. The entries come from a file, re-read whenever it changes (a key is rotated or
 revoked by editing the file, no restart), and from an environment variable read at start. A file that
-cannot be read or parsed while serving (not UTF-8 included) is fail-closed: the error is logged once and no key
-from it is accepted until it is fixed.
+cannot be read or parsed while serving (not UTF-8, or larger than `MAX_FILE_BYTES`, included) is fail-closed:
+the error is logged once and no key from it is accepted until it is fixed (a botched revocation must not leave
+the revoked key working).
+
+The re-read runs in a worker thread, one at a time (`SingleFlight`), so the event loop keeps serving: 10,000
+YAML entries take seconds to parse even with libyaml (as JSON, a few hundredths of a second). Each request stats
+the file; the request that notices a change waits for the re-read it starts, so an edit followed by a request is
+seen by that request. Requests arriving while the re-read runs are served with the previous keys when they hold
+a key from them (or from the variable); others (a key just added, or none known) wait for the new keys, at most
+`REREAD_WAIT`. So a revoked key works at most until the re-read that began after the edit completes
+(`bench/api_keys_reload.py` times it). The thread holds the GIL for much of a YAML parse: requests are slower
+meanwhile, not stopped.
 
 Entry: `{sha256: <hex of the key's hash>, subject: alice, groups: [dev], roles: [], scopes: [], name: laptop}`.
 `groups`, `roles` and `scopes` are lists of names (or one space- or comma-separated string); anything else in
@@ -19,23 +29,35 @@ import hashlib
 import json
 import logging
 import os
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import anyio
 import yaml
 
 from vmcp_opt.auth import errors
 from vmcp_opt.auth.caller import Identification
 from vmcp_opt.auth.identity import Identity, string_set
+from vmcp_opt.single_flight import SingleFlight
 
 logger = logging.getLogger(__name__)
 
 KEY_PREFIX = "vmcp_"
 # The entry's fields that name what the caller is a member of or holds, as `Identity` and Cedar see them.
 NAME_LISTS = ("groups", "roles", "scopes")
+# About 45,000 entries with every field; a bigger file is refused rather than parsed for minutes.
+MAX_FILE_BYTES = 8 * 1024 * 1024
+# How long a request whose key the previous keys lack waits for a re-read before a 503 (a re-read of a file at
+# the size bound takes seconds; this is for a file system that hangs).
+REREAD_WAIT = 60.0
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+# libyaml's loader: several times quicker than the pure-Python one, for the same documents.
+_YAML_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_REREAD = "file"  # the one flight key: one re-read at a time
 
 
 class ApiKeyFileError(Exception):
@@ -67,33 +89,54 @@ class ApiKeys:
             self._state = _FileState(
                 _signature(file), parse_entries(_read(file), str(file))
             )  # a bad file stops the start
+        self._rereads: SingleFlight[str, _FileState] = SingleFlight(
+            REREAD_WAIT, lambda: errors.unavailable("the API keys file is being re-read; try again")
+        )
 
     async def authenticate(self, key: str) -> Identity:
         digest = hash_key(key)
-        identity = self._current().get(digest) or self._env_keys.get(digest)
+        identity = (await self._file_keys(digest)).get(digest) or self._env_keys.get(digest)
         if identity is None:
             raise errors.invalid_token("unknown or revoked API key")
         return identity
 
     def __len__(self) -> int:
-        return len(self._current()) + len(self._env_keys)
+        return len(self._state.keys) + len(self._env_keys)
 
-    def _current(self) -> Mapping[str, Identity]:
-        """The file's keys, re-read when its inode, size or mtime changed (one stat per request)."""
-        if self.file is None:
+    async def _file_keys(self, digest: str) -> Mapping[str, Identity]:
+        """The file's keys, re-read when its inode, size or mtime changed (one stat per request); the previous
+        keys while a re-read runs if they (or the variable's) hold `digest` (see the module's docstring)."""
+        file = self.file
+        if file is None:
             return self._state.keys
-        signature = _signature(self.file)
-        if signature == self._state.signature:
-            return self._state.keys
-        try:
-            keys = parse_entries(_read(self.file), str(self.file)) if signature is not None else {}
-        except ApiKeyFileError as exc:
-            logger.error("auth: API keys not reloaded, none from the file accepted until it is fixed: %s", exc)
-            keys = {}
-        else:
-            logger.info("auth: %d API keys loaded from %s", len(keys), self.file)
-        self._state = _FileState(signature, keys)
-        return keys
+        signature = _signature(file)
+        state = await self._rereads.get(
+            _REREAD,
+            lambda: self._reread(file),
+            ready=lambda: self._state if self._state.signature == signature else None,
+            meanwhile=lambda: self._state if digest in self._state.keys or digest in self._env_keys else None,
+        )
+        return state.keys
+
+    async def _reread(self, file: Path) -> _FileState:
+        """Re-read the file in a worker thread and swap its keys in. Not cut short by a cancelled caller (the
+        thread runs on regardless), so a new re-read never starts beside it."""
+        state = await anyio.to_thread.run_sync(_load, file)
+        self._state = state
+        return state
+
+
+def _load(path: Path) -> _FileState:
+    """The file's keys, or none with the error logged (fail-closed). Stat first: a change made while the file is
+    read leaves a signature that differs from the one recorded, so it is read again, never missed."""
+    signature = _signature(path)
+    try:
+        keys = parse_entries(_read(path), str(path))
+    except ApiKeyFileError as exc:
+        logger.error("auth: API keys not reloaded, none from the file accepted until it is fixed: %s", exc)
+        return _FileState(signature, {})
+    logger.info("auth: %d API keys loaded from %s", len(keys), path)
+    return _FileState(signature, keys)
 
 
 def parse_entries(data: Any, where: str) -> dict[str, Identity]:
@@ -106,7 +149,7 @@ def parse_entries(data: Any, where: str) -> dict[str, Identity]:
         if not isinstance(entry, dict):
             raise ApiKeyFileError(f"{place}: expected a mapping")
         digest, subject = entry.get("sha256"), entry.get("subject")
-        if not isinstance(digest, str) or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        if not isinstance(digest, str) or not _SHA256_HEX.fullmatch(digest):
             raise ApiKeyFileError(f"{place}.sha256: expected 64 lowercase hex digits (vmcp auth new-key)")
         if not isinstance(subject, str) or not subject:
             raise ApiKeyFileError(f"{place}.subject: expected a non-empty string")
@@ -148,17 +191,25 @@ def _json(text: str) -> Any:
 
 
 def _read(path: Path) -> Any:
+    """The file's document: JSON for a `.json` file, YAML (libyaml's loader) otherwise; at most `MAX_FILE_BYTES`."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        line = exc.object.count(b"\n", 0, exc.start) + 1
-        raise ApiKeyFileError(
-            f"{path}:{line}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); save it as UTF-8"
-        ) from None
+        with path.open("rb") as file:
+            raw = file.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         raise ApiKeyFileError(f"{path}: cannot be read: {exc.strerror}") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise ApiKeyFileError(
+            f"{path}: larger than {MAX_FILE_BYTES // (1024 * 1024)} MiB; split the keys or prune them"
+        )
     try:
-        return json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise ApiKeyFileError(
+            f"{path}:{line}: not UTF-8 text (byte {raw[exc.start]:#04x} at offset {exc.start}); save it as UTF-8"
+        ) from None
+    try:
+        return json.loads(text) if path.suffix == ".json" else yaml.load(text, Loader=_YAML_LOADER)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
         raise ApiKeyFileError(f"{path}: not valid YAML/JSON: {exc}") from None
 

@@ -162,8 +162,9 @@ class ApiKeysConfig(_Strict):
     """API keys sent as bearer tokens, stored only as SHA-256 hashes (`vmcp auth new-key` makes one)."""
 
     # A YAML or JSON file `{keys: [{sha256: <hex>, subject: ..., groups: [...], roles: [...], scopes: [...]}]}`
-    # (`vmcp auth new-key` prints an entry), re-read when it changes (rotation and revocation without a restart);
-    # relative to the config file's directory.
+    # (`vmcp auth new-key` prints an entry), re-read off the event loop when it changes (rotation and revocation
+    # without a restart); at most 8 MiB (about 45,000 entries; JSON parses many times faster than YAML); relative
+    # to the config file's directory.
     file: str | None = None
     # An environment variable holding the same entries as a JSON list (read at start).
     env: str | None = None
