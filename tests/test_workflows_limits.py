@@ -212,9 +212,11 @@ async def test_every_argument_problem_reaches_the_client(gateway: Gateway) -> No
     assert "field 'n'" in text(result) and "field 'extra'" in text(result)
 
 
-def as_caller(gateway: Gateway, credential: str) -> Client:
-    """A 2026-07-28 client with a credential: one caller across its requests (an anonymous one is not)."""
-    http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {credential}"})
+def as_caller(gateway: Gateway, credential: str, address: str = "127.0.0.1") -> Client:
+    """A 2026-07-28 client with a credential, from `address`: unverified (the gateway checks no credential here),
+    so budgets key it by its address, as an anonymous one."""
+    transport_ = httpx2.AsyncHTTPTransport(local_address=address)
+    http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {credential}"}, transport=transport_)
     transport = streamable_http_client(gateway.url, http_client=http)
     return Client(transport, mode="auto", elicitation_callback=unanswered)  # type: ignore[arg-type]
 
@@ -231,7 +233,7 @@ async def asked(client: Client) -> types.InputRequiredResult:
 
 async def test_elicitation_runs_count_against_the_callers_pending_calls(gateway: Gateway) -> None:
     with anyio.fail_after(60):
-        async with as_caller(gateway, "alice-key") as alice, as_caller(gateway, "bob-key") as bob:
+        async with as_caller(gateway, "alice-key") as alice, as_caller(gateway, "bob-key", "127.0.0.2") as bob:
             assert alice.protocol_version == "2026-07-28"
             await asked(alice)  # alice's runs now wait for her answers: the two she may hold
             await asked(alice)

@@ -116,7 +116,7 @@ class WorkflowTools:
             await self._validator.check_async(workflow.name, workflow.parameters, call.arguments)
         except ArgumentError as exc:
             return error_result(argument_problems(workflow.name, exc))
-        if asks_its_client(workflow) and call.caller.protocol_version in MODERN_PROTOCOL_VERSIONS:
+        if asks_its_client(workflow) and answers_by_round(call.caller, exchange):
             # Its questions go back as InputRequiredResult: the run lives in the background between rounds,
             # and its steps' calls are not tied to the request that started it.
             background = dataclasses.replace(exchange, session=None, request_id=None)
@@ -136,7 +136,8 @@ class WorkflowTools:
                 )
                 return run_result(report)
 
-            return await self.rounds.start(pending_run, exchange.progress_relay(), call.caller.id)
+            # Charged as rate limits key the caller: an anonymous 2026-07-28 client's id is new with each request.
+            return await self.rounds.start(pending_run, exchange.progress_relay(), caller_key(call.caller))
         relay = exchange.progress_relay()
         progress = RunProgress(len(workflow.steps), lambda: relay)
         report = await self.run(
@@ -173,7 +174,8 @@ class WorkflowTools:
         async def step_call(tool: str, step_arguments: dict[str, Any]) -> types.CallToolResult:
             try:
                 return await router.call_tool(caller, tool, step_arguments, steps)
-            except InputRequired:  # a 2026-07-28 backend's own question
+            except InputRequired as asked:  # a question no step can relay: whatever waits on it goes
+                self.rounds.abandon(asked)
                 return error_result(f"'{tool}' asked the client for input, which a workflow step cannot relay")
             except Denied as denied:  # not retried: the policy will say the same
                 raise StepError(await step_denial(router, caller, denied), retryable=False) from None
@@ -229,6 +231,14 @@ _JSON_KINDS: dict[type, str] = {
 
 def asks_its_client(workflow: WorkflowConfig) -> bool:
     return any(step.type == "elicitation" for step in workflow.steps)
+
+
+def answers_by_round(caller: Caller, exchange: Exchange) -> bool:
+    """Whether a run's questions go back to the client as `InputRequiredResult` rounds: a 2026-07-28 client's own
+    request. A step's or a script's call (`Exchange.inner`) has no front session: like a backend tool called
+    there, which gets the shared session, a nested workflow cannot ask (its elicitation step fails) rather than
+    hold a pending run whose question no one can hand to the client."""
+    return caller.protocol_version in MODERN_PROTOCOL_VERSIONS and exchange.session is not None
 
 
 def client_elicits(caller: Caller) -> bool:

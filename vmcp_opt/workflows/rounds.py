@@ -29,8 +29,9 @@ from mcp.shared.exceptions import MCPError
 from pydantic import BaseModel
 
 from vmcp_opt.routing.budget import Budget
-from vmcp_opt.routing.round_trips import RoundOwners, WorkflowRound
+from vmcp_opt.routing.round_trips import InputRequired, RoundOwners, WorkflowRound
 from vmcp_opt.routing.round_trips.held import HeldQuestions
+from vmcp_opt.routing.round_trips.state import decode_round
 
 logger = logging.getLogger(__name__)
 
@@ -123,6 +124,18 @@ class WorkflowRounds:
     def discard(self, run: PendingRun) -> None:
         if self._runs.pop(run.id, None) is not None:
             self.budget.release(run.caller)
+
+    def abandon(self, asked: InputRequired) -> None:
+        """A question that will reach no client (a workflow step caught it): if a run held here asked it, the run
+        is cancelled and its pending slot freed now, not after `input_timeout`."""
+        try:
+            round_ = decode_round(asked.result.request_state or "")
+        except MCPError:
+            return
+        pending = self._runs.get(round_.run) if isinstance(round_, WorkflowRound) else None
+        if pending is not None:
+            pending.lifetime.cancel()
+            self.discard(pending)
 
     def __len__(self) -> int:
         return len(self._runs)
