@@ -133,7 +133,7 @@ def test_an_origin_not_listed_for_cors_gets_no_cors_headers(served: tuple[Gatewa
 def test_an_origin_the_origin_check_refuses_stays_refused_without_cors_headers(served: tuple[Gateway, str]) -> None:
     gateway, key = served
     answer = preflight(gateway, EVIL, "authorization, content-type")
-    assert answer.status_code == 403 and answer.text == "Invalid Origin header"
+    assert answer.status_code == 403 and answer.text.startswith("Invalid Origin header: ")
     assert cors_headers(answer) == {}
     headers = {**RAW_HEADERS, "Origin": EVIL, "Authorization": f"Bearer {key}"}
     refused = httpx2.post(gateway.url, json=RAW_INITIALIZE, headers=headers, timeout=20)

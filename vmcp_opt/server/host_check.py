@@ -72,16 +72,28 @@ class HostCheck:
         origins = [v for k, v in scope["headers"] if k == b"origin"]
         host = hosts[0].decode("latin-1") if len(hosts) == 1 else ""
         if not (host_allowed(host, self.allowed_hosts) or _hostless_http10(scope, hosts)):
-            self._log.warning("host", "refused a request for Host '%s' (not this gateway's)", shorten(host))
-            await _refuse(send, 421, b"Invalid Host header")
+            self._log.warning(
+                "host",
+                "refused a request for Host '%s' (not this gateway's: %s)",
+                shorten(host),
+                HOST_FIX,
+            )
+            await _refuse(send, 421, f"Invalid Host header: {HOST_FIX}".encode())
             return
         if origins:
             origin = origins[0].decode("latin-1") if len(origins) == 1 else ""
             if not origin_allowed(origin, self.allowed_origins):
-                self._log.warning("origin", "refused a request from Origin '%s' (not allowed)", shorten(origin))
-                await _refuse(send, 403, b"Invalid Origin header")
+                self._log.warning(
+                    "origin", "refused a request from Origin '%s' (not allowed: %s)", shorten(origin), ORIGIN_FIX
+                )
+                await _refuse(send, 403, f"Invalid Origin header: {ORIGIN_FIX}".encode())
                 return
         await self.app(scope, receive, send)
+
+
+# What the refusals say, so whoever reaches the gateway by another name (a proxy, DNS) finds the setting.
+HOST_FIX = "a name the gateway is reached by must be in server.allowed_hosts (or `vmcp serve --allow-host NAME`)"
+ORIGIN_FIX = "a browser page's origin must be in server.allowed_origins or server.cors_origins"
 
 
 def _hostless_http10(scope: Scope, hosts: list[bytes]) -> bool:
