@@ -71,6 +71,29 @@ def test_serve_on_port_0_announces_the_port_the_os_chose(tmp_path: Path) -> None
         stop_process(proc)
 
 
+@pytest.mark.slow
+def test_the_banners_urls_on_a_wildcard_bind_and_a_root_path_are_ones_a_user_can_open(tmp_path: Path) -> None:
+    # Bound to 0.0.0.0 the banner showed http://0.0.0.0:…, which the Host check refuses (421), and with
+    # `server.path: /` its health URL read `http:/healthz/healthz127.0.0.1:…`.
+    config = {"server": {"path": "/"}, "auth": {"incoming": {"allow_anonymous_remote": True}}}
+    log = tmp_path / "serve.log"
+    with log.open("wb") as sink:
+        command = [sys.executable, "-m", "vmcp_opt", "serve", "-c", str(write_config(tmp_path, config))]
+        proc = subprocess.Popen([*command, "--host", "0.0.0.0", "--port", "0"], stdout=sink, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while (banner := re.search(r"health: (\S+)\s+readiness: (\S+)", log.read_text())) is None:
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        health, readiness = banner.groups()
+        assert re.fullmatch(r"http://127\.0\.0\.1:\d+/healthz", health), health
+        assert readiness == health.replace("/healthz", "/readyz")
+        assert re.search(r"serving MCP at http://127\.0\.0\.1:\d+/ ", log.read_text()), log.read_text()
+        wait_http(health, proc=proc)  # answered, not refused 421
+    finally:
+        stop_process(proc)
+
+
 @pytest.mark.parametrize("port", ["8000", "0"])
 def test_serve_on_an_address_not_of_this_machine_points_at_host_not_port(tmp_path: Path, port: str) -> None:
     if any(a.address == NOT_HERE for addresses in psutil.net_if_addrs().values() for a in addresses):

@@ -132,13 +132,24 @@ def _named_by_env_settings(value: Any) -> list[str]:
     return names
 
 
+def reachable_host(host: str) -> str:
+    """`server.host` as a URL on this machine reaches it: a wildcard bind answers on loopback (its own address
+    would be refused by the Host check), an IPv6 address in brackets."""
+    if host in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
+
+
 def announce(cfg: VmcpConfig, port: int, config_path: Path | None = None) -> None:
     """The banner, once listening: `port` is the bound one (with `--port 0`, the one the OS chose). Under
     `--log-format json` it is one log record (on stderr, like every other line), so that a log shipper reading
     the gateway's output gets nothing but JSON; otherwise the human banner on stdout."""
-    url = f"http://{cfg.server.host}:{port}{cfg.server.path}"
+    base = f"http://{reachable_host(cfg.server.host)}:{port}"
+    url = f"{base}{cfg.server.path}"
     mode = "optimizer on: tools/list shows find_tool and call_tool" if cfg.optimizer.enabled else "optimizer off"
-    health, readiness = url.replace(cfg.server.path, "/healthz"), url.replace(cfg.server.path, "/readyz")
+    health, readiness = f"{base}/healthz", f"{base}/readyz"
     local = PROJECT_ROOT / "node_modules" / ".bin" / "mcp-inspector"
     inspector = str(local) if local.exists() else "npx @modelcontextprotocol/inspector@0.15.0"
     try_it = f"{inspector} --cli {url} --transport http --method tools/list"
