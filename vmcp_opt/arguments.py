@@ -7,6 +7,9 @@ Schemas come from backends and arguments from clients; neither is trusted, so a 
 - `pattern` and `patternProperties` run on RE2 (linear time, no backtracking) when RE2 takes the pattern,
   otherwise on `regex` with the time left as its timeout (vmcp_opt/pattern_engines.py, imported at the
   first pattern). `uniqueItems` is linear, not quadratic.
+- Arguments no request can carry are refused before any schema (vmcp_opt/argument_sendable.py): nested past
+  `MAX_ARGUMENT_DEPTH`, as deep as a client's own can be, or holding a lone surrogate. Only strings the gateway
+  decodes make either (call_tool's string form, a workflow's `fromjson`).
 - The whole check has a deadline (`limits.argument_check_timeout`): past it the call is refused, never
   sent, and the check stops at the next keyword.
 - Compiled validators are cached per schema content (SHA-256 of its canonical JSON) in a bounded LRU (input and
@@ -57,6 +60,7 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 from vmcp_opt.argument_messages import SCHEMA_LIMIT, describe, describe_all, spell
+from vmcp_opt.argument_sendable import unsendable_field
 from vmcp_opt.display import shorten
 from vmcp_opt.logs import ThrottledLog
 from vmcp_opt.plain_schemas import is_plain, plainly_valid
@@ -149,6 +153,9 @@ class ArgumentValidator:
         return self._inputs.by_identity
 
     def check(self, tool_name: str, schema: Mapping[str, Any], arguments: Mapping[str, Any] | None) -> None:
+        unsendable = unsendable_field(arguments or {})
+        if unsendable is not None:
+            raise ArgumentError(f"invalid arguments for tool '{shorten(tool_name)}': {unsendable}")
         if self._traits(schema, self._inputs)[1] and plainly_valid(schema, arguments or {}, 0):
             return
         previous = getattr(_local, "deadline", None)

@@ -27,6 +27,7 @@ from vmcp_opt.config import VmcpConfig
 from vmcp_opt.health.breaker import CircuitBreaker
 from vmcp_opt.health.checker import BackendHealth, HealthState
 from vmcp_opt.health.clock import CallClock
+from vmcp_opt.logs import ThrottledLog
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ class HealthMonitor:
         self._sessions_seen = {name: 0 for name in manager.connections}
         self._scope: anyio.CancelScope | None = None
         self._stopped = False  # `stop()` may come before `run()` has made its scope (a stop as the gateway starts)
+        self._local_errors = ThrottledLog(logger, 60.0)  # per backend: a client can repeat such a request at will
         manager.add_listener(self._on_backend_change)
 
     # --- health checks ---------------------------------------------------------------------------
@@ -177,6 +179,17 @@ class HealthMonitor:
         except TimeoutError:
             breaker.record_failure("no answer in time")
             raise BackendUnavailable(f"backend '{backend}' did not answer within {_call_timeout(connection)}") from None
+        except (ValueError, TypeError) as exc:
+            # Ours, not the backend's: the SDK's encoding of the request (nested past its 255 levels, a value JSON
+            # cannot carry) or its checks of it, before anything is sent. What the backend sends back fails a call as
+            # an MCPError, a ValidationError (above) or a lost connection, never so. Counted, it let any client open
+            # the circuit for everyone with a request the gateway itself could not send.
+            breaker.release()
+            reason = connection.describe(exc)
+            self._local_errors.warning(backend, "backend %s: a request failed in the gateway: %s", backend, reason)
+            raise MCPError(
+                types.INTERNAL_ERROR, f"the request for backend '{backend}' failed in the gateway: {reason}"
+            ) from None
         except Exception as exc:
             breaker.record_failure(connection.describe(exc))
             raise

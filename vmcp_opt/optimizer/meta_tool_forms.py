@@ -12,6 +12,7 @@ from typing import Any
 
 import mcp_types as types
 
+from vmcp_opt.argument_sendable import unsendable_field
 from vmcp_opt.arguments import ArgumentError
 from vmcp_opt.optimizer.answers import answer_description, compact_schema
 from vmcp_opt.optimizer.documents import ToolRecord
@@ -22,6 +23,9 @@ from vmcp_opt.optimizer.index import SearchHit
 # `optimizer.max_intents` intents); past this it is a pasted document, all of it keyword-tokenized, split and
 # echoed in the answer. In the schema as `maxLength`, so clients see it.
 MAX_QUERY_CHARS = 4096
+# A find_tool `backends` filter's most names: more than any gateway has backends (a client naming them all can leave
+# the filter out). 300k names took ~0.75 s of schema check; each name is looked up in the catalogue too.
+MAX_BACKEND_FILTER = 1000
 # Unicode's control and format characters (zero-width spaces and joiners, the byte-order mark, bidi marks).
 _INVISIBLE = frozenset({"Cc", "Cf"})
 
@@ -55,6 +59,7 @@ FIND_TOOL = types.Tool(
             "backends": {
                 "type": ["array", "null"],
                 "items": {"type": "string"},
+                "maxItems": MAX_BACKEND_FILTER,
                 "description": "Only search these backends (servers); all when omitted.",
             },
         },
@@ -153,13 +158,20 @@ def query_problem(query: str) -> str | None:
     return None
 
 
-def check_query(arguments: dict[str, Any]) -> None:
-    """find_tool's `query`, checked before its schema is (a non-string is left for the schema check to name):
-    the schema check of a long string would copy it into its message."""
+def check_sizes(arguments: dict[str, Any]) -> None:
+    """find_tool's `query` and the length of its `backends`, checked in O(1) before its schema is (a non-string,
+    a non-list left for the schema check to name): the schema check of a long string would copy it into its
+    message, and that of a long list would walk all of it."""
     query = arguments.get("query")
     problem = query_problem(query) if isinstance(query, str) else None
     if problem is not None:
         raise ArgumentError(f"invalid arguments for tool 'find_tool': field 'query': {problem}")
+    backends = arguments.get("backends")
+    if isinstance(backends, list) and len(backends) > MAX_BACKEND_FILTER:
+        raise ArgumentError(
+            f"invalid arguments for tool 'find_tool': field 'backends': {len(backends):,} names, over the maximum of "
+            f"{MAX_BACKEND_FILTER:,}; leave it out to search every backend"
+        )
 
 
 def coerce_strings(arguments: dict[str, Any]) -> dict[str, Any]:
@@ -193,11 +205,17 @@ _DIGITS = re.compile(r"\s*[0-9]{1,9}\s*", re.ASCII)
 
 
 def _json_field(text: str, tool: str, field: str, expected: str) -> Any:
-    """`text` decoded, or an ArgumentError naming the field (not JSON, or nested past the parser's depth)."""
+    """`text` decoded, or an ArgumentError naming the field: not JSON, or what no request can carry (`json.loads`
+    takes any depth up to its recursion limit, and lone surrogates: `unsendable_field`)."""
     try:
-        return json.loads(text)
+        decoded = json.loads(text)
     except json.JSONDecodeError as exc:
-        problem = f"not {expected} ({exc})"
+        problem = f"field '{field}': not {expected} ({exc})"
     except RecursionError:
-        problem = f"not {expected}: nested too deeply"
-    raise ArgumentError(f"invalid arguments for tool '{tool}': field '{field}': {problem}")
+        problem = f"field '{field}': not {expected}: nested too deeply"
+    else:
+        unsendable = unsendable_field({field: decoded})
+        if unsendable is None:
+            return decoded
+        problem = unsendable
+    raise ArgumentError(f"invalid arguments for tool '{tool}': {problem}")

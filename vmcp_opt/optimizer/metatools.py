@@ -46,7 +46,7 @@ from vmcp_opt.optimizer.meta_tool_forms import (
     META_TOOL_NAMES,
     META_TOOLS,
     ToolParts,
-    check_query,
+    check_sizes,
     coerce_strings,
     hit_json,
 )
@@ -68,6 +68,9 @@ EMBEDDER_STOP_WAIT = 5.0
 USAGE_FILE = "usage.json"
 
 POLICY_DEPTH = 4
+# A string form longer than this is decoded in a worker thread: `json.loads` of a 4 MB `arguments` takes ~40 ms.
+_INLINE_DECODE = 65_536
+_DECODED = ("arguments", "backends")  # the fields whose string forms `coerce_strings` decodes
 
 
 class OptimizerFront:
@@ -145,10 +148,11 @@ class OptimizerFront:
     async def call(self, call: ToolCall) -> types.CallToolResult:
         tool = FIND_TOOL if call.tool.name == FIND_TOOL.name else CALL_TOOL
         try:
-            arguments = coerce_strings(dict(call.arguments or {}))
+            arguments = await _object_forms(call.arguments)
             if tool is FIND_TOOL:
-                check_query(arguments)  # O(1) on the event loop, however long the query
-            self._validator.check(tool.name, tool.input_schema, arguments)
+                check_sizes(arguments)  # O(1) on the event loop, however long the query or `backends`
+            # Off the event loop unless it cannot be costly: a long list, a deep `arguments` object.
+            await self._validator.check_async(tool.name, tool.input_schema, arguments)
         except ArgumentError as exc:
             return _error(str(exc))
         if tool is FIND_TOOL:
@@ -245,7 +249,7 @@ class OptimizerFront:
     async def find_tool(
         self, query: str, limit: int | None, backends: list[str] | None, allowed: ToolCall | None = None
     ) -> types.CallToolResult:
-        """The best matches for `query` (as `call` checked it: `check_query`); with `allowed`, only the tools its
+        """The best matches for `query` (as `call` checked it: `check_sizes`); with `allowed`, only the tools its
         caller may use."""
         # After the wait: a backend still connecting at start has tools by then, not an error.
         starting = await self.wait_for_backends()
@@ -432,3 +436,12 @@ def _not_configured(name: str) -> str | None:
 
 def _error(message: str) -> types.CallToolResult:
     return types.CallToolResult(content=[types.TextContent(type="text", text=message)], is_error=True)
+
+
+async def _object_forms(given: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A meta-tool's arguments with their string forms decoded (`coerce_strings`), in a worker thread when one to
+    decode is long."""
+    arguments = dict(given or {})
+    if any(isinstance(arguments.get(field), str) and len(arguments[field]) > _INLINE_DECODE for field in _DECODED):
+        return await anyio.to_thread.run_sync(coerce_strings, arguments, abandon_on_cancel=True)
+    return coerce_strings(arguments)
