@@ -273,7 +273,7 @@ def test_every_event_type_the_gateway_writes_is_one_the_config_accepts() -> None
     written = {*names._LIST_EVENTS.values(), *names.META_TOOLS.values(), "mcp_tool_call", "mcp_request"}
     workflows = {f"workflow_{end}" for end in ("started", "completed", "failed", "timed_out")}
     workflows |= {f"workflow_step_{end}" for end in ("started", "skipped", "completed", "failed")}
-    assert written | workflows | {"vmcp_auth_denied", "vmcp_rate_limited"} == AUDIT_EVENT_TYPES
+    assert written | workflows | {"vmcp_auth_denied", "vmcp_rate_limited", "vmcp_session_refused"} == AUDIT_EVENT_TYPES
 
 
 def vmcp(*args: str) -> subprocess.CompletedProcess[str]:

@@ -305,6 +305,14 @@ class RequestStateConfig(_Strict):
             raise ValueError("key_env and key_file: set one")
         if self.previous_key_env and self.previous_key_file:
             raise ValueError("previous_key_env and previous_key_file: set one")
+    # Bytes of the events one caller's sessions keep together, in redis mode (its sessions on every replica):
+    # past it the caller's oldest are dropped, from its session written longest ago on, its newest kept whatever
+    # its size. A caller: the verified principal, else the client's address. A client resuming after an event
+    # dropped is refused (400).
+    max_event_bytes_per_caller_in_redis: int = Field(32 * 1024 * 1024, ge=1)
+    # Bytes of the events of all sessions together, in redis mode (every replica's): past it a new event is not
+    # stored; its client still gets it, but resuming after it is refused (400).
+    max_event_bytes_in_redis: int = Field(256 * 1024 * 1024, ge=1)
         if (self.previous_key_env or self.previous_key_file) and not (self.key_env or self.key_file):
             raise ValueError("a previous key needs a current one (key_env or key_file)")
         return self

@@ -29,6 +29,7 @@ AUDIT_EVENT_TYPES = frozenset(
         "vmcp_call_tool",
         "vmcp_auth_denied",
         "vmcp_rate_limited",
+        "vmcp_session_refused",
         "workflow_started",
         "workflow_completed",
         "workflow_failed",

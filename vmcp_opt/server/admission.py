@@ -12,6 +12,10 @@ How a caller is identified:
   for every request with that credential (the header itself is never kept);
 - anything else is anonymous: `anonymous:<random id>`, never the same twice.
 
+A request refused before any session served it (it named a session another principal opened, or a session
+limit refused it) has a caller all the same, for the audit log and the metrics: `refused_caller`, by its verified
+principal and address; the session it named only by that session's caller id (`tell_refused`, `refused_stranger`).
+
 Who the caller *is* comes from authentication: over HTTP the verified `Identity` the transport's
 middleware (server/authentication.py) left in the request's scope, fresh on every request (a session's
 token may be refreshed, or its holder change); over stdio the local OS user.
@@ -20,26 +24,36 @@ token may be refreshed, or its holder change); over stdio the local OS user.
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
 import weakref
+from collections.abc import Callable
 from typing import Any, Literal
 
 import mcp_types as types
 from mcp.server.connection import Connection
 from mcp.server.context import ServerRequestContext
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+from starlette.types import Scope
 
 from vmcp_opt.auth import Caller, CallerLifetime, CredentialIds, Identification
 from vmcp_opt.auth.caller import VERIFIED, address_key, caller_key, subject_key
 from vmcp_opt.auth.identity import SCOPE_KEY, Identity, local_user
+from vmcp_opt.display import printable
+from vmcp_opt.logs import ThrottledLog
 from vmcp_opt.routing import Exchange
 from vmcp_opt.routing.round_trips import input_responses, round_of
 
+logger = logging.getLogger(__name__)
+_log = ThrottledLog(logger)
 Ctx = ServerRequestContext[Any, Any]
 Transport = Literal["http", "stdio"]
 _STATE_KEY = "vmcp.caller"
 # Set in an HTTP request's scope once its rate-limit tokens are taken (server/rate_limit_gate.py).
 LIMITS_TAKEN_KEY = "vmcp.rate_limits_taken"
+# What hears of an HTTP request refused before any session served it (`Telemetry.session_refused`): the refused
+# caller (`refused_caller`), the reason (a setting, or "session_owner") and the session it named, as a caller id.
+SessionRefused = Callable[[Caller, str, str | None], None]
 
 
 class Admission:
@@ -170,7 +184,54 @@ def _session_id(connection: Connection) -> str:
     its caller by the same id (one rate-limit budget); the id itself is a secret and is never logged."""
     if connection.session_id is None:
         return f"session:{secrets.token_hex(8)}"
-    return f"session:{hashlib.sha256(connection.session_id.encode()).hexdigest()[:16]}"
+    return session_caller_id(connection.session_id)
+
+
+def session_caller_id(session_id: str) -> str:
+    """The caller id of an HTTP session's requests: a short digest of its id (a bearer secret, never written)."""
+    return f"session:{hashlib.sha256(session_id.encode()).hexdigest()[:16]}"
+
+
+def refused_caller(scope: Scope) -> Caller:
+    """Who sent an HTTP request refused before a session served it (another principal's session named, a session
+    limit reached): the verified principal authentication left in the scope, and the client's address. Its id is
+    the key the rate limits charge such a caller to (`subject:<digest>`, else `address:<ip>`): the session the
+    request named is not the caller's own, and it may have none."""
+    client = scope.get("client")
+    address = str(client[0]) if client else None
+    identity = scope.get(SCOPE_KEY)
+    if isinstance(identity, Identity) and identity.method in VERIFIED and identity.subject:
+        who = {key: value for key, value in identity.caller_fields().items() if key != "token"}
+        return Caller(subject_key(identity.method, identity.subject), identity.method, "", address=address, **who)
+    return Caller(address_key(address or "?"), Identification.ANONYMOUS, "", address=address)
+
+
+def tell_refused(told: SessionRefused | None, scope: Scope, reason: str, session_id: str | None = None) -> Caller:
+    """`told` hears of a request refused before a session served it (`refused_caller`, `reason`, the named
+    session's caller id); its failure is logged, never the client's, whose answer stays the refusal. The caller,
+    for the refuser's own log line."""
+    caller = refused_caller(scope)
+    if told is not None:
+        try:
+            told(caller, reason, session_caller_id(session_id) if session_id is not None else None)
+        except Exception:
+            _log.warning("told", "sessions: telemetry of a refused request failed", exc_info=True)
+    return caller
+
+
+def refused_stranger(told: SessionRefused | None, scope: Scope, session_id: str, log: ThrottledLog) -> None:
+    """A request naming a session another principal opened, refused (answered as a missing session: no oracle):
+    told to `told` and logged (throttled by `log`) with who asked and from where, the session by its caller id
+    (its id is its owner's bearer secret)."""
+    caller = tell_refused(told, scope, "session_owner", session_id)
+    log.warning(
+        "owner",
+        "sessions: %s (%s) from %s named %s, a session another principal opened; refused",
+        printable(caller.subject or "anonymous"),
+        caller.id,
+        printable(caller.address or "?"),
+        session_caller_id(session_id),
+    )
 
 
 def _how(identity: Identity | None) -> Identification:

@@ -52,13 +52,13 @@ from vmcp_opt.config import VmcpConfig
 from vmcp_opt.logs import ThrottledLog
 from vmcp_opt.routing import Router
 from vmcp_opt.routing.round_trips import RoundOwners
-from vmcp_opt.server.admission import connection_of
+from vmcp_opt.server.admission import SessionRefused, connection_of, refused_stranger, tell_refused
 from vmcp_opt.server.authentication import session_owner
 from vmcp_opt.server.lazy_stream import LazyStreamSessionManager
 from vmcp_opt.server.session_relays import Held, HeldSessions, SessionRelays
 from vmcp_opt.server.session_restore import is_replayed, restored_transport, serve_restored
-from vmcp_opt.server.sessions import SERVER_BUSY, SessionGate, Slot, json_rpc_error, may_open_session
-from vmcp_opt.shared.events import EVENTS, STORE_ERRORS, RedisEventStore, ReplicaPresence
+from vmcp_opt.server.sessions import SERVER_BUSY, SessionGate, Slot, client_address, json_rpc_error, may_open_session
+from vmcp_opt.shared.events import EVENTS, EVENTS_CALLER, STORE_ERRORS, RedisEventStore, ReplicaPresence
 from vmcp_opt.shared.redis_client import redis_client, redis_trouble
 from vmcp_opt.shared.replica_shapes import ReplicaShapes, watch_shapes
 from vmcp_opt.shared.round_relay import RedisAnswerRelay, RedisCancelRelay, RedisRoundRelay
@@ -79,6 +79,7 @@ REAP_INTERVAL = 1.0
 # The principal of the request being served (`session_owner`), for the record of a session it opens.
 OWNER: ContextVar[str] = ContextVar("vmcp_session_owner", default="")
 _RECORDED = frozenset({"initialize", "logging/setLevel", "resources/subscribe", "resources/unsubscribe"})
+_SLOT_LIMITS = {"address": "limits.max_sessions_per_address", "total": "limits.max_sessions"}  # `SessionSlots.take`
 
 
 class SharedSessions:
@@ -94,6 +95,7 @@ class SharedSessions:
         self.rounds = parts.rounds
         self.shapes = parts.shapes
         self.gate = gate
+        self.refused = parts.refused
         self._held = HeldSessions()
         self.relays = SessionRelays(self._held, manager, parts.store, parts.answers, parts.cancels)
         self.asks = manager.asks = self.relays.asks
@@ -137,9 +139,11 @@ class SharedSessions:
             return
         token = EVENTS.set(secrets.token_hex(16) if may_open_session(scope) else None)  # a new session's events
         owner = OWNER.set(session_owner(scope))
+        caller = EVENTS_CALLER.set(events_caller(scope))  # the session's tasks, started here, charge it
         try:
             await self.app(scope, receive, send)
         finally:
+            EVENTS_CALLER.reset(caller)
             OWNER.reset(owner)
             EVENTS.reset(token)
 
@@ -162,7 +166,7 @@ class SharedSessions:
         if found and kept is not None and kept.owner is not None and kept.owner != session_owner(scope):
             # Only the principal that opened a session may use it, on any replica: another credential is told
             # what it would be told of a session that does not exist (in an outage too: no oracle).
-            self._log.warning("owner", "sessions: a request named a session another principal opened; refused")
+            refused_stranger(self.refused, scope, session_id, self._log)
             found = False
         if not found:
             await self._not_found(send, unsure)
@@ -256,6 +260,7 @@ class SharedSessions:
             if not isinstance(slot, str):
                 held = await self._start_restored(session_id, record, scope, slot)
         if isinstance(slot, str):
+            tell_refused(self.refused, scope, _SLOT_LIMITS[slot])
             await self.gate.refuse(slot, address, send)
             return None
         assert held is not None
@@ -269,6 +274,7 @@ class SharedSessions:
         held = self._held[session_id] = Held(record, transport, scope=scope)
         assert self._task_group is not None
         token = EVENTS.set(record.events)  # the session's tasks store their events under its namespace
+        caller = EVENTS_CALLER.set(events_caller(scope))
         try:
             await self._task_group.start(self._run_restored, session_id, held, Request(scope), slot)
         except BaseException:
@@ -276,6 +282,7 @@ class SharedSessions:
             slot.release()
             raise
         finally:
+            EVENTS_CALLER.reset(caller)
             EVENTS.reset(token)
         return held
 
@@ -380,6 +387,12 @@ class SharedSessions:
             del self._held[session_id]
 
 
+def events_caller(scope: Scope) -> str:
+    """Who a session's SSE events are charged to (`sessions.max_event_bytes_per_caller_in_redis`): its
+    principal, else its client's address."""
+    return session_owner(scope) or f"address {client_address(scope)}"
+
+
 def _header(scope: Scope, name: bytes) -> str | None:
     for key, value in scope["headers"]:
         if key == name:
@@ -399,6 +412,7 @@ class SharedSessionParts:
     cancels: RedisCancelRelay
     shapes: ReplicaShapes
     rounds: RoundOwners | None = None  # set by `share_rounds`: this replica's rounds, of every kind
+    refused: SessionRefused | None = None  # hears of the requests refused here: `Telemetry.session_refused`
 
     def front(
         self, manager: LazyStreamSessionManager, gate: SessionGate, rounds: RoundOwners, router: Router
@@ -426,6 +440,8 @@ def redis_session_parts(config: VmcpConfig, replica: str) -> SharedSessionParts:
             ttl,
             session_events=settings.max_events_per_session,
             session_bytes=settings.max_event_bytes_per_session,
+            caller_bytes=settings.max_event_bytes_per_caller_in_redis,
+            total_bytes=settings.max_event_bytes_in_redis,
         ),
         presence,
         RedisRoundRelay(client, prefix, presence, deadline=config.timeouts.input, slice_=config.redis.timeout / 2),

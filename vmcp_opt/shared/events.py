@@ -13,7 +13,20 @@ as a whole too (`sessions.max_events_per_session`, `sessions.max_event_bytes_per
 adds the event, notes it in the session's list of its events in order, with its size, and drops the
 session's oldest while the session is over either bound (its newest stays whatever its size), deleting a
 stream it empties. Without it, every request of a session that streamed left a stream behind until the
-session expired: a client could fill Redis at its request rate. An event id is
+session expired: a client could fill Redis at its request rate.
+
+Sessions together are bounded in bytes too, in the same script, against counts it keeps beside the events
+(`<prefix>events-budget:*`): per caller (`sessions.max_event_bytes_per_caller_in_redis`; a caller is
+`EVENTS_CALLER`, which the shared sessions' layer sets to the principal or the client's address, for the
+session's tasks) the caller's oldest go, from its session written longest ago on, its newest kept whatever its
+size; in total (`sessions.max_event_bytes_in_redis`) the new event is not stored, and neither is the rest of
+its stream (a client resuming from before it is refused, not left waiting for an answer never stored). Both
+are said in a log line at most once a minute. Events expire with their session, uncounted: each session is in
+a sorted set by expiry, and a write first releases (at most 64 of) the sessions whose keys are gone, so the
+counts are right without a sweeper and a session idle for good costs one release. The per-caller set of
+sessions, ordered the same way, names whose events go first.
+
+An event id is
 `<stream digest>.<process tag>-<counter>` (the standalone GET stream's marked: `get-<digest>.<tag>-<counter>`,
 server/event_store.py `GET_EVENT_PREFIX`; an unmarked id is taken for a request stream's), chosen here, so
 sending a message never waits for Redis: events queue (bounded) for one writer task that sends whatever is
@@ -43,12 +56,9 @@ the replay ends with a JSON-RPC error for the request rather than leaving the cl
 Redis unreachable while storing (or the queue full): the message still reaches a connected client; its
 event is lost for replays (counted, at most one log line per interval).
 
-Past ~450 lines on purpose: storing, replaying and following a stream are one Redis layout read and written
-by the same scripts; apart, each would restate it.
-
-Past ~450 lines: the store's write side (queue, writer, the `_ADD` script) and its read side (replay, `holds`,
-the writer marks an early replay waits on) share the keys, the event id's shape and the session's bounds; its
-last hundred lines are those ids' small parsers.
+Past ~450 lines on purpose: the store's write side (queue, writer, the `_ADD` script and its budget) and its
+read side (replay, `holds`, the writer marks an early replay waits on) share the keys, the event id's shape
+and the bounds; its last hundred lines are those ids' small parsers. The scripts' Lua would move out whole.
 """
 
 from __future__ import annotations
@@ -91,8 +101,11 @@ _FIND_WAIT = 2.0
 # vouching for what it holds soon after.
 _BEATS = 3
 Entry = tuple[str, dict[str, bytes]]  # a Redis stream entry: its id, its fields
-# An event waiting for the writer: session namespace, stream digest, and the entry's fields e, s, r and m.
-Queued = tuple[str, str, tuple[str, str, str, bytes]]
+# An event waiting for the writer: session namespace, the caller charged, stream digest, the entry's e, s, r and m.
+Queued = tuple[str, str, str, tuple[str, str, str, bytes]]
+# Who the events of the session being served are charged to (`sessions.max_event_bytes_per_caller_in_redis`):
+# its principal, else its client's address; None: the session itself (then only its own bounds apply).
+EVENTS_CALLER: ContextVar[str | None] = ContextVar("vmcp_sse_events_caller", default=None)
 
 
 class _Found:
@@ -110,33 +123,142 @@ class _Found:
 # holder and empties it: the entries are not kept for as long as a resumed GET stream stays open.
 _FOUND: ContextVar[_Found | None] = ContextVar("vmcp_sse_found", default=None)
 
-# KEYS: the stream, the session's list of its events (`<entry id> <bytes> <stream key>`, oldest first), the
-# session's byte count. ARGV: the entry's e, s, r and m; the stream's MAXLEN; the session's bounds in events
-# and bytes; the expiry in ms. An entry MAXLEN dropped stays listed (and counted) until its turn comes:
-# the session's bound only ever errs on the tight side.
-_ADD = """
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[5], '*', 'e', ARGV[1], 's', ARGV[2], 'r', ARGV[3], 'm', ARGV[4])
-local size = string.len(ARGV[4])
-local count = redis.call('RPUSH', KEYS[2], id .. ' ' .. size .. ' ' .. KEYS[1])
-local held = redis.call('INCRBY', KEYS[3], size)
-local max_events, max_bytes = tonumber(ARGV[6]), tonumber(ARGV[7])
-while count > max_events or (held > max_bytes and count > 1) do
-  local old_id, old_size, old_key = string.match(redis.call('LPOP', KEYS[2]), '^(%S+) (%d+) (.+)$')
+# What both scripts start with: the budget of the events of every session in Redis, in bytes, in total and per
+# caller. Their last five KEYS (`_budget_keys`): the total; hashes of each session's bytes, of the caller it is
+# charged to, and of each caller's bytes; the sessions by expiry (when their keys go). Their last four ARGV:
+# `<prefix>events:`, the session's namespace, the expiry in ms, the prefix of a caller's sorted set of its
+# sessions by expiry (`mine`: written longest ago first).
+_BUDGET = """
+local total, sizes, charged, callers, expiry = unpack(KEYS, #KEYS - 4)
+local prefix, namespace, ttl, caller_sets = unpack(ARGV, #ARGV - 3)
+ttl = tonumber(ttl)
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+
+-- `delta` never `-x` (-0 is no integer to Redis): `0 - x`.
+local function charge(session, caller, delta)
+  redis.call('HINCRBY', sizes, session, delta)
+  if redis.call('HINCRBY', callers, caller, delta) <= 0 then
+    redis.call('HDEL', callers, caller)
+  end
+  redis.call('INCRBY', total, delta)
+end
+
+-- A session's events are gone (expired, emptied, deleted): so is its share of the counts.
+local function release(session)
+  local size = tonumber(redis.call('HGET', sizes, session) or '0')
+  local caller = redis.call('HGET', charged, session)
+  if caller then
+    charge(session, caller, 0 - size)
+    redis.call('ZREM', caller_sets .. caller, session)
+  end
+  redis.call('HDEL', sizes, session)
+  redis.call('HDEL', charged, session)
+  redis.call('ZREM', expiry, session)
+  redis.call('DEL', prefix .. session .. ':held', prefix .. session .. ':bytes')
+end
+
+-- Drops the session's oldest event (deleting a stream it empties); returns the session's bytes left.
+local function drop_oldest(session, caller)
+  local entry = redis.call('LPOP', prefix .. session .. ':held')
+  local old_id, old_size, old_key = string.match(entry, '^(%S+) (%d+) (.+)$')
   redis.call('XDEL', old_key, old_id)
   if redis.call('XLEN', old_key) == 0 then
     redis.call('DEL', old_key)
   end
-  held = redis.call('DECRBY', KEYS[3], old_size)
-  count = count - 1
+  charge(session, caller, 0 - tonumber(old_size))
+  return redis.call('DECRBY', prefix .. session .. ':bytes', old_size)
 end
-for _, key in ipairs(KEYS) do
-  redis.call('PEXPIRE', key, ARGV[8])
+
+-- The caller's session written longest ago, this one only when it has no other.
+local function oldest_other(mine, session)
+  local first = redis.call('ZRANGE', mine, 0, 1)
+  if first[1] and first[1] ~= session then
+    return first[1]
+  end
+  return first[2] or session
 end
-return id
 """
 
-# KEYS: the session's list of its events, its byte count. Deletes every stream the list names, then both.
-_FORGET = """
+# KEYS: the stream, the session's list of its events (`<entry id> <bytes> <stream key>`, oldest first), the
+# session's byte count, then the budget's. ARGV: the entry's e, s, r and m; the stream's MAXLEN; the session's
+# bounds in events and bytes; the caller it is charged to; the caller's and the total's bounds in bytes; then
+# the budget's. Returns {entry id, "" when the total's bound refused it; events dropped for the caller's bound}.
+# An entry MAXLEN dropped stays listed (and counted) until its turn comes: the bounds err on the tight side.
+_ADD = (
+    _BUDGET
+    + """
+for _, session in ipairs(redis.call('ZRANGEBYSCORE', expiry, '-inf', now, 'LIMIT', 0, 64)) do
+  local left = redis.call('PTTL', prefix .. session .. ':bytes')
+  if left > 0 then
+    redis.call('ZADD', expiry, now + left, session)
+  else
+    release(session)
+  end
+end
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[5], '*', 'e', ARGV[1], 's', ARGV[2], 'r', ARGV[3], 'm', ARGV[4])
+local size = string.len(ARGV[4])
+local count = redis.call('RPUSH', KEYS[2], id .. ' ' .. size .. ' ' .. KEYS[1])
+local held = redis.call('INCRBY', KEYS[3], size)
+redis.call('HSETNX', charged, namespace, ARGV[8])
+local caller = redis.call('HGET', charged, namespace)
+local mine = caller_sets .. caller
+redis.call('ZADD', expiry, now + ttl, namespace)
+redis.call('ZADD', mine, now + ttl, namespace)
+charge(namespace, caller, size)
+while count > tonumber(ARGV[6]) or (held > tonumber(ARGV[7]) and count > 1) do
+  held = drop_oldest(namespace, caller)
+  count = count - 1
+end
+local dropped = 0
+while tonumber(redis.call('HGET', callers, caller) or '0') > tonumber(ARGV[9]) do
+  local session = oldest_other(mine, namespace)
+  if session == namespace and redis.call('LLEN', KEYS[2]) <= 1 then
+    break  -- the newest stays, whatever its size
+  end
+  if redis.call('EXISTS', prefix .. session .. ':held') == 1 then
+    drop_oldest(session, caller)
+    dropped = dropped + 1
+  end
+  if redis.call('EXISTS', prefix .. session .. ':held') == 0 then
+    release(session)  -- emptied, or expired
+  end
+end
+if size > 0 and tonumber(redis.call('GET', total)) > tonumber(ARGV[10]) then
+  -- Not stored, and neither is the rest of its stream: a client resuming from before it is refused, not left
+  -- waiting for an answer that will never be stored.
+  local kept, gone = {}, 0
+  for _, entry in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do
+    local entry_size, key = string.match(entry, '^%S+ (%d+) (.+)$')
+    if key == KEYS[1] then
+      gone = gone + tonumber(entry_size)
+    else
+      table.insert(kept, entry)
+    end
+  end
+  redis.call('DEL', KEYS[1], KEYS[2])
+  for _, entry in ipairs(kept) do
+    redis.call('RPUSH', KEYS[2], entry)
+  end
+  redis.call('DECRBY', KEYS[3], gone)
+  charge(namespace, caller, 0 - gone)
+  if #kept == 0 then
+    release(namespace)
+  end
+  id = ''
+end
+for _, key in ipairs({mine, unpack(KEYS)}) do
+  redis.call('PEXPIRE', key, ttl)
+end
+return {id, dropped}
+"""
+)
+
+# KEYS: the session's list of its events, its byte count, then the budget's; ARGV: the budget's. Deletes every
+# stream the list names, then both, and releases the session's share of the budget.
+_FORGET = (
+    _BUDGET
+    + """
 local seen = {}
 for _, entry in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
   local key = string.match(entry, '^%S+ %d+ (.+)$')
@@ -145,8 +267,9 @@ for _, entry in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
     redis.call('DEL', key)
   end
 end
-redis.call('DEL', KEYS[1], KEYS[2])
+release(namespace)
 """
+)
 
 
 async def keep_key(
@@ -201,14 +324,21 @@ class RedisEventStore(EventStore):
         queue_size: int = 10_000,
         session_events: int = 1000,
         session_bytes: int = 8 * 1024 * 1024,
+        caller_bytes: int = 32 * 1024 * 1024,
+        total_bytes: int = 256 * 1024 * 1024,
     ) -> None:
-        """`max_events`: per stream; `session_*`: per session, all its streams together."""
+        """`max_events`: per stream; `session_*`: per session, all its streams together; `caller_bytes`: per
+        caller, all its sessions together; `total_bytes`: every session in Redis."""
         self.client = client
         self.prefix = prefix + "events:"
         self.presence = presence
         self.max_events = max_events
         self.session_events = session_events
         self.session_bytes = session_bytes
+        self.caller_bytes = caller_bytes
+        self.total_bytes = total_bytes
+        self.dropped = 0  # events dropped for a caller's bound
+        self.refused = 0  # events not stored for the total's
         self._add = client.register_script(_ADD)
         self._forget = client.register_script(_FORGET)
         self.ttl_ms = max(1, int(ttl * 1000))
@@ -219,6 +349,7 @@ class RedisEventStore(EventStore):
         self._counter = 0
         self._written = 0  # the highest counter written to Redis (or lost): what its progress key says
         self._writer_prefix = prefix + "events-writer:"
+        self._budget_prefix = prefix + "events-budget:"
         # Events wait here for `write` (`run_writer`), so sending a message never waits for Redis.
         self._queue, self._queued = anyio.create_memory_object_stream[Queued](queue_size)
 
@@ -230,8 +361,9 @@ class RedisEventStore(EventStore):
         data = b"" if message is None else jsonrpc_message_adapter.dump_json(message, by_alias=True, exclude_unset=True)
         self._counter += 1
         event = f"{self._tag}-{self._counter}"
+        caller = EVENTS_CALLER.get() or f"session {namespace}"
         try:
-            self._queue.send_nowait((namespace, digest, (event, stream_id, self.presence.replica, data)))
+            self._queue.send_nowait((namespace, caller, digest, (event, stream_id, self.presence.replica, data)))
         except anyio.WouldBlock:
             self._lose(1, "the queue is full")
         return marked_event_id(stream_id, f"{digest}.{event}")
@@ -257,29 +389,62 @@ class RedisEventStore(EventStore):
                 batch.append(self._queued.receive_nowait())
             except anyio.WouldBlock:
                 break
-        bounds = (self.max_events, self.session_events, self.session_bytes, self.ttl_ms)
+        bounds = (self.max_events, self.session_events, self.session_bytes)
         # Queued in counter order: the last is the highest.
-        high = max([self._written, *(_counter_of(fields[0]) for _, _, fields in batch[-1:])])
+        high = max([self._written, *(_counter_of(fields[0]) for *_, fields in batch[-1:])])
         try:
             async with self.client.pipeline(transaction=False) as pipe:
-                for namespace, digest, fields in batch:
-                    session = f"{self.prefix}{namespace}"
-                    keys = [f"{session}:{digest}", f"{session}:held", f"{session}:bytes"]
-                    await self._add(keys, [*fields, *bounds], client=pipe)
+                for namespace, caller, digest, fields in batch:
+                    keys = [f"{self.prefix}{namespace}:{digest}", *self._session_keys(namespace)]
+                    budget = (caller, self.caller_bytes, self.total_bytes, *self._budget_args(namespace))
+                    await self._add(keys, [*fields, *bounds, *budget], client=pipe)
                 # After the events, on the same connection: a reader that sees the counter finds them stored.
                 pipe.set(self._writer_prefix + self._tag, high, px=_expiry_ms(self.presence.interval))
-                await pipe.execute()
+                answers = await pipe.execute()
+            self._note_budget(answers[:-1])
         except STORE_ERRORS as exc:
             self._lose(len(batch), type(exc).__name__)
         finally:
             # Only now (stored, or lost for good) may `_announce` say so: not while the events are on their way.
             self._written = high
 
+    def _session_keys(self, namespace: str) -> list[str]:
+        """The session's list of its events and its byte count, then the budget's keys (see `_BUDGET`)."""
+        budget = self._budget_prefix
+        return [f"{self.prefix}{namespace}:held", f"{self.prefix}{namespace}:bytes"] + [
+            budget + name for name in ("total", "sizes", "charged", "callers", "expiry")
+        ]
+
+    def _budget_args(self, namespace: str) -> tuple[str, str, int, str]:
+        return self.prefix, namespace, self.ttl_ms, self._budget_prefix + "caller:"
+
+    def _note_budget(self, answers: list[Any]) -> None:
+        """Counts (and says, at most once an interval) what the callers' and the total's bounds dropped."""
+        dropped = sum(int(answer[1]) for answer in answers)
+        refused = sum(1 for answer in answers if not answer[0])
+        if dropped:
+            self.dropped += dropped
+            self._log.warning(
+                "caller",
+                "sessions: a caller's SSE events over sessions.max_event_bytes_per_caller_in_redis (%d bytes): "
+                "its oldest dropped (%d so far)",
+                self.caller_bytes,
+                self.dropped,
+            )
+        if refused:
+            self.refused += refused
+            self._log.warning(
+                "total",
+                "sessions: SSE events in Redis over sessions.max_event_bytes_in_redis (%d bytes): new events not "
+                "stored (%d so far); their clients get them, but cannot resume after them",
+                self.total_bytes,
+                self.refused,
+            )
+
     async def forget(self, namespace: str) -> None:
         """Deletes a session's events (it was deleted: nobody can resume its streams). An event still queued
         for it is written after, and expires with the session's idle timeout."""
-        session = f"{self.prefix}{namespace}"
-        await self._forget([f"{session}:held", f"{session}:bytes"], [])
+        await self._forget(self._session_keys(namespace), list(self._budget_args(namespace)))
 
     def _lose(self, count: int, why: str) -> None:
         self.lost += count

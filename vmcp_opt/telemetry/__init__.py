@@ -48,6 +48,16 @@ class Telemetry:
         if self.audit is not None:
             self.audit.rate_limited(caller, setting, tool)
 
+    def session_refused(self, caller: Caller, reason: str, session: str | None = None) -> None:
+        """An HTTP request refused before a session served it: it named a session another principal opened
+        (`reason` "session_owner", answered 404; `session` that session's caller id, never its id), or it would
+        have opened one past `limits.max_sessions_per_address` or `limits.max_sessions` (`reason` the setting).
+        Counted by reason, and audited with who asked (`caller`, server/admission.py `refused_caller`) and from where."""
+        if self.metrics is not None:
+            self.metrics.session_refused(reason)
+        if self.audit is not None:
+            self.audit.session_refused(caller, reason, session)
+
     def close(self) -> None:
         try:
             if self.audit is not None:

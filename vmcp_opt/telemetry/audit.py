@@ -206,6 +206,14 @@ class AuditLog:
         op = Operation("tools/call", caller, target=tool, outcome="denied", error=setting)
         self._offer("vmcp_rate_limited", op, time.time())
 
+    def session_refused(self, caller: Caller, reason: str, session: str | None) -> None:
+        """An HTTP request refused before a session served it: `vmcp_session_refused`, outcome `denied`, the reason
+        as `error_type` ("session_owner": it named a session another principal opened; or the session limit's
+        setting), the caller as `refused_caller` (server/admission.py) knows it, and as `target.name` the session
+        it named by its caller id (a digest: the session id is its owner's bearer secret)."""
+        op = Operation("session", caller, target=session, outcome="denied", error=reason)
+        self._offer("vmcp_session_refused", op, time.time())
+
     def _offer(self, kind: str, op: Operation, at: float, size: int | None = None, weight: int | None = None) -> None:
         if not self._wanted(kind):
             return

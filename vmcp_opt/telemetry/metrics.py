@@ -2,13 +2,15 @@
 
 Labels are a fixed vocabulary or come from the config: `method` (the MCP methods, else "other"),
 `outcome` (five values), `backend` (configured backend names), `setting` (the configured rate limits), `state` (the health and circuit states),
-`ranking` (the index's two modes), `stage` and `vectors` (index updates), auth `method` and `outcome`; never a tool name, argument or anything else a client controls, so the
+`ranking` (the index's two modes), `stage` and `vectors` (index updates), auth `method` and `outcome`, a refused
+session's `reason` (three values); never a tool name, argument or anything else a client controls, so the
 number of series cannot grow with traffic.
 
 Counted as operations finish: requests (those clients sent: call_tool's target and a workflow's steps are
 part of theirs), backend requests, meta-tool calls, unknown tools, find_tool's
 result counts and token savings. Counted when told: HTTP authentication outcomes (the transport), tool calls
-refused by a rate limit before the router (the HTTP gate, through the gateway), and index
+refused by a rate limit before the router (the HTTP gate, through the gateway), HTTP requests refused before
+a session served them (another principal's session named, a session limit reached), and index
 updates with their duration and embedded and reused tools (the optimizer's index, through the gateway). Read at each scrape from the gateway (`Metrics.state`, a `GatewayState`
 the gateway fills): each backend's health and circuit state, active sessions, the index size, and the
 audit log's written, dropped and failed events, the calls let through with rate limits unchecked, and the spans
@@ -40,6 +42,8 @@ AUTH_OUTCOMES = frozenset(
     {"accepted", "missing", "invalid_token", "invalid_request", "insufficient_scope", "temporarily_unavailable"}
 )
 AUTH_METHODS = frozenset({"oauth", "api_keys"})
+# Why an HTTP request was refused before a session served it (`Telemetry.session_refused`).
+SESSION_REFUSALS = frozenset({"session_owner", "limits.max_sessions_per_address", "limits.max_sessions"})
 HEALTH_STATES = ("unknown", "healthy", "degraded", "unhealthy")
 CIRCUIT_STATES = ("closed", "open", "half_open", "disabled")
 RANKINGS = frozenset({"hybrid", "keyword"})
@@ -131,6 +135,14 @@ class Metrics:
             ["setting"],
             registry=self.registry,
         )
+        self.sessions_refused = Counter(
+            "vmcp_sessions_refused",
+            "HTTP requests refused before a session served them, by reason: session_owner (it named a session "
+            "another principal opened; answered 404, as a missing one), limits.max_sessions_per_address (429), "
+            "limits.max_sessions (503).",
+            ["reason"],
+            registry=self.registry,
+        )
         self.index_rebuild = Histogram(
             "vmcp_index_rebuild_seconds",
             "find_tool index updates, by stage: keywords (at once on a catalogue change) or vectors (the model).",
@@ -188,6 +200,10 @@ class Metrics:
         """A tool call refused by a rate limit: at the HTTP gate (server/rate_limit_gate.py) or by the router."""
         label = setting if setting in self._rate_limit_settings else "other"
         self._child(self.rate_limited_calls, label).inc()
+
+    def session_refused(self, reason: str) -> None:
+        """An HTTP request refused before a session served it (server/shared_sessions.py, server/sessions.py)."""
+        self._child(self.sessions_refused, reason if reason in SESSION_REFUSALS else "other").inc()
 
     def index_updated(self, stage: str, seconds: float, embedded: int, reused: int) -> None:
         """find_tool's index finished an update (optimizer/index.py; called on the updating thread)."""
