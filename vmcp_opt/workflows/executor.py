@@ -172,6 +172,9 @@ class WorkflowRun:
                 report.output = await self._output()
             except TemplateError as exc:
                 report.error = f"output.{exc.place.removeprefix('output.')}: {exc.reason}"
+            except Exception as exc:  # a defect must fail the run, not escape it as the client's JSON-RPC error
+                logger.exception("workflow %s: its output raised", self.workflow.name)
+                report.error = f"output: internal error: {type(exc).__name__}"
         if report.error is None and self.workflow.output is None:
             try:
                 report.content = passed_on(self.workflow.steps[-1], report.steps[self.workflow.steps[-1].id])
@@ -247,6 +250,15 @@ class WorkflowRun:
                     run = truthy(await self._render(step.condition, context, "condition"))
                 except TemplateError as exc:
                     self._failed(step, report, StepError(str(exc), retryable=False), group)
+                    return
+                except Exception as exc:  # a defect: the step's failure, not the run's task group torn down
+                    logger.exception("workflow %s: step %s's condition raised", self.workflow.name, step.id)
+                    self._failed(
+                        step,
+                        report,
+                        StepError(f"condition: internal error: {type(exc).__name__}", retryable=False),
+                        group,
+                    )
                     return
                 if not run:
                     report.status, report.output = "skipped", step.default_result

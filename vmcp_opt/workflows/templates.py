@@ -14,16 +14,19 @@ loops). The executor renders off the event loop (a worker thread), and each rend
 `_Budget` of work and a deadline:
 - one operation may not produce more than `MAX_SIZE` characters or items, nor an integer of more than
   `MAX_INT_BITS` bits: checked *before* it runs (`*`, `**`, `%`, widths in format specs, the width and
-  count arguments of `center`, `ljust`, `indent`, `batch`, `slice`, `tojson(indent)`, …);
+  count arguments of `center`, `ljust`, `indent`, `batch`, `slice`, `tojson(indent)`, …); integer division
+  (`//`, `%`, `/`, `round` to tens) takes operands of at most `MAX_DIVISION_BITS` bits, as its cost grows with
+  the square of their size (a 1M-bit `//` held the GIL for ~0.4 s, past every clock's look);
 - everything a render produces (operators, `~`, calls, filters, output) and every line of template code it
   runs counts against `MAX_WORK`, so a loop that grows a value step by step stops too;
-- a trace function on template code (only: `<template>` frames) checks, while loops run, the run's deadline
-  and the render's own allowance of `MAX_RENDER_SECONDS` of its thread's CPU time (not wall-clock time: renders
-  share one GIL, and the machine's other work, so a render's wall time is what everything else costs too).
-`lipsum` is gone (45 MB of text on request). A refusal is a `TemplateError` naming the place, as are
-`MemoryError` and `RecursionError` (a recursive macro, JSON nested too deep for `fromjson`).
-
-Just past ~450 lines: the sandbox's hooks and the budget they charge are one mechanism, read together.
+- the clocks (the run's deadline, the render's own allowance of `MAX_RENDER_SECONDS` of its thread's CPU time,
+  and the run's cancellation) are looked at on every arithmetic operator, call and filter, and every
+  `_DEADLINE_EVERY` lines of template code (a trace function on `<template>` frames only). CPU time, not
+  wall-clock time: renders share one GIL, and the machine's other work, so a render's wall time is what
+  everything else costs too.
+`lipsum` is gone (45 MB of text on request). A refusal is a `TemplateError` naming the place, as is every
+other exception a render raises (a filter's `AttributeError` on a value of the wrong type, `MemoryError`, a
+recursive macro's `RecursionError`): a template's failure is its step's, never its run's crash.
 
 Past ~450 lines on purpose: the sandbox, its bounds and the typed evaluation share one environment and its
 limits; apart, each would reach into the others' state.
@@ -33,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import re
 import sys
 import threading
@@ -57,11 +61,14 @@ MAX_SIZE = 1_000_000
 MAX_REPEATED = MAX_SIZE  # the name earlier code used
 # Largest integer an operation may produce, in bits (`9 ** 1000 ** 1000` would take hours).
 MAX_INT_BITS = 1_000_000
+# Largest integer operand of `//`, `%`, `/` (and `round` to tens), in bits: ~30,000 digits, ~4 ms at worst.
+MAX_DIVISION_BITS = 100_000
 # What one render may spend: characters and items produced, plus one per line of template code run.
 MAX_WORK = 20_000_000
 # Most CPU time one render may spend (its thread's), whatever the run's own deadline.
 MAX_RENDER_SECONDS = 5.0
 _DEADLINE_EVERY = 1024  # lines of template code between two looks at the clocks
+_CPU_LOOK_EVERY = 0.01  # seconds of wall time between two reads of the render's CPU time
 
 SecurityError = jinja2.exceptions.SecurityError
 
@@ -87,6 +94,7 @@ class _Budget:
         self.stop = stop
         self.left = MAX_WORK
         self.lines = 0
+        self.next_cpu_look = 0.0  # time.monotonic
 
     def spend(self, units: int) -> None:
         self.left -= units
@@ -97,12 +105,20 @@ class _Budget:
         self.spend(1)
         self.lines += 1
         if self.lines % _DEADLINE_EVERY == 0:
+            self.check_clocks()
+
+    def check_clocks(self) -> None:
+        """A look at the clocks and the stop signal, made on every operator: the thread's CPU time (a syscall,
+        ~0.4 µs) is read only once `_CPU_LOOK_EVERY` of wall time has passed, as it cannot grow faster."""
+        now = time.monotonic()
+        if self.deadline is not None and now > self.deadline:
+            raise SecurityError("the template ran past its deadline")
+        if self.stop is not None and self.stop.is_set():
+            raise SecurityError("the template's run was cancelled")
+        if now >= self.next_cpu_look:
+            self.next_cpu_look = now + _CPU_LOOK_EVERY
             if time.thread_time() > self.cpu_deadline:
                 raise SecurityError(f"the template computed for more than {MAX_RENDER_SECONDS:g}s")
-            if self.deadline is not None and time.monotonic() > self.deadline:
-                raise SecurityError("the template ran past its deadline")
-            if self.stop is not None and self.stop.is_set():
-                raise SecurityError("the template's run was cancelled")
 
 
 _current = threading.local()  # `.budget`: the render running in this thread
@@ -133,6 +149,17 @@ def _check_power(left: Any, right: Any) -> None:
     bits = max(abs(left).bit_length(), 1) * right if isinstance(left, int) and isinstance(right, int) else 0
     if bits > MAX_INT_BITS:
         raise SecurityError(f"the power has more than {MAX_INT_BITS:,} bits")
+
+
+def _check_division(operator: str, *operands: Any) -> None:
+    """Integer division costs the product of its operands' sizes (CPython's is schoolbook): refused past
+    `MAX_DIVISION_BITS` before it runs. Floats cost nothing (a huge int mixed in overflows at once)."""
+    for operand in operands:
+        if isinstance(operand, int) and abs(operand).bit_length() > MAX_DIVISION_BITS:
+            raise SecurityError(
+                f"`{operator}` on an integer of {abs(operand).bit_length():,} bits: integer division takes "
+                f"operands of at most {MAX_DIVISION_BITS:,} bits"
+            )
 
 
 def _check_repeat(left: Any, right: Any) -> None:
@@ -260,8 +287,13 @@ def _bounded_filter(name: str, function: Callable[..., Any]) -> Callable[..., An
     @wraps(function)
     def bounded(*args: Any, **kwargs: Any) -> Any:
         values = [a for a in args if not isinstance(a, _PASSED)]
+        budget: _Budget | None = getattr(_current, "budget", None)
+        if budget is not None:  # inline: a function for it would cost a trace event (~1 µs) per item of a `map`
+            budget.check_clocks()
         if width is not None:
             _check_width(f"{name}({width})", kwargs.get(width, values[1] if len(values) > 1 else None))
+        if name == "round" and values:  # to tens (a negative precision) is a division of the value
+            _check_division("round", values[0])
         if name == "join" and values:
             _spend(_joined_size(str(values[1]) if len(values) > 1 else "", values[0]))
         elif name == "replace" and len(values) >= 3 and isinstance(values[0], str):
@@ -277,7 +309,12 @@ def _bounded_filter(name: str, function: Callable[..., Any]) -> Callable[..., An
 
 
 class _Generator(CodeGenerator):
-    """Jinja's compiler, with `a ~ b` made through `environment.bounded_concat` (counted, like `+`)."""
+    """Jinja's compiler, with `a ~ b` made through `environment.bounded_concat` (counted, like `+`), and
+    constants folded to non-finite floats written as code that makes them (Jinja writes `inf`, an unknown
+    name: `{{ 1e999 }}` and `{{ 'nan' | float }}` failed with a NameError)."""
+
+    def visit_Const(self, node: jinja2.nodes.Const, frame: Frame) -> None:
+        self.write(_constant_code(node.as_const(frame.eval_ctx)))
 
     def visit_Concat(self, node: jinja2.nodes.Concat, frame: Frame) -> None:
         self.write("environment.bounded_concat((")
@@ -287,12 +324,31 @@ class _Generator(CodeGenerator):
         self.write("))")
 
 
+def _constant_code(value: Any) -> str:
+    """Python source for a folded constant (a value `has_safe_repr` accepts), as Jinja writes it but for the
+    non-finite floats, at any depth of a folded tuple, list, set or dict."""
+    if isinstance(value, float):
+        return str(value) if math.isfinite(value) else f"float('{value}')"
+    if isinstance(value, tuple | list | set | frozenset) and value:
+        items = ", ".join(_constant_code(item) for item in value)
+        return f"({items},)" if isinstance(value, tuple) else f"{type(value).__name__}([{items}])"
+    if isinstance(value, dict) and value:
+        return "{" + ", ".join(f"{_constant_code(k)}: {_constant_code(v)}" for k, v in value.items()) + "}"
+    return repr(value)
+
+
 class _Sandbox(SandboxedEnvironment):
     code_generator_class = _Generator
-    intercepted_binops = frozenset({"*", "**", "%", "+"})
+    # Every binary arithmetic operator: each is a look at the clocks, and each is bounded before it runs.
+    intercepted_binops = frozenset({"+", "-", "*", "/", "//", "%", "**"})
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
-        if operator == "**":
+        budget: _Budget | None = getattr(_current, "budget", None)
+        if budget is not None:  # inline (also in `call`, filters): a function would cost a trace event, ~1 µs
+            budget.check_clocks()
+        if operator in ("//", "/") or (operator == "%" and not isinstance(left, str)):
+            _check_division(operator, left, right)
+        elif operator == "**":
             _check_power(left, right)
         elif operator == "*":
             _check_repeat(left, right)
@@ -300,7 +356,7 @@ class _Sandbox(SandboxedEnvironment):
             _check_percent(left, right)
         elif operator == "+":
             _spend(_size(left) + _size(right))
-        return super().call_binop(context, operator, left, right)
+        return self.binop_table[operator](left, right)  # SandboxedEnvironment.call_binop's whole body
 
     def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # Jinja's signature
         target = getattr(__obj, "__wrapped__", __obj)  # str.format arrives wrapped by the sandbox
@@ -309,6 +365,9 @@ class _Sandbox(SandboxedEnvironment):
             _spend(_estimate_method(owner, name, args, kwargs))
         else:
             _spend(1 + sum(_size(v) for v in (*args, *kwargs.values())))
+        budget: _Budget | None = getattr(_current, "budget", None)
+        if budget is not None:
+            budget.check_clocks()
         return super().call(__context, __obj, *args, **kwargs)
 
     def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
@@ -429,7 +488,7 @@ def _render_string(source: str, context: dict[str, Any], place: str) -> Any:
         raise TemplateError(place, "RecursionError: nested too deeply") from None
     except MemoryError:
         raise TemplateError(place, "MemoryError: the template needs more memory than there is") from None
-    except (ValueError, TypeError, ArithmeticError, LookupError) as exc:  # raised by a filter (fromjson, int)
+    except Exception as exc:  # a filter's (`dictsort` of a list: AttributeError), any: the step's failure
         raise TemplateError(place, f"{type(exc).__name__}: {exc}") from None
 
 
@@ -441,7 +500,8 @@ def _json_data(value: Any) -> Any:
     a filter chain without `| list` gives a generator (`map`, `select`), `.items()` a view, `range` a range.
     Passed on as they are, a generator reached a client as the text `<generator object …>` (its structured
     content a list: the two disagreed), a view failed the SDK's encoder (`Internal server error`), and an
-    empty generator was a true `condition`. Values that are no data (a function, bytes) fail the render.
+    empty generator was a true `condition`. Values that are no data (a function, bytes, a non-finite float: the
+    text said `Infinity`, the structured content `null`) fail the render.
     Identity is kept where nothing changes: step outputs, already JSON, come back as they are."""
     try:
         return _converted(value)
@@ -454,6 +514,8 @@ def _converted(value: Any) -> Any:
         str(value)  # raises the undefined error, with its name
     if isinstance(value, Markup):
         return str(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"the expression gives {value}, which JSON cannot hold")
     if isinstance(value, _SCALARS):
         return value
     if isinstance(value, dict):
