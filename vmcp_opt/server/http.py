@@ -131,9 +131,14 @@ def create_app(gateway: Gateway) -> Starlette:
         session_idle_timeout=limits.session_idle_timeout,
     )
     slots = SessionSlots(limits.max_sessions, limits.max_sessions_per_address)
-    session_gate = SessionGate(StreamableHTTPASGIApp(manager), slots, retry_after=min(limits.session_idle_timeout, 60))
+    # Refusals before a session serves a request (another principal's session, a session limit): audited, counted.
+    manager.refused = refused = gateway.telemetry.session_refused
+    session_gate = SessionGate(
+        StreamableHTTPASGIApp(manager), slots, retry_after=min(limits.session_idle_timeout, 60), refused=refused
+    )
     shared_sessions = None
     if shared is not None:
+        shared.refused = refused
         shared_sessions = session_gate.app = shared.front(
             manager, session_gate, gateway.sessions.owners, gateway.router
         )

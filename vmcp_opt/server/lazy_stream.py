@@ -31,6 +31,10 @@ not ask is handed to the one that did; so is a client's cancellation of a reques
 replicas holding the session hear it). A client MUST accept both forms for a POST (streamable HTTP, "Sending
 Messages" 5); the 2026-07-28 entry already answers this way.
 
+Refusals are JSON-RPC errors, as the SDK's others are: a POST whose Content-Type is not JSON gets `415` ahead of
+every SDK path (the SDK's was a plain-text `400`), and a call whose session is deleted (or idles out) while it
+runs gets `404` under its id (the SDK's was `500` with `"id": null`).
+
 This subclasses the SDK transport and uses its private helpers (`_mint_priming_event`,
 `_create_session_message`, `_request_streams`, ...): the SDK offers no hook between dispatching a request
 and choosing its answer's form. `mcp` is pinned; `tests/test_relay_roundtrips.py` and the conformance
@@ -53,7 +57,7 @@ from typing import Any
 import anyio
 import pydantic_core
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
-from mcp.server.auth.middleware.bearer_auth import AuthorizationContext
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser, AuthorizationContext, authorization_context
 from mcp.server.streamable_http import (
     GET_STREAM_KEY,
     MCP_SESSION_ID_HEADER,
@@ -63,7 +67,7 @@ from mcp.server.streamable_http import (
     StreamableHTTPServerTransport,
     check_accept_headers,
 )
-from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+from mcp.server.streamable_http_manager import StreamableHTTPSessionManager, _error_response
 from mcp.shared._stream_protocols import ReadStream, WriteStream
 from mcp.shared.inbound import MCP_PROTOCOL_VERSION_HEADER
 from mcp.shared.message import SessionMessage
@@ -80,10 +84,13 @@ from mcp_types import (
 )
 from pydantic import ValidationError
 from sse_starlette import EventSourceResponse
+from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Message, Receive, Scope, Send
 
+from vmcp_opt.logs import ThrottledLog
+from vmcp_opt.server.admission import SessionRefused, refused_stranger
 from vmcp_opt.server.event_store import BoundedEventStore, ProbedStore, UnsentAnswers, names_get_stream
 from vmcp_opt.server.list_answers import json_body, long_list, session_form
 from vmcp_opt.server.shared_asks import ASK_PREFIX, Answer, AskIds, TaggedAsks, asked_by
@@ -96,6 +103,7 @@ ABANDONED_STREAM_CHECKPOINTS = 3
 # Seconds a call may stay silent before its answer becomes an SSE stream (kept open by pings).
 COMMIT_SSE_AFTER = 15.0
 _SSE_CONTENT_TYPE = "text/event-stream"
+_JSON_CONTENT_TYPE = "application/json"
 
 
 class LazyStreamSessionManager(StreamableHTTPSessionManager):
@@ -107,6 +115,15 @@ class LazyStreamSessionManager(StreamableHTTPSessionManager):
         # without a client request (the SDK's only way is the client's DELETE, with its credential).
         self._opened: weakref.WeakValueDictionary[str, StreamableHTTPServerTransport] = weakref.WeakValueDictionary()
         self.asks: AskIds | None = None  # set when sessions are shared
+        self.refused: SessionRefused | None = None  # hears of another principal's session named (server/http.py)
+        self._refusals = ThrottledLog(logger)
+
+    async def _handle_request(self, scope: Scope, receive: Receive, send: Send) -> None:
+        refusal = _not_json(scope)  # ahead of every path of the SDK's, the 2026-07-28 entry's included
+        if refusal is not None:
+            await refusal(scope, receive, send)
+            return
+        await super()._handle_request(scope, receive, send)
 
     def transport_of(self, session_id: str) -> LazyStreamTransport | None:
         """The live transport of a session this manager opened."""
@@ -119,6 +136,19 @@ class LazyStreamSessionManager(StreamableHTTPSessionManager):
         transport = self._opened.get(session_id)
         if transport is not None and not transport.is_terminated:
             await transport.terminate()
+
+    async def _handle_stateful_request(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The SDK's, but a request naming a session another principal opened is refused here, as the SDK would
+        (404, the answer to a missing session), and told and logged with who asked: the SDK's warning names
+        neither, and writes the session id, its owner's bearer secret."""
+        session_id = Request(scope).headers.get(MCP_SESSION_ID_HEADER)
+        user = scope.get("user")
+        requestor = authorization_context(user) if isinstance(user, AuthenticatedUser) else None
+        if session_id in self._server_instances and requestor != self._session_owners.get(session_id):
+            refused_stranger(self.refused, scope, session_id, self._refusals)
+            await _error_response("Session not found", 404)(scope, receive, send)
+            return
+        await super()._handle_stateful_request(scope, receive, send)
 
     def _admit_session(self, requestor: AuthorizationContext | None) -> StreamableHTTPServerTransport | None:
         # The SDK's own admission (limit, registration), with our transport class in place of its own.
@@ -141,6 +171,17 @@ class LazyStreamSessionManager(StreamableHTTPSessionManager):
         return transport
 
 
+def _not_json(scope: Scope) -> Response | None:
+    """A POST whose Content-Type is not JSON, refused as a JSON-RPC error: the SDK's refusal (transport_security.py,
+    by the same test) is a plain-text 400 with no content type, where every other refusal is JSON-RPC. 415, as the
+    SDK answers a Content-Type that passes that test but is not exactly JSON; the client's value is not repeated."""
+    content_type = Headers(scope=scope).get("content-type")
+    if scope["method"] != "POST" or (content_type is not None and content_type.lower().startswith(_JSON_CONTENT_TYPE)):
+        return None
+    error = {"code": INVALID_REQUEST, "message": "Unsupported Media Type: Content-Type must be application/json"}
+    return JSONResponse({"jsonrpc": "2.0", "id": None, "error": error}, HTTPStatus.UNSUPPORTED_MEDIA_TYPE)
+
+
 def _id_in_use(message: JSONRPCRequest) -> JSONResponse:
     error = {
         "code": INVALID_REQUEST,
@@ -153,6 +194,13 @@ class LazyStreamTransport(StreamableHTTPServerTransport):
     asks: AskIds | None = None  # sessions shared: requests to the client tagged, answers routed by their tag
     ask_copy = ""  # sessions shared: this copy's number in its requests' ids (`AskIds.next_copy`, taken at connect)
     client_version: str | None = None  # a restored copy: the version its client negotiated (`OldClientContent`)
+
+    async def _handle_request(self, scope: Scope, receive: Receive, send: Send) -> None:
+        refusal = _not_json(scope)  # as the manager does: a restored copy (server/shared_sessions.py) is served here
+        if refusal is not None:
+            await refusal(scope, receive, send)
+            return
+        await super()._handle_request(scope, receive, send)
 
     async def terminate(self) -> None:
         await super().terminate()
@@ -271,7 +319,7 @@ class LazyStreamTransport(StreamableHTTPServerTransport):
         if not await self._validate_request_headers(request, send):
             return False
         if self._terminated:
-            await self._gone(scope, receive, send)
+            await self._gone(scope, receive, send)  # a notification or an answer: no id to answer
             return False
         await self._create_json_response(None, HTTPStatus.ACCEPTED)(scope, receive, send)
         if not await self._hand_over(SessionMessage(message, metadata=self._message_metadata(request))):
@@ -289,10 +337,19 @@ class LazyStreamTransport(StreamableHTTPServerTransport):
             return False
         return True
 
-    async def _gone(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """The SDK's answer to a request for a terminated session."""
-        response = self._create_error_response("Not Found: Session has been terminated", HTTPStatus.NOT_FOUND)
-        await response(scope, receive, send)
+    async def _gone(self, scope: Scope, receive: Receive, send: Send, request_id: str | int | None = None) -> None:
+        """The SDK's answer to a request for a terminated session, under the request's id when there is one."""
+        await self._error(request_id, "Not Found: Session has been terminated", HTTPStatus.NOT_FOUND)(
+            scope, receive, send
+        )
+
+    def _error(
+        self, request_id: str | int | None, text: str, status: HTTPStatus, code: int = INVALID_REQUEST
+    ) -> Response:
+        """The SDK's `_create_error_response` (its headers for this session), under `request_id`."""
+        headers = {MCP_SESSION_ID_HEADER: self.mcp_session_id} if self.mcp_session_id else None
+        error = {"code": code, "message": text}
+        return JSONResponse({"jsonrpc": "2.0", "id": request_id, "error": error}, status, headers=headers)
 
     async def _tagged_answer(self, request: Request) -> tuple[Answer, str, str] | None:
         """A client's answer to a tagged request of the gateway: (the answer under the dispatcher's id, the tag,
@@ -396,7 +453,7 @@ class LazyStreamTransport(StreamableHTTPServerTransport):
             if store is not None:
                 store.undecided.discard(request_id)
             await self._clean_up_memory_streams(request_id)
-            await self._gone(request.scope, request.receive, send)  # nothing sent yet: a clean 404
+            await self._gone(request.scope, request.receive, send, message.id)  # nothing sent yet: a clean 404
             return
         first: EventMessage | None = None
         closed = False
@@ -413,14 +470,24 @@ class LazyStreamTransport(StreamableHTTPServerTransport):
             await response(request.scope, request.receive, send)
             return
         if closed and (priming is None or self._terminated):
-            logger.debug("Session terminated with request %s in flight; no response to send", request_id)
-            response = self._create_error_response(
-                "Session terminated before the request completed", HTTPStatus.INTERNAL_SERVER_ERROR, INTERNAL_ERROR
-            )
-            await response(request.scope, request.receive, send)
+            await self._unanswered(message, request, send)
             return
         opening = [event for event in (priming, first and self._create_event_data(first)) if event]
         await self._stream(request_id, opening, None if closed else reader, request, send)
+
+    async def _unanswered(self, message: JSONRPCRequest, request: Request, send: Send) -> None:
+        """The request's stream closed before anything came, with no priming event to resume from. Its session
+        ended (the client's DELETE, the idle timeout): `404` under the request's id, as a request for a gone
+        session gets (the SDK answered `500` with no id). Else (the handler closed it with no event store to
+        resume from): `500`, under the id too."""
+        if self._terminated:
+            logger.debug("Session terminated with request %s in flight: 404", message.id)
+            text = "Not Found: Session terminated before the request completed"
+            response = self._error(message.id, text, HTTPStatus.NOT_FOUND)
+        else:
+            text = "The request's stream closed before its result"
+            response = self._error(message.id, text, HTTPStatus.INTERNAL_SERVER_ERROR, INTERNAL_ERROR)
+        await response(request.scope, request.receive, send)
 
     async def _json_response(self, answer: JSONRPCResponse | JSONRPCError) -> Response:
         """The SDK's `_create_json_response`; a long list's body is encoded in slices on a worker thread."""

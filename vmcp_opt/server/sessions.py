@@ -8,7 +8,8 @@ sees the request's first message reach the session's connection and ties the slo
 exit stack, so it is freed however the session ends (DELETE, idle timeout, crash, shutdown). A request
 that opened no connection (refused, malformed) frees its slot when it is answered.
 
-The SDK's own `max_sessions` stays as a backstop; its per-refusal warning is throttled like ours.
+The SDK's own `max_sessions` stays as a backstop; its per-refusal warning is throttled like ours, and so is its
+warning per malformed notification a client sends (`throttle_sdk_refusals`).
 """
 
 from __future__ import annotations
@@ -26,13 +27,14 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from vmcp_opt.display import printable
 from vmcp_opt.logs import ThrottledLog
-from vmcp_opt.server.admission import connection_of
+from vmcp_opt.server.admission import SessionRefused, connection_of, tell_refused
 
 logger = logging.getLogger(__name__)
 _SLOT_KEY = "vmcp.session_slot"
 _SESSION_HEADER = b"mcp-session-id"
 _VERSION_HEADER = b"mcp-protocol-version"
 SERVER_BUSY = -32000
+SLOT_LIMITS = {"address": "limits.max_sessions_per_address", "total": "limits.max_sessions"}  # `SessionSlots.take`
 
 
 class Slot:
@@ -85,9 +87,17 @@ class SessionSlots:
 class SessionGate:
     """ASGI: a slot per session-opening request, or a 429/503 JSON-RPC error with Retry-After."""
 
-    def __init__(self, app: ASGIApp, slots: SessionSlots, retry_after: float, log_interval: float = 60.0) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        slots: SessionSlots,
+        retry_after: float,
+        log_interval: float = 60.0,
+        refused: SessionRefused | None = None,
+    ) -> None:
         self.app = app
         self.slots = slots
+        self.refused = refused  # hears of each refusal, with who asked (`Telemetry.session_refused`)
         self.retry_after = max(1, math.ceil(retry_after))
         self._log = ThrottledLog(logger, log_interval)
 
@@ -98,6 +108,7 @@ class SessionGate:
         address = client_address(scope)
         slot = self.slots.take(address)
         if isinstance(slot, str):
+            tell_refused(self.refused, scope, SLOT_LIMITS[slot])
             await self.refuse(slot, address, send)
             return
         scope[_SLOT_KEY] = slot
@@ -206,8 +217,19 @@ class ThrottleRecords(logging.Filter):
         return True
 
 
+# What the SDK warns about once per thing a client sent, by logger: the message templates to throttle.
+_SDK_REFUSALS = {
+    "mcp.server.streamable_http_manager": "Refusing to open a new session",
+    # A notification whose params do not validate (`notifications/cancelled` with an object for `requestId`,
+    # `notifications/progress` without a token): one warning per POST, as fast as a client can send them.
+    "mcp.server.runner": "dropped %r: malformed params",
+}
+
+
 def throttle_sdk_refusals() -> None:
-    """The SDK logs a warning per refused session; one per minute is enough."""
-    sdk = logging.getLogger("mcp.server.streamable_http_manager")
-    if not any(isinstance(f, ThrottleRecords) for f in sdk.filters):
-        sdk.addFilter(ThrottleRecords("Refusing to open a new session"))
+    """The SDK logs a warning per refused session and per malformed notification; one a minute of each is
+    enough (the next one let through counts those held back)."""
+    for name, prefix in _SDK_REFUSALS.items():
+        sdk = logging.getLogger(name)
+        if not any(isinstance(f, ThrottleRecords) and f.prefix == prefix for f in sdk.filters):
+            sdk.addFilter(ThrottleRecords(prefix))
