@@ -296,7 +296,9 @@ def as_caller(gateway: Gateway, credential: str, **options: object) -> Client:
 async def run_caller_attacks(clients: int, tools: int) -> None:
     """Rows 1, 6 and 8: what callers can make the gateway hold, and a 2026-07-28 call's cost in a big catalogue."""
     conformance = {"name": "conformance", "command": sys.executable, "args": [str(CONFORMANCE)]}
-    limits = {"max_dedicated_sessions": 8, "dedicated_idle_timeout": 60}
+    # One address for every client: the per-caller share (max_dedicated_sessions_per_caller) set to the total, so
+    # the row shows the total's cap as before session 25 made the default an eighth of it.
+    limits = {"max_dedicated_sessions": 8, "max_dedicated_sessions_per_caller": 8, "dedicated_idle_timeout": 60}
     config = {"backends": [conformance], "aggregation": {"conflict_resolution": "priority"}, "limits": limits}
     with tempfile.TemporaryDirectory() as tmp, running_gateway(write_config(Path(tmp), config)) as gateway:
         proc = psutil.Process(gateway.proc.pid)

@@ -69,8 +69,14 @@ class LimitsConfig(_Strict):
         "log levels, subscriptions), in total; each is a process for a stdio backend. Past it a call goes on the "
         "shared session and a subscription is refused.",
     )
-    max_dedicated_sessions_per_caller: int = Field(
-        8, ge=1, description="Dedicated backend sessions one caller may hold at once (one per backend it uses)."
+    max_dedicated_sessions_per_caller: int | None = Field(
+        None,
+        ge=1,
+        description="Dedicated backend sessions one caller may hold at once (one per backend it uses), however many "
+        "MCP sessions it opens: a caller is the verified subject, else the client's address (every local client "
+        "shares the loopback address). Default: an eighth of max_dedicated_sessions, at least 1 (8 of 64), so no "
+        "one caller takes them all; at most max_dedicated_sessions. Past it a call goes on the shared session and "
+        "a log level or subscription is refused naming this limit.",
     )
     dedicated_idle_timeout: float = Field(
         120.0,
@@ -104,7 +110,8 @@ class LimitsConfig(_Strict):
     max_subscriptions_per_caller: int = Field(
         1000,
         ge=1,
-        description="Resource subscriptions (resources/subscribe) one client may hold at once, across backends; "
+        description="Resource subscriptions (resources/subscribe) one caller (the verified subject, else the client's "
+        "address, however many sessions it opens) may hold at once, across backends; "
         "each is kept at its backend and replayed when the client's backend session reopens. It also bounds the "
         "resources one caller's 2026-07-28 `subscriptions/listen` streams follow together; past it a stream's "
         "acknowledgement leaves the rest out.",
@@ -182,6 +189,22 @@ class LimitsConfig(_Strict):
         "closes an idle connection first: a request it sends on a connection the gateway is closing is lost (a "
         "502), and HTTP clients do not resend a POST.",
     )
+
+    @model_validator(mode="after")
+    def _dedicated_per_caller_within_total(self) -> LimitsConfig:
+        most = self.max_dedicated_sessions_per_caller
+        if most is not None and most > self.max_dedicated_sessions:
+            raise ValueError(
+                f"max_dedicated_sessions_per_caller ({most}) is more than max_dedicated_sessions "
+                f"({self.max_dedicated_sessions}); lower max_dedicated_sessions_per_caller"
+            )
+        return self
+
+    def dedicated_sessions_per_caller(self) -> int:
+        """The per-caller bound on dedicated sessions: the one set, else an eighth of the total (at least 1)."""
+        if self.max_dedicated_sessions_per_caller is not None:
+            return self.max_dedicated_sessions_per_caller
+        return max(1, self.max_dedicated_sessions // 8)
 
 
 class RedisConfig(_Strict):
@@ -282,6 +305,14 @@ class SessionsConfig(_Strict):
     max_events_in_memory: int = Field(10_000, ge=1)
     # Bytes of the events of all sessions together, in memory mode.
     max_event_bytes_in_memory: int = Field(64 * 1024 * 1024, ge=1)
+    # Bytes of the events one caller's sessions keep together, in redis mode (its sessions on every replica):
+    # past it the caller's oldest are dropped, from its session written longest ago on, its newest kept whatever
+    # its size. A caller: the verified principal, else the client's address. A client resuming after an event
+    # dropped is refused (400).
+    max_event_bytes_per_caller_in_redis: int = Field(32 * 1024 * 1024, ge=1)
+    # Bytes of the events of all sessions together, in redis mode (every replica's): past it a new event is not
+    # stored; its client still gets it, but resuming after it is refused (400).
+    max_event_bytes_in_redis: int = Field(256 * 1024 * 1024, ge=1)
 
 
 class RequestStateConfig(_Strict):
@@ -305,14 +336,6 @@ class RequestStateConfig(_Strict):
             raise ValueError("key_env and key_file: set one")
         if self.previous_key_env and self.previous_key_file:
             raise ValueError("previous_key_env and previous_key_file: set one")
-    # Bytes of the events one caller's sessions keep together, in redis mode (its sessions on every replica):
-    # past it the caller's oldest are dropped, from its session written longest ago on, its newest kept whatever
-    # its size. A caller: the verified principal, else the client's address. A client resuming after an event
-    # dropped is refused (400).
-    max_event_bytes_per_caller_in_redis: int = Field(32 * 1024 * 1024, ge=1)
-    # Bytes of the events of all sessions together, in redis mode (every replica's): past it a new event is not
-    # stored; its client still gets it, but resuming after it is refused (400).
-    max_event_bytes_in_redis: int = Field(256 * 1024 * 1024, ge=1)
         if (self.previous_key_env or self.previous_key_file) and not (self.key_env or self.key_file):
             raise ValueError("a previous key needs a current one (key_env or key_file)")
         return self

@@ -11,6 +11,11 @@ A `Decision` with `approval` (e.g. a Cedar `@approval("…")` policy that matche
 - a client that did not declare elicitation gets a clear refusal: nobody can approve.
 The call runs only on an explicit accept with `approve: true`; a decline, a cancel or `false` is an error
 result saying so. Every decision is logged with the caller and its subject.
+
+Tickets are memory a client makes the gateway keep without answering: at most `TICKETS_PER_CALLER` per caller
+(`caller_key`: the verified subject, else the address), its own oldest displaced first, and `TICKETS_KEPT` in
+all, past which the caller holding most loses its oldest. One caller's flood cannot displace another's ticket.
+A retry whose ticket is gone is told so ("call again"), unlike one whose ticket was used.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from mcp.shared.exceptions import MCPError
 from pydantic import ValidationError
 
 from vmcp_opt.auth import Caller
+from vmcp_opt.auth.caller import caller_key
 from vmcp_opt.display import shorten
 from vmcp_opt.routing.exchange import Exchange
 from vmcp_opt.routing.round_trips import ApprovalRound, InputRequired, RoundOwners
@@ -38,17 +44,70 @@ SCHEMA: types.ElicitRequestedSchema = {
     "properties": {"approve": {"type": "boolean", "title": "Run this call", "default": False}},
     "required": ["approve"],
 }
-# Tickets handed to 2026-07-28 clients and not yet answered; the oldest go first past this many.
+# Tickets handed to 2026-07-28 clients and not yet answered, in all; past it the caller holding most loses its oldest.
 TICKETS_KEPT = 4096
+# Unanswered tickets of one caller; past it its own oldest goes. Far more approvals than a user answers at once.
+TICKETS_PER_CALLER = 64
+# Used tickets remembered, so that a second use is told "already used", not "expired".
+USED_KEPT = 4096
 
 
 class NotApproved(Exception):
     """The user did not approve (declined, cancelled, or said no): the call did not run."""
 
 
+@dataclasses.dataclass(frozen=True)
+class Ticket:
+    tool: str
+    holder: str  # `caller_key` of the caller it was handed to
+
+
+class Tickets:
+    """Unanswered approval tickets, bounded per caller and in total (see the module's docstring)."""
+
+    def __init__(self, *, total: int = TICKETS_KEPT, per_caller: int = TICKETS_PER_CALLER) -> None:
+        self.total = total
+        self.per_caller = per_caller
+        self._tickets: dict[str, Ticket] = {}
+        self._held: dict[str, OrderedDict[str, None]] = {}  # caller key -> its tickets, oldest first
+        self._used: OrderedDict[str, None] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._tickets)
+
+    def keep(self, ticket: str, tool: str, holder: str) -> None:
+        mine = self._held.get(holder)
+        if mine is not None and len(mine) >= self.per_caller:
+            self._drop(next(iter(mine)))
+        elif len(self._tickets) >= self.total:
+            most = max(self._held.values(), key=len)
+            self._drop(next(iter(most)))
+        self._tickets[ticket] = Ticket(tool, holder)
+        self._held.setdefault(holder, OrderedDict())[ticket] = None
+
+    def use(self, ticket: str, tool: str) -> None:
+        """Spend `ticket` for `tool`, or raise the `MCPError` that says why it cannot be."""
+        held = self._tickets.get(ticket)
+        if held is None:
+            raise _used() if ticket in self._used else _gone()
+        self._drop(ticket)
+        self._used[ticket] = None
+        if len(self._used) > USED_KEPT:
+            self._used.popitem(last=False)
+        if held.tool != tool:
+            raise _used()
+
+    def _drop(self, ticket: str) -> None:
+        held = self._tickets.pop(ticket)
+        mine = self._held[held.holder]
+        del mine[ticket]
+        if not mine:
+            del self._held[held.holder]
+
+
 class Approvals:
     def __init__(self, owners: RoundOwners | None = None) -> None:
-        self._tickets: OrderedDict[str, str] = OrderedDict()  # ticket -> tool
+        self._tickets = Tickets()
         # Replicas: a ticket names the replica holding it; an answer landing elsewhere redeems it there.
         self.owners = owners or RoundOwners()
         self.owners.continues(ApprovalRound, self._redeem_relayed)
@@ -71,9 +130,7 @@ class Approvals:
             result = await exchange.session.elicit_form(prompt, SCHEMA, related_request_id=exchange.request_id)
             return self._decided(caller, exchange, tool, result)
         ticket = secrets.token_urlsafe(12)
-        self._tickets[ticket] = tool
-        if len(self._tickets) > TICKETS_KEPT:
-            self._tickets.popitem(last=False)
+        self._tickets.keep(ticket, tool, caller_key(caller))
         question = types.ElicitRequest(params=types.ElicitRequestFormParams(message=prompt, requested_schema=SCHEMA))
         state = encode_round(ApprovalRound(tool, ticket, self.owners.replica))
         raise InputRequired(types.InputRequiredResult(input_requests={ANSWER_KEY: question}, request_state=state))
@@ -88,8 +145,7 @@ class Approvals:
             await self._redeem_relayed(round_, None)
 
     async def _redeem_relayed(self, round_: ApprovalRound, responses: types.InputResponses | None) -> types.EmptyResult:
-        if self._tickets.pop(round_.ticket, None) != round_.tool:
-            raise _used()
+        self._tickets.use(round_.ticket, round_.tool)
         return types.EmptyResult()
 
     def _answered(self, caller: Caller, exchange: Exchange, tool: str) -> Exchange:
@@ -130,3 +186,7 @@ def _record(caller: Caller, tool: str, outcome: str) -> None:
 
 def _used() -> MCPError:
     return MCPError(types.INVALID_PARAMS, "this approval is for another call, or was already used")
+
+
+def _gone() -> MCPError:
+    return MCPError(types.INVALID_PARAMS, "this approval expired or was displaced by newer ones: call again")

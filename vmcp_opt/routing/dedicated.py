@@ -13,8 +13,10 @@ caller alone:
 Every other caller stays on the shared, faster path. A caller's dedicated sessions are closed when its
 connection closes (`Caller.lifetime`), or when one has been idle for `limits.dedicated_idle_timeout`
 (reopened, with the caller's log level and subscriptions, at its next use); how many there are, per
-caller and in total, is bounded by a `Budget` (each may be a process, for a stdio backend). The time a backend spends waiting for the client's answer counts
-against `timeouts.input`, not the call.
+caller and in total, is bounded by a `Budget` (each may be a process, for a stdio backend). The budget's caller
+is `caller_key` (the verified subject, else the client's address), not the session: a client opens sessions
+freely, and one address with many of them must not take every slot. The time a backend spends waiting for the
+client's answer counts against `timeouts.input`, not the call.
 
 A `token_exchange` backend's session opens only once the caller's token is exchanged. Opening is one at a
 time per caller and backend, so a successful exchange serves every call that waited for it; a failed one
@@ -42,6 +44,7 @@ from mcp.shared.message import ServerMessageMetadata
 from pydantic import BaseModel
 
 from vmcp_opt.auth import Caller
+from vmcp_opt.auth.caller import caller_key
 from vmcp_opt.backends.connection import BackendConnection
 from vmcp_opt.backends.credentials import BackendAuth, SubjectToken
 from vmcp_opt.backends.errors import CredentialError
@@ -103,6 +106,11 @@ class CallerBackends:
     # Per token_exchange backend: the last failed exchange (one each, so as bounded as the backends).
     refusals: dict[str, Refusal] = field(default_factory=dict)
     _locks: dict[str, anyio.Lock] = field(default_factory=dict)
+    # Whose budget these sessions spend: every session of one address (or verified subject) shares it.
+    key: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.key = caller_key(self.caller)
 
     # --- sessions --------------------------------------------------------------------------------
 
@@ -122,13 +130,13 @@ class CallerBackends:
             subject = auth.subject.key if auth is not None and auth.subject is not None else None
             self._raise_if_refused(backend.name, subject)
             if self.sessions.pop(backend.name, None) is not None:
-                self.budget.release(self.caller.id)  # it ended by itself: its slot is free again
-            self.budget.acquire(self.caller.id)
+                self.budget.release(self.key)  # it ended by itself: its slot is free again
+            self.budget.acquire(self.key)
             try:
                 relay = auth is None or self.always  # a credentials-only session takes the backend's best era
                 session = await self.pool.open(backend, self._callbacks(relay), auth)
             except BaseException as exc:
-                self.budget.release(self.caller.id)
+                self.budget.release(self.key)
                 if isinstance(exc, CredentialError) and subject is not None:
                     self.refusals[backend.name] = Refusal(subject, exc, anyio.current_time() + REFUSAL_REUSE)
                 raise
@@ -136,7 +144,7 @@ class CallerBackends:
                 # The client left while it opened: `close` has run and cannot see it, so it goes now. (Today
                 # `close` runs only once the connection's requests are cancelled; this keeps the set sound
                 # should an opening ever outlive them.)
-                self.budget.release(self.caller.id)
+                self.budget.release(self.key)
                 session.close()
                 raise MCPError(types.CONNECTION_CLOSED, "the client session has ended")
             self.refusals.pop(backend.name, None)
@@ -174,7 +182,7 @@ class CallerBackends:
         self.closed = True
         sessions, self.sessions = list(self.sessions.values()), {}
         for session in sessions:
-            self.budget.release(self.caller.id)
+            self.budget.release(self.key)
             await session.aclose()
 
     def reap_idle(self, idle: float) -> int:
@@ -185,7 +193,7 @@ class CallerBackends:
             if self.in_use[name] or self.subscriptions.get(name) or now - self.last_used.get(name, now) < idle:
                 continue
             del self.sessions[name]
-            self.budget.release(self.caller.id)
+            self.budget.release(self.key)
             session.close()
             reaped += 1
         return reaped

@@ -147,7 +147,8 @@ class SessionChooser:
     """Chooses the session per (caller, request) and owns the dedicated and round-trip ones.
 
     Dedicated sessions are bounded per caller and in total (`limits.max_dedicated_sessions*`) and closed
-    after `limits.dedicated_idle_timeout` unused. A call that would need one past the bound goes on the
+    after `limits.dedicated_idle_timeout` unused; a caller, for them and for subscriptions, is `caller_key` (the
+    verified subject, else the address), not the MCP session a client opens at will. A call that would need one past the bound goes on the
     shared session instead (its backend cannot ask the client anything then, which the log says once a
     minute); a log level or subscription past it is refused with when to retry.
     """
@@ -178,7 +179,7 @@ class SessionChooser:
         self.dedicated = Budget(
             "dedicated backend sessions",
             total=limits.max_dedicated_sessions,
-            per_caller=limits.max_dedicated_sessions_per_caller,
+            per_caller=limits.dedicated_sessions_per_caller(),
             retry_after=limits.dedicated_idle_timeout,
             total_setting="limits.max_dedicated_sessions",
             caller_setting="limits.max_dedicated_sessions_per_caller",
@@ -327,10 +328,10 @@ class SessionChooser:
         if not subscribe and uri not in uris:
             return
         most = self.limits.max_subscriptions_per_caller
-        if subscribe and uri not in uris and owner.subscription_count() >= most:
+        if subscribe and uri not in uris and self._subscriptions_of(owner.key) >= most:
             raise MCPError(
                 types.INVALID_REQUEST,
-                f"this client already holds {most} resource subscriptions (limits.max_subscriptions_per_caller); "
+                f"this caller already holds {most} resource subscriptions (limits.max_subscriptions_per_caller); "
                 "unsubscribe from one first",
                 {"limit": "limits.max_subscriptions_per_caller", "most": most},
             )
@@ -348,6 +349,10 @@ class SessionChooser:
                 types.UnsubscribeRequest(params=types.UnsubscribeRequestParams(uri=uri)), types.EmptyResult
             )
             uris.discard(uri)
+
+    def _subscriptions_of(self, key: str) -> int:
+        """The subscriptions of every session of one caller (`caller_key`): at most `limits.max_sessions` owners."""
+        return sum(owner.subscription_count() for owner in self._callers.values() if owner.key == key)
 
     async def roots_changed(self, caller: Caller) -> None:
         owner = self._callers.get(caller.id)
