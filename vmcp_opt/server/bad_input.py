@@ -8,7 +8,8 @@ through untouched (one integer comparison on the start message).
 It also answers a request whose `id` is not a string or an integer (`null`, `true`, an object, an array)
 with -32600 itself: the SDK would take it for a notification and answer 202, leaving the client waiting.
 That needs the body before the SDK reads it: it is read here (up to `server.max_body_bytes`) and handed on
-unchanged. The error never repeats the client's input.
+unchanged, and kept in the scope with what of its message the layers inside need (server/post_body.py: read once,
+parsed at most once). The error never repeats the client's input.
 
 A JSON-RPC batch (a body that is an array, 2025-03-26 only) is served by `json_batch.JsonRpcBatch`; when the app
 wrapped is the drain (server/http.py), the batch holds one of its slots for its whole life.
@@ -35,6 +36,7 @@ from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from vmcp_opt.server.json_batch import CallSlots, JsonRpcBatch, is_batch
+from vmcp_opt.server.post_body import GONE, PostBody, parse_json, reading_body
 from vmcp_opt.server.sessions import json_rpc_error
 
 INVALID_REQUEST = -32600
@@ -50,33 +52,39 @@ class JsonRpcErrorCodes:
         self._slots = app if isinstance(app, CallSlots) else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await self._relayed(scope, receive, send)
             return
-        if scope["method"] == "POST":
-            if _declared_length(scope) > self.max_body_bytes:
-                await self.too_large(send)
-                return
-            receive, body = await read_ahead(receive, self.max_body_bytes)
+        if _declared_length(scope) > self.max_body_bytes:
+            await self.too_large(send)
+            return
+        async with reading_body(scope, receive, self.max_body_bytes) as (receive, body):
             if body is GONE:
                 return  # the client left before its body was in (or was cut off by the body timeout): no one to answer
-            if body is None:
+            if not isinstance(body, PostBody):
                 await self.too_large(send)
                 return
-            bad_id = unusable_id(body) if body is not None else None
+            if is_batch(body.raw):
+                await JsonRpcBatch(self, scope, send, self._slots).serve(body.raw, receive)
+                return
+            bad_id = unusable_id_in(body.envelope())
             if bad_id is not None:
                 await json_rpc_error(
                     send, 400, INVALID_REQUEST, f"Invalid Request: id must be a string or an integer, not {bad_id}"
                 )
                 return
-            if is_batch(body):
-                await JsonRpcBatch(self, scope, send, self._slots).serve(body, receive)
-                return
-            problem = initialize_problem(body)
+            problem = initialize_problem_in(body.initialize())
             if problem is not None:
                 request_id, message = problem
                 await json_rpc_error(send, 400, INVALID_PARAMS, message, request_id=request_id)
                 return
+            await self._relayed(scope, receive, send)
+
+    async def _relayed(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The request through `app`, its 400 answers rewritten by `_invalid_request`."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
         held: list[Message] = []
 
         async def relay(message: Message) -> None:
@@ -122,35 +130,6 @@ def _declared_length(scope: Scope) -> int:
     return 0
 
 
-# `read_ahead`'s answer when the client disconnected before its body was in.
-GONE = b"\0gone"
-
-
-async def read_ahead(receive: Receive, max_body_bytes: int) -> tuple[Receive, bytes | None]:
-    """A request's body read (at most the cap), and a `receive` that hands it on unchanged. The body is None
-    past the cap (`JsonRpcErrorCodes` answers 413), `GONE` when the client disconnected first."""
-    messages: list[Message] = []
-    size = 0
-    while True:
-        message = await receive()
-        messages.append(message)
-        if message["type"] != "http.request":
-            break
-        size += len(message.get("body", b""))
-        if not message.get("more_body") or size > max_body_bytes:
-            break
-    if messages[-1]["type"] == "http.disconnect":
-        return receive, GONE
-    # Past the cap whether or not more was to come: a chunked body can arrive whole in one message.
-    complete = messages[-1]["type"] == "http.request" and not messages[-1].get("more_body")
-    body = b"".join(m.get("body", b"") for m in messages) if complete and size <= max_body_bytes else None
-
-    async def replay() -> Message:
-        return messages.pop(0) if messages else await receive()
-
-    return replay, body
-
-
 def may_mention(body: bytes, text: bytes) -> bool:
     """Whether `body` may hold `text` once parsed: it does as bytes, or has a `\\u` escape, which can spell
     any of it (`"tools\\u002fcall"` is "tools/call"): a client must not slip past a check by escaping."""
@@ -163,7 +142,7 @@ def request_of(body: bytes, method: str) -> dict[str, Any] | None:
     if not may_mention(body, method.encode()):
         return None
     try:
-        message: Any = json.loads(body)
+        message: Any = parse_json(body)
     except (ValueError, RecursionError):
         return None
     return message if isinstance(message, dict) and message.get("method") == method else None
@@ -188,13 +167,18 @@ def _invalid_request(body: bytes) -> bytes:
 
 
 def unusable_id(body: bytes) -> str | None:
-    """The kind of a request's unusable id (`null`, `a boolean`, `an object`, …), or None."""
+    """The kind of a request's unusable id (`null`, `a boolean`, `an object`, …), or None (a stdio line)."""
     if not may_mention(body, b'"id"'):
         return None
     try:
-        data: Any = json.loads(body)
+        data: Any = parse_json(body)
     except (ValueError, RecursionError):
         return None  # the SDK answers -32700
+    return unusable_id_in(data)
+
+
+def unusable_id_in(data: Any) -> str | None:
+    """The kind of the unusable id of the request `data` (parsed, or its envelope), or None."""
     if not isinstance(data, dict) or "method" not in data or "id" not in data:
         return None
     request_id = data["id"]
@@ -214,7 +198,11 @@ _PROBLEMS_NAMED = 5
 def initialize_problem(body: bytes) -> tuple[str | int, str] | None:
     """An `initialize` request the SDK cannot read: its id, and a -32602 message naming each bad field (never
     the value the client sent). None for any other body, a good `initialize`, or one with an unusable id."""
-    message = request_of(body, "initialize")
+    return initialize_problem_in(request_of(body, "initialize"))
+
+
+def initialize_problem_in(message: dict[str, Any] | None) -> tuple[str | int, str] | None:
+    """`initialize_problem` of an `initialize` request already parsed (None: no such request)."""
     if message is None or isinstance(message.get("id"), bool) or not isinstance(message.get("id"), str | int):
         return None
     try:

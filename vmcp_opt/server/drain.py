@@ -38,8 +38,8 @@ from typing import Any
 from sse_starlette.sse import AppStatus
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from vmcp_opt.server.bad_input import GONE, read_ahead, request_of
 from vmcp_opt.server.json_batch import BATCH_MESSAGE, enclosing_scope_cancelled
+from vmcp_opt.server.post_body import GONE, PostBody, reading_body
 from vmcp_opt.server.sessions import SERVER_BUSY, json_rpc_error, may_open_session
 
 logger = logging.getLogger(__name__)
@@ -63,12 +63,16 @@ class Drain:
         if scope["method"] != "POST":  # a session's GET stream, a DELETE: not calls
             await self._serve(scope, receive, send, None)
             return
-        receive, body = await read_ahead(receive, self.max_body_bytes)
-        if body is GONE or (body is not None and _is_listen(body)):
+        async with reading_body(scope, receive, self.max_body_bytes) as (receive, body):
+            await self._post(scope, receive, send, body)
+
+    async def _post(self, scope: Scope, receive: Receive, send: Send, body: PostBody | bytes | None) -> None:
+        envelope = body.envelope() if isinstance(body, PostBody) else None
+        if body is GONE or _is_listen(envelope):
             await self._serve(scope, receive, send, None)
             return
         if scope.get(BATCH_MESSAGE):  # its batch holds the slot, and never opens a session
-            await self._serve(scope, receive, send, _Call(_request_id(body)))
+            await self._serve(scope, receive, send, _Call(_request_id(envelope)))
             return
         if self.draining and may_open_session(scope):
             await json_rpc_error(
@@ -81,7 +85,7 @@ class Drain:
             )
             return
         with self.holding():
-            await self._serve(scope, receive, send, _Call(_request_id(body)))
+            await self._serve(scope, receive, send, _Call(_request_id(envelope)))
 
     @contextlib.contextmanager
     def holding(self) -> Iterator[None]:
@@ -159,19 +163,15 @@ def end_streams() -> None:
     AppStatus.should_exit = True
 
 
-def _request_id(body: bytes | None) -> str | int | None:
-    """The JSON-RPC id of the request in `body`, when it has a usable one."""
-    try:
-        message: Any = json.loads(body or b"")
-    except (ValueError, RecursionError):
-        return None
-    request_id = message.get("id") if isinstance(message, dict) else None
+def _request_id(envelope: Any) -> str | int | None:
+    """The JSON-RPC id of the request (its envelope, post_body.py), when it has a usable one."""
+    request_id = envelope.get("id") if isinstance(envelope, dict) else None
     return request_id if isinstance(request_id, str | int) and not isinstance(request_id, bool) else None
 
 
-def _is_listen(body: bytes) -> bool:
+def _is_listen(envelope: Any) -> bool:
     """A 2026-07-28 `subscriptions/listen`: a stream that lasts as long as the client wants, not a call."""
-    return request_of(body, "subscriptions/listen") is not None
+    return isinstance(envelope, dict) and envelope.get("method") == "subscriptions/listen"
 
 
 @dataclass

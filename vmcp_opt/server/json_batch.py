@@ -25,6 +25,7 @@ from typing import Any, Protocol, runtime_checkable
 import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from vmcp_opt.server.post_body import BODY_KEY, PostBody
 from vmcp_opt.server.sessions import SERVER_BUSY, json_rpc_error
 
 INVALID_REQUEST = -32600
@@ -216,6 +217,7 @@ class JsonRpcBatch:
             **self._scope,
             "headers": [*headers, (b"content-length", str(len(body)).encode())],
             BATCH_MESSAGE: True,
+            BODY_KEY: PostBody(body, message, parsed=True),  # not the batch's, which the copy would carry on
         }
         unread = [{"type": "http.request", "body": body, "more_body": False}]
 
@@ -232,6 +234,8 @@ class JsonRpcBatch:
             if not self._gone.is_set():
                 await relay.done()  # the drain's answer to a message the shutdown cut off, if not yet an event
             raise
+        finally:
+            scope.pop(BODY_KEY, None)  # the scope may be kept as the session's last (server/session_relays.py)
         await relay.done()
 
     async def refuse(self, start: Message) -> bool:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
+from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -41,7 +42,7 @@ from vmcp_opt.auth.identity import SCOPE_KEY, Identity
 from vmcp_opt.logs import ThrottledLog
 from vmcp_opt.routing.budget import LimitReached
 from vmcp_opt.server.admission import LIMITS_TAKEN_KEY
-from vmcp_opt.server.bad_input import GONE, read_ahead, request_of
+from vmcp_opt.server.post_body import GONE, PostBody, reading_body
 from vmcp_opt.server.sessions import client_address, json_rpc_error
 from vmcp_opt.shared.rate_limits import RateLimiter
 
@@ -77,23 +78,30 @@ class RateLimitGate:
         if scope["type"] != "http" or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
-        receive, body = await read_ahead(receive, self.max_body_bytes)
-        if body is GONE:
-            return
-        call = tool_call_of(body) if body is not None else None
-        if call is not None:
-            request_id, tool = call
-            key = self.caller_key(scope)
-            permitted = self._permitted(key, scope, tool)
-            try:
-                await self.limiter.admit(key, tool, of_tool=permitted)
-            except LimitReached as refused:
-                self._tell_refused(key, scope, refused.setting, tool)
-                await refuse(send, request_id, refused)
+        async with reading_body(scope, receive, self.max_body_bytes) as (receive, body):
+            if body is GONE:
                 return
-            if permitted:
-                scope[LIMITS_TAKEN_KEY] = True
-        await self.app(scope, receive, send)
+            if isinstance(body, PostBody) and await self._refused(scope, body, send):
+                return
+            await self.app(scope, receive, send)
+
+    async def _refused(self, scope: Scope, body: PostBody, send: Send) -> bool:
+        """Whether a tools/call was refused (answered 429 here); else its tokens are taken, and the scope marked."""
+        call = tool_call_of(body.envelope())
+        if call is None:
+            return False
+        request_id, tool = call
+        key = self.caller_key(scope)
+        permitted = self._permitted(key, scope, tool)
+        try:
+            await self.limiter.admit(key, tool, of_tool=permitted)
+        except LimitReached as refused:
+            self._tell_refused(key, scope, refused.setting, tool)
+            await refuse(send, request_id, refused)
+            return True
+        if permitted and _paid_for(body, call):
+            scope[LIMITS_TAKEN_KEY] = True
+        return False
 
     def _permitted(self, key: str, scope: Scope, tool: str) -> bool:
         """Whether the call may take its tool's tokens: the policy lets it run. Asked only of a tool with a bucket
@@ -142,10 +150,21 @@ def policy_caller(key: str, scope: Scope) -> Caller:
     return Caller(key, identity.method, "", address=client_address(scope), **identity.caller_fields())
 
 
-def tool_call_of(body: bytes) -> tuple[str | int, str] | None:
-    """The request id and tool name of a `tools/call` request; None for anything else (or malformed input,
-    which the SDK answers)."""
-    message = request_of(body, "tools/call")
+def _paid_for(body: PostBody, call: tuple[str | int, str]) -> bool:
+    """Whether the call the tokens were taken for is the one the SDK will run. A body's head (post_body.py) may
+    differ from the whole only where the client repeats `params` or its `name` past the head: its own tool's tokens
+    then not taken by the router. A body that spells each once (a key cannot be spelled otherwise than in its
+    quotes, or by a `\\u` escape) is as its head says; any other is parsed whole to be sure."""
+    raw = body.raw
+    if not body.from_head or (b"\\u" not in raw and raw.count(b'"params"') == 1 and raw.count(b'"name"') == 1):
+        return True
+    return tool_call_of(body.whole()) == call
+
+
+def tool_call_of(envelope: Any) -> tuple[str | int, str] | None:
+    """The request id and tool name of a `tools/call` request (its envelope, post_body.py); None for anything
+    else (or malformed input, which the SDK answers)."""
+    message = envelope if isinstance(envelope, dict) and envelope.get("method") == "tools/call" else None
     if message is None:
         return None
     request_id, params = message.get("id"), message.get("params")
