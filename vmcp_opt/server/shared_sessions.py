@@ -27,6 +27,9 @@ Redis's own state changes are logged once each by vmcp_opt/shared/redis_client.p
 What the client POSTs to another replica about a copy held here (an answer to its question, a cancellation, a
 change to the session's record, in the record's revision order) is delivered to it by
 vmcp_opt/server/session_relays.py (`SessionRelays`, `HeldSessions`); this module writes, restores and ends copies.
+
+Just past ~450 lines: refusing another principal's session (audited, `refused`) sits beside the restore that finds
+the owner, which the store's record and its Lua script share.
 """
 
 from __future__ import annotations
