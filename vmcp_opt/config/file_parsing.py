@@ -1,15 +1,38 @@
 """A config file's text as a document: JSON or YAML, each key written twice in one mapping noted (both parsers
-keep only the last, silently), and a YAML mistake said on one line with its line, column and likely cause."""
+keep only the last, silently), and a YAML mistake said on one line with its line, column and likely cause; the
+document's `${…}` texts found by location (loading decides where they are expanded)."""
 
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from vmcp_opt.config.base import ConfigError
+
+# `${NAME}`, and the shell's `${NAME:-default}` forms, which nothing in the config expands either.
+REFERENCE_TEXT = re.compile(r"\$\{[^{}]*\}")
+
+
+def references_in(
+    value: Any, location: tuple[int | str, ...] = ()
+) -> Iterator[tuple[tuple[int | str, ...], list[str]]]:
+    """Each string under `value` that holds `${…}`, by its location, with the references it holds. Mapping keys
+    are names (an `env` variable's, a tool's), not settings: not searched."""
+    if isinstance(value, str):
+        found = REFERENCE_TEXT.findall(value)
+        if found:
+            yield location, list(dict.fromkeys(found))
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from references_in(item, (*location, str(key)))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from references_in(item, (*location, index))
 
 
 def parse_json(path: Path, text: str) -> tuple[Any, list[str]]:

@@ -1,5 +1,5 @@
 """Loading: the file, environment and flags merged into a `VmcpConfig`; every problem reported by its path,
-`${VAR}` references resolved, discovered backends merged in.
+`${VAR}` references resolved (refused in a setting nothing expands), discovered backends merged in.
 
 Past ~450 lines on purpose: every source's problems (the file's syntax and repeated keys, unset references,
 the environment's and the flags' values, pydantic's) are gathered into one list in one pass, so the parts
@@ -26,7 +26,7 @@ from vmcp_opt.config.base import (
     ConfigError,
 )
 from vmcp_opt.config.document import VmcpConfig, _duplicate_names, _file_data
-from vmcp_opt.config.file_parsing import parse_json, parse_yaml
+from vmcp_opt.config.file_parsing import parse_json, parse_yaml, references_in
 from vmcp_opt.config.optimizer import OptimizerConfig
 from vmcp_opt.config.sections import (
     BackendConfig,
@@ -102,8 +102,10 @@ def _validated(
     check_model: ModelCheck | None,
     flags: Mapping[str, str],
 ) -> VmcpConfig:
-    data.setdefault("base_dir", str(config_path.resolve().parent))
     source = _source_namer(overrides, data, flags)
+    # Before base_dir is filled in: the config file's own directory is no text the user wrote.
+    literal = _literal_references([("flag", overrides), ("env", _env_layer()), ("file", data)], source)
+    data.setdefault("base_dir", str(config_path.resolve().parent))
     token = _file_data.set(data)
     try:
         config = VmcpConfig(**overrides)
@@ -113,10 +115,10 @@ def _validated(
         raw = {key: overrides.get(key, data.get(key)) for key in ("backends", "workflows")}
         problems = _every_problem(exc, raw["backends"], raw["workflows"], source)
         problems += _raw_model_problems(exc, overrides, data, check_model, source)
-        raise ConfigError(problems) from None
+        raise ConfigError(problems + literal) from None
     finally:
         _file_data.reset(token)
-    problems = _model_problems(config.optimizer.model, check_model, source)
+    problems = _model_problems(config.optimizer.model, check_model, source) + literal
     if config.discovery.mode == "discovered":
         if discover is None:
             raise ConfigError(["discovery.mode: discovered, but this command reads no client config files"])
@@ -447,6 +449,70 @@ def _format_location(loc: tuple[int | str, ...]) -> str:
         else:
             text += f".{part}" if text else str(part)
     return text
+
+
+# Where `${VAR}` is expanded (`_with_env_references_resolved`), and a backend's description: free text.
+_BACKEND_REFERENCE_FIELDS = frozenset({"env", "headers", "args", "url", "description"})
+
+
+def _literal_references(layers: list[tuple[str, Any]], source: SourceNamer) -> list[str]:
+    """`${X}` in a setting nothing expands, refused: it would be used as written (`serve` made directories
+    named `${LOG_DIR}`). Not searched: the fields that expand it, and text that may say `${X}` as it is (workflow
+    templates, where one is warned of, and descriptions). Only the value in effect: a layer may hide another's."""
+    problems = []
+    for name, layer in layers:
+        for loc, found in references_in(layer):
+            if not _free_text(loc) and _setter(loc, layers) == name:
+                problems.append(_literal_reference(loc, found, source))
+    return list(dict.fromkeys(problems))
+
+
+def _setter(loc: Location, layers: list[tuple[str, Any]]) -> str | None:
+    """The layer whose value is used at `loc`: mappings merge, anything else (a list, a text) hides the lower
+    layers' (`_owner` names no layer inside a list)."""
+    for name, value in layers:
+        for part in loc:
+            if not isinstance(value, dict):
+                return name
+            if part not in value:
+                break
+            value = value[part]
+        else:
+            return name
+    return None
+
+
+def _free_text(loc: Location) -> bool:
+    if loc[:1] == ("workflows",) or loc[-1:] == ("description",):
+        return True
+    return loc[:1] == ("backends",) and len(loc) > 2 and loc[2] in _BACKEND_REFERENCE_FIELDS
+
+
+def _literal_reference(loc: Location, found: list[str], source: SourceNamer) -> str:
+    """The problem, with the ways to give the value: as written, or (a single setting, not a list's item)
+    through its `VMCP_` variable, from a shell that expands the reference; a secret through the setting that
+    names its variable (`password_env`), where the section has one."""
+    said = (
+        f"{_placed(loc, source)}: {' and '.join(found)} is not expanded in this setting, so it would be used as written"
+    )
+    key = str(loc[-1])
+    if key == "env" or key.endswith("_env"):  # `password_env: ${REDIS_PASSWORD}`
+        return f"{said}; this setting takes the variable's name: write it without ${{ }}"
+    ways = "Write the value itself"
+    if all(isinstance(part, str) for part in loc):
+        ways += f", or set {_env_name(loc)} (docs/configuration.md) to the value from a shell, which expands {found[0]}"
+    secrets = [name for name in _keys_at(loc[:-1]) if name.endswith("_env")]
+    if secrets:
+        ways += f"; a secret is read from the variable named in {' or '.join(secrets)}"
+    return f"{said}; ${{VAR}} is expanded only in a backend's env, headers, args and url. {ways}"
+
+
+def _env_layer() -> dict[str, Any]:
+    """The `VMCP_` variables as settings; a variable that cannot be read is reported when the config is built."""
+    try:
+        return EnvSettingsSource(VmcpConfig)()
+    except SettingsError:
+        return {}
 
 
 def _with_discovered_backends(config: VmcpConfig, discover: ClientConfigReader) -> VmcpConfig:

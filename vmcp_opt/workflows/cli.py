@@ -5,6 +5,7 @@ agent does. The run takes the gateway's own path (router, policy, health guard),
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 from typing import Annotated, Any
@@ -12,6 +13,7 @@ from typing import Annotated, Any
 import anyio
 import anyio.to_thread
 import typer
+from rich.markup import escape
 
 from vmcp_opt.console import OutputConsole
 from vmcp_opt.display import printable, shorten
@@ -23,16 +25,22 @@ _STATUS = {"ok": "green", "failed": "red", "skipped": "yellow"}
 CLI_CALLER = "local:vmcp-workflow-run"
 
 
+# The first catalogue waits for every backend's first attempt, each bounded by its `timeouts.connect`, as
+# `vmcp backends` does (`BackendManager.start`): after `server.startup_wait` (5 s) a backend still starting
+# was missing from the run, its tools "unknown".
+_EVERY_BACKEND = {"server": {"startup_wait": math.inf}}
+
+
 def _load(config: Path | None) -> Any:
     """The config, its optimizer off (no embedding model for one run) unless a workflow's step calls one of its
     meta-tools: `call_tool` steps then route as in the gateway, where they were "unknown tool" here."""
     from vmcp_opt.cli_config import load_or_exit  # the CLI's loader: problems printed by path, exit 2
     from vmcp_opt.optimizer.meta_tool_forms import META_TOOL_NAMES
 
-    loaded = load_or_exit(config)
+    loaded = load_or_exit(config, _EVERY_BACKEND)
     if any(step.tool in META_TOOL_NAMES for workflow in loaded.workflows for step in workflow.steps):
         return loaded
-    return load_or_exit(config, {"optimizer": {"enabled": False}})
+    return load_or_exit(config, {**_EVERY_BACKEND, "optimizer": {"enabled": False}})
 
 
 @workflow_app.command("list")
@@ -80,8 +88,15 @@ def run(
         out.print_json(data=report)
     if report["error"] is not None:
         if not as_json:
-            err.print(f"[bold red]failed[/]: {printable(report['error'])}", highlight=False)
+            because = _not_connected(report.get("not_connected", {}))
+            err.print(f"[bold red]failed[/]: {printable(report['error'])}{because}", highlight=False)
         raise typer.Exit(1)
+
+
+def _not_connected(down: dict[str, str]) -> str:
+    """Why a step's tool may be unknown: the backends that never connected, each with its reason."""
+    said = "; ".join(f"backend '{name}' is not connected: {reason}" for name, reason in down.items())
+    return escape(f" ({printable(said)})") if said else ""
 
 
 def parse_arguments(pairs: list[str], parameters: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -194,12 +209,20 @@ async def _run(cfg: Any, name: str, arguments: dict[str, Any], live: bool) -> di
     async with anyio.create_task_group() as group:
         await gateway.start(group)
         await gateway.first_catalogue()  # under best_effort, start returns before the backends have connected
+        down = {c.name: c.last_error or c.state.value for c in gateway.backends.not_ready()}
         try:
             report = await gateway.workflows.run(
                 name, arguments, caller, Exchange.internal(), gateway.router, step_done, ask=terminal_ask
             )
         except ArgumentError as exc:
-            return {"workflow": name, "ok": False, "error": f"arguments: {exc}", "steps": [], "output": None}
+            return {
+                "workflow": name,
+                "ok": False,
+                "error": f"arguments: {exc}",
+                "steps": [],
+                "output": None,
+                "not_connected": down,
+            }
         finally:
             gateway.stop()
             group.cancel_scope.cancel()
@@ -219,4 +242,5 @@ async def _run(cfg: Any, name: str, arguments: dict[str, Any], live: bool) -> di
             for s in report.steps.values()
         ],
         "output": report.output,
+        "not_connected": down,  # backend name: why (redacted), as `vmcp backends` says it
     }
