@@ -68,6 +68,10 @@ class ServerConfig(_Strict):
     # refused, before the server stops. A pod's terminationGracePeriodSeconds must exceed this plus
     # `timeouts.shutdown` and any preStop delay. 0: stop at once.
     drain_timeout: float = Field(25.0, ge=0, le=3600)
+    # Seconds an HTTP client may leave an answer unread: when the gateway holds bytes of an answer the client's
+    # side has no room for and the client reads none of them for this long, its connection is reset and the
+    # bytes dropped (a client reading slowly, but something every this many seconds, keeps its connection).
+    write_timeout: float = Field(30.0, gt=0, le=3600)
 
     @field_validator("cors_origins")
     @classmethod

@@ -27,6 +27,16 @@ A 431 for a request pipelined behind one still running waits for that one's answ
 in the middle of that answer, and after our FIN the answer itself could not be written (uvicorn logs a
 `RuntimeError` with a traceback for each, and the client loses it).
 
+An answer the client does not read is held by the transport (the bytes the kernel has no room for; uvicorn writes a
+whole JSON answer at once, so its high-water mark bounds nothing), and with it the connection, for as long as the
+client stays connected: 90 clients asking for 9 MB each and never reading held ~500 MB more, and ~250 MB in the
+kernel. `server.write_timeout` is the deadline: while the transport holds unsent bytes and nothing more is to be
+written for the moment (uvicorn waits for the buffer to drain, the answer is complete, or the connection is
+closing), a client that drains none of them within it is reset (its unsent bytes dropped, in the kernel too).
+Progress is bytes drained, not speed: a client that reads something within every deadline keeps its connection,
+however slowly, as with nginx's `send_timeout`. A response still being streamed below the high-water mark is not
+judged (its next writes would hide what was drained); once the stream pauses it is.
+
 `asyncio` reports a failing `accept()` (EMFILE: out of descriptors) through the loop's exception handler,
 with a traceback each time; `throttle_accept_errors` makes that one line a minute.
 """
@@ -34,9 +44,12 @@ with a traceback each time; `throttle_accept_errors` makes that one line a minut
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import json
 import logging
+import socket
+import struct
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -60,6 +73,8 @@ MAX_LINGERING = 256
 # What `fit_connections` leaves of MAX_LINGERING under the process's open-file limit.
 _max_lingering = MAX_LINGERING
 _lingering: set[LimitedProtocol] = set()
+# SO_LINGER on, 0 s: close() resets the connection and drops what the kernel still holds for the client.
+_RESET_ON_CLOSE = struct.pack("ii", 1, 0)
 
 
 def _closing_answer(
@@ -102,6 +117,7 @@ class LimitedProtocol(HttpToolsProtocol):
     # Peers not counted per address: behind a trusted proxy every client's connection is the proxy's.
     uncounted: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     max_header_bytes: int = 64 * 1024
+    write_timeout: float = 30.0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -112,6 +128,8 @@ class LimitedProtocol(HttpToolsProtocol):
         self._refused = False  # answered 503, 429 or 431: the rest of what the client sent is not parsed
         self._linger: asyncio.TimerHandle | None = None
         self._deferred: bytes | None = None  # a refusal held until the request still running is answered
+        self._write_deadline: asyncio.TimerHandle | None = None
+        self._unsent_at_start = 0  # unsent bytes when the current write deadline began
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -244,12 +262,77 @@ class LimitedProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
+        self._watch_unsent()  # an answer complete (and its connection maybe closing) with bytes still unsent
         if self._deferred is not None and not self._answering() and not self.transport.is_closing():
             answer, self._deferred = self._deferred, None
             self._refuse(answer)
 
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self._watch_unsent()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._watch_unsent()  # drained to the low-water mark: progress, a new deadline for what is left
+
+    def timeout_keep_alive_handler(self) -> None:
+        super().timeout_keep_alive_handler()
+        self._watch_unsent()  # closed: the connection stays until its unsent bytes are read
+
+    def shutdown(self) -> None:
+        super().shutdown()
+        self._watch_unsent()
+
+    def _watch_unsent(self) -> None:
+        """A new write deadline from now while the transport holds unsent bytes (each caller marks progress, or a
+        moment after which the buffer only drains); none when it holds none."""
+        self._unwatch_unsent()
+        unsent = self.transport.get_write_buffer_size()
+        if unsent:
+            self._unsent_at_start = unsent
+            self._write_deadline = self.loop.call_later(self.write_timeout, self._check_unsent)
+
+    def _unwatch_unsent(self) -> None:
+        if self._write_deadline is not None:
+            self._write_deadline.cancel()
+            self._write_deadline = None
+
+    def _check_unsent(self) -> None:
+        self._write_deadline = None
+        unsent = self.transport.get_write_buffer_size()
+        if not unsent:
+            return
+        if unsent < self._unsent_at_start or not self._only_draining():
+            self._watch_unsent()
+            return
+        _log.warning(
+            "slow:write",
+            "reset a connection from %s whose client read nothing for %gs; %d bytes of its answer unsent "
+            "(server.write_timeout)",
+            self.client[0] if self.client else "?",
+            self.write_timeout,
+            unsent,
+        )
+        self._reset()
+
+    def _only_draining(self) -> bool:
+        """Whether nothing is written to the transport until its buffer drains: uvicorn waits for it (paused), the
+        answer is complete, or the connection is closing. Then fewer unsent bytes is exactly what the client read."""
+        cycle = self.cycle
+        return self.flow.write_paused or self.transport.is_closing() or cycle is None or cycle.response_complete
+
+    def _reset(self) -> None:
+        """Close now, dropping the unsent bytes: ours (abort) and the kernel's (a reset, not an orderly close that
+        would keep sending them to a client that does not read)."""
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):  # already gone: abort alone
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
+        self.transport.abort()
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self._unwatch_unsent()
         if self._linger is not None:
             self._linger.cancel()
             self._linger = None
@@ -289,8 +372,10 @@ def limited_protocol(
     max_header_bytes: int = 64 * 1024,
     max_connections_per_address: int = 100,
     uncounted: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network] = (),
+    write_timeout: float = LimitedProtocol.write_timeout,
 ) -> type[LimitedProtocol]:
     settings = {
+        "write_timeout": write_timeout,
         "header_timeout": header_timeout,
         "body_timeout": body_timeout,
         "max_connections": max_connections,

@@ -95,6 +95,7 @@ def run_gateway(config: VmcpConfig, announce: Callable[[VmcpConfig, int], None] 
                 limits.max_header_bytes,
                 limits.max_connections_per_address,
                 [ipaddress.ip_network(network) for network in config.server.trusted_proxies],
+                write_timeout=config.server.write_timeout,
             ),
             timeout_keep_alive=math.ceil(limits.http_keep_alive_timeout),
             # The client's address from X-Forwarded-For only behind a trusted proxy (uvicorn's own default
