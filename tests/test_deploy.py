@@ -14,8 +14,8 @@ from vmcp_opt.config import VmcpConfig, load_config
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 KUBE = DEPLOY / "kubernetes"
+CONFIG = KUBE / "config" / "vmcp.yaml"  # the ConfigMap kustomization.yaml generates
 KINDS = {
-    "ConfigMap": "v1",
     "Secret": "v1",
     "Service": "v1",
     "Deployment": "apps/v1",
@@ -64,13 +64,15 @@ def test_probes_ports_and_names_agree() -> None:
     assert docs[("Service", "vmcp")]["spec"].get("sessionAffinity", "None") == "None"
     assert docs[("HorizontalPodAutoscaler", "vmcp")]["spec"]["scaleTargetRef"]["name"] == "vmcp"
     volumes = {v["name"]: v for v in pod["volumes"]}
-    assert volumes["config"]["configMap"]["name"] == "vmcp-config"
+    generated = documents()[("Kustomization", "kustomization")]["configMapGenerator"]
+    assert volumes["config"]["configMap"]["name"] == generated[0]["name"] == "vmcp-config"
+    assert generated[0]["files"] == ["config/vmcp.yaml"]  # a new name per content: an edit rolls the pods
     secret = volumes["secrets"]["secret"]["secretName"]
     assert secret == docs[("Secret", "vmcp-secrets")]["metadata"]["name"]
     redis_volume = docs[("Deployment", "vmcp-redis")]["spec"]["template"]["spec"]["volumes"][0]
     assert redis_volume["secret"]["secretName"] == secret
     # The config listens on the container's port; preStop, the drain and the shutdown fit in the grace period.
-    config = yaml.safe_load(docs[("ConfigMap", "vmcp-config")]["data"]["vmcp.yaml"])
+    config = yaml.safe_load(CONFIG.read_text(encoding="utf-8"))
     assert config["server"]["port"] == ports["http"]
     pre_stop = int(container["lifecycle"]["preStop"]["exec"]["command"][-1])
     stopping = pre_stop + config["server"]["drain_timeout"] + config["timeouts"]["shutdown"]
@@ -79,7 +81,7 @@ def test_probes_ports_and_names_agree() -> None:
 
 def test_the_config_is_valid_and_reads_its_secrets_from_the_mounted_secret(tmp_path: Path) -> None:
     docs = documents()
-    text = docs[("ConfigMap", "vmcp-config")]["data"]["vmcp.yaml"]
+    text = CONFIG.read_text(encoding="utf-8")
     config = load_config_text(tmp_path, text)
     secret_keys = set(docs[("Secret", "vmcp-secrets")]["stringData"])
     mounted = "/etc/vmcp/secrets/"

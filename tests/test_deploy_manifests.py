@@ -133,8 +133,7 @@ def test_the_gateway_writes_only_to_volumes_and_the_image_model_is_not_hidden() 
 
 
 def deployments_config() -> str:
-    configmap = yaml.safe_load((DEPLOY / "kubernetes" / "configmap.yaml").read_text(encoding="utf-8"))
-    return str(configmap["data"]["vmcp.yaml"])
+    return (DEPLOY / "kubernetes" / "config" / "vmcp.yaml").read_text(encoding="utf-8")
 
 
 def test_the_image_copies_what_the_package_is_built_from_and_nothing_else() -> None:
