@@ -33,7 +33,7 @@ it cannot resume from (server/lazy_stream.py) rather than answer an empty stream
 from again and again.
 
 An event of the standalone GET stream (server-to-client notifications) has an id starting with
-`GET_EVENT_PREFIX`, in both stores, so the transport can tell what an id no longer held was for without the
+`GET_EVENT_PREFIX` (shared/event_ids.py), in both stores, so the transport can tell what an id no longer held was for without the
 store: a request's stream lost its result (refused), the GET stream only notifications (served afresh, or
 the client never hears one again). The mark says only that; the rest of the id stays unguessable. An id
 without it (as every id was before) is a request stream's.
@@ -44,7 +44,6 @@ was false, nothing was ever stored, and no stream could be resumed.
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 from collections import OrderedDict, deque
 from itertools import count
@@ -54,14 +53,10 @@ from mcp.server.streamable_http import GET_STREAM_KEY, EventCallback, EventId, E
 from mcp_types import JSONRPCError, JSONRPCMessage, JSONRPCResponse, jsonrpc_message_adapter
 
 from vmcp_opt.config import SessionsConfig
+from vmcp_opt.shared.event_ids import GET_EVENT_PREFIX, marked_event_id, names_get_stream
 
 DEFAULT_MAX_EVENTS = 10_000
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
-# How the ids of the standalone GET stream's events start (in either store).
-GET_EVENT_PREFIX = "get-"
-# The standalone GET stream's digest in the Redis store's ids (`<digest>.<tag>-<counter>`, shared/events.py): an
-# id written unmarked by a replica of the previous version is still known for the GET stream's by it.
-GET_STREAM_DIGEST = hashlib.sha256(GET_STREAM_KEY.encode()).hexdigest()[:16]
 
 # (session view number, the SDK's stream id)
 _StreamKey = tuple[int, StreamId]
@@ -208,17 +203,6 @@ class BoundedEventStore(EventStore):
         if tag != self._tag or not number.isdigit():
             return None
         return int(number)
-
-
-def marked_event_id(stream_id: StreamId, event_id: str) -> EventId:
-    """`event_id` as handed out: marked when it is an event of the standalone GET stream."""
-    return GET_EVENT_PREFIX + event_id if stream_id == GET_STREAM_KEY else event_id
-
-
-def names_get_stream(event_id: EventId) -> bool:
-    """Whether `event_id` says it is an event of the standalone GET stream (it may still be forged, or dropped:
-    that costs nothing, the stream holds only what a GET without `Last-Event-ID` is sent)."""
-    return event_id.startswith((GET_EVENT_PREFIX, GET_STREAM_DIGEST + "."))
 
 
 def _ends_stream(stream_id: StreamId, message: JSONRPCMessage | None) -> bool:

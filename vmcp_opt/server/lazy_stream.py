@@ -22,7 +22,7 @@ forged, another session's, or dropped by `sessions.max_events_per_session`) is a
 error: the SDK answered it `200` with an empty stream, which its own client takes for a cut stream and resumes
 from the same id, attempts reset, every retry interval for ever, the call never resolved. On a `400` the
 client gives up after its retries and fails the call. (Not `404`: that says the session is gone.) Unless the
-id is the standalone GET stream's (marked so by both stores, server/event_store.py `GET_EVENT_PREFIX`): what
+id is the standalone GET stream's (marked so by both stores, shared/event_ids.py `GET_EVENT_PREFIX`): what
 was lost there is notifications, not a result, and the SDK's client, refused, stops listening for the rest of
 the session; it is served a fresh GET stream, as a GET without `Last-Event-ID` is (`409` while the session
 has one open). And: with sessions shared (`sessions.store: redis`), the gateway's requests to the
@@ -91,10 +91,11 @@ from starlette.types import Message, Receive, Scope, Send
 
 from vmcp_opt.logs import ThrottledLog
 from vmcp_opt.server.admission import SessionRefused, refused_stranger
-from vmcp_opt.server.event_store import BoundedEventStore, ProbedStore, UnsentAnswers, names_get_stream
+from vmcp_opt.server.event_store import BoundedEventStore, ProbedStore, UnsentAnswers
 from vmcp_opt.server.list_answers import json_body, long_list, session_form
 from vmcp_opt.server.shared_asks import ASK_PREFIX, Answer, AskIds, TaggedAsks, asked_by
 from vmcp_opt.server.streams import OldClientContent
+from vmcp_opt.shared.event_ids import names_get_stream
 
 logger = logging.getLogger(__name__)
 # Checkpoints a resumed GET stream lets the abandoned one it replaces finish in (`_end_abandoned_get_stream`).

@@ -28,7 +28,7 @@ sessions, ordered the same way, names whose events go first.
 
 An event id is
 `<stream digest>.<process tag>-<counter>` (the standalone GET stream's marked: `get-<digest>.<tag>-<counter>`,
-server/event_store.py `GET_EVENT_PREFIX`; an unmarked id is taken for a request stream's), chosen here, so
+shared/event_ids.py `GET_EVENT_PREFIX`; an unmarked id is taken for a request stream's), chosen here, so
 sending a message never waits for Redis: events queue (bounded) for one writer task that sends whatever is
 waiting in one pipeline, in order.
 
@@ -87,7 +87,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from vmcp_opt.logs import ThrottledLog
-from vmcp_opt.server.event_store import GET_EVENT_PREFIX, GET_STREAM_DIGEST, marked_event_id, names_get_stream
+from vmcp_opt.shared.event_ids import GET_EVENT_PREFIX, GET_STREAM_DIGEST, marked_event_id, names_get_stream
 from vmcp_opt.shared.event_scripts import ADD, FORGET
 
 logger = logging.getLogger(__name__)
