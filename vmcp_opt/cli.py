@@ -189,6 +189,7 @@ def validate(
         exchange_warnings,
         launch_warnings,
         nothing_served_warnings,
+        prefix_overlap_warnings,
         salvaged_launch_warnings,
         warnings_beside_errors,
     )
@@ -209,6 +210,7 @@ def validate(
     # token_exchange backends no caller could call: --connect's starts would not show it.
     warnings = [
         *nothing_served_warnings(cfg),
+        *prefix_overlap_warnings(cfg),
         *empty_reference_warnings(config),
         *workflow_warnings(cfg.workflows),
         *exchange_warnings(cfg),

@@ -229,6 +229,45 @@ def nothing_served_warnings(cfg: VmcpConfig) -> list[str]:
     return warnings
 
 
+def prefix_overlap_warnings(cfg: VmcpConfig) -> list[str]:
+    """Backends `h` and `h_demo` under `prefix`: h's tool `demo_save` and h_demo's `save` are both exposed as
+    `h_demo_save`. Only one is served (the one that held it first, conflicts.py), and `h` can list such a name
+    at any time; names that cannot meet keep each backend's tools its own."""
+    aggregation = cfg.aggregation
+    between = _prefix_separator(aggregation.prefix_format)
+    if aggregation.conflict_resolution != "prefix" or between is None:
+        return []
+    text, backend_first = between
+    names = [backend.name for backend in cfg.backends]
+    warnings = []
+    for short_index, short in enumerate(names):
+        for long_index, long in enumerate(names):
+            meets = long.startswith(short + text) if backend_first else long.endswith(text + short)
+            if long_index == short_index or long == short or not meets:
+                continue
+            example = aggregation.prefix_format.format(backend=long, name="x")
+            warnings.append(
+                f"backends[{long_index}].name: {long!r} {'begins' if backend_first else 'ends'} with "
+                f"backends[{short_index}].name {short!r} and {text!r}, so under aggregation.prefix_format both "
+                f"backends can serve a tool or prompt named like {example!r}, and only one is served; "
+                "rename one of them"
+            )
+    return warnings
+
+
+def _prefix_separator(prefix_format: str) -> tuple[str, bool] | None:
+    """The text `prefix_format` puts between the backend's name and the item's, and whether the backend's
+    comes first; None unless each appears once."""
+    backend, name = "\0backend\0", "\0name\0"
+    made = prefix_format.format(backend=backend, name=name)
+    if made.count(backend) != 1 or made.count(name) != 1:
+        return None
+    at_backend, at_name = made.index(backend), made.index(name)
+    if at_backend < at_name:
+        return made[at_backend + len(backend) : at_name], True
+    return made[at_name + len(name) : at_backend], False
+
+
 def empty_reference_warnings(config_path: Path | None) -> list[str]:
     """`${VAR}`s in the file's backends whose variable is set but empty (`export DOCS_TOKEN=` of a secret not
     yet filled in): an unset one is an error, an empty one is expanded to nothing and the backend is sent
