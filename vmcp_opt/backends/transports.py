@@ -8,6 +8,10 @@ twice: at most `STDERR_LINES_PER_SECOND` a second (a burst), and over time by `S
 `STDERR_BURST` lines, then one a second, all backends together `STDERR_TOTAL_RATE` a second. The lines left
 out are counted, and the counts of all backends logged in one line at most once a `STDERR_SUMMARY_SECONDS`
 (the first a second after the first line left out); a backend's own count also when its process ends.
+
+A streamable HTTP backend's GET streams (its own messages; a request's answer resumed) are paced by
+`PacedGetClient`: the SDK reconnects one whenever it ends, after the backend's `retry`, and never counts a
+normal end as a failure.
 """
 
 from __future__ import annotations
@@ -18,9 +22,11 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
+from contextvars import ContextVar
 from pathlib import Path
+from typing import Any
 
 import anyio
 import httpx2
@@ -39,6 +45,7 @@ from vmcp_opt.config import BackendConfig
 from vmcp_opt.display import printable, shorten
 from vmcp_opt.logs import LineBudget
 
+logger = logging.getLogger(__name__)
 stderr_logger = logging.getLogger("vmcp_opt.backends.stderr")
 STDERR_LINE_LIMIT = 2000
 STDERR_LINES_PER_SECOND = 50
@@ -141,7 +148,7 @@ async def open_transport(
         hooks = {"response": [cap_json_bodies(backend.name, cap, secret_values(backend))]}
         # A request's POST stops when its call does (http_bodies.py, `OpenAnswers`), not when the backend ends it.
         answers = OpenAnswers()
-        client = AnswerClient(
+        client = PacedGetClient(
             headers=backend.headers,
             timeout=timeout,
             auth=credentials,
@@ -162,6 +169,117 @@ async def open_transport(
             cancels_without_waiting(sse, backend.name) as streams,
         ):
             yield streams
+
+
+# A backend answering each GET with `retry: 0` and closing had the gateway send ~300 GETs a second, for good.
+GET_SPACING = 1.0  # seconds between two GETs of one stream, always
+GET_BACKOFF_LIMIT = 30.0  # the wait doubles up to this while the stream keeps ending at once
+GET_STREAM_LIVED = 5.0  # a stream open this long, or that carried a message, was no failure
+GET_BACKOFF_LOG_SECONDS = 60.0  # one log line per backend at most this often while backing off
+_LINE_START = 64  # bytes of an SSE line kept across chunks: enough to see a `data:` field with something in it
+_backoff_logged: dict[str, float] = {}  # backend name -> when its backing off was last logged
+
+
+class _GetStream:
+    """The reconnections of one GET stream of a session: when its next GET may go, and how long to wait after
+    another that ends at once, empty."""
+
+    def __init__(self, owner: PacedGetClient) -> None:
+        self.owner = owner
+        self.next_at = -math.inf
+        self.delay = 0.0
+        self.quick_ends = 0
+
+    def ended(self, started: float, carried: bool) -> None:
+        now = anyio.current_time()
+        if carried or now - started >= GET_STREAM_LIVED:
+            self.delay, self.quick_ends = 0.0, 0
+            self.next_at = started + GET_SPACING
+            return
+        self.quick_ends += 1
+        self.delay = min(max(self.delay * 2, GET_SPACING), GET_BACKOFF_LIMIT)
+        self.next_at = now + self.delay
+        if self.quick_ends > 1:
+            _log_backoff(self.owner.backend, self.quick_ends, self.delay)
+
+
+# The GET stream of the task running: the SDK sends each stream's GETs from one task (its GET stream loop, or
+# the task of the request whose answer it resumes), and a new task starts with no stream of this client.
+_current_get_stream: ContextVar[_GetStream | None] = ContextVar("vmcp_current_get_stream", default=None)
+
+
+def _log_backoff(backend: str, quick_ends: int, delay: float) -> None:
+    now = time.monotonic()
+    if now - _backoff_logged.get(backend, -math.inf) < GET_BACKOFF_LOG_SECONDS:
+        return
+    if len(_backoff_logged) > 1000:  # names of backends long gone
+        _backoff_logged.clear()
+    _backoff_logged[backend] = now
+    logger.warning(
+        "backend %s: its GET stream ended at once, empty, %d times in a row; the next GET in %.0f s "
+        "(the wait doubles up to %.0f s while this goes on)",
+        backend,
+        quick_ends,
+        delay,
+        GET_BACKOFF_LIMIT,
+    )
+
+
+class PacedGetClient(AnswerClient):
+    """A backend session's HTTP client whose GETs of one stream go at least `GET_SPACING` apart, further while
+    the stream keeps ending at once with no message (up to `GET_BACKOFF_LIMIT`). POSTs are not delayed."""
+
+    async def send(self, request: httpx2.Request, **kwargs: Any) -> httpx2.Response:
+        if request.method != "GET":
+            return await super().send(request, **kwargs)
+        stream = _current_get_stream.get()
+        if stream is None or stream.owner is not self:
+            stream = _GetStream(self)
+            _current_get_stream.set(stream)
+        await anyio.sleep_until(stream.next_at)
+        started = anyio.current_time()
+        try:
+            response = await super().send(request, **kwargs)
+        except Exception:
+            stream.ended(started, carried=False)
+            raise
+        if isinstance(response.stream, httpx2.AsyncByteStream) and not response.is_closed:
+            response.stream = _WatchedGetBody(response.stream, lambda carried: stream.ended(started, carried))
+        else:
+            stream.ended(started, carried=False)
+        return response
+
+
+class _WatchedGetBody(httpx2.AsyncByteStream):
+    """A GET stream's body that tells `on_end`, when closed, whether it carried a message."""
+
+    def __init__(self, inner: httpx2.AsyncByteStream, on_end: Callable[[bool], None]) -> None:
+        self._inner = inner
+        self._on_end: Callable[[bool], None] | None = on_end
+        self._line = b""  # the start of the line being read
+        self._carried = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._inner:
+            if not self._carried:
+                self._carried = self._carries_message(chunk)
+            yield chunk
+
+    def _carries_message(self, chunk: bytes) -> bool:
+        """Whether a line so far is a `data` field with something in it (a priming event's is empty)."""
+        *complete, partial = (self._line + chunk).replace(b"\r", b"\n").split(b"\n")
+        self._line = partial[:_LINE_START]
+        return any(_is_data(line) for line in (*complete, self._line))
+
+    async def aclose(self) -> None:
+        if self._on_end is not None:
+            self._on_end(self._carried)
+            self._on_end = None
+        await self._inner.aclose()
+
+
+def _is_data(line: bytes) -> bool:
+    return line.startswith(b"data:") and bool(line[5:].strip())
 
 
 @asynccontextmanager
