@@ -372,7 +372,12 @@ def models_export(
     settings = load_or_exit(config)
     setup_logging()  # the export's progress ("exporting … once") and what it removes, on stderr
     try:
-        path, metadata = export_for(model or settings.optimizer.model, settings.model_cache_dir(), force=force)
+        path, metadata = export_for(
+            model or settings.optimizer.model,
+            settings.model_cache_dir(),
+            force=force,
+            fallback=settings.data_dir_path() / "models",  # a read-only image's cache: the data directory's
+        )
     except (ModelError, OSError) as exc:
         err.print(f"[red]export failed:[/] {exc}", highlight=False)
         raise typer.Exit(1) from None

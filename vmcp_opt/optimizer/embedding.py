@@ -263,7 +263,11 @@ def default_model_cache() -> Path:
 
 
 def load_configured_embedder(
-    config: OptimizerConfig, model_cache: Path | None = None, *, new_documents: int = 0
+    config: OptimizerConfig,
+    model_cache: Path | None = None,
+    *,
+    new_documents: int = 0,
+    model_cache_fallback: Path | None = None,
 ) -> TextEmbedder:
     """The embedder `config` asks for (the gateway's and `vmcp index`'s path); on ONNX, with a child process
     for large bulk encodings (`optimizer.bulk_process_min`, optimizer/bulk_embed.py) when torch is installed.
@@ -278,6 +282,7 @@ def load_configured_embedder(
             encoder=config.encoder,
             precision=config.precision,
             model_cache=model_cache,
+            model_cache_fallback=model_cache_fallback,
             bulk_bfloat16=config.bulk_bfloat16,
             batch_size=config.batch_size,
             query_threads=config.query_threads,
@@ -338,6 +343,7 @@ def load_embedder(
     encoder: EncoderKind = "onnx",
     precision: Precision = "int8",
     model_cache: Path | None = None,
+    model_cache_fallback: Path | None = None,
     batch_size: int | None = None,
     query_threads: int = 1,
     bulk_threads: int = 0,
@@ -358,6 +364,7 @@ def load_embedder(
                 batch_size=batch_size,
                 query_threads=query_threads,
                 bulk_threads=bulk_threads,
+                fallback=model_cache_fallback,
             )
         except Exception as exc:  # onnxruntime missing or failing, export refused: torch still serves
             log.warning(

@@ -141,11 +141,14 @@ class ToolIndex:
         usage: UsageGraph | None = None,
         reranker: Reranker | None = None,
         model_cache: Path | None = None,
+        model_cache_fallback: Path | None = None,
     ) -> None:
         self.config = config
         self.embedder = embedder
         # Where the ONNX encoder's export is kept (None: the per-user default, optimizer/embedding.py).
         self.model_cache = model_cache
+        # Where the export goes when `model_cache` cannot be written (an image's, read-only): `<data_dir>/models`.
+        self.model_cache_fallback = model_cache_fallback
         # Tools used together (optimizer/usage.py); None or empty leaves the ranking as the arms give it.
         self.usage = usage
         # An optional second stage over the fused candidates (optimizer/rerank.py); the gateway has none.
@@ -303,7 +306,12 @@ class ToolIndex:
             # "Cold build: starting the child first").
             surely_new = len(records) - len(cache.rows) - len(cache.retired)
             if self.embedder is None:
-                self.embedder = load_configured_embedder(self.config, self.model_cache, new_documents=surely_new)
+                self.embedder = load_configured_embedder(
+                    self.config,
+                    self.model_cache,
+                    new_documents=surely_new,
+                    model_cache_fallback=self.model_cache_fallback,
+                )
             with bulk_started(self.embedder, surely_new):
                 records, documents, hashes = _prepare(unique)
                 vectors, found = cache.stack(hashes, self.model.dimensions)

@@ -97,7 +97,11 @@ class OptimizerFront:
         self._closed = threading.Event()
         self._saver: threading.Thread | None = None
         self.index = ToolIndex(
-            config.optimizer, config.index_dir(), usage=self.usage, model_cache=config.model_cache_dir()
+            config.optimizer,
+            config.index_dir(),
+            usage=self.usage,
+            model_cache=config.model_cache_dir(),
+            model_cache_fallback=config.data_dir_path() / "models",
         )
         # Match scores on an absolute scale (optimizer/calibration.py); None for a model without one.
         self.match_scale = scale_for(self.index.model.id)
@@ -414,7 +418,9 @@ class OptimizerFront:
             try:
                 if self.index.embedder is None:
                     # Loaded outside the index's update lock, so keyword refreshes never wait for it.
-                    self.index.embedder = load_configured_embedder(self.settings, self.index.model_cache)
+                    self.index.embedder = load_configured_embedder(
+                        self.settings, self.index.model_cache, model_cache_fallback=self.index.model_cache_fallback
+                    )
                 self.index.update(records)
                 self._vectors_ready.set()
                 self._warm_answer_tokens(records)

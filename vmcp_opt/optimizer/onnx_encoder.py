@@ -291,18 +291,20 @@ def load_onnx_embedder(
     batch_size: int | None = None,
     query_threads: int = 1,
     bulk_threads: int = 0,
+    fallback: Path | None = None,
 ) -> OnnxEmbedder:
-    """The model's cached ONNX export (made first, in a child process, when missing) in a session."""
+    """The model's cached ONNX export (made first, in a child process, when missing; in `fallback` when `cache`
+    cannot be written) in a session."""
     started = time.perf_counter()
     tokenizer = spec.path / "tokenizer.json"
     if not tokenizer.is_file():
         raise ModelError(f"model {spec.id!r}: no tokenizer.json in {spec.path}")
-    path = ensure_onnx_model(spec, cache, precision)
+    path = ensure_onnx_model(spec, cache, precision, fallback=fallback)
     try:
         encoder = OnnxEncoder(path, tokenizer, spec.max_seq_length, threads=query_threads)
     except Exception as exc:  # a truncated or corrupt cached file: export again once (a second failure is final)
         log.warning("cached ONNX model %s does not load (%s); exporting it again", path, exc)
-        path = reexport(spec, cache, precision)
+        path = reexport(spec, cache, precision, fallback=fallback)
         encoder = OnnxEncoder(path, tokenizer, spec.max_seq_length, threads=query_threads)
     embedder = OnnxEmbedder(
         spec, encoder, precision=precision, batch_size=batch_size or ONNX_BATCH_SIZE, bulk_threads=bulk_threads

@@ -97,7 +97,9 @@ _PARITY_TEXTS = (
 
 
 # Every CPU kind's int8 weight codes (optimizer/cpu.py, `int8_weight_peak`): a cache hosts of both kinds share
-# holds an export of each, which pruning keeps.
+# holds an export of each, which pruning keeps. Each host exports its own kind only: the int8 graph is not a
+# function of the peak alone (SmoothQuant calibrates on fp32 activations from this CPU's MLAS kernels, whose
+# AVX-512 and AVX2 softmax round differently) and its cosine check runs on this CPU's int8 products.
 WEIGHT_PEAKS = (127, 63)
 
 
@@ -124,12 +126,17 @@ def export_dir(spec: ModelSpec, cache: Path) -> Path:
     return cache / f"{spec.slug}-{model_hash(spec)}"
 
 
-def ensure_onnx_model(spec: ModelSpec, cache: Path, precision: Precision = "fp32") -> Path:
-    """The ONNX file of `spec` at `precision`, exported first (in a child process) when not cached."""
+def ensure_onnx_model(
+    spec: ModelSpec, cache: Path, precision: Precision = "fp32", *, fallback: Path | None = None
+) -> Path:
+    """The ONNX file of `spec` at `precision`, exported first (in a child process) when not cached; in `fallback`
+    when `cache` cannot be written (`writable_cache`)."""
     directory = export_dir(spec, cache)
     path = directory / FILES[precision]
     if path.is_file() and hold_export(directory):  # marked in use for this process's life: pruning leaves it
         return path
+    if (writable := writable_cache(spec, cache, fallback)) != cache:
+        return ensure_onnx_model(spec, writable, precision)
     log.info("exporting %s to ONNX in a separate process (once; cached in %s)", spec.id, directory)
     run_export(spec, directory)
     if not hold_export(directory) or not path.is_file():
@@ -138,10 +145,11 @@ def ensure_onnx_model(spec: ModelSpec, cache: Path, precision: Precision = "fp32
     return path
 
 
-def reexport(spec: ModelSpec, cache: Path, precision: Precision = "fp32") -> Path:
+def reexport(spec: ModelSpec, cache: Path, precision: Precision = "fp32", *, fallback: Path | None = None) -> Path:
     """Export `spec` again, its cached export (which did not load: truncated, bit rot) removed first, into a
-    fresh directory as the first export does; the ONNX file at `precision`."""
-    directory = export_dir(spec, cache)
+    fresh directory as the first export does (in `fallback` when `cache` cannot be written); the ONNX file at
+    `precision`."""
+    directory = export_dir(spec, writable_cache(spec, cache, fallback))
     discard_export(directory)
     log.info("exporting %s to ONNX again in a separate process (cached in %s)", spec.id, directory)
     run_export(spec, directory)
@@ -149,6 +157,24 @@ def reexport(spec: ModelSpec, cache: Path, precision: Precision = "fp32") -> Pat
     if not hold_export(directory) or not path.is_file():
         raise ModelError(f"model {spec.id!r}: the ONNX export finished without {path.name}")
     return path
+
+
+def writable_cache(spec: ModelSpec, cache: Path, fallback: Path | None) -> Path:
+    """`cache`, or `fallback` (the data directory's `models`) when no export can be written in `cache`: an image's
+    cache on a read-only root filesystem, or another user's, holding only the build host's CPU kind's export.
+    Exporting there keeps the gateway on ONNX Runtime (the torch encoder took 7 s and 380 MB more to load)."""
+    if fallback is None or fallback == cache:
+        return cache
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        Path(tempfile.mkdtemp(prefix=f".{spec.slug}-probe-", dir=cache)).rmdir()
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        log.info(
+            "model cache %s cannot be written (%s): ONNX export of %s kept in %s", cache, reason, spec.id, fallback
+        )
+        return fallback
+    return cache
 
 
 def discard_export(directory: Path) -> None:
@@ -418,19 +444,22 @@ def _end_with_parent(parent: int, out: Path) -> None:
         end()
 
 
-def export_for(model: str, cache: Path, *, force: bool = False) -> tuple[Path, dict[str, Any]]:
-    """`vmcp models export`: the cached export of `model` (made now if missing or, with `force`, in any case)
-    and its metadata, every graph in it checked to load; one that does not is exported again. The model's
-    earlier exports still in the cache (left by a version that did not tidy up) are removed, each logged."""
+def export_for(
+    model: str, cache: Path, *, force: bool = False, fallback: Path | None = None
+) -> tuple[Path, dict[str, Any]]:
+    """`vmcp models export`: the cached export of `model` (made now if missing or, with `force`, in any case;
+    in `fallback` when `cache` cannot be written) and its metadata, every graph in it checked to load; one that
+    does not is exported again. The model's earlier exports still in the cache (left by a version that did not
+    tidy up) are removed, each logged."""
     spec = resolve_model(model)
     if force:
-        path = reexport(spec, cache)
+        path = reexport(spec, cache, fallback=fallback)
     else:
-        path = ensure_onnx_model(spec, cache)
+        path = ensure_onnx_model(spec, cache, fallback=fallback)
         problem = graph_problem(path.parent)
         if problem is not None:
             log.warning("%s; exporting it again", problem)
-            path = reexport(spec, cache)
+            path = reexport(spec, cache, fallback=fallback)
     problem = graph_problem(path.parent)
     if problem is not None:
         raise ModelError(f"model {spec.id!r}: {problem} after a fresh export")
