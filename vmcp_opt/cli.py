@@ -363,9 +363,9 @@ def models_export(
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Export again even when an export is cached.")] = False,
 ) -> None:
-    """Export the optimizer's model to ONNX (torch runs in a child process) into optimizer.model_cache, once:
-    an export already cached for the model's content is kept when its graphs load (one that does not is exported
-    again). `vmcp serve` does this itself when needed."""
+    """Export the optimizer's model to ONNX (torch runs in a child process) into optimizer.model_cache (data_dir's
+    models when that cannot be written), once: an export already cached for the model's content is kept when its
+    graphs load (one that does not is exported again). `vmcp serve` does this itself when needed."""
     from vmcp_opt.optimizer.model_registry import ModelError
     from vmcp_opt.optimizer.onnx_export import export_for
 

@@ -28,7 +28,15 @@ def load_or_exit(path: Path | None, overrides: dict[str, Any] | None = None, jso
 
     flags = {dotted: _FLAGS.get(dotted, "the command line") for dotted in _dotted_paths(overrides or {})}
     try:
-        return load_config(path, overrides, discover=read_client_config, check_model=model_problem, flags=flags)
+        return load_config(
+            path,
+            overrides,
+            discover=read_client_config,
+            check_model=model_problem,
+            flags=flags,
+            # Held until the log format is set (`--log-format json`: one JSON record, not a bare line first).
+            warn=lambda line: logs.log_once_configured(logger, logging.WARNING, "%s", line),
+        )
     except ConfigError as exc:
         exit_invalid(path, exc.problems + client_config_hint(path), json_logs)
 

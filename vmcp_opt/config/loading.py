@@ -1,51 +1,58 @@
 """Loading: the file, environment and flags merged into a `VmcpConfig`; every problem reported by its path,
-`${VAR}` references resolved (refused in a setting nothing expands), discovered backends merged in.
+`${VAR}` references resolved (refused in a setting nothing expands: config/references.py), discovered backends
+merged in. Every source's problems (the file's syntax and repeated keys, unset references, the environment's and
+the flags' values, pydantic's) are gathered into one list in one pass, named by one scheme (references.py).
 
-Past ~450 lines on purpose: every source's problems (the file's syntax and repeated keys, unset references,
-the environment's and the flags' values, pydantic's) are gathered into one list in one pass, so the parts
-that find them share the one path-naming scheme kept here."""
+A `VMCP_` variable that overrides a value the file sets to something else is logged as a warning at load
+(`env_overrides`): the precedence stands, but the image's `VMCP_DATA_DIR` silently put the index on an emptyDir
+while the file named a volume."""
 
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import re
-import types
 from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Union, get_args, get_origin
+from typing import Any, get_origin
 
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 from pydantic_settings import EnvSettingsSource, SettingsError
 
-from vmcp_opt.config.base import (
-    DEFAULT_CONFIG_PATH,
-    ENV_REFERENCE,
-    SECRET_NAME,
-    ConfigError,
-)
+from vmcp_opt.config.base import DEFAULT_CONFIG_PATH, ConfigError
 from vmcp_opt.config.document import VmcpConfig, _duplicate_names, _file_data
-from vmcp_opt.config.file_parsing import parse_json, parse_yaml, references_in
+from vmcp_opt.config.file_parsing import parse_json, parse_yaml
 from vmcp_opt.config.optimizer import OptimizerConfig
-from vmcp_opt.config.sections import (
-    BackendConfig,
+from vmcp_opt.config.references import (
+    DATA_DIR_REFERENCE as DATA_DIR_REFERENCE,  # cli_serve.py reads it from here
 )
+from vmcp_opt.config.references import (
+    ENV_PREFIX,
+    Location,
+    SourceNamer,
+    env_name,
+    env_overrides,
+    format_location,
+    keys_at,
+    literal_references,
+    placed,
+    unset_references,
+    with_env_references_resolved,
+)
+from vmcp_opt.config.sections import BackendConfig
 from vmcp_opt.config.suggestions import closest
 from vmcp_opt.config.workflows import raw_workflow_problems, unchecked_workflow_problems
+
+logger = logging.getLogger(__name__)
 
 # (the client file, the config's own backend names: a discovered server under one of them is left out, and said so)
 ClientConfigReader = Callable[[Path, Collection[str]], Sequence[BackendConfig]]
 # Why a model id names no usable model, or None (`optimizer.model_registry.model_problem`).
 ModelCheck = Callable[[str], str | None]
-Location = tuple[int | str, ...]
-# Where the value at a location came from (`--port`, `VMCP_SERVER__PORT`), or None for the file and defaults.
-SourceNamer = Callable[[Location], str | None]
-ENV_PREFIX = VmcpConfig.model_config.get("env_prefix", "")
-# `${VMCP_DATA_DIR}` in a backend field is the gateway's data directory (`data_dir`, else the per-user one),
-# set in the environment or not: a backend keeping a file of its own state (the demo's memory server) keeps
-# it per user, beside the gateway's, rather than at a path every user and clone of the machine shares.
-DATA_DIR_REFERENCE = "VMCP_DATA_DIR"
+# Takes what a valid configuration should still say (`load_config`'s `warn`).
+Warn = Callable[[str], None]
 
 
 def load_config(
@@ -55,6 +62,7 @@ def load_config(
     discover: ClientConfigReader | None = None,
     check_model: ModelCheck | None = None,
     flags: Mapping[str, str] | None = None,
+    warn: Warn | None = None,
 ) -> VmcpConfig:
     """Read, merge and validate the configuration; raise `ConfigError` listing every bad field.
 
@@ -63,11 +71,14 @@ def load_config(
     is an error rather than a gateway with no backends. `check_model` resolves `optimizer.model` (passed by
     the `vmcp` command as well: the registry is the optimizer's), so a misspelt model fails here, not at start.
     `flags` names the command-line flag behind each override by its dotted path (`server.port`: `--port`), so a
-    bad value is reported by where it came from, as one from an environment variable is.
+    bad value is reported by where it came from, as one from an environment variable is. `warn` is handed what
+    a valid configuration should still say (a `VMCP_` variable overriding the file's value), once per process;
+    by default it is logged as a warning; a command that reads the config before it configures its log format
+    may pass one that holds the line until then (`logs.log_once_configured`).
     """
     misspelt = _unknown_env_sections()  # ignored by pydantic-settings: reported with everything else
     try:
-        config = _load(path, overrides or {}, discover, check_model, flags or {})
+        config = _load(path, overrides or {}, discover, check_model, flags or {}, warn or _log_warning)
     except ConfigError as exc:
         raise ConfigError(misspelt + exc.problems) from None
     if misspelt:
@@ -81,12 +92,13 @@ def _load(
     discover: ClientConfigReader | None,
     check_model: ModelCheck | None,
     flags: Mapping[str, str],
+    warn: Warn,
 ) -> VmcpConfig:
     config_path = Path(path) if path is not None else DEFAULT_CONFIG_PATH
     data, repeated = _read_document(config_path)
     # A key written twice is reported with every other problem of the file, not alone before them: one pass.
     try:
-        config = _validated(config_path, data, overrides, discover, check_model, flags)
+        config = _validated(config_path, data, overrides, discover, check_model, flags, warn)
     except ConfigError as exc:
         raise ConfigError(repeated + exc.problems) from None
     if repeated:
@@ -101,10 +113,13 @@ def _validated(
     discover: ClientConfigReader | None,
     check_model: ModelCheck | None,
     flags: Mapping[str, str],
+    warn: Warn,
 ) -> VmcpConfig:
     source = _source_namer(overrides, data, flags)
     # Before base_dir is filled in: the config file's own directory is no text the user wrote.
-    literal = _literal_references([("flag", overrides), ("env", _env_layer()), ("file", data)], source)
+    env = _env_layer()
+    literal = literal_references([("flag", overrides), ("env", env), ("file", data)], source)
+    overridden = env_overrides(overrides, env, data)
     data.setdefault("base_dir", str(config_path.resolve().parent))
     token = _file_data.set(data)
     try:
@@ -128,17 +143,32 @@ def _validated(
             raise ConfigError(exc.problems + problems) from None
     config._source = config_path.resolve()
     try:
-        config = _with_env_references_resolved(config)
+        config = with_env_references_resolved(config)
     except ConfigError as exc:
         problems += exc.problems
     if problems:
         raise ConfigError(problems)
+    for warning in overridden:
+        if warning not in _said:
+            _said.add(warning)
+            warn(warning)
     return config
+
+
+# The warnings `warn` was handed in this process: a command that loads its config twice (`vmcp workflow run`)
+# says each once. Bounded: a line per overridden setting, at most `env_overrides`' few.
+_said: set[str] = set()
+
+
+def _log_warning(warning: str) -> None:
+    """With no logging configured (`vmcp validate`, and `vmcp serve` until the config names its log format)
+    Python's last-resort handler writes the line on stderr as it is."""
+    logger.warning("%s", warning)
 
 
 def _model_problems(model: str, check_model: ModelCheck | None, source: SourceNamer) -> list[str]:
     problem = check_model(model) if check_model is not None else None
-    return [f"{_placed(('optimizer', 'model'), source)}: {problem}"] if problem else []
+    return [f"{placed(('optimizer', 'model'), source)}: {problem}"] if problem else []
 
 
 def _raw_model_problems(
@@ -199,7 +229,7 @@ def raw_config(path: Path) -> dict[str, Any]:
 def _describe(exc: ValidationError, source: SourceNamer | None = None) -> list[str]:
     problems = []
     for error in exc.errors():
-        location = _format_location(error["loc"])
+        location = format_location(error["loc"])
         message = error["msg"]
         if error["type"] == "value_error":  # our validators' own reasons: `path: reason`, like every other line
             message = message.removeprefix("Value error, ")
@@ -224,7 +254,7 @@ def _describe(exc: ValidationError, source: SourceNamer | None = None) -> list[s
             # under its location.
             problems.extend(f"{location}.{line}" for line in message.splitlines())
             continue
-        problems.append(f"{_placed(error['loc'], source)}: {message}")
+        problems.append(f"{placed(error['loc'], source)}: {message}")
     return problems
 
 
@@ -232,7 +262,7 @@ def _unknown_key(loc: Location, source: SourceNamer | None) -> str:
     """The key meant, when the model at that place has one spelt closely (`comand`: `command`); spelt as the
     variable to set when the key came from its own `VMCP_` variable."""
     key = str(loc[-1])
-    close = closest(key, _keys_at(loc[:-1]))
+    close = closest(key, keys_at(loc[:-1]))
     if not close:
         return _UNKNOWN_KEY
     origin = source(loc) if source is not None else None
@@ -242,41 +272,6 @@ def _unknown_key(loc: Location, source: SourceNamer | None) -> str:
 
 
 _UNKNOWN_KEY = "unknown key (check the spelling; unknown keys are not allowed)"
-
-
-def _keys_at(loc: Location) -> list[str]:
-    """The keys the models at `loc` accept, found by following `VmcpConfig`'s field types along it; a part
-    that names no field (a union's tag, a validator's marker) is passed over."""
-    found: list[Any] = [VmcpConfig]
-    for part in loc:
-        found = [t for tp in found for t in _unwrapped(tp)]
-        if isinstance(part, int):
-            found = [get_args(t)[0] for t in found if get_origin(t) in (list, tuple) and get_args(t)]
-            continue
-        step = [_field_type(t, part) for t in found]
-        if any(t is not None for t in step):
-            found = [t for t in step if t is not None]
-    models = [t for tp in found for t in _unwrapped(tp) if isinstance(t, type) and issubclass(t, BaseModel)]
-    return [name for model in models for name in model.model_fields]
-
-
-def _field_type(tp: Any, key: str) -> Any:
-    """The type at `key` inside `tp`: a model's field or a mapping's value; None if `tp` has no such key."""
-    if isinstance(tp, type) and issubclass(tp, BaseModel):
-        field = tp.model_fields.get(key)
-        return field.annotation if field is not None else None
-    if get_origin(tp) is dict and len(get_args(tp)) == 2:
-        return get_args(tp)[1]
-    return None
-
-
-def _unwrapped(tp: Any) -> list[Any]:
-    """The members of `X | None` and other unions, `Annotated` stripped; any other type alone."""
-    if get_origin(tp) is Annotated:
-        return _unwrapped(get_args(tp)[0])
-    if get_origin(tp) in (Union, types.UnionType):
-        return [t for arg in get_args(tp) for t in _unwrapped(arg) if t is not type(None)]
-    return [tp]
 
 
 def _unquoted(value: Any) -> str:
@@ -320,28 +315,12 @@ def _every_problem(
         names = [b.get("name") for b in backends.values() if isinstance(b, dict)]
         problems += _duplicate_names([name for name in names if isinstance(name, str)])
         problems += raw_workflow_problems(workflows)  # repeated names, cycles across workflows
-    for index, backend in backends.items():
-        if not isinstance(backend, dict):
-            continue
-        where = f"backends[{index}]"
-        fields = [(f"{where}.{kind}.{k}", v) for kind in ("env", "headers") for k, v in _items(backend.get(kind))]
-        fields += [(f"{where}.args[{i}]", arg) for i, arg in enumerate(_list(backend.get("args")))]
-        fields.append((f"{where}.url", backend.get("url")))
-        for place, value in fields:
-            if isinstance(value, str):
-                problems += [_unset(place, name) for name in ENV_REFERENCE.findall(value) if not _is_set(name)]
+    problems += unset_references(raw_backends)
     return list(dict.fromkeys(problems))
 
 
 def _locations(exc: ValidationError) -> list[Location]:
     return [tuple(error["loc"]) for error in exc.errors()]
-
-
-def _placed(loc: Location, source: SourceNamer | None) -> str:
-    """`server.port`, or `server.port (from --port)` when the value came from a flag or a variable (the
-    heading names the file)."""
-    origin = source(loc) if source is not None else None
-    return f"{_format_location(loc)} (from {origin})" if origin else _format_location(loc)
 
 
 def _source_namer(overrides: dict[str, Any], data: dict[str, Any], flags: Mapping[str, str]) -> SourceNamer:
@@ -356,8 +335,8 @@ def _source_namer(overrides: dict[str, Any], data: dict[str, Any], flags: Mappin
         if owner is None or owner[0] == "file":
             return None
         layer, where = owner
-        dotted = _format_location(where)
-        return flags.get(dotted, "overrides") if layer == "flag" else _env_name(where)
+        dotted = format_location(where)
+        return flags.get(dotted, "overrides") if layer == "flag" else env_name(where)
 
     return name
 
@@ -374,18 +353,6 @@ def _owner(loc: Location, layers: list[tuple[str, Any]]) -> tuple[str, Location]
             return layers[0][0], loc[: depth + 1]
         layers = [(name, value) for name, value in layers if isinstance(value, dict)]
     return (layers[0][0], loc) if len(layers) == 1 else None
-
-
-def _env_name(where: Location) -> str:
-    """The variable that set `where`: `VMCP_SERVER__PORT`, or a whole section's JSON (`VMCP_BACKENDS`), as
-    spelt in the environment (the prefix and names are case-insensitive)."""
-    keys = [str(part) for part in where if isinstance(part, str)]
-    spelt = {name.upper(): name for name in os.environ}
-    for depth in range(len(keys), 0, -1):
-        candidate = ENV_PREFIX + "__".join(keys[:depth]).upper()
-        if candidate in spelt:
-            return spelt[candidate]
-    return ENV_PREFIX + "__".join(keys).upper()
 
 
 def _unknown_env_sections() -> list[str]:
@@ -423,88 +390,8 @@ def _unparsable(exc: SettingsError) -> str:
     return f"{name}: cannot read the value: {exc.__cause__ or exc}"
 
 
-def _is_set(name: str) -> bool:
-    return name in os.environ or name == DATA_DIR_REFERENCE
-
-
-def _unset(where: str, name: str) -> str:
-    return f"{where}: references ${{{name}}}, which is not set in the environment"
-
-
-def _items(value: Any) -> list[tuple[str, Any]]:
-    return [(str(key), item) for key, item in value.items()] if isinstance(value, dict) else []
-
-
 def _list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
-
-
-def _format_location(loc: tuple[int | str, ...]) -> str:
-    text = ""
-    for part in loc:
-        if isinstance(part, int):
-            text += f"[{part}]"
-        elif part in ("function-after[_transport_fields()]",) or part.startswith(("function-", "tagged-union")):
-            continue
-        else:
-            text += f".{part}" if text else str(part)
-    return text
-
-
-# Where `${VAR}` is expanded (`_with_env_references_resolved`), and a backend's description: free text.
-_BACKEND_REFERENCE_FIELDS = frozenset({"env", "headers", "args", "url", "description"})
-
-
-def _literal_references(layers: list[tuple[str, Any]], source: SourceNamer) -> list[str]:
-    """`${X}` in a setting nothing expands, refused: it would be used as written (`serve` made directories
-    named `${LOG_DIR}`). Not searched: the fields that expand it, and text that may say `${X}` as it is (workflow
-    templates, where one is warned of, and descriptions). Only the value in effect: a layer may hide another's."""
-    problems = []
-    for name, layer in layers:
-        for loc, found in references_in(layer):
-            if not _free_text(loc) and _setter(loc, layers) == name:
-                problems.append(_literal_reference(loc, found, source))
-    return list(dict.fromkeys(problems))
-
-
-def _setter(loc: Location, layers: list[tuple[str, Any]]) -> str | None:
-    """The layer whose value is used at `loc`: mappings merge, anything else (a list, a text) hides the lower
-    layers' (`_owner` names no layer inside a list)."""
-    for name, value in layers:
-        for part in loc:
-            if not isinstance(value, dict):
-                return name
-            if part not in value:
-                break
-            value = value[part]
-        else:
-            return name
-    return None
-
-
-def _free_text(loc: Location) -> bool:
-    if loc[:1] == ("workflows",) or loc[-1:] == ("description",):
-        return True
-    return loc[:1] == ("backends",) and len(loc) > 2 and loc[2] in _BACKEND_REFERENCE_FIELDS
-
-
-def _literal_reference(loc: Location, found: list[str], source: SourceNamer) -> str:
-    """The problem, with the ways to give the value: as written, or (a single setting, not a list's item)
-    through its `VMCP_` variable, from a shell that expands the reference; a secret through the setting that
-    names its variable (`password_env`), where the section has one."""
-    said = (
-        f"{_placed(loc, source)}: {' and '.join(found)} is not expanded in this setting, so it would be used as written"
-    )
-    key = str(loc[-1])
-    if key == "env" or key.endswith("_env"):  # `password_env: ${REDIS_PASSWORD}`
-        return f"{said}; this setting takes the variable's name: write it without ${{ }}"
-    ways = "Write the value itself"
-    if all(isinstance(part, str) for part in loc):
-        ways += f", or set {_env_name(loc)} (docs/configuration.md) to the value from a shell, which expands {found[0]}"
-    secrets = [name for name in _keys_at(loc[:-1]) if name.endswith("_env")]
-    if secrets:
-        ways += f"; a secret is read from the variable named in {' or '.join(secrets)}"
-    return f"{said}; ${{VAR}} is expanded only in a backend's env, headers, args and url. {ways}"
 
 
 def _env_layer() -> dict[str, Any]:
@@ -530,59 +417,3 @@ def _with_discovered_backends(config: VmcpConfig, discover: ClientConfigReader) 
         return VmcpConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError([f"{p} (from {client_file})" for p in _describe(exc)]) from None
-
-
-def _with_env_references_resolved(config: VmcpConfig) -> VmcpConfig:
-    """Expand `${VAR}` in backend env, headers, args and url, so secrets stay out of config files;
-    `${VMCP_DATA_DIR}` is the gateway's data directory (`DATA_DIR_REFERENCE`)."""
-    problems: list[str] = []
-
-    def expand(value: str, where: str, referenced: set[str]) -> str:
-        def replace(match: re.Match[str]) -> str:
-            name = match.group(1)
-            if name == DATA_DIR_REFERENCE:  # a place, not a secret: not masked in the backend's logs
-                return _data_dir(config, where, problems)
-            if name not in os.environ:
-                problems.append(_unset(where, name))
-                return ""
-            referenced.add(os.environ[name])
-            return os.environ[name]
-
-        return ENV_REFERENCE.sub(replace, value)
-
-    for index, backend in enumerate(config.backends):
-        where, seen = f"backends[{index}]", backend._referenced
-        backend.env = {k: expand(v, f"{where}.env.{k}", seen) for k, v in backend.env.items()}
-        backend.headers = {k: expand(v, f"{where}.headers.{k}", seen) for k, v in backend.headers.items()}
-        problems.extend(_secrets_in_args(backend.args, f"{where}.args"))
-        backend.args = [expand(arg, f"{where}.args[{i}]", seen) for i, arg in enumerate(backend.args)]
-        if backend.url:
-            backend.url = expand(backend.url, f"{where}.url", seen)
-        problems.extend(backend.auth.check(f"{where}.auth", backend.transport, Path(config.base_dir)))
-    if problems:
-        raise ConfigError(problems)
-    return config
-
-
-def _data_dir(config: VmcpConfig, where: str, problems: list[str]) -> str:
-    """The data directory, created if missing: a backend told to keep a file there (the demo's memory server)
-    fails its first write when the directory does not exist, and may write before the gateway itself does."""
-    directory = config.data_dir_path()
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        problems.append(
-            f"{where}: ${{{DATA_DIR_REFERENCE}}} is {directory}, which cannot be created: {exc.strerror or exc}"
-        )
-    return str(directory)
-
-
-def _secrets_in_args(args: list[str], where: str) -> list[str]:
-    """A secret-looking `${VAR}` in `args` would sit on the command line, readable by every local user."""
-    return [
-        f"{where}[{i}]: ${{{name}}} would put a secret on the backend's command line, where any local user "
-        f"can read it (ps); pass it in `env` instead (env: {{{name}: '${{{name}}}'}}) for the backend to read"
-        for i, arg in enumerate(args)
-        for name in ENV_REFERENCE.findall(arg)
-        if SECRET_NAME.search(name)
-    ]
