@@ -45,6 +45,7 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from vmcp_opt import __version__
+from vmcp_opt.backends.backend_requests import bounded_backend_requests
 from vmcp_opt.backends.credentials import BackendAuth, BackendCredentials
 from vmcp_opt.backends.errors import BackendUnavailable as BackendUnavailable  # re-exported
 from vmcp_opt.backends.errors import (
@@ -292,9 +293,14 @@ class BackendConnection:
                     max_result_bytes=self.limits.max_result_bytes,
                     stderr_tail=self._stderr,
                 ) as (raw_read, write),
+                # The backend's own requests (ping, sampling…) bounded: the SDK holds a task for each.
+                bounded_backend_requests(self._stream.wrapping(raw_read), HeaderWriteStream(write), self.name) as (
+                    read,
+                    answers,
+                ),
                 ClientSession(
-                    self._stream.wrapping(raw_read),
-                    HeaderWriteStream(write),
+                    read,
+                    answers,
                     message_handler=self._on_message,
                     client_info=CLIENT_INFO,
                 ) as session,
@@ -371,19 +377,32 @@ class BackendConnection:
         stream = self._stream
         if stream is None:
             raise BackendUnavailable(f"backend '{self.name}' is not connected")
-        return await fetch_listing(session, stream, self.name, self.protocol_version or "2025-11-25")
+        version = self.protocol_version or "2025-11-25"
+        return await fetch_listing(session, stream, self.name, version, self.limits.max_listed_items_per_backend)
 
     async def refresh(self) -> None:
-        """Re-fetch everything the backend offers and tell the owner."""
+        """Re-fetch everything the backend offers and tell the owner; given up after the connect timeout (the
+        listing's deadline at connect too), the previous listing kept: a backend that dripped its pages, or never
+        answered one, held this re-fetch, and every later one, for as long as it liked."""
         session = self._session
         if session is None:
             return
         async with self._refresh_lock:
-            try:
-                self.listing = await self._fetch_listing(session)
-            except (MCPError, ValidationError, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
-                logger.warning("backend %s: re-fetch after a change failed: %s", self.name, shorten(str(exc), 500))
+            with anyio.move_on_after(self.connect_timeout) as deadline:
+                try:
+                    listing = await self._fetch_listing(session)
+                except (MCPError, ValidationError, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
+                    logger.warning("backend %s: re-fetch after a change failed: %s", self.name, shorten(str(exc), 500))
+                    return
+            if deadline.cancelled_caught:
+                logger.warning(
+                    "backend %s: re-fetch after a change did not finish within %gs (its connect timeout); "
+                    "its previous listing is kept",
+                    self.name,
+                    self.connect_timeout,
+                )
                 return
+            self.listing = listing
         logger.info("backend %s changed: now %d tools", self.name, len(self.listing.tools))
         if self.on_change is not None:
             await self.on_change(self)
@@ -532,7 +551,7 @@ class BackendConnection:
             "restarts": self.restarts,
             "next_attempt_at": self.next_attempt_at,
             "protocol_version": self.protocol_version,
-            "server": self.server_info.name if self.server_info else None,
+            "server": shorten(self.server_info.name) if self.server_info else None,  # the backend's own text
             "tools": len(self.listing.tools),
             "resources": len(self.listing.resources),
             "resource_templates": len(self.listing.resource_templates),

@@ -14,6 +14,11 @@ A tool whose definition (name, description, schemas, as JSON) is longer than `MA
 from its page the same way (`_within_size`): every `tools/list` answer and every find_tool answer naming it
 would carry it, and its tokens counted for find_tool took seconds of CPU. A 5 MB description made one search
 answer 6 MB, 550,000 tokens, more than any agent's context.
+
+One list, across its pages, takes in at most `limits.max_listed_items_per_backend` items and `MAX_LISTED_CHARS`
+characters of JSON (`ListBudget`); past either it is cut short, what was read kept, with one warning. The page cap
+alone let a backend that gave a new cursor with every page of 20,000 resources grow the gateway by 1.3 GB in 35 s,
+at every re-fetch it announced and every reconnect.
 """
 
 from __future__ import annotations
@@ -41,12 +46,16 @@ logger = logging.getLogger(__name__)
 MAX_DROP_WARNINGS = 20
 # Pages of one list fetched from a backend; past it the listing is cut short, with a warning.
 MAX_PAGES = 1000
+# Characters of one list's items as JSON (about), across its pages: 128 MiB, some 50,000 tools of 2.6k each.
+MAX_LISTED_CHARS = 128 * 1024 * 1024
 # Tools per pydantic call when a page is validated (`_validated_in_slices`).
 TOOLS_SLICE = 500
 # Characters of one tool's definition as JSON, about: ~64k tokens, far past any real tool's (a few thousand).
 MAX_TOOL_CHARS = 256 * 1024
 # (backend, method) of lists a backend offers but does not serve, already warned about (`_without_list`).
 _UNSERVED_LISTS: set[tuple[str, str]] = set()
+# (backend, method) of lists already cut at a `ListBudget` bound and warned about (later cuts are logged at debug).
+_CUT_LISTS: set[tuple[str, str]] = set()
 
 
 @dataclass
@@ -170,17 +179,72 @@ class WatchedReadStream:
         await self.aclose()
 
 
+@dataclass
+class ListBudget:
+    """What one list may take in across its pages: `most` items (`limits.max_listed_items_per_backend`) and
+    `chars` characters of JSON."""
+
+    backend: str
+    method: str
+    most: int
+    chars: int = MAX_LISTED_CHARS
+    taken: int = 0
+    size: int = 0
+
+    async def take(self, page: list[Any], more: bool) -> list[Any]:
+        """The first items of `page` within the budget, sizes measured on a worker thread (the walk stops at the
+        bound). `more`: the backend offers another page; a list cut short is warned about."""
+        kept = await anyio.to_thread.run_sync(self._within, page)
+        if len(kept) < len(page) or (more and self.spent):
+            self._warn_cut()
+        return kept
+
+    @property
+    def spent(self) -> bool:
+        return self.taken >= self.most or self.size >= self.chars
+
+    def _within(self, page: list[Any]) -> list[Any]:
+        count = 0
+        for item in page[: self.most - self.taken]:
+            size = json_size(item, self.chars - self.size)
+            if size is None:
+                self.size = self.chars
+                break
+            self.size += size
+            count += 1
+        self.taken += count
+        return page if count == len(page) else page[:count]
+
+    def _warn_cut(self) -> None:
+        """At WARNING once per backend and list in this process: a list cut short is cut again at every re-fetch."""
+        level = logging.DEBUG if (self.backend, self.method) in _CUT_LISTS else logging.WARNING
+        _CUT_LISTS.add((self.backend, self.method))
+        if self.taken >= self.most:
+            bound = f"limits.max_listed_items_per_backend ({self.most:,} items)"
+        else:
+            bound = f"{self.chars:,} characters of JSON, the most one list holds"
+        logger.log(
+            level,
+            "backend %s: %s offers more than %s: only its first %s items are served",
+            self.backend,
+            self.method,
+            bound,
+            f"{self.taken:,}",
+        )
+
+
 async def fetch_listing(
-    session: ClientSession, stream: WatchedReadStream, backend: str, version: str
+    session: ClientSession, stream: WatchedReadStream, backend: str, version: str, max_items: int
 ) -> BackendListing:
-    """Everything the backend offers, page by page; a page refused for some of its items comes again
-    without them (`stream` screens the repeat)."""
+    """Everything the backend offers, page by page, at most `max_items` items a list (and `MAX_LISTED_CHARS`); a
+    page refused for some of its items comes again without them (`stream` screens the repeat)."""
     capabilities = session.server_capabilities
 
     async def paginate(list_method: Callable[..., Awaitable[Any]], attribute: str) -> list[Any]:
         items: list[Any] = []
         cursor: str | None = None
         seen: set[str] = set()
+        budget = ListBudget(backend, LISTS[attribute][0], max_items)
         for _ in range(MAX_PAGES):  # a backend that never stops paginating must not hang discovery
             params = types.PaginatedRequestParams(cursor=cursor) if cursor else None
             try:
@@ -196,9 +260,9 @@ async def fetch_listing(
                     page = await list_method(params=params)
                 finally:
                     stream.screening = None
-            items.extend(getattr(page, attribute))
             cursor = page.next_cursor
-            if not cursor:
+            items.extend(await budget.take(getattr(page, attribute), more=bool(cursor)))
+            if not cursor or budget.spent:
                 return items
             if cursor in seen:
                 # A cursor that comes back would be followed to the page cap, each round adding the same

@@ -50,6 +50,14 @@ class LimitsConfig(_Strict):
         "rebuild, the index), the next waits at least this many times T: a backend whose lists are costly to "
         "take in gets at most 1/(1 + pace) of the gateway's time by announcing changes. 0: only the interval.",
     )
+    # 50,000: past the largest catalogues the gateway is measured with, and a 1,000-page listing of 40 a page.
+    max_listed_items_per_backend: int = Field(
+        50_000,
+        ge=1,
+        description="Items the gateway takes in from one list of one backend (its tools, its resources, its "
+        "resource templates, its prompts), across all pages; past it the list is cut there, what was read served, "
+        "with a warning naming the backend. A list is also cut past 128 MiB of JSON.",
+    )
     argument_check_timeout: float = Field(
         1.0,
         gt=0,
