@@ -151,3 +151,22 @@ def test_validate_warns_of_backend_names_whose_prefixed_names_meet(tmp_path: Pat
     warnings = [line for line in done.stderr.splitlines() if "'h_demo'" in line]
     assert len(warnings) == 1 and "backends[0].name 'h'" in warnings[0] and "'h_demo_x'" in warnings[0]
     assert "'other'" not in done.stderr
+
+
+def test_a_backend_slow_to_start_claims_its_names_by_priority_as_at_start() -> None:
+    # Up only after the first build (an npx backend still starting): it is ranked as if it had been up, or who
+    # serves a name would depend on which backend started first, replica by replica.
+    config = AggregationConfig(conflict_resolution="priority", priority=["time", "docs"])
+    first = catalog_of(config, None, docs=["search"])
+    assert first.tools["search"].backend == "docs"
+    joined = catalog_of(config, first, docs=["search"], time=["search", "now"])
+    assert joined.tools["search"].backend == "time"
+    # Once it has been in a build, a name it adds is a takeover like any other: the holder keeps it, also after
+    # the newcomer went away and came back listing it.
+    docs_adds = catalog_of(config, joined, docs=["search", "fetch"], time=["search", "now"])
+    adds = catalog_of(config, docs_adds, docs=["search", "fetch"], time=["search", "now", "fetch"])
+    assert adds.tools["fetch"].backend == "docs"
+    away = catalog_of(config, adds, docs=["search", "fetch"])
+    back = catalog_of(config, away, docs=["search", "fetch", "later"], time=["search", "now", "fetch", "later"])
+    assert back.tools["fetch"].backend == "docs" and back.tools["search"].backend == "time"
+    assert back.tools["later"].backend == "time"  # listed by both in one build, no holder: priority decides

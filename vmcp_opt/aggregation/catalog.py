@@ -14,7 +14,7 @@ from typing import TypeVar
 import mcp_types as types
 from mcp.shared.uri_template import InvalidUriTemplate, UriTemplate
 
-from vmcp_opt.aggregation.conflicts import Candidate, ConflictResolver, Shadowed, held_elsewhere
+from vmcp_opt.aggregation.conflicts import Candidate, ConflictResolver, Shadowed, held_elsewhere, unheld
 from vmcp_opt.aggregation.filters import select_tools, warn_unmatched
 from vmcp_opt.aggregation.screening import Drops, screen_prompts, screen_templates, screen_tools
 from vmcp_opt.backends.listing import BackendListing
@@ -73,6 +73,8 @@ class Catalog:
     # Kind ("tool", "prompt", "resource", "resource template") -> exposed name or URI -> the backend holding it:
     # what this catalogue serves, and what a backend missing from it (down) served last, kept for its return.
     held: dict[str, dict[str, str]] = field(default_factory=dict)
+    # Every backend some build so far was made from: one outside it is new, and claims its names as at start.
+    seen: frozenset[str] = frozenset()
 
     def route_resource(self, uri: str) -> str | None:
         """The backend that serves `uri`: a listed resource first, then the first matching template."""
@@ -102,6 +104,7 @@ def build_catalog(
     resolver = ConflictResolver(config, [source.name for source in sources], shadowed)
     catalog = Catalog(backend_descriptions={s.name: s.description for s in sources})
     before = previous.held if previous is not None else {}
+    newcomers = {s.name for s in sources} - (previous.seen if previous is not None else frozenset())
     drops = Drops()
 
     tool_candidates = []
@@ -112,7 +115,7 @@ def build_catalog(
             Candidate(source.name, original_name, tool.name, renamed, (original_name, tool))
             for original_name, tool, renamed in select_tools(screened, rules)
         ]
-    for name, candidate in resolver.resolve(tool_candidates, "tool", drops, before.get("tool")).items():
+    for name, candidate in resolver.resolve(tool_candidates, "tool", drops, before.get("tool"), newcomers).items():
         original_name, tool = candidate.item
         exposed = tool if tool.name == name else tool.model_copy(update={"name": name})
         catalog.tools[name] = RoutedTool(name, candidate.backend, original_name, exposed)
@@ -122,13 +125,15 @@ def build_catalog(
         for source in sources
         for prompt in screen_prompts(source.name, source.listing.prompts, drops)
     ]
-    for name, prompt_candidate in resolver.resolve(prompt_candidates, "prompt", drops, before.get("prompt")).items():
+    for name, prompt_candidate in resolver.resolve(
+        prompt_candidates, "prompt", drops, before.get("prompt"), newcomers
+    ).items():
         prompt = prompt_candidate.item
         exposed_prompt = prompt if prompt.name == name else prompt.model_copy(update={"name": name})
         catalog.prompts[name] = RoutedPrompt(name, prompt_candidate.backend, prompt.name, exposed_prompt)
 
     listed = [(source.name, resource) for source in sources for resource in source.listing.resources]
-    held_uris = before.get("resource", {})
+    held_uris = unheld(before.get("resource", {}), ((b, r.uri) for b, r in listed), newcomers)
     for backend, resource in _holders_first(listed, held_uris, resolver, lambda r: r.uri):
         holder = catalog.resources.get(resource.uri)
         if holder is None:
@@ -142,7 +147,7 @@ def build_catalog(
         for source in sources
         for template in screen_templates(source.name, source.listing.resource_templates, drops)
     ]
-    held_templates = before.get("resource template", {})
+    held_templates = unheld(before.get("resource template", {}), ((b, t.uri_template) for b, t in templates), newcomers)
     template_holders: dict[str, str] = {}  # URI template -> the backend serving it
     for backend, template in _holders_first(templates, held_templates, resolver, lambda t: t.uri_template):
         holder_name = template_holders.get(template.uri_template)
@@ -154,6 +159,7 @@ def build_catalog(
     drops.log()
     shadowed.log()
     catalog.held = _held(catalog, template_holders, before)
+    catalog.seen = (previous.seen if previous is not None else frozenset()) | {s.name for s in sources}
     return catalog
 
 

@@ -7,7 +7,8 @@
   the override that would serve both (the backend earlier in `priority`, then config order, keeps the name).
 In every strategy a tool whose exposed name is taken or breaks the name rules is dropped (screening.py).
 
-Who wins is decided that way at the first build only (start). At every rebuild a name (a resource URI, a URI
+Who wins is decided that way at the first build (start), and for the names of a backend in no build before (one
+slow to start: as if it had been up at start). At every other rebuild a name (a resource URI, a URI
 template) keeps going to the backend that held it while that backend still lists it (`held`): a backend that
 adds a name another one serves is dropped with a warning naming both, whatever its place in config or
 `priority` order. Without that, a backend earlier in order could list a later one's tool or URI at runtime
@@ -18,7 +19,7 @@ name goes by order as at start, and back with the name, it gets the name back.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -79,6 +80,14 @@ class Shadowed:
                 )
 
 
+def unheld(held: Mapping[str, str], claims: Iterable[tuple[str, str]], newcomers: Collection[str]) -> Mapping[str, str]:
+    """`held` without the names a backend new to the catalogue lists: one slow to start, or down at every build
+    so far, claims them as it would have at start (priority, then config order), not as one adding a name
+    another serves. Otherwise who got a name would depend on which backend was up first, replica by replica."""
+    contested = {name for backend, name in claims if backend in newcomers}
+    return {name: backend for name, backend in held.items() if name not in contested} if contested else held
+
+
 def held_elsewhere(kind: str, name: str, holder: str) -> str:
     """Why a backend's item is dropped at a rebuild: another backend served that name (URI) already."""
     return (
@@ -99,13 +108,19 @@ class ConflictResolver:
         self.rank = {name: i for i, name in enumerate(ranked + [b for b in backend_order if b not in ranked])}
 
     def resolve(
-        self, candidates: list[Candidate[ItemT]], kind: str, drops: Drops, held: Mapping[str, str] | None = None
+        self,
+        candidates: list[Candidate[ItemT]],
+        kind: str,
+        drops: Drops,
+        held: Mapping[str, str] | None = None,
+        newcomers: Collection[str] = (),
     ) -> dict[str, Candidate[ItemT]]:
         """Exposed name → the candidate that owns it; a candidate that cannot have its name goes to `drops`.
-        `held`: exposed name → the backend the previous build gave it to (empty at the first build)."""
-        held = held or {}
+        `held`: exposed name → the backend the previous build gave it to (empty at the first build);
+        `newcomers`: backends in no earlier build, whose names go by order as at start (`unheld`)."""
         strategy = self.config.conflict_resolution
         named = [self._exposed(c) if strategy == "prefix" else c for c in candidates]
+        held = unheld(held or {}, ((c.backend, c.name) for c in named), newcomers)
         # The holders first, then priority order, which also decides which of two equal names is seen first by
         # the other strategies.
         named.sort(key=lambda c: self.order(held.get(c.name) == c.backend, c.backend))
