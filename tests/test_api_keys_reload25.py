@@ -140,3 +140,13 @@ def test_a_broken_or_oversized_keys_file_is_refused_with_the_reason_logged_once_
     done = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "larger than" in " ".join(done.stderr.split())
+
+
+def test_a_keys_file_nested_past_the_parsers_stack_is_refused_as_unparseable(tmp_path: Path) -> None:
+    # RecursionError escaped the fail-closed path: each request then started another 8 MiB parse.
+    from vmcp_opt.auth.api_keys import ApiKeyFileError, ApiKeys
+
+    deep = tmp_path / "keys.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000, encoding="utf-8")
+    with pytest.raises(ApiKeyFileError, match="nested too deeply"):
+        ApiKeys(deep, None)

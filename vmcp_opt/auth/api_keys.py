@@ -212,6 +212,8 @@ def _read(path: Path) -> Any:
         return json.loads(text) if path.suffix == ".json" else yaml.load(text, Loader=_YAML_LOADER)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
         raise ApiKeyFileError(f"{path}: not valid YAML/JSON: {exc}") from None
+    except RecursionError:  # nested past the parser's stack: refused as any unparseable file (fail-closed)
+        raise ApiKeyFileError(f"{path}: nested too deeply to be a keys file") from None
 
 
 def _signature(path: Path) -> tuple[int, int, int] | None:
