@@ -123,4 +123,6 @@ async def test_a_backend_flooding_the_gateway_with_requests_has_the_excess_refus
     assert counts["served"] + counts["refused"] < PINGS // 2, counts
     log = gateway.output()
     assert f"backend flooding: {TOO_MANY}" in log
-    assert log.count(TOO_MANY) == 1, log  # one warning a minute, not one a request
+    # One warning a minute, not one a request (thousands were refused or dropped): a run slowed past a minute of
+    # flooding may show a second.
+    assert 1 <= log.count(TOO_MANY) <= 3, log

@@ -83,7 +83,15 @@ class Manager:
 def holding(sessions: RedisSessions, manager: Manager) -> tuple[SharedSessions, Held]:
     """A `SharedSessions` holding SESSION, opened here; only the parts the reaper and a request's check use."""
     parts: Any = SimpleNamespace(
-        store=sessions, presence=None, relay=None, answers=None, cancels=None, events=None, rounds=None, shapes=None
+        store=sessions,
+        presence=None,
+        relay=None,
+        answers=None,
+        cancels=None,
+        events=None,
+        rounds=None,
+        shapes=None,
+        refused=None,
     )
     shared = SharedSessions(app=None, manager=manager, parts=parts, gate=None)  # type: ignore[arg-type]
     held = shared._held[SESSION] = Held(RECORD)

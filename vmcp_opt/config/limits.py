@@ -82,8 +82,9 @@ class LimitsConfig(_Strict):
         ge=1,
         description="Dedicated backend sessions one caller may hold at once (one per backend it uses), however many "
         "MCP sessions it opens: a caller is the verified subject, else the client's address (every local client "
-        "shares the loopback address). Default: an eighth of max_dedicated_sessions, at least 1 (8 of 64), so no "
-        "one caller takes them all; at most max_dedicated_sessions. Past it a call goes on the shared session and "
+        "shares the loopback address, so a machine's local clients together, e.g. a conformance suite's 30 sessions, "
+        "are one caller). Default: half of max_dedicated_sessions, at least 1 (32 of 64), so no one caller takes them "
+        "all; at most max_dedicated_sessions. Past it a call goes on the shared session and "
         "a log level or subscription is refused naming this limit.",
     )
     dedicated_idle_timeout: float = Field(
@@ -209,10 +210,10 @@ class LimitsConfig(_Strict):
         return self
 
     def dedicated_sessions_per_caller(self) -> int:
-        """The per-caller bound on dedicated sessions: the one set, else an eighth of the total (at least 1)."""
+        """The per-caller bound on dedicated sessions: the one set, else half the total (at least 1)."""
         if self.max_dedicated_sessions_per_caller is not None:
             return self.max_dedicated_sessions_per_caller
-        return max(1, self.max_dedicated_sessions // 8)
+        return max(1, self.max_dedicated_sessions // 2)
 
 
 class RedisConfig(_Strict):
