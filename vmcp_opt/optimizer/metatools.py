@@ -15,6 +15,9 @@ With `optimizer.usage` on, the router reports every finished tool call (`tool_ca
 observer); a known caller's own successful calls (not a workflow's steps: `Exchange.step_of`) form tasks
 of a co-usage graph (optimizer/usage.py) that raises companions in `find_tool`. The graph lives in `index_dir/usage.json`: loaded at start, written every
 `optimizer.usage_sync_interval` seconds when it changed and once more by `close` on shutdown.
+
+Just past ~450 lines: the provider's start, its index updates and its two meta-tools share the index, the slots and
+the usage graph's saver; the forms, answers and names already live in modules of their own.
 """
 
 from __future__ import annotations

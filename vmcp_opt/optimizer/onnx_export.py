@@ -25,6 +25,9 @@ Nothing downloads: the model comes from its package or directory (optimizer/embe
 The parent's side (find, export in a child) and the child's (export, optimise, check, split fusions) share the
 file names, the cache's layout and the floors; the quantisation itself is optimizer/onnx_quantise.py, and which
 exports a cache keeps (one per CPU kind, those a live process uses) optimizer/export_pruning.py.
+
+Past ~450 lines: the export's naming, its checks against torch and where it is kept (the cache, else the data
+directory's `models`) decide together whether an export on disk may be used; split, each would re-derive the name.
 """
 
 from __future__ import annotations
