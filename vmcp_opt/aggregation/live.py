@@ -31,9 +31,11 @@ class LiveCatalog:
     async def rebuild(self) -> None:
         """Swap in the catalogue of the backends ready now, merged on a worker thread: screening, conflicts
         and renaming cost ~0.2 s of CPU at 10k tools, which the event loop would stand still for. The ready
-        backends' listings are taken here, on the loop (a connection replaces its listing whole)."""
+        backends' listings are taken here, on the loop (a connection replaces its listing whole). What the
+        current catalogue serves stays with its backend while that backend lists it (conflicts.py); the first
+        build, from an empty catalogue, goes by priority and config order."""
         sources = sources_of(self.backends)
-        self.set(await anyio.to_thread.run_sync(build_catalog, sources, self.config))
+        self.set(await anyio.to_thread.run_sync(build_catalog, sources, self.config, self.current))
 
     def set(self, catalog: Catalog) -> None:
         self.current = catalog
