@@ -30,7 +30,7 @@ import mcp_types as types
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from mcp.shared.message import ServerMessageMetadata, SessionMessage
 
-from vmcp_opt.backends.forwarding import WrappedWriteStream
+from vmcp_opt.backends.forwarding import WrappedReadStream, WrappedWriteStream
 
 logger = logging.getLogger(__name__)
 
@@ -126,16 +126,12 @@ def _told_if_unanswered(message: SessionMessage, settled: Callable[[], None]) ->
     return message
 
 
-class BoundedRequestsReadStream:
+class BoundedRequestsReadStream(WrappedReadStream):
     """The transport's read stream as the SDK's session reads it: a backend's requests past the bound stay here."""
 
     def __init__(self, inner: Any, bound: RequestBound) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self._bound = bound
-
-    @property
-    def last_context(self) -> Any:
-        return getattr(self._inner, "last_context", None)
 
     async def receive(self) -> Any:
         while True:
@@ -146,24 +142,6 @@ class BoundedRequestsReadStream:
             admitted = self._bound.admit(item, request.id)
             if admitted is not None:
                 return admitted
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-    def __aiter__(self) -> BoundedRequestsReadStream:
-        return self
-
-    async def __anext__(self) -> Any:
-        try:
-            return await self.receive()
-        except (anyio.EndOfStream, anyio.ClosedResourceError):
-            raise StopAsyncIteration from None
-
-    async def __aenter__(self) -> BoundedRequestsReadStream:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
 
 
 class AnswerWatchingWriteStream(WrappedWriteStream):

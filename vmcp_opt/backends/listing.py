@@ -38,6 +38,7 @@ from mcp.shared.message import SessionMessage
 from mcp_types.methods import validate_server_result
 from pydantic import ValidationError
 
+from vmcp_opt.backends.forwarding import WrappedReadStream
 from vmcp_opt.backends.results import json_size
 from vmcp_opt.display import shorten
 
@@ -126,24 +127,20 @@ def first_error(exc: Exception) -> str:
     return shorten(str(exc), 200)
 
 
-class WatchedReadStream:
+class WatchedReadStream(WrappedReadStream):
     """The transport's read stream, telling us when it ends (the SDK session has no closed signal).
 
     While `screening` is set, listing results pass through it (`BackendConnection._screened_page`).
     """
 
     def __init__(self, inner: Any, on_end: Callable[[], None]) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self._on_end = on_end
         self.screening: ItemScreen | None = None
 
     def wrapping(self, inner: Any) -> WatchedReadStream:
         self._inner = inner
         return self
-
-    @property
-    def last_context(self) -> Any:
-        return getattr(self._inner, "last_context", None)
 
     async def receive(self) -> Any:
         try:
@@ -159,24 +156,6 @@ class WatchedReadStream:
                 screened = response.model_copy(update={"result": kept})
                 return SessionMessage(screened, metadata=message.metadata)
         return message
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-    def __aiter__(self) -> WatchedReadStream:
-        return self
-
-    async def __anext__(self) -> Any:
-        try:
-            return await self.receive()
-        except (anyio.EndOfStream, anyio.ClosedResourceError):
-            raise StopAsyncIteration from None
-
-    async def __aenter__(self) -> WatchedReadStream:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
 
 
 @dataclass
