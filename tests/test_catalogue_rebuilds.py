@@ -28,9 +28,9 @@ async def test_a_burst_of_backend_changes_costs_at_most_two_merges_off_the_event
     merges: list[str] = []  # the thread each merge ran on
     merge = live.build_catalog
 
-    def recorded(sources: Sequence[BackendSource], config: AggregationConfig, previous: Catalog | None) -> Catalog:
+    def recorded(sources: Sequence[BackendSource], config: AggregationConfig) -> Catalog:
         merges.append(threading.current_thread().name)
-        return merge(sources, config, previous)
+        return merge(sources, config)
 
     monkeypatch.setattr(live, "build_catalog", recorded)
     config = VmcpConfig.model_validate(

@@ -1,5 +1,7 @@
-"""A backend cannot take another backend's tool name, prompt, resource URI or URI template at runtime: a real
-gateway over real stdio backends (tests/agg_backend.py) whose listings a test rewrites, a real SDK client."""
+"""Names two backends could both claim: config order decides a shared URI, at start and at every rebuild, and a
+rebuild that moves a served name to another backend is warned of, naming both (a real gateway over real stdio
+backends, tests/agg_backend.py, a real client); `vmcp validate` warns of backend names whose prefixed names can
+meet."""
 
 from __future__ import annotations
 
@@ -15,9 +17,6 @@ from mcp import Client
 
 from tests.support import Gateway, running_gateway, write_config
 from tests.test_agg_live_catalogue import agg_backend, respec, until
-from vmcp_opt.aggregation import BackendSource, Catalog, build_catalog
-from vmcp_opt.backends.listing import BackendListing
-from vmcp_opt.config import AggregationConfig
 
 pytestmark = pytest.mark.anyio
 
@@ -54,54 +53,6 @@ async def listed(client: Client, tool: str) -> None:
     await until(present, f"{tool} listed")
 
 
-async def test_a_backend_earlier_in_config_cannot_take_a_later_ones_names_and_uris_at_runtime(tmp_path: Path) -> None:
-    victim = {"tools": ["save"], "prompts": ["p"], "resources": ["notes://all"], "templates": ["notes://note/{t}"]}
-    backends = [agg_backend(tmp_path, "h"), agg_backend(tmp_path, "h_demo", **victim)]
-    config = write_config(tmp_path, {"backends": backends, "aggregation": {"conflict_resolution": "prefix"}})
-    with running_gateway(config) as gateway:
-        async with Client(gateway.url) as client:
-            assert answer(await client.call_tool("h_demo_save", {"text": "secret"})) == "h_demo:save"
-            # h (first in config) now lists what exposes as h_demo's names, and h_demo's URIs.
-            respec(
-                tmp_path,
-                "h",
-                tools=["demo_save", "fresh"],
-                prompts=["demo_p"],
-                resources=["notes://all"],
-                templates=["notes://note/{t}"],
-            )
-            await client.call_tool("h_relist_h", {})
-            await listed(client, "h_fresh")  # the catalogue was rebuilt from h's new listing
-
-            assert answer(await client.call_tool("h_demo_save", {"text": "secret"})) == "h_demo:save"
-            prompt = await client.get_prompt("h_demo_p")
-            assert prompt.messages[0].content.text == "h_demo:p"  # type: ignore[union-attr]
-            assert await read(client, "notes://all") == "h_demo:notes://all"
-            assert await read(client, "notes://note/x") == "h_demo:notes://note/x"
-            assert [tool.name for tool in (await client.list_tools()).tools].count("h_demo_save") == 1
-            for kind, name in [
-                ("tool", "h_demo_save"),
-                ("prompt", "h_demo_p"),
-                ("resource", "notes://all"),
-                ("resource template", "notes://note/{t}"),
-            ]:
-                await logged(gateway, "backend h:", f"{kind} '", "backend 'h_demo' already serves", name)
-
-
-async def test_priority_keeps_a_tool_with_its_holder_when_a_preferred_backend_adds_it(tmp_path: Path) -> None:
-    backends = [agg_backend(tmp_path, "a"), agg_backend(tmp_path, "b", tools=["search"])]
-    aggregation = {"conflict_resolution": "priority", "priority": ["a", "b"]}
-    config = write_config(tmp_path, {"backends": backends, "aggregation": aggregation})
-    with running_gateway(config) as gateway:
-        async with Client(gateway.url) as client:
-            assert answer(await client.call_tool("search", {})) == "b:search"
-            respec(tmp_path, "a", tools=["search", "fresh"])
-            await client.call_tool("relist_a", {})
-            await listed(client, "fresh")
-            assert answer(await client.call_tool("search", {})) == "b:search"
-            await logged(gateway, "backend a:", "tool 'search'", "backend 'b' already serves")
-
-
 async def test_at_start_the_backend_first_in_config_order_gets_a_shared_uri(tmp_path: Path) -> None:
     backends = [
         agg_backend(tmp_path, "a", resources=["shared://x"]),
@@ -113,26 +64,31 @@ async def test_at_start_the_backend_first_in_config_order_gets_a_shared_uri(tmp_
             assert await read(client, "shared://x") == "a:shared://x"
 
 
-def catalog_of(config: AggregationConfig, previous: Catalog | None, **tools: list[str]) -> Catalog:
-    sources = [BackendSource(name, BackendListing(tools=[tool(n) for n in names])) for name, names in tools.items()]
-    return build_catalog(sources, config, previous)
-
-
-def tool(name: str) -> types.Tool:
-    return types.Tool(name=name, input_schema={"type": "object"})
-
-
-def test_a_holder_that_was_down_gets_its_name_back_from_whoever_served_it_meanwhile() -> None:
-    config = AggregationConfig(conflict_resolution="priority", priority=["a", "b"])
-    first = catalog_of(config, None, a=[], b=["search"])
-    assert first.tools["search"].backend == "b"
-    b_down = catalog_of(config, first, a=["search"])  # while b is away, a serves it
-    assert b_down.tools["search"].backend == "a"
-    b_back = catalog_of(config, b_down, a=["search"], b=["search"])
-    assert b_back.tools["search"].backend == "b"
-    b_without_it = catalog_of(config, b_back, a=["search"], b=[])
-    assert b_without_it.tools["search"].backend == "a"
-    assert catalog_of(config, b_without_it, a=["search"], b=["search"]).tools["search"].backend == "a"
+async def test_a_rebuild_that_moves_a_served_name_to_another_backend_is_warned_of_naming_both(
+    tmp_path: Path,
+) -> None:
+    victim = {"tools": ["save"], "resources": ["notes://all"], "templates": ["notes://note/{t}"]}
+    backends = [agg_backend(tmp_path, "h"), agg_backend(tmp_path, "h_demo", **victim)]
+    config = write_config(tmp_path, {"backends": backends, "aggregation": {"conflict_resolution": "prefix"}})
+    with running_gateway(config) as gateway:
+        async with Client(gateway.url) as client:
+            assert answer(await client.call_tool("h_demo_save", {})) == "h_demo:save"
+            # h (first in config) now lists what exposes as h_demo's tool, and h_demo's URIs.
+            respec(
+                tmp_path, "h", tools=["demo_save", "fresh"], resources=["notes://all"], templates=["notes://note/{t}"]
+            )
+            await client.call_tool("h_relist_h", {})
+            await listed(client, "h_fresh")
+            # Config order decides, as it would on a replica started now: h serves them, and says so loudly.
+            assert answer(await client.call_tool("h_demo_save", {})) == "h:demo_save"
+            assert await read(client, "notes://all") == "h:notes://all"
+            for kind, name in [("tool", "h_demo_save"), ("resource", "notes://all"), ("resource template", "notes://")]:
+                await logged(gateway, f"{kind} '{name}", "moved from backend 'h_demo' to backend 'h'")
+            # A name its holder stops listing goes quietly.
+            respec(tmp_path, "h_demo", tools=["other"])
+            await client.call_tool("h_demo_relist_h_demo", {})
+            await listed(client, "h_demo_other")
+        assert gateway.output().count("moved from backend") == 3
 
 
 def test_validate_warns_of_backend_names_whose_prefixed_names_meet(tmp_path: Path) -> None:
@@ -151,39 +107,3 @@ def test_validate_warns_of_backend_names_whose_prefixed_names_meet(tmp_path: Pat
     warnings = [line for line in done.stderr.splitlines() if "'h_demo'" in line]
     assert len(warnings) == 1 and "backends[0].name 'h'" in warnings[0] and "'h_demo_x'" in warnings[0]
     assert "'other'" not in done.stderr
-
-
-def test_a_backend_slow_to_start_claims_its_names_by_priority_as_at_start() -> None:
-    # Up only after the first build (an npx backend still starting): it is ranked as if it had been up, or who
-    # serves a name would depend on which backend started first, replica by replica.
-    config = AggregationConfig(conflict_resolution="priority", priority=["time", "docs"])
-    first = catalog_of(config, None, docs=["search"])
-    assert first.tools["search"].backend == "docs"
-    joined = catalog_of(config, first, docs=["search"], time=["search", "now"])
-    assert joined.tools["search"].backend == "time"
-    # Once it has been in a build, a name it adds is a takeover like any other: the holder keeps it, also after
-    # the newcomer went away and came back listing it.
-    docs_adds = catalog_of(config, joined, docs=["search", "fetch"], time=["search", "now"])
-    adds = catalog_of(config, docs_adds, docs=["search", "fetch"], time=["search", "now", "fetch"])
-    assert adds.tools["fetch"].backend == "docs"
-    away = catalog_of(config, adds, docs=["search", "fetch"])
-    back = catalog_of(config, away, docs=["search", "fetch", "later"], time=["search", "now", "fetch", "later"])
-    assert back.tools["fetch"].backend == "docs" and back.tools["search"].backend == "time"
-    assert back.tools["later"].backend == "time"  # listed by both in one build, no holder: priority decides
-    # Holding decides who serves a name, not where it is listed: tools/list stays in priority (config) order.
-    assert list(back.tools) == ["search", "now", "later", "fetch"]
-
-
-def test_lists_keep_priority_order_when_holders_keep_their_names() -> None:
-    config = AggregationConfig(conflict_resolution="priority", priority=["a", "b"])
-    listing = {"a": ["x://a"], "b": ["x://held", "x://b"]}
-    first = build_catalog([resource_source(name, uris) for name, uris in listing.items()], config)
-    later = {"a": ["x://new", "x://held"], "b": ["x://held", "x://b"]}
-    rebuilt = build_catalog([resource_source(name, uris) for name, uris in later.items()], config, first)
-    assert rebuilt.resources["x://held"].backend == "b"
-    assert list(rebuilt.resources) == ["x://new", "x://held", "x://b"]
-
-
-def resource_source(backend: str, uris: list[str]) -> BackendSource:
-    resources = [types.Resource(uri=uri, name=uri) for uri in uris]
-    return BackendSource(backend, BackendListing(resources=resources))

@@ -231,7 +231,7 @@ def nothing_served_warnings(cfg: VmcpConfig) -> list[str]:
 
 def prefix_overlap_warnings(cfg: VmcpConfig) -> list[str]:
     """Backends `h` and `h_demo` under `prefix`: h's tool `demo_save` and h_demo's `save` are both exposed as
-    `h_demo_save`. Only one is served (the one that held it first, conflicts.py), and `h` can list such a name
+    `h_demo_save`. Only one is served (priority, then config order, conflicts.py), and `h` can list such a name
     at any time; names that cannot meet keep each backend's tools its own."""
     aggregation = cfg.aggregation
     between = _prefix_separator(aggregation.prefix_format)

@@ -1,20 +1,15 @@
-"""The merged view: every backend's tools, prompts, resources and templates, with where each routes.
-
-A rebuild is given the catalogue it replaces: a name or URI it served stays with its backend while that backend
-lists it (conflicts.py says why); the first build decides by priority, then config order.
-"""
+"""The merged view: every backend's tools, prompts, resources and templates, with where each routes."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
 
 import mcp_types as types
 from mcp.shared.uri_template import InvalidUriTemplate, UriTemplate
 
-from vmcp_opt.aggregation.conflicts import Candidate, ConflictResolver, Shadowed, held_elsewhere, unheld
+from vmcp_opt.aggregation.conflicts import Candidate, ConflictResolver, Shadowed
 from vmcp_opt.aggregation.filters import select_tools, warn_unmatched
 from vmcp_opt.aggregation.screening import Drops, screen_prompts, screen_templates, screen_tools
 from vmcp_opt.backends.listing import BackendListing
@@ -70,11 +65,6 @@ class Catalog:
     resources: dict[str, RoutedResource] = field(default_factory=dict)
     templates: list[RoutedTemplate] = field(default_factory=list)
     backend_descriptions: dict[str, str] = field(default_factory=dict)  # every backend it was built from
-    # Kind ("tool", "prompt", "resource", "resource template") -> exposed name or URI -> the backend holding it:
-    # what this catalogue serves, and what a backend missing from it (down) served last, kept for its return.
-    held: dict[str, dict[str, str]] = field(default_factory=dict)
-    # Every backend some build so far was made from: one outside it is new, and claims its names as at start.
-    seen: frozenset[str] = frozenset()
 
     def route_resource(self, uri: str) -> str | None:
         """The backend that serves `uri`: a listed resource first, then the first matching template."""
@@ -94,17 +84,12 @@ class Catalog:
         return next((t for t in self.templates if t.template.uri_template == uri_template), None)
 
 
-def build_catalog(
-    sources: Sequence[BackendSource], config: AggregationConfig, previous: Catalog | None = None
-) -> Catalog:
+def build_catalog(sources: Sequence[BackendSource], config: AggregationConfig) -> Catalog:
     """Merge the backends' listings. Never raises on what a backend lists: a tool that cannot be served
-    (screening.py) or whose name another backend holds is dropped with a warning, the rest is served.
-    `previous`: the catalogue this one replaces, whose holders keep what they still list (None at start)."""
+    (screening.py) or whose name another backend holds is dropped with a warning, the rest is served."""
     shadowed = Shadowed()
     resolver = ConflictResolver(config, [source.name for source in sources], shadowed)
     catalog = Catalog(backend_descriptions={s.name: s.description for s in sources})
-    before = previous.held if previous is not None else {}
-    newcomers = {s.name for s in sources} - (previous.seen if previous is not None else frozenset())
     drops = Drops()
 
     tool_candidates = []
@@ -115,7 +100,7 @@ def build_catalog(
             Candidate(source.name, original_name, tool.name, renamed, (original_name, tool))
             for original_name, tool, renamed in select_tools(screened, rules)
         ]
-    for name, candidate in resolver.resolve(tool_candidates, "tool", drops, before.get("tool"), newcomers).items():
+    for name, candidate in resolver.resolve(tool_candidates, "tool", drops).items():
         original_name, tool = candidate.item
         exposed = tool if tool.name == name else tool.model_copy(update={"name": name})
         catalog.tools[name] = RoutedTool(name, candidate.backend, original_name, exposed)
@@ -125,79 +110,25 @@ def build_catalog(
         for source in sources
         for prompt in screen_prompts(source.name, source.listing.prompts, drops)
     ]
-    for name, prompt_candidate in resolver.resolve(
-        prompt_candidates, "prompt", drops, before.get("prompt"), newcomers
-    ).items():
+    for name, prompt_candidate in resolver.resolve(prompt_candidates, "prompt", drops).items():
         prompt = prompt_candidate.item
         exposed_prompt = prompt if prompt.name == name else prompt.model_copy(update={"name": name})
         catalog.prompts[name] = RoutedPrompt(name, prompt_candidate.backend, prompt.name, exposed_prompt)
 
-    listed = [(source.name, resource) for source in sources for resource in source.listing.resources]
-    listed.sort(key=lambda pair: resolver.order(False, pair[0]))  # stable: a backend's own order is kept
-    position = {id(pair): i for i, pair in enumerate(listed)}
-    placed: dict[str, int] = {}  # URI -> where its resource stands in priority order: resources/list's order
-    held_uris = unheld(before.get("resource", {}), ((b, r.uri) for b, r in listed), newcomers)
-    for pair in _holders_first(listed, held_uris, resolver, lambda r: r.uri):
-        backend, resource = pair
-        holder = catalog.resources.get(resource.uri)
-        if holder is None:
-            catalog.resources[resource.uri] = RoutedResource(resource.uri, backend, resource)
-            placed[resource.uri] = position[id(pair)]
-        elif held_uris.get(resource.uri) == holder.backend != backend:
-            drops.add(backend, resource.uri, held_elsewhere("resource", resource.uri, holder.backend), "resource")
-        else:
-            shadowed.served_twice(backend, "resource", resource.uri, holder.backend)
-    templates = [
-        (source.name, template)
-        for source in sources
-        for template in screen_templates(source.name, source.listing.resource_templates, drops)
-    ]
-    catalog.resources = {uri: catalog.resources[uri] for uri in sorted(catalog.resources, key=placed.__getitem__)}
-    held_templates = unheld(before.get("resource template", {}), ((b, t.uri_template) for b, t in templates), newcomers)
+    ordered = sorted(sources, key=lambda s: resolver.rank.get(s.name, len(resolver.rank)))
     template_holders: dict[str, str] = {}  # URI template -> the backend serving it
-    for backend, template in _holders_first(templates, held_templates, resolver, lambda t: t.uri_template):
-        holder_name = template_holders.get(template.uri_template)
-        if holder_name is not None and held_templates.get(template.uri_template) == holder_name != backend:
-            reason = held_elsewhere("resource template", template.uri_template, holder_name)
-            drops.add(backend, template.name, reason, "resource template")
-        else:
-            _add_template(catalog, template_holders, backend, template, shadowed)
+    for source in ordered:
+        for resource in source.listing.resources:
+            holder = catalog.resources.get(resource.uri)
+            if holder is not None:
+                shadowed.served_twice(source.name, "resource", resource.uri, holder.backend)
+                continue
+            catalog.resources[resource.uri] = RoutedResource(resource.uri, source.name, resource)
+        for template in screen_templates(source.name, source.listing.resource_templates, drops):
+            _add_template(catalog, template_holders, source.name, template, shadowed)
     drops.log()
     shadowed.log()
-    catalog.held = _held(catalog, template_holders, before)
-    catalog.seen = (previous.seen if previous is not None else frozenset()) | {s.name for s in sources}
     return catalog
-
-
-ListedT = TypeVar("ListedT", types.Resource, types.ResourceTemplate)
-
-
-def _holders_first(
-    listed: list[tuple[str, ListedT]],
-    held: Mapping[str, str],
-    resolver: ConflictResolver,
-    key: Callable[[ListedT], str],
-) -> Iterable[tuple[str, ListedT]]:
-    """(backend, item) pairs, what a backend held in the previous build first, then priority (config) order;
-    a backend's own items keep their order (the first of two equal URIs is kept)."""
-    return sorted(listed, key=lambda pair: resolver.order(held.get(key(pair[1])) == pair[0], pair[0]))
-
-
-def _held(
-    catalog: Catalog, template_holders: dict[str, str], before: Mapping[str, Mapping[str, str]]
-) -> dict[str, dict[str, str]]:
-    """Who holds what after this build: what it serves, then what backends missing from it (down) held
-    before, so that a holder back with the name gets it back rather than whoever served it meanwhile."""
-    serving = {
-        "tool": {name: t.backend for name, t in catalog.tools.items()},
-        "prompt": {name: p.backend for name, p in catalog.prompts.items()},
-        "resource": {uri: r.backend for uri, r in catalog.resources.items()},
-        "resource template": template_holders,
-    }
-    present = catalog.backend_descriptions.keys()
-    for kind, holders in serving.items():
-        holders.update({name: b for name, b in before.get(kind, {}).items() if b not in present})
-    return serving
 
 
 def _add_template(

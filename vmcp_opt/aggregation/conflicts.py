@@ -6,20 +6,11 @@
 - `manual`: names stay; a conflicting tool that no override renames is dropped, naming both backends and
   the override that would serve both (the backend earlier in `priority`, then config order, keeps the name).
 In every strategy a tool whose exposed name is taken or breaks the name rules is dropped (screening.py).
-
-Who wins is decided that way at the first build (start), and for the names of a backend in no build before (one
-slow to start: as if it had been up at start). At every other rebuild a name (a resource URI, a URI
-template) keeps going to the backend that held it while that backend still lists it (`held`): a backend that
-adds a name another one serves is dropped with a warning naming both, whatever its place in config or
-`priority` order. Without that, a backend earlier in order could list a later one's tool or URI at runtime
-and receive its callers' arguments and reads. A holder that is down keeps its claim: while it is away the
-name goes by order as at start, and back with the name, it gets the name back.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -80,22 +71,6 @@ class Shadowed:
                 )
 
 
-def unheld(held: Mapping[str, str], claims: Iterable[tuple[str, str]], newcomers: Collection[str]) -> Mapping[str, str]:
-    """`held` without the names a backend new to the catalogue lists: one slow to start, or down at every build
-    so far, claims them as it would have at start (priority, then config order), not as one adding a name
-    another serves. Otherwise who got a name would depend on which backend was up first, replica by replica."""
-    contested = {name for backend, name in claims if backend in newcomers}
-    return {name: backend for name, backend in held.items() if name not in contested} if contested else held
-
-
-def held_elsewhere(kind: str, name: str, holder: str) -> str:
-    """Why a backend's item is dropped at a rebuild: another backend served that name (URI) already."""
-    return (
-        f"backend '{holder}' already serves {kind} '{shorten(name)}' and keeps it while it lists it "
-        "(a name in use does not move to a backend that lists it later)"
-    )
-
-
 def _rename(candidate: Candidate[ItemT]) -> str:
     return f"aggregation.tools.{candidate.backend}.overrides.{shorten(candidate.original_name)}.name"
 
@@ -107,63 +82,37 @@ class ConflictResolver:
         ranked = [name for name in config.priority if name in backend_order]
         self.rank = {name: i for i, name in enumerate(ranked + [b for b in backend_order if b not in ranked])}
 
-    def resolve(
-        self,
-        candidates: list[Candidate[ItemT]],
-        kind: str,
-        drops: Drops,
-        held: Mapping[str, str] | None = None,
-        newcomers: Collection[str] = (),
-    ) -> dict[str, Candidate[ItemT]]:
-        """Exposed name → the candidate that owns it; a candidate that cannot have its name goes to `drops`.
-        `held`: exposed name → the backend the previous build gave it to (empty at the first build);
-        `newcomers`: backends in no earlier build, whose names go by order as at start (`unheld`)."""
+    def resolve(self, candidates: list[Candidate[ItemT]], kind: str, drops: Drops) -> dict[str, Candidate[ItemT]]:
+        """Exposed name → the candidate that owns it; a candidate that cannot have its name goes to `drops`."""
         strategy = self.config.conflict_resolution
         named = [self._exposed(c) if strategy == "prefix" else c for c in candidates]
-        held = unheld(held or {}, ((c.backend, c.name) for c in named), newcomers)
-        # Priority order decides which of two equal names is seen first by the other strategies, and the order
-        # of the result (the clients' lists). The holders are seen first, so that they keep their names.
+        # Priority order also decides which of two equal names is seen first by the other strategies.
         named.sort(key=lambda c: self.rank.get(c.backend, len(self.rank)))
-        position = {id(c): i for i, c in enumerate(named)}
-        placed: dict[str, int] = {}  # exposed name -> where its candidate stands in priority order
         owners: dict[str, Candidate[ItemT]] = {}
-        for candidate in sorted(named, key=lambda c: self.order(held.get(c.name) == c.backend, c.backend)):
+        for candidate in named:
             if kind == "tool" and (problem := name_problem(candidate.name)) is not None:
                 drops.add(candidate.backend, candidate.original_name, self._unnamable(candidate, problem))
                 continue
             holder = owners.get(candidate.name)
             if holder is None:
                 owners[candidate.name] = candidate
-                placed[candidate.name] = position[id(candidate)]
-            elif held.get(candidate.name) == holder.backend != candidate.backend and not self.prefixes_on_clash(kind):
-                reason = held_elsewhere(kind, candidate.name, holder.backend)
-                drops.add(candidate.backend, candidate.original_name, reason, kind)
             elif strategy == "priority" and holder.backend != candidate.backend:
                 line = (
                     f"{kind} {shorten(candidate.name)!r}: backend {holder.backend} wins over {candidate.backend} "
                     f"(priority); {candidate.backend}'s is dropped"
                 )
                 self.shadowed.add(candidate.backend, kind, line, holder.backend)
-            elif self.prefixes_on_clash(kind) and holder.backend != candidate.backend:
+            elif strategy == "manual" and kind != "tool" and holder.backend != candidate.backend:
                 # Overrides exist for tools only; other kinds fall back to the prefix format.
                 exposed = self._exposed(candidate)
                 taken = owners.get(exposed.name)
                 if taken is None:
                     owners[exposed.name] = exposed
-                    placed[exposed.name] = position[id(candidate)]
                 else:  # was lost without a word: `a` serves "review" and "b_review", `b` "review"
                     drops.add(exposed.backend, exposed.original_name, self._taken(kind, exposed, taken), kind)
             else:
                 drops.add(candidate.backend, candidate.original_name, self._taken(kind, candidate, holder), kind)
-        return {name: owners[name] for name in sorted(owners, key=placed.__getitem__)}
-
-    def order(self, holds: bool, backend: str) -> tuple[int, int]:
-        """Sort key: what a backend held in the previous build first, then priority (then config) order."""
-        return (0 if holds else 1, self.rank.get(backend, len(self.rank)))
-
-    def prefixes_on_clash(self, kind: str) -> bool:
-        """`manual` serves a clashing prompt under `prefix_format` (overrides rename tools only): no one loses."""
-        return self.config.conflict_resolution == "manual" and kind != "tool"
+        return owners
 
     def _taken(self, kind: str, candidate: Candidate[ItemT], holder: Candidate[ItemT]) -> str:
         """Why `candidate` lost its exposed name to `holder`, and how to serve both."""

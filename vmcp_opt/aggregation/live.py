@@ -7,11 +7,16 @@ import logging
 import anyio.to_thread
 
 from vmcp_opt.aggregation.catalog import BackendSource, Catalog, RoutedTool, build_catalog
+from vmcp_opt.aggregation.moves import warn_moves
 from vmcp_opt.backends import BackendConnection, BackendManager, BackendState
 from vmcp_opt.config import AggregationConfig
-from vmcp_opt.display import shorten
+from vmcp_opt.display import printable, shorten
 
 logger = logging.getLogger(__name__)
+
+# A backend's own description (`serverInfo`) goes into each of its tools' find_tool documents: whole, 1 MB of it
+# over 200 tools was 200 MB of keyword index and saved catalogue. The operator's `description` is not cut.
+MAX_SERVER_DESCRIPTION = 500
 
 
 class LiveCatalog:
@@ -31,11 +36,12 @@ class LiveCatalog:
     async def rebuild(self) -> None:
         """Swap in the catalogue of the backends ready now, merged on a worker thread: screening, conflicts
         and renaming cost ~0.2 s of CPU at 10k tools, which the event loop would stand still for. The ready
-        backends' listings are taken here, on the loop (a connection replaces its listing whole). What the
-        current catalogue serves stays with its backend while that backend lists it (conflicts.py); the first
-        build, from an empty catalogue, goes by priority and config order."""
+        backends' listings are taken here, on the loop (a connection replaces its listing whole)."""
         sources = sources_of(self.backends)
-        self.set(await anyio.to_thread.run_sync(build_catalog, sources, self.config, self.current))
+        before = self.current
+        catalog = await anyio.to_thread.run_sync(build_catalog, sources, self.config)
+        await anyio.to_thread.run_sync(warn_moves, before, catalog, sources)
+        self.set(catalog)
 
     def set(self, catalog: Catalog) -> None:
         self.current = catalog
@@ -77,4 +83,4 @@ def _server_description(connection: BackendConnection) -> str:
     info = connection.server_info
     if info is None:
         return ""
-    return info.description or info.title or ""
+    return printable((info.description or info.title or "")[:MAX_SERVER_DESCRIPTION])
