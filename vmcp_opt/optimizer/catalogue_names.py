@@ -1,10 +1,12 @@
 """The searchable tools' names, by backend: which backends a find_tool `backends` filter may name (under a
-policy, only those with a tool the caller may use). Which tools a wrong `call_tool` name likely meant is the
-router's (`Router.meant`), as for a direct call."""
+policy, only those with a tool the caller may use), and which starting backends its answer may name (`Starting`).
+Which tools a wrong `call_tool` name likely meant is the router's (`Router.meant`), as for a direct call."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import anyio
 
@@ -40,9 +42,7 @@ class CatalogueNames:
             return "an empty list searches no backend; leave it out (or null) to search them all"
         requested = list(dict.fromkeys(backends))
         # The call when a policy may hide tools from its caller; None when every caller may use everything.
-        restricted = (
-            allowed if allowed is not None and not getattr(allowed.router.policy, "allows_everything", False) else None
-        )
+        restricted = allowed if restricts(allowed) else None
         searchable = self.sources
         if restricted is not None:
             searchable = await self.usable_backends(restricted, [name for name in requested if name in self.sources])
@@ -84,3 +84,35 @@ class CatalogueNames:
             }
 
         return await anyio.to_thread.run_sync(first_permitted)
+
+
+def restricts(allowed: ToolCall | None) -> bool:
+    """Whether a policy may hide tools from `allowed`'s caller: False without a call, or when every caller may
+    use everything."""
+    return allowed is not None and not getattr(allowed.router.policy, "allows_everything", False)
+
+
+@dataclass(frozen=True)
+class Starting:
+    """The backends still on their first connection attempt, as find_tool tells one caller of them. Named only when
+    no policy may hide a backend from the caller: whether it may use any of a backend's tools cannot be asked
+    before they are listed (Cedar decides per tool, on its name and annotations; no action is about a backend
+    alone), and a backend it may use none of must stay as unknown as one that does not exist
+    (`CatalogueNames.backends_problem`). A restricted caller is told only that some backends are starting."""
+
+    names: tuple[str, ...]
+    named: bool
+
+    @classmethod
+    def told(cls, names: Sequence[str], allowed: ToolCall | None) -> Starting:
+        return cls(tuple(names), not restricts(allowed))
+
+    def note(self, answer: dict[str, Any]) -> str | None:
+        """The answer's note on starting backends (None when none is), adding `backends_starting` to `answer`
+        when they may be named. Plainly, so an agent does not conclude that a tool it needs does not exist."""
+        if not self.names:
+            return None
+        if not self.named:
+            return "some backends are still starting; their tools are not searched yet"
+        answer["backends_starting"] = list(self.names)
+        return f"backends still starting: {', '.join(self.names)}; their tools are not searched yet"

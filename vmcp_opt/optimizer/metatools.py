@@ -38,7 +38,7 @@ from vmcp_opt.config import VmcpConfig
 from vmcp_opt.display import shorten
 from vmcp_opt.logs import ThrottledLog
 from vmcp_opt.optimizer.calibration import scale_for
-from vmcp_opt.optimizer.catalogue_names import CatalogueNames
+from vmcp_opt.optimizer.catalogue_names import CatalogueNames, Starting, restricts
 from vmcp_opt.optimizer.documents import ToolRecord
 from vmcp_opt.optimizer.embedding import load_configured_embedder
 from vmcp_opt.optimizer.index import SearchHit, SearchResult, ToolIndex
@@ -259,7 +259,7 @@ class OptimizerFront:
         """The best matches for `query` (as `call` checked it: `check_sizes`); with `allowed`, only the tools its
         caller may use."""
         # After the wait: a backend still connecting at start has tools by then, not an error.
-        starting = await self.wait_for_backends()
+        starting = Starting.told(await self.wait_for_backends(), allowed)
         if backends is not None:
             problem = await self.names.backends_problem(backends, allowed, self.why_no_tools)
             if problem is not None:
@@ -273,9 +273,7 @@ class OptimizerFront:
         usable = await allowed.router.usable_tools_async(allowed.caller) if allowed is not None else None
         # A policy that can say at once which tools a caller may use filters before ranking (`usable`);
         # one asked tool by tool filters a deeper ranking after it.
-        filtered = (
-            allowed is not None and usable is None and not getattr(allowed.router.policy, "allows_everything", False)
-        )
+        filtered = usable is None and restricts(allowed)
         depth = wanted * POLICY_DEPTH if filtered else wanted
         # The search's CPU is shared fairly between callers (optimizer/search_slots.py): a slot first, waited
         # for on the event loop; no await between the refusal's count and the wait.
@@ -295,24 +293,21 @@ class OptimizerFront:
             return await self.searches.in_thread(self._answer, query, SearchResult(hits, result.mode), starting, None)
 
     def _search_and_answer(
-        self, query: str, depth: int, backends: list[str] | None, usable: frozenset[str] | None, starting: list[str]
+        self, query: str, depth: int, backends: list[str] | None, usable: frozenset[str] | None, starting: Starting
     ) -> types.CallToolResult:
         result = self.index.search(query, depth, backends, usable)
         return self._answer(query, result, starting, self.list_tokens.of(usable))
 
     def _answer(
-        self, query: str, result: SearchResult, starting: list[str], full_list: int | None
+        self, query: str, result: SearchResult, starting: Starting, full_list: int | None
     ) -> types.CallToolResult:
         """find_tool's answer for `result` (on a worker thread: ~1 ms of CPU for 8 results); `full_list`: what
         the caller's `tools/list` of every tool it may use would cost, None when not known."""
         parts = [self._parts.of(hit.record) for hit in result.hits]
         tools = self._shown(result.hits, parts)
         answer: dict[str, Any] = {"query": query, "ranking": result.mode, "tools": tools}
-        notes = []
-        if starting:
-            # Plainly, so an agent does not conclude that a tool it needs does not exist.
-            answer["backends_starting"] = starting
-            notes.append(f"backends still starting: {', '.join(starting)}; their tools are not searched yet")
+        # Named only to a caller no policy restricts (`Starting`): the others are told of no backend they cannot use.
+        notes = [note] if (note := starting.note(answer)) is not None else []
         if result.mode == "keyword":
             notes.append(
                 "ranked by keywords only: the embedding model is still loading (scores are relative until then)"
