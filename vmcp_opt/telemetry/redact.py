@@ -1,76 +1,227 @@
 """Values that look secret are replaced before request or response data leaves in an audit event.
 
-Redaction is by key (`password`, `token`, …) and by pattern (bearer tokens, JWTs, our API keys) in free text.
+Redaction is by key (`password`, `token`, …) and by pattern in free text: credentials after an auth scheme
+(`Bearer x`, `Basic <user:pass in base64>`, `Digest username=…, response=…`, `Token x`), JWTs and our API
+keys. A secret key's value is replaced whole, whatever it is: a string, a number, a list or an object.
 A string holding a JSON object or array (`call_tool`'s `arguments` may come as one) is parsed, redacted the
 same way and written back as JSON, when it is at most `MAX_PARSED_CHARS` long. Any other string (a code-mode
 script, a note, JSON too long to parse) has the values of its secret-looking members blanked where they are
-written as JSON (`"password": "…"`), Python or Starlark (`'api_key': '…'`, `token="…"`), an assignment or a
-header (`secret = …`, `Authorization: …`), also inside a quoted string of escaped JSON (`"{\\"token\\": …}"`).
-A secret a tool returns under an innocent key, or in its prose, is written as it is: redaction cannot know it.
+written as JSON (`"password": "…"`, `"token": {…}`, `"password": […]`), Python or Starlark (`'api_key': '…'`,
+`token="…"`), an assignment or a header (`secret = …`, `Authorization: Basic …`: the scheme and its
+credential), also inside a quoted string of escaped JSON (`"{\\"token\\": …}"`). A secret a tool returns under
+an innocent key, or in its prose, is written as it is: redaction cannot know it.
+
+The audit log keeps only `max_data_bytes` of each part (`redacted_within`): redaction reaches that far into the
+value's JSON and `EDGE_CHARS` further, and no further. A 4 MB argument cost the writer thread ~0.6 s of
+pattern matching with the GIL held (every request waited) to write 4 KB of it; now it costs what it keeps. At
+the cut a value runs to the end of the text: a quoted value never closed, a list never closed, a credential or
+a JWT cut short are blanked whole, so a secret that straddles the cut leaks no half of itself.
 
 A client chooses this text (up to `server.max_body_bytes`), and `re` holds the GIL while it matches, so every
 pattern runs in time linear in the text: possessive quantifiers (no backtracking into a run), a JWT only at the
 start of a token, a member's key tested by a function rather than by the pattern, a bare key only at the start
-of a word, and each place in the text tried as a member's start once. The JWT pattern that backtracked took
-35 s over 150 kB of "eyJeyJeyJ…", and the whole gateway stood still for that long. Now a megabyte takes at most
-~0.7 s of the writer thread (`a:a:a:…`, a member every two characters; 4 MB 2.6 s), prose ~0.15 s; one `re`
-call holds the GIL only up to the next member (~0.15 s a megabyte without any: the token pattern's time before).
+of a word, an opening quote only where it is not escaped, and each place in the text tried as a member's start
+once. The JWT pattern that backtracked took 35 s over 150 kB of "eyJeyJeyJ…", and the whole gateway stood still
+for that long. bench/redaction.py measures each pattern's worst input.
 """
 
 from __future__ import annotations
 
+import binascii
 import json
 import re
-from typing import Any
+from typing import Any, NamedTuple
 
 REDACTED = "[REDACTED]"
+# Characters of a string redacted past the point where the kept JSON ends: the members whose key is before the
+# cut and whose value starts before it are seen whole enough to be blanked.
+EDGE_CHARS = 1024
+# Longer JSON strings are not parsed: the writer thread shares the GIL with requests.
+MAX_PARSED_CHARS = 65_536
+_MAX_DEPTH = 20
 _SECRET_KEY = re.compile(r"pass(word)?|secret|token|api[-_]?key|authori[sz]ation|cookie|credential|private", re.I)
-# Bearer tokens, JWTs and our API keys inside free text. A token ends at a quote or a backslash: in
-# `"Bearer a.b", "next": …` it is `a.b`, not the rest of the document.
+_AUTHORIZATION = re.compile(r"authori[sz]ation", re.I)
+_SCHEMES = frozenset({"basic", "bearer", "digest", "token", "negotiate", "ntlm", "dpop", "oauth", "apikey"})
+# An auth-param (RFC 7235: `name=token` or `name="quoted"`, as in Digest), its quoted value perhaps cut short.
+_PARAM = r"""[\w-]++\s*+=\s*+(?:"[^"\n]*+"?|\\"(?:[^"\\\n]|\\[^"\n])*+(?:\\")?|[^\s,"\\]++)"""
+_PARAMS = rf"""{_PARAM}(?:\s*+,\s*+{_PARAM})*+"""
+# Credentials in free text: bearer tokens, JWTs, our API keys, Digest's auth-params, and what follows `Basic` or
+# `Token`. A bearer token ends at a quote or a backslash: in `"Bearer a.b", "next": …` it is `a.b`, not the rest
+# of the document. `Basic` and `Token` are English words too: what follows them is taken for a credential only
+# when it looks like one (`_is_credential`). A JWT cut after its payload is still one. Each alternative's first
+# letter is matched once, ahead of them all, and looked behind at after: `re` then skips at once the places
+# none can start (twice as fast over prose as a look behind first); all but `bearer` and `vmcp_` start a word.
 _SECRET_TEXT = re.compile(
-    r"""(?i)bearer\s++[^\s"'\\]++|(?<![\w-])eyJ[\w-]++\.[\w-]++\.[\w-]*+|vmcp_[A-Za-z0-9_-]{16,}+"""
+    r"""(?i)[bdetv](?:(?<=b)earer\s++[^\s"'\\]++|(?<=v)mcp_[A-Za-z0-9_-]{16,}+"""
+    r"""|(?<![\w-].)(?:(?<=e)yJ[\w-]++\.[\w-]++(?:\.[\w-]*+|\Z)"""
+    rf"""|(?<=d)igest\s++{_PARAMS}"""
+    r"""|(?:(?P<basic>(?<=b)asic)|(?<=t)oken)\s++(?P<credential>[\w.~+/-]++=*+)))"""
 )
+# What may follow an auth scheme written as a secret key's bare value (`Authorization: Basic …`): a list of
+# auth-params (Digest's) or one credential.
+_CREDENTIALS = re.compile(rf"""[ \t]++(?:{_PARAMS}|[^\s"'\\,;]++)""")
+_NOT_A_WORD = re.compile(r"[^A-Za-z]|[a-z][A-Z]")  # a digit, a symbol or a capital inside: `tok9…`, `dXNl…`
 # A member: a key, `:` or `=` (`:=`, `==`), and its value. The key is a JSON string (whose opening quote is not
 # escaped), a Python one, an escaped JSON string (`\"key\"`, inside a quoted string) or a word; the value any
-# of those strings or a bare run (`1234`, `hunter2`, `abc.def`) up to a `:` or `=` (a secret's is blanked on
-# to the end of its run, `_BARE_RUN`). An object or array value is not a match: the search goes on inside it, to
-# the members it holds. Strings stop at a line's end: a stray apostrophe in a script's comment is not paired
-# with one lines below. Each key begins with the character it starts at, its look behind after it (`"(?<!\\")`:
-# the quote is not escaped; `[\w.-](?<![\w.-]{2})`: a word starts here): `re` then skips at once the places
-# no key can start (a third of the time over prose).
+# of those strings, the opening of an object or a list, or a bare run (`1234`, `hunter2`, `abc.def`) up to a
+# `:` or `=` (a secret's is blanked on to the end of its run, `_BARE_RUN`). A quoted value runs to its closing
+# quote, or to the line's end when none comes (a value cut short, or a stray quote: a secret's is blanked to
+# there). A secret's object or list is blanked to its closing bracket (`_bracket_end`); after another key the
+# search goes on inside it, to the members it holds. Strings stop at a line's end: a stray apostrophe in a
+# script's comment is not paired with one lines below. Each key begins with the character it starts at, its
+# look behind after it (`"(?<!\\")`: the quote is not escaped; `[\w.-](?<![\w.-]{2})`: a word starts here): `re`
+# then skips at once the places no key can start (a third of the time over prose).
 _MEMBER = re.compile(
     r"""(?P<key>"(?<!\\")(?:[^"\\\n]|\\.)*+"|'(?<!\\')(?:[^'\\\n]|\\.)*+'|\\"[^"\\\n]*+\\"|[\w.-](?<![\w.-]{2})[\w.-]*+)"""
     r"""\s*+[:=]=?\s*+"""
-    r"""(?P<value>"(?:[^"\\\n]|\\.)*+"|'(?:[^'\\\n]|\\.)*+'|\\"(?:[^"\\\n]|\\[^"\n])*+\\"|[^\s"'\\,;&(){}\[\]<>:=]++)"""
+    r"""(?P<value>"(?:[^"\\\n]|\\.)*+(?:"|\\?(?=\n)|\\?\Z)|'(?:[^'\\\n]|\\.)*+(?:'|\\?(?=\n)|\\?\Z)"""
+    r"""|\\"(?:[^"\\\n]|\\[^"\n])*+(?:\\"|\\?(?=["\n])|\\?\Z)|[\[{]|[^\s"'\\,;&(){}\[\]<>:=]++)"""
 )
 _BARE_RUN = re.compile(r"""[^\s"'\\,;&(){}\[\]<>]*+""")  # a secret's bare value: `user:pass`, `abc==`
-# Longer JSON strings are not parsed: the writer thread shares the GIL with requests.
-MAX_PARSED_CHARS = 65_536
+# What nests inside an object or a list: brackets, and the strings whose brackets do not count.
+_NESTING = re.compile(
+    r"""\\"(?:[^"\\\n]|\\[^"\n])*+\\"|"(?<!\\")(?:[^"\\\n]|\\.)*+"|'(?<!\\')(?:[^'\\\n]|\\.)*+'|[\[\]{}]"""
+)
 
 
-def redacted(value: Any, depth: int = 0) -> Any:
-    if depth > 20:
-        return REDACTED
-    if isinstance(value, dict):
-        return {k: REDACTED if _SECRET_KEY.search(str(k)) else redacted(v, depth + 1) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [redacted(v, depth + 1) for v in value]
-    if isinstance(value, str):
-        return _redacted_text(value, depth)
-    return value
+class Kept(NamedTuple):
+    """What `redacted_within` keeps of a value: redacted, and `whole`, or a copy cut past the limit."""
+
+    value: Any
+    whole: bool
 
 
-def _redacted_text(text: str, depth: int) -> str:
-    stripped = text.strip()
-    if (stripped[:1], stripped[-1:]) in (("{", "}"), ("[", "]")) and len(stripped) <= MAX_PARSED_CHARS:
-        try:
-            parsed = json.loads(stripped)
-        except (ValueError, RecursionError):  # not JSON, or nested deeper than the parser goes: free text
-            pass
-        else:
-            return json.dumps(redacted(parsed, depth + 1), ensure_ascii=False)
+def redacted(value: Any) -> Any:
+    """`value` with what looks secret replaced, all of it."""
+    return _Redaction(None).value(value, 0)
+
+
+def redacted_within(value: Any, limit: int) -> Kept:
+    """`value` redacted as far as the first `limit` characters of its JSON (`json.dumps`) reach: past them each
+    string is cut `EDGE_CHARS` later before it is redacted, and the members and items that would start past them
+    are left out. The copy's JSON starts as the whole value's, redacted, would, up to `limit` characters at
+    least (no further, when redaction shortened a string that was cut)."""
+    redaction = _Redaction(limit)
+    kept = redaction.value(value, 0)
+    return Kept(kept, redaction.whole)
+
+
+class _Redaction:
+    """One walk over a value. With a limit it counts the characters of JSON written so far, each part at fewer
+    than it takes (a string's own characters and its quotes, a member's key and colon, a bracket, a comma, one
+    for a number), so that where the count reaches the limit the JSON has already."""
+
+    def __init__(self, limit: int | None) -> None:
+        self.left = limit
+        self.whole = True
+
+    def value(self, value: Any, depth: int) -> Any:
+        if depth > _MAX_DEPTH:
+            return self._spent(REDACTED)
+        if isinstance(value, dict):
+            return self._object(value, depth)
+        if isinstance(value, list | tuple):
+            return self._array(value, depth)
+        if isinstance(value, str):
+            return self._text(value, depth)
+        self._spend(1)
+        return value
+
+    def _object(self, value: dict[Any, Any], depth: int) -> dict[Any, Any]:
+        self._spend(2)
+        kept: dict[Any, Any] = {}
+        for key, item in value.items():
+            if self._past_limit():
+                break
+            name = str(key)
+            shown = self._cut(name)  # a key is written as it is: a long one is cut as a string is
+            self._spend(len(shown) + 3)
+            secret = _SECRET_KEY.search(shown)
+            kept[key if shown is name else shown] = self._spent(REDACTED) if secret else self.value(item, depth + 1)
+        return kept
+
+    def _array(self, value: list[Any] | tuple[Any, ...], depth: int) -> list[Any]:
+        self._spend(2)
+        kept: list[Any] = []
+        for item in value:
+            if self._past_limit():
+                break
+            self._spend(1)
+            kept.append(self.value(item, depth + 1))
+        return kept
+
+    def _text(self, text: str, depth: int) -> str:
+        if len(text) <= MAX_PARSED_CHARS:
+            stripped = text.strip()
+            if (stripped[:1], stripped[-1:]) in (("{", "}"), ("[", "]")):
+                try:
+                    parsed = json.loads(stripped)
+                except (ValueError, RecursionError):  # not JSON, or nested deeper than the parser goes: free text
+                    pass
+                else:
+                    self._spend(2)
+                    return json.dumps(self.value(parsed, depth + 1), ensure_ascii=False)
+        kept = self._cut(text)
+        return self._spent(_redacted_text(kept, cut=len(kept) < len(text)))
+
+    def _cut(self, text: str) -> str:
+        """`text` cut `EDGE_CHARS` past the limit."""
+        if self.left is None or len(text) <= max(self.left, 0) + EDGE_CHARS:
+            return text
+        self.whole = False
+        return text[: max(self.left, 0) + EDGE_CHARS]
+
+    def _past_limit(self) -> bool:
+        """Whether what comes next would start past the limit: left out, and the copy is not whole."""
+        if self.left is None or self.left > 0:
+            return False
+        self.whole = False
+        return True
+
+    def _spend(self, characters: int) -> None:
+        if self.left is not None:
+            self.left -= characters
+
+    def _spent(self, text: str) -> str:
+        self._spend(len(text) + 2)
+        return text
+
+
+def _redacted_text(text: str, cut: bool) -> str:
     # Tokens first: `Authorization: Bearer x` is then `Authorization: [REDACTED]`, not a blanked `Bearer` and x.
-    return _blanked_members(_SECRET_TEXT.sub(REDACTED, text))
+    return _blanked_members(_blanked_credentials(text, cut))
+
+
+def _blanked_credentials(text: str, cut: bool) -> str:
+    """`text` with each credential `_SECRET_TEXT` finds replaced. A `Basic` or `Token` followed by a word that is
+    not a credential is passed over, and the search goes on from that word. `cut`: the text was cut short, and a
+    word at its end may be a credential's first characters."""
+    parts: list[str] = []
+    done = position = 0
+    while (found := _SECRET_TEXT.search(text, position)) is not None:
+        credential = found.group("credential")
+        at_cut = cut and found.end() == len(text)
+        if credential is not None and not _is_credential(found.group("basic") is not None, credential, at_cut):
+            position = found.start("credential")
+            continue
+        parts += [text[done : found.start()], REDACTED]
+        done = position = found.end()
+    parts.append(text[done:])
+    return "".join(parts)
+
+
+def _is_credential(basic: bool, word: str, at_cut: bool) -> bool:
+    """Whether `word` after `Basic` or `Token` is a credential: one cut short where the text was cut is taken
+    for one; else base64 of `user:password` (Basic), or eight characters or more with a digit, a symbol or a
+    capital inside (`Basic instructions`, `token budget` are prose)."""
+    if at_cut or (len(word) >= 8 and _NOT_A_WORD.search(word)):
+        return True
+    if not basic:
+        return False
+    try:
+        return b":" in binascii.a2b_base64(word + "=" * (-len(word) % 4))
+    except (binascii.Error, ValueError):
+        return False
 
 
 def _blanked_members(text: str) -> str:
@@ -84,7 +235,7 @@ def _blanked_members(text: str) -> str:
         key, value, start = member.group("key"), member.group("value"), member.start("value")
         quoted = value[0] in "\"'\\"
         if _SECRET_KEY.search(key):
-            end = member.end() if quoted else start + len(_blanked_run(text, start))
+            end = member.end() if quoted else _secret_end(text, key, value, start)
             parts += [text[done:start], _blank(key, value)]
             done = position = end
         elif quoted:  # past the opening quote (`"`, `'`, `\"`): the string's text is searched
@@ -95,14 +246,38 @@ def _blanked_members(text: str) -> str:
     return "".join(parts)
 
 
-def _blanked_run(text: str, start: int) -> str:
+def _secret_end(text: str, key: str, value: str, start: int) -> int:
+    """Where a secret's unquoted value ends: an object's or list's closing bracket; else its bare run's end, and
+    past the credential after it when the run is an auth scheme (`Authorization: Basic dXNl…`)."""
+    if value in "[{":
+        return _bracket_end(text, start)
     run = _BARE_RUN.match(text, start)
     assert run is not None  # `*+` matches the empty run
-    return run.group()
+    if _AUTHORIZATION.search(key) or run.group().lower() in _SCHEMES:
+        credentials = _CREDENTIALS.match(text, run.end())
+        if credentials is not None:
+            return credentials.end()
+    return run.end()
+
+
+def _bracket_end(text: str, start: int) -> int:
+    """The end of the object or list opening at `start`: past its closing bracket, the brackets inside strings
+    not counted; the end of the text when it never closes (cut short, or not code)."""
+    depth = 0
+    for token in _NESTING.finditer(text, start):
+        bracket = token.group()
+        if bracket in ("[", "{"):
+            depth += 1
+        elif bracket in ("]", "}"):
+            depth -= 1
+            if depth == 0:
+                return token.end()
+    return len(text)
 
 
 def _blank(key: str, value: str) -> str:
-    """`[REDACTED]` quoted as `value` was; a bare value of a JSON member quoted as a JSON string."""
+    """`[REDACTED]` quoted as `value` was; a bare value (or an object or a list) of a JSON member quoted as a JSON
+    string."""
     quote = '\\"' if value.startswith('\\"') else value[0] if value[0] in "\"'" else ""
     if not quote and key.startswith(('"', '\\"')):
         quote = '\\"' if key.startswith('\\"') else '"'
