@@ -46,6 +46,7 @@ from vmcp_opt.workflows.step_results import (
     Called,
     StepError,
     answer_problem,
+    output_problem,
     output_text,
     result_content,
     result_output,
@@ -175,6 +176,10 @@ class WorkflowRun:
             except Exception as exc:  # a defect must fail the run, not escape it as the client's JSON-RPC error
                 logger.exception("workflow %s: its output raised", self.workflow.name)
                 report.error = f"output: internal error: {type(exc).__name__}"
+        if report.error is None:  # a backend's lone surrogate, say: the client's parser would refuse the answer
+            report.error = await output_problem(report.output, self._renders)
+            if report.error is not None:
+                report.output = None
         if report.error is None and self.workflow.output is None:
             try:
                 report.content = passed_on(self.workflow.steps[-1], report.steps[self.workflow.steps[-1].id])

@@ -2,9 +2,11 @@
 
 A string that is one `{{ expression }}` and nothing else evaluates to the expression's value with its type
 (a list stays a list, a number a number), so `arguments: {count: "{{ params.n }}"}` passes an integer; what
-is not yet JSON data becomes it (a generator, view or range a list: `_json_data`). Any other string renders
-to a string. Undefined names fail (`StrictUndefined`): a typo is an error naming the step, not an empty
-argument. `tojson` (Jinja's own) and `fromjson` are available as filters.
+is not yet JSON data becomes it (a generator, view or range a list: `_json_data`), and what JSON cannot carry
+fails the render (a non-finite float, an integer of more than 4,300 digits: no backend could read a request
+holding one, and its run waited for its timeout). Any other string renders to a string. Undefined names fail
+(`StrictUndefined`): a typo is an error naming the step, not an empty argument. `tojson` (Jinja's own) and
+`fromjson` are available as filters.
 
 Sandboxed because a config may come from someone other than the operator of the gateway, and templates
 read backend output and client arguments: no attribute access to internals, no calling unsafe methods.
@@ -12,11 +14,12 @@ read backend output and client arguments: no attribute access to internals, no c
 Bounded, because a template can ask for work without end (`10 ** 10**8`, `'x'|center(10**9)`, nested
 loops). The executor renders off the event loop (a worker thread), and each render here carries a
 `_Budget` of work and a deadline:
-- one operation may not produce more than `MAX_SIZE` characters or items, nor an integer of more than
-  `MAX_INT_BITS` bits: checked *before* it runs (`*`, `**`, `%`, widths in format specs, the width and
-  count arguments of `center`, `ljust`, `indent`, `batch`, `slice`, `tojson(indent)`, …); integer division
-  (`//`, `%`, `/`, `round` to tens) takes operands of at most `MAX_DIVISION_BITS` bits, as its cost grows with
-  the square of their size (a 1M-bit `//` held the GIL for ~0.4 s, past every clock's look);
+- one operation may not produce more than `MAX_SIZE` characters or items, nor an integer product or power of
+  more than `MAX_INT_BITS` bits (two 100,000-bit integers multiply in ~2.5 ms, two of 500,000 bits in 30-70 ms,
+  all of it holding the GIL, past every clock's look): checked *before* it runs (`*`, `**`, `%`, widths in format
+  specs, the width and count arguments of `center`, `ljust`, `indent`, `batch`, `slice`, `tojson(indent)`, …);
+  integer division (`//`, `%`, `/`, `round` to tens) takes operands of at most `MAX_DIVISION_BITS` bits, as its
+  cost grows with the square of their size (a 1M-bit `//` held the GIL for ~0.4 s, past every clock's look);
 - everything a render produces (operators, `~`, calls, filters, output) and every line of template code it
   runs counts against `MAX_WORK`, so a loop that grows a value step by step stops too;
 - the clocks (the run's deadline, the render's own allowance of `MAX_RENDER_SECONDS` of its thread's CPU time,
@@ -54,13 +57,16 @@ from jinja2.compiler import CodeGenerator, Frame
 from jinja2.sandbox import SandboxedEnvironment, SandboxedFormatter
 from markupsafe import Markup
 
+from vmcp_opt.workflows.step_results import TOO_WIDE, too_wide
+
 _ONE_EXPRESSION = re.compile(r"^\s*\{\{(?P<expression>(?:(?!\}\}|\{\{).)*)\}\}\s*$", re.S)
 
 # Most characters or items one operation may produce (`'x' * n`, a width, `batch(n)`).
 MAX_SIZE = 1_000_000
 MAX_REPEATED = MAX_SIZE  # the name earlier code used
-# Largest integer an operation may produce, in bits (`9 ** 1000 ** 1000` would take hours).
-MAX_INT_BITS = 1_000_000
+# Largest product or power of integers, in bits: its cost grows faster than its size (Karatsuba's n^1.58), and one
+# operation holds the GIL until it ends, so it is kept to a few ms (`9 ** 1000 ** 1000` would take hours).
+MAX_INT_BITS = 200_000
 # Largest integer operand of `//`, `%`, `/` (and `round` to tens), in bits: ~30,000 digits, ~4 ms at worst.
 MAX_DIVISION_BITS = 100_000
 # What one render may spend: characters and items produced, plus one per line of template code run.
@@ -148,7 +154,9 @@ def _check_power(left: Any, right: Any) -> None:
         raise SecurityError(f"exponent {right} is too large")
     bits = max(abs(left).bit_length(), 1) * right if isinstance(left, int) and isinstance(right, int) else 0
     if bits > MAX_INT_BITS:
-        raise SecurityError(f"the power has more than {MAX_INT_BITS:,} bits")
+        raise SecurityError(
+            f"the power has more than {MAX_INT_BITS:,} bits, the most an integer product or power may have"
+        )
 
 
 def _check_division(operator: str, *operands: Any) -> None:
@@ -165,7 +173,9 @@ def _check_division(operator: str, *operands: Any) -> None:
 def _check_repeat(left: Any, right: Any) -> None:
     if isinstance(left, int) and isinstance(right, int):
         if abs(left).bit_length() + abs(right).bit_length() > MAX_INT_BITS:
-            raise SecurityError(f"the product has more than {MAX_INT_BITS:,} bits")
+            raise SecurityError(
+                f"the product has more than {MAX_INT_BITS:,} bits, the most an integer product or power may have"
+            )
         return
     for seq, times in ((left, right), (right, left)):
         if isinstance(seq, str | bytes | list | tuple) and isinstance(times, int):
@@ -516,6 +526,8 @@ def _converted(value: Any) -> Any:
         return str(value)
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError(f"the expression gives {value}, which JSON cannot hold")
+    if isinstance(value, int) and too_wide(value):
+        raise ValueError(f"the expression gives {TOO_WIDE}")
     if isinstance(value, _SCALARS):
         return value
     if isinstance(value, dict):
@@ -538,6 +550,8 @@ def _json_key(key: Any) -> str:
     """A dict key as JSON writes it (`{1: 'a'}` → `{"1": "a"}`), so the text and the structured content agree."""
     if isinstance(key, str):
         return key
+    if isinstance(key, int) and too_wide(key):
+        raise ValueError(f"the expression gives a key of {TOO_WIDE}")
     if isinstance(key, _SCALARS):
         return json.dumps(key)
     raise TypeError(f"a {type(key).__name__} cannot be a JSON object's key")
