@@ -129,15 +129,16 @@ def _told_if_unanswered(message: SessionMessage, settled: Callable[[], None]) ->
 class BoundedRequestsReadStream(WrappedReadStream):
     """The transport's read stream as the SDK's session reads it: a backend's requests past the bound stay here."""
 
-    def __init__(self, inner: Any, bound: RequestBound) -> None:
+    def __init__(self, inner: Any, bound: RequestBound, exempt: frozenset[str]) -> None:
         super().__init__(inner)
         self._bound = bound
+        self._exempt = exempt
 
     async def receive(self) -> Any:
         while True:
             item = await self._inner.receive()
             request = item.message if isinstance(item, SessionMessage) else None
-            if not isinstance(request, types.JSONRPCRequest):
+            if not isinstance(request, types.JSONRPCRequest) or request.method in self._exempt:
                 return item
             admitted = self._bound.admit(item, request.id)
             if admitted is not None:
@@ -178,15 +179,19 @@ async def _write_refusals(write: Any, refusals: MemoryObjectReceiveStream[types.
 
 
 @asynccontextmanager
-async def bounded_backend_requests(read: Any, write: Any, backend: str) -> AsyncIterator[tuple[Any, Any]]:
+async def bounded_backend_requests(
+    read: Any, write: Any, backend: str, exempt: frozenset[str] = frozenset()
+) -> AsyncIterator[tuple[Any, Any]]:
     """`(read, write)` for a backend's `ClientSession`, with the backend's requests bounded (module docstring).
-    `write` is the transport's own stream: refusals go there directly, never through the session."""
+    `write` is the transport's own stream: refusals go there directly, never through the session. `exempt`:
+    methods bounded elsewhere (a dedicated session relays sampling, elicitation and roots within `AskBound`,
+    which lets 100 a call wait for a slot: counted here too, the 33rd at once was refused)."""
     refusals, waiting = anyio.create_memory_object_stream[types.RequestId](MAX_WAITING_REFUSALS)
     bound = RequestBound(backend, refusals)
     async with anyio.create_task_group() as group:
         group.start_soon(_write_refusals, write, waiting)
         try:
-            yield BoundedRequestsReadStream(read, bound), AnswerWatchingWriteStream(write, bound)
+            yield BoundedRequestsReadStream(read, bound, exempt), AnswerWatchingWriteStream(write, bound)
         finally:
             refusals.close()
             group.cancel_scope.cancel()

@@ -8,7 +8,8 @@ capabilities the front client has, and hands everything the backend sends to tha
 The `SessionPool` runs them in the gateway's task group and closes them when their client goes away.
 
 What a backend asks the client through a session is bounded (`AskBound`): a call's server-to-client
-requests are the backend's to send, and each one relayed holds a task and a client's attention.
+requests are the backend's to send, and each one relayed holds a task and a client's attention. Its other requests
+(ping…), answered by the SDK itself, are bounded as on the shared session (`bounded_backend_requests`).
 
 Just past ~450 lines: a dedicated session's life (open, serve, the bounded relays, calls given up on) is one
 thing; the pool around it is small.
@@ -39,6 +40,7 @@ from mcp.shared.dispatcher import ProgressFnT
 from mcp.shared.exceptions import MCPError
 from pydantic import BaseModel
 
+from vmcp_opt.backends.backend_requests import bounded_backend_requests
 from vmcp_opt.backends.connection import (
     CLIENT_INFO,
     BackendConnection,
@@ -168,6 +170,15 @@ class SessionCallbacks:
             notification=notification,
         )
 
+    def relayed_methods(self) -> frozenset[str]:
+        """The backend's requests these callbacks relay to the client; the SDK answers any other itself."""
+        relayed = {
+            "sampling/createMessage": self.sampling is not None,
+            "elicitation/create": self.elicitation is not None,
+            "roots/list": self.list_roots is not None,
+        }
+        return frozenset(method for method, relays in relayed.items() if relays)
+
     def bounded(self, asks: AskBound, notices: NotificationBound) -> SessionCallbacks:
         """The same callbacks, each server-to-client request relayed within `asks`, each log message within
         `notices`."""
@@ -260,13 +271,17 @@ class DedicatedSession:
                         auth,
                         max_result_bytes=self.connection.limits.max_result_bytes,
                         stderr_tail=self._stderr,
-                    ) as (
-                        read,
-                        write,
-                    ),
-                    _MirroringClientSession(
-                        WatchedReadStream(read, self._on_stream_end),
+                    ) as (raw_read, write),
+                    # What the SDK answers itself (ping…) bounded; what the backend asks the client is `asks`' alone.
+                    bounded_backend_requests(
+                        WatchedReadStream(raw_read, self._on_stream_end),
                         HeaderWriteStream(write),
+                        self.name,
+                        exempt=callbacks.relayed_methods(),
+                    ) as (read, answers),
+                    _MirroringClientSession(
+                        read,
+                        answers,
                         sampling_callback=callbacks.sampling,
                         elicitation_callback=callbacks.elicitation,
                         list_roots_callback=callbacks.list_roots,
