@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -36,6 +37,10 @@ logger = logging.getLogger(__name__)
 
 # What the child's answers and errors may add to a result's bytes (its JSON framing).
 LINE_SLACK = 64 * 1024
+# The pipe carries JSON lines in UTF-8 (`ensure_ascii=False` both ways): sizes are a client's bytes and the router's
+# characters, not 6- or 12-byte escapes. JSON escapes a string's newlines, and `surrogatepass` writes a lone
+# surrogate as three bytes none of which is one (`json.loads` of bytes reads them back): a line stays a line.
+ENCODING = ("utf-8", "surrogatepass")
 # A script's result (JSON) up to this size is also its structured content; a larger one is text only: parsed
 # on the event loop, a megabyte of `[]`s is a million objects (0.9 s and 185 MB, measured).
 STRUCTURED_MOST = 64 * 1024
@@ -159,7 +164,11 @@ class ScriptTools:
             return "`script` is required: the Starlark source to run"
         if data is not None and not isinstance(data, dict):
             return f"`data` is an object of named values, not {type(data).__name__}"
-        size = len(script.encode()) + (len(json.dumps(data, ensure_ascii=False).encode()) if data else 0)
+        try:
+            encoded_data = json.dumps(data, ensure_ascii=False, allow_nan=False) if data else ""
+        except ValueError as error:  # 1e400 or NaN in the request: read as inf and nan, which Starlark cannot take
+            return f"`data` has no JSON form: {_non_finite(data) or error} (JSON's numbers are finite)"
+        size = len(script.encode(*ENCODING)) + len(encoded_data.encode(*ENCODING))
         if size > self.config.max_script_bytes:
             return f"the script and its data are {size} bytes; at most {self.config.max_script_bytes} (code_mode.max_script_bytes)"
         return None
@@ -245,9 +254,11 @@ class _Run:
         self.calls_made = 0
         # The client's progress token, if it sent one: told of each batch of calls answered (best effort).
         self.progress = call.exchange.progress_relay()
-        self.result_most = tools.max_result_bytes
-        self.call_most = tools.max_call_bytes
-        # The result comes as JSON inside a JSON string: escaped, up to twice its size.
+        self.result_most = tools.max_result_bytes  # characters of JSON, as the router counts a result
+        self.call_most = tools.max_call_bytes  # bytes of UTF-8, as a client's request body
+        # The result comes as JSON inside a JSON string, in UTF-8: twice its characters leave room for its quotes
+        # escaped, or for characters past ASCII (a result of only 4-byte characters at the cap is refused here, as
+        # a stdio backend's line past `backends/stdio.line_cap` is).
         self.line_most = max(self.call_most, 2 * self.result_most) + LINE_SLACK
 
     async def converse(self, request: dict[str, Any]) -> types.CallToolResult:
@@ -274,12 +285,12 @@ class _Run:
             logger.debug("code mode: progress not sent: %s", error)
 
     async def _send(self, message: dict[str, Any]) -> None:
-        await self._send_line(json.dumps(message) + "\n")
+        await self._send_line(json.dumps(message, ensure_ascii=False) + "\n")
 
     async def _send_line(self, line: str) -> None:
         assert self.process.stdin is not None
         with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):  # died: its end is read next
-            await self.process.stdin.send(line.encode())
+            await self.process.stdin.send(line.encode(*ENCODING))
 
     def _result(self, encoded: str) -> types.CallToolResult:
         if len(encoded) > self.result_most:
@@ -290,14 +301,11 @@ class _Run:
         try:
             line = await lines.receive_until(b"\n", self.line_most)
         except anyio.DelimiterNotFound:
-            raise ScriptFailed(f"it sent more than {self.line_most} bytes at once") from None
+            raise ScriptFailed(self._too_long(lines.buffer)) from None
         except (anyio.EndOfStream, anyio.IncompleteRead):
             raise ScriptFailed(await self._death()) from None
         if line.startswith(b'{"calls"') and len(line) > self.call_most:
-            raise ScriptFailed(
-                f"its calls' arguments came to more than {self.call_most} bytes at once (server.max_body_bytes, as "
-                "for a client's request)"
-            )
+            raise ScriptFailed(self._too_long(line))
         try:
             message = json.loads(line)
         except (ValueError, RecursionError):
@@ -305,6 +313,18 @@ class _Run:
         if not isinstance(message, dict):
             raise ScriptFailed("the interpreter sent something unreadable")
         return message
+
+    def _too_long(self, start: bytes) -> str:
+        """Why a line (`start` of it) is refused: calls' arguments past a client's body, or a result past its cap."""
+        if start.startswith(b'{"calls"'):
+            return (
+                f"its calls' arguments came to more than {self.call_most} bytes at once (server.max_body_bytes, as "
+                "for a client's request)"
+            )
+        return (
+            f"its result came to more than {self.line_most} bytes of UTF-8 at once (limits.max_result_bytes: "
+            f"{self.result_most} characters of JSON)"
+        )
 
     async def _death(self) -> str:
         """Why the process ended without a result: the kernel's bounds, or what it wrote before dying."""
@@ -342,8 +362,8 @@ class _Run:
         async def make(index: int, tool: str, arguments: dict[str, Any], batch: anyio.CancelScope) -> None:
             nonlocal held
             async with slots:
-                encoded[index] = json.dumps(await self._one(tool, arguments))
-            held += len(encoded[index])
+                encoded[index] = json.dumps(await self._one(tool, arguments), ensure_ascii=False)
+            held += len(encoded[index])  # characters, as the router counted each result
             if held > self.result_most:
                 batch.cancel()
 
@@ -395,6 +415,19 @@ def _script_result(encoded: str) -> types.CallToolResult:
         structured = json.loads(encoded)
     text = json.loads(encoded) if encoded.startswith('"') else encoded  # one string: no objects to make
     return types.CallToolResult(content=[types.TextContent(type="text", text=text)], structured_content=structured)
+
+
+def _non_finite(value: Any, path: str = "data") -> str:
+    """`data["x"][0] is inf`: where the first float JSON cannot hold is in `value` (which has one)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{path} is {value!r}"
+    if isinstance(value, dict | list):
+        pairs = value.items() if isinstance(value, dict) else enumerate(value)
+        for key, item in pairs:
+            found = _non_finite(item, f"{path}[{json.dumps(key, ensure_ascii=False)}]")
+            if found:
+                return found
+    return ""
 
 
 def _child_environment() -> dict[str, str]:

@@ -4,9 +4,11 @@ Why a process: starlark-pyo3 holds the GIL while it interprets (a loop in a work
 for 5 ms at a time, measured) and has no heap bound, so a script in the gateway could take its CPU and memory.
 Here the kernel bounds both (RLIMIT_CPU, RLIMIT_AS) and the gateway kills the process at its deadline.
 
-The protocol is JSON lines. In: the first line `{"script": str, "data": {name: value}}`, then one answer per
-request. Out: `{"calls": [[tool, arguments], ...]}` (a request; answered by `{"results": [{"value": v},
-{"text": t} (parsed here when it is JSON) or {"error": str}, ...]}` in the same order), then the end: `{"result": json_text}` (the value encoded here, so the
+The protocol is JSON lines in UTF-8, not escaped (`ensure_ascii=False`: an escape takes 6 or 12 bytes a character,
+and the gateway counts sizes as for a client's call; JSON escapes a string's newlines, so none splits a line). In: the
+first line `{"script": str, "data": {name: value}}`, then one answer per request. Out: `{"calls": [[tool,
+arguments], ...]}` (a request; answered by `{"results": [{"value": v}, {"text": t} (parsed here when it is JSON)
+or {"error": str}, ...]}` in the same order), then the end: `{"result": json_text}` (the value encoded here, so the
 gateway need not parse a result of a million tiny values on its event loop) or `{"error": str}`. Starlark's
 standard library has no `print`, files, clock or imports, so the script has no other way out.
 """
@@ -14,6 +16,7 @@ standard library has no `print`, files, clock or imports, so the script has no o
 from __future__ import annotations
 
 import json
+import keyword
 import os
 import resource
 import sys
@@ -22,6 +25,7 @@ from typing import Any
 import starlark
 
 FILENAME = "script.star"
+DIALECT = starlark.Dialect.extended()
 # The functions a script calls tools with; `data` may not shadow them.
 FUNCTIONS = ("call_tool", "call_tools")
 # Starlark's own names (its spec's constants and built-in functions): a `data` key may not shadow them either.
@@ -29,8 +33,65 @@ BUILTINS = frozenset(
     "None True False abs any all bool dict dir enumerate fail float getattr hasattr hash int len list max min "  # noqa: SIM905
     "print range repr reversed sorted str tuple type zip".split()
 )
+# Names no variable may have: Starlark's keywords and the words its spec reserves (Python's keywords, which a
+# later Starlark may take), and `load`, which is Starlark's alone.
+KEYWORDS = frozenset(keyword.kwlist) | {"load"}
 # An error message's length at most (a tool's own error text included).
 MESSAGE_MOST = 2000
+# The global the script's value is kept in (when its last statement is an expression, or it ends by `return`), so
+# that Starlark can still look at it after starlark-pyo3 converted it. Not `_`-prefixed: those are the module's
+# own, which starlark-pyo3 reads as None.
+RESULT = "vmcp_script_result"
+# How many lines up from its end a script's last statement is looked for (each a parse of what comes before it).
+STATEMENT_TRIES = 100
+# What a script's values pass through before they leave Starlark: starlark-pyo3 turns a float JSON cannot hold
+# (inf, nan) into None as it converts a value, so only Starlark can tell one from a real None. `call_tool` and
+# `call_tools` check their arguments here, then call the Python functions below (`__call_tool__`...).
+PRELUDE_FILE = "gateway.star"
+PRELUDE = """
+def __non_finite__(value, root):
+    text = repr(value)
+    if "inf" not in text and "nan" not in text:  # most values: no walk (repr is native code)
+        return None
+    parents = []  # each container's (parent's index, key): the path is made only for the float found
+    stack = [(value, -1, None, 0)]
+    for _ in range(2147483647):  # Starlark has no `while`
+        if not stack:
+            return None
+        item, parent, key, depth = stack.pop()
+        kind = type(item)
+        if kind == "float" and not (abs(item) <= 1.7976931348623157e308):  # nan too: no `<=` holds for it
+            return "%s is %s (JSON's numbers are finite)" % (__path__(parents, parent, key, root), str(item))
+        if kind == "dict" or kind == "list" or kind == "tuple":
+            if depth == 1000:  # deeper than starlark-pyo3 converts (a cycle?): its conversion fails, and says why
+                return None
+            parents.append((parent, key))
+            pairs = list(item.items()) if kind == "dict" else list(enumerate(item))
+            for child_key, child in reversed(pairs):  # reversed: the first in order is found first
+                stack.append((child, len(parents) - 1, child_key, depth + 1))
+    return None
+
+def __path__(parents, parent, key, root):
+    keys = []
+    for _ in range(len(parents) + 1):
+        if parent == -1:
+            break
+        keys.append(key)
+        parent, key = parents[parent]
+    return root + "".join(["[%r]" % k for k in reversed(keys)])
+
+def call_tool(tool, arguments = None, **keywords):
+    problem = __non_finite__(arguments, "arguments") or __non_finite__(keywords, "arguments")
+    if problem:
+        __refuse__("tool '%s': %s" % (tool, problem))
+    return __call_tool__(tool, arguments, **keywords)
+
+def call_tools(calls):
+    problem = __non_finite__(calls, "calls")
+    if problem:
+        __refuse__("call_tools: " + problem)
+    return __call_tools__(calls)
+"""
 
 
 class ToolFailed(Exception):
@@ -49,22 +110,34 @@ def _limit(cpu_seconds: int, memory_mb: int) -> None:
 
 
 def _send(message: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(message, ensure_ascii=True, allow_nan=False) + "\n")
-    sys.stdout.flush()
+    # surrogatepass: a lone surrogate in a tool's error text goes as the gateway sent it, never breaking the line.
+    line = json.dumps(message, ensure_ascii=False, allow_nan=False).encode("utf-8", "surrogatepass")
+    sys.stdout.buffer.write(line + b"\n")
+    sys.stdout.buffer.flush()
+
+
+def _receive() -> Any:
+    """The gateway's next message, or None when it closed the pipe (json.loads decodes bytes with surrogatepass)."""
+    line = sys.stdin.buffer.readline()
+    return json.loads(line) if line else None
 
 
 def _ask(calls: list[list[Any]]) -> list[Any]:
     """The values of these tool calls, made by the gateway at once; the first failure raises."""
     _send({"calls": calls})
-    line = sys.stdin.readline()
-    if not line:
+    answer = _receive()
+    if answer is None:
         os._exit(0)  # the gateway gave up on the run (SystemExit would become a Starlark error)
-    results = json.loads(line)["results"]
+    results = answer["results"]
     for (tool, _), result in zip(calls, results, strict=True):
         if "error" in result:
-            _failure.append(f"tool '{tool}': {result['error']}")
-            raise ToolFailed(_failure[-1])
+            _refuse(f"tool '{tool}': {result['error']}")
     return [_value(result) for result in results]
+
+
+def _refuse(message: str) -> None:
+    _failure.append(message)
+    raise ToolFailed(message)
 
 
 def _value(result: dict[str, Any]) -> Any:
@@ -102,13 +175,21 @@ def call_tools(calls: object) -> list[Any]:
     return _ask(pairs) if pairs else []
 
 
-def _source(script: str, names: list[str]) -> tuple[str, bool]:
-    """The script, inside a function when it ends by `return` (taking the data's `names` as parameters, so they
-    stay the script's globals to read and rebind): a script may `return` its result, or end with an expression.
-    Wrapped only when it has no multi-line string, whose text indenting would change."""
+def _parses(source: str) -> bool:
     try:
-        starlark.parse(FILENAME, script, starlark.Dialect.extended())
-        return script, False
+        starlark.parse(FILENAME, source, DIALECT)
+    except starlark.StarlarkError:
+        return False
+    return True
+
+
+def _source(script: str, names: list[str]) -> tuple[str, bool, bool]:
+    """The script to evaluate, whether it is wrapped (its lines then one further down) and whether it keeps its value
+    in `RESULT`. Wrapped, inside a function, when it ends by `return` (taking the data's `names` as parameters, so
+    they stay the script's globals to read and rebind): a script may `return` its result, or end with an
+    expression. Wrapped only when it has no multi-line string, whose text indenting would change."""
+    try:
+        starlark.parse(FILENAME, script, DIALECT)
     except starlark.StarlarkError as error:
         if "`return` cannot be used outside" not in str(error):
             raise
@@ -117,27 +198,72 @@ def _source(script: str, names: list[str]) -> tuple[str, bool]:
                 "the script has a triple-quoted string and a `return` outside a function: end it with the result's "
                 "expression instead of `return`"
             ) from None
-    body = "\n".join("    " + line for line in script.split("\n"))
-    parameters = ", ".join(names)
-    return f"def __script__({parameters}):\n{body}\n__script__({parameters})\n", True
+        body = "\n".join("    " + line for line in script.split("\n"))
+        parameters = ", ".join(names)
+        return f"def __script__({parameters}):\n{body}\n{RESULT} = __script__({parameters})\n", True, True
+    kept = _keeping_value(script)
+    return (script, False, False) if kept is None else (kept, False, True)
 
 
-def _run(script: str, data: dict[str, Any]) -> Any:
-    """The script's value: its `return`'s, or its last expression's."""
+def _keeping_value(script: str) -> str | None:
+    """The script with its last statement, when that is an expression, assigned to `RESULT` on the same lines (its
+    errors keep their line numbers); None when it ends otherwise (its value is then None), or that statement was
+    not found. The statement starts at the last line at column 0 that everything before it parses without."""
+    lines = script.split("\n")
+    tries = 0
+    for start in range(len(lines) - 1, -1, -1):
+        if lines[start][:1] in ("", " ", "\t", "#"):
+            continue
+        tries += 1
+        if tries > STATEMENT_TRIES:
+            return None
+        if not _parses("\n".join(lines[:start])):
+            continue  # a line inside the last statement
+        kept = "\n".join([*lines[:start], f"{RESULT} = (" + lines[start], *lines[start + 1 :], ")"])
+        return kept if _parses(kept) else None
+    return None
+
+
+def _result(script: str, data: dict[str, Any]) -> str:
+    """The script's value as JSON: its `return`'s, or its last expression's."""
     module = starlark.Module()
     for name, value in data.items():
-        if not (name.isascii() and name.isidentifier()) or name in FUNCTIONS or name in BUILTINS:
-            raise ToolFailed(f"data: '{name}' cannot be a variable's name (an ASCII name no built-in has)")
+        if not (name.isascii() and name.isidentifier()) or name.startswith("__") or name in _TAKEN:
+            raise ToolFailed(f"data: '{name}' cannot be a variable's name (an ASCII name no keyword or built-in has)")
         module[name] = value
-    module.add_callable("call_tool", call_tool)
-    module.add_callable("call_tools", call_tools)
-    source, wrapped = _source(script.replace("\r\n", "\n"), list(data))
+    module.add_callable("__call_tool__", call_tool)
+    module.add_callable("__call_tools__", call_tools)
+    module.add_callable("__refuse__", _refuse)
+    starlark.eval(module, starlark.parse(PRELUDE_FILE, PRELUDE, DIALECT), starlark.Globals.standard())
+    source, wrapped, kept = _source(script.replace("\r\n", "\n"), list(data))
     try:
-        return starlark.eval(
-            module, starlark.parse(FILENAME, source, starlark.Dialect.extended()), starlark.Globals.standard()
-        )
+        value = starlark.eval(module, starlark.parse(FILENAME, source, DIALECT), starlark.Globals.standard())
+        if kept:
+            value = module[RESULT]
     except starlark.StarlarkError as error:
         raise ToolFailed(_message(error, wrapped)) from None
+    except ValueError as error:  # converted to Python: an int of more digits than Python writes
+        raise ToolFailed(f"the script's result has no JSON form: {_readable(str(error))}") from None
+    try:
+        encoded = json.dumps(value, ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as error:  # nested too deep
+        raise ToolFailed(f"the script's result has no JSON form: {str(error)[:MESSAGE_MOST]}") from None
+    if kept and "null" in encoded:  # perhaps a float JSON cannot hold, which the conversion made None
+        check = starlark.parse("check.star", f"__non_finite__({RESULT}, 'result')", DIALECT)
+        problem = starlark.eval(module, check, starlark.Globals.standard())
+        if problem:
+            raise ToolFailed(f"the script's result has no JSON form: {problem}")
+    return encoded
+
+
+_TAKEN = KEYWORDS | BUILTINS | frozenset(FUNCTIONS) | {RESULT}
+
+
+def _readable(what: str) -> str:
+    """Python's words for an integer it will not write, as the caller's."""
+    if "integer string conversion" not in what:
+        return what
+    return f"an integer longer than the limit ({sys.get_int_max_str_digits()} digits)"
 
 
 def _message(error: BaseException, wrapped: bool) -> str:
@@ -145,43 +271,55 @@ def _message(error: BaseException, wrapped: bool) -> str:
     the place), the failed tool's message whole; the report itself, cut, when it names no line."""
     text = str(error)
     lines = text.split("\n")
-    places = [i for i, line in enumerate(lines) if line.lstrip().startswith(f"--> {FILENAME}:")]
+    places = [i for i, line in enumerate(lines) if line.lstrip().startswith("--> ")]
     if not places or places[-1] == 0:
         if "serde::serialize" in text:  # the value returned is not data (a function, a range...)
             kind = text.rsplit("type", 1)[-1].strip(" `")
             return f"the script's result has no JSON form (a {kind}): return dicts, lists, strings, numbers"
         return text[:MESSAGE_MOST]
     at = places[-1]  # the last: the place follows the message, which a tool's own text may imitate
-    line_number = int(lines[at].split(":")[1]) - (1 if wrapped else 0)
+    line_number = _script_line(lines, at)
+    if line_number is None:
+        return text[:MESSAGE_MOST]
     what = _failure[-1] if _failure else lines[at - 1].strip()
-    for prefix in ("error: ", "ToolFailed: "):
+    for prefix in ("error: ", "ToolFailed: ", "ValueError: "):
         what = what.removeprefix(prefix)
-    return f"line {line_number}: {what}"[:MESSAGE_MOST]
+    if "integer string conversion" in what:  # an argument: converted as `call_tool`'s was called
+        what = f"{_readable(what)} has no JSON form"
+    return f"line {line_number - (1 if wrapped else 0)}: {what}"[:MESSAGE_MOST]
+
+
+def _script_line(lines: list[str], at: int) -> int | None:
+    """The script's line of the error placed at `lines[at]`: that place's when it is in the script, else (in the
+    prelude's `call_tool`) the script's last frame of the traceback that opens the report."""
+    place = lines[at].lstrip().removeprefix("--> ")
+    if place.startswith(f"{FILENAME}:"):
+        return int(place.split(":")[1])
+    frames = []
+    for line in lines[1:at] if lines[0].startswith("Traceback") else []:
+        if line.startswith("  * "):
+            frames.append(line[4:])
+        elif not line.startswith("      "):  # past the traceback: the message
+            break
+    ours = [frame for frame in frames if frame.startswith(f"{FILENAME}:")]
+    return int(ours[-1].split(":")[1].split(",")[0]) if ours else None
 
 
 def main() -> None:
     _limit(int(sys.argv[1]), int(sys.argv[2]))
-    line = sys.stdin.readline()
-    if not line:
+    request = _receive()
+    if request is None:
         return  # a spare the gateway no longer needs
-    request = json.loads(line)
     try:
-        value = _run(request["script"], request.get("data") or {})
+        encoded = _result(request["script"], request.get("data") or {})
     except starlark.StarlarkError as error:  # the script does not parse
         _send({"error": _message(error, wrapped=False)})
-        return
     except ToolFailed as error:
         _send({"error": str(error)})
-        return
     except Exception as error:  # anything else of the interpreter's: the gateway's log need not hear of it
         _send({"error": f"{type(error).__name__}: {str(error)[:MESSAGE_MOST]}"})
-        return
-    try:
-        encoded = json.dumps(value, ensure_ascii=False, allow_nan=False)
-    except (TypeError, ValueError, RecursionError) as error:  # NaN, an int past 4,300 digits, no data at all
-        _send({"error": f"the script's result has no JSON form: {str(error)[:MESSAGE_MOST]}"})
-        return
-    _send({"result": encoded})
+    else:
+        _send({"result": encoded})
 
 
 if __name__ == "__main__":
