@@ -35,7 +35,7 @@ from vmcp_opt.auth.jwks import JwksCache
 from vmcp_opt.auth.tokens import TokenVerifier
 from vmcp_opt.config import ClaimNames, OAuthConfig, VmcpConfig
 from vmcp_opt.optimizer.metatools import OptimizerFront
-from vmcp_opt.routing import Exchange, ProvidedTool, Target
+from vmcp_opt.routing import Exchange, Target
 from vmcp_opt.routing.policy import PolicyLoadError
 
 pytestmark = pytest.mark.anyio
@@ -457,33 +457,3 @@ async def test_a_token_without_the_required_scopes_gets_403_insufficient_scope_n
         assert (await client.post("/mcp", headers={"Authorization": "Basic Zm9vOmJhcg=="})).status_code == 401
         two = [("authorization", "Bearer good"), ("authorization", "Bearer other")]
         assert (await client.post("/mcp", headers=two)).status_code == 400
-
-
-async def test_list_changed_reaches_a_session_only_when_what_it_is_shown_changed() -> None:
-    from vmcp_opt.server.handlers import ListChangedNotifier
-
-    router = bare_router()
-    router.policy = CedarPolicy(
-        'permit(principal in Group::"dev", action in [Action::"list_tools", Action::"call_tool"], resource);\n'
-        'permit(principal, action in [Action::"list_tools", Action::"call_tool"], resource == Tool::"search");'
-    )
-    provider = EchoProvider("notes", ["search", "save"])
-    router.add_provider(provider)
-
-    class Session:  # what the notifier reads of an SDK Connection: its state, where admission keeps the caller
-        def __init__(self, who: object) -> None:
-            self.state = {"vmcp.caller": who}
-
-    dev = Session(caller("s1", subject="dana", groups=frozenset({"dev"})))
-    ops = Session(caller("s2", subject="otto", groups=frozenset({"ops"})))
-    notifier = ListChangedNotifier(router)
-    for session in (dev, ops):
-        shown = await router.list_tools(session.state["vmcp.caller"])  # type: ignore[arg-type]
-        notifier.shown(session, "tools", shown)  # type: ignore[arg-type]
-    provider._tools["purge"] = ProvidedTool(
-        "purge", types.Tool(name="purge", input_schema={"type": "object"}), "notes", "purge"
-    )
-    router.forget_views()  # as the gateway does when the tools change
-    assert await notifier._changed_for(dev, "tools")  # type: ignore[arg-type]
-    assert not await notifier._changed_for(ops, "tools")  # type: ignore[arg-type]  # nothing it can see changed
-    assert not await notifier._changed_for(dev, "tools")  # type: ignore[arg-type]  # told once

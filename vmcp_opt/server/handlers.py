@@ -8,13 +8,10 @@ backend, a session or a policy themselves.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Sequence
 from typing import Any
 
 import anyio
@@ -31,14 +28,14 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from vmcp_opt import __version__, speedups
 from vmcp_opt.auth import Caller, Identification
 from vmcp_opt.backends.resource_updates import ResourceUpdates
-from vmcp_opt.gateway import Gateway, ListKind
+from vmcp_opt.gateway import ALL_LISTS, Gateway, ListKind
 from vmcp_opt.logs import ThrottledLog
 from vmcp_opt.routing import Router
 from vmcp_opt.routing.operations import Operation, watched
 from vmcp_opt.routing.round_trips import InputRequired, state_boundary
 from vmcp_opt.server.admission import Admission, Transport, connection_of, session_caller
 from vmcp_opt.server.list_answers import answer_list, install_modern_writer, refuse_cursor, shape_lists_off_loop
-from vmcp_opt.server.listen import ListenStreams
+from vmcp_opt.server.listen import ListenStreams, ListViews, View
 from vmcp_opt.server.session_restore import is_restoring
 from vmcp_opt.server.startup import startup_gate
 
@@ -49,6 +46,7 @@ LIST_CHANGED_SEND_WAIT = 2.0
 
 Ctx = ServerRequestContext[Any, Any]
 _INITIALIZED = "vmcp.initialized"  # the connection's session start was told to the watchers
+_LIST_VIEW = "vmcp.list_view"  # under a policy, a 2025-11-25 session's `View` of its lists (server/listen.py)
 
 
 class _GatewayServer(Server[Any]):
@@ -70,16 +68,13 @@ class _GatewayServer(Server[Any]):
 class Handlers:
     """MCP methods → router calls, for one transport's admission."""
 
-    def __init__(self, router: Router, admission: Admission, notifier: ListChangedNotifier | None = None) -> None:
+    def __init__(self, router: Router, admission: Admission) -> None:
         self.router = router
         self.admission = admission
-        self.notifier = notifier
 
     async def list_tools(self, ctx: Ctx, params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
         refuse_cursor(params)
         tools = await self.router.list_tools(self.admission.caller(ctx))
-        if self.notifier is not None:
-            self.notifier.shown(connection_of(ctx), "tools", tools)
         return answer_list(types.ListToolsResult(tools=tools), "tools")
 
     async def call_tool(
@@ -97,8 +92,6 @@ class Handlers:
     async def list_prompts(self, ctx: Ctx, params: types.PaginatedRequestParams | None) -> types.ListPromptsResult:
         refuse_cursor(params)
         prompts = self.router.list_prompts(self.admission.caller(ctx))
-        if self.notifier is not None:
-            self.notifier.shown(connection_of(ctx), "prompts", prompts)
         return answer_list(types.ListPromptsResult(prompts=prompts), "prompts")
 
     async def get_prompt(
@@ -242,10 +235,13 @@ class ModernSessionStarts:
 class ListChangedNotifier:
     """Tells every connected client which of tools, prompts and resources changed.
 
-    Under a policy, a 2025-11-25 session is told that tools or prompts changed only when what *it* is
-    shown changed (compared with what it was last shown), so a change it cannot see is not hinted at. What
-    it was shown is kept as a digest of the names: a tuple of them per session held 400 KB a session at
-    50,000 tools. Without a policy every session is told of every change, and nothing is kept.
+    Under a policy, a 2025-11-25 session is told that a list changed only when the list *it* would get changed
+    since it was last told, as a 2026-07-28 listen stream is, by the same `ListViews` (server/listen.py): a change
+    of what the policy hides from it is not hinted at, and a changed description of a tool it sees is a change.
+    The session's view is taken at its first message (its `initialize`, before it can read a list) and kept in
+    its connection's state, so it goes with the session; the lists' digests are computed on a worker thread once
+    per principal and catalogue, whatever the number of its sessions. Without a policy every session is told of
+    every change, and nothing is kept or computed per session.
 
     Sessions are told side by side, each send bounded by `LIST_CHANGED_SEND_WAIT`: a send waits while its
     session's outgoing buffers are full (a client that does not read its GET stream), and told one after
@@ -256,46 +252,45 @@ class ListChangedNotifier:
     (or are given up on) before the next change's start.
     """
 
-    def __init__(self, router: Router | None = None) -> None:
+    def __init__(self, router: Router, admission: Admission, views: ListViews) -> None:
         self._router = router
+        self._admission = admission
+        self._views = views  # shared with the listen streams (`ListenStreams`)
         # One Connection per client (a ServerSession lives only as long as one request).
         self._clients: weakref.WeakSet[Connection] = weakref.WeakSet()
-        self._shown: weakref.WeakKeyDictionary[Connection, dict[ListKind, bytes]] = weakref.WeakKeyDictionary()
         # 2026-07-28 clients hear about changes on `subscriptions/listen` streams fed by this bus.
         self.bus = InMemorySubscriptionBus()
         self._stalled = 0  # list_changed sends given up on
         self._stall_log = ThrottledLog(logger, 60.0)
 
-    def shown(self, connection: Connection, kind: ListKind, items: Sequence[types.Tool | types.Prompt]) -> None:
-        """What a list request answered this client: the base of its next list_changed decision."""
-        if self._tells_everyone():
-            return
-        self._shown.setdefault(connection, {})[kind] = _names_digest(items)
-
     def _tells_everyone(self) -> bool:
-        return self._router is None or bool(getattr(self._router.policy, "allows_everything", False))
+        return bool(getattr(self._router.policy, "allows_everything", False))
 
     async def _changed_for(self, client: Connection, kind: ListKind) -> bool:
-        router = self._router
-        if router is None or self._tells_everyone() or kind == "resources":
+        if self._tells_everyone():
             return True
-        caller = session_caller(client)
-        previous = self._shown.get(client, {}).get(kind)
-        if caller is None or previous is None:
-            return True
-        if kind == "tools":
-            await router.usable_tools_async(caller)  # not `list_tools`: the caller did not ask (no audit event)
-            now = _names_digest(router.visible_tools(caller))
-        else:
-            now = _names_digest(router.visible_prompts(caller))
-        if now == previous:
+        view = client.state.get(_LIST_VIEW)
+        if not isinstance(view, View):
+            # Its view is still being taken, at its first message: what it lists next is of this catalogue.
             return False
-        self._shown.setdefault(client, {})[kind] = now
-        return True
+        caller = session_caller(client)
+        if caller is not None:
+            self._views.follow(view, caller)  # a session's credential may be refreshed, or its holder change
+        return await self._views.changed(view, kind)
 
     async def track(self, ctx: Ctx, call_next: CallNext) -> HandlerResult:
-        self._clients.add(connection_of(ctx))
+        connection = connection_of(ctx)
+        self._clients.add(connection)
+        if _LIST_VIEW not in connection.state and self._watches(connection):
+            view = await self._views.watch(self._admission.caller(ctx), sorted(ALL_LISTS))
+            connection.state.setdefault(_LIST_VIEW, view)
         return await call_next(ctx)
+
+    def _watches(self, connection: Connection) -> bool:
+        """Whether this connection is a session told by `_tell` whose lists the policy may filter. Before its
+        `initialize` is committed a session's protocol version is the SDK's handshake-era default."""
+        legacy = connection.protocol_version not in MODERN_PROTOCOL_VERSIONS
+        return legacy and connection.has_standalone_channel and not self._tells_everyone()
 
     async def notify(self, kinds: frozenset[ListKind]) -> None:
         events: dict[ListKind, ToolsListChanged | PromptsListChanged | ResourcesListChanged] = {
@@ -319,16 +314,18 @@ class ListChangedNotifier:
             "resources": client.send_resource_list_changed,
         }
         for kind in sorted(kinds):
-            if not await self._changed_for(client, kind):
-                continue
             try:
+                if not await self._changed_for(client, kind):
+                    continue
                 with anyio.move_on_after(LIST_CHANGED_SEND_WAIT) as waited:
                     await sends[kind]()
             except Exception as exc:  # a client gone away must not stop the others being told
                 logger.debug("list_changed not delivered to a client: %r", exc)
                 return
             if waited.cancelled_caught:
-                self._shown.get(client, {}).pop(kind, None)  # it was not told: the next change is news to it
+                view = client.state.get(_LIST_VIEW)
+                if isinstance(view, View):
+                    view.told.pop(kind, None)  # it was not told: the next change is news to it
                 self._stalled += 1
                 self._stall_log.warning(
                     "stalled",
@@ -343,16 +340,20 @@ def build_mcp_server(gateway: Gateway, transport: Transport) -> Server[Any]:
     speedups.install()
     install_modern_writer()
     speedups.freeze_heap()  # imports, config, the gateway: start-up's objects, never garbage
-    notifier = ListChangedNotifier(gateway.router)
     admission = Admission(transport)
-    handlers = Handlers(gateway.router, admission, notifier)
+    # What each principal's lists are, for the catalogue now: both eras' list changes are told by it.
+    views = ListViews(gateway.router)
+    notifier = ListChangedNotifier(gateway.router, admission, views)
+    handlers = Handlers(gateway.router, admission)
     gateway.on_lists_changed.append(notifier.notify)
     limits = gateway.config.limits
     updates = ResourceUpdates(
         lambda uri: notifier.bus.publish(ResourceUpdated(uri)), most=limits.max_listened_resources
     )
     updates.watch(gateway.backends.connections.values())
-    listener = ListenStreams(notifier.bus, gateway.router, admission, updates, limits.max_subscriptions_per_caller)
+    listener = ListenStreams(
+        notifier.bus, gateway.router, admission, updates, limits.max_subscriptions_per_caller, views=views
+    )
     server = _GatewayServer(
         "vmcp-opt",
         version=__version__,
@@ -391,8 +392,3 @@ def build_mcp_server(gateway: Gateway, transport: Transport) -> Server[Any]:
     # Long list answers are shaped for the wire on a worker thread, in slices.
     server.middleware.append(shape_lists_off_loop(server))
     return server
-
-
-def _names_digest(items: Sequence[types.Tool | types.Prompt]) -> bytes:
-    """The items' names in order, as a digest of their JSON list (unambiguous, whatever a name holds)."""
-    return hashlib.blake2b(json.dumps([item.name for item in items]).encode(), digest_size=16).digest()

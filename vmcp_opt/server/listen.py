@@ -14,27 +14,52 @@ is asked. A 2025-11-25 backend takes one `resources/subscribe` per URI, one afte
 `ResourceUpdates`; a stream asks for its URIs there `SUBSCRIBE_BATCH` at a time, and that lock is first come,
 first served, so another stream waiting for the same backend gets its turn after one batch, not after the
 whole request (a 2026-07-28 backend takes them all in one listen stream of the gateway's: one batch).
+
+A list change is told to a stream only when the list its caller would get changed (`ListViews`): a change of
+what the policy hides from the caller is not hinted at, and a busy hidden backend wakes none of its streams. Its
+view of each list it listens to is taken when the stream opens (before the acknowledgement, after which the
+client reads its lists) and again at each change, as a digest of every item it would be shown (names and
+content). With the optimizer on, `tools/list` shows the meta-tools: a backend's tools change no caller's list.
+The same `ListViews` decides for 2025-11-25 sessions (server/handlers.py's `ListChangedNotifier`), whose view is
+taken at their first message.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections import Counter
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
 import anyio.lowlevel
+import anyio.to_thread
 import mcp_types as types
+from anyio.streams.memory import MemoryObjectSendStream
 from mcp.server.context import ServerRequestContext
-from mcp.server.subscriptions import ListenHandler, SubscriptionBus
+from mcp.server.subscriptions import SubscriptionBus
 from mcp.shared.exceptions import MCPError
+from mcp.shared.subscriptions import (
+    SUBSCRIPTION_ID_META_KEY,
+    PromptsListChanged,
+    ResourcesListChanged,
+    ServerEvent,
+    ToolsListChanged,
+    event_matches,
+    event_to_notification,
+)
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+from pydantic import BaseModel
 
 from vmcp_opt.auth import Caller
 from vmcp_opt.auth.caller import caller_key
 from vmcp_opt.backends.connection import BackendConnection
 from vmcp_opt.backends.resource_updates import ResourceUpdates
+from vmcp_opt.gateway import ListKind
 from vmcp_opt.routing import Router
-from vmcp_opt.routing.policy import resource_targets
+from vmcp_opt.routing.policy import BatchPolicy, resource_targets
 from vmcp_opt.server.admission import Admission
 
 logger = logging.getLogger(__name__)
@@ -44,19 +69,42 @@ Ctx = ServerRequestContext[Any, Any]
 # URIs of one stream subscribed to at a 2025-11-25 backend (a request each, about a millisecond apiece for a
 # local one) before another stream waiting for that backend gets its turn.
 SUBSCRIBE_BATCH = 16
+# Streams open at once, and events one stream holds unsent (past it the stream is ended: its client re-listens
+# and reads its lists again): the SDK's `ListenHandler` defaults.
+MAX_STREAMS = 1024
+MAX_BUFFERED_EVENTS = 1024
+# (view, list) digests kept for the catalogue now: a view is a principal listening (on a stream or a 2025-11-25
+# session), and each has at most three lists. Past it the oldest is dropped: computed again when next asked.
+VIEWS_KEPT = 3 * MAX_STREAMS
+
+LIST_OF: dict[type[ServerEvent], ListKind] = {
+    ToolsListChanged: "tools",
+    PromptsListChanged: "prompts",
+    ResourcesListChanged: "resources",
+}
 
 
-class ListenStreams(ListenHandler):
-    """The SDK's listen handler, its resource subscriptions narrowed to what the gateway delivers."""
+class ListenStreams:
+    """Serves `subscriptions/listen` as the SDK's `ListenHandler` does (acknowledgement first, every frame stamped
+    with the subscription id, a bounded backlog per stream), its resource subscriptions narrowed to what the
+    gateway delivers and its list changes to those of the caller's own view."""
 
     def __init__(
-        self, bus: SubscriptionBus, router: Router, admission: Admission, updates: ResourceUpdates, per_caller: int
+        self,
+        bus: SubscriptionBus,
+        router: Router,
+        admission: Admission,
+        updates: ResourceUpdates,
+        per_caller: int,
+        views: ListViews | None = None,
     ) -> None:
-        super().__init__(bus)
+        self._bus = bus
         self._router = router
         self._admission = admission
         self._updates = updates
         self._per_caller = per_caller
+        self._views = views or ListViews(router)  # shared with whatever else tells of list changes
+        self._streams: set[MemoryObjectSendStream[ServerEvent]] = set()
         # Caller key (`caller_key`: a verified subject, else the client's address) → URIs its open streams
         # follow. Not `Caller.id`: a 2026-07-28 HTTP caller without a verified credential is a new id on
         # every request, so each stream would get the whole bound to itself.
@@ -65,11 +113,15 @@ class ListenStreams(ListenHandler):
     async def __call__(
         self, ctx: Ctx, params: types.SubscriptionsListenRequestParams
     ) -> types.SubscriptionsListenResult:
+        if ctx.request_id is None:
+            raise MCPError(types.INVALID_REQUEST, "subscriptions/listen requires a request id")
+        if len(self._streams) >= MAX_STREAMS:
+            raise MCPError(types.INTERNAL_ERROR, "Subscription limit reached")
+        caller = self._admission.caller(ctx)
         asked = list(dict.fromkeys(params.notifications.resource_subscriptions or ()))
         if not asked:
-            return await super().__call__(ctx, params)
+            return await self._serve(ctx, caller, _honored(params.notifications, []))
         self._refuse_past_cap(len(asked))
-        caller = self._admission.caller(ctx)
         held: dict[str, list[str]] = {}  # filled as it goes: a stream cancelled meanwhile releases what it got
         try:
             await self._follow(caller, asked, held)
@@ -79,14 +131,63 @@ class ListenStreams(ListenHandler):
                 logger.info(
                     "listen stream of %s: updates of %d of %d resource(s) promised", caller.id, len(honored), len(asked)
                 )
-            wanted = params.notifications.model_copy(update={"resource_subscriptions": honored or None})
-            return await super().__call__(ctx, params.model_copy(update={"notifications": wanted}))
+            return await self._serve(ctx, caller, _honored(params.notifications, honored))
         finally:
             for name, uris in held.items():
                 backend = self._router.backends.get(name)
                 if backend is not None:
                     self._updates.release(backend, uris)
                 self._give_back(caller_key(caller), len(uris))
+
+    async def _serve(
+        self, ctx: Ctx, caller: Caller, honored: types.SubscriptionFilter
+    ) -> types.SubscriptionsListenResult:
+        """One stream: acknowledged, then fed until its client goes (the handler is cancelled) or `close`."""
+        subscription_id = ctx.request_id
+        meta: dict[str, Any] = {SUBSCRIPTION_ID_META_KEY: subscription_id}
+        uris = frozenset(honored.resource_subscriptions or ())
+        send, receive = anyio.create_memory_object_stream[ServerEvent](MAX_BUFFERED_EVENTS)
+
+        def deliver(event: ServerEvent) -> None:
+            if not event_matches(honored, uris, event):
+                return
+            try:
+                send.send_nowait(event)
+            except anyio.ClosedResourceError:
+                pass  # `close` ended this stream: its loop is unwinding
+            except anyio.WouldBlock:
+                logger.warning("listen stream %r backlog full; ending the stream", subscription_id)
+                self._streams.discard(send)  # its slot now: its own exit may wait on a client that does not read
+                send.close()
+
+        # Subscribed before the views are taken: a change meanwhile is buffered, then judged against them.
+        unsubscribe = self._bus.subscribe(deliver)
+        self._streams.add(send)
+        try:
+            view = await self._views.watch(caller, _lists(honored))
+            await ctx.session.send_notification(
+                types.SubscriptionsAcknowledgedNotification(
+                    params=types.SubscriptionsAcknowledgedNotificationParams(notifications=honored, _meta=meta)
+                ),
+                related_request_id=subscription_id,
+            )
+            async for event in receive:
+                kind = LIST_OF.get(type(event))
+                if kind is None or await self._views.changed(view, kind):
+                    await ctx.session.send_notification(
+                        event_to_notification(event, meta), related_request_id=subscription_id
+                    )
+        finally:
+            unsubscribe()
+            self._streams.discard(send)
+            send.close()
+            receive.close()
+        return types.SubscriptionsListenResult(_meta=meta)
+
+    def close(self) -> None:
+        """Ends every open stream gracefully: each sends what it holds, then its result."""
+        for stream in list(self._streams):
+            stream.close()
 
     async def _follow(self, caller: Caller, asked: list[str], held: dict[str, list[str]]) -> None:
         """Per backend, the URIs followed for this stream, into `held`. The caller's room is taken before the
@@ -144,3 +245,144 @@ def _batches(backend: BackendConnection, uris: list[str]) -> list[list[str]]:
     if backend.protocol_version in MODERN_PROTOCOL_VERSIONS:
         return [uris]
     return [uris[i : i + SUBSCRIBE_BATCH] for i in range(0, len(uris), SUBSCRIBE_BATCH)]
+
+
+def _honored(asked: types.SubscriptionFilter, uris: list[str]) -> types.SubscriptionFilter:
+    """What the acknowledgement promises: the lists asked for (a list's change is told when the caller's view of
+    it changes) and, of the URIs, those the gateway follows for this stream."""
+    return types.SubscriptionFilter(
+        tools_list_changed=True if asked.tools_list_changed else None,
+        prompts_list_changed=True if asked.prompts_list_changed else None,
+        resources_list_changed=True if asked.resources_list_changed else None,
+        resource_subscriptions=uris or None,
+    )
+
+
+def _lists(honored: types.SubscriptionFilter) -> list[ListKind]:
+    flags: dict[ListKind, bool | None] = {
+        "tools": honored.tools_list_changed,
+        "prompts": honored.prompts_list_changed,
+        "resources": honored.resources_list_changed,
+    }
+    return [kind for kind, wanted in flags.items() if wanted]
+
+
+@dataclass
+class View:
+    """One stream's (or 2025-11-25 session's) caller, which view of the lists it has, and the digest of each list
+    as it was last told."""
+
+    caller: Caller
+    key: Hashable | None  # None: the policy hides nothing, every caller's lists are the same
+    told: dict[ListKind, bytes] = field(default_factory=dict)
+
+
+class ListViews:
+    """Each distinct view's digest of a list, for the catalogue now: computed on a worker thread once per view
+    and catalogue, and shared by every stream and 2025-11-25 session of that view (those of one principal wake
+    together at a change: one computes, the others wait for it). The work of a change is one pass over the lists
+    per principal listening, none of it on the event loop; the digests are dropped when the catalogue changes."""
+
+    def __init__(self, router: Router) -> None:
+        self._router = router
+        self._catalog: object = None  # the catalogue `_kept` is of
+        self._kept: dict[tuple[Hashable, ListKind], bytes] = {}
+        self._computing: dict[tuple[Hashable, ListKind], anyio.Event] = {}
+        self._prints = ItemPrints()
+
+    async def watch(self, caller: Caller, kinds: Sequence[ListKind]) -> View:
+        """The caller's view, its lists `kinds` as they are now: what later changes are compared with."""
+        view = View(caller, self._key(caller))
+        if view.key is not None:
+            for kind in kinds:
+                view.told[kind] = await self._digest(view, kind)
+        return view
+
+    async def changed(self, view: View, kind: ListKind) -> bool:
+        """Whether the view's list `kind` changed since the view was last told of it (then it is told now)."""
+        if view.key is None:
+            return True  # the gateway tells only of a list that changed before any policy: everyone's
+        now = await self._digest(view, kind)
+        if now == view.told.get(kind):
+            return False
+        view.told[kind] = now
+        return True
+
+    def follow(self, view: View, caller: Caller) -> None:
+        """The view is now `caller`'s (a 2025-11-25 session's credential refreshed, or its holder changed): its
+        lists' later changes are judged by what that caller is shown, against what the view was last told."""
+        if caller is not view.caller:
+            view.caller, view.key = caller, self._key(caller)
+
+    def _key(self, caller: Caller) -> Hashable | None:
+        policy = self._router.policy
+        if getattr(policy, "allows_everything", False):
+            return None
+        if isinstance(policy, BatchPolicy):
+            return ("principal", policy.principal_key(caller))
+        return ("stream", object())  # a policy that may decide on anything of the caller: a view of its own
+
+    async def _digest(self, view: View, kind: ListKind) -> bytes:
+        key = (view.key, kind)
+        while True:
+            self._follow_catalog()
+            kept = self._kept.get(key)
+            if kept is not None:
+                return kept
+            computing = self._computing.get(key)
+            if computing is None:
+                break
+            await computing.wait()
+        done = self._computing[key] = anyio.Event()
+        try:
+            catalog, digest = await anyio.to_thread.run_sync(self._compute, view.caller, kind)
+        finally:
+            del self._computing[key]
+            done.set()
+        self._follow_catalog()
+        if catalog is self._catalog:
+            if len(self._kept) >= VIEWS_KEPT:
+                self._kept.pop(next(iter(self._kept)))
+            self._kept[key] = digest
+        return digest
+
+    def _follow_catalog(self) -> None:
+        catalog = self._router.catalog.current
+        if catalog is not self._catalog:
+            self._catalog = catalog
+            self._kept.clear()
+
+    def _compute(self, caller: Caller, kind: ListKind) -> tuple[object, bytes]:
+        """On a worker thread: the catalogue read and the digest of what the caller is shown of `kind` in it."""
+        catalog = self._router.catalog.current
+        prints = b"".join(self._prints.of(catalog, item) for item in self._visible(caller, kind))
+        return catalog, hashlib.blake2b(prints, digest_size=16).digest()
+
+    def _visible(self, caller: Caller, kind: ListKind) -> Sequence[BaseModel]:
+        router = self._router
+        if kind == "tools":
+            return router.visible_tools(caller)  # with the optimizer on: the meta-tools and pinned tools
+        if kind == "prompts":
+            return router.visible_prompts(caller)
+        return [*router.visible_resources(caller), *router.visible_templates(caller)]
+
+
+class ItemPrints:
+    """Each listed item's digest (its whole JSON: a changed description is a changed list), kept by identity for
+    the catalogue now and the one before: an item of a listing that did not change is the same object in the
+    next catalogue, and is not serialized again. Holds at most two catalogues' items."""
+
+    def __init__(self) -> None:
+        self._catalog: object = None
+        self._now: dict[int, tuple[BaseModel, bytes]] = {}
+        self._before: dict[int, tuple[BaseModel, bytes]] = {}
+
+    def of(self, catalog: object, item: BaseModel) -> bytes:
+        if catalog is not self._catalog:
+            self._catalog, self._before, self._now = catalog, self._now, {}
+        kept = self._now.get(id(item)) or self._before.get(id(item))
+        if kept is None or kept[0] is not item:  # an id is reused once its object is gone
+            text = item.model_dump_json(by_alias=True, exclude_none=True).encode()
+            kept = (item, hashlib.blake2b(text, digest_size=16).digest())
+        self._now[id(item)] = kept
+        return kept[1]
