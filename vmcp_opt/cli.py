@@ -332,21 +332,27 @@ def config_docs(
 ) -> None:
     """The configuration reference: every setting, its type, default, environment variable and description."""
     from vmcp_opt.config_docs import render
+    from vmcp_opt.optimizer.file_lock import write_atomically
 
     text = render()
-    if output is None:
-        if check:
-            err.print("--check needs --output (the file to compare)")
-            raise typer.Exit(2)
-        sys.stdout.write(text)
-    elif check:
-        if not output.exists() or output.read_text(encoding="utf-8") != text:
-            err.print(f"{output} is stale: run `vmcp config-docs --output {output}`", highlight=False)
-            raise typer.Exit(1)
-    else:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(text, encoding="utf-8")
-        out.print(f"wrote {output}", highlight=False)
+    if output is None and check:
+        err.print("--check needs --output (the file to compare)")
+        raise typer.Exit(2)
+    try:
+        if output is None:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+        elif check:
+            if not output.is_file() or output.read_text(encoding="utf-8") != text:
+                err.print(f"{output} is stale: run `vmcp config-docs --output {output}`", highlight=False)
+                raise typer.Exit(1)
+        else:
+            output.parent.mkdir(parents=True, exist_ok=True)
+            write_atomically(output, text)
+            out.print(f"wrote {output}", highlight=False)
+    except OSError as exc:  # a directory, a full disk, no permission: one line, not a traceback
+        err.print(f"config-docs: {output or 'stdout'}: {exc.strerror or exc}", highlight=False)
+        raise typer.Exit(2) from None
 
 
 models_app = typer.Typer(help="Embedding models: the ONNX export the optimizer's encoder runs.", no_args_is_help=True)
