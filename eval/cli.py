@@ -20,6 +20,7 @@ from eval.methods import BASE_METHODS, KNOWN_METHODS
 
 if TYPE_CHECKING:
     from eval.embed import SharedEmbedder
+    from vmcp_opt.config import OptimizerConfig
 
 eval_app = typer.Typer(help="Retrieval benchmarks: the optimizer against its rivals on public tool-retrieval data.")
 
@@ -75,14 +76,15 @@ def run(
         typer.Option(min=1, help="torch threads; on a busy 2-core machine 1 was 4-8x faster than 2."),
     ] = 1,
     encoder: Annotated[
-        str,
+        str | None,
         typer.Option(
             help="How texts are embedded: 'lean' (torch: optimizer/encoder.py, bfloat16 queries where the "
             "CPU has it), 'lean-fp32' (float32 queries), 'general' (sentence-transformers' encode), 'onnx' "
             "(ONNX Runtime, fp32), 'onnx-int8' (served: SmoothQuant then dynamic int8), 'onnx-int8-blockwise' "
-            "(block-wise int8 weights) or 'onnx-int8-dynamic' (int8 dynamic quantisation of every op)."
+            "(block-wise int8 weights) or 'onnx-int8-dynamic' (int8 dynamic quantisation of every op). "
+            "Default: what the gateway's default configuration serves (optimizer.encoder and .precision)."
         ),
-    ] = "lean",
+    ] = None,
     model: Annotated[
         list[str] | None,
         typer.Option(
@@ -107,6 +109,8 @@ def run(
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--methods") from None
     ks = _cutoffs(k)
+    config = OptimizerConfig()  # the gateway's defaults: its model, and how it runs it
+    encoder = encoder or served_encoder(config)
     if encoder not in ENCODERS:
         raise typer.BadParameter(f"must be one of {', '.join(ENCODERS)}, got {encoder!r}", param_hint="--encoder")
     names = expand_names(dataset)
@@ -124,7 +128,6 @@ def run(
     _check_datasets(names)
     _check_writable(out)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    config = OptimizerConfig()
     options = RunOptions(
         datasets=names,
         methods=method_names,
@@ -146,6 +149,7 @@ def run(
                 config.bulk_bfloat16,
                 out / "cache" / encoder,
                 query_threads=max(1, threads),
+                encoder_name=encoder,
                 **ENCODERS[encoder],
             )
         except ModelError as exc:
@@ -161,6 +165,14 @@ def run(
         (out / "models.json").write_text(json.dumps(runs, indent=2) + "\n", encoding="utf-8")
         typer.echo(models_table(runs))
         console.print(f"models side by side: {out / 'models.json'}")
+
+
+def served_encoder(config: OptimizerConfig) -> str:
+    """The `--encoder` that embeds as a gateway with `config` does: its default is what is measured unless a
+    comparison asks for another (the gateway's torch encoder is the lean one with bfloat16 queries)."""
+    if config.encoder == "torch":
+        return "lean"
+    return "onnx" if config.precision == "fp32" else f"onnx-{config.precision}"
 
 
 def _cutoffs(k: str) -> list[int]:

@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from eval.judgements import query_text, unmatched_judgements, without_blank_queries
+
 if TYPE_CHECKING:
     from vmcp_opt.optimizer.documents import ToolRecord
 
@@ -203,16 +205,17 @@ def load_beir(
     for lineno, row in _read_jsonl(root / "queries.jsonl"):
         if "_id" not in row:
             raise DatasetError(f"{root}/queries.jsonl:{lineno}: a query row needs `_id`")
-        queries[str(row["_id"])] = str(row.get("text", ""))
+        queries[str(row["_id"])] = query_text(row.get("text"))
     qrels = read_qrels(root / "qrels" / f"{split}.tsv")
     known = {tool.id for tool in tools}
-    notes = _unmatched_judgements(qrels, known, queries, f"qrels/{split}.tsv")
+    notes = unmatched_judgements(qrels, known, queries, f"qrels/{split}.tsv")
     qrels = {
         qid: {doc: rel for doc, rel in docs.items() if doc in known and rel > 0}
         for qid, docs in qrels.items()
         if qid in queries
     }
-    qrels = {qid: docs for qid, docs in qrels.items() if docs}
+    qrels, blank = without_blank_queries({qid: docs for qid, docs in qrels.items() if docs}, queries, "queries.jsonl")
+    notes += blank
     train = root / "qrels" / "train.tsv"
     usage = {
         qid: [doc for doc, rel in docs.items() if doc in known and rel > 0]
@@ -229,23 +232,6 @@ def load_beir(
         notes=notes,
     )
     return scorable(dataset, f"{root}: corpus.jsonl", f"qrels/{split}.tsv (ids of queries.jsonl and corpus.jsonl)")
-
-
-def _unmatched_judgements(
-    qrels: dict[str, dict[str, int]], tools: set[str], queries: dict[str, str], where: str
-) -> list[str]:
-    """Judgements the scores cannot use: a tool absent from the corpus can never be retrieved, and leaving it
-    out raises Recall and COMP for that query, so the run says how many were left out rather than nothing."""
-    missing_tools = sum(
-        1 for qid, docs in qrels.items() if qid in queries for doc, rel in docs.items() if rel > 0 and doc not in tools
-    )
-    missing_queries = sum(1 for qid in qrels if qid not in queries)
-    parts = []
-    if missing_tools:
-        parts.append(f"{missing_tools} judgements name a tool not in corpus.jsonl")
-    if missing_queries:
-        parts.append(f"{missing_queries} queries are not in queries.jsonl")
-    return [f"{where}: {' and '.join(parts)}; left out of the scores"] if parts else []
 
 
 def first_use(seen: dict[str, str], tool_id: str, file: str, place: str) -> None:
@@ -315,6 +301,8 @@ def read_qrels(path: Path) -> dict[str, dict[str, int]]:
                 score = _number(row[2])
                 if score is None:
                     raise DatasetError(f"{path}:{lineno}: the score {row[2]!r} is not a number")
+                if not score.is_integer():  # int() would make 0.5 a 0: a judgement dropped without a word
+                    raise DatasetError(f"{path}:{lineno}: the score {row[2]!r} is not a whole number (0, 1, 2...)")
                 qrels.setdefault(row[0], {})[row[1]] = int(score)
     except UnicodeDecodeError:
         raise _not_utf8(path, lineno) from None

@@ -40,9 +40,17 @@ class EmbedderLike(Protocol):
 
 class SharedEmbedder:
     def __init__(
-        self, inner: Any, cache_dir: Path | None = None, query_threads: int = 1, bulk_threads: int = 1
+        self,
+        inner: Any,
+        cache_dir: Path | None = None,
+        query_threads: int = 1,
+        bulk_threads: int = 1,
+        encoder_name: str | None = None,
     ) -> None:
         self.inner = inner
+        # How texts are embedded (`vmcp eval run --encoder`): the optimizer's index directories are kept per
+        # encoder, as the document vectors are, so no run of one encoder reads another's index.
+        self.encoder_name = encoder_name or str(inner.kind)
         # Deliberate thread counts: with anything else on the other core, 2 torch threads were 4-8x slower
         # than 1 here (spinning workers contend), for one query and for bulk encoding alike.
         self.query_threads = query_threads
@@ -151,12 +159,39 @@ class SharedEmbedder:
             return
         self._disk_loaded = True
         with np.load(path) as data:
+            built_by = (str(data["model_files"]), str(data["model_digest"])) if "model_digest" in data else None
+            if not self._same_model(built_by):
+                return  # vectors of the model as it was (changed in place): embedded again, then overwritten
             for key, vector in zip(data["keys"], data["vectors"], strict=True):
                 self._vectors.setdefault(str(key), vector.astype(np.float32))
             if "token_keys" in data:
                 store = TokenStore(data["tokens"], data["token_offsets"])
                 for i, key in enumerate(data["token_keys"]):
                     self._tokens.setdefault(str(key), store.matrix(i))
+
+    def _same_model(self, built_by: tuple[str, str] | None) -> bool:
+        """Whether a cache file written by the model as `built_by` stamped it holds this model's vectors: the
+        id alone names a local directory, which fine-tuning can rewrite in place. Its files as they are now
+        (a few stat calls), else their bytes (copied or reinstalled: new times, same model). A file without a
+        stamp, written before stamps, cannot be told apart and is not trusted."""
+        spec = getattr(self.inner, "spec", None)
+        if spec is None:  # an embedder without a model directory (tests' stand-ins): the id is all there is
+            return True
+        if built_by is None:
+            return False
+        from vmcp_opt.optimizer.model_registry import model_digest, model_files
+
+        return built_by[0] == model_files(spec) or built_by[1] == model_digest(spec)
+
+    def _model_stamp(self) -> tuple[str, str] | None:
+        """(`model_files`, `model_digest`) as the gateway's vector store stamps its files (optimizer/vector_store.py),
+        or None for an embedder with no model spec. The digest is computed once per state of the files."""
+        spec = getattr(self.inner, "spec", None)
+        if spec is None:
+            return None
+        from vmcp_opt.optimizer.model_registry import model_digest, model_files
+
+        return model_files(spec), model_digest(spec)
 
     def _save_to_disk(self) -> None:
         path = self._cache_file()
@@ -167,14 +202,17 @@ class SharedEmbedder:
         stacked = np.stack(list(self._vectors.values())).astype(np.float32)
         store = TokenStore.from_matrices(list(self._tokens.values()), self.dimensions)
         tmp = path.with_suffix(".tmp.npz")
-        np.savez(
-            tmp,
-            keys=keys,
-            vectors=stacked,
-            token_keys=np.array(list(self._tokens), dtype="U64"),
-            tokens=store.tokens,
-            token_offsets=store.offsets,
-        )
+        arrays: dict[str, Any] = {
+            "keys": keys,
+            "vectors": stacked,
+            "token_keys": np.array(list(self._tokens), dtype="U64"),
+            "tokens": store.tokens,
+            "token_offsets": store.offsets,
+        }
+        stamp = self._model_stamp()
+        if stamp is not None:
+            arrays.update(model_files=np.array(stamp[0]), model_digest=np.array(stamp[1]))
+        np.savez(tmp, **arrays)
         tmp.replace(path)
 
 
@@ -209,6 +247,7 @@ def load_shared_embedder(
     precision: Precision = "int8",
     lean: bool = True,
     query_bfloat16: bool = True,
+    encoder_name: str | None = None,
 ) -> SharedEmbedder:
     """The optimizer's configured model, loaded offline the way the gateway loads it (the defaults of
     `encoder`, `precision`, `lean` and `query_bfloat16` are the gateway's; the others exist to compare against it).
@@ -231,4 +270,6 @@ def load_shared_embedder(
     wanted = encoder if encoder == "torch" or precision == "fp32" else f"{encoder}-{precision}"
     if inner.kind != wanted:
         raise ModelError(f"the {wanted} encoder did not load (see the warning above)")
-    return SharedEmbedder(inner, cache_dir, query_threads=query_threads, bulk_threads=query_threads)
+    return SharedEmbedder(
+        inner, cache_dir, query_threads=query_threads, bulk_threads=query_threads, encoder_name=encoder_name or wanted
+    )

@@ -107,8 +107,12 @@ def run(options: RunOptions, embedder: SharedEmbedder, console: Console | None =
 
 
 def write_results(results: dict[str, Any], latencies: dict[str, Any], out: Path) -> None:
-    """results.json and latencies.json, each replaced whole: an interrupted write leaves the old file."""
+    """results.json and latencies.json, each replaced whole: an interrupted write leaves the old file. The
+    last run's plots go (this run's, if it makes any, are written next)."""
+    from eval.plots import remove_plots
+
     out.mkdir(parents=True, exist_ok=True)
+    remove_plots(out)
     _write_json(out / "results.json", json.dumps(results, indent=2) + "\n")
     _write_json(out / "latencies.json", json.dumps(latencies) + "\n")
 

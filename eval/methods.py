@@ -243,7 +243,9 @@ class OptimizerMethod:
         config = OptimizerConfig(**overrides)
         records = [tool.fields.to_record() for tool in ctx.dataset.tools]
         self.id_by_name = {record.name: tool.id for record, tool in zip(records, ctx.dataset.tools, strict=True)}
-        index_dir = ctx.work_dir / "indexes" / ctx.dataset.name / self.name
+        # Per encoder: the index's own stamp covers the model's files, not how it is run, so one --out shared
+        # by several encoders would otherwise hand each the first one's document vectors.
+        index_dir = ctx.work_dir / "indexes" / ctx.embedder.encoder_name / ctx.dataset.name / self.name
         # SharedEmbedder has the Embedder interface (it delegates to one); typed apart to keep the cache.
         usage = past_usage(ctx.dataset, records) if config.usage else None
         reranker = LateInteraction(ctx.embedder, float(late_weight)) if late_weight is not None else None

@@ -5,6 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+# Every file `write_plots` writes: a run that writes none (--no-plots, Ctrl-C) removes these from its out dir.
+PLOT_NAMES = ("recall_at_k.png", "ndcg_at_10.png", "latency.png")
+
 
 def write_plots(results: dict[str, Any], latencies: dict[str, dict[str, list[float]]], out: Path) -> list[Path]:
     import matplotlib
@@ -32,7 +35,7 @@ def write_plots(results: dict[str, Any], latencies: dict[str, dict[str, list[flo
     axes[0][0].set_ylabel("Recall@k (%)")
     axes[0][-1].legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    written.append(_save(fig, out / "recall_at_k.png"))
+    written.append(_save(fig, out / PLOT_NAMES[0]))
 
     # nDCG@10 bars over datasets x methods.
     fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(datasets) + 2), 3.8))
@@ -47,7 +50,7 @@ def write_plots(results: dict[str, Any], latencies: dict[str, dict[str, list[flo
     ax.legend(fontsize=7, ncol=min(len(methods), 4))
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    written.append(_save(fig, out / "ndcg_at_10.png"))
+    written.append(_save(fig, out / PLOT_NAMES[1]))
 
     # Per-query latency distribution, all datasets pooled, one box per method.
     pooled = {m: [v for lat in latencies.values() for v in lat.get(m, [])] for m in methods}
@@ -59,8 +62,14 @@ def write_plots(results: dict[str, Any], latencies: dict[str, dict[str, list[flo
     ax.set_yscale("log")
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    written.append(_save(fig, out / "latency.png"))
+    written.append(_save(fig, out / PLOT_NAMES[2]))
     return written
+
+
+def remove_plots(out: Path) -> None:
+    """Plots of an earlier run in `out`: beside a new results.json they would pass for its figures."""
+    for name in PLOT_NAMES:
+        (out / name).unlink(missing_ok=True)
 
 
 def _save(fig: Any, path: Path) -> Path:

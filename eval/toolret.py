@@ -21,6 +21,7 @@ from eval.datasets import (
     slug,
     unique_name,
 )
+from eval.judgements import query_text, unknown_labels, without_blank_queries
 
 
 def load_toolret(root: Path, task: str) -> Dataset:
@@ -60,14 +61,29 @@ def _toolret_dataset(root: Path, task: str, tools_raw: Any, queries_raw: Any) ->
         )
         tools.append(unique_name(tool, used))
     known = {tool.id for tool in tools}
-    queries = {str(q["id"]): str(q["query"]) for q in queries_raw}
-    qrels: dict[str, dict[str, int]] = {}
-    for q in queries_raw:
-        labels = {str(label["id"]): int(label.get("relevance", 1)) for label in q.get("labels", []) if "id" in label}
-        labels = {doc: rel for doc, rel in labels.items() if doc in known and rel > 0}
-        if labels:
-            qrels[str(q["id"])] = labels
-    return Dataset(name=task, tools=tools, queries=queries, qrels=qrels, source=str(root))
+    queries = {str(q["id"]): query_text(q["query"]) for q in queries_raw}
+    labels = {str(q["id"]): _labels(root, q) for q in queries_raw}
+    notes = unknown_labels(labels, known, f"{root}/queries.json")
+    qrels = {qid: {doc: rel for doc, rel in docs.items() if doc in known and rel > 0} for qid, docs in labels.items()}
+    qrels, blank = without_blank_queries({qid: docs for qid, docs in qrels.items() if docs}, queries, "queries.json")
+    return Dataset(name=task, tools=tools, queries=queries, qrels=qrels, source=str(root), notes=notes + blank)
+
+
+def _labels(root: Path, query: dict[str, Any]) -> dict[str, int]:
+    """One query's labels, tool id -> relevance (1 when not given); a fractional relevance is refused, as a
+    BEIR qrels score is, rather than truncated to 0 and its label dropped."""
+    labels: dict[str, int] = {}
+    for label in query.get("labels", []):
+        if "id" not in label:
+            continue
+        relevance = label.get("relevance", 1)
+        if isinstance(relevance, bool) or not isinstance(relevance, int | float) or not float(relevance).is_integer():
+            raise DatasetError(
+                f"{root}/queries.json: query {query['id']!r}: the relevance {relevance!r} of label "
+                f"{label['id']!r} is not a whole number (0, 1, 2...)"
+            )
+        labels[str(label["id"])] = int(relevance)
+    return labels
 
 
 def toolret_fields(task: str, doc: dict[str, Any]) -> ToolFields:

@@ -146,7 +146,7 @@ def test_several_models_run_side_by_side_each_with_its_own_vectors_and_profile(t
         assert profile["vectors_mb_at_10k_tools"] == pytest.approx(15.4, abs=0.1)
     slugs = [path.name for path in out.iterdir() if (path / "results.json").exists()]
     assert sorted(slugs) == sorted(run["model"].lower() for run in runs)
-    assert len(list((out / "cache" / "lean").glob("*.npz"))) == 2
+    assert len(list((out / "cache" / "onnx-int8").glob("*.npz"))) == 2
     # Same weights, so the same quality: the per-model keys kept each run to its own vectors, not to nothing.
     assert runs[0]["datasets"]["tiny"]["methods"]["dense"]["ndcg@10"] == pytest.approx(
         runs[1]["datasets"]["tiny"]["methods"]["dense"]["ndcg@10"], abs=0.01
