@@ -7,7 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import mcp_types as types
-from mcp.shared.uri_template import InvalidUriTemplate, UriTemplate
+from mcp.shared.exceptions import MCPError
+from mcp.shared.uri_template import DEFAULT_MAX_URI_LENGTH, InvalidUriTemplate, UriTemplate
 
 from vmcp_opt.aggregation.conflicts import Candidate, ConflictResolver, Shadowed
 from vmcp_opt.aggregation.filters import select_tools, warn_unmatched
@@ -56,6 +57,18 @@ class RoutedTemplate:
     backend: str
     template: types.ResourceTemplate
     matcher: UriTemplate | None
+
+
+class UriTooLong(MCPError):
+    def __init__(self) -> None:
+        limit = DEFAULT_MAX_URI_LENGTH
+        super().__init__(types.INVALID_PARAMS, f"URI longer than {limit:,} characters", {"max_uri_length": limit})
+
+
+def uri_too_long(uri: str) -> UriTooLong | None:
+    """What a URI nothing serves is told when no template could match it for its length alone (the SDK's
+    `UriTemplate.match` refuses it): told "not found", a client would not know why."""
+    return UriTooLong() if len(uri) > DEFAULT_MAX_URI_LENGTH else None
 
 
 @dataclass

@@ -33,6 +33,7 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import BaseModel
 
 from vmcp_opt.aggregation import LiveCatalog
+from vmcp_opt.aggregation.catalog import uri_too_long
 from vmcp_opt.auth import Caller
 from vmcp_opt.backends import BackendConnection, BackendManager
 from vmcp_opt.backends.connection import BackendUnavailable
@@ -42,7 +43,7 @@ from vmcp_opt.health import CircuitOpen, Guard
 from vmcp_opt.logs import ThrottledLog
 from vmcp_opt.routing.approval import Approvals, NotApproved
 from vmcp_opt.routing.backend_answers import backend_failed, check_prompt_arguments, naming_backend_once, unstamped
-from vmcp_opt.routing.exchange import Exchange
+from vmcp_opt.routing.exchange import Exchange, forwarded_meta
 from vmcp_opt.routing.operations import (
     Op,
     OperationWatcher,
@@ -531,7 +532,7 @@ class Router:
             template = completion_template(catalog, ref.uri)
             absent = unknown_template(ref.uri)
             if template is None:
-                raise absent
+                raise uri_too_long(ref.uri) or absent
             uri_template = template.template.uri_template
             self._authorize_completion(caller, Target("template", uri_template, template.backend), absent)
             # The backend is asked about the template the policy judged (and knows it by that name).
@@ -580,7 +581,7 @@ class Router:
         routed = resource_targets(self.catalog.current, uri)
         absent = resource_not_found(uri)
         if routed is None:
-            raise absent
+            raise uri_too_long(uri) or absent
         backend, targets = routed
         for target in targets:
             self._authorize(caller, target, absent)
@@ -589,12 +590,18 @@ class Router:
     async def _forward(
         self, caller: Caller, exchange: Exchange, backend: str, request: Any, result_type: type[ResultT]
     ) -> ResultT:
-        """A prompt, resource or completion request: a backend that cannot be reached is a protocol error."""
+        """A prompt, resource or completion request: a backend that cannot be reached is a protocol error.
+
+        Sent as a tools/call is: without the client's progress token (on a shared backend session a token the
+        client chose could name another caller's request there, whose callback would take this request's
+        progress), the backend's progress relayed under the client's own token."""
         op = current() if self.watchers else None
         if op is not None:
             op.backend = backend
+        params = request.params.model_copy(update={"meta": forwarded_meta(request.params.meta)})
+        request = request.model_copy(update={"params": params})
         try:
-            result = await self.send(caller, exchange, backend, request, result_type)
+            result = await self.send(caller, exchange, backend, request, result_type, exchange.progress_relay())
             if op is not None:
                 op.result = result
             return result

@@ -22,6 +22,11 @@ answered -32602 here, naming each field, under the request's id: the SDK says on
 and over HTTP it keeps the session that request opened, which then answers every request the same way and holds
 one of the address's `limits.max_sessions_per_address` until it idles out. No session is opened for it here.
 
+Any other request the SDK refuses as "Invalid request parameters" (it names nothing: a prompt argument that is a
+number, `arguments` a list) gets the first failing field named in that answer, found by validating the request
+again as the SDK did. Only a short JSON answer is looked at, and only a request up to `_RECHECKED_BYTES` is parsed
+again: good input costs a look at a start message's headers.
+
 `json.loads` raises RecursionError, not ValueError, on input nested deeper than its recursion limit (a 2 KB
 body of brackets): each parse here treats both alike, and the SDK answers that body -32700.
 """
@@ -32,16 +37,27 @@ import json
 from typing import Any
 
 from mcp_types import InitializeRequestParams
+from mcp_types import methods as sdk_methods
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from vmcp_opt.display import shorten
 from vmcp_opt.server.json_batch import CallSlots, JsonRpcBatch, is_batch
-from vmcp_opt.server.post_body import GONE, PostBody, parse_json, reading_body
+from vmcp_opt.server.post_body import BODY_KEY, GONE, PostBody, parse_json, reading_body
 from vmcp_opt.server.sessions import json_rpc_error
 
 INVALID_REQUEST = -32600
 INVALID_PARAMS = -32602
 PAYLOAD_TOO_LARGE = 413
+
+# The SDK's answer to params it cannot read, which names no field; answers longer than `_SHORT_ANSWER` bytes are
+# never it. A request over `_RECHECKED_BYTES` keeps that answer: naming its field would parse it all again.
+_UNNAMED = b'"Invalid request parameters"'
+_SHORT_ANSWER = 512
+_RECHECKED_BYTES = 64 * 1024
+# What a client may name a protocol version by (the SDK's default when an HTTP request carries none).
+_VERSION_HEADER = b"mcp-protocol-version"
+_DEFAULT_VERSION = "2025-03-26"
 
 
 class JsonRpcErrorCodes:
@@ -88,7 +104,7 @@ class JsonRpcErrorCodes:
         held: list[Message] = []
 
         async def relay(message: Message) -> None:
-            if message["type"] == "http.response.start" and message["status"] == 400:
+            if message["type"] == "http.response.start" and (message["status"] == 400 or _may_be_unnamed(message)):
                 held.append(message)  # hold the start until the body says which error it is
                 return
             if held and message["type"] == "http.response.body":
@@ -98,7 +114,7 @@ class JsonRpcErrorCodes:
                 start, *parts = held
                 held.clear()
                 body = b"".join(p.get("body", b"") for p in parts) + message.get("body", b"")
-                body = _invalid_request(body)
+                body = _naming_field(_invalid_request(body) if start["status"] == 400 else body, scope)
                 headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
                 headers.append((b"content-length", str(len(body)).encode()))
                 await send({**start, "headers": headers})
@@ -218,3 +234,72 @@ def initialize_problem_in(message: dict[str, Any] | None) -> tuple[str | int, st
 def _field_problem(error: Any) -> str:
     path = "params" + "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in error["loc"])
     return f"{path}: {error['msg']}"
+
+
+def _may_be_unnamed(start: Message) -> bool:
+    """Whether a 200 response may be the SDK's "Invalid request parameters" (JSON and short; a 2026-07-28
+    request's is a 400, which is always looked at)."""
+    if start["status"] != 200:
+        return False
+    headers = dict(start.get("headers", []))
+    length = headers.get(b"content-length", b"")
+    return (
+        headers.get(b"content-type", b"").startswith(b"application/json")
+        and length.isdigit()
+        and (int(length) <= _SHORT_ANSWER)
+    )
+
+
+def _naming_field(answer: bytes, scope: Scope) -> bytes:
+    """The SDK's "Invalid request parameters" answer with its request's first failing field named."""
+    posted = scope.get(BODY_KEY)
+    if _UNNAMED not in answer or not isinstance(posted, PostBody) or len(posted.raw) > _RECHECKED_BYTES:
+        return answer
+    try:
+        data: Any = json.loads(answer)
+        request: Any = parse_json(posted.raw)
+    except (ValueError, RecursionError):
+        return answer
+    error = data.get("error") if isinstance(data, dict) else None
+    if not isinstance(error, dict) or error.get("code") != INVALID_PARAMS or not isinstance(request, dict):
+        return answer
+    problem = params_problem(request, _protocol_version(scope))
+    if problem is None:
+        return answer
+    error["message"] = problem
+    return json.dumps(data, separators=(",", ":")).encode()
+
+
+def _protocol_version(scope: Scope) -> str:
+    for name, value in scope["headers"]:
+        if name == _VERSION_HEADER:
+            return str(value.decode("latin-1"))
+    return _DEFAULT_VERSION
+
+
+def params_problem(request: dict[str, Any], version: str) -> str | None:
+    """A -32602 message naming the first field of the request's params the SDK refuses at `version` (never the
+    value sent), or None when they pass (the SDK refused something else) or the method or version is not the spec's."""
+    method = request.get("method")
+    if not isinstance(method, str) or method not in sdk_methods.SPEC_CLIENT_METHODS:
+        return None
+    try:
+        sdk_methods.parse_client_request(method, version, request.get("params"))
+    except ValidationError as exc:
+        errors = exc.errors(include_input=False, include_url=False)
+        return f"Invalid params for {method}: {_path(errors[0]['loc'])}: {errors[0]['msg']}" if errors else None
+    except (ValueError, KeyError, RuntimeError):
+        return None  # an unknown version, a method the version lacks: not a params problem
+    return None
+
+
+def _path(loc: tuple[int | str, ...]) -> str:
+    """`params.arguments.city`, `params._meta['io.modelcontextprotocol/logLevel']`; a key the client made up is cut
+    short."""
+    return "".join(_step(part) for part in loc).lstrip(".")
+
+
+def _step(part: int | str) -> str:
+    if isinstance(part, int):
+        return f"[{part}]"
+    return f".{shorten(part)}" if part.isidentifier() else f"[{shorten(part)!r}]"
