@@ -235,6 +235,18 @@ class RedisConfig(_Strict):
     # state), by pub/sub on `<key_prefix>changes`: the others re-list that backend, and their clients get
     # `list_changed`. For replicas whose backends are the same servers (HTTP) or equivalent processes.
     share_changes: bool = False
+    # Connect with redis-py's RedisCluster, seeding from `url` (any node of the cluster; it finds the others): for a
+    # Redis Cluster, as managed Redis in cluster mode offers. `url` must then name database 0, the only one a cluster has.
+    cluster: bool = False
+
+    @model_validator(mode="after")
+    def _cluster_database(self) -> RedisConfig:
+        database = urllib.parse.urlsplit(self.url).path.strip("/") or "0"
+        if self.cluster and database != "0":
+            raise ValueError(
+                f"url: database {database} with cluster: true; a Redis Cluster has database 0 only: end the URL with /0"
+            )
+        return self
 
     @field_validator("url")
     @classmethod

@@ -1,20 +1,41 @@
 """The Lua scripts `RedisEventStore` (shared/events.py) runs in Redis: adding a session's event and forgetting a
 session's events, each keeping the byte budget of every session's events (in total and per caller) in the same
-atomic step, so replicas writing at once never see a count half updated."""
+atomic step, so replicas writing at once never see a count half updated.
+
+They run on Redis Cluster too. Each call's KEYS name every key known before it runs; the rest (another session's
+list, byte count and streams, which the shared budget drops or releases, and a caller's set of its sessions) are
+named by what the keys hold, so no caller could declare them. Every key of the event store shares one hash tag
+(`events_root` below) and so one slot: Cluster runs a script on the node of its KEYS' slot, and a key
+of that slot is local there, declared or not. No `TIME` and nothing random: the time comes in ARGV, so a script
+replays the same wherever it runs."""
 
 from __future__ import annotations
 
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+
+EventsClient = Redis | RedisCluster
+
+
+def events_root(client: EventsClient, prefix: str) -> str:
+    """What every key of the event store starts with. On a cluster, `{events}` is the keys' hash tag: one slot
+    for them all, as the scripts' shared budget reaches any session's keys. A single Redis keeps the untagged
+    names it always had, so an upgrade leaves the events and counts written before it where they are found."""
+    return prefix + ("{events}" if isinstance(client, RedisCluster) else "events")
+
+
 # What both scripts start with: the budget of the events of every session in Redis, in bytes, in total and per
 # caller. Their last five KEYS (`_budget_keys`): the total; hashes of each session's bytes, of the caller it is
-# charged to, and of each caller's bytes; the sessions by expiry (when their keys go). Their last four ARGV:
-# `<prefix>events:`, the session's namespace, the expiry in ms, the prefix of a caller's sorted set of its
-# sessions by expiry (`mine`: written longest ago first).
+# charged to, and of each caller's bytes; the sessions by expiry (when their keys go). Their last five ARGV:
+# `<prefix>events:` (tagged on a cluster), the session's namespace, the expiry in ms, the prefix of a caller's
+# sorted set of its sessions by expiry (`mine`: written longest ago first), the writer's clock in ms. A replica's
+# clock off by a few seconds only moves when a gone session is first looked at: it is released only once Redis
+# says its keys are gone (PTTL), and one still there is put back by its own PTTL.
 BUDGET = """
 local total, sizes, charged, callers, expiry = unpack(KEYS, #KEYS - 4)
-local prefix, namespace, ttl, caller_sets = unpack(ARGV, #ARGV - 3)
+local prefix, namespace, ttl, caller_sets, now = unpack(ARGV, #ARGV - 4)
 ttl = tonumber(ttl)
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+now = tonumber(now)
 
 -- `delta` never `-x` (-0 is no integer to Redis): `0 - x`.
 local function charge(session, caller, delta)

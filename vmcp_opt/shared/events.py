@@ -16,7 +16,8 @@ stream it empties. Without it, every request of a session that streamed left a s
 session expired: a client could fill Redis at its request rate.
 
 Sessions together are bounded in bytes too, in the same script, against counts it keeps beside the events
-(`<prefix>events-budget:*`): per caller (`sessions.max_event_bytes_per_caller_in_redis`; a caller is
+(`<prefix>events-budget:*`; on Redis Cluster every key of the store is under `<prefix>{events}`, one slot,
+shared/event_scripts.py `events_root`): per caller (`sessions.max_event_bytes_per_caller_in_redis`; a caller is
 `EVENTS_CALLER`, which the shared sessions' layer sets to the principal or the client's address, for the
 session's tasks) the caller's oldest go, from its session written longest ago on, its newest kept whatever its
 size; in total (`sessions.max_event_bytes_in_redis`) the new event is not stored, and neither is the rest of
@@ -56,18 +57,18 @@ the replay ends with a JSON-RPC error for the request rather than leaving the cl
 Redis unreachable while storing (or the queue full): the message still reaches a connected client; its
 event is lost for replays (counted, at most one log line per interval).
 
-Past ~450 lines on purpose: the store's write side (queue, writer, the `ADD` script's arguments and its
-budget's keys) and its read side (replay, `holds`, the writer marks an early replay waits on) share the keys,
-the event id's shape and the bounds; its last hundred lines are those ids' small parsers.
+The heartbeats both sides rely on (a replica's presence, a writer's progress) are shared/presence.py's. Past
+~450 lines on purpose: the store's write side (queue, writer, the `ADD` script's arguments and its budget's
+keys) and its read side (replay, `holds`, the writer marks an early replay waits on) share the keys, the event
+id's shape and the bounds; its last hundred lines are those ids' small parsers.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import secrets
-from collections.abc import Callable
+import time
 from contextvars import ContextVar
 from typing import Any
 
@@ -83,24 +84,24 @@ from mcp_types import (
     jsonrpc_message_adapter,
 )
 from pydantic import ValidationError
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError
 
 from vmcp_opt.logs import ThrottledLog
 from vmcp_opt.shared.event_ids import GET_EVENT_PREFIX, GET_STREAM_DIGEST, marked_event_id, names_get_stream
-from vmcp_opt.shared.event_scripts import ADD, FORGET
+from vmcp_opt.shared.event_scripts import ADD, FORGET, EventsClient, events_root
+from vmcp_opt.shared.presence import STORE_ERRORS, ReplicaPresence, expiry_ms, keep_key
+
+# The presence's names too: the shared sessions' other parts (round_relay.py, server/shared_sessions.py) import
+# them from here.
+__all__ = ["EVENTS", "EVENTS_CALLER", "STORE_ERRORS", "RedisEventStore", "ReplicaPresence", "keep_key"]
 
 logger = logging.getLogger(__name__)
 
 # The namespace of the session whose request is being served (None: not a shared session's).
 EVENTS: ContextVar[str | None] = ContextVar("vmcp_sse_events", default=None)
-STORE_ERRORS = (RedisError, OSError, TimeoutError)
 _TAIL_BATCH = 100
 _WRITE_BATCH = 500
 _FIND_WAIT = 2.0
-# A heartbeat key (a replica's presence, an SSE writer's progress) lives this many beats: a process gone stops
-# vouching for what it holds soon after.
-_BEATS = 3
 Entry = tuple[str, dict[str, bytes]]  # a Redis stream entry: its id, its fields
 # An event waiting for the writer: session namespace, the caller charged, stream digest, the entry's e, s, r and m.
 Queued = tuple[str, str, str, tuple[str, str, str, bytes]]
@@ -125,50 +126,10 @@ class _Found:
 _FOUND: ContextVar[_Found | None] = ContextVar("vmcp_sse_found", default=None)
 
 
-async def keep_key(
-    client: Redis, key: str, value: Callable[[], object], interval: float, log: ThrottledLog, what: str
-) -> None:
-    """Until cancelled: `key` set to `value()` every `interval`, expiring after `_BEATS` of them, and deleted on
-    the way out, so what it vouches for ends with the process (at once when it stops, soon when it dies)."""
-    try:
-        while True:
-            try:
-                await client.set(key, str(value()), px=_expiry_ms(interval))
-            except STORE_ERRORS as exc:
-                log.warning(what, "sessions: %s not written: %s", what, type(exc).__name__)
-            await anyio.sleep(interval)
-    finally:
-        with anyio.CancelScope(shield=True), anyio.move_on_after(interval), contextlib.suppress(*STORE_ERRORS):
-            await client.delete(key)
-
-
-def _expiry_ms(interval: float) -> int:
-    return max(1, int(interval * 1000 * _BEATS))
-
-
-class ReplicaPresence:
-    """Each replica's heartbeat key, `<prefix>replica:<id>`, refreshed every `interval` and expiring after
-    three: another replica can tell that the one running a request is gone."""
-
-    def __init__(self, client: Redis, prefix: str, replica: str, interval: float = 1.0) -> None:
-        self.client = client
-        self.prefix = prefix + "replica:"
-        self.replica = replica
-        self.interval = interval
-        self._log = ThrottledLog(logger, 60.0)
-
-    async def run(self) -> None:
-        """Until cancelled; the key is deleted on the way out, so a stopped replica counts as gone at once."""
-        await keep_key(self.client, self.prefix + self.replica, lambda: "1", self.interval, self._log, "heartbeat")
-
-    async def alive(self, replica: str) -> bool:
-        return bool(await self.client.exists(self.prefix + replica))
-
-
 class RedisEventStore(EventStore):
     def __init__(
         self,
-        client: Redis,
+        client: EventsClient,
         prefix: str,
         presence: ReplicaPresence,
         max_events: int,
@@ -183,7 +144,8 @@ class RedisEventStore(EventStore):
         """`max_events`: per stream; `session_*`: per session, all its streams together; `caller_bytes`: per
         caller, all its sessions together; `total_bytes`: every session in Redis."""
         self.client = client
-        self.prefix = prefix + "events:"
+        root = events_root(client, prefix)
+        self.prefix = root + ":"
         self.presence = presence
         self.max_events = max_events
         self.session_events = session_events
@@ -201,8 +163,9 @@ class RedisEventStore(EventStore):
         self._tag = secrets.token_hex(4)  # event ids of this process
         self._counter = 0
         self._written = 0  # the highest counter written to Redis (or lost): what its progress key says
-        self._writer_prefix = prefix + "events-writer:"
-        self._budget_prefix = prefix + "events-budget:"
+        # In the events' slot: the progress set after a batch lands after its events (`_find` relies on it).
+        self._writer_prefix = root + "-writer:"
+        self._budget_prefix = root + "-budget:"
         # Events wait here for `write` (`run_writer`), so sending a message never waits for Redis.
         self._queue, self._queued = anyio.create_memory_object_stream[Queued](queue_size)
 
@@ -242,24 +205,34 @@ class RedisEventStore(EventStore):
                 batch.append(self._queued.receive_nowait())
             except anyio.WouldBlock:
                 break
-        bounds = (self.max_events, self.session_events, self.session_bytes)
         # Queued in counter order: the last is the highest.
         high = max([self._written, *(_counter_of(fields[0]) for *_, fields in batch[-1:])])
         try:
-            async with self.client.pipeline(transaction=False) as pipe:
-                for namespace, caller, digest, fields in batch:
-                    keys = [f"{self.prefix}{namespace}:{digest}", *self._session_keys(namespace)]
-                    budget = (caller, self.caller_bytes, self.total_bytes, *self._budget_args(namespace))
-                    await self._add(keys, [*fields, *bounds, *budget], client=pipe)
-                # After the events, on the same connection: a reader that sees the counter finds them stored.
-                pipe.set(self._writer_prefix + self._tag, high, px=_expiry_ms(self.presence.interval))
-                answers = await pipe.execute()
+            try:
+                answers = await self._send(batch, high)
+            except NoScriptError:
+                # A cluster's pipeline leaves loading to us (a node new, restarted or failed over lacks the
+                # script): every EVALSHA of the batch, all on that node, failed and added nothing.
+                await self.client.script_load(ADD)
+                answers = await self._send(batch, high)
             self._note_budget(answers[:-1])
         except STORE_ERRORS as exc:
             self._lose(len(batch), type(exc).__name__)
         finally:
             # Only now (stored, or lost for good) may `_announce` say so: not while the events are on their way.
             self._written = high
+
+    async def _send(self, batch: list[Queued], high: int) -> list[Any]:
+        bounds = (self.max_events, self.session_events, self.session_bytes)
+        async with self.client.pipeline(transaction=False) as pipe:
+            for namespace, caller, digest, fields in batch:
+                keys = [f"{self.prefix}{namespace}:{digest}", *self._session_keys(namespace)]
+                budget = (caller, self.caller_bytes, self.total_bytes, *self._budget_args(namespace))
+                # redis-py's AsyncScript takes a ClusterPipeline (it checks for one); its annotation leaves it out.
+                await self._add(keys, [*fields, *bounds, *budget], client=pipe)  # type: ignore[arg-type]
+            # After the events, on the same connection: a reader that sees the counter finds them stored.
+            pipe.set(self._writer_prefix + self._tag, high, px=expiry_ms(self.presence.interval))
+            return list(await pipe.execute())
 
     def _session_keys(self, namespace: str) -> list[str]:
         """The session's list of its events and its byte count, then the budget's keys (see `BUDGET` in shared/event_scripts.py)."""
@@ -268,8 +241,9 @@ class RedisEventStore(EventStore):
             budget + name for name in ("total", "sizes", "charged", "callers", "expiry")
         ]
 
-    def _budget_args(self, namespace: str) -> tuple[str, str, int, str]:
-        return self.prefix, namespace, self.ttl_ms, self._budget_prefix + "caller:"
+    def _budget_args(self, namespace: str) -> tuple[str, str, int, str, int]:
+        # The clock in ARGV, not the script's `TIME`: a script then does the same wherever it is replayed.
+        return self.prefix, namespace, self.ttl_ms, self._budget_prefix + "caller:", int(time.time() * 1000)
 
     def _note_budget(self, answers: list[Any]) -> None:
         """Counts (and says, at most once an interval) what the callers' and the total's bounds dropped."""

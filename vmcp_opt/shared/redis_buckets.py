@@ -6,11 +6,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from vmcp_opt.config import VmcpConfig
 from vmcp_opt.shared.rate_limits import Bucket
 from vmcp_opt.shared.redis_client import redis_client
+from vmcp_opt.shared.redis_cluster import cluster_tag
 
 # KEYS: the buckets' keys. ARGV: rate and burst of each, in KEYS order. Redis's own clock, so replicas'
 # clocks need not agree. Returns {1} when taken, else {0, wait seconds as a string, 1-based index}.
@@ -49,11 +50,14 @@ class RedisBuckets:
     """Buckets in Redis, shared by every replica: one script call per tool call. A key expires once its
     bucket would be full again, so idle callers cost Redis nothing."""
 
-    errors: tuple[type[Exception], ...] = (RedisError,)
+    errors: tuple[type[Exception], ...] = (RedisError, RedisClusterException)
 
     def __init__(self, client: Redis, prefix: str) -> None:
         self.client = client
-        self.prefix = prefix + "rl:"
+        # On a cluster every bucket is in one slot, `{rl}`: a call takes several buckets in one script (one node),
+        # and a bucket (the shared one, a caller's) is taken with different others by different calls, so no
+        # tag narrower than all of them keeps one key per bucket. A single Redis keeps the names it had.
+        self.prefix = prefix + cluster_tag(client, "rl") + ":"
         self._script = client.register_script(TAKE_SCRIPT)
 
     async def take(self, buckets: Sequence[Bucket]) -> tuple[int, float] | None:

@@ -30,7 +30,7 @@ import math
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Literal
+from typing import Any, Literal, cast
 from urllib.parse import urlsplit
 
 import redis
@@ -42,6 +42,7 @@ from redis.exceptions import (
     NoPermissionError,
     OutOfMemoryError,
     ReadOnlyError,
+    RedisClusterException,
     RedisError,
     ResponseError,
 )
@@ -50,6 +51,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from vmcp_opt.config import VmcpConfig
+from vmcp_opt.shared.redis_cluster import async_cluster, sync_cluster
 from vmcp_opt.shared.secrets import read_secret, redis_users
 
 logger = logging.getLogger(__name__)
@@ -176,39 +178,54 @@ def redis_link(config: VmcpConfig) -> RedisLink:
 
 
 class _AsyncConnection(aioredis.Connection):
-    def __init__(self, *, link: RedisLink, **kwargs: Any) -> None:
+    default_link: RedisLink | None = None  # a cluster's: its link built into the class (shared/redis_cluster.py)
+
+    def __init__(self, *, link: RedisLink | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.link = link
+        self.link = _given(link, self.default_link)
 
     async def connect(self) -> None:
         await _connect_async(self.link, self.is_connected, super().connect)
 
 
 class _AsyncSSLConnection(aioredis.SSLConnection):
-    def __init__(self, *, link: RedisLink, **kwargs: Any) -> None:
+    default_link: RedisLink | None = None
+
+    def __init__(self, *, link: RedisLink | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.link = link
+        self.link = _given(link, self.default_link)
 
     async def connect(self) -> None:
         await _connect_async(self.link, self.is_connected, super().connect)
 
 
 class _Connection(redis.Connection):
-    def __init__(self, *, link: RedisLink, **kwargs: Any) -> None:
+    default_link: RedisLink | None = None
+
+    def __init__(self, *, link: RedisLink | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)  # type: ignore[no-untyped-call]  # untyped in redis-py
-        self.link = link
+        self.link = _given(link, self.default_link)
 
     def connect(self) -> None:
         _connect(self.link, self.is_connected, super().connect)
 
 
 class _SSLConnection(redis.SSLConnection):
-    def __init__(self, *, link: RedisLink, **kwargs: Any) -> None:
+    default_link: RedisLink | None = None
+
+    def __init__(self, *, link: RedisLink | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.link = link
+        self.link = _given(link, self.default_link)
 
     def connect(self) -> None:
         _connect(self.link, self.is_connected, super().connect)
+
+
+def _given(link: RedisLink | None, default: RedisLink | None) -> RedisLink:
+    found = link if link is not None else default
+    if found is None:
+        raise TypeError("a gateway Redis connection needs its RedisLink")
+    return found
 
 
 async def _connect_async(link: RedisLink, connected: bool, connect: Callable[[], Awaitable[None]]) -> None:
@@ -238,11 +255,16 @@ def redis_client(config: VmcpConfig) -> aioredis.Redis:
     """Connects on first use; every command is bounded by `redis.timeout`. A command is tried again once, at
     once, only when its connection was refused or closed (a pooled connection left over from before Redis
     restarted fails its first use), never after a timeout: an unreachable Redis costs a request at most one
-    timeout."""
-    return _async_client(config.redis.url, _settings(config))
+    timeout. With `redis.cluster`, redis-py's cluster client seeded from `redis.url` (shared/redis_cluster.py)."""
+    return _async_client(config, _settings(config))
 
 
-def _async_client(url: str, settings: dict[str, Any]) -> aioredis.Redis:
+def _async_client(config: VmcpConfig, settings: dict[str, Any]) -> aioredis.Redis:
+    url = config.redis.url
+    if config.redis.cluster:
+        # Annotated as the single client, which every user names: the cluster client takes the same commands,
+        # and the few places where the two differ test for `RedisCluster` (`cluster_tag`, `events_root`).
+        return cast(aioredis.Redis, async_cluster(url, settings, _AsyncConnection, _AsyncSSLConnection))
     client: aioredis.Redis = aioredis.Redis.from_url(
         url,
         retry=AsyncRetry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
@@ -255,6 +277,8 @@ def _async_client(url: str, settings: dict[str, Any]) -> aioredis.Redis:
 def redis_sync_client(config: VmcpConfig) -> redis.Redis:
     """The same settings, for a thread (the optimizer's usage saver)."""
     url = config.redis.url
+    if config.redis.cluster:
+        return cast(redis.Redis, sync_cluster(url, _settings(config), _Connection, _SSLConnection))
     client: redis.Redis = redis.Redis.from_url(
         url,
         retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
@@ -309,10 +333,10 @@ async def with_redis_state(config: VmcpConfig, body: dict[str, Any]) -> dict[str
 
 async def _probe(config: VmcpConfig, link: RedisLink) -> None:
     if link.ready_client is None:
-        link.ready_client = _async_client(config.redis.url, dict(link.client_settings or _settings(config)))
+        link.ready_client = _async_client(config, dict(link.client_settings or _settings(config)))
     try:
         await link.ready_client.set(config.redis.key_prefix + _PROBE_KEY, "1", px=_PROBE_TTL_MS)
-    except (RedisError, OSError) as exc:  # failing to connect is reported by then; not failing after it
+    except (RedisError, RedisClusterException, OSError) as exc:  # failing to connect is reported by then
         link.failed(exc)
     else:
         link.accepted()
@@ -324,7 +348,7 @@ def redis_problem(config: VmcpConfig) -> str | None:
     client = redis_sync_client(config)
     try:
         client.set(config.redis.key_prefix + _PROBE_KEY, "1", px=_PROBE_TTL_MS)
-    except (RedisError, OSError) as exc:
+    except (RedisError, RedisClusterException, OSError) as exc:
         redis_link(config).failed(exc)
     else:
         redis_link(config).accepted()

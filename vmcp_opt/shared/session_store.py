@@ -16,6 +16,10 @@ of ~64 KB each (16 MB) in the Redis every client's sessions share, and it could 
 past a bound is served by the replica that took it, as the client asked, but not recorded: a replica that
 takes the session over does not renew it (one warning a minute says so, not one per request).
 
+On Redis Cluster (`redis.cluster`) the digest in both keys is a hash tag, `session:{<digest>}`, so a session's
+record and tombstone share a slot, as the scripts and transactions using both need; a single Redis keeps the
+untagged names, so an upgrade finds the sessions written before it.
+
 A deleted session leaves a tombstone, `<prefix>session-ended:<digest>`, for as long: a replica still holding
 a copy learns from it that the session ended, while a record that is merely missing (Redis restarted empty)
 is written again by the replica that holds it, unless the tombstone is there by then (`save_unless_ended`).
@@ -42,9 +46,10 @@ from mcp_types import INVALID_PARAMS, InitializeRequestParams
 from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from vmcp_opt.logs import ThrottledLog
+from vmcp_opt.shared.redis_cluster import cluster_tag
 
 logger = logging.getLogger(__name__)
 
@@ -134,7 +139,7 @@ class SessionRecord:
 
 
 # What a failed store call raises (as vmcp_opt/shared/events.py `STORE_ERRORS`).
-_FAILURES = (RedisError, OSError, TimeoutError)
+_FAILURES = (RedisError, RedisClusterException, OSError, TimeoutError)
 # Seconds a client is told to wait (Retry-After) before retrying during an outage: a restart or failover ends
 # within seconds, and a client retrying each second finds its session a second after Redis is back at most.
 OUTAGE_RETRY_AFTER = 1
@@ -210,10 +215,11 @@ class RedisSessions:
             return await pipe.execute()
 
     def _key(self, session_id: str) -> str:
-        return self.prefix + session_key_digest(session_id)
+        return self.prefix + cluster_tag(self.client, session_key_digest(session_id))
 
     def _ended(self, session_id: str) -> str:
-        return self.ended_prefix + session_key_digest(session_id)
+        # In the record's slot on a cluster (both tagged with the digest): `_SAVE_UNLESS_ENDED` and `delete` use both.
+        return self.ended_prefix + cluster_tag(self.client, session_key_digest(session_id))
 
     async def save(self, session_id: str, record: SessionRecord) -> None:
         """The record of a session just opened (no tombstone to heed: its id is new)."""

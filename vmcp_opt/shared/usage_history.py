@@ -1,6 +1,7 @@
 """The optimizer's co-usage history in Redis (`optimizer.usage_store: redis`): one history for all replicas.
 
-Two hashes under `redis.key_prefix`: `usage:tasks` (tool → tasks it was used in) and `usage:together`
+Two hashes under `redis.key_prefix` (on Redis Cluster every key below is `{usage}:…`, one slot, for the merge's
+transaction): `usage:tasks` (tool → tasks it was used in) and `usage:together`
 (a JSON `[tool, other]` pair → tasks that used both; both directions, as the graph keeps them). A merge is
 one transaction: HINCRBY of this replica's new counts, then HGETALL of both hashes, so the increments of
 every replica add up and each reads a consistent whole. The optimizer's saver thread merges
@@ -33,8 +34,10 @@ from typing import Any, cast
 
 import redis
 from redis.client import Pipeline
+from redis.exceptions import RedisClusterException
 
 from vmcp_opt.optimizer.usage import UsageGraph, bounded
+from vmcp_opt.shared.redis_cluster import cluster_tag, on_cluster
 
 logger = logging.getLogger(__name__)
 
@@ -44,10 +47,12 @@ class RedisUsageHistory:
 
     def __init__(self, client: redis.Redis, prefix: str) -> None:
         self.client = client
-        self.tasks_key = prefix + "usage:tasks"
-        self.together_key = prefix + "usage:together"
-        self.cleared_key = prefix + "usage:cleared"
-        self.since_key = prefix + "usage:since"
+        # `{usage}` on a cluster: the merge watches and writes these keys in one transaction, so one slot.
+        root = prefix + cluster_tag(client, "usage")
+        self.tasks_key = root + ":tasks"
+        self.together_key = root + ":together"
+        self.cleared_key = root + ":cleared"
+        self.since_key = root + ":since"
         self.where = f"Redis {self.tasks_key}, {self.together_key}"
         # Whether Redis held a history at this replica's last merge, and that history's birth (None: none, or
         # one written before births were kept); the clear marker as it was then (None: none), `_marker_read`
@@ -64,7 +69,7 @@ class RedisUsageHistory:
     def load(self) -> UsageGraph:
         try:
             return self.read()
-        except (redis.RedisError, OSError, ValueError) as exc:
+        except (redis.RedisError, RedisClusterException, OSError, ValueError) as exc:
             logger.warning("optimizer: usage history not read from Redis (%s); starting with none", exc)
             return UsageGraph()
 
@@ -164,8 +169,18 @@ class RedisUsageHistory:
         """The birth to write, if any: a write-back keeps the birth of the history written back (the older one),
         and a history's first counts (or one kept from before births were) are born now."""
         if rewritten:
-            return self._since if self._since is not None else _now(pipe)
-        return _now(pipe) if since is None and adding else None
+            return self._since if self._since is not None else self._now(pipe)
+        return self._now(pipe) if since is None and adding else None
+
+    def _now(self, pipe: Pipeline) -> int:
+        """Redis's clock in microseconds: one clock for every replica, so births compare across machines. On a
+        cluster, the clock of the node holding the history (a cluster's pipeline refuses TIME)."""
+        if on_cluster(self.client):
+            node = self.client.get_node_from_key(self.tasks_key)  # type: ignore[attr-defined]  # a cluster's
+            seconds, micros = self.client.time(target_nodes=node)  # type: ignore[call-arg]  # a cluster's
+        else:
+            seconds, micros = pipe.time()
+        return int(seconds) * 1_000_000 + int(micros)
 
     def _lost(self, pipe: Pipeline, since: int | None) -> bool:
         """Whether the history this replica held is no longer the one in Redis: gone, or replaced by one born
@@ -188,12 +203,6 @@ def _stamp(value: Any) -> int | None:
         return int(value) if value is not None else None
     except ValueError:
         return None
-
-
-def _now(pipe: Pipeline) -> int:
-    """Redis's clock in microseconds: one clock for every replica, so births compare across machines."""
-    seconds, micros = pipe.time()
-    return int(seconds) * 1_000_000 + int(micros)
 
 
 def _counts(graph: UsageGraph) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
