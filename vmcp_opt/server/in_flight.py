@@ -15,7 +15,10 @@ client's answers to the gateway's own questions and its cancellations, which the
 must get through. A client that reads none of its answers fills the pipe, and then the gateway's writes wait.
 
 Not counted: `initialize` and `ping`, answered at once, and `subscriptions/listen`, a stream held for as long
-as the client wants it (bounded by connections, and by listened resources).
+as the client wants it (bounded by connections, and by listened resources). Over stdio a `ping` is still a task
+and an answer held until the client reads it: a client that wrote pings without reading grew the gateway past
+400 MB in 30 s. There `InFlight.room` holds the reading of stdin while twice `per_caller` requests of any kind
+are unanswered; the pings do not count against the calls' `per_caller`.
 """
 
 from __future__ import annotations
@@ -67,16 +70,20 @@ class RequestsInFlight:
 
 
 class InFlight:
-    """The client's requests not answered yet (counted by id: a client may reuse one), whether `most` of them
-    are, and a wait until there are none."""
+    """The client's requests not answered yet (counted by id: a client may reuse one), whether `most` of those
+    `per_caller` bounds are, a wait for room below twice `most` of any kind, and a wait until there are none."""
 
     def __init__(self, most_wait: float, most: int) -> None:
         self.most_wait = most_wait
         self.most = most
+        self.hold_at = 2 * most  # requests of any kind unanswered at which `room` waits
         self._ids: dict[types.RequestId, int] = {}  # id -> unanswered requests under it (a client may reuse one)
+        self._unbounded: dict[types.RequestId, int] = {}  # id -> those of them `per_caller` does not bound (ping)
         self._count = 0  # the sum of `_ids`' counts, kept: it is read before every request
+        self._unbounded_count = 0  # the sum of `_unbounded`'s counts
         self._none = anyio.Event()
         self._none.set()
+        self._room: anyio.Event | None = None  # set once below `hold_at` again, while `room` waits
         self._given_up = False
         # The wait ended with requests still running: the SDK answers each "Connection closed" next.
         self.cut_off = False
@@ -85,30 +92,44 @@ class InFlight:
         return self._count
 
     def full(self) -> bool:
-        return self._count >= self.most and not self._given_up
+        return self._count - self._unbounded_count >= self.most and not self._given_up
 
-    def started(self, request_id: types.RequestId) -> None:
+    def started(self, request_id: types.RequestId, *, bounded: bool = True) -> None:
+        """A request handed on; `bounded` False for one `per_caller` does not count (`ping`, `initialize`)."""
         self._ids[request_id] = self._ids.get(request_id, 0) + 1
         self._count += 1
+        if not bounded:
+            self._unbounded[request_id] = self._unbounded.get(request_id, 0) + 1
+            self._unbounded_count += 1
         if self._none.is_set() and not self._given_up:
             self._none = anyio.Event()
 
+    async def room(self) -> None:
+        """Returns once fewer than `hold_at` requests of any kind are unanswered (or the wait was given up)."""
+        while self._count >= self.hold_at and not self._given_up:
+            self._room = anyio.Event()
+            await self._room.wait()
+
     def give_up(self) -> None:
-        """Stop waiting (a second signal): `drained` returns now."""
+        """Stop waiting (a second signal): `drained` and `room` return now."""
         self._given_up = True
         self._none.set()
+        if self._room is not None:
+            self._room.set()
 
     def ended(self, request_id: types.RequestId | None) -> None:
         left = self._ids.get(request_id) if request_id is not None else None
         if request_id is None or left is None:
             return  # answered already (a cancelled request's late answer), or never counted
-        if left == 1:
-            del self._ids[request_id]
-        else:
-            self._ids[request_id] = left - 1
+        _take_one(self._ids, request_id)
         self._count -= 1
+        if request_id in self._unbounded:  # under a reused id, the ping is taken as answered first: it is quick
+            _take_one(self._unbounded, request_id)
+            self._unbounded_count -= 1
         if not self._count:
             self._none.set()
+        if self._room is not None and self._count < self.hold_at:
+            self._room.set()
 
     def ended_cancelled(self, request_id: str | int) -> None:
         """A request the client cancelled, whose id it may spell as a string ("7" for 7, as the SDK matches it)."""
@@ -121,3 +142,11 @@ class InFlight:
         with anyio.move_on_after(self.most_wait):
             await self._none.wait()
         self.cut_off = bool(self._ids)
+
+
+def _take_one(counts: dict[types.RequestId, int], request_id: types.RequestId) -> None:
+    left = counts[request_id]
+    if left == 1:
+        del counts[request_id]
+    else:
+        counts[request_id] = left - 1

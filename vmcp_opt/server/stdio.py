@@ -19,10 +19,9 @@ fd 0 only when it reads stdin itself; `checked_stdin` does the same.
 A JSON-RPC batch line (protocol 2025-03-26 has them) is read as its messages, one line each, and each is
 answered on a line of its own (`batch_of`); clients match answers by id.
 
-A signal must stop the gateway while the client keeps stdin open, but a blocking `readline` cannot be
-interrupted. `ClientLines` reads on a daemon thread and, once `end` is called, tells the SDK the input
-ended: the server stops as when the client closes stdin, and the process exits without waiting for the
-thread still blocked in `readline`. SIGHUP (the launching app or terminal hung up) ends the input the same way.
+A signal must stop the gateway while the client keeps stdin open and reads no answer: stdin is read and stdout
+written on daemon threads (server/stdio_pipes.py), which a stop leaves behind. SIGHUP (the launching app or terminal
+hung up) ends the input as a signal does.
 
 At the end of input the SDK cancels the requests still running and answers them "Connection closed": a
 client that pipes its requests in and closes stdin (`cat requests | vmcp serve --stdio`) lost every answer
@@ -38,23 +37,24 @@ the SDK a request only while fewer than `limits.requests_in_flight.per_caller` a
 past it at once with the JSON-RPC error HTTP gives (server/in_flight.py). Reading goes on meanwhile: the client's
 answers to the gateway's own questions (sampling, elicitation, roots, approvals), which the running calls wait
 for, and its cancellations must get through; holding the pipe shut until a call ended would deadlock them.
+Only once twice `per_caller` requests of any kind are unanswered (a flood of `ping`, which is not refused) does
+reading wait (`InFlight.room`): the client is then not taking its answers, and nothing it writes is read anyway.
+
+A request with a usable id that the SDK cannot read (`"params": "x"`, no `"jsonrpc"`) is answered under its id.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
-import queue
 import re
 import signal
 import sys
-import threading
 from collections import deque
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import BinaryIO, TypeGuard, cast
+from typing import Any, BinaryIO, TypeGuard, cast
 
 import anyio
 import mcp_types as types
@@ -71,6 +71,7 @@ from vmcp_opt.server.drain import CUT_OFF
 from vmcp_opt.server.handlers import build_mcp_server
 from vmcp_opt.server.in_flight import PER_CALLER, RETRY_AFTER, UNCOUNTED, InFlight
 from vmcp_opt.server.json_batch import MAX_BATCH, is_batch
+from vmcp_opt.server.stdio_pipes import ClientLines, checked_stdout
 from vmcp_opt.server.streams import OldClientContent, ReadStreamWrapper, WriteStreamWrapper
 
 logger = logging.getLogger(__name__)
@@ -116,7 +117,7 @@ async def serve_stdio(
             # No HTTP gate here: the router refuses every call past a limit, and telemetry hears of it there.
             gateway.limiter.on_refused = gateway.telemetry.rate_limited
         server = build_mcp_server(gateway, "stdio")
-        with checked_stdin(gateway.config.server.max_body_bytes) as stdin:
+        with checked_stdin(gateway.config.server.max_body_bytes) as stdin, checked_stdout() as stdout:
             watching, hangup_watch, hung_up = anyio.CancelScope(), anyio.CancelScope(), anyio.Event()
             hurrying = anyio.CancelScope()
             in_flight = InFlight(gateway.config.timeouts.shutdown, gateway.config.limits.requests_in_flight.per_caller)
@@ -128,7 +129,9 @@ async def serve_stdio(
                 task_group.start_soon(_end_on_hangup, stdin, hung_up, hangup_watch, name="stdio-hangup")
             client_gone = False
             try:
-                async with stdio_server(stdin=cast(anyio.AsyncFile[str], stdin)) as (read, write):
+                async with stdio_server(
+                    stdin=cast(anyio.AsyncFile[str], stdin), stdout=cast(anyio.AsyncFile[str], stdout)
+                ) as (read, write):
                     answers = AnswerTracker(OldClientContent(write), in_flight)
                     reads = AnswerMalformed(read, answers, in_flight)
                     await server.run(reads, answers, server.create_initialization_options())
@@ -170,7 +173,19 @@ def malformed_line_error(exc: Exception) -> types.JSONRPCError:
         error = types.ErrorData(
             code=INVALID_REQUEST, message="Invalid Request: not a JSON-RPC 2.0 request, notification or response"
         )
-    return types.JSONRPCError(jsonrpc="2.0", id=None, error=error)
+    return types.JSONRPCError(jsonrpc="2.0", id=_request_id(errors), error=error)
+
+
+def _request_id(errors: list[Any]) -> types.RequestId | None:
+    """The id of the request the SDK could not read, as its errors give the parsed line; None for anything but a
+    request (a response's id is the gateway's own question's: an error under it would answer that)."""
+    for error in errors:
+        message = error.get("input")
+        if isinstance(message, dict) and "method" in message and "result" not in message and "error" not in message:
+            request_id = message.get("id")
+            if isinstance(request_id, str | int) and not isinstance(request_id, bool):
+                return request_id
+    return None
 
 
 def _too_long_error(marker: str) -> types.JSONRPCError:
@@ -226,9 +241,11 @@ class AnswerMalformed(ReadStreamWrapper):
         super().__init__(inner)
         self._write = write
         self._in_flight = in_flight
+        self._held_before = False
 
     async def receive(self) -> SessionMessage | Exception:
         while True:
+            await self._hold_while_unanswered()
             try:
                 item = await self._inner.receive()
             except anyio.EndOfStream:
@@ -240,11 +257,24 @@ class AnswerMalformed(ReadStreamWrapper):
                     continue
                 self._note(item.message)
                 return item
-            await self._write.send(SessionMessage(malformed_line_error(item)))
+            # Never handed to the SDK: its id may be a running request's, which this answer does not end.
+            await self._write.send_untracked(SessionMessage(malformed_line_error(item)))
+
+    async def _hold_while_unanswered(self) -> None:
+        if len(self._in_flight) < self._in_flight.hold_at:
+            return
+        if not self._held_before:  # once: a client that reads slowly would be told of every pause
+            self._held_before = True
+            logger.info(
+                "stdio: %d requests unanswered (twice limits.requests_in_flight.per_caller): not reading more until "
+                "the client takes its answers",
+                len(self._in_flight),
+            )
+        await self._in_flight.room()
 
     def _note(self, message: types.JSONRPCMessage) -> None:
         if _counted(message):
-            self._in_flight.started(message.id)
+            self._in_flight.started(message.id, bounded=_bounded(message))
         elif isinstance(message, types.JSONRPCNotification) and message.method == "notifications/cancelled":
             cancelled = (message.params or {}).get("requestId")
             if isinstance(cancelled, str | int) and not isinstance(cancelled, bool):
@@ -362,66 +392,6 @@ async def _end_on(stop: anyio.Event, lines: ClientLines, scope: anyio.CancelScop
         lines.end()
 
 
-class ClientLines:
-    """The client's lines for the SDK's stdio transport (only `async for`, all it uses), read on a daemon
-    thread so that `end` can stop the input while that thread stays blocked in `readline`."""
-
-    def __init__(self, lines: CheckedLines) -> None:
-        self._lines = lines
-        self._wanted: queue.SimpleQueue[asyncio.Future[str]] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._waiting: asyncio.Future[str] | None = None
-        self._ended = False
-
-    async def __aiter__(self) -> AsyncIterator[str]:
-        while line := await self.readline():
-            yield line
-
-    async def readline(self) -> str:
-        """The next line; "" at the end of input, or once `end` was called."""
-        if self._ended:
-            return ""
-        self._waiting = asyncio.get_running_loop().create_future()
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._read, name="stdio-reader", daemon=True)
-            self._thread.start()
-        self._wanted.put(self._waiting)
-        try:
-            return await self._waiting
-        finally:
-            self._waiting = None
-
-    def end(self) -> None:
-        """No more input: the pending `readline` returns "" now (what it then reads is dropped)."""
-        self._ended = True
-        if self._waiting is not None and not self._waiting.done():
-            self._waiting.set_result("")
-
-    def _read(self) -> None:
-        while True:
-            wanted = self._wanted.get()
-            error: Exception | None = None
-            try:
-                line = self._lines.readline()
-            except Exception as exc:  # fd closed under us: the transport sees an end of input
-                line, error = "", exc
-            try:
-                wanted.get_loop().call_soon_threadsafe(_settle, wanted, line, error)
-            except RuntimeError:
-                return  # the event loop is closed: nobody is reading any more
-            if not line:
-                return
-
-
-def _settle(future: asyncio.Future[str], line: str, error: Exception | None) -> None:
-    if future.done():
-        return  # `end` answered it, or its reader was cancelled
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(line)
-
-
 @contextmanager
 def checked_stdin(max_bytes: int) -> Iterator[ClientLines]:
     """stdin's lines through `CheckedLines`, read from a copy of fd 0 while fd 0 reads the null device: a
@@ -435,6 +405,6 @@ def checked_stdin(max_bytes: int) -> Iterator[ClientLines]:
     try:
         # closefd=False: the reader thread may still block on it after the transport exits (so says the SDK too).
         raw = os.fdopen(private, "rb", closefd=False)
-        yield ClientLines(CheckedLines(raw, max_bytes))
+        yield ClientLines(CheckedLines(raw, max_bytes).readline)
     finally:
         os.dup2(private, 0)
