@@ -21,7 +21,8 @@ What others can make the gateway log is bounded over time: `LineBudget` (lines p
 drops counted for one summary line per interval) and `ThrottledLog` (one line per key and interval). So is what
 a library logs on every attempt at something that stays down: the OTLP exporter warns at each retry of each
 batch while the trace collector is unreachable (about a line a second, for as long as the outage lasts), and
-`ThrottledLibraries` lets one record a minute through per logger and message.
+`ThrottledLibraries` lets one record a minute through per logger and message, the values of secret-named query
+parameters in a URL it names masked (a collector's `?api_key=`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 import threading
 import time
@@ -176,7 +178,37 @@ class ThrottledLibraries(logging.Filter):
         if held:
             record.msg = f"{record.getMessage()} (and {held} more like it in the last {self.interval:g}s)"
             record.args = None
+        _mask_query_secrets(record)
         return True
+
+
+# A URL with a query in a library's message: the OTLP exporter writes the collector's path and query into its
+# warnings ("url: /v1/traces?api_key=…"), and a collector's credential may be a query parameter.
+_URL_WITH_QUERY = re.compile(r"[^\s'\"(),<>]*\?[^\s'\"()<>]+")
+
+
+def masked_query_secrets(text: str) -> str:
+    """`text` with the values of secret-named query parameters of any URL in it masked (`mask_url`)."""
+    if "?" not in text:
+        return text
+    from vmcp_opt.backends.secrets import mask_url  # here: vmcp_opt.backends imports this module
+
+    return _URL_WITH_QUERY.sub(lambda url: mask_url(url.group()), text)
+
+
+def _mask_query_secrets(record: logging.LogRecord) -> None:
+    """The record's message, and its exception's (folded into the message, as `SecretFilter` does), masked."""
+    message = record.getMessage()
+    masked = masked_query_secrets(message)
+    if masked != message:
+        record.msg, record.args = masked, None
+    error = record.exc_info[1] if record.exc_info else None
+    if error is not None:
+        text = str(error)
+        masked = masked_query_secrets(text)
+        if masked != text:  # a traceback would print the exception's own text
+            record.msg = f"{record.msg} ({type(error).__name__}: {masked})"
+            record.args, record.exc_info, record.exc_text = None, None, None
 
 
 # Control characters in a message, escaped in the plain format: a line break in text a client or a backend

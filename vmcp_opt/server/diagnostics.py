@@ -5,7 +5,8 @@ on that address (loopback unless a host is named), and the main listener serves 
 need not reach the MCP port, and the MCP port need not expose metrics. The main listener keeps `/healthz`
 and `/readyz` either way (load balancers probe it there). A stdio gateway has no other listener: this is
 how its metrics are read. With authentication on, the main listener's `/metrics` answers a non-loopback
-caller without a credential that verifies 401, as its `/readyz` keeps the detail from them.
+caller without a credential that verifies 401, as its `/readyz` keeps the detail from them. The diagnostics
+listener has the main one's connection limits and log handling (server/uvicorn_config.py).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from vmcp_opt.gateway import Gateway
 from vmcp_opt.server.authentication import RequireAuthentication
 from vmcp_opt.server.drain import Drain
 from vmcp_opt.server.host_check import HostCheck
+from vmcp_opt.server.uvicorn_config import listener_settings
 from vmcp_opt.shared.secrets import redis_users
 from vmcp_opt.telemetry.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 
@@ -162,7 +164,9 @@ def diagnostics_server(
             Middleware(HostCheck, allowed_hosts=security.allowed_hosts, allowed_origins=security.allowed_origins)
         ],
     )
-    return DiagnosticsServer(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off"), sock)
+    # The MCP port's connection limits and log handling: this port, too, is somewhere to hold sockets open.
+    settings = listener_settings(gateway.config)
+    return DiagnosticsServer(uvicorn.Config(app, host=host, port=port, lifespan="off", **settings), sock)
 
 
 def _bound(host: str, port: int) -> socket.socket:

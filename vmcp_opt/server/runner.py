@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
-import math
 import os
 import signal
 import sys
@@ -25,11 +23,12 @@ from vmcp_opt.config.backend_auth import env_secret
 from vmcp_opt.gateway import Gateway, StartupError
 from vmcp_opt.optimizer.model_registry import ModelError
 from vmcp_opt.routing.policy import PolicyLoadError
-from vmcp_opt.server.connections import fit_connections, limited_protocol, throttle_accept_errors
+from vmcp_opt.server.connections import throttle_accept_errors
 from vmcp_opt.server.diagnostics import DiagnosticsServer, ListenError
 from vmcp_opt.server.drain import Drain, end_streams
 from vmcp_opt.server.http import create_app, diagnostics_listener
 from vmcp_opt.server.stdio import serve_stdio
+from vmcp_opt.server.uvicorn_config import listener_settings
 from vmcp_opt.shared.secrets import SecretMissing
 from vmcp_opt.telemetry.audit_sink import AuditOutputError
 
@@ -78,30 +77,14 @@ def run_gateway(config: VmcpConfig, announce: Callable[[VmcpConfig, int], None] 
     except ListenError as exc:
         logger.error("cannot start: %s", exc)
         return exc.exit_status
-    limits = config.limits
     server = uvicorn.Server(
         uvicorn.Config(
             app,
             host=config.server.host,
             port=config.server.port,
-            log_level="warning",
-            log_config=None,  # uvicorn's lines through our handler, in the configured format
             lifespan="on",
             timeout_graceful_shutdown=int(config.timeouts.shutdown),
-            http=limited_protocol(
-                limits.http_header_timeout,
-                limits.http_body_timeout,
-                fit_connections(limits.max_connections),
-                limits.max_header_bytes,
-                limits.max_connections_per_address,
-                [ipaddress.ip_network(network) for network in config.server.trusted_proxies],
-                write_timeout=config.server.write_timeout,
-            ),
-            timeout_keep_alive=math.ceil(limits.http_keep_alive_timeout),
-            # The client's address from X-Forwarded-For only behind a trusted proxy (uvicorn's own default
-            # trusts any loopback peer, which would let a local client name itself anything).
-            proxy_headers=bool(config.server.trusted_proxies),
-            forwarded_allow_ips=[str(network) for network in config.server.trusted_proxies],
+            **listener_settings(config),  # the same limits as the metrics listener's
         )
     )
     original_startup = server.startup

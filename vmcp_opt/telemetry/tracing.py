@@ -22,7 +22,8 @@ An operation's span is instead an id pair and a start time while it runs, and on
 exporters read) built when it ends from attributes we make clean (a fixed vocabulary of str, int and
 float), handed to the SDK's `BatchSpanProcessor`. Kept from the SDK: the id generator, the sampler (asked
 once per trace root, as `ParentBased` would; children follow their parent), the batching, its bounded queue
-and `OTEL_BSP_*` settings, and the OTLP exporters, which read the standard `OTEL_EXPORTER_OTLP_*` variables
+and `OTEL_BSP_*` settings (read here: a value the SDK would refuse is replaced, with a warning, rather than stop
+the start), and the OTLP exporters, which read the standard `OTEL_EXPORTER_OTLP_*` variables
 (`OTEL_EXPORTER_OTLP_PROTOCOL=grpc` needs the `grpc` extra, opentelemetry-exporter-otlp-proto-grpc).
 
 The queue drops spans once full (a for_each over 1,000 items makes 2,002, past the default 2,048 with another
@@ -64,6 +65,7 @@ from opentelemetry.trace import (
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from vmcp_opt.config import TracingConfig
+from vmcp_opt.display import shorten
 from vmcp_opt.logs import ThrottledLog
 from vmcp_opt.routing.operations import Operation
 from vmcp_opt.routing.providers import GATEWAY_SOURCE
@@ -85,7 +87,8 @@ _SAMPLED, _NOT_SAMPLED = TraceFlags(TraceFlags.SAMPLED), TraceFlags(TraceFlags.D
 _ERROR = {outcome: Status(StatusCode.ERROR, outcome) for outcome in ("failure", "denied", "application_error")}
 _UNSET = Status(StatusCode.UNSET)
 _RECORDED = (Decision.RECORD_AND_SAMPLE,)  # RECORD_ONLY spans are never exported
-_QUEUE_SIZE = 2048  # the SDK's default for OTEL_BSP_MAX_QUEUE_SIZE
+# The SDK's defaults for OTEL_BSP_MAX_QUEUE_SIZE, _SCHEDULE_DELAY, _MAX_EXPORT_BATCH_SIZE and _EXPORT_TIMEOUT.
+_QUEUE_SIZE, _SCHEDULE_DELAY_MS, _BATCH_SIZE, _EXPORT_TIMEOUT_MS = 2048, 5000, 512, 30000
 
 
 @dataclass(slots=True)
@@ -128,8 +131,15 @@ class Tracing:
         # flush and shutdown; its tracer is not used (see the module's docstring).
         self.provider = TracerProvider(sampler=sampler, resource=resource)
         self.exporter = _Counted(exporter or otlp_exporter())
-        self.queue_size = _queue_size()
-        self.processor = BatchSpanProcessor(self.exporter, max_queue_size=self.queue_size)
+        batching = batch_settings()
+        self.queue_size = batching.max_queue_size
+        self.processor = BatchSpanProcessor(
+            self.exporter,
+            max_queue_size=batching.max_queue_size,
+            schedule_delay_millis=batching.schedule_delay_millis,
+            max_export_batch_size=batching.max_export_batch_size,
+            export_timeout_millis=batching.export_timeout_millis,
+        )
         self.provider.add_span_processor(self.processor)
         self.handed = 0  # spans given to the processor (on the event loop)
         self.dropped = 0  # spans dropped because that many were waiting for the exporter
@@ -214,13 +224,49 @@ class Tracing:
             self.exporter.shutdown()  # ends its retry back-off; the daemon thread ends with the process
 
 
-def _queue_size() -> int:
-    """`OTEL_BSP_MAX_QUEUE_SIZE` as the SDK reads it (a bad value: its default)."""
+@dataclass(frozen=True, slots=True)
+class BatchSettings:
+    """The `BatchSpanProcessor`'s settings, from `OTEL_BSP_*` as the SDK reads them, made ones it accepts."""
+
+    max_queue_size: int
+    schedule_delay_millis: int
+    max_export_batch_size: int
+    export_timeout_millis: int
+
+
+def batch_settings() -> BatchSettings:
+    """`OTEL_BSP_*`, each value the SDK would refuse replaced with a warning naming its variable: given its own
+    values, the SDK raises (a batch larger than the queue, a zero) and the gateway would not start, for a
+    setting that only tunes how spans leave; not an int: the default, where the SDK logs a traceback."""
+    queue = _whole("OTEL_BSP_MAX_QUEUE_SIZE", _QUEUE_SIZE, minimum=1, below=_QUEUE_SIZE)
+    delay = _whole("OTEL_BSP_SCHEDULE_DELAY", _SCHEDULE_DELAY_MS, minimum=1, below=1)  # 0: as soon as it can
+    batch = _whole("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", _BATCH_SIZE, minimum=1, below=_BATCH_SIZE)
+    if batch > queue:  # a queue set below the default batch too: the SDK refuses either
+        logger.warning(
+            "traces: OTEL_BSP_MAX_EXPORT_BATCH_SIZE (%d) is over OTEL_BSP_MAX_QUEUE_SIZE (%d); batches of %d",
+            batch,
+            queue,
+            queue,
+        )
+        batch = queue
+    timeout = _whole("OTEL_BSP_EXPORT_TIMEOUT", _EXPORT_TIMEOUT_MS, minimum=0, below=_EXPORT_TIMEOUT_MS)
+    return BatchSettings(queue, delay, batch, timeout)
+
+
+def _whole(variable: str, default: int, *, minimum: int, below: int) -> int:
+    """`variable` as an int; unset: `default`; not an int: `default`, under `minimum`: `below`, each warned about."""
+    raw = os.environ.get(variable, "").strip()
+    if not raw:
+        return default
     try:
-        size = int(os.environ.get("OTEL_BSP_MAX_QUEUE_SIZE") or _QUEUE_SIZE)
+        value = int(raw)
     except ValueError:
-        return _QUEUE_SIZE
-    return size if size > 0 else _QUEUE_SIZE
+        logger.warning("traces: %s=%r is not a whole number; using %d", variable, shorten(raw, 40), default)
+        return default
+    if value < minimum:
+        logger.warning("traces: %s=%d is below %d; using %d", variable, value, minimum, below)
+        return below
+    return value
 
 
 def otlp_exporter() -> SpanExporter:
