@@ -15,6 +15,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
+# Seconds after which a temporary file is a leftover whoever wrote it (a pid reused since, another host's writer,
+# whose pid cannot be tested here): no write of an index file takes that long.
+STALE_WRITE_SECONDS = 600.0
 # How often a bounded wait tries the lock again (flock has no timed wait).
 POLL_SECONDS = 0.1
 # What a holder writes of itself into the lock file, at most: a waiter quotes it.
@@ -161,16 +164,50 @@ def remove_dead_writers(directory: Path, prefix: str, suffix: str, stale_seconds
     return removed
 
 
+def remove_dead_writes(path: Path) -> list[Path]:
+    """The temporary files `write_atomically` left beside `path` when their writer died mid-write (killed, out of
+    memory, a host crash), removed as `remove_dead_writers` says; the ones removed."""
+    return remove_dead_writers(path.parent, f".{path.name}.", ".tmp", STALE_WRITE_SECONDS)
+
+
 def write_atomically(path: Path, text: str) -> None:
-    """`text` to `path` through a temporary file renamed over it: a reader sees the old file or the new one, and
-    a failed write (a full disk) leaves the old file and no temporary one."""
+    """`text` to `path` through a temporary file renamed over it: a reader sees the old file or the new one, a
+    failed write (a full disk) leaves the old file and no temporary one, and a host crash after it returns leaves
+    the new file whole (`replace_durably`), not an empty one."""
     tmp = path.with_name(temporary_name(f".{path.name}.", ".tmp"))  # two writers (two pods' pid 1), two names
     try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # 0666 less the umask, as before
+        with os.fdopen(fd, "w", encoding="utf-8") as file:
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+        replace_durably(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def replace_durably(tmp: Path, path: Path) -> None:
+    """Rename `tmp` (written and fsynced by the caller) over `path`, then fsync the directory: without the
+    second, a crash can forget the rename, and without the first, the kernel may commit the rename before the
+    data, so the file comes back empty (ext4 and XFS do both)."""
+    os.replace(tmp, path)
+    fsync_directory(path.parent)
+
+
+def fsync_directory(directory: Path) -> None:
+    """Commit `directory`'s entries (a rename into it). Best effort: a file system that cannot fsync a directory
+    (EINVAL on some network mounts) has no more to offer, and the rename it made stands."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def keep_aside(path: Path, keep: int = 3) -> Path:

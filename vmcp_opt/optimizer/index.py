@@ -11,7 +11,8 @@ its records to the index; a swap never goes back). The parts, one module each:
 - `boosts`: companions (co-usage) and prerequisites, raised after fusion;
 - `query_cache`: query embeddings by text, since agents repeat queries;
 - `vector_store`: vectors on disk under `index_dir/<model-slug>/vectors.npz`, keyed by each tool's content
-  hash, so a restart with unchanged tools embeds nothing and a changed tool re-embeds alone;
+  hash, so a restart with unchanged tools embeds nothing and a changed tool re-embeds alone; an update saves
+  them chunk by chunk as it embeds in process (`EMBED_CHUNK`), so a restart during a first build reuses them;
 - `rerank`: the interface of an optional second stage (none in the gateway).
 
 Past ~450 lines on purpose: the snapshot, its swap and the two writers that race for it (`update`,
@@ -21,6 +22,7 @@ Past ~450 lines on purpose: the snapshot, its swap and the two writers that race
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import OrderedDict
@@ -50,6 +52,12 @@ log = logging.getLogger(__name__)
 
 # Per-caller masks of the records a policy lets them use, kept for the served snapshot.
 NAME_MASKS_KEPT = 256
+# New documents embedded in process per chunk, each chunk's vectors saved (paced, vector_store.SAVE_INTERVAL) as it
+# is done: a stop during a first build of thousands of tools (minutes) kept none of them. Batches within a chunk
+# are as before (the encoder's own), so the chunks cost a save each, no more. `VMCP_EMBED_CHUNK` overrides it: for
+# tests, not for tuning.
+EMBED_CHUNK = 256
+EMBED_CHUNK_ENV = "VMCP_EMBED_CHUNK"
 
 
 @dataclass
@@ -320,6 +328,7 @@ class ToolIndex:
                 for i in np.flatnonzero(~found):
                     first.setdefault(hashes[i], int(i))
                 keywords: _Keywords | None = None
+                chunked = False
                 if first:
                     # Said before the work, which takes minutes at thousands of tools: until then the log shows
                     # only the keyword index, and nothing says that vectors are still coming.
@@ -334,7 +343,7 @@ class ToolIndex:
                     with ThreadPoolExecutor(1, thread_name_prefix="index-keywords") as pool:
                         building = pool.submit(self._keywords, records, documents)
                         new = [documents[i] for i in first.values()]
-                        fresh = self.embedder.encode_documents(new, progress=progress)
+                        fresh, chunked = self._embed_new(new, list(first), (cache, hashes, vectors, found), progress)
                         keywords = building.result()
                     by_hash = dict(zip(first, range(len(first)), strict=True))
                     missing = np.flatnonzero(~found)
@@ -358,6 +367,8 @@ class ToolIndex:
             rows = {h: i for i, h in enumerate(hashes)}
             known = VectorCache(rows, matrix, owner=snapshot.faiss_index, retired=retired)
             self._vectors.save(known)
+            if chunked:  # the chunks' saves started the pacing: the whole is written now, not 30 s on
+                self._vectors.flush(lock_wait=0.0)  # held by this update (else it updates without it: no wait)
             self._known = known
             self._embedded = tuple(records)
             if not swapped:
@@ -380,6 +391,37 @@ class ToolIndex:
         if self.updated is not None:
             self.updated(stats)
         return stats
+
+    def _embed_new(
+        self,
+        documents: list[str],
+        hashes: list[str],
+        known: tuple[VectorCache, list[str], np.ndarray, np.ndarray],
+        progress: bool,
+    ) -> tuple[np.ndarray, bool]:
+        """The vectors of the new `documents` (content `hashes`), and whether they came in chunks, each saved as it
+        is done (paced by the store), so a stop mid-build (a deploy, a probe's restart) keeps them: the next start
+        reuses them by hash. `known`: the update's cache, its catalogue's hashes, the vectors found for those and
+        where. One call where the bulk child takes them all (its start-up is paid once) or one chunk does."""
+        embedder = self.embedder
+        assert embedder is not None
+        size = embed_chunk()
+        if len(documents) <= size or _bulk_takes(embedder, len(documents)):
+            return embedder.encode_documents(documents, progress=progress), False
+        cache, catalogue, vectors, found = known
+        reused = {catalogue[i]: int(i) for i in np.flatnonzero(found)}
+        base = vectors[list(reused.values())]
+        retired = cache.retire(set(catalogue), self.config.keep_removed)
+        fresh = np.empty((len(documents), self.model.dimensions), dtype=np.float32)
+        step = max(1, len(documents) // 10)
+        for start in range(0, len(documents), size):
+            end = min(start + size, len(documents))
+            fresh[start:end] = embedder.encode_documents(documents[start:end], progress=progress)
+            rows = {digest: row for row, digest in enumerate([*reused, *hashes[:end]])}
+            self._vectors.save(VectorCache(rows, np.concatenate([base, fresh[:end]]), retired=retired))
+            if end // step > start // step:  # a line per tenth: a long build shows progress in the log
+                log.info("index: %d of %d new tools embedded and kept", end, len(documents))
+        return fresh, True
 
     def update_keywords(self, records: Sequence[ToolRecord]) -> None:
         """Replace the indexed set without the model: keywords at once, plus any vectors already cached.
@@ -545,6 +587,25 @@ class ToolIndex:
             "path": str(self.directory),
             "size_on_disk_bytes": size,
         }
+
+
+def embed_chunk() -> int:
+    """`EMBED_CHUNK`, or the documents `VMCP_EMBED_CHUNK` gives (a bad value is said and ignored)."""
+    said = os.environ.get(EMBED_CHUNK_ENV)
+    if said is None:
+        return EMBED_CHUNK
+    if not said.isdigit() or int(said) < 1:
+        log.warning("%s=%r is not a positive number of documents; using %d", EMBED_CHUNK_ENV, said, EMBED_CHUNK)
+        return EMBED_CHUNK
+    return int(said)
+
+
+def _bulk_takes(embedder: TextEmbedder, documents: int) -> bool:
+    """Whether the embedder's bulk child (optimizer/bulk_embed.py) will encode `documents` new ones."""
+    from vmcp_opt.optimizer.bulk_embed import BulkEncoder
+
+    bulk = getattr(embedder, "bulk", None)
+    return isinstance(bulk, BulkEncoder) and bulk.failed is None and documents >= bulk.min_documents
 
 
 def _unique(records: Sequence[ToolRecord]) -> tuple[ToolRecord, ...]:

@@ -22,11 +22,13 @@ from typing import Any
 
 from vmcp_opt.config import VmcpConfig
 from vmcp_opt.optimizer.documents import ToolRecord
-from vmcp_opt.optimizer.file_lock import write_atomically
+from vmcp_opt.optimizer.file_lock import remove_dead_writes, write_atomically
 
 logger = logging.getLogger(__name__)
 
 LISTING_FILE = "catalogue.json"
+# The directories whose leftover temporary files this process removed (`_remove_dead_saves`): once each.
+_swept: set[Path] = set()
 
 
 @dataclass(frozen=True)
@@ -71,9 +73,22 @@ def save_listing(directory: Path, listing: Listing) -> None:
     }
     try:
         directory.mkdir(parents=True, exist_ok=True)
+        _remove_dead_saves(path)
         write_atomically(path, json.dumps(data, separators=(",", ":"), ensure_ascii=False))
     except OSError as exc:
         logger.warning("optimizer: could not save the catalogue to %s: %s", path, exc)
+
+
+def _remove_dead_saves(path: Path) -> None:
+    """The temporary files of earlier saves whose writer died mid-write (a catalogue of 10k tools is ~10 MB each),
+    at this process's first save to the directory. No lock: writers take none, and only a file whose writer is
+    gone from this host, or older than any write takes, is removed (`remove_dead_writers`), never one being
+    written."""
+    if path.parent in _swept:
+        return
+    _swept.add(path.parent)
+    for tmp in remove_dead_writes(path):
+        logger.info("optimizer: removed %s, left by a catalogue save that did not finish", tmp)
 
 
 def load_listing(directory: Path, model: str, config_key: str | None = None) -> Listing | None:

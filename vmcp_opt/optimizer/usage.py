@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from vmcp_opt.auth import Caller, Identification
-from vmcp_opt.optimizer.file_lock import exclusive, keep_aside, write_atomically
+from vmcp_opt.optimizer.file_lock import exclusive, keep_aside, remove_dead_writes, write_atomically
 from vmcp_opt.optimizer.usage_ledger import CALLER_PERIOD, CallerLedger
 
 logger = logging.getLogger(__name__)
@@ -56,6 +56,9 @@ MAX_TOOLS = 50_000
 MAX_COMPANIONS = 256
 # Unreadable history files kept aside (`usage.json.corrupt-<time>`), the oldest removed past this.
 KEPT_ASIDE = 3
+# Seconds the start waits for the history's lock to remove what killed saves left (its holders keep it for one
+# merge; usage_files.LOCK_WAIT).
+SWEEP_LOCK_WAIT = 5.0
 
 
 class UsageGraph:
@@ -222,6 +225,7 @@ class UsageGraph:
     def load(cls, path: Path) -> UsageGraph:
         """The graph saved at `path`; empty when there is none. An unreadable file is kept aside as
         `<name>.corrupt` (never overwritten by the next save) and the gateway starts with no history."""
+        remove_dead_saves(path)
         if not path.exists():
             return cls()
         try:
@@ -361,6 +365,25 @@ class UsageRecorder:
             task.tools.append(tool)
             count_task, companions = self.ledger.teach(client, now, task.clears, tool, already_used)
         self.graph.add_use(tool, count_task, companions)
+
+
+def remove_dead_saves(path: Path) -> None:
+    """The temporary files of the history's writes (and of its clear marker's) whose writer died mid-write, removed
+    under the history's lock, which every writer of both holds: `usage.json` is a few MB at 50,000 tools, and each
+    killed save left one for good. Best effort: a lock held past `SWEEP_LOCK_WAIT` (a stuck gateway) or a
+    directory that cannot be written leaves them for the next start."""
+    leftovers = [*path.parent.glob(f".{path.name}.*.tmp"), *path.parent.glob(f"..{path.name}.cleared.*.tmp")]
+    if not leftovers:
+        return  # the usual start: no lock file made where no history is kept yet
+    removed: list[Path] = []
+    try:
+        with exclusive(lock_path(path), timeout=SWEEP_LOCK_WAIT):
+            removed += remove_dead_writes(path)
+            removed += remove_dead_writes(path.with_name(f".{path.name}.cleared"))
+    except OSError as exc:
+        logger.debug("optimizer: leftovers of usage history saves not removed (%s)", exc)
+    for tmp in removed:
+        logger.info("optimizer: removed %s, left by a usage history save that did not finish", tmp)
 
 
 def lock_path(path: Path) -> Path:

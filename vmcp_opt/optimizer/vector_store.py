@@ -21,11 +21,13 @@ The index's files hold tool descriptions and vectors, not secrets: `vectors.npz`
 `catalogue.json`, `usage.json` and the lock file, 0666 less the process's umask (0644 under the usual 022),
 so an operator's `vmcp index build` and a gateway running as another user can share an index_dir.
 
-Writes are paced: the whole file (11-15 MB at a few thousand tools and the kept vectors) is written, fsynced,
-at most once per `SAVE_INTERVAL` by one store. A save that comes sooner is kept pending and written by the
-first save past the interval, by a timer at its end, or by `close` (the gateway's shutdown): a backend that
-announces new tools every second costs one write per interval, not one a second, and a clean stop loses
-nothing embedded. A store's first save writes at once, so `vmcp index build` (one update) has its file when it
+Writes are paced: the whole file (11-15 MB at a few thousand tools and the kept vectors) is written, fsynced
+(then its directory: file_lock.replace_durably), at most once per `SAVE_INTERVAL` by one store. A save that
+comes sooner is kept pending and written by the first save past the interval, by a timer at its end, or by
+`close` (the gateway's shutdown): a backend that announces new tools every second costs one write per interval,
+not one a second, and a clean stop loses nothing embedded, nor does a stop while this process's update holds
+the lock (it saves as it embeds: the pending part is written without waiting for that update's end). A store's
+first save writes at once, so `vmcp index build` (one update) has its file when it
 returns, and so does a gateway's first embedding. Pending vectors are merged with what another process saved
 meanwhile (its catalogue joins the retired entries), as an update merges them, so no replica's are lost.
 The environment variable `VMCP_VECTORS_SAVE_INTERVAL` (seconds, 0: every save writes) overrides the interval;
@@ -52,7 +54,16 @@ from typing import Any
 import numpy as np
 
 from vmcp_opt.logs import ThrottledLog
-from vmcp_opt.optimizer.file_lock import LockTimeout, exclusive, holder, keep_aside, remove_dead_writers, temporary_name
+from vmcp_opt.optimizer.file_lock import (
+    STALE_WRITE_SECONDS,
+    LockTimeout,
+    exclusive,
+    holder,
+    keep_aside,
+    remove_dead_writers,
+    replace_durably,
+    temporary_name,
+)
 from vmcp_opt.optimizer.model_registry import ModelSpec, model_digest, model_files
 
 log = logging.getLogger(__name__)
@@ -61,9 +72,8 @@ VECTORS_FILE = "vectors.npz"
 LOCK_FILE = ".vectors.lock"
 # What a write goes through before it replaces `vectors.npz` (`_write`): `.vectors-<host>-<pid>-<nonce>-<hex>.tmp`.
 TMP_PREFIX, TMP_SUFFIX = ".vectors-", ".tmp"
-# Seconds after which a temporary file is a leftover whoever wrote it (a pid reused since, another host's writer,
-# whose pid cannot be tested here): no write of the file takes that long.
-STALE_TMP_SECONDS = 600.0
+# Seconds after which a temporary file is a leftover whoever wrote it (file_lock.py says why).
+STALE_TMP_SECONDS = STALE_WRITE_SECONDS
 # How far a stored vector's L2 norm may be from 1 (float32 rounding is ~1e-6; a flipped bit is far more).
 NORM_TOLERANCE = 1e-3
 # Seconds a waiter for the lock says so at info level only: another replica's update of a small catalogue
@@ -183,6 +193,8 @@ class VectorStore:
         self._written_at: float | None = None  # time.monotonic() of the last write (tried)
         self._timer: threading.Timer | None = None
         self._closed = False
+        # `updating` blocks of this process inside the file lock (under `_guard`): then `flush` writes at once.
+        self._holding = 0
         self._swept = False  # the leftovers of dead writers were removed (`_remove_leftovers`), once a store
         self._tmps: set[Path] = set()  # temporary files this store created and has not removed (`_write`)
         self._refused = ThrottledLog(log, interval=REPEAT_WARNING_AFTER)  # lock and write failures, per reason
@@ -218,10 +230,19 @@ class VectorStore:
                     f"lock {_reason(exc)}", "index: cannot lock %s (%s); updating without the lock", self.directory, exc
                 )
             else:
+                with self._guard:
+                    self._holding += 1
+                # Runs before the lock's release (an ExitStack unwinds last in, first out): `flush` never writes
+                # as the holder once another process may hold the lock.
+                held.callback(self._let_go)
                 self._remove_leftovers()
             with self._guard:
                 self._catch_up()
             yield self.cache()
+
+    def _let_go(self) -> None:
+        with self._guard:
+            self._holding -= 1
 
     def _remove_leftovers(self) -> None:
         """The temporary files of writers that died mid-write (killed, or leaving by `os._exit` while a save ran),
@@ -303,6 +324,12 @@ class VectorStore:
         """Write the pending vectors now, under the lock (merged with what another process saved meanwhile)."""
         with self._guard:
             if not self._pending:
+                return
+            if self._holding:
+                # An update of this process holds the file lock (it is embedding, and saves as it goes): nothing
+                # another process wrote can be merged meanwhile, and waiting for the lock would wait for the
+                # update's end, which a shutdown does not: its vectors so far are written now.
+                self._write_pending()
                 return
         with self.updating(lock_wait), self._guard:
             if self._pending:
@@ -402,7 +429,7 @@ class VectorStore:
                 )
                 file.flush()
                 os.fsync(file.fileno())
-            os.replace(tmp, self.path)
+            replace_durably(tmp, self.path)
         except BaseException:
             tmp.unlink(missing_ok=True)  # should this fail, `close` tries again
             self._tmps.discard(tmp)

@@ -205,7 +205,9 @@ def _leaving(gateway: Gateway, code: int) -> int:
     under a running call abort it ("terminate called without an active exception"). Everything that must
     outlive the process (usage history, telemetry, backends) was closed by then."""
     if gateway.optimizer is not None and gateway.optimizer.embedding:
-        logger.warning("optimizer: leaving while the catalogue is still being embedded (it resumes at the next start)")
+        logger.warning(
+            "optimizer: leaving while the catalogue is still being embedded (what is done is kept; the rest resumes at the next start)"
+        )
         logging.shutdown()
         sys.stdout.flush()
         os._exit(code)
