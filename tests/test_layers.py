@@ -53,6 +53,7 @@ MAY_IMPORT = {
     # telemetry/ watches what the router and the workflow executor report, and calls neither.
     "telemetry": {
         "config",
+        "display",
         "logs",
         "auth",  # the caller and identity an operation is for
         "routing.operations",  # the watcher interface
