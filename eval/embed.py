@@ -4,6 +4,12 @@
 the vectors of every document text it has encoded, in memory and on disk (`<out>/cache/`), so the dense
 baseline, the ToolHive baseline and the optimizer's own index reuse them and a second run embeds nothing.
 Queries are never cached: each method pays for its query embedding, so latencies stay honest.
+
+A cache file names the model's files (`model_digest`) and the graph its vectors are for (`EncoderStamp`: the
+encoder, precision included, and the ONNX export recipe), which the gateway's index leaves out on purpose
+(optimizer/vector_store.py): eval compares graphs, so an upgrade's new recipe is measured on its own graph's
+documents, not the previous graph's, and a cache directory given to two encoders hands neither the other's
+vectors. A file without both stamps is not trusted: its vectors are embedded again.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import hashlib
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -36,6 +43,23 @@ class EmbedderLike(Protocol):
     def encode_queries(self, texts: Sequence[str]) -> Vectors: ...
 
     def encode_documents(self, texts: Sequence[str], progress: bool = False) -> Vectors: ...
+
+
+@dataclass(frozen=True)
+class EncoderStamp:
+    """What made cached document vectors besides the model's files (`model_digest`): the encoder they are for
+    (an embedder's `kind`: "onnx-int8", "onnx" for fp32, "torch") and the ONNX export recipe
+    (onnx_export.RECIPE_VERSION, bumped whenever the exported or quantised graphs change)."""
+
+    encoder: str
+    recipe: int
+
+    def serves(self, current: EncoderStamp) -> bool:
+        """Whether vectors made as this stamp says may serve an encoder as `current` says: the same encoder, and
+        the same export recipe unless both are torch (which runs no exported graph)."""
+        if self.encoder != current.encoder:
+            return False
+        return self.recipe == current.recipe or self.encoder == "torch"
 
 
 class SharedEmbedder:
@@ -160,8 +184,8 @@ class SharedEmbedder:
         self._disk_loaded = True
         with np.load(path) as data:
             built_by = (str(data["model_files"]), str(data["model_digest"])) if "model_digest" in data else None
-            if not self._same_model(built_by):
-                return  # vectors of the model as it was (changed in place): embedded again, then overwritten
+            if not self._same_model(built_by) or not self._same_encoder(data):
+                return  # vectors of the model as it was (changed in place), or of another graph: embedded again
             for key, vector in zip(data["keys"], data["vectors"], strict=True):
                 self._vectors.setdefault(str(key), vector.astype(np.float32))
             if "token_keys" in data:
@@ -182,6 +206,25 @@ class SharedEmbedder:
         from vmcp_opt.optimizer.model_registry import model_digest, model_files
 
         return built_by[0] == model_files(spec) or built_by[1] == model_digest(spec)
+
+    def _same_encoder(self, data: Any) -> bool:
+        """Whether a cache file's vectors are for this encoder's graph (`EncoderStamp.serves`); one without the
+        stamp is not trusted, as one without the model's."""
+        current = self._encoder_stamp()
+        if current is None:
+            return True
+        if "export_recipe" not in data:
+            return False
+
+        return EncoderStamp(str(data["encoder"]), int(data["export_recipe"])).serves(current)
+
+    def _encoder_stamp(self) -> EncoderStamp | None:
+        """The graph this embedder's vectors are for, or None for one with no model spec (as `_model_stamp`)."""
+        if getattr(self.inner, "spec", None) is None:
+            return None
+        from vmcp_opt.optimizer import onnx_export
+
+        return EncoderStamp(str(self.inner.kind), onnx_export.RECIPE_VERSION)
 
     def _model_stamp(self) -> tuple[str, str] | None:
         """(`model_files`, `model_digest`) as the gateway's vector store stamps its files (optimizer/vector_store.py),
@@ -212,6 +255,9 @@ class SharedEmbedder:
         stamp = self._model_stamp()
         if stamp is not None:
             arrays.update(model_files=np.array(stamp[0]), model_digest=np.array(stamp[1]))
+        encoder = self._encoder_stamp()
+        if encoder is not None:
+            arrays.update(encoder=np.array(encoder.encoder), export_recipe=np.array(encoder.recipe))
         np.savez(tmp, **arrays)
         tmp.replace(path)
 

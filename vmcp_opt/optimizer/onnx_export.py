@@ -50,7 +50,8 @@ from vmcp_opt.optimizer.onnx_quantise import quantise_blockwise, quantise_dynami
 
 log = logging.getLogger(__name__)
 
-# Bump when the exported graph changes: the cache key includes it, so old exports are not reused.
+# Bump when the exported graphs change (onnx_quantise.py's included): the cache key includes it, so old exports are
+# not reused, and eval's cached document vectors (eval/embed.py, `EncoderStamp`) are embedded again.
 RECIPE_VERSION = 5
 # ONNX Runtime fusions whose CPU kernels ran slower than their parts (ORT 1.32, one thread, a 29-token query,
 # 2026-12-03: SkipLayerNormalization 114 µs against Add + LayerNormalization 31 µs a node, BiasGelu 103

@@ -15,6 +15,9 @@
   toolink; eval and bench keep it to compare.
 
 eval/README.md ("int8 recipes", "SmoothQuant", "Per-token int8") has the measurements behind each choice.
+
+A change to what these write is a new recipe: bump onnx_export.RECIPE_VERSION, which keys the cached exports and
+the stamps of eval's cached document vectors (eval/embed.py, `EncoderStamp`), so both are made again.
 """
 
 from __future__ import annotations

@@ -11,6 +11,11 @@ the files' sizes and times, `model_files`, so that an unchanged model is not has
 place keeps its id (a local directory's is its path): its vectors are then another model's, and every tool is
 embedded again. A file from before the digest was written is taken as the model's own.
 
+It does not name the encoder, the precision or the ONNX export recipe, on purpose: each served graph is held to
+cosine floors against the model's fp32 vectors at export (optimizer/onnx_export.py; >= 0.995 for int8, within
+0.13 nDCG@10 on every eval set), so one set of vectors serves them all, and an upgrade or a precision change does
+not re-embed 10k tools (~100 s here). Eval's cache, which compares graphs, does name them (eval/embed.py).
+
 A file whose content is not such vectors (truncated, another model's, not an npz) is kept aside as
 `vectors.npz.corrupt-<UTC time>`, as the usage history keeps its own (usage.py), and said once: the cache is
 rebuilt, and the operator can still see what was there. Only the newest `KEPT_ASIDE` are kept. A file that
