@@ -182,18 +182,43 @@ class ThrottledLibraries(logging.Filter):
         return True
 
 
-# A URL with a query in a library's message: the OTLP exporter writes the collector's path and query into its
-# warnings ("url: /v1/traces?api_key=…"), and a collector's credential may be a query parameter.
-_URL_WITH_QUERY = re.compile(r"[^\s'\"(),<>]*\?[^\s'\"()<>]+")
+# A URL's query in a library's message (the OTLP exporter's "url: /v1/traces?api_key=…"). A value may hold any of
+# RFC 3986's sub-delimiters (`,` `;` `(` `)` `'`...): the query runs from its `?` to a space, to what no URL holds
+# unencoded and text sets around one (`"` `<` `>`, RFC 3986 appendix C), or to its fragment's `#`. A match starts at
+# a `?` and takes every later one: one pass over the line, no backtracking (as `://` anchors the other).
+_QUERY = re.compile(r"\?([^\s\"<>#]+)")
+_USERINFO = re.compile(r"(?<=://)[^\s/?#\"<>]*@")  # a URL's credentials, `user:password@`, masked as `mask_url` does
+_TRAILING = ".,;:!?)]}'"  # ending a query: the prose's, as linkifiers read it (a secret's own would show, alone)
 
 
 def masked_query_secrets(text: str) -> str:
-    """`text` with the values of secret-named query parameters of any URL in it masked (`mask_url`)."""
-    if "?" not in text:
+    """`text` with the values of secret-named query parameters (`mask_url`'s names) of any URL in it masked whole,
+    and the credentials before a URL's host; the text around them as it was."""
+    if "?" not in text and "@" not in text:
         return text
+    return _QUERY.sub(_masked_query, _USERINFO.sub("***@", text))
+
+
+def _masked_query(match: re.Match[str]) -> str:
+    query = match.group(1)
+    core = query.rstrip(_TRAILING)
+    pairs = [pair.partition("=") for pair in core.split("&")]
+    secret = _secret_names([name for name, sep, value in pairs if sep and value])
+    masked = (f"{name}=***" if name in secret and value else f"{name}{sep}{value}" for name, sep, value in pairs)
+    return "?" + "&".join(masked) + query[len(core) :]
+
+
+def _secret_names(names: list[str]) -> set[str]:
+    """Which of `names` are secrets' as `mask_url` reads a query (one list of names for both), asked once for all:
+    `name=v` each, the others' back as they went (none is dropped: each has its `=`); when not, all of them."""
+    if not names:
+        return set()
     from vmcp_opt.backends.secrets import mask_url  # here: vmcp_opt.backends imports this module
 
-    return _URL_WITH_QUERY.sub(lambda url: mask_url(url.group()), text)
+    answers = mask_url("?" + "&".join(f"{name}=v" for name in names)).removeprefix("?").split("&")
+    if len(answers) != len(names):
+        return set(names)
+    return {name for name, answer in zip(names, answers, strict=True) if answer != f"{name}=v"}
 
 
 def _mask_query_secrets(record: logging.LogRecord) -> None:

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import json
 import keyword
+import math
 import os
 import resource
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import starlark
@@ -116,23 +118,43 @@ def _send(message: dict[str, Any]) -> None:
     sys.stdout.buffer.flush()
 
 
-def _receive() -> Any:
-    """The gateway's next message, or None when it closed the pipe (json.loads decodes bytes with surrogatepass)."""
+def _receive(constants: list[str] | None = None) -> Any:
+    """The gateway's next message, or None when it closed the pipe (json.loads decodes bytes with surrogatepass);
+    the `NaN`, `Infinity` and `-Infinity` read in it added to `constants`."""
     line = sys.stdin.buffer.readline()
-    return json.loads(line) if line else None
+    return json.loads(line, parse_constant=_noting(constants)) if line else None
+
+
+def _noting(constants: list[str] | None) -> Callable[[str], float]:
+    """json's `parse_constant`: the float, as json reads it, noted (only these hold a float JSON has no form for)."""
+
+    def noted(name: str) -> float:
+        if constants is not None:
+            constants.append(name)
+        return float(name)
+
+    return noted
 
 
 def _ask(calls: list[list[Any]]) -> list[Any]:
     """The values of these tool calls, made by the gateway at once; the first failure raises."""
     _send({"calls": calls})
-    answer = _receive()
+    constants: list[str] = []  # a backend's inf or nan in a structured result: the gateway writes what it read
+    answer = _receive(constants)
     if answer is None:
         os._exit(0)  # the gateway gave up on the run (SystemExit would become a Starlark error)
     results = answer["results"]
     for (tool, _), result in zip(calls, results, strict=True):
         if "error" in result:
             _refuse(f"tool '{tool}': {result['error']}")
-    return [_value(result) for result in results]
+    values = []
+    for (tool, _), result in zip(calls, results, strict=True):
+        value, maybe_non_finite = _value(result, bool(constants))
+        problem = _non_finite(value) if maybe_non_finite else None
+        if problem:  # Starlark's values come from JSON, which has no form for it (and None would hide it)
+            _refuse(f"tool '{tool}': its result has no JSON form: {problem} (JSON's numbers are finite)")
+        values.append(value)
+    return values
 
 
 def _refuse(message: str) -> None:
@@ -140,14 +162,42 @@ def _refuse(message: str) -> None:
     raise ToolFailed(message)
 
 
-def _value(result: dict[str, Any]) -> Any:
-    """A call's value: as it came, or its text parsed when that is JSON (here, not on the gateway's event loop)."""
+def _value(result: dict[str, Any], line_non_finite: bool) -> tuple[Any, bool]:
+    """A call's value: as it came, or its text parsed when that is JSON (here, not on the gateway's event loop), as
+    Python's json reads it (`NaN`, `Infinity`: what its `dumps` writes); and whether it may hold a float JSON has
+    no form for (its text, or the answer's line, had one of those)."""
     if "text" not in result:
-        return result["value"]
+        return result["value"], line_non_finite
+    constants: list[str] = []
     try:
-        return json.loads(result["text"])
+        return json.loads(result["text"], parse_constant=_noting(constants)), bool(constants)
     except (ValueError, RecursionError):
-        return result["text"]
+        return result["text"], False
+
+
+def _non_finite(value: Any) -> str | None:
+    """`result["v"][1] is inf`: the first float JSON has no form for in `value`, in order, and its place; None if
+    there is none. A walk of its own, as the prelude's: no recursion (json.loads nests as deep as its recursion
+    allows), and a container's place kept as its parent's index and key, the path made only for the float found."""
+    parents: list[tuple[int, Any]] = []
+    stack: list[tuple[Any, int, Any]] = [(value, -1, None)]
+    while stack:
+        item, parent, key = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return f"{_path(parents, parent, key)} is {item!r}"
+        if isinstance(item, dict | list):
+            parents.append((parent, key))
+            pairs = list(item.items() if isinstance(item, dict) else enumerate(item))
+            stack.extend((child, len(parents) - 1, child_key) for child_key, child in reversed(pairs))
+    return None
+
+
+def _path(parents: list[tuple[int, Any]], parent: int, key: Any) -> str:
+    keys = []
+    while parent != -1:
+        keys.append(key)
+        parent, key = parents[parent]
+    return "result" + "".join(f"[{json.dumps(k, ensure_ascii=False)}]" for k in reversed(keys))
 
 
 def _arguments(tool: object, arguments: object, keywords: dict[str, Any]) -> list[Any]:
