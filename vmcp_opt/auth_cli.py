@@ -5,8 +5,9 @@
   checked as the gateway checks that file.
 - `vmcp auth schema`: the Cedar schema every policy is validated against at load (auth/cedar_schema.py `SCHEMA`).
 - `vmcp auth check -c vmcp.yaml` with a token or key (from `--credential-env`, default `VMCP_CREDENTIAL`, so
-  it stays out of the shell history) or `--local-user`: authenticates it exactly as the gateway would, then
-  connects to the backends once and says which tools the caller may list and call under the Cedar policy.
+  it stays out of the shell history) or `--local-user`: authenticates it exactly as the gateway would (its
+  `oauth.required_scopes` too), then connects to the backends once and says which tools the caller may list
+  and call under the Cedar policy.
   `--host`/`--port` as given to `serve`: without `oauth.resource` they make the audience a token must name.
 """
 
@@ -22,7 +23,7 @@ from rich.table import Table
 
 from vmcp_opt.auth import Caller
 from vmcp_opt.auth.api_keys import ApiKeyFileError, new_key, parse_entries
-from vmcp_opt.auth.authenticators import AuthSetupError, build_authenticator
+from vmcp_opt.auth.authenticators import AuthSetupError, build_authenticator, check_scopes, required_scopes
 from vmcp_opt.auth.errors import AuthError
 from vmcp_opt.auth.identity import Identity, local_user
 from vmcp_opt.config import VmcpConfig
@@ -163,7 +164,9 @@ def _authenticate(config: VmcpConfig, credential: str) -> Identity:
 
     async def verify() -> Identity:
         try:
-            return await authenticator.authenticate(credential)
+            identity = await authenticator.authenticate(credential)
+            check_scopes(identity, required_scopes(config))  # as the gateway checks every request
+            return identity
         finally:
             close = getattr(authenticator, "aclose", None)  # the introspection client, with OAuth
             if close is not None:

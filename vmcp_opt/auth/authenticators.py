@@ -6,6 +6,7 @@ import logging
 import os
 from typing import Protocol
 
+from vmcp_opt.auth import errors
 from vmcp_opt.auth.api_keys import ApiKeyFileError, ApiKeys
 from vmcp_opt.auth.identity import Identity
 from vmcp_opt.config import VmcpConfig
@@ -45,6 +46,20 @@ def build_authenticator(config: VmcpConfig) -> Authenticator | None:
         logger.info("auth: API keys (%d known)", len(keys))
         return keys
     return None
+
+
+def required_scopes(config: VmcpConfig) -> list[str]:
+    """The scopes every request's token must carry (`oauth.required_scopes`; none outside OAuth mode)."""
+    incoming = config.auth.incoming
+    return list(incoming.oauth.required_scopes) if incoming.mode == "oauth" else []
+
+
+def check_scopes(identity: Identity, required: list[str]) -> None:
+    """403 `insufficient_scope` naming the required scopes unless the identity has them all: the one check the
+    gateway (server/authentication.py) and `vmcp auth check` both make, so the latter approves no token the
+    gateway refuses."""
+    if any(scope not in identity.scopes for scope in required):
+        raise errors.insufficient_scope(required)
 
 
 def _check_introspection_secret(introspection_url: str | None, secret_env: str | None) -> None:

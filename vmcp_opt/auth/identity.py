@@ -73,14 +73,9 @@ def from_claims(
     client_id = claim(claims, names.client_id)
     if not isinstance(client_id, str):
         client_id = claims.get("azp") if isinstance(claims.get("azp"), str) else None
-    subject = claim(claims, names.subject)
-    if not isinstance(subject, str) or not subject:
-        subject = client_id  # a client acting for itself (client credentials; RFC 9068 §2.2)
-    if not subject:
-        raise ValueError(f"no `{names.subject}` claim")
     expires = numeric_date(claims, "exp")
     return Identity(
-        subject=subject,
+        subject=subject_of(claims, names, client_id),
         method=method,
         groups=string_set(claim(claims, names.groups)),
         roles=string_set(claim(claims, names.roles)),
@@ -89,6 +84,23 @@ def from_claims(
         claims=MappingProxyType(dict(claims)),
         expires_at=expires,
     )
+
+
+def subject_of(claims: Mapping[str, Any], names: ClaimNames, client_id: str | None) -> str:
+    """The caller's subject: the configured claim; the client id only for a client acting for itself (no `sub`
+    at all: client credentials, RFC 9068 §2.2). A user's token (it has a `sub`) without the configured claim is
+    refused rather than given the client id: every such user of one client would be one caller, sharing its
+    sessions, its Cedar principal and its rate limits. `ValueError` saying which claim is missing or unfit."""
+    subject = claim(claims, names.subject)
+    if isinstance(subject, str) and subject:
+        return subject
+    if subject is not None:
+        raise ValueError(f"a `{names.subject}` claim that is not a non-empty string")
+    if claims.get("sub") is not None:  # only when the configured claim is another one
+        raise ValueError(f"no `{names.subject}` claim (auth.incoming.claims.subject: the caller's identity)")
+    if client_id:
+        return client_id
+    raise ValueError(f"no `{names.subject}` claim")
 
 
 def numeric_date(claims: Mapping[str, Any], name: str) -> float | None:

@@ -6,8 +6,11 @@ given) is the issuer, whose `aud` names this gateway's resource (RFC 8707: requi
 server is refused) and whose `exp`/`nbf` hold with the configured skew. Answers are reused for
 `introspection_cache` seconds, never past the token's expiry; a token the server does not know (`active:
 false`, or a 400 answer about the token) is refused from memory for up to `NEGATIVE_TTL` seconds, so a client
-repeating a bad token does not make the gateway ask each time. One HTTP client (its connections kept alive)
-serves every request; `aclose` ends it.
+repeating a bad token does not make the gateway ask each time. Requests bringing one token the gateway holds
+no answer for share one question (single_flight.py, by the token's digest), so it is asked, and the budgets
+below paid, once. A token longer than `MAX_OPAQUE_TOKEN` is refused (401) unasked: no server issues such an
+opaque token, and one whose request body it cannot parse answers 400, which reads as the gateway's own fault.
+One HTTP client (its connections kept alive) serves every request; `aclose` ends it.
 
 A made-up token is new every time, so no cache stops a client sending them from making the gateway ask the
 server at the client's own request rate (the connection pool bounds requests in flight, not their rate).
@@ -55,6 +58,7 @@ from vmcp_opt.auth.identity import Identity, from_claims, numeric_date, string_s
 from vmcp_opt.config import ClaimNames, OAuthConfig
 from vmcp_opt.config.backend_auth import client_basic_auth, env_secret
 from vmcp_opt.logs import ThrottledLog
+from vmcp_opt.single_flight import SingleFlight
 
 logger = logging.getLogger(__name__)
 _answers_log = ThrottledLog(logger)  # per status: a misconfigured gateway has every request refused
@@ -68,6 +72,12 @@ TOKEN_REFUSALS = frozenset({"unsupported_token_type", "invalid_token"})
 # Statuses saying the server refused the gateway's own client (RFC 7662 §2.3, RFC 6749 §5.2).
 CLIENT_REFUSALS = frozenset({400, 401, 403})
 MAX_SAID = 200  # characters of the server's error and description logged
+# Characters of an opaque token the server is asked about. Opaque tokens are short handles (tens to a few hundred
+# characters; an encrypted JWE a few KiB); a longer one is refused here unasked: a 60 KB token got a 400 from
+# oidc-provider's body parser, read as the server refusing the gateway's own client (a 503 each time).
+MAX_OPAQUE_TOKEN = 8192
+TOO_LONG = f"an opaque token longer than {MAX_OPAQUE_TOKEN} characters is not accepted"
+OVERDUE = "token introspection is taking too long; retry"
 EntryT = TypeVar("EntryT")
 UNKNOWN = "the authorization server does not know this token"
 NOT_ACTIVE = "the token is not active (unknown, expired or revoked)"
@@ -109,6 +119,12 @@ class Introspection:
         self._per_address = AddressBudgets(
             settings.introspection_rate_per_address, settings.introspection_burst_per_address, monotonic
         )
+        # One question per token at a time: concurrent first uses (a client opening several streams at once) wait
+        # for its answer, at most `timeout`, instead of each asking and paying the budget (30 at once asked 20
+        # times, and the address's burst refused the rest 429).
+        self._flights: SingleFlight[bytes, Identity | errors.AuthError] = SingleFlight(
+            settings.timeout, lambda: errors.unavailable(OVERDUE)
+        )
 
     def _secret(self) -> str:
         assert self.settings.client_secret_env is not None
@@ -118,26 +134,47 @@ class Introspection:
             raise errors.unavailable(f"cannot introspect tokens: {exc}") from None
 
     async def authenticate(self, token: str) -> Identity:
+        if len(token) > MAX_OPAQUE_TOKEN:
+            raise errors.invalid_token(TOO_LONG)
         digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+        outcome = await self._flights.get(
+            digest, lambda: self._introspect(token, digest), ready=lambda: self._known(digest)
+        )
+        if isinstance(outcome, errors.AuthError):  # a fresh one per caller: one exception raised in many tasks
+            raise errors.AuthError(outcome.status, outcome.error, outcome.description, outcome.scope)
+        return outcome
+
+    def _known(self, digest: bytes) -> Identity | errors.AuthError | None:
+        """What memory says of the token: its identity, or why it was refused; None when it must be asked."""
         now = self.clock()
         cached = self._answers.get(digest)
         if cached is not None and now < cached[0]:
             return cached[1]
         refused = self._refused.get(digest)
         if refused is not None and now < refused[0]:
-            raise errors.invalid_token(refused[1])
-        if cached is not None:
+            return errors.invalid_token(refused[1])
+        return None
+
+    async def _introspect(self, token: str, digest: bytes) -> Identity | errors.AuthError:
+        """The flight for one token: the budget paid once, the server asked once, the answer remembered. A 503
+        (the server's trouble) is the outcome of every caller waiting on it; a budget refusal (`RetryLater`) is
+        raised: it is this caller's address's, so a waiter from another one asks anew, paying its own."""
+        now = self.clock()
+        if digest in self._answers:
             self._budget.charge()  # a re-check of a token found active: never refused, counted first
         else:
             self._admit_unknown(REQUESTING_ADDRESS.get())
-        answer = await self._ask(token)
+        try:
+            answer = await self._ask(token)
+        except errors.AuthError as trouble:
+            return trouble
         try:
             identity = self._accepted(answer, now)
         except errors.AuthError as refusal:
             self._answers.pop(digest, None)  # no longer vouched for: its next check pays like any unknown token
             ttl = min(self.settings.introspection_cache, NEGATIVE_TTL)
             _remember(self._refused, digest, (now + ttl, refusal.description))
-            raise
+            return refusal
         until = now + self.settings.introspection_cache
         if identity.expires_at is not None:
             until = min(until, identity.expires_at)

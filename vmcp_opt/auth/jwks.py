@@ -44,7 +44,7 @@ import anyio
 import httpx2
 import jwt
 
-from vmcp_opt.auth.bounded_fetch import TIMEOUT_SETTING, AnswerUnread, fetch
+from vmcp_opt.auth.bounded_fetch import TIMEOUT_SETTING, Answer, AnswerUnread, fetch
 from vmcp_opt.backends.secrets import mask_url, redact, url_credentials, with_escaped_forms
 from vmcp_opt.single_flight import SingleFlight
 
@@ -237,22 +237,44 @@ class JwksCache:
         return redact(text, with_escaped_forms((v for url in involved for v in url_credentials(url)), min_length=8))
 
     async def _discover(self, client: httpx2.AsyncClient) -> str:
-        """`jwks_uri` from the issuer's metadata: RFC 8414 first, then OpenID Connect discovery."""
+        """`jwks_uri` from the issuer's metadata: RFC 8414 first, then OpenID Connect discovery. A URL answering
+        anything but this issuer's metadata with a `jwks_uri` (an HTML page, `{}`, another issuer's) is passed
+        over for the next: `JwksUnavailable` with each one's reason only when none has it."""
+        reasons = []
         for url in metadata_urls(self.issuer):
-            answer = await fetch(client, "GET", url, self.timeout)
-            if answer.status != 200:
+            try:
+                answer = await fetch(client, "GET", url, self.timeout)
+            except AnswerUnread as exc:
+                reasons.append(f"{mask_url(url)}: {exc}")
                 continue
-            metadata = answer.json()
-            said = metadata.get("issuer") if isinstance(metadata, dict) else None
-            if said != self.issuer:  # a trailing slash too: tokens carry exactly what the metadata says
-                raise JwksUnavailable(
-                    f"{url}: its `issuer` is {str(said)[:200]!r}, not {self.issuer!r} (auth.incoming.oauth.issuer "
-                    "must be exactly the issuer's)"
-                )
-            jwks_uri = metadata.get("jwks_uri")
-            if isinstance(jwks_uri, str):
+            jwks_uri, reason = self._jwks_uri(answer)
+            if jwks_uri is not None:
                 return jwks_uri
-        raise JwksUnavailable(f"no metadata with a jwks_uri for issuer {self.issuer}")
+            reasons.append(f"{mask_url(url)}: {reason}")
+        raise JwksUnavailable(
+            self._masked(f"no metadata with a jwks_uri for issuer {self.issuer} ({'; '.join(reasons)})")
+        )
+
+    def _jwks_uri(self, answer: Answer) -> tuple[str | None, str]:
+        """The `jwks_uri` of a metadata answer that is this issuer's, else None and why not."""
+        if answer.status != 200:
+            return None, f"HTTP {answer.status}"
+        try:
+            metadata = answer.json()
+        except ValueError:
+            return None, "not JSON"
+        if not isinstance(metadata, dict):
+            return None, "not a JSON object"
+        said = metadata.get("issuer")
+        if said != self.issuer:  # a trailing slash too: tokens carry exactly what the metadata says
+            return None, (
+                f"its `issuer` is {str(said)[:200]!r}, not {self.issuer!r} (auth.incoming.oauth.issuer must be "
+                "exactly the issuer's)"
+            )
+        jwks_uri = metadata.get("jwks_uri")
+        if not isinstance(jwks_uri, str):
+            return None, "no `jwks_uri`"
+        return jwks_uri, ""
 
 
 def usable_keys(listed: list[Any]) -> Keys:

@@ -18,7 +18,9 @@ JWT_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256",
 class ClaimNames(_Strict):
     """Where a token's claims (or an API key's entry) put who the caller is (dotted paths reach nested claims)."""
 
-    # The caller's subject.
+    # The caller's subject: who the caller is for sessions, Cedar and rate limits. A token without this claim
+    # is refused (401 invalid_token naming it) when it has a `sub`: a user's token lacking the claim chosen for
+    # identity. Only a token with neither (a client acting for itself: client credentials) is the client id.
     subject: str = "sub"
     # Groups: a list of strings, or one space- or comma-separated string.
     groups: str = "groups"
@@ -34,7 +36,8 @@ class OAuthConfig(_Strict):
     """The gateway as an OAuth 2.1 resource server (the MCP authorization specification)."""
 
     # The authorization server's issuer URL; tokens must carry exactly this `iss`. Its JWKS is found from its
-    # metadata (`/.well-known/oauth-authorization-server`, then `/.well-known/openid-configuration`).
+    # metadata: `/.well-known/oauth-authorization-server`, then `/.well-known/openid-configuration`, the first
+    # that answers this issuer's metadata with a `jwks_uri` (an HTML page or another issuer's is passed over).
     issuer: str | None = None
     # This gateway's resource (RFC 9728, RFC 8707): the http(s) URL clients connect to, whose protected-resource
     # metadata the gateway publishes, and the `aud` tokens must carry (an audience that is no such URL, like
@@ -59,7 +62,8 @@ class OAuthConfig(_Strict):
     required_scopes: list[str] = Field(default_factory=list)
     # Scopes advertised in the protected-resource metadata (default: `required_scopes`).
     scopes_supported: list[str] = Field(default_factory=list)
-    # RFC 7662 token introspection endpoint: tokens that are not JWTs (opaque) are checked there.
+    # RFC 7662 token introspection endpoint: tokens that are not JWTs (opaque) are checked there, one question
+    # per token however many requests bring it at once. One longer than 8192 characters is refused (401) unasked.
     introspection_url: str | None = None
     # The gateway's own client id at the authorization server, for introspection.
     client_id: str | None = None

@@ -33,7 +33,7 @@ from mcp.server.auth.provider import AccessToken
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from vmcp_opt.auth import Identification, errors
-from vmcp_opt.auth.authenticators import Authenticator
+from vmcp_opt.auth.authenticators import Authenticator, check_scopes
 from vmcp_opt.auth.errors import AuthError
 from vmcp_opt.auth.identity import SCOPE_KEY, BearerToken, Identity
 from vmcp_opt.auth.introspection import REQUESTING_ADDRESS, RetryLater
@@ -44,6 +44,9 @@ logger = logging.getLogger(__name__)
 _refusals = ThrottledLog(logger, level=logging.INFO)
 
 QUERY_TOKEN_NAMES = frozenset({"access_token", "token", "api_key", "apikey", "key"})
+# What an error_description or scope may hold (RFC 6750 §3: %x20-21 / %x23-5B / %x5D-7E), and how much of it.
+CHALLENGE_CHARACTERS = frozenset(chr(c) for c in range(0x20, 0x7F)) - {'"', "\\"}
+MAX_CHALLENGE_TEXT = 300
 
 
 class RequireAuthentication:
@@ -134,9 +137,7 @@ class RequireAuthentication:
             identity = await self.authenticator.authenticate(credential.strip())
         finally:
             REQUESTING_ADDRESS.reset(requester)
-        missing_scopes = [s for s in self.required_scopes if s not in identity.scopes]
-        if missing_scopes:
-            raise errors.insufficient_scope(self.required_scopes)
+        check_scopes(identity, self.required_scopes)
         if identity.method is not Identification.TOKEN:
             # An API key is this gateway's own secret: never handed to a token endpoint as a subject token.
             return identity
@@ -179,7 +180,11 @@ def _credential_in_query(scope: Scope) -> bool:
 
 
 def _quoted(text: str) -> str:
-    return text.replace("\\", "\\\\").replace('"', "'")
+    """`text` fit for a quoted `WWW-Authenticate` value (RFC 6750 §3: printable ASCII without `"` and `\\`): a
+    double quote becomes `'`, any other character outside that set (a token header's UTF-8 or control
+    characters, echoed in a refusal) `?`, and at most `MAX_CHALLENGE_TEXT` long. The JSON body keeps the text."""
+    shown = "".join("'" if c == '"' else c if c in CHALLENGE_CHARACTERS else "?" for c in text)
+    return shown if len(shown) <= MAX_CHALLENGE_TEXT else shown[: MAX_CHALLENGE_TEXT - 3] + "..."
 
 
 def principal(identity: Identity) -> AuthenticatedUser:
