@@ -16,6 +16,7 @@ import mcp_types as types
 from mcp.server.session import ServerSession
 from mcp.shared.dispatcher import ProgressFnT
 
+from vmcp_opt.backends.request_logs import LEVELS, RequestLogs
 from vmcp_opt.routing.round_trips.state import Round
 
 
@@ -76,6 +77,17 @@ class Exchange:
             await session.send_progress_notification(token, progress, total, message, related_request_id=related)
 
         return relay
+
+    def log_relay(self, set_level: types.LoggingLevel | None) -> RequestLogs | None:
+        """Relays the log messages a backend's shared session sends for this request's call, at the level the
+        request carries (a 2026-07-28 client's `_meta`), else at `set_level` (a 2025-11-25 client's
+        `logging/setLevel`); None when the client asked for none."""
+        if self.session is None or self.request_id is None:
+            return None
+        level = self.meta.get(types.LOG_LEVEL_META_KEY, set_level) if self.meta else set_level
+        if level not in LEVELS:
+            return None
+        return RequestLogs(self.session, self.request_id, level)
 
 
 # Not forwarded: the backend call gets a progress token of its own, and the gateway's session speaks its own

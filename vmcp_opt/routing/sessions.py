@@ -31,6 +31,7 @@ from vmcp_opt.auth.caller import caller_key
 from vmcp_opt.backends.connection import BackendConnection, BackendState, BackendUnavailable
 from vmcp_opt.backends.credentials import SubjectToken
 from vmcp_opt.backends.errors import CredentialError
+from vmcp_opt.backends.request_logs import RequestLogs, relaying, tied_logs
 from vmcp_opt.backends.session_pool import DedicatedSession, SessionPool
 from vmcp_opt.config import LimitsConfig
 from vmcp_opt.display import shorten
@@ -69,13 +70,16 @@ class SharedSession:
     round_state: BackendRound | None = None
     responses: types.InputResponses | None = None
     headers: dict[str, str] | None = None  # the client's, allow-listed for this backend
+    logs: RequestLogs | None = None  # the client asked for the call's log messages (backends/request_logs.py)
 
     async def send(
         self, request: types.Request[Any, Any], result_type: type[ResultT], guard: Guard, progress: ProgressFnT | None
     ) -> ResultT:
         if self.round_state is not None:
             request = with_round(request, self.round_state.state, self.responses)
-        async with guard(self.backend.name, None):
+        if self.logs is not None:
+            request = self.logs.asked(request, self.backend)
+        async with guard(self.backend.name, None), relaying(self.logs, self.backend):
             if (
                 self.backend.protocol_version not in MODERN_PROTOCOL_VERSIONS
                 or request.method not in INPUT_REQUIRED_METHODS
@@ -236,8 +240,9 @@ class SessionChooser:
         if _asks_by_round_trip(caller, exchange):
             return RoundTripSession(self.round_trips, caller, exchange, backend)
         owner = self._owner(caller, exchange)
+        logs = exchange.log_relay(owner.log_level if owner is not None else None) if tied_logs(backend) else None
         if owner is None or (not owner.always and backend.name not in owner.sessions):
-            return SharedSession(backend, caller.protocol_version, headers=headers)
+            return SharedSession(backend, caller.protocol_version, headers=headers, logs=logs)
         try:
             return CallerSession(owner, await owner.session_for(backend), exchange)
         except LimitReached as exc:
@@ -248,7 +253,7 @@ class SessionChooser:
                 caller.id,
                 exc.message,
             )
-            return SharedSession(backend, caller.protocol_version, headers=headers)
+            return SharedSession(backend, caller.protocol_version, headers=headers, logs=logs)
 
     async def _own_credentials(self, caller: Caller, exchange: Exchange, backend: BackendConnection) -> CallerSession:
         """A token_exchange backend: the caller's own session, carrying the caller's exchanged token."""
