@@ -22,6 +22,20 @@ class RequestsInFlightConfig(_PerCallerWithinTotal):
     total: int = Field(1000, ge=1)
 
 
+class HeldAnswerBytesConfig(_PerCallerWithinTotal):
+    """Bytes of answers written out that clients have not read yet (server/held_answers.py): held in the gateway's
+    memory until the client takes them or `server.write_timeout` resets its connection. Past either bound a call of
+    that caller is answered with a JSON-RPC error naming the bound instead, its result dropped, until its client
+    reads or goes away. Over stdio (one client) `per_caller` bounds the answers waiting behind the write it does
+    not take."""
+
+    # One caller's (keyed as requests_in_flight's); over stdio, the client's. 64 MiB: six answers of the default
+    # limits.max_result_bytes left unread.
+    per_caller: int = Field(64 * 1024 * 1024, ge=1024 * 1024)
+    # Every caller's together (HTTP). 256 MiB: four callers that stopped reading at once.
+    total: int = Field(256 * 1024 * 1024, ge=1024 * 1024)
+
+
 class LimitsConfig(_Strict):
     """Bounds on what one backend can make the gateway do (issue 22)."""
 
@@ -109,6 +123,14 @@ class LimitsConfig(_Strict):
         "for the gateway; a request past either is answered at once with a JSON-RPC error naming the bound. Every "
         "local client shares the loopback address, and every client behind a proxy not in server.trusted_proxies "
         "the proxy's: raise `per_caller` with max_connections_per_address for many such clients.",
+    )
+    held_answer_bytes: HeldAnswerBytesConfig = Field(
+        default_factory=HeldAnswerBytesConfig,
+        description="Bytes of answers the gateway has written but clients have not read yet (a client that stops "
+        "reading its sockets or stdout leaves them in the gateway's memory until server.write_timeout resets it): "
+        "`per_caller` for one caller (keyed as requests_in_flight's), `total` for the gateway. Past either a call of "
+        "that caller is answered with a JSON-RPC error naming the bound, its result dropped, until its client reads "
+        "or goes away. A reading client's answers leave at once and count for the moment they take to send.",
     )
     max_pending_calls_per_caller: int = Field(
         4,

@@ -35,7 +35,9 @@ written for the moment (uvicorn waits for the buffer to drain, the answer is com
 closing), a client that drains none of them within it is reset (its unsent bytes dropped, in the kernel too).
 Progress is bytes drained, not speed: a client that reads something within every deadline keeps its connection,
 however slowly, as with nginx's `send_timeout`. A response still being streamed below the high-water mark is not
-judged (its next writes would hide what was drained); once the stream pauses it is.
+judged (its next writes would hide what was drained); once the stream pauses it is. While the transport holds them
+(writing paused) the unsent bytes are charged to the caller of the connection's last request, so that one caller's,
+and all callers', unread answers stay within `limits.held_answer_bytes` (server/held_answers.py).
 
 `asyncio` reports a failing `accept()` (EMFILE: out of descriptors) through the loop's exception handler,
 with a traceback each time; `throttle_accept_errors` makes that one line a minute.
@@ -57,6 +59,7 @@ from mcp_types import INVALID_REQUEST
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from vmcp_opt.logs import ThrottledLog
+from vmcp_opt.server.held_answers import SCOPE_KEY, AnswerHold
 from vmcp_opt.server.sessions import SERVER_BUSY
 
 logger = logging.getLogger(__name__)
@@ -130,6 +133,7 @@ class LimitedProtocol(HttpToolsProtocol):
         self._deferred: bytes | None = None  # a refusal held until the request still running is answered
         self._write_deadline: asyncio.TimerHandle | None = None
         self._unsent_at_start = 0  # unsent bytes when the current write deadline began
+        self._hold = AnswerHold()  # its unsent bytes, charged to its caller (server/held_answers.py)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -196,6 +200,7 @@ class LimitedProtocol(HttpToolsProtocol):
         if self._refused:
             return
         self._unfinished_bytes = 0
+        self.scope[SCOPE_KEY] = self._hold  # type: ignore[literal-required]  # for the request's caller to tag
         super().on_headers_complete()
         self._arm("body")  # disarmed at once by on_message_complete when there is none
 
@@ -269,10 +274,12 @@ class LimitedProtocol(HttpToolsProtocol):
 
     def pause_writing(self) -> None:
         super().pause_writing()
+        self._hold.unsent(self.transport.get_write_buffer_size())
         self._watch_unsent()
 
     def resume_writing(self) -> None:
         super().resume_writing()
+        self._hold.unsent(0)  # drained to the low-water mark: no longer held for a client that does not read
         self._watch_unsent()  # drained to the low-water mark: progress, a new deadline for what is left
 
     def timeout_keep_alive_handler(self) -> None:
@@ -331,6 +338,7 @@ class LimitedProtocol(HttpToolsProtocol):
         self.transport.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._hold.unsent(0)
         self._disarm()
         self._unwatch_unsent()
         if self._linger is not None:

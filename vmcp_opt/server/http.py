@@ -35,6 +35,7 @@ from vmcp_opt.server.diagnostics import DiagnosticsServer, diagnostics_server, h
 from vmcp_opt.server.drain import Drain
 from vmcp_opt.server.event_store import memory_event_store
 from vmcp_opt.server.handlers import build_mcp_server
+from vmcp_opt.server.held_answers import HeldAnswers
 from vmcp_opt.server.host_check import Cors, HostCheck
 from vmcp_opt.server.in_flight import RequestsInFlight
 from vmcp_opt.server.lazy_stream import LazyStreamSessionManager
@@ -109,7 +110,8 @@ def create_app(gateway: Gateway) -> Starlette:
     mcp_server = build_mcp_server(gateway, "http")
     mcp_server.middleware.append(hold_session_slot)
     # Outermost: a request waiting anywhere (start-up included) holds its caller's slot.
-    mcp_server.middleware.insert(0, RequestsInFlight(limits.requests_in_flight, Admission("http")))
+    held = HeldAnswers(limits.held_answer_bytes)  # what clients leave unread (server/held_answers.py)
+    mcp_server.middleware.insert(0, RequestsInFlight(limits.requests_in_flight, Admission("http"), held))
     throttle_sdk_refusals()
     security = transport_security(server_config)
     if server_config.cors_origins:

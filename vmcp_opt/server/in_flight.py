@@ -6,7 +6,9 @@ closes the connection leaves the call running, so connections per address bound 
 middleware ahead of every other, counts each request from its arrival at the session to its answer, per caller
 (keyed as rate limits key callers: a verified subject, else the client's address, so new sessions or
 credentials buy nothing) and in total; past either bound the request is answered at once with a JSON-RPC error
-naming the setting (`LimitReached`), never dropped.
+naming the setting (`LimitReached`), never dropped. It also tags the request's connection with its caller and
+checks the bytes of answers the caller's client has left unread (`limits.held_answer_bytes`, server/held_answers.py),
+before the call and once its answer is ready.
 
 stdio has one caller, which wrote 50,000 calls without reading an answer: the SDK started a task for each as
 it read them (the gateway's RSS past 700 MB in 30 s, 1,700 calls at the backend at once). There a request past
@@ -32,6 +34,7 @@ from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from vmcp_opt.config.limits import RequestsInFlightConfig
 from vmcp_opt.routing.budget import Budget
 from vmcp_opt.server.admission import Admission
+from vmcp_opt.server.held_answers import HeldAnswers, answer_hold
 
 SETTING = "limits.requests_in_flight"
 PER_CALLER = f"{SETTING}.per_caller"
@@ -44,8 +47,9 @@ RETRY_AFTER = 1.0
 class RequestsInFlight:
     """Server middleware: a slot per request for its caller while it runs, or `LimitReached` at once."""
 
-    def __init__(self, config: RequestsInFlightConfig, admission: Admission) -> None:
+    def __init__(self, config: RequestsInFlightConfig, admission: Admission, held: HeldAnswers) -> None:
         self._admission = admission
+        self._held = held
         self._budget = Budget(
             "requests in flight",
             total=config.total,
@@ -62,11 +66,18 @@ class RequestsInFlight:
         if ctx.request_id is None or ctx.method in UNCOUNTED:  # a notification, or nothing held
             return await call_next(ctx)
         key = self._admission.budget_key(ctx)
+        hold = answer_hold(getattr(ctx.request, "scope", None))  # HTTP: the connection its answer goes out on
+        if hold is not None:
+            hold.tag(self._held, key)
+        self._held.check(key)
         self._budget.acquire(key)
         try:
-            return await call_next(ctx)
+            result = await call_next(ctx)
         finally:
             self._budget.release(key)
+        # Answers that came back while the client read none: refused here, dropped, rather than held too.
+        self._held.check(key)
+        return result
 
 
 class InFlight:

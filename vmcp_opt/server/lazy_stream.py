@@ -92,6 +92,7 @@ from starlette.types import Message, Receive, Scope, Send
 from vmcp_opt.logs import ThrottledLog
 from vmcp_opt.server.admission import SessionRefused, refused_stranger
 from vmcp_opt.server.event_store import BoundedEventStore, ProbedStore, UnsentAnswers
+from vmcp_opt.server.held_answers import RetainedChunks, answer_hold
 from vmcp_opt.server.list_answers import json_body, long_list, session_form
 from vmcp_opt.server.shared_asks import ASK_PREFIX, Answer, AskIds, TaggedAsks, asked_by
 from vmcp_opt.server.streams import OldClientContent
@@ -518,9 +519,12 @@ class LazyStreamTransport(StreamableHTTPServerTransport):
         }
         sender = partial(self._forward, request_id, sse_writer, opening, rest)
         response = EventSourceResponse(content=sse_reader, data_sender_callable=sender, headers=headers)
+        hold = answer_hold(request.scope)  # what the writer keeps of an answer is held for the caller too
         try:
-            await response(request.scope, request.receive, send)
+            await response(request.scope, request.receive, send if hold is None else RetainedChunks(send, hold))
         finally:
+            if hold is not None:
+                hold.retained(0)
             await sse_writer.aclose()
             await sse_reader.aclose()
             await self._clean_up_memory_streams(request_id)

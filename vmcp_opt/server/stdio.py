@@ -39,12 +39,15 @@ answers to the gateway's own questions (sampling, elicitation, roots, approvals)
 for, and its cancellations must get through; holding the pipe shut until a call ended would deadlock them.
 Only once twice `per_caller` requests of any kind are unanswered (a flood of `ping`, which is not refused) does
 reading wait (`InFlight.room`): the client is then not taking its answers, and nothing it writes is read anyway.
+Those answers wait in their handlers' tasks, each holding its result (100 calls of a 9 MB tool held 1 GB): past
+`limits.held_answer_bytes.per_caller` (`WaitingAnswers`, server/held_answers.py) they and new calls get its error.
 
 A request with a usable id that the SDK cannot read (`"params": "x"`, no `"jsonrpc"`) is answered under its id.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -69,6 +72,7 @@ from vmcp_opt.server.bad_input import initialize_problem, unusable_id
 from vmcp_opt.server.diagnostics import DiagnosticsServer
 from vmcp_opt.server.drain import CUT_OFF
 from vmcp_opt.server.handlers import build_mcp_server
+from vmcp_opt.server.held_answers import WaitingAnswers
 from vmcp_opt.server.in_flight import PER_CALLER, RETRY_AFTER, UNCOUNTED, InFlight
 from vmcp_opt.server.json_batch import MAX_BATCH, is_batch
 from vmcp_opt.server.stdio_pipes import ClientLines, checked_stdout
@@ -132,9 +136,12 @@ async def serve_stdio(
                 async with stdio_server(
                     stdin=cast(anyio.AsyncFile[str], stdin), stdout=cast(anyio.AsyncFile[str], stdout)
                 ) as (read, write):
-                    answers = AnswerTracker(OldClientContent(write), in_flight)
-                    reads = AnswerMalformed(read, answers, in_flight)
-                    await server.run(reads, answers, server.create_initialization_options())
+                    waiting = WaitingAnswers(gateway.config.limits.held_answer_bytes.per_caller, lambda: stdout.unsent)
+                    async with anyio.create_task_group() as refusals:
+                        answers = AnswerTracker(OldClientContent(write), in_flight, waiting, refusals)
+                        reads = AnswerMalformed(read, answers, in_flight)
+                        await server.run(reads, answers, server.create_initialization_options())
+                        refusals.cancel_scope.cancel()  # errors still waiting for a client that read none
             except* BrokenPipeError:
                 # The SDK's writer found stdout closed: the client exited (or was killed) and nobody reads answers
                 # any more. The gateway still stops as when stdin closes, its backends and state included.
@@ -197,11 +204,21 @@ def _too_long_error(marker: str) -> types.JSONRPCError:
 
 
 class AnswerTracker(WriteStreamWrapper):
-    """The write side: each answer sent ends its request in `in_flight`."""
+    """The write side: each answer sent ends its request in `in_flight`. An answer past
+    `limits.held_answer_bytes.per_caller` (`WaitingAnswers`) is the error naming it, sent from a task of `refusals`:
+    the handler's task, which holds the result until its send returns, ends at once and lets it go."""
 
-    def __init__(self, inner: WriteStream[SessionMessage], in_flight: InFlight) -> None:
+    def __init__(
+        self,
+        inner: WriteStream[SessionMessage],
+        in_flight: InFlight,
+        waiting: WaitingAnswers,
+        refusals: anyio.abc.TaskGroup,
+    ) -> None:
         super().__init__(inner)
         self._in_flight = in_flight
+        self.waiting = waiting
+        self._refusals = refusals
 
     async def send_untracked(self, item: SessionMessage) -> None:
         """An answer to a request never handed to the SDK: it ends nothing in `in_flight` (its id may be another
@@ -211,6 +228,25 @@ class AnswerTracker(WriteStreamWrapper):
     async def send(self, item: SessionMessage, /) -> None:
         if self._in_flight.cut_off and _closed_answer(item.message):
             item = SessionMessage(_cut_off_error(item.message.id))  # type: ignore[union-attr]
+        size = 0
+        if isinstance(item.message, types.JSONRPCResponse):  # behind an answer the client has not taken: counted
+            try:
+                size = self.waiting.take(item.message.result)
+            except LimitReached as refused:  # the result dropped, not held: its error waits in a task of its own
+                error = types.JSONRPCError(jsonrpc="2.0", id=item.message.id, error=refused.error)
+                self._refusals.start_soon(self._send_refusal, SessionMessage(error))
+                return
+        try:
+            await self._send_tracked(item)
+        finally:
+            self.waiting.done(size)
+
+    async def _send_refusal(self, item: SessionMessage) -> None:
+        # The SDK's server ended (a stop, or stdin closed) first: the client took none of it.
+        with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
+            await self._send_tracked(item)
+
+    async def _send_tracked(self, item: SessionMessage) -> None:
         await self._inner.send(item)
         if isinstance(item.message, types.JSONRPCResponse | types.JSONRPCError):
             self._in_flight.ended(item.message.id)
@@ -254,6 +290,9 @@ class AnswerMalformed(ReadStreamWrapper):
             if not isinstance(item, Exception):
                 if self._in_flight.full() and _bounded(item.message):
                     await self._write.send_untracked(SessionMessage(_past_the_bound(item.message.id, self._in_flight)))
+                    continue
+                if _bounded(item.message) and (refusal := self._write.waiting.refusal(item.message.id)) is not None:
+                    await self._write.send_untracked(SessionMessage(refusal))  # waits behind them: reading pauses
                     continue
                 self._note(item.message)
                 return item

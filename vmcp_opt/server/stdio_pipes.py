@@ -89,14 +89,20 @@ class ClientOutput:
         self._fd = fd
         self._pending: queue.SimpleQueue[tuple[bytes, asyncio.Future[None]]] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        self.unsent = 0  # bytes of writes not yet in the pipe: the client's untaken answers (server/held_answers.py)
 
     async def write(self, text: str) -> None:
         written = asyncio.get_running_loop().create_future()
         if self._thread is None:
             self._thread = threading.Thread(target=self._write, name="stdio-writer", daemon=True)
             self._thread.start()
-        self._pending.put((text.encode("utf-8", errors="replace"), written))
-        await written
+        data = text.encode("utf-8", errors="replace")
+        self.unsent += len(data)
+        self._pending.put((data, written))
+        try:
+            await written
+        finally:
+            self.unsent -= len(data)
 
     async def flush(self) -> None:
         """Nothing to do: nothing is buffered here (`write` waits for the pipe)."""
