@@ -6,7 +6,7 @@ that parses ToolHive's parses ours:
     {"metadata": {"auditId": "<uuid4>", "extra": {"duration_ms": 1.2, "response_size_bytes": 345,
                   "error_type": "...", "protocol_version": "...", "request_id": "..."}},
      "type": "mcp_tool_call", "loggedAt": "2026-…Z",
-     "outcome": "success|failure|denied|application_error|cancelled",
+     "outcome": "success|failure|denied|application_error|cancelled|input_required",
      "source": {"type": "network|local", "value": "<address>"},
      "subjects": {"user_id": "<sub>", "user": "<name>", "client_name": …, "client_version": …,
                   "caller_id": "<caller id>", "identified_by": "token|api_key|session|…"},
@@ -37,9 +37,9 @@ no six-byte escape per character), written one by one so that the file is rotate
 A write that fails (disk full) leaves no part of its lines in the file and nothing buffered to come later:
 the file holds whole lines only, and `write_failures` counts exactly the events that are not in it.
 
-Past ~450 lines: the queue, the events and a workflow run's step events (`_RunAudit`) share `AuditLog`'s
-private `_offer`/`_wanted` and the operation notes they read, and read best together; the file the lines go to
-is its own module (audit_sink.py).
+`input_required`: a 2026-07-28 client's request answered with an `InputRequiredResult`; the call goes on with its
+retry, a request of its own with the call's outcome. A workflow run's events are run_audit.py's (they share
+`AuditLog`'s private `_offer`/`_wanted`); the file the lines go to is audit_sink.py.
 """
 
 from __future__ import annotations
@@ -47,44 +47,38 @@ from __future__ import annotations
 import json
 import logging
 import queue
-import re
 import threading
 import time
 import uuid
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 from pydantic_core import to_json, to_jsonable_python
 
 from vmcp_opt.auth import Caller, Identification
 from vmcp_opt.config import AuditConfig
 from vmcp_opt.routing.exchange import Exchange
-from vmcp_opt.routing.operations import Operation, Outcome
+from vmcp_opt.routing.operations import Operation
 from vmcp_opt.routing.providers import GATEWAY_SOURCE
 from vmcp_opt.telemetry.audit_sink import Sink
-from vmcp_opt.telemetry.names import event_type, target_type
-from vmcp_opt.telemetry.redact import redacted, redacted_within
-from vmcp_opt.workflows.step_events import STEP_CALLS, STEP_WATCH_NOTE, TIMED_OUT_NOTE, StepCalls
+from vmcp_opt.telemetry.audit_values import MAX_FIELD_CHARS as MAX_FIELD_CHARS  # its home before audit_values.py
+from vmcp_opt.telemetry.audit_values import bounded as _bounded
+from vmcp_opt.telemetry.names import event_outcome, event_type, target_type
+from vmcp_opt.telemetry.redact import redacted_within
+from vmcp_opt.telemetry.run_audit import FIELDS_NOTE, RUN_NOTE, RunAudit, ends_a_run
+from vmcp_opt.workflows.step_events import STEP_CALLS, STEP_WATCH_NOTE
 
 if TYPE_CHECKING:
-    from vmcp_opt.config.workflows import StepConfig, WorkflowConfig
-    from vmcp_opt.workflows.executor import RunReport, StepReport
+    from vmcp_opt.config.workflows import WorkflowConfig
 
 logger = logging.getLogger(__name__)
 REPORT_EVERY = 10.0  # seconds between two reports of dropped events or failed writes
-# Characters kept of a string a client chose (a tool name, clientInfo.name, …), as spans keep of a name.
-MAX_FIELD_CHARS = 200
 _STOP = object()
 # What a queued event carries: its type, time, the slimmed operation and the bytes of `data` it holds (None:
 # written without `data`).
 _Item = tuple[str, float, Operation, int | None]
-_Text = TypeVar("_Text", str, str | None)
 _SIZE_NOTE = "audit.size"  # a queued operation's note: its result's size, measured on the request path
 _ARGUMENTS_SIZE_NOTE = "audit.arguments_size"  # with `include_data`: its arguments' size, measured there too
-# A queued operation's note: fields its event adds, {"target": {...}, "extra": {...}} (a workflow's run id, a
-# step's id and attempts).
-_FIELDS_NOTE = "audit.fields"
-_STARTED_NOTE = "audit.workflow_started"  # a workflow call's note: its `workflow_started` is written already
 _WORKFLOW_ENDS = frozenset({"workflow_completed", "workflow_failed", "workflow_timed_out"})
 _STEP_CALL_EVENTS = frozenset({"workflow_step_completed", "workflow_step_failed"})  # a step's call, by its parent
 _STEP_EVENTS = frozenset({"workflow_step_started", "workflow_step_skipped", *_STEP_CALL_EVENTS})
@@ -120,9 +114,9 @@ class AuditLog:
         if op.kind == "request" and op.method == "tools/call":
             op.notes[STEP_WATCH_NOTE] = self
 
-    def workflow_run(self, op: Operation, workflow: WorkflowConfig) -> _RunAudit:
+    def workflow_run(self, op: Operation, workflow: WorkflowConfig) -> RunAudit:
         """The `StepWatch` of workflows/step_events.py: writes `workflow_started` now and each step as it goes."""
-        return _RunAudit(self, op, workflow)
+        return RunAudit(self, op, workflow)
 
     def operation_finished(self, op: Operation) -> None:
         if op.kind != "request":
@@ -132,7 +126,9 @@ class AuditLog:
         if calls is not None and kind in _STEP_CALL_EVENTS:  # a watched step's call: counted in its step's event
             calls.saw(op.backend, op.outcome, op.error)
             return
-        started = kind in _WORKFLOW_ENDS and _STARTED_NOTE not in op.notes  # a run that was not watched
+        if kind in _WORKFLOW_ENDS and not ends_a_run(op):
+            return  # a question for the client, or a retry's answer: the run writes its own end (run_audit.py)
+        started = kind in _WORKFLOW_ENDS and RUN_NOTE not in op.notes  # a run that was not watched
         kinds = ["workflow_started", kind] if started else [kind]
         kinds = [each for each in kinds if self._wanted(each)]
         if not kinds:
@@ -144,6 +140,10 @@ class AuditLog:
         now = time.time()
         for each in kinds:
             self._offer(each, op, now - op.duration if each == "workflow_started" else now, size, weight)
+
+    def measured(self, value: Any) -> int:
+        """`value`'s size as the request path measures it, for a run's events (run_audit.py)."""
+        return _measured(value)
 
     def _wanted(self, kind: str) -> bool:
         return not ((self.include and kind not in self.include) or kind in self.exclude)
@@ -185,8 +185,8 @@ class AuditLog:
         slim.notes[_SIZE_NOTE] = size
         if kept is not None and weight is not None and weight >= size:
             slim.notes[_ARGUMENTS_SIZE_NOTE] = weight - size
-        if _FIELDS_NOTE in op.notes:
-            slim.notes[_FIELDS_NOTE] = op.notes[_FIELDS_NOTE]
+        if FIELDS_NOTE in op.notes:
+            slim.notes[FIELDS_NOTE] = op.notes[FIELDS_NOTE]
         return slim, kept
 
     def _release(self, kept: int | None) -> None:
@@ -321,7 +321,7 @@ class AuditLog:
             extra["request_id"] = _bounded(str(op.exchange.request_id))
         address = _bounded(caller.address)
         target = _target(op)
-        fields = op.notes.get(_FIELDS_NOTE)
+        fields = op.notes.get(FIELDS_NOTE)
         if fields is not None:
             target |= fields["target"]
             extra |= fields["extra"]
@@ -330,7 +330,7 @@ class AuditLog:
             "type": kind,
             "loggedAt": datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
             "source": {"type": "network" if address else "local", "value": address or ""},
-            "outcome": "success" if kind == "workflow_started" else op.outcome,
+            "outcome": "success" if kind == "workflow_started" else event_outcome(op),
             "subjects": {k: v for k, v in subjects.items() if v is not None},
             "component": "vmcp-opt",
             "target": target,
@@ -367,82 +367,6 @@ class AuditLog:
         self._sink.close()
 
 
-class _RunAudit:
-    """One workflow run's events, as a `RunWatch` (workflows/step_events.py): `workflow_started` when it starts,
-    then per step `workflow_step_started` and `workflow_step_completed` or `workflow_step_failed` (with its
-    attempts, retries, duration, and a for_each's item counts), or `workflow_step_skipped`. Never an event per
-    call or per item: a run writes at most two events per configured step. Each carries the run's
-    `workflow_id` (as ToolHive's), so the events of runs that overlap can be told apart."""
-
-    def __init__(self, log: AuditLog, op: Operation, workflow: WorkflowConfig) -> None:
-        self._log, self._op = log, op
-        self._run = {"workflow_id": str(uuid.uuid4()), "workflow_name": workflow.name}
-        extra = {"step_count": len(workflow.steps), "timeout_ms": round(workflow.timeout * 1000)}
-        op.notes[_FIELDS_NOTE] = {"target": self._run, "extra": extra}  # its started and ending events
-        op.notes[_STARTED_NOTE] = True
-        log._offer("workflow_started", op, time.time())
-
-    def step_started(self, step: StepConfig, report: StepReport) -> None:
-        self._step("workflow_step_started", step, {})
-
-    def step_skipped(self, step: StepConfig, report: StepReport, blocked_by: str | None) -> None:
-        # Why: the step it waited for failed, or its condition (the workflow author's template, cut and
-        # redacted as any string) was false.
-        reason = {"blocked_by": blocked_by} if blocked_by else {"condition": _bounded(str(redacted(step.condition)))}
-        self._step("workflow_step_skipped", step, reason)
-
-    def step_finished(self, step: StepConfig, report: StepReport, calls: StepCalls) -> None:
-        kind = "workflow_step_completed" if report.status == "ok" else "workflow_step_failed"
-        if not self._log._wanted(kind):
-            return
-        extra: dict[str, Any] = {"attempts": report.attempts, "retry_count": report.retries, "calls": calls.calls}
-        if report.items is not None:
-            extra |= {"items": report.items, "items_done": report.items_done}
-        outcome, error = _step_outcome(report, calls)
-        size = _measured(report.output) if report.status == "ok" else 0
-        self._step(kind, step, extra, outcome, error, calls.backend, report.duration, size)
-
-    def run_finished(self, report: RunReport) -> None:
-        if report.timed_out:  # names.event_type: `workflow_timed_out` rather than `workflow_failed`
-            self._op.notes[TIMED_OUT_NOTE] = True
-
-    def _step(
-        self,
-        kind: str,
-        step: StepConfig,
-        extra: dict[str, Any],
-        outcome: Outcome = "success",
-        error: str | None = None,
-        backend: str | None = None,
-        duration: float = 0.0,
-        size: int = 0,
-    ) -> None:
-        if not self._log._wanted(kind):
-            return
-        workflow = self._op
-        op = Operation(
-            "tools/call", workflow.caller, target=step.tool, backend=backend, exchange=workflow.exchange,
-            duration=duration, outcome=outcome, error=error,
-        )  # fmt: skip
-        target = {**self._run, "type": "workflow_step", "step_id": step.id, "step_type": step.type}
-        op.notes[_FIELDS_NOTE] = {"target": target, "extra": extra}
-        self._log._offer(kind, op, time.time(), size, 0)
-
-
-def _step_outcome(report: StepReport, calls: StepCalls) -> tuple[Outcome, str | None]:
-    """A finished step's outcome and error type, in the words of a call's: its reason is left out (it may hold
-    argument values and a backend's text, which the log holds only with `include_data`)."""
-    if report.status == "ok":
-        return "success", None
-    if calls.denied:
-        return "denied", "denied"
-    if calls.failure is not None:  # a call the run's `timeout` cut is a failure (TimeoutError), as the call's own
-        return calls.failure, calls.error
-    if report.status == "cancelled":  # another step's abort, the client; or the timeout between two attempts
-        return "cancelled", "cancelled"
-    return "failure", "step_error"  # no call failed: a template, a budget, an answer refused the step
-
-
 def _target(op: Operation) -> dict[str, str]:
     target = {"method": _bounded(op.method), "type": target_type(op.method)}
     if op.target is not None:
@@ -468,22 +392,6 @@ def _chain(act: dict[str, Any]) -> list[dict[str, str]]:
     return chain
 
 
-def _bounded(value: _Text) -> _Text:
-    """`value` cut to `MAX_FIELD_CHARS`, marked with its full length: `abc…(100,007 chars)`. A value cut already
-    (when it was queued) is left as it is, so the length it names stays the original's."""
-    if value is None or len(value) <= MAX_FIELD_CHARS or _cut_already(value):
-        return value
-    return f"{value[:MAX_FIELD_CHARS]}…({len(value):,} chars)"
-
-
-def _cut_already(value: str) -> bool:
-    """Whether `value` is one `_bounded` made: a client could send the mark itself, so it is taken only with a
-    length of at most 19 digits (the value stays short) that passes the bound (it names a cut, not a lie)."""
-    mark = _CUT_MARK.fullmatch(value, MAX_FIELD_CHARS)
-    return mark is not None and int(mark.group(1).replace(",", "")) > MAX_FIELD_CHARS
-
-
-_CUT_MARK = re.compile(r"…\(([\d,]{1,25}) chars\)")
 # The claims an event reads (`_user`, `delegation`): a queued event keeps these of the caller's, no more.
 _EVENT_CLAIMS = ("name", "preferred_username", "email", "act")
 

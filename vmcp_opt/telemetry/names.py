@@ -23,6 +23,9 @@ _LIST_EVENTS = {
     "logging/setLevel": "mcp_logging",
 }
 META_TOOLS = {"find_tool": "vmcp_find_tool", "call_tool": "vmcp_call_tool"}
+# The error a request answered with an `InputRequiredResult` ends with (routing/operations.py `watched`), and the
+# outcome its event states: the client was asked something, and nothing it asked for is done yet.
+INPUT_REQUIRED = "input_required"
 # Methods a metric label may carry; anything else is "other" (a label set that cannot grow).
 METHODS = frozenset({"tools/call", "initialize", "resources/subscribe", "resources/unsubscribe", *_LIST_EVENTS})
 
@@ -41,6 +44,26 @@ def event_type(op: Operation) -> str:
     if op.backend == GATEWAY_SOURCE and op.target in META_TOOLS:
         return META_TOOLS[op.target]
     return "mcp_tool_call"
+
+
+def asked_input(op: Operation) -> bool:
+    """Whether the request was answered with an `InputRequiredResult` (a 2026-07-28 round): not a success, the
+    call goes on with the client's retry, a request of its own."""
+    return op.error == INPUT_REQUIRED and op.outcome == "success"
+
+
+def event_outcome(op: Operation) -> str:
+    """The outcome an event states: the operation's, but `input_required` for a request answered with a question.
+    Written `success`, the first request of a call whose user then declined to approve it read as the tool run."""
+    return INPUT_REQUIRED if asked_input(op) else op.outcome
+
+
+def continues_run(op: Operation) -> bool:
+    """Whether a 2026-07-28 client's retry continues a pending workflow run: its round (the unsealed
+    requestState) names the run, as routing/round_trips/state.py's `WorkflowRound.run` (read by its name:
+    telemetry imports nothing of the rounds)."""
+    round_ = op.exchange.round if op.exchange is not None else None
+    return op.backend == WORKFLOW_SOURCE and isinstance(getattr(round_, "run", None), str)
 
 
 def target_type(method: str) -> str:
