@@ -25,7 +25,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp
 
-from vmcp_opt.auth.authenticators import build_authenticator
+from vmcp_opt.auth.authenticators import build_authenticator, required_scopes
 from vmcp_opt.config import LOOPBACK_ADDRESSES, ServerConfig, VmcpConfig
 from vmcp_opt.gateway import Gateway, StartupError
 from vmcp_opt.server.admission import Admission
@@ -259,5 +259,4 @@ def authenticated(
         well_known = {urlsplit(metadata_url).path, "/.well-known/oauth-protected-resource"}
         routes = [Route(path, protected_resource, methods=["GET"]) for path in sorted(well_known)]
         logger.info("auth: OAuth resource %s, tokens from %s", resource, oauth.issuer)
-    required = incoming.oauth.required_scopes if incoming.mode == "oauth" else []
-    return RequireAuthentication(endpoint, authenticator, metadata_url, required, counted), routes
+    return RequireAuthentication(endpoint, authenticator, metadata_url, required_scopes(config), counted), routes
