@@ -19,8 +19,11 @@ The executor knows nothing of the router: `call(tool, arguments)` is how a step 
 provider passes the router's `call_tool`, tests pass their own), `on_step` hears each finished step and
 `on_item` each for_each item that finished ok (the provider turns both into progress notifications).
 
+A step's JSON text is parsed only up to `max_values` values (step_results.py, `read_json`: parsing holds the event
+loop); past it the output is the text, and a template that then fails says so, naming the step and the bound.
+
 Just past ~450 lines: `WorkflowRun` is one run's state read top to bottom (graph, retries, for_each, asks);
-what a step's call gave is read in workflows/step_results.py, templates in templates.py.
+what a step's call gave, and what a run sends, are read in workflows/step_results.py, templates in templates.py.
 """
 
 from __future__ import annotations
@@ -37,20 +40,19 @@ from typing import Any, Literal
 import anyio
 import mcp_types as types
 
-from vmcp_opt.backends.results import json_size
 from vmcp_opt.config.workflows import StepConfig, WorkflowConfig
 from vmcp_opt.workflows.budget import CallBudget, fan_out_reason, run_call_limit
 from vmcp_opt.workflows.renders import SHARED, RenderSlots, RunRenders
 from vmcp_opt.workflows.step_events import STEP_CALLS, RunWatch, StepCalls
 from vmcp_opt.workflows.step_results import (
+    MAX_JSON_VALUES,
     Called,
     StepError,
     answer_problem,
-    output_problem,
-    output_text,
-    result_content,
-    result_output,
+    read_json,
     result_text,
+    sent_result,
+    step_output,
 )
 from vmcp_opt.workflows.templates import TemplateError, render_value, truthy
 
@@ -104,6 +106,7 @@ class RunReport:
     # The result's content blocks (MCP JSON) when it is the last step's and that held more than text: passed
     # on as they came, images included, rather than as the texts alone.
     content: list[dict[str, Any]] | None = None
+    text: str | None = None  # the output as the result's text, once written (off the event loop when large)
 
     @property
     def ok(self) -> bool:
@@ -126,6 +129,7 @@ class WorkflowRun:
         render_slots: RenderSlots = SHARED,
         on_item: ItemDone | None = None,
         watch: RunWatch | None = None,
+        max_values: int = MAX_JSON_VALUES,
     ) -> None:
         self.workflow = workflow
         # Template renders take worker-thread slots of this run, of `caller` (None: not known) and of the
@@ -136,6 +140,9 @@ class WorkflowRun:
         # limits.max_result_bytes: the step outputs a run holds, and its result, stay under it.
         self._max_output = max_output_bytes
         self._held = 0  # what the step outputs so far come to (about their JSON size)
+        self._max_values = max_values  # a step's JSON text of more values is kept as text (read_json)
+        # A step whose output (or an item's) was kept as text although JSON: that output's place, and why.
+        self._unread: dict[str, tuple[str, str]] = {}
         self._deadline = time.monotonic() + workflow.timeout
         self._ask = ask
         self._ask_timeout = ask_timeout
@@ -176,21 +183,13 @@ class WorkflowRun:
             except Exception as exc:  # a defect must fail the run, not escape it as the client's JSON-RPC error
                 logger.exception("workflow %s: its output raised", self.workflow.name)
                 report.error = f"output: internal error: {type(exc).__name__}"
-        if report.error is None:  # a backend's lone surrogate, say: the client's parser would refuse the answer
-            report.error = await output_problem(report.output, self._renders)
-            if report.error is not None:
+        if report.error is None:
+            last, ended = self.workflow.steps[-1], report.steps[self.workflow.steps[-1].id]
+            passed = (last.type, ended.output, ended.content) if self.workflow.output is None else None
+            sent = await sent_result(report.output, passed, self._max_output, self.workflow.name, self._renders)
+            report.error, report.text, report.content = sent.error, sent.text, sent.content
+            if sent.error is not None:
                 report.output = None
-        if report.error is None and self.workflow.output is None:
-            try:
-                report.content = passed_on(self.workflow.steps[-1], report.steps[self.workflow.steps[-1].id])
-            except (ValueError, RecursionError):  # an item's output too deeply nested to write as text
-                report.error = "its output is nested too deeply to send"
-        if report.error is None and self._max_output is not None and json_size(sent(report), self._max_output) is None:
-            report.error = (
-                f"workflow '{self.workflow.name}' returned a result larger than {self._max_output:,} bytes "
-                "(limits.max_result_bytes); it was not passed on"
-            )
-            report.output = report.content = None
         return report
 
     async def _steps_of_run(self) -> None:
@@ -222,13 +221,21 @@ class WorkflowRun:
         if not _has_template(value):
             return value
         work = partial(render_value, value, context, place, self._deadline if deadline == -1.0 else deadline)
-        return await self._renders.render(work)
+        try:
+            return await self._renders.render(work)
+        except TemplateError as exc:  # reading fields of a step's output kept as text: say why it is text
+            if not self._unread:
+                raise
+            notes = "; ".join(f"{output} is its text, not parsed: {why}" for output, why in self._unread.values())
+            raise TemplateError(exc.place, f"{exc.reason} ({notes})") from None
 
-    def _held_output(self, step: StepConfig, output: Any) -> None:
-        """Counts a step's output (or a for_each item's) against limits.max_result_bytes."""
+    def _held_output(self, step: StepConfig, called: Called, output: str) -> None:
+        """Counts a step's output (or a for_each item's: `output` names it) against limits.max_result_bytes."""
+        if called.unread is not None:  # the step's first such output is named: one is enough to say why
+            self._unread.setdefault(step.id, (output, called.unread))
         if self._max_output is None:
             return
-        size = json_size(output, self._max_output - self._held)
+        size = called.held_size(self._max_output - self._held)
         self._held = self._max_output + 1 if size is None else self._held + size
         if self._held > self._max_output:
             raise StepError(
@@ -276,7 +283,7 @@ class WorkflowRun:
             try:
                 output = await self._step(step, report, context)
                 if step.type != "for_each":  # a for_each's items were counted as they came
-                    self._held_output(step, output.held())
+                    self._held_output(step, output, f"steps.{step.id}.output")
                 report.output, report.content, report.status = output.output, output.content, "ok"
             except StepError as exc:
                 self._failed(step, report, exc, group)
@@ -344,7 +351,7 @@ class WorkflowRun:
                 try:
                     scope = {**context, step.item: item, "index": index}
                     called[index] = await self._with_retries(step, report, scope)
-                    self._held_output(step, called[index].held())
+                    self._held_output(step, called[index], f"steps.{step.id}.output[{index}]")
                 except StepError as exc:
                     failures.append(f"item {index}: {exc.reason}")
                     group.cancel()  # the other items stop: the step has failed
@@ -393,12 +400,16 @@ class WorkflowRun:
         assert step.over is not None
         try:
             items = await self._render(step.over, context, "over")
-            if isinstance(items, str):
-                items = json.loads(items)
+            if isinstance(items, str):  # counted before it is parsed: a for_each is refused before it parses
+                items = read_json(items, self._max_values)
         except TemplateError as exc:
             raise StepError(str(exc), retryable=False) from None
         except json.JSONDecodeError:
             raise StepError("over: neither a list nor a JSON array", retryable=False) from None
+        except ValueError as exc:  # more values than a step reads; an integer of more digits than Python reads
+            raise StepError(
+                f"over: {exc}; a for_each takes at most max_iterations ({step.max_iterations}) items", retryable=False
+            ) from None
         except RecursionError:
             raise StepError("over: a JSON array nested too deeply", retryable=False) from None
         if isinstance(items, dict | str) or not hasattr(items, "__iter__"):
@@ -449,7 +460,7 @@ class WorkflowRun:
                 raise StepError(f"{type(exc).__name__}: {exc}") from None
         if result.is_error:
             raise StepError(result_text(result) or "the tool returned an error")
-        return Called(result_output(result), result_content(result))
+        return step_output(result, self._max_values)
 
 
 @dataclass(frozen=True)
@@ -469,26 +480,6 @@ def _enclosing() -> _Enclosing | None:
     """The run whose step is calling now, if one is and it has not ended."""
     run = _ENCLOSING.get()
     return run if run is not None and run.budget.open else None
-
-
-def passed_on(step: StepConfig, report: StepReport) -> list[dict[str, Any]] | None:
-    """The content blocks a workflow without `output` passes on from its last step, or None (its output goes
-    as text). A for_each's items in order: each item's blocks as they came, a text-only item as its output's
-    text, so an item's image stays beside that item's texts."""
-    if step.type != "for_each" or report.content is None:  # (content is set only on an ok step)
-        return report.content
-    blocks: list[dict[str, Any]] = []
-    for output, content in zip(report.output, report.content, strict=True):
-        blocks += content if content is not None else [{"type": "text", "text": output_text(output)}]
-    return blocks
-
-
-def sent(report: RunReport) -> Any:
-    """What the client is sent of a run's result, for limits.max_result_bytes: the blocks when there are any
-    (and the output beside them as structured content when it is an object), else the output."""
-    if not report.content:
-        return report.output
-    return [report.output, report.content] if isinstance(report.output, dict) else report.content
 
 
 def _has_template(value: Any) -> bool:

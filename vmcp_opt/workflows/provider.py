@@ -46,7 +46,7 @@ from vmcp_opt.workflows.executor import (
 from vmcp_opt.workflows.renders import SHARED, RenderSlots
 from vmcp_opt.workflows.rounds import PendingRun, WorkflowRounds
 from vmcp_opt.workflows.step_events import run_watch
-from vmcp_opt.workflows.step_results import StepError, output_text
+from vmcp_opt.workflows.step_results import MAX_JSON_VALUES, StepError, output_text
 from vmcp_opt.workflows.validation import derived_annotations
 
 logger = logging.getLogger(__name__)
@@ -76,6 +76,7 @@ class WorkflowTools:
         pending_budget: Budget | None = None,
         max_result_bytes: int | None = None,
         render_slots: RenderSlots = SHARED,
+        max_result_values: int = MAX_JSON_VALUES,
     ) -> None:
         self.workflows = {w.name: w for w in workflows}
         for warning in workflow_warnings(workflows):  # once, at start: `vmcp serve`, `vmcp workflow run`
@@ -86,6 +87,7 @@ class WorkflowTools:
             max_pending=max_pending, input_timeout=input_timeout, owners=owners, budget=pending_budget
         )
         self.max_result_bytes = max_result_bytes  # limits.max_result_bytes, for each run's outputs
+        self.max_result_values = max_result_values  # a step's JSON text of more values stays text (read_json)
         self.render_slots = render_slots  # template renders' threads: per run, per caller, in total
         self._catalog = catalog
         self._validator = validator
@@ -194,6 +196,7 @@ class WorkflowTools:
             render_slots=self.render_slots,
             on_item=on_item,
             watch=watch,
+            max_values=self.max_result_values,
         ).run()
         if report.ok and workflow.output_schema is not None:
             await self._conform(workflow, workflow.output_schema, report)
@@ -368,8 +371,8 @@ def run_result(report: RunReport) -> types.CallToolResult:
     """Success: the output as JSON text, and as structured content when it is an object. Failure: an error
     result naming the failed step and the reason, with every step's status."""
     if report.ok:
-        try:
-            text = output_text(report.output)
+        try:  # written by the run, off the event loop when large (json.dumps holds the GIL until it is done)
+            text = report.text if report.text is not None else output_text(report.output)
         except (ValueError, RecursionError):  # a circular or too deeply nested output
             return error_result(f"workflow '{report.workflow}' failed: its output is nested too deeply to send")
         structured = report.output if isinstance(report.output, dict) else None

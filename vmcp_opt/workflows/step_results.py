@@ -1,12 +1,21 @@
 """What a workflow step's call gave (vmcp_opt/workflows/executor.py runs the steps): its output read from the
 backend's result, the result's non-text content kept beside it, an elicitation answer checked against its form,
-the error that fails a step, and what of a run's output no JSON message can carry."""
+the error that fails a step, and what a run's client is sent (checked, measured and written).
+
+JSON is read on the event loop, and only up to `MAX_JSON_VALUES` values (`read_json`): json.loads costs about a
+microsecond a value and holds the GIL until it is done, in a worker thread too, so a 3.9 MB "[[],[],…]" held the
+gateway for 2.7 s. The values are counted first at C speed (`json_values`, ~1 ms a megabyte); a text holding more
+is kept as text, measured by its length (never walked), and a for_each `over` one is refused. What a run sends is
+walked and written in a worker thread when large, by the pure-Python encoder, which lets the loop in between.
+"""
 
 from __future__ import annotations
 
 import json
 import math
 import re
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,9 +35,16 @@ _PAST_JSON_INT: int = 10**MAX_JSON_INT_DIGITS
 _WITHIN_JSON_BITS = _PAST_JSON_INT.bit_length() - 1  # every integer of at most these bits has fewer digits
 # A run's output up to about this size is checked on the event loop (walking it costs less than a thread's hop).
 _CHECKED_INLINE = 64 * 1024
-_DEEPEST = 1000  # levels walked: deeper, `output_text` fails the run as "nested too deeply" (provider.py)
+_DEEPEST = 1000  # levels walked: deeper, writing its text fails the run as "nested too deeply" (`sent_result`)
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _SURROGATE_PROBLEM = "holds a lone surrogate (such as \\ud800), which UTF-8 cannot carry"
+# Values of one JSON text a workflow parses, as limits.max_result_values's default for a backend's answer: a step's
+# text can come from elsewhere (a client's argument as a for_each's `over`, a nested workflow's result). Measured on
+# a loaded machine, 64 Ki of them parse in ~20 ms as `[]`, ~130 ms as distinct keys (the costliest shape).
+MAX_JSON_VALUES = 64 * 1024
+# A text this short holds no more values than characters, nor integers costly to read (100 KB of digits: ~7 ms).
+_SHORT_TEXT = 100_000
+_BYTES_PER_VALUE = 8  # what a parsed value weighs against limits.max_result_bytes at least (as `json_size` counts)
 
 
 class StepError(Exception):
@@ -38,6 +54,10 @@ class StepError(Exception):
         self.retryable = retryable
 
 
+class JsonTooLarge(ValueError):
+    """A JSON text that holds more values than a workflow parses, left unparsed."""
+
+
 @dataclass(frozen=True)
 class Called:
     """What a step's attempt gave: its output, and its result's content when that held more than text (a
@@ -45,10 +65,59 @@ class Called:
 
     output: Any
     content: list[Any] | None = None
+    # What the output weighs when it was read from a text (its length, or its values'), so it is not walked.
+    text_size: int | None = None
+    # Why the output is the result's text although that is JSON (`JsonTooLarge`'s reason), else None.
+    unread: str | None = None
 
-    def held(self) -> Any:
-        """What it comes to against limits.max_result_bytes: the output, and the content when there is one."""
-        return [self.output, self.content] if self.content else self.output
+    def held_size(self, cap: int) -> int | None:
+        """What it comes to against limits.max_result_bytes (the output, and the content when there is one), or
+        None past `cap`."""
+        if self.text_size is None:
+            return json_size([self.output, self.content] if self.content else self.output, cap)
+        rest = json_size(self.content, cap - self.text_size) if self.content and self.text_size <= cap else 0
+        size = None if rest is None else self.text_size + rest
+        return size if size is not None and size <= cap else None
+
+
+def json_values(text: str) -> int:
+    """About the values a JSON text holds, counted at C speed without parsing it: its `{`, `[` and `,` (those in
+    strings too, so never fewer than there are), as limits.max_result_values counts a backend's answer."""
+    return text.count("{") + text.count("[") + text.count(",")
+
+
+def read_json(text: str, most: int = MAX_JSON_VALUES, values: int | None = None) -> Any:
+    """`text` parsed, unless it holds more than `most` values (`values`: its `json_values`, when counted already):
+    `JsonTooLarge` then, before any parsing (or once its long integers, read in quadratic time, come to as much).
+    ValueError, RecursionError as json.loads. For templates' `fromjson` too."""
+    if len(text) <= min(most, _SHORT_TEXT):
+        return json.loads(text)
+    values = json_values(text) if values is None else values
+    if values > most:
+        raise JsonTooLarge(
+            f"JSON of up to {values:,} values (by its brackets and commas), more than the {most:,} a workflow step "
+            "reads"
+        )
+    return json.loads(text, parse_int=_IntegerCosts(most - values, most))
+
+
+class _IntegerCosts:
+    """json.loads's `parse_int`: each integer's digits are converted in quadratic time (4,000 of them take as long
+    as some 1,000 `[]`), so their cost is counted against the values left, and past it the parse stops."""
+
+    def __init__(self, left: int, most: int) -> None:
+        self.left = left
+        self.most = most
+
+    def __call__(self, digits: str) -> int:
+        if len(digits) > 128:
+            self.left -= len(digits) * len(digits) // 16_384
+            if self.left < 0:
+                raise JsonTooLarge(
+                    f"JSON whose long integers take as long to read as more than the {self.most:,} values a "
+                    "workflow step reads"
+                )
+        return int(digits)
 
 
 def answer_problem(content: Any, schema: dict[str, Any]) -> None:
@@ -84,17 +153,24 @@ def result_content(result: types.CallToolResult) -> list[dict[str, Any]] | None:
     return [block.model_dump(mode="json", by_alias=True, exclude_none=True) for block in result.content]
 
 
-def result_output(result: types.CallToolResult) -> Any:
-    """A step's output: the structured content, else the text (parsed when it is JSON), else None."""
+def step_output(result: types.CallToolResult, most: int = MAX_JSON_VALUES) -> Called:
+    """What a step's call gave: the structured content, else the text (parsed when it is JSON of at most `most`
+    values), else None; and the result's content when it holds more than text."""
+    content = result_content(result)
     if result.structured_content is not None:
-        return result.structured_content
+        return Called(result.structured_content, content)
     texts = [c.text for c in result.content if isinstance(c, types.TextContent)]
     if len(texts) != 1:
-        return texts or None
+        return Called(texts or None, content)
+    text = texts[0]
+    values = json_values(text)
     try:
-        return json.loads(texts[0])
+        output = read_json(text, most, values)
+    except JsonTooLarge as exc:
+        return Called(text, content, len(text) + 2, unread=str(exc))
     except (ValueError, RecursionError):  # not JSON, or nested deeper than the parser goes: kept as text
-        return texts[0]
+        return Called(text, content, len(text) + 2)
+    return Called(output, content, max(len(text), _BYTES_PER_VALUE * (values + 1)))
 
 
 def too_wide(value: int) -> bool:
@@ -102,12 +178,86 @@ def too_wide(value: int) -> bool:
     return value.bit_length() > _WITHIN_JSON_BITS and abs(value) >= _PAST_JSON_INT
 
 
-async def output_problem(output: Any, renders: RunRenders) -> str | None:
-    """Why a run's output cannot be sent to its client (`output.field: why`), or None. A large output is walked in
-    a worker thread, on a slot of the run's renders."""
-    if json_size(output, _CHECKED_INLINE) is not None:
-        return unsendable(output, "output")
-    return await renders.render(lambda stop: unsendable(output, "output"))
+@dataclass(frozen=True)
+class Sent:
+    """A successful run's result as its client is sent it: its output's text and the content blocks passed on;
+    or why it cannot be sent (then nothing else)."""
+
+    error: str | None = None
+    text: str | None = None
+    content: list[dict[str, Any]] | None = None
+
+
+# A workflow without `output` passes on its last step's: (its type, its output, its content).
+LastStep = tuple[str, Any, list[Any] | None]
+
+
+async def sent_result(
+    output: Any, last: LastStep | None, max_bytes: int | None, workflow: str, renders: RunRenders
+) -> Sent:
+    """What the client is sent of a run's `output`: checked (`unsendable`), measured against `max_bytes` and
+    written. A large one in a worker thread, on a slot of the run's renders, its text by the pure-Python encoder:
+    walking and writing it there lets the event loop run between their turns at the GIL."""
+    if json_size([output, last[2] if last is not None else None], _CHECKED_INLINE) is not None:
+        return _sent(output, last, max_bytes, workflow, output_text)
+    return await renders.render(lambda stop: _sent(output, last, max_bytes, workflow, _writer_in_turns(stop)))
+
+
+def _sent(output: Any, last: LastStep | None, max_bytes: int | None, workflow: str, write: _Write) -> Sent:
+    problem = unsendable(output, "output")  # a backend's lone surrogate, say: the client's parser would refuse it
+    if problem is not None:
+        return Sent(error=problem)
+    try:
+        content = passed_on(*last) if last is not None else None
+        if max_bytes is not None and json_size(sent_value(output, content), max_bytes) is None:
+            return Sent(
+                error=f"workflow '{workflow}' returned a result larger than {max_bytes:,} bytes "
+                "(limits.max_result_bytes); it was not passed on"
+            )
+        return Sent(text=write(output), content=content)
+    except (ValueError, RecursionError):  # the output (or an item's) too deeply nested to write as text
+        return Sent(error="its output is nested too deeply to send")
+
+
+def passed_on(step_type: str, output: Any, content: list[Any] | None) -> list[dict[str, Any]] | None:
+    """The content blocks a workflow without `output` passes on from its last step, or None (its output goes
+    as text). A for_each's items in order: each item's blocks as they came, a text-only item as its output's
+    text, so an item's image stays beside that item's texts."""
+    if step_type != "for_each" or content is None:  # (content is set only on an ok step)
+        return content
+    blocks: list[dict[str, Any]] = []
+    for item, item_content in zip(output, content, strict=True):
+        blocks += item_content if item_content is not None else [{"type": "text", "text": output_text(item)}]
+    return blocks
+
+
+def sent_value(output: Any, content: list[dict[str, Any]] | None) -> Any:
+    """What the client is sent of a run's result, for limits.max_result_bytes: the blocks when there are any
+    (and the output beside them as structured content when it is an object), else the output."""
+    if not content:
+        return output
+    return [output, content] if isinstance(output, dict) else content
+
+
+_Write = Callable[[Any], str]
+_ENCODER = json.JSONEncoder(ensure_ascii=False, default=str)  # as `output_text` writes
+
+
+def _writer_in_turns(stop: threading.Event) -> _Write:
+    """`output_text` by json's pure-Python encoder: the C one (json.dumps) holds the GIL until it is done, from a
+    worker thread too. Stops once `stop` is set (its run was cancelled: the text is not used)."""
+
+    def write(output: Any) -> str:
+        if isinstance(output, str):
+            return output
+        chunks: list[str] = []
+        for chunk in _ENCODER.iterencode(output):  # not one-shot: the pure-Python encoder
+            chunks.append(chunk)
+            if len(chunks) % 4096 == 0 and stop.is_set():
+                break
+        return "".join(chunks)
+
+    return write
 
 
 def unsendable(value: Any, place: str) -> str | None:
