@@ -13,6 +13,7 @@ from mcp.shared.uri_template import DEFAULT_MAX_URI_LENGTH, InvalidUriTemplate, 
 from vmcp_opt.aggregation.conflicts import Candidate, ConflictResolver, Shadowed
 from vmcp_opt.aggregation.filters import select_tools, warn_unmatched
 from vmcp_opt.aggregation.screening import Drops, screen_prompts, screen_templates, screen_tools
+from vmcp_opt.aggregation.template_index import MAX_UNANCHORED_TEMPLATES, TemplateIndex, literal_prefix
 from vmcp_opt.backends.listing import BackendListing
 from vmcp_opt.config import AggregationConfig
 from vmcp_opt.display import shorten
@@ -78,6 +79,9 @@ class Catalog:
     resources: dict[str, RoutedResource] = field(default_factory=dict)
     templates: list[RoutedTemplate] = field(default_factory=list)
     backend_descriptions: dict[str, str] = field(default_factory=dict)  # every backend it was built from
+    # Built from `templates` once they are all in (`index_templates`): trying every template cost seconds a read.
+    _template_index: TemplateIndex | None = field(default=None, repr=False, compare=False)
+    _templates_by_text: dict[str, RoutedTemplate] = field(default_factory=dict, repr=False, compare=False)
 
     def route_resource(self, uri: str) -> str | None:
         """The backend that serves `uri`: a listed resource first, then the first matching template."""
@@ -90,11 +94,26 @@ class Catalog:
         """The first template `uri` matches, when it is not a listed resource (then it routes by the template)."""
         if uri in self.resources:
             return None
-        return next((t for t in self.templates if t.matcher is not None and t.matcher.match(uri) is not None), None)
+        position = self._index().first_match(uri)
+        return self.templates[position] if position is not None else None
 
     def template_named(self, uri_template: str) -> RoutedTemplate | None:
         """The template whose text is `uri_template` (a client may send it as it is listed)."""
-        return next((t for t in self.templates if t.template.uri_template == uri_template), None)
+        self._index()
+        return self._templates_by_text.get(uri_template)
+
+    def index_templates(self) -> None:
+        """Index `templates` for routing; called once they are all in (a catalogue is not changed after)."""
+        self._template_index = TemplateIndex([t.matcher for t in self.templates])
+        self._templates_by_text = {}
+        for template in self.templates:
+            self._templates_by_text.setdefault(template.template.uri_template, template)
+
+    def _index(self) -> TemplateIndex:
+        if self._template_index is None:
+            self.index_templates()
+        assert self._template_index is not None
+        return self._template_index
 
 
 def build_catalog(sources: Sequence[BackendSource], config: AggregationConfig) -> Catalog:
@@ -137,11 +156,24 @@ def build_catalog(sources: Sequence[BackendSource], config: AggregationConfig) -
                 shadowed.served_twice(source.name, "resource", resource.uri, holder.backend)
                 continue
             catalog.resources[resource.uri] = RoutedResource(resource.uri, source.name, resource)
+        unanchored = 0
         for template in screen_templates(source.name, source.listing.resource_templates, drops):
+            if not literal_prefix(template.uri_template):
+                unanchored += 1
+                if unanchored > MAX_UNANCHORED_TEMPLATES:
+                    drops.add(source.name, template.name, _UNANCHORED_PAST_BOUND, "resource template")
+                    continue
             _add_template(catalog, template_holders, source.name, template, shadowed)
+    catalog.index_templates()
     drops.log()
     shadowed.log()
     return catalog
+
+
+_UNANCHORED_PAST_BOUND = (
+    "its URI template begins with a variable, so every URI read would be tried against it, and the backend lists "
+    f"more than {MAX_UNANCHORED_TEMPLATES} such templates (the first {MAX_UNANCHORED_TEMPLATES} are kept)"
+)
 
 
 def _add_template(
