@@ -75,7 +75,7 @@ class Handlers:
     async def list_tools(self, ctx: Ctx, params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
         refuse_cursor(params)
         tools = await self.router.list_tools(self.admission.caller(ctx))
-        return answer_list(types.ListToolsResult(tools=tools), "tools")
+        return answer_list(types.ListToolsResult(tools=tools), "tools", self._catalog())
 
     async def call_tool(
         self, ctx: Ctx, params: types.CallToolRequestParams
@@ -92,7 +92,7 @@ class Handlers:
     async def list_prompts(self, ctx: Ctx, params: types.PaginatedRequestParams | None) -> types.ListPromptsResult:
         refuse_cursor(params)
         prompts = self.router.list_prompts(self.admission.caller(ctx))
-        return answer_list(types.ListPromptsResult(prompts=prompts), "prompts")
+        return answer_list(types.ListPromptsResult(prompts=prompts), "prompts", self._catalog())
 
     async def get_prompt(
         self, ctx: Ctx, params: types.GetPromptRequestParams
@@ -106,14 +106,19 @@ class Handlers:
     async def list_resources(self, ctx: Ctx, params: types.PaginatedRequestParams | None) -> types.ListResourcesResult:
         refuse_cursor(params)
         resources = self.router.list_resources(self.admission.caller(ctx))
-        return answer_list(types.ListResourcesResult(resources=resources), "resources")
+        return answer_list(types.ListResourcesResult(resources=resources), "resources", self._catalog())
 
     async def list_resource_templates(
         self, ctx: Ctx, params: types.PaginatedRequestParams | None
     ) -> types.ListResourceTemplatesResult:
         refuse_cursor(params)
         templates = self.router.list_templates(self.admission.caller(ctx))
-        return answer_list(types.ListResourceTemplatesResult(resource_templates=templates), "resource_templates")
+        listed = types.ListResourceTemplatesResult(resource_templates=templates)
+        return answer_list(listed, "resource_templates", self._catalog())
+
+    def _catalog(self) -> object:
+        """The catalogue a list was just made of: a long list's answer is kept for it (server/list_cache.py)."""
+        return self.router.catalog.current
 
     async def read_resource(
         self, ctx: Ctx, params: types.ReadResourceRequestParams
@@ -389,6 +394,6 @@ def build_mcp_server(gateway: Gateway, transport: Transport) -> Server[Any]:
     server.middleware.append(startup_gate(gateway))
     # Seals the request_state of every InputRequiredResult handed out, verifies it on the retry.
     server.middleware.append(state_boundary(gateway.config.timeouts.input, gateway.state_keys))
-    # Long list answers are shaped for the wire on a worker thread, in slices.
-    server.middleware.append(shape_lists_off_loop(server))
+    # Long list answers are shaped for the wire on a worker thread, in slices, once for all who list the same.
+    server.middleware.append(shape_lists_off_loop(server, http=transport == "http"))
     return server

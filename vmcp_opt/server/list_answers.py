@@ -10,6 +10,11 @@ thread, once for the envelope (cache hints, the version's sieve, `resultType`, t
 once per slice of `SLICE` items. A pydantic call holds the GIL until it returns, so slices are what let the
 event loop in between. The SDK still validates the request and gates it as always: the handler answers the
 chain an empty list of the same type, which the middleware replaces with the shaped one.
+
+A long answer is built once for every request that lists the same items (server/list_cache.py): shaped, and over
+HTTP its items encoded in the form the caller's transport writes (`SharedItems`), kept for the catalogue now. A
+request then encodes only its envelope, and its body is written a `CHUNK` at a time out of the shared items
+(`body_parts`, `PartsResponse`): N lists at once hold one answer, not N.
 """
 
 from __future__ import annotations
@@ -18,8 +23,9 @@ import asyncio
 import json
 import uuid
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextvars import ContextVar
+from functools import partial
 from typing import Any, TypeVar
 
 import anyio
@@ -29,15 +35,19 @@ from mcp.server.lowlevel import Server
 from mcp.server.runner import ServerRunner
 from mcp.shared.exceptions import MCPError
 from mcp_types import JSONRPCResponse
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import BaseModel
 from pydantic_core import PydanticSerializationError
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from vmcp_opt.display import shorten
+from vmcp_opt.server.list_cache import Built, ListAnswers
 
 # Items per pydantic call: ~5 ms of the GIL each for tool definitions on a slow 2-core host (bench/README.md).
 SLICE = 200
+# Bytes of a long answer's body per write: the transport holds no more than this of it beyond its high-water mark.
+CHUNK = 1024 * 1024
 
 # A list method → the attribute of its items on the result model, and their key on the wire.
 LIST_ITEMS = {
@@ -66,17 +76,30 @@ def _shaping() -> anyio.CapacityLimiter:
     return limiter
 
 
-# Set by the middleware for one list request; the handler leaves its long result here.
-_held: ContextVar[list[BaseModel] | None] = ContextVar("vmcp_held_list_result", default=None)
+# Set by the middleware for one list request; the handler leaves its long result here, with its catalogue.
+_held: ContextVar[list[tuple[BaseModel, object]] | None] = ContextVar("vmcp_held_list_result", default=None)
+
+# How an answer's JSON is written: `session_form` or `quick_form`.
+Form = Callable[[JSONRPCResponse], bytes]
 
 
-def answer_list(result: ListResult, attribute: str) -> ListResult:
+class SharedItems(list[Any]):
+    """A long answer's shaped items, shared by every request answered with them, and their JSON (what goes
+    between the brackets, a slice of items per part) per form it was encoded in."""
+
+    def __init__(self, items: Sequence[Any]) -> None:
+        super().__init__(items)
+        self.bodies: dict[Form, list[bytes]] = {}
+
+
+def answer_list(result: ListResult, attribute: str, generation: object = None) -> ListResult:
     """What a list handler returns: `result` itself when it is short or no middleware waits for it, else an
-    empty list of its type while the middleware shapes `result` off the loop."""
+    empty list of its type while the middleware shapes `result` off the loop (or finds it shaped already for
+    `generation`, the catalogue it was listed from)."""
     held = _held.get()
     if held is None or len(getattr(result, attribute)) <= SLICE:
         return result
-    held.append(result)
+    held.append((result, generation))
     return result.model_copy(update={attribute: []})
 
 
@@ -94,15 +117,17 @@ def refuse_cursor(params: types.PaginatedRequestParams | None) -> None:
     )
 
 
-def shape_lists_off_loop(server: Server[Any]) -> ServerMiddleware[Any]:
-    """A server middleware for `server`: a long list answer is shaped on a worker thread (see the module)."""
+def shape_lists_off_loop(server: Server[Any], http: bool = True) -> ServerMiddleware[Any]:
+    """A server middleware for `server`: a long list answer is shaped on a worker thread (see the module), once
+    for every request listing the same items; over `http` its items are encoded then too."""
     shaper = _Shaper(server)
+    answers = ListAnswers()
 
     async def middleware(ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
         items = LIST_ITEMS.get(ctx.method)
         if items is None:
             return await call_next(ctx)
-        held: list[BaseModel] = []
+        held: list[tuple[BaseModel, object]] = []
         token = _held.set(held)
         try:
             answered = await call_next(ctx)
@@ -110,11 +135,20 @@ def shape_lists_off_loop(server: Server[Any]) -> ServerMiddleware[Any]:
             _held.reset(token)
         if not held:
             return answered
-        return await anyio.to_thread.run_sync(
-            shaper.shape, ctx.method, ctx.protocol_version, held[0], *items, limiter=_shaping()
+        (result, generation), (attribute, key) = held[0], items
+        version = ctx.protocol_version
+        form = (quick_form if version in MODERN_PROTOCOL_VERSIONS else session_form) if http else None
+        build = partial(shaper.build, ctx.method, version, result, attribute, key, form)
+        built = await answers.get(
+            ctx.method, version, getattr(result, attribute), generation, partial(_off_loop, build)
         )
+        return {**built.answer}  # the envelope is the request's own (the SDK may add to it); the items shared
 
     return middleware
+
+
+async def _off_loop(build: Callable[[], Built]) -> Built:
+    return await anyio.to_thread.run_sync(build, limiter=_shaping())
 
 
 class _Shaper:
@@ -127,14 +161,24 @@ class _Shaper:
         self._serialize = runner._serialize
 
     def shape(self, method: str, version: str, result: BaseModel, attribute: str, key: str) -> dict[str, Any]:
+        """`result` shaped for `version`, its items a slice per `_serialize` call."""
         items: list[Any] = list(getattr(result, attribute))
         envelope = self._serialize(method, version, result.model_copy(update={attribute: []}))
-        shaped: list[Any] = []
+        shaped = SharedItems([])
         for start in range(0, len(items), SLICE):
             part = result.model_copy(update={attribute: items[start : start + SLICE]})
             shaped.extend(self._serialize(method, version, part)[key])
         envelope[key] = shaped
         return envelope
+
+    def build(self, method: str, version: str, result: BaseModel, attribute: str, key: str, form: Form | None) -> Built:
+        """`shape`, and the items encoded in `form` (none: the transport writes them its own way)."""
+        envelope = self.shape(method, version, result, attribute, key)
+        shaped: SharedItems = envelope[key]
+        encoded = None if form is None else encoded_items(shaped, key, form)
+        if encoded is not None and form is not None:
+            shaped.bodies[form] = encoded
+        return Built(envelope, sum(len(part) for part in encoded or ()))
 
 
 def long_list(response: JSONRPCResponse) -> str | None:
@@ -159,26 +203,75 @@ def modern_form(response: JSONRPCResponse) -> bytes:
     ).encode()
 
 
-def json_body(response: JSONRPCResponse, key: str, form: Callable[[JSONRPCResponse], bytes]) -> bytes:
-    """`form(response)`, its `key` list encoded a slice per call, for a worker thread (one encoder call over
-    10k tools held the GIL for 25-60 ms). Each slice is encoded as an answer holding only it, its items cut
-    from between the brackets; the list stands in the whole answer as a random marker string, which the
-    slices then replace."""
+def json_body(response: JSONRPCResponse, key: str, form: Form) -> bytes:
+    """`form(response)`, for a worker thread: `body_parts` joined."""
+    return b"".join(body_parts(response, key, form))
+
+
+def body_parts(response: JSONRPCResponse, key: str, form: Form) -> list[bytes | memoryview]:
+    """`form(response)` in parts, for a worker thread: the envelope around its `key` list, and the list's JSON a
+    `CHUNK` at a time: views of the items' shared JSON when they are a built answer's (`SharedItems`), else
+    encoded now a slice per call (one encoder call over 10k tools held the GIL for 25-60 ms). The list stands in
+    the whole answer as a random marker string, which the items then replace."""
     items = response.result[key]
+    encoded = items.bodies.get(form) if isinstance(items, SharedItems) else None
+    if encoded is None:
+        encoded = encoded_items(items, key, form)
+        if encoded is None:
+            return [form(response)]  # not the shape this was written for: in one piece, as the SDK would
     marker = f"vmcp-list-{uuid.uuid4().hex}"
     head, tail = form(_with_result(response, {**response.result, key: marker})).split(f'"{marker}"'.encode())
-    prefix, suffix = form(_with_result(response, {key: marker})).split(f'"{marker}"'.encode())
+    parts: list[bytes | memoryview] = [head + b"["]
+    for number, part in enumerate(encoded):
+        if number:
+            parts.append(b",")
+        view = memoryview(part)
+        parts.extend(view[start : start + CHUNK] for start in range(0, len(view), CHUNK))
+    parts.append(b"]" + tail)
+    return parts
+
+
+def encoded_items(items: list[Any], key: str, form: Form) -> list[bytes] | None:
+    """The JSON `form` writes of `items` as an answer's `key` list, without its brackets, in parts to be joined
+    by commas (never joined here: that would hold the list twice), a slice per encoder call: each slice encoded
+    as an answer holding only it, its items cut from between the brackets. None when an answer in `form` is not
+    of the shape this was written for."""
+    marker = f"vmcp-list-{uuid.uuid4().hex}"
+    sample = JSONRPCResponse(jsonrpc="2.0", id=0, result={key: marker})
+    prefix, suffix = form(sample).split(f'"{marker}"'.encode())
     slices = []
     for start in range(0, len(items), SLICE):
-        encoded = form(_with_result(response, {key: items[start : start + SLICE]}))
+        encoded = form(_with_result(sample, {key: items[start : start + SLICE]}))
         if not (encoded.startswith(prefix + b"[") and encoded.endswith(b"]" + suffix)):
-            return form(response)  # not the shape this was written for: in one piece, as the SDK would
+            return None
         slices.append(encoded[len(prefix) + 1 : len(encoded) - len(suffix) - 1])
-    return b"".join([head, b"[", b",".join(slices), b"]", tail])
+    return slices
 
 
 def _with_result(response: JSONRPCResponse, result: dict[str, Any]) -> JSONRPCResponse:
     return response.model_copy(update={"result": result})
+
+
+class PartsResponse(Response):
+    """A response whose body is written part by part (`body_parts`): the server waits for each write to drain
+    before the next, so a connection holds about a `CHUNK` of a long answer rather than a copy of all of it."""
+
+    def __init__(
+        self,
+        parts: list[bytes | memoryview],
+        status_code: int = 200,
+        headers: dict[str, str] | None = None,
+        media_type: str | None = None,
+    ) -> None:
+        length = {"content-length": str(sum(len(part) for part in parts))}
+        super().__init__(None, status_code, {**(headers or {}), **length}, media_type)
+        self.parts = parts
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        for part in self.parts:
+            await send({"type": "http.response.body", "body": part, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 def quick_form(response: JSONRPCResponse) -> bytes:
@@ -209,9 +302,9 @@ def install_modern_writer() -> None:
             await original(msg, scope, receive, send)
             return
         if key := long_list(msg):
-            body = await anyio.to_thread.run_sync(json_body, msg, key, quick_form, limiter=_shaping())
-        else:
-            body = quick_form(msg)
-        await Response(body, media_type="application/json")(scope, receive, send)
+            parts = await anyio.to_thread.run_sync(body_parts, msg, key, quick_form, limiter=_shaping())
+            await PartsResponse(parts, media_type="application/json")(scope, receive, send)
+            return
+        await Response(quick_form(msg), media_type="application/json")(scope, receive, send)
 
     modern._write = write
