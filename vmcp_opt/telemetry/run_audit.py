@@ -7,7 +7,8 @@ hands an answer over or collects the result. None of those answers is the run's 
 (the run goes on), and neither is a retry's (it continues a run; written as the run's end it was a second
 `workflow_started` and end without the run's id). The end is then written from the run's report as it finishes,
 as its call's would have been had the call waited: same type, outcome, response size and data, its duration
-from the first call. Either way a run writes one `workflow_started` and one end, all with its `workflow_id`.
+from the first call; a run cancelled there (its client did not come back, gave up on a retry, the gateway stopped)
+ends `cancelled`. Either way a run writes one `workflow_started` and one end, all with its `workflow_id`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from __future__ import annotations
 import time
 import uuid
 from typing import TYPE_CHECKING, Any
+
+import anyio
 
 from vmcp_opt.routing.operations import Operation, Outcome
 from vmcp_opt.telemetry.audit_values import bounded
@@ -76,17 +79,31 @@ class RunAudit:
         if self._ends_with_report:
             self._end(report)
 
+    def run_stopped(self, error: BaseException) -> None:
+        """It raised instead of reporting. Its call's event is its end (`watched` gives it the same outcome), unless
+        the call was answered with a question: then the run was cancelled in the background (its client did not come
+        back within `timeouts.input`, gave up on a retry, or the gateway stopped), or a defect broke it."""
+        if self._ends_with_report:
+            if isinstance(error, anyio.get_cancelled_exc_class()):
+                self._write_end("cancelled", None, "cancelled")
+            else:
+                self._write_end("failure", None, type(error).__name__)
+
     def asked(self) -> None:
         """Its call was answered with the run's question: the run goes on, and its report will be its end."""
         self._ends_with_report = True
 
     def _end(self, report: RunReport) -> None:
         """The end its call's event would have been, had the call waited for the run."""
-        call, result = self._op, run_result(report)
+        result = run_result(report)
+        self._write_end("application_error" if result.is_error else "success", result)
+
+    def _write_end(self, outcome: Outcome, result: Any, error: str | None = None) -> None:
+        call = self._op
         end = Operation(
             call.method, call.caller, target=call.target, backend=call.backend, exchange=call.exchange,
             arguments=call.arguments, started=call.started, duration=time.perf_counter() - call.started,
-            outcome="application_error" if result.is_error else "success", result=result,
+            outcome=outcome, error=error, result=result,
         )  # fmt: skip
         end.notes = {key: call.notes[key] for key in (FIELDS_NOTE, TIMED_OUT_NOTE) if key in call.notes}
         size = self._log.measured(result)  # once, as the call's own end: the writer reuses it

@@ -184,22 +184,27 @@ class WorkflowTools:
 
         params = with_defaults(workflow.parameters, arguments or {})
         watch = run_watch(current(), workflow)  # the audit log's per-step events, when it is on
-        report = await WorkflowRun(
-            workflow,
-            params,
-            step_call,
-            on_step,
-            ask=ask,
-            ask_timeout=self.rounds.input_timeout,
-            max_output_bytes=self.max_result_bytes,
-            caller=caller_key(caller),  # as rate limits key it: a new session is not a new caller
-            render_slots=self.render_slots,
-            on_item=on_item,
-            watch=watch,
-            max_values=self.max_result_values,
-        ).run()
-        if report.ok and workflow.output_schema is not None:
-            await self._conform(workflow, workflow.output_schema, report)
+        try:
+            report = await WorkflowRun(
+                workflow,
+                params,
+                step_call,
+                on_step,
+                ask=ask,
+                ask_timeout=self.rounds.input_timeout,
+                max_output_bytes=self.max_result_bytes,
+                caller=caller_key(caller),  # as rate limits key it: a new session is not a new caller
+                render_slots=self.render_slots,
+                on_item=on_item,
+                watch=watch,
+                max_values=self.max_result_values,
+            ).run()
+            if report.ok and workflow.output_schema is not None:
+                await self._conform(workflow, workflow.output_schema, report)
+        except BaseException as exc:  # cancelled (its client gone, the gateway stopping), or a defect: no report
+            if watch is not None:
+                watch.run_stopped(exc)
+            raise
         if watch is not None:
             watch.run_finished(report)
         if not report.ok:  # names only: the error may hold argument values and backend text

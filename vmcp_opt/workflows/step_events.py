@@ -60,6 +60,9 @@ class RunWatch(Protocol):
 
     def run_finished(self, report: RunReport) -> None: ...
 
+    def run_stopped(self, error: BaseException) -> None:
+        """The run raised `error` instead of reporting: it was cancelled, or a defect broke it."""
+
 
 class StepWatch(Protocol):
     def workflow_run(self, operation: Operation, workflow: WorkflowConfig) -> RunWatch: ...
