@@ -102,6 +102,7 @@ class Gateway:
             pending_budget=self.sessions.round_trips.budget,  # one budget for calls and runs awaiting input
             max_result_bytes=config.limits.max_result_bytes,
             render_slots=RenderSlots.of(config.limits.workflow_renders),
+            max_result_values=config.limits.max_result_values,  # a step's JSON text past it stays text
         )
         self.router.add_provider(self.workflows)
         self.router.add_provider(BackendTools(self.catalog, validator, listed))

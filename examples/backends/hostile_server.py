@@ -153,7 +153,7 @@ def answer(request: dict[str, Any]) -> dict[str, Any] | None:
 def write_broken(request_id: object, kind: str) -> None:
     """An answer that is not valid JSON-RPC: a result that is not an object (a short line), or one nested
     deeper than any parser follows (a long line)."""
-    depth = 100_000
+    depth = 20_000  # past every parser's depth, within limits.max_result_values (a value per `[`)
     result = (
         "[1, 2]" if kind == "not_an_object" else '{"content": [], "_meta": {"deep": ' + "[" * depth + "]" * depth + "}}"
     )

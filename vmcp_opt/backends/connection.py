@@ -60,8 +60,9 @@ from vmcp_opt.backends.http_bodies import as_internal_error
 from vmcp_opt.backends.listing import BackendListing, WatchedReadStream, fetch_listing
 from vmcp_opt.backends.reconnect_log import ReconnectLog
 from vmcp_opt.backends.relay_bounds import coalesced
-from vmcp_opt.backends.results import bounded_result
+from vmcp_opt.backends.results import measured_result
 from vmcp_opt.backends.secrets import mask_url, redact, secret_values
+from vmcp_opt.backends.stdio import measures_results
 from vmcp_opt.backends.transports import StderrTail, open_transport
 from vmcp_opt.config import BackendConfig, LimitsConfig, RestartConfig
 from vmcp_opt.display import shorten
@@ -291,6 +292,7 @@ class BackendConnection:
                     self.connect_timeout,
                     auth,
                     max_result_bytes=self.limits.max_result_bytes,
+                    max_result_values=self.limits.max_result_values,
                     stderr_tail=self._stderr,
                 ) as (raw_read, write),
                 # The backend's own requests (ping, sampling…) bounded: the SDK holds a task for each.
@@ -532,7 +534,8 @@ class BackendConnection:
         finally:
             if progress is not None:
                 progress.close()  # answered or given up on: the backend's progress stops here
-        return bounded_result(self.name, result, self.limits.max_result_bytes)
+        cap, measured = self.limits.max_result_bytes, measures_results(self.config.transport)
+        return await measured_result(self.name, result, cap, measured=measured)
 
     def describe(self, exc: BaseException) -> str:
         """A one-line reason with this backend's secrets (env and header values) masked."""

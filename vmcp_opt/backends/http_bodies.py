@@ -5,7 +5,10 @@ events it caps per event (`max_sse_event_size`, 1 MiB unless told). A backend co
 gateway hold and parse any number of bytes. `cap_json_bodies` is an httpx response hook: it runs once the
 headers are in and wraps a JSON body's stream in `CappedBody`, which stops at the cap (decoded bytes: a gzip
 body is inflated here, in bounded steps, rather than by httpx) with `BodyTooLarge`. That is an
-`httpx2.StreamError`, which the SDK turns into a JSON-RPC error for the waiting request at once.
+`httpx2.StreamError`, which the SDK turns into a JSON-RPC error for the waiting request at once. It also counts
+the body's values as it comes (backends/results.py, `value_count`) and stops past `limits.max_result_values` with
+`BodyTooManyValues`: the SDK parses and validates the body on the event loop. A listing page's body (the POST's
+method, `LISTING_METHODS`) is not counted: its list has budgets of its own (backends/listing.py).
 
 The SDK reports it as a client's unparseable request would be (-32700 "Failed to parse JSON response: …")
 and logs an ERROR with a traceback each time: a client calling such a tool in a loop would flood the log.
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 import zlib
 from collections import Counter
@@ -44,6 +48,7 @@ from mcp.shared.exceptions import MCPError
 from pydantic import ValidationError
 
 from vmcp_opt.backends.errors import HTTP_STATUS, NOT_READ, OVER_RESULT_CAP, SDK_PARSE_PREFIX, one_line, unquoted
+from vmcp_opt.backends.results import LISTING_METHODS, value_count
 from vmcp_opt.backends.secrets import redact, with_escaped_forms
 from vmcp_opt.config import SECRET_NAME
 from vmcp_opt.logs import ThrottledLog
@@ -77,6 +82,17 @@ class BodyTooLarge(BodyRefused):
             backend,
             f"backend '{backend}' answered with more than {cap:,} bytes "
             f"(limits.max_result_bytes, with room for the envelope); {_NOT_READ}",
+        )
+
+
+class BodyTooManyValues(BodyRefused):
+    """A backend's answer passed `limits.max_result_values`; the message names the backend and the setting."""
+
+    def __init__(self, backend: str, most: int, counted: int) -> None:
+        super().__init__(
+            backend,
+            f"backend '{backend}' answered with about {counted:,} values, more than limits.max_result_values "
+            f"({most:,}) allows; {_NOT_READ}",
         )
 
 
@@ -152,11 +168,17 @@ def as_internal_error(exc: MCPError) -> MCPError | None:
 
 
 class CappedBody(httpx2.AsyncByteStream):
-    """`inner`'s bytes, decoded when `encoding` is gzip or deflate, up to `cap` of them."""
+    """`inner`'s bytes, decoded when `encoding` is gzip or deflate, up to `cap` of them and `values` values (None:
+    not counted)."""
 
-    def __init__(self, inner: httpx2.AsyncByteStream, cap: int, backend: str, encoding: str | None) -> None:
+    def __init__(
+        self, inner: httpx2.AsyncByteStream, cap: int, backend: str, encoding: str | None, values: int | None = None
+    ) -> None:
         self._inner = inner
         self._cap = cap
+        self._values = values
+        self._counted = 0  # the body's `{`, `[` and `,` so far
+        self._pieces: list[bytes] = []  # the body, kept for `_count_values` while it may be needed
         self._backend = backend
         # 32 + MAX_WBITS reads a gzip or a zlib header, which is what HTTP's gzip and deflate are.
         self._inflater = zlib.decompressobj(32 + zlib.MAX_WBITS) if encoding in _INFLATED else None
@@ -166,12 +188,13 @@ class CappedBody(httpx2.AsyncByteStream):
         async for chunk in self._unbroken():
             data = self._inflate(chunk, read)
             read += len(data)
-            self._check(read)
+            self._check(read, data)
             yield data
         if self._inflater is not None:
             rest = self._inflater.flush()
-            self._check(read + len(rest))
+            self._check(read + len(rest), rest)
             yield rest
+        self._count_values()
 
     async def _unbroken(self) -> AsyncIterator[bytes]:
         try:
@@ -192,9 +215,22 @@ class CappedBody(httpx2.AsyncByteStream):
             self._refuse()
         return data
 
-    def _check(self, read: int) -> None:
+    def _check(self, read: int, data: bytes) -> None:
         if read > self._cap:
             self._refuse()
+        if self._values is not None:
+            self._counted += data.count(b"{") + data.count(b"[") + data.count(b",")
+            self._pieces.append(data)
+
+    def _count_values(self) -> None:
+        """Once the body is in: past `values` by its `{`, `[` and `,`, counted again without those inside its
+        strings (backends/results.py, `value_count`; a string can span chunks), and refused if still past."""
+        pieces, self._pieces = self._pieces, []
+        if self._values is None or self._counted <= self._values:
+            return
+        counted = value_count(b"".join(pieces), self._values)
+        if counted > self._values:
+            raise BodyTooManyValues(self._backend, self._values, counted)
 
     def _refuse(self) -> NoReturn:
         raise BodyTooLarge(self._backend, self._cap)
@@ -204,9 +240,10 @@ class CappedBody(httpx2.AsyncByteStream):
 
 
 def cap_json_bodies(
-    backend: str, cap: int, secrets: Iterable[str] = ()
+    backend: str, cap: int, secrets: Iterable[str] = (), values: int | None = None
 ) -> Callable[[httpx2.Response], Awaitable[None]]:
-    """A response hook for a backend's HTTP client: every body but an SSE stream is read through `CappedBody`;
+    """A response hook for a backend's HTTP client: every body but an SSE stream is read through `CappedBody`,
+    with `values` (`limits.max_result_values`) unless it answers a listing;
     an error status's body becomes a JSON-RPC error naming the status (`secrets` masked in it)."""
     quiet_body_too_large()
     masked = list(secrets)
@@ -221,11 +258,26 @@ def cap_json_bodies(
         encoding = response.headers.get("content-encoding", "").strip().lower() or None
         if not isinstance(response.stream, httpx2.AsyncByteStream):
             return
-        response.stream = CappedBody(response.stream, cap, backend, encoding)
+        counted = None if _lists(response.request) else values
+        response.stream = CappedBody(response.stream, cap, backend, encoding, counted)
         if encoding in _INFLATED:
             del response.headers["content-encoding"]  # inflated above: httpx must not inflate it again
 
     return hook
+
+
+_METHOD = re.compile(rb'"method"\s*:\s*"([^"\\]{1,64})"')
+_METHOD_SCAN = 256  # bytes of a POST's body its method is looked for in (the SDK writes it ahead of the params)
+
+
+def _lists(request: httpx2.Request) -> bool:
+    """Whether the POST asks for a listing page (`LISTING_METHODS`)."""
+    try:
+        head = request.content[:_METHOD_SCAN]
+    except httpx2.RequestNotRead:
+        return False
+    found = _METHOD.search(head)
+    return found is not None and found.group(1).decode() in LISTING_METHODS
 
 
 async def _status_as_jsonrpc_error(response: httpx2.Response, backend: str, secrets: list[str]) -> None:

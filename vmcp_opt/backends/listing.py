@@ -19,6 +19,11 @@ One list, across its pages, takes in at most `limits.max_listed_items_per_backen
 characters of JSON (`ListBudget`); past either it is cut short, what was read kept, with one warning. The page cap
 alone let a backend that gave a new cursor with every page of 20,000 resources grow the gateway by 1.3 GB in 35 s,
 at every re-fetch it announced and every reconnect.
+
+A page longer than the transport takes in (`limits.max_result_bytes` with room for the envelope: backends/stdio.py,
+backends/http_bodies.py) ends its list there, the pages before it kept, with one warning (`_cut_at_page`): the
+page is an error for its request, which failed the whole backend, and its reconnects read it again for good.
+Pages are not held to `limits.max_result_values`; their items are bounded as above.
 """
 
 from __future__ import annotations
@@ -38,7 +43,9 @@ from mcp.shared.message import SessionMessage
 from mcp_types.methods import validate_server_result
 from pydantic import ValidationError
 
+from vmcp_opt.backends.errors import over_result_cap
 from vmcp_opt.backends.forwarding import WrappedReadStream
+from vmcp_opt.backends.http_bodies import as_internal_error
 from vmcp_opt.backends.results import json_size
 from vmcp_opt.display import shorten
 
@@ -229,9 +236,11 @@ async def fetch_listing(
             try:
                 page = await list_method(params=params)
             except MCPError as exc:
-                if exc.code != types.METHOD_NOT_FOUND:
-                    raise
-                return _without_list(backend, attribute, items)
+                if exc.code == types.METHOD_NOT_FOUND:
+                    return _without_list(backend, attribute, items)
+                if over_result_cap(as_internal_error(exc) or exc):
+                    return _cut_at_page(backend, attribute, items, exc)
+                raise
             except (ValidationError, ValueError):  # ValueError: a schema nested past pydantic's serializer's depth
                 method, key = LISTS[attribute]
                 stream.screening = ItemScreen(backend, method, key, version)
@@ -292,6 +301,23 @@ def _without_list(backend: str, attribute: str, items: list[Any]) -> list[Any]:
             method,
             attribute.replace("_", " "),
         )
+    return items
+
+
+def _cut_at_page(backend: str, attribute: str, items: list[Any], exc: MCPError) -> list[Any]:
+    """A list whose next page the transport refused for its size: the items of the pages before it, with a warning
+    (at WARNING once per backend and list, as `ListBudget`'s cuts)."""
+    method = LISTS[attribute][0]
+    level = logging.DEBUG if (backend, method) in _CUT_LISTS else logging.WARNING
+    _CUT_LISTS.add((backend, method))
+    logger.log(
+        level,
+        "backend %s: %s: a page was too large to take in (%s); only the %d items before it are served",
+        backend,
+        method,
+        shorten((as_internal_error(exc) or exc).error.message, 300),
+        len(items),
+    )
     return items
 
 

@@ -1,15 +1,23 @@
-"""A size cap on what a backend returns (`limits.max_result_bytes`): an oversize result becomes an error.
+"""What a backend returns, bounded: its size (`limits.max_result_bytes`) and its values (`limits.max_result_values`).
 
 The size is measured on the parsed result by walking it and adding up the lengths of its strings (text,
-base64 data, URIs, structured content), about its JSON size; the walk stops as soon as the cap is passed,
-so measuring costs at most a walk of `cap` characters whatever the backend sent.
+base64 data, URIs, structured content), about its JSON size; the walk stops as soon as the cap is passed. A
+walk is pure Python, ~1 s for a million values: where the transport knows the answer's raw size it measures
+instead (backends/stdio.py: a line within the cap carries a result within it), and elsewhere
+`measured_result` walks on the event loop only as far as `INLINE_CHARS`, the rest in a worker thread.
+
+The values are counted before an answer is parsed (`value_count`, at C speed): parsing and validating one holds the
+event loop in proportion to them, from a worker thread too. Listing pages are exempt (`ListingIds`): their lists
+have budgets of their own (backends/listing.py).
 """
 
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from typing import Any, TypeVar
 
+import anyio.to_thread
 import mcp_types as types
 from mcp.shared.exceptions import MCPError
 from pydantic import BaseModel
@@ -18,6 +26,7 @@ logger = logging.getLogger(__name__)
 
 ResultT = TypeVar("ResultT")
 _NODE = 8  # what a number, a bracket or a key's quotes add to the JSON
+INLINE_CHARS = 64 * 1024  # what `measured_result` walks on the event loop: a few milliseconds at most
 
 
 def exceeds(value: Any, cap: int) -> bool:
@@ -69,3 +78,61 @@ def bounded_result(backend: str, result: ResultT, cap: int) -> ResultT:
         error = types.CallToolResult(content=[types.TextContent(type="text", text=message)], is_error=True)
         return error  # type: ignore[return-value]
     raise MCPError(types.INTERNAL_ERROR, message)
+
+
+async def measured_result(backend: str, result: ResultT, cap: int, *, measured: bool) -> ResultT:
+    """`bounded_result` without holding the event loop: `measured`, the transport has bounded the answer already
+    (backends/stdio.py, `measures_results`); a result within `INLINE_CHARS` is known to be so on the loop; a
+    longer one is measured in a worker thread (a pure-Python walk: the loop runs between its turns at the GIL)."""
+    if measured or json_size(result, min(cap, INLINE_CHARS)) is not None:
+        return result
+    return await anyio.to_thread.run_sync(bounded_result, backend, result, cap)
+
+
+# Requests whose answers are listing pages, exempt from `limits.max_result_values` (`ListingIds`).
+LISTING_METHODS = frozenset({"tools/list", "resources/list", "resources/templates/list", "prompts/list"})
+LISTINGS_REMEMBERED = 256  # listing requests unanswered at once that one process's reader tells apart
+
+
+def value_count(text: bytes, most: int) -> int:
+    """About the values a JSON text holds, counted at C speed without parsing it (tens of ms for 10 MB at most):
+    its `{`, `[` and `,` while they come to `most` or fewer (those inside strings too: never fewer than there are);
+    past it, only those outside its strings (a CSV text is one value, not one per comma), or, for a text of more
+    than `4 * most` strings, a quarter of their quotes (a string in an array takes 2 and a comma, a key with a string
+    value 4 and a comma)."""
+    naive = _structural(text)
+    if naive <= most:
+        return naive
+    if b"\\" in text:  # an escaped backslash, then an escaped quote, is no string's end
+        text = text.replace(b"\\\\", b"").replace(b'\\"', b"")
+    quotes = text.count(b'"')
+    if not quotes:
+        return naive
+    if quotes // 4 > most:
+        return quotes // 4  # splitting at millions of quotes costs more than parsing
+    return _structural(b"".join(text.split(b'"')[0::2]))
+
+
+def _structural(text: bytes) -> int:
+    return text.count(b"{") + text.count(b"[") + text.count(b",")
+
+
+class ListingIds:
+    """The ids of listing requests written to the backend and not yet answered, the oldest forgotten past
+    `LISTINGS_REMEMBERED` (a request whose answer never came)."""
+
+    def __init__(self) -> None:
+        self._ids: OrderedDict[types.RequestId, None] = OrderedDict()
+
+    def sent(self, message: types.JSONRPCMessage) -> None:
+        if isinstance(message, types.JSONRPCRequest) and message.method in LISTING_METHODS:
+            self._ids[message.id] = None
+            if len(self._ids) > LISTINGS_REMEMBERED:
+                self._ids.popitem(last=False)
+
+    def answered(self, request_id: types.RequestId | None) -> bool:
+        """Whether `request_id` is a listing request's (forgotten from now on)."""
+        if request_id is None or request_id not in self._ids:
+            return False
+        del self._ids[request_id]
+        return True

@@ -54,7 +54,8 @@ from vmcp_opt.backends.forwarding import HeaderWriteStream, forwarding
 from vmcp_opt.backends.http_bodies import as_internal_error
 from vmcp_opt.backends.listing import WatchedReadStream
 from vmcp_opt.backends.relay_bounds import NotificationBound, coalesced
-from vmcp_opt.backends.results import bounded_result
+from vmcp_opt.backends.results import measured_result
+from vmcp_opt.backends.stdio import measures_results
 from vmcp_opt.backends.transports import StderrTail, open_transport
 from vmcp_opt.logs import ThrottledLog
 
@@ -270,6 +271,7 @@ class DedicatedSession:
                         self.connection.connect_timeout,
                         auth,
                         max_result_bytes=self.connection.limits.max_result_bytes,
+                        max_result_values=self.connection.limits.max_result_values,
                         stderr_tail=self._stderr,
                     ) as (raw_read, write),
                     # What the SDK answers itself (ping…) bounded; what the backend asks the client is `asks`' alone.
@@ -389,7 +391,8 @@ class DedicatedSession:
         finally:
             if progress is not None:
                 progress.close()  # answered or given up on: the backend's progress stops here
-        return bounded_result(self.name, result, self.connection.limits.max_result_bytes)
+        limits, transport = self.connection.limits, self.connection.config.transport
+        return await measured_result(self.name, result, limits.max_result_bytes, measured=measures_results(transport))
 
     async def notify(self, notification: types.ClientNotification) -> None:
         if self._session is not None:

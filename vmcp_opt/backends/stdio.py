@@ -11,8 +11,18 @@ parses every line on the event loop. Here
   never logged nor handed to the session, whose handler would log it); past `WARNED_LINES` such lines a process's
   warnings become one a minute counting the rest (`LineWarnings`), so a backend writing garbage as fast as it can
   costs the log a line a minute, not one (or, through the session's handler, dozens) a line;
+- a line with more values than `limits.max_result_values` (counted at C speed before it is parsed:
+  backends/results.py, `value_count`) is not parsed: parsing and validating it would hold the event loop, even
+  from a worker thread (pydantic and `json` hold the GIL). An answer gets a JSON-RPC error naming the backend, the
+  count and the setting, marked as over the result cap (not the backend failing); a notification or request is
+  dropped with a warning. An answer to a listing (whose ids the writer notes: `ListingIds`) is exempt: its pages
+  are bounded by the listing's own budgets (backends/listing.py);
 - a line over `PARSE_INLINE_BYTES` is parsed in a worker thread, and one over `PARSE_STDLIB_BYTES` by the
-  stdlib's JSON parser, then validated.
+  stdlib's JSON parser, then validated;
+- a line within `limits.max_result_bytes` bytes carries a result within it (decoding only shrinks JSON text), so
+  only an answer between that and `line_cap` has its result measured (backends/results.py), in the worker thread
+  that parsed it; past the cap it becomes the same error. What this transport passes on is within the cap
+  (`measures_results`): the connection does not measure it again on the event loop.
 Kept from the SDK: the `(read_stream, write_stream)` pair of `SessionMessage | Exception` the SDK's
 `ClientSession` consumes, the inherited environment (`get_default_environment`), the process in a session
 of its own, and the shutdown of its whole process group (close stdin, wait, SIGTERM, SIGKILL), every
@@ -36,7 +46,8 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from typing import TextIO
 
 import anyio
@@ -52,6 +63,8 @@ from mcp.os.posix.utilities import terminate_posix_process_tree
 from mcp.shared.message import SessionMessage
 
 from vmcp_opt.backends.errors import OVER_RESULT_CAP, ProcessExited, connection_closed, launch_failure
+from vmcp_opt.backends.results import ListingIds, json_size, value_count
+from vmcp_opt.config.limits import DEFAULT_MAX_RESULT_VALUES
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +82,12 @@ FLUSH_SECONDS = 0.5  # for messages already accepted to reach stdin at shutdown
 EXIT_SEEN_SECONDS = 0.5  # for the exit of a backend whose stdout ended to be seen, for its exit status
 WARNED_LINES = 10  # unusable stdout lines of one process warned one by one; past them, one warning a minute
 WARNING_INTERVAL = 60.0
+
+
+def measures_results(transport: str) -> bool:
+    """Whether a backend's transport passes on only results within `limits.max_result_bytes` (this reader, not the
+    SDK's Windows one), so that the connection need not measure them again."""
+    return transport == "stdio" and sys.platform != "win32"
 
 
 def line_cap(max_result_bytes: int) -> int:
@@ -194,6 +213,8 @@ class _Reading:
     result_cap: int
     warnings: LineWarnings
     stdout_ended: anyio.Event  # the backend ended its stdout (it exited, most likely) before the shutdown
+    values: int = DEFAULT_MAX_RESULT_VALUES  # `limits.max_result_values`
+    listings: ListingIds = field(default_factory=ListingIds)
 
 
 @asynccontextmanager
@@ -203,6 +224,7 @@ async def bounded_stdio_client(
     *,
     backend: str,
     max_result_bytes: int,
+    max_result_values: int = DEFAULT_MAX_RESULT_VALUES,
     on_exit: Callable[[int], None] | None = None,
 ) -> AsyncIterator[TransportStreams]:
     """Start the backend and yield its `(read_stream, write_stream)`, as `mcp.client.stdio.stdio_client`.
@@ -224,12 +246,14 @@ async def bounded_stdio_client(
     # No await between the spawn and the task group: a cancellation there would leak the process.
     read_sink, read_stream = anyio.create_memory_object_stream[SessionMessage | Exception](0)
     write_stream, write_source = anyio.create_memory_object_stream[SessionMessage](0)
-    reading = _Reading(backend, line_cap(max_result_bytes), max_result_bytes, LineWarnings(backend), anyio.Event())
+    reading = _Reading(
+        backend, line_cap(max_result_bytes), max_result_bytes, LineWarnings(backend), anyio.Event(), max_result_values
+    )
     writer_done = anyio.Event()
     failure: Exception | None = None
     async with anyio.create_task_group() as pipes:
         pipes.start_soon(_read_stdout, process, read_sink, reading)
-        pipes.start_soon(_write_stdin, process, write_source, read_sink, writer_done)
+        pipes.start_soon(_write_stdin, process, write_source, read_sink, writer_done, reading.listings)
         try:
             yield read_stream, write_stream
         except Exception as exc:
@@ -310,11 +334,26 @@ async def _message(line: bytes | DroppedLine, reading: _Reading) -> SessionMessa
         return _refusal(line, reading)
     if not line.strip():
         return None
-    if len(line) > PARSE_INLINE_BYTES:
-        parsed = await anyio.to_thread.run_sync(_parse, line)
-    else:
-        parsed = _parse(line)
-    return parsed if isinstance(parsed, SessionMessage) else _unparsable(line, parsed, reading)
+    listing = False
+    values = value_count(line, reading.values) if len(line) > reading.values else 0  # fewer bytes, fewer values
+    if values > reading.values:
+        request_id = response_id(DroppedLine(len(line), line[:EDGE], line[-EDGE:]))
+        listing = reading.listings.answered(request_id)
+        if not listing:
+            return _too_many_values(request_id, values, reading)
+    off_loop = len(line) > PARSE_INLINE_BYTES
+    parsed = await anyio.to_thread.run_sync(_parse, line) if off_loop else _parse(line)
+    if not isinstance(parsed, SessionMessage):
+        return _unparsable(line, parsed, reading)
+    message = parsed.message
+    if isinstance(message, types.JSONRPCResponse | types.JSONRPCError):
+        listing = reading.listings.answered(message.id) or listing
+    if isinstance(message, types.JSONRPCResponse) and not listing and len(line) > reading.result_cap:
+        # Only a line longer than the cap can carry a result past it; measured where it was parsed.
+        measure = partial(json_size, message.result, reading.result_cap)
+        if (await anyio.to_thread.run_sync(measure) if off_loop else measure()) is None:
+            return _over_result_cap(message.id, reading)
+    return parsed
 
 
 def _parse(line: bytes) -> SessionMessage | ValueError | RecursionError:
@@ -326,6 +365,41 @@ def _parse(line: bytes) -> SessionMessage | ValueError | RecursionError:
         return SessionMessage(message)
     except (ValueError, RecursionError) as exc:  # `json.loads` gives up on deep nesting with a RecursionError
         return exc
+
+
+def _too_many_values(request_id: types.RequestId | None, values: int, reading: _Reading) -> SessionMessage | None:
+    """A line with more values than `limits.max_result_values`, not parsed: an error for the request it answers,
+    if its ends show one; else nothing (a notification, a request of the backend's). One warning either way."""
+    what = f"the answer to request {request_id!r}" if request_id is not None else "no response id at either end"
+    reading.warnings.warn(
+        f"backend {reading.backend} wrote a message of about {values:,} values, more than limits.max_result_values "
+        f"({reading.values:,}): dropped unparsed ({what})"
+    )
+    if request_id is None:
+        return None
+    message = (
+        f"backend '{reading.backend}' answered with about {values:,} values, more than limits.max_result_values "
+        f"({reading.values:,}) allows; the answer was not parsed"
+    )
+    return _marked_refusal(request_id, message)
+
+
+def _over_result_cap(request_id: types.RequestId, reading: _Reading) -> SessionMessage:
+    """An answer whose parsed result passed `limits.max_result_bytes` (measured as backends/results.py does)."""
+    message = (
+        f"backend '{reading.backend}' returned a result larger than {reading.result_cap:,} bytes "
+        "(limits.max_result_bytes); it was not passed on"
+    )
+    reading.warnings.warn(message)
+    return _marked_refusal(request_id, message)
+
+
+def _marked_refusal(request_id: types.RequestId, message: str) -> SessionMessage:
+    """-32603, not a parse error: an answer too big is the tool's output, not the backend failing (its circuit
+    breaker does not count it; backends/errors.py, `broken_answer`). Marked, so that a tools/call's becomes an
+    error result the agent reads (routing/router.py), as a parsed result over the cap does."""
+    error = types.ErrorData(code=types.INTERNAL_ERROR, message=message, data={OVER_RESULT_CAP: True})
+    return SessionMessage(types.JSONRPCError(jsonrpc="2.0", id=request_id, error=error))
 
 
 def _unparsable(line: bytes, exc: ValueError | RecursionError, reading: _Reading) -> SessionMessage | None:
@@ -358,15 +432,12 @@ def _refusal(line: DroppedLine, reading: _Reading) -> SessionMessage | None:
     )
     if request_id is None:
         return None
-    # -32603, not a parse error: an answer too big is the tool's output, not the backend failing (its circuit
-    # breaker does not count it; backends/errors.py, `broken_answer`). Marked, so that a tools/call's becomes
-    # an error result the agent reads (routing/router.py), as a parsed result over the cap does.
+    reading.listings.answered(request_id)  # a listing's page too: its list ends there (backends/listing.py)
     message = (
         f"backend '{reading.backend}' answered with {line.size:,} bytes, more than limits.max_result_bytes "
         f"({reading.result_cap:,} bytes) allows over stdio ({reading.cap:,} with the envelope); the answer was dropped"
     )
-    error = types.ErrorData(code=types.INTERNAL_ERROR, message=message, data={OVER_RESULT_CAP: True})
-    return SessionMessage(types.JSONRPCError(jsonrpc="2.0", id=request_id, error=error))
+    return _marked_refusal(request_id, message)
 
 
 async def _write_stdin(
@@ -374,11 +445,13 @@ async def _write_stdin(
     source: MemoryObjectReceiveStream[SessionMessage],
     read_sink: MemoryObjectSendStream[SessionMessage | Exception],
     done: anyio.Event,
+    listings: ListingIds,
 ) -> None:
     assert process.stdin is not None
     try:
         async with source:
             async for session_message in source:
+                listings.sent(session_message.message)
                 line = session_message.message.model_dump_json(by_alias=True, exclude_unset=True) + "\n"
                 await process.stdin.send(line.encode())
     except (anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):

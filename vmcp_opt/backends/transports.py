@@ -42,6 +42,7 @@ from vmcp_opt.backends.open_answers import AnswerClient, CancelWatch, OpenAnswer
 from vmcp_opt.backends.secrets import redact, secret_values
 from vmcp_opt.backends.stdio import bounded_stdio_client, line_cap
 from vmcp_opt.config import BackendConfig
+from vmcp_opt.config.limits import DEFAULT_MAX_RESULT_VALUES
 from vmcp_opt.display import printable, shorten
 from vmcp_opt.logs import LineBudget
 
@@ -127,17 +128,21 @@ async def open_transport(
     credentials: BackendAuth | None = None,
     *,
     max_result_bytes: int,
+    max_result_values: int = DEFAULT_MAX_RESULT_VALUES,
     stderr_tail: StderrTail | None = None,
 ) -> AsyncIterator[TransportStreams]:
     """`credentials`: a stdio process's secret environment, or what an HTTP session adds to each request.
     `max_result_bytes` bounds a stdio backend's lines (backends/stdio.py), and a streamable HTTP backend's
     JSON answers (backends/http_bodies.py) and SSE events; over SSE (the 2024 transport) the SDK caps an
-    event at 1 MiB. `stderr_tail` keeps a stdio backend's last stderr line and exit status; complete once this exits."""
+    event at 1 MiB. `max_result_values` bounds the values of a stdio line and of an HTTP JSON answer, listing pages
+    apart (backends/results.py). `stderr_tail` keeps a stdio backend's last stderr line and exit status; complete once this exits."""
     if backend.transport == "stdio":
         secret_env = credentials.credentials.child_env() if credentials is not None else None
         tail = stderr_tail or StderrTail()
         async with (
-            _stdio_with_masked_stderr(backend, base_dir, secret_env, max_result_bytes, tail) as stdio,
+            _stdio_with_masked_stderr(
+                backend, base_dir, secret_env, max_result_bytes, max_result_values, tail
+            ) as stdio,
             cancels_without_waiting(stdio, backend.name) as streams,
         ):
             yield streams
@@ -145,7 +150,7 @@ async def open_transport(
         assert backend.url is not None
         timeout = httpx2.Timeout(connect_timeout, read=None)
         cap = line_cap(max_result_bytes)  # a JSON answer's bytes, and one SSE event's
-        hooks = {"response": [cap_json_bodies(backend.name, cap, secret_values(backend))]}
+        hooks = {"response": [cap_json_bodies(backend.name, cap, secret_values(backend), max_result_values)]}
         # A request's POST stops when its call does (http_bodies.py, `OpenAnswers`), not when the backend ends it.
         answers = OpenAnswers()
         client = PacedGetClient(
@@ -288,6 +293,7 @@ async def _stdio_with_masked_stderr(
     base_dir: Path,
     secret_env: dict[str, str] | None,
     max_result_bytes: int,
+    max_result_values: int,
     tail: StderrTail,
 ) -> AsyncIterator[TransportStreams]:
     read_fd, write_fd = os.pipe()
@@ -299,7 +305,12 @@ async def _stdio_with_masked_stderr(
             try:
                 parameters = stdio_parameters(backend, base_dir, secret_env)
                 async with bounded_stdio_client(
-                    parameters, errlog, backend=backend.name, max_result_bytes=max_result_bytes, on_exit=tail.exited
+                    parameters,
+                    errlog,
+                    backend=backend.name,
+                    max_result_bytes=max_result_bytes,
+                    max_result_values=max_result_values,
+                    on_exit=tail.exited,
                 ) as streams:
                     errlog.close()  # the backend has its own copy: the pipe ends when the backend's does
                     yield streams

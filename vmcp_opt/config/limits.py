@@ -10,6 +10,9 @@ from pydantic import Field, field_validator, model_validator
 from vmcp_opt.config.base import _PerCallerWithinTotal, _Strict
 from vmcp_opt.config.workflows import WorkflowRendersConfig
 
+# `limits.max_result_values`'s default, also what a transport opened without it is given.
+DEFAULT_MAX_RESULT_VALUES = 64 * 1024
+
 
 class RequestsInFlightConfig(_PerCallerWithinTotal):
     """Client requests running at once (server/in_flight.py), for one caller (a verified subject, else the client's
@@ -43,7 +46,21 @@ class LimitsConfig(_Strict):
         10 * 1024 * 1024,
         gt=0,
         description="Largest backend result passed on, counted as the characters of its text, data and "
-        "structured content (about its JSON size); a larger one becomes an error naming the backend and the cap.",
+        "structured content (about its JSON size); a larger one becomes an error naming the backend and the cap. "
+        "A page of tools, resources, templates or prompts longer than it (with room for the envelope: a quarter "
+        "more, at least 1 MiB) ends its list there, with a warning, the pages before it served.",
+    )
+    # 64 Ki: parsing and validating that many of the costliest values (text content blocks, ~2.6 µs each with
+    # the answer's serialisation) holds the event loop ~170 ms; a plain number costs ~0.1 µs.
+    max_result_values: int = Field(
+        DEFAULT_MAX_RESULT_VALUES,
+        ge=1024,
+        description="Most values one backend answer or notification may hold, counted before it is parsed as the "
+        "`{`, `[` and `,` of its JSON outside its strings: parsing and validating an answer holds the gateway's "
+        "event loop in proportion to them (a long text is one value). Past it the answer is "
+        "refused, an error naming the backend, the count and this setting (a tools/call's an error result), and "
+        "the backend stays in service; a notification is dropped with a warning. Pages of tools, resources, "
+        "templates and prompts are not counted (max_listed_items_per_backend bounds them).",
     )
     workflow_renders: WorkflowRendersConfig = Field(
         default_factory=WorkflowRendersConfig,
