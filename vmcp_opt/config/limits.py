@@ -363,8 +363,13 @@ class SessionsConfig(_Strict):
     max_event_bytes_per_session: int = Field(8 * 1024 * 1024, ge=1)
     # Events of all sessions together, in memory mode (one process's sessions).
     max_events_in_memory: int = Field(10_000, ge=1)
-    # Bytes of the events of all sessions together, in memory mode.
+    # Bytes of the events of all sessions together, in memory mode: past it the oldest event of the caller holding
+    # the most is dropped.
     max_event_bytes_in_memory: int = Field(64 * 1024 * 1024, ge=1)
+    # Bytes of the events one caller's sessions keep together, in memory mode: past it the caller's oldest are
+    # dropped, its newest kept whatever its size. A caller: the verified principal, else the client's address. A
+    # client resuming after an event dropped is refused (400).
+    max_event_bytes_per_caller_in_memory: int = Field(16 * 1024 * 1024, ge=1)
     # Bytes of the events one caller's sessions keep together, in redis mode (its sessions on every replica):
     # past it the caller's oldest are dropped, from its session written longest ago on, its newest kept whatever
     # its size. A caller: the verified principal, else the client's address. A client resuming after an event

@@ -16,9 +16,13 @@ same encoding the Redis store keeps), whose length is what it costs, and decoded
 alone let 10,000 large streamed answers stay, each as a tree of Python objects the garbage collector walked.
 Each session is bounded too (`sessions.max_events_per_session`, `sessions.max_event_bytes_per_session`):
 past its own bound a session drops its own oldest events, so one busy session cannot push every other
-session's events out of the ring. A session that ends (DELETE, idle) takes its events with it (`forget`).
-The newest event of a session always stays, whatever its size: it is the one a client cut off now would
-resume from.
+session's events out of the ring. So is each caller (`sessions.max_event_bytes_per_caller_in_memory`; a caller:
+the session's principal, else its client's address, as in redis mode): past it, the caller's oldest event of any of
+its sessions goes. And past the ring's own bounds, the oldest event of the caller holding the most goes, not the
+ring's oldest: one address's ten sessions of 4 MB answers pushed every other client's events out, and a client
+resuming a cut call was refused, its result lost. A session that ends (DELETE, idle) takes its events with it
+(`forget`). The newest event of a session always stays, whatever its size: it is the one a client cut off now
+would resume from.
 
 A replay of a request's stream ends with the request's answer: it returns no stream id once the answer was
 sent (or was the event resumed from), so the SDK closes the response. Returning the stream's id then made the
@@ -53,6 +57,7 @@ from mcp.server.streamable_http import GET_STREAM_KEY, EventCallback, EventId, E
 from mcp_types import JSONRPCError, JSONRPCMessage, JSONRPCResponse, jsonrpc_message_adapter
 
 from vmcp_opt.config import SessionsConfig
+from vmcp_opt.server.released_streams import RELEASE_STREAM
 from vmcp_opt.shared.event_ids import GET_EVENT_PREFIX, marked_event_id, names_get_stream
 
 DEFAULT_MAX_EVENTS = 10_000
@@ -65,13 +70,25 @@ _Event = tuple[_StreamKey, bytes, bool]
 
 
 class _Held:
-    """One session's events in the ring, oldest first, and their bytes."""
+    """One session's events in the ring, oldest first, and their bytes; the caller they are charged to."""
 
-    __slots__ = ("bytes", "numbers")
+    __slots__ = ("bytes", "caller", "numbers")
 
-    def __init__(self) -> None:
+    def __init__(self, caller: str) -> None:
         self.numbers: deque[int] = deque()
         self.bytes = 0
+        self.caller = caller
+
+
+class _Caller:
+    """One caller's events in the ring: how many, their bytes, and the sessions holding them."""
+
+    __slots__ = ("bytes", "events", "views")
+
+    def __init__(self) -> None:
+        self.bytes = 0
+        self.events = 0
+        self.views: set[int] = set()
 
 
 class BoundedEventStore(EventStore):
@@ -84,13 +101,17 @@ class BoundedEventStore(EventStore):
         max_bytes: int = DEFAULT_MAX_BYTES,
         session_events: int | None = None,
         session_bytes: int | None = None,
+        caller_bytes: int | None = None,
     ) -> None:
-        """`max_*`: all sessions together; `session_*`: each session (unset: the same as all together)."""
+        """`max_*`: all sessions together; `session_*`: each session; `caller_bytes`: each caller's sessions
+        together (unset: the same as all together)."""
         self.max_events = max_events
         self.max_bytes = max_bytes
         self.session_events = max_events if session_events is None else session_events
         self.session_bytes = max_bytes if session_bytes is None else session_bytes
-        if min(self.max_events, self.max_bytes, self.session_events, self.session_bytes) < 1:
+        self.caller_bytes = max_bytes if caller_bytes is None else caller_bytes
+        bounds = (self.max_events, self.max_bytes, self.session_events, self.session_bytes, self.caller_bytes)
+        if min(bounds) < 1:
             raise ValueError("event store bounds must be at least 1")
         self.bytes = 0
         self._tag = secrets.token_hex(4)
@@ -100,6 +121,7 @@ class BoundedEventStore(EventStore):
         self._events: OrderedDict[int, _Event] = OrderedDict()
         self._streams: dict[_StreamKey, deque[int]] = {}
         self._held: dict[int, _Held] = {}  # per session view
+        self._callers: dict[str, _Caller] = {}
 
     def __bool__(self) -> bool:
         # The SDK tests `if self._event_store:`; a store must count as present even while it is empty.
@@ -108,9 +130,10 @@ class BoundedEventStore(EventStore):
     def __len__(self) -> int:
         return len(self._events)
 
-    def session_view(self) -> SessionEvents:
-        """A store for one session over this ring: same bound, replays confined to the session."""
-        return SessionEvents(self, next(self._views))
+    def session_view(self, caller: str | None = None) -> SessionEvents:
+        """A store for one session over this ring: same bound, replays confined to the session; its events charged
+        to `caller` (None: the session alone)."""
+        return SessionEvents(self, next(self._views), caller)
 
     async def store_event(self, stream_id: StreamId, message: JSONRPCMessage | None) -> EventId:
         return self.store(0, stream_id, message)
@@ -134,7 +157,9 @@ class BoundedEventStore(EventStore):
             return None  # marked as the other kind of stream: not an id this store handed out
         return number, entry
 
-    def store(self, view: int, stream_id: StreamId, message: JSONRPCMessage | None) -> EventId:
+    def store(
+        self, view: int, stream_id: StreamId, message: JSONRPCMessage | None, caller: str | None = None
+    ) -> EventId:
         self._counter += 1
         number = self._counter
         key = (view, stream_id)
@@ -142,15 +167,40 @@ class BoundedEventStore(EventStore):
         self._events[number] = (key, data, _ends_stream(stream_id, message))
         self.bytes += len(data)
         self._streams.setdefault(key, deque()).append(number)
-        held = self._held.setdefault(view, _Held())
+        held = self._held_by(view, caller)
         held.numbers.append(number)
         held.bytes += len(data)
+        charged = self._callers[held.caller]
+        charged.events += 1
+        charged.bytes += len(data)
         # The newest event stays whatever its size: it is the one a client cut off now would resume from.
         while len(held.numbers) > self.session_events or (held.bytes > self.session_bytes and len(held.numbers) > 1):
             self._drop(held.numbers[0])
+        while charged.bytes > self.caller_bytes and charged.events > 1:
+            self._drop(self._oldest_of(charged))
         while len(self._events) > self.max_events or (self.bytes > self.max_bytes and len(self._events) > 1):
-            self._drop(next(iter(self._events)))
+            self._drop(self._victim(by_events=len(self._events) > self.max_events))
         return self._event_id(stream_id, number)
+
+    def _held_by(self, view: int, caller: str | None) -> _Held:
+        held = self._held.get(view)
+        if held is None:
+            held = self._held[view] = _Held(caller or f"session {view}")
+            self._callers.setdefault(held.caller, _Caller()).views.add(view)
+        return held
+
+    def _oldest_of(self, caller: _Caller) -> int:
+        return min(self._held[view].numbers[0] for view in caller.views)
+
+    def _victim(self, by_events: bool) -> int:
+        """The oldest event of the caller holding the most (events or bytes) but the newest event: one caller
+        cannot push every other caller's events out. Called with two events held or more, so there is one."""
+        victim, most = 0, -1
+        for caller in self._callers.values():
+            size = caller.events if by_events else caller.bytes
+            if size > most and (oldest := self._oldest_of(caller)) != self._counter:
+                victim, most = oldest, size
+        return victim
 
     def _event_id(self, stream_id: StreamId, number: int) -> EventId:
         return marked_event_id(stream_id, f"{self._tag}-{number}")
@@ -172,8 +222,14 @@ class BoundedEventStore(EventStore):
         held = self._held[key[0]]
         held.numbers.popleft()
         held.bytes -= len(data)
+        charged = self._callers[held.caller]
+        charged.events -= 1
+        charged.bytes -= len(data)
         if not held.numbers:
             del self._held[key[0]]
+            charged.views.discard(key[0])
+            if not charged.views:
+                del self._callers[held.caller]
 
     async def replay(self, view: int, last_event_id: EventId, send_callback: EventCallback) -> StreamId | None:
         """Sends what followed `last_event_id` on its stream; the stream's id while it goes on, else None."""
@@ -217,18 +273,20 @@ def memory_event_store(settings: SessionsConfig) -> BoundedEventStore:
         settings.max_event_bytes_in_memory,
         settings.max_events_per_session,
         settings.max_event_bytes_per_session,
+        settings.max_event_bytes_per_caller_in_memory,
     )
 
 
 class SessionEvents(EventStore):
     """One session's events in the shared ring."""
 
-    def __init__(self, ring: BoundedEventStore, view: int) -> None:
+    def __init__(self, ring: BoundedEventStore, view: int, caller: str | None = None) -> None:
         self._ring = ring
         self._view = view
+        self._caller = caller
 
     async def store_event(self, stream_id: StreamId, message: JSONRPCMessage | None) -> EventId:
-        return self._ring.store(self._view, stream_id, message)
+        return self._ring.store(self._view, stream_id, message, self._caller)
 
     async def replay_events_after(self, last_event_id: EventId, send_callback: EventCallback) -> StreamId | None:
         return await self._ring.replay(self._view, last_event_id, send_callback)
@@ -257,7 +315,8 @@ class UnsentAnswers(EventStore):
     resumed. An answer sent as one JSON body has no stream and no event id a client could resume from, yet it
     stayed in the store: a 10k-tool `tools/list` answer held ~12 MB of objects there, every time, until 10,000
     later events pushed it out. While a request is `undecided` (nothing of it stored yet), its own answer
-    arriving first is that case and is not stored."""
+    arriving first is that case and is not stored. Nor is the release message (server/released_streams.py): it
+    is no client's."""
 
     def __init__(self, inner: EventStore) -> None:
         self.inner = inner
@@ -267,6 +326,8 @@ class UnsentAnswers(EventStore):
         return True  # the SDK asks `if self._event_store:`
 
     async def store_event(self, stream_id: StreamId, message: JSONRPCMessage | None) -> EventId:
+        if stream_id == RELEASE_STREAM:
+            return stream_id  # no client's message: it only takes the place of the last one in the SDK's router
         if stream_id in self.undecided and message is not None:
             self.undecided.discard(stream_id)
             if isinstance(message, JSONRPCResponse | JSONRPCError):

@@ -50,6 +50,7 @@ import contextlib
 import logging
 import weakref
 from collections.abc import AsyncGenerator
+from contextvars import ContextVar
 from functools import partial
 from http import HTTPStatus
 from typing import Any
@@ -91,9 +92,12 @@ from starlette.types import Message, Receive, Scope, Send
 
 from vmcp_opt.logs import ThrottledLog
 from vmcp_opt.server.admission import SessionRefused, refused_stranger
+from vmcp_opt.server.authentication import session_owner
 from vmcp_opt.server.event_store import BoundedEventStore, ProbedStore, UnsentAnswers
 from vmcp_opt.server.held_answers import RetainedChunks, answer_hold
-from vmcp_opt.server.list_answers import json_body, long_list, session_form
+from vmcp_opt.server.list_answers import PartsResponse, body_parts, long_list, session_form
+from vmcp_opt.server.released_streams import ReleasingReads, ReleasingWrites
+from vmcp_opt.server.sessions import AnswerDelivery, client_address
 from vmcp_opt.server.shared_asks import ASK_PREFIX, Answer, AskIds, TaggedAsks, asked_by
 from vmcp_opt.server.streams import OldClientContent
 from vmcp_opt.shared.event_ids import names_get_stream
@@ -106,6 +110,8 @@ ABANDONED_STREAM_CHECKPOINTS = 3
 COMMIT_SSE_AFTER = 15.0
 _SSE_CONTENT_TYPE = "text/event-stream"
 _JSON_CONTENT_TYPE = "application/json"
+# Who the session being opened in this request is charged to (`sessions.max_event_bytes_per_caller_in_memory`).
+_OPENER: ContextVar[str | None] = ContextVar("vmcp_session_opener", default=None)
 
 
 class LazyStreamSessionManager(StreamableHTTPSessionManager):
@@ -150,7 +156,28 @@ class LazyStreamSessionManager(StreamableHTTPSessionManager):
             refused_stranger(self.refused, scope, session_id, self._refusals)
             await _error_response("Session not found", 404)(scope, receive, send)
             return
-        await super()._handle_stateful_request(scope, receive, send)
+        opener = _OPENER.set(session_caller(scope) if session_id is None else None)
+        try:
+            await super()._handle_stateful_request(scope, receive, send)
+        finally:
+            _OPENER.reset(opener)
+
+    async def _serve_opening_request(
+        self, http_transport: StreamableHTTPServerTransport, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        """The SDK's, but a session whose opening answer never reached its client is ended: the SDK took a `200`
+        written to a closed connection for a session opened, and it held a session slot (server/sessions.py)
+        until its idle timeout, a client closing each `initialize` at once taking them all."""
+        delivery = AnswerDelivery(receive, send)
+        async with anyio.create_task_group() as watching:
+            watching.start_soon(delivery.watch)
+            try:
+                await super()._serve_opening_request(http_transport, scope, delivery.receive, delivery.send)
+            finally:
+                watching.cancel_scope.cancel()
+        if delivery.left_early and not http_transport.is_terminated:
+            logger.debug("Session %s: its client left before its opening answer; ended", http_transport.mcp_session_id)
+            await http_transport.terminate()
 
     def _admit_session(self, requestor: AuthorizationContext | None) -> StreamableHTTPServerTransport | None:
         # The SDK's own admission (limit, registration), with our transport class in place of its own.
@@ -165,12 +192,17 @@ class LazyStreamSessionManager(StreamableHTTPSessionManager):
             if isinstance(self.event_store, BoundedEventStore):
                 # The SDK gives every session the one store it was handed, and names a request's stream by
                 # the request's id (the same in every session): each session replays only its own events.
-                store = self.event_store.session_view()
+                store = self.event_store.session_view(_OPENER.get())
             if store is not None:
                 transport._event_store = UnsentAnswers(store)
             if transport.mcp_session_id is not None:
                 self._opened[transport.mcp_session_id] = transport
         return transport
+
+
+def session_caller(scope: Scope) -> str:
+    """Who a session's events in memory are charged to: its principal, else its client's address (as in Redis)."""
+    return session_owner(scope) or f"address {client_address(scope)}"
 
 
 def _not_json(scope: Scope) -> Response | None:
@@ -213,14 +245,24 @@ class LazyStreamTransport(StreamableHTTPServerTransport):
     async def connect(
         self,
     ) -> AsyncGenerator[tuple[ReadStream[SessionMessage | Exception], WriteStream[SessionMessage]], None]:
-        async with super().connect() as (read_stream, sdk_write_stream):
+        if self._event_store is not None and not isinstance(self._event_store, UnsentAnswers):
+            self._event_store = UnsentAnswers(self._event_store)  # a restored copy's: it skips the release message
+        async with super().connect() as (sdk_read_stream, sdk_write_stream):
+            # An idle session keeps neither its last request nor its last answer (server/released_streams.py).
+            read_stream = ReleasingReads(sdk_read_stream)
             # Content blocks a client of an older protocol version cannot read are sent as text.
-            write_stream = OldClientContent(sdk_write_stream, self.client_version)
+            write_stream = OldClientContent(
+                ReleasingWrites(sdk_write_stream, self._request_sender), self.client_version
+            )
             if self.asks is None:
                 yield read_stream, write_stream
                 return
             self.ask_copy = self.asks.next_copy()
             yield read_stream, TaggedAsks(write_stream, self.asks, self.ask_copy)
+
+    def _request_sender(self, request_id: str) -> MemoryObjectSendStream[EventMessage] | None:
+        streams = self._request_streams.get(request_id)
+        return None if streams is None else streams[0]
 
     async def deliver(self, message: Answer | JSONRPCNotification, copy: str | None = None) -> bool:
         """A client's answer to this copy's request (`copy`: the copy that asked), or its cancellation of a
@@ -497,8 +539,8 @@ class LazyStreamTransport(StreamableHTTPServerTransport):
             return self._create_json_response(answer)
         sdk_form = self._create_json_response(None)  # the SDK's headers for this session, with no body
         headers = {name: value for name, value in sdk_form.headers.items() if name != "content-length"}
-        body = await anyio.to_thread.run_sync(json_body, answer, key, session_form)
-        return Response(body, status_code=sdk_form.status_code, headers=headers)
+        parts = await anyio.to_thread.run_sync(body_parts, answer, key, session_form)
+        return PartsResponse(parts, status_code=sdk_form.status_code, headers=headers)
 
     async def _stream(
         self,

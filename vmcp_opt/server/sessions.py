@@ -6,7 +6,9 @@ the client's address before the SDK sees the request, or refuses it: 429 when th
 `Retry-After`. The slot travels in the request's ASGI scope; `hold_session_slot`, a server middleware,
 sees the request's first message reach the session's connection and ties the slot to that connection's
 exit stack, so it is freed however the session ends (DELETE, idle timeout, crash, shutdown). A request
-that opened no connection (refused, malformed) frees its slot when it is answered.
+that opened no connection (refused, malformed) frees its slot when it is answered. A session whose client left
+before its opening answer was written (`AnswerDelivery`) is ended at once (server/lazy_stream.py), and so frees
+its slot: the SDK took that `200`, dropped by the server, for a session opened, held until its idle timeout.
 
 The SDK's own `max_sessions` stays as a backstop; its per-refusal warning is throttled like ours, and so is its
 warning per malformed notification a client sends (`throttle_sdk_refusals`).
@@ -21,9 +23,10 @@ import time
 from collections import Counter
 from typing import Any
 
+import anyio
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from vmcp_opt.display import printable
 from vmcp_opt.logs import ThrottledLog
@@ -173,6 +176,44 @@ async def json_rpc_error(
     start = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *(headers or [])]
     await send({"type": "http.response.start", "status": status, "headers": start})
     await send({"type": "http.response.body", "body": body})
+
+
+class AnswerDelivery:
+    """A request's `receive` and `send`, watched: whether its client's connection ended before the answer's last
+    bytes were handed to the server (`left_early`). Run `watch` beside the request and cancel it once answered.
+
+    Once the body is read, `watch` waits in `receive` for the end of the connection, which uvicorn reports once
+    the answer is complete as well: it counts only before that. The server drops an answer written after the
+    client left, silently (uvicorn), so a client gone just as the answer is written may be counted as served."""
+
+    def __init__(self, receive: Receive, send: Send) -> None:
+        self._receive = receive
+        self._send = send
+        self._body_read = anyio.Event()
+        self._answered = False
+        self.left_early = False
+
+    async def receive(self) -> Message:
+        message = await self._receive()
+        if message["type"] == "http.disconnect":
+            self._left()
+        elif not message.get("more_body", False):
+            self._body_read.set()
+        return message
+
+    async def send(self, message: Message) -> None:
+        await self._send(message)
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            self._answered = True
+
+    async def watch(self) -> None:
+        await self._body_read.wait()
+        if (await self._receive())["type"] == "http.disconnect":
+            self._left()
+
+    def _left(self) -> None:
+        if not self._answered:
+            self.left_early = True
 
 
 def client_address(scope: Scope) -> str:
