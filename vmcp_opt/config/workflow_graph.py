@@ -7,14 +7,17 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-import jinja2
 import jinja2.nodes
 import jsonschema
+
+from vmcp_opt.config.template_checks import name_problems, parameter_read_problems, parse
 
 if TYPE_CHECKING:
     from vmcp_opt.config.workflows import StepConfig
 
-_SYNTAX = jinja2.Environment()  # parsing only; templates run in the sandbox (vmcp_opt/workflows/templates.py)
+# What every template reads; a for_each's arguments read its item (named by `item`) and `index` too.
+BASE_NAMES = frozenset({"params", "steps"})
+_ITEM_NOTE = "`item` is a for_each step's current item, read in its `arguments` only"
 
 
 def parameter_problems(schema: dict[str, Any]) -> list[str]:
@@ -79,19 +82,40 @@ def walk_strings(value: Any, place: str) -> Iterator[tuple[str, str]]:
             yield from walk_strings(item, f"{place}[{index}]")
 
 
-def template_problems(place: str, source: str, readable: set[str], known: set[str]) -> list[str]:
-    try:
-        tree = _SYNTAX.parse(source)
-    except jinja2.TemplateSyntaxError as exc:
-        return [f"{place}: template syntax error: {exc.message}"]
-    named, unnamed = _step_reads(tree)
-    problems = []
+def template_names(step: StepConfig, place: str) -> frozenset[str]:
+    """What the run gives a template of `step` at `place`: a for_each's item and index in its arguments only
+    (its `over` and `condition` are rendered once, before any item)."""
+    if step.type == "for_each" and place.startswith("arguments"):
+        return BASE_NAMES | {step.item, "index"}
+    return BASE_NAMES
+
+
+def template_problems(
+    place: str,
+    source: str,
+    readable: set[str],
+    known: set[str],
+    names: frozenset[str] = BASE_NAMES,
+    parameters: dict[str, Any] | None = None,
+    owner: str = "",
+) -> list[str]:
+    """What keeps the template from rendering on any run: it does not compile in the runtime's sandbox, reads
+    a name the run does not give it here (`names`) or a parameter the schema cannot carry, or reads a step
+    that is unknown or not among its dependencies (`readable`). `owner` names the workflow and step."""
+    tree, error = parse(source)
+    owned = f" ({owner})" if owner else ""
+    if tree is None:  # a syntax error reads as it always has; an unknown filter or test names its owner
+        return [f"{place}: {error}" + ("" if str(error).startswith("template syntax error") else owned)]
+    reads, unnamed = _step_reads(tree)  # first: finding undeclared names compiles the tree, folding constants
+    note = _ITEM_NOTE if "item" not in names else ""
+    found = name_problems(tree, names, note) + parameter_read_problems(tree, parameters or {})
+    problems = [f"{place}: {problem}{owned}" for problem in found]
     if unnamed and readable != known:  # the output reads every step, all finished: any way of reading is fine
         problems.append(
             f"{place}: reads {unnamed[0]}, which does not name a step; write steps.<id> or steps['<id>'] so "
             "that the step can be checked against depends_on"
         )
-    for step in named:
+    for step in reads:
         if step not in known:
             problems.append(f"{place}: unknown step '{step}'")
         elif step not in readable:

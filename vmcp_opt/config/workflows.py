@@ -1,20 +1,20 @@
 """The `workflows:` section of the config: composite tools, checked at load as far as the file alone allows.
 
 A leaf like `config.py` (which imports it): it imports nothing of the package but its own graph and template
-analysis (`workflow_graph.py`). It lives beside `config.py` rather than inside it so that file stays
-readable; `vmcp config-docs` walks it as part of the same model.
+analysis (`workflow_graph.py`, `template_checks.py`) and the checks across workflows (`workflow_calls.py`). It
+lives beside `config.py` rather than inside it so that file stays readable; `vmcp config-docs` walks it as part
+of the same model.
 
 What is refused here, each by its path (`workflows[0].steps[2].depends_on: unknown step 'fetch'`): unknown
-keys, duplicate names and step ids, unknown or cyclic `depends_on`, a template that does not parse or that
-reads a step which is not among the step's dependencies, a parameter schema that is not JSON Schema, an
-`output_schema` that is not an object schema or requires a key `output` never makes,
-workflows that call each other in a cycle, and elicitation steps without a message or a flat form. What needs the live
-catalogue (a step naming a tool no backend serves) is checked when the gateway starts
-(`vmcp_opt/workflows/validation.py`). Warned of rather than refused: a `${VAR}` in a step's templates, which
-nothing expands there (`env_reference_warnings`).
-
-Just past ~450 lines: the models and their structural checks are one schema; the graph checks are apart
-(workflow_graph.py).
+keys, duplicate names and step ids, unknown or cyclic `depends_on`, a template that does not compile in the
+runtime's sandbox (an unknown filter or test), reads a name the run does not give it there (`param`, `item`
+outside a for_each's arguments, `lipsum`) or a parameter its schema does not list, or reads a step which is
+not among the step's dependencies, a parameter schema that is not JSON Schema, an `output_schema` that is not
+an object schema or requires a key `output` never makes, workflows that call each other in a cycle, a step
+calling a workflow without its required arguments or one that asks its user, and elicitation steps without
+a message or a flat form. What needs the live catalogue (a step naming a tool no backend serves) is checked
+when the gateway starts (`vmcp_opt/workflows/validation.py`). Warned of rather than refused: a `${VAR}` in a
+step's templates, which nothing expands there (`env_reference_warnings`).
 """
 
 from __future__ import annotations
@@ -34,14 +34,21 @@ from pydantic import (
 )
 
 from vmcp_opt.config.base import ENV_REFERENCE
+from vmcp_opt.config.workflow_calls import (
+    Workflow,
+    across_workflow_problems,
+    nested_ask_warnings,
+    raw_workflow_problems,
+    repeated_workflow_names,
+)
 from vmcp_opt.config.workflow_graph import (
     ancestors_of,
     find_cycle,
-    find_cycles,
     output_schema_problems,
     parameter_problems,
     schema_problems,
     step_templates,
+    template_names,
     template_problems,
     walk_strings,
 )
@@ -52,8 +59,6 @@ STEP_ID_PATTERN = r"^[A-Za-z][A-Za-z0-9_]{0,63}$"
 RESERVED_NAMES = frozenset({"find_tool", "call_tool"})
 # The names a for_each step's templates read besides its item, which the item may therefore not take.
 TEMPLATE_NAMES = ("params", "steps", "index")
-# The meta-tool through which a step may call any tool by name (`arguments.tool_name`).
-CALL_TOOL = "call_tool"
 # A `${VAR}` reference, as backend fields spell it (config/base.py): not expanded in workflows, so warned of.
 
 
@@ -264,7 +269,7 @@ class WorkflowConfig(_Strict):
     @model_validator(mode="after")
     def _graph_and_templates(self) -> WorkflowConfig:
         """One `path: reason` line per problem, relative to this workflow (config.py prefixes its place)."""
-        problems = _structure_problems(self.parameters, list(self.steps), self.output, self.output_schema)
+        problems = _structure_problems(self.parameters, list(self.steps), self.output, self.output_schema, self.name)
         if problems:
             raise ValueError("\n".join(problems))
         return self
@@ -320,6 +325,7 @@ def unchecked_workflow_problems(definition: Any) -> list[str]:
         [_salvaged(step) for step in steps] if isinstance(steps, list) else [],
         output if isinstance(output, dict) else None,
         output_schema if isinstance(output_schema, dict) else None,
+        definition.get("name") if isinstance(definition.get("name"), str) else None,
     )
 
 
@@ -345,8 +351,10 @@ def _structure_problems(
     steps: list[StepConfig | None],
     output: dict[str, Any] | None,
     output_schema: dict[str, Any] | None = None,
+    name: str | None = None,
 ) -> list[str]:
-    """The workflow's own checks, by path relative to it; `None` stands for a step that could not be read."""
+    """The workflow's own checks, by path relative to it; `None` stands for a step that could not be read.
+    A template's problems also name the workflow (`name`) and the step."""
     problems = parameter_problems(parameters)
     if output_schema is not None:
         problems += output_schema_problems(output_schema, output)
@@ -365,9 +373,12 @@ def _structure_problems(
     ancestors = ancestors_of(edges)
     for index, step in present:
         for place, source in step_templates(step):
-            problems += template_problems(f"steps[{index}].{place}", source, ancestors[step.id], known)
+            names, where = template_names(step, place), f"steps[{index}].{place}"
+            owner = f"workflow '{name}', step '{step.id}'" if name else f"step '{step.id}'"
+            problems += template_problems(where, source, ancestors[step.id], known, names, parameters, owner)
     for place, source in walk_strings(output or {}, "output"):
-        problems += template_problems(place, source, known, known)
+        owner = f"workflow '{name}', output" if name else "output"
+        problems += template_problems(place, source, known, known, parameters=parameters, owner=owner)
     return problems
 
 
@@ -402,62 +413,21 @@ def unused_setting_warnings(workflows: Sequence[WorkflowConfig]) -> list[str]:
 
 
 def workflow_warnings(workflows: Sequence[WorkflowConfig]) -> list[str]:
-    """What `vmcp validate` and a start warn of in the workflows: valid, but probably not what was meant."""
-    return env_reference_warnings(workflows) + unused_setting_warnings(workflows)
+    """What `vmcp validate` and a start warn of in the workflows: valid, but probably not what was meant (a step
+    calling a workflow that asks its user included)."""
+    return (
+        env_reference_warnings(workflows) + unused_setting_warnings(workflows) + nested_ask_warnings(_shapes(workflows))
+    )
 
 
 def check_workflows(workflows: list[WorkflowConfig]) -> list[str]:
-    """Across workflows: unique names, and no workflow reaching itself through its steps' tools (named
-    directly, or as a literal `tool_name` of a `call_tool` step)."""
-    return _across_workflows([(w.name, [(s.tool, s.arguments) for s in w.steps]) for w in workflows])
+    """Across workflows (config/workflow_calls.py): unique names, no workflow reaching itself through its steps'
+    tools, and each call of a workflow by another's step possible as written."""
+    return across_workflow_problems(_shapes(workflows))
 
 
-def raw_workflow_problems(definitions: Any) -> list[str]:
-    """`check_workflows` on raw definitions, for `vmcp validate` to report with the fields' problems in
-    one pass (pydantic checks across workflows only once every field is valid); what cannot be read is
-    left out."""
-    readable = []
-    for definition in definitions if isinstance(definitions, list) else []:
-        name = definition.get("name") if isinstance(definition, dict) else None
-        if not isinstance(name, str):
-            continue
-        steps = definition.get("steps")
-        pairs = [
-            (step.get("tool"), step.get("arguments"))
-            for step in (steps if isinstance(steps, list) else [])
-            if isinstance(step, dict)
-        ]
-        readable.append(
-            (name, [(t if isinstance(t, str) else None, a if isinstance(a, dict) else {}) for t, a in pairs])
-        )
-    return _across_workflows(readable)
+def _shapes(workflows: Sequence[WorkflowConfig]) -> list[Workflow]:
+    return [(w.name, w.parameters, [(s.id, s.type, s.tool, s.arguments) for s in w.steps]) for w in workflows]
 
 
-StepCalls = list[tuple[str | None, dict[str, Any]]]  # per step: its tool and its arguments
-
-
-def _across_workflows(workflows: list[tuple[str, StepCalls]]) -> list[str]:
-    names = [name for name, _ in workflows]
-    problems = repeated_workflow_names(names)
-    known = set(names)
-    calls = {name: sorted(_called(steps, known)) for name, steps in workflows}
-    for cycle in find_cycles(calls):
-        index = names.index(cycle[0])
-        problems.append(f"workflows[{index}]: workflows call each other in a cycle: {' -> '.join(cycle)}")
-    return problems
-
-
-def _called(steps: StepCalls, workflows: set[str]) -> set[str]:
-    """The workflows the steps call: by name, or through call_tool with a literal `tool_name` (a template
-    there is only known at run time, where nesting is bounded: workflows/provider.py)."""
-    called = set()
-    for tool, arguments in steps:
-        target = arguments.get("tool_name") if tool == CALL_TOOL else tool
-        if isinstance(target, str) and "{{" not in target and "{%" not in target and target in workflows:
-            called.add(target)
-    return called
-
-
-def repeated_workflow_names(names: list[str]) -> list[str]:
-    repeated = sorted({n for n in names if names.count(n) > 1})
-    return [f"workflows: names must be unique, repeated: {', '.join(repeated)}"] if repeated else []
+__all__ = ["check_workflows", "raw_workflow_problems", "repeated_workflow_names"]

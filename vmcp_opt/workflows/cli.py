@@ -53,7 +53,8 @@ def list_workflows(
         out.print("no workflows in this config (`workflows:`)")
     for workflow in cfg.workflows:
         steps = ", ".join(f"{s.id}→{s.tool}" for s in workflow.steps)
-        out.print(f"[bold]{workflow.name}[/]: {workflow.description}\n  steps: {steps}", highlight=False)
+        out.print(f"[bold]{shown(workflow.name)}[/]: {shown(workflow.description)}", highlight=False)
+        out.print(f"  steps: {printable(steps)}", markup=False, highlight=False)
 
 
 @workflow_app.command("run")
@@ -78,7 +79,8 @@ def run(
     setup_logging("warning")
     names = [w.name for w in cfg.workflows]
     if name not in names:
-        err.print(f"no workflow '{printable(name)}' in this config (there are: {', '.join(names) or 'none'})")
+        there = ", ".join(names) or "none"
+        err.print(f"no workflow '{printable(name)}' in this config (there are: {there})", markup=False)
         raise typer.Exit(2)
     workflow = next(w for w in cfg.workflows if w.name == name)
     arguments = parse_arguments(arg or [], workflow.parameters)
@@ -89,14 +91,20 @@ def run(
     if report["error"] is not None:
         if not as_json:
             because = _not_connected(report.get("not_connected", {}))
-            err.print(f"[bold red]failed[/]: {printable(report['error'])}{because}", highlight=False)
+            err.print(f"[bold red]failed[/]: {shown(report['error'])}{because}", highlight=False)
         raise typer.Exit(1)
 
 
 def _not_connected(down: dict[str, str]) -> str:
     """Why a step's tool may be unknown: the backends that never connected, each with its reason."""
     said = "; ".join(f"backend '{name}' is not connected: {reason}" for name, reason in down.items())
-    return escape(f" ({printable(said)})") if said else ""
+    return shown(f" ({said})") if said else ""
+
+
+def shown(text: str) -> str:
+    """Config, client or backend text inside a line with markup: its brackets taken as text (`[/var/log]` in an
+    error ended the command with a MarkupError), its control characters escaped."""
+    return escape(printable(text))
 
 
 def parse_arguments(pairs: list[str], parameters: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -108,7 +116,7 @@ def parse_arguments(pairs: list[str], parameters: dict[str, Any] | None = None) 
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            err.print(f"--arg {printable(pair)}: expected key=value")
+            err.print(f"--arg {printable(pair)}: expected key=value", markup=False)
             raise typer.Exit(2)
         if key in texts:
             arguments[key] = value
@@ -130,7 +138,7 @@ def check_arguments(cfg: Any, name: str, arguments: dict[str, Any]) -> None:
     try:
         validator.check(name, workflow.parameters, arguments)
     except ArgumentError as exc:
-        err.print(f"[bold red]invalid arguments[/] for workflow '{printable(name)}':", highlight=False)
+        err.print(f"[bold red]invalid arguments[/] for workflow '{shown(name)}':", highlight=False)
         for problem in exc.problems:
             err.print(f"  {printable(problem)}", markup=False, highlight=False)
         raise typer.Exit(2) from None
@@ -155,7 +163,7 @@ async def terminal_ask(message: str, schema: dict[str, Any]) -> dict[str, Any]:
     """An elicitation step's question, asked on the terminal: one prompt per form field; an empty answer to
     a required field declines, an answer that is not of the field's type is asked again, and the end of
     the terminal's input cancels (as a user dismissing the question)."""
-    out.print(f"[bold]?[/] {printable(message)}", highlight=False)
+    out.print(f"[bold]?[/] {shown(message)}", highlight=False)
     content: dict[str, Any] = {}
     required = set(schema.get("required", []))
     for field, spec in schema.get("properties", {}).items():
@@ -171,7 +179,8 @@ async def terminal_ask(message: str, schema: dict[str, Any]) -> dict[str, Any]:
             if value is not None:
                 content[field] = value
                 break
-            err.print(f"  '{printable(answer)}' is not of type {spec.get('type')}; try again (empty to skip)")
+            kind = printable(str(spec.get("type")))
+            err.print(f"  '{printable(answer)}' is not of type {kind}; try again (empty to skip)", markup=False)
         if answer == "" and field in required:
             return {"action": "decline"}
     return {"action": "accept", "content": content}
@@ -203,8 +212,8 @@ async def _run(cfg: Any, name: str, arguments: dict[str, Any], live: bool) -> di
             line = f"[{colour}]{step.status:>7}[/] [bold]{step.id}[/]  {step.duration * 1000:.0f} ms"
             line += f"  ({step.attempts} calls)" if step.attempts > 1 else ""
             out.print(line, highlight=False)
-            shown = step.error if step.error is not None else readable_json(step.output)
-            out.print(f"          {shorten(shown, 400)}", markup=False, highlight=False)
+            said = step.error if step.error is not None else readable_json(step.output)
+            out.print(f"          {shorten(said, 400)}", markup=False, highlight=False)
 
     async with anyio.create_task_group() as group:
         await gateway.start(group)

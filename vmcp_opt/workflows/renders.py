@@ -20,7 +20,11 @@ share.
 
 Slots are waited for in that order, never held while waiting on anything but the next one (so renders
 cannot deadlock), and released together when the thread has ended: a cancelled run's render is told to
-stop and waited for, since abandoning it would free its slots while it still computes. A run started by a
+stop and waited for, since abandoning it would free its slots while it still computes. That wait is short:
+a render looks at its run's deadline and stop signal before every operator, call and filter, and no one
+filter call may cost more than `MAX_CALL_UNITS` (~0.5 s of CPU, charged before it runs: filter_costs.py),
+so a run that timed out frees its slots within one such call. Before that bound, one `urlize` of a client's
+3 MB computed for 14 s past its run's 3 s timeout, and two callers' runs held all 8 slots for a minute. A run started by a
 step of another run (a nested workflow, directly or through call_tool) shares the outermost run's slots:
 the executor finds the enclosing run (executor.py) and passes its `RunRenders` to `run()`, so nesting
 cannot multiply them. The provider keys a caller as the rate limits do (`caller_key`: a verified subject,

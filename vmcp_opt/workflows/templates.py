@@ -22,6 +22,9 @@ loops). The executor renders off the event loop (a worker thread), and each rend
   cost grows with the square of their size (a 1M-bit `//` held the GIL for ~0.4 s, past every clock's look);
 - everything a render produces (operators, `~`, calls, filters, output) and every line of template code it
   runs counts against `MAX_WORK`, so a loop that grows a value step by step stops too;
+- a filter's own loop runs out of the clocks' sight (`urlize` on 3 MB computed 14 s past them), so a costly
+  filter's worst case, known from its input and arguments, is charged before it runs, and refused past what
+  the render has left or what one call may take (filter_costs.py);
 - the clocks (the run's deadline, the render's own allowance of `MAX_RENDER_SECONDS` of its thread's CPU time,
   and the run's cancellation) are looked at on every arithmetic operator, call and filter, and every
   `_DEADLINE_EVERY` lines of template code (a trace function on `<template>` frames only). CPU time, not
@@ -57,6 +60,8 @@ from jinja2.compiler import CodeGenerator, Frame
 from jinja2.sandbox import SandboxedEnvironment, SandboxedFormatter
 from markupsafe import Markup
 
+from vmcp_opt.config.template_checks import INTERCEPTED_BINOPS, REMOVED_GLOBALS
+from vmcp_opt.workflows.filter_costs import charge_filter, joined_size, percent_fields, replaced_size
 from vmcp_opt.workflows.step_results import TOO_WIDE, too_wide
 
 _ONE_EXPRESSION = re.compile(r"^\s*\{\{(?P<expression>(?:(?!\}\}|\{\{).)*)\}\}\s*$", re.S)
@@ -183,47 +188,10 @@ def _check_repeat(left: Any, right: Any) -> None:
             _spend(len(seq) * max(times, 0))
 
 
-# What follows a `%` and its mapping key, if any: flags, width, precision (`%(key)-10.3s`).
-_PERCENT_FIELD = re.compile(r"[#0\- +]*+(\*|\d+)?(?:\.(\*|\d+))?")
-
-
-def _percent_fields(form: str) -> Iterator[tuple[str, str]]:
-    """(width, precision) of each `%` field of `form`, as Python's `%` reads them: a mapping key runs to its
-    matching `)`, parentheses nested (`%(a(b)c)9s` has width 9; the pattern this replaces stopped the key at the
-    first `)` and missed it). Each character is read once (that pattern read to the end again from each `%(` of
-    a form with no `)`)."""
-    at = form.find("%")
-    while at >= 0:
-        if form.startswith("%", at + 1):  # `%%` is a literal percent, not a field: its second `%` starts none
-            at = form.find("%", at + 2)
-            continue
-        after_key = _key_end(form, at + 1)
-        found = _PERCENT_FIELD.match(form, after_key) if after_key is not None else None
-        if found is None:
-            return  # an unclosed key: `%` refuses the form
-        yield found.group(1) or "", found.group(2) or ""
-        at = form.find("%", found.end())
-
-
-def _key_end(form: str, at: int) -> int | None:
-    """Where the `(key)` at `at` ends (`at` when there is none), or None when it is never closed."""
-    if not form.startswith("(", at):
-        return at
-    depth = 0
-    for position in range(at, len(form)):
-        if form[position] == "(":
-            depth += 1
-        elif form[position] == ")":
-            depth -= 1
-            if depth == 0:
-                return position + 1
-    return None
-
-
 def _check_percent(form: str, args: Any) -> None:
     """`'%10d' % x`: no width or precision past MAX_SIZE, written or given as `*`."""
     values = args if isinstance(args, tuple) else (args,)
-    for width, precision in _percent_fields(form):
+    for width, precision in percent_fields(form):
         for part in (width, precision):
             if part == "*":
                 if any(isinstance(v, int) and abs(v) > MAX_SIZE for v in values):
@@ -265,33 +233,21 @@ def _estimate_method(owner: Any, name: str, args: tuple[Any, ...], kwargs: dict[
         for value in (*args, *kwargs.values()):
             _check_width(name, value)
     if isinstance(owner, str) and name == "join" and args:
-        return _joined_size(owner, args[0])
+        return joined_size(owner, args[0])
     if isinstance(owner, str) and name == "replace" and len(args) >= 2:
-        return _replaced_size(owner, args[0], args[1])
+        return replaced_size(owner, args[0], args[1])
     if isinstance(owner, str) and name == "translate" and args and isinstance(args[0], dict):
         longest = max((_size(v) for v in args[0].values()), default=1)
         return len(owner) * max(longest, 1)
     return _size(owner) + sum(_size(v) for v in (*args, *kwargs.values()))
 
 
-def _joined_size(separator: str, items: Any) -> int:
-    if not isinstance(items, list | tuple | str):
-        return 1  # an iterator: its items are counted where they were made
-    return sum(_size(item) for item in items) + len(separator) * len(items)
-
-
-def _replaced_size(source: str, old: Any, new: Any) -> int:
-    if not isinstance(old, str) or not isinstance(new, str):
-        return len(source)
-    matches = len(source) + 1 if old == "" else source.count(old)
-    return len(source) + matches * len(new)
-
-
 _PASSED = (jinja2.runtime.Context, jinja2.nodes.EvalContext, jinja2.Environment)  # what pass_* filters get first
 
 
 def _bounded_filter(name: str, function: Callable[..., Any]) -> Callable[..., Any]:
-    """`function` with its width argument checked and what it is given counted (pass_* markers kept)."""
+    """`function` with its width argument checked, what it is given counted, and its worst case charged first
+    (filter_costs.py: a filter's own loop runs past every look at the clocks) (pass_* markers kept)."""
     width = _WIDTH_FILTERS.get(name)
 
     @wraps(function)
@@ -302,12 +258,14 @@ def _bounded_filter(name: str, function: Callable[..., Any]) -> Callable[..., An
             budget.check_clocks()
         if width is not None:
             _check_width(f"{name}({width})", kwargs.get(width, values[1] if len(values) > 1 else None))
+        if budget is not None:
+            budget.spend(charge_filter(name, values, kwargs, budget.left))  # its worst case, before it runs
         if name == "round" and values:  # to tens (a negative precision) is a division of the value
             _check_division("round", values[0])
         if name == "join" and values:
-            _spend(_joined_size(str(values[1]) if len(values) > 1 else "", values[0]))
+            _spend(joined_size(str(values[1]) if len(values) > 1 else "", values[0]))
         elif name == "replace" and len(values) >= 3 and isinstance(values[0], str):
-            _spend(_replaced_size(values[0], values[1], values[2]))
+            _spend(replaced_size(values[0], values[1], values[2]))
         elif name == "format" and values and isinstance(values[0], str):
             _check_percent(values[0], tuple(values[1:]) or tuple(kwargs.values()))
         elif name == "sum" and values and isinstance(values[0], list | tuple):
@@ -350,7 +308,7 @@ def _constant_code(value: Any) -> str:
 class _Sandbox(SandboxedEnvironment):
     code_generator_class = _Generator
     # Every binary arithmetic operator: each is a look at the clocks, and each is bounded before it runs.
-    intercepted_binops = frozenset({"+", "-", "*", "/", "//", "%", "**"})
+    intercepted_binops = INTERCEPTED_BINOPS
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
         budget: _Budget | None = getattr(_current, "budget", None)
@@ -408,8 +366,9 @@ def _fromjson(value: Any) -> Any:
 
 
 _ENVIRONMENT = _Sandbox(undefined=jinja2.StrictUndefined, autoescape=False)
-_ENVIRONMENT.globals.pop("lipsum", None)
-_ENVIRONMENT.filters["fromjson"] = _fromjson
+for _name in REMOVED_GLOBALS:  # the names `vmcp validate` checks templates against (config/template_checks.py)
+    _ENVIRONMENT.globals.pop(_name, None)
+_ENVIRONMENT.filters.update({"fromjson": _fromjson})  # ADDED_FILTERS
 _ENVIRONMENT.filters.update({name: _bounded_filter(name, f) for name, f in _ENVIRONMENT.filters.items()})
 
 
