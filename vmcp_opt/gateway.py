@@ -10,6 +10,7 @@ Just past ~450 lines: the composition root wires every part once; splitting it w
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Awaitable, Callable
@@ -39,6 +40,8 @@ from vmcp_opt.workflows.renders import RenderSlots
 from vmcp_opt.workflows.validation import unknown_tools
 
 logger = logging.getLogger(__name__)
+# Seconds before a background loop of the gateway's that failed unexpectedly runs again (`_kept_running`).
+RESTART_DELAY = 5.0
 
 ListKind = Literal["tools", "prompts", "resources"]
 ALL_LISTS: frozenset[ListKind] = frozenset(("tools", "prompts", "resources"))
@@ -169,8 +172,19 @@ class Gateway:
     async def _share_changes(self) -> None:
         assert self.changes is not None
         with anyio.CancelScope() as self._changes_scope:
-            if not self._stopping:
-                await self.changes.run()
+            await self._kept_running("the listener of other replicas' changes", self.changes.run)
+
+    async def _kept_running(self, what: str, run: Callable[[], Awaitable[None]]) -> None:
+        """`run`, a loop that ends only when the gateway stops, run again after an unexpected error (logged).
+        Every such loop runs in the HTTP lifespan's task group: an error raised there ended the group and the
+        session manager with it, every request then failing while /readyz said ready."""
+        while not self._stopping:
+            try:
+                await run()
+                return
+            except Exception:
+                logger.exception("%s failed; it runs again in %g s", what, RESTART_DELAY)
+            await anyio.sleep(RESTART_DELAY)
 
     async def first_catalogue(self) -> None:
         """Wait, however long the backends' connect timeouts allow, for the first catalogue (one-shot commands)."""
@@ -240,8 +254,9 @@ class Gateway:
                 ", ".join(late),
             )
             for name in late:
-                task_group.start_soon(self._join_when_ready, self.backends.connections[name], name=f"join:{name}")
-        task_group.start_soon(self.health.run, name="health")
+                join = functools.partial(self._join_when_ready, self.backends.connections[name])
+                task_group.start_soon(self._kept_running, f"backend {name}'s late join", join, name=f"join:{name}")
+        task_group.start_soon(self._kept_running, "the health checks", self.health.run, name="health")
         self._changed_while_starting = False
         async with self._rebuilding:  # a late backend joining meanwhile rebuilds after this, not beside it
             await self.catalog.rebuild()

@@ -268,7 +268,8 @@ class RedisConfig(_Strict):
     # Prefix of every key the gateway writes, so several deployments can share one Redis: give each its own,
     # or they share rate-limit budgets, backend-change broadcasts, what find_tool learns and session ids.
     key_prefix: str = "vmcp:"
-    # Seconds to connect and to run one command; past it Redis counts as unreachable for that request.
+    # Seconds to connect and to run one command; past it Redis counts as unreachable (until a probe, at most one a
+    # second, is answered: requests meanwhile skip the session touch and the rate check, failing open).
     timeout: float = Field(0.25, gt=0)
     # Tell every replica of the backend changes this one notices (tools, prompts, resources, connection
     # state), by pub/sub on `<key_prefix>changes`: the others re-list that backend, and their clients get

@@ -9,7 +9,8 @@ server loop has been through the stored handshake, served by this layer instead 
 
 Every request naming a session pushes its Redis expiry ahead (open streams too, from a keep-alive task), and
 finds out whether it still exists: a session deleted on another replica answers 404 here as well, and its
-local copy is ended. DELETE deletes it in Redis (before its 200 reaches the client); every replica looks for
+local copy is ended. DELETE deletes it in Redis (its tombstone written) before anything ends it here, and is
+answered 503 with Retry-After, the session left as it was, when Redis fails; every replica looks for
 the deletions of the sessions it holds each `REAP_INTERVAL` and ends its copies, so their slots are free for the
 client's next session at once, not after the idle timeout. A replica reaping its own idle copy, or stopping, leaves the
 record: the session may be in use elsewhere, and its key expires once it has been idle everywhere for
@@ -49,7 +50,7 @@ from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.lowlevel.server import Server
 from mcp_types import INVALID_REQUEST, InitializeRequestParams
 from starlette.requests import Request
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from vmcp_opt.config import VmcpConfig
 from vmcp_opt.logs import ThrottledLog
@@ -62,7 +63,7 @@ from vmcp_opt.server.session_relays import Held, HeldSessions, SessionRelays
 from vmcp_opt.server.session_restore import is_replayed, restored_transport, serve_restored
 from vmcp_opt.server.sessions import SERVER_BUSY, SessionGate, Slot, client_address, json_rpc_error, may_open_session
 from vmcp_opt.shared.events import EVENTS, EVENTS_CALLER, STORE_ERRORS, RedisEventStore, ReplicaPresence
-from vmcp_opt.shared.redis_client import redis_client, redis_trouble
+from vmcp_opt.shared.redis_client import redis_client, redis_link, redis_trouble
 from vmcp_opt.shared.replica_shapes import ReplicaShapes, watch_shapes
 from vmcp_opt.shared.round_relay import RedisAnswerRelay, RedisCancelRelay, RedisRoundRelay
 from vmcp_opt.shared.session_store import (
@@ -174,9 +175,12 @@ class SharedSessions:
         if not found:
             await self._not_found(send, unsure)
             return
+        assert kept is not None
+        if scope["method"] == "DELETE" and not await self._delete(session_id, kept.events):
+            await self._retry_later(send)  # nothing ended, here or elsewhere: the client retries its DELETE
+            return
         if held is None and scope["method"] == "DELETE":
-            assert record is not None
-            await self._delete(session_id, record.events)  # no need to restore a session to end it
+            # No need to restore a session to end it.
             await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"0")]})
             await send({"type": "http.response.body", "body": b""})
             return
@@ -192,14 +196,7 @@ class SharedSessions:
         may hold the session, has been failing for less than the grace (a restart, a failover). Nothing said of
         Redis itself (where it is, its password): the log says it."""
         if unsure and self.store.outage.brief():
-            await json_rpc_error(
-                send,
-                503,
-                SERVER_BUSY,
-                f"The session store is briefly unavailable; retry in {OUTAGE_RETRY_AFTER} s",
-                {"retry_after": OUTAGE_RETRY_AFTER},
-                [(b"retry-after", str(OUTAGE_RETRY_AFTER).encode())],
-            )
+            await self._retry_later(send)
             return
         if unsure:
             self._log.warning(
@@ -209,6 +206,17 @@ class SharedSessions:
                 self.store.outage.grace,
             )
         await json_rpc_error(send, 404, INVALID_REQUEST, "Session not found")
+
+    @staticmethod
+    async def _retry_later(send: Send) -> None:
+        await json_rpc_error(
+            send,
+            503,
+            SERVER_BUSY,
+            f"The session store is briefly unavailable; retry in {OUTAGE_RETRY_AFTER} s",
+            {"retry_after": OUTAGE_RETRY_AFTER},
+            [(b"retry-after", str(OUTAGE_RETRY_AFTER).encode())],
+        )
 
     async def _still_open(self, session_id: str, held: Held) -> bool:
         """Whether a session this replica holds is still open, its record (re)written when Redis lacks it and
@@ -230,21 +238,14 @@ class SharedSessions:
             with anyio.move_on_after(RESTORE_WAIT):  # past it, served as it is (it logs what was refused)
                 await held.restored.wait()
 
-        async def watch(message: Message) -> None:
-            if message["type"] == "http.response.start" and scope["method"] == "DELETE" and message["status"] == 200:
-                # Gone from Redis before the client learns it is: its next session may land on a replica
-                # still holding a copy of this one, which must find the deletion to free the copy's slot.
-                await self._delete(session_id, held.record.events)
-            await send(message)
-
         held.scope = scope
         token = EVENTS.set(held.record.events)
         self._in_flight[session_id] += 1
         try:
             if held.transport is None:
-                await self.app(scope, receive, watch)
+                await self.app(scope, receive, send)
             else:
-                await held.transport.handle_request(scope, receive, watch)
+                await held.transport.handle_request(scope, receive, send)
         finally:
             EVENTS.reset(token)
             self._in_flight[session_id] -= 1
@@ -341,13 +342,26 @@ class SharedSessions:
         if not await self._write_back(held, session_id):
             await self._end_here(session_id, held)
 
-    async def _delete(self, session_id: str, events: str) -> None:
-        """The session's record and its SSE events (namespace `events`), gone from Redis."""
+    async def _delete(self, session_id: str, events: str) -> bool:
+        """A DELETE's session deleted in Redis (its tombstone written) before this replica ends its own copy
+        and answers: the client's next session may land on a replica still holding a copy of this one, which
+        must find the deletion to free the copy's slot, and a copy elsewhere must never write the record back.
+        False when Redis failed: nothing is ended anywhere, the client is answered 503 and retries (a 200 then
+        ended the copy here while the others wrote the session back once Redis returned). A DELETE the SDK then
+        refuses for its headers has ended it all the same, as one of a copy held elsewhere always did. Its SSE
+        events (namespace `events`) go too, or expire."""
         try:
             await self.store.delete(session_id)
+        except STORE_ERRORS as exc:
+            self._log.warning(
+                "delete", "sessions: a DELETE answered 503, not recorded in Redis: %s", redis_trouble(exc)
+            )
+            return False
+        try:
             await self.events.forget(events)
         except STORE_ERRORS as exc:
-            self._log.warning("delete", "sessions: a deleted session stays in Redis until it expires: %s", exc)
+            self._log.warning("forget", "sessions: a deleted session's events stay until they expire: %s", exc)
+        return True
 
     async def record(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
         """Server middleware: what a request changed in its session's state, written before it is answered."""
@@ -434,7 +448,7 @@ def redis_session_parts(config: VmcpConfig, replica: str) -> SharedSessionParts:
     prefix, ttl = config.redis.key_prefix, config.limits.session_idle_timeout
     presence = ReplicaPresence(client, prefix, replica)
     return SharedSessionParts(
-        RedisSessions(client, prefix, ttl, outage=StoreOutage(settings.outage_grace_seconds)),
+        RedisSessions(client, prefix, ttl, outage=StoreOutage(settings.outage_grace_seconds), link=redis_link(config)),
         RedisEventStore(
             client,
             prefix,

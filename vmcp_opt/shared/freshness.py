@@ -26,13 +26,15 @@ from typing import Any
 
 import anyio
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from vmcp_opt.backends.connection import BackendConnection
 from vmcp_opt.logs import ThrottledLog
 
 logger = logging.getLogger(__name__)
 RECONNECT_DELAY = 1.0
+# What a failed Redis call raises (a cluster client's own errors are no RedisError).
+_REDIS_ERRORS = (RedisError, RedisClusterException, OSError, TimeoutError)
 LOG_INTERVAL = 60.0
 
 
@@ -72,31 +74,42 @@ class ChangeBroadcast:
         message = json.dumps({"origin": self.origin, "backend": connection.name, "fingerprint": now})
         try:
             await self.client.publish(self.channel, message)
-        except (RedisError, OSError, TimeoutError) as exc:
+        except _REDIS_ERRORS as exc:
             self._log.warning("publish", "backend changes not shared (Redis): %s: %s", type(exc).__name__, exc)
 
     async def run(self) -> None:
         """Hear the other replicas' changes until cancelled; reconnects after a Redis failure."""
-        while True:
-            try:
-                await self._listen()
-            except (RedisError, OSError, TimeoutError) as exc:
-                self._log.warning(
-                    "listen", "not hearing other replicas' changes (Redis): %s: %s", type(exc).__name__, exc
-                )
-            await anyio.sleep(RECONNECT_DELAY)
+        # The task group is outside the retry loop: a Redis error raised inside it came out wrapped in an
+        # exception group, which the `except` below did not catch; it ended the HTTP lifespan's task group, and
+        # with it the session manager (every request 500 while /readyz said ready).
+        async with anyio.create_task_group() as checks:
+            while True:
+                try:
+                    await self._listen(checks)
+                except _REDIS_ERRORS as exc:
+                    self._log.warning(
+                        "listen", "not hearing other replicas' changes (Redis): %s: %s", type(exc).__name__, exc
+                    )
+                await anyio.sleep(RECONNECT_DELAY)
 
-    async def _listen(self) -> None:
+    async def _listen(self, checks: anyio.abc.TaskGroup) -> None:
         pubsub = self.client.pubsub(ignore_subscribe_messages=True)
         try:
             await pubsub.subscribe(self.channel)
-            async with anyio.create_task_group() as checks:
-                while True:
-                    message = await pubsub.get_message(timeout=1.0)
-                    if message is not None and message.get("type") == "message":
-                        self._heard(message["data"], checks)
+            while True:
+                message = await pubsub.get_message(timeout=1.0)
+                if message is not None and message.get("type") == "message":
+                    self._heard(message["data"], checks)
         finally:
-            await pubsub.aclose()  # type: ignore[no-untyped-call]
+            with anyio.CancelScope(shield=True), anyio.move_on_after(RECONNECT_DELAY):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def _check(self, connection: BackendConnection) -> None:
+        """A health check asked for by another replica's change; its failure is logged, the listener goes on."""
+        try:
+            await self.check_health(connection)
+        except Exception:
+            logger.exception("health check of backend %s (changed on another replica) failed", connection.name)
 
     def _heard(self, data: Any, checks: anyio.abc.TaskGroup) -> None:
         try:
@@ -111,4 +124,4 @@ class ChangeBroadcast:
             return
         logger.info("backend %s changed on another replica: re-listing it", backend)
         connection.refresh_soon()
-        checks.start_soon(self.check_health, connection)
+        checks.start_soon(self._check, connection)

@@ -16,7 +16,8 @@ a refused call costs the gateway work too, and those bound what a caller, and al
 The Redis store is vmcp_opt/shared/redis_buckets.py, imported only when `rate_limits.store` is redis.
 Redis unreachable (or too slow, past `redis.timeout`): the call passes. Failing open keeps the gateway
 serving when its shared store is gone; each miss is counted (`RateLimiter.unchecked`) and logged at most
-once per `rate_limits.log_interval`.
+once per `rate_limits.log_interval`. Once the process knows Redis is unreachable, the calls pass without asking
+it (no timeout each) until a probe finds it back (`RedisLink.usable`, vmcp_opt/shared/redis_client.py).
 """
 
 from __future__ import annotations

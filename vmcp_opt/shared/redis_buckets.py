@@ -10,7 +10,7 @@ from redis.exceptions import RedisClusterException, RedisError
 
 from vmcp_opt.config import VmcpConfig
 from vmcp_opt.shared.rate_limits import Bucket
-from vmcp_opt.shared.redis_client import redis_client
+from vmcp_opt.shared.redis_client import RedisLink, redis_client, redis_link, skip_unless_usable
 from vmcp_opt.shared.redis_cluster import cluster_tag
 
 # KEYS: the buckets' keys. ARGV: rate and burst of each, in KEYS order. Redis's own clock, so replicas'
@@ -52,8 +52,9 @@ class RedisBuckets:
 
     errors: tuple[type[Exception], ...] = (RedisError, RedisClusterException)
 
-    def __init__(self, client: Redis, prefix: str) -> None:
+    def __init__(self, client: Redis, prefix: str, link: RedisLink | None = None) -> None:
         self.client = client
+        self.link = link  # a Redis it knows unreachable is not asked: the call passes at once, unchecked
         # On a cluster every bucket is in one slot, `{rl}`: a call takes several buckets in one script (one node),
         # and a bucket (the shared one, a caller's) is taken with different others by different calls, so no
         # tag narrower than all of them keeps one key per bucket. A single Redis keeps the names it had.
@@ -61,6 +62,7 @@ class RedisBuckets:
         self._script = client.register_script(TAKE_SCRIPT)
 
     async def take(self, buckets: Sequence[Bucket]) -> tuple[int, float] | None:
+        skip_unless_usable(self.link)
         args: list[float] = []
         for bucket in buckets:
             args += [bucket.rate, bucket.burst]
@@ -74,4 +76,4 @@ class RedisBuckets:
 
 
 def redis_buckets(config: VmcpConfig) -> RedisBuckets:
-    return RedisBuckets(redis_client(config), config.redis.key_prefix)
+    return RedisBuckets(redis_client(config), config.redis.key_prefix, redis_link(config))

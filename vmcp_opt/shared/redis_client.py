@@ -13,6 +13,14 @@ transitions only, never a request or a retry:
     any state ── password refused, or one wanted ─▶ unauthenticated   warning
     any state ── a write refused ─────────────────▶ refusing          warning (full, ACL, read-only replica)
 
+A command that times out (a Redis that takes connections but never answers: stopped, swapping, a dead host
+behind a proxy) makes the link unreachable too (`read_response`), and a connection opening does not undo that
+(such a Redis takes connections): only a command answered (the probe's write) does. While the link is
+unreachable the request path does not ask Redis at all (`usable`, `skip_unless_usable`: a session's touch, a
+rate-limit check; both fail open): each request paid a full `redis.timeout` or two for the whole outage. A probe
+in the background (`/readyz`'s, at most once a `READY_PING_INTERVAL`, started by the requests skipped) finds
+when Redis is back.
+
 `unauthenticated` is a configuration error (the password is wrong, or Redis wants one and none is set): its
 warning and `/readyz` say so in those words, and never show the password. `refusing` is a Redis that answers
 but will not take the gateway's writes: at maxmemory with a policy that evicts nothing, an ACL user without
@@ -29,7 +37,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Literal, cast
 from urllib.parse import urlsplit
 
@@ -74,13 +82,17 @@ class RedisLink:
         self.ready_client: aioredis.Redis | None = None
         self.pinged_at = -math.inf
         self.ping_lock = asyncio.Lock()
+        # `/readyz`'s probe for this link (set with the clients' settings), and its run started by `usable`.
+        self.probe: Callable[[], Coroutine[Any, Any, None]] | None = None
+        self._probing: asyncio.Task[None] | None = None
+        self._stalled = False  # unreachable by a command's timeout: only an answer, not a connection, ends it
         self._lock = threading.Lock()
 
     def reached(self) -> None:
         """A connection opened: Redis answers, which says nothing of whether it takes writes (`refusing` stays)."""
         with self._lock:
-            refusing = self.state == "refusing"
-        if not refusing:
+            kept = self.state == "refusing" or self._stalled
+        if not kept:
             self._become("reachable", None)
 
     def accepted(self) -> None:
@@ -88,13 +100,34 @@ class RedisLink:
         self._become("reachable", None)
 
     def failed(self, exc: BaseException) -> None:
-        """A connection failed, or a write was refused; other errors (a script's) say nothing of the link."""
+        """A connection failed, a command timed out, or a write was refused; other errors (a script's) say
+        nothing of the link."""
         if isinstance(exc, AuthenticationError):
             self._become("unauthenticated", self._auth_problem())
         elif isinstance(exc, _CONNECTION_ERRORS):
             self._become("unreachable", f"unreachable ({type(exc).__name__}: {exc})")
+            with self._lock:
+                self._stalled = isinstance(exc, RedisTimeoutError | TimeoutError)
         elif isinstance(exc, ResponseError):
             self._become("refusing", refusal(exc))
+
+    def usable(self) -> bool:
+        """Whether the request path should ask Redis now: not while it is known unreachable, when a probe is
+        started instead (one at a time), which finds when it is back. The event loop's only."""
+        if self.state != "unreachable":
+            return True
+        loop = asyncio.get_running_loop()
+        # A task of a loop that has ended (another test's, another `vmcp` command's) never finishes.
+        idle = self._probing is None or self._probing.done() or self._probing.get_loop() is not loop
+        if self.probe is not None and idle and time.monotonic() - self.pinged_at >= READY_PING_INTERVAL:
+            self._probing = loop.create_task(self._probe_quietly(self.probe))
+        return False
+
+    async def _probe_quietly(self, probe: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        try:
+            await probe()
+        except Exception:  # a task nobody awaits: its error would only reach asyncio's "never retrieved"
+            logger.exception("redis: probing Redis at %s failed", self.where)
 
     def detail(self) -> dict[str, Any]:
         """For `/readyz`: the state, and the reason in words (`Redis refused the password (...)`)."""
@@ -111,6 +144,7 @@ class RedisLink:
     def _become(self, state: LinkState, problem: str | None) -> None:
         with self._lock:
             before, self.state, self.problem = self.state, state, problem
+            self._stalled = self._stalled and state == "unreachable"
         if state == before:
             return
         if state == "reachable":
@@ -187,6 +221,9 @@ class _AsyncConnection(aioredis.Connection):
     async def connect(self) -> None:
         await _connect_async(self.link, self.is_connected, super().connect)
 
+    async def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        return await _read_async(self.link, super().read_response(*args, **kwargs))
+
 
 class _AsyncSSLConnection(aioredis.SSLConnection):
     default_link: RedisLink | None = None
@@ -197,6 +234,9 @@ class _AsyncSSLConnection(aioredis.SSLConnection):
 
     async def connect(self) -> None:
         await _connect_async(self.link, self.is_connected, super().connect)
+
+    async def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        return await _read_async(self.link, super().read_response(*args, **kwargs))
 
 
 class _Connection(redis.Connection):
@@ -240,6 +280,15 @@ async def _connect_async(link: RedisLink, connected: bool, connect: Callable[[],
     link.reached()
 
 
+async def _read_async(link: RedisLink, read: Awaitable[Any]) -> Any:
+    # An answer's wait past `redis.timeout` (a read the caller bounded itself, a pub/sub poll, returns None).
+    try:
+        return await read
+    except RedisTimeoutError as exc:
+        link.failed(exc)
+        raise
+
+
 def _connect(link: RedisLink, connected: bool, connect: Callable[[], None]) -> None:
     if connected:
         return
@@ -249,6 +298,17 @@ def _connect(link: RedisLink, connected: bool, connect: Callable[[], None]) -> N
         link.failed(exc)
         raise
     link.reached()
+
+
+class NotAsked(RedisConnectionError):
+    """Raised instead of asking a Redis the link knows is unreachable (`skip_unless_usable`)."""
+
+
+def skip_unless_usable(link: RedisLink | None) -> None:
+    """Raises `NotAsked` while `link` says Redis is unreachable: the caller fails open at once, as it would
+    after the command's timeout."""
+    if link is not None and not link.usable():
+        raise NotAsked(f"not asked until it answers again: {link.where}")
 
 
 def redis_client(config: VmcpConfig) -> aioredis.Redis:
@@ -302,6 +362,7 @@ def _settings(config: VmcpConfig) -> dict[str, Any]:
         "health_check_interval": 0,
         "link": link,  # handed by the pool to each connection it opens (`_AsyncConnection`, `_Connection`)
     }
+    link.probe = lambda: _refresh(config, link)
     return dict(link.client_settings)
 
 
@@ -321,14 +382,19 @@ async def with_redis_state(config: VmcpConfig, body: dict[str, Any]) -> dict[str
     `ready` is `degraded` while Redis is not reachable, serving as before (the parts that use Redis go on
     without it)."""
     link = redis_link(config)
+    await _refresh(config, link)
+    detail = link.detail()
+    status = "degraded" if body["status"] == "ready" and detail["state"] != "reachable" else body["status"]
+    return {**body, "status": status, "redis": detail}
+
+
+async def _refresh(config: VmcpConfig, link: RedisLink) -> None:
+    """The link's state probed, unless it was within `READY_PING_INTERVAL` (concurrent asks share one)."""
     if time.monotonic() - link.pinged_at >= READY_PING_INTERVAL:
         async with link.ping_lock:
             if time.monotonic() - link.pinged_at >= READY_PING_INTERVAL:
                 await _probe(config, link)
                 link.pinged_at = time.monotonic()
-    detail = link.detail()
-    status = "degraded" if body["status"] == "ready" and detail["state"] != "reachable" else body["status"]
-    return {**body, "status": status, "redis": detail}
 
 
 async def _probe(config: VmcpConfig, link: RedisLink) -> None:

@@ -49,6 +49,7 @@ from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisClusterException, RedisError
 
 from vmcp_opt.logs import ThrottledLog
+from vmcp_opt.shared.redis_client import NotAsked, RedisLink, skip_unless_usable
 from vmcp_opt.shared.redis_cluster import cluster_tag
 
 logger = logging.getLogger(__name__)
@@ -186,8 +187,10 @@ class RedisSessions:
         max_uri_bytes: int = MAX_SHARED_URI_BYTES,
         max_subscription_bytes: int = MAX_SHARED_SUBSCRIPTION_BYTES,
         outage: StoreOutage | None = None,
+        link: RedisLink | None = None,
     ) -> None:
         self.client = client
+        self.link = link  # what the process knows of Redis: `touch` does not ask one known unreachable
         self.prefix = prefix + "session:"
         self.ended_prefix = prefix + "session-ended:"
         self.ttl_ms = max(1, int(ttl * 1000))
@@ -278,7 +281,13 @@ class RedisSessions:
 
     async def touch(self, session_id: str) -> Literal["live", "ended", "missing"]:
         """Pushes the expiry ahead: "live"; "ended" when it was deleted; "missing" when its record is not
-        there (expired, or Redis lost it) though it was not deleted."""
+        there (expired, or Redis lost it) though it was not deleted. Raises `NotAsked` at once while Redis is
+        known unreachable (a request on a session held here then pays no timeout)."""
+        try:
+            skip_unless_usable(self.link)
+        except NotAsked:
+            self.outage.failed()
+            raise
         async with self.client.pipeline(transaction=False) as pipe:
             pipe.pexpire(self._key(session_id), self.ttl_ms)
             pipe.exists(self._ended(session_id))
