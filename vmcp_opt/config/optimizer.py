@@ -73,8 +73,9 @@ class OptimizerConfig(_Strict):
     default_limit: int = Field(8, ge=1, le=50)
     # find_tool's searches at once, in total and per caller (each below).
     find_tool_slots: FindToolSlotsConfig = Field(default_factory=FindToolSlotsConfig)
-    # Seconds a find_tool made while the embedding model is still loading (the first seconds after start)
-    # waits for the vectors before it ranks by keywords only; 0 answers at once.
+    # Seconds find_tool waits for the vectors while the embedding model is still loading (the first seconds after
+    # start, minutes when the model is first exported) before it ranks by keywords only: once, from the first call
+    # that waits, shared by the calls after it; 0 answers at once.
     vector_wait: float = Field(10.0, ge=0, le=120)
     # Exact inner product by default; "hnsw" for very large catalogues.
     index_type: Literal["flat", "hnsw"] = "flat"

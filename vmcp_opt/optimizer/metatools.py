@@ -134,6 +134,7 @@ class OptimizerFront:
         self._worker: threading.Thread | None = None
         # Set once the first catalogue is embedded (or embedding failed): a find_tool meanwhile waits for it.
         self._vectors_ready = ReadySignal()
+        self._vector_deadline: float | None = None  # when find_tool stops waiting for them: the first wait's end
         self._embedding_failed = False
         # Set by the gateway: waits (bounded) for the backends' first listing, returns those still starting.
         self.wait_for_backends: Callable[[], Awaitable[list[str]]] = _none_starting
@@ -266,9 +267,13 @@ class OptimizerFront:
                 return _error(f"field 'backends': {problem}")
         if not self.index.dense_ready and self.settings.vector_wait > 0 and not self._embedding_failed:
             # The model loads in the first seconds after start; a keyword-only ranking (and scores that
-            # mean nothing yet) would be the agent's first impression. Bounded: then keywords it is.
+            # mean nothing yet) would be the agent's first impression. Bounded, and once: every call shares the
+            # first one's deadline (a first start's export takes minutes: each call waited `vector_wait` anew).
             # On the event loop, not in a worker thread: a burst of find_tool at start must not take them all.
-            await self._vectors_ready.wait(self.settings.vector_wait)
+            if self._vector_deadline is None:
+                self._vector_deadline = time.monotonic() + self.settings.vector_wait
+            if (left := self._vector_deadline - time.monotonic()) > 0:
+                await self._vectors_ready.wait(left)
         wanted = int(limit or self.settings.default_limit)
         usable = await allowed.router.usable_tools_async(allowed.caller) if allowed is not None else None
         # A policy that can say at once which tools a caller may use filters before ranking (`usable`);
