@@ -18,7 +18,7 @@ fi
 pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@"; }
 
 if ! .venv/bin/python -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '2.13.0')" 2>/dev/null; then
-  echo "==> installing torch 2.13.0 (CPU)"
+  echo "==> installing torch 2.13.0 from pip's configured index (on Linux, PyPI's default wheel pulls the CUDA libraries; README says how to get the CPU one)"
   pip install torch==2.13.0
 fi
 stamp=".venv/.vmcp-installed-$extras"

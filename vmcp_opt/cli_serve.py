@@ -9,6 +9,7 @@ import logging
 import os
 import socket
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -79,22 +80,45 @@ def exit_if_no_stdio(json_logs: bool = False) -> None:
         fatal(2, f"[bold red]cannot serve over stdio[/]: {reason}", f"cannot serve over stdio: {reason}", json_logs)
 
 
-def stdio_launch(config_path: Path | None) -> dict[str, object]:
-    """How a desktop client starts this gateway over stdio, on the config in use (not the bundled demo): the
-    `vmcp` script beside the interpreter, where a virtualenv or pipx puts it; else (`pip install --user`, a
-    system Python, whose scripts go elsewhere) the interpreter itself, which always finds its own package."""
-    args = ["serve", "--stdio", *(["-c", str(config_path.resolve())] if config_path is not None else [])]
+def stdio_launch(config_path: Path | None, flags: Sequence[str] = ()) -> dict[str, object]:
+    """How a desktop client starts this gateway over stdio, on the config in use (not the bundled demo) with
+    the `flags` this start was given (`carried_flags`): the `vmcp` script beside the interpreter, where a
+    virtualenv or pipx puts it; else (`pip install --user`, a system Python, whose scripts go elsewhere) the
+    interpreter itself, which always finds its own package."""
+    config = ["-c", str(config_path.resolve())] if config_path is not None else []
+    args = ["serve", "--stdio", *config, *flags]
     script = Path(sys.executable).parent / "vmcp"
     if script.exists() or script.with_suffix(".exe").exists():
         return {"command": str(script), "args": args}
     return {"command": sys.executable, "args": ["-m", "vmcp_opt", *args]}
 
 
+def carried_flags(cfg: VmcpConfig, argv: Sequence[str]) -> list[str]:
+    """The flags among `argv` (this `vmcp serve`'s) that change what a stdio start does, with the values in
+    effect: the snippet of a gateway started with `--no-optimizer` started one with the optimizer on.
+    `--host`, `--port` and `--allow-host` are HTTP's, and `-c` is `stdio_launch`'s own."""
+    given = {arg.split("=", 1)[0] for arg in argv}
+    flags = []
+    if given & {"--optimizer", "--no-optimizer"}:
+        flags.append("--optimizer" if cfg.optimizer.enabled else "--no-optimizer")
+    if "--log-level" in given:
+        flags += ["--log-level", cfg.server.log_level]
+    if "--log-format" in given:
+        flags += ["--log-format", cfg.server.log_format]
+    return flags
+
+
+# Read by libraries rather than by the config: OpenTelemetry's exporter settings, and the CA bundle that TLS
+# to HTTP backends and identity providers trusts.
+_LIBRARY_VARIABLES = ("OTEL_", "SSL_CERT_")
+
+
 def environment_read(config_path: Path | None) -> list[str]:
     """The environment variables this start read that a desktop client would not pass on: the `${VAR}`s of
-    the file's backends, the variables its `*_env` settings name, and the `VMCP_` settings set now. A client
-    starts a stdio server with a few variables of its own (PATH, HOME, …) and what its entry's `env` says,
-    never its user's shell's, so the banner's snippet pasted as is would find them unset and not start."""
+    the file's backends, the variables its `*_env` settings name, the `VMCP_` settings, and the OTEL_* and
+    SSL_CERT_* variables set now (names only: the banner never shows a value). A client starts a stdio server
+    with a few variables of its own (PATH, HOME, …) and what its entry's `env` says, never its user's shell's,
+    so the banner's snippet pasted as is would find them unset: not start, or start as another gateway."""
     from vmcp_opt.config.loading import DATA_DIR_REFERENCE, raw_config
 
     try:
@@ -106,6 +130,7 @@ def environment_read(config_path: Path | None) -> list[str]:
     names += _named_by_env_settings(raw)
     names += [name for name in os.environ if name.upper().startswith("VMCP_") and "__" in name]
     names += [name for name in os.environ if name.upper() == "VMCP_DATA_DIR"]
+    names += [name for name in os.environ if name.upper().startswith(_LIBRARY_VARIABLES)]
     return list(dict.fromkeys(names))
 
 
@@ -153,7 +178,7 @@ def announce(cfg: VmcpConfig, port: int, config_path: Path | None = None) -> Non
     local = PROJECT_ROOT / "node_modules" / ".bin" / "mcp-inspector"
     inspector = str(local) if local.exists() else "npx @modelcontextprotocol/inspector@0.15.0"
     try_it = f"{inspector} --cli {url} --transport http --method tools/list"
-    snippet = {"mcpServers": {"vmcp": stdio_launch(config_path)}}
+    snippet = {"mcpServers": {"vmcp": stdio_launch(config_path, carried_flags(cfg, sys.argv[1:]))}}
     needed = environment_read(config_path)
     if cfg.server.log_format == "json":
         logger.info(

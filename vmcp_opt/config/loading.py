@@ -10,12 +10,13 @@ while the file named a volume."""
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import re
 from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
-from typing import Any, get_origin
+from typing import Any, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
@@ -38,6 +39,7 @@ from vmcp_opt.config.references import (
     keys_at,
     literal_references,
     placed,
+    types_at,
     unset_references,
     with_env_references_resolved,
 )
@@ -239,6 +241,10 @@ def _describe(exc: ValidationError, source: SourceNamer | None = None) -> list[s
             message += _unquoted(error.get("input"))
         if error["type"] == "literal_error":
             message += _meant_value(error)
+        by_index = _by_index(tuple(error["loc"]), source) if error["type"] == "list_type" else None
+        if by_index is not None and isinstance(error.get("input"), dict):  # `VMCP_BACKENDS__0__…`
+            problems.append(by_index)
+            continue
         if (
             error["type"] == "list_type"
             and tuple(error["loc"]) == ("backends",)
@@ -381,13 +387,62 @@ def _is_section(annotation: Any) -> bool:
 
 
 def _unparsable(exc: SettingsError) -> str:
-    """A `VMCP_` variable that pydantic-settings could not decode (JSON, for a list or a mapping)."""
+    """A `VMCP_` variable that pydantic-settings could not decode (a list or a mapping is JSON). It names
+    only the section: the variable is found by decoding each of the section's alone."""
     field = re.search(r'field "(\w+)"', str(exc))
-    if field is None:
-        return f"{ENV_PREFIX}*: {exc}"
-    whole = ENV_PREFIX + field.group(1).upper()  # the section as JSON, else one of its nested variables
-    name = next((name for name in os.environ if name.upper() == whole), f"{whole}__*")
-    return f"{name}: cannot read the value: {exc.__cause__ or exc}"
+    culprit = _undecodable(field.group(1)) if field is not None else None
+    if culprit is None:
+        return f"{ENV_PREFIX}*: cannot read the value: {exc.__cause__ or exc}"
+    name, loc, reason = culprit
+    if len(loc) == 1:  # the section's own variable, meant as JSON: where its JSON goes wrong
+        return f"{name}: cannot read the value: {reason}"
+    kind, example = _json_example(loc, os.environ[name])
+    either = f", or one variable per key ({name}__<KEY>=<value>)" if kind == "a section" else ""
+    return (
+        f"{name}: not JSON; {format_location(loc)} is {kind}, given in a variable as JSON: {name}='{example}'{either}"
+    )
+
+
+def _undecodable(section: str) -> tuple[str, Location, ValueError] | None:
+    """The first set variable of `section` (its own, or one under it) that does not decode, where it sets, why."""
+    source, field = EnvSettingsSource(VmcpConfig), VmcpConfig.model_fields.get(section)
+    whole = ENV_PREFIX + section.upper()
+    for name, value in sorted(os.environ.items()):
+        try:
+            if name.upper() == whole:
+                json.loads(value)
+            elif name.upper().startswith(whole + "__") and field is not None:
+                source.explode_env_vars(section, field, {name if source.case_sensitive else name.lower(): value})
+        except ValueError as exc:  # JSONDecodeError, or pydantic-settings' SettingsError
+            return name, tuple(name[len(ENV_PREFIX) :].lower().split("__")), exc
+    return None
+
+
+def _json_example(loc: Location, written: str) -> tuple[str, str]:
+    """What `loc` holds, and its value as JSON: a list of what was written (`a, b`: `["a", "b"]`; never a
+    mapping's values, which may be secrets), else a placeholder."""
+    items = [get_args(tp)[0] for tp in types_at(loc) if get_origin(tp) in (list, set, tuple) and get_args(tp)]
+    if not items:
+        section = any(isinstance(tp, type) and issubclass(tp, BaseModel) for tp in types_at(loc))
+        return ("a section" if section else "a mapping"), '{"<key>": <value>}'
+    if isinstance(items[0], type) and issubclass(items[0], BaseModel):
+        return "a list", _BACKENDS_EXAMPLE if items[0] is BackendConfig else '[{"<key>": <value>}]'
+    words = [part.strip().strip("'\"") for part in written.strip().strip("[]").split(",")]
+    return "a list", json.dumps([word for word in words if word] or ["<value>"])
+
+
+_BACKENDS_EXAMPLE = '[{"name": "time", "command": "uvx", "args": ["mcp-server-time"]}]'
+
+
+def _by_index(loc: Location, source: SourceNamer | None) -> str | None:
+    """`VMCP_BACKENDS__0__COMMAND`: pydantic-settings reads a list's variables by index as a mapping, which
+    no list takes. The list is given whole, in its own variable."""
+    origin = source(loc) if source is not None else None
+    names = sorted(n for n in os.environ if origin and n.upper().startswith(f"{origin.upper()}__"))
+    if origin is None or not origin.upper().startswith(ENV_PREFIX) or not names:
+        return None
+    example = _json_example(loc, "")[1]
+    return f"{', '.join(names)}: a list is set whole, as JSON, in {origin} (replacing the file's): {origin}='{example}'"
 
 
 def _list(value: Any) -> list[Any]:
