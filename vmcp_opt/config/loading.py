@@ -10,27 +10,25 @@ while the file named a volume."""
 from __future__ import annotations
 
 import functools
-import json
 import logging
-import os
 import re
 from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
-from typing import Any, get_args, get_origin
+from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 from pydantic_settings import EnvSettingsSource, SettingsError
 
 from vmcp_opt.config.base import DEFAULT_CONFIG_PATH, ConfigError
 from vmcp_opt.config.document import VmcpConfig, _duplicate_names, _file_data
+from vmcp_opt.config.env_messages import by_index, unknown_env_sections, unparsable
 from vmcp_opt.config.file_parsing import parse_json, parse_yaml
 from vmcp_opt.config.optimizer import OptimizerConfig
 from vmcp_opt.config.references import (
     DATA_DIR_REFERENCE as DATA_DIR_REFERENCE,  # cli_serve.py reads it from here
 )
 from vmcp_opt.config.references import (
-    ENV_PREFIX,
     Location,
     SourceNamer,
     env_name,
@@ -39,7 +37,6 @@ from vmcp_opt.config.references import (
     keys_at,
     literal_references,
     placed,
-    types_at,
     unset_references,
     with_env_references_resolved,
 )
@@ -78,7 +75,7 @@ def load_config(
     by default it is logged as a warning; a command that reads the config before it configures its log format
     may pass one that holds the line until then (`logs.log_once_configured`).
     """
-    misspelt = _unknown_env_sections()  # ignored by pydantic-settings: reported with everything else
+    misspelt = unknown_env_sections()  # ignored by pydantic-settings: reported with everything else
     try:
         config = _load(path, overrides or {}, discover, check_model, flags or {}, warn or _log_warning)
     except ConfigError as exc:
@@ -127,7 +124,7 @@ def _validated(
     try:
         config = VmcpConfig(**overrides)
     except SettingsError as exc:
-        raise ConfigError([_unparsable(exc)]) from None
+        raise ConfigError([unparsable(exc)]) from None
     except ValidationError as exc:
         raw = {key: overrides.get(key, data.get(key)) for key in ("backends", "workflows")}
         problems = _every_problem(exc, raw["backends"], raw["workflows"], source)
@@ -241,9 +238,9 @@ def _describe(exc: ValidationError, source: SourceNamer | None = None) -> list[s
             message += _unquoted(error.get("input"))
         if error["type"] == "literal_error":
             message += _meant_value(error)
-        by_index = _by_index(tuple(error["loc"]), source) if error["type"] == "list_type" else None
-        if by_index is not None and isinstance(error.get("input"), dict):  # `VMCP_BACKENDS__0__…`
-            problems.append(by_index)
+        indexed = by_index(tuple(error["loc"]), source) if error["type"] == "list_type" else None
+        if indexed is not None and isinstance(error.get("input"), dict):  # `VMCP_BACKENDS__0__…`
+            problems.append(indexed)
             continue
         if (
             error["type"] == "list_type"
@@ -359,90 +356,6 @@ def _owner(loc: Location, layers: list[tuple[str, Any]]) -> tuple[str, Location]
             return layers[0][0], loc[: depth + 1]
         layers = [(name, value) for name, value in layers if isinstance(value, dict)]
     return (layers[0][0], loc) if len(layers) == 1 else None
-
-
-def _unknown_env_sections() -> list[str]:
-    """`VMCP_<section>__<key>` variables whose section does not exist, which pydantic-settings ignores: a
-    misspelt `VMCP_OPTIMIZR__ENABLED` would otherwise leave the optimizer on without a word. Variables without
-    `__` are not settings (VMCP_DATA_DIR, VMCP_CREDENTIAL)."""
-    fields = VmcpConfig.model_fields
-    sections = sorted(name for name, field in fields.items() if _is_section(field.annotation))
-    problems = []
-    for name in sorted(os.environ):
-        if not name.upper().startswith(ENV_PREFIX) or "__" not in name[len(ENV_PREFIX) :]:
-            continue
-        section = name[len(ENV_PREFIX) :].split("__", 1)[0].lower()
-        if section in fields:
-            continue
-        close = closest(section, sections, cutoff=0.6)
-        meant = ENV_PREFIX + close[0].upper() + name[len(ENV_PREFIX) + len(section) :] if close else None
-        hint = f"did you mean {meant}?" if meant else f"sections: {', '.join(sections)}"
-        problems.append(f"{name}: unknown config section '{section}' ({hint})")
-    return problems
-
-
-def _is_section(annotation: Any) -> bool:
-    """A part of the document with keys of its own (`server`, `backends`), not a value (`data_dir`)."""
-    return get_origin(annotation) is list or (isinstance(annotation, type) and issubclass(annotation, BaseModel))
-
-
-def _unparsable(exc: SettingsError) -> str:
-    """A `VMCP_` variable that pydantic-settings could not decode (a list or a mapping is JSON). It names
-    only the section: the variable is found by decoding each of the section's alone."""
-    field = re.search(r'field "(\w+)"', str(exc))
-    culprit = _undecodable(field.group(1)) if field is not None else None
-    if culprit is None:
-        return f"{ENV_PREFIX}*: cannot read the value: {exc.__cause__ or exc}"
-    name, loc, reason = culprit
-    if len(loc) == 1:  # the section's own variable, meant as JSON: where its JSON goes wrong
-        return f"{name}: cannot read the value: {reason}"
-    kind, example = _json_example(loc, os.environ[name])
-    either = f", or one variable per key ({name}__<KEY>=<value>)" if kind == "a section" else ""
-    return (
-        f"{name}: not JSON; {format_location(loc)} is {kind}, given in a variable as JSON: {name}='{example}'{either}"
-    )
-
-
-def _undecodable(section: str) -> tuple[str, Location, ValueError] | None:
-    """The first set variable of `section` (its own, or one under it) that does not decode, where it sets, why."""
-    source, field = EnvSettingsSource(VmcpConfig), VmcpConfig.model_fields.get(section)
-    whole = ENV_PREFIX + section.upper()
-    for name, value in sorted(os.environ.items()):
-        try:
-            if name.upper() == whole:
-                json.loads(value)
-            elif name.upper().startswith(whole + "__") and field is not None:
-                source.explode_env_vars(section, field, {name if source.case_sensitive else name.lower(): value})
-        except ValueError as exc:  # JSONDecodeError, or pydantic-settings' SettingsError
-            return name, tuple(name[len(ENV_PREFIX) :].lower().split("__")), exc
-    return None
-
-
-def _json_example(loc: Location, written: str) -> tuple[str, str]:
-    """What `loc` holds, and its value as JSON: a list of what was written (`a, b`: `["a", "b"]`; never a
-    mapping's values, which may be secrets), else a placeholder."""
-    items = [get_args(tp)[0] for tp in types_at(loc) if get_origin(tp) in (list, set, tuple) and get_args(tp)]
-    if not items:
-        section = any(isinstance(tp, type) and issubclass(tp, BaseModel) for tp in types_at(loc))
-        return ("a section" if section else "a mapping"), '{"<key>": <value>}'
-    if isinstance(items[0], type) and issubclass(items[0], BaseModel):
-        return "a list", _BACKENDS_EXAMPLE if items[0] is BackendConfig else '[{"<key>": <value>}]'
-    words = [part.strip().strip("'\"") for part in written.strip().strip("[]").split(",")]
-    return "a list", json.dumps([word for word in words if word] or ["<value>"])
-
-
-_BACKENDS_EXAMPLE = '[{"name": "time", "command": "uvx", "args": ["mcp-server-time"]}]'
-
-
-def _by_index(loc: Location, source: SourceNamer | None) -> str | None:
-    """`VMCP_BACKENDS__0__COMMAND`: pydantic-settings reads a list's variables by index as a mapping, which
-    no list takes. The list is given whole, in its own variable."""
-    origin = source(loc) if source is not None else None
-    names = sorted(n for n in os.environ if origin and n.upper().startswith(f"{origin.upper()}__"))
-    if origin is None or not origin.upper().startswith(ENV_PREFIX) or not names:
-        return None
-    example = _json_example(loc, "")[1]
-    return f"{', '.join(names)}: a list is set whole, as JSON, in {origin} (replacing the file's): {origin}='{example}'"
 
 
 def _list(value: Any) -> list[Any]:
