@@ -53,6 +53,12 @@ def wide_ints(n: int) -> str:
     return "[" + ",".join(["9" * 4000] * n) + "]"
 
 
+@server.tool(structured_output=False)
+def comma_doc(n: int) -> str:
+    """A JSON document of three values whose body string holds n commas."""
+    return '{"title": "Quarterly report", "body": "' + "x," * n + '"}'
+
+
 server.run()
 '''
 
@@ -96,6 +102,13 @@ WORKFLOWS: list[dict[str, Any]] = [
                 "arguments": {"text": "rows: {{ steps.n.output[0].rows | length }}"},
             },
         ],
+    },
+    {
+        "name": "title_wf",
+        "description": "The title of a document whose one string holds many commas.",
+        "parameters": {"type": "object", "properties": {"n": {"type": "integer"}}},
+        "steps": [{"id": "fetch", "tool": "be_comma_doc", "arguments": {"n": "{{ params.n }}"}}],
+        "output": {"title": "{{ steps.fetch.output.title }}"},
     },
     {
         "name": "ints_wf",
@@ -198,3 +211,11 @@ async def test_json_whose_wide_integers_cost_too_much_to_read_stays_text(gateway
     assert not result.is_error, text(result)[:300]
     passed_on = text(result) == "[" + ",".join(["9" * 4000] * 2000) + "]"  # (not compared by pytest: its diff)
     assert passed_on, text(result)[:80]
+
+
+async def test_commas_inside_a_string_are_not_values(gateway: Gateway) -> None:
+    """70,000 commas in one string: three values, read as before (the count past the bound skips strings, as
+    limits.max_result_values counts a backend's answer); it was refused as 70,002."""
+    result = await call(gateway, "title_wf", {"n": 70_000})
+    assert not result.is_error, text(result)[:300]
+    assert result.structured_content == {"title": "Quarterly report"}

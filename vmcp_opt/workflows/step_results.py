@@ -22,7 +22,7 @@ from typing import Any
 import jsonschema
 import mcp_types as types
 
-from vmcp_opt.backends.results import json_size
+from vmcp_opt.backends.results import json_size, value_count
 from vmcp_opt.display import shorten
 from vmcp_opt.workflows.renders import RunRenders
 
@@ -80,10 +80,11 @@ class Called:
         return size if size is not None and size <= cap else None
 
 
-def json_values(text: str) -> int:
-    """About the values a JSON text holds, counted at C speed without parsing it: its `{`, `[` and `,` (those in
-    strings too, so never fewer than there are), as limits.max_result_values counts a backend's answer."""
-    return text.count("{") + text.count("[") + text.count(",")
+def json_values(text: str, most: int = MAX_JSON_VALUES) -> int:
+    """About the values a JSON text holds, counted at C speed without parsing it, as limits.max_result_values counts
+    a backend's answer (`value_count`: past `most`, only the `{`, `[` and `,` outside its strings: a document whose
+    one string holds 70,000 commas is three values, not a refusal)."""
+    return value_count(text.encode("utf-8", "surrogatepass"), most)
 
 
 def read_json(text: str, most: int = MAX_JSON_VALUES, values: int | None = None) -> Any:
@@ -92,7 +93,7 @@ def read_json(text: str, most: int = MAX_JSON_VALUES, values: int | None = None)
     ValueError, RecursionError as json.loads. For templates' `fromjson` too."""
     if len(text) <= min(most, _SHORT_TEXT):
         return json.loads(text)
-    values = json_values(text) if values is None else values
+    values = json_values(text, most) if values is None else values
     if values > most:
         raise JsonTooLarge(
             f"JSON of up to {values:,} values (by its brackets and commas), more than the {most:,} a workflow step "
@@ -163,7 +164,7 @@ def step_output(result: types.CallToolResult, most: int = MAX_JSON_VALUES) -> Ca
     if len(texts) != 1:
         return Called(texts or None, content)
     text = texts[0]
-    values = json_values(text)
+    values = json_values(text, most)
     try:
         output = read_json(text, most, values)
     except JsonTooLarge as exc:
