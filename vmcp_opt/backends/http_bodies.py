@@ -8,7 +8,10 @@ body is inflated here, in bounded steps, rather than by httpx) with `BodyTooLarg
 `httpx2.StreamError`, which the SDK turns into a JSON-RPC error for the waiting request at once. It also counts
 the body's values as it comes (backends/results.py, `value_count`) and stops past `limits.max_result_values` with
 `BodyTooManyValues`: the SDK parses and validates the body on the event loop. A listing page's body (the POST's
-method, `LISTING_METHODS`) is not counted: its list has budgets of its own (backends/listing.py).
+method, `LISTING_METHODS`) is not counted: its list has budgets of its own (backends/listing.py). An SSE body is
+read through `CountedEvents`, which counts each event's data so (and inflates it in bounded steps); the SDK turns
+its refusal, as its own of an event past `max_sse_event_size`, into "SSE stream failed", which `as_internal_error`
+makes the JSON path's refusal (it had opened the circuit for every caller).
 
 The SDK reports it as a client's unparseable request would be (-32700 "Failed to parse JSON response: …")
 and logs an ERROR with a traceback each time: a client calling such a tool in a loop would flood the log.
@@ -38,7 +41,7 @@ import re
 import time
 import zlib
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from http import HTTPStatus
 from typing import NoReturn
 
@@ -60,9 +63,13 @@ _LEFT_TO_SDK = frozenset({401, 403, 404})  # the credentials' refusal (they obse
 _status_log = ThrottledLog(logger)
 SSE_TYPE = "text/event-stream"
 _INFLATED = ("gzip", "deflate", "x-gzip")
+_INFLATE_STEP = 64 * 1024  # bytes of an SSE stream inflated at a time
 _SDK_LOGGER = "mcp.client.streamable_http"
 _SDK_PREFIX = SDK_PARSE_PREFIX  # the SDK's message for a body it could not read
 _NOT_READ = NOT_READ  # how `BodyTooLarge`'s message ends
+# The SDK's message for a request whose SSE stream httpx2's `EventSource` ended at an event past its size cap.
+_SSE_FAILED = "SSE stream failed: "  # the SDK's, for a request whose SSE stream raised an `SSEError`
+_SSE_EVENT_TOO_LARGE = re.compile(_SSE_FAILED + r"Server-sent event exceeded the (\d+) byte limit\.?")
 
 
 class BodyRefused(httpx2.StreamError):
@@ -155,16 +162,34 @@ def quiet_body_too_large() -> None:
 
 
 def as_internal_error(exc: MCPError) -> MCPError | None:
-    """The SDK's -32700 for a body `CappedBody` refused, as -32603 with our message alone, marked as an answer
-    over the cap (a tools/call's becomes an error result: backends/errors.py, `over_result_cap`); for a body
-    that is not JSON-RPC, -32700 without the body's text; None for any other error."""
+    """The SDK's -32700 for a body `CappedBody` refused, and its "SSE stream failed" for an SSE event past
+    `max_sse_event_size`, as -32603 with our message alone, marked as an answer over the cap (a tools/call's
+    becomes an error result: backends/errors.py, `over_result_cap`); for a body that is not JSON-RPC, -32700
+    without the body's text; None for any other error."""
     message = exc.error.message
+    if exc.code == types.CONNECTION_CLOSED:
+        if message.startswith(_SSE_FAILED) and message.endswith(_NOT_READ):  # `EventTooManyValues`
+            return MCPError(types.INTERNAL_ERROR, message.removeprefix(_SSE_FAILED), {OVER_RESULT_CAP: True})
+        return _sse_event_over_cap(message)
     if exc.code != types.PARSE_ERROR or not message.startswith(_SDK_PREFIX):
         return None
     if message.endswith(_NOT_READ):
         return MCPError(types.INTERNAL_ERROR, message.removeprefix(_SDK_PREFIX), {OVER_RESULT_CAP: True})
     shown = unquoted(message)
     return None if shown == message else MCPError(types.PARSE_ERROR, shown)
+
+
+def _sse_event_over_cap(message: str) -> MCPError | None:
+    """The SDK's CONNECTION_CLOSED for an SSE event past the transport's cap (transports.py gives it
+    `line_cap(max_result_bytes)`) as the JSON path's refusal, naming the setting; None for any other closing.
+    Left as it came, the circuit counted it a failure of the backend's: one caller asking for too much opened
+    it for every caller."""
+    found = _SSE_EVENT_TOO_LARGE.fullmatch(message)
+    if found is None:
+        return None
+    cap = int(found.group(1))
+    text = f"an SSE event of its answer passed {cap:,} bytes (limits.max_result_bytes, with room for the envelope); {_NOT_READ}"
+    return MCPError(types.INTERNAL_ERROR, text, {OVER_RESULT_CAP: True})
 
 
 class CappedBody(httpx2.AsyncByteStream):
@@ -239,6 +264,85 @@ class CappedBody(httpx2.AsyncByteStream):
         await self._inner.aclose()
 
 
+class EventTooManyValues(httpx2.SSEError):
+    """An SSE event whose data passed `limits.max_result_values`. An `SSEError`: the SDK answers the waiting
+    request with "SSE stream failed: <this message>" (`as_internal_error` makes it the JSON path's refusal), or
+    drops a GET stream's event and opens the stream again."""
+
+    def __init__(self, backend: str, most: int, counted: int) -> None:
+        super().__init__(str(BodyTooManyValues(backend, most, counted)))
+
+
+class CountedEvents(httpx2.AsyncByteStream):
+    """`inner`'s SSE bytes as they come, each event's data counted (backends/results.py, `value_count`) before the
+    chunk that ends it passes: an event past `values` raises `EventTooManyValues` and is never parsed. Its bytes
+    are bounded by the SDK's `max_sse_event_size`, which stops reading first."""
+
+    def __init__(self, inner: httpx2.AsyncByteStream, backend: str, values: int, encoding: str | None = None) -> None:
+        self._inner = inner
+        self._inflater = zlib.decompressobj(32 + zlib.MAX_WBITS) if encoding in _INFLATED else None
+        self._backend = backend
+        self._values = values
+        self._line: list[bytes] = []  # the line not ended yet
+        self._data: list[bytes] = []  # the event's data lines so far
+        self._counted = 0  # their `{`, `[` and `,`
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._inner:
+            for piece in self._inflated(chunk):
+                self._scan(piece)
+                yield piece
+
+    def _inflated(self, chunk: bytes) -> Iterator[bytes]:
+        """`chunk` inflated `_INFLATE_STEP` bytes at a time: a small chunk that inflates to gigabytes is stopped by
+        the SDK's event cap after a step or two, never held whole."""
+        if self._inflater is None:
+            yield chunk
+            return
+        try:
+            yield self._inflater.decompress(chunk, _INFLATE_STEP)
+            while self._inflater.unconsumed_tail:
+                yield self._inflater.decompress(self._inflater.unconsumed_tail, _INFLATE_STEP)
+        except zlib.error as exc:
+            raise httpx2.DecodingError(
+                f"backend '{self._backend}' sent a stream that does not inflate ({exc})"
+            ) from None
+
+    def _scan(self, chunk: bytes) -> None:
+        cut = max(chunk.rfind(b"\n"), chunk.rfind(b"\r")) + 1
+        if chunk[cut - 1 : cut] == b"\r":
+            cut -= 1  # maybe half of a `\r\n`: kept for the next chunk, lest it end the event early
+        if cut == 0:  # no line ends here: joined once one does (a long line's chunks are not copied each time)
+            self._line.append(chunk)
+            return
+        text = b"".join(self._line) + chunk[:cut]
+        lines = text.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+        self._line = [lines.pop(), chunk[cut:]]
+        for line in lines:
+            if not line:
+                self._event_ended()
+            elif line.startswith(b"data"):
+                field, _, value = line.partition(b":")
+                if field == b"data":
+                    value = value[1:] if value.startswith(b" ") else value
+                    self._data.append(value)
+                    self._counted += value.count(b"{") + value.count(b"[") + value.count(b",")
+
+    def _event_ended(self) -> None:
+        data, counted = self._data, self._counted
+        self._data, self._counted = [], 0
+        if counted <= self._values:
+            return
+        counted = value_count(b"\n".join(data), self._values)
+        if counted > self._values:
+            refused = EventTooManyValues(self._backend, self._values, counted)
+            _status_log.warning(self._backend, "%s", refused)  # the SDK logs none (a GET stream's event: no caller)
+            raise refused
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
 def cap_json_bodies(
     backend: str, cap: int, secrets: Iterable[str] = (), values: int | None = None
 ) -> Callable[[httpx2.Response], Awaitable[None]]:
@@ -253,12 +357,16 @@ def cap_json_bodies(
         if response.request.method == "POST" and status >= 400 and status not in _LEFT_TO_SDK:
             await _status_as_jsonrpc_error(response, backend, masked)
             return
-        if response.headers.get("content-type", "").split(";")[0].strip().lower() == SSE_TYPE:
-            return
-        encoding = response.headers.get("content-encoding", "").strip().lower() or None
         if not isinstance(response.stream, httpx2.AsyncByteStream):
             return
         counted = None if _lists(response.request) else values
+        encoding = response.headers.get("content-encoding", "").strip().lower() or None
+        if response.headers.get("content-type", "").split(";")[0].strip().lower() == SSE_TYPE:
+            if counted is not None:  # the SDK caps each event's bytes itself
+                response.stream = CountedEvents(response.stream, backend, counted, encoding)
+                if encoding in _INFLATED:
+                    del response.headers["content-encoding"]  # inflated there: httpx must not inflate it again
+            return
         response.stream = CappedBody(response.stream, cap, backend, encoding, counted)
         if encoding in _INFLATED:
             del response.headers["content-encoding"]  # inflated above: httpx must not inflate it again

@@ -134,8 +134,8 @@ async def open_transport(
     """`credentials`: a stdio process's secret environment, or what an HTTP session adds to each request.
     `max_result_bytes` bounds a stdio backend's lines (backends/stdio.py), and a streamable HTTP backend's
     JSON answers (backends/http_bodies.py) and SSE events; over SSE (the 2024 transport) the SDK caps an
-    event at 1 MiB. `max_result_values` bounds the values of a stdio line and of an HTTP JSON answer, listing pages
-    apart (backends/results.py). `stderr_tail` keeps a stdio backend's last stderr line and exit status; complete once this exits."""
+    event at 1 MiB. `max_result_values` bounds the values of a stdio line and of a streamable HTTP backend's JSON
+    answer and SSE event, listing pages apart (backends/results.py); the 2024 SSE transport's events are not counted. `stderr_tail` keeps a stdio backend's last stderr line and exit status; complete once this exits."""
     if backend.transport == "stdio":
         secret_env = credentials.credentials.child_env() if credentials is not None else None
         tail = stderr_tail or StderrTail()

@@ -60,7 +60,9 @@ class LimitsConfig(_Strict):
         "event loop in proportion to them (a long text is one value). Past it the answer is "
         "refused, an error naming the backend, the count and this setting (a tools/call's an error result), and "
         "the backend stays in service; a notification is dropped with a warning. Pages of tools, resources, "
-        "templates and prompts are not counted (max_listed_items_per_backend bounds them).",
+        "templates and prompts are not counted (max_listed_items_per_backend bounds them). Counted: a stdio backend's "
+        "lines, a streamable HTTP backend's JSON answers and each of its SSE events (a notification on a call's "
+        "stream past it fails that call); a backend on the 2024 SSE transport is bounded by bytes alone.",
     )
     workflow_renders: WorkflowRendersConfig = Field(
         default_factory=WorkflowRendersConfig,
