@@ -134,9 +134,8 @@ def open_session(url: str, headers: dict[str, str]) -> dict[str, str]:
     return session
 
 
-def first_bytes(connection: socket.socket) -> bytes:
+def first_bytes(connection: socket.socket, received: bytes = b"") -> bytes:
     connection.settimeout(WITHIN)
-    received = b""
     while b'"result"' not in received and error_of(received) is None:
         chunk = connection.recv(4096)
         assert chunk, f"the connection closed before an answer: {received[:500]!r}"
@@ -231,7 +230,10 @@ def test_a_caller_that_stops_reading_is_refused_at_its_bound_and_the_gateway_sta
         assert "limits.held_answer_bytes.per_caller" in refusals, refusals
         assert refusals.count(None) < CALLS // 2, refusals  # most were refused, not held
         grown = peak[0] - before
-        assert grown < PER_CALLER + SLACK, f"the gateway grew by {grown / MIB:.0f} MiB"
+        # An unread SSE answer, counted once (its unsent bytes or its waiting write: a client reading slowly must not
+        # pay thrice), is held about thrice: the event's text and bytes in sse_starlette's writer, and the transport's.
+        held = 3 * PER_CALLER if era == "sse" else PER_CALLER
+        assert grown < held + SLACK, f"the gateway grew by {grown / MIB:.0f} MiB"
     finally:
         stopped.close()
     served_again(running.url, keys["alice"])  # its connections gone, its answers no longer held
@@ -326,3 +328,177 @@ def test_a_stdio_client_that_stops_reading_gets_errors_past_the_bound_and_the_ga
         send_line(proc.stdin, {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": call})
         served = answers_from(proc.stdout, 1)[0]
         assert served["id"] == 2 and len(served["result"]["content"][0]["text"]) == ANSWER_CHARS
+
+
+# A resumption (GET + Last-Event-ID) passes no server middleware: its replayed answers were charged to nobody, and
+# 30 calls cut after their progress and resumed on connections never read held ~700 MB.
+
+# A backend whose call sends its progress, then waits for the file its arguments name before it answers.
+RELEASED_BACKEND = """
+import json, os, sys, threading, time
+lock = threading.Lock()
+def send(message):
+    with lock:
+        sys.stdout.write(json.dumps(message) + "\\n"); sys.stdout.flush()
+def call(request):
+    params = request["params"]
+    send({"jsonrpc": "2.0", "method": "notifications/progress",
+          "params": {"progressToken": params["_meta"]["progressToken"], "progress": 1}})
+    while not os.path.exists(params["arguments"]["release"]):
+        time.sleep(0.01)
+    text = {"type": "text", "text": "x" * params["arguments"]["size"]}
+    send({"jsonrpc": "2.0", "id": request["id"], "result": {"content": [text], "isError": False}})
+for line in sys.stdin:
+    request = json.loads(line)
+    method = request.get("method")
+    if "id" not in request or method is None:
+        continue
+    if method == "tools/call":
+        threading.Thread(target=call, args=(request,), daemon=True).start()
+        continue
+    result = {"tools": [{"name": "wait", "inputSchema": {"type": "object"}}]} if method == "tools/list" else {}
+    if method == "initialize":
+        result = {"protocolVersion": "2025-11-25", "capabilities": {"tools": {}}, "serverInfo": {"name": "r", "version": "1"}}
+    send({"jsonrpc": "2.0", "id": request["id"], "result": result})
+"""
+
+
+def until_progress(gateway: Gateway, headers: dict[str, str], request_id: int, release: Path) -> socket.socket:
+    """A call on a connection of its own read up to its progress event (its answer comes once `release` exists)."""
+    arguments = {"size": ANSWER_CHARS, "release": str(release)}
+    params = {"name": "released_wait", "arguments": arguments, "_meta": {"progressToken": request_id}}
+    body = json.dumps({"jsonrpc": "2.0", "id": request_id, "method": "tools/call", "params": params}).encode()
+    head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    request = f"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:{gateway.port}\r\n{head}Content-Length: {len(body)}\r\n\r\n"
+    connection = socket.create_connection(("127.0.0.1", gateway.port), timeout=WITHIN)
+    connection.sendall(request.encode() + body)
+    return connection
+
+
+def cut_after_progress(gateway: Gateway, headers: dict[str, str], request_id: int, release: Path) -> str:
+    """A call whose SSE stream the client closes at its progress event: the id of that event, to resume from."""
+    received = b""
+    with until_progress(gateway, headers, request_id, release) as connection:
+        while b"notifications/progress" not in received:
+            chunk = connection.recv(4096)
+            assert chunk, received[:500]
+            received += chunk
+    event_id = received[: received.index(b"notifications/progress")].rsplit(b"id: ", 1)[1].split(b"\r\n")[0]
+    return event_id.decode()
+
+
+def resume_unread(gateway: Gateway, headers: dict[str, str], event_id: str) -> tuple[socket.socket, bytes]:
+    """A GET resuming from `event_id` on a connection whose client reads only the first bytes of what comes, and
+    its response's head."""
+    sent = {**headers, "Accept": "text/event-stream", "Last-Event-ID": event_id}
+    head = "".join(f"{name}: {value}\r\n" for name, value in sent.items() if name.lower() != "content-type")
+    connection = socket.socket()
+    connection.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    connection.connect(("127.0.0.1", gateway.port))
+    connection.settimeout(WITHIN)
+    connection.sendall(f"GET /mcp HTTP/1.1\r\nHost: 127.0.0.1:{gateway.port}\r\n{head}\r\n".encode())
+    received = b""
+    while b"\r\n\r\n" not in received:
+        chunk = connection.recv(4096)
+        assert chunk, received[:500]
+        received += chunk
+    return connection, received
+
+
+def test_resumed_streams_left_unread_count_for_their_caller(tmp_path: Path) -> None:
+    (tmp_path / "released.py").write_text(RELEASED_BACKEND)
+    keys = api_keys_file(tmp_path / "keys.json", {"alice": ["users"]})
+    config = {
+        "backends": [
+            {"name": "released", "command": sys.executable, "args": [str(tmp_path / "released.py")]},
+            {"name": "hostile", "command": sys.executable, "args": [str(HOSTILE_SERVER)]},
+        ],
+        "server": {"write_timeout": 600},
+        "limits": {
+            "held_answer_bytes": {"per_caller": PER_CALLER, "total": TOTAL},
+            "max_connections_per_address": 400,
+        },
+        "auth": {"incoming": {"mode": "api_keys", "api_keys": {"file": "keys.json"}}},
+        # Room for every answer's event, so each call's progress stays resumable.
+        "sessions": {
+            "max_event_bytes_per_session": 512 * MIB,
+            "max_event_bytes_in_memory": 512 * MIB,
+            "max_event_bytes_per_caller_in_memory": 512 * MIB,
+        },
+    }
+    calls = 8  # 72 MB of answers: twice the bound
+    with running_gateway(write_config(tmp_path, config)) as running:
+        headers = {**RAW_HEADERS, "Authorization": f"Bearer {keys['alice']}"}
+        headers |= open_session(running.url, headers)
+        event_ids = [cut_after_progress(running, headers, 100 + n, tmp_path / f"release{n}") for n in range(calls)]
+        # A call of the caller's that comes back once it is past the bound, on a stream it reads.
+        late = until_progress(running, headers, 200, tmp_path / "release_late")
+        resumed: list[socket.socket] = [late]
+        try:
+            answers = []
+            for number, event_id in enumerate(event_ids):  # one at a time: each answer comes once its GET is open
+                connection, head = resume_unread(running, headers, event_id)
+                resumed.append(connection)
+                (tmp_path / f"release{number}").touch()
+                answers.append(first_bytes(connection, head))
+            refusals = [refused_by(answer) for answer in answers]
+            assert refusals[0] is None, answers[0][:500]  # nothing held: replayed
+            assert "limits.held_answer_bytes.per_caller" in refusals, refusals
+            refused = answers[refusals.index("limits.held_answer_bytes.per_caller")]
+            assert refused.startswith(b"HTTP/1.1 429 ") and b"retry-after: 1\r\n" in refused.lower(), refused[:500]
+            # The caller's own new calls are refused too while its resumed answers sit unread.
+            assert isinstance(anyio.run(call_as, running.url, keys["alice"], {"bytes": 1000}), MCPError)
+            # A call that ran meanwhile is told so: its result dropped, not "try again" (which runs it again).
+            (tmp_path / "release_late").touch()
+            dropped = error_of(first_bytes(late))
+            assert dropped is not None and dropped["data"]["limit"] == "limits.held_answer_bytes.per_caller", dropped
+            assert "the call ran" in dropped["message"] and "try again" not in dropped["message"], dropped
+        finally:
+            for connection in resumed:
+                connection.close()
+        served_again(running.url, keys["alice"])
+
+
+# A client that reads (slowly) is charged about once per answer: the SSE writer's copy of an event was charged
+# twice its size until the response ended, on top of the transport's unsent bytes, and a client reading four 9 MB
+# answers at 3 MB/s was refused at 64 MiB.
+
+
+def test_a_client_reading_its_sse_answers_slowly_is_not_refused(gateway: tuple[Gateway, dict[str, str]]) -> None:
+    running, keys = gateway
+    reader = StoppedReader(running, keys["alice"], "sse")
+    concurrent = 3  # 27 MB of answers at once, within PER_CALLER (32 MiB)
+    all_started = threading.Event()
+    started = [threading.Event() for _ in range(concurrent)]
+    received: dict[int, bytes] = {}
+
+    def read(connection: socket.socket, number: int) -> None:
+        """Takes its answer's first bytes, then trickles (never more than 4 MB) until every answer started, then
+        reads the rest: a client reading at its pace, its answers in the gateway for a while."""
+        got = first_bytes(connection)
+        started[number].set()
+        while error_of(got) is None and not got.endswith(b"0\r\n\r\n"):  # the chunked response's end
+            if not all_started.is_set() and len(got) >= 4 * MIB:
+                all_started.wait(WITHIN)
+            chunk = connection.recv(65536 if not all_started.is_set() else 1 << 20)
+            assert chunk, got[-400:]
+            got += chunk
+            if not all_started.is_set():
+                time.sleep(0.01)
+        received[number] = got
+
+    readers = []
+    try:
+        for number in range(concurrent):
+            reader.call(100 + number)
+            readers.append(threading.Thread(target=read, args=(reader.sockets[-1], number), daemon=True))
+            readers[-1].start()
+            assert started[number].wait(WITHIN)
+        all_started.set()
+        for thread in readers:
+            thread.join(WITHIN)
+        refusals = [refused_by(received[number]) for number in range(concurrent)]
+        assert refusals == [None] * concurrent, [received[number][-400:] for number in range(concurrent)]
+        assert all(len(answer) > ANSWER_CHARS for answer in received.values())
+    finally:
+        reader.close()

@@ -27,13 +27,14 @@ class RequestsInFlightConfig(_PerCallerWithinTotal):
 
 class HeldAnswerBytesConfig(_PerCallerWithinTotal):
     """Bytes of answers written out that clients have not read yet (server/held_answers.py): held in the gateway's
-    memory until the client takes them or `server.write_timeout` resets its connection. Past either bound a call of
-    that caller is answered with a JSON-RPC error naming the bound instead, its result dropped, until its client
-    reads or goes away. Over stdio (one client) `per_caller` bounds the answers waiting behind the write it does
-    not take."""
+    memory until the client takes them or `server.write_timeout` resets its connection, each counted once (its
+    unsent bytes, or an SSE event while its write waits). Past either bound a call of that caller is answered with
+    a JSON-RPC error naming the bound instead (one that ran says so: its result dropped, not sent again), and a
+    resumption (GET with Last-Event-ID) with 429, until its client reads or goes away. Over stdio (one client)
+    `per_caller` bounds the answers waiting behind the write it does not take."""
 
     # One caller's (keyed as requests_in_flight's); over stdio, the client's. 64 MiB: six answers of the default
-    # limits.max_result_bytes left unread.
+    # limits.max_result_bytes left unread, at least (the kernel's socket buffers take part of each, uncounted).
     per_caller: int = Field(64 * 1024 * 1024, ge=1024 * 1024)
     # Every caller's together (HTTP). 256 MiB: four callers that stopped reading at once.
     total: int = Field(256 * 1024 * 1024, ge=1024 * 1024)
@@ -147,9 +148,11 @@ class LimitsConfig(_Strict):
         default_factory=HeldAnswerBytesConfig,
         description="Bytes of answers the gateway has written but clients have not read yet (a client that stops "
         "reading its sockets or stdout leaves them in the gateway's memory until server.write_timeout resets it): "
-        "`per_caller` for one caller (keyed as requests_in_flight's), `total` for the gateway. Past either a call of "
-        "that caller is answered with a JSON-RPC error naming the bound, its result dropped, until its client reads "
-        "or goes away. A reading client's answers leave at once and count for the moment they take to send.",
+        "`per_caller` for one caller (keyed as requests_in_flight's), `total` for the gateway; each answer counted "
+        "once, while the gateway holds it. Past either a call of that caller is answered with a JSON-RPC error "
+        "naming the bound (one that already ran says so: its result dropped, not sent again), and a resumed stream "
+        "(GET with Last-Event-ID) with 429 and Retry-After, until its client reads or goes away. A reading client's "
+        "answers leave as it takes them and count only while they wait for it.",
     )
     max_pending_calls_per_caller: int = Field(
         4,

@@ -8,20 +8,26 @@ caller sending 100 calls of a 9 MB tool and reading none raised the gateway's RS
 
 The connection counts, not the call (server/connections.py): when its transport pauses writing (past asyncio's
 high-water mark, 64 KiB) its unsent bytes are charged to the caller its last request was tagged with, and released
-when it resumes (drained to the low-water mark), or closes. An SSE answer also keeps its event's text and bytes in
-sse_starlette's writer until the response ends (`RetainedChunks`, server/lazy_stream.py). `RequestsInFlight` tags the connection and checks the
-caller before its call and again when the call's answer is ready: past a bound the answer is the JSON-RPC error
-naming it, so its result is dropped rather than held. A client reading normally never reaches the check's refusal,
-and pays a dictionary lookup per call; its answers are charged only for the moments the kernel keeps them waiting.
+when it resumes (drained to the low-water mark), or closes. An SSE event is charged while its write waits
+(`RetainedChunks`, server/lazy_stream.py); the connection's charge is the larger of that and the unsent bytes, the
+same answer counted once. `RequestsInFlight` tags the connection and checks the caller before its call and again
+when the call's answer is ready: past a bound the answer is the JSON-RPC error naming it (`ResultDropped`: the
+call ran), so its result is dropped rather than held. A GET resuming a stream (Last-Event-ID) passes no middleware:
+its connection is tagged with the caller of the session's last stream and checked there (`resumption_refused`).
+A client reading normally never reaches the check's refusal, and pays a dictionary lookup per call; its answers
+are charged only for the moments the kernel keeps them waiting.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from http import HTTPStatus
 from typing import NoReturn
 
 import mcp_types as types
+from mcp.shared.exceptions import MCPError
+from starlette.responses import JSONResponse, Response
 from starlette.types import Message, Send
 
 from vmcp_opt.backends.results import json_size
@@ -73,9 +79,31 @@ class HeldAnswers:
             what = f"the gateway holds {self._count / MIB:.0f} MiB of answers clients have not read"
             self._refuse(what, f"{SETTING}.total", caller)
 
+    def check_ran(self, caller: str) -> None:
+        """`check` once a call ran: its refusal says so (`ResultDropped`), as calling again runs it again."""
+        try:
+            self.check(caller)
+        except LimitReached as refused:
+            raise ResultDropped(refused) from None
+
     def _refuse(self, what: str, setting: str, caller: str) -> None:
         self._log.warning(setting, "refused a call: %s (%s), caller %s", what, setting, caller)
         raise LimitReached(what, setting, RETRY_AFTER)
+
+
+class ResultDropped(LimitReached):
+    """A call that ran, whose result is dropped rather than held: not "try again", which would run it again."""
+
+    def __init__(self, refused: LimitReached) -> None:
+        what = str(refused.error.message).split(f" ({refused.setting})")[0]
+        MCPError.__init__(
+            self,
+            types.INTERNAL_ERROR,
+            f"the call ran, but its result was dropped: {what} ({refused.setting}); read the answers already sent "
+            "before calling again (calling again runs it again)",
+            {"limit": refused.setting, "ran": True},
+        )
+        self.setting = refused.setting
 
 
 class AnswerHold:
@@ -90,6 +118,12 @@ class AnswerHold:
         self._unsent = 0
         self._retained = 0
         self._charged = 0  # what the ledger holds of this connection's for `_caller`
+
+    def owner(self) -> tuple[HeldAnswers, str] | None:
+        """The ledger and caller the connection's answers are charged to (None: never tagged)."""
+        if self._ledger is None or self._caller is None:
+            return None
+        return self._ledger, self._caller
 
     def tag(self, ledger: HeldAnswers, caller: str) -> None:
         """The connection's answers are `caller`'s from now on (what it already holds moves with it)."""
@@ -107,12 +141,13 @@ class AnswerHold:
         self._settle()
 
     def retained(self, size: int) -> None:
-        """The response's writer keeps `size` bytes of what it wrote until its next write (0: the response ended)."""
+        """The response's writer waits to write `size` bytes (0: written, or the response ended)."""
         self._retained = size
         self._settle()
 
     def _settle(self) -> None:
-        held = self._unsent + self._retained
+        # An event waiting to be written is in the transport's unsent bytes too: one answer, charged once.
+        held = max(self._unsent, self._retained)
         if self._ledger is None or self._caller is None or held == self._charged:
             return
         self._ledger.change(self._caller, held - self._charged)
@@ -126,9 +161,10 @@ def answer_hold(scope: object) -> AnswerHold | None:
 
 
 class RetainedChunks:
-    """An ASGI `send` for an SSE response that charges what sse_starlette keeps of the event it last wrote: the event
-    (its JSON text) and its encoded bytes stay referenced while it waits to write the next, and its closing write
-    waits for the client to take the rest. An SSE answer of 9 MB left unread held ~21 MB, not the transport's 6 MB."""
+    """An ASGI `send` for an SSE response that charges each event while its write waits for the client (uvicorn
+    returns once the transport drained below its high-water mark), freed once written: a client that does not read
+    is charged each answer it left, one that reads (even slowly) about one answer at a time. Charging the event's
+    text and bytes (twice its size) until the response ended refused a client reading four 9 MB answers at 3 MB/s."""
 
     def __init__(self, send: Send, hold: AnswerHold) -> None:
         self._send = send
@@ -137,9 +173,32 @@ class RetainedChunks:
     async def __call__(self, message: Message) -> None:
         if message["type"] == "http.response.body":
             body = message.get("body", b"")
-            if body:  # the event's text and its bytes: twice its size, for an ASCII answer (JSON's escapes)
-                self._hold.retained(2 * len(body))
+            if body:
+                self._hold.retained(len(body))
+                try:
+                    await self._send(message)
+                finally:
+                    self._hold.retained(0)
+                return
         await self._send(message)
+
+
+def resumption_refused(hold: AnswerHold, owner: tuple[HeldAnswers, str]) -> Response | None:
+    """Tag a resuming GET's connection with the session's caller; its refusal (429, Retry-After) when that caller
+    is past a bound. The GET passes no server middleware (`RequestsInFlight`): untagged, what it replayed to a client
+    that did not read was charged to nobody (30 resumed 9 MB answers held ~700 MB)."""
+    ledger, caller = owner
+    hold.tag(ledger, caller)
+    try:
+        ledger.check(caller)
+    except LimitReached as refused:
+        error = {"code": refused.error.code, "message": refused.error.message, "data": refused.error.data}
+        return JSONResponse(
+            {"jsonrpc": "2.0", "id": None, "error": error},
+            HTTPStatus.TOO_MANY_REQUESTS,
+            headers={"Retry-After": f"{RETRY_AFTER:g}"},
+        )
+    return None
 
 
 class WaitingAnswers:

@@ -75,8 +75,9 @@ class RequestsInFlight:
             result = await call_next(ctx)
         finally:
             self._budget.release(key)
-        # Answers that came back while the client read none: refused here, dropped, rather than held too.
-        self._held.check(key)
+        # Answers that came back while the client read none: refused here, dropped, rather than held too; the error
+        # says the call ran (not "try again", which runs its side effects again).
+        self._held.check_ran(key)
         return result
 
 

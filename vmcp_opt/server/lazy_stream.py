@@ -94,7 +94,7 @@ from vmcp_opt.logs import ThrottledLog
 from vmcp_opt.server.admission import SessionRefused, refused_stranger
 from vmcp_opt.server.authentication import session_owner
 from vmcp_opt.server.event_store import BoundedEventStore, ProbedStore, UnsentAnswers
-from vmcp_opt.server.held_answers import RetainedChunks, answer_hold
+from vmcp_opt.server.held_answers import AnswerHold, RetainedChunks, answer_hold, resumption_refused
 from vmcp_opt.server.list_answers import PartsResponse, body_parts, long_list, session_form
 from vmcp_opt.server.released_streams import ReleasingReads, ReleasingWrites
 from vmcp_opt.server.sessions import AnswerDelivery, client_address
@@ -228,6 +228,7 @@ class LazyStreamTransport(StreamableHTTPServerTransport):
     asks: AskIds | None = None  # sessions shared: requests to the client tagged, answers routed by their tag
     ask_copy = ""  # sessions shared: this copy's number in its requests' ids (`AskIds.next_copy`, taken at connect)
     client_version: str | None = None  # a restored copy: the version its client negotiated (`OldClientContent`)
+    stream_hold: AnswerHold | None = None  # the connection of its last SSE answer: its caller's is a resumption's
 
     async def _handle_request(self, scope: Scope, receive: Receive, send: Send) -> None:
         refusal = _not_json(scope)  # as the manager does: a restored copy (server/shared_sessions.py) is served here
@@ -298,7 +299,24 @@ class LazyStreamTransport(StreamableHTTPServerTransport):
             )
             await response(request.scope, request.receive, send)
             return
-        await super()._replay_events(last_event_id, request, send)
+        await self._replay_held(last_event_id, request, send)
+
+    async def _replay_held(self, last_event_id: str, request: Request, send: Send) -> None:
+        """The SDK's replay, its connection charged to the caller of the session's last stream and refused past
+        `limits.held_answer_bytes` (server/held_answers.py): the GET passes no server middleware to tag it."""
+        hold = answer_hold(request.scope)
+        owner = self.stream_hold.owner() if self.stream_hold is not None else None
+        if hold is None or owner is None:
+            await super()._replay_events(last_event_id, request, send)
+            return
+        refusal = resumption_refused(hold, owner)
+        if refusal is not None:
+            await refusal(request.scope, request.receive, send)
+            return
+        try:
+            await super()._replay_events(last_event_id, request, RetainedChunks(send, hold))
+        finally:
+            hold.retained(0)
 
     async def _end_abandoned_get_stream(self) -> None:
         """The client resumes its GET stream while one is still registered: a connection it abandoned whose end never
@@ -562,6 +580,7 @@ class LazyStreamTransport(StreamableHTTPServerTransport):
         sender = partial(self._forward, request_id, sse_writer, opening, rest)
         response = EventSourceResponse(content=sse_reader, data_sender_callable=sender, headers=headers)
         hold = answer_hold(request.scope)  # what the writer keeps of an answer is held for the caller too
+        self.stream_hold = hold or self.stream_hold
         try:
             await response(request.scope, request.receive, send if hold is None else RetainedChunks(send, hold))
         finally:
