@@ -177,7 +177,9 @@ async def test_under_json_log_format_every_line_is_json_the_banner_too(tmp_path:
     [banner] = [record for record in records if "serving MCP at" in record["message"]]
     assert banner["url"] == gateway.url and banner["level"] == "info"
     assert banner["health_url"] == f"{gateway.base}/healthz"
-    assert banner["claude_desktop_config"]["mcpServers"]["vmcp"]["args"] == ["serve", "--stdio", "-c", str(config)]
+    # The snippet starts the gateway as this one was started: its log format carried (cli_serve.py `carried_flags`).
+    snippet_args = banner["claude_desktop_config"]["mcpServers"]["vmcp"]["args"]
+    assert snippet_args == ["serve", "--stdio", "-c", str(config), "--log-format", "json"]
     [skipped] = [record for record in records if "skipping 'vmcp'" in record["message"]]
     assert skipped["level"] == "warning" and skipped["logger"] == "vmcp_opt.backends.discovery"
 

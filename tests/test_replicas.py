@@ -23,6 +23,7 @@ from mcp.shared.exceptions import MCPError
 
 from tests.redis_server import RedisServer, running_redis
 from tests.support import EXAMPLES, Gateway, running_gateway, write_config
+from tests.test_redis_outage27 import eventually, redis_state
 from vmcp_opt.auth.api_keys import new_key
 
 pytestmark = [pytest.mark.slow]
@@ -138,6 +139,9 @@ def test_with_redis_gone_calls_pass_and_each_replica_logs_it_once(
         redis.start()
     assert outcomes == ["ok"] * 6
     assert [_unchecked_lines(g) for g in replicas] == [1, 1]
-    # Redis is back (empty): the limits apply again, across both replicas.
+    # Redis is back (empty): once each replica has found it so (a probe at most once a second; until then requests
+    # skip it, failing open), the limits apply again, across both replicas.
+    for gateway in replicas:
+        eventually(lambda g=gateway: redis_state(g) == "reachable", f"Redis reachable again on {gateway.base}")
     again = alternate(replicas, "alice", ["test_simple_text"] * (BURST + 3))
     assert again[-1] == "refused by rate_limits.per_caller"
