@@ -31,6 +31,9 @@ A JSON body the backend cuts off (the connection closed mid-answer) is `BodyBrok
 SDK lets any other error out of a POST's task, which ended the whole session and every call in flight on it.
 
 An answer nobody waits for any more is not read further: backends/open_answers.py.
+
+Just past ~450 lines: the JSON body cap and the SSE events' cap and value count share one counting stream and
+one refusal (`OVER_RESULT_CAP`); the SSE part would otherwise repeat it.
 """
 
 from __future__ import annotations

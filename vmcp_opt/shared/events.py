@@ -61,6 +61,9 @@ The heartbeats both sides rely on (a replica's presence, a writer's progress) ar
 ~450 lines on purpose: the store's write side (queue, writer, the `ADD` script's arguments and its budget's
 keys) and its read side (replay, `holds`, the writer marks an early replay waits on) share the keys, the event
 id's shape and the bounds; its last hundred lines are those ids' small parsers.
+
+Just past ~450 lines on purpose: the store, its Redis scripts' callers and the per-caller and per-session bounds
+share one key layout and one accounting; split, each half would restate it.
 """
 
 from __future__ import annotations

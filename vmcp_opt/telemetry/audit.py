@@ -40,6 +40,9 @@ the file holds whole lines only, and `write_failures` counts exactly the events 
 `input_required`: a 2026-07-28 client's request answered with an `InputRequiredResult`; the call goes on with its
 retry, a request of its own with the call's outcome. A workflow run's events are run_audit.py's (they share
 `AuditLog`'s private `_offer`/`_wanted`); the file the lines go to is audit_sink.py.
+
+Just past ~450 lines: the queue, the writer thread and the event shapes share the measured-first discipline;
+the workflow runs' events and value shortening are already split out (run_audit.py, audit_values.py).
 """
 
 from __future__ import annotations
