@@ -12,10 +12,9 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx2
 import pytest
@@ -23,10 +22,10 @@ import redis
 
 from tests.redis_server import RedisServer, running_redis
 from tests.support import Gateway, demo_backend, raw_session, running_gateway, running_gateways, write_config
+from tests.test_redis_ops import eventually
 
 pytestmark = [pytest.mark.slow]
 
-T = TypeVar("T")
 PREFIX = "t27:"
 LISTING = {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}
 CALL = {
@@ -36,17 +35,6 @@ CALL = {
     "params": {"name": "notes_search_notes", "arguments": {"query": "a"}},
 }
 PING = {"jsonrpc": "2.0", "id": 4, "method": "ping"}
-
-
-def eventually(check: Callable[[], T | None], what: str, within: float = 30.0) -> T:
-    deadline = time.monotonic() + within
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not seen within {within}s")
-        time.sleep(0.1)
 
 
 def config(directory: Path, url: str, **settings: Any) -> Path:
