@@ -20,7 +20,8 @@ provider passes the router's `call_tool`, tests pass their own), `on_step` hears
 `on_item` each for_each item that finished ok (the provider turns both into progress notifications).
 
 A step's JSON text is parsed only up to `max_values` values (step_results.py, `read_json`: parsing holds the event
-loop); past it the output is the text, and a template that then fails says so, naming the step and the bound.
+loop); past it the output is the text (`UnparsedJson`), which templates may use whole but not read as JSON: that fails
+naming the step, its values and the setting (a `KeptText`), as does a for_each over it.
 
 Just past ~450 lines: `WorkflowRun` is one run's state read top to bottom (graph, retries, for_each, asks);
 what a step's call gave, and what a run sends, are read in workflows/step_results.py, templates in templates.py.
@@ -47,12 +48,15 @@ from vmcp_opt.workflows.step_events import STEP_CALLS, RunWatch, StepCalls
 from vmcp_opt.workflows.step_results import (
     MAX_JSON_VALUES,
     Called,
+    HeldOutputs,
     StepError,
+    UnparsedJson,
     answer_problem,
+    for_templates,
     read_json,
+    read_output,
     result_text,
     sent_result,
-    step_output,
 )
 from vmcp_opt.workflows.templates import TemplateError, render_value, truthy
 
@@ -89,7 +93,8 @@ class StepReport:
 
     def view(self) -> dict[str, Any]:
         """What templates read as `steps.<id>`."""
-        return {"output": self.output, "status": self.status, "error": self.error, "content": self.content}
+        output = for_templates(self.output, self.items is not None)  # a text kept unparsed: not read as JSON
+        return {"output": output, "status": self.status, "error": self.error, "content": self.content}
 
 
 @dataclass
@@ -139,10 +144,8 @@ class WorkflowRun:
         self._renders: RunRenders = render_slots.run(caller)
         # limits.max_result_bytes: the step outputs a run holds, and its result, stay under it.
         self._max_output = max_output_bytes
-        self._held = 0  # what the step outputs so far come to (about their JSON size)
+        self._outputs = HeldOutputs(max_output_bytes)  # and those kept as text although JSON
         self._max_values = max_values  # a step's JSON text of more values is kept as text (read_json)
-        # A step whose output (or an item's) was kept as text although JSON: that output's place, and why.
-        self._unread: dict[str, tuple[str, str]] = {}
         self._deadline = time.monotonic() + workflow.timeout
         self._ask = ask
         self._ask_timeout = ask_timeout
@@ -211,7 +214,8 @@ class WorkflowRun:
 
     async def _output(self) -> Any:
         if self.workflow.output is None:
-            return self.report.steps[self.workflow.steps[-1].id].output
+            output = self.report.steps[self.workflow.steps[-1].id].output
+            return str(output) if isinstance(output, UnparsedJson) else output  # a plain str from here on
         return await self._render(self.workflow.output, self.context(), "output", None)
 
     async def _render(self, value: Any, context: dict[str, Any], place: str, deadline: float | None = -1.0) -> Any:
@@ -223,25 +227,11 @@ class WorkflowRun:
         work = partial(render_value, value, context, place, self._deadline if deadline == -1.0 else deadline)
         try:
             return await self._renders.render(work)
-        except TemplateError as exc:  # reading fields of a step's output kept as text: say why it is text
-            if not self._unread:
+        except TemplateError as exc:  # a failure while a step's output is kept as text: say why it is text
+            reason = self._outputs.explained(exc.reason)
+            if reason is exc.reason:
                 raise
-            notes = "; ".join(f"{output} is its text, not parsed: {why}" for output, why in self._unread.values())
-            raise TemplateError(exc.place, f"{exc.reason} ({notes})") from None
-
-    def _held_output(self, step: StepConfig, called: Called, output: str) -> None:
-        """Counts a step's output (or a for_each item's: `output` names it) against limits.max_result_bytes."""
-        if called.unread is not None:  # the step's first such output is named: one is enough to say why
-            self._unread.setdefault(step.id, (output, called.unread))
-        if self._max_output is None:
-            return
-        size = called.held_size(self._max_output - self._held)
-        self._held = self._max_output + 1 if size is None else self._held + size
-        if self._held > self._max_output:
-            raise StepError(
-                f"the workflow's step outputs come to more than {self._max_output:,} bytes (limits.max_result_bytes)",
-                retryable=False,
-            )
+            raise TemplateError(exc.place, reason) from None
 
     async def _run_step(self, step: StepConfig, group: anyio.CancelScope) -> None:
         for dependency in step.depends_on:
@@ -283,7 +273,7 @@ class WorkflowRun:
             try:
                 output = await self._step(step, report, context)
                 if step.type != "for_each":  # a for_each's items were counted as they came
-                    self._held_output(step, output, f"steps.{step.id}.output")
+                    output = await self._outputs.count(step.id, output, f"steps.{step.id}.output", self._renders)
                 report.output, report.content, report.status = output.output, output.content, "ok"
             except StepError as exc:
                 self._failed(step, report, exc, group)
@@ -350,8 +340,9 @@ class WorkflowRun:
             async with per_step:
                 try:
                     scope = {**context, step.item: item, "index": index}
-                    called[index] = await self._with_retries(step, report, scope)
-                    self._held_output(step, called[index], f"steps.{step.id}.output[{index}]")
+                    item_output = await self._with_retries(step, report, scope)
+                    place = f"steps.{step.id}.output[{index}]"
+                    called[index] = await self._outputs.count(step.id, item_output, place, self._renders)
                 except StepError as exc:
                     failures.append(f"item {index}: {exc.reason}")
                     group.cancel()  # the other items stop: the step has failed
@@ -400,6 +391,8 @@ class WorkflowRun:
         assert step.over is not None
         try:
             items = await self._render(step.over, context, "over")
+            if isinstance(items, UnparsedJson):  # a step's output kept as text: not counted again, and named
+                raise StepError(f"over: {items.refusal('run a for_each over')}", retryable=False)
             if isinstance(items, str):  # counted before it is parsed: a for_each is refused before it parses
                 items = read_json(items, self._max_values)
         except TemplateError as exc:
@@ -460,7 +453,7 @@ class WorkflowRun:
                 raise StepError(f"{type(exc).__name__}: {exc}") from None
         if result.is_error:
             raise StepError(result_text(result) or "the tool returned an error")
-        return step_output(result, self._max_values)
+        return await read_output(result, self._max_values, self._renders)
 
 
 @dataclass(frozen=True)

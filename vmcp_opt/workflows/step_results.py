@@ -5,8 +5,12 @@ the error that fails a step, and what a run's client is sent (checked, measured 
 JSON is read on the event loop, and only up to `MAX_JSON_VALUES` values (`read_json`): json.loads costs about a
 microsecond a value and holds the GIL until it is done, in a worker thread too, so a 3.9 MB "[[],[],…]" held the
 gateway for 2.7 s. The values are counted first at C speed (`json_values`, ~1 ms a megabyte); a text holding more
-is kept as text, measured by its length (never walked), and a for_each `over` one is refused. What a run sends is
-walked and written in a worker thread when large, by the pure-Python encoder, which lets the loop in between.
+is kept as text, measured by its length (never walked): an `UnparsedJson`, which templates see as a `KeptText`, the
+text used whole, any read of it as JSON (an item, a field, its length, a loop, a filter) an error naming the step, its
+values and the setting; a for_each `over` one is refused. A result of many blocks is read, and an output past
+`_CHECKED_INLINE` sized, in a worker thread (`read_output`, `HeldOutputs`): pure-Python walks, which let the loop in
+between (64 Ki values of structured content: ~100 ms). What a run sends is walked and written in a worker thread when
+large, by the pure-Python encoder, which lets the loop in between.
 """
 
 from __future__ import annotations
@@ -16,14 +20,14 @@ import math
 import re
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, NoReturn
 
 import jsonschema
 import mcp_types as types
 
 from vmcp_opt.backends.results import json_size, value_count
-from vmcp_opt.display import shorten
+from vmcp_opt.display import printable, shorten
 from vmcp_opt.workflows.renders import RunRenders
 
 # Most digits of an integer JSON carries from one process to another: Python's `json` (its str conversion) and
@@ -78,6 +82,84 @@ class Called:
         rest = json_size(self.content, cap - self.text_size) if self.content and self.text_size <= cap else 0
         size = None if rest is None else self.text_size + rest
         return size if size is not None and size <= cap else None
+
+
+class UnparsedJson(str):
+    """A step's output (or a for_each item's) kept as its JSON text (`JsonTooLarge`): a str wherever it goes, which
+    knows its place in the run (`steps.a.output`, `steps.a.output[3]`) and why it was not parsed."""
+
+    place: str
+    why: str
+
+    def __new__(cls, text: str, place: str, why: str) -> UnparsedJson:
+        kept = super().__new__(cls, text)
+        kept.place, kept.why = place, why
+        return kept
+
+    def refusal(self, use: str) -> str:
+        """Why `use` of it (`iterate over`, say) fails: its place, its values and the setting."""
+        return (
+            f"cannot {use} {self.place}: it is kept as its JSON text, unparsed, past limits.max_result_values "
+            f"({self.place} is its text, not parsed: {self.why}); a template can use it only whole, as text (`~` "
+            "joins it to other text)"
+        )
+
+
+class KeptTextRead(Exception):
+    """A template read a `KeptText` as the JSON value it is not; the message says why (templates.py: the step's)."""
+
+
+class KeptText:
+    """An `UnparsedJson` as templates see it. Whole, its text: `{{ steps.a.output }}`, `~`, `| string`. Read as the
+    JSON it holds (an item or a field, its length, iterated, any other filter: templates.py), `KeptTextRead`. Not a
+    str, which Jinja's filters and Python's operators read character by character: `[0]` gave `[`, `| length` the
+    characters. No public attribute: the sandbox would hand it to `steps.a.output.<name>`."""
+
+    __slots__ = ("_text",)
+
+    def __init__(self, text: UnparsedJson) -> None:
+        self._text = text
+
+    def __str__(self) -> str:
+        return self._text
+
+    def __bool__(self) -> bool:
+        return True  # JSON past the bound is never empty: true as data, as it is as text
+
+    def refuse(self, use: str) -> NoReturn:
+        raise KeptTextRead(self._text.refusal(use))
+
+    def __len__(self) -> int:
+        self.refuse("take the length of")
+
+    def __iter__(self) -> NoReturn:
+        self.refuse("iterate over")
+
+    def __contains__(self, item: object) -> bool:
+        self.refuse("look for an item in")
+
+    def __add__(self, other: object) -> NoReturn:  # `~` joins it as text; `+` would add JSON values
+        self.refuse("add to")
+
+    __radd__ = __add__
+
+    def __getitem__(self, key: object) -> NoReturn:
+        part = f"item {key}" if isinstance(key, int) else f"field '{shorten(key)}'" if isinstance(key, str) else "part"
+        self.refuse(f"read {part} of")
+
+    def __getattr__(self, name: str) -> NoReturn:
+        if name.startswith("_"):  # a protocol's probe (copy, pickle), or `_text` not yet set
+            raise AttributeError(name)
+        self.refuse(f"read field '{printable(name)}' of")
+
+
+def for_templates(output: Any, items: bool) -> Any:
+    """A step's output as templates read it: an `UnparsedJson` as a `KeptText`, a for_each's (`items`) items too."""
+    if isinstance(output, UnparsedJson):
+        return KeptText(output)
+    if items and isinstance(output, list) and any(isinstance(item, UnparsedJson) for item in output):
+        return [KeptText(item) if isinstance(item, UnparsedJson) else item for item in output]
+    return output
 
 
 def json_values(text: str, most: int = MAX_JSON_VALUES) -> int:
@@ -172,6 +254,56 @@ def step_output(result: types.CallToolResult, most: int = MAX_JSON_VALUES) -> Ca
     except (ValueError, RecursionError):  # not JSON, or nested deeper than the parser goes: kept as text
         return Called(text, content, len(text) + 2)
     return Called(output, content, max(len(text), _BYTES_PER_VALUE * (values + 1)))
+
+
+# Content blocks a result may have for its step's output to be read on the event loop: each is converted to JSON by
+# pydantic (`result_content`), 20,000 in ~45 ms.
+_INLINE_BLOCKS = 64
+
+
+async def read_output(result: types.CallToolResult, most: int, renders: RunRenders) -> Called:
+    """`step_output`, in a worker thread on a slot of the run's renders when the result has more than
+    `_INLINE_BLOCKS` content blocks. A JSON text is parsed on the loop either way (json.loads holds the GIL)."""
+    if len(result.content) <= _INLINE_BLOCKS:
+        return step_output(result, most)
+    return await renders.render(lambda stop: step_output(result, most))
+
+
+class HeldOutputs:
+    """A run's step outputs: what they come to against limits.max_result_bytes (`cap`; None: not bounded), and the
+    first one of each step kept as text, to say why a template failed on it."""
+
+    def __init__(self, cap: int | None) -> None:
+        self.cap = cap
+        self.held = 0  # what the outputs counted so far come to (about their JSON size)
+        self.unread: dict[str, UnparsedJson] = {}
+
+    async def count(self, step: str, called: Called, place: str, renders: RunRenders) -> Called:
+        """`called` once counted (its output an `UnparsedJson` at `place` when kept as text), or StepError past the
+        cap. Sized on the event loop up to `_CHECKED_INLINE`; past it in a worker thread on a slot of the run's
+        renders: the pure-Python walk of a structured content of 64 Ki values held the loop ~100 ms."""
+        if called.unread is not None:
+            called = replace(called, output=UnparsedJson(called.output, place, called.unread))
+            self.unread.setdefault(step, called.output)  # one is enough to say why
+        if self.cap is None:
+            return called
+        left = self.cap - self.held
+        size = called.held_size(min(left, _CHECKED_INLINE))
+        if size is None and left > _CHECKED_INLINE:
+            size = await renders.render(lambda stop: called.held_size(left))
+        self.held = self.cap + 1 if size is None else self.held + size  # (`held` only grows: a sum past `cap` stays)
+        if self.held > self.cap:
+            raise StepError(
+                f"the workflow's step outputs come to more than {self.cap:,} bytes (limits.max_result_bytes)",
+                retryable=False,
+            )
+        return called
+
+    def explained(self, reason: str) -> str:
+        """`reason` (a template's failure) with why each output kept as text is text, unless it says so already."""
+        notes = [f"{text.place} is its text, not parsed: {text.why}" for text in self.unread.values()]
+        notes = [note for note in notes if note not in reason]
+        return f"{reason} ({'; '.join(notes)})" if notes else reason
 
 
 def too_wide(value: int) -> bool:

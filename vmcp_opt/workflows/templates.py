@@ -6,7 +6,9 @@ is not yet JSON data becomes it (a generator, view or range a list: `_json_data`
 fails the render (a non-finite float, an integer of more than 4,300 digits: no backend could read a request
 holding one, and its run waited for its timeout). Any other string renders to a string. Undefined names fail
 (`StrictUndefined`): a typo is an error naming the step, not an empty argument. `tojson` (Jinja's own) and
-`fromjson` are available as filters.
+`fromjson` are available as filters. A step's output kept as its JSON text (step_results.py, `KeptText`) renders
+as that text, and any other use of it (an item, a field, its length, a loop, a filter but `string` and `default`)
+fails naming the step, its values and the setting: read as a str, `[0]` gave `[` and `| length` its characters.
 
 Sandboxed because a config may come from someone other than the operator of the gateway, and templates
 read backend output and client arguments: no attribute access to internals, no calling unsafe methods.
@@ -62,7 +64,7 @@ from markupsafe import Markup
 
 from vmcp_opt.config.template_checks import INTERCEPTED_BINOPS, REMOVED_GLOBALS
 from vmcp_opt.workflows.filter_costs import charge_filter, joined_size, percent_fields, replaced_size
-from vmcp_opt.workflows.step_results import TOO_WIDE, too_wide
+from vmcp_opt.workflows.step_results import TOO_WIDE, KeptText, KeptTextRead, too_wide
 
 _ONE_EXPRESSION = re.compile(r"^\s*\{\{(?P<expression>(?:(?!\}\}|\{\{).)*)\}\}\s*$", re.S)
 
@@ -243,6 +245,8 @@ def _estimate_method(owner: Any, name: str, args: tuple[Any, ...], kwargs: dict[
 
 
 _PASSED = (jinja2.runtime.Context, jinja2.nodes.EvalContext, jinja2.Environment)  # what pass_* filters get first
+# The filters that take a `KeptText` whole: `string` gives its text, `default` the value itself.
+_WHOLE_VALUE_FILTERS = frozenset({"string", "default", "d"})
 
 
 def _bounded_filter(name: str, function: Callable[..., Any]) -> Callable[..., Any]:
@@ -253,6 +257,8 @@ def _bounded_filter(name: str, function: Callable[..., Any]) -> Callable[..., An
     @wraps(function)
     def bounded(*args: Any, **kwargs: Any) -> Any:
         values = [a for a in args if not isinstance(a, _PASSED)]
+        if values and isinstance(values[0], KeptText) and name not in _WHOLE_VALUE_FILTERS:
+            values[0].refuse(f"apply the filter '{name}' to")
         budget: _Budget | None = getattr(_current, "budget", None)
         if budget is not None:  # inline: a function for it would cost a trace event (~1 µs) per item of a `map`
             budget.check_clocks()
@@ -453,6 +459,8 @@ def _render_string(source: str, context: dict[str, Any], place: str) -> Any:
         return _collected(_template(source).generate(**context))
     except jinja2.TemplateError as exc:
         raise TemplateError(place, f"{type(exc).__name__}: {exc}") from None
+    except KeptTextRead as exc:  # its message is the whole reason
+        raise TemplateError(place, str(exc)) from None
     except RecursionError:  # a recursive macro; JSON nested too deep for `fromjson`
         raise TemplateError(place, "RecursionError: nested too deeply") from None
     except MemoryError:
@@ -481,7 +489,7 @@ def _json_data(value: Any) -> Any:
 def _converted(value: Any) -> Any:
     if isinstance(value, jinja2.Undefined):
         str(value)  # raises the undefined error, with its name
-    if isinstance(value, Markup):
+    if isinstance(value, KeptText | Markup):
         return str(value)
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError(f"the expression gives {value}, which JSON cannot hold")
