@@ -37,11 +37,14 @@ from vmcp_opt.shared.state_keys import state_keys, unshared_key_warning
 from vmcp_opt.telemetry import Telemetry
 from vmcp_opt.workflows.provider import WorkflowTools
 from vmcp_opt.workflows.renders import RenderSlots
+from vmcp_opt.workflows.rounds import WorkflowRounds
 from vmcp_opt.workflows.validation import unknown_tools
 
 logger = logging.getLogger(__name__)
 # Seconds before a background loop of the gateway's that failed unexpectedly runs again (`_kept_running`).
 RESTART_DELAY = 5.0
+# Seconds a stop waits for the workflow runs it cancelled to write their end before telemetry closes.
+RUNS_END_WAIT = 5.0
 
 ListKind = Literal["tools", "prompts", "resources"]
 ALL_LISTS: frozenset[ListKind] = frozenset(("tools", "prompts", "resources"))
@@ -322,6 +325,18 @@ class Gateway:
             self._first_listing.set()
         if self.optimizer is not None:
             self._close_optimizer(self.optimizer)
+        self._close_telemetry()
+
+    def _close_telemetry(self) -> None:
+        """Closed once the workflow runs `stop` cancelled have ended (at most `RUNS_END_WAIT` later), awaited by the
+        task group `start` was given: a run's cancellation is handled when its task next runs, after `stop`, and its
+        `cancelled` end written after the audit log closed was lost. Without runs or that task group: here."""
+        if len(self.workflows.rounds) and self._task_group is not None:
+            try:
+                self._task_group.start_soon(_close_after_runs, self.workflows.rounds, self.telemetry)
+                return
+            except RuntimeError:  # the task group has ended: nobody would await the runs
+                pass
         self.telemetry.close()
 
     def _close_optimizer(self, optimizer: OptimizerFront) -> None:
@@ -453,6 +468,13 @@ class Gateway:
             "with_vectors": self._indexed_with_vectors,
             "vectors_unsaved": index.vectors_unsaved,  # why the vectors were not written to disk, or null
         }
+
+
+async def _close_after_runs(rounds: WorkflowRounds, telemetry: Telemetry) -> None:
+    with anyio.CancelScope(shield=True):  # as `_close_off_loop`: the owner may cancel its task group after `stop`
+        with anyio.move_on_after(RUNS_END_WAIT):  # a run stuck in a worker thread must not hold the stop
+            await rounds.ended()
+        telemetry.close()
 
 
 async def _close_off_loop(optimizer: OptimizerFront) -> None:

@@ -393,7 +393,10 @@ def build_mcp_server(gateway: Gateway, transport: Transport) -> Server[Any]:
     # During start-up, catalogue requests wait (bounded) for the backends' first listing.
     server.middleware.append(startup_gate(gateway))
     # Seals the request_state of every InputRequiredResult handed out, verifies it on the retry.
-    server.middleware.append(state_boundary(gateway.config.timeouts.input, gateway.state_keys))
+    def refused(ctx: ServerRequestContext[Any, Any], target: str | None) -> None:
+        gateway.telemetry.round_refused(admission.caller(ctx), ctx.method, target, ctx.request_id)
+
+    server.middleware.append(state_boundary(gateway.config.timeouts.input, gateway.state_keys, refused))
     # Long list answers are shaped for the wire on a worker thread, in slices, once for all who list the same.
     server.middleware.append(shape_lists_off_loop(server, http=transport == "http"))
     return server

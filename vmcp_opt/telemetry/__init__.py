@@ -13,6 +13,7 @@ from vmcp_opt.config import VmcpConfig
 from vmcp_opt.routing.operations import OperationWatcher
 from vmcp_opt.telemetry.audit import AuditLog
 from vmcp_opt.telemetry.metrics import GatewayState, Metrics
+from vmcp_opt.telemetry.run_audit import round_refused
 
 
 class Telemetry:
@@ -57,6 +58,12 @@ class Telemetry:
             self.metrics.session_refused(reason)
         if self.audit is not None:
             self.audit.session_refused(caller, reason, session)
+
+    def round_refused(self, caller: Caller, method: str, target: str | None, request_id: str | int | None) -> None:
+        """A 2026-07-28 retry whose `requestState` was refused before any handler (routing/round_trips/state.py
+        `RefusalsTold`): audited, with the request's method, the tool, prompt or resource it names, and its id."""
+        if self.audit is not None:
+            round_refused(self.audit, caller, method, target, request_id)
 
     def close(self) -> None:
         try:

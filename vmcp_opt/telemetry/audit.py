@@ -66,9 +66,9 @@ from vmcp_opt.routing.providers import GATEWAY_SOURCE
 from vmcp_opt.telemetry.audit_sink import Sink
 from vmcp_opt.telemetry.audit_values import MAX_FIELD_CHARS as MAX_FIELD_CHARS  # its home before audit_values.py
 from vmcp_opt.telemetry.audit_values import bounded as _bounded
-from vmcp_opt.telemetry.names import event_outcome, event_type, target_type
+from vmcp_opt.telemetry.names import event_outcome, event_type, refused_retry, target_type
 from vmcp_opt.telemetry.redact import redacted_within
-from vmcp_opt.telemetry.run_audit import FIELDS_NOTE, RUN_NOTE, RunAudit, ends_a_run
+from vmcp_opt.telemetry.run_audit import FIELDS_NOTE, RUN_NOTE, RunAudit, ends_a_run, refused_round
 from vmcp_opt.workflows.step_events import STEP_CALLS, STEP_WATCH_NOTE
 
 if TYPE_CHECKING:
@@ -106,6 +106,7 @@ class AuditLog:
         self._last_report = 0.0
         self._stalled = False  # a `block` wait ran out; cleared when the writer takes from the queue again
         self._closing = threading.Event()
+        self.open_runs: set[RunAudit] = set()  # runs whose report is their end, not yet ended (run_audit.py)
         self._thread = threading.Thread(target=self._run, name="vmcp-audit", daemon=True)
         self._thread.start()
 
@@ -130,7 +131,9 @@ class AuditLog:
             calls.saw(op.backend, op.outcome, op.error)
             return
         if kind in _WORKFLOW_ENDS and not ends_a_run(op):
-            return  # a question for the client, or a retry's answer: the run writes its own end (run_audit.py)
+            if not refused_retry(op):
+                return  # a question for the client, or a retry's answer: the run writes its own end (run_audit.py)
+            kind = refused_round(op)  # no run of it ends: the call's own event, not a second end of the run
         started = kind in _WORKFLOW_ENDS and RUN_NOTE not in op.notes  # a run that was not watched
         kinds = ["workflow_started", kind] if started else [kind]
         kinds = [each for each in kinds if self._wanted(each)]
@@ -361,6 +364,8 @@ class AuditLog:
             logger.error(message)
 
     def close(self, timeout: float = 5.0) -> None:
+        for run in list(self.open_runs):
+            run.log_closing()
         self._closing.set()
         try:
             self._queue.put(_STOP, timeout=timeout)

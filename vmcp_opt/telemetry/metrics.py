@@ -1,10 +1,11 @@
 """Prometheus metrics from the router's operations, in a registry of the gateway's own.
 
 Labels are a fixed vocabulary or come from the config: `method` (the MCP methods, else "other"),
-`outcome` (five values), `backend` (configured backend names), `setting` (the configured rate limits), `state` (the health and circuit states),
-`ranking` (the index's two modes), `stage` and `vectors` (index updates), auth `method` and `outcome`, a refused
-session's `reason` (three values); never a tool name, argument or anything else a client controls, so the
-number of series cannot grow with traffic.
+`outcome` (the operations' five, and `input_required` for a 2026-07-28 request answered with a question, as the
+audit log states it: names.py `event_outcome`), `backend` (configured backend names), `setting` (the configured
+rate limits), `state` (the health and circuit states), `ranking` (the index's two modes), `stage` and `vectors`
+(index updates), auth `method` and `outcome`, a refused session's `reason` (three values); never a tool name,
+argument or anything else a client controls, so the number of series cannot grow with traffic.
 
 Counted as operations finish: requests (those clients sent: call_tool's target and a workflow's steps are
 part of theirs), backend requests, meta-tool calls, unknown tools, find_tool's
@@ -30,7 +31,7 @@ from prometheus_client.registry import Collector
 
 from vmcp_opt.routing.operations import Operation
 from vmcp_opt.telemetry.audit import AuditLog
-from vmcp_opt.telemetry.names import META_TOOLS, find_tool_summary, method_label
+from vmcp_opt.telemetry.names import META_TOOLS, event_outcome, find_tool_summary, method_label
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -172,17 +173,19 @@ class Metrics:
         return None
 
     def operation_finished(self, op: Operation) -> None:
+        # As the audit log states it: a request answered with a question (2026-07-28) is no success yet.
+        outcome = event_outcome(op)
         if op.kind == "backend":
             backend = op.backend if op.backend in self._backends else "other"
-            self._child(self.client, backend, method_label(op.method), op.outcome).observe(op.duration)
+            self._child(self.client, backend, method_label(op.method), outcome).observe(op.duration)
             return
         if op.parent is None:
             # Only what a client sent: call_tool's target and a workflow's steps run inside a request, and
             # counted again they would make one call_tool two requests served, and a typo in its `tool_name`
             # a failed request the client never received (call_tool answers it with isError).
-            self._child(self.server, method_label(op.method), op.outcome).observe(op.duration)
+            self._child(self.server, method_label(op.method), outcome).observe(op.duration)
         if op.method == "tools/call" and op.target in META_TOOLS and op.backend == "vmcp":
-            self._child(self.meta, op.target, op.outcome).observe(op.duration)
+            self._child(self.meta, op.target, outcome).observe(op.duration)
             if op.target == "find_tool":
                 self._found(op)
         if op.error == str(-32602) and op.backend is None:  # not found: served by no backend

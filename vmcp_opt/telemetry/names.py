@@ -66,6 +66,14 @@ def continues_run(op: Operation) -> bool:
     return op.backend == WORKFLOW_SOURCE and isinstance(getattr(round_, "run", None), str)
 
 
+def refused_retry(op: Operation) -> bool:
+    """Whether a retry continuing a workflow run was refused before it reached the run: the run is gone (it
+    finished, was cancelled, its client came back too late), another request continues it, its answers fit no
+    question, the policy or the replica holding it refused. The run writes no end for it (`continues_run`), so
+    this is its only event; a retry that reached the run answers with the run's result or its next question."""
+    return continues_run(op) and op.outcome in ("failure", "denied")
+
+
 def target_type(method: str) -> str:
     if method.startswith("tools/"):
         return "tool"

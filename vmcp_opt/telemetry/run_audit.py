@@ -9,6 +9,9 @@ hands an answer over or collects the result. None of those answers is the run's 
 as its call's would have been had the call waited: same type, outcome, response size and data, its duration
 from the first call; a run cancelled there (its client did not come back, gave up on a retry, the gateway stopped)
 ends `cancelled`. Either way a run writes one `workflow_started` and one end, all with its `workflow_id`.
+
+A retry refused before its round went on (the run gone, already continued, its `requestState` expired or forged:
+`round_refused`, `refused_round`) ends no run: it is written as the tool call it is, marked `round_refused`.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from vmcp_opt.auth import Caller
+from vmcp_opt.routing.exchange import Exchange
 from vmcp_opt.routing.operations import Operation, Outcome
 from vmcp_opt.telemetry.audit_values import bounded
 from vmcp_opt.telemetry.names import asked_input, continues_run, event_type
@@ -35,6 +40,8 @@ if TYPE_CHECKING:
 # and attempts).
 FIELDS_NOTE = "audit.fields"
 RUN_NOTE = "audit.workflow_run"  # a workflow call's note: the `RunAudit` of the run it started
+# The error type of a retry whose `requestState` did not verify: the SDK's reason on the wire, whatever it was.
+INVALID_STATE = "invalid_request_state"
 
 
 class RunAudit:
@@ -92,6 +99,13 @@ class RunAudit:
     def asked(self) -> None:
         """Its call was answered with the run's question: the run goes on, and its report will be its end."""
         self._ends_with_report = True
+        self._log.open_runs.add(self)
+
+    def log_closing(self) -> None:
+        """The log closes while the run goes on (stuck past the gateway's wait for the runs its stop cancelled): it
+        ends `cancelled` now, with the process; whatever it reports later is not written."""
+        if self._ends_with_report:
+            self._write_end("cancelled", None, "cancelled")
 
     def _end(self, report: RunReport) -> None:
         """The end its call's event would have been, had the call waited for the run."""
@@ -99,6 +113,8 @@ class RunAudit:
         self._write_end("application_error" if result.is_error else "success", result)
 
     def _write_end(self, outcome: Outcome, result: Any, error: str | None = None) -> None:
+        self._ends_with_report = False  # one end
+        self._log.open_runs.discard(self)
         call = self._op
         end = Operation(
             call.method, call.caller, target=call.target, backend=call.backend, exchange=call.exchange,
@@ -145,6 +161,24 @@ def ends_a_run(call: Operation) -> bool:
     if isinstance(run, RunAudit):
         run.asked()
     return False
+
+
+def round_refused(log: AuditLog, caller: Caller, method: str, target: str | None, request_id: str | int | None) -> None:
+    """A 2026-07-28 retry whose `requestState` the boundary refused before any handler (expired, forged, another
+    caller's): the request's own event type, outcome `denied`, `error_type` `invalid_request_state`, marked
+    `round_refused`; never the state."""
+    exchange = Exchange(method, request_id=request_id) if request_id is not None else None
+    op = Operation(method, caller, target=target, exchange=exchange, outcome="denied", error=INVALID_STATE)
+    log._offer(refused_round(op), op, time.time())
+
+
+def refused_round(call: Operation) -> str:
+    """The event type of a 2026-07-28 retry refused before its round went on (a workflow run's, names.py
+    `refused_retry`; any round's at the `requestState` boundary): a workflow's as a tool call, since no run ended
+    with it. Its event is marked `round_refused`."""
+    call.notes[FIELDS_NOTE] = {"target": {}, "extra": {"round_refused": True}}
+    kind = event_type(call)
+    return "mcp_tool_call" if kind.startswith("workflow_") else kind
 
 
 def step_outcome(report: StepReport, calls: StepCalls) -> tuple[Outcome, str | None]:

@@ -12,7 +12,8 @@ SDK's client injects the current context into every outbound request's `_meta` (
 client → gateway → backend.
 
 Attributes are the MCP and GenAI conventions' (`mcp.method.name`, `mcp.session.id`, `mcp.protocol.version`,
-`jsonrpc.request.id`, `gen_ai.tool.name`, `error.type`) and ours under `vmcp.` (backend, outcome, find_tool's
+`jsonrpc.request.id`, `gen_ai.tool.name`, `error.type`) and ours under `vmcp.` (backend, outcome as the audit log
+states it, `input_required` for a 2026-07-28 request answered with a question, find_tool's
 result count, ranking mode and top score, a step's workflow). `mcp.session.id` is the caller id (a digest
 for sessions and credentials), never a raw session id; no arguments or results are recorded.
 
@@ -69,7 +70,7 @@ from vmcp_opt.display import shorten
 from vmcp_opt.logs import ThrottledLog
 from vmcp_opt.routing.operations import Operation
 from vmcp_opt.routing.providers import GATEWAY_SOURCE
-from vmcp_opt.telemetry.names import find_tool_summary
+from vmcp_opt.telemetry.names import INPUT_REQUIRED, event_outcome, find_tool_summary
 from vmcp_opt.workflows.provider import WORKFLOW_SOURCE
 
 logger = logging.getLogger(__name__)
@@ -83,7 +84,8 @@ _MAX_NAME = 200
 _PROPAGATOR = TraceContextTextMapPropagator()
 _SCOPE = InstrumentationScope("vmcp_opt.telemetry.tracing")
 _SAMPLED, _NOT_SAMPLED = TraceFlags(TraceFlags.SAMPLED), TraceFlags(TraceFlags.DEFAULT)
-# Not "cancelled": a client that stopped waiting is no error of the gateway's or the backend's.
+# Not "cancelled": a client that stopped waiting is no error of the gateway's or the backend's; nor
+# "input_required": a 2026-07-28 request answered with a question, the call going on with its retry.
 _ERROR = {outcome: Status(StatusCode.ERROR, outcome) for outcome in ("failure", "denied", "application_error")}
 _UNSET = Status(StatusCode.UNSET)
 _RECORDED = (Decision.RECORD_AND_SAMPLE,)  # RECORD_ONLY spans are never exported
@@ -197,7 +199,7 @@ class Tracing:
             self._resource,
             _attributes(op),
             kind=running.kind,
-            status=_ERROR.get(op.outcome, _UNSET),
+            status=_ERROR.get(event_outcome(op), _UNSET),
             start_time=running.start_ns,
             end_time=time.time_ns(),
             instrumentation_scope=_SCOPE,
@@ -324,9 +326,10 @@ def _attributes(op: Operation) -> dict[str, Any]:
     parent = op.parent
     if request and parent is not None and parent.kind == "request" and parent.backend == WORKFLOW_SOURCE:
         attributes["vmcp.workflow.name"] = parent.target or ""
-    if request or op.outcome != "success":
-        attributes["vmcp.outcome"] = op.outcome
-    if op.error is not None:
+    outcome = event_outcome(op)
+    if request or outcome != "success":
+        attributes["vmcp.outcome"] = outcome
+    if op.error is not None and outcome != INPUT_REQUIRED:  # a question for the client is no error
         attributes["error.type"] = op.error[:_MAX_NAME]
     elif op.outcome == "application_error":
         attributes["error.type"] = "tool_error"

@@ -109,6 +109,7 @@ class WorkflowRounds:
             )
         self.budget = budget
         self._runs: dict[str, PendingRun] = {}
+        self._emptied: anyio.Event | None = None  # set when the last run held here is discarded (`ended`)
         self._task_group: anyio.abc.TaskGroup | None = None
         # Replicas: a retry of a run held by another replica is relayed there, one held here relayed back.
         self.owners = owners or RoundOwners()
@@ -121,9 +122,17 @@ class WorkflowRounds:
         for run in list(self._runs.values()):
             run.lifetime.cancel()
 
+    async def ended(self) -> None:
+        """Once no run is held here: each `stop` cancelled has written its end (the gateway's stop waits, bounded)."""
+        while self._runs:
+            self._emptied = anyio.Event()
+            await self._emptied.wait()
+
     def discard(self, run: PendingRun) -> None:
         if self._runs.pop(run.id, None) is not None:
             self.budget.release(run.caller)
+        if not self._runs and self._emptied is not None:
+            self._emptied.set()
 
     def abandon(self, asked: InputRequired) -> None:
         """A question that will reach no client (a workflow step caught it): if a run held here asked it, the run

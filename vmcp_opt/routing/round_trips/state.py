@@ -13,15 +13,16 @@ landing on another replica is relayed there (owners.py).
 from __future__ import annotations
 
 import json
+import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 import mcp_types as types
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import principal_components
-from mcp.server.context import ServerRequestContext
+from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.request_state import RequestStateBoundary, RequestStateSecurity, authenticated_principal
 from mcp.shared.exceptions import MCPError
 from mcp_types.methods import INPUT_REQUIRED_METHODS
@@ -30,6 +31,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 ResultT = TypeVar("ResultT", bound=BaseModel)
 
+logger = logging.getLogger(__name__)
 STATE_AUDIENCE = "vmcp-opt"
 
 
@@ -111,13 +113,55 @@ def decode_round(text: str) -> Round:
     raise MCPError(types.INVALID_PARAMS, "Invalid or expired requestState")
 
 
-def state_boundary(ttl: float, keys: Sequence[bytes] | None = None) -> RequestStateBoundary:
+# Told of a retry the boundary refused: the request, and the tool, prompt or resource it names.
+RoundRefused = Callable[[ServerRequestContext[Any, Any], str | None], None]
+
+
+def state_boundary(
+    ttl: float, keys: Sequence[bytes] | None = None, refused: RoundRefused | None = None
+) -> RequestStateBoundary | RefusalsTold:
     """Seals every `request_state` the gateway hands out and verifies every one that comes back: under
     `keys` (the first seals, all unseal; shared by replicas, vmcp_opt/shared/state_keys.py), else under a
-    key of this process; bound to the caller's principal (`request_principal`)."""
+    key of this process; bound to the caller's principal (`request_principal`). `refused` is told of each
+    retry it refuses (telemetry's `round_refused`)."""
     ring = list(keys) if keys else [os.urandom(32)]  # as `RequestStateSecurity.ephemeral` does
     security = RequestStateSecurity(keys=ring, ttl=ttl, bind_principal=request_principal)
-    return RequestStateBoundary(security, default_audience=STATE_AUDIENCE)
+    boundary = RequestStateBoundary(security, default_audience=STATE_AUDIENCE)
+    return boundary if refused is None else RefusalsTold(boundary, refused)
+
+
+class RefusalsTold:
+    """The boundary, telling `refused` of each retry whose `requestState` it refused (expired, forged, another
+    caller's, for other arguments): answered before any handler runs, such a retry reaches no watcher of the
+    router, and left no audit event. Only the boundary's own refusals: an error of what it wraps is that
+    request's operation's. The state itself is never passed on: it is the client's, and may be anything."""
+
+    def __init__(self, boundary: RequestStateBoundary, refused: RoundRefused) -> None:
+        self._boundary = boundary
+        self._refused = refused
+
+    async def __call__(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
+        reached = False
+
+        async def handler(verified: ServerRequestContext[Any, Any]) -> HandlerResult:
+            nonlocal reached
+            reached = True
+            return await call_next(verified)
+
+        try:
+            return await self._boundary(ctx, handler)
+        except MCPError:
+            if not reached:
+                self._tell(ctx)
+            raise
+
+    def _tell(self, ctx: ServerRequestContext[Any, Any]) -> None:
+        params = ctx.params or {}
+        named = params.get("uri") if ctx.method == "resources/read" else params.get("name")
+        try:
+            self._refused(ctx, named if isinstance(named, str) else None)
+        except Exception:  # telemetry's bug must not change the client's answer
+            logger.exception("telling of a refused requestState failed")
 
 
 def request_principal(ctx: ServerRequestContext[Any, Any]) -> str | None:
