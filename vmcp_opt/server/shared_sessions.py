@@ -18,10 +18,10 @@ record: the session may be in use elsewhere, and its key expires once it has bee
 max_sessions_per_address, counted per replica), freed when its copy ends.
 
 Redis unreachable (or refusing the password): the sessions this replica holds keep working; a request naming
-another is answered 503 with Retry-After (the session may well exist: Redis restarting, failing over) until the
-store has failed for `sessions.outage_grace_seconds` (`StoreOutage`, from its first failed call since the last
-success), then 404 (the client opens a new session, held here); one warning per minute each. Once Redis is back
-(even empty), the reaper writes the records of the sessions held here again within `REAP_INTERVAL`, unless a
+another is answered 503 with Retry-After (the session may well exist: Redis restarting, failing over; at once
+while the link knows Redis answers nothing, not after a timeout each) until the store has failed for
+`sessions.outage_grace_seconds` (`StoreOutage`, from its first failed call since the last success), then 404
+(the client opens a new session, held here); one warning per minute each. Once Redis is back (even empty), the reaper writes the records of the sessions held here again within `REAP_INTERVAL`, unless a
 session was deleted meanwhile (its tombstone, checked in the same Lua script): then its copy here is ended.
 Redis's own state changes are logged once each by vmcp_opt/shared/redis_client.py.
 
@@ -63,7 +63,7 @@ from vmcp_opt.server.session_relays import Held, HeldSessions, SessionRelays
 from vmcp_opt.server.session_restore import is_replayed, restored_transport, serve_restored
 from vmcp_opt.server.sessions import SERVER_BUSY, SessionGate, Slot, client_address, json_rpc_error, may_open_session
 from vmcp_opt.shared.events import EVENTS, EVENTS_CALLER, STORE_ERRORS, RedisEventStore, ReplicaPresence
-from vmcp_opt.shared.redis_client import redis_client, redis_link, redis_trouble
+from vmcp_opt.shared.redis_client import redis_client, redis_link, redis_trouble, skip_if_stalled
 from vmcp_opt.shared.replica_shapes import ReplicaShapes, watch_shapes
 from vmcp_opt.shared.round_relay import RedisAnswerRelay, RedisCancelRelay, RedisRoundRelay
 from vmcp_opt.shared.session_store import (
@@ -159,9 +159,11 @@ class SharedSessions:
             if held is not None:
                 found = await self._still_open(session_id, held)
             else:
+                skip_if_stalled(self.store.link)  # Redis known to answer nothing: 503 at once, not after a timeout
                 record = await self.store.load(session_id)
                 found = record is not None
         except STORE_ERRORS as exc:
+            self.store.outage.failed()  # a lookup not asked is one failed
             self._log.warning("store", "sessions: %s: only this replica's sessions are served", redis_trouble(exc))
             found, unsure = held is not None, True
         if not found and held is not None:
@@ -213,7 +215,8 @@ class SharedSessions:
             send,
             503,
             SERVER_BUSY,
-            f"The session store is briefly unavailable; retry in {OUTAGE_RETRY_AFTER} s",
+            f"The session store is briefly unavailable; retry in {OUTAGE_RETRY_AFTER} s (it is unreachable, or "
+            "refuses the gateway's commands: the session may still exist)",
             {"retry_after": OUTAGE_RETRY_AFTER},
             [(b"retry-after", str(OUTAGE_RETRY_AFTER).encode())],
         )

@@ -21,6 +21,9 @@ rate-limit check; both fail open): each request paid a full `redis.timeout` or t
 in the background (`/readyz`'s, at most once a `READY_PING_INTERVAL`, started by the requests skipped) finds
 when Redis is back.
 
+redis-py's pools keep every socket a burst opened, with no idle timeout: the link closes its async pools' idle
+ones (`drop_idle`) `IDLE_SOCKETS_SECONDS` after a use, and when a failure leaves Redis unreachable.
+
 `unauthenticated` is a configuration error (the password is wrong, or Redis wants one and none is set): its
 warning and `/readyz` say so in those words, and never show the password. `refusing` is a Redis that answers
 but will not take the gateway's writes: at maxmemory with a policy that evicts nothing, an ACL user without
@@ -37,6 +40,7 @@ import logging
 import math
 import threading
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Literal, cast
 from urllib.parse import urlsplit
@@ -87,6 +91,10 @@ class RedisLink:
         self._probing: asyncio.Task[None] | None = None
         self._stalled = False  # unreachable by a command's timeout: only an answer, not a connection, ends it
         self._lock = threading.Lock()
+        # The async clients' pools (`_async_client`), whose idle sockets are closed (`drop_idle`): event loop only.
+        self.pools: weakref.WeakSet[aioredis.ConnectionPool] = weakref.WeakSet()
+        self._idle_timer: tuple[asyncio.AbstractEventLoop, asyncio.TimerHandle] | None = None
+        self._dropping: set[asyncio.Task[None]] = set()
 
     def reached(self) -> None:
         """A connection opened: Redis answers, which says nothing of whether it takes writes (`refusing` stays)."""
@@ -123,11 +131,41 @@ class RedisLink:
             self._probing = loop.create_task(self._probe_quietly(self.probe))
         return False
 
+    def stalled(self) -> bool:
+        """Whether Redis is known to answer nothing (frozen, a dead host): asking costs a `redis.timeout`. Probes
+        as `usable`. Not after a refusal: asking is then cheap, and finds a Redis just restarted."""
+        return not self.usable() and self._stalled
+
     async def _probe_quietly(self, probe: Callable[[], Coroutine[Any, Any, None]]) -> None:
         try:
             await probe()
         except Exception:  # a task nobody awaits: its error would only reach asyncio's "never retrieved"
             logger.exception("redis: probing Redis at %s failed", self.where)
+
+    def used(self) -> None:
+        """A pool handed out a connection (event loop): its idle sockets are closed `IDLE_SOCKETS_SECONDS` on,
+        one timer at a time, armed again by the next use (none while nothing uses Redis)."""
+        loop = asyncio.get_running_loop()
+        if self._idle_timer is None or self._idle_timer[0] is not loop:  # another loop's: it has ended
+            self._idle_timer = (loop, loop.call_later(IDLE_SOCKETS_SECONDS, self._idle_elapsed))
+
+    def _idle_elapsed(self) -> None:
+        self._idle_timer = None
+        self.drop_idle()
+
+    def drop_idle(self) -> None:
+        """The pools' idle sockets closed (redis-py's own means; reopened when next used). Event loop only."""
+        loop = asyncio.get_running_loop()
+        for pool in list(self.pools):
+            task = loop.create_task(self._disconnect_idle(pool))
+            self._dropping.add(task)  # held: a task nobody references may be collected before it runs
+            task.add_done_callback(self._dropping.discard)
+
+    async def _disconnect_idle(self, pool: aioredis.ConnectionPool) -> None:
+        try:
+            await pool.disconnect(inuse_connections=False)
+        except Exception as exc:  # a pool of a loop that has ended (another test's); a close that timed out
+            logger.debug("redis: idle connections to %s not closed: %s", self.where, exc)
 
     def detail(self) -> dict[str, Any]:
         """For `/readyz`: the state, and the reason in words (`Redis refused the password (...)`)."""
@@ -269,13 +307,14 @@ def _given(link: RedisLink | None, default: RedisLink | None) -> RedisLink:
 
 
 async def _connect_async(link: RedisLink, connected: bool, connect: Callable[[], Awaitable[None]]) -> None:
-    # `connect` runs before every command; only opening a connection says something new.
+    # `connect` runs before every command (a pool handing out a connection); only opening one says something new.
+    link.used()
     if connected:
         return
     try:
         await connect()
     except Exception as exc:
-        link.failed(exc)
+        _failed_async(link, exc)
         raise
     link.reached()
 
@@ -285,8 +324,14 @@ async def _read_async(link: RedisLink, read: Awaitable[Any]) -> Any:
     try:
         return await read
     except RedisTimeoutError as exc:
-        link.failed(exc)
+        _failed_async(link, exc)
         raise
+
+
+def _failed_async(link: RedisLink, exc: BaseException) -> None:
+    link.failed(exc)
+    if link.state == "unreachable":
+        link.drop_idle()  # the pools' other sockets to that Redis: each would cost its next user a timeout
 
 
 def _connect(link: RedisLink, connected: bool, connect: Callable[[], None]) -> None:
@@ -311,6 +356,12 @@ def skip_unless_usable(link: RedisLink | None) -> None:
         raise NotAsked(f"not asked until it answers again: {link.where}")
 
 
+def skip_if_stalled(link: RedisLink | None) -> None:
+    """Raises `NotAsked` while `link` knows Redis answers nothing (`stalled`): asking would cost a timeout."""
+    if link is not None and link.stalled():
+        raise NotAsked(f"not asked until it answers again: {link.where}")
+
+
 def redis_client(config: VmcpConfig) -> aioredis.Redis:
     """Connects on first use; every command is bounded by `redis.timeout`. A command is tried again once, at
     once, only when its connection was refused or closed (a pooled connection left over from before Redis
@@ -331,6 +382,7 @@ def _async_client(config: VmcpConfig, settings: dict[str, Any]) -> aioredis.Redi
         connection_class=_AsyncSSLConnection if url.startswith("rediss://") else _AsyncConnection,
         **settings,
     )
+    redis_link(config).pools.add(client.connection_pool)  # its idle sockets closed in time (`drop_idle`)
     return client
 
 
@@ -366,6 +418,9 @@ def _settings(config: VmcpConfig) -> dict[str, Any]:
     return dict(link.client_settings)
 
 
+# Seconds after a pool's use when its idle connections' sockets are closed: a burst's sockets are kept no longer
+# (a pool of ours is never smaller than what a burst opened), and a pool in steady use reconnects once in it.
+IDLE_SOCKETS_SECONDS = 10.0
 # `/readyz` asks Redis at most this often: a probe (or anyone) asking faster reads the last answer, so what
 # unauthenticated requests make the gateway spend on Redis stays one write a second on one connection.
 READY_PING_INTERVAL = 1.0
