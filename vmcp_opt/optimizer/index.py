@@ -40,6 +40,7 @@ from vmcp_opt.optimizer import feedback, keyword_arm, ranking, vector_arm
 from vmcp_opt.optimizer.boosts import with_companions, with_prerequisites
 from vmcp_opt.optimizer.documents import ToolRecord, document_hash, keyword_document, keyword_fields, tool_document
 from vmcp_opt.optimizer.embedding import TextEmbedder, bulk_started, load_configured_embedder
+from vmcp_opt.optimizer.fit_signal import ArmTops, arm_tops
 from vmcp_opt.optimizer.int8_pass import Int8FirstPass
 from vmcp_opt.optimizer.model_registry import ModelSpec, resolve_model
 from vmcp_opt.optimizer.prerequisites import Prerequisite, find_prerequisites
@@ -79,6 +80,8 @@ class SearchResult:
     hits: list[SearchHit]
     # "keyword" while vectors (or the model for queries) are not ready yet.
     mode: Literal["hybrid", "keyword"]
+    # What each arm put first for the whole request: find_tool's `nothing_fits` reads it (optimizer/fit_signal.py).
+    arms: ArmTops | None = None
 
 
 @dataclass
@@ -240,6 +243,7 @@ class ToolIndex:
             vectors = vector_arm.candidates(
                 snap.faiss_index, snap.has_vector, query_vectors, depth, allowed, config, snap.vectors, snap.int8_pass
             )
+            tops = arm_tops(snap.records, vectors[0], sparse[0])  # before feedback changes the arms' rankings
             fused = [ranking.fuse(d, s, config) for d, s in zip(vectors, sparse, strict=True)]
             if feedback.enabled(config):
                 arms = (snap.bm25, snap.faiss_index, snap.has_vector, snap.vectors)
@@ -249,6 +253,7 @@ class ToolIndex:
             if snap.rerank is not None:
                 fused = snap.rerank.rerank(variants, fused, sparse)
         else:
+            tops = arm_tops(snap.records, None, sparse[0])
             fused = [ranking.keyword_only(s) for s in sparse]
         merged = ranking.merge_variants(fused)
         # Both raise tools next to what the request ranked (`merged`), so neither feeds the other.
@@ -267,6 +272,7 @@ class ToolIndex:
                 for doc, score in best
             ],
             mode,
+            tops,
         )
 
     def _query_vectors(self, embedder: TextEmbedder, variants: list[str]) -> np.ndarray:

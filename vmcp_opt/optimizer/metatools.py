@@ -41,6 +41,7 @@ from vmcp_opt.optimizer.calibration import scale_for
 from vmcp_opt.optimizer.catalogue_names import CatalogueNames, Starting, restricts
 from vmcp_opt.optimizer.documents import ToolRecord
 from vmcp_opt.optimizer.embedding import load_configured_embedder
+from vmcp_opt.optimizer.fit_signal import nothing_fits
 from vmcp_opt.optimizer.index import SearchHit, SearchResult, ToolIndex
 from vmcp_opt.optimizer.listing import Listing, catalogue_key, save_listing
 from vmcp_opt.optimizer.meta_tool_forms import (
@@ -295,7 +296,9 @@ class OptimizerFront:
             permitted = set(allowed.router.may_use(allowed.caller, [hit.record.name for hit in result.hits]))
             hits = [h for h in result.hits if h.record.name in permitted][:wanted]
             # This caller's own list would cost one policy question per tool per call: its size is left out.
-            return await self.searches.in_thread(self._answer, query, SearchResult(hits, result.mode), starting, None)
+            return await self.searches.in_thread(
+                self._answer, query, SearchResult(hits, result.mode, result.arms), starting, None
+            )
 
     def _search_and_answer(
         self, query: str, depth: int, backends: list[str] | None, usable: frozenset[str] | None, starting: Starting
@@ -317,7 +320,7 @@ class OptimizerFront:
             notes.append(
                 "ranked by keywords only: the embedding model is still loading (scores are relative until then)"
             )
-        elif tools and all(tool.get("weak_match") for tool in tools):
+        elif nothing_fits(tools, result.arms):
             answer["nothing_fits"] = True
             notes.append(
                 f"nothing fits this request well: the best match is {tools[0]['score']:.2f} (of 1), under "
