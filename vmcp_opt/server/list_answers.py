@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import uuid
 import weakref
 from collections.abc import Callable, Sequence
@@ -42,7 +43,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from vmcp_opt.display import shorten
-from vmcp_opt.server.list_cache import Built, ListAnswers
+from vmcp_opt.server.list_cache import Built, ListAnswers, key_bytes, shaped_bytes
 
 # Items per pydantic call: ~5 ms of the GIL each for tool definitions on a slow 2-core host (bench/README.md).
 SLICE = 200
@@ -178,7 +179,10 @@ class _Shaper:
         encoded = None if form is None else encoded_items(shaped, key, form)
         if encoded is not None and form is not None:
             shaped.bodies[form] = encoded
-        return Built(envelope, sum(len(part) for part in encoded or ()))
+        # The shaped items stay beside their JSON: every path but `body_parts` (an answer gone SSE, stdio, the
+        # answers' own accounting) reads them. So both are counted, about nine tenths of it the shaped items.
+        held = shaped_bytes(shaped) + sum(map(sys.getsizeof, encoded or ())) + sys.getsizeof(envelope)
+        return Built(envelope, held + key_bytes(len(shaped)))
 
 
 def long_list(response: JSONRPCResponse) -> str | None:
