@@ -32,6 +32,7 @@ from vmcp_opt.config.code_mode import CodeModeConfig
 from vmcp_opt.routing import ProvidedTool, ToolCall, error_result
 from vmcp_opt.routing.budget import Budget, LimitReached
 from vmcp_opt.routing.providers import GATEWAY_SOURCE
+from vmcp_opt.routing.round_trips import InputRequired
 
 logger = logging.getLogger(__name__)
 
@@ -385,6 +386,9 @@ class _Run:
                 result = await self.call.router.call_tool(self.call.caller, tool, arguments, self.exchange)
         except TimeoutError:
             return {"error": f"no answer within {self.config.call_timeout:g} s (code_mode.call_timeout)"}
+        except InputRequired:
+            # An `@approval` tool or a backend asking: uncaught, the script's client got -32603.
+            return {"error": f"'{tool}' asked the client for input, which a script's call cannot relay"}
         except MCPError as refused:  # unknown, not permitted, rate-limited, over a bound
             return {"error": refused.error.message}
         return tool_value(result)

@@ -13,9 +13,11 @@ from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 import mcp_types as types
 from mcp.shared.exceptions import MCPError
+from mcp.shared.uri_template import DEFAULT_MAX_URI_LENGTH
 
 from vmcp_opt.auth import Caller
 from vmcp_opt.display import shorten
+from vmcp_opt.routing.resource_uris import MalformedResourceUri, normalized_uri
 
 if TYPE_CHECKING:
     from vmcp_opt.aggregation.catalog import Catalog, RoutedTemplate
@@ -120,28 +122,62 @@ def resource_not_found(uri: str) -> MCPError:
     return MCPError(RESOURCE_NOT_FOUND, f"Resource not found: '{shorten(uri)}'", {"uri": shorten(uri, 512)})
 
 
-def resource_targets(catalog: Catalog, uri: str) -> tuple[str, list[Target]] | None:
+@dataclass(frozen=True)
+class RoutedUri:
+    """Where a resource URI goes: its backend, the URI the backend is sent (the one judged) and what a caller
+    must be allowed to read it."""
+
+    backend: str
+    uri: str
+    targets: list[Target]
+
+
+def resource_targets(catalog: Catalog, uri: str) -> RoutedUri | None:
     """The backend `uri` routes to and what a caller must be allowed to read it: the resource, and the template
     it matches when it is not a listed resource (a policy forbidding a template forbids the URIs it serves, not
-    only its listing); None when nothing serves it."""
+    only its listing); None when nothing serves it.
+
+    Judged, matched and forwarded in normal form (routing/resource_uris.py): judged as sent, `files://%73ecret`
+    passed a forbid on `files://secret` that the backend then served. A listed URI not itself in normal form is
+    forwarded as listed (the backend knows it so) and judged by both spellings;
+    `MalformedResourceUri` for a URI with no normal form."""
     listed = catalog.resources.get(uri)
     if listed is not None:
-        return listed.backend, [Target("resource", uri, listed.backend)]
+        names = dict.fromkeys((uri, _normal_or_same(uri)))
+        return RoutedUri(listed.backend, uri, [Target("resource", name, listed.backend) for name in names])
+    if len(uri) > DEFAULT_MAX_URI_LENGTH:
+        return None  # no template matches it (the router says why): not normalised, ~21,000 escapes at this length
+    normal = normalized_uri(uri)
+    listed = catalog.resources.get(normal)
+    if listed is not None:
+        return RoutedUri(listed.backend, normal, [Target("resource", normal, listed.backend)])
     # A template's own text, read as it is listed, is judged as that template too: `{?q}` never matches itself.
-    template = catalog.matching_template(uri) or catalog.template_named(uri)
+    template = catalog.matching_template(normal) or catalog.template_named(normal)
     if template is None:
         return None
     served_by = template.backend
-    return served_by, [
-        Target("resource", uri, served_by),
-        Target("template", template.template.uri_template, served_by),
-    ]
+    return RoutedUri(
+        served_by,
+        normal,
+        [Target("resource", normal, served_by), Target("template", template.template.uri_template, served_by)],
+    )
+
+
+def _normal_or_same(uri: str) -> str:
+    """A listed URI's normal form, or itself when it has none (the backend listed it so: it is read as listed)."""
+    try:
+        return normalized_uri(uri)
+    except MalformedResourceUri:
+        return uri
 
 
 def completion_template(catalog: Catalog, uri: str) -> RoutedTemplate | None:
     """The template a completion's `ref/resource` names: by its URI template, or by a URI it serves (the
-    specification allows either), matched as a read of that URI routes; None for a listed resource's URI or a
-    URI no template serves. The completion is judged as one for that template, as a read is: judged by the URI
-    as sent, a concrete URI got past a policy naming the template."""
+    specification allows either), matched as a read of that URI routes (in normal form); None for a listed
+    resource's URI or a URI no template serves. The completion is judged as one for that template, as a read is:
+    judged by the URI as sent, a concrete URI got past a policy naming the template."""
     exact = catalog.template_named(uri)
-    return exact if exact is not None else catalog.matching_template(uri)
+    if exact is not None or len(uri) > DEFAULT_MAX_URI_LENGTH:
+        return exact
+    normal = normalized_uri(uri)
+    return catalog.template_named(normal) or catalog.matching_template(normal)

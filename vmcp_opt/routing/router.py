@@ -58,6 +58,7 @@ from vmcp_opt.routing.policy import (
     Denied,
     Operation,
     Policy,
+    RoutedUri,
     Target,
     completion_template,
     explain,
@@ -506,11 +507,11 @@ class Router:
         self, caller: Caller, params: types.ReadResourceRequestParams, exchange: Exchange
     ) -> types.ReadResourceResult:
         with self._watch(Op("resources/read", caller, target=str(params.uri), exchange=exchange)):
-            uri = str(params.uri)
-            backend = self._resource_backend(caller, uri)
-            forwarded = params.model_copy(update={"request_state": None})
+            routed = self._resource_routed(caller, str(params.uri))
+            # The backend reads the URI the policy judged (its normal form), not another spelling of it.
+            forwarded = params.model_copy(update={"uri": routed.uri, "request_state": None})
             return await self._forward(
-                caller, exchange, backend, types.ReadResourceRequest(params=forwarded), types.ReadResourceResult
+                caller, exchange, routed.backend, types.ReadResourceRequest(params=forwarded), types.ReadResourceResult
             )
 
     async def complete(
@@ -557,8 +558,9 @@ class Router:
     async def subscribe(self, caller: Caller, uri: str, exchange: Exchange, *, subscribe: bool) -> None:
         method = "resources/subscribe" if subscribe else "resources/unsubscribe"
         with self._watch(Op(method, caller, target=uri, exchange=exchange)):  # audited: a refusal leaves a trace
-            backend = self._connection(self._resource_backend(caller, uri))
-            await self.sessions.subscribe(caller, exchange, backend, uri, subscribe)
+            routed = self._resource_routed(caller, uri)
+            backend = self._connection(routed.backend)
+            await self.sessions.subscribe(caller, exchange, backend, routed.uri, subscribe)
 
     def may_follow(self, caller: Caller, uri: str, targets: Sequence[Target]) -> bool:
         """Whether a 2026-07-28 listen stream may follow `uri`'s updates for the caller. A refused URI is left
@@ -577,15 +579,14 @@ class Router:
     async def roots_changed(self, caller: Caller) -> None:
         await self.sessions.roots_changed(caller)
 
-    def _resource_backend(self, caller: Caller, uri: str) -> str:
+    def _resource_routed(self, caller: Caller, uri: str) -> RoutedUri:
         routed = resource_targets(self.catalog.current, uri)
         absent = resource_not_found(uri)
         if routed is None:
             raise uri_too_long(uri) or absent
-        backend, targets = routed
-        for target in targets:
+        for target in routed.targets:
             self._authorize(caller, target, absent)
-        return backend
+        return routed
 
     async def _forward(
         self, caller: Caller, exchange: Exchange, backend: str, request: Any, result_type: type[ResultT]

@@ -124,9 +124,9 @@ class ListenStreams:
         self._refuse_past_cap(len(asked))
         held: dict[str, list[str]] = {}  # filled as it goes: a stream cancelled meanwhile releases what it got
         try:
-            await self._follow(caller, asked, held)
+            order = await self._follow(caller, asked, held)
             followed = {uri for uris in held.values() for uri in uris}
-            honored = [uri for uri in asked if uri in followed]
+            honored = [uri for uri in order if uri in followed]
             if len(honored) < len(asked):
                 logger.info(
                     "listen stream of %s: updates of %d of %d resource(s) promised", caller.id, len(honored), len(asked)
@@ -189,10 +189,11 @@ class ListenStreams:
         for stream in list(self._streams):
             stream.close()
 
-    async def _follow(self, caller: Caller, asked: list[str], held: dict[str, list[str]]) -> None:
-        """Per backend, the URIs followed for this stream, into `held`. The caller's room is taken before the
-        backends are asked, so two streams of one caller opened at once cannot pass its bound together."""
-        chosen = self._choose(caller, asked)
+    async def _follow(self, caller: Caller, asked: list[str], held: dict[str, list[str]]) -> list[str]:
+        """Per backend, the URIs followed for this stream, into `held`; the URIs chosen, as routed, in the order
+        asked. The caller's room is taken before the backends are asked, so two streams of one caller opened at
+        once cannot pass its bound together."""
+        chosen, order = self._choose(caller, asked)
         reserved = sum(len(uris) for uris in chosen.values())
         self._held[caller_key(caller)] += reserved
         try:
@@ -208,6 +209,7 @@ class ListenStreams:
                         held.setdefault(name, []).extend(followed)
         finally:
             self._give_back(caller_key(caller), reserved - sum(len(uris) for uris in held.values()))
+        return order
 
     def _refuse_past_cap(self, count: int) -> None:
         most = self._router.sessions.limits.max_resources_per_listen
@@ -219,19 +221,23 @@ class ListenStreams:
                 {"limit": "limits.max_resources_per_listen", "most": most, "asked": count},
             )
 
-    def _choose(self, caller: Caller, asked: list[str]) -> dict[str, list[str]]:
-        """The URIs some backend serves and the caller may read, by backend, within the caller's room."""
+    def _choose(self, caller: Caller, asked: list[str]) -> tuple[dict[str, list[str]], list[str]]:
+        """The URIs some backend serves and the caller may read, by backend, within the caller's room, and all
+        of them in the order asked. Each as routed: the normal form judged is the one the backend follows and
+        the stream promises (`files://%73ecret` and `files://secret` are one URI, followed once)."""
         room = self._per_caller - self._held[caller_key(caller)]
         chosen: dict[str, list[str]] = {}
+        order: dict[str, None] = {}
         for uri in asked:
             if room <= 0:
                 break
             routed = resource_targets(self._router.catalog.current, uri)
-            if routed is None or not self._router.may_follow(caller, uri, routed[1]):
+            if routed is None or routed.uri in order or not self._router.may_follow(caller, uri, routed.targets):
                 continue
-            chosen.setdefault(routed[0], []).append(uri)
+            chosen.setdefault(routed.backend, []).append(routed.uri)
+            order[routed.uri] = None
             room -= 1
-        return chosen
+        return chosen, list(order)
 
     def _give_back(self, key: str, count: int) -> None:
         self._held[key] -= count
