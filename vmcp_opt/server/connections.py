@@ -37,7 +37,8 @@ Progress is bytes drained, not speed: a client that reads something within every
 however slowly, as with nginx's `send_timeout`. A response still being streamed below the high-water mark is not
 judged (its next writes would hide what was drained); once the stream pauses it is. While the transport holds them
 (writing paused) the unsent bytes are charged to the caller of the connection's last request, so that one caller's,
-and all callers', unread answers stay within `limits.held_answer_bytes` (server/held_answers.py).
+and all callers', unread answers stay within `limits.held_answer_bytes` (server/held_answers.py); so are the answers
+reserved for the response being sent, until it ends (server/reserved_answers.py).
 
 `asyncio` reports a failing `accept()` (EMFILE: out of descriptors) through the loop's exception handler,
 with a traceback each time; `throttle_accept_errors` makes that one line a minute.
@@ -267,6 +268,7 @@ class LimitedProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
+        self._hold.unreserve()  # its answers are written (in the unsent bytes) or dropped
         self._watch_unsent()  # an answer complete (and its connection maybe closing) with bytes still unsent
         if self._deferred is not None and not self._answering() and not self.transport.is_closing():
             answer, self._deferred = self._deferred, None
@@ -338,7 +340,7 @@ class LimitedProtocol(HttpToolsProtocol):
         self.transport.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._hold.unsent(0)
+        self._hold.closed()
         self._disarm()
         self._unwatch_unsent()
         if self._linger is not None:

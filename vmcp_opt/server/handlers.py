@@ -392,6 +392,7 @@ def build_mcp_server(gateway: Gateway, transport: Transport) -> Server[Any]:
     server.middleware.append(ModernSessionStarts(gateway.router, admission))
     # During start-up, catalogue requests wait (bounded) for the backends' first listing.
     server.middleware.append(startup_gate(gateway))
+
     # Seals the request_state of every InputRequiredResult handed out, verifies it on the retry.
     def refused(ctx: ServerRequestContext[Any, Any], target: str | None) -> None:
         gateway.telemetry.round_refused(admission.caller(ctx), ctx.method, target, ctx.request_id)

@@ -11,9 +11,11 @@ high-water mark, 64 KiB) its unsent bytes are charged to the caller its last req
 when it resumes (drained to the low-water mark), or closes. An SSE event is charged while its write waits
 (`RetainedChunks`, server/lazy_stream.py); the connection's charge is the larger of that and the unsent bytes, the
 same answer counted once. `RequestsInFlight` tags the connection and checks the caller before its call and again
-when the call's answer is ready: past a bound the answer is the JSON-RPC error naming it (`ResultDropped`: the
-call ran), so its result is dropped rather than held. A GET resuming a stream (Last-Event-ID) passes no middleware:
-its connection is tagged with the caller of the session's last stream and checked there (`resumption_refused`).
+when the call's answer is ready, charging its size then in the same step (`reserve`, server/reserved_answers.py):
+past a bound the answer is the JSON-RPC error naming it (`ResultDropped`: the call ran), so its result is dropped
+rather than held. A GET resuming a stream (Last-Event-ID) passes no middleware: its connection is tagged with the
+caller of the session's last request and checked there (`resumption_refused`); the standalone GET stream and a
+JSON-RPC batch's stream are charged as a request's SSE stream is, and not refused.
 A client reading normally never reaches the check's refusal, and pays a dictionary lookup per call; its answers
 are charged only for the moments the kernel keeps them waiting.
 """
@@ -79,12 +81,17 @@ class HeldAnswers:
             what = f"the gateway holds {self._count / MIB:.0f} MiB of answers clients have not read"
             self._refuse(what, f"{SETTING}.total", caller)
 
-    def check_ran(self, caller: str) -> None:
-        """`check` once a call ran: its refusal says so (`ResultDropped`), as calling again runs it again."""
+    def reserve(self, caller: str, size: int) -> Reservation:
+        """`check` once a call ran, and its answer's `size` charged at once, with no await between: answers ready at
+        the same moment each see the others' (checked first and charged once written, 11 of 30 resumed 9 MB answers
+        passed a 64 MiB bound together). Its refusal says the call ran (`ResultDropped`), as calling again runs it
+        again."""
         try:
             self.check(caller)
         except LimitReached as refused:
             raise ResultDropped(refused) from None
+        self.change(caller, size)
+        return Reservation(self, caller, size)
 
     def _refuse(self, what: str, setting: str, caller: str) -> None:
         self._log.warning(setting, "refused a call: %s (%s), caller %s", what, setting, caller)
@@ -106,18 +113,38 @@ class ResultDropped(LimitReached):
         self.setting = refused.setting
 
 
+class Reservation:
+    """An answer's size, charged to its caller from the moment its result is ready until the connection that sends it
+    takes the charge over (`AnswerHold.reserve`), or it is known that none will (`release`)."""
+
+    __slots__ = ("_ledger", "caller", "size")
+
+    def __init__(self, ledger: HeldAnswers | None, caller: str, size: int) -> None:
+        self._ledger = ledger
+        self.caller = caller
+        self.size = size
+
+    def release(self) -> None:
+        """No longer charged here (a second call does nothing)."""
+        ledger, self._ledger = self._ledger, None
+        if ledger is not None:
+            ledger.change(self.caller, -self.size)
+
+
 class AnswerHold:
     """One connection's charge: the caller its last request was tagged with, and what the connection holds for its
     client: the bytes its transport has not sent, and those the SSE writer keeps (`RetainedChunks`)."""
 
-    __slots__ = ("_caller", "_charged", "_ledger", "_retained", "_unsent")
+    __slots__ = ("_caller", "_charged", "_closed", "_ledger", "_reserved", "_retained", "_unsent")
 
     def __init__(self) -> None:
         self._ledger: HeldAnswers | None = None
         self._caller: str | None = None
         self._unsent = 0
         self._retained = 0
+        self._reserved = 0  # answers ready for the response being sent, not yet written (`reserve`)
         self._charged = 0  # what the ledger holds of this connection's for `_caller`
+        self._closed = False
 
     def owner(self) -> tuple[HeldAnswers, str] | None:
         """The ledger and caller the connection's answers are charged to (None: never tagged)."""
@@ -145,9 +172,30 @@ class AnswerHold:
         self._retained = size
         self._settle()
 
+    def reserve(self, reservation: Reservation) -> None:
+        """An answer of the response being sent on this connection: its reservation's charge is the connection's
+        until the response ends (`unreserve`), counted once with the bytes it becomes; a closed connection sends
+        nothing more, so it is only released."""
+        if not self._closed and self.owner() is not None:
+            self._reserved += reservation.size
+        reservation.release()
+        self._settle()
+
+    def unreserve(self) -> None:
+        """The response ended: what it was to send is written (in the unsent bytes), or dropped."""
+        self._reserved = 0
+        self._settle()
+
+    def closed(self) -> None:
+        """The connection is gone: it holds nothing, and takes no reservation from now on."""
+        self._closed = True
+        self._unsent = self._retained = self._reserved = 0
+        self._settle()
+
     def _settle(self) -> None:
-        # An event waiting to be written is in the transport's unsent bytes too: one answer, charged once.
-        held = max(self._unsent, self._retained)
+        # An event waiting to be written is in the transport's unsent bytes too: one answer, charged once; so is an
+        # answer reserved for the response being written.
+        held = max(self._unsent, self._retained, self._reserved)
         if self._ledger is None or self._caller is None or held == self._charged:
             return
         self._ledger.change(self._caller, held - self._charged)

@@ -8,7 +8,7 @@ middleware ahead of every other, counts each request from its arrival at the ses
 credentials buy nothing) and in total; past either bound the request is answered at once with a JSON-RPC error
 naming the setting (`LimitReached`), never dropped. It also tags the request's connection with its caller and
 checks the bytes of answers the caller's client has left unread (`limits.held_answer_bytes`, server/held_answers.py),
-before the call and once its answer is ready.
+before the call, and once its answer is ready, when it also charges the answer's size (server/reserved_answers.py).
 
 stdio has one caller, which wrote 50,000 calls without reading an answer: the SDK started a task for each as
 it read them (the gateway's RSS past 700 MB in 30 s, 1,700 calls at the backend at once). There a request past
@@ -35,11 +35,16 @@ from vmcp_opt.config.limits import RequestsInFlightConfig
 from vmcp_opt.routing.budget import Budget
 from vmcp_opt.server.admission import Admission
 from vmcp_opt.server.held_answers import HeldAnswers, answer_hold
+from vmcp_opt.server.reserved_answers import answer_size, session_charges
 
 SETTING = "limits.requests_in_flight"
 PER_CALLER = f"{SETTING}.per_caller"
 # Requests that hold nothing (answered at once) or that are streams, not calls.
 UNCOUNTED = frozenset({"initialize", "ping", "subscriptions/listen"})
+# List answers are built once for all who list at once and shared (server/list_cache.py): reserved per request,
+# six concurrent lists of one large catalogue were refused as six answers (and measured in six threads) though one
+# is held. They are charged as their bytes are written, as before reservations.
+SHARED_ANSWERS = frozenset({"tools/list", "prompts/list", "resources/list", "resources/templates/list"})
 # What a refused client is told to wait: a call in flight usually ends within a second or two.
 RETRY_AFTER = 1.0
 
@@ -66,9 +71,13 @@ class RequestsInFlight:
         if ctx.request_id is None or ctx.method in UNCOUNTED:  # a notification, or nothing held
             return await call_next(ctx)
         key = self._admission.budget_key(ctx)
-        hold = answer_hold(getattr(ctx.request, "scope", None))  # HTTP: the connection its answer goes out on
+        scope = getattr(ctx.request, "scope", None)
+        hold = answer_hold(scope)  # HTTP: the connection its answer goes out on
         if hold is not None:
             hold.tag(self._held, key)
+        charges = session_charges(scope)  # a session's: its resumptions and GET stream are charged to `key` too
+        if charges is not None:
+            charges.owner = (self._held, key)
         self._held.check(key)
         self._budget.acquire(key)
         try:
@@ -76,8 +85,15 @@ class RequestsInFlight:
         finally:
             self._budget.release(key)
         # Answers that came back while the client read none: refused here, dropped, rather than held too; the error
-        # says the call ran (not "try again", which runs its side effects again).
-        self._held.check_ran(key)
+        # says the call ran (not "try again", which runs its side effects again). Checked and charged in one step.
+        if ctx.method in SHARED_ANSWERS or (charges is None and hold is None):
+            self._held.reserve(key, 0).release()  # the check alone: see SHARED_ANSWERS; stdio charges as it writes
+            return result
+        reservation = self._held.reserve(key, await answer_size(result, self._held.per_caller))
+        if charges is not None:
+            charges.place(str(ctx.request_id), reservation)  # its writer takes it over (server/reserved_answers.py)
+        elif hold is not None:
+            hold.reserve(reservation)  # answered on this connection, until its response ends
         return result
 
 

@@ -25,6 +25,7 @@ from typing import Any, Protocol, runtime_checkable
 import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from vmcp_opt.server.held_answers import RetainedChunks, answer_hold
 from vmcp_opt.server.post_body import BODY_KEY, PostBody
 from vmcp_opt.server.sessions import SERVER_BUSY, json_rpc_error
 
@@ -120,7 +121,10 @@ class JsonRpcBatch:
     def __init__(self, endpoint: ASGIApp, scope: Scope, send: Send, slots: CallSlots | None = None) -> None:
         self._endpoint = endpoint
         self._scope = scope
-        self._send = send
+        hold = answer_hold(scope)
+        # Each event charged to the caller while its write waits, as a request's SSE stream's (its messages tag the
+        # connection with their caller): it waits holding a whole answer.
+        self._send = send if hold is None else RetainedChunks(send, hold)
         self._slots = slots
         self._started = False  # the batch's SSE answer (or a header refusal) has begun
         self._refused = False  # the batch was answered with a message's header refusal

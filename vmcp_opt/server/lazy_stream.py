@@ -61,6 +61,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser, AuthorizationContext, authorization_context
 from mcp.server.streamable_http import (
     GET_STREAM_KEY,
+    LAST_EVENT_ID_HEADER,
     MCP_SESSION_ID_HEADER,
     REQUEST_STREAM_BUFFER_SIZE,
     EventMessage,
@@ -94,9 +95,10 @@ from vmcp_opt.logs import ThrottledLog
 from vmcp_opt.server.admission import SessionRefused, refused_stranger
 from vmcp_opt.server.authentication import session_owner
 from vmcp_opt.server.event_store import BoundedEventStore, ProbedStore, UnsentAnswers
-from vmcp_opt.server.held_answers import AnswerHold, RetainedChunks, answer_hold, resumption_refused
+from vmcp_opt.server.held_answers import RetainedChunks, answer_hold, resumption_refused
 from vmcp_opt.server.list_answers import PartsResponse, body_parts, long_list, session_form
 from vmcp_opt.server.released_streams import ReleasingReads, ReleasingWrites
+from vmcp_opt.server.reserved_answers import CHARGES_KEY, SENDING_HOLD, ReservedAnswers, SessionCharges
 from vmcp_opt.server.sessions import AnswerDelivery, client_address
 from vmcp_opt.server.shared_asks import ASK_PREFIX, Answer, AskIds, TaggedAsks, asked_by
 from vmcp_opt.server.streams import OldClientContent
@@ -228,7 +230,15 @@ class LazyStreamTransport(StreamableHTTPServerTransport):
     asks: AskIds | None = None  # sessions shared: requests to the client tagged, answers routed by their tag
     ask_copy = ""  # sessions shared: this copy's number in its requests' ids (`AskIds.next_copy`, taken at connect)
     client_version: str | None = None  # a restored copy: the version its client negotiated (`OldClientContent`)
-    stream_hold: AnswerHold | None = None  # the connection of its last SSE answer: its caller's is a resumption's
+
+    @property
+    def charges(self) -> SessionCharges:
+        """Its caller and its answers reserved (server/reserved_answers.py); made on first use, as the SDK's transport
+        is made before it becomes this class."""
+        charges = self.__dict__.get("_vmcp_charges")
+        if not isinstance(charges, SessionCharges):
+            charges = self.__dict__["_vmcp_charges"] = SessionCharges()
+        return charges
 
     async def _handle_request(self, scope: Scope, receive: Receive, send: Send) -> None:
         refusal = _not_json(scope)  # as the manager does: a restored copy (server/shared_sessions.py) is served here
@@ -239,8 +249,20 @@ class LazyStreamTransport(StreamableHTTPServerTransport):
 
     async def terminate(self) -> None:
         await super().terminate()
+        self.charges.release_all()
         if isinstance(self._event_store, UnsentAnswers):
             self._event_store.forget()
+
+    async def _clean_up_memory_streams(self, request_id: Any) -> None:
+        self.charges.release(str(request_id))  # its stream ended before its answer was sent: it never will be here
+        await super()._clean_up_memory_streams(request_id)
+
+    def _create_event_data(self, event_message: EventMessage) -> SSEEvent:
+        answer = event_message.message
+        if isinstance(answer, JSONRPCResponse | JSONRPCError) and answer.id is not None:
+            # Its reservation becomes the charge of the connection this stream's writer sends on.
+            self.charges.take(str(answer.id), SENDING_HOLD.get())
+        return super()._create_event_data(event_message)
 
     @contextlib.asynccontextmanager
     async def connect(
@@ -252,8 +274,10 @@ class LazyStreamTransport(StreamableHTTPServerTransport):
             # An idle session keeps neither its last request nor its last answer (server/released_streams.py).
             read_stream = ReleasingReads(sdk_read_stream)
             # Content blocks a client of an older protocol version cannot read are sent as text.
-            write_stream = OldClientContent(
-                ReleasingWrites(sdk_write_stream, self._request_sender), self.client_version
+            write_stream = ReservedAnswers(
+                OldClientContent(ReleasingWrites(sdk_write_stream, self._request_sender), self.client_version),
+                self.charges,
+                self._request_streams,
             )
             if self.asks is None:
                 yield read_stream, write_stream
@@ -302,10 +326,11 @@ class LazyStreamTransport(StreamableHTTPServerTransport):
         await self._replay_held(last_event_id, request, send)
 
     async def _replay_held(self, last_event_id: str, request: Request, send: Send) -> None:
-        """The SDK's replay, its connection charged to the caller of the session's last stream and refused past
-        `limits.held_answer_bytes` (server/held_answers.py): the GET passes no server middleware to tag it."""
+        """The SDK's replay, its connection charged to the caller of the session's last request and refused past
+        `limits.held_answer_bytes` (server/held_answers.py): the GET passes no server middleware to tag it. An
+        answer that comes while it replays is charged to it from the moment it was ready (`SENDING_HOLD`)."""
         hold = answer_hold(request.scope)
-        owner = self.stream_hold.owner() if self.stream_hold is not None else None
+        owner = self.charges.owner
         if hold is None or owner is None:
             await super()._replay_events(last_event_id, request, send)
             return
@@ -313,8 +338,26 @@ class LazyStreamTransport(StreamableHTTPServerTransport):
         if refusal is not None:
             await refusal(request.scope, request.receive, send)
             return
+        sending = SENDING_HOLD.set(hold)
         try:
             await super()._replay_events(last_event_id, request, RetainedChunks(send, hold))
+        finally:
+            SENDING_HOLD.reset(sending)
+            hold.retained(0)
+            hold.unreserve()
+
+    async def _handle_get_request(self, request: Request, send: Send) -> None:
+        """The SDK's; its standalone stream (no `Last-Event-ID`) charged as a request's SSE stream is, to the caller
+        of the session's last request (it passes no server middleware). Not refused: its client would stop
+        listening for the rest of the session."""
+        hold = answer_hold(request.scope)
+        owner = self.charges.owner
+        if hold is None or owner is None or request.headers.get(LAST_EVENT_ID_HEADER):
+            await super()._handle_get_request(request, send)
+            return
+        hold.tag(*owner)
+        try:
+            await super()._handle_get_request(request, RetainedChunks(send, hold))
         finally:
             hold.retained(0)
 
@@ -478,6 +521,7 @@ class LazyStreamTransport(StreamableHTTPServerTransport):
         assert self._read_stream_writer is not None
         request_id = str(message.id)
         version = request.headers.get(MCP_PROTOCOL_VERSION_HEADER, DEFAULT_NEGOTIATED_VERSION)
+        request.scope[CHARGES_KEY] = self.charges  # where `RequestsInFlight` reserves its answer
         priming = await self._mint_priming_event(request_id, version)
         self._request_streams[request_id] = streams = anyio.create_memory_object_stream[EventMessage](
             REQUEST_STREAM_BUFFER_SIZE
@@ -527,9 +571,15 @@ class LazyStreamTransport(StreamableHTTPServerTransport):
         if store is not None:
             store.undecided.discard(request_id)  # an SSE stream from here: what follows is stored
         if first is not None and isinstance(first.message, JSONRPCResponse | JSONRPCError):
+            hold = answer_hold(request.scope)
+            self.charges.take(request_id, hold)  # charged to this connection until its response is written
             await self._clean_up_memory_streams(request_id)
-            response = await self._json_response(first.message)
-            await response(request.scope, request.receive, send)
+            try:
+                response = await self._json_response(first.message)
+                await response(request.scope, request.receive, send)
+            finally:
+                if hold is not None:
+                    hold.unreserve()
             return
         if closed and (priming is None or self._terminated):
             await self._unanswered(message, request, send)
@@ -580,12 +630,14 @@ class LazyStreamTransport(StreamableHTTPServerTransport):
         sender = partial(self._forward, request_id, sse_writer, opening, rest)
         response = EventSourceResponse(content=sse_reader, data_sender_callable=sender, headers=headers)
         hold = answer_hold(request.scope)  # what the writer keeps of an answer is held for the caller too
-        self.stream_hold = hold or self.stream_hold
+        sending = SENDING_HOLD.set(hold)  # the answer's reservation becomes this connection's (`_create_event_data`)
         try:
             await response(request.scope, request.receive, send if hold is None else RetainedChunks(send, hold))
         finally:
+            SENDING_HOLD.reset(sending)
             if hold is not None:
                 hold.retained(0)
+                hold.unreserve()
             await sse_writer.aclose()
             await sse_reader.aclose()
             await self._clean_up_memory_streams(request_id)
