@@ -456,14 +456,16 @@ class Gateway:
         return Readiness(serving, body)
 
     def _optimizer_readiness(self) -> dict[str, Any]:
-        """Whether find_tool ranks by vectors yet, and over how many tools; not part of `serving` (until the model
-        has loaded, find_tool ranks by keywords)."""
+        """Whether find_tool ranks by vectors yet, over how many tools, and why not when embedding them failed; not
+        part of `serving` (until the model has loaded, or when it failed, find_tool ranks by keywords)."""
         if self.optimizer is None:
             return {"enabled": False}
         index = self.optimizer.index
         return {
             "enabled": True,
             "vectors_ready": index.dense_ready,
+            # Why the last embedding failed (a corrupt model, a full disk...), or null: "not ready" alone read as loading.
+            "vectors_failed": self.optimizer.embedding_failure,
             "tools": len(index),
             "with_vectors": self._indexed_with_vectors,
             "vectors_unsaved": index.vectors_unsaved,  # why the vectors were not written to disk, or null

@@ -36,7 +36,7 @@ from vmcp_opt.arguments import ArgumentError, ArgumentValidator
 from vmcp_opt.auth import Caller
 from vmcp_opt.config import VmcpConfig
 from vmcp_opt.display import shorten
-from vmcp_opt.logs import ThrottledLog
+from vmcp_opt.logs import ThrottledLog, masked_query_secrets
 from vmcp_opt.optimizer.calibration import scale_for
 from vmcp_opt.optimizer.catalogue_names import CatalogueNames, Starting, restricts
 from vmcp_opt.optimizer.documents import ToolRecord
@@ -136,7 +136,9 @@ class OptimizerFront:
         # Set once the first catalogue is embedded (or embedding failed): a find_tool meanwhile waits for it.
         self._vectors_ready = ReadySignal()
         self._vector_deadline: float | None = None  # when find_tool stops waiting for them: the first wait's end
-        self._embedding_failed = False
+        # Why the last embedding of the catalogue failed, in words (/readyz, find_tool's note); None again once an
+        # update succeeds (each new catalogue tries the model again: one fixed in place, a disk freed).
+        self.embedding_failure: str | None = None
         # Set by the gateway: waits (bounded) for the backends' first listing, returns those still starting.
         self.wait_for_backends: Callable[[], Awaitable[list[str]]] = _none_starting
         # Set by the gateway: why a configured backend has no tools here (not connected, ...); None for a name
@@ -266,7 +268,7 @@ class OptimizerFront:
             problem = await self.names.backends_problem(backends, allowed, self.why_no_tools)
             if problem is not None:
                 return _error(f"field 'backends': {problem}")
-        if not self.index.dense_ready and self.settings.vector_wait > 0 and not self._embedding_failed:
+        if not self.index.dense_ready and self.settings.vector_wait > 0 and self.embedding_failure is None:
             # The model loads in the first seconds after start; a keyword-only ranking (and scores that
             # mean nothing yet) would be the agent's first impression. Bounded, and once: every call shares the
             # first one's deadline (a first start's export takes minutes: each call waited `vector_wait` anew).
@@ -317,8 +319,10 @@ class OptimizerFront:
         # Named only to a caller no policy restricts (`Starting`): the others are told of no backend they cannot use.
         notes = [note] if (note := starting.note(answer)) is not None else []
         if result.mode == "keyword":
-            notes.append(
-                "ranked by keywords only: the embedding model is still loading (scores are relative until then)"
+            notes.append(  # a failure is told as one: an agent told "still loading" waited for good
+                "ranked by keywords only: vectors are unavailable because embedding the tools failed (scores are relative)"
+                if self.embedding_failure is not None
+                else "ranked by keywords only: the embedding model is still loading (scores are relative until then)"
             )
         elif nothing_fits(tools, result.arms):
             answer["nothing_fits"] = True
@@ -428,10 +432,12 @@ class OptimizerFront:
                         self.settings, self.index.model_cache, model_cache_fallback=self.index.model_cache_fallback
                     )
                 self.index.update(records)
+                self.embedding_failure = None
                 self._vectors_ready.set()
                 self._warm_answer_tokens(records)
-            except Exception:  # the keyword ranking keeps serving; say why vectors are missing
-                self._embedding_failed = True
+            except Exception as exc:  # the keyword ranking keeps serving; say why vectors are missing
+                # For /readyz, which anyone may read: one line, bounded, a URL's credentials masked.
+                self.embedding_failure = shorten(masked_query_secrets(f"{type(exc).__name__}: {exc}"), 240)
                 self._vectors_ready.set()  # nobody waits for vectors that will not come
                 logger.exception("optimizer: embedding the catalogue failed; find_tool ranks by keywords")
             finally:

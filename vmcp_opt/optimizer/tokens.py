@@ -4,6 +4,7 @@ Loads only `tokenizer.json` through the `tokenizers` library (no torch, no trans
 `tools_list_tokens` is the one definition of a tool list's cost: the server's log and find_tool's
 `full_tool_list`, and `vmcp index stats`, all count the tools' JSON as `tools/list` puts it on the wire.
 find_tool's `this_answer` is its whole answer's text (`answer_text`), figures included (`AnswerTokens.figures`).
+A word too long for WordPiece, which it encodes as one `[UNK]`, is counted as its pieces (`LONG_WORD_PIECE`).
 """
 
 from __future__ import annotations
@@ -54,13 +55,66 @@ def _tokenizer(model_spec: str) -> Any:
     return tokenizer
 
 
+# A word longer than WordPiece's `max_input_chars_per_word` (100 for the default model) encodes as one `[UNK]`: a
+# 4,096-character one-word query counted as one token, and find_tool's `saved` grew by what it echoed. Such a word
+# is counted as its pieces of this many characters, each a word of its own, rather than with the limit raised: the
+# longest-match search is quadratic in a word's length per token (a random 4,096-character word: ~3 s with the
+# limit raised; ~30 ms in pieces of 32, and within 1% of that count). The embedding model's own tokenizer
+# (optimizer/batching.py, what the model reads) is another object, left as it is.
+LONG_WORD_PIECE = 32
+
+
+@cache
+def _long_word_unk(model_spec: str) -> tuple[int, int] | None:
+    """The id of `[UNK]` and the most characters of a word the model encodes (a WordPiece model's), else None."""
+    tokenizer = _tokenizer(model_spec)
+    limit = getattr(tokenizer.model, "max_input_chars_per_word", None)
+    unk = getattr(tokenizer.model, "unk_token", None)
+    unk_id = tokenizer.token_to_id(unk) if isinstance(unk, str) else None
+    return (unk_id, limit) if isinstance(unk_id, int) and isinstance(limit, int) else None
+
+
+def _long_words(text: str, encoding: Any, unk: tuple[int, int]) -> list[str]:
+    """The words of `text` that `encoding` (of `text`) holds as one `[UNK]` for their length (a short word
+    with a character the vocabulary lacks is an `[UNK]` too, and one token it stays)."""
+    unk_id, limit = unk
+    ids: list[int] = encoding.ids
+    words: list[str] = []
+    position = -1
+    while True:
+        try:
+            position = ids.index(unk_id, position + 1)  # a scan in C: a long text has few `[UNK]` if any
+        except ValueError:
+            return words
+        start, end = encoding.token_to_chars(position)
+        if end - start > limit:
+            words.append(text[start:end])
+
+
+def _counted(tokenizer: Any, unk: tuple[int, int] | None, texts: Sequence[str], encodings: Sequence[Any]) -> list[int]:
+    """Tokens of each of `texts` (`encodings` are theirs), each long word's `[UNK]` replaced by its pieces'
+    tokens, counted in one `encode_batch` (which leaves the GIL to other threads)."""
+    counts = [len(encoding.ids) for encoding in encodings]
+    if unk is None:
+        return counts
+    found = [(i, word) for i, text in enumerate(texts) for word in _long_words(text, encodings[i], unk)]
+    if not found:
+        return counts
+    pieces = [
+        " ".join(word[at : at + LONG_WORD_PIECE] for at in range(0, len(word), LONG_WORD_PIECE)) for _, word in found
+    ]
+    for (i, _), encoding in zip(found, tokenizer.encode_batch(pieces, add_special_tokens=False), strict=True):
+        counts[i] += len(encoding.ids) - 1
+    return counts
+
+
 def count_tokens(text: str, model_spec: str = DEFAULT_MODEL) -> int:
-    """Tokens in `text` (no special tokens, no truncation)."""
+    """Tokens in `text` (no special tokens, no truncation; a long word as its pieces: `LONG_WORD_PIECE`)."""
     if not text:
         return 0
     with _lock:
-        tokenizer = _tokenizer(model_spec)
-    return len(tokenizer.encode(text, add_special_tokens=False).ids)
+        tokenizer, unk = _tokenizer(model_spec), _long_word_unk(model_spec)
+    return _counted(tokenizer, unk, [text], [tokenizer.encode(text, add_special_tokens=False)])[0]
 
 
 # Texts per `encode_batch` call. The tokenizer releases the GIL for a batch but holds it through one `encode`:
@@ -69,13 +123,13 @@ COUNT_BATCH = 256
 
 
 def count_tokens_each(texts: Sequence[str], model_spec: str = DEFAULT_MODEL) -> list[int]:
-    """Tokens in each of `texts`, counted in batches that leave the GIL to other threads."""
+    """Tokens in each of `texts` (as `count_tokens`), counted in batches that leave the GIL to other threads."""
     with _lock:
-        tokenizer = _tokenizer(model_spec)
+        tokenizer, unk = _tokenizer(model_spec), _long_word_unk(model_spec)
     counts: list[int] = []
     for start in range(0, len(texts), COUNT_BATCH):
-        batch = tokenizer.encode_batch(list(texts[start : start + COUNT_BATCH]), add_special_tokens=False)
-        counts.extend(len(encoding.ids) for encoding in batch)
+        batch = list(texts[start : start + COUNT_BATCH])
+        counts.extend(_counted(tokenizer, unk, batch, tokenizer.encode_batch(batch, add_special_tokens=False)))
     return counts
 
 
