@@ -46,6 +46,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from vmcp_opt import __version__
 from vmcp_opt.backends.backend_requests import bounded_backend_requests
+from vmcp_opt.backends.big_requests import as_given
 from vmcp_opt.backends.credentials import BackendAuth, BackendCredentials
 from vmcp_opt.backends.errors import BackendUnavailable as BackendUnavailable  # re-exported
 from vmcp_opt.backends.errors import (
@@ -510,7 +511,7 @@ class BackendConnection:
                 # A caller that stops waiting (its `timeouts.call` deadline, the client's cancel) returns at once: the
                 # SDK's courtesy cancel does not wait for a stuck transport (backends/courtesy_cancels.py).
                 result = await session.send_request(
-                    request,  # type: ignore[arg-type]
+                    as_given(request),  # type: ignore[arg-type]  # big arguments: not copied on the loop
                     result_type,
                     request_read_timeout_seconds=self.call_timeout,
                     progress_callback=progress,

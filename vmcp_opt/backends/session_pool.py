@@ -41,6 +41,7 @@ from mcp.shared.exceptions import MCPError
 from pydantic import BaseModel
 
 from vmcp_opt.backends.backend_requests import bounded_backend_requests
+from vmcp_opt.backends.big_requests import as_given
 from vmcp_opt.backends.connection import (
     CLIENT_INFO,
     BackendConnection,
@@ -370,7 +371,7 @@ class DedicatedSession:
                 # As on the shared session: a call given up on returns at once, the SDK's courtesy cancel does not
                 # wait for a stuck transport (backends/courtesy_cancels.py).
                 result = await session.send_request(
-                    request,  # type: ignore[arg-type]
+                    as_given(request),  # type: ignore[arg-type]  # big arguments: not copied on the loop
                     result_type,
                     request_read_timeout_seconds=self.connection.call_timeout if timed else None,
                     progress_callback=progress,
