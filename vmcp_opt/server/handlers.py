@@ -397,7 +397,8 @@ def build_mcp_server(gateway: Gateway, transport: Transport) -> Server[Any]:
     def refused(ctx: ServerRequestContext[Any, Any], target: str | None) -> None:
         gateway.telemetry.round_refused(admission.caller(ctx), ctx.method, target, ctx.request_id)
 
-    server.middleware.append(state_boundary(gateway.config.timeouts.input, gateway.state_keys, refused))
+    told = refused if gateway.telemetry.audit is not None else None  # a wrapper per request only when audited
+    server.middleware.append(state_boundary(gateway.config.timeouts.input, gateway.state_keys, told))
     # Long list answers are shaped for the wire on a worker thread, in slices, once for all who list the same.
     server.middleware.append(shape_lists_off_loop(server, http=transport == "http"))
     return server
