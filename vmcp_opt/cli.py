@@ -343,7 +343,11 @@ def config_docs(
             sys.stdout.write(text)
             sys.stdout.flush()
         elif check:
-            if not output.is_file() or output.read_text(encoding="utf-8") != text:
+            try:
+                current = output.read_text(encoding="utf-8") if output.is_file() else None
+            except UnicodeDecodeError:  # not UTF-8: no output of this command, so stale like any other
+                current = None
+            if current != text:
                 err.print(f"{output} is stale: run `vmcp config-docs --output {output}`", highlight=False)
                 raise typer.Exit(1)
         else:

@@ -378,6 +378,8 @@ def _with_discovered_backends(config: VmcpConfig, discover: ClientConfigReader) 
         discovered = discover(client_file, inline)
     except (OSError, ValueError) as exc:
         raise ConfigError([f"discovery.path: {exc}"]) from None
+    except RecursionError:  # json.loads on a client file nested past the parser's stack
+        raise ConfigError([f"discovery.path: {client_file}: nested too deep to read; refused"]) from None
     merged = list(config.backends) + [backend for backend in discovered if backend.name not in inline]
     data = config.model_dump()
     data["backends"] = [backend.model_dump() for backend in merged]
