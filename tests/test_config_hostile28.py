@@ -113,3 +113,18 @@ def test_config_docs_check_calls_a_non_utf8_file_stale(tmp_path: Path) -> None:
     assert checked.returncode == 1, checked.stdout + checked.stderr
     assert "Traceback" not in checked.stderr, checked.stderr
     assert checked.stderr.splitlines() == [f"{stale} is stale: run `vmcp config-docs --output {stale}`"]
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [("[" * 100_000 + "]" * 100_000, "nested too deep"), ("\xff\xfe not text", "can't decode")],
+    ids=["deep", "not-utf8"],
+)
+def test_a_local_models_unreadable_config_json_is_one_line(tmp_path: Path, content: str, reason: str) -> None:
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_bytes(content.encode("latin-1"))
+    config = tmp_path / "config.yaml"
+    config.write_text(f"backends: []\noptimizer:\n  enabled: true\n  model: {model}\n", encoding="utf-8")
+    line = refusal(vmcp("validate", "--config", str(config)))
+    assert line.startswith(f"optimizer.model: {model / 'config.json'}: unreadable") and reason in line, line

@@ -148,8 +148,10 @@ def _spec_from_directory(path: Path) -> ModelSpec:
         file = path / name
         try:
             value = json.loads(file.read_text(encoding="utf-8")) if file.exists() else {}
-        except (OSError, json.JSONDecodeError) as exc:
+        except (OSError, ValueError) as exc:  # JSON's errors, and text that is not UTF-8
             raise ModelError(f"{file}: unreadable ({exc})") from None
+        except RecursionError:  # nested past the parser's depth: no model's config is
+            raise ModelError(f"{file}: unreadable (nested too deep)") from None
         return value if isinstance(value, dict) else {}
 
     if not (path / "modules.json").exists() and not (path / "config.json").exists():
