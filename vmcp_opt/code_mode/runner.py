@@ -15,12 +15,14 @@ standard library has no `print`, files, clock or imports, so the script has no o
 
 from __future__ import annotations
 
+import io
 import json
 import keyword
 import math
 import os
 import resource
 import sys
+import tokenize
 from collections.abc import Callable
 from typing import Any
 
@@ -48,52 +50,62 @@ RESULT = "vmcp_script_result"
 STATEMENT_TRIES = 100
 # What a script's values pass through before they leave Starlark: starlark-pyo3 turns a float JSON cannot hold
 # (inf, nan) into None as it converts a value, so only Starlark can tell one from a real None. `call_tool` and
-# `call_tools` check their arguments here, then call the Python functions below (`__call_tool__`...).
+# `call_tools` check their arguments here, then call the Python functions below. Those (the `HOOKS`) and the checks
+# are the factory's locals, each function closing over them: a script that calls a hook by its global name, or
+# rebinds a global, cannot skip a check (the hooks' globals are then replaced: `_hidden`).
 PRELUDE_FILE = "gateway.star"
-PRELUDE = """
-def __non_finite__(value, root):
-    text = repr(value)
-    if "inf" not in text and "nan" not in text:  # most values: no walk (repr is native code)
-        return None
-    parents = []  # each container's (parent's index, key): the path is made only for the float found
-    stack = [(value, -1, None, 0)]
-    for _ in range(2147483647):  # Starlark has no `while`
-        if not stack:
+HOOKS = ("__call_tool__", "__call_tools__", "__refuse__")
+GATEWAY = """
+def __gateway__(call_one, call_many, refuse):
+    def path(parents, parent, key, root):
+        keys = []
+        for _ in range(len(parents) + 1):
+            if parent == -1:
+                break
+            keys.append(key)
+            parent, key = parents[parent]
+        return root + "".join(["[%r]" % k for k in reversed(keys)])
+
+    def non_finite(value, root):
+        text = repr(value)
+        if "inf" not in text and "nan" not in text:  # most values: no walk (repr is native code)
             return None
-        item, parent, key, depth = stack.pop()
-        kind = type(item)
-        if kind == "float" and not (abs(item) <= 1.7976931348623157e308):  # nan too: no `<=` holds for it
-            return "%s is %s (JSON's numbers are finite)" % (__path__(parents, parent, key, root), str(item))
-        if kind == "dict" or kind == "list" or kind == "tuple":
-            if depth == 1000:  # deeper than starlark-pyo3 converts (a cycle?): its conversion fails, and says why
+        parents = []  # each container's (parent's index, key): the path is made only for the float found
+        stack = [(value, -1, None, 0)]
+        for _ in range(2147483647):  # Starlark has no `while`
+            if not stack:
                 return None
-            parents.append((parent, key))
-            pairs = list(item.items()) if kind == "dict" else list(enumerate(item))
-            for child_key, child in reversed(pairs):  # reversed: the first in order is found first
-                stack.append((child, len(parents) - 1, child_key, depth + 1))
-    return None
+            item, parent, key, depth = stack.pop()
+            kind = type(item)
+            if kind == "float" and not (abs(item) <= 1.7976931348623157e308):  # nan too: no `<=` holds for it
+                return "%s is %s (JSON's numbers are finite)" % (path(parents, parent, key, root), str(item))
+            if kind == "dict" or kind == "list" or kind == "tuple":
+                if depth == 1000:  # deeper than starlark-pyo3 converts (a cycle?): its conversion fails, and says why
+                    return None
+                parents.append((parent, key))
+                pairs = list(item.items()) if kind == "dict" else list(enumerate(item))
+                for child_key, child in reversed(pairs):  # reversed: the first in order is found first
+                    stack.append((child, len(parents) - 1, child_key, depth + 1))
+        return None
 
-def __path__(parents, parent, key, root):
-    keys = []
-    for _ in range(len(parents) + 1):
-        if parent == -1:
-            break
-        keys.append(key)
-        parent, key = parents[parent]
-    return root + "".join(["[%r]" % k for k in reversed(keys)])
+    def call_tool(tool, arguments = None, **keywords):
+        problem = non_finite(arguments, "arguments") or non_finite(keywords, "arguments")
+        if problem:
+            refuse("tool '%s': %s" % (tool, problem))
+        return call_one(tool, arguments, **keywords)
 
-def call_tool(tool, arguments = None, **keywords):
-    problem = __non_finite__(arguments, "arguments") or __non_finite__(keywords, "arguments")
-    if problem:
-        __refuse__("tool '%s': %s" % (tool, problem))
-    return __call_tool__(tool, arguments, **keywords)
+    def call_tools(calls):
+        problem = non_finite(calls, "calls")
+        if problem:
+            refuse("call_tools: " + problem)
+        return call_many(calls)
 
-def call_tools(calls):
-    problem = __non_finite__(calls, "calls")
-    if problem:
-        __refuse__("call_tools: " + problem)
-    return __call_tools__(calls)
+    return call_tool, call_tools, non_finite
 """
+PRELUDE = f"{GATEWAY}\ncall_tool, call_tools = __gateway__({', '.join(HOOKS)})[:2]\n"
+# The script's result checked in a module of its own, the script's frozen and loaded: a script that rebinds a
+# built-in (`repr`, `abs`) or the prelude's names cannot hide a float JSON cannot hold from this check.
+RESULT_CHECK = f'load("{FILENAME}", "{RESULT}")\n{GATEWAY}\n__gateway__(None, None, None)[2]({RESULT}, "result")\n'
 
 
 class ToolFailed(Exception):
@@ -177,14 +189,32 @@ def _value(result: dict[str, Any], line_non_finite: bool) -> tuple[Any, bool]:
 
 def _non_finite(value: Any) -> str | None:
     """`result["v"][1] is inf`: the first float JSON has no form for in `value`, in order, and its place; None if
-    there is none. A walk of its own, as the prelude's: no recursion (json.loads nests as deep as its recursion
-    allows), and a container's place kept as its parent's index and key, the path made only for the float found."""
+    there is none."""
+    return _first_problem(value, "result", _non_finite_float)
+
+
+def _non_finite_float(item: Any) -> str | None:
+    return f"is {item!r}" if isinstance(item, float) and not math.isfinite(item) else None
+
+
+def _non_string_key(item: Any) -> str | None:
+    """JSON's object keys are strings: `json.dumps` would write `1` as `"1"`, so `{1: 2, "1": 3}` would lose a value."""
+    for key in item if isinstance(item, dict) else ():
+        if not isinstance(key, str):
+            return f"has the key {key!r}, not a string (JSON's object keys are strings)"
+    return None
+
+
+def _first_problem(value: Any, root: str, problem: Callable[[Any], str | None]) -> str | None:
+    """`root["v"][1] <problem>`: the first item of `value`, in order, that `problem` finds fault with, and its place.
+    A walk of its own, as the prelude's: no recursion (json.loads nests as deep as its recursion allows), and a
+    container's place kept as its parent's index and key, the path made only for the item found."""
     parents: list[tuple[int, Any]] = []
     stack: list[tuple[Any, int, Any]] = [(value, -1, None)]
     while stack:
         item, parent, key = stack.pop()
-        if isinstance(item, float) and not math.isfinite(item):
-            return f"{_path(parents, parent, key)} is {item!r}"
+        if (found := problem(item)) is not None:
+            return f"{_path(root, parents, parent, key)} {found}"
         if isinstance(item, dict | list):
             parents.append((parent, key))
             pairs = list(item.items() if isinstance(item, dict) else enumerate(item))
@@ -192,12 +222,12 @@ def _non_finite(value: Any) -> str | None:
     return None
 
 
-def _path(parents: list[tuple[int, Any]], parent: int, key: Any) -> str:
+def _path(root: str, parents: list[tuple[int, Any]], parent: int, key: Any) -> str:
     keys = []
     while parent != -1:
         keys.append(key)
         parent, key = parents[parent]
-    return "result" + "".join(f"[{json.dumps(k, ensure_ascii=False)}]" for k in reversed(keys))
+    return root + "".join(f"[{json.dumps(k, ensure_ascii=False)}]" for k in reversed(keys))
 
 
 def _arguments(tool: object, arguments: object, keywords: dict[str, Any]) -> list[Any]:
@@ -207,7 +237,10 @@ def _arguments(tool: object, arguments: object, keywords: dict[str, Any]) -> lis
         arguments = {}
     if not isinstance(arguments, dict):
         raise ToolFailed(f"tool '{tool}': arguments are a dict, not {type(arguments).__name__}")
-    return [tool, {**arguments, **keywords}]
+    arguments = {**arguments, **keywords}
+    if problem := _first_problem(arguments, "arguments", _non_string_key):
+        raise ToolFailed(f"tool '{tool}': {problem}")
+    return [tool, arguments]
 
 
 def call_tool(tool: object, arguments: object = None, **keywords: Any) -> Any:
@@ -237,22 +270,42 @@ def _source(script: str, names: list[str]) -> tuple[str, bool, bool]:
     """The script to evaluate, whether it is wrapped (its lines then one further down) and whether it keeps its value
     in `RESULT`. Wrapped, inside a function, when it ends by `return` (taking the data's `names` as parameters, so
     they stay the script's globals to read and rebind): a script may `return` its result, or end with an
-    expression. Wrapped only when it has no multi-line string, whose text indenting would change."""
+    expression."""
     try:
         starlark.parse(FILENAME, script, DIALECT)
     except starlark.StarlarkError as error:
         if "`return` cannot be used outside" not in str(error):
             raise
-        if '"""' in script or "'''" in script:
-            raise ToolFailed(
-                "the script has a triple-quoted string and a `return` outside a function: end it with the result's "
-                "expression instead of `return`"
-            ) from None
-        body = "\n".join("    " + line for line in script.split("\n"))
         parameters = ", ".join(names)
-        return f"def __script__({parameters}):\n{body}\n{RESULT} = __script__({parameters})\n", True, True
+        return f"def __script__({parameters}):\n{_indented(script)}\n{RESULT} = __script__({parameters})\n", True, True
     kept = _keeping_value(script)
     return (script, False, False) if kept is None else (kept, False, True)
+
+
+def _indented(script: str) -> str:
+    """The script's lines indented as a function's body, but for those that go on with a string begun on a line
+    before (triple-quoted, or continued by a backslash): indenting one would put spaces into the string."""
+    inside = _string_continuations(script)
+    return "\n".join(line if row in inside else "    " + line for row, line in enumerate(script.split("\n")))
+
+
+def _string_continuations(script: str) -> set[int]:
+    """The lines (0-based) that go on with a string begun on a line before. Starlark's strings are Python's,
+    lexically, so Python's tokenizer finds them; a token over several lines is a string (or a part of an f-string)."""
+    inside: set[int] = set()
+    try:
+        for token in tokenize.generate_tokens(io.StringIO(script).readline):
+            if token.type == tokenize.ERRORTOKEN:
+                raise SyntaxError(token.string)
+            first, last = token.start[0], token.end[0]  # 1-based: the lines after the first are `first..last-1`
+            if last > first and token.type not in (tokenize.NEWLINE, tokenize.NL):
+                inside.update(range(first, last))
+    except (SyntaxError, tokenize.TokenError):  # a script Starlark reads but Python's tokenizer does not
+        raise ToolFailed(
+            "the script's strings could not be told apart from its code to wrap it in a function (it ends by "
+            "`return`): end it with the result's expression instead of `return`"
+        ) from None
+    return inside
 
 
 def _keeping_value(script: str) -> str | None:
@@ -281,10 +334,12 @@ def _result(script: str, data: dict[str, Any]) -> str:
         if not (name.isascii() and name.isidentifier()) or name.startswith("__") or name in _TAKEN:
             raise ToolFailed(f"data: '{name}' cannot be a variable's name (an ASCII name no keyword or built-in has)")
         module[name] = value
-    module.add_callable("__call_tool__", call_tool)
-    module.add_callable("__call_tools__", call_tools)
-    module.add_callable("__refuse__", _refuse)
+    hooks: tuple[Callable[..., object], ...] = (call_tool, call_tools, _refuse)
+    for name, hook in zip(HOOKS, hooks, strict=True):
+        module.add_callable(name, hook)
     starlark.eval(module, starlark.parse(PRELUDE_FILE, PRELUDE, DIALECT), starlark.Globals.standard())
+    for name in HOOKS:  # the prelude's functions hold them; the script's calls go through those
+        module.add_callable(name, _hidden(name))
     source, wrapped, kept = _source(script.replace("\r\n", "\n"), list(data))
     try:
         value = starlark.eval(module, starlark.parse(FILENAME, source, DIALECT), starlark.Globals.standard())
@@ -299,11 +354,22 @@ def _result(script: str, data: dict[str, Any]) -> str:
     except (TypeError, ValueError, RecursionError) as error:  # nested too deep
         raise ToolFailed(f"the script's result has no JSON form: {str(error)[:MESSAGE_MOST]}") from None
     if kept and "null" in encoded:  # perhaps a float JSON cannot hold, which the conversion made None
-        check = starlark.parse("check.star", f"__non_finite__({RESULT}, 'result')", DIALECT)
-        problem = starlark.eval(module, check, starlark.Globals.standard())
+        script_module = module.freeze()
+        check = starlark.parse("check.star", RESULT_CHECK, DIALECT)
+        loader = starlark.FileLoader(lambda _: script_module)
+        problem = starlark.eval(starlark.Module(), check, starlark.Globals.standard(), loader)
         if problem:
             raise ToolFailed(f"the script's result has no JSON form: {problem}")
     return encoded
+
+
+def _hidden(name: str) -> Callable[..., None]:
+    """What a hook's global becomes once the prelude holds the hook: a script calling it is told what to call."""
+
+    def refused(*_: Any, **__: Any) -> None:
+        _refuse(f"`{name}` is the gateway's own; call `call_tool` or `call_tools`")
+
+    return refused
 
 
 _TAKEN = KEYWORDS | BUILTINS | frozenset(FUNCTIONS) | {RESULT}
@@ -356,7 +422,8 @@ def _script_line(lines: list[str], at: int) -> int | None:
 
 
 def main() -> None:
-    _limit(int(sys.argv[1]), int(sys.argv[2]))
+    memory_mb = int(sys.argv[2])
+    _limit(int(sys.argv[1]), memory_mb)
     request = _receive()
     if request is None:
         return  # a spare the gateway no longer needs
@@ -366,6 +433,8 @@ def main() -> None:
         _send({"error": _message(error, wrapped=False)})
     except ToolFailed as error:
         _send({"error": str(error)})
+    except MemoryError:  # RLIMIT_AS, met while converting the script's values: named as the gateway names it
+        _send({"error": f"it ran out of memory ({memory_mb} MiB, code_mode.memory_mb)"})
     except Exception as error:  # anything else of the interpreter's: the gateway's log need not hear of it
         _send({"error": f"{type(error).__name__}: {str(error)[:MESSAGE_MOST]}"})
     else:

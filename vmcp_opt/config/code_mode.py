@@ -30,7 +30,10 @@ class CodeModeConfig(_Strict):
         min_length=1,
         max_length=128,
         pattern=r"^[A-Za-z0-9_.\-]+$",
-        description="The script tool's name; a backend tool of the same name is then reachable only by another name.",
+        description=(
+            "The script tool's name; a backend tool of the same name is hidden (find_tool leaves it out), reachable "
+            "only by another name (`aggregation.tools.<backend>.overrides`): `vmcp validate` and the log warn of one."
+        ),
     )
     timeout: float = Field(
         60.0, gt=0, le=3600, description="Seconds one script may run, its tool calls included; then it is killed."

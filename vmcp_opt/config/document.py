@@ -208,6 +208,39 @@ def _code_mode_problems(config: VmcpConfig) -> list[str]:
     return []
 
 
+def script_tool_warnings(config: VmcpConfig) -> list[str]:
+    """A backend tool the script tool's name would hide (the script tool is served first): one an override names
+    so, or, under `prefix`, one a backend would serve under that name. The backends' own tools are known only once
+    they connect: at run time the optimizer warns of any (`OptimizerFront._reachable`)."""
+    name = config.code_mode.tool_name
+    if not config.code_mode.enabled:
+        return []
+    aggregation = config.aggregation
+    way_out = "choose another code_mode.tool_name, or serve the tool under another name in "
+    warnings = [
+        f"code_mode.tool_name: '{name}' is the name aggregation.tools.{backend}.overrides.{tool}.name serves that "
+        f"tool under, which the script tool hides (find_tool leaves it out, calls run the script tool); {way_out}"
+        f"aggregation.tools.{backend}.overrides"
+        for backend, tools in aggregation.tools.items()
+        for tool, override in tools.overrides.items()
+        if override.name == name
+    ]
+    if aggregation.conflict_resolution != "prefix":
+        return warnings
+    for backend in config.backends:
+        before, _, after = aggregation.prefix_format.format(backend=backend.name, name="\0").partition("\0")
+        tool = name[len(before) : len(name) - len(after)]
+        override = aggregation.tools[backend.name].overrides.get(tool) if backend.name in aggregation.tools else None
+        renamed = override is not None and override.name is not None  # served under the override's name instead
+        if tool and name.startswith(before) and name.endswith(after) and not renamed:
+            warnings.append(
+                f"code_mode.tool_name: '{name}' is the name backend '{backend.name}' serves a tool '{tool}' under "
+                "(aggregation.prefix_format): if it has one, the script tool hides it (find_tool leaves it out, "
+                f"calls run the script tool); {way_out}aggregation.tools.{backend.name}.overrides"
+            )
+    return warnings
+
+
 # Reads discovered mode's client config file (Claude Desktop, VS Code, Cursor) into backends.
 
 

@@ -21,7 +21,7 @@ from pydantic_core import ErrorDetails
 from pydantic_settings import EnvSettingsSource, SettingsError
 
 from vmcp_opt.config.base import DEFAULT_CONFIG_PATH, ConfigError
-from vmcp_opt.config.document import VmcpConfig, _duplicate_names, _file_data
+from vmcp_opt.config.document import VmcpConfig, _duplicate_names, _file_data, script_tool_warnings
 from vmcp_opt.config.env_messages import by_index, unknown_env_sections, unparsable
 from vmcp_opt.config.file_parsing import parse_json, parse_yaml
 from vmcp_opt.config.optimizer import OptimizerConfig
@@ -147,7 +147,7 @@ def _validated(
         problems += exc.problems
     if problems:
         raise ConfigError(problems)
-    for warning in overridden:
+    for warning in overridden + script_tool_warnings(config):
         if warning not in _said:
             _said.add(warning)
             warn(warning)

@@ -114,8 +114,11 @@ class OptimizerFront:
         self.names = CatalogueNames()  # the searchable tools' names and backends
         # Which configuration the saved catalogue is of: `vmcp index` reads it only for the same one.
         self._catalogue_key = catalogue_key(config)
-        # Backend tools named like a meta-tool, as (backend, name), last warned of (`_reachable`).
+        # Backend tools named like a meta-tool or the script tool, as (backend, name), last warned of (`_reachable`).
         self._shadowed: frozenset[tuple[str, str]] = frozenset()
+        # The names the gateway's own tools take before any backend's: the meta-tools' and code mode's script tool's.
+        script_tool = frozenset([config.code_mode.tool_name] if config.code_mode.enabled else [])
+        self._gateway_names: frozenset[str] = META_TOOL_NAMES | script_tool
         self._provided = {
             tool.name: ProvidedTool(tool.name, tool, GATEWAY_SOURCE, tool.name, "the gateway's own tools")
             for tool in META_TOOLS
@@ -203,19 +206,21 @@ class OptimizerFront:
 
     def _reachable(self, tools: Sequence[ProvidedTool]) -> list[ProvidedTool]:
         """`tools` but those named like a meta-tool (a backend that is itself a gateway, served without a
-        prefix): the meta-tool takes the name, so find_tool would name a tool nobody can call. Warned once
-        per set of such tools, with what to do."""
-        shadowed = [tool for tool in tools if tool.name in META_TOOL_NAMES]
+        prefix) or like code mode's script tool (`code_mode.tool_name`): the gateway's tool takes the name, so
+        find_tool would offer one tool's description and schema for a name that calls another. Warned once per set
+        of such tools, with what to do."""
+        shadowed = [tool for tool in tools if tool.name in self._gateway_names]
         found = frozenset((tool.source, tool.name) for tool in shadowed)
         if found and found != self._shadowed:
             logger.warning(
-                "optimizer: %s shadowed by the meta-tool of the same name: find_tool leaves it out and call_tool "
-                "cannot reach it; serve it under another name (aggregation.conflict_resolution: prefix, or an "
-                "override in aggregation.tools.<backend>.overrides)",
+                "optimizer: %s shadowed by the meta-tool of the same name, or by code mode's script tool "
+                "(code_mode.tool_name): find_tool leaves it out and call_tool cannot reach it; serve it under another "
+                "name (aggregation.conflict_resolution: prefix, or an override in "
+                "aggregation.tools.<backend>.overrides), or choose another code_mode.tool_name",
                 ", ".join(f"tool '{name}' of backend '{source}'" for source, name in sorted(found)),
             )
         self._shadowed = found
-        return [tool for tool in tools if tool.name not in META_TOOL_NAMES] if shadowed else list(tools)
+        return [tool for tool in tools if tool.name not in self._gateway_names] if shadowed else list(tools)
 
     # --- CallObserver ----------------------------------------------------------------------------
 
