@@ -3,8 +3,8 @@ descriptions, and the history of tools used together that the gateway learns (`u
 
 The tool list comes from the catalogue the gateway last saved beside the index (optimizer/listing.py), so
 `stats` and `search` start no backend when there is one; from the live backends when there is none, with
-`--refresh`, and always for `build` (through `hooks.collect_listing`, which the `vmcp` command plugs in);
-or from `--from-jsonl`, one tool record per line
+`--refresh`, and always for `build` (through `hooks.collect_listing`, which the `vmcp` command plugs in: saved
+only when every backend listed tools); or from `--from-jsonl`, one tool record per line
 (`name`, `backend`, `description`, `input_schema`, optional `title`, `backend_description`, `original_name`).
 """
 
@@ -85,6 +85,10 @@ def build(config: ConfigOption = None, from_jsonl: JsonlOption = None, index_dir
     settings = _config(config)
     directory = _index_dir(settings, index_dir)
     listing = _listing(settings, from_jsonl, directory, refresh=True)
+    if from_jsonl is None and settings.backends and len(_silent_backends(settings, listing)) == len(settings.backends):
+        # `_listing` named them; "0 tools indexed" and exit 0 read as a build that worked (a script goes on).
+        errors.print("[red]no backend listed any tools:[/] nothing indexed", highlight=False)
+        raise typer.Exit(1)
     index = ToolIndex(settings.optimizer, directory, model_cache=settings.model_cache_dir())
     _exit_unless_writable(index.directory)  # before embedding: a build is for the index it saves
     stats = index.update(listing.records, progress=True)
@@ -254,6 +258,10 @@ def usage(
     if clear:
         _clear_file_history(path, settings.optimizer.usage_sync_interval)
         return
+    if not settings.optimizer.usage:  # "no usage history yet" would promise one that never comes
+        left = f"; {path} is left from when it was on (--clear deletes it)" if path.exists() else ""
+        console.print(f"optimizer.usage is off: the gateway keeps no usage history{left}", highlight=False)
+        return
     if not path.exists():
         console.print(f"no usage history yet at {path} (the gateway writes it once clients have called tools)")
         return
@@ -421,8 +429,19 @@ def _listing(settings: VmcpConfig, from_jsonl: Path | None, directory: Path, *, 
         raise typer.Exit(2)
     with errors.status("listing tools from the backends"):
         listing = replace(asyncio.run(collect(settings)), config_key=key)
-    save_listing(directory, listing)
+    silent = _silent_backends(settings, listing)
+    if not silent:
+        save_listing(directory, listing)
+    else:  # saved, it would stand for the whole catalogue in every later `stats` and `search` until a --refresh
+        why = f"(not connected, or serving none): the saved tool list in {directory} was not updated"
+        errors.print(literal(f"no tools from backend(s) {', '.join(silent)} {why}"), highlight=False)
     return listing
+
+
+def _silent_backends(settings: VmcpConfig, listing: Listing) -> list[str]:
+    """The configured backends none of whose tools are in `listing`, in config order."""
+    listed = {record.backend for record in listing.records}
+    return [backend.name for backend in settings.backends if backend.name not in listed]
 
 
 def _meta_tool_tokens(settings: VmcpConfig) -> int | None:
