@@ -99,7 +99,7 @@ def run(
     """Run every method on every dataset with each embedding model and print the tables."""
     from eval.datasets import default_data_dir
     from eval.embed import load_shared_embedder
-    from eval.harness import methods_list
+    from eval.harness import DatasetFailed, methods_list
     from vmcp_opt.config import OptimizerConfig
     from vmcp_opt.optimizer.model_registry import ModelError
 
@@ -159,6 +159,9 @@ def run(
             runs.append(_run_model(embedder, options, several=len(models) > 1, console=console))
         except KeyboardInterrupt:  # the harness has saved what finished and said where
             raise typer.Exit(code=130) from None
+        except DatasetFailed as exc:  # likewise; one line for what broke, not a traceback
+            console.print(f"failed on {exc}", style="red", markup=False, highlight=False)
+            raise typer.Exit(code=1) from None
     if len(runs) > 1:
         from eval.models import models_table
 

@@ -324,6 +324,9 @@ def _beir_tool(row: dict[str, Any], fields_from_row: Callable[[dict[str, Any]], 
     if isinstance(metadata, dict) and metadata.get("name"):
         if not isinstance(metadata.get("input_schema") or {}, dict):
             raise ValueError("`metadata.input_schema` must be a JSON object (a tool's input schema)")
+        original_name = metadata.get("original_name")
+        if original_name is not None and not isinstance(original_name, str):
+            raise ValueError("`metadata.original_name` must be a string (the tool's name on its backend)")
         fields = ToolFields(
             name=str(metadata["name"]),
             backend=str(metadata.get("backend") or "default"),
@@ -331,7 +334,7 @@ def _beir_tool(row: dict[str, Any], fields_from_row: Callable[[dict[str, Any]], 
             input_schema=dict(metadata.get("input_schema") or {}),
             title=str(metadata.get("title") or title) or None,
             backend_description=str(metadata.get("backend_description") or ""),
-            original_name=metadata.get("original_name"),
+            original_name=original_name,
         )
         return EvalTool(id=doc_id, text="", fields=fields, mcp=True)
     if fields_from_row is not None:

@@ -15,7 +15,10 @@ vectors. A file without both stamps is not trusted: its vectors are embedded aga
 from __future__ import annotations
 
 import hashlib
+import os
 import sys
+import tempfile
+import zipfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,6 +35,8 @@ if TYPE_CHECKING:
     from vmcp_opt.optimizer.onnx_export import Precision
 
 Vectors = npt.NDArray[np.float32]
+# One query request as `SharedEmbedder.query_cache` keeps it: its texts, and whether token embeddings were asked.
+RequestKey = tuple[tuple[str, ...], bool]
 # New document texts from which an embedding shows a progress bar (about 5 s on one CPU thread).
 PROGRESS_MIN = 64
 
@@ -86,9 +91,9 @@ class SharedEmbedder:
         # Token embeddings (eval/late_interaction.py) by the same keys, for texts embedded with tokens.
         self._tokens: dict[str, TokenMatrix] = {}
         self.embedded = 0
-        # Tuning only (`eval/tune.py`): reuse query vectors across configurations. Off for timed runs.
-        self.query_cache: dict[str, Vectors] | None = None
-        self._query_tokens: dict[str, TokenMatrix] = {}
+        # Query vectors reused across methods (untimed queries of `vmcp eval run`, every query of `eval.tune`),
+        # kept per request: the texts of one `encode_queries` call and whether tokens were asked for.
+        self.query_cache: dict[RequestKey, tuple[Vectors, list[TokenMatrix]]] | None = None
         # True while a query is being timed: it then pays for its own embedding.
         self.bypass_cache = False
         # A bar for document embeddings of at least PROGRESS_MIN new texts (`vmcp eval run`: a cold catalogue
@@ -105,43 +110,38 @@ class SharedEmbedder:
     def encode_queries_with_tokens(
         self, texts: Sequence[str], *, tokens: bool = True
     ) -> tuple[Vectors, list[TokenMatrix]]:
-        if self.query_cache is not None and not self.bypass_cache:
-            cache = self.query_cache
-            missing = [t for t in dict.fromkeys(texts) if t not in cache or (tokens and t not in self._query_tokens)]
-            if missing:
-                self._embed_queries(missing, tokens=tokens or self._keeps_tokens)
-            vectors = np.stack([cache[t] for t in texts]) if texts else np.empty((0, self.dimensions), np.float32)
-            return vectors, [self._query_tokens[t] for t in texts] if tokens else []
+        if self.query_cache is None or self.bypass_cache:
+            return self._embed_request(texts, tokens)
+        # A request's vectors are computed as find_tool computes them: its texts in one batch, nothing else
+        # in it. Batching several requests together would change them (ONNX int8 quantises each batch's
+        # activations as a whole; padding moves the rest), and with them the figures.
+        key = (tuple(texts), tokens)
+        if key not in self.query_cache:
+            self.query_cache[key] = self._embed_request(texts, tokens)
+        vectors, matrices = self.query_cache[key]
+        return vectors.copy(), list(matrices)
+
+    def _embed_request(self, texts: Sequence[str], tokens: bool) -> tuple[Vectors, list[TokenMatrix]]:
+        if not texts:
+            return np.empty((0, self.dimensions), dtype=np.float32), []
         with torch_threads(self.query_threads):
             vectors, matrices = self.inner.encode_queries_with_tokens(list(texts), tokens=tokens)
-        return np.asarray(vectors, dtype=np.float32), matrices
+        return np.asarray(vectors, dtype=np.float32), list(matrices)
 
-    @property
-    def _keeps_tokens(self) -> bool:
-        """Cached queries keep their token embeddings too (late interaction) where the encoder has them."""
-        return bool(self.inner.kind == "torch")
-
-    def _embed_queries(self, texts: list[str], tokens: bool = True) -> None:
-        assert self.query_cache is not None
-        with torch_threads(self.query_threads):
-            vectors, matrices = self.inner.encode_queries_with_tokens(texts, tokens=tokens)
-        self.query_cache.update(zip(texts, np.asarray(vectors, dtype=np.float32), strict=True))
-        self._query_tokens.update(zip(texts, matrices, strict=False))
-
-    def prime_queries(self, texts: Sequence[str], batch_size: int = 64) -> None:
-        """Embed many queries in batches (several times faster than one by one) into the query cache."""
+    def prime_queries(self, texts: Sequence[str]) -> None:
+        """Embed each query into the query cache as a request of its own, as find_tool embeds it (dense and
+        ToolHive ask for exactly that; a single-intent optimizer search too), with a bar for many."""
         from vmcp_opt.optimizer.embedding import maybe_progress
 
         if self.query_cache is None:
             self.query_cache = {}
-        missing = [text for text in dict.fromkeys(texts) if text not in self.query_cache]
+        missing = [text for text in dict.fromkeys(texts) if ((text,), False) not in self.query_cache]
         # ToolLens' 1,577 untimed queries take about a minute on one thread: a bar, as for documents.
         progress = self.show_progress and len(missing) >= PROGRESS_MIN
         with maybe_progress(progress, f"embedding {len(missing)} queries", len(missing)) as advance:
-            for start in range(0, len(missing), batch_size):
-                batch = missing[start : start + batch_size]
-                self._embed_queries(batch, tokens=self._keeps_tokens)
-                advance(len(batch))
+            for text in missing:
+                self.query_cache[((text,), False)] = self._embed_request([text], tokens=False)
+                advance(1)
 
     def encode_documents(self, texts: Sequence[str], progress: bool = False) -> Vectors:
         return self.encode_documents_with_tokens(texts, progress=progress, tokens=False)[0]
@@ -182,16 +182,34 @@ class SharedEmbedder:
         if path is None or not path.exists() or getattr(self, "_disk_loaded", False):
             return
         self._disk_loaded = True
+        try:
+            vectors, tokens = self._read_cache(path)
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+            # A cache only saves time: one cut short (a full disk, a killed run) is embedded again, and
+            # replaced at the next save.
+            print(f"cannot read the vector cache {path} ({exc}): embedding its texts again", file=sys.stderr)
+            return
+        for key, vector in vectors.items():
+            self._vectors.setdefault(key, vector)
+        for key, matrix in tokens.items():
+            self._tokens.setdefault(key, matrix)
+
+    def _read_cache(self, path: Path) -> tuple[dict[str, Vectors], dict[str, TokenMatrix]]:
+        """The file's vectors and token matrices by text key, or none if another model or graph made them
+        (vectors of the model as it was, changed in place, or of another graph: embedded again)."""
+        vectors: dict[str, Vectors] = {}
+        tokens: dict[str, TokenMatrix] = {}
         with np.load(path) as data:
             built_by = (str(data["model_files"]), str(data["model_digest"])) if "model_digest" in data else None
             if not self._same_model(built_by) or not self._same_encoder(data):
-                return  # vectors of the model as it was (changed in place), or of another graph: embedded again
+                return vectors, tokens
             for key, vector in zip(data["keys"], data["vectors"], strict=True):
-                self._vectors.setdefault(str(key), vector.astype(np.float32))
+                vectors[str(key)] = vector.astype(np.float32)
             if "token_keys" in data:
                 store = TokenStore(data["tokens"], data["token_offsets"])
                 for i, key in enumerate(data["token_keys"]):
-                    self._tokens.setdefault(str(key), store.matrix(i))
+                    tokens[str(key)] = store.matrix(i)
+        return vectors, tokens
 
     def _same_model(self, built_by: tuple[str, str] | None) -> bool:
         """Whether a cache file written by the model as `built_by` stamped it holds this model's vectors: the
@@ -244,7 +262,6 @@ class SharedEmbedder:
         keys = np.array(list(self._vectors), dtype="U64")
         stacked = np.stack(list(self._vectors.values())).astype(np.float32)
         store = TokenStore.from_matrices(list(self._tokens.values()), self.dimensions)
-        tmp = path.with_suffix(".tmp.npz")
         arrays: dict[str, Any] = {
             "keys": keys,
             "vectors": stacked,
@@ -258,8 +275,23 @@ class SharedEmbedder:
         encoder = self._encoder_stamp()
         if encoder is not None:
             arrays.update(encoder=np.array(encoder.encoder), export_recipe=np.array(encoder.recipe))
-        np.savez(tmp, **arrays)
-        tmp.replace(path)
+        _write_atomically(path, arrays)
+
+
+def _write_atomically(path: Path, arrays: dict[str, Any]) -> None:
+    """`path` replaced whole by a file of its own: two runs saving one cache at once each write a temporary
+    file of a unique name, so neither renames the other's (the last complete one stays)."""
+    handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp.npz")
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        with os.fdopen(handle, "wb") as tmp:
+            os.fchmod(tmp.fileno(), 0o666 & ~umask)  # as a plain write would make it, not owner-only
+            np.savez(tmp, **arrays)
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
 
 
 @contextmanager

@@ -37,7 +37,8 @@ class RunOptions:
     optimizer_overrides: dict[str, Any] = field(default_factory=dict)
     plots: bool = True
     # Queries per dataset and method timed end to end with their own query embedding (None = all). The
-    # rest reuse query vectors embedded once in batches, which keeps the full run inside its time budget.
+    # rest reuse query vectors embedded once per request by the first method asking (quality does not
+    # depend on this: those vectors are the ones a timed query computes), which shortens a full run.
     latency_sample: int | None = 300
     # What the run's model costs (eval/models.py: ModelProfile.as_dict()), written into results.json.
     model_profile: dict[str, Any] | None = None
@@ -73,8 +74,10 @@ def run(options: RunOptions, embedder: SharedEmbedder, console: Console | None =
         results["model_profile"] = options.model_profile
     latencies: dict[str, dict[str, list[float]]] = {}
     depth = max([*options.ks, 10])
+    current = ""  # the dataset being run, as the results and the messages name it
     try:
         for name in options.datasets:
+            current = name
             try:
                 dataset = load_dataset(name, options.data_dir, split=options.split).limited(options.limit_queries)
             except DatasetError as exc:
@@ -84,13 +87,20 @@ def run(options: RunOptions, embedder: SharedEmbedder, console: Console | None =
             for note in dataset.notes:
                 console.print(f"{name}: {note}", style="yellow", markup=False, highlight=False)
             # Two BEIR directories of one name (a/data, b/data) must not overwrite each other's rows.
-            dataset.name = _unique_key(dataset.name, results["datasets"])
+            dataset.name = current = _unique_key(dataset.name, results["datasets"])
             entry, lat = run_dataset(dataset, options, embedder, depth, console)
             results["datasets"][dataset.name] = entry
             latencies[dataset.name] = lat
     except KeyboardInterrupt:
-        _save_interrupted(results, latencies, options.out, started, console)
+        results["interrupted"] = True
+        _save_unfinished(results, latencies, options.out, started, console, "interrupted")
         raise
+    except Exception as exc:
+        # Whatever broke one dataset, the ones before it took minutes each: keep them, then stop.
+        error = f"{type(exc).__name__}: {exc}"
+        results["failed"] = {"dataset": current, "error": error}
+        _save_unfinished(results, latencies, options.out, started, console, f"failed on {current}")
+        raise DatasetFailed(f"{current}: {error}") from exc
     results["total_seconds"] = round(time.perf_counter() - started, 1)
     if not results["datasets"]:
         # Nothing scored: keep the last run's results.json rather than replace it with an empty one.
@@ -123,19 +133,28 @@ def _write_json(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-def _save_interrupted(
-    results: dict[str, Any], latencies: dict[str, Any], out: Path, started: float, console: Console
+class DatasetFailed(Exception):
+    """A dataset's run broke (not a dataset that cannot be read, which is skipped): the datasets finished
+    before it are written, marked unfinished; the message names the dataset and the error."""
+
+
+def _save_unfinished(
+    results: dict[str, Any], latencies: dict[str, Any], out: Path, started: float, console: Console, why: str
 ) -> None:
-    """Ctrl-C: keep the datasets that finished (minutes of work each), marked as an interrupted run."""
+    """Ctrl-C or a failure: keep the datasets that finished (minutes of work each), marked as the caller
+    marked `results` (`interrupted`, `failed`)."""
     finished = list(results["datasets"])
     if not finished:
-        console.print("interrupted before any dataset finished: nothing written", highlight=False)
+        console.print(f"{why} before any dataset finished: nothing written", markup=False, highlight=False)
         return
-    results["interrupted"] = True
     results["total_seconds"] = round(time.perf_counter() - started, 1)
-    write_results(results, latencies, out)
+    try:
+        write_results(results, latencies, out)
+    except OSError as exc:
+        console.print(f"{why}; cannot write {out / 'results.json'}: {exc}", markup=False, highlight=False)
+        return
     console.print(
-        f"interrupted: results of {', '.join(finished)} written to {out / 'results.json'} (no plots)",
+        f"{why}: results of {', '.join(finished)} written to {out / 'results.json'} (no plots)",
         markup=False,
         highlight=False,
     )
@@ -171,6 +190,10 @@ def run_dataset(
     )
     cutoffs = sorted(set(options.ks) | {5, 10})
     timed = len(queries) if options.latency_sample is None else min(options.latency_sample, len(queries))
+    # The untimed queries' vectors are embedded once and reused by every method: each request as find_tool
+    # embeds it (SharedEmbedder.encode_queries_with_tokens), so the figures are the same whatever the
+    # latency sample. A new cache per dataset: it holds one set's queries, not every set's.
+    embedder.query_cache = {} if timed < len(queries) else None
     if timed < len(queries) and not QUERY_FREE_METHODS.issuperset(options.methods):
         embedder.prime_queries([text for _, text in queries[timed:]])
     for method_name in options.methods:

@@ -17,7 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from eval.datasets import Dataset, load_dataset
+from eval.datasets import Dataset, DatasetError, load_dataset
 from eval.embed import SharedEmbedder, load_shared_embedder
 from eval.methods import LATE_INTERACTION, BM25Method, Context, DenseMethod, Method, OptimizerMethod
 from eval.metrics import evaluate
@@ -123,6 +123,9 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "tune")
     parser.add_argument(
+        "--data-dir", type=Path, help="where the bundled sets live (default ../shared/eval-data, or $VMCP_EVAL_DATA)"
+    )
+    parser.add_argument(
         "--usage-curve",
         action="store_true",
         help="score the default optimizer with 0, 100, 300, 1,000, 3,000 and all past tasks as its usage "
@@ -131,7 +134,10 @@ def main() -> None:
     args = parser.parse_args()
     extra = _checked_arguments(parser, args)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    dataset = load_dataset("toollens", split="train").limited(args.queries)
+    try:
+        dataset = load_dataset("toollens", args.data_dir, split="train").limited(args.queries)
+    except DatasetError as exc:
+        parser.error(str(exc))
     if args.noisy:
         dataset = noisy_dataset(dataset)
     embedder = load_shared_embedder(args.model, True, args.out / "cache")
