@@ -394,11 +394,14 @@ class Gateway:
         self._check_workflows()
         if self.optimizer is None:
             return
+        # The backends this catalogue was built without (rebuilds hold `_rebuilding`: it is the one just built).
+        built_from = self.catalog.current.backend_descriptions
+        not_connected = [name for name in self.backends.connections if name not in built_from]
         served = self.catalog.current.tools.keys() | self.workflows.workflows.keys()
         missing = [name for name in self.config.optimizer.pinned if name not in served]
         if missing:
             logger.warning("optimizer.pinned: no such tools in the catalogue: %s", ", ".join(missing))
-        await self.optimizer.tools_changed(searchable)
+        await self.optimizer.tools_changed(searchable, not_connected)
 
     def _check_workflows(self) -> None:
         """Steps naming tools the catalogue lacks: a warning (the backend may connect later); such a step

@@ -21,19 +21,21 @@ async def collect_listing(config: VmcpConfig) -> Listing:
     """The tools find_tool would index, as records, and what their `tools/list` costs: one look, no serving.
 
     The gateway's searchable tools (`Router.searchable_tools`): the configured workflows first (a workflow
-    keeps its name over a backend tool of the same name), then the live catalogue's tools."""
+    keeps its name over a backend tool of the same name), then the live catalogue's tools. The backends that did
+    not connect are named in it (`Listing.not_connected`): its caller then keeps the saved listing."""
     manager = _one_shot_backends(config)
     async with anyio.create_task_group() as task_group:
         await manager.start(task_group)
         catalog = catalog_of(manager, config.aggregation)
         manager.stop()
+    not_connected = tuple(name for name in manager.connections if name not in catalog.backend_descriptions)
     workflows = workflow_tools(config.workflows, catalog)
     served = [routed for name, routed in catalog.tools.items() if name not in workflows]
     records = [provided_record(tool) for tool in workflows.values()]
     records += [tool_record(routed, catalog.backend_descriptions.get(routed.backend, "")) for routed in served]
     model = config.optimizer.model
     tokens = tools_list_tokens([tool.tool for tool in workflows.values()] + [routed.tool for routed in served], model)
-    return Listing(records, tokens, model, listed_by="vmcp index")
+    return Listing(records, tokens, model, listed_by="vmcp index", not_connected=not_connected)
 
 
 class Connected(NamedTuple):

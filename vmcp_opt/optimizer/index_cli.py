@@ -4,7 +4,7 @@ descriptions, and the history of tools used together that the gateway learns (`u
 The tool list comes from the catalogue the gateway last saved beside the index (optimizer/listing.py), so
 `stats` and `search` start no backend when there is one; from the live backends when there is none, with
 `--refresh`, and always for `build` (through `hooks.collect_listing`, which the `vmcp` command plugs in: saved
-only when every backend listed tools); or from `--from-jsonl`, one tool record per line
+only when every backend connected); or from `--from-jsonl`, one tool record per line
 (`name`, `backend`, `description`, `input_schema`, optional `title`, `backend_description`, `original_name`).
 """
 
@@ -429,12 +429,11 @@ def _listing(settings: VmcpConfig, from_jsonl: Path | None, directory: Path, *, 
         raise typer.Exit(2)
     with errors.status("listing tools from the backends"):
         listing = replace(asyncio.run(collect(settings)), config_key=key)
-    silent = _silent_backends(settings, listing)
-    if not silent:
+    if not listing.not_connected:  # a connected backend serving no tools misses none
         save_listing(directory, listing)
     else:  # saved, it would stand for the whole catalogue in every later `stats` and `search` until a --refresh
-        why = f"(not connected, or serving none): the saved tool list in {directory} was not updated"
-        errors.print(literal(f"no tools from backend(s) {', '.join(silent)} {why}"), highlight=False)
+        why = f"(not connected): the saved tool list in {directory} was not updated"
+        errors.print(literal(f"no tools from backend(s) {', '.join(listing.not_connected)} {why}"), highlight=False)
     return listing
 
 

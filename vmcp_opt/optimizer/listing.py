@@ -4,7 +4,10 @@ The gateway writes `<index directory>/catalogue.json` whenever find_tool's tools
 `vmcp index` when it asks the backends (`build`, `--refresh`; probe.py lists the same tools, the
 configured workflows included): the tool records, what their `tools/list` costs (`tokens.tools_list_tokens`,
 the one definition the server logs and find_tool reports), who listed them and for which configuration
-(`catalogue_key`). A missing, unreadable or other-model file is as good as none: the CLI then asks the backends.
+(`catalogue_key`). Both save only a listing taken while every configured backend was connected (one serving no
+tools counts: it has none to miss): taken while one was down, or before it came up, it lacks that backend's tools,
+and saved it would stand for the whole catalogue in every later `stats` and `search`; the previous file is kept.
+A missing, unreadable or other-model file is as good as none: the CLI then asks the backends.
 So is one listed for another configuration: two configs sharing an index_dir each overwrite the file, and a
 backend renamed or removed since (while a gateway ran with the optimizer off, which saves no catalogue)
 would otherwise have `vmcp index search` rank tools this config does not serve.
@@ -29,6 +32,8 @@ logger = logging.getLogger(__name__)
 LISTING_FILE = "catalogue.json"
 # The directories whose leftover temporary files this process removed (`_remove_dead_saves`): once each.
 _swept: set[Path] = set()
+# Per directory, the backends the last "not updated" line named (`save_complete_listing`): said once per set.
+_unsaved_for: dict[Path, frozenset[str]] = {}
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,9 @@ class Listing:
     listed_by: str = "the gateway"
     # `catalogue_key` of the configuration it was listed for; None: not known (a file from before it was kept).
     config_key: str | None = None
+    # The configured backends that were not connected when it was taken, whose tools it lacks (never saved: a
+    # saved listing has none).
+    not_connected: tuple[str, ...] = ()
 
 
 def catalogue_key(config: VmcpConfig) -> str:
@@ -77,6 +85,25 @@ def save_listing(directory: Path, listing: Listing) -> None:
         write_atomically(path, json.dumps(data, separators=(",", ":"), ensure_ascii=False))
     except OSError as exc:
         logger.warning("optimizer: could not save the catalogue to %s: %s", path, exc)
+
+
+def save_complete_listing(directory: Path, listing: Listing) -> None:
+    """The gateway's save: `listing`, unless a backend was not connected when it was taken (then the previous file
+    is kept, and said so at info once per set of such backends: every start passes through it while its backends
+    come up)."""
+    missing = frozenset(listing.not_connected)
+    if not missing:
+        _unsaved_for.pop(directory, None)
+        save_listing(directory, listing)
+        return
+    if _unsaved_for.get(directory) != missing:
+        _unsaved_for[directory] = missing
+        logger.info(
+            "optimizer: %s not updated for `vmcp index`: backend(s) %s not connected; it is saved once every "
+            "backend has listed its tools",
+            directory / LISTING_FILE,
+            ", ".join(sorted(missing)),
+        )
 
 
 def _remove_dead_saves(path: Path) -> None:

@@ -43,7 +43,7 @@ from vmcp_opt.optimizer.documents import ToolRecord
 from vmcp_opt.optimizer.embedding import load_configured_embedder
 from vmcp_opt.optimizer.fit_signal import nothing_fits
 from vmcp_opt.optimizer.index import SearchHit, SearchResult, ToolIndex
-from vmcp_opt.optimizer.listing import Listing, catalogue_key, save_listing
+from vmcp_opt.optimizer.listing import Listing, catalogue_key, save_complete_listing
 from vmcp_opt.optimizer.meta_tool_forms import (
     CALL_TOOL,
     FIND_TOOL,
@@ -189,17 +189,19 @@ class OptimizerFront:
             hint = f"did you mean {' or '.join(map(repr, meant))}? Otherwise use" if meant else "use"
             return _error(f"field 'tool_name': unknown tool '{shorten(target)}'; {hint} find_tool to look tools up")
 
-    async def tools_changed(self, tools: Sequence[ProvidedTool]) -> None:
-        """The searchable providers' tools changed: re-index them (keywords now, vectors in the background)."""
+    async def tools_changed(self, tools: Sequence[ProvidedTool], not_connected: Sequence[str] = ()) -> None:
+        """The searchable providers' tools changed: re-index them (keywords now, vectors in the background).
+        `not_connected`: the configured backends whose tools are missing from `tools` because they are down."""
         tools = self._reachable(tools)
         self.names.update(tools)
         # Keywords at once, never waiting for an embedding in progress (`ToolIndex.update_keywords`);
         # the records too are made on the worker thread (10k tools: ~0.1 s).
         records = await anyio.to_thread.run_sync(self._update_keywords, tools)
         await anyio.to_thread.run_sync(self._count_tokens, tools)
-        # For `vmcp index stats|search`, which then need not start the backends.
-        listing = Listing(records, self.full_list_tokens, self.settings.model, config_key=self._catalogue_key)
-        await anyio.to_thread.run_sync(save_listing, self.usage_path.parent, listing)
+        # For `vmcp index stats|search`, which then need not start the backends: only a whole catalogue.
+        key, missing = self._catalogue_key, tuple(not_connected)
+        listing = Listing(records, self.full_list_tokens, self.settings.model, config_key=key, not_connected=missing)
+        await anyio.to_thread.run_sync(save_complete_listing, self.usage_path.parent, listing)
         self._embed_in_background(records)
         if self.history.shared:
             self._start_saver()  # other replicas' learning arrives even before this one learns anything
