@@ -31,6 +31,12 @@ reading at the answer (curl, an EventSource) waited for ever. A replay reads the
 what it found, until nothing new came meanwhile: an event stored while the client took the replay was in no
 snapshot and on no live stream (the SDK registers that only after the replay), so it was lost.
 
+The gateway's sessions (through `UnsentAnswers`) go further: a replay of a request's stream follows it, sending each
+event as it is stored, until the answer (None) or the session's end (`forget`), as the Redis store's replay does
+(shared/events.py). Handed the stream's id, the SDK minted a priming event and registered its live stream only once
+the response's writer took that event, which waits on a client slow to read: an answer routed meanwhile was stored
+but sent on no stream, and the resumed stream got pings for ever.
+
 A replay's `None` says both "nothing of that id is held" and "the answer was sent, the stream is over", as
 the SDK's interface wants; `holds` tells the first apart before a replay, so the transport can refuse an id
 it cannot resume from (server/lazy_stream.py) rather than answer an empty stream the SDK's client resumes
@@ -50,11 +56,13 @@ from __future__ import annotations
 
 import secrets
 from collections import OrderedDict, deque
+from contextvars import ContextVar
 from itertools import count
 from typing import Protocol, runtime_checkable
 
+import anyio
 from mcp.server.streamable_http import GET_STREAM_KEY, EventCallback, EventId, EventMessage, EventStore, StreamId
-from mcp_types import JSONRPCError, JSONRPCMessage, JSONRPCResponse, jsonrpc_message_adapter
+from mcp_types import JSONRPCError, JSONRPCMessage, JSONRPCNotification, JSONRPCResponse, jsonrpc_message_adapter
 
 from vmcp_opt.config import SessionsConfig
 from vmcp_opt.server.released_streams import RELEASE_STREAM
@@ -62,6 +70,12 @@ from vmcp_opt.shared.event_ids import GET_EVENT_PREFIX, marked_event_id, names_g
 
 DEFAULT_MAX_EVENTS = 10_000
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+
+# Whether a followed replay sends a priming event once it has sent what was held (set by the transport for a client
+# that reads one: 2025-11-25 on), as the SDK primes a resumed stream it holds open: the client sees it is live.
+PRIME_FOLLOWED: ContextVar[bool] = ContextVar("vmcp_prime_followed", default=False)
+# That priming event's message, for the transport to write as a priming event (no data): never sent as it is.
+PRIMING = JSONRPCNotification(jsonrpc="2.0", method="notifications/vmcp/priming")
 
 # (session view number, the SDK's stream id)
 _StreamKey = tuple[int, StreamId]
@@ -89,6 +103,16 @@ class _Caller:
         self.bytes = 0
         self.events = 0
         self.views: set[int] = set()
+
+
+class _Waiter:
+    """Replays waiting for a stream's next event: set when one is stored (`ended`: when its session ended)."""
+
+    __slots__ = ("ended", "stored")
+
+    def __init__(self) -> None:
+        self.stored = anyio.Event()
+        self.ended = False
 
 
 class BoundedEventStore(EventStore):
@@ -122,6 +146,7 @@ class BoundedEventStore(EventStore):
         self._streams: dict[_StreamKey, deque[int]] = {}
         self._held: dict[int, _Held] = {}  # per session view
         self._callers: dict[str, _Caller] = {}
+        self._waiters: dict[_StreamKey, _Waiter] = {}  # replays of request streams waiting for their next event
 
     def __bool__(self) -> bool:
         # The SDK tests `if self._event_store:`; a store must count as present even while it is empty.
@@ -180,6 +205,7 @@ class BoundedEventStore(EventStore):
             self._drop(self._oldest_of(charged))
         while len(self._events) > self.max_events or (self.bytes > self.max_bytes and len(self._events) > 1):
             self._drop(self._victim(by_events=len(self._events) > self.max_events))
+        self._wake(key)
         return self._event_id(stream_id, number)
 
     def _held_by(self, view: int, caller: str | None) -> _Held:
@@ -210,6 +236,8 @@ class BoundedEventStore(EventStore):
         held = self._held.get(view)
         while held is not None and held.numbers:
             self._drop(held.numbers[0])
+        for key in [key for key in self._waiters if key[0] == view]:
+            self._wake(key, ended=True)
 
     def _drop(self, number: int) -> None:
         """Drops event `number`, the oldest of its session and so of its stream."""
@@ -231,17 +259,28 @@ class BoundedEventStore(EventStore):
             if not charged.views:
                 del self._callers[held.caller]
 
-    async def replay(self, view: int, last_event_id: EventId, send_callback: EventCallback) -> StreamId | None:
-        """Sends what followed `last_event_id` on its stream; the stream's id while it goes on, else None."""
+    async def replay(
+        self, view: int, last_event_id: EventId, send_callback: EventCallback, follow: bool = False
+    ) -> StreamId | None:
+        """Sends what followed `last_event_id` on its stream; the stream's id while it goes on, else None. With
+        `follow`, a request's stream is sent as it is stored, until its answer (or its session's end): None."""
         found = self._entry(view, last_event_id)
         if found is None:
             return None
         number, (key, _, ended) = found
-        sent = number
+        sent, primed = number, not PRIME_FOLLOWED.get()
         while not ended:
             later = [held for held in self._streams.get(key, ()) if held > sent]
+            if not later and (not follow or key[1] == GET_STREAM_KEY):
+                return key[1]  # its later events go out live: the SDK registers the stream after this
+            if not later and not primed:
+                primed = True  # stored, so a client cut from here on resumes from it
+                await send_callback(EventMessage(PRIMING, self.store(view, key[1], None)))
+                continue
             if not later:
-                return key[1]
+                if not await self._stored_on(key):
+                    return None  # the session ended: no answer will come
+                continue
             for event in later:
                 held_event = self._events.get(event)
                 if held_event is None:
@@ -253,6 +292,18 @@ class BoundedEventStore(EventStore):
                 if ended:
                     break
         return None  # the request's answer was sent: its stream is over
+
+    async def _stored_on(self, key: _StreamKey) -> bool:
+        """Waits for the next event of stream `key`: True once one is stored, False once its session ended."""
+        waiter = self._waiters.setdefault(key, _Waiter())
+        await waiter.stored.wait()
+        return not waiter.ended
+
+    def _wake(self, key: _StreamKey, ended: bool = False) -> None:
+        waiter = self._waiters.pop(key, None)
+        if waiter is not None:
+            waiter.ended = ended
+            waiter.stored.set()
 
     def _parse(self, event_id: EventId) -> int | None:
         tag, _, number = event_id.removeprefix(GET_EVENT_PREFIX).rpartition("-")
@@ -290,6 +341,10 @@ class SessionEvents(EventStore):
 
     async def replay_events_after(self, last_event_id: EventId, send_callback: EventCallback) -> StreamId | None:
         return await self._ring.replay(self._view, last_event_id, send_callback)
+
+    async def follow(self, last_event_id: EventId, send_callback: EventCallback) -> StreamId | None:
+        """The replay, a request's stream followed until its answer (`BoundedEventStore.replay`)."""
+        return await self._ring.replay(self._view, last_event_id, send_callback, follow=True)
 
     async def holds(self, last_event_id: EventId) -> bool:
         return self._ring.holds_event(self._view, last_event_id)
@@ -335,6 +390,10 @@ class UnsentAnswers(EventStore):
         return await self.inner.store_event(stream_id, message)
 
     async def replay_events_after(self, last_event_id: EventId, send_callback: EventCallback) -> StreamId | None:
+        if isinstance(self.inner, SessionEvents):
+            # A request's stream followed to its answer here: the live stream the SDK registers after the replay
+            # missed an answer stored before it was (Redis's replay follows it too).
+            return await self.inner.follow(last_event_id, send_callback)
         return await self.inner.replay_events_after(last_event_id, send_callback)
 
     async def holds(self, last_event_id: EventId) -> bool:

@@ -84,6 +84,7 @@ from mcp_types import (
     JSONRPCResponse,
     jsonrpc_message_adapter,
 )
+from mcp_types.version import is_version_at_least
 from pydantic import ValidationError
 from sse_starlette import EventSourceResponse
 from starlette.datastructures import Headers
@@ -94,7 +95,7 @@ from starlette.types import Message, Receive, Scope, Send
 from vmcp_opt.logs import ThrottledLog
 from vmcp_opt.server.admission import SessionRefused, refused_stranger
 from vmcp_opt.server.authentication import session_owner
-from vmcp_opt.server.event_store import BoundedEventStore, ProbedStore, UnsentAnswers
+from vmcp_opt.server.event_store import PRIME_FOLLOWED, PRIMING, BoundedEventStore, ProbedStore, UnsentAnswers
 from vmcp_opt.server.held_answers import RetainedChunks, answer_hold, resumption_refused
 from vmcp_opt.server.list_answers import PartsResponse, body_parts, long_list, session_form
 from vmcp_opt.server.released_streams import ReleasingReads, ReleasingWrites
@@ -259,6 +260,11 @@ class LazyStreamTransport(StreamableHTTPServerTransport):
 
     def _create_event_data(self, event_message: EventMessage) -> SSEEvent:
         answer = event_message.message
+        if answer is PRIMING and event_message.event_id is not None:  # a followed replay's (server/event_store.py)
+            priming: SSEEvent = {"id": event_message.event_id, "data": ""}
+            if self._retry_interval is not None:
+                priming["retry"] = self._retry_interval
+            return priming
         if isinstance(answer, JSONRPCResponse | JSONRPCError) and answer.id is not None:
             # Its reservation becomes the charge of the connection this stream's writer sends on.
             self.charges.take(str(answer.id), SENDING_HOLD.get())
@@ -323,7 +329,13 @@ class LazyStreamTransport(StreamableHTTPServerTransport):
             )
             await response(request.scope, request.receive, send)
             return
-        await self._replay_held(last_event_id, request, send)
+        # A request's stream is followed to its answer by the replay (`UnsentAnswers`), primed as the SDK primes it.
+        version = request.headers.get(MCP_PROTOCOL_VERSION_HEADER, DEFAULT_NEGOTIATED_VERSION)
+        primed = PRIME_FOLLOWED.set(is_version_at_least(version, "2025-11-25"))
+        try:
+            await self._replay_held(last_event_id, request, send)
+        finally:
+            PRIME_FOLLOWED.reset(primed)
 
     async def _replay_held(self, last_event_id: str, request: Request, send: Send) -> None:
         """The SDK's replay, its connection charged to the caller of the session's last request and refused past
