@@ -1,12 +1,21 @@
 """Graceful shutdown under a load balancer: on SIGTERM a replica drains before it stops.
 
 Draining (`Drain.begin`, from the runner's SIGTERM handler):
-- `/readyz` answers 503 `{"status": "draining"}` at once, so the load balancer stops sending traffic;
-- a request that would open a new session is refused with 503, `Retry-After: 1` and a JSON-RPC error
-  telling the client to retry (through the load balancer, another replica answers);
-- requests already in flight on the MCP endpoint (tool calls and every other POST) run to their end,
-  up to `server.drain_timeout`; answers carry `Connection: close`, so a client's next request opens a
-  new connection, which the load balancer sends elsewhere;
+- `/readyz` answers 503 `{"status": "draining"}` at once; a replica (`sessions.store: redis`) also takes no new
+  connection and closes its idle keep-alive connections (server/runner.py, `stop_accepting`): a load balancer
+  that never reads `/readyz` (nginx OSS) finds its connect refused, which it may always retry on another replica
+  since nothing was sent (`/readyz` is then read on `telemetry.metrics.listen`). A single gateway keeps its port:
+  its clients' answers to questions asked mid-call, and their cancels, come through it;
+- requests already read when the drain began (tool calls and every other POST) run to their end, up to
+  `server.drain_timeout`; answers carry `Connection: close`, so no further request comes on their connection.
+  A request whose head was read before the drain began is in flight, not new, and runs like the others: it has
+  the whole drain ahead of it, and refusing it would turn a request that merely crossed the signal into an error
+  the client must handle. Only one that would open a session is refused (503, `Retry-After: 1`, a JSON-RPC error
+  saying to retry): a session opened now would be cut at once;
+- with rounds shared between replicas (`sessions.store: redis`), the drain also waits for the 2026-07-28 rounds
+  held here for their client's answer (routing/round_trips/owners.py `RoundOwners.waiting`): the answer lands
+  on another replica and is relayed here. A single gateway does not wait for them: the answer could only come
+  through its own port, which no longer accepts;
 - then the HTTP server stops as on any exit (open streams get `timeouts.shutdown`); a request still running
   then (past the drain, or on Ctrl-C) is answered with a JSON-RPC error telling the client to retry (the last
   event of its SSE stream, when its answer was already streaming), and a stream cut then ends as a complete
@@ -38,6 +47,7 @@ from typing import Any
 from sse_starlette.sse import AppStatus
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from vmcp_opt.routing.round_trips import RoundOwners
 from vmcp_opt.server.json_batch import BATCH_MESSAGE, enclosing_scope_cancelled
 from vmcp_opt.server.post_body import GONE, PostBody, reading_body
 from vmcp_opt.server.sessions import SERVER_BUSY, json_rpc_error, may_open_session
@@ -137,23 +147,47 @@ class Drain:
 
         return closing
 
-    def begin(self) -> None:
+    def begin(self, rounds: RoundOwners | None = None) -> None:
         if not self.draining:
             self.draining = True
-            logger.info("draining: /readyz fails, no new sessions; %d requests in flight", self.in_flight)
+            logger.info(
+                "draining: /readyz fails, no new connections; %d requests in flight, %d rounds waiting for their client",
+                self.in_flight,
+                _waiting(rounds),
+            )
 
-    async def drained(self, within: float) -> bool:
-        """Until no request is in flight, at most `within` seconds: True when none is left."""
+    async def drained(self, within: float, rounds: RoundOwners | None = None) -> bool:
+        """Until no request is in flight and no round of `rounds` (when shared between replicas) waits for its
+        client, at most `within` seconds: True when none is left."""
         started = time.monotonic()
         try:
-            await asyncio.wait_for(self._idle.wait(), within)
+            await asyncio.wait_for(self._settled(rounds), within)
         except TimeoutError:
             logger.warning(
-                "drain: %d requests still running after %gs (server.drain_timeout); stopping", self.in_flight, within
+                "drain: %d requests still running after %gs (server.drain_timeout), %d rounds waiting for their "
+                "client; stopping",
+                self.in_flight,
+                within,
+                _waiting(rounds),
             )
             return False
         logger.info("drained in %.1fs: stopping", time.monotonic() - started)
         return True
+
+    async def _settled(self, rounds: RoundOwners | None) -> None:
+        # Both at once: a round's answer comes as a request (on a replica that relays it here, or here), and a
+        # call in flight may hand out a round as it ends.
+        while True:
+            await self._idle.wait()
+            if rounds is not None and rounds.relay is not None:
+                await rounds.settled()
+            if self.in_flight == 0 and not _waiting(rounds):
+                return
+
+
+def _waiting(rounds: RoundOwners | None) -> int:
+    """The rounds the drain waits for: only shared ones, whose answer another replica can relay here."""
+    return rounds.waiting() if rounds is not None and rounds.relay is not None else 0
 
 
 def end_streams() -> None:

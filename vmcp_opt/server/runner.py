@@ -95,11 +95,17 @@ def run_gateway(config: VmcpConfig, announce: Callable[[VmcpConfig, int], None] 
         loop = asyncio.get_running_loop()
         throttle_accept_errors(loop)
         await original_startup(sockets)
+        if drain.draining and replicas:  # SIGTERM came during the start: the listener just opened takes nothing
+            stop_accepting(server)
         if server.started and announce is not None and gateway.fatal is None:
             announce(config, _bound_port(server, config.server.port))
 
-    server.startup = startup  # type: ignore[method-assign]
     drain: Drain = app.state.drain
+    # Replicas share sessions through Redis: a draining one stops accepting, so a load balancer that never reads
+    # /readyz (nginx OSS) goes to another. A lone gateway keeps listening while it drains: its clients' answers to
+    # questions asked mid-call, their cancels, come through this port (/readyz says draining, new sessions 503).
+    replicas = config.sessions.store == "redis"
+    server.startup = startup  # type: ignore[method-assign]
 
     def handle_exit(sig: int, frame: FrameType | None) -> None:
         # SIGTERM (a load balancer's orchestrator) or SIGHUP (the terminal went away; there is no config reload):
@@ -131,11 +137,13 @@ def run_gateway(config: VmcpConfig, announce: Callable[[VmcpConfig, int], None] 
                 "%s: draining, then stopping (vmcp has no config reload: restart it to apply a change)",
                 signal.Signals(sig).name,
             )
-        drain.begin()
+        drain.begin(gateway.sessions.owners)
+        if replicas:  # another replica takes what comes next; a lone gateway keeps its port for the calls' rounds
+            stop_accepting(server)
         stopping.append(asyncio.get_running_loop().create_task(drain_then_stop()))
 
     async def drain_then_stop() -> None:
-        if not await drain.drained(config.server.drain_timeout):
+        if not await drain.drained(config.server.drain_timeout, gateway.sessions.owners):
             stop_now()  # the calls past the drain's bound are answered "retry" now, as on Ctrl-C
             return
         end_streams()  # what is left are streams (a session's GET), which hold no answer
@@ -152,6 +160,19 @@ def run_gateway(config: VmcpConfig, announce: Callable[[VmcpConfig, int], None] 
     # `gateway.fatal`: the start failed after the config was accepted (an unexpected error while connecting the
     # backends): 1 like the port in use, not 2 ("cannot start as configured"), since a restart may get past it.
     return _leaving(gateway, 0 if server.started and gateway.fatal is None else 1)
+
+
+def stop_accepting(server: uvicorn.Server) -> None:
+    """The first steps of uvicorn's own `Server.shutdown`, taken when the drain begins: its listeners closed (a
+    connect is refused) and each connection told to shut down, which closes an idle keep-alive one now and ends a
+    busy one after its answer. Behind nginx, which never reads /readyz, a refused connect is what sends the next
+    request to another replica (`proxy_next_upstream error`: always safe, nothing was sent); a kept-alive
+    connection left open would carry it here. A request nginx wrote on an idle connection just as it closes still
+    fails (502): hence the operator's order, the replica marked `down` first (deploy/nginx/vmcp.conf)."""
+    for listener in getattr(server, "servers", ()):  # none yet during the start
+        listener.close()
+    for connection in list(server.server_state.connections):
+        connection.shutdown()
 
 
 @contextmanager

@@ -114,6 +114,7 @@ class WorkflowRounds:
         # Replicas: a retry of a run held by another replica is relayed there, one held here relayed back.
         self.owners = owners or RoundOwners()
         self.owners.continues(WorkflowRound, self._continue_relayed)
+        self.owners.holds(self)  # a stopping replica's drain waits for its runs (server/drain.py)
 
     def attach(self, task_group: anyio.abc.TaskGroup) -> None:
         self._task_group = task_group
@@ -131,6 +132,7 @@ class WorkflowRounds:
     def discard(self, run: PendingRun) -> None:
         if self._runs.pop(run.id, None) is not None:
             self.budget.release(run.caller)
+            self.owners.released()
         if not self._runs and self._emptied is not None:
             self._emptied.set()
 

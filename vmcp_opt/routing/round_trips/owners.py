@@ -9,13 +9,18 @@ is held elsewhere (`relayed`). The `RoundRelay` (vmcp_opt/shared/round_relay.py)
 owner, whose `continue_relayed` hands it to the registry of its kind as a retry with no front session (the
 continuation's progress and log messages are dropped); the answer — a result, the next
 `InputRequiredResult` or an error — goes back the same way. One relay for every kind.
+
+A stopping replica's drain (server/drain.py) waits, within `server.drain_timeout`, for the rounds held here
+(`waiting`, `settled`): registries that hold rounds say so (`holds`) and tell when one leaves (`released`).
+Without that, a replica stopped while its client was answering dropped the round it had just handed out.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sized
 from typing import Any, Protocol, TypeVar
 
+import anyio
 import mcp_types as types
 from mcp.shared.exceptions import MCPError
 from pydantic import BaseModel
@@ -46,10 +51,31 @@ class RoundOwners:
         self.replica: str | None = None
         self.relay: RoundRelay | None = None  # set with `replica` when rounds are shared (server/shared_sessions.py)
         self._continuations: dict[type[HeldRound], Continuation[Any]] = {}
+        self._registries: list[Sized] = []  # each holds rounds waiting for their client (its length: how many)
+        self._relaying = 0  # retries relayed here being continued now
+        self._changed: anyio.Event | None = None  # set when a round leaves or a relayed retry ends (`settled`)
 
     def continues(self, kind: type[RoundT], continuation: Continuation[RoundT]) -> None:
         """How a retry of a round of `kind` held here goes on when another replica relays it."""
         self._continuations[kind] = continuation
+
+    def holds(self, registry: Sized) -> None:
+        """`registry`'s rounds (as many as its length) count in `waiting`; it calls `released` when one leaves."""
+        self._registries.append(registry)
+
+    def released(self) -> None:
+        if self._changed is not None:
+            self._changed.set()
+
+    def waiting(self) -> int:
+        """Rounds held here for a client to answer, and relayed retries being continued here."""
+        return sum(len(registry) for registry in self._registries) + self._relaying
+
+    async def settled(self) -> None:
+        """Until `waiting` is 0 (unbounded: the drain bounds it)."""
+        while self.waiting():
+            self._changed = anyio.Event()
+            await self._changed.wait()
 
     def elsewhere(self, round_: HeldRound) -> bool:
         return round_.owner is not None and round_.owner != self.replica
@@ -72,7 +98,11 @@ class RoundOwners:
             continuation = self._continuations.get(type(round_))
         if continuation is None:
             raise MCPError(types.INVALID_PARAMS, "requestState names no call held by this replica")
+        self._relaying += 1
         try:
             return await continuation(round_, responses)
         except InputRequired as exc:
             return exc.result
+        finally:
+            self._relaying -= 1
+            self.released()

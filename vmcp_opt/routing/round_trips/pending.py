@@ -185,6 +185,7 @@ class RoundTrips:
         # another is relayed to it (owners.py).
         self.owners = owners or RoundOwners()
         self.owners.continues(PendingRound, self._continue_relayed)
+        self.owners.holds(self)  # a stopping replica's drain waits for its pending calls (server/drain.py)
 
     def attach(self, task_group: anyio.abc.TaskGroup) -> None:
         self._task_group = task_group
@@ -196,6 +197,7 @@ class RoundTrips:
     def discard(self, call: PendingCall) -> None:
         if self._calls.pop(call.id, None) is not None:
             self.budget.release(call.caller)
+            self.owners.released()
 
     def stop(self) -> None:
         """Cancel every pending call and close the spares (the gateway is stopping; its task group waits)."""
