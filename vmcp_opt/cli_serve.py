@@ -111,12 +111,16 @@ def carried_flags(cfg: VmcpConfig, argv: Sequence[str]) -> list[str]:
 # Read by libraries rather than by the config: OpenTelemetry's exporter settings, and the CA bundle that TLS
 # to HTTP backends and identity providers trusts.
 _LIBRARY_VARIABLES = ("OTEL_", "SSL_CERT_")
+# The MCP listener's address, which a stdio start reads but never uses (as `carried_flags` leaves out --host and
+# --port): `VMCP_SERVER__PORT=9000 make serve` printed a snippet asking for it. Not `server.allowed_hosts`: a
+# stdio start's `telemetry.metrics.listen` port checks Host against it.
+_HTTP_ONLY_VARIABLES = frozenset({"VMCP_SERVER__HOST", "VMCP_SERVER__PORT"})
 
 
 def environment_read(config_path: Path | None) -> list[str]:
     """The environment variables this start read that a desktop client would not pass on: the `${VAR}`s of
-    the file's backends, the variables its `*_env` settings name, the `VMCP_` settings, and the OTEL_* and
-    SSL_CERT_* variables set now (names only: the banner never shows a value). A client starts a stdio server
+    the file's backends, the variables its `*_env` settings name, the `VMCP_` settings but the listener's, and
+    the OTEL_* and SSL_CERT_* variables set now (names only: the banner never shows a value). A client starts a stdio server
     with a few variables of its own (PATH, HOME, …) and what its entry's `env` says, never its user's shell's,
     so the banner's snippet pasted as is would find them unset: not start, or start as another gateway."""
     from vmcp_opt.config.loading import DATA_DIR_REFERENCE, raw_config
@@ -128,10 +132,16 @@ def environment_read(config_path: Path | None) -> list[str]:
     # `${VMCP_DATA_DIR}` is filled in by the gateway itself, set or not; only a value set now must be passed on.
     names = [name for name in _references(raw.get("backends")) if name != DATA_DIR_REFERENCE]
     names += _named_by_env_settings(raw)
-    names += [name for name in os.environ if name.upper().startswith("VMCP_") and "__" in name]
+    names += [name for name in os.environ if _stdio_setting(name)]
     names += [name for name in os.environ if name.upper() == "VMCP_DATA_DIR"]
     names += [name for name in os.environ if name.upper().startswith(_LIBRARY_VARIABLES)]
     return list(dict.fromkeys(names))
+
+
+def _stdio_setting(name: str) -> bool:
+    """Whether `name` is a `VMCP_` setting that a stdio start uses (not one of the listener's)."""
+    upper = name.upper()
+    return upper.startswith("VMCP_") and "__" in upper and upper not in _HTTP_ONLY_VARIABLES
 
 
 def _references(value: Any) -> list[str]:

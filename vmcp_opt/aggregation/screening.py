@@ -7,6 +7,9 @@ built. A tool is dropped, with one warning naming the backend and the tool, when
 - the backend already listed a tool of that name (the first one is kept);
 - its `inputSchema` is not an object schema (`type`, when given, must be "object"; `properties` a mapping
   of schemas; `required` a list of names), which clients refuse;
+- its `execution.taskSupport` is "required": it runs only as a task, and the gateway relays no tasks (it
+  declares no `tasks` capability and drops a call's `task`), so every call of it would fail. A tool whose task
+  support is "optional" is kept as listed: a call without `task` runs it normally;
 - its exposed name is already taken by another backend's tool (conflicts.py decides which one stays).
 
 Prompts and resource templates are screened by name too (`screen_prompts`, `screen_templates`): MCP sets no
@@ -77,12 +80,19 @@ def schema_problem(schema: Any) -> str | None:
     return None
 
 
+def execution_problem(tool: types.Tool) -> str | None:
+    """Why `tool` cannot be run through the gateway, or None."""
+    if tool.execution is not None and tool.execution.task_support == "required":
+        return "it runs only as a task (execution.taskSupport: required), and the gateway does not relay tasks"
+    return None
+
+
 def screen_tools(backend: str, tools: list[types.Tool], drops: Drops) -> list[types.Tool]:
     """The tools of `backend` that can be served, in the backend's order; the others go to `drops`."""
     kept: list[types.Tool] = []
     names: set[str] = set()
     for tool in tools:
-        problem = name_problem(tool.name) or schema_problem(tool.input_schema)
+        problem = name_problem(tool.name) or schema_problem(tool.input_schema) or execution_problem(tool)
         if problem is None and tool.name in names:
             problem = "the backend lists this name more than once (the first is kept)"
         if problem is not None:
@@ -138,8 +148,8 @@ class Drops:
                 logger.warning("backend %s: %s '%s' dropped: %s", backend, kind, _shown(name), problem)
             if len(new) > MAX_WARNINGS_PER_BACKEND:
                 logger.warning(
-                    "backend %s: %d more dropped (names taken, listed twice, or names or schemas it cannot serve); "
-                    "the rest of it is served",
+                    "backend %s: %d more dropped (names taken, listed twice, names or schemas it cannot serve, "
+                    "or tools that run only as tasks); the rest of it is served",
                     backend,
                     len(new) - MAX_WARNINGS_PER_BACKEND,
                 )

@@ -236,7 +236,9 @@ class WorkflowConfig(_Strict):
     name: str = Field(pattern=WORKFLOW_NAME_PATTERN)
     # What the workflow does: the tool's description, and what find_tool matches.
     description: str = Field(min_length=1)
-    # The tool's input schema (JSON Schema, an object); `default`s of its properties fill missing arguments.
+    # The tool's input schema (JSON Schema, an object); `default`s of its properties fill missing arguments. One
+    # that lists `properties` and leaves `additionalProperties` unset takes no other argument (a misspelt one is
+    # refused, naming it).
     parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
     # What it does, as a graph (each below, as `steps[]`).
     steps: list[StepConfig] = Field(min_length=1, max_length=200)
@@ -264,6 +266,17 @@ class WorkflowConfig(_Strict):
     def _not_reserved(cls, value: str) -> str:
         if value in RESERVED_NAMES:
             raise ValueError(f"'{value}' is a meta-tool's name")
+        return value
+
+    @field_validator("parameters")
+    @classmethod
+    def _closed_unless_said(cls, value: dict[str, Any]) -> dict[str, Any]:
+        """Parameters listing their properties take no others unless `additionalProperties` says so: templates
+        read only listed ones, so a misspelt argument (`tme` for `time`) was ignored and the run went on with
+        the defaults. An empty `properties` (the default) stays open: its templates are not checked."""
+        properties = value.get("properties")
+        if isinstance(properties, dict) and properties and "additionalProperties" not in value:
+            return {**value, "additionalProperties": False}
         return value
 
     @model_validator(mode="after")
