@@ -28,6 +28,7 @@ QUERIES = [
     "Read the file README.md, then commit it to git and also fetch https://example.com",
     "getCurrentTime for Europe/London; convert_time to UTC",
     "the and of",  # stopwords only
+    "what can you do for me please",  # the question words and pronouns the served list adds
     "",
     "Ünïcode wörds — dashes, x1 42 co-op",
     "read read read file",  # a repeated word counts again
@@ -38,7 +39,11 @@ def test_query_tokens_are_those_bm25s_tokenize_gives() -> None:
     texts = QUERIES + [tool_document(record) for record in CATALOGUE]
     for text in texts:
         expected = bm25s.tokenize(
-            [text], stopwords="en", stemmer=keyword_arm._stem, return_ids=False, show_progress=False
+            [text],
+            stopwords=sorted(keyword_arm._stopword_set()),
+            stemmer=keyword_arm._stem,
+            return_ids=False,
+            show_progress=False,
         )
         assert keyword_arm.query_tokens(text) == expected[0]
 

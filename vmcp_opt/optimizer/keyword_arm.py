@@ -1,5 +1,13 @@
 """The keyword arm: BM25 (bm25s) over tool documents, English stopwords and Snowball stemming.
 
+The stopwords are Lucene's 33 (bm25s' `STOPWORDS_EN`) and question words, pronouns and politeness
+(`_QUESTION_WORDS`), on documents and queries alike. With Lucene's alone "what" was a term: found only in
+`remember_with_time`'s document ("read back what is known"), its idf put that memory write first for "what time
+is it". Words that carry a tool's meaning ("up", "off", "all", "before", "after") stay terms. Measured 2026-12-06
+(eval/README.md "Stopwords", 300 queries a set, cold) against Lucene's alone, nDCG@10 in points: toollens +0.22,
+apigen +0.03, apibank +0.12, gorilla-huggingface +0.02, toolink -0.06, mean +0.07; NLTK's 179
+(`STOPWORDS_EN_PLUS`) cost apibank 0.37 and 3 points of Recall@5.
+
 Built once per index snapshot from the documents of `optimizer/documents.py`; a search scores one query
 against every document in a few array operations and keeps the best `depth` positive scores. With
 `optimizer.parameter_share` set, `build_fields` builds the same columns itself from two fields, the
@@ -26,7 +34,11 @@ import Stemmer
 from vmcp_opt.config import OptimizerConfig
 from vmcp_opt.optimizer import ranking
 
-_STOPWORDS = "en"
+# Added to Lucene's list: a request's question form ("what", "how", "can you", "please") says nothing of the tool.
+_WH_WORDS = ("what", "which", "who", "whom", "whose", "when", "where", "why", "how")
+_PRONOUNS = ("i", "me", "my", "mine", "we", "our", "you", "your", "he", "she", "him", "her")
+_POLITENESS = ("please", "can", "could", "would", "should", "do", "does", "did")
+_QUESTION_WORDS = frozenset((*_WH_WORDS, *_PRONOUNS, *_POLITENESS))
 # bm25s.tokenize's default pattern (scikit-learn's CountVectorizer): words of two characters or more.
 _WORDS = re.compile(r"(?u)\b\w\w+\b")
 _stemmers = threading.local()
@@ -181,7 +193,7 @@ def _ranked(scores: np.ndarray, depth: int, allowed: np.ndarray | None) -> ranki
 
 
 def query_tokens(text: str) -> list[str]:
-    """`text`'s stemmed tokens in order, as `bm25s.tokenize(..., stopwords="en", stemmer=_stem)` gives them."""
+    """`text`'s stemmed tokens in order, as `_tokenize` (`bm25s.tokenize`, the same stopwords) gives them."""
     stopwords = _stopword_set()
     words = [word for word in _WORDS.findall(text.lower()) if word not in stopwords]
     return _stem(words) if words else []
@@ -215,13 +227,15 @@ def _stem(words: list[str]) -> list[str]:
 def _stopword_set() -> frozenset[str]:
     from bm25s.stopwords import STOPWORDS_EN
 
-    return frozenset(STOPWORDS_EN)
+    return frozenset(STOPWORDS_EN) | _QUESTION_WORDS
 
 
 def _tokenize(texts: list[str], *, return_ids: bool = True) -> Any:
     import bm25s
 
-    return bm25s.tokenize(texts, stopwords=_STOPWORDS, stemmer=_stem, return_ids=return_ids, show_progress=False)
+    return bm25s.tokenize(
+        texts, stopwords=list(_stopword_set()), stemmer=_stem, return_ids=return_ids, show_progress=False
+    )
 
 
 def _top_positive(scores: np.ndarray, depth: int) -> ranking.Ranking:
