@@ -6,6 +6,9 @@ The tool list comes from the catalogue the gateway last saved beside the index (
 `--refresh`, and always for `build` (through `hooks.collect_listing`, which the `vmcp` command plugs in: saved
 only when every backend connected); or from `--from-jsonl`, one tool record per line
 (`name`, `backend`, `description`, `input_schema`, optional `title`, `backend_description`, `original_name`).
+
+Just past ~450 lines: the four commands share how a tool list is found and saved (above) and how the index is
+opened; `usage` is the one that could go, and would take those helpers with it.
 """
 
 from __future__ import annotations

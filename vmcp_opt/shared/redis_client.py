@@ -31,6 +31,9 @@ the rights the gateway needs, a read-only replica. A connection opening says not
 taken (`/readyz`'s probe, `accepted`) leaves it. The parts that use Redis treat these as they treat an
 unreachable Redis (they degrade and keep serving), and so does `/readyz`: `degraded`, Redis's state and reason
 in its detail, the HTTP status what the backends make it.
+
+Just past ~450 lines: the link's state (reachable, stalled, refusing), its probe and its pools' idle sockets are one
+object's, read together by every client this module makes; splitting them would pass the link's lock around.
 """
 
 from __future__ import annotations
