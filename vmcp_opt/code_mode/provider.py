@@ -6,6 +6,9 @@ audit and usage learning see every call as the caller's own (unlike ToolHive's c
 itself a tool the policy judges: a Cedar policy can refuse it to a principal). Nothing the script does runs on
 the event loop: the gateway reads bounded JSON lines and makes the calls. The process runs without the
 gateway's environment (no secrets to read, were the interpreter to escape) and its script never reaches `ps`.
+
+At ~450 lines: the tool's listing, its run slots and the relay of a script's calls to the router are one
+run's life; the child process's side is code_mode/runner.py.
 """
 
 from __future__ import annotations

@@ -11,6 +11,9 @@ values and the setting; a for_each `over` one is refused. A result of many block
 `_CHECKED_INLINE` sized, in a worker thread (`read_output`, `HeldOutputs`): pure-Python walks, which let the loop in
 between (64 Ki values of structured content: ~100 ms). What a run sends is walked and written in a worker thread when
 large, by the pure-Python encoder, which lets the loop in between.
+
+At ~450 lines: reading a step's result, sizing it and what templates see of it share the same value bounds;
+splitting them would pass those bounds between modules.
 """
 
 from __future__ import annotations
