@@ -1,10 +1,14 @@
-"""find_tool's `nothing_fits`: not said of a short chatty request whose tool both ranking arms clearly put first.
+"""find_tool over the demo's catalogue: `nothing_fits` and the keyword arm's question words.
 
 A real `vmcp serve` in front of the demo's memory and time servers and its two workflows (examples/demo.yaml),
 driven by the SDK's client. "remember that my cat is called Tom" scores under the match threshold against every
 tool (a short request against long documents), yet both arms put `remember_with_time` first, the keyword arm
 well ahead of its runner-up: it fits (optimizer/fit_signal.py). A request outside the catalogue, or one sharing a
 lone word with one tool, is still told nothing fits.
+
+The keyword arm drops question words: "what time is it" is a time question, not a memory write. With Lucene's 33
+stopwords alone "what" was a term, found only in `remember_with_time`'s document ("read back what is known"), so
+its idf put that workflow, a memory write, first, above `time_get_current_time` (optimizer/keyword_arm.py).
 """
 
 from __future__ import annotations
@@ -56,7 +60,7 @@ def backends(directory: Path) -> list[dict[str, Any]]:
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     if not (NODE_BIN / "mcp-server-memory").exists():
         pytest.skip("the memory server is not installed (npm install)")
-    directory = tmp_path_factory.mktemp("nothing-fits")
+    directory = tmp_path_factory.mktemp("demo-find-tool")
     config = {
         "backends": backends(directory),
         "workflows": DEMO["workflows"],
@@ -114,3 +118,17 @@ async def test_a_lone_shared_word_is_no_keyword_lead(client: Client) -> None:
     answer = await find(client, "open the garage door")
     assert answer["tools"][0]["name"] == "memory_open_nodes"
     assert answer["nothing_fits"] is True
+
+
+@pytest.mark.parametrize("query", ["what time is it", "what's the time in New York"])
+async def test_a_time_question_gets_the_current_time_tool_first(client: Client, query: str) -> None:
+    answer = await find(client, query)
+    names = [tool["name"] for tool in answer["tools"]]
+    assert names[0] == "time_get_current_time", names
+
+
+async def test_a_day_question_gets_a_clock_not_a_memory_write(client: Client) -> None:
+    answer = await find(client, "what day is it today")
+    names = [tool["name"] for tool in answer["tools"]]
+    # "day" is in world_clock's document ("one time of day"): either clock answers the question.
+    assert names[0] in {"time_get_current_time", "world_clock"}, names
