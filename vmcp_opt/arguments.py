@@ -207,7 +207,7 @@ class ArgumentValidator:
 
     async def output_problem_async(self, tool_name: str, schema: Mapping[str, Any], value: Any) -> str | None:
         """`output_problem`, in a worker thread unless it cannot be costly (as `check_async`)."""
-        if self._traits(schema, self._outputs)[0] and _small(value):
+        if self._inline(schema, self._outputs) and _small(value):
             return self.output_problem(tool_name, schema, value)
         return await anyio.to_thread.run_sync(
             self.output_problem, tool_name, schema, value, limiter=self._threads, abandon_on_cancel=True
@@ -235,22 +235,35 @@ class ArgumentValidator:
         Inline when it cannot be costly: a small schema with no regular expressions and no references, and small
         arguments, is a few microseconds of work, less than the hop to a thread (about 0.1 ms).
         """
-        if self._traits(schema, self._inputs)[0] and _small(arguments):
+        if self._inline(schema, self._inputs) and _small(arguments):
             self.check(tool_name, schema, arguments)
             return
         await anyio.to_thread.run_sync(
             self.check, tool_name, schema, arguments, limiter=self._threads, abandon_on_cancel=True
         )
 
-    def _traits(self, schema: Mapping[str, Any], cache: _SchemaCache) -> tuple[bool, bool]:
-        """(no costly keyword, plain), worked out once per schema object."""
+    def _inline(self, schema: Mapping[str, Any], cache: _SchemaCache) -> bool:
+        """Whether `schema` can be checked on the event loop, found there with bounded work: the size walk stops at
+        `_INLINE_SCHEMA_NODES`, and only a schema within it is walked whole (`_traits`). A larger one's traits are
+        worked out by its first check, in the worker thread: walking 15,000 properties held the loop ~0.2 s."""
+        seen = self._seen_traits(schema, cache)
+        if seen is not None:
+            return seen[0]
+        return _small(schema, _INLINE_SCHEMA_NODES, _INLINE_SCHEMA_TEXT) and self._traits(schema, cache)[0]
+
+    def _seen_traits(self, schema: Mapping[str, Any], cache: _SchemaCache) -> tuple[bool, bool] | None:
         with self._lock:
             seen = cache.traits_by_identity.get(id(schema))
-            if seen is not None and seen[0] is schema:
-                return seen[1]
+        return seen[1] if seen is not None and seen[0] is schema else None
+
+    def _traits(self, schema: Mapping[str, Any], cache: _SchemaCache) -> tuple[bool, bool]:
+        """(no costly keyword, plain), worked out once per schema object: a walk of the whole schema."""
+        seen = self._seen_traits(schema, cache)
+        if seen is not None:
+            return seen
         # A large schema is costly too: the first check compiles it, and its meta-schema check (10,000 properties:
         # ~2 s, past the deadline, so paid again on every call) held the event loop when run inline.
-        cheap = not _has_costly_keyword(schema) and _small(schema, _INLINE_SCHEMA_NODES, _INLINE_SCHEMA_TEXT)
+        cheap = _small(schema, _INLINE_SCHEMA_NODES, _INLINE_SCHEMA_TEXT) and not _has_costly_keyword(schema)
         traits = (cheap, is_plain(schema, 0))
         with self._lock:
             cache.traits_by_identity[id(schema)] = (schema, traits)  # held, so its id cannot be reused meanwhile

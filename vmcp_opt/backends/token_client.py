@@ -32,6 +32,7 @@ import anyio
 import httpx2
 
 from vmcp_opt.backends.errors import CredentialError
+from vmcp_opt.backends.tls import client_context
 from vmcp_opt.config.backend_auth import BackendAuthConfig, client_basic_auth
 from vmcp_opt.single_flight import SingleFlight
 
@@ -144,7 +145,7 @@ class TokenEndpoint:
         auth = client_basic_auth(self.config.client_id, secret)
         self.requests += 1
         try:
-            async with httpx2.AsyncClient(timeout=self.config.timeout) as http:
+            async with httpx2.AsyncClient(timeout=self.config.timeout, verify=await client_context()) as http:
                 response = await _bounded(http, "POST", url, data=form, auth=auth)
         except _Unanswered as exc:
             raise CredentialError(self.backend, "token endpoint unreachable", str(exc)) from None
@@ -172,7 +173,7 @@ class TokenEndpoint:
         assert self.config.issuer is not None
         issuer = self.config.issuer.rstrip("/")
         urls = [f"{issuer}/.well-known/oauth-authorization-server", f"{issuer}/.well-known/openid-configuration"]
-        async with httpx2.AsyncClient(timeout=self.config.timeout) as http:
+        async with httpx2.AsyncClient(timeout=self.config.timeout, verify=await client_context()) as http:
             for url in urls:
                 try:
                     response = await _bounded(http, "GET", url)

@@ -20,6 +20,7 @@ import logging
 import math
 import os
 import shutil
+import ssl
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
@@ -41,6 +42,7 @@ from vmcp_opt.backends.http_bodies import cap_json_bodies
 from vmcp_opt.backends.open_answers import AnswerClient, CancelWatch, OpenAnswers
 from vmcp_opt.backends.secrets import redact, secret_values
 from vmcp_opt.backends.stdio import bounded_stdio_client, line_cap
+from vmcp_opt.backends.tls import client_context
 from vmcp_opt.config import BackendConfig
 from vmcp_opt.config.limits import DEFAULT_MAX_RESULT_VALUES
 from vmcp_opt.display import printable, shorten
@@ -158,6 +160,7 @@ async def open_transport(
             timeout=timeout,
             auth=credentials,
             event_hooks=hooks,
+            verify=await client_context(),  # made once, off the event loop (backends/tls.py)
             backend=backend.name,
             answers=answers,
         )
@@ -169,11 +172,29 @@ async def open_transport(
             yield read, CancelWatch(write, answers)
     else:
         assert backend.url is not None
+        factory = _sse_client_factory(await client_context())
         async with (
-            sse_client(backend.url, headers=backend.headers, timeout=connect_timeout, auth=credentials) as sse,
+            sse_client(
+                backend.url,
+                headers=backend.headers,
+                timeout=connect_timeout,
+                auth=credentials,
+                httpx_client_factory=factory,
+            ) as sse,
             cancels_without_waiting(sse, backend.name) as streams,
         ):
             yield streams
+
+
+def _sse_client_factory(tls: ssl.SSLContext) -> Callable[..., httpx2.AsyncClient]:
+    """The SDK's client for the 2024 SSE transport, with the shared TLS context (it made one per client)."""
+
+    def make(
+        headers: dict[str, str] | None = None, timeout: httpx2.Timeout | None = None, auth: httpx2.Auth | None = None
+    ) -> httpx2.AsyncClient:
+        return httpx2.AsyncClient(headers=headers, timeout=timeout, auth=auth, verify=tls)
+
+    return make
 
 
 # A backend answering each GET with `retry: 0` and closing had the gateway send ~300 GETs a second, for good.
