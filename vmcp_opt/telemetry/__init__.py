@@ -35,7 +35,8 @@ class Telemetry:
         self.watchers: list[OperationWatcher] = [w for w in (self.audit, self.metrics, self.tracing) if w is not None]
 
     def authenticated(self, method: str, outcome: str, address: str | None) -> None:
-        """One HTTP request's authentication (server/authentication.py): counted, and audited when refused."""
+        """One HTTP request's authentication (server/authentication.py): counted, and audited when refused (each
+        address's first refusal of a kind per interval, the rest in a summary: telemetry/audit_summaries.py)."""
         if self.metrics is not None:
             self.metrics.authenticated(method, outcome)
         if self.audit is not None and outcome != "accepted":

@@ -37,12 +37,17 @@ no six-byte escape per character), written one by one so that the file is rotate
 A write that fails (disk full) leaves no part of its lines in the file and nothing buffered to come later:
 the file holds whole lines only, and `write_failures` counts exactly the events that are not in it.
 
+Refusals anyone can send at request rate (`vmcp_auth_denied`, `vmcp_rate_limited`, `vmcp_session_refused`) are
+written once per source and interval, the rest as one summary event with a `count` (audit_summaries.py): a
+client without a credential cannot rotate the callers' events out of the kept files.
+
 `input_required`: a 2026-07-28 client's request answered with an `InputRequiredResult`; the call goes on with its
 retry, a request of its own with the call's outcome. A workflow run's events are run_audit.py's (they share
 `AuditLog`'s private `_offer`/`_wanted`); the file the lines go to is audit_sink.py.
 
-Just past ~450 lines: the queue, the writer thread and the event shapes share the measured-first discipline;
-the workflow runs' events and value shortening are already split out (run_audit.py, audit_values.py).
+Past ~500 lines: the queue, the writer thread and the event shapes share the measured-first discipline;
+the workflow runs' events, value shortening and the refusals' table are already split out (run_audit.py,
+audit_values.py, audit_summaries.py).
 """
 
 from __future__ import annotations
@@ -64,6 +69,7 @@ from vmcp_opt.routing.exchange import Exchange
 from vmcp_opt.routing.operations import Operation
 from vmcp_opt.routing.providers import GATEWAY_SOURCE
 from vmcp_opt.telemetry.audit_sink import Sink
+from vmcp_opt.telemetry.audit_summaries import RefusalSummaries, Window, refusal_source
 from vmcp_opt.telemetry.audit_values import MAX_FIELD_CHARS as MAX_FIELD_CHARS  # its home before audit_values.py
 from vmcp_opt.telemetry.audit_values import bounded as _bounded
 from vmcp_opt.telemetry.names import event_outcome, event_type, refused_retry, target_type
@@ -107,6 +113,7 @@ class AuditLog:
         self._stalled = False  # a `block` wait ran out; cleared when the writer takes from the queue again
         self._closing = threading.Event()
         self.open_runs: set[RunAudit] = set()  # runs whose report is their end, not yet ended (run_audit.py)
+        self.refusals = RefusalSummaries()  # refusals after a source's first, counted (audit_summaries.py)
         self._thread = threading.Thread(target=self._run, name="vmcp-audit", daemon=True)
         self._thread.start()
 
@@ -205,7 +212,7 @@ class AuditLog:
         `denied`, the RFC 6750 error as `error_type` (`missing` when no credential came), never the credential."""
         caller = Caller("unauthenticated", Identification.ANONYMOUS, "", address=address)
         op = Operation("authenticate", caller, outcome="denied", error=reason)
-        self._offer("vmcp_auth_denied", op, time.time())
+        self._refused("vmcp_auth_denied", op)
 
     def rate_limited(self, caller: Caller, setting: str, tool: str) -> None:
         """A tool call refused by a rate limit, before the router (HTTP 429) or by it (stdio, inner calls):
@@ -213,7 +220,7 @@ class AuditLog:
         refuser knows it (at the HTTP gate its id is the budget's key: `subject:<digest>` or `address:<ip>`);
         never the arguments."""
         op = Operation("tools/call", caller, target=tool, outcome="denied", error=setting)
-        self._offer("vmcp_rate_limited", op, time.time())
+        self._refused("vmcp_rate_limited", op)
 
     def session_refused(self, caller: Caller, reason: str, session: str | None) -> None:
         """An HTTP request refused before a session served it: `vmcp_session_refused`, outcome `denied`, the reason
@@ -221,7 +228,16 @@ class AuditLog:
         setting), the caller as `refused_caller` (server/admission.py) knows it, and as `target.name` the session
         it named by its caller id (a digest: the session id is its owner's bearer secret)."""
         op = Operation("session", caller, target=session, outcome="denied", error=reason)
-        self._offer("vmcp_session_refused", op, time.time())
+        self._refused("vmcp_session_refused", op)
+
+    def _refused(self, kind: str, op: Operation) -> None:
+        """A refusal anyone may send at request rate: written if it is its source's first of the interval, else
+        counted for its summary (audit_summaries.py)."""
+        if not self._wanted(kind):
+            return
+        slim = _slim_refusal(op)
+        if self.refusals.admit(kind, refusal_source(op.caller), slim, slim.error or ""):
+            self._offer(kind, slim, time.time())
 
     def _offer(self, kind: str, op: Operation, at: float, size: int | None = None, weight: int | None = None) -> None:
         if not self._wanted(kind):
@@ -250,7 +266,11 @@ class AuditLog:
 
     def _run(self) -> None:
         while True:
-            item = self._queue.get()
+            try:  # woken when a refusals' interval ends, for its summary
+                item = self._queue.get(timeout=self.refusals.wait())
+            except queue.Empty:
+                self._write(self._summary_lines(self.refusals.ended()))
+                continue
             self._stalled = False  # the writer moves: a `block` offer may wait for room again
             # Gather for a moment: one wake-up and one write per batch, rather than formatting in between the
             # requests of a busy loop (the GIL is shared). No wait with a backlog; `close()` cuts it short.
@@ -262,7 +282,7 @@ class AuditLog:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            lines: list[bytes] = []
+            lines = self._summary_lines(self.refusals.ended())
             stop = False
             for entry in batch:
                 if entry is _STOP:
@@ -276,12 +296,46 @@ class AuditLog:
                     self._report(f"audit event not formatted: {exc!r}")
                 finally:
                     self._release(kept)
+            if stop:
+                lines += self._summary_lines(self.refusals.drain())  # no count is lost at shutdown
             if lines:
                 self._write(lines)
             if stop:
                 return
 
+    def _summary_lines(self, windows: list[Window]) -> list[bytes]:
+        lines: list[bytes] = []
+        for window in windows:
+            try:
+                lines.append(self.summary_line(window))
+            except Exception as exc:  # as for an event: the log goes on
+                self.write_failures += 1
+                self._report(f"audit summary not formatted: {exc!r}")
+        return lines
+
+    def summary_line(self, window: Window) -> bytes:
+        """A window's refusals after its first as one event of their type: the first's subjects, source and
+        `error_type` (none for `other_sources`), the target's method and type, and the counts in `metadata.extra`
+        (audit_summaries.py)."""
+        fields = window.fields()
+        event = self.event(window.kind, cast(float, fields["interval_end"]), window.op, data=False)
+        extra = event["metadata"]["extra"]
+        for key in ("data_dropped", "duration_ms", "response_size_bytes", "request_id"):
+            extra.pop(key, None)
+        extra |= fields
+        extra["interval_start"] = _iso(window.started_at)
+        extra["interval_end"] = event["loggedAt"]
+        # The tool or session each refusal named differs: `reasons` tells them apart where a setting names a tool.
+        event["target"] = {key: value for key, value in event["target"].items() if key in ("method", "type")}
+        if window.other_sources:  # from many sources, for many reasons: `reasons` counts them
+            extra.pop("error_type", None)
+            event["source"] = {"type": "network", "value": ""}
+            event["subjects"] = {}
+        return _encoded(event)
+
     def _write(self, lines: list[bytes]) -> None:
+        if not lines:
+            return
         before = self._sink.lines
         try:
             self._sink.write(lines)
@@ -334,7 +388,7 @@ class AuditLog:
         event: dict[str, Any] = {
             "metadata": {"auditId": str(uuid.uuid4()), "extra": extra},
             "type": kind,
-            "loggedAt": datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "loggedAt": _iso(at),
             "source": {"type": "network" if address else "local", "value": address or ""},
             "outcome": "success" if kind == "workflow_started" else event_outcome(op),
             "subjects": {k: v for k, v in subjects.items() if v is not None},
@@ -418,6 +472,21 @@ def _slim_caller(caller: Caller) -> Caller:
         claims={key: _bounded(value) if isinstance(value, str) else value for key, value in claims.items()},
         address=_bounded(caller.address),
     )
+
+
+def _slim_refusal(op: Operation) -> Operation:
+    """A refusal as a queued event or a summary's first needs it: its caller slimmed, each string a client chose cut."""
+    return Operation(
+        op.method,
+        _slim_caller(op.caller),
+        target=_bounded(op.target),
+        outcome=op.outcome,
+        error=_bounded(op.error),
+    )
+
+
+def _iso(at: float) -> str:
+    return datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _encoded(event: dict[str, Any]) -> bytes:
