@@ -35,6 +35,7 @@ from vmcp_opt.shared.factories import change_broadcast, usage_history
 from vmcp_opt.shared.rate_limits import rate_limiter
 from vmcp_opt.shared.state_keys import state_keys, unshared_key_warning
 from vmcp_opt.telemetry import Telemetry
+from vmcp_opt.workflows.budget import HeldOutputBytes
 from vmcp_opt.workflows.provider import WorkflowTools
 from vmcp_opt.workflows.renders import RenderSlots
 from vmcp_opt.workflows.rounds import WorkflowRounds
@@ -109,6 +110,7 @@ class Gateway:
             max_result_bytes=config.limits.max_result_bytes,
             render_slots=RenderSlots.of(config.limits.workflow_renders),
             max_result_values=config.limits.max_result_values,  # a step's JSON text past it stays text
+            held_outputs=HeldOutputBytes.of(config.limits.held_answer_bytes),  # what running runs hold
         )
         self.router.add_provider(self.workflows)
         self.router.add_provider(BackendTools(self.catalog, validator, listed))

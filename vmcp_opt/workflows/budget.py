@@ -10,6 +10,8 @@ The executor finds the enclosing run (through one context variable that carries 
 render slots: executor.py) and makes its budget the new one's `parent`. When a run ends its budget is
 closed (`open` is False), so a task that outlives the run (a backend connection started during a step) does
 not charge it.
+
+What runs hold of their steps' outputs is bounded per caller and for the gateway (`HeldOutputBytes`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from vmcp_opt.config.limits import HeldAnswerBytesConfig
 from vmcp_opt.config.workflows import WorkflowConfig
 
 # Calls one run makes at most (its nested runs' included) when the workflow does not say; one whose own
@@ -88,3 +91,60 @@ def own_calls(workflow: WorkflowConfig) -> int:
         attempts = 1 + (step.on_error.retries if step.on_error.action == "retry" else 0)
         total += attempts * (step.max_iterations if step.type == "for_each" else 1)
     return total
+
+
+# The bounds the held step outputs are charged to: the same as on answers clients have not read.
+HELD_SETTING = "limits.held_answer_bytes"
+MIB = 1024 * 1024
+
+
+class HeldOutputBytes:
+    """The step outputs running workflow runs hold, per caller and in total (the pattern of server/held_answers.py's
+    `HeldAnswers`, with `limits.held_answer_bytes`'s bounds). A run's own cap (`limits.max_result_bytes`) bounds one
+    run only: 95 runs at once of a for_each of 10 one-MB results took the gateway from 131 to 1086 MB. Each run
+    charges its outputs as they come (`charge`) and releases them all when it ends, however it ends."""
+
+    def __init__(self, per_caller: int, total: int) -> None:
+        self.per_caller = per_caller
+        self.total = total
+        self._held: dict[str, int] = {}
+        self._count = 0  # the sum of `_held`
+
+    @classmethod
+    def of(cls, config: HeldAnswerBytesConfig) -> HeldOutputBytes:
+        return cls(config.per_caller, config.total)
+
+    def __len__(self) -> int:
+        return self._count
+
+    def held_by(self, caller: str) -> int:
+        return self._held.get(caller, 0)
+
+    def room(self, caller: str) -> tuple[int, str]:
+        """The bytes `caller`'s runs may still hold, and the step's error past them (naming the tighter bound)."""
+        own, everyone = self.per_caller - self.held_by(caller), self.total - self._count
+        if own <= everyone:
+            held = f"this caller's running workflows hold {self.held_by(caller) / MIB:.1f} MiB of step outputs"
+            return (
+                own,
+                f"{held}, and this output would pass {self.per_caller / MIB:.0f} MiB ({HELD_SETTING}.per_caller)",
+            )
+        held = f"the gateway's running workflows hold {self._count / MIB:.1f} MiB of step outputs"
+        return everyone, f"{held}, and this output would pass {self.total / MIB:.0f} MiB ({HELD_SETTING}.total)"
+
+    def charge(self, caller: str, size: int) -> str | None:
+        """`size` more bytes held by `caller`'s runs; or why not (nothing is charged then)."""
+        room, refusal = self.room(caller)
+        if size > room:
+            return refusal
+        self._held[caller] = self.held_by(caller) + size
+        self._count += size
+        return None
+
+    def release(self, caller: str, size: int) -> None:
+        held = self.held_by(caller) - size
+        if held > 0:
+            self._held[caller] = held
+        else:
+            self._held.pop(caller, None)
+        self._count -= size

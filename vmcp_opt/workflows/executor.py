@@ -42,7 +42,7 @@ import anyio
 import mcp_types as types
 
 from vmcp_opt.config.workflows import StepConfig, WorkflowConfig
-from vmcp_opt.workflows.budget import CallBudget, fan_out_reason, run_call_limit
+from vmcp_opt.workflows.budget import CallBudget, HeldOutputBytes, fan_out_reason, run_call_limit
 from vmcp_opt.workflows.renders import SHARED, RenderSlots, RunRenders
 from vmcp_opt.workflows.step_events import STEP_CALLS, RunWatch, StepCalls
 from vmcp_opt.workflows.step_results import (
@@ -81,7 +81,8 @@ class StepReport:
     error: str | None = None
     attempts: int = 0
     retries: int = 0  # attempts after a failed one (a for_each's: of all its items)
-    duration: float = 0.0  # seconds, from its first attempt to its end
+    duration: float = 0.0  # seconds, from its start (`started`) to its end
+    started: float | None = None  # `time.perf_counter()` when its first call had a slot (or it asked); None: not yet
     items: int | None = None  # a for_each's item count, once `over` is read
     items_done: int = 0  # a for_each's items that finished ok
     # Skipped because a step it depends on failed (its own dependants are then skipped too).
@@ -135,6 +136,7 @@ class WorkflowRun:
         on_item: ItemDone | None = None,
         watch: RunWatch | None = None,
         max_values: int = MAX_JSON_VALUES,
+        held_outputs: HeldOutputBytes | None = None,
     ) -> None:
         self.workflow = workflow
         # Template renders take worker-thread slots of this run, of `caller` (None: not known) and of the
@@ -142,9 +144,10 @@ class WorkflowRun:
         self._caller = caller
         self._slots = render_slots
         self._renders: RunRenders = render_slots.run(caller)
-        # limits.max_result_bytes: the step outputs a run holds, and its result, stay under it.
+        # limits.max_result_bytes: the step outputs a run holds, and its result, stay under it; `held_outputs`: what
+        # the runs of its caller, and of every caller, hold together (charged until the run ends).
         self._max_output = max_output_bytes
-        self._outputs = HeldOutputs(max_output_bytes)  # and those kept as text although JSON
+        self._outputs = HeldOutputs(max_output_bytes, held_outputs, caller)  # and those kept as text although JSON
         self._max_values = max_values  # a step's JSON text of more values is kept as text (read_json)
         self._deadline = time.monotonic() + workflow.timeout
         self._ask = ask
@@ -163,6 +166,12 @@ class WorkflowRun:
         self._budget = CallBudget(workflow.name, run_call_limit(workflow))
 
     async def run(self) -> RunReport:
+        try:
+            return await self._run()
+        finally:
+            self._outputs.release()  # ended, however: its outputs are the report's (or nobody's) now
+
+    async def _run(self) -> RunReport:
         report = self.report
         started = time.perf_counter()
         self._deadline = time.monotonic() + self.workflow.timeout
@@ -268,8 +277,7 @@ class WorkflowRun:
                         self._watch.step_skipped(step, report, None)
                     return
             report.status = "running"
-            started = time.perf_counter()
-            calls = self._watching(step, report)
+            calls = self._watching(step)
             try:
                 output = await self._step(step, report, context)
                 if step.type != "for_each":  # a for_each's items were counted as they came
@@ -281,28 +289,38 @@ class WorkflowRun:
                 logger.exception("workflow %s: step %s raised", self.workflow.name, step.id)
                 self._failed(step, report, StepError(f"internal error: {type(exc).__name__}", retryable=False), group)
             finally:
-                report.duration = time.perf_counter() - started
+                report.duration = 0.0 if report.started is None else time.perf_counter() - report.started
                 STEP_CALLS.set(None)  # the step's own task: nothing after it reads the variable
         finally:
             self._done[step.id].set()
             if report.status == "running":  # cancelled: the run's error must not say it still runs
                 report.status = "cancelled"
-            # Every started step is ended, as is one whose condition could not be read.
+            # Every started step is ended, as is one whose condition could not be read, or that was cancelled while
+            # it waited for a slot (never started). One that failed before its first call starts as it ends.
             if self._watch is not None and report.status not in ("pending", "skipped"):
+                if calls is not None and report.status != "cancelled":  # it reached its calls
+                    self._begun(step, report)
                 self._watch.step_finished(step, report, calls or StepCalls())
             if report.status != "cancelled":  # a cancelled step is not reported as finished
                 self.report.order.append(step.id)
                 if self._on_step is not None:
                     await self._on_step(report)
 
-    def _watching(self, step: StepConfig, report: StepReport) -> StepCalls | None:
-        """Tells the watch the step starts, and gives the step's task (and its for_each items') the `StepCalls`
-        its calls are counted in; None when no one watches."""
+    def _watching(self, step: StepConfig) -> StepCalls | None:
+        """Gives the step's task (and its for_each items') the `StepCalls` its calls are counted in; None when no
+        one watches."""
         calls = StepCalls() if self._watch is not None else None
         STEP_CALLS.set(calls)  # also when None: not the enclosing run's step, whose task this one's copies
-        if self._watch is not None:
-            self._watch.step_started(step, report)
         return calls
+
+    def _begun(self, step: StepConfig, report: StepReport) -> None:
+        """The step starts (once): its first call has a slot of the run's `max_parallel`, or it asks its question.
+        Not when it waits for a slot: 100 steps under `max_parallel: 64` were all "started" at once, and their
+        durations held the wait."""
+        if report.started is None:
+            report.started = time.perf_counter()
+            if self._watch is not None:
+                self._watch.step_started(step, report)
 
     def _blocks(self, dependency: str) -> bool:
         """A dependency that failed with no default result, or was skipped for such a failure (an explicit
@@ -370,6 +388,7 @@ class WorkflowRun:
         except TemplateError as exc:
             raise StepError(str(exc), retryable=False) from None
         report.attempts += 1
+        self._begun(step, report)
         timeout = step.timeout or self._ask_timeout
         try:
             with anyio.fail_after(timeout):
@@ -442,6 +461,7 @@ class WorkflowRun:
             raise StepError(refused, retryable=False)
         report.attempts += 1
         async with self._limiter:
+            self._begun(step, report)
             try:
                 with anyio.fail_after(step.timeout):
                     result = await self._call(step.tool, arguments)

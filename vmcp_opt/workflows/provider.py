@@ -30,11 +30,13 @@ from vmcp_opt.aggregation import Catalog, LiveCatalog
 from vmcp_opt.arguments import ArgumentError, ArgumentValidator
 from vmcp_opt.auth import Caller
 from vmcp_opt.auth.caller import caller_key
+from vmcp_opt.config.limits import HeldAnswerBytesConfig
 from vmcp_opt.config.workflows import WorkflowConfig, workflow_warnings
 from vmcp_opt.routing import Denied, Dispatch, Exchange, ProvidedTool, ToolCall, error_result
 from vmcp_opt.routing.budget import Budget
 from vmcp_opt.routing.operations import current
 from vmcp_opt.routing.round_trips import InputRequired, RoundOwners, WorkflowRound
+from vmcp_opt.workflows.budget import HeldOutputBytes
 from vmcp_opt.workflows.executor import (
     Ask,
     ItemDone,
@@ -77,6 +79,7 @@ class WorkflowTools:
         max_result_bytes: int | None = None,
         render_slots: RenderSlots = SHARED,
         max_result_values: int = MAX_JSON_VALUES,
+        held_outputs: HeldOutputBytes | None = None,
     ) -> None:
         self.workflows = {w.name: w for w in workflows}
         for warning in workflow_warnings(workflows):  # once, at start: `vmcp serve`, `vmcp workflow run`
@@ -89,6 +92,8 @@ class WorkflowTools:
         self.max_result_bytes = max_result_bytes  # limits.max_result_bytes, for each run's outputs
         self.max_result_values = max_result_values  # a step's JSON text of more values stays text (read_json)
         self.render_slots = render_slots  # template renders' threads: per run, per caller, in total
+        # What running runs hold of their steps' outputs, per caller and in total (limits.held_answer_bytes's bounds).
+        self.held_outputs = held_outputs or HeldOutputBytes.of(HeldAnswerBytesConfig())
         self._catalog = catalog
         self._validator = validator
         self._listed = listed  # with the optimizer on, only pinned ones are listed
@@ -114,8 +119,10 @@ class WorkflowTools:
         refused = nesting_refused(workflow.name, exchange.workflow_chain)
         if refused is not None:
             return error_result(refused)
+        # Defaults first (as ToolHive does): a parameter both required and given a `default` may be left out.
+        arguments = with_defaults(workflow.parameters, call.arguments or {})
         try:
-            await self._validator.check_async(workflow.name, workflow.parameters, call.arguments)
+            await self._validator.check_async(workflow.name, workflow.parameters, arguments)
         except ArgumentError as exc:
             return error_result(argument_problems(workflow.name, exc))
         if asks_its_client(workflow) and answers_by_round(call.caller, exchange):
@@ -127,7 +134,7 @@ class WorkflowTools:
                 progress = RunProgress(len(workflow.steps), lambda: pending.progress)
                 report = await self.run(
                     workflow.name,
-                    call.arguments,
+                    arguments,
                     call.caller,
                     background,
                     call.router,
@@ -144,7 +151,7 @@ class WorkflowTools:
         progress = RunProgress(len(workflow.steps), lambda: relay)
         report = await self.run(
             workflow.name,
-            call.arguments,
+            arguments,
             call.caller,
             exchange,
             call.router,
@@ -169,8 +176,9 @@ class WorkflowTools:
     ) -> RunReport:
         """One run, each step a call of `router.call_tool` as `caller`; `ArgumentError` for bad arguments."""
         workflow = self.workflows[name]
+        params = with_defaults(workflow.parameters, arguments or {})  # before the check: `required` may have one
         if not checked:
-            await self._validator.check_async(workflow.name, workflow.parameters, arguments)
+            await self._validator.check_async(workflow.name, workflow.parameters, params)
         steps = step_exchange(exchange, caller, workflow.name)
 
         async def step_call(tool: str, step_arguments: dict[str, Any]) -> types.CallToolResult:
@@ -182,7 +190,6 @@ class WorkflowTools:
             except Denied as denied:  # not retried: the policy will say the same
                 raise StepError(await step_denial(router, caller, denied), retryable=False) from None
 
-        params = with_defaults(workflow.parameters, arguments or {})
         watch = run_watch(current(), workflow)  # the audit log's per-step events, when it is on
         try:
             report = await WorkflowRun(
@@ -198,6 +205,7 @@ class WorkflowTools:
                 on_item=on_item,
                 watch=watch,
                 max_values=self.max_result_values,
+                held_outputs=self.held_outputs,
             ).run()
             if report.ok and workflow.output_schema is not None:
                 await self._conform(workflow, workflow.output_schema, report)

@@ -31,6 +31,7 @@ import mcp_types as types
 
 from vmcp_opt.backends.results import json_size, value_count
 from vmcp_opt.display import printable, shorten
+from vmcp_opt.workflows.budget import HeldOutputBytes
 from vmcp_opt.workflows.renders import RunRenders
 
 # Most digits of an integer JSON carries from one process to another: Python's `json` (its str conversion) and
@@ -273,34 +274,60 @@ async def read_output(result: types.CallToolResult, most: int, renders: RunRende
 
 
 class HeldOutputs:
-    """A run's step outputs: what they come to against limits.max_result_bytes (`cap`; None: not bounded), and the
-    first one of each step kept as text, to say why a template failed on it."""
+    """A run's step outputs: what they come to against limits.max_result_bytes (`cap`; None: not bounded) and, when
+    given, against what its caller's and every caller's runs may hold together (`shared`, charged to `caller` until
+    `release`); and the first one of each step kept as text, to say why a template failed on it."""
 
-    def __init__(self, cap: int | None) -> None:
+    def __init__(self, cap: int | None, shared: HeldOutputBytes | None = None, caller: str | None = None) -> None:
         self.cap = cap
         self.held = 0  # what the outputs counted so far come to (about their JSON size)
         self.unread: dict[str, UnparsedJson] = {}
+        self._shared = shared
+        self._caller = caller or ""  # no caller (`vmcp workflow run`): one for all such runs
+        self._charged = 0  # what `shared` holds of this run's
 
     async def count(self, step: str, called: Called, place: str, renders: RunRenders) -> Called:
         """`called` once counted (its output an `UnparsedJson` at `place` when kept as text), or StepError past the
-        cap. Sized on the event loop up to `_CHECKED_INLINE`; past it in a worker thread on a slot of the run's
-        renders: the pure-Python walk of a structured content of 64 Ki values held the loop ~100 ms."""
+        cap or the shared bounds. Sized on the event loop up to `_CHECKED_INLINE`; past it in a worker thread on a
+        slot of the run's renders: the pure-Python walk of a structured content of 64 Ki values held the loop
+        ~100 ms."""
         if called.unread is not None:
             called = replace(called, output=UnparsedJson(called.output, place, called.unread))
             self.unread.setdefault(step, called.output)  # one is enough to say why
-        if self.cap is None:
+        room = self._room()
+        if room is None:
             return called
-        left = self.cap - self.held
+        left, refusal = room
         size = called.held_size(min(left, _CHECKED_INLINE))
         if size is None and left > _CHECKED_INLINE:
             size = await renders.render(lambda stop: called.held_size(left))
-        self.held = self.cap + 1 if size is None else self.held + size  # (`held` only grows: a sum past `cap` stays)
-        if self.held > self.cap:
-            raise StepError(
-                f"the workflow's step outputs come to more than {self.cap:,} bytes (limits.max_result_bytes)",
-                retryable=False,
-            )
+        if size is None:
+            if self.cap is not None and left >= self.cap - self.held:  # (`held` only grows: a sum past `cap` stays)
+                self.held = self.cap + 1
+            raise StepError(refusal, retryable=False)
+        if self._shared is not None:  # checked again: other runs may have charged while this one was sized
+            refused = self._shared.charge(self._caller, size)
+            if refused is not None:
+                raise StepError(refused, retryable=False)
+            self._charged += size
+        self.held += size
         return called
+
+    def _room(self) -> tuple[int, str] | None:
+        """The bytes this run's outputs may still come to, and the error past them; None: not bounded."""
+        rooms: list[tuple[int, str]] = []
+        if self.cap is not None:
+            reason = f"the workflow's step outputs come to more than {self.cap:,} bytes (limits.max_result_bytes)"
+            rooms.append((self.cap - self.held, reason))
+        if self._shared is not None:
+            rooms.append(self._shared.room(self._caller))
+        return min(rooms, key=lambda room: room[0]) if rooms else None
+
+    def release(self) -> None:
+        """The run ended: its outputs are no longer charged to the shared bounds (a second call does nothing)."""
+        if self._shared is not None and self._charged:
+            self._shared.release(self._caller, self._charged)
+        self._charged = 0
 
     def explained(self, reason: str) -> str:
         """`reason` (a template's failure) with why each output kept as text is text, unless it says so already."""
