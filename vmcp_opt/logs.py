@@ -191,6 +191,12 @@ _USERINFO = re.compile(r"(?<=://)[^\s/?#\"<>]*@")  # a URL's credentials, `user:
 _TRAILING = ".,;:!?)]}'"  # ending a query: the prose's, as linkifiers read it (a secret's own would show, alone)
 
 
+def masked_userinfo(text: str) -> str:
+    """`text` with the credentials before the host of any URL in it masked (`postgres://***@db`): a backend's
+    stderr or error quoting its DSN, whatever the password is."""
+    return _USERINFO.sub("***@", text) if "://" in text and "@" in text else text
+
+
 def masked_query_secrets(text: str) -> str:
     """`text` with the values of secret-named query parameters (`mask_url`'s names) of any URL in it masked whole,
     and the credentials before a URL's host; the text around them as it was."""

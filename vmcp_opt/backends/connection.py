@@ -62,7 +62,7 @@ from vmcp_opt.backends.listing import BackendListing, WatchedReadStream, fetch_l
 from vmcp_opt.backends.reconnect_log import ReconnectLog
 from vmcp_opt.backends.relay_bounds import coalesced
 from vmcp_opt.backends.results import measured_result
-from vmcp_opt.backends.secrets import mask_url, redact, secret_values
+from vmcp_opt.backends.secrets import mask_url, redact, secret_values, with_escaped_forms
 from vmcp_opt.backends.stdio import measures_results
 from vmcp_opt.backends.transports import StderrTail, open_transport
 from vmcp_opt.config import BackendConfig, LimitsConfig, RestartConfig
@@ -115,8 +115,9 @@ class BackendConnection:
         self.config = config
         self.restart = restart
         self.limits = limits or LimitsConfig()
-        self.secrets = secret_values(config)
         self.credentials = BackendCredentials(config, base_dir)
+        self._configured_secrets = secret_values(config)
+        self._secrets = (-1, self._configured_secrets)  # (the learnt secrets' version, all of them)
         self._auth: BackendAuth | None = None  # the shared session's
         self.name = config.name
         self.base_dir = base_dir
@@ -538,8 +539,21 @@ class BackendConnection:
         cap, measured = self.limits.max_result_bytes, measures_results(self.config.transport)
         return await measured_result(self.name, result, cap, measured=measured)
 
+    @property
+    def secrets(self) -> list[str]:
+        """What masks this backend's secrets in what it says: the configured ones (env and header values, URL
+        credentials) and those its credentials learnt since (fetched tokens, a rotated file's content), rebuilt
+        only when they learnt one."""
+        learnt = self.credentials.learnt
+        version, secrets = self._secrets
+        if version != learnt.version:
+            learnt_forms = with_escaped_forms(learnt.values())
+            secrets = sorted({*self._configured_secrets, *learnt_forms}, key=len, reverse=True)  # longest first
+            self._secrets = (learnt.version, secrets)
+        return secrets
+
     def describe(self, exc: BaseException) -> str:
-        """A one-line reason with this backend's secrets (env and header values) masked."""
+        """A one-line reason with this backend's secrets (`secrets`) masked."""
         return describe_error(exc, self.secrets)
 
     def summary(self) -> dict[str, Any]:

@@ -14,13 +14,17 @@ revoked or expired early); a 401 or 403 after that is remembered (`refused`): he
 `unauthenticated` and the call's error says the backend refused the token. Nothing here logs a token.
 `prepare()` fetches a due token before a request is handed to the SDK's transport, so a token endpoint that
 is down or refuses is the call's own clear error rather than a failure inside the transport.
+
+Every value sent that the config did not hold at start (a fetched token, a rotated secret file's content) is
+noted in `learnt` as it arrives: a backend's error echoing it is masked like a configured secret (backends/
+secrets.py, `LearntSecrets`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable
 from contextlib import suppress
 from pathlib import Path
 from typing import Any
@@ -28,12 +32,15 @@ from typing import Any
 import httpx2
 
 from vmcp_opt.backends.errors import CredentialError
-from vmcp_opt.backends.token_client import TokenCache, TokenEndpoint, unanswered
+from vmcp_opt.backends.secrets import LEARNT, LearntSecrets
+from vmcp_opt.backends.token_client import Token, TokenCache, TokenEndpoint, unanswered
 from vmcp_opt.config import BackendConfig
 from vmcp_opt.config.backend_auth import SecretRef
 
 SERVICE_KEY = "service"
 REFUSED = (401, 403)
+# Secret values one backend's credentials remember having sent: each caller's exchanged token is one.
+LEARNT_MOST = 256
 
 
 class SubjectToken:
@@ -73,6 +80,7 @@ class BackendCredentials:
         self.cache = TokenCache(self.auth.refresh_before, timeout, lambda: unanswered(config.name, timeout))
         self.refused: int | None = None  # the status of the backend's last refusal of the service credentials
         self._headers: tuple[tuple[object, ...], dict[str, str]] | None = None  # (their version, the values)
+        self.learnt = LearntSecrets(LEARNT_MOST, parent=LEARNT)
 
     @property
     def per_caller(self) -> bool:
@@ -86,6 +94,7 @@ class BackendCredentials:
         version = self._headers_version()
         if self._headers is None or version != self._headers[0]:
             values = {name: self._read(f"headers.{name}", ref) for name, ref in self.auth.headers.items()}
+            self.learnt.note(values.values())
             self._headers = (version, values)
         return self._headers[1]
 
@@ -106,7 +115,9 @@ class BackendCredentials:
 
     def child_env(self) -> dict[str, str]:
         """The stdio process's environment variables from secrets (type header), read now."""
-        return {name: self._read(f"env.{name}", ref) for name, ref in self.auth.env.items()}
+        values = {name: self._read(f"env.{name}", ref) for name, ref in self.auth.env.items()}
+        self.learnt.note(values.values())
+        return values
 
     def _read(self, field: str, ref: SecretRef) -> str:
         try:
@@ -131,9 +142,15 @@ class BackendCredentials:
         if endpoint is None:
             return None
         if subject is None:
-            return await self.cache.get(SERVICE_KEY, endpoint.client_credentials)
+            return await self.cache.get(SERVICE_KEY, lambda: self._noted(endpoint.client_credentials()))
         value = subject.value
-        return await self.cache.get(subject.key, lambda: endpoint.exchange(value))
+        return await self.cache.get(subject.key, lambda: self._noted(endpoint.exchange(value)))
+
+    async def _noted(self, fetch: Awaitable[Token]) -> Token:
+        """The fetched token, noted in `learnt` (once per fetch, not per request)."""
+        token = await fetch
+        self.learnt.note([token.value])
+        return token
 
     def invalidate(self, subject: SubjectToken | None, value: str) -> None:
         self.cache.invalidate(subject.key if subject is not None else SERVICE_KEY, value)

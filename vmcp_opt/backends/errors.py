@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from vmcp_opt.backends.secrets import redact
 from vmcp_opt.display import printable, shorten
+from vmcp_opt.logs import masked_userinfo
 
 
 class BackendUnavailable(Exception):
@@ -80,13 +81,14 @@ _DOCS_LINE = "For further information visit"
 
 
 def describe_error(exc: BaseException, secrets: Iterable[str] = ()) -> str:
-    """A one-line reason of at most about `REASON_SHOWN` characters, with `secrets` masked, unwrapping exception
-    groups from task groups. One line and bounded: the text can be a backend's (an error message of megabytes,
-    full of newlines), and it is logged at every reconnection attempt and kept in `/readyz`."""
+    """A one-line reason of at most about `REASON_SHOWN` characters, with `secrets` and any URL's credentials
+    (`://user:password@`) masked, unwrapping exception groups from task groups. One line and bounded: the text can
+    be a backend's (an error message of megabytes, full of newlines), and it is logged at every reconnection
+    attempt and kept in `/readyz`."""
     exc = _innermost(exc)
     text = str(exc) or type(exc).__name__
     text = f"{type(exc).__name__}: {text}" if not isinstance(exc, MCPError | BackendUnavailable) else text
-    return one_line(redact(unquoted(text), secrets))
+    return one_line(masked_userinfo(redact(unquoted(text), secrets)))
 
 
 def one_line(text: str, limit: int = REASON_SHOWN) -> str:
@@ -149,8 +151,11 @@ _CUT_MARK = re.compile(r"… \((?:a line longer than [\d,]+ bytes, cut|[\d,]+ ch
 
 def with_stderr_line(reason: str, line: str | None) -> str:
     """A stdio process's last stderr line beside the protocol's reason ("Connection closed" alone says nothing
-    of a crash at start)."""
-    return reason if line is None or line in reason else f"{reason}; its last stderr line: {_cut(line)}"
+    of a crash at start), with any URL's `user:password@` masked (a DSN the process failed to reach)."""
+    if line is None:
+        return reason
+    line = masked_userinfo(line)
+    return reason if line in reason else f"{reason}; its last stderr line: {_cut(line)}"
 
 
 def closed_by_exit(exc: MCPError, status: int | None, stderr_line: str | None, secrets: Iterable[str] = ()) -> MCPError:
@@ -160,7 +165,7 @@ def closed_by_exit(exc: MCPError, status: int | None, stderr_line: str | None, s
     if status is None:
         return exc
     why = with_stderr_line(str(ProcessExited(status)), stderr_line)
-    message = one_line(redact(f"{exc.error.message}: {why}", secrets))
+    message = one_line(masked_userinfo(redact(f"{exc.error.message}: {why}", secrets)))
     return MCPError.from_error_data(exc.error.model_copy(update={"message": message}))
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
@@ -25,6 +26,27 @@ SECRET_NAME = re.compile(
     r"TOKEN|SECRET|PASSW|PASSPHRASE|API_?KEY|ACCESS_?KEY|PRIVATE|CREDENTIAL|AUTH|COOKIE|SESSION|(^|_)(KEY|PAT|PWD|PASS)$",
     re.I,
 )
+MASK = "***"
+# URL query parameters whose values are credentials (`?token=`, `&api_key=`, a signed URL's `sig=`).
+SECRET_PARAMETER = re.compile(r"token|key|secret|passw|pwd|sig|auth|credential|session", re.I)
+
+
+def mask_url(url: str) -> str:
+    """`url` as it may be shown: `***@host`, and `***` for the values of secret-named query parameters. Here, not
+    in backends/secrets.py, so that config errors (a leaf's) can show a URL too."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return MASK
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = f"{MASK}@{netloc.rpartition('@')[2]}"
+    query = "&".join(
+        f"{name}={MASK}" if sep and SECRET_PARAMETER.search(unquote(name)) else f"{name}{sep}{value}"
+        for name, sep, value in (pair.partition("=") for pair in parts.query.split("&"))
+        if name or sep
+    )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 class ConfigError(Exception):

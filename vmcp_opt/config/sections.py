@@ -10,7 +10,7 @@ from typing import Any, Literal
 from pydantic import Field, IPvAnyNetwork, PrivateAttr, field_validator, model_validator
 
 from vmcp_opt.config.backend_auth import BackendAuthConfig
-from vmcp_opt.config.base import BACKEND_NAME_PATTERN, TOOL_NAME_RULE, _Strict
+from vmcp_opt.config.base import BACKEND_NAME_PATTERN, TOOL_NAME_RULE, _Strict, mask_url
 
 # An Origin as a browser sends it (scheme, host, optional port), or with `:*` for any port.
 _CORS_ORIGIN = re.compile(r"(?i)https?://(\[[0-9a-f:.]+\]|[a-z0-9._-]+)(:[0-9]{1,5}|:\*)?")
@@ -115,8 +115,19 @@ class BackendConfig(_Strict):
     # Values expanded from `${VAR}` references: secrets by assumption, masked wherever they could show.
     _referenced: set[str] = PrivateAttr(default_factory=set)
 
+    # `args` as the file wrote them, before their `${VAR}`s expanded: what `vmcp validate` quotes (an expanded
+    # value is a secret by assumption).
+    _written_args: list[str] = PrivateAttr(default_factory=list)
+
+    def model_post_init(self, context: Any, /) -> None:
+        self._written_args = list(self.args)
+
     def referenced_values(self) -> set[str]:
         return set(self._referenced)
+
+    def written_arg(self, index: int) -> str:
+        """`args[index]` as the file wrote it (`${DB_PASSWORD}`, not its value)."""
+        return self._written_args[index] if index < len(self._written_args) else self.args[index]
 
     @field_validator("name", mode="before")
     @classmethod
@@ -156,7 +167,8 @@ class BackendConfig(_Strict):
             if not self.url:
                 raise ValueError(f"url: a {self.transport} backend needs `url`")
             if not re.match(r"^https?://", self.url):
-                raise ValueError(f"url: must start with http:// or https://, got {self.url!r}")
+                # Masked: a URL may carry a password or a token, and this error is printed and logged.
+                raise ValueError(f"url: must start with http:// or https://, got {mask_url(self.url)!r}")
             if self.command:
                 raise ValueError(f"command: `command` is for stdio backends, not {self.transport}")
         return self

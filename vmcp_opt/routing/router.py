@@ -38,9 +38,10 @@ from vmcp_opt.auth import Caller
 from vmcp_opt.backends import BackendConnection, BackendManager
 from vmcp_opt.backends.connection import BackendUnavailable
 from vmcp_opt.backends.errors import over_result_cap
+from vmcp_opt.backends.secrets import masked_data, redact
 from vmcp_opt.display import shorten
 from vmcp_opt.health import CircuitOpen, Guard
-from vmcp_opt.logs import ThrottledLog
+from vmcp_opt.logs import ThrottledLog, masked_userinfo
 from vmcp_opt.routing.approval import Approvals, NotApproved
 from vmcp_opt.routing.backend_answers import backend_failed, check_prompt_arguments, naming_backend_once, unstamped
 from vmcp_opt.routing.exchange import Exchange, forwarded_meta
@@ -410,6 +411,7 @@ class Router:
             if op is not None:
                 op.outcome, op.error = "failure", type(exc).__name__
         except MCPError as exc:
+            exc = self._masked(provided.source, exc)
             if over_result_cap(exc):
                 # Cut off while it arrived: as a parsed result over the cap, an error result the agent can act on
                 # (ask for less); no failure of the backend's (its circuit did not count it either).
@@ -419,7 +421,7 @@ class Router:
                 if op is not None:
                     op.outcome, op.error = "failure", str(exc.code)
             else:
-                raise  # the client's request is at fault, or the backend answered with an error of its own
+                raise exc from None  # the client's request is at fault, or the backend answered with an error
         logger.info(
             "tool call %s by %s: %s in %.1f ms",
             provided.name,
@@ -431,6 +433,20 @@ class Router:
         for observer in self.observers:
             observer.tool_called(caller, provided, result, exchange)
         return result
+
+    def _masked(self, backend: str, exc: MCPError) -> MCPError:
+        """`exc` as the client and the audit may see it: a backend's error can echo the credentials the gateway
+        sent it (`BackendConnection.secrets`: configured, fetched, rotated), masked in its message and data. `exc`
+        itself when nothing was masked (a provider's own error keeps its type)."""
+        connection = self.backends.get(backend)
+        if connection is None:
+            return exc
+        secrets = connection.secrets
+        message = masked_userinfo(redact(exc.error.message, secrets))
+        data = masked_data(exc.error.data, secrets)
+        if message == exc.error.message and data is exc.error.data:
+            return exc
+        return MCPError.from_error_data(exc.error.model_copy(update={"message": message, "data": data}))
 
     async def _unavailable(self, caller: Caller, name: str, op: Op | None) -> types.CallToolResult:
         """A tool no provider serves now: why (its backend is down), but only to a caller the policy lets use

@@ -17,7 +17,7 @@ import anyio
 import uvicorn
 
 from vmcp_opt.auth.authenticators import AuthSetupError
-from vmcp_opt.backends.secrets import SecretFilter, secret_values
+from vmcp_opt.backends.secrets import LEARNT, SecretFilter, secret_values
 from vmcp_opt.config import VmcpConfig
 from vmcp_opt.config.backend_auth import env_secret
 from vmcp_opt.gateway import Gateway, StartupError
@@ -281,15 +281,14 @@ async def _cancel_after(scope: anyio.CancelScope, seconds: float) -> None:
 
 
 def mask_secrets(config: VmcpConfig) -> None:
-    """Every log handler masks backend env and header values and the gateway's own client secret, whoever
-    logs them (us, the SDK, httpx)."""
+    """Every log handler masks backend env and header values, the gateway's own client secret, the secrets the
+    backends' credentials learn while it runs (fetched tokens, rotated files: `LEARNT`) and any URL's
+    `user:password@`, whoever logs them (us, the SDK, httpx)."""
     secrets = [value for backend in config.backends for value in secret_values(backend)]
     introspection_secret = config.auth.incoming.oauth.client_secret_env
     if introspection_secret:
         with contextlib.suppress(ValueError):  # unset: the start stops (auth/authenticators.py)
             secrets.append(env_secret(introspection_secret))  # the gateway's own client secret, as it is sent
-    if not secrets:
-        return
-    log_filter = SecretFilter(secrets)
+    log_filter = SecretFilter(secrets, LEARNT)
     for handler in logging.getLogger().handlers:
         handler.addFilter(log_filter)
