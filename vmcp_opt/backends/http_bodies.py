@@ -6,9 +6,10 @@ gateway hold and parse any number of bytes. `cap_json_bodies` is an httpx respon
 headers are in and wraps a JSON body's stream in `CappedBody`, which stops at the cap (decoded bytes: a gzip
 body is inflated here, in bounded steps, rather than by httpx) with `BodyTooLarge`. That is an
 `httpx2.StreamError`, which the SDK turns into a JSON-RPC error for the waiting request at once. It also counts
-the body's values as it comes (backends/results.py, `value_count`) and stops past `limits.max_result_values` with
-`BodyTooManyValues`: the SDK parses and validates the body on the event loop. A listing page's body (the POST's
-method, `LISTING_METHODS`) is not counted: its list has budgets of its own (backends/listing.py). An SSE body is
+the body's values chunk by chunk as it comes (backends/results.py, `ValueCounter`) and stops as soon as they pass
+`limits.max_result_values` with `BodyTooManyValues`: the SDK parses and validates the body on the event loop. A
+listing page's body (the POST's method, `LISTING_METHODS`) is held to a page's budget instead (`page_values`): its
+items have budgets of their own (backends/listing.py), the rest of the page none. An SSE body is
 read through `CountedEvents`, which counts each event's data so (and inflates it in bounded steps); the SDK turns
 its refusal, as its own of an event past `max_sse_event_size`, into "SSE stream failed", which `as_internal_error`
 makes the JSON path's refusal (it had opened the circuit for every caller).
@@ -54,7 +55,7 @@ from mcp.shared.exceptions import MCPError
 from pydantic import ValidationError
 
 from vmcp_opt.backends.errors import HTTP_STATUS, NOT_READ, OVER_RESULT_CAP, SDK_PARSE_PREFIX, one_line, unquoted
-from vmcp_opt.backends.results import LISTING_METHODS, value_count
+from vmcp_opt.backends.results import LISTING_METHODS, ValueCounter, page_values, too_many_values
 from vmcp_opt.backends.secrets import redact, with_escaped_forms
 from vmcp_opt.config import SECRET_NAME
 from vmcp_opt.logs import ThrottledLog
@@ -73,6 +74,8 @@ _NOT_READ = NOT_READ  # how `BodyTooLarge`'s message ends
 # The SDK's message for a request whose SSE stream httpx2's `EventSource` ended at an event past its size cap.
 _SSE_FAILED = "SSE stream failed: "  # the SDK's, for a request whose SSE stream raised an `SSEError`
 _SSE_EVENT_TOO_LARGE = re.compile(_SSE_FAILED + r"Server-sent event exceeded the (\d+) byte limit\.?")
+_LINE_END = re.compile(rb"\r\n?|\n")  # an SSE line's end
+_DATA = b"data:"  # how a data line starts (one of just `data` holds nothing)
 
 
 class BodyRefused(httpx2.StreamError):
@@ -96,14 +99,12 @@ class BodyTooLarge(BodyRefused):
 
 
 class BodyTooManyValues(BodyRefused):
-    """A backend's answer passed `limits.max_result_values`; the message names the backend and the setting."""
+    """A backend's answer passed `limits.max_result_values` (`listing`: a listing page's budget, `page_values`); the
+    message names the backend and the bound. `whole`: `counted` are all of its values, not those read so far."""
 
-    def __init__(self, backend: str, most: int, counted: int) -> None:
-        super().__init__(
-            backend,
-            f"backend '{backend}' answered with about {counted:,} values, more than limits.max_result_values "
-            f"({most:,}) allows; {_NOT_READ}",
-        )
+    def __init__(self, backend: str, most: int, counted: int, *, listing: bool = False, whole: bool = True) -> None:
+        text = too_many_values(backend, counted, most, listing=listing, whole=whole)
+        super().__init__(backend, f"{text}; {_NOT_READ}")
 
 
 class BodyBroken(BodyRefused):
@@ -197,16 +198,23 @@ def _sse_event_over_cap(message: str) -> MCPError | None:
 
 class CappedBody(httpx2.AsyncByteStream):
     """`inner`'s bytes, decoded when `encoding` is gzip or deflate, up to `cap` of them and `values` values (None:
-    not counted)."""
+    not counted; `listing`: the body is a listing page, `values` its budget)."""
 
     def __init__(
-        self, inner: httpx2.AsyncByteStream, cap: int, backend: str, encoding: str | None, values: int | None = None
+        self,
+        inner: httpx2.AsyncByteStream,
+        cap: int,
+        backend: str,
+        encoding: str | None,
+        values: int | None = None,
+        *,
+        listing: bool = False,
     ) -> None:
         self._inner = inner
         self._cap = cap
         self._values = values
-        self._counted = 0  # the body's `{`, `[` and `,` so far
-        self._pieces: list[bytes] = []  # the body, kept for `_count_values` while it may be needed
+        self._listing = listing
+        self._counter = ValueCounter()  # the body's values so far, counted chunk by chunk
         self._backend = backend
         # 32 + MAX_WBITS reads a gzip or a zlib header, which is what HTTP's gzip and deflate are.
         self._inflater = zlib.decompressobj(32 + zlib.MAX_WBITS) if encoding in _INFLATED else None
@@ -222,7 +230,6 @@ class CappedBody(httpx2.AsyncByteStream):
             rest = self._inflater.flush()
             self._check(read + len(rest), rest)
             yield rest
-        self._count_values()
 
     async def _unbroken(self) -> AsyncIterator[bytes]:
         try:
@@ -244,21 +251,14 @@ class CappedBody(httpx2.AsyncByteStream):
         return data
 
     def _check(self, read: int, data: bytes) -> None:
+        """Refuses the body once past `cap` bytes or `values` values: the rest is never read."""
         if read > self._cap:
             self._refuse()
         if self._values is not None:
-            self._counted += data.count(b"{") + data.count(b"[") + data.count(b",")
-            self._pieces.append(data)
-
-    def _count_values(self) -> None:
-        """Once the body is in: past `values` by its `{`, `[` and `,`, counted again without those inside its
-        strings (backends/results.py, `value_count`; a string can span chunks), and refused if still past."""
-        pieces, self._pieces = self._pieces, []
-        if self._values is None or self._counted <= self._values:
-            return
-        counted = value_count(b"".join(pieces), self._values)
-        if counted > self._values:
-            raise BodyTooManyValues(self._backend, self._values, counted)
+            self._counter.feed(data)
+            if self._counter.values > self._values:
+                counted = self._counter.values
+                raise BodyTooManyValues(self._backend, self._values, counted, listing=self._listing, whole=False)
 
     def _refuse(self) -> NoReturn:
         raise BodyTooLarge(self._backend, self._cap)
@@ -272,23 +272,34 @@ class EventTooManyValues(httpx2.SSEError):
     request with "SSE stream failed: <this message>" (`as_internal_error` makes it the JSON path's refusal), or
     drops a GET stream's event and opens the stream again."""
 
-    def __init__(self, backend: str, most: int, counted: int) -> None:
-        super().__init__(str(BodyTooManyValues(backend, most, counted)))
+    def __init__(self, backend: str, most: int, counted: int, *, listing: bool = False) -> None:
+        super().__init__(str(BodyTooManyValues(backend, most, counted, listing=listing)))
 
 
 class CountedEvents(httpx2.AsyncByteStream):
-    """`inner`'s SSE bytes as they come, each event's data counted (backends/results.py, `value_count`) before the
-    chunk that ends it passes: an event past `values` raises `EventTooManyValues` and is never parsed. Its bytes
-    are bounded by the SDK's `max_sse_event_size`, which stops reading first."""
+    """`inner`'s SSE bytes as they come, each event's data counted (backends/results.py, `ValueCounter`, a data line
+    at a time) before the chunk that ends it passes: an event past `values` raises `EventTooManyValues` and is never
+    parsed (`listing`: the stream answers a listing, `values` is a page's budget). Its bytes are bounded by the SDK's
+    `max_sse_event_size`, which stops reading first."""
 
-    def __init__(self, inner: httpx2.AsyncByteStream, backend: str, values: int, encoding: str | None = None) -> None:
+    def __init__(
+        self,
+        inner: httpx2.AsyncByteStream,
+        backend: str,
+        values: int,
+        encoding: str | None = None,
+        *,
+        listing: bool = False,
+    ) -> None:
         self._inner = inner
         self._inflater = zlib.decompressobj(32 + zlib.MAX_WBITS) if encoding in _INFLATED else None
         self._backend = backend
         self._values = values
-        self._line: list[bytes] = []  # the line not ended yet
-        self._data: list[bytes] = []  # the event's data lines so far
-        self._counted = 0  # their `{`, `[` and `,`
+        self._listing = listing
+        self._head = b""  # the first bytes of the line not ended yet: its field's name
+        self._line_values = ValueCounter()  # its values, while it may be a data line
+        self._after_cr = False  # the last chunk ended with a `\r`: its line ends, perhaps with a `\n` to come
+        self._counted = 0  # the values of the event's data lines so far
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         async for chunk in self._inner:
@@ -312,33 +323,42 @@ class CountedEvents(httpx2.AsyncByteStream):
             ) from None
 
     def _scan(self, chunk: bytes) -> None:
-        cut = max(chunk.rfind(b"\n"), chunk.rfind(b"\r")) + 1
-        if chunk[cut - 1 : cut] == b"\r":
-            cut -= 1  # maybe half of a `\r\n`: kept for the next chunk, lest it end the event early
-        if cut == 0:  # no line ends here: joined once one does (a long line's chunks are not copied each time)
-            self._line.append(chunk)
+        """Counts `chunk`'s lines as they come, a long line chunk by chunk (never joined nor held). A `\r` that ends
+        a chunk ends its line only once the next chunk shows whether a `\n` follows (a `\r\n` cut in two)."""
+        start = 0
+        if self._after_cr:
+            self._line_ended()
+            start = 1 if chunk.startswith(b"\n") else 0
+        self._after_cr = chunk.endswith(b"\r")
+        stop = len(chunk) - 1 if self._after_cr else len(chunk)
+        for end in _LINE_END.finditer(chunk, start, stop):
+            self._extend_line(chunk[start : end.start()])
+            self._line_ended()
+            start = end.end()
+        self._extend_line(chunk[start:stop])
+
+    def _extend_line(self, piece: bytes) -> None:
+        if not piece:
             return
-        text = b"".join(self._line) + chunk[:cut]
-        lines = text.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
-        self._line = [lines.pop(), chunk[cut:]]
-        for line in lines:
-            if not line:
-                self._event_ended()
-            elif line.startswith(b"data"):
-                field, _, value = line.partition(b":")
-                if field == b"data":
-                    value = value[1:] if value.startswith(b" ") else value
-                    self._data.append(value)
-                    self._counted += value.count(b"{") + value.count(b"[") + value.count(b",")
+        if len(self._head) < len(_DATA):
+            self._head += piece[: len(_DATA) - len(self._head)]
+        if _DATA.startswith(self._head):  # a data line, or may be: `data:` holds no value of its own
+            self._line_values.feed(piece)
+
+    def _line_ended(self) -> None:
+        head, values = self._head, self._line_values.values
+        self._head, self._line_values = b"", ValueCounter()
+        if not head:
+            self._event_ended()
+        elif head == _DATA:
+            # Counted apart from the event's other data lines: in valid JSON no string spans two (a raw line
+            # break in a string is invalid), and a parse of an invalid one stops where it breaks.
+            self._counted += values
 
     def _event_ended(self) -> None:
-        data, counted = self._data, self._counted
-        self._data, self._counted = [], 0
-        if counted <= self._values:
-            return
-        counted = value_count(b"\n".join(data), self._values)
+        counted, self._counted = self._counted, 0
         if counted > self._values:
-            refused = EventTooManyValues(self._backend, self._values, counted)
+            refused = EventTooManyValues(self._backend, self._values, counted, listing=self._listing)
             _status_log.warning(self._backend, "%s", refused)  # the SDK logs none (a GET stream's event: no caller)
             raise refused
 
@@ -350,7 +370,7 @@ def cap_json_bodies(
     backend: str, cap: int, secrets: Iterable[str] = (), values: int | None = None
 ) -> Callable[[httpx2.Response], Awaitable[None]]:
     """A response hook for a backend's HTTP client: every body but an SSE stream is read through `CappedBody`,
-    with `values` (`limits.max_result_values`) unless it answers a listing;
+    with `values` (`limits.max_result_values`), or `page_values` of it for a listing's page;
     an error status's body becomes a JSON-RPC error naming the status (`secrets` masked in it)."""
     quiet_body_too_large()
     masked = list(secrets)
@@ -362,15 +382,16 @@ def cap_json_bodies(
             return
         if not isinstance(response.stream, httpx2.AsyncByteStream):
             return
-        counted = None if _lists(response.request) else values
+        listing = _lists(response.request)
+        counted = page_values(values) if listing and values is not None else values
         encoding = response.headers.get("content-encoding", "").strip().lower() or None
         if response.headers.get("content-type", "").split(";")[0].strip().lower() == SSE_TYPE:
             if counted is not None:  # the SDK caps each event's bytes itself
-                response.stream = CountedEvents(response.stream, backend, counted, encoding)
+                response.stream = CountedEvents(response.stream, backend, counted, encoding, listing=listing)
                 if encoding in _INFLATED:
                     del response.headers["content-encoding"]  # inflated there: httpx must not inflate it again
             return
-        response.stream = CappedBody(response.stream, cap, backend, encoding, counted)
+        response.stream = CappedBody(response.stream, cap, backend, encoding, counted, listing=listing)
         if encoding in _INFLATED:
             del response.headers["content-encoding"]  # inflated above: httpx must not inflate it again
 

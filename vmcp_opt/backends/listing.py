@@ -21,9 +21,11 @@ alone let a backend that gave a new cursor with every page of 20,000 resources g
 at every re-fetch it announced and every reconnect.
 
 A page longer than the transport takes in (`limits.max_result_bytes` with room for the envelope: backends/stdio.py,
-backends/http_bodies.py) ends its list there, the pages before it kept, with one warning (`_cut_at_page`): the
-page is an error for its request, which failed the whole backend, and its reconnects read it again for good.
-Pages are not held to `limits.max_result_values`; their items are bounded as above.
+backends/http_bodies.py), or of more values than a page may hold (backends/results.py, `page_values`: the larger of
+`limits.max_result_values` and `MAX_PAGE_VALUES`, counted before it is parsed), ends its list there, the pages before
+it kept, with one warning (`_cut_at_page`): the page is an error for its request, which failed the whole backend,
+and its reconnects read it again for good. A page of 4.3 million values in a field beside its one tool held the
+event loop over a second at every re-fetch.
 """
 
 from __future__ import annotations

@@ -6,14 +6,16 @@ walk is pure Python, ~1 s for a million values: where the transport knows the an
 instead (backends/stdio.py: a line within the cap carries a result within it), and elsewhere
 `measured_result` walks on the event loop only as far as `INLINE_CHARS`, the rest in a worker thread.
 
-The values are counted before an answer is parsed (`value_count`, at C speed): parsing and validating one holds the
-event loop in proportion to them, from a worker thread too. Listing pages are exempt (`ListingIds`): their lists
-have budgets of their own (backends/listing.py).
+The values are counted before an answer is parsed, as its bytes arrive (`ValueCounter`, at C speed, a chunk at a
+time: one pass over a 10 MB answer on the event loop held it 100-600 ms): parsing and validating one holds the event
+loop in proportion to them, from a worker thread too. A listing page (`ListingIds`) has a budget of its own,
+`page_values`: its items are bounded by the listing's budgets (backends/listing.py), but not the rest of the page.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections import OrderedDict
 from typing import Any, TypeVar
 
@@ -93,17 +95,96 @@ async def measured_result(backend: str, result: ResultT, cap: int, *, measured: 
     return await anyio.to_thread.run_sync(bounded_result, backend, result, cap)
 
 
-# Requests whose answers are listing pages, exempt from `limits.max_result_values` (`ListingIds`).
+# Requests whose answers are listing pages, held to `page_values` rather than `limits.max_result_values`.
 LISTING_METHODS = frozenset({"tools/list", "resources/list", "resources/templates/list", "prompts/list"})
 LISTINGS_REMEMBERED = 256  # listing requests unanswered at once that one process's reader tells apart
+# Values of one listing page, at least: 10,000 tools of 100 values each (a rich schema's), or 50,000
+# (limits.max_listed_items_per_backend's default) of 20. Parsing and validating a page of that many holds the event
+# loop a few hundred ms; 4.3 million held it over a second at every re-fetch. A bigger catalogue comes in pages.
+MAX_PAGE_VALUES = 1024 * 1024
+
+
+def page_values(max_result_values: int) -> int:
+    """The most values one listing page may hold: `MAX_PAGE_VALUES`, or `limits.max_result_values` when larger."""
+    return max(MAX_PAGE_VALUES, max_result_values)
+
+
+def too_many_values(backend: str, counted: int, most: int, *, listing: bool, whole: bool = True) -> str:
+    """What a refused answer says: `counted` values (`whole`: all of the answer's; else as far as it was read)
+    against `most`, `limits.max_result_values` or, for a listing page (`listing`), `page_values`."""
+    about = "about" if whole else "at least"
+    if listing:
+        return (
+            f"backend '{backend}' answered a listing page with {about} {counted:,} values, more than the {most:,} "
+            f"one page may hold (limits.max_result_values or {MAX_PAGE_VALUES:,}, whichever is larger)"
+        )
+    return (
+        f"backend '{backend}' answered with {about} {counted:,} values, more than limits.max_result_values "
+        f"({most:,}) allows"
+    )
+
+
+# The rest of a JSON string from just past its opening quote (or from inside it): up to its closing quote, or to the
+# text's end, where a backslash may wait for the byte it escapes.
+_STRING_REST = re.compile(rb'[^"\\]*+(?:\\.[^"\\]*+)*+', re.DOTALL)
+# A text outside strings, as far as it stays outside or in strings that close: where it stops, a string opens
+# that does not close within the text. Possessive throughout: linear, whatever the text.
+_OUTSIDE = re.compile(rb'(?:[^"]*+"[^"\\]*+(?:\\.[^"\\]*+)*+")*+[^"]*+', re.DOTALL)
+_STRING = re.compile(rb'"[^"\\]*+(?:\\.[^"\\]*+)*+"', re.DOTALL)
+
+
+class ValueCounter:
+    """The values of a JSON text fed in pieces, as they arrive: its `{`, `[` and `,` outside its strings (a CSV
+    text is one value, not one per comma), exact for valid JSON. Whether the piece so far ends inside a string, and
+    after a backslash there, carries over to the next; a piece costs a few C-speed passes over its own bytes."""
+
+    def __init__(self) -> None:
+        self.values = 0
+        self._in_string = False
+        self._escaped = False  # the last piece ended inside a string with a backslash: the next byte is escaped
+
+    def feed(self, piece: bytes) -> None:
+        start = self._string_end(piece) if self._in_string else 0
+        if start is None:
+            return
+        outside = piece[start:] if start else piece
+        if b'"' in outside:
+            end = _matched_end(_OUTSIDE, outside)
+            if end < len(outside):  # a string opens at `end` and goes on into the next piece
+                self._in_string = True
+                self._escaped = _matched_end(_STRING_REST, outside, end + 1) < len(outside)
+                outside = outside[:end]
+            outside = _STRING.sub(b"", outside)
+        self.values += _structural(outside)
+
+    def _string_end(self, piece: bytes) -> int | None:
+        """Where `piece` leaves the string the text is in (just past its closing quote), or None if it does not."""
+        start = 0
+        if self._escaped:
+            if not piece:
+                return None
+            start, self._escaped = 1, False
+        end = _matched_end(_STRING_REST, piece, start)
+        if end == len(piece):
+            return None
+        if piece[end] != ord('"'):  # a backslash, the piece's last byte
+            self._escaped = True
+            return None
+        self._in_string = False
+        return end + 1
+
+
+def _matched_end(pattern: re.Pattern[bytes], text: bytes, start: int = 0) -> int:
+    found = pattern.match(text, start)
+    return found.end() if found is not None else start  # each of them matches the empty text: never None
 
 
 def value_count(text: bytes, most: int) -> int:
-    """About the values a JSON text holds, counted at C speed without parsing it (tens of ms for 10 MB at most):
-    its `{`, `[` and `,` while they come to `most` or fewer (those inside strings too: never fewer than there are);
-    past it, only those outside its strings (a CSV text is one value, not one per comma), or, for a text of more
-    than `4 * most` strings, a quarter of their quotes (a string in an array takes 2 and a comma, a key with a string
-    value 4 and a comma)."""
+    """About the values a JSON text held whole holds (a workflow step's output), counted at C speed without parsing
+    it: its `{`, `[` and `,` while they come to `most` or fewer (those inside strings too: never fewer than there are);
+    past it, only those outside its strings (a CSV text is one value, not one per comma), or, for a text of more than
+    `4 * most` strings, a quarter of their quotes (a string in an array takes 2 and a comma, a key with a string value
+    4 and a comma). A transport counts what it reads as it comes instead (`ValueCounter`)."""
     naive = _structural(text)
     if naive <= most:
         return naive

@@ -11,12 +11,14 @@ parses every line on the event loop. Here
   never logged nor handed to the session, whose handler would log it); past `WARNED_LINES` such lines a process's
   warnings become one a minute counting the rest (`LineWarnings`), so a backend writing garbage as fast as it can
   costs the log a line a minute, not one (or, through the session's handler, dozens) a line;
-- a line with more values than `limits.max_result_values` (counted at C speed before it is parsed:
-  backends/results.py, `value_count`) is not parsed: parsing and validating it would hold the event loop, even
-  from a worker thread (pydantic and `json` hold the GIL). An answer gets a JSON-RPC error naming the backend, the
-  count and the setting, marked as over the result cap (not the backend failing); a notification or request is
-  dropped with a warning. An answer to a listing (whose ids the writer notes: `ListingIds`) is exempt: its pages
-  are bounded by the listing's own budgets (backends/listing.py);
+- a line with more values than `limits.max_result_values` (counted at C speed chunk by chunk as it arrives:
+  backends/results.py, `ValueCounter`; a second pass over a whole 10 MB line held the event loop 200-350 ms) is not
+  parsed: parsing and validating it would hold the event loop, even from a worker thread (pydantic and `json` hold
+  the GIL). An answer gets a JSON-RPC error naming the backend, the count and the setting, marked as over the result
+  cap (not the backend failing); a notification or request is dropped with a warning. An answer to a listing
+  (whose ids the writer notes: `ListingIds`) is held to a listing page's budget instead (`page_values`): its items
+  are bounded by the listing's own budgets (backends/listing.py), and a page past it ends its list as an
+  over-long page does;
 - a line over `PARSE_INLINE_BYTES` is parsed in a worker thread, and one over `PARSE_STDLIB_BYTES` by the
   stdlib's JSON parser, then validated;
 - a line within `limits.max_result_bytes` bytes carries a result within it (decoding only shrinks JSON text), so
@@ -63,7 +65,7 @@ from mcp.os.posix.utilities import terminate_posix_process_tree
 from mcp.shared.message import SessionMessage
 
 from vmcp_opt.backends.errors import OVER_RESULT_CAP, ProcessExited, connection_closed, launch_failure
-from vmcp_opt.backends.results import ListingIds, json_size, value_count
+from vmcp_opt.backends.results import ListingIds, ValueCounter, json_size, page_values, too_many_values
 from vmcp_opt.config.limits import DEFAULT_MAX_RESULT_VALUES
 
 logger = logging.getLogger(__name__)
@@ -106,7 +108,8 @@ class DroppedLine:
 
 
 class LineAssembler:
-    """Bytes in, complete lines out, in time linear in the bytes; a line past `cap` as a `DroppedLine`."""
+    """Bytes in, complete lines out, in time linear in the bytes; a line past `cap` as a `DroppedLine`. Each line's
+    values are counted as its pieces come (`ValueCounter`), not in a pass over the whole line once it ends."""
 
     def __init__(self, cap: int) -> None:
         self.cap = cap
@@ -114,9 +117,14 @@ class LineAssembler:
         self._size = 0
         self._dropping = False
         self._head = self._tail = b""
+        self._values = ValueCounter()
 
     def feed(self, chunk: bytes) -> list[bytes | DroppedLine]:
-        lines: list[bytes | DroppedLine] = []
+        return [line for line, _ in self.feed_counted(chunk)]
+
+    def feed_counted(self, chunk: bytes) -> list[tuple[bytes | DroppedLine, int]]:
+        """The lines `chunk` completes, each with its values (0 for a `DroppedLine`: not counted)."""
+        lines: list[tuple[bytes | DroppedLine, int]] = []
         start = 0
         while (end := chunk.find(b"\n", start)) != -1:
             self._add(chunk[start:end])
@@ -133,17 +141,20 @@ class LineAssembler:
             self._tail = (self._tail + piece[-EDGE:])[-EDGE:]
             return
         self._pieces.append(piece)
+        self._values.feed(piece)
         if self._size > self.cap:  # once per dropped line: at most cap + one chunk is held
             whole = b"".join(self._pieces)
             self._head, self._tail = whole[:EDGE], whole[-EDGE:]
             self._pieces = []
             self._dropping = True
 
-    def _finish(self) -> bytes | DroppedLine:
+    def _finish(self) -> tuple[bytes | DroppedLine, int]:
         line = DroppedLine(self._size, self._head, self._tail) if self._dropping else b"".join(self._pieces)
+        values = 0 if self._dropping else self._values.values
         self._pieces, self._size, self._dropping = [], 0, False
         self._head = self._tail = b""
-        return line
+        self._values = ValueCounter()
+        return line, values
 
 
 _ID = rb'(-?\d{1,19}|"(?:[^"\\]|\\.){0,256}")'
@@ -215,6 +226,10 @@ class _Reading:
     stdout_ended: anyio.Event  # the backend ended its stdout (it exited, most likely) before the shutdown
     values: int = DEFAULT_MAX_RESULT_VALUES  # `limits.max_result_values`
     listings: ListingIds = field(default_factory=ListingIds)
+
+    @property
+    def page_values(self) -> int:
+        return page_values(self.values)
 
 
 @asynccontextmanager
@@ -314,8 +329,8 @@ async def _relay_lines(
         except anyio.EndOfStream:
             reading.stdout_ended.set()
             return
-        for line in lines.feed(chunk):
-            message = await _message(line, reading)
+        for line, values in lines.feed_counted(chunk):
+            message = await _message(line, values, reading)
             if message is None:
                 continue
             try:
@@ -329,18 +344,18 @@ async def _relay_lines(
                 return  # the session is gone
 
 
-async def _message(line: bytes | DroppedLine, reading: _Reading) -> SessionMessage | None:
+async def _message(line: bytes | DroppedLine, values: int, reading: _Reading) -> SessionMessage | None:
+    """`line` (with its `values`, counted as it came) as the message to hand to the session, or its refusal."""
     if isinstance(line, DroppedLine):
         return _refusal(line, reading)
     if not line.strip():
         return None
     listing = False
-    values = value_count(line, reading.values) if len(line) > reading.values else 0  # fewer bytes, fewer values
     if values > reading.values:
         request_id = response_id(DroppedLine(len(line), line[:EDGE], line[-EDGE:]))
         listing = reading.listings.answered(request_id)
-        if not listing:
-            return _too_many_values(request_id, values, reading)
+        if not listing or values > reading.page_values:
+            return _too_many_values(request_id, values, reading, listing=listing)
     off_loop = len(line) > PARSE_INLINE_BYTES
     parsed = await anyio.to_thread.run_sync(_parse, line) if off_loop else _parse(line)
     if not isinstance(parsed, SessionMessage):
@@ -367,20 +382,27 @@ def _parse(line: bytes) -> SessionMessage | ValueError | RecursionError:
         return exc
 
 
-def _too_many_values(request_id: types.RequestId | None, values: int, reading: _Reading) -> SessionMessage | None:
-    """A line with more values than `limits.max_result_values`, not parsed: an error for the request it answers,
-    if its ends show one; else nothing (a notification, a request of the backend's). One warning either way."""
-    what = f"the answer to request {request_id!r}" if request_id is not None else "no response id at either end"
-    reading.warnings.warn(
-        f"backend {reading.backend} wrote a message of about {values:,} values, more than limits.max_result_values "
-        f"({reading.values:,}): dropped unparsed ({what})"
-    )
+def _too_many_values(
+    request_id: types.RequestId | None, values: int, reading: _Reading, *, listing: bool
+) -> SessionMessage | None:
+    """A line with more values than `limits.max_result_values` (`listing`: a listing page's, more than
+    `page_values`), not parsed: an error for the request it answers, if its ends show one; else nothing (a
+    notification, a request of the backend's). One warning either way."""
+    if listing:
+        reading.warnings.warn(
+            f"{too_many_values(reading.backend, values, reading.page_values, listing=True)}: dropped unparsed "
+            f"(the answer to request {request_id!r}); the list ends before it"
+        )
+    else:
+        what = f"the answer to request {request_id!r}" if request_id is not None else "no response id at either end"
+        reading.warnings.warn(
+            f"backend {reading.backend} wrote a message of about {values:,} values, more than "
+            f"limits.max_result_values ({reading.values:,}): dropped unparsed ({what})"
+        )
     if request_id is None:
         return None
-    message = (
-        f"backend '{reading.backend}' answered with about {values:,} values, more than limits.max_result_values "
-        f"({reading.values:,}) allows; the answer was not parsed"
-    )
+    most = reading.page_values if listing else reading.values
+    message = f"{too_many_values(reading.backend, values, most, listing=listing)}; the answer was not parsed"
     return _marked_refusal(request_id, message)
 
 
