@@ -10,7 +10,7 @@ import secrets
 import socket
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
@@ -170,15 +170,18 @@ def remove_dead_writes(path: Path) -> list[Path]:
     return remove_dead_writers(path.parent, f".{path.name}.", ".tmp", STALE_WRITE_SECONDS)
 
 
-def write_atomically(path: Path, text: str) -> None:
-    """`text` to `path` through a temporary file renamed over it: a reader sees the old file or the new one, a
-    failed write (a full disk) leaves the old file and no temporary one, and a host crash after it returns leaves
-    the new file whole (`replace_durably`), not an empty one."""
+def write_atomically(path: Path, text: str | Iterable[str]) -> None:
+    """`text` (or its pieces, written as they come) to `path` through a temporary file renamed over it: a reader
+    sees the old file or the new one, a failed write (a full disk) leaves the old file and no temporary one, and a
+    host crash after it returns leaves the new file whole (`replace_durably`), not an empty one."""
     tmp = path.with_name(temporary_name(f".{path.name}.", ".tmp"))  # two writers (two pods' pid 1), two names
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # 0666 less the umask, as before
         with os.fdopen(fd, "w", encoding="utf-8") as file:
-            file.write(text)
+            if isinstance(text, str):
+                file.write(text)
+            else:
+                file.writelines(text)
             file.flush()
             os.fsync(file.fileno())
         replace_durably(tmp, path)

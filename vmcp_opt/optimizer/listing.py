@@ -82,9 +82,17 @@ def save_listing(directory: Path, listing: Listing) -> None:
     try:
         directory.mkdir(parents=True, exist_ok=True)
         _remove_dead_saves(path)
-        write_atomically(path, json.dumps(data, separators=(",", ":"), ensure_ascii=False))
+        _write_json_atomically(path, data)
     except OSError as exc:
         logger.warning("optimizer: could not save the catalogue to %s: %s", path, exc)
+
+
+def _write_json_atomically(path: Path, data: dict[str, Any]) -> None:
+    """`json.dumps(data, separators=(",", ":"), ensure_ascii=False)` to `path`, encoded a piece at a time: one
+    `json.dumps` over 50,000 tools is one C call that holds the GIL for half a second, the event loop's thread
+    waiting all along; the encoder's pieces return to Python between them, so the loop gets its turns."""
+    encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+    write_atomically(path, encoder.iterencode(data))
 
 
 def save_complete_listing(directory: Path, listing: Listing) -> None:

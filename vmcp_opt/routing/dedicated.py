@@ -8,7 +8,9 @@ caller alone:
 - `sampling/createMessage`, `elicitation/create`, `roots/list` go to the client on the stream of the
   call that caused them (the one call in flight; the standalone stream otherwise), and the answer goes
   back to the same backend session. Cancellation travels both ways through the SDK's dispatchers.
-- log messages likewise; `resources/updated` on the client's standalone stream.
+- log messages likewise; `resources/updated` on the client's standalone stream, and only for a URI this
+  caller subscribed to at that backend (in normal form, routing/resource_uris.py): a backend may announce
+  every URI it serves, and a client hears only of those it asked for.
 
 Every other caller stays on the shared, faster path. A caller's dedicated sessions are closed when its
 connection closes (`Caller.lifetime`), or when one has been idle for `limits.dedicated_idle_timeout`
@@ -30,7 +32,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections import Counter
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Container
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -51,6 +53,7 @@ from vmcp_opt.backends.errors import CredentialError
 from vmcp_opt.backends.session_pool import DedicatedSession, SessionCallbacks, SessionPool
 from vmcp_opt.health import CallClock, Guard
 from vmcp_opt.routing.budget import Budget
+from vmcp_opt.routing.resource_uris import MalformedResourceUri, normalized_uri
 
 logger = logging.getLogger(__name__)
 
@@ -134,7 +137,7 @@ class CallerBackends:
             self.budget.acquire(self.key)
             try:
                 relay = auth is None or self.always  # a credentials-only session takes the backend's best era
-                session = await self.pool.open(backend, self._callbacks(relay), auth)
+                session = await self.pool.open(backend, self._callbacks(backend.name, relay), auth)
             except BaseException as exc:
                 self.budget.release(self.key)
                 if isinstance(exc, CredentialError) and subject is not None:
@@ -225,7 +228,7 @@ class CallerBackends:
 
     # --- what the backend sends ------------------------------------------------------------------
 
-    def _callbacks(self, relay: bool = True) -> SessionCallbacks:
+    def _callbacks(self, backend: str, relay: bool = True) -> SessionCallbacks:
         if not relay:  # a session only for the caller's own credentials: the backend asks the client nothing
             return SessionCallbacks(capabilities=types.ClientCapabilities())
         return SessionCallbacks.mirroring(
@@ -234,7 +237,7 @@ class CallerBackends:
             elicitation=self._elicitation,
             list_roots=self._list_roots,
             logging=self._log,
-            notification=self._notification,
+            notification=lambda message: self._notification(backend, message),
         )
 
     def _target(self) -> tuple[ServerSession | None, ServerMessageMetadata | None]:
@@ -287,10 +290,27 @@ class CallerBackends:
         related = metadata.related_request_id if metadata is not None else None
         await deliver(session.send_notification(types.LoggingMessageNotification(params=params), related))
 
-    async def _notification(self, message: types.ServerNotification) -> None:
-        if isinstance(message, types.ResourceUpdatedNotification) and self.last_session is not None:
-            # Not tied to a request: a 2025-11-25 session sends it on the standalone stream.
-            await deliver(self.last_session.send_resource_updated(str(message.params.uri)))
+    async def _notification(self, backend: str, message: types.ServerNotification) -> None:
+        if not isinstance(message, types.ResourceUpdatedNotification) or self.last_session is None:
+            return
+        uri = subscribed_as(self.subscriptions.get(backend, frozenset()), str(message.params.uri))
+        if uri is None:
+            return  # MCP: `resources/updated` only for the URIs the client subscribed to
+        # Not tied to a request: a 2025-11-25 session sends it on the standalone stream.
+        await deliver(self.last_session.send_resource_updated(uri))
+
+
+def subscribed_as(subscribed: Container[str], uri: str) -> str | None:
+    """Which of `subscribed` (URIs as routed: normal form, or as the backend listed them) a backend's update of
+    `uri` is for: that URI, or its normal form when the backend spells it otherwise; None when it is for none
+    (nor when it has no normal form). Constant time: a backend may send updates by the thousand."""
+    if uri in subscribed:
+        return uri
+    try:
+        normal = normalized_uri(uri)
+    except MalformedResourceUri:
+        return None
+    return normal if normal in subscribed else None
 
 
 async def deliver(send: Awaitable[None]) -> None:

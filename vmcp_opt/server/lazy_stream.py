@@ -92,12 +92,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Message, Receive, Scope, Send
 
+from vmcp_opt.backends.results import INLINE_CHARS, json_size
 from vmcp_opt.logs import ThrottledLog
 from vmcp_opt.server.admission import SessionRefused, refused_stranger
 from vmcp_opt.server.authentication import session_owner
 from vmcp_opt.server.event_store import PRIME_FOLLOWED, PRIMING, BoundedEventStore, ProbedStore, UnsentAnswers
 from vmcp_opt.server.held_answers import RetainedChunks, answer_hold, resumption_refused
-from vmcp_opt.server.list_answers import PartsResponse, body_parts, long_list, session_form
+from vmcp_opt.server.list_answers import CHUNK, PartsResponse, body_parts, long_list, session_form
 from vmcp_opt.server.released_streams import ReleasingReads, ReleasingWrites
 from vmcp_opt.server.reserved_answers import CHARGES_KEY, SENDING_HOLD, ReservedAnswers, SessionCharges
 from vmcp_opt.server.sessions import AnswerDelivery, client_address
@@ -113,6 +114,9 @@ ABANDONED_STREAM_CHECKPOINTS = 3
 COMMIT_SSE_AFTER = 15.0
 _SSE_CONTENT_TYPE = "text/event-stream"
 _JSON_CONTENT_TYPE = "application/json"
+# Bytes of JSON past which an answer is encoded on a worker thread, not the event loop: what `json_size` walks on
+# the loop elsewhere (a few milliseconds at most), and far below the size whose encoding stalls the loop.
+LARGE_ANSWER = INLINE_CHARS
 # Who the session being opened in this request is charged to (`sessions.max_event_bytes_per_caller_in_memory`).
 _OPENER: ContextVar[str | None] = ContextVar("vmcp_session_opener", default=None)
 
@@ -614,12 +618,18 @@ class LazyStreamTransport(StreamableHTTPServerTransport):
         await response(request.scope, request.receive, send)
 
     async def _json_response(self, answer: JSONRPCResponse | JSONRPCError) -> Response:
-        """The SDK's `_create_json_response`; a long list's body is encoded in slices on a worker thread."""
-        if not (isinstance(answer, JSONRPCResponse) and (key := long_list(answer))):
+        """The SDK's `_create_json_response`; a long list's body is encoded in slices on a worker thread, any
+        other answer past `LARGE_ANSWER` bytes in one piece there (a 9 MB text stood the loop still for 120-296
+        ms encoded here), both written a `CHUNK` at a time."""
+        if isinstance(answer, JSONRPCResponse) and (key := long_list(answer)):
+            parts = await anyio.to_thread.run_sync(body_parts, answer, key, session_form)
+        elif json_size(answer, LARGE_ANSWER) is None:  # the walk stops at the bound: cheap on the loop
+            parts = await anyio.to_thread.run_sync(_whole_in_parts, answer)
+            logger.debug("an answer of over %d bytes encoded off the event loop", LARGE_ANSWER)
+        else:
             return self._create_json_response(answer)
         sdk_form = self._create_json_response(None)  # the SDK's headers for this session, with no body
         headers = {name: value for name, value in sdk_form.headers.items() if name != "content-length"}
-        parts = await anyio.to_thread.run_sync(body_parts, answer, key, session_form)
         return PartsResponse(parts, status_code=sdk_form.status_code, headers=headers)
 
     async def _stream(
@@ -689,6 +699,12 @@ class _StartTracker:
         if message["type"] == "http.response.start":
             self.started = True
         await self.send(message)
+
+
+def _whole_in_parts(answer: JSONRPCResponse | JSONRPCError) -> list[bytes | memoryview]:
+    """`answer` as the SDK encodes it (`_create_json_response`), for a worker thread, in `CHUNK`s to write."""
+    body = memoryview(answer.model_dump_json(by_alias=True, exclude_unset=True).encode())
+    return [body[start : start + CHUNK] for start in range(0, len(body), CHUNK)]
 
 
 def _kind(message: JSONRPCNotification | Answer) -> str:
