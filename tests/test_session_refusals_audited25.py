@@ -133,18 +133,21 @@ def test_another_principals_session_named_on_another_replica_is_refused_and_audi
             assert mine.status_code == 200, mine.text  # restored on B for its owner
 
 
-def test_a_session_refused_by_the_per_address_limit_is_audited_with_who_asked(tmp_path: Path) -> None:
+def test_a_session_refused_by_the_per_caller_limit_is_audited_with_who_asked(tmp_path: Path) -> None:
+    """A verified caller's sessions count by its subject (an anonymous one's by its address)."""
     keys = api_keys_file(tmp_path / "keys.json", SUBJECTS)
-    limits = {"limits": {"max_sessions_per_address": 1}}
+    limits = {"limits": {"max_sessions_per_caller": 1}}
     config, audit, metrics = setup(tmp_path / "gateway", tmp_path / "keys.json", limits)
     with running_gateway(config) as gateway:
         alice = open_session(gateway.url, keys["alice"])
-        refused = httpx2.post(gateway.url, json=RAW_INITIALIZE, headers=bearer(keys["bob"]), timeout=30)
+        refused = httpx2.post(gateway.url, json=RAW_INITIALIZE, headers=bearer(keys["alice"]), timeout=30)
         assert refused.status_code == 429, refused.text
         [event] = until(lambda: refusals(audit))
         assert event["outcome"] == "denied"
-        assert event["metadata"]["extra"]["error_type"] == "limits.max_sessions_per_address"
-        assert event["subjects"]["user_id"] == "bob" and event["source"]["value"] == "127.0.0.1"
-        reason = "limits.max_sessions_per_address"
+        assert event["metadata"]["extra"]["error_type"] == "limits.max_sessions_per_caller"
+        assert event["subjects"]["user_id"] == "alice" and event["source"]["value"] == "127.0.0.1"
+        reason = "limits.max_sessions_per_caller"
         assert until(lambda: sample(metrics, "vmcp_sessions_refused_total", reason=reason)) == 1
+        # Another caller on the same address is served.
+        assert open_session(gateway.url, keys["bob"])["mcp-session-id"]
         assert alice["mcp-session-id"] not in audit.read_text() + gateway.output()

@@ -19,7 +19,7 @@ class RequestsInFlightConfig(_PerCallerWithinTotal):
     address, however many sessions and connections it uses) and for the whole gateway. A request past either is
     answered at once with a JSON-RPC error naming the bound (stdio: past `per_caller`)."""
 
-    # One caller's requests at once (keyed as rate limits key callers); over stdio, the client's.
+    # One caller's requests at once in this replica (keyed as rate limits key callers); over stdio, the client's.
     per_caller: int = Field(100, ge=1)
     # Every caller's requests at once (HTTP).
     total: int = Field(1000, ge=1)
@@ -60,8 +60,10 @@ class LimitsConfig(_Strict):
         "`{`, `[` and `,` of its JSON outside its strings: parsing and validating an answer holds the gateway's "
         "event loop in proportion to them (a long text is one value). Past it the answer is "
         "refused, an error naming the backend, the count and this setting (a tools/call's an error result), and "
-        "the backend stays in service; a notification is dropped with a warning. Pages of tools, resources, "
-        "templates and prompts are not counted (max_listed_items_per_backend bounds them). Counted: a stdio backend's "
+        "the backend stays in service; a notification is dropped with a warning. A page of tools, resources, "
+        "templates or prompts is held to the larger of this and 1,048,576 values instead: past it the page is "
+        "refused unparsed and its list ends there, with a warning, the pages before it served. Counted: a stdio "
+        "backend's "
         "lines, a streamable HTTP backend's JSON answers and each of its SSE events (a notification on a call's "
         "stream past it fails that call); a backend on the 2024 SSE transport is bounded by bytes alone.",
     )
@@ -114,8 +116,9 @@ class LimitsConfig(_Strict):
     max_dedicated_sessions_per_caller: int | None = Field(
         None,
         ge=1,
-        description="Dedicated backend sessions one caller may hold at once (one per backend it uses), however many "
-        "MCP sessions it opens: a caller is the verified subject, else the client's address (every local client "
+        description="Dedicated backend sessions one caller may hold at once, counted over all its MCP sessions (each "
+        "MCP session that needs one gets its own per backend it uses): a caller is the verified subject, else the "
+        "client's address (every local client "
         "shares the loopback address, so a machine's local clients together, e.g. a conformance suite's 30 sessions, "
         "are one caller). Default: half of max_dedicated_sessions, at least 1 (32 of 64), so no one caller takes them "
         "all; at most max_dedicated_sessions. Past it a call goes on the shared session and "
@@ -140,7 +143,8 @@ class LimitsConfig(_Strict):
         default_factory=RequestsInFlightConfig,
         description="Client requests running at once (calls, listings, reads), `per_caller` for one caller (a "
         "verified subject, else the client's address, however many sessions and connections it uses) and `total` "
-        "for the gateway; a request past either is answered at once with a JSON-RPC error naming the bound. Every "
+        "for the gateway (each replica counts its own); a request past either is answered at once with a JSON-RPC "
+        "error naming the bound. Every "
         "local client shares the loopback address, and every client behind a proxy not in server.trusted_proxies "
         "the proxy's: raise `per_caller` with max_connections_per_address for many such clients.",
     )
@@ -152,7 +156,8 @@ class LimitsConfig(_Strict):
         "once, while the gateway holds it. Past either a call of that caller is answered with a JSON-RPC error "
         "naming the bound (one that already ran says so: its result dropped, not sent again), and a resumed stream "
         "(GET with Last-Event-ID) with 429 and Retry-After, until its client reads or goes away. A reading client's "
-        "answers leave as it takes them and count only while they wait for it.",
+        "answers leave as it takes them and count only while they wait for it. The same bounds apply, counted "
+        "separately, to the step outputs running workflows hold; past either a step fails naming the bound.",
     )
     max_pending_calls_per_caller: int = Field(
         4,
@@ -164,7 +169,7 @@ class LimitsConfig(_Strict):
         1000,
         ge=1,
         description="Resource subscriptions (resources/subscribe) one caller (the verified subject, else the client's "
-        "address, however many sessions it opens) may hold at once, across backends; "
+        "address, however many sessions it opens) may hold at once, across backends, in this replica; "
         "each is kept at its backend and replayed when the client's backend session reopens. It also bounds the "
         "resources one caller's 2026-07-28 `subscriptions/listen` streams follow together; past it a stream's "
         "acknowledgement leaves the rest out.",
@@ -195,9 +200,28 @@ class LimitsConfig(_Strict):
     max_sessions_per_address: int = Field(
         100,
         ge=1,
-        description="MCP sessions open at once from one client address; past it opening one is refused with 429 "
+        description="MCP sessions open at once from one client address, in this replica (each counts its own); "
+        "past it opening one is refused with 429 "
         "and Retry-After. Every local client shares the loopback address, and every client behind a reverse proxy "
         "the proxy's, unless the proxy is in server.trusted_proxies: raise this for many local clients.",
+    )
+    max_sessions_per_caller: int | None = Field(
+        None,
+        ge=1,
+        description="MCP sessions one verified caller (an API key's or token's subject, whatever addresses it "
+        "connects from) may hold open at once; past it opening one is refused with 429 and Retry-After. A verified "
+        "caller's sessions count here instead of against max_sessions_per_address, so callers sharing an address "
+        "do not share its bound; anonymous callers stay counted per address. Unset: max_sessions_per_address. Each "
+        "replica counts its own (sessions.store: redis too).",
+    )
+    max_streams_per_caller: int = Field(
+        50,
+        ge=1,
+        description="Streams one caller (the verified subject, else the client's address) may hold open at once: "
+        "2025-11-25 GET event streams (resumptions included) and 2026-07-28 `subscriptions/listen` streams, "
+        "together; past it a GET is answered 429 with Retry-After and a listen request a JSON-RPC error, each "
+        "naming this limit. Each held stream holds a connection: keep it below max_connections_per_address, so a "
+        "caller at its bound leaves connections for the other callers of its address.",
     )
     session_idle_timeout: float = Field(
         600.0,
@@ -252,6 +276,10 @@ class LimitsConfig(_Strict):
                 f"({self.max_dedicated_sessions}); lower max_dedicated_sessions_per_caller"
             )
         return self
+
+    def sessions_per_caller(self) -> int:
+        """The per-caller bound on sessions: the one set, else the per-address one."""
+        return self.max_sessions_per_address if self.max_sessions_per_caller is None else self.max_sessions_per_caller
 
     def dedicated_sessions_per_caller(self) -> int:
         """The per-caller bound on dedicated sessions: the one set, else half the total (at least 1)."""

@@ -41,7 +41,13 @@ from vmcp_opt.server.in_flight import RequestsInFlight
 from vmcp_opt.server.lazy_stream import LazyStreamSessionManager
 from vmcp_opt.server.rate_limit_gate import RateLimitGate
 from vmcp_opt.server.replica import ReplicaHeader, replica_id
-from vmcp_opt.server.sessions import SessionGate, SessionSlots, hold_session_slot, throttle_sdk_refusals
+from vmcp_opt.server.sessions import (
+    SessionGate,
+    SessionSlots,
+    hold_session_slot,
+    stream_budget,
+    throttle_sdk_refusals,
+)
 from vmcp_opt.telemetry import Telemetry
 
 if TYPE_CHECKING:
@@ -111,7 +117,8 @@ def create_app(gateway: Gateway) -> Starlette:
     mcp_server.middleware.append(hold_session_slot)
     # Outermost: a request waiting anywhere (start-up included) holds its caller's slot.
     held = HeldAnswers(limits.held_answer_bytes)  # what clients leave unread (server/held_answers.py)
-    mcp_server.middleware.insert(0, RequestsInFlight(limits.requests_in_flight, Admission("http"), held))
+    streams = stream_budget(limits)  # GET and listen streams held per caller
+    mcp_server.middleware.insert(0, RequestsInFlight(limits.requests_in_flight, Admission("http"), held, streams))
     throttle_sdk_refusals()
     security = transport_security(server_config)
     if server_config.cors_origins:
@@ -132,11 +139,16 @@ def create_app(gateway: Gateway) -> Starlette:
         max_sessions=limits.max_sessions,
         session_idle_timeout=limits.session_idle_timeout,
     )
-    slots = SessionSlots(limits.max_sessions, limits.max_sessions_per_address)
+    slots = SessionSlots(limits.max_sessions, limits.max_sessions_per_address, limits.sessions_per_caller())
     # Refusals before a session serves a request (another principal's session, a session limit): audited, counted.
     manager.refused = refused = gateway.telemetry.session_refused
+    # Inside authentication (`authenticated` below): it counts a verified caller's sessions and streams by subject.
     session_gate = SessionGate(
-        StreamableHTTPASGIApp(manager), slots, retry_after=min(limits.session_idle_timeout, 60), refused=refused
+        StreamableHTTPASGIApp(manager),
+        slots,
+        retry_after=min(limits.session_idle_timeout, 60),
+        refused=refused,
+        streams=streams,
     )
     shared_sessions = None
     if shared is not None:

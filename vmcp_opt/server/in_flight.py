@@ -17,7 +17,9 @@ client's answers to the gateway's own questions and its cancellations, which the
 must get through. A client that reads none of its answers fills the pipe, and then the gateway's writes wait.
 
 Not counted: `initialize` and `ping`, answered at once, and `subscriptions/listen`, a stream held for as long
-as the client wants it (bounded by connections, and by listened resources). Over stdio a `ping` is still a task
+as the client wants it: over HTTP it takes one of its caller's `limits.max_streams_per_caller` instead (`streams`,
+shared with the GET streams of server/sessions.py) for its life, or is refused at once with `LimitReached`; one
+caller held 180 of them, which the in-flight bound never saw. Over stdio a `ping` is still a task
 and an answer held until the client reads it: a client that wrote pings without reading grew the gateway past
 400 MB in 30 s. There `InFlight.room` holds the reading of stdin while twice `per_caller` requests of any kind
 are unanswered; the pings do not count against the calls' `per_caller`.
@@ -40,7 +42,8 @@ from vmcp_opt.server.reserved_answers import answer_size, session_charges
 SETTING = "limits.requests_in_flight"
 PER_CALLER = f"{SETTING}.per_caller"
 # Requests that hold nothing (answered at once) or that are streams, not calls.
-UNCOUNTED = frozenset({"initialize", "ping", "subscriptions/listen"})
+LISTEN = "subscriptions/listen"
+UNCOUNTED = frozenset({"initialize", "ping", LISTEN})
 # List answers are built once for all who list at once and shared (server/list_cache.py): reserved per request,
 # six concurrent lists of one large catalogue were refused as six answers (and measured in six threads) though one
 # is held. They are charged as their bytes are written, as before reservations.
@@ -52,9 +55,12 @@ RETRY_AFTER = 1.0
 class RequestsInFlight:
     """Server middleware: a slot per request for its caller while it runs, or `LimitReached` at once."""
 
-    def __init__(self, config: RequestsInFlightConfig, admission: Admission, held: HeldAnswers) -> None:
+    def __init__(
+        self, config: RequestsInFlightConfig, admission: Admission, held: HeldAnswers, streams: Budget | None = None
+    ) -> None:
         self._admission = admission
         self._held = held
+        self._streams = streams  # listen streams held per caller (HTTP), with the GET streams
         self._budget = Budget(
             "requests in flight",
             total=config.total,
@@ -68,6 +74,8 @@ class RequestsInFlight:
         return len(self._budget)
 
     async def __call__(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
+        if ctx.request_id is not None and ctx.method == LISTEN and self._streams is not None:
+            return await self._hold_stream(self._streams, ctx, call_next)
         if ctx.request_id is None or ctx.method in UNCOUNTED:  # a notification, or nothing held
             return await call_next(ctx)
         key = self._admission.budget_key(ctx)
@@ -95,6 +103,17 @@ class RequestsInFlight:
         elif hold is not None:
             hold.reserve(reservation)  # answered on this connection, until its response ends
         return result
+
+    async def _hold_stream(
+        self, streams: Budget, ctx: ServerRequestContext[Any, Any], call_next: CallNext
+    ) -> HandlerResult:
+        """A listen stream holds one of its caller's streams for its life, or is refused (`LimitReached`) at once."""
+        key = self._admission.budget_key(ctx)
+        streams.acquire(key)
+        try:
+            return await call_next(ctx)
+        finally:
+            streams.release(key)
 
 
 class InFlight:

@@ -8,6 +8,9 @@ Anything else is left out, so a client reads those resources again itself instea
 that never come (a URI the policy refuses is logged and audited as a refused `resources/subscribe`). When the stream ends, its URIs are released (unsubscribed at the backend once no stream
 wants them).
 
+Each open stream also holds one of its caller's `limits.max_streams_per_caller` over HTTP (taken before this handler
+runs, by `RequestsInFlight`, server/in_flight.py): past it a listen request is refused with an error naming it.
+
 What one request can make a backend do is bounded twice. A request naming more than
 `limits.max_resources_per_listen` distinct URIs is refused, with an error naming the limit, before any backend
 is asked. A 2025-11-25 backend takes one `resources/subscribe` per URI, one after another under its lock in

@@ -44,7 +44,9 @@ AUTH_OUTCOMES = frozenset(
 )
 AUTH_METHODS = frozenset({"oauth", "api_keys"})
 # Why an HTTP request was refused before a session served it (`Telemetry.session_refused`).
-SESSION_REFUSALS = frozenset({"session_owner", "limits.max_sessions_per_address", "limits.max_sessions"})
+SESSION_REFUSALS = frozenset(
+    {"session_owner", "limits.max_sessions_per_address", "limits.max_sessions_per_caller", "limits.max_sessions"}
+)
 HEALTH_STATES = ("unknown", "healthy", "degraded", "unhealthy")
 CIRCUIT_STATES = ("closed", "open", "half_open", "disabled")
 RANKINGS = frozenset({"hybrid", "keyword"})
