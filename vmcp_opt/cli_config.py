@@ -145,6 +145,23 @@ def unknown_pinned(cfg: VmcpConfig, served: Collection[str]) -> list[str]:
     return problems
 
 
+def unknown_per_tool(cfg: VmcpConfig, served: Collection[str]) -> list[str]:
+    """`rate_limits.per_tool.x: unknown tool 'x' ...` for every limited name that neither the live catalogue
+    (`served`) nor the gateway itself serves: a misspelt key's limit never applies, without a word."""
+    known = set(served) | cfg.own_tool_names()
+    problems = []
+    for name in cfg.rate_limits.per_tool:
+        if name in known:
+            continue
+        close = _closest(name, known)
+        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        problems.append(
+            f"rate_limits.per_tool.{name}: unknown tool {name!r} (no backend, workflow or meta-tool serves it "
+            f"now, so its limit never applies){hint}"
+        )
+    return problems
+
+
 def _closest(name: str, known: Collection[str], most: int = 3) -> list[str]:
     """The served names most like `name`, best first: those near the best one only, since the names of one
     backend share its prefix and would otherwise all look close (`notes_save_nte`: not `notes_search_notes`)."""

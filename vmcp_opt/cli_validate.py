@@ -16,7 +16,7 @@ import anyio
 import typer
 
 from vmcp_opt import logs
-from vmcp_opt.cli_config import unknown_pinned
+from vmcp_opt.cli_config import unknown_per_tool, unknown_pinned
 from vmcp_opt.config import BackendConfig, VmcpConfig
 from vmcp_opt.config.base import ENV_REFERENCE
 from vmcp_opt.console import OutputConsole
@@ -94,8 +94,11 @@ def _launch_problems(where: str, backend: BackendConfig, base_dir: Path) -> list
         return [f"{where}.command: {problem}; the backend would not start"]
     script = script_argument(backend.command, launch.args)
     if script is not None and not (cwd / launch.args[script]).exists():
+        written = backend.written_arg(script)
+        # As the file wrote it when a `${VAR}` expanded in it: its value may be a secret.
+        shown = cwd / launch.args[script] if written == launch.args[script] else f"{written!r} (under {cwd})"
         return [
-            f"{where}.args[{script}]: {cwd / launch.args[script]} does not exist (relative paths start at the "
+            f"{where}.args[{script}]: {shown} does not exist (relative paths start at the "
             "backend's cwd, which is the config file's directory unless `cwd` says otherwise); the backend "
             "would not start"
         ]
@@ -400,8 +403,8 @@ def _check_replicas(cfg: VmcpConfig) -> None:
 
 def check_connections(cfg: VmcpConfig) -> None:
     """`validate --connect`: Redis, if the config uses it (and the running replicas' catalogues), and each backend connected once (exit 1 naming what
-    failed, as `vmcp backends` does), then the workflow steps and pinned names checked against the tools
-    served (exit 2 naming the unknown ones)."""
+    failed, as `vmcp backends` does), then the workflow steps, pinned names and rate_limits.per_tool keys
+    checked against the tools served (exit 2 naming the unknown ones)."""
     from vmcp_opt.probe import connect_once
     from vmcp_opt.workflows.validation import unknown_tools
 
@@ -416,7 +419,8 @@ def check_connections(cfg: VmcpConfig) -> None:
         if cfg.workflows:  # their steps' tools are missing too: checking them now would only repeat this
             err.print("  (workflow steps not checked until every backend connects)")
         raise typer.Exit(1)
-    problems = unknown_tools(cfg.workflows, connected.tool_names) + unknown_pinned(cfg, connected.tool_names)
+    served = connected.tool_names
+    problems = unknown_tools(cfg.workflows, served) + unknown_pinned(cfg, served) + unknown_per_tool(cfg, served)
     if problems:
         err.print("[bold red]the config names tools the backends do not serve[/]:")
         for problem in problems:

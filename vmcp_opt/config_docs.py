@@ -36,7 +36,10 @@ A config file is YAML or JSON (`vmcp serve -c vmcp.yaml`; without `-c`, the bund
 highest first: command-line flags, environment variables, the file, the defaults below. An environment
 variable is `VMCP_` and the setting's path in capitals, sections joined by `__`
 (`VMCP_OPTIMIZER__ENABLED=false`); a list or a mapping is given as JSON (`VMCP_SERVER__ALLOWED_HOSTS='["a"]'`),
-and the settings inside one (`backends[]`, `aggregation.tools.<backend>`) come with it, not one by one.
+and the settings inside one (`backends[]`, `aggregation.tools.<backend>`) come with it, not one by one: a
+variable per key of a mapping keyed by names (`rate_limits.per_tool.<tool>`, `aggregation.tools.<backend>`) is
+refused, as it would lower-case the name
+(`VMCP_RATE_LIMITS__PER_TOOL='{"Clock_get_current_time": {"rate": 1, "burst": 5}}'`).
 Unknown keys are errors, and `vmcp validate -c FILE` reports every problem by its path. Relative paths
 resolve against the config file's directory. Backend `env`, `headers`, `args` and `url` may reference
 `${VAR}`s of the environment, so secrets stay out of the file.

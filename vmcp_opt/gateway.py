@@ -394,6 +394,7 @@ class Gateway:
         # thread; requests then find them built.
         searchable = await anyio.to_thread.run_sync(self.router.searchable_tools)
         self._check_workflows()
+        self._check_per_tool()
         if self.optimizer is None:
             return
         # The backends this catalogue was built without (rebuilds hold `_rebuilding`: it is the one just built).
@@ -404,6 +405,15 @@ class Gateway:
         if missing:
             logger.warning("optimizer.pinned: no such tools in the catalogue: %s", ", ".join(missing))
         await self.optimizer.tools_changed(searchable, not_connected)
+
+    def _check_per_tool(self) -> None:
+        """Limits on tools the catalogue lacks (a misspelt key): a warning, since such a limit never applies."""
+        served = self.catalog.current.tools.keys() | self.config.own_tool_names()
+        missing = [name for name in self.config.rate_limits.per_tool if name not in served]
+        # A backend still on its first attempt is missing, not unknown: the late join's rebuild checks again.
+        report = logger.debug if self.starting() else logger.warning
+        if missing:
+            report("rate_limits.per_tool: no such tools in the catalogue, never limited: %s", ", ".join(missing))
 
     def _check_workflows(self) -> None:
         """Steps naming tools the catalogue lacks: a warning (the backend may connect later); such a step

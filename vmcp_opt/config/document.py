@@ -161,6 +161,16 @@ class VmcpConfig(BaseSettings):
         host = f"[{host}]" if ":" in host else host
         return f"http://{host}:{self.server.port}{self.server.path}"
 
+    def own_tool_names(self) -> set[str]:
+        """The tools the gateway serves itself, whatever the backends serve: the workflows, the meta-tools with
+        the optimizer on, the script tool with code mode on."""
+        names = {workflow.name for workflow in self.workflows}
+        if self.optimizer.enabled:
+            names |= RESERVED_NAMES
+        if self.code_mode.enabled:
+            names.add(self.code_mode.tool_name)
+        return names
+
     def backend(self, name: str) -> BackendConfig:
         return next(backend for backend in self.backends if backend.name == name)
 

@@ -18,7 +18,14 @@ from vmcp_opt.config.sections import BackendConfig
 from vmcp_opt.config.suggestions import closest
 
 
-def unknown_env_sections() -> list[str]:
+def env_variable_problems() -> list[str]:
+    """The `VMCP_` variables pydantic-settings would misread without a word: those naming no section
+    (`_sectionless`) and those setting one key of a mapping keyed by names (`mapping_keys_one_by_one`).
+    Loading reports these with every other problem."""
+    return _sectionless() + mapping_keys_one_by_one()
+
+
+def _sectionless() -> list[str]:
     """`VMCP_<section>__<key>` variables whose section does not exist, which pydantic-settings ignores: a
     misspelt `VMCP_OPTIMIZR__ENABLED` would otherwise leave the optimizer on without a word. Variables without
     `__` are not settings (VMCP_DATA_DIR, VMCP_CREDENTIAL)."""
@@ -100,3 +107,42 @@ def by_index(loc: Location, source: SourceNamer | None) -> str | None:
         return None
     example = _json_example(loc, "")[1]
     return f"{', '.join(names)}: a list is set whole, as JSON, in {origin} (replacing the file's): {origin}='{example}'"
+
+
+def mapping_keys_one_by_one() -> list[str]:
+    """`VMCP_RATE_LIMITS__PER_TOOL__<TOOL>__RATE`: a variable reaching inside a mapping keyed by names the user
+    chose (`rate_limits.per_tool`, `aggregation.tools`). pydantic-settings reads it, lower-casing the key, so a
+    limit on `Clock_get_current_time` would silently never apply: such a mapping is given whole, as JSON."""
+    by_mapping: dict[Location, list[str]] = {}
+    for name in sorted(os.environ):
+        if not name.upper().startswith(ENV_PREFIX) or "__" not in name[len(ENV_PREFIX) :]:
+            continue
+        parts = name[len(ENV_PREFIX) :].lower().split("__")
+        depth = _mapping_entered(parts)
+        if depth is not None:
+            by_mapping.setdefault(tuple(parts[:depth]), []).append(name)
+    return [_one_by_one_message(loc, names) for loc, names in by_mapping.items()]
+
+
+def _mapping_entered(parts: list[str]) -> int | None:
+    """How many of `parts` lead to a mapping field when more parts follow, naming a key inside it; None when
+    they name no such field (a list's parts are `by_index`'s; an unknown key is pydantic's to report)."""
+    for depth in range(1, len(parts)):
+        found = types_at(tuple(parts[:depth]))
+        if any(get_origin(tp) is dict for tp in found):
+            return depth
+        models = [tp for tp in found if isinstance(tp, type) and issubclass(tp, BaseModel)]
+        if not any(parts[depth] in model.model_fields for model in models):
+            return None
+    return None
+
+
+def _one_by_one_message(loc: Location, names: list[str]) -> str:
+    whole = ENV_PREFIX + "__".join(str(part) for part in loc).upper()
+    values = [get_args(tp)[1] for tp in types_at(loc) if get_origin(tp) is dict and len(get_args(tp)) == 2]
+    nested = any(isinstance(tp, type) and issubclass(tp, BaseModel) for tp in values)
+    example = '{"<name>": {"<key>": <value>}}' if nested else '{"<name>": <value>}'
+    return (
+        f"{', '.join(names)}: {format_location(loc)} is keyed by names, which a variable per key would "
+        f"lower-case; give the mapping whole, as JSON, in {whole}: {whole}='{example}'"
+    )

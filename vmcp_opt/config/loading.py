@@ -22,7 +22,7 @@ from pydantic_settings import EnvSettingsSource, SettingsError
 
 from vmcp_opt.config.base import DEFAULT_CONFIG_PATH, ConfigError
 from vmcp_opt.config.document import VmcpConfig, _duplicate_names, _file_data, script_tool_warnings
-from vmcp_opt.config.env_messages import by_index, unknown_env_sections, unparsable
+from vmcp_opt.config.env_messages import by_index, env_variable_problems, unparsable
 from vmcp_opt.config.file_parsing import parse_json, parse_yaml
 from vmcp_opt.config.optimizer import OptimizerConfig
 from vmcp_opt.config.references import (
@@ -75,7 +75,7 @@ def load_config(
     by default it is logged as a warning; a command that reads the config before it configures its log format
     may pass one that holds the line until then (`logs.log_once_configured`).
     """
-    misspelt = unknown_env_sections()  # ignored by pydantic-settings: reported with everything else
+    misspelt = env_variable_problems()  # ignored or lower-cased by pydantic-settings: reported with the rest
     try:
         config = _load(path, overrides or {}, discover, check_model, flags or {}, warn or _log_warning)
     except ConfigError as exc:
