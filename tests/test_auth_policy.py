@@ -31,7 +31,7 @@ from vmcp_opt.auth import Identification
 from vmcp_opt.auth.cedar import CedarPolicy
 from vmcp_opt.auth.errors import AuthError
 from vmcp_opt.auth.introspection import Introspection
-from vmcp_opt.auth.jwks import JwksCache
+from vmcp_opt.auth.jwks import JwksCache, JwksUnavailable
 from vmcp_opt.auth.tokens import TokenVerifier
 from vmcp_opt.config import ClaimNames, OAuthConfig, VmcpConfig
 from vmcp_opt.optimizer.metatools import OptimizerFront
@@ -56,12 +56,14 @@ async def test_an_unknown_kid_refreshes_the_jwks_once_per_interval() -> None:
     with counting_http_server(json.dumps({"keys": [jwk]}).encode()) as (base, hits):
         cache = JwksCache("http://issuer", f"{base}/jwks", refresh_interval=60, clock=lambda: now[0])
         assert await cache.key("k1", "RS256") is not None and len(hits) == 1
-        assert await cache.key("nope", "RS256") is None
-        assert len(hits) == 1  # fetched just now: no refresh
+        with pytest.raises(JwksUnavailable) as early:  # fetched just now: no refresh, retry when one is allowed
+            await cache.key("nope", "RS256")
+        assert early.value.retry_after == 60 and len(hits) == 1
         now[0] += 61
         assert await cache.key("nope", "RS256") is None and len(hits) == 2  # one refresh
         for _ in range(20):
-            assert await cache.key(f"forged-{_}", "RS256") is None
+            with pytest.raises(JwksUnavailable):
+                await cache.key(f"forged-{_}", "RS256")
         assert len(hits) == 2  # made-up key ids cannot make the gateway hammer the issuer
         assert await cache.key("k1", "HS256") is None  # never an HMAC check with an RSA key
         assert await cache.key("k1", "ES256") is None

@@ -129,7 +129,7 @@ def test_a_token_waiting_on_a_refresh_that_never_answers_gets_a_503_at_the_deadl
             assert served_once_recovered(gateway.url, lambda: sign(k1, "k1")).status_code == 200
 
             # The issuer rotates k2 in and stops answering. A k2 token refreshes the keys once the interval since
-            # the last fetch has passed (before it, a 401: made-up key ids cost the issuer nothing).
+            # the last fetch has passed (before it, a 503 with Retry-After: made-up key ids cost the issuer nothing).
             issuer.keys = [public(k1, "k1"), public(k2, "k2")]
             issuer.gate.clear()
             fetched = issuer.asked[JWKS]
@@ -139,7 +139,7 @@ def test_a_token_waiting_on_a_refresh_that_never_answers_gets_a_503_at_the_deadl
                     answer = initialize(gateway.url, sign(k2, "k2"))
                     if issuer.asked[JWKS] > fetched:
                         return answer  # the token whose refresh never got its answer
-                    assert answer.status_code == 401, answer.text
+                    assert answer.status_code == 503, answer.text
                     time.sleep(0.05)
 
             refreshing = pool.submit(new_kid_until_a_refresh)

@@ -41,7 +41,7 @@ import yaml
 
 from vmcp_opt.auth import errors
 from vmcp_opt.auth.caller import Identification
-from vmcp_opt.auth.identity import Identity, string_set
+from vmcp_opt.auth.identity import Identity, refuse_lone_surrogates, string_set
 from vmcp_opt.single_flight import SingleFlight
 
 logger = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ def hash_key(key: str) -> str:
 
 @dataclass(frozen=True)
 class _FileState:
-    signature: tuple[int, int, int] | None
+    signature: tuple[int, int, int, int] | None
     keys: Mapping[str, Identity]
 
 
@@ -104,7 +104,7 @@ class ApiKeys:
         return len(self._state.keys) + len(self._env_keys)
 
     async def _file_keys(self, digest: str) -> Mapping[str, Identity]:
-        """The file's keys, re-read when its inode, size or mtime changed (one stat per request); the previous
+        """The file's keys, re-read when its inode, size, mtime or ctime changed (one stat per request); the previous
         keys while a re-read runs if they (or the variable's) hold `digest` (see the module's docstring)."""
         file = self.file
         if file is None:
@@ -163,6 +163,11 @@ def parse_entries(data: Any, where: str) -> dict[str, Identity]:
                 )
         if entry.get("name") is not None and not isinstance(entry["name"], str):
             raise ApiKeyFileError(f"{place}.name: expected a string")
+        for field in ("subject", "name", *NAME_LISTS):
+            try:
+                refuse_lone_surrogates(field, entry.get(field))
+            except ValueError:
+                raise ApiKeyFileError(f"{place}.{field}: not valid Unicode text (a lone UTF-16 surrogate)") from None
         if digest in keys:
             raise ApiKeyFileError(f"{place}.sha256: the same key as an earlier entry (one key, one caller)")
         keys[digest] = Identity(
@@ -216,9 +221,11 @@ def _read(path: Path) -> Any:
         raise ApiKeyFileError(f"{path}: nested too deeply to be a keys file") from None
 
 
-def _signature(path: Path) -> tuple[int, int, int] | None:
+def _signature(path: Path) -> tuple[int, int, int, int] | None:
+    """What tells an edited file from the one read: the ctime too, which any write or `utime` sets to now (an
+    in-place edit keeping size and mtime, `cp -p` or `touch -r`, was never re-read: a revoked key kept working)."""
     try:
         stat = os.stat(path)
     except OSError:
         return None
-    return stat.st_ino, stat.st_size, stat.st_mtime_ns
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns

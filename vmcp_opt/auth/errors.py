@@ -14,6 +14,15 @@ class AuthError(Exception):
         self.scope = scope
 
 
+class RetryLater(AuthError):
+    """Refused for now, not for good (an introspection budget spent, signing keys that cannot be refreshed yet):
+    the HTTP answer carries `Retry-After: retry_after`, the whole seconds until asking again can succeed."""
+
+    def __init__(self, status: int, description: str, retry_after: int) -> None:
+        super().__init__(status, "temporarily_unavailable", description)
+        self.retry_after = retry_after
+
+
 def missing() -> AuthError:
     return AuthError(401, None, "authentication required")
 

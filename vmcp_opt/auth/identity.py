@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -19,6 +20,9 @@ from vmcp_opt.config import ClaimNames
 
 # Where the HTTP transport leaves the verified identity for admission (the request's ASGI scope).
 SCOPE_KEY = "vmcp.identity"
+# A UTF-16 surrogate code point: valid as a JSON escape (`"\\ud800"`), yet no Unicode text holds one alone, and
+# encoding it as UTF-8 raises (a subject holding one crashed every call that keyed on it).
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class BearerToken:
@@ -68,8 +72,10 @@ def from_claims(
     names: ClaimNames,
     method: Identification,
 ) -> Identity:
-    """The identity a token's (or an API key entry's) claims describe. `ValueError` without a subject, or
-    with an `exp` that is not a number."""
+    """The identity a token's (or an API key entry's) claims describe. `ValueError` without a subject, with an
+    `exp` that is not a number, or with a claim the identity is made of that is not valid Unicode text."""
+    for name in (names.subject, names.client_id, "azp", names.groups, names.roles, names.scopes):
+        refuse_lone_surrogates(name, claim(claims, name))
     client_id = claim(claims, names.client_id)
     if not isinstance(client_id, str):
         client_id = claims.get("azp") if isinstance(claims.get("azp"), str) else None
@@ -101,6 +107,14 @@ def subject_of(claims: Mapping[str, Any], names: ClaimNames, client_id: str | No
     if client_id:
         return client_id
     raise ValueError(f"no `{names.subject}` claim")
+
+
+def refuse_lone_surrogates(name: str, value: Any) -> None:
+    """`ValueError` naming the claim when `value` (a string, or a list of them) holds a lone surrogate: refused
+    whole rather than the name dropped, since a dropped group is a caller the policy silently takes for another."""
+    texts = value if isinstance(value, list | tuple) else [value]
+    if any(isinstance(text, str) and _SURROGATE.search(text) for text in texts):
+        raise ValueError(f"a `{name}` claim that is not valid Unicode text (a lone UTF-16 surrogate)")
 
 
 def numeric_date(claims: Mapping[str, Any], name: str) -> float | None:

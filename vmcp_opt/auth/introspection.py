@@ -40,6 +40,7 @@ form-urlencoded in HTTP Basic (RFC 6749 §2.3.1), by the same code (config/backe
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import logging
 import math
@@ -48,13 +49,17 @@ from collections import OrderedDict
 from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any, TypeVar
+from urllib.parse import quote_plus
 
 import httpx2
 
 from vmcp_opt.auth import errors
 from vmcp_opt.auth.bounded_fetch import Answer, AnswerUnread, fetch
 from vmcp_opt.auth.caller import Identification
+from vmcp_opt.auth.errors import RetryLater as RetryLater  # re-exported: the HTTP middleware imports it here
 from vmcp_opt.auth.identity import Identity, from_claims, numeric_date, string_set
+from vmcp_opt.backends.secrets import redact, with_escaped_forms
+from vmcp_opt.backends.tls import client_context
 from vmcp_opt.config import ClaimNames, OAuthConfig
 from vmcp_opt.config.backend_auth import client_basic_auth, env_secret
 from vmcp_opt.logs import ThrottledLog
@@ -87,14 +92,6 @@ ADDRESS_OVER_BUDGET = (
 )
 # The client address of the request being authenticated, set by server/authentication.py around the call.
 REQUESTING_ADDRESS: ContextVar[str | None] = ContextVar("REQUESTING_ADDRESS", default=None)
-
-
-class RetryLater(errors.AuthError):
-    """An introspection budget is spent: refused without asking, `retry_after` seconds until it refills."""
-
-    def __init__(self, status: int, description: str, retry_after: int) -> None:
-        super().__init__(status, "temporarily_unavailable", f"{description}; retry in {retry_after} s")
-        self.retry_after = retry_after
 
 
 class Introspection:
@@ -186,9 +183,9 @@ class Introspection:
         address's, 503 for the total's) spending neither: a refused request does not use up the other bucket."""
         own = self._per_address.bucket(address) if address is not None else None
         if own is not None and not own.has_one():
-            raise RetryLater(429, ADDRESS_OVER_BUDGET, own.seconds_to_one())
+            raise _retry_later(429, ADDRESS_OVER_BUDGET, own.seconds_to_one())
         if not self._budget.take():
-            raise RetryLater(503, OVER_BUDGET, self._budget.seconds_to_one())
+            raise _retry_later(503, OVER_BUDGET, self._budget.seconds_to_one())
         if own is not None:
             own.take()
 
@@ -198,9 +195,11 @@ class Introspection:
         if client is not None:
             await client.aclose()
 
-    def _http(self) -> httpx2.AsyncClient:
+    async def _http(self) -> httpx2.AsyncClient:
         if self._client is None:
-            self._client = httpx2.AsyncClient(timeout=self.settings.timeout, follow_redirects=False)
+            tls = await client_context()  # made once, off the event loop (backends/tls.py)
+            if self._client is None:
+                self._client = httpx2.AsyncClient(timeout=self.settings.timeout, follow_redirects=False, verify=tls)
         return self._client
 
     async def _ask(self, token: str) -> dict[str, Any] | None:
@@ -209,7 +208,7 @@ class Introspection:
         secret = self._secret()
         try:
             response = await fetch(
-                self._http(),
+                await self._http(),
                 "POST",
                 self.url,
                 self.settings.timeout,
@@ -224,7 +223,7 @@ class Introspection:
         if response.status == 400 and _error_code(response) in TOKEN_REFUSALS:
             return None
         if response.status != 200:
-            raise self._not_answered(response, secret)
+            raise self._not_answered(response, _sent_secrets(token, self.settings.client_id, secret))
         try:
             answer = response.json()
         except ValueError:
@@ -233,7 +232,7 @@ class Introspection:
             raise errors.unavailable("token introspection answered something other than an object")
         return answer
 
-    def _not_answered(self, response: Answer, secret: str) -> errors.AuthError:
+    def _not_answered(self, response: Answer, sent: list[str]) -> errors.AuthError:
         """The 503 for an answer that is no fault of the token's, its reason logged for the operator: the client
         is told only the status, the operator what the server said (its description names what to fix)."""
         status = response.status
@@ -241,7 +240,7 @@ class Introspection:
         settings = self.settings
         whose = f" to the gateway's client {settings.client_id!r}" if ours else ""
         fix = f" (check auth.incoming.oauth.client_id and ${settings.client_secret_env})" if ours else ""
-        said = _server_says(response, secret)
+        said = _server_says(response, sent)
         _answers_log.warning(
             f"status-{status}", "auth: token introspection answered HTTP %d%s: %s%s", status, whose, said, fix
         )
@@ -337,6 +336,11 @@ class AddressBudgets:
         return found
 
 
+def _retry_later(status: int, description: str, seconds: int) -> RetryLater:
+    """A budget's refusal, saying when to retry in its description too."""
+    return RetryLater(status, f"{description}; retry in {seconds} s", seconds)
+
+
 def _error_code(response: Answer) -> str | None:
     """The OAuth `error` of an error answer, when it has one."""
     try:
@@ -347,17 +351,25 @@ def _error_code(response: Answer) -> str | None:
     return error if isinstance(error, str) else None
 
 
-def _server_says(response: Answer, secret: str) -> str:
-    """The answer's `error` and `error_description`, for a log line: the secret masked (in case the server echoes
-    it, as sent or encoded), a control character shown as `?` (no forged log lines), at most `MAX_SAID` long."""
+def _sent_secrets(token: str, client_id: str, secret: str) -> list[str]:
+    """What the gateway sent that a log line must not show, in each form a server may echo it: the caller's token
+    and the gateway's secret (as written, form-encoded, escaped), and the Basic credentials (base64 of id:secret,
+    which the header value `Basic <it>` holds too)."""
+    user, password = client_basic_auth(client_id, secret)
+    basic = base64.b64encode(f"{user}:{password}".encode("utf-8", "surrogatepass")).decode("ascii")
+    forms = {basic, *(quote_plus(value, safe="") for value in (token, secret))}
+    return with_escaped_forms([token, secret, *forms], min_length=1)
+
+
+def _server_says(response: Answer, sent: list[str]) -> str:
+    """The answer's `error` and `error_description`, for a log line: what the gateway sent masked (`sent`, in case
+    the server echoes it), a control character shown as `?` (no forged log lines), at most `MAX_SAID` long."""
     try:
         body = response.json()
     except ValueError:
         body = None
     said = [body[k] for k in ("error", "error_description") if isinstance(body, dict) and isinstance(body.get(k), str)]
-    text = ": ".join(said) or "no OAuth error in the answer"
-    for shown in {secret, client_basic_auth("", secret)[1]}:
-        text = text.replace(shown, "***")
+    text = redact(": ".join(said) or "no OAuth error in the answer", sent)
     text = "".join(c if c.isprintable() else "?" for c in text)
     return text if len(text) <= MAX_SAID else text[: MAX_SAID - 1] + "…"
 

@@ -2,8 +2,14 @@
 
 A token signed with a key id the cache lacks triggers one refresh, at most once per `refresh_interval`
 seconds: an attacker sending made-up key ids cannot make the gateway hammer the authorization server, and
-a key the issuer just rotated in is picked up at the first token that uses it. Symmetric keys (`kty: oct`) are
-never taken from a JWKS.
+a key the issuer just rotated in is picked up at the first token that uses it once the interval has passed.
+Within the interval such a token cannot be judged (the key may be new, and anyone's made-up key id may have
+spent the refresh): it is `JwksUnavailable`, a 503 whose `Retry-After` is the seconds until a refresh is
+allowed, never a 401 that sends the client for a new token that fares no better. A key id the issuer has
+dropped from its JWKS (`RETIRED_KIDS` of them remembered), one it lists with a key the gateway cannot use, and
+one still missing after a successful refresh are the token's fault (None: a 401). `generation` counts the key
+sets stored and `thumbprint` names a held key, so that tokens verified earlier are dropped once their key is gone
+(auth/tokens.py). Symmetric keys (`kty: oct`) are never taken from a JWKS.
 
 Concurrent requests share a refresh, and it takes at most `timeout` (auth.incoming.oauth.timeout) in all: its
 discovery (up to three metadata requests) and its key fetch together, not each (bounded one by one, a slow issuer
@@ -22,7 +28,7 @@ a new token which would fare no better), and the keys are asked for again at mos
 seconds, so a gateway started before its issuer accepts tokens soon after the issuer serves. Why a fetch
 failed (URLs of the issuer's network included) is logged for the operator; the client is told only that
 the keys are unavailable. So is a token whose key id is not held while the last refresh failed: the issuer may
-have rotated it in, so a 401 would send the client for a new token that fares no better. Each request is also
+have rotated it in. Each such 503 says when to retry (`JwksUnavailable.retry_after`). Each request is also
 bounded in size (auth/bounded_fetch.py).
 
 Keys are found by `kid`, each kid holding every key listed under it (RFC 7517 §4.5 allows keys of different
@@ -34,8 +40,11 @@ failed on RSA ones with an AttributeError: a 500).
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -46,6 +55,7 @@ import jwt
 
 from vmcp_opt.auth.bounded_fetch import TIMEOUT_SETTING, Answer, AnswerUnread, fetch
 from vmcp_opt.backends.secrets import mask_url, redact, url_credentials, with_escaped_forms
+from vmcp_opt.backends.tls import client_context
 from vmcp_opt.single_flight import SingleFlight
 
 logger = logging.getLogger(__name__)
@@ -60,13 +70,21 @@ UNAVAILABLE = "the authorization server's signing keys cannot be fetched"
 PRIVATE_MEMBER = "d"
 # The key of a cache's one flight: the key set is fetched whole, for every token.
 KEY_SET = "jwks"
+THROTTLED = "the token's signing key is not held, and the issuer's keys were fetched moments ago"
+# Key ids the issuer dropped from its JWKS that are remembered (refused at once, not after the next refresh).
+RETIRED_KIDS = 1024
 
 
 Keys = dict[str | None, list[dict[str, Any]]]  # by `kid` (None: keys without one), in the JWKS's order
 
 
 class JwksUnavailable(Exception):
-    """The authorization server's metadata or keys could not be fetched."""
+    """The authorization server's metadata or keys could not be fetched (or not yet again): `retry_after` is the
+    whole seconds until they may be."""
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class JwksCache:
@@ -87,7 +105,10 @@ class JwksCache:
         self.timeout = timeout
         self.clock = clock
         self._keys: Keys = {}
-        self._built: dict[tuple[str | None, str], jwt.PyJWK] = {}
+        self._built: dict[tuple[str | None, str], tuple[jwt.PyJWK, str]] = {}  # with the key's thumbprint
+        self._retired: OrderedDict[str, None] = OrderedDict()  # key ids the issuer published once, then dropped
+        self._unusable: frozenset[str] = frozenset()  # key ids the JWKS lists with no usable key (`usable_keys`)
+        self.generation = 0  # one more each time the held key set changes
         self._fetched_at: float | None = None
         self._failure: str | None = None  # why the last fetch failed (logged), None after one succeeded
         # The refresh under way; it records its outcome here and shares when it recorded it.
@@ -103,14 +124,30 @@ class JwksCache:
                 return held  # the refresh under way is for the tokens to come; this one's key is held
             await self._refresh(stale_before=due)
         if not self._keys:
-            raise JwksUnavailable(UNAVAILABLE if self._failure else "the authorization server publishes no usable key")
+            reason = UNAVAILABLE if self._failure else "the authorization server publishes no usable key"
+            raise JwksUnavailable(reason, self._seconds_to_refresh())
         found = self._find(kid)
-        if not found and self._fetched_at is not None and self.clock() - self._fetched_at >= self.refresh_interval:
+        if found or kid in self._retired or kid in self._unusable:
+            return self._build(found, kid, alg)
+        if self._fetched_at is not None and self.clock() - self._fetched_at >= self.refresh_interval:
             await self._refresh(stale_before=self.clock() - self.refresh_interval)
             found = self._find(kid)
-        if not found and self._failure is not None:
-            raise JwksUnavailable(UNAVAILABLE)  # perhaps a key the issuer rotated in: this token cannot be judged
-        return self._build(found, kid, alg)
+            if found or self._failure is None:
+                return self._build(found, kid, alg)  # the keys just fetched lack it: the token's fault
+        # Perhaps a key the issuer rotated in: not judged until a refresh may tell.
+        raise JwksUnavailable(UNAVAILABLE if self._failure else THROTTLED, self._seconds_to_refresh())
+
+    def thumbprint(self, kid: str | None, alg: str) -> str | None:
+        """What names the key `key` returns now for `kid` and `alg` (its JWK, canonical), without fetching; None
+        when none is held. A token verified with a key whose thumbprint is gone is verified again."""
+        return self._built[(kid, alg)][1] if self._build(self._find(kid), kid, alg) is not None else None
+
+    def _seconds_to_refresh(self) -> int:
+        """Whole seconds until a token may make the keys be fetched again (at least 1: a `Retry-After`)."""
+        if self._fetched_at is None:
+            return 1
+        interval = self.refresh_interval if self._keys else min(self.refresh_interval, NO_KEYS_RETRY)
+        return max(1, math.ceil(self._fetched_at + interval - self.clock()))
 
     def _due_for_every_token(self) -> float | None:
         """`stale_before` of a refresh any token triggers now (none fetched yet, the keys past `max_age`, or none
@@ -135,14 +172,15 @@ class JwksCache:
         fitting = [jwk for jwk in candidates if _fits(jwk, alg)]
         if not fitting or (kid is None and len(fitting) > 1):
             return None
-        built = self._built.get((kid, alg))
-        if built is not None:
-            return built
+        held = self._built.get((kid, alg))
+        if held is not None:
+            return held[0]
         for jwk in fitting:
             try:
-                built = self._built[(kid, alg)] = jwt.PyJWK(jwk, algorithm=alg)
+                built = jwt.PyJWK(jwk, algorithm=alg)
             except jwt.PyJWTError:
                 continue
+            self._built[(kid, alg)] = (built, json.dumps(jwk, sort_keys=True))
             return built
         return None
 
@@ -164,7 +202,7 @@ class JwksCache:
         where = mask_url(self.jwks_url or self.issuer)
         try:
             with anyio.CancelScope(shield=True), anyio.fail_after(self.timeout):
-                url, keys = await self._fetch()
+                url, keys, unusable = await self._fetch()
         except TimeoutError:
             return self._failed(
                 f"fetching the issuer's keys from {where} failed: no whole answer within {self.timeout:g}s "
@@ -175,7 +213,7 @@ class JwksCache:
         except Exception as exc:  # unforeseen (httpx2.InvalidURL, OverflowError): still a failure that counts
             reason = f"fetching the issuer's keys from {where} failed: {type(exc).__name__}: {exc}"
             return self._failed(self._masked(reason))
-        return self._store(url, keys)
+        return self._store(url, keys, unusable)
 
     def _failed(self, reason: str) -> float:
         at = self._fetched_at = self.clock()
@@ -185,21 +223,36 @@ class JwksCache:
             logger.warning("auth: refreshing the issuer's keys failed, keeping the %d known", _count(self._keys))
         return at
 
-    def _store(self, url: str, keys: Keys) -> float:
+    def _store(self, url: str, keys: Keys, unusable: frozenset[str]) -> float:
         at = self._fetched_at = self.clock()
         self._failure = None
         self.jwks_url = url  # discovered: kept only once its keys came
-        self._keys = keys
-        self._built = {}
+        self._unusable = unusable
+        if keys != self._keys:
+            self._retire([kid for kid in self._keys if kid is not None and kid not in keys])
+            self._keys = keys
+            self._built = {}
+            self.generation += 1
         if not keys:
             logger.warning("auth: the issuer's JWKS holds no key the gateway can use (RSA, EC or OKP)")
         return at
 
-    async def _fetch(self) -> tuple[str, Keys]:
-        """The JWKS's URL (configured, or discovered now) and its usable keys."""
+    def _retire(self, dropped: list[str]) -> None:
+        """Remember key ids the issuer no longer publishes (the oldest forgotten past `RETIRED_KIDS`); one it
+        publishes again is held, and found before this is asked."""
+        for kid in dropped:
+            self._retired[kid] = None
+            self._retired.move_to_end(kid)
+        while len(self._retired) > RETIRED_KIDS:
+            self._retired.popitem(last=False)
+
+    async def _fetch(self) -> tuple[str, Keys, frozenset[str]]:
+        """The JWKS's URL (configured, or discovered now), its usable keys, and the key ids it lists with none."""
         url = self.jwks_url
         try:
-            async with httpx2.AsyncClient(timeout=self.timeout, follow_redirects=False) as client:
+            async with httpx2.AsyncClient(
+                timeout=self.timeout, follow_redirects=False, verify=await client_context()
+            ) as client:
                 url = self.jwks_url or await self._discover(client)
                 answer = await fetch(client, "GET", url, self.timeout)
                 if not 200 <= answer.status < 300:
@@ -224,7 +277,8 @@ class JwksCache:
                 repr(kid)[:80],
             )
         logger.info("auth: %d signing keys from %s", _count(usable), mask_url(url))
-        return url, usable
+        listed = {str(jwk["kid"]) for jwk in keys if isinstance(jwk, dict) and isinstance(jwk.get("kid"), str)}
+        return url, usable, frozenset(listed - usable.keys())
 
     def _masked(self, text: str, *urls: str | None) -> str:
         """`text` without the credentials any of the URLs involved carries (`user:password@`, a secret-named query

@@ -5,9 +5,11 @@ library): signature against the issuer's JWKS (`auth/jwks.py`), `iss` exactly th
 this gateway's resource URI (RFC 8707, so a token minted for another server is refused), `exp` and `nbf`
 with a small skew, and the algorithm from an allow-list of asymmetric ones matched to the key's type (no
 `none`, no HS256 made with an RSA public key). Verified tokens are remembered by digest until they expire,
-so a client sending the same token on every request pays for one signature check. With an introspection
-endpoint, only a token that is not JWT-shaped goes there: a malformed JWT is the client's `401`, never a
-question for the authorization server (which would refuse it, and make it look like an outage).
+so a client sending the same token on every request pays for one signature check, and with the key that
+verified it: once the issuer's key set no longer holds that key (rotated out, perhaps compromised), the token is
+verified again, and refused. With an introspection endpoint, only a token that is not JWT-shaped goes there: a
+malformed JWT is the client's `401`, never a question for the authorization server (which would refuse it, and
+make it look like an outage).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import json
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
 
 import jwt
 
@@ -29,6 +33,17 @@ from vmcp_opt.auth.jwks import JwksCache, JwksUnavailable
 from vmcp_opt.config import ClaimNames, OAuthConfig
 
 VERIFIED_CACHE_SIZE = 10_000
+
+
+@dataclass(frozen=True)
+class Verified:
+    """A verified token's identity, and the key that verified it as of the key set `generation`."""
+
+    identity: Identity
+    kid: str | None
+    alg: str
+    thumbprint: str
+    generation: int
 
 
 class TokenVerifier:
@@ -55,7 +70,7 @@ class TokenVerifier:
             timeout=settings.timeout,
         )
         self.clock = clock
-        self._verified: OrderedDict[bytes, Identity] = OrderedDict()
+        self._verified: OrderedDict[bytes, Verified] = OrderedDict()
         # Opaque tokens (not JWTs) go to the authorization server when an introspection endpoint is set.
         self.introspection = (
             Introspection(settings, self.audiences, claims, clock) if settings.introspection_url else None
@@ -65,25 +80,9 @@ class TokenVerifier:
         if self.introspection is not None and token.count(".") != 2:
             return await self.introspection.authenticate(token)  # opaque: asked (and cached) there
         digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
-        known = self._verified.get(digest)
+        known = self._remembered(digest)
         if known is not None:
-            if known.expires_at is not None and self.clock() > known.expires_at + self.settings.clock_skew:
-                del self._verified[digest]
-                raise errors.invalid_token("the token has expired")
             return known
-        identity = await self._verify(token)
-        if identity.expires_at is not None:  # never remembered past an expiry it cannot check
-            self._verified[digest] = identity
-            if len(self._verified) > VERIFIED_CACHE_SIZE:
-                self._verified.popitem(last=False)
-        return identity
-
-    async def aclose(self) -> None:
-        """Close what holds connections open (the introspection client), at shutdown."""
-        if self.introspection is not None:
-            await self.introspection.aclose()
-
-    async def _verify(self, token: str) -> Identity:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
@@ -92,15 +91,47 @@ class TokenVerifier:
             if self.introspection is not None:
                 return await self.introspection.authenticate(token)
             raise errors.invalid_token("not a JWT access token") from None
+        verified = await self._verify(token, header)
+        if verified.identity.expires_at is not None:  # never remembered past an expiry it cannot check
+            self._verified[digest] = verified
+            if len(self._verified) > VERIFIED_CACHE_SIZE:
+                self._verified.popitem(last=False)
+        return verified.identity
+
+    def _remembered(self, digest: bytes) -> Identity | None:
+        """The identity of a token verified before, if it has not expired (else `invalid_token`) and its key is
+        still the issuer's; None when it must be verified (again: a token whose key is gone is dropped)."""
+        known = self._verified.get(digest)
+        if known is None:
+            return None
+        expires_at = known.identity.expires_at
+        if expires_at is not None and self.clock() > expires_at + self.settings.clock_skew:
+            del self._verified[digest]
+            raise errors.invalid_token("the token has expired")
+        if known.generation != self.jwks.generation:
+            if self.jwks.thumbprint(known.kid, known.alg) != known.thumbprint:
+                del self._verified[digest]
+                return None
+            self._verified[digest] = replace(known, generation=self.jwks.generation)
+        return known.identity
+
+    async def aclose(self) -> None:
+        """Close what holds connections open (the introspection client), at shutdown."""
+        if self.introspection is not None:
+            await self.introspection.aclose()
+
+    async def _verify(self, token: str, header: dict[str, Any]) -> Verified:
         alg = header.get("alg")
         if not isinstance(alg, str) or alg not in self.settings.algorithms:
             raise errors.invalid_token(f"signing algorithm {str(alg)[:16]!r} is not accepted")
-        kid = header.get("kid")
+        named = header.get("kid")
+        kid = named if isinstance(named, str) else None
         try:
-            key = await self.jwks.key(kid if isinstance(kid, str) else None, alg)
+            key = await self.jwks.key(kid, alg)
         except JwksUnavailable as exc:
-            raise errors.unavailable(f"cannot verify tokens now: {exc}") from None
-        if key is None:
+            raise errors.RetryLater(503, f"cannot verify tokens now: {exc}", exc.retry_after) from None
+        thumbprint = self.jwks.thumbprint(kid, alg)
+        if key is None or thumbprint is None:
             raise errors.invalid_token("the token's signing key is not one of the issuer's")
         try:
             claims = jwt.decode(
@@ -129,9 +160,10 @@ class TokenVerifier:
         except jwt.PyJWTError:
             raise errors.invalid_token("the token is not valid") from None
         try:
-            return from_claims(claims, self.claims, Identification.TOKEN)
+            identity = from_claims(claims, self.claims, Identification.TOKEN)
         except ValueError as exc:
             raise errors.invalid_token(f"the token has {exc}") from None
+        return Verified(identity, kid, alg, thumbprint, self.jwks.generation)
 
 
 def jwt_shaped(token: str) -> bool:

@@ -51,7 +51,8 @@ class OAuthConfig(_Strict):
     # Seconds of clock difference tolerated on `exp`, `nbf` and `iat`.
     clock_skew: float = Field(30.0, ge=0, le=300)
     # A token signed with a key id the cached JWKS lacks refreshes it, at most once per this many seconds (at
-    # least 1: any client can send made-up key ids).
+    # least 1: any client can send made-up key ids); meanwhile such a token is answered 503 with Retry-After, not
+    # 401 (a key just rotated in works once the refresh is allowed).
     jwks_refresh_interval: float = Field(60.0, ge=1)
     # Seconds a fetched JWKS is used before it is fetched again.
     jwks_max_age: float = Field(3600.0, gt=0)
