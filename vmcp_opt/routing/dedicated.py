@@ -6,8 +6,9 @@ own session to each backend it uses (`DedicatedSession`). Everything those sessi
 caller alone:
 
 - `sampling/createMessage`, `elicitation/create`, `roots/list` go to the client on the stream of the
-  call that caused them (the one call in flight; the standalone stream otherwise), and the answer goes
-  back to the same backend session. Cancellation travels both ways through the SDK's dispatchers.
+  call that caused them (the one call in flight; with several, the latest one's: the client may hold no
+  standalone stream here), and the answer goes back to the same backend session. Cancellation travels
+  both ways through the SDK's dispatchers.
 - log messages likewise; `resources/updated` on the client's standalone stream, and only for a URI this
   caller subscribed to at that backend (in normal form, routing/resource_uris.py): a backend may announce
   every URI it serves, and a client hears only of those it asked for.
@@ -240,17 +241,20 @@ class CallerBackends:
             notification=lambda message: self._notification(backend, message),
         )
 
-    def _target(self) -> tuple[ServerSession | None, ServerMessageMetadata | None]:
-        """The call that caused a backend's message: the one in flight, else the standalone stream."""
-        if len(self.in_flight) == 1:
-            call = self.in_flight[0]
+    def _target(self, *, question: bool = False) -> tuple[ServerSession | None, ServerMessageMetadata | None]:
+        """The call that caused a backend's message: the one in flight, else the standalone stream. A `question`
+        asked while several calls are in flight goes on the latest one's stream: the client reads that one, where
+        it may have opened no standalone stream, or opened it on another replica (`sessions.store: redis`), and a
+        question nobody reads held its call (and the others) for `timeouts.input`."""
+        if len(self.in_flight) == 1 or (question and self.in_flight):
+            call = self.in_flight[-1]
             return call.session, ServerMessageMetadata(related_request_id=call.request_id)
         if self.in_flight:
             return self.in_flight[-1].session, None
         return self.last_session, None
 
     async def _ask(self, request: types.ServerRequest, result_type: type[ResultT]) -> ResultT | types.ErrorData:
-        session, metadata = self._target()
+        session, metadata = self._target(question=True)
         if session is None:
             return types.ErrorData(code=types.INTERNAL_ERROR, message="the client is not connected")
         # While the client answers, the calls in flight are not the backend's time.
