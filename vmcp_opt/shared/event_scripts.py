@@ -24,14 +24,25 @@ def events_root(client: EventsClient, prefix: str) -> str:
     return prefix + ("{events}" if isinstance(client, RedisCluster) else "events")
 
 
+# What a stream costs Redis beyond its messages, charged to the callers' and the total's budget (not the session's
+# own `max_event_bytes_per_session`) while the stream is there: MEMORY USAGE of a one-entry stream is 4,800 bytes
+# on redis-server 7.0 (its first node's listpack is allocated whole), and its field in the session's set of
+# charged streams (`<session>:streams`) about a hundred more. Every request answered as SSE has a stream of its
+# own: counting messages only, a budget of 200 KB let Redis hold ~1.8 MB of small progress events.
+STREAM_OVERHEAD_BYTES = 4_900
+
 # What both scripts start with: the budget of the events of every session in Redis, in bytes, in total and per
 # caller. Their last five KEYS (`_budget_keys`): the total; hashes of each session's bytes, of the caller it is
 # charged to, and of each caller's bytes; the sessions by expiry (when their keys go). Their last five ARGV:
 # `<prefix>events:` (tagged on a cluster), the session's namespace, the expiry in ms, the prefix of a caller's
 # sorted set of its sessions by expiry (`mine`: written longest ago first), the writer's clock in ms. A replica's
 # clock off by a few seconds only moves when a gone session is first looked at: it is released only once Redis
-# says its keys are gone (PTTL), and one still there is put back by its own PTTL.
-BUDGET = """
+# says its keys are gone (PTTL), and one still there is put back by its own PTTL. A stream is charged
+# `STREAM_OVERHEAD_BYTES` when first written (noted in `<session>:streams`), refunded once: when it is emptied,
+# deleted or found expired, or with its session.
+BUDGET = (
+    f"local stream_overhead = {STREAM_OVERHEAD_BYTES}\n"
+    + """
 local total, sizes, charged, callers, expiry = unpack(KEYS, #KEYS - 4)
 local prefix, namespace, ttl, caller_sets, now = unpack(ARGV, #ARGV - 4)
 ttl = tonumber(ttl)
@@ -57,7 +68,12 @@ local function release(session)
   redis.call('HDEL', sizes, session)
   redis.call('HDEL', charged, session)
   redis.call('ZREM', expiry, session)
-  redis.call('DEL', prefix .. session .. ':held', prefix .. session .. ':bytes')
+  redis.call('DEL', prefix .. session .. ':held', prefix .. session .. ':bytes', prefix .. session .. ':streams')
+end
+
+-- A stream gone (emptied, deleted, expired): its overhead refunded, once; 0 when it was not charged.
+local function stream_refund(session, key)
+  return redis.call('HDEL', prefix .. session .. ':streams', key) * stream_overhead
 end
 
 -- Drops the session's oldest event (deleting a stream it empties); returns the session's bytes left.
@@ -65,10 +81,12 @@ local function drop_oldest(session, caller)
   local entry = redis.call('LPOP', prefix .. session .. ':held')
   local old_id, old_size, old_key = string.match(entry, '^(%S+) (%d+) (.+)$')
   redis.call('XDEL', old_key, old_id)
+  local refund = 0
   if redis.call('XLEN', old_key) == 0 then
     redis.call('DEL', old_key)
+    refund = stream_refund(session, old_key)
   end
-  charge(session, caller, 0 - tonumber(old_size))
+  charge(session, caller, 0 - tonumber(old_size) - refund)
   return redis.call('DECRBY', prefix .. session .. ':bytes', old_size)
 end
 
@@ -81,6 +99,7 @@ local function oldest_other(mine, session)
   return first[2] or session
 end
 """
+)
 
 # KEYS: the stream, the session's list of its events (`<entry id> <bytes> <stream key>`, oldest first), the
 # session's byte count, then the budget's. ARGV: the entry's e, s, r and m; the stream's MAXLEN; the session's
@@ -100,6 +119,8 @@ for _, session in ipairs(redis.call('ZRANGEBYSCORE', expiry, '-inf', now, 'LIMIT
 end
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[5], '*', 'e', ARGV[1], 's', ARGV[2], 'r', ARGV[3], 'm', ARGV[4])
 local size = string.len(ARGV[4])
+local streams = prefix .. namespace .. ':streams'
+local created = redis.call('HSETNX', streams, KEYS[1], '1') * stream_overhead
 local count = redis.call('RPUSH', KEYS[2], id .. ' ' .. size .. ' ' .. KEYS[1])
 local held = redis.call('INCRBY', KEYS[3], size)
 redis.call('HSETNX', charged, namespace, ARGV[8])
@@ -107,7 +128,7 @@ local caller = redis.call('HGET', charged, namespace)
 local mine = caller_sets .. caller
 redis.call('ZADD', expiry, now + ttl, namespace)
 redis.call('ZADD', mine, now + ttl, namespace)
-charge(namespace, caller, size)
+charge(namespace, caller, size + created)
 while count > tonumber(ARGV[6]) or (held > tonumber(ARGV[7]) and count > 1) do
   held = drop_oldest(namespace, caller)
   count = count - 1
@@ -143,13 +164,13 @@ if size > 0 and tonumber(redis.call('GET', total)) > tonumber(ARGV[10]) then
     redis.call('RPUSH', KEYS[2], entry)
   end
   redis.call('DECRBY', KEYS[3], gone)
-  charge(namespace, caller, 0 - gone)
+  charge(namespace, caller, 0 - gone - stream_refund(namespace, KEYS[1]))
   if #kept == 0 then
     release(namespace)
   end
   id = ''
 end
-for _, key in ipairs({mine, unpack(KEYS)}) do
+for _, key in ipairs({mine, streams, unpack(KEYS)}) do
   redis.call('PEXPIRE', key, ttl)
 end
 return {id, dropped}

@@ -25,7 +25,8 @@ its stream (a client resuming from before it is refused, not left waiting for an
 are said in a log line at most once a minute. Events expire with their session, uncounted: each session is in
 a sorted set by expiry, and a write first releases (at most 64 of) the sessions whose keys are gone, so the
 counts are right without a sweeper and a session idle for good costs one release. The per-caller set of
-sessions, ordered the same way, names whose events go first.
+sessions, ordered the same way, names whose events go first. Both budgets count each stream's own memory too
+(`STREAM_OVERHEAD_BYTES`, shared/event_scripts.py) while it is there: every request answered as SSE has a stream.
 
 An event id is
 `<stream digest>.<process tag>-<counter>` (the standalone GET stream's marked: `get-<digest>.<tag>-<counter>`,

@@ -21,6 +21,10 @@ rate-limit check; both fail open): each request paid a full `redis.timeout` or t
 in the background (`/readyz`'s, at most once a `READY_PING_INTERVAL`, started by the requests skipped) finds
 when Redis is back.
 
+A command's `redis.timeout` (its answer's wait, a connection's opening) is measured by `within_fair_timeout`
+(shared/fair_timeout.py), not redis-py's timer: a loop a client stalled past that timer (4 MB bodies parsed back
+to back) took a healthy Redis for unreachable, and the gateway went without it (rate limits not checked).
+
 redis-py's pools keep every socket a burst opened, with no idle timeout: the link closes its async pools' idle
 ones (`drop_idle`) `IDLE_SOCKETS_SECONDS` after a use, and when a failure leaves Redis unreachable.
 
@@ -32,7 +36,7 @@ taken (`/readyz`'s probe, `accepted`) leaves it. The parts that use Redis treat 
 unreachable Redis (they degrade and keep serving), and so does `/readyz`: `degraded`, Redis's state and reason
 in its detail, the HTTP status what the backends make it.
 
-Just past ~450 lines: the link's state (reachable, stalled, refusing), its probe and its pools' idle sockets are one
+Past ~450 lines: the link's state (reachable, stalled, refusing), its probe and its pools' idle sockets are one
 object's, read together by every client this module makes; splitting them would pass the link's lock around.
 """
 
@@ -45,6 +49,7 @@ import threading
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine
+from functools import partial
 from typing import Any, Literal, cast
 from urllib.parse import urlsplit
 
@@ -66,6 +71,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from vmcp_opt.config import VmcpConfig
+from vmcp_opt.shared.fair_timeout import within_fair_timeout
 from vmcp_opt.shared.redis_cluster import async_cluster, sync_cluster
 from vmcp_opt.shared.secrets import read_secret, redis_users
 
@@ -262,8 +268,17 @@ class _AsyncConnection(aioredis.Connection):
     async def connect(self) -> None:
         await _connect_async(self.link, self.is_connected, super().connect)
 
-    async def read_response(self, *args: Any, **kwargs: Any) -> Any:
-        return await _read_async(self.link, super().read_response(*args, **kwargs))
+    async def _connect(self) -> None:
+        await _open_fairly(self, super()._connect)
+
+    async def read_response(
+        self,
+        disable_decoding: bool = False,
+        timeout: float | None = None,  # noqa: ASYNC109 - redis-py's signature: a caller's own limit
+        **kwargs: Any,
+    ) -> Any:
+        read = partial(super().read_response, disable_decoding, **kwargs)
+        return await _read_async(self.link, _read_fairly(self.link, self.socket_timeout, read, timeout))
 
 
 class _AsyncSSLConnection(aioredis.SSLConnection):
@@ -276,8 +291,17 @@ class _AsyncSSLConnection(aioredis.SSLConnection):
     async def connect(self) -> None:
         await _connect_async(self.link, self.is_connected, super().connect)
 
-    async def read_response(self, *args: Any, **kwargs: Any) -> Any:
-        return await _read_async(self.link, super().read_response(*args, **kwargs))
+    async def _connect(self) -> None:
+        await _open_fairly(self, super()._connect)
+
+    async def read_response(
+        self,
+        disable_decoding: bool = False,
+        timeout: float | None = None,  # noqa: ASYNC109 - redis-py's signature: a caller's own limit
+        **kwargs: Any,
+    ) -> Any:
+        read = partial(super().read_response, disable_decoding, **kwargs)
+        return await _read_async(self.link, _read_fairly(self.link, self.socket_timeout, read, timeout))
 
 
 class _Connection(redis.Connection):
@@ -329,6 +353,33 @@ async def _read_async(link: RedisLink, read: Awaitable[Any]) -> Any:
     except RedisTimeoutError as exc:
         _failed_async(link, exc)
         raise
+
+
+async def _read_fairly(
+    link: RedisLink, limit: float | None, read: Callable[..., Awaitable[Any]], callers_limit: float | None
+) -> Any:
+    """An answer read within `redis.timeout` by `within_fair_timeout`, not by redis-py's clock (a caller's own
+    `timeout`, a pub/sub poll's, is its own: a poll that ends early just polls again)."""
+    if callers_limit is not None or not limit:
+        return await read(callers_limit)
+    try:
+        return await within_fair_timeout(limit, read(math.inf))  # redis-py's: none
+    except TimeoutError:
+        # As redis-py's own timeout: the connection was closed (the read was cancelled), the same error.
+        raise RedisTimeoutError(f"Timeout reading from {link.where}") from None
+
+
+async def _open_fairly(connection: aioredis.Connection, open_socket: Callable[[], Awaitable[None]]) -> None:
+    """The socket opened within `redis.timeout` by `within_fair_timeout` (redis-py reads its own limit there)."""
+    limit = connection.socket_connect_timeout
+    if not limit:
+        await open_socket()
+        return
+    connection.socket_connect_timeout = None
+    try:
+        await within_fair_timeout(limit, open_socket())  # raises TimeoutError, which redis-py reports as its own
+    finally:
+        connection.socket_connect_timeout = limit
 
 
 def _failed_async(link: RedisLink, exc: BaseException) -> None:
