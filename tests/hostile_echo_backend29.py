@@ -57,18 +57,22 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if method == "initialize":
             result = {
                 "protocolVersion": message["params"]["protocolVersion"],
-                "capabilities": {"tools": {}},
+                "capabilities": {"tools": {}, "prompts": {}},
                 "serverInfo": {"name": NAME, "version": "1"},
             }
             return self._send(200, {"jsonrpc": "2.0", "id": request_id, "result": result}, (("Mcp-Session-Id", "s1"),))
         if method == "tools/list":
             return self._send(200, {"jsonrpc": "2.0", "id": request_id, "result": {"tools": TOOLS}})
+        if method == "prompts/list":
+            return self._send(200, {"jsonrpc": "2.0", "id": request_id, "result": {"prompts": [{"name": "echo"}]}})
         error = {"code": -32601, "message": "nope"}
         tool = (message.get("params") or {}).get("name")
         if method == "tools/call" and tool == "rpcerr":
             error = {"code": -32602, "message": "bad creds: " + json.dumps(creds), "data": creds}
         elif method == "tools/call" and tool == "plainerr":
             error = {"code": -32000, "message": "invalid credential " + " ".join(creds.values()) + " (expired)"}
+        elif method == "prompts/get":  # a prompt's error path quoting them too
+            error = {"code": -32602, "message": "prompt refused: " + json.dumps(creds), "data": creds}
         elif method == "ping" and ECHO_PING:
             error = {"code": -32000, "message": "ping refused, key was " + " ".join(creds.values())}
         elif method == "ping":

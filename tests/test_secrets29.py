@@ -208,6 +208,9 @@ def _leaked(text: str, secrets: set[str] | tuple[str, ...]) -> list[str]:
 async def test_backend_errors_quoting_the_credentials_sent_reach_nobody(world: World) -> None:
     async with _client(world) as client:
         answers = {tool: await _answer(client, tool) for tool in ("keyed_rpcerr", "keyed_plainerr", "oauth_rpcerr")}
+        with pytest.raises(MCPError) as prompt:  # a prompt's (or a resource's) error, relayed as an error
+            await client.get_prompt("keyed_echo")
+        answers["keyed_echo"] = f"{prompt.value.error.message} {prompt.value.error.data}"
     tokens = world.sent_tokens()
     assert tokens, "the gateway sent no fetched token"
     secrets = {API_KEY, *tokens}
@@ -216,6 +219,7 @@ async def test_backend_errors_quoting_the_credentials_sent_reach_nobody(world: W
     assert "bad creds" in answers["keyed_rpcerr"] and "X-Api-Key" in answers["keyed_rpcerr"]
     assert "(expired)" in answers["keyed_plainerr"]
     assert "bad creds" in answers["oauth_rpcerr"] and "Bearer ***" in answers["oauth_rpcerr"]
+    assert "prompt refused" in answers["keyed_echo"] and "X-Api-Key" in answers["keyed_echo"]
     wait_for("the calls' audit records", lambda: world.audit.count("rpcerr") >= 2)
     assert not _leaked(world.everywhere(), secrets)
 

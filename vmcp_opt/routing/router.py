@@ -624,6 +624,11 @@ class Router:
             return result
         except (BackendUnavailable, CircuitOpen) as exc:
             raise MCPError(types.INTERNAL_ERROR, str(exc)) from None
+        except MCPError as exc:
+            masked = self._masked(backend, exc)  # a backend's error may echo the credentials it was sent
+            if masked is exc:
+                raise
+            raise masked from None
 
     # --- the guarded send ------------------------------------------------------------------------
 
