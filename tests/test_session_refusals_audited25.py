@@ -151,3 +151,24 @@ def test_a_session_refused_by_the_per_caller_limit_is_audited_with_who_asked(tmp
         # Another caller on the same address is served.
         assert open_session(gateway.url, keys["bob"])["mcp-session-id"]
         assert alice["mcp-session-id"] not in audit.read_text() + gateway.output()
+
+
+def test_a_session_restored_on_another_replica_counts_for_its_caller_not_its_address(tmp_path: Path) -> None:
+    """Restored on B, alice's session takes her slot there, not her address's: bob, on the same address, still
+    opens one on B under `max_sessions_per_address: 1`, and alice's own cap of 1 holds on B too."""
+    keys = api_keys_file(tmp_path / "keys.json", SUBJECTS)
+    with running_redis() as redis:
+        shared = {
+            "redis": {"url": redis.url},
+            "sessions": {"store": "redis"},
+            "limits": {"max_sessions_per_address": 1, "max_sessions_per_caller": 1},
+        }
+        config_a, _, _ = setup(tmp_path / "a", tmp_path / "keys.json", shared)
+        config_b, _, _ = setup(tmp_path / "b", tmp_path / "keys.json", shared)
+        with running_gateway(config_a) as first, running_gateway(config_b) as second:
+            alice = open_session(first.url, keys["alice"])
+            mine = httpx2.post(second.url, json=HIJACK, headers=alice, timeout=30)
+            assert mine.status_code == 200, mine.text  # restored on B
+            assert open_session(second.url, keys["bob"])["mcp-session-id"]
+            again = httpx2.post(second.url, json=RAW_INITIALIZE, headers=bearer(keys["alice"]), timeout=30)
+            assert again.status_code == 429 and "max_sessions_per_caller" in again.text, again.text

@@ -61,7 +61,15 @@ from vmcp_opt.server.authentication import session_owner
 from vmcp_opt.server.lazy_stream import LazyStreamSessionManager
 from vmcp_opt.server.session_relays import Held, HeldSessions, SessionRelays
 from vmcp_opt.server.session_restore import is_replayed, restored_transport, serve_restored
-from vmcp_opt.server.sessions import SERVER_BUSY, SessionGate, Slot, client_address, json_rpc_error, may_open_session
+from vmcp_opt.server.sessions import (
+    SERVER_BUSY,
+    SLOT_LIMITS,
+    SessionGate,
+    Slot,
+    client_address,
+    json_rpc_error,
+    may_open_session,
+)
 from vmcp_opt.shared.events import EVENTS, EVENTS_CALLER, STORE_ERRORS, RedisEventStore, ReplicaPresence
 from vmcp_opt.shared.redis_client import redis_client, redis_link, redis_trouble, skip_if_stalled
 from vmcp_opt.shared.replica_shapes import ReplicaShapes, watch_shapes
@@ -83,7 +91,6 @@ REAP_INTERVAL = 1.0
 # The principal of the request being served (`session_owner`), for the record of a session it opens.
 OWNER: ContextVar[str] = ContextVar("vmcp_session_owner", default="")
 _RECORDED = frozenset({"initialize", "logging/setLevel", "resources/subscribe", "resources/unsubscribe"})
-_SLOT_LIMITS = {"address": "limits.max_sessions_per_address", "total": "limits.max_sessions"}  # `SessionSlots.take`
 
 
 class SharedSessions:
@@ -263,11 +270,11 @@ class SharedSessions:
             held = self._held.get(session_id)
             if held is not None:
                 return held  # restored by a request that came first
-            slot = self.gate.slots.take(address)
+            slot = self.gate.take(scope)  # per verified caller, else per address, as a session opened here
             if not isinstance(slot, str):
                 held = await self._start_restored(session_id, record, scope, slot)
         if isinstance(slot, str):
-            tell_refused(self.refused, scope, _SLOT_LIMITS[slot])
+            tell_refused(self.refused, scope, SLOT_LIMITS[slot])
             await self.gate.refuse(slot, address, send)
             return None
         assert held is not None
