@@ -258,18 +258,22 @@ def redis_link(config: VmcpConfig) -> RedisLink:
         return link
 
 
-class _AsyncConnection(aioredis.Connection):
+class _LinkedAsync:
+    """What both async connection classes add to redis-py's: the link that reports on Redis, fair timeouts on
+    opening and reading (shared/fair_timeout.py). Mixed in before `aioredis.Connection` or its SSL subclass."""
+
     default_link: RedisLink | None = None  # a cluster's: its link built into the class (shared/redis_cluster.py)
+    socket_timeout: float | None
 
     def __init__(self, *, link: RedisLink | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.link = _given(link, self.default_link)
 
     async def connect(self) -> None:
-        await _connect_async(self.link, self.is_connected, super().connect)
+        await _connect_async(self.link, self.is_connected, super().connect)  # type: ignore[attr-defined, misc]
 
     async def _connect(self) -> None:
-        await _open_fairly(self, super()._connect)
+        await _open_fairly(cast(aioredis.Connection, self), super()._connect)  # type: ignore[misc]
 
     async def read_response(
         self,
@@ -277,31 +281,16 @@ class _AsyncConnection(aioredis.Connection):
         timeout: float | None = None,  # noqa: ASYNC109 - redis-py's signature: a caller's own limit
         **kwargs: Any,
     ) -> Any:
-        read = partial(super().read_response, disable_decoding, **kwargs)
+        read = partial(super().read_response, disable_decoding, **kwargs)  # type: ignore[misc]
         return await _read_async(self.link, _read_fairly(self.link, self.socket_timeout, read, timeout))
 
 
-class _AsyncSSLConnection(aioredis.SSLConnection):
-    default_link: RedisLink | None = None
+class _AsyncConnection(_LinkedAsync, aioredis.Connection):
+    pass
 
-    def __init__(self, *, link: RedisLink | None = None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.link = _given(link, self.default_link)
 
-    async def connect(self) -> None:
-        await _connect_async(self.link, self.is_connected, super().connect)
-
-    async def _connect(self) -> None:
-        await _open_fairly(self, super()._connect)
-
-    async def read_response(
-        self,
-        disable_decoding: bool = False,
-        timeout: float | None = None,  # noqa: ASYNC109 - redis-py's signature: a caller's own limit
-        **kwargs: Any,
-    ) -> Any:
-        read = partial(super().read_response, disable_decoding, **kwargs)
-        return await _read_async(self.link, _read_fairly(self.link, self.socket_timeout, read, timeout))
+class _AsyncSSLConnection(_LinkedAsync, aioredis.SSLConnection):
+    pass
 
 
 class _Connection(redis.Connection):
