@@ -15,6 +15,14 @@ A connection past `limits.max_connections` is answered 503 and closed at once, s
 for the backends, the log and the clients already connected. At start the open-file limit is raised to
 its hard limit and the cap lowered to fit under it.
 
+Past the cap, `PROBE_HEADROOM` connections more may each ask one `GET`/`HEAD` of `PROBE_PATHS` (`/healthz`,
+`/readyz`, `/metrics`): clients holding every connection (idle streams, slow calls) would otherwise have a liveness
+probe answered 503 and the pod restarted though the gateway is healthy. Such a connection is judged once its request
+line is read: another path or method gets the cap's 503; a probe gets its answer and the connection is closed after
+it. The header and body deadlines apply as to any connection, so these slots are held only as long as a request's
+head takes; past them a connection is refused as before. (The MCP listener has no `/metrics` with
+`telemetry.metrics.listen` set: there its probe is answered 404, and the connection closed, as any probe's.)
+
 A refused connection (503, 429, 431) is closed the way nginx's `lingering_close` does: the answer, then our
 half of the connection (a FIN), then what the client still sends is read and dropped until it closes, for at
 most `LINGER_SECONDS`. Closed at once, a socket with the client's request unread makes the kernel send a
@@ -54,7 +62,7 @@ import logging
 import socket
 import struct
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from mcp_types import INVALID_REQUEST
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -77,6 +85,10 @@ MAX_LINGERING = 256
 # What `fit_connections` leaves of MAX_LINGERING under the process's open-file limit.
 _max_lingering = MAX_LINGERING
 _lingering: set[LimitedProtocol] = set()
+# Connections past `limits.max_connections`, per listener, that may serve one probe of `PROBE_PATHS` each.
+PROBE_HEADROOM = 8
+PROBE_PATHS = frozenset({b"/healthz", b"/readyz", b"/metrics"})
+_PROBE_METHODS = frozenset({b"GET", b"HEAD"})
 # SO_LINGER on, 0 s: close() resets the connection and drops what the kernel still holds for the client.
 _RESET_ON_CLOSE = struct.pack("ii", 1, 0)
 
@@ -122,6 +134,9 @@ class LimitedProtocol(HttpToolsProtocol):
     uncounted: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     max_header_bytes: int = 64 * 1024
     write_timeout: float = 30.0
+    # This listener's connections past the cap admitted for one probe (`PROBE_HEADROOM`); its own set per
+    # `limited_protocol` class, as `connections` is per listener.
+    probes: ClassVar[set[LimitedProtocol]] = set()
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -135,15 +150,16 @@ class LimitedProtocol(HttpToolsProtocol):
         self._write_deadline: asyncio.TimerHandle | None = None
         self._unsent_at_start = 0  # unsent bytes when the current write deadline began
         self._hold = AnswerHold()  # its unsent bytes, charged to its caller (server/held_answers.py)
+        self._probe: Literal["pending", "admitted", "served"] | None = None  # past the cap: one probe, or nothing
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        if len(self.connections) > self.max_connections:
-            _log.warning(
-                "connections", "refused a connection: %d are open (limits.max_connections)", self.max_connections
-            )
-            self._refuse(_BUSY)
-            return
+        if len(self.connections) - len(self.probes) > self.max_connections:
+            if len(self.probes) >= PROBE_HEADROOM:
+                self._refuse_busy()
+                return
+            self.probes.add(self)
+            self._probe = "pending"  # judged by its request line (`_judge_probe`)
         if self._over_address_cap():
             _log.warning(
                 "connections-address",
@@ -154,6 +170,23 @@ class LimitedProtocol(HttpToolsProtocol):
             self._refuse(_BUSY_ADDRESS)
             return
         self._arm("headers")  # a new connection: its first request's headers are due
+
+    def _refuse_busy(self) -> None:
+        _log.warning("connections", "refused a connection: %d are open (limits.max_connections)", self.max_connections)
+        self._refuse(_BUSY)
+
+    def _judge_probe(self) -> None:
+        """A connection past the cap, its request line read: one probe of `PROBE_PATHS` is served; anything else, or a
+        second request, gets the cap's 503."""
+        if self._refused:
+            return
+        if self._probe == "pending":
+            path = self.url.partition(b"?")[0]
+            if path in PROBE_PATHS and self.parser.get_method() in _PROBE_METHODS:
+                self._probe = "admitted"
+                return
+        if self._probe != "admitted":
+            self._refuse_busy()
 
     def _over_address_cap(self) -> bool:
         """Whether this connection's peer holds more than its share: without this one address could hold every
@@ -194,15 +227,23 @@ class LimitedProtocol(HttpToolsProtocol):
             super().on_url(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self._probe == "pending":  # the request line is complete once a header is
+            self._judge_probe()
         if self._within_cap(len(name) + len(value) + 4):  # ": " and CRLF
             super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
+        if self._probe is not None:
+            self._judge_probe()
         if self._refused:
             return
         self._unfinished_bytes = 0
         self.scope[SCOPE_KEY] = self._hold  # type: ignore[literal-required]  # for the request's caller to tag
         super().on_headers_complete()
+        if self._probe == "admitted":
+            self._probe = "served"  # a request after this one is refused
+            if self.cycle is not None:
+                self.cycle.keep_alive = False  # closed after its answer: a probe slot is not kept alive
         self._arm("body")  # disarmed at once by on_message_complete when there is none
 
     def on_body(self, body: bytes) -> None:
@@ -258,6 +299,7 @@ class LimitedProtocol(HttpToolsProtocol):
             return
         # No longer one of the connections the caps count: it serves nothing, and closes within LINGER_SECONDS.
         self.connections.discard(self)
+        self.probes.discard(self)
         _lingering.add(self)
         self._linger = self.loop.call_later(LINGER_SECONDS, transport.close)
 
@@ -347,6 +389,7 @@ class LimitedProtocol(HttpToolsProtocol):
             self._linger.cancel()
             self._linger = None
         _lingering.discard(self)
+        self.probes.discard(self)
         super().connection_lost(exc)
 
     def _arm(self, phase: Phase) -> None:
@@ -392,6 +435,7 @@ def limited_protocol(
         "max_header_bytes": max_header_bytes,
         "max_connections_per_address": max_connections_per_address,
         "uncounted": tuple(uncounted),
+        "probes": set(),
     }
     return type("LimitedProtocol", (LimitedProtocol,), settings)
 
