@@ -92,6 +92,8 @@ class ApiKeys:
         self._rereads: SingleFlight[str, _FileState] = SingleFlight(
             REREAD_WAIT, lambda: errors.unavailable("the API keys file is being re-read; try again")
         )
+        # Set, and replaced, at each re-read: what streams held open under a key wait on (`reloaded`).
+        self._reread_done: anyio.Event | None = None
 
     async def authenticate(self, key: str) -> Identity:
         digest = hash_key(key)
@@ -99,6 +101,13 @@ class ApiKeys:
         if identity is None:
             raise errors.invalid_token("unknown or revoked API key")
         return identity
+
+    async def reloaded(self) -> None:
+        """Returns once the keys file is next re-read: a stream held open under a key checks it again then, so
+        a revoked key's streams end at the first request after the edit, not at their next periodic check."""
+        if self._reread_done is None:
+            self._reread_done = anyio.Event()
+        await self._reread_done.wait()
 
     def __len__(self) -> int:
         return len(self._state.keys) + len(self._env_keys)
@@ -123,6 +132,9 @@ class ApiKeys:
         thread runs on regardless), so a new re-read never starts beside it."""
         state = await anyio.to_thread.run_sync(_load, file)
         self._state = state
+        done, self._reread_done = self._reread_done, None
+        if done is not None:
+            done.set()
         return state
 
 

@@ -17,6 +17,13 @@ The verified principal also goes into the scope as the SDK's `AuthenticatedUser`
 so the SDK binds each session to the principal that opened it: another credential naming that session id is
 answered as if it did not exist. `session_owner` is the same principal as a digest, which a session's record
 in Redis keeps for the replicas that restore it (server/shared_sessions.py).
+
+A stream held open (a GET stream, fresh or resumed; a 2026-07-28 `subscriptions/listen`, server/listen.py) ends
+when the credential that opened it stops being valid, as a request with it would be refused: at its expiry (`exp`
+plus the verifier's `clock_skew`), or when a re-check refuses it (a revoked API key, an opaque token the issuer no
+longer vouches for). The re-check runs when the keys file is re-read (at the first request after an edit) and
+every `RECHECK_INTERVAL` besides: a timer per stream, nothing per event. Its client reconnects, with a fresh
+credential or to a 401.
 """
 
 from __future__ import annotations
@@ -25,9 +32,14 @@ import dataclasses
 import hashlib
 import json
 import logging
-from collections.abc import Callable
+import math
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from functools import partial
+from typing import Any
 from urllib.parse import parse_qsl
 
+import anyio
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser, authorization_context
 from mcp.server.auth.provider import AccessToken
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -39,6 +51,7 @@ from vmcp_opt.auth.identity import SCOPE_KEY, BearerToken, Identity
 from vmcp_opt.auth.introspection import REQUESTING_ADDRESS, RetryLater
 from vmcp_opt.logs import ThrottledLog
 from vmcp_opt.server.sessions import client_address
+from vmcp_opt.server.streams import ResponseProgress, served_until
 
 logger = logging.getLogger(__name__)
 _refusals = ThrottledLog(logger, level=logging.INFO)
@@ -47,6 +60,43 @@ QUERY_TOKEN_NAMES = frozenset({"access_token", "token", "api_key", "apikey", "ke
 # What an error_description or scope may hold (RFC 6750 §3: %x20-21 / %x23-5B / %x5D-7E), and how much of it.
 CHALLENGE_CHARACTERS = frozenset(chr(c) for c in range(0x20, 0x7F)) - {'"', "\\"}
 MAX_CHALLENGE_TEXT = 300
+# Where a request's scope holds what makes its `CredentialLapse` (`credential_lapse`), for a handler that holds it open.
+LAPSE_KEY = "vmcp.credential_lapse"
+# Seconds between re-checks of a held stream's credential when no keys file re-read prompts one sooner.
+RECHECK_INTERVAL = 30.0
+
+
+class CredentialLapse:
+    """When the credential a held stream was opened with stops being valid. `wait` returns then: at `expires_at`
+    (Unix time; None: no expiry), or once `recheck` says the credential is refused. A re-check is made each
+    `RECHECK_INTERVAL`, and sooner when `prompt` returns (the keys file was re-read)."""
+
+    def __init__(
+        self,
+        expires_at: float | None,
+        recheck: Callable[[], Awaitable[bool]],
+        prompt: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self.expires_at = expires_at
+        self._recheck = recheck
+        self._prompt = prompt
+
+    async def wait(self) -> None:
+        deadline = math.inf
+        if self.expires_at is not None:
+            deadline = anyio.current_time() + max(0.0, self.expires_at - time.time())
+        with anyio.move_on_at(deadline):
+            while True:
+                with anyio.move_on_after(RECHECK_INTERVAL):
+                    await (self._prompt() if self._prompt is not None else anyio.sleep_forever())
+                if not await self._recheck():
+                    return
+
+
+def credential_lapse(scope: Mapping[str, Any]) -> CredentialLapse | None:
+    """The lapse of the credential an authenticated request came with; None without authentication."""
+    make = scope.get(LAPSE_KEY)
+    return make() if callable(make) else None
 
 
 class RequireAuthentication:
@@ -62,6 +112,8 @@ class RequireAuthentication:
         self.authenticator = authenticator
         self.resource_metadata_url = resource_metadata_url
         self.required_scopes = required_scopes or []
+        # How long past its `exp` the verifier still accepts a token: a stream ends when a request would be refused.
+        self.leeway = _clock_skew(authenticator)
         # Told each request's outcome ("accepted", or the refusal's RFC 6750 error, "missing" when none) and
         # the client's address: the metrics count them, the audit log records refusals.
         self.counted = counted
@@ -76,7 +128,51 @@ class RequireAuthentication:
             return
         scope[SCOPE_KEY] = checked
         scope["user"] = principal(checked)
+        scope[LAPSE_KEY] = partial(self._lapse, scope, checked)
+        if scope["method"] == "GET":  # a stream held open: the standalone one, or a resumed one
+            await self._held_until_lapse(scope, receive, send)
+            return
         await self.app(scope, receive, send)
+
+    async def _held_until_lapse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        lapse = credential_lapse(scope)
+        assert lapse is not None
+        progress = ResponseProgress(send)
+        if not await served_until(lapse.wait, partial(self.app, scope, receive, progress)):
+            return
+        logger.info("auth: a held stream of %s ended: its credential expired or was revoked", scope[SCOPE_KEY].subject)
+        if not progress.started:
+            await self._refuse(send, errors.invalid_token("the credential expired or was revoked"))
+        elif not progress.finished:  # an SSE stream's end, as when the server closes it (its client reconnects)
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    def _lapse(self, scope: Scope, identity: Identity) -> CredentialLapse:
+        """When the credential of an accepted request (`scope`) stops being accepted; see the module's docstring."""
+        credential = BearerToken(_bearer_credential(scope))
+        address = client_address(scope)
+        expires_at = None if identity.expires_at is None else identity.expires_at + self.leeway
+        return CredentialLapse(
+            expires_at, partial(self._still_accepts, credential, address), getattr(self.authenticator, "reloaded", None)
+        )
+
+    async def _still_accepts(self, credential: BearerToken, address: str) -> bool:
+        """Whether the authenticator accepts `credential` now (with the required scopes). Yes when it cannot say
+        (the issuer unreachable, the introspection budget spent): a stream is ended for a refusal, not an outage."""
+        requester = REQUESTING_ADDRESS.set(address)
+        try:
+            check_scopes(await self.authenticator.authenticate(credential.value), self.required_scopes)
+        except RetryLater:
+            return True
+        except AuthError as refused:
+            return refused.status not in (401, 403)
+        except Exception as exc:  # its type only: an authenticator's error text could quote the credential
+            logger.warning(
+                "auth: re-checking a held stream's credential failed (%s); it stays open", type(exc).__name__
+            )
+            return True
+        finally:
+            REQUESTING_ADDRESS.reset(requester)
+        return True
 
     async def checked(self, scope: Scope) -> Identity | AuthError:
         """The request's verified identity, or why it is refused; either way counted, and a refusal logged and
@@ -122,26 +218,17 @@ class RequireAuthentication:
             raise errors.invalid_request(
                 "credentials in the URL query string are refused; send an Authorization header"
             )
-        values = [value for name, value in scope["headers"] if name == b"authorization"]
-        if not values:
-            raise errors.missing()
-        if len(values) > 1:
-            raise errors.invalid_request("more than one Authorization header")
-        scheme, _, credential = values[0].decode("latin-1").strip().partition(" ")
-        if scheme.lower() != "bearer":  # no bearer credential at all: the bare challenge, as for no header
-            raise AuthError(401, None, "expected `Authorization: Bearer <token>`, not another scheme")
-        if not credential.strip():
-            raise errors.invalid_token("expected `Authorization: Bearer <token>`")
+        credential = _bearer_credential(scope)
         requester = REQUESTING_ADDRESS.set(client_address(scope))  # whose introspection budget pays
         try:
-            identity = await self.authenticator.authenticate(credential.strip())
+            identity = await self.authenticator.authenticate(credential)
         finally:
             REQUESTING_ADDRESS.reset(requester)
         check_scopes(identity, self.required_scopes)
         if identity.method is not Identification.TOKEN:
             # An API key is this gateway's own secret: never handed to a token endpoint as a subject token.
             return identity
-        return dataclasses.replace(identity, token=BearerToken(credential.strip()))  # for token exchange
+        return dataclasses.replace(identity, token=BearerToken(credential))  # for token exchange
 
     async def _refuse(self, send: Send, refused: AuthError) -> None:
         parts = []
@@ -165,6 +252,27 @@ class RequireAuthentication:
             headers.append((b"retry-after", str(refused.retry_after).encode()))
         await send({"type": "http.response.start", "status": refused.status, "headers": headers})
         await send({"type": "http.response.body", "body": payload})
+
+
+def _bearer_credential(scope: Scope) -> str:
+    """The request's one `Authorization: Bearer` credential, or `AuthError` saying what is wrong with the header."""
+    values: list[bytes] = [value for name, value in scope["headers"] if name == b"authorization"]
+    if not values:
+        raise errors.missing()
+    if len(values) > 1:
+        raise errors.invalid_request("more than one Authorization header")
+    scheme, _, credential = values[0].decode("latin-1").strip().partition(" ")
+    if scheme.lower() != "bearer":  # no bearer credential at all: the bare challenge, as for no header
+        raise AuthError(401, None, "expected `Authorization: Bearer <token>`, not another scheme")
+    if not credential.strip():
+        raise errors.invalid_token("expected `Authorization: Bearer <token>`")
+    return credential.strip()
+
+
+def _clock_skew(authenticator: Authenticator) -> float:
+    """The leeway a token verifier allows past a token's `exp` (`auth.incoming.oauth.clock_skew`); 0 for API keys."""
+    skew = getattr(getattr(authenticator, "settings", None), "clock_skew", 0.0)
+    return float(skew) if isinstance(skew, int | float) else 0.0
 
 
 def _offers_credential(scope: Scope) -> bool:

@@ -25,6 +25,9 @@ client reads its lists) and again at each change, as a digest of every item it w
 content). With the optimizer on, `tools/list` shows the meta-tools: a backend's tools change no caller's list.
 The same `ListViews` decides for 2025-11-25 sessions (server/handlers.py's `ListChangedNotifier`), whose view is
 taken at their first message.
+
+A stream ends, with its result, when the credential it was opened with stops being valid (expired or revoked:
+server/authentication.py `CredentialLapse`); its client listens again with a fresh one.
 """
 
 from __future__ import annotations
@@ -64,6 +67,8 @@ from vmcp_opt.gateway import ListKind
 from vmcp_opt.routing import Router
 from vmcp_opt.routing.policy import BatchPolicy, resource_targets
 from vmcp_opt.server.admission import Admission
+from vmcp_opt.server.authentication import credential_lapse
+from vmcp_opt.server.streams import served_until
 
 logger = logging.getLogger(__name__)
 
@@ -174,12 +179,22 @@ class ListenStreams:
                 ),
                 related_request_id=subscription_id,
             )
-            async for event in receive:
-                kind = LIST_OF.get(type(event))
-                if kind is None or await self._views.changed(view, kind):
-                    await ctx.session.send_notification(
-                        event_to_notification(event, meta), related_request_id=subscription_id
-                    )
+
+            async def feed() -> None:
+                async for event in receive:
+                    kind = LIST_OF.get(type(event))
+                    if kind is None or await self._views.changed(view, kind):
+                        await ctx.session.send_notification(
+                            event_to_notification(event, meta), related_request_id=subscription_id
+                        )
+
+            lapse = credential_lapse(getattr(ctx.request, "scope", None) or {})
+            if lapse is None:
+                await feed()
+            elif await served_until(lapse.wait, feed):
+                logger.info(
+                    "listen stream %r of %s ended: its credential expired or was revoked", subscription_id, caller.id
+                )
         finally:
             unsubscribe()
             self._streams.discard(send)

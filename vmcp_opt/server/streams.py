@@ -1,8 +1,10 @@
-"""Bases for wrapping the SDK's transport streams: a subclass overrides `receive` (or `send`) only; and
-`OldClientContent`, the write side that keeps content blocks an older client cannot read from reaching it."""
+"""Bases for wrapping the SDK's transport streams: a subclass overrides `receive` (or `send`) only;
+`OldClientContent`, the write side that keeps content blocks an older client cannot read from reaching it; and
+`served_until`, which cuts a held stream short when something else ends first (its credential's lapse)."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, Self
 
@@ -10,6 +12,7 @@ import anyio
 import mcp_types as types
 from mcp.shared._stream_protocols import ReadStream, WriteStream
 from mcp.shared.message import SessionMessage
+from starlette.types import Message, Send
 
 
 class _Closing:
@@ -124,3 +127,44 @@ def _as_text(block: dict[str, Any]) -> dict[str, Any]:
         kind = f"{block.get('type')} content ({block.get('mimeType', 'unknown type')})"
         text = f"[{kind} left out: this protocol version cannot carry it]"
     return {"type": "text", "text": text}
+
+
+async def served_until(ended: Callable[[], Awaitable[None]], serve: Callable[[], Awaitable[None]]) -> bool:
+    """Runs `serve` until it returns, or until `ended` does and `serve` is cancelled; whether `ended` cut it short.
+    An error of `serve` is raised as it is, not in an exception group: callers above it catch it by its type."""
+    cut = False
+    failure: Exception | None = None
+    async with anyio.create_task_group() as both:
+
+        async def end() -> None:
+            nonlocal cut
+            await ended()
+            cut = True
+            both.cancel_scope.cancel()
+
+        both.start_soon(end)
+        try:
+            await serve()
+        except Exception as exc:
+            failure = exc
+        both.cancel_scope.cancel()
+    if failure is not None:
+        raise failure
+    return cut
+
+
+class ResponseProgress:
+    """An ASGI `send` that notes how far the response got: whether its status is out, and whether its body is."""
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.started = False
+        self.finished = False
+
+    async def __call__(self, message: Message) -> None:
+        kind = message["type"]
+        if kind == "http.response.start":
+            self.started = True
+        elif kind == "http.response.body" and not message.get("more_body", False):
+            self.finished = True
+        await self._send(message)
