@@ -1,4 +1,7 @@
-"""Bounds on what callers and backends can make the gateway hold, rate limits, and state shared by replicas."""
+"""Bounds on what callers and backends can make the gateway hold, rate limits, and state shared by replicas.
+
+Just past ~450 lines on purpose: one model of fields and their descriptions (the source of docs/configuration.md's
+limits section), which a split would scatter across files the reference is generated from in one order."""
 
 from __future__ import annotations
 
@@ -123,6 +126,17 @@ class LimitsConfig(_Strict):
         "are one caller). Default: half of max_dedicated_sessions, at least 1 (32 of 64), so no one caller takes them "
         "all; at most max_dedicated_sessions. Past it a call goes on the shared session and "
         "a log level or subscription is refused naming this limit.",
+    )
+    # One every 4 s: a client that reconnects now and then never meets it (the burst covers a suite's sessions),
+    # while one that opens, calls and closes in a loop starts 15 processes a minute, not one per loop.
+    dedicated_session_start_rate: float = Field(
+        0.25,
+        gt=0,
+        description="Dedicated backend sessions one caller (as for max_dedicated_sessions_per_caller) may start per "
+        "second, after a burst as large as max_dedicated_sessions_per_caller (at least 8): closing a session frees "
+        "its slot, so a client that opens an MCP session, calls and closes it in a loop would otherwise start a backend "
+        "process each time. Past it a call goes on the shared session and a log level or subscription is refused "
+        "naming this limit.",
     )
     dedicated_idle_timeout: float = Field(
         120.0,

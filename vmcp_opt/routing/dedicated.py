@@ -16,9 +16,11 @@ caller alone:
 Every other caller stays on the shared, faster path. A caller's dedicated sessions are closed when its
 connection closes (`Caller.lifetime`), or when one has been idle for `limits.dedicated_idle_timeout`
 (reopened, with the caller's log level and subscriptions, at its next use); how many there are, per
-caller and in total, is bounded by a `Budget` (each may be a process, for a stdio backend). The budget's caller
-is `caller_key` (the verified subject, else the client's address), not the session: a client opens sessions
-freely, and one address with many of them must not take every slot. The time a backend spends waiting for the
+caller and in total, is bounded by a `Budget` (each may be a process, for a stdio backend), and how often one
+caller may start them by a `StartRate`: closing a session frees its slot, so the budget alone let a client that
+opens, calls and closes in a loop start a process per loop. The caller of both is `caller_key` (the verified
+subject, else the client's address), not the session: a client opens sessions freely, and one address with many
+of them must not take every slot. The time a backend spends waiting for the
 client's answer counts against `timeouts.input`, not the call.
 
 A `token_exchange` backend's session opens only once the caller's token is exchanged. Opening is one at a
@@ -32,7 +34,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections import Counter
+import math
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Container
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -53,7 +56,8 @@ from vmcp_opt.backends.credentials import BackendAuth, SubjectToken
 from vmcp_opt.backends.errors import CredentialError
 from vmcp_opt.backends.session_pool import DedicatedSession, SessionCallbacks, SessionPool
 from vmcp_opt.health import CallClock, Guard
-from vmcp_opt.routing.budget import Budget
+from vmcp_opt.logs import ThrottledLog
+from vmcp_opt.routing.budget import Budget, LimitReached
 from vmcp_opt.routing.resource_uris import MalformedResourceUri, normalized_uri
 
 logger = logging.getLogger(__name__)
@@ -63,6 +67,38 @@ ResultT = TypeVar("ResultT", bound=BaseModel)
 # Seconds a failed token exchange answers the same caller's same token, with no new request: long enough for
 # a burst of parallel calls, short enough that a token the authorization server now accepts is soon tried.
 REFUSAL_REUSE = 5.0
+
+# Callers whose recent session starts are remembered; past it the least recently seen is forgotten (it then gets a
+# fresh burst: what a flood from more addresses than this gains, while `Budget` still bounds sessions at once).
+START_RATE_CALLERS = 10_000
+# The smallest burst of starts, whatever the at-once cap: with a cap of 1 or 2, a client that reconnects, or a
+# session reaped when idle and reopened, would otherwise wait seconds for a start it is not churning.
+START_BURST_FLOOR = 8
+
+
+class StartRate:
+    """How often each caller may start a dedicated session: a token bucket per `caller_key`, `burst` starts at
+    once, refilled at `rate` a second. `take` spends one or raises `LimitReached` naming `setting`."""
+
+    def __init__(self, *, burst: int, rate: float, setting: str) -> None:
+        self.burst = float(burst)
+        self.rate = rate
+        self.setting = setting
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # caller -> (tokens, at)
+        self._log = ThrottledLog(logger)
+
+    def take(self, caller: str) -> None:
+        now = anyio.current_time()
+        tokens, at = self._buckets.pop(caller, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - at) * self.rate)
+        self._buckets[caller] = (tokens - 1 if tokens >= 1 else tokens, now)  # moved last: least recent first
+        while len(self._buckets) > START_RATE_CALLERS:
+            self._buckets.popitem(last=False)
+        if tokens >= 1:
+            return
+        what = f"this caller started {self.burst:g} dedicated backend sessions lately"
+        self._log.warning(self.setting, "refused: %s (%s), caller %s", what, self.setting, caller)
+        raise LimitReached(what, self.setting, math.ceil((1 - tokens) / self.rate))
 
 
 @dataclass(frozen=True)
@@ -96,6 +132,7 @@ class CallerBackends:
     budget: Budget
     input_timeout: float
     always: bool  # the client can answer server-to-client requests: every call needs its own session
+    starts: StartRate
     sessions: dict[str, DedicatedSession] = field(default_factory=dict)
     in_flight: list[InFlight] = field(default_factory=list)
     last_session: ServerSession | None = None
@@ -137,6 +174,7 @@ class CallerBackends:
                 self.budget.release(self.key)  # it ended by itself: its slot is free again
             self.budget.acquire(self.key)
             try:
+                self.starts.take(self.key)
                 relay = auth is None or self.always  # a credentials-only session takes the backend's best era
                 session = await self.pool.open(backend, self._callbacks(backend.name, relay), auth)
             except BaseException as exc:

@@ -38,7 +38,7 @@ from vmcp_opt.display import shorten
 from vmcp_opt.health import Guard
 from vmcp_opt.logs import ThrottledLog
 from vmcp_opt.routing.budget import Budget, LimitReached
-from vmcp_opt.routing.dedicated import CallerBackends, deliver
+from vmcp_opt.routing.dedicated import START_BURST_FLOOR, CallerBackends, StartRate, deliver
 from vmcp_opt.routing.exchange import Exchange
 from vmcp_opt.routing.round_trips import (
     BackendRound,
@@ -150,11 +150,13 @@ class RoundTripSession:
 class SessionChooser:
     """Chooses the session per (caller, request) and owns the dedicated and round-trip ones.
 
-    Dedicated sessions are bounded per caller and in total (`limits.max_dedicated_sessions*`) and closed
-    after `limits.dedicated_idle_timeout` unused; a caller, for them and for subscriptions, is `caller_key` (the
-    verified subject, else the address), not the MCP session a client opens at will. A call that would need one past the bound goes on the
+    Dedicated sessions are bounded per caller and in total (`limits.max_dedicated_sessions*`), their starts per
+    caller (`limits.dedicated_session_start_rate`), and they are closed after `limits.dedicated_idle_timeout`
+    unused; a caller, for them and for subscriptions, is `caller_key` (the verified subject, else the address),
+    not the MCP session a client opens at will. A call that would need one past the bound goes on the
     shared session instead (its backend cannot ask the client anything then, which the log says once a
-    minute); a log level or subscription past it is refused with when to retry.
+    minute); a log level or subscription past it is refused with when to retry. A subscription to a backend
+    that takes none is refused without one (`_refuse_unsubscribable`).
     """
 
     def __init__(
@@ -188,8 +190,16 @@ class SessionChooser:
             total_setting="limits.max_dedicated_sessions",
             caller_setting="limits.max_dedicated_sessions_per_caller",
         )
+        self.starts = StartRate(
+            burst=max(limits.dedicated_sessions_per_caller(), START_BURST_FLOOR),
+            rate=limits.dedicated_session_start_rate,
+            setting="limits.dedicated_session_start_rate",
+        )
         self._backends = backends
         self._callers: dict[str, CallerBackends] = {}
+        # Per backend that answered `resources/subscribe` with "Method not found": its connection's session
+        # number then (`BackendConnection.sessions`), so a restarted backend is asked again.
+        self._unsubscribable: dict[str, int] = {}
         self._degraded = ThrottledLog(logger)
         self._reaper: anyio.CancelScope | None = None  # made in the event loop, by the reaper itself
         self._stopped = False
@@ -222,6 +232,7 @@ class SessionChooser:
 
     def backend_changed(self, backend: BackendConnection) -> None:
         self.round_trips.backend_changed(backend)  # its spare sessions from before a reconnect are stale
+        self._unsubscribable.pop(backend.name, None)
 
     async def choose(self, caller: Caller, exchange: Exchange, backend: BackendConnection | None) -> BackendSession:
         """The session for this request; `backend` is None only for a retry, whose round names its target."""
@@ -297,7 +308,13 @@ class SessionChooser:
         if not always and not create and not own_credentials:
             return None
         owner = CallerBackends(
-            caller, self.pool, self.dedicated, self.input_timeout, always=always, last_session=exchange.session
+            caller,
+            self.pool,
+            self.dedicated,
+            self.input_timeout,
+            always=always,
+            starts=self.starts,
+            last_session=exchange.session,
         )
         self._callers[caller.id] = owner
 
@@ -326,6 +343,8 @@ class SessionChooser:
     async def subscribe(
         self, caller: Caller, exchange: Exchange, backend: BackendConnection, uri: str, subscribe: bool
     ) -> None:
+        if subscribe:
+            self._refuse_unsubscribable(backend, uri)
         owner = self._owner(caller, exchange, create=True)
         if owner is None:
             raise MCPError(types.INVALID_REQUEST, "resource subscriptions need a session with a back-channel")
@@ -347,6 +366,8 @@ class SessionChooser:
                     types.SubscribeRequest(params=types.SubscribeRequestParams(uri=uri)), types.EmptyResult
                 )
             except MCPError as exc:
+                if exc.error.code == types.METHOD_NOT_FOUND:
+                    self._unsubscribable[backend.name] = backend.sessions
                 raise _no_subscriptions(exc, backend, uri) from None
             uris.add(uri)
         else:
@@ -354,6 +375,15 @@ class SessionChooser:
                 types.UnsubscribeRequest(params=types.UnsubscribeRequestParams(uri=uri)), types.EmptyResult
             )
             uris.discard(uri)
+
+    def _refuse_unsubscribable(self, backend: BackendConnection, uri: str) -> None:
+        """Refuse, before a dedicated session (a process, for a stdio backend) is opened for it, a subscription
+        to a backend known to take none: a handshake-era shared session whose capabilities list none (a
+        2026-07-28 one cannot tell, see `_no_subscriptions`), or one that answered "Method not found" to it
+        since it last (re)connected."""
+        learned = self._unsubscribable.get(backend.name) == backend.sessions
+        if learned or _lists_no_subscriptions(backend):
+            raise _not_subscribable(backend, uri)
 
     def _subscriptions_of(self, key: str) -> int:
         """The subscriptions of every session of one caller (`caller_key`): at most `limits.max_sessions` owners."""
@@ -377,12 +407,27 @@ def _no_subscriptions(exc: MCPError, backend: BackendConnection, uri: str) -> MC
     they came."""
     if exc.error.code != types.METHOD_NOT_FOUND:
         return exc
+    return _not_subscribable(backend, uri)
+
+
+def _not_subscribable(backend: BackendConnection, uri: str) -> MCPError:
     return MCPError(
         types.INVALID_PARAMS,
         f"resource '{shorten(uri)}' cannot be subscribed to: its backend '{backend.name}' does not offer "
         "resource subscriptions; read it again to see changes",
         {"uri": shorten(uri, 512), "backend": backend.name},
     )
+
+
+def _lists_no_subscriptions(backend: BackendConnection) -> bool:
+    """The backend's shared session is of the handshake era, as a client's own session is, and its initialize
+    listed no resource subscriptions."""
+    capabilities = backend.capabilities
+    if capabilities is None or backend.protocol_version is None:
+        return False  # not connected yet: its own session will say
+    if backend.protocol_version in MODERN_PROTOCOL_VERSIONS:
+        return False
+    return capabilities.resources is None or not capabilities.resources.subscribe
 
 
 def _asks_by_round_trip(caller: Caller, exchange: Exchange) -> bool:
