@@ -97,8 +97,9 @@ def test_a_flood_of_initialize_is_bounded_per_address_and_in_total_and_freed_whe
         until_opened(third, gateway)
 
         # Idle sessions are closed after limits.session_idle_timeout, and their slots freed.
-        until_opened(attacker, gateway)
-        assert [open_session(attacker, gateway).status_code for _ in range(4)] == [200] * 4
+        # (The other addresses' sessions, opened later, idle out later: each open waits for its slot.)
+        for _ in range(5):
+            until_opened(attacker, gateway)
     output = gateway.output()
     assert output.count("refused a new session from") <= 2  # once per interval, not per request
     assert output.count("Refusing to open a new session") <= 1
