@@ -9,6 +9,9 @@
 
 The router hands every kind the same guard (the backend's circuit breaker and deadline); each applies
 it around the backend exchange it makes, which for a pending call outlives the front request.
+
+Just past ~450 lines on purpose: choosing a request's session for every kind above, and the bounds on dedicated
+sessions (at once and starts per caller), are one decision; the dedicated sessions themselves are routing/dedicated.py.
 """
 
 from __future__ import annotations

@@ -50,6 +50,9 @@ reserved for the response being sent, until it ends (server/reserved_answers.py)
 
 `asyncio` reports a failing `accept()` (EMFILE: out of descriptors) through the loop's exception handler,
 with a traceback each time; `throttle_accept_errors` makes that one line a minute.
+
+Past ~450 lines on purpose: one protocol class whose counts (per address, in total, the probes past the cap),
+deadlines and refusals act on the same connection states; split, each part would reach into the others' state.
 """
 
 from __future__ import annotations
