@@ -1,4 +1,6 @@
-"""Bounds on what callers can make the gateway hold for them: slots per caller and in total.
+"""Bounds on what callers can make the gateway hold for them: slots per caller and in total (`Budget`), and
+how often they may spend something (`TokenBuckets`: the rate limits' memory store, shared/rate_limits.py, and
+the dedicated sessions' start rate, routing/dedicated.py: here, as `routing/` may not import `shared/`).
 
 A refusal is `LimitReached`, an MCP error that says which bound, and when to try again; it is logged
 once per interval per bound, not once per request (a flood must not become a flood of log lines).
@@ -7,6 +9,8 @@ once per interval per bound, not once per request (a flood must not become a flo
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import mcp_types as types
 from mcp.shared.exceptions import MCPError
@@ -68,3 +72,49 @@ class Budget:
     def _refuse(self, what: str, setting: str, caller: str) -> None:
         self._log.warning(setting, "refused: %s (%s), caller %s", what, setting, caller)
         raise LimitReached(what, setting, self.retry_after)
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """A token bucket's shape: `burst` tokens at most, refilled at `rate` a second."""
+
+    key: str
+    rate: float
+    burst: int
+    setting: str  # the config path that set it, for the refusal
+
+
+class TokenBuckets:
+    """Token buckets of this process, by key. Synchronous, so atomic on the event loop. At most `max_buckets` are
+    kept: past it the least recently used is forgotten (one left alone refills, so that costs at most a burst)."""
+
+    def __init__(self, clock: Callable[[], float], max_buckets: int) -> None:
+        self.clock = clock
+        self.max_buckets = max_buckets
+        self._state: dict[str, tuple[float, float]] = {}  # key -> (tokens, at)
+
+    def take_now(self, buckets: Sequence[Bucket]) -> tuple[int, float] | None:
+        """One token from each bucket, or none: None when taken, else (index of the refusing bucket that waits
+        longest, seconds until it holds a token)."""
+        now = self.clock()
+        for bucket in buckets:
+            # Moved to the end, refused or not: the dict's order is then least recently used first, so the
+            # buckets in use (the shared one, a tool's) are the last forgotten, not the first ones ever made.
+            if (state := self._state.pop(bucket.key, None)) is not None:
+                self._state[bucket.key] = state
+        levels = []
+        refused: tuple[int, float] | None = None
+        for i, bucket in enumerate(buckets):
+            tokens, at = self._state.get(bucket.key, (float(bucket.burst), now))
+            tokens = min(float(bucket.burst), tokens + max(0.0, now - at) * bucket.rate)
+            levels.append(tokens)
+            if tokens < 1 and (refused is None or (1 - tokens) / bucket.rate > refused[1]):
+                refused = (i, (1 - tokens) / bucket.rate)
+        if refused is not None:
+            return refused
+        new = sum(1 for bucket in buckets if bucket.key not in self._state)
+        while self._state and len(self._state) + new > self.max_buckets:
+            self._state.pop(next(iter(self._state)))
+        for bucket, tokens in zip(buckets, levels, strict=True):
+            self._state[bucket.key] = (tokens - 1, now)
+        return None

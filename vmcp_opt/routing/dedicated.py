@@ -35,7 +35,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Awaitable, Container
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -57,7 +57,7 @@ from vmcp_opt.backends.errors import CredentialError
 from vmcp_opt.backends.session_pool import DedicatedSession, SessionCallbacks, SessionPool
 from vmcp_opt.health import CallClock, Guard
 from vmcp_opt.logs import ThrottledLog
-from vmcp_opt.routing.budget import Budget, LimitReached
+from vmcp_opt.routing.budget import Bucket, Budget, LimitReached, TokenBuckets
 from vmcp_opt.routing.resource_uris import MalformedResourceUri, normalized_uri
 
 logger = logging.getLogger(__name__)
@@ -81,24 +81,19 @@ class StartRate:
     once, refilled at `rate` a second. `take` spends one or raises `LimitReached` naming `setting`."""
 
     def __init__(self, *, burst: int, rate: float, setting: str) -> None:
-        self.burst = float(burst)
+        self.burst = burst
         self.rate = rate
         self.setting = setting
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # caller -> (tokens, at)
+        self._buckets = TokenBuckets(anyio.current_time, START_RATE_CALLERS)
         self._log = ThrottledLog(logger)
 
     def take(self, caller: str) -> None:
-        now = anyio.current_time()
-        tokens, at = self._buckets.pop(caller, (self.burst, now))
-        tokens = min(self.burst, tokens + (now - at) * self.rate)
-        self._buckets[caller] = (tokens - 1 if tokens >= 1 else tokens, now)  # moved last: least recent first
-        while len(self._buckets) > START_RATE_CALLERS:
-            self._buckets.popitem(last=False)
-        if tokens >= 1:
+        refused = self._buckets.take_now([Bucket(caller, self.rate, self.burst, self.setting)])
+        if refused is None:
             return
-        what = f"this caller started {self.burst:g} dedicated backend sessions lately"
+        what = f"this caller started {self.burst} dedicated backend sessions lately"
         self._log.warning(self.setting, "refused: %s (%s), caller %s", what, self.setting, caller)
-        raise LimitReached(what, self.setting, math.ceil((1 - tokens) / self.rate))
+        raise LimitReached(what, self.setting, math.ceil(refused[1]))
 
 
 @dataclass(frozen=True)

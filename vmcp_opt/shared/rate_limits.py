@@ -28,13 +28,12 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
 from typing import Protocol
 
 from vmcp_opt.auth.caller import Caller, caller_key
 from vmcp_opt.config import BucketConfig, RateLimitsConfig, ToolBucketConfig, VmcpConfig
 from vmcp_opt.logs import ThrottledLog
-from vmcp_opt.routing.budget import LimitReached
+from vmcp_opt.routing.budget import Bucket, LimitReached, TokenBuckets
 
 logger = logging.getLogger(__name__)
 
@@ -45,16 +44,8 @@ _paid: ContextVar[bool] = ContextVar("vmcp_rate_limit_paid", default=False)
 Refused = Callable[[Caller, str, str], None]
 
 
-@dataclass(frozen=True)
-class Bucket:
-    key: str
-    rate: float
-    burst: int
-    setting: str  # the config path that set it, for the refusal
-
-    @classmethod
-    def of(cls, key: str, config: BucketConfig | ToolBucketConfig, setting: str) -> Bucket:
-        return cls(key, config.rate, config.burst, setting)
+def bucket_of(key: str, config: BucketConfig | ToolBucketConfig, setting: str) -> Bucket:
+    return Bucket(key, config.rate, config.burst, setting)
 
 
 class BucketStore(Protocol):
@@ -69,43 +60,16 @@ class BucketStore(Protocol):
     async def close(self) -> None: ...
 
 
-class MemoryBuckets:
-    """Buckets of this process. Synchronous inside, so atomic on the event loop."""
+class MemoryBuckets(TokenBuckets):
+    """Buckets of this process (routing/budget.py's, which the dedicated sessions' start rate uses too)."""
 
     errors: tuple[type[Exception], ...] = ()
 
     def __init__(self, clock: Callable[[], float] = time.monotonic, max_buckets: int = 100_000) -> None:
-        self.clock = clock
-        self.max_buckets = max_buckets
-        self._state: dict[str, tuple[float, float]] = {}  # key -> (tokens, at)
+        super().__init__(clock, max_buckets)
 
     async def take(self, buckets: Sequence[Bucket]) -> tuple[int, float] | None:
         return self.take_now(buckets)
-
-    def take_now(self, buckets: Sequence[Bucket]) -> tuple[int, float] | None:
-        now = self.clock()
-        for bucket in buckets:
-            # Moved to the end, refused or not: the dict's order is then least recently used first, so the
-            # buckets in use (the shared one, a tool's) are the last forgotten, not the first ones ever made.
-            if (state := self._state.pop(bucket.key, None)) is not None:
-                self._state[bucket.key] = state
-        levels = []
-        refused: tuple[int, float] | None = None
-        for i, bucket in enumerate(buckets):
-            tokens, at = self._state.get(bucket.key, (float(bucket.burst), now))
-            tokens = min(float(bucket.burst), tokens + max(0.0, now - at) * bucket.rate)
-            levels.append(tokens)
-            if tokens < 1 and (refused is None or (1 - tokens) / bucket.rate > refused[1]):
-                refused = (i, (1 - tokens) / bucket.rate)
-        if refused is not None:
-            return refused
-        new = sum(1 for bucket in buckets if bucket.key not in self._state)
-        while self._state and len(self._state) + new > self.max_buckets:
-            # Drop the least recently used bucket: one left alone refills, so forgetting it costs at most a burst.
-            self._state.pop(next(iter(self._state)))
-        for bucket, tokens in zip(buckets, levels, strict=True):
-            self._state[bucket.key] = (tokens - 1, now)
-        return None
 
     async def close(self) -> None:
         return None
@@ -131,13 +95,13 @@ class RateLimiter:
         found: list[Bucket] = []
         limits = self.config
         if outer and limits.per_caller is not None:
-            found.append(Bucket.of(f"caller:{caller}", limits.per_caller, "rate_limits.per_caller"))
+            found.append(bucket_of(f"caller:{caller}", limits.per_caller, "rate_limits.per_caller"))
         per_tool = limits.per_tool.get(tool) if of_tool else None
         if per_tool is not None:
             key = f"tool:{tool}:{caller}" if per_tool.per_caller else f"tool:{tool}"
-            found.append(Bucket.of(key, per_tool, f"rate_limits.per_tool.{tool}"))
+            found.append(bucket_of(key, per_tool, f"rate_limits.per_tool.{tool}"))
         if outer and limits.shared is not None:
-            found.append(Bucket.of("shared", limits.shared, "rate_limits.shared"))
+            found.append(bucket_of("shared", limits.shared, "rate_limits.shared"))
         return found
 
     def limits_tool(self, tool: str) -> bool:

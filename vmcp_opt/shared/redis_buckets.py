@@ -9,7 +9,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisClusterException, RedisError
 
 from vmcp_opt.config import VmcpConfig
-from vmcp_opt.shared.rate_limits import Bucket
+from vmcp_opt.routing.budget import Bucket
 from vmcp_opt.shared.redis_client import RedisLink, redis_client, redis_link, skip_unless_usable
 from vmcp_opt.shared.redis_cluster import cluster_tag
 
