@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pytest
 
 from vmcp_opt.optimizer.documents import ToolRecord
@@ -13,6 +14,7 @@ from vmcp_opt.optimizer.prerequisites import (
     find_prerequisites,
     handle_target,
     issued_object,
+    raised,
     required_arguments,
 )
 
@@ -102,7 +104,9 @@ def test_an_optional_argument_needs_nothing() -> None:
 
 def test_too_many_issuers_of_one_value_raise_none() -> None:
     issuers = [_tool(name) for name in ("get_user", "search_users", "find_user", "list_users")[: MAX_ISSUERS + 1]]
-    found = find_prerequisites([*issuers, _tool("delete_user", "user_id")])
-    assert found == {}
+    needs = find_prerequisites([*issuers, _tool("delete_user", "user_id")])[MAX_ISSUERS + 1]
+    assert raised(needs, None) == []
+    hidden_one = np.array([True] * MAX_ISSUERS + [False, True])
+    assert raised(needs, hidden_one) == [Prerequisite(i, "user_id") for i in range(MAX_ISSUERS)]
     found = find_prerequisites([*issuers[:MAX_ISSUERS], _tool("delete_user", "user_id")])
     assert found == {MAX_ISSUERS: tuple(Prerequisite(i, "user_id") for i in range(MAX_ISSUERS))}

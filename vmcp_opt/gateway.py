@@ -208,15 +208,15 @@ class Gateway:
         return [c.name for c in self.backends.connections.values() if c.first_attempt_pending]
 
     def why_no_tools(self, name: str) -> str | None:
-        """Why configured backend `name` has no tools in the catalogue, as find_tool says it; None when no
-        backend of that name is configured."""
+        """Why configured backend `name` has no tools in the catalogue, as find_tool says it to any client; None
+        when no backend of that name is configured. Its state only: the backend's last error (exception text, its
+        last stderr line: hosts, paths, DSNs) stays in /readyz and the logs, as `LiveCatalog.why_unavailable`'s."""
         connection = self.backends.get(name)
         if connection is None:
             return None
         if connection.state is BackendState.READY:
             return "connected but has no tools to search"
-        reason = f": {connection.last_error}" if connection.last_error else ""
-        return f"configured but not connected ({connection.state.value}{reason})"
+        return f"configured but not connected ({connection.state.value})"
 
     async def _connect_in_background(self, task_group: anyio.abc.TaskGroup) -> None:
         try:

@@ -24,7 +24,7 @@ from vmcp_opt.backends import BackendConnection, BackendManager, BackendState
 from vmcp_opt.backends.connection import BackendUnavailable
 from vmcp_opt.backends.errors import broken_answer, invalid_result, naming_backend
 from vmcp_opt.config import VmcpConfig
-from vmcp_opt.health.breaker import CircuitBreaker
+from vmcp_opt.health.breaker import CircuitBreaker, CircuitOpen
 from vmcp_opt.health.checker import BackendHealth, HealthState
 from vmcp_opt.health.clock import CallClock
 from vmcp_opt.logs import ThrottledLog
@@ -39,6 +39,8 @@ Guard = Callable[[str, CallClock | None], AbstractAsyncContextManager[None]]
 _TRANSPORT_ERRORS = (types.CONNECTION_CLOSED, types.REQUEST_TIMEOUT)
 # Past the SDK's own read timeout, a last guard so no call can hang.
 _DEADLINE_GRACE = 1.0
+# Why an open circuit refused a call, as its client is told.
+CLIENT_REASON = "its recent calls or health checks failed"
 
 
 class HealthMonitor:
@@ -153,7 +155,10 @@ class HealthMonitor:
         """
         connection = self._connection(backend)
         breaker = self.breakers[backend]
-        breaker.before_call()
+        try:
+            breaker.before_call()
+        except CircuitOpen as refused:
+            raise told_to_client(refused) from None
         clock = clock or CallClock()
         try:
             with clock.deadline(connection.call_timeout + _DEADLINE_GRACE):
@@ -208,6 +213,12 @@ class HealthMonitor:
 
     def available(self, backend: str) -> bool:
         return self.health[backend].state is not HealthState.UNHEALTHY
+
+
+def told_to_client(refused: CircuitOpen) -> CircuitOpen:
+    """The refusal with the circuit's state, not why it opened: that reason quotes the backend's last error
+    (exception text, its last stderr line: hosts, paths, DSNs), which stays in /readyz and the log."""
+    return CircuitOpen(refused.backend, CLIENT_REASON, refused.retry_in)
 
 
 def _ping_failure(exc: Exception, timeout: float, connection: BackendConnection) -> str:

@@ -16,7 +16,7 @@ import numpy as np
 from vmcp_opt.config import OptimizerConfig
 from vmcp_opt.optimizer import ranking
 from vmcp_opt.optimizer.documents import ToolRecord
-from vmcp_opt.optimizer.prerequisites import Prerequisite
+from vmcp_opt.optimizer.prerequisites import Prerequisite, raised
 from vmcp_opt.optimizer.usage import UsageGraph, companion_scores
 
 # A tool raised for what a result needs scores this fraction of that result: just below it.
@@ -66,9 +66,10 @@ def with_prerequisites(
     best: dict[int, tuple[float, float, int, str]] = {}  # issuer -> (extra, ceiling, result, argument)
     for rank, doc in enumerate(ranking.head(merged, config.usage_seeds), start=1):
         score = merged[doc]
-        for needed in prerequisites.get(doc, ()) if score > 0 else ():
+        # Only the issuers this caller may use, and counted among them: `MAX_ISSUERS` after the policy.
+        for needed in raised(prerequisites.get(doc, ()), allowed) if score > 0 else ():
             extra = weight * score / rank
-            if (allowed is None or allowed[needed.issuer]) and extra > best.get(needed.issuer, (0.0,))[0]:
+            if extra > best.get(needed.issuer, (0.0,))[0]:
                 best[needed.issuer] = (extra, score * _BELOW, doc, needed.argument)
     boosted = dict(scored)
     supplies: dict[int, tuple[str, str]] = {}

@@ -17,6 +17,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from vmcp_opt.optimizer.documents import ToolRecord, split_identifier
 
 # Last words of an argument whose value is issued by a system rather than known to the user.
@@ -30,8 +32,12 @@ ISSUING_VERBS = frozenset(
         "new", "issue", "obtain", "request", "login", "open", "start", "register", "add",
     }
 )  # fmt: skip
-# More tools than this issuing one argument's value leave the agent guessing: none is raised.
+# More tools than this issuing one argument's value leave the agent guessing: none is raised. Counted among the
+# tools the caller may use (`raised`): a hidden issuer neither costs it a link nor shows that it exists.
 MAX_ISSUERS = 2
+# Issuers of one argument's value kept per tool at indexing, before any caller's policy applies: enough for a
+# caller who may see only some of them; past it, none (ambiguous for everyone, and memory stays bounded).
+MAX_CANDIDATES = 8
 # What follows one of these in a tool name is its input, not what it returns (`get_user_by_id`).
 _PREPOSITIONS = frozenset({"by", "for", "from", "of", "with", "in", "on", "to", "at", "using", "via", "per"})
 
@@ -99,8 +105,9 @@ def issues(obj: tuple[str, ...], target: tuple[str, ...]) -> bool:
 
 
 def find_prerequisites(records: Sequence[ToolRecord]) -> dict[int, tuple[Prerequisite, ...]]:
-    """For each record (by position) that requires an issued value, the tools of its backend issuing it
-    (none when more than `MAX_ISSUERS` do)."""
+    """For each record (by position) that requires an issued value, the tools of its backend issuing it (none
+    when more than `MAX_CANDIDATES` do). Which of them a caller is shown is `raised`'s: per caller, as its
+    policy lets it see them."""
     issuers: dict[tuple[str, str], list[tuple[int, tuple[str, ...]]]] = {}
     for position, record in enumerate(records):
         obj = issued_object(record.original_name or record.name)
@@ -118,11 +125,21 @@ def find_prerequisites(records: Sequence[ToolRecord]) -> dict[int, tuple[Prerequ
                 for issuer, obj in issuers.get((record.backend, target[-1]), [])
                 if issuer != position and issues(obj, target) and not _takes(records[issuer], argument)
             ]
-            if len(candidates) <= MAX_ISSUERS:
+            if len(candidates) <= MAX_CANDIDATES:
                 needs.extend(Prerequisite(issuer, argument) for issuer in candidates)
         if needs:
             found[position] = tuple(needs)
     return found
+
+
+def raised(needs: Sequence[Prerequisite], allowed: np.ndarray | None) -> list[Prerequisite]:
+    """The issuers in `needs` a caller is shown: those it may use (`allowed`, by position; None: all), of each
+    argument only when `MAX_ISSUERS` or fewer such remain."""
+    visible: dict[str, list[Prerequisite]] = {}
+    for needed in needs:
+        if allowed is None or allowed[needed.issuer]:
+            visible.setdefault(needed.argument, []).append(needed)
+    return [needed for issuers in visible.values() if len(issuers) <= MAX_ISSUERS for needed in issuers]
 
 
 def _takes(record: ToolRecord, argument: str) -> bool:

@@ -38,7 +38,7 @@ from typing import Any
 
 from vmcp_opt.auth import Caller, Identification
 from vmcp_opt.optimizer.file_lock import exclusive, keep_aside, remove_dead_writes, write_atomically
-from vmcp_opt.optimizer.usage_ledger import CALLER_PERIOD, CallerLedger
+from vmcp_opt.optimizer.usage_ledger import CALLER_PERIOD, CallerLedger, voter
 
 logger = logging.getLogger(__name__)
 
@@ -323,11 +323,12 @@ class _LiveTask:
 class UsageRecorder:
     """Turns each client's successful calls into tasks of the graph.
 
-    Keyed by the client (`usage_client`: who calls, not which session): at most `MAX_LIVE_CLIENTS` open tasks,
-    the least recently active client's forgotten first. A call more than `window` seconds after the client's
-    previous one starts a new task, and so does the first call after the history was cleared
-    (`UsageGraph.forget`). What a task teaches passes the `CallerLedger` first: per client, each tool and pair
-    once per `period`.
+    Keyed by the client (`usage_client`: who calls, not which session) as the ledger counts it (an IPv6 /64 is
+    one client: one host rotating through its addresses would otherwise evict everyone's open task): at most
+    `MAX_LIVE_CLIENTS` open tasks, the least recently active client's forgotten first. A call more than `window`
+    seconds after the client's previous one starts a new task, and so does the first call after the history was
+    cleared (`UsageGraph.forget`). What a task teaches passes the `CallerLedger` first: per client, each tool and
+    pair once per `period`.
     """
 
     def __init__(
@@ -346,8 +347,9 @@ class UsageRecorder:
 
     def tool_used(self, client: Hashable, tool: str) -> None:
         now = self._clock()
+        key = voter(client)
         with self._lock:
-            task = self._live.pop(client, None)
+            task = self._live.pop(key, None)
             if (
                 task is None
                 or now - task.last_call > self.window
@@ -355,7 +357,7 @@ class UsageRecorder:
                 or task.clears != self.graph.clears
             ):
                 task = _LiveTask(clears=self.graph.clears)
-            self._live[client] = task
+            self._live[key] = task
             while len(self._live) > MAX_LIVE_CLIENTS:
                 self._live.popitem(last=False)
             task.last_call = now

@@ -122,7 +122,7 @@ class CallerLedger:
         return taught
 
     def _digest(self, client: Hashable) -> bytes:
-        return hashlib.blake2b(repr(_voter(client)).encode(), key=self._key, digest_size=16).digest()
+        return hashlib.blake2b(repr(voter(client)).encode(), key=self._key, digest_size=16).digest()
 
     def _positions(self, kind: str, *names: str) -> list[int]:
         text = "\x00".join((kind, *names)).encode()
@@ -130,7 +130,7 @@ class CallerLedger:
         return [(digest >> (16 * i)) % _LEDGER_BITS for i in range(_LEDGER_HASHES)]
 
 
-def _voter(client: Hashable) -> Hashable:
+def voter(client: Hashable) -> Hashable:
     """Who votes for `client` (`usage_client`): itself, except an IPv6 address, which votes as its /64, the
     block one host or site is given (one client rotating through it would otherwise vote 2**64 times)."""
     if isinstance(client, tuple) and len(client) == 2 and client[0] == "address" and isinstance(client[1], str):
