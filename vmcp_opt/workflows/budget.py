@@ -11,7 +11,7 @@ render slots: executor.py) and makes its budget the new one's `parent`. When a r
 closed (`open` is False), so a task that outlives the run (a backend connection started during a step) does
 not charge it.
 
-What runs hold of their steps' outputs is bounded per caller and for the gateway (`HeldOutputBytes`).
+What runs hold of their steps' results and outputs is bounded per caller and for the gateway (`HeldOutputBytes`).
 """
 
 from __future__ import annotations
@@ -99,10 +99,12 @@ MIB = 1024 * 1024
 
 
 class HeldOutputBytes:
-    """The step outputs running workflow runs hold, per caller and in total (the pattern of server/held_answers.py's
-    `HeldAnswers`, with `limits.held_answer_bytes`'s bounds). A run's own cap (`limits.max_result_bytes`) bounds one
-    run only: 95 runs at once of a for_each of 10 one-MB results took the gateway from 131 to 1086 MB. Each run
-    charges its outputs as they come (`charge`) and releases them all when it ends, however it ends."""
+    """The step results and outputs running workflow runs hold, per caller and in total (the pattern of
+    server/held_answers.py's `HeldAnswers`, with `limits.held_answer_bytes`'s bounds). A run's own cap
+    (`limits.max_result_bytes`) bounds one run only: 95 runs at once of a for_each of 10 one-MB results took the
+    gateway from 131 to 1086 MB. Each run charges a step's result as it arrives and its output once read (`charge`:
+    steps in parallel that kept their results as errors, 4 runs of 16 nine-MB ones, held 570 MB uncharged), and
+    releases them all when it ends, however it ends."""
 
     def __init__(self, per_caller: int, total: int) -> None:
         self.per_caller = per_caller
@@ -120,21 +122,24 @@ class HeldOutputBytes:
     def held_by(self, caller: str) -> int:
         return self._held.get(caller, 0)
 
-    def room(self, caller: str) -> tuple[int, str]:
-        """The bytes `caller`'s runs may still hold, and the step's error past them (naming the tighter bound)."""
+    def room(self, caller: str, what: str = "output") -> tuple[int, str]:
+        """The bytes `caller`'s runs may still hold, and the step's error past them (naming the tighter bound and
+        `what` would pass it: a step's "output", or its "result")."""
         own, everyone = self.per_caller - self.held_by(caller), self.total - self._count
         if own <= everyone:
-            held = f"this caller's running workflows hold {self.held_by(caller) / MIB:.1f} MiB of step outputs"
+            held = (
+                f"this caller's running workflows hold {self.held_by(caller) / MIB:.1f} MiB of step results and outputs"
+            )
             return (
                 own,
-                f"{held}, and this output would pass {self.per_caller / MIB:.0f} MiB ({HELD_SETTING}.per_caller)",
+                f"{held}, and this {what} would pass {self.per_caller / MIB:.0f} MiB ({HELD_SETTING}.per_caller)",
             )
-        held = f"the gateway's running workflows hold {self._count / MIB:.1f} MiB of step outputs"
-        return everyone, f"{held}, and this output would pass {self.total / MIB:.0f} MiB ({HELD_SETTING}.total)"
+        held = f"the gateway's running workflows hold {self._count / MIB:.1f} MiB of step results and outputs"
+        return everyone, f"{held}, and this {what} would pass {self.total / MIB:.0f} MiB ({HELD_SETTING}.total)"
 
-    def charge(self, caller: str, size: int) -> str | None:
+    def charge(self, caller: str, size: int, what: str = "output") -> str | None:
         """`size` more bytes held by `caller`'s runs; or why not (nothing is charged then)."""
-        room, refusal = self.room(caller)
+        room, refusal = self.room(caller, what)
         if size > room:
             return refusal
         self._held[caller] = self.held_by(caller) + size

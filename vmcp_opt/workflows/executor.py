@@ -34,7 +34,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any, Literal
 
@@ -444,7 +444,8 @@ class WorkflowRun:
                 if not exc.retryable or attempt == attempts:
                     if attempt > 1:
                         exc.reason += f" (after {attempt} attempts)"
-                    raise
+                    raise  # its error result, if any, stays charged: the step's error holds its text
+                self._outputs.drop(exc.held)  # retried: this attempt's error text is let go
             report.retries += 1
             await self._sleep(min(delay, policy.max_delay))
             delay *= policy.multiplier
@@ -471,9 +472,14 @@ class WorkflowRun:
                 raise
             except Exception as exc:  # the router's refusals (unknown tool) and protocol errors
                 raise StepError(f"{type(exc).__name__}: {exc}") from None
+        held = self._outputs.hold(result)  # charged as it arrives: until its output is counted, or the run ends
         if result.is_error:
-            raise StepError(result_text(result) or "the tool returned an error")
-        return await read_output(result, self._max_values, self._renders)
+            raise StepError(result_text(result) or "the tool returned an error", held=held)
+        try:
+            return replace(await read_output(result, self._max_values, self._renders), held=held)
+        except BaseException:
+            self._outputs.drop(held)
+            raise
 
 
 @dataclass(frozen=True)

@@ -92,8 +92,9 @@ class WorkflowTools:
         self.max_result_bytes = max_result_bytes  # limits.max_result_bytes, for each run's outputs
         self.max_result_values = max_result_values  # a step's JSON text of more values stays text (read_json)
         self.render_slots = render_slots  # template renders' threads: per run, per caller, in total
-        # What running runs hold of their steps' outputs, per caller and in total (limits.held_answer_bytes's bounds).
-        self.held_outputs = held_outputs or HeldOutputBytes.of(HeldAnswerBytesConfig())
+        # What running runs hold of their steps' results and outputs, per caller and in total (limits.held_answer_bytes's
+        # bounds). `is None`, not `or`: an empty one has length 0, and the configured bounds were replaced by defaults.
+        self.held_outputs = held_outputs if held_outputs is not None else HeldOutputBytes.of(HeldAnswerBytesConfig())
         self._catalog = catalog
         self._validator = validator
         self._listed = listed  # with the optimizer on, only pinned ones are listed

@@ -55,11 +55,21 @@ _SHORT_TEXT = 100_000
 _BYTES_PER_VALUE = 8  # what a parsed value weighs against limits.max_result_bytes at least (as `json_size` counts)
 
 
+@dataclass
+class HeldResult:
+    """The bytes of a step's result charged to its caller's and the gateway's bounds (`HeldOutputs.hold`), from its
+    arrival until its output is counted in its place, or until the run ends when its error text is the step's
+    error (kept in the run's report); 0 once released."""
+
+    size: int = 0
+
+
 class StepError(Exception):
-    def __init__(self, reason: str, *, retryable: bool = True) -> None:
+    def __init__(self, reason: str, *, retryable: bool = True, held: HeldResult | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
         self.retryable = retryable
+        self.held = held  # the charge of the error result whose text is `reason`, if any
 
 
 class JsonTooLarge(ValueError):
@@ -77,6 +87,8 @@ class Called:
     text_size: int | None = None
     # Why the output is the result's text although that is JSON (`JsonTooLarge`'s reason), else None.
     unread: str | None = None
+    # The charge of the result it was read from (`HeldOutputs.hold`), which `HeldOutputs.count` takes over.
+    held: HeldResult | None = None
 
     def held_size(self, cap: int) -> int | None:
         """What it comes to against limits.max_result_bytes (the output, and the content when there is one), or
@@ -273,10 +285,33 @@ async def read_output(result: types.CallToolResult, most: int, renders: RunRende
     return await renders.render(lambda stop: step_output(result, most))
 
 
+def result_bytes(result: types.CallToolResult) -> int:
+    """About what a result weighs as JSON, in one pass over its blocks: the strings that make a result large (a
+    text, base64 data, an embedded resource's text or blob), and its structured content up to `_CHECKED_INLINE`
+    (past it counted as that: its output is sized in full by `HeldOutputs.count`, off the loop). Not a walk of
+    every field: it is charged on the event loop as the result arrives."""
+    size = sum(_block_bytes(block) for block in result.content)
+    if result.structured_content is not None:
+        size += json_size(result.structured_content, _CHECKED_INLINE) or _CHECKED_INLINE
+    return size
+
+
+def _block_bytes(block: Any) -> int:
+    resource = getattr(block, "resource", None)
+    strings = [getattr(block, "text", None), getattr(block, "data", None)]
+    if resource is not None:
+        strings += [getattr(resource, "text", None), getattr(resource, "blob", None)]
+    return _BYTES_PER_VALUE + sum(len(string) + 2 for string in strings if isinstance(string, str))
+
+
 class HeldOutputs:
     """A run's step outputs: what they come to against limits.max_result_bytes (`cap`; None: not bounded) and, when
     given, against what its caller's and every caller's runs may hold together (`shared`, charged to `caller` until
-    `release`); and the first one of each step kept as text, to say why a template failed on it."""
+    `release`); and the first one of each step kept as text, to say why a template failed on it.
+
+    Each step's result is charged to `shared` as it arrives (`hold`), before it is read and sized: no bound counted
+    the results waiting for a render slot to be sized, nor the error texts kept as steps' errors. Its output, once
+    sized, takes the result's charge over (`count`)."""
 
     def __init__(self, cap: int | None, shared: HeldOutputBytes | None = None, caller: str | None = None) -> None:
         self.cap = cap
@@ -285,16 +320,42 @@ class HeldOutputs:
         self._shared = shared
         self._caller = caller or ""  # no caller (`vmcp workflow run`): one for all such runs
         self._charged = 0  # what `shared` holds of this run's
+        self._ended = False  # released: a result's charge is not released again
+
+    def hold(self, result: types.CallToolResult) -> HeldResult:
+        """A step's result, just arrived, charged to the shared bounds (`result_bytes`) until `count` takes its
+        output's charge over or `drop`; StepError past them (not retried: the next answer would be as large)."""
+        if self._shared is None:
+            return HeldResult()
+        size = result_bytes(result)
+        refused = self._shared.charge(self._caller, size, "step's result")
+        if refused is not None:
+            raise StepError(refused, retryable=False)
+        self._charged += size
+        return HeldResult(size)
+
+    def drop(self, held: HeldResult | None) -> None:
+        """A result's charge released: its result is no longer held (a second call does nothing)."""
+        if held is not None and held.size and self._shared is not None and not self._ended:
+            self._shared.release(self._caller, held.size)
+            self._charged -= held.size
+            held.size = 0
 
     async def count(self, step: str, called: Called, place: str, renders: RunRenders) -> Called:
         """`called` once counted (its output an `UnparsedJson` at `place` when kept as text), or StepError past the
-        cap or the shared bounds. Sized on the event loop up to `_CHECKED_INLINE`; past it in a worker thread on a
-        slot of the run's renders: the pure-Python walk of a structured content of 64 Ki values held the loop
-        ~100 ms."""
+        cap or the shared bounds; either way its result's charge is released, taken over by its output's when
+        counted. Sized on the event loop up to `_CHECKED_INLINE`; past it in a worker thread on a slot of the run's
+        renders: the pure-Python walk of a structured content of 64 Ki values held the loop ~100 ms."""
+        try:
+            return await self._count(step, called, place, renders)
+        finally:
+            self.drop(called.held)
+
+    async def _count(self, step: str, called: Called, place: str, renders: RunRenders) -> Called:
         if called.unread is not None:
             called = replace(called, output=UnparsedJson(called.output, place, called.unread))
             self.unread.setdefault(step, called.output)  # one is enough to say why
-        room = self._room()
+        room = self._room(called.held.size if called.held is not None else 0)
         if room is None:
             return called
         left, refusal = room
@@ -306,6 +367,7 @@ class HeldOutputs:
                 self.held = self.cap + 1
             raise StepError(refusal, retryable=False)
         if self._shared is not None:  # checked again: other runs may have charged while this one was sized
+            self.drop(called.held)  # the output takes its result's place, in the same step as it is charged
             refused = self._shared.charge(self._caller, size)
             if refused is not None:
                 raise StepError(refused, retryable=False)
@@ -313,21 +375,25 @@ class HeldOutputs:
         self.held += size
         return called
 
-    def _room(self) -> tuple[int, str] | None:
-        """The bytes this run's outputs may still come to, and the error past them; None: not bounded."""
+    def _room(self, result: int = 0) -> tuple[int, str] | None:
+        """The bytes this run's outputs may still come to, and the error past them; None: not bounded. `result`:
+        what the output's own result holds of the shared bounds, which the output takes over."""
         rooms: list[tuple[int, str]] = []
         if self.cap is not None:
             reason = f"the workflow's step outputs come to more than {self.cap:,} bytes (limits.max_result_bytes)"
             rooms.append((self.cap - self.held, reason))
         if self._shared is not None:
-            rooms.append(self._shared.room(self._caller))
+            shared, reason = self._shared.room(self._caller)
+            rooms.append((shared + result, reason))
         return min(rooms, key=lambda room: room[0]) if rooms else None
 
     def release(self) -> None:
-        """The run ended: its outputs are no longer charged to the shared bounds (a second call does nothing)."""
+        """The run ended: its results and outputs are no longer charged to the shared bounds (a second call does
+        nothing)."""
         if self._shared is not None and self._charged:
             self._shared.release(self._caller, self._charged)
         self._charged = 0
+        self._ended = True
 
     def explained(self, reason: str) -> str:
         """`reason` (a template's failure) with why each output kept as text is text, unless it says so already."""
