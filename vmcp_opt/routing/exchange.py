@@ -90,23 +90,30 @@ class Exchange:
         return RequestLogs(self.session, self.request_id, level)
 
 
-# Not forwarded: the backend call gets a progress token of its own, and the gateway's session speaks its own
-# envelope (a 2025-11-25 session refuses a request carrying a 2026-07-28 client's).
-_NOT_FORWARDED_META = frozenset(
-    {
-        "progressToken",
-        "progress_token",
-        types.PROTOCOL_VERSION_META_KEY,
-        types.CLIENT_INFO_META_KEY,
-        types.CLIENT_CAPABILITIES_META_KEY,
-        types.LOG_LEVEL_META_KEY,
-    }
-)
+# Not forwarded: the backend call gets a progress token of its own. Unprefixed keys (`traceparent`, a client's own)
+# are the client's to send and go on as they are.
+_NOT_FORWARDED_META = frozenset({"progressToken", "progress_token"})
+# The spec reserves for MCP every `_meta` key prefix whose second label is `modelcontextprotocol` or `mcp`
+# (`io.modelcontextprotocol/`, `dev.mcp/`, `org.modelcontextprotocol.api/`; not `com.example.mcp/`). Such a key asks
+# something of the protocol, and the gateway relays none on purpose: the 2026-07-28 envelope (protocolVersion,
+# clientInfo, clientCapabilities) is its own session's (a 2025-11-25 session refuses a request carrying a client's),
+# logLevel it sets per call itself (backends/request_logs.py), and it relays no tasks: a client's
+# `io.modelcontextprotocol/related-task` on a backend session the gateway shares made a task-capable backend hold
+# the call for a task no one follows, never answering, so any caller could open the backend's circuit for everyone.
+# A reserved key a later spec adds is dropped too, until the gateway implements it.
+_RESERVED_SECOND_LABELS = frozenset({"modelcontextprotocol", "mcp"})
+
+
+def _reserved(key: str) -> bool:
+    """Whether `key` has a prefix MCP reserves (compared without case: a backend may not be strict about it)."""
+    prefix, slash, _ = key.partition("/")
+    labels = prefix.lower().split(".")
+    return bool(slash) and len(labels) > 1 and labels[1] in _RESERVED_SECOND_LABELS
 
 
 def forwarded_meta(meta: types.RequestParamsMeta | None) -> types.RequestParamsMeta | None:
-    """The client's `_meta` minus its progress token and protocol envelope."""
+    """The client's `_meta` a backend call carries: without its progress token and the keys MCP reserves."""
     if not meta:
         return None
-    kept = {key: value for key, value in dict(meta).items() if key not in _NOT_FORWARDED_META}
+    kept = {key: value for key, value in dict(meta).items() if key not in _NOT_FORWARDED_META and not _reserved(key)}
     return kept or None  # type: ignore[return-value]
