@@ -31,6 +31,7 @@ ALLOWED = {
     ("server/listen.py", "backends"),
     ("server/handlers.py", "backends"),
     ("server/runner.py", "backends"),
+    ("server/bad_input.py", "backends"),  # `value_count`: a client body's values, counted before it is parsed
     ("server/held_answers.py", "backends"),  # `json_size`: a result held for a stdio client not reading
     ("server/reserved_answers.py", "backends"),  # `json_size`: an answer's size charged when it is ready
     ("server/lazy_stream.py", "backends"),  # `json_size`: a large JSON answer encoded off the event loop

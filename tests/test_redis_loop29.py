@@ -85,7 +85,13 @@ def test_a_stalled_event_loop_does_not_switch_off_the_shared_rate_limit(
     tmp_path: Path, redis_server: RedisServer
 ) -> None:
     limits = {"store": "redis", "per_caller": {"rate": 0.001, "burst": BURST}, "log_interval": 1}
-    path = gateway_config(tmp_path, redis_server, rate_limits=limits, server={"max_body_bytes": 8 * 1024 * 1024})
+    path = gateway_config(
+        tmp_path,
+        redis_server,
+        rate_limits=limits,
+        server={"max_body_bytes": 8 * 1024 * 1024},
+        limits={"max_request_values": 2_000_000},  # bodies that stall the loop, as before the bound
+    )
     with running_gateway(path) as gateway, httpx2.Client(timeout=60) as client:
         headers = raw_session(gateway.url)
         quiet = [call(client, gateway.url, headers, "conf_test_simple_text", n) for n in range(2, 3 + BURST)]

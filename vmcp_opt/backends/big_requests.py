@@ -10,6 +10,10 @@ mode, on its way out (stdio: `model_dump_json`; streamable HTTP and SSE: `model_
 what JSON lacks (NaN, a tuple) into the same JSON as the copy would. So `as_given` hands the SDK a request whose dump
 keeps the arguments' objects, and only when they pass `INLINE_CHARS` (backends/results.py): below it the copy is a
 few milliseconds and a request goes exactly as the SDK dumps it.
+
+The client's `_meta` is forwarded too (routing/exchange.py `forwarded_meta`), up to `limits.max_request_values`
+values: a big one is kept the same way, but as a copy of its top level (the SDK's 2026-07-28 stamp writes its
+protocol keys into the dumped `_meta`, which must not reach the request's own).
 """
 
 from __future__ import annotations
@@ -25,25 +29,37 @@ _SDK_SEND_DUMP: dict[str, Any] = {"by_alias": True, "mode": "json", "exclude_non
 
 
 class _CallWithArgumentsAsGiven(types.CallToolRequest):
-    """A tools/call whose dump for the SDK's send leaves its arguments' objects in place rather than copying them."""
+    """A tools/call whose dump for the SDK's send leaves its big arguments' and `_meta`'s objects in place rather
+    than copying them."""
 
     def model_dump(self, **kwargs: Any) -> dict[str, Any]:
-        arguments = self.params.arguments
-        if kwargs != _SDK_SEND_DUMP or arguments is None:
+        big = _big_fields(self.params) if kwargs == _SDK_SEND_DUMP else set()
+        if not big:
             return super().model_dump(**kwargs)
-        dumped = super().model_dump(**kwargs, exclude={"params": {"arguments"}})
-        dumped["params"]["arguments"] = arguments
+        dumped = super().model_dump(**kwargs, exclude={"params": big})
+        if "arguments" in big:
+            dumped["params"]["arguments"] = self.params.arguments
+        if "meta" in big:
+            dumped["params"]["_meta"] = dict(self.params.meta or {})  # a copy: the SDK's stamp writes keys into it
         return dumped
 
 
-def as_given(request: types.Request[Any, Any]) -> types.Request[Any, Any]:
-    """`request` to pass to `ClientSession.send_request`: a tools/call whose arguments take more than about
-    `INLINE_CHARS` as JSON is sent without the SDK's copy of them; any other request is returned unchanged.
+def _big_fields(params: types.CallToolRequestParams) -> set[str]:
+    """Which of `params`' `arguments` and `meta` take more than about `INLINE_CHARS` as JSON."""
+    return {
+        field
+        for field, value in (("arguments", params.arguments), ("meta", params.meta))
+        if value is not None and json_size(value, INLINE_CHARS) is None
+    }
 
-    The size walk stops at `INLINE_CHARS`: a few thousand values at most, whatever the arguments hold."""
+
+def as_given(request: types.Request[Any, Any]) -> types.Request[Any, Any]:
+    """`request` to pass to `ClientSession.send_request`: a tools/call whose arguments or `_meta` take more than
+    about `INLINE_CHARS` as JSON is sent without the SDK's copy of them; any other request is returned unchanged.
+
+    Each size walk stops at `INLINE_CHARS`: a few thousand values at most, whatever they hold."""
     if not isinstance(request, types.CallToolRequest) or type(request) is not types.CallToolRequest:  # no subclass
         return request
-    arguments = request.params.arguments
-    if arguments is None or json_size(arguments, INLINE_CHARS) is not None:
+    if not _big_fields(request.params):
         return request
     return _CallWithArgumentsAsGiven.model_construct(request.model_fields_set, **dict(request))

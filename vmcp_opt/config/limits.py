@@ -15,6 +15,8 @@ from vmcp_opt.config.workflows import WorkflowRendersConfig
 
 # `limits.max_result_values`'s default, also what a transport opened without it is given.
 DEFAULT_MAX_RESULT_VALUES = 64 * 1024
+# `limits.max_request_values`'s default, also what the HTTP front and stdio reader use when not told it.
+DEFAULT_MAX_REQUEST_VALUES = 64 * 1024
 
 
 class RequestsInFlightConfig(_PerCallerWithinTotal):
@@ -69,6 +71,19 @@ class LimitsConfig(_Strict):
         "backend's "
         "lines, a streamable HTTP backend's JSON answers and each of its SSE events (a notification on a call's "
         "stream past it fails that call); a backend on the 2024 SSE transport is bounded by bytes alone.",
+    )
+    # 64 Ki: a client's message is parsed and validated on the event loop several times (a 2025-11-25 ping with a
+    # `_meta` of 300,000 keys held it ~0.45 s, a tools/call ~1 s); 64 Ki values cost a fifth of that, and no real
+    # request holds that many (a tool's arguments are a few dozen; big data comes as one string, one value).
+    max_request_values: int = Field(
+        DEFAULT_MAX_REQUEST_VALUES,
+        ge=1024,
+        description="Most values one client message may hold (over HTTP a POST's body, a JSON-RPC batch counted "
+        "whole; over stdio a line), counted before it is parsed as the `{`, `[` and `,` of its JSON outside its "
+        "strings: `server.max_body_bytes` bounds its bytes, but parsing and validating it holds the gateway's event "
+        "loop, for every client, in proportion to its values (a long string is one value). Past it the message is "
+        "refused unparsed with a JSON-RPC -32600 error naming the count, the bound and this setting (HTTP status "
+        "413, as past `server.max_body_bytes`).",
     )
     workflow_renders: WorkflowRendersConfig = Field(
         default_factory=WorkflowRendersConfig,

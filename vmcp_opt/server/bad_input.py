@@ -17,6 +17,12 @@ wrapped is the drain (server/http.py), the batch holds one of its slots for its 
 A body over that cap is answered 413 with a JSON-RPC error naming the setting and the cap; one whose
 `Content-Length` says so is answered before any of it is read, rather than when the body deadline runs out.
 
+A body holding more than `limits.max_request_values` JSON values (a batch counted whole) is answered 413 the same
+way, before anything parses it (`values_past`): bytes alone let a 3.5 MB `_meta` of 300,000 keys through, which the
+SDK parses and validates on the event loop several times (~0.45 s a ping, ~1 s a tools/call, eight at once held
+every other client ~9 s). The count runs at C speed over the bytes (a 4 MB body: a few passes of ~1 ms each, on the
+loop: a worker thread would hold the GIL as long), and not at all for a body of fewer bytes than the bound.
+
 An `initialize` whose params the SDK cannot read (no `clientInfo`, a `protocolVersion` that is not a string) is
 answered -32602 here, naming each field, under the request's id: the SDK says only "Invalid request parameters",
 and over HTTP it keeps the session that request opened, which then answers every request the same way and holds
@@ -41,6 +47,8 @@ from mcp_types import methods as sdk_methods
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from vmcp_opt.backends.results import value_count
+from vmcp_opt.config.limits import DEFAULT_MAX_REQUEST_VALUES
 from vmcp_opt.display import shorten
 from vmcp_opt.server.json_batch import CallSlots, JsonRpcBatch, is_batch
 from vmcp_opt.server.post_body import BODY_KEY, GONE, PostBody, parse_json, reading_body
@@ -61,9 +69,15 @@ _DEFAULT_VERSION = "2025-03-26"
 
 
 class JsonRpcErrorCodes:
-    def __init__(self, app: ASGIApp, max_body_bytes: int = 4 * 1024 * 1024) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_body_bytes: int = 4 * 1024 * 1024,
+        max_request_values: int = DEFAULT_MAX_REQUEST_VALUES,
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.max_request_values = max_request_values
         # A batch's messages go through `app` one by one: the drain there must count the batch as one call.
         self._slots = app if isinstance(app, CallSlots) else None
 
@@ -79,6 +93,10 @@ class JsonRpcErrorCodes:
                 return  # the client left before its body was in (or was cut off by the body timeout): no one to answer
             if not isinstance(body, PostBody):
                 await self.too_large(send)
+                return
+            values = values_past(body.raw, self.max_request_values)
+            if values is not None:  # before anything parses it, a batch's split included
+                await self.too_many_values(send, values)
                 return
             if is_batch(body.raw):
                 await JsonRpcBatch(self, scope, send, self._slots).serve(body.raw, receive)
@@ -133,6 +151,31 @@ class JsonRpcErrorCodes:
             f"Request body too large: over {self.max_body_bytes:,} bytes (server.max_body_bytes)",
             {"limit": "server.max_body_bytes", "max_bytes": self.max_body_bytes},
         )
+
+    async def too_many_values(self, send: Send, values: int) -> None:
+        """413 naming the count, the bound and the setting: the body was never parsed."""
+        message, data = too_many_values_error(values, self.max_request_values)
+        await json_rpc_error(send, PAYLOAD_TOO_LARGE, INVALID_REQUEST, message, data)
+
+
+def values_past(body: bytes, most: int) -> int | None:
+    """How many JSON values `body` holds, at least, when that is more than `most`; None within it. Never parses
+    it: `backends/results.py` `value_count` counts its `{`, `[` and `,` (outside its strings once the naive count
+    passes `most`; a body of very many strings by its quotes, which undercounts). A body of `most` bytes or fewer
+    cannot hold more and is not looked at."""
+    if len(body) <= most:
+        return None
+    values = value_count(body, most)
+    return values if values > most else None
+
+
+def too_many_values_error(values: int, most: int) -> tuple[str, dict[str, Any]]:
+    """The -32600 error's message and data for a message of `values` values, past `most`."""
+    message = (
+        f"Request holds too many JSON values: at least {values:,}, over {most:,} (limits.max_request_values); "
+        "send large data as one string"
+    )
+    return message, {"limit": "limits.max_request_values", "max_values": most, "values": values}
 
 
 def _declared_length(scope: Scope) -> int:

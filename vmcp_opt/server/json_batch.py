@@ -4,7 +4,9 @@ no `MCP-Protocol-Version`, or that one): each message goes down the chain as a P
 client sent them), one at a time, and every answer is an event of one SSE stream as it comes, passed on
 unparsed: nothing accumulates, a server→client request reaches the client while its call waits, and a refused
 message gets its error under its id. A batch from a later version, one that would open a session, one with
-`initialize` in it, or one of more than `MAX_BATCH` messages is refused with -32600 saying why.
+`initialize` in it, or one of more than `MAX_BATCH` messages is refused with -32600 saying why. One of more than
+`limits.max_request_values` JSON values, counted whole, never reaches `split_batch` (which parses every message):
+`bad_input.JsonRpcErrorCodes` refuses it first.
 
 A batch is one call in flight for the drain (server/drain.py), from its first message to its stream's end, not
 one per message: the drain waits for the message being served, and a request not started yet once draining is

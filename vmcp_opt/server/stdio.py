@@ -7,7 +7,9 @@ that is not JSON, -32600 Invalid Request for JSON that is not a JSON-RPC message
 
 A line longer than `server.max_body_bytes` (the cap on an HTTP body) is not held: `CheckedLines` reads the rest
 of it in small pieces and drops it, and the client gets -32600 naming the cap, under the request's id when the
-line starts with it (as the SDKs write requests), so that the caller fails at once rather than waits.
+line starts with it (as the SDKs write requests), so that the caller fails at once rather than waits. A line of
+more than `limits.max_request_values` JSON values (a batch counted whole) is refused the same way, unparsed
+(`bad_input.values_past`, on the reading thread): the SDK parses and validates a message on the event loop.
 
 A request whose `id` is not a string or an integer (`null`, `true`) is read by the SDK as a notification,
 which gets no answer: the client would wait forever. `checked_stdin` hands the SDK the client's lines with
@@ -66,9 +68,10 @@ from mcp.shared._stream_protocols import ReadStream, WriteStream
 from mcp.shared.message import SessionMessage
 from pydantic import ValidationError
 
+from vmcp_opt.config.limits import DEFAULT_MAX_REQUEST_VALUES
 from vmcp_opt.gateway import Gateway, StartupError
 from vmcp_opt.routing.budget import LimitReached
-from vmcp_opt.server.bad_input import initialize_problem, unusable_id
+from vmcp_opt.server.bad_input import initialize_problem, too_many_values_error, unusable_id, values_past
 from vmcp_opt.server.diagnostics import DiagnosticsServer
 from vmcp_opt.server.drain import CUT_OFF
 from vmcp_opt.server.handlers import build_mcp_server
@@ -88,6 +91,8 @@ _UNUSABLE_ID = "\0vmcp:unusable-id:"
 _BAD_INITIALIZE = "\0vmcp:bad-initialize:"
 # Starts the line that stands for one over the cap: `<size>:<cap>:<the request's id as JSON, or null>`.
 _TOO_LONG = "\0vmcp:too-long:"
+# Starts the line that stands for one of too many values: `<count>:<bound>:<the request's id as JSON, or null>`.
+_TOO_MANY_VALUES = "\0vmcp:too-many-values:"
 # A request's id where the SDKs write it, first or after `"jsonrpc": "2.0"`: the only place it is looked for in a
 # line too long to parse, so that an `"id"` nested deeper in it is never taken for the request's own.
 _LEADING_ID = re.compile(
@@ -121,7 +126,8 @@ async def serve_stdio(
             # No HTTP gate here: the router refuses every call past a limit, and telemetry hears of it there.
             gateway.limiter.on_refused = gateway.telemetry.rate_limited
         server = build_mcp_server(gateway, "stdio")
-        with checked_stdin(gateway.config.server.max_body_bytes) as stdin, checked_stdout() as stdout:
+        max_values = gateway.config.limits.max_request_values
+        with checked_stdin(gateway.config.server.max_body_bytes, max_values) as stdin, checked_stdout() as stdout:
             watching, hangup_watch, hung_up = anyio.CancelScope(), anyio.CancelScope(), anyio.Event()
             hurrying = anyio.CancelScope()
             in_flight = InFlight(gateway.config.timeouts.shutdown, gateway.config.limits.requests_in_flight.per_caller)
@@ -164,6 +170,8 @@ def malformed_line_error(exc: Exception) -> types.JSONRPCError:
     line = errors[0].get("input") if errors else None
     if isinstance(line, str) and line.startswith(_TOO_LONG):
         return _too_long_error(line[len(_TOO_LONG) :])
+    if isinstance(line, str) and line.startswith(_TOO_MANY_VALUES):
+        return _too_many_values_error(line[len(_TOO_MANY_VALUES) :])
     if isinstance(line, str) and line.startswith(_BAD_INITIALIZE):
         request_id, message = json.loads(line[len(_BAD_INITIALIZE) :])
         return types.JSONRPCError(
@@ -199,6 +207,13 @@ def _too_long_error(marker: str) -> types.JSONRPCError:
     size, cap, request_id = marker.strip().split(":", 2)
     message = f"Request too large: a line of {int(size):,} bytes, over {int(cap):,} (server.max_body_bytes)"
     data = {"limit": "server.max_body_bytes", "max_bytes": int(cap)}
+    error = types.ErrorData(code=INVALID_REQUEST, message=message, data=data)
+    return types.JSONRPCError(jsonrpc="2.0", id=json.loads(request_id), error=error)
+
+
+def _too_many_values_error(marker: str) -> types.JSONRPCError:
+    values, most, request_id = marker.strip().split(":", 2)
+    message, data = too_many_values_error(int(values), int(most))
     error = types.ErrorData(code=INVALID_REQUEST, message=message, data=data)
     return types.JSONRPCError(jsonrpc="2.0", id=json.loads(request_id), error=error)
 
@@ -338,12 +353,13 @@ def _past_the_bound(request_id: types.RequestId, in_flight: InFlight) -> types.J
 
 class CheckedLines:
     """The client's lines as text (undecodable bytes replaced, as the SDK does), a request with an unusable id
-    replaced by the `_UNUSABLE_ID` line, one over `max_bytes` by the `_TOO_LONG` line. Only `readline`: all
-    `anyio.AsyncFile`'s line iteration calls."""
+    replaced by the `_UNUSABLE_ID` line, one over `max_bytes` by the `_TOO_LONG` line, one of more than `max_values`
+    JSON values by the `_TOO_MANY_VALUES` line. Only `readline`: all `anyio.AsyncFile`'s line iteration calls."""
 
-    def __init__(self, raw: BinaryIO, max_bytes: int) -> None:
+    def __init__(self, raw: BinaryIO, max_bytes: int, max_values: int = DEFAULT_MAX_REQUEST_VALUES) -> None:
         self._raw = raw
         self._max_bytes = max_bytes
+        self._max_values = max_values
         self._first = True
         self._batched: deque[bytes] = deque()  # the rest of a JSON-RPC batch's messages, one line each
 
@@ -358,6 +374,9 @@ class CheckedLines:
             line = line.removeprefix(b"\xef\xbb\xbf")
         if len(line) > self._max_bytes and not line.endswith(b"\n"):
             return self._too_long(line)
+        values = values_past(line, self._max_values)
+        if values is not None:  # before `batch_of` parses a batch
+            return f"{_TOO_MANY_VALUES}{values}:{self._max_values}:{json.dumps(_leading_id(line))}\n"
         messages = batch_of(line)
         if messages:
             self._batched.extend(json.dumps(message).encode() + b"\n" for message in messages[1:])
@@ -432,7 +451,7 @@ async def _end_on(stop: anyio.Event, lines: ClientLines, scope: anyio.CancelScop
 
 
 @contextmanager
-def checked_stdin(max_bytes: int) -> Iterator[ClientLines]:
+def checked_stdin(max_bytes: int, max_values: int = DEFAULT_MAX_REQUEST_VALUES) -> Iterator[ClientLines]:
     """stdin's lines through `CheckedLines`, read from a copy of fd 0 while fd 0 reads the null device: a
     handler or a child process that reads stdin gets nothing rather than the client's bytes."""
     private = os.dup(0)
@@ -444,6 +463,6 @@ def checked_stdin(max_bytes: int) -> Iterator[ClientLines]:
     try:
         # closefd=False: the reader thread may still block on it after the transport exits (so says the SDK too).
         raw = os.fdopen(private, "rb", closefd=False)
-        yield ClientLines(CheckedLines(raw, max_bytes).readline)
+        yield ClientLines(CheckedLines(raw, max_bytes, max_values).readline)
     finally:
         os.dup2(private, 0)
