@@ -63,6 +63,7 @@ from vmcp_opt.auth import Caller
 from vmcp_opt.auth.caller import caller_key
 from vmcp_opt.backends.connection import BackendConnection
 from vmcp_opt.backends.resource_updates import ResourceUpdates
+from vmcp_opt.display import shorten
 from vmcp_opt.gateway import ListKind
 from vmcp_opt.routing import Router
 from vmcp_opt.routing.policy import BatchPolicy, resource_targets
@@ -164,7 +165,7 @@ class ListenStreams:
             except anyio.ClosedResourceError:
                 pass  # `close` ended this stream: its loop is unwinding
             except anyio.WouldBlock:
-                logger.warning("listen stream %r backlog full; ending the stream", subscription_id)
+                logger.warning("listen stream %r backlog full; ending the stream", _shown_id(subscription_id))
                 self._streams.discard(send)  # its slot now: its own exit may wait on a client that does not read
                 send.close()
 
@@ -193,7 +194,9 @@ class ListenStreams:
                 await feed()
             elif await served_until(lapse.wait, feed):
                 logger.info(
-                    "listen stream %r of %s ended: its credential expired or was revoked", subscription_id, caller.id
+                    "listen stream %r of %s ended: its credential expired or was revoked",
+                    _shown_id(subscription_id),
+                    caller.id,
                 )
         finally:
             unsubscribe()
@@ -261,6 +264,11 @@ class ListenStreams:
         self._held[key] -= count
         if self._held[key] <= 0:
             del self._held[key]
+
+
+def _shown_id(request_id: str | int | None) -> str | int | None:
+    """A stream's id as a log line quotes it: the client chose it, at any length (a 2 MB id was a 2 MB line)."""
+    return shorten(request_id) if isinstance(request_id, str) else request_id
 
 
 def _batches(backend: BackendConnection, uris: list[str]) -> list[list[str]]:

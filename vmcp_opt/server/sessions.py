@@ -18,7 +18,7 @@ before its opening answer was written (`AnswerDelivery`) is ended at once (serve
 its slot: the SDK took that `200`, dropped by the server, for a session opened, held until its idle timeout.
 
 The SDK's own `max_sessions` stays as a backstop; its per-refusal warning is throttled like ours, and so is its
-warning per malformed notification a client sends (`throttle_sdk_refusals`).
+warning per malformed notification a client sends, and per forged or stale `requestState` (`throttle_sdk_refusals`).
 """
 
 from __future__ import annotations
@@ -362,12 +362,15 @@ _SDK_REFUSALS = {
     # A notification whose params do not validate (`notifications/cancelled` with an object for `requestId`,
     # `notifications/progress` without a token): one warning per POST, as fast as a client can send them.
     "mcp.server.runner": "dropped %r: malformed params",
+    # A 2026-07-28 request whose `requestState` does not unseal (forged, expired, another caller's): one warning
+    # per request, at any `--log-level`, and no rate limit holds prompts/get or resources/read.
+    "mcp.server.request_state": "requestState rejected on",
 }
 
 
 def throttle_sdk_refusals() -> None:
-    """The SDK logs a warning per refused session and per malformed notification; one a minute of each is
-    enough (the next one let through counts those held back)."""
+    """The SDK logs a warning per refused session, per malformed notification and per refused `requestState`;
+    one a minute of each is enough (the next one let through counts those held back)."""
     for name, prefix in _SDK_REFUSALS.items():
         sdk = logging.getLogger(name)
         if not any(isinstance(f, ThrottleRecords) and f.prefix == prefix for f in sdk.filters):

@@ -73,7 +73,7 @@ from vmcp_opt.telemetry.audit_summaries import RefusalSummaries, Window, refusal
 from vmcp_opt.telemetry.audit_values import MAX_FIELD_CHARS as MAX_FIELD_CHARS  # its home before audit_values.py
 from vmcp_opt.telemetry.audit_values import bounded as _bounded
 from vmcp_opt.telemetry.names import event_outcome, event_type, refused_retry, target_type
-from vmcp_opt.telemetry.redact import redacted_within
+from vmcp_opt.telemetry.redact import masked_target, redacted_within
 from vmcp_opt.telemetry.run_audit import FIELDS_NOTE, RUN_NOTE, RunAudit, ends_a_run, refused_round
 from vmcp_opt.workflows.step_events import STEP_CALLS, STEP_WATCH_NOTE
 
@@ -432,10 +432,19 @@ class AuditLog:
 def _target(op: Operation) -> dict[str, str]:
     target = {"method": _bounded(op.method), "type": target_type(op.method)}
     if op.target is not None:
-        target["name"] = _bounded(op.target)
+        target["name"] = _shown_target(op.target)
     if op.backend is not None and op.backend != GATEWAY_SOURCE:
         target["backend"] = op.backend
     return target
+
+
+def _shown_target(name: str) -> str:
+    """A target as its event shows it: cut (a client chose it), its URL's credentials masked (a resource URI's
+    `?access_token=`, `user:password@`) even without `include_data`. The mark `bounded` puts at a cut is kept as
+    it is, so an event queued already cut names the original length."""
+    kept = _bounded(name)
+    shown, mark = kept[:MAX_FIELD_CHARS], kept[MAX_FIELD_CHARS:]
+    return masked_target(shown, cut=bool(mark)) + mark
 
 
 def _user(claims: Any) -> str | None:

@@ -1,15 +1,17 @@
 """Values that look secret are replaced before request or response data leaves in an audit event.
 
 Redaction is by key (`password`, `token`, …) and by pattern in free text: credentials after an auth scheme
-(`Bearer x`, `Basic <user:pass in base64>`, `Digest username=…, response=…`, `Token x`), JWTs and our API
-keys. A secret key's value is replaced whole, whatever it is: a string, a number, a list or an object.
-A string holding a JSON object or array (`call_tool`'s `arguments` may come as one) is parsed, redacted the
-same way and written back as JSON, when it is at most `MAX_PARSED_CHARS` long. Any other string (a code-mode
-script, a note, JSON too long to parse) has the values of its secret-looking members blanked where they are
-written as JSON (`"password": "…"`, `"token": {…}`, `"password": […]`), Python or Starlark (`'api_key': '…'`,
-`token="…"`), an assignment or a header (`secret = …`, `Authorization: Basic …`: the scheme and its
-credential), also inside a quoted string of escaped JSON (`"{\\"token\\": …}"`). A secret a tool returns under
-an innocent key, or in its prose, is written as it is: redaction cannot know it.
+(`Bearer x`, `Basic <user:pass in base64>`, `Digest username=…, response=…`, `Token x`), JWTs, our API
+keys, a URL's credentials before its host (`postgres://[REDACTED]@db`) and PEM private keys (the whole block,
+to its END line, or to the end of a text cut short). A secret key's value is replaced whole, whatever it is: a
+string, a number, a list or an object. A string holding a JSON object or array (`call_tool`'s `arguments` may
+come as one) is parsed, redacted the same way and written back as JSON, when it is at most `MAX_PARSED_CHARS`
+long. Any other string (a code-mode script, a note, JSON too long to parse) has the values of its
+secret-looking members blanked where they are written as JSON (`"password": "…"`, `"token": {…}`,
+`"password": […]`), Python or Starlark (`'api_key': '…'`, `token="…"`), an assignment or a header
+(`secret = …`, `Authorization: Basic …`: the scheme and its credential), also inside a quoted string of
+escaped JSON (`"{\\"token\\": …}"`). A secret a tool returns under an innocent key, or in its prose, is written
+as it is: redaction cannot know it.
 
 The audit log keeps only `max_data_bytes` of each part (`redacted_within`): redaction reaches that far into the
 value's JSON and `EDGE_CHARS` further, and no further. A 4 MB argument cost the writer thread ~0.6 s of
@@ -31,6 +33,8 @@ import binascii
 import json
 import re
 from typing import Any, NamedTuple
+
+from vmcp_opt.logs import masked_query_secrets
 
 REDACTED = "[REDACTED]"
 # Characters of a string redacted past the point where the kept JSON ends: the members whose key is before the
@@ -77,6 +81,16 @@ _MEMBER = re.compile(
     r"""(?P<value>"(?:[^"\\\n]|\\.)*+(?:"|\\?(?=\n)|\\?\Z)|'(?:[^'\\\n]|\\.)*+(?:'|\\?(?=\n)|\\?\Z)"""
     r"""|\\"(?:[^"\\\n]|\\[^"\n])*+(?:\\"|\\?(?=["\n])|\\?\Z)|[\[{]|[^\s"'\\,;&(){}\[\]<>:=]++)"""
 )
+# A URL's credentials, `user:password@` up to its last `@` (as `mask_url` reads them). The run stops at a `/`, so
+# the runs after two `://` never overlap: one backtracking over each run, linear. `\\` and `'`: a URL inside
+# escaped JSON or a Python string ends there.
+_USERINFO = re.compile(r"""(?<=://)[^\s/?#"'<>\\]*@""")
+_AUTHORITY_END = re.compile(r"""[\s/?#"'<>\\@]""")  # what ends a URL's authority (its `@`: what precedes it masked)
+_MASK = "***"  # as the gateway's log masks a URL (`masked_query_secrets`)
+# A PEM private key (PKCS#1, PKCS#8, OpenSSH, EC, encrypted, PGP's block), to its END line. At most 8 words before
+# `PRIVATE KEY`, each run taken possessively: a bounded number of tries per `-----BEGIN`, each one run long.
+_PEM_BEGIN = re.compile(r"-----BEGIN (?:[A-Z0-9]++ ){0,8}?PRIVATE KEY(?: BLOCK)?-----")
+_PEM_END = re.compile(r"-----END [^-\n]{0,64}+-----")
 _BARE_RUN = re.compile(r"""[^\s"'\\,;&(){}\[\]<>]*+""")  # a secret's bare value: `user:pass`, `abc==`
 # What nests inside an object or a list: brackets, and the strings whose brackets do not count.
 _NESTING = re.compile(
@@ -188,8 +202,54 @@ class _Redaction:
 
 
 def _redacted_text(text: str, cut: bool) -> str:
-    # Tokens first: `Authorization: Bearer x` is then `Authorization: [REDACTED]`, not a blanked `Bearer` and x.
+    # Whole private keys first (their base64 would be read as members and words); then tokens:
+    # `Authorization: Bearer x` is then `Authorization: [REDACTED]`, not a blanked `Bearer` and x.
+    text = _blanked_url_credentials(_blanked_private_keys(text), cut)
     return _blanked_members(_blanked_credentials(text, cut))
+
+
+def masked_target(text: str, cut: bool) -> str:
+    """An operation's target as audit events and spans show it (a resource URI a client chose): the values of
+    secret-named query parameters and the credentials before a URL's host masked as the gateway's log masks them.
+    `cut`: `text` is the start of a longer target, and a URL's authority running to its end may be a password's
+    first characters (`https://admin:Hunt`), masked whole."""
+    masked = masked_query_secrets(text)
+    open_authority = _open_authority(masked) if cut else None
+    return masked if open_authority is None else f"{masked[:open_authority]}{_MASK}"
+
+
+def _blanked_private_keys(text: str) -> str:
+    """`text` with each PEM private key block replaced whole, its markers too; one never closed (cut short) to the
+    end of the text. Each search starts where the last block ended: linear."""
+    if "-----BEGIN" not in text:
+        return text
+    parts: list[str] = []
+    done = 0
+    while (begin := _PEM_BEGIN.search(text, done)) is not None:
+        end = _PEM_END.search(text, begin.end())
+        parts += [text[done : begin.start()], REDACTED]
+        done = end.end() if end is not None else len(text)
+    parts.append(text[done:])
+    return "".join(parts)
+
+
+def _blanked_url_credentials(text: str, cut: bool) -> str:
+    """`text` with the credentials before any URL's host blanked (`postgres://[REDACTED]@db`), and, when the text
+    was cut, a URL's authority running to the cut (the credential's first characters, perhaps)."""
+    if "://" not in text:
+        return text
+    if "@" in text:
+        text = _USERINFO.sub(f"{REDACTED}@", text)
+    open_authority = _open_authority(text) if cut else None
+    return text if open_authority is None else f"{text[:open_authority]}{REDACTED}"
+
+
+def _open_authority(text: str) -> int | None:
+    """Where the authority of a URL runs to the end of `text` starts (past its `://`), or None."""
+    start = text.rfind("://")
+    if start < 0 or _AUTHORITY_END.search(text, start + 3) is not None:
+        return None
+    return start + 3 if start + 3 < len(text) else None
 
 
 def _blanked_credentials(text: str, cut: bool) -> str:

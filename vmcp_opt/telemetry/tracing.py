@@ -71,6 +71,7 @@ from vmcp_opt.logs import ThrottledLog
 from vmcp_opt.routing.operations import Operation
 from vmcp_opt.routing.providers import GATEWAY_SOURCE
 from vmcp_opt.telemetry.names import INPUT_REQUIRED, event_outcome, find_tool_summary
+from vmcp_opt.telemetry.redact import masked_target
 from vmcp_opt.workflows.provider import WORKFLOW_SOURCE
 
 logger = logging.getLogger(__name__)
@@ -297,7 +298,12 @@ def _client_context(op: Operation) -> Context | None:
 
 
 def _name(method: str, target: str | None) -> str:
-    return f"{method} {target[:_MAX_NAME]}" if target else method
+    return f"{method} {_shown_target(target)}" if target else method
+
+
+def _shown_target(target: str) -> str:
+    """A target as spans show it: cut (a client chose it), a resource URI's credentials masked as audit does."""
+    return masked_target(target[:_MAX_NAME], cut=len(target) > _MAX_NAME)
 
 
 def _attributes(op: Operation) -> dict[str, Any]:
@@ -312,7 +318,7 @@ def _attributes(op: Operation) -> dict[str, Any]:
             attributes["jsonrpc.request.id"] = str(op.exchange.request_id)[:_MAX_NAME]
     if caller.address and op.parent is None:
         attributes["client.address"] = caller.address[:_MAX_NAME]
-    target = op.target[:_MAX_NAME] if op.target else None
+    target = _shown_target(op.target) if op.target else None
     if target is not None:
         if op.method == "tools/call":
             attributes["gen_ai.tool.name"] = target
