@@ -27,6 +27,10 @@ lint: setup-dev
 	$(VENV)/ruff format --check .
 	$(VENV)/mypy
 
+# The type check alone (strict, pyproject.toml's [tool.mypy]), as `make lint` runs it.
+typecheck: setup-dev
+	$(VENV)/mypy
+
 format: setup-dev
 	$(VENV)/ruff format .
 	$(VENV)/ruff check --fix .

@@ -8,10 +8,23 @@ cd "$(dirname "$0")/.."
 extras="demo"
 [ "${1:-}" = "dev" ] && extras="demo,dev"
 
-PYTHON="${PYTHON:-python3.11}"
+WANTED="${PYTHON:-python3.11}"
+PYTHON="$WANTED"
 command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
 
-if [ ! -x .venv/bin/python ]; then
+# pyproject.toml's requires-python: another minor version fails late (pip refuses the project after torch's
+# download) or not at all (a .venv made before, with whatever python3 was then).
+REQUIRES=">=3.11,<3.12"
+version_of() { "$1" -c 'import sys; print("%d.%d.%d" % sys.version_info[:3])' 2>/dev/null || echo "not runnable"; }
+supported() { "$1" -c 'import sys; sys.exit(not (3, 11) <= sys.version_info[:2] < (3, 12))' 2>/dev/null; }
+refuse() { echo "scripts/setup.sh: $1; vmcp-opt needs Python 3.11 (pyproject.toml: requires-python \"$REQUIRES\"). $2" >&2; exit 1; }
+USE_311="Install Python 3.11, then run it again (PYTHON=/path/to/python3.11 scripts/setup.sh if it is not python3.11 on PATH)"
+
+if [ -e .venv/bin/python ] || [ -L .venv/bin/python ]; then
+  supported .venv/bin/python || refuse ".venv's Python is $(version_of .venv/bin/python)" "Remove it (rm -rf .venv). $USE_311."
+else
+  command -v "$PYTHON" >/dev/null 2>&1 || refuse "found neither $WANTED nor python3" "$USE_311."
+  supported "$PYTHON" || refuse "$PYTHON is Python $(version_of "$PYTHON")" "$USE_311."
   echo "==> creating .venv with $($PYTHON --version)"
   "$PYTHON" -m venv .venv
 fi

@@ -133,7 +133,7 @@ def test_after_sigterm_the_port_refuses_connections_and_closes_idle_ones_while_a
         with running_gateway(config) as gateway:
             anyio.run(main, gateway)
     log = gateway.output()
-    assert "draining: /readyz fails, no new connections; 1 requests in flight" in log, log
+    assert "draining: /readyz fails, new sessions refused, port closed; 1 requests in flight" in log, log
     assert "drained in" in log and "still running after" not in log, log
 
 

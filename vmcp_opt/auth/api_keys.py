@@ -225,6 +225,8 @@ def _read(path: Path) -> Any:
         raise ApiKeyFileError(
             f"{path}:{line}: not UTF-8 text (byte {raw[exc.start]:#04x} at offset {exc.start}); save it as UTF-8"
         ) from None
+    # A UTF-8 byte-order mark, which an editor may add while the gateway runs: JSON refused it, and with it every key.
+    text = text.removeprefix("\ufeff")
     try:
         return json.loads(text) if path.suffix == ".json" else yaml.load(text, Loader=_YAML_LOADER)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:

@@ -131,7 +131,8 @@ class CedarPolicy:
             ) from None
         except OSError as exc:
             raise PolicyLoadError(f"{path}: cannot be read: {exc.strerror}") from None
-        return cls(text, str(path), cache_size)
+        # A UTF-8 byte-order mark (a Windows editor's): Cedar's parser calls it an invalid token.
+        return cls(text.removeprefix("\ufeff"), str(path), cache_size)
 
     # --- Policy and BatchPolicy -----------------------------------------------------------------------
 

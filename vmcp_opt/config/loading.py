@@ -211,6 +211,8 @@ def _read_document(path: Path) -> tuple[dict[str, Any], list[str]]:
         raise ConfigError([f"{path}: cannot read: not UTF-8 text ({where}); save it as UTF-8"]) from None
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
+    # A Windows editor's UTF-8 byte-order mark: YAML skips it, Python's JSON parser refuses it.
+    text = text.removeprefix("\ufeff")
     data, repeated = parse_json(path, text) if path.suffix == ".json" else parse_yaml(path, text)
     problems = [f"{path}: {problem}" for problem in repeated]
     if data is None:

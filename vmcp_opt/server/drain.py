@@ -148,12 +148,21 @@ class Drain:
         return closing
 
     def begin(self, rounds: RoundOwners | None = None) -> None:
-        if not self.draining:
-            self.draining = True
+        if self.draining:
+            return
+        self.draining = True
+        if _shared(rounds):  # a replica: the runner closes its port now (server/runner.py, `stop_accepting`)
             logger.info(
-                "draining: /readyz fails, no new connections; %d requests in flight, %d rounds waiting for their client",
+                "draining: /readyz fails, new sessions refused, port closed; %d requests in flight, %d rounds "
+                "waiting for their client",
                 self.in_flight,
                 _waiting(rounds),
+            )
+        else:  # a lone gateway keeps its port: its clients' answers to mid-call questions, their cancels, come here
+            logger.info(
+                "draining: /readyz fails, new sessions refused, port kept open for the calls running; "
+                "%d requests in flight",
+                self.in_flight,
             )
 
     async def drained(self, within: float, rounds: RoundOwners | None = None) -> bool:
@@ -185,9 +194,14 @@ class Drain:
                 return
 
 
+def _shared(rounds: RoundOwners | None) -> bool:
+    """Whether this gateway is one of several replicas (`sessions.store: redis`): only then are its rounds relayed."""
+    return rounds is not None and rounds.relay is not None
+
+
 def _waiting(rounds: RoundOwners | None) -> int:
     """The rounds the drain waits for: only shared ones, whose answer another replica can relay here."""
-    return rounds.waiting() if rounds is not None and rounds.relay is not None else 0
+    return rounds.waiting() if rounds is not None and _shared(rounds) else 0
 
 
 def end_streams() -> None:
