@@ -37,3 +37,14 @@ def test_the_keyed_throttle_forgets_its_oldest_keys_past_its_cap() -> None:
     for n in range(5000):
         throttle.warning(f"key {n}", "a warning")
     assert len(throttle._last) <= 1024
+
+
+def test_the_sdk_clients_warnings_are_throttled_like_the_other_libraries() -> None:
+    """A redirecting HTTP backend: the SDK's client warned twice per reconnect attempt, for hours."""
+    throttle = ThrottledLibraries(clock=Clock())
+    redirect = "Redirect to https://elsewhere.example/mcp not followed"
+    warning = logging.LogRecord("mcp.client.streamable_http", logging.WARNING, __file__, 1, redirect, None, None)
+    assert throttle.filter(warning)
+    assert not throttle.filter(warning)
+    ours = logging.LogRecord("mcp_client_of_ours", logging.WARNING, __file__, 1, redirect, None, None)
+    assert throttle.filter(ours) and throttle.filter(ours)  # a name that only starts alike is not the SDK's

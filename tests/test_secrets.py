@@ -3,6 +3,7 @@ credentials), and how a backend's stderr is shown."""
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -18,6 +19,7 @@ from tests.support import Gateway, http_demo_backend, running_gateway, write_con
 from vmcp_opt.backends.secrets import SecretFilter, mask_url, redact, secret_values
 from vmcp_opt.backends.transports import STDERR_LINE_LIMIT, STDERR_LINES_PER_SECOND, _StderrLines
 from vmcp_opt.config import load_config
+from vmcp_opt.logs import handler_for
 
 
 def test_headers_secret_keys_and_references_are_secrets_plain_env_is_not(
@@ -77,6 +79,44 @@ def test_backend_stderr_lines_are_masked_escaped_cut_and_rate_limited(caplog: py
     assert messages[2] == "backend svc stderr: partial line"
     assert all("sekrit" not in m and len(m) < STDERR_LINE_LIMIT + 100 for m in messages)
     assert len(messages) <= 2 * STDERR_LINES_PER_SECOND + 2 and "stderr lines not logged" in messages[-1]
+
+
+def filtered_log(secrets: list[str]) -> tuple[logging.Logger, io.StringIO]:
+    """A logger writing through the gateway's plain handler with a `SecretFilter`, as `mask_secrets` sets them up."""
+    stream = io.StringIO()
+    handler = handler_for("plain", stream)
+    handler.addFilter(SecretFilter(secrets))
+    log = logging.getLogger(f"vmcp_opt.test_secrets.{len(secrets)}.{id(stream)}")
+    log.propagate, log.handlers = False, [handler]
+    return log, stream
+
+
+class CountedStr:
+    """An argument that counts how often it is made text."""
+
+    def __init__(self) -> None:
+        self.times = 0
+
+    def __str__(self) -> str:
+        self.times += 1
+        return "tool-7"
+
+
+def test_the_secret_filter_formats_a_record_once_for_its_handler() -> None:
+    log, stream = filtered_log(["sekrit-value"])
+    argument = CountedStr()
+    log.warning("call of %s failed", argument)
+    assert stream.getvalue().endswith("call of tool-7 failed\n")
+    assert argument.times == 1  # not again by the handler's formatter: the filter's text is the message
+
+
+def test_a_masked_exception_text_with_a_percent_sign_keeps_the_line_whole() -> None:
+    log, stream = filtered_log(["sekrit-value"])
+    try:
+        raise ValueError("100% of sekrit-value used")
+    except ValueError:
+        log.warning("call of %s failed", "tool-7", exc_info=True)
+    assert stream.getvalue().endswith("call of tool-7 failed (ValueError: 100% of *** used)\n")
 
 
 # A secret with a line break: h11 refuses it in a header and prints it as `repr(bytes)`, past an exact-string search.

@@ -67,8 +67,9 @@ NOISY_LIBRARIES = (
     "bm25s",
 )
 # Libraries whose repeated records are cut to one per message and `ThrottledLibraries.interval` (their warnings
-# included): their messages are templates, so the keys are few.
-THROTTLED_LIBRARIES = ("opentelemetry",)
+# included): their messages are templates, so the keys are few. The SDK's client warns of a backend's redirect
+# twice per reconnect attempt, for as long as the backend stays down (ReconnectLog says it once).
+THROTTLED_LIBRARIES = ("opentelemetry", "mcp.client")
 PLAIN_FORMAT = "%(asctime)s.%(msecs)03d %(levelname)s %(name)s: %(message)s"
 PLAIN_DATE_FORMAT = "%Y-%m-%dT%H:%M:%S"
 # Attributes every LogRecord has: what is left on a record besides them came from `extra={...}`.

@@ -214,7 +214,7 @@ class CappedBody(httpx2.AsyncByteStream):
         self._cap = cap
         self._values = values
         self._listing = listing
-        self._counter = ValueCounter()  # the body's values so far, counted chunk by chunk
+        self._counter = ValueCounter(values)  # the body's values so far, counted chunk by chunk: exactly past `values`
         self._backend = backend
         # 32 + MAX_WBITS reads a gzip or a zlib header, which is what HTTP's gzip and deflate are.
         self._inflater = zlib.decompressobj(32 + zlib.MAX_WBITS) if encoding in _INFLATED else None

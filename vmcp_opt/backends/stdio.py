@@ -129,15 +129,17 @@ class DroppedLine:
 
 class LineAssembler:
     """Bytes in, complete lines out, in time linear in the bytes; a line past `cap` as a `DroppedLine`. Each line's
-    values are counted as its pieces come (`ValueCounter`), not in a pass over the whole line once it ends."""
+    values are counted as its pieces come (`ValueCounter`), not in a pass over the whole line once it ends; exactly
+    only past `most` (`limits.max_result_values`), the limit a line is held to."""
 
-    def __init__(self, cap: int) -> None:
+    def __init__(self, cap: int, most: int | None = None) -> None:
         self.cap = cap
+        self.most = most
         self._pieces: list[bytes] = []
         self._size = 0
         self._dropping = False
         self._head = self._tail = b""
-        self._values = ValueCounter()
+        self._values = ValueCounter(most)
 
     def feed(self, chunk: bytes) -> list[bytes | DroppedLine]:
         return [line for line, _ in self.feed_counted(chunk)]
@@ -173,7 +175,7 @@ class LineAssembler:
         values = 0 if self._dropping else self._values.values
         self._pieces, self._size, self._dropping = [], 0, False
         self._head = self._tail = b""
-        self._values = ValueCounter()
+        self._values = ValueCounter(self.most)
         return line, values
 
 
@@ -484,7 +486,7 @@ async def _watch_exit(process: Process, exit_fd: int | None, reading: _Reading, 
 async def _relay_lines(
     stdout: ByteReceiveStream, sink: MemoryObjectSendStream[SessionMessage | Exception], reading: _Reading
 ) -> None:
-    lines = LineAssembler(reading.cap)
+    lines = LineAssembler(reading.cap, reading.values)
     while True:
         try:
             chunk = await stdout.receive(CHUNK_BYTES)
