@@ -301,6 +301,11 @@ class ToolIndex:
         kept.masks[id(names)] = (names, mask)
         return mask
 
+    def cold_documents(self, records: Sequence[ToolRecord]) -> int:
+        """How many of `records` are new for sure without reading the vectors' file: all of them when there is
+        no such file (a first start, another model), else none (a restart reuses what the file holds)."""
+        return 0 if self._vectors.path.exists() or self._snapshot.vectors is not None else len(records)
+
     # -- writing -----------------------------------------------------------------------------------------
 
     def update(self, records: Sequence[ToolRecord], *, progress: bool = False) -> UpdateStats:

@@ -197,12 +197,14 @@ class OptimizerFront:
         # Keywords at once, never waiting for an embedding in progress (`ToolIndex.update_keywords`);
         # the records too are made on the worker thread (10k tools: ~0.1 s).
         records = await anyio.to_thread.run_sync(self._update_keywords, tools)
+        # Vectors next, before the token counts and the listing's save: a cold catalogue's bulk child then starts
+        # (its torch import, its weights) while they run, not after them (bench/README.md, "Thirtieth session").
+        self._embed_in_background(records)
         await anyio.to_thread.run_sync(self._count_tokens, tools)
         # For `vmcp index stats|search`, which then need not start the backends: only a whole catalogue.
         key, missing = self._catalogue_key, tuple(not_connected)
         listing = Listing(records, self.full_list_tokens, self.settings.model, config_key=key, not_connected=missing)
         await anyio.to_thread.run_sync(save_complete_listing, self.usage_path.parent, listing)
-        self._embed_in_background(records)
         if self.history.shared:
             self._start_saver()  # other replicas' learning arrives even before this one learns anything
 
@@ -434,9 +436,13 @@ class OptimizerFront:
                 self._idle.clear()
             try:
                 if self.index.embedder is None:
-                    # Loaded outside the index's update lock, so keyword refreshes never wait for it.
+                    # Loaded outside the index's update lock, so keyword refreshes never wait for it; on a first
+                    # start the bulk child starts before the model loads (`update` hands it the texts).
                     self.index.embedder = load_configured_embedder(
-                        self.settings, self.index.model_cache, model_cache_fallback=self.index.model_cache_fallback
+                        self.settings,
+                        self.index.model_cache,
+                        new_documents=self.index.cold_documents(records),
+                        model_cache_fallback=self.index.model_cache_fallback,
                     )
                 self.index.update(records)
                 self.embedding_failure = None
