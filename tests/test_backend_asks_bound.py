@@ -37,7 +37,7 @@ WARNING = f"made more than {MAX_ASKS_PER_CALL} requests to the client"
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     config = {
-        "backends": [{"name": "asker", "command": sys.executable, "args": [str(ASKER)]}],
+        "backends": [{"name": "asker", "command": sys.executable, "args": [str(ASKER)], "roots": "relay"}],
         "aggregation": {"conflict_resolution": "priority"},  # the backend's own tool names
     }
     with running_gateway(write_config(tmp_path_factory.mktemp("asks"), config)) as running:

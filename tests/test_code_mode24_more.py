@@ -28,7 +28,12 @@ pytestmark = [pytest.mark.slow, pytest.mark.anyio]
 
 TOOL = "execute_tool_script"
 CODE_MODE = {"enabled": True, "cpu_seconds": 2, "call_timeout": 20, "runs": {"per_caller": 1, "total": 1}}
-ASKER = {"name": "asker", "command": sys.executable, "args": [str(EXAMPLES / "backends" / "chatty_asker.py")]}
+ASKER = {
+    "name": "asker",
+    "command": sys.executable,
+    "args": [str(EXAMPLES / "backends" / "chatty_asker.py")],
+    "roots": "relay",
+}
 # A backend whose `hold` waits until cancelled, marking its start and its cancellation as files in argv[1].
 HOLDER = '''\
 import pathlib, sys

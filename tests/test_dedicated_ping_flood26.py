@@ -102,7 +102,10 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     script = directory / "flooding_backend.py"
     script.write_text(FLOODING_BACKEND, encoding="utf-8")
     config = {
-        "backends": [demo_backend("demo"), {"name": "flooding", "command": sys.executable, "args": [str(script)]}],
+        "backends": [
+            demo_backend("demo"),
+            {"name": "flooding", "command": sys.executable, "args": [str(script)], "roots": "relay"},
+        ],
         "health": {"enabled": False},  # no restart of the flooding backend halfway through a test
     }
     with running_gateway(write_config(directory, config)) as running:

@@ -40,7 +40,9 @@ WATCHED = "test://watched-resource"
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     config = {
-        "backends": [{"name": "conformance", "command": sys.executable, "args": [str(CONFORMANCE_SERVER)]}],
+        "backends": [
+            {"name": "conformance", "command": sys.executable, "args": [str(CONFORMANCE_SERVER)], "roots": "relay"}
+        ],
         "aggregation": {"conflict_resolution": "priority"},
     }
     with running_gateway(write_config(tmp_path_factory.mktemp("relay"), config)) as running:
@@ -392,7 +394,9 @@ DEADLINE = CALL_TIMEOUT + 1.0  # the gateway's last guard: the call timeout plus
 @pytest.fixture(scope="module")
 def modern_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     config = {
-        "backends": [{"name": "conformance", "command": sys.executable, "args": [str(CONFORMANCE_SERVER)]}],
+        "backends": [
+            {"name": "conformance", "command": sys.executable, "args": [str(CONFORMANCE_SERVER)], "roots": "relay"}
+        ],
         "aggregation": {"conflict_resolution": "priority"},
         "timeouts": {"input": INPUT_TIMEOUT, "call": CALL_TIMEOUT},
         # The tests run one call at a time; no spare sessions: a call's backend process comes and goes with it.
@@ -411,7 +415,9 @@ def spare_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]
     the other call's backend process starts, which takes seconds on a busy machine (with 3.5 s, the held round's
     `request_state` expired before it was answered)."""
     config = {
-        "backends": [{"name": "conformance", "command": sys.executable, "args": [str(CONFORMANCE_SERVER)]}],
+        "backends": [
+            {"name": "conformance", "command": sys.executable, "args": [str(CONFORMANCE_SERVER)], "roots": "relay"}
+        ],
         "aggregation": {"conflict_resolution": "priority"},
         "server": {"max_pending_calls": 4},
         "health": {"interval": 600},
@@ -841,6 +847,9 @@ def test_a_spare_whose_process_died_is_not_handed_out(spare_gateway: Gateway) ->
 
 def test_a_client_with_roots_gets_no_spare(spare_gateway: Gateway) -> None:
     # A spare would be asked for roots at initialisation (server-filesystem does) before any call owns it.
+    # A call without roots first, so that a spare is started whatever ran before (the readiness line below exists).
+    anyio.run(_echo_call, spare_gateway, "warm up")
+    _wait_for(spare_gateway, READY, 1)
     for _ in range(2):
         assert "file:///work/project" in anyio.run(_modern_roots_call, spare_gateway)
     time.sleep(1.0)  # a spare, were one started, is ready well within this

@@ -37,7 +37,7 @@ import anyio
 import mcp_types as types
 from anyio.abc import TaskGroup
 from mcp.client._probe import negotiate_auto
-from mcp.client.session import ClientSession, IncomingMessage
+from mcp.client.session import ClientRequestContext, ClientSession, IncomingMessage
 from mcp.client.subscriptions import listen
 from mcp.shared.dispatcher import ProgressFnT
 from mcp.shared.exceptions import MCPError
@@ -302,9 +302,11 @@ class BackendConnection:
                     read,
                     answers,
                 ),
-                ClientSession(
+                _SharedClientSession(
                     read,
                     answers,
+                    sampling_callback=_refused_sampling,
+                    elicitation_callback=_refused_elicitation,
                     message_handler=self._on_message,
                     client_info=CLIENT_INFO,
                 ) as session,
@@ -575,6 +577,41 @@ class BackendConnection:
             "resource_templates": len(self.listing.resource_templates),
             "prompts": len(self.listing.prompts),
         }
+
+
+class _SharedClientSession(ClientSession):
+    """Claims sampling and elicitation (never roots) on the handshake era: a server such as server-everything lists
+    the tools that use them only to a client that declares them, and the catalogue is this session's listing. What
+    the backend asks here is refused at once; a client that can answer has a session of its own for its calls.
+
+    Not on the 2026-07-28 era, which has no back-channel: a backend told of sampling there asks the old way anyway
+    (the SDK's servers do) and fails the call with a transport error instead of its own clear one.
+    """
+
+    def _build_capabilities(self, version: str) -> types.ClientCapabilities:
+        capabilities = super()._build_capabilities(version)
+        if version in MODERN_PROTOCOL_VERSIONS:
+            return capabilities.model_copy(update={"sampling": None, "elicitation": None})
+        return capabilities
+
+
+async def _refused_sampling(context: ClientRequestContext, params: types.CreateMessageRequestParams) -> types.ErrorData:
+    return _not_relayed("sampling/createMessage", "sampling")
+
+
+async def _refused_elicitation(context: ClientRequestContext, params: types.ElicitRequestParams) -> types.ErrorData:
+    return _not_relayed("elicitation/create", "elicitation")
+
+
+def _not_relayed(method: str, capability: str) -> types.ErrorData:
+    """The shared session's answer to a backend's question: it serves many clients and can tell none of them."""
+    return types.ErrorData(
+        code=types.INVALID_REQUEST,
+        message=(
+            f"{method} refused: the gateway relays it only to a client that declared {capability} "
+            "(this call's client did not, or has no session of its own with this backend)"
+        ),
+    )
 
 
 def is_list_changed(message: object) -> bool:

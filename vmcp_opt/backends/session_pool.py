@@ -4,7 +4,10 @@ A backend's `sampling/createMessage`, `elicitation/create`, `roots/list`, log me
 `resources/updated` carry nothing that says which client caused them, so a session shared by all
 clients cannot deliver them. A `DedicatedSession` is a backend session opened for one front client:
 it speaks the 2025-11-25 handshake (the era with server-to-client requests), advertises exactly the
-capabilities the front client has, and hands everything the backend sends to that client's callbacks.
+capabilities the front client has, and hands everything the backend sends to that client's callbacks. Roots are
+the exception: only a backend whose `roots` setting relays them (by default a remote one) is told of them and may
+ask for them. A client's roots name folders on its own machine; a stdio backend runs on the gateway's host, and
+server-filesystem, say, took the client's answer as the folders it may read there instead of the operator's.
 The `SessionPool` runs them in the gateway's task group and closes them when their client goes away.
 
 What a backend asks the client through a session is bounded (`AskBound`): a call's server-to-client
@@ -181,6 +184,11 @@ class SessionCallbacks:
         }
         return frozenset(method for method, relays in relayed.items() if relays)
 
+    def without_roots(self) -> SessionCallbacks:
+        """The same callbacks for a backend not to be asked about roots: none declared, its `roots/list` refused
+        (the SDK's own answer to a request it has no callback for)."""
+        return replace(self, capabilities=self.capabilities.model_copy(update={"roots": None}), list_roots=None)
+
     def bounded(self, asks: AskBound, notices: NotificationBound) -> SessionCallbacks:
         """The same callbacks, each server-to-client request relayed within `asks`, each log message within
         `notices`."""
@@ -240,7 +248,8 @@ class DedicatedSession:
         # What its HTTP requests carry: the caller's exchanged token (token_exchange), else the backend's own.
         self.auth = auth
         self.name = connection.name
-        self.callbacks = callbacks
+        # Both eras' relays (routing/dedicated.py, routing/round_trips/) come through here: one place decides roots.
+        self.callbacks = callbacks = callbacks if connection.config.relays_roots() else callbacks.without_roots()
         self.asks = AskBound(connection.name)
         self.notices = NotificationBound(connection.name)
         # Whether the backend may send this client anything (requests, logs, updates): the 2025-11-25 era then.
@@ -396,6 +405,8 @@ class DedicatedSession:
         return await measured_result(self.name, result, limits.max_result_bytes, measured=measures_results(transport))
 
     async def notify(self, notification: types.ClientNotification) -> None:
+        if isinstance(notification, types.RootsListChangedNotification) and self.callbacks.capabilities.roots is None:
+            return  # this session declared no roots: the backend has no list to ask again for
         if self._session is not None:
             await self._session.send_notification(notification)
 

@@ -112,6 +112,12 @@ class BackendConfig(_Strict):
     call_timeout: float | None = Field(None, gt=0)
     # How the gateway authenticates to this backend (config/backend_auth.py); secrets only from env or files.
     auth: BackendAuthConfig = Field(default_factory=BackendAuthConfig)
+    # Whether the backend may ask a client for its roots (`roots/list`). relay: a client that declared roots is
+    # asked, on its own session, and its answer reaches the backend; none: the backend's sessions declare no
+    # roots and its `roots/list` is refused. A client's roots name folders on the client's machine; a stdio
+    # backend runs on the gateway's host, where a server such as server-filesystem would take them as the folders
+    # it may read in place of its `args`. Unset: none for stdio, relay for streamable-http and sse.
+    roots: Literal["relay", "none"] | None = None
     # Values expanded from `${VAR}` references: secrets by assumption, masked wherever they could show.
     _referenced: set[str] = PrivateAttr(default_factory=set)
 
@@ -124,6 +130,12 @@ class BackendConfig(_Strict):
 
     def referenced_values(self) -> set[str]:
         return set(self._referenced)
+
+    def relays_roots(self) -> bool:
+        """`roots`, or its default for the transport: only a remote backend is asked about the client's roots."""
+        if self.roots is not None:
+            return self.roots == "relay"
+        return self.transport != "stdio"
 
     def written_arg(self, index: int) -> str:
         """`args[index]` as the file wrote it (`${DB_PASSWORD}`, not its value)."""

@@ -8,7 +8,9 @@ caller alone:
 - `sampling/createMessage`, `elicitation/create`, `roots/list` go to the client on the stream of the
   call that caused them (the one call in flight; with several, the latest one's: the client may hold no
   standalone stream here), and the answer goes back to the same backend session. Cancellation travels
-  both ways through the SDK's dispatchers.
+  both ways through the SDK's dispatchers. Roots only to and from a backend whose `roots` setting relays them
+  (not a stdio one, by default: the client's folders are not the gateway host's), decided where every kind of
+  dedicated session is made (backends/session_pool.py `DedicatedSession`).
 - log messages likewise; `resources/updated` on the client's standalone stream, and only for a URI this
   caller subscribed to at that backend (in normal form, routing/resource_uris.py): a backend may announce
   every URI it serves, and a client hears only of those it asked for.
