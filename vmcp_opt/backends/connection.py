@@ -50,6 +50,7 @@ from vmcp_opt.backends.big_requests import as_given
 from vmcp_opt.backends.credentials import BackendAuth, BackendCredentials
 from vmcp_opt.backends.errors import BackendUnavailable as BackendUnavailable  # re-exported
 from vmcp_opt.backends.errors import (
+    NotReady,
     ProcessExited,
     closed_by_exit_when_seen,
     describe_error,
@@ -473,8 +474,8 @@ class BackendConnection:
 
     def _require_session(self) -> ClientSession:
         if self._session is None or self.state is not BackendState.READY:
-            reason = f": {self.last_error}" if self.last_error else ""
-            raise BackendUnavailable(f"backend '{self.name}' is {self.state.value}{reason}")
+            # Its client is told the state; its last error (hosts, paths, DSNs) goes only to the log and /readyz.
+            raise NotReady(self.name, self.state.value, self.last_error)
         return self._session
 
     async def ping(self, seconds: float) -> None:

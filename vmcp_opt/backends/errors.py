@@ -10,7 +10,7 @@ import signal
 import ssl
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import anyio
 import mcp_types as types
@@ -24,6 +24,16 @@ from vmcp_opt.logs import masked_userinfo
 
 class BackendUnavailable(Exception):
     """The backend cannot take requests now; the message names it and says why."""
+
+
+class NotReady(BackendUnavailable):
+    """A request for a backend that is not ready. Its client is told the state; `detail` adds the backend's last
+    error (exception text, its last stderr line: hosts, paths, DSNs) for the log, the breaker and /readyz, which
+    read it through `describe_error`."""
+
+    def __init__(self, backend: str, state: str, last_error: str | None) -> None:
+        super().__init__(f"backend '{backend}' is {state}")
+        self.detail = f"{self}: {last_error}" if last_error else str(self)
 
 
 class CredentialError(BackendUnavailable):
@@ -84,9 +94,10 @@ def describe_error(exc: BaseException, secrets: Iterable[str] = ()) -> str:
     """A one-line reason of at most about `REASON_SHOWN` characters, with `secrets` and any URL's credentials
     (`://user:password@`) masked, unwrapping exception groups from task groups. One line and bounded: the text can
     be a backend's (an error message of megabytes, full of newlines), and it is logged at every reconnection
-    attempt and kept in `/readyz`."""
+    attempt and kept in `/readyz`. An error whose client is told less (`NotReady`, `ProcessLost`) says its
+    `detail` here."""
     exc = _innermost(exc)
-    text = str(exc) or type(exc).__name__
+    text = (exc.detail if isinstance(exc, NotReady | ProcessLost) else str(exc)) or type(exc).__name__
     text = f"{type(exc).__name__}: {text}" if not isinstance(exc, MCPError | BackendUnavailable) else text
     return one_line(masked_userinfo(redact(unquoted(text), secrets)))
 
@@ -158,15 +169,28 @@ def with_stderr_line(reason: str, line: str | None) -> str:
     return reason if line in reason else f"{reason}; its last stderr line: {_cut(line)}"
 
 
+class ProcessLost(MCPError):
+    """A call's "Connection closed" when its stdio process exited. The client is told the exit status (`message`);
+    the breaker, the log and /readyz also its last stderr line (`detail`, which `describe_error` says): a process's
+    last words name hosts, paths and DSNs."""
+
+    def __init__(self, code: int, message: str, data: Any = None, detail: str = "") -> None:
+        super().__init__(code, message, data)
+        self.detail = detail or message
+
+
 def closed_by_exit(exc: MCPError, status: int | None, stderr_line: str | None, secrets: Iterable[str] = ()) -> MCPError:
-    """A stdio backend's "Connection closed" with why, as its `last_error` says it: the status its process exited
-    with and its last stderr line (masked where it was read; masked again with `secrets`). `exc` as it is when
-    no exit status is known (the process was stopped, or its exit not seen yet)."""
+    """A stdio backend's "Connection closed" with why: for its client the status its process exited with; for the
+    breaker, the log and /readyz also its last stderr line (masked where it was read; masked again with
+    `secrets`), as its `last_error` says them. `exc` as it is when no exit status is known (the process was
+    stopped, or its exit not seen yet)."""
     if status is None:
         return exc
-    why = with_stderr_line(str(ProcessExited(status)), stderr_line)
-    message = one_line(masked_userinfo(redact(f"{exc.error.message}: {why}", secrets)))
-    return MCPError.from_error_data(exc.error.model_copy(update={"message": message}))
+    secrets = list(secrets)  # masks two texts
+    told = f"{exc.error.message}: {ProcessExited(status)}"
+    detail = with_stderr_line(told, stderr_line)
+    message, detail = (one_line(masked_userinfo(redact(text, secrets))) for text in (told, detail))
+    return ProcessLost(exc.error.code, message, exc.error.data, detail)
 
 
 # Seconds a call that lost its stdio backend ("Connection closed") waits for the process's exit to be seen: the
