@@ -37,7 +37,8 @@ no six-byte escape per character), written one by one so that the file is rotate
 A write that fails (disk full) leaves no part of its lines in the file and nothing buffered to come later:
 the file holds whole lines only, and `write_failures` counts exactly the events that are not in it.
 
-Refusals anyone can send at request rate (`vmcp_auth_denied`, `vmcp_rate_limited`, `vmcp_session_refused`) are
+Refusals anyone can send at request rate (`vmcp_auth_denied`, `vmcp_rate_limited`, `vmcp_session_refused`, and a
+retry refused for its `requestState`) are
 written once per source and interval, the rest as one summary event with a `count` (audit_summaries.py): a
 client without a credential cannot rotate the callers' events out of the kept files.
 

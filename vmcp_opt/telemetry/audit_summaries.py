@@ -1,7 +1,8 @@
 """Refusals summarised per source and interval, so that a client without a credential cannot rotate the audit trail.
 
 Anyone who reaches the port can have a request refused (a bad key: `vmcp_auth_denied`; a 429:
-`vmcp_rate_limited`; a session limit: `vmcp_session_refused`) at request rate. One line each let a single address
+`vmcp_rate_limited`; a session limit: `vmcp_session_refused`; a forged or expired 2026-07-28 `requestState`: the
+request's own type marked `round_refused`, run_audit.py) at request rate. One line each let a single address
 write ~450 KB a second and rotate every authenticated caller's events out of the kept files. So per source (the
 verified caller when there is one; else the client address, an IPv6 one by its /64, which one host holds whole),
 reason (`error_type`: a handful of values, or a configured setting) and `SUMMARY_INTERVAL`:

@@ -11,7 +11,8 @@ from the first call; a run cancelled there (its client did not come back, gave u
 ends `cancelled`. Either way a run writes one `workflow_started` and one end, all with its `workflow_id`.
 
 A retry refused before its round went on (the run gone, already continued, its `requestState` expired or forged:
-`round_refused`, `refused_round`) ends no run: it is written as the tool call it is, marked `round_refused`.
+`round_refused`, `refused_round`) ends no run: it is written as the tool call it is, marked `round_refused`. One
+refused at the `requestState` boundary is summarised per source and minute, as the other refusals anyone can send.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import anyio
 from vmcp_opt.auth import Caller
 from vmcp_opt.routing.exchange import Exchange
 from vmcp_opt.routing.operations import Operation, Outcome
+from vmcp_opt.telemetry.audit_summaries import refusal_source
 from vmcp_opt.telemetry.audit_values import bounded
 from vmcp_opt.telemetry.names import asked_input, continues_run, event_type
 from vmcp_opt.telemetry.redact import redacted
@@ -166,10 +168,22 @@ def ends_a_run(call: Operation) -> bool:
 def round_refused(log: AuditLog, caller: Caller, method: str, target: str | None, request_id: str | int | None) -> None:
     """A 2026-07-28 retry whose `requestState` the boundary refused before any handler (expired, forged, another
     caller's): the request's own event type, outcome `denied`, `error_type` `invalid_request_state`, marked
-    `round_refused`; never the state."""
+    `round_refused`; never the state.
+
+    A client's bad input refused before any work, which it may send at request rate (a forged state costs
+    nothing): summarised as the other refusals are (audit_summaries.py). Its source's first of the interval is
+    written whole, with its request id and target, for whoever looks into a real refused round; the rest are
+    counted into one summary event of the same type, also marked `round_refused`."""
     exchange = Exchange(method, request_id=request_id) if request_id is not None else None
     op = Operation(method, caller, target=target, exchange=exchange, outcome="denied", error=INVALID_STATE)
-    log._offer(refused_round(op), op, time.time())
+    kind = refused_round(op)
+    if not log._wanted(kind):
+        return
+    # What the summary needs of the first, held until its interval ends: no result nor arguments, so no data
+    # bytes reserved; a caller without its token or claims.
+    first, _ = log._queued(op, 0, 0)
+    if log.refusals.admit(kind, refusal_source(caller), first, INVALID_STATE):
+        log._offer(kind, op, time.time())
 
 
 def refused_round(call: Operation) -> str:
