@@ -186,7 +186,8 @@ class LimitsConfig(_Strict):
         "naming the bound (one that already ran says so: its result dropped, not sent again), and a resumed stream "
         "(GET with Last-Event-ID) with 429 and Retry-After, until its client reads or goes away. A reading client's "
         "answers leave as it takes them and count only while they wait for it. The same bounds apply, counted "
-        "separately, to the step outputs running workflows hold; past either a step fails naming the bound.",
+        "separately, to the step results and outputs running workflows hold (a result from its arrival); past either "
+        "a step fails naming the bound.",
     )
     max_pending_calls_per_caller: int = Field(
         4,
