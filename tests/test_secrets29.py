@@ -262,10 +262,13 @@ def test_a_url_password_in_a_stdio_backends_args_env_and_stderr_stays_masked(wor
     assert not _leaked(world.everywhere(), DSN_PASSWORDS)
 
 
-async def test_a_url_password_in_the_stderr_line_a_client_is_told_is_masked(world: World) -> None:
+async def test_a_url_password_in_a_dying_backends_stderr_line_is_masked_and_the_client_told_only_the_exit(
+    world: World,
+) -> None:
     async with _client(world) as client:
         answer = await _answer(client, "dsn_die")
-    assert "fatal: login failed for postgres://***@db/prod" in answer, answer
+    assert "the process exited" in answer and "login failed" not in answer, answer  # the line: log and /readyz
+    assert "fatal: login failed for postgres://***@db/prod" in world.gateway.output()
     assert not _leaked(answer, DSN_PASSWORDS)
     assert not _leaked(world.everywhere(), DSN_PASSWORDS)
 

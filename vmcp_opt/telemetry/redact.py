@@ -1,17 +1,19 @@
 """Values that look secret are replaced before request or response data leaves in an audit event.
 
-Redaction is by key (`password`, `token`, …) and by pattern in free text: credentials after an auth scheme
-(`Bearer x`, `Basic <user:pass in base64>`, `Digest username=…, response=…`, `Token x`), JWTs, our API
-keys, a URL's credentials before its host (`postgres://[REDACTED]@db`) and PEM private keys (the whole block,
-to its END line, or to the end of a text cut short). A secret key's value is replaced whole, whatever it is: a
-string, a number, a list or an object. A string holding a JSON object or array (`call_tool`'s `arguments` may
-come as one) is parsed, redacted the same way and written back as JSON, when it is at most `MAX_PARSED_CHARS`
-long. Any other string (a code-mode script, a note, JSON too long to parse) has the values of its
-secret-looking members blanked where they are written as JSON (`"password": "…"`, `"token": {…}`,
-`"password": […]`), Python or Starlark (`'api_key': '…'`, `token="…"`), an assignment or a header
-(`secret = …`, `Authorization: Basic …`: the scheme and its credential), also inside a quoted string of
-escaped JSON (`"{\\"token\\": …}"`). A secret a tool returns under an innocent key, or in its prose, is written
-as it is: redaction cannot know it.
+Redaction is by key (`password`, `pwd`, `token`, `auth`, `session_id`, …) and by pattern in free text: credentials
+after an auth scheme (`Bearer x`, `Basic <user:pass in base64>`, `Digest username=…, response=…`, `Token x`), JWTs,
+our API keys, well-known tokens (`ghp_…`, `github_pat_…`, `xoxb-…`, `sk-…`, `glpat-…`, `AKIA…`, the value after
+`aws_secret_access_key`), a URL's credentials before its host (`postgres://[REDACTED]@db`), a URL query's signature
+(`&X-Amz-Signature=[REDACTED]`) and PEM private keys (the whole block, to its END line, or to the end of a text cut
+short). A secret key's value is replaced whole, whatever it is: a string, a number, a list or an object; so is the
+`value` of a name/value pair whose name is a secret's (`{"name": "X-Api-Key", "value": …}`). A string holding a JSON
+object or array (`call_tool`'s `arguments` may come as one) is parsed, redacted the same way and written back as
+JSON, when it is at most `MAX_PARSED_CHARS` long. Any other string (a code-mode script, a note, JSON too long to
+parse) has the values of its secret-looking members blanked where they are written as JSON (`"password": "…"`,
+`"token": {…}`, `"password": […]`), Python or Starlark (`'api_key': '…'`, `token="…"`), an assignment or a header
+(`secret = …`, `Authorization: Basic …`: the scheme and its credential), also inside a quoted string of escaped JSON
+(`"{\\"token\\": …}"`). A secret a tool returns under an innocent key, or in its prose, is written as it is:
+redaction cannot know it.
 
 The audit log keeps only `max_data_bytes` of each part (`redacted_within`): redaction reaches that far into the
 value's JSON and `EDGE_CHARS` further, and no further. A 4 MB argument cost the writer thread ~0.6 s of
@@ -43,7 +45,39 @@ EDGE_CHARS = 1024
 # Longer JSON strings are not parsed: the writer thread shares the GIL with requests.
 MAX_PARSED_CHARS = 65_536
 _MAX_DEPTH = 20
-_SECRET_KEY = re.compile(r"pass(word)?|secret|token|api[-_]?key|authori[sz]ation|cookie|credential|private", re.I)
+# `auth` only as a word of its own (`x-auth`, `auth_header`; not `author`, `oauth`), `session_id` not
+# `session_idle`; with `re.I`, `[a-z]` is any letter. The alternatives are grouped by first letter: a 4 MB key is
+# searched as fast as before `pwd`, `auth`, `session_id` and the signatures were added (twice as slow ungrouped).
+_SECRET_KEY = re.compile(
+    r"p(?:ass|wd|rivate)|s(?:ecret|ession[-_]?id(?![a-z]))|token|c(?:ookie|redential)"
+    r"|a(?:pi[-_]?key|uth(?:ori[sz]ation|(?<![a-z]auth)(?![a-z])))|(?:amz|goog)-signature",
+    re.I,
+)
+# A URL query's signature (`?sig=…`, `&Signature=…`, presigned S3 and GCS URLs): a secret only after `?` or `&`,
+# a signature elsewhere (`"signature": "def f(x)"`, prose) is not one.
+_QUERY_SIGNATURE = re.compile(r"(?:x-(?:amz|goog)-)?sig(?:nature)?", re.I)
+# A name/value pair (a header list, HAR, Kubernetes' env, Postman, AWS tags): the value is a secret when its
+# sibling names one (`{"name": "X-Api-Key", "value": "…"}`).
+_PAIR_NAMES = ("name", "Name", "key", "Key", "header", "Header")
+_PAIR_VALUES = ("value", "Value")
+_PAIR_NAME_CHARS = 256
+_PAIR_KEY_CHARS = len('\\"header\\"')  # the longest of those keys, quoted as escaped JSON
+# Well-known token shapes in free text, with no key to name them: GitHub's (`ghp_`, `gho_`, …, `github_pat_`),
+# Slack's (`xoxb-`, `xoxp-`, …), `sk-` API keys (OpenAI's, Anthropic's; with a digit or a capital: `sk-learn-…`
+# slugs are not keys), GitLab's `glpat-` and AWS access key ids (`AKIA`/`ASIA` + 16). A token starts a run of
+# `[\w-]` and is that whole run, taken possessively: each run is read once or twice, linear, and a prefix with
+# too short a run is no match (no Python work per look-alike). The first letter is matched ahead of the look
+# behind, as in `_SECRET_TEXT`: `re` skips at once the places none can start.
+_PREFIXED_TOKEN = re.compile(
+    r"""[gxsA](?<![\w-].)(?:(?<=g)(?:h[pousr]_|ithub_pat_|lpat-)[\w-]{20,}+|(?<=x)ox[abposr]-[\w-]{10,}+"""
+    r"""|(?<=s)k-(?=[a-z_-]*+[0-9A-Z])[\w-]{20,}+|(?<=A)[KS]IA[0-9A-Z]{16}(?![\w-]))"""
+)
+# A token's first characters where a text was cut: a prefix and the run after it, at the text's end.
+_TOKEN_START = re.compile(r"""(?<![\w-])(?:gh[pousr]_|github_pat_|glpat-|xox[abposr]-|sk-|A[KS]IA)[\w-]++\Z""")
+_TOKEN_START_CHARS = 128  # how far from a cut text's end a token's start is looked for
+# The value after `aws_secret_access_key` or `aws_session_token` written with a space (`aws configure set …`; with
+# `=` or `:` it is a member). A pattern of its own: joined to `_PREFIXED_TOKEN` it cost 4 times as much on "a:a:…".
+_AWS_SECRET = re.compile(r"""(?i)(aws_(?:secret_access_key|session_token)[ \t]++)(?P<value>[^\s"'\\,;]++)""")
 _AUTHORIZATION = re.compile(r"authori[sz]ation", re.I)
 _SCHEMES = frozenset({"basic", "bearer", "digest", "token", "negotiate", "ntlm", "dpop", "oauth", "apikey"})
 # An auth-param (RFC 7235: `name=token` or `name="quoted"`, as in Digest), its quoted value perhaps cut short.
@@ -144,13 +178,14 @@ class _Redaction:
     def _object(self, value: dict[Any, Any], depth: int) -> dict[Any, Any]:
         self._spend(2)
         kept: dict[Any, Any] = {}
+        secret_pair = _names_a_secret(value)
         for key, item in value.items():
             if self._past_limit():
                 break
             name = str(key)
             shown = self._cut(name)  # a key is written as it is: a long one is cut as a string is
             self._spend(len(shown) + 3)
-            secret = _SECRET_KEY.search(shown)
+            secret = _SECRET_KEY.search(shown) or (secret_pair and key in _PAIR_VALUES)
             kept[key if shown is name else shown] = self._spent(REDACTED) if secret else self.value(item, depth + 1)
         return kept
 
@@ -201,11 +236,22 @@ class _Redaction:
         return text
 
 
+def _names_a_secret(value: dict[Any, Any]) -> bool:
+    """Whether `value` is a name/value pair whose name is a secret's (`{"name": "X-Api-Key", "value": …}`)."""
+    if not any(key in value for key in _PAIR_VALUES):
+        return False
+    for key in _PAIR_NAMES:
+        name = value.get(key)
+        if isinstance(name, str) and _names_secret(name):
+            return True
+    return False
+
+
 def _redacted_text(text: str, cut: bool) -> str:
     # Whole private keys first (their base64 would be read as members and words); then tokens:
     # `Authorization: Bearer x` is then `Authorization: [REDACTED]`, not a blanked `Bearer` and x.
     text = _blanked_url_credentials(_blanked_private_keys(text), cut)
-    return _blanked_members(_blanked_credentials(text, cut))
+    return _blanked_members(_blanked_tokens(_blanked_credentials(text, cut), cut))
 
 
 def masked_target(text: str, cut: bool) -> str:
@@ -284,6 +330,23 @@ def _is_credential(basic: bool, word: str, at_cut: bool) -> bool:
         return False
 
 
+def _blanked_tokens(text: str, cut: bool) -> str:
+    """`text` with each well-known token (`_PREFIXED_TOKEN`) replaced, and the secret after `aws_secret_access_key`.
+    `cut`: a token's first characters at the end of the text are blanked too."""
+    text = _PREFIXED_TOKEN.sub(REDACTED, text)
+    if cut and (start := _TOKEN_START.search(text, max(0, len(text) - _TOKEN_START_CHARS))) is not None:
+        text = f"{text[: start.start()]}{REDACTED}"
+    return _AWS_SECRET.sub(lambda found: _blanked_aws_secret(found, cut and found.end() == len(text)), text)
+
+
+def _blanked_aws_secret(found: re.Match[str], at_cut: bool) -> str:
+    """`aws_secret_access_key [REDACTED]`, or the words as they were when what follows is prose (`… is a setting`):
+    a secret has eight characters or more, with a digit, a symbol or a capital inside, or is cut short at the cut."""
+    value = found.group("value")
+    secret = at_cut or (len(value) >= 8 and _NOT_A_WORD.search(value) is not None)
+    return f"{found.group(1)}{REDACTED}" if secret else found.group()
+
+
 def _blanked_members(text: str) -> str:
     """`text` with the value of each member whose key looks secret blanked. After a member whose key does not,
     the search goes on inside its value (`s = "{\\"password\\": …}"`, `url: https://x/?token=…`). Each place is
@@ -291,19 +354,41 @@ def _blanked_members(text: str) -> str:
     stops at the `:` or `=` before the next): linear."""
     parts: list[str] = []
     done = position = 0
+    names_a_secret = False  # the member before named a secret (`"name": "X-Api-Key"`): its `"value": …` is one
     while (member := _MEMBER.search(text, position)) is not None:
         key, value, start = member.group("key"), member.group("value"), member.start("value")
         quoted = value[0] in "\"'\\"
-        if _SECRET_KEY.search(key):
+        if _SECRET_KEY.search(key) or _is_secret_by_place(text, member.start(), key, names_a_secret):
             end = member.end() if quoted else _secret_end(text, key, value, start)
             parts += [text[done:start], _blank(key, value)]
             done = position = end
-        elif quoted:  # past the opening quote (`"`, `'`, `\"`): the string's text is searched
-            position = start + (2 if value[0] == "\\" else 1)
-        else:
-            position = start
+            names_a_secret = False
+            continue
+        names_a_secret = (
+            quoted and len(key) <= _PAIR_KEY_CHARS and _unquoted(key) in _PAIR_NAMES and _names_secret(value)
+        )
+        # Past a quoted value's opening quote (`"`, `'`, `\"`): the string's text is searched.
+        position = start + (2 if value[0] == "\\" else 1) if quoted else start
     parts.append(text[done:])
     return "".join(parts)
+
+
+def _is_secret_by_place(text: str, start: int, key: str, after_secret_name: bool) -> bool:
+    """Whether the member whose innocent `key` starts at `start` holds a secret all the same: it is a URL query's
+    signature (`&X-Amz-Signature=`), or the value of a pair whose name was a secret's."""
+    if after_secret_name and _unquoted(key) in _PAIR_VALUES:
+        return True
+    return start > 0 and text[start - 1] in "?&" and _QUERY_SIGNATURE.fullmatch(key) is not None
+
+
+def _names_secret(name: str) -> bool:
+    """Whether a pair's name (its first characters: a 4 MB one costs no more than a real one) is a secret's."""
+    return _SECRET_KEY.search(name[:_PAIR_NAME_CHARS]) is not None
+
+
+def _unquoted(key: str) -> str:
+    """A member's key without its quotes (`"name"`, `'name'`, `\\"name\\"`)."""
+    return key.strip("\\\"'")
 
 
 def _secret_end(text: str, key: str, value: str, start: int) -> int:
