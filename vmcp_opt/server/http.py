@@ -171,7 +171,9 @@ def create_app(gateway: Gateway) -> Starlette:
         gateway.telemetry.metrics.state.sessions = lambda: slots.total
 
     endpoint, auth_routes = authenticated(
-        JsonRpcErrorCodes(drain, server_config.max_body_bytes, gateway.config.limits.max_request_values), gateway.config, gateway.telemetry
+        JsonRpcErrorCodes(drain, server_config.max_body_bytes, gateway.config.limits.max_request_values),
+        gateway.config,
+        gateway.telemetry,
     )
     diagnostics = diagnostics_listener(gateway, endpoint, drain)
 
