@@ -293,6 +293,23 @@ def _adopt_orphans() -> None:
         return
     _SPAWNS.subreaper = become_subreaper()
     atexit.register(_end_left_at_exit, os.getpid())
+    if _SPAWNS.subreaper:
+        # An adopted orphan that exits while its backend runs is a zombie child of the gateway: reaped here, as
+        # pid 1 (or the image's init) reaped it before, not left until its backend stops.
+        threading.Thread(target=_sweep_zombies_forever, name="stdio-zombie-sweep", daemon=True).start()
+
+
+# Seconds between sweeps for adopted zombies; one is reaped at its second sweep (`_reap_stale_zombies`).
+ZOMBIE_SWEEP_SECONDS = 2.0
+
+
+def _sweep_zombies_forever() -> None:
+    while True:
+        time.sleep(ZOMBIE_SWEEP_SECONDS)
+        try:
+            _reap_stale_zombies()
+        except Exception:  # never let the sweep die: the next one tries again
+            logger.debug("zombie sweep failed", exc_info=True)
 
 
 @dataclass(frozen=True)
@@ -835,12 +852,20 @@ def _reap_stale_zombies() -> None:
 
 
 def _children_zombies() -> list[psutil.Process]:
+    """The gateway's zombie children, by the kernel's lists of its threads' children where there are some (psutil's
+    `children` reads every process on the host; this runs every `ZOMBIE_SWEEP_SECONDS`)."""
+    pids: list[int] = []
+    if os.path.exists(f"/proc/self/task/{os.getpid()}/children"):
+        pids = _children_of(os.getpid())
+    else:
+        with suppress(psutil.Error):
+            pids = [child.pid for child in psutil.Process().children()]
     zombies = []
-    with suppress(psutil.Error):
-        for child in psutil.Process().children():
-            with suppress(psutil.Error):
-                if child.status() == psutil.STATUS_ZOMBIE:
-                    zombies.append(child)
+    for pid in pids:
+        with suppress(psutil.Error):
+            child = psutil.Process(pid)
+            if child.status() == psutil.STATUS_ZOMBIE:
+                zombies.append(child)
     return zombies
 
 
