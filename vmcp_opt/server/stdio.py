@@ -45,6 +45,9 @@ Those answers wait in their handlers' tasks, each holding its result (100 calls 
 `limits.held_answer_bytes.per_caller` (`WaitingAnswers`, server/held_answers.py) they and new calls get its error.
 
 A request with a usable id that the SDK cannot read (`"params": "x"`, no `"jsonrpc"`) is answered under its id.
+
+Just past ~450 lines on purpose: every check above is made on the same line, on the reading thread, before the SDK
+sees it, and answers through the same writer; the pipes themselves are server/stdio_pipes.py's already.
 """
 
 from __future__ import annotations

@@ -61,10 +61,8 @@ event is lost for replays (counted, at most one log line per interval).
 The heartbeats both sides rely on (a replica's presence, a writer's progress) are shared/presence.py's. Past
 ~450 lines on purpose: the store's write side (queue, writer, the `ADD` script's arguments and its budget's
 keys) and its read side (replay, `holds`, the writer marks an early replay waits on) share the keys, the event
-id's shape and the bounds; its last hundred lines are those ids' small parsers.
-
-Just past ~450 lines on purpose: the store, its Redis scripts' callers and the per-caller and per-session bounds
-share one key layout and one accounting; split, each half would restate it.
+id's shape, one key layout and one accounting of the per-caller and per-session bounds (split, each half would
+restate them); its last hundred lines are those ids' small parsers.
 """
 
 from __future__ import annotations
