@@ -12,6 +12,7 @@ and after one resumption, raw HTTP.
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,19 @@ def redis_server() -> Iterator[RedisServer]:
 def stream_reads(url: str) -> int:
     stats = redis.Redis.from_url(url).info("commandstats")
     return sum(int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for name in STREAM_READS)
+
+
+def await_stored(url: str, entries: int) -> None:
+    """Waits until a stream in Redis holds `entries` entries. Events reach Redis through a writer task after
+    the client has them: a resumption read before the answer is stored follows the stream (a second read),
+    rightly. XLEN is not one of `STREAM_READS`, so waiting costs the count nothing."""
+    client = redis.Redis.from_url(url)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if any(client.xlen(key) >= entries for key in client.scan_iter(_type="STREAM")):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no stream in Redis came to hold {entries} events")
 
 
 def streamed_call(url: str, headers: dict[str, str]) -> list[tuple[str | None, Any]]:
@@ -67,6 +81,7 @@ def test_a_resumption_from_a_held_event_reads_its_redis_stream_once(redis_server
         events = streamed_call(gateway.url, headers)
         (priming_id, priming), (_, answer) = events[0], events[-1]
         assert priming is None and priming_id is not None and answer["id"] == 7
+        await_stored(redis_server.url, len(events))
 
         before = stream_reads(redis_server.url)
         replayed = resumed(gateway.url, headers, priming_id)
