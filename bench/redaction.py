@@ -58,6 +58,12 @@ ADVERSARIAL = {
     "&X-Amz-Signature…": "&X-Amz-Signature" * 60_000,
     '"name": "token", …': '"name": "token", ' * 60_000,
     '"name": "token", "value": …': '"name": "token", "value": ' * 38_000,
+    # Session 31's shapes: a secret-named option's value, a two-item list's in text (each under ~0.3 s per MB).
+    "-- -- …": "-- " * 330_000,
+    "--token x --token x…": "--token x " * 100_000,
+    '["a", ["a", …': '["a", ' * 165_000,
+    "['password', x] …": "['password', x] " * 62_000,
+    '["aaa…(255)': ('["' + "a" * 255) * 3_900,
     "prose": "The quick brown fox jumps over the lazy dog, then reads its notes. " * 15_000,
 }
 EVENT_BYTES = 4_000_000

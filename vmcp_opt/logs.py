@@ -22,7 +22,9 @@ drops counted for one summary line per interval) and `ThrottledLog` (one line pe
 a library logs on every attempt at something that stays down: the OTLP exporter warns at each retry of each
 batch while the trace collector is unreachable (about a line a second, for as long as the outage lasts), and
 `ThrottledLibraries` lets one record a minute through per logger and message, the values of secret-named query
-parameters in a URL it names masked (a collector's `?api_key=`).
+parameters in a URL it names masked (a collector's `?api_key=`); the MCP SDK's records too, which a client or a
+backend can make once per message it sends, over stdio as over HTTP; the counts no later line told of are logged
+at exit.
 
 Just past ~450 lines on purpose: the handlers, the throttles and the masking every record passes through are one
 path a log line takes; splitting them would have each half import the other's record rules.
@@ -48,6 +50,7 @@ from typing import Any, Literal, TextIO, TypeVar
 from vmcp_opt.display import shorten
 
 LogFormat = Literal["auto", "plain", "json"]
+logger = logging.getLogger(__name__)
 
 NOISY_LIBRARIES = (
     "httpx",
@@ -65,11 +68,15 @@ NOISY_LIBRARIES = (
     "urllib3",
     "faiss",
     "bm25s",
+    "client",  # the MCP SDK's client session logs under this bare name, not under `mcp`
 )
 # Libraries whose repeated records are cut to one per message and `ThrottledLibraries.interval` (their warnings
 # included): their messages are templates, so the keys are few. The SDK's client warns of a backend's redirect
-# twice per reconnect attempt, for as long as the backend stays down (ReconnectLog says it once).
-THROTTLED_LIBRARIES = ("opentelemetry", "mcp.client")
+# twice per reconnect attempt, for as long as the backend stays down (ReconnectLog says it once); its server warns
+# once per malformed notification a client sends (`mcp.server.runner`), its client session once per malformed
+# notification a backend sends (`client`, with a traceback). On the handler `configure` sets up, so stdio and HTTP
+# alike (over HTTP server/sessions.py throttles the server's refusals on their loggers too).
+THROTTLED_LIBRARIES = ("opentelemetry", "mcp", "client")
 PLAIN_FORMAT = "%(asctime)s.%(msecs)03d %(levelname)s %(name)s: %(message)s"
 PLAIN_DATE_FORMAT = "%Y-%m-%dT%H:%M:%S"
 # Attributes every LogRecord has: what is left on a record besides them came from `extra={...}`.
@@ -111,6 +118,8 @@ def release_held() -> None:
 # nothing about the gateway. Only this line goes; asyncio's other records (its debug mode's slow callbacks,
 # "Task exception was never retrieved") still show.
 _SELECTOR_LINE = "Using selector: %s"
+# A record's own template, kept when `QuietLibraries` folds its error into the message (a JSON log leaves `_` out).
+_TEMPLATE = "_vmcp_template"
 
 
 class QuietLibraries(logging.Filter):
@@ -131,6 +140,7 @@ class QuietLibraries(logging.Filter):
             return False
         if record.exc_info and record.exc_info[1] is not None and not self.tracebacks:
             error = record.exc_info[1]
+            setattr(record, _TEMPLATE, record.msg)  # what `ThrottledLibraries` keys on, not the error's text
             record.msg = f"{record.getMessage()} ({type(error).__name__}: {shorten(str(error), 300)})"
             record.args, record.exc_info, record.exc_text = None, None, None
         return True
@@ -160,7 +170,8 @@ def _let_through(last: dict[_Key, float], held_back: Counter[_Key], key: _Key, n
 
 class ThrottledLibraries(logging.Filter):
     """At most one record per logger and message template in `interval` from the libraries in THROTTLED_LIBRARIES;
-    the next one let through says how many were held back."""
+    the next one let through says how many were held back, and `take_held_back` hands out those no later record
+    told of (at exit: a flood in the last minute of a run is counted, not lost)."""
 
     def __init__(self, interval: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
@@ -172,7 +183,7 @@ class ThrottledLibraries(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if not any(record.name == name or record.name.startswith(f"{name}.") for name in THROTTLED_LIBRARIES):
             return True
-        key = (record.name, str(record.msg))
+        key = (record.name, str(getattr(record, _TEMPLATE, record.msg)))
         now = self.clock()
         last = self._last.get(key)
         if last is not None and now - last < self.interval:
@@ -184,6 +195,32 @@ class ThrottledLibraries(logging.Filter):
             record.args = None
         _mask_query_secrets(record)
         return True
+
+    def take_held_back(self) -> dict[tuple[str, str], int]:
+        """The records held back since the last one let through, per logger and template; counted once."""
+        with _THROTTLE_LOCK:
+            held = {key: count for key, count in self._held_back.items() if count}
+            self._held_back.clear()
+        return held
+
+
+# The throttle on the handler `configure` set up last, whose held-back counts are logged at exit.
+_library_throttle: list[tuple[logging.Handler, ThrottledLibraries]] = []
+
+
+def report_held_back() -> None:
+    """Log how many records of each library template the throttle held back and no later line counted: a client
+    flooding a short-lived gateway (a stdio one, ended with its client) would otherwise leave no trace of it. Only
+    through the handler the throttle is on, while it is still the root logger's."""
+    if not _library_throttle:
+        return
+    handler, throttle = _library_throttle[0]
+    stream = getattr(handler, "stream", None)
+    if handler not in logging.getLogger().handlers or getattr(stream, "closed", False):
+        return  # replaced, or its stream gone (a test's captured output): nowhere to say it
+    for (name, template), count in sorted(throttle.take_held_back().items()):
+        shown = shorten(masked_query_secrets(template), 200)
+        logger.warning("%s: %d more like %r were not logged (one a %gs is)", name, count, shown, throttle.interval)
 
 
 # A URL's query in a library's message (the OTLP exporter's "url: /v1/traces?api_key=…"). A value may hold any of
@@ -328,7 +365,11 @@ def configure(level: str = "info", log_format: LogFormat = "auto", stream: TextI
     """Route every log record through one handler on the root logger, at `level`."""
     handler = handler_for(log_format, stream)
     handler.addFilter(QuietLibraries(tracebacks=level.lower() == "debug"))
-    handler.addFilter(ThrottledLibraries())
+    throttle = ThrottledLibraries()
+    handler.addFilter(throttle)
+    if not _library_throttle:
+        atexit.register(report_held_back)
+    _library_throttle[:] = [(handler, throttle)]
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
     for noisy in NOISY_LIBRARIES:
         logging.getLogger(noisy).setLevel(logging.WARNING)

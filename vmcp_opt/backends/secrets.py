@@ -26,14 +26,22 @@ from vmcp_opt.logs import masked_userinfo
 
 _MIN_SECRET_LENGTH = 4  # shorter values ("1", "on") would mask ordinary words
 _MIN_TOKEN_PART = 8  # a word of a header value masked alone (`Bearer <token>`'s token, not `Bearer`)
+# Env names `SECRET_NAME` matches that hold no secret: the shell's working directories (a path, which masking would
+# garble in every line that names a file under it).
+_NOT_SECRET_ENV = frozenset({"PWD", "OLDPWD"})
+_PASSWORD_PART = re.compile(r"(?:^|_)PWD(?:_|$)", re.I)  # `PWD_HASH`, `PWD_FILE`: a password's, not a directory's
+# An argv option naming a secret, its value in the same item (`--token=abc`) or the next (`--password`, `abc`).
+_SECRET_OPTION = re.compile(r"-{1,2}(?P<name>[A-Za-z][\w.-]*)(?:=(?P<value>.*))?", re.S)
 
 
 def secret_values(backend: BackendConfig) -> list[str]:
     """Values that must never be shown, longest first: every header value, env values under secret-looking
-    keys, every value that came from a `${VAR}` reference, and the credentials written in the URL. Other env
-    values (a timezone, a file path, a name) stay readable in logs."""
-    env = [value for key, value in backend.env.items() if SECRET_NAME.search(key)]
+    keys (`is_secret_env`), the values of secret-named options in its args (`--token=…`, `--password …`), every
+    value that came from a `${VAR}` reference, and the credentials written in the URL. Other env values (a
+    timezone, a file path, `PWD`, a name) stay readable in logs."""
+    env = [value for key, value in backend.env.items() if is_secret_env(key)]
     candidates = [*env, *backend.headers.values(), *backend.referenced_values(), *url_credentials(backend.url)]
+    candidates += option_values(backend.args)
     # A DSN in an arg or under any env key (`DATABASE_URL`): its password, as the process may print it.
     candidates += [found for text in [*backend.args, *backend.env.values()] for found in embedded_url_credentials(text)]
     candidates += backend.auth.secret_values(Path.cwd())  # files: made absolute at load
@@ -41,6 +49,29 @@ def secret_values(backend: BackendConfig) -> list[str]:
     # `Bearer <token>`: the token alone must not leak either.
     values |= {part for v in backend.headers.values() for part in v.split() if len(part) >= _MIN_TOKEN_PART}
     return with_escaped_forms(values)
+
+
+def is_secret_env(name: str) -> bool:
+    """Whether an environment variable's value is a secret by its name (`API_TOKEN`, `DB_PWD`; not `PWD`)."""
+    if name in _NOT_SECRET_ENV:
+        return False
+    return SECRET_NAME.search(name) is not None or _PASSWORD_PART.search(name) is not None
+
+
+def option_values(args: Iterable[str]) -> list[str]:
+    """The values of an argv's secret-named options (`--token=abc`, `--password abc` as two items): a process may
+    print its command line, and an error may quote it."""
+    found: list[str] = []
+    named = False  # the item before was a secret's option without its value
+    for arg in args:
+        if named and not arg.startswith("-"):
+            found.append(arg)
+        option = _SECRET_OPTION.fullmatch(arg)
+        secret = option is not None and SECRET_NAME.search(option.group("name").replace("-", "_")) is not None
+        named = secret and option is not None and option.group("value") is None
+        if secret and option is not None and option.group("value"):
+            found.append(option.group("value"))
+    return found
 
 
 def escaped_forms(value: str) -> set[str]:

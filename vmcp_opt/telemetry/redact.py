@@ -6,13 +6,18 @@ our API keys, well-known tokens (`ghp_…`, `github_pat_…`, `xoxb-…`, `sk-�
 `aws_secret_access_key`), a URL's credentials before its host (`postgres://[REDACTED]@db`), a URL query's signature
 (`&X-Amz-Signature=[REDACTED]`) and PEM private keys (the whole block, to its END line, or to the end of a text cut
 short). A secret key's value is replaced whole, whatever it is: a string, a number, a list or an object; so is the
-`value` of a name/value pair whose name is a secret's (`{"name": "X-Api-Key", "value": …}`). A string holding a JSON
+`value` of a name/value pair whose name is a secret's (`{"name": "X-Api-Key", "value": …}`), and the second item of a
+pair written as a two-item list (`["Authorization", "Bearer …"]`, `["password", "hunter2"]`) or the item after an
+argv's secret-named flag (`["--token", "abc"]`) when it is a string or a number: a first item that is one word
+naming a secret, so `["x", "y"]` and coordinates stay. `PWD` and `OLDPWD`, exactly, are the shell's working
+directories, not passwords (`pwd`, `DB_PWD`, `PWD_HASH` are). A string holding a JSON
 object or array (`call_tool`'s `arguments` may come as one) is parsed, redacted the same way and written back as
 JSON, when it is at most `MAX_PARSED_CHARS` long. Any other string (a code-mode script, a note, JSON too long to
 parse) has the values of its secret-looking members blanked where they are written as JSON (`"password": "…"`,
 `"token": {…}`, `"password": […]`), Python or Starlark (`'api_key': '…'`, `token="…"`), an assignment or a header
 (`secret = …`, `Authorization: Basic …`: the scheme and its credential), also inside a quoted string of escaped JSON
-(`"{\\"token\\": …}"`). A secret a tool returns under an innocent key, or in its prose, is written as it is:
+(`"{\\"token\\": …}"`); a secret-named long option's value (`--password abc`, `--token=abc`) and a two-item list's
+(`["password", "…"]`) are blanked too. A secret a tool returns under an innocent key, or in its prose, is written as it is:
 redaction cannot know it.
 
 The audit log keeps only `max_data_bytes` of each part (`redacted_within`): redaction reaches that far into the
@@ -61,6 +66,22 @@ _QUERY_SIGNATURE = re.compile(r"(?:x-(?:amz|goog)-)?sig(?:nature)?", re.I)
 _PAIR_NAMES = ("name", "Name", "key", "Key", "header", "Header")
 _PAIR_VALUES = ("value", "Value")
 _PAIR_NAME_CHARS = 256
+# Names the key pattern matches that are not secrets: `PWD` and `OLDPWD` are the shell's working directories (a
+# path, in every process's environment). Exact and upper-case only: `pwd`, `DB_PWD`, `PWD_HASH` stay secrets.
+_NOT_SECRET_NAMES = frozenset({"PWD", "OLDPWD"})
+# A pair written as a list (`["Authorization", "Bearer …"]`, `["password", "hunter2"]`) or an argv's flag and its
+# value (`["--token", "abc"]`): the name is one word (a header's, a variable's, a flag's), not prose.
+_LIST_NAME = re.compile(r"-{0,2}+[A-Za-z_][\w.-]*+")
+_FLAG = re.compile(r"--?+[A-Za-z][\w.-]*+")  # an argv item that names the next one (`--token`, `-password`)
+# A secret-named long option and its value written with a space (`--password abc`, `mysql --token x`; with `=` it
+# is a member). A value starting with `-` is the next option, not one.
+_SECRET_FLAG = re.compile(r"""-(?<![\w-].)-(?P<name>[A-Za-z][\w.-]*+)[ \t]++(?P<value>(?!-)[^\s"'\\,;&(){}\[\]<>]++)""")
+# A pair written as a two-item list in text too long to parse (`["password", "hunter2"]`): a quoted name, a comma,
+# a value, the closing bracket. The name's run is bounded: each `[` is tried at most that far, then to a quote.
+_LIST_PAIR = re.compile(
+    r"""\[\s*+(?P<name>"[^"\\\n]{1,256}+"|'[^'\\\n]{1,256}+')\s*+,\s*+"""
+    r"""(?P<value>"(?:[^"\\\n]|\\.)*+"|'(?:[^'\\\n]|\\.)*+'|[^\s"',\[\]{}]++)\s*+\]"""
+)
 _PAIR_KEY_CHARS = len('\\"header\\"')  # the longest of those keys, quoted as escaped JSON
 # Well-known token shapes in free text, with no key to name them: GitHub's (`ghp_`, `gho_`, …, `github_pat_`),
 # Slack's (`xoxb-`, `xoxp-`, …), `sk-` API keys (OpenAI's, Anthropic's; with a digit or a capital: `sk-learn-…`
@@ -185,18 +206,22 @@ class _Redaction:
             name = str(key)
             shown = self._cut(name)  # a key is written as it is: a long one is cut as a string is
             self._spend(len(shown) + 3)
-            secret = _SECRET_KEY.search(shown) or (secret_pair and key in _PAIR_VALUES)
+            secret = _is_secret_key(shown) or (secret_pair and key in _PAIR_VALUES)
             kept[key if shown is name else shown] = self._spent(REDACTED) if secret else self.value(item, depth + 1)
         return kept
 
     def _array(self, value: list[Any] | tuple[Any, ...], depth: int) -> list[Any]:
         self._spend(2)
         kept: list[Any] = []
+        pair = len(value) == 2 and _is_list_name(value[0])  # `["password", "hunter2"]`
+        after_flag = False  # the item before was a secret's flag (`"--token"`): this one is its value
         for item in value:
             if self._past_limit():
                 break
             self._spend(1)
-            kept.append(self.value(item, depth + 1))
+            secret = (after_flag or (pair and len(kept) == 1)) and _is_scalar(item)
+            kept.append(self._spent(REDACTED) if secret else self.value(item, depth + 1))
+            after_flag = isinstance(item, str) and _is_secret_flag(item)
         return kept
 
     def _text(self, text: str, depth: int) -> str:
@@ -236,6 +261,33 @@ class _Redaction:
         return text
 
 
+def _is_secret_key(key: str) -> bool:
+    """Whether a member's key (quoted or not) names a secret: `_SECRET_KEY` finds one in it, and it is not one of
+    `_NOT_SECRET_NAMES`."""
+    return _SECRET_KEY.search(key) is not None and (len(key) > 10 or _unquoted(key) not in _NOT_SECRET_NAMES)
+
+
+def _is_list_name(item: Any) -> bool:
+    """Whether `item`, first of a two-item list, is a secret's name (`"Authorization"`, `"--token"`), its value
+    second; prose (`["my password", …]`) and ordinary pairs (`["x", "y"]`, coordinates) are not."""
+    return (
+        isinstance(item, str)
+        and len(item) <= _PAIR_NAME_CHARS
+        and _LIST_NAME.fullmatch(item) is not None
+        and _names_secret(item)
+    )
+
+
+def _is_secret_flag(item: str) -> bool:
+    """Whether an argv item is an option naming a secret (`--token`, `-password`), the next item its value."""
+    return len(item) <= _PAIR_NAME_CHARS and _FLAG.fullmatch(item) is not None and _names_secret(item)
+
+
+def _is_scalar(item: Any) -> bool:
+    """A value a name or a flag gives (a string or a number), not a structure that goes on being walked."""
+    return isinstance(item, str | int | float) and not isinstance(item, bool)
+
+
 def _names_a_secret(value: dict[Any, Any]) -> bool:
     """Whether `value` is a name/value pair whose name is a secret's (`{"name": "X-Api-Key", "value": …}`)."""
     if not any(key in value for key in _PAIR_VALUES):
@@ -251,7 +303,8 @@ def _redacted_text(text: str, cut: bool) -> str:
     # Whole private keys first (their base64 would be read as members and words); then tokens:
     # `Authorization: Bearer x` is then `Authorization: [REDACTED]`, not a blanked `Bearer` and x.
     text = _blanked_url_credentials(_blanked_private_keys(text), cut)
-    return _blanked_members(_blanked_tokens(_blanked_credentials(text, cut), cut))
+    text = _blanked_tokens(_blanked_credentials(text, cut), cut)
+    return _blanked_members(_blanked_list_pairs(_blanked_flags(text)))
 
 
 def masked_target(text: str, cut: bool) -> str:
@@ -347,6 +400,36 @@ def _blanked_aws_secret(found: re.Match[str], at_cut: bool) -> str:
     return f"{found.group(1)}{REDACTED}" if secret else found.group()
 
 
+def _blanked_flags(text: str) -> str:
+    """`text` with the value after each secret-named long option blanked (`--password [REDACTED]`)."""
+    if "--" not in text:
+        return text
+    return _SECRET_FLAG.sub(_blanked_flag, text)
+
+
+def _blanked_flag(found: re.Match[str]) -> str:
+    if not _names_secret(found.group("name")):
+        return found.group()
+    return f"{found.group()[: found.start('value') - found.start()]}{REDACTED}"
+
+
+def _blanked_list_pairs(text: str) -> str:
+    """`text` with the value of each two-item list whose first item names a secret blanked
+    (`["password", "[REDACTED]"]`), quoted as it was."""
+    if "[" not in text:
+        return text
+    return _LIST_PAIR.sub(_blanked_list_pair, text)
+
+
+def _blanked_list_pair(found: re.Match[str]) -> str:
+    name, value = found.group("name"), found.group("value")
+    if not _is_list_name(name[1:-1]):
+        return found.group()
+    start, end = found.start("value") - found.start(), found.end("value") - found.start()
+    quote = value[0] if value[0] in "\"'" else '"'
+    return f"{found.group()[:start]}{quote}{REDACTED}{quote}{found.group()[end:]}"
+
+
 def _blanked_members(text: str) -> str:
     """`text` with the value of each member whose key looks secret blanked. After a member whose key does not,
     the search goes on inside its value (`s = "{\\"password\\": …}"`, `url: https://x/?token=…`). Each place is
@@ -358,7 +441,7 @@ def _blanked_members(text: str) -> str:
     while (member := _MEMBER.search(text, position)) is not None:
         key, value, start = member.group("key"), member.group("value"), member.start("value")
         quoted = value[0] in "\"'\\"
-        if _SECRET_KEY.search(key) or _is_secret_by_place(text, member.start(), key, names_a_secret):
+        if _is_secret_key(key) or _is_secret_by_place(text, member.start(), key, names_a_secret):
             end = member.end() if quoted else _secret_end(text, key, value, start)
             parts += [text[done:start], _blank(key, value)]
             done = position = end
@@ -383,7 +466,7 @@ def _is_secret_by_place(text: str, start: int, key: str, after_secret_name: bool
 
 def _names_secret(name: str) -> bool:
     """Whether a pair's name (its first characters: a 4 MB one costs no more than a real one) is a secret's."""
-    return _SECRET_KEY.search(name[:_PAIR_NAME_CHARS]) is not None
+    return _is_secret_key(name[:_PAIR_NAME_CHARS])
 
 
 def _unquoted(key: str) -> str:
