@@ -28,7 +28,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -52,6 +52,7 @@ from vmcp_opt.backends.errors import BackendUnavailable as BackendUnavailable  #
 from vmcp_opt.backends.errors import (
     NotReady,
     ProcessExited,
+    ProcessLost,
     closed_by_exit_when_seen,
     describe_error,
     failure_reason,
@@ -140,8 +141,8 @@ class BackendConnection:
         self._connected = anyio.Event()  # this session reached READY
         self._ended = anyio.Event()  # this session is over (a stdio process's exit status is known)
         self._lost_reason: str | None = None
-        # The session `reconnect` is ending, and why: what a call it was carrying fails with.
-        self._restarted: tuple[ClientSession, str] | None = None
+        # The session `reconnect` is ending, and why (as its clients are told, in full): what a call it carried fails with.
+        self._restarted: tuple[ClientSession, str, str] | None = None
         # Sessions established so far (the health monitor sees a reconnect as a new number).
         self.sessions = 0
         self.restarts = 0
@@ -252,11 +253,12 @@ class BackendConnection:
         self._stop.set()
         self._wake.set()
 
-    def reconnect(self, reason: str) -> None:
-        """End the current session (the stdio process is stopped) and connect again with backoff."""
+    def reconnect(self, reason: str, *, told: str | None = None) -> None:
+        """End the current session (the stdio process is stopped) and connect again with backoff. `told`: why, as
+        the clients of the calls it cuts off are told (`reason`, for the log and /readyz, may quote the backend)."""
         if self._session is not None and not self._wake.is_set():
             self._lost_reason = reason
-            self._restarted = (self._session, reason)
+            self._restarted = (self._session, told or "its health checks failed", reason)
             self._wake.set()
             # Out of service now, not once the old session has shut down: stopping a hung process takes seconds
             # (stdin closed, SIGTERM, SIGKILL), and calls routed to it meanwhile failed with a bare "Connection
@@ -521,7 +523,7 @@ class BackendConnection:
                     progress_callback=progress,
                 )
         except (anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
-            raise BackendUnavailable(f"backend '{self.name}' connection lost: {self.describe(exc)}") from exc
+            raise failed_because(self.name, "connection lost", exc, self.secrets) from exc
         except MCPError as exc:
             refused = auth.refusal() if auth is not None else None
             if refused is not None:
@@ -532,7 +534,7 @@ class BackendConnection:
             if exc.code == types.CONNECTION_CLOSED:
                 restarted = self._restarted
                 if restarted is not None and restarted[0] is session:
-                    raise _restarted_error(exc, restarted[1]) from exc
+                    raise _restarted_error(exc, *restarted[1:]) from exc
                 if self.config.transport == "stdio":
                     raise await closed_by_exit_when_seen(exc, tail, ended, self.secrets) from exc
             raise
@@ -663,11 +665,35 @@ def bounded_close(transport: str, what: str) -> Iterator[CloseBound]:
             raise close.failure
 
 
-def _restarted_error(exc: MCPError, reason: str) -> MCPError:
-    """A call cut off because the gateway restarted its backend: why, not a bare "Connection closed". Still a
+class Unavailable(NotReady):
+    """A backend failure whose client is told `told`: what happened, in words, and the exception's type. The
+    exception's text (hosts, paths, DSNs, a backend's words) is the `detail` the breaker, the log and /readyz read
+    through `describe_error`, as a `NotReady`'s last error is (a `NotReady` for that alone)."""
+
+    def __init__(self, told: str, detail: str) -> None:
+        BackendUnavailable.__init__(self, told)
+        self.detail = detail
+
+
+def failed_because(backend: str, what: str, exc: BaseException, secrets: Iterable[str]) -> Unavailable:
+    """`backend '<backend>' <what> (<exception type>)` for the client, the exception described (masked) beside."""
+    told = f"backend '{backend}' {what} ({type(_innermost(exc)).__name__})"
+    return Unavailable(told, f"backend '{backend}' {what}: {describe_error(exc, secrets)}")
+
+
+def _innermost(exc: BaseException) -> BaseException:
+    """The first exception inside task groups' exception groups: the one that says what happened."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def _restarted_error(exc: MCPError, told: str, reason: str) -> MCPError:
+    """A call cut off because the gateway restarted its backend: why, not a bare "Connection closed"; its client
+    is told `told`, the breaker, the log and /readyz the whole `reason` (which quotes the failed pings). Still a
     CONNECTION_CLOSED, which counts against the circuit as the backend failing (it did not answer in time)."""
-    message = f"{exc.error.message}: the gateway restarted the backend ({reason})"
-    return MCPError.from_error_data(exc.error.model_copy(update={"message": message}))
+    said = f"{exc.error.message}: the gateway restarted the backend"
+    return ProcessLost(exc.error.code, f"{said} ({told})", exc.error.data, f"{said} ({reason})")
 
 
 def backoff_delay(config: RestartConfig, attempt: int) -> float:

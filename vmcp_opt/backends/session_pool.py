@@ -50,6 +50,7 @@ from vmcp_opt.backends.connection import (
     BackendConnection,
     BackendUnavailable,
     bounded_close,
+    failed_because,
     is_list_changed,
 )
 from vmcp_opt.backends.credentials import BackendAuth
@@ -79,6 +80,7 @@ MAX_ASKS_IN_FLIGHT = 8
 MAX_ASKS_PER_CALL = 100
 
 _ask_log = ThrottledLog(logger)
+_open_log = ThrottledLog(logger)  # per backend: a client can have the gateway open sessions again and again
 
 
 class AskBound:
@@ -386,7 +388,7 @@ class DedicatedSession:
                     progress_callback=progress,
                 )
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream) as exc:
-            raise BackendUnavailable(f"backend '{self.name}' connection lost: {type(exc).__name__}") from exc
+            raise failed_because(self.name, "connection lost", exc, self.connection.secrets) from exc
         except MCPError as exc:
             refused = self.auth.refusal() if self.auth is not None else None
             if refused is not None:
@@ -441,9 +443,11 @@ class SessionPool:
             refused = session.auth.refusal() if session.auth is not None else None
             if refused is not None:
                 raise refused from exc
-            raise BackendUnavailable(
-                f"backend '{connection.name}': could not open a session for this client: {_reason(exc)}"
-            ) from exc
+            failed = failed_because(
+                connection.name, "could not open a session for this client", exc, connection.secrets
+            )
+            _open_log.warning(connection.name, "%s", failed.detail)  # its client is told only what happened
+            raise failed from exc
         return session
 
     async def _run(self, session: DedicatedSession, *, task_status: anyio.abc.TaskStatus[None]) -> None:
@@ -452,16 +456,11 @@ class SessionPool:
         except Exception as exc:
             if not session.served:
                 raise  # `task_group.start` hands it to the opener
-            logger.info("backend %s: a client's dedicated session ended: %s", session.name, _reason(exc))
+            reason = session.connection.describe(exc)
+            logger.info("backend %s: a client's dedicated session ended: %s", session.name, reason)
         finally:
             self._sessions.discard(session)
 
     def stop(self) -> None:
         for session in list(self._sessions):
             session.close()
-
-
-def _reason(exc: BaseException) -> str:
-    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        exc = exc.exceptions[0]
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

@@ -5,9 +5,9 @@ open ──(cool-down elapsed)──► half-open ──(`trial_calls` successes
 half-open ──(one failure)──► open
 
 Failures count consecutively whether they come from calls or pings; a call's success resets the count, a
-ping's success only the pings' part of it: a backend that answers pings while its calls time out (a hung
-worker behind a live protocol loop) must still open, and every ping between two calls would otherwise
-erase the first failure. For the same reason a ping's success is not an outcome in the failure-rate window,
+ping's success only the pings' part of it: a backend that answers pings while its calls fail (broken answers, a
+lost connection, calls that all reach their deadline: health/monitor.py) must still open, and
+every ping between two calls would otherwise erase the first failure. For the same reason a ping's success is not an outcome in the failure-rate window,
 and it is a trial success only while no call has failed since the circuit last closed (or since the backend's
 last new session): a circuit opened by calls is closed by calls, else pings closed it a few seconds into every
 half-open and the next `failure_threshold` calls hung their whole timeout again.
@@ -52,15 +52,22 @@ class CircuitState(StrEnum):
     HALF_OPEN = "half_open"
 
 
+# Why an open circuit refused a call, as its client is told.
+CLIENT_REASON = "its recent calls or health checks failed"
+
+
 class CircuitOpen(Exception):
-    """A call refused at once: the message names the backend and when it will be tried again."""
+    """A call refused at once. Its message, what the client gets, names the backend and when it is tried again,
+    never why the circuit opened: `reason` quotes the backend's last error (exception text, its last stderr line:
+    hosts, paths, DSNs), for the log and /readyz only. Both in one exception, so no raise site can leak it."""
 
     def __init__(self, backend: str, reason: str, retry_in: float | None) -> None:
         when = (
             f"the next trial is in {retry_in:.1f}s" if retry_in and retry_in > 0 else "a trial call is already running"
         )
-        super().__init__(f"backend '{backend}' is unavailable (circuit open: {reason}); {when}")
+        super().__init__(f"backend '{backend}' is unavailable (circuit open: {CLIENT_REASON}); {when}")
         self.backend = backend
+        self.reason = reason
         self.retry_in = retry_in
 
 
@@ -82,6 +89,7 @@ class CircuitBreaker:
         self.failed_trials = 0  # since then
         self._reminders = Reminders()  # the "still open" warnings while it stays down
         self._outcomes: deque[tuple[float, bool]] = deque()  # (when, failed) within the window
+        self._last_call_success: float | None = None  # when a call last succeeded (a ping's success is not one)
 
     # --- admission -------------------------------------------------------------------------------
 
@@ -121,6 +129,7 @@ class CircuitBreaker:
         self._advance()
         if admitted:
             self._note(failed=False)
+            self._last_call_success = self.clock()
             self.consecutive_failures = 0
             if self.state is CircuitState.CLOSED:
                 self._calls_failed = False
@@ -135,6 +144,10 @@ class CircuitBreaker:
             self.trial_successes += 1
             if self.trial_successes >= self.config.trial_calls:
                 self._move(CircuitState.CLOSED)
+
+    def call_succeeded_since(self, when: float) -> bool:
+        """Whether a call succeeded (in time) after `when`, on this breaker's clock."""
+        return self._last_call_success is not None and self._last_call_success >= when
 
     def record_failure(self, reason: str, *, admitted: bool = True) -> None:
         if not self.config.enabled:

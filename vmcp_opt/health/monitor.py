@@ -4,6 +4,12 @@ The monitor pings each backend every `health.interval`; a ping's outcome feeds b
 health and its circuit breaker, and a backend that turns unhealthy while its session looks alive
 (an HTTP server gone, a stdio process hung) is asked to reconnect. Real calls go through `request`,
 which refuses at once while the circuit is open and feeds each call's outcome and latency back.
+
+A call's deadline is a verdict on the backend only when no other call to it succeeded while it ran: the deadline
+is the gateway's, but how long a call runs is also its arguments' (a tool asked to sleep, to fetch a tarpit URL),
+and when every such call counted, one client calling a slow tool a few times at once opened the circuit for every
+caller while the others' calls were being answered. A backend whose calls all hang (its worker stuck behind a
+protocol loop that still answers pings) serves no call meanwhile, so it still opens.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from vmcp_opt.backends import BackendConnection, BackendManager, BackendState
 from vmcp_opt.backends.connection import BackendUnavailable
 from vmcp_opt.backends.errors import broken_answer, invalid_result, naming_backend
 from vmcp_opt.config import VmcpConfig
-from vmcp_opt.health.breaker import CircuitBreaker, CircuitOpen
+from vmcp_opt.health.breaker import CircuitBreaker
 from vmcp_opt.health.checker import BackendHealth, HealthState
 from vmcp_opt.health.clock import CallClock
 from vmcp_opt.logs import ThrottledLog
@@ -35,12 +41,10 @@ ResultT = TypeVar("ResultT", bound=BaseModel)
 # `HealthMonitor.guarded`: the breaker and deadline around one call to the named backend, on any session.
 Guard = Callable[[str, CallClock | None], AbstractAsyncContextManager[None]]
 
-# Errors that say the backend is gone or stuck, not that it answered "no".
-_TRANSPORT_ERRORS = (types.CONNECTION_CLOSED, types.REQUEST_TIMEOUT)
 # Past the SDK's own read timeout, a last guard so no call can hang.
 _DEADLINE_GRACE = 1.0
-# Why an open circuit refused a call, as its client is told.
-CLIENT_REASON = "its recent calls or health checks failed"
+# What a ping that got no answer fails with.
+_PING_ERRORS = (TimeoutError, MCPError, BackendUnavailable, anyio.BrokenResourceError, anyio.ClosedResourceError)
 
 
 class HealthMonitor:
@@ -103,18 +107,13 @@ class HealthMonitor:
             # each failed ping is a verdict at `health.timeout`; this outer bound is a last guard.
             with anyio.fail_after(timeout + _DEADLINE_GRACE):
                 await connection.ping(timeout)
-        except (
-            TimeoutError,
-            MCPError,
-            BackendUnavailable,
-            anyio.BrokenResourceError,
-            anyio.ClosedResourceError,
-        ) as exc:
+        except _PING_ERRORS as exc:
             reason = _ping_failure(exc, timeout, connection)
             health.record_failure(reason)
             breaker.record_failure(reason, admitted=False)
             if health.state is HealthState.UNHEALTHY and connection.state is BackendState.READY:
-                connection.reconnect(f"unhealthy after {health.consecutive_failures} failed pings: {reason}")
+                told = f"unhealthy after {health.consecutive_failures} failed pings"
+                connection.reconnect(f"{told}: {reason}", told=told)
             return
         latency = time.monotonic() - started
         health.record_success(latency)
@@ -155,10 +154,8 @@ class HealthMonitor:
         """
         connection = self._connection(backend)
         breaker = self.breakers[backend]
-        try:
-            breaker.before_call()
-        except CircuitOpen as refused:
-            raise told_to_client(refused) from None
+        breaker.before_call()  # `CircuitOpen` tells the client the circuit's state, never why it opened
+        entered = breaker.clock()
         clock = clock or CallClock()
         try:
             with clock.deadline(connection.call_timeout + _DEADLINE_GRACE):
@@ -167,7 +164,9 @@ class HealthMonitor:
             breaker.release()  # cancelled by the caller: no verdict on the backend
             raise
         except MCPError as exc:
-            if exc.code in _TRANSPORT_ERRORS:
+            if exc.code == types.REQUEST_TIMEOUT:
+                _deadline_passed(breaker, entered, connection.describe(exc))
+            elif exc.code == types.CONNECTION_CLOSED:  # the backend is gone, not answering "no"
                 breaker.record_failure(connection.describe(exc))
             elif broken_answer(exc):  # garbled, an HTTP 5xx: the call failed because of the backend
                 breaker.record_failure(connection.describe(exc))
@@ -182,7 +181,7 @@ class HealthMonitor:
             breaker.record_failure(invalid.error.message)
             raise invalid from None
         except TimeoutError:
-            breaker.record_failure("no answer in time")
+            _deadline_passed(breaker, entered, "no answer in time")
             raise BackendUnavailable(f"backend '{backend}' did not answer within {_call_timeout(connection)}") from None
         except (ValueError, TypeError) as exc:
             # Ours, not the backend's: the SDK's encoding of the request (nested past its 255 levels, a value JSON
@@ -215,10 +214,13 @@ class HealthMonitor:
         return self.health[backend].state is not HealthState.UNHEALTHY
 
 
-def told_to_client(refused: CircuitOpen) -> CircuitOpen:
-    """The refusal with the circuit's state, not why it opened: that reason quotes the backend's last error
-    (exception text, its last stderr line: hosts, paths, DSNs), which stays in /readyz and the log."""
-    return CircuitOpen(refused.backend, CLIENT_REASON, refused.retry_in)
+def _deadline_passed(breaker: CircuitBreaker, entered: float, reason: str) -> None:
+    """A call reached its deadline: the backend's failure unless another call to it succeeded since this one was
+    admitted (then the backend serves, and this call's arguments made it slow: no verdict, its slot released)."""
+    if breaker.call_succeeded_since(entered):
+        breaker.release()
+    else:
+        breaker.record_failure(reason)
 
 
 def _ping_failure(exc: Exception, timeout: float, connection: BackendConnection) -> str:
