@@ -178,38 +178,41 @@ async def test_a_clients_session_that_cannot_be_opened_is_told_so_without_the_ba
     assert PASSWORD not in output, output
 
 
-async def test_slow_calls_past_their_timeout_leave_the_circuit_closed_while_other_calls_are_answered(
-    tmp_path: Path,
-) -> None:
-    """One client calls a slow tool past its timeout, several calls at once, while another client's calls to the
-    same backend are answered. Before, each timed-out call counted: together they opened the circuit for every
-    caller. A backend none of whose calls is answered still opens (tests/test_backend_failure_recovery.py)."""
+@pytest.mark.parametrize("slow", ["past its deadline", "answered past slow_call"])
+async def test_slow_calls_leave_the_circuit_closed_while_other_calls_are_answered(tmp_path: Path, slow: str) -> None:
+    """One client calls a slow tool, several calls at once, past their deadline or answered past `slow_call`,
+    while another client's calls to the same backend are answered. Before, each slow call counted: together they
+    opened the circuit for every caller. A backend none of whose calls is answered still opens
+    (tests/test_backend_failure_recovery.py)."""
     threshold = 2
+    seconds, call_timeout = (30, 3.0) if slow == "past its deadline" else (3, 30.0)
     config = {
-        "backends": [demo_backend("slow", call_timeout=3.0)],
+        "backends": [demo_backend("slow", call_timeout=call_timeout)],
         "health": {"interval": 600},
-        "failure": {"circuit_breaker": {"failure_threshold": threshold, "cooldown": 600}},
+        "failure": {"circuit_breaker": {"failure_threshold": threshold, "cooldown": 600, "slow_call": 1.5}},
     }
     with running_gateway(write_config(tmp_path, config)) as gateway:
-        late: list[types.CallToolResult] = []
+        ended: list[types.CallToolResult] = []
         answered = 0
         async with Client(gateway.url) as greedy, Client(gateway.url) as other:
 
-            async def slow() -> None:
-                late.append(await greedy.call_tool("slow_slow_echo", {"message": "x", "seconds": 30}))
+            async def call_slowly() -> None:
+                ended.append(await greedy.call_tool("slow_slow_echo", {"message": "x", "seconds": seconds}))
 
             async with anyio.create_task_group() as group:
                 for _ in range(threshold + 1):
-                    group.start_soon(slow)
+                    group.start_soon(call_slowly)
                 # The other client's calls go on until every slow call has ended: some succeed while they run.
-                while len(late) < threshold + 1:
+                while len(ended) < threshold + 1:
                     quick = await other.call_tool("slow_slow_echo", {"message": "hello", "seconds": 0})
                     assert not quick.is_error and "hello" in _text(quick), _text(quick)
                     answered += 1
                     await anyio.sleep(0.05)
         assert answered > 0
-        assert all(r.is_error and "3s (call_timeout of this backend)" in _text(r) for r in late), [
-            _text(r) for r in late
-        ]
+        texts = [_text(r) for r in ended]
+        if slow == "past its deadline":
+            assert all(r.is_error and "3s (call_timeout of this backend)" in _text(r) for r in ended), texts
+        else:
+            assert not any(r.is_error for r in ended), texts
         circuit = _backend(gateway, "slow")["circuit"]
         assert circuit["state"] == "closed" and circuit["times_opened"] == 0, circuit

@@ -295,7 +295,8 @@ class CircuitBreakerConfig(_Strict):
     window: float = Field(30.0, gt=0)
     # Outcomes in the window needed before the failure rate counts.
     minimum_calls: int = Field(10, ge=1)
-    # A call slower than this counts as a failure even when it succeeds.
+    # A call slower than this counts as a failure even when it succeeds, unless another call to the backend
+    # succeeded while it ran (as for a call past its deadline: its arguments, not the backend, made it slow).
     slow_call: float = Field(30.0, gt=0)
     # Seconds an open circuit fails calls at once before letting trial calls through (half-open).
     cooldown: float = Field(10.0, gt=0)

@@ -118,10 +118,12 @@ class CircuitBreaker:
 
     # --- outcomes --------------------------------------------------------------------------------
 
-    def record_success(self, latency: float = 0.0, *, admitted: bool = True) -> None:
+    def record_success(self, latency: float = 0.0, *, admitted: bool = True, slow_counts: bool = True) -> None:
+        """`slow_counts`: whether a call past `slow_call` is a failure (not when other calls were answered while
+        it ran: its arguments made it slow, health/monitor.py)."""
         if not self.config.enabled:
             return
-        if latency > self.config.slow_call:
+        if slow_counts and latency > self.config.slow_call:
             self.record_failure(
                 f"a call took {latency:.1f}s (slow_call is {self.config.slow_call:g}s)", admitted=admitted
             )

@@ -5,10 +5,10 @@ health and its circuit breaker, and a backend that turns unhealthy while its ses
 (an HTTP server gone, a stdio process hung) is asked to reconnect. Real calls go through `request`,
 which refuses at once while the circuit is open and feeds each call's outcome and latency back.
 
-A call's deadline is a verdict on the backend only when no other call to it succeeded while it ran: the deadline
-is the gateway's, but how long a call runs is also its arguments' (a tool asked to sleep, to fetch a tarpit URL),
-and when every such call counted, one client calling a slow tool a few times at once opened the circuit for every
-caller while the others' calls were being answered. A backend whose calls all hang (its worker stuck behind a
+A call's deadline (or an answer past `slow_call`) is a verdict on the backend only when no other call to it
+succeeded while it ran: the deadline is the gateway's, but how long a call runs is also its arguments' (a tool
+asked to sleep, to fetch a tarpit URL), and when every such call counted, one client calling a slow tool a few
+times at once opened the circuit for every caller while the others' calls were being answered. A backend whose calls all hang (its worker stuck behind a
 protocol loop that still answers pings) serves no call meanwhile, so it still opens.
 """
 
@@ -172,7 +172,7 @@ class HealthMonitor:
                 breaker.record_failure(connection.describe(exc))
                 raise naming_backend(backend, exc) from None
             else:
-                breaker.record_success(clock.backend_time())  # it answered (an error of its own): it is alive
+                _answered(breaker, entered, clock)  # it answered (an error of its own): it is alive
             if exc.code == types.REQUEST_TIMEOUT and exc.message.endswith("timed out"):  # the SDK's read timeout
                 raise MCPError(exc.code, f"{exc.message} after {_call_timeout(connection)}") from None
             raise
@@ -197,7 +197,7 @@ class HealthMonitor:
         except Exception as exc:
             breaker.record_failure(connection.describe(exc))
             raise
-        breaker.record_success(clock.backend_time())
+        _answered(breaker, entered, clock)
 
     def _connection(self, backend: str) -> BackendConnection:
         connection = self.manager.get(backend)
@@ -221,6 +221,12 @@ def _deadline_passed(breaker: CircuitBreaker, entered: float, reason: str) -> No
         breaker.release()
     else:
         breaker.record_failure(reason)
+
+
+def _answered(breaker: CircuitBreaker, entered: float, clock: CallClock) -> None:
+    """A call answered: a success, but one past `slow_call` a failure unless another call to the backend succeeded
+    while it ran (as a deadline, `_deadline_passed`)."""
+    breaker.record_success(clock.backend_time(), slow_counts=not breaker.call_succeeded_since(entered))
 
 
 def _ping_failure(exc: Exception, timeout: float, connection: BackendConnection) -> str:
