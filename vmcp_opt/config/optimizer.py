@@ -113,7 +113,8 @@ class OptimizerConfig(_Strict):
     # Tools used together (optimizer/usage.py): learned from the calls clients make through the gateway
     # (names and counts only), they raise each other in find_tool. On the ToolLens dev split, 13.9k past
     # tasks took nDCG@10 from 39.4 to 54.4 and COMP@5 from 10.9 to 29.4 (eval/README.md); with no history
-    # the ranking is unchanged. Kept in `index_dir/usage.json`.
+    # the ranking is unchanged. Kept in `index_dir/usage.json` and, past 64 KiB, a journal of each sync's
+    # changes beside it (`usage.json.journal`).
     usage: bool = True
     # Where that history is kept: `file` (`index_dir/usage.json`, merged under a lock by gateways sharing the
     # directory) or `redis` (the `redis` section: every replica adds its counts and reads the others').

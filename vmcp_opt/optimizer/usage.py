@@ -20,13 +20,14 @@ the `MAX_TOOLS` tools used in most tasks, each with its `MAX_COMPANIONS` most fr
 whose tool names churn, or one tool used with thousands of others, cannot grow it without end). A file that
 cannot be read is kept aside under a name of its own (the last `KEPT_ASIDE` of them), never overwritten.
 
-Where the graph is kept: optimizer/usage_files.py (a file; `UsageHistory` is what the gateway needs of any
-store), shared/usage_history.py (Redis).
+Where the graph is kept: optimizer/usage_files.py (a snapshot file and a journal of what each sync added, so a
+sync costs what changed; `UsageHistory` is what the gateway needs of any store), shared/usage_history.py (Redis).
+Whatever the store, the graph's lock is held only for what changed (`new_counts`, `absorb`, `replace`'s swap) or
+a few hundred tools at a time (`to_json`): the event loop takes it for every call it learns from.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -37,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from vmcp_opt.auth import Caller, Identification
-from vmcp_opt.optimizer.file_lock import exclusive, keep_aside, remove_dead_writes, write_atomically
+from vmcp_opt.optimizer.file_lock import exclusive, remove_dead_writes
 from vmcp_opt.optimizer.usage_ledger import CALLER_PERIOD, CallerLedger, voter
 
 logger = logging.getLogger(__name__)
@@ -59,6 +60,10 @@ KEPT_ASIDE = 3
 # Seconds the start waits for the history's lock to remove what killed saves left (its holders keep it for one
 # merge; usage_files.LOCK_WAIT).
 SWEEP_LOCK_WAIT = 5.0
+# Tools whose companions `to_json` copies per hold of the graph's lock.
+_COPY_CHUNK = 500
+# Counts as `new_counts` hands them: tasks per tool, and per tool its companions.
+Counts = tuple[Counter[str], dict[str, Counter[str]]]
 
 
 class UsageGraph:
@@ -141,65 +146,81 @@ class UsageGraph:
     # -- persistence -------------------------------------------------------------------------------
 
     def to_json(self) -> dict[str, Any]:
+        """Every count, as the file keeps them. Copied a few hundred tools at a time, the lock released between:
+        at a million pairs one copy held it ~50 ms, and the event loop takes it for every call it learns from.
+        A count learned meanwhile may or may not be in it, as if it came just before or after."""
         with self._lock:
-            return self._to_json_unlocked()
-
-    def _to_json_unlocked(self) -> dict[str, Any]:
-        return {
-            "version": FORMAT_VERSION,
-            "tasks": dict(self._tasks),
-            "together": {tool: dict(counts) for tool, counts in self._together.items()},
-        }
+            tasks = dict(self._tasks)
+            tools = list(self._together)
+        together: dict[str, dict[str, int]] = {}
+        for start in range(0, len(tools), _COPY_CHUNK):
+            with self._lock:
+                for tool in tools[start : start + _COPY_CHUNK]:
+                    counts = self._together.get(tool)
+                    if counts:
+                        together[tool] = dict(counts)
+        return {"version": FORMAT_VERSION, "tasks": tasks, "together": together}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> UsageGraph:
         """The graph `to_json` wrote; ValueError naming the field when the data is not that."""
-        if not isinstance(data, Mapping):
-            raise ValueError(f"expected a JSON object, got {type(data).__name__}")
-        if data.get("version") != FORMAT_VERSION:
-            raise ValueError(f"field 'version': expected {FORMAT_VERSION}, got {data.get('version')!r}")
+        return cls.holding(saved_counts(data))
+
+    @classmethod
+    def holding(cls, counts: Counts) -> UsageGraph:
+        """A graph of these counts, taken as they are (not copied: the caller hands them over)."""
         graph = cls()
-        graph._tasks = Counter(_counts(data.get("tasks"), "tasks"))
-        together = data.get("together")
-        if not isinstance(together, Mapping):
-            raise ValueError("field 'together': expected an object")
-        graph._together = {str(tool): Counter(_counts(c, f"together.{tool}")) for tool, c in together.items()}
+        graph._tasks, graph._together = counts
         return graph
 
     def save(self, path: Path) -> None:
-        """Add what was learned since the last save to the history at `path`, then rank with the result.
+        """Add what was learned since the last save to the history at `path` (optimizer/usage_files.py: a
+        snapshot and a journal of changes), then rank with the result. Under the history's file lock, so
+        gateways sharing an index_dir each add their own counts and none overwrites another's."""
+        from vmcp_opt.optimizer.usage_files import FileUsageHistory  # it builds on this module
 
-        Under an exclusive file lock, so gateways sharing an index_dir each add their own counts and
-        none overwrites another's; a history deleted meanwhile is adopted with only the newer counts
-        (`FileUsageHistory` also drops those when `vmcp index usage --clear` deleted it). Written
-        atomically: a crash mid-write leaves the previous file.
-        """
         path.parent.mkdir(parents=True, exist_ok=True)
-        with exclusive(lock_path(path)):
-            self.merge_file(path)
+        FileUsageHistory(path).save(self)
 
-    def merge_file(self, path: Path) -> None:
-        """`merge` with the history at `path` (the caller holds `lock_path(path)`); the file is written only
-        when there is something to add."""
-        self.merge(lambda tasks, together: _merged_file(path, tasks, together, self.to_json()))
+    def new_counts(self) -> Counts:
+        """A copy of what was learned since the last merge (small: one sync interval's learning)."""
+        with self._lock:
+            return Counter(self._new_tasks), {tool: Counter(c) for tool, c in self._new_together.items()}
 
     def merge(self, add: Callable[[Counter[str], dict[str, Counter[str]]], UsageGraph]) -> None:
-        """Hand what was learned since the last merge to `add`, which adds it to the kept history (a file,
-        Redis) and returns the whole of it; then rank with that plus what arrived meanwhile. When `add`
-        raises, nothing is lost: the counts stay new for the next merge."""
+        """Hand what was learned since the last merge to `add`, which adds it to the kept history (Redis) and
+        returns the whole of it; then rank with that plus what arrived meanwhile. When `add` raises, nothing is
+        lost: the counts stay new for the next merge."""
+        new = self.new_counts()
+        self.replace(add(*new), new)
+
+    def replace(self, kept: UsageGraph, saved: Counts) -> None:
+        """Rank with `kept` (the whole history, `saved` in it) plus what was learned since `saved` was taken.
+        Under the lock only a swap and the counts learned meanwhile."""
         with self._lock:
-            new_tasks = Counter(self._new_tasks)
-            new_together = {tool: Counter(counts) for tool, counts in self._new_together.items()}
-        saved = add(new_tasks, new_together)
+            self._forget_saved(saved)
+            replaced = self._together if self._together is not kept._together else {}
+            self._tasks, self._together = kept._tasks, kept._together
+            add_counts(self._tasks, self._together, self._new_tasks, self._new_together)
+        # Freed a tool at a time, outside the lock: freed in one go, a million pairs held the GIL ~100 ms.
+        while replaced:
+            replaced.popitem()
+
+    def absorb(self, others: Counts, saved: Counts) -> None:
+        """`saved` (taken by `new_counts`, already ranked with) is kept now; `others` (what other gateways
+        added to the history since the last merge) joins the ranking. Costs what changed, not the graph."""
         with self._lock:
-            # Keep what arrived during the write as new; rank with the kept history plus that.
-            self._new_tasks.subtract(new_tasks)
-            self._new_tasks = +self._new_tasks
-            for tool, counts in new_together.items():
-                self._new_together[tool].subtract(counts)
-            self._new_together = {tool: +c for tool, c in self._new_together.items() if +c}
-            self._tasks, self._together = saved._tasks, saved._together
-            _add(self._tasks, self._together, self._new_tasks, self._new_together)
+            self._forget_saved(saved)
+            add_counts(self._tasks, self._together, *others)
+
+    def _forget_saved(self, saved: Counts) -> None:
+        """No longer new: what `saved` holds (the lock is held). Counts that arrived since stay new."""
+        new_tasks, new_together = saved
+        self._new_tasks.subtract(new_tasks)
+        self._new_tasks = +self._new_tasks
+        for tool, counts in new_together.items():
+            self._new_together.get(tool, Counter()).subtract(counts)
+        self._new_together = {tool: +c for tool, c in self._new_together.items() if +c}
 
     @classmethod
     def of_counts(cls, tasks: Mapping[str, int], together: Mapping[str, Mapping[str, int]]) -> UsageGraph:
@@ -210,53 +231,19 @@ class UsageGraph:
 
     @classmethod
     def read(cls, path: Path) -> UsageGraph:
-        """The graph saved at `path`, touching nothing: OSError or ValueError when it cannot be read."""
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"not JSON: {exc}") from None
-        except RecursionError:
-            # Arrays or objects nested thousands deep (a damaged file): unreadable like any other, so it is kept
-            # aside; escaping as a RecursionError it failed every save and showed `vmcp index usage` a traceback.
-            raise ValueError("not a usage history: JSON nested too deeply") from None
-        return cls.from_json(data)
+        """The graph saved at `path` (with its journal), touching nothing: OSError or ValueError when it cannot
+        be read."""
+        from vmcp_opt.optimizer.usage_files import read_history  # it builds on this module
+
+        return read_history(path)[0]
 
     @classmethod
     def load(cls, path: Path) -> UsageGraph:
         """The graph saved at `path`; empty when there is none. An unreadable file is kept aside as
         `<name>.corrupt` (never overwritten by the next save) and the gateway starts with no history."""
-        remove_dead_saves(path)
-        if not path.exists():
-            return cls()
-        try:
-            return cls.read(path)
-        except (OSError, ValueError) as exc:
-            aside = keep_aside(path, KEPT_ASIDE)
-            logger.warning(
-                "optimizer usage history %s is unreadable (%s); moved to %s, starting empty", path, exc, aside
-            )
-            return cls()
+        from vmcp_opt.optimizer.usage_files import load_history  # it builds on this module
 
-
-def _merged_file(
-    path: Path, tasks: Counter[str], together: dict[str, Counter[str]], everything: dict[str, Any]
-) -> UsageGraph:
-    """The history at `path` plus these counts, written back (the caller holds the file's lock). An unreadable
-    file is moved aside and replaced by `everything` this gateway knows."""
-    try:
-        merged = UsageGraph.read(path) if path.exists() else UsageGraph()
-        if not tasks and not together:
-            # Nothing to add: the file is read, not rewritten (a sync that only looks must not create one).
-            return merged
-        _add(merged._tasks, merged._together, tasks, together)
-        data = merged.to_json()
-    except (OSError, ValueError) as exc:
-        aside = keep_aside(path, KEPT_ASIDE)
-        logger.warning("optimizer usage history %s is unreadable (%s); moved to %s", path, exc, aside)
-        data = everything
-    data = bounded(data)
-    write_atomically(path, json.dumps(data, separators=(",", ":")))
-    return UsageGraph.from_json(data)
+        return load_history(path)[0]
 
 
 def bounded(data: dict[str, Any]) -> dict[str, Any]:
@@ -276,7 +263,25 @@ def bounded(data: dict[str, Any]) -> dict[str, Any]:
     return {**data, "tasks": {tool: tasks[tool] for tool in kept}, "together": trimmed}
 
 
-def _add(
+def saved_counts(data: Any) -> Counts:
+    """The counts of a saved history (`to_json`'s data); ValueError naming the field when the data is not that."""
+    if not isinstance(data, Mapping):
+        raise ValueError(f"expected a JSON object, got {type(data).__name__}")
+    if data.get("version") != FORMAT_VERSION:
+        raise ValueError(f"field 'version': expected {FORMAT_VERSION}, got {data.get('version')!r}")
+    return parse_counts(data)
+
+
+def parse_counts(data: Mapping[str, Any]) -> Counts:
+    """The `tasks` and `together` counts of a saved history (or of one journal line); ValueError naming the field."""
+    tasks = _counts(data.get("tasks"), "tasks")
+    together = data.get("together")
+    if not isinstance(together, Mapping):
+        raise ValueError("field 'together': expected an object")
+    return tasks, {str(tool): _counts(c, "together", tool) for tool, c in together.items()}
+
+
+def add_counts(
     tasks: Counter[str], together: dict[str, Counter[str]], more_tasks: Counter[str], more: dict[str, Counter[str]]
 ) -> None:
     tasks.update(more_tasks)
@@ -284,10 +289,12 @@ def _add(
         together.setdefault(tool, Counter()).update(counts)
 
 
-def _counts(value: Any, where: str) -> dict[str, int]:
+def _counts(value: Any, field: str, tool: str | None = None) -> Counter[str]:
+    """Built once, straight into the Counter the graph keeps: a million pairs are read at load and compaction."""
+    where = field if tool is None else f"{field}.{tool}"
     if not isinstance(value, Mapping):
         raise ValueError(f"field '{where}': expected an object of counts")
-    counts: dict[str, int] = {}
+    counts: Counter[str] = Counter()
     for key, count in value.items():
         if not isinstance(count, int) or isinstance(count, bool) or count < 0:
             raise ValueError(f"field '{where}.{key}': expected a non-negative integer, got {count!r}")
