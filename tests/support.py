@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -177,6 +177,19 @@ def wait_http(
             last = exc
         time.sleep(POLL_SECONDS)
     raise TimeoutError(f"{url} did not answer {expect} within {timeout}s (last error: {last})")
+
+
+def wait_until(condition: Callable[[], object], deadline: float = 60.0, message: str | Callable[[], str] = "") -> None:
+    """Polls `condition` until it is true. For effects that come after what a test can see (a log line or a
+    file written once the answer that showed the change is sent): a read right after the answer races them.
+    `deadline` is a hang guard for a loaded machine, not a bound under test; `message` (or what it returns,
+    read only on failure: a gateway's log) says what never came."""
+    end = time.monotonic() + deadline
+    while not condition():
+        if time.monotonic() > end:
+            said = message() if callable(message) else message
+            raise AssertionError(f"not seen within {deadline:g}s: {said}")
+        time.sleep(POLL_SECONDS)
 
 
 @contextlib.contextmanager

@@ -7,7 +7,6 @@ up later, and a backend whose calls hang while it keeps answering the health che
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import anyio
@@ -55,7 +54,7 @@ async def test_a_backend_down_at_start_joins_the_catalogue_and_serves_once_it_co
             assert "late_whoami" not in await listed(client)
             with http_demo_backend(port, sse=sse):
                 await eventually(lambda: backend(gateway, "late")["state"] == "ready", what="late connected")
-                with anyio.fail_after(10):
+                with anyio.fail_after(60):  # a hang guard: listed at once on an idle machine
                     while "late_whoami" not in await listed(client):  # noqa: ASYNC110
                         await anyio.sleep(0.1)
                 answer = await client.call_tool("late_whoami", {})
@@ -78,10 +77,11 @@ async def test_a_backend_whose_calls_hang_while_it_answers_pings_opens_its_circu
                 assert hung.is_error and "timed out after 1s" in text(hung), text(hung)
                 await anyio.sleep(0.3)  # a few good pings in between
             assert backend(gateway, "stuck")["health"]["state"] == "healthy"
-            started = time.monotonic()
+            # Refused by the open circuit, not sent: a call sent would end "timed out after 1s". (A bound on the
+            # refusal's time, < 0.9 s, failed on a loaded machine and said nothing more than its message.)
             refused = await client.call_tool("stuck_slow_echo", {"message": "x", "seconds": 30})
-            assert time.monotonic() - started < 0.9
             assert refused.is_error and "backend 'stuck'" in text(refused) and "circuit open" in text(refused)
+            assert "timed out" not in text(refused), text(refused)
             assert not (await client.call_tool("bystander_slow_echo", {"message": "x", "seconds": 0})).is_error
 
 

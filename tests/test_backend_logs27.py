@@ -129,7 +129,7 @@ class Logs:
     async def wait_for(self, count: int) -> list[str]:
         """The texts once `count` have come (a call's messages come on its stream, before its answer: this only
         waits for the client's callbacks to have run)."""
-        with anyio.fail_after(10):
+        with anyio.fail_after(30):
             while len(self.texts) < count:
                 await self._more.wait()
         return self.texts

@@ -176,7 +176,7 @@ async def test_no_progress_is_relayed_after_the_call_returned(session: str) -> N
                         returned = True
 
                     group.start_soon(watched_call)
-                    with anyio.fail_after(10):
+                    with anyio.fail_after(30):
                         await progressed.wait()
                     # Another call given up on: its cancel is held in the proxy, so the transport's writer is busy.
                     await _given_up(connection, _call("trigger-long-running-operation", long))

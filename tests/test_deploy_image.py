@@ -110,7 +110,7 @@ def test_an_orphan_of_a_stdio_backend_is_reaped_and_sigterm_still_drains(tmp_pat
         orphan, adopter = (int(n) for n in report.read_text(encoding="utf-8").split())
         gateways = [pid for pid in children(proc.pid) if "vmcp" in command_line(pid)]
         assert adopter in (proc.pid, *gateways), (adopter, proc.pid, gateways)  # the gateway under the init, or it
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30
         while zombie_state(orphan) is not None and time.monotonic() < deadline:
             time.sleep(0.05)
         assert zombie_state(orphan) is None, f"the orphan {orphan} was not reaped ({zombie_state(orphan)})"

@@ -114,7 +114,7 @@ def manifest_redis(tmp_path: Path, shell: str, password: bytes) -> Iterator[tupl
 
 
 def wait_listening(proc: subprocess.Popen[bytes], port: int) -> None:
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         assert proc.poll() is None, f"the command exited with {proc.returncode}"
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):

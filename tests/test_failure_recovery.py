@@ -129,7 +129,7 @@ async def test_killed_stdio_backend_fails_the_call_in_flight_then_is_restarted_a
                 tools = {tool.name for tool in (await client.list_tools()).tools}
                 assert "victim_whoami" in tools and "bystander_whoami" in tools
                 # list_changed when the backend left and again when it came back.
-                await eventually(lambda: len(events) >= 2, within=5, what="two list_changed events")
+                await eventually(lambda: len(events) >= 2, within=30, what="two list_changed events")
                 task_group.cancel_scope.cancel()
     log = gateway.output()
     assert "backend victim circuit closed -> open" in log
@@ -432,7 +432,7 @@ async def test_client_cancellation_reaches_the_backend(tmp_path: Path) -> None:
             def cancelled() -> bool:
                 return bool(counts.get("slow_echo_cancelled"))
 
-            deadline = time.monotonic() + 10
+            deadline = time.monotonic() + 30
             while time.monotonic() < deadline and not cancelled():
                 counts = await whoami(client, "notes_whoami")
                 await anyio.sleep(0.2)

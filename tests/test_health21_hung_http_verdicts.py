@@ -24,9 +24,9 @@ from tests.test_chaos20_http_stall import _everything_over_http
 
 pytestmark = [pytest.mark.slow, pytest.mark.anyio]
 
-# threshold 3 x timeout 0.3 s + 2 intervals of 0.2 s: 1.3 s. Generous for a loaded machine, and far below the old
-# behaviour (each failed ping after the first held ~5 s more by the SDK's courtesy cancel: ≥ 11 s).
-UNHEALTHY_WITHIN = 4.0
+# threshold 3 x timeout 0.3 s + 2 intervals of 0.2 s: 1.3 s. Six times that, for two loaded cores, and still below
+# the old behaviour (each failed ping after the first held ~5 s more by the SDK's courtesy cancel: ≥ 11 s).
+UNHEALTHY_WITHIN = 8.0
 HEALTH_MOVE = re.compile(r"backend web health: (\w+) -> (\w+) \((.*)\)")
 
 
@@ -128,6 +128,6 @@ async def test_a_call_to_a_hung_http_backend_returns_at_its_deadline_each_time(t
         output = gateway.output()
         # The first ends at 0.5 s (the SDK's read timeout), the others at the call deadline's 1 s grace (1.5 s); each
         # after the first took 5 s more before (6.5 s), the SDK's bound on its courtesy cancel.
-        assert max(took) < 3.0, f"calls took {[round(t, 2) for t in took]}\n{output}"
+        assert max(took) < 5.0, f"calls took {[round(t, 2) for t in took]}\n{output}"
         assert gateway.proc.returncode == 0, output
         assert "Traceback" not in output and "Task was destroyed" not in output, output

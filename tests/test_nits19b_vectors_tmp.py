@@ -71,7 +71,8 @@ async def test_the_next_start_removes_a_write_cut_by_a_stop_while_embedding(tmp_
                     if found.structured_content["ranking"] == "hybrid":
                         break
                     await anyio.sleep(0.1)
-        assert (model_dir / "vectors.npz").exists()
+        # Saved after the vectors are swapped in: the ranking can say "hybrid" before the file is there.
+        wait_for(lambda: (model_dir / "vectors.npz").exists(), "vectors.npz saved")
         assert not cut.exists(), sorted(p.name for p in model_dir.iterdir())
         assert running.exists()
         assert f"removed {cut}" in second.output()

@@ -140,7 +140,7 @@ def config(port: int) -> dict[str, Any]:
     }
 
 
-def wait_for(condition: Any, timeout: float = 10.0) -> bool:
+def wait_for(condition: Any, timeout: float = 30.0) -> bool:  # a hang guard: it returns once true
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if condition():

@@ -90,7 +90,7 @@ def shipped_nginx(directory: Path, ports: list[int]) -> Iterator[str]:
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30
         while True:
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", listen), timeout=0.2):
                 break

@@ -55,7 +55,7 @@ async def test_answering_the_backends_request_of_the_same_id_leaves_our_call_aba
             async with client.stream("POST", URL, json=sdk_body(ours)) as response:
                 bodies.append(await response.aread())
 
-        with anyio.fail_after(10):  # a guard: without the fix the call below would wait for ever
+        with anyio.fail_after(30):  # a guard: without the fix the call below would wait for ever
             async with anyio.create_task_group() as tasks:
                 tasks.start_soon(call)
                 await started.wait()

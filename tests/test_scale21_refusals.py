@@ -97,7 +97,7 @@ def test_a_refused_connection_is_answered_with_a_json_rpc_error_and_retry_after(
 def test_connections_are_served_again_once_the_held_ones_close(capped_gateway: Gateway) -> None:
     with held_connections(capped_gateway, "127.0.0.7", 2), held_connections(capped_gateway, "127.0.0.8", 2):
         pass
-    deadline = time.monotonic() + 10  # the gateway sees the closes a moment later
+    deadline = time.monotonic() + 30  # the gateway sees the closes a moment later
     while (outcome := sdk_error(capped_gateway)) != "served" and time.monotonic() < deadline:
         time.sleep(0.1)
     assert outcome == "served"

@@ -76,7 +76,7 @@ async def stop_bulk_child(gateway: Gateway, stopped: list[psutil.Process]) -> No
     for child in children:
         child.send_signal(signal.SIGSTOP)
         stopped.append(child)
-    with anyio.fail_after(10):
+    with anyio.fail_after(30):
         while any(child.status() != psutil.STATUS_STOPPED for child in children):  # noqa: ASYNC110 - signal delivery
             await anyio.sleep(0.05)
 

@@ -94,7 +94,7 @@ async def test_a_backend_listing_thousands_of_templates_is_read_through_promptly
                 await client.read_resource(unlisted)
             took = time.monotonic() - started
         assert absent.value.error.message.startswith("Resource not found: 'xxx")
-        assert took < 2.0, f"a read of an unlisted URI took {took:.1f}s (tried against every template: ~8 s)"
+        assert took < 4.0, f"a read of an unlisted URI took {took:.1f}s (tried against every template: ~8 s)"
         _wait_logged(gateway, f"more than {MAX_UNANCHORED_TEMPLATES} such templates")
 
 

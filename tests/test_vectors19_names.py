@@ -157,7 +157,7 @@ def test_the_unchanged_shortcut_waits_for_an_update_still_embedding(tmp_path: Pa
         index.update_keywords(catalogue)  # R again: served at once, with its vectors
         again = threading.Thread(target=index.update, args=(catalogue,))
         again.start()
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30
         while again.is_alive() and not waiting.is_set():  # skipped, or waiting for R''s update
             assert time.monotonic() < deadline, "the update of R neither returned nor waited"
             time.sleep(0.01)

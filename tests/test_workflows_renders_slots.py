@@ -47,7 +47,7 @@ class Gate:
 
 async def until(predicate: Callable[[], bool]) -> None:
     """Polls the threads' counts (they change in worker threads, which cannot set an anyio.Event)."""
-    with anyio.fail_after(10):
+    with anyio.fail_after(30):
         while True:
             if predicate():
                 return
