@@ -388,17 +388,20 @@ class ToolBucketConfig(_Strict):
 
 
 class RateLimitsConfig(_Strict):
-    """Token buckets on tool calls (vmcp_opt/shared/rate_limits.py). A call takes a token from each bucket
-    that applies, or from none: a refusal by one bucket drains no other. A call through `call_tool` or a
-    workflow step takes only its own tool's bucket (the caller already paid for the request)."""
+    """Token buckets on tool calls and the other requests forwarded to a backend (vmcp_opt/shared/rate_limits.py).
+    A call takes a token from each bucket that applies, or from none: a refusal by one bucket drains no other. A
+    call through `call_tool` or a workflow step takes only its own tool's bucket (the caller already paid for the
+    request). `resources/read`, `prompts/get`, `completion/complete` and `resources/subscribe` take the caller's
+    and the shared bucket's token as a tool call does; the lists, `ping` and `resources/unsubscribe` are free."""
 
     # `memory`: buckets of this process. `redis`: buckets in `redis`, shared by every replica.
     store: Literal["memory", "redis"] = "memory"
     # One bucket per caller: a verified subject (the same on every replica), else, over HTTP, the client's
     # address (X-Forwarded-For's behind `server.trusted_proxies`), whatever sessions it opens or skips, so
-    # clients behind one address share a bucket; over stdio the one client. Unset: none.
+    # clients behind one address share a bucket; over stdio the one client. Each tool call, resource read,
+    # prompt, completion and subscription takes a token. Unset: none.
     per_caller: BucketConfig | None = None
-    # One bucket for every caller together; unset: none.
+    # One bucket for every caller together, paid as `per_caller` is; unset: none.
     shared: BucketConfig | None = None
     # Buckets per tool name (as clients call it: `call_tool`, `find_tool`, a backend's exposed name).
     per_tool: dict[str, ToolBucketConfig] = Field(default_factory=dict)

@@ -129,6 +129,11 @@ class CallLimiter(Protocol):
         `taken`: the client's request paid before it reached the router (HTTP, server/rate_limit_gate.py)."""
         ...
 
+    async def paid(self, caller: Caller, method: str, *, taken: bool = False) -> None:
+        """A request other than a tool call about to reach a backend (`resources/read`, `prompts/get`,
+        `completion/complete`, `resources/subscribe`) pays as a tool call does, or raises `LimitReached`."""
+        ...
+
 
 class Router:
     def __init__(
@@ -576,6 +581,8 @@ class Router:
         with self._watch(Op(method, caller, target=uri, exchange=exchange)):  # audited: a refusal leaves a trace
             routed = self._resource_routed(caller, uri)
             backend = self._connection(routed.backend)
+            if subscribe and self.limiter is not None:  # an unsubscribe reaches a backend only for a paid subscription
+                await self.limiter.paid(caller, method, taken=exchange.limits_taken)
             await self.sessions.subscribe(caller, exchange, backend, routed.uri, subscribe)
 
     def may_follow(self, caller: Caller, uri: str, targets: Sequence[Target]) -> bool:
@@ -617,6 +624,8 @@ class Router:
             op.backend = backend
         params = request.params.model_copy(update={"meta": forwarded_meta(request.params.meta)})
         request = request.model_copy(update={"params": params})
+        if self.limiter is not None:
+            await self.limiter.paid(caller, request.method, taken=exchange.limits_taken)
         try:
             result = await self.send(caller, exchange, backend, request, result_type, exchange.progress_relay())
             if op is not None:

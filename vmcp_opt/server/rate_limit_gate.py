@@ -25,6 +25,13 @@ Not the session nor an unverified credential: a client picks those freely (a new
 A refused call never reaches the router, so no operation watcher hears of it: the gate calls `refused`
 instead (server/http.py passes the gateway's `Telemetry.rate_limited`, which counts and audits each refusal),
 as authentication reports its refusals; the gate knows nothing of telemetry.
+
+The other requests forwarded to a backend (shared/rate_limits.py `FORWARDED`: `resources/read`, `prompts/get`,
+`completion/complete`, `resources/subscribe`) pay here too, the caller's and the shared bucket, and are refused
+alike, the method in the tool's place. Every other request is free, and its scope is marked as settled too when
+its method is sure (`_settled`; a GET or DELETE has none): the requests the gateway replays into a session it
+restores, or relays from another replica (server/session_restore.py: the log level, each subscription), carry the
+scope of a client's request here, and must not charge the caller again for subscriptions it paid for once.
 """
 
 from __future__ import annotations
@@ -44,14 +51,15 @@ from vmcp_opt.routing.budget import LimitReached
 from vmcp_opt.server.admission import LIMITS_TAKEN_KEY
 from vmcp_opt.server.post_body import GONE, PostBody, reading_body
 from vmcp_opt.server.sessions import client_address, json_rpc_error
-from vmcp_opt.shared.rate_limits import RateLimiter
+from vmcp_opt.shared.rate_limits import FORWARDED, RateLimiter
 
 TOO_MANY_REQUESTS = 429
 
 logger = logging.getLogger(__name__)
 
-# Told of each refused call: the caller (its id the budget's key), the setting whose bucket was empty, the tool.
-Refused = Callable[[Caller, str, str], None]
+# Told of each refused call: the caller (its id the budget's key), the setting whose bucket was empty, the tool (or
+# the forwarded request's method), the method.
+Refused = Callable[[Caller, str, str, str], None]
 # Whether the policy lets this caller call the tool now (the router's `may_call`).
 MayCall = Callable[[Caller, str], bool]
 
@@ -76,6 +84,8 @@ class RateLimitGate:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST":
+            if scope["type"] == "http":
+                scope[LIMITS_TAKEN_KEY] = True  # a GET or DELETE carries no request to pay for
             await self.app(scope, receive, send)
             return
         async with reading_body(scope, receive, self.max_body_bytes) as (receive, body):
@@ -86,10 +96,31 @@ class RateLimitGate:
             await self.app(scope, receive, send)
 
     async def _refused(self, scope: Scope, body: PostBody, send: Send) -> bool:
-        """Whether a tools/call was refused (answered 429 here); else its tokens are taken, and the scope marked."""
-        call = tool_call_of(body.envelope())
-        if call is None:
+        """Whether the request was refused (answered 429 here); else what it owes is taken, and the scope marked
+        when the SDK will run the request it was taken for."""
+        envelope = body.envelope()
+        call = tool_call_of(envelope)
+        if call is not None:
+            return await self._refused_call(scope, body, send, call)
+        forwarded = forwarded_of(envelope)
+        if forwarded is None:
+            if _free(envelope) and _settled(body, envelope):
+                scope[LIMITS_TAKEN_KEY] = True
             return False
+        request_id, method = forwarded
+        key = self.caller_key(scope)
+        try:
+            await self.limiter.admit(key, method, of_tool=False)
+        except LimitReached as refused:
+            self._tell_refused(key, scope, refused.setting, method, method)
+            await refuse(send, request_id, refused)
+            return True
+        if _settled(body, envelope):
+            scope[LIMITS_TAKEN_KEY] = True
+        return False
+
+    async def _refused_call(self, scope: Scope, body: PostBody, send: Send, call: tuple[str | int, str]) -> bool:
+        """Whether a tools/call was refused (answered 429 here); else its tokens are taken, and the scope marked."""
         request_id, tool = call
         key = self.caller_key(scope)
         permitted = self._permitted(key, scope, tool)
@@ -110,13 +141,13 @@ class RateLimitGate:
             return True
         return self.may_call(policy_caller(key, scope), tool)
 
-    def _tell_refused(self, key: str, scope: Scope, setting: str, tool: str) -> None:
+    def _tell_refused(self, key: str, scope: Scope, setting: str, tool: str, method: str = "tools/call") -> None:
         """Telemetry hears of the refusal; its failure is logged (throttled), never the client's: the answer
         stays the 429 (raised here, it became a 500 with no Retry-After)."""
         if self.refused is None:
             return
         try:
-            self.refused(refused_caller(key, scope), setting, tool)
+            self.refused(refused_caller(key, scope), setting, tool, method)
         except Exception:
             self._log.warning("refused", "rate limit: telemetry of a refused call failed", exc_info=True)
 
@@ -159,6 +190,35 @@ def _paid_for(body: PostBody, call: tuple[str | int, str]) -> bool:
     if not body.from_head or (b"\\u" not in raw and raw.count(b'"params"') == 1 and raw.count(b'"name"') == 1):
         return True
     return tool_call_of(body.whole()) == call
+
+
+def _free(envelope: Any) -> bool:
+    """Whether the request owes no token: a method named, neither a tool call nor one forwarded (a forwarded one
+    the gate could not take, its id unusual, is the router's to take)."""
+    method = envelope.get("method") if isinstance(envelope, dict) else None
+    return isinstance(method, str) and method != "tools/call" and method not in FORWARDED
+
+
+def _settled(body: PostBody, envelope: dict[str, Any]) -> bool:
+    """Whether the request the SDK will run has the method the gate judged by `envelope` (a tool call's name
+    is `_paid_for`'s): sure unless the body, read from its head, may spell `method` again past it."""
+    method = envelope["method"]
+    raw = body.raw
+    if not body.from_head or (b"\\u" not in raw and raw.count(b'"method"') == 1):
+        return True
+    whole = body.whole() if method in FORWARDED else None  # a free one is not worth the parse
+    return isinstance(whole, dict) and whole.get("method") == method
+
+
+def forwarded_of(envelope: Any) -> tuple[str | int, str] | None:
+    """The request id and method of a request forwarded to a backend that is no tool call (`FORWARDED`); None
+    for anything else (or an id the SDK may read otherwise: the router then takes the tokens)."""
+    if not isinstance(envelope, dict) or envelope.get("method") not in FORWARDED:
+        return None
+    request_id = envelope.get("id")
+    if isinstance(request_id, bool) or not isinstance(request_id, str | int):
+        return None
+    return request_id, envelope["method"]
 
 
 def tool_call_of(envelope: Any) -> tuple[str | int, str] | None:

@@ -1,5 +1,13 @@
 """Token buckets on tool calls: per caller, per tool and shared; in memory or in Redis.
 
+Not tool calls alone: every request the gateway forwards to a backend for a client (`FORWARDED`:
+`resources/read`, `prompts/get`, `completion/complete`, `resources/subscribe`) takes a token from the caller's
+and the shared bucket as a tool call does (`RateLimiter.paid`; `per_tool` stays tools-only), else a budget of one
+call a second let a client read resources or render prompts as fast as it could send them. What the gateway
+answers from its catalogue (the lists, `ping`, `initialize`, notifications) stays free, and so does
+`resources/unsubscribe`, which reaches a backend only for a subscription paid for, and which a client out of
+budget must still be able to send.
+
 A call names the buckets that apply (`RateLimiter.buckets`) and the store takes one token from each, or
 from none: checked all first, then taken, atomically (one Lua script in Redis, one synchronous step in
 memory). So a refusal by a tool's bucket never drains the caller's budget.
@@ -40,8 +48,11 @@ logger = logging.getLogger(__name__)
 # Set while a client's tool call runs: calls made inside it pay only their tool's bucket.
 _paid: ContextVar[bool] = ContextVar("vmcp_rate_limit_paid", default=False)
 
-# Told of each refused call: the caller, the setting whose bucket was empty, the tool.
-Refused = Callable[[Caller, str, str], None]
+# Told of each refused call: the caller, the setting whose bucket was empty, the tool (or the forwarded method).
+Refused = Callable[[Caller, str, str, str], None]  # (caller, setting, tool or method, method)
+
+# The requests other than tool calls that reach a backend, each paying the caller's and the shared bucket.
+FORWARDED = frozenset({"resources/read", "prompts/get", "completion/complete", "resources/subscribe"})
 
 
 def bucket_of(key: str, config: BucketConfig | ToolBucketConfig, setting: str) -> Bucket:
@@ -152,12 +163,24 @@ class RateLimiter:
         finally:
             _paid.reset(token)
 
-    def _tell_refused(self, caller: Caller, setting: str, tool: str) -> None:
+    async def paid(self, caller: Caller, method: str, *, taken: bool = False) -> None:
+        """A forwarded request that is no tool call (`FORWARDED`) takes its caller's and the shared bucket's token
+        (never a tool's), or raises `LimitReached`. `taken`: paid at the HTTP gate. Made inside a tool call,
+        it is an inner call, paid for with it."""
+        if taken or _paid.get():
+            return
+        try:
+            await self.admit(caller_key(caller), method, of_tool=False)
+        except LimitReached as refused:
+            self._tell_refused(caller, refused.setting, method, method)
+            raise
+
+    def _tell_refused(self, caller: Caller, setting: str, tool: str, method: str = "tools/call") -> None:
         """Telemetry hears of the refusal; its failure is logged (throttled), the caller still gets the refusal."""
         if self.on_refused is None:
             return
         try:
-            self.on_refused(caller, setting, tool)
+            self.on_refused(caller, setting, tool, method)
         except Exception:
             self._log.warning("refused", "rate limit: telemetry of a refused call failed", exc_info=True)
 

@@ -42,13 +42,14 @@ class Telemetry:
         if self.audit is not None and outcome != "accepted":
             self.audit.auth_denied(outcome, address)
 
-    def rate_limited(self, caller: Caller, setting: str, tool: str) -> None:
-        """A tool call refused by a rate limit, before it reached the router (server/rate_limit_gate.py) or by
-        it (`RateLimiter.on_refused`: over stdio, and calls made inside another): counted by setting, and audited."""
+    def rate_limited(self, caller: Caller, setting: str, tool: str, method: str = "tools/call") -> None:
+        """A tool call (or a forwarded `method`, named as `tool` too) refused by a rate limit, before it reached the
+        router (server/rate_limit_gate.py) or by it (`RateLimiter.on_refused`: over stdio, and calls made inside
+        another): counted by setting, and audited."""
         if self.metrics is not None:
             self.metrics.rate_limited(setting)
         if self.audit is not None:
-            self.audit.rate_limited(caller, setting, tool)
+            self.audit.rate_limited(caller, setting, tool, method)
 
     def session_refused(self, caller: Caller, reason: str, session: str | None = None) -> None:
         """An HTTP request refused before a session served it: it named a session another principal opened

@@ -215,12 +215,12 @@ class AuditLog:
         op = Operation("authenticate", caller, outcome="denied", error=reason)
         self._refused("vmcp_auth_denied", op)
 
-    def rate_limited(self, caller: Caller, setting: str, tool: str) -> None:
-        """A tool call refused by a rate limit, before the router (HTTP 429) or by it (stdio, inner calls):
+    def rate_limited(self, caller: Caller, setting: str, tool: str, method: str = "tools/call") -> None:
+        """A tool call (or a forwarded `method`: resources/read, prompts/get...) refused by a rate limit, before the router (HTTP 429) or by it (stdio, inner calls):
         `vmcp_rate_limited`, outcome `denied`, the setting whose bucket was empty as `error_type`, the caller as the
         refuser knows it (at the HTTP gate its id is the budget's key: `subject:<digest>` or `address:<ip>`);
         never the arguments."""
-        op = Operation("tools/call", caller, target=tool, outcome="denied", error=setting)
+        op = Operation(method, caller, target=tool, outcome="denied", error=setting)
         self._refused("vmcp_rate_limited", op)
 
     def session_refused(self, caller: Caller, reason: str, session: str | None) -> None:

@@ -132,7 +132,8 @@ class Metrics:
         )
         self.rate_limited_calls = Counter(
             "vmcp_rate_limited",
-            "Tool calls refused by a rate limit (over HTTP a 429 before the router; over stdio, and a call made "
+            "Tool calls and forwarded requests (resources/read, prompts/get, completion/complete, resources/subscribe) "
+            "refused by a rate limit (over HTTP a 429 before the router; over stdio, and a call made "
             "inside another, by the router), by the setting whose bucket was empty (rate_limits.per_caller, "
             "rate_limits.shared, rate_limits.per_tool.<tool>).",
             ["setting"],
