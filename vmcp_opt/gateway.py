@@ -71,7 +71,12 @@ class Gateway:
             limits=config.limits,
         )
         self.router = Router(
-            self.catalog, self.backends, self.sessions, self.health.guarded, policy=load_policy(config)
+            self.catalog,
+            self.backends,
+            self.sessions,
+            self.health.guarded,
+            policy=load_policy(config),
+            call_log_rate=config.server.call_log_rate,
         )
         # Rate limits on tool calls (memory, or Redis shared by replicas); raises `SecretMissing`.
         self.router.limiter = self.limiter = rate_limiter(config)

@@ -498,3 +498,38 @@ class ThrottledLog:
         held = _let_through(self._last, self._held_back, key, now)
         suffix = f" (and {held} more like it in the last {self.interval:g}s)" if held else ""
         self.target.log(self.level, message + suffix, *args, extra=extra, exc_info=exc_info)
+
+
+class CappedLog:
+    """At most `rate` records a second (in bursts of `BURST_SECONDS`' worth); the records past it are counted, and
+    the next one let through says how many were not logged. For lines made per request (`tool call … by …`): a
+    client calling as fast as it can would otherwise make the gateway write as many lines (the audit log, bounded
+    by its own sink, keeps every call). `rate` 0: none at all."""
+
+    BURST_SECONDS = 5.0
+
+    def __init__(
+        self, target: logging.Logger, rate: float, setting: str, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.target = target
+        self.rate = rate
+        self.setting = setting
+        self.clock = clock
+        self.burst = max(1.0, rate * self.BURST_SECONDS)
+        self._tokens = self.burst
+        self._at = clock()
+        self._held_back = 0
+
+    def info(self, message: str, *args: object, extra: Mapping[str, object] | None = None) -> None:
+        if self.rate <= 0 or not self.target.isEnabledFor(logging.INFO):
+            return
+        now = self.clock()
+        self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+        self._at = now
+        if self._tokens < 1:
+            self._held_back += 1
+            return
+        self._tokens -= 1
+        held, self._held_back = self._held_back, 0
+        suffix = f" (and {held} more like it not logged: {self.setting} is {self.rate:g} a second)" if held else ""
+        self.target.info(message + suffix, *args, extra=extra)

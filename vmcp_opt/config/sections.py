@@ -58,6 +58,10 @@ class ServerConfig(_Strict):
     # auto: rich on a terminal, plain lines elsewhere; plain: `time level logger: message`; json: one object
     # per line (vmcp_opt/logs.py).
     log_format: Literal["auto", "plain", "json"] = "auto"
+    # Per-call log lines (`tool call <tool> by <caller>: ok|error in <ms>`) at most this many a second, in bursts of
+    # five seconds' worth: past it the next line says how many were not logged, so a client calling as fast as it
+    # can does not make the gateway write as many lines. 0: none (the audit log, `telemetry.audit`, keeps every call).
+    call_log_rate: float = Field(20.0, ge=0, le=1_000_000)
     # Calls of 2026-07-28 clients that may ask the client for input (`InputRequiredResult`) at once, each
     # holding a backend session of its own; past it such a call is refused with an error.
     max_pending_calls: int = Field(64, ge=1)

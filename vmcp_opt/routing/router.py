@@ -41,7 +41,7 @@ from vmcp_opt.backends.errors import over_result_cap
 from vmcp_opt.backends.secrets import masked_data, redact
 from vmcp_opt.display import shorten
 from vmcp_opt.health import CircuitOpen, Guard
-from vmcp_opt.logs import ThrottledLog, masked_userinfo
+from vmcp_opt.logs import CappedLog, ThrottledLog, masked_userinfo
 from vmcp_opt.routing.approval import Approvals, NotApproved
 from vmcp_opt.routing.backend_answers import backend_failed, check_prompt_arguments, naming_backend_once, unstamped
 from vmcp_opt.routing.exchange import Exchange, forwarded_meta
@@ -73,6 +73,8 @@ from vmcp_opt.routing.sessions import SessionChooser
 from vmcp_opt.routing.views import MergedToolList, ToolViews
 
 logger = logging.getLogger(__name__)
+# `server.call_log_rate`'s default (config/sections.py): the per-call lines a second.
+CALL_LOG_RATE = 20.0
 
 ResultT = TypeVar("ResultT", bound=BaseModel)
 ItemT = TypeVar("ItemT")
@@ -143,6 +145,7 @@ class Router:
         sessions: SessionChooser,
         guard: Guard,
         policy: Policy | None = None,
+        call_log_rate: float = CALL_LOG_RATE,
     ) -> None:
         self.catalog = catalog
         self.backends = backends
@@ -167,6 +170,8 @@ class Router:
         # A guest looping on a forbidden tool: one line a minute, not one per request.
         self._denial_log = ThrottledLog(logger, DENIAL_LOG_INTERVAL, level=logging.INFO)
         self._denied: set[str] = set()  # the callers `_denial_log` holds a key for
+        # One line per tool call, at most `server.call_log_rate` a second.
+        self.call_log = CappedLog(logger, call_log_rate, "server.call_log_rate")
 
     def add_provider(self, provider: ToolProvider) -> None:
         """Providers earlier in the list win a name and come first in `tools/list`."""
@@ -427,7 +432,7 @@ class Router:
                     op.outcome, op.error = "failure", str(exc.code)
             else:
                 raise exc from None  # the client's request is at fault, or the backend answered with an error
-        logger.info(
+        self.call_log.info(
             "tool call %s by %s: %s in %.1f ms",
             provided.name,
             caller.id,
