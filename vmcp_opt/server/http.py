@@ -118,7 +118,8 @@ def create_app(gateway: Gateway) -> Starlette:
     # Outermost: a request waiting anywhere (start-up included) holds its caller's slot.
     held = HeldAnswers(limits.held_answer_bytes)  # what clients leave unread (server/held_answers.py)
     streams = stream_budget(limits)  # GET and listen streams held per caller
-    mcp_server.middleware.insert(0, RequestsInFlight(limits.requests_in_flight, Admission("http"), held, streams))
+    in_flight = RequestsInFlight(limits.requests_in_flight, Admission("http"), held, streams)
+    mcp_server.middleware.insert(0, in_flight)
     throttle_sdk_refusals()
     security = transport_security(server_config)
     if server_config.cors_origins:
@@ -167,8 +168,11 @@ def create_app(gateway: Gateway) -> Starlette:
             may_call=gateway.router.may_call,  # a call the policy refuses takes no tool's tokens
         )
     drain = Drain(sessions, server_config.max_body_bytes)
-    if gateway.telemetry.metrics is not None:
-        gateway.telemetry.metrics.state.sessions = lambda: slots.total
+    if (metrics := gateway.telemetry.metrics) is not None:
+        metrics.state.sessions = lambda: slots.total
+        metrics.state.requests_in_flight = in_flight.__len__
+        metrics.state.held_answer_bytes = held.__len__
+        metrics.state.streams_open = streams.__len__
 
     endpoint, auth_routes = authenticated(
         JsonRpcErrorCodes(drain, server_config.max_body_bytes, gateway.config.limits.max_request_values),

@@ -13,7 +13,8 @@ result counts and token savings. Counted when told: HTTP authentication outcomes
 refused by a rate limit before the router (the HTTP gate, through the gateway), HTTP requests refused before
 a session served them (another principal's session named, a session limit reached), and index
 updates with their duration and embedded and reused tools (the optimizer's index, through the gateway). Read at each scrape from the gateway (`Metrics.state`, a `GatewayState`
-the gateway fills): each backend's health and circuit state, active sessions, the index size, and the
+the gateway fills): each backend's health and circuit state, active sessions, the index size, what the limits
+bound (requests in flight, answer bytes held unread, streams open), and the
 audit log's written, dropped and failed events, the calls let through with rate limits unchecked, and the spans
 dropped before the trace exporter's queue.
 """
@@ -65,6 +66,11 @@ class GatewayState:
     rate_limits_unchecked: Callable[[], int] | None = None
     # Spans dropped before the trace exporter's queue (telemetry/tracing.py); None: tracing is off.
     spans_dropped: Callable[[], int] | None = None
+    # What the limits (`limits.*`) hold now, over HTTP: requests running, bytes of answers clients leave unread,
+    # GET and listen streams open. An operator watches them near their bounds; None: not served (stdio).
+    requests_in_flight: Callable[[], int] | None = None
+    held_answer_bytes: Callable[[], int] | None = None
+    streams_open: Callable[[], int] | None = None
 
 
 class Metrics:
@@ -255,6 +261,7 @@ class _StateCollector(Collector):
             yield GaugeMetricFamily("vmcp_active_sessions", "Client sessions open now.", value=state.sessions())
         if state.index_size is not None:
             yield GaugeMetricFamily("vmcp_index_tools", "Tools in find_tool's index.", value=state.index_size())
+        yield from _held_now(state)
         if state.rate_limits_unchecked is not None:
             yield CounterMetricFamily(
                 "vmcp_rate_limits_unchecked",
@@ -284,3 +291,20 @@ class _StateCollector(Collector):
                 "Audit events lost to a failed write or an unserialisable result.",
                 value=audit.write_failures,
             )
+
+
+def _held_now(state: GatewayState) -> Iterator[Metric]:
+    """The gauges of what the limits bound (`limits.requests_in_flight`, `limits.held_answer_bytes`, the streams
+    per caller): how close the gateway is to refusing."""
+    gauges = (
+        ("vmcp_requests_in_flight", "Requests running now (limits.requests_in_flight).", state.requests_in_flight),
+        (
+            "vmcp_held_answer_bytes",
+            "Bytes of answers the gateway holds that clients have not read yet (limits.held_answer_bytes).",
+            state.held_answer_bytes,
+        ),
+        ("vmcp_streams_open", "GET event streams and listen streams open now.", state.streams_open),
+    )
+    for name, documentation, read in gauges:
+        if read is not None:
+            yield GaugeMetricFamily(name, documentation, value=read())
