@@ -465,7 +465,7 @@ class VectorStore:
             log.warning("index cache %s unusable, ignored (%s); could not keep it aside: %s", path, problem, exc)
             return
         log.warning(
-            "index cache %s unusable (%s); kept aside as %s, rebuilding it (the tools are embedded again)",
+            "index cache %s unusable (%s); kept aside as %s: its tools are embedded again at the next build",
             path,
             problem,
             aside,
