@@ -7,6 +7,7 @@ import contextlib
 import http.server
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -190,6 +191,16 @@ def wait_until(condition: Callable[[], object], deadline: float = 60.0, message:
             said = message() if callable(message) else message
             raise AssertionError(f"not seen within {deadline:g}s: {said}")
         time.sleep(POLL_SECONDS)
+
+
+def metric_sample(base: str, name: str, **labels: str) -> float:
+    """The value of `/metrics`' sample `name` with exactly `labels` (0 when there is none yet)."""
+    text = httpx2.get(f"{base}/metrics", timeout=30).text
+    for line in text.splitlines():
+        match = re.fullmatch(rf"{name}(?:\{{(.*)\}})? (\S+)", line)
+        if match and dict(re.findall(r'(\w+)="([^"]*)"', match.group(1) or "")) == labels:
+            return float(match.group(2))
+    return 0.0
 
 
 @contextlib.contextmanager

@@ -7,19 +7,18 @@ or `vmcp serve` over HTTP; the audit log in a file; the SDK's client."""
 from __future__ import annotations
 
 import json
-import re
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx2
 import pytest
 from mcp import Client, StdioServerParameters
 from mcp.shared.exceptions import MCPError
 
 from tests.support import demo_backend, free_port, running_gateway, write_config
+from tests.support import metric_sample as sample
 
 pytestmark = [pytest.mark.slow, pytest.mark.anyio]
 
@@ -30,15 +29,6 @@ WAIT = 30.0  # seconds the gateway may take to write what it recorded (it writes
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-def sample(base: str, name: str, **labels: str) -> float:
-    text = httpx2.get(f"{base}/metrics", timeout=30).text
-    for line in text.splitlines():
-        match = re.fullmatch(rf"{name}(?:\{{(.*)\}})? (\S+)", line)
-        if match and dict(re.findall(r'(\w+)="([^"]*)"', match.group(1) or "")) == labels:
-            return float(match.group(2))
-    return 0.0
 
 
 def until(found: Callable[[], Any]) -> Any:

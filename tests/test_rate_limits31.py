@@ -11,7 +11,6 @@ and headers the SDK client hides), the SDK's client over stdio, the audit log in
 from __future__ import annotations
 
 import json
-import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,6 +32,9 @@ from tests.support import (
     running_gateways,
     wait_until,
     write_config,
+)
+from tests.support import (
+    metric_sample as sample,
 )
 
 pytestmark = pytest.mark.slow
@@ -124,15 +126,6 @@ def assert_free(session: Session) -> None:
     """The catalogue's answers and ping cost no token, whatever the budget holds."""
     for method in ("tools/list", "resources/list", "resources/templates/list", "prompts/list", "ping"):
         assert "result" in answered(session.ask(method)), method
-
-
-def sample(base: str, name: str, **labels: str) -> float:
-    text = httpx2.get(f"{base}/metrics", timeout=30).text
-    for line in text.splitlines():
-        match = re.fullmatch(rf"{name}(?:\{{(.*)\}})? (\S+)", line)
-        if match and dict(re.findall(r'(\w+)="([^"]*)"', match.group(1) or "")) == labels:
-            return float(match.group(2))
-    return 0.0
 
 
 def refusals(audit: Path) -> list[dict[str, Any]]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +27,9 @@ from tests.support import (
     free_port,
     running_gateway,
     write_config,
+)
+from tests.support import (
+    metric_sample as sample,
 )
 
 pytestmark = pytest.mark.slow
@@ -79,15 +81,6 @@ def until(found: Callable[[], Any]) -> Any:
 def refusals(audit: Path) -> list[dict[str, Any]]:
     lines = audit.read_text().splitlines() if audit.exists() else []
     return [event for event in map(json.loads, lines) if event["type"] == "vmcp_session_refused"]
-
-
-def sample(base: str, name: str, **labels: str) -> float:
-    text = httpx2.get(f"{base}/metrics", timeout=30).text
-    for line in text.splitlines():
-        match = re.fullmatch(rf"{name}(?:\{{(.*)\}})? (\S+)", line)
-        if match and dict(re.findall(r'(\w+)="([^"]*)"', match.group(1) or "")) == labels:
-            return float(match.group(2))
-    return 0.0
 
 
 def hijack_refused(gateway: Gateway, audit: Path, metrics: str, alice: dict[str, str], bob_key: str) -> None:
