@@ -98,10 +98,8 @@ def run(
 ) -> None:
     """Run every method on every dataset with each embedding model and print the tables."""
     from eval.datasets import default_data_dir
-    from eval.embed import load_shared_embedder
-    from eval.harness import DatasetFailed, methods_list
+    from eval.harness import methods_list
     from vmcp_opt.config import OptimizerConfig
-    from vmcp_opt.optimizer.model_registry import ModelError
 
     console = Console(stderr=True)
     try:
@@ -113,6 +111,8 @@ def run(
     encoder = encoder or served_encoder(config)
     if encoder not in ENCODERS:
         raise typer.BadParameter(f"must be one of {', '.join(ENCODERS)}, got {encoder!r}", param_hint="--encoder")
+    models = list(dict.fromkeys(model or [config.model]))
+    _check_models(models)
     names = expand_names(dataset)
     data_root = data_dir or default_data_dir()
     bundled_wanted = [name for name in names if name in BUNDLED]
@@ -127,6 +127,7 @@ def run(
     # Everything the run needs, checked before the model loads and the datasets are scored.
     _check_datasets(names)
     _check_writable(out)
+    lock = _lock_out(out, console)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     options = RunOptions(
         datasets=names,
@@ -139,7 +140,21 @@ def run(
         plots=plots,
         latency_sample=latency_sample or None,
     )
-    models = list(dict.fromkeys(model or [config.model]))
+    try:
+        _run_models(models, config, encoder, threads, options, console)
+    finally:
+        os.close(lock)
+
+
+def _run_models(
+    models: list[str], config: OptimizerConfig, encoder: str, threads: int, options: RunOptions, console: Console
+) -> None:
+    """Every method on every dataset with each model in turn, then the models side by side."""
+    from eval.embed import load_shared_embedder
+    from eval.harness import DatasetFailed
+    from vmcp_opt.optimizer.model_registry import ModelError
+
+    out = options.out
     runs = []
     for spec in models:
         try:
@@ -209,6 +224,48 @@ def _check_writable(out: Path) -> None:
         probe.unlink()
     except OSError as exc:
         raise typer.BadParameter(f"cannot write results to {out}: {exc.strerror or exc}", param_hint="--out") from None
+
+
+def _check_models(models: list[str]) -> None:
+    """Every `--model` resolves (a few small files read, nothing loaded) before the first one runs: a bad
+    second model fails now, not after the first model's whole run."""
+    from vmcp_opt.optimizer.model_registry import model_problem
+
+    for spec in models:
+        problem = model_problem(spec)
+        if problem is not None:
+            raise typer.BadParameter(problem, param_hint="--model")
+
+
+LOCK_NAME = ".vmcp-eval.lock"
+
+
+def _lock_out(out: Path, console: Console) -> int:
+    """An exclusive lock on `out` for the run's life (the returned descriptor; the OS drops it when the process
+    ends, however it ends). Two runs into one `--out` would each replace results.json, latencies.json and the
+    plots with their own, leaving files of different runs side by side: the second is refused at once."""
+    import fcntl
+
+    path = out / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise typer.BadParameter(f"cannot lock {path}: {exc.strerror or exc}", param_hint="--out") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+        os.close(fd)
+        console.print(
+            f"{out} is in use by another vmcp eval run (pid {holder}); wait for it or give this run another --out",
+            style="red",
+            markup=False,
+            highlight=False,
+        )
+        raise typer.Exit(code=2) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+    return fd
 
 
 def _run_model(embedder: SharedEmbedder, options: RunOptions, *, several: bool, console: Console) -> dict[str, Any]:

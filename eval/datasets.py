@@ -16,6 +16,8 @@ document; otherwise the fields are derived from `title` and `text`.
 
 Its sections follow the formats: BEIR, and ToolLens (BEIR with fields of its own); the ToolRet reader is
 eval/toolret.py, which `load_dataset` imports when a ToolRet task is asked for (it imports this module's types).
+One module past 450 lines because every reader shares its checks (`first_use`, `scorable`, `unreadable`): split
+apart, each format would import the others' helpers back.
 """
 
 from __future__ import annotations
@@ -202,9 +204,11 @@ def load_beir(
         first_use(id_lines, tool.id, f"{root}/corpus.jsonl", f"line {lineno}")
         tools.append(unique_name(tool, used_names))
     queries: dict[str, str] = {}
+    query_lines: dict[str, str] = {}
     for lineno, row in _read_jsonl(root / "queries.jsonl"):
         if "_id" not in row:
             raise DatasetError(f"{root}/queries.jsonl:{lineno}: a query row needs `_id`")
+        first_use(query_lines, str(row["_id"]), f"{root}/queries.jsonl", f"line {lineno}", what="query")
         queries[str(row["_id"])] = query_text(row.get("text"))
     qrels = read_qrels(root / "qrels" / f"{split}.tsv")
     known = {tool.id for tool in tools}
@@ -215,7 +219,7 @@ def load_beir(
         if qid in queries
     }
     qrels, blank = without_blank_queries({qid: docs for qid, docs in qrels.items() if docs}, queries, "queries.jsonl")
-    notes += blank
+    notes += blank + _wordless_rows(tools, root)
     train = root / "qrels" / "train.tsv"
     usage = {
         qid: [doc for doc, rel in docs.items() if doc in known and rel > 0]
@@ -234,14 +238,27 @@ def load_beir(
     return scorable(dataset, f"{root}: corpus.jsonl", f"qrels/{split}.tsv (ids of queries.jsonl and corpus.jsonl)")
 
 
-def first_use(seen: dict[str, str], tool_id: str, file: str, place: str) -> None:
+def _wordless_rows(tools: list[EvalTool], root: Path) -> list[str]:
+    """A row of only an `_id` gives bm25 and dense an empty document: among others it is counted in a note,
+    and a corpus of nothing else is refused here rather than as a numpy warning and a crash inside bm25."""
+    wordless = sum(1 for tool in tools if not tool.mcp and not tool.text)
+    if tools and wordless == len(tools):
+        raise DatasetError(f"{root}/corpus.jsonl: no row has a title or text")
+    if not wordless:
+        return []
+    rows = "1 row has" if wordless == 1 else f"{wordless} rows have"
+    return [f"corpus.jsonl: {rows} no title or text (an empty document to bm25 and dense)"]
+
+
+def first_use(seen: dict[str, str], item_id: str, file: str, place: str, what: str = "tool") -> None:
     """A tool id given twice would be ranked twice: a relevant tool then counts twice in DCG and nDCG passes
-    1. Which copy the labels mean is unknowable, so the set is refused, not silently deduplicated."""
-    if tool_id in seen:
+    1. A query id given twice would keep one text and drop the other unseen. Which copy the labels mean is
+    unknowable, so the set is refused, not silently deduplicated."""
+    if item_id in seen:
         raise DatasetError(
-            f"{file} {place}: tool id {tool_id!r} is already the id of {seen[tool_id]}; ids must be unique"
+            f"{file} {place}: {what} id {item_id!r} is already the id of {seen[item_id]}; ids must be unique"
         )
-    seen[tool_id] = place
+    seen[item_id] = place
 
 
 def scorable(dataset: Dataset, tools_file: str, judgements: str) -> Dataset:
@@ -262,6 +279,14 @@ def _read_jsonl(path: Path) -> Iterable[tuple[int, dict[str, Any]]]:
                     yield lineno, _json_object(line, f"{path}:{lineno}")
     except UnicodeDecodeError:
         raise _not_utf8(path, lineno) from None
+    except OSError as exc:
+        raise unreadable(path, exc) from None
+
+
+def unreadable(path: Path, exc: OSError) -> DatasetError:
+    """A file the OS will not hand over (no permission, a directory where a file goes) is a bad dataset like
+    any other: skipped with one line, not the end of a run whose other sets are fine."""
+    return DatasetError(f"{path}: cannot read it: {exc.strerror or exc}")
 
 
 def _not_utf8(path: Path, lineno: int) -> DatasetError:
@@ -306,6 +331,8 @@ def read_qrels(path: Path) -> dict[str, dict[str, int]]:
                 qrels.setdefault(row[0], {})[row[1]] = int(score)
     except UnicodeDecodeError:
         raise _not_utf8(path, lineno) from None
+    except OSError as exc:
+        raise unreadable(path, exc) from None
     return qrels
 
 

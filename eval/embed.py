@@ -255,9 +255,18 @@ class SharedEmbedder:
         return model_files(spec), model_digest(spec)
 
     def _save_to_disk(self) -> None:
+        """A cache only saves time, so one that cannot be written (a full disk, a read-only directory) is
+        named once and the run goes on without it, rather than ending after minutes of embedding."""
         path = self._cache_file()
         if path is None:
             return
+        try:
+            self._write_cache(path)
+        except OSError as exc:
+            print(f"cannot save the vector cache {path} ({exc.strerror or exc}): going on without it", file=sys.stderr)
+            self.cache_dir = None  # no second warning, and no retry per dataset
+
+    def _write_cache(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         keys = np.array(list(self._vectors), dtype="U64")
         stacked = np.stack(list(self._vectors.values())).astype(np.float32)

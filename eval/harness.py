@@ -116,15 +116,32 @@ def run(options: RunOptions, embedder: SharedEmbedder, console: Console | None =
     return results
 
 
+# Where an unfinished run (Ctrl-C, a failure) puts what it finished: a complete run's results.json and its
+# plots are worth more than part of a run, so they are left as they were.
+PARTIAL_RESULTS = "results.partial.json"
+PARTIAL_LATENCIES = "latencies.partial.json"
+
+
 def write_results(results: dict[str, Any], latencies: dict[str, Any], out: Path) -> None:
-    """results.json and latencies.json, each replaced whole: an interrupted write leaves the old file. The
-    last run's plots go (this run's, if it makes any, are written next)."""
+    """A complete run's results.json and latencies.json, each replaced whole: an interrupted write leaves the
+    old file. The last run's plots go (this run's, if it makes any, are written next), and so does an
+    unfinished run's results.partial.json, which this complete run supersedes."""
     from eval.plots import remove_plots
 
     out.mkdir(parents=True, exist_ok=True)
     remove_plots(out)
     _write_json(out / "results.json", json.dumps(results, indent=2) + "\n")
     _write_json(out / "latencies.json", json.dumps(latencies) + "\n")
+    for name in (PARTIAL_RESULTS, PARTIAL_LATENCIES):
+        (out / name).unlink(missing_ok=True)
+
+
+def write_partial_results(results: dict[str, Any], latencies: dict[str, Any], out: Path) -> Path:
+    """The finished datasets of an unfinished run, beside (never over) the last complete run's files."""
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json(out / PARTIAL_RESULTS, json.dumps(results, indent=2) + "\n")
+    _write_json(out / PARTIAL_LATENCIES, json.dumps(latencies) + "\n")
+    return out / PARTIAL_RESULTS
 
 
 def _write_json(path: Path, text: str) -> None:
@@ -142,19 +159,19 @@ def _save_unfinished(
     results: dict[str, Any], latencies: dict[str, Any], out: Path, started: float, console: Console, why: str
 ) -> None:
     """Ctrl-C or a failure: keep the datasets that finished (minutes of work each), marked as the caller
-    marked `results` (`interrupted`, `failed`)."""
+    marked `results` (`interrupted`, `failed`), in results.partial.json."""
     finished = list(results["datasets"])
     if not finished:
         console.print(f"{why} before any dataset finished: nothing written", markup=False, highlight=False)
         return
     results["total_seconds"] = round(time.perf_counter() - started, 1)
     try:
-        write_results(results, latencies, out)
+        path = write_partial_results(results, latencies, out)
     except OSError as exc:
-        console.print(f"{why}; cannot write {out / 'results.json'}: {exc}", markup=False, highlight=False)
+        console.print(f"{why}; cannot write {out / PARTIAL_RESULTS}: {exc}", markup=False, highlight=False)
         return
     console.print(
-        f"{why}: results of {', '.join(finished)} written to {out / 'results.json'} (no plots)",
+        f"{why}: results of {', '.join(finished)} written to {path} (results.json and plots left as they were)",
         markup=False,
         highlight=False,
     )

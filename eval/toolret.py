@@ -20,6 +20,7 @@ from eval.datasets import (
     scorable,
     slug,
     unique_name,
+    unreadable,
 )
 from eval.judgements import query_text, unknown_labels, without_blank_queries
 
@@ -43,6 +44,8 @@ def _json_file(path: Path) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
         raise DatasetError(f"{path}: not UTF-8 text") from None
+    except OSError as exc:
+        raise unreadable(path, exc) from None
     except json.JSONDecodeError as exc:
         raise DatasetError(f"{path}: not valid JSON: {exc}") from None
 
@@ -61,6 +64,9 @@ def _toolret_dataset(root: Path, task: str, tools_raw: Any, queries_raw: Any) ->
         )
         tools.append(unique_name(tool, used))
     known = {tool.id for tool in tools}
+    query_entries: dict[str, str] = {}
+    for entry, query in enumerate(queries_raw, 1):
+        first_use(query_entries, str(query["id"]), f"{root}/queries.json", f"entry {entry}", what="query")
     queries = {str(q["id"]): query_text(q["query"]) for q in queries_raw}
     labels = {str(q["id"]): _labels(root, q) for q in queries_raw}
     notes = unknown_labels(labels, known, f"{root}/queries.json")

@@ -163,8 +163,8 @@ def test_ctrl_c_keeps_the_datasets_that_finished(tmp_path: Path) -> None:
             proc.wait()
     no_traceback(stderr)
     assert proc.returncode == 130, stderr
-    assert f"interrupted: results of first written to {out / 'results.json'}" in stderr
-    results = json.loads((out / "results.json").read_text())
+    assert f"interrupted: results of first written to {out / 'results.partial.json'}" in stderr
+    results = json.loads((out / "results.partial.json").read_text())
     assert results["interrupted"] is True
     assert list(results["datasets"]) == ["first"]
     assert not list(out.glob(".*.tmp"))

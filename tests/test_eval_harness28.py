@@ -163,9 +163,9 @@ def test_a_dataset_that_fails_keeps_the_results_of_those_finished(tmp_path: Path
     assert done.returncode == 1, done.stderr
     assert "Traceback" not in done.stderr, done.stderr
     message = flat(done.stderr)
-    assert f"failed on second: results of first written to {out / 'results.json'}" in message
+    assert f"failed on second: results of first written to {out / 'results.partial.json'}" in message
     assert "failed on second: RuntimeError: the disk went away" in message
-    results = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    results = json.loads((out / "results.partial.json").read_text(encoding="utf-8"))
     assert list(results["datasets"]) == ["first"]
     assert results["failed"] == {"dataset": "second", "error": "RuntimeError: the disk went away"}
     assert set(results["datasets"]["first"]["methods"]) == {"bm25", "optimizer-cold"}
