@@ -258,10 +258,11 @@ def test_one_address_cannot_hold_every_connection(tmp_path_factory: pytest.TempP
                 sock = socket.create_connection(
                     ("127.0.0.1", gateway.port), timeout=20, source_address=("127.0.0.5", 0)
                 )
-                sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # never finishes its headers
+                sock.sendall(b"GET /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # never finishes its headers
                 held.append(sock)
             answers = []
-            for sock in held[10:]:  # past its share: answered at once and closed
+            for sock in held[10:]:  # past its share: a probe slot, refused once it asks for no probe
+                sock.sendall(b"\r\n")
                 answers.append(sock.recv(4096))
             assert all(a.startswith(b"HTTP/1.1 429") for a in answers), answers
             assert all(b"limits.max_connections_per_address" in a for a in answers)

@@ -58,6 +58,7 @@ def test_one_address_holds_at_most_its_share_of_the_metrics_listener(tmp_path: P
         held = [socket.create_connection(("127.0.0.1", metrics_port)) for _ in range(2)]
         try:
             with socket.create_connection(("127.0.0.1", metrics_port), timeout=10) as third:
+                third.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")  # past its share only a probe is served
                 answer = third.recv(1024)
         finally:
             for sock in held:

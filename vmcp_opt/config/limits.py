@@ -270,7 +270,9 @@ class LimitsConfig(_Strict):
         100,
         ge=1,
         description="HTTP connections one client address may hold open at once; past it a connection is answered "
-        "429 and closed. Without it one client (slow calls, open streams) could hold every connection of "
+        "429 and closed, unless its one request is a GET of /healthz, /readyz or /metrics (at most 8 such connections "
+        "per listener, shared with those past max_connections: probes from an address clients share). Without it "
+        "one client (slow calls, open streams) could hold every connection of "
         "max_connections, /healthz's included. Connections from server.trusted_proxies are not counted.",
     )
     http_header_timeout: float = Field(

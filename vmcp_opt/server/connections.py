@@ -17,10 +17,14 @@ its hard limit and the cap lowered to fit under it.
 
 Past the cap, `PROBE_HEADROOM` connections more may each ask one `GET`/`HEAD` of `PROBE_PATHS` (`/healthz`,
 `/readyz`, `/metrics`): clients holding every connection (idle streams, slow calls) would otherwise have a liveness
-probe answered 503 and the pod restarted though the gateway is healthy. Such a connection is judged once its request
-line is read: another path or method gets the cap's 503; a probe gets its answer and the connection is closed after
-it. The header and body deadlines apply as to any connection, so these slots are held only as long as a request's
-head takes; past them a connection is refused as before. (The MCP listener has no `/metrics` with
+probe answered 503 and the pod restarted though the gateway is healthy. So may a connection past its address's
+share (`limits.max_connections_per_address`), from the same slots: the kubelet's probes often share an address with
+client traffic (same-node SNAT, a hostNetwork ingress not in `server.trusted_proxies`), and 50 clients each holding a
+GET stream and a kept-alive POST connection got them answered 429. Such a connection is judged once its request line
+is read: another path or method gets the refusal it would have had (the address's 429, else the cap's 503); a probe
+gets its answer and the connection is closed after it. Past the headroom a connection is refused at once, as before.
+The slots count neither toward the cap nor toward an address's share, and the header and body deadlines apply as to
+any connection, so they are held only as long as a request's head takes. (The MCP listener has no `/metrics` with
 `telemetry.metrics.listen` set: there its probe is answered 404, and the connection closed, as any probe's.)
 
 A refused connection (503, 429, 431) is closed the way nginx's `lingering_close` does: the answer, then our
@@ -153,34 +157,41 @@ class LimitedProtocol(HttpToolsProtocol):
         self._write_deadline: asyncio.TimerHandle | None = None
         self._unsent_at_start = 0  # unsent bytes when the current write deadline began
         self._hold = AnswerHold()  # its unsent bytes, charged to its caller (server/held_answers.py)
-        self._probe: Literal["pending", "admitted", "served"] | None = None  # past the cap: one probe, or nothing
+        self._probe: Literal["pending", "admitted", "served"] | None = None  # past a cap: one probe, or nothing
+        self._over_address = False  # past its address's share: a refusal is the 429, not the cap's 503
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        if len(self.connections) - len(self.probes) > self.max_connections:
+        over_total = len(self.connections) - len(self.probes) > self.max_connections
+        self._over_address = self._over_address_cap()
+        if over_total or self._over_address:
             if len(self.probes) >= PROBE_HEADROOM:
-                self._refuse_busy()
+                self._refuse_past_cap(address=not over_total)  # the total cap's 503 first, as before
                 return
             self.probes.add(self)
             self._probe = "pending"  # judged by its request line (`_judge_probe`)
-        if self._over_address_cap():
-            _log.warning(
-                "connections-address",
-                "refused a connection from %s: %d are open from it (limits.max_connections_per_address)",
-                self.client[0] if self.client else "?",
-                self.max_connections_per_address,
-            )
-            self._refuse(_BUSY_ADDRESS)
-            return
         self._arm("headers")  # a new connection: its first request's headers are due
+
+    def _refuse_past_cap(self, *, address: bool) -> None:
+        """The address's 429 (the client itself holds too many: "close some first"), else the cap's 503."""
+        if not address:
+            self._refuse_busy()
+            return
+        _log.warning(
+            "connections-address",
+            "refused a connection from %s: %d are open from it (limits.max_connections_per_address)",
+            self.client[0] if self.client else "?",
+            self.max_connections_per_address,
+        )
+        self._refuse(_BUSY_ADDRESS)
 
     def _refuse_busy(self) -> None:
         _log.warning("connections", "refused a connection: %d are open (limits.max_connections)", self.max_connections)
         self._refuse(_BUSY)
 
     def _judge_probe(self) -> None:
-        """A connection past the cap, its request line read: one probe of `PROBE_PATHS` is served; anything else, or a
-        second request, gets the cap's 503."""
+        """A connection past a cap, its request line read: one probe of `PROBE_PATHS` is served; anything else, or a
+        second request, gets the refusal it was spared until now."""
         if self._refused:
             return
         if self._probe == "pending":
@@ -189,7 +200,7 @@ class LimitedProtocol(HttpToolsProtocol):
                 self._probe = "admitted"
                 return
         if self._probe != "admitted":
-            self._refuse_busy()
+            self._refuse_past_cap(address=self._over_address)
 
     def _over_address_cap(self) -> bool:
         """Whether this connection's peer holds more than its share: without this one address could hold every
@@ -204,7 +215,7 @@ class LimitedProtocol(HttpToolsProtocol):
                 return False
             if any(address in network for network in self.uncounted):
                 return False
-        peers = (getattr(other, "client", None) for other in self.connections)
+        peers = (getattr(other, "client", None) for other in self.connections if other not in self.probes)
         same = sum(1 for peer in peers if peer and peer[0] == host)
         return same > self.max_connections_per_address
 
