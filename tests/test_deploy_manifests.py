@@ -119,7 +119,9 @@ def test_the_gateway_writes_only_to_volumes_and_the_image_model_is_not_hidden() 
     assert not any(under(model_cache, m["mountPath"]) for m in mounts), f"a volume hides {model_cache}"
     # The image runs the gateway as the pod's user, on the port and with the config file the pod gives it.
     instructions = dict(dockerfile())
-    assert instructions["USER"] == str(pod["securityContext"]["runAsUser"])
+    user, _, group = instructions["USER"].partition(":")
+    assert user == str(pod["securityContext"]["runAsUser"])
+    assert group == str(pod["securityContext"]["runAsGroup"])
     assert instructions["EXPOSE"] == str(container["ports"][0]["containerPort"])
     # An init in front of the gateway (tests/test_deploy_image.py runs it), which reaps its backends' orphans.
     entrypoint = json.loads(instructions["ENTRYPOINT"])

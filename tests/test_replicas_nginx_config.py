@@ -67,14 +67,17 @@ http {{
 
 
 def shipped_for(ports: list[int], listen: int) -> str:
-    """The shipped config, its upstream servers and listen port this test's."""
+    """The shipped config, its upstream servers this test's, its TLS server plain HTTP on `listen`, its port-80
+    redirect left out (TLS itself: tests/test_deploy31.py)."""
     text = SHIPPED.read_text(encoding="utf-8")
     servers = "".join(f"    server 127.0.0.1:{p} max_fails=1 fail_timeout=10s;\n" for p in ports)
     text, replaced = re.subn(r"(    server 127\.0\.0\.1:\d+ [^\n]*\n)+", servers, text, count=1)
     assert replaced == 1
-    text, replaced = re.subn(r"listen 80;", f"listen 127.0.0.1:{listen};", text)
+    text, replaced = re.subn(r"server \{\n    listen 80;.*?\n\}\n", "", text, flags=re.S)
     assert replaced == 1
-    return text
+    text, replaced = re.subn(r"listen 443 ssl;", f"listen 127.0.0.1:{listen};", text)
+    assert replaced == 1
+    return re.sub(r"\n\s*(listen \[::\]|ssl_)[^\n]*;", "", text)
 
 
 @contextlib.contextmanager
