@@ -23,6 +23,9 @@ the lock); one killed mid-compaction leaves the previous snapshot and journal. A
 (`.usage.json.cleared`, a new token each time). A running gateway stats them at every sync; when the marker
 changed it drops everything it holds, saved or not, so neither its ranking nor its next save brings back what
 was learned before the clear. Every gateway sharing the directory notices on its own: the marker stays.
+
+Just past ~450 lines on purpose: the snapshot, the journal and the clear marker are one file layout under one lock,
+read and written together at each sync (a journal is only meaningful beside the snapshot generation it names).
 """
 
 from __future__ import annotations

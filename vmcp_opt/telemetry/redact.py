@@ -32,6 +32,10 @@ start of a token, a member's key tested by a function rather than by the pattern
 of a word, an opening quote only where it is not escaped, and each place in the text tried as a member's start
 once. The JWT pattern that backtracked took 35 s over 150 kB of "eyJeyJeyJ…", and the whole gateway stood still
 for that long. bench/redaction.py measures each pattern's worst input.
+
+Past ~450 lines on purpose: the walk over structured values and the patterns over free text apply one set of rules
+(which names are a secret's, `PWD`'s exception, the pair and argv shapes) and one cut (`redacted_within`'s limit and
+`EDGE_CHARS`), and a string inside a structure goes through the text patterns: split, each half would restate them.
 """
 
 from __future__ import annotations
