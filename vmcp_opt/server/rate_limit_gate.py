@@ -51,15 +51,12 @@ from vmcp_opt.routing.budget import LimitReached
 from vmcp_opt.server.admission import LIMITS_TAKEN_KEY
 from vmcp_opt.server.post_body import GONE, PostBody, reading_body
 from vmcp_opt.server.sessions import client_address, json_rpc_error
-from vmcp_opt.shared.rate_limits import FORWARDED, RateLimiter
+from vmcp_opt.shared.rate_limits import FORWARDED, RateLimiter, Refused
 
 TOO_MANY_REQUESTS = 429
 
 logger = logging.getLogger(__name__)
 
-# Told of each refused call: the caller (its id the budget's key), the setting whose bucket was empty, the tool (or
-# the forwarded request's method), the method.
-Refused = Callable[[Caller, str, str, str], None]
 # Whether the policy lets this caller call the tool now (the router's `may_call`).
 MayCall = Callable[[Caller, str], bool]
 
