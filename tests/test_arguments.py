@@ -257,10 +257,13 @@ def test_plain_schema_check_never_passes_what_jsonschema_refuses() -> None:
                 "x": {"type": "integer", "minimum": 1, "maximum": 50},
                 "y": {"exclusiveMinimum": 0, "exclusiveMaximum": 1.5, "minLength": 2},
                 "message": {"type": "string", "minLength": 1, "maxLength": 3},
+                "tags": {"type": ["array", "null"], "items": {"type": "string"}, "minItems": 1, "maxItems": 2},
+                "n": {"minItems": 1, "maxItems": 0},
             },
         },
     ]
     values: list[Any] = [None, True, False, 0, 1, -3, 1.0, 1.5, "", "a", "b", "c", [], ["x"], [1], {}, {"x": 1}]
+    values += [["x", "y"], ["x", "y", "z"], ["x", 1]]
     values += [50, 51, 1.25, float("nan"), float("inf"), "abc", "abcd", "日本語", 10**30]
     values += [{"x": 1.0}, {"x": True}, {"y": 1}]
     argument_sets: list[Any] = [
@@ -290,6 +293,22 @@ def test_plain_schema_check_never_passes_what_jsonschema_refuses() -> None:
             assert ok == reference.is_valid(args), (schema, args)
 
 
+def test_the_meta_tools_schemas_are_checked_without_jsonschema() -> None:
+    """find_tool and call_tool are called more than any other tool: their schemas take the plain check (find_tool's
+    `backends` has `maxItems`, which once sent its every call to jsonschema on the event loop)."""
+    from vmcp_opt.optimizer.meta_tool_forms import CALL_TOOL, FIND_TOOL, MAX_BACKEND_FILTER
+    from vmcp_opt.plain_schemas import is_plain as _is_plain
+    from vmcp_opt.plain_schemas import plainly_valid as _plainly_valid
+
+    for tool in (FIND_TOOL, CALL_TOOL):
+        assert _is_plain(tool.input_schema, 0), tool.name
+    assert _plainly_valid(FIND_TOOL.input_schema, {"query": "q", "backends": ["a"]}, 0)
+    too_many = {"query": "q", "backends": [str(i) for i in range(MAX_BACKEND_FILTER + 1)]}
+    assert not _plainly_valid(FIND_TOOL.input_schema, too_many, 0)
+    with pytest.raises(ArgumentError):
+        ArgumentValidator().check("find_tool", FIND_TOOL.input_schema, too_many)
+
+
 def test_schemas_beyond_the_plain_subset_go_to_jsonschema() -> None:
     from vmcp_opt.plain_schemas import is_plain as _is_plain
 
@@ -298,6 +317,7 @@ def test_schemas_beyond_the_plain_subset_go_to_jsonschema() -> None:
     assert not _is_plain({"type": "object", "properties": {"a": {"multipleOf": 3}}}, 0)
     assert not _is_plain({"type": "object", "properties": {"a": {"minimum": "3"}}}, 0)
     assert not _is_plain({"type": "object", "properties": {"a": {"minLength": -1}}}, 0)
+    assert not _is_plain({"type": "object", "properties": {"a": {"maxItems": 1.5}}}, 0)
     assert not _is_plain({"type": "array", "items": [{"type": "string"}]}, 0)
     assert not _is_plain({"type": "objekt"}, 0)
     assert not _is_plain({"enum": [1, 2]}, 0)

@@ -1,7 +1,7 @@
 """An exact check of its own for plain input schemas, ahead of jsonschema (vmcp_opt/arguments.py).
 
 Most tools' schemas use only `type`, `properties`, `required`, `additionalProperties`, `items`, string
-`enum`s, numeric bounds (`minimum`, `maximum`, their exclusive forms), string lengths and annotations (find_tool's
+`enum`s, numeric bounds (`minimum`, `maximum`, their exclusive forms), string and array lengths and annotations (find_tool's
 own schema among them). For those (`is_plain`), `plainly_valid` says "valid" in a few µs against
 jsonschema's ~40 µs per call, and only where jsonschema agrees; False means "ask jsonschema", which then
 gives the verdict and the message (any doubt, such as a float for `integer`, is left to it).
@@ -28,11 +28,17 @@ _LENGTH_BOUNDS: dict[str, Callable[[int, int], bool]] = {
     "minLength": lambda length, bound: length >= bound,
     "maxLength": lambda length, bound: length <= bound,
 }
+# Bounds on an array's length (find_tool's `backends` has `maxItems`: without them its every call went to jsonschema).
+_ITEM_BOUNDS: dict[str, Callable[[int, int], bool]] = {
+    "minItems": lambda length, bound: length >= bound,
+    "maxItems": lambda length, bound: length <= bound,
+}
 _PLAIN_KEYWORDS = (
     _ANNOTATIONS
     | {"type", "properties", "required", "additionalProperties", "items", "enum"}
     | _NUMBER_BOUNDS.keys()
     | _LENGTH_BOUNDS.keys()
+    | _ITEM_BOUNDS.keys()
 )
 _PLAIN_TYPES: dict[str, Callable[[Any], bool]] = {
     "object": lambda value: isinstance(value, dict),
@@ -70,7 +76,7 @@ def is_plain(schema: Any, depth: int) -> bool:
         return False
     if not all(_is_number(schema[key]) for key in _NUMBER_BOUNDS.keys() & schema.keys()):
         return False
-    if not all(_is_count(schema[key]) for key in _LENGTH_BOUNDS.keys() & schema.keys()):
+    if not all(_is_count(schema[key]) for key in (_LENGTH_BOUNDS.keys() | _ITEM_BOUNDS.keys()) & schema.keys()):
         return False
     enum = schema.get("enum")
     return enum is None or (isinstance(enum, list) and all(isinstance(item, str) for item in enum))
@@ -125,7 +131,10 @@ def plainly_valid(schema: Mapping[str, Any], value: Any, depth: int) -> bool:
                     return False
             elif not plainly_valid(sub, item, depth + 1):
                 return False
-    elif isinstance(value, list) and "items" in schema:
-        items = schema["items"]
-        return all(plainly_valid(items, item, depth + 1) for item in value)
+    elif isinstance(value, list):
+        if not all(check(len(value), schema[key]) for key, check in _ITEM_BOUNDS.items() if key in schema):
+            return False
+        if "items" in schema:
+            items = schema["items"]
+            return all(plainly_valid(items, item, depth + 1) for item in value)
     return True
