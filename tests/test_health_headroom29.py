@@ -18,7 +18,7 @@ import httpx2
 import pytest
 
 from tests.support import RAW_HEADERS, RAW_INITIALIZE, Gateway, demo_backend, running_gateway, write_config
-from vmcp_opt.server.connections import PROBE_HEADROOM
+from vmcp_opt.server.connections import PROBE_HEADROOM, PROBE_SLOTS_PER_ADDRESS
 
 MAX_CONNECTIONS = 10
 BUSY = b"Too many open connections (limits.max_connections)"
@@ -87,9 +87,11 @@ def test_health_and_readiness_are_answered_when_every_connection_is_held(gateway
 
 def test_the_headroom_holds_at_most_its_constant_of_idle_connections(gateway: Gateway) -> None:
     held = [idle_connection(gateway, "127.0.0.7", HOLD) for _ in range(MAX_CONNECTIONS)]
+    # The probe slots, held idle: two addresses, as one may hold only PROBE_SLOTS_PER_ADDRESS of them.
     extra = [
-        idle_connection(gateway, "127.0.0.8", PROBE_START) for _ in range(PROBE_HEADROOM)
-    ]  # the probe slots, held idle
+        idle_connection(gateway, f"127.0.0.{10 + n // PROBE_SLOTS_PER_ADDRESS}", PROBE_START)
+        for n in range(PROBE_HEADROOM)
+    ]
     try:
         # Past the cap and the headroom, a connection is refused at once, before it sends anything: probes too.
         beyond = socket.create_connection(("127.0.0.1", gateway.port), timeout=30, source_address=("127.0.0.9", 0))

@@ -21,7 +21,7 @@ import httpx2
 import pytest
 
 from tests.support import RAW_HEADERS, RAW_INITIALIZE, Gateway, demo_backend, running_gateway, write_config
-from vmcp_opt.server.connections import PROBE_HEADROOM
+from vmcp_opt.server.connections import PROBE_SLOTS_PER_ADDRESS
 
 PER_ADDRESS = 4
 HOLD = b"GET /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\n"  # a client's connection, its head never finished
@@ -101,7 +101,9 @@ def test_probes_are_answered_from_an_address_holding_its_share_and_its_other_req
 def test_past_the_headroom_a_connection_over_its_address_share_is_refused_at_once(gateway: Gateway) -> None:
     address = "127.0.0.5"
     held = [connect(gateway, address, HOLD) for _ in range(PER_ADDRESS)]
-    slots = [connect(gateway, address, PROBE_START) for _ in range(PROBE_HEADROOM)]  # every probe slot, pending
+    slots = [
+        connect(gateway, address, PROBE_START) for _ in range(PROBE_SLOTS_PER_ADDRESS)
+    ]  # the address's probe slots, pending
     try:
         # No slot left: refused before it sends anything, with the address's 429.
         with connect(gateway, address) as beyond:

@@ -22,7 +22,10 @@ share (`limits.max_connections_per_address`), from the same slots: the kubelet's
 client traffic (same-node SNAT, a hostNetwork ingress not in `server.trusted_proxies`), and 50 clients each holding a
 GET stream and a kept-alive POST connection got them answered 429. Such a connection is judged once its request line
 is read: another path or method gets the refusal it would have had (the address's 429, else the cap's 503); a probe
-gets its answer and the connection is closed after it. Past the headroom a connection is refused at once, as before.
+gets its answer and the connection is closed after it. Past the headroom, or once its address holds
+`PROBE_SLOTS_PER_ADDRESS` of the slots (one address held all 8 idle, and the kubelet's probes got 503), a connection
+is refused at once. Refused at once or once judged, the status is the same: the address's 429 when the connection is
+over its address's share (that client's own doing: "close some first"), else the cap's 503.
 The slots count neither toward the cap nor toward an address's share, and the header and body deadlines apply as to
 any connection, so they are held only as long as a request's head takes. (The MCP listener has no `/metrics` with
 `telemetry.metrics.listen` set: there its probe is answered 404, and the connection closed, as any probe's.)
@@ -94,6 +97,10 @@ _max_lingering = MAX_LINGERING
 _lingering: set[LimitedProtocol] = set()
 # Connections past `limits.max_connections`, per listener, that may serve one probe of `PROBE_PATHS` each.
 PROBE_HEADROOM = 8
+# Of those, what one client address may hold: half, so an address holding its slots idle until the header deadline
+# leaves the other half to the kubelet's probes from elsewhere (liveness, readiness and startup probes at once fit
+# in 4), while probes that share an address with client traffic (same-node SNAT) still have as many.
+PROBE_SLOTS_PER_ADDRESS = PROBE_HEADROOM // 2
 PROBE_PATHS = frozenset({b"/healthz", b"/readyz", b"/metrics"})
 _PROBE_METHODS = frozenset({b"GET", b"HEAD"})
 # SO_LINGER on, 0 s: close() resets the connection and drops what the kernel still holds for the client.
@@ -165,8 +172,8 @@ class LimitedProtocol(HttpToolsProtocol):
         over_total = len(self.connections) - len(self.probes) > self.max_connections
         self._over_address = self._over_address_cap()
         if over_total or self._over_address:
-            if len(self.probes) >= PROBE_HEADROOM:
-                self._refuse_past_cap(address=not over_total)  # the total cap's 503 first, as before
+            if len(self.probes) >= PROBE_HEADROOM or self._probe_slots_held() >= PROBE_SLOTS_PER_ADDRESS:
+                self._refuse_past_cap(address=self._over_address)  # as `_judge_probe` would: the same status
                 return
             self.probes.add(self)
             self._probe = "pending"  # judged by its request line (`_judge_probe`)
@@ -202,10 +209,20 @@ class LimitedProtocol(HttpToolsProtocol):
         if self._probe != "admitted":
             self._refuse_past_cap(address=self._over_address)
 
+    def _probe_slots_held(self) -> int:
+        """The probe slots this connection's address holds. Counted from `probes` (at most `PROBE_HEADROOM`), so a
+        slot is freed wherever it leaves that set: refused (`_refuse`), or closed (`connection_lost`: served, timed
+        out, or the client gone). Trusted proxies are bound too: the slots are for probes, not for their traffic."""
+        host = self._host()
+        return sum(1 for other in self.probes if other._host() == host)
+
+    def _host(self) -> str | None:
+        return self.client[0] if self.client else None
+
     def _over_address_cap(self) -> bool:
         """Whether this connection's peer holds more than its share: without this one address could hold every
         connection of `max_connections` (slow calls, open streams), and `/healthz` itself would be refused."""
-        host = self.client[0] if self.client else None
+        host = self._host()
         if host is None:
             return False
         if self.uncounted:
