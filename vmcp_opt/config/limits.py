@@ -271,7 +271,8 @@ class LimitsConfig(_Strict):
         ge=1,
         description="HTTP connections one client address may hold open at once; past it a connection is answered "
         "429 and closed, unless its one request is a GET of /healthz, /readyz or /metrics (at most 8 such connections "
-        "per listener, shared with those past max_connections: probes from an address clients share). Without it "
+        "per listener, 4 of them from one address, shared with those past max_connections: probes from an address "
+        "clients share). Without it "
         "one client (slow calls, open streams) could hold every connection of "
         "max_connections, /healthz's included. Connections from server.trusted_proxies are not counted.",
     )
@@ -393,15 +394,16 @@ class RateLimitsConfig(_Strict):
     """Token buckets on tool calls and the other requests forwarded to a backend (vmcp_opt/shared/rate_limits.py).
     A call takes a token from each bucket that applies, or from none: a refusal by one bucket drains no other. A
     call through `call_tool` or a workflow step takes only its own tool's bucket (the caller already paid for the
-    request). `resources/read`, `prompts/get`, `completion/complete` and `resources/subscribe` take the caller's
-    and the shared bucket's token as a tool call does; the lists, `ping` and `resources/unsubscribe` are free."""
+    request). `resources/read`, `prompts/get`, `completion/complete`, `resources/subscribe` and `logging/setLevel`
+    take the caller's and the shared bucket's token as a tool call does; the lists, `ping` and
+    `resources/unsubscribe` are free."""
 
     # `memory`: buckets of this process. `redis`: buckets in `redis`, shared by every replica.
     store: Literal["memory", "redis"] = "memory"
     # One bucket per caller: a verified subject (the same on every replica), else, over HTTP, the client's
     # address (X-Forwarded-For's behind `server.trusted_proxies`), whatever sessions it opens or skips, so
     # clients behind one address share a bucket; over stdio the one client. Each tool call, resource read,
-    # prompt, completion and subscription takes a token. Unset: none.
+    # prompt, completion, subscription and log level takes a token. Unset: none.
     per_caller: BucketConfig | None = None
     # One bucket for every caller together, paid as `per_caller` is; unset: none.
     shared: BucketConfig | None = None

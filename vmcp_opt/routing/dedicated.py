@@ -37,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import weakref
 from collections import Counter
 from collections.abc import Awaitable, Container
 from dataclasses import dataclass, field
@@ -134,6 +135,10 @@ class CallerBackends:
     in_flight: list[InFlight] = field(default_factory=list)
     last_session: ServerSession | None = None
     log_level: types.LoggingLevel | None = None
+    # The sessions open when `log_level` last changed that have not been told it yet (`SessionChooser.set_level`):
+    # one opened since heard it as it opened (`_restore`), so a client repeating its level costs no request.
+    level_untold: weakref.WeakSet[DedicatedSession] = field(default_factory=weakref.WeakSet)
+    level_lock: anyio.Lock = field(default_factory=anyio.Lock)  # one change at a time: the last one asked wins
     subscriptions: dict[str, set[str]] = field(default_factory=dict)  # backend -> URIs
     closed: bool = False
     # Per backend: calls on its session now, and when it was last used (anyio's clock).

@@ -602,6 +602,8 @@ class Router:
 
     async def set_log_level(self, caller: Caller, level: types.LoggingLevel, exchange: Exchange) -> None:
         with self._watch(Op("logging/setLevel", caller, exchange=exchange)):
+            if self.limiter is not None:  # paid as the other forwarded requests (shared/rate_limits.py FORWARDED)
+                await self.limiter.paid(caller, "logging/setLevel", taken=exchange.limits_taken)
             await self.sessions.set_level(caller, exchange, level)
 
     async def roots_changed(self, caller: Caller) -> None:

@@ -10,13 +10,14 @@
 The router hands every kind the same guard (the backend's circuit breaker and deadline); each applies
 it around the backend exchange it makes, which for a pending call outlives the front request.
 
-Just past ~450 lines on purpose: choosing a request's session for every kind above, and the bounds on dedicated
+Near 500 lines on purpose: choosing a request's session for every kind above, and the bounds on dedicated
 sessions (at once and starts per caller), are one decision; the dedicated sessions themselves are routing/dedicated.py.
 """
 
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -148,6 +149,18 @@ class RoundTripSession:
         return await self.trips.start(
             front, caller_key(self.caller), capabilities, self.backend, request, result_type, guard, progress
         )
+
+
+async def _opened_told(owner: CallerBackends, backend: BackendConnection) -> None:
+    """A session opened for the log level, which opening tells it; one opened but not told (the backend refused the
+    level) is told again by the client's next `logging/setLevel`, even of the same level."""
+    try:
+        await owner.session_for(backend)
+    except BaseException:
+        opened = owner.sessions.get(backend.name)
+        if opened is not None and not opened.closed:
+            owner.level_untold.add(opened)
+        raise
 
 
 class SessionChooser:
@@ -335,13 +348,24 @@ class SessionChooser:
         owner = self._owner(caller, exchange, create=True)
         if owner is None:
             return
-        owner.log_level = level
-        request = types.SetLevelRequest(params=types.SetLevelRequestParams(level=level))
-        for backend in self._backends():
-            if backend.capabilities is None or backend.capabilities.logging is None or backend.credentials.per_caller:
-                continue  # a token_exchange backend's session is opened by a call, with the caller's token
-            session = await owner.session_for(backend)
-            await session.request(request, types.EmptyResult)
+        async with owner.level_lock:
+            if owner.log_level != level:
+                owner.log_level = level
+                owner.level_untold = weakref.WeakSet(s for s in owner.sessions.values() if not s.closed)
+            request = types.SetLevelRequest(params=types.SetLevelRequestParams(level=level))
+            for backend in self._backends():
+                if (
+                    backend.capabilities is None
+                    or backend.capabilities.logging is None
+                    or backend.credentials.per_caller
+                ):
+                    continue  # a token_exchange backend's session is opened by a call, with the caller's token
+                session = owner.sessions.get(backend.name)
+                if session is None or session.closed:
+                    await _opened_told(owner, backend)
+                elif session in owner.level_untold:
+                    await session.request(request, types.EmptyResult)
+                    owner.level_untold.discard(session)
 
     async def subscribe(
         self, caller: Caller, exchange: Exchange, backend: BackendConnection, uri: str, subscribe: bool

@@ -27,8 +27,8 @@ instead (server/http.py passes the gateway's `Telemetry.rate_limited`, which cou
 as authentication reports its refusals; the gate knows nothing of telemetry.
 
 The other requests forwarded to a backend (shared/rate_limits.py `FORWARDED`: `resources/read`, `prompts/get`,
-`completion/complete`, `resources/subscribe`) pay here too, the caller's and the shared bucket, and are refused
-alike, the method in the tool's place. Every other request is free, and its scope is marked as settled too when
+`completion/complete`, `resources/subscribe`, `logging/setLevel`) pay here too, the caller's and the shared bucket,
+and are refused alike, the method in the tool's place. Every other request is free, and its scope is marked as settled too when
 its method is sure (`_settled`; a GET or DELETE has none): the requests the gateway replays into a session it
 restores, or relays from another replica (server/session_restore.py: the log level, each subscription), carry the
 scope of a client's request here, and must not charge the caller again for subscriptions it paid for once.

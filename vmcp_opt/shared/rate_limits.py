@@ -1,9 +1,11 @@
 """Token buckets on tool calls: per caller, per tool and shared; in memory or in Redis.
 
 Not tool calls alone: every request the gateway forwards to a backend for a client (`FORWARDED`:
-`resources/read`, `prompts/get`, `completion/complete`, `resources/subscribe`) takes a token from the caller's
-and the shared bucket as a tool call does (`RateLimiter.paid`; `per_tool` stays tools-only), else a budget of one
-call a second let a client read resources or render prompts as fast as it could send them. What the gateway
+`resources/read`, `prompts/get`, `completion/complete`, `resources/subscribe`, `logging/setLevel`) takes a token
+from the caller's and the shared bucket as a tool call does (`RateLimiter.paid`; `per_tool` stays tools-only), else
+a budget of one call a second let a client read resources or render prompts as fast as it could send them, or have
+every backend told a log level at the rate it sent one. A `logging/setLevel` pays whether or not its level is new
+(the HTTP gate cannot know; an unchanged one then reaches no backend, routing/sessions.py). What the gateway
 answers from its catalogue (the lists, `ping`, `initialize`, notifications) stays free, and so does
 `resources/unsubscribe`, which reaches a backend only for a subscription paid for, and which a client out of
 budget must still be able to send.
@@ -52,7 +54,9 @@ _paid: ContextVar[bool] = ContextVar("vmcp_rate_limit_paid", default=False)
 Refused = Callable[[Caller, str, str, str], None]  # (caller, setting, tool or method, method)
 
 # The requests other than tool calls that reach a backend, each paying the caller's and the shared bucket.
-FORWARDED = frozenset({"resources/read", "prompts/get", "completion/complete", "resources/subscribe"})
+FORWARDED = frozenset(
+    {"resources/read", "prompts/get", "completion/complete", "resources/subscribe", "logging/setLevel"}
+)
 
 
 def bucket_of(key: str, config: BucketConfig | ToolBucketConfig, setting: str) -> Bucket:
