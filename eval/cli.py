@@ -150,7 +150,7 @@ def _run_models(
     models: list[str], config: OptimizerConfig, encoder: str, threads: int, options: RunOptions, console: Console
 ) -> None:
     """Every method on every dataset with each model in turn, then the models side by side."""
-    from eval.embed import load_shared_embedder
+    from eval.embed import embedding_record, load_shared_embedder
     from eval.harness import DatasetFailed
     from vmcp_opt.optimizer.model_registry import ModelError
 
@@ -170,8 +170,9 @@ def _run_models(
         except ModelError as exc:
             raise typer.BadParameter(str(exc), param_hint="--model") from None
         embedder.show_progress = True
+        model_options = replace(options, embedding=embedding_record(embedder, ENCODERS[encoder]))
         try:
-            runs.append(_run_model(embedder, options, several=len(models) > 1, console=console))
+            runs.append(_run_model(embedder, model_options, several=len(models) > 1, console=console))
         except KeyboardInterrupt:  # the harness has saved what finished and said where
             raise typer.Exit(code=130) from None
         except DatasetFailed as exc:  # likewise; one line for what broke, not a traceback

@@ -16,7 +16,8 @@ document; otherwise the fields are derived from `title` and `text`.
 
 Its sections follow the formats: BEIR, and ToolLens (BEIR with fields of its own); the ToolRet reader is
 eval/toolret.py, which `load_dataset` imports when a ToolRet task is asked for (it imports this module's types).
-One module past 450 lines because every reader shares its checks (`first_use`, `scorable`, `unreadable`): split
+One module past 450 lines because every reader shares its checks (`first_use`, `scorable`, `unreadable`) and its
+bounded reads (`bounded_lines`, `read_bounded`: no row past MAX_ROW_BYTES, no file past MAX_FILE_BYTES): split
 apart, each format would import the others' helpers back.
 """
 
@@ -25,12 +26,13 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+import os
 import random
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from eval.judgements import query_text, unmatched_judgements, without_blank_queries
 
@@ -194,7 +196,8 @@ def load_beir(
     tools: list[EvalTool] = []
     used_names: set[str] = set()
     id_lines: dict[str, str] = {}
-    for lineno, row in _read_jsonl(root / "corpus.jsonl"):
+    overlong: list[str] = []  # rows past MAX_ROW_BYTES, skipped: one note each
+    for lineno, row in _read_jsonl(root / "corpus.jsonl", overlong):
         if "_id" not in row:
             raise DatasetError(f"{root}/corpus.jsonl:{lineno}: a corpus row needs `_id`")
         try:
@@ -205,14 +208,14 @@ def load_beir(
         tools.append(unique_name(tool, used_names))
     queries: dict[str, str] = {}
     query_lines: dict[str, str] = {}
-    for lineno, row in _read_jsonl(root / "queries.jsonl"):
+    for lineno, row in _read_jsonl(root / "queries.jsonl", overlong):
         if "_id" not in row:
             raise DatasetError(f"{root}/queries.jsonl:{lineno}: a query row needs `_id`")
         first_use(query_lines, str(row["_id"]), f"{root}/queries.jsonl", f"line {lineno}", what="query")
         queries[str(row["_id"])] = query_text(row.get("text"))
-    qrels = read_qrels(root / "qrels" / f"{split}.tsv")
+    qrels = read_qrels(root / "qrels" / f"{split}.tsv", overlong)
     known = {tool.id for tool in tools}
-    notes = unmatched_judgements(qrels, known, queries, f"qrels/{split}.tsv")
+    notes = overlong + unmatched_judgements(qrels, known, queries, f"qrels/{split}.tsv")
     qrels = {
         qid: {doc: rel for doc, rel in docs.items() if doc in known and rel > 0}
         for qid, docs in qrels.items()
@@ -223,7 +226,7 @@ def load_beir(
     train = root / "qrels" / "train.tsv"
     usage = {
         qid: [doc for doc, rel in docs.items() if doc in known and rel > 0]
-        for qid, docs in (read_qrels(train) if train.exists() else {}).items()
+        for qid, docs in (read_qrels(train, notes) if train.exists() else {}).items()
     }
     dataset = Dataset(
         name=name or root.name,
@@ -270,28 +273,97 @@ def scorable(dataset: Dataset, tools_file: str, judgements: str) -> Dataset:
     return dataset
 
 
-def _read_jsonl(path: Path) -> Iterable[tuple[int, dict[str, Any]]]:
+# The longest row a dataset file may have. The bundled sets' longest is under 3 KB and the model reads 256 tokens
+# of a document (about 1 KB of text): a row past 1 MiB is a broken or hostile file, and reading it whole would
+# cost its size in memory. It is read past in blocks, never held, and skipped with a note naming file and line.
+MAX_ROW_BYTES = 1 << 20
+# The largest dataset file read, checked before reading (and while, for a file that grows or reports no size). A
+# whole set is held in memory (its rows, their vectors; a ToolRet file is parsed whole, several times its size in
+# Python objects), so a file past this is refused, not streamed. The largest bundled file is 3.3 MB.
+MAX_FILE_BYTES = 128 << 20
+# Blocks in which an overlong row is read past.
+_SKIP_BLOCK = 1 << 16
+
+
+def _read_jsonl(path: Path, notes: list[str]) -> Iterable[tuple[int, dict[str, Any]]]:
+    for lineno, line in bounded_lines(path, notes):
+        if line.strip():
+            yield lineno, _json_object(line, f"{path}:{lineno}")
+
+
+def bounded_lines(path: Path, notes: list[str]) -> Iterator[tuple[int, str]]:
+    """Each line of `path` (numbered from 1, its newline kept), read within MAX_ROW_BYTES and MAX_FILE_BYTES: a
+    line past the first is given as "" (numbers stay those of the file) and named in `notes`."""
     lineno = 0
     try:
-        with path.open(encoding="utf-8") as handle:
-            for lineno, line in enumerate(handle, 1):
-                if line.strip():
-                    yield lineno, _json_object(line, f"{path}:{lineno}")
+        with path.open("rb") as handle:
+            _check_size(path, handle)
+            total = 0
+            while raw := handle.readline(MAX_ROW_BYTES + 1):
+                lineno += 1
+                total += len(raw)
+                if len(raw) > MAX_ROW_BYTES and not raw.endswith(b"\n"):
+                    rest = _read_past_line(handle, path, total)
+                    total += rest
+                    notes.append(
+                        f"{path}:{lineno}: a row of {_mib(len(raw) + rest)}, more than a row may hold "
+                        f"({_mib(MAX_ROW_BYTES)}): skipped"
+                    )
+                    yield lineno, ""
+                    continue
+                _check_total(path, total)
+                yield lineno, raw.decode("utf-8")
     except UnicodeDecodeError:
-        raise _not_utf8(path, lineno) from None
+        raise DatasetError(f"{path}:{lineno}: not UTF-8 text") from None
     except OSError as exc:
         raise unreadable(path, exc) from None
+
+
+def read_bounded(path: Path) -> bytes:
+    """The whole of `path`, refused past MAX_FILE_BYTES before it is read (or once read past it)."""
+    try:
+        with path.open("rb") as handle:
+            _check_size(path, handle)
+            data = handle.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise unreadable(path, exc) from None
+    _check_total(path, len(data))
+    return data
+
+
+def _check_size(path: Path, handle: BinaryIO) -> None:
+    """Refuses, before a byte is read, a file the OS says is past MAX_FILE_BYTES."""
+    size = os.fstat(handle.fileno()).st_size
+    if size > MAX_FILE_BYTES:
+        raise DatasetError(
+            f"{path}: {_mib(size)}, more than a dataset file may hold ({_mib(MAX_FILE_BYTES)}): not read"
+        )
+
+
+def _check_total(path: Path, total: int) -> None:
+    if total > MAX_FILE_BYTES:
+        raise DatasetError(f"{path}: more than a dataset file may hold ({_mib(MAX_FILE_BYTES)}); stopped reading")
+
+
+def _read_past_line(handle: BinaryIO, path: Path, total: int) -> int:
+    """Bytes read past the rest of an overlong line, in blocks (none kept), within MAX_FILE_BYTES."""
+    skipped = 0
+    while block := handle.readline(_SKIP_BLOCK):
+        skipped += len(block)
+        _check_total(path, total + skipped)
+        if block.endswith(b"\n"):
+            break
+    return skipped
+
+
+def _mib(size: int) -> str:
+    return f"{size / (1 << 20):,.1f} MiB"
 
 
 def unreadable(path: Path, exc: OSError) -> DatasetError:
     """A file the OS will not hand over (no permission, a directory where a file goes) is a bad dataset like
     any other: skipped with one line, not the end of a run whose other sets are fine."""
     return DatasetError(f"{path}: cannot read it: {exc.strerror or exc}")
-
-
-def _not_utf8(path: Path, lineno: int) -> DatasetError:
-    # Text is decoded in blocks: the bad byte is past the last line read whole, not necessarily on the next.
-    return DatasetError(f"{path}: not UTF-8 text" + (f" (after line {lineno})" if lineno else ""))
 
 
 def _json_object(line: str, where: str) -> dict[str, Any]:
@@ -304,36 +376,36 @@ def _json_object(line: str, where: str) -> dict[str, Any]:
     return value
 
 
-def read_qrels(path: Path) -> dict[str, dict[str, int]]:
+def read_qrels(path: Path, notes: list[str] | None = None) -> dict[str, dict[str, int]]:
     """`query-id corpus-id score` rows (tab-separated, first row a header).
 
     A file without the header (its first row already a judgement, score a number) is read whole: taking
-    that row for a header would drop a judgement without a word."""
+    that row for a header would drop a judgement without a word. A row past MAX_ROW_BYTES comes from
+    `bounded_lines` as a blank one: skipped, named in `notes`."""
     qrels: dict[str, dict[str, int]] = {}
-    lineno = 0
+    rows = csv.reader((line for _, line in bounded_lines(path, [] if notes is None else notes)), delimiter="\t")
     try:
-        with path.open(encoding="utf-8", newline="") as handle:
-            rows = csv.reader(handle, delimiter="\t")
-            header = next(rows, None)
-            if header is None or len(header) < 3:
-                raise DatasetError(f"{path}: expected a header row `query-id<TAB>corpus-id<TAB>score`")
-            first = [(1, header)] if _number(header[2]) is not None else []
-            for lineno, row in itertools.chain(first, enumerate(rows, 2)):
-                if not row:
-                    continue
-                if len(row) < 3:
-                    raise DatasetError(f"{path}:{lineno}: expected 3 tab-separated columns, got {row!r}")
-                score = _number(row[2])
-                if score is None:
-                    raise DatasetError(f"{path}:{lineno}: the score {row[2]!r} is not a number")
-                if not score.is_integer():  # int() would make 0.5 a 0: a judgement dropped without a word
-                    raise DatasetError(f"{path}:{lineno}: the score {row[2]!r} is not a whole number (0, 1, 2...)")
-                qrels.setdefault(row[0], {})[row[1]] = int(score)
-    except UnicodeDecodeError:
-        raise _not_utf8(path, lineno) from None
-    except OSError as exc:
-        raise unreadable(path, exc) from None
+        header = next(rows, None)
+        if header is None or len(header) < 3:
+            raise DatasetError(f"{path}: expected a header row `query-id<TAB>corpus-id<TAB>score`")
+        first = [(1, header)] if _number(header[2]) is not None else []
+        for lineno, row in itertools.chain(first, enumerate(rows, 2)):
+            if row:
+                qrels.setdefault(row[0], {})[row[1]] = _judgement(path, lineno, row)
+    except csv.Error as exc:  # a field past csv's own limit (128 KiB), or a stray quote
+        raise DatasetError(f"{path}:{rows.line_num}: {exc}") from None
     return qrels
+
+
+def _judgement(path: Path, lineno: int, row: list[str]) -> int:
+    if len(row) < 3:
+        raise DatasetError(f"{path}:{lineno}: expected 3 tab-separated columns, got {row!r}")
+    score = _number(row[2])
+    if score is None:
+        raise DatasetError(f"{path}:{lineno}: the score {row[2]!r} is not a number")
+    if not score.is_integer():  # int() would make 0.5 a 0: a judgement dropped without a word
+        raise DatasetError(f"{path}:{lineno}: the score {row[2]!r} is not a whole number (0, 1, 2...)")
+    return int(score)
 
 
 def _number(text: str) -> float | None:

@@ -5,21 +5,23 @@ the vectors of every document text it has encoded, in memory and on disk (`<out>
 baseline, the ToolHive baseline and the optimizer's own index reuse them and a second run embeds nothing.
 Queries are never cached: each method pays for its query embedding, so latencies stay honest.
 
-A cache file names the model's files (`model_digest`) and the graph its vectors are for (`EncoderStamp`: the
-encoder, precision included, and the ONNX export recipe), which the gateway's index leaves out on purpose
+A cache file names the model's files (`model_digest`), the graph its vectors are for (`EncoderStamp`: the
+encoder, precision included, and the ONNX export recipe) and the releases of the packages that ran it
+(`vector_packages`: a new onnxruntime or torch can move a vector), which the gateway's index leaves out on purpose
 (optimizer/vector_store.py): eval compares graphs, so an upgrade's new recipe is measured on its own graph's
 documents, not the previous graph's, and a cache directory given to two encoders hands neither the other's
-vectors. A file without both stamps is not trusted: its vectors are embedded again.
+vectors. A file without all three stamps is not trusted: its vectors are embedded again.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import sys
 import tempfile
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -231,9 +233,11 @@ class SharedEmbedder:
         current = self._encoder_stamp()
         if current is None:
             return True
-        if "export_recipe" not in data:
+        if "export_recipe" not in data or "packages" not in data:
             return False
-
+        releases = json.loads(str(data["packages"]))
+        if not isinstance(releases, dict) or not same_releases(releases, vector_packages()):
+            return False
         return EncoderStamp(str(data["encoder"]), int(data["export_recipe"])).serves(current)
 
     def _encoder_stamp(self) -> EncoderStamp | None:
@@ -284,6 +288,7 @@ class SharedEmbedder:
         encoder = self._encoder_stamp()
         if encoder is not None:
             arrays.update(encoder=np.array(encoder.encoder), export_recipe=np.array(encoder.recipe))
+            arrays.update(packages=np.array(json.dumps(vector_packages(), sort_keys=True)))
         _write_atomically(path, arrays)
 
 
@@ -322,6 +327,73 @@ def torch_threads(count: int) -> Iterator[None]:
 
 def _key(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+# Packages whose release can move a vector (the graph runtime, torch's kernels, sentence-transformers' pooling,
+# the tokenizer's splits), by module and distribution name. A run records those it imported: the ones that
+# embedded (the ONNX encoder never imports torch), not merely the ones installed.
+VECTOR_PACKAGES = {
+    "onnxruntime": "onnxruntime",
+    "torch": "torch",
+    "sentence_transformers": "sentence-transformers",
+    "transformers": "transformers",
+    "tokenizers": "tokenizers",
+}
+
+
+def embedding_record(embedder: SharedEmbedder, settings: Mapping[str, Any]) -> dict[str, Any]:
+    """How `embedder` made its vectors, for results.json: two result files (or a README table) with different
+    figures can then be told apart by encoder, precision, export recipe or package release, not guessed at.
+    `settings` are `--encoder`'s (eval/cli.py ENCODERS); what the CPU made of them is read off the embedder."""
+    record: dict[str, Any] = {
+        "encoder": embedder.encoder_name,
+        "settings": dict(settings),
+        "model": embedder.model_id,
+        "kind": str(getattr(embedder.inner, "kind", embedder.encoder_name)),
+    }
+    if record["kind"].startswith("onnx"):
+        from vmcp_opt.optimizer import onnx_export
+
+        record["export_recipe"] = onnx_export.RECIPE_VERSION
+        if record["kind"].startswith("onnx-int8"):
+            from vmcp_opt.optimizer.cpu import int8_weight_peak
+
+            record["int8_weight_peak"] = int8_weight_peak()  # 63 where the CPU's int8 products saturate
+    else:  # the torch encoder: bfloat16 only where the CPU has it, so what was asked is not what ran
+        for name in ("query_bfloat16", "bulk_bfloat16"):
+            if isinstance(getattr(embedder.inner, name, None), bool):
+                record[name] = getattr(embedder.inner, name)
+    record["packages"] = vector_packages()
+    return record
+
+
+def vector_packages() -> dict[str, str]:
+    """The releases of VECTOR_PACKAGES this process has imported, by distribution name."""
+    found: dict[str, str] = {}
+    for module_name, distribution in VECTOR_PACKAGES.items():
+        module = sys.modules.get(module_name)
+        version = getattr(module, "__version__", None) if module is not None else None
+        if isinstance(version, str):
+            found[distribution] = version
+    return found
+
+
+def same_releases(cached: Mapping[str, str], current: Mapping[str, str]) -> bool:
+    """Whether vectors made under `cached` releases may serve a run under `current`: every package both name at
+    one release (one process may have imported a package the other had not, which embedded nothing)."""
+    return all(cached[name] == current[name] for name in cached.keys() & current.keys())
+
+
+def embedding_caption(record: Mapping[str, Any], *, model: bool = True) -> str:
+    """One line naming how a table's vectors were made: `embedding` of results.json, summed up (without the
+    model for a table whose rows are models)."""
+    settings = ", ".join(f"{key}={value}" for key, value in record.get("settings", {}).items())
+    extras = [f"{key} {record[key]}" for key in ("export_recipe", "int8_weight_peak") if key in record]
+    extras += [f"{key} {record[key]}" for key in ("query_bfloat16", "bulk_bfloat16") if key in record]
+    packages = ", ".join(f"{name} {version}" for name, version in record.get("packages", {}).items())
+    parts = [f"model {record.get('model')}"] if model else []
+    parts += [f"encoder {record.get('encoder')} ({settings})", *extras]
+    return "embedding: " + "; ".join(parts) + (f"; {packages}" if packages else "")
 
 
 def load_shared_embedder(

@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from eval.datasets import Dataset, DatasetError, load_dataset
-from eval.embed import SharedEmbedder
+from eval.embed import SharedEmbedder, embedding_caption
 from eval.methods import QUERY_FREE_METHODS, Context, make_method
 from eval.metrics import evaluate, paired_bootstrap, per_query_ndcg, percentile
 
@@ -42,6 +42,8 @@ class RunOptions:
     latency_sample: int | None = 300
     # What the run's model costs (eval/models.py: ModelProfile.as_dict()), written into results.json.
     model_profile: dict[str, Any] | None = None
+    # How the vectors were made (eval/embed.py: embedding_record), written into results.json and the table's title.
+    embedding: dict[str, Any] | None = None
 
 
 def machine() -> str:
@@ -72,6 +74,8 @@ def run(options: RunOptions, embedder: SharedEmbedder, console: Console | None =
     }
     if options.model_profile is not None:
         results["model_profile"] = options.model_profile
+    if options.embedding is not None:
+        results["embedding"] = options.embedding
     latencies: dict[str, dict[str, list[float]]] = {}
     depth = max([*options.ks, 10])
     current = ""  # the dataset being run, as the results and the messages name it
@@ -276,8 +280,11 @@ def gains_over_best_baseline(
 
 
 def markdown_table(results: dict[str, Any]) -> str:
-    """One row per dataset and method; metrics in points (x100), latency in ms."""
+    """One row per dataset and method; metrics in points (x100), latency in ms; titled with how the vectors were
+    made, so a table pasted elsewhere can be traced to its encoder."""
+    title = [embedding_caption(results["embedding"]), ""] if "embedding" in results else []
     lines = [
+        *title,
         "| dataset | method | nDCG@10 | Recall@5 | COMP@5 | MRR@10 | p50 ms | p95 ms | build s | tokens/result |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]

@@ -100,6 +100,11 @@ def models_table(runs: Sequence[dict[str, Any]]) -> str:
             str(profile.get("vectors_mb_at_10k_tools", "")),
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    embedding = runs[0].get("embedding") if runs else None
+    if embedding:  # one encoder for every model of a run
+        from eval.embed import embedding_caption
+
+        lines += ["", embedding_caption(embedding, model=False)]
     return "\n".join(lines)
 
 

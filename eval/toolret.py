@@ -17,10 +17,10 @@ from eval.datasets import (
     ToolFields,
     first_use,
     json_type,
+    read_bounded,
     scorable,
     slug,
     unique_name,
-    unreadable,
 )
 from eval.judgements import query_text, unknown_labels, without_blank_queries
 
@@ -40,12 +40,11 @@ def load_toolret(root: Path, task: str) -> Dataset:
 
 
 def _json_file(path: Path) -> Any:
+    """The file parsed whole (one JSON document has no rows to read apart), so its size is bounded first."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(read_bounded(path).decode("utf-8"))
     except UnicodeDecodeError:
         raise DatasetError(f"{path}: not UTF-8 text") from None
-    except OSError as exc:
-        raise unreadable(path, exc) from None
     except json.JSONDecodeError as exc:
         raise DatasetError(f"{path}: not valid JSON: {exc}") from None
 
