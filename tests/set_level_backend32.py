@@ -1,17 +1,20 @@
 """A handshake-era (2025-11-25) stdio MCP server with logging, for tests/test_set_level32.py, in plain JSON-RPC so it
-starts at once. Run as `set_level_backend32.py RECORD`: it appends `start PID` to the file RECORD when it starts,
+starts at once. Run as `set_level_backend32.py RECORD [DELAY]`: it appends `start PID` to the file RECORD when it starts,
 `level LEVEL PID` for each `logging/setLevel` it is sent (written before it answers, so a client that has its answer
-finds the line) and `stop PID` when its input ends. It serves one tool, `echo`."""
+finds the line) and `stop PID` when its input ends. It serves one tool, `echo`. With DELAY it answers `initialize`
+DELAY seconds late: a backend still connecting when a client first asks."""
 
 from __future__ import annotations
 
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 RECORD = Path(sys.argv[1])
+DELAY = float(sys.argv[2]) if len(sys.argv) > 2 else 0.0
 
 
 def record(line: str) -> None:
@@ -22,6 +25,7 @@ def record(line: str) -> None:
 def result(method: str, params: dict[str, Any]) -> dict[str, Any] | None:
     """The result of `method`, or None for a method this server does not serve."""
     if method == "initialize":
+        time.sleep(DELAY)
         return {
             "protocolVersion": "2025-11-25",
             "capabilities": {"tools": {}, "logging": {}},

@@ -160,3 +160,20 @@ def test_over_stdio_a_set_level_past_the_burst_is_the_json_rpc_error(tmp_path: P
             await client.send_ping()  # free
 
     anyio.run(main)
+
+
+def test_a_level_set_while_the_backends_connect_reaches_them(tmp_path: Path, record: Path) -> None:
+    """A desktop client launches the gateway over stdio and sets its level at once, before the backends have
+    connected: the request waits for them (as catalogue requests do, `server.startup_wait`), then tells them."""
+    settings = config(record, server={"startup_wait": 60})
+    settings["backends"][0]["args"].append("2")  # the backend answers `initialize` 2 s late
+    params = StdioServerParameters(
+        command=sys.executable, args=["-m", "vmcp_opt", "serve", "--stdio", "-c", str(write_config(tmp_path, settings))]
+    )
+
+    async def main() -> list[str]:
+        async with Client(params, mode="legacy") as client:
+            await client.set_logging_level("debug")
+            return [level for level, _ in levels(record)]
+
+    assert anyio.run(main) == ["debug"]

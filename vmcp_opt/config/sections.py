@@ -31,8 +31,8 @@ class ServerConfig(_Strict):
     replica_id: str | None = Field(None, min_length=1, max_length=128, pattern=r"^[\x21-\x7e]+$")
     # How clients reach the gateway: streamable HTTP, or stdin/stdout (`--stdio`, for desktop clients).
     transport: Literal["streamable-http", "stdio"] = "streamable-http"
-    # Seconds a request made during start-up (tools/list, find_tool, a call) waits for the backends' first
-    # listing; after it the gateway serves the backends that are ready and adds the rest as they connect.
+    # Seconds a request made during start-up (tools/list, find_tool, a call, a log level) waits for the backends'
+    # first listing; after it the gateway serves the backends that are ready and adds the rest as they connect.
     startup_wait: float = Field(5.0, ge=0)
     # URL path of the MCP endpoint.
     path: str = "/mcp"

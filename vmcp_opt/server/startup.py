@@ -27,6 +27,9 @@ CATALOGUE_METHODS = frozenset(
         "resources/read",
         "resources/subscribe",
         "completion/complete",
+        # Sent to the backends that serve logging: one asked before they connected reached none of them, and a
+        # client sets its level once, as it starts.
+        "logging/setLevel",
     }
 )
 
