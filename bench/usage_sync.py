@@ -7,7 +7,11 @@ observer does on the loop) while a saver thread syncs (`FileUsageHistory.save`) 
 saver does every `optimizer.usage_sync_interval`. Printed: the syncs' CPU time (p50 / p95, the saver thread's
 own), the event loop's longest wait (how late a 1 ms sleep woke, at worst: the GIL and the graph's lock both show
 there) and the longest `add_to_task` (the lock alone); then, where the code has a journal, one compaction's CPU
-time and the loop's longest wait during it.
+time, the loop's longest wait during it (its heartbeat: a 1 ms sleep, how late it woke at worst) and the garbage
+collector's full passes meanwhile (how many, the longest: each walks every tracked object with the GIL held, so
+the loop waits it out). Last, `full_gc_ms`: one `gc.collect()` with the graph loaded, what every full collection
+the gateway makes (any allocation may set one off) pays for the graph. Both collector figures are the CPU time of
+the thread that collects: on a loaded host its wall time, and the loop's waits, grow with the other processes.
 
     .venv/bin/python bench/usage_sync.py                       # this tree
     .venv/bin/python bench/usage_sync.py --before HEAD~1       # and the same on another revision (git archive)
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import statistics
@@ -71,6 +76,36 @@ def timed_syncs(history: Any, graph: Any, syncs: int, stop: threading.Event, cpu
         stop.set()
 
 
+class FullCollections:
+    """The garbage collector's full (generation 2) passes while it is installed: how many, and the longest (CPU s)."""
+
+    def __init__(self) -> None:
+        self.count, self.longest, self._started = 0, 0.0, 0.0
+
+    def __enter__(self) -> FullCollections:
+        gc.callbacks.append(self._observe)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        gc.callbacks.remove(self._observe)
+
+    def _observe(self, phase: str, info: dict[str, int]) -> None:
+        if info["generation"] != 2:
+            return
+        if phase == "start":
+            self._started = time.thread_time()
+        else:
+            self.count += 1
+            self.longest = max(self.longest, time.thread_time() - self._started)
+
+
+def full_gc_seconds() -> float:
+    """One full collection's CPU time, now."""
+    start = time.thread_time()
+    gc.collect()
+    return time.thread_time() - start
+
+
 async def measure(history: Any, graph: Any, syncs: int) -> tuple[list[float], float, float]:
     stop, cpu = threading.Event(), []
     saver = threading.Thread(target=timed_syncs, args=(history, graph, syncs, stop, cpu))
@@ -101,19 +136,28 @@ def one_size(pairs: int, syncs: int) -> dict[str, Any]:
         }
         if hasattr(usage_files, "JOURNAL_RATIO"):  # this layout: what one compaction costs, now and then
             ratio, usage_files.JOURNAL_RATIO = usage_files.JOURNAL_RATIO, 0.0
+            gc.collect()  # the full passes counted are those the compaction sets off, not what the set-up left pending
             try:
-                cpu, lateness, _ = asyncio.run(measure(history, graph, 1))
+                with FullCollections() as full:
+                    cpu, lateness, _ = asyncio.run(measure(history, graph, 1))
             finally:
                 usage_files.JOURNAL_RATIO = ratio
             result["compaction_cpu_ms"] = 1000 * cpu[0]
             result["compaction_loop_longest_wait_ms"] = 1000 * lateness
+            result["compaction_full_gcs"] = full.count
+            result["compaction_longest_full_gc_ms"] = 1000 * full.longest
+        result["full_gc_ms"] = 1000 * full_gc_seconds()
         return result
 
 
 def run_here(sizes: list[int], syncs: int, label: str) -> None:
     for pairs in sizes:
         figures = one_size(pairs, syncs)
-        shown = "  ".join(f"{key} {value:.1f}" for key, value in figures.items() if key != "pairs")
+        shown = "  ".join(
+            f"{key} {value:.1f}" if isinstance(value, float) else f"{key} {value}"
+            for key, value in figures.items()
+            if key != "pairs"
+        )
         print(f"{label:>6} {figures['pairs']:>9,} pairs  {shown}", flush=True)
 
 

@@ -225,7 +225,8 @@ def test_load_of_a_missing_file_is_an_empty_graph(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("data", "field"),
     [
-        ({"version": 2, "tasks": {}, "together": {}}, "'version'"),
+        ({"version": 0, "tasks": {}, "together": {}}, "'version'"),
+        ({"version": 1, "tasks": {"a": 2**53 + 1}, "together": {}}, "'tasks.a'"),
         ({"version": 1, "tasks": [], "together": {}}, "'tasks'"),
         ({"version": 1, "tasks": {"a": -1}, "together": {}}, "'tasks.a'"),
         ({"version": 1, "tasks": {"a": "3"}, "together": {}}, "'tasks.a'"),
@@ -237,6 +238,11 @@ def test_load_of_a_missing_file_is_an_empty_graph(tmp_path: Path) -> None:
 def test_from_json_rejects_bad_data_naming_the_field(data: dict[str, object], field: str) -> None:
     with pytest.raises(ValueError, match=f"field {field}"):
         UsageGraph.from_json(data)
+
+
+def test_a_history_from_a_newer_release_says_so() -> None:
+    with pytest.raises(ValueError, match=r"written by a newer vmcp-opt \(format 2; this release reads 1\)"):
+        UsageGraph.from_json({"version": 2, "tasks": {}, "together": {}})
 
 
 @pytest.mark.parametrize("content", ["{not json", "[]", '{"version": 1, "tasks": [], "together": {}}'])

@@ -24,10 +24,20 @@ Where the graph is kept: optimizer/usage_files.py (a snapshot file and a journal
 sync costs what changed; `UsageHistory` is what the gateway needs of any store), shared/usage_history.py (Redis).
 Whatever the store, the graph's lock is held only for what changed (`new_counts`, `absorb`, `replace`'s swap) or
 a few hundred tools at a time (`to_json`): the event loop takes it for every call it learns from.
+
+Why the kept counts are plain dicts of str to int (`Kept`), not Counters: the garbage collector leaves such a dict
+untracked (an exact dict holding only strings and ints), while a Counter, a dict subclass, is always tracked. At a
+million pairs the Counters were ~40,000 tracked containers holding ~2 million references; building them at each
+compaction set off a full collection, which walked them (and the graph they replaced) with the GIL held: ~55-150 ms
+of the event loop's time, and every later full collection paid for them again. Plain dicts made as `_plain` makes
+them are never tracked; `tests/test_usage_compaction32.py` checks that a compaction's graph holds none that are.
+
+Just past ~450 lines on purpose: the graph, the form of its counts and the recorder that feeds it change together.
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -62,16 +72,21 @@ KEPT_ASIDE = 3
 SWEEP_LOCK_WAIT = 5.0
 # Tools whose companions `to_json` copies per hold of the graph's lock.
 _COPY_CHUNK = 500
-# Counts as `new_counts` hands them: tasks per tool, and per tool its companions.
+# The largest count read from a file: the ranking divides counts as floats, and a larger one (a hand-edited or
+# damaged file) failed every find_tool that ranked its tool with OverflowError, and was written back.
+MAX_COUNT = 2**53
+# Counts as `new_counts` hands them (one sync interval's learning): tasks per tool, and per tool its companions.
 Counts = tuple[Counter[str], dict[str, Counter[str]]]
+# The counts the graph ranks with, the same two as plain dicts the garbage collector does not track (module note).
+Kept = tuple[dict[str, int], dict[str, dict[str, int]]]
 
 
 class UsageGraph:
     """Tasks per tool and co-usage per pair of tools; thread-safe, cheap to read."""
 
     def __init__(self) -> None:
-        self._tasks: Counter[str] = Counter()
-        self._together: dict[str, Counter[str]] = {}
+        self._tasks: dict[str, int] = {}
+        self._together: dict[str, dict[str, int]] = {}
         # What was learned since the last save: `save` merges only this into the file, so gateways
         # sharing an index_dir add to each other's history instead of overwriting it.
         self._new_tasks: Counter[str] = Counter()
@@ -103,12 +118,14 @@ class UsageGraph:
         if not count_task and not others:
             return
         with self._lock:
-            for tasks, together in ((self._tasks, self._together), (self._new_tasks, self._new_together)):
-                if count_task:
-                    tasks[tool] += 1
-                for other in others:
-                    together.setdefault(tool, Counter())[other] += 1
-                    together.setdefault(other, Counter())[tool] += 1
+            if count_task:
+                self._tasks[tool] = self._tasks.get(tool, 0) + 1
+                self._new_tasks[tool] += 1
+            for other in others:
+                for one, two in ((tool, other), (other, tool)):
+                    kept = self._together.setdefault(one, {})
+                    kept[two] = kept.get(two, 0) + 1
+                    self._new_together.setdefault(one, Counter())[two] += 1
             self.version += 1
 
     def companions(self, tool: str) -> dict[str, float]:
@@ -117,7 +134,7 @@ class UsageGraph:
             together = self._together.get(tool)
             if not together:
                 return {}
-            tasks = self._tasks[tool]
+            tasks = self._tasks.get(tool, 0)
             # Never above tasks(tool): a ledger's false "already taught" may skip a tool's count, not its pair's.
             return {other: min(count, tasks) / (tasks + _SMOOTHING) for other, count in together.items()}
 
@@ -137,7 +154,7 @@ class UsageGraph:
         """Drop every count, kept or new (the history was cleared); the tool uses not yet merged, dropped."""
         with self._lock:
             dropped = sum(self._new_tasks.values())
-            self._tasks, self._together = Counter(), {}
+            self._tasks, self._together = {}, {}
             self._new_tasks, self._new_together = Counter(), {}
             self.version += 1
             self.clears += 1
@@ -150,7 +167,7 @@ class UsageGraph:
         at a million pairs one copy held it ~50 ms, and the event loop takes it for every call it learns from.
         A count learned meanwhile may or may not be in it, as if it came just before or after."""
         with self._lock:
-            tasks = dict(self._tasks)
+            tasks = _plain(self._tasks)
             tools = list(self._together)
         together: dict[str, dict[str, int]] = {}
         for start in range(0, len(tools), _COPY_CHUNK):
@@ -158,16 +175,17 @@ class UsageGraph:
                 for tool in tools[start : start + _COPY_CHUNK]:
                     counts = self._together.get(tool)
                     if counts:
-                        together[tool] = dict(counts)
+                        together[tool] = _plain(counts)
         return {"version": FORMAT_VERSION, "tasks": tasks, "together": together}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> UsageGraph:
-        """The graph `to_json` wrote; ValueError naming the field when the data is not that."""
-        return cls.holding(saved_counts(data))
+        """The graph `to_json` wrote (copied: `data` stays the caller's); ValueError naming the field when the data
+        is not that."""
+        return cls.of_counts(*saved_counts(data))
 
     @classmethod
-    def holding(cls, counts: Counts) -> UsageGraph:
+    def holding(cls, counts: Kept) -> UsageGraph:
         """A graph of these counts, taken as they are (not copied: the caller hands them over)."""
         graph = cls()
         graph._tasks, graph._together = counts
@@ -206,7 +224,7 @@ class UsageGraph:
         while replaced:
             replaced.popitem()
 
-    def absorb(self, others: Counts, saved: Counts) -> None:
+    def absorb(self, others: Kept, saved: Counts) -> None:
         """`saved` (taken by `new_counts`, already ranked with) is kept now; `others` (what other gateways
         added to the history since the last merge) joins the ranking. Costs what changed, not the graph."""
         with self._lock:
@@ -225,8 +243,8 @@ class UsageGraph:
     @classmethod
     def of_counts(cls, tasks: Mapping[str, int], together: Mapping[str, Mapping[str, int]]) -> UsageGraph:
         graph = cls()
-        graph._tasks = Counter(tasks)
-        graph._together = {tool: Counter(counts) for tool, counts in together.items()}
+        graph._tasks = _plain(tasks)
+        graph._together = {tool: _plain(counts) for tool, counts in together.items()}
         return graph
 
     @classmethod
@@ -263,17 +281,22 @@ def bounded(data: dict[str, Any]) -> dict[str, Any]:
     return {**data, "tasks": {tool: tasks[tool] for tool in kept}, "together": trimmed}
 
 
-def saved_counts(data: Any) -> Counts:
-    """The counts of a saved history (`to_json`'s data); ValueError naming the field when the data is not that."""
+def saved_counts(data: Any) -> Kept:
+    """The counts of a saved history (`to_json`'s data, its dicts handed over: `parse_counts`); ValueError naming the
+    field when the data is not that."""
     if not isinstance(data, Mapping):
         raise ValueError(f"expected a JSON object, got {type(data).__name__}")
-    if data.get("version") != FORMAT_VERSION:
-        raise ValueError(f"field 'version': expected {FORMAT_VERSION}, got {data.get('version')!r}")
+    version = data.get("version")
+    if type(version) is int and version > FORMAT_VERSION:  # after a rollback: not damage, and the operator should know
+        raise ValueError(f"written by a newer vmcp-opt (format {version}; this release reads {FORMAT_VERSION})")
+    if version != FORMAT_VERSION:
+        raise ValueError(f"field 'version': expected {FORMAT_VERSION}, got {version!r}")
     return parse_counts(data)
 
 
-def parse_counts(data: Mapping[str, Any]) -> Counts:
-    """The `tasks` and `together` counts of a saved history (or of one journal line); ValueError naming the field."""
+def parse_counts(data: Mapping[str, Any]) -> Kept:
+    """The `tasks` and `together` counts of a saved history (or of one journal line), sharing `data`'s dicts where
+    they hold counts only (the caller hands them over); ValueError naming the field."""
     tasks = _counts(data.get("tasks"), "tasks")
     together = data.get("together")
     if not isinstance(together, Mapping):
@@ -282,22 +305,54 @@ def parse_counts(data: Mapping[str, Any]) -> Counts:
 
 
 def add_counts(
-    tasks: Counter[str], together: dict[str, Counter[str]], more_tasks: Counter[str], more: dict[str, Counter[str]]
+    tasks: dict[str, int],
+    together: dict[str, dict[str, int]],
+    more_tasks: Mapping[str, int],
+    more: Mapping[str, Mapping[str, int]],
 ) -> None:
-    tasks.update(more_tasks)
+    """`more_tasks` and `more` added into `tasks` and `together`, kept plain (a tool new to them: a `_plain` copy)."""
+    _add(tasks, more_tasks)
     for tool, counts in more.items():
-        together.setdefault(tool, Counter()).update(counts)
+        kept = together.get(tool)
+        if kept is None:
+            together[tool] = _plain(counts)
+        else:
+            _add(kept, counts)
 
 
-def _counts(value: Any, field: str, tool: str | None = None) -> Counter[str]:
-    """Built once, straight into the Counter the graph keeps: a million pairs are read at load and compaction."""
+def _add(counts: dict[str, int], more: Mapping[str, int]) -> None:
+    for key, count in more.items():
+        counts[key] = counts.get(key, 0) + count
+
+
+def _plain(counts: Mapping[str, int]) -> dict[str, int]:
+    """A copy the garbage collector does not track (module note). `dict(a_counter)` would be tracked: copied whole
+    from a tracked dict, a dict takes over its tracking; built item by item from strings and ints, it never is."""
+    if type(counts) is dict and not gc.is_tracked(counts):
+        return counts.copy()  # the fast copy, untracked as its source is
+    return dict(counts.items())
+
+
+def _counts(value: Any, field: str, tool: str | None = None) -> dict[str, int]:
+    """The counts as the graph keeps them (`Kept`). A million pairs are read at load and compaction, so what JSON gave
+    (string keys, int counts, an untracked dict) is checked in one pass and taken as it is: a copy would cost its CPU
+    again, and freeing the parse in one go held the GIL ~10-15 ms more. Anything else is checked count by count."""
     where = field if tool is None else f"{field}.{tool}"
     if not isinstance(value, Mapping):
         raise ValueError(f"field '{where}': expected an object of counts")
-    counts: Counter[str] = Counter()
+    if type(value) is dict and all(
+        type(key) is str and type(count) is int and 0 <= count <= MAX_COUNT for key, count in value.items()
+    ):
+        return value if not gc.is_tracked(value) else _plain(value)
+    counts: dict[str, int] = {}
     for key, count in value.items():
-        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
-            raise ValueError(f"field '{where}.{key}': expected a non-negative integer, got {count!r}")
+        if not isinstance(count, int) or isinstance(count, bool) or not 0 <= count <= MAX_COUNT:
+            shown = (
+                repr(count)
+                if not isinstance(count, int) or count <= MAX_COUNT
+                else f"a {count.bit_length()}-bit integer"
+            )
+            raise ValueError(f"field '{where}.{key}': expected an integer from 0 to 2**53, got {shown}")
         counts[str(key)] = count
     return counts
 

@@ -9,8 +9,9 @@ written atomically, then the journal removed) when the history is small (under `
 costs nothing there, and every reader sees one whole file), when there is no snapshot of this layout yet, or when
 the journal would pass `JOURNAL_RATIO` of the snapshot: the journal stays bounded by the bounded snapshot, and the
 rewrites, each after that many bytes of changes, cost in proportion to the changes too. Syncs and compactions run
-in the optimizer's saver thread (and `close`, off the event loop), the snapshot parsed and written a tool at a time
-so the thread gives the GIL back between pieces.
+in the optimizer's saver thread (and `close`, off the event loop), the snapshot read, parsed and written a tool at a
+time so the thread gives the GIL back between pieces (read whole, then split, a million pairs' 47 MB held it ~55 then
+~20 ms), into plain dicts the garbage collector does not walk (optimizer/usage.py's note on `Kept`).
 
 The snapshot is the JSON object it always was, one tool's companions a line, plus (past `SMALL_HISTORY`) a
 `generation` token; its journal's first line names that token, so a journal left from another snapshot (a crash between a compaction's
@@ -30,23 +31,25 @@ read and written together at each sync (a journal is only meaningful beside the 
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import os
 import time
 import uuid
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TextIO
 
 from vmcp_opt.optimizer.file_lock import exclusive, fsync_directory, keep_aside, write_atomically
 from vmcp_opt.optimizer.usage import (
     FORMAT_VERSION,
     KEPT_ASIDE,
     Counts,
+    Kept,
     UsageGraph,
     add_counts,
     bounded,
@@ -68,6 +71,8 @@ SMALL_HISTORY = 64 * 1024
 JOURNAL_RATIO = 0.5
 JOURNAL_VERSION = 1
 _COMPACT = (",", ":")
+# One encoder for the snapshot's lines: `json.dumps` with `separators` builds one per call, 40,000 a compaction.
+_encode_compact = json.JSONEncoder(separators=_COMPACT).encode
 
 
 class UsageHistory(Protocol):
@@ -171,11 +176,11 @@ class FileUsageHistory:
         new = graph.new_counts()
         adding = bool(new[0]) or bool(new[1])
         tail = self._journal_tail()
-        kept: Counts | None = None
+        kept: Kept | None = None
         includes_new = False
         if tail is None:
             kept, at, includes_new = self._read_kept(graph)
-            others: Counts = (Counter(), {})
+            others: Kept = ({}, {})
         else:
             others, at = tail
         line = _journal_line(new) if adding else ""
@@ -197,7 +202,7 @@ class FileUsageHistory:
         else:
             graph.absorb(others, new)
 
-    def _journal_tail(self) -> tuple[Counts, _Position] | None:
+    def _journal_tail(self) -> tuple[Kept, _Position] | None:
         """The journal lines added since the last look, when the snapshot is the one last seen; None when it
         is not (or the journal was replaced): the history must be read whole."""
         at = self._at
@@ -212,7 +217,7 @@ class FileUsageHistory:
             self._cut_torn(position)
         return counts, position
 
-    def _read_kept(self, graph: UsageGraph) -> tuple[Counts, _Position, bool]:
+    def _read_kept(self, graph: UsageGraph) -> tuple[Kept, _Position, bool]:
         """The history as the files hold it, and whether it already holds `graph`'s new counts: an unreadable
         snapshot is moved aside and replaced by everything this gateway knows."""
         try:
@@ -248,7 +253,14 @@ class FileUsageHistory:
         else:
             fd = os.open(self.journal, os.O_WRONLY | os.O_APPEND)
         try:
-            os.write(fd, data)
+            start = os.fstat(fd).st_size
+            try:
+                _write_whole(fd, data)
+            except OSError:
+                # A part of a line (a full disk) would run into the next sync's line: both lost to every reader.
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, start)
+                raise  # the counts stay new, for the next sync
             os.fsync(fd)
             info = os.fstat(fd)
         finally:
@@ -257,7 +269,7 @@ class FileUsageHistory:
             fsync_directory(self.journal.parent)
         return _Position(at.snapshot, at.generation, at.snapshot_size, info.st_ino, info.st_size)
 
-    def _compact(self, counts: Counts) -> tuple[UsageGraph, _Position]:
+    def _compact(self, counts: Kept) -> tuple[UsageGraph, _Position]:
         """`counts` written as the new snapshot (within the bounds), then the journal it holds removed: a crash in
         between leaves a journal naming the old snapshot, which is ignored."""
         data = bounded({"version": FORMAT_VERSION, "tasks": counts[0], "together": counts[1]})
@@ -304,6 +316,16 @@ def _stamp(path: Path) -> _Stamp:
     return info.st_ino, info.st_size, info.st_mtime_ns
 
 
+def _write_whole(fd: int, data: bytes) -> None:
+    """All of `data`, or OSError: `os.write` may store part of it (a disk that fills) without an error."""
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        if written <= 0:
+            raise OSError(errno.ENOSPC, "the journal line could not be written whole")
+        view = view[written:]
+
+
 def _must_compact(at: _Position, adding: int) -> bool:
     """Whether this sync rewrites the snapshot rather than appending `adding` bytes to the journal."""
     if at.generation is None or at.snapshot_size < SMALL_HISTORY:
@@ -338,17 +360,16 @@ def load_history(path: Path) -> tuple[UsageGraph, _Position | None]:
         return UsageGraph(), None
 
 
-def _read_counts(path: Path) -> tuple[Counts, _Position]:
+def _read_counts(path: Path) -> tuple[Kept, _Position]:
     """The snapshot's counts with its journal's added, and how far they were read."""
     try:
         with path.open(encoding="utf-8") as file:
             info = os.fstat(file.fileno())
-            text = file.read()
+            data = _parse_snapshot(file)
     except FileNotFoundError:
-        return (Counter(), {}), _Position(None, None, 0)
+        return ({}, {}), _Position(None, None, 0)
     except UnicodeDecodeError as exc:
         raise ValueError(f"not UTF-8: {exc}") from None
-    data = _parse_snapshot(text)
     kept = saved_counts(data)  # validated as the earlier layout was
     generation = data.get("generation") if isinstance(data.get("generation"), str) else None
     at = _Position((info.st_ino, info.st_size, info.st_mtime_ns), generation, info.st_size)
@@ -360,20 +381,19 @@ def _read_counts(path: Path) -> tuple[Counts, _Position]:
     return kept, _Position(at.snapshot, generation, at.snapshot_size, after.journal, after.offset, after.torn)
 
 
-def _parse_snapshot(text: str) -> Any:
-    """The snapshot's JSON. Ours a tool a line, each parsed on its own (a 20 MB `json.loads` holds the GIL, and so
-    the event loop, for hundreds of milliseconds); any other text as a whole, as the earlier layout is."""
-    lines = text.split("\n")
-    ours = lines[0].startswith('{"version":') and lines[0].endswith(',"together":{') and lines[-2:] == ["}}", ""]
-    if ours and len(lines) >= 3:
+def _parse_snapshot(file: TextIO) -> Any:
+    """The snapshot's JSON. Ours read and parsed a tool a line (a 20 MB `json.loads` holds the GIL, and so the event
+    loop, for hundreds of milliseconds); any other text as a whole, as the earlier layout is."""
+    head = file.readline()
+    if head.startswith('{"version":') and head.endswith(',"together":{\n'):
         try:
-            data = json.loads(lines[0] + "}}")
-            together = data["together"]
-            for line in lines[1:-2]:
-                together.update(json.loads("{" + line.removesuffix(",") + "}"))
-            return data
+            data = _parse_lines(head, file)
         except (json.JSONDecodeError, RecursionError, AttributeError, TypeError):
-            pass  # not our layout after all: the whole text decides
+            data = None
+        if data is not None:
+            return data
+    file.seek(0)  # not our layout after all: the whole text decides
+    text = file.read()
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
@@ -384,13 +404,25 @@ def _parse_snapshot(text: str) -> Any:
         raise ValueError("not a usage history: JSON nested too deeply") from None
 
 
+def _parse_lines(head: str, file: TextIO) -> Any:
+    """The snapshot in our layout after its first line, `head`: a tool's companions a line, then `}}` ending the
+    file; None when the lines end otherwise."""
+    data = json.loads(head[:-1] + "}}")
+    together = data["together"]
+    for line in file:
+        if line == "}}\n":
+            return data if file.read(1) == "" else None
+        together.update(json.loads("{" + line.removesuffix("\n").removesuffix(",") + "}"))
+    return None
+
+
 def _read_journal(
     journal: Path, generation: str | None, start: int, inode: int | None
-) -> tuple[Counts, _Position] | None:
+) -> tuple[Kept, _Position] | None:
     """The counts of the journal's whole lines from `start` on (0: from its header, which must name
     `generation`), and where they end. None when the journal known as `inode` was replaced or cut; a missing
     journal, or one of another snapshot, is an empty one (its `journal` None)."""
-    empty: Counts = (Counter(), {})
+    empty: Kept = ({}, {})
     none = empty, _Position(None, generation, 0)
     try:
         with journal.open("rb") as file:
@@ -407,8 +439,8 @@ def _read_journal(
         if not lines or not _names(lines[0], generation):
             return none  # another snapshot's, or cut in its header: ignored (a new one replaces it)
         lines = lines[1:]
-    tasks: Counter[str] = Counter()
-    together: dict[str, Counter[str]] = {}
+    tasks: dict[str, int] = {}
+    together: dict[str, dict[str, int]] = {}
     for line in lines:
         try:
             add_counts(tasks, together, *parse_counts(json.loads(line)))
@@ -449,7 +481,7 @@ def _together_lines(together: dict[str, Any]) -> Iterator[str]:
     """The snapshot's companions, one tool a line (each serialised on its own: the GIL is given back between)."""
     last = len(together) - 1
     for number, (tool, counts) in enumerate(together.items()):
-        yield json.dumps(tool) + ":" + json.dumps(counts, separators=_COMPACT) + (",\n" if number < last else "\n")
+        yield json.dumps(tool) + ":" + _encode_compact(counts) + (",\n" if number < last else "\n")
 
 
 def journal_path(path: Path) -> Path:
