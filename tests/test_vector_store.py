@@ -101,6 +101,8 @@ def test_corrupt_cache_is_rebuilt_with_a_warning(
         stats = ToolIndex(OptimizerConfig(), tmp_path, embedder).update(CATALOGUE)
     assert stats.embedded == len(CATALOGUE)
     assert "unusable (" in caplog.text and "kept aside as" in caplog.text
+    # numpy's own words would tell the operator to load the file unsafely
+    assert "not an index cache file" in caplog.text and "allow_pickle" not in caplog.text
 
 
 def test_a_file_written_with_token_embeddings_still_loads(tmp_path: Path, embedder: TextEmbedder) -> None:

@@ -498,7 +498,7 @@ class VectorStore:
             log.warning("index cache %s unreadable, ignored (the next embedding update replaces it): %s", path, exc)
             return VectorCache()
         except Exception as exc:  # any other unusable cache is kept aside and rebuilt, never fatal
-            self._keep_aside(exc)
+            self._keep_aside(_not_pickled(exc))
             return VectorCache()
         if built_by is not None and not self._same_model(built_by):
             # Not kept aside: nothing is wrong with it, and the next save replaces it with this model's vectors.
@@ -552,3 +552,12 @@ def _merged(mine: VectorCache, theirs: VectorCache, limit: int | None) -> Vector
     while limit is not None and len(retired) > limit:
         retired.popitem(last=False)
     return VectorCache(mine.rows, mine.matrix, owner=mine.owner, retired=retired)
+
+
+def _not_pickled(problem: Exception) -> Exception:
+    """numpy's word for a file that is no archive of arrays ("contains pickled (object) data. If you trust the file
+    you can load it unsafely using `allow_pickle=`…") told an operator to load a damaged or planted file unsafely:
+    said plainly instead. The index never holds pickled data."""
+    if isinstance(problem, ValueError) and "pickle" in str(problem):
+        return ValueError("not an index cache file: not an archive of arrays")
+    return problem
