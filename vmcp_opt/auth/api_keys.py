@@ -6,7 +6,10 @@ hash and one dict access. The entries come from a file, re-read whenever it chan
 revoked by editing the file, no restart), and from an environment variable read at start. A file that
 cannot be read or parsed while serving (not UTF-8, or larger than `MAX_FILE_BYTES`, included) is fail-closed:
 the error is logged once and no key from it is accepted until it is fixed (a botched revocation must not leave
-the revoked key working).
+the revoked key working). So is a file any local user could change (auth/file_modes.py: o+w, or in a directory
+others may write to without the sticky bit): since it is re-read, anyone on the host could add a key with any
+groups or roles, no restart needed. A file only its group or another user could change is loaded, with one warning.
+At start either refusal stops the start, as `vmcp validate` says.
 
 The re-read runs in a worker thread, one at a time (`SingleFlight`), so the event loop keeps serving: 10,000
 YAML entries take seconds to parse even with libyaml (as JSON, a few hundredths of a second). Each request stats
@@ -39,7 +42,7 @@ from typing import Any
 import anyio
 import yaml
 
-from vmcp_opt.auth import errors
+from vmcp_opt.auth import errors, file_modes
 from vmcp_opt.auth.caller import Identification
 from vmcp_opt.auth.identity import Identity, refuse_lone_surrogates, string_set
 from vmcp_opt.single_flight import SingleFlight
@@ -58,6 +61,8 @@ _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 # libyaml's loader: several times quicker than the pure-Python one, for the same documents.
 _YAML_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _REREAD = "file"  # the one flight key: one re-read at a time
+# What a writer of the keys file could do, for the messages about who can write it.
+_GRANTS = "add an API key with any groups or roles"
 
 
 class ApiKeyFileError(Exception):
@@ -76,8 +81,12 @@ def hash_key(key: str) -> str:
 
 @dataclass(frozen=True)
 class _FileState:
-    signature: tuple[int, int, int, int] | None
+    signature: tuple[int, ...] | None
     keys: Mapping[str, Identity]
+    # The directories whose mode and owner the signature covers (file_modes.directories at the last read).
+    directories: tuple[Path, ...] = ()
+    # Who else could change the file, as last logged: a re-read logs only what is new.
+    warnings: tuple[str, ...] = ()
 
 
 class ApiKeys:
@@ -86,9 +95,11 @@ class ApiKeys:
         self._env_keys = parse_entries(_json(env_entries), "the API keys variable") if env_entries else {}
         self._state = _FileState(None, {})
         if file is not None:
-            self._state = _FileState(
-                _signature(file), parse_entries(_read(file), str(file))
-            )  # a bad file stops the start
+            directories = file_modes.directories(file)
+            signature = _signature(file, directories)
+            document, warnings = _read(file)  # a bad file stops the start
+            self._state = _FileState(signature, parse_entries(document, str(file)), directories, warnings)
+            _warn(warnings, ())
         self._rereads: SingleFlight[str, _FileState] = SingleFlight(
             REREAD_WAIT, lambda: errors.unavailable("the API keys file is being re-read; try again")
         )
@@ -113,24 +124,24 @@ class ApiKeys:
         return len(self._state.keys) + len(self._env_keys)
 
     async def _file_keys(self, digest: str) -> Mapping[str, Identity]:
-        """The file's keys, re-read when its inode, size, mtime or ctime changed (one stat per request); the previous
-        keys while a re-read runs if they (or the variable's) hold `digest` (see the module's docstring)."""
+        """The file's keys, re-read when it changed (`_signature`: a stat of it and of its directory per request);
+        the previous keys while a re-read runs if they (or the variable's) hold `digest` (the module's docstring)."""
         file = self.file
         if file is None:
             return self._state.keys
-        signature = _signature(file)
+        signature = _signature(file, self._state.directories)
         state = await self._rereads.get(
             _REREAD,
-            lambda: self._reread(file),
+            lambda: self._reread(file, self._state.warnings),
             ready=lambda: self._state if self._state.signature == signature else None,
             meanwhile=lambda: self._state if digest in self._state.keys or digest in self._env_keys else None,
         )
         return state.keys
 
-    async def _reread(self, file: Path) -> _FileState:
+    async def _reread(self, file: Path, warned: tuple[str, ...]) -> _FileState:
         """Re-read the file in a worker thread and swap its keys in. Not cut short by a cancelled caller (the
         thread runs on regardless), so a new re-read never starts beside it."""
-        state = await anyio.to_thread.run_sync(_load, file)
+        state = await anyio.to_thread.run_sync(_load, file, warned)
         self._state = state
         done, self._reread_done = self._reread_done, None
         if done is not None:
@@ -138,17 +149,27 @@ class ApiKeys:
         return state
 
 
-def _load(path: Path) -> _FileState:
+def _load(path: Path, warned: tuple[str, ...]) -> _FileState:
     """The file's keys, or none with the error logged (fail-closed). Stat first: a change made while the file is
-    read leaves a signature that differs from the one recorded, so it is read again, never missed."""
-    signature = _signature(path)
+    read leaves a signature that differs from the one recorded, so it is read again, never missed. `warned`: who
+    else could change it, as logged before (not logged again)."""
+    directories = file_modes.directories(path)
+    signature = _signature(path, directories)
     try:
-        keys = parse_entries(_read(path), str(path))
+        document, warnings = _read(path)
+        keys = parse_entries(document, str(path))
     except ApiKeyFileError as exc:
         logger.error("auth: API keys not reloaded, none from the file accepted until it is fixed: %s", exc)
-        return _FileState(signature, {})
+        return _FileState(signature, {}, directories, warned)
+    _warn(warnings, warned)
     logger.info("auth: %d API keys loaded from %s", len(keys), path)
-    return _FileState(signature, keys)
+    return _FileState(signature, keys, directories, warnings)
+
+
+def _warn(warnings: tuple[str, ...], warned: tuple[str, ...]) -> None:
+    for warning in warnings:
+        if warning not in warned:
+            logger.warning("auth: API keys file loaded, but %s", warning)
 
 
 def parse_entries(data: Any, where: str) -> dict[str, Identity]:
@@ -207,10 +228,14 @@ def _json(text: str) -> Any:
         raise ApiKeyFileError(f"the API keys variable: not valid JSON: {exc}") from None
 
 
-def _read(path: Path) -> Any:
-    """The file's document: JSON for a `.json` file, YAML (libyaml's loader) otherwise; at most `MAX_FILE_BYTES`."""
+def _read(path: Path) -> tuple[Any, tuple[str, ...]]:
+    """The file's document (JSON for a `.json` file, YAML with libyaml's loader otherwise; at most `MAX_FILE_BYTES`)
+    and who else could change it (file_modes.py); refused when anyone could."""
     try:
         with path.open("rb") as file:
+            found = file_modes.exposure(path, os.fstat(file.fileno()), _GRANTS)
+            if found.refusal is not None:
+                raise ApiKeyFileError(found.refusal)
             raw = file.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         raise ApiKeyFileError(f"{path}: cannot be read: {exc.strerror}") from None
@@ -228,18 +253,22 @@ def _read(path: Path) -> Any:
     # A UTF-8 byte-order mark, which an editor may add while the gateway runs: JSON refused it, and with it every key.
     text = text.removeprefix("\ufeff")
     try:
-        return json.loads(text) if path.suffix == ".json" else yaml.load(text, Loader=_YAML_LOADER)
+        document = json.loads(text) if path.suffix == ".json" else yaml.load(text, Loader=_YAML_LOADER)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
         raise ApiKeyFileError(f"{path}: not valid YAML/JSON: {exc}") from None
     except RecursionError:  # nested past the parser's stack: refused as any unparseable file (fail-closed)
         raise ApiKeyFileError(f"{path}: nested too deeply to be a keys file") from None
+    return document, found.warnings
 
 
-def _signature(path: Path) -> tuple[int, int, int, int] | None:
-    """What tells an edited file from the one read: the ctime too, which any write or `utime` sets to now (an
-    in-place edit keeping size and mtime, `cp -p` or `touch -r`, was never re-read: a revoked key kept working)."""
+def _signature(path: Path, directories: tuple[Path, ...]) -> tuple[int, ...] | None:
+    """What tells an edited file from the one read: the ctime too, which any write, `utime` or `chmod` sets to now
+    (an in-place edit keeping size and mtime, `cp -p` or `touch -r`, was never re-read: a revoked key kept
+    working); its mode and owners, which a `chmod` within the clock's tick leaves the ctime without; and its
+    directories' modes and owners, so a `chmod o-w` of the directory is noticed too."""
     try:
         stat = os.stat(path)
     except OSError:
         return None
-    return stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns
+    own = stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_mode, stat.st_uid, stat.st_gid
+    return (*own, *file_modes.signature(directories))

@@ -41,6 +41,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 import time
 from collections.abc import Hashable, Sequence
@@ -50,6 +51,7 @@ from typing import Any
 
 import cedarpy
 
+from vmcp_opt.auth import file_modes
 from vmcp_opt.auth.caller import Caller
 from vmcp_opt.auth.cedar_schema import ACTIONS, KNOWN_ACTIONS, schema_problems
 from vmcp_opt.config import RESERVED_NAMES
@@ -57,6 +59,9 @@ from vmcp_opt.display import shorten
 from vmcp_opt.routing.policy import ALLOW, Decision, PolicyLoadError, Target
 
 logger = logging.getLogger(__name__)
+
+# What a writer of the policy file could do, for the messages about who can write it (file_modes.py).
+_GRANTS = "change what every caller may list and call, from the next start"
 
 GATEWAY_SOURCE = "vmcp"  # routing.providers.GATEWAY_SOURCE: the meta-tools' source
 META_TOOLS = RESERVED_NAMES  # find_tool and call_tool: no backend tool or workflow may take these names
@@ -121,8 +126,14 @@ class CedarPolicy:
 
     @classmethod
     def from_file(cls, path: Path, cache_size: int = 100_000) -> CedarPolicy:
+        """Refused, as an unreadable file is, when any local user could change it (auth/file_modes.py): the next
+        start would serve their policy. Loaded with a warning when only a group or another user could."""
         try:
-            text = path.read_text(encoding="utf-8")
+            with path.open(encoding="utf-8") as file:  # text mode, as `read_text` read it before
+                found = file_modes.exposure(path, os.fstat(file.fileno()), _GRANTS)
+                if found.refusal is not None:
+                    raise PolicyLoadError(found.refusal)
+                text = file.read()
         except UnicodeDecodeError as exc:
             line = exc.object.count(b"\n", 0, exc.start) + 1
             raise PolicyLoadError(
@@ -131,6 +142,8 @@ class CedarPolicy:
             ) from None
         except OSError as exc:
             raise PolicyLoadError(f"{path}: cannot be read: {exc.strerror}") from None
+        for warning in found.warnings:
+            logger.warning("authorization: policy file loaded, but %s", warning)
         # A UTF-8 byte-order mark (a Windows editor's): Cedar's parser calls it an invalid token.
         return cls(text.removeprefix("\ufeff"), str(path), cache_size)
 

@@ -169,7 +169,9 @@ class ApiKeysConfig(_Strict):
     # A YAML or JSON file `{keys: [{sha256: <hex>, subject: ..., groups: [...], roles: [...], scopes: [...]}]}`
     # (`vmcp auth new-key` prints an entry), re-read off the event loop when it changes (rotation and revocation
     # without a restart); at most 8 MiB (about 45,000 entries; JSON parses many times faster than YAML); relative
-    # to the config file's directory.
+    # to the config file's directory. Refused (fail-closed, as an unreadable file) when others may write it (o+w)
+    # or its directory (o+w without the sticky bit); group-writable or another user's than the gateway's or
+    # root's: a warning.
     file: str | None = None
     # An environment variable holding the same entries as a JSON list (read at start).
     env: str | None = None
@@ -201,7 +203,8 @@ class AuthorizationConfig(_Strict):
 
     # A Cedar policy file; relative to the config file's directory. A file that does not parse, or whose policies
     # do not validate against the gateway's schema (`vmcp auth schema`: a misspelt type or attribute), stops the
-    # start.
+    # start; so does a file others may write (o+w, or in a directory o+w without the sticky bit); group-writable or
+    # another user's: a warning.
     policies: str | None = None
     # Decisions kept per (caller, action, target); a caller's visible tool set is kept per catalogue.
     cache_size: int = Field(100_000, ge=0)
