@@ -194,6 +194,11 @@ class VmcpConfig(BaseSettings):
             return self.resolve_path(self.optimizer.model_cache)
         return self.data_dir_path() / "models"
 
+    @property
+    def source(self) -> Path | None:
+        """The config file this was loaded from; None for a config made in code or from the environment alone."""
+        return self._source
+
     def index_dir(self) -> Path:
         if self.optimizer.index_dir is not None:
             return self.resolve_path(self.optimizer.index_dir)

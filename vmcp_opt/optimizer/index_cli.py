@@ -1,5 +1,6 @@
-"""`vmcp index build | stats | search | usage`: the persisted tool index, for operators and for tuning
-descriptions, and the history of tools used together that the gateway learns (`usage`).
+"""`vmcp index build | stats | search | usage | list | prune`: the persisted tool index, for operators and for
+tuning descriptions, the history of tools used together that the gateway learns (`usage`), and the index
+directories of every config under the data directory (`list`, `prune`: their work is optimizer/index_dirs.py's).
 
 The tool list comes from the catalogue the gateway last saved beside the index (optimizer/listing.py), so
 `stats` and `search` start no backend when there is one; from the live backends when there is none, with
@@ -7,14 +8,16 @@ The tool list comes from the catalogue the gateway last saved beside the index (
 only when every backend connected); or from `--from-jsonl`, one tool record per line
 (`name`, `backend`, `description`, `input_schema`, optional `title`, `backend_description`, `original_name`).
 
-Just past ~450 lines: the four commands share how a tool list is found and saved (above) and how the index is
-opened; `usage` is the one that could go, and would take those helpers with it.
+Past ~450 lines: the first four commands share how a tool list is found and saved (above) and how the index is
+opened; `usage` is the one that could go, and would take those helpers with it. `list` and `prune` only print
+what index_dirs.py finds and does, and share `_human` and `literal` with the others.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Coroutine
@@ -26,9 +29,17 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from vmcp_opt.config import ConfigError, VmcpConfig, load_config
+from vmcp_opt.config import APP_NAME, ConfigError, VmcpConfig, load_config
 from vmcp_opt.console import OutputConsole
 from vmcp_opt.display import printable
+from vmcp_opt.optimizer.index_dirs import (
+    INDEXES,
+    IndexDir,
+    list_index_dirs,
+    prune_reason,
+    remove_leftovers,
+    remove_unless_in_use,
+)
 from vmcp_opt.optimizer.jsonl_records import read_jsonl, record_tool
 from vmcp_opt.optimizer.listing import Listing, catalogue_key, load_listing, save_listing
 from vmcp_opt.optimizer.model_registry import ModelError, model_problem
@@ -275,6 +286,114 @@ def usage(
         errors.print(f"[red]unreadable usage history[/] {path}: {exc}")
         raise typer.Exit(1) from None
     _print_usage(graph, str(path), top)
+
+
+DataDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir", envvar="VMCP_DATA_DIR", help="The data directory (default: VMCP_DATA_DIR, else the per-user one)."
+    ),
+]
+
+
+@index_app.command("list")
+def list_dirs(data_dir: DataDirOption = None) -> None:
+    """The index directories under <data_dir>/indexes/: config, size, last use, whether a gateway holds it.
+
+    A directory from before owner files were written shows "unknown", and its newest file's time."""
+    root = _data_dir(data_dir)
+    found = list_index_dirs(root)
+    if not found:
+        console.print(literal(f"no index directories under {root / INDEXES}"))
+        return
+    table = Table(title=literal(str(root / INDEXES)))
+    for column in ("name", "config", "config exists", "size", "last used", "gateway running"):
+        table.add_column(column, no_wrap=column != "config", justify="right" if column == "size" else "left")
+    for entry in found:
+        exists = {True: "yes", False: "no", None: "-"}[entry.config_exists]
+        running, size = ("yes" if entry.in_use else "no"), _human(entry.size)
+        if entry.untouchable is not None:  # not looked into
+            running = size = "-"
+        table.add_row(literal(entry.path.name), _owner_text(entry), exists, size, entry.last_used_text(), running)
+    console.print(table)
+    held = sum(entry.in_use for entry in found)
+    console.print(
+        f"{len(found)} directories, {_human(sum(e.size for e in found))} on disk; {held} held by a gateway now"
+    )
+
+
+@index_app.command()
+def prune(
+    data_dir: DataDirOption = None,
+    older_than: Annotated[
+        int, typer.Option("--older-than", min=0, metavar="DAYS", help="Remove those unused for more days.")
+    ] = 30,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would go; remove nothing.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Remove without asking.")] = False,
+) -> None:
+    """Remove the index directories whose config file is gone, or unused for more than DAYS.
+
+    Never one a running gateway holds, nor anything outside <data_dir>/indexes/ (links are not followed)."""
+    root = _data_dir(data_dir)
+    found = list_index_dirs(root)
+    reasons = [(entry, why) for entry in found if (why := prune_reason(entry, older_than)) is not None]
+    for entry, why in reasons:
+        if entry.in_use:
+            console.print(literal(f"kept {entry.path.name} ({why}): a running gateway holds it"))
+    doomed = [(entry, why) for entry, why in reasons if not entry.in_use]
+    if not doomed:
+        console.print(
+            literal(f"nothing to prune under {root / INDEXES} (unused for over {older_than} days, or config gone)")
+        )
+        return
+    total = _human(sum(entry.size for entry, _ in doomed))
+    if dry_run or not yes:
+        verb = "would remove" if dry_run else "to remove"
+        for entry, why in doomed:
+            console.print(literal(f"{verb} {entry.path.name} ({entry.owner_line()}; {why}): {_human(entry.size)}"))
+    if dry_run:
+        console.print(f"would free {total} in {len(doomed)} directories (--dry-run: nothing removed)")
+        return
+    if not yes:
+        if not sys.stdin.isatty():
+            errors.print(
+                f"refusing to remove {len(doomed)} index directories without confirmation: no terminal to ask on; "
+                "pass --yes to remove them, or --dry-run to only list them",
+                markup=False,
+                highlight=False,
+            )
+            raise typer.Exit(2)
+        typer.confirm(f"remove these {len(doomed)} directories ({total})?", abort=True)
+    _remove(root, doomed, older_than)
+
+
+def _remove(root: Path, doomed: list[tuple[IndexDir, str]], older_than: int) -> None:
+    freed, removed = remove_leftovers(root), 0
+    for entry, why in doomed:
+        kept = remove_unless_in_use(entry, older_than)
+        if kept is None:
+            console.print(literal(f"removed {entry.path.name} ({entry.owner_line()}; {why}): {_human(entry.size)}"))
+            freed, removed = freed + entry.size, removed + 1
+        else:
+            console.print(literal(f"kept {entry.path.name}: {kept}"))
+    console.print(f"freed {_human(freed)} in {removed} directories")
+
+
+def _data_dir(given: Path | None) -> Path:
+    """--data-dir (or VMCP_DATA_DIR, which typer reads for it), else the per-user data directory, as the config's
+    `data_dir_path` has it."""
+    import platformdirs
+
+    chosen = given if given is not None else Path(platformdirs.user_data_dir(APP_NAME, appauthor=False))
+    return chosen.expanduser().absolute()
+
+
+def _owner_text(entry: IndexDir) -> Text:
+    if entry.untouchable is not None:
+        return literal(f"({entry.untouchable}: never pruned)")
+    if entry.owner is None:
+        return Text("unknown")
+    return literal(entry.owner.config or "none (no config file)")
 
 
 def _clear_file_history(path: Path, sync_interval: float) -> None:

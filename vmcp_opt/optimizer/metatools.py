@@ -43,6 +43,7 @@ from vmcp_opt.optimizer.documents import ToolRecord
 from vmcp_opt.optimizer.embedding import load_configured_embedder
 from vmcp_opt.optimizer.fit_signal import nothing_fits
 from vmcp_opt.optimizer.index import SearchHit, SearchResult, ToolIndex
+from vmcp_opt.optimizer.index_dirs import hold_index_dir
 from vmcp_opt.optimizer.listing import Listing, catalogue_key, save_complete_listing
 from vmcp_opt.optimizer.meta_tool_forms import (
     CALL_TOOL,
@@ -84,6 +85,8 @@ class OptimizerFront:
 
     def __init__(self, config: VmcpConfig, history: UsageHistory | None = None) -> None:
         self.settings = config.optimizer
+        # The index directory marked in use while this gateway runs, its owner file kept (optimizer/index_dirs.py).
+        self._index_dir_hold = hold_index_dir(config)
         # Tools used together: None when `optimizer.usage` is off (nothing recorded, nothing written).
         self.usage_path = Path(config.index_dir()) / USAGE_FILE
         # Where the graph is kept: `index_dir/usage.json` unless the gateway gives another (Redis).
@@ -256,6 +259,7 @@ class OptimizerFront:
         self._idle.wait(EMBEDDER_STOP_WAIT)
         self.save_usage()
         self.index.close()
+        self._index_dir_hold.close()
 
     @property
     def embedding(self) -> bool:
