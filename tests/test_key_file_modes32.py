@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx2
 import pytest
+import yaml
 
 from tests.support import Gateway, demo_backend, free_port, running_gateway, write_config
 from vmcp_opt.auth.api_keys import new_key
@@ -99,6 +100,23 @@ def test_a_world_writable_keys_file_stops_the_start_and_validate_says_why(tmp_pa
     assert validate(config).returncode == 0
 
 
+def test_with_strict_file_modes_off_a_world_writable_keys_file_serves_with_a_warning(tmp_path: Path) -> None:
+    """For file systems whose modes mean nothing (WSL drvfs, vboxsf): chmod cannot fix them, so the check can be
+    turned off, and the finding is still said."""
+    alice, digest = new_key()
+    keys = keys_file(tmp_path, digest, 0o666)
+    config = gateway_config(tmp_path)
+    settings = yaml.safe_load(config.read_text())
+    settings["auth"]["strict_file_modes"] = False
+    config = write_config(tmp_path, settings)
+    done = validate(config)
+    assert done.returncode == 0, done.stderr
+    assert f"{keys}: mode 0666 {REFUSED} change it" in flat(done.stderr)
+    assert "loaded all the same: auth.strict_file_modes is off" in flat(done.stderr)
+    with running_gateway(config) as gateway:
+        assert post(gateway, alice) == 200
+
+
 def test_a_group_writable_keys_file_serves_with_one_warning(tmp_path: Path) -> None:
     alice, digest = new_key()
     keys = keys_file(tmp_path, digest, 0o664)  # a file made under umask 002
@@ -128,6 +146,23 @@ def test_a_keys_file_owned_by_another_user_serves_with_one_warning(tmp_path: Pat
     done = validate(gateway_config(tmp_path))
     assert done.returncode == 0
     assert f"{keys} is owned by uid 54321" in flat(done.stderr)
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="giving a file to another user needs root")
+def test_another_users_keys_file_in_a_directory_anyone_may_write_is_refused(tmp_path: Path) -> None:
+    """Sticky or not (/tmp), anyone may create a file there: one not owned by the gateway's user or root could
+    have been put there by any local user while the real one was missing."""
+    _, digest = new_key()
+    keys = keys_file(tmp_path, digest, 0o644)
+    config = gateway_config(tmp_path)
+    os.chmod(tmp_path, 0o1777)
+    assert validate(config).returncode == 0  # root's own file in a sticky directory: fine
+    os.chown(keys, 54321, -1)
+    done = validate(config)
+    assert done.returncode == 2
+    assert f"{keys} is owned by uid 54321 in {tmp_path} (mode 1777), where any local user may create files" in flat(
+        done.stderr
+    )
 
 
 def test_a_policy_file_others_could_change_is_refused_or_warned_about(tmp_path: Path) -> None:

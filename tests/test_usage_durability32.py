@@ -13,18 +13,21 @@ journal part-way through a line, the same short write a full disk makes, without
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import anyio
+import pytest
 from mcp import Client
 
 from tests.support import demo_backend, running_gateway, write_config
 from vmcp_opt.optimizer.usage import UsageGraph
-from vmcp_opt.optimizer.usage_files import journal_path
+from vmcp_opt.optimizer.usage_files import FileUsageHistory, journal_path
 
 CHILD = textwrap.dedent(
     """
@@ -97,3 +100,32 @@ def test_a_count_no_float_holds_is_kept_aside_and_find_tool_answers(tmp_path: Pa
         log = gateway.output()
     assert "expected an integer from 0 to 2**53, got a 1329-bit integer" in log
     assert list(index_dir.glob("usage.json.corrupt*"))
+
+
+def test_a_journal_line_whose_sync_fails_is_not_counted_twice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The line was written whole but its fsync failed (EIO on NFS, a failing disk): the save fails and its counts
+    stay new, so the line must go, or the next sync writes them again and every reader counts them twice."""
+    path = tmp_path / "usage.json"
+    graph = UsageGraph()
+    for n in range(3000):  # past SMALL_HISTORY: later syncs append journal lines
+        graph.record_task([f"seed_{n}", *(f"seed_{(n + k) % 3000}" for k in range(1, 6))])
+    history = FileUsageHistory(path)
+    history.load()
+    history.save(graph)
+    graph.record_task(["first_tool", "first_companion"])
+    history.save(graph)  # the journal exists
+    graph.record_task(["second_tool", "second_companion"])
+    real = os.fsync
+
+    def failing(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", failing)
+    with pytest.raises(OSError):
+        history.save(graph)
+    monkeypatch.setattr(os, "fsync", real)
+    graph.record_task(["third_tool", "third_companion"])
+    history.save(graph)
+    together = UsageGraph.read(path).to_json()["together"]
+    assert together["second_tool"] == {"second_companion": 1}
+    assert together["third_tool"] == {"third_companion": 1}

@@ -516,7 +516,8 @@ def load_policy(config: VmcpConfig) -> Policy | None:
         return None
     from vmcp_opt.auth.cedar import CedarPolicy  # cedarpy loads only when policies are configured
 
-    policy = CedarPolicy.from_file(config.resolve_path(settings.policies), settings.cache_size)
+    path = config.resolve_path(settings.policies)
+    policy = CedarPolicy.from_file(path, settings.cache_size, strict_modes=config.auth.strict_file_modes)
     logger.info("authorization: %d Cedar policies from %s", len(policy.policies), policy.source)
     return policy
 

@@ -90,14 +90,15 @@ class _FileState:
 
 
 class ApiKeys:
-    def __init__(self, file: Path | None, env_entries: str | None = None) -> None:
+    def __init__(self, file: Path | None, env_entries: str | None = None, *, strict_modes: bool = True) -> None:
         self.file = file
+        self.strict_modes = strict_modes  # auth.strict_file_modes (file_modes.exposure)
         self._env_keys = parse_entries(_json(env_entries), "the API keys variable") if env_entries else {}
         self._state = _FileState(None, {})
         if file is not None:
             directories = file_modes.directories(file)
             signature = _signature(file, directories)
-            document, warnings = _read(file)  # a bad file stops the start
+            document, warnings = _read(file, strict_modes)  # a bad file stops the start
             self._state = _FileState(signature, parse_entries(document, str(file)), directories, warnings)
             _warn(warnings, ())
         self._rereads: SingleFlight[str, _FileState] = SingleFlight(
@@ -141,7 +142,7 @@ class ApiKeys:
     async def _reread(self, file: Path, warned: tuple[str, ...]) -> _FileState:
         """Re-read the file in a worker thread and swap its keys in. Not cut short by a cancelled caller (the
         thread runs on regardless), so a new re-read never starts beside it."""
-        state = await anyio.to_thread.run_sync(_load, file, warned)
+        state = await anyio.to_thread.run_sync(_load, file, warned, self.strict_modes)
         self._state = state
         done, self._reread_done = self._reread_done, None
         if done is not None:
@@ -149,14 +150,14 @@ class ApiKeys:
         return state
 
 
-def _load(path: Path, warned: tuple[str, ...]) -> _FileState:
+def _load(path: Path, warned: tuple[str, ...], strict_modes: bool = True) -> _FileState:
     """The file's keys, or none with the error logged (fail-closed). Stat first: a change made while the file is
     read leaves a signature that differs from the one recorded, so it is read again, never missed. `warned`: who
     else could change it, as logged before (not logged again)."""
     directories = file_modes.directories(path)
     signature = _signature(path, directories)
     try:
-        document, warnings = _read(path)
+        document, warnings = _read(path, strict_modes)
         keys = parse_entries(document, str(path))
     except ApiKeyFileError as exc:
         logger.error("auth: API keys not reloaded, none from the file accepted until it is fixed: %s", exc)
@@ -228,12 +229,12 @@ def _json(text: str) -> Any:
         raise ApiKeyFileError(f"the API keys variable: not valid JSON: {exc}") from None
 
 
-def _read(path: Path) -> tuple[Any, tuple[str, ...]]:
+def _read(path: Path, strict_modes: bool = True) -> tuple[Any, tuple[str, ...]]:
     """The file's document (JSON for a `.json` file, YAML with libyaml's loader otherwise; at most `MAX_FILE_BYTES`)
     and who else could change it (file_modes.py); refused when anyone could."""
     try:
         with path.open("rb") as file:
-            found = file_modes.exposure(path, os.fstat(file.fileno()), _GRANTS)
+            found = file_modes.exposure(path, os.fstat(file.fileno()), _GRANTS, strict=strict_modes)
             if found.refusal is not None:
                 raise ApiKeyFileError(found.refusal)
             raw = file.read(MAX_FILE_BYTES + 1)

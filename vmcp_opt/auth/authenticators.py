@@ -40,7 +40,8 @@ def build_authenticator(config: VmcpConfig) -> Authenticator | None:
             if env_value is None:
                 raise AuthSetupError(f"auth.incoming.api_keys.env: ${settings.env} is not set")
         try:
-            keys = ApiKeys(config.resolve_path(settings.file) if settings.file else None, env_value)
+            file = config.resolve_path(settings.file) if settings.file else None
+            keys = ApiKeys(file, env_value, strict_modes=config.auth.strict_file_modes)
         except ApiKeyFileError as exc:
             raise AuthSetupError(f"auth.incoming.api_keys: {exc}") from None
         logger.info("auth: API keys (%d known)", len(keys))

@@ -125,12 +125,12 @@ class CedarPolicy:
         self._too_many_logged = False
 
     @classmethod
-    def from_file(cls, path: Path, cache_size: int = 100_000) -> CedarPolicy:
+    def from_file(cls, path: Path, cache_size: int = 100_000, *, strict_modes: bool = True) -> CedarPolicy:
         """Refused, as an unreadable file is, when any local user could change it (auth/file_modes.py): the next
         start would serve their policy. Loaded with a warning when only a group or another user could."""
         try:
             with path.open(encoding="utf-8") as file:  # text mode, as `read_text` read it before
-                found = file_modes.exposure(path, os.fstat(file.fileno()), _GRANTS)
+                found = file_modes.exposure(path, os.fstat(file.fileno()), _GRANTS, strict=strict_modes)
                 if found.refusal is not None:
                     raise PolicyLoadError(found.refusal)
                 text = file.read()

@@ -2,8 +2,9 @@
 serving, so an edit takes effect at once) and the Cedar policy file (read at start). In the spirit of sshd's
 StrictModes, without breaking the usual deployments:
 
-- refused (the loader fails closed, as for an unreadable file): the file writable by others (o+w), or its
-  directory writable by others without the sticky bit (anyone could replace the file);
+- refused (the loader fails closed, as for an unreadable file): the file writable by others (o+w), its directory
+  writable by others without the sticky bit (anyone could replace the file), or the file owned by a user other than
+  the gateway's or root in a directory others may write, sticky or not (anyone could have created it);
 - warned about, still loaded: the file or its directory group-writable (a umask 002 user's 0664 file), or owned by
   a user other than the gateway's own or root (that user can chmod it).
 
@@ -41,9 +42,10 @@ def directories(path: Path) -> tuple[Path, ...]:
     return (named,) if resolved == named else (named, resolved)
 
 
-def exposure(path: Path, opened: os.stat_result, grants: str) -> Exposure:
+def exposure(path: Path, opened: os.stat_result, grants: str, *, strict: bool = True) -> Exposure:
     """`opened` is the file's `fstat`; `grants` says what a writer could do ("add an API key with any groups or
-    roles", after "could"), so the message says why it matters. Nothing on a system without POSIX owners."""
+    roles", after "could"), so the message says why it matters. Nothing on a system without POSIX owners. Not
+    `strict` (`auth.strict_file_modes` off): a refusal is a warning, for file systems whose modes mean nothing."""
     if os.name != "posix":
         return Exposure()
     refusal = _file_refusal(path, opened, grants)
@@ -54,8 +56,11 @@ def exposure(path: Path, opened: os.stat_result, grants: str) -> Exposure:
         except OSError:
             continue  # the file was just opened through it: gone since, and the next stat sees a change
         refusal = refusal or _directory_refusal(path, directory, status, grants)
+        refusal = refusal or _planted_refusal(path, opened, directory, status, grants)
         place = f"{path}: its directory {directory}"
         warnings += _warnings(place, "replace the file", directory, status, grants, directory=True)
+    if refusal is not None and not strict:
+        return Exposure(None, (f"{refusal}; loaded all the same: auth.strict_file_modes is off", *warnings))
     return Exposure(refusal, tuple(warnings))
 
 
@@ -86,6 +91,20 @@ def _directory_refusal(path: Path, directory: Path, status: os.stat_result, gran
     return (
         f"{path}: its directory {directory} (mode {_mode(status)}) lets any local user replace the file, so any of "
         f"them could {grants} (chmod o-w {directory}, or chmod +t {directory})"
+    )
+
+
+def _planted_refusal(
+    path: Path, opened: os.stat_result, directory: Path, status: os.stat_result, grants: str
+) -> str | None:
+    """A file owned by another user in a directory anyone may create files in (sticky or not: /tmp): any local user
+    could have put it there while the real one was missing."""
+    if not status.st_mode & stat.S_IWOTH or opened.st_uid in (os.geteuid(), _ROOT):
+        return None
+    return (
+        f"{path} is owned by {_user(opened.st_uid)} in {directory} (mode {_mode(status)}), where any local user may "
+        f"create files, so any of them could have put it there and {grants} (keep the file in a directory only its "
+        f"owner may write, or chown it to root)"
     )
 
 

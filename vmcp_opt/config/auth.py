@@ -213,3 +213,7 @@ class AuthorizationConfig(_Strict):
 class AuthConfig(_Strict):
     incoming: IncomingAuthConfig = Field(default_factory=IncomingAuthConfig)
     authorization: AuthorizationConfig = Field(default_factory=AuthorizationConfig)
+    # Refuse an API keys or Cedar policy file others could change (o+w, in a directory others may write without
+    # the sticky bit, or another user's file in one they may write). Off: a warning instead, for file systems
+    # whose modes mean nothing and ignore chmod (WSL drvfs without metadata, vboxsf, a Windows bind mount).
+    strict_file_modes: bool = True

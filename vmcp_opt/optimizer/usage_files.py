@@ -256,12 +256,13 @@ class FileUsageHistory:
             start = os.fstat(fd).st_size
             try:
                 _write_whole(fd, data)
+                os.fsync(fd)
             except OSError:
-                # A part of a line (a full disk) would run into the next sync's line: both lost to every reader.
+                # A part of a line (a full disk) would run into the next sync's line: both lost to every reader;
+                # a whole line not synced would be written again by the next sync, its counts counted twice.
                 with contextlib.suppress(OSError):
                     os.ftruncate(fd, start)
                 raise  # the counts stay new, for the next sync
-            os.fsync(fd)
             info = os.fstat(fd)
         finally:
             os.close(fd)
