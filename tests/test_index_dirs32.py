@@ -106,7 +106,9 @@ def test_prune_removes_what_a_gone_config_or_age_left_and_asks_first(tmp_path: P
     data = tmp_path / "data"
     indexes = data / "indexes"
     current = owned(indexes / "vmcp-aaaaaaaaaaaa", config, days_ago=2)
-    moved = owned(indexes / "old-bbbbbbbbbbbb", tmp_path / "old.yaml", days_ago=1)
+    moved = owned(indexes / "old-bbbbbbbbbbbb", tmp_path / "old.yaml", days_ago=2)
+    # Gone, but used an hour ago: its config may be in a container's mount namespace, not gone (GONE_GRACE_DAYS).
+    recent = owned(indexes / "recent-eeeeeeeeeeee", tmp_path / "elsewhere.yaml", days_ago=1 / 24)
     stale = owned(indexes / "stale-dddddddddddd", config, days_ago=45)
     forgotten = unknown(indexes / "demo-cccccccccccc", days_ago=40)
     env = {"VMCP_DATA_DIR": str(data)}  # read as --data-dir's default
@@ -115,7 +117,7 @@ def test_prune_removes_what_a_gone_config_or_age_left_and_asks_first(tmp_path: P
     assert refused.returncode == 2
     assert "refusing to remove 3 index directories without confirmation" in refused.stderr
     assert "--yes" in refused.stderr
-    assert all(path.is_dir() for path in (current, moved, stale, forgotten))
+    assert all(path.is_dir() for path in (current, moved, stale, forgotten, recent))
 
     dry = vmcp_index("prune", "--dry-run", env=env)
     assert dry.returncode == 0, dry.stderr
@@ -133,6 +135,7 @@ def test_prune_removes_what_a_gone_config_or_age_left_and_asks_first(tmp_path: P
     assert "removed demo-cccccccccccc (config unknown; unused for 40 days)" in pruned.stdout
     assert "freed " in pruned.stdout and "in 2 directories" in pruned.stdout
     assert current.is_dir() and not stale.exists() and not forgotten.exists()
+    assert recent.is_dir()  # its config out of sight, but used within GONE_GRACE_DAYS
 
 
 def test_prune_never_follows_a_link_out_of_the_indexes_directory(tmp_path: Path) -> None:

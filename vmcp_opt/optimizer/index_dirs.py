@@ -310,15 +310,21 @@ def _open_marker(marker: Path) -> int | None:
 # -- pruning ---------------------------------------------------------------------------------------------
 
 
+# A config "gone" for prune may live where this process cannot see it: a container sharing the data directory
+# (`/etc/vmcp/vmcp.yaml` in its own mount namespace) looks gone from the host. Such a directory is removed for that
+# only once no gateway has used it for a day (a running one records its use daily), not the moment it is listed.
+GONE_GRACE_DAYS = 1.0
+
+
 def prune_reason(entry: IndexDir, older_than_days: float, now: float | None = None) -> str | None:
     """Why `entry` may go (its config file is gone, or it was unused past the age), or None when it stays. Whether
     a gateway holds it now is the caller's to check: it is kept then, whatever this says."""
     if entry.untouchable is not None:
         return None
-    if entry.config_exists is False:
-        return "its config file is gone"
     now = time.time() if now is None else now
     days = (now - entry.last_used) / 86_400
+    if entry.config_exists is False and days > GONE_GRACE_DAYS:
+        return "its config file is gone"
     if days > older_than_days:
         return f"unused for {days:.0f} days"
     return None
