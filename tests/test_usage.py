@@ -259,9 +259,9 @@ def test_an_unreadable_file_is_kept_aside_and_the_graph_starts_empty(tmp_path: P
 
 
 def test_unreadable_files_are_each_kept_aside_the_newest_few_only(tmp_path: Path) -> None:
-    """A second bad file (another version's, say) never overwrites the copy of the first."""
+    """A second bad file never overwrites the copy of the first."""
     path = tmp_path / "usage.json"
-    contents = [f'{{"version": {n}, "tasks": {{}}, "together": {{}}}}' for n in range(2, 2 + KEPT_ASIDE + 2)]
+    contents = [f'{{"version": 1, "tasks": {{"t": -{n}}}, "together": {{}}}}' for n in range(1, 1 + KEPT_ASIDE + 2)]
     for content in contents:
         path.write_text(content, encoding="utf-8")
         UsageGraph.load(path)

@@ -129,3 +129,26 @@ def test_a_journal_line_whose_sync_fails_is_not_counted_twice(tmp_path: Path, mo
     together = UsageGraph.read(path).to_json()["together"]
     assert together["second_tool"] == {"second_companion": 1}
     assert together["third_tool"] == {"third_companion": 1}
+
+
+def test_a_history_a_newer_release_wrote_is_left_as_it_is(tmp_path: Path) -> None:
+    """After a rollback: the newer release's history is not damage. It was moved aside as unreadable (and the
+    KEPT_ASIDE rotation could drop it), so rolling forward again found the old release's fresh file instead."""
+    index_dir = tmp_path / "idx"
+    index_dir.mkdir()
+    newer = json.dumps({"version": 2, "tasks": {"notes_whoami": 3}, "together": {}, "more": "a field of format 2"})
+    (index_dir / "usage.json").write_text(newer, encoding="utf-8")
+    optimizer = {"enabled": True, "index_dir": str(index_dir), "usage_sync_interval": 0.2}
+    config = {"backends": [demo_backend("notes")], "optimizer": optimizer}
+
+    async def main(url: str) -> None:
+        async with Client(url, mode="legacy") as client:  # two calls in one task: a pair learned
+            for name, arguments in (("notes_whoami", {}), ("notes_slow_echo", {"message": "hi", "seconds": 0})):
+                assert not (await client.call_tool(name, arguments)).is_error
+
+    with running_gateway(write_config(tmp_path, config)) as gateway:
+        anyio.run(main, gateway.url)
+    log = gateway.output()
+    assert (index_dir / "usage.json").read_text(encoding="utf-8") == newer  # not overwritten at the stop either
+    assert not list(index_dir.glob("usage.json.corrupt*"))
+    assert "written by a newer vmcp-opt (format 2; this release reads 1): left as it is" in log

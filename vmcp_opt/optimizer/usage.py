@@ -258,10 +258,15 @@ class UsageGraph:
     @classmethod
     def load(cls, path: Path) -> UsageGraph:
         """The graph saved at `path`; empty when there is none. An unreadable file is kept aside as
-        `<name>.corrupt` (never overwritten by the next save) and the gateway starts with no history."""
+        `<name>.corrupt` (never overwritten by the next save) and the gateway starts with no history; a newer
+        release's is left where it is (`NewerFormat`)."""
         from vmcp_opt.optimizer.usage_files import load_history  # it builds on this module
 
-        return load_history(path)[0]
+        try:
+            return load_history(path)[0]
+        except NewerFormat as exc:
+            logger.warning("optimizer: usage history %s %s: left as it is, not loaded", path, exc)
+            return cls()
 
 
 def bounded(data: dict[str, Any]) -> dict[str, Any]:
@@ -281,6 +286,10 @@ def bounded(data: dict[str, Any]) -> dict[str, Any]:
     return {**data, "tasks": {tool: tasks[tool] for tool in kept}, "together": trimmed}
 
 
+class NewerFormat(ValueError):
+    """A history a newer release wrote: not damage. Left as it is (a roll forward finds it), never overwritten."""
+
+
 def saved_counts(data: Any) -> Kept:
     """The counts of a saved history (`to_json`'s data, its dicts handed over: `parse_counts`); ValueError naming the
     field when the data is not that."""
@@ -288,7 +297,7 @@ def saved_counts(data: Any) -> Kept:
         raise ValueError(f"expected a JSON object, got {type(data).__name__}")
     version = data.get("version")
     if type(version) is int and version > FORMAT_VERSION:  # after a rollback: not damage, and the operator should know
-        raise ValueError(f"written by a newer vmcp-opt (format {version}; this release reads {FORMAT_VERSION})")
+        raise NewerFormat(f"written by a newer vmcp-opt (format {version}; this release reads {FORMAT_VERSION})")
     if version != FORMAT_VERSION:
         raise ValueError(f"field 'version': expected {FORMAT_VERSION}, got {version!r}")
     return parse_counts(data)

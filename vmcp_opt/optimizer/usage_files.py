@@ -50,6 +50,7 @@ from vmcp_opt.optimizer.usage import (
     KEPT_ASIDE,
     Counts,
     Kept,
+    NewerFormat,
     UsageGraph,
     add_counts,
     bounded,
@@ -132,6 +133,8 @@ class FileUsageHistory:
         self._at: _Position | None = None
         # The torn journal line last warned about (journal inode, offset): one warning per torn line.
         self._torn_warned: tuple[int | None, int] | None = None
+        # Why nothing is saved: the history was written by a newer release (after a rollback), left untouched.
+        self._newer: str | None = None
 
     def load(self) -> UsageGraph:
         try:
@@ -142,11 +145,22 @@ class FileUsageHistory:
                 self._torn_warned = (self._at.journal, self._at.offset)
             self._seen = seen
             return graph
+        except NewerFormat as exc:
+            self._newer = str(exc)
+            logger.warning(
+                "optimizer: usage history %s %s: left as it is; this gateway ranks without it and saves nothing to "
+                "it until it is upgraded (or the file is removed)",
+                self.path,
+                exc,
+            )
+            return UsageGraph()
         except Exception as exc:  # e.g. the corrupt file could not be moved aside: start empty all the same
             logger.warning("optimizer: usage history %s not loaded (%s); starting with none", self.path, exc)
             return UsageGraph()
 
     def save(self, graph: UsageGraph) -> None:
+        if self._newer is not None:
+            return  # a newer release's history is not overwritten (`load` said so once)
         if not graph.has_new and self._seen is not None and self._stamps() == self._seen:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -355,6 +369,8 @@ def load_history(path: Path) -> tuple[UsageGraph, _Position | None]:
     remove_dead_saves(path)
     try:
         return read_history(path)
+    except NewerFormat:
+        raise  # not damage: left where it is (`FileUsageHistory.load`)
     except (OSError, ValueError) as exc:
         aside = keep_aside(path, KEPT_ASIDE)
         logger.warning("optimizer usage history %s is unreadable (%s); moved to %s, starting empty", path, exc, aside)
