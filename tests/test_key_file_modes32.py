@@ -198,3 +198,21 @@ def test_a_kubernetes_volume_layout_is_accepted_without_a_warning(tmp_path: Path
     done = validate(write_config(tmp_path, {"backends": [demo_backend("notes")], "auth": auth}))
     assert done.returncode == 0, done.stderr
     assert "lets" not in done.stderr and "owned by" not in done.stderr
+
+
+def test_a_config_file_others_could_change_is_warned_about(tmp_path: Path) -> None:
+    """The config names the backend commands the gateway runs and its authentication: whoever may write it may do
+    both. Warned about, not refused: the file itself says whether modes are strict, and a gateway that ran before
+    an upgrade must not stop over it."""
+    config = write_config(tmp_path, {"backends": [demo_backend("notes")]})
+    os.chmod(tmp_path, 0o700)
+    os.chmod(config, 0o644)
+    quiet = validate(config)
+    assert quiet.returncode == 0, quiet.stderr
+    assert "turn authentication off" not in flat(quiet.stderr)
+    os.chmod(config, 0o666)
+    done = validate(config)
+    assert done.returncode == 0, done.stderr
+    assert f"{config}: mode 0666 {REFUSED} change it, so any of them could change the gateway's settings" in flat(
+        done.stderr
+    )

@@ -27,18 +27,37 @@ def load_or_exit(path: Path | None, overrides: dict[str, Any] | None = None, jso
     from vmcp_opt.optimizer.model_registry import model_problem
 
     flags = {dotted: _FLAGS.get(dotted, "the command line") for dotted in _dotted_paths(overrides or {})}
+
+    def warn(line: str) -> None:  # held until the log format is set (`--log-format json`: one record, not a line)
+        logs.log_once_configured(logger, logging.WARNING, "%s", line)
+
     try:
-        return load_config(
-            path,
-            overrides,
-            discover=read_client_config,
-            check_model=model_problem,
-            flags=flags,
-            # Held until the log format is set (`--log-format json`: one JSON record, not a bare line first).
-            warn=lambda line: logs.log_once_configured(logger, logging.WARNING, "%s", line),
+        config = load_config(
+            path, overrides, discover=read_client_config, check_model=model_problem, flags=flags, warn=warn
         )
     except ConfigError as exc:
         exit_invalid(path, exc.problems + client_config_hint(path), json_logs)
+    for finding in config_file_exposure(config.source):
+        warn(finding)
+    return config
+
+
+# What a writer of the config file could do, for the warning about who else can (auth/file_modes.py).
+_CONFIG_GRANTS = "change the gateway's settings: turn authentication off, or name a backend command it runs"
+
+
+def config_file_exposure(path: Path | None) -> list[str]:
+    """Who besides the gateway's user could change its config file: a warning each, never a refusal (the file
+    decides `auth.strict_file_modes` itself, and a refusal after an upgrade would stop a gateway that ran)."""
+    from vmcp_opt.auth.file_modes import exposure
+
+    if path is None:
+        return []
+    try:
+        found = exposure(path, path.stat(), _CONFIG_GRANTS)
+    except OSError:
+        return []  # read a moment ago: gone since, nothing to say about its mode
+    return [*([found.refusal] if found.refusal else []), *found.warnings]
 
 
 # Where an MCP client keeps its servers: Claude Desktop and Cursor (`mcpServers`), VS Code's mcp.json
