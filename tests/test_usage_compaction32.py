@@ -153,3 +153,16 @@ def test_counts_handed_in_as_counters_are_kept_untracked() -> None:
     graph = UsageGraph.of_counts(Counter({"a": 2, "b": 1}), {"a": Counter({"b": 1}), "b": Counter({"a": 1})})
     assert tracked_counts(graph) == []
     assert graph.companions("a") == {"b": 1 / 4}
+
+
+def test_the_counts_read_from_redis_are_built_untracked() -> None:
+    """Each Redis sync reads the whole history: built as Counters, a million pairs were ~40,000 tracked containers
+    at every sync before the graph copied them into plain dicts."""
+    from vmcp_opt.shared.usage_history import _bounded_counts
+
+    tasks = {f"tool_{n}".encode(): str(n + 1).encode() for n in range(100)}
+    pairs = {json.dumps([f"tool_{n}", f"tool_{(n + 1) % 100}"]).encode(): b"2" for n in range(100)}
+    counted_tasks, together = _bounded_counts(tasks, pairs)
+    assert counted_tasks["tool_0"] == 1 and together["tool_0"] == {"tool_1": 2}
+    assert not gc.is_tracked(counted_tasks)
+    assert not [tool for tool, counts in together.items() if gc.is_tracked(counts)]

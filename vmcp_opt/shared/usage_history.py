@@ -218,8 +218,9 @@ for i = 1, #ARGV, 2 do
   if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[i + 1] then redis.call('HDEL', KEYS[1], ARGV[i]) end
 end
 """
-# Tasks per tool, and per tool its companions' counts.
-Counts = tuple[dict[str, int], dict[str, Counter[str]]]
+# Tasks per tool, and per tool its companions' counts: plain dicts of str to int, which the garbage collector does
+# not track (optimizer/usage.py's module note: at a million pairs, Counters were ~40,000 tracked containers).
+Counts = tuple[dict[str, int], dict[str, dict[str, int]]]
 
 
 def _pair(field: bytes) -> tuple[str, str]:
@@ -232,9 +233,9 @@ def _pair(field: bytes) -> tuple[str, str]:
 def _bounded_counts(tasks: dict[bytes, bytes], pairs: dict[bytes, bytes]) -> Counts:
     """What Redis holds, within the file store's bounds (`usage.bounded`: the tools in most tasks, each one's
     most frequent companions)."""
-    together: dict[str, Counter[str]] = {}
+    together: dict[str, dict[str, int]] = {}
     for field, count in pairs.items():
         tool, other = _pair(field)
-        together.setdefault(tool, Counter())[other] = int(count)
+        together.setdefault(tool, {})[other] = int(count)
     data = bounded({"tasks": {tool.decode(): int(count) for tool, count in tasks.items()}, "together": together})
     return data["tasks"], data["together"]
