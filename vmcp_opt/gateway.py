@@ -124,6 +124,7 @@ class Gateway:
         self.router.watchers.extend(self.telemetry.watchers)
         if self.telemetry.metrics is not None:  # read at each scrape
             self.telemetry.metrics.state.backends = self._backend_states
+            self.telemetry.metrics.state.backend_messages = self._backend_messages
             if self.optimizer is not None:
                 self.telemetry.metrics.state.index_size = self.optimizer.index.__len__
             if (limiter := self.limiter) is not None:
@@ -315,6 +316,11 @@ class Gateway:
         """Each backend's health and circuit state, for the metrics."""
         health = self.health
         return [(name, health.health[name].state.value, _circuit(health.breakers[name])) for name in health.health]
+
+    def _backend_messages(self) -> list[tuple[str, str, int]]:
+        """The messages each backend's shared session received, by kind, for the metrics."""
+        connections = self.backends.connections.values()
+        return [(c.name, kind, count) for c in connections for kind, count in c.inbound.totals.items()]
 
     def stop(self) -> None:
         self._stopping = True

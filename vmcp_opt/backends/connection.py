@@ -11,7 +11,10 @@ fetched again with those items dropped, each with a warning (at most 20 a listin
 fails its backend. Results larger than `limits.max_result_bytes` become
 errors (results.py).
 
-A lost session (the stdio process died, the stream closed, or the health checker asked for it
+Every message a session receives is counted by backend and kind (backends/inbound.py: the metric
+`vmcp_backend_messages`, and a warning a minute for a flood of them).
+
+A lost session (the stdio process died, the stream closed, its stdout was junk, or the health checker asked for it
 through `reconnect`) is re-established with exponential backoff and jitter (`failure.restart`);
 a stdio backend's process is started again; an outage logs a few lines, not two per attempt
 (reconnect_log.py). `on_change` also runs when the backend leaves or rejoins service, so the catalogue
@@ -60,12 +63,13 @@ from vmcp_opt.backends.errors import (
 )
 from vmcp_opt.backends.forwarding import HeaderWriteStream, forwarding
 from vmcp_opt.backends.http_bodies import as_internal_error
+from vmcp_opt.backends.inbound import CountedReadStream, InboundMessages
 from vmcp_opt.backends.listing import BackendListing, WatchedReadStream, fetch_listing
 from vmcp_opt.backends.reconnect_log import ReconnectLog
 from vmcp_opt.backends.relay_bounds import coalesced
 from vmcp_opt.backends.results import measured_result
 from vmcp_opt.backends.secrets import mask_url, redact, secret_values, with_escaped_forms
-from vmcp_opt.backends.stdio import measures_results
+from vmcp_opt.backends.stdio import BrokenOutput, measures_results
 from vmcp_opt.backends.transports import StderrTail, open_transport
 from vmcp_opt.config import BackendConfig, LimitsConfig, RestartConfig
 from vmcp_opt.display import shorten
@@ -156,6 +160,7 @@ class BackendConnection:
         self._stderr = StderrTail()  # this attempt's process (stdio)
         self._step = "the handshake"  # what this attempt waits for, for a connect timeout's message
         self._watchers: list[SessionWatcher] = []
+        self.inbound = InboundMessages(self.name)  # what its sessions received, by kind (all sessions: a counter)
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -301,7 +306,11 @@ class BackendConnection:
                     stderr_tail=self._stderr,
                 ) as (raw_read, write),
                 # The backend's own requests (ping, sampling…) bounded: the SDK holds a task for each.
-                bounded_backend_requests(self._stream.wrapping(raw_read), HeaderWriteStream(write), self.name) as (
+                bounded_backend_requests(
+                    self._stream.wrapping(CountedReadStream(raw_read, self.inbound, self._output_broken)),
+                    HeaderWriteStream(write),
+                    self.name,
+                ) as (
                     read,
                     answers,
                 ),
@@ -361,6 +370,11 @@ class BackendConnection:
             return reason
         return f"{mask_url(self.config.url)}: {reason}"
 
+    def _output_broken(self, exc: BrokenOutput) -> None:
+        """The stdio reader gave up on this session's stdout (backends/stdio.py `UnusableLines`): restart the
+        backend as the health checks would, with that reason, before the stream's end reads as a plain loss."""
+        self.reconnect(str(exc), told="its output was not JSON-RPC")
+
     def _on_stream_end(self) -> None:
         if not self._stop.is_set() and not self._wake.is_set():
             self._lost_reason = _STREAM_ENDED
@@ -417,6 +431,8 @@ class BackendConnection:
             await self.on_change(self)
 
     async def _on_message(self, message: IncomingMessage) -> None:
+        if isinstance(message, BrokenOutput):
+            return  # already acted on as it was read (`_output_broken`), and warned of by the reader
         if isinstance(message, Exception):
             logger.warning("backend %s transport error: %s", self.name, message)
             return

@@ -6,11 +6,15 @@ parses every line on the event loop. Here
 - lines are assembled from byte chunks joined once, at their newline (`LineAssembler`);
 - a line longer than `line_cap` is read through and dropped, keeping only its first and last `EDGE`
   bytes; if those show it is a response (the SDK's servers write `id` first, the TypeScript SDK's last),
-  the waiting request gets a JSON-RPC error naming the backend and the cap at once, otherwise that
+  the waiting request gets a JSON-RPC error naming the backend and the cap (with `id` first, as soon as the cap
+  is passed: a backend dripping a line that never ends held the call ~45 s), otherwise that
   request ends by its timeout; either way one warning; so is a line that is not valid JSON-RPC (its text is
   never logged nor handed to the session, whose handler would log it); past `WARNED_LINES` such lines a process's
   warnings become one a minute counting the rest (`LineWarnings`), so a backend writing garbage as fast as it can
-  costs the log a line a minute, not one (or, through the session's handler, dozens) a line;
+  costs the log a line a minute, not one (or, through the session's handler, dozens) a line; past
+  `UNUSABLE_RATE` such lines a second for `UNUSABLE_SECONDS` the process is broken (`UnusableLines`): one warning,
+  its session ends with a `BrokenOutput` and the connection restarts it. The event loop gets a turn every
+  `LINES_PER_TURN` lines: a pipe that always has data never made the reader wait;
 - a line with more values than `limits.max_result_values` (counted at C speed chunk by chunk as it arrives:
   backends/results.py, `ValueCounter`; a second pass over a whole 10 MB line held the event loop 200-350 ms) is not
   parsed: parsing and validating it would hold the event loop, even from a worker thread (pydantic and `json` hold
@@ -96,6 +100,15 @@ EXITED_READ_SECONDS = 0.5  # after the backend's exit, for what it wrote to be r
 EXIT_POLL_SECONDS = 0.25  # where there is no pidfd to wait on: how often a backend's exit is looked for
 WARNED_LINES = 10  # unusable stdout lines of one process warned one by one; past them, one warning a minute
 WARNING_INTERVAL = 60.0
+# Lines handled between two turns given to the rest of the event loop: the pipe's `receive` does not yield while
+# it has data, and a backend writing junk at full speed held the loop ~43 ms a 64 KiB chunk (a healthy backend's
+# calls, p50 4.7 -> 353 ms); a turn every 64 lines brought them to 25-33 ms (one a chunk did not help).
+LINES_PER_TURN = 64
+# A process writing more unusable lines (not JSON-RPC, blank) than this a second, second after second, for
+# `UNUSABLE_SECONDS` is broken, not chatty: each line still costs the loop ~20 us, and a server that prints its
+# logs to stdout corrupts the protocol anyway. Its session ends and the connection restarts it (with backoff).
+UNUSABLE_RATE = 1000
+UNUSABLE_SECONDS = 10.0
 
 
 def measures_results(transport: str) -> bool:
@@ -112,11 +125,14 @@ def line_cap(max_result_bytes: int) -> int:
 
 @dataclass(frozen=True)
 class DroppedLine:
-    """A line past the cap: its length and its two ends."""
+    """A line past the cap: its length and its two ends. `coming`: handed out as soon as the cap was passed, the
+    line still coming (its head shows the answer it is, `_ID_FIRST`): its request is refused now, not once a backend
+    that drips the line for ever ends it; `size` is what came so far, and the line's end is not handed out."""
 
     size: int
     head: bytes
     tail: bytes
+    coming: bool = False
 
 
 class LineAssembler:
@@ -130,6 +146,7 @@ class LineAssembler:
         self._pieces: list[bytes] = []
         self._size = 0
         self._dropping = False
+        self._told = False  # this line's answer was refused while it was coming: its end is not handed out
         self._head = self._tail = b""
         self._values = ValueCounter(most)
 
@@ -141,13 +158,15 @@ class LineAssembler:
         lines: list[tuple[bytes | DroppedLine, int]] = []
         start = 0
         while (end := chunk.find(b"\n", start)) != -1:
-            self._add(chunk[start:end])
-            lines.append(self._finish())
+            self._add(chunk[start:end], lines)
+            if not self._told:
+                lines.append(self._finish())
+            self._reset()
             start = end + 1
-        self._add(chunk[start:])
+        self._add(chunk[start:], lines)
         return lines
 
-    def _add(self, piece: bytes) -> None:
+    def _add(self, piece: bytes, lines: list[tuple[bytes | DroppedLine, int]]) -> None:
         if not piece:
             return
         self._size += len(piece)
@@ -161,14 +180,18 @@ class LineAssembler:
             self._head, self._tail = whole[:EDGE], whole[-EDGE:]
             self._pieces = []
             self._dropping = True
+            if _ID_FIRST.match(self._head):
+                self._told = True
+                lines.append((DroppedLine(self._size, self._head, b"", coming=True), 0))
 
     def _finish(self) -> tuple[bytes | DroppedLine, int]:
         line = DroppedLine(self._size, self._head, self._tail) if self._dropping else b"".join(self._pieces)
-        values = 0 if self._dropping else self._values.values
-        self._pieces, self._size, self._dropping = [], 0, False
+        return line, 0 if self._dropping else self._values.values
+
+    def _reset(self) -> None:
+        self._pieces, self._size, self._dropping, self._told = [], 0, False, False
         self._head = self._tail = b""
         self._values = ValueCounter(self.most)
-        return line, values
 
 
 _ID = rb'(-?\d{1,19}|"(?:[^"\\]|\\.){0,256}")'
@@ -231,6 +254,42 @@ class LineWarnings:
         self._next_count = self.clock() + WARNING_INTERVAL
 
 
+class BrokenOutput(Exception):
+    """Handed to the session in place of a message: the backend's stdout is unusable (`UnusableLines`) and its
+    reading ended. Its text names the backend and the count; the shared connection restarts the backend with it
+    as the reason (backends/connection.py), a dedicated session just ends."""
+
+
+class UnusableLines:
+    """One process's unusable stdout lines (not JSON-RPC, blank) against their budget: `over` once it has written
+    more than `UNUSABLE_RATE` of them a second, in every second (each judged as it ends), for `UNUSABLE_SECONDS`."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.count = 0
+        self._second = clock()  # when the current second began
+        self._in_second = 0
+        self._over_since: float | None = None  # the start of the run of seconds over the rate, if in one
+
+    @property
+    def over(self) -> bool:
+        return self._over_since is not None and self._second - self._over_since >= UNUSABLE_SECONDS
+
+    def add(self) -> None:
+        """Count one line (`over` says whether that passed the budget)."""
+        self.count += 1
+        self._in_second += 1
+        now = self.clock()
+        if now - self._second >= 1.0:
+            # The second that ended, if over the rate and right after the last one, extends the run.
+            over = self._in_second > UNUSABLE_RATE and now - self._second < 2.0
+            if not over:
+                self._over_since = None
+            elif self._over_since is None:
+                self._over_since = self._second
+            self._second, self._in_second = now, 0
+
+
 @dataclass(frozen=True)
 class _Reading:
     backend: str
@@ -241,6 +300,7 @@ class _Reading:
     values: int = DEFAULT_MAX_RESULT_VALUES  # `limits.max_result_values`
     listings: ListingIds = field(default_factory=ListingIds)
     relay: anyio.CancelScope = field(default_factory=anyio.CancelScope)  # cancelled: as if stdout had ended
+    unusable: UnusableLines = field(default_factory=UnusableLines)
 
     @property
     def page_values(self) -> int:
@@ -385,6 +445,7 @@ async def _relay_lines(
     stdout: ByteReceiveStream, sink: MemoryObjectSendStream[SessionMessage | Exception], reading: _Reading
 ) -> None:
     lines = LineAssembler(reading.cap, reading.values)
+    handled = 0
     while True:
         try:
             chunk = await stdout.receive(CHUNK_BYTES)
@@ -392,18 +453,39 @@ async def _relay_lines(
             reading.stdout_ended.set()
             return
         for line, values in lines.feed_counted(chunk):
+            handled += 1
+            if handled % LINES_PER_TURN == 0:
+                await anyio.lowlevel.checkpoint()  # the other backends' callers get their turn
             message = await _message(line, values, reading)
-            if message is None:
-                continue
-            try:
-                # One line at a time: no read-ahead while the session is busy. Handed over at once when the
-                # session waits for it (the usual case): `send` would first yield one event-loop turn.
-                try:
-                    sink.send_nowait(message)
-                except anyio.WouldBlock:
-                    await sink.send(message)
-            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            if message is not None and not await _give(sink, message):
                 return  # the session is gone
+            if reading.unusable.over:
+                await _give(sink, _broken(reading))
+                return  # the reading ends, and the session with it (the rest is drained by `_read_stdout`)
+
+
+async def _give(sink: MemoryObjectSendStream[SessionMessage | Exception], message: SessionMessage | Exception) -> bool:
+    """Hand `message` to the session; False once it is gone."""
+    try:
+        # One line at a time: no read-ahead while the session is busy. Handed over at once when the
+        # session waits for it (the usual case): `send` would first yield one event-loop turn.
+        try:
+            sink.send_nowait(message)
+        except anyio.WouldBlock:
+            await sink.send(message)
+    except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+        return False
+    return True
+
+
+def _broken(reading: _Reading) -> BrokenOutput:
+    """The end of a process whose stdout is junk (`UnusableLines`): one warning, and why, for the session."""
+    reason = (
+        f"backend {reading.backend} wrote {reading.unusable.count:,} stdout lines that are not JSON-RPC, more than "
+        f"{UNUSABLE_RATE:,} a second for {UNUSABLE_SECONDS:g} s: its output is unusable, the process is restarted"
+    )
+    logger.warning("%s", reason)
+    return BrokenOutput(reason)
 
 
 async def _message(line: bytes | DroppedLine, values: int, reading: _Reading) -> SessionMessage | None:
@@ -411,6 +493,7 @@ async def _message(line: bytes | DroppedLine, values: int, reading: _Reading) ->
     if isinstance(line, DroppedLine):
         return _refusal(line, reading)
     if not line.strip():
+        reading.unusable.add()
         return None
     listing = False
     if values > reading.values:
@@ -491,6 +574,7 @@ def _unparsable(line: bytes, exc: ValueError | RecursionError, reading: _Reading
     nothing. The exception is not handed to the session as the SDK's reader does: pydantic's text quotes the
     line (a secret a backend prints, on every line it prints), and the session's handler logs each at warning."""
     deep = " (nested too deeply)" if isinstance(exc, RecursionError) else ""
+    reading.unusable.add()
     reading.warnings.warn(
         f"backend {reading.backend} wrote a line of {len(line)} bytes that is not a JSON-RPC message{deep}"
     )
@@ -506,10 +590,11 @@ def _unparsable(line: bytes, exc: ValueError | RecursionError, reading: _Reading
 
 def _refusal(line: DroppedLine, reading: _Reading) -> SessionMessage | None:
     request_id = response_id(line)
+    size = f"more than {reading.cap:,}" if line.coming else f"{line.size:,}"
     reading.warnings.warn(
-        f"backend {reading.backend} wrote a message of {line.size} bytes, over its cap of {reading.cap} bytes: dropped"
+        f"backend {reading.backend} wrote a message of {size} bytes, over its cap of {reading.cap} bytes: dropped"
         + (
-            f" (the answer to request {request_id!r})"
+            f" (the answer to request {request_id!r}{', refused before its end came' if line.coming else ''})"
             if request_id is not None
             else " (no response id at either end: a notification, or an answer whose request will time out)"
         )
@@ -518,7 +603,7 @@ def _refusal(line: DroppedLine, reading: _Reading) -> SessionMessage | None:
         return None
     reading.listings.answered(request_id)  # a listing's page too: its list ends there (backends/listing.py)
     message = (
-        f"backend '{reading.backend}' answered with {line.size:,} bytes, more than limits.max_result_bytes "
+        f"backend '{reading.backend}' answered with {size} bytes, more than limits.max_result_bytes "
         f"({reading.result_cap:,} bytes) allows over stdio ({reading.cap:,} with the envelope); the answer was dropped"
     )
     return _marked_refusal(request_id, message)

@@ -4,16 +4,18 @@ Labels are a fixed vocabulary or come from the config: `method` (the MCP methods
 `outcome` (the operations' five, and `input_required` for a 2026-07-28 request answered with a question, as the
 audit log states it: names.py `event_outcome`), `backend` (configured backend names), `setting` (the configured
 rate limits), `state` (the health and circuit states), `ranking` (the index's two modes), `stage` and `vectors`
-(index updates), auth `method` and `outcome`, a refused session's `reason` (three values); never a tool name,
-argument or anything else a client controls, so the number of series cannot grow with traffic.
+(index updates), auth `method` and `outcome`, a refused session's `reason` (three values), a backend message's
+`kind` (`BACKEND_MESSAGE_KINDS`); never a tool name, argument or anything else a client controls, so the number
+of series cannot grow with traffic.
 
 Counted as operations finish: requests (those clients sent: call_tool's target and a workflow's steps are
 part of theirs), backend requests, meta-tool calls, unknown tools, find_tool's
 result counts and token savings. Counted when told: HTTP authentication outcomes (the transport), tool calls
 refused by a rate limit before the router (the HTTP gate, through the gateway), HTTP requests refused before
 a session served them (another principal's session named, a session limit reached), and index
-updates with their duration and embedded and reused tools (the optimizer's index, through the gateway). Read at each scrape from the gateway (`Metrics.state`, a `GatewayState`
-the gateway fills): each backend's health and circuit state, active sessions, the index size, what the limits
+updates with their duration and embedded and reused tools (the optimizer's index, through the gateway).
+Read at each scrape from the gateway (`Metrics.state`, a `GatewayState` the gateway fills): each backend's
+health and circuit state and the messages it sent by kind, active sessions, the index size, what the limits
 bound (requests in flight, answer bytes held unread, streams open), and the
 audit log's written, dropped and failed events, the calls let through with rate limits unchecked, and the spans
 dropped before the trace exporter's queue.
@@ -51,6 +53,10 @@ SESSION_REFUSALS = frozenset(
 HEALTH_STATES = ("unknown", "healthy", "degraded", "unhealthy")
 CIRCUIT_STATES = ("closed", "open", "half_open", "disabled")
 RANKINGS = frozenset({"hybrid", "keyword"})
+# The kinds of message a backend sends, as its connection counts them (backends/inbound.py `message_kind`).
+BACKEND_MESSAGE_KINDS = frozenset(
+    {"log", "progress", "resource_updated", "list_changed", "notification", "request", "response"}
+)
 
 
 @dataclass
@@ -71,6 +77,9 @@ class GatewayState:
     requests_in_flight: Callable[[], int] | None = None
     held_answer_bytes: Callable[[], int] | None = None
     streams_open: Callable[[], int] | None = None
+    # (backend, kind, messages received so far) for each backend's shared session (backends/inbound.py
+    # `InboundMessages`): a backend flooding the gateway with valid messages costs its loop without failing.
+    backend_messages: Callable[[], Iterable[tuple[str, str, int]]] | None = None
 
 
 class Metrics:
@@ -81,7 +90,7 @@ class Metrics:
         # start time that Prometheus, reading the text format, does not use.
         disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = CollectorRegistry()
-        self._backends = frozenset(backends)
+        self.backends = frozenset(backends)
         self._rate_limit_settings = rate_limit_settings
         self.server = Histogram(
             "mcp_server_operation_duration_seconds",
@@ -185,7 +194,7 @@ class Metrics:
         # As the audit log states it: a request answered with a question (2026-07-28) is no success yet.
         outcome = event_outcome(op)
         if op.kind == "backend":
-            backend = op.backend if op.backend in self._backends else "other"
+            backend = op.backend if op.backend in self.backends else "other"
             self._child(self.client, backend, method_label(op.method), outcome).observe(op.duration)
             return
         if op.parent is None:
@@ -262,6 +271,8 @@ class _StateCollector(Collector):
         if state.index_size is not None:
             yield GaugeMetricFamily("vmcp_index_tools", "Tools in find_tool's index.", value=state.index_size())
         yield from _held_now(state)
+        if state.backend_messages is not None:
+            yield self._backend_messages(state.backend_messages())
         if state.rate_limits_unchecked is not None:
             yield CounterMetricFamily(
                 "vmcp_rate_limits_unchecked",
@@ -291,6 +302,24 @@ class _StateCollector(Collector):
                 "Audit events lost to a failed write or an unserialisable result.",
                 value=audit.write_failures,
             )
+
+    def _backend_messages(self, counts: Iterable[tuple[str, str, int]]) -> Metric:
+        family = CounterMetricFamily(
+            "vmcp_backend_messages",
+            "Messages received from each backend (its shared session), by kind: log, progress, resource_updated, "
+            "list_changed, notification (any other), request, response.",
+            labels=["backend", "kind"],
+        )
+        summed: dict[tuple[str, str], int] = {}
+        for backend, kind, count in counts:  # label values bounded: configured backends, a fixed set of kinds
+            key = (
+                backend if backend in self.metrics.backends else "other",
+                kind if kind in BACKEND_MESSAGE_KINDS else "other",
+            )
+            summed[key] = summed.get(key, 0) + count
+        for (backend, kind), count in summed.items():
+            family.add_metric([backend, kind], count)
+        return family
 
 
 def _held_now(state: GatewayState) -> Iterator[Metric]:

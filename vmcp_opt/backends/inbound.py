@@ -1,0 +1,104 @@
+"""What a backend's sessions receive, counted by kind: totals for the metric `vmcp_backend_messages_total`, and a
+warning, at most one a minute per backend, when one kind comes faster than a backend serving calls sends it.
+
+Each message costs the gateway's event loop 33-85 µs however useless it is (logs no one asked for, progress for no
+call, updates of resources no one subscribed to, answers to no request), and a flood of valid ones was silent: the
+loop stayed fair, but a backend could take most of a core and nobody heard of it. `CountedReadStream` wraps the
+transport's read stream (stdio, streamable HTTP and SSE alike); it also hands on the stdio reader's `BrokenOutput`
+(backends/stdio.py: stdout that is not JSON-RPC), in order, before the stream's end that follows it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import mcp_types as types
+from mcp.shared.message import SessionMessage
+
+from vmcp_opt.backends.forwarding import WrappedReadStream
+from vmcp_opt.backends.stdio import BrokenOutput
+
+logger = logging.getLogger(__name__)
+
+# Messages of one kind a backend may send a second, over `INBOUND_WINDOW` seconds, before the operator is told
+# (at most once a `INBOUND_WARNING_INTERVAL` per backend). Each costs the event loop 33-85 us however useless
+# (logs no one asked for, progress for no call, updates of resources no one subscribed to, answers to no request):
+# 500 a second is 2-4 % of a core, far past what a backend serving calls sends.
+INBOUND_WARN_RATE = 500
+INBOUND_WINDOW = 5.0
+INBOUND_WARNING_INTERVAL = 60.0
+# The kinds counted (a fixed set: the metric's label values, telemetry/metrics.py `BACKEND_MESSAGE_KINDS`).
+_NOTIFICATION_KINDS = {
+    "notifications/message": "log",
+    "notifications/progress": "progress",
+    "notifications/resources/updated": "resource_updated",
+    "notifications/tools/list_changed": "list_changed",
+    "notifications/prompts/list_changed": "list_changed",
+    "notifications/resources/list_changed": "list_changed",
+}
+
+
+def message_kind(message: SessionMessage) -> str:
+    """The kind a backend's message is counted as: a notification by its method, else request or response."""
+    inner = message.message
+    if isinstance(inner, types.JSONRPCNotification):
+        return _NOTIFICATION_KINDS.get(inner.method, "notification")
+    return "request" if isinstance(inner, types.JSONRPCRequest) else "response"
+
+
+class InboundMessages:
+    """A backend's messages by kind: totals for the metrics (`vmcp_backend_messages`), and a warning, at most one a
+    `INBOUND_WARNING_INTERVAL`, when a kind came faster than `INBOUND_WARN_RATE` a second over an `INBOUND_WINDOW`:
+    each costs the loop, and a flood of valid ones was silent."""
+
+    def __init__(self, backend: str, clock: Callable[[], float] = time.monotonic) -> None:
+        self.backend = backend
+        self.clock = clock
+        self.totals: dict[str, int] = {}
+        self._window: dict[str, int] = {}
+        self._window_start = clock()
+        self._next_warning = -float("inf")
+
+    def count(self, kind: str) -> None:
+        self.totals[kind] = self.totals.get(kind, 0) + 1
+        self._window[kind] = self._window.get(kind, 0) + 1
+        now = self.clock()
+        if now - self._window_start >= INBOUND_WINDOW:
+            self._close_window(now)
+
+    def _close_window(self, now: float) -> None:
+        kind, most = max(self._window.items(), key=lambda item: item[1])
+        rate = most / (now - self._window_start)
+        self._window, self._window_start = {}, now
+        if rate > INBOUND_WARN_RATE and now >= self._next_warning:
+            self._next_warning = now + INBOUND_WARNING_INTERVAL
+            logger.warning(
+                "backend %s sends %s messages at %.0f a second (more than %d; each costs the gateway's event loop): "
+                "%d of them so far",
+                self.backend,
+                kind,
+                rate,
+                INBOUND_WARN_RATE,
+                self.totals[kind],
+            )
+
+
+class CountedReadStream(WrappedReadStream):
+    """The transport's read stream (stdio, streamable HTTP, SSE alike), each message counted by kind as the session
+    takes it; the stdio reader's `BrokenOutput` acted on here, in order, before the stream's end that follows it."""
+
+    def __init__(self, inner: Any, counts: InboundMessages, on_broken: Callable[[BrokenOutput], None]) -> None:
+        super().__init__(inner)
+        self._counts = counts
+        self._on_broken = on_broken
+
+    async def receive(self) -> Any:
+        message = await self._inner.receive()
+        if isinstance(message, SessionMessage):
+            self._counts.count(message_kind(message))
+        elif isinstance(message, BrokenOutput):
+            self._on_broken(message)
+        return message
