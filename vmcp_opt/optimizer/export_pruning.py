@@ -27,6 +27,8 @@ import threading
 import time
 from pathlib import Path
 
+from vmcp_opt.optimizer.file_lock import same_file
+
 log = logging.getLogger(__name__)
 
 IN_USE_FILE = ".in-use"
@@ -49,7 +51,7 @@ def hold_export(directory: Path) -> bool:
     marker = directory / IN_USE_FILE
     with _held_guard:
         held = _held.get(directory)
-        if held is not None and _same_file(held, marker):
+        if held is not None and same_file(held, marker):
             return True
         if held is not None:  # the export was made again (`reexport`): mark the new one
             os.close(_held.pop(directory))
@@ -64,7 +66,7 @@ def hold_export(directory: Path) -> bool:
             os.close(descriptor)
             log.warning("%s stayed locked for %.0f s: serving it without marking it in use", marker, HOLD_WAIT)
             return True
-        if not _same_file(descriptor, marker):  # renamed aside by a pruner before the lock was had
+        if not same_file(descriptor, marker):  # renamed aside by a pruner before the lock was had
             os.close(descriptor)
             return False
         _held[directory] = descriptor
@@ -131,13 +133,3 @@ def _lock_shared(descriptor: int) -> bool:
             if time.monotonic() > deadline:
                 return False
             time.sleep(_POLL_SECONDS)
-
-
-def _same_file(descriptor: int, path: Path) -> bool:
-    """Whether `path` still names the file open as `descriptor` (not renamed aside, not made again)."""
-    try:
-        named = path.stat()
-    except OSError:
-        return False
-    opened = os.fstat(descriptor)
-    return (named.st_dev, named.st_ino) == (opened.st_dev, opened.st_ino)

@@ -34,7 +34,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from vmcp_opt.config import VmcpConfig
-from vmcp_opt.optimizer.file_lock import process_gone, write_atomically
+from vmcp_opt.optimizer.file_lock import process_gone, same_file, write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -203,20 +203,11 @@ def _hold(directory: Path) -> int | None:
             os.close(descriptor)
             log.debug("index: cannot mark %s in use: %s", directory, exc)
             return None
-        if _same_file(descriptor, marker):
+        if same_file(descriptor, marker):
             return descriptor
         os.close(descriptor)  # renamed aside by a pruner before the lock was had: make the directory again
     log.info("index: %s stayed locked by a pruning; serving without marking it in use", directory)
     return None
-
-
-def _same_file(descriptor: int, path: Path) -> bool:
-    try:
-        named = path.stat()
-    except OSError:
-        return False
-    opened = os.fstat(descriptor)
-    return (named.st_dev, named.st_ino) == (opened.st_dev, opened.st_ino)
 
 
 def _inside(path: Path, root: Path) -> bool:
