@@ -22,26 +22,15 @@ import pytest
 from mcp import Client
 
 from tests.support import demo_backend, running_gateway, stop_process, write_config
+from tests.test_usage31 import seeded
 from vmcp_opt.optimizer import usage_files
 from vmcp_opt.optimizer.usage import UsageGraph
-from vmcp_opt.optimizer.usage_files import JOURNAL_RATIO, SMALL_HISTORY, FileUsageHistory, journal_path
+from vmcp_opt.optimizer.usage_files import JOURNAL_RATIO, FileUsageHistory, journal_path
 
 
 @pytest.fixture(scope="module")
 def anyio_backend() -> str:
     return "asyncio"
-
-
-def seeded(path: Path, tools: int = 3000) -> UsageGraph:
-    """A history past `SMALL_HISTORY`, written by the gateway's own store: every tool with five companions."""
-    graph = UsageGraph()
-    for n in range(tools):
-        graph.record_task([f"seed_{n}", *(f"seed_{(n + k) % tools}" for k in range(1, 6))])
-    history = FileUsageHistory(path)
-    history.load()
-    history.save(graph)
-    assert path.stat().st_size > SMALL_HISTORY
-    return graph
 
 
 def generation(path: Path) -> str:

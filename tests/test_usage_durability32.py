@@ -26,6 +26,7 @@ import pytest
 from mcp import Client
 
 from tests.support import demo_backend, running_gateway, write_config
+from tests.test_usage31 import seeded
 from vmcp_opt.optimizer.usage import UsageGraph
 from vmcp_opt.optimizer.usage_files import FileUsageHistory, journal_path
 
@@ -106,12 +107,9 @@ def test_a_journal_line_whose_sync_fails_is_not_counted_twice(tmp_path: Path, mo
     """The line was written whole but its fsync failed (EIO on NFS, a failing disk): the save fails and its counts
     stay new, so the line must go, or the next sync writes them again and every reader counts them twice."""
     path = tmp_path / "usage.json"
-    graph = UsageGraph()
-    for n in range(3000):  # past SMALL_HISTORY: later syncs append journal lines
-        graph.record_task([f"seed_{n}", *(f"seed_{(n + k) % 3000}" for k in range(1, 6))])
+    graph = seeded(path)  # past SMALL_HISTORY: later syncs append journal lines
     history = FileUsageHistory(path)
     history.load()
-    history.save(graph)
     graph.record_task(["first_tool", "first_companion"])
     history.save(graph)  # the journal exists
     graph.record_task(["second_tool", "second_companion"])
