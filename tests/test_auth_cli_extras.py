@@ -252,15 +252,48 @@ HELPED = [
 ]
 
 
-@pytest.mark.parametrize("columns", [60, 200])
+WIDTHS = [60, 200]
+
+# Every help above at every width, from one real `vmcp` process (the CLI's own entry point, `COLUMNS` set before
+# each help as a terminal would): a process per help spent its time importing the CLI again.
+HELP_ALL = """
+import contextlib, io, json, os, sys
+from vmcp_opt.cli import app
+
+out = {}
+for command, columns in json.loads(sys.argv[1]):
+    os.environ["COLUMNS"] = str(columns)
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        try:
+            app([*command, "--help"], prog_name="python -m vmcp_opt")
+            code = 0
+        except SystemExit as exit:
+            code = exit.code or 0
+    out[" ".join(command) + f"@{columns}"] = [code, stdout.getvalue(), stderr.getvalue()]
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def helps() -> dict[str, subprocess.CompletedProcess[str]]:
+    cases = json.dumps([[list(command), columns] for command in HELPED for columns in WIDTHS])
+    done = subprocess.run([sys.executable, "-c", HELP_ALL, cases], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return {key: subprocess.CompletedProcess([], *answer) for key, answer in json.loads(done.stdout).items()}
+
+
+@pytest.mark.parametrize("columns", WIDTHS)
 @pytest.mark.parametrize("command", HELPED, ids=lambda command: " ".join(command) or "vmcp")
-def test_help_shows_no_type_beside_a_flag_nor_a_python_type(command: tuple[str, ...], columns: int) -> None:
+def test_help_shows_no_type_beside_a_flag_nor_a_python_type(
+    command: tuple[str, ...], columns: int, helps: dict[str, subprocess.CompletedProcess[str]]
+) -> None:
     """typer's rich help put `<bool>` beside every flag and `<list[str]>` beside repeatable options."""
-    done = vmcp(*command, "--help", columns=columns)
+    done = helps[" ".join(command) + f"@{columns}"]
     assert done.returncode == 0, done.stderr
     assert "--help" in done.stdout
     assert "<bool>" not in done.stdout and "list[" not in done.stdout, done.stdout
-    if command == ("new-key",):
+    if command == ("auth", "new-key"):
         text = one_line(done.stdout)
         for option in ("--subject <name>", "--group -g <group>", "--role -r <role>", "--scope -s <scope>"):
             assert re.search(re.escape(option).replace(r"\ ", r"[\s│]+"), text), option

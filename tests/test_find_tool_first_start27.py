@@ -4,14 +4,14 @@ model's ONNX export takes a minute or more, and each find_tool in that time wait
 
 A real `vmcp serve` with the demo backend whose embedding model is held back for good (the `sitecustomize` of
 tests/test_gaps22_vector_wait_threads.py): the first find_tool waits the whole `vector_wait`; the next, made after
-that deadline, answers by keywords at once."""
+that deadline, answers by keywords without waiting again. The same `sitecustomize` records each wait for the vectors
+(its length) in a file, so the test counts the waits instead of timing the second answer."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-import anyio
 import pytest
 from mcp import Client
 
@@ -20,8 +20,43 @@ from tests.test_gaps22_vector_wait_threads import SITECUSTOMIZE
 
 pytestmark = [pytest.mark.slow, pytest.mark.anyio]
 
-# optimizer.vector_wait: long, so that a second wait of it cannot pass for an answer "at once" (half of it).
-WAIT = 30.0
+# optimizer.vector_wait: short, as the waits are counted, not timed.
+WAIT = 2.0
+
+# Each `ReadySignal.wait` (find_tool's wait for the vectors) appends its length to $VMCP_TEST_WAITS.
+RECORD_WAITS = """
+
+class _RecordWaits(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name != "vmcp_opt.optimizer.ready_signal":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        run = spec.loader.exec_module
+
+        def exec_module(module):
+            run(module)
+            wait = module.ReadySignal.wait
+
+            async def recorded(self, seconds):
+                import os
+
+                with open(os.environ["VMCP_TEST_WAITS"], "a", encoding="utf-8") as record:
+                    record.write(f"{seconds}\\n")
+                await wait(self, seconds)
+
+            module.ReadySignal.wait = recorded
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+sys.meta_path.insert(0, _RecordWaits())
+"""
+
+
+def recorded(waits: Path) -> list[float]:
+    return [float(line) for line in waits.read_text(encoding="utf-8").split()]
 
 
 @pytest.fixture
@@ -34,18 +69,20 @@ async def test_find_tool_after_the_first_wait_ran_out_answers_by_keywords_withou
 ) -> None:
     hook = tmp_path / "hook"
     hook.mkdir()
-    (hook / "sitecustomize.py").write_text(SITECUSTOMIZE, encoding="utf-8")
+    (hook / "sitecustomize.py").write_text(SITECUSTOMIZE + RECORD_WAITS, encoding="utf-8")
+    waits = tmp_path / "waits"
     paths = os.pathsep.join(p for p in (str(hook), os.environ.get("PYTHONPATH", "")) if p)
     optimizer = {"enabled": True, "index_dir": str(tmp_path / "idx"), "vector_wait": WAIT}
     config = write_config(tmp_path, {"backends": [demo_backend("notes")], "optimizer": optimizer})
-    with running_gateway(config, env={"PYTHONPATH": paths}) as gateway:
-        async with Client(gateway.url, read_timeout_seconds=WAIT * 3) as client:
+    with running_gateway(config, env={"PYTHONPATH": paths, "VMCP_TEST_WAITS": str(waits)}) as gateway:
+        async with Client(gateway.url, read_timeout_seconds=60) as client:
             first = await client.call_tool("find_tool", {"query": "save a note"})  # waits the whole vector_wait
             assert first.structured_content is not None and first.structured_content["ranking"] == "keyword"
-            second = None
-            with anyio.move_on_after(WAIT / 2):  # the old code waited the whole WAIT again
-                second = await client.call_tool("find_tool", {"query": "list my notes"})
-    assert second is not None, "the second find_tool waited for the vectors again"
+            [waited] = recorded(waits)  # the whole vector_wait (less the moment since its deadline was set)
+            assert 0 < waited <= WAIT, waited
+            second = await client.call_tool("find_tool", {"query": "list my notes"})
+    # The old code waited the whole vector_wait again.
+    assert recorded(waits) == [waited], "the second find_tool waited for the vectors again"
     answer = second.structured_content
     assert answer is not None and answer["ranking"] == "keyword"
     assert "still loading" in answer["note"]

@@ -16,6 +16,7 @@ A real gateway process over real stdio backends (examples/backends/), raw HTTP w
 from __future__ import annotations
 
 import json
+import os
 import socket
 import sys
 import threading
@@ -48,8 +49,32 @@ pytestmark = [pytest.mark.slow]
 HELD_SERVER = EXAMPLES / "backends" / "held_server.py"
 MB = 1_000_000
 WITHIN = 60.0  # a guard against a hang, not a measure
-# Past the lazy stream's 15 s of silence (server/lazy_stream.py COMMIT_SSE_AFTER) a call's answer is an SSE stream.
-SSE_AFTER = 15.0
+# Past the lazy stream's silence (server/lazy_stream.py COMMIT_SSE_AFTER, 15 s) a call's answer is an SSE stream.
+# The held calls here stay silent until their gate opens, whatever the wait: the held gateway's is cut to this, by
+# a `sitecustomize` on its path (`SHORT_COMMIT`), so that each test does not sit out 15 s before its stream starts.
+SSE_AFTER = 1.0
+SHORT_COMMIT = f"""
+import importlib.abc, importlib.util, sys
+
+
+class _ShortCommit(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name != "vmcp_opt.server.lazy_stream":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        run = spec.loader.exec_module
+
+        def exec_module(module):
+            run(module)
+            module.COMMIT_SSE_AFTER = {SSE_AFTER!r}
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+sys.meta_path.insert(0, _ShortCommit())
+"""
 POLL = 0.1
 
 
@@ -156,7 +181,11 @@ def held_gateway(tmp_path: Path) -> Iterator[Gateway]:
         # Small, so a few 1 MB answers pass the ring's bound.
         "sessions": {"max_event_bytes_in_memory": 4 * 1024 * 1024},
     }
-    with running_gateway(write_config(tmp_path, config)) as gateway:
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(SHORT_COMMIT, encoding="utf-8")
+    paths = os.pathsep.join(p for p in (str(hook), os.environ.get("PYTHONPATH", "")) if p)
+    with running_gateway(write_config(tmp_path, config), env={"PYTHONPATH": paths}) as gateway:
         yield gateway
 
 
@@ -180,14 +209,18 @@ def test_one_callers_big_answers_leave_another_callers_events(held_gateway: Gate
         others = [open_session(other, url) for _ in range(3)]
         big = tool_call(5, "held_held_echo", {"message": "B" * MB, "gate": str(other_gate)})
         answered: list[int] = []
+        streaming = [threading.Event() for _ in others]
 
-        def read_big(headers: dict[str, str]) -> None:
+        def read_big(headers: dict[str, str], number: int) -> None:
             with other.stream("POST", url, json=big, headers=headers) as response:
+                if response.headers["content-type"].startswith("text/event-stream"):
+                    streaming[number].set()  # its answer will be an event in the ring
                 answered.append(sum(len(chunk) for chunk in response.iter_bytes()))
 
-        readers = [threading.Thread(target=read_big, args=(headers,)) for headers in others]
+        readers = [threading.Thread(target=read_big, args=(headers, n)) for n, headers in enumerate(others)]
         for reader in readers:
             reader.start()
+        assert all(started.wait(WITHIN) for started in streaming), "the other caller's answers were not streamed"
         call = tool_call(1, "held_held_echo", {"message": "the victim's result", "gate": str(victim_gate)})
         event_id = sse_call(victim, url, victim_headers, call)  # stored before the other caller's answers
         gate_released(other_gate)
