@@ -96,6 +96,9 @@ class QueryRuns:
                 with self._changed:
                     self._running -= 1
                     if self._ends_waited and self._burst_over():
+                        # Told once: a trimmer that gets the lock only after the next run began still goes on (it
+                        # waited for this state, which lasts a moment between runs, and was woken at every run's end).
+                        self._ends_waited = False
                         self._changed.notify()
 
     def _burst_over(self) -> bool:
@@ -106,9 +109,9 @@ class QueryRuns:
         then, so the trim comes `quiet` to twice `quiet` after the last run)."""
         while True:
             with self._changed:
-                self._ends_waited = True
-                self._changed.wait_for(self._burst_over)
-                self._ends_waited = False
+                if not self._burst_over():
+                    self._ends_waited = True  # the run that ends the burst clears it (`slot`)
+                    self._changed.wait_for(lambda: not self._ends_waited)
                 begun = self._begun
             time.sleep(self.quiet)
             with self._changed:
