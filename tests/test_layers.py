@@ -58,6 +58,7 @@ MAY_IMPORT = {
     "telemetry": {
         "config",
         "display",
+        "file_writes",  # audit_sink.py: lines appended whole or not at all
         "logs",
         "auth",  # the caller and identity an operation is for
         "routing.operations",  # the watcher interface

@@ -27,7 +27,7 @@ import threading
 import time
 from pathlib import Path
 
-from vmcp_opt.optimizer.file_lock import same_file
+from vmcp_opt.file_writes import same_file
 
 log = logging.getLogger(__name__)
 

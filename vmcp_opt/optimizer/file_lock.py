@@ -243,13 +243,3 @@ def _set_aside_order(path: Path) -> tuple[str, int, str]:
     if match is None:
         return "", 0, path.name
     return match.group(1), int(match.group(2) or 1), path.name
-
-
-def same_file(descriptor: int, path: Path) -> bool:
-    """Whether `path` still names the file open as `descriptor` (not renamed aside, not made again)."""
-    try:
-        named = path.stat()
-    except OSError:
-        return False
-    opened = os.fstat(descriptor)
-    return (named.st_dev, named.st_ino) == (opened.st_dev, opened.st_ino)

@@ -34,7 +34,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from vmcp_opt.config import VmcpConfig
-from vmcp_opt.optimizer.file_lock import process_gone, same_file, write_atomically
+from vmcp_opt.file_writes import same_file
+from vmcp_opt.optimizer.file_lock import process_gone, write_atomically
 
 log = logging.getLogger(__name__)
 

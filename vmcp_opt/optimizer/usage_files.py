@@ -31,8 +31,6 @@ read and written together at each sync (a journal is only meaningful beside the 
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import json
 import logging
 import os
@@ -44,6 +42,7 @@ from itertools import chain
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
+from vmcp_opt.file_writes import append_whole
 from vmcp_opt.optimizer.file_lock import exclusive, fsync_directory, keep_aside, write_atomically
 from vmcp_opt.optimizer.usage import (
     FORMAT_VERSION,
@@ -267,16 +266,10 @@ class FileUsageHistory:
         else:
             fd = os.open(self.journal, os.O_WRONLY | os.O_APPEND)
         try:
-            start = os.fstat(fd).st_size
-            try:
-                _write_whole(fd, data)
-                os.fsync(fd)
-            except OSError:
-                # A part of a line (a full disk) would run into the next sync's line: both lost to every reader;
-                # a whole line not synced would be written again by the next sync, its counts counted twice.
-                with contextlib.suppress(OSError):
-                    os.ftruncate(fd, start)
-                raise  # the counts stay new, for the next sync
+            # Whole and synced, or cut off: a part of a line (a full disk) would run into the next sync's line, and
+            # a line not synced would be written again by the next sync (its counts counted twice). On OSError the
+            # counts stay new, for the next sync.
+            append_whole(fd, data, os.fstat(fd).st_size, sync=True)
             info = os.fstat(fd)
         finally:
             os.close(fd)
@@ -329,16 +322,6 @@ def _stamp(path: Path) -> _Stamp:
     except (FileNotFoundError, NotADirectoryError):
         return None
     return info.st_ino, info.st_size, info.st_mtime_ns
-
-
-def _write_whole(fd: int, data: bytes) -> None:
-    """All of `data`, or OSError: `os.write` may store part of it (a disk that fills) without an error."""
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        if written <= 0:
-            raise OSError(errno.ENOSPC, "the journal line could not be written whole")
-        view = view[written:]
 
 
 def _must_compact(at: _Position, adding: int) -> bool:

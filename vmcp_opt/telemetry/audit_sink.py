@@ -16,7 +16,6 @@ holds the others' writers, not their requests. A device or pipe (`/dev/full`) is
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import os
 import stat
@@ -27,6 +26,7 @@ from typing import BinaryIO
 
 from vmcp_opt.config import AuditConfig
 from vmcp_opt.config.telemetry import audit_output_path, audit_output_problem
+from vmcp_opt.file_writes import append_whole, same_file
 
 
 class AuditOutputError(Exception):
@@ -109,7 +109,7 @@ class Sink:
         """The lock file's descriptor, reopened when the file at its path is another (one deleted is made again:
         processes locking different files would not exclude each other)."""
         assert self._lock_path is not None
-        if self._lock is not None and _same_file(self._lock_path, self._lock):
+        if self._lock is not None and same_file(self._lock, self._lock_path):
             return self._lock
         if self._lock is not None:
             os.close(self._lock)
@@ -121,7 +121,7 @@ class Sink:
         """Opens the file at the path when the one open is not it: another process rotated it, a tool moved it,
         or a rotation failed to reopen."""
         if self._file is not None:
-            if _same_file(self._path(), self._file.fileno()):
+            if same_file(self._file.fileno(), self._path()):
                 return
             self._close_file()
         self._open()
@@ -130,19 +130,9 @@ class Sink:
         """Writes `lines` whole or not at all: after a failed write (disk full) the file is cut back to where it
         was, as a part of a line would run into the next one. Under the lock: no other process wrote since."""
         assert self._file is not None
-        data = memoryview(b"".join(lines))
-        done = 0
-        try:
-            while done < len(data):  # unbuffered: a write may take only a part
-                taken = self._file.write(data[done:])
-                if not taken:
-                    raise OSError(errno.EIO, "the audit file took no bytes")
-                done += taken
-        except OSError:
-            with contextlib.suppress(OSError):  # a device (/dev/full) cannot be cut
-                os.ftruncate(self._file.fileno(), self._size)
-            raise
-        self._size += done
+        data = b"".join(lines)
+        append_whole(self._file.fileno(), data, self._size)  # unbuffered: nothing held back to come later
+        self._size += len(data)
         self.lines += len(lines)
 
     def _open(self) -> None:
@@ -185,13 +175,3 @@ class Sink:
         if lock is not None:
             with contextlib.suppress(OSError):
                 os.close(lock)
-
-
-def _same_file(path: Path, descriptor: int) -> bool:
-    """Whether `path` names the file open as `descriptor` (False when nothing is at the path)."""
-    try:
-        named = os.stat(path)
-    except FileNotFoundError:
-        return False
-    held = os.fstat(descriptor)
-    return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)
