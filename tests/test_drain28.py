@@ -15,6 +15,7 @@ Real `vmcp serve` processes, real backends (held_server.py, the conformance serv
 from __future__ import annotations
 
 import contextlib
+import re
 import secrets
 import signal
 import socket
@@ -198,7 +199,9 @@ def test_a_round_waiting_for_its_client_holds_the_drain_and_its_answer_on_anothe
 
         assert anyio.run(main) == "LLM response: x"
     log = owner.output()
-    assert "0 requests in flight, 1 rounds waiting for their client" in log, log
+    # The round is what the drain waits for. The client's last request (its session's close, sent as it left) may
+    # still be finishing when the signal lands: counted or not, it does not hold the drain.
+    assert re.search(r"\d+ requests in flight, 1 rounds waiting for their client", log), log
     assert "drained in" in log and "still running after" not in log, log
 
 
