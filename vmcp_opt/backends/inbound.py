@@ -1,5 +1,8 @@
 """What a backend's sessions receive, counted by kind: totals for the metric `vmcp_backend_messages_total`, and a
 warning, at most one a minute per backend, when one kind comes faster than a backend serving calls sends it.
+Every session of a backend goes through here, its shared one and each client's own (backends/session_pool.py
+`DedicatedSession`), into the backend's one `InboundMessages`: a backend flooding only the sessions of one client
+was uncounted and silent. So the metric's labels stay the configured backend names, never a client's.
 
 Each message costs the gateway's event loop 33-85 µs however useless it is (logs no one asked for, progress for no
 call, updates of resources no one subscribed to, answers to no request), and a flood of valid ones was silent: the
@@ -76,8 +79,8 @@ class InboundMessages:
         if rate > INBOUND_WARN_RATE and now >= self._next_warning:
             self._next_warning = now + INBOUND_WARNING_INTERVAL
             logger.warning(
-                "backend %s sends %s messages at %.0f a second (more than %d; each costs the gateway's event loop): "
-                "%d of them so far",
+                "backend %s sends %s messages at %.0f a second (its sessions together: shared and clients' own; "
+                "more than %d; each costs the gateway's event loop): %d of them so far",
                 self.backend,
                 kind,
                 rate,
@@ -88,7 +91,8 @@ class InboundMessages:
 
 class CountedReadStream(WrappedReadStream):
     """The transport's read stream (stdio, streamable HTTP, SSE alike), each message counted by kind as the session
-    takes it; the stdio reader's `BrokenOutput` acted on here, in order, before the stream's end that follows it."""
+    takes it; the stdio reader's `BrokenOutput` acted on here, in order, before the stream's end that follows it
+    (the shared connection restarts the backend, a client's own session ends telling its calls why)."""
 
     def __init__(self, inner: Any, counts: InboundMessages, on_broken: Callable[[BrokenOutput], None]) -> None:
         super().__init__(inner)

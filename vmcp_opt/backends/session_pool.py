@@ -57,10 +57,11 @@ from vmcp_opt.backends.credentials import BackendAuth
 from vmcp_opt.backends.errors import CredentialError, closed_by_exit_when_seen
 from vmcp_opt.backends.forwarding import HeaderWriteStream, forwarding
 from vmcp_opt.backends.http_bodies import as_internal_error
+from vmcp_opt.backends.inbound import CountedReadStream
 from vmcp_opt.backends.listing import WatchedReadStream
 from vmcp_opt.backends.relay_bounds import NotificationBound, coalesced
 from vmcp_opt.backends.results import measured_result
-from vmcp_opt.backends.stdio import measures_results
+from vmcp_opt.backends.stdio import BrokenOutput, measures_results
 from vmcp_opt.backends.transports import StderrTail, open_transport
 from vmcp_opt.logs import ThrottledLog
 
@@ -261,6 +262,7 @@ class DedicatedSession:
         self.closed = False
         self.served = False
         self.ended = False  # its transport's read stream ended: the backend process exited or the stream broke
+        self.broken: BrokenOutput | None = None  # its stdout was junk (backends/stdio.py `UnusableLines`): why it ended
         # A stdio process's exit status and last stderr line, known once `_done` is set: what a call it failed says.
         self._stderr = StderrTail()
         self._session: ClientSession | None = None
@@ -287,8 +289,12 @@ class DedicatedSession:
                         stderr_tail=self._stderr,
                     ) as (raw_read, write),
                     # What the SDK answers itself (ping…) bounded; what the backend asks the client is `asks`' alone.
+                    # Its messages counted as the shared session's are, into the backend's one count (by its name).
                     bounded_backend_requests(
-                        WatchedReadStream(raw_read, self._on_stream_end),
+                        WatchedReadStream(
+                            CountedReadStream(raw_read, self.connection.inbound, self._output_broken),
+                            self._on_stream_end,
+                        ),
                         HeaderWriteStream(write),
                         self.name,
                         exempt=callbacks.relayed_methods(),
@@ -330,6 +336,13 @@ class DedicatedSession:
         # dead one until the client goes away (and feeding the backend's circuit, for every client, meanwhile).
         self.ended = self.closed = True
         self._stop.set()
+
+    def _output_broken(self, exc: BrokenOutput) -> None:
+        """The stdio reader gave up on this process's stdout: the session ends with the stream's end that follows,
+        and the calls it cuts off say why, not "Connection closed" or the exit status of a process the gateway
+        stopped. The client's next call opens a new session (within its start rate)."""
+        self.broken = exc
+        logger.info("backend %s: a client's dedicated session ended: %s", self.name, exc.told)
 
     async def _on_message(self, message: IncomingMessage) -> None:
         if isinstance(message, Exception):
@@ -388,8 +401,11 @@ class DedicatedSession:
                     progress_callback=progress,
                 )
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream) as exc:
+            self._raise_if_broken(exc)
             raise failed_because(self.name, "connection lost", exc, self.connection.secrets) from exc
         except MCPError as exc:
+            if exc.code == types.CONNECTION_CLOSED:
+                self._raise_if_broken(exc)
             refused = self.auth.refusal() if self.auth is not None else None
             if refused is not None:
                 raise refused from exc
@@ -405,6 +421,12 @@ class DedicatedSession:
                 progress.close()  # answered or given up on: the backend's progress stops here
         limits, transport = self.connection.limits, self.connection.config.transport
         return await measured_result(self.name, result, limits.max_result_bytes, measured=measures_results(transport))
+
+    def _raise_if_broken(self, exc: BaseException) -> None:
+        """A call the end of junk output cut off: its client is told that, as on the shared session."""
+        if self.broken is not None:
+            told = f"backend '{self.name}': {self.broken.told}; this client's session with it ended"
+            raise BackendUnavailable(told) from exc
 
     async def notify(self, notification: types.ClientNotification) -> None:
         if isinstance(notification, types.RootsListChangedNotification) and self.callbacks.capabilities.roots is None:

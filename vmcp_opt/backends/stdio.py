@@ -13,7 +13,8 @@ parses every line on the event loop. Here
   warnings become one a minute counting the rest (`LineWarnings`), so a backend writing garbage as fast as it can
   costs the log a line a minute, not one (or, through the session's handler, dozens) a line; past
   `UNUSABLE_RATE` such lines a second for `UNUSABLE_SECONDS` the process is broken (`UnusableLines`): one warning,
-  its session ends with a `BrokenOutput` and the connection restarts it. The event loop gets a turn every
+  its session ends with a `BrokenOutput` (the shared one's process is restarted, a client's own session ends and its
+  calls are told why: backends/inbound.py `CountedReadStream` hands it on for both). The event loop gets a turn every
   `LINES_PER_TURN` lines: a pipe that always has data never made the reader wait;
 - a line with more values than `limits.max_result_values` (counted at C speed chunk by chunk as it arrives:
   backends/results.py, `ValueCounter`; a second pass over a whole 10 MB line held the event loop 200-350 ms) is not
@@ -256,8 +257,11 @@ class LineWarnings:
 
 class BrokenOutput(Exception):
     """Handed to the session in place of a message: the backend's stdout is unusable (`UnusableLines`) and its
-    reading ended. Its text names the backend and the count; the shared connection restarts the backend with it
-    as the reason (backends/connection.py), a dedicated session just ends."""
+    reading ended. Its text names the backend and the count, never the lines; what follows is the session's to say
+    (backends/inbound.py `CountedReadStream`): the shared connection restarts the backend with it as the reason, a
+    client's own session ends, its calls failing with `told`."""
+
+    told = "its output was not JSON-RPC"  # what a client whose call the session's end cut off is told
 
 
 class UnusableLines:
@@ -482,7 +486,7 @@ def _broken(reading: _Reading) -> BrokenOutput:
     """The end of a process whose stdout is junk (`UnusableLines`): one warning, and why, for the session."""
     reason = (
         f"backend {reading.backend} wrote {reading.unusable.count:,} stdout lines that are not JSON-RPC, more than "
-        f"{UNUSABLE_RATE:,} a second for {UNUSABLE_SECONDS:g} s: its output is unusable, the process is restarted"
+        f"{UNUSABLE_RATE:,} a second for {UNUSABLE_SECONDS:g} s: its output is unusable, its session ends"
     )
     logger.warning("%s", reason)
     return BrokenOutput(reason)
