@@ -21,7 +21,7 @@ from typing import Any
 import httpx2
 import pytest
 
-from tests.support import EXAMPLES, Gateway, running_gateway, sse_messages, write_config
+from tests.support import EXAMPLES, Gateway, running_gateway, sse_messages, wait_until, write_config
 from tests.test_interop21_old_clients import HEADERS, initialize
 
 CONFORMANCE_SERVER = EXAMPLES / "backends" / "conformance_server.py"
@@ -201,7 +201,7 @@ def test_sigterm_waits_for_the_batch_and_answers_its_messages_not_started_shutti
     assert "cut off by the shutdown" not in output  # nothing was left running when the server stopped
 
 
-def test_a_batch_its_client_left_ends_and_the_drain_finds_nothing_in_flight(tmp_path: Path) -> None:
+def test_a_batch_its_client_left_ends_and_its_call_at_the_backend_holds_the_drain(tmp_path: Path) -> None:
     gate = tmp_path / "gate"  # never made: the held call would wait for ever
     with running_gateway(held_config(tmp_path)) as running:
         headers = opened(running)
@@ -216,8 +216,11 @@ def test_a_batch_its_client_left_ends_and_the_drain_finds_nothing_in_flight(tmp_
         with socket.create_connection(("127.0.0.1", running.port), timeout=30) as sock:
             sock.sendall(request.encode() + body)
             wait_for(Path(f"{gate}.started"))
-        # The client is gone with the call at the backend: the batch ends, so nothing holds the drain.
+        # The client is gone with the call at the backend: the batch ends; its call at the backend runs on and
+        # holds the drain until it finishes.
         running.proc.send_signal(signal.SIGTERM)
+        wait_until(lambda: "draining:" in running.output(), 60, running.output)
+        gate.touch()
         assert running.proc.wait(timeout=60) == 0
     output = running.output()
     assert "drained in" in output, output

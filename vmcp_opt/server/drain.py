@@ -14,13 +14,21 @@ Draining (`Drain.begin`, from the runner's SIGTERM handler):
   saying to retry): a session opened now would be cut at once;
 - with rounds shared between replicas (`sessions.store: redis`), the drain also waits for the 2026-07-28 rounds
   held here for their client's answer (routing/round_trips/owners.py `RoundOwners.waiting`): the answer lands
-  on another replica and is relayed here. A single gateway does not wait for them: the answer could only come
-  through its own port, which no longer accepts;
+  on another replica and is relayed here. A single gateway does not wait for a round that only waits for its
+  client, who may never come back (every restart would last the whole drain); an answer that comes through its
+  port meanwhile is taken. It does wait for the backend calls a workflow run makes between its rounds (below);
 - then the HTTP server stops as on any exit (open streams get `timeouts.shutdown`); a request still running
   then (past the drain, or on Ctrl-C) is answered with a JSON-RPC error telling the client to retry (the last
   event of its SSE stream, when its answer was already streaming), and a stream cut then ends as a complete
   HTTP response (`_cut_off`), never broken off mid-chunk. A call whose answer already went out as an event of
   its stream (`_AnswerWatch`) gets no second one: its stream only ends.
+
+A call may run on past its POST: a 2025-11-25 request runs in its session's task group, so a client that leaves
+while its answer streams (or a batch's client that leaves) leaves its call running, and a 2026-07-28 workflow run
+that asked its client goes on in the background between rounds (workflows/rounds.py). Each is held apart from the POSTs (`working`): every client
+request from its arrival at the session to its answer (server/in_flight.py, which finds the drain in its
+scope, `drain_of`), and every workflow step's call (`DRAIN_HOLD`). Before, the drain said "drained in 0.0s"
+while such calls ran at their backends, and the stop cut them.
 
 Open streams (a session's standalone GET stream, a 2026-07-28 `subscriptions/listen`) are not calls: they do
 not hold the drain, and end when it does (`end_streams`).
@@ -54,6 +62,15 @@ from vmcp_opt.server.sessions import SERVER_BUSY, json_rpc_error, may_open_sessi
 
 logger = logging.getLogger(__name__)
 
+# The scope key under which a request finds the drain (`drain_of`).
+SCOPE_KEY = "vmcp.drain"
+
+
+def drain_of(scope: Scope | None) -> Drain | None:
+    """The drain a request came through (HTTP), so that its call can hold it past its POST (`Drain.working`)."""
+    drain = scope.get(SCOPE_KEY) if scope is not None else None
+    return drain if isinstance(drain, Drain) else None
+
 
 class Drain:
     """ASGI around the MCP endpoint: counts the POSTs in flight; once draining, refuses new sessions."""
@@ -63,6 +80,7 @@ class Drain:
         self.max_body_bytes = max_body_bytes
         self.draining = False
         self.in_flight = 0
+        self.working_calls = 0  # client requests and workflow step calls running (`working`), past their POST too
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -70,6 +88,7 @@ class Drain:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        scope[SCOPE_KEY] = self
         if scope["method"] != "POST":  # a session's GET stream, a DELETE: not calls
             await self._serve(scope, receive, send, None)
             return
@@ -106,8 +125,23 @@ class Drain:
             yield
         finally:
             self.in_flight -= 1
-            if self.in_flight == 0:
-                self._idle.set()
+            self._settle()
+
+    @contextlib.contextmanager
+    def working(self) -> Iterator[None]:
+        """A call running for a client while the context lasts, whether or not its POST is still open: `drained`
+        waits for it."""
+        self.working_calls += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self.working_calls -= 1
+            self._settle()
+
+    def _settle(self) -> None:
+        if self.in_flight == 0 and self.working_calls == 0:
+            self._idle.set()
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send, call: _Call | None) -> None:
         """The request through the endpoint; one uvicorn cuts off when it stops is ended here (`_cut_off`):
@@ -173,10 +207,11 @@ class Drain:
             await asyncio.wait_for(self._settled(rounds), within)
         except TimeoutError:
             logger.warning(
-                "drain: %d requests still running after %gs (server.drain_timeout), %d rounds waiting for their "
-                "client; stopping",
+                "drain: %d requests still running after %gs (server.drain_timeout), %d calls (workflow steps "
+                "included) still at work, %d rounds waiting for their client; stopping",
                 self.in_flight,
                 within,
+                self.working_calls,
                 _waiting(rounds),
             )
             return False
@@ -190,7 +225,7 @@ class Drain:
             await self._idle.wait()
             if rounds is not None and rounds.relay is not None:
                 await rounds.settled()
-            if self.in_flight == 0 and not _waiting(rounds):
+            if self.in_flight == 0 and self.working_calls == 0 and not _waiting(rounds):
                 return
 
 

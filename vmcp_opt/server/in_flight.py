@@ -9,6 +9,9 @@ credentials buy nothing) and in total; past either bound the request is answered
 naming the setting (`LimitReached`), never dropped. It also tags the request's connection with its caller and
 checks the bytes of answers the caller's client has left unread (`limits.held_answer_bytes`, server/held_answers.py),
 before the call, and once its answer is ready, when it also charges the answer's size (server/reserved_answers.py).
+Over HTTP each request also holds a stopping gateway's drain until its answer (server/drain.py `Drain.working`),
+and lends that hold to the workflow steps it starts (`DRAIN_HOLD`): neither its POST's end (the client left)
+nor a 2026-07-28 run going on in the background between rounds lets the stop cut their backend calls.
 
 stdio has one caller, which wrote 50,000 calls without reading an answer: the SDK started a task for each as
 it read them (the gateway's RSS past 700 MB in 30 s, 1,700 calls at the backend at once). There a request past
@@ -27,6 +30,8 @@ are unanswered; the pings do not count against the calls' `per_caller`.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import anyio
@@ -36,8 +41,10 @@ from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from vmcp_opt.config.limits import RequestsInFlightConfig
 from vmcp_opt.routing.budget import Budget
 from vmcp_opt.server.admission import Admission
+from vmcp_opt.server.drain import drain_of
 from vmcp_opt.server.held_answers import HeldAnswers, answer_hold
 from vmcp_opt.server.reserved_answers import answer_size, session_charges
+from vmcp_opt.workflows.rounds import DRAIN_HOLD
 
 SETTING = "limits.requests_in_flight"
 PER_CALLER = f"{SETTING}.per_caller"
@@ -89,7 +96,8 @@ class RequestsInFlight:
         self._held.check(key)
         self._budget.acquire(key)
         try:
-            result = await call_next(ctx)
+            with _holding_drain(scope):
+                result = await call_next(ctx)
         finally:
             self._budget.release(key)
         # Answers that came back while the client read none: refused here, dropped, rather than held too; the error
@@ -114,6 +122,21 @@ class RequestsInFlight:
             return await call_next(ctx)
         finally:
             streams.release(key)
+
+
+@contextlib.contextmanager
+def _holding_drain(scope: Any) -> Iterator[None]:
+    """The drain held while the request runs, and lent to the workflow steps it starts (their runs may outlive it)."""
+    drain = drain_of(scope if isinstance(scope, dict) else None)
+    if drain is None:  # stdio: its own wait (`InFlight.drained`)
+        yield
+        return
+    lent = DRAIN_HOLD.set(drain.working)
+    try:
+        with drain.working():
+            yield
+    finally:
+        DRAIN_HOLD.reset(lent)
 
 
 class InFlight:

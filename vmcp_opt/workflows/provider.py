@@ -46,7 +46,7 @@ from vmcp_opt.workflows.executor import (
     WorkflowRun,
 )
 from vmcp_opt.workflows.renders import SHARED, RenderSlots
-from vmcp_opt.workflows.rounds import PendingRun, WorkflowRounds
+from vmcp_opt.workflows.rounds import PendingRun, WorkflowRounds, drain_hold
 from vmcp_opt.workflows.step_events import run_watch
 from vmcp_opt.workflows.step_results import MAX_JSON_VALUES, StepError, output_text
 from vmcp_opt.workflows.validation import derived_annotations
@@ -184,7 +184,8 @@ class WorkflowTools:
 
         async def step_call(tool: str, step_arguments: dict[str, Any]) -> types.CallToolResult:
             try:
-                return await router.call_tool(caller, tool, step_arguments, steps)
+                with drain_hold():
+                    return await router.call_tool(caller, tool, step_arguments, steps)
             except InputRequired as asked:  # a question no step can relay: whatever waits on it goes
                 self.rounds.abandon(asked)
                 return error_result(f"'{tool}' asked the client for input, which a workflow step cannot relay")

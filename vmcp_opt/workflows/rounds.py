@@ -10,6 +10,11 @@ does not come back within `timeouts.input` is cancelled, and so is one whose cli
 Its round names the replica holding it; a retry landing on another replica is relayed there
 (vmcp_opt/routing/round_trips/owners.py), so the run goes on where it lives.
 
+A stopping gateway's drain waits for the backend calls such a run makes between rounds, when no request of its
+client is open: each step call holds `DRAIN_HOLD` (`drain_hold`), which the HTTP server sets for every client
+request (server/in_flight.py) and the run's task inherits from the request that started it. The drain does not
+wait for a run that only waits for its client's answer.
+
 The questions are held as for the backend calls of `routing/round_trips/pending.py` (both are
 `HeldQuestions`), but the gateway asks them itself: there is no backend session to hold, and the answer
 goes to a step, not to a backend.
@@ -17,8 +22,11 @@ goes to a step, not to a backend.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager
+from contextvars import ContextVar
 from typing import Any
 
 import anyio
@@ -34,6 +42,16 @@ from vmcp_opt.routing.round_trips.held import HeldQuestions
 from vmcp_opt.routing.round_trips.state import decode_round
 
 logger = logging.getLogger(__name__)
+
+# How a step call holds a stopping gateway's drain (server/drain.py `Drain.working`): set per client request by
+# server/in_flight.py; unset over stdio and in `vmcp workflow run`, which have no drain.
+DRAIN_HOLD: ContextVar[Callable[[], AbstractContextManager[None]] | None] = ContextVar("drain_hold", default=None)
+
+
+def drain_hold() -> AbstractContextManager[None]:
+    """Held around a step's backend call: a run in the background between rounds has no request that holds it."""
+    hold = DRAIN_HOLD.get()
+    return hold() if hold is not None else contextlib.nullcontext()
 
 
 class PendingRun(HeldQuestions):
