@@ -30,6 +30,18 @@ _INTENT_BOUNDARY = re.compile(
     re.IGNORECASE,
 )
 _WHITESPACE_RUN = re.compile(r"\s+")
+# A full stop that ends an abbreviation ends no sentence: "with Dr. Smith for tomorrow" was cut into "with Dr"
+# and "Smith for tomorrow", the second ranked as a need of its own. Titles and "e.g." are always followed by
+# more of their sentence; "Inc.", "etc.", "a.m." often end one ("for Apple Inc. Finally, ..."), so they hold
+# only before a word that starts lower case or a non-letter; "No." only before a number. Each alternative is a
+# literal and a one-character look-ahead (on text whose whitespace runs are short): no backtracking.
+_ABBREVIATION = re.compile(
+    r"\b(?:(?i:dr|mrs?|ms|prof|st|mt|vs|cf|approx|fig|e\.g|i\.e)\.(?=\s)"
+    r"|(?i:inc|ltd|co|corp|jr|sr|etc|a\.m|p\.m|u\.s|u\.k)\.(?=\s[^\sA-Z])"
+    r"|(?i:no)\.(?=\s\d))"
+)
+# Stands in for an abbreviation's dots while the request is split (a private-use character: never typed).
+_HELD_DOT = "\ue000"
 _IDENTIFIER = re.compile(r"\b\w*(?:[a-z][A-Z]|_|-)\w*(?:-\w+)*\b")
 
 
@@ -39,11 +51,17 @@ def split_intents(query: str, *, min_words: int = 2, max_intents: int = 4) -> li
     >>> split_intents("find the weather in Paris, then email it to Bob")
     ['find the weather in Paris', 'email it to Bob']
     """
-    parts = [part.strip(" ,.") for part in _INTENT_BOUNDARY.split(_WHITESPACE_RUN.sub(_one_space, query))]
+    text = _ABBREVIATION.sub(_hold_dots, _WHITESPACE_RUN.sub(_one_space, query))
+    parts = [part.strip(" ,.").replace(_HELD_DOT, ".") for part in _INTENT_BOUNDARY.split(text)]
     parts = [part for part in parts if len(part.split()) >= min_words]
     if len(parts) < 2:
         return [query.strip()]
     return parts[:max_intents]
+
+
+def _hold_dots(abbreviation: re.Match[str]) -> str:
+    """An abbreviation whose dots the sentence split cannot see."""
+    return abbreviation.group().replace(".", _HELD_DOT)
 
 
 def _one_space(run: re.Match[str]) -> str:
