@@ -165,10 +165,19 @@ def test_one_anonymous_clients_pending_rounds_share_the_callers_bound(tmp_path: 
         async with _client(url, None) as first, _client(url, None) as second:
             waiting = await first.session.call_tool("test_sampling", {"prompt": "q"}, allow_input_required=True)
             assert isinstance(waiting, types.InputRequiredResult)
-            with pytest.raises(MCPError) as refused:
-                await second.session.call_tool("test_sampling", {"prompt": "q"}, allow_input_required=True)
-            return refused.value.error.message
+            # The address's one round is the first client's: the second's call ends it to make room.
+            again = await second.session.call_tool("test_sampling", {"prompt": "q"}, allow_input_required=True)
+            assert isinstance(again, types.InputRequiredResult)
+            with pytest.raises(MCPError) as expired:
+                await first.session.call_tool(
+                    "test_sampling",
+                    {"prompt": "q"},
+                    input_responses=_answers(waiting),
+                    request_state=waiting.request_state,
+                    allow_input_required=True,
+                )
+            return expired.value.error.message
 
     with running_gateway(write_config(tmp_path, config)) as gateway:
         message = anyio.run(main, gateway.url)
-    assert "limits.max_pending_calls_per_caller" in message, message
+    assert "expired" in message and "limits.max_pending_calls_per_caller" in message, message

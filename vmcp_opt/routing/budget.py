@@ -49,6 +49,10 @@ class Budget:
     def __len__(self) -> int:
         return self._count
 
+    def held(self, caller: str) -> int:
+        """The slots `caller` holds: a registry at the cap may end one of its own rounds first (round_trips/)."""
+        return self._held.get(caller, 0)
+
     def acquire(self, caller: str) -> None:
         """Take a slot for `caller`, or raise `LimitReached` naming the bound it would pass."""
         held = self._held.get(caller, 0)

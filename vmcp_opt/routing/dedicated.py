@@ -77,6 +77,9 @@ START_RATE_CALLERS = 10_000
 # The smallest burst of starts, whatever the at-once cap: with a cap of 1 or 2, a client that reconnects, or a
 # session reaped when idle and reopened, would otherwise wait seconds for a start it is not churning.
 START_BURST_FLOOR = 8
+# Seconds a cancelled call waits for its questions' cancellations to be written to the client (the SDK bounds
+# each write by its own, shorter, deadline).
+WITHDRAW_WAIT = 5.0
 
 
 class StartRate:
@@ -115,10 +118,20 @@ class Refusal:
 
 
 @dataclass(eq=False)
+class OpenAsk:
+    """A backend's question relayed on a call's stream, which the call's end may have to withdraw."""
+
+    backend: str
+    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    done: anyio.Event = field(default_factory=anyio.Event)
+
+
+@dataclass(eq=False)
 class InFlight:
     session: ServerSession | None
     request_id: types.RequestId | None
     clock: CallClock = field(default_factory=CallClock)
+    asks: list[OpenAsk] = field(default_factory=list)  # the questions relayed on this call's stream
 
 
 @dataclass(eq=False)
@@ -262,10 +275,29 @@ class CallerBackends:
                 return await session.request(
                     request, result_type, progress_callback=progress, timed=False, headers=headers
                 )
+        except anyio.get_cancelled_exc_class():
+            with anyio.CancelScope(shield=True):
+                await self._withdraw_asks(call, session.name)
+            raise
         finally:
             self.in_flight.remove(call)
             self.in_use[session.name] -= 1
             self.last_used[session.name] = anyio.current_time()
+
+    async def _withdraw_asks(self, call: InFlight, backend: str) -> None:
+        """A cancelled call's questions to the client, cancelled while its stream is open. Over HTTP the
+        stream closes with the call's -32800 answer, and the backend's own cancel of its question comes after
+        it: the SDK's notifications/cancelled went to the closed stream, the client's dialog stayed open and a
+        late answer was taken. Only when the call is the caller's one call on that backend's session: a
+        backend's question does not say which call it is for, and another call may be the one asking."""
+        if self.in_use[backend] != 1:
+            return
+        asks = [ask for ask in call.asks if ask.backend == backend]
+        for ask in asks:
+            ask.scope.cancel()
+        with anyio.move_on_after(WITHDRAW_WAIT):
+            for ask in asks:
+                await ask.done.wait()
 
     # --- what the backend sends ------------------------------------------------------------------
 
@@ -274,35 +306,42 @@ class CallerBackends:
             return SessionCallbacks(capabilities=types.ClientCapabilities())
         return SessionCallbacks.mirroring(
             self.caller.capabilities or types.ClientCapabilities(),
-            sampling=self._sampling,
-            elicitation=self._elicitation,
-            list_roots=self._list_roots,
+            sampling=lambda context, params: self._sampling(backend, context, params),
+            elicitation=lambda context, params: self._elicitation(backend, context, params),
+            list_roots=lambda context: self._list_roots(backend, context),
             logging=self._log,
             notification=lambda message: self._notification(backend, message),
         )
 
-    def _target(self, *, question: bool = False) -> tuple[ServerSession | None, ServerMessageMetadata | None]:
+    def _target(
+        self, *, question: bool = False
+    ) -> tuple[ServerSession | None, ServerMessageMetadata | None, InFlight | None]:
         """The call that caused a backend's message: the one in flight, else the standalone stream. A `question`
         asked while several calls are in flight goes on the latest one's stream: the client reads that one, where
         it may have opened no standalone stream, or opened it on another replica (`sessions.store: redis`), and a
         question nobody reads held its call (and the others) for `timeouts.input`."""
         if len(self.in_flight) == 1 or (question and self.in_flight):
             call = self.in_flight[-1]
-            return call.session, ServerMessageMetadata(related_request_id=call.request_id)
+            return call.session, ServerMessageMetadata(related_request_id=call.request_id), call
         if self.in_flight:
-            return self.in_flight[-1].session, None
-        return self.last_session, None
+            return self.in_flight[-1].session, None, None
+        return self.last_session, None, None
 
-    async def _ask(self, request: types.ServerRequest, result_type: type[ResultT]) -> ResultT | types.ErrorData:
-        session, metadata = self._target(question=True)
+    async def _ask(
+        self, backend: str, request: types.ServerRequest, result_type: type[ResultT]
+    ) -> ResultT | types.ErrorData:
+        session, metadata, target = self._target(question=True)
         if session is None:
             return types.ErrorData(code=types.INTERNAL_ERROR, message="the client is not connected")
+        ask = OpenAsk(backend)
+        if target is not None:
+            target.asks.append(ask)
         # While the client answers, the calls in flight are not the backend's time.
         with contextlib.ExitStack() as waits:
             for call in list(self.in_flight):
                 waits.enter_context(call.clock.paused())
             try:
-                with anyio.fail_after(self.input_timeout):
+                with ask.scope, anyio.fail_after(self.input_timeout):
                     return await session.send_request(request, result_type, metadata=metadata)
             except MCPError as exc:
                 return exc.error
@@ -310,25 +349,31 @@ class CallerBackends:
                 return types.ErrorData(
                     code=types.REQUEST_TIMEOUT, message=f"the client did not answer within {self.input_timeout:g}s"
                 )
+            finally:
+                ask.done.set()
+                if target is not None:
+                    target.asks.remove(ask)
+        # Withdrawn (`_withdraw_asks`): the SDK told the client; the backend's call is being cancelled too.
+        return types.ErrorData(code=types.REQUEST_TIMEOUT, message="the client's call was cancelled")
 
     async def _sampling(
-        self, context: ClientRequestContext, params: types.CreateMessageRequestParams
+        self, backend: str, context: ClientRequestContext, params: types.CreateMessageRequestParams
     ) -> types.CreateMessageResult | types.CreateMessageResultWithTools | types.ErrorData:
         request = types.CreateMessageRequest(params=params)
         if params.tools:
-            return await self._ask(request, types.CreateMessageResultWithTools)
-        return await self._ask(request, types.CreateMessageResult)
+            return await self._ask(backend, request, types.CreateMessageResultWithTools)
+        return await self._ask(backend, request, types.CreateMessageResult)
 
     async def _elicitation(
-        self, context: ClientRequestContext, params: types.ElicitRequestParams
+        self, backend: str, context: ClientRequestContext, params: types.ElicitRequestParams
     ) -> types.ElicitResult | types.ErrorData:
-        return await self._ask(types.ElicitRequest(params=params), types.ElicitResult)
+        return await self._ask(backend, types.ElicitRequest(params=params), types.ElicitResult)
 
-    async def _list_roots(self, context: ClientRequestContext) -> types.ListRootsResult | types.ErrorData:
-        return await self._ask(types.ListRootsRequest(), types.ListRootsResult)
+    async def _list_roots(self, backend: str, context: ClientRequestContext) -> types.ListRootsResult | types.ErrorData:
+        return await self._ask(backend, types.ListRootsRequest(), types.ListRootsResult)
 
     async def _log(self, params: types.LoggingMessageNotificationParams) -> None:
-        session, metadata = self._target()
+        session, metadata, _ = self._target()
         if session is None:
             return
         related = metadata.related_request_id if metadata is not None else None

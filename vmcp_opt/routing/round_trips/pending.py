@@ -16,7 +16,11 @@ wait for the answer. The gateway bridges the two:
   the next question.
 
 A pending call whose client does not come back within `timeouts.input` is cancelled at the backend and
-dropped. Why not one session per client, as for 2025-11-25 clients: nothing in a 2026-07-28 request
+dropped. A caller starting a call past `limits.max_pending_calls_per_caller` ends its own oldest waiting call
+instead of being refused: a client cannot say it gave up on a round (the user closed the dialog), so a refusal
+locked its asking tools for `timeouts.input` after a few such rounds. The ended call's retry is told it expired.
+Past `server.max_pending_calls` a new call is still refused: ending another caller's round would let one
+client erase everyone's. Why not one session per client, as for 2025-11-25 clients: nothing in a 2026-07-28 request
 says which client sent it, and a session reused across clients would carry one client's roots and
 answers into another's calls.
 """
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections import OrderedDict
 from typing import Any, TypeVar
 
 import anyio
@@ -48,6 +53,13 @@ from vmcp_opt.routing.round_trips.state import PendingRound
 logger = logging.getLogger(__name__)
 
 ResultT = TypeVar("ResultT", bound=BaseModel)
+
+# Ids of calls ended to make room that are remembered, so their retries hear why (a bounded memory: an older one
+# gets the plain "no pending call" answer).
+EVICTED_REMEMBERED = 1024
+# Seconds a new call waits for the call it ended to close its backend session (a stdio backend's stop is bounded
+# well within it): the caller's processes stay at its cap instead of growing while old ones stop.
+EVICTION_WAIT = 15.0
 
 
 class PendingCall(HeldQuestions):
@@ -74,6 +86,8 @@ class PendingCall(HeldQuestions):
         self.driver: ServerSession | None = None
         self.driving = False
         self.progress: ProgressFnT | None = None
+        self.idle_since = anyio.current_time()  # when a request last stopped waiting on it
+        self.ended = anyio.Event()
 
     def round(self) -> PendingRound:
         return PendingRound(self.id, self.trips.owners.replica)
@@ -97,6 +111,7 @@ class PendingCall(HeldQuestions):
                 )
         finally:
             self.trips.discard(self)
+            self.ended.set()
 
     async def _call(self, request: types.Request[Any, Any], result_type: type[BaseModel]) -> None:
         try:
@@ -153,6 +168,7 @@ class PendingCall(HeldQuestions):
             return await self.next_round()
         finally:
             self.driver, self.progress, self.driving = None, None, False
+            self.idle_since = anyio.current_time()
 
 
 class RoundTrips:
@@ -180,6 +196,7 @@ class RoundTrips:
             caller_setting="limits.max_pending_calls_per_caller",
         )
         self._calls: dict[str, PendingCall] = {}
+        self._evicted: OrderedDict[str, None] = OrderedDict()
         self._task_group: anyio.abc.TaskGroup | None = None
         # Replicas (sessions.store: redis): the rounds handed out name this replica, and a retry naming
         # another is relayed to it (owners.py).
@@ -222,6 +239,7 @@ class RoundTrips:
         """Run `request` as a pending call; its result, or `InputRequired` with the backend's questions."""
         if self._task_group is None:
             raise MCPError(types.INTERNAL_ERROR, "the gateway is not started")
+        await self._make_room(caller)
         self.budget.acquire(caller)
         call = PendingCall(self, caller, backend, capabilities, guard)
         self._calls[call.id] = call
@@ -238,6 +256,13 @@ class RoundTrips:
     ) -> ResultT:
         """A retry: hand over the client's answers and wait for the result or the next questions."""
         call = self._calls.get(round_.call)
+        if call is None and round_.call in self._evicted:
+            raise MCPError(
+                types.INVALID_PARAMS,
+                "requestState names a call that expired: it was ended to make room for a newer call of the same "
+                f"caller (limits.max_pending_calls_per_caller, {self.budget.per_caller}); call again without "
+                "requestState",
+            )
         if call is None:
             raise MCPError(
                 types.INVALID_PARAMS,
@@ -249,6 +274,29 @@ class RoundTrips:
         if call.outcome is None:  # a call that ended meanwhile (its backend gave up) has nothing to answer
             call.answer(responses)
         return _expect(await call.drive(session, progress), result_type)
+
+    async def _make_room(self, caller: str) -> None:
+        """At `caller`'s cap, end its call that has waited longest for a retry (none waits while a request drives
+        it), and wait, bounded, for its backend session to close."""
+        if self.budget.held(caller) < self.budget.per_caller:
+            return
+        waiting = [call for call in self._calls.values() if call.caller == caller and not call.driving]
+        if not waiting:
+            return  # every slot is a call in progress: `acquire` refuses
+        oldest = min(waiting, key=lambda call: call.idle_since)
+        logger.info(
+            "backend %s: a 2026-07-28 caller's oldest call waiting for input ended to make room for its new call "
+            "(limits.max_pending_calls_per_caller, %d)",
+            oldest.backend.name,
+            self.budget.per_caller,
+        )
+        oldest.lifetime.cancel()  # its backend request is cancelled (notifications/cancelled), its session closed
+        self.discard(oldest)
+        self._evicted[oldest.id] = None
+        while len(self._evicted) > EVICTED_REMEMBERED:
+            self._evicted.popitem(last=False)
+        with anyio.move_on_after(EVICTION_WAIT):
+            await oldest.ended.wait()
 
     async def _continue_relayed(self, round_: PendingRound, responses: types.InputResponses | None) -> BaseModel:
         """A retry relayed by another replica (no front session here)."""
