@@ -17,21 +17,16 @@ import json
 import os
 from typing import TYPE_CHECKING, Annotated, Any
 
-import anyio
 import typer
-from rich.table import Table
 
-from vmcp_opt.auth import Caller
-from vmcp_opt.auth.api_keys import ApiKeyFileError, new_key, parse_entries
-from vmcp_opt.auth.authenticators import AuthSetupError, build_authenticator, check_scopes, required_scopes
-from vmcp_opt.auth.errors import AuthError
-from vmcp_opt.auth.identity import Identity, local_user
-from vmcp_opt.config import VmcpConfig
 from vmcp_opt.console import OutputConsole, PlainFlagsGroup, literal
-from vmcp_opt.routing.policy import AllowAll, Policy, PolicyLoadError, Target
 
+# What each command needs is imported when it runs: `vmcp auth --help` (and `vmcp validate`, which asks
+# `auth_problems`) need not load the router and the MCP SDK it brings (half a second).
 if TYPE_CHECKING:
-    pass
+    from vmcp_opt.auth.identity import Identity
+    from vmcp_opt.config import VmcpConfig
+    from vmcp_opt.routing.policy import Policy
 
 
 auth_app = typer.Typer(
@@ -65,6 +60,8 @@ def new_key_command(
     """A new API key: the key is printed once; the gateway stores only the entry's hash.
 
     Several names may also be given in one value, separated by commas or spaces (`--group dev,ops`)."""
+    from vmcp_opt.auth.api_keys import ApiKeyFileError, new_key, parse_entries
+
     if not subject.strip():  # the gateway refuses such an entry at start (`keys[i].subject`)
         err.print("--subject: give who the key belongs to (e.g. --subject alice); it cannot be empty", highlight=False)
         raise typer.Exit(2)
@@ -114,6 +111,13 @@ def check(
     local: bool,
 ) -> None:
     """Body of `vmcp auth check` (registered by cli.py, which owns config loading)."""
+    import anyio
+    from rich.table import Table
+
+    from vmcp_opt.auth import Caller
+    from vmcp_opt.auth.identity import local_user
+    from vmcp_opt.routing.policy import Target
+
     config: VmcpConfig = load()
     if local:
         identity: Identity | None = local_user()
@@ -153,6 +157,11 @@ def check(
 
 
 def _authenticate(config: VmcpConfig, credential: str) -> Identity:
+    import anyio
+
+    from vmcp_opt.auth.authenticators import AuthSetupError, build_authenticator, check_scopes, required_scopes
+    from vmcp_opt.auth.errors import AuthError
+
     try:
         authenticator = build_authenticator(config)
     except AuthSetupError as exc:
@@ -181,6 +190,7 @@ def _authenticate(config: VmcpConfig, credential: str) -> Identity:
 
 def _policy(config: VmcpConfig) -> Policy:
     from vmcp_opt.gateway import load_policy
+    from vmcp_opt.routing.policy import AllowAll, PolicyLoadError
 
     try:
         return load_policy(config) or AllowAll()
@@ -191,13 +201,18 @@ def _policy(config: VmcpConfig) -> Policy:
 
 def auth_problems(config: VmcpConfig) -> list[str]:
     """What would stop the start in `auth`: an unreadable keys file, a policy that does not load (`vmcp validate`)."""
-    from vmcp_opt.gateway import load_policy
+    from vmcp_opt.auth.authenticators import AuthSetupError, build_authenticator
 
     problems = []
     try:
         build_authenticator(config)
     except AuthSetupError as exc:
         problems.append(str(exc))
+    if config.auth.authorization.policies is None:
+        return problems  # no policy to load (load_policy's None): the gateway's module, the whole server, unloaded
+    from vmcp_opt.gateway import load_policy
+    from vmcp_opt.routing.policy import PolicyLoadError
+
     try:
         load_policy(config)
     except PolicyLoadError as exc:

@@ -12,9 +12,9 @@ from types import FrameType
 
 
 def _interrupted_while_loading(signum: int, frame: FrameType | None) -> None:
-    """Ctrl-C in the second this module's imports take (pydantic, the MCP SDK): the exit code of an interrupt,
-    not Python's traceback from deep inside some library's import. Click's own handling takes over once a
-    command runs (`_restore_interrupt`)."""
+    """Ctrl-C in the moment this module's imports take (typer, rich): the exit code of an interrupt, not Python's
+    traceback from deep inside some library's import. Typer's own handling (exit 130 too) takes over once a
+    command runs (`_restore_interrupt`), the imports a command makes for itself included."""
     raise SystemExit(130)
 
 
@@ -33,33 +33,46 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
-import anyio
 import typer
 import typer.main
-from rich.measure import Measurement
-from rich.table import Table
-from rich.text import Text
 from typer.core import TyperGroup
 
 from vmcp_opt import __version__, logs
-from vmcp_opt.cli_config import command_overrides, exit_invalid, json_logs_requested, load_or_exit
-from vmcp_opt.cli_serve import announce, exit_if_no_stdio, exit_if_port_taken
-from vmcp_opt.config import DEFAULT_CONFIG_PATH, VmcpConfig
 from vmcp_opt.console import UNWRAPPED_WIDTH, OutputConsole, PlainFlagsGroup, literal
 
 if TYPE_CHECKING:
-    from typer._click import Command, Context
+    from rich.table import Table
+    from rich.text import Text
+    from typer._click import Command, Context, HelpFormatter
+
+    from vmcp_opt.config import VmcpConfig
+
+# The bundled demo's file name (config.DEFAULT_CONFIG_PATH's, a test checks), spelled here so that the help of
+# `--config` does not load the config models (pydantic, jsonschema, the MCP SDK's types) for `vmcp --version`.
+DEFAULT_CONFIG_NAME = "demo.yaml"
 
 
 class LazyGroup(PlainFlagsGroup):
-    """`vmcp` itself: the sub-apps of `LAZY` are imported when a command line names them (or `--help` lists
-    them), so `vmcp serve` does not load `vmcp eval`'s harness (1.7 MiB of the demo gateway's memory)."""
+    """`vmcp` itself: the sub-apps of `LAZY` are imported when a command line names them, so `vmcp serve` does
+    not load `vmcp eval`'s harness (1.7 MiB of the demo gateway's memory) and `vmcp --help` lists them from
+    `LAZY_HELP` without loading any."""
+
+    _listing = False  # True while `--help` lists the commands
+
+    def format_help(self, ctx: Context, formatter: HelpFormatter) -> None:
+        self._listing = True
+        try:
+            super().format_help(ctx, formatter)
+        finally:
+            self._listing = False
 
     def list_commands(self, ctx: Context) -> list[str]:
-        return [*super().list_commands(ctx), *(name for name in LAZY if name not in self.commands)]
+        return [*(name for name in super().list_commands(ctx) if name not in LAZY), *LAZY]
 
     def get_command(self, ctx: Context, cmd_name: str) -> Command | None:
         if cmd_name not in self.commands and cmd_name in LAZY:
+            if self._listing:  # a name and a line of help, all the listing reads
+                return TyperGroup(name=cmd_name, help=LAZY_HELP[cmd_name])
             command = LAZY[cmd_name]()
             if command is None:
                 return None  # its dependencies are not installed
@@ -87,7 +100,7 @@ out = OutputConsole()
 ConfigOption = Annotated[
     Path | None,
     typer.Option(
-        "--config", "-c", help=f"Config file (YAML or JSON). Default: the bundled demo ({DEFAULT_CONFIG_PATH.name})."
+        "--config", "-c", help=f"Config file (YAML or JSON). Default: the bundled demo ({DEFAULT_CONFIG_NAME})."
     ),
 ]
 
@@ -149,6 +162,8 @@ def serve(
     ] = None,
 ) -> None:
     """Start the gateway."""
+    from vmcp_opt.cli_config import command_overrides, json_logs_requested, load_or_exit
+    from vmcp_opt.cli_serve import announce, exit_if_no_stdio, exit_if_port_taken
     from vmcp_opt.server.malloc import cap_malloc_arenas
 
     cap_malloc_arenas()  # before any thread starts: the demo's RSS steady at ~250 MiB (server/malloc.py)
@@ -183,6 +198,7 @@ def validate(
     ] = False,
 ) -> None:
     """Check a config file; print every bad field by its path and exit non-zero."""
+    from vmcp_opt.cli_config import exit_invalid, load_or_exit
     from vmcp_opt.cli_validate import (
         check_connections,
         empty_reference_warnings,
@@ -232,6 +248,10 @@ def backends(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Connect to each backend and print its state and tool/resource/prompt counts."""
+    import anyio
+
+    from vmcp_opt.cli_config import load_or_exit
+
     cfg = load_or_exit(config)
     setup_logging("warning")
     from vmcp_opt.probe import probe_backends
@@ -257,6 +277,8 @@ _HEALTH_COLOURS = {
 def _print_backends(summaries: list[dict[str, Any]]) -> None:
     """The table; in a terminal too narrow for it (80 columns with an error column), one block per backend
     instead: squeezed into the window the table cut every name, state and error to a few characters."""
+    from rich.measure import Measurement
+
     table = _backends_table(summaries)
     natural = Measurement.get(out, out.options.update_width(UNWRAPPED_WIDTH), table).maximum
     if natural <= out.width:
@@ -267,6 +289,8 @@ def _print_backends(summaries: list[dict[str, Any]]) -> None:
 
 
 def _backends_table(summaries: list[dict[str, Any]]) -> Table:
+    from rich.table import Table
+
     table = Table(title="backends")
     columns = ("name", "transport", "state", "health", "ping", "protocol", "tools", "resources", "templates")
     for column in (*columns, "prompts", "error"):
@@ -291,6 +315,8 @@ def _backends_table(summaries: list[dict[str, Any]]) -> Table:
 
 def _backend_block(s: dict[str, Any]) -> Text:
     """One backend as a few soft-wrapped lines: name, state and health first, then the counts, then the error."""
+    from rich.text import Text
+
     health = s["health"]
     block = Text.assemble(
         (s["name"], "bold"),
@@ -376,6 +402,7 @@ def models_export(
     """Export the optimizer's model to ONNX (torch runs in a child process) into optimizer.model_cache (data_dir's
     models when that cannot be written), once: an export already cached for the model's content is kept when its
     graphs load (one that does not is exported again). `vmcp serve` does this itself when needed."""
+    from vmcp_opt.cli_config import load_or_exit
     from vmcp_opt.optimizer.model_registry import ModelError
     from vmcp_opt.optimizer.onnx_export import export_for
 
@@ -409,16 +436,16 @@ def _meta_tool_tokens(config: VmcpConfig) -> int:
     return meta_tool_tokens(config)
 
 
-def _mount_workflows() -> None:
+def _workflow_command() -> Command:
     from vmcp_opt.workflows.cli import workflow_app
 
-    app.add_typer(workflow_app, name="workflow", help="List the configured workflows, or run one and see each step.")
+    return _sub_app(workflow_app, "workflow", LAZY_HELP["workflow"])
 
 
-_mount_workflows()
-
-
-def _mount_auth() -> None:
+@functools.cache
+def _auth_app_with_check() -> typer.Typer:
+    """`vmcp auth` with its `check` command, which loads the config as the other commands do; once, however
+    many times `app` runs in this process (each run mounts its sub-apps anew)."""
     from vmcp_opt.auth_cli import auth_app, check
 
     @auth_app.command("check")
@@ -436,14 +463,17 @@ def _mount_auth() -> None:
         ] = None,
     ) -> None:
         """Who a token or API key is, and which tools it may list and call (connects to the backends once)."""
+        from vmcp_opt.cli_config import command_overrides, load_or_exit
+
         setup_logging("warning")
         overrides = command_overrides(server__host=host, server__port=port)
         check(lambda: load_or_exit(config, overrides), credential_env, local_user)
 
-    app.add_typer(auth_app, name="auth", help="API keys, and who a credential is and what it may do.")
+    return auth_app
 
 
-_mount_auth()
+def _auth_command() -> Command:
+    return _sub_app(_auth_app_with_check(), "auth", LAZY_HELP["auth"])
 
 
 def _index_command() -> Command | None:
@@ -453,7 +483,7 @@ def _index_command() -> Command | None:
         return None
     hooks.collect_listing = _collect_listing
     hooks.meta_tool_tokens = _meta_tool_tokens
-    return _sub_app(index_app, "index", "Build, inspect and query the optimizer's tool index.")
+    return _sub_app(index_app, "index", LAZY_HELP["index"])
 
 
 def _eval_command() -> Command | None:
@@ -461,7 +491,7 @@ def _eval_command() -> Command | None:
         from eval.cli import eval_app
     except ImportError:
         return None
-    return _sub_app(eval_app, "eval", "Retrieval benchmarks: the optimizer against its rivals.")
+    return _sub_app(eval_app, "eval", LAZY_HELP["eval"])
 
 
 def _sub_app(sub_app: typer.Typer, name: str, help_text: str) -> Command:
@@ -473,8 +503,20 @@ def _sub_app(sub_app: typer.Typer, name: str, help_text: str) -> Command:
     return group.commands[name]
 
 
-# Sub-apps whose dependencies load lazily (`vmcp index`, `vmcp eval`), in the order `--help` lists them.
-LAZY: dict[str, Callable[[], Command | None]] = {"index": _index_command, "eval": _eval_command}
+# Sub-apps loaded when a command line names them, in the order `--help` lists them (after the commands above).
+LAZY: dict[str, Callable[[], Command | None]] = {
+    "workflow": _workflow_command,
+    "auth": _auth_command,
+    "index": _index_command,
+    "eval": _eval_command,
+}
+# What `vmcp --help` says of each, without loading it.
+LAZY_HELP = {
+    "workflow": "List the configured workflows, or run one and see each step.",
+    "auth": "API keys, and who a credential is and what it may do.",
+    "index": "Build, inspect and query the optimizer's tool index.",
+    "eval": "Retrieval benchmarks: the optimizer against its rivals.",
+}
 
 
 def _restore_interrupt() -> None:

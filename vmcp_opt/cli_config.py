@@ -12,7 +12,7 @@ from typing import Any, NoReturn
 import typer
 
 from vmcp_opt import logs
-from vmcp_opt.config import DEFAULT_CONFIG_PATH, ConfigError, VmcpConfig, load_config
+from vmcp_opt.config import DEFAULT_CONFIG_PATH, BackendConfig, ConfigError, VmcpConfig, load_config
 from vmcp_opt.config.suggestions import closest
 from vmcp_opt.console import OutputConsole
 
@@ -23,7 +23,6 @@ logger = logging.getLogger("vmcp_opt.cli")
 def load_or_exit(path: Path | None, overrides: dict[str, Any] | None = None, json_logs: bool = False) -> VmcpConfig:
     """Load the config; on a bad one, print every problem as `field.path: reason` and exit 2 (as one JSON log
     record with `json_logs`)."""
-    from vmcp_opt.backends.discovery import read_client_config
     from vmcp_opt.optimizer.model_registry import model_problem
 
     flags = {dotted: _FLAGS.get(dotted, "the command line") for dotted in _dotted_paths(overrides or {})}
@@ -33,13 +32,21 @@ def load_or_exit(path: Path | None, overrides: dict[str, Any] | None = None, jso
 
     try:
         config = load_config(
-            path, overrides, discover=read_client_config, check_model=model_problem, flags=flags, warn=warn
+            path, overrides, discover=_read_client_config, check_model=model_problem, flags=flags, warn=warn
         )
     except ConfigError as exc:
         exit_invalid(path, exc.problems + client_config_hint(path), json_logs)
     for finding in config_file_exposure(config.source):
         warn(finding)
     return config
+
+
+def _read_client_config(path: Path, served: Collection[str]) -> list[BackendConfig]:
+    """backends/discovery.py's reader, imported by a config in discovered mode only: importing the backends
+    package loads the MCP SDK (half a second of every command that loads a config)."""
+    from vmcp_opt.backends.discovery import read_client_config
+
+    return read_client_config(path, served)
 
 
 # What a writer of the config file could do, for the warning about who else can (auth/file_modes.py).
