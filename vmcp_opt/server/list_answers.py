@@ -11,10 +11,10 @@ once per slice of `SLICE` items. A pydantic call holds the GIL until it returns,
 event loop in between. The SDK still validates the request and gates it as always: the handler answers the
 chain an empty list of the same type, which the middleware replaces with the shaped one.
 
-A long answer is built once for every request that lists the same items (server/list_cache.py): shaped, and over
-HTTP its items encoded in the form the caller's transport writes (`SharedItems`), kept for the catalogue now. A
-request then encodes only its envelope, and its body is written a `CHUNK` at a time out of the shared items
-(`body_parts`, `PartsResponse`): N lists at once hold one answer, not N.
+A long answer is built once for every request that lists the same items (server/list_cache.py): shaped, and its
+items encoded in the form the caller's transport writes (`SharedItems`), kept for the catalogue now. A request then
+encodes only its envelope, and its body is written a `CHUNK` at a time out of the shared items (`body_parts`,
+`PartsResponse`; over stdio `session_form`'s line, server/stdio_pipes.py): N lists at once hold one answer, not N.
 """
 
 from __future__ import annotations
@@ -120,7 +120,8 @@ def refuse_cursor(params: types.PaginatedRequestParams | None) -> None:
 
 def shape_lists_off_loop(server: Server[Any], http: bool = True) -> ServerMiddleware[Any]:
     """A server middleware for `server`: a long list answer is shaped on a worker thread (see the module), once
-    for every request listing the same items; over `http` its items are encoded then too."""
+    for every request listing the same items, and its items encoded then too: as `http` writes them for the
+    request's protocol version, else as the stdio writer does (`session_form`, whatever the version)."""
     shaper = _Shaper(server)
     answers = ListAnswers()
 
@@ -138,7 +139,7 @@ def shape_lists_off_loop(server: Server[Any], http: bool = True) -> ServerMiddle
             return answered
         (result, generation), (attribute, key) = held[0], items
         version = ctx.protocol_version
-        form = (quick_form if version in MODERN_PROTOCOL_VERSIONS else session_form) if http else None
+        form = quick_form if http and version in MODERN_PROTOCOL_VERSIONS else session_form
         build = partial(shaper.build, ctx.method, version, result, attribute, key, form)
         built = await answers.get(
             ctx.method, version, getattr(result, attribute), generation, partial(_off_loop, build)
@@ -150,6 +151,12 @@ def shape_lists_off_loop(server: Server[Any], http: bool = True) -> ServerMiddle
 
 async def _off_loop(build: Callable[[], Built]) -> Built:
     return await anyio.to_thread.run_sync(build, limiter=_shaping())
+
+
+async def parts_off_loop(response: JSONRPCResponse, key: str, form: Form) -> list[bytes | memoryview]:
+    """`body_parts` on a worker thread, in turn with the shapers: one encoder call over a 50,000-tool list held
+    the GIL, and so the event loop, for 100-200 ms. A cancelled caller does not wait for it (a stop)."""
+    return await anyio.to_thread.run_sync(body_parts, response, key, form, limiter=_shaping(), abandon_on_cancel=True)
 
 
 class _Shaper:
@@ -179,8 +186,8 @@ class _Shaper:
         encoded = None if form is None else encoded_items(shaped, key, form)
         if encoded is not None and form is not None:
             shaped.bodies[form] = encoded
-        # The shaped items stay beside their JSON: every path but `body_parts` (an answer gone SSE, stdio, the
-        # answers' own accounting) reads them. So both are counted, about nine tenths of it the shaped items.
+        # The shaped items stay beside their JSON: every path but `body_parts` (an answer gone SSE, the answers'
+        # own accounting) reads them. So both are counted, about nine tenths of it the shaped items.
         held = shaped_bytes(shaped) + sum(map(sys.getsizeof, encoded or ())) + sys.getsizeof(envelope)
         return Built(envelope, held + key_bytes(len(shaped)))
 
@@ -193,6 +200,17 @@ def long_list(response: JSONRPCResponse) -> str | None:
         (key for _, key in LIST_ITEMS.values() if isinstance(listed := result.get(key), list) and len(listed) > SLICE),
         None,
     )
+
+
+def measured_as(result: dict[str, Any]) -> object:
+    """What a size walk (`backends/results.json_size`) should measure of an answer's `result`: a long list's items
+    as their shared JSON in `session_form` (a slice of items per part, measured in a step each) when it has it,
+    beside the rest of the result; else `result` itself. Walking 50,000 shaped tools held the event loop ~1 s."""
+    for _, key in LIST_ITEMS.values():
+        items = result.get(key)
+        if isinstance(items, SharedItems) and (encoded := items.bodies.get(session_form)) is not None:
+            return [encoded, {name: value for name, value in result.items() if name != key}]
+    return result
 
 
 def session_form(response: JSONRPCResponse) -> bytes:
@@ -306,7 +324,7 @@ def install_modern_writer() -> None:
             await original(msg, scope, receive, send)
             return
         if key := long_list(msg):
-            parts = await anyio.to_thread.run_sync(body_parts, msg, key, quick_form, limiter=_shaping())
+            parts = await parts_off_loop(msg, key, quick_form)
             await PartsResponse(parts, media_type="application/json")(scope, receive, send)
             return
         await Response(quick_form(msg), media_type="application/json")(scope, receive, send)

@@ -1,9 +1,9 @@
 """The gateway over stdio, so a desktop client can launch it as a subprocess.
 
-The SDK's `stdio_server` turns a line it cannot read into an exception on the read stream, which the
-server only logs at debug level: the client waits for an answer that never comes. `AnswerMalformed`
-answers such a line the way the HTTP endpoint does (`server/bad_input.py`): -32700 Parse error for text
-that is not JSON, -32600 Invalid Request for JSON that is not a JSON-RPC message.
+The SDK's stdio reader (server/stdio_pipes.py `client_transport` keeps it) turns a line it cannot read into an
+exception on the read stream, which the server only logs at debug level: the client waits for an answer that never
+comes. `AnswerMalformed` answers such a line the way the HTTP endpoint does (`server/bad_input.py`): -32700 Parse
+error for text that is not JSON, -32600 Invalid Request for JSON that is not a JSON-RPC message.
 
 A line longer than `server.max_body_bytes` (the cap on an HTTP body) is not held: `CheckedLines` reads the rest
 of it in small pieces and drops it, and the client gets -32600 naming the cap, under the request's id when the
@@ -30,7 +30,7 @@ client that pipes its requests in and closes stdin (`cat requests | vmcp serve -
 still being worked on. `AnswerMalformed` holds the end of input back until the requests it passed on are
 answered (`InFlight`, told of each answer by `AnswerTracker` on the write side; a request the client
 cancelled, or a 2026-07-28 `subscriptions/listen` stream, is not waited for), for at most `timeouts.shutdown`.
-A client that exits closes stdout too: the SDK's writer then fails with a broken pipe, and the gateway stops
+A client that exits closes stdout too: the writer then fails with a broken pipe, and the gateway stops
 as at the end of input.
 
 The SDK starts a task for every request it reads, however many are running: a client that wrote 50,000 slow calls
@@ -43,6 +43,7 @@ Only once twice `per_caller` requests of any kind are unanswered (a flood of `pi
 reading wait (`InFlight.room`): the client is then not taking its answers, and nothing it writes is read anyway.
 Those answers wait in their handlers' tasks, each holding its result (100 calls of a 9 MB tool held 1 GB): past
 `limits.held_answer_bytes.per_caller` (`WaitingAnswers`, server/held_answers.py) they and new calls get its error.
+A long list is measured by its shared JSON (`list_answers.measured_as`): walking 50,000 tools held the loop ~1 s.
 
 A request with a usable id that the SDK cannot read (`"params": "x"`, no `"jsonrpc"`) is answered under its id.
 
@@ -62,11 +63,10 @@ import sys
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, BinaryIO, TypeGuard, cast
+from typing import Any, BinaryIO, TypeGuard
 
 import anyio
 import mcp_types as types
-from mcp.server.stdio import stdio_server
 from mcp.shared._stream_protocols import ReadStream, WriteStream
 from mcp.shared.message import SessionMessage
 from pydantic import ValidationError
@@ -81,7 +81,8 @@ from vmcp_opt.server.handlers import build_mcp_server
 from vmcp_opt.server.held_answers import WaitingAnswers
 from vmcp_opt.server.in_flight import PER_CALLER, RETRY_AFTER, UNCOUNTED, InFlight
 from vmcp_opt.server.json_batch import MAX_BATCH, is_batch
-from vmcp_opt.server.stdio_pipes import ClientLines, checked_stdout
+from vmcp_opt.server.list_answers import measured_as
+from vmcp_opt.server.stdio_pipes import ClientLines, checked_stdout, client_transport
 from vmcp_opt.server.streams import OldClientContent, ReadStreamWrapper, WriteStreamWrapper
 
 logger = logging.getLogger(__name__)
@@ -142,9 +143,7 @@ async def serve_stdio(
                 task_group.start_soon(_end_on_hangup, stdin, hung_up, hangup_watch, name="stdio-hangup")
             client_gone = False
             try:
-                async with stdio_server(
-                    stdin=cast(anyio.AsyncFile[str], stdin), stdout=cast(anyio.AsyncFile[str], stdout)
-                ) as (read, write):
+                async with client_transport(stdin, stdout) as (read, write):
                     waiting = WaitingAnswers(gateway.config.limits.held_answer_bytes.per_caller, lambda: stdout.unsent)
                     async with anyio.create_task_group() as refusals:
                         answers = AnswerTracker(OldClientContent(write), in_flight, waiting, refusals)
@@ -152,7 +151,7 @@ async def serve_stdio(
                         await server.run(reads, answers, server.create_initialization_options())
                         refusals.cancel_scope.cancel()  # errors still waiting for a client that read none
             except* BrokenPipeError:
-                # The SDK's writer found stdout closed: the client exited (or was killed) and nobody reads answers
+                # The writer found stdout closed: the client exited (or was killed) and nobody reads answers
                 # any more. The gateway still stops as when stdin closes, its backends and state included.
                 client_gone = True
             watching.cancel()  # the client closed stdin: nothing left to end
@@ -249,7 +248,7 @@ class AnswerTracker(WriteStreamWrapper):
         size = 0
         if isinstance(item.message, types.JSONRPCResponse):  # behind an answer the client has not taken: counted
             try:
-                size = self.waiting.take(item.message.result)
+                size = self.waiting.take(measured_as(item.message.result))
             except LimitReached as refused:  # the result dropped, not held: its error waits in a task of its own
                 error = types.JSONRPCError(jsonrpc="2.0", id=item.message.id, error=refused.error)
                 self._refusals.start_soon(self._send_refusal, SessionMessage(error))

@@ -9,6 +9,13 @@ The SDK writes stdout through `anyio.wrap_file`, in a worker thread: a write int
 blocks that thread, and a cancelled task still waits for it, so neither SIGTERM nor a second signal stopped the
 gateway (the cancel at the stop's bound waited for good). `ClientOutput` writes on a daemon thread instead: a
 cancelled write stops waiting at once, and the process exits without the thread still blocked in `write`.
+
+`client_transport` is the SDK's `stdio_server` over them, its reader the SDK's, its writer not: the SDK encodes each
+message on the event loop in one pydantic call, and a 50,000-tool `tools/list` (17 MiB) held the loop, and every
+other client request and backend message, for 110-210 ms a list (bench/stdio_list_stall.py). Here a long list's line
+is its envelope around the items' JSON, encoded once per catalogue when the answer was built (server/list_answers.py),
+assembled on a worker thread and written by views; other messages are encoded as the SDK does. The same bytes, and
+one message at a time, in the order they were sent: an answer never overtakes what was sent before it, nor is cut.
 """
 
 from __future__ import annotations
@@ -18,9 +25,17 @@ import os
 import queue
 import sys
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from typing import TypeVar
+
+import anyio
+import anyio.lowlevel
+import mcp_types as types
+from mcp.shared._context_streams import ContextReceiveStream, ContextSendStream, create_context_streams
+from mcp.shared.message import SessionMessage
+
+from vmcp_opt.server.list_answers import long_list, parts_off_loop, session_form
 
 if sys.platform != "win32":
     import fcntl
@@ -87,32 +102,40 @@ class ClientOutput:
 
     def __init__(self, fd: int) -> None:
         self._fd = fd
-        self._pending: queue.SimpleQueue[tuple[bytes, asyncio.Future[None]]] = queue.SimpleQueue()
+        self._pending: queue.SimpleQueue[tuple[Sequence[bytes | memoryview], asyncio.Future[None]]] = (
+            queue.SimpleQueue()
+        )
         self._thread: threading.Thread | None = None
         self.unsent = 0  # bytes of writes not yet in the pipe: the client's untaken answers (server/held_answers.py)
 
     async def write(self, text: str) -> None:
+        await self.write_parts([text.encode("utf-8", errors="replace")])
+
+    async def write_parts(self, parts: Sequence[bytes | memoryview]) -> None:
+        """`parts` written one after the other, nothing between them: one message's line in pieces (views of a
+        long list's shared JSON, never joined into a copy)."""
         written = asyncio.get_running_loop().create_future()
         if self._thread is None:
             self._thread = threading.Thread(target=self._write, name="stdio-writer", daemon=True)
             self._thread.start()
-        data = text.encode("utf-8", errors="replace")
-        self.unsent += len(data)
-        self._pending.put((data, written))
+        size = sum(len(part) for part in parts)
+        self.unsent += size
+        self._pending.put((parts, written))
         try:
             await written
         finally:
-            self.unsent -= len(data)
+            self.unsent -= size
 
     async def flush(self) -> None:
         """Nothing to do: nothing is buffered here (`write` waits for the pipe)."""
 
     def _write(self) -> None:
         while True:
-            data, written = self._pending.get()
+            parts, written = self._pending.get()
             error: OSError | None = None
             try:
-                _write_all(self._fd, data)
+                for part in parts:
+                    _write_all(self._fd, part)
             except OSError as exc:
                 error = exc
             try:
@@ -121,7 +144,7 @@ class ClientOutput:
                 return  # the event loop is closed: nobody writes any more
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def _write_all(fd: int, data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
@@ -134,6 +157,52 @@ def _settle(future: asyncio.Future[_T], result: _T, error: Exception | None) -> 
         future.set_exception(error)
     else:
         future.set_result(result)
+
+
+@asynccontextmanager
+async def client_transport(
+    lines: ClientLines, output: ClientOutput
+) -> AsyncIterator[tuple[ContextReceiveStream[SessionMessage | Exception], ContextSendStream[SessionMessage]]]:
+    """The SDK's `stdio_server(stdin=lines, stdout=output)`, its messages written by `_write_messages`."""
+    read_writer, read_stream = create_context_streams[SessionMessage | Exception](0)
+    write_stream, write_reader = create_context_streams[SessionMessage](0)
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(_read_messages, lines, read_writer)
+        tasks.start_soon(_write_messages, write_reader, output)
+        yield read_stream, write_stream
+
+
+async def _read_messages(lines: ClientLines, messages: ContextSendStream[SessionMessage | Exception]) -> None:
+    """As the SDK's `stdin_reader`: a line that is no message goes on as its exception."""
+    try:
+        async with messages:
+            async for line in lines:
+                try:
+                    message = types.jsonrpc_message_adapter.validate_json(line, by_name=False)
+                except Exception as exc:
+                    await messages.send(exc)
+                    continue
+                await messages.send(SessionMessage(message))
+    except anyio.ClosedResourceError:
+        await anyio.lowlevel.checkpoint()
+
+
+async def _write_messages(messages: ContextReceiveStream[SessionMessage], output: ClientOutput) -> None:
+    """One message's line after another (a write error, such as a client gone, ends the transport as the SDK's)."""
+    try:
+        async with messages:
+            async for item in messages:
+                await output.write_parts(await line_of(item.message))
+    except anyio.ClosedResourceError:
+        await anyio.lowlevel.checkpoint()
+
+
+async def line_of(message: types.JSONRPCMessage) -> list[bytes | memoryview]:
+    """`message`'s line as the SDK's writer encodes it; a long list's on a worker thread, out of its shared JSON."""
+    if isinstance(message, types.JSONRPCResponse) and (key := long_list(message)) is not None:
+        return [*await parts_off_loop(message, key, session_form), b"\n"]
+    text = message.model_dump_json(by_alias=True, exclude_unset=True) + "\n"
+    return [text.encode("utf-8", errors="replace")]
 
 
 @contextmanager
