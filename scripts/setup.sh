@@ -15,16 +15,16 @@ command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
 # pyproject.toml's requires-python: another minor version fails late (pip refuses the project after torch's
 # download) or not at all (a .venv made before, with whatever python3 was then).
 REQUIRES=">=3.11,<3.12"
-version_of() { "$1" -c 'import sys; print("%d.%d.%d" % sys.version_info[:3])' 2>/dev/null || echo "not runnable"; }
+version_of() { "$1" -c 'import sys; print("Python %d.%d.%d" % sys.version_info[:3])' 2>/dev/null || echo "not a Python that runs (a shim with no version selected?)"; }
 supported() { "$1" -c 'import sys; sys.exit(not (3, 11) <= sys.version_info[:2] < (3, 12))' 2>/dev/null; }
 refuse() { echo "scripts/setup.sh: $1; vmcp-opt needs Python 3.11 (pyproject.toml: requires-python \"$REQUIRES\"). $2" >&2; exit 1; }
 USE_311="Install Python 3.11, then run it again (PYTHON=/path/to/python3.11 scripts/setup.sh if it is not python3.11 on PATH)"
 
 if [ -e .venv/bin/python ] || [ -L .venv/bin/python ]; then
-  supported .venv/bin/python || refuse ".venv's Python is $(version_of .venv/bin/python)" "Remove it (rm -rf .venv). $USE_311."
+  supported .venv/bin/python || refuse ".venv/bin/python is $(version_of .venv/bin/python)" "Remove it (rm -rf .venv). $USE_311."
 else
   command -v "$PYTHON" >/dev/null 2>&1 || refuse "found neither $WANTED nor python3" "$USE_311."
-  supported "$PYTHON" || refuse "$PYTHON is Python $(version_of "$PYTHON")" "$USE_311."
+  supported "$PYTHON" || refuse "$PYTHON is $(version_of "$PYTHON")" "$USE_311."
   echo "==> creating .venv with $($PYTHON --version)"
   "$PYTHON" -m venv .venv
 fi
@@ -32,7 +32,8 @@ pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@"; }
 
 if ! .venv/bin/python -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '2.13.0')" 2>/dev/null; then
   echo "==> installing torch 2.13.0 from pip's configured index (on Linux, PyPI's default wheel pulls the CUDA libraries; README says how to get the CPU one)"
-  pip install torch==2.13.0
+  # Not quiet: the one big download (~200 MB for the CPU wheel, gigabytes with CUDA) shows its progress.
+  .venv/bin/python -m pip --disable-pip-version-check install torch==2.13.0
 fi
 stamp=".venv/.vmcp-installed-$extras"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then

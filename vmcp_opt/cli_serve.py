@@ -177,6 +177,26 @@ def reachable_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
+# What a credential-checking gateway's banner suggests: the inspector's CLI sends no header (0.15), so a
+# client that can, with the credential from the environment (never printed).
+_INITIALIZE = (
+    '{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},'
+    '"clientInfo":{"name":"curl","version":"1"}}}'
+)
+
+
+def try_it_line(cfg: VmcpConfig, url: str, inspector: str) -> str:
+    """A command that shows the gateway answering: the inspector's CLI listing the tools, or, when callers must
+    show a credential (which the inspector's CLI cannot send), curl initializing a session with
+    `$VMCP_CREDENTIAL` (the variable `vmcp auth check` reads)."""
+    if cfg.auth.incoming.mode == "anonymous":
+        return f"{inspector} --cli {url} --transport http --method tools/list"
+    return (
+        f'curl -s {url} -H "Authorization: Bearer $VMCP_CREDENTIAL" -H "Content-Type: application/json" '
+        f"-H \"Accept: application/json, text/event-stream\" -d '{_INITIALIZE}'"
+    )
+
+
 def announce(cfg: VmcpConfig, port: int, config_path: Path | None = None) -> None:
     """The banner, once listening: `port` is the bound one (with `--port 0`, the one the OS chose). Under
     `--log-format json` it is one log record (on stderr, like every other line), so that a log shipper reading
@@ -187,7 +207,7 @@ def announce(cfg: VmcpConfig, port: int, config_path: Path | None = None) -> Non
     health, readiness = f"{base}/healthz", f"{base}/readyz"
     local = PROJECT_ROOT / "node_modules" / ".bin" / "mcp-inspector"
     inspector = str(local) if local.exists() else "npx @modelcontextprotocol/inspector@0.15.0"
-    try_it = f"{inspector} --cli {url} --transport http --method tools/list"
+    try_it = try_it_line(cfg, url, inspector)
     snippet = {"mcpServers": {"vmcp": stdio_launch(config_path, carried_flags(cfg, sys.argv[1:]))}}
     needed = environment_read(config_path)
     if cfg.server.log_format == "json":
