@@ -22,7 +22,9 @@ DEFAULT_MAX_REQUEST_VALUES = 64 * 1024
 class RequestsInFlightConfig(_PerCallerWithinTotal):
     """Client requests running at once (server/in_flight.py), for one caller (a verified subject, else the client's
     address, however many sessions and connections it uses) and for the whole gateway. A request past either is
-    answered at once with a JSON-RPC error naming the bound (stdio: past `per_caller`)."""
+    answered at once with a JSON-RPC error naming the bound (stdio: past `per_caller`). Over HTTP a 2025-11-25 call
+    whose client left counts as one of its caller's `per_caller` "left" calls instead, the oldest cancelled past
+    them."""
 
     # One caller's requests at once in this replica (keyed as rate limits key callers); over stdio, the client's.
     per_caller: int = Field(100, ge=1)

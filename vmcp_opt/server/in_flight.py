@@ -13,6 +13,15 @@ Over HTTP each request also holds a stopping gateway's drain until its answer (s
 and lends that hold to the workflow steps it starts (`DRAIN_HOLD`): neither its POST's end (the client left)
 nor a 2026-07-28 run going on in the background between rounds lets the stop cut their backend calls.
 
+A 2025-11-25 call outlives its client's connection: a dropped stream is no cancel in that era (the client may resume
+with Last-Event-ID), so the call runs on. Counted as in flight, a crashed agent host's calls refused the same caller,
+restarted, until they ended (up to `timeouts.call`). So a call whose POST's connection is gone before its answer
+(`Departure`, told by server/lazy_stream.py) moves from its caller's in-flight slots to its "left" ones: as many
+again (`per_caller`), still within `total`. Past them the caller's oldest left call is cancelled (the backend hears
+`notifications/cancelled`, the audit says `cancelled`, its answer is an error naming the setting): a caller that posts
+and hangs up, over and over, holds at most twice `per_caller` calls. A left call stays left when its client resumes
+it: it is answered on the resuming GET unless cancelled first.
+
 stdio has one caller, which wrote 50,000 calls without reading an answer: the SDK started a task for each as
 it read them (the gateway's RSS past 700 MB in 30 s, 1,700 calls at the backend at once). There a request past
 `per_caller` unanswered (`InFlight`, server/stdio.py) gets the same error at once, and reading goes on: the
@@ -31,12 +40,13 @@ are unanswered; the pings do not count against the calls' `per_caller`.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import anyio
 import mcp_types as types
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
+from mcp.shared.exceptions import MCPError
 
 from vmcp_opt.config.limits import RequestsInFlightConfig
 from vmcp_opt.routing.budget import Budget
@@ -57,6 +67,47 @@ UNCOUNTED = frozenset({"initialize", "ping", LISTEN})
 SHARED_ANSWERS = frozenset({"tools/list", "prompts/list", "resources/list", "resources/templates/list"})
 # What a refused client is told to wait: a call in flight usually ends within a second or two.
 RETRY_AFTER = 1.0
+# The key in a session request's ASGI scope under which its POST's `Departure` is.
+DEPARTURE_KEY = "vmcp.departure"
+
+
+class Departure:
+    """Whether a session request's POST connection ended before its answer, and who hears of it: set up by the POST
+    (server/lazy_stream.py) before the request is handed on, so a departure before the call starts is not missed."""
+
+    __slots__ = ("_listener", "gone")
+
+    def __init__(self) -> None:
+        self.gone = False
+        self._listener: Callable[[], None] | None = None
+
+    def left(self) -> None:
+        if not self.gone:
+            self.gone = True
+            if self._listener is not None:
+                self._listener()
+
+    def listen(self, listener: Callable[[], None] | None) -> None:
+        """`listener` is called once the client has left (at once if it already has); None: no one listens now."""
+        self._listener = listener
+        if self.gone and listener is not None:
+            listener()
+
+
+def departure_of(scope: object) -> Departure | None:
+    departure = scope.get(DEPARTURE_KEY) if isinstance(scope, dict) else None
+    return departure if isinstance(departure, Departure) else None
+
+
+class _Call:
+    """One counted call: the budget key its slot is under (None once freed) and the scope that cancels it."""
+
+    __slots__ = ("caller", "cut", "slot")
+
+    def __init__(self, caller: str, cut: anyio.CancelScope) -> None:
+        self.caller = caller
+        self.slot: str | None = caller
+        self.cut = cut
 
 
 class RequestsInFlight:
@@ -76,6 +127,7 @@ class RequestsInFlight:
             total_setting=f"{SETTING}.total",
             caller_setting=PER_CALLER,
         )
+        self._left: dict[str, list[_Call]] = {}  # per caller, its calls whose client left, oldest first
 
     def __len__(self) -> int:
         return len(self._budget)
@@ -95,11 +147,19 @@ class RequestsInFlight:
             charges.owner = (self._held, key)
         self._held.check(key)
         self._budget.acquire(key)
+        call = _Call(key, anyio.CancelScope())
+        departure = departure_of(scope)
         try:
-            with _holding_drain(scope):
+            with _holding_drain(scope), call.cut:
+                if departure is not None:
+                    departure.listen(lambda: self._leave(call))
                 result = await call_next(ctx)
+            if call.cut.cancelled_caught:
+                raise _cut_off(self._budget.per_caller)
         finally:
-            self._budget.release(key)
+            if departure is not None:
+                departure.listen(None)
+            self._forget(call)
         # Answers that came back while the client read none: refused here, dropped, rather than held too; the error
         # says the call ran (not "try again", which runs its side effects again). Checked and charged in one step.
         if ctx.method in SHARED_ANSWERS or (charges is None and hold is None):
@@ -112,6 +172,33 @@ class RequestsInFlight:
             hold.reserve(reservation)  # answered on this connection, until its response ends
         return result
 
+    def _leave(self, call: _Call) -> None:
+        """The call's client left: its slot becomes one of its caller's left ones, the oldest of those cancelled
+        when they are all taken. Synchronous: the slot moves with no other request between."""
+        if call.slot != call.caller:
+            return
+        left = self._left.get(call.caller, [])
+        if len(left) >= self._budget.per_caller:
+            oldest = left[0]
+            self._forget(oldest)
+            oldest.cut.cancel()
+        self._budget.release(call.caller)
+        call.slot = _left_key(call.caller)
+        self._budget.acquire(call.slot)  # within both bounds: one slot freed just now, one left slot free
+        self._left.setdefault(call.caller, []).append(call)
+
+    def _forget(self, call: _Call) -> None:
+        """The call's slot freed (it ended, or it was cancelled as its caller's oldest left call)."""
+        if call.slot is None:
+            return
+        if call.slot != call.caller:
+            left = self._left[call.caller]
+            left.remove(call)
+            if not left:
+                del self._left[call.caller]
+        self._budget.release(call.slot)
+        call.slot = None
+
     async def _hold_stream(
         self, streams: Budget, ctx: ServerRequestContext[Any, Any], call_next: CallNext
     ) -> HandlerResult:
@@ -122,6 +209,20 @@ class RequestsInFlight:
             return await call_next(ctx)
         finally:
             streams.release(key)
+
+
+def _left_key(caller: str) -> str:
+    # A space: no budget key has one ("address:…", "subject:…"), so a caller's left slots never mix with another's.
+    return f"left {caller}"
+
+
+def _cut_off(per_caller: int) -> MCPError:
+    return MCPError(
+        types.INTERNAL_ERROR,
+        f"cancelled: its client left, and this caller left more calls running than {PER_CALLER} ({per_caller}) "
+        "allows: the oldest is cancelled",
+        {"limit": PER_CALLER},
+    )
 
 
 @contextlib.contextmanager

@@ -31,6 +31,9 @@ not ask is handed to the one that did; so is a client's cancellation of a reques
 replicas holding the session hear it). A client MUST accept both forms for a POST (streamable HTTP, "Sending
 Messages" 5); the 2026-07-28 entry already answers this way.
 
+A client whose connection ends before its request's answer (while the answer waits, or on its SSE stream) is
+told to the request's `Departure` (server/in_flight.py): the call runs on, no longer counted as its caller's.
+
 Refusals are JSON-RPC errors, as the SDK's others are: a POST whose Content-Type is not JSON gets `415` ahead of
 every SDK path (the SDK's was a plain-text `400`), and a call whose session is deleted (or idles out) while it
 runs gets `404` under its id (the SDK's was `500` with `"id": null`).
@@ -98,6 +101,7 @@ from vmcp_opt.server.admission import SessionRefused, refused_stranger
 from vmcp_opt.server.authentication import session_owner
 from vmcp_opt.server.event_store import PRIME_FOLLOWED, PRIMING, BoundedEventStore, ProbedStore, UnsentAnswers
 from vmcp_opt.server.held_answers import RetainedChunks, answer_hold, resumption_refused
+from vmcp_opt.server.in_flight import DEPARTURE_KEY, Departure, departure_of
 from vmcp_opt.server.list_answers import CHUNK, PartsResponse, body_parts, long_list, session_form
 from vmcp_opt.server.released_streams import ReleasingReads, ReleasingWrites
 from vmcp_opt.server.reserved_answers import CHARGES_KEY, SENDING_HOLD, ReservedAnswers, SessionCharges
@@ -538,6 +542,7 @@ class LazyStreamTransport(StreamableHTTPServerTransport):
         request_id = str(message.id)
         version = request.headers.get(MCP_PROTOCOL_VERSION_HEADER, DEFAULT_NEGOTIATED_VERSION)
         request.scope[CHARGES_KEY] = self.charges  # where `RequestsInFlight` reserves its answer
+        request.scope[DEPARTURE_KEY] = Departure()  # where it hears that the client left
         priming = await self._mint_priming_event(request_id, version)
         self._request_streams[request_id] = streams = anyio.create_memory_object_stream[EventMessage](
             REQUEST_STREAM_BUFFER_SIZE
@@ -580,10 +585,7 @@ class LazyStreamTransport(StreamableHTTPServerTransport):
         first: EventMessage | None = None
         closed = False
         with anyio.move_on_after(COMMIT_SSE_AFTER):
-            try:
-                first = await reader.receive()
-            except (anyio.EndOfStream, anyio.ClosedResourceError):
-                closed = True
+            first, closed = await _first_message(reader, _watched(request.receive, departure_of(request.scope)))
         if store is not None:
             store.undecided.discard(request_id)  # an SSE stream from here: what follows is stored
         if first is not None and isinstance(first.message, JSONRPCResponse | JSONRPCError):
@@ -654,7 +656,8 @@ class LazyStreamTransport(StreamableHTTPServerTransport):
         hold = answer_hold(request.scope)  # what the writer keeps of an answer is held for the caller too
         sending = SENDING_HOLD.set(hold)  # the answer's reservation becomes this connection's (`_create_event_data`)
         try:
-            await response(request.scope, request.receive, send if hold is None else RetainedChunks(send, hold))
+            receive = _watched(request.receive, departure_of(request.scope))  # the client's leaving heard here too
+            await response(request.scope, receive, send if hold is None else RetainedChunks(send, hold))
         finally:
             SENDING_HOLD.reset(sending)
             if hold is not None:
@@ -699,6 +702,41 @@ class _StartTracker:
         if message["type"] == "http.response.start":
             self.started = True
         await self.send(message)
+
+
+def _watched(receive: Receive, departure: Departure | None) -> Receive:
+    """`receive`, telling `departure` when the client's connection ends."""
+    if departure is None:
+        return receive
+
+    async def watched() -> Message:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            departure.left()
+        return message
+
+    return watched
+
+
+async def _first_message(
+    reader: MemoryObjectReceiveStream[EventMessage], receive: Receive
+) -> tuple[EventMessage | None, bool]:
+    """The request's first message, or (None, True) when its stream closed first; meanwhile the body is read, so
+    `receive` returns only once the connection ends (uvicorn): a client gone while a silent call runs is heard."""
+    first: EventMessage | None = None
+    async with anyio.create_task_group() as watching:
+        watching.start_soon(_until_message, receive)
+        try:
+            first = await reader.receive()
+        except (anyio.EndOfStream, anyio.ClosedResourceError):
+            pass
+        finally:
+            watching.cancel_scope.cancel()
+    return first, first is None
+
+
+async def _until_message(receive: Receive) -> None:
+    await receive()
 
 
 def _whole_in_parts(answer: JSONRPCResponse | JSONRPCError) -> list[bytes | memoryview]:
