@@ -1,16 +1,16 @@
 """Opaque access tokens checked at the authorization server (RFC 7662 token introspection).
 
 Used for a token that is not a JWT when `oauth.introspection_url` is set. The gateway authenticates as its own
-client (`client_id`, secret from `client_secret_env`), and accepts only an `active` token whose `iss` (when
-given) is the issuer, whose `aud` names this gateway's resource (RFC 8707: required, so a token for another
-server is refused) and whose `exp`/`nbf` hold with the configured skew. Answers are reused for
-`introspection_cache` seconds, never past the token's expiry; a token the server does not know (`active:
-false`, or a 400 answer about the token) is refused from memory for up to `NEGATIVE_TTL` seconds, so a client
-repeating a bad token does not make the gateway ask each time. Requests bringing one token the gateway holds
-no answer for share one question (single_flight.py, by the token's digest), so it is asked, and the budgets
-below paid, once. A token longer than `MAX_OPAQUE_TOKEN` is refused (401) unasked: no server issues such an
-opaque token, and one whose request body it cannot parse answers 400, which reads as the gateway's own fault.
-One HTTP client (its connections kept alive) serves every request; `aclose` ends it.
+client (`client_id`, secret from `client_secret_env`), and accepts only an `active` token whose `iss` (when given)
+is the issuer, whose `aud` holds one of the audiences the verifier accepts (auth/tokens.py: this gateway's resource,
+or `oauth.audiences`; RFC 8707: required, so a token for another server is refused) and whose `exp`/`nbf` hold with
+the configured skew. Answers are reused for `introspection_cache` seconds, never past the token's expiry; a token
+the server does not know (`active: false`, or a 400 answer about the token) is refused from memory for up to
+`NEGATIVE_TTL` seconds, so a client repeating a bad token does not make the gateway ask each time. Requests bringing
+one token the gateway holds no answer for share one question (single_flight.py, by the token's digest), so it is
+asked, and the budgets below paid, once. A token longer than `MAX_OPAQUE_TOKEN` is refused (401) unasked: no server
+issues such an opaque token, and one whose request body it cannot parse answers 400, which reads as the gateway's
+own fault. One HTTP client (its connections kept alive) serves every request; `aclose` ends it.
 
 A made-up token is new every time, so no cache stops a client sending them from making the gateway ask the
 server at the client's own request rate (the connection pool bounds requests in flight, not their rate).
@@ -102,11 +102,14 @@ class Introspection:
         claims: ClaimNames,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        expected: str | None = None,
     ) -> None:
         assert settings.introspection_url and settings.client_id and settings.client_secret_env
+        assert audiences, "an empty audience set would refuse every token"
         self.settings = settings
         self.url = settings.introspection_url
         self.audiences = set(audiences)
+        self.expected = expected or min(self.audiences)  # named in refusals
         self.claims = claims
         self.clock = clock
         self._answers: OrderedDict[bytes, tuple[float, Identity]] = OrderedDict()
@@ -262,9 +265,7 @@ class Introspection:
         if "iss" in answer and answer["iss"] != self.settings.issuer:
             raise errors.invalid_token("the token was issued by another issuer")
         if not string_set(answer.get("aud")) & self.audiences:
-            raise errors.invalid_token(
-                f"the token was not issued for this resource (expected aud {min(self.audiences)})"
-            )
+            raise errors.invalid_token(f"the token was not issued for this resource (expected aud {self.expected})")
         try:  # numbers, or numeric strings as PyJWT takes them: either way checked, never skipped
             exp, nbf = numeric_date(answer, "exp"), numeric_date(answer, "nbf")
         except ValueError as exc:

@@ -2,7 +2,8 @@
 
 With PyJWT (already a dependency of the MCP SDK, which uses it for its own client authentication, so no new
 library): signature against the issuer's JWKS (`auth/jwks.py`), `iss` exactly the configured issuer, `aud`
-this gateway's resource URI (RFC 8707, so a token minted for another server is refused), `exp` and `nbf`
+this gateway's resource URI (RFC 8707, so a token minted for another server is refused) or one of
+`oauth.audiences` when set (`api://vmcp`, a client id: what Entra ID, Keycloak and Okta issue), `exp` and `nbf`
 with a small skew, and the algorithm from an allow-list of asymmetric ones matched to the key's type (no
 `none`, no HS256 made with an RSA public key). Verified tokens are remembered by digest until they expire,
 so a client sending the same token on every request pays for one signature check, and with the key that
@@ -59,8 +60,9 @@ class TokenVerifier:
         self.settings = settings
         self.issuer = settings.issuer
         self.resource = resource
-        # The audience as a URL: with or without a trailing slash.
-        self.audiences = sorted({resource, resource.rstrip("/"), resource.rstrip("/") + "/"})
+        self.audiences = accepted_audiences(settings.audiences, resource)
+        # Named in refusals: the expected audience is no secret, and tells a wrong --port apart.
+        self.expected = expected_audiences(settings.audiences, resource)
         self.claims = claims
         self.jwks = jwks or JwksCache(
             self.issuer,
@@ -73,7 +75,9 @@ class TokenVerifier:
         self._verified: OrderedDict[bytes, Verified] = OrderedDict()
         # Opaque tokens (not JWTs) go to the authorization server when an introspection endpoint is set.
         self.introspection = (
-            Introspection(settings, self.audiences, claims, clock) if settings.introspection_url else None
+            Introspection(settings, self.audiences, claims, clock, expected=self.expected)
+            if settings.introspection_url
+            else None
         )
 
     async def authenticate(self, token: str) -> Identity:
@@ -147,9 +151,9 @@ class TokenVerifier:
             raise errors.invalid_token("the token has expired") from None
         except jwt.ImmatureSignatureError:
             raise errors.invalid_token("the token is not valid yet") from None
-        except jwt.InvalidAudienceError:  # the expected audience is no secret, and tells a wrong --port apart
+        except jwt.InvalidAudienceError:
             raise errors.invalid_token(
-                f"the token was not issued for this resource (expected aud {self.resource})"
+                f"the token was not issued for this resource (expected aud {self.expected})"
             ) from None
         except jwt.InvalidIssuerError:  # the issuer is public (the resource metadata names it); a slash differs
             raise errors.invalid_token(f"the token was issued by another issuer (expected iss {self.issuer})") from None
@@ -164,6 +168,23 @@ class TokenVerifier:
         except ValueError as exc:
             raise errors.invalid_token(f"the token has {exc}") from None
         return Verified(identity, kid, alg, thumbprint, self.jwks.generation)
+
+
+def accepted_audiences(listed: list[str] | None, resource: str) -> list[str]:
+    """The `aud` values that admit a token: `oauth.audiences` exactly as written (`api://vmcp/` is not
+    `api://vmcp`), or else the resource URL with or without its trailing slash. Never empty, so never "any"."""
+    if listed is not None:
+        assert listed, "config validation refuses an empty `audiences`"
+        return sorted(set(listed))
+    return sorted({resource, resource.rstrip("/"), resource.rstrip("/") + "/"})
+
+
+def expected_audiences(listed: list[str] | None, resource: str) -> str:
+    """The accepted audiences as a refusal names them."""
+    if listed is None:
+        return resource
+    unique = list(dict.fromkeys(listed))
+    return unique[0] if len(unique) == 1 else "one of " + ", ".join(unique)
 
 
 def jwt_shaped(token: str) -> bool:

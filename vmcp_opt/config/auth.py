@@ -10,6 +10,8 @@ from pydantic import AnyHttpUrl, Field, ValidationError, field_validator, model_
 from vmcp_opt.config.base import _Strict
 
 LOOPBACK_ADDRESSES = ("127.0.0.1", "localhost", "::1")
+MAX_AUDIENCES = 32  # `oauth.audiences` entries: a few names for one gateway, never a list to scan per token
+MAX_AUDIENCE_LENGTH = 1024
 # Signing algorithms a JWT access token may use: asymmetric only, so a public key can never verify an
 # HMAC token made with it (no `none`, no HS*).
 JWT_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
@@ -40,10 +42,16 @@ class OAuthConfig(_Strict):
     # that answers this issuer's metadata with a `jwks_uri` (an HTML page or another issuer's is passed over).
     issuer: str | None = None
     # This gateway's resource (RFC 9728, RFC 8707): the http(s) URL clients connect to, whose protected-resource
-    # metadata the gateway publishes, and the `aud` tokens must carry (an audience that is no such URL, like
-    # `api://vmcp`, is refused). Unset: `http://<host>:<port><path>` of `server` (set it when clients reach the
-    # gateway through another name, a proxy or https).
+    # metadata the gateway publishes, and, unless `audiences` is set, the `aud` tokens must carry (with or without
+    # a trailing slash). Unset: `http://<host>:<port><path>` of `server` (set it when clients reach the gateway
+    # through another name, a proxy or https).
     resource: str | None = None
+    # The audiences a token may carry instead of `resource`, for authorization servers that issue another one
+    # (`api://vmcp`, a client id: Entra ID, Keycloak, Okta): a token whose `aud` (a string or a list) holds any of
+    # them is accepted, each compared exactly. Set, it replaces `resource` as the audience (list that URL too to
+    # accept both); the metadata still publishes `resource`. Unset: `resource`. At most 32; a token without `aud`
+    # is always refused, and an empty list is an error, never "any audience".
+    audiences: list[str] | None = None
     # The issuer's JWKS, instead of discovering it from the issuer's metadata.
     jwks_url: str | None = None
     # Signing algorithms accepted (asymmetric only).
@@ -104,9 +112,26 @@ class OAuthConfig(_Strict):
         if problem:
             raise ValueError(
                 f"{problem}; set it to the URL clients reach the gateway at, such as https://vmcp.example.com/mcp "
-                "(http only on loopback or in development), and have the authorization server issue tokens with "
-                "that URL as their audience"
+                "(http only on loopback or in development); an audience your authorization server issues that is "
+                "no such URL (such as api://vmcp) goes in `audiences`"
             )
+        return value
+
+    @field_validator("audiences")
+    @classmethod
+    def _exact_audiences(cls, value: list[str] | None) -> list[str] | None:
+        """Checked at load: an empty list would refuse every token (never read as "any audience"), and a blank or
+        padded entry matches no token an authorization server issues."""
+        if value is None:
+            return value
+        if not value:
+            raise ValueError("an empty list accepts no token; leave `audiences` unset to accept tokens for `resource`")
+        if len(value) > MAX_AUDIENCES:
+            raise ValueError(f"at most {MAX_AUDIENCES} audiences, not {len(value)}")
+        for index, audience in enumerate(value):
+            problem = _audience_problem(audience)
+            if problem:
+                raise ValueError(f"[{index}]: {problem}")
         return value
 
     @field_validator("issuer", "jwks_url", "introspection_url")
@@ -147,6 +172,19 @@ def _http_url_problem(value: str, example: str | None = None) -> str | None:
         return f"expected an absolute http(s) URL{f' such as {example}' if example else ''}, not {shown}"
     if parts.fragment or value.endswith("#"):
         return f"{shown}: a URL with a `#` fragment is never an issuer, an endpoint or a resource"
+    return None
+
+
+def _audience_problem(audience: str) -> str | None:
+    """What keeps `audience` from ever equalling a token's `aud` as issued, or None."""
+    if not audience.strip():
+        return "an audience must not be empty"
+    if audience != audience.strip():
+        return f"{audience!r} has surrounding whitespace, which no issued `aud` has"
+    if len(audience) > MAX_AUDIENCE_LENGTH:
+        return f"an audience is at most {MAX_AUDIENCE_LENGTH} characters, not {len(audience)}"
+    if any(ord(char) < 32 or ord(char) == 127 for char in audience):
+        return f"{audience!r} holds a control character"
     return None
 
 
