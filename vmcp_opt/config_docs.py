@@ -42,7 +42,8 @@ refused, as it would lower-case the name
 (`VMCP_RATE_LIMITS__PER_TOOL='{"Clock_get_current_time": {"rate": 1, "burst": 5}}'`).
 Unknown keys are errors, and `vmcp validate -c FILE` reports every problem by its path. Relative paths
 resolve against the config file's directory. Backend `env`, `headers`, `args` and `url` may reference
-`${VAR}`s of the environment, so secrets stay out of the file.
+`${VAR}`s of the environment (`${VAR:-default}` when unset or empty, `${VAR-default}` when unset), so
+secrets stay out of the file.
 """
 
 

@@ -19,8 +19,26 @@ APP_NAME = "vmcp-opt"
 BACKEND_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,47}$"
 # What a served tool may be named (the 2025-11-25 specification's guidance; aggregation/screening.py drops others).
 TOOL_NAME_RULE = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
-# A `${VAR}` in a config value, expanded from the environment at load.
-ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# Characters a `${VAR:-default}`'s default may hold: a config file is bounded, but the default is copied into
+# every value that uses it.
+MAX_DEFAULT_CHARS = 1024
+# A reference in a config value, expanded from the environment at load: `${VAR}`, `${VAR:-default}` (VAR unset or
+# empty: the default) and `${VAR-default}` (VAR unset), as Docker Compose and the shell read them. The default is
+# text as written: no `$`, `{` or `}` in it, so nothing nested and nothing run. Group 1 is the name, so `findall`
+# gives names; `ENV_REFERENCE_PARTS` names the operator and the default too.
+_DEFAULT = rf"[^{{}}$]{{0,{MAX_DEFAULT_CHARS}}}"
+ENV_REFERENCE = re.compile(rf"\$\{{([A-Za-z_][A-Za-z0-9_]*)(?::?-{_DEFAULT})?\}}")
+ENV_REFERENCE_PARTS = re.compile(rf"\$\{{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?-)(?P<default>{_DEFAULT}))?\}}")
+# Where an unsupported form shows its operator: `${NAME:?…}`, `${NAME+…}`.
+_FORM = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(:?[-?+=])?")
+_SHOWN_NAME_CHARS = 40
+_FORMS = {
+    "?": "the shell's error-if-unset form",
+    "+": "the shell's alternative-value form",
+    "=": "the shell's assign-default form",
+    "-": "a default holding `$`, `{` or `}` (a default is used as written: nothing nested or run in it) or longer "
+    f"than {MAX_DEFAULT_CHARS:,} characters",
+}
 # Names (env keys, `${VAR}` references, URL query parameters) whose values are secrets whatever they look like.
 SECRET_NAME = re.compile(
     r"TOKEN|SECRET|PASSW|PASSPHRASE|API_?KEY|ACCESS_?KEY|PRIVATE|CREDENTIAL|AUTH|COOKIE|SESSION|(^|_)(KEY|PAT|PWD|PASS)$",
@@ -72,3 +90,32 @@ class _PerCallerWithinTotal(_Strict):
         if self.per_caller > self.total:
             raise ValueError(f"per_caller ({self.per_caller}) is more than total ({self.total}); lower per_caller")
         return self
+
+
+def invalid_references(text: str) -> list[str]:
+    """Each `${` in `text` that starts no reference `ENV_REFERENCE` reads, described without what follows its
+    operator (a default or message may be a secret): such text was sent to a backend as written."""
+    found: list[str] = []
+    start = text.find("${")
+    while start != -1:
+        match = ENV_REFERENCE.match(text, start)
+        if match:
+            start = text.find("${", match.end())
+            continue
+        close = text.find("}", start)
+        found.append(_form(text[start + 2 : close] if close != -1 else None))
+        start = text.find("${", close + 1 if close != -1 else len(text))
+    return list(dict.fromkeys(found))
+
+
+def _form(body: str | None) -> str:
+    if body is None:
+        return "`${` without its closing `}`"
+    written = _FORM.match(body)
+    if written is None:
+        shown = body if re.fullmatch(r"\w{1,40}", body) else "…"
+        return f"`${{{shown}}}`, which names no variable (a name is letters, digits and _, not starting with a digit)"
+    name, op = written.group(1)[:_SHOWN_NAME_CHARS], written.group(2)
+    if op is None:
+        return f"`${{{name}…}}`, which is not a reference"
+    return f"`${{{name}{op}…}}`, {_FORMS[op[-1]]}, which is not supported"

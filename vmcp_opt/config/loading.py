@@ -1,6 +1,6 @@
 """Loading: the file, environment and flags merged into a `VmcpConfig`; every problem reported by its path,
-`${VAR}` references resolved (refused in a setting nothing expands: config/references.py), discovered backends
-merged in. Every source's problems (the file's syntax and repeated keys, unset references, the environment's and
+`${VAR}` references resolved (refused in a setting nothing expands, a `$VAR` warned of: config/references.py),
+discovered backends merged in. Every source's problems (the file's syntax and repeated keys, unset references, the environment's and
 the flags' values, pydantic's) are gathered into one list in one pass, named by one scheme (references.py).
 
 A `VMCP_` variable that overrides a value the file sets to something else is logged as a warning at load
@@ -31,6 +31,7 @@ from vmcp_opt.config.references import (
 from vmcp_opt.config.references import (
     Location,
     SourceNamer,
+    bare_variable_warnings,
     env_name,
     env_overrides,
     format_location,
@@ -141,13 +142,14 @@ def _validated(
         except ConfigError as exc:
             raise ConfigError(exc.problems + problems) from None
     config._source = config_path.resolve()
+    bare = bare_variable_warnings(config)  # before expansion: a variable's value may hold `$`
     try:
         config = with_env_references_resolved(config)
     except ConfigError as exc:
         problems += exc.problems
     if problems:
         raise ConfigError(problems)
-    for warning in overridden + script_tool_warnings(config):
+    for warning in overridden + bare + script_tool_warnings(config):
         if warning not in _said:
             _said.add(warning)
             warn(warning)
@@ -291,13 +293,48 @@ def _unquoted(value: Any) -> str:
 
 def _meant_value(error: ErrorDetails) -> str:
     """The allowed value a misspelt one was meant to be (`on_error: retyr`: 'retry'), from the values the
-    error lists; "" when none is close."""
+    error lists, or a transport's other name (`http`); "" when none is close."""
     written = error.get("input")
     expected = error.get("ctx", {}).get("expected", "")
     if not isinstance(written, str) or not isinstance(expected, str):
         return ""
-    close = closest(written, re.findall(r"'([^']*)'", expected), cutoff=0.6)
+    allowed = re.findall(r"'([^']*)'", expected)
+    if error["loc"][-1:] == ("transport",):
+        alias = _transport_alias(written, allowed)
+        if alias:
+            return alias
+    close = closest(written, allowed, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+# What a transport is often called, by the value meant (the first one allowed), spelt as `_alias_key` spells it.
+# No spelling measure finds them: `http` is far from `streamable-http`.
+_TRANSPORT_ALIASES = {
+    "streamablehttp": ("streamable-http",),
+    "http": ("streamable-http",),
+    "https": ("streamable-http",),
+    "streamable": ("streamable-http",),
+    "httpstreamable": ("streamable-http",),
+    "httpstream": ("streamable-http",),
+    "ssehttp": ("sse", "streamable-http"),
+    "httpsse": ("sse", "streamable-http"),
+    "serversentevents": ("sse", "streamable-http"),
+}
+_NOT_SUPPORTED = frozenset({"websocket", "websockets", "ws", "wss"})
+
+
+def _alias_key(written: str) -> str:
+    return re.sub(r"[\s_+\-.]", "", written.lower())
+
+
+def _transport_alias(written: str, allowed: list[str]) -> str:
+    """` (did you mean 'streamable-http'?)` for `http` and the like; WebSocket said to be unsupported."""
+    key = _alias_key(written)
+    remote = "'streamable-http'" + (" or 'sse'" if "sse" in allowed else "")
+    if key in _NOT_SUPPORTED:
+        return f" (WebSocket is not a supported transport: use {remote})"
+    meant = next((value for value in _TRANSPORT_ALIASES.get(key, ()) if value in allowed), None)
+    return f" (did you mean {meant!r}?)" if meant and meant != written else ""
 
 
 _RELATIVE_PROBLEM = re.compile(r"^(steps|parameters|output|url|command)[\w.\[\]]*: ")

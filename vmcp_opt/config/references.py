@@ -1,5 +1,6 @@
 """References: a setting named by its path and by the `VMCP_` variable that sets it, and `${VAR}` references to
-the environment: expanded in a backend's env, headers, args and url, refused where nothing expands them; and the
+the environment (`${VAR:-default}` and `${VAR-default}` too, base.py's `ENV_REFERENCE`): expanded in a backend's
+env, headers, args and url, refused where nothing expands them, and a `$VAR` written there warned of; and the
 settings of the file a `VMCP_` variable overrides (`env_overrides`, said as warnings).
 
 Out of loading.py, which imports these: loading gathers every source's problems in one pass, and names them
@@ -16,7 +17,13 @@ from typing import Annotated, Any, Union, get_args, get_origin
 
 from pydantic import BaseModel, TypeAdapter
 
-from vmcp_opt.config.base import ENV_REFERENCE, SECRET_NAME, ConfigError
+from vmcp_opt.config.base import (
+    ENV_REFERENCE,
+    ENV_REFERENCE_PARTS,
+    SECRET_NAME,
+    ConfigError,
+    invalid_references,
+)
 from vmcp_opt.config.document import VmcpConfig
 from vmcp_opt.config.file_parsing import references_in
 
@@ -166,6 +173,14 @@ def unset(where: str, name: str) -> str:
     return f"{where}: references ${{{name}}}, which is not set in the environment"
 
 
+def malformed(where: str, text: str) -> list[str]:
+    """A `${` that starts no reference, said by its form: it would reach the backend as written."""
+    return [
+        f"{where}: {form}; write ${{NAME}}, ${{NAME:-default}} (unset or empty) or ${{NAME-default}} (unset)"
+        for form in invalid_references(text)
+    ]
+
+
 def unset_references(raw_backends: Any) -> list[str]:
     """Each `${VAR}` in a raw backend's env, headers, args or url whose variable is not set: read from the file's
     backends when validation failed, so they are reported with the fields' errors in one pass."""
@@ -179,7 +194,12 @@ def unset_references(raw_backends: Any) -> list[str]:
         fields.append((f"{where}.url", backend.get("url")))
         for place, value in fields:
             if isinstance(value, str):
-                problems += [unset(place, name) for name in ENV_REFERENCE.findall(value) if not _is_set(name)]
+                refused = malformed(place, value)  # what it holds is not read as references
+                problems += refused or [
+                    unset(place, found["name"])
+                    for found in ENV_REFERENCE_PARTS.finditer(value)
+                    if found["op"] is None and not _is_set(found["name"])
+                ]
     return problems
 
 
@@ -192,22 +212,33 @@ def _list(value: Any) -> list[Any]:
 
 
 def with_env_references_resolved(config: VmcpConfig) -> VmcpConfig:
-    """Expand `${VAR}` in backend env, headers, args and url, so secrets stay out of config files;
-    `${VMCP_DATA_DIR}` is the gateway's data directory (`DATA_DIR_REFERENCE`)."""
+    """Expand `${VAR}` (and its defaults) in backend env, headers, args and url, so secrets stay out of config
+    files; `${VMCP_DATA_DIR}` is the gateway's data directory (`DATA_DIR_REFERENCE`). A `${` that starts no
+    reference is a problem, not text to send."""
     problems: list[str] = []
 
     def expand(value: str, where: str, referenced: set[str]) -> str:
+        refused = malformed(where, value)
+        if refused:  # not sent: the config is refused
+            problems.extend(refused)
+            return value
+
         def replace(match: re.Match[str]) -> str:
-            name = match.group(1)
+            name, op, default = match["name"], match["op"], match["default"]
             if name == DATA_DIR_REFERENCE:  # a place, not a secret: not masked in the backend's logs
                 return _data_dir(config, where, problems)
-            if name not in os.environ:
+            found = os.environ.get(name)
+            if found is not None and not (found == "" and op == ":-"):
+                referenced.add(found)
+                return found
+            if op is None:
                 problems.append(unset(where, name))
                 return ""
-            referenced.add(os.environ[name])
-            return os.environ[name]
+            if SECRET_NAME.search(name):  # a stand-in for the secret (`${TOKEN:-dev}`): masked as one
+                referenced.add(default)
+            return str(default)
 
-        return ENV_REFERENCE.sub(replace, value)
+        return ENV_REFERENCE_PARTS.sub(replace, value)
 
     for index, backend in enumerate(config.backends):
         where, seen = f"backends[{index}]", backend._referenced
@@ -221,6 +252,35 @@ def with_env_references_resolved(config: VmcpConfig) -> VmcpConfig:
     if problems:
         raise ConfigError(problems)
     return config
+
+
+# `$NAME` where only `${NAME}` expands: a common slip, but a `$` is legal text, so a warning. Not after a word
+# character or a `$` (`pa$word`, `$$X`), which is seldom a variable.
+_BARE_VARIABLE = re.compile(r"(?<![$\w])\$([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def bare_variable_warnings(config: VmcpConfig) -> list[str]:
+    """Each `$NAME` in a backend's env, headers, args or url (read before expansion), by its field. The name is
+    said only where it cannot be part of a secret: the variable is set, or the field holds no secret by its
+    name (a header, an env key such as `API_TOKEN`, text naming one or holding `user@`)."""
+    warnings: list[str] = []
+    for index, backend in enumerate(config.backends):
+        where = f"backends[{index}]"
+        fields = [(f"{where}.env.{k}", v, k) for k, v in backend.env.items()]
+        fields += [(f"{where}.headers.{k}", v, "Authorization") for k, v in backend.headers.items()]
+        fields += [(f"{where}.args[{i}]", arg, arg) for i, arg in enumerate(backend.args)]
+        fields += [(f"{where}.url", backend.url, backend.url)] if backend.url else []
+        for place, value, secret_hint in fields:
+            for name in dict.fromkeys(_BARE_VARIABLE.findall(ENV_REFERENCE.sub("", value))):
+                secret = SECRET_NAME.search(secret_hint) is not None or "@" in secret_hint
+                warnings.append(_bare_variable(place, name if name in os.environ or not secret else None))
+    return list(dict.fromkeys(warnings))
+
+
+def _bare_variable(where: str, name: str | None) -> str:
+    if name is None:
+        return f"{where}: a `$` before a name is used as written: only ${{NAME}} is expanded (if it names a variable, write ${{NAME}})"
+    return f"{where}: ${name} is used as written: only ${{NAME}} is expanded (did you mean ${{{name}}}?)"
 
 
 def _data_dir(config: VmcpConfig, where: str, problems: list[str]) -> str:
