@@ -57,7 +57,7 @@ _NODE_NO_SCRIPT = frozenset({"-e", "--eval", "-p", "--print", "-i", "--interacti
 
 
 def launch_warnings(cfg: VmcpConfig) -> list[str]:
-    """What `vmcp serve` could not launch on this machine, found as it would launch it (`stdio_parameters`):
+    """What `vmcp serve` could not launch on this machine, found as it would launch it (`stdio_launch`):
     a stdio backend whose command is not on PATH or not at its path, whose `cwd` is missing, or whose script
     (`script_argument`: `server.py` in `python -u server.py`) is not in its working directory. Warnings, not
     errors: the file may be meant for another machine, and `vmcp validate --connect` starts each backend to be
@@ -81,12 +81,12 @@ def _backend_launch_warnings(where: str, backend: BackendConfig, base_dir: Path)
 
 
 def _launch_problems(where: str, backend: BackendConfig, base_dir: Path) -> list[str]:
-    from vmcp_opt.backends.transports import stdio_parameters
+    from vmcp_opt.backends.launch import stdio_launch
 
     if backend.transport != "stdio" or backend.command is None:
         return []
-    launch = stdio_parameters(backend, base_dir)
-    cwd = Path(str(launch.cwd))
+    launch = stdio_launch(backend, base_dir)
+    cwd = Path(launch.cwd)
     if not cwd.is_dir():
         return [f"{where}.cwd: {cwd} is not a directory; the backend would not start"]
     problem = _command_problem(backend.command, launch.command)

@@ -15,7 +15,7 @@ import logging
 import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 import anyio.abc
@@ -28,8 +28,6 @@ from vmcp_opt.code_mode.provider import ScriptTools
 from vmcp_opt.config import VmcpConfig
 from vmcp_opt.health import HealthMonitor
 from vmcp_opt.health.breaker import CircuitBreaker
-from vmcp_opt.optimizer.index import UpdateStats
-from vmcp_opt.optimizer.metatools import OptimizerFront
 from vmcp_opt.routing import BackendTools, Policy, Router, SessionChooser
 from vmcp_opt.shared.factories import change_broadcast, usage_history
 from vmcp_opt.shared.rate_limits import rate_limiter
@@ -40,6 +38,10 @@ from vmcp_opt.workflows.provider import WorkflowTools
 from vmcp_opt.workflows.renders import RenderSlots
 from vmcp_opt.workflows.rounds import WorkflowRounds
 from vmcp_opt.workflows.validation import unknown_tools
+
+if TYPE_CHECKING:  # the optimizer's modules import numpy and faiss: loaded only when the optimizer is on
+    from vmcp_opt.optimizer.index import UpdateStats
+    from vmcp_opt.optimizer.metatools import OptimizerFront
 
 logger = logging.getLogger(__name__)
 # Seconds before a background loop of the gateway's that failed unexpectedly runs again (`_kept_running`).
@@ -89,6 +91,8 @@ class Gateway:
         self.optimizer: OptimizerFront | None = None
         listed: Callable[[str], bool] = lambda name: True  # noqa: E731
         if config.optimizer.enabled:
+            from vmcp_opt.optimizer.metatools import OptimizerFront
+
             self.optimizer = OptimizerFront(config, usage_history(config))
             self.optimizer.wait_for_backends = self.wait_for_backends
             self.optimizer.why_no_tools = self.why_no_tools

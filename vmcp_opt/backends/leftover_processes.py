@@ -33,10 +33,13 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
-import psutil
 from anyio.abc import Process
+
+if TYPE_CHECKING:  # imported where used: ~0.1 s a gateway does not spend before its first answer
+    import psutil
 
 logger = logging.getLogger(__name__)
 
@@ -220,6 +223,8 @@ def outside_group(pid: int) -> list[psutil.Process]:
     """The descendants of `pid` outside its process group (started with `setsid`) that are still its descendants:
     found by parent links, so not one whose parent exited (a daemon's double fork), which is re-parented to the
     gateway (its subreaper) or to pid 1: `end_left_behind` finds the former by its mark."""
+    import psutil
+
     try:
         children = psutil.Process(pid).children(recursive=True)
     except psutil.Error:
@@ -248,6 +253,8 @@ def end_left_behind(mark: str, *, every: bool = False) -> None:
 def _descendants() -> list[psutil.Process]:
     """The gateway's descendants: by the kernel's lists of each thread's children, which walk only its own tree
     (psutil's walk reads every process on the host, holding the GIL for each), or psutil's where there are none."""
+    import psutil
+
     if not os.path.exists(f"/proc/self/task/{os.getpid()}/children"):
         with suppress(psutil.Error):
             descendants: list[psutil.Process] = psutil.Process().children(recursive=True)
@@ -274,6 +281,8 @@ def _children_of(pid: int) -> list[int]:
 
 
 def _marked(process: psutil.Process, mark: str, *, every: bool) -> bool:
+    import psutil
+
     try:
         found: str = process.environ().get(MARK_VARIABLE, "")
     except (psutil.Error, OSError):  # gone, a zombie, or another user's
@@ -286,6 +295,8 @@ def _reap_stale_zombies() -> None:
     zombie is reaped only when the previous sweep saw it too (whoever started a child of its own reaps it at
     once: asyncio, code mode's interpreters), never one in the gateway's session (the bulk embedding child,
     reaped by its `Popen` when polled), nor a backend not yet reaped by asyncio."""
+    import psutil
+
     own_session = os.getsid(0)
     seen: set[tuple[int, float]] = set()
     for child in _children_zombies():
@@ -306,6 +317,8 @@ def _reap_stale_zombies() -> None:
 def _children_zombies() -> list[psutil.Process]:
     """The gateway's zombie children, by the kernel's lists of its threads' children where there are some (psutil's
     `children` reads every process on the host; this runs every `ZOMBIE_SWEEP_SECONDS`)."""
+    import psutil
+
     pids: list[int] = []
     if os.path.exists(f"/proc/self/task/{os.getpid()}/children"):
         pids = _children_of(os.getpid())
@@ -331,6 +344,8 @@ def _end_left_at_exit(gateway_pid: int) -> None:
 def end_processes(processes: list[psutil.Process]) -> None:
     """SIGTERM, then SIGKILL what is left after `KILL_GRACE_SECONDS`. psutil checks each is still the process
     it was (its start time), so a pid reused since is not signalled."""
+    import psutil
+
     for process in processes:
         with suppress(psutil.Error):
             process.terminate()

@@ -19,9 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-import shutil
 import ssl
-import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
@@ -39,6 +37,7 @@ from mcp.client.streamable_http import streamable_http_client
 from vmcp_opt.backends.courtesy_cancels import cancels_without_waiting
 from vmcp_opt.backends.credentials import BackendAuth
 from vmcp_opt.backends.http_bodies import cap_json_bodies
+from vmcp_opt.backends.launch import stdio_launch
 from vmcp_opt.backends.open_answers import AnswerClient, CancelWatch, OpenAnswers
 from vmcp_opt.backends.secrets import redact, secret_values
 from vmcp_opt.backends.stdio import bounded_stdio_client, line_cap
@@ -72,24 +71,9 @@ STDERR_DRAIN_SECONDS = 1.0  # after the process is stopped, for its last lines (
 def stdio_parameters(
     backend: BackendConfig, base_dir: Path, secret_env: dict[str, str] | None = None
 ) -> StdioServerParameters:
-    """Resolve command and cwd against the config file's directory; put our interpreter's bin first on PATH.
-
-    A config that says `command: python` then runs the interpreter the gateway itself runs on, with the
-    demo backends installed beside it, whether or not the virtualenv is activated.
-    """
-    assert backend.command is not None
-    bin_dir = str(Path(sys.executable).parent)
-    path = os.pathsep.join([bin_dir, backend.env.get("PATH", os.environ.get("PATH", ""))])
-    command = backend.command
-    if ("/" in command or command.startswith(".")) and not Path(command).is_absolute():
-        command = str((base_dir / command).resolve())
-    else:
-        command = shutil.which(command, path=path) or command
-    # Backends run in the config file's directory unless told otherwise, so relative args resolve there too.
-    cwd = str((base_dir / (backend.cwd or ".")).resolve())
-    return StdioServerParameters(
-        command=command, args=backend.args, env={**backend.env, **(secret_env or {}), "PATH": path}, cwd=cwd
-    )
+    """`stdio_launch` (backends/launch.py) as the SDK's parameters, which the stdio client takes."""
+    launch = stdio_launch(backend, base_dir, secret_env)
+    return StdioServerParameters(command=launch.command, args=launch.args, env=launch.env, cwd=launch.cwd)
 
 
 class StderrTail:

@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import anyio
-import psutil
 from mcp.server.auth.routes import build_resource_metadata_url
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp
 from mcp.server.transport_security import TransportSecuritySettings
@@ -105,6 +104,8 @@ def shared_session_parts(config: VmcpConfig, replica: str) -> SharedSessionParts
 
 def _machine_names() -> list[str]:
     """Every name and address this machine answers to, for a wildcard bind."""
+    import psutil  # only for a wildcard bind: not on every start's path
+
     names = {socket.gethostname(), socket.getfqdn()}
     for addresses in psutil.net_if_addrs().values():
         names.update(a.address for a in addresses if a.family in (socket.AF_INET, socket.AF_INET6))
