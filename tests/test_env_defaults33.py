@@ -145,3 +145,15 @@ def test_a_transports_other_names_get_the_value_meant(tmp_path: Path) -> None:
     ]
     server = "  server.transport: Input should be 'streamable-http' or 'stdio' (did you mean 'streamable-http'?)"
     assert sorted(lines) == sorted([server, *expected])
+
+
+def test_an_empty_variable_with_a_default_is_not_warned_of_as_empty(tmp_path: Path) -> None:
+    env = {"ZONE": "${T33_EMPTY:-UTC}", "DASHED": "${T33_EMPTY-none}", "PLAIN": "${T33_EMPTY}"}
+    result = validate(write_config(tmp_path, {"backends": [demo_backend("s", env=env)]}), {"T33_EMPTY": ""})
+    assert result.returncode == 0, result.stderr
+    empty = [line for line in result.stderr.splitlines() if "is set but empty" in line]
+    # `:-` takes its default for an empty variable; `-` and a plain reference expand to nothing.
+    assert [line.removeprefix("warning: ").split(":")[0] for line in empty] == [
+        "backends[0].env.DASHED",
+        "backends[0].env.PLAIN",
+    ], empty

@@ -18,7 +18,7 @@ import typer
 from vmcp_opt import logs
 from vmcp_opt.cli_config import unknown_per_tool, unknown_pinned
 from vmcp_opt.config import BackendConfig, VmcpConfig
-from vmcp_opt.config.base import ENV_REFERENCE
+from vmcp_opt.config.base import ENV_REFERENCE, ENV_REFERENCE_PARTS
 from vmcp_opt.console import OutputConsole
 
 err = OutputConsole(stderr=True)
@@ -287,10 +287,10 @@ def empty_reference_warnings(config_path: Path | None) -> list[str]:
         if not isinstance(backend, dict):
             continue
         for place, value in _expanded_fields(backend, f"backends[{index}]"):
-            warnings += [
-                f"{place}: ${{{name}}} is set but empty, so the backend gets an empty value here"
-                for name in ENV_REFERENCE.findall(value)
-                if os.environ.get(name) == ""
+            warnings += [  # `${VAR:-default}` takes its default for an empty variable: nothing to warn of
+                f"{place}: ${{{found['name']}}} is set but empty, so the backend gets an empty value here"
+                for found in ENV_REFERENCE_PARTS.finditer(value)
+                if os.environ.get(found["name"]) == "" and found["op"] != ":-"
             ]
     return warnings
 
