@@ -420,7 +420,10 @@ def check_connections(cfg: VmcpConfig) -> None:
             err.print("  (workflow steps not checked until every backend connects)")
         raise typer.Exit(1)
     served = connected.tool_names
-    problems = unknown_tools(cfg.workflows, served) + unknown_pinned(cfg, served) + unknown_per_tool(cfg, served)
+    steps_may_call = served | connected.workflow_only
+    problems = (
+        unknown_tools(cfg.workflows, steps_may_call) + unknown_pinned(cfg, served) + unknown_per_tool(cfg, served)
+    )
     if problems:
         err.print("[bold red]the config names tools the backends do not serve[/]:")
         for problem in problems:

@@ -436,6 +436,7 @@ class Gateway:
         if not self.config.workflows:
             return
         known = {t.name for t in self.router.searchable_tools()} | {t.name for t in self.router.listed_tools()}
+        known |= self.catalog.current.workflow_only.keys()  # served to steps alone
         # While backends are still on their first attempt their tools are missing, not unknown: the check
         # runs again when the last of them joins or fails (`_join_when_ready`).
         report = logger.debug if self.starting() else logger.warning

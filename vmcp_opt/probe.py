@@ -43,6 +43,7 @@ class Connected(NamedTuple):
 
     failed: dict[str, str]  # backend name -> why it did not connect
     tool_names: set[str]  # what the live catalogue serves: workflow steps are checked against these
+    workflow_only: set[str]  # names only workflow steps may call (`aggregation.tools.<b>.workflow_only`)
 
 
 async def connect_once(config: VmcpConfig) -> Connected:
@@ -51,9 +52,9 @@ async def connect_once(config: VmcpConfig) -> Connected:
     async with anyio.create_task_group() as task_group:
         await manager.start(task_group)
         failed = {c.name: c.last_error or c.state.value for c in manager.not_ready()}
-        names = set(catalog_of(manager, config.aggregation).tools)
+        catalog = catalog_of(manager, config.aggregation)
         manager.stop()
-    return Connected(failed, names)
+    return Connected(failed, set(catalog.tools), set(catalog.workflow_only))
 
 
 async def collect_catalog(config: VmcpConfig) -> Catalog:

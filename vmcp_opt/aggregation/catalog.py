@@ -75,6 +75,9 @@ def uri_too_long(uri: str) -> UriTooLong | None:
 @dataclass
 class Catalog:
     tools: dict[str, RoutedTool] = field(default_factory=dict)
+    # aggregation.tools.<b>.workflow_only: callable by workflows' steps alone (the router's `step_tool`), so
+    # kept out of `tools`, which lists, searches, suggests and routes clients' calls.
+    workflow_only: dict[str, RoutedTool] = field(default_factory=dict)
     prompts: dict[str, RoutedPrompt] = field(default_factory=dict)
     resources: dict[str, RoutedResource] = field(default_factory=dict)
     templates: list[RoutedTemplate] = field(default_factory=list)
@@ -124,18 +127,23 @@ def build_catalog(sources: Sequence[BackendSource], config: AggregationConfig) -
     catalog = Catalog(backend_descriptions={s.name: s.description for s in sources})
     drops = Drops()
 
-    tool_candidates = []
+    served: list[Candidate[tuple[str, types.Tool]]] = []
+    hidden: list[Candidate[tuple[str, types.Tool]]] = []
     for source in sources:
         screened, rules = screen_tools(source.name, source.listing.tools, drops), config.tools.get(source.name)
         warn_unmatched(source.name, screened, rules)
-        tool_candidates += [
-            Candidate(source.name, original_name, tool.name, renamed, (original_name, tool))
-            for original_name, tool, renamed in select_tools(screened, rules)
-        ]
-    for name, candidate in resolver.resolve(tool_candidates, "tool", drops).items():
-        original_name, tool = candidate.item
-        exposed = tool if tool.name == name else tool.model_copy(update={"name": name})
-        catalog.tools[name] = RoutedTool(name, candidate.backend, original_name, exposed)
+        for chosen in select_tools(screened, rules):
+            item = (chosen.original_name, chosen.tool)
+            candidate = Candidate(source.name, chosen.original_name, chosen.tool.name, chosen.renamed, item)
+            (hidden if chosen.workflow_only else served).append(candidate)
+    catalog.tools = _routed(resolver.resolve(served, "tool", drops))
+    # Named apart from the served ones: a hidden tool never takes a served tool's name, so hiding one changes
+    # no name clients see. One named like a served tool is dropped (a step naming it gets the served one).
+    for name, routed in _routed(resolver.resolve(hidden, "tool", drops)).items():
+        if name in catalog.tools:
+            drops.add(routed.backend, routed.original_name, _HIDDEN_NAME_TAKEN.format(name=shorten(name)))
+        else:
+            catalog.workflow_only[name] = routed
 
     prompt_candidates = [
         Candidate(source.name, prompt.name, prompt.name, False, prompt)
@@ -169,6 +177,18 @@ def build_catalog(sources: Sequence[BackendSource], config: AggregationConfig) -
     shadowed.log()
     return catalog
 
+
+def _routed(owners: dict[str, Candidate[tuple[str, types.Tool]]]) -> dict[str, RoutedTool]:
+    """Each resolved tool under the name it is exposed by."""
+    routed = {}
+    for name, candidate in owners.items():
+        original_name, tool = candidate.item
+        exposed = tool if tool.name == name else tool.model_copy(update={"name": name})
+        routed[name] = RoutedTool(name, candidate.backend, original_name, exposed)
+    return routed
+
+
+_HIDDEN_NAME_TAKEN = "it is workflow_only and exposed as '{name}', a name a served tool already has"
 
 _UNANCHORED_PAST_BOUND = (
     "its URI template begins with a variable, so every URI read would be tried against it, and the backend lists "

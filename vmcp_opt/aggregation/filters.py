@@ -1,13 +1,15 @@
-"""Per-backend include/exclude globs and overrides (rename, new description) on tools."""
+"""Per-backend include/exclude/workflow_only globs and overrides (rename, new description, annotations) on tools."""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
 import mcp_types as types
 
 from vmcp_opt.config import BackendToolsConfig
+from vmcp_opt.config.sections import AnnotationsOverride
 from vmcp_opt.display import shorten
 
 logger = logging.getLogger(__name__)
@@ -17,27 +19,49 @@ logger = logging.getLogger(__name__)
 _warned_unmatched: set[str] = set()
 
 
-def select_tools(tools: list[types.Tool], rules: BackendToolsConfig | None) -> list[tuple[str, types.Tool, bool]]:
-    """The tools that pass the filters: (the backend's name, the tool with its override applied, renamed?)."""
+@dataclass(frozen=True)
+class Selected:
+    original_name: str  # the backend's own
+    tool: types.Tool  # with its override applied
+    renamed: bool  # an override chose its name
+    workflow_only: bool  # served to workflows' steps alone (`workflow_only`)
+
+
+def select_tools(tools: list[types.Tool], rules: BackendToolsConfig | None) -> list[Selected]:
+    """The tools that pass the filters, each with its override applied."""
     if rules is None:
-        return [(tool.name, tool, False) for tool in tools]
+        return [Selected(tool.name, tool, False, False) for tool in tools]
     selected = []
     for tool in tools:
-        if not any(fnmatchcase(tool.name, pattern) for pattern in rules.include):
+        if _matches(tool.name, rules.exclude):
             continue
-        if any(fnmatchcase(tool.name, pattern) for pattern in rules.exclude):
+        hidden = _matches(tool.name, rules.workflow_only)
+        if not hidden and not _matches(tool.name, rules.include):
             continue
         override = rules.overrides.get(tool.name)
         if override is None:
-            selected.append((tool.name, tool, False))
+            selected.append(Selected(tool.name, tool, False, hidden))
             continue
-        changes: dict[str, str] = {}
+        changes: dict[str, object] = {}
         if override.name:
             changes["name"] = override.name
         if override.description is not None:
             changes["description"] = override.description
-        selected.append((tool.name, tool.model_copy(update=changes), bool(override.name)))
+        if override.annotations.model_fields_set:
+            changes["annotations"] = _merged_annotations(tool.annotations, override.annotations)
+        selected.append(Selected(tool.name, tool.model_copy(update=changes), bool(override.name), hidden))
     return selected
+
+
+def _matches(name: str, patterns: list[str]) -> bool:
+    return any(fnmatchcase(name, pattern) for pattern in patterns)
+
+
+def _merged_annotations(backends: types.ToolAnnotations | None, override: AnnotationsOverride) -> types.ToolAnnotations:
+    """The override's hints over the backend's, by MCP name: what clients list and Cedar judges the tool by
+    (its `read_only`, `destructive`...), so a backend that declares nothing can be described by its operator."""
+    kept = backends.model_dump(by_alias=True, exclude_none=True) if backends is not None else {}
+    return types.ToolAnnotations.model_validate({**kept, **override.model_dump(exclude_none=True)})
 
 
 def unmatched_rules(backend: str, tools: list[types.Tool], rules: BackendToolsConfig | None) -> list[str]:
@@ -51,7 +75,11 @@ def unmatched_rules(backend: str, tools: list[types.Tool], rules: BackendToolsCo
     lists = f"no tool backend {backend} lists"
     problems = [
         f"{where}.{kind}: {shorten(pattern)!r} matches {lists}"
-        for kind, patterns in (("include", rules.include), ("exclude", rules.exclude))
+        for kind, patterns in (
+            ("include", rules.include),
+            ("exclude", rules.exclude),
+            ("workflow_only", rules.workflow_only),
+        )
         for pattern in patterns
         if not any(fnmatchcase(name, pattern) for name in names)
     ]

@@ -50,7 +50,7 @@ class LiveCatalog:
         # grew this without end, and a tool it had removed was called "served by a backend that is down".
         built_from = catalog.backend_descriptions.keys()
         kept = {name: t for name, t in self._known_tools.items() if t.backend not in built_from}
-        self._known_tools = kept | catalog.tools
+        self._known_tools = kept | catalog.workflow_only | catalog.tools
 
     def known_tool(self, tool: str) -> RoutedTool | None:
         """The tool of that name as a catalogue last served it (its backend, its annotations), or None."""

@@ -2,12 +2,23 @@
 
 The entities a policy sees:
 - principal `User::"<subject>"` (`User::"anonymous"` without one) in `Group::"<group>"` for each of its groups,
-  with attributes `subject`, `authenticated`, `groups`, `roles`, `scopes` (sets of strings) and `client_id`;
+  with attributes `subject`, `authenticated`, `groups`, `roles`, `scopes` (sets of strings) and `client_id`, and
+  `claim_<name>` for each token claim a policy names (as ToolHive's vMCP: `principal.claim_email`);
 - resource `Tool::"<name>"` in `Backend::"<backend>"`, with `name`, `backend` and the tool's annotation hints
   `read_only`, `destructive`, `idempotent`, `open_world` (the MCP defaults when a tool gives none);
   `Prompt::"<name>"` and `Resource::"<uri or template>"` with `name`/`uri` and `backend` (a URI in RFC 3986 normal
   form: routing/resource_uris.py);
-- actions `list_tools`, `call_tool`, `list_prompts`, `get_prompt`, `list_resources`, `read_resource`, `complete`.
+- actions `list_tools`, `call_tool`, `list_prompts`, `get_prompt`, `list_resources`, `read_resource`, `complete`;
+- the context of a `call_tool` with arguments: `arg_<name>` for each argument a policy names; empty otherwise.
+
+Claims and arguments are optional attributes of the type the policies use them as (cedar_schema.py
+`named_attributes`): a policy tests one with `has` first (the validator requires it), and a value of another type
+(a float, an object, a list of numbers) is absent. Only the names the policies read are sent, each within
+`MAX_VALUE_CHARS`/`MAX_SET_ITEMS`; a named one past them, or two names made alike as identifiers (`a-b`, `a_b`),
+cannot be judged and the request is denied (a `forbid` must not be slipped past by size). A call whose named
+arguments are all absent is the call judged in the caller's view (kept); one with some is judged alone, not kept,
+and Cedar's error text for it is neither logged nor sent (it may quote the arguments). A view is judged without
+arguments, so a tool whose `permit` requires an argument is called, not listed.
 
 A call allowed by a policy annotated `@approval("<message>")` runs only once the user approves it through
 their client (routing/approval.py); with several such policies, any one of them asks.
@@ -22,7 +33,8 @@ template stops the start with the file, line and reason. So does a policy that d
 validator): a misspelt entity type (`Grup::"dev"`), attribute (`resource.readonly`) or a type mismatch
 would otherwise be a policy that never matches, a silent denial or, in a `forbid`, a silent permission. A decision with an evaluation error
 is a denial (Cedar itself would skip an erroring `forbid`) whose reason quotes Cedar's first error, logged
-once per policy. Decisions depend only on the caller's principal and the target, so they are cached.
+once per policy. Decisions without arguments depend only on the caller's principal (and the claims the policies
+name: `principal_key`) and the target, so they are cached.
 
 Groups: a token may carry thousands (enterprise IdPs), and Cedar parses every entity sent in every batch. So
 only the groups a policy can test are sent: those named as `Group::"…"` and those tested as literals by
@@ -32,8 +44,8 @@ gets the whole set in the attribute, up to `MAX_WHOLE_GROUPS`; a caller with mor
 judged on a cut list, which could slip past a `forbid`), logged once.
 
 Past ~500 lines on purpose: the engine's calls, the entities it is sent and the policy scan that decides which
-groups those are share one picture of what a policy can test; the schema Cedar validates against is
-cedar_schema.py.
+groups those are share one picture of what a policy can test; the schema Cedar validates against, and the claims
+and arguments it names (their types, names and bounds), are cedar_schema.py.
 """
 
 from __future__ import annotations
@@ -53,7 +65,16 @@ import cedarpy
 
 from vmcp_opt.auth import file_modes
 from vmcp_opt.auth.caller import Caller
-from vmcp_opt.auth.cedar_schema import ACTIONS, KNOWN_ACTIONS, schema_problems
+from vmcp_opt.auth.cedar_schema import (
+    ACTIONS,
+    ARG_PREFIX,
+    CLAIM_PREFIX,
+    KNOWN_ACTIONS,
+    Unjudgeable,
+    converted,
+    named_attributes,
+    schema_problems,
+)
 from vmcp_opt.config import RESERVED_NAMES
 from vmcp_opt.display import shorten
 from vmcp_opt.routing.policy import ALLOW, Decision, PolicyLoadError, Target
@@ -119,10 +140,13 @@ class CedarPolicy:
         # Policy id -> the message of its `@approval("…")` annotation: a call it allows needs the user's approval.
         self.approvals = _approvals(parsed)
         self.group_use = group_use(parsed)
+        # The `principal.claim_*` and `context.arg_*` attributes the policies name, with their types.
+        self.claim_kinds, self.arg_kinds = named_attributes(parsed)
         self.cache_size = cache_size
         self._cache: dict[tuple[Hashable, ...], Decision] = {}
         self._errors_logged: set[str] = set()  # policy ids whose evaluation error was logged
         self._too_many_logged = False
+        self._unjudged_logged: set[str] = set()
 
     @classmethod
     def from_file(cls, path: Path, cache_size: int = 100_000, *, strict_modes: bool = True) -> CedarPolicy:
@@ -150,24 +174,55 @@ class CedarPolicy:
     # --- Policy and BatchPolicy -----------------------------------------------------------------------
 
     def principal_key(self, caller: Caller) -> Hashable:
-        return caller.principal
+        """The principal, with the claims the policies name (as sent: two callers alike there are judged alike)."""
+        if not self.claim_kinds:
+            return caller.principal
+        try:
+            claims = converted(caller.claims, CLAIM_PREFIX, self.claim_kinds)
+        except Unjudgeable as exc:
+            return (caller.principal, str(exc))
+        return (caller.principal, tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in claims.items())))
 
     def decide(self, caller: Caller, target: Target) -> Decision:
         if is_meta_tool(target):
             return ALLOW
-        cached = self._cache.get(_cache_key(caller, target))
+        try:
+            context = self._context(target)
+        except Unjudgeable as exc:
+            return self._unjudged(target, str(exc))
+        if context:
+            return self._decided(caller, [target], [context])[0]  # judged alone, not kept
+        cached = self._cache.get(_cache_key(self.principal_key(caller), target))
         return cached if cached is not None else self.decide_all(caller, [target])[0]
+
+    def _context(self, target: Target) -> dict[str, Any]:
+        """The `arg_*` attributes of a tool call's arguments the policies name ({} for anything else)."""
+        if not self.arg_kinds or target.arguments is None or (target.kind, target.operation) != ("tool", "use"):
+            return {}
+        return converted(target.arguments, ARG_PREFIX, self.arg_kinds)
+
+    def _unjudged(self, target: Target, why: str) -> Decision:
+        """A request with a claim or argument that cannot be judged: denied, logged once per reason (no values)."""
+        if why not in self._unjudged_logged and len(self._unjudged_logged) < 100:
+            self._unjudged_logged.add(why)
+            logger.warning("authorization: %s: %s; such requests are denied (logged once)", self.source, shorten(why))
+        return Decision(False, f"{ACTIONS[(target.kind, target.operation)]}: denied: {shorten(why)}")
 
     def decide_all(self, caller: Caller, targets: Sequence[Target]) -> list[Decision]:
         """Many targets of one caller (the router's per-principal views), in Cedar batches of a few milliseconds
-        each (`_evaluated`). Each decision is kept, so a target judged in a view is not judged again when called:
-        a hidden tool's first call costs what a made-up name's does (no timing oracle), and a listed tool's call
-        no evaluation."""
+        each (`_evaluated`), judged without arguments. Each decision is kept, so a target judged in a view is not
+        judged again when called: a hidden tool's first call costs what a made-up name's does (no timing oracle),
+        and a listed tool's call no evaluation."""
+        return self._decided(caller, targets, [{}] * len(targets))
+
+    def _decided(self, caller: Caller, targets: Sequence[Target], contexts: list[dict[str, Any]]) -> list[Decision]:
+        """`decide_all` with each target's context: a decision with an empty one is looked up and kept."""
         decisions = [ALLOW] * len(targets)
         asked: list[int] = []
+        key = self.principal_key(caller)
         for i, target in enumerate(targets):
             if not is_meta_tool(target):
-                cached = self._cache.get(_cache_key(caller, target))
+                cached = None if contexts[i] else self._cache.get(_cache_key(key, target))
                 if cached is None:
                     asked.append(i)
                 else:
@@ -175,15 +230,22 @@ class CedarPolicy:
         if asked and self.group_use.too_many(caller.groups):
             self._deny_too_many_groups(caller, targets, decisions, asked)
             return decisions
+        try:
+            claims = converted(caller.claims, CLAIM_PREFIX, self.claim_kinds) if self.claim_kinds else {}
+        except Unjudgeable as exc:  # not kept, as too many groups are not
+            for i in asked:
+                decisions[i] = self._unjudged(targets[i], str(exc))
+            return decisions
         # The principal's entities are the same for every chunk: built and serialised once.
         principal_entities: dict[tuple[str, str], dict[str, Any]] = {}
-        principal = _principal(caller, principal_entities, self.group_use)
+        principal = _principal(caller, principal_entities, self.group_use, claims)
         principal_json = json.dumps(list(principal_entities.values()))
         size, start = FIRST_CHUNK, 0
         while start < len(asked):
             chunk = asked[start : start + size]
             began = time.perf_counter()
-            self._evaluated(caller, (principal, principal_json), [targets[i] for i in chunk], decisions, chunk)
+            batch = [(targets[i], contexts[i]) for i in chunk]
+            self._evaluated(key, (principal, principal_json), batch, decisions, chunk)
             start += len(chunk)
             size = _next_chunk(len(chunk), time.perf_counter() - began)
         return decisions
@@ -211,16 +273,17 @@ class CedarPolicy:
 
     def _evaluated(
         self,
-        caller: Caller,
+        key: Hashable,
         principal: tuple[dict[str, str], str],
-        targets: list[Target],
+        targets: list[tuple[Target, dict[str, Any]]],
         decisions: list[Decision],
         at: list[int],
     ) -> None:
         """One `is_authorized_batch` for `targets`, their decisions into `decisions` at `at`. The engine holds the
         GIL for the whole batch: 10,000 decisions in one held the event loop (the batch runs on a worker thread)
         ~1.4 s; in chunks the loop runs between them. `principal` is the principal's uid and its entities as
-        JSON; each chunk adds only its own resources' entities."""
+        JSON; each chunk adds only its own resources' entities. A decision with a context (a call's arguments) is not
+        kept, and Cedar's words about it are neither logged nor sent: they may quote an argument."""
         uid, principal_json = principal
         entities: dict[tuple[str, str], dict[str, Any]] = {}
         requests = [
@@ -228,21 +291,25 @@ class CedarPolicy:
                 "principal": uid,
                 "action": {"type": "Action", "id": ACTIONS[(target.kind, target.operation)]},
                 "resource": _resource(target, entities),
-                "context": {},
+                "context": context,
             }
-            for target in targets
+            for target, context in targets
         ]
+        quiet = any(context for _target, context in targets)
         try:
             results = cedarpy.is_authorized_batch(requests, self.policies, _joined(principal_json, entities))
         except Exception as exc:  # fail closed: nothing is allowed when the engine cannot answer (not kept)
+            said = "its message may quote the call's arguments" if quiet else str(exc)
             for i in at:
-                decisions[i] = Decision(False, f"policy evaluation failed: {exc}")
+                decisions[i] = Decision(False, f"policy evaluation failed: {said}")
             return
-        for i, target, result in zip(at, targets, results, strict=True):
+        for i, (target, context), result in zip(at, targets, results, strict=True):
+            action = ACTIONS[(target.kind, target.operation)]
             if result.diagnostics.errors:
-                self._log_error_once(result.diagnostics.errors[0])
-            decisions[i] = _decision(result, ACTIONS[(target.kind, target.operation)], self.approvals)
-            self._keep(_cache_key(caller, target), decisions[i])
+                self._log_error_once(result.diagnostics.errors[0], quoted=not context)
+            decisions[i] = _decision(result, action, self.approvals, quoted=not context)
+            if not context:
+                self._keep(_cache_key(key, target), decisions[i])
 
     def _keep(self, key: tuple[Hashable, ...], decision: Decision) -> None:
         if len(self._cache) >= self.cache_size:
@@ -250,13 +317,15 @@ class CedarPolicy:
         if self.cache_size:
             self._cache[key] = decision
 
-    def _log_error_once(self, message: str) -> None:
-        """A policy that errors usually errors for every request: its first error is logged, not each one."""
+    def _log_error_once(self, message: str, *, quoted: bool = True) -> None:
+        """A policy that errors usually errors for every request: its first error is logged, not each one; not
+        `quoted` (a call with arguments), only the policy is named."""
         found = _ERRING_POLICY.search(message)
-        policy_id = found.group(1) if found else message
+        policy_id = found.group(1) if found else ("" if not quoted else message)
         if policy_id not in self._errors_logged:
             self._errors_logged.add(policy_id)
-            logger.warning("authorization: %s: %s (such requests are denied)", self.source, message)
+            said = message if quoted else f"policy `{policy_id}` failed on a call's arguments (its message not kept)"
+            logger.warning("authorization: %s: %s (such requests are denied)", self.source, said)
 
 
 def _next_chunk(size: int, took: float) -> int:
@@ -265,8 +334,8 @@ def _next_chunk(size: int, took: float) -> int:
     return max(MIN_CHUNK, min(MAX_CHUNK, scaled))
 
 
-def _cache_key(caller: Caller, target: Target) -> tuple[Hashable, ...]:
-    return (caller.principal, target.kind, _name_key(target.name), target.source, target.operation, _hints(target))
+def _cache_key(principal: Hashable, target: Target) -> tuple[Hashable, ...]:
+    return (principal, target.kind, _name_key(target.name), target.source, target.operation, _hints(target))
 
 
 def _name_key(name: str) -> str | bytes:
@@ -278,8 +347,10 @@ def _name_key(name: str) -> str | bytes:
     return hashlib.sha256(name.encode("utf-8", "surrogatepass")).digest()
 
 
-def _decision(result: cedarpy.AuthzResult, action: str, approvals: dict[str, str]) -> Decision:
+def _decision(result: cedarpy.AuthzResult, action: str, approvals: dict[str, str], *, quoted: bool = True) -> Decision:
     if result.diagnostics.errors:
+        if not quoted:  # it may quote the call's arguments
+            return Decision(False, f"{action}: policy evaluation error on the call's arguments")
         # Cedar's error may quote the resource (a client's URI): the reason is cached and sent, so it is cut.
         return Decision(False, f"{action}: policy evaluation error: {shorten(result.diagnostics.errors[0], 500)}")
     if result.allowed:
@@ -302,10 +373,13 @@ def _joined(principal_json: str, entities: dict[tuple[str, str], dict[str, Any]]
 
 
 def _principal(
-    caller: Caller, entities: dict[tuple[str, str], dict[str, Any]], groups: GroupUse | None = None
+    caller: Caller,
+    entities: dict[tuple[str, str], dict[str, Any]],
+    groups: GroupUse | None = None,
+    claims: dict[str, Any] | None = None,
 ) -> dict[str, str]:
     """The principal's uid, its entity and its groups' into `entities`; of its groups, those `groups` says the
-    policies can tell apart (all of them without it)."""
+    policies can tell apart (all of them without it); `claims`, its `claim_*` attributes."""
     shown = groups or GroupUse()
     member_of = shown.member_of(caller.groups)
     uid = {"type": "User", "id": caller.subject or "anonymous"}
@@ -320,6 +394,7 @@ def _principal(
             "roles": sorted(caller.roles),
             "scopes": sorted(caller.scopes),
             "client_id": caller.client_id or "",
+            **(claims or {}),
         },
         "parents": [{"type": "Group", "id": group} for group in member_of],
     }

@@ -242,7 +242,8 @@ class AuthorizationConfig(_Strict):
     # A Cedar policy file; relative to the config file's directory. A file that does not parse, or whose policies
     # do not validate against the gateway's schema (`vmcp auth schema`: a misspelt type or attribute), stops the
     # start; so does a file others may write (o+w, or in a directory o+w without the sticky bit); group-writable or
-    # another user's: a warning.
+    # another user's: a warning. Policies may read the caller's token claims (`principal.claim_<name>`) and a call's
+    # arguments (`context.arg_<name>`), each tested with `has` first.
     policies: str | None = None
     # Decisions kept per (caller, action, target); a caller's visible tool set is kept per catalogue.
     cache_size: int = Field(100_000, ge=0)

@@ -204,11 +204,30 @@ class DiscoveryConfig(_Strict):
         return self
 
 
+class AnnotationsOverride(_Strict):
+    """By the MCP names, as clients see them: each one set here replaces the backend's, the others are kept. For a
+    backend that declares nothing, or wrongly: a policy on `resource.read_only` judged its tools by MCP's
+    defaults alone (not read-only, destructive, open world), and could not be told otherwise."""
+
+    # A human-readable name for the tool.
+    title: str | None = None
+    # The tool changes nothing. Also what a Cedar policy reads as the tool's `read_only`.
+    readOnlyHint: bool | None = None
+    # A tool that changes things may destroy them (Cedar: `destructive`).
+    destructiveHint: bool | None = None
+    # Calling it again with the same arguments changes nothing more (Cedar: `idempotent`).
+    idempotentHint: bool | None = None
+    # It reaches beyond the backend (the web, other systems) (Cedar: `open_world`).
+    openWorldHint: bool | None = None
+
+
 class ToolOverride(_Strict):
     # The name the tool is served under (kept as is, never prefixed).
     name: str | None = None
     # The description served instead of the backend's.
     description: str | None = None
+    # MCP annotations, each one set replacing the backend's: what clients list and Cedar policies judge the tool by.
+    annotations: AnnotationsOverride = Field(default_factory=AnnotationsOverride)
 
     @field_validator("name")
     @classmethod
@@ -225,7 +244,11 @@ class BackendToolsConfig(_Strict):
     include: list[str] = Field(default_factory=lambda: ["*"])
     # Glob patterns of tool names left out, even when included.
     exclude: list[str] = Field(default_factory=list)
-    # Per tool, keyed by the backend's own tool name: the name and description to serve it under.
+    # Glob patterns of tool names served to workflows' steps alone, included or not (`exclude` still drops them):
+    # not in tools/list nor find_tool, and a client calling one, directly or through call_tool, is told what an
+    # unknown name is told. Policies apply to each step's call as to any.
+    workflow_only: list[str] = Field(default_factory=list)
+    # Per tool, keyed by the backend's own tool name: the name, description and annotations to serve it with.
     overrides: dict[str, ToolOverride] = Field(default_factory=dict)
 
 

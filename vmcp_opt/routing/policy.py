@@ -7,9 +7,9 @@ caller cannot call it does not see either (`find_tool` included).
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import mcp_types as types
 from mcp.shared.exceptions import MCPError
@@ -43,6 +43,9 @@ class Target:
     operation: Operation = "use"
     # A tool's annotations (readOnlyHint, destructiveHint...), for policies that decide on them.
     annotations: types.ToolAnnotations | None = field(default=None, compare=False, hash=False)
+    # A tool call's arguments, for policies that decide on them (Cedar's `context.arg_*`); None when judged
+    # without a call (lists, views). Never in a repr: they may hold secrets.
+    arguments: Mapping[str, Any] | None = field(default=None, compare=False, hash=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -62,8 +65,9 @@ class Policy(Protocol):
 
 @runtime_checkable
 class BatchPolicy(Protocol):
-    """A policy whose decisions depend only on `Caller.principal` and the target: the router then asks it
-    once per principal for a whole catalogue (`decide_all`) and keeps the answer until the catalogue changes."""
+    """A policy whose decisions depend only on `principal_key(caller)` and the target: the router then asks it
+    once per principal for a whole catalogue (`decide_all`, targets judged without arguments) and keeps the
+    answer until the catalogue changes. `decide` of a call may still read the call's `Target.arguments`."""
 
     def decide(self, caller: Caller, target: Target) -> Decision: ...
 

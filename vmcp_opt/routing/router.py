@@ -68,7 +68,7 @@ from vmcp_opt.routing.policy import (
     unknown_prompt,
     unknown_template,
 )
-from vmcp_opt.routing.providers import ProvidedTool, ToolCall, ToolProvider, error_result
+from vmcp_opt.routing.providers import BackendTools, ProvidedTool, ToolCall, ToolProvider, error_result
 from vmcp_opt.routing.sessions import SessionChooser
 from vmcp_opt.routing.views import MergedToolList, ToolViews
 
@@ -229,7 +229,9 @@ class Router:
         """`_authorize` for a tool: a refused caller gets what a name never served gets, suggestions included."""
         decision = self._judged(caller, target)
         if not decision.allowed:
-            absent = UnknownTool(target.name, None, await self.meant(caller, target.name))
+            # A call refused for its arguments: the tool itself is listed, and is no suggestion for its own name.
+            meant = [name for name in await self.meant(caller, target.name) if name != target.name]
+            absent = UnknownTool(target.name, None, meant)
             raise DeniedTool(caller, target, decision.reason, absent)
         return decision
 
@@ -381,6 +383,21 @@ class Router:
                 return provider, provided
         return None
 
+    def _step_tool(self, name: str, exchange: Exchange) -> tuple[ToolProvider, ProvidedTool] | None:
+        """A workflow-only tool (`aggregation.tools.<b>.workflow_only`), for a workflow step's call alone: a client's
+        own call, direct or through call_tool, gets what an unknown name gets. A step's exchange, not the run's
+        context variable: a task a step starts keeps that context, and code mode's script calls (clients' code)
+        carry no `step_of` even when a step started them."""
+        if exchange.step_of is None:
+            return None
+        catalog = self.catalog.current
+        routed = catalog.workflow_only.get(name)
+        backend_tools = next((p for p in self.providers if isinstance(p, BackendTools)), None)
+        if routed is None or backend_tools is None:
+            return None
+        description = catalog.backend_descriptions.get(routed.backend, "")
+        return backend_tools, ProvidedTool(name, routed.tool, routed.backend, routed.original_name, description)
+
     async def call_tool(
         self, caller: Caller, name: str, arguments: dict[str, Any] | None, exchange: Exchange
     ) -> types.CallToolResult:
@@ -399,13 +416,13 @@ class Router:
     async def _call_tool(
         self, caller: Caller, name: str, arguments: dict[str, Any] | None, exchange: Exchange, op: Op | None
     ) -> types.CallToolResult:
-        found = self._lookup(name)
+        found = self._lookup(name) or self._step_tool(name, exchange)
         if found is None:
             return await self._unavailable(caller, name, op)
         provider, provided = found
         if op is not None:
             op.backend = provided.source
-        decision = await self._authorize_tool(caller, _tool_target(provided))
+        decision = await self._authorize_tool(caller, _tool_target(provided, arguments=arguments))
         if decision.approval is not None:
             try:
                 exchange = await self.approvals.confirm(caller, exchange, provided.name, decision.approval)
@@ -683,5 +700,8 @@ class Router:
         return connection
 
 
-def _tool_target(provided: ProvidedTool, operation: Operation = "use") -> Target:
-    return Target("tool", provided.name, provided.source, operation, provided.tool.annotations)
+def _tool_target(
+    provided: ProvidedTool, operation: Operation = "use", arguments: dict[str, Any] | None = None
+) -> Target:
+    """`arguments`: a call's, which a policy may decide on (Cedar's `context.arg_*`)."""
+    return Target("tool", provided.name, provided.source, operation, provided.tool.annotations, arguments)

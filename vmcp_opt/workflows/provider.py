@@ -332,7 +332,7 @@ class RunProgress:
 def workflow_tools(workflows: Sequence[WorkflowConfig], catalog: Catalog) -> dict[str, ProvidedTool]:
     """The workflows as tools beside `catalog`, their annotations derived from its tools: what the gateway
     serves and find_tool indexes, and what `vmcp index` lists without a gateway (probe.py)."""
-    annotations = derived_annotations(workflows, catalog.tools)
+    annotations = derived_annotations(workflows, {**catalog.workflow_only, **catalog.tools})
     return {
         w.name: ProvidedTool(w.name, tool_of(w, annotations[w.name]), WORKFLOW_SOURCE, w.name, SOURCE_DESCRIPTION)
         for w in workflows
