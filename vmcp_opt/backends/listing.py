@@ -26,6 +26,11 @@ backends/http_bodies.py), or of more values than a page may hold (backends/resul
 it kept, with one warning (`_cut_at_page`): the page is an error for its request, which failed the whole backend,
 and its reconnects read it again for good. A page of 4.3 million values in a field beside its one tool held the
 event loop over a second at every re-fetch.
+
+A lone surrogate (an unpaired `\\ud800`-`\\udfff` escape, which JSON allows and no UTF-8 writer can write) in an item's
+text becomes U+FFFD where the list is taken in (`mended_items`, on the budget's worker thread); an item whose name or URI
+holds one is dropped with a warning (backends/lone_surrogates.py says why). Left in, one description failed every
+client's `tools/list`.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ from pydantic import ValidationError
 from vmcp_opt.backends.errors import over_result_cap
 from vmcp_opt.backends.forwarding import WrappedReadStream
 from vmcp_opt.backends.http_bodies import as_internal_error
+from vmcp_opt.backends.lone_surrogates import escaped, mended_items
 from vmcp_opt.backends.results import json_size
 from vmcp_opt.display import shorten
 
@@ -112,7 +118,7 @@ class ItemScreen:
                         "backend %s: %s '%s' dropped: its definition is invalid (%s)",
                         self.backend,
                         self.key.rstrip("s"),
-                        shorten(str(name)),
+                        escaped(shorten(str(name))),
                         first_error(exc),
                     )
                 continue
@@ -185,7 +191,7 @@ class ListBudget:
         kept = await anyio.to_thread.run_sync(self._within, page)
         if len(kept) < len(page) or (more and self.spent):
             self._warn_cut()
-        return kept
+        return await anyio.to_thread.run_sync(mended_items, self.backend, self.method, kept)
 
     @property
     def spent(self) -> bool:

@@ -11,6 +11,10 @@ time: one pass over a 10 MB answer on the event loop held it 100-600 ms): parsin
 loop in proportion to them, from a worker thread too. Told the limit, it counts naively first (every `{`, `[` and
 `,`: an upper bound, a tenth of the exact count's cost on a small answer) and exactly only past the limit. A listing page (`ListingIds`) has a budget of its own,
 `page_values`: its items are bounded by the listing's budgets (backends/listing.py), but not the rest of the page.
+
+A result's lone surrogates (unpaired `\\ud800`-`\\udfff` escapes) become U+FFFD as it is measured (`measured_result`,
+backends/lone_surrogates.py): left in, the answer could not be written, and its client got a 500 or a line its SDK
+could not parse. A text holding one is no text a client can read anyway; the rest of it reaches the client as sent.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ import anyio.to_thread
 import mcp_types as types
 from mcp.shared.exceptions import MCPError
 from pydantic import BaseModel
+
+from vmcp_opt.backends.lone_surrogates import mend
 
 logger = logging.getLogger(__name__)
 
@@ -95,12 +101,40 @@ def bounded_result(backend: str, result: ResultT, cap: int) -> ResultT:
 
 
 async def measured_result(backend: str, result: ResultT, cap: int, *, measured: bool) -> ResultT:
-    """`bounded_result` without holding the event loop: `measured`, the transport has bounded the answer already
-    (backends/stdio.py, `measures_results`); a result within `INLINE_CHARS` is known to be so on the loop; a
-    longer one is measured in a worker thread (a pure-Python walk: the loop runs between its turns at the GIL)."""
-    if measured or json_size(result, min(cap, INLINE_CHARS)) is not None:
-        return result
-    return await anyio.to_thread.run_sync(bounded_result, backend, result, cap)
+    """`bounded_result` without holding the event loop, its lone surrogates mended (`mended_result`): `measured`,
+    the transport has bounded the answer already (backends/stdio.py, `measures_results`); a result within
+    `INLINE_CHARS` is known to be so, and mended, on the loop; a longer one is measured (unless `measured`) and
+    mended in a worker thread (pure-Python walks: the loop runs between their turns at the GIL). A transport that
+    measured still needs the mending walk: it parses a long line with `json`, which lets lone surrogates through."""
+    if json_size(result, min(cap, INLINE_CHARS)) is not None:
+        return mended_result(backend, result)
+    if measured:
+        return await anyio.to_thread.run_sync(mended_result, backend, result)
+    return await anyio.to_thread.run_sync(_bounded_and_mended, backend, result, cap)
+
+
+def _bounded_and_mended(backend: str, result: ResultT, cap: int) -> ResultT:
+    bounded = bounded_result(backend, result, cap)
+    return bounded if bounded is not result else mended_result(backend, result)
+
+
+_MENDED_BACKENDS: set[str] = set()  # warned about at WARNING once; later results at DEBUG
+
+
+def mended_result(backend: str, result: ResultT) -> ResultT:
+    """`result` with every lone surrogate replaced by U+FFFD, in place, with a warning naming the backend."""
+    mended = mend(result)
+    if mended:
+        level = logging.DEBUG if backend in _MENDED_BACKENDS else logging.WARNING
+        _MENDED_BACKENDS.add(backend)
+        logger.log(
+            level,
+            "backend %s: a result had lone surrogates (unpaired \\ud800-\\udfff escapes) in %d of its strings: passed "
+            "on with U+FFFD in their place",
+            backend,
+            mended,
+        )
+    return result
 
 
 # Requests whose answers are listing pages, held to `page_values` rather than `limits.max_result_values`.
