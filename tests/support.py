@@ -1,4 +1,7 @@
-"""Real processes for end-to-end tests: the gateway as `vmcp serve`, backends as their own servers."""
+"""Real processes for end-to-end tests: the gateway as `vmcp serve`, backends as their own servers.
+
+Past ~450 lines: one module that every end-to-end test imports, so that a way to start, configure, patch or wait
+for a process is written once; split by kind, each test file would import from three."""
 
 from __future__ import annotations
 
@@ -155,6 +158,48 @@ def write_config(directory: Path, config: dict[str, Any], name: str = "vmcp.yaml
     path = directory / name
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
     return path
+
+
+# The answering loop of a stdio backend written without the SDK (`tools_backend`), one JSON-RPC message a line.
+TOOLS_BACKEND_LOOP = r"""
+for line in sys.stdin:
+    request = json.loads(line)
+    if "id" not in request:
+        continue
+    method = request.get("method")
+    if method == "initialize":
+        result = {"protocolVersion": "2025-11-25", "capabilities": {"tools": {}}, "serverInfo": {"name": "t", "version": "1"}}
+    elif method == "tools/list":
+        result = {"tools": TOOLS}
+    elif method == "tools/call":
+        result = RESULTS.get(request["params"]["name"], CALLED)
+    elif method == "ping":
+        result = {}
+    else:
+        print(json.dumps({"jsonrpc": "2.0", "id": request["id"], "error": {"code": -32601, "message": "no"}}), flush=True)
+        continue
+    print(json.dumps({"jsonrpc": "2.0", "id": request["id"], "result": result}), flush=True)
+"""
+
+
+def tools_backend(name: str, script: Path, setup: str, **extra: Any) -> dict[str, Any]:
+    """A backend entry for a stdio server that lists and answers what no SDK server would (a schema too wide to
+    check, a result that breaks its own output schema), and starts in milliseconds. `setup` is Python that defines
+    `TOOLS` (tools/list's answer) and may define `RESULTS` (a tools/call's result by tool name; others get the
+    text "called"); it is written with the loop to `script`."""
+    head = 'import json, sys\nRESULTS = {}\nCALLED = {"content": [{"type": "text", "text": "called"}]}\n'
+    script.write_text(head + setup + TOOLS_BACKEND_LOOP, encoding="utf-8")
+    return {"name": name, "command": sys.executable, "args": [str(script)], **extra}
+
+
+def sitecustomize(hook: Path, source: str) -> dict[str, str]:
+    """The environment under which every Python process a test starts (gateway, backends, children) runs
+    `source` at start-up, before the code under test: a patch or a recorder the process cannot be asked for
+    over MCP. `hook` is made and holds `sitecustomize.py` (and whatever the hook writes beside it); it goes
+    first on PYTHONPATH, ahead of the test run's own, which it keeps."""
+    hook.mkdir(parents=True, exist_ok=True)
+    (hook / "sitecustomize.py").write_text(source, encoding="utf-8")
+    return {"PYTHONPATH": os.pathsep.join(p for p in (str(hook), os.environ.get("PYTHONPATH", "")) if p)}
 
 
 # Between two polls of a starting process: it is ready on average half of this before a test sees it, for each

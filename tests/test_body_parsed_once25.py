@@ -18,7 +18,7 @@ from typing import Any
 import httpx2
 import pytest
 
-from tests.support import Gateway, demo_backend, raw_session, running_gateway, write_config
+from tests.support import Gateway, demo_backend, raw_session, running_gateway, sitecustomize, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -74,16 +74,13 @@ class Parses:
 
 
 def counting_gateway(directory: Path, config: dict[str, Any]) -> Iterator[tuple[Gateway, Parses]]:
-    site = directory / "site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(COUNTING, encoding="utf-8")
     (directory / "echo_server.py").write_text(ECHO_SERVER, encoding="utf-8")
     backends = [
         demo_backend("notes"),
         {"name": "echo", "command": sys.executable, "args": [str(directory / "echo_server.py")]},
     ]
     log = directory / "parses.log"
-    env = {"PYTHONPATH": str(site), "PARSES_LOG": str(log)}
+    env = {**sitecustomize(directory / "site", COUNTING), "PARSES_LOG": str(log)}
     with running_gateway(write_config(directory, {"backends": backends, **config}), env=env) as gateway:
         yield gateway, Parses(log, gateway)
 

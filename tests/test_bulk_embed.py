@@ -42,7 +42,7 @@ def _embedder(**config: object) -> OnnxEmbedder:
 
 
 @pytest.fixture(scope="module")
-def served() -> OnnxEmbedder:
+def served(real_export: Path) -> OnnxEmbedder:
     """The gateway's default embedder: ONNX Runtime int8, with the child for 1,000 new documents or more."""
     return _embedder()
 

@@ -21,10 +21,10 @@ import anyio
 import pytest
 from mcp import Client
 
-from tests.support import demo_backend, running_gateway, write_config
+from tests.support import demo_backend, running_gateway, sitecustomize, write_config
 from vmcp_opt.optimizer import cpu, onnx_export
 from vmcp_opt.optimizer.model_registry import DEFAULT_MODEL, resolve_model
-from vmcp_opt.optimizer.onnx_export import FILES, METADATA_FILE, RECIPE_VERSION, ensure_onnx_model, export_dir
+from vmcp_opt.optimizer.onnx_export import FILES, METADATA_FILE, RECIPE_VERSION, export_dir
 
 pytestmark = [pytest.mark.slow]
 
@@ -43,13 +43,6 @@ if "VMCP_TEST_RECIPE_VERSION" in os.environ:
 
     onnx_export.RECIPE_VERSION = int(os.environ["VMCP_TEST_RECIPE_VERSION"])
 """
-
-
-@pytest.fixture(scope="module")
-def real_export() -> Path:
-    """This machine's export in the test run's cache (tests/conftest.py), made once when missing."""
-    spec = resolve_model(DEFAULT_MODEL)
-    return ensure_onnx_model(spec, Path(os.environ["VMCP_OPTIMIZER__MODEL_CACHE"]), "int8").parent
 
 
 def export_name(flags: str, recipe: int = RECIPE_VERSION) -> str:
@@ -78,12 +71,8 @@ def place_export(real: Path, cache: Path, name: str, recipe: int = RECIPE_VERSIO
 
 
 def process_env(tmp_path: Path, cache: Path, flags: str, recipe: int = RECIPE_VERSION) -> dict[str, str]:
-    forcing = tmp_path / "forcing"
-    forcing.mkdir(exist_ok=True)
-    (forcing / "sitecustomize.py").write_text(FORCING, encoding="utf-8")
-    path = os.pathsep.join(p for p in (str(forcing), os.environ.get("PYTHONPATH", "")) if p)
     return {
-        "PYTHONPATH": path,
+        **sitecustomize(tmp_path / "forcing", FORCING),
         "VMCP_TEST_CPU_FLAGS": flags,
         "VMCP_TEST_RECIPE_VERSION": str(recipe),
         "VMCP_OPTIMIZER__MODEL_CACHE": str(cache),

@@ -9,13 +9,12 @@ that deadline, answers by keywords without waiting again. The same `sitecustomiz
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 from mcp import Client
 
-from tests.support import demo_backend, running_gateway, write_config
+from tests.support import demo_backend, running_gateway, sitecustomize, write_config
 from tests.test_gaps22_vector_wait_threads import SITECUSTOMIZE
 
 pytestmark = [pytest.mark.slow, pytest.mark.anyio]
@@ -67,14 +66,11 @@ def anyio_backend() -> str:
 async def test_find_tool_after_the_first_wait_ran_out_answers_by_keywords_without_waiting_again(
     tmp_path: Path,
 ) -> None:
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(SITECUSTOMIZE + RECORD_WAITS, encoding="utf-8")
     waits = tmp_path / "waits"
-    paths = os.pathsep.join(p for p in (str(hook), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**sitecustomize(tmp_path / "hook", SITECUSTOMIZE + RECORD_WAITS), "VMCP_TEST_WAITS": str(waits)}
     optimizer = {"enabled": True, "index_dir": str(tmp_path / "idx"), "vector_wait": WAIT}
     config = write_config(tmp_path, {"backends": [demo_backend("notes")], "optimizer": optimizer})
-    with running_gateway(config, env={"PYTHONPATH": paths, "VMCP_TEST_WAITS": str(waits)}) as gateway:
+    with running_gateway(config, env=env) as gateway:
         async with Client(gateway.url, read_timeout_seconds=60) as client:
             first = await client.call_tool("find_tool", {"query": "save a note"})  # waits the whole vector_wait
             assert first.structured_content is not None and first.structured_content["ranking"] == "keyword"

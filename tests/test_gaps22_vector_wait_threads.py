@@ -8,7 +8,6 @@ on the gateway's path (the keyword index serves at once, the vectors never come)
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import anyio
@@ -16,7 +15,7 @@ import psutil
 import pytest
 from mcp import Client
 
-from tests.support import demo_backend, running_gateway, write_config
+from tests.support import demo_backend, running_gateway, sitecustomize, write_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.anyio]
 
@@ -61,13 +60,9 @@ def anyio_backend() -> str:
 
 
 async def test_a_burst_of_find_tool_waiting_for_the_vectors_holds_no_worker_thread_each(tmp_path: Path) -> None:
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(SITECUSTOMIZE, encoding="utf-8")
-    paths = os.pathsep.join(p for p in (str(hook), os.environ.get("PYTHONPATH", "")) if p)
     optimizer = {"enabled": True, "index_dir": str(tmp_path / "idx"), "vector_wait": WAIT}
     config = write_config(tmp_path, {"backends": [demo_backend("notes")], "optimizer": optimizer})
-    with running_gateway(config, env={"PYTHONPATH": paths}) as gateway:
+    with running_gateway(config, env=sitecustomize(tmp_path / "hook", SITECUSTOMIZE)) as gateway:
         process = psutil.Process(gateway.proc.pid)
         async with Client(gateway.url) as client:
             first = await client.call_tool("find_tool", {"query": "save a note"})  # waits, then keywords

@@ -3,7 +3,6 @@ raw JSON-RPC stdio backend, the SDK's client)."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import httpx2
 import pytest
 from mcp import Client
 
-from tests.support import Gateway, running_gateway, write_config
+from tests.support import Gateway, running_gateway, tools_backend, write_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.anyio]
 
@@ -19,29 +18,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.anyio]
 # (~200 KB: under the size past which a tool is dropped, backends/listing.py `MAX_TOOL_CHARS`); and `huge`, whose
 # description is 5 MB.
 WIDE_SERVER = r"""
-import json, sys
 PROPERTIES = {f"p{i}": {"type": "string"} for i in range(6_000)}
 TOOLS = [
     {"name": "wide", "inputSchema": {"type": "object", "properties": PROPERTIES, "required": list(PROPERTIES)}},
     {"name": "huge", "description": "D" * 5_000_000, "inputSchema": {"type": "object"}},
 ]
-for line in sys.stdin:
-    request = json.loads(line)
-    if "id" not in request:
-        continue
-    method = request.get("method")
-    if method == "initialize":
-        result = {"protocolVersion": "2025-11-25", "capabilities": {"tools": {}}, "serverInfo": {"name": "w", "version": "1"}}
-    elif method == "tools/list":
-        result = {"tools": TOOLS}
-    elif method == "tools/call":
-        result = {"content": [{"type": "text", "text": "called"}]}
-    elif method == "ping":
-        result = {}
-    else:
-        print(json.dumps({"jsonrpc": "2.0", "id": request["id"], "error": {"code": -32601, "message": "no"}}), flush=True)
-        continue
-    print(json.dumps({"jsonrpc": "2.0", "id": request["id"], "result": result}), flush=True)
 """
 
 
@@ -52,13 +33,11 @@ def anyio_backend() -> str:
 
 @pytest.fixture
 def gateway(tmp_path: Path) -> Iterator[Gateway]:
-    server = tmp_path / "wide.py"
-    server.write_text(WIDE_SERVER, encoding="utf-8")
     # A deadline long enough for the whole check to run: its cost is what the event loop must not pay.
     config = write_config(
         tmp_path,
         {
-            "backends": [{"name": "w", "command": sys.executable, "args": [str(server)]}],
+            "backends": [tools_backend("w", tmp_path / "wide.py", WIDE_SERVER)],
             "limits": {"argument_check_timeout": 60},
         },
     )

@@ -16,7 +16,6 @@ A real gateway process over real stdio backends (examples/backends/), raw HTTP w
 from __future__ import annotations
 
 import json
-import os
 import socket
 import sys
 import threading
@@ -38,6 +37,7 @@ from tests.support import (
     Gateway,
     demo_backend,
     running_gateway,
+    sitecustomize,
     sse_messages,
     write_config,
 )
@@ -181,11 +181,8 @@ def held_gateway(tmp_path: Path) -> Iterator[Gateway]:
         # Small, so a few 1 MB answers pass the ring's bound.
         "sessions": {"max_event_bytes_in_memory": 4 * 1024 * 1024},
     }
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(SHORT_COMMIT, encoding="utf-8")
-    paths = os.pathsep.join(p for p in (str(hook), os.environ.get("PYTHONPATH", "")) if p)
-    with running_gateway(write_config(tmp_path, config), env={"PYTHONPATH": paths}) as gateway:
+    env = sitecustomize(tmp_path / "hook", SHORT_COMMIT)
+    with running_gateway(write_config(tmp_path, config), env=env) as gateway:
         yield gateway
 
 

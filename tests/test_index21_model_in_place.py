@@ -19,9 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from vmcp_opt.optimizer.embedding import default_model_cache
 from vmcp_opt.optimizer.model_registry import DEFAULT_MODEL, ModelSpec, resolve_model
-from vmcp_opt.optimizer.onnx_export import ensure_onnx_model, export_dir, model_hash
+from vmcp_opt.optimizer.onnx_export import export_dir, model_hash
 
 pytestmark = [pytest.mark.slow]
 
@@ -48,13 +47,11 @@ def spec_of(model: Path) -> ModelSpec:
     return resolve_model.__wrapped__(str(model))  # type: ignore[attr-defined]  # read anew: its files changed
 
 
-def link_export(cache: Path, model: Path) -> None:
-    """The bundled model's export, under the name `model`'s files give it now."""
-    bundled = resolve_model(DEFAULT_MODEL)
-    ensure_onnx_model(bundled, default_model_cache(), "int8")  # made once if this machine has none yet
+def link_export(cache: Path, model: Path, real_export: Path) -> None:
+    """The bundled model's export (tests/conftest.py), under the name `model`'s files give it now."""
     link = export_dir(spec_of(model), cache)
     if not link.exists():
-        link.symlink_to(export_dir(bundled, default_model_cache()))
+        link.symlink_to(real_export)
 
 
 def build(tmp_path: Path, model: Path, cache: Path) -> str:
@@ -80,16 +77,18 @@ def embedded(output: str) -> int:
     return int(found.group(1))
 
 
-def test_a_model_whose_files_changed_in_place_is_embedded_again_and_a_copy_is_not(tmp_path: Path) -> None:
+def test_a_model_whose_files_changed_in_place_is_embedded_again_and_a_copy_is_not(
+    tmp_path: Path, real_export: Path
+) -> None:
     model, cache = local_model(tmp_path), tmp_path / "models"
     cache.mkdir()
-    link_export(cache, model)
+    link_export(cache, model, real_export)
     assert embedded(build(tmp_path, model, cache)) == 2
 
     settings = json.loads((model / PROMPTS).read_text(encoding="utf-8"))
     settings["prompts"] = {"query": "query: ", "document": "passage: "}
     (model / PROMPTS).write_text(json.dumps(settings), encoding="utf-8")
-    link_export(cache, model)
+    link_export(cache, model, real_export)
     rebuilt = build(tmp_path, model, cache)
     assert embedded(rebuilt) == 2, rebuilt  # not the earlier prompts' vectors
     assert "built by another version of model" in rebuilt

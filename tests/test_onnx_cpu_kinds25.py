@@ -25,7 +25,7 @@ from tests.support import demo_backend, free_port, stop_process, torch_mapped, w
 from tests.test_export23_shared_cache import place_export, vectors_ready
 from vmcp_opt.optimizer.cpu import int8_weight_peak
 from vmcp_opt.optimizer.model_registry import DEFAULT_MODEL, resolve_model
-from vmcp_opt.optimizer.onnx_export import FILES, WEIGHT_PEAKS, ensure_onnx_model, export_dir, model_hash
+from vmcp_opt.optimizer.onnx_export import FILES, WEIGHT_PEAKS, export_dir, model_hash
 
 pytestmark = [pytest.mark.slow]
 
@@ -65,13 +65,6 @@ def read_only_mounts(tmp_path_factory: pytest.TempPathFactory) -> None:
         pytest.skip("no unshare(1) here")
     if done.returncode == 0 or "Read-only file system" not in done.stderr:
         pytest.skip(f"no read-only bind mount in a mount namespace here: {done.stderr.strip()}")
-
-
-@pytest.fixture(scope="module")
-def real_export() -> Path:
-    """This machine's export in the test run's cache (tests/conftest.py), made once when missing."""
-    spec = resolve_model(DEFAULT_MODEL)
-    return ensure_onnx_model(spec, Path(os.environ["VMCP_OPTIMIZER__MODEL_CACHE"]), "int8").parent
 
 
 def image_cache(real_export: Path, tmp_path: Path) -> Path:

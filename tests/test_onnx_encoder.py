@@ -2,7 +2,7 @@
 that serves find_tool with it and never loads torch, and the fallback to torch when ONNX cannot load.
 
 The model is exported once per machine (`ensure_onnx_model` into the default cache, which `scripts/setup.sh`
-fills with `vmcp models export`); the fixture below makes it when it is missing.
+fills with `vmcp models export`); tests/conftest.py's `real_export` makes it when it is missing.
 """
 
 from __future__ import annotations
@@ -48,7 +48,8 @@ def model_cache() -> Path:
 
 
 @pytest.fixture(scope="session")
-def onnx_model() -> Path:
+def onnx_model(real_export: Path) -> Path:
+    """The fp32 graph of the export every test shares (tests/conftest.py `real_export`)."""
     return ensure_onnx_model(resolve_model(DEFAULT_MODEL), model_cache())
 
 

@@ -4,7 +4,6 @@ raw JSON-RPC stdio backend, the SDK's client)."""
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +14,7 @@ import mcp_types as types
 import pytest
 from mcp import Client
 
-from tests.support import Gateway, demo_backend, running_gateway, write_config
+from tests.support import Gateway, demo_backend, running_gateway, tools_backend, write_config
 from vmcp_opt import arguments
 from vmcp_opt.arguments import ArgumentError, ArgumentValidator
 
@@ -26,7 +25,6 @@ pytestmark = [pytest.mark.slow]
 # has 6,000 required string parameters (a plain schema, as large as a listing lets a tool be), `costly` 5,000
 # parameters with a pattern each (its meta-schema check alone outlasts the deadline).
 SERVER = r"""
-import json, sys
 COUNTED = {"type": "object", "properties": {"count": {"type": "integer"}}, "required": ["count"]}
 WIDE = {f"p{i}": {"type": "string"} for i in range(6_000)}
 COSTLY = {f"p{i}": {"pattern": "a"} for i in range(5_000)}
@@ -46,23 +44,6 @@ RESULTS = {
     "silent": {"content": [{"type": "text", "text": "no structure"}]},
     "failing": {"content": [{"type": "text", "text": "it broke"}], "isError": True},
 }
-for line in sys.stdin:
-    request = json.loads(line)
-    if "id" not in request:
-        continue
-    method = request.get("method")
-    if method == "initialize":
-        result = {"protocolVersion": "2025-11-25", "capabilities": {"tools": {}}, "serverInfo": {"name": "o", "version": "1"}}
-    elif method == "tools/list":
-        result = {"tools": TOOLS}
-    elif method == "tools/call":
-        result = RESULTS.get(request["params"]["name"], {"content": [{"type": "text", "text": "called"}]})
-    elif method == "ping":
-        result = {}
-    else:
-        print(json.dumps({"jsonrpc": "2.0", "id": request["id"], "error": {"code": -32601, "message": "no"}}), flush=True)
-        continue
-    print(json.dumps({"jsonrpc": "2.0", "id": request["id"], "result": result}), flush=True)
 """
 
 
@@ -74,14 +55,12 @@ def anyio_backend() -> str:
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     directory = tmp_path_factory.mktemp("out21")
-    server = directory / "lying.py"
-    server.write_text(SERVER, encoding="utf-8")
     # A deadline well under what the meta-schema check of `wide`'s 6,000 properties takes (about 1 s): the plain
     # schema must not pay for it at all.
     config = write_config(
         directory,
         {
-            "backends": [{"name": "o", "command": sys.executable, "args": [str(server)]}],
+            "backends": [tools_backend("o", directory / "lying.py", SERVER)],
             "limits": {"argument_check_timeout": 0.5},
         },
     )

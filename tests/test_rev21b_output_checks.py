@@ -7,7 +7,6 @@ SDK's client.)"""
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,13 +15,12 @@ import mcp_types as types
 import pytest
 from mcp import Client
 
-from tests.support import Gateway, running_gateway, write_config
+from tests.support import Gateway, running_gateway, tools_backend, write_config
 
 pytestmark = [pytest.mark.slow]
 
 # `lying` declares {"count": integer} and answers a string for it, with a `_meta` of its own.
 SERVER = r"""
-import json, sys
 COUNTED = {"type": "object", "properties": {"count": {"type": "integer"}}, "required": ["count"]}
 TOOLS = [{"name": "lying", "description": "Count the things", "inputSchema": {"type": "object"}, "outputSchema": COUNTED}]
 LYING = {
@@ -30,23 +28,7 @@ LYING = {
     "structuredContent": {"count": "many"},
     "_meta": {"trace": "t-17"},
 }
-for line in sys.stdin:
-    request = json.loads(line)
-    if "id" not in request:
-        continue
-    method = request.get("method")
-    if method == "initialize":
-        result = {"protocolVersion": "2025-11-25", "capabilities": {"tools": {}}, "serverInfo": {"name": "o", "version": "1"}}
-    elif method == "tools/list":
-        result = {"tools": TOOLS}
-    elif method == "tools/call":
-        result = LYING
-    elif method == "ping":
-        result = {}
-    else:
-        print(json.dumps({"jsonrpc": "2.0", "id": request["id"], "error": {"code": -32601, "message": "no"}}), flush=True)
-        continue
-    print(json.dumps({"jsonrpc": "2.0", "id": request["id"], "result": result}), flush=True)
+RESULTS = {"lying": LYING}
 """
 
 WORKFLOW: dict[str, Any] = {
@@ -66,12 +48,10 @@ def anyio_backend() -> str:
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     directory = tmp_path_factory.mktemp("rev21b_out")
-    server = directory / "lying.py"
-    server.write_text(SERVER, encoding="utf-8")
     config = write_config(
         directory,
         {
-            "backends": [{"name": "o", "command": sys.executable, "args": [str(server)]}],
+            "backends": [tools_backend("o", directory / "lying.py", SERVER)],
             "workflows": [WORKFLOW],
             "optimizer": {"enabled": True, "index_dir": str(directory / "index")},
         },

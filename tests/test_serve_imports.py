@@ -4,7 +4,6 @@ nor `vmcp eval`'s harness, nor the regular-expression engines while no schema ha
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -15,7 +14,7 @@ import anyio
 import pytest
 from mcp import Client
 
-from tests.support import demo_backend, running_gateway, write_config
+from tests.support import demo_backend, running_gateway, sitecustomize, write_config
 
 pytestmark = [
     pytest.mark.slow,
@@ -50,8 +49,7 @@ async def find_tool(url: str) -> None:
 
 def test_a_gateway_that_uses_no_redis_oauth_or_policy_never_imports_them(tmp_path: Path) -> None:
     hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(SITECUSTOMIZE, encoding="utf-8")
+    env = sitecustomize(hook, SITECUSTOMIZE)
     # As the demo: the optimizer on (its usage history is the Redis one's factory), rate limits in memory.
     config = write_config(
         tmp_path,
@@ -61,9 +59,8 @@ def test_a_gateway_that_uses_no_redis_oauth_or_policy_never_imports_them(tmp_pat
             "rate_limits": {"per_caller": {"rate": 100, "burst": 100}},
         },
     )
-    paths = os.pathsep.join(p for p in (str(hook), os.environ.get("PYTHONPATH", "")) if p)
     dump = hook / "unset"
-    with running_gateway(config, env={"PYTHONPATH": paths}) as gateway:
+    with running_gateway(config, env=env) as gateway:
         anyio.run(find_tool, gateway.url)  # through the request path, rate limit and optimizer included
         dump = hook / f"{gateway.proc.pid}.modules"
         gateway.proc.send_signal(signal.SIGUSR1)

@@ -25,7 +25,7 @@ DOCUMENTS = [tool_document(record) for record in CATALOGUE]
 
 
 @pytest.fixture(scope="module")
-def int8() -> Iterator[TextEmbedder]:
+def int8(real_export: Path) -> Iterator[TextEmbedder]:
     """The gateway's default encoder: ONNX Runtime, the int8 graph."""
     embedder = load_embedder("all-MiniLM-L6-v2", encoder="onnx", precision="int8")
     assert embedder.kind == "onnx-int8", "the ONNX int8 graph did not load"
@@ -33,7 +33,7 @@ def int8() -> Iterator[TextEmbedder]:
 
 
 @pytest.fixture(scope="module")
-def fp32() -> Iterator[TextEmbedder]:
+def fp32(real_export: Path) -> Iterator[TextEmbedder]:
     embedder = load_embedder("all-MiniLM-L6-v2", encoder="onnx", precision="fp32")
     assert embedder.kind == "onnx", "the ONNX fp32 graph did not load"
     yield embedder
