@@ -84,6 +84,7 @@ def test_help_lists_every_command_with_its_line_without_loading_them() -> None:
         "auth": "API keys, and who a credential is and what it may do.",
         "index": "Build, inspect and query the optimizer's tool index.",
         "eval": "Retrieval benchmarks: the optimizer against its rivals.",
+        "import": "Convert another gateway's config (ToolHive vMCP) to ours.",
     }
 
 

@@ -494,6 +494,12 @@ def _eval_command() -> Command | None:
     return _sub_app(eval_app, "eval", LAZY_HELP["eval"])
 
 
+def _import_command() -> Command:
+    from vmcp_opt.importers.cli import import_app
+
+    return _sub_app(import_app, "import", LAZY_HELP["import"])
+
+
 def _sub_app(sub_app: typer.Typer, name: str, help_text: str) -> Command:
     """`sub_app` as `app.add_typer(sub_app, name=name, help=help_text)` mounts it."""
     holder = typer.Typer(add_completion=False)
@@ -509,6 +515,7 @@ LAZY: dict[str, Callable[[], Command | None]] = {
     "auth": _auth_command,
     "index": _index_command,
     "eval": _eval_command,
+    "import": _import_command,
 }
 # What `vmcp --help` says of each, without loading it.
 LAZY_HELP = {
@@ -516,6 +523,7 @@ LAZY_HELP = {
     "auth": "API keys, and who a credential is and what it may do.",
     "index": "Build, inspect and query the optimizer's tool index.",
     "eval": "Retrieval benchmarks: the optimizer against its rivals.",
+    "import": "Convert another gateway's config (ToolHive vMCP) to ours.",
 }
 
 
