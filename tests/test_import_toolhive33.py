@@ -85,7 +85,6 @@ def test_go_templates_beyond_field_references_are_reported_and_their_workflow_le
     done = imported(DATA / "vmcp-config-composite.yaml", out)
     assert done.returncode == 1, done.stderr
     for path in (
-        "compositeTools[0].steps[1].onDecline.action: 'skip_remaining' is not supported",
         "compositeTools[0].steps[2].arguments.environment: Go template beyond a field reference",
         "compositeTools[0].steps[2].condition: Go template beyond a field reference",
         "audit.includeRequestData: one include_data covers requests and responses together; left off",

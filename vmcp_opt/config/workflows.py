@@ -10,11 +10,15 @@ keys, duplicate names and step ids, unknown or cyclic `depends_on`, a template t
 runtime's sandbox (an unknown filter or test), reads a name the run does not give it there (`param`, `item`
 outside a for_each's arguments, `lipsum`) or a parameter its schema does not list, or reads a step which is
 not among the step's dependencies, a parameter schema that is not JSON Schema, an `output_schema` that is not
-an object schema or requires a key `output` never makes, workflows that call each other in a cycle, a step
+an object schema or requires a key `output` never makes, an `output_defaults` entry for no key of `output` or
+that its key's schema refuses, workflows that call each other in a cycle, a step
 calling a workflow without its required arguments or one that asks its user, and elicitation steps without
 a message or a flat form. What needs the live catalogue (a step naming a tool no backend serves) is checked
 when the gateway starts (`vmcp_opt/workflows/validation.py`). Warned of rather than refused: a `${VAR}` in a
 step's templates, which nothing expands there (`env_reference_warnings`).
+
+Past ~450 lines: the models and the load-time checks that read them stay together, so a field and the check of
+it are read side by side.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Literal
 
+import jsonschema
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -139,10 +144,12 @@ class StepConfig(_Strict):
     # elicitation: the form's JSON Schema (an object of flat string, number, integer, boolean or enum fields); an
     # accepted answer that does not fit it fails the step.
     requested_schema: dict[str, Any] | None = None
-    # elicitation: the user declined: abort the run, or continue (the step's output says `"action": "decline"`).
-    on_decline: Literal["abort", "continue"] = "abort"
-    # elicitation: the user dismissed the question: abort the run, or continue.
-    on_cancel: Literal["abort", "continue"] = "abort"
+    # elicitation: the user declined: abort the run, continue (the step's output says `"action": "decline"`), or
+    # skip_remaining: no step starts after it (each is `skipped`, with its `default_result`; running ones finish)
+    # and the run succeeds with the output of the steps that ran (its own says `"skipped": true`).
+    on_decline: Literal["abort", "continue", "skip_remaining"] = "abort"
+    # elicitation: the user dismissed the question: abort the run, continue, or skip_remaining (as `on_decline`).
+    on_cancel: Literal["abort", "continue", "skip_remaining"] = "abort"
 
     @field_validator("on_error", mode="before")
     @classmethod
@@ -244,6 +251,11 @@ class WorkflowConfig(_Strict):
     steps: list[StepConfig] = Field(min_length=1, max_length=200)
     # The result: each key a template over the steps' results; unset, the last step's output.
     output: dict[str, Any] | None = None
+    # Per key of `output`, the value it takes when its template gives nothing: renders null or an empty string
+    # (read from a step that was skipped or failed under `continue`), or fails on the data (an undefined field,
+    # a filter's error; not a limit such as the run's deadline or work budget). Checked against the key's
+    # `output_schema.properties` entry at load.
+    output_defaults: dict[str, Any] = Field(default_factory=dict)
     # The result's JSON Schema (`type: object`), listed as the tool's `outputSchema` so clients and models know
     # its fields; every run's output is checked against it, and one that does not fit fails the run naming the
     # field. Unset: none listed, nothing checked.
@@ -283,6 +295,7 @@ class WorkflowConfig(_Strict):
     def _graph_and_templates(self) -> WorkflowConfig:
         """One `path: reason` line per problem, relative to this workflow (config.py prefixes its place)."""
         problems = _structure_problems(self.parameters, list(self.steps), self.output, self.output_schema, self.name)
+        problems += output_default_problems(self.output_defaults, self.output, self.output_schema)
         if problems:
             raise ValueError("\n".join(problems))
         return self
@@ -392,6 +405,31 @@ def _structure_problems(
     for place, source in walk_strings(output or {}, "output"):
         owner = f"workflow '{name}', output" if name else "output"
         problems += template_problems(place, source, known, known, parameters=parameters, owner=owner)
+    return problems
+
+
+def output_default_problems(
+    defaults: dict[str, Any], output: dict[str, Any] | None, schema: dict[str, Any] | None
+) -> list[str]:
+    """A default must stand for a key `output` makes, and fit what `output_schema` says of that key: a default
+    that broke it would fail the very run it was meant to save, and only when a step failed."""
+    if defaults and output is None:
+        return ["output_defaults: defaults are for keys of `output`, which is unset"]
+    properties = (schema or {}).get("properties")
+    problems = []
+    for key, value in defaults.items():
+        if key not in (output or {}):
+            problems.append(f"output_defaults.{key}: not a key of `output`")
+            continue
+        field = properties.get(key) if isinstance(properties, dict) else None
+        if not isinstance(field, dict):
+            continue
+        try:
+            jsonschema.validators.validator_for(field, jsonschema.Draft202012Validator)(field).validate(value)
+        except jsonschema.ValidationError as exc:
+            problems.append(f"output_defaults.{key}: does not fit output_schema.properties.{key}: {exc.message}")
+        except jsonschema.SchemaError:  # said by output_schema's own check
+            continue
     return problems
 
 

@@ -139,6 +139,9 @@ def _workflow(
     output = tool.get("output")
     if isinstance(output, dict) and output.get("properties"):
         out["output"] = _output(output["properties"], workflow, f"{workflow.path}.output.properties", findings)
+        defaults = {key: spec["default"] for key, spec in output["properties"].items() if _has_default(spec)}
+        if defaults:  # a top-level key's default: ours (`output_defaults`); a nested one's is reported by `_output`
+            out["output_defaults"] = defaults
         schema: dict[str, Any] = {"type": "object", "properties": _schema(output["properties"])}
         if output.get("required"):
             schema["required"] = output["required"]
@@ -195,9 +198,9 @@ def _tool_call(
 def _elicitation_answers(step: dict[str, Any], out: dict[str, Any], path: str, findings: Findings) -> None:
     for theirs, ours in (("onDecline", "on_decline"), ("onCancel", "on_cancel")):
         action = (step.get(theirs) or {}).get("action")
-        if action in ("abort", "continue"):
+        if action in ("abort", "continue", "skip_remaining"):
             out[ours] = action
-        elif action:  # skip_remaining: ending the run as a success has no equivalent; abort is the safe side
+        elif action:
             findings.skip(f"{path}.{theirs}.action", f"{action!r} is not supported; the run aborts instead")
 
 
@@ -221,19 +224,23 @@ def _step_common(step: dict[str, Any], out: dict[str, Any], here: _Workflow, fin
         out["on_error"] = handling
 
 
-def _output(properties: dict[str, Any], workflow: _Workflow, path: str, findings: Findings) -> dict[str, Any]:
+def _output(
+    properties: dict[str, Any], workflow: _Workflow, path: str, findings: Findings, nested: bool = False
+) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, spec in properties.items():
         spec = spec if isinstance(spec, dict) else {}
         if spec.get("properties"):
-            out[key] = _output(spec["properties"], workflow, f"{path}.{key}.properties", findings)
+            out[key] = _output(spec["properties"], workflow, f"{path}.{key}.properties", findings, nested=True)
         else:
             out[key] = workflow.template(str(spec.get("value", "")), f"{path}.{key}.value")
-        if "default" in spec:
-            findings.skip(
-                f"{path}.{key}.default", "no per-field default when a step fails (use a step's default_result)"
-            )
+        if "default" in spec and (nested or spec.get("properties")):
+            findings.skip(f"{path}.{key}.default", "a default only for a top-level output key (output_defaults)")
     return out
+
+
+def _has_default(spec: Any) -> bool:
+    return isinstance(spec, dict) and "default" in spec and not spec.get("properties")
 
 
 def _schema(properties: dict[str, Any]) -> dict[str, Any]:

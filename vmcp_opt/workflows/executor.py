@@ -23,7 +23,7 @@ A step's JSON text is parsed only up to `max_values` values (step_results.py, `r
 loop); past it the output is the text (`UnparsedJson`), which templates may use whole but not read as JSON: that fails
 naming the step, its values and the setting (a `KeptText`), as does a for_each over it.
 
-Just past ~450 lines: `WorkflowRun` is one run's state read top to bottom (graph, retries, for_each, asks);
+Past ~450 lines: `WorkflowRun` is one run's state read top to bottom (graph, retries, for_each, asks, output);
 what a step's call gave, and what a run sends, are read in workflows/step_results.py, templates in templates.py.
 """
 
@@ -113,6 +113,8 @@ class RunReport:
     # on as they came, images included, rather than as the texts alone.
     content: list[dict[str, Any]] | None = None
     text: str | None = None  # the output as the result's text, once written (off the event loop when large)
+    # The elicitation step whose answer (`on_decline`/`on_cancel: skip_remaining`) ended the run early, if one did.
+    skipped_from: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -225,7 +227,27 @@ class WorkflowRun:
         if self.workflow.output is None:
             output = self.report.steps[self.workflow.steps[-1].id].output
             return str(output) if isinstance(output, UnparsedJson) else output  # a plain str from here on
-        return await self._render(self.workflow.output, self.context(), "output", None)
+        defaults, context = self.workflow.output_defaults, self.context()
+        if not defaults:
+            return await self._render(self.workflow.output, context, "output", None)
+        plain = {key: value for key, value in self.workflow.output.items() if key not in defaults}
+        rendered = dict(await self._render(plain, context, "output", None))
+        for key in defaults:
+            rendered[key] = await self._defaulted(key, self.workflow.output[key], context)
+        return {key: rendered[key] for key in self.workflow.output}
+
+    async def _defaulted(self, key: str, template: Any, context: dict[str, Any]) -> Any:
+        """An output key with a default: the default when its template gives nothing (null, an empty string: read
+        from a step that was skipped or failed) or fails on its data. A limit's failure (deadline, work) still
+        fails the run: a default would hide a run cut short. The reason is not logged: it may quote step data."""
+        try:
+            value = await self._render(template, context, f"output.{key}", None)
+        except TemplateError as exc:
+            if exc.limit:
+                raise
+            logger.info("workflow %s: output.%s failed to render: its default stands in", self.workflow.name, key)
+            return self.workflow.output_defaults[key]
+        return self.workflow.output_defaults[key] if value is None or value == "" else value
 
     async def _render(self, value: Any, context: dict[str, Any], place: str, deadline: float | None = -1.0) -> Any:
         """`render_value` in a worker thread, so a slow template never holds the event loop; bounded by the
@@ -240,7 +262,7 @@ class WorkflowRun:
             reason = self._outputs.explained(exc.reason)
             if reason is exc.reason:
                 raise
-            raise TemplateError(exc.place, reason) from None
+            raise TemplateError(exc.place, reason, limit=True) from None
 
     async def _run_step(self, step: StepConfig, group: anyio.CancelScope) -> None:
         for dependency in step.depends_on:
@@ -248,6 +270,8 @@ class WorkflowRun:
         report = self.report.steps[step.id]
         calls: StepCalls | None = None  # set once the step starts (when watched)
         try:
+            if self._skipped_remaining(step, report):
+                return
             blocking = [d for d in step.depends_on if self._blocks(d)]
             if blocking:
                 report.status, report.blocked, report.output = "skipped", True, step.default_result
@@ -276,6 +300,8 @@ class WorkflowRun:
                     if self._watch is not None:
                         self._watch.step_skipped(step, report, None)
                     return
+            if self._skipped_remaining(step, report):  # asked while its condition rendered
+                return
             report.status = "running"
             calls = self._watching(step)
             try:
@@ -305,6 +331,18 @@ class WorkflowRun:
                 self.report.order.append(step.id)
                 if self._on_step is not None:
                     await self._on_step(report)
+
+    def _skipped_remaining(self, step: StepConfig, report: StepReport) -> bool:
+        """Skips a step not yet started once an answer said `skip_remaining`. Steps already running finish: their
+        calls are under way, and cutting them would leave half-done work behind a run that reports success."""
+        asker = self.report.skipped_from
+        if asker is None:
+            return False
+        report.status, report.output = "skipped", step.default_result
+        report.error = f"not run: the answer to step '{asker}' skipped the remaining steps"
+        if self._watch is not None:  # the audit event names the step whose answer stopped it
+            self._watch.step_skipped(step, report, asker)
+        return True
 
     def _watching(self, step: StepConfig) -> StepCalls | None:
         """Gives the step's task (and its for_each items') the `StepCalls` its calls are counted in; None when no
@@ -400,10 +438,16 @@ class WorkflowRun:
         except Exception as exc:
             raise StepError(f"{type(exc).__name__}: {exc}", retryable=False) from None
         action = answer.get("action")
-        if (action == "decline" and step.on_decline == "abort") or (action == "cancel" and step.on_cancel == "abort"):
+        handling = {"decline": step.on_decline, "cancel": step.on_cancel}.get(str(action))
+        if handling == "abort":
             raise StepError(f"the user chose '{action}'", retryable=False)
         if action == "accept":
             answer_problem(answer.get("content"), step.requested_schema)
+        if handling == "skip_remaining":
+            name, asked = self.workflow.name, step.id
+            logger.info("workflow %s: step %s: the user chose '%s': skipping the remaining steps", name, asked, action)
+            self.report.skipped_from = self.report.skipped_from or asked
+            return {**answer, "skipped": True}
         return answer
 
     async def _items(self, step: StepConfig, context: dict[str, Any]) -> list[Any]:

@@ -87,12 +87,15 @@ SecurityError = jinja2.exceptions.SecurityError
 
 
 class TemplateError(Exception):
-    """A template that failed to render: `place` is where it sits in the step (`arguments.path`)."""
+    """A template that failed to render: `place` is where it sits in the step (`arguments.path`). `limit`: a
+    bound stopped it (work, deadline, cancellation, a kept text, memory, depth), not its data, so an output
+    field's default must not hide it."""
 
-    def __init__(self, place: str, reason: str) -> None:
+    def __init__(self, place: str, reason: str, limit: bool = False) -> None:
         super().__init__(f"{place}: {reason}")
         self.place = place
         self.reason = reason
+        self.limit = limit
 
 
 class _Budget:
@@ -458,13 +461,14 @@ def _render_string(source: str, context: dict[str, Any], place: str) -> Any:
             return _json_data(_expression(match.group("expression"))(**context))
         return _collected(_template(source).generate(**context))
     except jinja2.TemplateError as exc:
-        raise TemplateError(place, f"{type(exc).__name__}: {exc}") from None
+        limit = isinstance(exc, SecurityError)
+        raise TemplateError(place, f"{type(exc).__name__}: {exc}", limit) from None
     except KeptTextRead as exc:  # its message is the whole reason
-        raise TemplateError(place, str(exc)) from None
+        raise TemplateError(place, str(exc), limit=True) from None
     except RecursionError:  # a recursive macro; JSON nested too deep for `fromjson`
-        raise TemplateError(place, "RecursionError: nested too deeply") from None
+        raise TemplateError(place, "RecursionError: nested too deeply", limit=True) from None
     except MemoryError:
-        raise TemplateError(place, "MemoryError: the template needs more memory than there is") from None
+        raise TemplateError(place, "MemoryError: the template needs more memory than there is", limit=True) from None
     except Exception as exc:  # a filter's (`dictsort` of a list: AttributeError), any: the step's failure
         raise TemplateError(place, f"{type(exc).__name__}: {exc}") from None
 
