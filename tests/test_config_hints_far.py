@@ -43,6 +43,7 @@ def test_slips_far_for_difflib_name_the_key_or_value_meant_and_unrelated_words_g
             "  backends[0].comand: unknown key (did you mean 'command'?)",
             "  backends[0].evn: unknown key (did you mean 'env'?)",
             "  backends[1].ulr: unknown key (did you mean 'url'?)",
+            "  backends[1].url: a streamable-http backend needs `url`",  # every problem of a backend in one pass
             "  aggregation.tools.files.ixclude: unknown key (did you mean 'exclude'?)",
             "  workflows[0].steps[0].on_error.action: Input should be 'abort', 'continue' or 'retry' "
             "(did you mean 'retry'?)",

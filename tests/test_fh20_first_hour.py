@@ -44,7 +44,7 @@ def test_a_desktop_clients_own_file_given_to_c_says_how_to_serve_it(tmp_path: Pa
     (tmp_path / "vmcp.yaml").write_text(advice.group(1) + "\n", encoding="utf-8")
     followed = vmcp("validate", "-c", str(tmp_path / "vmcp.yaml"))
     assert followed.returncode == 0, followed.stdout + followed.stderr
-    assert "valid: 1 backends (notes)" in followed.stdout
+    assert "valid: 1 backend (notes)" in followed.stdout
 
 
 def test_a_vmcp_config_with_a_typo_gets_no_client_file_advice(tmp_path: Path) -> None:

@@ -98,7 +98,7 @@ def test_a_backend_field_set_by_index_says_backends_are_given_whole_as_json(tmp_
     suggested = _suggested(problem, "VMCP_BACKENDS")
     fixed = _validate(config, VMCP_BACKENDS=suggested)
     assert fixed.returncode == 0, fixed.stdout + fixed.stderr
-    assert "valid: 1 backends (time)" in fixed.stdout  # the variable's list replaced the file's
+    assert "valid: 1 backend (time)" in fixed.stdout  # the variable's list replaced the file's
 
 
 def test_a_list_entry_set_by_index_names_its_variable(tmp_path: Path) -> None:

@@ -95,7 +95,7 @@ def test_validate_prints_the_held_discovery_warning_before_its_verdict(tmp_path:
     assert result.returncode == 0, result.stdout
     lines = result.stdout.splitlines()
     skipped = next(i for i, line in enumerate(lines) if "skipping 'vmcp'" in line)
-    verdict = next(i for i, line in enumerate(lines) if line.startswith("valid: 1 backends"))
+    verdict = next(i for i, line in enumerate(lines) if line.startswith("valid: 1 backend "))
     assert skipped < verdict
     # as Python's last-resort handler writes it: the message alone, as before
     assert lines[skipped].startswith("discovery: skipping 'vmcp'")

@@ -199,7 +199,7 @@ def test_validate_connect_names_steps_whose_tools_no_backend_serves(tmp_path: Pa
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
     command = [sys.executable, "-m", "vmcp_opt", "validate", "-c", str(path)]
     offline = subprocess.run(command, capture_output=True, text=True, timeout=60)
-    assert offline.returncode == 0 and "1 workflows (wf)" in offline.stdout
+    assert offline.returncode == 0 and "1 workflow (wf)" in offline.stdout
     connected = subprocess.run([*command, "--connect"], capture_output=True, text=True, timeout=120)
     assert connected.returncode == 2
     assert (

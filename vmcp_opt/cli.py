@@ -201,6 +201,7 @@ def validate(
     from vmcp_opt.cli_config import exit_invalid, load_or_exit
     from vmcp_opt.cli_validate import (
         check_connections,
+        counted_names,
         empty_reference_warnings,
         exchange_warnings,
         launch_warnings,
@@ -236,10 +237,9 @@ def validate(
         err.print(f"warning: {warning}", markup=False, highlight=False)
     if connect:
         check_connections(cfg)
-    names = f" ({', '.join(b.name for b in cfg.backends)})" if cfg.backends else ""
-    out.print(f"[green]valid[/]: {len(cfg.backends)} backends{names}")
+    out.print(f"[green]valid[/]: {counted_names('backend', [b.name for b in cfg.backends])}")
     if cfg.workflows:
-        out.print(f"  {len(cfg.workflows)} workflows ({', '.join(w.name for w in cfg.workflows)})")
+        out.print(f"  {counted_names('workflow', [w.name for w in cfg.workflows])}")
 
 
 @app.command()

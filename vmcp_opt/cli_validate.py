@@ -87,11 +87,12 @@ def _launch_problems(where: str, backend: BackendConfig, base_dir: Path) -> list
         return []
     launch = stdio_launch(backend, base_dir)
     cwd = Path(launch.cwd)
-    if not cwd.is_dir():
-        return [f"{where}.cwd: {cwd} is not a directory; the backend would not start"]
+    problems = [] if cwd.is_dir() else [f"{where}.cwd: {cwd} is not a directory; the backend would not start"]
     problem = _command_problem(backend.command, launch.command)
     if problem:
-        return [f"{where}.command: {problem}; the backend would not start"]
+        problems.append(f"{where}.command: {problem}; the backend would not start")
+    if problems:  # both said at once; a script is looked for only in a directory that is there
+        return problems
     script = script_argument(backend.command, launch.args)
     if script is not None and not (cwd / launch.args[script]).exists():
         written = backend.written_arg(script)
@@ -103,6 +104,13 @@ def _launch_problems(where: str, backend: BackendConfig, base_dir: Path) -> list
             "would not start"
         ]
     return []
+
+
+def counted_names(noun: str, names: list[str]) -> str:
+    """`vmcp validate`'s verdict on what a config defines: "1 backend (time)", "2 workflows (a, b)", "0 backends"
+    (no empty "()")."""
+    listed = f" ({', '.join(names)})" if names else ""
+    return f"{len(names)} {noun}{'' if len(names) == 1 else 's'}{listed}"
 
 
 def salvaged_launch_warnings(config_path: Path | None) -> list[str]:

@@ -25,18 +25,19 @@ def stdio_launch(backend: BackendConfig, base_dir: Path, secret_env: dict[str, s
     """Resolve command and cwd against the config file's directory; put our interpreter's bin first on PATH.
 
     A config that says `command: python` then runs the interpreter the gateway itself runs on, with the
-    demo backends installed beside it, whether or not the virtualenv is activated.
+    demo backends installed beside it, whether or not the virtualenv is activated. `~` and `~user` expand as
+    in `data_dir` (no shell does it: the process is started without one).
     """
     assert backend.command is not None
     bin_dir = str(Path(sys.executable).parent)
     path = os.pathsep.join([bin_dir, backend.env.get("PATH", os.environ.get("PATH", ""))])
-    command = backend.command
+    command = os.path.expanduser(backend.command)
     if ("/" in command or command.startswith(".")) and not Path(command).is_absolute():
         command = str((base_dir / command).resolve())
     else:
         command = shutil.which(command, path=path) or command
     # Backends run in the config file's directory unless told otherwise, so relative args resolve there too.
-    cwd = str((base_dir / (backend.cwd or ".")).resolve())
+    cwd = str((base_dir / Path(backend.cwd or ".").expanduser()).resolve())
     return StdioLaunch(
         command=command, args=list(backend.args), env={**backend.env, **(secret_env or {}), "PATH": path}, cwd=cwd
     )

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, IPvAnyNetwork, PrivateAttr, field_validator, model_validator
+from pydantic import Field, IPvAnyNetwork, PrivateAttr, ValidationInfo, field_validator, model_validator
 
 from vmcp_opt.config.backend_auth import BackendAuthConfig
 from vmcp_opt.config.base import BACKEND_NAME_PATTERN, TOOL_NAME_RULE, _Strict, mask_url
@@ -98,17 +98,18 @@ class BackendConfig(_Strict):
     transport: Literal["stdio", "streamable-http", "sse"] = "stdio"
     # What the backend is for; indexed with its tools, so find_tool matches it too.
     description: str = ""
-    # stdio: the program to run (`python` is the gateway's own interpreter).
+    # stdio: the program to run (`python` is the gateway's own interpreter; `~` expands).
     command: str | None = None
     # stdio: the program's arguments (`${VAR}`s expand; secret-looking ones are refused: use `env`).
     args: list[str] = Field(default_factory=list)
     # stdio: environment variables added for the program (`${VAR}`s expand).
     env: dict[str, str] = Field(default_factory=dict)
-    # stdio: working directory, relative to the config file's directory.
+    # stdio: working directory, relative to the config file's directory (`~` expands).
     cwd: str | None = None
     # streamable-http and sse: the server's URL (`${VAR}`s expand).
-    url: str | None = None
-    # streamable-http and sse: headers sent with every request, e.g. Authorization (`${VAR}`s expand).
+    url: str | None = Field(None, validate_default=True)
+    # streamable-http and sse: headers sent with every request, e.g. Authorization (`${VAR}`s expand). A
+    # non-empty one is an error on a stdio backend, as `args`, `env` or `cwd` is on the others: none would be used.
     headers: dict[str, str] = Field(default_factory=dict)
     # Seconds to connect to this backend, instead of `timeouts.connect`.
     connect_timeout: float | None = Field(None, gt=0)
@@ -167,27 +168,81 @@ class BackendConfig(_Strict):
             )
         return value
 
-    @model_validator(mode="after")
-    def _transport_fields(self) -> BackendConfig:
-        # `field: reason`: reported under the backend's path, ending at the field (config/loading.py).
-        if self.transport == "stdio":
-            if not self.command and self.url:  # `transport` left at its default beside a URL
-                raise ValueError(
-                    "url: a backend with `url` needs `transport: streamable-http` (or sse); stdio is the default"
-                )
-            if not self.command:
-                raise ValueError("command: a stdio backend needs `command`")
-            if self.url:
-                raise ValueError("url: `url` is for streamable-http and sse backends, not stdio")
-        else:
-            if not self.url:
-                raise ValueError(f"url: a {self.transport} backend needs `url`")
-            if not re.match(r"^https?://", self.url):
+    # Each transport's fields are checked one by one, so a backend's every misplaced field is reported in one
+    # pass (a model check runs only once every field is valid, and stops at its first problem). `transport` is
+    # declared first: it is in `info.data` unless it was itself refused, and then nothing is judged by it.
+
+    @field_validator("command")
+    @classmethod
+    def _command_for_stdio(cls, value: str | None, info: ValidationInfo) -> str | None:
+        transport = info.data.get("transport")
+        if value and transport in _REMOTE:
+            raise ValueError(f"`command` is for stdio backends, not {transport}")
+        return value
+
+    @field_validator("args", "env", "cwd")
+    @classmethod
+    def _process_field(cls, value: Any, info: ValidationInfo) -> Any:
+        transport = info.data.get("transport")
+        if value and transport in _REMOTE:
+            raise ValueError(_process_field_problem(str(info.field_name), transport))
+        return value
+
+    @field_validator("url")
+    @classmethod
+    def _url_for_remote(cls, value: str | None, info: ValidationInfo) -> str | None:
+        transport = info.data.get("transport")
+        if transport == "stdio":
+            if value and "command" in info.data:  # `command` itself refused: nothing to say of `url` by it
+                raise ValueError(_stdio_url_problem(info.data["command"]))
+        elif transport in _REMOTE:
+            if not value:
+                raise ValueError(f"a {transport} backend needs `url`")
+            if not re.match(r"^https?://", value):
                 # Masked: a URL may carry a password or a token, and this error is printed and logged.
-                raise ValueError(f"url: must start with http:// or https://, got {mask_url(self.url)!r}")
-            if self.command:
-                raise ValueError(f"command: `command` is for stdio backends, not {self.transport}")
+                raise ValueError(f"must start with http:// or https://, got {mask_url(value)!r}")
+        return value
+
+    @field_validator("headers")
+    @classmethod
+    def _headers_for_remote(cls, value: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        # Only beside a `command`: without one, `transport` was probably forgotten, which `url` or `command` says.
+        if value and info.data.get("transport") == "stdio" and info.data.get("command"):
+            raise ValueError(
+                "a stdio backend is a process, not an HTTP server: it is sent no headers, so these would be "
+                'dropped; pass a credential to it through `env` (`env: {API_KEY: "${API_KEY}"}`) and remove `headers`'
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _stdio_command(self) -> BackendConfig:
+        # `field: reason`: reported under the backend's path, ending at the field (config/loading.py). Here, not
+        # at `command`, whose check cannot see whether a `url` follows (then `url` says what is missing).
+        if self.transport == "stdio" and not self.command and not self.url:
+            raise ValueError("command: a stdio backend needs `command`")
         return self
+
+
+_REMOTE = frozenset({"streamable-http", "sse"})
+
+
+def _process_field_problem(field: str, transport: str) -> str:
+    """Why `args`, `env` or `cwd` on a backend at a URL would be dropped, and what to write instead."""
+    instead = {
+        "args": "put what the server takes in its `url`, and remove `args`",
+        "env": "send a credential in `headers` (or with `auth`), and remove `env`",
+        "cwd": "remove `cwd`",
+    }[field]
+    return (
+        f"a {transport} backend is a server at a URL, not a process the gateway starts: `{field}` means nothing "
+        f"to it and would be dropped; {instead}"
+    )
+
+
+def _stdio_url_problem(command: str | None) -> str:
+    if not command:  # `transport` left at its default beside a URL
+        return "a backend with `url` needs `transport: streamable-http` (or sse); stdio is the default"
+    return "`url` is for streamable-http and sse backends, not stdio"
 
 
 class DiscoveryConfig(_Strict):
