@@ -102,10 +102,14 @@ async def test_nested_asking_runs_hold_no_pending_slot(small_total: Gateway) -> 
 async def test_one_anonymous_client_holds_at_most_its_per_caller_pending_runs(per_caller_two: Gateway) -> None:
     with anyio.fail_after(90):
         async with client_from(per_caller_two, "127.0.0.1") as one, client_from(per_caller_two, "127.0.0.2") as two:
-            await asked(one)  # each request is a new `anonymous:` id; its address is the same caller
+            first = await asked(one)  # each request is a new `anonymous:` id; its address is the same caller
             await asked(one)
+            await asked(one)  # past the address's bound: its oldest run ends
             with pytest.raises(MCPError) as refused:
-                await one.session.call_tool("ask2", {}, allow_input_required=True)
+                await one.session.call_tool(
+                    "ask2", {}, input_responses={}, request_state=first.request_state, allow_input_required=True
+                )
             question = await asked(two)  # another address's budget is its own
+    assert "expired" in str(refused.value), refused.value
     assert "limits.max_pending_calls_per_caller" in str(refused.value), refused.value
     assert question.request_state

@@ -235,12 +235,15 @@ async def test_elicitation_runs_count_against_the_callers_pending_calls(gateway:
     with anyio.fail_after(60):
         async with as_caller(gateway, "alice-key") as alice, as_caller(gateway, "bob-key", "127.0.0.2") as bob:
             assert alice.protocol_version == "2026-07-28"
-            await asked(alice)  # alice's runs now wait for her answers: the two she may hold
+            first = await asked(alice)  # alice's runs now wait for her answers: the two she may hold
             await asked(alice)
+            await asked(alice)  # past her bound: her oldest run ends (she cannot say she gave up on it)
             with pytest.raises(MCPError) as refused:
-                await alice.session.call_tool("ask", {}, allow_input_required=True)
+                await alice.session.call_tool(
+                    "ask", {}, input_responses={}, request_state=first.request_state, allow_input_required=True
+                )
             await asked(bob)  # bob's budget is his own
-    assert "this caller already holds 2" in str(refused.value)
+    assert "workflow run that expired" in str(refused.value)
     assert "limits.max_pending_calls_per_caller" in str(refused.value)
 
 

@@ -195,9 +195,9 @@ class LimitsConfig(_Strict):
         4,
         ge=1,
         description="Calls of one caller that may wait for its input (2026-07-28 InputRequiredResult) at once; "
-        "past it a new call ends the caller's own longest-waiting call (its backend call cancelled; its retry told "
-        "it expired) instead of being refused, unless every one is a call in progress (a client cannot say it gave "
-        "up on a round). server.max_pending_calls bounds all callers together, and past it a new call is refused.",
+        "past it a new call or workflow run ends the caller's own longest-waiting call or run (a call's backend "
+        "request cancelled, a run's steps cancelled; its retry told it expired) instead of being refused, unless "
+        "every one is in progress (a client cannot say it gave up on a round). server.max_pending_calls bounds all callers together, and past it a new call is refused.",
     )
     max_subscriptions_per_caller: int = Field(
         1000,

@@ -4,20 +4,37 @@ the dedicated sessions' start rate, routing/dedicated.py: here, as `routing/` ma
 
 A refusal is `LimitReached`, an MCP error that says which bound, and when to try again; it is logged
 once per interval per bound, not once per request (a flood must not become a flood of log lines).
+
+The rounds of 2026-07-28 clients waiting for their input (a backend call's, routing/round_trips/pending.py; a
+workflow run's, workflows/rounds.py) share one `Budget` and take their slots through `admit`: at a caller's cap
+its round that has waited longest for a retry, of either kind, is ended instead of the new one being refused. A
+client cannot say it gave up on a round (the user closed the dialog), so a refusal locked its asking tools and
+workflows for `timeouts.input` after a few such rounds. Never another caller's round: past the total a new round
+is still refused, as ending another caller's would let one client erase everyone's.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
+import anyio
 import mcp_types as types
 from mcp.shared.exceptions import MCPError
 
 from vmcp_opt.logs import ThrottledLog
 
 logger = logging.getLogger(__name__)
+
+# Ids of rounds ended to make room that are remembered, so their retries hear why (a bounded memory: an older one
+# gets its registry's plain "no pending ..." answer).
+EVICTED_REMEMBERED = 1024
+# Seconds a new round waits for the round it ended to stop (a backend call's session to close: a stdio backend's
+# stop is bounded well within it), so the caller's processes stay at its cap instead of growing while old ones stop.
+EVICTION_WAIT = 15.0
 
 
 class LimitReached(MCPError):
@@ -28,6 +45,21 @@ class LimitReached(MCPError):
             {"limit": setting, "retry_after": retry_after},
         )
         self.setting = setting
+
+
+class Waiting(Protocol):
+    """A round waiting for its client's input that holds a slot (`Budget.admit`), which a newer round of the same
+    caller may end."""
+
+    id: str
+    caller: str
+    what: str  # for the log and its retry's answer: "call", "workflow run"
+    driven: bool  # a request of its client is waiting on it now: not abandoned
+    idle_since: float  # when a request last stopped waiting on it
+    ended: anyio.Event  # set once its work has stopped
+
+    def end(self) -> None:
+        """Cancel its work and leave its registry (which releases its slot), at once."""
 
 
 class Budget:
@@ -45,13 +77,60 @@ class Budget:
         # The sum of `_held`, kept: every request asks it (server/in_flight.py), with up to `total` callers held.
         self._count = 0
         self._log = ThrottledLog(logger)
+        self._rounds: dict[str, dict[str, Waiting]] = {}  # caller -> the rounds `admit` took slots for, by id
+        self._evicted: OrderedDict[str, str] = OrderedDict()  # round id -> what it was
 
     def __len__(self) -> int:
         return self._count
 
     def held(self, caller: str) -> int:
-        """The slots `caller` holds: a registry at the cap may end one of its own rounds first (round_trips/)."""
         return self._held.get(caller, 0)
+
+    async def admit(self, round_: Waiting) -> None:
+        """Take a slot for `round_`, ending its caller's longest-idle round first at the caller's cap (then wait,
+        bounded, for that one to stop); `LimitReached` when every slot of the caller is a round in progress, or
+        the total is reached."""
+        ended = self._end_oldest(round_.caller)
+        self.acquire(round_.caller)
+        if ended is not None:
+            try:
+                with anyio.move_on_after(EVICTION_WAIT):
+                    await ended.ended.wait()
+            except BaseException:  # cancelled while waiting: the new round never reaches its registry
+                self.release(round_.caller)
+                raise
+        # Only now one that may be ended: while it waited, its registry did not know it, and could not have let go.
+        self._rounds.setdefault(round_.caller, {})[round_.id] = round_
+
+    def expired(self, round_id: str) -> MCPError | None:
+        """The answer to a retry of a round `admit` ended to make room, if `round_id` names one it remembers."""
+        what = self._evicted.get(round_id)
+        if what is None:
+            return None
+        return MCPError(
+            types.INVALID_PARAMS,
+            f"requestState names a {what} that expired: it was ended to make room for a newer call of the same "
+            f"caller ({self._settings[1]}, {self.per_caller}); call again without requestState",
+        )
+
+    def _end_oldest(self, caller: str) -> Waiting | None:
+        if self.held(caller) < self.per_caller:
+            return None
+        waiting = [round_ for round_ in self._rounds.get(caller, {}).values() if not round_.driven]
+        if not waiting:
+            return None  # every slot is a round in progress: `acquire` refuses
+        oldest = min(waiting, key=lambda round_: round_.idle_since)
+        logger.info(
+            "a 2026-07-28 caller's %s that waited longest for its input ended to make room for its new one (%s, %d)",
+            oldest.what,
+            self._settings[1],
+            self.per_caller,
+        )
+        self._evicted[oldest.id] = oldest.what
+        while len(self._evicted) > EVICTED_REMEMBERED:
+            self._evicted.popitem(last=False)
+        oldest.end()
+        return oldest
 
     def acquire(self, caller: str) -> None:
         """Take a slot for `caller`, or raise `LimitReached` naming the bound it would pass."""
@@ -63,7 +142,12 @@ class Budget:
         self._held[caller] = held + 1
         self._count += 1
 
-    def release(self, caller: str) -> None:
+    def release(self, caller: str, round_id: str | None = None) -> None:
+        """Free a slot of `caller`; `round_id` names the round `admit` took it for."""
+        if round_id is not None and (rounds := self._rounds.get(caller)) is not None:
+            rounds.pop(round_id, None)
+            if not rounds:
+                del self._rounds[caller]
         held = self._held.get(caller, 0)
         if not held:
             return

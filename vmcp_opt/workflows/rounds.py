@@ -6,7 +6,10 @@ random id. When a step asks, the client's call is answered with an `InputRequire
 question and a sealed `request_state` naming the run (`WorkflowRound`); the client's retry of the same
 call hands the answer over and waits again, for the result or for the next question. The run goes on in
 the background between rounds, so steps that do not wait for the answer keep running. A run whose client
-does not come back within `timeouts.input` is cancelled, and so is one whose client gives up on a round.
+does not come back within `timeouts.input` is cancelled, and so is one whose client gives up on a round, and
+one that waited longest for its client when that caller starts a call or run past
+`limits.max_pending_calls_per_caller` (a client cannot say its user closed the dialog: routing/budget.py
+`Budget.admit`, one rule for runs and backend calls; its steps are cancelled, its retry told it expired).
 Its round names the replica holding it; a retry landing on another replica is relayed there
 (vmcp_opt/routing/round_trips/owners.py), so the run goes on where it lives.
 
@@ -55,7 +58,10 @@ def drain_hold() -> AbstractContextManager[None]:
 
 
 class PendingRun(HeldQuestions):
-    """One workflow run of a 2026-07-28 client, driven round by round by the client's retries."""
+    """One workflow run of a 2026-07-28 client, driven round by round by the client's retries (a `Waiting` round
+    of the pending-call budget)."""
+
+    what = "workflow run"
 
     def __init__(self, rounds: WorkflowRounds, caller: str) -> None:
         super().__init__(rounds.input_timeout)
@@ -64,12 +70,19 @@ class PendingRun(HeldQuestions):
         # The front request now waiting on this run: its progress token, if any.
         self.progress: ProgressFnT | None = None
         self.driven = False
+        self.idle_since = anyio.current_time()  # when a request last stopped waiting on it
+        self.ended = anyio.Event()
 
     def round(self) -> WorkflowRound:
         return WorkflowRound(self.id, self.rounds.owners.replica)
 
     def discard(self) -> None:
         self.rounds.discard(self)
+
+    def end(self) -> None:
+        """Ended to make room for a newer round of its caller (`Budget.admit`): its steps are cancelled."""
+        self.lifetime.cancel()
+        self.discard()
 
     async def live(self, run: Callable[[PendingRun], Awaitable[types.CallToolResult]]) -> None:
         try:
@@ -82,6 +95,7 @@ class PendingRun(HeldQuestions):
                 )
         finally:
             self.rounds.discard(self)
+            self.ended.set()
 
     async def ask(self, message: str, schema: dict[str, Any]) -> dict[str, Any]:
         """An elicitation step's question: held until a retry of the client's call brings the answer."""
@@ -96,6 +110,7 @@ class PendingRun(HeldQuestions):
             result = await self.next_round()
         finally:
             self.driven, self.progress = False, None
+            self.idle_since = anyio.current_time()
         assert isinstance(result, types.CallToolResult)
         return result
 
@@ -149,7 +164,7 @@ class WorkflowRounds:
 
     def discard(self, run: PendingRun) -> None:
         if self._runs.pop(run.id, None) is not None:
-            self.budget.release(run.caller)
+            self.budget.release(run.caller, run.id)
             self.owners.released()
         if not self._runs and self._emptied is not None:
             self._emptied.set()
@@ -175,11 +190,12 @@ class WorkflowRounds:
         progress: ProgressFnT | None,
         caller: str,
     ) -> types.CallToolResult:
-        """`LimitReached` (naming the setting) when `caller`, or the gateway, holds as many as it may."""
+        """`LimitReached` (naming the setting) when the gateway holds as many as it may, or every one `caller` may
+        hold is a round in progress; at the caller's cap, its longest-idle round is ended instead."""
         if self._task_group is None:
             raise MCPError(types.INTERNAL_ERROR, "the gateway is not started")
-        self.budget.acquire(caller)
         pending = PendingRun(self, caller)
+        await self.budget.admit(pending)
         self._runs[pending.id] = pending
         self._task_group.start_soon(pending.live, run, name="workflow-round-trip")
         return await pending.drive(progress)
@@ -190,6 +206,8 @@ class WorkflowRounds:
         if self.owners.elsewhere(round_):
             return await self.owners.relayed(round_, responses, types.CallToolResult)
         pending = self._runs.get(round_.run)
+        if pending is None and (expired := self.budget.expired(round_.run)) is not None:
+            raise expired
         if pending is None:
             raise MCPError(
                 types.INVALID_PARAMS,

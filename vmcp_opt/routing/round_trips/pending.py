@@ -16,11 +16,10 @@ wait for the answer. The gateway bridges the two:
   the next question.
 
 A pending call whose client does not come back within `timeouts.input` is cancelled at the backend and
-dropped. A caller starting a call past `limits.max_pending_calls_per_caller` ends its own oldest waiting call
-instead of being refused: a client cannot say it gave up on a round (the user closed the dialog), so a refusal
-locked its asking tools for `timeouts.input` after a few such rounds. The ended call's retry is told it expired.
-Past `server.max_pending_calls` a new call is still refused: ending another caller's round would let one
-client erase everyone's. Why not one session per client, as for 2025-11-25 clients: nothing in a 2026-07-28 request
+dropped. A caller starting a call past `limits.max_pending_calls_per_caller` ends its own oldest waiting round
+(a call, or a workflow run asking its user: one rule, routing/budget.py `Budget.admit`) instead of being refused;
+the ended call's retry is told it expired. Past `server.max_pending_calls` a new call is still refused. Why not
+one session per client, as for 2025-11-25 clients: nothing in a 2026-07-28 request
 says which client sent it, and a session reused across clients would carry one client's roots and
 answers into another's calls.
 """
@@ -29,7 +28,6 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections import OrderedDict
 from typing import Any, TypeVar
 
 import anyio
@@ -54,16 +52,12 @@ logger = logging.getLogger(__name__)
 
 ResultT = TypeVar("ResultT", bound=BaseModel)
 
-# Ids of calls ended to make room that are remembered, so their retries hear why (a bounded memory: an older one
-# gets the plain "no pending call" answer).
-EVICTED_REMEMBERED = 1024
-# Seconds a new call waits for the call it ended to close its backend session (a stdio backend's stop is bounded
-# well within it): the caller's processes stay at its cap instead of growing while old ones stop.
-EVICTION_WAIT = 15.0
-
 
 class PendingCall(HeldQuestions):
-    """One backend call of a 2026-07-28 client, driven round by round by the client's retries."""
+    """One backend call of a 2026-07-28 client, driven round by round by the client's retries (a `Waiting` round
+    of its budget)."""
+
+    what = "call"
 
     def __init__(
         self,
@@ -84,7 +78,7 @@ class PendingCall(HeldQuestions):
         # The front request now waiting on this call (its progress and log messages go there; none when
         # another replica relays the retry here).
         self.driver: ServerSession | None = None
-        self.driving = False
+        self.driven = False
         self.progress: ProgressFnT | None = None
         self.idle_since = anyio.current_time()  # when a request last stopped waiting on it
         self.ended = anyio.Event()
@@ -94,6 +88,11 @@ class PendingCall(HeldQuestions):
 
     def discard(self) -> None:
         self.trips.discard(self)
+
+    def end(self) -> None:
+        """Ended to make room for a newer round of its caller (`Budget.admit`)."""
+        self.lifetime.cancel()  # its backend request is cancelled (notifications/cancelled), its session closed
+        self.discard()
 
     # --- the backend side ------------------------------------------------------------------------
 
@@ -163,11 +162,11 @@ class PendingCall(HeldQuestions):
 
     async def drive(self, session: ServerSession | None, progress: ProgressFnT | None) -> BaseModel:
         """The call's result, or `InputRequired` with the questions the backend is waiting on."""
-        self.driver, self.progress, self.driving = session, progress, True
+        self.driver, self.progress, self.driven = session, progress, True
         try:
             return await self.next_round()
         finally:
-            self.driver, self.progress, self.driving = None, None, False
+            self.driver, self.progress, self.driven = None, None, False
             self.idle_since = anyio.current_time()
 
 
@@ -196,7 +195,6 @@ class RoundTrips:
             caller_setting="limits.max_pending_calls_per_caller",
         )
         self._calls: dict[str, PendingCall] = {}
-        self._evicted: OrderedDict[str, None] = OrderedDict()
         self._task_group: anyio.abc.TaskGroup | None = None
         # Replicas (sessions.store: redis): the rounds handed out name this replica, and a retry naming
         # another is relayed to it (owners.py).
@@ -213,7 +211,7 @@ class RoundTrips:
 
     def discard(self, call: PendingCall) -> None:
         if self._calls.pop(call.id, None) is not None:
-            self.budget.release(call.caller)
+            self.budget.release(call.caller, call.id)
             self.owners.released()
 
     def stop(self) -> None:
@@ -239,9 +237,8 @@ class RoundTrips:
         """Run `request` as a pending call; its result, or `InputRequired` with the backend's questions."""
         if self._task_group is None:
             raise MCPError(types.INTERNAL_ERROR, "the gateway is not started")
-        await self._make_room(caller)
-        self.budget.acquire(caller)
         call = PendingCall(self, caller, backend, capabilities, guard)
+        await self.budget.admit(call)
         self._calls[call.id] = call
         self._task_group.start_soon(call.live, request, result_type, name=f"round-trip:{backend.name}")
         return _expect(await call.drive(session, progress), result_type)
@@ -256,47 +253,19 @@ class RoundTrips:
     ) -> ResultT:
         """A retry: hand over the client's answers and wait for the result or the next questions."""
         call = self._calls.get(round_.call)
-        if call is None and round_.call in self._evicted:
-            raise MCPError(
-                types.INVALID_PARAMS,
-                "requestState names a call that expired: it was ended to make room for a newer call of the same "
-                f"caller (limits.max_pending_calls_per_caller, {self.budget.per_caller}); call again without "
-                "requestState",
-            )
+        if call is None and (expired := self.budget.expired(round_.call)) is not None:
+            raise expired
         if call is None:
             raise MCPError(
                 types.INVALID_PARAMS,
                 "requestState names no pending call: it has finished, was cancelled, or its client did not "
                 f"come back within {self.input_timeout:g}s; call again without requestState",
             )
-        if call.driving:
+        if call.driven:
             raise MCPError(types.INVALID_REQUEST, "this call is already being continued by another request")
         if call.outcome is None:  # a call that ended meanwhile (its backend gave up) has nothing to answer
             call.answer(responses)
         return _expect(await call.drive(session, progress), result_type)
-
-    async def _make_room(self, caller: str) -> None:
-        """At `caller`'s cap, end its call that has waited longest for a retry (none waits while a request drives
-        it), and wait, bounded, for its backend session to close."""
-        if self.budget.held(caller) < self.budget.per_caller:
-            return
-        waiting = [call for call in self._calls.values() if call.caller == caller and not call.driving]
-        if not waiting:
-            return  # every slot is a call in progress: `acquire` refuses
-        oldest = min(waiting, key=lambda call: call.idle_since)
-        logger.info(
-            "backend %s: a 2026-07-28 caller's oldest call waiting for input ended to make room for its new call "
-            "(limits.max_pending_calls_per_caller, %d)",
-            oldest.backend.name,
-            self.budget.per_caller,
-        )
-        oldest.lifetime.cancel()  # its backend request is cancelled (notifications/cancelled), its session closed
-        self.discard(oldest)
-        self._evicted[oldest.id] = None
-        while len(self._evicted) > EVICTED_REMEMBERED:
-            self._evicted.popitem(last=False)
-        with anyio.move_on_after(EVICTION_WAIT):
-            await oldest.ended.wait()
 
     async def _continue_relayed(self, round_: PendingRound, responses: types.InputResponses | None) -> BaseModel:
         """A retry relayed by another replica (no front session here)."""
