@@ -33,6 +33,11 @@ SDK lets any other error out of a POST's task, which ended the whole session and
 
 An answer nobody waits for any more is not read further: backends/open_answers.py.
 
+A lone surrogate escape (`\\ud800`, valid JSON, no character) in a body or an SSE stream is rewritten to `\\ufffd` as
+the bytes pass (`EscapeMender`, backends/lone_surrogates.py): the SDK parses with pydantic, which refused the whole
+message ("a body that is not JSON-RPC"), so one odd character in a description failed the backend's listing, and in
+a log message or progress text dropped the notification. Bodies without a `\\ud`/`\\uD` pay one search per chunk.
+
 Just past ~450 lines: the JSON body cap and the SSE events' cap and value count share one counting stream and
 one refusal (`OVER_RESULT_CAP`); the SSE part would otherwise repeat it.
 """
@@ -55,6 +60,7 @@ from mcp.shared.exceptions import MCPError
 from pydantic import ValidationError
 
 from vmcp_opt.backends.errors import HTTP_STATUS, NOT_READ, OVER_RESULT_CAP, SDK_PARSE_PREFIX, one_line, unquoted
+from vmcp_opt.backends.lone_surrogates import EscapeMender
 from vmcp_opt.backends.results import LISTING_METHODS, ValueCounter, page_values, too_many_values
 from vmcp_opt.backends.secrets import redact, with_escaped_forms
 from vmcp_opt.config import SECRET_NAME
@@ -218,6 +224,7 @@ class CappedBody(httpx2.AsyncByteStream):
         self._backend = backend
         # 32 + MAX_WBITS reads a gzip or a zlib header, which is what HTTP's gzip and deflate are.
         self._inflater = zlib.decompressobj(32 + zlib.MAX_WBITS) if encoding in _INFLATED else None
+        self._mender = EscapeMender()
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         read = 0
@@ -225,11 +232,14 @@ class CappedBody(httpx2.AsyncByteStream):
             data = self._inflate(chunk, read)
             read += len(data)
             self._check(read, data)
-            yield data
+            if mended := self._mender.feed(data):
+                yield mended
         if self._inflater is not None:
             rest = self._inflater.flush()
             self._check(read + len(rest), rest)
-            yield rest
+            yield self._mender.feed(rest)
+        yield self._mender.flush()
+        _mended_warning(self._backend, self._mender)
 
     async def _unbroken(self) -> AsyncIterator[bytes]:
         try:
@@ -279,14 +289,15 @@ class EventTooManyValues(httpx2.SSEError):
 class CountedEvents(httpx2.AsyncByteStream):
     """`inner`'s SSE bytes as they come, each event's data counted (backends/results.py, `ValueCounter`, a data line
     at a time) before the chunk that ends it passes: an event past `values` raises `EventTooManyValues` and is never
-    parsed (`listing`: the stream answers a listing, `values` is a page's budget). Its bytes are bounded by the SDK's
+    parsed (`listing`: the stream answers a listing, `values` is a page's budget; None: not counted). Its lone
+    surrogate escapes are mended as they pass (`EscapeMender`). Its bytes are bounded by the SDK's
     `max_sse_event_size`, which stops reading first."""
 
     def __init__(
         self,
         inner: httpx2.AsyncByteStream,
         backend: str,
-        values: int,
+        values: int | None,
         encoding: str | None = None,
         *,
         listing: bool = False,
@@ -300,12 +311,31 @@ class CountedEvents(httpx2.AsyncByteStream):
         self._line_values = ValueCounter()  # its values, while it may be a data line
         self._after_cr = False  # the last chunk ended with a `\r`: its line ends, perhaps with a `\n` to come
         self._counted = 0  # the values of the event's data lines so far
+        self._mender = EscapeMender()
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         async for chunk in self._inner:
             for piece in self._inflated(chunk):
-                self._scan(piece)
-                yield piece
+                if self._values is not None:
+                    self._scan(piece)
+                if mended := self._mended(piece):
+                    yield mended
+        yield self._mender.flush()
+
+    def _mended(self, piece: bytes) -> bytes:
+        """`piece` through the mender, which holds back what may start an escape cut by the chunk's end (at most 11
+        bytes) but never a line's end: no escape spans lines, and the SDK dispatches an event at its blank line."""
+        before = self._mender.mended
+        end = max(piece.rfind(b"\n"), piece.rfind(b"\r")) + 1
+        if end == len(piece):  # the usual chunk: whole lines
+            out = self._mender.feed(piece) + self._mender.flush()
+        elif end:
+            out = self._mender.feed(piece[:end]) + self._mender.flush() + self._mender.feed(piece[end:])
+        else:
+            out = self._mender.feed(piece)
+        if self._mender.mended > before:
+            _mended_warning(self._backend, self._mender)
+        return out
 
     def _inflated(self, chunk: bytes) -> Iterator[bytes]:
         """`chunk` inflated `_INFLATE_STEP` bytes at a time: a small chunk that inflates to gigabytes is stopped by
@@ -357,13 +387,24 @@ class CountedEvents(httpx2.AsyncByteStream):
 
     def _event_ended(self) -> None:
         counted, self._counted = self._counted, 0
-        if counted > self._values:
+        if self._values is not None and counted > self._values:
             refused = EventTooManyValues(self._backend, self._values, counted, listing=self._listing)
             _status_log.warning(self._backend, "%s", refused)  # the SDK logs none (a GET stream's event: no caller)
             raise refused
 
     async def aclose(self) -> None:
         await self._inner.aclose()
+
+
+def _mended_warning(backend: str, mender: EscapeMender) -> None:
+    if mender.mended:
+        _status_log.warning(
+            f"{backend} surrogates",
+            "backend %s: lone surrogates (unpaired \\ud800-\\udfff escapes) in its answers: passed on with U+FFFD in "
+            "their place (%d so far in this answer)",
+            backend,
+            mender.mended,
+        )
 
 
 def cap_json_bodies(
@@ -386,10 +427,10 @@ def cap_json_bodies(
         counted = page_values(values) if listing and values is not None else values
         encoding = response.headers.get("content-encoding", "").strip().lower() or None
         if response.headers.get("content-type", "").split(";")[0].strip().lower() == SSE_TYPE:
-            if counted is not None:  # the SDK caps each event's bytes itself
-                response.stream = CountedEvents(response.stream, backend, counted, encoding, listing=listing)
-                if encoding in _INFLATED:
-                    del response.headers["content-encoding"]  # inflated there: httpx must not inflate it again
+            # The SDK caps each event's bytes itself.
+            response.stream = CountedEvents(response.stream, backend, counted, encoding, listing=listing)
+            if encoding in _INFLATED:
+                del response.headers["content-encoding"]  # inflated there: httpx must not inflate it again
             return
         response.stream = CappedBody(response.stream, cap, backend, encoding, counted, listing=listing)
         if encoding in _INFLATED:
