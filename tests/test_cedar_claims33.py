@@ -94,7 +94,7 @@ async def test_a_policy_permits_only_callers_whose_email_claim_matches(issuer: I
         denied = "Unknown tool: 'notes_save_note'"
         outsider = user_token(issuer, running, sub="eve", email="eve@elsewhere.example")
         assert await listed_and_saved(running, outsider) == (set(), denied)
-        # A claim of another type than the policy uses is absent (no error, no crash): not permitted.
+        # A claim of another type than the policy uses cannot be judged: the caller is denied.
         assert await listed_and_saved(running, user_token(issuer, running, sub="num", email=42)) == (set(), denied)
         no_email = user_token(issuer, running, sub="none", nested={"email": "x@corp.example"})
         assert await listed_and_saved(running, no_email) == (set(), denied)
@@ -138,7 +138,7 @@ def call(arguments: dict[str, Any]) -> Target:
     return Target("tool", "notes_save_note", "notes", "use", arguments=arguments)
 
 
-def test_claims_and_arguments_are_typed_by_their_use_and_other_values_are_absent() -> None:
+def test_claims_and_arguments_are_typed_by_their_use_and_other_values_are_denied() -> None:
     policy = CedarPolicy(
         "permit(principal, action, resource) when {\n"
         "  principal has claim_level && principal.claim_level >= 3 &&\n"
@@ -149,8 +149,10 @@ def test_claims_and_arguments_are_typed_by_their_use_and_other_values_are_absent
     assert policy.arg_kinds == {"arg_dry_run": {"type": "Boolean"}}
     ok = caller(level=3, teams=["core", "web"])
     assert policy.decide(ok, call({"dry-run": True})).allowed  # `dry-run` is the identifier `dry_run`
-    assert not policy.decide(ok, call({"dry_run": "true"})).allowed  # a string is not a Boolean: absent
-    for bad in (caller(level=2**63, teams=["core"]), caller(level=3.0, teams=["core"]), caller(level=3, teams=[1])):
+    assert not policy.decide(
+        ok, call({"dry_run": "true"})
+    ).allowed  # a string is not a Boolean: cannot be judged, denied
+    for bad in (caller(level=2**63, teams=["core"]), caller(level=3.5, teams=["core"]), caller(level=3, teams=[1])):
         assert not policy.decide(bad, call({"dry_run": True})).allowed
     # Two arguments made alike as identifiers cannot be judged: denied, without their values.
     twice = policy.decide(ok, call({"dry-run": True, "dry_run": False}))

@@ -413,6 +413,7 @@ def check_connections(cfg: VmcpConfig) -> None:
     """`validate --connect`: Redis, if the config uses it (and the running replicas' catalogues), and each backend connected once (exit 1 naming what
     failed, as `vmcp backends` does), then the workflow steps, pinned names and rate_limits.per_tool keys
     checked against the tools served (exit 2 naming the unknown ones)."""
+    from vmcp_opt.config.workflows import RESERVED_NAMES
     from vmcp_opt.probe import connect_once
     from vmcp_opt.workflows.validation import unknown_tools
 
@@ -429,6 +430,8 @@ def check_connections(cfg: VmcpConfig) -> None:
         raise typer.Exit(1)
     served = connected.tool_names
     steps_may_call = served | connected.workflow_only
+    if cfg.optimizer.enabled:  # the gateway serves its meta-tools then, and a step may call them as a client does
+        steps_may_call |= RESERVED_NAMES
     problems = (
         unknown_tools(cfg.workflows, steps_may_call) + unknown_pinned(cfg, served) + unknown_per_tool(cfg, served)
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 
 import anyio.to_thread
 
@@ -28,6 +29,9 @@ class LiveCatalog:
         # (restarting, unhealthy) is judged by the policy on that tool, then told so, rather than that the tool
         # does not exist.
         self._known_tools: dict[str, RoutedTool] = {}
+        # The same for workflow-only tools, apart: asked of a step's call alone (that names it: `Exchange.may_reach`),
+        # since a client asking of one must get what a made-up name gets, whether its backend is up or down.
+        self._known_hidden: dict[str, RoutedTool] = {}
 
     def build(self) -> Catalog:
         """The catalogue of the ready backends (a tool that cannot be served is dropped with a warning)."""
@@ -49,17 +53,19 @@ class LiveCatalog:
         # backend in it no longer serves. Kept whole, a backend renaming its tools at every `list_changed`
         # grew this without end, and a tool it had removed was called "served by a backend that is down".
         built_from = catalog.backend_descriptions.keys()
-        kept = {name: t for name, t in self._known_tools.items() if t.backend not in built_from}
-        self._known_tools = kept | catalog.workflow_only | catalog.tools
+        self._known_tools = _kept(self._known_tools, built_from) | catalog.tools
+        self._known_hidden = _kept(self._known_hidden, built_from) | catalog.workflow_only
 
-    def known_tool(self, tool: str) -> RoutedTool | None:
-        """The tool of that name as a catalogue last served it (its backend, its annotations), or None."""
-        return self._known_tools.get(tool)
+    def known_tool(self, tool: str, *, hidden: bool = False) -> RoutedTool | None:
+        """The tool of that name as a catalogue last served it (its backend, its annotations), or None.
+        `hidden`: among the workflow-only tools instead, for a step that may reach that name."""
+        return (self._known_hidden if hidden else self._known_tools).get(tool)
 
-    def why_unavailable(self, tool: str) -> str | None:
+    def why_unavailable(self, tool: str, *, hidden: bool = False) -> str | None:
         """Why a tool that was served is not now (its backend is down), or None if it never was. For the
-        client: the backend's last error (URLs, exception text) stays in /readyz and the logs."""
-        known = self._known_tools.get(tool)
+        client: the backend's last error (URLs, exception text) stays in /readyz and the logs. `hidden`: as
+        `known_tool`'s."""
+        known = self.known_tool(tool, hidden=hidden)
         connection = self.backends.get(known.backend) if known is not None else None
         if known is None or connection is None or connection.state is BackendState.READY:
             return None
@@ -67,6 +73,11 @@ class LiveCatalog:
             f"tool '{shorten(tool)}' is served by backend '{known.backend}', which is {connection.state.value}; "
             "it is listed again once the backend is back"
         )
+
+
+def _kept(known: dict[str, RoutedTool], built_from: Collection[str]) -> dict[str, RoutedTool]:
+    """What the backends missing from a build served last."""
+    return {name: t for name, t in known.items() if t.backend not in built_from}
 
 
 def catalog_of(backends: BackendManager, config: AggregationConfig) -> Catalog:

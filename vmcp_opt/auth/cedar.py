@@ -12,10 +12,11 @@ The entities a policy sees:
 - the context of a `call_tool` with arguments: `arg_<name>` for each argument a policy names; empty otherwise.
 
 Claims and arguments are optional attributes of the type the policies use them as (cedar_schema.py
-`named_attributes`): a policy tests one with `has` first (the validator requires it), and a value of another type
-(a float, an object, a list of numbers) is absent. Only the names the policies read are sent, each within
-`MAX_VALUE_CHARS`/`MAX_SET_ITEMS`; a named one past them, or two names made alike as identifiers (`a-b`, `a_b`),
-cannot be judged and the request is denied (a `forbid` must not be slipped past by size). A call whose named
+`named_attributes`): a policy tests one with `has` first (the validator requires it). A whole-number float (`6.0`)
+is the Long 6, as JSON Schema and pydantic take it; `null` is absent. Only the names the policies read are sent, each
+within `MAX_VALUE_CHARS`/`MAX_SET_ITEMS`; a named one past them, of a type its use cannot judge (`6.5` or `"6"` for a
+Long, an object, a list of numbers), or two names made alike as identifiers (`a-b`, `a_b`), cannot be judged and the
+request is denied (a `forbid` must not be slipped past by size or type), logged naming the attribute and the type. A call whose named
 arguments are all absent is the call judged in the caller's view (kept); one with some is judged alone, not kept,
 and Cedar's error text for it is neither logged nor sent (it may quote the arguments). A view is judged without
 arguments, so a tool whose `permit` requires an argument is called, not listed.

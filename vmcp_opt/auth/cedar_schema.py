@@ -7,7 +7,10 @@ Claims and arguments (as ToolHive's vMCP names them): a token's claim `email` is
 open records, so the attributes the policies name are declared, optional, with the type their use implies
 (`named_attributes`: `like` a String, `>` a Long, `.contains` a Set of String, `&&` a Boolean, `==` its literal's
 type, else String); the validator then requires `principal has claim_x && ...`, Cedar's test for a missing one.
-A value is sent only when it has that type (`converted`): others are absent, as a missing one is.
+A value is sent as that type (`converted`; a whole-number float such as `6.0` as the Long 6, since JSON Schema and
+pydantic take it for the integer); a named one present with a type the policies cannot judge (`6.5` or `"6"` for a
+Long, an object) makes the request unjudgeable, denied: absent, it would slip past a `forbid` that tests it.
+A JSON `null` counts as absent, as a missing value does.
 """
 
 from __future__ import annotations
@@ -157,7 +160,7 @@ def _explained(messages: list[str]) -> list[str]:
             attr = unguarded.group(1)
             holder = "principal" if attr.startswith(CLAIM_PREFIX) else "context"
             said.append(
-                f"{message}: a claim or argument may be absent (or of another type, then not sent); test it first, "
+                f"{message}: a claim or argument may be absent; test it first, "
                 f"`{holder} has {attr} && {holder}.{attr} ...`"
             )
         elif message.startswith("unrecognized entity type"):
@@ -269,7 +272,8 @@ def _implied(parent: dict[str, Any], role: str) -> dict[str, Any] | None:
 
 
 class Unjudgeable(ValueError):
-    """A named claim or argument the policies cannot be asked about (too large, or two names spelt alike)."""
+    """A named claim or argument the policies cannot be asked about (too large, of another type than their use,
+    or two names spelt alike)."""
 
 
 def identifier(name: str) -> str:
@@ -279,9 +283,10 @@ def identifier(name: str) -> str:
 
 def converted(values: Mapping[str, Any], prefix: str, named: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
     """The attributes of `values` (a token's claims, a call's arguments) the policies name (`named`, with their
-    types): each under `prefix` + its name as an identifier, sent only when of its type (otherwise absent, never
-    an error); `Unjudgeable` for a named one past the bounds or named twice (`a-b` and `a_b`), which a `forbid`
-    could otherwise be slipped past. Only the named ones are looked at beyond their names."""
+    types): each under `prefix` + its name as an identifier, as its type (`null` is absent); `Unjudgeable` for a
+    named one past the bounds, of a type the policies cannot judge, or named twice (`a-b` and `a_b`), which a
+    `forbid` could otherwise be slipped past. The reason names the attribute and the value's type, never the
+    value (it may be a secret). Only the named ones are looked at beyond their names."""
     found: dict[str, Any] = {}
     seen: set[str] = set()
     for name in values:
@@ -298,12 +303,37 @@ def converted(values: Mapping[str, Any], prefix: str, named: Mapping[str, dict[s
                 f"the {_what(prefix)} `{attr}` is larger than the policies are evaluated with "
                 f"({MAX_VALUE_CHARS} characters, {MAX_SET_ITEMS} items)"
             )
+        if value is _WRONG_TYPE:
+            raise Unjudgeable(
+                f"the {_what(prefix)} `{attr}` is {_json_type(values[name])}, which the policies cannot judge "
+                f"(they use it as {_cedar_type(kind)})"
+            )
         if value is not None:
             found[attr] = value
     return found
 
 
 _TOO_LARGE = object()
+_WRONG_TYPE = object()
+
+
+def _json_type(value: Any) -> str:
+    """The kind of a JSON value, said without the value: a log line and a client's error may show it."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer outside Cedar's Long range" if not LONG_MIN <= value <= LONG_MAX else "an integer"
+    if isinstance(value, float):
+        return "a number outside Cedar's Long range" if value.is_integer() else "a number that is not whole"
+    if isinstance(value, str):
+        return "a string" if _encodable(value) else "a string with a lone surrogate"
+    if isinstance(value, list):
+        return "an array" if all(isinstance(item, str) for item in value) else "an array not all of strings"
+    return "an object" if isinstance(value, dict) else f"a {type(value).__name__}"
+
+
+def _cedar_type(kind: dict[str, Any]) -> str:
+    return "a Set of String" if kind.get("type") == "Set" else f"a {kind['type']}"
 
 
 def _what(prefix: str) -> str:
@@ -311,26 +341,36 @@ def _what(prefix: str) -> str:
 
 
 def _typed(value: Any, kind: dict[str, Any]) -> Any:
-    """`value` as an attribute of type `kind`; None when it is not of that type, `_TOO_LARGE` past the bounds."""
+    """`value` as an attribute of type `kind`: None for `null`, `_WRONG_TYPE` when it is of another type (a
+    policy cannot judge it), `_TOO_LARGE` past the bounds."""
+    if value is None:
+        return None
     if kind is _BOOLEAN:
-        return value if isinstance(value, bool) else None
+        return value if isinstance(value, bool) else _WRONG_TYPE
     if kind is _LONG:
-        ok = isinstance(value, int) and not isinstance(value, bool) and LONG_MIN <= value <= LONG_MAX
-        return value if ok else None
+        return _long(value)
     if kind is _STRING:
         if not isinstance(value, str):
-            return None
+            return _WRONG_TYPE
         if len(value) > MAX_VALUE_CHARS:
             return _TOO_LARGE
-        return value if _encodable(value) else None
+        return value if _encodable(value) else _WRONG_TYPE
     if not isinstance(value, list):
-        return None
+        return _WRONG_TYPE
     items = value[: MAX_SET_ITEMS + 1]  # lengths first: nothing past the bounds is encoded or copied
     if not all(isinstance(item, str) for item in items):
-        return None
+        return _WRONG_TYPE
     if len(value) > MAX_SET_ITEMS or sum(len(item) for item in items) > MAX_VALUE_CHARS:
         return _TOO_LARGE
-    return value if all(_encodable(item) for item in value) else None
+    return value if all(_encodable(item) for item in value) else _WRONG_TYPE
+
+
+def _long(value: Any) -> Any:
+    """An integer within Cedar's Long, a whole-number float (`6.0`: JSON Schema's and pydantic's integer) as one."""
+    if isinstance(value, float) and value.is_integer() and LONG_MIN <= value <= LONG_MAX:
+        value = int(value)
+    ok = isinstance(value, int) and not isinstance(value, bool) and LONG_MIN <= value <= LONG_MAX
+    return value if ok else _WRONG_TYPE
 
 
 def _encodable(text: str) -> bool:

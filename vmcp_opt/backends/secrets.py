@@ -19,25 +19,25 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
-from vmcp_opt.config import SECRET_NAME, BackendConfig
+from vmcp_opt.config import BackendConfig
 from vmcp_opt.config.base import MASK, SECRET_PARAMETER
 from vmcp_opt.config.base import mask_url as mask_url  # its home before config/base.py
+
+# Which env keys and argv items hold secrets: config/references.py decides (its warnings must hide what masking
+# hides, and the config package imports nothing else of vmcp_opt).
+from vmcp_opt.config.references import is_secret_env as is_secret_env
+from vmcp_opt.config.references import option_values as option_values
 from vmcp_opt.logs import masked_userinfo
 
 _MIN_SECRET_LENGTH = 4  # shorter values ("1", "on") would mask ordinary words
 _MIN_TOKEN_PART = 8  # a word of a header value masked alone (`Bearer <token>`'s token, not `Bearer`)
-# Env names `SECRET_NAME` matches that hold no secret: the shell's working directories (a path, which masking would
-# garble in every line that names a file under it).
-_NOT_SECRET_ENV = frozenset({"PWD", "OLDPWD"})
-_PASSWORD_PART = re.compile(r"(?:^|_)PWD(?:_|$)", re.I)  # `PWD_HASH`, `PWD_FILE`: a password's, not a directory's
-# An argv option naming a secret, its value in the same item (`--token=abc`) or the next (`--password`, `abc`).
-_SECRET_OPTION = re.compile(r"-{1,2}(?P<name>[A-Za-z][\w.-]*)(?:=(?P<value>.*))?", re.S)
 
 
 def secret_values(backend: BackendConfig) -> list[str]:
     """Values that must never be shown, longest first: every header value, env values under secret-looking
     keys (`is_secret_env`), the values of secret-named options in its args (`--token=…`, `--password …`), every
-    value that came from a `${VAR}` reference, and the credentials written in the URL. Other env values (a
+    value a `${VAR}` reference took from the environment, a `${VAR:-default}`'s default where the variable's name
+    or the place is a secret's (config/references.py), and the credentials written in the URL. Other env values (a
     timezone, a file path, `PWD`, a name) stay readable in logs."""
     env = [value for key, value in backend.env.items() if is_secret_env(key)]
     candidates = [*env, *backend.headers.values(), *backend.referenced_values(), *url_credentials(backend.url)]
@@ -49,29 +49,6 @@ def secret_values(backend: BackendConfig) -> list[str]:
     # `Bearer <token>`: the token alone must not leak either.
     values |= {part for v in backend.headers.values() for part in v.split() if len(part) >= _MIN_TOKEN_PART}
     return with_escaped_forms(values)
-
-
-def is_secret_env(name: str) -> bool:
-    """Whether an environment variable's value is a secret by its name (`API_TOKEN`, `DB_PWD`; not `PWD`)."""
-    if name in _NOT_SECRET_ENV:
-        return False
-    return SECRET_NAME.search(name) is not None or _PASSWORD_PART.search(name) is not None
-
-
-def option_values(args: Iterable[str]) -> list[str]:
-    """The values of an argv's secret-named options (`--token=abc`, `--password abc` as two items): a process may
-    print its command line, and an error may quote it."""
-    found: list[str] = []
-    named = False  # the item before was a secret's option without its value
-    for arg in args:
-        if named and not arg.startswith("-"):
-            found.append(arg)
-        option = _SECRET_OPTION.fullmatch(arg)
-        secret = option is not None and SECRET_NAME.search(option.group("name").replace("-", "_")) is not None
-        named = secret and option is not None and option.group("value") is None
-        if secret and option is not None and option.group("value"):
-            found.append(option.group("value"))
-    return found
 
 
 def escaped_forms(value: str) -> set[str]:

@@ -1,7 +1,8 @@
 """References: a setting named by its path and by the `VMCP_` variable that sets it, and `${VAR}` references to
 the environment (`${VAR:-default}` and `${VAR-default}` too, base.py's `ENV_REFERENCE`): expanded in a backend's
-env, headers, args and url, refused where nothing expands them, and a `$VAR` written there warned of; and the
-settings of the file a `VMCP_` variable overrides (`env_overrides`, said as warnings).
+env, headers, args and url, refused where nothing expands them, and a `$VAR` written there warned of (never showing
+a secret's place: `is_secret_env`, `option_values`, which backends/secrets.py masks by too); and the settings of the
+file a `VMCP_` variable overrides (`env_overrides`, said as warnings).
 
 Out of loading.py, which imports these: loading gathers every source's problems in one pass, and names them
 by the same scheme (`server.port (from VMCP_SERVER__PORT)`)."""
@@ -11,7 +12,7 @@ from __future__ import annotations
 import os
 import re
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, Union, get_args, get_origin
 
@@ -35,6 +36,12 @@ ENV_PREFIX = VmcpConfig.model_config.get("env_prefix", "")
 # set in the environment or not: a backend keeping a file of its own state (the demo's memory server) keeps
 # it per user, beside the gateway's, rather than at a path every user and clone of the machine shares.
 DATA_DIR_REFERENCE = "VMCP_DATA_DIR"
+# Env names `SECRET_NAME` matches that hold no secret: the shell's working directories (a path, which masking would
+# garble in every line that names a file under it).
+_NOT_SECRET_ENV = frozenset({"PWD", "OLDPWD"})
+_PASSWORD_PART = re.compile(r"(?:^|_)PWD(?:_|$)", re.I)  # `PWD_HASH`, `PWD_FILE`: a password's, not a directory's
+# An argv option naming a secret, its value in the same item (`--token=abc`) or the next (`--password`, `abc`).
+_SECRET_OPTION = re.compile(r"-{1,2}(?P<name>[A-Za-z][\w.-]*)(?:=(?P<value>.*))?", re.S)
 
 
 def format_location(loc: tuple[int | str, ...]) -> str:
@@ -217,7 +224,7 @@ def with_env_references_resolved(config: VmcpConfig) -> VmcpConfig:
     reference is a problem, not text to send."""
     problems: list[str] = []
 
-    def expand(value: str, where: str, referenced: set[str]) -> str:
+    def expand(value: str, where: str, referenced: set[str], secret_place: bool = False) -> str:
         refused = malformed(where, value)
         if refused:  # not sent: the config is refused
             problems.extend(refused)
@@ -234,7 +241,7 @@ def with_env_references_resolved(config: VmcpConfig) -> VmcpConfig:
             if op is None:
                 problems.append(unset(where, name))
                 return ""
-            if SECRET_NAME.search(name):  # a stand-in for the secret (`${TOKEN:-dev}`): masked as one
+            if SECRET_NAME.search(name) or secret_place:  # a stand-in for the secret (`${TOKEN:-dev}`): masked as one
                 referenced.add(default)
             return str(default)
 
@@ -242,12 +249,13 @@ def with_env_references_resolved(config: VmcpConfig) -> VmcpConfig:
 
     for index, backend in enumerate(config.backends):
         where, seen = f"backends[{index}]", backend._referenced
-        backend.env = {k: expand(v, f"{where}.env.{k}", seen) for k, v in backend.env.items()}
-        backend.headers = {k: expand(v, f"{where}.headers.{k}", seen) for k, v in backend.headers.items()}
+        env, secret_args = backend.env, _secret_arg_positions(backend.args)
+        backend.env = {k: expand(v, f"{where}.env.{k}", seen, is_secret_env(k)) for k, v in env.items()}
+        backend.headers = {k: expand(v, f"{where}.headers.{k}", seen, True) for k, v in backend.headers.items()}
         problems.extend(_secrets_in_args(backend.args, f"{where}.args"))
-        backend.args = [expand(arg, f"{where}.args[{i}]", seen) for i, arg in enumerate(backend.args)]
+        backend.args = [expand(arg, f"{where}.args[{i}]", seen, i in secret_args) for i, arg in enumerate(backend.args)]
         if backend.url:
-            backend.url = expand(backend.url, f"{where}.url", seen)
+            backend.url = expand(backend.url, f"{where}.url", seen, False)
         problems.extend(backend.auth.check(f"{where}.auth", backend.transport, Path(config.base_dir)))
     if problems:
         raise ConfigError(problems)
@@ -257,24 +265,59 @@ def with_env_references_resolved(config: VmcpConfig) -> VmcpConfig:
 # `$NAME` where only `${NAME}` expands: a common slip, but a `$` is legal text, so a warning. Not after a word
 # character or a `$` (`pa$word`, `$$X`), which is seldom a variable.
 _BARE_VARIABLE = re.compile(r"(?<![$\w])\$([A-Za-z_][A-Za-z0-9_]*)")
+# A name written as environment variables are (`API_KEY`): the only kind said back when the variable is not set.
+_VARIABLE_LIKE = re.compile(r"[A-Z_][A-Z0-9_]*")
 
 
 def bare_variable_warnings(config: VmcpConfig) -> list[str]:
     """Each `$NAME` in a backend's env, headers, args or url (read before expansion), by its field. The name is
-    said only where it cannot be part of a secret: the variable is set, or the field holds no secret by its
-    name (a header, an env key such as `API_TOKEN`, text naming one or holding `user@`)."""
+    said only where it cannot be part of a secret: never in a secret's place (a header, a secret-named env key
+    such as `API_TOKEN`, a secret option's value such as `--api-key <value>`, text naming a secret or holding
+    `user@`), and elsewhere only when the variable is set or is written as one (`$API_URL`, not `$k3yMaterial`)."""
     warnings: list[str] = []
     for index, backend in enumerate(config.backends):
-        where = f"backends[{index}]"
-        fields = [(f"{where}.env.{k}", v, k) for k, v in backend.env.items()]
-        fields += [(f"{where}.headers.{k}", v, "Authorization") for k, v in backend.headers.items()]
-        fields += [(f"{where}.args[{i}]", arg, arg) for i, arg in enumerate(backend.args)]
-        fields += [(f"{where}.url", backend.url, backend.url)] if backend.url else []
-        for place, value, secret_hint in fields:
+        where, secret_args = f"backends[{index}]", _secret_arg_positions(backend.args)
+        fields = [(f"{where}.env.{k}", v, is_secret_env(k)) for k, v in backend.env.items()]
+        fields += [(f"{where}.headers.{k}", v, True) for k, v in backend.headers.items()]
+        fields += [(f"{where}.args[{i}]", arg, i in secret_args) for i, arg in enumerate(backend.args)]
+        fields += [(f"{where}.url", backend.url, False)] if backend.url else []
+        for place, value, secret_place in fields:
+            secret = secret_place or SECRET_NAME.search(value) is not None or "@" in value
             for name in dict.fromkeys(_BARE_VARIABLE.findall(ENV_REFERENCE.sub("", value))):
-                secret = SECRET_NAME.search(secret_hint) is not None or "@" in secret_hint
-                warnings.append(_bare_variable(place, name if name in os.environ or not secret else None))
+                said = not secret and (name in os.environ or _VARIABLE_LIKE.fullmatch(name) is not None)
+                warnings.append(_bare_variable(place, name if said else None))
     return list(dict.fromkeys(warnings))
+
+
+def _secret_arg_positions(args: list[str]) -> set[int]:
+    """The args holding a secret option's value (`--api-key`, `<value>` or `--token=<value>`), as secrets.py's
+    `option_values` (what masking hides) finds them: a warning must not show what the logs would hide."""
+    return {
+        i for i, arg in enumerate(args) if option_values([arg]) or (i > 0 and arg in option_values([args[i - 1], arg]))
+    }
+
+
+def is_secret_env(name: str) -> bool:
+    """Whether an environment variable's value is a secret by its name (`API_TOKEN`, `DB_PWD`; not `PWD`)."""
+    if name in _NOT_SECRET_ENV:
+        return False
+    return SECRET_NAME.search(name) is not None or _PASSWORD_PART.search(name) is not None
+
+
+def option_values(args: Iterable[str]) -> list[str]:
+    """The values of an argv's secret-named options (`--token=abc`, `--password abc` as two items): a process may
+    print its command line, and an error may quote it (backends/secrets.py masks them)."""
+    found: list[str] = []
+    named = False  # the item before was a secret's option without its value
+    for arg in args:
+        if named and not arg.startswith("-"):
+            found.append(arg)
+        option = _SECRET_OPTION.fullmatch(arg)
+        secret = option is not None and SECRET_NAME.search(option.group("name").replace("-", "_")) is not None
+        named = secret and option is not None and option.group("value") is None
+        if secret and option is not None and option.group("value"):
+            found.append(option.group("value"))
+    return found
 
 
 def _bare_variable(where: str, name: str | None) -> str:

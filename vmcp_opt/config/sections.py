@@ -301,7 +301,8 @@ class BackendToolsConfig(_Strict):
     exclude: list[str] = Field(default_factory=list)
     # Glob patterns of tool names served to workflows' steps alone, included or not (`exclude` still drops them):
     # not in tools/list nor find_tool, and a client calling one, directly or through call_tool, is told what an
-    # unknown name is told. Policies apply to each step's call as to any.
+    # unknown name is told. Only a step naming the tool as written (its `tool`, or a literal `tool_name` of a
+    # `call_tool` step) reaches it; a templated name reaches served tools alone. Policies apply to each step's call.
     workflow_only: list[str] = Field(default_factory=list)
     # Per tool, keyed by the backend's own tool name: the name, description and annotations to serve it with.
     overrides: dict[str, ToolOverride] = Field(default_factory=dict)

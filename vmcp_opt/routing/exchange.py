@@ -2,7 +2,8 @@
 
 Made by admission next to the `Caller`. A call that no client request drives (a workflow step started
 by the gateway itself) uses `Exchange.internal()`: no progress, no questions to a client. A workflow's
-steps carry their run's exchange marked with the workflow's name (`step_of`).
+steps carry their run's exchange marked with the workflow's name (`step_of`), and the workflow-only tools the
+step names literally (`may_reach`).
 """
 
 from __future__ import annotations
@@ -41,6 +42,10 @@ class Exchange:
     # The workflows running above this call, outermost first (`step_exchange` appends): a workflow that
     # would re-enter one of them, or nest deeper than workflows/provider.py allows, is refused.
     workflow_chain: tuple[str, ...] = ()
+    # The workflow-only tools (`aggregation.tools.<b>.workflow_only`) this call may reach: those the step making it
+    # names literally (workflows/provider.py `literal_tools`). Empty for a client's call and for what a call started
+    # carries (`inner`): a step's template, or a script, may name any tool its client chooses.
+    may_reach: frozenset[str] = frozenset()
 
     @classmethod
     def internal(cls, method: str = "tools/call") -> Exchange:
@@ -62,6 +67,7 @@ class Exchange:
             input_responses=None,
             step_of=step_of,
             workflow_chain=(*self.workflow_chain, chain),
+            may_reach=frozenset(),
         )
 
     def progress_relay(self) -> ProgressFnT | None:

@@ -384,11 +384,12 @@ class Router:
         return None
 
     def _step_tool(self, name: str, exchange: Exchange) -> tuple[ToolProvider, ProvidedTool] | None:
-        """A workflow-only tool (`aggregation.tools.<b>.workflow_only`), for a workflow step's call alone: a client's
-        own call, direct or through call_tool, gets what an unknown name gets. A step's exchange, not the run's
-        context variable: a task a step starts keeps that context, and code mode's script calls (clients' code)
-        carry no `step_of` even when a step started them."""
-        if exchange.step_of is None:
+        """A workflow-only tool (`aggregation.tools.<b>.workflow_only`), for the call of a workflow step that names it
+        as written (`Exchange.may_reach`) alone: a client's own call, direct or through call_tool, and a step's name
+        rendered from a template (the client's choice), get what an unknown name gets. A step's exchange, not the
+        run's context variable: a task a step starts keeps that context, and code mode's script calls (clients'
+        code) carry neither `step_of` nor `may_reach` even when a step started them."""
+        if not _may_reach(name, exchange):
             return None
         catalog = self.catalog.current
         routed = catalog.workflow_only.get(name)
@@ -418,7 +419,7 @@ class Router:
     ) -> types.CallToolResult:
         found = self._lookup(name) or self._step_tool(name, exchange)
         if found is None:
-            return await self._unavailable(caller, name, op)
+            return await self._unavailable(caller, name, op, hidden=_may_reach(name, exchange))
         provider, provided = found
         if op is not None:
             op.backend = provided.source
@@ -475,18 +476,22 @@ class Router:
             return exc
         return MCPError.from_error_data(exc.error.model_copy(update={"message": message, "data": data}))
 
-    async def _unavailable(self, caller: Caller, name: str, op: Op | None) -> types.CallToolResult:
+    async def _unavailable(self, caller: Caller, name: str, op: Op | None, *, hidden: bool) -> types.CallToolResult:
         """A tool no provider serves now: why (its backend is down), but only to a caller the policy lets use
         it, judged on the tool as last served; any other caller gets the denial it gets while the backend is
-        up (an unknown name's answer). `UnknownTool` for a name never served, with the names it likely meant."""
+        up (an unknown name's answer). `UnknownTool` for a name never served, with the names it likely meant.
+        `hidden`: a step that may reach `name` as a workflow-only tool; for anyone else such a tool was never
+        served (its backend's state would tell that it exists)."""
         why = next((w for p in self.providers if (w := p.why_unavailable(name)) is not None), None)
+        if why is None and hidden:
+            why = self.catalog.why_unavailable(name, hidden=True)
         if why is None:
             # Another replica's config, named only when no policy hides anything: a hidden tool, served here, gets no
             # such answer, so a made-up name getting one would tell the two apart (and name backends).
             explains = self.why_unknown is not None and self._hides_nothing()
             elsewhere = self.why_unknown(name) if explains and self.why_unknown is not None else None
             raise UnknownTool(name, elsewhere, [] if elsewhere else await self.meant(caller, name))
-        known = self.catalog.known_tool(name)
+        known = self.catalog.known_tool(name) or (self.catalog.known_tool(name, hidden=True) if hidden else None)
         if known is not None:
             if op is not None:
                 op.backend = known.backend
@@ -698,6 +703,11 @@ class Router:
         if connection is None:
             raise BackendUnavailable(f"backend '{backend}' is not configured")
         return connection
+
+
+def _may_reach(name: str, exchange: Exchange) -> bool:
+    """Whether this call may reach `name` as a workflow-only tool: a step's call naming it as written."""
+    return exchange.step_of is not None and name in exchange.may_reach
 
 
 def _tool_target(

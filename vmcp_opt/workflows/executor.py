@@ -16,8 +16,9 @@ inherits it from its run (anyio copies the context into the tasks it starts); th
 its budget when it ends, and a closed run is no one's enclosing run.
 
 The executor knows nothing of the router: `call(tool, arguments)` is how a step calls a tool (the
-provider passes the router's `call_tool`, tests pass their own), `on_step` hears each finished step and
-`on_item` each for_each item that finished ok (the provider turns both into progress notifications).
+provider passes the router's `call_tool`, tests pass their own; `CALLING_STEP` names the step making it),
+`on_step` hears each finished step and `on_item` each for_each item that finished ok (the provider turns both
+into progress notifications).
 
 A step's JSON text is parsed only up to `max_values` values (step_results.py, `read_json`: parsing holds the event
 loop); past it the output is the text (`UnparsedJson`), which templates may use whole but not read as JSON: that fails
@@ -71,6 +72,9 @@ ItemDone = Callable[["StepReport", int, int], Awaitable[None]]
 # Asks the calling client's user: (message, requested schema) → the answer's `{"action", "content"}`.
 Ask = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
 Sleep = Callable[[float], Awaitable[None]]
+# The step whose `call` is being made, read by the provider as the call starts (`call(tool, arguments)` names no
+# step): which tools the step names literally decides the workflow-only tools its call may reach.
+CALLING_STEP: ContextVar[StepConfig | None] = ContextVar("vmcp_calling_step", default=None)
 
 
 @dataclass
@@ -509,7 +513,11 @@ class WorkflowRun:
             self._begun(step, report)
             try:
                 with anyio.fail_after(step.timeout):
-                    result = await self._call(step.tool, arguments)
+                    calling = CALLING_STEP.set(step)
+                    try:
+                        result = await self._call(step.tool, arguments)
+                    finally:
+                        CALLING_STEP.reset(calling)
             except TimeoutError:
                 raise StepError(f"timed out after {step.timeout:g}s") from None
             except StepError:  # the provider's own refusals (a policy denial, told without hidden names)

@@ -31,13 +31,15 @@ from vmcp_opt.arguments import ArgumentError, ArgumentValidator
 from vmcp_opt.auth import Caller
 from vmcp_opt.auth.caller import caller_key
 from vmcp_opt.config.limits import HeldAnswerBytesConfig
-from vmcp_opt.config.workflows import WorkflowConfig, workflow_warnings
+from vmcp_opt.config.workflow_calls import CALL_TOOL
+from vmcp_opt.config.workflows import StepConfig, WorkflowConfig, workflow_warnings
 from vmcp_opt.routing import Denied, Dispatch, Exchange, ProvidedTool, ToolCall, error_result
 from vmcp_opt.routing.budget import Budget
 from vmcp_opt.routing.operations import current
 from vmcp_opt.routing.round_trips import InputRequired, RoundOwners, WorkflowRound
 from vmcp_opt.workflows.budget import HeldOutputBytes
 from vmcp_opt.workflows.executor import (
+    CALLING_STEP,
     Ask,
     ItemDone,
     RunReport,
@@ -183,9 +185,11 @@ class WorkflowTools:
         steps = step_exchange(exchange, caller, workflow.name)
 
         async def step_call(tool: str, step_arguments: dict[str, Any]) -> types.CallToolResult:
+            step = CALLING_STEP.get()
+            exchange = steps if step is None else dataclasses.replace(steps, may_reach=literal_tools(step))
             try:
                 with drain_hold():
-                    return await router.call_tool(caller, tool, step_arguments, steps)
+                    return await router.call_tool(caller, tool, step_arguments, exchange)
             except InputRequired as asked:  # a question no step can relay: whatever waits on it goes
                 self.rounds.abandon(asked)
                 return error_result(f"'{tool}' asked the client for input, which a workflow step cannot relay")
@@ -354,6 +358,17 @@ def step_exchange(exchange: Exchange, caller: Caller, workflow: str) -> Exchange
     not the client: usage learning leaves it out); a 2026-07-28 retry's round answers the workflow's own question,
     not a step's."""
     return exchange.inner(modern=caller.protocol_version in MODERN_PROTOCOL_VERSIONS, chain=workflow, step_of=workflow)
+
+
+def literal_tools(step: StepConfig) -> frozenset[str]:
+    """The tools `step` names as written: its `tool`, and a `call_tool` step's `tool_name` unless a template. Only
+    these may be workflow-only tools: a rendered name is its client's choice, and through it any client could call
+    a tool the operator served to workflows alone."""
+    names = {step.tool} if step.tool is not None else set()
+    target = step.arguments.get("tool_name") if step.tool == CALL_TOOL else None
+    if isinstance(target, str) and "{{" not in target and "{%" not in target:
+        names.add(target)
+    return frozenset(names)
 
 
 def nesting_refused(workflow: str, chain: tuple[str, ...]) -> str | None:
