@@ -14,8 +14,8 @@ It also mends the lone surrogates (unpaired `\\ud800`-`\\udfff` escapes) of a ba
 (`mended_params`; results are mended where they are measured, backends/results.py): a stdio line is read with `json`,
 which lets them through, and a log message or a progress text holding one reached the client's writer, which could
 not encode it. Whether a message's text held an escape is not known once it is parsed, so every notification and
-request is walked: 2-6 µs for a small log message or progress notification (measured here: a text log 2, a progress
-3, a structured log 6), against the 33-85 µs the message costs anyway. An HTTP backend's are mended before the SDK
+request of a backend whose output has shown one (`lone_surrogates.note_line`) is walked: 2-6 µs for a small log
+message or progress notification (measured here: a text log 2, a progress 3, a structured log 6). An HTTP backend's are mended before the SDK
 parses them (backends/http_bodies.py), as its parse refuses them.
 """
 
@@ -30,7 +30,7 @@ import mcp_types as types
 from mcp.shared.message import SessionMessage
 
 from vmcp_opt.backends.forwarding import WrappedReadStream
-from vmcp_opt.backends.lone_surrogates import escaped, mend
+from vmcp_opt.backends.lone_surrogates import escaped, mend, suspected
 from vmcp_opt.backends.stdio import BrokenOutput
 
 logger = logging.getLogger(__name__)
@@ -112,7 +112,8 @@ class CountedReadStream(WrappedReadStream):
         message = await self._inner.receive()
         if isinstance(message, SessionMessage):
             self._counts.count(message_kind(message))
-            mended_params(self._counts.backend, message)
+            if suspected(self._counts.backend):  # its stdout showed a lone surrogate (lone_surrogates.note_line)
+                mended_params(self._counts.backend, message)
         elif isinstance(message, BrokenOutput):
             self._on_broken(message)
         return message

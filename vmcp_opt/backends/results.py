@@ -29,7 +29,7 @@ import mcp_types as types
 from mcp.shared.exceptions import MCPError
 from pydantic import BaseModel
 
-from vmcp_opt.backends.lone_surrogates import mend
+from vmcp_opt.backends.lone_surrogates import mend, suspected
 
 logger = logging.getLogger(__name__)
 
@@ -104,18 +104,22 @@ async def measured_result(backend: str, result: ResultT, cap: int, *, measured: 
     """`bounded_result` without holding the event loop, its lone surrogates mended (`mended_result`): `measured`,
     the transport has bounded the answer already (backends/stdio.py, `measures_results`); a result within
     `INLINE_CHARS` is known to be so, and mended, on the loop; a longer one is measured (unless `measured`) and
-    mended in a worker thread (pure-Python walks: the loop runs between their turns at the GIL). A transport that
-    measured still needs the mending walk: it parses a long line with `json`, which lets lone surrogates through."""
+    mended in a worker thread (pure-Python walks: the loop runs between their turns at the GIL). Only a backend whose
+    stdio output has shown a lone surrogate (`lone_surrogates.suspected`) is walked for them: a measured transport
+    parses long lines with `json`, which lets them through; an HTTP backend's bodies are mended as bytes."""
+    mending = suspected(backend)  # a backend whose output never showed a lone surrogate: nothing to walk for
+    if measured and not mending:
+        return result
     if json_size(result, min(cap, INLINE_CHARS)) is not None:
-        return mended_result(backend, result)
+        return mended_result(backend, result) if mending else result
     if measured:
         return await anyio.to_thread.run_sync(mended_result, backend, result)
-    return await anyio.to_thread.run_sync(_bounded_and_mended, backend, result, cap)
+    return await anyio.to_thread.run_sync(_bounded_and_mended, backend, result, cap, mending)
 
 
-def _bounded_and_mended(backend: str, result: ResultT, cap: int) -> ResultT:
+def _bounded_and_mended(backend: str, result: ResultT, cap: int, mending: bool) -> ResultT:
     bounded = bounded_result(backend, result, cap)
-    return bounded if bounded is not result else mended_result(backend, result)
+    return bounded if bounded is not result or not mending else mended_result(backend, result)
 
 
 _MENDED_BACKENDS: set[str] = set()  # warned about at WARNING once; later results at DEBUG

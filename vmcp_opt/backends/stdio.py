@@ -82,6 +82,7 @@ from vmcp_opt.backends.leftover_processes import (
     killed_with_gateway,
     outside_group,
 )
+from vmcp_opt.backends.lone_surrogates import note_line
 from vmcp_opt.backends.results import ListingIds, ValueCounter, json_size, page_values, too_many_values
 from vmcp_opt.config.limits import DEFAULT_MAX_RESULT_VALUES
 
@@ -506,7 +507,9 @@ async def _message(line: bytes | DroppedLine, values: int, reading: _Reading) ->
         if not listing or values > reading.page_values:
             return _too_many_values(request_id, values, reading, listing=listing)
     off_loop = len(line) > PARSE_INLINE_BYTES
-    parsed = await anyio.to_thread.run_sync(_parse, line) if off_loop else _parse(line)
+    parsed = (
+        await anyio.to_thread.run_sync(_parse, line, reading.backend) if off_loop else _parse(line, reading.backend)
+    )
     if not isinstance(parsed, SessionMessage):
         return _unparsable(line, parsed, reading)
     message = parsed.message
@@ -520,7 +523,10 @@ async def _message(line: bytes | DroppedLine, values: int, reading: _Reading) ->
     return parsed
 
 
-def _parse(line: bytes) -> SessionMessage | ValueError | RecursionError:
+def _parse(line: bytes, backend: str) -> SessionMessage | ValueError | RecursionError:
+    """`line` as a message; a backend whose line may hold a lone surrogate has its messages mended from now on
+    (backends/lone_surrogates.py `note_line`)."""
+    note_line(backend, line)
     try:
         if len(line) > PARSE_STDLIB_BYTES:
             message = types.jsonrpc_message_adapter.validate_python(json.loads(line), by_name=False)
