@@ -407,6 +407,25 @@ def _mended_warning(backend: str, mender: EscapeMender) -> None:
         )
 
 
+def mend_sse_streams(backend: str) -> Callable[[httpx2.Response], Awaitable[None]]:
+    """A response hook for the 2024 SSE transport's client: its event stream read through `CountedEvents` for the
+    lone surrogates it mends alone (values not counted: that transport's events are capped by the SDK). Without it
+    one `\\ud800` in a tool's description lost the backend all its tools, and in a result held its call until the
+    call's timeout: the SDK's parse refuses the event."""
+
+    async def hook(response: httpx2.Response) -> None:
+        if not isinstance(response.stream, httpx2.AsyncByteStream):
+            return
+        if response.headers.get("content-type", "").split(";")[0].strip().lower() != SSE_TYPE:
+            return
+        encoding = response.headers.get("content-encoding", "").strip().lower() or None
+        response.stream = CountedEvents(response.stream, backend, None, encoding)
+        if encoding in _INFLATED:
+            del response.headers["content-encoding"]  # inflated there: httpx must not inflate it again
+
+    return hook
+
+
 def cap_json_bodies(
     backend: str, cap: int, secrets: Iterable[str] = (), values: int | None = None
 ) -> Callable[[httpx2.Response], Awaitable[None]]:

@@ -31,13 +31,13 @@ def stdio_launch(backend: BackendConfig, base_dir: Path, secret_env: dict[str, s
     assert backend.command is not None
     bin_dir = str(Path(sys.executable).parent)
     path = os.pathsep.join([bin_dir, backend.env.get("PATH", os.environ.get("PATH", ""))])
-    command = os.path.expanduser(backend.command)
+    command = os.path.expanduser(backend.command)  # a `~` it cannot expand (no such user, no home) stays as written
     if ("/" in command or command.startswith(".")) and not Path(command).is_absolute():
         command = str((base_dir / command).resolve())
     else:
         command = shutil.which(command, path=path) or command
     # Backends run in the config file's directory unless told otherwise, so relative args resolve there too.
-    cwd = str((base_dir / Path(backend.cwd or ".").expanduser()).resolve())
+    cwd = str((base_dir / os.path.expanduser(backend.cwd or ".")).resolve())
     return StdioLaunch(
         command=command, args=list(backend.args), env={**backend.env, **(secret_env or {}), "PATH": path}, cwd=cwd
     )

@@ -36,7 +36,7 @@ from mcp.client.streamable_http import streamable_http_client
 
 from vmcp_opt.backends.courtesy_cancels import cancels_without_waiting
 from vmcp_opt.backends.credentials import BackendAuth
-from vmcp_opt.backends.http_bodies import cap_json_bodies
+from vmcp_opt.backends.http_bodies import cap_json_bodies, mend_sse_streams
 from vmcp_opt.backends.launch import stdio_launch
 from vmcp_opt.backends.open_answers import AnswerClient, CancelWatch, OpenAnswers
 from vmcp_opt.backends.secrets import redact, secret_values
@@ -156,7 +156,7 @@ async def open_transport(
             yield read, CancelWatch(write, answers)
     else:
         assert backend.url is not None
-        factory = _sse_client_factory(await client_context())
+        factory = _sse_client_factory(await client_context(), backend.name)
         async with (
             sse_client(
                 backend.url,
@@ -170,13 +170,15 @@ async def open_transport(
             yield streams
 
 
-def _sse_client_factory(tls: ssl.SSLContext) -> Callable[..., httpx2.AsyncClient]:
-    """The SDK's client for the 2024 SSE transport, with the shared TLS context (it made one per client)."""
+def _sse_client_factory(tls: ssl.SSLContext, backend: str) -> Callable[..., httpx2.AsyncClient]:
+    """The SDK's client for the 2024 SSE transport, with the shared TLS context (it made one per client), its event
+    stream's lone surrogates mended (http_bodies.py `mend_sse_streams`)."""
+    hooks = {"response": [mend_sse_streams(backend)]}
 
     def make(
         headers: dict[str, str] | None = None, timeout: httpx2.Timeout | None = None, auth: httpx2.Auth | None = None
     ) -> httpx2.AsyncClient:
-        return httpx2.AsyncClient(headers=headers, timeout=timeout, auth=auth, verify=tls)
+        return httpx2.AsyncClient(headers=headers, timeout=timeout, auth=auth, verify=tls, event_hooks=hooks)
 
     return make
 

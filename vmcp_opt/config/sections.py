@@ -100,7 +100,8 @@ class BackendConfig(_Strict):
     description: str = ""
     # stdio: the program to run (`python` is the gateway's own interpreter; `~` expands).
     command: str | None = None
-    # stdio: the program's arguments (`${VAR}`s expand; secret-looking ones are refused: use `env`).
+    # stdio: the program's arguments (`${VAR}`s expand; secret-looking ones are refused: use `env`). A `~` is
+    # passed as written, as a shell passes a quoted one: write the path out, or make it relative to `cwd`.
     args: list[str] = Field(default_factory=list)
     # stdio: environment variables added for the program (`${VAR}`s expand).
     env: dict[str, str] = Field(default_factory=dict)
