@@ -8,14 +8,15 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
-import pytest
+import anyio
 from mcp import Client
 
 from tests.support import free_port, running_gateway, stop_process, wait_http, write_config
 
 # A hand-written 2024-11-05 SSE MCP server (the SDK's own server refuses to write such text).
-SSE_BACKEND = r'''
+SSE_BACKEND = r"""
 import asyncio, json, sys
 import uvicorn
 from starlette.applications import Starlette
@@ -52,16 +53,16 @@ async def messages(request):
 
 app = Starlette(routes=[Route("/sse", sse), Route("/messages", messages, methods=["POST"])])
 uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
-'''
+"""
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
+async def _listed_and_called(url: str) -> tuple[dict[str, Any], Any]:
+    async with Client(url) as client:
+        tools = {tool.name: tool for tool in (await client.list_tools()).tools}
+        return tools, await client.call_tool("old_bad", {})
 
 
-@pytest.mark.anyio
-async def test_a_2024_sse_backends_lone_surrogates_are_mended_not_its_tools_lost(tmp_path: Path) -> None:
+def test_a_2024_sse_backends_lone_surrogates_are_mended_not_its_tools_lost(tmp_path: Path) -> None:
     script = tmp_path / "sse_backend.py"
     script.write_text(SSE_BACKEND, encoding="utf-8")
     port = free_port()
@@ -71,9 +72,7 @@ async def test_a_2024_sse_backends_lone_surrogates_are_mended_not_its_tools_lost
         old = {"name": "old", "transport": "sse", "url": f"http://127.0.0.1:{port}/sse"}
         config = write_config(tmp_path, {"backends": [old], "timeouts": {"call": 30}})
         with running_gateway(config) as gateway:
-            async with Client(gateway.url) as client:
-                tools = {tool.name: tool for tool in (await client.list_tools()).tools}
-                result = await client.call_tool("old_bad", {})
+            tools, result = anyio.run(_listed_and_called, gateway.url)
     finally:
         stop_process(backend)
     assert {"old_good", "old_bad"} <= tools.keys()

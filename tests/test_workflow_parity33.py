@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import mcp_types as types
 import pytest
 from mcp import Client
@@ -203,3 +204,60 @@ def test_a_default_its_output_schema_refuses_and_skip_remaining_are_checked_at_l
         in said
     )
     assert "workflows[0].output_defaults.missing: not a key of `output`" in said
+
+
+HELD_SERVER = Path(__file__).resolve().parents[1] / "examples" / "backends" / "held_server.py"
+
+
+def waiting_for_a_slot(gate: Path) -> dict[str, Any]:
+    """`hold` takes the run's one slot first (its arguments are literal: nothing to render before its call), so
+    `save` and the for_each's items wait for it while `ask` is answered; `gate` ends `hold` once it is."""
+    note = {"tool": "notes_save_note", "arguments": {"title": "after-skip", "text": "parity-slot"}}
+    return {
+        "name": "skip_while_waiting",
+        "description": "A held step keeps the only slot while the user is asked; two steps wait for it.",
+        "max_parallel": 1,
+        "steps": [
+            {"id": "hold", "tool": "held_held_echo", "arguments": {"message": "held", "gate": str(gate)}},
+            {**WORKFLOWS[0]["steps"][1], "depends_on": [], "on_cancel": "abort"},
+            {"id": "save", **note},
+            {"id": "each", "type": "for_each", "over": '["a", "b"]', "default_result": "not saved", **note},
+        ],
+    }
+
+
+async def test_skip_remaining_stops_steps_that_were_waiting_for_a_slot(tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    held = {"name": "held", "command": sys.executable, "args": [str(HELD_SERVER)]}
+    config = {
+        "backends": [demo_backend("notes"), held],
+        "workflows": [waiting_for_a_slot(gate)],
+        "telemetry": {"audit": {"enabled": True, "output": "audit.log", "flush_interval": 0}},
+    }
+    audit = tmp_path / "audit.log"
+
+    async def open_gate_once_answered() -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            events = completed_runs(audit, "")[0]
+            if any(e["type"] == "workflow_step_completed" and e["target"].get("step_id") == "ask" for e in events):
+                gate.touch()
+                return
+            await anyio.sleep(0.05)
+        gate.touch()  # the test fails on its assertions, not by hanging
+
+    with running_gateway(write_config(tmp_path, config)) as running:
+        async with anyio.create_task_group() as group:
+            group.start_soon(open_gate_once_answered)
+            reply = types.ElicitResult(action="decline")
+            calls = [("skip_while_waiting", {}), ("notes_search_notes", {"query": "parity-slot"})]
+            result, search = await asking(running.url, reply, calls)
+        assert not result.is_error, text(result)
+        assert not search.is_error, text(search)
+        assert "after-skip" not in text(search)  # neither `save` nor an item of `each` ran
+        events = run_events(audit, "skip_while_waiting", 0)
+    skipped = {e["target"]["step_id"]: e for e in events if e["type"] == "workflow_step_skipped"}
+    assert set(skipped) == {"save", "each"}
+    assert {e["metadata"]["extra"]["blocked_by"] for e in skipped.values()} == {"ask"}
+    completed = [e["target"]["step_id"] for e in events if e["type"] == "workflow_step_completed"]
+    assert sorted(completed) == ["ask", "hold"]

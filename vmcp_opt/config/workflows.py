@@ -145,8 +145,8 @@ class StepConfig(_Strict):
     # accepted answer that does not fit it fails the step.
     requested_schema: dict[str, Any] | None = None
     # elicitation: the user declined: abort the run, continue (the step's output says `"action": "decline"`), or
-    # skip_remaining: no step starts after it (each is `skipped`, with its `default_result`; running ones finish)
-    # and the run succeeds with the output of the steps that ran (its own says `"skipped": true`).
+    # skip_remaining: no step starts after it (each is `skipped`, with its `default_result`; running ones finish; one
+    # waiting for a `max_parallel` slot, or a for_each item not yet started, does not start) and the run succeeds with the output of the steps that ran (its own says `"skipped": true`).
     on_decline: Literal["abort", "continue", "skip_remaining"] = "abort"
     # elicitation: the user dismissed the question: abort the run, continue, or skip_remaining (as `on_decline`).
     on_cancel: Literal["abort", "continue", "skip_remaining"] = "abort"

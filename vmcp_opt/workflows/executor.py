@@ -313,6 +313,8 @@ class WorkflowRun:
                 if step.type != "for_each":  # a for_each's items were counted as they came
                     output = await self._outputs.count(step.id, output, f"steps.{step.id}.output", self._renders)
                 report.output, report.content, report.status = output.output, output.content, "ok"
+            except _SkippedRemaining:  # answered while its call (or an item's) waited for a slot
+                self._skipped_remaining(step, report)
             except StepError as exc:
                 self._failed(step, report, exc, group)
             except Exception as exc:  # a defect must fail its step, not tear down the run's task group
@@ -338,7 +340,8 @@ class WorkflowRun:
 
     def _skipped_remaining(self, step: StepConfig, report: StepReport) -> bool:
         """Skips a step not yet started once an answer said `skip_remaining`. Steps already running finish: their
-        calls are under way, and cutting them would leave half-done work behind a run that reports success."""
+        calls are under way, and cutting them would leave half-done work behind a run that reports success. A step
+        waiting for a slot has not started: its call (each item's, each retry's) checks again once it has one."""
         asker = self.report.skipped_from
         if asker is None:
             return False
@@ -347,6 +350,12 @@ class WorkflowRun:
         if self._watch is not None:  # the audit event names the step whose answer stopped it
             self._watch.step_skipped(step, report, asker)
         return True
+
+    def _raise_if_skipped(self) -> None:
+        """Stops a call (or a for_each item) that has not started once an answer said `skip_remaining`: the step may
+        have passed `_skipped_remaining` long before, then waited for a slot."""
+        if self.report.skipped_from is not None:
+            raise _SkippedRemaining
 
     def _watching(self, step: StepConfig) -> StepCalls | None:
         """Gives the step's task (and its for_each items') the `StepCalls` its calls are counted in; None when no
@@ -394,19 +403,25 @@ class WorkflowRun:
         failures: list[str] = []
         per_step = anyio.CapacityLimiter(step.max_parallel)
         done = 0
+        skipped = False  # an item did not start: an answer skipped the remaining steps first
 
         async def one(index: int, item: Any, group: anyio.CancelScope) -> None:
-            nonlocal done
-            async with per_step:
-                try:
-                    scope = {**context, step.item: item, "index": index}
-                    item_output = await self._with_retries(step, report, scope)
-                    place = f"steps.{step.id}.output[{index}]"
-                    called[index] = await self._outputs.count(step.id, item_output, place, self._renders)
-                except StepError as exc:
-                    failures.append(f"item {index}: {exc.reason}")
-                    group.cancel()  # the other items stop: the step has failed
-                    return
+            nonlocal done, skipped
+            try:
+                self._raise_if_skipped()
+                async with per_step:
+                    try:
+                        scope = {**context, step.item: item, "index": index}
+                        item_output = await self._with_retries(step, report, scope)
+                        place = f"steps.{step.id}.output[{index}]"
+                        called[index] = await self._outputs.count(step.id, item_output, place, self._renders)
+                    except StepError as exc:
+                        failures.append(f"item {index}: {exc.reason}")
+                        group.cancel()  # the other items stop: the step has failed
+                        return
+            except _SkippedRemaining:  # the items running finish: their calls are under way
+                skipped = True
+                return
             done += 1
             report.items_done = done
             if self._on_item is not None:  # after the slot is freed: a slow client holds no item back
@@ -417,6 +432,8 @@ class WorkflowRun:
                 group.start_soon(one, index, item, group.cancel_scope)
         if failures:
             raise StepError(failures[0], retryable=False)
+        if skipped:
+            raise _SkippedRemaining
         contents = [c.content for c in called]
         return Called([c.output for c in called], contents if any(c is not None for c in contents) else None)
 
@@ -494,6 +511,7 @@ class WorkflowRun:
                         exc.reason += f" (after {attempt} attempts)"
                     raise  # its error result, if any, stays charged: the step's error holds its text
                 self._outputs.drop(exc.held)  # retried: this attempt's error text is let go
+            self._raise_if_skipped()  # no retry after the answer
             report.retries += 1
             await self._sleep(min(delay, policy.max_delay))
             delay *= policy.multiplier
@@ -505,11 +523,14 @@ class WorkflowRun:
             arguments = await self._render(step.arguments, context, "arguments")
         except TemplateError as exc:
             raise StepError(str(exc), retryable=False) from None
-        refused = self._budget.take()
-        if refused is not None:
-            raise StepError(refused, retryable=False)
-        report.attempts += 1
         async with self._limiter:
+            # Checked once the slot is taken: an answer may have come while this call waited for it. Charged
+            # after it: a call skipped there is not one the run made.
+            self._raise_if_skipped()
+            refused = self._budget.take()
+            if refused is not None:
+                raise StepError(refused, retryable=False)
+            report.attempts += 1
             self._begun(step, report)
             try:
                 with anyio.fail_after(step.timeout):
@@ -532,6 +553,10 @@ class WorkflowRun:
         except BaseException:
             self._outputs.drop(held)
             raise
+
+
+class _SkippedRemaining(Exception):
+    """A step's call or item was about to start after an answer skipped the remaining steps: the step is skipped."""
 
 
 @dataclass(frozen=True)
