@@ -20,6 +20,7 @@ import pytest
 import yaml
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
 
 from tests.support import http_demo_backend, running_gateway
 
@@ -203,6 +204,16 @@ LAUGHS = "a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
         ("apiVersion: toolhive.stacklok.dev/v1beta1\nkind: VirtualMCPServer\n", "is a Kubernetes VirtualMCPServer"),
         ("a: " + "[" * 5000 + "]" * 5000 + "\n", "nests too deep"),
         (LAUGHS, "once its YAML aliases are expanded"),
+        # Shallow enough for the YAML reader, too deep for writing the output back out: refused when read.
+        ("a: " + "[" * 400 + "]" * 400 + "\n", "nests deeper than 64 levels"),
+        (
+            "compositeTools: [{name: w, steps: [{id: s, tool: a.t, arguments: "
+            + "{a: " * 400
+            + "1"
+            + "}" * 400
+            + "}]}]",
+            "nests deeper than 64 levels",
+        ),
     ],
 )
 def test_unreadable_input_is_a_clear_error_with_exit_2(tmp_path: Path, content: str | None, said: str) -> None:
@@ -223,3 +234,69 @@ def test_an_existing_output_is_not_overwritten_without_force(tmp_path: Path) -> 
     assert out.read_text() == "mine: true\n" and not (tmp_path / "vmcp.cedar").exists()
     forced = vmcp("import", "toolhive", str(DATA / "vmcp-config.yaml"), "-o", str(out), "--force")
     assert forced.returncode == 1 and "timeouts" in yaml.safe_load(out.read_text())
+
+
+def deny_all_source(tmp_path: Path, backend_url: str, authz: dict[str, Any]) -> Path:
+    source = tmp_path / "toolhive.json"
+    document = {
+        "backends": [{"name": "notes", "url": backend_url}],
+        "incomingAuth": {"type": "anonymous", "authz": authz},
+    }
+    source.write_text(json.dumps(document))
+    return source
+
+
+@pytest.mark.parametrize("authz", [{"type": "cedar", "policies": []}, {"type": "cedar"}])
+async def test_an_empty_cedar_policy_list_imports_as_deny_all_not_as_open(
+    tmp_path: Path, authz: dict[str, Any]
+) -> None:
+    """Cedar permits nothing no policy permits: ToolHive serves no tool here, and neither may the import."""
+    with http_demo_backend() as backend_url:
+        out = tmp_path / "vmcp.yaml"
+        done = imported(deny_all_source(tmp_path, backend_url, authz), out)
+        assert done.returncode == 1, done.stderr
+        assert "incomingAuth.authz.policies: none given, so ToolHive's Cedar permits nothing" in done.stderr
+        assert yaml.safe_load(out.read_text())["auth"]["authorization"] == {"policies": "vmcp.cedar"}
+        assert "forbid(principal, action, resource);" in (tmp_path / "vmcp.cedar").read_text()
+        with running_gateway(out, env={"VMCP_SERVER__STARTUP_WAIT": "60"}) as gateway:
+            async with Client(streamable_http_client(gateway.url)) as client:
+                names = {tool.name for tool in (await client.list_tools()).tools}
+                with pytest.raises(MCPError, match="Unknown tool"):
+                    await client.call_tool("notes_save_note", {"title": "t", "text": "x"})
+        assert not {name for name in names if name.startswith("notes_")}, names
+
+
+def test_two_tool_entries_for_one_workload_keep_the_stricter_filter_and_are_reported(tmp_path: Path) -> None:
+    """ToolHive refuses the file ("duplicate workload configuration"); the later entry must not widen the first."""
+    source = tmp_path / "toolhive.yaml"
+    source.write_text(
+        "backends: [{name: notes, url: 'http://127.0.0.1:9/mcp'}]\n"
+        "aggregation:\n"
+        "  tools:\n"
+        "    - {workload: notes, filter: [save_note, search_notes], overrides: {search_notes: {name: find}}}\n"
+        "    - {workload: notes, filter: [search_notes, delete_note], excludeAll: true}\n"
+    )
+    out = tmp_path / "vmcp.yaml"
+    done = imported(source, out)
+    assert done.returncode == 1, done.stderr
+    assert "aggregation.tools[1]: a second entry for workload 'notes', which ToolHive refuses" in done.stderr
+    tools = yaml.safe_load(out.read_text())["aggregation"]["tools"]["notes"]
+    assert tools == {
+        "include": ["search_notes"],
+        "workflow_only": ["*"],
+        "overrides": {"search_notes": {"name": "find"}},
+    }
+
+
+def test_a_template_of_many_unclosed_braces_is_left_out_in_linear_time(tmp_path: Path) -> None:
+    """A megabyte of `{{` with no `}}`: a lazy regex retried from each one (hours); one scan stops at the first."""
+    source = tmp_path / "toolhive.json"
+    step = {"id": "s", "tool": "notes.t", "arguments": {"x": "{{" * 500_000}}
+    document = {
+        "backends": [{"name": "notes", "url": "http://127.0.0.1:9/mcp"}],
+        "compositeTools": [{"name": "w", "steps": [step]}],
+    }
+    source.write_text(json.dumps(document))
+    done = imported(source, tmp_path / "vmcp.yaml")  # the subprocess's timeout is the bound, not a measurement
+    assert done.returncode == 1, done.stderr[:2000]
+    assert "compositeTools[0].steps[0].arguments.x: Go template beyond a field reference" in done.stderr

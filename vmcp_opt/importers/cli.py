@@ -22,21 +22,27 @@ MAX_INPUT_BYTES = 4 * 1024 * 1024
 DEFAULT_POLICY_FILE = "toolhive-policies.cedar"
 # Values the conversion may walk: YAML aliases can make a small file expand past any memory (a "billion laughs").
 MAX_VALUES = 1_000_000
+# Nesting a conversion may meet: ToolHive's deepest is about 10, and yaml.safe_dump recurses (a few frames a level)
+# past Python's limit at a few hundred, which would end in a traceback after the conversion.
+MAX_DEPTH = 64
 
 
-def _within(document: Any, budget: int) -> bool:
-    """Whether `document`, walked as the conversion walks it (an alias once per use), has at most `budget` values."""
-    pending = [document]
+def _excess(document: Any) -> str | None:
+    """What makes `document` too large to convert, walked as the conversion walks it (an alias once per use)."""
+    budget = MAX_VALUES
+    pending = [(document, 1)]
     while pending:
         budget -= 1
         if budget < 0:
-            return False
-        value = pending.pop()
+            return f"holds more than {MAX_VALUES} values once its YAML aliases are expanded"
+        value, depth = pending.pop()
+        if depth > MAX_DEPTH and isinstance(value, dict | list):
+            return f"nests deeper than {MAX_DEPTH} levels; not a ToolHive vMCP config"
         if isinstance(value, dict):
-            pending.extend(value.values())
+            pending.extend((inner, depth + 1) for inner in value.values())
         elif isinstance(value, list):
-            pending.extend(value)
-    return True
+            pending.extend((inner, depth + 1) for inner in value)
+    return None
 
 
 def _fail(message: str) -> NoReturn:
@@ -60,8 +66,8 @@ def _read(path: Path) -> dict[str, Any]:
         _fail(f"{path} is not YAML or JSON: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
     if not isinstance(document, dict):
         _fail(f"{path} holds no mapping (a ToolHive vMCP config has keys such as backends, aggregation)")
-    if not _within(document, MAX_VALUES):
-        _fail(f"{path} holds more than {MAX_VALUES} values once its YAML aliases are expanded")
+    if excess := _excess(document):
+        _fail(f"{path} {excess}")
     if document.get("kind") and document.get("apiVersion"):
         _fail(f"{path} is a Kubernetes {document['kind']} resource; give the vMCP config itself (its spec.config)")
     return document

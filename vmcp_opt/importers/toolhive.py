@@ -253,12 +253,30 @@ def _tool_settings(
         if workload not in backends:
             findings.skip(path, f"no backend named {workload!r} in `backends` (groupRef workloads are not imported)")
             continue
-        tools[workload] = _workload_tools(entry, workload, path, renamed, findings)
+        converted = _workload_tools(entry, workload, path, renamed, findings)
+        if workload in tools:  # ToolHive refuses the file ("duplicate workload configuration")
+            findings.skip(
+                path,
+                f"a second entry for workload {workload!r}, which ToolHive refuses; merged keeping the stricter of "
+                "each setting (filters intersected), check it by hand",
+            )
+            converted = _stricter(tools[workload], converted)
+        tools[workload] = converted
     hide_rest = section.get("excludeAllTools") or section.get("defaultToolVisibility") == "deny"
     for backend in backends:
         if section.get("excludeAllTools") or (hide_rest and backend not in tools):
             tools.setdefault(backend, {})["workflow_only"] = ["*"]
     return tools, renamed
+
+
+def _stricter(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
+    """Two entries for one workload as one that exposes no tool either would hide: neither is the one meant."""
+    merged = second | first  # overrides: the first entry's, as a rename already resolved composite steps
+    if "include" in first and "include" in second:
+        merged["include"] = [name for name in first["include"] if name in second["include"]]
+    if "overrides" in first and "overrides" in second:
+        merged["overrides"] = second["overrides"] | first["overrides"]
+    return merged
 
 
 def _workload_tools(
@@ -274,7 +292,7 @@ def _workload_tools(
         override = override or {}
         overrides[tool] = {k: override[k] for k in ("name", "description", "annotations") if override.get(k)}
         if override.get("name"):
-            renamed[(workload, str(tool))] = str(override["name"])
+            renamed.setdefault((workload, str(tool)), str(override["name"]))  # a duplicate entry's: the first's
     if overrides:
         out["overrides"] = overrides
     if entry.get("toolConfigRef"):

@@ -23,6 +23,11 @@ _ACTIONS = {
     "resources/read": "read_resource",
     "resources/list": "list_resources",
 }
+# The policy file for an empty policy list: Cedar's default (deny), written out so the gateway starts denying.
+DENY_ALL = (
+    "// Imported from a ToolHive authz with no policies: Cedar denies what no policy permits.\n"
+    "forbid(principal, action, resource);\n"
+)
 _UNSUPPORTED = ((re.compile(r"\bClient::"), "`Client::` principals: ours are `User::` (and `Group::`)"),)
 # A claim or argument a policy reads: ours only behind a `has` test of the same name (Cedar's validator).
 _OPTIONAL_READ = re.compile(r"\.\s*((?:claim|arg)_\w+)")
@@ -51,8 +56,13 @@ def authorization(authz: dict[str, Any], config: dict[str, Any], findings: Findi
                 f"`{name}` read without `has {name}` first, which our policy validator requires (the attribute is "
                 "optional); kept as written, fix it by hand",
             )
-    if not policies:
-        return None
+    if not policies:  # Cedar denies what no policy permits: ToolHive serves this gateway to no one
+        findings.skip(
+            "incomingAuth.authz.policies",
+            "none given, so ToolHive's Cedar permits nothing; the policy file written forbids everything too "
+            "(write the policies that permit what callers need)",
+        )
+        return DENY_ALL
     text = "\n\n".join(p.strip() for p in policies) + "\n"
     return re.sub(r'Action::"([a-z]+/[a-z]+)"', lambda m: f'Action::"{_ACTIONS.get(m[1], m[1])}"', text)
 

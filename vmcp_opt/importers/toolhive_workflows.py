@@ -17,7 +17,6 @@ from typing import Any
 from vmcp_opt.importers.durations import seconds
 from vmcp_opt.importers.findings import Findings
 
-_ACTION = re.compile(r"\{\{(.*?)\}\}", re.S)
 _REFERENCE = re.compile(r"\.[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")
 # A name a Jinja2 dot would resolve to a dict's method (`output.items`) instead of the key: written `["items"]`.
 _DICT_ATTRIBUTES = frozenset(dir(dict))
@@ -57,17 +56,18 @@ def go_template(text: str, item: str = "item") -> str | None:
     """`text` with each Go action rewritten for Jinja2, or None when one is more than a field reference."""
     pieces: list[str] = []
     position = 0
-    for action in _ACTION.finditer(text):
-        pieces.append(_literal(text[position : action.start()]))
-        expression = _reference(action.group(1).strip(), item)
+    # str.find, not a lazy regex: a regex retries from every `{{` that has no `}}` after it (quadratic).
+    while (start := text.find("{{", position)) != -1:
+        end = text.find("}}", start + 2)
+        if end == -1:
+            return None  # an action Go itself would not parse
+        pieces.append(_literal(text[position:start]))
+        expression = _reference(text[start + 2 : end].strip(), item)
         if expression is None:
             return None
         pieces.append("{{ " + expression + " }}")
-        position = action.end()
-    rest = text[position:]
-    if "{{" in rest:
-        return None  # an action Go itself would not parse
-    pieces.append(_literal(rest))
+        position = end + 2
+    pieces.append(_literal(text[position:]))
     return "".join(pieces)
 
 
