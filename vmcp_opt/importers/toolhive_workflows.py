@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from vmcp_opt.display import shorten
 from vmcp_opt.importers.durations import seconds
 from vmcp_opt.importers.findings import Findings
 
@@ -82,7 +83,8 @@ class _Workflow:
     def template(self, value: str, where: str) -> str:
         converted = go_template(value, self.item)
         if converted is None:
-            self.untranslated.append(f"{where}: Go template beyond a field reference: {value!r}")
+            # The template as far as a line reads it: a file's value may be megabytes, and is printable by anyone.
+            self.untranslated.append(f"{where}: Go template beyond a field reference: {shorten(repr(value), 200)}")
             return value
         return converted
 
