@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -200,6 +201,39 @@ def sitecustomize(hook: Path, source: str) -> dict[str, str]:
     hook.mkdir(parents=True, exist_ok=True)
     (hook / "sitecustomize.py").write_text(source, encoding="utf-8")
     return {"PYTHONPATH": os.pathsep.join(p for p in (str(hook), os.environ.get("PYTHONPATH", "")) if p)}
+
+
+def patched_on_import(module: str, patch: str) -> str:
+    """`sitecustomize` source (for `sitecustomize`) that runs `patch`, the source of `def patch(module): ...`, on
+    `module` as it is first imported in the process under test: a module attribute replaced or wrapped. Each
+    block keeps its names in a scope of its own, so that blocks for several modules may be joined."""
+    body = textwrap.indent(textwrap.dedent(patch).strip(), "    ")
+    return f"""
+def _install():
+    import importlib.abc, importlib.util, sys
+
+{body}
+
+    class _Patch(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path, target=None):
+            if name != {module!r}:
+                return None
+            sys.meta_path.remove(self)
+            spec = importlib.util.find_spec(name)
+            run = spec.loader.exec_module
+
+            def exec_module(loaded):
+                run(loaded)
+                patch(loaded)
+
+            spec.loader.exec_module = exec_module
+            return spec
+
+    sys.meta_path.insert(0, _Patch())
+
+
+_install()
+"""
 
 
 # Between two polls of a starting process: it is ready on average half of this before a test sees it, for each

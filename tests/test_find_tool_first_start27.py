@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from mcp import Client
 
-from tests.support import demo_backend, running_gateway, sitecustomize, write_config
+from tests.support import demo_backend, patched_on_import, running_gateway, sitecustomize, write_config
 from tests.test_gaps22_vector_wait_threads import SITECUSTOMIZE
 
 pytestmark = [pytest.mark.slow, pytest.mark.anyio]
@@ -23,35 +23,22 @@ pytestmark = [pytest.mark.slow, pytest.mark.anyio]
 WAIT = 2.0
 
 # Each `ReadySignal.wait` (find_tool's wait for the vectors) appends its length to $VMCP_TEST_WAITS.
-RECORD_WAITS = """
+RECORD_WAITS = patched_on_import(
+    "vmcp_opt.optimizer.ready_signal",
+    """
+    def patch(module):
+        wait = module.ReadySignal.wait
 
-class _RecordWaits(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path, target=None):
-        if name != "vmcp_opt.optimizer.ready_signal":
-            return None
-        sys.meta_path.remove(self)
-        spec = importlib.util.find_spec(name)
-        run = spec.loader.exec_module
+        async def recorded(self, seconds):
+            import os
 
-        def exec_module(module):
-            run(module)
-            wait = module.ReadySignal.wait
+            with open(os.environ["VMCP_TEST_WAITS"], "a", encoding="utf-8") as record:
+                record.write(f"{seconds}\\n")
+            await wait(self, seconds)
 
-            async def recorded(self, seconds):
-                import os
-
-                with open(os.environ["VMCP_TEST_WAITS"], "a", encoding="utf-8") as record:
-                    record.write(f"{seconds}\\n")
-                await wait(self, seconds)
-
-            module.ReadySignal.wait = recorded
-
-        spec.loader.exec_module = exec_module
-        return spec
-
-
-sys.meta_path.insert(0, _RecordWaits())
-"""
+        module.ReadySignal.wait = recorded
+    """,
+)
 
 
 def recorded(waits: Path) -> list[float]:

@@ -15,7 +15,7 @@ import psutil
 import pytest
 from mcp import Client
 
-from tests.support import demo_backend, running_gateway, sitecustomize, write_config
+from tests.support import demo_backend, patched_on_import, running_gateway, sitecustomize, write_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.anyio]
 
@@ -26,32 +26,18 @@ WAIT = 3.0  # optimizer.vector_wait: long enough to count the threads of those w
 SPARE_THREADS = 20
 
 # Wraps `load_configured_embedder` as its module is imported: the model then never loads in this process.
-SITECUSTOMIZE = """
-import importlib.abc, importlib.util, sys, threading
+SITECUSTOMIZE = patched_on_import(
+    "vmcp_opt.optimizer.embedding",
+    """
+    def patch(module):
+        import threading
 
+        def held(*args, **kwargs):
+            threading.Event().wait()
 
-class _HoldVectors(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path, target=None):
-        if name != "vmcp_opt.optimizer.embedding":
-            return None
-        sys.meta_path.remove(self)
-        spec = importlib.util.find_spec(name)
-        run = spec.loader.exec_module
-
-        def exec_module(module):
-            run(module)
-
-            def held(*args, **kwargs):
-                threading.Event().wait()
-
-            module.load_configured_embedder = held
-
-        spec.loader.exec_module = exec_module
-        return spec
-
-
-sys.meta_path.insert(0, _HoldVectors())
-"""
+        module.load_configured_embedder = held
+    """,
+)
 
 
 @pytest.fixture

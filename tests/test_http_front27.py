@@ -36,6 +36,7 @@ from tests.support import (
     RAW_INITIALIZE,
     Gateway,
     demo_backend,
+    patched_on_import,
     running_gateway,
     sitecustomize,
     sse_messages,
@@ -53,28 +54,13 @@ WITHIN = 60.0  # a guard against a hang, not a measure
 # The held calls here stay silent until their gate opens, whatever the wait: the held gateway's is cut to this, by
 # a `sitecustomize` on its path (`SHORT_COMMIT`), so that each test does not sit out 15 s before its stream starts.
 SSE_AFTER = 1.0
-SHORT_COMMIT = f"""
-import importlib.abc, importlib.util, sys
-
-
-class _ShortCommit(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path, target=None):
-        if name != "vmcp_opt.server.lazy_stream":
-            return None
-        sys.meta_path.remove(self)
-        spec = importlib.util.find_spec(name)
-        run = spec.loader.exec_module
-
-        def exec_module(module):
-            run(module)
-            module.COMMIT_SSE_AFTER = {SSE_AFTER!r}
-
-        spec.loader.exec_module = exec_module
-        return spec
-
-
-sys.meta_path.insert(0, _ShortCommit())
-"""
+SHORT_COMMIT = patched_on_import(
+    "vmcp_opt.server.lazy_stream",
+    f"""
+    def patch(module):
+        module.COMMIT_SSE_AFTER = {SSE_AFTER!r}
+    """,
+)
 POLL = 0.1
 
 
