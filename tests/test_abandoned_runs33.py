@@ -22,13 +22,13 @@ from typing import Any
 import anyio
 import httpx2
 import mcp_types as types
-import psutil
 import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
 from tests.support import EXAMPLES, Gateway, free_port, running_gateway, serving_mcp, wait_until, write_config
+from tests.test_abandoned_asks33 import asker_processes
 
 pytestmark = [pytest.mark.slow]
 
@@ -172,14 +172,6 @@ def cancelled(log: Path, kind: str) -> list[str]:
     return [e["target"]["workflow_id"] for e in audited(log) if e["type"] == kind and e["outcome"] == "cancelled"]
 
 
-def asker_processes(gateway: Gateway) -> int:
-    count = 0
-    for process in gateway.children():
-        try:
-            count += any(str(ASKER) in part for part in process.cmdline())
-        except psutil.NoSuchProcess:
-            continue
-    return count
 
 
 def test_a_run_past_the_callers_pending_bound_ends_its_oldest_abandoned_run(served: Served) -> None:
