@@ -439,7 +439,7 @@ def _meta_tool_tokens(config: VmcpConfig) -> int:
 def _workflow_command() -> Command:
     from vmcp_opt.workflows.cli import workflow_app
 
-    return _sub_app(workflow_app, "workflow", LAZY_HELP["workflow"])
+    return _sub_app(workflow_app, "workflow")
 
 
 @functools.cache
@@ -473,7 +473,7 @@ def _auth_app_with_check() -> typer.Typer:
 
 
 def _auth_command() -> Command:
-    return _sub_app(_auth_app_with_check(), "auth", LAZY_HELP["auth"])
+    return _sub_app(_auth_app_with_check(), "auth")
 
 
 def _index_command() -> Command | None:
@@ -483,7 +483,7 @@ def _index_command() -> Command | None:
         return None
     hooks.collect_listing = _collect_listing
     hooks.meta_tool_tokens = _meta_tool_tokens
-    return _sub_app(index_app, "index", LAZY_HELP["index"])
+    return _sub_app(index_app, "index")
 
 
 def _eval_command() -> Command | None:
@@ -491,19 +491,19 @@ def _eval_command() -> Command | None:
         from eval.cli import eval_app
     except ImportError:
         return None
-    return _sub_app(eval_app, "eval", LAZY_HELP["eval"])
+    return _sub_app(eval_app, "eval")
 
 
 def _import_command() -> Command:
     from vmcp_opt.importers.cli import import_app
 
-    return _sub_app(import_app, "import", LAZY_HELP["import"])
+    return _sub_app(import_app, "import")
 
 
-def _sub_app(sub_app: typer.Typer, name: str, help_text: str) -> Command:
-    """`sub_app` as `app.add_typer(sub_app, name=name, help=help_text)` mounts it."""
+def _sub_app(sub_app: typer.Typer, name: str) -> Command:
+    """`sub_app` as `app.add_typer(sub_app, name=name, help=LAZY_HELP[name])` mounts it."""
     holder = typer.Typer(add_completion=False)
-    holder.add_typer(sub_app, name=name, help=help_text)
+    holder.add_typer(sub_app, name=name, help=LAZY_HELP[name])
     group = typer.main.get_command(holder)
     assert isinstance(group, TyperGroup)
     return group.commands[name]

@@ -193,8 +193,9 @@ class CedarPolicy:
             return self._unjudged(target, str(exc))
         if context:
             return self._decided(caller, [target], [context])[0]  # judged alone, not kept
-        cached = self._cache.get(_cache_key(self.principal_key(caller), target))
-        return cached if cached is not None else self.decide_all(caller, [target])[0]
+        key = self.principal_key(caller)
+        cached = self._cache.get(_cache_key(key, target))
+        return cached if cached is not None else self._decided(caller, [target], [{}], key)[0]
 
     def _context(self, target: Target) -> dict[str, Any]:
         """The `arg_*` attributes of a tool call's arguments the policies name ({} for anything else)."""
@@ -216,11 +217,14 @@ class CedarPolicy:
         and a listed tool's call no evaluation."""
         return self._decided(caller, targets, [{}] * len(targets))
 
-    def _decided(self, caller: Caller, targets: Sequence[Target], contexts: list[dict[str, Any]]) -> list[Decision]:
-        """`decide_all` with each target's context: a decision with an empty one is looked up and kept."""
+    def _decided(
+        self, caller: Caller, targets: Sequence[Target], contexts: list[dict[str, Any]], key: Hashable | None = None
+    ) -> list[Decision]:
+        """`decide_all` with each target's context: a decision with an empty one is looked up and kept. `key`: the
+        caller's `principal_key`, when the caller has it already."""
         decisions = [ALLOW] * len(targets)
         asked: list[int] = []
-        key = self.principal_key(caller)
+        key = self.principal_key(caller) if key is None else key
         for i, target in enumerate(targets):
             if not is_meta_tool(target):
                 cached = None if contexts[i] else self._cache.get(_cache_key(key, target))

@@ -414,16 +414,24 @@ def mend_sse_streams(backend: str) -> Callable[[httpx2.Response], Awaitable[None
     call's timeout: the SDK's parse refuses the event."""
 
     async def hook(response: httpx2.Response) -> None:
-        if not isinstance(response.stream, httpx2.AsyncByteStream):
-            return
-        if response.headers.get("content-type", "").split(";")[0].strip().lower() != SSE_TYPE:
-            return
-        encoding = response.headers.get("content-encoding", "").strip().lower() or None
-        response.stream = CountedEvents(response.stream, backend, None, encoding)
-        if encoding in _INFLATED:
-            del response.headers["content-encoding"]  # inflated there: httpx must not inflate it again
+        _counted_events(response, backend, None)
 
     return hook
+
+
+def _counted_events(response: httpx2.Response, backend: str, values: int | None, *, listing: bool = False) -> bool:
+    """`response`'s SSE stream read through `CountedEvents` (the SDK caps each event's bytes itself); False when
+    `response` is no SSE stream."""
+    stream = response.stream
+    if not isinstance(stream, httpx2.AsyncByteStream):
+        return False
+    if response.headers.get("content-type", "").split(";")[0].strip().lower() != SSE_TYPE:
+        return False
+    encoding = response.headers.get("content-encoding", "").strip().lower() or None
+    response.stream = CountedEvents(stream, backend, values, encoding, listing=listing)
+    if encoding in _INFLATED:
+        del response.headers["content-encoding"]  # inflated there: httpx must not inflate it again
+    return True
 
 
 def cap_json_bodies(
@@ -444,13 +452,9 @@ def cap_json_bodies(
             return
         listing = _lists(response.request)
         counted = page_values(values) if listing and values is not None else values
-        encoding = response.headers.get("content-encoding", "").strip().lower() or None
-        if response.headers.get("content-type", "").split(";")[0].strip().lower() == SSE_TYPE:
-            # The SDK caps each event's bytes itself.
-            response.stream = CountedEvents(response.stream, backend, counted, encoding, listing=listing)
-            if encoding in _INFLATED:
-                del response.headers["content-encoding"]  # inflated there: httpx must not inflate it again
+        if _counted_events(response, backend, counted, listing=listing):
             return
+        encoding = response.headers.get("content-encoding", "").strip().lower() or None
         response.stream = CappedBody(response.stream, cap, backend, encoding, counted, listing=listing)
         if encoding in _INFLATED:
             del response.headers["content-encoding"]  # inflated above: httpx must not inflate it again

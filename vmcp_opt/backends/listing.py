@@ -30,7 +30,8 @@ event loop over a second at every re-fetch.
 A lone surrogate (an unpaired `\\ud800`-`\\udfff` escape, which JSON allows and no UTF-8 writer can write) in an item's
 text becomes U+FFFD where the list is taken in (`mended_items`, on the budget's worker thread); an item whose name or URI
 holds one is dropped with a warning (backends/lone_surrogates.py says why). Left in, one description failed every
-client's `tools/list`.
+client's `tools/list`. Only a stdio backend whose output has shown one is walked (`suspected`): an HTTP or SSE
+backend's bytes are mended before they are parsed.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ from pydantic import ValidationError
 from vmcp_opt.backends.errors import over_result_cap
 from vmcp_opt.backends.forwarding import WrappedReadStream
 from vmcp_opt.backends.http_bodies import as_internal_error
-from vmcp_opt.backends.lone_surrogates import escaped, mended_items
+from vmcp_opt.backends.lone_surrogates import escaped, mended_items, suspected
 from vmcp_opt.backends.results import json_size
 from vmcp_opt.display import shorten
 
@@ -191,6 +192,8 @@ class ListBudget:
         kept = await anyio.to_thread.run_sync(self._within, page)
         if len(kept) < len(page) or (more and self.spent):
             self._warn_cut()
+        if not suspected(self.backend):  # nothing to mend: see the module
+            return kept
         return await anyio.to_thread.run_sync(mended_items, self.backend, self.method, kept)
 
     @property

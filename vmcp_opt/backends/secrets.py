@@ -25,8 +25,7 @@ from vmcp_opt.config.base import mask_url as mask_url  # its home before config/
 
 # Which env keys and argv items hold secrets: config/references.py decides (its warnings must hide what masking
 # hides, and the config package imports nothing else of vmcp_opt).
-from vmcp_opt.config.references import is_secret_env as is_secret_env
-from vmcp_opt.config.references import option_values as option_values
+from vmcp_opt.config.references import is_secret_env, option_values
 from vmcp_opt.logs import masked_userinfo
 
 _MIN_SECRET_LENGTH = 4  # shorter values ("1", "on") would mask ordinary words

@@ -10,6 +10,7 @@ except the optimizer, which ToolHive runs only when configured and we run unless
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Any
 
 from vmcp_opt.importers.findings import Findings
@@ -22,13 +23,13 @@ _TRANSPORTS = {"streamable-http": "streamable-http", "http": "streamable-http", 
 _INFORMATIONAL = ("name", "metadata")
 
 
+@dataclass
 class Imported:
     """The converted document, and the workflows left out for a template (written commented out)."""
 
-    def __init__(self, config: dict[str, Any], left_workflows: list[dict[str, Any]], policies: str | None) -> None:
-        self.config = config
-        self.left_workflows = left_workflows
-        self.policies = policies  # Cedar text for the policy file the config names, if any
+    config: dict[str, Any]
+    left_workflows: list[dict[str, Any]]
+    policies: str | None  # Cedar text for the policy file the config names, if any
 
 
 def convert(document: dict[str, Any], findings: Findings) -> Imported:

@@ -66,9 +66,9 @@ logger = logging.getLogger(__name__)
 SCOPE_KEY = "vmcp.drain"
 
 
-def drain_of(scope: Scope | None) -> Drain | None:
+def drain_of(scope: object) -> Drain | None:
     """The drain a request came through (HTTP), so that its call can hold it past its POST (`Drain.working`)."""
-    drain = scope.get(SCOPE_KEY) if scope is not None else None
+    drain = scope.get(SCOPE_KEY) if isinstance(scope, dict) else None
     return drain if isinstance(drain, Drain) else None
 
 

@@ -228,7 +228,7 @@ def _cut_off(per_caller: int) -> MCPError:
 @contextlib.contextmanager
 def _holding_drain(scope: Any) -> Iterator[None]:
     """The drain held while the request runs, and lent to the workflow steps it starts (their runs may outlive it)."""
-    drain = drain_of(scope if isinstance(scope, dict) else None)
+    drain = drain_of(scope)
     if drain is None:  # stdio: its own wait (`InFlight.drained`)
         yield
         return

@@ -108,9 +108,6 @@ class ClientOutput:
         self._thread: threading.Thread | None = None
         self.unsent = 0  # bytes of writes not yet in the pipe: the client's untaken answers (server/held_answers.py)
 
-    async def write(self, text: str) -> None:
-        await self.write_parts([text.encode("utf-8", errors="replace")])
-
     async def write_parts(self, parts: Sequence[bytes | memoryview]) -> None:
         """`parts` written one after the other, nothing between them: one message's line in pieces (views of a
         long list's shared JSON, never joined into a copy)."""
@@ -125,9 +122,6 @@ class ClientOutput:
             await written
         finally:
             self.unsent -= size
-
-    async def flush(self) -> None:
-        """Nothing to do: nothing is buffered here (`write` waits for the pipe)."""
 
     def _write(self) -> None:
         while True:

@@ -69,20 +69,12 @@ class PendingRun(HeldQuestions):
         self.caller = caller  # whose slot of the pending-call budget it holds
         # The front request now waiting on this run: its progress token, if any.
         self.progress: ProgressFnT | None = None
-        self.driven = False
-        self.idle_since = anyio.current_time()  # when a request last stopped waiting on it
-        self.ended = anyio.Event()
 
     def round(self) -> WorkflowRound:
         return WorkflowRound(self.id, self.rounds.owners.replica)
 
     def discard(self) -> None:
         self.rounds.discard(self)
-
-    def end(self) -> None:
-        """Ended to make room for a newer round of its caller (`Budget.admit`): its steps are cancelled."""
-        self.lifetime.cancel()
-        self.discard()
 
     async def live(self, run: Callable[[PendingRun], Awaitable[types.CallToolResult]]) -> None:
         try:
@@ -105,12 +97,11 @@ class PendingRun(HeldQuestions):
 
     async def drive(self, progress: ProgressFnT | None) -> types.CallToolResult:
         """The run's result, or `InputRequired` with the questions it is waiting on."""
-        self.driven, self.progress = True, progress
+        self.progress = progress
         try:
             result = await self.next_round()
         finally:
-            self.driven, self.progress = False, None
-            self.idle_since = anyio.current_time()
+            self.progress = None
         assert isinstance(result, types.CallToolResult)
         return result
 

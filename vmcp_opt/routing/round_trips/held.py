@@ -47,6 +47,10 @@ class HeldQuestions:
         self.lifetime = anyio.CancelScope()
         self._changed = anyio.Event()
         self._keys = itertools.count(1)
+        # As a round of the pending-call budget (routing/budget.py `Waiting`), which a newer one may end:
+        self.driven = False  # a request of its client is waiting on it now (`next_round`)
+        self.idle_since = anyio.current_time()  # when a request last stopped waiting on it
+        self.ended = anyio.Event()  # set by its `live` once its work has stopped
 
     def round(self) -> Round:
         """What the `request_state` of its `InputRequiredResult` names."""
@@ -103,9 +107,14 @@ class HeldQuestions:
             self.asks[key].answer = answer
             self.asks[key].answered.set()
 
+    def end(self) -> None:
+        """Ended to make room for a newer round of its caller (`Budget.admit`): its work is cancelled."""
+        self._collected()
+
     async def next_round(self) -> BaseModel:
         """The outcome, or `InputRequired` with the open questions; a client giving up cancels the work."""
         self.lifetime.deadline = math.inf
+        self.driven = True
         try:
             while True:
                 if self.outcome is not None:
@@ -123,6 +132,8 @@ class HeldQuestions:
         except anyio.get_cancelled_exc_class():
             self._collected()  # the client gave up on the call: so does the work
             raise
+        finally:
+            self.driven, self.idle_since = False, anyio.current_time()
 
     def _collected(self) -> None:
         self.discard()

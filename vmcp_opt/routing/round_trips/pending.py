@@ -78,21 +78,13 @@ class PendingCall(HeldQuestions):
         # The front request now waiting on this call (its progress and log messages go there; none when
         # another replica relays the retry here).
         self.driver: ServerSession | None = None
-        self.driven = False
         self.progress: ProgressFnT | None = None
-        self.idle_since = anyio.current_time()  # when a request last stopped waiting on it
-        self.ended = anyio.Event()
 
     def round(self) -> PendingRound:
         return PendingRound(self.id, self.trips.owners.replica)
 
     def discard(self) -> None:
         self.trips.discard(self)
-
-    def end(self) -> None:
-        """Ended to make room for a newer round of its caller (`Budget.admit`)."""
-        self.lifetime.cancel()  # its backend request is cancelled (notifications/cancelled), its session closed
-        self.discard()
 
     # --- the backend side ------------------------------------------------------------------------
 
@@ -162,12 +154,11 @@ class PendingCall(HeldQuestions):
 
     async def drive(self, session: ServerSession | None, progress: ProgressFnT | None) -> BaseModel:
         """The call's result, or `InputRequired` with the questions the backend is waiting on."""
-        self.driver, self.progress, self.driven = session, progress, True
+        self.driver, self.progress = session, progress
         try:
             return await self.next_round()
         finally:
-            self.driver, self.progress, self.driven = None, None, False
-            self.idle_since = anyio.current_time()
+            self.driver, self.progress = None, None
 
 
 class RoundTrips:
